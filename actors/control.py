@@ -1,0 +1,181 @@
+"""Control actor: the node's local API for the CLI (and later the shell).
+
+A ROUTER on loopback. Every request carries the token from
+``DATA_DIR/control.json`` (mode 0600 in a 0700 directory), so only the node's
+own user can drive it; a wrong token gets an error and nothing else. The
+actor also collects every other actor's facts and counters for ``status``.
+
+Frames from a client: ``[token, request]``; to a client: ``[reply]``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+import peercrypt
+from peercrypt.crypto.identity import fingerprint
+from peercrypt.runtime.actor import Actor, ActorEnv, bound_endpoint
+from peercrypt.settings import CONTROL_FILE, NodeSettings
+from peercrypt.wire import codec
+from peercrypt.wire.messages import (
+    Announce,
+    ErrorReply,
+    Progress,
+    SendRequest,
+    SendResult,
+    StatusReply,
+    StatusRequest,
+)
+
+log = logging.getLogger("peercrypt.control")
+
+MAX_PENDING = 1024
+
+
+class ControlActor(Actor):
+    name = "control"
+
+    def __init__(self, env: ActorEnv, settings: NodeSettings, token: str) -> None:
+        super().__init__(env)
+        self.settings = settings
+        self.token = token.encode()
+        self.announced: dict[str, Announce] = {}
+        self.pending: dict[int, tuple[bytes, int]] = {}  # our id -> (client route, their id)
+        self.next_id = 1
+
+    def setup(self) -> None:
+        sock = self.api = self.socket(zmq.ROUTER)
+        sock.maxmsgsize = 64 * 1024
+        sock.bind(f"tcp://127.0.0.1:{self.settings.control_port}")
+        self.endpoint = bound_endpoint(sock)
+        self.watch(sock, self._on_client)
+        self.control_file = self.settings.control_file or self.settings.data_dir / CONTROL_FILE
+        write_control_file(self.control_file, self.endpoint, self.token.decode())
+
+    def teardown(self) -> None:
+        try:
+            if json.loads(self.control_file.read_text()).get("pid") == os.getpid():
+                self.control_file.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def _on_client(self, sock: zmq.Socket[Any]) -> None:
+        for _ in range(64):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            route = frames[0]
+            if len(frames) != 3 or not hmac.compare_digest(frames[1], self.token):
+                self.count("control-unauthorised")
+                sock.send_multipart(
+                    [
+                        route,
+                        codec.encode(ErrorReply(code="unauthorised", reason="wrong control token")),
+                    ]
+                )
+                continue
+            try:
+                msg = codec.decode(frames[2])
+            except codec.DecodeError as exc:
+                sock.send_multipart(
+                    [route, codec.encode(ErrorReply(code="bad-request", reason=str(exc)[:200]))]
+                )
+                continue
+            self._on_request(route, msg)
+
+    def _on_request(self, route: bytes, msg: codec.Message) -> None:
+        if isinstance(msg, StatusRequest):
+            self.api.send_multipart([route, codec.encode(self._status(msg.request))])
+        elif isinstance(msg, SendRequest):
+            if len(self.pending) >= MAX_PENDING:
+                reply = ErrorReply(code="busy", reason="too many sends in progress")
+                self.api.send_multipart([route, codec.encode(reply)])
+                return
+            ours = self.next_id
+            self.next_id += 1
+            self.pending[ours] = (route, msg.request)
+            self.tell(
+                "sender",
+                SendRequest(
+                    request=ours,
+                    path=msg.path,
+                    host=msg.host,
+                    port=msg.port,
+                    chunk_size=msg.chunk_size,
+                    timeout=msg.timeout,
+                ),
+            )
+        else:
+            reply = ErrorReply(code="bad-request", reason=f"unexpected {msg.TYPE}")
+            self.api.send_multipart([route, codec.encode(reply)])
+
+    def _status(self, request: int) -> StatusReply:
+        s = self.settings
+        node = {
+            "version": peercrypt.__version__,
+            "fingerprint": fingerprint(s.identity.public),
+            "pid": str(os.getpid()),
+            "control": self.endpoint,
+            "admission": "open" if s.open_network else ("allow-list" if s.allow else "network-key"),
+            "host": s.host,
+            "listening": "yes" if s.port is not None else "no",
+        }
+        counters: dict[str, int] = {}
+        for actor, announce in sorted(self.announced.items()):
+            node.update(announce.facts)
+            for key, value in announce.counters.items():
+                counters[f"{actor}.{key}"] = value
+        counters.update({f"control.{k}": v for k, v in self.counters.items()})
+        return StatusReply(request=request, node=node, counters=dict(list(counters.items())[:256]))
+
+    def on_actor_restarted(self, name: str) -> None:
+        if name != "sender":
+            return
+        for ours, (route, theirs) in list(self.pending.items()):
+            del self.pending[ours]
+            failed = SendResult(
+                request=theirs,
+                code="internal",
+                reason="the sender crashed; try again",
+                size=0,
+                digest=b"",
+                stored_as="",
+            )
+            self.api.send_multipart([route, codec.encode(failed)])
+
+    def on_mail(self, msg: codec.Message) -> None:
+        if isinstance(msg, Announce):
+            self.announced[msg.actor] = msg
+        elif isinstance(msg, Progress | SendResult):
+            entry = self.pending.get(msg.request)
+            if entry is None:
+                return
+            route, theirs = entry
+            if isinstance(msg, SendResult):
+                del self.pending[msg.request]
+            forwarded = type(msg)(**{**msg.__dict__, "request": theirs})
+            self.api.send_multipart([route, codec.encode(forwarded)])
+        else:
+            super().on_mail(msg)
+
+
+def write_control_file(path: Path, endpoint: str, token: str) -> None:
+    """Atomically write the endpoint and token for local clients (0600)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"endpoint": endpoint, "token": token, "pid": os.getpid()}, f)
+    os.replace(tmp, path)
+
+
+def new_token() -> str:
+    return secrets.token_hex(32)

@@ -1,0 +1,112 @@
+"""Gateway actor: owns the node's one public port (the control plane).
+
+A CURVE server ROUTER socket, admission by the ``admission`` actor (ZAP, with
+the domain enforced so a missing handler means *no* admission). It answers
+``hello`` and ``ping`` itself and hands every other control message, with
+the peer's ZAP-verified key, to the actor that owns that message type;
+their answers come back as ``Outbound`` mail. Malformed or unexpected input
+is counted per kind and logged once per peer and kind; it never stops the
+gateway.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+import zmq.utils.z85
+
+import peercrypt
+from peercrypt.crypto.identity import fingerprint
+from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
+from peercrypt.settings import NodeSettings
+from peercrypt.wire import codec
+from peercrypt.wire.messages import (
+    ErrorReply,
+    Hello,
+    HelloReply,
+    Inbound,
+    Offer,
+    Outbound,
+    Ping,
+    Pong,
+)
+
+CONTROL_MAX_BYTES = 64 * 1024
+# Which actor owns which control-plane message type.
+ROUTES: dict[type[codec.Message], str] = {Offer: "receiver"}
+
+
+class GatewayActor(Actor):
+    name = "gateway"
+
+    def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
+        super().__init__(env)
+        self.settings = settings
+
+    def setup(self) -> None:
+        s = self.settings
+        sock = self.router = self.socket(zmq.ROUTER)
+        sock.curve_server = True
+        sock.curve_secretkey = s.server_keys.z85_secret
+        sock.curve_publickey = s.server_keys.z85_public
+        sock.zap_domain = b"peercrypt"
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        sock.maxmsgsize = CONTROL_MAX_BYTES + 1024
+        sock.router_mandatory = False
+        sock.bind(f"tcp://{s.host}:{s.port}")
+        self.facts["port"] = str(bound_port(sock))
+        self.facts["fingerprint"] = fingerprint(s.identity.public)
+        self.watch(sock, self._on_peer)
+
+    def _on_peer(self, sock: zmq.Socket[Any]) -> None:
+        for _ in range(64):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            route = frames[0].bytes
+            if len(frames) != 2:
+                self._reject(route, "", "frames", f"{len(frames) - 1} frames")
+                continue
+            frame = frames[1]
+            peer_z85 = str(frame.get("User-Id") or "")
+            try:
+                msg = codec.decode(frame.buffer, CONTROL_MAX_BYTES)
+            except codec.DecodeError as exc:
+                self._reject(route, peer_z85, exc.kind, exc.detail)
+                continue
+            self.count(f"in-{msg.TYPE}")
+            if isinstance(msg, Hello):
+                reply: codec.Message = HelloReply(
+                    node_id=self.settings.identity.public, version=peercrypt.__version__
+                )
+                sock.send_multipart([route, codec.encode(reply)])
+            elif isinstance(msg, Ping):
+                sock.send_multipart([route, codec.encode(Pong(seq=msg.seq))])
+            elif type(msg) in ROUTES:
+                peer = zmq.utils.z85.decode(peer_z85) if peer_z85 else b""
+                self.tell(
+                    ROUTES[type(msg)],
+                    Inbound(
+                        route=route,
+                        peer=peer,
+                        peer_host=str(frame.get("Peer-Address") or ""),
+                        payload=frame.bytes,
+                    ),
+                )
+            else:
+                self._reject(route, peer_z85, "unexpected", msg.TYPE)
+
+    def _reject(self, route: bytes, peer: str, kind: str, detail: str) -> None:
+        self.count(f"rejected-{kind}")
+        who = fingerprint(zmq.utils.z85.decode(peer)) if peer else "unknown peer"
+        self.log_once(kind, who, "gateway: dropped %s message from %s (%s)", kind, who, detail)
+        reply = ErrorReply(code=kind[:32], reason=f"rejected: {kind}")
+        self.router.send_multipart([route, codec.encode(reply)])
+
+    def on_mail(self, msg: codec.Message) -> None:
+        if isinstance(msg, Outbound):
+            self.router.send_multipart([msg.route, msg.payload])
+        else:
+            super().on_mail(msg)

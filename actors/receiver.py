@@ -1,0 +1,418 @@
+"""Receiver actor: takes offers, receives, verifies and stores files.
+
+Offers arrive from the gateway (control plane, CURVE); chunks and sealed
+transfer messages arrive on the receiver's own data socket (a plain ROUTER:
+the bulk is sealed with per-transfer AES-256-GCM keys, so CURVE is not
+layered on it). Per transfer:
+
+1. Offer -> checks (limits per peer and in all, name, chunk size, space),
+   ephemeral key agreement, ``.NAME.TID.part`` created in the inbox, Accept.
+2. Chunks -> authenticated, decrypted, queued to the writer thread; acked
+   only once written. The manifest beside the part file lists the written
+   chunks (for resuming later).
+3. Done(hash) -> fsync, compare with the hash computed while writing, link
+   under a free final name (never overwriting), Verified. A mismatch deletes
+   the part file and reports Failed.
+
+Anything that does not authenticate or decode is counted and dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from actors.file_writer import FileWriter
+from peercrypt.core.bitmap import flatten
+from peercrypt.core.names import UnsafeName, candidate_names, sanitise
+from peercrypt.core.receive_window import Arrival, ReceiveWindow
+from peercrypt.crypto.identity import fingerprint
+from peercrypt.crypto.transfer import TAG_BYTES, Ephemeral, OpenError, TransferKeys
+from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
+from peercrypt.settings import MIN_CHUNK, NodeSettings
+from peercrypt.wire import codec
+from peercrypt.wire.messages import (
+    Accept,
+    Ack,
+    ChunkHeader,
+    Done,
+    Failed,
+    Inbound,
+    Offer,
+    Outbound,
+    Refuse,
+    SealedHeader,
+    Verified,
+)
+
+log = logging.getLogger("peercrypt.receiver")
+
+HEADER_MAX_BYTES = 512
+MANIFEST_EVERY = 64  # chunks between manifest updates
+COMPLETED_MEMORY = 256  # finished transfers remembered to re-answer a repeated Done
+
+
+@dataclass
+class Incoming:
+    tid: bytes
+    peer: bytes
+    name: str
+    size: int
+    chunk_size: int
+    keys: TransferKeys
+    window: ReceiveWindow
+    part: Path
+    fd: int
+    last_activity: float
+    route: bytes | None = None
+    since_manifest: int = 0
+    finishing: bool = False
+    expected_digest: bytes = b""
+    ack_due: bool = False
+
+
+class ReceiverActor(Actor):
+    name = "receiver"
+
+    def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
+        super().__init__(env)
+        self.settings = settings
+        self.transfers: dict[bytes, Incoming] = {}
+        self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # tid -> (route?, sealed Verified)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def setup(self) -> None:
+        s = self.settings
+        s.inbox.mkdir(parents=True, exist_ok=True)
+        data = self.data = self.socket(zmq.ROUTER)
+        data.maxmsgsize = s.max_chunk + TAG_BYTES + 1024
+        data.rcvhwm = 0  # bounded by credit, not by dropping
+        data.sndhwm = 0
+        data.bind(f"tcp://{s.host}:{s.data_port}")
+        self.data_port = bound_port(data)
+        self.facts["data_port"] = str(self.data_port)
+        self.facts["inbox"] = str(s.inbox)
+        self.watch(data, self._on_data)
+        address = f"inproc://pc-{self.env.node_uid}/receiver-writer"
+        self.writer_results = self.socket(zmq.PAIR)
+        self.writer_results.bind(address)
+        self.watch(self.writer_results, self._on_writer)
+        self.writer = FileWriter(self.env.context, address)
+        self.writer.start()
+        self.call_every(1.0, self._expire_idle)
+
+    def teardown(self) -> None:
+        if hasattr(self, "writer"):
+            self.writer.stop()
+        for t in list(self.transfers.values()):
+            self._save_manifest(t)
+            os.close(t.fd)
+        self.transfers.clear()
+
+    # -- offers (control plane, via the gateway) -------------------------------
+
+    def on_mail(self, msg: codec.Message) -> None:
+        if not isinstance(msg, Inbound):
+            return super().on_mail(msg)
+        try:
+            offer = codec.decode_as(msg.payload, Offer)
+        except codec.DecodeError as exc:
+            self.count(f"offer-{exc.kind}")
+            return
+        reply = self._take_offer(offer, msg.peer)
+        self.tell("gateway", Outbound(route=msg.route, payload=codec.encode(reply)))
+
+    def _take_offer(self, offer: Offer, peer: bytes) -> codec.Message:
+        s = self.settings
+
+        def refuse(code: str, reason: str) -> Refuse:
+            self.count(f"refused-{code}")
+            log.info("refused offer from %s: %s", fingerprint(peer) if peer else "?", reason)
+            return Refuse(tid=offer.tid, code=code, reason=reason)
+
+        if offer.tid in self.transfers or offer.tid in self.completed:
+            return refuse("duplicate", "transfer id already in use")
+        if len(self.transfers) >= s.max_transfers:
+            return refuse("busy", f"receiver busy ({s.max_transfers} transfers running)")
+        if sum(1 for t in self.transfers.values() if t.peer == peer) >= s.max_transfers_per_peer:
+            return refuse("busy", f"too many transfers from you (max {s.max_transfers_per_peer})")
+        if offer.hash_alg != "blake3":
+            return refuse("unsupported", f"hash {offer.hash_alg[:16]!r} not supported")
+        if not MIN_CHUNK <= offer.chunk_size <= s.max_chunk:
+            return refuse("bad-offer", f"chunk size must be {MIN_CHUNK}..{s.max_chunk} bytes")
+        try:
+            name = sanitise(offer.name)
+        except UnsafeName as exc:
+            return refuse("bad-name", str(exc))
+        free = shutil.disk_usage(s.inbox).free
+        if offer.size > free:
+            return refuse("no-space", f"not enough space in the inbox ({free} bytes free)")
+        eph = Ephemeral()
+        try:
+            keys = eph.agree(offer.tid, offer.eph_pub, initiator=False)
+        except ValueError:
+            return refuse("bad-offer", "invalid ephemeral key")
+        part = s.inbox / f".{name}.{offer.tid.hex()[:12]}.part"
+        try:
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            os.ftruncate(fd, offer.size)
+        except OSError as exc:
+            return refuse("io", f"cannot create file in inbox: {exc.strerror}")
+        total = -(-offer.size // offer.chunk_size)
+        window = ReceiveWindow(total, s.window)
+        t = Incoming(
+            tid=offer.tid,
+            peer=peer,
+            name=name,
+            size=offer.size,
+            chunk_size=offer.chunk_size,
+            keys=keys,
+            window=window,
+            part=part,
+            fd=fd,
+            last_activity=self.now(),
+        )
+        self.transfers[offer.tid] = t
+        self.writer.open(t.tid, fd, t.chunk_size, t.size, window.written)
+        self._save_manifest(t)
+        self.count("accepted")
+        return Accept(
+            tid=offer.tid,
+            eph_pub=eph.public,
+            data_host=s.advertise_data_host,
+            data_port=s.advertise_data_port or self.data_port,
+            window=s.window,
+            have=[],
+        )
+
+    # -- data plane ---------------------------------------------------------------
+
+    def _on_data(self, sock: zmq.Socket[Any]) -> None:
+        for _ in range(64):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            route = frames[0].bytes
+            if len(frames) != 3:
+                self._drop(route, "frames")
+                continue
+            try:
+                header = codec.decode(frames[1].buffer, HEADER_MAX_BYTES)
+            except codec.DecodeError as exc:
+                self._drop(route, exc.kind)
+                continue
+            if isinstance(header, ChunkHeader):
+                self._on_chunk(route, header, frames[2].buffer)
+            elif isinstance(header, SealedHeader):
+                self._on_sealed(route, header, frames[2].buffer)
+            else:
+                self._drop(route, "unexpected")
+        self._flush_acks()
+
+    def _drop(self, route: bytes, kind: str) -> None:
+        self.count(f"data-dropped-{kind}")
+        self.log_once(kind, route.hex(), "receiver: dropped %s frame from a data peer", kind)
+
+    def _on_chunk(self, route: bytes, h: ChunkHeader, payload: memoryview) -> None:
+        t = self.transfers.get(h.tid)
+        if t is None:
+            if h.tid not in self.completed:
+                self._drop(route, "unknown-transfer")
+            return
+        w = t.window
+        if not 0 <= h.index < w.total or h.last != (h.index == w.total - 1):
+            self._drop(route, "bad-index")
+            return
+        if h.index in w.written:  # already stored: the ack was lost, repeat it
+            w.duplicates += 1
+            t.ack_due = True
+            t.route = route
+            return
+        expected = min(t.chunk_size, t.size - h.index * t.chunk_size) + TAG_BYTES
+        if len(payload) != expected:
+            self._drop(route, "bad-length")
+            return
+        try:
+            plaintext = t.keys.open_chunk(h.index, h.last, h.nonce, payload)
+        except OpenError:
+            self._drop(route, "auth")
+            return
+        t.route = route
+        t.last_activity = self.now()
+        if w.on_chunk(h.index, h.last) is Arrival.NEW:
+            self.writer.write(t.tid, h.index, plaintext)
+        else:
+            t.ack_due = True
+
+    def _on_sealed(self, route: bytes, h: SealedHeader, payload: memoryview) -> None:
+        t = self.transfers.get(h.tid)
+        if t is None:
+            done = self.completed.get(h.tid)
+            if done is not None:  # our Verified was lost: answer the repeated Done again
+                self.data.send_multipart([route, done[0], done[1]])
+            else:
+                self._drop(route, "unknown-transfer")
+            return
+        try:
+            msg = codec.decode(t.keys.open_message(h.nonce, payload), HEADER_MAX_BYTES)
+        except OpenError:
+            self._drop(route, "auth")
+            return
+        except codec.DecodeError as exc:
+            self._drop(route, exc.kind)
+            return
+        t.route = route
+        t.last_activity = self.now()
+        if isinstance(msg, Done):
+            if not t.window.complete or msg.chunks != t.window.total:
+                t.ack_due = True  # tell the sender what is still missing
+            elif not t.finishing:
+                t.finishing = True
+                t.expected_digest = msg.digest
+                self.writer.finish(t.tid)
+        elif isinstance(msg, Failed):
+            log.info("sender abandoned %s: %s", t.name, msg.reason)
+            self.count("aborted-by-sender")
+            self._close(t, keep_part=True)
+        else:
+            self._drop(route, "unexpected")
+
+    def _send_sealed(self, t: Incoming, msg: codec.Message) -> tuple[bytes, bytes] | None:
+        if t.route is None:
+            return None
+        nonce, sealed = t.keys.seal_message(codec.encode(msg))
+        header = codec.encode(SealedHeader(tid=t.tid, nonce=nonce))
+        self.data.send_multipart([t.route, header, sealed])
+        return header, sealed
+
+    def _flush_acks(self) -> None:
+        for t in self.transfers.values():
+            if t.ack_due:
+                t.ack_due = False
+                cumulative, sack, window = t.window.ack_fields()
+                self._send_sealed(t, Ack(cumulative=cumulative, sack=flatten(sack), window=window))
+
+    # -- writer results -----------------------------------------------------------
+
+    def _on_writer(self, sock: zmq.Socket[Any]) -> None:
+        for _ in range(256):
+            try:
+                kind, tid, value = msgpack.unpackb(sock.recv(zmq.NOBLOCK), raw=False)
+            except zmq.Again:
+                break
+            t = self.transfers.get(tid)
+            if t is None:
+                continue
+            if kind == "written":
+                t.window.on_written(value)
+                t.ack_due = True
+                t.since_manifest += 1
+                if t.since_manifest >= MANIFEST_EVERY:
+                    self._save_manifest(t)
+            elif kind == "finished":
+                self._finish(t, value)
+            else:
+                log.error("writing %s failed: %s", t.name, value)
+                self._send_sealed(t, Failed(code="io", reason=f"receiver cannot write: {value}"))
+                self._close(t, keep_part=False)
+        self._flush_acks()
+
+    def _finish(self, t: Incoming, digest: bytes) -> None:
+        if not hmac.compare_digest(digest, t.expected_digest):
+            self.count("hash-mismatch")
+            log.warning("%s: whole-file hash mismatch; discarded", t.name)
+            self._send_sealed(t, Failed(code="hash-mismatch", reason="whole-file hash mismatch"))
+            self._close(t, keep_part=False)
+            return
+        os.fchmod(t.fd, 0o644)
+        stored = None
+        for candidate in candidate_names(t.name):
+            try:
+                os.link(t.part, self.settings.inbox / candidate)
+            except FileExistsError:
+                continue
+            stored = candidate
+            break
+        if stored is None:
+            self._send_sealed(t, Failed(code="io", reason="no free name in the inbox"))
+            self._close(t, keep_part=True)
+            return
+        self._close(t, keep_part=False)
+        _fsync_dir(self.settings.inbox)
+        self.count("received")
+        self.count("received-bytes", t.size)
+        log.info(
+            "received %s (%d bytes) from %s", stored, t.size, fingerprint(t.peer) if t.peer else "?"
+        )
+        sent = self._send_sealed(t, Verified(digest=digest, stored_as=stored))
+        if sent is not None:
+            if len(self.completed) >= COMPLETED_MEMORY:
+                self.completed.pop(next(iter(self.completed)))
+            self.completed[t.tid] = sent
+
+    # -- bookkeeping -------------------------------------------------------------
+
+    def _manifest_path(self, t: Incoming) -> Path:
+        return t.part.with_name(t.part.name + ".manifest")
+
+    def _save_manifest(self, t: Incoming) -> None:
+        """Record which chunks the part file holds (atomic replace)."""
+        t.since_manifest = 0
+        record = {
+            "version": 1,
+            "tid": t.tid,
+            "name": t.name,
+            "size": t.size,
+            "chunk_size": t.chunk_size,
+            "peer": t.peer,
+            "written": t.window.written.to_bytes(),
+        }
+        path = self._manifest_path(t)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(msgpack.packb(record, use_bin_type=True))
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.log_once("manifest", t.name, "cannot write manifest for %s: %s", t.name, exc)
+
+    def _close(self, t: Incoming, keep_part: bool) -> None:
+        self.transfers.pop(t.tid, None)
+        self.writer.forget(t.tid)
+        if keep_part:
+            self._save_manifest(t)
+        os.close(t.fd)
+        if not keep_part:
+            for path in (t.part, self._manifest_path(t)):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def _expire_idle(self) -> None:
+        now = self.now()
+        for t in list(self.transfers.values()):
+            if now - t.last_activity > self.settings.idle_timeout and not t.finishing:
+                log.info(
+                    "%s: no traffic for %.0f s; kept for resume", t.name, now - t.last_activity
+                )
+                self.count("expired")
+                self._close(t, keep_part=True)
+        self.facts["active"] = str(len(self.transfers))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

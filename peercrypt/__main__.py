@@ -1,0 +1,3 @@
+from peercrypt.cli import run
+
+run()

@@ -1,0 +1,90 @@
+"""Client side of a node's control socket (used by the CLI and tests).
+
+Finds the node from ``DATA_DIR/control.json``, checks its pid is alive, and
+speaks ``[token, request]`` frames to the control actor over loopback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from peercrypt.settings import CONTROL_FILE
+from peercrypt.wire import codec
+from peercrypt.wire.messages import ErrorReply, StatusReply, StatusRequest
+
+
+class NodeUnavailable(Exception):
+    """No node answers on this data directory's control socket."""
+
+
+class ControlClient:
+    def __init__(self, endpoint: str, token: str) -> None:
+        self.context: zmq.Context[Any] = zmq.Context()
+        self.sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(endpoint)
+        self.token = token.encode()
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> ControlClient:
+        """Raises NodeUnavailable if no live node wrote a control file there."""
+        return cls.from_file(data_dir / CONTROL_FILE, data_dir)
+
+    @classmethod
+    def from_file(cls, path: Path, data_dir: Path) -> ControlClient:
+        try:
+            info = json.loads(path.read_text())
+            endpoint, token, pid = info["endpoint"], info["token"], int(info["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise NodeUnavailable(f"no node is running for {data_dir}") from None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            raise NodeUnavailable(f"the node for {data_dir} is not running (stale)") from None
+        except PermissionError:
+            pass
+        return cls(endpoint, token)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def send(self, msg: codec.Message) -> None:
+        self.sock.send_multipart([self.token, codec.encode(msg)])
+
+    def receive(self, timeout: float) -> codec.Message:
+        """Next reply. Raises NodeUnavailable on timeout."""
+        if not self.sock.poll(int(timeout * 1000)):
+            raise NodeUnavailable("the node did not answer")
+        return codec.decode(self.sock.recv())
+
+    def replies(self, timeout: float) -> Iterator[codec.Message]:
+        while True:
+            yield self.receive(timeout)
+
+    def status(self, timeout: float = 2.0) -> StatusReply:
+        request = self.next_id()
+        self.send(StatusRequest(request=request))
+        reply = self.receive(timeout)
+        if isinstance(reply, ErrorReply):
+            raise NodeUnavailable(f"the node refused: {reply.reason}")
+        if not isinstance(reply, StatusReply):
+            raise NodeUnavailable(f"unexpected reply {reply.TYPE}")
+        return reply
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.context.term()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,57 @@
+"""File names from the network, made safe for the inbox.
+
+A received name is untrusted. The rules: keep only the last path component
+(both ``/`` and ``\\`` separate), drop control characters, refuse what is
+empty, ``.`` or ``..`` after that, and cap the name at 200 UTF-8 bytes
+(leaving room for a ``.N`` suffix and the ``.part`` marker). Nothing chosen
+here can point outside the inbox; :func:`unique_name` never reuses a name
+that exists.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable, Iterator
+
+MAX_NAME_BYTES = 200
+
+
+class UnsafeName(ValueError):
+    """The offered name cannot be made into a file name."""
+
+
+def sanitise(name: str) -> str:
+    """Return a safe single-component file name for ``name``. Raises UnsafeName."""
+    base = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if unicodedata.category(c)[0] != "C")
+    base = base.strip()
+    if base in ("", ".", ".."):
+        raise UnsafeName(f"unusable file name {name[:80]!r}")
+    encoded = base.encode("utf-8")
+    if len(encoded) > MAX_NAME_BYTES:
+        stem, dot, ext = base.rpartition(".")
+        keep_ext = dot + ext if dot and stem and len(ext) <= 16 else ""
+        room = MAX_NAME_BYTES - len(keep_ext.encode("utf-8"))
+        head = base[: len(base) - len(keep_ext)].encode("utf-8")[:room]
+        base = head.decode("utf-8", "ignore") + keep_ext
+    return base
+
+
+def candidate_names(name: str, limit: int = 10_000) -> Iterator[str]:
+    """``name``, then ``stem.1.ext``, ``stem.2.ext``... (``name`` sanitised).
+    Callers try each with an exclusive create/link, so a race cannot overwrite."""
+    yield name
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = name, ""
+    for n in range(1, limit):
+        yield f"{stem}.{n}.{ext}" if ext else f"{stem}.{n}"
+
+
+def unique_name(name: str, exists: Callable[[str], bool]) -> str:
+    """The first of :func:`candidate_names` for which ``exists`` is false.
+    Raises UnsafeName when all are taken."""
+    for candidate in candidate_names(name):
+        if not exists(candidate):
+            return candidate
+    raise UnsafeName(f"too many files named like {name!r}")

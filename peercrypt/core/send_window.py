@@ -1,0 +1,137 @@
+"""Sender side of one transfer's reliability and credit flow control.
+
+Pure state machine (the zguide's FileMQ credit pattern plus SACK loss
+recovery). Inputs: the receiver's accept (chunks it already holds, initial
+credit), acks (cumulative index, held ranges above it, current credit) and
+the passage of time. Output: which chunk indices to (re)send now.
+
+Rules:
+- Credit: at most ``window`` chunks are in flight (sent, not yet acked). The
+  receiver sizes the window to its write queue, so its memory is bounded by
+  window x chunk size whatever the file size, and no ZeroMQ high-water mark
+  ever has to drop anything.
+- Loss by SACK: a chunk in flight is presumed lost once ``dupthresh`` chunks
+  sent after it have been acked (reordering below that is tolerated), and is
+  resent at once (a fast retransmit).
+- Loss by timeout: a chunk unacked for one RTO (RFC 6298, from
+  :class:`~peercrypt.core.rtt.RttEstimator`) is resent, and the RTO backs off.
+- Karn: only chunks sent exactly once give RTT samples.
+- Retransmissions go before new chunks, lowest index first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.rtt import RttEstimator
+
+
+@dataclass
+class _InFlight:
+    sent_at: float
+    order: int  # global send sequence number
+    resent: bool
+
+
+class SendWindow:
+    """Which chunks to send when, for a file of ``total`` chunks."""
+
+    def __init__(self, total: int, rtt: RttEstimator | None = None, dupthresh: int = 3) -> None:
+        self.total = total
+        self.acked = ChunkBitmap(total)
+        self.rtt = rtt or RttEstimator()
+        self.dupthresh = dupthresh
+        self.window = 0
+        self._next_new = 0
+        self._in_flight: dict[int, _InFlight] = {}
+        self._lost: set[int] = set()
+        self._order = 0
+        self._highest_acked_order = -1
+        self.retransmits = 0
+        self.timeouts = 0
+        self.fast_retransmits = 0
+
+    # -- inputs ---------------------------------------------------------------
+
+    def on_accept(self, have: list[tuple[int, int]], window: int) -> None:
+        """The receiver took the offer, already holding ``have``."""
+        self.acked.add_ranges(have)
+        self.window = max(1, window)
+
+    def on_ack(self, cumulative: int, sack: list[tuple[int, int]], window: int, now: float) -> int:
+        """Apply an ack; returns how many chunks it newly acknowledged."""
+        self.window = max(1, window)
+        newly = self.acked.add_ranges([(0, min(cumulative, self.total)), *sack])
+        for index in newly:
+            flight = self._in_flight.pop(index, None)
+            self._lost.discard(index)
+            if flight is None:
+                continue
+            if not flight.resent:
+                self.rtt.sample(max(0.0, now - flight.sent_at))
+            self._highest_acked_order = max(self._highest_acked_order, flight.order)
+        self._detect_sack_losses()
+        return len(newly)
+
+    def _detect_sack_losses(self) -> None:
+        limit = self._highest_acked_order - self.dupthresh
+        for index, flight in self._in_flight.items():
+            if flight.order <= limit and index not in self._lost:
+                self._lost.add(index)
+                self.fast_retransmits += 1
+
+    def on_timer(self, now: float) -> None:
+        """Declare lost every chunk unacked for longer than the RTO."""
+        expired = [
+            i
+            for i, f in self._in_flight.items()
+            if i not in self._lost and now - f.sent_at >= self.rtt.rto
+        ]
+        if expired:
+            self._lost.update(expired)
+            self.timeouts += 1
+            self.rtt.backoff()
+
+    # -- outputs --------------------------------------------------------------
+
+    def next_to_send(self, now: float, limit: int | None = None) -> list[int]:
+        """Chunks to send now (marking them in flight), retransmissions first."""
+        out: list[int] = []
+        budget = self.window - (len(self._in_flight) - len(self._lost))
+        if limit is not None:
+            budget = min(budget, limit)
+        for index in sorted(self._lost):
+            if budget <= 0:
+                break
+            self._lost.discard(index)
+            self._mark_sent(index, now, resent=True)
+            self.retransmits += 1
+            out.append(index)
+            budget -= 1
+        while budget > 0 and self._next_new < self.total:
+            index = self._next_new
+            self._next_new += 1
+            if index in self.acked:
+                continue
+            self._mark_sent(index, now, resent=False)
+            out.append(index)
+            budget -= 1
+        return out
+
+    def _mark_sent(self, index: int, now: float, resent: bool) -> None:
+        self._order += 1
+        self._in_flight[index] = _InFlight(sent_at=now, order=self._order, resent=resent)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_timer` should next run (None: nothing in flight)."""
+        pending = [f.sent_at for i, f in self._in_flight.items() if i not in self._lost]
+        return min(pending) + self.rtt.rto if pending else None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def done(self) -> bool:
+        return self.acked.complete

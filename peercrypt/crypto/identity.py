@@ -1,0 +1,132 @@
+"""Node identity, fingerprints, and the network key.
+
+- A node's long-term identity is an X25519 key pair, created on first start in
+  its data directory (``identity.key``, mode 0600). It is also the node's
+  CURVE client key, so an admitted peer's ZAP-verified key *is* its identity.
+- Users see and pin *fingerprints*: the first 20 bytes of SHA-256 of the public
+  key in base32, grouped by four (``abcd-efgh-...``).
+- The network key (a shared secret string) is stretched with scrypt into the
+  CURVE *server* key pair that every member's control socket uses. Completing
+  a CURVE handshake needs the server public key, which only holders of the
+  network key can compute; scrypt makes guessing a weak network key from a
+  captured handshake slow. ``--open`` uses a fixed, public key: the control
+  plane is still encrypted, but anyone can join.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.utils.z85
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+
+IDENTITY_FILE = "identity.key"
+_OPEN_NETWORK = b"peercrypt open network: no admission control"
+_SCRYPT_SALT = b"peercrypt-network-key-v1"
+
+
+class IdentityError(Exception):
+    """The identity file is unusable (wrong size or permissions)."""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A raw X25519 key pair (32-byte secret and public)."""
+
+    secret: bytes
+    public: bytes
+
+    @classmethod
+    def from_secret(cls, secret: bytes) -> KeyPair:
+        private = X25519PrivateKey.from_private_bytes(secret)
+        public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return cls(secret=secret, public=public)
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        private = X25519PrivateKey.generate()
+        secret = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return cls.from_secret(secret)
+
+    @property
+    def z85_secret(self) -> bytes:
+        return zmq.utils.z85.encode(self.secret)
+
+    @property
+    def z85_public(self) -> bytes:
+        return zmq.utils.z85.encode(self.public)
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"KeyPair(public={fingerprint(self.public)})"
+
+
+def fingerprint(public: bytes) -> str:
+    """Human-comparable fingerprint of a 32-byte public key."""
+    digest = hashlib.sha256(b"peercrypt-fp" + public).digest()[:20]
+    text = base64.b32encode(digest).decode("ascii").lower()
+    return "-".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+
+def normalise_fingerprint(text: str) -> str:
+    """Accept fingerprints with or without dashes, any case. Raises ValueError."""
+    raw = text.strip().lower().replace("-", "").replace(" ", "")
+    if len(raw) != 32 or any(c not in "abcdefghijklmnopqrstuvwxyz234567" for c in raw):
+        raise ValueError(f"not a PeerCrypt fingerprint: {text[:60]!r}")
+    return "-".join(raw[i : i + 4] for i in range(0, 32, 4))
+
+
+def load_or_create_identity(data_dir: Path) -> KeyPair:
+    """Load ``identity.key`` from ``data_dir`` or create it (0600, atomically).
+
+    Raises IdentityError if the file exists but is not a 32-byte key or is
+    readable by others.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = data_dir / IDENTITY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise IdentityError(
+                f"{path} is accessible by other users (mode {mode:o}); run: chmod 600 {path}"
+            ) from None
+        secret = path.read_bytes()
+        if len(secret) != 32:
+            raise IdentityError(f"{path} is not a PeerCrypt identity (expected 32 bytes)") from None
+        return KeyPair.from_secret(secret)
+    pair = KeyPair.generate()
+    with os.fdopen(fd, "wb") as f:
+        f.write(pair.secret)
+        f.flush()
+        os.fsync(f.fileno())
+    return pair
+
+
+def network_server_keys(network_key: str | None) -> KeyPair:
+    """The CURVE server key pair of a network (``None``: the open network)."""
+    if network_key is None:
+        secret = hashlib.sha256(_OPEN_NETWORK).digest()
+    else:
+        if not network_key:
+            raise ValueError("the network key is empty")
+        secret = hashlib.scrypt(
+            network_key.encode("utf-8"), salt=_SCRYPT_SALT, n=2**14, r=8, p=1, dklen=32
+        )
+    return KeyPair.from_secret(secret)
+
+
+def new_network_key() -> str:
+    """A fresh random network key (256 bits, URL-safe text)."""
+    return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii").rstrip("=")

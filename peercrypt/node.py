@@ -1,0 +1,79 @@
+"""A node: its actors under one supervisor, one ZeroMQ context.
+
+``Node.start()`` returns once every actor said READY (or raises);
+``Node.stop()`` cannot hang: actors close their own sockets, then the
+context is terminated. ``run_until`` keeps the supervisor restarting crashed
+actors until a stop is requested (SIGINT/SIGTERM in the CLI).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any
+
+import zmq
+
+from actors.admission import AdmissionActor
+from actors.control import ControlActor, new_token
+from actors.gateway import GatewayActor
+from actors.receiver import ReceiverActor
+from actors.sender import SenderActor
+from peercrypt.runtime.actor import ActorEnv
+from peercrypt.runtime.supervisor import ActorFactory, Supervisor
+from peercrypt.settings import NodeSettings
+
+log = logging.getLogger("peercrypt.node")
+
+
+class Node:
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self.token = new_token()
+        self.context: zmq.Context[Any] = zmq.Context()
+        self.env = ActorEnv(context=self.context, node_uid=uuid.uuid4().hex[:12])
+        s = settings
+        factories: list[tuple[str, ActorFactory]] = [
+            ("control", lambda env: ControlActor(env, s, self.token)),
+            ("sender", lambda env: SenderActor(env, s)),
+        ]
+        if s.port is not None:
+            factories += [
+                ("admission", lambda env: AdmissionActor(env, s.allow)),
+                ("receiver", lambda env: ReceiverActor(env, s)),
+                ("gateway", lambda env: GatewayActor(env, s)),
+            ]
+        self.supervisor = Supervisor(self.env, factories)
+        self._stopped = False
+
+    def start(self) -> None:
+        """Start all actors. Raises StartError or zmq.ZMQError (e.g. port in use)."""
+        try:
+            self.supervisor.start()
+        except BaseException:
+            self._term()
+            raise
+
+    def run_until(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.supervisor.poll(0.2)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.supervisor.stop():
+            self._term()
+        else:
+            log.error("leaving the ZeroMQ context open: an actor is stuck")
+
+    def _term(self) -> None:
+        self.context.term()
+
+    def __enter__(self) -> Node:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

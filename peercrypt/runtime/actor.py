@@ -1,0 +1,281 @@
+"""The actor: one thread, its own ZeroMQ sockets, a Poller loop, timers.
+
+Modelled on czmq's zactor. The supervisor makes a PAIR pipe and starts the
+thread; the actor creates every socket it uses *inside its own thread*, binds
+its mailbox (a PULL socket at its address), runs :meth:`Actor.setup`, and
+only then says ``READY`` on the pipe. ``$TERM`` on the pipe makes it leave its
+loop. Whatever happens (a clean stop or an exception), the shim closes all the
+actor's sockets with LINGER 0 and reports ``STOPPED`` or ``CRASHED`` on the
+pipe, so the supervisor can always join it and the context can always be
+terminated.
+
+Actors share no state: they talk only in encoded messages, through
+:meth:`Actor.tell` to another actor's mailbox, or over their network sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import zmq
+
+from peercrypt.wire import codec
+from peercrypt.wire.messages import Announce
+
+log = logging.getLogger("peercrypt.actor")
+
+READY = b"READY"
+TERM = b"$TERM"
+# Supervisor -> actors: actor NAME was restarted, reconnect to its mailbox.
+RESTARTED = b"$RESTARTED:"
+STOPPED = b"STOPPED"
+CRASHED = b"CRASHED"
+
+# How many messages one readable socket may deliver before the loop looks at
+# the others (fairness between a bulk socket and the pipe/mailbox).
+DRAIN_BATCH = 64
+
+
+@dataclass
+class ActorEnv:
+    """What an actor gets from its node: the shared context and addresses."""
+
+    context: zmq.Context[Any]
+    node_uid: str
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    def address(self, name: str) -> str:
+        """The mailbox URL of actor ``name`` (inproc:// unless configured)."""
+        return self.addresses.get(name, f"inproc://pc-{self.node_uid}/{name}")
+
+
+@dataclass(order=True)
+class Timer:
+    due: float
+    seq: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def bound_endpoint(sock: zmq.Socket[Any]) -> str:
+    """The endpoint a socket actually bound (port 0 resolved)."""
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def bound_port(sock: zmq.Socket[Any]) -> int:
+    return int(bound_endpoint(sock).rsplit(":", 1)[1])
+
+
+class Actor:
+    """Base class. Subclasses set ``name`` and override the hooks."""
+
+    name: ClassVar[str] = "actor"
+    # Actors that publish facts/counters for ``status`` send them here.
+    REPORT_TO: ClassVar[str | None] = "control"
+    REPORT_INTERVAL: ClassVar[float] = 0.5
+
+    def __init__(self, env: ActorEnv) -> None:
+        self.env = env
+        self._sockets: list[zmq.Socket[Any]] = []
+        self._handlers: dict[zmq.Socket[Any], Callable[[zmq.Socket[Any]], None]] = {}
+        self._poller = zmq.Poller()
+        self._timers: list[Timer] = []
+        self._seq = itertools.count()
+        self._outboxes: dict[str, zmq.Socket[Any]] = {}
+        self._running = False
+        self.counters: dict[str, int] = {}
+        self._logged_once: set[tuple[str, str]] = set()
+        self.facts: dict[str, str] = {}
+
+    # -- hooks ------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Create sockets and timers. Runs in the actor's thread before READY."""
+
+    def teardown(self) -> None:
+        """Release non-socket resources. Runs in the actor's thread, always."""
+
+    def on_actor_restarted(self, name: str) -> None:
+        """Actor ``name`` crashed and was restarted: its state is gone."""
+
+    def on_mail(self, msg: codec.Message) -> None:
+        """A message arrived in the mailbox."""
+        log.warning("%s: unexpected mail %s", self.name, msg.TYPE)
+
+    # -- services for subclasses -------------------------------------------------
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    def socket(self, kind: int) -> zmq.Socket[Any]:
+        """A socket owned by this actor (closed with LINGER 0 when it stops)."""
+        sock: zmq.Socket[Any] = self.env.context.socket(kind)
+        sock.linger = 0
+        self._sockets.append(sock)
+        return sock
+
+    def watch(self, sock: zmq.Socket[Any], handler: Callable[[zmq.Socket[Any]], None]) -> None:
+        """Call ``handler(sock)`` whenever ``sock`` is readable."""
+        self._handlers[sock] = handler
+        self._poller.register(sock, zmq.POLLIN)
+
+    def close_socket(self, sock: zmq.Socket[Any]) -> None:
+        if sock in self._handlers:
+            self._poller.unregister(sock)
+            del self._handlers[sock]
+        if sock in self._sockets:
+            self._sockets.remove(sock)
+        sock.close(linger=0)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(self.now() + max(0.0, delay), next(self._seq), callback)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def call_every(self, interval: float, callback: Callable[[], None]) -> Timer:
+        """Repeat ``callback`` every ``interval`` s; cancel the returned timer
+        to stop (the handle stays the same across repetitions)."""
+        handle = Timer(0.0, -1, callback)
+
+        def tick() -> None:
+            if handle.cancelled:
+                return
+            callback()
+            if not handle.cancelled:
+                self.call_later(interval, tick)
+
+        self.call_later(interval, tick)
+        return handle
+
+    def tell(self, actor: str, msg: codec.Message) -> None:
+        """Send ``msg`` to another actor's mailbox (never blocks)."""
+        out = self._outboxes.get(actor)
+        if out is None:
+            out = self.socket(zmq.PUSH)
+            out.sndhwm = 100_000
+            out.connect(self.env.address(actor))
+            self._outboxes[actor] = out
+        try:
+            out.send(codec.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            self.count("mail-dropped")
+            self.log_once("mail-dropped", actor, "%s: mailbox of %s is full", self.name, actor)
+
+    def report(self) -> None:
+        """Publish facts and counters to the status owner (see REPORT_TO)."""
+        if self.REPORT_TO and self.name != self.REPORT_TO:
+            self.tell(
+                self.REPORT_TO,
+                Announce(actor=self.name, facts=dict(self.facts), counters=dict(self.counters)),
+            )
+
+    def _forget_outbox(self, actor: str) -> None:
+        out = self._outboxes.pop(actor, None)
+        if out is not None:
+            self.close_socket(out)
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def log_once(self, kind: str, who: str, fmt: str, *args: object) -> None:
+        """Log a warning the first time (kind, who) happens; bounded memory."""
+        key = (kind, who)
+        if key in self._logged_once:
+            return
+        if len(self._logged_once) < 4096:
+            self._logged_once.add(key)
+        log.warning(fmt, *args)
+
+    def stop(self) -> None:
+        """Leave the loop after the current step (from inside the actor)."""
+        self._running = False
+
+    # -- the loop (runs in the actor's thread) ----------------------------------
+
+    def _on_mailbox(self, sock: zmq.Socket[Any]) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                data = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = codec.decode(data)
+            except codec.DecodeError as exc:
+                self.count(f"mail-decode-{exc.kind}")
+                self.log_once("mail", exc.kind, "%s: bad mail: %s", self.name, exc)
+                continue
+            self.on_mail(msg)
+
+    def _run_timers(self) -> None:
+        now = self.now()
+        while self._timers and self._timers[0].due <= now:
+            timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.callback()
+
+    def _poll_timeout_ms(self) -> int:
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return 1000
+        delay = self._timers[0].due - self.now()
+        return max(0, min(1000, int(delay * 1000) + 1))
+
+    def run(self, pipe_address: str) -> None:
+        """Thread body. Never raises; always reports on the pipe."""
+        ctx = self.env.context
+        pipe: zmq.Socket[Any] = ctx.socket(zmq.PAIR)
+        pipe.linger = 0
+        status = STOPPED
+        try:
+            pipe.connect(pipe_address)
+            mailbox = self.socket(zmq.PULL)
+            mailbox.rcvhwm = 100_000
+            mailbox.bind(self.env.address(self.name))
+            self.watch(mailbox, self._on_mailbox)
+            self._poller.register(pipe, zmq.POLLIN)
+            self.setup()
+            self.report()
+            self.call_every(self.REPORT_INTERVAL, self.report)
+            pipe.send(READY)
+            self._running = True
+            while self._running:
+                events = dict(self._poller.poll(self._poll_timeout_ms()))
+                if pipe in events:
+                    command = pipe.recv()
+                    if command == TERM:
+                        break
+                    if command.startswith(RESTARTED):
+                        other = command[len(RESTARTED) :].decode()
+                        self._forget_outbox(other)
+                        self.on_actor_restarted(other)
+                for sock in list(events):
+                    handler = self._handlers.get(sock)
+                    if handler is not None:
+                        handler(sock)
+                self._run_timers()
+        except Exception as exc:
+            status = CRASHED
+            log.error("actor %s crashed: %s", self.name, exc, exc_info=log.isEnabledFor(10))
+        finally:
+            try:
+                self.teardown()
+            except Exception:
+                log.exception("actor %s: teardown failed", self.name)
+            for sock in self._sockets:
+                sock.close(linger=0)
+            self._sockets.clear()
+            with contextlib.suppress(zmq.ZMQError):
+                pipe.send(status, zmq.NOBLOCK)
+            pipe.close(linger=0)

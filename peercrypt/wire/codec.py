@@ -1,0 +1,166 @@
+"""Strict msgpack encoding of typed messages.
+
+Design rules:
+- Every message is a frozen dataclass registered under a short type name.
+- On the wire a message is the msgpack array ``[VERSION, TYPE, {field: value}]``.
+- Decoding is strict: wrong version, unknown type, a missing or extra field,
+  a value of the wrong type or out of its declared bounds, or a frame over the
+  size limit is a :class:`DecodeError` that names its *kind*, so callers can
+  count and log it once per peer and kind. Decoding never raises anything else.
+- Bulk chunk bytes never travel inside msgpack: they are a frame of their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar, Union
+
+import msgpack
+
+VERSION = 1
+# Default upper bound of one encoded message; sockets may pass a smaller one.
+MAX_MESSAGE_BYTES = 64 * 1024
+# Default bounds of variable-size fields, overridable per field by metadata.
+DEFAULT_MAX_STR = 4096
+DEFAULT_MAX_BYTES = 4096
+DEFAULT_MAX_LIST = 1024
+
+
+class DecodeError(ValueError):
+    """A frame that is not a valid message. ``kind`` is a short stable label."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """Base of all wire messages. Subclasses set ``TYPE``."""
+
+    TYPE: ClassVar[str] = ""
+
+
+M = TypeVar("M", bound=Message)
+
+_Check = Callable[[Any], bool]
+_REGISTRY: dict[str, type[Message]] = {}
+_CHECKS: dict[type[Message], dict[str, _Check]] = {}
+
+
+def bounded(maximum: int, minimum: int = 0) -> dict[str, int]:
+    """Field metadata: for str/bytes/list the length, for int the value."""
+    return {"max": maximum, "min": minimum}
+
+
+def _checker(tp: Any, meta: typing.Mapping[str, Any]) -> _Check:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        parts = [_checker(a, meta) for a in typing.get_args(tp)]
+        return lambda v: any(p(v) for p in parts)
+    if tp is type(None):
+        return lambda v: v is None
+    lo = meta.get("min", 0)
+    if tp is bool:
+        return lambda v: isinstance(v, bool)
+    if tp is int:
+        hi_int = meta.get("max", 2**63 - 1)
+        lo_int = meta.get("min", -(2**63))
+        return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo_int <= v <= hi_int
+    if tp is float:
+        return lambda v: isinstance(v, float | int) and not isinstance(v, bool)
+    if tp is str:
+        hi = meta.get("max", DEFAULT_MAX_STR)
+        return lambda v: isinstance(v, str) and lo <= len(v) <= hi
+    if tp is bytes:
+        hi = meta.get("max", DEFAULT_MAX_BYTES)
+        return lambda v: isinstance(v, bytes) and lo <= len(v) <= hi
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        item = _checker(item_tp, {})
+        hi = meta.get("max", DEFAULT_MAX_LIST)
+        return lambda v: isinstance(v, list) and lo <= len(v) <= hi and all(item(x) for x in v)
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        key, val = _checker(key_tp, {}), _checker(val_tp, {})
+        hi = meta.get("max", DEFAULT_MAX_LIST)
+        return lambda v: (
+            isinstance(v, dict) and len(v) <= hi and all(key(k) and val(x) for k, x in v.items())
+        )
+    raise TypeError(f"unsupported field type {tp!r}")
+
+
+def message(cls: type[M]) -> type[M]:
+    """Class decorator: register a frozen message dataclass under ``cls.TYPE``."""
+    if not cls.TYPE or cls.TYPE in _REGISTRY:
+        raise TypeError(f"message type {cls.TYPE!r} missing or registered twice")
+    hints = typing.get_type_hints(cls)
+    _CHECKS[cls] = {f.name: _checker(hints[f.name], f.metadata) for f in dataclasses.fields(cls)}
+    _REGISTRY[cls.TYPE] = cls
+    return cls
+
+
+def encode(msg: Message) -> bytes:
+    """Encode a registered message. Raises ValueError if a field is out of bounds
+    (a bug on our side: we never send what we would refuse)."""
+    cls = type(msg)
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        raise TypeError(f"{cls.__name__} is not a registered message")
+    fields = {name: getattr(msg, name) for name in checks}
+    for name, ok in checks.items():
+        if not ok(fields[name]):
+            raise ValueError(f"{cls.TYPE}.{name} out of bounds: {fields[name]!r:.80}")
+    data: bytes = msgpack.packb([VERSION, cls.TYPE, fields], use_bin_type=True)
+    return data
+
+
+def decode(data: bytes | memoryview, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Decode one message, strictly. Raises only :class:`DecodeError`."""
+    if len(data) > max_bytes:
+        raise DecodeError("oversize", f"{len(data)} bytes > {max_bytes}")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=max_bytes,
+            max_bin_len=max_bytes,
+            max_array_len=DEFAULT_MAX_LIST * 2,
+            max_map_len=64,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types on garbage
+        raise DecodeError("malformed", type(exc).__name__) from None
+    if not (isinstance(obj, list) and len(obj) == 3):
+        raise DecodeError("malformed", "envelope is not [version, type, fields]")
+    version, type_name, fields = obj
+    if version != VERSION or isinstance(version, bool):
+        raise DecodeError("version", f"unsupported version {version!r:.20}")
+    if not isinstance(type_name, str) or type_name not in _REGISTRY:
+        raise DecodeError("unknown-type", f"{type_name!r:.40}")
+    cls = _REGISTRY[type_name]
+    if not isinstance(fields, dict):
+        raise DecodeError("malformed", "fields is not a map")
+    checks = _CHECKS[cls]
+    if fields.keys() != checks.keys():
+        missing = sorted(checks.keys() - fields.keys())
+        extra = sorted(str(k) for k in fields.keys() - checks.keys())
+        raise DecodeError("fields", f"{type_name}: missing {missing} extra {extra}"[:200])
+    for name, ok in checks.items():
+        if not ok(fields[name]):
+            raise DecodeError("field-type", f"{type_name}.{name}")
+    return cls(**fields)
+
+
+def decode_as(data: bytes | memoryview, cls: type[M], max_bytes: int = MAX_MESSAGE_BYTES) -> M:
+    """Decode and require a given message class."""
+    msg = decode(data, max_bytes)
+    if not isinstance(msg, cls):
+        raise DecodeError("unexpected-type", f"{msg.TYPE} where {cls.TYPE} was expected")
+    return msg
