@@ -10,6 +10,12 @@ actor over an inproc PAIR socket this thread owns, as msgpack tuples:
 - ``("finished", tid, digest)``  (after fsync)
 - ``("error", tid, text)``
 
+Written ranges are handed to the kernel's writeback at once
+(``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux): the disk then works
+while the network delivers, and the final fsync waits only for the tail
+instead of the whole file (on this machine that is the difference between
+about half and nearly all of the disk's write rate).
+
 The hash is computed in file order while chunks may arrive out of order: a
 chunk written ahead of the hash position is read back from the (page-cached)
 file when the gap before it fills, so nothing is buffered.
@@ -17,9 +23,13 @@ file when the gap before it fills, so nothing is buffered.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import queue
+import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +38,27 @@ import msgpack
 import zmq
 
 from peercrypt.core.bitmap import ChunkBitmap
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _writeback_starter() -> Callable[[int, int, int], None]:
+    """``start(fd, offset, length)``: begin writeback of a range, not waiting."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            sync_file_range = libc.sync_file_range
+            sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        except (OSError, AttributeError):
+            pass
+        else:
+
+            def start(fd: int, offset: int, length: int) -> None:
+                sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+            return start
+    return lambda fd, offset, length: None
 
 
 @dataclass
@@ -46,6 +77,7 @@ class FileWriter:
         self._address = address
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="pc-writer", daemon=True)
+        self._start_writeback = _writeback_starter()
 
     def start(self) -> None:
         self._thread.start()
@@ -101,6 +133,7 @@ class FileWriter:
         if kind == "write":
             _, _, index, data = op
             os.pwrite(f.fd, data, index * f.chunk_size)
+            self._start_writeback(f.fd, index * f.chunk_size, len(data))
             f.written.add(index)
             self._advance_hash(f, index, data)
             return ("written", tid, index)

@@ -1,0 +1,32 @@
+# Sourced by demo.sh and test.sh: make .venv with Python >= 3.11 and install
+# the project (editable) with the given extras, quietly, once per change of
+# pyproject.toml.
+find_python() {
+    for candidate in python3.13 python3.12 python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    echo "peercrypt: error: Python 3.11 or newer is needed" >&2
+    return 1
+}
+
+ensure_venv() {
+    local extras="$1" python stamp
+    if [ ! -x .venv/bin/python ]; then
+        python=$(find_python)
+        "$python" -m venv .venv
+    fi
+    stamp=".venv/.installed$extras"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        echo "installing PeerCrypt$extras into .venv ..." >&2
+        if ! .venv/bin/python -m pip install --quiet -e ".$extras" >.venv/install.log 2>&1; then
+            cat .venv/install.log >&2
+            echo "peercrypt: error: installing into .venv failed (log above)" >&2
+            return 1
+        fi
+        touch "$stamp"
+    fi
+}
