@@ -31,7 +31,6 @@ class AdmissionActor(Actor):
         self.zap = self.socket(zmq.REP)
         self.zap.bind(ZAP_ENDPOINT)
         self.watch(self.zap, self._on_request)
-        self.facts["policy"] = "allow-list" if self.allow else "network-key"
 
     def _on_request(self, sock: zmq.Socket[Any]) -> None:
         frames = sock.recv_multipart()

@@ -27,6 +27,7 @@ from peercrypt.settings import CONTROL_FILE, NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     Announce,
+    CancelRequest,
     ErrorReply,
     Progress,
     SendRequest,
@@ -114,6 +115,10 @@ class ControlActor(Actor):
                     timeout=msg.timeout,
                 ),
             )
+        elif isinstance(msg, CancelRequest):
+            for ours, (client, theirs) in self.pending.items():
+                if client == route and theirs == msg.request:
+                    self.tell("sender", CancelRequest(request=ours))
         else:
             reply = ErrorReply(code="bad-request", reason=f"unexpected {msg.TYPE}")
             self.api.send_multipart([route, codec.encode(reply)])

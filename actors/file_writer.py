@@ -39,7 +39,6 @@ import zmq
 
 from peercrypt.core.bitmap import ChunkBitmap
 
-
 SYNC_FILE_RANGE_WRITE = 2
 
 

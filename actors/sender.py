@@ -40,6 +40,7 @@ from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     Accept,
     Ack,
+    CancelRequest,
     ChunkHeader,
     Done,
     ErrorReply,
@@ -57,8 +58,12 @@ log = logging.getLogger("peercrypt.sender")
 
 PROGRESS_INTERVAL = 0.1
 DONE_RETRIES = 5
+# A peer that refuses this many connection attempts in a row (at least a
+# second apart from the first) is reported unreachable before the timeout.
+REFUSALS_UNREACHABLE = 5
 MONITOR_EVENTS = (
     zmq.EVENT_CONNECTED
+    | zmq.EVENT_CONNECT_RETRIED
     | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -89,6 +94,7 @@ class Outgoing:
     digest: bytes = b""
     connected: bool = False
     handshaken: bool = False
+    refusals: int = 0
     done_sent: int = 0
     last_progress: float = 0.0
     retransmit_timer: Timer | None = None
@@ -118,6 +124,10 @@ class SenderActor(Actor):
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, SendRequest):
             self._start(msg)
+        elif isinstance(msg, CancelRequest):
+            for t in list(self.transfers.values()):
+                if t.request.request == msg.request:
+                    self._end(t, "cancelled", "cancelled by the user")
         else:
             super().on_mail(msg)
 
@@ -186,6 +196,10 @@ class SenderActor(Actor):
                 return
             if event == zmq.EVENT_CONNECTED:
                 t.connected = True
+            elif event == zmq.EVENT_CONNECT_RETRIED and not t.connected:
+                t.refusals += 1
+                if t.refusals >= REFUSALS_UNREACHABLE and time.monotonic() - t.started > 1.0:
+                    self._end(t, "unreachable", f"cannot connect to {t.peer} (connection refused)")
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 t.handshaken = True
             elif t.window is None and event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -396,7 +410,7 @@ class SenderActor(Actor):
         for timer in (t.deadline, t.retransmit_timer):
             if timer is not None:
                 timer.cancel()
-        if code != "ok" and t.keys is not None and t.data is not None and code != "cancelled":
+        if code != "ok" and t.keys is not None and t.data is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self._send_sealed(t, Failed(code="aborted", reason=reason[:200]))
         for sock in (t.ctl, t.monitor, t.data):

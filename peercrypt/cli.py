@@ -37,7 +37,7 @@ from peercrypt.crypto.identity import (
 from peercrypt.node import Node
 from peercrypt.runtime.supervisor import StartError
 from peercrypt.settings import DEFAULT_CHUNK, DEFAULT_PORT, MAX_CHUNK, MIN_CHUNK, NodeSettings
-from peercrypt.wire.messages import ErrorReply, Progress, SendRequest, SendResult
+from peercrypt.wire.messages import CancelRequest, ErrorReply, Progress, SendRequest, SendResult
 
 log = logging.getLogger("peercrypt.cli")
 
@@ -320,23 +320,32 @@ def send(
             desc=path.name,
             leave=False,
         )
-        result: SendResult | None = None
         try:
             # The node reports progress every 0.1 s; silence this long means it is gone.
-            while result is None:
-                try:
-                    msg = client.receive(timeout + 30.0)
-                except NodeUnavailable:
-                    raise UserError("the local node stopped answering", errors.FAILED) from None
-                if isinstance(msg, Progress) and msg.request == request:
-                    bar.update(msg.done_bytes - bar.n)
-                elif isinstance(msg, SendResult) and msg.request == request:
-                    result = msg
-                elif isinstance(msg, ErrorReply):
-                    raise UserError(f"the local node refused: {msg.reason}", errors.FAILED)
+            result = _await_result(client, request, bar, silence=timeout + 30.0)
+        except KeyboardInterrupt:
+            client.send(CancelRequest(request=request))
+            with contextlib.suppress(NodeUnavailable, UserError):
+                _await_result(client, request, bar, silence=5.0)
+            raise UserError("interrupted; the transfer was cancelled", 130) from None
         finally:
             bar.close()
     _report(result, path, host, port, as_json)
+
+
+def _await_result(client: ControlClient, request: int, bar: Any, silence: float) -> SendResult:
+    """Follow progress until the result. Raises UserError after ``silence`` s of nothing."""
+    while True:
+        try:
+            msg = client.receive(silence)
+        except NodeUnavailable:
+            raise UserError("the local node stopped answering", errors.FAILED) from None
+        if isinstance(msg, Progress) and msg.request == request:
+            bar.update(msg.done_bytes - bar.n)
+        elif isinstance(msg, SendResult) and msg.request == request:
+            return msg
+        elif isinstance(msg, ErrorReply):
+            raise UserError(f"the local node refused: {msg.reason}", errors.FAILED)
 
 
 def _report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> NoReturn:
@@ -410,6 +419,9 @@ def run() -> None:
         main.main(standalone_mode=True)
     except SystemExit:
         raise
+    except KeyboardInterrupt:
+        click.echo("peercrypt: interrupted", err=True)
+        sys.exit(130)
     except Exception as exc:
         if debug:
             raise

@@ -200,6 +200,15 @@ class SendRequest(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class CancelRequest(Message):
+    """Stop a send in progress (the CLI was interrupted)."""
+
+    TYPE = "cancel-request"
+    request: int = field(metadata=bounded(2**62))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class Progress(Message):
     TYPE = "progress"
     request: int = field(metadata=bounded(2**62))

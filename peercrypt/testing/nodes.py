@@ -1,0 +1,454 @@
+"""Real PeerCrypt nodes as subprocesses, for end-to-end tests and benchmarks.
+
+:class:`NodeProcess` runs ``python -m peercrypt --data-dir D node ...`` on
+loopback with ``--port 0``, waits (bounded) until the node's control socket
+reports its public and data ports, and offers the few operations a test
+needs: ``send`` through the node's data dir, ``status``, ``stop`` (SIGTERM,
+bounded, exit code), ``kill`` and the node's log.
+
+Every wait here has a timeout; nothing sleeps a fixed time except the short
+pause between two polls of a condition. Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import blake3
+
+from peercrypt.client import ControlClient, NodeUnavailable
+
+__all__ = [
+    "CliResult",
+    "NodeError",
+    "NodeProcess",
+    "NodeStartError",
+    "NodeStopError",
+    "WaitTimeout",
+    "blake3_file",
+    "cli_env",
+    "run_cli",
+    "wait_until",
+]
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+CLI_TIMEOUT = 120.0
+POLL_INTERVAL = 0.05
+LOCALHOST = "127.0.0.1"
+# Environment variables of the CLI that must not leak from the caller's shell.
+_CLI_ENV_VARS = ("PEERCRYPT_NETWORK_KEY", "PEERCRYPT_DATA_DIR")
+
+T = TypeVar("T")
+
+
+class NodeError(RuntimeError):
+    """A node process misbehaved; the message includes the tail of its log."""
+
+
+class NodeStartError(NodeError):
+    """The node exited or did not become ready in time."""
+
+
+class NodeStopError(NodeError):
+    """The node did not exit in time after a signal (it was killed)."""
+
+
+class WaitTimeout(AssertionError):
+    """:func:`wait_until` gave up."""
+
+
+def wait_until(
+    predicate: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = POLL_INTERVAL,
+) -> T:
+    """Poll ``predicate`` until it returns a truthy value and return that value.
+
+    Raises :class:`WaitTimeout` naming ``what`` after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def blake3_file(path: Path | str, block: int = 1 << 20) -> str:
+    """Hex BLAKE3 digest of a file's content, read in blocks."""
+    hasher = blake3.blake3()
+    with open(path, "rb") as f:
+        while data := f.read(block):
+            hasher.update(data)
+    digest: str = hasher.hexdigest()
+    return digest
+
+
+def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a CLI subprocess: this process's environment minus
+    ``PEERCRYPT_*`` settings that would change the command, plus ``env``."""
+    result = {k: v for k, v in os.environ.items() if k not in _CLI_ENV_VARS}
+    result["PYTHONUNBUFFERED"] = "1"
+    if env:
+        result.update(env)
+    return result
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What one ``peercrypt`` command did."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def json(self) -> dict[str, Any]:
+        """The last stdout line parsed as a JSON object ({} if there is none)."""
+        for line in reversed(self.stdout.splitlines()):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError:
+                return {}
+            return value if isinstance(value, dict) else {}
+        return {}
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        """Non-empty stderr lines."""
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+    def describe(self) -> str:
+        """A readable summary for assertion messages."""
+        return (
+            f"$ peercrypt {' '.join(self.args)}\n-> exit {self.returncode} in "
+            f"{self.seconds:.2f} s\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
+        )
+
+
+def run_cli(
+    *args: str | os.PathLike[str],
+    data_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = CLI_TIMEOUT,
+    cwd: Path | None = None,
+) -> CliResult:
+    """Run ``python -m peercrypt [--data-dir D] ARGS...`` and capture its output.
+
+    ``env`` adds to a clean environment (see :func:`cli_env`). Raises
+    ``subprocess.TimeoutExpired`` (after killing the command) past ``timeout``.
+    """
+    argv: list[str] = []
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    argv += [os.fspath(a) for a in args]
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "peercrypt", *argv],
+        capture_output=True,
+        text=True,
+        env=cli_env(env),
+        timeout=timeout,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    return CliResult(
+        args=tuple(argv),
+        returncode=proc.returncode,
+        stdout=proc.stdout,
+        stderr=proc.stderr,
+        seconds=time.monotonic() - started,
+    )
+
+
+@dataclass
+class NodeProcess:
+    """One ``peercrypt node`` subprocess on 127.0.0.1 with ``--port 0``.
+
+    ``network_key=None`` and ``open_network=False`` passes no admission flag
+    (then ``extra_args`` or ``env`` must provide one). Use as a context
+    manager, or call :meth:`start` and :meth:`stop` (or :meth:`kill`).
+    """
+
+    data_dir: Path
+    network_key: str | None = None
+    open_network: bool = False
+    extra_args: Sequence[str] = ()
+    env: Mapping[str, str] | None = None
+    start_timeout: float = START_TIMEOUT
+    host: str = LOCALHOST
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    facts: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    killed: bool = field(default=False, init=False)
+    _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path:
+        """stdout and stderr of the node (appended across restarts)."""
+        return self.data_dir / "node.log"
+
+    @property
+    def argv(self) -> list[str]:
+        """The full command line of the node."""
+        argv = [
+            sys.executable,
+            "-m",
+            "peercrypt",
+            "--data-dir",
+            str(self.data_dir),
+            "node",
+            "--host",
+            self.host,
+            "--port",
+            "0",
+        ]
+        if self.network_key is not None:
+            argv += ["--network-key", self.network_key]
+        if self.open_network:
+            argv.append("--open")
+        return argv + list(self.extra_args)
+
+    def start(self) -> NodeProcess:
+        """Start the node; return once its status shows ``port`` and ``data_port``.
+
+        Raises :class:`NodeStartError` (with the log) if it exits first or is
+        not ready within ``start_timeout`` seconds (then it is killed).
+        """
+        if self.running:
+            raise NodeError(f"node in {self.data_dir} is already running")
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.killed = False
+        self.facts = {}
+        self._close_log()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop/kill)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=cli_env(self.env),
+        )
+        try:
+            self.facts = wait_until(self._ready_status, self.start_timeout, "the node to start")
+        except WaitTimeout:
+            self._force_kill()
+            raise NodeStartError(
+                f"node in {self.data_dir} not ready within {self.start_timeout:.0f} s\n"
+                f"{self.log_tail()}"
+            ) from None
+        except NodeStartError:
+            self._force_kill()
+            raise
+        return self
+
+    def _ready_status(self) -> dict[str, Any] | None:
+        assert self.proc is not None
+        code = self.proc.poll()
+        if code is not None:
+            self._close_log()
+            raise NodeStartError(
+                f"node in {self.data_dir} exited with {code} while starting\n{self.log_tail()}"
+            )
+        try:
+            status = self._query_status(timeout=1.0)
+        except NodeUnavailable:
+            return None
+        # The control file could belong to another node on this data dir.
+        if status.get("pid") != str(self.proc.pid):
+            return None
+        if "port" in status and "data_port" in status:
+            return status
+        return None
+
+    def _query_status(self, timeout: float) -> dict[str, Any]:
+        with ControlClient.for_data_dir(self.data_dir) as client:
+            reply = client.status(timeout=timeout)
+        return {"running": True, **reply.node, "counters": dict(reply.counters)}
+
+    @property
+    def running(self) -> bool:
+        """True while the process has not exited."""
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        """The node's process id."""
+        return self._started().pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit code once the process ended (negative: killed by that signal)."""
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, timeout: float = STOP_TIMEOUT, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` (SIGTERM) and wait up to ``timeout`` s; return the exit code.
+
+        If the node does not exit in time it is killed with SIGKILL and
+        :class:`NodeStopError` is raised. Stopping a node that already ended
+        returns its exit code.
+        """
+        proc = self._started()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._force_kill()
+                raise NodeStopError(
+                    f"node in {self.data_dir} ignored signal {sig} for {timeout:.0f} s "
+                    f"and was killed\n{self.log_tail()}"
+                ) from None
+        self._close_log()
+        return proc.returncode
+
+    def kill(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGKILL the node (no clean shutdown) and return its exit code."""
+        self.killed = True
+        return self._force_kill(timeout)
+
+    def _force_kill(self, timeout: float = STOP_TIMEOUT) -> int:
+        proc = self._started()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout)
+        self._close_log()
+        return proc.returncode
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            raise NodeError(f"node in {self.data_dir} was never started")
+        return self.proc
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> NodeProcess:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.running:
+            self.stop()
+        self._close_log()
+
+    # -- facts -------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The node's public (control-plane) port."""
+        return int(self._fact("port"))
+
+    @property
+    def data_port(self) -> int:
+        """The node's data-plane port."""
+        return int(self._fact("data_port"))
+
+    @property
+    def fingerprint(self) -> str:
+        """The node's identity fingerprint."""
+        return str(self._fact("fingerprint"))
+
+    @property
+    def inbox(self) -> Path:
+        """Where the node stores received files."""
+        return Path(self._fact("inbox"))
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) to send to."""
+        return self.host, self.port
+
+    def _fact(self, key: str) -> Any:
+        if key not in self.facts:
+            raise NodeError(f"node in {self.data_dir} has not reported {key!r} (not started?)")
+        return self.facts[key]
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The node's status like ``status --json`` (with ``counters``).
+
+        Raises ``peercrypt.client.NodeUnavailable`` if the node does not answer.
+        """
+        return self._query_status(timeout)
+
+    def counters(self, timeout: float = 5.0) -> dict[str, int]:
+        """The node's counters (actors report them every 0.5 s)."""
+        counters: dict[str, int] = self.status(timeout)["counters"]
+        return counters
+
+    def wait_for_counter(self, name: str, at_least: int, timeout: float = 10.0) -> int:
+        """Wait until counter ``name`` reaches ``at_least``; return its value."""
+
+        def reached() -> int | None:
+            value = self.counters().get(name, 0)
+            return value if value >= at_least else None
+
+        return wait_until(reached, timeout, f"counter {name} >= {at_least}")
+
+    # -- commands ------------------------------------------------------------------
+
+    def cli(self, *args: str | os.PathLike[str], timeout: float = CLI_TIMEOUT) -> CliResult:
+        """Run a ``peercrypt`` command on this node's data dir."""
+        return run_cli(*args, data_dir=self.data_dir, env=self.env, timeout=timeout)
+
+    def send_result(
+        self, path: Path | str, host: str, port: int, *extra: str, timeout: float = CLI_TIMEOUT
+    ) -> CliResult:
+        """``peercrypt send PATH HOST PORT --json EXTRA...`` through this node."""
+        return self.cli("send", os.fspath(path), host, str(port), "--json", *extra, timeout=timeout)
+
+    def send(
+        self, path: Path | str, host: str, port: int, *extra: str, timeout: float = CLI_TIMEOUT
+    ) -> tuple[int, dict[str, Any]]:
+        """Send a file through this node; return (exit code, the JSON result)."""
+        result = self.send_result(path, host, port, *extra, timeout=timeout)
+        return result.returncode, result.json
+
+    def send_to(
+        self, path: Path | str, receiver: NodeProcess, *extra: str, timeout: float = CLI_TIMEOUT
+    ) -> tuple[int, dict[str, Any]]:
+        """Send a file to another :class:`NodeProcess`."""
+        return self.send(path, receiver.host, receiver.port, *extra, timeout=timeout)
+
+    # -- logs ----------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        """Everything the node wrote to stdout/stderr so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the log, framed for error messages."""
+        tail = "\n".join(self.log_text().splitlines()[-lines:])
+        return f"--- log of node in {self.data_dir}\n{tail}\n---"
