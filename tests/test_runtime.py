@@ -1,0 +1,192 @@
+"""The actor runtime: start handshake, mail over inproc:// and tcp://,
+timers, crash -> restart with backoff, stop that cannot hang."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+import zmq
+
+from peercrypt.runtime.actor import Actor, ActorEnv
+from peercrypt.runtime.supervisor import StartError, Supervisor
+from peercrypt.wire import codec
+from peercrypt.wire.messages import Ping, Pong
+
+DEADLINE = 10.0
+
+
+class Recorder(Actor):
+    """Answers Ping with Pong to ``reply_to``; crashes on Ping(seq=666)."""
+
+    name = "recorder"
+    REPORT_TO = None
+
+    def __init__(self, env: ActorEnv, reply_to: str, log: list[int]) -> None:
+        super().__init__(env)
+        self.reply_to = reply_to
+        self.log = log
+
+    def on_mail(self, msg: codec.Message) -> None:
+        assert isinstance(msg, Ping)
+        if msg.seq == 666:
+            raise RuntimeError("asked to crash")
+        self.log.append(msg.seq)
+        self.tell(self.reply_to, Pong(seq=msg.seq))
+
+
+class Pinger(Actor):
+    """Sends Ping(seq) to ``target`` on a timer and collects Pongs."""
+
+    name = "pinger"
+    REPORT_TO = None
+
+    def __init__(self, env: ActorEnv, target: str, seqs: list[int], got: list[int]) -> None:
+        super().__init__(env)
+        self.target, self.seqs, self.got = target, seqs, got
+
+    def setup(self) -> None:
+        self.call_later(0.01, self._fire)
+
+    def _fire(self) -> None:
+        for seq in self.seqs:
+            self.tell(self.target, Ping(seq=seq))
+
+    def on_mail(self, msg: codec.Message) -> None:
+        assert isinstance(msg, Pong)
+        self.got.append(msg.seq)
+
+
+class NeverReady(Actor):
+    name = "never"
+    REPORT_TO = None
+
+    def setup(self) -> None:
+        raise OSError("cannot bind")
+
+
+def wait_for(predicate: Any, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def make_env(**addresses: str) -> ActorEnv:
+    return ActorEnv(context=zmq.Context(), node_uid=f"t{time.monotonic_ns()}", addresses=addresses)
+
+
+def stop(sup: Supervisor) -> None:
+    assert sup.stop() is True
+    sup.env.context.term()
+
+
+def test_mail_round_trip_inproc() -> None:
+    env = make_env()
+    got: list[int] = []
+    seen: list[int] = []
+    sup = Supervisor(
+        env,
+        [
+            ("recorder", lambda e: Recorder(e, "pinger", seen)),
+            ("pinger", lambda e: Pinger(e, "recorder", [1, 2, 3], got)),
+        ],
+    )
+    sup.start()
+    try:
+        wait_for(lambda: len(got) == 3)
+        assert got == [1, 2, 3] and seen == [1, 2, 3]
+    finally:
+        stop(sup)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_mail_between_separate_contexts_over_tcp() -> None:
+    """The same actors, each under its own supervisor and context (as if in two
+    processes), addressed by tcp:// URLs."""
+    rec_url = f"tcp://127.0.0.1:{free_port()}"
+    ping_url = f"tcp://127.0.0.1:{free_port()}"
+    got: list[int] = []
+    seen: list[int] = []
+    env_a = make_env(recorder=rec_url, pinger=ping_url)
+    env_b = make_env(recorder=rec_url, pinger=ping_url)
+    sup_a = Supervisor(env_a, [("recorder", lambda e: Recorder(e, "pinger", seen))])
+    sup_b = Supervisor(env_b, [("pinger", lambda e: Pinger(e, "recorder", [7, 8], got))])
+    sup_a.start()
+    sup_b.start()
+    try:
+        wait_for(lambda: sorted(got) == [7, 8])
+        assert sorted(seen) == [7, 8]
+    finally:
+        stop(sup_b)
+        stop(sup_a)
+
+
+def test_crashed_actor_is_restarted_and_node_keeps_serving() -> None:
+    env = make_env()
+    got: list[int] = []
+    seen: list[int] = []
+    sup = Supervisor(
+        env,
+        [
+            ("recorder", lambda e: Recorder(e, "pinger", seen)),
+            ("pinger", lambda e: Pinger(e, "recorder", [1, 666], got)),
+        ],
+    )
+    sup.start()
+    try:
+        wait_for(lambda: got == [1])
+        # The recorder crashes on 666; the supervisor restarts it after backoff.
+        deadline = time.monotonic() + DEADLINE
+        while sup.restarts["recorder"] == 0:
+            assert time.monotonic() < deadline, "recorder was not restarted"
+            sup.poll(0.05)
+        # The restarted recorder serves new mail (sent from a fresh socket).
+        ctx = env.context
+        push = ctx.socket(zmq.PUSH)
+        push.linger = 0
+        push.connect(env.address("recorder"))
+        push.send(codec.encode(Ping(seq=5)))
+        deadline = time.monotonic() + DEADLINE
+        while 5 not in got:
+            assert time.monotonic() < deadline, "restarted actor does not answer"
+            sup.poll(0.05)
+        push.close()
+        assert seen == [1, 5]
+    finally:
+        stop(sup)
+
+
+def test_actor_failing_setup_raises_start_error_and_cleans_up() -> None:
+    env = make_env()
+    before = threading.active_count()
+    sup = Supervisor(env, [("never", NeverReady)])
+    with pytest.raises(StartError, match="never"):
+        sup.start()
+    env.context.term()  # would hang if a socket were left open
+    assert threading.active_count() == before
+
+
+def test_start_stop_many_times_leaves_no_threads() -> None:
+    before = {t.ident for t in threading.enumerate()}
+    for _ in range(20):
+        env = make_env()
+        sup = Supervisor(
+            env,
+            [
+                ("recorder", lambda e: Recorder(e, "pinger", [])),
+                ("pinger", lambda e: Pinger(e, "recorder", [1], [])),
+            ],
+        )
+        sup.start()
+        stop(sup)
+    assert {t.ident for t in threading.enumerate() if t.is_alive()} <= before
