@@ -22,6 +22,7 @@ from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
+    MAX_WRAPPED,
     ErrorReply,
     Hello,
     HelloReply,
@@ -32,7 +33,7 @@ from peercrypt.wire.messages import (
     Pong,
 )
 
-CONTROL_MAX_BYTES = 64 * 1024
+CONTROL_MAX_BYTES = MAX_WRAPPED  # so that it can be handed on in Inbound mail
 # Which actor owns which control-plane message type.
 ROUTES: dict[type[codec.Message], str] = {Offer: "receiver"}
 

@@ -234,15 +234,12 @@ class ReceiverActor(Actor):
         if not 0 <= h.index < w.total or h.last != (h.index == w.total - 1):
             self._drop(route, "bad-index")
             return
-        if h.index in w.written:  # already stored: the ack was lost, repeat it
-            w.duplicates += 1
-            t.ack_due = True
-            t.route = route
-            return
         expected = min(t.chunk_size, t.size - h.index * t.chunk_size) + TAG_BYTES
         if len(payload) != expected:
             self._drop(route, "bad-length")
             return
+        # Authenticate before anything else, duplicates included: only the
+        # key holder may move the transfer's reply route or cause an ack.
         try:
             plaintext = t.keys.open_chunk(h.index, h.last, h.nonce, payload)
         except OpenError:

@@ -71,6 +71,8 @@ class ChunkBitmap:
         """Held indices at or above ``start`` as sorted [start, end) ranges,
         at most ``limit`` of them (the lowest)."""
         out: list[tuple[int, int]] = []
+        if limit is not None and limit <= 0:
+            return out
         index = max(start, self._cumulative)
         if index > start and self._cumulative > start:
             out.append((start, self._cumulative))

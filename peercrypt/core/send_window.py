@@ -10,9 +10,10 @@ Rules:
   receiver sizes the window to its write queue, so its memory is bounded by
   window x chunk size whatever the file size, and no ZeroMQ high-water mark
   ever has to drop anything.
-- Loss by SACK: a chunk in flight is presumed lost once ``dupthresh`` chunks
-  sent after it have been acked (reordering below that is tolerated), and is
-  resent at once (a fast retransmit).
+- Loss by SACK (QUIC's packet threshold, RFC 9002 6.1.1): a chunk in flight
+  is presumed lost once a chunk sent ``dupthresh`` or more sends after it has
+  been acked (reordering shorter than that is tolerated), and is resent at
+  once (a fast retransmit).
 - Loss by timeout: a chunk unacked for one RTO (RFC 6298, from
   :class:`~peercrypt.core.rtt.RttEstimator`) is resent, and the RTO backs off.
 - Karn: only chunks sent exactly once give RTT samples.

@@ -1,8 +1,10 @@
 """Node identity, fingerprints, and the network key.
 
-- A node's long-term identity is an X25519 key pair, created on first start in
-  its data directory (``identity.key``, mode 0600). It is also the node's
-  CURVE client key, so an admitted peer's ZAP-verified key *is* its identity.
+- A node's long-term identity is an Ed25519 seed, created on first start in
+  its data directory (``identity.key``, mode 0600). Its verify key is the
+  node id that signs membership records; the X25519 key pair derived from it
+  (``KeyPair.from_seed``) is the node's CURVE client key, so an admitted
+  peer's ZAP-verified key maps to its node id.
 - Users see and pin *fingerprints*: the first 20 bytes of SHA-256 of the public
   key in base32, grouped by four (``abcd-efgh-...``).
 - The network key (a shared secret string) is stretched with scrypt into the
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
     PublicFormat,
 )
+from nacl.signing import SigningKey
 
 IDENTITY_FILE = "identity.key"
 _OPEN_NETWORK = b"peercrypt open network: no admission control"
@@ -42,10 +45,24 @@ class IdentityError(Exception):
 
 @dataclass(frozen=True)
 class KeyPair:
-    """A raw X25519 key pair (32-byte secret and public)."""
+    """A raw X25519 key pair (32-byte secret and public). A node identity also
+    keeps the Ed25519 ``seed`` it was derived from (else empty)."""
 
     secret: bytes
     public: bytes
+    seed: bytes = b""
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> KeyPair:
+        """The identity of an Ed25519 seed: its X25519 pair, keeping the seed."""
+        signing = SigningKey(seed)
+        pair = cls.from_secret(signing.to_curve25519_private_key().encode())
+        return cls(secret=pair.secret, public=pair.public, seed=seed)
+
+    @property
+    def node_id(self) -> bytes:
+        """The Ed25519 verify key (identities only)."""
+        return bytes(SigningKey(self.seed).verify_key)
 
     @classmethod
     def from_secret(cls, secret: bytes) -> KeyPair:
@@ -102,13 +119,13 @@ def load_or_create_identity(data_dir: Path) -> KeyPair:
             raise IdentityError(
                 f"{path} is accessible by other users (mode {mode:o}); run: chmod 600 {path}"
             ) from None
-        secret = path.read_bytes()
-        if len(secret) != 32:
+        seed = path.read_bytes()
+        if len(seed) != 32:
             raise IdentityError(f"{path} is not a PeerCrypt identity (expected 32 bytes)") from None
-        return KeyPair.from_secret(secret)
-    pair = KeyPair.generate()
+        return KeyPair.from_seed(seed)
+    pair = KeyPair.from_seed(os.urandom(32))
     with os.fdopen(fd, "wb") as f:
-        f.write(pair.secret)
+        f.write(pair.seed)
         f.flush()
         os.fsync(f.fileno())
     return pair

@@ -200,6 +200,7 @@ class NodeProcess:
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     facts: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     killed: bool = field(default=False, init=False)
+    _signalled: int | None = field(default=None, init=False, repr=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -243,6 +244,7 @@ class NodeProcess:
             raise NodeError(f"node in {self.data_dir} is already running")
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.killed = False
+        self._signalled = None
         self.facts = {}
         self._close_log()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop/kill)
@@ -314,8 +316,8 @@ class NodeProcess:
         """
         proc = self._started()
         if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
+            if self._signalled != sig:
+                self.send_signal(sig)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -326,6 +328,16 @@ class NodeProcess:
                 ) from None
         self._close_log()
         return proc.returncode
+
+    def send_signal(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` if the node still runs, without waiting; a later
+        :meth:`stop` with the same signal only waits. Stopping many nodes:
+        signal them all first, then ``stop()`` each."""
+        proc = self._started()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            self._signalled = sig
 
     def kill(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGKILL the node (no clean shutdown) and return its exit code."""

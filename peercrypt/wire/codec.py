@@ -116,6 +116,8 @@ def encode(msg: Message) -> bytes:
         if not ok(fields[name]):
             raise ValueError(f"{cls.TYPE}.{name} out of bounds: {fields[name]!r:.80}")
     data: bytes = msgpack.packb([VERSION, cls.TYPE, fields], use_bin_type=True)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"{cls.TYPE} encodes to {len(data)} bytes > {MAX_MESSAGE_BYTES}")
     return data
 
 
@@ -132,7 +134,7 @@ def decode(data: bytes | memoryview, max_bytes: int = MAX_MESSAGE_BYTES) -> Mess
             max_str_len=max_bytes,
             max_bin_len=max_bytes,
             max_array_len=DEFAULT_MAX_LIST * 2,
-            max_map_len=64,
+            max_map_len=DEFAULT_MAX_LIST,  # fields' own bounds are checked below
             max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises many types on garbage
@@ -140,7 +142,7 @@ def decode(data: bytes | memoryview, max_bytes: int = MAX_MESSAGE_BYTES) -> Mess
     if not (isinstance(obj, list) and len(obj) == 3):
         raise DecodeError("malformed", "envelope is not [version, type, fields]")
     version, type_name, fields = obj
-    if version != VERSION or isinstance(version, bool):
+    if type(version) is not int or version != VERSION:
         raise DecodeError("version", f"unsupported version {version!r:.20}")
     if not isinstance(type_name, str) or type_name not in _REGISTRY:
         raise DecodeError("unknown-type", f"{type_name!r:.40}")

@@ -13,9 +13,10 @@ Three families, one codec (:mod:`peercrypt.wire.codec`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from peercrypt.core.bitmap import MAX_SACK_RANGES
-from peercrypt.wire.codec import Message, bounded, message
+from peercrypt.wire.codec import MAX_MESSAGE_BYTES, Message, bounded, message
 
 TID_BYTES = 16
 KEY_BYTES = 32
@@ -23,10 +24,23 @@ NONCE_BYTES = 12
 HASH_BYTES = 32
 MAX_NAME = 1024  # characters of a file name as offered; sanitised on receipt
 MAX_CHUNKS = 2**40
+# A control-plane message wrapped in Inbound/Outbound mail must still fit the
+# codec's frame limit with its envelope.
+MAX_WRAPPED = MAX_MESSAGE_BYTES - 1024
 
-_tid = field(metadata=bounded(TID_BYTES, TID_BYTES))
-_key = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
-_text = field(metadata=bounded(512))
+
+
+# Field makers (a dataclasses.field object must not be shared between classes).
+def _tid() -> Any:
+    return field(metadata=bounded(TID_BYTES, TID_BYTES))
+
+
+def _key() -> Any:
+    return field(metadata=bounded(KEY_BYTES, KEY_BYTES))
+
+
+def _text() -> Any:
+    return field(metadata=bounded(512))
 
 
 # ---- control plane (node <-> node, over CURVE) ------------------------------
@@ -44,8 +58,8 @@ class Hello(Message):
 @dataclass(frozen=True, kw_only=True)
 class HelloReply(Message):
     TYPE = "hello-reply"
-    node_id: bytes = _key
-    version: str = _text
+    node_id: bytes = _key()
+    version: str = _text()
 
 
 @message
@@ -69,11 +83,11 @@ class Offer(Message):
     encrypted on the wire."""
 
     TYPE = "offer"
-    tid: bytes = _tid
+    tid: bytes = _tid()
     name: str = field(metadata=bounded(MAX_NAME, 1))
     size: int = field(metadata=bounded(2**62))
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 1))
-    eph_pub: bytes = _key
+    eph_pub: bytes = _key()
     hash_alg: str = field(metadata=bounded(16, 1))
 
 
@@ -86,8 +100,8 @@ class Accept(Message):
     [start, end) already held (resume)."""
 
     TYPE = "accept"
-    tid: bytes = _tid
-    eph_pub: bytes = _key
+    tid: bytes = _tid()
+    eph_pub: bytes = _key()
     data_host: str = field(metadata=bounded(255))
     data_port: int = field(metadata=bounded(65535, 1))
     window: int = field(metadata=bounded(4096, 1))
@@ -98,9 +112,9 @@ class Accept(Message):
 @dataclass(frozen=True, kw_only=True)
 class Refuse(Message):
     TYPE = "refuse"
-    tid: bytes = _tid
+    tid: bytes = _tid()
     code: str = field(metadata=bounded(32, 1))
-    reason: str = _text
+    reason: str = _text()
 
 
 @message
@@ -110,7 +124,7 @@ class ErrorReply(Message):
 
     TYPE = "error"
     code: str = field(metadata=bounded(32, 1))
-    reason: str = _text
+    reason: str = _text()
 
 
 # ---- data plane (plain frames; payloads sealed with the transfer keys) ------
@@ -123,7 +137,7 @@ class ChunkHeader(Message):
     ``tid``, ``index`` and ``last`` are bound into the AAD."""
 
     TYPE = "chunk"
-    tid: bytes = _tid
+    tid: bytes = _tid()
     index: int = field(metadata=bounded(MAX_CHUNKS))
     last: bool = False
     nonce: bytes = field(default=b"", metadata=bounded(NONCE_BYTES, NONCE_BYTES))
@@ -135,7 +149,7 @@ class SealedHeader(Message):
     """Header frame of a sealed transfer-control message (next frame)."""
 
     TYPE = "sealed"
-    tid: bytes = _tid
+    tid: bytes = _tid()
     nonce: bytes = field(default=b"", metadata=bounded(NONCE_BYTES, NONCE_BYTES))
 
 
@@ -178,7 +192,7 @@ class Failed(Message):
 
     TYPE = "failed"
     code: str = field(metadata=bounded(32, 1))
-    reason: str = _text
+    reason: str = _text()
 
 
 # ---- local: CLI <-> node control socket, actor <-> actor --------------------
@@ -225,7 +239,7 @@ class SendResult(Message):
     TYPE = "send-result"
     request: int = field(metadata=bounded(2**62))
     code: str = field(metadata=bounded(32, 1))
-    reason: str = _text
+    reason: str = _text()
     size: int = field(metadata=bounded(2**62))
     digest: bytes = field(metadata=bounded(HASH_BYTES))
     stored_as: str = field(metadata=bounded(MAX_NAME))
@@ -261,7 +275,7 @@ class Inbound(Message):
     route: bytes = field(metadata=bounded(256, 1))
     peer: bytes = field(metadata=bounded(64))
     peer_host: str = field(metadata=bounded(255))
-    payload: bytes = field(metadata=bounded(64 * 1024))
+    payload: bytes = field(metadata=bounded(MAX_WRAPPED))
 
 
 @message
@@ -271,7 +285,7 @@ class Outbound(Message):
 
     TYPE = "outbound"
     route: bytes = field(metadata=bounded(256, 1))
-    payload: bytes = field(metadata=bounded(64 * 1024))
+    payload: bytes = field(metadata=bounded(MAX_WRAPPED))
 
 
 @message

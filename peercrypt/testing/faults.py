@@ -1,0 +1,360 @@
+"""A frame-mangling ZeroMQ proxy for the data plane, for fault-injection tests.
+
+:class:`FaultProxy` sits between senders and a receiver's data port::
+
+    sender DEALER --> [ROUTER  FaultProxy  DEALER per client] --> receiver ROUTER
+
+It binds a ROUTER on ``127.0.0.1`` (port 0: :attr:`FaultProxy.port` tells which),
+connects one DEALER per client routing id to the real receiver endpoint (so the
+receiver sees one peer per client and replies find their way back), and
+forwards multipart messages both ways in its own thread. A seeded
+:class:`FaultPlan` decides, per message and per direction, whether to
+
+- **drop** it,
+- **flip** one random bit of one random (non-empty) frame,
+- **duplicate** it (the copy is sent right after the original, or held like a
+  delayed message when the plan delays it too),
+- **delay** it: hold it for up to ``max_delay`` seconds, so later messages
+  overtake it (reordering).
+
+What it did is counted in :attr:`FaultProxy.counts`. Starting and stopping
+cannot hang: every socket has LINGER 0, the thread polls a stop flag at least
+every 50 ms and is joined with a timeout, and the context is terminated only
+after the thread closed its sockets.
+
+Example::
+
+    plan = FaultPlan.both(drop=0.05, delay=0.05, seed=7)
+    with FaultProxy("tcp://127.0.0.1:5555", plan) as proxy:
+        ...  # point senders at proxy.port
+    print(proxy.counts.upstream.dropped)
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import zmq
+
+log = logging.getLogger("peercrypt.testing.faults")
+
+Direction = Literal["upstream", "downstream"]
+# Called in the proxy thread with each message as received, before any fault.
+Observer = Callable[[Direction, list[bytes]], None]
+
+_POLL_MS = 50
+
+
+@dataclass(frozen=True)
+class DirectionFaults:
+    """Independent per-message probabilities of each fault in one direction."""
+
+    drop: float = 0.0
+    duplicate: float = 0.0
+    delay: float = 0.0
+    flip: float = 0.0
+    max_delay: float = 0.05  # seconds a delayed message is held at most
+
+    def __post_init__(self) -> None:
+        for name in ("drop", "duplicate", "delay", "flip"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} probability must be in [0, 1], not {value}")
+        if self.max_delay < 0:
+            raise ValueError("max_delay must be >= 0")
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """Faults for both directions and the seed that makes a run repeatable.
+
+    ``upstream`` is client (sender) to server (receiver); ``downstream`` the
+    replies (acks, verified, failed).
+    """
+
+    upstream: DirectionFaults = field(default_factory=DirectionFaults)
+    downstream: DirectionFaults = field(default_factory=DirectionFaults)
+    seed: int = 0
+
+    @classmethod
+    def both(
+        cls,
+        *,
+        drop: float = 0.0,
+        duplicate: float = 0.0,
+        delay: float = 0.0,
+        flip: float = 0.0,
+        max_delay: float = 0.05,
+        seed: int = 0,
+    ) -> FaultPlan:
+        """The same faults in both directions."""
+        faults = DirectionFaults(drop, duplicate, delay, flip, max_delay)
+        return cls(upstream=faults, downstream=faults, seed=seed)
+
+    @classmethod
+    def clean(cls) -> FaultPlan:
+        """Forward everything untouched."""
+        return cls()
+
+    def for_direction(self, direction: Direction) -> DirectionFaults:
+        return self.upstream if direction == "upstream" else self.downstream
+
+
+@dataclass
+class DirectionCounts:
+    """What the proxy did to the messages of one direction."""
+
+    received: int = 0
+    sent: int = 0  # copies handed to the next socket (duplicates count twice)
+    dropped: int = 0
+    duplicated: int = 0
+    delayed: int = 0
+    flipped: int = 0
+    send_failed: int = 0
+
+
+@dataclass
+class FaultCounts:
+    upstream: DirectionCounts = field(default_factory=DirectionCounts)
+    downstream: DirectionCounts = field(default_factory=DirectionCounts)
+    clients: int = 0
+
+    def of(self, direction: Direction) -> DirectionCounts:
+        return self.upstream if direction == "upstream" else self.downstream
+
+    def total(self, name: str) -> int:
+        """Sum of one counter over both directions."""
+        return int(getattr(self.upstream, name)) + int(getattr(self.downstream, name))
+
+
+@dataclass(order=True)
+class _Held:
+    due: float
+    seq: int
+    direction: Direction = field(compare=False)
+    client: bytes = field(compare=False)
+    frames: list[bytes] = field(compare=False)
+
+
+class FaultProxy:
+    """Forward a ZeroMQ data plane through seeded faults (see the module docs)."""
+
+    def __init__(
+        self,
+        backend: str,
+        plan: FaultPlan | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        observer: Observer | None = None,
+    ) -> None:
+        self.backend = backend
+        self.plan = plan or FaultPlan.clean()
+        self.host = host
+        self._want_port = port
+        self.observer = observer
+        self.port = 0
+        self.counts = FaultCounts()
+        self._lock = threading.Lock()
+        self._rng = random.Random(self.plan.seed)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._context: zmq.Context[Any] | None = None
+        self._frontend: zmq.Socket[Any] | None = None
+        self._error: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """Where clients connect (valid after :meth:`start`)."""
+        return f"tcp://{self.host}:{self.port}"
+
+    def start(self) -> FaultProxy:
+        """Bind the front ROUTER and start forwarding. Raises zmq.ZMQError on bind."""
+        if self._thread is not None:
+            raise RuntimeError("the proxy was already started")
+        self._context = zmq.Context()
+        front: zmq.Socket[Any] = self._context.socket(zmq.ROUTER)
+        front.linger = 0
+        front.sndhwm = 0
+        front.rcvhwm = 0
+        try:
+            front.bind(f"tcp://{self.host}:{self._want_port}")
+        except zmq.ZMQError:
+            front.close(linger=0)
+            self._context.term()
+            self._context = None
+            raise
+        endpoint = front.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.port = int(endpoint.rsplit(":", 1)[1])
+        self._frontend = front
+        self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop forwarding. Returns False if the thread did not end in ``timeout``
+        (then the context is left open rather than risking a hang)."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        thread.join(timeout)
+        if thread.is_alive():
+            log.error("fault proxy thread did not stop; leaving its context open")
+            return False
+        if self._context is not None:
+            self._context.term()
+            self._context = None
+        return True
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def set_plan(self, plan: FaultPlan, reseed: bool = True) -> None:
+        """Switch to another plan (applies from the next message); ``reseed``
+        restarts the random sequence from ``plan.seed``."""
+        with self._lock:
+            self.plan = plan
+            if reseed:
+                self._rng = random.Random(plan.seed)
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended the proxy thread, if any."""
+        return self._error
+
+    def snapshot(self) -> FaultCounts:
+        """A consistent copy of the counters."""
+        with self._lock:
+            return FaultCounts(
+                upstream=replace(self.counts.upstream),
+                downstream=replace(self.counts.downstream),
+                clients=self.counts.clients,
+            )
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self._context is not None and self._frontend is not None
+        front = self._frontend
+        poller = zmq.Poller()
+        poller.register(front, zmq.POLLIN)
+        dealers: dict[bytes, zmq.Socket[Any]] = {}
+        clients: dict[zmq.Socket[Any], bytes] = {}
+        held: list[_Held] = []
+        seq = itertools.count()
+
+        def dealer_for(client: bytes) -> zmq.Socket[Any]:
+            sock = dealers.get(client)
+            if sock is None:
+                assert self._context is not None
+                sock = self._context.socket(zmq.DEALER)
+                sock.linger = 0
+                sock.sndhwm = 0
+                sock.rcvhwm = 0
+                sock.connect(self.backend)
+                dealers[client] = sock
+                clients[sock] = client
+                poller.register(sock, zmq.POLLIN)
+                with self._lock:
+                    self.counts.clients += 1
+            return sock
+
+        def deliver(direction: Direction, client: bytes, frames: list[bytes]) -> None:
+            try:
+                if direction == "upstream":
+                    dealer_for(client).send_multipart(frames, zmq.NOBLOCK)
+                else:
+                    front.send_multipart([client, *frames], zmq.NOBLOCK)
+            except zmq.Again:
+                self._count(direction, "send_failed")
+                return
+            self._count(direction, "sent")
+
+        def handle(direction: Direction, client: bytes, frames: list[bytes]) -> None:
+            self._count(direction, "received")
+            if self.observer is not None:
+                self.observer(direction, list(frames))
+            with self._lock:
+                faults = self.plan.for_direction(direction)
+                rng = self._rng
+            if rng.random() < faults.drop:
+                self._count(direction, "dropped")
+                return
+            if rng.random() < faults.flip:
+                frames, flipped = self._flip(frames)
+                if flipped:
+                    self._count(direction, "flipped")
+            copies = 1
+            if rng.random() < faults.duplicate:
+                self._count(direction, "duplicated")
+                copies = 2
+            delayed = rng.random() < faults.delay
+            for _ in range(copies):
+                if delayed:
+                    due = time.monotonic() + rng.uniform(0.0, faults.max_delay)
+                    heapq.heappush(held, _Held(due, next(seq), direction, client, frames))
+                else:
+                    deliver(direction, client, frames)
+            if delayed:
+                self._count(direction, "delayed")
+
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                while held and held[0].due <= now:
+                    h = heapq.heappop(held)
+                    deliver(h.direction, h.client, h.frames)
+                timeout = _POLL_MS
+                if held:
+                    timeout = max(0, min(_POLL_MS, int((held[0].due - now) * 1000) + 1))
+                for sock, _ in poller.poll(timeout):
+                    for _ in range(256):  # bounded batch, then check timers and stop
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        if sock is front:
+                            if len(frames) < 2:
+                                continue  # nothing to forward
+                            handle("upstream", frames[0], frames[1:])
+                        else:
+                            handle("downstream", clients[sock], frames)
+        except BaseException as exc:  # keep the error for the test, never hang
+            self._error = exc
+            log.exception("fault proxy failed")
+        finally:
+            for sock in [front, *dealers.values()]:
+                sock.close(linger=0)
+
+    def _count(self, direction: Direction, name: str) -> None:
+        with self._lock:
+            counts = self.counts.of(direction)
+            setattr(counts, name, getattr(counts, name) + 1)
+
+    def _flip(self, frames: list[bytes]) -> tuple[list[bytes], bool]:
+        """Flip one random bit of one random non-empty frame (in a copy); False when
+        every frame is empty and there is nothing to flip."""
+        candidates = [i for i, f in enumerate(frames) if f]
+        if not candidates:
+            return frames, False
+        which = self._rng.choice(candidates)
+        frame = bytearray(frames[which])
+        bit = self._rng.randrange(len(frame) * 8)
+        frame[bit // 8] ^= 1 << (bit % 8)
+        out = list(frames)
+        out[which] = bytes(frame)
+        return out, True

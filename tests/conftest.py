@@ -1,0 +1,130 @@
+"""Shared fixtures for end-to-end tests with real node processes.
+
+- ``network_key``: a fresh random network key per test.
+- ``node_factory(*extra_args, network_key=..., open_network=False, name=None,
+  env=None, start=True) -> NodeProcess``: nodes in ``tmp_path`` on 127.0.0.1
+  with ``--port 0``; all are stopped at teardown, and every node the test did
+  not ``kill()`` must exit with code 0 on SIGTERM.
+- ``make_file(size, name=None, directory=None) -> Path``: a file of random bytes.
+- ``blake3_file(path) -> str``: hex BLAKE3 of a file.
+- ``cli``: ``run_cli`` from :mod:`peercrypt.testing.nodes` (``cli(*args, data_dir=...)``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peercrypt.crypto.identity import new_network_key
+from peercrypt.testing.nodes import NodeError, NodeProcess, run_cli
+from peercrypt.testing.nodes import blake3_file as _blake3_file
+
+_DEFAULT = object()
+
+
+@pytest.fixture
+def network_key() -> str:
+    """A random network key, different in every test."""
+    return new_network_key()
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path, network_key: str) -> Iterator[Callable[..., NodeProcess]]:
+    """Start :class:`NodeProcess` instances; stop (and check) them all at teardown.
+
+    ``node_factory(*extra_args, network_key=<the test's key>, open_network=False,
+    name=None, env=None, start=True)``. ``network_key=None`` passes no key
+    (give ``open_network=True``, ``env`` or ``extra_args`` instead). ``name``
+    is the data dir under ``tmp_path`` (default ``node0``, ``node1``...); the
+    same name twice reuses the data dir (and identity).
+    """
+    nodes: list[NodeProcess] = []
+    counter = itertools.count()
+    test_key = network_key
+
+    def factory(
+        *extra_args: str,
+        network_key: Any = _DEFAULT,
+        open_network: bool = False,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+        start: bool = True,
+    ) -> NodeProcess:
+        key = test_key if network_key is _DEFAULT else network_key
+        node = NodeProcess(
+            data_dir=tmp_path / (name or f"node{next(counter)}"),
+            network_key=key,
+            open_network=open_network,
+            extra_args=extra_args,
+            env=env,
+        )
+        nodes.append(node)
+        if start:
+            try:
+                node.start()
+            except NodeError:
+                nodes.remove(node)  # start() killed it and raised with its log
+                raise
+        return node
+
+    yield factory
+
+    problems: list[str] = []
+    for node in nodes:  # signal all first: they shut down in parallel
+        if node.running:
+            node.send_signal(signal.SIGTERM)
+    for node in nodes:
+        if node.proc is None:
+            continue
+        try:
+            code = node.stop()
+        except NodeError as exc:
+            problems.append(str(exc))
+            continue
+        if not node.killed and code != 0:
+            problems.append(f"node in {node.data_dir} exited with {code}\n{node.log_tail()}")
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def make_file(tmp_path: Path) -> Callable[..., Path]:
+    """``make_file(size, name=None, directory=None) -> Path``: random content.
+
+    Files go to ``tmp_path/files`` unless ``directory`` is given; the default
+    name is unique per call. An existing file is an error (no silent reuse).
+    """
+    counter = itertools.count()
+
+    def make(size: int, name: str | None = None, directory: Path | None = None) -> Path:
+        folder = directory if directory is not None else tmp_path / "files"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / (name or f"file{next(counter)}-{size}.bin")
+        with open(path, "xb") as f:
+            left = size
+            while left > 0:
+                block = os.urandom(min(left, 4 << 20))
+                f.write(block)
+                left -= len(block)
+        assert path.stat().st_size == size
+        return path
+
+    return make
+
+
+@pytest.fixture
+def blake3_file() -> Callable[[Path], str]:
+    """``blake3_file(path) -> str``: the hex BLAKE3 digest of a file."""
+    return _blake3_file
+
+
+@pytest.fixture
+def cli() -> Callable[..., Any]:
+    """``cli(*args, data_dir=None, env=None, timeout=120) -> CliResult``."""
+    return run_cli

@@ -1,0 +1,414 @@
+"""Tests for the strict msgpack codec (peercrypt.wire.codec) and the messages it carries."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Union
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import peercrypt.wire.messages as messages
+from peercrypt.wire import codec
+from peercrypt.wire.codec import VERSION, DecodeError, decode, decode_as, encode
+
+REGISTRY: dict[str, type[codec.Message]] = dict(codec._REGISTRY)
+MESSAGE_TYPES = sorted(REGISTRY)
+
+# Cap generated sizes so the suite stays fast; exact upper bounds get explicit tests.
+_GEN_CAP = 70
+
+
+def _strategy(tp: Any, meta: typing.Mapping[str, Any]) -> st.SearchStrategy[Any]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return st.one_of(*[_strategy(a, meta) for a in typing.get_args(tp)])
+    if tp is type(None):
+        return st.none()
+    if tp is bool:
+        return st.booleans()
+    if tp is int:
+        return st.integers(meta.get("min", -(2**63)), meta.get("max", 2**63 - 1))
+    if tp is float:
+        return st.floats(allow_nan=False, allow_infinity=False)
+    lo = meta.get("min", 0)
+    if tp is str:
+        hi = meta.get("max", codec.DEFAULT_MAX_STR)
+        return st.text(min_size=lo, max_size=min(hi, max(lo, _GEN_CAP)))
+    if tp is bytes:
+        hi = meta.get("max", codec.DEFAULT_MAX_BYTES)
+        return st.binary(min_size=lo, max_size=min(hi, max(lo, _GEN_CAP)))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        hi = meta.get("max", codec.DEFAULT_MAX_LIST)
+        return st.lists(_strategy(item, {}), min_size=lo, max_size=min(hi, max(lo, 20)))
+    if origin is dict:
+        key, val = typing.get_args(tp)
+        hi = meta.get("max", codec.DEFAULT_MAX_LIST)
+        return st.dictionaries(
+            _strategy(key, {"max": 40}), _strategy(val, {}), max_size=min(hi, 20)
+        )
+    raise TypeError(tp)
+
+
+def field_specs(cls: type[codec.Message]) -> list[tuple[str, dataclasses.Field[Any]]]:
+    """(name, Field) pairs. Keyed by ``__dataclass_fields__`` rather than ``Field.name``,
+    which is wrong for fields whose ``Field`` object is shared between classes (see the
+    xfail test below)."""
+    specs = cls.__dataclass_fields__
+    return [(name, specs[name]) for name in codec._CHECKS[cls]]
+
+
+def message_strategy(cls: type[codec.Message]) -> st.SearchStrategy[codec.Message]:
+    hints = typing.get_type_hints(cls)
+    fields = {name: _strategy(hints[name], f.metadata) for name, f in field_specs(cls)}
+    return st.builds(cls, **fields)
+
+
+any_message = st.sampled_from(MESSAGE_TYPES).flatmap(lambda t: message_strategy(REGISTRY[t]))
+
+
+def valid(cls: type[codec.Message]) -> codec.Message:
+    """A minimal valid instance (every field at its smallest legal value)."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, f in field_specs(cls):
+        tp, lo = hints[name], f.metadata.get("min", 0)
+        if typing.get_origin(tp) in (Union, types.UnionType):
+            tp = typing.get_args(tp)[0]
+        if tp is bool:
+            values[name] = False
+        elif tp is int:
+            values[name] = lo
+        elif tp is float:
+            values[name] = 0.0
+        elif tp is str:
+            values[name] = "x" * lo
+        elif tp is bytes:
+            values[name] = b"\x01" * lo
+        elif typing.get_origin(tp) is list:
+            values[name] = [0] * lo
+        elif typing.get_origin(tp) is dict:
+            values[name] = {}
+        else:
+            values[name] = None
+    return cls(**values)
+
+
+def raw_fields(msg: codec.Message) -> dict[str, Any]:
+    return {name: getattr(msg, name) for name, _ in field_specs(type(msg))}
+
+
+def pack(obj: object) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def kind_of(data: bytes, max_bytes: int = codec.MAX_MESSAGE_BYTES) -> str:
+    with pytest.raises(DecodeError) as info:
+        decode(data, max_bytes)
+    return info.value.kind
+
+
+# ---- registry ---------------------------------------------------------------------
+
+
+def test_registry_holds_the_documented_messages() -> None:
+    for name in ("hello", "ping", "offer", "accept", "chunk", "sealed", "ack", "done",
+                 "verified", "failed", "send-request", "status-reply", "inbound", "announce"):
+        assert name in REGISTRY
+    for name, cls in REGISTRY.items():
+        assert name == cls.TYPE
+
+
+def test_registering_a_type_twice_is_refused() -> None:
+    with pytest.raises(TypeError):
+
+        @codec.message
+        @dataclasses.dataclass(frozen=True, kw_only=True)
+        class Again(codec.Message):
+            TYPE = "ping"
+
+
+# ---- round trips --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("type_name", MESSAGE_TYPES)
+def test_minimal_message_round_trips(type_name: str) -> None:
+    msg = valid(REGISTRY[type_name])
+    assert decode(encode(msg)) == msg
+    assert decode_as(encode(msg), REGISTRY[type_name]) == msg
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(any_message)
+def test_every_message_round_trips(msg: codec.Message) -> None:
+    data = encode(msg)
+    back = decode(data)
+    assert type(back) is type(msg)
+    assert back == msg
+    assert encode(back) == data
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**40), st.booleans(), st.binary(min_size=12, max_size=12))
+def test_chunk_header_fits_the_receivers_header_limit(index: int, last: bool, nonce: bytes) -> None:
+    h = messages.ChunkHeader(tid=b"t" * 16, index=index, last=last, nonce=nonce)
+    assert decode(encode(h), 512) == h
+
+
+def test_fields_at_their_exact_bounds_round_trip() -> None:
+    offer = messages.Offer(tid=b"\0" * 16, name="é" * messages.MAX_NAME, size=2**62,
+                           chunk_size=64 * 1024 * 1024, eph_pub=b"k" * 32, hash_alg="b" * 16)
+    assert decode(encode(offer)) == offer
+    accept = messages.Accept(tid=b"\0" * 16, eph_pub=b"k" * 32, data_host="h" * 255,
+                             data_port=65535, window=4096, have=list(range(128)))
+    assert decode(encode(accept)) == accept
+
+
+def test_decode_accepts_memoryview() -> None:
+    msg = messages.Ping(seq=7)
+    assert decode(memoryview(encode(msg))) == msg
+
+
+def test_decode_as_rejects_another_type() -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_as(encode(messages.Ping(seq=1)), messages.Pong)
+    assert info.value.kind == "unexpected-type"
+
+
+# ---- encode refuses what decode would refuse -----------------------------------------
+
+
+def test_encode_refuses_out_of_bounds_values() -> None:
+    with pytest.raises(ValueError):
+        encode(messages.Ping(seq=-1))
+    with pytest.raises(ValueError):
+        encode(messages.Ping(seq=2**62 + 1))
+    with pytest.raises(ValueError):
+        encode(messages.ChunkHeader(tid=b"short", index=0))
+    with pytest.raises(ValueError):
+        encode(messages.Ping(seq=True))
+
+
+def test_encode_refuses_unregistered_messages() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Stray(codec.Message):
+        TYPE = "stray"
+
+    with pytest.raises(TypeError):
+        encode(Stray())
+
+
+# ---- rejection kinds ------------------------------------------------------------------
+
+
+def test_oversize_frame() -> None:
+    data = encode(messages.Ping(seq=1))
+    assert kind_of(data, max_bytes=len(data) - 1) == "oversize"
+    assert decode(data, max_bytes=len(data)) == messages.Ping(seq=1)
+    assert kind_of(b"\x90" * (codec.MAX_MESSAGE_BYTES + 1)) == "oversize"
+
+
+@pytest.mark.parametrize("version", [0, 2, -1, "1", None, True, [1], 2**64 - 1, -(2**63)])
+def test_wrong_version(version: object) -> None:
+    assert kind_of(pack([version, "ping", {"seq": 1}])) in ("version", "malformed")
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None, True])
+def test_wrong_version_kind_is_version(version: object) -> None:
+    assert kind_of(pack([version, "ping", {"seq": 1}])) == "version"
+
+
+def test_float_version_is_rejected() -> None:
+    assert kind_of(pack([1.0, "ping", {"seq": 1}])) == "version"
+
+
+@pytest.mark.parametrize("type_name", ["nope", "", "PING", 7, None, b"ping"])
+def test_unknown_type(type_name: object) -> None:
+    assert kind_of(pack([VERSION, type_name, {"seq": 1}])) == "unknown-type"
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        {"v": 1},
+        [VERSION, "ping"],
+        [VERSION, "ping", {"seq": 1}, "extra"],
+        [],
+        "ping",
+        7,
+        None,
+        b"bytes",
+    ],
+)
+def test_envelope_that_is_not_a_three_element_list(envelope: object) -> None:
+    assert kind_of(pack(envelope)) == "malformed"
+
+
+@pytest.mark.parametrize("fields", [[1], "seq", None, 5])
+def test_fields_not_a_map(fields: object) -> None:
+    assert kind_of(pack([VERSION, "ping", fields])) == "malformed"
+
+
+@pytest.mark.parametrize("type_name", MESSAGE_TYPES)
+def test_missing_field(type_name: str) -> None:
+    fields = raw_fields(valid(REGISTRY[type_name]))
+    if not fields:
+        pytest.skip("message without fields")
+    for name in fields:
+        partial = {k: v for k, v in fields.items() if k != name}
+        assert kind_of(pack([VERSION, type_name, partial])) == "fields"
+
+
+@pytest.mark.parametrize("type_name", MESSAGE_TYPES)
+def test_extra_field(type_name: str) -> None:
+    fields = raw_fields(valid(REGISTRY[type_name]))
+    assert kind_of(pack([VERSION, type_name, {**fields, "extra": 1}])) == "fields"
+    assert kind_of(pack([VERSION, type_name, {**fields, b"bin-key": 1}])) == "fields"
+
+
+@pytest.mark.parametrize(
+    ("type_name", "field", "bad"),
+    [
+        ("ping", "seq", True),  # bool is not an int
+        ("ping", "seq", False),
+        ("ping", "seq", 1.0),
+        ("ping", "seq", "1"),
+        ("ping", "seq", None),
+        ("ping", "seq", -1),
+        ("ping", "seq", 2**62 + 1),
+        ("chunk", "index", 2**40 + 1),
+        ("chunk", "last", 1),  # int is not a bool
+        ("chunk", "last", 0),
+        ("chunk", "tid", b"x" * 15),
+        ("chunk", "tid", b"x" * 17),
+        ("chunk", "tid", "x" * 16),  # str is not bytes
+        ("chunk", "nonce", b"n" * 11),
+        ("offer", "name", ""),
+        ("offer", "name", "n" * (messages.MAX_NAME + 1)),
+        ("offer", "chunk_size", 0),
+        ("offer", "name", b"name"),
+        ("accept", "data_port", 0),
+        ("accept", "data_port", 65536),
+        ("accept", "window", 4097),
+        ("accept", "have", list(range(129))),
+        ("accept", "have", [1, "2"]),
+        ("accept", "have", [True]),
+        ("ack", "sack", [0.5]),
+        ("ack", "sack", "01"),
+        ("status-reply", "counters", {"a": "1"}),
+        ("status-reply", "counters", {"a": True}),
+        ("status-reply", "node", {"a": 1}),
+        ("announce", "facts", {str(i): "x" for i in range(33)}),
+        ("send-request", "timeout", "10"),
+        ("send-request", "timeout", True),
+        ("send-request", "chunk_size", 4095),
+        ("verified", "digest", b"d" * 31),
+    ],
+)
+def test_wrong_type_or_out_of_bounds_field(type_name: str, field: str, bad: object) -> None:
+    fields = raw_fields(valid(REGISTRY[type_name]))
+    assert field in fields
+    assert decode(pack([VERSION, type_name, fields])) is not None  # the base is valid
+    assert kind_of(pack([VERSION, type_name, {**fields, field: bad}])) == "field-type"
+
+
+def test_nested_garbage_and_extension_types_are_malformed() -> None:
+    assert kind_of(b"\xc1") == "malformed"  # never-used byte
+    assert kind_of(pack([VERSION, "ping", {"seq": 1}]) + b"\x00") == "malformed"  # trailing
+    assert kind_of(msgpack.packb(msgpack.ExtType(1, b"x"))) == "malformed"
+    assert kind_of(b"\x91" * 5000) == "malformed"  # deep nesting
+    assert kind_of(b"") == "malformed"
+    assert kind_of(pack({1: 2})) == "malformed"  # int map key (strict_map_key)
+
+
+# ---- fuzz -------------------------------------------------------------------------------
+
+KINDS = {"malformed", "version", "unknown-type", "fields", "field-type", "oversize"}
+
+
+def check_decodes_or_rejects(data: bytes) -> None:
+    """decode() either rejects with a known kind or returns a message that re-encodes
+    (anything it accepts satisfies the bounds encode() enforces)."""
+    try:
+        msg = decode(data)
+    except DecodeError as exc:
+        assert exc.kind in KINDS
+    else:
+        assert isinstance(msg, codec.Message)
+        assert decode(encode(msg)) == msg
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_raise_only_decode_error(data: bytes) -> None:
+    check_decodes_or_rejects(data)
+
+
+_msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64 - 1) | st.floats()
+    | st.text(max_size=10) | st.binary(max_size=10),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(MESSAGE_TYPES),
+    st.dictionaries(st.text(max_size=12), _msgpack_values, max_size=6),
+)
+def test_arbitrary_fields_raise_only_decode_error(type_name: str, fields: dict[str, Any]) -> None:
+    try:
+        data = msgpack.packb([VERSION, type_name, fields], use_bin_type=True)
+    except (OverflowError, ValueError):
+        return
+    check_decodes_or_rejects(data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(any_message, st.data())
+def test_mutated_valid_frames_raise_only_decode_error(
+    msg: codec.Message, data: st.DataObject
+) -> None:
+    frame = bytearray(encode(msg))
+    pos = data.draw(st.integers(0, len(frame) - 1))
+    frame[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(frame)))
+    check_decodes_or_rejects(bytes(frame[:cut]))
+
+
+# ---- bugs found ---------------------------------------------------------------------------
+
+
+def test_status_reply_with_many_counters_round_trips() -> None:
+    reply = messages.StatusReply(
+        request=1, node={}, counters={f"actor.counter-{i}": i for i in range(100)}
+    )
+    assert decode(encode(reply)) == reply
+
+
+def test_message_at_its_field_bounds_is_decodable_with_default_limit() -> None:
+    msg = messages.Outbound(route=b"r" * 256, payload=b"p" * messages.MAX_WRAPPED)
+    assert decode(encode(msg)) == msg
+
+
+def test_encode_refuses_what_decode_would_refuse() -> None:
+    big = messages.StatusReply(
+        request=1, node={f"k{i:02}": "v" * 4000 for i in range(20)}, counters={}
+    )
+    with pytest.raises(ValueError, match="bytes >"):
+        encode(big)
+
+
+def test_dataclass_fields_report_the_declared_names() -> None:
+    for cls in REGISTRY.values():
+        assert [f.name for f in dataclasses.fields(cls)] == list(codec._CHECKS[cls])
+    reply = messages.HelloReply(node_id=b"n" * 32, version="1")
+    assert dataclasses.replace(reply, version="2").version == "2"

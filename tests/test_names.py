@@ -1,0 +1,155 @@
+"""Tests for peercrypt.core.names: untrusted file names made safe for the inbox."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peercrypt.core.names import (
+    MAX_NAME_BYTES,
+    UnsafeName,
+    candidate_names,
+    sanitise,
+    unique_name,
+)
+
+
+def assert_safe(name: str) -> None:
+    assert name not in ("", ".", "..")
+    assert "/" not in name
+    assert "\\" not in name
+    assert "\0" not in name
+    assert not any(unicodedata.category(c)[0] == "C" for c in name)
+    assert len(name.encode("utf-8")) <= MAX_NAME_BYTES
+
+
+hostile_text = st.text(
+    alphabet=st.sampled_from(["/", "\\", ".", "\0", "\n", "\t", " ", "\u202e", "\u200b",
+                              "\x7f", "\ud800", "a", "é", "文", "😀", ":"])
+    | st.characters(),
+    max_size=400,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hostile_text)
+def test_sanitise_returns_a_safe_name_or_refuses(name: str) -> None:
+    try:
+        safe = sanitise(name)
+    except UnsafeName:
+        return
+    assert_safe(safe)
+    assert sanitise(safe) == safe  # idempotent
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(min_size=1, max_size=12), st.integers(20, 120), st.text(max_size=20))
+def test_long_names_are_capped_at_200_utf8_bytes(unit: str, times: int, tail: str) -> None:
+    name = unit * times + tail
+    try:
+        safe = sanitise(name)
+    except UnsafeName:
+        return
+    assert_safe(safe)
+
+
+@pytest.mark.parametrize(
+    ("offered", "expected"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:\\x\\..\\y", "y"),
+        ("/abs", "abs"),
+        ("/etc/", "etc"),
+        ("..\\..\\Windows\\system32\\evil.dll", "evil.dll"),
+        ("dir/sub/file.txt", "file.txt"),
+        ("  spaced.txt  ", "spaced.txt"),
+        ("a\0b\nc\x1b.txt", "abc.txt"),
+        ("evil\u202etxt.exe", "eviltxt.exe"),  # right-to-left override removed
+        ("report.pdf", "report.pdf"),
+        ("..hidden", "..hidden"),
+        (".bashrc", ".bashrc"),
+    ],
+)
+def test_sanitise_examples(offered: str, expected: str) -> None:
+    assert sanitise(offered) == expected
+
+
+@pytest.mark.parametrize(
+    "offered", ["", ".", "..", "/", "//", "a/..", "a/.", "\\", "\0", "\n\t", "x/ .. ", " ", "../"]
+)
+def test_sanitise_refuses_unusable_names(offered: str) -> None:
+    with pytest.raises(UnsafeName):
+        sanitise(offered)
+
+
+def test_long_name_keeps_a_short_extension() -> None:
+    safe = sanitise("a" * 500 + ".tar.gz")
+    assert safe.endswith(".gz")
+    assert len(safe.encode()) == MAX_NAME_BYTES
+    multibyte = sanitise("é" * 300 + ".txt")
+    assert multibyte.endswith(".txt")
+    assert len(multibyte.encode()) <= MAX_NAME_BYTES
+    multibyte.encode("utf-8")  # no split character
+
+
+def test_long_extension_is_not_kept() -> None:
+    safe = sanitise("a" * 10 + "." + "b" * 300)
+    assert len(safe.encode()) == MAX_NAME_BYTES
+    assert safe.startswith("a" * 10)
+
+
+def test_candidate_names_sequence() -> None:
+    names = candidate_names("photo.jpg")
+    assert [next(names) for _ in range(4)] == ["photo.jpg", "photo.1.jpg", "photo.2.jpg",
+                                               "photo.3.jpg"]
+    assert list(candidate_names("README", limit=3)) == ["README", "README.1", "README.2"]
+    assert list(candidate_names(".bashrc", limit=2)) == [".bashrc", ".bashrc.1"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(alphabet="ab.", min_size=1, max_size=8).filter(lambda s: s not in (".", "..")),
+    st.sets(st.text(alphabet="ab.0123", min_size=1, max_size=10), max_size=30),
+    st.integers(0, 40),
+)
+def test_unique_name_never_returns_an_existing_name(
+    name: str, existing: set[str], taken_run: int
+) -> None:
+    taken = set(existing)
+    candidates = candidate_names(name)
+    for _ in range(taken_run):  # also take the first few candidates
+        taken.add(next(candidates))
+    chosen = unique_name(name, taken.__contains__)
+    assert chosen not in taken
+    assert chosen in list(candidate_names(name, limit=taken_run + len(existing) + 2))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(min_size=1, max_size=30).filter(lambda s: s not in (".", "..")))
+def test_candidate_names_are_distinct(name: str) -> None:
+    names = list(candidate_names(name, limit=200))
+    assert len(names) == len(set(names)) == 200
+    assert names[0] == name
+
+
+def test_unique_name_gives_up_when_everything_exists() -> None:
+    calls: list[str] = []
+
+    def exists(candidate: str) -> bool:
+        calls.append(candidate)
+        return True
+
+    with pytest.raises(UnsafeName):
+        unique_name("x.txt", exists)
+    assert len(calls) == len(set(calls)) == 10_000
+
+
+def test_unique_name_of_sanitised_names_stays_in_the_inbox() -> None:
+    base = sanitise("../../" + "n" * 300 + ".txt")
+    chosen = unique_name(base, {base, *list(candidate_names(base, limit=12))[:12]}.__contains__)
+    assert "/" not in chosen
+    assert chosen.endswith(".12.txt")
+    assert len(chosen.encode()) <= 255  # fits any common file system

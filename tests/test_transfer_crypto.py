@@ -1,0 +1,233 @@
+"""Tests for per-transfer key agreement and AES-GCM sealing (peercrypt.crypto.transfer)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peercrypt.crypto.transfer import TAG_BYTES, Ephemeral, OpenError, TransferKeys
+
+
+def pair(tid: bytes | None = None) -> tuple[TransferKeys, TransferKeys]:
+    """(sender keys, receiver keys) of one fresh transfer."""
+    tid = tid if tid is not None else os.urandom(16)
+    sender, receiver = Ephemeral(), Ephemeral()
+    s = sender.agree(tid, receiver.public, initiator=True)
+    r = receiver.agree(tid, sender.public, initiator=False)
+    return s, r
+
+
+def flip(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+def test_public_key_is_32_bytes_and_fresh() -> None:
+    a, b = Ephemeral(), Ephemeral()
+    assert len(a.public) == 32
+    assert a.public != b.public
+
+
+def test_both_sides_open_each_others_chunks_and_messages() -> None:
+    s, r = pair()
+    nonce, sealed = s.seal_chunk(0, False, b"hello chunk")
+    assert len(nonce) == 12
+    assert len(sealed) == len(b"hello chunk") + TAG_BYTES
+    assert b"hello chunk" not in sealed
+    assert r.open_chunk(0, False, nonce, sealed) == b"hello chunk"
+    nonce, sealed = r.seal_message(b"ack from receiver")
+    assert s.open_message(nonce, sealed) == b"ack from receiver"
+    nonce, sealed = s.seal_message(b"done from sender")
+    assert r.open_message(nonce, memoryview(sealed)) == b"done from sender"
+    nonce, sealed = r.seal_chunk(7, True, b"")
+    assert s.open_chunk(7, True, nonce, sealed) == b""
+
+
+def test_directions_use_different_keys() -> None:
+    s, r = pair()
+    nonce, sealed = s.seal_message(b"to the receiver")
+    with pytest.raises(OpenError):
+        s.open_message(nonce, sealed)  # the sender cannot open its own direction
+    nonce, sealed = r.seal_chunk(1, False, b"to the sender")
+    with pytest.raises(OpenError):
+        r.open_chunk(1, False, nonce, sealed)
+
+
+def test_both_initiators_do_not_agree() -> None:
+    tid = os.urandom(16)
+    a, b = Ephemeral(), Ephemeral()
+    ka = a.agree(tid, b.public, initiator=True)
+    kb = b.agree(tid, a.public, initiator=True)  # a misconfigured peer
+    nonce, sealed = ka.seal_chunk(0, False, b"x")
+    with pytest.raises(OpenError):
+        kb.open_chunk(0, False, nonce, sealed)
+
+
+def test_ephemeral_key_is_single_use() -> None:
+    e, peer = Ephemeral(), Ephemeral()
+    e.agree(b"t" * 16, peer.public, initiator=True)
+    with pytest.raises(RuntimeError):
+        e.agree(b"t" * 16, peer.public, initiator=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(min_size=0, max_size=200), st.data())
+def test_any_single_flipped_bit_fails_a_chunk(plaintext: bytes, data: st.DataObject) -> None:
+    s, r = pair()
+    nonce, sealed = s.seal_chunk(3, False, plaintext)
+    assert r.open_chunk(3, False, nonce, sealed) == plaintext
+    where = data.draw(st.sampled_from(["nonce", "sealed"]))
+    if where == "nonce":
+        bad_nonce, bad_sealed = flip(nonce, data.draw(st.integers(0, len(nonce) * 8 - 1))), sealed
+    else:
+        bad_nonce, bad_sealed = nonce, flip(sealed, data.draw(st.integers(0, len(sealed) * 8 - 1)))
+    with pytest.raises(OpenError):
+        r.open_chunk(3, False, bad_nonce, bad_sealed)
+
+
+def test_every_bit_of_a_sealed_message_matters() -> None:
+    s, r = pair()
+    nonce, sealed = s.seal_message(b"verified!")
+    for bit in range(len(sealed) * 8):  # ciphertext and tag
+        with pytest.raises(OpenError):
+            r.open_message(nonce, flip(sealed, bit))
+    for bit in range(len(nonce) * 8):
+        with pytest.raises(OpenError):
+            r.open_message(flip(nonce, bit), sealed)
+    assert r.open_message(nonce, sealed) == b"verified!"
+
+
+def test_truncated_or_extended_frames_fail() -> None:
+    s, r = pair()
+    nonce, sealed = s.seal_chunk(0, True, b"abc")
+    for bad in (sealed[:-1], sealed + b"\0", b"", sealed[:TAG_BYTES - 1]):
+        with pytest.raises(OpenError):
+            r.open_chunk(0, True, nonce, bad)
+    for bad_nonce in (b"", nonce[:-1], nonce + b"\0"):
+        with pytest.raises(OpenError):
+            r.open_chunk(0, True, bad_nonce, sealed)
+
+
+def test_chunk_aad_binds_index_last_flag_and_transfer() -> None:
+    tid = os.urandom(16)
+    s, r = pair(tid)
+    nonce, sealed = s.seal_chunk(5, False, b"payload")
+    with pytest.raises(OpenError):
+        r.open_chunk(6, False, nonce, sealed)  # moved to another index
+    with pytest.raises(OpenError):
+        r.open_chunk(5, True, nonce, sealed)  # presented as the last chunk
+    with pytest.raises(OpenError):
+        r.open_message(nonce, sealed)  # a chunk is not a control message
+    # Same keys bound to another transfer id: fails.
+    other = TransferKeys(os.urandom(16), send_key=b"\0" * 32, recv_key=b"\0" * 32)
+    other_r = TransferKeys(other.tid, send_key=b"\0" * 32, recv_key=b"\0" * 32)
+    n2, c2 = other.seal_chunk(5, False, b"payload")
+    assert other_r.open_chunk(5, False, n2, c2) == b"payload"
+    moved = TransferKeys(os.urandom(16), send_key=b"\0" * 32, recv_key=b"\0" * 32)
+    with pytest.raises(OpenError):
+        moved.open_chunk(5, False, n2, c2)
+    assert r.open_chunk(5, False, nonce, sealed) == b"payload"
+
+
+def test_message_is_not_a_chunk() -> None:
+    s, r = pair()
+    nonce, sealed = s.seal_message(b"m")
+    with pytest.raises(OpenError):
+        r.open_chunk(0, False, nonce, sealed)
+
+
+def test_keys_of_another_transfer_do_not_open() -> None:
+    s1, _ = pair()
+    _, r2 = pair()
+    nonce, sealed = s1.seal_chunk(0, False, b"x")
+    with pytest.raises(OpenError):
+        r2.open_chunk(0, False, nonce, sealed)
+    nonce, sealed = s1.seal_message(b"m")
+    with pytest.raises(OpenError):
+        r2.open_message(nonce, sealed)
+
+
+def test_same_ephemeral_keys_other_tid_derive_other_keys() -> None:
+    a, b = Ephemeral(), Ephemeral()
+    a2, b2 = Ephemeral(), Ephemeral()
+    # The tid is the HKDF salt: distinct tids give unrelated keys even for one peer.
+    ka = a.agree(b"A" * 16, b.public, initiator=True)
+    kb = b.agree(b"B" * 16, a.public, initiator=False)
+    nonce, sealed = ka.seal_message(b"m")
+    with pytest.raises(OpenError):
+        kb.open_message(nonce, sealed)
+    ka2 = a2.agree(b"A" * 16, b2.public, initiator=True)
+    kb2 = b2.agree(b"A" * 16, a2.public, initiator=False)
+    nonce, sealed = ka2.seal_message(b"m")
+    assert kb2.open_message(nonce, sealed) == b"m"
+
+
+def test_nonces_never_repeat_even_when_resealing_the_same_chunk() -> None:
+    s, r = pair()
+    nonces: set[bytes] = set()
+    ciphertexts: set[bytes] = set()
+    for i in range(2000):
+        if i % 3 == 0:
+            nonce, sealed = s.seal_message(b"ctl")
+        else:
+            nonce, sealed = s.seal_chunk(0, False, b"same chunk every time")
+        assert nonce not in nonces
+        nonces.add(nonce)
+        ciphertexts.add(sealed)
+    assert len(ciphertexts) == 2000
+    assert s.seals == 2000
+    assert r.seals == 0
+    # The receiver's counter is independent (its own key), and also starts fresh.
+    assert r.seal_message(b"x")[0] == s.seal_message(b"y")[0][:4] + (1).to_bytes(8, "big")
+
+
+def test_nonce_layout_is_zero_prefix_and_counter() -> None:
+    s, _ = pair()
+    first, _ = s.seal_chunk(0, False, b"")
+    second, _ = s.seal_message(b"")
+    assert first == bytes(4) + (1).to_bytes(8, "big")
+    assert second == bytes(4) + (2).to_bytes(8, "big")
+
+
+def test_replayed_chunk_still_opens_so_dedup_is_the_windows_job() -> None:
+    # Documented behaviour: AES-GCM has no replay protection; ReceiveWindow drops duplicates.
+    s, r = pair()
+    nonce, sealed = s.seal_chunk(2, False, b"x")
+    assert r.open_chunk(2, False, nonce, sealed) == b"x"
+    assert r.open_chunk(2, False, nonce, sealed) == b"x"
+
+
+# Low-order X25519 points: the shared secret is all zeros.
+LOW_ORDER_POINTS = [
+    bytes(32),
+    (1).to_bytes(32, "little"),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+]
+
+
+@pytest.mark.parametrize("point", LOW_ORDER_POINTS)
+def test_degenerate_peer_key_is_rejected(point: bytes) -> None:
+    e = Ephemeral()
+    with pytest.raises(ValueError):
+        e.agree(b"t" * 16, point, initiator=False)
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x01" * 31, b"\x01" * 33])
+def test_wrong_length_peer_key_is_rejected(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        Ephemeral().agree(b"t" * 16, bad, initiator=True)
+
+
+def test_agreement_matches_a_plain_x25519_peer() -> None:
+    private = X25519PrivateKey.generate()
+    peer_public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    e = Ephemeral()
+    keys = e.agree(b"t" * 16, peer_public, initiator=True)
+    assert keys.tid == b"t" * 16
+    assert keys.seals == 0

@@ -1,0 +1,433 @@
+"""Tests for SendWindow and ReceiveWindow, alone and pumped into each other.
+
+The end-to-end part is an in-memory simulation in the style of aioquic's tests:
+two pure state machines, a fake clock (plain floats) and a simulated channel
+that drops, duplicates, delays and reorders every message according to
+hypothesis-chosen fates (then a seeded RNG), with no sockets and no sleeping.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.receive_window import Arrival, ReceiveWindow
+from peercrypt.core.rtt import RttEstimator
+from peercrypt.core.send_window import SendWindow
+
+FATES = ("deliver", "drop", "duplicate", "delay")
+
+
+@dataclass
+class Channel:
+    """Fates for each message: first from ``script``, then from a seeded RNG."""
+
+    rng: random.Random
+    script: list[str]
+    p_drop: float
+    p_dup: float
+    p_delay: float
+    base: float = 0.005
+    max_delay: float = 0.05
+    jitter: bool = True  # False: a FIFO channel (like one TCP connection)
+    stats: Counter[str] = field(default_factory=Counter)
+
+    def fate(self) -> str:
+        if self.script:
+            return self.script.pop(0)
+        x = self.rng.random()
+        if x < self.p_drop:
+            return "drop"
+        if x < self.p_drop + self.p_dup:
+            return "duplicate"
+        if x < self.p_drop + self.p_dup + self.p_delay:
+            return "delay"
+        return "deliver"
+
+    def arrivals(self, now: float) -> list[float]:
+        """When copies of one message sent at ``now`` arrive (none: lost)."""
+        fate = self.fate()
+        self.stats[fate] += 1
+        if fate == "drop":
+            return []
+        jitter = self.rng.uniform(0, self.base) if self.jitter else 0.0
+        first = now + self.base + jitter
+        if fate == "delay":  # overtaken by later messages: reordering
+            return [first + self.rng.uniform(self.base, self.max_delay)]
+        if fate == "duplicate":
+            return [first, first + (self.rng.uniform(0, self.max_delay) if self.jitter else 0.0)]
+        return [first]
+
+
+@dataclass
+class Result:
+    done: bool
+    now: float
+    writes: Counter[int]
+    sender: SendWindow
+    receiver: ReceiveWindow
+    max_in_flight: int
+    sent: Counter[int]
+
+
+def simulate(
+    total: int,
+    window: int,
+    data_channel: Channel,
+    ack_channel: Channel,
+    write_delay: float = 0.001,
+    max_events: int = 200_000,
+) -> Result:
+    """Pump a SendWindow and a ReceiveWindow into each other until the sender is done."""
+    sender = SendWindow(total, RttEstimator(initial_rto=0.2, min_rto=0.05))
+    receiver = ReceiveWindow(total, window)
+    sender.on_accept([], receiver.window)
+    AckFields = tuple[int, list[tuple[int, int]], int]
+    # (time, seq, kind, chunk index, ack contents as they were when the ack was sent)
+    events: list[tuple[float, int, str, int, AckFields | None]] = []
+    seq = itertools.count()
+    writes: Counter[int] = Counter()
+    sent: Counter[int] = Counter()
+    now = 0.0
+    max_in_flight = 0
+
+    def pump() -> None:
+        nonlocal max_in_flight
+        for index in sender.next_to_send(now):
+            sent[index] += 1
+            for at in data_channel.arrivals(now):
+                heapq.heappush(events, (at, next(seq), "chunk", index, None))
+        max_in_flight = max(max_in_flight, sender.in_flight)
+        assert sender.in_flight <= sender.window
+
+    def send_ack() -> None:
+        fields = receiver.ack_fields()
+        for at in ack_channel.arrivals(now):
+            heapq.heappush(events, (at, next(seq), "ack", 0, fields))
+
+    pump()
+    for _ in range(max_events):
+        if sender.done:
+            break
+        deadline = sender.next_deadline()
+        if events and (deadline is None or events[0][0] <= deadline):
+            now, _, kind, index, ack = heapq.heappop(events)
+            if kind == "chunk":
+                arrival = receiver.on_chunk(index, index == total - 1)
+                assert arrival is not Arrival.INVALID
+                if arrival is Arrival.NEW:
+                    writes[index] += 1
+                    heapq.heappush(events, (now + write_delay, next(seq), "written", index, None))
+                else:
+                    send_ack()
+            elif kind == "written":
+                receiver.on_written(index)
+                send_ack()
+            else:
+                assert ack is not None
+                cumulative, sack, credit = ack
+                sender.on_ack(cumulative, sack, credit, now)
+        elif deadline is not None:
+            now = max(now, deadline)
+            before = sender.timeouts
+            sender.on_timer(now)
+            if sender.timeouts == before:  # float rounding at the deadline itself
+                now += 1e-9
+                sender.on_timer(now)
+        else:
+            break  # nothing in flight, nothing scheduled: stuck
+        pump()
+    return Result(sender.done, now, writes, sender, receiver, max_in_flight, sent)
+
+
+def make_channel(seed: int, script: list[str], p_drop: float, p_dup: float,
+                 p_delay: float, jitter: bool = True) -> Channel:
+    return Channel(random.Random(seed), script, p_drop, p_dup, p_delay, jitter=jitter)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    total=st.integers(1, 60),
+    window=st.integers(1, 16),
+    seed=st.integers(0, 2**32),
+    script=st.lists(st.sampled_from(FATES), max_size=40),
+    ack_script=st.lists(st.sampled_from(FATES), max_size=20),
+    p_drop=st.floats(0, 0.3),
+    p_dup=st.floats(0, 0.2),
+    p_delay=st.floats(0, 0.3),
+    p_ack_drop=st.floats(0, 0.3),
+)
+def test_every_chunk_is_written_exactly_once_over_a_bad_channel(
+    total: int,
+    window: int,
+    seed: int,
+    script: list[str],
+    ack_script: list[str],
+    p_drop: float,
+    p_dup: float,
+    p_delay: float,
+    p_ack_drop: float,
+) -> None:
+    data = make_channel(seed, script, p_drop, p_dup, p_delay)
+    acks = make_channel(seed + 1, ack_script, p_ack_drop, p_dup, p_delay)
+    r = simulate(total, window, data, acks)
+    assert r.done, f"sender not done at t={r.now:.2f}: acked {r.sender.acked.count}/{total}"
+    assert r.receiver.complete
+    assert sorted(r.writes) == list(range(total))
+    assert set(r.writes.values()) == {1}
+    assert r.max_in_flight <= window
+    assert r.sender.in_flight == 0
+    # Every chunk went out at least once; losses were made good by retransmissions.
+    assert sum(r.sent.values()) == total + r.sender.retransmits
+
+
+def test_a_clean_channel_needs_no_retransmissions() -> None:
+    data = make_channel(1, [], 0.0, 0.0, 0.0, jitter=False)
+    acks = make_channel(2, [], 0.0, 0.0, 0.0, jitter=False)
+    r = simulate(200, 16, data, acks)
+    assert r.done
+    assert r.sender.retransmits == 0
+    assert r.sender.timeouts == 0
+    assert r.max_in_flight == 16
+    assert r.sender.rtt.samples > 0
+    assert r.receiver.duplicates == 0
+
+
+def test_reordering_alone_causes_spurious_but_harmless_retransmissions() -> None:
+    data = make_channel(5, [], 0.0, 0.0, 0.5)
+    acks = make_channel(6, [], 0.0, 0.0, 0.0, jitter=False)
+    r = simulate(100, 16, data, acks)
+    assert r.done
+    assert set(r.writes.values()) == {1}
+    # Nothing was lost, so every resend that arrived before the end was a duplicate.
+    assert r.sender.retransmits > 0
+    assert 0 < r.receiver.duplicates <= r.sender.retransmits
+
+
+def test_heavy_loss_still_completes() -> None:
+    data = make_channel(3, [], 0.5, 0.1, 0.2)
+    acks = make_channel(4, [], 0.5, 0.1, 0.2)
+    r = simulate(100, 8, data, acks)
+    assert r.done
+    assert set(r.writes.values()) == {1}
+    assert r.sender.retransmits > 0
+    assert r.sender.timeouts > 0
+
+
+# ---- SendWindow alone ---------------------------------------------------------------
+
+
+def started(total: int, window: int, now: float = 0.0) -> tuple[SendWindow, list[int]]:
+    w = SendWindow(total, RttEstimator(initial_rto=1.0, min_rto=0.2))
+    w.on_accept([], window)
+    return w, w.next_to_send(now)
+
+
+def test_credit_limits_what_is_sent() -> None:
+    w, first = started(10, 4)
+    assert first == [0, 1, 2, 3]
+    assert w.in_flight == 4
+    assert w.next_to_send(0.0) == []
+    assert w.on_ack(2, [], 4, 0.1) == 2
+    assert w.next_to_send(0.1) == [4, 5]
+    assert w.next_to_send(0.1, limit=0) == []
+
+
+def test_rto_timeout_retransmits_and_backs_off() -> None:
+    w, first = started(3, 4)
+    assert first == [0, 1, 2]
+    assert w.next_deadline() == pytest.approx(1.0)
+    w.on_timer(0.99)
+    assert w.next_to_send(0.99) == []
+    assert w.timeouts == 0
+    w.on_timer(1.0)
+    assert w.timeouts == 1
+    assert w.rtt.rto == pytest.approx(2.0)  # backed off
+    assert w.next_to_send(1.0) == [0, 1, 2]
+    assert w.retransmits == 3
+    assert w.next_deadline() == pytest.approx(3.0)
+    w.on_timer(2.5)
+    assert w.next_to_send(2.5) == []
+
+
+def test_fast_retransmit_after_three_later_chunks_are_acked() -> None:
+    w, first = started(10, 10)
+    assert first == list(range(10))
+    w.on_ack(0, [(1, 3)], 10, 0.1)  # two later chunks: could be reordering
+    assert w.fast_retransmits == 0
+    assert w.next_to_send(0.1) == []
+    w.on_ack(0, [(1, 4)], 10, 0.11)  # the third: chunk 0 is presumed lost
+    assert w.fast_retransmits == 1
+    assert w.timeouts == 0
+    assert w.next_to_send(0.11) == [0]
+    assert w.retransmits == 1
+    # A repeated ack does not trigger it again.
+    w.on_ack(0, [(1, 4)], 10, 0.12)
+    assert w.fast_retransmits == 1
+    assert w.next_to_send(0.12) == []
+
+
+def test_retransmissions_go_first_lowest_index_first() -> None:
+    w, first = started(20, 6)
+    assert first == [0, 1, 2, 3, 4, 5]
+    w.on_ack(0, [(3, 6)], 6, 0.1)  # 0, 1, 2 each have three later chunks acked
+    assert w.fast_retransmits == 3
+    # 3, 4, 5 acked freed three credits: the three resends first, then new chunks.
+    assert w.next_to_send(0.1) == [0, 1, 2, 6, 7, 8]
+    assert w.in_flight == 6
+
+
+def test_a_lost_fast_retransmission_is_recovered_by_the_timer() -> None:
+    w, _ = started(8, 8)
+    w.on_ack(0, [(1, 4)], 8, 0.1)
+    assert w.next_to_send(0.1) == [0]  # resent at 0.1 ... and lost again
+    w.on_ack(0, [(1, 8)], 8, 0.2)
+    assert w.next_to_send(0.2) == []  # no second fast retransmit of the same copy
+    deadline = w.next_deadline()
+    assert deadline is not None and deadline > 0.1
+    w.on_timer(deadline)
+    assert w.timeouts == 1
+    assert w.next_to_send(deadline) == [0]
+    assert w.retransmits == 2
+
+
+def test_loss_by_send_order_distance_quic_threshold() -> None:
+    """RFC 9002 packet threshold: chunk 2 is lost once a chunk sent 3 sends
+    after it is acked (5), not when only 2 sends later (4) is acked."""
+    w, _ = started(6, 6)
+    w.on_ack(0, [(4, 5)], 6, 0.1)  # 4 was sent 4 and 3 sends after chunks 0 and 1
+    assert w.next_to_send(0.1) == [0, 1]
+    w.on_ack(0, [(4, 6)], 6, 0.1)  # 5 was sent 3 sends after chunk 2
+    assert w.next_to_send(0.1) == [2]
+    assert w.fast_retransmits == 3
+
+
+def test_karn_no_rtt_sample_from_a_retransmitted_chunk() -> None:
+    w, _ = started(1, 1)
+    w.on_timer(1.0)
+    assert w.next_to_send(1.0) == [0]
+    w.on_ack(1, [], 1, 1.05)  # ambiguous: an ack of the first or the second copy?
+    assert w.done
+    assert w.rtt.samples == 0
+    assert w.rtt.srtt is None
+
+
+def test_rtt_sample_from_a_chunk_sent_once() -> None:
+    w, _ = started(2, 2)
+    w.on_ack(1, [], 2, 0.3)
+    assert w.rtt.samples == 1
+    assert w.rtt.srtt == pytest.approx(0.3)
+    w.on_ack(0, [(1, 2)], 2, 0.5)
+    assert w.rtt.samples == 2
+    assert w.done
+
+
+def test_karn_mixed_ack_samples_only_the_clean_chunk() -> None:
+    w, first = started(2, 2)
+    assert first == [0, 1]
+    w.on_ack(0, [(1, 2)], 2, 0.4)  # chunk 1 acked: a clean sample of 0.4
+    assert w.rtt.samples == 1
+    w.on_timer(5.0)
+    assert w.next_to_send(5.0) == [0]
+    w.on_ack(2, [], 2, 5.01)
+    assert w.rtt.samples == 1
+    assert w.rtt.srtt == pytest.approx(0.4)
+
+
+def test_accept_with_held_ranges_skips_them() -> None:
+    w = SendWindow(10)
+    w.on_accept([(0, 3), (5, 7)], 16)
+    assert w.next_to_send(0.0) == [3, 4, 7, 8, 9]
+    w.on_ack(10, [], 16, 0.1)
+    assert w.done
+
+
+def test_window_is_at_least_one() -> None:
+    w = SendWindow(5)
+    w.on_accept([], 0)
+    assert w.window == 1
+    assert w.next_to_send(0.0) == [0]
+    w.on_ack(1, [], 0, 0.1)
+    assert w.window == 1
+    assert w.next_to_send(0.1) == [1]
+
+
+def test_ack_beyond_the_file_is_clipped() -> None:
+    w, _ = started(3, 3)
+    assert w.on_ack(10**9, [(5, 10**6)], 3, 0.1) == 3
+    assert w.done
+    assert w.acked.count == 3
+
+
+def test_next_deadline_none_when_idle() -> None:
+    w = SendWindow(0)
+    w.on_accept([], 4)
+    assert w.done
+    assert w.next_to_send(0.0) == []
+    assert w.next_deadline() is None
+
+
+# ---- ReceiveWindow alone --------------------------------------------------------------
+
+
+def test_receive_window_classifies_chunks() -> None:
+    r = ReceiveWindow(3, 4)
+    assert r.on_chunk(0, False) is Arrival.NEW
+    assert r.queued == 1
+    assert r.on_chunk(0, False) is Arrival.DUPLICATE  # queued, not written yet
+    r.on_written(0)
+    assert r.queued == 0
+    assert r.on_chunk(0, False) is Arrival.DUPLICATE
+    assert r.duplicates == 2
+    assert r.on_chunk(2, False) is Arrival.INVALID  # the last chunk must say so
+    assert r.on_chunk(1, True) is Arrival.INVALID
+    assert r.on_chunk(3, True) is Arrival.INVALID
+    assert r.on_chunk(-1, False) is Arrival.INVALID
+    assert r.on_chunk(2, True) is Arrival.NEW
+    r.on_written(2)
+    assert r.ack_fields() == (1, [(2, 3)], 4)
+    assert not r.complete
+    assert r.on_chunk(1, False) is Arrival.NEW
+    r.on_written(1)
+    assert r.ack_fields() == (3, [], 4)
+    assert r.complete
+
+
+def test_only_written_chunks_are_acknowledged() -> None:
+    r = ReceiveWindow(4, 4)
+    for i in range(3):
+        assert r.on_chunk(i, False) is Arrival.NEW
+    assert r.ack_fields() == (0, [], 4)
+    r.on_written(1)
+    assert r.ack_fields() == (0, [(1, 2)], 4)
+
+
+def test_sack_is_bounded() -> None:
+    r = ReceiveWindow(400, 8)
+    for i in range(1, 400, 2):
+        r.on_chunk(i, i == 399)
+        r.on_written(i)
+    cumulative, sack, _ = r.ack_fields()
+    assert cumulative == 0
+    assert len(sack) == 64
+    assert sack[0] == (1, 2)
+
+
+def test_receive_window_validation() -> None:
+    with pytest.raises(ValueError):
+        ReceiveWindow(3, 0)
+    with pytest.raises(ValueError):
+        ReceiveWindow(3, 1, have=ChunkBitmap(4))
+    held = ChunkBitmap(3)
+    held.add(0)
+    r = ReceiveWindow(3, 1, have=held)
+    assert r.on_chunk(0, False) is Arrival.DUPLICATE
+    assert r.ack_fields()[0] == 1
