@@ -169,7 +169,7 @@ class ReceiverActor(Actor):
         except OSError as exc:
             return refuse("io", f"cannot create file in inbox: {exc.strerror}")
         total = -(-offer.size // offer.chunk_size)
-        window = ReceiveWindow(total, s.window)
+        window = ReceiveWindow(total, self._credit(offer.chunk_size, extra=1))
         t = Incoming(
             tid=offer.tid,
             peer=peer,
@@ -191,9 +191,17 @@ class ReceiverActor(Actor):
             eph_pub=eph.public,
             data_host=s.advertise_data_host,
             data_port=s.advertise_data_port or self.data_port,
-            window=s.window,
+            window=window.window,
             have=[],
         )
+
+    def _credit(self, chunk_size: int, extra: int = 0) -> int:
+        """A transfer's window: ``--window`` chunks, less if the transfers
+        running (plus ``extra`` about to start) would together exceed the
+        receive buffer. Never below one chunk."""
+        s = self.settings
+        share = s.receive_buffer // max(1, len(self.transfers) + extra)
+        return max(1, min(s.window, share // chunk_size))
 
     # -- data plane ---------------------------------------------------------------
 
@@ -297,6 +305,7 @@ class ReceiverActor(Actor):
         for t in self.transfers.values():
             if t.ack_due:
                 t.ack_due = False
+                t.window.window = self._credit(t.chunk_size)
                 cumulative, sack, window = t.window.ack_fields()
                 self._send_sealed(t, Ack(cumulative=cumulative, sack=flatten(sack), window=window))
 

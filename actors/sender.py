@@ -24,6 +24,7 @@ import hmac
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,11 +112,15 @@ class SenderActor(Actor):
         super().__init__(env)
         self.settings = settings
         self.transfers: dict[bytes, Outgoing] = {}
+        self.waiting: deque[SendRequest] = deque()  # beyond max_outgoing, in order
 
     def setup(self) -> None:
         self.call_every(PROGRESS_INTERVAL, self._progress)
 
     def teardown(self) -> None:
+        waiting, self.waiting = self.waiting, deque()
+        for req in waiting:
+            self.tell("control", _result(req.request, "cancelled", "the node is stopping"))
         for t in list(self.transfers.values()):
             self._end(t, "cancelled", "the node is stopping")
 
@@ -123,11 +128,17 @@ class SenderActor(Actor):
 
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, SendRequest):
-            self._start(msg)
+            if len(self.transfers) < self.settings.max_outgoing:
+                self._start(msg)
+            else:
+                self.waiting.append(msg)
         elif isinstance(msg, CancelRequest):
             for t in list(self.transfers.values()):
                 if t.request.request == msg.request:
                     self._end(t, "cancelled", "cancelled by the user")
+            for req in [r for r in self.waiting if r.request == msg.request]:
+                self.waiting.remove(req)
+                self.tell("control", _result(req.request, "cancelled", "cancelled by the user"))
         else:
             super().on_mail(msg)
 
@@ -420,6 +431,8 @@ class SenderActor(Actor):
                 self.close_socket(sock)
         os.close(t.fd)
         self.count("sent" if code == "ok" else f"failed-{code}")
+        while self.waiting and len(self.transfers) < self.settings.max_outgoing:
+            self._start(self.waiting.popleft())
         retransmits = t.window.retransmits if t.window is not None else 0
         self.tell(
             t.requester,

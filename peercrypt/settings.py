@@ -35,6 +35,10 @@ class NodeSettings:
     control_port: int = 0
     control_file: Path | None = None  # None: DATA_DIR/control.json
     window: int = 16  # chunks in flight per transfer (receiver credit)
+    # Bytes all incoming transfers together may have in flight (queued to be
+    # written); each transfer's credit shrinks to share it, down to 1 chunk.
+    receive_buffer: int = 256 * MiB
+    max_outgoing: int = 16  # sends running at once; more wait in line
     max_transfers: int = 64  # incoming at once
     max_transfers_per_peer: int = 8
     idle_timeout: float = 30.0  # an incoming transfer with no traffic this long is dropped
