@@ -10,6 +10,7 @@ Frames from a client: ``[token, request]``; to a client: ``[reply]``.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -55,13 +56,25 @@ class ControlActor(Actor):
     def setup(self) -> None:
         sock = self.api = self.socket(zmq.ROUTER)
         sock.maxmsgsize = 64 * 1024
-        sock.bind(f"tcp://127.0.0.1:{self.settings.control_port}")
+        self.bind(sock, "127.0.0.1", self.settings.control_port)
         self.endpoint = bound_endpoint(sock)
         self.watch(sock, self._on_client)
         self.control_file = self.settings.control_file or self.settings.data_dir / CONTROL_FILE
         write_control_file(self.control_file, self.endpoint, self.token.decode())
 
     def teardown(self) -> None:
+        for route, theirs in self.pending.values():
+            stopped = SendResult(
+                request=theirs,
+                code="cancelled",
+                reason="the node is stopping",
+                size=0,
+                digest=b"",
+                stored_as="",
+            )
+            with contextlib.suppress(zmq.ZMQError):
+                self.api.send_multipart([route, codec.encode(stopped)], zmq.NOBLOCK)
+        self.pending.clear()
         try:
             if json.loads(self.control_file.read_text()).get("pid") == os.getpid():
                 self.control_file.unlink()

@@ -55,7 +55,7 @@ class GatewayActor(Actor):
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         sock.maxmsgsize = CONTROL_MAX_BYTES + 1024
         sock.router_mandatory = False
-        sock.bind(f"tcp://{s.host}:{s.port}")
+        self.bind(sock, s.host, s.port or 0)
         self.facts["port"] = str(bound_port(sock))
         self.facts["fingerprint"] = fingerprint(s.identity.public)
         self.watch(sock, self._on_peer)

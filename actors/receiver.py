@@ -98,7 +98,7 @@ class ReceiverActor(Actor):
         data.maxmsgsize = s.max_chunk + TAG_BYTES + 1024
         data.rcvhwm = 0  # bounded by credit, not by dropping
         data.sndhwm = 0
-        data.bind(f"tcp://{s.host}:{s.data_port}")
+        self.bind(data, s.host, s.data_port)
         self.data_port = bound_port(data)
         self.facts["data_port"] = str(self.data_port)
         self.facts["inbox"] = str(s.inbox)

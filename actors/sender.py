@@ -132,6 +132,7 @@ class SenderActor(Actor):
                 self._start(msg)
             else:
                 self.waiting.append(msg)
+                self.count("queued")
         elif isinstance(msg, CancelRequest):
             for t in list(self.transfers.values()):
                 if t.request.request == msg.request:

@@ -208,7 +208,7 @@ def _start(node_: Node, where: str) -> Node:
     except zmq.ZMQError as exc:
         raise UserError(f"cannot listen on {where}: {exc.strerror}") from None
     except StartError as exc:
-        raise UserError(str(exc), errors.FAILED) from None
+        raise UserError(str(exc), errors.USAGE if exc.user_error else errors.FAILED) from None
     return node_
 
 
@@ -334,12 +334,19 @@ def send(
 
 
 def _await_result(client: ControlClient, request: int, bar: Any, silence: float) -> SendResult:
-    """Follow progress until the result. Raises UserError after ``silence`` s of nothing."""
+    """Follow progress until the result. Raises UserError after ``silence`` s
+    of nothing, or within a second of the node's process ending."""
+    quiet_since = time.monotonic()
     while True:
         try:
-            msg = client.receive(silence)
+            msg = client.receive(min(1.0, silence))
         except NodeUnavailable:
+            if not client.node_alive():
+                raise UserError("the local node stopped", errors.FAILED) from None
+            if time.monotonic() - quiet_since < silence:
+                continue
             raise UserError("the local node stopped answering", errors.FAILED) from None
+        quiet_since = time.monotonic()
         if isinstance(msg, Progress) and msg.request == request:
             bar.update(msg.done_bytes - bar.n)
         elif isinstance(msg, SendResult) and msg.request == request:
@@ -420,7 +427,7 @@ def run() -> None:
     except SystemExit:
         raise
     except KeyboardInterrupt:
-        click.echo("peercrypt: interrupted", err=True)
+        click.echo("peercrypt: error: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
         if debug:

@@ -25,7 +25,9 @@ class NodeUnavailable(Exception):
 
 
 class ControlClient:
-    def __init__(self, endpoint: str, token: str) -> None:
+    def __init__(self, endpoint: str, token: str, pid: int | None = None) -> None:
+        """``pid``: the node's process, to tell a dead node from a slow one."""
+        self.pid = pid
         self.context: zmq.Context[Any] = zmq.Context()
         self.sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
         self.sock.linger = 0
@@ -51,7 +53,19 @@ class ControlClient:
             raise NodeUnavailable(f"the node for {data_dir} is not running (stale)") from None
         except PermissionError:
             pass
-        return cls(endpoint, token)
+        return cls(endpoint, token, pid)
+
+    def node_alive(self) -> bool:
+        """False once the node's process is known to have ended."""
+        if self.pid is None:
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def next_id(self) -> int:
         return next(self._ids)

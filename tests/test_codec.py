@@ -56,10 +56,8 @@ def _strategy(tp: Any, meta: typing.Mapping[str, Any]) -> st.SearchStrategy[Any]
 
 
 def field_specs(cls: type[codec.Message]) -> list[tuple[str, dataclasses.Field[Any]]]:
-    """(name, Field) pairs. Keyed by ``__dataclass_fields__`` rather than ``Field.name``,
-    which is wrong for fields whose ``Field`` object is shared between classes (see the
-    xfail test below)."""
-    specs = cls.__dataclass_fields__
+    """(name, Field) pairs in the codec's order."""
+    specs = {f.name: f for f in dataclasses.fields(cls)}
     return [(name, specs[name]) for name in codec._CHECKS[cls]]
 
 

@@ -18,8 +18,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,24 +113,36 @@ def load_or_create_identity(data_dir: Path) -> KeyPair:
     """
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = data_dir / IDENTITY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise IdentityError(
-                f"{path} is accessible by other users (mode {mode:o}); run: chmod 600 {path}"
-            ) from None
-        seed = path.read_bytes()
-        if len(seed) != 32:
-            raise IdentityError(f"{path} is not a PeerCrypt identity (expected 32 bytes)") from None
-        return KeyPair.from_seed(seed)
-    pair = KeyPair.from_seed(os.urandom(32))
-    with os.fdopen(fd, "wb") as f:
-        f.write(pair.seed)
-        f.flush()
-        os.fsync(f.fileno())
-    return pair
+    if not path.exists():
+        # Write a complete file under a private name, then link it into place:
+        # a concurrent first use sees either no identity or a whole one, and
+        # the loser of a race loads the winner's.
+        pair = KeyPair.from_seed(os.urandom(32))
+        tmp = data_dir / f".{IDENTITY_FILE}.{os.getpid()}.{threading.get_ident()}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(pair.seed)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            else:
+                return pair
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise IdentityError(
+            f"{path} is accessible by other users (mode {mode:o}); run: chmod 600 {path}"
+        )
+    seed = path.read_bytes()
+    if len(seed) != 32:
+        raise IdentityError(f"{path} is not a PeerCrypt identity (expected 32 bytes)")
+    return KeyPair.from_seed(seed)
 
 
 def network_server_keys(network_key: str | None) -> KeyPair:

@@ -32,6 +32,8 @@ from peercrypt.wire.messages import Announce
 log = logging.getLogger("peercrypt.actor")
 
 READY = b"READY"
+# Setup failed for a reason the user can fix (a port in use): FAILED:<text>.
+FAILED = b"FAILED:"
 TERM = b"$TERM"
 # Supervisor -> actors: actor NAME was restarted, reconnect to its mailbox.
 RESTARTED = b"$RESTARTED:"
@@ -76,6 +78,11 @@ def bound_port(sock: zmq.Socket[Any]) -> int:
     return int(bound_endpoint(sock).rsplit(":", 1)[1])
 
 
+class SetupError(Exception):
+    """An actor cannot start for a reason to tell the user in one line
+    (e.g. "cannot listen on 0.0.0.0:7400: Address already in use")."""
+
+
 class Actor:
     """Base class. Subclasses set ``name`` and override the hooks."""
 
@@ -117,6 +124,13 @@ class Actor:
     @staticmethod
     def now() -> float:
         return time.monotonic()
+
+    def bind(self, sock: zmq.Socket[Any], host: str, port: int) -> None:
+        """Bind ``tcp://host:port``; a failure is a :class:`SetupError`."""
+        try:
+            sock.bind(f"tcp://{host}:{port}")
+        except zmq.ZMQError as exc:
+            raise SetupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
     def socket(self, kind: int) -> zmq.Socket[Any]:
         """A socket owned by this actor (closed with LINGER 0 when it stops)."""
@@ -245,7 +259,12 @@ class Actor:
             mailbox.bind(self.env.address(self.name))
             self.watch(mailbox, self._on_mailbox)
             self._poller.register(pipe, zmq.POLLIN)
-            self.setup()
+            try:
+                self.setup()
+            except SetupError as exc:
+                status = FAILED + str(exc).encode()
+                log.debug("actor %s cannot start: %s", self.name, exc)
+                return
             self.report()
             self.call_every(self.REPORT_INTERVAL, self.report)
             pipe.send(READY)
@@ -255,6 +274,7 @@ class Actor:
                 if pipe in events:
                     command = pipe.recv()
                     if command == TERM:
+                        self._on_mailbox(mailbox)  # mail already sent to us is handled
                         break
                     if command.startswith(RESTARTED):
                         other = command[len(RESTARTED) :].decode()

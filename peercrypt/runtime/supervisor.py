@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from peercrypt.runtime.actor import CRASHED, READY, RESTARTED, TERM, Actor, ActorEnv
+from peercrypt.runtime.actor import CRASHED, FAILED, READY, RESTARTED, TERM, Actor, ActorEnv
 
 log = logging.getLogger("peercrypt.supervisor")
 
@@ -34,7 +34,12 @@ HEALTHY_AFTER = 30.0
 
 
 class StartError(Exception):
-    """An actor did not become ready."""
+    """An actor did not become ready. ``user_error``: the reason is the
+    user's to fix (e.g. a port in use), and the message says it in one line."""
+
+    def __init__(self, message: str, user_error: bool = False) -> None:
+        super().__init__(message)
+        self.user_error = user_error
 
 
 ActorFactory = Callable[[ActorEnv], Actor]
@@ -91,6 +96,8 @@ class Supervisor:
         if answer != READY:
             thread.join(STOP_TIMEOUT)
             self._close_pipe(slot)
+            if answer.startswith(FAILED):
+                raise StartError(answer[len(FAILED) :].decode(errors="replace"), user_error=True)
             raise StartError(f"actor {slot.name} failed to start")
         self._poller.register(pipe, zmq.POLLIN)
 
@@ -135,18 +142,18 @@ class Supervisor:
                         other.pipe.send(RESTARTED + slot.name.encode())
 
     def stop(self) -> bool:
-        """Stop every actor (reverse start order). Returns True if all threads
-        ended, so the context may be terminated."""
+        """Stop every actor, one at a time in reverse start order (so the
+        control actor, started first, still relays the others' last words).
+        Returns True if all threads ended, so the context may be terminated."""
         self._stopped = True
+        clean = True
+        deadline = time.monotonic() + STOP_TIMEOUT
         for slot in reversed(self._slots):
             if slot.pipe is not None:
                 with contextlib.suppress(zmq.ZMQError):
                     slot.pipe.send(TERM, zmq.NOBLOCK)
-        clean = True
-        deadline = time.monotonic() + STOP_TIMEOUT
-        for slot in reversed(self._slots):
             if slot.thread is not None:
-                slot.thread.join(max(0.0, deadline - time.monotonic()))
+                slot.thread.join(max(0.1, deadline - time.monotonic()))
                 if slot.thread.is_alive():
                     clean = False
                     log.error("actor %s did not stop within %.0f s", slot.name, STOP_TIMEOUT)

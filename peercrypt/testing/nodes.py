@@ -38,6 +38,7 @@ __all__ = [
     "blake3_file",
     "cli_env",
     "run_cli",
+    "start_cli",
     "wait_until",
 ]
 
@@ -178,6 +179,37 @@ def run_cli(
         stdout=proc.stdout,
         stderr=proc.stderr,
         seconds=time.monotonic() - started,
+    )
+
+
+def _default_sigint() -> None:
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an
+    # ignored SIGINT ignored: restore it so Ctrl-C tests work in any CI job.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_cli(
+    *args: str | os.PathLike[str],
+    data_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """Start ``python -m peercrypt [--data-dir D] ARGS...`` without waiting.
+
+    stdout and stderr are pipes (text); SIGINT acts as Ctrl-C. The caller
+    must bound its wait (``communicate(timeout=...)``) and kill the process.
+    """
+    argv: list[str] = []
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    argv += [os.fspath(a) for a in args]
+    return subprocess.Popen(
+        [sys.executable, "-m", "peercrypt", *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(env),
+        preexec_fn=_default_sigint,
     )
 
 

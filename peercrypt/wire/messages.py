@@ -29,7 +29,6 @@ MAX_CHUNKS = 2**40
 MAX_WRAPPED = MAX_MESSAGE_BYTES - 1024
 
 
-
 # Field makers (a dataclasses.field object must not be shared between classes).
 def _tid() -> Any:
     return field(metadata=bounded(TID_BYTES, TID_BYTES))

@@ -1,0 +1,414 @@
+"""User-reachable error paths of the CLI, with real processes on 127.0.0.1.
+
+Each error must end in exactly one line ``peercrypt: error: ...`` on stderr
+(no traceback) and the exit code documented in :mod:`peercrypt.errors`.
+Click's own usage errors (bad arguments) keep click's format and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from peercrypt import errors
+from peercrypt.crypto.identity import load_or_create_identity
+from peercrypt.testing.nodes import CliResult, NodeProcess, blake3_file, run_cli, start_cli
+
+NODE_CMD_TIMEOUT = 20.0  # a `node` command that should fail but runs is killed after this
+
+
+def assert_error(result: CliResult, exit_code: int, *words: str) -> str:
+    """Exactly one ``peercrypt: error:`` line on stderr, containing ``words``."""
+    assert result.returncode == exit_code, result.describe()
+    assert "Traceback" not in result.stderr, result.describe()
+    lines = result.stderr_lines
+    assert len(lines) == 1, result.describe()
+    line = lines[0]
+    assert line.startswith("peercrypt: error: "), result.describe()
+    for word in words:
+        assert word.lower() in line.lower(), f"{word!r} not in {line!r}"
+    return line
+
+
+def assert_usage_error(result: CliResult, *words: str) -> None:
+    """A click usage error: exit 2, no traceback, the reason named."""
+    assert result.returncode == errors.USAGE, result.describe()
+    assert "Traceback" not in result.stderr, result.describe()
+    assert "Error:" in result.stderr, result.describe()
+    for word in words:
+        assert word.lower() in result.stderr.lower(), result.describe()
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port with nothing listening on it (just released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port that a listening socket holds for the test."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def source(make_file: Callable[..., Path]) -> Path:
+    return make_file(50 * 1024, name="payload.bin")
+
+
+# -- argument and configuration errors ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["send", "{missing}", "127.0.0.1", "7400", "--open"], ["does not exist"]),
+        (["send", "{dir}", "127.0.0.1", "7400", "--open"], ["is a directory"]),
+        (["send", "{file}", "127.0.0.1", "0", "--open"], ["PORT"]),
+        (["send", "{file}", "127.0.0.1", "7400", "--open", "--chunk-size", "100"], ["chunk"]),
+        (["send", "{file}", "127.0.0.1", "7400", "--open", "--timeout", "0"], ["timeout"]),
+        (["node", "--port", "70000", "--open"], ["port"]),
+    ],
+    ids=["missing-file", "directory", "port-0", "chunk-too-small", "timeout-0", "port-range"],
+)
+def test_click_usage_errors(
+    tmp_path: Path, source: Path, args: list[str], words: list[str]
+) -> None:
+    (tmp_path / "adir").mkdir()
+    fill = {"missing": str(tmp_path / "nope.bin"), "dir": str(tmp_path / "adir"), "file": source}
+    argv = [a.format(**fill) for a in args]
+    result = run_cli(*argv, data_dir=tmp_path / "dd", timeout=NODE_CMD_TIMEOUT)
+    assert_usage_error(result, *words)
+
+
+@pytest.mark.parametrize("command", ["send", "node"])
+def test_no_network_key_and_no_open(tmp_path: Path, source: Path, command: str) -> None:
+    args = (
+        ["send", str(source), "127.0.0.1", "7400"]
+        if command == "send"
+        else ["node", "--host", "127.0.0.1", "--port", "0"]
+    )
+    result = run_cli(*args, data_dir=tmp_path / "dd", timeout=NODE_CMD_TIMEOUT)
+    assert_error(result, errors.USAGE, "no network key", "--open")
+    # An empty key (e.g. an unset shell variable) is no key either.
+    empty = run_cli(
+        *args,
+        data_dir=tmp_path / "dd",
+        env={"PEERCRYPT_NETWORK_KEY": ""},
+        timeout=NODE_CMD_TIMEOUT,
+    )
+    assert_error(empty, errors.USAGE, "no network key")
+
+
+@pytest.mark.parametrize("command", ["send", "node"])
+@pytest.mark.parametrize("key_from", ["option", "env"])
+def test_open_and_a_network_key_exclude_each_other(
+    tmp_path: Path, source: Path, network_key: str, command: str, key_from: str
+) -> None:
+    args = (
+        ["send", str(source), "127.0.0.1", "7400", "--open"]
+        if command == "send"
+        else ["node", "--host", "127.0.0.1", "--port", "0", "--open"]
+    )
+    env = None
+    if key_from == "option":
+        args += ["--network-key", network_key]
+    else:
+        env = {"PEERCRYPT_NETWORK_KEY": network_key}
+    result = run_cli(*args, data_dir=tmp_path / "dd", env=env, timeout=NODE_CMD_TIMEOUT)
+    assert_error(result, errors.USAGE, "--open", "exclude")
+
+
+@pytest.mark.parametrize("value", ["zzz", "abcd-efgh", "0000-0000-0000-0000-0000-0000-0000-0000"])
+def test_invalid_allow_fingerprint(tmp_path: Path, network_key: str, value: str) -> None:
+    result = run_cli(
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--network-key",
+        network_key,
+        "--allow",
+        value,
+        data_dir=tmp_path / "dd",
+        timeout=NODE_CMD_TIMEOUT,
+    )
+    assert_error(result, errors.USAGE, "not a PeerCrypt fingerprint", value[:20])
+    assert not (tmp_path / "dd" / "control.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "words"),
+    [
+        (os.urandom(32), 0o644, ["accessible by other users", "chmod 600"]),
+        (b"short", 0o600, ["not a PeerCrypt identity"]),
+    ],
+    ids=["readable-by-others", "wrong-size"],
+)
+@pytest.mark.parametrize("command", ["send", "node", "status"])
+def test_unusable_identity_file(
+    tmp_path: Path, source: Path, content: bytes, mode: int, words: list[str], command: str
+) -> None:
+    data_dir = tmp_path / "dd"
+    data_dir.mkdir(mode=0o700)
+    identity = data_dir / "identity.key"
+    identity.write_bytes(content)
+    identity.chmod(mode)
+    args = {
+        "send": ["send", str(source), "127.0.0.1", "7400", "--open"],
+        "node": ["node", "--host", "127.0.0.1", "--port", "0", "--open"],
+        "status": ["status", "--json"],
+    }[command]
+    result = run_cli(*args, data_dir=data_dir, timeout=NODE_CMD_TIMEOUT)
+    assert_error(result, errors.USAGE, "identity.key", *words)
+    assert identity.read_bytes() == content  # never "repaired" behind the user's back
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+def test_status_when_no_node_runs(tmp_path: Path) -> None:
+    data_dir = tmp_path / "dd"
+    as_json = run_cli("status", "--json", data_dir=data_dir)
+    assert as_json.returncode == errors.FAILED, as_json.describe()
+    assert as_json.stderr == ""
+    facts = as_json.json
+    assert facts["running"] is False
+    assert facts["fingerprint"].count("-") == 7
+    assert "no node is running" in facts["reason"]
+    text = run_cli("status", data_dir=data_dir)
+    assert text.returncode == errors.FAILED, text.describe()
+    assert "not running" in text.stdout
+    assert facts["fingerprint"] in text.stdout
+    assert "Traceback" not in text.stderr
+
+
+# -- nodes that cannot start ---------------------------------------------------------
+
+
+def test_second_node_on_the_same_data_dir(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    first = node_factory()
+    result = run_cli(
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--network-key",
+        network_key,
+        data_dir=first.data_dir,
+        timeout=NODE_CMD_TIMEOUT,
+    )
+    assert_error(result, errors.USAGE, "already running", str(first.data_dir))
+    # The first node is untouched: same pid behind the same control file.
+    status = first.status()
+    assert status["pid"] == str(first.pid)
+    assert status["port"] == str(first.port)
+
+
+def test_port_in_use_fails_cleanly(tmp_path: Path, network_key: str, busy_port: int) -> None:
+    """The node exits non-zero, without a traceback, and leaves no control file."""
+    data_dir = tmp_path / "dd"
+    result = run_cli(
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(busy_port),
+        "--network-key",
+        network_key,
+        data_dir=data_dir,
+        timeout=NODE_CMD_TIMEOUT,
+    )
+    assert result.returncode != 0, result.describe()
+    assert "Traceback" not in result.stderr
+    assert result.stderr_lines[-1].startswith("peercrypt: error: "), result.describe()
+    assert not (data_dir / "control.json").exists()
+    assert run_cli("status", "--json", data_dir=data_dir).json["running"] is False
+
+
+@pytest.mark.parametrize("which", ["--port", "--data-port"])
+def test_port_in_use_message(tmp_path: Path, network_key: str, busy_port: int, which: str) -> None:
+    args = ["node", "--host", "127.0.0.1", "--port", "0", "--network-key", network_key]
+    args += [which, str(busy_port)]
+    result = run_cli(*args, data_dir=tmp_path / "dd", timeout=NODE_CMD_TIMEOUT)
+    assert_error(result, errors.USAGE, "cannot listen", str(busy_port), "address already in use")
+
+
+# -- sends that fail -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_unreachable_port(
+    node_factory: Callable[..., NodeProcess], source: Path, free_port: int, as_json: bool
+) -> None:
+    sender = node_factory()
+    args = ["--timeout", "2"] + (["--json"] if as_json else [])
+    result = sender.cli("send", str(source), "127.0.0.1", str(free_port), *args, timeout=30)
+    if as_json:
+        assert result.returncode == errors.UNREACHABLE, result.describe()
+        assert result.json["ok"] is False
+        assert result.json["code"] == "unreachable"
+        assert result.json["blake3"] is None and result.json["stored_as"] is None
+        assert "Traceback" not in result.stderr
+    else:
+        assert_error(result, errors.UNREACHABLE, "cannot connect", f"127.0.0.1:{free_port}")
+    assert result.seconds < 15
+
+
+def test_wrong_network_key_then_a_good_transfer(
+    node_factory: Callable[..., NodeProcess],
+    network_key: str,
+    tmp_path: Path,
+    source: Path,
+) -> None:
+    receiver = node_factory()
+    port = str(receiver.port)
+    outsider = tmp_path / "outsider"
+    wrong = run_cli(
+        "send", source, "127.0.0.1", port, "--network-key", "not-the-key", "--timeout", "5",
+        data_dir=outsider,
+    )  # fmt: skip
+    assert_error(wrong, errors.NOT_ADMITTED, "handshake", "wrong network key")
+    wrong_json = run_cli(
+        "send", source, "127.0.0.1", port, "--json", "--open", "--timeout", "5",
+        data_dir=outsider,
+    )  # fmt: skip
+    assert wrong_json.returncode == errors.NOT_ADMITTED, wrong_json.describe()
+    assert wrong_json.json["code"] == "handshake"
+    assert wrong_json.json["ok"] is False
+    # Nothing reached the inbox, and the receiver still serves members.
+    assert sorted(os.listdir(receiver.inbox)) == []
+    good = run_cli(
+        "send", source, "127.0.0.1", port, "--json", "--network-key", network_key,
+        data_dir=tmp_path / "member",
+    )  # fmt: skip
+    assert good.returncode == 0, good.describe()
+    assert good.json["blake3"] == blake3_file(source)
+    stored = receiver.inbox / good.json["stored_as"]
+    assert stored.name == "payload.bin"
+    assert blake3_file(stored) == blake3_file(source)
+    assert sorted(os.listdir(receiver.inbox)) == ["payload.bin"]
+
+
+def test_allow_list(
+    node_factory: Callable[..., NodeProcess], network_key: str, tmp_path: Path, source: Path
+) -> None:
+    allowed_dir, stranger_dir = tmp_path / "allowed", tmp_path / "stranger"
+    allowed_fp = run_cli("status", "--json", data_dir=allowed_dir).json["fingerprint"]
+    # Fingerprints are accepted in any case and without dashes.
+    receiver = node_factory("--allow", allowed_fp.replace("-", "").upper())
+    assert receiver.status()["admission"] == "allow-list"
+    port = str(receiver.port)
+
+    denied = run_cli(
+        "send", source, "127.0.0.1", port, "--network-key", network_key, "--timeout", "5",
+        data_dir=stranger_dir,
+    )  # fmt: skip
+    assert_error(denied, errors.NOT_ADMITTED, "did not admit", "allow-list")
+    denied_json = run_cli(
+        "send", source, "127.0.0.1", port, "--json", "--network-key", network_key,
+        "--timeout", "5", data_dir=stranger_dir,
+    )  # fmt: skip
+    assert denied_json.returncode == errors.NOT_ADMITTED, denied_json.describe()
+    assert denied_json.json["code"] == "not-admitted"
+    assert receiver.wait_for_counter("admission.denied-not-allowed", 2) >= 2
+    assert os.listdir(receiver.inbox) == []
+
+    ok = run_cli(
+        "send", source, "127.0.0.1", port, "--json", "--network-key", network_key,
+        data_dir=allowed_dir,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.describe()
+    assert ok.json["blake3"] == blake3_file(source)
+    assert blake3_file(receiver.inbox / ok.json["stored_as"]) == blake3_file(source)
+
+
+def test_refused_name(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """A name with nothing usable left after sanitising is refused (exit 5)."""
+    receiver = node_factory()
+    sender = node_factory()
+    odd = make_file(100, name="\x01\x7f", directory=tmp_path / "odd")
+    result = sender.cli("send", str(odd), "127.0.0.1", str(receiver.port), "--timeout", "5")
+    assert_error(result, errors.REFUSED, "refused", "unusable file name")
+    assert os.listdir(receiver.inbox) == []
+    assert receiver.wait_for_counter("receiver.refused-bad-name", 1) == 1
+
+
+# -- first use of a data dir ---------------------------------------------------------
+
+
+def test_concurrent_first_use_of_a_data_dir(tmp_path: Path) -> None:
+    """E.g. `peercrypt status` while `peercrypt node` starts on a fresh data dir."""
+    failures: list[str] = []
+
+    def first_use(data_dir: Path, barrier: threading.Barrier, keys: list[bytes]) -> None:
+        barrier.wait(timeout=10)
+        try:
+            keys.append(load_or_create_identity(data_dir).public)
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+
+    for trial in range(30):
+        barrier = threading.Barrier(6)
+        keys: list[bytes] = []
+        args = (tmp_path / f"dd{trial}", barrier, keys)
+        threads = [threading.Thread(target=first_use, args=args) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        assert not any(t.is_alive() for t in threads)
+        if len(set(keys)) > 1:
+            failures.append("two identities")
+    assert failures == []
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """A loopback port that accepts TCP connections and never says anything."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield s.getsockname()[1]
+
+
+def test_ctrl_c_cancels_the_send(
+    node_factory: Callable[..., NodeProcess], source: Path, blackhole: int
+) -> None:
+    """SIGINT to `send` cancels the transfer in the node (exit 130, one line)."""
+    sender = node_factory()
+    args = ["send", str(source), "127.0.0.1", str(blackhole), "--timeout", "30"]
+    with start_cli(*args, data_dir=sender.data_dir) as cli:
+        try:
+            sender.wait_for_counter("sender.offers", 1)  # the send is in progress
+            cli.send_signal(signal.SIGINT)
+            stdout, stderr = cli.communicate(timeout=15)
+        finally:
+            cli.kill()
+    result = CliResult(tuple(args), cli.returncode, stdout, stderr, 0.0)
+    assert_error(result, 130, "interrupted", "cancelled")
+    assert sender.wait_for_counter("sender.failed-cancelled", 1) == 1
+    assert sender.status()["pid"] == str(sender.pid)  # the node itself carries on

@@ -1,0 +1,123 @@
+"""Bounds that keep memory independent of file size and of the number of
+transfers: the sender's queue beyond ``max_outgoing`` and the receiver's
+shared receive buffer. In-process nodes (their settings are not CLI options
+yet), real sockets on loopback, content checked by hash."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peercrypt.client import ControlClient
+from peercrypt.crypto.identity import load_or_create_identity, network_server_keys
+from peercrypt.node import Node
+from peercrypt.settings import NodeSettings
+from peercrypt.testing.nodes import blake3_file, wait_until
+from peercrypt.wire.messages import CancelRequest, SendRequest, SendResult
+
+CHUNK = 64 * 1024
+
+
+@pytest.fixture
+def in_process_node(tmp_path: Path, network_key: str) -> Iterator[Callable[..., Any]]:
+    started: list[Node] = []
+
+    def make(name: str, **overrides: Any) -> tuple[Node, ControlClient, dict[str, str]]:
+        data_dir = tmp_path / name
+        settings = NodeSettings(
+            data_dir=data_dir,
+            inbox=data_dir / "inbox",
+            identity=load_or_create_identity(data_dir),
+            server_keys=network_server_keys(network_key),
+            host="127.0.0.1",
+            port=0,
+        )
+        node = Node(dataclasses.replace(settings, **overrides))
+        node.start()
+        started.append(node)
+        client = ControlClient.for_data_dir(data_dir)
+        def ready() -> dict[str, str] | None:
+            facts = client.status().node
+            return facts if "port" in facts and "data_port" in facts else None
+
+        facts = wait_until(ready, 10.0, "the node's ports")
+        return node, client, facts
+
+    yield make
+    for node in started:
+        node.stop()
+
+
+def results(client: ControlClient, count: int) -> dict[int, SendResult]:
+    out: dict[int, SendResult] = {}
+    while len(out) < count:
+        msg = client.receive(60.0)
+        if isinstance(msg, SendResult):
+            out[msg.request] = msg
+    return out
+
+
+def test_sends_beyond_max_outgoing_wait_their_turn(
+    in_process_node: Any, make_file: Callable[..., Path]
+) -> None:
+    _, receiver, rfacts = in_process_node("receiver")
+    _, sender, _ = in_process_node("sender", max_outgoing=1)
+    files = [make_file(300_000 + i, name=f"f{i}.bin") for i in range(4)]
+    for i, path in enumerate(files):
+        sender.send(
+            SendRequest(
+                request=i,
+                path=str(path),
+                host="127.0.0.1",
+                port=int(rfacts["port"]),
+                chunk_size=CHUNK,
+            )
+        )
+    sender.send(CancelRequest(request=3))  # still waiting in line: cancelled there
+    got = results(sender, 4)
+    assert got[3].code == "cancelled"
+    inbox = Path(rfacts["inbox"])
+    for i in range(3):
+        assert got[i].code == "ok", got[i].reason
+        assert got[i].digest.hex() == blake3_file(files[i])
+        assert blake3_file(inbox / got[i].stored_as) == blake3_file(files[i])
+    assert not (inbox / "f3.bin").exists()
+    def all_sent() -> dict[str, int] | None:
+        counters = dict(sender.status().counters)
+        return counters if counters.get("sender.sent") == 3 else None
+
+    counters = wait_until(all_sent, 5.0, "sender.sent == 3")
+    assert counters["sender.queued"] == 3  # only one ran at a time
+    receiver.close()
+    sender.close()
+
+
+def test_small_receive_buffer_is_shared_and_transfers_still_complete(
+    in_process_node: Any, make_file: Callable[..., Path]
+) -> None:
+    # Room for two chunks in all: three concurrent transfers get one chunk of
+    # credit each and must still finish with the right content.
+    _, receiver, rfacts = in_process_node("receiver", receive_buffer=2 * CHUNK)
+    _, sender, _ = in_process_node("sender")
+    files = [make_file(20 * CHUNK + i, name=f"g{i}.bin") for i in range(3)]
+    for i, path in enumerate(files):
+        sender.send(
+            SendRequest(
+                request=i,
+                path=str(path),
+                host="127.0.0.1",
+                port=int(rfacts["port"]),
+                chunk_size=CHUNK,
+            )
+        )
+    got = results(sender, 3)
+    inbox = Path(rfacts["inbox"])
+    for i in range(3):
+        assert got[i].code == "ok", got[i].reason
+        assert blake3_file(inbox / got[i].stored_as) == blake3_file(files[i])
+    receiver.close()
+    sender.close()
