@@ -237,6 +237,14 @@ def _local_node(
     except NodeUnavailable:
         pass
     else:
+        ctx = click.get_current_context()
+        given = ctx.get_parameter_source("network_key") == click.core.ParameterSource.COMMANDLINE
+        if given or open_network:
+            click.echo(
+                "peercrypt: note: sending through the running node, on its network "
+                "(--network-key/--open apply only when no node runs)",
+                err=True,
+            )
         with client:
             yield client
         return

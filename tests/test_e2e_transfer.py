@@ -297,3 +297,17 @@ def test_status_counters_reflect_transfers(
     assert not any(k.startswith("receiver.refused") for k in counters), counters
     assert sender.wait_for_counter("sender.sent", 2) == 2
     assert sender.counters().get("sender.offers") == 2
+
+
+def test_send_through_running_node_notes_that_the_key_flag_is_not_used(
+    sender: NodeProcess, receiver: NodeProcess, make_file: Callable[..., Path]
+) -> None:
+    source = make_file(10 * KiB)
+    result = sender.send_result(
+        source, receiver.host, receiver.port, "--network-key", "some-other-network"
+    )
+    assert_delivered((result.returncode, result.json), source, receiver)
+    assert result.stderr_lines == [
+        "peercrypt: note: sending through the running node, on its network "
+        "(--network-key/--open apply only when no node runs)"
+    ]
