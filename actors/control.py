@@ -11,13 +11,14 @@ Frames from a client: ``[token, request]``; to a client: ``[reply]``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -40,6 +41,19 @@ from peercrypt.wire.messages import (
 log = logging.getLogger("peercrypt.control")
 
 MAX_PENDING = 1024
+
+# Requests from local clients that another actor answers: type -> actor. The
+# request's ``request`` id is replaced by the control actor's own while it is
+# away, and restored on every reply.
+ROUTES: dict[type[codec.Message], str] = {SendRequest: "sender"}
+# Mail relayed back to the requesting client: type -> whether it ends the request.
+REPLIES: dict[type[codec.Message], bool] = {Progress: False, SendResult: True}
+
+
+def _with_request(msg: codec.Message, request: int) -> codec.Message:
+    """The same message with another ``request`` id (messages are frozen)."""
+    replaced: codec.Message = dataclasses.replace(cast(Any, msg), request=request)
+    return replaced
 
 
 class ControlActor(Actor):
@@ -109,29 +123,19 @@ class ControlActor(Actor):
     def _on_request(self, route: bytes, msg: codec.Message) -> None:
         if isinstance(msg, StatusRequest):
             self.api.send_multipart([route, codec.encode(self._status(msg.request))])
-        elif isinstance(msg, SendRequest):
+        elif isinstance(msg, CancelRequest):
+            for ours, (client, theirs) in self.pending.items():
+                if client == route and theirs == msg.request:
+                    self.tell(ROUTES[SendRequest], CancelRequest(request=ours))
+        elif type(msg) in ROUTES:
             if len(self.pending) >= MAX_PENDING:
-                reply = ErrorReply(code="busy", reason="too many sends in progress")
+                reply = ErrorReply(code="busy", reason="too many requests in progress")
                 self.api.send_multipart([route, codec.encode(reply)])
                 return
             ours = self.next_id
             self.next_id += 1
-            self.pending[ours] = (route, msg.request)
-            self.tell(
-                "sender",
-                SendRequest(
-                    request=ours,
-                    path=msg.path,
-                    host=msg.host,
-                    port=msg.port,
-                    chunk_size=msg.chunk_size,
-                    timeout=msg.timeout,
-                ),
-            )
-        elif isinstance(msg, CancelRequest):
-            for ours, (client, theirs) in self.pending.items():
-                if client == route and theirs == msg.request:
-                    self.tell("sender", CancelRequest(request=ours))
+            self.pending[ours] = (route, cast(Any, msg).request)
+            self.tell(ROUTES[type(msg)], _with_request(msg, ours))
         else:
             reply = ErrorReply(code="bad-request", reason=f"unexpected {msg.TYPE}")
             self.api.send_multipart([route, codec.encode(reply)])
@@ -173,15 +177,15 @@ class ControlActor(Actor):
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, Announce):
             self.announced[msg.actor] = msg
-        elif isinstance(msg, Progress | SendResult):
-            entry = self.pending.get(msg.request)
+        elif type(msg) in REPLIES:
+            request: int = cast(Any, msg).request
+            entry = self.pending.get(request)
             if entry is None:
                 return
             route, theirs = entry
-            if isinstance(msg, SendResult):
-                del self.pending[msg.request]
-            forwarded = type(msg)(**{**msg.__dict__, "request": theirs})
-            self.api.send_multipart([route, codec.encode(forwarded)])
+            if REPLIES[type(msg)]:
+                del self.pending[request]
+            self.api.send_multipart([route, codec.encode(_with_request(msg, theirs))])
         else:
             super().on_mail(msg)
 
