@@ -8,6 +8,12 @@ bounded, exit code), ``kill`` and the node's log.
 
 Every wait here has a timeout; nothing sleeps a fixed time except the short
 pause between two polls of a condition. Traffic stays on 127.0.0.1.
+
+With ``netns=NS`` (see :mod:`peercrypt.testing.netns`) the node runs under
+``ip netns exec NS`` and ``host`` should be the namespace's address. Its
+control socket then listens on 127.0.0.1 *inside* the namespace, which this
+process cannot reach: status, readiness and every CLI command run as
+``ip netns exec NS python -m peercrypt ...`` instead.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ STOP_TIMEOUT = 10.0
 CLI_TIMEOUT = 120.0
 POLL_INTERVAL = 0.05
 LOCALHOST = "127.0.0.1"
+# Extra seconds for a status query through the CLI in a namespace (start-up of Python).
+NETNS_CLI_OVERHEAD = 5.0
 # Environment variables of the CLI that must not leak from the caller's shell.
 _CLI_ENV_VARS = ("PEERCRYPT_NETWORK_KEY", "PEERCRYPT_DATA_DIR")
 
@@ -152,19 +160,22 @@ def run_cli(
     env: Mapping[str, str] | None = None,
     timeout: float = CLI_TIMEOUT,
     cwd: Path | None = None,
+    netns: str | None = None,
 ) -> CliResult:
     """Run ``python -m peercrypt [--data-dir D] ARGS...`` and capture its output.
 
     ``env`` adds to a clean environment (see :func:`cli_env`). Raises
     ``subprocess.TimeoutExpired`` (after killing the command) past ``timeout``.
+    ``netns``: run it inside that network namespace (``ip netns exec NS ...``).
     """
     argv: list[str] = []
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]
     argv += [os.fspath(a) for a in args]
     started = time.monotonic()
+    prefix = ["ip", "netns", "exec", netns] if netns is not None else []
     proc = subprocess.run(
-        [sys.executable, "-m", "peercrypt", *argv],
+        [*prefix, sys.executable, "-m", "peercrypt", *argv],
         capture_output=True,
         text=True,
         env=cli_env(env),
@@ -220,6 +231,8 @@ class NodeProcess:
     ``network_key=None`` and ``open_network=False`` passes no admission flag
     (then ``extra_args`` or ``env`` must provide one). Use as a context
     manager, or call :meth:`start` and :meth:`stop` (or :meth:`kill`).
+    ``netns``: run in that network namespace (pass its address as ``host``);
+    status and commands then go through the CLI inside it.
     """
 
     data_dir: Path
@@ -229,6 +242,7 @@ class NodeProcess:
     env: Mapping[str, str] | None = None
     start_timeout: float = START_TIMEOUT
     host: str = LOCALHOST
+    netns: str | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     facts: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     killed: bool = field(default=False, init=False)
@@ -264,6 +278,8 @@ class NodeProcess:
             argv += ["--network-key", self.network_key]
         if self.open_network:
             argv.append("--open")
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         return argv + list(self.extra_args)
 
     def start(self) -> NodeProcess:
@@ -320,9 +336,25 @@ class NodeProcess:
         return None
 
     def _query_status(self, timeout: float) -> dict[str, Any]:
+        if self.netns is not None:
+            return self._query_status_in_netns(timeout)
         with ControlClient.for_data_dir(self.data_dir) as client:
             reply = client.status(timeout=timeout)
         return {"running": True, **reply.node, "counters": dict(reply.counters)}
+
+    def _query_status_in_netns(self, timeout: float) -> dict[str, Any]:
+        # The control socket is on 127.0.0.1 inside the namespace: ask the CLI there.
+        try:
+            result = self.cli("status", "--json", timeout=timeout + NETNS_CLI_OVERHEAD)
+        except subprocess.TimeoutExpired:
+            raise NodeUnavailable(
+                f"status of the node in {self.data_dir} (netns {self.netns}) timed out"
+            ) from None
+        status = result.json
+        if result.returncode != 0 or not status.get("running"):
+            reason = status.get("reason") or result.stderr.strip() or f"exit {result.returncode}"
+            raise NodeUnavailable(f"node in {self.data_dir} (netns {self.netns}): {reason}")
+        return status
 
     @property
     def running(self) -> bool:
@@ -462,7 +494,9 @@ class NodeProcess:
 
     def cli(self, *args: str | os.PathLike[str], timeout: float = CLI_TIMEOUT) -> CliResult:
         """Run a ``peercrypt`` command on this node's data dir."""
-        return run_cli(*args, data_dir=self.data_dir, env=self.env, timeout=timeout)
+        return run_cli(
+            *args, data_dir=self.data_dir, env=self.env, timeout=timeout, netns=self.netns
+        )
 
     def send_result(
         self, path: Path | str, host: str, port: int, *extra: str, timeout: float = CLI_TIMEOUT
