@@ -34,8 +34,23 @@ from peercrypt.wire.messages import (
     Progress,
     SendRequest,
     SendResult,
+    SettingReply,
+    SettingRequest,
     StatusReply,
     StatusRequest,
+    TransfersReply,
+    TransfersRequest,
+)
+from peercrypt.wire.network_messages import (  # discovery and health monitoring
+    CheckRequest,
+    CheckResult,
+    GossipControl,
+    GossipState,
+    JoinRequest,
+    JoinResult,
+    PeersReply,
+    PeersRequest,
+    TransferOutcome,
 )
 
 log = logging.getLogger("peercrypt.control")
@@ -45,9 +60,26 @@ MAX_PENDING = 1024
 # Requests from local clients that another actor answers: type -> actor. The
 # request's ``request`` id is replaced by the control actor's own while it is
 # away, and restored on every reply.
-ROUTES: dict[type[codec.Message], str] = {SendRequest: "sender"}
+ROUTES: dict[type[codec.Message], str] = {
+    SendRequest: "scheduler",  # which resolves the policy and hands it to the sender
+    SettingRequest: "scheduler",
+    TransfersRequest: "sender",
+}
 # Mail relayed back to the requesting client: type -> whether it ends the request.
-REPLIES: dict[type[codec.Message], bool] = {Progress: False, SendResult: True}
+REPLIES: dict[type[codec.Message], bool] = {
+    Progress: False,
+    SendResult: True,
+    SettingReply: True,
+    TransfersReply: True,
+}
+
+
+# Discovery and health monitoring (docs/membership.md).
+ROUTES.update(
+    {PeersRequest: "health", CheckRequest: "health", JoinRequest: "discovery"}
+    | {GossipControl: "discovery"}
+)
+REPLIES.update({PeersReply: True, CheckResult: True, JoinResult: True, GossipState: True})
 
 
 def _with_request(msg: codec.Message, request: int) -> codec.Message:
@@ -66,6 +98,8 @@ class ControlActor(Actor):
         self.announced: dict[str, Announce] = {}
         self.pending: dict[int, tuple[bytes, int]] = {}  # our id -> (client route, their id)
         self.next_id = 1
+        self.checking: dict[int, SendRequest] = {}  # sends waiting for their health check
+        self.sending: dict[int, tuple[str, int]] = {}  # sends under way: destination
 
     def setup(self) -> None:
         sock = self.api = self.socket(zmq.ROUTER)
@@ -126,7 +160,10 @@ class ControlActor(Actor):
         elif isinstance(msg, CancelRequest):
             for ours, (client, theirs) in self.pending.items():
                 if client == route and theirs == msg.request:
-                    self.tell(ROUTES[SendRequest], CancelRequest(request=ours))
+                    if ours in self.checking:
+                        self._refuse_send(self.checking.pop(ours), "cancelled", "cancelled")
+                        break
+                    self.tell("sender", CancelRequest(request=ours))
         elif type(msg) in ROUTES:
             if len(self.pending) >= MAX_PENDING:
                 reply = ErrorReply(code="busy", reason="too many requests in progress")
@@ -135,7 +172,10 @@ class ControlActor(Actor):
             ours = self.next_id
             self.next_id += 1
             self.pending[ours] = (route, cast(Any, msg).request)
-            self.tell(ROUTES[type(msg)], _with_request(msg, ours))
+            if isinstance(msg, SendRequest):  # health-check the destination first
+                self._check_first(cast(SendRequest, _with_request(msg, ours)))
+            else:
+                self.tell(ROUTES[type(msg)], _with_request(msg, ours))
         else:
             reply = ErrorReply(code="bad-request", reason=f"unexpected {msg.TYPE}")
             self.api.send_multipart([route, codec.encode(reply)])
@@ -160,6 +200,9 @@ class ControlActor(Actor):
         return StatusReply(request=request, node=node, counters=dict(list(counters.items())[:256]))
 
     def on_actor_restarted(self, name: str) -> None:
+        if name == "health":
+            for req in self.checking.values():
+                self._check_first(req)
         if name != "sender":
             return
         for ours, (route, theirs) in list(self.pending.items()):
@@ -177,8 +220,15 @@ class ControlActor(Actor):
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, Announce):
             self.announced[msg.actor] = msg
+        elif isinstance(msg, CheckResult) and msg.request in self.checking:
+            self._after_check(msg)
         elif type(msg) in REPLIES:
             request: int = cast(Any, msg).request
+            if isinstance(msg, SendResult) and request in self.sending:
+                host, port = self.sending.pop(request)
+                if msg.code != "cancelled":
+                    outcome = TransferOutcome(host=host, port=port, ok=msg.code == "ok")
+                    self.tell("health", outcome)
             entry = self.pending.get(request)
             if entry is None:
                 return
@@ -188,6 +238,37 @@ class ControlActor(Actor):
             self.api.send_multipart([route, codec.encode(_with_request(msg, theirs))])
         else:
             super().on_mail(msg)
+
+    # -- the pre-send health check (actors/health.py) ------------------------------
+
+    def _check_first(self, req: SendRequest) -> None:
+        self.checking[req.request] = req
+        check = CheckRequest(
+            request=req.request, host=req.host, port=req.port, budget=max(0.5, req.timeout)
+        )
+        self.tell("health", check)
+
+    def _after_check(self, result: CheckResult) -> None:
+        req = self.checking.pop(result.request)
+        if result.code not in ("ok", "timeout") and not req.force:
+            hint = "; `send --force` tries anyway" if result.code == "unreachable" else ""
+            self._refuse_send(req, result.code, f"{result.reason}{hint}")
+            return
+        if result.code != "ok":
+            self.count("forced-sends")
+            log.warning("sending to %s:%s despite: %s", req.host, req.port, result.reason)
+        self.sending[req.request] = (req.host, req.port)
+        self.tell(ROUTES[SendRequest], req)
+
+    def _refuse_send(self, req: SendRequest, code: str, reason: str) -> None:
+        entry = self.pending.pop(req.request, None)
+        if entry is None:
+            return
+        route, theirs = entry
+        result = SendResult(
+            request=theirs, code=code, reason=reason[:512], size=0, digest=b"", stored_as=""
+        )
+        self.api.send_multipart([route, codec.encode(result)])
 
 
 def write_control_file(path: Path, endpoint: str, token: str) -> None:

@@ -32,10 +32,12 @@ from peercrypt.wire.messages import (
     Ping,
     Pong,
 )
+from peercrypt.wire.network_messages import Gossip, LocalPort
 
 CONTROL_MAX_BYTES = MAX_WRAPPED  # so that it can be handed on in Inbound mail
 # Which actor owns which control-plane message type.
 ROUTES: dict[type[codec.Message], str] = {Offer: "receiver"}
+ROUTES[Gossip] = "discovery"  # membership gossip (actors/discovery.py)
 
 
 class GatewayActor(Actor):
@@ -57,6 +59,7 @@ class GatewayActor(Actor):
         sock.router_mandatory = False
         self.bind(sock, s.host, s.port or 0)
         self.facts["port"] = str(bound_port(sock))
+        self.tell("discovery", LocalPort(port=bound_port(sock)))  # what it advertises
         self.facts["fingerprint"] = fingerprint(s.identity.public)
         self.watch(sock, self._on_peer)
 
@@ -105,6 +108,10 @@ class GatewayActor(Actor):
         self.log_once(kind, who, "gateway: dropped %s message from %s (%s)", kind, who, detail)
         reply = ErrorReply(code=kind[:32], reason=f"rejected: {kind}")
         self.router.send_multipart([route, codec.encode(reply)])
+
+    def on_actor_restarted(self, name: str) -> None:
+        if name == "discovery":
+            self.tell("discovery", LocalPort(port=bound_port(self.router)))
 
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, Outbound):

@@ -12,6 +12,13 @@ Per transfer (``SendRequest`` from the control actor):
 3. When every chunk is acked: a sealed Done with the whole-file hash; the
    result is "ok" only when the receiver's sealed Verified repeats that hash.
 
+Modes (see :mod:`peercrypt.core.modes`): ``aimd`` caps the chunks in
+flight by an :class:`~peercrypt.core.aimd.AimdWindow` fed by acks and
+timeouts; paced flows (``token-bucket``, or any flow while the node has a
+rate cap, ``qos`` priorities) send only bytes the scheduler granted;
+``parallel`` reads and seals on a :class:`~actors.lanes.LaneCrew` of worker
+threads and spreads chunks over as many connections.
+
 Progress goes to the requester every 0.1 s. Memory per transfer is the
 credit window (chunks queued in ZeroMQ), never the file size.
 """
@@ -19,6 +26,7 @@ credit window (chunks queued in ZeroMQ), never the file size.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hmac
 import logging
@@ -32,7 +40,10 @@ import blake3
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from actors.lanes import LaneCrew
+from peercrypt.core.aimd import AimdWindow
 from peercrypt.core.bitmap import pairs
+from peercrypt.core.modes import Policy, PolicyError, with_overrides
 from peercrypt.core.send_window import SendWindow
 from peercrypt.crypto.transfer import Ephemeral, OpenError, TransferKeys
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
@@ -46,18 +57,26 @@ from peercrypt.wire.messages import (
     Done,
     ErrorReply,
     Failed,
+    FlowDemand,
+    FlowEnd,
+    FlowGrant,
+    FlowPacing,
+    FlowStart,
     Offer,
     Progress,
     Refuse,
     SealedHeader,
     SendRequest,
     SendResult,
+    TransfersReply,
+    TransfersRequest,
     Verified,
 )
 
 log = logging.getLogger("peercrypt.sender")
 
 PROGRESS_INTERVAL = 0.1
+POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
 DONE_RETRIES = 5
 # A peer that refuses this many connection attempts in a row (at least a
 # second apart from the first) is reported unreachable before the timeout.
@@ -76,6 +95,8 @@ MONITOR_EVENTS = (
 @dataclass
 class Outgoing:
     request: SendRequest
+    policy: Policy
+    chunk_size: int
     requester: str
     tid: bytes
     fd: int
@@ -99,6 +120,13 @@ class Outgoing:
     done_sent: int = 0
     last_progress: float = 0.0
     retransmit_timer: Timer | None = None
+    lanes: list[zmq.Socket[Any]] = field(default_factory=list)
+    crew: LaneCrew | None = None
+    next_lane: int = 0
+    cwnd: AimdWindow | None = None
+    paced: bool = False
+    allowance: int = 0
+    demand_pending: bool = False
 
     @property
     def peer(self) -> str:
@@ -127,7 +155,21 @@ class SenderActor(Actor):
     # -- requests -------------------------------------------------------------------
 
     def on_mail(self, msg: codec.Message) -> None:
-        if isinstance(msg, SendRequest):
+        if isinstance(msg, FlowGrant):
+            t = self._by_request(msg.request)
+            if t is not None:
+                t.allowance += msg.nbytes
+                t.demand_pending = False
+                self._pump(t)
+        elif isinstance(msg, FlowPacing):
+            t = self._by_request(msg.request)
+            if t is not None:
+                t.paced = msg.paced
+                t.demand_pending = False
+                self._pump(t)
+        elif isinstance(msg, TransfersRequest):
+            self.tell("control", TransfersReply(request=msg.request, transfers=self._listing()))
+        elif isinstance(msg, SendRequest):
             if len(self.transfers) < self.settings.max_outgoing:
                 self._start(msg)
             else:
@@ -143,6 +185,43 @@ class SenderActor(Actor):
         else:
             super().on_mail(msg)
 
+    def _listing(self) -> list[dict[str, str]]:
+        rows = []
+        for t in list(self.transfers.values())[:1000]:
+            acked = t.window.acked.count * t.chunk_size if t.window is not None else 0
+            rows.append(
+                {
+                    "id": str(t.request.request),
+                    "file": t.request.path[-200:],
+                    "peer": t.peer,
+                    "mode": t.policy.mode,
+                    "state": "offered" if t.window is None else "sending",
+                    "bytes": str(min(t.size, acked)),
+                    "size": str(t.size),
+                    "seconds": f"{time.monotonic() - t.started:.1f}",
+                }
+            )
+        rows += [
+            {
+                "id": str(r.request),
+                "file": r.path[-200:],
+                "peer": f"{r.host}:{r.port}",
+                "mode": r.mode or "",
+                "state": "waiting",
+                "bytes": "0",
+                "size": "?",
+                "seconds": "0",
+            }
+            for r in list(self.waiting)[: 1000 - len(rows)]
+        ]
+        return rows
+
+    def _by_request(self, request: int) -> Outgoing | None:
+        for t in self.transfers.values():
+            if t.request.request == request and t.window is not None:
+                return t
+        return None
+
     def _start(self, req: SendRequest) -> None:
         def fail(code: str, reason: str) -> None:
             self.tell("control", _result(req.request, code, reason))
@@ -155,6 +234,12 @@ class SenderActor(Actor):
         if not _is_regular(st.st_mode):
             os.close(fd)
             return fail("local", f"{req.path} is not a regular file")
+        try:
+            policy = with_overrides(Policy(), **{n: getattr(req, n) for n in POLICY_FIELDS})
+        except PolicyError as exc:
+            os.close(fd)
+            return fail("local", str(exc))
+        chunk_size = policy.chunk_size_for(req.chunk_size)
         tid = os.urandom(16)
         ctl = self.socket(zmq.DEALER)
         ctl.curve_serverkey = self.settings.server_keys.z85_public
@@ -168,12 +253,14 @@ class SenderActor(Actor):
         monitor.connect(monitor_address)
         t = Outgoing(
             request=req,
+            policy=policy,
+            chunk_size=chunk_size,
             requester="control",
             tid=tid,
             fd=fd,
             size=st.st_size,
             mtime_ns=st.st_mtime_ns,
-            total=-(-st.st_size // req.chunk_size),
+            total=-(-st.st_size // chunk_size),
             eph=Ephemeral(),
             ctl=ctl,
             monitor=monitor,
@@ -190,7 +277,7 @@ class SenderActor(Actor):
             tid=tid,
             name=os.path.basename(req.path),
             size=t.size,
-            chunk_size=req.chunk_size,
+            chunk_size=chunk_size,
             eph_pub=t.eph.public,
             hash_alg="blake3",
         )
@@ -274,15 +361,42 @@ class SenderActor(Actor):
             have = pairs(accept.have)
         except ValueError as exc:
             return self._end(t, "protocol", f"{t.peer} sent an invalid accept: {exc}")
-        t.window = SendWindow(t.total)
+        p = t.policy
+        t.window = SendWindow(t.total, dupthresh=p.ack_threshold)
         t.window.on_accept(have, accept.window)
-        data = t.data = self.socket(zmq.DEALER)
-        data.sndhwm = 0  # credit bounds what is queued
-        data.rcvhwm = 0
-        data.maxmsgsize = 64 * 1024
         host = accept.data_host or t.request.host
-        data.connect(f"tcp://{_url_host(host)}:{accept.data_port}")
-        self.watch(data, functools.partial(self._on_data, t))
+        for _ in range(p.lanes if p.mode == "parallel" else 1):
+            data = self.socket(zmq.DEALER)
+            data.sndhwm = 0  # credit bounds what is queued
+            data.rcvhwm = 0
+            data.maxmsgsize = 64 * 1024
+            data.connect(f"tcp://{_url_host(host)}:{accept.data_port}")
+            self.watch(data, functools.partial(self._on_data, t))
+            t.lanes.append(data)
+        t.data = t.lanes[0]
+        if p.mode == "parallel":
+            t.crew = LaneCrew(t.keys, t.fd, t.size, t.chunk_size, p.lanes)
+            self.watch(t.crew.wake_fd, functools.partial(self._on_crew, t))
+        if p.mode == "aimd":
+            t.cwnd = AimdWindow.from_kb(
+                p.window_kb,
+                p.min_window_kb,
+                p.max_window_kb,
+                dupack_threshold=p.ack_threshold if p.dupack_detect else None,
+                timeout_decrease=p.timeout_detect,
+            )
+        # The scheduler has the last word (a live max-rate): it answers FlowPacing.
+        t.paced = p.mode == "token-bucket" or self.settings.max_rate > 0
+        self.tell(
+            "scheduler",
+            FlowStart(
+                request=t.request.request,
+                priority=p.priority,
+                rate=p.rate if p.mode == "token-bucket" else 0,
+                burst=p.burst_for(t.chunk_size) if p.mode == "token-bucket" else 0,
+                paced=t.paced,
+            ),
+        )
         # The control socket's job is done; close it (and its monitor).
         t.ctl.disable_monitor()
         self.close_socket(t.ctl)
@@ -293,18 +407,29 @@ class SenderActor(Actor):
     # -- data plane --------------------------------------------------------------------
 
     def _read(self, t: Outgoing, index: int) -> bytes:
-        chunk_size = t.request.chunk_size
-        data = os.pread(t.fd, chunk_size, index * chunk_size)
-        expected = min(chunk_size, t.size - index * chunk_size)
+        data = os.pread(t.fd, t.chunk_size, index * t.chunk_size)
+        expected = min(t.chunk_size, t.size - index * t.chunk_size)
         if len(data) != expected:
             raise OSError(f"file shrank while sending (chunk {index})")
         return data
 
     def _pump(self, t: Outgoing) -> None:
+        if t.tid not in self.transfers or t.done_sent:
+            return
         assert t.window is not None and t.keys is not None and t.data is not None
         now = self.now()
+        if t.cwnd is not None:
+            t.window.limit = max(1, t.cwnd.window // t.chunk_size)
+        limit = t.allowance // t.chunk_size if t.paced else None
         try:
-            for index in t.window.next_to_send(now):
+            for index in t.window.next_to_send(now, limit):
+                if t.paced:
+                    t.allowance -= t.chunk_size
+                if t.cwnd is not None:
+                    t.cwnd.on_send(min(t.size, (index + 1) * t.chunk_size))
+                if t.crew is not None:
+                    t.crew.submit(index)
+                    continue
                 while t.hashed < index:  # chunks the receiver already held (resume)
                     t.hasher.update(self._read(t, t.hashed))
                     t.hashed += 1
@@ -314,14 +439,40 @@ class SenderActor(Actor):
                     t.hashed += 1
                 last = index == t.total - 1
                 nonce, sealed = t.keys.seal_chunk(index, last, chunk)
-                header = codec.encode(ChunkHeader(tid=t.tid, index=index, last=last, nonce=nonce))
-                t.data.send_multipart([header, sealed], copy=False)
+                self._send_chunk(t, index, last, nonce, sealed)
         except OSError as exc:
             return self._end(t, "local", f"reading {t.request.path} failed: {exc}")
         if t.window.done:
             self._send_done(t)
-        else:
-            self._arm_retransmit(t)
+            return
+        self._arm_retransmit(t)
+        if t.paced and not t.demand_pending:
+            room = t.window.room()
+            wanted = room * t.chunk_size - t.allowance
+            if wanted > 0:
+                t.demand_pending = True
+                self.tell("scheduler", FlowDemand(request=t.request.request, nbytes=wanted))
+
+    def _send_chunk(self, t: Outgoing, index: int, last: bool, nonce: bytes, sealed: bytes) -> None:
+        header = codec.encode(ChunkHeader(tid=t.tid, index=index, last=last, nonce=nonce))
+        lane = t.lanes[t.next_lane % len(t.lanes)]
+        t.next_lane += 1
+        lane.send_multipart([header, sealed], copy=False)
+
+    def _on_crew(self, t: Outgoing, _fd: object = None) -> None:
+        if t.crew is None or t.tid not in self.transfers:
+            return
+        for result in t.crew.drain():
+            if result[0] == "chunk":
+                _, index, last, nonce, sealed = result
+                self._send_chunk(t, index, last, nonce, sealed)
+            elif result[0] == "hash":
+                t.digest = result[1]
+                t.hashed = t.total
+                if t.window is not None and t.window.done:
+                    self._send_done(t)
+            else:
+                return self._end(t, "local", f"reading {t.request.path} failed: {result[1]}")
 
     def _arm_retransmit(self, t: Outgoing) -> None:
         assert t.window is not None
@@ -336,11 +487,16 @@ class SenderActor(Actor):
             return
         if self.now() - t.last_progress > t.request.timeout:
             return self._end(t, "timeout", f"{t.peer} stopped acknowledging")
+        timeouts = t.window.timeouts
         t.window.on_timer(self.now())
+        if t.cwnd is not None and t.window.timeouts > timeouts:
+            t.cwnd.on_timeout(self.now())
         self._pump(t)
 
     def _send_done(self, t: Outgoing) -> None:
         assert t.keys is not None and t.data is not None
+        if t.crew is not None and not t.digest:
+            return  # the hasher thread is not finished; its result calls us again
         while t.hashed < t.total:
             try:
                 t.hasher.update(self._read(t, t.hashed))
@@ -352,7 +508,8 @@ class SenderActor(Actor):
             return self._end(t, "local", f"{t.request.path} changed while it was being sent")
         if t.done_sent >= DONE_RETRIES:
             return self._end(t, "timeout", f"{t.peer} did not confirm the file")
-        t.digest = t.hasher.digest()
+        if t.crew is None:
+            t.digest = t.hasher.digest()
         t.done_sent += 1
         self._send_sealed(t, Done(digest=t.digest, chunks=t.total))
         assert t.window is not None
@@ -368,12 +525,12 @@ class SenderActor(Actor):
         nonce, sealed = t.keys.seal_message(codec.encode(msg))
         t.data.send_multipart([codec.encode(SealedHeader(tid=t.tid, nonce=nonce)), sealed])
 
-    def _on_data(self, t: Outgoing, _sock: object = None) -> None:
-        assert t.keys is not None and t.data is not None and t.window is not None
+    def _on_data(self, t: Outgoing, sock: zmq.Socket[Any]) -> None:
+        assert t.keys is not None and t.window is not None
         progressed = False
         while t.tid in self.transfers:
             try:
-                frames = t.data.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             try:
@@ -393,8 +550,14 @@ class SenderActor(Actor):
                 except ValueError:
                     self.count("data-dropped")
                     continue
+                sack_losses = t.window.fast_retransmits
                 if t.window.on_ack(msg.cumulative, sack, msg.window, self.now()):
                     progressed = True
+                if t.cwnd is not None and t.window.fast_retransmits > sack_losses:
+                    t.cwnd.on_sack_loss(self.now())
+                if t.cwnd is not None:
+                    acked_bytes = min(t.size, t.window.acked.cumulative * t.chunk_size)
+                    t.cwnd.on_ack(acked_bytes, self.now())
             elif isinstance(msg, Verified):
                 if hmac.compare_digest(msg.digest, t.digest) and t.done_sent:
                     return self._end(t, "ok", "", stored_as=msg.stored_as)
@@ -403,15 +566,14 @@ class SenderActor(Actor):
                 return self._end(t, msg.code, f"{t.peer} failed the transfer: {msg.reason}")
         if progressed:
             t.last_progress = self.now()
-        if t.tid in self.transfers and not t.done_sent:
-            self._pump(t)
+        self._pump(t)
 
     # -- progress and the end --------------------------------------------------------
 
     def _progress(self) -> None:
         for t in self.transfers.values():
             if t.window is not None:
-                acked = min(t.size, t.window.acked.count * t.request.chunk_size)
+                acked = min(t.size, t.window.acked.count * t.chunk_size)
                 self.tell(
                     t.requester,
                     Progress(request=t.request.request, done_bytes=acked, total_bytes=t.size),
@@ -425,7 +587,12 @@ class SenderActor(Actor):
         if code != "ok" and t.keys is not None and t.data is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self._send_sealed(t, Failed(code="aborted", reason=reason[:200]))
-        for sock in (t.ctl, t.monitor, t.data):
+        if t.crew is not None:
+            self.unwatch(t.crew.wake_fd)
+            t.crew.stop()
+        if t.window is not None:
+            self.tell("scheduler", FlowEnd(request=t.request.request))
+        for sock in (t.ctl, t.monitor, *t.lanes):
             if sock is not None and not sock.closed:
                 if sock is t.ctl and t.window is None:
                     sock.disable_monitor()
@@ -446,8 +613,49 @@ class SenderActor(Actor):
                 stored_as=stored_as,
                 seconds=time.monotonic() - t.started,
                 retransmits=retransmits,
+                mode=t.policy.mode,
+                stats=_stats(t),
+                window_history=_history(t),
             ),
         )
+
+
+def _stats(t: Outgoing) -> dict[str, float]:
+    """The transfer's flow and congestion statistics."""
+    if t.window is None:
+        return {}
+    w, rtt = t.window, t.window.rtt
+    stats: dict[str, float] = {
+        "chunk_size": t.chunk_size,
+        "chunks": t.total,
+        "retransmits": w.retransmits,
+        "timeouts": w.timeouts,
+        "fast_retransmits": w.fast_retransmits,
+        "rto": round(rtt.rto, 6),
+    }
+    if rtt.srtt is not None and rtt.rttvar is not None:
+        stats["srtt"] = round(rtt.srtt, 6)
+        stats["rttvar"] = round(rtt.rttvar, 6)
+    if t.crew is not None:
+        stats["lanes"] = len(t.lanes)
+    if t.cwnd is not None:
+        stats["window_bytes"] = t.cwnd.window
+        stats["window_decreases"] = t.cwnd.decreases
+        stats["congestion_timeouts"] = t.cwnd.timeouts
+        stats["dupack_retransmits"] = t.cwnd.fast_retransmits
+    if t.policy.mode == "token-bucket":
+        stats["rate"] = t.policy.rate
+    return stats
+
+
+def _history(t: Outgoing) -> list[int]:
+    """The AIMD window over time as [ms since start, bytes, ...] (bounded)."""
+    if t.cwnd is None:
+        return []
+    out: list[int] = []
+    for when, window in list(t.cwnd.history)[-1000:]:
+        out += [max(0, int((when - t.started) * 1000)), int(window)]
+    return out
 
 
 def _result(request: int, code: str, reason: str) -> SendResult:

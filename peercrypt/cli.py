@@ -24,7 +24,7 @@ import click
 import zmq
 
 import peercrypt
-from peercrypt import errors
+from peercrypt import cli_modes, errors
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.crypto.identity import (
     IdentityError,
@@ -145,6 +145,52 @@ open_option = click.option(
 @network_key_option
 @open_option
 @click.option("--allow", multiple=True, metavar="FINGERPRINT", help="Admit only these nodes.")
+@cli_modes.node_policy_options
+# Discovery and health monitoring (docs/membership.md).
+@click.option("--bootstrap-host", metavar="HOST", help="Join the network through this member.")
+@click.option("--bootstrap-port", type=click.IntRange(1, 65535), metavar="PORT")
+@click.option(
+    "--advertise-host",
+    default="",
+    help="Address members should use for this node (default: --host; for 0.0.0.0 the "
+    "address of the interface that routes to the bootstrap member).",
+)
+@click.option(
+    "--gossip-interval",
+    type=click.FloatRange(0.01, 3600),
+    default=5.0,
+    show_default=True,
+    envvar="GOSSIP_INTERVAL",
+    help="Seconds between gossip rounds (env GOSSIP_INTERVAL).",
+)
+@click.option(
+    "--no-gossip", is_flag=True, envvar="DISABLE_GOSSIP", help="Start with gossip disabled."
+)
+@click.option(
+    "--health-check-interval",
+    type=click.FloatRange(0.01, 3600),
+    default=10.0,
+    show_default=True,
+    envvar="HEALTH_CHECK_INTERVAL",
+    help="Seconds between health checks of every member (env HEALTH_CHECK_INTERVAL).",
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(0, 100),
+    default=3,
+    show_default=True,
+    envvar="MAX_RETRIES",
+    help="Retries of a network operation (env MAX_RETRIES).",
+)
+@click.option(
+    "--timeout",
+    "connect_timeout",
+    type=click.FloatRange(0.05, 600),
+    default=3.0,
+    show_default=True,
+    envvar="CONNECTION_TIMEOUT",
+    help="Seconds one attempt waits for a peer (env CONNECTION_TIMEOUT).",
+)
 @click.option(
     "--window",
     type=click.IntRange(1, 4096),
@@ -155,6 +201,7 @@ open_option = click.option(
 @click.pass_obj
 def node(
     obj: dict[str, Any],
+    /,
     host: str,
     port: int,
     data_port: int,
@@ -164,8 +211,20 @@ def node(
     open_network: bool,
     allow: tuple[str, ...],
     window: int,
+    bootstrap_host: str | None,
+    bootstrap_port: int | None,
+    advertise_host: str,
+    gossip_interval: float,
+    no_gossip: bool,
+    health_check_interval: float,
+    max_retries: int,
+    connect_timeout: float,
+    **policy_options: Any,
 ) -> None:
     """Run a node in the foreground until SIGINT/SIGTERM."""
+    if (bootstrap_host is None) != (bootstrap_port is None):
+        raise UserError("--bootstrap-host and --bootstrap-port go together")
+    policy, max_rate = cli_modes.node_policy(policy_options)
     logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else logging.INFO)
     data_dir: Path = obj["data_dir"]
     settings = NodeSettings(
@@ -180,6 +239,15 @@ def node(
         data_port=data_port,
         advertise_data_port=advertise_data_port,
         window=window,
+        policy=policy,
+        max_rate=max_rate,
+        bootstrap=((bootstrap_host, bootstrap_port),) if bootstrap_host and bootstrap_port else (),
+        advertise_host=advertise_host,
+        gossip_enabled=not no_gossip,
+        gossip_interval=gossip_interval,
+        health_interval=health_check_interval,
+        max_retries=max_retries,
+        connect_timeout=connect_timeout,
     )
     with contextlib.suppress(NodeUnavailable), ControlClient.for_data_dir(data_dir) as client:
         client.status(timeout=1.0)
@@ -289,9 +357,12 @@ def _local_node(
 )
 @network_key_option
 @open_option
+@cli_modes.send_policy_options
+@click.option("--force", is_flag=True, help="Send even if the health check finds no peer.")
 @click.pass_obj
 def send(
     obj: dict[str, Any],
+    /,
     file: Path,
     host: str,
     port: int,
@@ -301,8 +372,11 @@ def send(
     timeout: float,
     network_key: str | None,
     open_network: bool,
+    force: bool,
+    **policy_options: Any,
 ) -> None:
     """Send FILE to the node at HOST PORT; exit 0 once it verified the hash."""
+    overrides = cli_modes.send_overrides(policy_options)
     from tqdm import tqdm
 
     path = file.resolve()
@@ -316,6 +390,8 @@ def send(
                 port=port,
                 chunk_size=chunk_size,
                 timeout=timeout,
+                force=force,
+                **overrides,
             )
         )
         bar = tqdm(
@@ -381,6 +457,9 @@ def _report(result: SendResult, path: Path, host: str, port: int, as_json: bool)
                     "seconds": round(result.seconds, 3),
                     "mib_per_s": round(rate, 1),
                     "retransmits": result.retransmits,
+                    "mode": result.mode or None,
+                    "stats": result.stats,
+                    "window_history": result.window_history,
                 }
             )
         )
@@ -442,3 +521,9 @@ def run() -> None:
             raise
         click.echo(f"peercrypt: error: {exc} (run with --debug for details)", err=True)
         sys.exit(errors.FAILED)
+
+
+cli_modes.register(main)
+
+
+import peercrypt.cli_network  # noqa: E402  (peers, join, health-check, ...)

@@ -17,10 +17,14 @@ import zmq
 
 from actors.admission import AdmissionActor
 from actors.control import ControlActor, new_token
+from actors.discovery import DiscoveryActor
 from actors.gateway import GatewayActor
+from actors.health import HealthActor
 from actors.receiver import ReceiverActor
+from actors.scheduler import SchedulerActor
 from actors.sender import SenderActor
 from peercrypt.runtime.actor import ActorEnv
+from peercrypt.runtime.memory import limit_malloc_arenas
 from peercrypt.runtime.supervisor import ActorFactory, Supervisor
 from peercrypt.settings import NodeSettings
 
@@ -29,6 +33,7 @@ log = logging.getLogger("peercrypt.node")
 
 class Node:
     def __init__(self, settings: NodeSettings) -> None:
+        limit_malloc_arenas()
         self.settings = settings
         self.token = new_token()
         self.context: zmq.Context[Any] = zmq.Context()
@@ -36,13 +41,16 @@ class Node:
         s = settings
         factories: list[tuple[str, ActorFactory]] = [
             ("control", lambda env: ControlActor(env, s, self.token)),
+            ("scheduler", lambda env: SchedulerActor(env, s)),
             ("sender", lambda env: SenderActor(env, s)),
+            ("health", lambda env: HealthActor(env, s)),  # pre-send checks, probes
         ]
         if s.port is not None:
             factories += [
                 ("admission", lambda env: AdmissionActor(env, s.allow)),
                 ("receiver", lambda env: ReceiverActor(env, s)),
                 ("gateway", lambda env: GatewayActor(env, s)),
+                ("discovery", lambda env: DiscoveryActor(env, s)),  # gossip membership
             ]
         self.supervisor = Supervisor(self.env, factories)
         self._stopped = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peercrypt.core.modes import Policy
 from peercrypt.crypto.identity import KeyPair
 
 CONTROL_FILE = "control.json"  # in the data dir: the control endpoint and token
@@ -43,3 +44,17 @@ class NodeSettings:
     max_transfers_per_peer: int = 8
     idle_timeout: float = 30.0  # an incoming transfer with no traffic this long is dropped
     max_chunk: int = MAX_CHUNK
+    # Scheduler (transfer modes): the node's default policy and rate cap.
+    policy: Policy = field(default_factory=Policy)
+    max_rate: int = 0  # bytes/s for all outgoing transfers together; 0: no cap
+    # Discovery and health monitoring (docs/membership.md).
+    bootstrap: tuple[tuple[str, int], ...] = ()  # members to join through at start
+    advertise_host: str = ""  # "": --host, or the outgoing interface's address for 0.0.0.0
+    gossip_enabled: bool = True
+    gossip_interval: float = 5.0  # seconds between gossip rounds
+    gossip_fanout: int = 3  # peers per gossip round (reliability-weighted)
+    health_interval: float = 10.0  # seconds between health checks of every member
+    max_retries: int = 3  # retries of one-shot network operations (join, checks)
+    connect_timeout: float = 3.0  # seconds each attempt waits for an answer
+    max_members: int = 256
+    member_expiry: float = 300.0  # dead/left members are forgotten after this long

@@ -454,3 +454,15 @@ def test_decrease_halves_or_hits_minimum(events: list[tuple[str, int]]) -> None:
             assert w.window_kb * KB == max(float(w.minimum), before * 0.5)
         else:
             assert w.window_kb * KB >= before
+
+
+def test_sack_loss_decreases_once_per_round_trip_unless_dupack_detection_is_off() -> None:
+    w = AimdWindow(initial=100 * KB, minimum=10 * KB, maximum=1000 * KB)
+    w.on_send(200 * KB)
+    assert w.on_sack_loss(1.0) is True
+    assert w.window == 50 * KB
+    assert w.on_sack_loss(1.1) is False  # same round trip: in recovery
+    assert (w.decreases, w.fast_retransmits) == (1, 2)
+    off = AimdWindow(initial=100 * KB, minimum=10 * KB, maximum=1000 * KB, dupack_threshold=None)
+    assert off.on_sack_loss(1.0) is False
+    assert (off.window, off.decreases) == (100 * KB, 0)

@@ -116,8 +116,22 @@ def kind_of(data: bytes, max_bytes: int = codec.MAX_MESSAGE_BYTES) -> str:
 
 
 def test_registry_holds_the_documented_messages() -> None:
-    for name in ("hello", "ping", "offer", "accept", "chunk", "sealed", "ack", "done",
-                 "verified", "failed", "send-request", "status-reply", "inbound", "announce"):
+    for name in (
+        "hello",
+        "ping",
+        "offer",
+        "accept",
+        "chunk",
+        "sealed",
+        "ack",
+        "done",
+        "verified",
+        "failed",
+        "send-request",
+        "status-reply",
+        "inbound",
+        "announce",
+    ):
         assert name in REGISTRY
     for name, cls in REGISTRY.items():
         assert name == cls.TYPE
@@ -160,11 +174,23 @@ def test_chunk_header_fits_the_receivers_header_limit(index: int, last: bool, no
 
 
 def test_fields_at_their_exact_bounds_round_trip() -> None:
-    offer = messages.Offer(tid=b"\0" * 16, name="é" * messages.MAX_NAME, size=2**62,
-                           chunk_size=64 * 1024 * 1024, eph_pub=b"k" * 32, hash_alg="b" * 16)
+    offer = messages.Offer(
+        tid=b"\0" * 16,
+        name="é" * messages.MAX_NAME,
+        size=2**62,
+        chunk_size=64 * 1024 * 1024,
+        eph_pub=b"k" * 32,
+        hash_alg="b" * 16,
+    )
     assert decode(encode(offer)) == offer
-    accept = messages.Accept(tid=b"\0" * 16, eph_pub=b"k" * 32, data_host="h" * 255,
-                             data_port=65535, window=4096, have=list(range(128)))
+    accept = messages.Accept(
+        tid=b"\0" * 16,
+        eph_pub=b"k" * 32,
+        data_host="h" * 255,
+        data_port=65535,
+        window=4096,
+        have=list(range(128)),
+    )
     assert decode(encode(accept)) == accept
 
 
@@ -349,10 +375,15 @@ def test_arbitrary_bytes_raise_only_decode_error(data: bytes) -> None:
 
 
 _msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**64), 2**64 - 1) | st.floats()
-    | st.text(max_size=10) | st.binary(max_size=10),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=10)
+    | st.binary(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 

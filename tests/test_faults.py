@@ -61,7 +61,11 @@ class Setup:
     """The module's sender, receiver, proxy and network key."""
 
     def __init__(
-        self, sender: NodeProcess, receiver: NodeProcess, proxy: FaultProxy, key: str,
+        self,
+        sender: NodeProcess,
+        receiver: NodeProcess,
+        proxy: FaultProxy,
+        key: str,
         data_port: int,
     ) -> None:
         self.sender = sender
@@ -150,8 +154,13 @@ def check_outcome(
 
 
 def run_with_plan(
-    setup: Setup, tmp_path: Path, plan: FaultPlan, name: str, must_succeed: bool,
-    size: int = 3 * MiB, *extra: str,
+    setup: Setup,
+    tmp_path: Path,
+    plan: FaultPlan,
+    name: str,
+    must_succeed: bool,
+    size: int = 3 * MiB,
+    *extra: str,
 ) -> tuple[int, dict[str, Any]]:
     setup.proxy.set_plan(plan)
     before = setup.proxy.snapshot()
@@ -243,8 +252,7 @@ def wait_for_drops(setup: Setup, before: dict[str, int], at_least: int) -> dict[
     def enough() -> dict[str, int] | None:
         now = setup.receiver.counters()
         grew = sum(
-            v - before.get(k, 0) for k, v in now.items()
-            if "dropped" in k or "rejected" in k
+            v - before.get(k, 0) for k, v in now.items() if "dropped" in k or "rejected" in k
         )
         return now if grew >= at_least else None
 
@@ -259,8 +267,12 @@ def zctx() -> Iterator[zmq.Context[Any]]:
     ctx.destroy(linger=0)
 
 
-def dealer(ctx: zmq.Context[Any], endpoint: str, curve: KeyPair | None = None,
-           server_public: bytes | None = None) -> zmq.Socket[Any]:
+def dealer(
+    ctx: zmq.Context[Any],
+    endpoint: str,
+    curve: KeyPair | None = None,
+    server_public: bytes | None = None,
+) -> zmq.Socket[Any]:
     sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
     sock.linger = 0
     sock.sndtimeo = 2000
@@ -313,9 +325,7 @@ def test_garbage_on_the_data_port_is_counted_and_dropped(
     assert setup.receiver.running
 
 
-def test_garbage_on_the_public_port(
-    setup: Setup, tmp_path: Path, zctx: zmq.Context[Any]
-) -> None:
+def test_garbage_on_the_public_port(setup: Setup, tmp_path: Path, zctx: zmq.Context[Any]) -> None:
     public = f"tcp://{LOCALHOST}:{setup.receiver.port}"
     before = setup.receiver.counters()
     # Without CURVE nothing gets through the handshake: no answer at all.
@@ -384,11 +394,29 @@ def test_forged_header_cannot_hijack_the_reply_route(
     setup.sources[blake3_file(path)] = path.name
     setup.proxy.observer = observe
     setup.proxy.set_plan(FaultPlan(downstream=DirectionFaults(delay=1.0, max_delay=0.02)))
-    argv = [sys.executable, "-m", "peercrypt", "--data-dir", str(setup.sender.data_dir),
-            "send", str(path), LOCALHOST, str(setup.receiver.port), "--json",
-            "--chunk-size", "4096", "--timeout", "3"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=cli_env(), stdin=subprocess.DEVNULL)
+    argv = [
+        sys.executable,
+        "-m",
+        "peercrypt",
+        "--data-dir",
+        str(setup.sender.data_dir),
+        "send",
+        str(path),
+        LOCALHOST,
+        str(setup.receiver.port),
+        "--json",
+        "--chunk-size",
+        "4096",
+        "--timeout",
+        "3",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+    )
     answered = 0
     try:
         tid = wait_until(lambda: seen[0] if seen else None, 10.0, "the transfer's first chunk")
@@ -442,5 +470,3 @@ def test_fault_plan_validation() -> None:
     plan = FaultPlan.both(drop=0.1, seed=4)
     assert plan.upstream == plan.downstream == DirectionFaults(drop=0.1)
     assert plan.for_direction("downstream").drop == 0.1
-
-

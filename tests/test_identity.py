@@ -51,28 +51,34 @@ def test_fingerprint_format() -> None:
     assert fingerprint(b"\x02" * 32) != fp
 
 
-@pytest.mark.parametrize("transform", [
-    lambda fp: fp,
-    lambda fp: fp.replace("-", ""),
-    lambda fp: fp.upper(),
-    lambda fp: f"  {fp.upper()}  ",
-    lambda fp: fp.replace("-", " "),
-])
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda fp: fp,
+        lambda fp: fp.replace("-", ""),
+        lambda fp: fp.upper(),
+        lambda fp: f"  {fp.upper()}  ",
+        lambda fp: fp.replace("-", " "),
+    ],
+)
 def test_normalise_fingerprint_accepts_common_spellings(transform: object) -> None:
     fp = fingerprint(KeyPair.generate().public)
     assert callable(transform)
     assert normalise_fingerprint(transform(fp)) == fp
 
 
-@pytest.mark.parametrize("junk", [
-    "",
-    "abcd",
-    "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-456",  # 31 characters
-    "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-45677",  # 33 characters
-    "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-4501",  # 0 and 1 are not base32
-    "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-45é7",
-    "abcd_efgh_ijkl_mnop_qrst_uvwx_yz23_4567",
-])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "",
+        "abcd",
+        "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-456",  # 31 characters
+        "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-45677",  # 33 characters
+        "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-4501",  # 0 and 1 are not base32
+        "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-45é7",
+        "abcd_efgh_ijkl_mnop_qrst_uvwx_yz23_4567",
+    ],
+)
 def test_normalise_fingerprint_rejects_junk(junk: str) -> None:
     with pytest.raises(ValueError):
         normalise_fingerprint(junk)

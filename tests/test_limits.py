@@ -40,6 +40,7 @@ def in_process_node(tmp_path: Path, network_key: str) -> Iterator[Callable[..., 
         node.start()
         started.append(node)
         client = ControlClient.for_data_dir(data_dir)
+
         def ready() -> dict[str, str] | None:
             facts = client.status().node
             return facts if "port" in facts and "data_port" in facts else None
@@ -86,12 +87,15 @@ def test_sends_beyond_max_outgoing_wait_their_turn(
         assert got[i].digest.hex() == blake3_file(files[i])
         assert blake3_file(inbox / got[i].stored_as) == blake3_file(files[i])
     assert not (inbox / "f3.bin").exists()
+
     def all_sent() -> dict[str, int] | None:
         counters = dict(sender.status().counters)
         return counters if counters.get("sender.sent") == 3 else None
 
     counters = wait_until(all_sent, 5.0, "sender.sent == 3")
-    assert counters["sender.queued"] == 3  # only one ran at a time
+    # Only one ran at a time: 1 and 2 waited in line (3 was cancelled before
+    # or after reaching the line, depending on its pre-send health check).
+    assert counters["sender.queued"] >= 2
     receiver.close()
     sender.close()
 

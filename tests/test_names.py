@@ -27,8 +27,26 @@ def assert_safe(name: str) -> None:
 
 
 hostile_text = st.text(
-    alphabet=st.sampled_from(["/", "\\", ".", "\0", "\n", "\t", " ", "\u202e", "\u200b",
-                              "\x7f", "\ud800", "a", "é", "文", "😀", ":"])
+    alphabet=st.sampled_from(
+        [
+            "/",
+            "\\",
+            ".",
+            "\0",
+            "\n",
+            "\t",
+            " ",
+            "\u202e",
+            "\u200b",
+            "\x7f",
+            "\ud800",
+            "a",
+            "é",
+            "文",
+            "😀",
+            ":",
+        ]
+    )
     | st.characters(),
     max_size=400,
 )
@@ -103,8 +121,12 @@ def test_long_extension_is_not_kept() -> None:
 
 def test_candidate_names_sequence() -> None:
     names = candidate_names("photo.jpg")
-    assert [next(names) for _ in range(4)] == ["photo.jpg", "photo.1.jpg", "photo.2.jpg",
-                                               "photo.3.jpg"]
+    assert [next(names) for _ in range(4)] == [
+        "photo.jpg",
+        "photo.1.jpg",
+        "photo.2.jpg",
+        "photo.3.jpg",
+    ]
     assert list(candidate_names("README", limit=3)) == ["README", "README.1", "README.2"]
     assert list(candidate_names(".bashrc", limit=2)) == [".bashrc", ".bashrc.1"]
 

@@ -190,3 +190,11 @@ def test_start_stop_many_times_leaves_no_threads() -> None:
         sup.start()
         stop(sup)
     assert {t.ident for t in threading.enumerate() if t.is_alive()} <= before
+
+
+def test_malloc_arena_cap_applies_on_linux() -> None:
+    import sys
+
+    from peercrypt.runtime.memory import limit_malloc_arenas
+
+    assert limit_malloc_arenas() is sys.platform.startswith("linux")

@@ -106,7 +106,7 @@ def test_every_bit_of_a_sealed_message_matters() -> None:
 def test_truncated_or_extended_frames_fail() -> None:
     s, r = pair()
     nonce, sealed = s.seal_chunk(0, True, b"abc")
-    for bad in (sealed[:-1], sealed + b"\0", b"", sealed[:TAG_BYTES - 1]):
+    for bad in (sealed[:-1], sealed + b"\0", b"", sealed[: TAG_BYTES - 1]):
         with pytest.raises(OpenError):
             r.open_chunk(0, True, nonce, bad)
     for bad_nonce in (b"", nonce[:-1], nonce + b"\0"):

@@ -148,8 +148,9 @@ def simulate(
     return Result(sender.done, now, writes, sender, receiver, max_in_flight, sent)
 
 
-def make_channel(seed: int, script: list[str], p_drop: float, p_dup: float,
-                 p_delay: float, jitter: bool = True) -> Channel:
+def make_channel(
+    seed: int, script: list[str], p_drop: float, p_dup: float, p_delay: float, jitter: bool = True
+) -> Channel:
     return Channel(random.Random(seed), script, p_drop, p_dup, p_delay, jitter=jitter)
 
 

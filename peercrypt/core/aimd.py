@@ -246,6 +246,17 @@ class AimdWindow:
             window=self.window,
         )
 
+    def on_sack_loss(self, now: float) -> bool:
+        """A loss the caller found from selective acks (chunks sent after it
+        were acked: the SACK form of duplicate acks, which coalesced acks may
+        not repeat ``dupack_threshold`` times). Counts as a fast retransmit
+        and decreases like one, unless duplicate-ack detection is off.
+        Returns True if the window decreased."""
+        if self.dupack_threshold is None:
+            return False
+        self.fast_retransmits += 1
+        return self._congestion(now)
+
     def on_timeout(self, now: float) -> TimeoutResult:
         """Process a retransmission timeout reported by the caller."""
         self.timeouts += 1

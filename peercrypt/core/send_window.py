@@ -44,6 +44,7 @@ class SendWindow:
         self.rtt = rtt or RttEstimator()
         self.dupthresh = dupthresh
         self.window = 0
+        self.limit: int | None = None  # a sender-side cap below the credit (AIMD)
         self._next_new = 0
         self._in_flight: dict[int, _InFlight] = {}
         self._lost: set[int] = set()
@@ -99,7 +100,8 @@ class SendWindow:
     def next_to_send(self, now: float, limit: int | None = None) -> list[int]:
         """Chunks to send now (marking them in flight), retransmissions first."""
         out: list[int] = []
-        budget = self.window - (len(self._in_flight) - len(self._lost))
+        allowed = self.window if self.limit is None else max(1, min(self.window, self.limit))
+        budget = allowed - (len(self._in_flight) - len(self._lost))
         if limit is not None:
             budget = min(budget, limit)
         for index in sorted(self._lost):
@@ -119,6 +121,12 @@ class SendWindow:
             out.append(index)
             budget -= 1
         return out
+
+    def room(self) -> int:
+        """How many chunks could be sent now (credit and limit permitting)."""
+        allowed = self.window if self.limit is None else max(1, min(self.window, self.limit))
+        pending = len(self._lost) + max(0, self.total - self._next_new)
+        return max(0, min(allowed - (len(self._in_flight) - len(self._lost)), pending))
 
     def _mark_sent(self, index: int, now: float, resent: bool) -> None:
         self._order += 1

@@ -6,10 +6,12 @@ over the shared secret, salted with the transfer id and bound to both public
 keys, gives two independent 256-bit keys, one per direction. Ephemeral keys
 are dropped after derivation: forward secrecy.
 
-Nonces: 96 bits = 4 zero bytes + a 64-bit counter, per key (so per
+Nonces: 96 bits = a 32-bit lane number + a 64-bit counter, per key (so per
 direction). The counter increments on every seal, including retransmissions
 of the same chunk, so a nonce never repeats under a key even if the file
-changes underneath a retransmission.
+changes underneath a retransmission. Parallel lanes seal concurrently, each
+with its own lane number (1, 2, ...; 0 is the actor's own), so their nonces
+never meet either.
 
 AAD: chunks bind (transfer id, chunk index, last-chunk flag); sealed control
 messages bind (transfer id, "ctl"). A chunk moved to another index, another
@@ -30,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 TAG_BYTES = 16
 _INFO = b"peercrypt transfer v1"
-_NONCE = struct.Struct(">4xQ")
+_NONCE = struct.Struct(">IQ")
 _CHUNK_AAD = struct.Struct(">16sQ?")
 
 
@@ -69,17 +71,26 @@ class Ephemeral:
 class TransferKeys:
     """Sealing state of one side of one transfer."""
 
-    __slots__ = ("_counter", "_recv", "_send", "tid")
+    __slots__ = ("_counter", "_keys", "_lane", "_recv", "_send", "tid")
 
-    def __init__(self, tid: bytes, send_key: bytes, recv_key: bytes) -> None:
+    def __init__(self, tid: bytes, send_key: bytes, recv_key: bytes, lane: int = 0) -> None:
         self.tid = tid
+        self._keys = (send_key, recv_key)
         self._send = AESGCM(send_key)
         self._recv = AESGCM(recv_key)
         self._counter = 0
+        self._lane = lane
+
+    def for_lane(self, lane: int) -> TransferKeys:
+        """The same keys for a parallel lane (``lane`` >= 1): its own AEAD
+        objects (for its own thread) and its own nonce space."""
+        if not 1 <= lane < 2**32:
+            raise ValueError("lane must be 1..2**32-1")
+        return TransferKeys(self.tid, *self._keys, lane=lane)
 
     def _next_nonce(self) -> bytes:
         self._counter += 1
-        return _NONCE.pack(self._counter)
+        return _NONCE.pack(self._lane, self._counter)
 
     @property
     def seals(self) -> int:

@@ -19,6 +19,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ class Actor:
     def __init__(self, env: ActorEnv) -> None:
         self.env = env
         self._sockets: list[zmq.Socket[Any]] = []
-        self._handlers: dict[zmq.Socket[Any], Callable[[zmq.Socket[Any]], None]] = {}
+        self._handlers: dict[Any, Callable[[Any], None]] = {}
         self._poller = zmq.Poller()
         self._timers: list[Timer] = []
         self._seq = itertools.count()
@@ -139,10 +140,16 @@ class Actor:
         self._sockets.append(sock)
         return sock
 
-    def watch(self, sock: zmq.Socket[Any], handler: Callable[[zmq.Socket[Any]], None]) -> None:
-        """Call ``handler(sock)`` whenever ``sock`` is readable."""
+    def watch(self, sock: zmq.Socket[Any] | int, handler: Callable[[Any], None]) -> None:
+        """Call ``handler(sock)`` whenever ``sock`` (a socket, or a file
+        descriptor such as a pipe's read end) is readable."""
         self._handlers[sock] = handler
         self._poller.register(sock, zmq.POLLIN)
+
+    def unwatch(self, sock: zmq.Socket[Any] | int) -> None:
+        if sock in self._handlers:
+            self._poller.unregister(sock)
+            del self._handlers[sock]
 
     def close_socket(self, sock: zmq.Socket[Any]) -> None:
         if sock in self._handlers:
@@ -244,7 +251,7 @@ class Actor:
         if not self._timers:
             return 1000
         delay = self._timers[0].due - self.now()
-        return max(0, min(1000, int(delay * 1000) + 1))
+        return max(0, min(1000, math.ceil(delay * 1000)))
 
     def run(self, pipe_address: str) -> None:
         """Thread body. Never raises; always reports on the pipe."""

@@ -209,6 +209,20 @@ class SendRequest(Message):
     port: int = field(metadata=bounded(65535, 1))
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
     timeout: float = 10.0
+    # The transfer's policy (see peercrypt.core.modes); None: the node's default.
+    mode: str | None = field(default=None, metadata=bounded(32))
+    rate: int | None = field(default=None, metadata=bounded(2**62))
+    burst: int | None = field(default=None, metadata=bounded(2**62))
+    window_kb: int | None = field(default=None, metadata=bounded(2**40))
+    min_window_kb: int | None = field(default=None, metadata=bounded(2**40))
+    max_window_kb: int | None = field(default=None, metadata=bounded(2**40))
+    ack_threshold: int | None = field(default=None, metadata=bounded(1 << 20))
+    timeout_detect: bool | None = None
+    dupack_detect: bool | None = None
+    priority: int | None = field(default=None, metadata=bounded(3))
+    lanes: int | None = field(default=None, metadata=bounded(64))
+    # Send even if the pre-send health check finds the peer unreachable.
+    force: bool = False
 
 
 @message
@@ -244,6 +258,11 @@ class SendResult(Message):
     stored_as: str = field(metadata=bounded(MAX_NAME))
     seconds: float = 0.0
     retransmits: int = field(default=0, metadata=bounded(2**62))
+    mode: str = field(default="", metadata=bounded(32))
+    # Congestion and flow statistics (srtt, rto, timeouts, fast retransmits,
+    # window decreases...) and the window over time as [ms, bytes, ...].
+    stats: dict[str, float] = field(default_factory=dict, metadata=bounded(32))
+    window_history: list[int] = field(default_factory=list, metadata=bounded(2048))
 
 
 @message
@@ -296,3 +315,103 @@ class Announce(Message):
     actor: str = field(metadata=bounded(64, 1))
     facts: dict[str, str] = field(metadata=bounded(32))
     counters: dict[str, int] = field(metadata=bounded(128))
+
+
+# ---- scheduler: flows and live settings --------------------------------------
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class FlowStart(Message):
+    """Sender -> scheduler: a transfer starts sending. ``rate`` > 0: its own
+    token bucket (token-bucket mode); ``paced``: it waits for grants."""
+
+    TYPE = "flow-start"
+    request: int = field(metadata=bounded(2**62))
+    priority: int = field(metadata=bounded(3, 1))
+    rate: int = field(metadata=bounded(2**62))
+    burst: int = field(metadata=bounded(2**62))
+    paced: bool = False
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class FlowDemand(Message):
+    """Sender -> scheduler: bytes the flow could send now beyond its balance."""
+
+    TYPE = "flow-demand"
+    request: int = field(metadata=bounded(2**62))
+    nbytes: int = field(metadata=bounded(2**62))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class FlowGrant(Message):
+    """Scheduler -> sender: the flow may send ``nbytes`` more."""
+
+    TYPE = "flow-grant"
+    request: int = field(metadata=bounded(2**62))
+    nbytes: int = field(metadata=bounded(2**62))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class FlowEnd(Message):
+    TYPE = "flow-end"
+    request: int = field(metadata=bounded(2**62))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class FlowPacing(Message):
+    """Scheduler -> sender: from now on the flow waits for grants (or not),
+    e.g. after a live ``max-rate``."""
+
+    TYPE = "flow-pacing"
+    request: int = field(metadata=bounded(2**62))
+    paced: bool = False
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class SettingRequest(Message):
+    """CLI -> scheduler: change a live setting. ``name``: mode, max-rate, rate,
+    congestion.window|min-window|max-window|timeout|dupack|threshold, lanes.
+    ``transfer``: for ``rate``, one transfer's id (0: every paced transfer)."""
+
+    TYPE = "setting-request"
+    request: int = field(metadata=bounded(2**62))
+    name: str = field(metadata=bounded(64, 1))
+    value: str = field(metadata=bounded(256))
+    transfer: int = field(default=0, metadata=bounded(2**62))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class SettingReply(Message):
+    TYPE = "setting-reply"
+    request: int = field(metadata=bounded(2**62))
+    ok: bool = False
+    text: str = field(default="", metadata=bounded(4096))
+    settings: dict[str, str] = field(default_factory=dict, metadata=bounded(64))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class TransfersRequest(Message):
+    TYPE = "transfers-request"
+    request: int = field(metadata=bounded(2**62))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class TransfersReply(Message):
+    """Running sends, one map per transfer (id, file, peer, mode, bytes...)."""
+
+    TYPE = "transfers-reply"
+    request: int = field(metadata=bounded(2**62))
+    transfers: list[dict[str, str]] = field(metadata=bounded(1024))
+
+
+# Discovery and health-monitor messages register themselves on import.
+import peercrypt.wire.network_messages  # noqa: E402, F401

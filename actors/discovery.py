@@ -1,0 +1,587 @@
+"""Discovery actor: gossip membership around :class:`MembershipTable`.
+
+- The table holds signed, versioned records (see
+  :mod:`peercrypt.core.membership`); this node's own record advertises
+  ``control = tcp://ADVERTISE_HOST:PORT`` with the *bound* public port (the
+  gateway reports it, ``LocalPort``), never a connection's source port.
+- Every ``--gossip-interval`` the actor runs one push-pull exchange with up to
+  ``gossip_fanout`` alive or suspect members chosen by reliability
+  (:func:`~peercrypt.core.reliability.weighted_choice`, scores from the
+  health actor); while it knows no live member it gossips with its bootstrap
+  seeds instead. A round also expires dead/left members (``--member-expiry``)
+  and refutes claims about this node.
+- Received gossip (``Gossip`` through the gateway) is accepted only if the
+  sender's admitted CURVE key is the one derived from the ``origin`` it
+  claims; every record is then checked by the table (size, structure,
+  signature, staleness, capacity) and each rejection is counted
+  (``discovery.rejected-REASON``).
+- ``join HOST PORT`` and the bootstrap seeds use a fresh, monitored
+  connection with retries (exponential backoff with full jitter, at most
+  ``--max-retries``, each attempt waiting ``--timeout``).
+- The failure detector lives in the health actor; its verdicts come back as
+  ``HealthVerdict`` and become signed suspect/dead claims here. On shutdown
+  the node signs ``left`` and pushes it to its live members (bounded wait).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import socket
+from dataclasses import dataclass, field
+
+import zmq
+from nacl.signing import SigningKey
+
+from actors.health import Link, url_host
+from peercrypt.core.backoff import Backoff
+from peercrypt.core.membership import (
+    DigestEntry,
+    MemberRecord,
+    MembershipTable,
+    MemberState,
+    x25519_public_key,
+)
+from peercrypt.core.reliability import DEFAULT_PRIOR, weighted_choice
+from peercrypt.runtime.actor import Actor, ActorEnv, Timer
+from peercrypt.settings import NodeSettings
+from peercrypt.wire import codec
+from peercrypt.wire.messages import Inbound, Outbound
+from peercrypt.wire.network_messages import (
+    Gossip,
+    GossipControl,
+    GossipReply,
+    GossipState,
+    HealthVerdict,
+    JoinRequest,
+    JoinResult,
+    LocalPort,
+    MemberGone,
+    MemberUpdate,
+    Scores,
+    pack_digest_entry,
+    unpack_digest_entry,
+)
+
+log = logging.getLogger("peercrypt.discovery")
+
+PUSH_RECENT = 4  # records pushed unasked in each exchange (ours first)
+RECORD_BUDGET = 32 * 1024  # bytes of records in one message
+MAX_JOINS = 16
+LEAVE_WAIT = 0.5  # seconds the shutdown waits for members to take our "left"
+MIN_INTERVAL = 0.01
+MAX_INTERVAL = 3600.0
+
+
+def advertise_host(settings: NodeSettings) -> str:
+    """The address members should use for this node.
+
+    ``--advertise-host`` if given; else ``--host`` unless it is a wildcard;
+    else the local address of the interface that routes to the first
+    bootstrap seed (or to a public address), found with an unconnected UDP
+    socket (no packet is sent); 127.0.0.1 if there is no route.
+    """
+    if settings.advertise_host:
+        return settings.advertise_host
+    if settings.host not in ("0.0.0.0", "::", "*", ""):
+        return settings.host
+    target = settings.bootstrap[0][0] if settings.bootstrap else "192.0.2.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((target, 9))
+            host: str = probe.getsockname()[0]
+            return host
+    except OSError:
+        return "127.0.0.1"
+
+
+@dataclass
+class Join:
+    request: int
+    host: str
+    port: int
+    requester: str | None  # None: a bootstrap seed (no one waits for an answer)
+    backoff: Backoff
+    link: Link | None = None
+    timer: Timer | None = None
+    last: tuple[str, str] = ("unreachable", "")
+    attempts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"tcp://{url_host(self.host)}:{self.port}"
+
+
+@dataclass
+class _Peer:
+    link: Link
+    last_reply: float = field(default=0.0)
+
+
+class DiscoveryActor(Actor):
+    name = "discovery"
+
+    def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
+        super().__init__(env)
+        self.settings = settings
+        self.enabled = settings.gossip_enabled
+        self.interval = settings.gossip_interval
+        self.table: MembershipTable | None = None
+        self.links: dict[str, Link] = {}  # member url -> persistent link
+        self.joins: dict[int, Join] = {}
+        self.waiting: list[JoinRequest] = []  # joins asked before the port is known
+        self.scores: dict[bytes, float] = {}
+        self.rng = random.Random()
+        self.round_timer: Timer | None = None
+        self.next_join = -1  # ids of internal joins (seeds, reconnects) are negative
+        self.seed_retry: Timer | None = None
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.facts["gossip"] = "on" if self.enabled else "off"
+        self.facts["gossip_interval"] = f"{self.interval:g}"
+        self.call_every(max(MIN_INTERVAL, self.settings.gossip_interval), self._expire)
+
+    def _start_table(self, port: int) -> None:
+        s = self.settings
+        url = f"tcp://{url_host(advertise_host(s))}:{port}"
+        self.table = MembershipTable(
+            SigningKey(s.identity.seed),
+            {"control": url},
+            max_members=s.max_members,
+            forget_after=s.member_expiry,
+        )
+        self.facts["advertise"] = url
+        self._facts()
+        self._schedule_round()
+        for host, seed_port in s.bootstrap:
+            self._join(JoinRequest(request=self._internal_id(), host=host, port=seed_port), None)
+        for req in self.waiting:
+            self._join(req, "control")
+        self.waiting.clear()
+
+    def teardown(self) -> None:
+        for join in list(self.joins.values()):
+            self._end_join(join, "cancelled", "the node is stopping")
+        if self.table is None:
+            return
+        left = self.table.mark_left(self.now())
+        targets = [self._link_for(n) for n in self.table.peers()]
+        live = [link for link in targets if link is not None]
+        msg = Gossip(origin=self.table.self_id, records=[left.to_wire()], digest=[], reply=True)
+        for link in live:
+            link.send(msg)
+        # Wait (bounded) for the answers, so the "left" is on the wire before
+        # the sockets close with LINGER 0.
+        poller = zmq.Poller()
+        for link in live:
+            poller.register(link.sock, zmq.POLLIN)
+        waiting = {link.sock for link in live}
+        deadline = self.now() + LEAVE_WAIT
+        while waiting and self.now() < deadline:
+            for sock, _ in poller.poll(max(1, int((deadline - self.now()) * 1000))):
+                waiting.discard(sock)
+                poller.unregister(sock)
+
+    def _internal_id(self) -> int:
+        self.next_join -= 1
+        return self.next_join
+
+    def _facts(self) -> None:
+        t = self.table
+        if t is None:
+            return
+        states = [m.state for m in t.members()]
+        self.facts["members"] = str(len(states))
+        self.facts["members_alive"] = str(sum(1 for s in states if s is MemberState.ALIVE))
+        self.facts["incarnation"] = str(t.local_record().incarnation)
+        for reason, n in t.rejection_counts.items():
+            if n:
+                self.counters[f"rejected-{reason}"] = n
+
+    # -- mail ----------------------------------------------------------------------
+
+    def on_mail(self, msg: codec.Message) -> None:
+        if isinstance(msg, LocalPort):
+            if self.table is None:
+                self._start_table(msg.port)
+        elif isinstance(msg, Inbound):
+            self._on_inbound(msg)
+        elif isinstance(msg, HealthVerdict):
+            self._on_verdict(msg)
+        elif isinstance(msg, Scores):
+            self.scores = dict(zip(msg.node_ids, msg.values, strict=False))
+        elif isinstance(msg, JoinRequest):
+            requester = "control" if msg.request > 0 else None
+            if self.table is None:
+                self.waiting.append(msg)
+            else:
+                self._join(msg, requester)
+        elif isinstance(msg, GossipControl):
+            self._on_control(msg)
+        else:
+            super().on_mail(msg)
+
+    def on_actor_restarted(self, name: str) -> None:
+        if name == "health" and self.table is not None:
+            for member in self.table.members():
+                if member.node_id != self.table.self_id:
+                    self._tell_health(member.node_id)
+
+    def _on_control(self, msg: GossipControl) -> None:
+        if msg.mode == "on":
+            self.enabled = True
+        elif msg.mode == "off":
+            self.enabled = False
+        elif msg.mode == "interval" and MIN_INTERVAL <= msg.interval <= MAX_INTERVAL:
+            self.interval = msg.interval
+        self.facts["gossip"] = "on" if self.enabled else "off"
+        self.facts["gossip_interval"] = f"{self.interval:g}"
+        self._schedule_round()
+        members = len(self.table) if self.table is not None else 1
+        self.tell(
+            "control",
+            GossipState(
+                request=msg.request, enabled=self.enabled, interval=self.interval, members=members
+            ),
+        )
+
+    # -- gossip rounds -------------------------------------------------------------
+
+    def _schedule_round(self) -> None:
+        if self.round_timer is not None:
+            self.round_timer.cancel()
+            self.round_timer = None
+        if self.enabled and self.table is not None:
+            self.round_timer = self.call_every(self.interval, self._round)
+
+    def _expire(self) -> None:
+        if self.table is None:
+            return
+        for node_id in self.table.expire(self.now()):
+            self.tell("health", MemberGone(node_id=node_id))
+            self.count("expired")
+        known = {self._url_of(n) for n in self.table.peers()}
+        for url in [u for u in self.links if u not in known]:
+            self.links.pop(url).close()
+        self._facts()
+
+    def _round(self) -> None:
+        t = self.table
+        if t is None or not self.enabled:
+            return
+        now = self.now()
+        if t.needs_refute:
+            t.refute(now)
+            self.count("refutes")
+        live = t.peers()
+        if not live:
+            self._retry_seeds()
+            return
+        weighted = [(n, min(1.0, max(0.0, self.scores.get(n, DEFAULT_PRIOR)))) for n in live]
+        for node_id in weighted_choice(weighted, self.settings.gossip_fanout, self.rng):
+            self._exchange(node_id)
+        self.count("rounds")
+
+    def _retry_seeds(self) -> None:
+        """Alone: (re)join through the bootstrap seeds not being tried already."""
+        busy = {(j.host, j.port) for j in self.joins.values()}
+        for host, port in self.settings.bootstrap:
+            if (host, port) not in busy and len(self.joins) < MAX_JOINS:
+                self._join(JoinRequest(request=self._internal_id(), host=host, port=port), None)
+
+    def _url_of(self, node_id: bytes) -> str:
+        assert self.table is not None
+        member = self.table.member(node_id)
+        return member.endpoints.get("control", "") if member is not None else ""
+
+    def _link_for(self, node_id: bytes) -> Link | None:
+        url = self._url_of(node_id)
+        if not url:
+            return None
+        link = self.links.get(url)
+        if link is None:
+            link = self.links[url] = Link(self, self.settings, url, self._on_reply)
+        return link
+
+    def _push(self, records: list[MemberRecord], reply: bool) -> Gossip:
+        assert self.table is not None
+        digest = self._digest() if reply else []
+        return Gossip(
+            origin=self.table.self_id,
+            records=[r.to_wire() for r in records],
+            digest=digest,
+            reply=reply,
+        )
+
+    def _digest(self) -> list[bytes]:
+        assert self.table is not None
+        return [
+            pack_digest_entry(node_id, e.incarnation, e.state.value, e.tag)
+            for node_id, e in sorted(self.table.digest().items())
+        ]
+
+    def _exchange(self, node_id: bytes) -> None:
+        assert self.table is not None
+        link = self._link_for(node_id)
+        if link is None:
+            return
+        recent = self.table.records(max_count=PUSH_RECENT, max_bytes=RECORD_BUDGET)
+        self._send(link, self._push(recent, reply=True))
+
+    def _send(self, link: Link, msg: codec.Message) -> None:
+        sent = link.send(msg)
+        if sent:
+            self.count("gossip-sent")
+            self.count("gossip-bytes-out", sent)
+        else:
+            self.count("gossip-not-connected")
+
+    # -- incoming gossip -------------------------------------------------------------
+
+    def _on_inbound(self, msg: Inbound) -> None:
+        if self.table is None:
+            return
+        try:
+            gossip = codec.decode_as(msg.payload, Gossip)
+        except codec.DecodeError as exc:
+            self.count(f"gossip-{exc.kind}")
+            return
+        self.count("gossip-received")
+        self.count("gossip-bytes-in", len(msg.payload))
+        try:
+            claimed = x25519_public_key(gossip.origin)
+        except ValueError:
+            claimed = b""
+        if claimed != msg.peer:
+            self.count("gossip-spoofed")
+            self.log_once(
+                "spoofed",
+                msg.peer_host,
+                "discovery: dropped gossip with a forged origin from %s",
+                msg.peer_host or "unknown",
+            )
+            return
+        self._merge(gossip.records)
+        if gossip.reply:
+            digest = _parse_digest(gossip.digest)
+            if digest is None:
+                self.count("gossip-bad-digest")
+                return
+            records = self.table.records_for(digest, max_bytes=RECORD_BUDGET)
+            reply = GossipReply(
+                origin=self.table.self_id,
+                records=[r.to_wire() for r in records],
+                digest=self._digest(),
+            )
+            data = codec.encode(reply)
+            self.tell("gateway", Outbound(route=msg.route, payload=data))
+            self.count("gossip-bytes-out", len(data))
+
+    def _on_reply(self, msg: codec.Message) -> None:
+        if self.table is None or not isinstance(msg, GossipReply):
+            self.count("gossip-unexpected")
+            return
+        self.count("gossip-replies")
+        self.count("gossip-bytes-in", len(codec.encode(msg)))
+        self._merge(msg.records)
+        digest = _parse_digest(msg.digest)
+        if digest is None:
+            self.count("gossip-bad-digest")
+            return
+        missing = self.table.records_for(digest, max_bytes=RECORD_BUDGET)
+        member = self.table.member(msg.origin)
+        url = member.endpoints.get("control", "") if member is not None else ""
+        link = self.links.get(url) if url else None
+        if missing and link is not None:
+            self._send(link, self._push(missing, reply=False))
+
+    def _merge(self, records: list[bytes]) -> None:
+        assert self.table is not None
+        now = self.now()
+        result = self.table.merge(records, now)
+        for rec in result.changed:
+            self._tell_health(rec.node_id)
+            self.count("records-merged")
+        if result.refute_needed and self.table.needs_refute:
+            self.table.refute(now)
+            self.count("refutes")
+            live = self.table.peers()
+            for node_id in weighted_choice([(n, 0.5) for n in live], 3, self.rng):
+                self._exchange(node_id)
+        for rej in result.rejected:
+            if rej.reason.value not in ("stale", "about_self"):
+                self.log_once(
+                    rej.reason.value,
+                    rej.record.origin.hex()[:16] if rej.record else "?",
+                    "discovery: dropped a membership record (%s)",
+                    rej.reason.value,
+                )
+        self._facts()
+
+    def _tell_health(self, node_id: bytes) -> None:
+        assert self.table is not None
+        member = self.table.member(node_id)
+        if member is None:
+            return
+        self.tell(
+            "health",
+            MemberUpdate(
+                node_id=node_id,
+                state=member.state.value,
+                incarnation=member.incarnation,
+                url=member.endpoints.get("control", ""),
+            ),
+        )
+
+    def _on_verdict(self, msg: HealthVerdict) -> None:
+        t = self.table
+        if t is None or msg.node_id not in t or msg.node_id == t.self_id:
+            return
+        now = self.now()
+        claim = None
+        if msg.state == "suspect":
+            claim = t.mark_suspect(msg.node_id, now)
+        elif msg.state == "dead":
+            claim = t.mark_dead(msg.node_id, now)
+            if claim is not None:
+                log.warning("discovery: member %s declared dead", msg.node_id.hex()[:16])
+        elif msg.state == "alive":
+            # It answers our probes although it is suspect/dead here: talk to it
+            # directly so it learns the claim and refutes it.
+            self._exchange(msg.node_id)
+            self.count("revive-exchanges")
+        if claim is not None:
+            self.count(f"claims-{msg.state}")
+            self._tell_health(msg.node_id)
+            self._facts()
+
+    # -- joining -------------------------------------------------------------------
+
+    def _join(self, req: JoinRequest, requester: str | None) -> None:
+        if len(self.joins) >= MAX_JOINS:
+            if requester is not None:
+                self.tell(
+                    requester,
+                    JoinResult(request=req.request, code="busy", reason="too many joins running"),
+                )
+            return
+        s = self.settings
+        join = Join(
+            request=req.request,
+            host=req.host,
+            port=req.port,
+            requester=requester,
+            backoff=Backoff(
+                min(0.1, s.connect_timeout),
+                max_delay=s.connect_timeout,
+                max_retries=s.max_retries,
+                rng=self.rng,
+            ),
+        )
+        self.joins[req.request] = join
+        self._join_attempt(join)
+
+    def _join_attempt(self, join: Join) -> None:
+        assert self.table is not None
+        join.attempts += 1
+        link = join.link = Link(
+            self,
+            self.settings,
+            join.url,
+            functools.partial(self._on_join_reply, join),
+            monitored=True,
+            on_failure=lambda: self._join_failed(join),
+        )
+        if link.failure:
+            self._end_join(join, link.failure, link.detail)
+            return
+        self._send(link, self._push([self.table.local_record()], reply=True))
+        join.timer = self.call_later(
+            self.settings.connect_timeout, lambda: self._join_timeout(join)
+        )
+        self.count("join-attempts")
+
+    def _on_join_reply(self, join: Join, msg: codec.Message) -> None:
+        if join.request not in self.joins:
+            return
+        link = join.link
+        self._on_reply(msg)
+        if isinstance(msg, GossipReply) and self.table is not None:
+            # Push what the member lacks over this (already connected) link.
+            digest = _parse_digest(msg.digest)
+            if digest is not None and link is not None:
+                missing = self.table.records_for(digest, max_bytes=RECORD_BUDGET)
+                if missing:
+                    self._send(link, self._push(missing, reply=False))
+            self._end_join(join, "ok", f"joined through {join.host}:{join.port}", linger=True)
+
+    def _join_timeout(self, join: Join) -> None:
+        if join.request in self.joins and join.link is not None:
+            join.last = join.link.timeout_reason(self.settings.connect_timeout)
+            self._join_retry(join)
+
+    def _join_failed(self, join: Join) -> None:
+        if join.request not in self.joins or join.link is None:
+            return
+        code, detail = join.link.failure, join.link.detail
+        if code in ("handshake", "not-admitted"):
+            self._end_join(join, code, detail)
+            return
+        join.last = (code, detail)
+        self._join_retry(join)
+
+    def _join_retry(self, join: Join) -> None:
+        if join.timer is not None:
+            join.timer.cancel()
+        if join.link is not None:
+            join.link.close()
+            join.link = None
+        delay = join.backoff.next_delay()
+        if delay is None:
+            self._end_join(join, *join.last)
+            return
+        join.timer = self.call_later(delay, lambda: self._join_attempt(join))
+
+    def _end_join(self, join: Join, code: str, reason: str, linger: bool = False) -> None:
+        if self.joins.pop(join.request, None) is None:
+            return
+        if join.timer is not None:
+            join.timer.cancel()
+        if join.link is not None:
+            link = join.link
+            join.link = None
+            if linger:
+                # Let the final push leave before the socket closes.
+                self.call_later(1.0, link.close)
+            else:
+                link.close()
+        self.count("joins-ok" if code == "ok" else "joins-failed")
+        if code != "ok" and join.requester is None:
+            self.log_once(
+                "seed",
+                f"{join.host}:{join.port}",
+                "discovery: cannot join through %s:%s: %s",
+                join.host,
+                join.port,
+                reason,
+            )
+        if join.requester is not None:
+            members = len(self.table) if self.table is not None else 1
+            self.tell(
+                join.requester,
+                JoinResult(request=join.request, code=code, reason=reason[:512], members=members),
+            )
+
+
+def _parse_digest(entries: list[bytes]) -> dict[bytes, DigestEntry] | None:
+    out: dict[bytes, DigestEntry] = {}
+    try:
+        for raw in entries:
+            node_id, incarnation, state, tag = unpack_digest_entry(raw)
+            out[node_id] = DigestEntry(incarnation, MemberState(state), tag)
+    except ValueError:
+        return None
+    return out

@@ -1,0 +1,627 @@
+"""Health monitor actor: probes every member, scores reliability, checks peers.
+
+Periodic probes. Every ``--health-check-interval`` (I) the actor sends a
+``Ping`` to every member discovery told it about (``MemberUpdate``), over one
+persistent CURVE DEALER per member, and waits for the ``Pong`` for the
+failure detector's probe timeout (the peer's RTO clamped to [50 ms, I/2]).
+Outcomes feed :class:`~peercrypt.core.suspicion.FailureDetector` (SWIM +
+Lifeguard suspicion, ``suspicion_mult`` 1.0) and the peer's
+:class:`~peercrypt.core.reliability.ReliabilityScore`. Verdict changes go to
+discovery (``HealthVerdict``), which signs and gossips them. Dead members
+are still retried, with full-jitter exponential backoff from I up to 8 I, so
+a healed partition or a restarted node is found again.
+
+Dead-detection bound (a member killed at t): declared dead by every node
+that probes it no later than ``t + I + I/2 + max(1, log10 n) * I``, i.e.
+2.5 I for n <= 10 members and 3 I for 32 (see docs/membership.md).
+
+One-shot checks (``CheckRequest``: ``peercrypt health-check``, ``reconnect``
+and the control actor's pre-send check) use a fresh socket with a monitor:
+``Hello`` -> ``HelloReply`` gives the RTT and the peer's fingerprint. An
+attempt fails on connection refused, on no answer within ``--timeout``; a
+failed CURVE handshake (wrong network key) or a ZAP denial is final. Failed
+attempts are retried up to ``--max-retries`` times after full-jitter
+exponential pauses (:class:`~peercrypt.core.backoff.Backoff`, 0.1 s doubling,
+capped at ``--timeout``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from peercrypt.core.backoff import Backoff
+from peercrypt.core.membership import x25519_public_key
+from peercrypt.core.reliability import ReliabilityScore
+from peercrypt.core.suspicion import FailureDetector, Health, Transition
+from peercrypt.crypto.identity import fingerprint
+from peercrypt.runtime.actor import Actor, ActorEnv, Timer
+from peercrypt.settings import NodeSettings
+from peercrypt.wire import codec
+from peercrypt.wire.messages import Hello, HelloReply, Ping, Pong
+from peercrypt.wire.network_messages import (
+    CheckRequest,
+    CheckResult,
+    HealthVerdict,
+    JoinRequest,
+    MemberGone,
+    MemberUpdate,
+    PeersReply,
+    PeersRequest,
+    Scores,
+    TransferOutcome,
+)
+
+log = logging.getLogger("peercrypt.health")
+
+SUSPICION_MULT = 1.0
+DEAD_RETRY_MAX = 8  # dead members are retried at most every 8 health intervals
+MAX_PENDING_PROBES = 8
+MAX_CHECKS = 64
+PAUSE_INITIAL = 0.1
+MONITOR_EVENTS = (
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_link_ids = itertools.count()
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def address_of(url: str) -> str:
+    """``tcp://host:port`` -> ``host:port``."""
+    return url.removeprefix("tcp://")
+
+
+def same_address(url: str, host: str, port: int) -> bool:
+    """Does a member's URL name HOST:PORT (``localhost`` = ``127.0.0.1``)?"""
+
+    def norm(h: str) -> str:
+        h = h.strip("[]").lower()
+        return "127.0.0.1" if h in ("localhost", "::1") else h
+
+    mhost, _, mport = address_of(url).rpartition(":")
+    return mport == str(port) and norm(mhost) == norm(host)
+
+
+class Link:
+    """A CURVE DEALER from ``actor`` to a peer's public port.
+
+    Messages from the peer go to ``on_message``. With ``monitored`` a socket
+    monitor classifies failures into :attr:`failure` ("unreachable",
+    "handshake", "not-admitted") and calls ``on_failure``. Persistent member
+    links are not monitored and do not queue to a peer that is not
+    connected (``ZMQ_IMMEDIATE``): a probe to it simply goes unanswered.
+    """
+
+    def __init__(
+        self,
+        actor: Actor,
+        settings: NodeSettings,
+        url: str,
+        on_message: Callable[[codec.Message], None],
+        *,
+        monitored: bool = False,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
+        self.actor = actor
+        self.url = url
+        self.on_message = on_message
+        self.on_failure = on_failure
+        self.failure = ""
+        self.detail = ""
+        self.connected = False
+        self.handshaken = False
+        self.closed = False
+        self.created = actor.now()
+        sock = self.sock = actor.socket(zmq.DEALER)
+        sock.curve_serverkey = settings.server_keys.z85_public
+        sock.curve_publickey = settings.identity.z85_public
+        sock.curve_secretkey = settings.identity.z85_secret
+        sock.maxmsgsize = 64 * 1024 + 1024
+        sock.reconnect_ivl = 100
+        sock.reconnect_ivl_max = 2000
+        sock.sndhwm = 64
+        sock.rcvhwm = 256
+        if not monitored:
+            sock.immediate = True
+        self.monitor: zmq.Socket[Any] | None = None
+        if monitored:
+            address = f"inproc://pc-{actor.env.node_uid}/{actor.name}-link/{next(_link_ids)}"
+            sock.monitor(address, MONITOR_EVENTS)
+            self.monitor = actor.socket(zmq.PAIR)
+            self.monitor.connect(address)
+            actor.watch(self.monitor, self._on_monitor)
+        actor.watch(sock, self._on_readable)
+        try:
+            sock.connect(url)
+        except zmq.ZMQError as exc:
+            self.failure = "local"
+            self.detail = f"invalid address {address_of(url)}: {exc.strerror}"
+
+    def send(self, msg: codec.Message) -> int:
+        """Queue ``msg``; returns the bytes sent, 0 if it could not be queued."""
+        if self.closed or self.failure:
+            return 0
+        data = codec.encode(msg)
+        try:
+            self.sock.send(data, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return 0
+        return len(data)
+
+    def _on_readable(self, _sock: object = None) -> None:
+        for _ in range(64):
+            if self.closed:
+                return
+            try:
+                data = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = codec.decode(data)
+            except codec.DecodeError as exc:
+                self.actor.count(f"reply-{exc.kind}")
+                continue
+            self.on_message(msg)
+
+    def _on_monitor(self, _sock: object = None) -> None:
+        while not self.closed and self.monitor is not None:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            peer = address_of(self.url)
+            if event == zmq.EVENT_CONNECTED:
+                self.connected = True
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshaken = True
+            elif event == zmq.EVENT_CONNECT_RETRIED and not self.connected:
+                self._fail("unreachable", f"cannot connect to {peer} (connection refused)")
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._fail(
+                    "not-admitted", f"{peer} did not admit this node (not on its allow-list)"
+                )
+            elif not self.handshaken and event in (
+                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                zmq.EVENT_DISCONNECTED,
+            ):
+                self._fail(
+                    "handshake",
+                    f"handshake with {peer} failed: wrong network key, or not a PeerCrypt node",
+                )
+
+    def _fail(self, code: str, detail: str) -> None:
+        if self.failure:
+            return
+        self.failure, self.detail = code, detail
+        if self.on_failure is not None:
+            self.on_failure()
+
+    def timeout_reason(self, seconds: float) -> tuple[str, str]:
+        """(code, reason) for an attempt that got no answer in time."""
+        peer = address_of(self.url)
+        if not self.connected:
+            return "unreachable", f"cannot connect to {peer} (no node listening there?)"
+        if self.monitor is not None and not self.handshaken:
+            return "timeout", f"{peer} accepted the connection but did not complete the handshake"
+        return "timeout", f"{peer} did not answer within {seconds:g} s"
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.sock.disable_monitor()
+            self.actor.close_socket(self.monitor)
+        self.actor.close_socket(self.sock)
+
+
+@dataclass
+class Member:
+    node_id: bytes
+    url: str
+    state: str
+    incarnation: int
+    score: ReliabilityScore = field(default_factory=ReliabilityScore)
+    link: Link | None = None
+    pending: dict[int, tuple[float, bool]] = field(default_factory=dict)  # seq -> (sent, failed)
+    retry: Backoff | None = None
+    next_retry: float = 0.0
+    transfers_ok: int = 0
+    transfers_failed: int = 0
+    told_alive: float = 0.0
+
+    @property
+    def fingerprint(self) -> str:
+        try:
+            return fingerprint(x25519_public_key(self.node_id))
+        except ValueError:
+            return self.node_id.hex()[:16]
+
+
+@dataclass
+class Check:
+    request: CheckRequest
+    requester: str
+    started: float
+    backoff: Backoff
+    link: Link | None = None
+    sent_at: float = 0.0
+    attempts: int = 0
+    timer: Timer | None = None
+    last: tuple[str, str] = ("unreachable", "")
+
+
+class HealthActor(Actor):
+    name = "health"
+
+    def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
+        super().__init__(env)
+        self.settings = settings
+        self.interval = settings.health_interval
+        self.detector: FailureDetector[bytes] = FailureDetector(
+            self.interval, suspicion_mult=SUSPICION_MULT
+        )
+        self.members: dict[bytes, Member] = {}
+        self.checks: dict[int, Check] = {}
+        self.seq = itertools.count(1)
+        self.rng = random.Random()
+
+    def setup(self) -> None:
+        self.call_every(self.interval, self._round)
+        self.call_every(min(0.1, self.interval / 10), self._tick)
+        self.facts["health_interval"] = f"{self.interval:g}"
+        self.facts["detection_bound"] = f"{self.detector.detection_bound():.3g}"
+
+    def teardown(self) -> None:
+        for check in list(self.checks.values()):
+            self._finish(check, "cancelled", "the node is stopping")
+
+    # -- mail -------------------------------------------------------------------
+
+    def on_mail(self, msg: codec.Message) -> None:
+        if isinstance(msg, MemberUpdate):
+            self._on_member(msg)
+        elif isinstance(msg, MemberGone):
+            self._forget(msg.node_id)
+        elif isinstance(msg, PeersRequest):
+            self.tell("control", PeersReply(request=msg.request, peers=self._peer_list()))
+        elif isinstance(msg, CheckRequest):
+            self._start_check(msg, "control")
+        elif isinstance(msg, TransferOutcome):
+            self._on_transfer(msg)
+        else:
+            super().on_mail(msg)
+
+    def on_actor_restarted(self, name: str) -> None:
+        if name == "control":
+            for check in list(self.checks.values()):
+                self._finish(check, "cancelled", "the control actor restarted", reply=False)
+
+    def _on_member(self, msg: MemberUpdate) -> None:
+        m = self.members.get(msg.node_id)
+        if m is None:
+            if msg.state == "left" or not msg.url:
+                return
+            m = self.members[msg.node_id] = Member(msg.node_id, msg.url, msg.state, msg.incarnation)
+            self.detector.add_peer(msg.node_id, self.now())
+            self.count("members-added")
+            # Connect now, so the first probe finds the link established.
+            m.link = Link(self, self.settings, m.url, functools.partial(self._on_reply, m.node_id))
+        revived = msg.incarnation > m.incarnation and msg.state == "alive"
+        m.state, m.incarnation = msg.state, msg.incarnation
+        if msg.url and msg.url != m.url:
+            m.url = msg.url
+            self._drop_link(m)
+            revived = True
+        if revived:
+            # A new incarnation (refuted or restarted): probe it now, not at backoff.
+            m.retry, m.next_retry = None, 0.0
+        if msg.state == "left":
+            self._forget(msg.node_id)
+        self.facts["health_peers"] = str(len(self.members))
+
+    def _forget(self, node_id: bytes) -> None:
+        m = self.members.pop(node_id, None)
+        if m is not None:
+            self._drop_link(m)
+            self.detector.remove_peer(node_id)
+        self.facts["health_peers"] = str(len(self.members))
+
+    def _drop_link(self, m: Member) -> None:
+        if m.link is not None:
+            m.link.close()
+            m.link = None
+        m.pending.clear()
+
+    def _on_transfer(self, msg: TransferOutcome) -> None:
+        for m in self.members.values():
+            if same_address(m.url, msg.host, msg.port):
+                m.score.record_transfer(msg.ok)
+                if msg.ok:
+                    m.transfers_ok += 1
+                else:
+                    m.transfers_failed += 1
+                self.count("transfers-scored")
+
+    # -- periodic probes ----------------------------------------------------------
+
+    def _round(self) -> None:
+        now = self.now()
+        for m in list(self.members.values()):
+            inactive = m.state == "dead" or self.detector.health(m.node_id) is Health.DEAD
+            if inactive:
+                if now < m.next_retry:
+                    continue
+                if m.retry is None:
+                    m.retry = Backoff(
+                        self.interval,
+                        max_delay=self.interval * DEAD_RETRY_MAX,
+                        max_retries=2**31,
+                        rng=self.rng,
+                    )
+                m.next_retry = now + (m.retry.next_delay() or self.interval)
+            self._probe(m, now)
+        ids = sorted(self.members)
+        if ids:
+            self.tell(
+                "discovery",
+                Scores(node_ids=ids, values=[self.members[i].score.value for i in ids]),
+            )
+
+    def _probe(self, m: Member, now: float) -> None:
+        if m.link is None:
+            m.link = Link(self, self.settings, m.url, functools.partial(self._on_reply, m.node_id))
+        seq = next(self.seq)
+        while len(m.pending) >= MAX_PENDING_PROBES:
+            del m.pending[min(m.pending)]
+        if not m.link.send(Ping(seq=seq)) and now - m.link.created < 2 * self.interval + 1.0:
+            self.count("pings-skipped-connecting")  # a new link: no verdict yet
+            return
+        m.pending[seq] = (now, False)
+        self.count("pings")
+        timeout = self.detector.probe_timeout(m.node_id)
+        self.call_later(timeout, functools.partial(self._probe_timeout, m.node_id, seq))
+
+    def _on_reply(self, node_id: bytes, msg: codec.Message) -> None:
+        m = self.members.get(node_id)
+        if m is None or not isinstance(msg, Pong):
+            self.count("replies-unexpected")
+            return
+        entry = m.pending.pop(msg.seq, None)
+        if entry is None:
+            return
+        now = self.now()
+        sent, failed = entry
+        self.count("pongs" if not failed else "pongs-late")
+        m.score.record_ping(True)
+        m.retry, m.next_retry = None, 0.0
+        self._transition(self.detector.on_probe_ok(node_id, now - sent, now))
+        if m.state in ("suspect", "dead") and now - m.told_alive >= self.interval:
+            # It answers although membership says otherwise: let discovery talk
+            # to it so that it refutes the claim with a higher incarnation.
+            m.told_alive = now
+            self.tell("discovery", HealthVerdict(node_id=node_id, state="alive"))
+
+    def _probe_timeout(self, node_id: bytes, seq: int) -> None:
+        m = self.members.get(node_id)
+        if m is None or seq not in m.pending:
+            return
+        sent, failed = m.pending[seq]
+        if failed:
+            return
+        m.pending[seq] = (sent, True)
+        self.count("ping-timeouts")
+        m.score.record_ping(False)
+        self._transition(self.detector.on_probe_failed(node_id, self.now()))
+
+    def _tick(self) -> None:
+        for t in self.detector.tick(self.now()):
+            self._transition(t)
+
+    def _transition(self, t: Transition[bytes] | None) -> None:
+        if t is None:
+            return
+        m = self.members.get(t.peer)
+        who = m.fingerprint if m is not None else t.peer.hex()[:16]
+        self.count(f"became-{t.new}")
+        if t.new is Health.DEAD:
+            log.warning("health: peer %s is dead (no answer)", who)
+        else:
+            log.info("health: peer %s is %s (%s)", who, t.new, t.reason)
+        self.tell("discovery", HealthVerdict(node_id=t.peer, state=str(t.new)))
+
+    # -- listing -------------------------------------------------------------------
+
+    def _peer_list(self) -> list[dict[str, str]]:
+        now = self.now()
+        rows: list[tuple[float, str, dict[str, str]]] = []
+        for m in self.members.values():
+            st = self.detector.status(m.node_id)
+            state = _worst(m.state, str(st.health))
+            seen = "" if st.last_seen is None else f"{max(0.0, now - st.last_seen):.1f}"
+            row = {
+                "id": m.fingerprint,
+                "address": address_of(m.url),
+                "state": state,
+                "membership": m.state,
+                "health": str(st.health),
+                "rtt_ms": "" if st.srtt is None else f"{st.srtt * 1000:.2f}",
+                "rttvar_ms": "" if st.rttvar is None else f"{st.rttvar * 1000:.2f}",
+                "failures": str(st.failures),
+                "total_failures": str(st.total_failures),
+                "reliability": f"{m.score.value:.3f}",
+                "last_seen": seen,
+                "incarnation": str(m.incarnation),
+                "transfers_ok": str(m.transfers_ok),
+                "transfers_failed": str(m.transfers_failed),
+            }
+            rows.append((-m.score.value, m.fingerprint, row))
+        rows.sort(key=lambda r: (r[0], r[1]))
+        return [r[2] for r in rows[:512]]
+
+    # -- one-shot checks -----------------------------------------------------------
+
+    def _start_check(self, req: CheckRequest, requester: str) -> None:
+        if len(self.checks) >= MAX_CHECKS:
+            self.tell(
+                requester,
+                CheckResult(request=req.request, code="busy", reason="too many checks running"),
+            )
+            return
+        s = self.settings
+        check = Check(
+            request=req,
+            requester=requester,
+            started=self.now(),
+            backoff=Backoff(
+                min(PAUSE_INITIAL, s.connect_timeout),
+                max_delay=s.connect_timeout,
+                max_retries=s.max_retries,
+                rng=self.rng,
+            ),
+        )
+        self.checks[req.request] = check
+        if req.reconnect:
+            for m in self.members.values():
+                if same_address(m.url, req.host, req.port):
+                    self._drop_link(m)
+                    m.retry, m.next_retry = None, 0.0
+        self._attempt(check)
+
+    def _attempt(self, check: Check) -> None:
+        req = check.request
+        url = f"tcp://{url_host(req.host)}:{req.port}"
+        check.attempts += 1
+        check.link = Link(
+            self,
+            self.settings,
+            url,
+            functools.partial(self._on_check_reply, check),
+            monitored=True,
+            on_failure=lambda: self._attempt_failed(check),
+        )
+        if check.link.failure:
+            self._finish(check, check.link.failure, check.link.detail)
+            return
+        check.sent_at = self.now()
+        check.link.send(Hello())
+        check.timer = self.call_later(self._attempt_timeout(check), lambda: self._on_timeout(check))
+        self.count("checks")
+
+    def _attempt_timeout(self, check: Check) -> float:
+        timeout = self.settings.connect_timeout
+        if check.request.budget > 0:
+            left = check.request.budget - (self.now() - check.started)
+            timeout = max(0.05, min(timeout, left))
+        return timeout
+
+    def _on_check_reply(self, check: Check, msg: codec.Message) -> None:
+        if check.request.request not in self.checks or not isinstance(msg, HelloReply):
+            return
+        rtt = self.now() - check.sent_at
+        fp = fingerprint(msg.node_id)
+        self._finish(check, "ok", f"{check.request.host}:{check.request.port} answered", rtt, fp)
+
+    def _on_timeout(self, check: Check) -> None:
+        if check.request.request not in self.checks or check.link is None:
+            return
+        check.last = check.link.timeout_reason(self._attempt_timeout(check))
+        if check.last[0] == "timeout":
+            # The host is up (TCP connected) but silent: retrying this check
+            # adds nothing; the periodic probes judge slow peers.
+            self._finish(check, *check.last)
+            return
+        self._retry(check)
+
+    def _attempt_failed(self, check: Check) -> None:
+        if check.request.request not in self.checks or check.link is None:
+            return
+        code, detail = check.link.failure, check.link.detail
+        if code in ("handshake", "not-admitted"):
+            self._finish(check, code, detail)  # definitive: retrying cannot help
+            return
+        check.last = (code, detail)
+        self._retry(check)
+
+    def _retry(self, check: Check) -> None:
+        if check.timer is not None:
+            check.timer.cancel()
+        if check.link is not None:
+            check.link.close()
+            check.link = None
+        delay = check.backoff.next_delay()
+        budget = check.request.budget
+        elapsed = self.now() - check.started
+        if delay is None or (budget > 0 and elapsed + delay >= budget):
+            code, reason = check.last
+            self._finish(check, code, reason)
+            return
+        self.count("check-retries")
+        check.timer = self.call_later(delay, lambda: self._attempt(check))
+
+    def _finish(
+        self,
+        check: Check,
+        code: str,
+        reason: str,
+        rtt: float = 0.0,
+        fp: str = "",
+        reply: bool = True,
+    ) -> None:
+        req = check.request
+        if self.checks.pop(req.request, None) is None:
+            return
+        if check.timer is not None:
+            check.timer.cancel()
+        if check.link is not None:
+            check.link.close()
+            check.link = None
+        ok = code == "ok"
+        self.count("checks-ok" if ok else "checks-failed")
+        for m in self.members.values():
+            if same_address(m.url, req.host, req.port):
+                m.score.record_ping(ok)
+                if ok:
+                    m.retry, m.next_retry = None, 0.0
+        if ok and req.reconnect:
+            self.tell("discovery", JoinRequest(request=0, host=req.host, port=req.port))
+        if reply:
+            self.tell(
+                check.requester,
+                CheckResult(
+                    request=req.request,
+                    code=code,
+                    reason=reason[:512],
+                    rtt=rtt,
+                    fingerprint=fp,
+                    attempts=check.attempts,
+                ),
+            )
+
+
+_RANK = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}
+
+
+def _worst(a: str, b: str) -> str:
+    """The worse of the membership state and the local verdict."""
+    return a if _RANK.get(a, 0) >= _RANK.get(b, 0) else b

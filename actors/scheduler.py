@@ -1,0 +1,231 @@
+"""Scheduler actor: every flow decision of the node.
+
+- Resolves each send's policy (mode and parameters) from the node's live
+  defaults and the send's own overrides, then hands it to the sender.
+- Paces flows that need it (token-bucket mode, any flow while the node has a
+  ``--max-rate``, qos priorities): the sender reports what each could send
+  now (``FlowDemand``), the scheduler answers with byte grants
+  (``FlowGrant``) computed by :class:`~peercrypt.core.grants.GrantPlanner`
+  every few milliseconds while someone waits.
+- Live settings (``SettingRequest``): node default mode, max-rate, one or
+  every running transfer's rate, AIMD defaults and detectors, lanes.
+
+Unpaced flows (normal, aimd, parallel without a node cap) never wait for
+it: their acks and credit are the only clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from peercrypt.core.grants import GrantPlanner
+from peercrypt.core.modes import Policy, PolicyError, with_overrides
+from peercrypt.runtime.actor import Actor, ActorEnv, Timer
+from peercrypt.settings import NodeSettings
+from peercrypt.wire import codec
+from peercrypt.wire.messages import (
+    FlowDemand,
+    FlowEnd,
+    FlowGrant,
+    FlowPacing,
+    FlowStart,
+    SendRequest,
+    SendResult,
+    SettingReply,
+    SettingRequest,
+)
+
+log = logging.getLogger("peercrypt.scheduler")
+
+TICK = 0.005  # seconds between grant rounds while a flow waits
+MIN_TICK = 0.0005
+MIN_GRANT = 64 * 1024  # smallest bucket the scheduler makes
+_POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
+# congestion KEY -> Policy field, and how to read the value
+_CONGESTION = {
+    "window": ("window_kb", int),
+    "min-window": ("min_window_kb", int),
+    "max-window": ("max_window_kb", int),
+    "threshold": ("ack_threshold", int),
+    "timeout": ("timeout_detect", "onoff"),
+    "dupack": ("dupack_detect", "onoff"),
+}
+
+
+def _on_off(value: str) -> bool:
+    if value.lower() in ("on", "true", "yes", "1"):
+        return True
+    if value.lower() in ("off", "false", "no", "0"):
+        return False
+    raise PolicyError(f"expected on or off, got {value!r}")
+
+
+class SchedulerActor(Actor):
+    name = "scheduler"
+
+    def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
+        super().__init__(env)
+        self.settings = settings
+        self.defaults = settings.policy
+        self.planner: GrantPlanner[int] = GrantPlanner()
+        self.ticker: Timer | None = None
+        self.flows: dict[int, FlowStart] = {}  # every running transfer, paced or not
+
+    def setup(self) -> None:
+        if self.settings.max_rate:
+            self.planner.set_node_rate(
+                self.settings.max_rate, self._node_burst(self.settings.max_rate), self.now()
+            )
+        self._publish()
+
+    def _node_burst(self, rate: int) -> int:
+        # A tenth of a second at the cap (grants add up in the sender, so a
+        # bucket smaller than a chunk only delays that chunk, never blocks it).
+        return max(rate // 10, MIN_GRANT)
+
+    def _publish(self) -> None:
+        self.facts["mode"] = self.defaults.mode
+        self.facts["max_rate"] = str(self.planner.node_rate and int(self.planner.node_rate))
+        self.facts["aimd"] = (
+            f"w={self.defaults.window_kb} min={self.defaults.min_window_kb} "
+            f"max={self.defaults.max_window_kb} KB threshold={self.defaults.ack_threshold} "
+            f"timeout={'on' if self.defaults.timeout_detect else 'off'} "
+            f"dupack={'on' if self.defaults.dupack_detect else 'off'}"
+        )
+
+    # -- sends ------------------------------------------------------------------
+
+    def on_mail(self, msg: codec.Message) -> None:
+        if isinstance(msg, SendRequest):
+            self._resolve(msg)
+        elif isinstance(msg, FlowStart):
+            self.flows[msg.request] = msg
+            self._pace(msg)
+        elif isinstance(msg, FlowDemand):
+            if msg.request in self.planner.flows():
+                self.planner.demand(msg.request, msg.nbytes)
+                self._arm()
+        elif isinstance(msg, FlowEnd):
+            self.flows.pop(msg.request, None)
+            self.planner.remove(msg.request)
+        elif isinstance(msg, SettingRequest):
+            self.tell("control", self._setting(msg))
+        else:
+            super().on_mail(msg)
+
+    def _resolve(self, req: SendRequest) -> None:
+        overrides = {name: getattr(req, name) for name in _POLICY_FIELDS}
+        try:
+            policy = with_overrides(self.defaults, **overrides)
+        except PolicyError as exc:
+            self.tell(
+                "control",
+                SendResult(
+                    request=req.request,
+                    code="local",
+                    reason=str(exc)[:500],
+                    size=0,
+                    digest=b"",
+                    stored_as="",
+                ),
+            )
+            return
+        self.tell("sender", dataclasses.replace(req, **dataclasses.asdict(policy)))
+
+    # -- grants -----------------------------------------------------------------
+
+    def _pace(self, flow: FlowStart) -> None:
+        """Pace a flow iff it has its own rate or the node has a cap; tell the
+        sender when that differs from what it assumed."""
+        paced = flow.rate > 0 or self.planner.node_rate > 0
+        known = flow.request in self.planner.flows()
+        if paced and not known:
+            self.planner.add(flow.request, flow.priority, flow.rate, flow.burst, self.now())
+        elif not paced and known:
+            self.planner.remove(flow.request)
+        if paced != flow.paced:
+            self.flows[flow.request] = dataclasses.replace(flow, paced=paced)
+            self.tell("sender", FlowPacing(request=flow.request, paced=paced))
+
+    def _arm(self) -> None:
+        if self.ticker is None:
+            # Every TICK, or sooner when a bucket would overflow before then
+            # (a small bucket at a high rate): when it is half full, so that
+            # the poll loop's millisecond granularity loses no tokens.
+            full = self.planner.next_full(self.now(), 0.5)
+            delay = TICK if full is None else max(MIN_TICK, min(TICK, full))
+            self.ticker = self.call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        self.ticker = None
+        for request, nbytes in self.planner.tick(self.now()).items():
+            self.tell("sender", FlowGrant(request=request, nbytes=nbytes))
+        if self.planner.waiting:
+            self._arm()
+
+    # -- live settings ------------------------------------------------------------
+
+    def _setting(self, req: SettingRequest) -> SettingReply:
+        try:
+            text = self._apply(req)
+        except (PolicyError, ValueError, KeyError) as exc:
+            return SettingReply(request=req.request, ok=False, text=str(exc)[:500])
+        self._publish()
+        self.report()  # before the reply, so a status right after it shows the change
+        return SettingReply(request=req.request, ok=True, text=text, settings=dict(self.facts))
+
+    def _apply(self, req: SettingRequest) -> str:
+        name, value, now = req.name, req.value.strip(), self.now()
+        if name == "mode":
+            self.defaults = with_overrides(self.defaults, mode=value)
+            return f"default mode is now {value}"
+        if name == "max-rate":
+            rate = _non_negative(value, "max-rate")
+            self.planner.set_node_rate(rate, self._node_burst(rate), now)
+            for flow in list(self.flows.values()):
+                self._pace(flow)
+            return f"node rate cap {'removed' if rate == 0 else f'is now {rate} bytes/s'}"
+        if name == "rate":
+            rate = _non_negative(value, "rate")
+            if req.transfer and req.transfer not in self.flows:
+                raise PolicyError(f"no running transfer {req.transfer}")
+            targets = [req.transfer] if req.transfer else list(self.flows)
+            for request in targets:
+                burst = max(rate, MIN_GRANT)
+                flow = self.flows[request] = dataclasses.replace(
+                    self.flows[request], rate=rate, burst=burst
+                )
+                self._pace(flow)
+                if request in self.planner.flows():
+                    self.planner.set_rate(request, rate, burst, now)
+            return f"rate of {len(targets)} transfer(s) is now {rate} bytes/s"
+        if name == "lanes":
+            self.defaults = with_overrides(self.defaults, lanes=int(value))
+            return f"default parallel lanes: {value}"
+        if name.startswith("congestion."):
+            key = name.removeprefix("congestion.")
+            if key not in _CONGESTION:
+                raise PolicyError(f"unknown congestion setting {key!r}")
+            field_name, kind = _CONGESTION[key]
+            parsed: object = _on_off(value) if kind == "onoff" else _positive(value, key)
+            self.defaults = with_overrides(self.defaults, **{field_name: parsed})
+            return f"congestion {key} is now {value}"
+        raise PolicyError(f"unknown setting {name!r}")
+
+
+def _non_negative(value: str, what: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise PolicyError(f"{what} must be a whole number of bytes per second") from None
+    if number < 0:
+        raise PolicyError(f"{what} must be >= 0")
+    return number
+
+
+def _positive(value: str, what: str) -> int:
+    number = _non_negative(value, what)
+    if number == 0:
+        raise PolicyError(f"{what} must be > 0")
+    return number

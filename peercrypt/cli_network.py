@@ -1,0 +1,215 @@
+"""CLI commands of discovery and health monitoring (attached to ``main``).
+
+``peers`` (alias ``list-peers``), ``join``, ``health-check``, ``reconnect``
+and ``gossip`` talk to the running node of the data directory;
+``health-check`` falls back to a temporary send-only node like ``send``.
+Exit codes follow :mod:`peercrypt.errors`: 0 ok, 1 no node running (or it
+failed), 2 usage, 3 unreachable, 4 not admitted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from peercrypt import errors
+from peercrypt.cli import UserError, _local_node, main, network_key_option, open_option
+from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.wire import codec
+from peercrypt.wire.messages import ErrorReply
+from peercrypt.wire.network_messages import (
+    CheckRequest,
+    CheckResult,
+    GossipControl,
+    GossipState,
+    JoinRequest,
+    JoinResult,
+    PeersReply,
+    PeersRequest,
+)
+
+# Long enough for the node's own bounded retries (max-retries x timeout).
+REPLY_TIMEOUT = 300.0
+COLUMNS = (
+    ("id", 39),
+    ("address", 21),
+    ("state", 8),
+    ("rtt_ms", 9),
+    ("failures", 8),
+    ("reliability", 11),
+    ("last_seen", 9),
+)
+
+
+def _call(client: ControlClient, msg: codec.Message, want: type[Any], timeout: float) -> Any:
+    """Send one request and return its reply of type ``want``."""
+    client.send(msg)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UserError("the local node did not answer in time", errors.FAILED)
+        try:
+            reply = client.receive(min(1.0, left))
+        except NodeUnavailable:
+            if not client.node_alive():
+                raise UserError("the local node stopped", errors.FAILED) from None
+            continue
+        if isinstance(reply, ErrorReply):
+            raise UserError(f"the local node refused: {reply.reason}", errors.FAILED)
+        if isinstance(reply, want):
+            return reply
+
+
+def _ask(obj: dict[str, Any], msg: codec.Message, want: type[Any], timeout: float) -> Any:
+    data_dir: Path = obj["data_dir"]
+    try:
+        client = ControlClient.for_data_dir(data_dir)
+    except NodeUnavailable as exc:
+        raise UserError(f"{exc} (start one with `peercrypt node`)", errors.FAILED) from None
+    with client:
+        return _call(client, msg, want, timeout)
+
+
+def _peers(obj: dict[str, Any], as_json: bool) -> None:
+    reply: PeersReply = _ask(obj, PeersRequest(request=1), PeersReply, 10.0)
+    if as_json:
+        click.echo(json.dumps(reply.peers))
+        return
+    if not reply.peers:
+        click.echo("no peers known (join one with `peercrypt join HOST PORT`)")
+        return
+    click.echo("  ".join(name.upper().ljust(width) for name, width in COLUMNS).rstrip())
+    for row in reply.peers:
+        cells = []
+        for name, width in COLUMNS:
+            value = row.get(name, "") or "-"
+            if name == "last_seen" and value != "-":
+                value = f"{value}s ago"
+            cells.append(value.ljust(width))
+        click.echo("  ".join(cells).rstrip())
+
+
+@main.command("peers")
+@click.option("--json", "as_json", is_flag=True, help="Print the peers as a JSON list.")
+@click.pass_obj
+def peers(obj: dict[str, Any], as_json: bool) -> None:
+    """List known peers: id, address, state, RTT, failures, reliability, last seen."""
+    _peers(obj, as_json)
+
+
+@main.command("list-peers", hidden=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the peers as a JSON list.")
+@click.pass_obj
+def list_peers(obj: dict[str, Any], as_json: bool) -> None:
+    """Alias of `peers`."""
+    _peers(obj, as_json)
+
+
+@main.command("join")
+@click.argument("host")
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.pass_obj
+def join(obj: dict[str, Any], host: str, port: int) -> None:
+    """Join the network through the member at HOST PORT."""
+    result: JoinResult = _ask(
+        obj, JoinRequest(request=1, host=host, port=port), JoinResult, REPLY_TIMEOUT
+    )
+    if result.code != "ok":
+        raise UserError(f"cannot join through {host}:{port}: {result.reason}", _exit(result.code))
+    click.echo(f"joined through {host}:{port}; {result.members} members known so far")
+
+
+def _exit(code: str) -> int:
+    return errors.FAILED if code == "local" else errors.exit_code(code)
+
+
+def _report_check(result: CheckResult, host: str, port: int, verb: str) -> None:
+    if result.code != "ok":
+        raise UserError(result.reason or f"{host}:{port} is not reachable", _exit(result.code))
+    tries = f" (after {result.attempts} attempts)" if result.attempts > 1 else ""
+    click.echo(
+        f"{verb} {host}:{port}: node {result.fingerprint}, rtt {result.rtt * 1000:.2f} ms{tries}"
+    )
+
+
+@main.command("health-check")
+@click.argument("host")
+@click.argument("port", type=click.IntRange(1, 65535))
+@network_key_option
+@open_option
+@click.pass_obj
+def health_check(
+    obj: dict[str, Any], host: str, port: int, network_key: str | None, open_network: bool
+) -> None:
+    """Check the node at HOST PORT now: RTT, or why not (exit 3/4)."""
+    with _local_node(obj, network_key, open_network) as client:
+        result: CheckResult = _call(
+            client, CheckRequest(request=1, host=host, port=port), CheckResult, REPLY_TIMEOUT
+        )
+    _report_check(result, host, port, "alive")
+
+
+@main.command("reconnect")
+@click.argument("host")
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.pass_obj
+def reconnect(obj: dict[str, Any], host: str, port: int) -> None:
+    """Drop the connection to HOST PORT and try again now (with retries)."""
+    result: CheckResult = _ask(
+        obj,
+        CheckRequest(request=1, host=host, port=port, reconnect=True),
+        CheckResult,
+        REPLY_TIMEOUT,
+    )
+    _report_check(result, host, port, "reconnected to")
+
+
+@main.command("gossip")
+@click.argument("action", required=False, metavar="[on|off|interval N|N]")
+@click.argument("value", required=False)
+@click.pass_obj
+def gossip(obj: dict[str, Any], action: str | None, value: str | None) -> None:
+    """Turn gossip on or off, or set its interval in seconds, live."""
+    mode, interval = _gossip_args(action, value)
+    state: GossipState = _ask(
+        obj, GossipControl(request=1, mode=mode, interval=interval), GossipState, 10.0
+    )
+    if mode == "interval" and abs(state.interval - interval) > 1e-9:
+        raise UserError(f"the node refused the interval {interval:g}", errors.USAGE)
+    click.echo(
+        f"gossip {'on' if state.enabled else 'off'}, every {state.interval:g} s, "
+        f"{state.members} members known"
+    )
+
+
+def _gossip_args(action: str | None, value: str | None) -> tuple[str, float]:
+    if action is None:
+        return "show", 0.0
+    word = action.lower()
+    if word in ("on", "off"):
+        if value is not None:
+            raise UserError(f"`gossip {word}` takes no value", errors.USAGE)
+        return word, 0.0
+    text = value if word == "interval" else action
+    if word == "interval" and value is None:
+        raise UserError("`gossip interval` needs seconds, e.g. `gossip interval 2`", errors.USAGE)
+    if word != "interval" and value is not None:
+        raise UserError(
+            f"unknown gossip action {action!r}: use on, off or interval N", errors.USAGE
+        )
+    try:
+        seconds = float(text or "")
+    except ValueError:
+        raise UserError(
+            f"unknown gossip action {action!r}: use on, off or interval N", errors.USAGE
+        ) from None
+    if not 0.01 <= seconds <= 3600:
+        raise UserError(
+            f"gossip interval must be within 0.01..3600 s, got {seconds:g}", errors.USAGE
+        )
+    return "interval", seconds

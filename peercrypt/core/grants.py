@@ -1,0 +1,120 @@
+"""Byte grants for paced transfers: per-transfer token buckets, a node-wide
+rate cap, and weighted fair sharing of that cap.
+
+Pure (time passed in). The scheduler actor calls :meth:`GrantPlanner.tick`
+every few milliseconds while some flow waits; flows report what they could
+send now with :meth:`demand`; grants come back as bytes per flow.
+
+Per tick, for each flow with demand: its own bucket (token-bucket mode)
+bounds what it may take; the node bucket (``--max-rate``) bounds the total,
+split by :class:`~peercrypt.core.wfq.FairShare` in proportion to the flows'
+priorities (1:2:3). Buckets are charged only for bytes actually granted, so a
+flow that stops asking accrues tokens only up to its bucket size. A grant is
+credited to the flow's balance; the sender spends it per chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from peercrypt.core.token_bucket import TokenBucket
+from peercrypt.core.wfq import FairShare
+
+K = TypeVar("K", bound=Hashable)
+
+
+@dataclass
+class _Flow:
+    bucket: TokenBucket | None
+    wanted: int = 0
+
+
+@dataclass
+class GrantPlanner(Generic[K]):
+    node_rate: float = 0.0  # bytes/s; 0: no node-wide cap
+    node_burst: int = 0
+    _flows: dict[K, _Flow] = field(default_factory=dict)
+    _share: FairShare[K] = field(default_factory=FairShare)
+    _node: TokenBucket | None = None
+
+    def set_node_rate(self, rate: float, burst: int, now: float) -> None:
+        """Cap all paced flows together (rate 0: no cap). Raises ValueError."""
+        if rate < 0:
+            raise ValueError("rate must be >= 0")
+        self.node_rate, self.node_burst = rate, burst
+        if rate == 0:
+            self._node = None
+        elif self._node is None:
+            self._node = TokenBucket(rate, max(1, burst), now)
+        else:
+            self._node.set_rate(rate, now)
+            self._node.set_burst(max(1, burst), now)
+
+    def add(self, flow: K, weight: int, rate: float, burst: int, now: float) -> None:
+        """A flow with priority ``weight``; ``rate`` > 0 gives it its own bucket."""
+        bucket = TokenBucket(rate, burst, now) if rate > 0 else None
+        self._flows[flow] = _Flow(bucket)
+        self._share.add(flow, weight)
+
+    def remove(self, flow: K) -> None:
+        if flow in self._flows:
+            del self._flows[flow]
+            self._share.remove(flow)
+
+    def set_rate(self, flow: K, rate: float, burst: int, now: float) -> None:
+        """Change a flow's own rate live (0: no per-flow limit). KeyError if unknown."""
+        f = self._flows[flow]
+        if rate <= 0:
+            f.bucket = None
+        elif f.bucket is None:
+            f.bucket = TokenBucket(rate, burst, now)
+        else:
+            f.bucket.set_rate(rate, now)
+            f.bucket.set_burst(burst, now)
+
+    def flows(self) -> list[K]:
+        return list(self._flows)
+
+    def demand(self, flow: K, nbytes: int) -> None:
+        """What ``flow`` could send now beyond its balance (replaces the last demand)."""
+        self._flows[flow].wanted = max(0, nbytes)
+
+    def next_full(self, now: float, fraction: float = 1.0) -> float | None:
+        """Seconds until the first bucket that a waiting flow depends on is
+        ``fraction`` full (tick by the time it is full, or tokens beyond the
+        bucket are lost and the rate falls short). None: no bucket constrains
+        a waiting flow."""
+        buckets = [f.bucket for f in self._flows.values() if f.wanted and f.bucket is not None]
+        if self._node is not None and self.waiting:
+            buckets.append(self._node)
+        if not buckets:
+            return None
+        return min(b.delay_until(max(1, int(b.burst * fraction)), now) for b in buckets)
+
+    @property
+    def waiting(self) -> bool:
+        return any(f.wanted for f in self._flows.values())
+
+    def tick(self, now: float) -> dict[K, int]:
+        """Grant bytes to flows with demand; charges the buckets."""
+        for key, f in self._flows.items():
+            allowed = f.wanted
+            if f.bucket is not None:
+                allowed = min(allowed, int(f.bucket.available(now)))
+            self._share.demand(key, allowed)
+        budget = self._share.total_pending
+        if self._node is not None:
+            budget = min(budget, int(self._node.available(now)))
+        grants = self._share.grant(budget) if budget > 0 else {}
+        for key, amount in grants.items():
+            f = self._flows[key]
+            if f.bucket is not None:
+                f.bucket.consume(amount, now)
+            f.wanted -= amount
+        if self._node is not None and grants:
+            self._node.consume(sum(grants.values()), now)
+        for key in self._flows:
+            self._share.demand(key, 0)  # the next tick starts from fresh demands
+        return grants

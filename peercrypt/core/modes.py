@@ -1,0 +1,105 @@
+"""Transfer modes and their parameters: parse, validate, resolve defaults.
+
+A *policy* says how one transfer may use the network:
+
+- ``normal``: as fast as the receiver's credit allows.
+- ``token-bucket``: at most ``rate`` bytes/s with bursts of at most ``burst``
+  bytes (chunks are cut to at most ``burst`` so no single chunk exceeds it).
+- ``aimd``: a congestion window (KB) grows additively per acknowledged window
+  and halves on congestion (timeout and/or duplicate acks).
+- ``qos``: shares the node's capped uplink with other transfers in
+  proportion to ``priority`` (1:2:3).
+- ``parallel``: ``lanes`` connections and crypto workers for one file.
+- ``multicast``: one-to-many (issue 5; not here yet).
+
+The node has defaults (``--mode``, ``DEFAULT_MODE``, the ``AIMD_*`` and
+``PARALLEL_THREADS`` variables, live ``set-mode``/``congestion`` commands);
+a ``send`` overrides any of them. Pure: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+MODES = ("normal", "token-bucket", "aimd", "qos", "parallel")
+PRIORITIES = {"normal": 1, "high": 2, "highest": 3}
+
+# AIMD defaults, in KB (1024 bytes). 16 MiB fills a loopback or LAN path at
+# these chunk sizes; 256 KB keeps a lossy path moving.
+AIMD_WINDOW_KB = 4096
+AIMD_MIN_WINDOW_KB = 256
+AIMD_MAX_WINDOW_KB = 16384
+ACK_THRESHOLD = 3
+PARALLEL_LANES = 4
+MAX_LANES = 64
+
+
+class PolicyError(ValueError):
+    """A mode parameter the user must fix; the message names it."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    mode: str = "normal"
+    rate: int = 0  # token-bucket: bytes/s
+    burst: int = 0  # token-bucket: bytes (0: one second's worth, at least one chunk)
+    window_kb: int = AIMD_WINDOW_KB
+    min_window_kb: int = AIMD_MIN_WINDOW_KB
+    max_window_kb: int = AIMD_MAX_WINDOW_KB
+    ack_threshold: int = ACK_THRESHOLD
+    timeout_detect: bool = True
+    dupack_detect: bool = True
+    priority: int = 1
+    lanes: int = PARALLEL_LANES
+
+    def validated(self) -> Policy:
+        """Return self, or raise PolicyError naming the bad parameter."""
+        if self.mode not in MODES:
+            raise PolicyError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.mode == "token-bucket" and self.rate <= 0:
+            raise PolicyError("token-bucket mode needs -r BYTES_PER_SEC > 0")
+        if self.rate < 0 or self.burst < 0:
+            raise PolicyError("rate and bucket size must be >= 0 bytes")
+        if not 0 < self.min_window_kb <= self.window_kb <= self.max_window_kb:
+            raise PolicyError(
+                "AIMD windows must satisfy 0 < -min-w <= -w <= -max-w "
+                f"(got {self.min_window_kb} <= {self.window_kb} <= {self.max_window_kb} KB)"
+            )
+        if self.ack_threshold < 1:
+            raise PolicyError("-ack-threshold must be >= 1")
+        if self.priority not in (1, 2, 3):
+            raise PolicyError("priority must be normal, high, highest or 1-3")
+        if not 1 <= self.lanes <= MAX_LANES:
+            raise PolicyError(f"-t must be 1..{MAX_LANES}")
+        return self
+
+    def burst_for(self, chunk_size: int) -> int:
+        """The token-bucket size in bytes: as given, else one second at the rate
+        (never below one chunk, so a full chunk can ever be sent)."""
+        return self.burst or max(self.rate, chunk_size)
+
+    def chunk_size_for(self, chunk_size: int) -> int:
+        """Chunks never exceed the bucket (token-bucket: no burst above -b)."""
+        if self.mode == "token-bucket" and self.burst:
+            return max(4096, min(chunk_size, self.burst))
+        return chunk_size
+
+
+def parse_priority(text: str) -> int:
+    """'normal'|'high'|'highest'|'1'|'2'|'3' -> 1..3. Raises PolicyError."""
+    value = text.strip().lower()
+    if value in PRIORITIES:
+        return PRIORITIES[value]
+    if value in ("1", "2", "3"):
+        return int(value)
+    raise PolicyError(f"invalid priority {text!r}: use normal, high, highest or 1-3")
+
+
+def with_overrides(defaults: Policy, **overrides: object) -> Policy:
+    """``defaults`` with the given non-None fields replaced, validated."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(given) - {f.name for f in dataclasses.fields(Policy)}
+    if unknown:
+        raise PolicyError(f"unknown policy parameter(s): {', '.join(sorted(unknown))}")
+    return dataclasses.replace(defaults, **given).validated()  # type: ignore[arg-type]

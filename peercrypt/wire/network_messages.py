@@ -1,0 +1,230 @@
+"""Messages of discovery (gossip membership) and health monitoring.
+
+Control plane (node <-> node, over CURVE, through the peer's gateway):
+
+- ``Gossip``: one push-pull exchange. ``records`` are signed membership
+  records (:class:`peercrypt.core.membership.MemberRecord` wire bytes),
+  ``digest`` summarises the sender's table (:func:`pack_digest`). With
+  ``reply`` the receiver answers ``GossipReply`` carrying the records the
+  sender lacks and its own digest; the initiator then pushes, in a final
+  ``Gossip`` without ``reply``, what the answerer lacks. ``origin`` is the
+  sender's node id; the gateway-verified CURVE key must be the X25519 key
+  derived from it, or the whole message is dropped.
+- Health probes use the existing ``Ping``/``Pong`` (periodic) and
+  ``Hello``/``HelloReply`` (one-shot checks, which also name the peer).
+
+Local (actor <-> actor, CLI <-> node): membership updates for the health
+monitor, its verdicts and scores for discovery, and the requests behind
+``peers``, ``join``, ``health-check``, ``reconnect`` and ``gossip``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from peercrypt.wire.codec import Message, bounded, message
+
+NODE_ID = 32
+MAX_GOSSIP_RECORDS = 512
+MAX_RECORD_WIRE = 4096  # per record on the wire; the table's own bound is smaller
+MAX_DIGEST = 512
+DIGEST_ENTRY = struct.Struct(">32sQB8s")  # node id, incarnation, state rank, tag
+MAX_PEERS_LISTED = 512
+_STATES = ("alive", "suspect", "dead", "left")
+
+
+def pack_digest_entry(node_id: bytes, incarnation: int, state: str, tag: bytes) -> bytes:
+    """One digest entry as fixed-size bytes (49 bytes)."""
+    return DIGEST_ENTRY.pack(node_id, incarnation, _STATES.index(state), tag)
+
+
+def unpack_digest_entry(data: bytes) -> tuple[bytes, int, str, bytes]:
+    """Inverse of :func:`pack_digest_entry`. Raises ValueError on bad input."""
+    if len(data) != DIGEST_ENTRY.size:
+        raise ValueError("digest entry has the wrong size")
+    node_id, incarnation, rank, tag = DIGEST_ENTRY.unpack(data)
+    if rank >= len(_STATES):
+        raise ValueError("digest entry has an unknown state")
+    return node_id, incarnation, _STATES[rank], tag
+
+
+def _request() -> dict[str, int]:
+    return bounded(2**62)
+
+
+# ---- control plane ------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Gossip(Message):
+    TYPE = "gossip"
+    origin: bytes = field(metadata=bounded(NODE_ID, NODE_ID))
+    records: list[bytes] = field(metadata=bounded(MAX_GOSSIP_RECORDS))
+    digest: list[bytes] = field(metadata=bounded(MAX_DIGEST))
+    reply: bool = False
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class GossipReply(Message):
+    TYPE = "gossip-reply"
+    origin: bytes = field(metadata=bounded(NODE_ID, NODE_ID))
+    records: list[bytes] = field(metadata=bounded(MAX_GOSSIP_RECORDS))
+    digest: list[bytes] = field(metadata=bounded(MAX_DIGEST))
+
+
+# ---- local: between actors ------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class LocalPort(Message):
+    """Gateway -> discovery: the public port actually bound (``--port 0``)."""
+
+    TYPE = "local-port"
+    port: int = field(metadata=bounded(65535, 1))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class MemberUpdate(Message):
+    """Discovery -> health: a member's current state and control endpoint."""
+
+    TYPE = "member-update"
+    node_id: bytes = field(metadata=bounded(NODE_ID, NODE_ID))
+    state: str = field(metadata=bounded(16, 1))
+    incarnation: int = field(metadata=bounded(2**63 - 1))
+    url: str = field(metadata=bounded(300))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class MemberGone(Message):
+    """Discovery -> health: a member expired from the table."""
+
+    TYPE = "member-gone"
+    node_id: bytes = field(metadata=bounded(NODE_ID, NODE_ID))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class HealthVerdict(Message):
+    """Health -> discovery: the local failure detector's verdict changed
+    ("suspect", "dead") or a suspect/dead member answered ("alive")."""
+
+    TYPE = "health-verdict"
+    node_id: bytes = field(metadata=bounded(NODE_ID, NODE_ID))
+    state: str = field(metadata=bounded(16, 1))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Scores(Message):
+    """Health -> discovery: reliability scores, for choosing gossip targets."""
+
+    TYPE = "scores"
+    node_ids: list[bytes] = field(metadata=bounded(MAX_PEERS_LISTED))
+    values: list[float] = field(metadata=bounded(MAX_PEERS_LISTED))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class TransferOutcome(Message):
+    """Control -> health: how a send to HOST:PORT ended."""
+
+    TYPE = "transfer-outcome"
+    host: str = field(metadata=bounded(255, 1))
+    port: int = field(metadata=bounded(65535, 1))
+    ok: bool = False
+
+
+# ---- local: CLI <-> node ----------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class PeersRequest(Message):
+    TYPE = "peers-request"
+    request: int = field(metadata=_request())
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class PeersReply(Message):
+    """One map per peer: id, address, state, rtt_ms, failures, reliability,
+    last_seen (seconds ago), incarnation, transfers_ok, transfers_failed."""
+
+    TYPE = "peers-reply"
+    request: int = field(metadata=_request())
+    peers: list[dict[str, str]] = field(metadata=bounded(MAX_PEERS_LISTED))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class JoinRequest(Message):
+    TYPE = "join-request"
+    request: int = field(metadata=_request())
+    host: str = field(metadata=bounded(255, 1))
+    port: int = field(metadata=bounded(65535, 1))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class JoinResult(Message):
+    """``code`` "ok" or a failure code (see :mod:`peercrypt.errors`)."""
+
+    TYPE = "join-result"
+    request: int = field(metadata=_request())
+    code: str = field(metadata=bounded(32, 1))
+    reason: str = field(metadata=bounded(512))
+    members: int = field(default=0, metadata=bounded(2**31))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class CheckRequest(Message):
+    """Health-check HOST:PORT now (one-shot, with retries). ``reconnect``
+    also drops and rebuilds the connection of the member at that address;
+    ``budget`` (seconds, 0 = none) bounds the whole check."""
+
+    TYPE = "check-request"
+    request: int = field(metadata=_request())
+    host: str = field(metadata=bounded(255, 1))
+    port: int = field(metadata=bounded(65535, 1))
+    reconnect: bool = False
+    budget: float = 0.0
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class CheckResult(Message):
+    TYPE = "check-result"
+    request: int = field(metadata=_request())
+    code: str = field(metadata=bounded(32, 1))
+    reason: str = field(metadata=bounded(512))
+    rtt: float = 0.0
+    fingerprint: str = field(default="", metadata=bounded(64))
+    attempts: int = field(default=0, metadata=bounded(1000))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class GossipControl(Message):
+    """``mode``: "on", "off", "interval" (with ``interval``) or "show"."""
+
+    TYPE = "gossip-control"
+    request: int = field(metadata=_request())
+    mode: str = field(metadata=bounded(16, 1))
+    interval: float = 0.0
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class GossipState(Message):
+    TYPE = "gossip-state"
+    request: int = field(metadata=_request())
+    enabled: bool = True
+    interval: float = 0.0
+    members: int = field(default=0, metadata=bounded(2**31))

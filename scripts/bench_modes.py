@@ -1,0 +1,219 @@
+"""Benchmarks of the transfer modes (issue 4). Each section prints its numbers
+and the floor it is judged against; ``--json FILE`` keeps them all.
+
+    .venv/bin/python scripts/bench_modes.py [--only token-bucket,qos,aimd,parallel]
+
+- token-bucket: 1, 10 and 100 MiB/s sends (6 s each, 256 KiB bucket);
+  achieved = bytes / time from offer to verified (floor: within 2%).
+- qos: three concurrent qos sends at priorities 1, 2, 3 from a node with
+  ``--max-rate 30 MiB/s``; shares from two samples of each transfer's acked
+  bytes while all three run (floor: within 10% of 1:2:3).
+- aimd: through a 100 Mbit/s tbf bottleneck between two network namespaces
+  this script creates (root): goodput of one aimd send (floor: >= 90% of the
+  link) and Jain's fairness of two concurrent ones (floor: >= 0.9).
+- parallel: 1 GiB on loopback, ``-t 2`` vs normal, interleaved runs, into the
+  disk inbox and into tmpfs (floor: 1.3x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from peercrypt.crypto.identity import new_network_key
+from peercrypt.testing.netns import TestNetwork, available
+from peercrypt.testing.nodes import NodeProcess
+
+MiB = 2**20
+
+
+def make_file(path: Path, size: int) -> Path:
+    block = os.urandom(MiB)
+    with path.open("wb") as f:
+        for offset in range(0, size, MiB):
+            f.write(block[: min(MiB, size - offset)])
+    return path
+
+
+def send(sender: NodeProcess, receiver: NodeProcess, path: Path, *args: str) -> dict[str, Any]:
+    code, result = sender.send_to(path, receiver, "--no-progress", *args, timeout=900)
+    if code != 0:
+        raise RuntimeError(f"send failed: {result}")
+    (receiver.inbox / result["stored_as"]).unlink()
+    return result
+
+
+def token_bucket(root: Path, key: str) -> dict[str, Any]:
+    out = {}
+    with (
+        NodeProcess(root / "tb-s", network_key=key) as s,
+        NodeProcess(root / "tb-r", network_key=key) as r,
+    ):
+        for rate_mib in (1, 10, 100):
+            rate = rate_mib * MiB
+            path = make_file(root / "tb.bin", 6 * rate)
+            bucket = 256 * 1024
+            result = send(s, r, path, "-r", str(rate), "-b", str(bucket))
+            # what the rate delivered once the initial (full) bucket was spent
+            achieved = (path.stat().st_size - bucket) / result["seconds"]
+            error = achieved / rate - 1
+            out[f"{rate_mib} MiB/s"] = {"achieved_mib_s": achieved / MiB, "error": error}
+            print(
+                f"token-bucket {rate_mib:>3} MiB/s: achieved {achieved / MiB:8.3f} MiB/s, "
+                f"error {error:+.2%} (floor +-2%)",
+                flush=True,
+            )
+            path.unlink()
+    return out
+
+
+def _sample(sender: NodeProcess) -> dict[str, int]:
+    rows = json.loads(sender.cli("transfers", "--json").stdout)
+    return {r["file"]: int(r["bytes"]) for r in rows if r["state"] == "sending"}
+
+
+def _overlap_rates(
+    s: NodeProcess, r: NodeProcess, paths: list[Path], args: list[list[str]]
+) -> list[float]:
+    """Run the sends at once; their rates (bytes/s) over 4 s while all run."""
+    threads = [
+        threading.Thread(target=send, args=(s, r, path, *extra))
+        for path, extra in zip(paths, args, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(_sample(s)) < len(paths) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    t0, first = time.monotonic(), _sample(s)
+    time.sleep(4.0)
+    t1, second = time.monotonic(), _sample(s)
+    for t in threads:
+        t.join(600)
+    return [(second[str(p)] - first[str(p)]) / (t1 - t0) for p in paths]
+
+
+def qos(root: Path, key: str) -> dict[str, Any]:
+    cap = 30 * MiB
+    with (
+        NodeProcess(root / "q-s", network_key=key, extra_args=("--max-rate", str(cap))) as s,
+        NodeProcess(root / "q-r", network_key=key) as r,
+    ):
+        paths = [make_file(root / f"q{p}.bin", 240 * MiB) for p in (1, 2, 3)]
+        rates = _overlap_rates(s, r, paths, [["--mode", "qos", "-p", str(p)] for p in (1, 2, 3)])
+    shares = [x / sum(rates) for x in rates]
+    expected = [1 / 6, 2 / 6, 3 / 6]
+    worst = max(abs(s / e - 1) for s, e in zip(shares, expected, strict=True))
+    print(
+        f"qos under --max-rate 30 MiB/s: rates {[round(x / MiB, 2) for x in rates]} MiB/s, "
+        f"shares {[round(x, 3) for x in shares]} (ideal 0.167/0.333/0.5), "
+        f"worst deviation {worst:.1%} (floor 10%), total {sum(rates) / MiB:.2f} MiB/s",
+        flush=True,
+    )
+    return {"rates_mib_s": [x / MiB for x in rates], "shares": shares, "worst_deviation": worst}
+
+
+def aimd(root: Path, key: str) -> dict[str, Any]:
+    if not available():
+        print("aimd: skipped (needs root and network namespaces)")
+        return {"skipped": True}
+    link = 100e6 / 8  # bytes/s
+    out: dict[str, Any] = {}
+    with TestNetwork() as net:
+        a, b = net.add_host("a"), net.add_host("b")
+        net.shape(b, "100mbit", direction="ingress")
+        with (
+            NodeProcess(root / "a-s", network_key=key, netns=a.ns, host=a.ip) as s,
+            NodeProcess(root / "a-r", network_key=key, netns=b.ns, host=b.ip) as r,
+        ):
+            path = make_file(root / "aimd.bin", 96 * MiB)
+            one = send(s, r, path, "--mode", "aimd")
+            goodput = path.stat().st_size / one["seconds"]
+            out["goodput_fraction"] = goodput / link
+            print(
+                f"aimd through 100 Mbit/s: goodput {goodput * 8 / 1e6:.1f} Mbit/s = "
+                f"{goodput / link:.1%} of the link (floor 90%)",
+                flush=True,
+            )
+            paths = [path, make_file(root / "aimd2.bin", 96 * MiB)]
+            rates = _overlap_rates(s, r, paths, [["--mode", "aimd"]] * 2)
+            jain = sum(rates) ** 2 / (len(rates) * sum(x * x for x in rates))
+            out["jain"] = jain
+            out["pair_mbit_s"] = [x * 8 / 1e6 for x in rates]
+            print(
+                f"two concurrent aimd sends: {[round(x * 8 / 1e6, 1) for x in rates]} Mbit/s "
+                f"while both ran, Jain fairness {jain:.3f} (floor 0.9)",
+                flush=True,
+            )
+    return out
+
+
+def parallel(root: Path, key: str, runs: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    path = make_file(root / "p.bin", 1024 * MiB)
+    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    for label, inbox in (("disk", None), ("tmpfs", shm)):
+        if label == "tmpfs" and inbox is None:
+            continue
+        extra = ("--inbox", str(Path(tempfile.mkdtemp(dir=inbox)))) if inbox else ()
+        with (
+            NodeProcess(root / f"p-s-{label}", network_key=key) as s,
+            NodeProcess(root / f"p-r-{label}", network_key=key, extra_args=extra) as r,
+        ):
+            normal, par = [], []
+            for _ in range(runs):
+                os.sync()
+                normal.append(path.stat().st_size / MiB / send(s, r, path)["seconds"])
+                os.sync()
+                par.append(
+                    path.stat().st_size
+                    / MiB
+                    / send(s, r, path, "--mode", "parallel", "-t", "2")["seconds"]
+                )
+        n, p = statistics.median(normal), statistics.median(par)
+        out[label] = {"normal_mib_s": normal, "parallel_mib_s": par, "ratio": p / n}
+        print(
+            f"parallel -t 2 vs normal, 1 GiB into {label}: normal {n:.0f} MiB/s, "
+            f"parallel {p:.0f} MiB/s, ratio {p / n:.2f} (floor 1.3); runs {normal} / {par}",
+            flush=True,
+        )
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="token-bucket,qos,aimd,parallel")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    key = new_network_key()
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="peercrypt-modes-") as tmp:
+        root = Path(tmp)
+        for section in args.only.split(","):
+            if section == "token-bucket":
+                results[section] = token_bucket(root, key)
+            elif section == "qos":
+                results[section] = qos(root, key)
+            elif section == "aimd":
+                results[section] = aimd(root, key)
+            elif section == "parallel":
+                results[section] = parallel(root, key, args.runs)
+            else:
+                parser.error(f"unknown section {section!r}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Discovery (gossip membership) with real node processes.
+
+Nodes run with 0.2 s gossip and short health intervals so the whole file
+stays fast; every wait is a bounded poll of the nodes' own state.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from nacl.signing import SigningKey
+
+from actors.discovery import advertise_host
+from peercrypt import errors
+from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.membership import MemberRecord, MemberState, x25519_public_key
+from peercrypt.crypto.identity import KeyPair, fingerprint, network_server_keys
+from peercrypt.settings import NodeSettings
+from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
+from peercrypt.wire import codec
+from peercrypt.wire.network_messages import (
+    Gossip,
+    GossipReply,
+    PeersReply,
+    PeersRequest,
+    pack_digest_entry,
+    unpack_digest_entry,
+)
+
+FAST = ("--gossip-interval", "0.2", "--health-check-interval", "0.3", "--timeout", "0.5")
+
+
+def peer_table(node: NodeProcess) -> dict[str, dict[str, str]]:
+    """The node's peers by fingerprint, straight from its control socket."""
+    try:
+        with ControlClient.for_data_dir(node.data_dir) as client:
+            client.send(PeersRequest(request=7))
+            reply = client.receive(5.0)
+    except NodeUnavailable:
+        return {}
+    assert isinstance(reply, PeersReply), reply
+    return {row["id"]: row for row in reply.peers}
+
+
+def knows_all(nodes: list[NodeProcess], state: str = "alive") -> bool:
+    for node in nodes:
+        table = peer_table(node)
+        others = {n.fingerprint for n in nodes if n is not node}
+        if not all(table.get(fp, {}).get("state") == state for fp in others):
+            return False
+    return True
+
+
+def error_line(result: Any) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("peercrypt: error:")]
+    assert len(lines) == 1, result.describe()
+    assert "Traceback" not in result.stderr, result.describe()
+    return str(lines[0])
+
+
+def _with(facts: dict[str, Any], *keys: str) -> dict[str, Any] | None:
+    return facts if all(k in facts for k in keys) else None
+
+
+def start_many(factory: Callable[..., NodeProcess], count: int, *args: str) -> list[NodeProcess]:
+    nodes = [factory(*args, start=False) for _ in range(count)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda n: n.start(), nodes))
+    return nodes
+
+
+# -- small pure pieces ----------------------------------------------------------------
+
+
+def test_digest_entry_round_trip_and_garbage() -> None:
+    node_id = bytes(range(32))
+    packed = pack_digest_entry(node_id, 7, "suspect", b"12345678")
+    assert unpack_digest_entry(packed) == (node_id, 7, "suspect", b"12345678")
+    with pytest.raises(ValueError):
+        unpack_digest_entry(packed[:-1])
+    with pytest.raises(ValueError):
+        unpack_digest_entry(packed[:40] + b"\x09" + packed[41:])
+
+
+def test_advertised_host_rules(tmp_path: Path) -> None:
+    base = NodeSettings(
+        data_dir=tmp_path,
+        inbox=tmp_path,
+        identity=KeyPair.from_seed(os.urandom(32)),
+        server_keys=network_server_keys(None),
+    )
+    from dataclasses import replace
+
+    assert advertise_host(replace(base, advertise_host="10.1.2.3")) == "10.1.2.3"
+    assert advertise_host(replace(base, host="127.0.0.5")) == "127.0.0.5"
+    # A wildcard bind advertises the interface that routes to the seed.
+    assert advertise_host(replace(base, bootstrap=(("127.0.0.1", 7400),))) == "127.0.0.1"
+
+
+# -- membership with real processes -----------------------------------------------------
+
+
+def test_transitive_join_and_real_endpoints(node_factory: Callable[..., NodeProcess]) -> None:
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+    c = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(b.port))
+    wait_until(lambda: knows_all([a, b, c]), 15, "A, B and C to know each other")
+    # Members are advertised with their public (listening) ports, never the
+    # ephemeral source port of a connection.
+    table = peer_table(c)
+    assert table[a.fingerprint]["address"] == f"127.0.0.1:{a.port}"
+    assert table[b.fingerprint]["address"] == f"127.0.0.1:{b.port}"
+    assert peer_table(a)[c.fingerprint]["address"] == f"127.0.0.1:{c.port}"
+    assert a.status()["advertise"] == f"tcp://127.0.0.1:{a.port}"
+    # `peers --json` (and its alias) show the documented columns.
+    listed = json.loads(c.cli("peers", "--json", timeout=30).stdout)
+    assert {row["id"] for row in listed} == {a.fingerprint, b.fingerprint}
+    for row in listed:
+        assert row["state"] == "alive"
+        assert 0.0 <= float(row["reliability"]) <= 1.0
+        assert float(row["rtt_ms"]) > 0
+        assert row["failures"] == "0"
+        assert float(row["last_seen"]) < 5
+    text = c.cli("list-peers", timeout=30)
+    assert text.returncode == 0, text.describe()
+    assert "RELIABILITY" in text.stdout and f"127.0.0.1:{a.port}" in text.stdout
+    # Graceful leave: B stops, the others learn it left (not dead) and drop it.
+    assert b.stop() == 0
+    wait_until(
+        lambda: b.fingerprint not in peer_table(a) and b.fingerprint not in peer_table(c),
+        10,
+        "A and C to drop B after it left",
+    )
+    assert a.counters().get("discovery.records-merged", 0) >= 2
+
+
+def test_twelve_nodes_converge_kill_detect_and_restart(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    interval = 0.5
+    args = ("--gossip-interval", "0.2", "--health-check-interval", str(interval), "--timeout", "1")
+    seed = node_factory(*args, name="seed")
+    boot = ("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(seed.port))
+    others = start_many(node_factory, 11, *args, *boot)
+    nodes = [seed, *others]
+    started = time.monotonic()
+    wait_until(lambda: knows_all(nodes), 30, "12 nodes to know each other")
+    converged = time.monotonic() - started
+    assert converged < 30
+
+    victim = others[5]
+    survivors = [n for n in nodes if n is not victim]
+    victim.kill()
+    killed_at = time.monotonic()
+    seen_dead: dict[str, float] = {}
+
+    def all_marked_dead() -> bool:
+        for n in survivors:
+            if n.fingerprint in seen_dead:
+                continue
+            if peer_table(n).get(victim.fingerprint, {}).get("state") == "dead":
+                seen_dead[n.fingerprint] = time.monotonic() - killed_at
+        return len(seen_dead) == len(survivors)
+
+    wait_until(all_marked_dead, 20, "every survivor to mark the killed node dead")
+    # Documented bound: I + I/2 + max(1, log10 n) I (here 2.54 I = 1.27 s);
+    # allow 1.5 s for polling 11 nodes one after another.
+    bound = interval * (1.5 + 1.0414)
+    assert max(seen_dead.values()) <= bound + 1.5, seen_dead
+    # No live node was declared dead meanwhile.
+    for n in survivors:
+        states = {fp: row["state"] for fp, row in peer_table(n).items()}
+        assert [fp for fp, s in states.items() if s == "dead"] == [victim.fingerprint]
+
+    # The same node (same identity) comes back on a new port: alive everywhere,
+    # at its new address, with a higher incarnation.
+    victim.start()
+    wait_until(lambda: knows_all(nodes), 30, "the restarted node to be alive everywhere")
+    row = peer_table(seed)[victim.fingerprint]
+    assert row["address"] == f"127.0.0.1:{victim.port}"
+    assert int(row["incarnation"]) >= 1
+
+
+def test_wrong_network_key_never_appears(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+    boot = ("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+    outsider = node_factory(*FAST, *boot, network_key="some-other-network-key")
+    wait_until(lambda: knows_all([a, b]), 15, "A and B to know each other")
+    wait_until(
+        lambda: outsider.counters().get("discovery.joins-failed", 0) >= 1,
+        15,
+        "the outsider's join to fail",
+    )
+    for node in (a, b):
+        assert outsider.fingerprint not in peer_table(node)
+    assert peer_table(outsider) == {}
+    # `join` says why, with the not-admitted exit code.
+    result = outsider.cli("join", "127.0.0.1", str(a.port), timeout=60)
+    assert result.returncode == errors.NOT_ADMITTED, result.describe()
+    assert "wrong network key" in error_line(result)
+
+
+def _gossip_client(network_key: str, identity: KeyPair) -> tuple[zmq.Context[Any], Any]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.curve_serverkey = network_server_keys(network_key).z85_public
+    sock.curve_publickey = identity.z85_public
+    sock.curve_secretkey = identity.z85_secret
+    return ctx, sock
+
+
+def test_forged_replayed_and_oversize_gossip_is_rejected(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+    wait_until(lambda: knows_all([a, b]), 15, "A and B to know each other")
+    # An admitted member (it holds the network key) that tries to cheat.
+    seed = os.urandom(32)
+    me = KeyPair.from_seed(seed)
+    signer = SigningKey(seed)
+    ctx, sock = _gossip_client(network_key, me)
+    try:
+        sock.connect(f"tcp://127.0.0.1:{a.port}")
+        mine = MemberRecord.create(
+            signer, me.node_id, 0, MemberState.ALIVE, {"control": "tcp://127.0.0.1:9"}
+        )
+        # 1. A record about B re-signed by us (forged endpoints): bad signature.
+        victim_id = bytes(32)
+        subject = SigningKey(os.urandom(32))
+        honest = MemberRecord.create(
+            subject, bytes(subject.verify_key), 0, MemberState.ALIVE,
+            {"control": "tcp://127.0.0.1:5"},
+        )  # fmt: skip
+        forged = MemberRecord(
+            honest.node_id, 5, MemberState.ALIVE, {"control": "tcp://6.6.6.6:1"},
+            honest.origin, honest.signature,
+        )  # fmt: skip
+        # 2. Oversize: a record with a huge endpoint list.
+        big = MemberRecord.create(
+            signer, me.node_id, 1, MemberState.ALIVE,
+            {f"e{i}": f"tcp://host-{i}.example:1" for i in range(60)},
+        )  # fmt: skip
+        assert len(big.to_wire()) > 1024
+        push = Gossip(
+            origin=me.node_id,
+            records=[mine.to_wire(), forged.to_wire(), big.to_wire()],
+            digest=[],
+            reply=True,
+        )
+        sock.send(codec.encode(push))
+        assert sock.poll(5000), "no gossip reply"
+        reply = codec.decode(sock.recv())
+        assert isinstance(reply, GossipReply)
+        # 3. A forged origin: the CURVE key does not belong to the claimed node.
+        spoof = Gossip(origin=victim_id, records=[mine.to_wire()], digest=[], reply=True)
+        sock.send(codec.encode(spoof))
+        # 4. A replay of an old record after a newer one.
+        newer = MemberRecord.create(
+            signer, me.node_id, 3, MemberState.ALIVE, {"control": "tcp://127.0.0.1:9"}
+        )
+        sock.send(codec.encode(Gossip(origin=me.node_id, records=[newer.to_wire()], digest=[])))
+        sock.send(codec.encode(Gossip(origin=me.node_id, records=[mine.to_wire()], digest=[])))
+        wait_until(
+            lambda: all(
+                a.counters().get(f"discovery.{k}", 0) >= 1
+                for k in ("rejected-bad_signature", "rejected-oversize", "gossip-spoofed",
+                          "rejected-stale")
+            ),
+            10,
+            "the forged, oversize, spoofed and replayed gossip to be counted",
+        )  # fmt: skip
+    finally:
+        sock.close(0)
+        ctx.term()
+    # The forged node never appears; the cheater's own signed record does (it
+    # is a member that holds the key), at the newest incarnation only.
+    table = peer_table(a)
+    assert fingerprint(x25519_public_key(honest.node_id)) not in table
+    assert "6.6.6.6" not in json.dumps(table)
+    row = next(r for r in table.values() if r["address"] == "127.0.0.1:9")
+    assert row["incarnation"] == "3"
+
+
+# -- CLI ---------------------------------------------------------------------------------
+
+
+def test_join_and_gossip_commands(node_factory: Callable[..., NodeProcess]) -> None:
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--no-gossip")
+    assert wait_until(lambda: _with(b.status(), "gossip"), 5, "facts")["gossip"] == "off"
+    # With gossip off nothing is exchanged until B joins explicitly.
+    assert peer_table(a) == {} and peer_table(b) == {}
+    joined = b.cli("join", "127.0.0.1", str(a.port), timeout=60)
+    assert joined.returncode == 0, joined.describe()
+    assert "joined through" in joined.stdout and "2 members" in joined.stdout
+    wait_until(lambda: knows_all([a, b]), 10, "A and B to know each other after join")
+    assert b.counters().get("discovery.rounds", 0) == 0
+
+    shown = b.cli("gossip", timeout=30)
+    assert shown.returncode == 0 and "gossip off" in shown.stdout, shown.describe()
+    on = b.cli("gossip", "on", timeout=30)
+    assert on.returncode == 0 and "gossip on, every 0.2 s" in on.stdout, on.describe()
+    b.wait_for_counter("discovery.rounds", 1, timeout=10)
+    retimed = b.cli("gossip", "interval", "0.5", timeout=30)
+    assert "every 0.5 s" in retimed.stdout, retimed.describe()
+    wait_until(lambda: b.status()["gossip_interval"] == "0.5", 5, "the new interval in status")
+    short = b.cli("gossip", "0.3", timeout=30)
+    assert "every 0.3 s" in short.stdout, short.describe()
+    off = b.cli("gossip", "off", timeout=30)
+    assert "gossip off" in off.stdout, off.describe()
+    wait_until(lambda: b.status()["gossip"] == "off", 5, "gossip off in status")
+
+
+def test_no_gossip_env_and_option_errors(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path, network_key: str
+) -> None:
+    env = {"DISABLE_GOSSIP": "true", "GOSSIP_INTERVAL": "0.7", "HEALTH_CHECK_INTERVAL": "0.4"}
+    node = node_factory(env=env)
+    facts = wait_until(lambda: _with(node.status(), "gossip", "health_interval"), 5, "facts")
+    assert facts["gossip"] == "off"
+    assert facts["gossip_interval"] == "0.7"
+    assert facts["health_interval"] == "0.4"
+    for args, words in [
+        (("gossip", "sometimes"), "unknown gossip action"),
+        (("gossip", "interval"), "needs seconds"),
+        (("gossip", "interval", "0"), "within 0.01..3600"),
+        (("gossip", "on", "5"), "takes no value"),
+    ]:
+        result = node.cli(*args, timeout=30)
+        assert result.returncode == errors.USAGE, result.describe()
+        assert words in error_line(result)
+    lonely = tmp_path / "nobody"
+    for args in (("peers",), ("join", "127.0.0.1", "1"), ("gossip", "on"), ("reconnect", "h", "1")):
+        result = run_cli(*args, data_dir=lonely)
+        assert result.returncode == errors.FAILED, result.describe()
+        assert "no node is running" in error_line(result)
+    half = run_cli(
+        "node", "--port", "0", "--network-key", network_key, "--bootstrap-host", "127.0.0.1",
+        data_dir=tmp_path / "half",
+    )  # fmt: skip
+    assert half.returncode == errors.USAGE, half.describe()
+    assert "--bootstrap-port" in error_line(half)
+
+
+def test_join_unreachable(node_factory: Callable[..., NodeProcess], free_port: int) -> None:
+    node = node_factory(*FAST, "--max-retries", "2")
+    result = node.cli("join", "127.0.0.1", str(free_port), timeout=60)
+    assert result.returncode == errors.UNREACHABLE, result.describe()
+    line = error_line(result)
+    assert f"127.0.0.1:{free_port}" in line and "cannot connect" in line
+    assert result.seconds < 20
+    node.wait_for_counter("discovery.joins-failed", 1, timeout=5)
+    assert node.counters()["discovery.join-attempts"] == 3  # 1 + 2 retries
+
+
+@pytest.fixture
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port

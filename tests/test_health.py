@@ -1,0 +1,122 @@
+"""Health monitoring: one-shot checks, reconnect, the pre-send check and
+reliability from transfers, with real node processes."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from actors.health import _worst, same_address
+from peercrypt import errors
+from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
+
+FAST = ("--gossip-interval", "0.2", "--health-check-interval", "0.3", "--timeout", "0.5")
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def error_line(result: object) -> str:
+    stderr: str = getattr(result, "stderr")  # noqa: B009
+    lines = [line for line in stderr.splitlines() if line.startswith("peercrypt: error:")]
+    assert len(lines) == 1, getattr(result, "describe")()  # noqa: B009
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def test_address_matching_and_state_order() -> None:
+    assert same_address("tcp://127.0.0.1:7400", "localhost", 7400)
+    assert same_address("tcp://[::1]:7400", "127.0.0.1", 7400)
+    assert not same_address("tcp://127.0.0.1:7400", "127.0.0.1", 7401)
+    assert not same_address("tcp://10.0.0.1:7400", "10.0.0.2", 7400)
+    assert _worst("alive", "suspect") == "suspect"
+    assert _worst("dead", "alive") == "dead"
+    assert _worst("left", "dead") == "left"
+
+
+def test_health_check_command(
+    node_factory: Callable[..., NodeProcess], network_key: str, tmp_path: Path, free_port: int
+) -> None:
+    a = node_factory(*FAST)
+    b = node_factory(*FAST)
+    ok = a.cli("health-check", "127.0.0.1", str(b.port), timeout=30)
+    assert ok.returncode == 0, ok.describe()
+    assert f"alive 127.0.0.1:{b.port}: node {b.fingerprint}, rtt" in ok.stdout
+    # Unreachable: exit 3, one line, after the bounded retries.
+    down = a.cli("health-check", "127.0.0.1", str(free_port), timeout=30)
+    assert down.returncode == errors.UNREACHABLE, down.describe()
+    assert f"cannot connect to 127.0.0.1:{free_port}" in error_line(down)
+    assert down.seconds < 15
+    # Without a running node a temporary one checks; a wrong key is exit 4.
+    wrong = run_cli(
+        "health-check", "127.0.0.1", str(b.port), "--network-key", "wrong-key",
+        data_dir=tmp_path / "outsider",
+    )  # fmt: skip
+    assert wrong.returncode == errors.NOT_ADMITTED, wrong.describe()
+    assert "wrong network key" in error_line(wrong)
+    member = run_cli(
+        "health-check", "127.0.0.1", str(b.port), "--network-key", network_key,
+        data_dir=tmp_path / "member",
+    )  # fmt: skip
+    assert member.returncode == 0, member.describe()
+    assert b.fingerprint in member.stdout
+
+
+def test_reconnect_command(node_factory: Callable[..., NodeProcess], free_port: int) -> None:
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+    wait_until(lambda: b.fingerprint in a.cli("peers").stdout, 15, "A to know B")
+    again = a.cli("reconnect", "127.0.0.1", str(b.port), timeout=30)
+    assert again.returncode == 0, again.describe()
+    assert f"reconnected to 127.0.0.1:{b.port}" in again.stdout
+    failed = a.cli("reconnect", "127.0.0.1", str(free_port), timeout=30)
+    assert failed.returncode == errors.UNREACHABLE, failed.describe()
+    assert "cannot connect" in error_line(failed)
+
+
+def test_pre_send_check_and_force(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], free_port: int
+) -> None:
+    a = node_factory(*FAST)
+    source = make_file(10_000)
+    refused = a.send_result(source, "127.0.0.1", free_port, "--timeout", "2", timeout=60)
+    assert refused.returncode == errors.UNREACHABLE, refused.describe()
+    assert refused.json["code"] == "unreachable"
+    assert "--force" in refused.json["error"]
+    assert a.counters().get("control.forced-sends", 0) == 0
+    # --force goes ahead anyway (and then fails in the sender, still unreachable).
+    forced = a.send_result(source, "127.0.0.1", free_port, "--timeout", "2", "--force", timeout=60)
+    assert forced.returncode == errors.UNREACHABLE, forced.describe()
+    assert "--force" not in (forced.json["error"] or "")
+    a.wait_for_counter("control.forced-sends", 1, timeout=5)
+    text = a.cli("send", str(source), "127.0.0.1", str(free_port), "--timeout", "2", timeout=60)
+    assert text.returncode == errors.UNREACHABLE
+    assert "cannot connect" in error_line(text)
+
+
+def test_transfers_update_reliability(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+
+    def row() -> dict[str, str] | None:
+        rows = json.loads(a.cli("peers", "--json").stdout)
+        return next((r for r in rows if r["id"] == b.fingerprint), None)
+
+    wait_until(row, 15, "A to know B")
+    code, result = a.send_to(make_file(200_000), b)
+    assert code == 0, result
+    after = wait_until(lambda: (r := row()) and r["transfers_ok"] == "1" and r, 10, "scored")
+    assert after["transfers_failed"] == "0"
+    # Pings keep succeeding and a transfer weighs 4 pings: the score is high.
+    assert float(after["reliability"]) > 0.6

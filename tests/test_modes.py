@@ -1,0 +1,297 @@
+"""Transfer modes end to end: real node processes on loopback, content
+checked by BLAKE3; token-bucket timing and live changes with generous
+bounds (exact rate accuracy is the benchmark's job)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peercrypt import errors
+from peercrypt.crypto.identity import new_network_key
+from peercrypt.testing.faults import DirectionFaults, FaultPlan, FaultProxy
+from peercrypt.testing.nodes import NodeProcess, blake3_file, start_cli, wait_until
+
+KiB = 1024
+MiB = 1024 * KiB
+MODES = {
+    "normal": ["--mode", "normal"],
+    "token-bucket": ["-r", str(64 * MiB)],
+    "aimd": ["--mode", "aimd"],
+    "qos": ["--mode", "qos", "-p", "highest"],
+    "parallel": ["--mode", "parallel", "-t", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
+    base = tmp_path_factory.mktemp("modes")
+    key = new_network_key()
+    sender = NodeProcess(base / "sender", network_key=key).start()
+    receiver = NodeProcess(base / "receiver", network_key=key).start()
+    try:
+        yield sender, receiver
+    finally:
+        codes = [sender.stop(), receiver.stop()]
+    assert codes == [0, 0]
+
+
+def delivered(code: int, result: dict[str, Any], source: Path, receiver: NodeProcess) -> None:
+    assert code == 0, result
+    assert result["blake3"] == blake3_file(source)
+    assert blake3_file(receiver.inbox / result["stored_as"]) == blake3_file(source)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("size", [0, KiB, 10 * MiB])
+def test_every_mode_delivers(
+    pair: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path], mode: str, size: int
+) -> None:
+    sender, receiver = pair
+    source = make_file(size)
+    code, result = sender.send_to(source, receiver, *MODES[mode])
+    delivered(code, result, source, receiver)
+    assert result["mode"] == mode
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3, 8])
+def test_parallel_lanes(
+    pair: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path], lanes: int
+) -> None:
+    sender, receiver = pair
+    source = make_file(5 * MiB + 17)
+    code, result = sender.send_to(
+        source, receiver, "--mode", "parallel", "-t", str(lanes), "--chunk-size", str(64 * KiB)
+    )
+    delivered(code, result, source, receiver)
+    assert result["stats"]["lanes"] == lanes
+
+
+def test_token_bucket_paces_the_transfer(
+    pair: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    sender, receiver = pair
+    source = make_file(4 * MiB)
+    code, result = sender.send_to(source, receiver, "-r", str(2 * MiB), "-b", str(256 * KiB))
+    delivered(code, result, source, receiver)
+    # (4 MiB - one 256 KiB bucket) at 2 MiB/s is 1.875 s; generous bounds
+    assert 1.6 <= result["seconds"] <= 8.0, result
+    assert result["stats"]["chunk_size"] <= 256 * KiB  # no chunk larger than the bucket
+
+
+def test_rate_of_a_running_transfer_changes_live(
+    pair: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    sender, receiver = pair
+    source = make_file(6 * MiB)
+    args = ["send", source, receiver.host, str(receiver.port), "--json", "-r", str(512 * KiB)]
+    with start_cli(*args, data_dir=sender.data_dir) as cli:
+        try:
+
+            def running() -> list[dict[str, str]] | None:
+                rows = json.loads(sender.cli("transfers", "--json").stdout)
+                return rows if any(r["state"] == "sending" for r in rows) else None
+
+            rows = wait_until(running, 10.0, "the transfer to be sending")
+            assert rows[0]["mode"] == "token-bucket"
+            changed = sender.cli("rate", str(64 * MiB))
+            assert changed.returncode == 0, changed.describe()
+            assert "1 transfer(s)" in changed.stdout
+            out, _ = cli.communicate(timeout=30)
+        finally:
+            cli.kill()
+    result = json.loads(out)
+    delivered(cli.returncode, result, source, receiver)
+    # At 512 KiB/s the whole file would take ~11 s.
+    assert result["seconds"] < 7.0, result
+
+
+def test_node_max_rate_caps_outgoing(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    receiver = node_factory()
+    sender = node_factory("--max-rate", str(2 * MiB))
+    source = make_file(4 * MiB)
+    code, result = sender.send_to(source, receiver)
+    delivered(code, result, source, receiver)
+    assert result["seconds"] >= 1.2, result  # (4 MiB - a bucket of 1 chunk) at 2 MiB/s
+    lifted = sender.cli("max-rate", "0")
+    assert lifted.returncode == 0 and "removed" in lifted.stdout, lifted.describe()
+    code, result = sender.send_to(source, receiver)
+    delivered(code, result, source, receiver)
+    assert result["seconds"] < 1.2, result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_aimd_survives_loss_and_backs_off(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    data_port = free_port()
+    plan = FaultPlan(upstream=DirectionFaults(drop=0.02), seed=7)
+    with FaultProxy(f"tcp://127.0.0.1:{data_port}", plan) as proxy:
+        receiver = node_factory(
+            "--data-port", str(data_port), "--advertise-data-port", str(proxy.port)
+        )
+        sender = node_factory()
+        source = make_file(8 * MiB)
+        code, result = sender.send_to(
+            source, receiver, "--mode", "aimd", "--chunk-size", str(64 * KiB), "-w", "1024"
+        )
+        delivered(code, result, source, receiver)
+        stats = result["stats"]
+        assert stats["retransmits"] > 0
+        assert stats["window_decreases"] > 0, stats
+        history = result["window_history"]
+        assert len(history) >= 4 and len(history) % 2 == 0
+        windows = history[1::2]
+        assert min(windows) < max(windows)  # it moved: a sawtooth, not a constant
+
+
+def test_aimd_with_detectors_off_never_decreases(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    data_port = free_port()
+    plan = FaultPlan(upstream=DirectionFaults(drop=0.05), seed=11)
+    with FaultProxy(f"tcp://127.0.0.1:{data_port}", plan) as proxy:
+        receiver = node_factory(
+            "--data-port", str(data_port), "--advertise-data-port", str(proxy.port)
+        )
+        sender = node_factory()
+        source = make_file(8 * MiB)
+        code, result = sender.send_to(
+            source,
+            receiver,
+            "--mode",
+            "aimd",
+            "--chunk-size",
+            str(64 * KiB),
+            "-no-timeout",
+            "-no-dupack",
+        )
+        delivered(code, result, source, receiver)
+        assert result["stats"]["window_decreases"] == 0
+        assert result["stats"]["retransmits"] > 0  # losses were still repaired
+
+
+def test_every_seed_send_option_is_accepted(
+    pair: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    sender, receiver = pair
+    source = make_file(100 * KiB)
+    code, result = sender.send_to(
+        source,
+        receiver,
+        "--mode",
+        "aimd",
+        "-b",
+        "65536",
+        "-w",
+        "512",
+        "-min-w",
+        "128",
+        "-max-w",
+        "2048",
+        "-ack-threshold",
+        "4",
+        "-no-timeout",
+        "-no-dupack",
+        "-p",
+        "high",
+        "-t",
+        "3",
+    )
+    delivered(code, result, source, receiver)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["-p", "urgent"], ["priority"]),
+        (["-t", "0"], ["-t"]),
+        (["-t", "65"], ["-t"]),
+        (["-r", "0"], ["-r"]),
+        (["-b", "100"], ["-b"]),
+        (["--mode", "warp"], ["--mode"]),
+        (["-w", "x"], ["-w"]),
+    ],
+)
+def test_invalid_send_options_are_usage_errors(
+    pair: tuple[NodeProcess, NodeProcess],
+    make_file: Callable[..., Path],
+    args: list[str],
+    words: list[str],
+) -> None:
+    sender, receiver = pair
+    result = sender.send_result(make_file(10), receiver.host, receiver.port, *args)
+    assert result.returncode == errors.USAGE, result.describe()
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--mode", "token-bucket"], ["-r"]),
+        (["-w", "100", "-min-w", "200"], ["-min-w"]),
+    ],
+)
+def test_inconsistent_policies_get_one_clear_line(
+    pair: tuple[NodeProcess, NodeProcess],
+    make_file: Callable[..., Path],
+    args: list[str],
+    words: list[str],
+) -> None:
+    sender, receiver = pair
+    result = sender.send_result(make_file(10), receiver.host, receiver.port, *args)
+    assert result.returncode == errors.USAGE, result.describe()
+    assert result.json["ok"] is False
+    for word in words:
+        assert word in result.json["error"]
+
+
+def test_live_defaults_set_mode_and_congestion(pair: tuple[NodeProcess, NodeProcess]) -> None:
+    sender, _ = pair
+    try:
+        assert sender.cli("set-mode", "aimd").returncode == 0
+        assert sender.status()["mode"] == "aimd"
+        ok = sender.cli("congestion", "window", "2048")
+        assert ok.returncode == 0 and "2048" in ok.stdout, ok.describe()
+        assert "w=2048" in sender.status()["aimd"]
+        off = sender.cli("congestion", "timeout", "off")
+        assert off.returncode == 0 and "timeout=off" in sender.status()["aimd"]
+        bad = sender.cli("congestion", "timeout", "maybe")
+        assert bad.returncode == errors.USAGE
+        assert bad.stderr_lines == ["peercrypt: error: expected on or off, got 'maybe'"]
+        too_small = sender.cli("congestion", "max-window", "1")
+        assert too_small.returncode == errors.USAGE and "-max-w" in too_small.stderr
+    finally:
+        sender.cli("set-mode", "normal")
+        sender.cli("congestion", "window", "4096")
+        sender.cli("congestion", "timeout", "on")
+
+
+def test_live_commands_without_a_node(tmp_path: Path) -> None:
+    from peercrypt.testing.nodes import run_cli
+
+    result = run_cli("set-mode", "aimd", data_dir=tmp_path / "nothing")
+    assert result.returncode == errors.FAILED
+    assert len(result.stderr_lines) == 1
+    assert result.stderr_lines[0].startswith("peercrypt: error: no node is running")
+
+
+def test_rate_for_an_unknown_transfer(pair: tuple[NodeProcess, NodeProcess]) -> None:
+    sender, _ = pair
+    result = sender.cli("rate", "1000", "--transfer", "999999")
+    assert result.returncode == errors.USAGE
+    assert result.stderr_lines == ["peercrypt: error: no running transfer 999999"]
