@@ -362,7 +362,11 @@ class SenderActor(Actor):
         except ValueError as exc:
             return self._end(t, "protocol", f"{t.peer} sent an invalid accept: {exc}")
         p = t.policy
-        t.window = SendWindow(t.total, dupthresh=p.ack_threshold)
+        # Lanes are separate connections: their chunks arrive out of order by
+        # up to the whole window, which SACK loss detection would take for
+        # losses; there, only the RTO finds a lost chunk.
+        dupthresh = max(p.ack_threshold, accept.window) if p.mode == "parallel" else p.ack_threshold
+        t.window = SendWindow(t.total, dupthresh=dupthresh)
         t.window.on_accept(have, accept.window)
         host = accept.data_host or t.request.host
         for _ in range(p.lanes if p.mode == "parallel" else 1):

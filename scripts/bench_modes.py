@@ -169,16 +169,16 @@ def parallel(root: Path, key: str, runs: int) -> dict[str, Any]:
             NodeProcess(root / f"p-s-{label}", network_key=key) as s,
             NodeProcess(root / f"p-r-{label}", network_key=key, extra_args=extra) as r,
         ):
-            normal, par = [], []
-            for _ in range(runs):
-                os.sync()
-                normal.append(path.stat().st_size / MiB / send(s, r, path)["seconds"])
-                os.sync()
-                par.append(
-                    path.stat().st_size
-                    / MiB
-                    / send(s, r, path, "--mode", "parallel", "-t", "2")["seconds"]
-                )
+            normal: list[float] = []
+            par: list[float] = []
+            modes = [(normal, ["--mode", "normal"]), (par, ["--mode", "parallel", "-t", "2"])]
+            for run in range(runs):
+                # alternate which goes first (ABBA): this machine's disk and
+                # page cache favour one position
+                for rates, args in modes if run % 2 == 0 else modes[::-1]:
+                    os.sync()
+                    seconds = send(s, r, path, *args)["seconds"]
+                    rates.append(path.stat().st_size / MiB / seconds)
         n, p = statistics.median(normal), statistics.median(par)
         out[label] = {"normal_mib_s": normal, "parallel_mib_s": par, "ratio": p / n}
         print(
@@ -192,7 +192,7 @@ def parallel(root: Path, key: str, runs: int) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="token-bucket,qos,aimd,parallel")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     key = new_network_key()
