@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import zmq
 from nacl.signing import SigningKey
 
-from actors.health import Link, url_host
+from actors.peer_link import Link, url_host
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.membership import (
     DigestEntry,

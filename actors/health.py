@@ -27,18 +27,13 @@ capped at ``--timeout``).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import zmq
-from zmq.utils.monitor import recv_monitor_message
-
+from actors.peer_link import Link, address_of, same_address, url_host
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.membership import x25519_public_key
 from peercrypt.core.reliability import ReliabilityScore
@@ -68,171 +63,6 @@ DEAD_RETRY_MAX = 8  # dead members are retried at most every 8 health intervals
 MAX_PENDING_PROBES = 8
 MAX_CHECKS = 64
 PAUSE_INITIAL = 0.1
-MONITOR_EVENTS = (
-    zmq.EVENT_CONNECTED
-    | zmq.EVENT_CONNECT_RETRIED
-    | zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-_link_ids = itertools.count()
-
-
-def url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def address_of(url: str) -> str:
-    """``tcp://host:port`` -> ``host:port``."""
-    return url.removeprefix("tcp://")
-
-
-def same_address(url: str, host: str, port: int) -> bool:
-    """Does a member's URL name HOST:PORT (``localhost`` = ``127.0.0.1``)?"""
-
-    def norm(h: str) -> str:
-        h = h.strip("[]").lower()
-        return "127.0.0.1" if h in ("localhost", "::1") else h
-
-    mhost, _, mport = address_of(url).rpartition(":")
-    return mport == str(port) and norm(mhost) == norm(host)
-
-
-class Link:
-    """A CURVE DEALER from ``actor`` to a peer's public port.
-
-    Messages from the peer go to ``on_message``. With ``monitored`` a socket
-    monitor classifies failures into :attr:`failure` ("unreachable",
-    "handshake", "not-admitted") and calls ``on_failure``. Persistent member
-    links are not monitored and do not queue to a peer that is not
-    connected (``ZMQ_IMMEDIATE``): a probe to it simply goes unanswered.
-    """
-
-    def __init__(
-        self,
-        actor: Actor,
-        settings: NodeSettings,
-        url: str,
-        on_message: Callable[[codec.Message], None],
-        *,
-        monitored: bool = False,
-        on_failure: Callable[[], None] | None = None,
-    ) -> None:
-        self.actor = actor
-        self.url = url
-        self.on_message = on_message
-        self.on_failure = on_failure
-        self.failure = ""
-        self.detail = ""
-        self.connected = False
-        self.handshaken = False
-        self.closed = False
-        self.created = actor.now()
-        sock = self.sock = actor.socket(zmq.DEALER)
-        sock.curve_serverkey = settings.server_keys.z85_public
-        sock.curve_publickey = settings.identity.z85_public
-        sock.curve_secretkey = settings.identity.z85_secret
-        sock.maxmsgsize = 64 * 1024 + 1024
-        sock.reconnect_ivl = 100
-        sock.reconnect_ivl_max = 2000
-        sock.sndhwm = 64
-        sock.rcvhwm = 256
-        if not monitored:
-            sock.immediate = True
-        self.monitor: zmq.Socket[Any] | None = None
-        if monitored:
-            address = f"inproc://pc-{actor.env.node_uid}/{actor.name}-link/{next(_link_ids)}"
-            sock.monitor(address, MONITOR_EVENTS)
-            self.monitor = actor.socket(zmq.PAIR)
-            self.monitor.connect(address)
-            actor.watch(self.monitor, self._on_monitor)
-        actor.watch(sock, self._on_readable)
-        try:
-            sock.connect(url)
-        except zmq.ZMQError as exc:
-            self.failure = "local"
-            self.detail = f"invalid address {address_of(url)}: {exc.strerror}"
-
-    def send(self, msg: codec.Message) -> int:
-        """Queue ``msg``; returns the bytes sent, 0 if it could not be queued."""
-        if self.closed or self.failure:
-            return 0
-        data = codec.encode(msg)
-        try:
-            self.sock.send(data, zmq.NOBLOCK)
-        except zmq.ZMQError:
-            return 0
-        return len(data)
-
-    def _on_readable(self, _sock: object = None) -> None:
-        for _ in range(64):
-            if self.closed:
-                return
-            try:
-                data = self.sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = codec.decode(data)
-            except codec.DecodeError as exc:
-                self.actor.count(f"reply-{exc.kind}")
-                continue
-            self.on_message(msg)
-
-    def _on_monitor(self, _sock: object = None) -> None:
-        while not self.closed and self.monitor is not None:
-            try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
-            except zmq.Again:
-                return
-            peer = address_of(self.url)
-            if event == zmq.EVENT_CONNECTED:
-                self.connected = True
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.handshaken = True
-            elif event == zmq.EVENT_CONNECT_RETRIED and not self.connected:
-                self._fail("unreachable", f"cannot connect to {peer} (connection refused)")
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._fail(
-                    "not-admitted", f"{peer} did not admit this node (not on its allow-list)"
-                )
-            elif not self.handshaken and event in (
-                zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
-                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-                zmq.EVENT_DISCONNECTED,
-            ):
-                self._fail(
-                    "handshake",
-                    f"handshake with {peer} failed: wrong network key, or not a PeerCrypt node",
-                )
-
-    def _fail(self, code: str, detail: str) -> None:
-        if self.failure:
-            return
-        self.failure, self.detail = code, detail
-        if self.on_failure is not None:
-            self.on_failure()
-
-    def timeout_reason(self, seconds: float) -> tuple[str, str]:
-        """(code, reason) for an attempt that got no answer in time."""
-        peer = address_of(self.url)
-        if not self.connected:
-            return "unreachable", f"cannot connect to {peer} (no node listening there?)"
-        if self.monitor is not None and not self.handshaken:
-            return "timeout", f"{peer} accepted the connection but did not complete the handshake"
-        return "timeout", f"{peer} did not answer within {seconds:g} s"
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.monitor is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self.sock.disable_monitor()
-            self.actor.close_socket(self.monitor)
-        self.actor.close_socket(self.sock)
 
 
 @dataclass

@@ -38,9 +38,9 @@ from typing import Any
 
 import blake3
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from actors.lanes import LaneCrew
+from actors.peer_link import Link, url_host
 from peercrypt.core.aimd import AimdWindow
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
@@ -78,18 +78,6 @@ log = logging.getLogger("peercrypt.sender")
 PROGRESS_INTERVAL = 0.1
 POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
 DONE_RETRIES = 5
-# A peer that refuses this many connection attempts in a row (at least a
-# second apart from the first) is reported unreachable before the timeout.
-REFUSALS_UNREACHABLE = 5
-MONITOR_EVENTS = (
-    zmq.EVENT_CONNECTED
-    | zmq.EVENT_CONNECT_RETRIED
-    | zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
 
 
 @dataclass
@@ -104,9 +92,8 @@ class Outgoing:
     mtime_ns: int
     total: int
     eph: Ephemeral
-    ctl: zmq.Socket[Any]
-    monitor: zmq.Socket[Any]
     started: float
+    link: Link | None = None
     deadline: Timer | None = None
     keys: TransferKeys | None = None
     data: zmq.Socket[Any] | None = None
@@ -114,9 +101,6 @@ class Outgoing:
     hasher: Any = field(default_factory=blake3.blake3)
     hashed: int = 0
     digest: bytes = b""
-    connected: bool = False
-    handshaken: bool = False
-    refusals: int = 0
     done_sent: int = 0
     last_progress: float = 0.0
     retransmit_timer: Timer | None = None
@@ -241,16 +225,6 @@ class SenderActor(Actor):
             return fail("local", str(exc))
         chunk_size = policy.chunk_size_for(req.chunk_size)
         tid = os.urandom(16)
-        ctl = self.socket(zmq.DEALER)
-        ctl.curve_serverkey = self.settings.server_keys.z85_public
-        ctl.curve_publickey = self.settings.identity.z85_public
-        ctl.curve_secretkey = self.settings.identity.z85_secret
-        ctl.maxmsgsize = 64 * 1024 + 1024
-        ctl.reconnect_ivl = 100
-        monitor_address = f"inproc://pc-{self.env.node_uid}/monitor/{tid.hex()}"
-        ctl.monitor(monitor_address, MONITOR_EVENTS)
-        monitor = self.socket(zmq.PAIR)
-        monitor.connect(monitor_address)
         t = Outgoing(
             request=req,
             policy=policy,
@@ -262,17 +236,19 @@ class SenderActor(Actor):
             mtime_ns=st.st_mtime_ns,
             total=-(-st.st_size // chunk_size),
             eph=Ephemeral(),
-            ctl=ctl,
-            monitor=monitor,
             started=time.monotonic(),
         )
         self.transfers[tid] = t
-        self.watch(ctl, functools.partial(self._on_control, t))
-        self.watch(monitor, functools.partial(self._on_monitor, t))
-        try:
-            ctl.connect(f"tcp://{_url_host(req.host)}:{req.port}")
-        except zmq.ZMQError as exc:
-            return self._end(t, "local", f"invalid address {req.host}:{req.port}: {exc}")
+        t.link = Link(
+            self,
+            self.settings,
+            f"tcp://{url_host(req.host)}:{req.port}",
+            functools.partial(self._on_control, t),
+            monitored=True,
+            on_failure=functools.partial(self._on_link_failure, t),
+        )
+        if t.link.failure:
+            return self._end(t, t.link.failure, t.link.detail)
         offer = Offer(
             tid=tid,
             name=os.path.basename(req.path),
@@ -281,77 +257,33 @@ class SenderActor(Actor):
             eph_pub=t.eph.public,
             hash_alg="blake3",
         )
-        ctl.send(codec.encode(offer))
+        t.link.send(offer)
         t.deadline = self.call_later(req.timeout, lambda: self._offer_timeout(t))
         self.count("offers")
 
     # -- control plane replies ----------------------------------------------------------
 
-    def _on_monitor(self, t: Outgoing, _sock: object = None) -> None:
-        while t.tid in self.transfers and not t.monitor.closed:
-            try:
-                event = recv_monitor_message(t.monitor, zmq.NOBLOCK)["event"]
-            except zmq.Again:
-                return
-            if event == zmq.EVENT_CONNECTED:
-                t.connected = True
-            elif event == zmq.EVENT_CONNECT_RETRIED and not t.connected:
-                t.refusals += 1
-                if t.refusals >= REFUSALS_UNREACHABLE and time.monotonic() - t.started > 1.0:
-                    self._end(t, "unreachable", f"cannot connect to {t.peer} (connection refused)")
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                t.handshaken = True
-            elif t.window is None and event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._end(
-                    t,
-                    "not-admitted",
-                    f"{t.peer} did not admit this node (not on its allow-list)",
-                )
-            elif (
-                t.window is None
-                and not t.handshaken
-                and event
-                in (
-                    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
-                    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-                    zmq.EVENT_DISCONNECTED,
-                )
-            ):
-                self._end(
-                    t,
-                    "handshake",
-                    f"handshake with {t.peer} failed: wrong network key, or not a PeerCrypt node",
-                )
+    def _on_link_failure(self, t: Outgoing) -> None:
+        if t.tid in self.transfers and t.window is None and t.link is not None:
+            self._end(t, t.link.failure, t.link.detail)
 
     def _offer_timeout(self, t: Outgoing) -> None:
+        if t.tid not in self.transfers or t.window is not None or t.link is None:
+            return
+        code, reason = t.link.timeout_reason(t.request.timeout)
+        self._end(t, code, reason)
+
+    def _on_control(self, t: Outgoing, msg: codec.Message) -> None:
         if t.tid not in self.transfers or t.window is not None:
             return
-        if not t.connected:
-            self._end(t, "unreachable", f"cannot connect to {t.peer} (no node listening there?)")
-        elif not t.handshaken:
-            self._end(t, "handshake", f"handshake with {t.peer} did not complete")
+        if isinstance(msg, Accept) and msg.tid == t.tid:
+            self._on_accept(t, msg)
+        elif isinstance(msg, Refuse) and msg.tid == t.tid:
+            self._end(t, "refused", f"{t.peer} refused: {msg.reason}")
+        elif isinstance(msg, ErrorReply):
+            self._end(t, "refused", f"{t.peer} rejected the offer: {msg.reason}")
         else:
-            self._end(t, "timeout", f"{t.peer} did not answer the offer")
-
-    def _on_control(self, t: Outgoing, _sock: object = None) -> None:
-        while t.tid in self.transfers and t.window is None:
-            try:
-                data = t.ctl.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = codec.decode(data)
-            except codec.DecodeError as exc:
-                self.count(f"control-{exc.kind}")
-                continue
-            if isinstance(msg, Accept) and msg.tid == t.tid and t.window is None:
-                self._on_accept(t, msg)
-            elif isinstance(msg, Refuse) and msg.tid == t.tid:
-                self._end(t, "refused", f"{t.peer} refused: {msg.reason}")
-            elif isinstance(msg, ErrorReply):
-                self._end(t, "refused", f"{t.peer} rejected the offer: {msg.reason}")
-            else:
-                self.count("control-unexpected")
+            self.count("control-unexpected")
 
     def _on_accept(self, t: Outgoing, accept: Accept) -> None:
         if t.deadline is not None:
@@ -374,7 +306,7 @@ class SenderActor(Actor):
             data.sndhwm = 0  # credit bounds what is queued
             data.rcvhwm = 0
             data.maxmsgsize = 64 * 1024
-            data.connect(f"tcp://{_url_host(host)}:{accept.data_port}")
+            data.connect(f"tcp://{url_host(host)}:{accept.data_port}")
             self.watch(data, functools.partial(self._on_data, t))
             t.lanes.append(data)
         t.data = t.lanes[0]
@@ -401,10 +333,9 @@ class SenderActor(Actor):
                 paced=t.paced,
             ),
         )
-        # The control socket's job is done; close it (and its monitor).
-        t.ctl.disable_monitor()
-        self.close_socket(t.ctl)
-        self.close_socket(t.monitor)
+        # The control connection's job is done.
+        if t.link is not None:
+            t.link.close()
         t.last_progress = self.now()
         self._pump(t)
 
@@ -596,10 +527,10 @@ class SenderActor(Actor):
             t.crew.stop()
         if t.window is not None:
             self.tell("scheduler", FlowEnd(request=t.request.request))
-        for sock in (t.ctl, t.monitor, *t.lanes):
-            if sock is not None and not sock.closed:
-                if sock is t.ctl and t.window is None:
-                    sock.disable_monitor()
+        if t.link is not None:
+            t.link.close()
+        for sock in t.lanes:
+            if not sock.closed:
                 self.close_socket(sock)
         os.close(t.fd)
         self.count("sent" if code == "ok" else f"failed-{code}")
@@ -672,7 +603,3 @@ def _is_regular(mode: int) -> bool:
     import stat
 
     return stat.S_ISREG(mode)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host

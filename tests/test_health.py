@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.health import _worst, same_address
+from actors.health import _worst
+from actors.peer_link import same_address
 from peercrypt import errors
 from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
 
