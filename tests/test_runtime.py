@@ -13,6 +13,7 @@ import zmq
 
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.runtime.supervisor import StartError, Supervisor
+from peercrypt.testing.nodes import wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Ping, Pong
 
@@ -69,11 +70,7 @@ class NeverReady(Actor):
 
 
 def wait_for(predicate: Any, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
+    wait_until(lambda: predicate() or None, timeout, "the condition")
 
 
 def make_env(**addresses: str) -> ActorEnv:
