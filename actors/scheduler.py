@@ -86,7 +86,7 @@ class SchedulerActor(Actor):
 
     def _publish(self) -> None:
         self.facts["mode"] = self.defaults.mode
-        self.facts["max_rate"] = str(self.planner.node_rate and int(self.planner.node_rate))
+        self.facts["max_rate"] = str(int(self.planner.node_rate))
         self.facts["aimd"] = (
             f"w={self.defaults.window_kb} min={self.defaults.min_window_kb} "
             f"max={self.defaults.max_window_kb} KB threshold={self.defaults.ack_threshold} "

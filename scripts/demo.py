@@ -11,6 +11,7 @@ stops the nodes. Exits non-zero if anything does not match.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import blake3
 
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeError, NodeProcess, run_cli
+from peercrypt.testing.nodes import NodeError, NodeProcess, run_cli, wait_until
 
 NODES = ("alice", "bob", "carol")
 FILES = {"empty.txt": 0, "note.txt": 1000, "photo.raw": 5 * 2**20, "dataset.bin": 96 * 2**20}
@@ -46,8 +47,31 @@ def main() -> int:
     try:
         print(f"demo directory {root}; one random network key shared by all nodes\n")
         for name in NODES:
-            nodes[name] = NodeProcess(root / name, network_key=key).start()
+            # bob and carol join through alice; gossip makes them find each other
+            join = (
+                ()
+                if not nodes
+                else (
+                    "--bootstrap-host",
+                    "127.0.0.1",
+                    "--bootstrap-port",
+                    str(nodes["alice"].port),
+                )
+            )
+            nodes[name] = NodeProcess(
+                root / name,
+                network_key=key,
+                extra_args=(*join, "--gossip-interval", "0.5", "--health-check-interval", "1"),
+            ).start()
             print(f"  {name:6} node {nodes[name].fingerprint}  port {nodes[name].port}")
+
+        def everyone_known() -> bool | None:
+            peers = json.loads(nodes["carol"].cli("peers", "--json").stdout or "[]")
+            return len([p for p in peers if p.get("state") == "alive"]) == 2 or None
+
+        wait_until(everyone_known, 20.0, "carol to learn bob through alice")
+        print("\n$ peercrypt --data-dir carol peers")
+        print(nodes["carol"].cli("peers").stdout.rstrip())
         source = root / "files"
         source.mkdir()
         for fname, size in FILES.items():
