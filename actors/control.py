@@ -81,6 +81,13 @@ ROUTES.update(
 )
 REPLIES.update({PeersReply: True, CheckResult: True, JoinResult: True, GossipState: True})
 
+# Multicast (docs/multicast.md).
+from peercrypt.wire import multicast_messages as _mc  # noqa: E402
+
+ROUTES.update({_mc.McSendRequest: "msender", _mc.McListen: "mreceiver"})
+REPLIES.update({_mc.McTargetResult: False, _mc.McSendResult: True, _mc.McListening: False})
+REPLIES.update({_mc.McReceived: False, _mc.McListenEnd: True})
+
 
 def _with_request(msg: codec.Message, request: int) -> codec.Message:
     """The same message with another ``request`` id (messages are frozen)."""
@@ -164,6 +171,7 @@ class ControlActor(Actor):
                         self._refuse_send(self.checking.pop(ours), "cancelled", "cancelled")
                         break
                     self.tell("sender", CancelRequest(request=ours))
+                    self.tell("msender", CancelRequest(request=ours))
         elif type(msg) in ROUTES:
             if len(self.pending) >= MAX_PENDING:
                 reply = ErrorReply(code="busy", reason="too many requests in progress")

@@ -38,6 +38,9 @@ CONTROL_MAX_BYTES = MAX_WRAPPED  # so that it can be handed on in Inbound mail
 # Which actor owns which control-plane message type.
 ROUTES: dict[type[codec.Message], str] = {Offer: "receiver"}
 ROUTES[Gossip] = "discovery"  # membership gossip (actors/discovery.py)
+from peercrypt.wire import multicast_messages as _mc  # noqa: E402  (docs/multicast.md)
+
+ROUTES.update({_mc.McAnnounce: "mreceiver", _mc.McKey: "mreceiver", _mc.McStatus: "mreceiver"})
 
 
 class GatewayActor(Actor):

@@ -16,9 +16,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 import zmq
@@ -37,6 +37,7 @@ from peercrypt.crypto.identity import (
 from peercrypt.node import Node
 from peercrypt.runtime.supervisor import StartError
 from peercrypt.settings import DEFAULT_CHUNK, DEFAULT_PORT, MAX_CHUNK, MIN_CHUNK, NodeSettings
+from peercrypt.wire.codec import Message
 from peercrypt.wire.messages import CancelRequest, ErrorReply, Progress, SendRequest, SendResult
 
 log = logging.getLogger("peercrypt.cli")
@@ -377,8 +378,6 @@ def send(
 ) -> None:
     """Send FILE to the node at HOST PORT; exit 0 once it verified the hash."""
     overrides = cli_modes.send_overrides(policy_options)
-    from tqdm import tqdm
-
     path = file.resolve()
     with _local_node(obj, network_key, open_network) as client:
         request = client.next_id()
@@ -394,32 +393,60 @@ def send(
                 **overrides,
             )
         )
-        bar = tqdm(
-            total=path.stat().st_size,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            file=sys.stderr,
-            disable=as_json or no_progress or not sys.stderr.isatty(),
-            desc=path.name,
-            leave=False,
-        )
-        try:
-            # The node reports progress every 0.1 s; silence this long means it is gone.
-            result = _await_result(client, request, bar, silence=timeout + 30.0)
-        except KeyboardInterrupt:
-            client.send(CancelRequest(request=request))
-            with contextlib.suppress(NodeUnavailable, UserError):
-                _await_result(client, request, bar, silence=5.0)
-            raise UserError("interrupted; the transfer was cancelled", 130) from None
-        finally:
-            bar.close()
+        result = follow(client, request, path, SendResult, timeout, quiet=as_json or no_progress)
     _report(result, path, host, port, as_json)
 
 
-def _await_result(client: ControlClient, request: int, bar: Any, silence: float) -> SendResult:
-    """Follow progress until the result. Raises UserError after ``silence`` s
-    of nothing, or within a second of the node's process ending."""
+R = TypeVar("R", bound=Message)
+
+
+def follow(
+    client: ControlClient,
+    request: int,
+    path: Path,
+    result_type: type[R],
+    timeout: float,
+    *,
+    quiet: bool,
+    on_other: Callable[[Message], None] | None = None,
+) -> R:
+    """Show a progress bar for ``request`` until its ``result_type`` arrives.
+
+    Other replies to the request go to ``on_other``. Ctrl-C cancels the
+    request in the node (exit 130). Raises UserError when the node stops, or
+    after ``timeout`` + 30 s of silence (it reports progress every 0.1 s).
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=path.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        disable=quiet or not sys.stderr.isatty(),
+        desc=path.name,
+        leave=False,
+    )
+    try:
+        return _await_result(client, request, bar, result_type, timeout + 30.0, on_other)
+    except KeyboardInterrupt:
+        client.send(CancelRequest(request=request))
+        with contextlib.suppress(NodeUnavailable, UserError):
+            _await_result(client, request, bar, result_type, 5.0, on_other)
+        raise UserError("interrupted; the transfer was cancelled", 130) from None
+    finally:
+        bar.close()
+
+
+def _await_result(
+    client: ControlClient,
+    request: int,
+    bar: Any,
+    result_type: type[R],
+    silence: float,
+    on_other: Callable[[Message], None] | None,
+) -> R:
     quiet_since = time.monotonic()
     while True:
         try:
@@ -431,12 +458,18 @@ def _await_result(client: ControlClient, request: int, bar: Any, silence: float)
                 continue
             raise UserError("the local node stopped answering", errors.FAILED) from None
         quiet_since = time.monotonic()
-        if isinstance(msg, Progress) and msg.request == request:
-            bar.update(msg.done_bytes - bar.n)
-        elif isinstance(msg, SendResult) and msg.request == request:
-            return msg
-        elif isinstance(msg, ErrorReply):
+        if isinstance(msg, ErrorReply):
             raise UserError(f"the local node refused: {msg.reason}", errors.FAILED)
+        if getattr(msg, "request", None) != request:
+            continue
+        if isinstance(msg, result_type):
+            return msg
+        if isinstance(msg, Progress):
+            bar.update(msg.done_bytes - bar.n)
+        elif isinstance(msg, SendResult):  # e.g. "cancelled: the node is stopping"
+            raise UserError(msg.reason or msg.code, errors.exit_code(msg.code))
+        elif on_other is not None:
+            on_other(msg)
 
 
 def _report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> NoReturn:
@@ -526,4 +559,5 @@ def run() -> None:
 cli_modes.register(main)
 
 
+import peercrypt.cli_multicast  # noqa: E402  (send -m/--to/-dual, multicast-receive)
 import peercrypt.cli_network  # noqa: E402  (peers, join, health-check, ...)

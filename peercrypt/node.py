@@ -20,6 +20,8 @@ from actors.control import ControlActor, new_token
 from actors.discovery import DiscoveryActor
 from actors.gateway import GatewayActor
 from actors.health import HealthActor
+from actors.multicast_receiver import MulticastReceiverActor
+from actors.multicast_sender import MulticastSenderActor
 from actors.receiver import ReceiverActor
 from actors.scheduler import SchedulerActor
 from actors.sender import SenderActor
@@ -44,6 +46,7 @@ class Node:
             ("scheduler", lambda env: SchedulerActor(env, s)),
             ("sender", lambda env: SenderActor(env, s)),
             ("health", lambda env: HealthActor(env, s)),  # pre-send checks, probes
+            ("msender", lambda env: MulticastSenderActor(env, s)),  # docs/multicast.md
         ]
         if s.port is not None:
             factories += [
@@ -51,6 +54,7 @@ class Node:
                 ("receiver", lambda env: ReceiverActor(env, s)),
                 ("gateway", lambda env: GatewayActor(env, s)),
                 ("discovery", lambda env: DiscoveryActor(env, s)),  # gossip membership
+                ("mreceiver", lambda env: MulticastReceiverActor(env, s)),  # docs/multicast.md
             ]
         self.supervisor = Supervisor(self.env, factories)
         self._stopped = False

@@ -58,3 +58,10 @@ class NodeSettings:
     connect_timeout: float = 3.0  # seconds each attempt waits for an answer
     max_members: int = 256
     member_expiry: float = 300.0  # dead/left members are forgotten after this long
+    # Multicast (docs/multicast.md): the sender's PUB port (0: any free port,
+    # advertised in every announce), the receiver's unicast repair port range
+    # ((0, 0): any free port; `multicast-receive LOW-HIGH` rebinds it live) and
+    # the chunks published ahead of the slowest multicast receiver.
+    multicast_pub_port: int = 0
+    multicast_repair_ports: tuple[int, int] = (0, 0)
+    multicast_window: int = 64

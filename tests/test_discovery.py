@@ -120,8 +120,13 @@ def test_transitive_join_and_real_endpoints(node_factory: Callable[..., NodeProc
     assert table[b.fingerprint]["address"] == f"127.0.0.1:{b.port}"
     assert peer_table(a)[c.fingerprint]["address"] == f"127.0.0.1:{c.port}"
     assert a.status()["advertise"] == f"tcp://127.0.0.1:{a.port}"
-    # `peers --json` (and its alias) show the documented columns.
-    listed = json.loads(c.cli("peers", "--json", timeout=30).stdout)
+    # `peers --json` (and its alias) show the documented columns, the RTT once
+    # the first health probes have been answered.
+    def probed() -> list[dict[str, Any]] | None:
+        rows: list[dict[str, Any]] = json.loads(c.cli("peers", "--json", timeout=30).stdout)
+        return rows if rows and all(row["rtt_ms"] for row in rows) else None
+
+    listed = wait_until(probed, 15, "C's first probes of A and B")
     assert {row["id"] for row in listed} == {a.fingerprint, b.fingerprint}
     for row in listed:
         assert row["state"] == "alive"

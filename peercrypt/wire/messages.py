@@ -414,4 +414,5 @@ class TransfersReply(Message):
 
 
 # Discovery and health-monitor messages register themselves on import.
+import peercrypt.wire.multicast_messages  # noqa: E402  (docs/multicast.md)
 import peercrypt.wire.network_messages  # noqa: E402, F401

@@ -1,0 +1,503 @@
+"""Multicast receiver actor (``mreceiver``): joins sessions, repairs, verifies.
+
+Announces arrive from the gateway (control plane, CURVE). Per session:
+
+1. ``McAnnounce`` -> checks (limits, name, chunk size, space), a
+   ``.NAME.SID.mc.part`` file in the inbox, ``McJoin`` with a fresh ephemeral
+   key and this actor's unicast repair port.
+2. ``McKey`` -> the content key is unwrapped; a SUB socket connects to the
+   sender's advertised PUB port and subscribes to the session id.
+3. Chunks (from the SUB socket or the repair PULL socket) are authenticated
+   with the content key, decrypted and queued to the writer thread (the
+   receiver's :class:`~actors.file_writer.FileWriter`: positioned writes,
+   BLAKE3 in file order). Every ``ACK_INTERVAL`` an ``McAck`` reports the
+   written point and NAK ranges from :class:`~peercrypt.core.multicast.GapTracker`.
+4. When every chunk is written and the sender's ``McStatus`` carried the
+   whole-file hash: fsync, compare, hard-link under a free name, ``McDone``.
+
+Memory: chunks queued to the writer are bounded (``QUEUE_CHUNKS``; beyond it
+a chunk is dropped and NAKed later); the SUB high-water mark is bounded;
+nothing depends on the file size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+
+from actors.file_writer import FileWriter
+from peercrypt.core.bitmap import ChunkBitmap, flatten
+from peercrypt.core.multicast import GapTracker
+from peercrypt.core.names import UnsafeName, candidate_names, sanitise
+from peercrypt.crypto.identity import fingerprint
+from peercrypt.crypto.keywrap import ContentSealer, WrapKey
+from peercrypt.crypto.transfer import TAG_BYTES, OpenError
+from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, bound_port
+from peercrypt.settings import MIN_CHUNK, NodeSettings
+from peercrypt.wire import codec
+from peercrypt.wire.messages import Inbound, Outbound
+from peercrypt.wire.multicast_messages import (
+    McAck,
+    McAnnounce,
+    McChunk,
+    McDone,
+    McJoin,
+    McKey,
+    McListen,
+    McListenEnd,
+    McListening,
+    McReceived,
+    McRefuse,
+    McStatus,
+)
+
+log = logging.getLogger("peercrypt.mreceiver")
+
+ACK_INTERVAL = 0.05
+ACK_EVERY = 8  # chunks written between acks (besides the timer)
+QUEUE_CHUNKS = 128  # authenticated chunks waiting for the writer, per session
+SUB_HWM = 256  # messages the SUB socket queues (beyond: the PUB drops, NAK repairs)
+MAX_SESSIONS = 16
+MAX_LISTENERS = 16
+COMPLETED_MEMORY = 256
+HEADER_MAX_BYTES = 512
+WRAP_MEMORY = 4  # announce attempts whose ephemeral key we keep
+# Test hook (documented in docs/multicast.md): seconds this receiver sleeps
+# after each chunk it takes from the network, to play a slow subscriber.
+SLOW_ENV = "PEERCRYPT_TEST_MC_SLOW"
+
+
+@dataclass
+class Session:
+    sid: bytes
+    peer: bytes
+    route: bytes
+    name: str
+    size: int
+    chunk_size: int
+    tracker: GapTracker
+    part: Path
+    fd: int
+    pub_endpoint: str
+    started: float
+    last_activity: float
+    wraps: dict[int, tuple[WrapKey, bytes]] = field(default_factory=dict)
+    sealer: ContentSealer | None = None
+    sub: zmq.Socket[Any] | None = None
+    digest: bytes = b""
+    finishing: bool = False
+    last_ack: float = 0.0
+    acked_written: int = 0
+    queued: int = 0
+
+
+class MulticastReceiverActor(Actor):
+    name = "mreceiver"
+
+    def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
+        super().__init__(env)
+        self.settings = settings
+        self.sessions: dict[bytes, Session] = {}
+        self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # sid -> (route, McDone)
+        self.listeners: dict[int, int] = {}  # request -> sessions still to report (0: all)
+        self.slow = float(os.environ.get(SLOW_ENV) or 0.0)
+
+    def setup(self) -> None:
+        s = self.settings
+        s.inbox.mkdir(parents=True, exist_ok=True)
+        self.repair: zmq.Socket[Any] | None = None
+        low, high = s.multicast_repair_ports
+        self._bind_repair(low, high)
+        address = f"inproc://pc-{self.env.node_uid}/mreceiver-writer"
+        self.writer_results = self.socket(zmq.PAIR)
+        self.writer_results.bind(address)
+        self.watch(self.writer_results, self._on_writer)
+        self.writer = FileWriter(self.env.context, address)
+        self.writer.start()
+        self.call_every(ACK_INTERVAL, self._ack_all)
+        self.call_every(1.0, self._expire_idle)
+
+    def _bind_repair(self, low: int, high: int) -> None:
+        """Bind the unicast repair socket to the first free port in [low, high]
+        (0, 0: any free port). Raises SetupError when none is free."""
+        sock = self.socket(zmq.PULL)
+        sock.maxmsgsize = self.settings.max_chunk + TAG_BYTES + 1024
+        sock.rcvhwm = SUB_HWM
+        ports = [0] if low == 0 else list(range(low, max(low, high) + 1))
+        for port in ports:
+            try:
+                self.bind(sock, self.settings.host, port)
+            except SetupError as exc:
+                if port == ports[-1]:
+                    self.close_socket(sock)
+                    raise SetupError(f"no free repair port in {low}-{high} ({exc})") from None
+                continue
+            break
+        if self.repair is not None:
+            self.close_socket(self.repair)
+        self.repair = sock
+        self.repair_port = bound_port(sock)
+        self.facts["multicast_repair_port"] = str(self.repair_port)
+        self.watch(sock, self._on_data)
+
+    def teardown(self) -> None:
+        if hasattr(self, "writer"):
+            self.writer.stop()
+        for sess in list(self.sessions.values()):
+            self._close(sess, keep_part=False)
+
+    # -- control plane ------------------------------------------------------------
+
+    def on_mail(self, msg: codec.Message) -> None:
+        if isinstance(msg, McListen):
+            self._listen(msg)
+            return
+        if not isinstance(msg, Inbound):
+            return super().on_mail(msg)
+        try:
+            inner = codec.decode(msg.payload)
+        except codec.DecodeError as exc:
+            self.count(f"control-{exc.kind}")
+            return
+        reply: codec.Message | None = None
+        if isinstance(inner, McAnnounce):
+            reply = self._on_announce(inner, msg)
+        elif isinstance(inner, McKey):
+            reply = self._on_key(inner, msg)
+        elif isinstance(inner, McStatus):
+            reply = self._on_status(inner, msg)
+        else:
+            self.count("control-unexpected")
+        if reply is not None:
+            self._reply(msg.route, reply)
+
+    def _reply(self, route: bytes, reply: codec.Message) -> None:
+        self.tell("gateway", Outbound(route=route, payload=codec.encode(reply)))
+
+    def _on_announce(self, a: McAnnounce, env: Inbound) -> codec.Message:
+        def refuse(code: str, reason: str) -> McRefuse:
+            self.count(f"refused-{code}")
+            log.info("refused multicast session from %s: %s", _who(env.peer), reason)
+            return McRefuse(sid=a.sid, code=code, reason=reason)
+
+        done = self.completed.get(a.sid)
+        if done is not None:
+            return codec.decode(done[1])
+        sess = self.sessions.get(a.sid)
+        if sess is not None and sess.peer != env.peer:
+            return refuse("duplicate", "session id already in use")
+        if sess is None:
+            s = self.settings
+            if len(self.sessions) >= MAX_SESSIONS:
+                return refuse("busy", f"receiver busy ({MAX_SESSIONS} multicast sessions)")
+            if not MIN_CHUNK <= a.chunk_size <= s.max_chunk:
+                return refuse("bad-offer", f"chunk size must be {MIN_CHUNK}..{s.max_chunk} bytes")
+            try:
+                name = sanitise(a.name)
+            except UnsafeName as exc:
+                return refuse("bad-name", str(exc))
+            free = shutil.disk_usage(s.inbox).free
+            if a.size > free:
+                return refuse("no-space", f"not enough space in the inbox ({free} bytes free)")
+            part = s.inbox / f".{name}.{a.sid.hex()[:12]}.mc.part"
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()  # left by an earlier process of this node (killed)
+                fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                os.ftruncate(fd, a.size)
+            except OSError as exc:
+                return refuse("io", f"cannot create file in inbox: {exc.strerror}")
+            total = -(-a.size // a.chunk_size)
+            host = a.pub_host or env.peer_host or "127.0.0.1"
+            host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+            now = self.now()
+            sess = Session(
+                sid=a.sid,
+                peer=env.peer,
+                route=env.route,
+                name=name,
+                size=a.size,
+                chunk_size=a.chunk_size,
+                tracker=GapTracker(total, nak_limit=64),
+                part=part,
+                fd=fd,
+                pub_endpoint=f"tcp://{host}:{a.pub_port}",
+                started=now,
+                last_activity=now,
+            )
+            self.sessions[a.sid] = sess
+            self.writer.open(a.sid, fd, a.chunk_size, a.size, ChunkBitmap(total))
+            self.count("joined")
+            log.info("joining multicast session %s (%s, %d bytes)", a.sid.hex()[:12], name, a.size)
+        sess.route = env.route
+        sess.last_activity = self.now()
+        wrap = WrapKey()
+        sess.wraps[a.attempt] = (wrap, a.eph_pub)
+        while len(sess.wraps) > WRAP_MEMORY:
+            sess.wraps.pop(next(iter(sess.wraps)))
+        return McJoin(
+            sid=a.sid, eph_pub=wrap.public, repair_port=self.repair_port, attempt=a.attempt
+        )
+
+    def _on_key(self, k: McKey, env: Inbound) -> codec.Message | None:
+        sess = self.sessions.get(k.sid)
+        if sess is None or sess.peer != env.peer:
+            return McRefuse(sid=k.sid, code="unknown-session", reason="no such session here")
+        entry = sess.wraps.pop(k.attempt, None)
+        if entry is None:
+            self.count("key-stale")
+            return None
+        wrap, sender_pub = entry
+        try:
+            key = wrap.unwrap(k.sid, sender_pub, k.wrapped)
+        except (OpenError, ValueError):
+            self.count("key-invalid")
+            return None
+        sess.route = env.route
+        sess.sealer = ContentSealer(k.sid, key)
+        if sess.sub is None:
+            sub = sess.sub = self.socket(zmq.SUB)
+            sub.rcvhwm = SUB_HWM
+            sub.maxmsgsize = self.settings.max_chunk + TAG_BYTES + 1024
+            sub.setsockopt(zmq.SUBSCRIBE, k.sid)
+            sub.connect(sess.pub_endpoint)
+            self.watch(sub, self._on_data)
+        self._send_ack(sess, self.now())
+        return None
+
+    def _on_status(self, st: McStatus, env: Inbound) -> codec.Message | None:
+        done = self.completed.get(st.sid)
+        if done is not None:
+            return codec.decode(done[1])
+        sess = self.sessions.get(st.sid)
+        if sess is None or sess.peer != env.peer:
+            return McRefuse(sid=st.sid, code="unknown-session", reason="no such session here")
+        sess.route = env.route
+        sess.last_activity = self.now()
+        if st.end:
+            log.info("multicast session %s ended by the sender: %s", sess.name, st.end)
+            self.count("dropped-by-sender")
+            self._report(sess, "", ok=False, reason=f"the sender ended the session: {st.end}")
+            self._close(sess, keep_part=False)
+            return None
+        sess.tracker.on_horizon(st.horizon)
+        if st.digest and not sess.digest:
+            sess.digest = st.digest
+        self._maybe_finish(sess)
+        return None
+
+    # -- data ----------------------------------------------------------------------
+
+    def _on_data(self, sock: zmq.Socket[Any]) -> None:
+        subscribed = sock is not self.repair
+        for _ in range(64):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            if subscribed:
+                frames = frames[1:]  # the topic (session id) frame
+            if len(frames) != 2:
+                self.count("data-dropped-frames")
+                continue
+            try:
+                header = codec.decode_as(frames[0].buffer, McChunk, HEADER_MAX_BYTES)
+            except codec.DecodeError as exc:
+                self.count(f"data-dropped-{exc.kind}")
+                continue
+            self._on_chunk(header, frames[1].buffer)
+            if self.slow and subscribed:
+                time.sleep(self.slow)
+
+    def _on_chunk(self, h: McChunk, payload: memoryview) -> None:
+        sess = self.sessions.get(h.sid)
+        if sess is None or sess.sealer is None:
+            self.count("data-dropped-unknown-session")
+            return
+        t = sess.tracker
+        if not 0 <= h.index < t.total or h.last != (h.index == t.total - 1):
+            self.count("data-dropped-bad-index")
+            return
+        if len(payload) != min(sess.chunk_size, sess.size - h.index * sess.chunk_size) + TAG_BYTES:
+            self.count("data-dropped-bad-length")
+            return
+        if h.index in t.received:
+            t.duplicates += 1
+            self.count("duplicates")
+            return
+        if sess.queued >= QUEUE_CHUNKS:
+            self.count("data-dropped-queue-full")  # NAKed later
+            return
+        try:
+            plaintext = sess.sealer.open_chunk(h.index, h.last, h.nonce, payload)
+        except OpenError:
+            self.count("data-dropped-auth")
+            return
+        sess.last_activity = self.now()
+        if t.on_chunk(h.index, self.now()):
+            sess.queued += 1
+            self.writer.write(sess.sid, h.index, plaintext)
+
+    def _on_writer(self, sock: zmq.Socket[Any]) -> None:
+        for _ in range(256):
+            try:
+                kind, sid, value = msgpack.unpackb(sock.recv(zmq.NOBLOCK), raw=False)
+            except zmq.Again:
+                break
+            sess = self.sessions.get(sid)
+            if sess is None:
+                continue
+            if kind == "written":
+                sess.queued -= 1
+                sess.tracker.on_written(value)
+                if sess.tracker.written.count - sess.acked_written >= ACK_EVERY:
+                    self._send_ack(sess, self.now())
+                self._maybe_finish(sess)
+            elif kind == "finished":
+                self._finish(sess, value)
+            else:
+                log.error("writing %s failed: %s", sess.name, value)
+                self._done(sess, ok=False, digest=b"", stored="", reason=f"cannot write: {value}")
+
+    def _send_ack(self, sess: Session, now: float) -> None:
+        if sess.sealer is None or sess.finishing:
+            return
+        t = sess.tracker
+        naks = t.naks(now)
+        sess.last_ack = now
+        sess.acked_written = t.written.count
+        self._reply(
+            sess.route,
+            McAck(
+                sid=sess.sid,
+                cumulative=t.written.cumulative,
+                written=t.written.count,
+                naks=flatten(naks),
+            ),
+        )
+
+    def _ack_all(self) -> None:
+        now = self.now()
+        for sess in list(self.sessions.values()):
+            if now - sess.last_ack >= ACK_INTERVAL * 0.9:
+                self._send_ack(sess, now)
+
+    # -- the end -------------------------------------------------------------------------
+
+    def _maybe_finish(self, sess: Session) -> None:
+        if sess.tracker.complete and sess.digest and not sess.finishing:
+            sess.finishing = True
+            self.writer.finish(sess.sid)
+
+    def _finish(self, sess: Session, digest: bytes) -> None:
+        if not hmac.compare_digest(digest, sess.digest):
+            self.count("hash-mismatch")
+            log.warning("%s: whole-file hash mismatch; discarded", sess.name)
+            self._done(sess, ok=False, digest=digest, stored="", reason="whole-file hash mismatch")
+            return
+        os.fchmod(sess.fd, 0o644)
+        stored = ""
+        for candidate in candidate_names(sess.name):
+            try:
+                os.link(sess.part, self.settings.inbox / candidate)
+            except FileExistsError:
+                continue
+            stored = candidate
+            break
+        if not stored:
+            self._done(sess, ok=False, digest=digest, stored="", reason="no free name in the inbox")
+            return
+        self.count("received")
+        self.count("received-bytes", sess.size)
+        log.info("received %s (%d bytes) by multicast from %s", stored, sess.size, _who(sess.peer))
+        self._done(sess, ok=True, digest=digest, stored=stored, reason="")
+
+    def _done(self, sess: Session, *, ok: bool, digest: bytes, stored: str, reason: str) -> None:
+        msg = McDone(sid=sess.sid, ok=ok, digest=digest, stored_as=stored, reason=reason)
+        payload = codec.encode(msg)
+        self.tell("gateway", Outbound(route=sess.route, payload=payload))
+        if len(self.completed) >= COMPLETED_MEMORY:
+            self.completed.pop(next(iter(self.completed)))
+        self.completed[sess.sid] = (sess.route, payload)
+        self._report(sess, stored, ok=ok, reason=reason)
+        self._close(sess, keep_part=False)
+
+    def _report(self, sess: Session, stored: str, *, ok: bool, reason: str) -> None:
+        for request, left in list(self.listeners.items()):
+            self.tell(
+                "control",
+                McReceived(
+                    request=request,
+                    name=sess.name,
+                    stored_as=stored,
+                    size=sess.size,
+                    ok=ok,
+                    reason=reason[:500],
+                ),
+            )
+            if left == 1:
+                del self.listeners[request]
+                self.tell("control", McListenEnd(request=request))
+            elif left > 1:
+                self.listeners[request] = left - 1
+
+    def _close(self, sess: Session, keep_part: bool) -> None:
+        self.sessions.pop(sess.sid, None)
+        self.writer.forget(sess.sid)
+        if sess.sub is not None:
+            self.close_socket(sess.sub)
+            sess.sub = None
+        os.close(sess.fd)
+        if not keep_part:
+            with contextlib.suppress(FileNotFoundError):
+                sess.part.unlink()
+
+    def _expire_idle(self) -> None:
+        now = self.now()
+        for sess in list(self.sessions.values()):
+            if now - sess.last_activity > self.settings.idle_timeout and not sess.finishing:
+                log.info("%s: no traffic for %.0f s; dropped", sess.name, now - sess.last_activity)
+                self.count("expired")
+                self._report(sess, "", ok=False, reason="the sender went silent")
+                self._close(sess, keep_part=False)
+        self.facts["multicast_sessions"] = str(len(self.sessions))
+
+    # -- multicast-receive ------------------------------------------------------------------
+
+    def _listen(self, msg: McListen) -> None:
+        if msg.low or msg.high:
+            if not 1 <= msg.low <= msg.high:
+                self.tell(
+                    "control",
+                    McListening(
+                        request=msg.request, repair_port=0, code="local", reason="bad port range"
+                    ),
+                )
+                return
+            if not msg.low <= self.repair_port <= msg.high:
+                try:
+                    self._bind_repair(msg.low, msg.high)
+                except SetupError as exc:
+                    reply = McListening(
+                        request=msg.request, repair_port=0, code="local", reason=str(exc)[:500]
+                    )
+                    self.tell("control", reply)
+                    return
+        if len(self.listeners) >= MAX_LISTENERS:
+            self.listeners.pop(next(iter(self.listeners)))
+        self.listeners[msg.request] = msg.count
+        self.tell("control", McListening(request=msg.request, repair_port=self.repair_port))
+
+
+def _who(peer: bytes) -> str:
+    return fingerprint(peer) if peer else "?"

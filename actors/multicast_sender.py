@@ -1,0 +1,670 @@
+"""Multicast sender actor (``msender``): one file to many receivers at once.
+
+Per session (``McSendRequest`` from the control actor):
+
+1. A CURVE DEALER per target carries ``McAnnounce`` (name, size, chunk size,
+   a fresh ephemeral key, this node's PUB port). A target answers ``McJoin``
+   with its own ephemeral key and repair port; it gets the session's random
+   content key wrapped for it alone (``McKey``). Targets that refuse the
+   connection or fail the handshake are reported at once; publishing starts
+   when every target joined or failed, or after ``JOIN_WAIT`` s with at least
+   one joined; a target that joins later catches up by repairs, and the
+   announce is repeated to it until it joins or the timeout passes.
+2. Each chunk is read once, hashed (BLAKE3, in order) and sealed once with the
+   content key, and published once on the PUB socket (topic = session id),
+   paced by :class:`~peercrypt.core.multicast.SessionPlan` (the slowest
+   multicast member's written point plus an AIMD window).
+3. Receivers ack and NAK over the control connection; the plan decides each
+   repair: re-publish (two or more asked) or unicast to the receiver's repair
+   port (one asked). A repair is read and sealed once however many get it.
+4. Each receiver verifies the whole-file hash and answers ``McDone``; every
+   target's outcome is streamed to the requester (``McTargetResult``) and the
+   session ends with ``McSendResult`` listing them all.
+
+Memory: the PUB and repair sockets have bounded high-water marks (a drop is a
+NAK later); the plan's per-member state is bounded by the NAK limit.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from peercrypt.core.bitmap import pairs
+from peercrypt.core.multicast import DONE, FAILED, JOINING, LOST, SessionPlan
+from peercrypt.crypto.keywrap import ContentSealer, WrapKey, new_content_key
+from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, Timer, bound_port
+from peercrypt.settings import NodeSettings
+from peercrypt.wire import codec
+from peercrypt.wire.messages import CancelRequest, ErrorReply, Progress
+from peercrypt.wire.multicast_messages import (
+    McAck,
+    McAnnounce,
+    McChunk,
+    McDone,
+    McJoin,
+    McKey,
+    McRefuse,
+    McSendRequest,
+    McSendResult,
+    McStatus,
+    McTargetResult,
+)
+
+log = logging.getLogger("peercrypt.msender")
+
+JOIN_WAIT = 2.0  # seconds publishing waits for every target to join
+ANNOUNCE_INTERVAL = 0.5  # re-announce to targets that did not join (yet)
+TICK = 0.05
+PUBLISH_BATCH = 16  # chunks per loop step (acks are read in between)
+PUB_HWM = 256  # messages queued per subscriber before the PUB drops
+REPAIR_HWM = 64
+REFUSALS_UNREACHABLE = 5
+MONITOR_EVENTS = (
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+@dataclass
+class Target:
+    name: str
+    host: str
+    port: int
+    ctl: zmq.Socket[Any]
+    monitor: zmq.Socket[Any]
+    wraps: dict[int, WrapKey] = field(default_factory=dict)
+    attempt: int = 0
+    joined: bool = False
+    repair: zmq.Socket[Any] | None = None
+    repair_port: int = 0
+    connected: bool = False
+    handshaken: bool = False
+    refusals: int = 0
+    noticed: bool = False
+    result: tuple[str, str, str] | None = None  # code, reason, stored_as
+    seconds: float = 0.0
+
+
+@dataclass
+class Session:
+    request: McSendRequest
+    sid: bytes
+    fd: int
+    size: int
+    mtime_ns: int
+    chunk_size: int
+    total: int
+    name: str
+    sealer: ContentSealer
+    content_key: bytes
+    plan: SessionPlan
+    started: float
+    targets: dict[str, Target] = field(default_factory=dict)
+    publishing: bool = False
+    hasher: Any = field(default_factory=blake3.blake3)
+    digest: bytes = b""
+    seals_first: int = 0
+    seals_repair: int = 0
+    published_bytes: int = 0
+    unicast_bytes: int = 0
+    timers: list[Timer] = field(default_factory=list)
+    pump_scheduled: bool = False
+    subscriptions: int = 0
+
+
+class MulticastSenderActor(Actor):
+    name = "msender"
+
+    def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
+        super().__init__(env)
+        self.settings = settings
+        self.sessions: dict[bytes, Session] = {}
+        self.pub: zmq.Socket[Any] | None = None
+        self.pub_port = 0
+
+    def setup(self) -> None:
+        self.call_every(TICK, self._tick)
+        self.call_every(0.1, self._progress)
+
+    def teardown(self) -> None:
+        for sess in list(self.sessions.values()):
+            self._finish(sess, "cancelled", "the node is stopping")
+
+    def _ensure_pub(self) -> None:
+        """Bind the PUB socket on first use (nodes that never multicast open no port)."""
+        if self.pub is not None:
+            return
+        # XPUB: the same as PUB, but every subscription is reported to us
+        # (verbose), so publishing waits until the joined receivers subscribed.
+        pub = self.socket(zmq.XPUB)
+        pub.sndhwm = PUB_HWM
+        pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.bind(pub, self.settings.host, self.settings.multicast_pub_port)
+        self.pub = pub
+        self.pub_port = bound_port(pub)
+        self.facts["multicast_pub_port"] = str(self.pub_port)
+        self.watch(pub, self._on_subscription)
+
+    def _on_subscription(self, sock: zmq.Socket[Any]) -> None:
+        for _ in range(256):
+            try:
+                event = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            sess = self.sessions.get(event[1:])
+            if sess is not None and event[:1] == b"\x01":
+                sess.subscriptions += 1
+                self._maybe_start(sess)
+
+    # -- requests --------------------------------------------------------------------
+
+    def on_mail(self, msg: codec.Message) -> None:
+        if isinstance(msg, McSendRequest):
+            self._start(msg)
+        elif isinstance(msg, CancelRequest):
+            for sess in list(self.sessions.values()):
+                if sess.request.request == msg.request:
+                    self._finish(sess, "cancelled", "cancelled by the user")
+        else:
+            super().on_mail(msg)
+
+    def _fail_request(self, req: McSendRequest, code: str, reason: str) -> None:
+        self.tell(
+            "control",
+            McSendResult(request=req.request, code=code, reason=reason[:500], size=0, digest=b""),
+        )
+
+    def _start(self, req: McSendRequest) -> None:
+        bad = [t for t in req.targets if not _valid_target(t)]
+        if not req.targets or bad:
+            return self._fail_request(req, "local", f"invalid targets: {bad or 'none'}"[:500])
+        try:
+            self._ensure_pub()
+        except SetupError as exc:
+            return self._fail_request(req, "local", str(exc))
+        try:
+            fd = os.open(req.path, os.O_RDONLY)
+        except OSError as exc:
+            return self._fail_request(req, "local", f"cannot read {req.path}: {exc.strerror}")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return self._fail_request(req, "local", f"{req.path} is not a regular file")
+        sid = os.urandom(16)
+        key = new_content_key()
+        total = max(1, -(-st.st_size // req.chunk_size))
+        plan = SessionPlan(
+            total,
+            window=req.window or self.settings.multicast_window,
+            stall_timeout=req.timeout,
+        )
+        sess = Session(
+            request=req,
+            sid=sid,
+            fd=fd,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            chunk_size=req.chunk_size,
+            total=total,
+            name=os.path.basename(req.path),
+            sealer=ContentSealer(sid, key),
+            content_key=key,
+            plan=plan,
+            started=self.now(),
+        )
+        self.sessions[sid] = sess
+        self.count("sessions")
+        for name in dict.fromkeys(req.targets):
+            host, _, port = name.rpartition(":")
+            self._open_target(sess, name, host.strip("[]"), int(port))
+        sess.timers.append(self.call_later(JOIN_WAIT, lambda: self._join_wait_over(sess)))
+        sess.timers.append(self.call_every(ANNOUNCE_INTERVAL, lambda: self._reannounce(sess)))
+
+    def _open_target(self, sess: Session, name: str, host: str, port: int) -> None:
+        s = self.settings
+        ctl = self.socket(zmq.DEALER)
+        ctl.curve_serverkey = s.server_keys.z85_public
+        ctl.curve_publickey = s.identity.z85_public
+        ctl.curve_secretkey = s.identity.z85_secret
+        ctl.maxmsgsize = 64 * 1024 + 1024
+        ctl.reconnect_ivl = 100
+        ctl.immediate = True  # nothing queues for a peer that is not connected
+        ctl.sndhwm = 1000
+        address = f"inproc://pc-{self.env.node_uid}/mmonitor/{sess.sid.hex()}/{len(sess.targets)}"
+        ctl.monitor(address, MONITOR_EVENTS)
+        monitor = self.socket(zmq.PAIR)
+        monitor.connect(address)
+        t = Target(name=name, host=host, port=port, ctl=ctl, monitor=monitor)
+        sess.targets[name] = t
+        sess.plan.add(name, self.now())
+        self.watch(ctl, functools.partial(self._on_control, sess, t))
+        self.watch(monitor, functools.partial(self._on_monitor, sess, t))
+        url_host = f"[{host}]" if ":" in host else host
+        try:
+            ctl.connect(f"tcp://{url_host}:{port}")
+        except zmq.ZMQError as exc:
+            self._target_failed(sess, t, "local", f"invalid address {name}: {exc}")
+
+    def _announce(self, sess: Session, t: Target) -> None:
+        t.attempt += 1
+        wrap = WrapKey()
+        t.wraps[t.attempt] = wrap
+        while len(t.wraps) > 4:
+            t.wraps.pop(next(iter(t.wraps)))
+        msg = McAnnounce(
+            sid=sess.sid,
+            name=sess.name,
+            size=sess.size,
+            chunk_size=sess.chunk_size,
+            eph_pub=wrap.public,
+            pub_host="",
+            pub_port=self.pub_port,
+            attempt=t.attempt,
+        )
+        self._send_ctl(t, msg)
+
+    def _send_ctl(self, t: Target, msg: codec.Message) -> None:
+        try:
+            t.ctl.send(codec.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            self.count("control-not-sent")
+
+    def _reannounce(self, sess: Session) -> None:
+        for t in sess.targets.values():
+            if t.result is None and not t.joined and t.connected:
+                self._announce(sess, t)
+
+    # -- connection events -----------------------------------------------------------
+
+    def _on_monitor(self, sess: Session, t: Target, _sock: object = None) -> None:
+        while sess.sid in self.sessions and not t.monitor.closed:
+            try:
+                event = recv_monitor_message(t.monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_CONNECTED:
+                t.connected = True
+                t.refusals = 0
+            elif event == zmq.EVENT_CONNECT_RETRIED:
+                t.connected = False
+                t.refusals += 1
+                if (
+                    t.refusals >= REFUSALS_UNREACHABLE
+                    and not t.noticed
+                    and not t.joined
+                    and t.result is None
+                ):
+                    t.noticed = True
+                    self._notice(sess, t, "unreachable", f"cannot connect to {t.name} (yet)")
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                t.handshaken = True
+                if not t.joined and t.result is None:
+                    self._announce(sess, t)
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and t.result is None:
+                self._target_failed(sess, t, "not-admitted", f"{t.name} did not admit this node")
+            elif (
+                event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+                and not t.handshaken
+                and t.result is None
+            ):
+                self._target_failed(
+                    sess,
+                    t,
+                    "handshake",
+                    f"handshake with {t.name} failed: wrong network key, or not a PeerCrypt node",
+                )
+
+    def _notice(self, sess: Session, t: Target, code: str, reason: str) -> None:
+        """Tell the requester about a target before the end (not its final result)."""
+        self.tell(
+            "control",
+            McTargetResult(
+                request=sess.request.request,
+                target=t.name,
+                code="waiting",
+                reason=f"{reason}; trying until the timeout ({code})"[:500],
+            ),
+        )
+
+    # -- control plane replies -----------------------------------------------------------
+
+    def _on_control(self, sess: Session, t: Target, _sock: object = None) -> None:
+        acked = False
+        for _ in range(256):
+            if sess.sid not in self.sessions or t.ctl.closed:
+                return
+            try:
+                data = t.ctl.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                msg = codec.decode(data)
+            except codec.DecodeError as exc:
+                self.count(f"control-{exc.kind}")
+                continue
+            if t.result is not None:
+                continue
+            if isinstance(msg, McAck) and msg.sid == sess.sid:
+                acked = True
+                self._on_ack(sess, t, msg)
+            elif isinstance(msg, McJoin) and msg.sid == sess.sid:
+                self._on_join(sess, t, msg)
+            elif isinstance(msg, McDone) and msg.sid == sess.sid:
+                self._on_done(sess, t, msg)
+            elif isinstance(msg, McRefuse) and msg.sid == sess.sid:
+                if msg.code == "unknown-session":  # it restarted: announce again
+                    t.joined = False
+                    sess.plan.end(t.name, LOST)
+                    self._announce(sess, t)
+                else:
+                    self._target_failed(sess, t, "refused", f"{t.name} refused: {msg.reason}")
+            elif isinstance(msg, ErrorReply):
+                self._target_failed(sess, t, "refused", f"{t.name} rejected: {msg.reason}")
+            else:
+                self.count("control-unexpected")
+        if acked:
+            self._pump(sess)
+
+    def _on_join(self, sess: Session, t: Target, j: McJoin) -> None:
+        wrap = t.wraps.pop(j.attempt, None)
+        if wrap is None:
+            self.count("join-stale")
+            return
+        try:
+            wrapped = wrap.wrap(sess.sid, j.eph_pub, sess.content_key)
+        except ValueError:
+            return self._target_failed(sess, t, "protocol", f"{t.name} sent an invalid key")
+        member = sess.plan.members.get(t.name)
+        rejoin = member is None or member.state in (JOINING, LOST)
+        if rejoin:
+            sess.plan.join(t.name, self.now())
+            self.count("joins")
+        t.joined = True
+        if t.repair is None or j.repair_port != t.repair_port:
+            if t.repair is not None:
+                self.close_socket(t.repair)
+            repair = t.repair = self.socket(zmq.PUSH)
+            repair.sndhwm = REPAIR_HWM
+            url_host = f"[{t.host}]" if ":" in t.host else t.host
+            repair.connect(f"tcp://{url_host}:{j.repair_port}")
+            t.repair_port = j.repair_port
+        self._send_ctl(t, McKey(sid=sess.sid, wrapped=wrapped, attempt=j.attempt))
+        self._maybe_start(sess)
+
+    def _maybe_start(self, sess: Session) -> None:
+        """Publish once every target joined (or failed) and subscribed."""
+        targets = sess.targets.values()
+        joined = sum(1 for t in targets if t.joined)
+        if (
+            not sess.publishing
+            and joined
+            and all(t.joined or t.result is not None for t in targets)
+            and sess.subscriptions >= joined
+        ):
+            self._start_publishing(sess)
+
+    def _on_ack(self, sess: Session, t: Target, a: McAck) -> None:
+        try:
+            naks = pairs(a.naks)
+        except ValueError:
+            self.count("control-bad-naks")
+            return
+        member = sess.plan.members.get(t.name)
+        if member is None or member.state in (DONE, FAILED, JOINING):
+            return
+        sess.plan.on_ack(t.name, a.cumulative, naks, self.now())
+        horizon = sess.plan.published if sess.publishing else 0
+        self._send_ctl(t, McStatus(sid=sess.sid, horizon=horizon, digest=sess.digest))
+
+    def _on_done(self, sess: Session, t: Target, d: McDone) -> None:
+        if not d.ok:
+            return self._target_failed(sess, t, "failed", f"{t.name} failed: {d.reason}")
+        if not sess.digest or not hmac.compare_digest(d.digest, sess.digest):
+            return self._target_failed(sess, t, "verify", f"{t.name} stored a different hash")
+        t.result = ("ok", "", d.stored_as)
+        t.seconds = self.now() - sess.started
+        sess.plan.end(t.name, DONE)
+        self._report_target(sess, t)
+        self._maybe_end(sess)
+
+    def _target_failed(self, sess: Session, t: Target, code: str, reason: str) -> None:
+        if t.result is not None:
+            return
+        t.result = (code, reason, "")
+        t.seconds = self.now() - sess.started
+        sess.plan.end(t.name, FAILED, reason)
+        if t.joined:
+            self._send_ctl(t, McStatus(sid=sess.sid, horizon=0, end=reason[:500]))
+        log.info("multicast to %s failed: %s", t.name, reason)
+        self._report_target(sess, t)
+        self._maybe_end(sess)
+
+    def _report_target(self, sess: Session, t: Target) -> None:
+        assert t.result is not None
+        code, reason, stored = t.result
+        self.tell(
+            "control",
+            McTargetResult(
+                request=sess.request.request,
+                target=t.name,
+                code=code[:32],
+                reason=reason[:500],
+                stored_as=stored,
+                seconds=t.seconds,
+            ),
+        )
+
+    # -- publishing -------------------------------------------------------------------
+
+    def _join_wait_over(self, sess: Session) -> None:
+        joined = any(t.joined for t in sess.targets.values())
+        if sess.sid in self.sessions and not sess.publishing and joined:
+            self._start_publishing(sess)
+
+    def _start_publishing(self, sess: Session) -> None:
+        sess.publishing = True
+        for t in sess.targets.values():
+            if not t.joined and t.result is None and not t.noticed:
+                t.noticed = True
+                self._notice(sess, t, "not joined", f"{t.name} has not joined")
+        self._pump(sess)
+
+    def _read(self, sess: Session, index: int) -> bytes:
+        data = os.pread(sess.fd, sess.chunk_size, index * sess.chunk_size)
+        if len(data) != min(sess.chunk_size, sess.size - index * sess.chunk_size):
+            raise OSError(f"file shrank while sending (chunk {index})")
+        return data
+
+    def _frames(self, sess: Session, index: int, data: bytes) -> list[bytes]:
+        last = index == sess.total - 1
+        nonce, sealed = sess.sealer.seal_chunk(index, last, data)
+        header = codec.encode(McChunk(sid=sess.sid, index=index, last=last, nonce=nonce))
+        return [header, sealed]
+
+    def _pump(self, sess: Session) -> None:
+        if sess.sid not in self.sessions or not sess.publishing or self.pub is None:
+            return
+        plan = sess.plan
+        try:
+            for repair in plan.plan(self.now(), budget=plan.window):
+                frames = self._frames(sess, repair.index, self._read(sess, repair.index))
+                sess.seals_repair += 1
+                self.count("seals-repair")
+                if repair.publish:
+                    self.pub.send_multipart([sess.sid, *frames], copy=False)
+                    sess.published_bytes += len(frames[1])
+                    continue
+                for name in repair.to:
+                    t = sess.targets[name]
+                    if t.repair is None:
+                        continue
+                    try:
+                        t.repair.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                        sess.unicast_bytes += len(frames[1])
+                    except zmq.Again:
+                        self.count("repair-queue-full")
+            n = min(plan.can_publish(), PUBLISH_BATCH)
+            for _ in range(n):
+                index = plan.published
+                data = self._read(sess, index)
+                sess.hasher.update(data)
+                frames = self._frames(sess, index, data)
+                sess.seals_first += 1
+                self.count("seals-first")
+                self.pub.send_multipart([sess.sid, *frames], copy=False)
+                sess.published_bytes += len(frames[1])
+                plan.on_published()
+        except OSError as exc:
+            return self._finish(sess, "local", f"reading {sess.request.path} failed: {exc}")
+        if plan.published == plan.total and not sess.digest:
+            st = os.fstat(sess.fd)
+            if (st.st_size, st.st_mtime_ns) != (sess.size, sess.mtime_ns):
+                return self._finish(sess, "local", f"{sess.request.path} changed while sending")
+            sess.digest = sess.hasher.digest()
+        if n == PUBLISH_BATCH and not sess.pump_scheduled:
+            sess.pump_scheduled = True
+            self.call_later(0, lambda: self._pump_again(sess))
+
+    def _pump_again(self, sess: Session) -> None:
+        sess.pump_scheduled = False
+        self._pump(sess)
+
+    def _tick(self) -> None:
+        now = self.now()
+        for sess in list(self.sessions.values()):
+            if not sess.publishing:
+                if now - sess.started >= sess.request.timeout:
+                    for t in list(sess.targets.values()):
+                        if not t.joined:
+                            code = "timeout" if t.handshaken else "unreachable"
+                            self._target_failed(sess, t, code, _not_joined(t))
+                    if sess.sid in self.sessions:
+                        self._start_publishing(sess)
+                continue
+            for name, state in sess.plan.tick(now):
+                t = sess.targets[name]
+                if state == LOST:
+                    log.info("multicast: %s went silent; announcing again", name)
+                    t.joined = False
+                    self.count("lost")
+                elif state == FAILED:
+                    member = sess.plan.members[name]
+                    reason = member.reason
+                    code = "timeout"
+                    if not t.joined and not t.connected:
+                        code, reason = "unreachable", _not_joined(t)
+                    self._target_failed(sess, t, code, reason)
+            if sess.sid in self.sessions:
+                self._pump(sess)
+
+    def _progress(self) -> None:
+        for sess in self.sessions.values():
+            if sess.publishing:
+                live = [
+                    m.cumulative
+                    for m in sess.plan.members.values()
+                    if m.state not in (FAILED, JOINING)
+                ]
+                done = min(live) if live else 0
+                self.tell(
+                    "control",
+                    Progress(
+                        request=sess.request.request,
+                        done_bytes=min(sess.size, done * sess.chunk_size),
+                        total_bytes=sess.size,
+                    ),
+                )
+
+    # -- the end -------------------------------------------------------------------------
+
+    def _maybe_end(self, sess: Session) -> None:
+        if sess.sid in self.sessions and all(t.result is not None for t in sess.targets.values()):
+            failed = [t for t in sess.targets.values() if t.result and t.result[0] != "ok"]
+            if not failed:
+                self._finish(sess, "ok", "")
+            else:
+                first = failed[0]
+                assert first.result is not None
+                ok = len(sess.targets) - len(failed)
+                reason = f"{ok} of {len(sess.targets)} receivers verified; {first.result[1]}"
+                self._finish(sess, first.result[0], reason)
+
+    def _finish(self, sess: Session, code: str, reason: str) -> None:
+        if self.sessions.pop(sess.sid, None) is None:
+            return
+        for timer in sess.timers:
+            timer.cancel()
+        for t in sess.targets.values():
+            if t.result is None:
+                t.result = (code if code != "ok" else "cancelled", reason, "")
+                if t.joined:
+                    self._send_ctl(t, McStatus(sid=sess.sid, horizon=0, end=reason[:500] or code))
+            for sock in (t.ctl, t.monitor, t.repair):
+                if sock is not None and not sock.closed:
+                    if sock is t.ctl:
+                        sock.disable_monitor()
+                    self.close_socket(sock)
+        os.close(sess.fd)
+        self.count("sent" if code == "ok" else f"failed-{code}")
+        plan = sess.plan
+        stats: dict[str, float] = {
+            "chunks": sess.total,
+            "chunk_size": sess.chunk_size,
+            "seals_first": sess.seals_first,
+            "seals_repair": sess.seals_repair,
+            "published_bytes": sess.published_bytes,
+            "unicast_bytes": sess.unicast_bytes,
+            "repairs_published": plan.repairs_published,
+            "repairs_unicast": plan.repairs_unicast,
+            "demotions": plan.demotions,
+            "window_decreases": plan.decreases,
+            "window": plan.window,
+        }
+        results = [
+            {
+                "target": t.name,
+                "code": t.result[0] if t.result else code,
+                "error": (t.result[1] if t.result else reason)[:300],
+                "stored_as": t.result[2] if t.result else "",
+                "seconds": f"{t.seconds:.3f}",
+            }
+            for t in sess.targets.values()
+        ]
+        self.tell(
+            "control",
+            McSendResult(
+                request=sess.request.request,
+                code=code[:32],
+                reason=reason[:500],
+                size=sess.size,
+                digest=sess.digest if code == "ok" else b"",
+                seconds=self.now() - sess.started,
+                results=results,
+                stats=stats,
+            ),
+        )
+
+
+def _not_joined(t: Target) -> str:
+    if not t.connected:
+        return f"cannot connect to {t.name} (no node listening there?)"
+    return f"{t.name} did not join the session"
+
+
+def _valid_target(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host.strip("[]") and port.isdigit() and 1 <= int(port) <= 65535)

@@ -1,0 +1,335 @@
+"""CLI for multicast (docs/multicast.md).
+
+``send FILE HOST PORT -m [--to HOST:PORT ...]`` (asks for more targets on a
+terminal when no ``--to`` is given), ``send FILE HOST PORT -dual --to
+HOST:PORT`` (exactly two targets) and ``send ... --mode multicast --to ...``
+hand the file to the node's multicast sender; without them ``send`` is the
+unicast command it always was. ``multicast-receive [PORT-RANGE]`` (alias
+``mreceive``) rebinds the running node's unicast repair port into the range
+and reports the multicast sessions it receives.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from peercrypt import errors
+from peercrypt.cli import UserError, _local_node, follow, main, send
+from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.modes import MODES
+from peercrypt.wire.codec import Message
+from peercrypt.wire.messages import ErrorReply
+from peercrypt.wire.multicast_messages import (
+    MAX_TARGETS,
+    McListen,
+    McListenEnd,
+    McListening,
+    McReceived,
+    McSendRequest,
+    McSendResult,
+    McTargetResult,
+)
+
+# Options of ``send`` that only unicast modes use.
+_UNICAST_ONLY = (
+    "rate",
+    "burst",
+    "window_kb",
+    "min_window_kb",
+    "max_window_kb",
+    "ack_threshold",
+    "no_timeout",
+    "no_dupack",
+    "priority",
+    "lanes",
+)
+
+
+def parse_target(text: str) -> str:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> normalised ``HOST:PORT``; UserError if invalid."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UserError(f"invalid target {text!r}: expected HOST:PORT (port 1-65535)")
+    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        lo, hi = int(low), int(high or low)
+    except ValueError:
+        raise UserError(f"invalid port range {text!r}: expected PORT or LOW-HIGH") from None
+    if not 1 <= lo <= hi <= 65535:
+        raise UserError(f"invalid port range {text!r}: need 1 <= LOW <= HIGH <= 65535")
+    return lo, hi
+
+
+def _ask_targets() -> list[str]:
+    out: list[str] = []
+    while len(out) < MAX_TARGETS:
+        text = click.prompt(
+            "another target HOST:PORT (empty to start)",
+            default="",
+            show_default=False,
+            err=True,
+        )
+        if not text.strip():
+            break
+        out.append(parse_target(text))
+    return out
+
+
+def _targets(host: str, port: int, to: tuple[str, ...], multi: bool, dual: bool) -> list[str]:
+    targets = [parse_target(f"{host}:{port}")] + [parse_target(t) for t in to]
+    if (multi or dual) and not to and sys.stdin.isatty():
+        targets += _ask_targets()
+    targets = list(dict.fromkeys(targets))
+    if dual and len(targets) != 2:
+        raise UserError(f"-dual needs exactly two different targets (got {len(targets)})")
+    if len(targets) > MAX_TARGETS:
+        raise UserError(f"at most {MAX_TARGETS} multicast targets")
+    return targets
+
+
+def multicast_send(
+    obj: dict[str, Any],
+    *,
+    file: Path,
+    targets: list[str],
+    as_json: bool,
+    no_progress: bool,
+    chunk_size: int,
+    timeout: float,
+    network_key: str | None,
+    open_network: bool,
+) -> NoReturn:
+    path = file.resolve()
+    with _local_node(obj, network_key, open_network) as client:
+        request = client.next_id()
+        client.send(
+            McSendRequest(
+                request=request,
+                path=str(path),
+                targets=targets,
+                chunk_size=chunk_size,
+                timeout=timeout,
+            )
+        )
+        result = follow(
+            client,
+            request,
+            path,
+            McSendResult,
+            timeout,
+            quiet=as_json or no_progress,
+            on_other=functools.partial(_target_result, as_json),
+        )
+    _report(result, path, as_json)
+
+
+def _target_result(as_json: bool, msg: Message) -> None:
+    """One receiver's outcome (or a note about a target not there yet)."""
+    if not isinstance(msg, McTargetResult):
+        return
+    if msg.code == "waiting":
+        click.echo(f"peercrypt: note: {msg.reason}", err=True)
+    elif as_json:
+        pass
+    elif msg.code == "ok":
+        click.echo(f"  {msg.target}: verified, stored as {msg.stored_as}", err=True)
+    else:
+        click.echo(f"  {msg.target}: failed ({msg.code}): {msg.reason}", err=True)
+
+
+def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
+    ok = result.code == "ok"
+    rate = result.size / result.seconds / 2**20 if result.seconds > 0 else 0.0
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "code": result.code,
+                    "error": result.reason or None,
+                    "file": str(path),
+                    "mode": "multicast",
+                    "size": result.size,
+                    "blake3": result.digest.hex() if ok else None,
+                    "seconds": round(result.seconds, 3),
+                    "mib_per_s": round(rate, 1),
+                    "receivers": result.results,
+                    "stats": result.stats,
+                }
+            )
+        )
+    elif ok:
+        click.echo(
+            f"sent {path.name} ({result.size} bytes) to {len(result.results)} receivers by "
+            f"multicast in {result.seconds:.2f} s ({rate:.1f} MiB/s each), "
+            f"blake3 {result.digest.hex()} verified by all"
+        )
+    else:
+        click.echo(f"peercrypt: error: {result.reason}", err=True)
+    sys.exit(errors.exit_code(result.code))
+
+
+# -- ``send`` learns -m, --to, -dual and --mode multicast ----------------------------------
+
+_send_callback = send.callback
+assert _send_callback is not None
+_original_send = _send_callback
+for _param in send.params:
+    if _param.name == "mode" and isinstance(_param, click.Option):
+        _param.type = click.Choice((*MODES, "multicast"), case_sensitive=False)
+send.params += [
+    click.Option(
+        ["-m", "--multicast", "multi"],
+        is_flag=True,
+        help="Multicast: the file goes once to many receivers (add them with --to).",
+    ),
+    click.Option(
+        ["--to", "to"],
+        multiple=True,
+        metavar="HOST:PORT",
+        help="Multicast: another receiver (repeat).",
+    ),
+    click.Option(["-dual", "dual"], is_flag=True, help="Multicast to exactly two receivers."),
+]
+
+
+@click.pass_obj
+def _send(obj: dict[str, Any], /, **kwargs: Any) -> Any:
+    multi, to, dual = kwargs.pop("multi"), kwargs.pop("to"), kwargs.pop("dual")
+    mode = kwargs.get("mode")
+    if not (multi or dual or to or mode == "multicast"):
+        return _original_send(**kwargs)
+    given = [n for n in _UNICAST_ONLY if kwargs.get(n) not in (None, False)]
+    if given or (mode not in (None, "multicast")):
+        what = ", ".join(given) or f"--mode {mode}"
+        raise UserError(f"multicast does not take unicast mode options ({what})")
+    if kwargs.get("force"):
+        raise UserError("--force does not apply to multicast (unreachable targets never stall it)")
+    multicast_send(
+        obj,
+        file=kwargs["file"],
+        targets=_targets(kwargs["host"], kwargs["port"], to, multi, dual),
+        as_json=kwargs["as_json"],
+        no_progress=kwargs["no_progress"],
+        chunk_size=kwargs["chunk_size"],
+        timeout=kwargs["timeout"],
+        network_key=kwargs["network_key"],
+        open_network=kwargs["open_network"],
+    )
+
+
+send.callback = _send
+
+
+# -- multicast-receive ---------------------------------------------------------------------
+
+
+def _receive(
+    obj: dict[str, Any], port_range: str | None, count: int, timeout: float, as_json: bool
+) -> None:
+    low, high = parse_port_range(port_range) if port_range else (0, 0)
+    data_dir: Path = obj["data_dir"]
+    failures = received = 0
+    try:
+        with ControlClient.for_data_dir(data_dir) as client:
+            client.status(timeout=2.0)
+            request = client.next_id()
+            client.send(McListen(request=request, low=low, high=high, count=count))
+            deadline = time.monotonic() + timeout if timeout else None
+            while True:
+                left = deadline - time.monotonic() if deadline is not None else 1.0
+                if left <= 0:
+                    raise UserError(
+                        f"timed out after {timeout:g} s ({received} of {count or '?'} sessions)",
+                        errors.FAILED,
+                    )
+                try:
+                    msg = client.receive(min(1.0, left))
+                except NodeUnavailable:
+                    if not client.node_alive():
+                        raise UserError("the local node stopped", errors.FAILED) from None
+                    continue
+                if isinstance(msg, McListening):
+                    if msg.code != "ok":
+                        raise UserError(msg.reason, errors.USAGE)
+                    if as_json:
+                        click.echo(json.dumps({"ready": True, "repair_port": msg.repair_port}))
+                    else:
+                        click.echo(
+                            f"ready for multicast sessions (repair port {msg.repair_port})",
+                            err=True,
+                        )
+                elif isinstance(msg, McReceived):
+                    received += 1
+                    failures += not msg.ok
+                    _print_received(msg, as_json)
+                elif isinstance(msg, McListenEnd):
+                    break
+                elif isinstance(msg, ErrorReply):
+                    raise UserError(f"the local node refused: {msg.reason}", errors.FAILED)
+    except NodeUnavailable as exc:
+        raise UserError(f"{exc} (start one with `peercrypt node`)", errors.FAILED) from None
+    except KeyboardInterrupt:
+        pass
+    sys.exit(errors.FAILED if failures else errors.OK)
+
+
+def _print_received(msg: McReceived, as_json: bool) -> None:
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": msg.ok,
+                    "name": msg.name,
+                    "stored_as": msg.stored_as or None,
+                    "size": msg.size,
+                    "error": msg.reason or None,
+                }
+            )
+        )
+    elif msg.ok:
+        click.echo(f"received {msg.name} ({msg.size} bytes) as {msg.stored_as}, verified")
+    else:
+        click.echo(f"peercrypt: error: {msg.name}: {msg.reason}", err=True)
+
+
+_RANGE_HELP = (
+    "PORT-RANGE (PORT or LOW-HIGH): where this node's unicast repair socket listens "
+    "(repairs for one receiver and catch-up of a slow or late one come there)."
+)
+
+
+def _receive_command(name: str, hidden: bool) -> None:
+    @main.command(
+        name, hidden=hidden, help=f"Join multicast sessions and report them. {_RANGE_HELP}"
+    )
+    @click.argument("port_range", required=False, metavar="[PORT-RANGE]")
+    @click.option("--count", type=click.IntRange(0), default=0, help="Stop after N sessions.")
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(0),
+        default=0.0,
+        help="Give up after S seconds (0: never).",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+    @click.pass_obj
+    def command(
+        obj: dict[str, Any], port_range: str | None, count: int, timeout: float, as_json: bool
+    ) -> None:
+        _receive(obj, port_range, count, timeout, as_json)
+
+
+_receive_command("multicast-receive", hidden=False)
+_receive_command("mreceive", hidden=True)

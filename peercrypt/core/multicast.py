@@ -1,0 +1,356 @@
+"""Reliability of one multicast session: pure state machines, time passed in.
+
+Receiver side, :class:`GapTracker`: which chunks arrived (from the PUB socket
+or a unicast repair), which were written, and which to NAK. A chunk is
+missing when it lies below the *horizon*: the highest index seen + 1, or
+what the sender says exists (``McStatus.horizon``), whichever is larger - so
+a late join (gap at the start), a high-water-mark drop or a reconnect (gap in
+the middle) and a lost tail are all found. The sender's horizon counts only
+after ``holdoff`` seconds without any arrival: until then the chunks between
+the highest seen and the horizon may still be on their way (one ordered
+stream), and NAKing them would repeat what is already in flight. NAKs cover at most ``nak_limit``
+chunks (the lowest missing), as at most :data:`MAX_NAK_RANGES` ranges, and a
+chunk is not NAKed again within ``holdoff`` seconds (its repair is on the way).
+
+Sender side, :class:`SessionPlan`: the members, the publishing pace and the
+repairs.
+
+- Pace: the next new chunk may be published while ``published <
+  floor + cwnd``, where ``floor`` is the lowest cumulative ack among members
+  in ``multicast`` state (or, with none, the highest among the others) and
+  ``cwnd`` an AIMD window in chunks: +1 per window of acked chunks, halved
+  (at most once per window published) when a NAK shows a first-publication
+  drop, between ``min_window`` and ``window``.
+- Repairs: each member's latest NAK set (bounded) is what it wants. A chunk
+  wanted by ``publish_min`` (2) or more members is re-published once; one
+  wanted by fewer is sent by unicast to each. A (member, chunk) is not
+  repaired again within ``holdoff`` seconds.
+- Slow members (UFTP's max_nak_pct idea, two thresholds): a ``multicast``
+  member that holds the pace back (``published - cumulative >= cwnd``) for
+  ``slow_grace`` seconds, or that NAKed more than ``max_nak_pct`` percent of
+  the chunks published since it joined (at least 2 windows' worth), is moved
+  to ``unicast``: it no longer sets the pace and is finished by repairs.
+  A member that acks nothing for ``lost_after`` seconds is ``lost`` (the
+  actor re-announces the session to it; a restarted receiver rejoins). A
+  member whose cumulative ack does not move for ``stall_timeout`` seconds,
+  or that stays lost that long, fails: one peer never stalls the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from peercrypt.core.bitmap import ChunkBitmap
+
+MAX_NAK_RANGES = 64
+
+JOINING = "joining"
+MULTICAST = "multicast"
+UNICAST = "unicast"
+LOST = "lost"
+DONE = "done"
+FAILED = "failed"
+LIVE = (MULTICAST, UNICAST)
+
+
+def to_ranges(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted [start, end) ranges of a set of indices."""
+    out: list[tuple[int, int]] = []
+    for i in sorted(set(indices)):
+        if out and out[-1][1] == i:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out
+
+
+class GapTracker:
+    """The receiver's view of one session."""
+
+    def __init__(self, total: int, nak_limit: int = 64, holdoff: float = 0.3) -> None:
+        self.total = total
+        self.received = ChunkBitmap(total)  # authenticated (queued to be written)
+        self.written = ChunkBitmap(total)
+        self.highest = -1
+        self.horizon = 0
+        self.nak_limit = max(1, nak_limit)
+        self.holdoff = holdoff
+        self.duplicates = 0
+        self.naked = 0  # chunks NAKed in all
+        self.last_arrival = float("-inf")
+        self._naked_at: dict[int, float] = {}
+
+    def on_chunk(self, index: int, now: float | None = None) -> bool:
+        """A chunk authenticated (at ``now``); True if it is new (write it)."""
+        if not 0 <= index < self.total:
+            raise ValueError("chunk index out of range")
+        if now is not None:
+            self.last_arrival = now
+        self.highest = max(self.highest, index)
+        self._naked_at.pop(index, None)
+        if self.received.add(index):
+            return True
+        self.duplicates += 1
+        return False
+
+    def on_written(self, index: int) -> None:
+        self.written.add(index)
+
+    def on_horizon(self, horizon: int) -> None:
+        self.horizon = max(self.horizon, min(self.total, horizon))
+
+    @property
+    def complete(self) -> bool:
+        return self.written.complete
+
+    def naks(self, now: float) -> list[tuple[int, int]]:
+        """Ranges to NAK now (each chunk at most once per ``holdoff``)."""
+        horizon = self.highest + 1
+        if now - self.last_arrival >= self.holdoff:
+            horizon = max(horizon, self.horizon)
+        for index, when in list(self._naked_at.items()):
+            if now - when >= self.holdoff or index in self.received:
+                del self._naked_at[index]
+        found: list[int] = []
+        index = self.received.cumulative
+        scanned = 0
+        while index < horizon and len(found) < self.nak_limit and scanned < 64 * self.nak_limit:
+            if index not in self.received:
+                if index not in self._naked_at:
+                    found.append(index)
+                elif len(found) == 0 and len(self._naked_at) >= self.nak_limit:
+                    break  # the lowest missing chunks are all on their way
+            index += 1
+            scanned += 1
+        ranges = to_ranges(found)[:MAX_NAK_RANGES]
+        for start, end in ranges:
+            for i in range(start, end):
+                self._naked_at[i] = now
+            self.naked += end - start
+        return ranges
+
+
+@dataclass
+class Member:
+    name: str
+    state: str = JOINING
+    joined_at: float = 0.0
+    last_heard: float = 0.0
+    cumulative: int = 0
+    progress_at: float = 0.0  # when cumulative last moved (or the member (re)joined)
+    published_at_join: int = 0
+    naked: int = 0  # chunks NAKed since (re)joining
+    wanted: set[int] = field(default_factory=set)
+    repaired_at: dict[int, float] = field(default_factory=dict)
+    slow_since: float | None = None
+    demoted: bool = False  # moved to unicast for being slow: stays there
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Repair:
+    index: int
+    publish: bool  # re-publish on PUB; else unicast to ``to``
+    to: tuple[str, ...]
+
+
+class SessionPlan:
+    """The sender's state machine of one session."""
+
+    def __init__(
+        self,
+        total: int,
+        *,
+        window: int = 64,
+        min_window: int = 4,
+        publish_min: int = 2,
+        holdoff: float = 0.3,
+        slow_grace: float = 1.0,
+        max_nak_pct: float = 20.0,
+        lost_after: float = 2.0,
+        stall_timeout: float = 10.0,
+    ) -> None:
+        self.total = total
+        self.max_window = max(1, window)
+        self.min_window = max(1, min(min_window, self.max_window))
+        self.cwnd = float(self.max_window)
+        self.publish_min = publish_min
+        self.holdoff = holdoff
+        self.slow_grace = slow_grace
+        self.max_nak_pct = max_nak_pct
+        self.lost_after = lost_after
+        self.stall_timeout = stall_timeout
+        self.members: dict[str, Member] = {}
+        self.published = 0
+        self.recovery_until = -1  # no window decrease until published passes this
+        self.decreases = 0
+        self.demotions = 0
+        self.repairs_published = 0
+        self.repairs_unicast = 0
+
+    # -- membership ---------------------------------------------------------------
+
+    def add(self, name: str, now: float) -> Member:
+        """A target announced to (``joining``) until it joins."""
+        m = self.members.get(name)
+        if m is None:
+            m = self.members[name] = Member(name, joined_at=now, last_heard=now, progress_at=now)
+        return m
+
+    def join(self, name: str, now: float) -> None:
+        """``name`` joined (or rejoined after a restart: its state is reset).
+        A member joining after publishing began starts in ``unicast`` state
+        (it catches up by repairs without holding the others back) and moves
+        to ``multicast`` once it is within a window of the publishing point."""
+        m = self.add(name, now)
+        m.state = MULTICAST if self.published == 0 else UNICAST
+        m.joined_at = m.last_heard = m.progress_at = now
+        m.cumulative = 0
+        m.published_at_join = self.published
+        m.naked = 0
+        m.wanted.clear()
+        m.repaired_at.clear()
+        m.slow_since = None
+        m.demoted = False
+
+    def end(self, name: str, state: str, reason: str = "") -> None:
+        m = self.members.get(name)
+        if m is not None and m.state not in (DONE, FAILED):
+            m.state, m.reason = state, reason
+            m.wanted.clear()
+            m.repaired_at.clear()
+
+    def live(self) -> list[Member]:
+        return [m for m in self.members.values() if m.state in LIVE]
+
+    @property
+    def finished(self) -> bool:
+        return all(m.state in (DONE, FAILED) for m in self.members.values())
+
+    # -- acks, NAKs and pace -------------------------------------------------------------
+
+    def on_ack(self, name: str, cumulative: int, naks: list[tuple[int, int]], now: float) -> None:
+        m = self.members.get(name)
+        if m is None or m.state not in (*LIVE, LOST):
+            return
+        if m.state == LOST:
+            m.state = UNICAST
+        m.last_heard = now
+        cumulative = max(0, min(self.total, cumulative))
+        if cumulative > m.cumulative:
+            if m.state == MULTICAST and cumulative >= self._floor():
+                self.cwnd = min(
+                    float(self.max_window), self.cwnd + (cumulative - m.cumulative) / self.cwnd
+                )
+            m.cumulative = cumulative
+            m.progress_at = now
+        wanted: set[int] = set()
+        for start, end in naks[:MAX_NAK_RANGES]:
+            for i in range(max(0, start), min(end, self.published, start + 4096)):
+                wanted.add(i)
+        fresh = wanted - m.wanted
+        m.naked += len(fresh)
+        if (
+            m.state == MULTICAST
+            and fresh
+            and self.published > self.recovery_until
+            and any(i >= m.published_at_join and i not in m.repaired_at for i in fresh)
+        ):  # a first publication was dropped on the way to it: back off
+            self.cwnd = max(float(self.min_window), self.cwnd / 2)
+            self.recovery_until = self.published + int(self.cwnd)
+            self.decreases += 1
+        m.wanted = wanted
+        caught_up = self.published - m.cumulative < self.window // 2 and not wanted
+        if m.state == UNICAST and caught_up and not m.demoted:
+            m.state = MULTICAST
+        self._check_slow(m, now)
+
+    def _check_slow(self, m: Member, now: float) -> None:
+        if m.state != MULTICAST:
+            return
+        since_join = self.published - m.published_at_join
+        if since_join >= 2 * self.max_window and m.naked * 100 > self.max_nak_pct * since_join:
+            self._demote(m, f"NAKed {m.naked} of {since_join} chunks")
+            return
+        if self.published - m.cumulative >= self.window and self.published < self.total:
+            if m.slow_since is None:
+                m.slow_since = now
+            elif now - m.slow_since >= self.slow_grace:
+                self._demote(m, "held the others back")
+        else:
+            m.slow_since = None
+
+    def _demote(self, m: Member, reason: str) -> None:
+        m.state = UNICAST
+        m.demoted = True
+        m.reason = reason
+        self.demotions += 1
+
+    @property
+    def window(self) -> int:
+        return max(self.min_window, int(self.cwnd))
+
+    def _floor(self) -> int:
+        pacing = [m.cumulative for m in self.members.values() if m.state == MULTICAST]
+        if pacing:
+            return min(pacing)
+        others = [m.cumulative for m in self.members.values() if m.state in (UNICAST, LOST)]
+        return max(others) if others else self.published
+
+    def can_publish(self) -> int:
+        """How many new chunks may be published now."""
+        if not self.live():
+            return 0
+        return max(0, min(self.total, self._floor() + self.window) - self.published)
+
+    def on_published(self, n: int = 1) -> None:
+        self.published = min(self.total, self.published + n)
+
+    # -- repairs --------------------------------------------------------------------
+
+    def plan(self, now: float, budget: int | None = None) -> list[Repair]:
+        """Repairs to make now, lowest chunks first, at most ``budget`` chunks."""
+        budget = self.window if budget is None else budget
+        askers: dict[int, list[str]] = {}
+        for m in self.live():
+            for index, when in list(m.repaired_at.items()):
+                if now - when >= self.holdoff or index < m.cumulative:
+                    del m.repaired_at[index]
+            while len(m.repaired_at) > 4 * self.max_window:  # bounded: forget the oldest
+                m.repaired_at.pop(next(iter(m.repaired_at)))
+            for index in m.wanted:
+                if index not in m.repaired_at:
+                    askers.setdefault(index, []).append(m.name)
+        out: list[Repair] = []
+        for index in sorted(askers)[: max(0, budget)]:
+            names = tuple(sorted(askers[index]))
+            publish = len(names) >= self.publish_min
+            out.append(Repair(index, publish, names))
+            for name in names:
+                m = self.members[name]
+                m.repaired_at[index] = now
+                m.wanted.discard(index)
+            if publish:
+                self.repairs_published += 1
+            else:
+                self.repairs_unicast += len(names)
+        return out
+
+    # -- time -------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[tuple[str, str]]:
+        """Timeouts: returns (member, new state) changes (``lost`` or ``failed``)."""
+        changes: list[tuple[str, str]] = []
+        for m in self.members.values():
+            if m.state in LIVE and now - m.last_heard >= self.lost_after:
+                m.state = LOST
+                m.slow_since = None
+                changes.append((m.name, LOST))
+            elif m.state in (*LIVE, LOST, JOINING) and now - m.progress_at >= self.stall_timeout:
+                why = "no progress" if m.state in LIVE else "did not answer"
+                self.end(m.name, FAILED, f"{why} for {self.stall_timeout:.0f} s")
+                changes.append((m.name, FAILED))
+            elif m.state == MULTICAST:
+                self._check_slow(m, now)
+        return changes

@@ -1,0 +1,222 @@
+"""Messages of reliable encrypted multicast (docs/multicast.md).
+
+Control plane (over CURVE, sender's DEALER -> receiver's gateway -> the
+``mreceiver`` actor, answers back on the same connection): ``McAnnounce``,
+``McJoin``/``McRefuse``, ``McKey``, ``McAck`` (acks and NAK ranges),
+``McStatus`` and ``McDone``. Data plane: ``McChunk`` is the plain header
+frame published on the sender's PUB socket (topic = session id) before the
+AES-256-GCM sealed chunk. Local: the CLI's requests and results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from peercrypt.wire.codec import Message, bounded, message
+from peercrypt.wire.messages import HASH_BYTES, KEY_BYTES, MAX_CHUNKS, MAX_NAME, NONCE_BYTES
+
+SID_BYTES = 16
+WRAPPED_BYTES = NONCE_BYTES + KEY_BYTES + 16  # nonce || AES-GCM(content key) || tag
+MAX_NAK_RANGES = 64
+MAX_TARGETS = 64
+
+
+def _sid() -> Any:
+    return field(metadata=bounded(SID_BYTES, SID_BYTES))
+
+
+def _count() -> Any:
+    return field(metadata=bounded(MAX_CHUNKS))
+
+
+# ---- control plane ----------------------------------------------------------------
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McAnnounce(Message):
+    """Sender -> receiver: a session; join it with your ephemeral key."""
+
+    TYPE = "mc-announce"
+    sid: bytes = _sid()
+    name: str = field(metadata=bounded(MAX_NAME, 1))
+    size: int = field(metadata=bounded(2**62))
+    chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
+    eph_pub: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
+    pub_host: str = field(metadata=bounded(255))  # "": the host the receiver knows us by
+    pub_port: int = field(metadata=bounded(65535, 1))
+    attempt: int = field(default=0, metadata=bounded(2**31))  # echoed by McJoin and McKey
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McJoin(Message):
+    TYPE = "mc-join"
+    sid: bytes = _sid()
+    eph_pub: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
+    repair_port: int = field(metadata=bounded(65535, 1))  # unicast repairs go here
+    attempt: int = field(default=0, metadata=bounded(2**31))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McRefuse(Message):
+    TYPE = "mc-refuse"
+    sid: bytes = _sid()
+    code: str = field(metadata=bounded(32, 1))
+    reason: str = field(metadata=bounded(512))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McKey(Message):
+    """Sender -> one joined receiver: the content key wrapped for it."""
+
+    TYPE = "mc-key"
+    sid: bytes = _sid()
+    wrapped: bytes = field(metadata=bounded(WRAPPED_BYTES, WRAPPED_BYTES))
+    attempt: int = field(default=0, metadata=bounded(2**31))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McAck(Message):
+    """Receiver -> sender: chunks written below ``cumulative``; ``naks`` the
+    flattened [start, end) ranges it misses (bounded)."""
+
+    TYPE = "mc-ack"
+    sid: bytes = _sid()
+    cumulative: int = _count()
+    written: int = _count()
+    naks: list[int] = field(default_factory=list, metadata=bounded(2 * MAX_NAK_RANGES))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McStatus(Message):
+    """Sender -> receiver: chunks below ``horizon`` exist (NAK what you miss
+    below it); the whole-file hash once known; ``end`` with a reason when the
+    sender drops this receiver or the session."""
+
+    TYPE = "mc-status"
+    sid: bytes = _sid()
+    horizon: int = _count()
+    digest: bytes = field(default=b"", metadata=bounded(HASH_BYTES))
+    end: str = field(default="", metadata=bounded(512))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McDone(Message):
+    """Receiver -> sender: the file is verified and stored, or failed."""
+
+    TYPE = "mc-done"
+    sid: bytes = _sid()
+    ok: bool
+    digest: bytes = field(metadata=bounded(HASH_BYTES))
+    stored_as: str = field(metadata=bounded(MAX_NAME))
+    reason: str = field(default="", metadata=bounded(512))
+
+
+# ---- data plane (PUB/SUB and unicast repair) -----------------------------------------
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McChunk(Message):
+    TYPE = "mc-chunk"
+    sid: bytes = _sid()
+    index: int = _count()
+    last: bool
+    nonce: bytes = field(metadata=bounded(NONCE_BYTES, NONCE_BYTES))
+
+
+# ---- local (CLI <-> control <-> multicast actors) ---------------------------------------
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McSendRequest(Message):
+    TYPE = "mc-send-request"
+    request: int = field(metadata=bounded(2**62))
+    path: str = field(metadata=bounded(4096, 1))
+    targets: list[str] = field(metadata=bounded(MAX_TARGETS))  # "HOST:PORT", >= 1
+    chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
+    timeout: float = 10.0
+    window: int = field(default=0, metadata=bounded(4096))  # chunks; 0: the default
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McTargetResult(Message):
+    """One receiver's outcome (streamed as it happens; does not end the request)."""
+
+    TYPE = "mc-target-result"
+    request: int = field(metadata=bounded(2**62))
+    target: str = field(metadata=bounded(300))
+    code: str = field(metadata=bounded(32, 1))
+    reason: str = field(metadata=bounded(512))
+    stored_as: str = field(default="", metadata=bounded(MAX_NAME))
+    seconds: float = 0.0
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McSendResult(Message):
+    TYPE = "mc-send-result"
+    request: int = field(metadata=bounded(2**62))
+    code: str = field(metadata=bounded(32, 1))  # "ok" only if every target verified
+    reason: str = field(metadata=bounded(512))
+    size: int = field(metadata=bounded(2**62))
+    digest: bytes = field(metadata=bounded(HASH_BYTES))
+    seconds: float = 0.0
+    results: list[dict[str, str]] = field(default_factory=list, metadata=bounded(MAX_TARGETS))
+    stats: dict[str, float] = field(default_factory=dict, metadata=bounded(32))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McListen(Message):
+    """``multicast-receive``: (re)bind the repair port in [low, high] (0, 0:
+    keep it) and report the next ``count`` sessions received (0: until the
+    client goes away)."""
+
+    TYPE = "mc-listen"
+    request: int = field(metadata=bounded(2**62))
+    low: int = field(metadata=bounded(65535))
+    high: int = field(metadata=bounded(65535))
+    count: int = field(default=0, metadata=bounded(1 << 20))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McListening(Message):
+    TYPE = "mc-listening"
+    request: int = field(metadata=bounded(2**62))
+    repair_port: int = field(metadata=bounded(65535))
+    code: str = field(default="ok", metadata=bounded(32, 1))
+    reason: str = field(default="", metadata=bounded(512))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McReceived(Message):
+    """A session ended on the receiving side."""
+
+    TYPE = "mc-received"
+    request: int = field(metadata=bounded(2**62))
+    name: str = field(metadata=bounded(MAX_NAME))
+    stored_as: str = field(metadata=bounded(MAX_NAME))
+    size: int = field(metadata=bounded(2**62))
+    ok: bool
+    reason: str = field(default="", metadata=bounded(512))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McListenEnd(Message):
+    """The ``count`` sessions were reported: the listen is over."""
+
+    TYPE = "mc-listen-end"
+    request: int = field(metadata=bounded(2**62))

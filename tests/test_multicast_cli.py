@@ -1,0 +1,147 @@
+"""Multicast from the command line: usage errors, unreachable and refused
+targets, ``multicast-receive`` (real processes)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peercrypt.crypto.identity import new_network_key
+from peercrypt.testing.nodes import NodeProcess, start_cli
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _one_error_line(stderr: str, text: str) -> None:
+    errors = [line for line in stderr.splitlines() if line.startswith("peercrypt: error:")]
+    assert len(errors) == 1 and text in errors[0], stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "text"),
+    [
+        (["-dual"], "-dual needs exactly two different targets (got 1)"),
+        (["-dual", "--to", "h:1", "--to", "h:2"], "-dual needs exactly two"),
+        (["--to", "nonsense"], "invalid target 'nonsense'"),
+        (["-m", "--to", "h:99999"], "invalid target"),
+        (["-m", "-r", "1000"], "multicast does not take unicast mode options (rate)"),
+        (["--mode", "aimd", "--to", "h:1"], "multicast does not take unicast mode options"),
+        (["-m", "--force"], "--force does not apply to multicast"),
+    ],
+)
+def test_usage_errors(
+    cli: Any, tmp_path: Path, make_file: Callable[..., Path], extra: list[str], text: str
+) -> None:
+    path = make_file(10)
+    result = cli("send", path, "127.0.0.1", "7400", *extra, data_dir=tmp_path / "d")
+    assert result.returncode == 2, result.describe()
+    _one_error_line(result.stderr, text)
+
+
+def test_mode_multicast_with_targets_and_text_report(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    sender, a, b = node_factory(), node_factory(), node_factory()
+    path = make_file(300_000)
+    result = sender.cli(
+        "send", path, a.host, str(a.port), "--mode", "multicast", "--to", f"{b.host}:{b.port}"
+    )
+    assert result.returncode == 0, result.describe()
+    assert "to 2 receivers by multicast" in result.stdout
+    assert "verified by all" in result.stdout
+    for r in (a, b):
+        assert blake3_file(r.inbox / path.name) == blake3_file(path)
+    # -dual: exactly two targets
+    code, out = sender.send(path, a.host, a.port, "-dual", "--to", f"{b.host}:{b.port}")
+    assert code == 0 and [r["code"] for r in out["receivers"]] == ["ok", "ok"], out
+
+
+def test_unreachable_target_is_reported_and_does_not_stall_the_others(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    sender, good = node_factory(), node_factory()
+    dead = f"127.0.0.1:{_free_port()}"
+    path = make_file(2_000_000)
+    result = sender.send_result(
+        path, good.host, good.port, "-m", "--to", dead, "--timeout", "3", timeout=60
+    )
+    assert result.returncode == 3, result.describe()  # unreachable
+    out = json.loads(result.stdout)
+    rows = {r["target"]: r for r in out["receivers"]}
+    assert rows[f"{good.host}:{good.port}"]["code"] == "ok"
+    assert float(rows[f"{good.host}:{good.port}"]["seconds"]) < 3.0  # not stalled
+    assert rows[dead]["code"] == "unreachable"
+    assert "cannot connect" in rows[dead]["error"]
+    assert f"peercrypt: note: cannot connect to {dead}" in result.stderr
+    stored = good.inbox / rows[f"{good.host}:{good.port}"]["stored_as"]
+    assert blake3_file(stored) == blake3_file(path)
+
+
+def test_target_with_another_network_key_is_not_admitted(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    sender = node_factory()
+    stranger = node_factory(network_key=new_network_key())
+    result = sender.cli("send", make_file(1000), stranger.host, str(stranger.port), "-m")
+    assert result.returncode == 4, result.describe()
+    _one_error_line(result.stderr, "handshake with")
+    assert not any(stranger.inbox.iterdir())
+
+
+def test_multicast_receive_reports_sessions_on_its_port_range(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    sender, receiver = node_factory(), node_factory()
+    port = _free_port()
+    proc = start_cli(
+        "multicast-receive", f"{port}-{port}", "--count", "1", "--timeout", "30", "--json",
+        data_dir=receiver.data_dir,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready == {"ready": True, "repair_port": port}
+        path = make_file(100_000)
+        code, result = sender.send(path, receiver.host, receiver.port, "-m")
+        assert code == 0, result
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    line = json.loads(out.splitlines()[-1])
+    assert line["ok"] and line["name"] == path.name and line["size"] == 100_000
+    assert blake3_file(receiver.inbox / line["stored_as"]) == blake3_file(path)
+
+
+def test_multicast_receive_errors(
+    cli: Any, tmp_path: Path, node_factory: Callable[..., NodeProcess]
+) -> None:
+    result = cli("mreceive", "70000", data_dir=tmp_path / "none")
+    assert result.returncode == 2
+    _one_error_line(result.stderr, "invalid port range '70000'")
+    result = cli("multicast-receive", "--timeout", "1", data_dir=tmp_path / "none")
+    assert result.returncode == 1
+    _one_error_line(result.stderr, "start one with `peercrypt node`")
+    node = node_factory()
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = node.cli("mreceive", f"{port}-{port}", "--timeout", "5")
+    assert result.returncode == 2, result.describe()
+    _one_error_line(result.stderr, f"no free repair port in {port}-{port}")
+    result = node.cli("mreceive", "--count", "1", "--timeout", "0.5")
+    assert result.returncode == 1
+    _one_error_line(result.stderr, "timed out after 0.5 s (0 of 1 sessions)")

@@ -1,0 +1,260 @@
+"""Pure multicast reliability cores and key wrapping (fake clock, hypothesis)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peercrypt.core.multicast import (
+    DONE,
+    FAILED,
+    LOST,
+    MULTICAST,
+    UNICAST,
+    GapTracker,
+    SessionPlan,
+    to_ranges,
+)
+from peercrypt.crypto.keywrap import ContentSealer, WrapKey, new_content_key
+from peercrypt.crypto.transfer import OpenError
+
+# -- receiver: gaps and NAKs ---------------------------------------------------------------
+
+
+def test_late_join_gap_at_the_start_is_naked() -> None:
+    t = GapTracker(10, nak_limit=4, holdoff=0.3)
+    for i in (5, 6):
+        t.on_chunk(i)
+    assert t.naks(0.0) == [(0, 4)]  # the lowest missing first, at most nak_limit
+    assert t.naks(0.1) == []  # held off: repairs are on their way
+    assert t.naks(0.4) == [(0, 4)]
+
+
+def test_tail_loss_found_through_the_horizon() -> None:
+    t = GapTracker(8)
+    for i in range(5):
+        t.on_chunk(i)
+    assert t.naks(0.0) == []
+    t.on_chunk(4, now=1.0)
+    t.on_horizon(8)  # the sender says all 8 exist; 5..7 may still be on their way
+    assert t.naks(1.1) == []
+    assert t.naks(1.3) == [(5, 8)]  # nothing arrived for the holdoff: NAK the tail
+
+
+def test_duplicates_are_counted_not_new() -> None:
+    t = GapTracker(3)
+    assert t.on_chunk(1) is True
+    assert t.on_chunk(1) is False
+    assert t.duplicates == 1
+    with pytest.raises(ValueError):
+        t.on_chunk(3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    total=st.integers(1, 300),
+    seed=st.integers(0, 2**32),
+    drop=st.floats(0.0, 0.9),
+)
+def test_naks_repair_any_loss_pattern(total: int, seed: int, drop: float) -> None:
+    """Whatever is lost, NAKing and repairing the NAKed chunks completes."""
+    rng = random.Random(seed)
+    t = GapTracker(total, nak_limit=16, holdoff=0.3)
+    for i in range(total):
+        if rng.random() >= drop:
+            t.on_chunk(i)
+            t.on_written(i)
+    t.on_horizon(total)
+    now = 0.0
+    for _ in range(total + 5):
+        ranges = t.naks(now)
+        assert len(ranges) <= 64 and sum(e - s for s, e in ranges) <= 16
+        for s, e in ranges:
+            for i in range(s, e):
+                assert i not in t.received
+                if rng.random() >= drop / 2:  # repairs get lost too
+                    t.on_chunk(i)
+                    t.on_written(i)
+        if t.complete:
+            break
+        now += 0.5
+    else:
+        pytest.fail("NAK repair did not complete")
+
+
+@given(st.sets(st.integers(0, 500)))
+def test_to_ranges_round_trip(indices: set[int]) -> None:
+    ranges = to_ranges(indices)
+    assert {i for s, e in ranges for i in range(s, e)} == indices
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges))
+
+
+# -- sender: pace, repairs, slow and lost members -------------------------------------------
+
+
+def _plan(total: int = 100, **kw: float) -> SessionPlan:
+    plan = SessionPlan(total, window=8, min_window=2, **kw)  # type: ignore[arg-type]
+    for name in ("a", "b", "c"):
+        plan.join(name, 0.0)
+    return plan
+
+
+def test_pace_follows_the_slowest_multicast_member() -> None:
+    plan = _plan()
+    assert plan.can_publish() == 8
+    plan.on_published(8)
+    assert plan.can_publish() == 0
+    plan.on_ack("a", 8, [], 0.1)
+    plan.on_ack("b", 8, [], 0.1)
+    assert plan.can_publish() == 0  # c holds it
+    plan.on_ack("c", 3, [], 0.1)
+    assert plan.can_publish() == 3
+
+
+def test_repair_publish_when_many_ask_unicast_when_one() -> None:
+    plan = _plan()
+    plan.on_published(8)
+    plan.on_ack("a", 2, [(2, 4)], 0.1)
+    plan.on_ack("b", 2, [(2, 3)], 0.1)
+    repairs = plan.plan(0.1)
+    assert [(r.index, r.publish, r.to) for r in repairs] == [
+        (2, True, ("a", "b")),
+        (3, False, ("a",)),
+    ]
+    assert plan.plan(0.2) == []  # held off
+    plan.on_ack("a", 2, [(2, 3)], 0.5)
+    assert [(r.index, r.to) for r in plan.plan(0.5)] == [(2, ("a",))]
+
+
+def test_nak_of_a_first_publication_halves_the_window_once() -> None:
+    plan = _plan()
+    plan.on_published(8)
+    plan.on_ack("a", 4, [(4, 6)], 0.1)
+    assert plan.window == 4 and plan.decreases == 1
+    plan.on_ack("b", 4, [(4, 6)], 0.1)
+    assert plan.window <= 5 and plan.decreases == 1  # once per window (acks still grow it)
+
+
+def test_slow_member_is_moved_to_unicast_after_the_grace() -> None:
+    plan = _plan(slow_grace=1.0)
+    plan.on_published(8)
+    for now in (0.1, 0.6, 1.2):
+        plan.on_ack("a", 8, [], now)
+        plan.on_ack("b", 8, [], now)
+        plan.on_ack("c", 0, [], now)
+    assert plan.members["c"].state == UNICAST and plan.demotions == 1
+    assert plan.can_publish() == 8  # c no longer holds the others back
+    plan.on_ack("c", 16, [], 2.0)
+    assert plan.members["c"].state == UNICAST  # a demoted member stays demoted
+
+
+def test_member_naking_too_much_is_moved_to_unicast() -> None:
+    plan = _plan(max_nak_pct=20.0)
+    plan.on_published(16)
+    plan.on_ack("c", 0, [(0, 4)], 0.1)
+    assert plan.members["c"].state == UNICAST  # 4 of 16 > 20 %
+
+
+def test_silent_member_is_lost_then_failed_and_late_join_catches_up() -> None:
+    plan = _plan(lost_after=2.0, stall_timeout=5.0)
+    plan.on_published(8)
+    plan.on_ack("a", 8, [], 1.0)
+    plan.on_ack("b", 8, [], 1.0)
+    assert plan.tick(2.5) == [("c", LOST)]
+    assert plan.can_publish() == 8  # the lost one does not hold the pace
+    plan.on_ack("a", 8, [], 4.0)
+    plan.on_ack("b", 8, [], 4.0)
+    assert plan.tick(5.5) == [("c", FAILED)]
+    plan.join("d", 6.0)
+    assert plan.members["d"].state == UNICAST  # joined late: catches up by repairs
+    plan.on_ack("d", 8, [], 6.1)
+    assert plan.members["d"].state == MULTICAST
+
+
+def test_session_finishes_when_every_member_is_done_or_failed() -> None:
+    plan = _plan()
+    plan.end("a", DONE)
+    plan.end("b", FAILED, "x")
+    assert not plan.finished
+    plan.end("c", DONE)
+    assert plan.finished
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32), members=st.integers(1, 5), total=st.integers(1, 200))
+def test_simulated_session_completes_with_bounded_state(
+    seed: int, members: int, total: int
+) -> None:
+    """Lossy delivery to several receivers: publishing and repairs finish the
+    file for everyone; per-member state stays bounded by the NAK limit."""
+    rng = random.Random(seed)
+    plan = SessionPlan(total, window=16, min_window=2)
+    trackers = {f"r{i}": GapTracker(total, nak_limit=16) for i in range(members)}
+    for name in trackers:
+        plan.join(name, 0.0)
+    loss = {name: rng.random() * 0.5 for name in trackers}
+    now = 0.0
+    for _ in range(2000):
+        now += 0.05
+        delivered: list[tuple[int, tuple[str, ...]]] = []
+        for _ in range(plan.can_publish()):
+            delivered.append((plan.published, tuple(trackers)))
+            plan.on_published()
+        for r in plan.plan(now):
+            delivered.append((r.index, tuple(trackers) if r.publish else r.to))
+        for index, to in delivered:
+            for name in to:
+                if rng.random() >= loss[name]:
+                    trackers[name].on_chunk(index)
+                    trackers[name].on_written(index)
+        for name, t in trackers.items():
+            t.on_horizon(plan.published)
+            ranges = t.naks(now)
+            plan.on_ack(name, t.written.cumulative, ranges, now)
+            assert len(plan.members[name].wanted) <= 16
+            assert len(plan.members[name].repaired_at) <= 16 + 4 * plan.max_window
+        if all(t.complete for t in trackers.values()):
+            break
+    else:
+        pytest.fail("the simulated session did not complete")
+    assert plan.published == total
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+def test_wrap_unwrap_and_chunk_sealing() -> None:
+    sid, key = os.urandom(16), new_content_key()
+    sender, receiver = WrapKey(), WrapKey()
+    wrapped = sender.wrap(sid, receiver.public, key)
+    assert key not in wrapped
+    assert receiver.unwrap(sid, sender.public, wrapped) == key
+    with pytest.raises(RuntimeError):
+        sender.wrap(sid, receiver.public, key)  # ephemeral keys are used once
+    sealer, opener = ContentSealer(sid, key), ContentSealer(sid, key)
+    nonce, sealed = sealer.seal_chunk(3, False, b"hello")
+    assert opener.open_chunk(3, False, nonce, sealed) == b"hello"
+    for index, last in ((4, False), (3, True)):
+        with pytest.raises(OpenError):
+            opener.open_chunk(index, last, nonce, sealed)  # AAD binds index and last
+    with pytest.raises(OpenError):
+        ContentSealer(os.urandom(16), key).open_chunk(3, False, nonce, sealed)
+    assert sealer.seals == 1 and sealer.seal_chunk(3, False, b"hello")[0] != nonce
+
+
+def test_unwrap_with_another_key_or_tampered_fails() -> None:
+    sid, key = os.urandom(16), new_content_key()
+    sender, receiver, eve = WrapKey(), WrapKey(), WrapKey()
+    wrapped = sender.wrap(sid, receiver.public, key)
+    with pytest.raises(OpenError):
+        eve.unwrap(sid, sender.public, wrapped)
+    tampered = wrapped[:-1] + bytes([wrapped[-1] ^ 1])
+    with pytest.raises(OpenError):
+        receiver.unwrap(sid, sender.public, tampered)
+    with pytest.raises(ValueError):
+        WrapKey().wrap(sid, bytes(32), key)  # degenerate peer key

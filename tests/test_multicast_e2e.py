@@ -1,0 +1,202 @@
+"""Multicast with real node processes (docs/multicast.md)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from peercrypt.testing.nodes import NodeProcess, start_cli, wait_until
+
+MiB = 1024 * 1024
+
+
+def _targets(*receivers: NodeProcess) -> list[str]:
+    out: list[str] = []
+    for r in receivers:
+        out += ["--to", f"{r.host}:{r.port}"]
+    return out
+
+
+def _stored(receiver: NodeProcess, result: dict[str, Any], digest: str) -> None:
+    row = next(r for r in result["receivers"] if r["target"] == f"{receiver.host}:{receiver.port}")
+    assert row["code"] == "ok", row
+    from peercrypt.testing.nodes import blake3_file
+
+    assert blake3_file(receiver.inbox / row["stored_as"]) == digest
+
+
+def test_one_to_three_identical_files_sealed_once(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    sender = node_factory()
+    receivers = [node_factory() for _ in range(3)]
+    path = make_file(12 * MiB + 123)
+    first, *rest = receivers
+    code, result = sender.send(
+        path, first.host, first.port, "-m", *_targets(*rest), "--chunk-size", str(MiB)
+    )
+    assert code == 0, result
+    digest = blake3_file(path)
+    assert result["blake3"] == digest
+    for r in receivers:
+        _stored(r, result, digest)
+    stats = result["stats"]
+    assert stats["chunks"] == 13
+    assert stats["seals_first"] == 13  # each chunk sealed once, whatever the receivers
+    assert sender.wait_for_counter("msender.seals-first", 13) == 13
+    assert stats["seals_repair"] == 0 and stats["published_bytes"] == 13 * 16 + path.stat().st_size
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_late_slow_and_restarted_receivers_all_verified(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    sender = node_factory()
+    slow = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.02"})
+    killed_port = _free_port()
+    killed = node_factory("--port", str(killed_port), name="killed")
+    late_port = _free_port()
+    path = make_file(32 * MiB + 5)
+    digest = blake3_file(path)
+    targets = [f"127.0.0.1:{p}" for p in (killed_port, late_port)]
+    proc = start_cli(
+        "send", path, slow.host, str(slow.port), "-m", "--to", targets[0], "--to", targets[1],
+        "--chunk-size", str(256 * 1024), "--timeout", "30", "--json",
+        data_dir=sender.data_dir,
+    )  # fmt: skip
+    try:
+        # Publishing starts after the join wait (the late receiver is not up):
+        # kill one receiver as soon as chunks flow, then start the late one.
+        sender.wait_for_counter("msender.seals-first", 1, timeout=15)
+        killed.kill()
+        late = node_factory("--port", str(late_port), name="late")
+        killed = node_factory("--port", str(killed_port), name="killed")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, (out, err, sender.log_tail())
+    result = json.loads(out)
+    assert result["blake3"] == digest
+    for r in (slow, late, killed):
+        _stored(r, result, digest)
+    stats = result["stats"]
+    assert stats["seals_first"] == stats["chunks"] == 129  # read and sealed once
+    assert stats["seals_repair"] > 0  # the late and the restarted one were repaired
+    assert "not joined" in err or "cannot connect" in err  # the late one was reported
+
+
+def test_non_admitted_subscriber_sees_no_plaintext(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    sender, receiver = node_factory(), node_factory()
+    code, result = sender.send(make_file(5000), receiver.host, receiver.port, "-m")
+    assert code == 0, result  # the PUB port is bound at the first session
+    pub_port = int(
+        wait_until(lambda: sender.status().get("multicast_pub_port"), 5, "the PUB port fact")
+    )
+    ctx = zmq.Context()
+    spy = ctx.socket(zmq.SUB)
+    spy.setsockopt(zmq.SUBSCRIBE, b"")
+    spy.rcvhwm = 0
+    monitor = spy.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    spy.connect(f"tcp://127.0.0.1:{pub_port}")
+    assert monitor.poll(5000), "the spy did not connect"
+    spy.disable_monitor()
+    monitor.close(0)
+    frames: list[bytes] = []
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set():
+            if spy.poll(50):
+                frames.extend(spy.recv_multipart())
+
+    thread = threading.Thread(target=collect)
+    thread.start()
+    try:
+        chunk = 64 * 1024
+        path = make_file(16 * chunk)
+        code, result = sender.send(
+            path, receiver.host, receiver.port, "-m", "--chunk-size", str(chunk)
+        )
+        assert code == 0, result
+        _stored(receiver, result, blake3_file(path))
+        wait_until(lambda: len(frames) >= 3 * 8 or None, 5, "the spy to see chunks")
+    finally:
+        stop.set()
+        thread.join(5)
+        spy.close(0)
+        ctx.term()
+    data = path.read_bytes()
+    blob = b"".join(frames)
+    assert len(blob) >= len(data) // 2  # it saw (the ciphertext of) the chunks
+    for offset in range(0, len(data), 4096):
+        assert data[offset : offset + 32] not in blob
+
+
+def test_receiver_killed_for_good_fails_alone(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    sender = node_factory()
+    alive = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.01"})
+    doomed = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.01"})
+    path = make_file(16 * MiB)
+    proc = start_cli(
+        "send", path, alive.host, str(alive.port), "-m", "--to", f"{doomed.host}:{doomed.port}",
+        "--chunk-size", str(128 * 1024), "--timeout", "3", "--json",
+        data_dir=sender.data_dir,
+    )  # fmt: skip
+    try:
+        sender.wait_for_counter("msender.seals-first", 1, timeout=15)
+        doomed.kill()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, (out, err)
+    result = json.loads(out)
+    assert result["error"].startswith("1 of 2 receivers verified")
+    _stored(alive, result, blake3_file(path))
+    row = next(r for r in result["receivers"] if r["target"].endswith(f":{doomed.port}"))
+    assert row["code"] == "unreachable" and "cannot connect" in row["error"], row
+
+
+def test_ctrl_c_cancels_the_multicast_session(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """SIGINT to `send -m` cancels the session in the node (exit 130, one line)."""
+    sender = node_factory()
+    slow = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.05"})
+    other = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.05"})
+    path = make_file(16 * MiB)
+    proc = start_cli(
+        "send", path, slow.host, str(slow.port), "-m", "--to", f"{other.host}:{other.port}",
+        "--chunk-size", str(128 * 1024),
+        data_dir=sender.data_dir,
+    )  # fmt: skip
+    try:
+        sender.wait_for_counter("msender.seals-first", 1, timeout=15)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1] == "peercrypt: error: interrupted; the transfer was cancelled", stderr
+    assert "Traceback" not in stderr
+    assert sender.wait_for_counter("msender.failed-cancelled", 1) == 1
