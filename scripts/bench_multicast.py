@@ -177,7 +177,9 @@ def main() -> None:
                 finally:
                     for node in nodes:
                         node.stop()
-                row = dict(min(runs, key=lambda r: r["sender_cpu_s_per_gib"]))
+                # the median run by sender CPU (not the best: this machine is noisy)
+                ordered = sorted(runs, key=lambda r: r["sender_cpu_s_per_gib"])
+                row = dict(ordered[len(ordered) // 2])
                 row["runs"] = runs
                 out["multicast"].append(row)
                 print(
