@@ -26,7 +26,6 @@ import contextlib
 import hmac
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,14 +35,14 @@ import msgpack
 import zmq
 
 from actors.file_writer import FileWriter
+from actors.inbox import Refusal, check_incoming, create_part, publish
 from peercrypt.core.bitmap import ChunkBitmap, flatten
 from peercrypt.core.multicast import GapTracker
-from peercrypt.core.names import UnsafeName, candidate_names, sanitise
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, WrapKey
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError
 from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, bound_port
-from peercrypt.settings import MIN_CHUNK, NodeSettings
+from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Inbound, Outbound
 from peercrypt.wire.multicast_messages import (
@@ -200,23 +199,14 @@ class MulticastReceiverActor(Actor):
             s = self.settings
             if len(self.sessions) >= MAX_SESSIONS:
                 return refuse("busy", f"receiver busy ({MAX_SESSIONS} multicast sessions)")
-            if not MIN_CHUNK <= a.chunk_size <= s.max_chunk:
-                return refuse("bad-offer", f"chunk size must be {MIN_CHUNK}..{s.max_chunk} bytes")
             try:
-                name = sanitise(a.name)
-            except UnsafeName as exc:
-                return refuse("bad-name", str(exc))
-            free = shutil.disk_usage(s.inbox).free
-            if a.size > free:
-                return refuse("no-space", f"not enough space in the inbox ({free} bytes free)")
-            part = s.inbox / f".{name}.{a.sid.hex()[:12]}.mc.part"
-            try:
-                with contextlib.suppress(FileNotFoundError):
-                    part.unlink()  # left by an earlier process of this node (killed)
-                fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-                os.ftruncate(fd, a.size)
-            except OSError as exc:
-                return refuse("io", f"cannot create file in inbox: {exc.strerror}")
+                name = check_incoming(s, a.name, a.chunk_size, a.size)
+                # replace: a part left by an earlier process of this node (killed)
+                part, fd = create_part(
+                    s.inbox, name, a.sid.hex()[:12], a.size, kind="mc", replace=True
+                )
+            except Refusal as exc:
+                return refuse(exc.code, exc.reason)
             total = -(-a.size // a.chunk_size)
             host = a.pub_host or env.peer_host or "127.0.0.1"
             host = f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -405,15 +395,7 @@ class MulticastReceiverActor(Actor):
             log.warning("%s: whole-file hash mismatch; discarded", sess.name)
             self._done(sess, ok=False, digest=digest, stored="", reason="whole-file hash mismatch")
             return
-        os.fchmod(sess.fd, 0o644)
-        stored = ""
-        for candidate in candidate_names(sess.name):
-            try:
-                os.link(sess.part, self.settings.inbox / candidate)
-            except FileExistsError:
-                continue
-            stored = candidate
-            break
+        stored = publish(sess.part, sess.fd, self.settings.inbox, sess.name) or ""
         if not stored:
             self._done(sess, ok=False, digest=digest, stored="", reason="no free name in the inbox")
             return

@@ -23,7 +23,6 @@ import contextlib
 import hmac
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +31,13 @@ import msgpack
 import zmq
 
 from actors.file_writer import FileWriter
+from actors.inbox import Refusal, check_incoming, create_part, publish
 from peercrypt.core.bitmap import flatten
-from peercrypt.core.names import UnsafeName, candidate_names, sanitise
 from peercrypt.core.receive_window import Arrival, ReceiveWindow
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, Ephemeral, OpenError, TransferKeys
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
-from peercrypt.settings import MIN_CHUNK, NodeSettings
+from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     Accept,
@@ -148,26 +147,19 @@ class ReceiverActor(Actor):
             return refuse("busy", f"too many transfers from you (max {s.max_transfers_per_peer})")
         if offer.hash_alg != "blake3":
             return refuse("unsupported", f"hash {offer.hash_alg[:16]!r} not supported")
-        if not MIN_CHUNK <= offer.chunk_size <= s.max_chunk:
-            return refuse("bad-offer", f"chunk size must be {MIN_CHUNK}..{s.max_chunk} bytes")
         try:
-            name = sanitise(offer.name)
-        except UnsafeName as exc:
-            return refuse("bad-name", str(exc))
-        free = shutil.disk_usage(s.inbox).free
-        if offer.size > free:
-            return refuse("no-space", f"not enough space in the inbox ({free} bytes free)")
+            name = check_incoming(s, offer.name, offer.chunk_size, offer.size)
+        except Refusal as exc:
+            return refuse(exc.code, exc.reason)
         eph = Ephemeral()
         try:
             keys = eph.agree(offer.tid, offer.eph_pub, initiator=False)
         except ValueError:
             return refuse("bad-offer", "invalid ephemeral key")
-        part = s.inbox / f".{name}.{offer.tid.hex()[:12]}.part"
         try:
-            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            os.ftruncate(fd, offer.size)
-        except OSError as exc:
-            return refuse("io", f"cannot create file in inbox: {exc.strerror}")
+            part, fd = create_part(s.inbox, name, offer.tid.hex()[:12], offer.size)
+        except Refusal as exc:
+            return refuse(exc.code, exc.reason)
         total = -(-offer.size // offer.chunk_size)
         window = ReceiveWindow(total, self._credit(offer.chunk_size, extra=1))
         t = Incoming(
@@ -341,21 +333,12 @@ class ReceiverActor(Actor):
             self._send_sealed(t, Failed(code="hash-mismatch", reason="whole-file hash mismatch"))
             self._close(t, keep_part=False)
             return
-        os.fchmod(t.fd, 0o644)
-        stored = None
-        for candidate in candidate_names(t.name):
-            try:
-                os.link(t.part, self.settings.inbox / candidate)
-            except FileExistsError:
-                continue
-            stored = candidate
-            break
+        stored = publish(t.part, t.fd, self.settings.inbox, t.name)
         if stored is None:
             self._send_sealed(t, Failed(code="io", reason="no free name in the inbox"))
             self._close(t, keep_part=True)
             return
         self._close(t, keep_part=False)
-        _fsync_dir(self.settings.inbox)
         self.count("received")
         self.count("received-bytes", t.size)
         log.info(
@@ -414,11 +397,3 @@ class ReceiverActor(Actor):
                 self.count("expired")
                 self._close(t, keep_part=True)
         self.facts["active"] = str(len(self.transfers))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
