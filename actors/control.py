@@ -28,6 +28,7 @@ from peercrypt.runtime.actor import Actor, ActorEnv, bound_endpoint
 from peercrypt.settings import CONTROL_FILE, NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
+    MAX_STATUS_COUNTERS,
     Announce,
     CancelRequest,
     ErrorReply,
@@ -205,7 +206,16 @@ class ControlActor(Actor):
             for key, value in announce.counters.items():
                 counters[f"{actor}.{key}"] = value
         counters.update({f"control.{k}": v for k, v in self.counters.items()})
-        return StatusReply(request=request, node=node, counters=dict(list(counters.items())[:256]))
+        if len(counters) > MAX_STATUS_COUNTERS:
+            self.log_once(
+                "status",
+                "counters",
+                "status: %d counters, showing the first %d",
+                len(counters),
+                MAX_STATUS_COUNTERS,
+            )
+        kept = dict(sorted(counters.items())[:MAX_STATUS_COUNTERS])
+        return StatusReply(request=request, node=node, counters=kept)
 
     def on_actor_restarted(self, name: str) -> None:
         if name == "health":

@@ -441,3 +441,9 @@ def test_dataclass_fields_report_the_declared_names() -> None:
         assert [f.name for f in dataclasses.fields(cls)] == list(codec._CHECKS[cls])
     reply = messages.HelloReply(node_id=b"n" * 32, version="1")
     assert dataclasses.replace(reply, version="2").version == "2"
+
+
+def test_status_reply_carries_many_counters_within_the_frame_limit() -> None:
+    counters = {f"actor{i % 9}.some-counter-name-{i:04}": i for i in range(1000)}
+    reply = messages.StatusReply(request=1, node={"k": "v"}, counters=counters)
+    assert decode(encode(reply)) == reply

@@ -24,6 +24,7 @@ NONCE_BYTES = 12
 HASH_BYTES = 32
 MAX_NAME = 1024  # characters of a file name as offered; sanitised on receipt
 MAX_CHUNKS = 2**40
+MAX_STATUS_COUNTERS = 1000  # every actor's counters in one status reply (~40 KB at most)
 # A control-plane message wrapped in Inbound/Outbound mail must still fit the
 # codec's frame limit with its envelope.
 MAX_WRAPPED = MAX_MESSAGE_BYTES - 1024
@@ -280,7 +281,7 @@ class StatusReply(Message):
     TYPE = "status-reply"
     request: int = field(metadata=bounded(2**62))
     node: dict[str, str] = field(metadata=bounded(64))
-    counters: dict[str, int] = field(metadata=bounded(256))
+    counters: dict[str, int] = field(metadata=bounded(MAX_STATUS_COUNTERS))
 
 
 @message
