@@ -45,7 +45,16 @@ from peercrypt.crypto.keywrap import ContentSealer, WrapKey, new_content_key
 from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, Timer, bound_port
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
-from peercrypt.wire.messages import CancelRequest, ErrorReply, Progress
+from peercrypt.wire.messages import (
+    CancelRequest,
+    ErrorReply,
+    FlowDemand,
+    FlowEnd,
+    FlowGrant,
+    FlowPacing,
+    FlowStart,
+    Progress,
+)
 from peercrypt.wire.multicast_messages import (
     McAck,
     McAnnounce,
@@ -123,6 +132,10 @@ class Session:
     unicast_bytes: int = 0
     timers: list[Timer] = field(default_factory=list)
     pump_scheduled: bool = False
+    # The node's --max-rate (scheduler grants) paces sessions too.
+    paced: bool = False
+    allowance: int = 0
+    demand_pending: bool = False
     subscriptions: int = 0
 
 
@@ -175,6 +188,15 @@ class MulticastSenderActor(Actor):
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, McSendRequest):
             self._start(msg)
+        elif isinstance(msg, FlowGrant | FlowPacing):
+            for sess in list(self.sessions.values()):
+                if sess.request.request == msg.request:
+                    if isinstance(msg, FlowGrant):
+                        sess.allowance += msg.nbytes
+                    else:
+                        sess.paced = msg.paced
+                    sess.demand_pending = False
+                    self._pump(sess)
         elif isinstance(msg, CancelRequest):
             for sess in list(self.sessions.values()):
                 if sess.request.request == msg.request:
@@ -477,6 +499,18 @@ class MulticastSenderActor(Actor):
 
     def _start_publishing(self, sess: Session) -> None:
         sess.publishing = True
+        sess.paced = self.settings.max_rate > 0  # the scheduler corrects it (FlowPacing)
+        self.tell(
+            "scheduler",
+            FlowStart(
+                request=sess.request.request,
+                priority=1,
+                rate=0,
+                burst=0,
+                paced=sess.paced,
+                owner=self.name,
+            ),
+        )
         for t in sess.targets.values():
             if not t.joined and t.result is None and not t.noticed:
                 t.noticed = True
@@ -499,8 +533,12 @@ class MulticastSenderActor(Actor):
         if sess.sid not in self.sessions or not sess.publishing or self.pub is None:
             return
         plan = sess.plan
+        # Paced: first sends and repairs together stay within the granted bytes.
+        budget = sess.allowance // sess.chunk_size if sess.paced else plan.window
         try:
-            for repair in plan.plan(self.now(), budget=plan.window):
+            for repair in plan.plan(self.now(), budget=min(budget, plan.window)):
+                budget -= 1
+                sess.allowance -= sess.chunk_size if sess.paced else 0
                 frames = self._frames(sess, repair.index, self._read(sess, repair.index))
                 sess.seals_repair += 1
                 self.count("seals-repair")
@@ -517,7 +555,17 @@ class MulticastSenderActor(Actor):
                         sess.unicast_bytes += len(frames[1])
                     except zmq.Again:
                         self.count("repair-queue-full")
-            n = min(plan.can_publish(), PUBLISH_BATCH)
+            wanted = plan.can_publish()
+            n = min(wanted, PUBLISH_BATCH, max(0, budget) if sess.paced else PUBLISH_BATCH)
+            if sess.paced:
+                sess.allowance -= n * sess.chunk_size
+                # Ask for what is left to publish now, plus a window's worth
+                # for repairs when the grant ran out (they may be waiting).
+                need = max(0, wanted - n) + (plan.window if budget - n <= 0 else 0)
+                if need and n < PUBLISH_BATCH and not sess.demand_pending:
+                    sess.demand_pending = True
+                    nbytes = need * sess.chunk_size
+                    self.tell("scheduler", FlowDemand(request=sess.request.request, nbytes=nbytes))
             for _ in range(n):
                 index = plan.published
                 data = self._read(sess, index)
@@ -606,6 +654,8 @@ class MulticastSenderActor(Actor):
     def _finish(self, sess: Session, code: str, reason: str) -> None:
         if self.sessions.pop(sess.sid, None) is None:
             return
+        if sess.publishing:
+            self.tell("scheduler", FlowEnd(request=sess.request.request))
         for timer in sess.timers:
             timer.cancel()
         for t in sess.targets.values():

@@ -146,7 +146,7 @@ class SchedulerActor(Actor):
             self.planner.remove(flow.request)
         if paced != flow.paced:
             self.flows[flow.request] = dataclasses.replace(flow, paced=paced)
-            self.tell("sender", FlowPacing(request=flow.request, paced=paced))
+            self.tell(flow.owner, FlowPacing(request=flow.request, paced=paced))
 
     def _arm(self) -> None:
         if self.ticker is None:
@@ -160,7 +160,9 @@ class SchedulerActor(Actor):
     def _tick(self) -> None:
         self.ticker = None
         for request, nbytes in self.planner.tick(self.now()).items():
-            self.tell("sender", FlowGrant(request=request, nbytes=nbytes))
+            flow = self.flows.get(request)
+            owner = flow.owner if flow is not None else "sender"
+            self.tell(owner, FlowGrant(request=request, nbytes=nbytes))
         if self.planner.waiting:
             self._arm()
 

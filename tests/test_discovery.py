@@ -120,6 +120,7 @@ def test_transitive_join_and_real_endpoints(node_factory: Callable[..., NodeProc
     assert table[b.fingerprint]["address"] == f"127.0.0.1:{b.port}"
     assert peer_table(a)[c.fingerprint]["address"] == f"127.0.0.1:{c.port}"
     assert a.status()["advertise"] == f"tcp://127.0.0.1:{a.port}"
+
     # `peers --json` (and its alias) show the documented columns, the RTT once
     # the first health probes have been answered.
     def probed() -> list[dict[str, Any]] | None:

@@ -200,3 +200,26 @@ def test_ctrl_c_cancels_the_multicast_session(
     assert lines[-1] == "peercrypt: error: interrupted; the transfer was cancelled", stderr
     assert "Traceback" not in stderr
     assert sender.wait_for_counter("msender.failed-cancelled", 1) == 1
+
+
+def test_node_max_rate_paces_multicast_too(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    sender = node_factory("--max-rate", str(2 * MiB))
+    receivers = [node_factory() for _ in range(2)]
+    path = make_file(5 * MiB)
+    first, second = receivers
+    code, result = sender.send(
+        path, first.host, first.port, "-m", *_targets(second), "--chunk-size", str(256 * 1024)
+    )
+    assert code == 0, result
+    digest = blake3_file(path)
+    for r in receivers:
+        _stored(r, result, digest)
+    # (5 MiB - a 0.2 MiB bucket) at 2 MiB/s is ~2.4 s; unpaced it takes ~0.1 s.
+    assert result["seconds"] >= 1.8, result
+    lifted = sender.cli("max-rate", "0")
+    assert lifted.returncode == 0, lifted.describe()
+    code, result = sender.send(path, first.host, first.port, "-m", *_targets(second))
+    assert code == 0, result
+    assert result["seconds"] < 1.8, result

@@ -333,6 +333,7 @@ class FlowStart(Message):
     rate: int = field(metadata=bounded(2**62))
     burst: int = field(metadata=bounded(2**62))
     paced: bool = False
+    owner: str = field(default="sender", metadata=bounded(32, 1))  # who gets the grants
 
 
 @message
