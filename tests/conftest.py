@@ -7,6 +7,7 @@
   not ``kill()`` must exit with code 0 on SIGTERM.
 - ``make_file(size, name=None, directory=None) -> Path``: a file of random bytes.
 - ``blake3_file(path) -> str``: hex BLAKE3 of a file.
+- ``free_port``: a loopback port with nothing listening on it.
 - ``cli``: ``run_cli`` from :mod:`peercrypt.testing.nodes` (``cli(*args, data_dir=...)``).
 """
 
@@ -21,11 +22,18 @@ from typing import Any
 
 import pytest
 
+import peercrypt.testing.nodes as nodes
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.nodes import NodeError, NodeProcess, run_cli
 from peercrypt.testing.nodes import blake3_file as _blake3_file
 
 _DEFAULT = object()
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port with nothing listening on it (just released)."""
+    return nodes.free_port()
 
 
 @pytest.fixture

@@ -46,15 +46,6 @@ def assert_usage_error(result: CliResult, *words: str) -> None:
 
 
 @pytest.fixture
-def free_port() -> int:
-    """A loopback port with nothing listening on it (just released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-@pytest.fixture
 def busy_port() -> Iterator[int]:
     """A loopback port that a listening socket holds for the test."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

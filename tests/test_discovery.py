@@ -370,13 +370,3 @@ def test_join_unreachable(node_factory: Callable[..., NodeProcess], free_port: i
     assert result.seconds < 20
     node.wait_for_counter("discovery.joins-failed", 1, timeout=5)
     assert node.counters()["discovery.join-attempts"] == 3  # 1 + 2 retries
-
-
-@pytest.fixture
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port

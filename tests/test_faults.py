@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import zmq
 
 from peercrypt.crypto.identity import KeyPair, network_server_keys, new_network_key
 from peercrypt.testing.faults import DirectionFaults, FaultPlan, FaultProxy
-from peercrypt.testing.nodes import NodeProcess, blake3_file, cli_env, wait_until
+from peercrypt.testing.nodes import NodeProcess, blake3_file, cli_env, free_port, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     ChunkHeader,
@@ -48,13 +47,6 @@ KiB = 1024
 MiB = 1024 * KiB
 CHUNK = 64 * KiB
 LOCALHOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOCALHOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Setup:

@@ -4,11 +4,8 @@ reliability from transfers, with real node processes."""
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from actors.health import _worst
 from actors.peer_link import same_address
@@ -16,14 +13,6 @@ from peercrypt import errors
 from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
 
 FAST = ("--gossip-interval", "0.2", "--health-check-interval", "0.3", "--timeout", "0.5")
-
-
-@pytest.fixture
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def error_line(result: object) -> str:

@@ -4,8 +4,8 @@ bounds (exact rate accuracy is the benchmark's job)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import pytest
 from peercrypt import errors
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.faults import DirectionFaults, FaultPlan, FaultProxy
-from peercrypt.testing.nodes import NodeProcess, blake3_file, start_cli, wait_until
+from peercrypt.testing.nodes import NodeProcess, blake3_file, free_port, start_cli, wait_until
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -127,22 +127,25 @@ def test_node_max_rate_caps_outgoing(
     assert result["seconds"] < 1.2, result
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@contextlib.contextmanager
+def lossy_pair(
+    node_factory: Callable[..., NodeProcess], drop: float, seed: int
+) -> Iterator[tuple[NodeProcess, NodeProcess]]:
+    """(sender, receiver) whose chunks to the receiver pass a proxy that drops
+    ``drop`` of them (seeded)."""
+    data_port = free_port()
+    plan = FaultPlan(upstream=DirectionFaults(drop=drop), seed=seed)
+    with FaultProxy(f"tcp://127.0.0.1:{data_port}", plan) as proxy:
+        receiver = node_factory(
+            "--data-port", str(data_port), "--advertise-data-port", str(proxy.port)
+        )
+        yield node_factory(), receiver
 
 
 def test_aimd_survives_loss_and_backs_off(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
-    data_port = free_port()
-    plan = FaultPlan(upstream=DirectionFaults(drop=0.02), seed=7)
-    with FaultProxy(f"tcp://127.0.0.1:{data_port}", plan) as proxy:
-        receiver = node_factory(
-            "--data-port", str(data_port), "--advertise-data-port", str(proxy.port)
-        )
-        sender = node_factory()
+    with lossy_pair(node_factory, drop=0.02, seed=7) as (sender, receiver):
         source = make_file(8 * MiB)
         code, result = sender.send_to(
             source, receiver, "--mode", "aimd", "--chunk-size", str(64 * KiB), "-w", "1024"
@@ -160,24 +163,12 @@ def test_aimd_survives_loss_and_backs_off(
 def test_aimd_with_detectors_off_never_decreases(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
-    data_port = free_port()
-    plan = FaultPlan(upstream=DirectionFaults(drop=0.05), seed=11)
-    with FaultProxy(f"tcp://127.0.0.1:{data_port}", plan) as proxy:
-        receiver = node_factory(
-            "--data-port", str(data_port), "--advertise-data-port", str(proxy.port)
-        )
-        sender = node_factory()
+    with lossy_pair(node_factory, drop=0.05, seed=11) as (sender, receiver):
         source = make_file(8 * MiB)
         code, result = sender.send_to(
-            source,
-            receiver,
-            "--mode",
-            "aimd",
-            "--chunk-size",
-            str(64 * KiB),
-            "-no-timeout",
-            "-no-dupack",
-        )
+            source, receiver, "--mode", "aimd", "--chunk-size", str(64 * KiB),
+            "-no-timeout", "-no-dupack",
+        )  # fmt: skip
         delivered(code, result, source, receiver)
         assert result["stats"]["window_decreases"] == 0
         assert result["stats"]["retransmits"] > 0  # losses were still repaired

@@ -12,13 +12,7 @@ from typing import Any
 import pytest
 
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeProcess, start_cli
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from peercrypt.testing.nodes import NodeProcess, free_port, start_cli
 
 
 def _one_error_line(stderr: str, text: str) -> None:
@@ -70,7 +64,7 @@ def test_unreachable_target_is_reported_and_does_not_stall_the_others(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
 ) -> None:
     sender, good = node_factory(), node_factory()
-    dead = f"127.0.0.1:{_free_port()}"
+    dead = f"127.0.0.1:{free_port()}"
     path = make_file(2_000_000)
     result = sender.send_result(
         path, good.host, good.port, "-m", "--to", dead, "--timeout", "3", timeout=60
@@ -102,7 +96,7 @@ def test_multicast_receive_reports_sessions_on_its_port_range(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
 ) -> None:
     sender, receiver = node_factory(), node_factory()
-    port = _free_port()
+    port = free_port()
     proc = start_cli(
         "multicast-receive", f"{port}-{port}", "--count", "1", "--timeout", "30", "--json",
         data_dir=receiver.data_dir,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import zmq
 
-from peercrypt.testing.nodes import NodeProcess, start_cli, wait_until
+from peercrypt.testing.nodes import NodeProcess, free_port, start_cli, wait_until
 
 MiB = 1024 * 1024
 
@@ -54,20 +53,14 @@ def test_one_to_three_identical_files_sealed_once(
     assert stats["seals_repair"] == 0 and stats["published_bytes"] == 13 * 16 + path.stat().st_size
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_late_slow_and_restarted_receivers_all_verified(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
 ) -> None:
     sender = node_factory()
     slow = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.02"})
-    killed_port = _free_port()
+    killed_port = free_port()
     killed = node_factory("--port", str(killed_port), name="killed")
-    late_port = _free_port()
+    late_port = free_port()
     path = make_file(32 * MiB + 5)
     digest = blake3_file(path)
     targets = [f"127.0.0.1:{p}" for p in (killed_port, late_port)]

@@ -3,7 +3,6 @@ timers, crash -> restart with backoff, stop that cannot hang."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from typing import Any
@@ -13,7 +12,7 @@ import zmq
 
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.runtime.supervisor import StartError, Supervisor
-from peercrypt.testing.nodes import wait_until
+from peercrypt.testing.nodes import free_port, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Ping, Pong
 
@@ -99,12 +98,6 @@ def test_mail_round_trip_inproc() -> None:
         assert got == [1, 2, 3] and seen == [1, 2, 3]
     finally:
         stop(sup)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_mail_between_separate_contexts_over_tcp() -> None:

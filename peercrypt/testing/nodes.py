@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -95,6 +96,15 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:.1f} s waiting for {what}")
         time.sleep(interval)
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """A TCP port with nothing listening on it (bound and released just now;
+    another process could take it in between, which tests accept)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+    return port
 
 
 def blake3_file(path: Path | str, block: int = 1 << 20) -> str:
