@@ -23,9 +23,11 @@ nothing depends on the file size.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +36,10 @@ from typing import Any
 import msgpack
 import zmq
 
+from actors import udp_multicast
 from actors.file_writer import FileWriter
 from actors.inbox import Refusal, check_incoming, create_part, publish
+from peercrypt.core import fragments
 from peercrypt.core.bitmap import ChunkBitmap, flatten
 from peercrypt.core.multicast import GapTracker
 from peercrypt.crypto.identity import fingerprint
@@ -71,6 +75,8 @@ MAX_LISTENERS = 16
 COMPLETED_MEMORY = 256
 HEADER_MAX_BYTES = 512
 WRAP_MEMORY = 4  # announce attempts whose ephemeral key we keep
+PENDING_CHUNKS = 16  # chunks being reassembled from datagrams, per session
+DATAGRAMS_PER_WAKE = 512  # datagrams read before the actor looks at other sockets
 # Test hook (documented in docs/multicast.md): seconds this receiver sleeps
 # after each chunk it takes from the network, to play a slow subscriber.
 SLOW_ENV = "PEERCRYPT_TEST_MC_SLOW"
@@ -98,6 +104,9 @@ class Session:
     last_ack: float = 0.0
     acked_written: int = 0
     queued: int = 0
+    # UDP/IP multicast (docs/multicast.md, "Transports").
+    udp: socket.socket | None = None
+    reassembler: fragments.Reassembler | None = None
 
 
 class MulticastReceiverActor(Actor):
@@ -110,6 +119,7 @@ class MulticastReceiverActor(Actor):
         self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # sid -> (route, McDone)
         self.listeners: dict[int, int] = {}  # request -> sessions still to report (0: all)
         self.slow = float(os.environ.get(SLOW_ENV) or 0.0)
+        self.datagram = bytearray(fragments.MAX_DATAGRAM + 1)  # +1: oversize shows
 
     def setup(self) -> None:
         s = self.settings
@@ -199,6 +209,15 @@ class MulticastReceiverActor(Actor):
             s = self.settings
             if len(self.sessions) >= MAX_SESSIONS:
                 return refuse("busy", f"receiver busy ({MAX_SESSIONS} multicast sessions)")
+            if a.group:
+                try:
+                    fragments.parse_group(f"{a.group}:{a.group_port}")
+                except ValueError as exc:
+                    return refuse("protocol", str(exc))
+                if not fragments.MIN_FRAGMENT <= a.fragment <= fragments.MAX_FRAGMENT:
+                    return refuse("protocol", f"fragment size {a.fragment} out of range")
+            elif not a.pub_port:
+                return refuse("protocol", "neither a PUB port nor a multicast group")
             try:
                 name = check_incoming(s, a.name, a.chunk_size, a.size)
                 # replace: a part left by an earlier process of this node (killed)
@@ -221,11 +240,13 @@ class MulticastReceiverActor(Actor):
                 tracker=GapTracker(total, nak_limit=64),
                 part=part,
                 fd=fd,
-                pub_endpoint=f"tcp://{host}:{a.pub_port}",
+                pub_endpoint=f"tcp://{host}:{a.pub_port}" if a.pub_port else "",
                 started=now,
                 last_activity=now,
             )
             self.sessions[a.sid] = sess
+            if a.group:
+                self._join_group(sess, a, env.peer_host or "127.0.0.1")
             self.writer.open(a.sid, fd, a.chunk_size, a.size, ChunkBitmap(total))
             self.count("joined")
             log.info("joining multicast session %s (%s, %d bytes)", a.sid.hex()[:12], name, a.size)
@@ -238,6 +259,47 @@ class MulticastReceiverActor(Actor):
         return McJoin(
             sid=a.sid, eph_pub=wrap.public, repair_port=self.repair_port, attempt=a.attempt
         )
+
+    def _join_group(self, sess: Session, a: McAnnounce, sender_host: str) -> None:
+        """Join the announced group before joining the session, so the sender
+        may start as soon as we ack our key. When the group cannot be joined the
+        session goes on without it: the sender finishes us by unicast repairs
+        (docs/multicast.md)."""
+        interface = udp_multicast.interface_toward(sender_host)
+        try:
+            sock, got = udp_multicast.open_receiver(
+                a.group, a.group_port, interface, self.settings.multicast_rcvbuf
+            )
+        except OSError as exc:
+            self.count("group-join-failed")
+            log.warning(
+                "cannot join multicast group %s:%d on %s (%s); this session will be "
+                "repaired by unicast",
+                a.group,
+                a.group_port,
+                interface,
+                exc.strerror or exc,
+            )
+            return
+        if got < self.settings.multicast_rcvbuf:
+            self.log_once(
+                "rcvbuf",
+                "",
+                "multicast receive buffer is %d KiB (asked %d KiB; raise net.core.rmem_max "
+                "to lose less)",
+                got // 1024,
+                self.settings.multicast_rcvbuf // 1024,
+            )
+        chunk = sess.chunk_size
+
+        def expected(index: int) -> int:
+            return min(chunk, sess.size - index * chunk) + TAG_BYTES
+
+        sess.udp = sock
+        sess.reassembler = fragments.Reassembler(
+            sess.tracker.total, expected, a.fragment, PENDING_CHUNKS
+        )
+        self.watch(sock.fileno(), functools.partial(self._on_datagrams, sess))
 
     def _on_key(self, k: McKey, env: Inbound) -> codec.Message | None:
         sess = self.sessions.get(k.sid)
@@ -255,7 +317,7 @@ class MulticastReceiverActor(Actor):
             return None
         sess.route = env.route
         sess.sealer = ContentSealer(k.sid, key)
-        if sess.sub is None:
+        if sess.sub is None and sess.reassembler is None and sess.pub_endpoint:
             sub = sess.sub = self.socket(zmq.SUB)
             sub.rcvhwm = SUB_HWM
             sub.maxmsgsize = self.settings.max_chunk + TAG_BYTES + 1024
@@ -305,23 +367,65 @@ class MulticastReceiverActor(Actor):
             except codec.DecodeError as exc:
                 self.count(f"data-dropped-{exc.kind}")
                 continue
-            self._on_chunk(header, frames[1].buffer)
+            sess = self.sessions.get(header.sid)
+            if sess is None:
+                self.count("data-dropped-unknown-session")
+                continue
+            if sess.reassembler is not None and not subscribed:
+                sess.reassembler.forget(header.index)  # a unicast repair
+            self._on_chunk(sess, header.index, header.last, header.nonce, frames[1].buffer)
             if self.slow and subscribed:
                 time.sleep(self.slow)
 
-    def _on_chunk(self, h: McChunk, payload: memoryview) -> None:
-        sess = self.sessions.get(h.sid)
-        if sess is None or sess.sealer is None:
+    def _on_datagrams(self, sess: Session, _fd: object = None) -> None:
+        """Datagrams of the session's UDP group: reassemble sealed chunks."""
+        sock, asm = sess.udp, sess.reassembler
+        if sock is None or asm is None:
+            return
+        buf = self.datagram
+        view = memoryview(buf)
+        for _ in range(DATAGRAMS_PER_WAKE):
+            try:
+                n = sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.count("datagram-error")
+                log.debug("multicast socket: %s", exc)
+                return
+            try:
+                if n > fragments.MAX_DATAGRAM:
+                    raise fragments.FragmentError("oversize")
+                frag, payload = fragments.parse(view[:n])
+                if frag.sid != sess.sid:
+                    continue  # another session on the same group
+                if sess.sealer is None or frag.index in sess.tracker.received:
+                    continue  # before our key (NAKed later), or already here
+                done = asm.add(frag, payload)
+            except fragments.FragmentError as exc:
+                self.count(f"datagram-dropped-{exc.kind}")
+                continue
+            if done is not None:
+                self._on_chunk(sess, frag.index, frag.last, done[0], memoryview(done[1]))
+                if self.slow:
+                    time.sleep(self.slow)
+                if sess.sid not in self.sessions:
+                    return  # finished or closed meanwhile
+
+    def _on_chunk(
+        self, sess: Session, index: int, last: bool, nonce: bytes, payload: memoryview
+    ) -> None:
+        if sess.sealer is None:
             self.count("data-dropped-unknown-session")
             return
         t = sess.tracker
-        if not 0 <= h.index < t.total or h.last != (h.index == t.total - 1):
+        if not 0 <= index < t.total or last != (index == t.total - 1):
             self.count("data-dropped-bad-index")
             return
-        if len(payload) != min(sess.chunk_size, sess.size - h.index * sess.chunk_size) + TAG_BYTES:
+        if len(payload) != min(sess.chunk_size, sess.size - index * sess.chunk_size) + TAG_BYTES:
             self.count("data-dropped-bad-length")
             return
-        if h.index in t.received:
+        if index in t.received:
             t.duplicates += 1
             self.count("duplicates")
             return
@@ -329,14 +433,14 @@ class MulticastReceiverActor(Actor):
             self.count("data-dropped-queue-full")  # NAKed later
             return
         try:
-            plaintext = sess.sealer.open_chunk(h.index, h.last, h.nonce, payload)
+            plaintext = sess.sealer.open_chunk(index, last, nonce, payload)
         except OpenError:
             self.count("data-dropped-auth")
             return
         sess.last_activity = self.now()
-        if t.on_chunk(h.index, self.now()):
+        if t.on_chunk(index, self.now()):
             sess.queued += 1
-            self.writer.write(sess.sid, h.index, plaintext)
+            self.writer.write(sess.sid, index, plaintext)
 
     def _on_writer(self, sock: zmq.Socket[Any]) -> None:
         for _ in range(256):
@@ -439,6 +543,11 @@ class MulticastReceiverActor(Actor):
         if sess.sub is not None:
             self.close_socket(sess.sub)
             sess.sub = None
+        if sess.udp is not None:
+            self.unwatch(sess.udp.fileno())
+            sess.udp.close()
+            sess.udp = None
+            sess.reassembler = None
         os.close(sess.fd)
         if not keep_part:
             with contextlib.suppress(FileNotFoundError):

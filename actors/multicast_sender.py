@@ -31,6 +31,7 @@ import functools
 import hmac
 import logging
 import os
+import socket
 import stat
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,9 @@ import blake3
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from actors import udp_multicast
 from peercrypt.core.bitmap import pairs
+from peercrypt.core.fragments import fragment_count, parse_group
 from peercrypt.core.multicast import DONE, FAILED, JOINING, LOST, SessionPlan
 from peercrypt.crypto.keywrap import ContentSealer, WrapKey, new_content_key
 from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, Timer, bound_port
@@ -137,6 +140,14 @@ class Session:
     allowance: int = 0
     demand_pending: bool = False
     subscriptions: int = 0
+    # UDP/IP multicast (docs/multicast.md, "Transports"): the group, this
+    # session's socket, and the targets ready for datagrams (they acked after
+    # their key: they joined the group before joining the session).
+    group: tuple[str, int] | None = None
+    udp: socket.socket | None = None
+    ready: set[str] = field(default_factory=set)
+    datagrams: int = 0
+    datagrams_unsent: int = 0
 
 
 class MulticastSenderActor(Actor):
@@ -214,17 +225,35 @@ class MulticastSenderActor(Actor):
         bad = [t for t in req.targets if not _valid_target(t)]
         if not req.targets or bad:
             return self._fail_request(req, "local", f"invalid targets: {bad or 'none'}"[:500])
+        group: tuple[str, int] | None = None
+        udp: socket.socket | None = None
         try:
-            self._ensure_pub()
+            if req.group or self.settings.multicast_group:
+                group = parse_group(req.group or self.settings.multicast_group)
+                host = req.targets[0].rpartition(":")[0].strip("[]")
+                interface = udp_multicast.interface_toward(host)
+                udp = udp_multicast.open_sender(
+                    interface, self.settings.multicast_ttl, self.settings.multicast_sndbuf
+                )
+            else:
+                self._ensure_pub()
+        except ValueError as exc:
+            return self._fail_request(req, "local", str(exc))
+        except OSError as exc:
+            return self._fail_request(req, "local", f"cannot send to the group: {exc.strerror}")
         except SetupError as exc:
             return self._fail_request(req, "local", str(exc))
         try:
             fd = os.open(req.path, os.O_RDONLY)
         except OSError as exc:
+            if udp is not None:
+                udp.close()
             return self._fail_request(req, "local", f"cannot read {req.path}: {exc.strerror}")
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
+            if udp is not None:
+                udp.close()
             return self._fail_request(req, "local", f"{req.path} is not a regular file")
         sid = os.urandom(16)
         key = new_content_key()
@@ -247,6 +276,8 @@ class MulticastSenderActor(Actor):
             content_key=key,
             plan=plan,
             started=self.now(),
+            group=group,
+            udp=udp,
         )
         self.sessions[sid] = sess
         self.count("sessions")
@@ -294,8 +325,11 @@ class MulticastSenderActor(Actor):
             chunk_size=sess.chunk_size,
             eph_pub=wrap.public,
             pub_host="",
-            pub_port=self.pub_port,
+            pub_port=0 if sess.group else self.pub_port,
             attempt=t.attempt,
+            group=sess.group[0] if sess.group else "",
+            group_port=sess.group[1] if sess.group else 0,
+            fragment=self.settings.multicast_fragment if sess.group else 0,
         )
         self._send_ctl(t, msg)
 
@@ -431,11 +465,12 @@ class MulticastSenderActor(Actor):
         """Publish once every target joined (or failed) and subscribed."""
         targets = sess.targets.values()
         joined = sum(1 for t in targets if t.joined)
+        ready = len(sess.ready) if sess.group else sess.subscriptions
         if (
             not sess.publishing
             and joined
             and all(t.joined or t.result is not None for t in targets)
-            and sess.subscriptions >= joined
+            and ready >= joined
         ):
             self._start_publishing(sess)
 
@@ -451,6 +486,9 @@ class MulticastSenderActor(Actor):
         sess.plan.on_ack(t.name, a.cumulative, naks, self.now())
         horizon = sess.plan.published if sess.publishing else 0
         self._send_ctl(t, McStatus(sid=sess.sid, horizon=horizon, digest=sess.digest))
+        if sess.group and t.name not in sess.ready:
+            sess.ready.add(t.name)
+            self._maybe_start(sess)
 
     def _on_done(self, sess: Session, t: Target, d: McDone) -> None:
         if not d.ok:
@@ -523,14 +561,33 @@ class MulticastSenderActor(Actor):
             raise OSError(f"file shrank while sending (chunk {index})")
         return data
 
-    def _frames(self, sess: Session, index: int, data: bytes) -> list[bytes]:
+    def _frames(self, sess: Session, index: int, data: bytes) -> tuple[bytes, list[bytes]]:
+        """Seal a chunk: its nonce, and the frames [McChunk header, sealed]."""
         last = index == sess.total - 1
         nonce, sealed = sess.sealer.seal_chunk(index, last, data)
         header = codec.encode(McChunk(sid=sess.sid, index=index, last=last, nonce=nonce))
-        return [header, sealed]
+        return nonce, [header, sealed]
+
+    def _publish(self, sess: Session, index: int, nonce: bytes, frames: list[bytes]) -> None:
+        """One sealed chunk to every subscriber: PUB/SUB, or the UDP group."""
+        sealed = frames[1]
+        sess.published_bytes += len(sealed)
+        if sess.udp is None or sess.group is None:
+            assert self.pub is not None
+            self.pub.send_multipart([sess.sid, *frames], copy=False)
+            return
+        frag = self.settings.multicast_fragment
+        last = index == sess.total - 1
+        unsent = udp_multicast.send_sealed(
+            sess.udp, sess.group, sess.sid, index, last, nonce, sealed, frag
+        )
+        sess.datagrams += fragment_count(len(sealed), frag) - unsent
+        if unsent:
+            sess.datagrams_unsent += unsent
+            self.count("datagrams-unsent", unsent)
 
     def _pump(self, sess: Session) -> None:
-        if sess.sid not in self.sessions or not sess.publishing or self.pub is None:
+        if sess.sid not in self.sessions or not sess.publishing:
             return
         plan = sess.plan
         # Paced: first sends and repairs together stay within the granted bytes.
@@ -539,12 +596,11 @@ class MulticastSenderActor(Actor):
             for repair in plan.plan(self.now(), budget=min(budget, plan.window)):
                 budget -= 1
                 sess.allowance -= sess.chunk_size if sess.paced else 0
-                frames = self._frames(sess, repair.index, self._read(sess, repair.index))
+                nonce, frames = self._frames(sess, repair.index, self._read(sess, repair.index))
                 sess.seals_repair += 1
                 self.count("seals-repair")
                 if repair.publish:
-                    self.pub.send_multipart([sess.sid, *frames], copy=False)
-                    sess.published_bytes += len(frames[1])
+                    self._publish(sess, repair.index, nonce, frames)
                     continue
                 for name in repair.to:
                     t = sess.targets[name]
@@ -570,11 +626,10 @@ class MulticastSenderActor(Actor):
                 index = plan.published
                 data = self._read(sess, index)
                 sess.hasher.update(data)
-                frames = self._frames(sess, index, data)
+                nonce, frames = self._frames(sess, index, data)
                 sess.seals_first += 1
                 self.count("seals-first")
-                self.pub.send_multipart([sess.sid, *frames], copy=False)
-                sess.published_bytes += len(frames[1])
+                self._publish(sess, index, nonce, frames)
                 plan.on_published()
         except OSError as exc:
             return self._finish(sess, "local", f"reading {sess.request.path} failed: {exc}")
@@ -669,6 +724,8 @@ class MulticastSenderActor(Actor):
                         sock.disable_monitor()
                     self.close_socket(sock)
         os.close(sess.fd)
+        if sess.udp is not None:
+            sess.udp.close()
         self.count("sent" if code == "ok" else f"failed-{code}")
         plan = sess.plan
         stats: dict[str, float] = {
@@ -683,6 +740,9 @@ class MulticastSenderActor(Actor):
             "demotions": plan.demotions,
             "window_decreases": plan.decreases,
             "window": plan.window,
+            "udp": 1.0 if sess.group else 0.0,
+            "datagrams": sess.datagrams,
+            "datagrams_unsent": sess.datagrams_unsent,
         }
         results = [
             {

@@ -26,6 +26,13 @@ import zmq
 import peercrypt
 from peercrypt import cli_modes, errors
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.fragments import (
+    DEFAULT_FRAGMENT,
+    HEADER_BYTES,
+    MAX_DATAGRAM,
+    MIN_FRAGMENT,
+    parse_group,
+)
 from peercrypt.crypto.identity import (
     IdentityError,
     fingerprint,
@@ -199,6 +206,30 @@ open_option = click.option(
     show_default=True,
     help="Chunks in flight per incoming transfer.",
 )
+# UDP/IP multicast transport (docs/multicast.md, "Transports").
+@click.option(
+    "--multicast-group",
+    default="",
+    envvar="MULTICAST_GROUP",
+    metavar="GROUP:PORT",
+    help="Send multicast sessions as UDP datagrams to this IPv4 multicast group "
+    "(e.g. 239.255.80.67:7480; env MULTICAST_GROUP) instead of over PUB/SUB.",
+)
+@click.option(
+    "--multicast-ttl",
+    type=click.IntRange(0, 255),
+    default=1,
+    show_default=True,
+    help="Router hops multicast datagrams may cross (1: this link only).",
+)
+@click.option(
+    "--multicast-datagram",
+    type=click.IntRange(MIN_FRAGMENT + HEADER_BYTES, MAX_DATAGRAM),
+    default=DEFAULT_FRAGMENT + HEADER_BYTES,
+    show_default=True,
+    help="Bytes per multicast datagram (the IP layer fragments what exceeds the "
+    "link's MTU; 1472 avoids that on a 1500-byte link, at more CPU per byte).",
+)
 @click.pass_obj
 def node(
     obj: dict[str, Any],
@@ -220,11 +251,21 @@ def node(
     health_check_interval: float,
     max_retries: int,
     connect_timeout: float,
+    multicast_group: str,
+    multicast_ttl: int,
+    multicast_datagram: int,
     **policy_options: Any,
 ) -> None:
     """Run a node in the foreground until SIGINT/SIGTERM."""
     if (bootstrap_host is None) != (bootstrap_port is None):
         raise UserError("--bootstrap-host and --bootstrap-port go together")
+    if multicast_group:
+        try:
+            group, group_port = parse_group(multicast_group)
+        except ValueError as exc:
+            raise UserError(f"--multicast-group: {exc}", errors.USAGE) from None
+        multicast_group = f"{group}:{group_port}"
+
     policy, max_rate = cli_modes.node_policy(policy_options)
     logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else logging.INFO)
     data_dir: Path = obj["data_dir"]
@@ -249,6 +290,9 @@ def node(
         health_interval=health_check_interval,
         max_retries=max_retries,
         connect_timeout=connect_timeout,
+        multicast_group=multicast_group,
+        multicast_ttl=multicast_ttl,
+        multicast_fragment=multicast_datagram - HEADER_BYTES,
     )
     with contextlib.suppress(NodeUnavailable), ControlClient.for_data_dir(data_dir) as client:
         client.status(timeout=1.0)

@@ -23,6 +23,7 @@ import click
 from peercrypt import errors
 from peercrypt.cli import UserError, _local_node, follow, main, send
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.fragments import parse_group
 from peercrypt.core.modes import MODES
 from peercrypt.wire.codec import Message
 from peercrypt.wire.messages import ErrorReply
@@ -110,6 +111,7 @@ def multicast_send(
     timeout: float,
     network_key: str | None,
     open_network: bool,
+    group: str = "",
 ) -> NoReturn:
     path = file.resolve()
     with _local_node(obj, network_key, open_network) as client:
@@ -121,6 +123,7 @@ def multicast_send(
                 targets=targets,
                 chunk_size=chunk_size,
                 timeout=timeout,
+                group=group,
             )
         )
         result = follow(
@@ -202,15 +205,31 @@ send.params += [
         help="Multicast: another receiver (repeat).",
     ),
     click.Option(["-dual", "dual"], is_flag=True, help="Multicast to exactly two receivers."),
+    click.Option(
+        ["--group", "group"],
+        default="",
+        metavar="GROUP:PORT",
+        help="Multicast: send the chunks as UDP datagrams to this IPv4 multicast group "
+        "(default: the node's --multicast-group; none: PUB/SUB).",
+    ),
 ]
 
 
 @click.pass_obj
 def _send(obj: dict[str, Any], /, **kwargs: Any) -> Any:
     multi, to, dual = kwargs.pop("multi"), kwargs.pop("to"), kwargs.pop("dual")
+    group = kwargs.pop("group")
     mode = kwargs.get("mode")
     if not (multi or dual or to or mode == "multicast"):
+        if group:
+            raise UserError("--group is for multicast (-m, -dual, --to or --mode multicast)")
         return _original_send(**kwargs)
+    if group:
+        try:
+            address, port = parse_group(group)
+        except ValueError as exc:
+            raise UserError(f"--group: {exc}") from None
+        group = f"{address}:{port}"
     given = [n for n in _UNICAST_ONLY if kwargs.get(n) not in (None, False)]
     if given or (mode not in (None, "multicast")):
         what = ", ".join(given) or f"--mode {mode}"
@@ -227,6 +246,7 @@ def _send(obj: dict[str, Any], /, **kwargs: Any) -> Any:
         timeout=kwargs["timeout"],
         network_key=kwargs["network_key"],
         open_network=kwargs["open_network"],
+        group=group,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peercrypt.core.fragments import DEFAULT_FRAGMENT
 from peercrypt.core.modes import Policy
 from peercrypt.crypto.identity import KeyPair
 
@@ -65,3 +66,11 @@ class NodeSettings:
     multicast_pub_port: int = 0
     multicast_repair_ports: tuple[int, int] = (0, 0)
     multicast_window: int = 64
+    # UDP/IP multicast transport (docs/multicast.md, "Transports"): the group
+    # ("GROUP:PORT"; "": chunks go over PUB/SUB), hops (1: this link), the
+    # datagram payload per fragment, and the kernel buffers asked for.
+    multicast_group: str = ""
+    multicast_ttl: int = 1
+    multicast_fragment: int = DEFAULT_FRAGMENT
+    multicast_rcvbuf: int = 32 * MiB
+    multicast_sndbuf: int = 4 * MiB

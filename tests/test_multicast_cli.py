@@ -31,6 +31,9 @@ def _one_error_line(stderr: str, text: str) -> None:
         (["-m", "-r", "1000"], "multicast does not take unicast mode options (rate)"),
         (["--mode", "aimd", "--to", "h:1"], "multicast does not take unicast mode options"),
         (["-m", "--force"], "--force does not apply to multicast"),
+        (["-m", "--group", "10.1.2.3:7480"], "--group: 10.1.2.3 is not a multicast address"),
+        (["-m", "--group", "239.1.2.3"], "--group: multicast group must be GROUP:PORT"),
+        (["--group", "239.1.2.3:7480"], "--group is for multicast"),
     ],
 )
 def test_usage_errors(
@@ -139,3 +142,20 @@ def test_multicast_receive_errors(
     result = node.cli("mreceive", "--count", "1", "--timeout", "0.5")
     assert result.returncode == 1
     _one_error_line(result.stderr, "timed out after 0.5 s (0 of 1 sessions)")
+
+
+@pytest.mark.parametrize(
+    ("group", "text"),
+    [
+        ("239.1.2.3:0", "--multicast-group: multicast group must be GROUP:PORT"),
+        ("192.168.1.1:7480", "--multicast-group: 192.168.1.1 is not a multicast address"),
+        ("nonsense", "--multicast-group: multicast group must be GROUP:PORT"),
+    ],
+)
+def test_node_multicast_group_errors(cli: Any, tmp_path: Path, group: str, text: str) -> None:
+    result = cli(
+        "node", "--host", "127.0.0.1", "--port", "0", "--open", "--multicast-group", group,
+        data_dir=tmp_path / "d",
+    )  # fmt: skip
+    assert result.returncode == 2, result.describe()
+    _one_error_line(result.stderr, text)

@@ -11,24 +11,16 @@ from typing import Any
 
 import zmq
 
-from peercrypt.testing.nodes import NodeProcess, free_port, start_cli, wait_until
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    assert_stored,
+    free_port,
+    multicast_targets,
+    start_cli,
+    wait_until,
+)
 
 MiB = 1024 * 1024
-
-
-def _targets(*receivers: NodeProcess) -> list[str]:
-    out: list[str] = []
-    for r in receivers:
-        out += ["--to", f"{r.host}:{r.port}"]
-    return out
-
-
-def _stored(receiver: NodeProcess, result: dict[str, Any], digest: str) -> None:
-    row = next(r for r in result["receivers"] if r["target"] == f"{receiver.host}:{receiver.port}")
-    assert row["code"] == "ok", row
-    from peercrypt.testing.nodes import blake3_file
-
-    assert blake3_file(receiver.inbox / row["stored_as"]) == digest
 
 
 def test_one_to_three_identical_files_sealed_once(
@@ -39,13 +31,13 @@ def test_one_to_three_identical_files_sealed_once(
     path = make_file(12 * MiB + 123)
     first, *rest = receivers
     code, result = sender.send(
-        path, first.host, first.port, "-m", *_targets(*rest), "--chunk-size", str(MiB)
+        path, first.host, first.port, "-m", *multicast_targets(*rest), "--chunk-size", str(MiB)
     )
     assert code == 0, result
     digest = blake3_file(path)
     assert result["blake3"] == digest
     for r in receivers:
-        _stored(r, result, digest)
+        assert_stored(r, result, digest)
     stats = result["stats"]
     assert stats["chunks"] == 13
     assert stats["seals_first"] == 13  # each chunk sealed once, whatever the receivers
@@ -85,7 +77,7 @@ def test_late_slow_and_restarted_receivers_all_verified(
     result = json.loads(out)
     assert result["blake3"] == digest
     for r in (slow, late, killed):
-        _stored(r, result, digest)
+        assert_stored(r, result, digest)
     stats = result["stats"]
     assert stats["seals_first"] == stats["chunks"] == 129  # read and sealed once
     assert stats["seals_repair"] > 0  # the late and the restarted one were repaired
@@ -127,7 +119,7 @@ def test_non_admitted_subscriber_sees_no_plaintext(
             path, receiver.host, receiver.port, "-m", "--chunk-size", str(chunk)
         )
         assert code == 0, result
-        _stored(receiver, result, blake3_file(path))
+        assert_stored(receiver, result, blake3_file(path))
         wait_until(lambda: len(frames) >= 3 * 8 or None, 5, "the spy to see chunks")
     finally:
         stop.set()
@@ -164,7 +156,7 @@ def test_receiver_killed_for_good_fails_alone(
     assert proc.returncode == 3, (out, err)
     result = json.loads(out)
     assert result["error"].startswith("1 of 2 receivers verified")
-    _stored(alive, result, blake3_file(path))
+    assert_stored(alive, result, blake3_file(path))
     row = next(r for r in result["receivers"] if r["target"].endswith(f":{doomed.port}"))
     assert row["code"] == "unreachable" and "cannot connect" in row["error"], row
 
@@ -203,16 +195,17 @@ def test_node_max_rate_paces_multicast_too(
     path = make_file(5 * MiB)
     first, second = receivers
     code, result = sender.send(
-        path, first.host, first.port, "-m", *_targets(second), "--chunk-size", str(256 * 1024)
-    )
+        path, first.host, first.port, "-m", *multicast_targets(second),
+        "--chunk-size", str(256 * 1024),
+    )  # fmt: skip
     assert code == 0, result
     digest = blake3_file(path)
     for r in receivers:
-        _stored(r, result, digest)
+        assert_stored(r, result, digest)
     # (5 MiB - a 0.2 MiB bucket) at 2 MiB/s is ~2.4 s; unpaced it takes ~0.1 s.
     assert result["seconds"] >= 1.8, result
     lifted = sender.cli("max-rate", "0")
     assert lifted.returncode == 0, lifted.describe()
-    code, result = sender.send(path, first.host, first.port, "-m", *_targets(second))
+    code, result = sender.send(path, first.host, first.port, "-m", *multicast_targets(second))
     assert code == 0, result
     assert result["seconds"] < 1.8, result

@@ -42,8 +42,11 @@ __all__ = [
     "NodeStartError",
     "NodeStopError",
     "WaitTimeout",
+    "assert_stored",
     "blake3_file",
     "cli_env",
+    "free_port",
+    "multicast_targets",
     "run_cli",
     "start_cli",
     "wait_until",
@@ -115,6 +118,23 @@ def blake3_file(path: Path | str, block: int = 1 << 20) -> str:
             hasher.update(data)
     digest: str = hasher.hexdigest()
     return digest
+
+
+def multicast_targets(*receivers: NodeProcess) -> list[str]:
+    """``send -m`` arguments naming more receivers: ``--to HOST:PORT`` each."""
+    out: list[str] = []
+    for r in receivers:
+        out += ["--to", f"{r.host}:{r.port}"]
+    return out
+
+
+def assert_stored(receiver: NodeProcess, result: dict[str, Any], digest: str) -> None:
+    """``receiver``'s row of a multicast ``--json`` result says it verified
+    and stored the file, and the stored file has ``digest`` (BLAKE3 hex)."""
+    where = f"{receiver.host}:{receiver.port}"
+    row = next(r for r in result["receivers"] if r["target"] == where)
+    assert row["code"] == "ok", row
+    assert blake3_file(receiver.inbox / row["stored_as"]) == digest
 
 
 def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:

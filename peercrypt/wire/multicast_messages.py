@@ -5,7 +5,9 @@ Control plane (over CURVE, sender's DEALER -> receiver's gateway -> the
 ``McJoin``/``McRefuse``, ``McKey``, ``McAck`` (acks and NAK ranges),
 ``McStatus`` and ``McDone``. Data plane: ``McChunk`` is the plain header
 frame published on the sender's PUB socket (topic = session id) before the
-AES-256-GCM sealed chunk. Local: the CLI's requests and results.
+AES-256-GCM sealed chunk (with a UDP multicast group, the same fields travel
+in each datagram's fixed header instead: peercrypt/core/fragments.py).
+Local: the CLI's requests and results.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from peercrypt.core.fragments import MAX_FRAGMENT
 from peercrypt.wire.codec import Message, bounded, message
 from peercrypt.wire.messages import HASH_BYTES, KEY_BYTES, MAX_CHUNKS, MAX_NAME, NONCE_BYTES
 
@@ -45,8 +48,13 @@ class McAnnounce(Message):
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
     eph_pub: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
     pub_host: str = field(metadata=bounded(255))  # "": the host the receiver knows us by
-    pub_port: int = field(metadata=bounded(65535, 1))
+    pub_port: int = field(metadata=bounded(65535))  # 0: no PUB socket (the group carries chunks)
     attempt: int = field(default=0, metadata=bounded(2**31))  # echoed by McJoin and McKey
+    # UDP/IP multicast (core/fragments.py): chunks go as datagrams to
+    # group:group_port, cut into fragments of `fragment` bytes. "": PUB/SUB.
+    group: str = field(default="", metadata=bounded(15))
+    group_port: int = field(default=0, metadata=bounded(65535))
+    fragment: int = field(default=0, metadata=bounded(MAX_FRAGMENT))
 
 
 @message
@@ -145,6 +153,7 @@ class McSendRequest(Message):
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
     timeout: float = 10.0
     window: int = field(default=0, metadata=bounded(4096))  # chunks; 0: the default
+    group: str = field(default="", metadata=bounded(32))  # "GROUP:PORT"; "": the node's
 
 
 @message

@@ -1,0 +1,183 @@
+"""UDP/IP multicast data plane: sealed chunks as datagrams (pure, no sockets).
+
+With a multicast group configured (docs/multicast.md, "Transports"), a
+session's sealed chunks go to the group as UDP datagrams instead of over
+ZeroMQ PUB/SUB, so the kernel or the network copies them to every receiver
+and the sender writes each byte once, whatever the number of receivers.
+
+A sealed chunk (AES-256-GCM ciphertext + tag, sealed once) is cut into
+fragments of ``frag`` bytes; each datagram carries a fixed header::
+
+    magic "PCm1" | session id (16) | chunk index (u64) | flags (u8, bit 0: last)
+    | nonce (12) | sealed length (u32) | fragment offset (u32)
+
+followed by ``sealed[offset:offset + frag]``. Nothing in it is secret (the
+same fields travel in clear as ``McChunk`` on the PUB socket). Datagrams are
+not authenticated one by one: anyone on the segment can inject them. The
+:class:`Reassembler` therefore accepts only fragments that fit the session
+(index in range, the exact sealed length of that index, an aligned offset,
+the exact fragment length) and the whole chunk is authenticated by AES-GCM
+when it is opened; a forged or mixed-up fragment makes the chunk fail
+authentication, so it is dropped and NAKed like a lost one.
+
+Memory: at most ``max_pending`` chunks are being reassembled per session
+(beyond, the lowest index is given up: it will be NAKed), so a session holds
+at most ``max_pending`` x (chunk size + tag) bytes, whatever the file size.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+MAGIC = b"PCm1"
+HEADER = struct.Struct("!4s16sQB12sII")
+HEADER_BYTES = HEADER.size  # 49
+MAX_DATAGRAM = 65507  # the largest IPv4 UDP payload
+MIN_FRAGMENT = 512
+MAX_FRAGMENT = MAX_DATAGRAM - HEADER_BYTES
+DEFAULT_FRAGMENT = 65000 - HEADER_BYTES
+FLAG_LAST = 1
+
+
+class FragmentError(ValueError):
+    """A datagram that does not belong to the session as announced; ``kind``
+    names the reason for the counters."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    sid: bytes
+    index: int
+    last: bool
+    nonce: bytes
+    sealed_len: int
+    offset: int
+
+
+def header(sid: bytes, index: int, last: bool, nonce: bytes, sealed_len: int, offset: int) -> bytes:
+    return HEADER.pack(MAGIC, sid, index, FLAG_LAST if last else 0, nonce, sealed_len, offset)
+
+
+def split(sealed_len: int, frag: int) -> Iterator[tuple[int, int]]:
+    """(offset, end) of each fragment of a sealed chunk (at least one)."""
+    if sealed_len <= 0:
+        yield 0, 0
+        return
+    for offset in range(0, sealed_len, frag):
+        yield offset, min(sealed_len, offset + frag)
+
+
+def fragment_count(sealed_len: int, frag: int) -> int:
+    return max(1, -(-sealed_len // frag))
+
+
+def parse(datagram: bytes | bytearray | memoryview) -> tuple[Fragment, memoryview]:
+    """Split a datagram into its header and payload; :class:`FragmentError`
+    when it is not one of ours."""
+    view = memoryview(datagram)
+    if len(view) < HEADER_BYTES:
+        raise FragmentError("short")
+    magic, sid, index, flags, nonce, sealed_len, offset = HEADER.unpack_from(view)
+    if magic != MAGIC:
+        raise FragmentError("magic")
+    if flags & ~FLAG_LAST:
+        raise FragmentError("flags")
+    frag = Fragment(sid, index, bool(flags & FLAG_LAST), nonce, sealed_len, offset)
+    return frag, view[HEADER_BYTES:]
+
+
+@dataclass(slots=True)
+class _Pending:
+    nonce: bytes
+    buf: bytearray
+    missing: set[int]  # fragment numbers still to come
+
+
+class Reassembler:
+    """Fragments of one session's chunks back into sealed chunks.
+
+    ``expected_len(index)`` is the sealed length of chunk ``index`` (plaintext
+    length + tag); ``total`` the number of chunks. :meth:`add` returns
+    ``(nonce, sealed)`` when a chunk is complete, ``None`` while it is not,
+    and raises :class:`FragmentError` for a fragment that cannot belong to
+    the session. A fragment with a different nonce than the chunk's pending
+    ones (a repair sealed anew) starts the chunk over.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        expected_len: Callable[[int], int],
+        frag: int,
+        max_pending: int,
+    ) -> None:
+        if not MIN_FRAGMENT <= frag <= MAX_FRAGMENT:
+            raise ValueError(f"fragment size must be {MIN_FRAGMENT}-{MAX_FRAGMENT}")
+        self.total = total
+        self.expected_len = expected_len
+        self.frag = frag
+        self.max_pending = max(1, max_pending)
+        self.pending: dict[int, _Pending] = {}
+        self.given_up = 0  # chunks evicted half-assembled (they will be NAKed)
+        self.restarted = 0  # chunks started over for a new nonce
+
+    def add(self, f: Fragment, payload: memoryview) -> tuple[bytes, bytearray] | None:
+        if not 0 <= f.index < self.total:
+            raise FragmentError("index")
+        if f.last != (f.index == self.total - 1):
+            raise FragmentError("last")
+        size = self.expected_len(f.index)
+        if f.sealed_len != size:
+            raise FragmentError("length")
+        if f.offset % self.frag or f.offset >= size:
+            raise FragmentError("offset")
+        if len(payload) != min(self.frag, size - f.offset):
+            raise FragmentError("fragment-length")
+        number = f.offset // self.frag
+        p = self.pending.get(f.index)
+        if p is not None and p.nonce != f.nonce:
+            self.restarted += 1
+            del self.pending[f.index]
+            p = None
+        if p is None:
+            count = fragment_count(size, self.frag)
+            if count == 1:
+                return f.nonce, bytearray(payload)
+            while len(self.pending) >= self.max_pending:
+                del self.pending[min(self.pending)]
+                self.given_up += 1
+            p = self.pending[f.index] = _Pending(f.nonce, bytearray(size), set(range(count)))
+        if number not in p.missing:
+            return None  # a duplicate fragment
+        p.buf[f.offset : f.offset + len(payload)] = payload
+        p.missing.discard(number)
+        if p.missing:
+            return None
+        del self.pending[f.index]
+        return p.nonce, p.buf
+
+    def forget(self, index: int) -> None:
+        """The chunk arrived another way (a unicast repair): stop assembling it."""
+        self.pending.pop(index, None)
+
+
+def parse_group(text: str) -> tuple[str, int]:
+    """``"GROUP:PORT"`` -> (group, port); GROUP must be an IPv4 multicast
+    address (224.0.0.0/4). ValueError with a user-facing message otherwise."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"multicast group must be GROUP:PORT, got {text!r}")
+    try:
+        addr = ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IPv4 address (multicast group)") from None
+    if not addr.is_multicast:
+        raise ValueError(f"{host} is not a multicast address (224.0.0.0/4, e.g. 239.255.0.1)")
+    return str(addr), int(port)
