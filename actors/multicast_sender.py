@@ -161,6 +161,8 @@ class MulticastSenderActor(Actor):
         self.pub_port = 0
 
     def setup(self) -> None:
+        if self.settings.multicast_group:
+            self.facts["multicast_group"] = self.settings.multicast_group
         self.call_every(TICK, self._tick)
         self.call_every(0.1, self._progress)
 

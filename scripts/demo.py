@@ -4,8 +4,9 @@ Starts three nodes (alice, bob, carol) as separate processes on loopback,
 each with its own identity and inbox, all sharing a fresh random network
 key. Sends real files around the triangle with the CLI a user would type,
 plus one send from a data directory with no node running (a temporary
-node), then checks every received file's BLAKE3 against its source and
-stops the nodes. Exits non-zero if anything does not match.
+node) and one multicast (alice to bob and carol at once, as UDP datagrams to
+a multicast group on the loopback interface), then checks every received
+file's BLAKE3 against its source and stops the nodes. Exits non-zero if anything does not match.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import blake3
 
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeError, NodeProcess, run_cli, wait_until
+from peercrypt.testing.nodes import NodeError, NodeProcess, free_port, run_cli, wait_until
 
 NODES = ("alice", "bob", "carol")
 FILES = {"empty.txt": 0, "note.txt": 1000, "photo.raw": 5 * 2**20, "dataset.bin": 96 * 2**20}
@@ -61,7 +62,11 @@ def main() -> int:
             nodes[name] = NodeProcess(
                 root / name,
                 network_key=key,
-                extra_args=(*join, "--gossip-interval", "0.5", "--health-check-interval", "1"),
+                extra_args=(
+                    *join,
+                    *("--gossip-interval", "0.5", "--health-check-interval", "1"),
+                    *("--multicast-ttl", "0"),  # multicast datagrams never leave this host
+                ),
             ).start()
             print(f"  {name:6} node {nodes[name].fingerprint}  port {nodes[name].port}")
 
@@ -113,6 +118,7 @@ def main() -> int:
                 f"  {sender:8} {receiver:6} {fname:12} {path.stat().st_size:>10} "
                 f"{outcome.get('mib_per_s', 0):>7}  {outcome.get('stored_as')}, {check}"
             )
+        failures += multicast(nodes, source / "dataset.bin")
         status = nodes["bob"].cli("status")
         print("\n$ peercrypt --data-dir bob status\n" + status.stdout)
     finally:
@@ -131,6 +137,38 @@ def main() -> int:
             shutil.rmtree(root, ignore_errors=True)
     print("all transfers verified" if not failures else f"{failures} problem(s)")
     return 1 if failures else 0
+
+
+def multicast(nodes: dict[str, NodeProcess], path: Path) -> int:
+    """alice -> bob and carol at once over a UDP multicast group; 0 if both verified."""
+    bob, carol = nodes["bob"], nodes["carol"]
+    group = f"239.255.80.67:{free_port()}"
+    print(
+        f"\n  $ peercrypt --data-dir alice send {path.name} 127.0.0.1 {bob.port} "
+        f"-m --to 127.0.0.1:{carol.port} --group {group}"
+    )
+    result = nodes["alice"].cli(
+        "send", path, "127.0.0.1", str(bob.port), "-m", "--to", f"127.0.0.1:{carol.port}",
+        "--group", group, "--json",
+    )  # fmt: skip
+    try:
+        outcome = result.json
+    except ValueError:
+        outcome = {"ok": False, "error": result.stderr.strip(), "receivers": []}
+    problems = 0 if outcome.get("ok") else 1
+    for row, node in zip(outcome.get("receivers", []), (bob, carol), strict=False):
+        stored = node.inbox / str(row.get("stored_as"))
+        verified = row.get("code") == "ok" and stored.is_file() and digest(stored) == digest(path)
+        problems += not verified
+        check = "blake3 verified" if verified else f"MISMATCH {row.get('error') or ''}"
+        print(f"  alice -> {row.get('target')}: {row.get('stored_as')}, {check}")
+    stats = outcome.get("stats", {})
+    print(
+        f"  one stream for both: {outcome.get('mib_per_s', 0)} MiB/s each, "
+        f"{int(stats.get('datagrams', 0))} datagrams, {int(stats.get('seals_first', 0))} chunks "
+        f"sealed once{'' if not problems else ', FAILED: ' + str(outcome.get('error'))}"
+    )
+    return problems
 
 
 if __name__ == "__main__":
