@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
 from peercrypt.testing.nodes import (
@@ -45,10 +47,22 @@ def test_one_to_three_identical_files_sealed_once(
     assert stats["seals_repair"] == 0 and stats["published_bytes"] == 13 * 16 + path.stat().st_size
 
 
+def _transport_args(transport: str) -> tuple[str, ...]:
+    """Sender node arguments: PUB/SUB, or a UDP group (TTL 0: this host only)."""
+    if transport == "pub":
+        return ()
+    group = f"239.255.{random.randrange(1, 255)}.{random.randrange(1, 255)}:{free_port()}"
+    return ("--multicast-group", group, "--multicast-ttl", "0")
+
+
+@pytest.mark.parametrize("transport", ["pub", "udp"])
 def test_late_slow_and_restarted_receivers_all_verified(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    blake3_file: Any,
+    transport: str,
 ) -> None:
-    sender = node_factory()
+    sender = node_factory(*_transport_args(transport))
     slow = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.02"})
     killed_port = free_port()
     killed = node_factory("--port", str(killed_port), name="killed")
@@ -81,6 +95,7 @@ def test_late_slow_and_restarted_receivers_all_verified(
     stats = result["stats"]
     assert stats["seals_first"] == stats["chunks"] == 129  # read and sealed once
     assert stats["seals_repair"] > 0  # the late and the restarted one were repaired
+    assert stats["udp"] == (transport == "udp")
     assert "not joined" in err or "cannot connect" in err  # the late one was reported
 
 
