@@ -16,9 +16,13 @@ while the network delivers, and the final fsync waits only for the tail
 instead of the whole file (on this machine that is the difference between
 about half and nearly all of the disk's write rate).
 
-The hash is computed in file order while chunks may arrive out of order: a
-chunk written ahead of the hash position is read back from the (page-cached)
-file when the gap before it fills, so nothing is buffered.
+The hash is computed in file order while chunks may arrive out of order
+(parallel lanes, retransmissions): a chunk written ahead of the hash position
+is kept in memory until the gap before it fills, up to ``hold`` chunks per
+file (the transfer's credit, so memory stays bounded by configuration:
+queued plus held is at most twice the credit); beyond that, or for chunks
+held from an earlier run (resume), it is read back from the (page-cached)
+file.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ class _File:
     chunk_size: int
     size: int
     written: ChunkBitmap
+    hold: int = 0  # chunks ahead of the hash position kept in memory, at most
+    held: dict[int, bytes] = field(default_factory=dict)
     hasher: Any = field(default_factory=blake3.blake3)
     hashed: int = 0  # chunks hashed, in order
 
@@ -85,9 +91,13 @@ class FileWriter:
         self._queue.put(None)
         self._thread.join(5.0)
 
-    def open(self, tid: bytes, fd: int, chunk_size: int, size: int, held: ChunkBitmap) -> None:
-        """Start hashing/writing ``fd``; ``held`` chunks are already in the file."""
-        self._queue.put(("open", tid, fd, chunk_size, size, held.to_bytes(), held.total))
+    def open(
+        self, tid: bytes, fd: int, chunk_size: int, size: int, held: ChunkBitmap, hold: int = 0
+    ) -> None:
+        """Start hashing/writing ``fd``; ``held`` chunks are already in the file.
+        Up to ``hold`` chunks written ahead of the hash position are kept in
+        memory for the hash instead of being read back."""
+        self._queue.put(("open", tid, fd, chunk_size, size, held.to_bytes(), held.total, hold))
 
     def write(self, tid: bytes, index: int, data: bytes) -> None:
         self._queue.put(("write", tid, index, data))
@@ -122,8 +132,8 @@ class FileWriter:
     def _apply(self, files: dict[bytes, _File], op: tuple[Any, ...]) -> tuple[Any, ...] | None:
         kind, tid = op[0], op[1]
         if kind == "open":
-            _, _, fd, chunk_size, size, held, total = op
-            files[tid] = _File(fd, chunk_size, size, ChunkBitmap.from_bytes(total, held))
+            _, _, fd, chunk_size, size, held, total, hold = op
+            files[tid] = _File(fd, chunk_size, size, ChunkBitmap.from_bytes(total, held), hold)
             self._advance_hash(files[tid], None, None)
             return None
         f = files.get(tid)
@@ -131,7 +141,9 @@ class FileWriter:
             return None  # forgotten (transfer aborted) while work was queued
         if kind == "write":
             _, _, index, data = op
-            os.pwrite(f.fd, data, index * f.chunk_size)
+            # the hash is taken from ``data``: it must be what the file holds
+            if os.pwrite(f.fd, data, index * f.chunk_size) != len(data):
+                raise OSError(f"short write of chunk {index} (disk full?)")
             self._start_writeback(f.fd, index * f.chunk_size, len(data))
             f.written.add(index)
             self._advance_hash(f, index, data)
@@ -150,11 +162,19 @@ class FileWriter:
 
     @staticmethod
     def _advance_hash(f: _File, index: int | None, data: bytes | None) -> None:
+        if index is not None and data is not None and index > f.hashed:
+            if len(f.held) < f.hold:
+                f.held[index] = data
+            return  # the gap before it is not written yet
         while f.hashed < f.written.total and f.hashed in f.written:
             if f.hashed == index and data is not None:
                 chunk = data
             else:
-                length = min(f.chunk_size, f.size - f.hashed * f.chunk_size)
-                chunk = os.pread(f.fd, length, f.hashed * f.chunk_size)
+                held = f.held.pop(f.hashed, None)
+                if held is not None:
+                    chunk = held
+                else:
+                    length = min(f.chunk_size, f.size - f.hashed * f.chunk_size)
+                    chunk = os.pread(f.fd, length, f.hashed * f.chunk_size)
             f.hasher.update(chunk)
             f.hashed += 1

@@ -1,13 +1,20 @@
-"""Parallel-mode helpers of the sender actor: crypto workers and a hasher.
+"""Parallel-mode helpers of the sender actor: crypto workers that also hash.
 
 Part of the sender actor, not actors of their own. A :class:`LaneCrew` has
 one worker thread per lane: each takes chunk indices from a shared queue,
 reads the chunk with ``pread`` and seals it with its own lane's keys (own
 AEAD objects, own nonce space), so reading and AES-GCM run on both cores
 (both release the GIL). Results go to a queue and a byte on a pipe wakes the
-actor, which alone touches the sockets. A hasher thread computes the
-whole-file BLAKE3 in file order at the same time, reading the file once more
-(from the page cache).
+actor, which alone touches the sockets.
+
+The whole-file BLAKE3 is computed from the chunks the workers read, so the
+file is read once: a worker hands its plaintext to :class:`_OrderedHash`,
+and whichever worker brings the chunk at the hash position hashes it and the
+chunks held after it (one thread at a time, in file order). At most
+``2 x lanes`` chunks are held (bounded memory, by configuration); a chunk
+beyond that, and a chunk the receiver already held (resume, never sent), is
+read back from the file when the hash gets there. No worker ever waits for
+another.
 
 Results: ``("chunk", index, last, nonce, sealed)``, ``("hash", digest)``,
 ``("error", text)``.
@@ -18,17 +25,101 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import blake3
 
+from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.crypto.transfer import TransferKeys
 
-HASH_BLOCK = 1 << 20
+
+class _OrderedHash:
+    """BLAKE3 of a file in chunk order, fed chunks in any order by many threads.
+
+    Nobody waits: the thread that hands over the chunk at the hash position
+    hashes it and the held chunks after it; any other thread just leaves its
+    chunk (at most ``max_held`` of them, then only a bit saying "read it
+    back") and goes on."""
+
+    def __init__(
+        self, read: Callable[[int], bytes], total: int, skip: ChunkBitmap, max_held: int
+    ) -> None:
+        self._read = read
+        self._total = total
+        self._skip = skip  # never handed over (the receiver had them): read them
+        self._unheld = ChunkBitmap(total)  # handed over while ``_held`` was full: read them
+        self._max_held = max(1, max_held)
+        self._hasher = blake3.blake3()
+        self._held: dict[int, bytes] = {}
+        self._position = 0  # chunks hashed
+        self._busy = False  # one thread hashes at a time
+        self._digest_given = False
+        self._lock = threading.Lock()
+
+    def offer(self, index: int, data: bytes) -> bytes | None:
+        """Hand over chunk ``index`` as read from the file; hash whatever is
+        now in order. Returns the digest when this call hashed the last chunk
+        (so exactly one caller gets it). Raises OSError from reading back."""
+        with self._lock:
+            if index < self._position or index in self._held:
+                return None  # a retransmission of a chunk already hashed or held
+            if index == self._position or len(self._held) < self._max_held:
+                self._held[index] = data
+            else:
+                self._unheld.add(index)
+                return None  # not needed before the chunk at the position comes
+            if self._busy:
+                return None  # the thread hashing now takes it
+            self._busy = True
+        return self._advance()
+
+    def start(self) -> bytes | None:
+        """Hash the leading chunks the receiver already held (if any)."""
+        with self._lock:
+            if self._busy:
+                return None
+            self._busy = True
+        return self._advance()
+
+    def _advance(self) -> bytes | None:
+        try:
+            while True:
+                with self._lock:
+                    position = self._position
+                    if position >= self._total:
+                        self._busy = False
+                        if self._digest_given:
+                            return None
+                        self._digest_given = True
+                        return bytes(self._hasher.digest())
+                    data = self._held.pop(position, None)
+                    if data is None and not (position in self._skip or position in self._unheld):
+                        self._busy = False  # its thread will find nobody hashing
+                        return None
+                if data is None:
+                    data = self._read(position)
+                self._hasher.update(data)
+                with self._lock:
+                    self._position = position + 1
+        except BaseException:
+            with self._lock:
+                self._busy = False
+            raise
 
 
 class LaneCrew:
-    def __init__(self, keys: TransferKeys, fd: int, size: int, chunk_size: int, lanes: int) -> None:
+    def __init__(
+        self,
+        keys: TransferKeys,
+        fd: int,
+        size: int,
+        chunk_size: int,
+        lanes: int,
+        skip: ChunkBitmap | None = None,
+    ) -> None:
+        """``skip``: chunks that will never be submitted (the receiver holds
+        them); the crew still hashes them, reading them itself."""
         self.results: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._read_fd, self._wake_fd = os.pipe()
@@ -36,15 +127,21 @@ class LaneCrew:
         self._fd, self._size, self._chunk = fd, size, chunk_size
         self._total = -(-size // chunk_size)
         self._stopping = threading.Event()
+        self._hash = _OrderedHash(
+            self._read_chunk,
+            self._total,
+            skip if skip is not None else ChunkBitmap(self._total),
+            2 * lanes,
+        )
         self._threads = [
             threading.Thread(
                 target=self._work, args=(keys.for_lane(i + 1),), name=f"pc-lane{i + 1}", daemon=True
             )
             for i in range(lanes)
         ]
-        self._threads.append(threading.Thread(target=self._hash, name="pc-hash", daemon=True))
         for thread in self._threads:
             thread.start()
+        self._jobs.put(-1)  # hash leading chunks the receiver already held
 
     @property
     def wake_fd(self) -> int:
@@ -77,38 +174,32 @@ class LaneCrew:
         except OSError:
             pass  # closed: the crew is stopping
 
+    def _read_chunk(self, index: int) -> bytes:
+        length = min(self._chunk, self._size - index * self._chunk)
+        data = os.pread(self._fd, length, index * self._chunk)
+        if len(data) != length:
+            raise OSError(f"file shrank while sending (chunk {index})")
+        return data
+
     def _work(self, keys: TransferKeys) -> None:
         while True:
             index = self._jobs.get()
             if index is None or self._stopping.is_set():
                 return
             try:
-                length = min(self._chunk, self._size - index * self._chunk)
-                data = os.pread(self._fd, length, index * self._chunk)
-                if len(data) != length:
-                    raise OSError(f"file shrank while sending (chunk {index})")
-                last = index == self._total - 1
-                nonce, sealed = keys.seal_chunk(index, last, data)
+                if index < 0:
+                    digest = self._hash.start()
+                else:
+                    data = self._read_chunk(index)
+                    last = index == self._total - 1
+                    nonce, sealed = keys.seal_chunk(index, last, data)
+                    self._post(("chunk", index, last, nonce, sealed))
+                    digest = self._hash.offer(index, data)
             except OSError as exc:
                 self._post(("error", str(exc)))
                 continue
-            self._post(("chunk", index, last, nonce, sealed))
-
-    def _hash(self) -> None:
-        hasher = blake3.blake3()
-        offset = 0
-        try:
-            while offset < self._size and not self._stopping.is_set():
-                block = os.pread(self._fd, min(HASH_BLOCK, self._size - offset), offset)
-                if not block:
-                    raise OSError("file shrank while hashing")
-                hasher.update(block)
-                offset += len(block)
-        except OSError as exc:
-            self._post(("error", str(exc)))
-            return
-        if not self._stopping.is_set():
-            self._post(("hash", hasher.digest()))
+            if digest is not None and not self._stopping.is_set():
+                self._post(("hash", digest))
 
     def stop(self) -> None:
         """Stop the threads (bounded wait) and close the pipe."""

@@ -175,7 +175,7 @@ class ReceiverActor(Actor):
             last_activity=self.now(),
         )
         self.transfers[offer.tid] = t
-        self.writer.open(t.tid, fd, t.chunk_size, t.size, window.written)
+        self.writer.open(t.tid, fd, t.chunk_size, t.size, window.written, hold=window.window)
         self._save_manifest(t)
         self.count("accepted")
         return Accept(

@@ -42,7 +42,7 @@ import zmq
 from actors.lanes import LaneCrew
 from actors.peer_link import Link, url_host
 from peercrypt.core.aimd import AimdWindow
-from peercrypt.core.bitmap import pairs
+from peercrypt.core.bitmap import ChunkBitmap, pairs
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
 from peercrypt.core.send_window import SendWindow
 from peercrypt.crypto.transfer import Ephemeral, OpenError, TransferKeys
@@ -311,7 +311,9 @@ class SenderActor(Actor):
             t.lanes.append(data)
         t.data = t.lanes[0]
         if p.mode == "parallel":
-            t.crew = LaneCrew(t.keys, t.fd, t.size, t.chunk_size, p.lanes)
+            held = ChunkBitmap(t.total)
+            held.add_ranges(have)
+            t.crew = LaneCrew(t.keys, t.fd, t.size, t.chunk_size, p.lanes, skip=held)
             self.watch(t.crew.wake_fd, functools.partial(self._on_crew, t))
         if p.mode == "aimd":
             t.cwnd = AimdWindow.from_kb(
@@ -431,7 +433,7 @@ class SenderActor(Actor):
     def _send_done(self, t: Outgoing) -> None:
         assert t.keys is not None and t.data is not None
         if t.crew is not None and not t.digest:
-            return  # the hasher thread is not finished; its result calls us again
+            return  # the lanes have not hashed every chunk yet; their result calls us again
         while t.hashed < t.total:
             try:
                 t.hasher.update(self._read(t, t.hashed))

@@ -1,0 +1,276 @@
+"""The in-order whole-file hash of parallel lanes (sender) and of the writer
+thread (receiver), computed from chunks in memory instead of reading the
+file a second time."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import blake3
+import msgpack
+import pytest
+import zmq
+
+from actors.file_writer import FileWriter
+from actors.lanes import LaneCrew, _OrderedHash
+from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.crypto.transfer import TransferKeys
+
+CHUNK = 4096
+TID = bytes(range(16))
+KEY = bytes(32)
+WAIT = 10.0  # s; every wait below is bounded
+
+
+def _file(tmp_path: Path, size: int) -> tuple[Path, bytes]:
+    data = os.urandom(size)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+def _run_crew(
+    path: Path, lanes: int, indices: list[int], skip: ChunkBitmap | None
+) -> tuple[bytes, dict[int, list[tuple[bytes, bytes, bool]]]]:
+    """Submit ``indices``; (digest, index -> [(nonce, sealed, last)])."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    crew = LaneCrew(TransferKeys(TID, KEY, KEY), fd, size, CHUNK, lanes, skip=skip)
+    try:
+        for index in indices:
+            crew.submit(index)
+        chunks: dict[int, list[tuple[bytes, bytes, bool]]] = {}
+        digest = b""
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            for result in crew.drain():
+                if result[0] == "chunk":
+                    _, index, last, nonce, sealed = result
+                    chunks.setdefault(index, []).append((nonce, sealed, last))
+                elif result[0] == "hash":
+                    assert not digest, "the digest was posted twice"
+                    digest = result[1]
+                else:
+                    pytest.fail(f"crew error: {result}")
+            if digest and sum(map(len, chunks.values())) == len(indices):
+                break
+            time.sleep(0.005)
+        assert digest, "no digest within the timeout"
+        return digest, chunks
+    finally:
+        crew.stop()
+        os.close(fd)
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_crew_hashes_what_it_sends_in_file_order(tmp_path: Path, lanes: int) -> None:
+    path, data = _file(tmp_path, 37 * CHUNK + 123)
+    total = 38
+    # in order, with retransmissions of earlier chunks mixed in (as SendWindow does)
+    indices = list(range(total))
+    for at, again in ((10, 3), (20, 19), (30, 29), (31, 0)):
+        indices.insert(at, again)
+    digest, chunks = _run_crew(path, lanes, indices, None)
+    assert digest == blake3.blake3(data).digest()
+    receiver = TransferKeys(TID, KEY, KEY)
+    nonces = set()
+    for index in range(total):
+        for nonce, sealed, last in chunks[index]:
+            assert last == (index == total - 1)
+            plain = receiver.open_chunk(index, last, nonce, sealed)
+            assert plain == data[index * CHUNK : (index + 1) * CHUNK]
+            nonces.add(nonce)
+    assert len(nonces) == len(indices)  # never a nonce twice, lanes included
+
+
+def test_crew_hashes_chunks_the_receiver_already_held(tmp_path: Path) -> None:
+    path, data = _file(tmp_path, 20 * CHUNK)
+    skip = ChunkBitmap(20)
+    skip.add_ranges([(0, 3), (7, 9), (17, 20)])  # leading, middle and trailing
+    indices = [i for i in range(20) if i not in skip]
+    digest, chunks = _run_crew(path, 2, indices, skip)
+    assert digest == blake3.blake3(data).digest()
+    assert sorted(chunks) == indices
+
+
+def test_crew_hashes_a_file_the_receiver_held_completely(tmp_path: Path) -> None:
+    path, data = _file(tmp_path, 5 * CHUNK)
+    skip = ChunkBitmap(5)
+    skip.add_ranges([(0, 5)])
+    digest, chunks = _run_crew(path, 2, [], skip)
+    assert digest == blake3.blake3(data).digest()
+    assert chunks == {}
+
+
+def test_ordered_hash_holds_at_most_its_bound() -> None:
+    """Fed in reverse order, it keeps at most ``max_held`` chunks (plus the
+    one at the hash position) and reads the rest back."""
+    total, max_held = 50, 4
+    blocks = [os.urandom(100) for _ in range(total)]
+    reads: list[int] = []
+
+    def read(index: int) -> bytes:
+        reads.append(index)
+        return blocks[index]
+
+    h = _OrderedHash(read, total, ChunkBitmap(total), max_held)
+    digest = None
+    for index in reversed(range(total)):
+        assert len(h._held) <= max_held
+        digest = h.offer(index, blocks[index]) or digest
+    assert digest == blake3.blake3(b"".join(blocks)).digest()
+    assert len(reads) == total - max_held - 1  # all but the held ones and chunk 0
+    assert h.offer(3, blocks[3]) is None  # late duplicates change nothing
+    assert h.start() is None  # the digest is given once
+
+
+def test_ordered_hash_needs_no_read_in_order() -> None:
+    blocks = [os.urandom(64) for _ in range(9)]
+    h = _OrderedHash(lambda i: pytest.fail("read back"), 9, ChunkBitmap(9), 2)
+    order = [1, 0, 3, 2, 5, 4, 7, 6, 8]  # two lanes, neighbours swapped
+    results = [h.offer(i, blocks[i]) for i in order]
+    assert results[:-1] == [None] * 8
+    assert results[-1] == blake3.blake3(b"".join(blocks)).digest()
+
+
+# -- the receiver's writer thread -------------------------------------------------
+
+
+@pytest.fixture
+def writer() -> Iterator[tuple[FileWriter, zmq.Socket[Any]]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    address = f"inproc://test-writer-{os.getpid()}-{time.monotonic_ns()}"
+    results = ctx.socket(zmq.PAIR)
+    results.linger = 0
+    results.bind(address)
+    w = FileWriter(ctx, address)
+    w.start()
+    yield w, results
+    w.stop()
+    results.close(linger=0)
+    ctx.term()
+
+
+def _next(sock: zmq.Socket[Any]) -> tuple[Any, ...]:
+    assert sock.poll(int(WAIT * 1000)), "no result from the writer within the timeout"
+    return tuple(msgpack.unpackb(sock.recv(), raw=False))
+
+
+@pytest.mark.parametrize("hold", [0, 8])
+def test_writer_hashes_out_of_order_chunks_without_reading_back(
+    tmp_path: Path,
+    writer: tuple[FileWriter, zmq.Socket[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    hold: int,
+) -> None:
+    w, results = writer
+    total = 24
+    data = os.urandom(total * CHUNK - 7)
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    reads: list[int] = []
+    real_pread = os.pread
+
+    def counting_pread(fd_: int, n: int, offset: int) -> bytes:
+        reads.append(offset // CHUNK)
+        return real_pread(fd_, n, offset)
+
+    monkeypatch.setattr("os.pread", counting_pread)  # the writer thread's read-backs
+    try:
+        w.open(b"t", fd, CHUNK, len(data), ChunkBitmap(total), hold=hold)
+        order = list(range(total))
+        for i in range(0, total - 1, 2):  # two lanes: neighbours swapped
+            order[i], order[i + 1] = order[i + 1], order[i]
+        order[4:12] = reversed(order[4:12])  # and a longer reordering
+        for index in order:
+            w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
+        written = {_next(results)[2] for _ in order}
+        assert written == set(range(total))
+        w.finish(b"t")
+        kind, _, digest = _next(results)
+        assert kind == "finished"
+        assert digest == blake3.blake3(data).digest()
+        with open(tmp_path / "part", "rb") as f:
+            assert f.read() == data
+        if hold >= 8:
+            assert reads == []
+        else:
+            assert reads  # without room to hold, out-of-order chunks are read back
+    finally:
+        os.close(fd)
+
+
+def test_writer_hold_is_bounded(
+    tmp_path: Path, writer: tuple[FileWriter, zmq.Socket[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks beyond ``hold`` are read back, so memory stays bounded."""
+    w, results = writer
+    total, hold = 16, 3
+    data = os.urandom(total * CHUNK)
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    reads: list[int] = []
+    real_pread = os.pread
+
+    def counting_pread(fd_: int, n: int, offset: int) -> bytes:
+        reads.append(offset // CHUNK)
+        return real_pread(fd_, n, offset)
+
+    monkeypatch.setattr("os.pread", counting_pread)
+    try:
+        w.open(b"t", fd, CHUNK, len(data), ChunkBitmap(total), hold=hold)
+        order = [*range(1, total), 0]  # everything arrives before chunk 0
+        for index in order:
+            w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
+        for _ in order:
+            _next(results)
+        w.finish(b"t")
+        kind, _, digest = _next(results)
+        assert (kind, digest) == ("finished", blake3.blake3(data).digest())
+        assert sorted(reads) == list(range(hold + 1, total))
+    finally:
+        os.close(fd)
+
+
+def test_writer_fails_a_short_write(
+    tmp_path: Path, writer: tuple[FileWriter, zmq.Socket[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hash is taken from the bytes handed to pwrite, so a short write
+    (disk full) must fail the file rather than be hashed as written."""
+    w, results = writer
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    monkeypatch.setattr("os.pwrite", lambda fd_, data, offset: len(data) - 1)
+    try:
+        w.open(b"t", fd, CHUNK, 2 * CHUNK, ChunkBitmap(2), hold=2)
+        w.write(b"t", 1, os.urandom(CHUNK))
+        kind, tid, reason = _next(results)
+        assert (kind, tid) == ("error", b"t")
+        assert "short write" in reason
+    finally:
+        os.close(fd)
+
+
+def test_crew_posts_the_digest_once(tmp_path: Path) -> None:
+    """A one-chunk file: the lane that hashes it and the start-up job race
+    for the digest; exactly one of them may post it."""
+    path, data = _file(tmp_path, 100)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(20):
+            crew = LaneCrew(TransferKeys(TID, KEY, KEY), fd, 100, CHUNK, 2)
+            try:
+                crew.submit(0)
+                digests: list[bytes] = []
+                deadline = time.monotonic() + WAIT
+                while not digests and time.monotonic() < deadline:
+                    digests += [r[1] for r in crew.drain() if r[0] == "hash"]
+                    time.sleep(0.001)
+                time.sleep(0.02)  # room for a second (wrong) digest to arrive
+                digests += [r[1] for r in crew.drain() if r[0] == "hash"]
+                assert digests == [blake3.blake3(data).digest()]
+            finally:
+                crew.stop()
+    finally:
+        os.close(fd)
