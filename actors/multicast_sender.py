@@ -77,6 +77,10 @@ log = logging.getLogger("peercrypt.msender")
 JOIN_WAIT = 2.0  # seconds publishing waits for every target to join
 ANNOUNCE_INTERVAL = 0.5  # re-announce to targets that did not join (yet)
 TICK = 0.05
+# An ack is answered with McStatus (horizon, hash) at most this often per
+# receiver - sooner when it NAKed or the hash is new to it: acks come every 8
+# written chunks, and answering each cost the sender CPU per receiver.
+STATUS_INTERVAL = 0.1
 PUBLISH_BATCH = 16  # chunks per loop step (acks are read in between)
 PUB_HWM = 256  # messages queued per subscriber before the PUB drops
 REPAIR_HWM = 64
@@ -109,6 +113,8 @@ class Target:
     noticed: bool = False
     result: tuple[str, str, str] | None = None  # code, reason, stored_as
     seconds: float = 0.0
+    status_at: float = -1e9  # when the last McStatus went to it
+    status_digest: bool = False  # whether one carried the whole-file hash
 
 
 @dataclass
@@ -485,9 +491,12 @@ class MulticastSenderActor(Actor):
         member = sess.plan.members.get(t.name)
         if member is None or member.state in (DONE, FAILED, JOINING):
             return
-        sess.plan.on_ack(t.name, a.cumulative, naks, self.now())
-        horizon = sess.plan.published if sess.publishing else 0
-        self._send_ctl(t, McStatus(sid=sess.sid, horizon=horizon, digest=sess.digest))
+        now = self.now()
+        sess.plan.on_ack(t.name, a.cumulative, naks, now)
+        if naks or (sess.digest and not t.status_digest) or now - t.status_at >= STATUS_INTERVAL:
+            t.status_at, t.status_digest = now, bool(sess.digest)
+            horizon = sess.plan.published if sess.publishing else 0
+            self._send_ctl(t, McStatus(sid=sess.sid, horizon=horizon, digest=sess.digest))
         if sess.group and t.name not in sess.ready:
             sess.ready.add(t.name)
             self._maybe_start(sess)
