@@ -6,9 +6,13 @@ Announces arrive from the gateway (control plane, CURVE). Per session:
    ``.NAME.SID.mc.part`` file in the inbox, ``McJoin`` with a fresh ephemeral
    key and this actor's unicast repair port.
 2. ``McKey`` -> the content key is unwrapped; a SUB socket connects to the
-   sender's advertised PUB port and subscribes to the session id.
-3. Chunks (from the SUB socket or the repair PULL socket) are authenticated
-   with the content key, decrypted and queued to the writer thread (the
+   sender's advertised PUB port and subscribes to the session id. With a UDP
+   multicast group in the announce, the receiver joined the group at step 1
+   instead (``actors/udp_multicast.py``) and reassembles each sealed chunk
+   from its datagrams (``peercrypt/core/fragments.py``).
+3. Chunks (from the SUB socket, the group or the repair PULL socket) are
+   authenticated with the content key, decrypted and queued to the writer
+   thread (the
    receiver's :class:`~actors.file_writer.FileWriter`: positioned writes,
    BLAKE3 in file order). Every ``ACK_INTERVAL`` an ``McAck`` reports the
    written point and NAK ranges from :class:`~peercrypt.core.multicast.GapTracker`.

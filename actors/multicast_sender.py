@@ -11,9 +11,10 @@ Per session (``McSendRequest`` from the control actor):
    one joined; a target that joins later catches up by repairs, and the
    announce is repeated to it until it joins or the timeout passes.
 2. Each chunk is read once, hashed (BLAKE3, in order) and sealed once with the
-   content key, and published once on the PUB socket (topic = session id),
-   paced by :class:`~peercrypt.core.multicast.SessionPlan` (the slowest
-   multicast member's written point plus an AIMD window).
+   content key, and published once on the PUB socket (topic = session id) or,
+   with a multicast group, sent once to the group as UDP datagrams; paced by
+   :class:`~peercrypt.core.multicast.SessionPlan` (the slowest multicast
+   member's written point plus an AIMD window).
 3. Receivers ack and NAK over the control connection; the plan decides each
    repair: re-publish (two or more asked) or unicast to the receiver's repair
    port (one asked). A repair is read and sealed once however many get it.
