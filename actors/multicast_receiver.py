@@ -79,7 +79,9 @@ MAX_LISTENERS = 16
 COMPLETED_MEMORY = 256
 HEADER_MAX_BYTES = 512
 WRAP_MEMORY = 4  # announce attempts whose ephemeral key we keep
-PENDING_CHUNKS = 16  # chunks being reassembled from datagrams, per session
+# Bytes of chunks being reassembled from datagrams, per session (at least 2
+# chunks): 16 chunks of 1 MiB.
+PENDING_BYTES = 16 * 1024 * 1024
 DATAGRAMS_PER_WAKE = 512  # datagrams read before the actor looks at other sockets
 # Test hook (documented in docs/multicast.md): seconds this receiver sleeps
 # after each chunk it takes from the network, to play a slow subscriber.
@@ -300,9 +302,8 @@ class MulticastReceiverActor(Actor):
             return min(chunk, sess.size - index * chunk) + TAG_BYTES
 
         sess.udp = sock
-        sess.reassembler = fragments.Reassembler(
-            sess.tracker.total, expected, a.fragment, PENDING_CHUNKS
-        )
+        pending = max(2, PENDING_BYTES // (chunk + TAG_BYTES))
+        sess.reassembler = fragments.Reassembler(sess.tracker.total, expected, a.fragment, pending)
         self.watch(sock.fileno(), functools.partial(self._on_datagrams, sess))
 
     def _on_key(self, k: McKey, env: Inbound) -> codec.Message | None:
