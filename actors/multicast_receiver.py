@@ -110,6 +110,7 @@ class Session:
     last_ack: float = 0.0
     acked_written: int = 0
     queued: int = 0
+    ack_every: int = ACK_EVERY  # chunks written between acks (the sender may ask for fewer)
     # UDP/IP multicast (docs/multicast.md, "Transports").
     udp: socket.socket | None = None
     reassembler: fragments.Reassembler | None = None
@@ -348,6 +349,8 @@ class MulticastReceiverActor(Actor):
             self._close(sess, keep_part=False)
             return None
         sess.tracker.on_horizon(st.horizon)
+        if st.ack_every:
+            sess.ack_every = min(ACK_EVERY, st.ack_every)
         if st.digest and not sess.digest:
             sess.digest = st.digest
         self._maybe_finish(sess)
@@ -459,7 +462,7 @@ class MulticastReceiverActor(Actor):
             if kind == "written":
                 sess.queued -= 1
                 sess.tracker.on_written(value)
-                if sess.tracker.written.count - sess.acked_written >= ACK_EVERY:
+                if sess.tracker.written.count - sess.acked_written >= sess.ack_every:
                     self._send_ack(sess, self.now())
                 self._maybe_finish(sess)
             elif kind == "finished":

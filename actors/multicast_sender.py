@@ -116,6 +116,7 @@ class Target:
     seconds: float = 0.0
     status_at: float = -1e9  # when the last McStatus went to it
     status_digest: bool = False  # whether one carried the whole-file hash
+    status_ack_every: int = 0  # the ack interval it was last told
 
 
 @dataclass
@@ -493,11 +494,21 @@ class MulticastSenderActor(Actor):
         if member is None or member.state in (DONE, FAILED, JOINING):
             return
         now = self.now()
-        sess.plan.on_ack(t.name, a.cumulative, naks, now)
-        if naks or (sess.digest and not t.status_digest) or now - t.status_at >= STATUS_INTERVAL:
-            t.status_at, t.status_digest = now, bool(sess.digest)
-            horizon = sess.plan.published if sess.publishing else 0
-            self._send_ctl(t, McStatus(sid=sess.sid, horizon=horizon, digest=sess.digest))
+        plan = sess.plan
+        plan.on_ack(t.name, a.cumulative, naks, now)
+        ack_every = plan.ack_interval
+        if (
+            naks
+            or (sess.digest and not t.status_digest)
+            or ack_every != t.status_ack_every
+            or now - t.status_at >= STATUS_INTERVAL
+        ):
+            t.status_at, t.status_digest, t.status_ack_every = now, bool(sess.digest), ack_every
+            horizon = plan.published if sess.publishing else 0
+            digest = sess.digest
+            self._send_ctl(
+                t, McStatus(sid=sess.sid, horizon=horizon, digest=digest, ack_every=ack_every)
+            )
         if sess.group and t.name not in sess.ready:
             sess.ready.add(t.name)
             self._maybe_start(sess)

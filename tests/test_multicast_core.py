@@ -140,6 +140,23 @@ def test_nak_of_a_first_publication_halves_the_window_once() -> None:
     assert plan.window <= 5 and plan.decreases == 1  # once per window (acks still grow it)
 
 
+def test_ack_interval_is_a_quarter_of_the_window_down_to_one() -> None:
+    """Receivers ack every window/4 chunks: at the minimum window the pace
+    still moves with every chunk written, not with the ack timer."""
+    plan = SessionPlan(100_000, window=64, min_window=4)
+    plan.join("a", 0.0)
+    assert plan.ack_interval == 16
+    seen = []
+    for step in range(30):  # a first publication lost in every window
+        plan.on_published(plan.can_publish())
+        p = plan.published
+        plan.on_ack("a", p - 4, [(p - 4, p - 3)], 0.1 * step)
+        seen.append((plan.window, plan.ack_interval))
+    assert all(interval == max(1, window // 4) for window, interval in seen)
+    assert seen[-1] == (4, 1)
+    assert [i for _, i in seen[:7]] == [8, 8, 4, 4, 2, 2, 1]
+
+
 def test_slow_member_is_moved_to_unicast_after_the_grace() -> None:
     plan = _plan(slow_grace=1.0)
     plan.on_published(8)

@@ -272,6 +272,58 @@ def test_across_namespaces_the_network_copies_the_stream(
     assert codes == [0, 0, 0, 0]
 
 
+@pytest.mark.skipif(
+    not netns.available(), reason=f"network namespaces: {netns.unavailable_reason()}"
+)
+def test_a_receiver_behind_a_bottleneck_does_not_hold_back_the_other(
+    tmp_path: Path, network_key: str, make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    """Real loss: one receiver sits behind a 100 Mbit/s tbf (created here) that
+    drops most of the burst of datagrams; the other receiver gets the stream
+    at full speed, the slow one is finished by unicast repairs through its
+    link, and both verify the exact file."""
+    size = 16 * MiB
+    path = make_file(size)
+    group = _group()
+    nodes: list[NodeProcess] = []
+    with netns.TestNetwork(groups=1) as net:
+        try:
+            hosts = [net.add_host(f"b{i}", 0) for i in range(3)]
+            net.shape(hosts[1], "100mbit", direction="ingress")
+            for i, host in enumerate(hosts):
+                extra = ("--multicast-group", group) if i == 0 else ()
+                node = NodeProcess(
+                    data_dir=tmp_path / f"b{i}",
+                    network_key=network_key,
+                    extra_args=("--no-gossip", *extra),
+                    host=host.ip,
+                    netns=host.ns,
+                )
+                nodes.append(node)
+                node.start()
+            sender, slow, fast = nodes
+            code, result = sender.send(
+                path, slow.host, slow.port, "-m", *multicast_targets(fast), "--timeout", "60"
+            )
+        finally:
+            for node in nodes:
+                if node.running:
+                    node.send_signal(signal.SIGTERM)
+            codes = [node.stop() for node in nodes if node.proc is not None]
+    assert code == 0, result
+    digest = blake3_file(path)
+    assert_stored(slow, result, digest)
+    assert_stored(fast, result, digest)
+    seconds = {r["target"]: float(r["seconds"]) for r in result["receivers"]}
+    slow_s, fast_s = seconds[f"{slow.host}:{slow.port}"], seconds[f"{fast.host}:{fast.port}"]
+    assert slow_s >= 0.8 * size / (100e6 / 8)  # it really went through the 100 Mbit/s link
+    assert fast_s < slow_s, seconds
+    stats = result["stats"]
+    assert stats["seals_first"] == stats["chunks"] == 16
+    assert stats["repairs_unicast"] >= 1 and stats["unicast_bytes"] > 0
+    assert codes == [0, 0, 0]
+
+
 def _tx_bytes(host: netns.Host) -> int:
     out = host.run(["ip", "-j", "-s", "link", "show", host.iface], timeout=10, check=True)
     return int(json.loads(out.stdout)[0]["stats64"]["tx"]["bytes"])

@@ -291,6 +291,13 @@ class SessionPlan:
     def window(self) -> int:
         return max(self.min_window, int(self.cwnd))
 
+    @property
+    def ack_interval(self) -> int:
+        """Chunks a receiver should write between acks: a quarter of the
+        window, so the pace (floor + window) moves several times per window
+        even after losses shrank it (receivers ack at least this often)."""
+        return max(1, self.window // 4)
+
     def _floor(self) -> int:
         pacing = [m.cumulative for m in self.members.values() if m.state == MULTICAST]
         if pacing:

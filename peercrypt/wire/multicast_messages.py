@@ -112,6 +112,7 @@ class McStatus(Message):
     horizon: int = _count()
     digest: bytes = field(default=b"", metadata=bounded(HASH_BYTES))
     end: str = field(default="", metadata=bounded(512))
+    ack_every: int = field(default=0, metadata=bounded(4096))  # chunks; 0: the receiver's own
 
 
 @message
