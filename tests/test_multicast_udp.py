@@ -4,6 +4,7 @@ TTL 0 through the loopback interface: nothing leaves this host."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -11,6 +12,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -232,34 +234,14 @@ def test_across_namespaces_the_network_copies_the_stream(
     sender's interface counts about one file's worth of bytes, not three."""
     size = 16 * MiB + 77
     path = make_file(size)
-    group = _group()
-    nodes: list[NodeProcess] = []
-    with netns.TestNetwork(groups=1) as net:
-        try:
-            hosts = [net.add_host(f"m{i}", 0) for i in range(4)]
-            for i, host in enumerate(hosts):
-                extra = ("--multicast-group", group) if i == 0 else ()
-                node = NodeProcess(
-                    data_dir=tmp_path / f"m{i}",
-                    network_key=network_key,
-                    extra_args=("--no-gossip", *extra),
-                    host=host.ip,
-                    netns=host.ns,
-                )
-                nodes.append(node)
-                node.start()
-            sender, *receivers = nodes
-            before = _tx_bytes(hosts[0])
-            first, *rest = receivers
-            code, result = sender.send(
-                path, first.host, first.port, "-m", *multicast_targets(*rest), "--timeout", "30"
-            )
-            sent = _tx_bytes(hosts[0]) - before
-        finally:
-            for node in nodes:
-                if node.running:
-                    node.send_signal(signal.SIGTERM)
-            codes = [node.stop() for node in nodes if node.proc is not None]
+    with _cluster(tmp_path, network_key, 4) as cluster:
+        sender, *receivers = cluster.nodes
+        before = _tx_bytes(cluster.hosts[0])
+        first, *rest = receivers
+        code, result = sender.send(
+            path, first.host, first.port, "-m", *multicast_targets(*rest), "--timeout", "30"
+        )
+        sent = _tx_bytes(cluster.hosts[0]) - before
     assert code == 0, result
     digest = blake3_file(path)
     for r in receivers:
@@ -269,7 +251,7 @@ def test_across_namespaces_the_network_copies_the_stream(
     # One copy of the stream (+ headers, control traffic and any repairs),
     # where three unicasts or PUB/SUB over TCP would send three.
     assert size <= sent < 1.5 * size, (sent, stats)
-    assert codes == [0, 0, 0, 0]
+    assert cluster.codes == [0, 0, 0, 0]
 
 
 @pytest.mark.skipif(
@@ -284,32 +266,11 @@ def test_a_receiver_behind_a_bottleneck_does_not_hold_back_the_other(
     link, and both verify the exact file."""
     size = 16 * MiB
     path = make_file(size)
-    group = _group()
-    nodes: list[NodeProcess] = []
-    with netns.TestNetwork(groups=1) as net:
-        try:
-            hosts = [net.add_host(f"b{i}", 0) for i in range(3)]
-            net.shape(hosts[1], "100mbit", direction="ingress")
-            for i, host in enumerate(hosts):
-                extra = ("--multicast-group", group) if i == 0 else ()
-                node = NodeProcess(
-                    data_dir=tmp_path / f"b{i}",
-                    network_key=network_key,
-                    extra_args=("--no-gossip", *extra),
-                    host=host.ip,
-                    netns=host.ns,
-                )
-                nodes.append(node)
-                node.start()
-            sender, slow, fast = nodes
-            code, result = sender.send(
-                path, slow.host, slow.port, "-m", *multicast_targets(fast), "--timeout", "60"
-            )
-        finally:
-            for node in nodes:
-                if node.running:
-                    node.send_signal(signal.SIGTERM)
-            codes = [node.stop() for node in nodes if node.proc is not None]
+    with _cluster(tmp_path, network_key, 3, shaped=1) as cluster:
+        sender, slow, fast = cluster.nodes
+        code, result = sender.send(
+            path, slow.host, slow.port, "-m", *multicast_targets(fast), "--timeout", "60"
+        )
     assert code == 0, result
     digest = blake3_file(path)
     assert_stored(slow, result, digest)
@@ -321,7 +282,46 @@ def test_a_receiver_behind_a_bottleneck_does_not_hold_back_the_other(
     stats = result["stats"]
     assert stats["seals_first"] == stats["chunks"] == 16
     assert stats["repairs_unicast"] >= 1 and stats["unicast_bytes"] > 0
-    assert codes == [0, 0, 0]
+    assert cluster.codes == [0, 0, 0]
+
+
+@dataclass
+class _Cluster:
+    hosts: list[netns.Host]
+    nodes: list[NodeProcess] = field(default_factory=list)
+    codes: list[int | None] = field(default_factory=list)  # exit codes, after the block
+
+
+@contextlib.contextmanager
+def _cluster(
+    tmp_path: Path, network_key: str, count: int, shaped: int | None = None
+) -> Iterator[_Cluster]:
+    """``count`` nodes, each on its own host of one bridge (namespaces made
+    here); the first sends to a fresh group. ``shaped``: that host receives
+    through a 100 Mbit/s tbf. Every node is stopped after the block."""
+    with netns.TestNetwork(groups=1) as net:
+        cluster = _Cluster([net.add_host(f"h{i}", 0) for i in range(count)])
+        if shaped is not None:
+            net.shape(cluster.hosts[shaped], "100mbit", direction="ingress")
+        group = _group()
+        try:
+            for i, host in enumerate(cluster.hosts):
+                extra = ("--multicast-group", group) if i == 0 else ()
+                node = NodeProcess(
+                    data_dir=tmp_path / f"h{i}",
+                    network_key=network_key,
+                    extra_args=("--no-gossip", *extra),
+                    host=host.ip,
+                    netns=host.ns,
+                )
+                cluster.nodes.append(node)
+                node.start()
+            yield cluster
+        finally:
+            for node in cluster.nodes:
+                if node.running:
+                    node.send_signal(signal.SIGTERM)
+            cluster.codes = [node.stop() for node in cluster.nodes if node.proc is not None]
 
 
 def _tx_bytes(host: netns.Host) -> int:
