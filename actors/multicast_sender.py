@@ -34,6 +34,7 @@ import logging
 import os
 import socket
 import stat
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +43,10 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from actors import udp_multicast
+from peercrypt.core import fragments
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.fragments import fragment_count, parse_group
-from peercrypt.core.multicast import DONE, FAILED, JOINING, LOST, SessionPlan
+from peercrypt.core.multicast import DONE, FAILED, JOINING, LOST, Repair, SessionPlan
 from peercrypt.crypto.keywrap import ContentSealer, WrapKey, new_content_key
 from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, Timer, bound_port
 from peercrypt.settings import NodeSettings
@@ -156,6 +158,9 @@ class Session:
     ready: set[str] = field(default_factory=set)
     datagrams: int = 0
     datagrams_unsent: int = 0
+    # Paced UDP: sealed chunks whose datagrams wait for granted bytes, as
+    # [index, last, nonce, sealed, next offset] (at most about 2 chunks).
+    backlog: deque[list[Any]] = field(default_factory=deque)
 
 
 class MulticastSenderActor(Actor):
@@ -599,8 +604,12 @@ class MulticastSenderActor(Actor):
             assert self.pub is not None
             self.pub.send_multipart([sess.sid, *frames], copy=False)
             return
-        frag = self.settings.multicast_fragment
         last = index == sess.total - 1
+        if sess.paced:  # datagrams leave as the scheduler grants bytes
+            sess.backlog.append([index, last, nonce, sealed, 0])
+            self._flush(sess)
+            return
+        frag = self.settings.multicast_fragment
         unsent = udp_multicast.send_sealed(
             sess.udp, sess.group, sess.sid, index, last, nonce, sealed, frag
         )
@@ -609,9 +618,73 @@ class MulticastSenderActor(Actor):
             sess.datagrams_unsent += unsent
             self.count("datagrams-unsent", unsent)
 
+    def _flush(self, sess: Session) -> None:
+        """Paced UDP: send queued datagrams while granted bytes are left, so
+        a chunk's datagrams are spread over time at the node's rate instead
+        of leaving in one burst that a bottleneck's queue would drop."""
+        if sess.udp is None or sess.group is None:
+            return
+        frag = self.settings.multicast_fragment
+        while sess.backlog and sess.allowance > 0:
+            item = sess.backlog[0]
+            index, last, nonce, sealed, offset = item
+            end = min(len(sealed), offset + frag)
+            head = fragments.header(sess.sid, index, last, nonce, len(sealed), offset)
+            sent = udp_multicast.send_datagram(
+                sess.udp, sess.group, head, memoryview(sealed)[offset:end]
+            )
+            sess.allowance -= end - offset
+            if not sent:  # the rest of this chunk is useless: it is NAKed
+                unsent = fragment_count(len(sealed), frag) - offset // frag
+                sess.datagrams_unsent += unsent
+                self.count("datagrams-unsent", unsent)
+                sess.backlog.popleft()
+                continue
+            sess.datagrams += 1
+            if end >= len(sealed):
+                sess.backlog.popleft()
+            else:
+                item[4] = end
+
+    def _repair(self, sess: Session, repair: Repair) -> None:
+        """Read and seal a chunk once; re-publish it or unicast it to each asker."""
+        nonce, frames = self._frames(sess, repair.index, self._read(sess, repair.index))
+        sess.seals_repair += 1
+        self.count("seals-repair")
+        if repair.publish:
+            self._publish(sess, repair.index, nonce, frames)
+            return
+        for name in repair.to:
+            t = sess.targets[name]
+            if t.repair is None:
+                continue
+            try:
+                t.repair.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                sess.unicast_bytes += len(frames[1])
+            except zmq.Again:
+                self.count("repair-queue-full")
+
+    def _publish_next(self, sess: Session) -> None:
+        """Read, hash (in order) and seal the next new chunk, and publish it."""
+        index = sess.plan.published
+        data = self._read(sess, index)
+        sess.hasher.update(data)
+        nonce, frames = self._frames(sess, index, data)
+        sess.seals_first += 1
+        self.count("seals-first")
+        self._publish(sess, index, nonce, frames)
+        sess.plan.on_published()
+
+    def _demand(self, sess: Session, nbytes: int) -> None:
+        if nbytes > 0 and not sess.demand_pending:
+            sess.demand_pending = True
+            self.tell("scheduler", FlowDemand(request=sess.request.request, nbytes=nbytes))
+
     def _pump(self, sess: Session) -> None:
         if sess.sid not in self.sessions or not sess.publishing:
             return
+        if sess.paced and sess.udp is not None:
+            return self._pump_datagrams(sess)
         plan = sess.plan
         # Paced: first sends and repairs together stay within the granted bytes.
         budget = sess.allowance // sess.chunk_size if sess.paced else plan.window
@@ -619,21 +692,7 @@ class MulticastSenderActor(Actor):
             for repair in plan.plan(self.now(), budget=min(budget, plan.window)):
                 budget -= 1
                 sess.allowance -= sess.chunk_size if sess.paced else 0
-                nonce, frames = self._frames(sess, repair.index, self._read(sess, repair.index))
-                sess.seals_repair += 1
-                self.count("seals-repair")
-                if repair.publish:
-                    self._publish(sess, repair.index, nonce, frames)
-                    continue
-                for name in repair.to:
-                    t = sess.targets[name]
-                    if t.repair is None:
-                        continue
-                    try:
-                        t.repair.send_multipart(frames, zmq.NOBLOCK, copy=False)
-                        sess.unicast_bytes += len(frames[1])
-                    except zmq.Again:
-                        self.count("repair-queue-full")
+                self._repair(sess, repair)
             wanted = plan.can_publish()
             n = min(wanted, PUBLISH_BATCH, max(0, budget) if sess.paced else PUBLISH_BATCH)
             if sess.paced:
@@ -641,29 +700,49 @@ class MulticastSenderActor(Actor):
                 # Ask for what is left to publish now, plus a window's worth
                 # for repairs when the grant ran out (they may be waiting).
                 need = max(0, wanted - n) + (plan.window if budget - n <= 0 else 0)
-                if need and n < PUBLISH_BATCH and not sess.demand_pending:
-                    sess.demand_pending = True
-                    nbytes = need * sess.chunk_size
-                    self.tell("scheduler", FlowDemand(request=sess.request.request, nbytes=nbytes))
+                if n < PUBLISH_BATCH:
+                    self._demand(sess, need * sess.chunk_size)
             for _ in range(n):
-                index = plan.published
-                data = self._read(sess, index)
-                sess.hasher.update(data)
-                nonce, frames = self._frames(sess, index, data)
-                sess.seals_first += 1
-                self.count("seals-first")
-                self._publish(sess, index, nonce, frames)
-                plan.on_published()
+                self._publish_next(sess)
         except OSError as exc:
             return self._finish(sess, "local", f"reading {sess.request.path} failed: {exc}")
-        if plan.published == plan.total and not sess.digest:
+        self._check_read_all(sess)
+        if n == PUBLISH_BATCH and not sess.pump_scheduled:
+            sess.pump_scheduled = True
+            self.call_later(0, lambda: self._pump_again(sess))
+
+    def _pump_datagrams(self, sess: Session) -> None:
+        """Paced UDP: one chunk at a time goes into the backlog, whose
+        datagrams :meth:`_flush` sends within the granted bytes."""
+        plan = sess.plan
+        try:
+            self._flush(sess)
+            for _ in range(PUBLISH_BATCH):
+                if sess.backlog or sess.allowance <= 0:
+                    break
+                repairs = plan.plan(self.now(), budget=1)
+                if repairs:
+                    if not repairs[0].publish:
+                        sess.allowance -= sess.chunk_size  # unicast: the whole chunk now
+                    self._repair(sess, repairs[0])
+                elif plan.can_publish():
+                    self._publish_next(sess)
+                else:
+                    break
+        except OSError as exc:
+            return self._finish(sess, "local", f"reading {sess.request.path} failed: {exc}")
+        self._check_read_all(sess)
+        if sess.allowance <= 0:
+            queued = sum(len(item[3]) - item[4] for item in sess.backlog)
+            self._demand(sess, queued + (plan.can_publish() + plan.window) * sess.chunk_size)
+
+    def _check_read_all(self, sess: Session) -> None:
+        """Once every chunk was read: the whole-file hash (if the file did not change)."""
+        if sess.plan.published == sess.plan.total and not sess.digest:
             st = os.fstat(sess.fd)
             if (st.st_size, st.st_mtime_ns) != (sess.size, sess.mtime_ns):
                 return self._finish(sess, "local", f"{sess.request.path} changed while sending")
             sess.digest = sess.hasher.digest()
-        if n == PUBLISH_BATCH and not sess.pump_scheduled:
-            sess.pump_scheduled = True
-            self.call_later(0, lambda: self._pump_again(sess))
 
     def _pump_again(self, sess: Session) -> None:
         sess.pump_scheduled = False

@@ -105,8 +105,17 @@ def send_sealed(
     parts = list(fragments.split(len(sealed), frag))
     for n, (offset, end) in enumerate(parts):
         head = fragments.header(sid, index, last, nonce, len(sealed), offset)
-        try:
-            sock.sendmsg([head, view[offset:end]], (), 0, dest)
-        except OSError:  # the rest of this chunk is useless without it
-            return len(parts) - n
+        if not send_datagram(sock, dest, head, view[offset:end]):
+            return len(parts) - n  # the rest of this chunk is useless without it
     return 0
+
+
+def send_datagram(
+    sock: socket.socket, dest: tuple[str, int], head: bytes, payload: memoryview
+) -> bool:
+    """Send one datagram (header + payload); False when it could not be sent."""
+    try:
+        sock.sendmsg([head, payload], (), 0, dest)
+    except OSError:
+        return False
+    return True

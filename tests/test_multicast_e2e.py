@@ -202,10 +202,15 @@ def test_ctrl_c_cancels_the_multicast_session(
     assert sender.wait_for_counter("msender.failed-cancelled", 1) == 1
 
 
+@pytest.mark.parametrize("transport", ["pub", "udp"])
 def test_node_max_rate_paces_multicast_too(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    blake3_file: Any,
+    transport: str,
 ) -> None:
-    sender = node_factory("--max-rate", str(2 * MiB))
+    """Over the group the datagrams themselves are paced (docs/multicast.md)."""
+    sender = node_factory("--max-rate", str(2 * MiB), *_transport_args(transport))
     receivers = [node_factory() for _ in range(2)]
     path = make_file(5 * MiB)
     first, second = receivers

@@ -285,6 +285,39 @@ def test_a_receiver_behind_a_bottleneck_does_not_hold_back_the_other(
     assert cluster.codes == [0, 0, 0]
 
 
+@pytest.mark.skipif(
+    not netns.available(), reason=f"network namespaces: {netns.unavailable_reason()}"
+)
+def test_with_a_rate_the_datagrams_are_paced_through_the_bottleneck(
+    tmp_path: Path, network_key: str, make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    """The same bottleneck, but the sender's --max-rate (88 Mbit/s) is below
+    it: datagrams are spread over time instead of leaving a chunk at a time,
+    the tbf's queue absorbs them, and the slow receiver stays on the group
+    (few or no unicast repairs)."""
+    size = 16 * MiB
+    path = make_file(size)
+    rate = 11_000_000
+    with _cluster(
+        tmp_path, network_key, 3, shaped=1, sender_args=("--max-rate", str(rate))
+    ) as cluster:
+        sender, slow, fast = cluster.nodes
+        code, result = sender.send(
+            path, slow.host, slow.port, "-m", *multicast_targets(fast), "--timeout", "60"
+        )
+    assert code == 0, result
+    digest = blake3_file(path)
+    assert_stored(slow, result, digest)
+    assert_stored(fast, result, digest)
+    stats = result["stats"]
+    assert stats["seals_first"] == stats["chunks"] == 16
+    assert stats["repairs_unicast"] <= 4, stats  # without the rate: all 16 chunks
+    per_chunk = fragments.fragment_count(MiB + TAG, fragments.DEFAULT_FRAGMENT)
+    assert stats["datagrams"] >= 16 * per_chunk
+    assert result["seconds"] >= 0.8 * size / rate  # paced
+    assert cluster.codes == [0, 0, 0]
+
+
 @dataclass
 class _Cluster:
     hosts: list[netns.Host]
@@ -294,11 +327,16 @@ class _Cluster:
 
 @contextlib.contextmanager
 def _cluster(
-    tmp_path: Path, network_key: str, count: int, shaped: int | None = None
+    tmp_path: Path,
+    network_key: str,
+    count: int,
+    shaped: int | None = None,
+    sender_args: tuple[str, ...] = (),
 ) -> Iterator[_Cluster]:
     """``count`` nodes, each on its own host of one bridge (namespaces made
-    here); the first sends to a fresh group. ``shaped``: that host receives
-    through a 100 Mbit/s tbf. Every node is stopped after the block."""
+    here); the first sends to a fresh group (with ``sender_args``).
+    ``shaped``: that host receives through a 100 Mbit/s tbf. Every node is
+    stopped after the block."""
     with netns.TestNetwork(groups=1) as net:
         cluster = _Cluster([net.add_host(f"h{i}", 0) for i in range(count)])
         if shaped is not None:
@@ -306,7 +344,7 @@ def _cluster(
         group = _group()
         try:
             for i, host in enumerate(cluster.hosts):
-                extra = ("--multicast-group", group) if i == 0 else ()
+                extra = ("--multicast-group", group, *sender_args) if i == 0 else ()
                 node = NodeProcess(
                     data_dir=tmp_path / f"h{i}",
                     network_key=network_key,
