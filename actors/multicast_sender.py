@@ -80,9 +80,10 @@ log = logging.getLogger("peercrypt.msender")
 JOIN_WAIT = 2.0  # seconds publishing waits for every target to join
 ANNOUNCE_INTERVAL = 0.5  # re-announce to targets that did not join (yet)
 TICK = 0.05
-# An ack is answered with McStatus (horizon, hash) at most this often per
-# receiver - sooner when it NAKed or the hash is new to it: acks come every 8
-# written chunks, and answering each cost the sender CPU per receiver.
+# An ack is answered with McStatus (horizon, hash, ack interval) at most this
+# often per receiver - sooner when it NAKed or the hash or the interval is new
+# to it: acks come every few written chunks, and answering each cost the
+# sender CPU per receiver.
 STATUS_INTERVAL = 0.1
 PUBLISH_BATCH = 16  # chunks per loop step (acks are read in between)
 PUB_HWM = 256  # messages queued per subscriber before the PUB drops
@@ -621,11 +622,12 @@ class MulticastSenderActor(Actor):
     def _flush(self, sess: Session) -> None:
         """Paced UDP: send queued datagrams while granted bytes are left, so
         a chunk's datagrams are spread over time at the node's rate instead
-        of leaving in one burst that a bottleneck's queue would drop."""
+        of leaving in one burst that a bottleneck's queue would drop. (When
+        the rate cap was lifted meanwhile, all of them.)"""
         if sess.udp is None or sess.group is None:
             return
         frag = self.settings.multicast_fragment
-        while sess.backlog and sess.allowance > 0:
+        while sess.backlog and (sess.allowance > 0 or not sess.paced):
             item = sess.backlog[0]
             index, last, nonce, sealed, offset = item
             end = min(len(sealed), offset + frag)
@@ -685,6 +687,7 @@ class MulticastSenderActor(Actor):
             return
         if sess.paced and sess.udp is not None:
             return self._pump_datagrams(sess)
+        self._flush(sess)  # what a paced session left queued before the cap was lifted
         plan = sess.plan
         # Paced: first sends and repairs together stay within the granted bytes.
         budget = sess.allowance // sess.chunk_size if sess.paced else plan.window

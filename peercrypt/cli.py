@@ -265,7 +265,6 @@ def node(
         except ValueError as exc:
             raise UserError(f"--multicast-group: {exc}", errors.USAGE) from None
         multicast_group = f"{group}:{group_port}"
-
     policy, max_rate = cli_modes.node_policy(policy_options)
     logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else logging.INFO)
     data_dir: Path = obj["data_dir"]

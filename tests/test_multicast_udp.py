@@ -365,3 +365,35 @@ def _cluster(
 def _tx_bytes(host: netns.Host) -> int:
     out = host.run(["ip", "-j", "-s", "link", "show", host.iface], timeout=10, check=True)
     return int(json.loads(out.stdout)[0]["stats64"]["tx"]["bytes"])
+
+
+def test_lifting_the_rate_cap_mid_session_sends_what_was_queued(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    """Paced datagrams wait in a backlog; when `max-rate 0` lifts the cap
+    mid-session, the rest leaves at once and the file is exact."""
+    sender = _udp_sender(node_factory, _group(), "--max-rate", str(1 * MiB))
+    receivers = [node_factory() for _ in range(2)]
+    path = make_file(12 * MiB + 3)
+    first, second = receivers
+    proc = start_cli(
+        "send", path, first.host, str(first.port), "-m", *multicast_targets(second),
+        "--chunk-size", str(256 * 1024), "--timeout", "30", "--json",
+        data_dir=sender.data_dir,
+    )  # fmt: skip
+    try:
+        sender.wait_for_counter("msender.seals-first", 2, timeout=15)
+        lifted = sender.cli("max-rate", "0")
+        assert lifted.returncode == 0, lifted.describe()
+        out, err = proc.communicate(timeout=30)  # 12 MiB at the cap would take 12 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, (out, err, sender.log_tail())
+    result = json.loads(out)
+    digest = blake3_file(path)
+    for r in receivers:
+        assert_stored(r, result, digest)
+    assert result["stats"]["udp"] == 1
+    assert float(result["seconds"]) < 10, result  # not paced to the end
