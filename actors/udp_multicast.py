@@ -14,19 +14,17 @@ Buffers: a receiver that is descheduled for a few milliseconds must not lose
 what arrives meanwhile, so it asks for a large receive buffer
 (``multicast_rcvbuf``): ``SO_RCVBUFFORCE`` when the process may (root,
 CAP_NET_ADMIN), else ``SO_RCVBUF``, which the kernel caps at
-``net.core.rmem_max``. What it got is logged once; losses are repaired
-either way (NAKs), a small buffer just costs repairs.
+``net.core.rmem_max``. The receiver actor logs once what it got when that
+is less; losses are repaired either way (NAKs), a small buffer just costs
+repairs.
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 import struct
 
 from peercrypt.core import fragments
-
-log = logging.getLogger("peercrypt.multicast")
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
