@@ -111,7 +111,7 @@ def multicast_send(
     timeout: float,
     network_key: str | None,
     open_network: bool,
-    group: str = "",
+    group: str,
 ) -> NoReturn:
     path = file.resolve()
     with _local_node(obj, network_key, open_network) as client:

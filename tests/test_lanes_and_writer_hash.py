@@ -5,6 +5,7 @@ file a second time."""
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,8 @@ def _run_crew(
                     pytest.fail(f"crew error: {result}")
             if digest and sum(map(len, chunks.values())) == len(indices):
                 break
-            time.sleep(0.005)
+            # the crew's wake-up pipe is readable once a result is posted
+            select.select([crew.wake_fd], [], [], max(0.0, deadline - time.monotonic()))
         assert digest, "no digest within the timeout"
         return digest, chunks
     finally:
@@ -262,13 +264,14 @@ def test_crew_posts_the_digest_once(tmp_path: Path) -> None:
             crew = LaneCrew(TransferKeys(TID, KEY, KEY), fd, 100, CHUNK, 2)
             try:
                 crew.submit(0)
-                digests: list[bytes] = []
-                deadline = time.monotonic() + WAIT
-                while not digests and time.monotonic() < deadline:
-                    digests += [r[1] for r in crew.drain() if r[0] == "hash"]
-                    time.sleep(0.001)
-                time.sleep(0.02)  # room for a second (wrong) digest to arrive
-                digests += [r[1] for r in crew.drain() if r[0] == "hash"]
+                # Let every worker finish all its jobs and exit (stop() would
+                # also suppress a late digest): whatever was posted is queued.
+                for _ in crew._threads:
+                    crew._jobs.put(None)
+                for thread in crew._threads:
+                    thread.join(WAIT)
+                    assert not thread.is_alive(), "a lane did not finish"
+                digests = [r[1] for r in crew.drain() if r[0] == "hash"]
                 assert digests == [blake3.blake3(data).digest()]
             finally:
                 crew.stop()
