@@ -29,7 +29,7 @@ import zmq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeProcess
+from peercrypt.testing.nodes import NodeProcess, random_file
 
 MiB = 2**20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -55,14 +55,6 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def make_file(path: Path, size: int) -> None:
-    block = os.urandom(MiB)
-    with path.open("wb") as f:
-        left = size
-        while left:
-            n = min(left, MiB)
-            f.write(block[:n] if left > MiB else os.urandom(n))
-            left -= n
 
 
 def write_limit(directory: Path, size: int) -> float:
@@ -174,7 +166,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="peercrypt-bench-", dir=args.dir) as tmp:
         root = Path(tmp)
         source = root / "source.bin"
-        make_file(source, size)
+        random_file(source, size)
         sender, receiver = node_pair(root, key)
         try:
             for run in range(args.runs):
@@ -205,7 +197,7 @@ def main() -> int:
             n = parse_size(text)
             sub = root / f"rss-{text}"
             sub.mkdir()
-            make_file(sub / "f.bin", n)
+            random_file(sub / "f.bin", n)
             s, r = node_pair(sub, key)
             try:
                 transfer(s, r, sub / "f.bin")

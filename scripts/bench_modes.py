@@ -32,17 +32,11 @@ from typing import Any
 
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.netns import TestNetwork, available
-from peercrypt.testing.nodes import NodeProcess
+from peercrypt.testing.nodes import NodeProcess, random_file
 
 MiB = 2**20
 
 
-def make_file(path: Path, size: int) -> Path:
-    block = os.urandom(MiB)
-    with path.open("wb") as f:
-        for offset in range(0, size, MiB):
-            f.write(block[: min(MiB, size - offset)])
-    return path
 
 
 def send(sender: NodeProcess, receiver: NodeProcess, path: Path, *args: str) -> dict[str, Any]:
@@ -61,7 +55,7 @@ def token_bucket(root: Path, key: str) -> dict[str, Any]:
     ):
         for rate_mib in (1, 10, 100):
             rate = rate_mib * MiB
-            path = make_file(root / "tb.bin", 6 * rate)
+            path = random_file(root / "tb.bin", 6 * rate)
             bucket = 256 * 1024
             result = send(s, r, path, "-r", str(rate), "-b", str(bucket))
             # what the rate delivered once the initial (full) bucket was spent
@@ -110,7 +104,7 @@ def qos(root: Path, key: str) -> dict[str, Any]:
         NodeProcess(root / "q-s", network_key=key, extra_args=("--max-rate", str(cap))) as s,
         NodeProcess(root / "q-r", network_key=key) as r,
     ):
-        paths = [make_file(root / f"q{p}.bin", 240 * MiB) for p in (1, 2, 3)]
+        paths = [random_file(root / f"q{p}.bin", 240 * MiB) for p in (1, 2, 3)]
         rates = _overlap_rates(s, r, paths, [["--mode", "qos", "-p", str(p)] for p in (1, 2, 3)])
     shares = [x / sum(rates) for x in rates]
     expected = [1 / 6, 2 / 6, 3 / 6]
@@ -137,7 +131,7 @@ def aimd(root: Path, key: str) -> dict[str, Any]:
             NodeProcess(root / "a-s", network_key=key, netns=a.ns, host=a.ip) as s,
             NodeProcess(root / "a-r", network_key=key, netns=b.ns, host=b.ip) as r,
         ):
-            path = make_file(root / "aimd.bin", 96 * MiB)
+            path = random_file(root / "aimd.bin", 96 * MiB)
             one = send(s, r, path, "--mode", "aimd")
             goodput = path.stat().st_size / one["seconds"]
             out["goodput_fraction"] = goodput / link
@@ -146,7 +140,7 @@ def aimd(root: Path, key: str) -> dict[str, Any]:
                 f"{goodput / link:.1%} of the link (floor 90%)",
                 flush=True,
             )
-            paths = [path, make_file(root / "aimd2.bin", 96 * MiB)]
+            paths = [path, random_file(root / "aimd2.bin", 96 * MiB)]
             rates = _overlap_rates(s, r, paths, [["--mode", "aimd"]] * 2)
             jain = sum(rates) ** 2 / (len(rates) * sum(x * x for x in rates))
             out["jain"] = jain
@@ -161,7 +155,7 @@ def aimd(root: Path, key: str) -> dict[str, Any]:
 
 def parallel(root: Path, key: str, runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    path = make_file(root / "p.bin", 1024 * MiB)
+    path = random_file(root / "p.bin", 1024 * MiB)
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     for label, inbox in (("disk", None), ("tmpfs", shm)):
         if label == "tmpfs" and inbox is None:

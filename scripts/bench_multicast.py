@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeProcess, cli_env, free_port
+from peercrypt.testing.nodes import NodeProcess, cli_env, free_port, random_file
 
 MiB = 2**20
 GiB = 2**30
@@ -49,11 +49,6 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
-def make_file(path: Path, size: int) -> Path:
-    with path.open("wb") as f:
-        for offset in range(0, size, MiB):
-            f.write(os.urandom(min(MiB, size - offset)))
-    return path
 
 
 GROUP = "239.255.80.67"
@@ -180,7 +175,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pc-bench-mc-") as tmp:
         root = Path(tmp)
         shm = None if args.disk else Path(tempfile.mkdtemp(prefix="pc-mc-", dir="/dev/shm"))
-        path = make_file((shm or root) / "bench.bin", args.size_mib * MiB)
+        path = random_file((shm or root) / "bench.bin", args.size_mib * MiB)
         try:
             transports = [t for t in args.transports.split(",") if t]
             if not set(transports) <= {"udp", "pub"}:

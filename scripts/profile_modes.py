@@ -26,18 +26,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeProcess
+from peercrypt.testing.nodes import NodeProcess, random_file
 
 MiB = 2**20
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def make_file(path: Path, size: int) -> Path:
-    block = os.urandom(MiB)
-    with path.open("wb") as f:
-        for offset in range(0, size, MiB):
-            f.write(block[: min(MiB, size - offset)])
-    return path
 
 
 def thread_times(pid: int) -> dict[int, tuple[str, float]]:
@@ -123,7 +117,7 @@ def main() -> int:
     stats: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name, _, _ in runs}
     with tempfile.TemporaryDirectory(prefix="peercrypt-prof-") as tmp, ExitStack() as stack:
         root = Path(tmp)
-        path = make_file(root / "p.bin", args.size_mib * MiB)
+        path = random_file(root / "p.bin", args.size_mib * MiB)
         gib = path.stat().st_size / 2**30
         inbox = None if args.disk else Path(tempfile.mkdtemp(dir="/dev/shm"))
         if inbox is not None:

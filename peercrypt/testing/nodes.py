@@ -47,6 +47,7 @@ __all__ = [
     "cli_env",
     "free_port",
     "multicast_targets",
+    "random_file",
     "run_cli",
     "start_cli",
     "wait_until",
@@ -118,6 +119,17 @@ def blake3_file(path: Path | str, block: int = 1 << 20) -> str:
             hasher.update(data)
     digest: str = hasher.hexdigest()
     return digest
+
+
+def random_file(path: Path, size: int) -> Path:
+    """Write ``size`` bytes of random content to ``path`` in 1 MiB blocks
+    (benchmarks: one random block repeated, then a random tail)."""
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for offset in range(0, size, len(block)):
+            n = min(len(block), size - offset)
+            f.write(block if n == len(block) else os.urandom(n))
+    return path
 
 
 def multicast_targets(*receivers: NodeProcess) -> list[str]:
