@@ -1,0 +1,176 @@
+"""Inbox space: what incoming transfers were promised, byte quotas, and which
+kept parts give way.
+
+Pure bookkeeping (no ``statvfs`` here: the caller passes the free bytes it
+measured). The receiver handles offers one at a time, and every accepted
+transfer *reserves* the bytes it has still to write; the free-space check of
+the next offer subtracts every reservation. So two offers arriving together
+cannot both pass a check that only one of them fits, and a transfer that was
+accepted does not run out of disk because of one accepted after it (only
+because of something else writing to the same disk; that case ends the
+transfer with "no-space", keeping its part for a resume).
+
+Charges
+-------
+- *running* transfer: reserves ``size - written`` of disk; charged ``size``
+  against the quotas;
+- *kept* part (an interrupted transfer waiting to resume): occupies
+  ``allocated`` bytes of disk (it is sparse) and is charged ``size``.
+
+Quotas (0 = none): ``per_peer`` bytes of parts, running and kept, per proven
+sender identity; ``total`` bytes of parts for all senders together.
+``reserve``: bytes of free space never promised (room for the filesystem's
+own metadata and for everyone else on the disk).
+
+Admission (:meth:`SpaceLedger.admit`) of an offer of ``size`` bytes from
+``peer`` (continuing a kept part or not): kept parts give way first, oldest
+checkpoint first, the sender's own before anyone's for its own quota; running
+transfers never do. If even giving up every other kept part is not enough,
+the offer is refused ("quota" or "no-space") and nothing is evicted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Quotas:
+    total: int = 0
+    per_peer: int = 0
+    reserve: int = 0
+
+
+@dataclass(frozen=True)
+class Admission:
+    """``ok``: accept, after deleting the kept parts named in ``evict``;
+    otherwise refuse with ``code`` ("quota" or "no-space") and ``reason``."""
+
+    ok: bool
+    code: str = ""
+    reason: str = ""
+    evict: tuple[str, ...] = ()
+
+
+@dataclass
+class _Running:
+    peer: bytes
+    size: int
+    written: int
+    part: str
+
+
+@dataclass(frozen=True)
+class _Kept:
+    peer: bytes
+    size: int
+    allocated: int
+    updated: float
+
+
+class SpaceLedger:
+    """Running transfers (by transfer id) and kept parts (by part name)."""
+
+    def __init__(self, quotas: Quotas) -> None:
+        self.quotas = quotas
+        self._running: dict[bytes, _Running] = {}
+        self._kept: dict[str, _Kept] = {}
+
+    # -- what is there ----------------------------------------------------------
+
+    def keep(self, part: str, peer: bytes, size: int, allocated: int, updated: float) -> None:
+        """A kept part exists (found by a sweep, or left by a stopped transfer)."""
+        self._kept[part] = _Kept(peer, max(0, size), max(0, allocated), updated)
+
+    def forget(self, part: str) -> None:
+        """A kept part was deleted (or is no longer tracked)."""
+        self._kept.pop(part, None)
+
+    @property
+    def kept(self) -> list[str]:
+        return list(self._kept)
+
+    def allocated(self, part: str) -> int:
+        """Bytes of disk a kept part occupies (0 if it is not kept)."""
+        k = self._kept.get(part)
+        return k.allocated if k is not None else 0
+
+    @property
+    def promised(self) -> int:
+        """Bytes running transfers still have to write."""
+        return sum(max(0, r.size - r.written) for r in self._running.values())
+
+    def charged(self, peer: bytes | None = None) -> int:
+        """Bytes charged against the quotas (of ``peer``, or of everyone)."""
+        running = sum(r.size for r in self._running.values() if peer is None or r.peer == peer)
+        kept = sum(k.size for k in self._kept.values() if peer is None or k.peer == peer)
+        return running + kept
+
+    # -- decisions ----------------------------------------------------------------
+
+    def admit(self, peer: bytes, size: int, free: int, resume: str | None = None) -> Admission:
+        """May an offer of ``size`` bytes from ``peer`` start now, with
+        ``free`` bytes free on the inbox's disk? ``resume``: the kept part it
+        continues (its bytes are already on disk and already charged)."""
+        q = self.quotas
+        continued = self._kept.get(resume) if resume is not None else None
+        oldest_first = sorted((k.updated, name) for name, k in self._kept.items() if name != resume)
+        evict: list[str] = []
+
+        def give_way(excess: int, of_peer: bytes | None, disk: bool) -> int:
+            """Evict kept parts (of ``of_peer`` only, if given), oldest first,
+            until ``excess`` bytes (of quota, or of disk) are freed; what is
+            still in excess."""
+            for _, name in oldest_first:
+                if excess <= 0:
+                    break
+                k = self._kept[name]
+                if name in evict or (of_peer is not None and k.peer != of_peer):
+                    continue
+                evict.append(name)
+                excess -= k.allocated if disk else k.size
+            return excess
+
+        if q.per_peer:
+            used = self.charged(peer)
+            if continued is not None and continued.peer == peer:
+                used -= continued.size
+            if give_way(used + size - q.per_peer, peer, disk=False) > 0:
+                return Admission(
+                    False, "quota", f"over your quota of parts on this node ({q.per_peer} bytes)"
+                )
+        if q.total:
+            used = self.charged() - (continued.size if continued is not None else 0)
+            used -= sum(self._kept[n].size for n in evict)
+            if give_way(used + size - q.total, None, disk=False) > 0:
+                return Admission(
+                    False, "quota", f"over the node's quota of parts ({q.total} bytes)"
+                )
+        need = size - (continued.allocated if continued is not None else 0)
+        available = free - self.promised - q.reserve
+        freed = sum(self._kept[n].allocated for n in evict)
+        if give_way(need - available - freed, None, disk=True) > 0:
+            shown = max(0, available)
+            return Admission(
+                False, "no-space", f"not enough space in the inbox ({shown} bytes free)"
+            )
+        return Admission(True, evict=tuple(evict))
+
+    # -- running transfers ----------------------------------------------------------
+
+    def start(self, tid: bytes, peer: bytes, size: int, written: int, part: str) -> None:
+        """An admitted transfer runs (a continued kept part stops being kept)."""
+        self._kept.pop(part, None)
+        self._running[tid] = _Running(peer, size, max(0, written), part)
+
+    def written(self, tid: bytes, nbytes: int) -> None:
+        """``nbytes`` of the transfer's file are now on disk."""
+        r = self._running.get(tid)
+        if r is not None:
+            r.written = max(r.written, nbytes)
+
+    def stop(self, tid: bytes, keep: bool, updated: float) -> None:
+        """The transfer ended; ``keep``: its part stays for a resume."""
+        r = self._running.pop(tid, None)
+        if r is not None and keep:
+            self._kept[r.part] = _Kept(r.peer, r.size, r.written, updated)

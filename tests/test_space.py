@@ -1,0 +1,117 @@
+"""The inbox space ledger: reservations, quotas, which kept parts give way."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peercrypt.core.space import Quotas, SpaceLedger
+
+A, B = b"a" * 32, b"b" * 32
+MB = 1_000_000
+
+
+def test_two_offers_that_fit_only_one_at_a_time() -> None:
+    ledger = SpaceLedger(Quotas())
+    free = 100 * MB
+    first = ledger.admit(A, 60 * MB, free)
+    assert first.ok
+    ledger.start(b"1", A, 60 * MB, 0, "p1")
+    second = ledger.admit(B, 60 * MB, free)  # the disk has not changed yet
+    assert not second.ok and second.code == "no-space"
+    assert "40000000 bytes free" in second.reason
+    # As the first transfer writes, free space and its reservation shrink together.
+    ledger.written(b"1", 50 * MB)
+    assert not ledger.admit(B, 60 * MB, free - 50 * MB).ok
+    ledger.stop(b"1", keep=False, updated=0.0)
+    assert ledger.admit(B, 60 * MB, free - 50 * MB).ok is False  # 50 MB used by a file now
+    assert ledger.admit(B, 40 * MB, free - 50 * MB).ok
+
+
+def test_kept_parts_give_way_oldest_first_for_disk() -> None:
+    ledger = SpaceLedger(Quotas(reserve=1 * MB))
+    ledger.keep("old", A, 50 * MB, 30 * MB, updated=1.0)
+    ledger.keep("new", B, 50 * MB, 30 * MB, updated=2.0)
+    verdict = ledger.admit(A, 40 * MB, free=20 * MB)
+    assert verdict.ok and verdict.evict == ("old",)
+    verdict = ledger.admit(A, 70 * MB, free=20 * MB)
+    assert verdict.ok and verdict.evict == ("old", "new")
+    refused = ledger.admit(A, 90 * MB, free=20 * MB)
+    assert not refused.ok and refused.code == "no-space" and refused.evict == ()
+
+
+def test_a_resumed_part_needs_only_its_missing_bytes_and_never_gives_way() -> None:
+    ledger = SpaceLedger(Quotas())
+    ledger.keep("half", A, 100 * MB, 50 * MB, updated=1.0)
+    verdict = ledger.admit(A, 100 * MB, free=60 * MB, resume="half")
+    assert verdict.ok and verdict.evict == ()
+    ledger.start(b"t", A, 100 * MB, 50 * MB, "half")
+    assert ledger.kept == [] and ledger.promised == 50 * MB
+    ledger.stop(b"t", keep=True, updated=5.0)
+    assert ledger.kept == ["half"] and ledger.promised == 0
+
+
+def test_per_peer_quota_evicts_the_senders_own_parts_first() -> None:
+    ledger = SpaceLedger(Quotas(per_peer=100 * MB))
+    ledger.keep("a-old", A, 60 * MB, 60 * MB, updated=1.0)
+    ledger.keep("b-old", B, 60 * MB, 60 * MB, updated=0.0)
+    verdict = ledger.admit(A, 50 * MB, free=10**12)
+    assert verdict.ok and verdict.evict == ("a-old",)
+    ledger.start(b"1", A, 90 * MB, 0, "run")
+    refused = ledger.admit(A, 20 * MB, free=10**12)
+    assert not refused.ok and refused.code == "quota" and "your quota" in refused.reason
+    assert ledger.admit(B, 40 * MB, free=10**12).ok  # another sender's quota is its own
+
+
+def test_total_quota_counts_everyone() -> None:
+    ledger = SpaceLedger(Quotas(total=100 * MB))
+    ledger.start(b"1", A, 70 * MB, 0, "pa")
+    ledger.keep("b-kept", B, 20 * MB, 20 * MB, updated=0.0)
+    verdict = ledger.admit(B, 30 * MB, free=10**12)
+    assert verdict.ok and verdict.evict == ("b-kept",)
+    refused = ledger.admit(B, 31 * MB, free=10**12)
+    assert not refused.ok and refused.code == "quota" and refused.evict == ()
+
+
+offers = st.lists(
+    st.tuples(st.sampled_from([A, B]), st.integers(1, 60), st.booleans(), st.integers(0, 60)),
+    max_size=25,
+)
+
+
+@given(offers, st.integers(0, 200), st.integers(0, 120), st.integers(0, 150))
+def test_promises_never_exceed_the_disk_and_quotas_hold(
+    steps: list[tuple[bytes, int, bool, int]], free: int, per_peer: int, total: int
+) -> None:
+    """Offers, some transfers ending (kept or not): whatever the order, the
+    accepted transfers' reservations fit the free space, the quotas hold, and
+    only kept parts are ever evicted."""
+    ledger = SpaceLedger(Quotas(total=total, per_peer=per_peer))
+    disk_free = free  # bytes, as statvfs would report them
+    running: dict[bytes, tuple[bytes, int, str]] = {}
+    for n, (peer, size, end_one, written) in enumerate(steps):
+        verdict = ledger.admit(peer, size, disk_free)
+        if verdict.ok:
+            for name in verdict.evict:
+                assert name in ledger.kept and all(r[2] != name for r in running.values())
+                disk_free += ledger.allocated(name)
+                ledger.forget(name)
+            tid = n.to_bytes(4, "big")
+            ledger.start(tid, peer, size, 0, f"p{n}")
+            running[tid] = (peer, size, f"p{n}")
+            assert ledger.promised <= disk_free
+            if per_peer:
+                assert ledger.charged(peer) <= per_peer
+            if total:
+                assert ledger.charged() <= total
+        else:
+            assert verdict.evict == () and verdict.code in ("quota", "no-space")
+        if end_one and running:
+            tid, (_, s, _) = next(iter(running.items()))
+            nbytes = min(s, written)
+            ledger.written(tid, nbytes)
+            disk_free -= nbytes
+            ledger.stop(tid, keep=bool(written % 2), updated=float(n))
+            if not written % 2:
+                disk_free += nbytes  # the part was deleted
+            del running[tid]
