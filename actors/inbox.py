@@ -8,6 +8,13 @@
   under the first free name (``NAME``, ``NAME.1``...: ``link()`` fails
   instead of replacing, so nothing is ever overwritten, not even by a
   concurrent transfer of the same name) and the directory is fsynced.
+- Beside a unicast part, ``.NAME.ID.part.manifest`` lists the chunks the part
+  durably holds (:class:`~peercrypt.core.resume.Manifest`): the part is synced
+  (``fdatasync``) before every manifest, which is replaced atomically; a
+  later offer of the same file from the same sender continues it.
+- Leftovers (kept parts, their manifests, halves of a pair a crash split)
+  are deleted by :func:`sweep` once older than the part expiry. No file in
+  the inbox is ever opened through a symbolic link.
 """
 
 from __future__ import annotations
@@ -15,9 +22,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from peercrypt.core.names import UnsafeName, candidate_names, sanitise
+from peercrypt.core.resume import MAX_MANIFEST_BYTES, KeptPart, Manifest, ManifestError, expired
 from peercrypt.settings import MIN_CHUNK, NodeSettings
 
 
@@ -88,3 +99,139 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+PART_SUFFIX = ".part"
+MANIFEST_SUFFIX = ".part.manifest"
+MAX_SCAN = 100_000  # inbox entries one sweep looks at
+
+
+def free_space(inbox: Path) -> int:
+    """Bytes free for us on the inbox's filesystem."""
+    return shutil.disk_usage(inbox).free
+
+
+def manifest_name(part: str) -> str:
+    return part + ".manifest"
+
+
+def save_manifest(inbox: Path, part_fd: int, manifest: Manifest) -> None:
+    """Record durably what the part holds: ``fdatasync`` the part first (so
+    the manifest never lists a chunk a crash could lose), then write the
+    manifest to a temporary file, fsync it and rename it over the old one.
+    Raises OSError."""
+    os.fdatasync(part_fd)
+    final = manifest_name(manifest.part)
+    tmp = final + ".tmp"
+    data = manifest.encode()
+    dir_fd = os.open(inbox, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd
+        )
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_manifest(inbox: Path, name: str) -> Manifest:
+    """Read the manifest file ``name`` (not through a symbolic link, at most
+    :data:`MAX_MANIFEST_BYTES`). Raises ManifestError, also when it describes
+    a part other than its own."""
+    try:
+        fd = os.open(inbox / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ManifestError(f"cannot open manifest: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ManifestError("manifest is not a regular file")
+        data = os.read(fd, MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    manifest = Manifest.decode(data)
+    if manifest_name(manifest.part) != name:
+        raise ManifestError("manifest names another part")
+    return manifest
+
+
+@dataclass
+class Leftovers:
+    """What a scan of the inbox found. ``manifests``: readable manifests
+    whose part exists; ``kept``: every part/manifest pair or half of one;
+    ``allocated``: bytes each part occupies on disk."""
+
+    manifests: list[Manifest] = field(default_factory=list)
+    kept: list[KeptPart] = field(default_factory=list)
+    allocated: dict[str, int] = field(default_factory=dict)
+
+
+def scan(inbox: Path) -> Leftovers:
+    """Find kept parts and manifests (hidden ``.*.part`` files and their
+    ``.manifest``; multicast parts have none). Symbolic links and other
+    non-regular files are ignored; a manifest that cannot be read counts as
+    missing (its part is reclaimed when it expires)."""
+    parts: dict[str, os.stat_result] = {}
+    manifests: dict[str, os.stat_result] = {}
+    with os.scandir(inbox) as entries:
+        for n, entry in enumerate(entries):
+            if n >= MAX_SCAN:
+                break
+            name = entry.name
+            if not name.startswith("."):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if name.endswith(MANIFEST_SUFFIX):
+                manifests[name[: -len(".manifest")]] = st
+            elif name.endswith(PART_SUFFIX):
+                parts[name] = st
+    out = Leftovers()
+    for part in sorted(parts.keys() | manifests.keys()):
+        pst, mst = parts.get(part), manifests.get(part)
+        updated = max(st.st_mtime for st in (pst, mst) if st is not None)
+        readable = False
+        if pst is not None and mst is not None:
+            try:
+                m = load_manifest(inbox, manifest_name(part))
+            except ManifestError:
+                pass
+            else:
+                out.manifests.append(m)
+                updated, readable = m.updated, True
+        out.kept.append(
+            KeptPart(part, manifest_name(part) if readable else None, pst is not None, updated)
+        )
+        if pst is not None:
+            out.allocated[part] = pst.st_blocks * 512
+    return out
+
+
+def remove_part(inbox: Path, part: str) -> None:
+    """Delete a kept part and its manifest (either may be missing)."""
+    for name in (part, manifest_name(part), manifest_name(part) + ".tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(inbox / name)
+
+
+def sweep(inbox: Path, now: float, expiry: float, in_use: Iterable[str] = ()) -> list[str]:
+    """Delete leftovers not updated for ``expiry`` seconds (wall clock
+    ``now``), sparing parts of running transfers; the part names deleted."""
+    gone = expired(scan(inbox).kept, now, expiry, in_use)
+    for k in gone:
+        remove_part(inbox, k.part)
+    return [k.part for k in gone]

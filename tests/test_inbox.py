@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
-from actors.inbox import Refusal, check_incoming, create_part, publish
+from actors.inbox import (
+    Refusal,
+    check_incoming,
+    create_part,
+    load_manifest,
+    manifest_name,
+    publish,
+    save_manifest,
+    scan,
+    sweep,
+)
+from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.resume import Manifest, ManifestError, ResumeKey
 from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.settings import NodeSettings
 
@@ -74,3 +87,121 @@ def test_check_incoming_refusals(
 
 def test_check_incoming_sanitises(tmp_path: Path) -> None:
     assert check_incoming(settings(tmp_path), "../../etc/passwd", 65536, 10) == "passwd"
+
+
+# -- manifests and leftovers (resume) ------------------------------------------
+
+
+def _manifest(part: str, held: list[int], updated: float = 1000.0) -> Manifest:
+    key = ResumeKey(b"p" * 32, "f.bin", 10_000, 1000, b"s" * 32)
+    bitmap = ChunkBitmap(key.total)
+    for i in held:
+        bitmap.add(i)
+    return Manifest(key, b"t" * 16, part, bitmap.to_bytes(), updated)
+
+
+def _kept_part(inbox: Path, name: str, held: list[int], updated: float = 1000.0) -> Manifest:
+    part, fd = create_part(inbox, name, "abc123", 10_000)
+    try:
+        os.pwrite(fd, b"x" * 1000 * len(held), 0)
+        m = _manifest(part.name, held, updated)
+        save_manifest(inbox, fd, m)
+    finally:
+        os.close(fd)
+    return m
+
+
+def test_manifest_round_trip_through_the_inbox(tmp_path: Path) -> None:
+    m = _kept_part(tmp_path, "f.bin", [0, 1, 2])
+    path = tmp_path / manifest_name(m.part)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_manifest(tmp_path, path.name) == m
+    assert not list(tmp_path.glob("*.tmp"))
+    # Replaced atomically by the next checkpoint.
+    fd = os.open(tmp_path / m.part, os.O_RDWR)
+    try:
+        save_manifest(tmp_path, fd, _manifest(m.part, [0, 1, 2, 3]))
+    finally:
+        os.close(fd)
+    assert load_manifest(tmp_path, path.name).held().count == 4
+
+
+def test_manifest_is_written_only_after_the_part_is_synced(tmp_path: Path) -> None:
+    """The part's fdatasync comes first: when it fails, no manifest claims
+    chunks that may not be on disk."""
+    r, w = os.pipe()
+    try:
+        with pytest.raises(OSError):
+            save_manifest(tmp_path, r, _manifest(".f.bin.x.part", [0]))
+    finally:
+        os.close(r)
+        os.close(w)
+    assert not (tmp_path / manifest_name(".f.bin.x.part")).exists()
+
+
+def test_manifests_are_not_read_through_symlinks(tmp_path: Path) -> None:
+    m = _kept_part(tmp_path, "f.bin", [0])
+    real = tmp_path / manifest_name(m.part)
+    elsewhere = tmp_path / "elsewhere"
+    real.rename(elsewhere)
+    real.symlink_to(elsewhere)
+    with pytest.raises(ManifestError, match="cannot open"):
+        load_manifest(tmp_path, real.name)
+    assert scan(tmp_path).manifests == []
+
+
+def test_a_manifest_naming_another_part_is_refused(tmp_path: Path) -> None:
+    m = _kept_part(tmp_path, "f.bin", [0])
+    other = tmp_path / manifest_name(".g.bin.abc123.part")
+    (tmp_path / manifest_name(m.part)).rename(other)
+    (tmp_path / ".g.bin.abc123.part").write_bytes(b"")
+    with pytest.raises(ManifestError, match="another part"):
+        load_manifest(tmp_path, other.name)
+
+
+def test_scan_finds_pairs_and_halves(tmp_path: Path) -> None:
+    m = _kept_part(tmp_path, "f.bin", [0, 1])
+    (tmp_path / ".orphan.bin.abc.part").write_bytes(b"x")
+    (tmp_path / manifest_name(".lost.bin.abc.part")).write_bytes(b"garbage")
+    (tmp_path / ".broken.bin.abc.part").write_bytes(b"x")
+    (tmp_path / manifest_name(".broken.bin.abc.part")).write_bytes(b"garbage")
+    (tmp_path / "visible.part").write_bytes(b"a finished file that ends in .part")
+    os.symlink("/etc/passwd", tmp_path / ".link.part")
+    found = scan(tmp_path)
+    assert found.manifests == [m]
+    kept = {k.part: k for k in found.kept}
+    assert set(kept) == {
+        m.part,
+        ".orphan.bin.abc.part",
+        ".lost.bin.abc.part",
+        ".broken.bin.abc.part",
+    }
+    assert kept[m.part].manifest == manifest_name(m.part) and kept[m.part].updated == 1000.0
+    assert kept[".broken.bin.abc.part"].manifest is None
+    assert not kept[".lost.bin.abc.part"].has_part
+    assert found.allocated[m.part] >= 2000
+
+
+def test_sweep_reclaims_what_expired_and_spares_the_rest(tmp_path: Path) -> None:
+    old = _kept_part(tmp_path, "old.bin", [0], updated=time.time() - 7200)
+    recent = _kept_part(tmp_path, "recent.bin", [0], updated=time.time())
+    running = _kept_part(tmp_path, "running.bin", [0], updated=time.time() - 7200)
+    orphan = tmp_path / ".orphan.bin.abc.part"
+    orphan.write_bytes(b"x")
+    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+    os.symlink(tmp_path / "visible", tmp_path / ".evil.part")
+    (tmp_path / "visible").write_bytes(b"keep me")
+    gone = sweep(tmp_path, time.time(), expiry=3600, in_use=[running.part])
+    assert sorted(gone) == sorted([old.part, orphan.name])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(
+        [
+            recent.part,
+            manifest_name(recent.part),
+            running.part,
+            manifest_name(running.part),
+            ".evil.part",
+            "visible",
+        ]
+    )
+    assert (tmp_path / "visible").read_bytes() == b"keep me"

@@ -33,7 +33,7 @@ the part on a mismatch).
 Durability (:class:`Manifest`)
 ------------------------------
 The manifest beside a part lists the chunks that are *durably* in the part:
-the writer ``fdatasync``\\ s the part before each manifest it writes (every
+the writer syncs the part (``fdatasync``) before each manifest it writes (every
 :data:`CHECKPOINT_CHUNKS` chunks and at every stop), and the manifest is
 replaced atomically (write, fsync, rename). So after a crash a manifest
 never lists a chunk the part lost, and resuming needs no re-read of the part
