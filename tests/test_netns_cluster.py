@@ -1,0 +1,210 @@
+"""docker-compose.yml's cluster, run in network namespaces (scripts/netns_cluster.py).
+
+One cluster for the module: the compose file's bootstrap node and three peer
+replicas, each in its own namespace on one bridge, started with the image's
+entrypoint and each service's command, the key from the compose secret.
+Peers find the bootstrap node by its service name and each other by gossip.
+
+- Membership converges: every node lists every other as alive, at the
+  address of its own interface (the container's address).
+- One transfer in every mode between two hosts, addressed by container name;
+  the stored file has the sent file's BLAKE3.
+- Multicast from one host to all the others over the IP group (the compose
+  file's MULTICAST_GROUP): one UDP stream, every receiver verifies.
+- A host cut off (unplugged at the bridge): a send to it fails as
+  unreachable within its timeout; a transfer that runs across a short cut
+  completes once the host is back; after restoring, a new transfer succeeds.
+- Every node exits 0 on SIGTERM when the cluster stops; no namespace or
+  hosts file is left.
+
+Needs root; skipped (with the reason) where namespaces are unavailable.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peercrypt import errors
+from peercrypt.testing import netns
+from peercrypt.testing.cluster import NETNS_ETC, NetnsCluster, Node
+from peercrypt.testing.netns import list_namespaces
+from peercrypt.testing.nodes import blake3_file, random_file, wait_until
+
+pytestmark = [
+    pytest.mark.skipif(
+        not netns.available(),
+        reason=f"network namespaces unavailable: {netns.unavailable_reason()}",
+    ),
+    pytest.mark.timeout(300),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+PORT = 7400
+PEERS = 3
+MODES = {
+    "normal": ["--mode", "normal"],
+    "token-bucket": ["-r", str(64 * MiB)],
+    "aimd": ["--mode", "aimd"],
+    "qos": ["--mode", "qos", "-p", "highest"],
+    "parallel": ["--mode", "parallel", "-t", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[NetnsCluster]:
+    from peercrypt.crypto.identity import new_network_key
+
+    workdir = tmp_path_factory.mktemp("cluster")
+    environ = {"PEERCRYPT_NETWORK_KEY": new_network_key(), "GOSSIP_INTERVAL": "0.5"}
+    with NetnsCluster(
+        ROOT / "docker-compose.yml", workdir, scale={"peer": PEERS}, environ=environ
+    ) as running:
+        running.wait_all_healthy()
+        yield running
+    codes = running.close()
+    assert codes == {node.name: 0 for node in running.nodes}, codes
+    namespaces = set(list_namespaces())
+    for node in running.nodes:
+        assert node.host.ns not in namespaces
+        assert not (NETNS_ETC / node.host.ns).exists()
+        assert "Traceback" not in node.log_text(), node.log_text()
+
+
+def peers_of(node: Node) -> dict[str, str]:
+    """``peers --json`` of ``node``: address -> state."""
+    result = node.cli("peers", "--json", timeout=30)
+    assert result.returncode == 0, result.stderr
+    return {row["address"]: row["state"] for row in json.loads(result.stdout)}
+
+
+def send(sender: Node, path: Path, target: str, *args: str) -> tuple[int, dict[str, Any]]:
+    result = sender.cli("send", path, target, str(PORT), "--json", *args, timeout=120)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    return result.returncode, (json.loads(lines[-1]) if lines else {"stderr": result.stderr})
+
+
+def inbox(node: Node) -> Path:
+    status = node.status()
+    assert status is not None
+    return Path(status["inbox"])
+
+
+def assert_delivered(result: dict[str, Any], receiver: Node, path: Path) -> None:
+    assert result.get("ok"), result
+    stored = inbox(receiver) / result["stored_as"]
+    assert blake3_file(stored) == blake3_file(path) == result["blake3"]
+
+
+def test_the_containers_are_the_compose_files(cluster: NetnsCluster) -> None:
+    names = [node.name for node in cluster.nodes]
+    assert names == ["peercrypt-bootstrap-1"] + [f"peercrypt-peer-{i}" for i in (1, 2, 3)]
+    boot = cluster.node("peercrypt-bootstrap-1")
+    # the secret is a file; the key is in no command line
+    assert "PEERCRYPT_NETWORK_KEY" not in boot.env
+    assert boot.env["PEERCRYPT_NETWORK_KEY_FILE"].startswith(str(cluster.workdir))
+    assert all(cluster.environ["PEERCRYPT_NETWORK_KEY"] not in a for a in boot.argv)
+    # named volume of the bootstrap inbox, one directory per peer replica
+    assert inbox(boot) == cluster.workdir / "volumes" / "bootstrap-inbox"
+    for node in cluster.service("peer"):
+        assert inbox(node) == cluster.workdir / "volumes" / "peer-inboxes" / node.name
+
+
+def test_membership_converges_across_all_hosts(cluster: NetnsCluster) -> None:
+    everyone = {f"{node.ip}:{PORT}" for node in cluster.nodes}
+
+    def converged() -> bool:
+        for node in cluster.nodes:
+            seen = peers_of(node)
+            others = everyone - {f"{node.ip}:{PORT}"}
+            if any(seen.get(address) != "alive" for address in others):
+                return False
+        return True
+
+    wait_until(converged, 60, "every node to see every other alive", interval=0.5)
+    for node in cluster.nodes:  # each advertises its own interface's address
+        status = node.status()
+        assert status is not None and status["advertise"] == f"tcp://{node.ip}:{PORT}"
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_one_transfer_in_every_mode_between_two_hosts(
+    cluster: NetnsCluster, tmp_path: Path, mode: str
+) -> None:
+    sender, receiver = cluster.node("peercrypt-peer-1"), cluster.node("peercrypt-peer-2")
+    path = random_file(tmp_path / f"{mode}.bin", 3 * MiB + 11)
+    code, result = send(sender, path, receiver.container.hostname, *MODES[mode])
+    assert code == 0, result
+    assert result["mode"] == mode
+    assert_delivered(result, receiver, path)
+
+
+def test_multicast_from_one_host_to_all_others_over_the_group(
+    cluster: NetnsCluster, tmp_path: Path
+) -> None:
+    sender = cluster.node("peercrypt-bootstrap-1")
+    first, *rest = cluster.service("peer")
+    path = random_file(tmp_path / "group.bin", 6 * MiB + 5)
+    targets = [arg for node in rest for arg in ("--to", f"{node.container.hostname}:{PORT}")]
+    code, result = send(sender, path, first.container.hostname, "-m", *targets, "--timeout", "30")
+    assert code == 0, result
+    assert result["stats"]["udp"] == 1  # over the IP group, not PUB/SUB
+    digest = blake3_file(path)
+    rows = {row["target"]: row for row in result["receivers"]}
+    for node in cluster.service("peer"):
+        row = rows[f"{node.container.hostname}:{PORT}"]
+        assert row["code"] == "ok", row
+        assert blake3_file(inbox(node) / row["stored_as"]) == digest
+
+
+def test_a_host_cut_off_and_restored(cluster: NetnsCluster, tmp_path: Path) -> None:
+    sender, victim = cluster.node("peercrypt-peer-1"), cluster.node("peercrypt-peer-3")
+    target = victim.container.hostname
+    cluster.network.isolate(victim.host)
+    try:
+        code, result = send(
+            sender, random_file(tmp_path / "cut.bin", MiB), target, "--timeout", "2"
+        )
+        assert code in (errors.UNREACHABLE, errors.FAILED), result
+        assert result.get("code") in ("unreachable", "timeout"), result
+    finally:
+        cluster.network.rejoin(victim.host)
+    # A transfer running across a short cut (paced to last ~4 s) completes.
+    path = random_file(tmp_path / "across.bin", 16 * MiB)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["code"], outcome["result"] = send(
+            sender, path, target, "-r", str(4 * MiB), "--force", "--timeout", "30"
+        )
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        wait_until(lambda: _receiving(victim), 30, "the transfer to start", interval=0.1)
+        cluster.network.isolate(victim.host)
+        threading.Event().wait(1.5)  # the outage itself, shorter than the send's timeout
+    finally:
+        cluster.network.rejoin(victim.host)
+        worker.join(150)
+    assert not worker.is_alive()
+    assert outcome["code"] == 0, outcome
+    assert_delivered(outcome["result"], victim, path)
+    # And after restoring, a new transfer succeeds.
+    path = random_file(tmp_path / "after.bin", 2 * MiB)
+    code, result = send(sender, path, target)
+    assert code == 0, result
+    assert_delivered(result, victim, path)
+
+
+def _receiving(node: Node) -> bool:
+    status = node.status()
+    return status is not None and int(status.get("active", "0")) > 0
