@@ -15,17 +15,18 @@ import pytest
 from peercrypt import errors
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.faults import DirectionFaults, FaultPlan, FaultProxy
-from peercrypt.testing.nodes import NodeProcess, blake3_file, free_port, start_cli, wait_until
+from peercrypt.testing.nodes import (
+    SEND_MODE_ARGS,
+    NodeProcess,
+    blake3_file,
+    free_port,
+    start_cli,
+    wait_until,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
-MODES = {
-    "normal": ["--mode", "normal"],
-    "token-bucket": ["-r", str(64 * MiB)],
-    "aimd": ["--mode", "aimd"],
-    "qos": ["--mode", "qos", "-p", "highest"],
-    "parallel": ["--mode", "parallel", "-t", "2"],
-}
+MODES = SEND_MODE_ARGS
 
 
 @pytest.fixture(scope="module")

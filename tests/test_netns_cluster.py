@@ -34,7 +34,7 @@ from peercrypt import errors
 from peercrypt.testing import netns
 from peercrypt.testing.cluster import NETNS_ETC, NetnsCluster, Node
 from peercrypt.testing.netns import list_namespaces
-from peercrypt.testing.nodes import blake3_file, random_file, wait_until
+from peercrypt.testing.nodes import SEND_MODE_ARGS, blake3_file, random_file, wait_until
 
 pytestmark = [
     pytest.mark.skipif(
@@ -48,13 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 PORT = 7400
 PEERS = 3
-MODES = {
-    "normal": ["--mode", "normal"],
-    "token-bucket": ["-r", str(64 * MiB)],
-    "aimd": ["--mode", "aimd"],
-    "qos": ["--mode", "qos", "-p", "highest"],
-    "parallel": ["--mode", "parallel", "-t", "2"],
-}
+MODES = SEND_MODE_ARGS
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,7 @@ import blake3
 from peercrypt.client import ControlClient, NodeUnavailable
 
 __all__ = [
+    "SEND_MODE_ARGS",
     "CliResult",
     "NodeError",
     "NodeProcess",
@@ -64,6 +65,16 @@ NETNS_CLI_OVERHEAD = 5.0
 _CLI_ENV_VARS = ("PEERCRYPT_NETWORK_KEY", "PEERCRYPT_DATA_DIR")
 
 T = TypeVar("T")
+
+# `send` options that pick each transfer mode (one example each), for tests
+# that run a transfer in every mode.
+SEND_MODE_ARGS: dict[str, list[str]] = {
+    "normal": ["--mode", "normal"],
+    "token-bucket": ["-r", str(64 << 20)],
+    "aimd": ["--mode", "aimd"],
+    "qos": ["--mode", "qos", "-p", "highest"],
+    "parallel": ["--mode", "parallel", "-t", "2"],
+}
 
 
 class NodeError(RuntimeError):
