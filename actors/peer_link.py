@@ -3,14 +3,26 @@
 Used by every actor that talks to other nodes' control plane (the sender's
 offers, the health monitor's probes and checks, discovery's gossip). A socket
 monitor, when asked for, turns ZeroMQ's connection events into one clear
-failure: connection refused, a failed CURVE handshake (wrong network key, or
-not a PeerCrypt node), or a ZAP denial (not on the peer's allow-list).
+failure: cannot connect (and why), a failed CURVE handshake (wrong network
+key, or not a PeerCrypt node), or a ZAP denial (not on the peer's allow-list).
+
+ZeroMQ reports a failed connect only as "retried", without the reason, so a
+monitored link that fails to connect makes one plain non-blocking TCP connect
+of its own to the same address and names what the kernel answers (see
+:func:`connect_cause`): refused (nothing listens on the port), network
+unreachable (no route from this host), no route to host (nothing answers on
+its network), or timed out (nothing came back: a host down, a firewall that
+drops, a cut link). The probe is closed as soon as it has an answer; if it
+connects after all, ZeroMQ's own retry will too, and nothing is reported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +43,24 @@ MONITOR_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _link_ids = itertools.count()
+
+
+_CAUSES = {
+    errno.ECONNREFUSED: "connection refused: nothing listens on that port",
+    errno.ENETUNREACH: "network unreachable: no route to it from this host",
+    errno.EHOSTUNREACH: "no route to host: nothing answers at that address",
+    errno.ETIMEDOUT: "timed out: no answer (host down, a firewall, or a cut link)",
+    errno.ECONNRESET: "connection reset by the peer",
+    errno.EADDRNOTAVAIL: "address not available on this host",
+    errno.EACCES: "not permitted by the local firewall",
+    errno.EPERM: "not permitted by the local firewall",
+}
+TIMED_OUT = _CAUSES[errno.ETIMEDOUT]
+
+
+def connect_cause(code: int) -> str:
+    """What a failed TCP connect's ``errno`` means, in words for the user."""
+    return _CAUSES.get(code, os.strerror(code).lower() if code else "unknown error")
 
 
 def url_host(host: str) -> str:
@@ -82,6 +112,8 @@ class Link:
         self.connected = False
         self.handshaken = False
         self.closed = False
+        self.cause = ""  # why a connect failed, once the probe knows
+        self.probe: socket.socket | None = None
         self.created = actor.now()
         sock = self.sock = actor.socket(zmq.DEALER)
         sock.curve_serverkey = settings.server_keys.z85_public
@@ -146,7 +178,7 @@ class Link:
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshaken = True
             elif event == zmq.EVENT_CONNECT_RETRIED and not self.connected:
-                self._fail("unreachable", f"cannot connect to {peer} (connection refused)")
+                self._diagnose()
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._fail(
                     "not-admitted", f"{peer} did not admit this node (not on its allow-list)"
@@ -161,6 +193,50 @@ class Link:
                     f"handshake with {peer} failed: wrong network key, or not a PeerCrypt node",
                 )
 
+    def _diagnose(self) -> None:
+        """Find out why connecting fails: one non-blocking TCP connect."""
+        if self.probe is not None or self.cause or self.failure:
+            return
+        host, _, port = address_of(self.url).rpartition(":")
+        try:
+            family, kind, proto, _, addr = socket.getaddrinfo(
+                host.strip("[]"), int(port), type=socket.SOCK_STREAM
+            )[0]
+            probe = socket.socket(family, kind, proto)
+        except (OSError, ValueError, IndexError) as exc:
+            self._unreachable(str(exc))
+            return
+        probe.setblocking(False)
+        code = probe.connect_ex(addr)
+        if code == errno.EINPROGRESS:
+            self.probe = probe
+            # Readable (POLLIN) on error; on success too, once the peer's
+            # ZMTP greeting arrives.
+            self.actor.watch(probe.fileno(), self._on_probe)
+            return
+        probe.close()
+        if code:
+            self._unreachable(connect_cause(code))
+
+    def _on_probe(self, _fd: object = None) -> None:
+        probe = self.probe
+        if probe is None:
+            return
+        code = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._close_probe()
+        if code:
+            self._unreachable(connect_cause(code))
+
+    def _close_probe(self) -> None:
+        if self.probe is not None:
+            self.actor.unwatch(self.probe.fileno())
+            self.probe.close()
+            self.probe = None
+
+    def _unreachable(self, cause: str) -> None:
+        self.cause = cause
+        self._fail("unreachable", f"cannot connect to {address_of(self.url)}: {cause}")
+
     def _fail(self, code: str, detail: str) -> None:
         if self.failure:
             return
@@ -172,7 +248,7 @@ class Link:
         """(code, reason) for an attempt that got no answer in time."""
         peer = address_of(self.url)
         if not self.connected:
-            return "unreachable", f"cannot connect to {peer} (no node listening there?)"
+            return "unreachable", f"cannot connect to {peer}: {self.cause or TIMED_OUT}"
         if self.monitor is not None and not self.handshaken:
             return "timeout", f"{peer} accepted the connection but did not complete the handshake"
         return "timeout", f"{peer} did not answer within {seconds:g} s"
@@ -181,6 +257,7 @@ class Link:
         if self.closed:
             return
         self.closed = True
+        self._close_probe()
         if self.monitor is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self.sock.disable_monitor()
