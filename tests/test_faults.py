@@ -17,6 +17,7 @@ are the slow part); each test switches the proxy's plan and uses its own files.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -206,7 +207,7 @@ def test_flipped_bits_are_detected(setup: Setup, tmp_path: Path) -> None:
     flips = setup.proxy.snapshot().upstream.flipped - before.upstream.flipped
     assert flips > 0
     # Every mangled chunk was caught before it reached the file.
-    counters = wait_for_drops(setup, counters_before, 1)
+    counters = wait_for_drops(setup, counters_before, ["receiver.data-dropped-auth"])
     assert counters.get("receiver.hash-mismatch", 0) == counters_before.get(
         "receiver.hash-mismatch", 0
     )
@@ -240,15 +241,16 @@ def test_downstream_blackout_fails_cleanly(setup: Setup, tmp_path: Path) -> None
 # ---- malformed frames straight at the node ---------------------------------------------
 
 
-def wait_for_drops(setup: Setup, before: dict[str, int], at_least: int) -> dict[str, int]:
+def wait_for_drops(setup: Setup, before: dict[str, int], keys: list[str]) -> dict[str, int]:
+    """Wait until every counter in ``keys`` grew past ``before``. Counters
+    reach ``status`` every 0.5 s, so drops a previous test caused may still
+    arrive: only the counters this test's frames must move are waited on."""
+
     def enough() -> dict[str, int] | None:
         now = setup.receiver.counters()
-        grew = sum(
-            v - before.get(k, 0) for k, v in now.items() if "dropped" in k or "rejected" in k
-        )
-        return now if grew >= at_least else None
+        return now if all(now.get(k, 0) > before.get(k, 0) for k in keys) else None
 
-    result: dict[str, int] = wait_until(enough, 5.0, "drop counters to grow")
+    result: dict[str, int] = wait_until(enough, 10.0, f"counters {keys} to grow")
     return result
 
 
@@ -305,10 +307,8 @@ def test_garbage_on_the_data_port_is_counted_and_dropped(
     ]
     for frames in frames_sent:
         sock.send_multipart(frames)
-    counters = wait_for_drops(setup, before, len(frames_sent))
-    for kind in ("frames", "malformed", "version", "unexpected", "unknown-transfer", "oversize"):
-        key = f"receiver.data-dropped-{kind}"
-        assert counters.get(key, 0) > before.get(key, 0), f"{key} did not grow: {counters}"
+    kinds = ("frames", "malformed", "version", "unexpected", "unknown-transfer", "oversize")
+    wait_for_drops(setup, before, [f"receiver.data-dropped-{kind}" for kind in kinds])
     assert not sock.poll(200), "the receiver answered an unauthenticated peer"
     # An oversize frame (> 16 MiB, the data socket's maxmsgsize) only costs its connection.
     big = dealer(zctx, f"tcp://{LOCALHOST}:{setup.data_port}")
@@ -352,10 +352,7 @@ def test_garbage_on_the_public_port(setup: Setup, tmp_path: Path, zctx: zmq.Cont
     assert codec.decode(member.recv()) == Pong(seq=9)
     # Over the gateway's message size limit: the connection is dropped, nothing else.
     member.send(b"\0" * (64 * KiB + 2048))
-    counters = wait_for_drops(setup, before, len(expected_kinds))
-    for kind in expected_kinds:
-        key = f"gateway.rejected-{kind}"
-        assert counters.get(key, 0) > before.get(key, 0), f"{key} did not grow: {counters}"
+    wait_for_drops(setup, before, [f"gateway.rejected-{kind}" for kind in expected_kinds])
     # A wrong network key fails the handshake: no answer.
     outsider = dealer(
         zctx, public, KeyPair.generate(), network_server_keys("not the key").z85_public
@@ -409,26 +406,37 @@ def test_forged_header_cannot_hijack_the_reply_route(
         env=cli_env(),
         stdin=subprocess.DEVNULL,
     )
-    answered = 0
+    answered = forged_while_running = 0
+    before = setup.receiver.counters()
     try:
         tid = wait_until(lambda: seen[0] if seen else None, 10.0, "the transfer's first chunk")
         attacker = dealer(zctx, f"tcp://{LOCALHOST}:{setup.data_port}")
+        # A frame of the right length for chunk 0, so only authentication stops it.
         forged = codec.encode(ChunkHeader(tid=tid, index=0, last=False, nonce=b"\0" * 12))
+        body = os.urandom(4096 + 16)
         deadline = time.monotonic() + 5.0
         while proc.poll() is None and time.monotonic() < deadline:
-            attacker.send_multipart([forged, b"not a chunk"])
+            attacker.send_multipart([forged, body])
+            forged_while_running += 1
             if attacker.poll(5):
                 attacker.recv_multipart()
                 answered += 1
-        proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
     finally:
         setup.proxy.observer = None
         setup.proxy.set_plan(FaultPlan.clean())
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert_inbox_holds_only_sent_content(setup)
+    assert forged_while_running > 0, "the transfer ended before any forged frame was sent"
+    wait_for_drops(setup, before, ["receiver.data-dropped-auth"])
     assert answered == 0, f"the receiver sent {answered} transfer replies to a forger"
+    # The real transfer was not diverted: it verified, with the source's hash.
+    assert proc.returncode == 0, f"the real send failed: {out!r} {err!r}"
+    result = json.loads(out)
+    assert result["blake3"] == blake3_file(path)
+    assert blake3_file(setup.receiver.inbox / result["stored_as"]) == blake3_file(path)
+    assert_inbox_holds_only_sent_content(setup)
 
 
 def test_proxy_counts_and_stops_cleanly() -> None:

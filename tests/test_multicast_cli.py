@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeProcess, free_port, start_cli
+from peercrypt.testing.nodes import NodeProcess, assert_stored, free_port, start_cli
 
 
 def _one_error_line(stderr: str, text: str) -> None:
@@ -61,6 +61,8 @@ def test_mode_multicast_with_targets_and_text_report(
     # -dual: exactly two targets
     code, out = sender.send(path, a.host, a.port, "-dual", "--to", f"{b.host}:{b.port}")
     assert code == 0 and [r["code"] for r in out["receivers"]] == ["ok", "ok"], out
+    for r in (a, b):
+        assert_stored(r, out, blake3_file(path))
 
 
 def test_unreachable_target_is_reported_and_does_not_stall_the_others(

@@ -228,4 +228,6 @@ def test_node_max_rate_paces_multicast_too(
     assert lifted.returncode == 0, lifted.describe()
     code, result = sender.send(path, first.host, first.port, "-m", *multicast_targets(second))
     assert code == 0, result
+    for r in receivers:
+        assert_stored(r, result, digest)
     assert result["seconds"] < 1.8, result

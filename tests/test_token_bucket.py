@@ -291,14 +291,25 @@ def test_paced_sender_achieves_rate(rate: float, sends: int, burst_mult: int, st
     new_rate=st.floats(min_value=10.0, max_value=1.0e6),
 )
 def test_paced_sender_follows_live_rate_change(rate: float, new_rate: float) -> None:
-    chunk = max(1, int(new_rate * 10 / 500))  # ~500 sends in 10 s
+    chunk = max(1, int(new_rate * 10 / 500))  # ~500 sends in 10 s at the new rate
     bucket = TokenBucket(rate=rate, burst=chunk, now=0.0)
     now = 0.0
-    bucket.set_rate(new_rate, 0.0)
+    # Paced at the old rate first, so the change lands on a bucket in use.
+    old_sent = 0
+    for _ in range(200):
+        now = now + bucket.delay_until(chunk, now)
+        assert bucket.consume(chunk, now) is True
+        old_sent += chunk
+    assert old_sent <= chunk + rate * now + 1e-6 * rate
+    changed_at = now
+    bucket.set_rate(new_rate, now)
+    now = now + bucket.delay_until(chunk, now)
     assert bucket.consume(chunk, now) is True
+    start = now
     sent = 0
-    while now < 10.0:
+    while now < start + 10.0:
         now = now + bucket.delay_until(chunk, now)
         assert bucket.consume(chunk, now) is True
         sent += chunk
-    assert sent / now == pytest.approx(new_rate, rel=0.02)
+    assert now > changed_at
+    assert sent / (now - start) == pytest.approx(new_rate, rel=0.02)
