@@ -13,6 +13,7 @@ import zmq
 
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.runtime.supervisor import StartError, Supervisor
+from peercrypt.testing.clock import FakeClock
 from peercrypt.testing.nodes import free_port, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Ping, Pong
@@ -204,3 +205,34 @@ def test_malloc_arena_cap_applies_on_linux() -> None:
     from peercrypt.runtime.memory import limit_malloc_arenas
 
     assert limit_malloc_arenas() is sys.platform.startswith("linux")
+
+
+class Sleeper(Actor):
+    """Arms a timer an hour ahead and records when (on its clock) it fired."""
+
+    name = "sleeper"
+    REPORT_TO = None
+
+    def __init__(self, env: ActorEnv, fired: list[float]) -> None:
+        super().__init__(env)
+        self.fired = fired
+
+    def setup(self) -> None:
+        self.armed_at = self.now()
+        self.call_later(3600.0, lambda: self.fired.append(self.now() - self.armed_at))
+
+
+def test_actor_timers_follow_the_env_clock() -> None:
+    clock = FakeClock()
+    env = ActorEnv(context=zmq.Context(), node_uid=f"t{time.monotonic_ns()}", clock=clock)
+    fired: list[float] = []
+    sup = Supervisor(env, [("sleeper", lambda e: Sleeper(e, fired))])
+    sup.start()
+    try:
+        clock.advance(3600.0)
+        wait_for(lambda: fired)
+        # An hour of its clock passed, seconds of real time: on the wall
+        # clock the timer would still be an hour away.
+        assert fired == [3600.0]
+    finally:
+        stop(sup)

@@ -48,11 +48,13 @@ DRAIN_BATCH = 64
 
 @dataclass
 class ActorEnv:
-    """What an actor gets from its node: the shared context and addresses."""
+    """What an actor gets from its node: the shared context, addresses and
+    the clock (monotonic seconds; a test may pass a fake one)."""
 
     context: zmq.Context[Any]
     node_uid: str
     addresses: dict[str, str] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
 
     def address(self, name: str) -> str:
         """The mailbox URL of actor ``name`` (inproc:// unless configured)."""
@@ -122,9 +124,10 @@ class Actor:
 
     # -- services for subclasses -------------------------------------------------
 
-    @staticmethod
-    def now() -> float:
-        return time.monotonic()
+    def now(self) -> float:
+        """The actor's clock (``ActorEnv.clock``): timers and every ``now``
+        passed to the core come from here."""
+        return self.env.clock()
 
     def bind(self, sock: zmq.Socket[Any], host: str, port: int) -> None:
         """Bind ``tcp://host:port``; a failure is a :class:`SetupError`."""
