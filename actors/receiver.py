@@ -20,7 +20,6 @@ Anything that does not authenticate or decode is counted and dropped.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import os
 from dataclasses import dataclass
@@ -33,7 +32,14 @@ import zmq
 from actors.file_writer import FileWriter
 from actors.inbox import Refusal, check_incoming, create_part, publish
 from peercrypt.core.bitmap import flatten
-from peercrypt.core.receive_window import Arrival, ReceiveWindow
+from peercrypt.core.incoming import (
+    Abandon,
+    FinishFile,
+    IncomingTransfer,
+    SaveManifest,
+    Store,
+)
+from peercrypt.core.receive_window import Arrival
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, Ephemeral, OpenError, TransferKeys
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
@@ -56,27 +62,23 @@ from peercrypt.wire.messages import (
 log = logging.getLogger("peercrypt.receiver")
 
 HEADER_MAX_BYTES = 512
-MANIFEST_EVERY = 64  # chunks between manifest updates
 COMPLETED_MEMORY = 256  # finished transfers remembered to re-answer a repeated Done
 
 
 @dataclass
 class Incoming:
+    """The I/O side of one transfer; every decision is ``flow``'s."""
+
     tid: bytes
     peer: bytes
     name: str
     size: int
     chunk_size: int
     keys: TransferKeys
-    window: ReceiveWindow
+    flow: IncomingTransfer
     part: Path
     fd: int
-    last_activity: float
     route: bytes | None = None
-    since_manifest: int = 0
-    finishing: bool = False
-    expected_digest: bytes = b""
-    ack_due: bool = False
 
 
 class ReceiverActor(Actor):
@@ -160,8 +162,12 @@ class ReceiverActor(Actor):
             part, fd = create_part(s.inbox, name, offer.tid.hex()[:12], offer.size)
         except Refusal as exc:
             return refuse(exc.code, exc.reason)
-        total = -(-offer.size // offer.chunk_size)
-        window = ReceiveWindow(total, self._credit(offer.chunk_size, extra=1))
+        flow = IncomingTransfer(
+            total=-(-offer.size // offer.chunk_size),
+            credit=self._credit(offer.chunk_size, extra=1),
+            idle_timeout=s.idle_timeout,
+            now=self.now(),
+        )
         t = Incoming(
             tid=offer.tid,
             peer=peer,
@@ -169,13 +175,12 @@ class ReceiverActor(Actor):
             size=offer.size,
             chunk_size=offer.chunk_size,
             keys=keys,
-            window=window,
+            flow=flow,
             part=part,
             fd=fd,
-            last_activity=self.now(),
         )
         self.transfers[offer.tid] = t
-        self.writer.open(t.tid, fd, t.chunk_size, t.size, window.written, hold=window.window)
+        self.writer.open(t.tid, fd, t.chunk_size, t.size, flow.written, hold=flow.window.window)
         self._save_manifest(t)
         self.count("accepted")
         return Accept(
@@ -183,7 +188,7 @@ class ReceiverActor(Actor):
             eph_pub=eph.public,
             data_host=s.advertise_data_host,
             data_port=s.advertise_data_port or self.data_port,
-            window=window.window,
+            window=flow.window.window,
             have=[],
         )
 
@@ -230,8 +235,8 @@ class ReceiverActor(Actor):
             if h.tid not in self.completed:
                 self._drop(route, "unknown-transfer")
             return
-        w = t.window
-        if not 0 <= h.index < w.total or h.last != (h.index == w.total - 1):
+        total = t.flow.total
+        if not 0 <= h.index < total or h.last != (h.index == total - 1):
             self._drop(route, "bad-index")
             return
         expected = min(t.chunk_size, t.size - h.index * t.chunk_size) + TAG_BYTES
@@ -246,11 +251,8 @@ class ReceiverActor(Actor):
             self._drop(route, "auth")
             return
         t.route = route
-        t.last_activity = self.now()
-        if w.on_chunk(h.index, h.last) is Arrival.NEW:
+        if t.flow.on_chunk(h.index, h.last, self.now()) is Arrival.NEW:
             self.writer.write(t.tid, h.index, plaintext)
-        else:
-            t.ack_due = True
 
     def _on_sealed(self, route: bytes, h: SealedHeader, payload: memoryview) -> None:
         t = self.transfers.get(h.tid)
@@ -270,20 +272,13 @@ class ReceiverActor(Actor):
             self._drop(route, exc.kind)
             return
         t.route = route
-        t.last_activity = self.now()
         if isinstance(msg, Done):
-            if not t.window.complete or msg.chunks != t.window.total:
-                t.ack_due = True  # tell the sender what is still missing
-            elif not t.finishing:
-                t.finishing = True
-                t.expected_digest = msg.digest
-                self.writer.finish(t.tid)
+            t.flow.on_done(msg.digest, msg.chunks, self.now())
         elif isinstance(msg, Failed):
-            log.info("sender abandoned %s: %s", t.name, msg.reason)
-            self.count("aborted-by-sender")
-            self._close(t, keep_part=True)
+            t.flow.on_sender_failed(msg.reason, self.now())
         else:
             self._drop(route, "unexpected")
+        self._drive(t)
 
     def _send_sealed(self, t: Incoming, msg: codec.Message) -> tuple[bytes, bytes] | None:
         if t.route is None:
@@ -295,11 +290,40 @@ class ReceiverActor(Actor):
 
     def _flush_acks(self) -> None:
         for t in self.transfers.values():
-            if t.ack_due:
-                t.ack_due = False
-                t.window.window = self._credit(t.chunk_size)
-                cumulative, sack, window = t.window.ack_fields()
-                self._send_sealed(t, Ack(cumulative=cumulative, sack=flatten(sack), window=window))
+            if t.flow.ack_due:
+                ack = t.flow.ack(self._credit(t.chunk_size))
+                if ack is not None:
+                    cumulative, sack, window = ack
+                    ack_msg = Ack(cumulative=cumulative, sack=flatten(sack), window=window)
+                    self._send_sealed(t, ack_msg)
+
+    def _drive(self, t: Incoming) -> None:
+        """Do what the transfer asks for."""
+        for out in t.flow.poll():
+            if isinstance(out, SaveManifest):
+                self._save_manifest(t)
+            elif isinstance(out, FinishFile):
+                self.writer.finish(t.tid)
+            elif isinstance(out, Store):
+                self._store(t, out.digest)
+            else:
+                self._abandon(t, out)
+
+    def _abandon(self, t: Incoming, out: Abandon) -> None:
+        if out.code == "aborted":
+            log.info("sender abandoned %s: %s", t.name, out.reason)
+            self.count("aborted-by-sender")
+        elif out.code == "expired":
+            log.info("%s: %s for %.0f s; kept for resume", t.name, out.reason, t.flow.idle_timeout)
+            self.count("expired")
+        elif out.code == "hash-mismatch":
+            self.count("hash-mismatch")
+            log.warning("%s: whole-file hash mismatch; discarded", t.name)
+        else:
+            log.error("writing %s failed: %s", t.name, out.reason)
+        if out.notify:
+            self._send_sealed(t, Failed(code=out.code, reason=out.reason))
+        self._close(t, keep_part=out.keep_part)
 
     # -- writer results -----------------------------------------------------------
 
@@ -313,26 +337,15 @@ class ReceiverActor(Actor):
             if t is None:
                 continue
             if kind == "written":
-                t.window.on_written(value)
-                t.ack_due = True
-                t.since_manifest += 1
-                if t.since_manifest >= MANIFEST_EVERY:
-                    self._save_manifest(t)
+                t.flow.on_written(value)
             elif kind == "finished":
-                self._finish(t, value)
+                t.flow.on_hashed(value)
             else:
-                log.error("writing %s failed: %s", t.name, value)
-                self._send_sealed(t, Failed(code="io", reason=f"receiver cannot write: {value}"))
-                self._close(t, keep_part=False)
+                t.flow.on_write_error(value)
+            self._drive(t)
         self._flush_acks()
 
-    def _finish(self, t: Incoming, digest: bytes) -> None:
-        if not hmac.compare_digest(digest, t.expected_digest):
-            self.count("hash-mismatch")
-            log.warning("%s: whole-file hash mismatch; discarded", t.name)
-            self._send_sealed(t, Failed(code="hash-mismatch", reason="whole-file hash mismatch"))
-            self._close(t, keep_part=False)
-            return
+    def _store(self, t: Incoming, digest: bytes) -> None:
         stored = publish(t.part, t.fd, self.settings.inbox, t.name)
         if stored is None:
             self._send_sealed(t, Failed(code="io", reason="no free name in the inbox"))
@@ -357,7 +370,6 @@ class ReceiverActor(Actor):
 
     def _save_manifest(self, t: Incoming) -> None:
         """Record which chunks the part file holds (atomic replace)."""
-        t.since_manifest = 0
         record = {
             "version": 1,
             "tid": t.tid,
@@ -365,7 +377,7 @@ class ReceiverActor(Actor):
             "size": t.size,
             "chunk_size": t.chunk_size,
             "peer": t.peer,
-            "written": t.window.written.to_bytes(),
+            "written": t.flow.written.to_bytes(),
         }
         path = self._manifest_path(t)
         tmp = path.with_name(path.name + ".tmp")
@@ -390,10 +402,6 @@ class ReceiverActor(Actor):
     def _expire_idle(self) -> None:
         now = self.now()
         for t in list(self.transfers.values()):
-            if now - t.last_activity > self.settings.idle_timeout and not t.finishing:
-                log.info(
-                    "%s: no traffic for %.0f s; kept for resume", t.name, now - t.last_activity
-                )
-                self.count("expired")
-                self._close(t, keep_part=True)
+            t.flow.on_timer(now)
+            self._drive(t)
         self.facts["active"] = str(len(self.transfers))

@@ -1,23 +1,20 @@
 """Sender actor: offers files to peers and streams them, sealed, under credit.
 
-Per transfer (``SendRequest`` from the control actor):
+Per transfer (``SendRequest`` from the control actor), the actor does the
+I/O and a :class:`~peercrypt.core.outgoing.OutgoingTransfer` decides (what
+to send, when, the end):
 
 1. A CURVE DEALER to the peer's public port carries the Offer (name and size
    travel inside CURVE); a socket monitor tells *why* nothing came back:
    connection refused, handshake failed (wrong network key), or not admitted.
-2. On Accept: the transfer keys are derived and a plain DEALER to the
-   advertised data port carries chunks, read with ``pread``, hashed (BLAKE3,
-   in file order, on first read) and sealed with a fresh nonce each time.
-   :class:`~peercrypt.core.send_window.SendWindow` decides what to send.
+2. On Accept: the transfer keys are derived and plain DEALERs (one per lane)
+   to the advertised data port carry the chunks the transfer asks for, read
+   with ``pread``, hashed (BLAKE3, in file order, on first read) and sealed
+   with a fresh nonce each time; in parallel mode a
+   :class:`~actors.lanes.LaneCrew` of worker threads reads, seals and hashes.
+   Grant requests go to the scheduler, grants come back from it.
 3. When every chunk is acked: a sealed Done with the whole-file hash; the
    result is "ok" only when the receiver's sealed Verified repeats that hash.
-
-Modes (see :mod:`peercrypt.core.modes`): ``aimd`` caps the chunks in
-flight by an :class:`~peercrypt.core.aimd.AimdWindow` fed by acks and
-timeouts; paced flows (``token-bucket``, or any flow while the node has a
-rate cap, ``qos`` priorities) send only bytes the scheduler granted;
-``parallel`` reads and seals on a :class:`~actors.lanes.LaneCrew` of worker
-threads and spreads chunks over as many connections.
 
 Progress goes to the requester every 0.1 s. Memory per transfer is the
 credit window (chunks queued in ZeroMQ), never the file size.
@@ -28,10 +25,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hmac
 import logging
 import os
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,10 +36,17 @@ import zmq
 
 from actors.lanes import LaneCrew
 from actors.peer_link import Link, url_host
-from peercrypt.core.aimd import AimdWindow
 from peercrypt.core.bitmap import ChunkBitmap, pairs
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
-from peercrypt.core.send_window import SendWindow
+from peercrypt.core.outgoing import (
+    Finished,
+    HashFile,
+    OutgoingTransfer,
+    Phase,
+    RequestGrant,
+    SendChunk,
+    SendDone,
+)
 from peercrypt.crypto.transfer import Ephemeral, OpenError, TransferKeys
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
@@ -77,44 +79,40 @@ log = logging.getLogger("peercrypt.sender")
 
 PROGRESS_INTERVAL = 0.1
 POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
-DONE_RETRIES = 5
 
 
 @dataclass
 class Outgoing:
+    """The I/O side of one transfer; every decision is ``flow``'s."""
+
     request: SendRequest
-    policy: Policy
-    chunk_size: int
+    flow: OutgoingTransfer
     requester: str
     tid: bytes
     fd: int
-    size: int
     mtime_ns: int
-    total: int
     eph: Ephemeral
-    started: float
     link: Link | None = None
-    deadline: Timer | None = None
     keys: TransferKeys | None = None
     data: zmq.Socket[Any] | None = None
-    window: SendWindow | None = None
     hasher: Any = field(default_factory=blake3.blake3)
     hashed: int = 0
-    digest: bytes = b""
-    done_sent: int = 0
-    last_progress: float = 0.0
-    retransmit_timer: Timer | None = None
+    timer: Timer | None = None
     lanes: list[zmq.Socket[Any]] = field(default_factory=list)
     crew: LaneCrew | None = None
     next_lane: int = 0
-    cwnd: AimdWindow | None = None
-    paced: bool = False
-    allowance: int = 0
-    demand_pending: bool = False
 
     @property
     def peer(self) -> str:
         return f"{self.request.host}:{self.request.port}"
+
+    @property
+    def size(self) -> int:
+        return self.flow.size
+
+    @property
+    def chunk_size(self) -> int:
+        return self.flow.chunk_size
 
 
 class SenderActor(Actor):
@@ -142,15 +140,13 @@ class SenderActor(Actor):
         if isinstance(msg, FlowGrant):
             t = self._by_request(msg.request)
             if t is not None:
-                t.allowance += msg.nbytes
-                t.demand_pending = False
-                self._pump(t)
+                t.flow.on_grant(msg.nbytes)
+                self._drive(t)
         elif isinstance(msg, FlowPacing):
             t = self._by_request(msg.request)
             if t is not None:
-                t.paced = msg.paced
-                t.demand_pending = False
-                self._pump(t)
+                t.flow.on_pacing(msg.paced)
+                self._drive(t)
         elif isinstance(msg, TransfersRequest):
             self.tell("control", TransfersReply(request=msg.request, transfers=self._listing()))
         elif isinstance(msg, SendRequest):
@@ -171,18 +167,18 @@ class SenderActor(Actor):
 
     def _listing(self) -> list[dict[str, str]]:
         rows = []
+        now = self.now()
         for t in list(self.transfers.values())[:1000]:
-            acked = t.window.acked.count * t.chunk_size if t.window is not None else 0
             rows.append(
                 {
                     "id": str(t.request.request),
                     "file": t.request.path[-200:],
                     "peer": t.peer,
-                    "mode": t.policy.mode,
-                    "state": "offered" if t.window is None else "sending",
-                    "bytes": str(min(t.size, acked)),
+                    "mode": t.flow.policy.mode,
+                    "state": "offered" if t.flow.phase is Phase.OFFERED else "sending",
+                    "bytes": str(t.flow.acked_bytes),
                     "size": str(t.size),
-                    "seconds": f"{time.monotonic() - t.started:.1f}",
+                    "seconds": f"{now - t.flow.started:.1f}",
                 }
             )
         rows += [
@@ -202,7 +198,7 @@ class SenderActor(Actor):
 
     def _by_request(self, request: int) -> Outgoing | None:
         for t in self.transfers.values():
-            if t.request.request == request and t.window is not None:
+            if t.request.request == request and t.flow.window is not None:
                 return t
         return None
 
@@ -223,20 +219,24 @@ class SenderActor(Actor):
         except PolicyError as exc:
             os.close(fd)
             return fail("local", str(exc))
-        chunk_size = policy.chunk_size_for(req.chunk_size)
         tid = os.urandom(16)
+        flow = OutgoingTransfer(
+            policy=policy,
+            size=st.st_size,
+            chunk_size=policy.chunk_size_for(req.chunk_size),
+            timeout=req.timeout,
+            now=self.now(),
+            peer=f"{req.host}:{req.port}",
+            node_capped=self.settings.max_rate > 0,
+        )
         t = Outgoing(
             request=req,
-            policy=policy,
-            chunk_size=chunk_size,
+            flow=flow,
             requester="control",
             tid=tid,
             fd=fd,
-            size=st.st_size,
             mtime_ns=st.st_mtime_ns,
-            total=-(-st.st_size // chunk_size),
             eph=Ephemeral(),
-            started=time.monotonic(),
         )
         self.transfers[tid] = t
         t.link = Link(
@@ -253,28 +253,22 @@ class SenderActor(Actor):
             tid=tid,
             name=os.path.basename(req.path),
             size=t.size,
-            chunk_size=chunk_size,
+            chunk_size=t.chunk_size,
             eph_pub=t.eph.public,
             hash_alg="blake3",
         )
         t.link.send(offer)
-        t.deadline = self.call_later(req.timeout, lambda: self._offer_timeout(t))
+        self._drive(t)
         self.count("offers")
 
     # -- control plane replies ----------------------------------------------------------
 
     def _on_link_failure(self, t: Outgoing) -> None:
-        if t.tid in self.transfers and t.window is None and t.link is not None:
+        if t.tid in self.transfers and t.flow.phase is Phase.OFFERED and t.link is not None:
             self._end(t, t.link.failure, t.link.detail)
 
-    def _offer_timeout(self, t: Outgoing) -> None:
-        if t.tid not in self.transfers or t.window is not None or t.link is None:
-            return
-        code, reason = t.link.timeout_reason(t.request.timeout)
-        self._end(t, code, reason)
-
     def _on_control(self, t: Outgoing, msg: codec.Message) -> None:
-        if t.tid not in self.transfers or t.window is not None:
+        if t.tid not in self.transfers or t.flow.phase is not Phase.OFFERED:
             return
         if isinstance(msg, Accept) and msg.tid == t.tid:
             self._on_accept(t, msg)
@@ -286,22 +280,15 @@ class SenderActor(Actor):
             self.count("control-unexpected")
 
     def _on_accept(self, t: Outgoing, accept: Accept) -> None:
-        if t.deadline is not None:
-            t.deadline.cancel()
         try:
             t.keys = t.eph.agree(t.tid, accept.eph_pub, initiator=True)
             have = pairs(accept.have)
         except ValueError as exc:
             return self._end(t, "protocol", f"{t.peer} sent an invalid accept: {exc}")
-        p = t.policy
-        # Lanes are separate connections: their chunks arrive out of order by
-        # up to the whole window, which SACK loss detection would take for
-        # losses; there, only the RTO finds a lost chunk.
-        dupthresh = max(p.ack_threshold, accept.window) if p.mode == "parallel" else p.ack_threshold
-        t.window = SendWindow(t.total, dupthresh=dupthresh)
-        t.window.on_accept(have, accept.window)
+        flow = t.flow
+        flow.on_accept(have, accept.window, self.now())
         host = accept.data_host or t.request.host
-        for _ in range(p.lanes if p.mode == "parallel" else 1):
+        for _ in range(flow.lanes):
             data = self.socket(zmq.DEALER)
             data.sndhwm = 0  # credit bounds what is queued
             data.rcvhwm = 0
@@ -310,38 +297,66 @@ class SenderActor(Actor):
             self.watch(data, functools.partial(self._on_data, t))
             t.lanes.append(data)
         t.data = t.lanes[0]
-        if p.mode == "parallel":
-            held = ChunkBitmap(t.total)
+        if flow.sealing_workers:
+            held = ChunkBitmap(flow.total)
             held.add_ranges(have)
-            t.crew = LaneCrew(t.keys, t.fd, t.size, t.chunk_size, p.lanes, skip=held)
+            t.crew = LaneCrew(t.keys, t.fd, t.size, t.chunk_size, flow.lanes, skip=held)
             self.watch(t.crew.wake_fd, functools.partial(self._on_crew, t))
-        if p.mode == "aimd":
-            t.cwnd = AimdWindow.from_kb(
-                p.window_kb,
-                p.min_window_kb,
-                p.max_window_kb,
-                dupack_threshold=p.ack_threshold if p.dupack_detect else None,
-                timeout_decrease=p.timeout_detect,
-            )
-        # The scheduler has the last word (a live max-rate): it answers FlowPacing.
-        t.paced = p.mode == "token-bucket" or self.settings.max_rate > 0
+        rate, burst = flow.flow_rate
         self.tell(
             "scheduler",
             FlowStart(
                 request=t.request.request,
-                priority=p.priority,
-                rate=p.rate if p.mode == "token-bucket" else 0,
-                burst=p.burst_for(t.chunk_size) if p.mode == "token-bucket" else 0,
-                paced=t.paced,
+                priority=flow.policy.priority,
+                rate=rate,
+                burst=burst,
+                paced=flow.paced,
             ),
         )
         # The control connection's job is done.
         if t.link is not None:
             t.link.close()
-        t.last_progress = self.now()
-        self._pump(t)
+        self._drive(t)
 
     # -- data plane --------------------------------------------------------------------
+
+    def _drive(self, t: Outgoing) -> None:
+        """Do what the transfer asks for until it asks for nothing more (an
+        action may feed it, e.g. the hash), then arm its next timer."""
+        while t.tid in self.transfers:
+            outputs = t.flow.poll(self.now())
+            if not outputs:
+                break
+            try:
+                for out in outputs:
+                    if isinstance(out, SendChunk):
+                        self._send_chunk(t, out.index, out.last)
+                    elif isinstance(out, HashFile):
+                        self._hash_file(t)
+                    elif isinstance(out, SendDone):
+                        self._send_sealed(t, Done(digest=out.digest, chunks=out.chunks))
+                    elif isinstance(out, RequestGrant):
+                        demand = FlowDemand(request=t.request.request, nbytes=out.nbytes)
+                        self.tell("scheduler", demand)
+                    elif isinstance(out, Finished):
+                        return self._end(t, "ok", "", stored_as=out.stored_as)
+                    else:
+                        code, reason = out.code, out.reason
+                        if out.offer_expired and t.link is not None:
+                            code, reason = t.link.timeout_reason(t.request.timeout)
+                        return self._end(t, code, reason)
+            except OSError as exc:
+                return self._end(t, "local", f"reading {t.request.path} failed: {exc}")
+        if t.timer is not None:
+            t.timer.cancel()
+        due = t.flow.next_timer()
+        if due is not None and t.tid in self.transfers:
+            t.timer = self.call_later(due - self.now(), functools.partial(self._on_timer, t))
+
+    def _on_timer(self, t: Outgoing) -> None:
+        if t.tid in self.transfers:
+            t.flow.on_timer(self.now())
+            self._drive(t)
 
     def _read(self, t: Outgoing, index: int) -> bytes:
         data = os.pread(t.fd, t.chunk_size, index * t.chunk_size)
@@ -350,51 +365,40 @@ class SenderActor(Actor):
             raise OSError(f"file shrank while sending (chunk {index})")
         return data
 
-    def _pump(self, t: Outgoing) -> None:
-        if t.tid not in self.transfers or t.done_sent:
+    def _send_chunk(self, t: Outgoing, index: int, last: bool) -> None:
+        if t.crew is not None:
+            t.crew.submit(index)
             return
-        assert t.window is not None and t.keys is not None and t.data is not None
-        now = self.now()
-        if t.cwnd is not None:
-            t.window.limit = max(1, t.cwnd.window // t.chunk_size)
-        limit = t.allowance // t.chunk_size if t.paced else None
-        try:
-            for index in t.window.next_to_send(now, limit):
-                if t.paced:
-                    t.allowance -= t.chunk_size
-                if t.cwnd is not None:
-                    t.cwnd.on_send(min(t.size, (index + 1) * t.chunk_size))
-                if t.crew is not None:
-                    t.crew.submit(index)
-                    continue
-                while t.hashed < index:  # chunks the receiver already held (resume)
-                    t.hasher.update(self._read(t, t.hashed))
-                    t.hashed += 1
-                chunk = self._read(t, index)
-                if index == t.hashed:
-                    t.hasher.update(chunk)
-                    t.hashed += 1
-                last = index == t.total - 1
-                nonce, sealed = t.keys.seal_chunk(index, last, chunk)
-                self._send_chunk(t, index, last, nonce, sealed)
-        except OSError as exc:
-            return self._end(t, "local", f"reading {t.request.path} failed: {exc}")
-        if t.window.done:
-            self._send_done(t)
-            return
-        self._arm_retransmit(t)
-        if t.paced and not t.demand_pending:
-            room = t.window.room()
-            wanted = room * t.chunk_size - t.allowance
-            if wanted > 0:
-                t.demand_pending = True
-                self.tell("scheduler", FlowDemand(request=t.request.request, nbytes=wanted))
+        assert t.keys is not None
+        while t.hashed < index:  # chunks the receiver already held (resume)
+            t.hasher.update(self._read(t, t.hashed))
+            t.hashed += 1
+        chunk = self._read(t, index)
+        if index == t.hashed:
+            t.hasher.update(chunk)
+            t.hashed += 1
+        nonce, sealed = t.keys.seal_chunk(index, last, chunk)
+        self._put_chunk(t, index, last, nonce, sealed)
 
-    def _send_chunk(self, t: Outgoing, index: int, last: bool, nonce: bytes, sealed: bytes) -> None:
+    def _put_chunk(self, t: Outgoing, index: int, last: bool, nonce: bytes, sealed: bytes) -> None:
         header = codec.encode(ChunkHeader(tid=t.tid, index=index, last=last, nonce=nonce))
         lane = t.lanes[t.next_lane % len(t.lanes)]
         t.next_lane += 1
         lane.send_multipart([header, sealed], copy=False)
+
+    def _hash_file(self, t: Outgoing) -> None:
+        """Every chunk is acked: the rest of the hash (the lanes bring theirs),
+        and the file must be the one whose chunks were sent."""
+        st = os.fstat(t.fd)
+        if (st.st_size, st.st_mtime_ns) != (t.size, t.mtime_ns):
+            t.flow.fail("local", f"{t.request.path} changed while it was being sent")
+            return
+        if t.crew is not None:
+            return  # the lanes' hash result calls on_digest
+        while t.hashed < t.flow.total:
+            t.hasher.update(self._read(t, t.hashed))
+            t.hashed += 1
+        t.flow.on_digest(t.hasher.digest(), self.now())
 
     def _on_crew(self, t: Outgoing, _fd: object = None) -> None:
         if t.crew is None or t.tid not in self.transfers:
@@ -402,60 +406,12 @@ class SenderActor(Actor):
         for result in t.crew.drain():
             if result[0] == "chunk":
                 _, index, last, nonce, sealed = result
-                self._send_chunk(t, index, last, nonce, sealed)
+                self._put_chunk(t, index, last, nonce, sealed)
             elif result[0] == "hash":
-                t.digest = result[1]
-                t.hashed = t.total
-                if t.window is not None and t.window.done:
-                    self._send_done(t)
+                t.flow.on_digest(result[1], self.now())
             else:
-                return self._end(t, "local", f"reading {t.request.path} failed: {result[1]}")
-
-    def _arm_retransmit(self, t: Outgoing) -> None:
-        assert t.window is not None
-        if t.retransmit_timer is not None:
-            t.retransmit_timer.cancel()
-        due = t.window.next_deadline()
-        if due is not None:
-            t.retransmit_timer = self.call_later(due - self.now(), lambda: self._on_rto(t))
-
-    def _on_rto(self, t: Outgoing) -> None:
-        if t.tid not in self.transfers or t.window is None or t.window.done:
-            return
-        if self.now() - t.last_progress > t.request.timeout:
-            return self._end(t, "timeout", f"{t.peer} stopped acknowledging")
-        timeouts = t.window.timeouts
-        t.window.on_timer(self.now())
-        if t.cwnd is not None and t.window.timeouts > timeouts:
-            t.cwnd.on_timeout(self.now())
-        self._pump(t)
-
-    def _send_done(self, t: Outgoing) -> None:
-        assert t.keys is not None and t.data is not None
-        if t.crew is not None and not t.digest:
-            return  # the lanes have not hashed every chunk yet; their result calls us again
-        while t.hashed < t.total:
-            try:
-                t.hasher.update(self._read(t, t.hashed))
-            except OSError as exc:
-                return self._end(t, "local", f"reading {t.request.path} failed: {exc}")
-            t.hashed += 1
-        st = os.fstat(t.fd)
-        if (st.st_size, st.st_mtime_ns) != (t.size, t.mtime_ns):
-            return self._end(t, "local", f"{t.request.path} changed while it was being sent")
-        if t.done_sent >= DONE_RETRIES:
-            return self._end(t, "timeout", f"{t.peer} did not confirm the file")
-        if t.crew is None:
-            t.digest = t.hasher.digest()
-        t.done_sent += 1
-        self._send_sealed(t, Done(digest=t.digest, chunks=t.total))
-        assert t.window is not None
-        delay = max(1.0, t.window.rtt.rto * 2**t.done_sent)
-        t.retransmit_timer = self.call_later(delay, lambda: self._done_timeout(t))
-
-    def _done_timeout(self, t: Outgoing) -> None:
-        if t.tid in self.transfers:
-            self._send_done(t)
+                t.flow.fail("local", f"reading {t.request.path} failed: {result[1]}")
+        self._drive(t)
 
     def _send_sealed(self, t: Outgoing, msg: codec.Message) -> None:
         assert t.keys is not None and t.data is not None
@@ -463,9 +419,8 @@ class SenderActor(Actor):
         t.data.send_multipart([codec.encode(SealedHeader(tid=t.tid, nonce=nonce)), sealed])
 
     def _on_data(self, t: Outgoing, sock: zmq.Socket[Any]) -> None:
-        assert t.keys is not None and t.window is not None
-        progressed = False
-        while t.tid in self.transfers:
+        assert t.keys is not None
+        while t.tid in self.transfers and not t.flow.ended:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -487,47 +442,38 @@ class SenderActor(Actor):
                 except ValueError:
                     self.count("data-dropped")
                     continue
-                sack_losses = t.window.fast_retransmits
-                if t.window.on_ack(msg.cumulative, sack, msg.window, self.now()):
-                    progressed = True
-                if t.cwnd is not None and t.window.fast_retransmits > sack_losses:
-                    t.cwnd.on_sack_loss(self.now())
-                if t.cwnd is not None:
-                    acked_bytes = min(t.size, t.window.acked.cumulative * t.chunk_size)
-                    t.cwnd.on_ack(acked_bytes, self.now())
+                t.flow.on_ack(msg.cumulative, sack, msg.window, self.now())
             elif isinstance(msg, Verified):
-                if hmac.compare_digest(msg.digest, t.digest) and t.done_sent:
-                    return self._end(t, "ok", "", stored_as=msg.stored_as)
-                return self._end(t, "verify", "the receiver stored a different hash")
+                t.flow.on_verified(msg.digest, msg.stored_as)
             elif isinstance(msg, Failed):
-                return self._end(t, msg.code, f"{t.peer} failed the transfer: {msg.reason}")
-        if progressed:
-            t.last_progress = self.now()
-        self._pump(t)
+                t.flow.on_failed(msg.code, msg.reason)
+        self._drive(t)
 
     # -- progress and the end --------------------------------------------------------
 
     def _progress(self) -> None:
         for t in self.transfers.values():
-            if t.window is not None:
-                acked = min(t.size, t.window.acked.count * t.chunk_size)
+            if t.flow.window is not None:
                 self.tell(
                     t.requester,
-                    Progress(request=t.request.request, done_bytes=acked, total_bytes=t.size),
+                    Progress(
+                        request=t.request.request, done_bytes=t.flow.acked_bytes, total_bytes=t.size
+                    ),
                 )
 
     def _end(self, t: Outgoing, code: str, reason: str, stored_as: str = "") -> None:
         self.transfers.pop(t.tid, None)
-        for timer in (t.deadline, t.retransmit_timer):
-            if timer is not None:
-                timer.cancel()
+        flow = t.flow
+        flow.fail(code, reason)  # no-op when the transfer already ended itself
+        if t.timer is not None:
+            t.timer.cancel()
         if code != "ok" and t.keys is not None and t.data is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self._send_sealed(t, Failed(code="aborted", reason=reason[:200]))
         if t.crew is not None:
             self.unwatch(t.crew.wake_fd)
             t.crew.stop()
-        if t.window is not None:
+        if flow.window is not None:
             self.tell("scheduler", FlowEnd(request=t.request.request))
         if t.link is not None:
             t.link.close()
@@ -538,7 +484,6 @@ class SenderActor(Actor):
         self.count("sent" if code == "ok" else f"failed-{code}")
         while self.waiting and len(self.transfers) < self.settings.max_outgoing:
             self._start(self.waiting.popleft())
-        retransmits = t.window.retransmits if t.window is not None else 0
         self.tell(
             t.requester,
             SendResult(
@@ -546,53 +491,15 @@ class SenderActor(Actor):
                 code=code[:32],
                 reason=reason[:500],
                 size=t.size,
-                digest=t.digest if code == "ok" else b"",
+                digest=flow.digest if code == "ok" else b"",
                 stored_as=stored_as,
-                seconds=time.monotonic() - t.started,
-                retransmits=retransmits,
-                mode=t.policy.mode,
-                stats=_stats(t),
-                window_history=_history(t),
+                seconds=self.now() - flow.started,
+                retransmits=flow.retransmits,
+                mode=flow.policy.mode,
+                stats=flow.stats(),
+                window_history=flow.window_history(),
             ),
         )
-
-
-def _stats(t: Outgoing) -> dict[str, float]:
-    """The transfer's flow and congestion statistics."""
-    if t.window is None:
-        return {}
-    w, rtt = t.window, t.window.rtt
-    stats: dict[str, float] = {
-        "chunk_size": t.chunk_size,
-        "chunks": t.total,
-        "retransmits": w.retransmits,
-        "timeouts": w.timeouts,
-        "fast_retransmits": w.fast_retransmits,
-        "rto": round(rtt.rto, 6),
-    }
-    if rtt.srtt is not None and rtt.rttvar is not None:
-        stats["srtt"] = round(rtt.srtt, 6)
-        stats["rttvar"] = round(rtt.rttvar, 6)
-    if t.crew is not None:
-        stats["lanes"] = len(t.lanes)
-    if t.cwnd is not None:
-        stats["window_bytes"] = t.cwnd.window
-        stats["window_decreases"] = t.cwnd.decreases
-        stats["congestion_timeouts"] = t.cwnd.timeouts
-        stats["dupack_retransmits"] = t.cwnd.fast_retransmits
-    if t.policy.mode == "token-bucket":
-        stats["rate"] = t.policy.rate
-    return stats
-
-
-def _history(t: Outgoing) -> list[int]:
-    """The AIMD window over time as [ms since start, bytes, ...] (bounded)."""
-    if t.cwnd is None:
-        return []
-    out: list[int] = []
-    for when, window in list(t.cwnd.history)[-1000:]:
-        out += [max(0, int((when - t.started) * 1000)), int(window)]
-    return out
 
 
 def _result(request: int, code: str, reason: str) -> SendResult:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given, settings
@@ -22,49 +21,7 @@ from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.receive_window import Arrival, ReceiveWindow
 from peercrypt.core.rtt import RttEstimator
 from peercrypt.core.send_window import SendWindow
-
-FATES = ("deliver", "drop", "duplicate", "delay")
-
-
-@dataclass
-class Channel:
-    """Fates for each message: first from ``script``, then from a seeded RNG."""
-
-    rng: random.Random
-    script: list[str]
-    p_drop: float
-    p_dup: float
-    p_delay: float
-    base: float = 0.005
-    max_delay: float = 0.05
-    jitter: bool = True  # False: a FIFO channel (like one TCP connection)
-    stats: Counter[str] = field(default_factory=Counter)
-
-    def fate(self) -> str:
-        if self.script:
-            return self.script.pop(0)
-        x = self.rng.random()
-        if x < self.p_drop:
-            return "drop"
-        if x < self.p_drop + self.p_dup:
-            return "duplicate"
-        if x < self.p_drop + self.p_dup + self.p_delay:
-            return "delay"
-        return "deliver"
-
-    def arrivals(self, now: float) -> list[float]:
-        """When copies of one message sent at ``now`` arrive (none: lost)."""
-        fate = self.fate()
-        self.stats[fate] += 1
-        if fate == "drop":
-            return []
-        jitter = self.rng.uniform(0, self.base) if self.jitter else 0.0
-        first = now + self.base + jitter
-        if fate == "delay":  # overtaken by later messages: reordering
-            return [first + self.rng.uniform(self.base, self.max_delay)]
-        if fate == "duplicate":
-            return [first, first + (self.rng.uniform(0, self.max_delay) if self.jitter else 0.0)]
-        return [first]
+from peercrypt.testing.transfer_pump import FATES, Channel
 
 
 @dataclass
@@ -151,7 +108,7 @@ def simulate(
 def make_channel(
     seed: int, script: list[str], p_drop: float, p_dup: float, p_delay: float, jitter: bool = True
 ) -> Channel:
-    return Channel(random.Random(seed), script, p_drop, p_dup, p_delay, jitter=jitter)
+    return Channel.make(seed, script, p_drop, p_dup, p_delay, jitter=jitter)
 
 
 @settings(max_examples=60, deadline=None)

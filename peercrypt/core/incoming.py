@@ -1,0 +1,183 @@
+"""One incoming unicast transfer as a sans-IO state machine.
+
+:class:`IncomingTransfer` combines what a receiving node decides for one
+file: which chunks to write and which to re-ack
+(:class:`~peercrypt.core.receive_window.ReceiveWindow`), when to ack, when to
+save the resume manifest, the done/verify stage and the idle timeout. It
+never touches a socket, a thread, a file or a clock; the receiver actor
+authenticates and decrypts (only authenticated input reaches this object),
+writes, hashes and sends what it is told.
+
+- Inputs: :meth:`on_chunk` (returns whether to write it), :meth:`on_written`,
+  :meth:`on_done`, :meth:`on_hashed`, :meth:`on_sender_failed`,
+  :meth:`on_write_error`, :meth:`on_timer`, each with ``now`` where time
+  matters.
+- Outputs: :meth:`poll` returns, in order, :class:`SaveManifest`,
+  :class:`FinishFile`, :class:`Store` (the hash matched: publish the file),
+  :class:`Abandon` (end without storing), and :meth:`ack` the Ack fields
+  when one is due; :meth:`next_timer` says when :meth:`on_timer` is due.
+
+Rules: only written chunks are acknowledged; a duplicate or a Done that
+comes too early is answered with an ack (the sender learns what is
+missing); the file is finished once, on the first Done that names the
+right chunk count after every chunk is written; a transfer with no
+authenticated traffic for ``idle_timeout`` seconds is dropped, keeping its
+part file for a resume (not while the final hash and fsync run).
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+
+from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.receive_window import Arrival, ReceiveWindow
+
+MANIFEST_EVERY = 64  # chunks between manifest updates
+
+
+@dataclass(frozen=True)
+class SaveManifest:
+    """Record the written chunks beside the part file (for a resume)."""
+
+
+@dataclass(frozen=True)
+class FinishFile:
+    """Every chunk is written and the sender said Done: fsync and finish the
+    hash, then :meth:`IncomingTransfer.on_hashed`."""
+
+
+@dataclass(frozen=True)
+class Store:
+    """The file's hash is the sender's: publish it and answer Verified."""
+
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class Abandon:
+    """End without storing. ``notify``: tell the sender (Failed with
+    ``code``); ``keep_part``: keep the part file and manifest for a resume."""
+
+    code: str
+    reason: str
+    keep_part: bool
+    notify: bool
+
+
+Output = SaveManifest | FinishFile | Store | Abandon
+
+
+@dataclass
+class IncomingTransfer:
+    """A file of ``total`` chunks, ``credit`` of them in flight at most."""
+
+    total: int
+    credit: int
+    idle_timeout: float
+    now: float
+    have: ChunkBitmap | None = None
+
+    window: ReceiveWindow = field(init=False)
+    last_activity: float = field(init=False)
+    finishing: bool = field(default=False, init=False)
+    ended: bool = field(default=False, init=False)
+    ack_due: bool = field(default=False, init=False)
+    _expected_digest: bytes = field(default=b"", init=False)
+    _since_manifest: int = field(default=0, init=False)
+    _outputs: list[Output] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.window = ReceiveWindow(self.total, self.credit, self.have)
+        self.last_activity = self.now
+
+    # -- inputs -----------------------------------------------------------------
+
+    def on_chunk(self, index: int, last: bool, now: float) -> Arrival:
+        """An authenticated chunk: NEW (write it), DUPLICATE (re-acked) or
+        INVALID (index outside the file or wrong last flag; ignored)."""
+        if self.ended:
+            return Arrival.DUPLICATE
+        arrival = self.window.on_chunk(index, last)
+        if arrival is Arrival.INVALID:
+            return arrival
+        self.last_activity = now
+        if arrival is Arrival.DUPLICATE:
+            self.ack_due = True
+        return arrival
+
+    def on_written(self, index: int) -> None:
+        """The writer put chunk ``index`` into the part file."""
+        if self.ended:
+            return
+        self.window.on_written(index)
+        self.ack_due = True
+        self._since_manifest += 1
+        if self._since_manifest >= MANIFEST_EVERY:
+            self._since_manifest = 0
+            self._outputs.append(SaveManifest())
+
+    def on_done(self, digest: bytes, chunks: int, now: float) -> None:
+        """The sender's (authenticated) Done with its whole-file hash."""
+        if self.ended:
+            return
+        self.last_activity = now
+        if not self.window.complete or chunks != self.total:
+            self.ack_due = True  # tell the sender what is still missing
+        elif not self.finishing:
+            self.finishing = True
+            self._expected_digest = digest
+            self._outputs.append(FinishFile())
+
+    def on_hashed(self, digest: bytes) -> None:
+        """The writer's hash of the file as written (after fsync)."""
+        if self.ended or not self.finishing:
+            return
+        if hmac.compare_digest(digest, self._expected_digest):
+            self._end(Store(digest))
+        else:
+            self._end(Abandon("hash-mismatch", "whole-file hash mismatch", False, True))
+
+    def on_sender_failed(self, reason: str, now: float) -> None:
+        """The sender gave up (its authenticated Failed): keep what we have."""
+        self.last_activity = now
+        self._end(Abandon("aborted", reason, True, False))
+
+    def on_write_error(self, text: str) -> None:
+        self._end(Abandon("io", f"receiver cannot write: {text}", False, True))
+
+    def on_timer(self, now: float) -> None:
+        due = self.next_timer()
+        if due is not None and now > due:
+            self._end(Abandon("expired", "no traffic from the sender", True, False))
+
+    # -- outputs ----------------------------------------------------------------
+
+    def poll(self) -> list[Output]:
+        out, self._outputs = self._outputs, []
+        return out
+
+    def ack(self, credit: int) -> tuple[int, list[tuple[int, int]], int] | None:
+        """The Ack to send now with ``credit`` chunks of window, if one is due."""
+        if not self.ack_due or self.ended:
+            return None
+        self.ack_due = False
+        self.window.window = max(1, credit)
+        return self.window.ack_fields()
+
+    def next_timer(self) -> float | None:
+        """When the transfer expires unless traffic comes (None: finishing)."""
+        if self.ended or self.finishing:
+            return None
+        return self.last_activity + self.idle_timeout
+
+    @property
+    def written(self) -> ChunkBitmap:
+        return self.window.written
+
+    # -- internals --------------------------------------------------------------
+
+    def _end(self, result: Store | Abandon) -> None:
+        if not self.ended:
+            self.ended = True
+            self._outputs.append(result)

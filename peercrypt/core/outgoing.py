@@ -1,0 +1,369 @@
+"""One outgoing unicast transfer as a sans-IO state machine.
+
+:class:`OutgoingTransfer` combines what a sending node decides for one file:
+the credit and loss window (:class:`~peercrypt.core.send_window.SendWindow`),
+the congestion window (aimd mode), the pacing allowance (the scheduler's byte
+grants), the done/verify stage and the timeouts. It never touches a socket,
+a thread, a file or a clock (aioquic's ``QuicConnection`` is the model):
+
+- Inputs: :meth:`on_accept`, :meth:`on_ack`, :meth:`on_grant`,
+  :meth:`on_pacing`, :meth:`on_digest`, :meth:`on_verified`,
+  :meth:`on_failed`, :meth:`on_timer`, :meth:`fail` -- each with ``now``
+  where time matters.
+- Outputs: :meth:`poll` returns what to do now, in order, as typed values
+  (:class:`SendChunk`, :class:`HashFile`, :class:`SendDone`,
+  :class:`RequestGrant`, and at most once :class:`Finished` or
+  :class:`Failed`); :meth:`next_timer` says when :meth:`on_timer` is due.
+
+The actor around it reads, hashes, seals and sends what :meth:`poll` asks
+for, and feeds what arrives back in. Every difference between the modes
+lives in the :class:`~peercrypt.core.modes.Policy` and here, so the actor
+has no branch on the mode.
+
+Phases: ``offered`` (until the accept or ``deadline``), ``sending`` (chunks
+under credit, congestion window and grants; fails when nothing was newly
+acked for ``timeout`` seconds, checked at each retransmission timeout),
+``verifying`` (Done sent and resent with backoff, at most
+:data:`DONE_RETRIES` times, until the receiver's Verified repeats the hash),
+``ended``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from dataclasses import dataclass, field
+
+from peercrypt.core.aimd import AimdWindow
+from peercrypt.core.modes import Policy
+from peercrypt.core.send_window import SendWindow
+
+DONE_RETRIES = 5
+HISTORY_SAMPLES = 1000
+
+
+class Phase(enum.Enum):
+    OFFERED = "offered"
+    SENDING = "sending"
+    VERIFYING = "verifying"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class SendChunk:
+    """Read, seal and send chunk ``index`` (``last``: the file's final chunk)."""
+
+    index: int
+    last: bool
+
+
+@dataclass(frozen=True)
+class HashFile:
+    """Every chunk is acked: finish the whole-file hash, then :meth:`on_digest`."""
+
+
+@dataclass(frozen=True)
+class SendDone:
+    """Send (or resend: ``attempt`` > 1) the sealed Done."""
+
+    digest: bytes
+    chunks: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class RequestGrant:
+    """Ask the scheduler for ``nbytes`` more (paced flows only)."""
+
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The receiver stored the file under ``stored_as`` with our hash."""
+
+    digest: bytes
+    stored_as: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The transfer ended without success. ``code`` is the result code
+    (``timeout``, ``verify``, ``refused``, ``local``, ...); ``offer_expired``:
+    no answer to the offer came by the deadline (the actor knows why)."""
+
+    code: str
+    reason: str
+    offer_expired: bool = False
+
+
+Output = SendChunk | HashFile | SendDone | RequestGrant | Finished | Failed
+
+
+@dataclass
+class OutgoingTransfer:
+    """One file of ``size`` bytes in chunks of ``chunk_size`` to ``peer``.
+
+    ``timeout``: seconds the offer may wait for an answer, and the longest
+    time without newly acked chunks. ``paced``: the node has a rate cap (the
+    scheduler may change it later with :meth:`on_pacing`). ``now``: when the
+    offer goes out.
+    """
+
+    policy: Policy
+    size: int
+    chunk_size: int
+    timeout: float
+    now: float
+    peer: str = "the receiver"
+    node_capped: bool = False
+
+    phase: Phase = field(default=Phase.OFFERED, init=False)
+    started: float = field(init=False)
+    deadline: float = field(init=False)  # the offer's answer is due by then
+    window: SendWindow | None = field(default=None, init=False)
+    cwnd: AimdWindow | None = field(default=None, init=False)
+    paced: bool = field(default=False, init=False)
+    allowance: int = field(default=0, init=False)
+    digest: bytes = field(default=b"", init=False)
+    done_sent: int = field(default=0, init=False)
+    last_progress: float = field(init=False)
+    _demand_pending: bool = field(default=False, init=False)
+    _hash_asked: bool = field(default=False, init=False)
+    _done_due: float | None = field(default=None, init=False)
+    _outputs: list[Output] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.total = -(-self.size // self.chunk_size)
+        self.started = self.last_progress = self.now
+        self.deadline = self.now + self.timeout
+
+    # -- what the mode means here ------------------------------------------------
+
+    @property
+    def lanes(self) -> int:
+        """Data connections to open (parallel mode spreads chunks over them)."""
+        return self.policy.lanes if self.policy.mode == "parallel" else 1
+
+    @property
+    def sealing_workers(self) -> bool:
+        """Read and seal on worker threads (one per lane) instead of inline."""
+        return self.policy.mode == "parallel"
+
+    @property
+    def flow_rate(self) -> tuple[int, int]:
+        """(rate, burst) of the flow's own token bucket; (0, 0): none."""
+        if self.policy.mode != "token-bucket":
+            return 0, 0
+        return self.policy.rate, self.policy.burst_for(self.chunk_size)
+
+    # -- inputs -----------------------------------------------------------------
+
+    def on_accept(self, have: list[tuple[int, int]], credit: int, now: float) -> None:
+        """The receiver took the offer, already holding ``have`` and granting
+        ``credit`` chunks in flight."""
+        if self.phase is not Phase.OFFERED:
+            return
+        p = self.policy
+        # Lanes are separate connections: their chunks arrive out of order by
+        # up to the whole window, which SACK loss detection would take for
+        # losses; there, only the RTO finds a lost chunk.
+        dupthresh = max(p.ack_threshold, credit) if p.mode == "parallel" else p.ack_threshold
+        self.window = SendWindow(self.total, dupthresh=dupthresh)
+        self.window.on_accept(have, credit)
+        if p.mode == "aimd":
+            self.cwnd = AimdWindow.from_kb(
+                p.window_kb,
+                p.min_window_kb,
+                p.max_window_kb,
+                dupack_threshold=p.ack_threshold if p.dupack_detect else None,
+                timeout_decrease=p.timeout_detect,
+            )
+        # The scheduler has the last word (a live max-rate): see on_pacing.
+        self.paced = p.mode == "token-bucket" or self.node_capped
+        self.phase = Phase.SENDING
+        self.last_progress = now
+
+    def on_ack(self, cumulative: int, sack: list[tuple[int, int]], credit: int, now: float) -> None:
+        """An ack: chunks below ``cumulative`` and in ``sack`` are written."""
+        w = self.window
+        if w is None or self.phase is Phase.ENDED:
+            return
+        sack_losses = w.fast_retransmits
+        if w.on_ack(cumulative, sack, credit, now):
+            self.last_progress = now
+        if self.cwnd is not None:
+            if w.fast_retransmits > sack_losses:
+                self.cwnd.on_sack_loss(now)
+            self.cwnd.on_ack(min(self.size, w.acked.cumulative * self.chunk_size), now)
+
+    def on_grant(self, nbytes: int) -> None:
+        """The scheduler granted ``nbytes`` more."""
+        self.allowance += nbytes
+        self._demand_pending = False
+
+    def on_pacing(self, paced: bool) -> None:
+        """The scheduler decided whether this flow waits for grants."""
+        self.paced = paced
+        self._demand_pending = False
+
+    def on_digest(self, digest: bytes, now: float) -> None:
+        """The whole-file hash (after :class:`HashFile`, or from the lanes)."""
+        if self.digest or self.phase is Phase.ENDED:
+            return
+        self.digest = digest
+        if self.phase is Phase.VERIFYING and not self.done_sent:
+            self._send_done(now)
+
+    def on_verified(self, digest: bytes, stored_as: str) -> None:
+        """The receiver's Verified."""
+        if self.phase is Phase.ENDED:
+            return
+        if self.done_sent and hmac.compare_digest(digest, self.digest):
+            self._end(Finished(self.digest, stored_as))
+        else:
+            self._end(Failed("verify", "the receiver stored a different hash"))
+
+    def on_failed(self, code: str, reason: str) -> None:
+        """The receiver gave up (its Failed)."""
+        self.fail(code, f"{self.peer} failed the transfer: {reason}")
+
+    def fail(self, code: str, reason: str) -> None:
+        """End now (a local error, a cancel, a refusal)."""
+        if self.phase is not Phase.ENDED:
+            self._end(Failed(code, reason))
+
+    def on_timer(self, now: float) -> None:
+        """Time passed: the offer's deadline, a retransmission timeout, a Done
+        to resend. Harmless when nothing is due."""
+        if self.phase is Phase.OFFERED:
+            if now >= self.deadline:
+                self._end(Failed("timeout", "no answer to the offer", offer_expired=True))
+        elif self.phase is Phase.SENDING:
+            w = self.window
+            assert w is not None
+            if w.next_deadline() is None:
+                return
+            if now - self.last_progress > self.timeout:
+                self._end(Failed("timeout", f"{self.peer} stopped acknowledging"))
+                return
+            timeouts = w.timeouts
+            w.on_timer(now)
+            if self.cwnd is not None and w.timeouts > timeouts:
+                self.cwnd.on_timeout(now)
+        elif self.phase is Phase.VERIFYING and self._done_due is not None and now >= self._done_due:
+            self._done_due = None
+            self._send_done(now)
+
+    # -- outputs ----------------------------------------------------------------
+
+    def poll(self, now: float) -> list[Output]:
+        """What to do now, in order. Chunks come only while sending, within
+        credit, the congestion window and (paced) the granted bytes."""
+        if self.phase is Phase.SENDING:
+            self._pump(now)
+        out, self._outputs = self._outputs, []
+        return out
+
+    def next_timer(self) -> float | None:
+        """When :meth:`on_timer` should run next (None: nothing to time)."""
+        if self.phase is Phase.OFFERED:
+            return self.deadline
+        if self.phase is Phase.SENDING and self.window is not None:
+            return self.window.next_deadline()
+        if self.phase is Phase.VERIFYING:
+            return self._done_due
+        return None
+
+    @property
+    def ended(self) -> bool:
+        return self.phase is Phase.ENDED
+
+    @property
+    def acked_bytes(self) -> int:
+        """Progress: bytes the receiver has written."""
+        if self.window is None:
+            return 0
+        return min(self.size, self.window.acked.count * self.chunk_size)
+
+    @property
+    def retransmits(self) -> int:
+        return self.window.retransmits if self.window is not None else 0
+
+    def stats(self) -> dict[str, float]:
+        """The transfer's flow and congestion statistics (for SendResult)."""
+        if self.window is None:
+            return {}
+        w, rtt = self.window, self.window.rtt
+        stats: dict[str, float] = {
+            "chunk_size": self.chunk_size,
+            "chunks": self.total,
+            "retransmits": w.retransmits,
+            "timeouts": w.timeouts,
+            "fast_retransmits": w.fast_retransmits,
+            "rto": round(rtt.rto, 6),
+        }
+        if rtt.srtt is not None and rtt.rttvar is not None:
+            stats["srtt"] = round(rtt.srtt, 6)
+            stats["rttvar"] = round(rtt.rttvar, 6)
+        if self.sealing_workers:
+            stats["lanes"] = self.lanes
+        if self.cwnd is not None:
+            stats["window_bytes"] = self.cwnd.window
+            stats["window_decreases"] = self.cwnd.decreases
+            stats["congestion_timeouts"] = self.cwnd.timeouts
+            stats["dupack_retransmits"] = self.cwnd.fast_retransmits
+        if self.policy.mode == "token-bucket":
+            stats["rate"] = self.policy.rate
+        return stats
+
+    def window_history(self) -> list[int]:
+        """The congestion window over time as [ms since start, bytes, ...]."""
+        if self.cwnd is None:
+            return []
+        out: list[int] = []
+        for when, window in list(self.cwnd.history)[-HISTORY_SAMPLES:]:
+            out += [max(0, int((when - self.started) * 1000)), int(window)]
+        return out
+
+    # -- internals --------------------------------------------------------------
+
+    def _pump(self, now: float) -> None:
+        w = self.window
+        assert w is not None
+        if self.cwnd is not None:
+            w.limit = max(1, self.cwnd.window // self.chunk_size)
+        limit = self.allowance // self.chunk_size if self.paced else None
+        for index in w.next_to_send(now, limit):
+            if self.paced:
+                self.allowance -= self.chunk_size
+            if self.cwnd is not None:
+                self.cwnd.on_send(min(self.size, (index + 1) * self.chunk_size))
+            self._outputs.append(SendChunk(index, index == self.total - 1))
+        if w.done:
+            self.phase = Phase.VERIFYING
+            self._send_done(now)
+            return
+        if self.paced and not self._demand_pending:
+            wanted = w.room() * self.chunk_size - self.allowance
+            if wanted > 0:
+                self._demand_pending = True
+                self._outputs.append(RequestGrant(wanted))
+
+    def _send_done(self, now: float) -> None:
+        if not self.digest:
+            if not self._hash_asked:
+                self._hash_asked = True
+                self._outputs.append(HashFile())
+            return
+        if self.done_sent >= DONE_RETRIES:
+            self._end(Failed("timeout", f"{self.peer} did not confirm the file"))
+            return
+        self.done_sent += 1
+        self._outputs.append(SendDone(self.digest, self.total, self.done_sent))
+        assert self.window is not None
+        self._done_due = now + max(1.0, self.window.rtt.rto * 2**self.done_sent)
+
+    def _end(self, result: Finished | Failed) -> None:
+        self.phase = Phase.ENDED
+        self._outputs.append(result)

@@ -1,0 +1,375 @@
+"""OutgoingTransfer and IncomingTransfer: alone, and pumped into each other.
+
+The pumped tests run every unicast mode (normal, aimd, token-bucket, a node
+rate cap, parallel lanes) end to end in memory through
+:func:`peercrypt.testing.transfer_pump.pump_transfer`, with hypothesis
+choosing each message's fate (drop, duplicate, delay/reorder), and check
+the content the receiver stored by its hash.
+"""
+
+from __future__ import annotations
+
+import os
+
+import blake3
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, SaveManifest, Store
+from peercrypt.core.modes import Policy
+from peercrypt.core.outgoing import (
+    DONE_RETRIES,
+    Failed,
+    Finished,
+    HashFile,
+    OutgoingTransfer,
+    Phase,
+    RequestGrant,
+    SendChunk,
+    SendDone,
+)
+from peercrypt.core.receive_window import Arrival
+from peercrypt.testing.transfer_pump import FATES, Channel, pump_transfer
+
+CHUNK = 4096
+
+POLICIES = {
+    "normal": Policy(),
+    # a window of 4 chunks that can shrink to one and grow to 16
+    "aimd": Policy(mode="aimd", window_kb=16, min_window_kb=4, max_window_kb=64),
+    "aimd-timeout-only": Policy(
+        mode="aimd", window_kb=16, min_window_kb=4, max_window_kb=64, dupack_detect=False
+    ),
+    "token-bucket": Policy(mode="token-bucket", rate=2_000_000, burst=8 * CHUNK),
+    "parallel": Policy(mode="parallel", lanes=3),
+    "qos": Policy(mode="qos", priority=3),
+}
+
+
+def digest(data: bytes) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    mode=st.sampled_from(sorted(POLICIES)),
+    chunks=st.integers(0, 40),
+    tail=st.integers(1, CHUNK),
+    credit=st.integers(1, 12),
+    node_capped=st.booleans(),
+    seed=st.integers(0, 2**32),
+    script=st.lists(st.sampled_from(FATES), max_size=40),
+    ack_script=st.lists(st.sampled_from(FATES), max_size=20),
+    p_drop=st.floats(0, 0.3),
+    p_dup=st.floats(0, 0.2),
+    p_delay=st.floats(0, 0.3),
+    p_ack_drop=st.floats(0, 0.3),
+)
+def test_every_mode_delivers_the_content_over_a_bad_channel(
+    mode: str,
+    chunks: int,
+    tail: int,
+    credit: int,
+    node_capped: bool,
+    seed: int,
+    script: list[str],
+    ack_script: list[str],
+    p_drop: float,
+    p_dup: float,
+    p_delay: float,
+    p_ack_drop: float,
+) -> None:
+    policy = POLICIES[mode]
+    size = chunks * CHUNK + (tail if chunks else 0)
+    content = os.urandom(size)
+    lanes = policy.lanes if mode == "parallel" else 1
+    data = [
+        Channel.make(seed + lane, script if lane == 0 else [], p_drop, p_dup, p_delay)
+        for lane in range(lanes)
+    ]
+    acks = Channel.make(seed + 100, ack_script, p_ack_drop, p_dup, p_delay)
+    r = pump_transfer(
+        content, CHUNK, policy, credit, data, acks, node_rate=4_000_000 if node_capped else 0
+    )
+    assert r.outcome is not None, f"stuck at t={r.now:.2f}"
+    total = r.sender.total
+    if isinstance(r.outcome, Finished):
+        # The sender says ok only when the receiver stored exactly our bytes.
+        assert r.delivered is not None and digest(r.delivered) == digest(content)
+        assert r.outcome.digest == digest(content)
+    else:
+        # The one way to fail on a channel that still delivers: every Done
+        # or its Verified was lost. Whatever was stored is still the content.
+        assert r.outcome.code == "timeout", r.outcome
+        assert r.confirmations_lost >= DONE_RETRIES
+        assert r.delivered is None or digest(r.delivered) == digest(content)
+    assert sorted(r.writes) == list(range(total))
+    assert set(r.writes.values()) <= {1}  # never written twice
+    assert r.max_in_flight <= credit
+    assert sum(r.sent.values()) == total + r.sender.retransmits
+    if r.sender.paced:
+        # Never more chunks sent than granted bytes pay for.
+        assert sum(r.sent.values()) * r.sender.chunk_size <= r.grants
+
+
+@pytest.mark.parametrize("mode", sorted(POLICIES))
+def test_every_mode_on_a_clean_channel(mode: str) -> None:
+    content = os.urandom(50 * CHUNK + 123)
+    policy = POLICIES[mode]
+    lanes = policy.lanes if mode == "parallel" else 1
+    data = [Channel.make(lane, jitter=False) for lane in range(lanes)]
+    r = pump_transfer(content, CHUNK, policy, 8, data, Channel.make(9, jitter=False))
+    assert isinstance(r.outcome, Finished)
+    assert r.delivered == content
+    assert r.sender.retransmits == 0
+    assert r.sender.done_sent == 1
+
+
+def test_aimd_window_shrinks_on_loss_and_limits_what_is_in_flight() -> None:
+    content = os.urandom(200 * CHUNK)
+    data = [Channel.make(3, p_drop=0.1)]
+    r = pump_transfer(content, CHUNK, POLICIES["aimd"], 16, data, Channel.make(4))
+    assert isinstance(r.outcome, Finished)
+    assert r.delivered == content
+    cwnd = r.sender.cwnd
+    assert cwnd is not None and cwnd.decreases > 0
+    # The congestion window (at most 16 chunks, from 4) kept in flight below the credit's 16
+    # at the start: the first round sent only window_kb / chunk = 4 chunks.
+    assert r.sender.stats()["window_decreases"] == cwnd.decreases
+    assert r.sender.window_history()
+
+
+def test_token_bucket_rate_bounds_the_duration() -> None:
+    content = os.urandom(100 * CHUNK)  # 400 KiB at 2 MB/s, 32 KiB burst
+    r = pump_transfer(
+        content, CHUNK, POLICIES["token-bucket"], 16, [Channel.make(1)], Channel.make(2)
+    )
+    assert isinstance(r.outcome, Finished)
+    assert r.delivered == content
+    expected = (len(content) - 8 * CHUNK) / 2_000_000
+    assert r.now >= expected * 0.95
+
+
+def test_node_rate_cap_paces_a_normal_flow() -> None:
+    content = os.urandom(100 * CHUNK)
+    r = pump_transfer(
+        content, CHUNK, Policy(), 16, [Channel.make(1)], Channel.make(2), node_rate=1_000_000
+    )
+    assert isinstance(r.outcome, Finished)
+    assert r.sender.paced
+    assert r.now >= (len(content) - 64 * 1024) / 1_000_000 * 0.95
+
+
+# ---- OutgoingTransfer alone -------------------------------------------------------
+
+
+def outgoing(
+    size: int = 10 * CHUNK, policy: Policy | None = None, node_capped: bool = False
+) -> OutgoingTransfer:
+    return OutgoingTransfer(
+        policy=policy or Policy(),
+        size=size,
+        chunk_size=CHUNK,
+        timeout=5.0,
+        now=0.0,
+        node_capped=node_capped,
+    )
+
+
+def test_offer_expires_at_the_deadline() -> None:
+    t = outgoing()
+    assert t.next_timer() == 5.0
+    t.on_timer(4.9)
+    assert t.poll(4.9) == []
+    t.on_timer(5.0)
+    (out,) = t.poll(5.0)
+    assert isinstance(out, Failed) and out.offer_expired and out.code == "timeout"
+    assert t.ended and t.next_timer() is None
+
+
+def test_accept_then_chunks_within_credit_then_hash_done_verified() -> None:
+    t = outgoing(size=3 * CHUNK)
+    t.on_accept([], 2, 0.1)
+    assert t.poll(0.1) == [SendChunk(0, False), SendChunk(1, False)]
+    t.on_ack(2, [], 2, 0.2)
+    assert t.acked_bytes == 2 * CHUNK
+    assert t.poll(0.2) == [SendChunk(2, True)]
+    t.on_ack(3, [], 2, 0.3)
+    assert t.poll(0.3) == [HashFile()]
+    assert t.poll(0.3) == []  # asked once
+    t.on_digest(b"d" * 32, 0.35)
+    (done,) = t.poll(0.35)
+    assert done == SendDone(b"d" * 32, 3, 1)
+    assert t.phase is Phase.VERIFYING
+    t.on_verified(b"d" * 32, "file")
+    assert t.poll(0.4) == [Finished(b"d" * 32, "file")]
+
+
+def test_held_ranges_are_not_sent() -> None:
+    t = outgoing(size=5 * CHUNK)
+    t.on_accept([(0, 2), (3, 4)], 16, 0.0)
+    assert t.poll(0.0) == [SendChunk(2, False), SendChunk(4, True)]
+
+
+def test_a_different_hash_in_verified_fails() -> None:
+    t = outgoing(size=0)
+    t.on_accept([], 4, 0.0)
+    assert t.poll(0.0) == [HashFile()]
+    t.on_digest(b"a" * 32, 0.0)
+    t.poll(0.0)
+    t.on_verified(b"b" * 32, "x")
+    (out,) = t.poll(0.1)
+    assert isinstance(out, Failed) and out.code == "verify"
+
+
+def test_verified_before_done_fails() -> None:
+    t = outgoing()
+    t.on_accept([], 4, 0.0)
+    t.poll(0.0)
+    t.on_verified(b"", "x")
+    assert next(o for o in t.poll(0.0) if isinstance(o, Failed)).code == "verify"
+
+
+def test_done_is_resent_with_backoff_then_the_transfer_times_out() -> None:
+    t = outgoing(size=CHUNK)
+    t.on_accept([], 4, 0.0)
+    t.poll(0.0)
+    t.on_ack(1, [], 4, 0.1)
+    t.poll(0.1)
+    t.on_digest(b"h" * 32, 0.1)
+    sends = [o for o in t.poll(0.1) if isinstance(o, SendDone)]
+    gaps = []
+    now = 0.1
+    while not t.ended:
+        due = t.next_timer()
+        assert due is not None
+        gaps.append(due - now)
+        now = due
+        t.on_timer(now)
+        for out in t.poll(now):
+            if isinstance(out, SendDone):
+                sends.append(out)
+            else:
+                assert isinstance(out, Failed) and out.code == "timeout"
+                assert "did not confirm" in out.reason
+    assert [s.attempt for s in sends] == list(range(1, DONE_RETRIES + 1))
+    assert gaps == sorted(gaps) and gaps[-1] > gaps[0]  # backing off
+
+
+def test_no_progress_for_the_timeout_fails_at_a_retransmission_timeout() -> None:
+    t = outgoing()
+    t.on_accept([], 4, 0.0)
+    assert len(t.poll(0.0)) == 4
+    now = 0.0
+    failed = None
+    while failed is None:
+        due = t.next_timer()
+        assert due is not None
+        now = due
+        t.on_timer(now)
+        for out in t.poll(now):
+            if isinstance(out, Failed):
+                failed = out
+    assert failed.code == "timeout" and "stopped acknowledging" in failed.reason
+    assert now > 5.0
+
+
+def test_paced_flow_sends_only_granted_bytes_and_asks_for_more() -> None:
+    t = outgoing(policy=Policy(mode="token-bucket", rate=10**6))
+    t.on_accept([], 8, 0.0)
+    assert t.poll(0.0) == [RequestGrant(8 * CHUNK)]
+    assert t.poll(0.0) == []  # one request until an answer
+    t.on_grant(2 * CHUNK + 100)
+    assert t.poll(0.0) == [SendChunk(0, False), SendChunk(1, False), RequestGrant(6 * CHUNK - 100)]
+    t.on_pacing(False)
+    assert [o for o in t.poll(0.0) if isinstance(o, SendChunk)] == [
+        SendChunk(i, False) for i in range(2, 8)
+    ]
+
+
+def test_modes_shape_lanes_rate_and_loss_detection() -> None:
+    par = outgoing(policy=Policy(mode="parallel", lanes=5))
+    assert par.lanes == 5 and par.sealing_workers
+    par.on_accept([], 12, 0.0)
+    assert par.window is not None and par.window.dupthresh == 12
+    tb = outgoing(policy=Policy(mode="token-bucket", rate=1000, burst=5000))
+    assert tb.flow_rate == (1000, 5000) and tb.lanes == 1 and not tb.sealing_workers
+    assert outgoing().flow_rate == (0, 0)
+    capped = outgoing(node_capped=True)
+    capped.on_accept([], 4, 0.0)
+    assert capped.paced
+
+
+def test_cancel_after_the_end_changes_nothing() -> None:
+    t = outgoing(size=0)
+    t.on_accept([], 1, 0.0)
+    t.poll(0.0)
+    t.on_digest(b"z" * 32, 0.0)
+    t.poll(0.0)
+    t.on_verified(b"z" * 32, "f")
+    t.fail("cancelled", "late")
+    assert t.poll(0.0) == [Finished(b"z" * 32, "f")]
+
+
+# ---- IncomingTransfer alone -------------------------------------------------------
+
+
+def test_incoming_writes_new_chunks_acks_duplicates_and_stores_on_a_matching_hash() -> None:
+    r = IncomingTransfer(total=2, credit=4, idle_timeout=30.0, now=0.0)
+    assert r.on_chunk(0, False, 0.1) is Arrival.NEW
+    assert r.ack(4) is None  # nothing written yet
+    assert r.on_chunk(0, False, 0.1) is Arrival.DUPLICATE
+    assert r.ack(4) == (0, [], 4)
+    assert r.on_chunk(1, False, 0.1) is Arrival.INVALID
+    assert r.on_chunk(1, True, 0.1) is Arrival.NEW
+    r.on_written(1)
+    assert r.ack(3) == (0, [(1, 2)], 3)
+    r.on_done(b"h" * 32, 2, 0.2)  # too early: an ack says what is missing
+    assert r.poll() == []
+    assert r.ack(3) == (0, [(1, 2)], 3)
+    r.on_written(0)
+    r.on_done(b"h" * 32, 2, 0.3)
+    r.on_done(b"h" * 32, 2, 0.3)
+    assert r.poll() == [FinishFile()]  # once
+    assert r.next_timer() is None  # not expired while finishing
+    r.on_hashed(b"h" * 32)
+    assert r.poll() == [Store(b"h" * 32)]
+
+
+def test_incoming_hash_mismatch_and_write_error_discard_and_notify() -> None:
+    r = IncomingTransfer(total=1, credit=1, idle_timeout=30.0, now=0.0)
+    r.on_chunk(0, True, 0.0)
+    r.on_written(0)
+    r.on_done(b"a" * 32, 1, 0.0)
+    r.poll()
+    r.on_hashed(b"b" * 32)
+    assert r.poll() == [Abandon("hash-mismatch", "whole-file hash mismatch", False, True)]
+    w = IncomingTransfer(total=1, credit=1, idle_timeout=30.0, now=0.0)
+    w.on_write_error("No space left on device")
+    (out,) = w.poll()
+    assert isinstance(out, Abandon) and out.code == "io" and not out.keep_part and out.notify
+
+
+def test_incoming_expires_idle_keeping_the_part_and_sender_failure_keeps_it() -> None:
+    r = IncomingTransfer(total=3, credit=1, idle_timeout=30.0, now=0.0)
+    r.on_chunk(0, False, 10.0)
+    assert r.next_timer() == 40.0
+    r.on_timer(40.0)
+    assert r.poll() == []
+    r.on_timer(40.5)
+    (out,) = r.poll()
+    assert isinstance(out, Abandon) and out.keep_part and not out.notify
+    s = IncomingTransfer(total=3, credit=1, idle_timeout=30.0, now=0.0)
+    s.on_sender_failed("cancelled by the user", 1.0)
+    assert s.poll() == [Abandon("aborted", "cancelled by the user", True, False)]
+
+
+def test_incoming_saves_the_manifest_every_64_written_chunks() -> None:
+    r = IncomingTransfer(total=200, credit=200, idle_timeout=30.0, now=0.0)
+    saves = 0
+    for i in range(200):
+        r.on_chunk(i, i == 199, 0.0)
+        r.on_written(i)
+        saves += sum(1 for o in r.poll() if isinstance(o, SaveManifest))
+    assert saves == 3
