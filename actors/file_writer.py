@@ -8,7 +8,19 @@ actor over an inproc PAIR socket this thread owns, as msgpack tuples:
 
 - ``("written", tid, index)``
 - ``("finished", tid, digest)``  (after fsync)
+- ``("no-space", tid, text)``  (the disk is full; the part is checkpointed)
 - ``("error", tid, text)``
+- ``("unsaved", tid, text)``  (a manifest could not be written; not fatal)
+
+Resume checkpoints: a file opened with a manifest (unicast parts) has it
+rewritten every :data:`~peercrypt.core.resume.CHECKPOINT_CHUNKS` written
+chunks, at open, on :meth:`FileWriter.close` with ``keep`` and when the disk
+fills, always after an ``fdatasync`` of the part
+(:func:`~actors.inbox.save_manifest`), so it lists only chunks a crash
+cannot take back. On a full disk the new manifest may not fit: the previous
+one stays, and lists fewer chunks than the part holds (they are sent again).
+The writer is the one place that knows which chunks are in the file, so it
+is the one that records them.
 
 Written ranges are handed to the kernel's writeback at once
 (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux): the disk then works
@@ -29,21 +41,28 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
+import errno
 import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import blake3
 import msgpack
 import zmq
 
+from actors.inbox import save_manifest
 from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.resume import CHECKPOINT_CHUNKS, Manifest
 
 SYNC_FILE_RANGE_WRITE = 2
+FAILED_MEMORY = 1024  # failed files remembered until their close()
 
 
 def _writeback_starter() -> Callable[[int, int, int], None]:
@@ -74,6 +93,9 @@ class _File:
     held: dict[int, bytes] = field(default_factory=dict)
     hasher: Any = field(default_factory=blake3.blake3)
     hashed: int = 0  # chunks hashed, in order
+    inbox: Path | None = None
+    manifest: Manifest | None = None  # what to record at checkpoints
+    since_checkpoint: int = 0
 
 
 class FileWriter:
@@ -83,6 +105,8 @@ class FileWriter:
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="pc-writer", daemon=True)
         self._start_writeback = _writeback_starter()
+        self._notes: list[tuple[Any, ...]] = []  # results besides an op's own (writer thread)
+        self._failed: dict[bytes, _File] = {}  # failed files awaiting close() (writer thread)
 
     def start(self) -> None:
         self._thread.start()
@@ -92,12 +116,23 @@ class FileWriter:
         self._thread.join(5.0)
 
     def open(
-        self, tid: bytes, fd: int, chunk_size: int, size: int, held: ChunkBitmap, hold: int = 0
+        self,
+        tid: bytes,
+        fd: int,
+        chunk_size: int,
+        size: int,
+        held: ChunkBitmap,
+        hold: int = 0,
+        checkpoint: tuple[Path, Manifest] | None = None,
     ) -> None:
         """Start hashing/writing ``fd``; ``held`` chunks are already in the file.
         Up to ``hold`` chunks written ahead of the hash position are kept in
-        memory for the hash instead of being read back."""
-        self._queue.put(("open", tid, fd, chunk_size, size, held.to_bytes(), held.total, hold))
+        memory for the hash instead of being read back. ``checkpoint``: the
+        inbox and the manifest to keep up to date (its ``written`` and
+        ``updated`` are the writer's)."""
+        self._queue.put(
+            ("open", tid, fd, chunk_size, size, held.to_bytes(), held.total, hold, checkpoint)
+        )
 
     def write(self, tid: bytes, index: int, data: bytes) -> None:
         self._queue.put(("write", tid, index, data))
@@ -107,6 +142,12 @@ class FileWriter:
 
     def forget(self, tid: bytes) -> None:
         self._queue.put(("forget", tid))
+
+    def close(self, tid: bytes, keep: bool) -> None:
+        """Stop writing ``tid`` and close its fd (after any queued work, so
+        the number is never reused under a pending write); ``keep``: record a
+        final checkpoint first."""
+        self._queue.put(("close", tid, keep))
 
     def _run(self) -> None:
         out: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
@@ -122,20 +163,47 @@ class FileWriter:
                 try:
                     result = self._apply(files, op)
                 except OSError as exc:
-                    files.pop(tid, None)
+                    f = files.pop(tid, None)
                     result = ("error", tid, exc.strerror or str(exc))
+                    if f is not None and len(self._failed) < FAILED_MEMORY:
+                        self._failed[tid] = f  # its fd is closed by close()
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and f is not None:
+                        result = ("no-space", tid, exc.strerror or str(exc))
+                        unsaved = self._checkpoint(f)
+                        if unsaved:
+                            self._notes.append(("unsaved", tid, unsaved))
                 if result is not None:
                     out.send(msgpack.packb(result, use_bin_type=True))
+                while self._notes:
+                    out.send(msgpack.packb(self._notes.pop(0), use_bin_type=True))
         finally:
             out.close(linger=0)
 
     def _apply(self, files: dict[bytes, _File], op: tuple[Any, ...]) -> tuple[Any, ...] | None:
         kind, tid = op[0], op[1]
         if kind == "open":
-            _, _, fd, chunk_size, size, held, total, hold = op
-            files[tid] = _File(fd, chunk_size, size, ChunkBitmap.from_bytes(total, held), hold)
-            self._advance_hash(files[tid], None, None)
+            _, _, fd, chunk_size, size, held, total, hold, checkpoint = op
+            opened = _File(fd, chunk_size, size, ChunkBitmap.from_bytes(total, held), hold)
+            files[tid] = opened
+            if checkpoint is not None:
+                # The pair exists from the start: a crash before the first
+                # checkpoint leaves a part that is known, not an orphan.
+                opened.inbox, opened.manifest = checkpoint
+                unsaved = self._checkpoint(opened)
+                if unsaved:
+                    self._notes.append(("unsaved", tid, unsaved))
+            self._advance_hash(opened, None, None)
             return None
+        if kind == "close":
+            _, _, keep = op
+            closing = files.pop(tid, None) or self._failed.pop(tid, None)
+            if closing is None:
+                return None
+            unsaved = self._checkpoint(closing) if keep else ""
+            os.close(closing.fd)
+            return ("unsaved", tid, unsaved) if unsaved else None
+        if kind == "forget":
+            self._failed.pop(tid, None)
         f = files.get(tid)
         if f is None:
             return None  # forgotten (transfer aborted) while work was queued
@@ -143,10 +211,15 @@ class FileWriter:
             _, _, index, data = op
             # the hash is taken from ``data``: it must be what the file holds
             if os.pwrite(f.fd, data, index * f.chunk_size) != len(data):
-                raise OSError(f"short write of chunk {index} (disk full?)")
+                raise OSError(errno.ENOSPC, f"short write of chunk {index} (disk full?)")
             self._start_writeback(f.fd, index * f.chunk_size, len(data))
             f.written.add(index)
             self._advance_hash(f, index, data)
+            f.since_checkpoint += 1
+            if f.since_checkpoint >= CHECKPOINT_CHUNKS:
+                unsaved = self._checkpoint(f)
+                if unsaved:
+                    self._notes.append(("unsaved", tid, unsaved))
             return ("written", tid, index)
         if kind == "finish":
             self._advance_hash(f, None, None)
@@ -156,9 +229,22 @@ class FileWriter:
             del files[tid]
             return ("finished", tid, f.hasher.digest())
         if kind == "forget":
-            del files[tid]
+            files.pop(tid, None)
             return None
         raise ValueError(f"unknown writer op {kind!r}")
+
+    @staticmethod
+    def _checkpoint(f: _File) -> str:
+        """Sync the part and record what it holds; "" or why that failed."""
+        f.since_checkpoint = 0
+        if f.manifest is None or f.inbox is None:
+            return ""
+        record = dataclasses.replace(f.manifest, written=f.written.to_bytes(), updated=time.time())
+        try:
+            save_manifest(f.inbox, f.fd, record)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return ""
 
     @staticmethod
     def _advance_hash(f: _File, index: int | None, data: bytes | None) -> None:

@@ -248,7 +248,7 @@ def test_writer_fails_a_short_write(
         w.open(b"t", fd, CHUNK, 2 * CHUNK, ChunkBitmap(2), hold=2)
         w.write(b"t", 1, os.urandom(CHUNK))
         kind, tid, reason = _next(results)
-        assert (kind, tid) == ("error", b"t")
+        assert (kind, tid) == ("no-space", b"t")
         assert "short write" in reason
     finally:
         os.close(fd)
