@@ -207,9 +207,7 @@ class ControlActor(Actor):
                 counters[f"{actor}.{key}"] = value
         counters.update({f"control.{k}": v for k, v in self.counters.items()})
         if len(counters) > MAX_STATUS_COUNTERS:
-            self.log_once(
-                "status",
-                "counters",
+            self.log_limited(
                 "status: %d counters, showing the first %d",
                 len(counters),
                 MAX_STATUS_COUNTERS,

@@ -357,9 +357,7 @@ class DiscoveryActor(Actor):
             claimed = b""
         if claimed != msg.peer:
             self.count("gossip-spoofed")
-            self.log_once(
-                "spoofed",
-                msg.peer_host,
+            self.log_limited(
                 "discovery: dropped gossip with a forged origin from %s",
                 msg.peer_host or "unknown",
             )
@@ -413,9 +411,7 @@ class DiscoveryActor(Actor):
                 self._exchange(node_id)
         for rej in result.rejected:
             if rej.reason.value not in ("stale", "about_self"):
-                self.log_once(
-                    rej.reason.value,
-                    rej.record.origin.hex()[:16] if rej.record else "?",
+                self.log_limited(
                     "discovery: dropped a membership record (%s)",
                     rej.reason.value,
                 )
@@ -560,9 +556,7 @@ class DiscoveryActor(Actor):
                 link.close()
         self.count("joins-ok" if code == "ok" else "joins-failed")
         if code != "ok" and join.requester is None:
-            self.log_once(
-                "seed",
-                f"{join.host}:{join.port}",
+            self.log_limited(
                 "discovery: cannot join through %s:%s: %s",
                 join.host,
                 join.port,

@@ -108,7 +108,7 @@ class GatewayActor(Actor):
     def _reject(self, route: bytes, peer: str, kind: str, detail: str) -> None:
         self.count(f"rejected-{kind}")
         who = fingerprint(zmq.utils.z85.decode(peer)) if peer else "unknown peer"
-        self.log_once(kind, who, "gateway: dropped %s message from %s (%s)", kind, who, detail)
+        self.log_limited("gateway: dropped %s message from %s (%s)", kind, who, detail)
         reply = ErrorReply(code=kind[:32], reason=f"rejected: {kind}")
         self.router.send_multipart([route, codec.encode(reply)])
 

@@ -289,9 +289,7 @@ class MulticastReceiverActor(Actor):
             )
             return
         if got < self.settings.multicast_rcvbuf:
-            self.log_once(
-                "rcvbuf",
-                "",
+            self.log_limited(
                 "multicast receive buffer is %d KiB (asked %d KiB; raise net.core.rmem_max "
                 "to lose less)",
                 got // 1024,

@@ -74,6 +74,7 @@ from peercrypt.wire.multicast_messages import (
     McStatus,
     McTargetResult,
 )
+from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.msender")
 
@@ -443,9 +444,13 @@ class MulticastSenderActor(Actor):
                     sess.plan.end(t.name, LOST)
                     self._announce(sess, t)
                 else:
-                    self._target_failed(sess, t, "refused", f"{t.name} refused: {msg.reason}")
+                    self._target_failed(
+                        sess, t, "refused", f"{t.name} refused: {printable(msg.reason)}"
+                    )
             elif isinstance(msg, ErrorReply):
-                self._target_failed(sess, t, "refused", f"{t.name} rejected: {msg.reason}")
+                self._target_failed(
+                    sess, t, "refused", f"{t.name} rejected: {printable(msg.reason)}"
+                )
             else:
                 self.count("control-unexpected")
         if acked:
@@ -521,10 +526,10 @@ class MulticastSenderActor(Actor):
 
     def _on_done(self, sess: Session, t: Target, d: McDone) -> None:
         if not d.ok:
-            return self._target_failed(sess, t, "failed", f"{t.name} failed: {d.reason}")
+            return self._target_failed(sess, t, "failed", f"{t.name} failed: {printable(d.reason)}")
         if not sess.digest or not hmac.compare_digest(d.digest, sess.digest):
             return self._target_failed(sess, t, "verify", f"{t.name} stored a different hash")
-        t.result = ("ok", "", d.stored_as)
+        t.result = ("ok", "", printable(d.stored_as))
         t.seconds = self.now() - sess.started
         sess.plan.end(t.name, DONE)
         self._report_target(sess, t)

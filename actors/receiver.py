@@ -58,6 +58,7 @@ from peercrypt.wire.messages import (
     SealedHeader,
     Verified,
 )
+from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.receiver")
 
@@ -227,7 +228,7 @@ class ReceiverActor(Actor):
 
     def _drop(self, route: bytes, kind: str) -> None:
         self.count(f"data-dropped-{kind}")
-        self.log_once(kind, route.hex(), "receiver: dropped %s frame from a data peer", kind)
+        self.log_limited("receiver: dropped %s frame from a data peer", kind)
 
     def _on_chunk(self, route: bytes, h: ChunkHeader, payload: memoryview) -> None:
         t = self.transfers.get(h.tid)
@@ -275,7 +276,7 @@ class ReceiverActor(Actor):
         if isinstance(msg, Done):
             t.flow.on_done(msg.digest, msg.chunks, self.now())
         elif isinstance(msg, Failed):
-            t.flow.on_sender_failed(msg.reason, self.now())
+            t.flow.on_sender_failed(printable(msg.reason), self.now())
         else:
             self._drop(route, "unexpected")
         self._drive(t)
@@ -386,7 +387,7 @@ class ReceiverActor(Actor):
                 f.write(msgpack.packb(record, use_bin_type=True))
             os.replace(tmp, path)
         except OSError as exc:
-            self.log_once("manifest", t.name, "cannot write manifest for %s: %s", t.name, exc)
+            self.log_limited("cannot write manifest for %s: %s", t.name, exc)
 
     def _close(self, t: Incoming, keep_part: bool) -> None:
         self.transfers.pop(t.tid, None)

@@ -74,6 +74,7 @@ from peercrypt.wire.messages import (
     TransfersRequest,
     Verified,
 )
+from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.sender")
 
@@ -273,9 +274,9 @@ class SenderActor(Actor):
         if isinstance(msg, Accept) and msg.tid == t.tid:
             self._on_accept(t, msg)
         elif isinstance(msg, Refuse) and msg.tid == t.tid:
-            self._end(t, "refused", f"{t.peer} refused: {msg.reason}")
+            self._end(t, "refused", f"{t.peer} refused: {printable(msg.reason)}")
         elif isinstance(msg, ErrorReply):
-            self._end(t, "refused", f"{t.peer} rejected the offer: {msg.reason}")
+            self._end(t, "refused", f"{t.peer} rejected the offer: {printable(msg.reason)}")
         else:
             self.count("control-unexpected")
 
@@ -434,7 +435,7 @@ class SenderActor(Actor):
                 msg = codec.decode(t.keys.open_message(header.nonce, frames[1]), 4096)
             except (codec.DecodeError, OpenError) as exc:
                 self.count("data-dropped")
-                self.log_once("data", t.peer, "sender: dropped a frame from %s: %s", t.peer, exc)
+                self.log_limited("sender: dropped a frame from %s: %s", t.peer, exc)
                 continue
             if isinstance(msg, Ack):
                 try:
@@ -444,9 +445,9 @@ class SenderActor(Actor):
                     continue
                 t.flow.on_ack(msg.cumulative, sack, msg.window, self.now())
             elif isinstance(msg, Verified):
-                t.flow.on_verified(msg.digest, msg.stored_as)
+                t.flow.on_verified(msg.digest, printable(msg.stored_as))
             elif isinstance(msg, Failed):
-                t.flow.on_failed(msg.code, msg.reason)
+                t.flow.on_failed(msg.code, printable(msg.reason))
         self._drive(t)
 
     # -- progress and the end --------------------------------------------------------

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import sys
+from collections.abc import Callable
+from types import FrameType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peercrypt.core.bitmap import ChunkBitmap, flatten, pairs
+from peercrypt.core.bitmap import MAX_SACK_RANGES, ChunkBitmap, flatten, pairs
 
 
 def model_ranges(held: set[int], start: int = 0) -> list[tuple[int, int]]:
@@ -116,9 +119,10 @@ def test_empty_bitmap_is_complete() -> None:
 
 def test_add_ranges_clips_and_reports_new() -> None:
     bm = ChunkBitmap(10)
-    assert bm.add_ranges([(2, 4)]) == [2, 3]
-    assert bm.add_ranges([(-5, 1), (3, 6), (8, 100)]) == [0, 4, 5, 8, 9]
-    assert bm.add_ranges([(5, 2)]) == []
+    assert bm.add_ranges([(2, 4)]) == 2
+    assert bm.add_ranges([(-5, 1), (3, 6), (8, 100)]) == 5
+    assert sorted(i for i in range(10) if i in bm) == [0, 2, 3, 4, 5, 8, 9]
+    assert bm.add_ranges([(5, 2)]) == 0
     assert bm.cumulative == 1  # chunk 1 is still missing
 
 
@@ -172,3 +176,90 @@ def test_pairs_rejects_odd_reversed_or_negative(flat: list[int]) -> None:
 def test_pairs_accepts_empty_ranges() -> None:
     assert pairs([]) == []
     assert pairs([3, 3]) == [(3, 3)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 200).flatmap(
+        lambda total: st.tuples(
+            st.just(total),
+            st.lists(st.tuples(st.integers(-3, total + 3), st.integers(-3, total + 3)), max_size=8),
+            st.lists(st.integers(0, max(0, total - 1)), max_size=20),
+        )
+    )
+)
+def test_add_range_matches_a_set_model(case: tuple[int, list[tuple[int, int]], list[int]]) -> None:
+    total, ranges, singles = case
+    bm = ChunkBitmap(total)
+    held: set[int] = set()
+    for index in singles if total else []:
+        bm.add(index)
+        held.add(index)
+    for start, end in ranges:
+        new = {i for i in range(max(0, start), min(end, total))} - held
+        assert bm.add_range(start, end) == len(new)
+        held |= new
+        assert bm.count == len(held)
+        assert bm.cumulative == model_cumulative(held, total)
+        assert bm.ranges() == model_ranges(held)
+    back = ChunkBitmap.from_bytes(total, bm.to_bytes())
+    assert (back.count, back.cumulative, back.ranges()) == (bm.count, bm.cumulative, bm.ranges())
+    assert list(back.missing()) == [i for i in range(total) if i not in held]
+
+
+def _python_lines(work: Callable[[], object]) -> int:
+    """How many lines of peercrypt.core.bitmap the interpreter runs for ``work``."""
+    import peercrypt.core.bitmap as module
+
+    lines = 0
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Callable[..., object] | None:
+        nonlocal lines
+        if frame.f_code.co_filename != module.__file__:
+            return None
+        if event == "line":
+            lines += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        work()
+    finally:
+        sys.settrace(None)
+    return lines
+
+
+def _sparse(total: int) -> ChunkBitmap:
+    """Chunk 0 missing, then 70 held ranges spread over the whole file."""
+    bm = ChunkBitmap(total)
+    step = total // 71
+    for k in range(1, 71):
+        bm.add_range(k * step, k * step + 3)
+    return bm
+
+
+def test_sparse_ack_costs_ranges_not_chunks() -> None:
+    # The same shape of bitmap at 1,000 and 20 million chunks: building the
+    # ack (cumulative + 64 ranges) and re-applying it run the same number of
+    # Python lines; only C-level byte scans grow with the file.
+    small, large = _sparse(1000), _sparse(20_000_000)
+    ack_small = _python_lines(lambda: small.ranges(small.cumulative, limit=MAX_SACK_RANGES))
+    ack_large = _python_lines(lambda: large.ranges(large.cumulative, limit=MAX_SACK_RANGES))
+    assert ack_small == ack_large
+    sack = large.ranges(large.cumulative, limit=MAX_SACK_RANGES)
+    assert len(sack) == MAX_SACK_RANGES and sack[-1][1] < 20_000_000
+    # Re-applying that ack: a bounded number of lines per range (a range's
+    # unaligned head and tail bits), none per chunk.
+    again = _python_lines(lambda: large.add_ranges([(0, large.cumulative), *sack]))
+    assert again < 100 * (MAX_SACK_RANGES + 1)
+
+
+def test_cumulative_ack_is_not_quadratic() -> None:
+    # A sender applying ever larger cumulative acks: each costs the same
+    # Python work whether it covers 10 or 10 million chunks.
+    bm = ChunkBitmap(20_000_000)
+    first = _python_lines(lambda: bm.add_range(0, 10))
+    second = _python_lines(lambda: bm.add_range(0, 10_000_000))
+    third = _python_lines(lambda: bm.add_range(0, 10_000_008))
+    assert bm.cumulative == 10_000_008 and bm.count == 10_000_008
+    assert max(first, second, third) < 100  # a constant, not ~chunks covered

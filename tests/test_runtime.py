@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import zmq
 
-from peercrypt.runtime.actor import Actor, ActorEnv
+from peercrypt.runtime.actor import Actor, ActorEnv, ActorFault
 from peercrypt.runtime.supervisor import StartError, Supervisor
 from peercrypt.testing.clock import FakeClock
 from peercrypt.testing.nodes import free_port, wait_until
@@ -33,7 +33,8 @@ def _no_unexpected_mail() -> Iterator[None]:
 
 
 class Recorder(Actor):
-    """Answers Ping with Pong to ``reply_to``; crashes on Ping(seq=666)."""
+    """Answers Ping with Pong to ``reply_to``; gives up its state on
+    Ping(seq=666) (ActorFault) and trips over a bug on Ping(seq=667)."""
 
     name = "recorder"
     REPORT_TO = None
@@ -48,7 +49,9 @@ class Recorder(Actor):
             UNEXPECTED.append(msg)
             return
         if msg.seq == 666:
-            raise RuntimeError("asked to crash")
+            raise ActorFault("asked to crash")
+        if msg.seq == 667:
+            raise RuntimeError("a bug met by one message")
         self.log.append(msg.seq)
         self.tell(self.reply_to, Pong(seq=msg.seq))
 
@@ -169,6 +172,33 @@ def test_crashed_actor_is_restarted_and_node_keeps_serving() -> None:
             sup.poll(0.05)
         push.close()
         assert seen == [1, 5]
+    finally:
+        stop(sup)
+
+
+def test_an_exception_on_one_message_is_contained_and_counted() -> None:
+    env = make_env()
+    got: list[int] = []
+    seen: list[int] = []
+    recorders: list[Recorder] = []
+
+    def make_recorder(e: ActorEnv) -> Recorder:
+        recorders.append(Recorder(e, "pinger", seen))
+        return recorders[-1]
+
+    sup = Supervisor(
+        env,
+        [
+            ("recorder", make_recorder),
+            ("pinger", lambda e: Pinger(e, "recorder", [1, 667, 2, 667, 3], got)),
+        ],
+    )
+    sup.start()
+    try:
+        wait_for(lambda: got == [1, 2, 3])
+        sup.poll(0.05)
+        assert sup.restarts["recorder"] == 0
+        assert len(recorders) == 1 and recorders[0].counters["handler-errors"] == 2
     finally:
         stop(sup)
 

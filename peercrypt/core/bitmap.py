@@ -1,17 +1,39 @@
-"""Which chunks of a file are held: a bit per chunk.
+"""Which chunks of a file are held: a bit per chunk, walked by ranges.
 
-Memory is one bit per chunk (1 TiB at 1 MiB chunks: 128 KiB). Acks describe a
+Memory is one bit per chunk (1 TiB at 1 MiB chunks: 128 KiB; the largest
+transfer a receiver takes, ``MAX_TRANSFER_CHUNKS``, 4 MiB). Acks describe a
 bitmap as a cumulative index (every chunk below it is held) plus a bounded
 list of [start, end) ranges above it.
+
+Cost: the Python work of every operation is O(ranges it touches), never
+O(chunks). Finding the next held or missing chunk skips whole runs of empty
+or full bytes with one C-level scan of the bit array (``re`` over a
+``bytearray``: 20 million chunks are 2.5 MB, scanned in about a millisecond),
+and adding a range sets its whole bytes with one slice assignment. So an ack
+of a sparse transfer of 20 million chunks is built in well under 10 ms
+(``scripts/bench_bitmap.py``), and a sender applying a cumulative ack touches
+only the chunks it newly covers.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 # An ack carries at most this many [start, end) ranges above its cumulative
 # index; more holes than that are found again by the sender's timers.
 MAX_SACK_RANGES = 64
+# The most chunks one transfer may have (a 4 MiB bitmap): an offer over it is
+# refused, so no peer can make a node allocate or scan more.
+MAX_TRANSFER_CHUNKS = 2**25
+
+_ANY_HELD = re.compile(rb"[^\x00]")
+_ANY_MISSING = re.compile(rb"[^\xff]")
+_FULL = 0xFF
+
+
+def _lowest_bit(byte: int) -> int:
+    return (byte & -byte).bit_length() - 1
 
 
 class ChunkBitmap:
@@ -31,6 +53,42 @@ class ChunkBitmap:
     def __contains__(self, index: int) -> bool:
         return 0 <= index < self.total and bool(self._bits[index >> 3] & (1 << (index & 7)))
 
+    # -- scanning ---------------------------------------------------------------
+
+    def next_held(self, index: int) -> int:
+        """The first held index >= ``index`` (``total`` if there is none)."""
+        index = max(0, index)
+        if index >= self._end:
+            return self.total
+        byte = index >> 3
+        rest = self._bits[byte] >> (index & 7)
+        if rest:
+            return index + _lowest_bit(rest)
+        found = _ANY_HELD.search(self._bits, byte + 1)
+        if found is None:
+            return self.total
+        pos = found.start()
+        return (pos << 3) + _lowest_bit(self._bits[pos])
+
+    def next_missing(self, index: int) -> int:
+        """The first missing index >= ``index`` (``total`` if there is none)."""
+        index = max(0, index)
+        if index >= self.total:
+            return self.total
+        if index >= self._end:
+            return index
+        byte = index >> 3
+        rest = (~self._bits[byte] & _FULL) >> (index & 7)
+        if rest:
+            return min(self.total, index + _lowest_bit(rest))
+        found = _ANY_MISSING.search(self._bits, byte + 1)
+        if found is None:
+            return self.total
+        pos = found.start()
+        return min(self.total, (pos << 3) + _lowest_bit(~self._bits[pos] & _FULL))
+
+    # -- adding -----------------------------------------------------------------
+
     def add(self, index: int) -> bool:
         """Mark ``index`` held. Returns False if it already was. Raises IndexError."""
         if not 0 <= index < self.total:
@@ -41,18 +99,45 @@ class ChunkBitmap:
         self._bits[byte] |= bit
         self._count += 1
         self._end = max(self._end, index + 1)
-        while self._cumulative < self.total and self._cumulative in self:
-            self._cumulative += 1
+        if index == self._cumulative:
+            self._cumulative = self.next_missing(index + 1)
         return True
 
-    def add_ranges(self, ranges: Iterable[tuple[int, int]]) -> list[int]:
-        """Mark all of [start, end) ranges (clipped to the bitmap); return the new ones."""
-        added = []
-        for start, end in ranges:
-            for index in range(max(0, start), min(end, self.total)):
-                if self.add(index):
-                    added.append(index)
+    def add_range(self, start: int, end: int) -> int:
+        """Mark all of [start, end) (clipped to the bitmap); how many were new.
+        Below the cumulative index nothing is touched, so re-applying a
+        cumulative ack costs nothing."""
+        start, end = max(start, self._cumulative), min(end, self.total)
+        if start >= end:
+            return 0
+        added = 0
+        head_end = min(end, (start + 7) & ~7)
+        for index in range(start, head_end):
+            added += self._set(index)
+        first, last = head_end >> 3, end >> 3
+        if last > first:
+            held = int.from_bytes(self._bits[first:last], "little").bit_count()
+            added += (last - first) * 8 - held
+            self._bits[first:last] = b"\xff" * (last - first)
+        for index in range(max(head_end, last << 3), end):
+            added += self._set(index)
+        self._count += added
+        self._end = max(self._end, end)
+        self._cumulative = self.next_missing(self._cumulative)
         return added
+
+    def _set(self, index: int) -> int:
+        byte, bit = index >> 3, 1 << (index & 7)
+        if self._bits[byte] & bit:
+            return 0
+        self._bits[byte] |= bit
+        return 1
+
+    def add_ranges(self, ranges: Iterable[tuple[int, int]]) -> int:
+        """Mark all of the [start, end) ranges; how many chunks were new."""
+        return sum(self.add_range(start, end) for start, end in ranges)
+
+    # -- reading ----------------------------------------------------------------
 
     @property
     def count(self) -> int:
@@ -71,24 +156,20 @@ class ChunkBitmap:
         """Held indices at or above ``start`` as sorted [start, end) ranges,
         at most ``limit`` of them (the lowest)."""
         out: list[tuple[int, int]] = []
-        if limit is not None and limit <= 0:
-            return out
-        index = max(start, self._cumulative)
-        if index > start and self._cumulative > start:
-            out.append((start, self._cumulative))
-        while index < self._end and (limit is None or len(out) < limit):
-            if index in self:
-                end = index + 1
-                while end < self._end and end in self:
-                    end += 1
-                out.append((index, end))
-                index = end
-            else:
-                index += 1
+        index = start
+        while limit is None or len(out) < limit:
+            first = self.next_held(index)
+            if first >= self.total:
+                break
+            index = self.next_missing(first)
+            out.append((first, index))
         return out
 
     def missing(self) -> Iterator[int]:
-        return (i for i in range(self._cumulative, self.total) if i not in self)
+        index = self.next_missing(self._cumulative)
+        while index < self.total:
+            yield index
+            index = self.next_missing(index + 1)
 
     def to_bytes(self) -> bytes:
         return bytes(self._bits)
@@ -98,9 +179,14 @@ class ChunkBitmap:
         bitmap = cls(total)
         if len(data) != len(bitmap._bits):
             raise ValueError("bitmap size does not match total")
-        for index in range(total):
-            if data[index >> 3] & (1 << (index & 7)):
-                bitmap.add(index)
+        bits = bytearray(data)
+        if total & 7:
+            bits[-1] &= (1 << (total & 7)) - 1  # padding bits are never held
+        bitmap._bits = bits
+        bitmap._count = int.from_bytes(bits, "little").bit_count()
+        used = len(bits.rstrip(b"\x00"))
+        bitmap._end = (used - 1) * 8 + bits[used - 1].bit_length() if used else 0
+        bitmap._cumulative = bitmap.next_missing(0)
         return bitmap
 
 

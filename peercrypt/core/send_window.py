@@ -62,19 +62,19 @@ class SendWindow:
         self.window = max(1, window)
 
     def on_ack(self, cumulative: int, sack: list[tuple[int, int]], window: int, now: float) -> int:
-        """Apply an ack; returns how many chunks it newly acknowledged."""
+        """Apply an ack; returns how many chunks it newly acknowledged. Costs
+        O(ranges + chunks in flight), whatever the file's size."""
         self.window = max(1, window)
         newly = self.acked.add_ranges([(0, min(cumulative, self.total)), *sack])
-        for index in newly:
-            flight = self._in_flight.pop(index, None)
-            self._lost.discard(index)
-            if flight is None:
-                continue
-            if not flight.resent:
-                self.rtt.sample(max(0.0, now - flight.sent_at))
-            self._highest_acked_order = max(self._highest_acked_order, flight.order)
+        if newly:
+            for index in [i for i in self._in_flight if i in self.acked]:
+                flight = self._in_flight.pop(index)
+                self._lost.discard(index)
+                if not flight.resent:
+                    self.rtt.sample(max(0.0, now - flight.sent_at))
+                self._highest_acked_order = max(self._highest_acked_order, flight.order)
         self._detect_sack_losses()
-        return len(newly)
+        return newly
 
     def _detect_sack_losses(self) -> None:
         limit = self._highest_acked_order - self.dupthresh

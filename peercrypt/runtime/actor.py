@@ -11,6 +11,17 @@ terminated.
 
 Actors share no state: they talk only in encoded messages, through
 :meth:`Actor.tell` to another actor's mailbox, or over their network sockets.
+
+Containment: every handler call (one readable socket, one mail, one timer) is
+contained. An exception while handling one inbound message is counted
+(``handler-errors``), logged once per place and exception type, and the actor
+keeps running: every other transfer it serves continues. Only
+:class:`ActorFault` (the actor knows its own state is broken) leaves the loop,
+and the supervisor restarts the actor.
+
+Logging about peers is rate-limited by count (a token bucket per actor, see
+:meth:`Actor.log_limited`), never by a table keyed on what peers send, and
+peer text in those lines is escaped (:func:`peercrypt.wire.text.printable`).
 """
 
 from __future__ import annotations
@@ -27,8 +38,10 @@ from typing import Any, ClassVar
 
 import zmq
 
+from peercrypt.core.token_bucket import TokenBucket
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Announce
+from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.actor")
 
@@ -44,6 +57,12 @@ CRASHED = b"CRASHED"
 # How many messages one readable socket may deliver before the loop looks at
 # the others (fairness between a bulk socket and the pipe/mailbox).
 DRAIN_BATCH = 64
+# Warnings about peers an actor may log: LOG_BURST at once, then LOG_RATE/s;
+# the rest are only counted (``log-suppressed``).
+LOG_RATE = 5.0
+LOG_BURST = 20
+# Distinct (place, exception type) pairs whose first failure is logged.
+MAX_FAULT_KINDS = 256
 
 
 @dataclass
@@ -86,6 +105,16 @@ class SetupError(Exception):
     (e.g. "cannot listen on 0.0.0.0:7400: Address already in use")."""
 
 
+def _shown(value: object) -> str:
+    return printable(value if isinstance(value, str | bytes) else str(value))
+
+
+class ActorFault(Exception):
+    """Raised by a handler whose actor can no longer trust its own state:
+    the one exception containment lets through (the supervisor restarts
+    the actor)."""
+
+
 class Actor:
     """Base class. Subclasses set ``name`` and override the hooks."""
 
@@ -104,7 +133,8 @@ class Actor:
         self._outboxes: dict[str, zmq.Socket[Any]] = {}
         self._running = False
         self.counters: dict[str, int] = {}
-        self._logged_once: set[tuple[str, str]] = set()
+        self._log_bucket = TokenBucket(LOG_RATE, LOG_BURST, time.monotonic())
+        self._faults_logged: set[tuple[str, str]] = set()
         self.facts: dict[str, str] = {}
 
     # -- hooks ------------------------------------------------------------------
@@ -175,9 +205,11 @@ class Actor:
         def tick() -> None:
             if handle.cancelled:
                 return
-            callback()
-            if not handle.cancelled:
-                self.call_later(interval, tick)
+            try:
+                callback()
+            finally:  # a failing run must not end the repetition
+                if not handle.cancelled:
+                    self.call_later(interval, tick)
 
         self.call_later(interval, tick)
         return handle
@@ -194,7 +226,7 @@ class Actor:
             out.send(codec.encode(msg), zmq.NOBLOCK)
         except zmq.Again:
             self.count("mail-dropped")
-            self.log_once("mail-dropped", actor, "%s: mailbox of %s is full", self.name, actor)
+            self.log_limited("%s: mailbox of %s is full", self.name, actor)
 
     def report(self) -> None:
         """Publish facts and counters to the status owner (see REPORT_TO)."""
@@ -212,14 +244,37 @@ class Actor:
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
 
-    def log_once(self, kind: str, who: str, fmt: str, *args: object) -> None:
-        """Log a warning the first time (kind, who) happens; bounded memory."""
-        key = (kind, who)
-        if key in self._logged_once:
-            return
-        if len(self._logged_once) < 4096:
-            self._logged_once.add(key)
-        log.warning(fmt, *args)
+    def log_limited(self, fmt: str, *args: object) -> None:
+        """Log a warning unless this actor has logged too many lately (a token
+        bucket: LOG_BURST, then LOG_RATE per second); suppressed lines are
+        counted. Every argument but a number is escaped: pass peer text as
+        arguments, never inside ``fmt``."""
+        if self._log_bucket.consume(1, self.now()):
+            log.warning(fmt, *(a if isinstance(a, int | float) else _shown(a) for a in args))
+        else:
+            self.count("log-suppressed")
+
+    def contain(self, where: str, call: Callable[..., None], *args: Any) -> None:
+        """Run one handler call; an exception is counted and logged (once per
+        place and exception type) and the actor goes on. :class:`ActorFault`
+        is let through."""
+        try:
+            call(*args)
+        except ActorFault:
+            raise
+        except Exception as exc:
+            self.count("handler-errors")
+            key = (where, type(exc).__name__)
+            if key not in self._faults_logged and len(self._faults_logged) < MAX_FAULT_KINDS:
+                self._faults_logged.add(key)
+                log.error(
+                    "%s: %s failed on one message (%s: %s); the actor goes on",
+                    self.name,
+                    where,
+                    type(exc).__name__,
+                    printable(str(exc)),
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
 
     def stop(self) -> None:
         """Leave the loop after the current step (from inside the actor)."""
@@ -237,16 +292,16 @@ class Actor:
                 msg = codec.decode(data)
             except codec.DecodeError as exc:
                 self.count(f"mail-decode-{exc.kind}")
-                self.log_once("mail", exc.kind, "%s: bad mail: %s", self.name, exc)
+                self.log_limited("%s: bad mail: %s", self.name, str(exc))
                 continue
-            self.on_mail(msg)
+            self.contain("mail", self.on_mail, msg)
 
     def _run_timers(self) -> None:
         now = self.now()
         while self._timers and self._timers[0].due <= now:
             timer = heapq.heappop(self._timers)
             if not timer.cancelled:
-                timer.callback()
+                self.contain(getattr(timer.callback, "__name__", "timer"), timer.callback)
 
     def _poll_timeout_ms(self) -> int:
         while self._timers and self._timers[0].cancelled:
@@ -293,7 +348,7 @@ class Actor:
                 for sock in list(events):
                     handler = self._handlers.get(sock)
                     if handler is not None:
-                        handler(sock)
+                        self.contain(getattr(handler, "__name__", "socket"), handler, sock)
                 self._run_timers()
         except Exception as exc:
             status = CRASHED

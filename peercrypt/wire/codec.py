@@ -8,6 +8,12 @@ Design rules:
   size limit is a :class:`DecodeError` that names its *kind*, so callers can
   count and log it once per peer and kind. Decoding never raises anything else.
 - Bulk chunk bytes never travel inside msgpack: they are a frame of their own.
+- Encoding clips: the field metadata that bounds what we accept also bounds
+  what we write. A string, list or map over its bound is cut, an int is
+  clamped, a string under its minimum is padded with ``?``. This is the one
+  place a node maps what it writes (a refusal reason quoting a peer's name, a
+  URL from a gossip record) to the wire bound, so no field a peer influences
+  can make encoding fail.
 """
 
 from __future__ import annotations
@@ -48,8 +54,10 @@ class Message:
 M = TypeVar("M", bound=Message)
 
 _Check = Callable[[Any], bool]
+_Clip = Callable[[Any], Any]
 _REGISTRY: dict[str, type[Message]] = {}
 _CHECKS: dict[type[Message], dict[str, _Check]] = {}
+_CLIPS: dict[type[Message], dict[str, _Clip]] = {}
 
 
 def bounded(maximum: int, minimum: int = 0) -> dict[str, int]:
@@ -94,24 +102,81 @@ def _checker(tp: Any, meta: typing.Mapping[str, Any]) -> _Check:
     raise TypeError(f"unsupported field type {tp!r}")
 
 
+def _clipper(tp: Any, meta: typing.Mapping[str, Any]) -> _Clip:
+    """The function mapping a value of type ``tp`` into its bounds (a value
+    of another type is returned as it is, and encode then refuses it)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        parts = [(_checker(a, meta), _clipper(a, meta)) for a in typing.get_args(tp)]
+
+        def clip_union(v: Any) -> Any:
+            for ok, clip in parts:
+                clipped = clip(v)
+                if ok(clipped):
+                    return clipped
+            return v
+
+        return clip_union
+    lo = meta.get("min", 0)
+    if tp is int:
+        hi_int = meta.get("max", 2**63 - 1)
+        lo_int = meta.get("min", -(2**63))
+        return lambda v: (
+            min(hi_int, max(lo_int, v)) if isinstance(v, int) and not isinstance(v, bool) else v
+        )
+    if tp is str:
+        hi = meta.get("max", DEFAULT_MAX_STR)
+        return lambda v: (v[:hi] + "?" * (lo - len(v))) if isinstance(v, str) else v
+    if tp is bytes:
+        hi = meta.get("max", DEFAULT_MAX_BYTES)
+        return lambda v: v[:hi] if isinstance(v, bytes) else v
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        item = _clipper(item_tp, {})
+        hi = meta.get("max", DEFAULT_MAX_LIST)
+        return lambda v: [item(x) for x in v[:hi]] if isinstance(v, list) else v
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        key, val = _clipper(key_tp, {}), _clipper(val_tp, {})
+        hi = meta.get("max", DEFAULT_MAX_LIST)
+        return lambda v: (
+            {key(k): val(x) for k, x in list(v.items())[:hi]} if isinstance(v, dict) else v
+        )
+    return lambda v: v
+
+
+def clip_fields(msg: Message) -> dict[str, Any]:
+    """The fields of ``msg``, each mapped into its wire bound."""
+    cls = type(msg)
+    checks, clips = _CHECKS[cls], _CLIPS[cls]
+    fields = {}
+    for name, ok in checks.items():
+        value = getattr(msg, name)
+        fields[name] = value if ok(value) else clips[name](value)
+    return fields
+
+
 def message(cls: type[M]) -> type[M]:
     """Class decorator: register a frozen message dataclass under ``cls.TYPE``."""
     if not cls.TYPE or cls.TYPE in _REGISTRY:
         raise TypeError(f"message type {cls.TYPE!r} missing or registered twice")
     hints = typing.get_type_hints(cls)
     _CHECKS[cls] = {f.name: _checker(hints[f.name], f.metadata) for f in dataclasses.fields(cls)}
+    _CLIPS[cls] = {f.name: _clipper(hints[f.name], f.metadata) for f in dataclasses.fields(cls)}
     _REGISTRY[cls.TYPE] = cls
     return cls
 
 
 def encode(msg: Message) -> bytes:
-    """Encode a registered message. Raises ValueError if a field is out of bounds
-    (a bug on our side: we never send what we would refuse)."""
+    """Encode a registered message, each field clipped to its bound (see the
+    module rules). Raises ValueError only for a value of the wrong type, a
+    bytes field under its minimum length, or a message that still exceeds
+    MAX_MESSAGE_BYTES (bugs on our side: we never send what we would refuse)."""
     cls = type(msg)
     checks = _CHECKS.get(cls)
     if checks is None:
         raise TypeError(f"{cls.__name__} is not a registered message")
-    fields = {name: getattr(msg, name) for name in checks}
+    fields = clip_fields(msg)
     for name, ok in checks.items():
         if not ok(fields[name]):
             raise ValueError(f"{cls.TYPE}.{name} out of bounds: {fields[name]!r:.80}")
