@@ -21,10 +21,8 @@ from typing import Any, NoReturn
 import click
 
 from peercrypt import errors
-from peercrypt.cli import UserError, _local_node, follow, main, send
+from peercrypt.cli.common import UserError, follow, local_node
 from peercrypt.client import ControlClient, NodeUnavailable
-from peercrypt.core.fragments import parse_group
-from peercrypt.core.modes import MODES
 from peercrypt.wire.codec import Message
 from peercrypt.wire.messages import ErrorReply
 from peercrypt.wire.multicast_messages import (
@@ -39,7 +37,7 @@ from peercrypt.wire.multicast_messages import (
 )
 
 # Options of ``send`` that only unicast modes use.
-_UNICAST_ONLY = (
+UNICAST_ONLY = (
     "rate",
     "burst",
     "window_kb",
@@ -88,7 +86,7 @@ def _ask_targets() -> list[str]:
     return out
 
 
-def _targets(host: str, port: int, to: tuple[str, ...], multi: bool, dual: bool) -> list[str]:
+def targets(host: str, port: int, to: tuple[str, ...], multi: bool, dual: bool) -> list[str]:
     targets = [parse_target(f"{host}:{port}")] + [parse_target(t) for t in to]
     if (multi or dual) and not to and sys.stdin.isatty():
         targets += _ask_targets()
@@ -114,7 +112,7 @@ def multicast_send(
     group: str,
 ) -> NoReturn:
     path = file.resolve()
-    with _local_node(obj, network_key, open_network) as client:
+    with local_node(obj, network_key, open_network) as client:
         request = client.next_id()
         client.send(
             McSendRequest(
@@ -182,75 +180,6 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
     else:
         click.echo(f"peercrypt: error: {result.reason}", err=True)
     sys.exit(errors.exit_code(result.code))
-
-
-# -- ``send`` learns -m, --to, -dual and --mode multicast ----------------------------------
-
-_send_callback = send.callback
-assert _send_callback is not None
-_original_send = _send_callback
-for _param in send.params:
-    if _param.name == "mode" and isinstance(_param, click.Option):
-        _param.type = click.Choice((*MODES, "multicast"), case_sensitive=False)
-send.params += [
-    click.Option(
-        ["-m", "--multicast", "multi"],
-        is_flag=True,
-        help="Multicast: the file goes once to many receivers (add them with --to).",
-    ),
-    click.Option(
-        ["--to", "to"],
-        multiple=True,
-        metavar="HOST:PORT",
-        help="Multicast: another receiver (repeat).",
-    ),
-    click.Option(["-dual", "dual"], is_flag=True, help="Multicast to exactly two receivers."),
-    click.Option(
-        ["--group", "group"],
-        default="",
-        metavar="GROUP:PORT",
-        help="Multicast: send the chunks as UDP datagrams to this IPv4 multicast group "
-        "(default: the node's --multicast-group; none: PUB/SUB).",
-    ),
-]
-
-
-@click.pass_obj
-def _send(obj: dict[str, Any], /, **kwargs: Any) -> Any:
-    multi, to, dual = kwargs.pop("multi"), kwargs.pop("to"), kwargs.pop("dual")
-    group = kwargs.pop("group")
-    mode = kwargs.get("mode")
-    if not (multi or dual or to or mode == "multicast"):
-        if group:
-            raise UserError("--group is for multicast (-m, -dual, --to or --mode multicast)")
-        return _original_send(**kwargs)
-    if group:
-        try:
-            address, port = parse_group(group)
-        except ValueError as exc:
-            raise UserError(f"--group: {exc}") from None
-        group = f"{address}:{port}"
-    given = [n for n in _UNICAST_ONLY if kwargs.get(n) not in (None, False)]
-    if given or (mode not in (None, "multicast")):
-        what = ", ".join(given) or f"--mode {mode}"
-        raise UserError(f"multicast does not take unicast mode options ({what})")
-    if kwargs.get("force"):
-        raise UserError("--force does not apply to multicast (unreachable targets never stall it)")
-    multicast_send(
-        obj,
-        file=kwargs["file"],
-        targets=_targets(kwargs["host"], kwargs["port"], to, multi, dual),
-        as_json=kwargs["as_json"],
-        no_progress=kwargs["no_progress"],
-        chunk_size=kwargs["chunk_size"],
-        timeout=kwargs["timeout"],
-        network_key=kwargs["network_key"],
-        open_network=kwargs["open_network"],
-        group=group,
-    )
-
-
-send.callback = _send
 
 
 # -- multicast-receive ---------------------------------------------------------------------
@@ -331,8 +260,8 @@ _RANGE_HELP = (
 )
 
 
-def _receive_command(name: str, hidden: bool) -> None:
-    @main.command(
+def _receive_command(name: str, hidden: bool) -> click.Command:
+    @click.command(
         name, hidden=hidden, help=f"Join multicast sessions and report them. {_RANGE_HELP}"
     )
     @click.argument("port_range", required=False, metavar="[PORT-RANGE]")
@@ -350,6 +279,8 @@ def _receive_command(name: str, hidden: bool) -> None:
     ) -> None:
         _receive(obj, port_range, count, timeout, as_json)
 
+    return command
 
-_receive_command("multicast-receive", hidden=False)
-_receive_command("mreceive", hidden=True)
+
+multicast_receive = _receive_command("multicast-receive", hidden=False)
+mreceive = _receive_command("mreceive", hidden=True)

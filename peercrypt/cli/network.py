@@ -1,4 +1,4 @@
-"""CLI commands of discovery and health monitoring (attached to ``main``).
+"""CLI commands of discovery and health monitoring.
 
 ``peers`` (alias ``list-peers``), ``join``, ``health-check``, ``reconnect``
 and ``gossip`` talk to the running node of the data directory;
@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from peercrypt import errors
-from peercrypt.cli import UserError, _local_node, main, network_key_option, open_option
+from peercrypt.cli.common import UserError, local_node, network_key_option, open_option
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.wire import codec
 from peercrypt.wire.messages import ErrorReply
@@ -94,7 +94,7 @@ def _peers(obj: dict[str, Any], as_json: bool) -> None:
         click.echo("  ".join(cells).rstrip())
 
 
-@main.command("peers")
+@click.command("peers")
 @click.option("--json", "as_json", is_flag=True, help="Print the peers as a JSON list.")
 @click.pass_obj
 def peers(obj: dict[str, Any], as_json: bool) -> None:
@@ -102,7 +102,7 @@ def peers(obj: dict[str, Any], as_json: bool) -> None:
     _peers(obj, as_json)
 
 
-@main.command("list-peers", hidden=True)
+@click.command("list-peers", hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the peers as a JSON list.")
 @click.pass_obj
 def list_peers(obj: dict[str, Any], as_json: bool) -> None:
@@ -110,7 +110,7 @@ def list_peers(obj: dict[str, Any], as_json: bool) -> None:
     _peers(obj, as_json)
 
 
-@main.command("join")
+@click.command("join")
 @click.argument("host")
 @click.argument("port", type=click.IntRange(1, 65535))
 @click.pass_obj
@@ -137,7 +137,7 @@ def _report_check(result: CheckResult, host: str, port: int, verb: str) -> None:
     )
 
 
-@main.command("health-check")
+@click.command("health-check")
 @click.argument("host")
 @click.argument("port", type=click.IntRange(1, 65535))
 @network_key_option
@@ -147,14 +147,14 @@ def health_check(
     obj: dict[str, Any], host: str, port: int, network_key: str | None, open_network: bool
 ) -> None:
     """Check the node at HOST PORT now: RTT, or why not (exit 3/4)."""
-    with _local_node(obj, network_key, open_network) as client:
+    with local_node(obj, network_key, open_network) as client:
         result: CheckResult = _call(
             client, CheckRequest(request=1, host=host, port=port), CheckResult, REPLY_TIMEOUT
         )
     _report_check(result, host, port, "alive")
 
 
-@main.command("reconnect")
+@click.command("reconnect")
 @click.argument("host")
 @click.argument("port", type=click.IntRange(1, 65535))
 @click.pass_obj
@@ -169,7 +169,7 @@ def reconnect(obj: dict[str, Any], host: str, port: int) -> None:
     _report_check(result, host, port, "reconnected to")
 
 
-@main.command("gossip")
+@click.command("gossip")
 @click.argument("action", required=False, metavar="[on|off|interval N|N]")
 @click.argument("value", required=False)
 @click.pass_obj

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from peercrypt import errors
+from peercrypt.cli.common import UserError
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.modes import (
     ACK_THRESHOLD,
@@ -50,7 +51,11 @@ def _priority(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 def send_policy_options(func: F) -> F:
     """The seed's ``send`` options; each left out means the node's default."""
     options = [
-        click.option("--mode", type=_MODE, help="Transfer mode (default: the node's)."),
+        click.option(
+            "--mode",
+            type=click.Choice((*MODES, "multicast"), case_sensitive=False),
+            help="Transfer mode (default: the node's).",
+        ),
         click.option(
             "-b",
             "--bucket",
@@ -210,8 +215,6 @@ def node_policy(kwargs: dict[str, Any]) -> tuple[Policy, int]:
 
 
 def _ask(obj: dict[str, Any], msg: codec.Message) -> codec.Message:
-    from peercrypt.cli import UserError
-
     data_dir: Path = obj["data_dir"]
     try:
         with ControlClient.for_data_dir(data_dir) as client:
@@ -225,8 +228,6 @@ def _ask(obj: dict[str, Any], msg: codec.Message) -> codec.Message:
 
 
 def _setting(obj: dict[str, Any], name: str, value: str, transfer: int = 0) -> None:
-    from peercrypt.cli import UserError
-
     reply = _ask(obj, SettingRequest(request=1, name=name, value=value, transfer=transfer))
     if not isinstance(reply, SettingReply):
         raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
@@ -235,64 +236,65 @@ def _setting(obj: dict[str, Any], name: str, value: str, transfer: int = 0) -> N
     click.echo(reply.text)
 
 
-def register(main: click.Group) -> None:
-    @main.command("set-mode")
-    @click.argument("mode", type=_MODE)
-    @click.pass_obj
-    def set_mode(obj: dict[str, Any], mode: str) -> None:
-        """Change the running node's default transfer mode."""
-        _setting(obj, "mode", mode.lower())
+@click.command("set-mode")
+@click.argument("mode", type=_MODE)
+@click.pass_obj
+def set_mode(obj: dict[str, Any], mode: str) -> None:
+    """Change the running node's default transfer mode."""
+    _setting(obj, "mode", mode.lower())
 
-    @main.command("rate")
-    @click.argument("bytes_per_sec", type=click.IntRange(0))
-    @click.option(
-        "--transfer",
-        type=click.IntRange(1),
-        default=None,
-        help="Only this transfer (see `peercrypt transfers`); default: all running.",
-    )
-    @click.pass_obj
-    def rate(obj: dict[str, Any], bytes_per_sec: int, transfer: int | None) -> None:
-        """Change the rate of running transfers live (0: unlimited)."""
-        _setting(obj, "rate", str(bytes_per_sec), transfer or 0)
 
-    @main.command("max-rate")
-    @click.argument("bytes_per_sec", type=click.IntRange(0))
-    @click.pass_obj
-    def max_rate(obj: dict[str, Any], bytes_per_sec: int) -> None:
-        """Cap all outgoing transfers of the node together (0: no cap), live."""
-        _setting(obj, "max-rate", str(bytes_per_sec))
+@click.command("rate")
+@click.argument("bytes_per_sec", type=click.IntRange(0))
+@click.option(
+    "--transfer",
+    type=click.IntRange(1),
+    default=None,
+    help="Only this transfer (see `peercrypt transfers`); default: all running.",
+)
+@click.pass_obj
+def rate(obj: dict[str, Any], bytes_per_sec: int, transfer: int | None) -> None:
+    """Change the rate of running transfers live (0: unlimited)."""
+    _setting(obj, "rate", str(bytes_per_sec), transfer or 0)
 
-    @main.command("congestion")
-    @click.argument(
-        "key",
-        type=click.Choice(["window", "min-window", "max-window", "threshold", "timeout", "dupack"]),
-    )
-    @click.argument("value")
-    @click.pass_obj
-    def congestion(obj: dict[str, Any], key: str, value: str) -> None:
-        """AIMD defaults: window|min-window|max-window KB, threshold N, timeout|dupack on|off."""
-        _setting(obj, f"congestion.{key}", value)
 
-    @main.command("transfers")
-    @click.option("--json", "as_json", is_flag=True)
-    @click.pass_obj
-    def transfers(obj: dict[str, Any], as_json: bool) -> None:
-        """List the node's running and waiting sends."""
-        from peercrypt.cli import UserError
+@click.command("max-rate")
+@click.argument("bytes_per_sec", type=click.IntRange(0))
+@click.pass_obj
+def max_rate(obj: dict[str, Any], bytes_per_sec: int) -> None:
+    """Cap all outgoing transfers of the node together (0: no cap), live."""
+    _setting(obj, "max-rate", str(bytes_per_sec))
 
-        reply = _ask(obj, TransfersRequest(request=1))
-        if not isinstance(reply, TransfersReply):
-            raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
-        if as_json:
-            click.echo(json.dumps(reply.transfers))
-            return
-        if not reply.transfers:
-            click.echo("no transfers running")
-            return
-        for row in reply.transfers:
-            click.echo(
-                f"{row['id']:>5}  {row['state']:8} {row['mode']:12} {row['bytes']:>12}/"
-                f"{row['size']:<12} {row['peer']:21} {row['file']}"
-            )
-        sys.stdout.flush()
+
+@click.command("congestion")
+@click.argument(
+    "key",
+    type=click.Choice(["window", "min-window", "max-window", "threshold", "timeout", "dupack"]),
+)
+@click.argument("value")
+@click.pass_obj
+def congestion(obj: dict[str, Any], key: str, value: str) -> None:
+    """AIMD defaults: window|min-window|max-window KB, threshold N, timeout|dupack on|off."""
+    _setting(obj, f"congestion.{key}", value)
+
+
+@click.command("transfers")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def transfers(obj: dict[str, Any], as_json: bool) -> None:
+    """List the node's running and waiting sends."""
+    reply = _ask(obj, TransfersRequest(request=1))
+    if not isinstance(reply, TransfersReply):
+        raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
+    if as_json:
+        click.echo(json.dumps(reply.transfers))
+        return
+    if not reply.transfers:
+        click.echo("no transfers running")
+        return
+    for row in reply.transfers:
+        click.echo(
+            f"{row['id']:>5}  {row['state']:8} {row['mode']:12} {row['bytes']:>12}/"
+            f"{row['size']:<12} {row['peer']:21} {row['file']}"
+        )
+    sys.stdout.flush()

@@ -1,0 +1,229 @@
+"""What the command groups share: the one-line user error, identity and
+network-key handling, reaching the data dir's node (or a temporary one) and
+following a request's progress to its result.
+
+Every user-caused error ends in one line ``peercrypt: error: ...`` and a
+non-zero exit code (see :mod:`peercrypt.errors`); tracebacks only with
+``--debug``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import zmq
+
+from peercrypt import errors
+from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.crypto.identity import (
+    IdentityError,
+    load_or_create_identity,
+    network_server_keys,
+    normalise_fingerprint,
+)
+from peercrypt.node import Node
+from peercrypt.runtime.supervisor import StartError
+from peercrypt.settings import NodeSettings
+from peercrypt.wire.codec import Message
+from peercrypt.wire.messages import CancelRequest, ErrorReply, Progress, SendResult
+
+
+class UserError(click.ClickException):
+    """One line to the user and an exit code."""
+
+    def __init__(self, message: str, exit_code: int = errors.USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"peercrypt: error: {self.format_message()}", err=True)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "peercrypt"
+
+
+def load_identity(data_dir: Path) -> Any:
+    try:
+        return load_or_create_identity(data_dir)
+    except IdentityError as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"cannot use data directory {data_dir}: {exc.strerror}") from None
+
+
+def server_keys(network_key: str | None, open_network: bool) -> Any:
+    if open_network and network_key:
+        raise UserError("--open and a network key exclude each other")
+    if not open_network and not network_key:
+        raise UserError(
+            "no network key: pass --network-key (or set PEERCRYPT_NETWORK_KEY; "
+            "`peercrypt keygen` makes one), or --open for an unauthenticated local try"
+        )
+    return network_server_keys(None if open_network else network_key)
+
+
+def allow_list(values: tuple[str, ...]) -> frozenset[str]:
+    try:
+        return frozenset(normalise_fingerprint(v) for v in values)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+network_key_option = click.option(
+    "--network-key",
+    envvar="PEERCRYPT_NETWORK_KEY",
+    help="Shared secret of your network (env PEERCRYPT_NETWORK_KEY).",
+)
+open_option = click.option(
+    "--open", "open_network", is_flag=True, help="Admit any node (encrypted, unauthenticated)."
+)
+
+
+def start_node(node_: Node, where: str) -> Node:
+    try:
+        node_.start()
+    except zmq.ZMQError as exc:
+        raise UserError(f"cannot listen on {where}: {exc.strerror}") from None
+    except StartError as exc:
+        raise UserError(str(exc), errors.USAGE if exc.user_error else errors.FAILED) from None
+    return node_
+
+
+def wait_for_facts(client: ControlClient, keys: tuple[str, ...]) -> dict[str, str]:
+    deadline = time.monotonic() + 5.0
+    while True:
+        facts = client.status().node
+        if all(k in facts for k in keys) or time.monotonic() > deadline:
+            return facts
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def local_node(
+    obj: dict[str, Any], network_key: str | None, open_network: bool
+) -> Iterator[ControlClient]:
+    """The running node of this data dir, or a temporary send-only node."""
+    data_dir: Path = obj["data_dir"]
+    try:
+        client = ControlClient.for_data_dir(data_dir)
+        try:
+            client.status(timeout=2.0)
+        except NodeUnavailable:
+            client.close()
+            raise
+    except NodeUnavailable:
+        pass
+    else:
+        ctx = click.get_current_context()
+        given = ctx.get_parameter_source("network_key") == click.core.ParameterSource.COMMANDLINE
+        if given or open_network:
+            click.echo(
+                "peercrypt: note: sending through the running node, on its network "
+                "(--network-key/--open apply only when no node runs)",
+                err=True,
+            )
+        with client:
+            yield client
+        return
+    with tempfile.TemporaryDirectory(prefix="peercrypt-") as tmp:
+        control_file = Path(tmp) / "control.json"
+        settings = NodeSettings(
+            data_dir=data_dir,
+            inbox=data_dir / "inbox",
+            identity=load_identity(data_dir),
+            server_keys=server_keys(network_key, open_network),
+            open_network=open_network,
+            port=None,
+            control_file=control_file,
+        )
+        temporary = start_node(Node(settings), "loopback")
+        try:
+            with ControlClient.from_file(control_file, data_dir) as client:
+                yield client
+        finally:
+            temporary.stop()
+
+
+R = TypeVar("R", bound=Message)
+
+
+def follow(
+    client: ControlClient,
+    request: int,
+    path: Path,
+    result_type: type[R],
+    timeout: float,
+    *,
+    quiet: bool,
+    on_other: Callable[[Message], None] | None = None,
+) -> R:
+    """Show a progress bar for ``request`` until its ``result_type`` arrives.
+
+    Other replies to the request go to ``on_other``. Ctrl-C cancels the
+    request in the node (exit 130). Raises UserError when the node stops, or
+    after ``timeout`` + 30 s of silence (it reports progress every 0.1 s).
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=path.stat().st_size,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        disable=quiet or not sys.stderr.isatty(),
+        desc=path.name,
+        leave=False,
+    )
+    try:
+        return _await_result(client, request, bar, result_type, timeout + 30.0, on_other)
+    except KeyboardInterrupt:
+        client.send(CancelRequest(request=request))
+        with contextlib.suppress(NodeUnavailable, UserError):
+            _await_result(client, request, bar, result_type, 5.0, on_other)
+        raise UserError("interrupted; the transfer was cancelled", 130) from None
+    finally:
+        bar.close()
+
+
+def _await_result(
+    client: ControlClient,
+    request: int,
+    bar: Any,
+    result_type: type[R],
+    silence: float,
+    on_other: Callable[[Message], None] | None,
+) -> R:
+    quiet_since = time.monotonic()
+    while True:
+        try:
+            msg = client.receive(min(1.0, silence))
+        except NodeUnavailable:
+            if not client.node_alive():
+                raise UserError("the local node stopped", errors.FAILED) from None
+            if time.monotonic() - quiet_since < silence:
+                continue
+            raise UserError("the local node stopped answering", errors.FAILED) from None
+        quiet_since = time.monotonic()
+        if isinstance(msg, ErrorReply):
+            raise UserError(f"the local node refused: {msg.reason}", errors.FAILED)
+        if getattr(msg, "request", None) != request:
+            continue
+        if isinstance(msg, result_type):
+            return msg
+        if isinstance(msg, Progress):
+            bar.update(msg.done_bytes - bar.n)
+        elif isinstance(msg, SendResult):  # e.g. "cancelled: the node is stopping"
+            raise UserError(msg.reason or msg.code, errors.exit_code(msg.code))
+        elif on_other is not None:
+            on_other(msg)

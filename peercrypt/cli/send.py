@@ -1,0 +1,167 @@
+"""``send FILE HOST PORT``: unicast in any mode, or multicast with ``-m``,
+``-dual``, ``--to`` or ``--mode multicast`` (handed to
+:mod:`peercrypt.cli.multicast`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from peercrypt import errors
+from peercrypt.cli import modes, multicast
+from peercrypt.cli.common import UserError, follow, local_node, network_key_option, open_option
+from peercrypt.core.fragments import parse_group
+from peercrypt.settings import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
+from peercrypt.wire.messages import SendRequest, SendResult
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@click.argument("host")
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(MIN_CHUNK, MAX_CHUNK),
+    default=DEFAULT_CHUNK,
+    show_default=True,
+    help="Bytes per chunk.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the peer before giving up.",
+)
+@network_key_option
+@open_option
+@modes.send_policy_options
+@click.option("--force", is_flag=True, help="Send even if the health check finds no peer.")
+@click.option(
+    "-m",
+    "--multicast",
+    "multi",
+    is_flag=True,
+    help="Multicast: the file goes once to many receivers (add them with --to).",
+)
+@click.option(
+    "--to", "to", multiple=True, metavar="HOST:PORT", help="Multicast: another receiver (repeat)."
+)
+@click.option("-dual", "dual", is_flag=True, help="Multicast to exactly two receivers.")
+@click.option(
+    "--group",
+    "group",
+    default="",
+    metavar="GROUP:PORT",
+    help="Multicast: send the chunks as UDP datagrams to this IPv4 multicast group "
+    "(default: the node's --multicast-group; none: PUB/SUB).",
+)
+@click.pass_obj
+def send(
+    obj: dict[str, Any],
+    /,
+    file: Path,
+    host: str,
+    port: int,
+    as_json: bool,
+    no_progress: bool,
+    chunk_size: int,
+    timeout: float,
+    network_key: str | None,
+    open_network: bool,
+    force: bool,
+    multi: bool,
+    to: tuple[str, ...],
+    dual: bool,
+    group: str,
+    **policy_options: Any,
+) -> None:
+    """Send FILE to the node at HOST PORT; exit 0 once it verified the hash."""
+    mode = policy_options.get("mode")
+    if multi or dual or to or mode == "multicast":
+        if group:
+            try:
+                address, group_port = parse_group(group)
+            except ValueError as exc:
+                raise UserError(f"--group: {exc}") from None
+            group = f"{address}:{group_port}"
+        given = [n for n in multicast.UNICAST_ONLY if policy_options.get(n) not in (None, False)]
+        if given or (mode not in (None, "multicast")):
+            what = ", ".join(given) or f"--mode {mode}"
+            raise UserError(f"multicast does not take unicast mode options ({what})")
+        if force:
+            raise UserError(
+                "--force does not apply to multicast (unreachable targets never stall it)"
+            )
+        multicast.multicast_send(
+            obj,
+            file=file,
+            targets=multicast.targets(host, port, to, multi, dual),
+            as_json=as_json,
+            no_progress=no_progress,
+            chunk_size=chunk_size,
+            timeout=timeout,
+            network_key=network_key,
+            open_network=open_network,
+            group=group,
+        )
+    if group:
+        raise UserError("--group is for multicast (-m, -dual, --to or --mode multicast)")
+    overrides = modes.send_overrides(policy_options)
+    path = file.resolve()
+    with local_node(obj, network_key, open_network) as client:
+        request = client.next_id()
+        client.send(
+            SendRequest(
+                request=request,
+                path=str(path),
+                host=host,
+                port=port,
+                chunk_size=chunk_size,
+                timeout=timeout,
+                force=force,
+                **overrides,
+            )
+        )
+        result = follow(client, request, path, SendResult, timeout, quiet=as_json or no_progress)
+    _report(result, path, host, port, as_json)
+
+
+def _report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> NoReturn:
+    ok = result.code == "ok"
+    rate = result.size / result.seconds / 2**20 if ok and result.seconds > 0 else 0.0
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "code": result.code,
+                    "error": result.reason or None,
+                    "file": str(path),
+                    "peer": f"{host}:{port}",
+                    "size": result.size,
+                    "blake3": result.digest.hex() if ok else None,
+                    "stored_as": result.stored_as or None,
+                    "seconds": round(result.seconds, 3),
+                    "mib_per_s": round(rate, 1),
+                    "retransmits": result.retransmits,
+                    "mode": result.mode or None,
+                    "stats": result.stats,
+                    "window_history": result.window_history,
+                }
+            )
+        )
+    elif ok:
+        click.echo(
+            f"sent {path.name} ({result.size} bytes) to {host}:{port} as {result.stored_as} "
+            f"in {result.seconds:.2f} s ({rate:.1f} MiB/s), blake3 {result.digest.hex()} verified"
+        )
+    else:
+        click.echo(f"peercrypt: error: {result.reason}", err=True)
+    sys.exit(errors.exit_code(result.code))
