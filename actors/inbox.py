@@ -3,11 +3,20 @@
 - An incoming file is checked before anything is created: chunk size within
   bounds, a name that sanitises to a single safe component, room on disk.
 - It is written as a hidden ``.NAME.ID[.KIND].part`` file of its final size
-  (sparse), mode 0600 while incomplete.
-- Once its whole-file hash is verified it is made readable (0644), hard-linked
-  under the first free name (``NAME``, ``NAME.1``...: ``link()`` fails
-  instead of replacing, so nothing is ever overwritten, not even by a
-  concurrent transfer of the same name) and the directory is fsynced.
+  (sparse), mode 0600 while incomplete, created with ``O_EXCL`` (an existing
+  file of that name is never replaced or removed: it belongs to another
+  session). Or, with ``anonymous=True`` (multicast, which does not resume
+  from a part), as a file with no name at all (``O_TMPFILE``) in the inbox:
+  no other session can open, replace or remove it, and a killed process
+  leaves nothing behind. Where the filesystem has no ``O_TMPFILE`` it falls
+  back to a named part whose name adds a local random suffix to ``ID``.
+- Once its whole-file hash is verified it is made readable (0644) and the
+  *open file* - the very file that was written and verified, never a path
+  someone could have replaced meanwhile - is hard-linked under the first
+  free name (``linkat`` of ``/proc/self/fd/N``; ``NAME``, ``NAME.1``...:
+  linking fails instead of replacing, so nothing is ever overwritten, not
+  even by a concurrent transfer of the same name) and the directory is
+  fsynced.
 - Beside a unicast part, ``.NAME.ID.part.manifest`` lists the chunks the part
   durably holds (:class:`~peercrypt.core.resume.Manifest`): the part is synced
   (``fdatasync``) before every manifest, which is replaced atomically; a
@@ -20,7 +29,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import secrets
 import shutil
 import stat
 from collections.abc import Iterable
@@ -56,41 +67,116 @@ def check_incoming(settings: NodeSettings, name: str, chunk_size: int, size: int
 
 
 def create_part(
-    inbox: Path, name: str, ident: str, size: int, *, kind: str = "", replace: bool = False
-) -> tuple[Path, int]:
-    """Create ``.NAME.IDENT[.KIND].part`` of ``size`` bytes; (path, fd).
-    ``replace``: a file of that name left by a killed process is removed first.
-    Raises :class:`Refusal` ("io")."""
-    part = inbox / f".{name}.{ident}{'.' + kind if kind else ''}.part"
+    inbox: Path, name: str, ident: str, size: int, *, kind: str = "", anonymous: bool = False
+) -> tuple[Path | None, int]:
+    """Create the part file of ``size`` bytes; (path or None, fd).
+
+    Named: ``.NAME.IDENT[.KIND].part``, refused if that name exists.
+    ``anonymous``: no name (``O_TMPFILE``; path None) where the filesystem
+    supports it, else ``.NAME.IDENT-RANDOM[.KIND].part``. Raises
+    :class:`Refusal` ("io")."""
+    suffix = f".{kind}" if kind else ""
+    fd = -1
+    part: Path | None = None
     try:
-        if replace:
-            with contextlib.suppress(FileNotFoundError):
-                part.unlink()
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        if anonymous:
+            fd = _open_anonymous(inbox)
+            if fd < 0:
+                ident = f"{ident}-{secrets.token_hex(8)}"
+        if fd < 0:
+            part = inbox / f".{name}.{ident}{suffix}.part"
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise Refusal("io", f"cannot create file in inbox: {exc.strerror}") from None
     try:
         os.ftruncate(fd, size)
     except OSError as exc:
+        discard_part(part, fd)
         os.close(fd)
-        part.unlink()
         raise Refusal("io", f"cannot create file in inbox: {exc.strerror}") from None
     return part, fd
 
 
-def publish(part: Path, fd: int, inbox: Path, name: str) -> str | None:
-    """Give a verified part file its final name (never overwriting); the name
-    used, or None if every candidate is taken. The part file stays; the
-    caller removes it."""
+# errno values that mean "this kernel or filesystem has no O_TMPFILE"
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP}
+
+
+def _open_anonymous(inbox: Path) -> int:
+    """An unnamed file in ``inbox`` (mode 0600); -1 where O_TMPFILE is not
+    supported. Other errors raise OSError."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or os.environ.get(NO_TMPFILE_ENV):
+        return -1
+    try:
+        return os.open(inbox, flag | os.O_RDWR, 0o600)
+    except OSError as exc:
+        if exc.errno in _NO_TMPFILE:
+            return -1
+        raise
+
+
+# Test hook (docs/security.md): behave as on a filesystem without O_TMPFILE.
+NO_TMPFILE_ENV = "PEERCRYPT_TEST_NO_TMPFILE"
+
+
+def discard_part(part: Path | None, fd: int) -> None:
+    """Remove this session's named part file - only if the name still refers
+    to the file open as ``fd`` (nothing else is ever removed)."""
+    if part is None:
+        return
+    try:
+        mine = os.fstat(fd)
+        there = os.lstat(part)
+    except OSError:
+        return
+    if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+
+
+def publish(part: Path | None, fd: int, inbox: Path, name: str) -> str | None:
+    """Give the verified file open as ``fd`` its final name (never
+    overwriting); the name used, or None if every candidate is taken. The
+    link is made to the open file itself, so what appears is what was
+    verified even if ``part``'s name was replaced meanwhile. A named part
+    stays; the caller removes it (:func:`discard_part`)."""
     os.fchmod(fd, 0o644)
     for candidate in candidate_names(name):
         try:
-            os.link(part, inbox / candidate)
+            _link_fd(fd, part, inbox / candidate)
         except FileExistsError:
             continue
         fsync_dir(inbox)
         return candidate
     return None
+
+
+def _link_fd(fd: int, part: Path | None, target: Path) -> None:
+    """linkat() the open file ``fd`` to ``target`` (FileExistsError if taken)."""
+    try:
+        # src_dir_fd makes CPython call linkat(..., AT_SYMLINK_FOLLOW), which
+        # follows the /proc magic link to the open file (plain link() would
+        # try to link the symlink itself).
+        procfd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        procfd = -1
+    if procfd >= 0:
+        try:
+            os.link(str(fd), target, src_dir_fd=procfd, follow_symlinks=True)
+            return
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise Refusal("io", f"cannot link the verified file: {exc.strerror}") from None
+        finally:
+            os.close(procfd)
+    if part is None:
+        raise Refusal("io", "cannot link the verified file: no /proc")
+    # No /proc: link the name, but only while it is still this very file.
+    mine, there = os.fstat(fd), os.lstat(part)
+    if (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
+        raise Refusal("io", "the part file was replaced")
+    os.link(part, target, follow_symlinks=False)
 
 
 def fsync_dir(path: Path) -> None:

@@ -2,22 +2,25 @@
 
 Announces arrive from the gateway (control plane, CURVE). Per session:
 
-1. ``McAnnounce`` -> checks (limits, name, chunk size, space), a
-   ``.NAME.SID.mc.part`` file in the inbox, ``McJoin`` with a fresh ephemeral
-   key and this actor's unicast repair port.
+1. ``McAnnounce`` -> checks (limits, name, chunk size, space, the signing
+   key is the identity CURVE proved for the sender), an anonymous part file
+   in the inbox (``actors/inbox.py``), ``McJoin`` with a fresh ephemeral key
+   and this actor's unicast repair port.
 2. ``McKey`` -> the content key is unwrapped; a SUB socket connects to the
    sender's advertised PUB port and subscribes to the session id. With a UDP
    multicast group in the announce, the receiver joined the group at step 1
    instead (``actors/udp_multicast.py``) and reassembles each sealed chunk
    from its datagrams (``peercrypt/core/fragments.py``).
 3. Chunks (from the SUB socket, the group or the repair PULL socket) are
-   authenticated with the content key, decrypted and queued to the writer
-   thread (the
+   authenticated by the sender's signature (a co-receiver has the content
+   key too: ``peercrypt/crypto/chunk_signature.py``), decrypted with the
+   content key and queued to the writer thread (the
    receiver's :class:`~actors.file_writer.FileWriter`: positioned writes,
    BLAKE3 in file order). Every ``ACK_INTERVAL`` an ``McAck`` reports the
    written point and NAK ranges from :class:`~peercrypt.core.multicast.GapTracker`.
 4. When every chunk is written and the sender's ``McStatus`` carried the
-   whole-file hash: fsync, compare, hard-link under a free name, ``McDone``.
+   whole-file hash: fsync, compare, link the verified open file under a free
+   name, ``McDone``.
 
 Memory: chunks queued to the writer are bounded (``QUEUE_CHUNKS``; beyond it
 a chunk is dropped and NAKed later); the SUB high-water mark is bounded;
@@ -26,7 +29,6 @@ nothing depends on the file size.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hmac
 import logging
@@ -42,10 +44,11 @@ import zmq
 
 from actors import udp_multicast
 from actors.file_writer import FileWriter
-from actors.inbox import Refusal, check_incoming, create_part, publish
+from actors.inbox import Refusal, check_incoming, create_part, discard_part, publish
 from peercrypt.core import fragments
 from peercrypt.core.bitmap import ChunkBitmap, flatten
 from peercrypt.core.multicast import GapTracker
+from peercrypt.crypto.chunk_signature import SIG_BYTES, ChunkVerifier, proven_signer
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, WrapKey
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError
@@ -97,7 +100,8 @@ class Session:
     size: int
     chunk_size: int
     tracker: GapTracker
-    part: Path
+    verifier: ChunkVerifier
+    part: Path | None  # None: anonymous until published
     fd: int
     pub_endpoint: str
     started: float
@@ -226,10 +230,13 @@ class MulticastReceiverActor(Actor):
             elif not a.pub_port:
                 return refuse("protocol", "neither a PUB port nor a multicast group")
             try:
+                verifier = proven_signer(a.signer, env.peer)
+            except ValueError as exc:
+                return refuse("protocol", f"chunks not signed by the sender: {exc}")
+            try:
                 name = check_incoming(s, a.name, a.chunk_size, a.size)
-                # replace: a part left by an earlier process of this node (killed)
                 part, fd = create_part(
-                    s.inbox, name, a.sid.hex()[:12], a.size, kind="mc", replace=True
+                    s.inbox, name, a.sid.hex(), a.size, kind="mc", anonymous=True
                 )
             except Refusal as exc:
                 return refuse(exc.code, exc.reason)
@@ -245,6 +252,7 @@ class MulticastReceiverActor(Actor):
                 size=a.size,
                 chunk_size=a.chunk_size,
                 tracker=GapTracker(total, nak_limit=64),
+                verifier=verifier,
                 part=part,
                 fd=fd,
                 pub_endpoint=f"tcp://{host}:{a.pub_port}" if a.pub_port else "",
@@ -298,10 +306,10 @@ class MulticastReceiverActor(Actor):
         chunk = sess.chunk_size
 
         def expected(index: int) -> int:
-            return min(chunk, sess.size - index * chunk) + TAG_BYTES
+            return min(chunk, sess.size - index * chunk) + TAG_BYTES + SIG_BYTES
 
         sess.udp = sock
-        pending = max(2, PENDING_BYTES // (chunk + TAG_BYTES))
+        pending = max(2, PENDING_BYTES // (chunk + TAG_BYTES + SIG_BYTES))
         sess.reassembler = fragments.Reassembler(sess.tracker.total, expected, a.fragment, pending)
         self.watch(sock.fileno(), functools.partial(self._on_datagrams, sess))
 
@@ -365,7 +373,7 @@ class MulticastReceiverActor(Actor):
                 break
             if subscribed:
                 frames = frames[1:]  # the topic (session id) frame
-            if len(frames) != 2:
+            if len(frames) != 3:  # header, sealed chunk, signature
                 self.count("data-dropped-frames")
                 continue
             try:
@@ -377,9 +385,15 @@ class MulticastReceiverActor(Actor):
             if sess is None:
                 self.count("data-dropped-unknown-session")
                 continue
-            if sess.reassembler is not None and not subscribed:
-                sess.reassembler.forget(header.index)  # a unicast repair
-            self._on_chunk(sess, header.index, header.last, header.nonce, frames[1].buffer)
+            self._on_chunk(
+                sess,
+                header.index,
+                header.last,
+                header.nonce,
+                frames[1].buffer,
+                frames[2].buffer,
+                repair=not subscribed,
+            )
             if self.slow and subscribed:
                 time.sleep(self.slow)
 
@@ -412,14 +426,24 @@ class MulticastReceiverActor(Actor):
                 self.count(f"datagram-dropped-{exc.kind}")
                 continue
             if done is not None:
-                self._on_chunk(sess, frag.index, frag.last, done[0], memoryview(done[1]))
+                blob = memoryview(done[1])
+                sealed, signature = blob[:-SIG_BYTES], blob[-SIG_BYTES:]
+                self._on_chunk(sess, frag.index, frag.last, done[0], sealed, signature)
                 if self.slow:
                     time.sleep(self.slow)
                 if sess.sid not in self.sessions:
                     return  # finished or closed meanwhile
 
     def _on_chunk(
-        self, sess: Session, index: int, last: bool, nonce: bytes, payload: memoryview
+        self,
+        sess: Session,
+        index: int,
+        last: bool,
+        nonce: bytes,
+        payload: memoryview,
+        signature: memoryview,
+        *,
+        repair: bool = False,
     ) -> None:
         if sess.sealer is None:
             self.count("data-dropped-unknown-session")
@@ -439,10 +463,17 @@ class MulticastReceiverActor(Actor):
             self.count("data-dropped-queue-full")  # NAKed later
             return
         try:
+            sess.verifier.verify(sess.sid, index, last, nonce, payload, signature)
+        except OpenError:
+            self.count("data-dropped-forged")  # not the sender's: NAKed, repaired
+            return
+        try:
             plaintext = sess.sealer.open_chunk(index, last, nonce, payload)
         except OpenError:
             self.count("data-dropped-auth")
             return
+        if repair and sess.reassembler is not None:
+            sess.reassembler.forget(index)  # it came whole: stop assembling it
         sess.last_activity = self.now()
         if t.on_chunk(index, self.now()):
             sess.queued += 1
@@ -505,7 +536,11 @@ class MulticastReceiverActor(Actor):
             log.warning("%s: whole-file hash mismatch; discarded", sess.name)
             self._done(sess, ok=False, digest=digest, stored="", reason="whole-file hash mismatch")
             return
-        stored = publish(sess.part, sess.fd, self.settings.inbox, sess.name) or ""
+        try:
+            stored = publish(sess.part, sess.fd, self.settings.inbox, sess.name) or ""
+        except Refusal as exc:
+            self._done(sess, ok=False, digest=digest, stored="", reason=exc.reason)
+            return
         if not stored:
             self._done(sess, ok=False, digest=digest, stored="", reason="no free name in the inbox")
             return
@@ -554,10 +589,9 @@ class MulticastReceiverActor(Actor):
             sess.udp.close()
             sess.udp = None
             sess.reassembler = None
-        os.close(sess.fd)
         if not keep_part:
-            with contextlib.suppress(FileNotFoundError):
-                sess.part.unlink()
+            discard_part(sess.part, sess.fd)
+        os.close(sess.fd)
 
     def _expire_idle(self) -> None:
         now = self.now()

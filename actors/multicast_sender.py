@@ -47,6 +47,7 @@ from peercrypt.core import fragments
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.fragments import fragment_count, parse_group
 from peercrypt.core.multicast import DONE, FAILED, JOINING, LOST, Repair, SessionPlan
+from peercrypt.crypto.chunk_signature import ChunkSigner
 from peercrypt.crypto.keywrap import ContentSealer, WrapKey, new_content_key
 from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, Timer, bound_port
 from peercrypt.settings import NodeSettings
@@ -161,7 +162,7 @@ class Session:
     datagrams: int = 0
     datagrams_unsent: int = 0
     # Paced UDP: sealed chunks whose datagrams wait for granted bytes, as
-    # [index, last, nonce, sealed, next offset] (at most about 2 chunks).
+    # [index, last, nonce, (sealed, signature), next offset] (about 2 chunks).
     backlog: deque[list[Any]] = field(default_factory=deque)
 
 
@@ -174,6 +175,7 @@ class MulticastSenderActor(Actor):
         self.sessions: dict[bytes, Session] = {}
         self.pub: zmq.Socket[Any] | None = None
         self.pub_port = 0
+        self.signer = ChunkSigner(settings.identity.seed)
 
     def setup(self) -> None:
         if self.settings.multicast_group:
@@ -347,6 +349,7 @@ class MulticastSenderActor(Actor):
             group=sess.group[0] if sess.group else "",
             group_port=sess.group[1] if sess.group else 0,
             fragment=self.settings.multicast_fragment if sess.group else 0,
+            signer=self.signer.public,
         )
         self._send_ctl(t, msg)
 
@@ -596,30 +599,34 @@ class MulticastSenderActor(Actor):
         return data
 
     def _frames(self, sess: Session, index: int, data: bytes) -> tuple[bytes, list[bytes]]:
-        """Seal a chunk: its nonce, and the frames [McChunk header, sealed]."""
+        """Seal and sign a chunk: its nonce, and the frames [McChunk header,
+        sealed, signature] (crypto/chunk_signature.py: a co-receiver holds the
+        content key too, only the signature tells the sender's chunks)."""
         last = index == sess.total - 1
         nonce, sealed = sess.sealer.seal_chunk(index, last, data)
+        signature = self.signer.sign(sess.sid, index, last, nonce, sealed)
         header = codec.encode(McChunk(sid=sess.sid, index=index, last=last, nonce=nonce))
-        return nonce, [header, sealed]
+        return nonce, [header, sealed, signature]
 
     def _publish(self, sess: Session, index: int, nonce: bytes, frames: list[bytes]) -> None:
         """One sealed chunk to every subscriber: PUB/SUB, or the UDP group."""
-        sealed = frames[1]
+        sealed, signature = frames[1], frames[2]
         sess.published_bytes += len(sealed)
         if sess.udp is None or sess.group is None:
             assert self.pub is not None
             self.pub.send_multipart([sess.sid, *frames], copy=False)
             return
         last = index == sess.total - 1
+        blob = (sealed, signature)  # the datagrams carry sealed || signature
         if sess.paced:  # datagrams leave as the scheduler grants bytes
-            sess.backlog.append([index, last, nonce, sealed, 0])
+            sess.backlog.append([index, last, nonce, blob, 0])
             self._flush(sess)
             return
         frag = self.settings.multicast_fragment
         unsent = udp_multicast.send_sealed(
-            sess.udp, sess.group, sess.sid, index, last, nonce, sealed, frag
+            sess.udp, sess.group, sess.sid, index, last, nonce, blob, frag
         )
-        sess.datagrams += fragment_count(len(sealed), frag) - unsent
+        sess.datagrams += fragment_count(fragments.blob_len(blob), frag) - unsent
         if unsent:
             sess.datagrams_unsent += unsent
             self.count("datagrams-unsent", unsent)
@@ -634,21 +641,22 @@ class MulticastSenderActor(Actor):
         frag = self.settings.multicast_fragment
         while sess.backlog and (sess.allowance > 0 or not sess.paced):
             item = sess.backlog[0]
-            index, last, nonce, sealed, offset = item
-            end = min(len(sealed), offset + frag)
-            head = fragments.header(sess.sid, index, last, nonce, len(sealed), offset)
+            index, last, nonce, blob, offset = item
+            size = fragments.blob_len(blob)
+            end = min(size, offset + frag)
+            head = fragments.header(sess.sid, index, last, nonce, size, offset)
             sent = udp_multicast.send_datagram(
-                sess.udp, sess.group, head, memoryview(sealed)[offset:end]
+                sess.udp, sess.group, head, fragments.blob_slice(blob, offset, end)
             )
             sess.allowance -= end - offset
             if not sent:  # the rest of this chunk is useless: it is NAKed
-                unsent = fragment_count(len(sealed), frag) - offset // frag
+                unsent = fragment_count(size, frag) - offset // frag
                 sess.datagrams_unsent += unsent
                 self.count("datagrams-unsent", unsent)
                 sess.backlog.popleft()
                 continue
             sess.datagrams += 1
-            if end >= len(sealed):
+            if end >= size:
                 sess.backlog.popleft()
             else:
                 item[4] = end
@@ -741,7 +749,7 @@ class MulticastSenderActor(Actor):
             return self._finish(sess, "local", f"reading {sess.request.path} failed: {exc}")
         self._check_read_all(sess)
         if sess.allowance <= 0:
-            queued = sum(len(item[3]) - item[4] for item in sess.backlog)
+            queued = sum(fragments.blob_len(item[3]) - item[4] for item in sess.backlog)
             self._demand(sess, queued + (plan.can_publish() + plan.window) * sess.chunk_size)
 
     def _check_read_all(self, sess: Session) -> None:

@@ -30,7 +30,7 @@ import msgpack
 import zmq
 
 from actors.file_writer import FileWriter
-from actors.inbox import Refusal, check_incoming, create_part, publish
+from actors.inbox import Refusal, check_incoming, create_part, discard_part, publish
 from peercrypt.core.bitmap import flatten
 from peercrypt.core.incoming import (
     Abandon,
@@ -163,6 +163,7 @@ class ReceiverActor(Actor):
             part, fd = create_part(s.inbox, name, offer.tid.hex()[:12], offer.size)
         except Refusal as exc:
             return refuse(exc.code, exc.reason)
+        assert part is not None  # named: the manifest beside it makes it resumable
         flow = IncomingTransfer(
             total=-(-offer.size // offer.chunk_size),
             credit=self._credit(offer.chunk_size, extra=1),
@@ -347,7 +348,12 @@ class ReceiverActor(Actor):
         self._flush_acks()
 
     def _store(self, t: Incoming, digest: bytes) -> None:
-        stored = publish(t.part, t.fd, self.settings.inbox, t.name)
+        try:
+            stored = publish(t.part, t.fd, self.settings.inbox, t.name)
+        except Refusal as exc:
+            self._send_sealed(t, Failed(code="io", reason=exc.reason))
+            self._close(t, keep_part=False)
+            return
         if stored is None:
             self._send_sealed(t, Failed(code="io", reason="no free name in the inbox"))
             self._close(t, keep_part=True)
@@ -394,11 +400,11 @@ class ReceiverActor(Actor):
         self.writer.forget(t.tid)
         if keep_part:
             self._save_manifest(t)
-        os.close(t.fd)
         if not keep_part:
-            for path in (t.part, self._manifest_path(t)):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+            discard_part(t.part, t.fd)
+            with contextlib.suppress(FileNotFoundError):
+                self._manifest_path(t).unlink()
+        os.close(t.fd)
 
     def _expire_idle(self) -> None:
         now = self.now()

@@ -94,26 +94,27 @@ def send_sealed(
     index: int,
     last: bool,
     nonce: bytes,
-    sealed: bytes,
+    blob: fragments.Blob,
     frag: int,
 ) -> int:
-    """Send one sealed chunk as datagrams; returns how many were not sent (a
-    full or failing interface: the chunk is NAKed and repaired later)."""
-    view = memoryview(sealed)
-    parts = list(fragments.split(len(sealed), frag))
+    """Send one sealed chunk (``blob``: the sealed bytes and the signature,
+    back to back) as datagrams; returns how many were not sent (a full or
+    failing interface: the chunk is NAKed and repaired later)."""
+    size = fragments.blob_len(blob)
+    parts = list(fragments.split(size, frag))
     for n, (offset, end) in enumerate(parts):
-        head = fragments.header(sid, index, last, nonce, len(sealed), offset)
-        if not send_datagram(sock, dest, head, view[offset:end]):
+        head = fragments.header(sid, index, last, nonce, size, offset)
+        if not send_datagram(sock, dest, head, fragments.blob_slice(blob, offset, end)):
             return len(parts) - n  # the rest of this chunk is useless without it
     return 0
 
 
 def send_datagram(
-    sock: socket.socket, dest: tuple[str, int], head: bytes, payload: memoryview
+    sock: socket.socket, dest: tuple[str, int], head: bytes, payload: list[memoryview]
 ) -> bool:
-    """Send one datagram (header + payload); False when it could not be sent."""
+    """Send one datagram (header + payload pieces); False when it could not be sent."""
     try:
-        sock.sendmsg([head, payload], (), 0, dest)
+        sock.sendmsg([head, *payload], (), 0, dest)
     except OSError:
         return False
     return True

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from actors.inbox import (
+    NO_TMPFILE_ENV,
     Refusal,
     check_incoming,
     create_part,
+    discard_part,
     load_manifest,
     manifest_name,
     publish,
@@ -51,15 +53,73 @@ def test_part_then_publish_never_overwrites(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "report.1.pdf").stat().st_mode) == 0o644
 
 
-def test_create_part_refuses_an_existing_part_unless_replacing(tmp_path: Path) -> None:
+def test_create_part_refuses_an_existing_part_and_leaves_it(tmp_path: Path) -> None:
     part, fd = create_part(tmp_path, "x", "id", 1, kind="mc")
+    assert part is not None
+    os.pwrite(fd, b"A", 0)
     os.close(fd)
     with pytest.raises(Refusal) as refused:
-        create_part(tmp_path, "x", "id", 1, kind="mc")
+        create_part(tmp_path, "x", "id", 3, kind="mc")
     assert refused.value.code == "io"
-    _, fd = create_part(tmp_path, "x", "id", 3, kind="mc", replace=True)
-    os.close(fd)
-    assert part.stat().st_size == 3
+    assert part.read_bytes() == b"A"  # another session's part: never replaced
+
+
+def test_anonymous_part_has_no_name_until_published(tmp_path: Path) -> None:
+    part, fd = create_part(tmp_path, "x.bin", "sid", 4, kind="mc", anonymous=True)
+    try:
+        assert part is None
+        assert list(tmp_path.iterdir()) == []  # nobody can open, replace or remove it
+        os.pwrite(fd, b"data", 0)
+        assert publish(part, fd, tmp_path, "x.bin") == "x.bin"
+    finally:
+        os.close(fd)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+    assert (tmp_path / "x.bin").read_bytes() == b"data"
+
+
+def test_without_o_tmpfile_parts_get_unpredictable_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(NO_TMPFILE_ENV, "1")
+    first, fd1 = create_part(tmp_path, "x", "sid", 1, kind="mc", anonymous=True)
+    second, fd2 = create_part(tmp_path, "x", "sid", 1, kind="mc", anonymous=True)
+    try:
+        assert first is not None and second is not None and first != second
+        assert first.name.startswith(".x.sid-") and first.name.endswith(".mc.part")
+    finally:
+        os.close(fd1)
+        os.close(fd2)
+
+
+def test_publish_links_the_verified_file_not_whatever_has_its_name(tmp_path: Path) -> None:
+    """The part's name is given to another file between the write and the
+    publish: the verified file is what appears under the final name."""
+    part, fd = create_part(tmp_path, "x", "sid", 8)
+    assert part is not None
+    try:
+        os.pwrite(fd, b"verified", 0)
+        part.rename(tmp_path / ".moved")
+        part.write_bytes(b"impostor")
+        assert publish(part, fd, tmp_path, "x") == "x"
+        assert (tmp_path / "x").read_bytes() == b"verified"
+        discard_part(part, fd)
+        assert part.read_bytes() == b"impostor"  # not this session's file: left alone
+    finally:
+        os.close(fd)
+
+
+def test_a_removed_part_is_never_published(tmp_path: Path) -> None:
+    part, fd = create_part(tmp_path, "x", "sid", 8)
+    assert part is not None
+    try:
+        os.pwrite(fd, b"verified", 0)
+        part.unlink()
+        part.write_bytes(b"impostor")
+        with pytest.raises(Refusal, match="cannot link"):
+            publish(part, fd, tmp_path, "x")
+        assert not (tmp_path / "x").exists()  # nothing under a final name
+    finally:
+        os.close(fd)
 
 
 def test_create_part_in_a_missing_inbox_is_an_io_refusal(tmp_path: Path) -> None:

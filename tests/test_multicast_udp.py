@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from peercrypt.core import fragments
+from peercrypt.crypto.chunk_signature import SIG_BYTES
 from peercrypt.testing import netns
 from peercrypt.testing.nodes import (
     NodeProcess,
@@ -168,7 +169,7 @@ def test_forged_and_malformed_datagrams_do_not_corrupt_the_file(
         # published yet), with the header the real ones will have - nonces
         # count chunks sealed, so the first publication of chunk i has
         # counter i + 1 - and the wrong bytes.
-        sealed = 256 * 1024 + TAG
+        sealed = 256 * 1024 + TAG + SIG_BYTES  # the datagrams carry sealed || signature
         for index in range(80, 96):
             nonce = struct.pack("!IQ", 0, index + 1)
             head = fragments.header(real.sid, index, False, nonce, sealed, 0)
@@ -187,8 +188,8 @@ def test_forged_and_malformed_datagrams_do_not_corrupt_the_file(
     assert counters.get("mreceiver.datagram-dropped-index", 0) >= 1
     assert counters.get("mreceiver.datagram-dropped-length", 0) >= 1
     # The forged fragment came first, the real one was a duplicate of it:
-    # the chunk failed authentication, was dropped and repaired.
-    assert counters.get("mreceiver.data-dropped-auth", 0) >= forged // 2, counters
+    # the chunk failed the sender's signature, was dropped and repaired.
+    assert counters.get("mreceiver.data-dropped-forged", 0) >= forged // 2, counters
     assert result["stats"]["seals_repair"] >= forged // 2
 
 

@@ -173,19 +173,20 @@ def follow(
     request in the node (exit 130). Raises UserError when the node stops, or
     after ``timeout`` + 30 s of silence (it reports progress every 0.1 s).
     """
-    from tqdm import tqdm
+    bar: Any = None
+    try:  # from here on (the request is already sent), Ctrl-C cancels it
+        from tqdm import tqdm
 
-    bar = tqdm(
-        total=path.stat().st_size,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        file=sys.stderr,
-        disable=quiet or not sys.stderr.isatty(),
-        desc=path.name,
-        leave=False,
-    )
-    try:
+        bar = tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=sys.stderr,
+            disable=quiet or not sys.stderr.isatty(),
+            desc=path.name,
+            leave=False,
+        )
         return _await_result(client, request, bar, result_type, timeout + 30.0, on_other)
     except KeyboardInterrupt:
         client.send(CancelRequest(request=request))
@@ -193,7 +194,8 @@ def follow(
             _await_result(client, request, bar, result_type, 5.0, on_other)
         raise UserError("interrupted; the transfer was cancelled", 130) from None
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def _await_result(
@@ -222,7 +224,8 @@ def _await_result(
         if isinstance(msg, result_type):
             return msg
         if isinstance(msg, Progress):
-            bar.update(msg.done_bytes - bar.n)
+            if bar is not None:
+                bar.update(msg.done_bytes - bar.n)
         elif isinstance(msg, SendResult):  # e.g. "cancelled: the node is stopping"
             raise UserError(msg.reason or msg.code, errors.exit_code(msg.code))
         elif on_other is not None:

@@ -74,6 +74,27 @@ def split(sealed_len: int, frag: int) -> Iterator[tuple[int, int]]:
         yield offset, min(sealed_len, offset + frag)
 
 
+Blob = tuple[bytes | memoryview, ...]
+
+
+def blob_len(blob: Blob) -> int:
+    """Length of a chunk's datagram payload: its parts back to back (the
+    sealed chunk, then the sender's signature of it)."""
+    return sum(len(part) for part in blob)
+
+
+def blob_slice(blob: Blob, offset: int, end: int) -> list[memoryview]:
+    """The views of ``blob[offset:end]`` across its parts (no copy)."""
+    out: list[memoryview] = []
+    base = 0
+    for part in blob:
+        lo, hi = max(offset, base), min(end, base + len(part))
+        if lo < hi:
+            out.append(memoryview(part)[lo - base : hi - base])
+        base += len(part)
+    return out
+
+
 def fragment_count(sealed_len: int, frag: int) -> int:
     return max(1, -(-sealed_len // frag))
 

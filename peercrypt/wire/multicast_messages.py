@@ -5,8 +5,9 @@ Control plane (over CURVE, sender's DEALER -> receiver's gateway -> the
 ``McJoin``/``McRefuse``, ``McKey``, ``McAck`` (acks and NAK ranges),
 ``McStatus`` and ``McDone``. Data plane: ``McChunk`` is the plain header
 frame published on the sender's PUB socket (topic = session id) before the
-AES-256-GCM sealed chunk (with a UDP multicast group, the same fields travel
-in each datagram's fixed header instead: peercrypt/core/fragments.py).
+AES-256-GCM sealed chunk and the sender's signature of it (with a UDP
+multicast group, the same fields travel in each datagram's fixed header
+instead: peercrypt/core/fragments.py).
 Local: the CLI's requests and results.
 """
 
@@ -55,6 +56,10 @@ class McAnnounce(Message):
     group: str = field(default="", metadata=bounded(15))
     group_port: int = field(default=0, metadata=bounded(65535))
     fragment: int = field(default=0, metadata=bounded(MAX_FRAGMENT))
+    # The sender's Ed25519 identity, which signs every sealed chunk
+    # (crypto/chunk_signature.py); it must map to the CURVE key of the
+    # connection this announce came on.
+    signer: bytes = field(default=b"", metadata=bounded(32))
 
 
 @message

@@ -1,0 +1,228 @@
+"""A hostile co-receiver of multicast sessions, for tests (docs/security.md).
+
+:class:`CoReceiver` is what an admitted member writes to attack the other
+receivers of a session it was invited to: it holds the network key and a
+fresh identity, listens like a node's gateway (CURVE server with the
+network's key), joins the sessions announced to it and so learns each
+session's id and content key - and then uses them against an honest
+receiver:
+
+- :meth:`forged_frames`: chunks sealed with the real content key (AES-GCM
+  accepts them) but with other bytes, signed with its own identity;
+- :meth:`push_repairs`: frames pushed to a receiver's unicast repair port;
+- :meth:`forged_datagrams`: the same chunks as datagrams for the group;
+- :meth:`announce`: sessions of its own announced to a receiver (for
+  instance with ids that share a prefix with the real one and the same file
+  name), as a sender would.
+
+Everything it does goes to 127.0.0.1; every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from peercrypt.core import fragments
+from peercrypt.crypto.chunk_signature import ChunkSigner
+from peercrypt.crypto.identity import KeyPair, network_server_keys
+from peercrypt.crypto.keywrap import ContentSealer, WrapKey
+from peercrypt.wire import codec
+from peercrypt.wire.multicast_messages import (
+    McAck,
+    McAnnounce,
+    McChunk,
+    McDone,
+    McJoin,
+    McKey,
+)
+
+LOCALHOST = "127.0.0.1"
+
+
+@dataclass
+class Joined:
+    """What the co-receiver learnt of one session."""
+
+    announce: McAnnounce
+    key: bytes = b""
+    ready: threading.Event = field(default_factory=threading.Event)
+
+
+class CoReceiver:
+    """A hostile member's node: joins sessions, then forges for the others."""
+
+    def __init__(self, network_key: str) -> None:
+        self.identity = KeyPair.from_seed(os.urandom(32))
+        self.signer = ChunkSigner(self.identity.seed)
+        server = network_server_keys(network_key)
+        self.server_public = server.z85_public
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.linger = 0
+        self.router.curve_server = True
+        self.router.curve_secretkey = server.z85_secret
+        self.router.curve_publickey = server.z85_public
+        self.port = self.router.bind_to_random_port(f"tcp://{LOCALHOST}")
+        self.sink = self.ctx.socket(zmq.PULL)  # its own "repair port" (drained)
+        self.sink.linger = 0
+        self.repair_port = self.sink.bind_to_random_port(f"tcp://{LOCALHOST}")
+        self.sessions: dict[bytes, Joined] = {}
+        self.first = threading.Event()
+        self._wraps: dict[tuple[bytes, int], WrapKey] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    # -- as a receiver ------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.sink, zmq.POLLIN)
+        while not self._stop.is_set():
+            events = dict(poller.poll(20))
+            if self.sink in events:
+                while self.sink.poll(0):
+                    self.sink.recv_multipart()
+            if self.router in events:
+                while self.router.poll(0):
+                    route, payload = self.router.recv_multipart()[:2]
+                    self._on_message(route, payload)
+
+    def _reply(self, route: bytes, msg: codec.Message) -> None:
+        self.router.send_multipart([route, codec.encode(msg)])
+
+    def _on_message(self, route: bytes, payload: bytes) -> None:
+        try:
+            msg = codec.decode(payload)
+        except codec.DecodeError:
+            return
+        if isinstance(msg, McAnnounce):
+            joined = self.sessions.setdefault(msg.sid, Joined(msg))
+            if joined.key:
+                return
+            wrap = WrapKey()
+            self._wraps[(msg.sid, msg.attempt)] = wrap
+            self._reply(
+                route,
+                McJoin(
+                    sid=msg.sid,
+                    eph_pub=wrap.public,
+                    repair_port=self.repair_port,
+                    attempt=msg.attempt,
+                ),
+            )
+        elif isinstance(msg, McKey):
+            joined_or_none = self.sessions.get(msg.sid)
+            wrap_or_none = self._wraps.pop((msg.sid, msg.attempt), None)
+            if joined_or_none is None or wrap_or_none is None or joined_or_none.key:
+                return
+            joined = joined_or_none
+            joined.key = wrap_or_none.unwrap(msg.sid, joined.announce.eph_pub, msg.wrapped)
+            # Acked (so the sender need not wait for it), then out of the
+            # session: it keeps the content key.
+            self._reply(route, McAck(sid=msg.sid, cumulative=0, written=0, naks=[]))
+            self._reply(
+                route,
+                McDone(sid=msg.sid, ok=False, digest=b"", stored_as="", reason="leaving"),
+            )
+            joined.ready.set()
+            self.first.set()
+
+    def session(self, timeout: float = 15.0) -> Joined:
+        """The first session it joined and got the key of."""
+        if not self.first.wait(timeout):
+            raise TimeoutError("no multicast session was joined")
+        return next(j for j in self.sessions.values() if j.key)
+
+    # -- against the others ---------------------------------------------------------
+
+    def forged_frames(self, joined: Joined, index: int) -> list[bytes]:
+        """[McChunk header, sealed, signature] for chunk ``index``: sealed with
+        the real content key (so AES-GCM opens it) over bytes of its own,
+        signed with its own identity."""
+        a = joined.announce
+        total = max(1, -(-a.size // a.chunk_size))
+        last = index == total - 1
+        plain = b"\xee" * min(a.chunk_size, a.size - index * a.chunk_size)
+        nonce, sealed = ContentSealer(a.sid, joined.key).seal_chunk(index, last, plain)
+        signature = self.signer.sign(a.sid, index, last, nonce, sealed)
+        header = codec.encode(McChunk(sid=a.sid, index=index, last=last, nonce=nonce))
+        return [header, sealed, signature]
+
+    def forged_datagrams(self, joined: Joined, index: int) -> list[bytes]:
+        """The forged chunk ``index`` as datagrams for the session's group."""
+        a = joined.announce
+        header, sealed, signature = self.forged_frames(joined, index)
+        chunk = codec.decode_as(header, McChunk)
+        blob = (sealed, signature)
+        size = fragments.blob_len(blob)
+        out = []
+        for offset, end in fragments.split(size, a.fragment):
+            head = fragments.header(a.sid, index, chunk.last, chunk.nonce, size, offset)
+            out.append(head + b"".join(bytes(v) for v in fragments.blob_slice(blob, offset, end)))
+        return out
+
+    def push_repairs(self, host: str, port: int, messages: list[list[bytes]]) -> None:
+        """Push multipart messages to a receiver's repair port (bounded wait)."""
+        push = self.ctx.socket(zmq.PUSH)
+        push.linger = 1000
+        push.sndtimeo = 1000
+        try:
+            push.connect(f"tcp://{host}:{port}")
+            for frames in messages:
+                try:
+                    push.send_multipart(frames)
+                except zmq.Again:
+                    break
+        finally:
+            push.close()
+
+    # -- as a sender ----------------------------------------------------------------
+
+    def announce(self, host: str, port: int, messages: list[McAnnounce]) -> list[Any]:
+        """Announce sessions of its own to a node (as a sender would, signed
+        by its own identity); the decoded answers that came within 2 s."""
+        dealer = self.ctx.socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.curve_serverkey = self.server_public
+        dealer.curve_publickey = self.identity.z85_public
+        dealer.curve_secretkey = self.identity.z85_secret
+        answers: list[Any] = []
+        try:
+            dealer.connect(f"tcp://{host}:{port}")
+            for msg in messages:
+                dealer.send(codec.encode(msg))
+            while len(answers) < len(messages) and dealer.poll(2000):
+                answers.append(codec.decode(dealer.recv()))
+        finally:
+            dealer.close()
+        return answers
+
+    def own_announce(self, like: McAnnounce, sid: bytes) -> McAnnounce:
+        """An announce of a session of its own that looks like ``like``."""
+        return McAnnounce(
+            sid=sid,
+            name=like.name,
+            size=like.size,
+            chunk_size=like.chunk_size,
+            eph_pub=WrapKey().public,
+            pub_host="",
+            pub_port=like.pub_port or 1,
+            group=like.group,
+            group_port=like.group_port,
+            fragment=like.fragment,
+            signer=self.signer.public,
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.router.close(0)
+        self.sink.close(0)
+        self.ctx.term()

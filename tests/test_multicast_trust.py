@@ -1,0 +1,181 @@
+"""A co-receiver of a multicast session attacks the honest receiver (real
+processes; docs/security.md, "Co-receiver"). It holds the network key, a
+fresh identity and - being invited to the session - the session id and the
+content key. Whatever it does, the honest receiver, running the same session
+at the same time, stores exactly the sender's bytes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peercrypt.testing.hostile import CoReceiver, Joined
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    blake3_file,
+    free_port,
+    start_cli,
+    wait_until,
+)
+from peercrypt.wire.multicast_messages import McRefuse
+
+MiB = 1024 * 1024
+CHUNK = 256 * 1024
+
+
+@pytest.fixture
+def co_receiver(network_key: str) -> Iterator[CoReceiver]:
+    hostile = CoReceiver(network_key)
+    yield hostile
+    hostile.close()
+
+
+def _group_args(transport: str) -> tuple[str, ...]:
+    if transport == "pub":
+        return ()
+    group = f"239.255.{random.randrange(1, 255)}.{random.randrange(1, 255)}"
+    return ("--multicast-group", f"{group}:{free_port()}", "--multicast-ttl", "0")
+
+
+def _send(sender: NodeProcess, path: Path, honest: NodeProcess, hostile: CoReceiver) -> Any:
+    return start_cli(
+        "send", path, honest.host, str(honest.port), "-m",
+        "--to", f"127.0.0.1:{hostile.port}", "--chunk-size", str(CHUNK),
+        "--timeout", "30", "--json",
+        data_dir=sender.data_dir,
+    )  # fmt: skip
+
+
+def _finish(proc: Any, sender: NodeProcess) -> dict[str, Any]:
+    try:
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert out, (err, sender.log_tail())
+    return dict(json.loads(out))
+
+
+def _honest_result(result: dict[str, Any], honest: NodeProcess) -> dict[str, Any]:
+    target = f"{honest.host}:{honest.port}"
+    return next(r for r in result["receivers"] if r["target"] == target)
+
+
+def _final_files(node: NodeProcess) -> dict[str, str]:
+    return {
+        p.name: blake3_file(p)
+        for p in node.inbox.iterdir()
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
+def _inject_group(hostile: CoReceiver, joined: Joined, index: int) -> None:
+    a = joined.announce
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+        for datagram in hostile.forged_datagrams(joined, index):
+            s.sendto(datagram, (a.group, a.group_port))
+
+
+@pytest.mark.parametrize("transport", ["pub", "udp"])
+def test_forged_chunks_from_a_co_receiver_are_dropped_and_repaired(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    co_receiver: CoReceiver,
+    transport: str,
+) -> None:
+    """The co-receiver seals chunks of its own with the real content key and
+    pushes them to the honest receiver's repair port (and, over UDP, to the
+    group) before and while the real ones come: each fails the sender's
+    signature, is NAKed and repaired; the file stored is the sender's."""
+    sender = node_factory("--max-rate", str(3 * MiB), *_group_args(transport))
+    honest = node_factory()
+    path = make_file(6 * MiB + 1000)  # 25 chunks, ~2 s at the rate
+    total = -(-path.stat().st_size // CHUNK)
+    proc = _send(sender, path, honest, co_receiver)
+    joined = co_receiver.session()
+    repair_port = int(
+        wait_until(lambda: honest.status().get("multicast_repair_port"), 5, "the repair port")
+    )
+    junk = [[b"x"], [b"x", b"y", b"z"], [b"\x00" * 3, b"", b""]]
+    rounds = 0
+    while proc.poll() is None and rounds < 200:
+        forged = [co_receiver.forged_frames(joined, i) for i in range(total)]
+        co_receiver.push_repairs(honest.host, repair_port, forged + junk)
+        if transport == "udp":
+            for i in range(total):
+                _inject_group(co_receiver, joined, i)
+        rounds += 1
+        time.sleep(0.05)
+    result = _finish(proc, sender)
+    mine = _honest_result(result, honest)
+    assert mine["code"] == "ok", (result, honest.log_tail())
+    assert _final_files(honest) == {mine["stored_as"]: blake3_file(path)}
+    counters = honest.counters()
+    assert counters.get("mreceiver.data-dropped-forged", 0) >= total, counters
+    assert honest.running  # the hostile peer crashed nothing
+
+
+@pytest.mark.parametrize("tmpfile", [True, False])
+def test_a_co_receiver_racing_the_part_name_cannot_replace_the_file(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    co_receiver: CoReceiver,
+    tmpfile: bool,
+) -> None:
+    """Knowing the session id and the file name, the co-receiver announces
+    sessions of its own to the honest receiver - the same id, ids that share
+    its first bytes, the same name and size - while the real one runs: the
+    honest receiver stores the sender's bytes, nothing else appears under a
+    final name, and no part of the real session was removed."""
+    sender = node_factory("--max-rate", str(3 * MiB))
+    env = {} if tmpfile else {"PEERCRYPT_TEST_NO_TMPFILE": "1"}
+    honest = node_factory(env=env)
+    path = make_file(6 * MiB + 1000)
+    proc = _send(sender, path, honest, co_receiver)
+    real = co_receiver.session().announce
+    refusals = []
+    rounds = 0
+    while proc.poll() is None and rounds < 12:
+        sids = [real.sid, real.sid[:6] + os.urandom(10), real.sid[:15] + os.urandom(1)]
+        announces = [co_receiver.own_announce(real, sid) for sid in sids]
+        answers = co_receiver.announce(honest.host, honest.port, announces)
+        refusals += [a for a in answers if isinstance(a, McRefuse)]
+        rounds += 1
+        time.sleep(0.1)
+    result = _finish(proc, sender)
+    mine = _honest_result(result, honest)
+    assert mine["code"] == "ok", (result, honest.log_tail())
+    assert _final_files(honest) == {mine["stored_as"]: blake3_file(path)}
+    assert any(r.code == "duplicate" for r in refusals)  # the real id is not for others
+
+
+def test_an_announce_naming_another_nodes_signing_key_is_refused(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    co_receiver: CoReceiver,
+) -> None:
+    """The co-receiver, as a sender, claims the real sender's signing key (so
+    that chunks it replays would verify): the key is not the identity CURVE
+    proved for its connection, and the session is refused."""
+    sender, honest = node_factory(), node_factory()
+    path = make_file(300 * 1024)
+    proc = _send(sender, path, honest, co_receiver)
+    real = co_receiver.session().announce
+    claim = dataclasses.replace(co_receiver.own_announce(real, os.urandom(16)), signer=real.signer)
+    unsigned = dataclasses.replace(co_receiver.own_announce(real, os.urandom(16)), signer=b"")
+    answers = co_receiver.announce(honest.host, honest.port, [claim, unsigned])
+    assert [(type(a), a.code) for a in answers] == [(McRefuse, "protocol")] * 2, answers
+    result = _finish(proc, sender)
+    assert _honest_result(result, honest)["code"] == "ok", result
