@@ -3,7 +3,9 @@
 Part of the receiver actor (not an actor of its own): the actor thread
 authenticates and decrypts, this thread writes and hashes, so the two
 overlap (AES-GCM, BLAKE3 and write() all release the GIL). Work comes in on
-a queue whose length the transfer credit bounds; results go back to the
+a queue whose length the transfer credit bounds (the receiver drops chunks
+beyond the credit) and that refuses a chunk outright once ``max_queued``
+bytes wait, whatever a peer does; results go back to the
 actor over an inproc PAIR socket this thread owns, as msgpack tuples:
 
 - ``("written", tid, index)``
@@ -99,9 +101,12 @@ class _File:
 
 
 class FileWriter:
-    def __init__(self, context: zmq.Context[Any], address: str) -> None:
+    def __init__(self, context: zmq.Context[Any], address: str, max_queued: int) -> None:
         self._context = context
         self._address = address
+        self._max_queued = max_queued
+        self._queued = 0  # chunk bytes put in the queue and not yet applied
+        self._queued_lock = threading.Lock()
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="pc-writer", daemon=True)
         self._start_writeback = _writeback_starter()
@@ -134,8 +139,18 @@ class FileWriter:
             ("open", tid, fd, chunk_size, size, held.to_bytes(), held.total, hold, checkpoint)
         )
 
-    def write(self, tid: bytes, index: int, data: bytes) -> None:
+    def write(self, tid: bytes, index: int, data: bytes) -> bool:
+        """Queue a chunk; False (nothing queued) if ``max_queued`` bytes wait."""
+        with self._queued_lock:
+            if self._queued + len(data) > self._max_queued:
+                return False
+            self._queued += len(data)
         self._queue.put(("write", tid, index, data))
+        return True
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued
 
     def finish(self, tid: bytes) -> None:
         self._queue.put(("finish", tid))
@@ -172,6 +187,9 @@ class FileWriter:
                         unsaved = self._checkpoint(f)
                         if unsaved:
                             self._notes.append(("unsaved", tid, unsaved))
+                if op[0] == "write":
+                    with self._queued_lock:
+                        self._queued -= len(op[3])
                 if result is not None:
                     out.send(msgpack.packb(result, use_bin_type=True))
                 while self._notes:

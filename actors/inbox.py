@@ -1,7 +1,9 @@
 """The inbox rules every receiving actor follows (unicast and multicast).
 
 - An incoming file is checked before anything is created: chunk size within
-  bounds, a name that sanitises to a single safe component, room on disk.
+  bounds, at most ``MAX_TRANSFER_CHUNKS`` chunks (so no offer makes a node
+  keep or scan a bigger bitmap), a name that sanitises to a single safe
+  component, room on disk.
 - It is written as a hidden ``.NAME.ID[.KIND].part`` file of its final size
   (sparse), mode 0600 while incomplete, created with ``O_EXCL`` (an existing
   file of that name is never replaced or removed: it belongs to another
@@ -38,6 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peercrypt.core.bitmap import MAX_TRANSFER_CHUNKS
 from peercrypt.core.names import UnsafeName, candidate_names, sanitise
 from peercrypt.core.resume import MAX_MANIFEST_BYTES, KeptPart, Manifest, ManifestError, expired
 from peercrypt.settings import MIN_CHUNK, NodeSettings
@@ -56,6 +59,12 @@ def check_incoming(settings: NodeSettings, name: str, chunk_size: int, size: int
     """The sanitised name, or raise :class:`Refusal`."""
     if not MIN_CHUNK <= chunk_size <= settings.max_chunk:
         raise Refusal("bad-offer", f"chunk size must be {MIN_CHUNK}..{settings.max_chunk} bytes")
+    if -(-size // chunk_size) > MAX_TRANSFER_CHUNKS:
+        raise Refusal(
+            "bad-offer",
+            f"more than {MAX_TRANSFER_CHUNKS} chunks; offer a chunk size of at least "
+            f"{-(-size // MAX_TRANSFER_CHUNKS)} bytes",
+        )
     try:
         safe = sanitise(name)
     except UnsafeName as exc:

@@ -142,7 +142,10 @@ class MulticastReceiverActor(Actor):
         self.writer_results = self.socket(zmq.PAIR)
         self.writer_results.bind(address)
         self.watch(self.writer_results, self._on_writer)
-        self.writer = FileWriter(self.env.context, address)
+        # Each session queues at most QUEUE_CHUNKS chunks (checked before this
+        # bound), so the writer's own bound is never what drops a chunk here.
+        max_queued = MAX_SESSIONS * QUEUE_CHUNKS * self.settings.max_chunk
+        self.writer = FileWriter(self.env.context, address, max_queued)
         self.writer.start()
         self.call_every(ACK_INTERVAL, self._ack_all)
         self.call_every(1.0, self._expire_idle)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from peercrypt.core.incoming import (
     Store,
 )
 from peercrypt.core.receive_window import Arrival
+from peercrypt.core.replay import ReplayWindow
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, Ephemeral, OpenError, TransferKeys
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
@@ -63,6 +64,10 @@ from peercrypt.wire.text import printable
 log = logging.getLogger("peercrypt.receiver")
 
 HEADER_MAX_BYTES = 512
+# Messages ZeroMQ may queue per data connection: read ahead (each at most
+# max_chunk bytes), and replies waiting to go out.
+DATA_RCVHWM = 8
+DATA_SNDHWM = 4096
 COMPLETED_MEMORY = 256  # finished transfers remembered to re-answer a repeated Done
 
 
@@ -80,6 +85,7 @@ class Incoming:
     part: Path
     fd: int
     route: bytes | None = None
+    replay: ReplayWindow = field(default_factory=ReplayWindow)
 
 
 class ReceiverActor(Actor):
@@ -98,8 +104,11 @@ class ReceiverActor(Actor):
         s.inbox.mkdir(parents=True, exist_ok=True)
         data = self.data = self.socket(zmq.ROUTER)
         data.maxmsgsize = s.max_chunk + TAG_BYTES + 1024
-        data.rcvhwm = 0  # bounded by credit, not by dropping
-        data.sndhwm = 0
+        # Finite queues: a full receive queue stops reading that connection
+        # (TCP pushes back; nothing is dropped), a full send queue drops acks
+        # (the sender's timers recover). Credit stays the real bound.
+        data.rcvhwm = DATA_RCVHWM
+        data.sndhwm = DATA_SNDHWM
         self.bind(data, s.host, s.data_port)
         self.data_port = bound_port(data)
         self.facts["data_port"] = str(self.data_port)
@@ -109,7 +118,9 @@ class ReceiverActor(Actor):
         self.writer_results = self.socket(zmq.PAIR)
         self.writer_results.bind(address)
         self.watch(self.writer_results, self._on_writer)
-        self.writer = FileWriter(self.env.context, address)
+        # Credit keeps the queue near receive_buffer (twice it while credits
+        # shrink); the writer refuses chunks beyond that whatever peers do.
+        self.writer = FileWriter(self.env.context, address, 2 * s.receive_buffer + s.max_chunk)
         self.writer.start()
         self.call_every(1.0, self._expire_idle)
 
@@ -245,16 +256,26 @@ class ReceiverActor(Actor):
         if len(payload) != expected:
             self._drop(route, "bad-length")
             return
-        # Authenticate before anything else, duplicates included: only the
-        # key holder may move the transfer's reply route or cause an ack.
+        # Authenticate before anything else, duplicates included, and only
+        # once per nonce: only the key holder may move the transfer's reply
+        # route or cause an ack, and a replayed frame is neither.
+        if not t.replay.fresh(h.nonce):
+            self._drop(route, "replay")
+            return
         try:
             plaintext = t.keys.open_chunk(h.index, h.last, h.nonce, payload)
         except OpenError:
             self._drop(route, "auth")
             return
+        t.replay.accept(h.nonce)
         t.route = route
-        if t.flow.on_chunk(h.index, h.last, self.now()) is Arrival.NEW:
-            self.writer.write(t.tid, h.index, plaintext)
+        arrival = t.flow.on_chunk(h.index, h.last, self.now())
+        if arrival is Arrival.NEW:
+            if not self.writer.write(t.tid, h.index, plaintext):
+                t.flow.on_write_refused(h.index)
+                self._drop(route, "writer-full")
+        elif arrival is Arrival.OVER_CREDIT:
+            self._drop(route, "over-credit")
 
     def _on_sealed(self, route: bytes, h: SealedHeader, payload: memoryview) -> None:
         t = self.transfers.get(h.tid)
@@ -265,6 +286,9 @@ class ReceiverActor(Actor):
             else:
                 self._drop(route, "unknown-transfer")
             return
+        if not t.replay.fresh(h.nonce):
+            self._drop(route, "replay")
+            return
         try:
             msg = codec.decode(t.keys.open_message(h.nonce, payload), HEADER_MAX_BYTES)
         except OpenError:
@@ -273,6 +297,7 @@ class ReceiverActor(Actor):
         except codec.DecodeError as exc:
             self._drop(route, exc.kind)
             return
+        t.replay.accept(h.nonce)
         t.route = route
         if isinstance(msg, Done):
             t.flow.on_done(msg.digest, msg.chunks, self.now())

@@ -78,6 +78,9 @@ from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.sender")
 
+DATA_SNDHWM = 8192
+DATA_RCVHWM = 1024
+
 PROGRESS_INTERVAL = 0.1
 POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
 
@@ -291,8 +294,10 @@ class SenderActor(Actor):
         host = accept.data_host or t.request.host
         for _ in range(flow.lanes):
             data = self.socket(zmq.DEALER)
-            data.sndhwm = 0  # credit bounds what is queued
-            data.rcvhwm = 0
+            # Credit (at most 4096 chunks, SEND_BUFFER bytes) bounds what is
+            # queued, so the send queue never fills; replies queue finitely.
+            data.sndhwm = DATA_SNDHWM
+            data.rcvhwm = DATA_RCVHWM
             data.maxmsgsize = 64 * 1024
             data.connect(f"tcp://{url_host(host)}:{accept.data_port}")
             self.watch(data, functools.partial(self._on_data, t))

@@ -134,7 +134,8 @@ def test_create_part_in_a_missing_inbox_is_an_io_refusal(tmp_path: Path) -> None
         ("ok.bin", 100, 10, "bad-offer"),
         ("ok.bin", 64 * 1024 * 1024, 10, "bad-offer"),
         ("..", 65536, 10, "bad-name"),
-        ("ok.bin", 65536, 2**62, "no-space"),
+        ("ok.bin", 16 * 1024 * 1024, 2**48, "no-space"),
+        ("ok.bin", 4096, 4096 * 2**25 + 1, "bad-offer"),  # one chunk over the cap
     ],
 )
 def test_check_incoming_refusals(

@@ -155,7 +155,7 @@ def writer() -> Iterator[tuple[FileWriter, zmq.Socket[Any]]]:
     results = ctx.socket(zmq.PAIR)
     results.linger = 0
     results.bind(address)
-    w = FileWriter(ctx, address)
+    w = FileWriter(ctx, address, 64 * 1024 * 1024)
     w.start()
     yield w, results
     w.stop()
@@ -397,3 +397,30 @@ def test_disk_full_keeps_the_part_and_what_it_holds(
         for a, b in held.ranges():
             for i in range(a, b):
                 assert os.pread(part.fileno(), CHUNK, i * CHUNK) == data[i]
+
+
+def test_writer_refuses_chunks_beyond_its_queue_bound(tmp_path: Path) -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    address = f"inproc://test-writer-bound-{os.getpid()}-{time.monotonic_ns()}"
+    results = ctx.socket(zmq.PAIR)
+    results.linger = 0
+    results.bind(address)
+    w = FileWriter(ctx, address, 3 * CHUNK)  # not started yet: nothing drains
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        data = os.urandom(5 * CHUNK)
+        w.open(b"t", fd, CHUNK, len(data), ChunkBitmap(5))
+        chunks = [data[i * CHUNK : (i + 1) * CHUNK] for i in range(5)]
+        assert [w.write(b"t", i, chunks[i]) for i in range(4)] == [True, True, True, False]
+        assert w.queued_bytes == 3 * CHUNK
+        w.start()
+        assert {_next(results)[2] for _ in range(3)} == {0, 1, 2}
+        assert w.queued_bytes == 0
+        assert w.write(b"t", 3, chunks[3]) and w.write(b"t", 4, chunks[4])
+        assert {_next(results)[2] for _ in range(2)} == {3, 4}
+        assert os.pread(fd, len(data), 0) == data
+    finally:
+        w.stop()
+        os.close(fd)
+        results.close(linger=0)
+        ctx.term()

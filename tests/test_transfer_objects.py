@@ -373,3 +373,18 @@ def test_incoming_saves_the_manifest_every_64_written_chunks() -> None:
         r.on_written(i)
         saves += sum(1 for o in r.poll() if isinstance(o, SaveManifest))
     assert saves == 3
+
+
+def test_only_progress_keeps_an_incoming_transfer_alive() -> None:
+    # Duplicates, early Dones and chunks beyond the credit cost a sender
+    # nothing: they must not hold the slot past the idle timeout.
+    t = IncomingTransfer(total=10, credit=2, idle_timeout=5.0, now=0.0)
+    assert t.on_chunk(0, False, 1.0) is Arrival.NEW
+    assert t.on_chunk(1, False, 2.0) is Arrival.NEW
+    assert t.on_chunk(2, False, 3.0) is Arrival.OVER_CREDIT
+    t.on_written(0)
+    assert t.on_chunk(0, False, 4.0) is Arrival.DUPLICATE
+    t.on_done(b"\0" * 32, 10, 5.0)  # too early: answered with an ack only
+    assert t.next_timer() == 2.0 + 5.0
+    t.on_timer(7.5)
+    assert [type(o) for o in t.poll()] == [Abandon]

@@ -389,3 +389,30 @@ def test_receive_window_validation() -> None:
     r = ReceiveWindow(3, 1, have=held)
     assert r.on_chunk(0, False) is Arrival.DUPLICATE
     assert r.ack_fields()[0] == 1
+
+
+def test_receive_window_drops_chunks_beyond_the_credit() -> None:
+    r = ReceiveWindow(100, 3)
+    assert [r.on_chunk(i, False) for i in range(4)] == [Arrival.NEW] * 3 + [Arrival.OVER_CREDIT]
+    assert r.over_credit == 1 and r.queued == 3
+    r.on_written(0)
+    assert r.on_chunk(3, False) is Arrival.NEW  # room again once one is written
+    # A shrunk credit is enforced one ack late: the sender may still use the old one.
+    r.window = 1
+    assert r.on_chunk(4, False) is Arrival.OVER_CREDIT  # 3 queued = the old credit
+    r.on_written(1)
+    r.on_written(2)
+    r.window = 1  # the same credit again: the old one is forgotten
+    assert r.on_chunk(5, False) is Arrival.OVER_CREDIT
+    r.on_written(3)
+    assert r.on_chunk(5, False) is Arrival.NEW
+    r.on_dropped(5)  # the writer refused it: no longer queued
+    assert r.queued == 0 and 5 not in r.written
+
+
+def test_send_window_honours_at_most_its_own_buffer() -> None:
+    w = SendWindow(10_000, max_window=8)
+    w.on_accept([], 4096)
+    assert len(w.next_to_send(0.0)) == 8
+    w.on_ack(4, [], 4096, 0.1)
+    assert w.window == 8 and len(w.next_to_send(0.2)) == 4

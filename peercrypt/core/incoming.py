@@ -19,10 +19,13 @@ writes, hashes and sends what it is told.
 
 Rules: only written chunks are acknowledged; a duplicate or a Done that
 comes too early is answered with an ack (the sender learns what is
-missing); the file is finished once, on the first Done that names the
-right chunk count after every chunk is written; a transfer with no
-authenticated traffic for ``idle_timeout`` seconds is dropped, keeping its
-part file for a resume (not while the final hash and fsync run).
+missing); a chunk beyond the credit is dropped (OVER_CREDIT) and neither
+acked nor counted as activity; the file is finished once, on the first Done
+that names the right chunk count after every chunk is written; a transfer
+that makes no progress (no new chunk, no finishing Done) for
+``idle_timeout`` seconds is dropped, keeping its part file for a resume (not
+while the final hash and fsync run): duplicates and early Dones, which cost
+a sender nothing, never keep a slot alive.
 """
 
 from __future__ import annotations
@@ -94,17 +97,22 @@ class IncomingTransfer:
     # -- inputs -----------------------------------------------------------------
 
     def on_chunk(self, index: int, last: bool, now: float) -> Arrival:
-        """An authenticated chunk: NEW (write it), DUPLICATE (re-acked) or
-        INVALID (index outside the file or wrong last flag; ignored)."""
+        """An authenticated chunk: NEW (write it; progress), DUPLICATE
+        (re-acked), OVER_CREDIT (beyond the credit; dropped) or INVALID
+        (index outside the file or wrong last flag; ignored)."""
         if self.ended:
             return Arrival.DUPLICATE
         arrival = self.window.on_chunk(index, last)
-        if arrival is Arrival.INVALID:
-            return arrival
-        self.last_activity = now
-        if arrival is Arrival.DUPLICATE:
+        if arrival is Arrival.NEW:
+            self.last_activity = now
+        elif arrival is Arrival.DUPLICATE:
             self.ack_due = True
         return arrival
+
+    def on_write_refused(self, index: int) -> None:
+        """The writer's queue was full: chunk ``index`` was dropped, not
+        queued (the sender resends it)."""
+        self.window.on_dropped(index)
 
     def on_written(self, index: int) -> None:
         """The writer put chunk ``index`` into the part file."""
@@ -121,10 +129,10 @@ class IncomingTransfer:
         """The sender's (authenticated) Done with its whole-file hash."""
         if self.ended:
             return
-        self.last_activity = now
         if not self.window.complete or chunks != self.total:
             self.ack_due = True  # tell the sender what is still missing
         elif not self.finishing:
+            self.last_activity = now
             self.finishing = True
             self._expected_digest = digest
             self._outputs.append(FinishFile())

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from peercrypt.core.aimd import AimdWindow
 from peercrypt.core.modes import Policy
-from peercrypt.core.send_window import SendWindow
+from peercrypt.core.send_window import SEND_BUFFER, SendWindow
 
 DONE_RETRIES = 5
 HISTORY_SAMPLES = 1000
@@ -169,7 +169,9 @@ class OutgoingTransfer:
         # up to the whole window, which SACK loss detection would take for
         # losses; there, only the RTO finds a lost chunk.
         dupthresh = max(p.ack_threshold, credit) if p.mode == "parallel" else p.ack_threshold
-        self.window = SendWindow(self.total, dupthresh=dupthresh)
+        self.window = SendWindow(
+            self.total, dupthresh=dupthresh, max_window=max(1, SEND_BUFFER // self.chunk_size)
+        )
         self.window.on_accept(have, credit)
         if p.mode == "aimd":
             self.cwnd = AimdWindow.from_kb(

@@ -9,7 +9,9 @@ Rules:
 - Credit: at most ``window`` chunks are in flight (sent, not yet acked). The
   receiver sizes the window to its write queue, so its memory is bounded by
   window x chunk size whatever the file size, and no ZeroMQ high-water mark
-  ever has to drop anything.
+  ever has to drop anything. The sender honours at most ``max_window`` of
+  it (its own buffer), so a receiver advertising a huge credit and reading
+  nothing cannot make the sender queue more.
 - Loss by SACK (QUIC's packet threshold, RFC 9002 6.1.1): a chunk in flight
   is presumed lost once a chunk sent ``dupthresh`` or more sends after it has
   been acked (reordering shorter than that is tolerated), and is resent at
@@ -27,6 +29,10 @@ from dataclasses import dataclass
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.rtt import RttEstimator
 
+# Bytes one transfer keeps in flight at most, whatever credit its receiver
+# advertises (the receiver's own default buffer).
+SEND_BUFFER = 256 * 1024 * 1024
+
 
 @dataclass
 class _InFlight:
@@ -38,8 +44,15 @@ class _InFlight:
 class SendWindow:
     """Which chunks to send when, for a file of ``total`` chunks."""
 
-    def __init__(self, total: int, rtt: RttEstimator | None = None, dupthresh: int = 3) -> None:
+    def __init__(
+        self,
+        total: int,
+        rtt: RttEstimator | None = None,
+        dupthresh: int = 3,
+        max_window: int = 2**32,
+    ) -> None:
         self.total = total
+        self.max_window = max(1, max_window)
         self.acked = ChunkBitmap(total)
         self.rtt = rtt or RttEstimator()
         self.dupthresh = dupthresh
@@ -59,12 +72,12 @@ class SendWindow:
     def on_accept(self, have: list[tuple[int, int]], window: int) -> None:
         """The receiver took the offer, already holding ``have``."""
         self.acked.add_ranges(have)
-        self.window = max(1, window)
+        self.window = max(1, min(window, self.max_window))
 
     def on_ack(self, cumulative: int, sack: list[tuple[int, int]], window: int, now: float) -> int:
         """Apply an ack; returns how many chunks it newly acknowledged. Costs
         O(ranges + chunks in flight), whatever the file's size."""
-        self.window = max(1, window)
+        self.window = max(1, min(window, self.max_window))
         newly = self.acked.add_ranges([(0, min(cumulative, self.total)), *sack])
         if newly:
             for index in [i for i in self._in_flight if i in self.acked]:
