@@ -129,7 +129,7 @@ def test_endpoints_are_immutable_and_order_independent() -> None:
     [
         (("alive", 2), ("suspect", 1), 0),  # alive(i) beats suspect(j) iff i > j
         (("alive", 2), ("suspect", 2), 1),  # suspect(i) beats alive(j) iff i >= j
-        (("alive", 1), ("suspect", 2), 1),
+        (("alive", 1), ("suspect", 2), 0),  # a claim above its subject's incarnation is inert
         (("alive", 3), ("dead", 2), 0),  # rejoin with a higher incarnation
         (("alive", 2), ("dead", 2), 1),  # dead beats alive of same incarnation
         (("suspect", 2), ("dead", 2), 1),
@@ -498,3 +498,42 @@ def test_tampered_bytes_never_change_the_table(
     assert res.changed == ()
     assert [r.reason for r in res.rejected] == [RejectReason.BAD_SIGNATURE]
     assert state_of(t) == before
+
+
+# ------------------------------------------------- claims cannot outrun their subject
+
+
+def test_a_claim_at_the_largest_incarnation_cannot_kill_a_live_member() -> None:
+    live = MemberRecord.create(KEYS[0], IDS[0], 3, ALIVE, eps(7000))
+    doom = claim(1, 0, MAX_INCARNATION, DEAD)
+    for order in ([live, doom], [doom, live]):
+        t = table()
+        t.merge(order, now=0.0)
+        member = t.member(IDS[0])
+        assert member is not None and member.state is ALIVE and member.incarnation == 3
+    # An honest suspicion at the subject's incarnation still counts.
+    t = table()
+    t.merge([live, claim(2, 0, 3, SUSPECT)], now=0.0)
+    member = t.member(IDS[0])
+    assert member is not None and member.state is SUSPECT
+
+
+def test_a_claim_about_us_above_our_incarnation_is_rejected_without_refuting() -> None:
+    t = table(incarnation=4)
+    doom = MemberRecord.create(KEYS[0], SELF_ID, MAX_INCARNATION, DEAD)
+    res = t.merge([doom], now=0.0)
+    assert [r.reason for r in res.rejected] == [RejectReason.CLAIM_AHEAD]
+    assert res.refute_needed is False and t.needs_refute is False
+    assert t.local_record().incarnation == 4
+
+
+def test_refute_never_overflows() -> None:
+    # Only our own key can sign a record at the largest incarnation (a run of
+    # ours long ago); refuting it keeps the local record instead of raising.
+    previous = MembershipTable(SELF_KEY, eps(9000), incarnation=MAX_INCARNATION).local_record()
+    t = table()
+    t.merge([previous], now=0.0)
+    assert t.needs_refute is True
+    kept = t.refute(now=0.0)
+    assert kept == t.local_record() and kept.incarnation == 0
+    assert t.needs_refute is False

@@ -43,6 +43,16 @@ i (only a higher incarnation, i.e. a rejoin, overrides it).  The trailing
 bytes are a deterministic tie-break between distinct records with the same
 incarnation and state (two observers suspecting the same node).
 
+Claims never outrun their subject.  An observer claim counts only at or below
+the incarnation of the subject's own greatest signed record: a claim above it
+is kept (it is still the greatest claim) but inert, so the subject's own
+record stays current, and a member holding the network key cannot make a
+live node unrefutably dead by signing ``dead`` at the largest incarnation.
+A claim about *us* above our own incarnation is rejected (``CLAIM_AHEAD``)
+and asks for no refutation, so no claim can push our incarnation anywhere;
+:meth:`MembershipTable.refute` never overflows (at the largest incarnation
+it keeps the local record).
+
 Merge laws.  For every node the table keeps the greatest subject-signed record
 (``own``, source of the endpoints) and the greatest observer claim (``claim``),
 the latter only while it beats ``own``.  Both are maxima, so merging a set of
@@ -302,6 +312,7 @@ class RejectReason(enum.StrEnum):
     STALE = "stale"  # not newer than what the table holds: old incarnation or replay
     TOO_MANY_MEMBERS = "too_many_members"  # new node while the table is full
     ABOUT_SELF = "about_self"  # would override our own record: refute instead
+    CLAIM_AHEAD = "claim_ahead"  # a claim about us above our own incarnation
 
 
 @dataclass(frozen=True)
@@ -374,8 +385,13 @@ class _Entry:
         if self.own is None:
             assert self.claim is not None
             return self.claim
-        if self.claim is not None and self.claim.supersedes(self.own):
-            return self.claim
+        claim = self.claim
+        if (
+            claim is not None
+            and claim.incarnation <= self.own.incarnation
+            and claim.supersedes(self.own)
+        ):
+            return claim
         return self.own
 
     def held(self) -> list[MemberRecord]:
@@ -547,7 +563,10 @@ class MembershipTable:
         else:
             if rec == entry.claim or rec == entry.own:
                 return None
-            if not rec.supersedes(entry.current):
+            # The greatest claim is kept even while inert (above its
+            # subject's incarnation), so the table stays a maximum.
+            held = [r for r in (entry.own, entry.claim) if r is not None]
+            if not all(rec.supersedes(r) for r in held):
                 return Rejection(rec, RejectReason.STALE, "not newer than held record")
             entry.claim = rec
         entry.updated_at = now
@@ -556,6 +575,8 @@ class MembershipTable:
     def _merge_about_self(self, rec: MemberRecord) -> Rejection | None:
         if rec == self._local:
             return None
+        if rec.origin != self._self_id and rec.incarnation > self._local.incarnation:
+            return Rejection(rec, RejectReason.CLAIM_AHEAD, f"{rec.state} at {rec.incarnation}")
         if not rec.supersedes(self._local):
             return Rejection(rec, RejectReason.STALE, "older than our own record")
         if self._threat is None or rec.supersedes(self._threat):
@@ -575,15 +596,17 @@ class MembershipTable:
 
         The new incarnation is ``max(local, highest threatening record) + 1``.
         Also used to rejoin after :meth:`mark_left`.  Returns the new local
-        record (to be gossiped).  Raises ``OverflowError`` if the incarnation
-        space is exhausted.
+        record (to be gossiped).  Never raises: at the largest incarnation
+        (only a record we signed ourselves can be there) the local record is
+        kept as it is.
         """
         del now  # refutation does not depend on time; kept for a uniform API
         top = self._local.incarnation
         if self._threat is not None:
             top = max(top, self._threat.incarnation)
         if top >= MAX_INCARNATION:
-            raise OverflowError("incarnation space exhausted")
+            self._threat = None
+            return self._local
         self._local = self._sign_self(top + 1, MemberState.ALIVE)
         self._threat = None
         return self._local
