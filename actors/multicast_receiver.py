@@ -48,7 +48,14 @@ from actors.inbox import Refusal, check_incoming, create_part, discard_part, pub
 from peercrypt.core import fragments
 from peercrypt.core.bitmap import ChunkBitmap, flatten
 from peercrypt.core.multicast import GapTracker
-from peercrypt.crypto.chunk_signature import SIG_BYTES, ChunkVerifier, proven_signer
+from peercrypt.crypto.chunk_signature import (
+    RECEIVER_KEY_BYTES,
+    SIG_BYTES,
+    ChunkVerifier,
+    proven_signer,
+    repair_tag,
+    subscription_token,
+)
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, WrapKey
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError
@@ -77,6 +84,9 @@ ACK_INTERVAL = 0.05
 ACK_EVERY = 8  # chunks written between acks (besides the timer)
 QUEUE_CHUNKS = 128  # authenticated chunks waiting for the writer, per session
 SUB_HWM = 256  # messages the SUB socket queues (beyond: the PUB drops, NAK repairs)
+# Messages the repair socket queues per connection before we see them
+# (beyond: the sender's queue holds them, or it drops and the NAK repeats).
+REPAIR_HWM = 16
 MAX_SESSIONS = 16
 MAX_LISTENERS = 16
 COMPLETED_MEMORY = 256
@@ -118,6 +128,10 @@ class Session:
     # UDP/IP multicast (docs/multicast.md, "Transports").
     udp: socket.socket | None = None
     reassembler: fragments.Reassembler | None = None
+    header_key: bytes = b""
+    # Ours alone, given to the sender in McJoin: tags its repairs to us and
+    # makes our subscription token (crypto/chunk_signature.py).
+    receiver_key: bytes = field(default_factory=lambda: os.urandom(RECEIVER_KEY_BYTES))
 
 
 class MulticastReceiverActor(Actor):
@@ -155,7 +169,7 @@ class MulticastReceiverActor(Actor):
         (0, 0: any free port). Raises SetupError when none is free."""
         sock = self.socket(zmq.PULL)
         sock.maxmsgsize = self.settings.max_chunk + TAG_BYTES + 1024
-        sock.rcvhwm = SUB_HWM
+        sock.rcvhwm = REPAIR_HWM
         ports = [0] if low == 0 else list(range(low, max(low, high) + 1))
         for port in ports:
             try:
@@ -275,7 +289,11 @@ class MulticastReceiverActor(Actor):
         while len(sess.wraps) > WRAP_MEMORY:
             sess.wraps.pop(next(iter(sess.wraps)))
         return McJoin(
-            sid=a.sid, eph_pub=wrap.public, repair_port=self.repair_port, attempt=a.attempt
+            sid=a.sid,
+            eph_pub=wrap.public,
+            repair_port=self.repair_port,
+            attempt=a.attempt,
+            repair_key=sess.receiver_key,
         )
 
     def _join_group(self, sess: Session, a: McAnnounce, sender_host: str) -> None:
@@ -332,10 +350,14 @@ class MulticastReceiverActor(Actor):
             return None
         sess.route = env.route
         sess.sealer = ContentSealer(k.sid, key)
+        sess.header_key = fragments.header_key(key)
         if sess.sub is None and sess.reassembler is None and sess.pub_endpoint:
             sub = sess.sub = self.socket(zmq.SUB)
             sub.rcvhwm = SUB_HWM
             sub.maxmsgsize = self.settings.max_chunk + TAG_BYTES + 1024
+            # The token (for the sender, which applies only subscriptions that
+            # carry a joined receiver's) and the id (our own filter).
+            sub.setsockopt(zmq.SUBSCRIBE, k.sid + subscription_token(sess.receiver_key))
             sub.setsockopt(zmq.SUBSCRIBE, k.sid)
             sub.connect(sess.pub_endpoint)
             self.watch(sub, self._on_data)
@@ -388,6 +410,13 @@ class MulticastReceiverActor(Actor):
             if sess is None:
                 self.count("data-dropped-unknown-session")
                 continue
+            if not subscribed:
+                tag = repair_tag(
+                    sess.receiver_key, header.sid, header.index, header.last, header.nonce
+                )
+                if not hmac.compare_digest(tag, header.tag):
+                    self.count("repair-dropped-tag")  # not from our sender: no more work
+                    continue
             self._on_chunk(
                 sess,
                 header.index,
@@ -424,6 +453,8 @@ class MulticastReceiverActor(Actor):
                     continue  # another session on the same group
                 if sess.sealer is None or frag.index in sess.tracker.received:
                     continue  # before our key (NAKed later), or already here
+                if not fragments.authentic(frag, sess.header_key):
+                    raise fragments.FragmentError("tag")  # costs nothing more
                 done = asm.add(frag, payload)
             except fragments.FragmentError as exc:
                 self.count(f"datagram-dropped-{exc.kind}")

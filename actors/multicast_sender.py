@@ -47,7 +47,13 @@ from peercrypt.core import fragments
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.fragments import fragment_count, parse_group
 from peercrypt.core.multicast import DONE, FAILED, JOINING, LOST, Repair, SessionPlan
-from peercrypt.crypto.chunk_signature import ChunkSigner
+from peercrypt.crypto.chunk_signature import (
+    RECEIVER_KEY_BYTES,
+    TOKEN_BYTES,
+    ChunkSigner,
+    repair_tag,
+    subscription_token,
+)
 from peercrypt.crypto.keywrap import ContentSealer, WrapKey, new_content_key
 from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, Timer, bound_port
 from peercrypt.settings import NodeSettings
@@ -122,6 +128,10 @@ class Target:
     status_at: float = -1e9  # when the last McStatus went to it
     status_digest: bool = False  # whether one carried the whole-file hash
     status_ack_every: int = 0  # the ack interval it was last told
+    # Its key for the session (McJoin): tags repairs to it; its subscription token.
+    repair_key: bytes = b""
+    token: bytes = b""
+    subscribed: bool = False
 
 
 @dataclass
@@ -158,6 +168,7 @@ class Session:
     # their key: they joined the group before joining the session).
     group: tuple[str, int] | None = None
     udp: socket.socket | None = None
+    header_key: bytes = b""  # tags datagram headers (core/fragments.py)
     ready: set[str] = field(default_factory=set)
     datagrams: int = 0
     datagrams_unsent: int = 0
@@ -195,7 +206,10 @@ class MulticastSenderActor(Actor):
         # (verbose), so publishing waits until the joined receivers subscribed.
         pub = self.socket(zmq.XPUB)
         pub.sndhwm = PUB_HWM
-        pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        # Manual: a subscription takes effect only when we apply it, which we
+        # do for a joined receiver's token alone - any other connection gets
+        # nothing queued (docs/multicast.md, "Keys").
+        pub.setsockopt(zmq.XPUB_MANUAL, 1)
         self.bind(pub, self.settings.host, self.settings.multicast_pub_port)
         self.pub = pub
         self.pub_port = bound_port(pub)
@@ -208,8 +222,22 @@ class MulticastSenderActor(Actor):
                 event = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            sess = self.sessions.get(event[1:])
-            if sess is not None and event[:1] == b"\x01":
+            if event[:1] != b"\x01":
+                continue  # unsubscriptions: the connection is gone or stale
+            sid, token = event[1:17], event[17:]
+            sess = self.sessions.get(sid)
+            target = None
+            if sess is not None and len(token) == TOKEN_BYTES:
+                target = next(
+                    (t for t in sess.targets.values() if hmac.compare_digest(t.token, token)),
+                    None,
+                )
+            if sess is None or target is None:
+                self.count("subscription-refused")
+                continue
+            sock.setsockopt(zmq.SUBSCRIBE, sid)  # for the connection that asked
+            if not target.subscribed:
+                target.subscribed = True
                 sess.subscriptions += 1
                 self._maybe_start(sess)
 
@@ -297,6 +325,7 @@ class MulticastSenderActor(Actor):
             started=self.now(),
             group=group,
             udp=udp,
+            header_key=fragments.header_key(key),
         )
         self.sessions[sid] = sess
         self.count("sessions")
@@ -464,6 +493,10 @@ class MulticastSenderActor(Actor):
         if wrap is None:
             self.count("join-stale")
             return
+        if len(j.repair_key) != RECEIVER_KEY_BYTES:
+            return self._target_failed(sess, t, "protocol", f"{t.name} sent no receiver key")
+        if j.repair_key != t.repair_key:
+            t.repair_key, t.token = j.repair_key, subscription_token(j.repair_key)
         try:
             wrapped = wrap.wrap(sess.sid, j.eph_pub, sess.content_key)
         except ValueError:
@@ -624,7 +657,7 @@ class MulticastSenderActor(Actor):
             return
         frag = self.settings.multicast_fragment
         unsent = udp_multicast.send_sealed(
-            sess.udp, sess.group, sess.sid, index, last, nonce, blob, frag
+            sess.udp, sess.group, sess.sid, index, last, nonce, blob, frag, sess.header_key
         )
         sess.datagrams += fragment_count(fragments.blob_len(blob), frag) - unsent
         if unsent:
@@ -644,7 +677,7 @@ class MulticastSenderActor(Actor):
             index, last, nonce, blob, offset = item
             size = fragments.blob_len(blob)
             end = min(size, offset + frag)
-            head = fragments.header(sess.sid, index, last, nonce, size, offset)
+            head = fragments.header(sess.sid, index, last, nonce, size, offset, key=sess.header_key)
             sent = udp_multicast.send_datagram(
                 sess.udp, sess.group, head, fragments.blob_slice(blob, offset, end)
             )
@@ -669,12 +702,15 @@ class MulticastSenderActor(Actor):
         if repair.publish:
             self._publish(sess, repair.index, nonce, frames)
             return
+        last = repair.index == sess.total - 1
         for name in repair.to:
             t = sess.targets[name]
             if t.repair is None:
                 continue
+            tag = repair_tag(t.repair_key, sess.sid, repair.index, last, nonce)
+            chunk = McChunk(sid=sess.sid, index=repair.index, last=last, nonce=nonce, tag=tag)
             try:
-                t.repair.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                t.repair.send_multipart([codec.encode(chunk), *frames[1:]], zmq.NOBLOCK, copy=False)
                 sess.unicast_bytes += len(frames[1])
             except zmq.Again:
                 self.count("repair-queue-full")

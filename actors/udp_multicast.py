@@ -96,14 +96,16 @@ def send_sealed(
     nonce: bytes,
     blob: fragments.Blob,
     frag: int,
+    key: bytes,
 ) -> int:
     """Send one sealed chunk (``blob``: the sealed bytes and the signature,
-    back to back) as datagrams; returns how many were not sent (a full or
-    failing interface: the chunk is NAKed and repaired later)."""
+    back to back) as datagrams, their headers tagged with ``key``; returns
+    how many were not sent (a full or failing interface: the chunk is NAKed
+    and repaired later)."""
     size = fragments.blob_len(blob)
     parts = list(fragments.split(size, frag))
     for n, (offset, end) in enumerate(parts):
-        head = fragments.header(sid, index, last, nonce, size, offset)
+        head = fragments.header(sid, index, last, nonce, size, offset, key=key)
         if not send_datagram(sock, dest, head, fragments.blob_slice(blob, offset, end)):
             return len(parts) - n  # the rest of this chunk is useless without it
     return 0

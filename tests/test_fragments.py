@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peercrypt.core import fragments
-from peercrypt.core.fragments import Fragment, FragmentError, Reassembler
+from peercrypt.core.fragments import FragmentError, Reassembler
 
 SID = bytes(range(16))
+KEY = fragments.header_key(b"k" * 32)
 NONCE = b"n" * 12
 CHUNK = 10_000
 TAG = 16
@@ -30,7 +31,7 @@ def _datagrams(
     index: int, last: bool, sealed: bytes, frag: int, nonce: bytes = NONCE
 ) -> list[bytes]:
     return [
-        fragments.header(SID, index, last, nonce, len(sealed), offset) + sealed[offset:end]
+        fragments.header(SID, index, last, nonce, len(sealed), offset, key=KEY) + sealed[offset:end]
         for offset, end in fragments.split(len(sealed), frag)
     ]
 
@@ -41,20 +42,44 @@ def _feed(asm: Reassembler, datagram: bytes) -> tuple[bytes, bytearray] | None:
 
 
 def test_header_round_trip() -> None:
-    d = fragments.header(SID, 2**40, True, NONCE, 1234, 512) + b"abc"
+    d = fragments.header(SID, 2**40, True, NONCE, 1234, 512, key=KEY) + b"abc"
     frag, payload = fragments.parse(d)
-    assert frag == Fragment(SID, 2**40, True, NONCE, 1234, 512)
+    assert (frag.sid, frag.index, frag.last, frag.nonce, frag.sealed_len, frag.offset) == (
+        SID,
+        2**40,
+        True,
+        NONCE,
+        1234,
+        512,
+    )
     assert bytes(payload) == b"abc"
-    assert len(fragments.header(SID, 0, False, NONCE, 0, 0)) == fragments.HEADER_BYTES == 49
+    assert fragments.authentic(frag, KEY)
+    assert len(fragments.header(SID, 0, False, NONCE, 0, 0, key=KEY)) == fragments.HEADER_BYTES
+    assert fragments.HEADER_BYTES == 65
+
+
+def test_only_the_header_key_makes_an_authentic_header() -> None:
+    """The tag covers every header field: an outsider (no content key) can
+    neither make a header nor change one it saw."""
+    d = bytearray(fragments.header(SID, 7, False, NONCE, 1234, 512, key=KEY))
+    assert not fragments.authentic(fragments.parse(bytes(d))[0], fragments.header_key(b"x" * 32))
+    for position in range(4, fragments.HEADER_BYTES):
+        changed = bytearray(d)
+        changed[position] ^= 1
+        try:
+            frag, _ = fragments.parse(bytes(changed))
+        except FragmentError:
+            continue  # e.g. flags
+        assert not fragments.authentic(frag, KEY), position
 
 
 @pytest.mark.parametrize(
     ("datagram", "kind"),
     [
         (b"", "short"),
-        (b"PCm1" + b"\0" * 20, "short"),
-        (b"XXXX" + b"\0" * 60, "magic"),
-        (fragments.HEADER.pack(b"PCm1", SID, 0, 2, NONCE, 16, 0) + b"x" * 16, "flags"),
+        (b"PCm2" + b"\0" * 20, "short"),
+        (b"XXXX" + b"\0" * 80, "magic"),
+        (fragments.FIELDS.pack(b"PCm2", SID, 0, 2, NONCE, 16, 0) + b"t" * 16 + b"x" * 16, "flags"),
     ],
 )
 def test_parse_rejects(datagram: bytes, kind: str) -> None:
@@ -126,10 +151,28 @@ def test_a_new_nonce_starts_the_chunk_over() -> None:
     for d in first_half:
         assert _feed(asm, d) is None
     out = None
-    for d in _datagrams(0, True, new, 1000, nonce=b"m" * 12):
+    for d in _datagrams(0, True, new, 1000, nonce=b"o" * 12):
         out = _feed(asm, d) or out
-    assert out is not None and out[0] == b"m" * 12 and bytes(out[1]) == new
+    assert out is not None and out[0] == b"o" * 12 and bytes(out[1]) == new
     assert asm.restarted == 1
+
+
+def test_an_earlier_nonce_does_not_start_the_chunk_over() -> None:
+    """A late or replayed copy of an earlier seal cannot undo what is pending."""
+    total, size = 1, CHUNK
+    expected = _sealed_len(total, size)
+    asm = Reassembler(total, expected, 1000, max_pending=4)
+    new = os.urandom(expected(0))
+    current = _datagrams(0, True, new, 1000, nonce=b"o" * 12)
+    for d in current[:5]:
+        assert _feed(asm, d) is None
+    for d in _datagrams(0, True, os.urandom(expected(0)), 1000, nonce=b"n" * 12):
+        assert _feed(asm, d) is None
+    assert asm.stale == 11 and asm.restarted == 0
+    out = None
+    for d in current[5:]:
+        out = _feed(asm, d) or out
+    assert out is not None and bytes(out[1]) == new
 
 
 @pytest.mark.parametrize(
@@ -150,7 +193,7 @@ def test_fragments_that_cannot_belong_are_rejected(
 ) -> None:
     total, size = 2, 2 * CHUNK
     asm = Reassembler(total, _sealed_len(total, size), 1000, max_pending=4)
-    d = fragments.header(SID, index, last, NONCE, sealed_len, offset) + b"x" * length
+    d = fragments.header(SID, index, last, NONCE, sealed_len, offset, key=KEY) + b"x" * length
     with pytest.raises(FragmentError) as err:
         _feed(asm, d)
     assert err.value.kind == kind

@@ -8,17 +8,24 @@ and the sender writes each byte once, whatever the number of receivers.
 A sealed chunk (AES-256-GCM ciphertext + tag, sealed once) is cut into
 fragments of ``frag`` bytes; each datagram carries a fixed header::
 
-    magic "PCm1" | session id (16) | chunk index (u64) | flags (u8, bit 0: last)
-    | nonce (12) | sealed length (u32) | fragment offset (u32)
+    magic "PCm2" | session id (16) | chunk index (u64) | flags (u8, bit 0: last)
+    | nonce (12) | blob length (u32) | fragment offset (u32) | header tag (16)
 
-followed by ``sealed[offset:offset + frag]``. Nothing in it is secret (the
-same fields travel in clear as ``McChunk`` on the PUB socket). Datagrams are
-not authenticated one by one: anyone on the segment can inject them. The
-:class:`Reassembler` therefore accepts only fragments that fit the session
-(index in range, the exact sealed length of that index, an aligned offset,
-the exact fragment length) and the whole chunk is authenticated by AES-GCM
-when it is opened; a forged or mixed-up fragment makes the chunk fail
-authentication, so it is dropped and NAKed like a lost one.
+followed by ``blob[offset:offset + frag]``, where the blob is the sealed
+chunk followed by the sender's signature of it. Nothing in the header is
+secret (the same fields travel in clear as ``McChunk`` on the PUB socket).
+The *header tag* is a keyed BLAKE3 of the fields before it under a key
+derived from the content key (:func:`header_key`): only the session's
+sender and receivers can make a header (:func:`authentic`), so an outsider
+on the segment can neither start a chunk's reassembly (memory) nor start
+one over with a new nonce (churn). The payload is not covered (that would
+cost a pass over every byte): a fragment a receiver already holds cannot be
+replaced (the first copy wins), and the whole chunk is checked against the
+sender's signature and AES-GCM when it is complete. A co-receiver knows the
+content key, so it can make headers; what it forges fails the signature and
+is NAKed and repaired. The :class:`Reassembler` accepts only fragments that
+fit the session (index in range, the exact blob length of that index, an
+aligned offset, the exact fragment length).
 
 Memory: at most ``max_pending`` chunks are being reassembled per session
 (beyond, the lowest index is given up: it will be NAKed), so a session holds
@@ -27,14 +34,19 @@ at most ``max_pending`` x (chunk size + tag) bytes, whatever the file size.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-MAGIC = b"PCm1"
-HEADER = struct.Struct("!4s16sQB12sII")
-HEADER_BYTES = HEADER.size  # 49
+import blake3
+
+MAGIC = b"PCm2"
+FIELDS = struct.Struct("!4s16sQB12sII")
+TAG_BYTES = 16
+HEADER = struct.Struct(f"!{FIELDS.size}s{TAG_BYTES}s")
+HEADER_BYTES = HEADER.size  # 65
 MAX_DATAGRAM = 65507  # the largest IPv4 UDP payload
 MIN_FRAGMENT = 512
 MAX_FRAGMENT = MAX_DATAGRAM - HEADER_BYTES
@@ -59,10 +71,32 @@ class Fragment:
     nonce: bytes
     sealed_len: int
     offset: int
+    fields: bytes = b""  # the header bytes the tag covers
+    tag: bytes = b""
 
 
-def header(sid: bytes, index: int, last: bool, nonce: bytes, sealed_len: int, offset: int) -> bytes:
-    return HEADER.pack(MAGIC, sid, index, FLAG_LAST if last else 0, nonce, sealed_len, offset)
+def header_key(content_key: bytes) -> bytes:
+    """The session's datagram header key (from its content key)."""
+    return blake3.blake3(content_key, derive_key_context=_KEY_CONTEXT).digest()
+
+
+_KEY_CONTEXT = "peercrypt multicast datagram header v2"
+
+
+def _tag(key: bytes, fields: bytes | memoryview) -> bytes:
+    return blake3.blake3(fields, key=key).digest(TAG_BYTES)
+
+
+def header(
+    sid: bytes, index: int, last: bool, nonce: bytes, sealed_len: int, offset: int, *, key: bytes
+) -> bytes:
+    fields = FIELDS.pack(MAGIC, sid, index, FLAG_LAST if last else 0, nonce, sealed_len, offset)
+    return fields + _tag(key, fields)
+
+
+def authentic(frag: Fragment, key: bytes) -> bool:
+    """Whether the fragment's header was made with the session's header key."""
+    return hmac.compare_digest(_tag(key, frag.fields), frag.tag)
 
 
 def split(sealed_len: int, frag: int) -> Iterator[tuple[int, int]]:
@@ -105,12 +139,13 @@ def parse(datagram: bytes | bytearray | memoryview) -> tuple[Fragment, memoryvie
     view = memoryview(datagram)
     if len(view) < HEADER_BYTES:
         raise FragmentError("short")
-    magic, sid, index, flags, nonce, sealed_len, offset = HEADER.unpack_from(view)
+    fields, tag = HEADER.unpack_from(view)
+    magic, sid, index, flags, nonce, sealed_len, offset = FIELDS.unpack(fields)
     if magic != MAGIC:
         raise FragmentError("magic")
     if flags & ~FLAG_LAST:
         raise FragmentError("flags")
-    frag = Fragment(sid, index, bool(flags & FLAG_LAST), nonce, sealed_len, offset)
+    frag = Fragment(sid, index, bool(flags & FLAG_LAST), nonce, sealed_len, offset, fields, tag)
     return frag, view[HEADER_BYTES:]
 
 
@@ -128,8 +163,9 @@ class Reassembler:
     length + tag); ``total`` the number of chunks. :meth:`add` returns
     ``(nonce, sealed)`` when a chunk is complete, ``None`` while it is not,
     and raises :class:`FragmentError` for a fragment that cannot belong to
-    the session. A fragment with a different nonce than the chunk's pending
-    ones (a repair sealed anew) starts the chunk over.
+    the session. A fragment with a later nonce than the chunk's pending ones
+    (a repair sealed anew: nonces count seals) starts the chunk over; one
+    with an earlier nonce (a late or replayed copy) is ignored.
     """
 
     def __init__(
@@ -148,6 +184,7 @@ class Reassembler:
         self.pending: dict[int, _Pending] = {}
         self.given_up = 0  # chunks evicted half-assembled (they will be NAKed)
         self.restarted = 0  # chunks started over for a new nonce
+        self.stale = 0  # fragments of an earlier seal than the one pending
 
     def add(self, f: Fragment, payload: memoryview) -> tuple[bytes, bytearray] | None:
         if not 0 <= f.index < self.total:
@@ -163,6 +200,9 @@ class Reassembler:
             raise FragmentError("fragment-length")
         number = f.offset // self.frag
         p = self.pending.get(f.index)
+        if p is not None and f.nonce < p.nonce:
+            self.stale += 1
+            return None
         if p is not None and p.nonce != f.nonce:
             self.restarted += 1
             del self.pending[f.index]

@@ -94,3 +94,30 @@ def proven_signer(signer: bytes, curve_key: bytes) -> ChunkVerifier:
     if mapped != curve_key:
         raise ValueError("the signing key is not the sender's proven identity")
     return ChunkVerifier(signer)
+
+
+# -- per-receiver authentication of the unicast side (docs/multicast.md, "Keys") --
+#
+# Each receiver picks a random *receiver key* per session and gives it to the
+# sender alone, inside CURVE (``McJoin.repair_key``). From it come a tag on
+# every repair header the sender pushes to that receiver's repair port (junk
+# is dropped before any hashing or signature work) and the token the
+# receiver subscribes with (the sender's XPUB queues chunks only for
+# subscriptions that carry a joined receiver's token).
+
+RECEIVER_KEY_BYTES = 32
+REPAIR_TAG_BYTES = 16
+TOKEN_BYTES = 16
+_REPAIR_FIELDS = struct.Struct(">16sQ?12s")
+
+
+def repair_tag(receiver_key: bytes, sid: bytes, index: int, last: bool, nonce: bytes) -> bytes:
+    """The tag of a repair header for one receiver (keyed BLAKE3)."""
+    fields = _REPAIR_FIELDS.pack(sid, index, last, nonce)
+    return blake3.blake3(fields, key=receiver_key).digest(REPAIR_TAG_BYTES)
+
+
+def subscription_token(receiver_key: bytes) -> bytes:
+    """What a receiver appends to the session id when it subscribes."""
+    context = "peercrypt multicast subscription v1"
+    return blake3.blake3(receiver_key, derive_key_context=context).digest(TOKEN_BYTES)

@@ -115,6 +115,7 @@ class CoReceiver:
                     eph_pub=wrap.public,
                     repair_port=self.repair_port,
                     attempt=msg.attempt,
+                    repair_key=os.urandom(32),
                 ),
             )
         elif isinstance(msg, McKey):
@@ -162,9 +163,12 @@ class CoReceiver:
         chunk = codec.decode_as(header, McChunk)
         blob = (sealed, signature)
         size = fragments.blob_len(blob)
+        header_key = fragments.header_key(joined.key)  # it has the content key
         out = []
         for offset, end in fragments.split(size, a.fragment):
-            head = fragments.header(a.sid, index, chunk.last, chunk.nonce, size, offset)
+            head = fragments.header(
+                a.sid, index, chunk.last, chunk.nonce, size, offset, key=header_key
+            )
             out.append(head + b"".join(bytes(v) for v in fragments.blob_slice(blob, offset, end)))
         return out
 

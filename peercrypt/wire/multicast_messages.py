@@ -70,6 +70,9 @@ class McJoin(Message):
     eph_pub: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
     repair_port: int = field(metadata=bounded(65535, 1))  # unicast repairs go here
     attempt: int = field(default=0, metadata=bounded(2**31))
+    # This receiver's random key for the session (crypto/chunk_signature.py):
+    # tags the repairs pushed to it and makes its subscription token.
+    repair_key: bytes = field(default=b"", metadata=bounded(32))
 
 
 @message
@@ -144,6 +147,7 @@ class McChunk(Message):
     index: int = _count()
     last: bool
     nonce: bytes = field(metadata=bounded(NONCE_BYTES, NONCE_BYTES))
+    tag: bytes = field(default=b"", metadata=bounded(16))  # repairs: for their receiver only
 
 
 # ---- local (CLI <-> control <-> multicast actors) ---------------------------------------
