@@ -154,7 +154,9 @@ def test_ack_interval_is_a_quarter_of_the_window_down_to_one() -> None:
         seen.append((plan.window, plan.ack_interval))
     assert all(interval == max(1, window // 4) for window, interval in seen)
     assert seen[-1] == (4, 1)
-    assert [i for _, i in seen[:7]] == [8, 8, 4, 4, 2, 2, 1]
+    # Each step is one round trip (its ack passes what was published at the
+    # last decrease), so the window halves every step: 64, 32, 16, 8, 4.
+    assert [i for _, i in seen[:7]] == [8, 4, 2, 1, 1, 1, 1]
 
 
 def test_slow_member_is_moved_to_unicast_after_the_grace() -> None:

@@ -7,7 +7,7 @@ touches a socket. ``now`` is only used to timestamp the stats history.
 Units: the window is kept in BYTES (as a float, so that sub-byte growth from
 small acks accumulates); :attr:`AimdWindow.window` exposes it floored to an
 int. The CLI speaks KB where 1 KB = 1024 bytes; :meth:`AimdWindow.from_kb`
-converts. Stream positions (``cumulative`` acks, ``on_send`` ends) are byte
+converts. Stream positions (``cumulative`` acks, ``on_sent`` ends) are byte
 offsets: a cumulative ack ``c`` means every byte before offset ``c`` arrived.
 
 Rules (TCP Reno/NewReno-like congestion avoidance, no slow start):
@@ -24,7 +24,10 @@ Rules (TCP Reno/NewReno-like congestion avoidance, no slow start):
   ``dupack_threshold`` (default 3) the result asks for a fast retransmit of
   the chunk at the cumulative point (once per run) and, outside recovery, the
   window decreases. ``dupack_threshold=None`` disables this detector
-  (duplicates are still counted). Acks below the highest seen are stale
+  (duplicates are still counted).
+* Reported losses (:meth:`AimdWindow.on_loss`: a SACK gap, a multicast NAK)
+  decrease like a fast retransmit if ``loss_decrease`` (default: when the
+  duplicate-ack detector is on). Acks below the highest seen are stale
   (reordered) and ignored entirely.
 * Timeouts: :meth:`AimdWindow.on_timeout` counts the timeout, resets the
   duplicate run and, if ``timeout_decrease`` is true and outside recovery,
@@ -32,7 +35,7 @@ Rules (TCP Reno/NewReno-like congestion avoidance, no slow start):
   minimum). ``timeout_decrease=False`` disables the decrease.
 * At most one decrease per round trip: a decrease enters *recovery* with the
   recovery point set to the highest byte offset sent so far (the maximum of
-  all :meth:`AimdWindow.on_send` ends and cumulative acks). Until an ack
+  all :meth:`AimdWindow.on_sent` ends and cumulative acks). Until an ack
   advances the cumulative point to ``>= recovery_point`` (all data that was in
   flight at the decrease is acknowledged), further losses and timeouts are
   counted but do not decrease the window, and acks do not grow it (the ack
@@ -110,6 +113,7 @@ class AimdWindow:
     decrease_factor: float = 0.5
     dupack_threshold: int | None = 3
     timeout_decrease: bool = True
+    loss_decrease: bool | None = None  # on_loss decreases? None: iff dupack_threshold is set
     history_len: int = 512
     history_interval: float = 0.05
     start_offset: int = 0
@@ -193,7 +197,7 @@ class AimdWindow:
 
     @property
     def sent_high(self) -> int:
-        """Highest byte offset known to be sent (on_send ends and acks)."""
+        """Highest byte offset known to be sent (on_sent ends and acks)."""
         return self._sent_high
 
     @property
@@ -208,7 +212,7 @@ class AimdWindow:
 
     # -- events ----------------------------------------------------------
 
-    def on_send(self, end: int) -> None:
+    def on_sent(self, end: int) -> None:
         """Record that bytes up to offset ``end`` (exclusive) have been sent.
 
         Only the maximum matters; retransmissions may report smaller ends.
@@ -216,7 +220,7 @@ class AimdWindow:
         if end > self._sent_high:
             self._sent_high = end
 
-    def on_ack(self, cumulative: int, now: float) -> AckResult:
+    def on_acked(self, cumulative: int, now: float) -> AckResult:
         """Process a cumulative ack (every byte before ``cumulative`` arrived)."""
         if cumulative > self._highest_ack:
             return self._on_new_ack(cumulative, now)
@@ -246,13 +250,15 @@ class AimdWindow:
             window=self.window,
         )
 
-    def on_sack_loss(self, now: float) -> bool:
-        """A loss the caller found from selective acks (chunks sent after it
-        were acked: the SACK form of duplicate acks, which coalesced acks may
-        not repeat ``dupack_threshold`` times). Counts as a fast retransmit
-        and decreases like one, unless duplicate-ack detection is off.
-        Returns True if the window decreased."""
-        if self.dupack_threshold is None:
+    def on_loss(self, now: float) -> bool:
+        """A loss the caller found (selective acks: chunks sent after it were
+        acked, the SACK form of duplicate acks, which coalesced acks may not
+        repeat ``dupack_threshold`` times; or a multicast NAK). Counts as a
+        fast retransmit and decreases like one, unless duplicate-ack
+        detection is off. Returns True if the window decreased."""
+        if not (
+            self.dupack_threshold is not None if self.loss_decrease is None else self.loss_decrease
+        ):
             return False
         self.fast_retransmits += 1
         return self._congestion(now)
@@ -269,7 +275,7 @@ class AimdWindow:
     def _on_new_ack(self, cumulative: int, now: float) -> AckResult:
         acked = cumulative - self._highest_ack
         self._highest_ack = cumulative
-        self.on_send(cumulative)
+        self.on_sent(cumulative)
         self._dup_run = 0
         if self._recovery_point is not None:
             if cumulative >= self._recovery_point:

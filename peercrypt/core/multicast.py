@@ -18,9 +18,12 @@ repairs.
 - Pace: the next new chunk may be published while ``published <
   floor + cwnd``, where ``floor`` is the lowest cumulative ack among members
   in ``multicast`` state (or, with none, the highest among the others) and
-  ``cwnd`` an AIMD window in chunks: +1 per window of acked chunks, halved
-  (at most once per window published) when a NAK shows a first-publication
-  drop, between ``min_window`` and ``window``.
+  ``cwnd`` the congestion window in chunks
+  (:func:`~peercrypt.core.congestion.for_multicast`, the same AIMD as
+  unicast): +1 per window the floor advances, halved when a NAK shows a
+  first-publication drop (at most once per round trip: not again until the
+  floor passes what was published at the decrease), between
+  ``min_window`` and ``window``.
 - Repairs: each member's latest NAK set (bounded) is what it wants. A chunk
   wanted by ``publish_min`` (2) or more members is re-published once; one
   wanted by fewer is sent by unicast to each. A (member, chunk) is not
@@ -42,6 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.congestion import for_multicast
 
 MAX_NAK_RANGES = 64
 
@@ -174,7 +178,7 @@ class SessionPlan:
         self.total = total
         self.max_window = max(1, window)
         self.min_window = max(1, min(min_window, self.max_window))
-        self.cwnd = float(self.max_window)
+        self.congestion = for_multicast(self.max_window, self.min_window)
         self.publish_min = publish_min
         self.holdoff = holdoff
         self.slow_grace = slow_grace
@@ -183,8 +187,6 @@ class SessionPlan:
         self.stall_timeout = stall_timeout
         self.members: dict[str, Member] = {}
         self.published = 0
-        self.recovery_until = -1  # no window decrease until published passes this
-        self.decreases = 0
         self.demotions = 0
         self.repairs_published = 0
         self.repairs_unicast = 0
@@ -239,12 +241,10 @@ class SessionPlan:
         m.last_heard = now
         cumulative = max(0, min(self.total, cumulative))
         if cumulative > m.cumulative:
-            if m.state == MULTICAST and cumulative >= self._floor():
-                self.cwnd = min(
-                    float(self.max_window), self.cwnd + (cumulative - m.cumulative) / self.cwnd
-                )
             m.cumulative = cumulative
             m.progress_at = now
+            if m.state == MULTICAST:
+                self.congestion.on_acked(self._floor(), now)
         wanted: set[int] = set()
         for start, end in naks[:MAX_NAK_RANGES]:
             for i in range(max(0, start), min(end, self.published, start + 4096)):
@@ -254,12 +254,9 @@ class SessionPlan:
         if (
             m.state == MULTICAST
             and fresh
-            and self.published > self.recovery_until
             and any(i >= m.published_at_join and i not in m.repaired_at for i in fresh)
-        ):  # a first publication was dropped on the way to it: back off
-            self.cwnd = max(float(self.min_window), self.cwnd / 2)
-            self.recovery_until = self.published + int(self.cwnd)
-            self.decreases += 1
+        ):  # a first publication was dropped on the way to it: back off (once per round trip)
+            self.congestion.on_loss(now)
         m.wanted = wanted
         caught_up = self.published - m.cumulative < self.window // 2 and not wanted
         if m.state == UNICAST and caught_up and not m.demoted:
@@ -289,7 +286,11 @@ class SessionPlan:
 
     @property
     def window(self) -> int:
-        return max(self.min_window, int(self.cwnd))
+        return max(self.min_window, self.congestion.window)
+
+    @property
+    def decreases(self) -> int:
+        return self.congestion.decreases
 
     @property
     def ack_interval(self) -> int:
@@ -313,6 +314,7 @@ class SessionPlan:
 
     def on_published(self, n: int = 1) -> None:
         self.published = min(self.total, self.published + n)
+        self.congestion.on_sent(self.published)
 
     # -- repairs --------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ import enum
 import hmac
 from dataclasses import dataclass, field
 
-from peercrypt.core.aimd import AimdWindow
+from peercrypt.core.congestion import CongestionControl, for_policy
 from peercrypt.core.modes import Policy
 from peercrypt.core.send_window import SEND_BUFFER, SendWindow
 
@@ -122,7 +122,7 @@ class OutgoingTransfer:
     started: float = field(init=False)
     deadline: float = field(init=False)  # the offer's answer is due by then
     window: SendWindow | None = field(default=None, init=False)
-    cwnd: AimdWindow | None = field(default=None, init=False)
+    cwnd: CongestionControl | None = field(default=None, init=False)
     paced: bool = field(default=False, init=False)
     allowance: int = field(default=0, init=False)
     digest: bytes = field(default=b"", init=False)
@@ -173,14 +173,7 @@ class OutgoingTransfer:
             self.total, dupthresh=dupthresh, max_window=max(1, SEND_BUFFER // self.chunk_size)
         )
         self.window.on_accept(have, credit)
-        if p.mode == "aimd":
-            self.cwnd = AimdWindow.from_kb(
-                p.window_kb,
-                p.min_window_kb,
-                p.max_window_kb,
-                dupack_threshold=p.ack_threshold if p.dupack_detect else None,
-                timeout_decrease=p.timeout_detect,
-            )
+        self.cwnd = for_policy(p)
         # The scheduler has the last word (a live max-rate): see on_pacing.
         self.paced = p.mode == "token-bucket" or self.node_capped
         self.phase = Phase.SENDING
@@ -196,8 +189,8 @@ class OutgoingTransfer:
             self.last_progress = now
         if self.cwnd is not None:
             if w.fast_retransmits > sack_losses:
-                self.cwnd.on_sack_loss(now)
-            self.cwnd.on_ack(min(self.size, w.acked.cumulative * self.chunk_size), now)
+                self.cwnd.on_loss(now)
+            self.cwnd.on_acked(min(self.size, w.acked.cumulative * self.chunk_size), now)
 
     def on_grant(self, nbytes: int) -> None:
         """The scheduler granted ``nbytes`` more."""
@@ -340,7 +333,7 @@ class OutgoingTransfer:
             if self.paced:
                 self.allowance -= self.chunk_size
             if self.cwnd is not None:
-                self.cwnd.on_send(min(self.size, (index + 1) * self.chunk_size))
+                self.cwnd.on_sent(min(self.size, (index + 1) * self.chunk_size))
             self._outputs.append(SendChunk(index, index == self.total - 1))
         if w.done:
             self.phase = Phase.VERIFYING
