@@ -7,6 +7,11 @@
   now (``FlowDemand``), the scheduler answers with byte grants
   (``FlowGrant``) computed by :class:`~peercrypt.core.grants.GrantPlanner`
   every few milliseconds while someone waits.
+- Owns congestion per destination peer (RFC 3124's Congestion Manager):
+  aimd flows report acks, losses and timeouts in batches (``FlowReport``);
+  one :class:`~peercrypt.core.congestion_manager.CongestionManager` window
+  per peer is divided among its flows by priority and each is told its
+  share (``FlowWindow``). ``status`` shows it as the ``congestion`` fact.
 - Live settings (``SettingRequest``): node default mode, max-rate, one or
   every running transfer's rate, AIMD defaults and detectors, lanes.
 
@@ -17,8 +22,10 @@ it: their acks and credit are the only clock.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 
+from peercrypt.core.congestion_manager import CongestionManager
 from peercrypt.core.grants import GrantPlanner
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
@@ -29,7 +36,9 @@ from peercrypt.wire.messages import (
     FlowEnd,
     FlowGrant,
     FlowPacing,
+    FlowReport,
     FlowStart,
+    FlowWindow,
     SendRequest,
     SendResult,
     SettingReply,
@@ -71,6 +80,7 @@ class SchedulerActor(Actor):
         self.planner: GrantPlanner[int] = GrantPlanner()
         self.ticker: Timer | None = None
         self.flows: dict[int, FlowStart] = {}  # every running transfer, paced or not
+        self.congestion: CongestionManager[int] = CongestionManager()  # aimd flows, per peer
 
     def setup(self) -> None:
         if self.settings.max_rate:
@@ -102,6 +112,19 @@ class SchedulerActor(Actor):
         elif isinstance(msg, FlowStart):
             self.flows[msg.request] = msg
             self._pace(msg)
+            if msg.congestion:
+                self._manage(msg)
+        elif isinstance(msg, FlowReport):
+            self.congestion.report(
+                msg.request,
+                msg.sent,
+                msg.acked,
+                msg.losses,
+                msg.timeouts,
+                msg.in_flight,
+                self.now(),
+            )
+            self._tell_windows()
         elif isinstance(msg, FlowDemand):
             if msg.request in self.planner.flows():
                 self.planner.demand(msg.request, msg.nbytes)
@@ -109,6 +132,8 @@ class SchedulerActor(Actor):
         elif isinstance(msg, FlowEnd):
             self.flows.pop(msg.request, None)
             self.planner.remove(msg.request)
+            self.congestion.remove(msg.request)
+            self._tell_windows()
         elif isinstance(msg, SettingRequest):
             self.tell("control", self._setting(msg))
         else:
@@ -132,6 +157,84 @@ class SchedulerActor(Actor):
             )
             return
         self.tell("sender", dataclasses.replace(req, **dataclasses.asdict(policy)))
+
+    # -- congestion (RFC 3124: one window per destination peer) ----------------------
+
+    def _manage(self, flow: FlowStart) -> None:
+        try:
+            policy = with_overrides(
+                self.defaults,
+                mode="aimd",
+                window_kb=flow.window_kb or None,
+                min_window_kb=flow.min_window_kb or None,
+                max_window_kb=flow.max_window_kb or None,
+                timeout_detect=flow.timeout_detect,
+                dupack_detect=flow.dupack_detect,
+            )
+        except PolicyError:
+            policy = dataclasses.replace(self.defaults, mode="aimd")
+        self.congestion.add(flow.request, flow.peer, flow.priority, policy)
+        self._tell_windows()
+
+    def _tell_windows(self) -> None:
+        """Tell each flow whose share of its peer's window changed."""
+        for request, share in self.congestion.changed().items():
+            peer = self.congestion.peer_of(request)
+            flow = self.flows.get(request)
+            if peer is None or flow is None:
+                continue
+            self.tell(
+                flow.owner,
+                FlowWindow(
+                    request=request,
+                    nbytes=share,
+                    window=peer.window,
+                    decreases=peer.control.decreases,
+                ),
+            )
+
+    def _congestion_facts(self) -> str:
+        """Per destination peer: the shared window and each flow's share (JSON,
+        bounded to what one status fact may hold)."""
+        out: dict[str, object] = {}
+        for name in self.congestion.peers():
+            peer = self.congestion.peer(name)
+            assert peer is not None
+            flows = self.congestion.flows(name)
+            entry = {
+                "window": peer.window,
+                "decreases": peer.control.decreases,
+                "losses": peer.control.fast_retransmits,
+                "timeouts": peer.control.timeouts,
+                "flows": {
+                    str(request): {
+                        "weight": f.weight,
+                        "share": f.share,
+                        "in_flight": f.in_flight,
+                        "acked": f.acked,
+                        "losses": f.losses,
+                    }
+                    for request, f in list(flows.items())[:16]
+                },
+            }
+            if len(json.dumps({**out, name[:300]: entry})) > 4000:
+                break
+            out[name[:300]] = entry
+        return json.dumps(out, separators=(",", ":"))
+
+    def _live_windows(self) -> str:
+        """The running peers' windows, for the ``congestion`` command's answer
+        (new defaults apply to peers whose flows start afterwards)."""
+        parts = []
+        for name in self.congestion.peers()[:8]:
+            peer = self.congestion.peer(name)
+            if peer is not None:
+                parts.append(f"{name} {peer.window // 1024} KB ({peer.flows} flows)")
+        return f"; running windows: {', '.join(parts)}" if parts else ""
+
+    def report(self) -> None:
+        self.facts["congestion"] = self._congestion_facts()
+        super().report()
 
     # -- grants -----------------------------------------------------------------
 
@@ -212,7 +315,7 @@ class SchedulerActor(Actor):
             field_name, kind = _CONGESTION[key]
             parsed: object = _on_off(value) if kind == "onoff" else _positive(value, key)
             self.defaults = with_overrides(self.defaults, **{field_name: parsed})
-            return f"congestion {key} is now {value}"
+            return f"congestion {key} is now {value}{self._live_windows()}"
         raise PolicyError(f"unknown setting {name!r}")
 
 

@@ -43,6 +43,7 @@ from peercrypt.core.outgoing import (
     HashFile,
     OutgoingTransfer,
     Phase,
+    ReportCongestion,
     RequestGrant,
     SendChunk,
     SendDone,
@@ -63,7 +64,9 @@ from peercrypt.wire.messages import (
     FlowEnd,
     FlowGrant,
     FlowPacing,
+    FlowReport,
     FlowStart,
+    FlowWindow,
     Offer,
     Progress,
     Refuse,
@@ -145,6 +148,11 @@ class SenderActor(Actor):
             t = self._by_request(msg.request)
             if t is not None:
                 t.flow.on_grant(msg.nbytes)
+                self._drive(t)
+        elif isinstance(msg, FlowWindow):
+            t = self._by_request(msg.request)
+            if t is not None:
+                t.flow.on_window(msg.nbytes, msg.window, msg.decreases, self.now())
                 self._drive(t)
         elif isinstance(msg, FlowPacing):
             t = self._by_request(msg.request)
@@ -309,14 +317,22 @@ class SenderActor(Actor):
             t.crew = LaneCrew(t.keys, t.fd, t.size, t.chunk_size, flow.lanes, skip=held)
             self.watch(t.crew.wake_fd, functools.partial(self._on_crew, t))
         rate, burst = flow.flow_rate
+        p = flow.policy
         self.tell(
             "scheduler",
             FlowStart(
                 request=t.request.request,
-                priority=flow.policy.priority,
+                priority=p.priority,
                 rate=rate,
                 burst=burst,
                 paced=flow.paced,
+                peer=t.peer,
+                congestion=flow.congestion_managed,
+                window_kb=p.window_kb,
+                min_window_kb=p.min_window_kb,
+                max_window_kb=p.max_window_kb,
+                timeout_detect=p.timeout_detect,
+                dupack_detect=p.dupack_detect,
             ),
         )
         # The control connection's job is done.
@@ -341,6 +357,16 @@ class SenderActor(Actor):
                         self._hash_file(t)
                     elif isinstance(out, SendDone):
                         self._send_sealed(t, Done(digest=out.digest, chunks=out.chunks))
+                    elif isinstance(out, ReportCongestion):
+                        report = FlowReport(
+                            request=t.request.request,
+                            sent=out.sent,
+                            acked=out.acked,
+                            losses=out.losses,
+                            timeouts=out.timeouts,
+                            in_flight=out.in_flight,
+                        )
+                        self.tell("scheduler", report)
                     elif isinstance(out, RequestGrant):
                         demand = FlowDemand(request=t.request.request, nbytes=out.nbytes)
                         self.tell("scheduler", demand)

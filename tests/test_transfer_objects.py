@@ -132,12 +132,12 @@ def test_aimd_window_shrinks_on_loss_and_limits_what_is_in_flight() -> None:
     r = pump_transfer(content, CHUNK, POLICIES["aimd"], 16, data, Channel.make(4))
     assert isinstance(r.outcome, Finished)
     assert r.delivered == content
-    cwnd = r.sender.cwnd
-    assert cwnd is not None and cwnd.decreases > 0
-    # The congestion window (at most 16 chunks, from 4) kept in flight below the credit's 16
-    # at the start: the first round sent only window_kb / chunk = 4 chunks.
-    assert r.sender.stats()["window_decreases"] == cwnd.decreases
-    assert r.sender.window_history()
+    stats = r.sender.stats()
+    assert stats["window_decreases"] > 0
+    assert stats["dupack_retransmits"] > 0
+    history = r.sender.window_history()[1::2]
+    assert min(history) < max(history) <= 64 * 1024
+    assert r.max_in_flight <= 16
 
 
 def test_token_bucket_rate_bounds_the_duration() -> None:

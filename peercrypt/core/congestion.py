@@ -66,6 +66,21 @@ def for_policy(policy: Policy) -> CongestionControl | None:
     )
 
 
+def shared_for_policy(policy: Policy) -> CongestionControl:
+    """The window one peer's aimd flows share (in bytes; see
+    :mod:`peercrypt.core.congestion_manager`). The flows' send windows
+    detect losses (SACK after ``ack_threshold`` later chunks, RTO); the
+    policy's detectors decide whether those shrink the window."""
+    return AimdWindow.from_kb(
+        policy.window_kb,
+        policy.min_window_kb,
+        policy.max_window_kb,
+        dupack_threshold=None,
+        loss_decrease=policy.dupack_detect,
+        timeout_decrease=policy.timeout_detect,
+    )
+
+
 def for_multicast(window: int, min_window: int) -> CongestionControl:
     """A multicast session's controller in chunks: starts at ``window``, +1
     chunk per window acked by the slowest member, halved on a NAK of a first

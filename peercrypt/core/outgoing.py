@@ -32,14 +32,16 @@ from __future__ import annotations
 
 import enum
 import hmac
+from collections import deque
 from dataclasses import dataclass, field
 
-from peercrypt.core.congestion import CongestionControl, for_policy
 from peercrypt.core.modes import Policy
 from peercrypt.core.send_window import SEND_BUFFER, SendWindow
 
 DONE_RETRIES = 5
-HISTORY_SAMPLES = 1000
+HISTORY_SAMPLES = 512  # congestion window samples kept for the result
+HISTORY_INTERVAL = 0.05  # seconds between growth samples (decreases always)
+REPORT_INTERVAL = 0.01  # seconds between congestion reports (losses: at once)
 
 
 class Phase(enum.Enum):
@@ -79,6 +81,19 @@ class RequestGrant:
 
 
 @dataclass(frozen=True)
+class ReportCongestion:
+    """Tell the congestion manager (the scheduler) what this flow saw since
+    the last report: ``sent`` new bytes, ``acked`` bytes newly acked,
+    ``losses`` and ``timeouts`` detected, ``in_flight`` bytes unacked now."""
+
+    sent: int
+    acked: int
+    losses: int
+    timeouts: int
+    in_flight: int
+
+
+@dataclass(frozen=True)
 class Finished:
     """The receiver stored the file under ``stored_as`` with our hash."""
 
@@ -97,7 +112,7 @@ class Failed:
     offer_expired: bool = False
 
 
-Output = SendChunk | HashFile | SendDone | RequestGrant | Finished | Failed
+Output = SendChunk | HashFile | SendDone | RequestGrant | ReportCongestion | Finished | Failed
 
 
 @dataclass
@@ -122,7 +137,16 @@ class OutgoingTransfer:
     started: float = field(init=False)
     deadline: float = field(init=False)  # the offer's answer is due by then
     window: SendWindow | None = field(default=None, init=False)
-    cwnd: CongestionControl | None = field(default=None, init=False)
+    share: int | None = field(default=None, init=False)  # bytes, from the congestion manager
+    peer_window: int = field(default=0, init=False)
+    peer_decreases: int = field(default=0, init=False)
+    losses: int = field(default=0, init=False)  # detected and reported
+    timeouts: int = field(default=0, init=False)
+    history: deque[tuple[float, int]] = field(
+        default_factory=lambda: deque(maxlen=HISTORY_SAMPLES), init=False
+    )
+    _report: list[int] = field(default_factory=lambda: [0, 0, 0, 0], init=False)
+    _reported_at: float = field(default=float("-inf"), init=False)
     paced: bool = field(default=False, init=False)
     allowance: int = field(default=0, init=False)
     digest: bytes = field(default=b"", init=False)
@@ -151,6 +175,12 @@ class OutgoingTransfer:
         return self.policy.mode == "parallel"
 
     @property
+    def congestion_managed(self) -> bool:
+        """Its window is a share of the peer's congestion window, kept by the
+        congestion manager (aimd mode): it reports, and obeys ``share``."""
+        return self.policy.mode == "aimd"
+
+    @property
     def flow_rate(self) -> tuple[int, int]:
         """(rate, burst) of the flow's own token bucket; (0, 0): none."""
         if self.policy.mode != "token-bucket":
@@ -173,7 +203,6 @@ class OutgoingTransfer:
             self.total, dupthresh=dupthresh, max_window=max(1, SEND_BUFFER // self.chunk_size)
         )
         self.window.on_accept(have, credit)
-        self.cwnd = for_policy(p)
         # The scheduler has the last word (a live max-rate): see on_pacing.
         self.paced = p.mode == "token-bucket" or self.node_capped
         self.phase = Phase.SENDING
@@ -184,13 +213,12 @@ class OutgoingTransfer:
         w = self.window
         if w is None or self.phase is Phase.ENDED:
             return
-        sack_losses = w.fast_retransmits
+        sack_losses, acked = w.fast_retransmits, self.acked_bytes
         if w.on_ack(cumulative, sack, credit, now):
             self.last_progress = now
-        if self.cwnd is not None:
-            if w.fast_retransmits > sack_losses:
-                self.cwnd.on_loss(now)
-            self.cwnd.on_acked(min(self.size, w.acked.cumulative * self.chunk_size), now)
+        if self.congestion_managed:
+            self._report[1] += self.acked_bytes - acked
+            self._report[2] += w.fast_retransmits - sack_losses
 
     def on_grant(self, nbytes: int) -> None:
         """The scheduler granted ``nbytes`` more."""
@@ -201,6 +229,14 @@ class OutgoingTransfer:
         """The scheduler decided whether this flow waits for grants."""
         self.paced = paced
         self._demand_pending = False
+
+    def on_window(self, share: int, window: int, decreases: int, now: float) -> None:
+        """The congestion manager's answer: this flow may have ``share``
+        bytes in flight of its peer's ``window``."""
+        grew = self.share is not None and share >= self.share
+        self.share, self.peer_window, self.peer_decreases = share, window, decreases
+        if not (grew and self.history and now - self.history[-1][0] < HISTORY_INTERVAL):
+            self.history.append((now, share))
 
     def on_digest(self, digest: bytes, now: float) -> None:
         """The whole-file hash (after :class:`HashFile`, or from the lanes)."""
@@ -244,8 +280,8 @@ class OutgoingTransfer:
                 return
             timeouts = w.timeouts
             w.on_timer(now)
-            if self.cwnd is not None and w.timeouts > timeouts:
-                self.cwnd.on_timeout(now)
+            if self.congestion_managed:
+                self._report[3] += w.timeouts - timeouts
         elif self.phase is Phase.VERIFYING and self._done_due is not None and now >= self._done_due:
             self._done_due = None
             self._send_done(now)
@@ -303,21 +339,21 @@ class OutgoingTransfer:
             stats["rttvar"] = round(rtt.rttvar, 6)
         if self.sealing_workers:
             stats["lanes"] = self.lanes
-        if self.cwnd is not None:
-            stats["window_bytes"] = self.cwnd.window
-            stats["window_decreases"] = self.cwnd.decreases
-            stats["congestion_timeouts"] = self.cwnd.timeouts
-            stats["dupack_retransmits"] = self.cwnd.fast_retransmits
+        if self.congestion_managed:
+            stats["window_bytes"] = self.share or 0
+            stats["peer_window_bytes"] = self.peer_window
+            stats["window_decreases"] = self.peer_decreases
+            stats["congestion_timeouts"] = self.timeouts
+            stats["dupack_retransmits"] = self.losses
         if self.policy.mode == "token-bucket":
             stats["rate"] = self.policy.rate
         return stats
 
     def window_history(self) -> list[int]:
-        """The congestion window over time as [ms since start, bytes, ...]."""
-        if self.cwnd is None:
-            return []
+        """This flow's congestion window (its share of the peer's) over time
+        as [ms since start, bytes, ...]."""
         out: list[int] = []
-        for when, window in list(self.cwnd.history)[-HISTORY_SAMPLES:]:
+        for when, window in self.history:
             out += [max(0, int((when - self.started) * 1000)), int(window)]
         return out
 
@@ -326,15 +362,21 @@ class OutgoingTransfer:
     def _pump(self, now: float) -> None:
         w = self.window
         assert w is not None
-        if self.cwnd is not None:
-            w.limit = max(1, self.cwnd.window // self.chunk_size)
+        managed = self.congestion_managed
+        if managed:  # one chunk until the manager gives a share
+            w.limit = max(1, (self.share or 0) // self.chunk_size)
         limit = self.allowance // self.chunk_size if self.paced else None
-        for index in w.next_to_send(now, limit):
+        resends = w.retransmits
+        indices = w.next_to_send(now, limit)
+        resends = w.retransmits - resends  # they come first
+        for n, index in enumerate(indices):
             if self.paced:
                 self.allowance -= self.chunk_size
-            if self.cwnd is not None:
-                self.cwnd.on_sent(min(self.size, (index + 1) * self.chunk_size))
+            if managed and n >= resends:
+                self._report[0] += min(self.chunk_size, self.size - index * self.chunk_size)
             self._outputs.append(SendChunk(index, index == self.total - 1))
+        if managed:
+            self._flush_report(now)
         if w.done:
             self.phase = Phase.VERIFYING
             self._send_done(now)
@@ -344,6 +386,20 @@ class OutgoingTransfer:
             if wanted > 0:
                 self._demand_pending = True
                 self._outputs.append(RequestGrant(wanted))
+
+    def _flush_report(self, now: float) -> None:
+        sent, acked, losses, timeouts = self._report
+        if not (
+            losses or timeouts or ((sent or acked) and now - self._reported_at >= REPORT_INTERVAL)
+        ):
+            return
+        assert self.window is not None
+        in_flight = self.window.in_flight * self.chunk_size
+        self._outputs.append(ReportCongestion(sent, acked, losses, timeouts, in_flight))
+        self.losses += losses
+        self.timeouts += timeouts
+        self._report = [0, 0, 0, 0]
+        self._reported_at = now
 
     def _send_done(self, now: float) -> None:
         if not self.digest:

@@ -28,6 +28,7 @@ from typing import Any
 
 import blake3
 
+from peercrypt.core.congestion_manager import CongestionManager
 from peercrypt.core.grants import GrantPlanner
 from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, SaveManifest, Store
 from peercrypt.core.modes import Policy
@@ -36,6 +37,7 @@ from peercrypt.core.outgoing import (
     Finished,
     HashFile,
     OutgoingTransfer,
+    ReportCongestion,
     RequestGrant,
     SendChunk,
     SendDone,
@@ -125,6 +127,7 @@ def pump_transfer(
     timeout: float = 1e6,
     idle_timeout: float = 1e6,
     max_events: int = 400_000,
+    manager_: CongestionManager[int] | None = None,
 ) -> PumpResult:
     """Run one transfer of ``content`` to the end (or ``max_events``).
 
@@ -147,6 +150,7 @@ def pump_transfer(
     digest = blake3.blake3(content).digest()
     delivered: bytes | None = None
     planner: GrantPlanner[int] = GrantPlanner()
+    manager: CongestionManager[int] = manager_ if manager_ is not None else CongestionManager()
     if node_rate:
         planner.set_node_rate(node_rate, max(node_rate // 10, 64 * 1024), now)
     events: list[tuple[float, int, str, Any]] = []
@@ -187,6 +191,11 @@ def pump_transfer(
                     sender.on_digest(blake3.blake3(content).digest(), now)
                 elif isinstance(out, SendDone):
                     over(data[0], "done", (out.digest, out.chunks))
+                elif isinstance(out, ReportCongestion):
+                    manager.report(
+                        0, out.sent, out.acked, out.losses, out.timeouts, out.in_flight, now
+                    )
+                    tell_windows()
                 elif isinstance(out, RequestGrant):
                     planner.demand(0, out.nbytes)
                     if tick_at is None:
@@ -196,6 +205,12 @@ def pump_transfer(
         if sender.window is not None:
             max_in_flight = max(max_in_flight, sender.window.in_flight)
             assert sender.window.in_flight <= sender.window.window
+
+    def tell_windows() -> None:
+        peer = manager.peer_of(0)
+        for _flow, share in manager.changed().items():
+            assert peer is not None
+            sender.on_window(share, peer.window, peer.control.decreases, now)
 
     def drive_receiver() -> None:
         nonlocal delivered
@@ -214,6 +229,9 @@ def pump_transfer(
             over(acks, "ack", ack)
 
     sender.on_accept([], credit, now)
+    if sender.congestion_managed:
+        manager.add(0, "peer", policy.priority, policy)
+        tell_windows()
     rate, burst = sender.flow_rate
     if sender.paced or rate or node_rate:
         planner.add(0, policy.priority, rate, burst, now)

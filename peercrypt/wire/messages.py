@@ -334,6 +334,43 @@ class FlowStart(Message):
     burst: int = field(metadata=bounded(2**62))
     paced: bool = False
     owner: str = field(default="sender", metadata=bounded(32, 1))  # who gets the grants
+    # aimd: the flow shares its peer's congestion window (FlowReport/FlowWindow)
+    peer: str = field(default="", metadata=bounded(300))
+    congestion: bool = False
+    window_kb: int = field(default=0, metadata=bounded(2**40))
+    min_window_kb: int = field(default=0, metadata=bounded(2**40))
+    max_window_kb: int = field(default=0, metadata=bounded(2**40))
+    timeout_detect: bool = True
+    dupack_detect: bool = True
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class FlowReport(Message):
+    """Sender -> scheduler, batched: what a congestion-managed flow saw since
+    its last report (new bytes sent, bytes newly acked, losses and timeouts
+    detected) and what it has in flight now."""
+
+    TYPE = "flow-report"
+    request: int = field(metadata=bounded(2**62))
+    sent: int = field(metadata=bounded(2**62))
+    acked: int = field(metadata=bounded(2**62))
+    losses: int = field(metadata=bounded(2**31))
+    timeouts: int = field(metadata=bounded(2**31))
+    in_flight: int = field(metadata=bounded(2**62))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class FlowWindow(Message):
+    """Scheduler -> sender: the flow's share (bytes in flight) of its peer's
+    congestion window, that window, and the window's decreases so far."""
+
+    TYPE = "flow-window"
+    request: int = field(metadata=bounded(2**62))
+    nbytes: int = field(metadata=bounded(2**62))
+    window: int = field(metadata=bounded(2**62))
+    decreases: int = field(metadata=bounded(2**62))
 
 
 @message
