@@ -1,0 +1,187 @@
+"""A hostile unicast sender, for tests and the soak script (docs/security.md).
+
+:class:`HostileSender` is what an admitted member writes against a receiver:
+it holds the network key and a fresh identity (a new one per instance, so
+any number of them), and speaks the unicast protocol by hand, so it can do
+what a real sender never does:
+
+- offer anything the codec lets through (odd names, sparse sizes, many
+  offers at once) and keep the slots (:meth:`HostileSender.offer`);
+- send chunks beyond the credit, replay captured frames, send a ``Done``
+  with a hash of its choice (:class:`HostileTransfer`).
+
+Everything goes to the host and ports given (tests use 127.0.0.1); every
+wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from peercrypt.crypto.identity import KeyPair, network_server_keys
+from peercrypt.crypto.transfer import Ephemeral, OpenError, TransferKeys
+from peercrypt.wire import codec
+from peercrypt.wire.messages import (
+    Accept,
+    ChunkHeader,
+    Done,
+    Failed,
+    Offer,
+    SealedHeader,
+)
+
+WAIT = 10.0
+
+
+@dataclass
+class Refused:
+    """The receiver's answer when it did not accept (Refuse or ErrorReply)."""
+
+    answer: codec.Message
+
+
+class HostileTransfer:
+    """An accepted transfer whose sender ignores the protocol at will."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context[Any],
+        host: str,
+        offer: Offer,
+        accept: Accept,
+        keys: TransferKeys,
+    ) -> None:
+        self.offer, self.accept, self.keys = offer, accept, keys
+        self.tid = offer.tid
+        self.total = max(1, -(-offer.size // offer.chunk_size))
+        self.data = ctx.socket(zmq.DEALER)
+        self.data.linger = 0
+        self.data.sndtimeo = int(WAIT * 1000)
+        self.data.connect(f"tcp://{accept.data_host or host}:{accept.data_port}")
+
+    def chunk_length(self, index: int) -> int:
+        return min(self.offer.chunk_size, self.offer.size - index * self.offer.chunk_size)
+
+    def chunk_frames(self, index: int, data: bytes) -> list[bytes]:
+        """[header, sealed] of chunk ``index`` carrying ``data`` (sealed with
+        the transfer's real key, so it authenticates)."""
+        last = index == self.total - 1
+        nonce, sealed = self.keys.seal_chunk(index, last, data)
+        header = codec.encode(ChunkHeader(tid=self.tid, index=index, last=last, nonce=nonce))
+        return [header, sealed]
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        self.data.send_multipart(frames)
+
+    def send_chunk(self, index: int, data: bytes) -> list[bytes]:
+        """Send chunk ``index``; the frames sent (to replay later)."""
+        frames = self.chunk_frames(index, data)
+        self.send_frames(frames)
+        return frames
+
+    def send_sealed(self, msg: codec.Message) -> None:
+        nonce, sealed = self.keys.seal_message(codec.encode(msg))
+        self.send_frames([codec.encode(SealedHeader(tid=self.tid, nonce=nonce)), sealed])
+
+    def send_done(self, digest: bytes) -> None:
+        self.send_sealed(Done(digest=digest, chunks=self.total))
+
+    def abandon(self) -> None:
+        self.send_sealed(Failed(code="aborted", reason="hostile sender leaves"))
+
+    def replies(self, timeout: float = 0.0) -> list[codec.Message]:
+        """The sealed messages the receiver sent so far (waiting up to
+        ``timeout`` for the first); frames that do not open are skipped."""
+        out: list[codec.Message] = []
+        wait_ms = int(timeout * 1000)
+        while self.data.poll(wait_ms):
+            wait_ms = 0
+            frames = self.data.recv_multipart()
+            if len(frames) != 2:
+                continue
+            try:
+                header = codec.decode_as(frames[0], SealedHeader)
+                out.append(codec.decode(self.keys.open_message(header.nonce, frames[1])))
+            except (codec.DecodeError, OpenError):  # unreadable: skipped
+                continue
+        return out
+
+    def wait_for(self, cls: type[codec.M], timeout: float = WAIT) -> codec.M:
+        """The first sealed reply of type ``cls``; TimeoutError if none came."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            for msg in self.replies(min(left, 0.2)):
+                if isinstance(msg, cls):
+                    return msg
+        raise TimeoutError(f"no {cls.TYPE} from the receiver within {timeout} s")
+
+    def close(self) -> None:
+        self.data.close(0)
+
+
+class HostileSender:
+    """An admitted member with a fresh identity, offering to one node."""
+
+    def __init__(self, network_key: str | None, host: str, port: int) -> None:
+        self.identity = KeyPair.from_seed(os.urandom(32))
+        self.host, self.port = host, port
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.control = self.ctx.socket(zmq.DEALER)
+        self.control.linger = 0
+        self.control.sndtimeo = int(WAIT * 1000)
+        self.control.curve_serverkey = network_server_keys(network_key).z85_public
+        self.control.curve_publickey = self.identity.z85_public
+        self.control.curve_secretkey = self.identity.z85_secret
+        self.control.connect(f"tcp://{host}:{port}")
+        self.transfers: list[HostileTransfer] = []
+
+    def offer(
+        self,
+        name: str,
+        size: int,
+        chunk_size: int,
+        tid: bytes | None = None,
+        timeout: float = WAIT,
+    ) -> HostileTransfer | Refused:
+        """Offer a file; the accepted transfer or the refusal."""
+        eph = Ephemeral()
+        offer = Offer(
+            tid=tid or os.urandom(16),
+            name=name,
+            size=size,
+            chunk_size=chunk_size,
+            eph_pub=eph.public,
+            hash_alg="blake3",
+        )
+        self.control.send(codec.encode(offer))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.control.poll(int(left * 1000)):
+                break
+            answer = codec.decode(self.control.recv())
+            if getattr(answer, "tid", offer.tid) != offer.tid:
+                continue  # the answer to an earlier offer
+            if not isinstance(answer, Accept):
+                return Refused(answer)
+            keys = eph.agree(offer.tid, answer.eph_pub, initiator=True)
+            transfer = HostileTransfer(self.ctx, self.host, offer, answer, keys)
+            self.transfers.append(transfer)
+            return transfer
+        raise TimeoutError(f"no answer to the offer within {timeout} s")
+
+    def close(self) -> None:
+        for t in self.transfers:
+            t.close()
+        self.control.close(0)
+        self.ctx.term()
+
+    def __enter__(self) -> HostileSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
