@@ -77,6 +77,7 @@ class Incoming:
 
     tid: bytes
     peer: bytes
+    host: str
     name: str
     size: int
     chunk_size: int
@@ -142,15 +143,16 @@ class ReceiverActor(Actor):
         except codec.DecodeError as exc:
             self.count(f"offer-{exc.kind}")
             return
-        reply = self._take_offer(offer, msg.peer)
+        reply = self._take_offer(offer, msg.peer, msg.peer_host)
         self.tell("gateway", Outbound(route=msg.route, payload=codec.encode(reply)))
 
-    def _take_offer(self, offer: Offer, peer: bytes) -> codec.Message:
+    def _take_offer(self, offer: Offer, peer: bytes, host: str) -> codec.Message:
         s = self.settings
 
         def refuse(code: str, reason: str) -> Refuse:
             self.count(f"refused-{code}")
-            log.info("refused offer from %s: %s", fingerprint(peer) if peer else "?", reason)
+            who = fingerprint(peer) if peer else "?"
+            log.info("refused offer from %s: %s", who, printable(reason))
             return Refuse(tid=offer.tid, code=code, reason=reason)
 
         if offer.tid in self.transfers or offer.tid in self.completed:
@@ -159,6 +161,10 @@ class ReceiverActor(Actor):
             return refuse("busy", f"receiver busy ({s.max_transfers} transfers running)")
         if sum(1 for t in self.transfers.values() if t.peer == peer) >= s.max_transfers_per_peer:
             return refuse("busy", f"too many transfers from you (max {s.max_transfers_per_peer})")
+        # Identities cost nothing to make: the address is bounded too.
+        if sum(1 for t in self.transfers.values() if t.host == host) >= s.max_transfers_per_host:
+            limit = s.max_transfers_per_host
+            return refuse("busy", f"too many transfers from {host} (max {limit})")
         if offer.hash_alg != "blake3":
             return refuse("unsupported", f"hash {offer.hash_alg[:16]!r} not supported")
         try:
@@ -184,6 +190,7 @@ class ReceiverActor(Actor):
         t = Incoming(
             tid=offer.tid,
             peer=peer,
+            host=host,
             name=name,
             size=offer.size,
             chunk_size=offer.chunk_size,

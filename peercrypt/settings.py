@@ -42,7 +42,8 @@ class NodeSettings:
     receive_buffer: int = 256 * MiB
     max_outgoing: int = 16  # sends running at once; more wait in line
     max_transfers: int = 64  # incoming at once
-    max_transfers_per_peer: int = 8
+    max_transfers_per_peer: int = 8  # per proven identity (CURVE key)
+    max_transfers_per_host: int = 16  # per address: fresh identities cost nothing
     idle_timeout: float = 30.0  # an incoming transfer with no traffic this long is dropped
     max_chunk: int = MAX_CHUNK
     # Scheduler (transfer modes): the node's default policy and rate cap.

@@ -51,18 +51,22 @@ class HostileTransfer:
     def __init__(
         self,
         ctx: zmq.Context[Any],
-        host: str,
+        data_url: str,
         offer: Offer,
-        accept: Accept,
         keys: TransferKeys,
     ) -> None:
-        self.offer, self.accept, self.keys = offer, accept, keys
+        self.offer, self.keys, self.data_url = offer, keys, data_url
         self.tid = offer.tid
         self.total = max(1, -(-offer.size // offer.chunk_size))
-        self.data = ctx.socket(zmq.DEALER)
-        self.data.linger = 0
-        self.data.sndtimeo = int(WAIT * 1000)
-        self.data.connect(f"tcp://{accept.data_host or host}:{accept.data_port}")
+        self.data = self.connect(ctx)
+
+    def connect(self, ctx: zmq.Context[Any]) -> zmq.Socket[Any]:
+        """A new data connection to the receiver (another routing id)."""
+        sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.sndtimeo = int(WAIT * 1000)
+        sock.connect(self.data_url)
+        return sock
 
     def chunk_length(self, index: int) -> int:
         return min(self.offer.chunk_size, self.offer.size - index * self.offer.chunk_size)
@@ -127,9 +131,11 @@ class HostileTransfer:
 class HostileSender:
     """An admitted member with a fresh identity, offering to one node."""
 
-    def __init__(self, network_key: str | None, host: str, port: int) -> None:
+    def __init__(self, network_key: str | None, host: str, port: int, source: str = "") -> None:
+        """``source``: the local address to connect from (e.g. 127.0.0.2, to
+        be another host on loopback)."""
         self.identity = KeyPair.from_seed(os.urandom(32))
-        self.host, self.port = host, port
+        self.host, self.port, self.source = host, port, source
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.control = self.ctx.socket(zmq.DEALER)
         self.control.linger = 0
@@ -137,8 +143,11 @@ class HostileSender:
         self.control.curve_serverkey = network_server_keys(network_key).z85_public
         self.control.curve_publickey = self.identity.z85_public
         self.control.curve_secretkey = self.identity.z85_secret
-        self.control.connect(f"tcp://{host}:{port}")
+        self.control.connect(self.url(host, port))
         self.transfers: list[HostileTransfer] = []
+
+    def url(self, host: str, port: int) -> str:
+        return f"tcp://{self.source + ':0;' if self.source else ''}{host}:{port}"
 
     def offer(
         self,
@@ -169,7 +178,8 @@ class HostileSender:
             if not isinstance(answer, Accept):
                 return Refused(answer)
             keys = eph.agree(offer.tid, answer.eph_pub, initiator=True)
-            transfer = HostileTransfer(self.ctx, self.host, offer, answer, keys)
+            host = answer.data_host or self.host
+            transfer = HostileTransfer(self.ctx, self.url(host, answer.data_port), offer, keys)
             self.transfers.append(transfer)
             return transfer
         raise TimeoutError(f"no answer to the offer within {timeout} s")

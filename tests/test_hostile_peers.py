@@ -1,0 +1,256 @@
+"""Attacks by an admitted member (network key, any number of fresh
+identities) on a real receiving node, each while a good transfer runs.
+
+Every test asserts the attack was seen for what it is (the receiver's
+counters), that the node kept running, and that the good transfer sent at
+the same time still stored a file with the right hash.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from peercrypt.core.bitmap import MAX_SACK_RANGES, MAX_TRANSFER_CHUNKS, pairs
+from peercrypt.crypto.identity import network_server_keys
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
+from peercrypt.testing.nodes import NodeProcess, blake3_file, wait_until
+from peercrypt.wire import codec
+from peercrypt.wire.messages import Ack, Offer, Refuse, SealedHeader
+
+WAIT = 30.0
+MiB = 1 << 20
+
+
+class Background:
+    """A CLI send on a thread (joined with a deadline)."""
+
+    def __init__(self, sender: NodeProcess, path: Path, receiver: NodeProcess, *extra: str):
+        self.result: tuple[int, dict[str, Any]] | None = None
+        self._thread = threading.Thread(
+            target=lambda: setattr(self, "result", sender.send_to(path, receiver, *extra)),
+            daemon=True,
+        )
+        self._thread.start()
+
+    def join(self, timeout: float = 120.0) -> tuple[int, dict[str, Any]]:
+        self._thread.join(timeout)
+        assert self.result is not None, "the good send did not finish in time"
+        return self.result
+
+
+def assert_verified(receiver: NodeProcess, done: tuple[int, dict[str, Any]], path: Path) -> None:
+    code, result = done
+    assert code == 0, result
+    assert blake3_file(receiver.inbox / result["stored_as"]) == blake3_file(path)
+
+
+def accepted(t: HostileTransfer | Refused) -> HostileTransfer:
+    assert isinstance(t, HostileTransfer), t
+    return t
+
+
+def rss_kib(pid: int, field: str = "VmHWM") -> int:
+    """A process's peak (VmHWM) or current (VmRSS) resident memory, KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def acks(t: HostileTransfer, sock: zmq.Socket[Any], timeout: float) -> list[Ack]:
+    """The Acks that arrive on ``sock`` within ``timeout`` seconds."""
+    out: list[Ack] = []
+    wait = int(timeout * 1000)
+    while sock.poll(wait):
+        wait = 200
+        frames = sock.recv_multipart()
+        header = codec.decode_as(frames[0], SealedHeader)
+        msg = codec.decode(t.keys.open_message(header.nonce, frames[1]))
+        if isinstance(msg, Ack):
+            out.append(msg)
+    return out
+
+
+def test_a_replayed_chunk_cannot_redirect_acks(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    receiver, sender = node_factory(), node_factory()
+    good = make_file(4 * MiB)
+    running = Background(sender, good, receiver, "-r", str(2 * MiB))
+    chunk = 64 * 1024
+    content = os.urandom(4 * chunk)
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        t = accepted(h.offer("replayed.bin", len(content), chunk))
+        captured = t.send_chunk(0, content[:chunk])
+        assert acks(t, t.data, WAIT)  # the sender's own connection is the route
+        thief = t.connect(h.ctx)  # someone else replays the captured frames
+        for _ in range(3):
+            thief.send_multipart(captured)
+        receiver.wait_for_counter("receiver.data-dropped-replay", 3, WAIT)
+        t.send_chunk(1, content[chunk : 2 * chunk])
+        got = acks(t, t.data, WAIT)
+        assert any(a.cumulative == 2 for a in got), got
+        assert acks(t, thief, 1.0) == []  # nothing was redirected to the replayer
+        thief.close(0)
+    assert_verified(receiver, running.join(), good)
+
+
+def test_chunks_beyond_the_credit_are_dropped_and_memory_stays_bounded(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    receiver, sender = node_factory(), node_factory()
+    good = make_file(8 * MiB)
+    before = rss_kib(receiver.pid, "VmRSS")
+    flood = 600  # MiB sent at once while the credit is 16 chunks (16 MiB)
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        t = accepted(h.offer("flood.bin", 4096 * MiB, MiB))
+        running = Background(sender, good, receiver, "-r", str(4 * MiB))
+        block = os.urandom(MiB)
+        for index in range(flood):
+            t.send_chunk(index, block)
+        dropped = receiver.wait_for_counter("receiver.data-dropped-over-credit", 1, WAIT)
+        assert_verified(receiver, running.join(), good)
+        peak = rss_kib(receiver.pid)
+        t.abandon()
+    assert dropped >= 1
+    # Credit (16 MiB), the writer's hash hold (16 MiB), ZeroMQ's read-ahead
+    # (8 chunks per connection) and allocator slack: far below what was sent.
+    assert (peak - before) // 1024 < 200, f"RSS grew {(peak - before) // 1024} MiB"
+    assert receiver.running
+
+
+def test_a_sparse_offer_of_millions_of_chunks_is_acked_by_ranges(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    receiver, sender = node_factory(), node_factory()
+    good = make_file(4 * MiB)
+    chunk = 4096
+    total = 4_000_000  # 16 GB, sparse on disk
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        too_many = h.offer("huge.bin", (MAX_TRANSFER_CHUNKS + 1) * chunk, chunk)
+        assert isinstance(too_many, Refused) and isinstance(too_many.answer, Refuse)
+        assert too_many.answer.code == "bad-offer"
+        t = accepted(h.offer("sparse.bin", total * chunk, chunk))
+        running = Background(sender, good, receiver, "-r", str(2 * MiB))
+        block = os.urandom(chunk)
+        stride = total // 12  # 12 held chunks spread over the file, chunk 0 missing
+        held = [k * stride + 7 for k in range(1, 12)] + [total - 1]
+        for index in held:
+            t.send_chunk(index, block[: t.chunk_length(index)])
+        want = [(i, i + 1) for i in held]
+
+        def full_ack() -> Ack | None:
+            return next((a for a in acks(t, t.data, 0.5) if pairs(a.sack) == want), None)
+
+        ack = wait_until(full_ack, WAIT, "an ack listing every held range")
+        assert ack.cumulative == 0 and len(ack.sack) // 2 <= MAX_SACK_RANGES
+        assert_verified(receiver, running.join(), good)
+        t.abandon()
+    assert receiver.running
+
+
+def test_odd_and_oversize_fields_crash_nothing(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    receiver, sender = node_factory(), node_factory()
+    good = make_file(2 * MiB)
+    names = [
+        "\U0001d11e" * 1024,  # the longest name, 4 bytes per character
+        "\x1b[2J\x1b[31mred\x07.bin",  # terminal control sequences
+        "evil\u202etxt.exe",  # a bidi override
+        "line\nbreak\r.bin",
+        "\ufeff\u200b\u2028\u2029\ud7ff\uffff",
+        "../../" * 150 + "x",
+        ".",
+        "con",
+        "\x00",
+    ]
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        answers = [h.offer(name, 1, 4096) for name in names]
+        running = Background(sender, good, receiver)
+        assert_verified(receiver, running.join(), good)
+        for t in answers:
+            if isinstance(t, HostileTransfer):
+                t.abandon()
+    assert receiver.running
+    counters = receiver.counters()
+    assert counters.get("receiver.handler-errors", 0) == 0
+    assert counters.get("gateway.handler-errors", 0) == 0
+    log = receiver.log_text()
+    assert "\x1b" not in log and "\u202e" not in log and "\x07" not in log
+
+
+def test_throwaway_identities_cannot_take_every_slot(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    receiver, sender = node_factory(), node_factory()
+    good = make_file(2 * MiB)
+    held: list[HostileSender] = []
+    refused = 0
+    try:
+        # Nine fresh identities from another address, eight offers each: 72,
+        # more than the receiver's 64 slots in all.
+        for _ in range(9):
+            h = HostileSender(network_key, receiver.host, receiver.port, source="127.0.0.2")
+            held.append(h)
+            for k in range(8):
+                answer = h.offer(f"slot{k}.bin", 1 << 30, MiB)
+                refused += isinstance(answer, Refused)
+        assert refused == 72 - 16  # at most 16 transfers per address
+        assert_verified(receiver, sender.send_to(good, receiver), good)
+    finally:
+        for h in held:
+            h.close()
+    assert receiver.counters()["receiver.refused-busy"] == refused
+
+
+def test_a_receiver_answering_with_terminal_escapes_reaches_no_terminal_raw(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    sender, receiver = node_factory(), node_factory()
+    good = make_file(1 * MiB)
+    server = network_server_keys(network_key)
+    ctx: zmq.Context[Any] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    router.curve_server = True
+    router.curve_secretkey = server.z85_secret
+    router.curve_publickey = server.z85_public
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def refuse_everything() -> None:  # a hostile "receiver"
+        while not stop.is_set():
+            if router.poll(50):
+                route, payload = router.recv_multipart()[:2]
+                try:
+                    offer = codec.decode_as(payload, Offer)
+                except codec.DecodeError:
+                    continue
+                reason = ("\x1b[2J\x1b]0;owned\x07\u202e" * 100)[:512]
+                router.send_multipart(
+                    [route, codec.encode(Refuse(tid=offer.tid, code="x" * 32, reason=reason))]
+                )
+
+    thread = threading.Thread(target=refuse_everything, daemon=True)
+    thread.start()
+    try:
+        answer = sender.cli("send", str(good), "127.0.0.1", str(port))
+    finally:
+        stop.set()
+        thread.join(5)
+        router.close(0)
+        ctx.term()
+    assert answer.returncode != 0
+    shown = answer.stdout + answer.stderr
+    assert "peercrypt: error:" in shown
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "\x1b" not in sender.log_text()
+    assert_verified(receiver, sender.send_to(good, receiver), good)  # the sender goes on
+    assert sender.counters().get("sender.handler-errors", 0) == 0
