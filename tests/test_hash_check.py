@@ -14,43 +14,22 @@ part file), while a good transfer at the same time still verifies.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import blake3
 
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
-from peercrypt.testing.nodes import NodeProcess, blake3_file, wait_until
+from peercrypt.testing.nodes import (
+    BackgroundSend,
+    NodeProcess,
+    assert_sent,
+    wait_until,
+)
 from peercrypt.wire.messages import Ack, Failed
 
 CHUNK = 64 * 1024
 WAIT = 30.0
-
-
-class Background:
-    """A CLI send run on a thread (the test joins it with a deadline)."""
-
-    def __init__(self, sender: NodeProcess, path: Path, receiver: NodeProcess, *extra: str):
-        self.result: tuple[int, dict[str, Any]] | None = None
-        self._thread = threading.Thread(
-            target=lambda: setattr(self, "result", sender.send_to(path, receiver, *extra)),
-            daemon=True,
-        )
-        self._thread.start()
-
-    def join(self, timeout: float = 120.0) -> tuple[int, dict[str, Any]]:
-        self._thread.join(timeout)
-        assert self.result is not None, "the background send did not finish in time"
-        return self.result
-
-
-def assert_verified(receiver: NodeProcess, done: tuple[int, dict[str, Any]], path: Path) -> None:
-    code, result = done
-    assert code == 0, result
-    assert result["blake3"] == blake3_file(path)
-    assert blake3_file(receiver.inbox / result["stored_as"]) == blake3_file(path)
 
 
 def leftovers(receiver: NodeProcess, name: str) -> list[str]:
@@ -67,7 +46,7 @@ def test_a_sender_lying_in_its_final_hash_stores_nothing(
     with HostileSender(network_key, receiver.host, receiver.port) as liar:
         t = liar.offer("lie.bin", len(content), CHUNK)
         assert isinstance(t, HostileTransfer), t
-        running = Background(sender, good, receiver, "-r", str(4 << 20))  # ~2 s alongside
+        running = BackgroundSend(sender, good, receiver, "-r", str(4 << 20))  # ~2 s alongside
         for i in range(t.total):
             t.send_chunk(i, content[i * CHUNK : (i + 1) * CHUNK])
         wait_until(
@@ -80,7 +59,7 @@ def test_a_sender_lying_in_its_final_hash_stores_nothing(
         t.send_done(blake3.blake3(content + b"!").digest())  # the lie
         failed = t.wait_for(Failed, WAIT)
         assert failed.code == "hash-mismatch"
-        assert_verified(receiver, running.join(), good)
+        assert_sent(receiver, running.join(), good)
     assert leftovers(receiver, "lie.bin") == []
     assert receiver.counters()["receiver.hash-mismatch"] == 1
 
@@ -93,8 +72,8 @@ def test_a_part_changed_on_disk_before_verification_stores_nothing(
     good = make_file(4 << 20)
     first = src.read_bytes()[:4096]
     # 1 MiB/s: the transfer takes about five seconds, time to change its part.
-    victim = Background(sender, src, receiver, "-r", str(1 << 20))
-    running = Background(other, good, receiver, "-r", str(2 << 20))
+    victim = BackgroundSend(sender, src, receiver, "-r", str(1 << 20))
+    running = BackgroundSend(other, good, receiver, "-r", str(2 << 20))
 
     def written_part() -> Path | None:
         for p in receiver.inbox.iterdir():
@@ -110,4 +89,4 @@ def test_a_part_changed_on_disk_before_verification_stores_nothing(
     code, result = victim.join()
     assert code != 0 and result["code"] == "hash-mismatch", result
     assert leftovers(receiver, "tampered.bin") == []
-    assert_verified(receiver, running.join(), good)
+    assert_sent(receiver, running.join(), good)

@@ -19,35 +19,17 @@ import zmq
 from peercrypt.core.bitmap import MAX_SACK_RANGES, MAX_TRANSFER_CHUNKS, pairs
 from peercrypt.crypto.identity import network_server_keys
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
-from peercrypt.testing.nodes import NodeProcess, blake3_file, wait_until
+from peercrypt.testing.nodes import (
+    BackgroundSend,
+    NodeProcess,
+    assert_sent,
+    wait_until,
+)
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Ack, Offer, Refuse, SealedHeader
 
 WAIT = 30.0
 MiB = 1 << 20
-
-
-class Background:
-    """A CLI send on a thread (joined with a deadline)."""
-
-    def __init__(self, sender: NodeProcess, path: Path, receiver: NodeProcess, *extra: str):
-        self.result: tuple[int, dict[str, Any]] | None = None
-        self._thread = threading.Thread(
-            target=lambda: setattr(self, "result", sender.send_to(path, receiver, *extra)),
-            daemon=True,
-        )
-        self._thread.start()
-
-    def join(self, timeout: float = 120.0) -> tuple[int, dict[str, Any]]:
-        self._thread.join(timeout)
-        assert self.result is not None, "the good send did not finish in time"
-        return self.result
-
-
-def assert_verified(receiver: NodeProcess, done: tuple[int, dict[str, Any]], path: Path) -> None:
-    code, result = done
-    assert code == 0, result
-    assert blake3_file(receiver.inbox / result["stored_as"]) == blake3_file(path)
 
 
 def accepted(t: HostileTransfer | Refused) -> HostileTransfer:
@@ -82,7 +64,7 @@ def test_a_replayed_chunk_cannot_redirect_acks(
 ) -> None:
     receiver, sender = node_factory(), node_factory()
     good = make_file(4 * MiB)
-    running = Background(sender, good, receiver, "-r", str(2 * MiB))
+    running = BackgroundSend(sender, good, receiver, "-r", str(2 * MiB))
     chunk = 64 * 1024
     content = os.urandom(4 * chunk)
     with HostileSender(network_key, receiver.host, receiver.port) as h:
@@ -98,7 +80,7 @@ def test_a_replayed_chunk_cannot_redirect_acks(
         assert any(a.cumulative == 2 for a in got), got
         assert acks(t, thief, 1.0) == []  # nothing was redirected to the replayer
         thief.close(0)
-    assert_verified(receiver, running.join(), good)
+    assert_sent(receiver, running.join(), good)
 
 
 def test_chunks_beyond_the_credit_are_dropped_and_memory_stays_bounded(
@@ -110,12 +92,12 @@ def test_chunks_beyond_the_credit_are_dropped_and_memory_stays_bounded(
     flood = 600  # MiB sent at once while the credit is 16 chunks (16 MiB)
     with HostileSender(network_key, receiver.host, receiver.port) as h:
         t = accepted(h.offer("flood.bin", 4096 * MiB, MiB))
-        running = Background(sender, good, receiver, "-r", str(4 * MiB))
+        running = BackgroundSend(sender, good, receiver, "-r", str(4 * MiB))
         block = os.urandom(MiB)
         for index in range(flood):
             t.send_chunk(index, block)
         dropped = receiver.wait_for_counter("receiver.data-dropped-over-credit", 1, WAIT)
-        assert_verified(receiver, running.join(), good)
+        assert_sent(receiver, running.join(), good)
         peak = rss_kib(receiver.pid)
         t.abandon()
     assert dropped >= 1
@@ -137,7 +119,7 @@ def test_a_sparse_offer_of_millions_of_chunks_is_acked_by_ranges(
         assert isinstance(too_many, Refused) and isinstance(too_many.answer, Refuse)
         assert too_many.answer.code == "bad-offer"
         t = accepted(h.offer("sparse.bin", total * chunk, chunk))
-        running = Background(sender, good, receiver, "-r", str(2 * MiB))
+        running = BackgroundSend(sender, good, receiver, "-r", str(2 * MiB))
         block = os.urandom(chunk)
         stride = total // 12  # 12 held chunks spread over the file, chunk 0 missing
         held = [k * stride + 7 for k in range(1, 12)] + [total - 1]
@@ -150,7 +132,7 @@ def test_a_sparse_offer_of_millions_of_chunks_is_acked_by_ranges(
 
         ack = wait_until(full_ack, WAIT, "an ack listing every held range")
         assert ack.cumulative == 0 and len(ack.sack) // 2 <= MAX_SACK_RANGES
-        assert_verified(receiver, running.join(), good)
+        assert_sent(receiver, running.join(), good)
         t.abandon()
     assert receiver.running
 
@@ -173,8 +155,8 @@ def test_odd_and_oversize_fields_crash_nothing(
     ]
     with HostileSender(network_key, receiver.host, receiver.port) as h:
         answers = [h.offer(name, 1, 4096) for name in names]
-        running = Background(sender, good, receiver)
-        assert_verified(receiver, running.join(), good)
+        running = BackgroundSend(sender, good, receiver)
+        assert_sent(receiver, running.join(), good)
         for t in answers:
             if isinstance(t, HostileTransfer):
                 t.abandon()
@@ -203,7 +185,7 @@ def test_throwaway_identities_cannot_take_every_slot(
                 answer = h.offer(f"slot{k}.bin", 1 << 30, MiB)
                 refused += isinstance(answer, Refused)
         assert refused == 72 - 16  # at most 16 transfers per address
-        assert_verified(receiver, sender.send_to(good, receiver), good)
+        assert_sent(receiver, sender.send_to(good, receiver), good)
     finally:
         for h in held:
             h.close()
@@ -252,5 +234,5 @@ def test_a_receiver_answering_with_terminal_escapes_reaches_no_terminal_raw(
     assert "peercrypt: error:" in shown
     assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
     assert "\x1b" not in sender.log_text()
-    assert_verified(receiver, sender.send_to(good, receiver), good)  # the sender goes on
+    assert_sent(receiver, sender.send_to(good, receiver), good)  # the sender goes on
     assert sender.counters().get("sender.handler-errors", 0) == 0

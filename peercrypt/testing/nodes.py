@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +38,14 @@ from peercrypt.client import ControlClient, NodeUnavailable
 
 __all__ = [
     "SEND_MODE_ARGS",
+    "BackgroundSend",
     "CliResult",
     "NodeError",
     "NodeProcess",
     "NodeStartError",
     "NodeStopError",
     "WaitTimeout",
+    "assert_sent",
     "assert_stored",
     "blake3_file",
     "cli_env",
@@ -158,6 +161,32 @@ def assert_stored(receiver: NodeProcess, result: dict[str, Any], digest: str) ->
     row = next(r for r in result["receivers"] if r["target"] == where)
     assert row["code"] == "ok", row
     assert blake3_file(receiver.inbox / row["stored_as"]) == digest
+
+
+def assert_sent(receiver: NodeProcess, done: tuple[int, dict[str, Any]], path: Path) -> None:
+    """A unicast ``send --json`` (exit code, result) verified, and the file
+    ``receiver`` stored has ``path``'s BLAKE3 hash."""
+    code, result = done
+    assert code == 0, result
+    assert blake3_file(receiver.inbox / result["stored_as"]) == blake3_file(path)
+
+
+class BackgroundSend:
+    """``sender.send_to(path, receiver, *extra)`` on a thread; :meth:`join`
+    waits for it with a deadline."""
+
+    def __init__(self, sender: NodeProcess, path: Path, receiver: NodeProcess, *extra: str):
+        self.result: tuple[int, dict[str, Any]] | None = None
+        self._thread = threading.Thread(
+            target=lambda: setattr(self, "result", sender.send_to(path, receiver, *extra)),
+            daemon=True,
+        )
+        self._thread.start()
+
+    def join(self, timeout: float = 120.0) -> tuple[int, dict[str, Any]]:
+        self._thread.join(timeout)
+        assert self.result is not None, "the background send did not finish in time"
+        return self.result
 
 
 def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
