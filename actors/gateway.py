@@ -41,6 +41,9 @@ ROUTES[Gossip] = "discovery"  # membership gossip (actors/discovery.py)
 from peercrypt.wire import multicast_messages as _mc  # noqa: E402  (docs/multicast.md)
 
 ROUTES.update({_mc.McAnnounce: "mreceiver", _mc.McKey: "mreceiver", _mc.McStatus: "mreceiver"})
+from peercrypt.wire import actor_messages as _am  # noqa: E402  (actors/attach.py)
+
+ROUTES.update({_am.AttachHello: "attach", _am.AttachBeat: "attach", _am.ActorMail: "attach"})
 
 
 class GatewayActor(Actor):

@@ -238,6 +238,14 @@ class SchedulerActor(Actor):
 
     # -- grants -----------------------------------------------------------------
 
+    def on_actor_restarted(self, name: str) -> None:
+        # A sender or msender that crashed (or was attached and got lost)
+        # lost its transfers: their flows must not keep a share of the rate.
+        for request, flow in list(self.flows.items()):
+            if flow.owner == name:
+                del self.flows[request]
+                self.planner.remove(request)
+
     def _pace(self, flow: FlowStart) -> None:
         """Pace a flow iff it has its own rate or the node has a cap; tell the
         sender when that differs from what it assumed."""

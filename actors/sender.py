@@ -239,7 +239,9 @@ class SenderActor(Actor):
             timeout=req.timeout,
             now=self.now(),
             peer=f"{req.host}:{req.port}",
-            node_capped=self.settings.max_rate > 0,
+            # A scheduler attached from elsewhere may have a cap this node does
+            # not know: start paced and let its FlowPacing say otherwise.
+            node_capped=self.settings.max_rate > 0 or "scheduler" in self.settings.remote_actors,
         )
         t = Outgoing(
             request=req,

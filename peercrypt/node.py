@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from actors.admission import AdmissionActor
+from actors.attach import AttachActor, proxy_for
 from actors.control import ControlActor, new_token
 from actors.discovery import DiscoveryActor
 from actors.gateway import GatewayActor
@@ -25,12 +26,27 @@ from actors.multicast_sender import MulticastSenderActor
 from actors.receiver import ReceiverActor
 from actors.scheduler import SchedulerActor
 from actors.sender import SenderActor
-from peercrypt.runtime.actor import ActorEnv
+from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.runtime.memory import limit_malloc_arenas
 from peercrypt.runtime.supervisor import ActorFactory, Supervisor
 from peercrypt.settings import NodeSettings
 
 log = logging.getLogger("peercrypt.node")
+
+# The actors that may also run as their own process (`peercrypt actor NAME`).
+ATTACHABLE_ACTORS: dict[str, type[Actor]] = {
+    "sender": SenderActor,
+    "receiver": ReceiverActor,
+    "scheduler": SchedulerActor,
+    "discovery": DiscoveryActor,
+    "health": HealthActor,
+}
+
+
+def attachable_factory(name: str, settings: NodeSettings) -> ActorFactory:
+    """Makes the node's actor ``name`` (one of :data:`ATTACHABLE_ACTORS`)."""
+    cls: Any = ATTACHABLE_ACTORS[name]
+    return lambda env: cls(env, settings)
 
 
 class Node:
@@ -55,7 +71,13 @@ class Node:
                 ("gateway", lambda env: GatewayActor(env, s)),
                 ("discovery", lambda env: DiscoveryActor(env, s)),  # gossip membership
                 ("mreceiver", lambda env: MulticastReceiverActor(env, s)),  # docs/multicast.md
+                ("attach", lambda env: AttachActor(env, s)),  # actors attached across hosts
             ]
+        # An actor attached from elsewhere is stood in for by a proxy of its name.
+        factories = [
+            (name, _proxy_factory(name) if name in s.remote_actors else factory)
+            for name, factory in factories
+        ]
         self.supervisor = Supervisor(self.env, factories)
         self._stopped = False
 
@@ -89,3 +111,8 @@ class Node:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _proxy_factory(name: str) -> ActorFactory:
+    cls = proxy_for(name)
+    return lambda env: cls(env)

@@ -75,3 +75,8 @@ class NodeSettings:
     multicast_fragment: int = DEFAULT_FRAGMENT
     multicast_rcvbuf: int = 32 * MiB
     multicast_sndbuf: int = 4 * MiB
+    # Actors attached across hosts (docs/architecture.md, "Attached actors"):
+    # the actors this node does not run itself (each is a `peercrypt actor NAME
+    # --attach` process elsewhere) and the fingerprints allowed to attach.
+    remote_actors: tuple[str, ...] = ()
+    attach_allow: frozenset[str] = field(default_factory=frozenset)

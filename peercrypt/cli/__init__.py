@@ -2,7 +2,8 @@
 
 One module per command group: ``node`` (node, status, keygen), ``send``,
 ``modes`` (policy options and live mode commands), ``multicast``,
-``network`` (membership commands); ``common`` holds what they share and
+``network`` (membership commands), ``actor`` (one actor attached to a node);
+``common`` holds what they share and
 ``app`` assembles the group.
 """
 

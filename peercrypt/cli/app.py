@@ -16,7 +16,7 @@ import click
 
 import peercrypt
 from peercrypt import errors
-from peercrypt.cli import modes, multicast, network, node, send
+from peercrypt.cli import actor, modes, multicast, network, node, send
 from peercrypt.cli.common import default_data_dir
 
 
@@ -60,6 +60,7 @@ for _command in (
     network.health_check,
     network.reconnect,
     network.gossip,
+    actor.actor,
 ):
     main.add_command(_command)
 

@@ -34,7 +34,7 @@ from peercrypt.core.fragments import (
     parse_group,
 )
 from peercrypt.crypto.identity import fingerprint, new_network_key
-from peercrypt.node import Node
+from peercrypt.node import ATTACHABLE_ACTORS, Node
 from peercrypt.settings import DEFAULT_PORT, NodeSettings
 
 
@@ -66,6 +66,20 @@ from peercrypt.settings import DEFAULT_PORT, NodeSettings
 @network_key_option
 @open_option
 @click.option("--allow", multiple=True, metavar="FINGERPRINT", help="Admit only these nodes.")
+# Actors attached across hosts (docs/architecture.md, "Attached actors").
+@click.option(
+    "--remote-actor",
+    "remote_actors",
+    multiple=True,
+    type=click.Choice(sorted(ATTACHABLE_ACTORS)),
+    help="Do not run this actor here: a `peercrypt actor NAME --attach` process runs it.",
+)
+@click.option(
+    "--attach-allow",
+    multiple=True,
+    metavar="FINGERPRINT",
+    help="Identities allowed to attach as this node's remote actors.",
+)
 @modes.node_policy_options
 # Discovery and health monitoring (docs/membership.md).
 @click.option("--bootstrap-host", metavar="HOST", help="Join the network through this member.")
@@ -155,6 +169,8 @@ def node(
     network_key: str | None,
     open_network: bool,
     allow: tuple[str, ...],
+    remote_actors: tuple[str, ...],
+    attach_allow: tuple[str, ...],
     window: int,
     bootstrap_host: str | None,
     bootstrap_port: int | None,
@@ -205,6 +221,8 @@ def node(
         multicast_group=multicast_group,
         multicast_ttl=multicast_ttl,
         multicast_fragment=multicast_datagram - HEADER_BYTES,
+        remote_actors=tuple(dict.fromkeys(remote_actors)),
+        attach_allow=allow_list(attach_allow),
     )
     with contextlib.suppress(NodeUnavailable), ControlClient.for_data_dir(data_dir) as client:
         client.status(timeout=1.0)

@@ -38,6 +38,7 @@ from peercrypt.client import ControlClient, NodeUnavailable
 
 __all__ = [
     "SEND_MODE_ARGS",
+    "ActorProcess",
     "BackgroundSend",
     "CliResult",
     "NodeError",
@@ -325,6 +326,9 @@ class NodeProcess:
     start_timeout: float = START_TIMEOUT
     host: str = LOCALHOST
     netns: str | None = None
+    # Status facts that say the node is ready (a node whose receiver is
+    # attached from elsewhere has no data port until it attaches).
+    ready_facts: Sequence[str] = ("port", "data_port")
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     facts: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     killed: bool = field(default=False, init=False)
@@ -413,7 +417,7 @@ class NodeProcess:
         # The control file could belong to another node on this data dir.
         if status.get("pid") != str(self.proc.pid):
             return None
-        if "port" in status and "data_port" in status:
+        if all(fact in status for fact in self.ready_facts):
             return status
         return None
 
@@ -612,3 +616,79 @@ class NodeProcess:
         """The last ``lines`` lines of the log, framed for error messages."""
         tail = "\n".join(self.log_text().splitlines()[-lines:])
         return f"--- log of node in {self.data_dir}\n{tail}\n---"
+
+
+@dataclass
+class ActorProcess:
+    """``peercrypt actor KIND --attach HOST:PORT ...`` as a subprocess (see
+    docs/architecture.md, "Attached actors"). :meth:`fingerprint` works before
+    :meth:`start` (the identity is made on first use), so the node can be
+    started with ``--attach-allow`` first."""
+
+    data_dir: Path
+    kind: str
+    attach: Sequence[str]  # HOST:PORT of each node
+    network_key: str
+    extra_args: Sequence[str] = ()
+    netns: str | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "actor.log"
+
+    def fingerprint(self) -> str:
+        """This process's identity, as ``--attach-allow`` wants it."""
+        result = run_cli("status", "--json", data_dir=self.data_dir)
+        value: str = result.json["fingerprint"]
+        return value
+
+    def start(self) -> ActorProcess:
+        argv = [sys.executable, "-m", "peercrypt", "--data-dir", str(self.data_dir), "actor"]
+        argv += [self.kind, *(a for where in self.attach for a in ("--attach", where))]
+        argv += list(self.extra_args)
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=cli_env({"PEERCRYPT_NETWORK_KEY": self.network_key}),
+        )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Signal it and wait (bounded); killed past ``timeout`` (then None)."""
+        if self.proc is None:
+            return None
+        code: int | None
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+            code = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""

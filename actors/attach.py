@@ -1,0 +1,234 @@
+"""Node side of actors attached across hosts (docs/architecture.md, "Attached actors").
+
+A node started with ``--remote-actor NAME`` does not run its own actor NAME:
+a :func:`proxy_for` actor stands in under that name, and the real one runs
+as ``peercrypt actor NAME --attach HOST:PORT`` in another process, possibly
+on another host (:mod:`actors.link` is its end of the link).
+
+- The attached process connects to the node's public port like any member:
+  CURVE with the network key, admitted by the node's ZAP policy. Its
+  ``AttachHello`` comes through the gateway to :class:`AttachActor`, which
+  also requires the CURVE-proven identity to be on ``--attach-allow`` and
+  NAME to be one of the node's remote actors; else ``AttachReply`` refuses.
+  A later hello for the same NAME (the process restarted, or moved) replaces
+  the link; the old one is treated as lost.
+- Mail: the node's actors ``tell(NAME, msg)`` as always; the proxy wraps it
+  in ``ActorMail`` for the attach actor, which sends it through the gateway
+  to the link. ``ActorMail`` from the link is decoded (strictly) and told to
+  the node actor it names.
+- Supervision: beats both ways every ``BEAT`` s; a link silent for
+  ``LOST_AFTER`` s is lost. The proxy then stops, the supervisor restarts it
+  and tells every actor that NAME restarted, exactly as after a local crash:
+  the control actor fails the sends in flight ("the sender crashed; try
+  again"), the scheduler forgets their flows. While nothing is attached,
+  mail to NAME is dropped and counted; a peer's request (an offer) gets an
+  error reply and a local send request a failed result at once, so nobody
+  waits for an actor that is not there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from peercrypt.crypto.identity import fingerprint
+from peercrypt.runtime.actor import Actor, ActorEnv
+from peercrypt.settings import NodeSettings
+from peercrypt.wire import codec
+from peercrypt.wire.actor_messages import (
+    MAX_MAIL,
+    ActorMail,
+    AttachBeat,
+    AttachHello,
+    AttachReply,
+    LinkLost,
+)
+from peercrypt.wire.messages import ErrorReply, Inbound, Outbound, SendRequest, SendResult
+
+log = logging.getLogger("peercrypt.attach")
+
+# Actors that may run as their own process attached to a node.
+ATTACHABLE = ("sender", "receiver", "scheduler", "discovery", "health")
+# Every actor name of a node (what an attached actor may write to).
+NODE_ACTORS = (
+    "control",
+    "scheduler",
+    "sender",
+    "health",
+    "msender",
+    "receiver",
+    "gateway",
+    "discovery",
+    "mreceiver",
+)
+BEAT = 0.5  # seconds between beats on a link, both ways
+LOST_AFTER = 3.0  # a link silent this long is lost
+
+
+@dataclass
+class _Link:
+    route: bytes  # the gateway's routing id of the attached process
+    peer: str  # its fingerprint (CURVE-proven)
+    last_heard: float
+    seq: int = 0
+
+
+class AttachActor(Actor):
+    """Admits attached actors and relays their mail (see the module docstring)."""
+
+    name = "attach"
+
+    def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
+        super().__init__(env)
+        self.settings = settings
+        self.links: dict[str, _Link] = {}
+
+    def setup(self) -> None:
+        for actor in self.settings.remote_actors:
+            self.facts[f"remote_{actor}"] = "waiting"
+        self.call_every(BEAT, self._beat)
+
+    def on_mail(self, msg: codec.Message) -> None:
+        if isinstance(msg, Inbound):
+            self._from_link(msg)
+        elif isinstance(msg, ActorMail):
+            self._to_link(msg)
+        else:
+            super().on_mail(msg)
+
+    # -- from the attached processes (through the gateway) ---------------------------
+
+    def _from_link(self, inbound: Inbound) -> None:
+        try:
+            msg = codec.decode(inbound.payload)
+        except codec.DecodeError as exc:
+            self.count(f"link-decode-{exc.kind}")
+            return
+        peer = fingerprint(inbound.peer) if len(inbound.peer) == 32 else ""
+        if isinstance(msg, AttachHello):
+            self._hello(inbound.route, peer, msg.actor)
+            return
+        actor = next((a for a, link in self.links.items() if link.route == inbound.route), None)
+        if actor is None:
+            self.count("link-unknown")
+            self.log_limited("attach: mail from %s, which is not attached", peer)
+            return
+        link = self.links[actor]
+        link.last_heard = self.now()
+        if isinstance(msg, AttachBeat):
+            reply = AttachBeat(actor=actor, seq=msg.seq, echo=msg.echo)
+            self.tell("gateway", Outbound(route=link.route, payload=codec.encode(reply)))
+        elif isinstance(msg, ActorMail):
+            self._deliver(actor, msg)
+        else:
+            self.count("link-unexpected")
+
+    def _hello(self, route: bytes, peer: str, actor: str) -> None:
+        s = self.settings
+        if actor not in s.remote_actors:
+            code, reason = "not-remote", f"this node runs its own {actor!r} actor"
+        elif peer not in s.attach_allow:
+            code, reason = "not-allowed", f"{peer} is not on this node's --attach-allow list"
+        else:
+            code, reason = "ok", ""
+        reply = AttachReply(actor=actor, code=code, reason=reason[:200])
+        self.tell("gateway", Outbound(route=route, payload=codec.encode(reply)))
+        if code != "ok":
+            self.count(f"attach-refused-{code}")
+            self.log_limited("attach: refused %s as %s: %s", peer, actor, code)
+            return
+        old = self.links.get(actor)
+        if old is not None and old.route != route:
+            self._lose(actor, "replaced by a new attachment")
+        if old is None or old.route != route:
+            log.info("attach: %s attached as the node's %s actor", peer, actor)
+            self.count("attached")
+        self.links[actor] = _Link(route=route, peer=peer, last_heard=self.now())
+        self.facts[f"remote_{actor}"] = f"attached {peer}"
+
+    def _deliver(self, actor: str, mail: ActorMail) -> None:
+        if mail.dest not in NODE_ACTORS or mail.dest == actor:
+            self.count("link-bad-dest")
+            return
+        try:
+            inner = codec.decode(mail.payload)
+        except codec.DecodeError as exc:
+            self.count(f"link-mail-{exc.kind}")
+            return
+        self.tell(mail.dest, inner)
+
+    # -- to the attached processes ------------------------------------------------------
+
+    def _to_link(self, mail: ActorMail) -> None:
+        link = self.links.get(mail.dest)
+        if link is None:
+            self.count("mail-not-attached")
+            self._refuse_unattached(mail)
+            return
+        self.tell("gateway", Outbound(route=link.route, payload=codec.encode(mail)))
+
+    def _refuse_unattached(self, mail: ActorMail) -> None:
+        try:
+            inner = codec.decode(mail.payload)
+        except codec.DecodeError:
+            return
+        if isinstance(inner, Inbound):  # a peer's request: answer, do not leave it hanging
+            reply = ErrorReply(
+                code="unavailable", reason=f"this node's {mail.dest} is not attached"
+            )
+            self.tell("gateway", Outbound(route=inner.route, payload=codec.encode(reply)))
+        elif isinstance(inner, SendRequest):
+            self.tell(
+                "control",
+                SendResult(
+                    request=inner.request,
+                    code="internal",
+                    reason=f"no {mail.dest} actor is attached to this node",
+                    size=0,
+                    digest=b"",
+                    stored_as="",
+                ),
+            )
+
+    # -- liveness -------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        now = self.now()
+        for actor, link in list(self.links.items()):
+            if now - link.last_heard > LOST_AFTER:
+                self._lose(actor, f"silent for {LOST_AFTER:g} s")
+
+    def _lose(self, actor: str, why: str) -> None:
+        link = self.links.pop(actor, None)
+        if link is None:
+            return
+        log.warning("attach: lost the %s actor attached from %s (%s)", actor, link.peer, why)
+        self.count("link-lost")
+        self.facts[f"remote_{actor}"] = "lost"
+        self.tell(actor, LinkLost(actor=actor))
+
+
+class RemoteActorProxy(Actor):
+    """Stands in for an actor that runs attached elsewhere: forwards its mail
+    to the link (through ``attach``); stops on ``LinkLost`` so that the
+    supervisor restarts it and tells every actor, as after a crash."""
+
+    REPORT_TO = None  # the attached actor reports for itself
+
+    def on_mail(self, msg: codec.Message) -> None:
+        if isinstance(msg, LinkLost):
+            self.stop()
+            return
+        payload = codec.encode(msg)
+        if len(payload) > MAX_MAIL:
+            self.count("mail-too-large")
+            return
+        self.tell("attach", ActorMail(dest=self.name, payload=payload))
+
+
+def proxy_for(name: str) -> type[RemoteActorProxy]:
+    """The proxy class for the node's actor ``name``."""
+    cls: Any = type(f"Remote{name.title()}Proxy", (RemoteActorProxy,), {"name": name})
+    proxy: type[RemoteActorProxy] = cls
+    return proxy

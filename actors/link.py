@@ -1,0 +1,199 @@
+"""Attached side of actors attached across hosts (see :mod:`actors.attach`).
+
+``peercrypt actor KIND --attach HOST:PORT [--attach HOST2:PORT2 ...]`` runs
+actor KIND and this ``link`` actor in one process. The link stands in for
+every other actor of the node(s): it binds their mailboxes in this process,
+so KIND's ``tell("control", ...)`` lands here and goes to the node as
+``ActorMail`` over a CURVE DEALER to the node's public port; ``ActorMail``
+from a node is decoded (strictly) and handed to KIND.
+
+- Attaching: ``AttachHello`` every ``BEAT`` s until a node answers
+  ``AttachReply(ok)``; a refusal (not on the node's ``--attach-allow``, or
+  the node runs its own KIND) is final and reported through ``on_refused``.
+- Beats both ways every ``BEAT`` s; a node silent for ``LOST_AFTER`` s is
+  detached and hellos start again (ZeroMQ reconnects underneath). Each beat
+  echoes its send time: the link's round trip is the fact ``link_rtt_ms``.
+- Several nodes (one scheduler shared by two nodes): each node numbers its
+  requests itself, so requests are renumbered on the way in and restored on
+  the way out (:class:`peercrypt.core.request_map.RequestMap`). Mail with no
+  known request (status announcements) goes to every attached node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from actors.attach import BEAT, LOST_AFTER, NODE_ACTORS
+from actors.peer_link import Link, url_host
+from peercrypt.core.request_map import RequestMap
+from peercrypt.runtime.actor import DRAIN_BATCH, Actor, ActorEnv
+from peercrypt.settings import NodeSettings
+from peercrypt.wire import codec
+from peercrypt.wire.actor_messages import (
+    MAX_MAIL,
+    ActorMail,
+    AttachBeat,
+    AttachHello,
+    AttachReply,
+)
+
+log = logging.getLogger("peercrypt.link")
+
+
+@dataclass
+class _Node:
+    where: str  # HOST:PORT as given
+    link: Link
+    attached: bool = False
+    last_heard: float = 0.0
+    seq: int = 0
+    refused: str = ""
+
+
+class LinkActor(Actor):
+    name = "link"  # its status report reaches the node(s) through itself
+
+    def __init__(
+        self,
+        env: ActorEnv,
+        settings: NodeSettings,
+        actor: str,
+        nodes: list[tuple[str, int]],
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(env)
+        self.settings = settings
+        self.actor = actor
+        self.targets = nodes
+        self.on_refused = on_refused
+        self.nodes: list[_Node] = []
+        self.requests: RequestMap[int] = RequestMap()
+
+    def setup(self) -> None:
+        for host, port in self.targets:
+            index = len(self.nodes)
+            url = f"tcp://{url_host(host)}:{port}"
+            link = Link(self, self.settings, url, functools.partial(self._from_node, index))
+            self.nodes.append(_Node(where=f"{host}:{port}", link=link))
+        for name in NODE_ACTORS:
+            if name == self.actor:
+                continue
+            box = self.socket(zmq.PULL)
+            box.rcvhwm = 100_000
+            box.bind(self.env.address(name))
+            self.watch(box, functools.partial(self._from_actor, name))
+        self._beat()
+        self.call_every(BEAT, self._beat)
+
+    # -- from the nodes -----------------------------------------------------------------
+
+    def _from_node(self, index: int, msg: codec.Message) -> None:
+        node = self.nodes[index]
+        if isinstance(msg, AttachReply):
+            if msg.code == "ok":
+                if not node.attached:
+                    log.info("link: attached to %s as its %s actor", node.where, self.actor)
+                node.attached, node.last_heard = True, self.now()
+            elif not node.refused:
+                node.refused = f"{node.where} refused to attach {self.actor}: {msg.reason}"
+                log.error("%s", node.refused)
+                if self.on_refused is not None:
+                    self.on_refused(node.refused)
+            return
+        if not node.attached:
+            self.count("mail-before-attach")
+            return
+        node.last_heard = self.now()
+        if isinstance(msg, AttachBeat):
+            if msg.echo:
+                self.facts["link_rtt_ms"] = f"{(self.now() - msg.echo) * 1000:.2f}"
+        elif isinstance(msg, ActorMail):
+            self._to_actor(index, msg)
+        else:
+            self.count("link-unexpected")
+
+    def _to_actor(self, index: int, mail: ActorMail) -> None:
+        if mail.dest != self.actor:
+            self.count("link-bad-dest")
+            return
+        try:
+            inner = codec.decode(mail.payload)
+        except codec.DecodeError as exc:
+            self.count(f"link-mail-{exc.kind}")
+            return
+        request = getattr(inner, "request", None)
+        if isinstance(request, int) and len(self.nodes) > 1:
+            inner = _with(inner, self.requests.inward(index, request))
+        self.tell(self.actor, inner)
+
+    # -- from the attached actor (to a node actor) -----------------------------------------
+
+    def _from_actor(self, dest: str, sock: zmq.Socket[Any]) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                data = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = codec.decode(data)
+            except codec.DecodeError as exc:
+                self.count(f"mail-decode-{exc.kind}")
+                continue
+            self._route(dest, msg)
+
+    def _route(self, dest: str, msg: codec.Message) -> None:
+        request = getattr(msg, "request", None)
+        if len(self.nodes) > 1 and isinstance(request, int):
+            found = self.requests.outward(request)
+            if found is not None:
+                index, theirs = found
+                self._send(self.nodes[index], dest, _with(msg, theirs))
+                return
+        for node in self.nodes:
+            if node.attached:
+                self._send(node, dest, msg)
+
+    def _send(self, node: _Node, dest: str, msg: codec.Message) -> None:
+        payload = codec.encode(msg)
+        if len(payload) > MAX_MAIL:
+            self.count("mail-too-large")
+            return
+        if not node.attached or not node.link.send(ActorMail(dest=dest, payload=payload)):
+            self.count("mail-not-attached")
+
+    # -- liveness ------------------------------------------------------------------------
+
+    def _beat(self) -> None:
+        now = self.now()
+        attached = 0
+        for index, node in enumerate(self.nodes):
+            if node.refused:
+                continue
+            if node.attached and now - node.last_heard > LOST_AFTER:
+                log.warning("link: lost %s (silent %g s); attaching again", node.where, LOST_AFTER)
+                self.count("link-lost")
+                node.attached = False
+                self.requests.forget_link(index)
+            if node.attached:
+                attached += 1
+                node.seq += 1
+                node.link.send(AttachBeat(actor=self.actor, seq=node.seq, echo=now))
+            else:
+                node.link.send(AttachHello(actor=self.actor))
+        self.facts["attached"] = f"{attached}/{len(self.nodes)}"
+
+    def teardown(self) -> None:
+        for node in self.nodes:
+            node.link.close()
+
+
+def _with(msg: codec.Message, request: int) -> codec.Message:
+    replaced: codec.Message = dataclasses.replace(msg, request=request)  # type: ignore[call-arg]
+    return replaced

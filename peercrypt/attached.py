@@ -1,0 +1,71 @@
+"""One actor of a node, run as its own process and attached to the node(s).
+
+``peercrypt actor KIND --attach HOST:PORT`` builds an :class:`AttachedActor`:
+the actor KIND and a ``link`` actor (:mod:`actors.link`) under one
+supervisor, in their own ZeroMQ context. The link stands in for the node's
+other actors; the node stands a proxy in for KIND (:mod:`actors.attach`).
+Like :class:`peercrypt.node.Node`: ``start()`` returns once both said READY,
+``run_until`` restarts a crashed actor, ``stop()`` cannot hang.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import zmq
+
+from actors.link import LinkActor
+from peercrypt.node import ATTACHABLE_ACTORS, attachable_factory
+from peercrypt.runtime.actor import ActorEnv
+from peercrypt.runtime.memory import limit_malloc_arenas
+from peercrypt.runtime.supervisor import Supervisor
+from peercrypt.settings import NodeSettings
+
+__all__ = ["AttachedActor"]
+
+
+class AttachedActor:
+    def __init__(self, kind: str, settings: NodeSettings, nodes: list[tuple[str, int]]) -> None:
+        if kind not in ATTACHABLE_ACTORS:
+            raise ValueError(f"not an attachable actor: {kind!r}")
+        if not nodes:
+            raise ValueError("attach to at least one node")
+        limit_malloc_arenas()
+        self.kind = kind
+        self.refused = ""  # why a node refused the attachment (then the process should end)
+        self.refused_event = threading.Event()
+        self.context: zmq.Context[Any] = zmq.Context()
+        self.env = ActorEnv(context=self.context, node_uid=uuid.uuid4().hex[:12])
+        self.supervisor = Supervisor(
+            self.env,
+            [
+                ("link", lambda env: LinkActor(env, settings, kind, nodes, self._on_refused)),
+                (kind, attachable_factory(kind, settings)),
+            ],
+        )
+        self._stopped = False
+
+    def _on_refused(self, reason: str) -> None:
+        # Called in the link's thread; the main thread only reads it after the event.
+        self.refused = reason
+        self.refused_event.set()
+
+    def start(self) -> None:
+        try:
+            self.supervisor.start()
+        except BaseException:
+            self.context.term()
+            raise
+
+    def run_until(self, stop: threading.Event) -> None:
+        while not stop.is_set() and not self.refused_event.is_set():
+            self.supervisor.poll(0.2)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.supervisor.stop():
+            self.context.term()

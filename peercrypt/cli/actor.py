@@ -1,0 +1,143 @@
+"""``peercrypt actor KIND --attach HOST:PORT``: one actor of a node as its own
+process (docs/architecture.md, "Attached actors")."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+import zmq
+
+from peercrypt import errors
+from peercrypt.attached import AttachedActor
+from peercrypt.cli import modes
+from peercrypt.cli.common import (
+    UserError,
+    load_identity,
+    network_key_option,
+    open_option,
+    server_keys,
+)
+from peercrypt.crypto.identity import fingerprint
+from peercrypt.node import ATTACHABLE_ACTORS
+from peercrypt.runtime.supervisor import StartError
+from peercrypt.settings import NodeSettings
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port); ValueError if not."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def _own_address(towards: str) -> str:
+    """This host's address on the route to ``towards`` (no packet is sent)."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((towards, 9))
+            own: str = probe.getsockname()[0]
+            return own
+    except OSError:
+        return ""
+
+
+@click.command("actor")
+@click.argument("kind", type=click.Choice(sorted(ATTACHABLE_ACTORS)))
+@click.option(
+    "--attach",
+    "attach",
+    multiple=True,
+    required=True,
+    metavar="HOST:PORT",
+    help="The node to attach to (its public port); repeat to serve several nodes.",
+)
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to bind (receiver).")
+@click.option(
+    "--data-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="receiver: port of the data plane (0: any free port).",
+)
+@click.option(
+    "--advertise-data-host",
+    default="",
+    help="receiver: address senders reach this host at (default: this host's "
+    "address towards the node).",
+)
+@click.option(
+    "--inbox", type=click.Path(file_okay=False, path_type=Path), help="receiver: where files go."
+)
+@network_key_option
+@open_option
+@modes.node_policy_options
+@click.pass_obj
+def actor(
+    obj: dict[str, Any],
+    /,
+    kind: str,
+    attach: tuple[str, ...],
+    host: str,
+    data_port: int,
+    advertise_data_host: str,
+    inbox: Path | None,
+    network_key: str | None,
+    open_network: bool,
+    **policy_options: Any,
+) -> None:
+    """Run the node's actor KIND here, attached to the node at --attach.
+
+    The node must run with `--remote-actor KIND` and list this process's
+    fingerprint (`peercrypt --data-dir D status`) with `--attach-allow`.
+    Runs until SIGINT/SIGTERM (exit 0); exit 4 if a node refuses it.
+    """
+    try:
+        nodes = [parse_address(a) for a in attach]
+    except ValueError as exc:
+        raise UserError(f"--attach: {exc}") from None
+    policy, max_rate = modes.node_policy(policy_options)
+    logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else logging.INFO)
+    data_dir: Path = obj["data_dir"]
+    settings = NodeSettings(
+        data_dir=data_dir,
+        inbox=(inbox or data_dir / "inbox").expanduser(),
+        identity=load_identity(data_dir),
+        server_keys=server_keys(network_key, open_network),
+        open_network=open_network,
+        host=host,
+        data_port=data_port,
+        advertise_data_host=advertise_data_host or _own_address(nodes[0][0]),
+        policy=policy,
+        max_rate=max_rate,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    process = AttachedActor(kind, settings, nodes)
+    try:
+        process.start()
+    except zmq.ZMQError as exc:
+        raise UserError(f"cannot start the {kind} actor: {exc.strerror}") from None
+    except StartError as exc:
+        raise UserError(str(exc), errors.USAGE if exc.user_error else errors.FAILED) from None
+    try:
+        click.echo(
+            f"peercrypt actor {kind} {fingerprint(settings.identity.public)} attaching to "
+            + ", ".join(attach),
+            err=True,
+        )
+        process.run_until(stop)
+    finally:
+        process.stop()
+    if process.refused:
+        click.echo(f"peercrypt: error: {process.refused}", err=True)
+        sys.exit(errors.NOT_ADMITTED)

@@ -1,0 +1,69 @@
+"""Messages of actors attached across hosts (docs/architecture.md, "Attached actors").
+
+An actor run as its own process (``peercrypt actor KIND --attach HOST:PORT``)
+reaches its node through the node's public port, over CURVE, admitted by the
+node's ZAP policy like any member, then by the node's ``--attach-allow``
+list. Over that link:
+
+- ``AttachHello`` (actor -> node): "I am the node's actor KIND";
+  ``AttachReply`` says ok or why not.
+- ``ActorMail`` (both ways): one encoded actor message and the actor it is
+  for (on the node: any of its actors; on the attached side: the actor).
+- ``AttachBeat`` (both ways, every ``BEAT`` s): a link silent for
+  ``LOST_AFTER`` s is lost on both sides.
+
+Local (node side): ``LinkLost`` from the ``attach`` actor to the proxy that
+stands in for the remote actor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peercrypt.wire.codec import Message, bounded, message
+from peercrypt.wire.messages import MAX_WRAPPED
+
+ACTOR_NAME = 32
+# The largest message an attached actor's link carries: it travels through the
+# node's gateway wrapped in ActorMail, itself wrapped in Inbound/Outbound mail.
+MAX_MAIL = MAX_WRAPPED - 512
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class AttachHello(Message):
+    TYPE = "attach-hello"
+    actor: str = field(metadata=bounded(ACTOR_NAME, 1))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class AttachReply(Message):
+    TYPE = "attach-reply"
+    actor: str = field(metadata=bounded(ACTOR_NAME, 1))
+    code: str = field(metadata=bounded(32, 1))  # ok, not-allowed, not-remote
+    reason: str = field(default="", metadata=bounded(200))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class ActorMail(Message):
+    TYPE = "actor-mail"
+    dest: str = field(metadata=bounded(ACTOR_NAME, 1))
+    payload: bytes = field(metadata=bounded(MAX_MAIL))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class AttachBeat(Message):
+    TYPE = "attach-beat"
+    actor: str = field(metadata=bounded(ACTOR_NAME, 1))
+    seq: int = field(metadata=bounded(2**62))
+    echo: float = 0.0  # the beat's send time on the attached side, echoed back (RTT)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class LinkLost(Message):
+    TYPE = "link-lost"
+    actor: str = field(metadata=bounded(ACTOR_NAME, 1))

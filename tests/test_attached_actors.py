@@ -1,0 +1,426 @@
+"""Actors attached across hosts: `peercrypt actor KIND --attach HOST:PORT`.
+
+On loopback (real processes):
+- A receiver attached to a node stores what is sent to the node, in its own
+  inbox (the node's stays empty), with the sent file's BLAKE3.
+- Admission: an identity not on the node's --attach-allow is refused (exit 4,
+  one line); so is an actor the node runs itself.
+- Supervision: a lost attached sender (killed) fails the send in flight
+  cleanly, and while none is attached a send fails at once; an offer to a
+  node whose receiver is not attached is answered with an error at once.
+
+In network namespaces (created here):
+- A receiver actor on a storage host writes into its own disk for a node
+  whose gateway runs on another host; the bulk data goes from the sender to
+  the storage host directly (the gateway host sees a small fraction).
+- Two nodes on two hosts share one scheduler actor on a third: one
+  --max-rate for both, and the QoS priorities 1:2:3 across hosts (each
+  flow's share within 10% of its due while all three run, measured from
+  byte counts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peercrypt import errors
+from peercrypt.testing import netns
+from peercrypt.testing.nodes import (
+    ActorProcess,
+    NodeProcess,
+    blake3_file,
+    cli_env,
+    random_file,
+    start_cli,
+    wait_until,
+)
+
+MiB = 1 << 20
+PORT = 7400
+
+
+def stop_all(started: list[Any]) -> None:
+    """Stop nodes and actors (SIGTERM, last started first); every exit must
+    be 0 unless the test killed it. Idempotent."""
+    problems = []
+    for proc in reversed(started):
+        if isinstance(proc, NodeProcess):
+            if proc.proc is not None and not proc.killed:
+                code = proc.stop()
+                if code != 0:
+                    problems.append(f"{proc.data_dir}: exit {code}\n{proc.log_tail()}")
+        elif proc.running:
+            code = proc.stop()
+            if code != 0:
+                problems.append(f"{proc.data_dir}: exit {code}\n{proc.log_text()}")
+    started.clear()
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Any]]:
+    """Nodes and actors the test started, stopped at teardown (stop_all)."""
+    started: list[Any] = []
+    yield started
+    stop_all(started)
+
+
+@contextlib.contextmanager
+def stopped_before_exit(started: list[Any]) -> Iterator[None]:
+    """Stop the processes before the enclosing block (a network) ends."""
+    try:
+        yield
+    finally:
+        stop_all(started)
+
+
+def remote_node(
+    data_dir: Path,
+    network_key: str,
+    kind: str,
+    allowed: str,
+    *extra: str,
+    host: str = "127.0.0.1",
+    netns_name: str | None = None,
+) -> NodeProcess:
+    return NodeProcess(
+        data_dir=data_dir,
+        network_key=network_key,
+        extra_args=("--remote-actor", kind, "--attach-allow", allowed, "--no-gossip", *extra),
+        ready_facts=("port",) if kind == "receiver" else ("port", "data_port"),
+        host=host,
+        netns=netns_name,
+    )
+
+
+def attached(node: NodeProcess, kind: str, fingerprint: str, timeout: float = 20.0) -> None:
+    """Wait until ``node``'s status shows its ``kind`` attached from ``fingerprint``."""
+    wait_until(
+        lambda: node.status().get(f"remote_{kind}") == f"attached {fingerprint}",
+        timeout,
+        f"the {kind} actor to attach",
+        interval=0.2,
+    )
+
+
+# -- loopback ----------------------------------------------------------------------------
+
+
+def test_an_attached_receiver_stores_in_its_own_inbox(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    processes: list[Any],
+) -> None:
+    storage = ActorProcess(tmp_path / "storage", "receiver", [], network_key)
+    gateway = remote_node(tmp_path / "gateway", network_key, "receiver", storage.fingerprint())
+    processes.append(gateway.start())
+    storage.attach = [f"127.0.0.1:{gateway.port}"]
+    storage.extra_args = ("--host", "127.0.0.1", "--inbox", str(tmp_path / "disk"))
+    processes.append(storage.start())
+    attached(gateway, "receiver", storage.fingerprint())
+    sender = node_factory("--no-gossip")
+    path = random_file(tmp_path / "f.bin", 5 * MiB + 3)
+    code, result = sender.send(path, "127.0.0.1", gateway.port)
+    assert code == 0, result
+    assert blake3_file(tmp_path / "disk" / result["stored_as"]) == blake3_file(path)
+    assert result["blake3"] == blake3_file(path)
+    own_inbox = gateway.data_dir / "inbox"  # where the node's own receiver would write
+    assert not own_inbox.exists() or not any(own_inbox.iterdir())
+    # the node's status shows the attached receiver's facts
+    assert gateway.status()["inbox"] == str(tmp_path / "disk")
+
+
+def test_an_identity_not_allowed_is_refused(
+    tmp_path: Path, network_key: str, processes: list[Any]
+) -> None:
+    allowed = ActorProcess(tmp_path / "allowed", "sender", [], network_key)
+    node = remote_node(tmp_path / "node", network_key, "sender", allowed.fingerprint())
+    processes.append(node.start())
+    stranger = ActorProcess(
+        tmp_path / "stranger", "sender", [f"127.0.0.1:{node.port}"], network_key
+    ).start()
+    processes.append(stranger)
+    assert stranger.proc is not None
+    assert stranger.proc.wait(20) == errors.NOT_ADMITTED
+    lines = [ln for ln in stranger.log_text().splitlines() if ln.startswith("peercrypt: error")]
+    assert lines == [
+        f"peercrypt: error: 127.0.0.1:{node.port} refused to attach sender: "
+        f"{stranger.fingerprint()} is not on this node's --attach-allow list"
+    ]
+    assert node.counters().get("attach.attach-refused-not-allowed", 0) >= 1
+    # an actor the node runs itself cannot be attached either
+    own = ActorProcess(
+        tmp_path / "allowed", "scheduler", [f"127.0.0.1:{node.port}"], network_key
+    ).start()
+    processes.append(own)
+    assert own.proc is not None and own.proc.wait(20) == errors.NOT_ADMITTED
+    assert "this node runs its own 'scheduler' actor" in own.log_text()
+    assert "Traceback" not in own.log_text() + stranger.log_text()
+
+
+def test_a_lost_attached_sender_fails_its_transfer_cleanly(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    processes: list[Any],
+) -> None:
+    receiver = node_factory("--no-gossip")
+    actor = ActorProcess(tmp_path / "sender-actor", "sender", [], network_key)
+    node = remote_node(tmp_path / "node", network_key, "sender", actor.fingerprint())
+    processes.append(node.start())
+    path = random_file(tmp_path / "slow.bin", 16 * MiB)
+    # Nothing attached: the send fails at once, naming why.
+    code, result = node.send(path, "127.0.0.1", receiver.port, "--timeout", "5")
+    assert code != 0 and "no sender actor is attached" in str(result.get("error")), result
+    actor.attach = [f"127.0.0.1:{node.port}"]
+    processes.append(actor.start())
+    attached(node, "sender", actor.fingerprint())
+    send = start_cli(
+        "send", path, "127.0.0.1", str(receiver.port), "--json", "-r", str(2 * MiB),
+        data_dir=node.data_dir, env={"PEERCRYPT_NETWORK_KEY": network_key},
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _sending(node), 20, "the send to run", interval=0.2)
+        killed_at = time.monotonic()
+        assert actor.proc is not None
+        actor.proc.kill()  # the attached process dies without a word
+        actor.proc.wait(10)
+        out, err = send.communicate(timeout=30)
+    finally:
+        if send.poll() is None:
+            send.kill()
+            send.wait(10)
+    assert send.returncode == errors.FAILED, (out, err)
+    assert time.monotonic() - killed_at < 15
+    result = json.loads(out)
+    assert result["ok"] is False and "the sender crashed; try again" in result["error"]
+    assert node.counters().get("attach.link-lost", 0) == 1
+    assert node.status()["remote_sender"] == "lost"
+    assert not any(p.name == "slow.bin" for p in receiver.inbox.glob("*"))
+
+
+def test_an_offer_to_a_node_without_its_receiver_is_answered(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    processes: list[Any],
+) -> None:
+    node = remote_node(tmp_path / "node", network_key, "receiver", "a" * 32)
+    processes.append(node.start())
+    sender = node_factory("--no-gossip")
+    started = time.monotonic()
+    code, result = sender.send(random_file(tmp_path / "f.bin", MiB), "127.0.0.1", node.port)
+    assert code == errors.REFUSED, result
+    assert "this node's receiver is not attached" in result["error"]
+    assert time.monotonic() - started < 8  # an answer, not the 10 s timeout
+
+
+def test_one_scheduler_for_two_nodes_keeps_their_requests_apart(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    processes: list[Any],
+) -> None:
+    """Two fresh nodes both number their first send 1; the shared scheduler
+    (--max-rate 4 MiB/s) must still see two flows: 16 MiB in all take >= 4 s
+    (were they one flow, each would get the whole cap, done in 2 s)."""
+    cap, size = 4 * MiB, 8 * MiB
+    receiver = node_factory("--no-gossip")
+    sched = ActorProcess(tmp_path / "sched", "scheduler", [], network_key)
+    nodes = [
+        remote_node(tmp_path / name, network_key, "scheduler", sched.fingerprint())
+        for name in ("a", "b")
+    ]
+    for node in nodes:
+        processes.append(node.start())
+    sched.attach = [f"127.0.0.1:{node.port}" for node in nodes]
+    sched.extra_args = ("--max-rate", str(cap))
+    processes.append(sched.start())
+    for node in nodes:
+        attached(node, "scheduler", sched.fingerprint())
+    paths = [random_file(tmp_path / f"{i}.bin", size) for i in range(2)]
+    started = time.monotonic()
+    sends = [
+        start_cli(
+            "send",
+            path,
+            "127.0.0.1",
+            str(receiver.port),
+            "--json",
+            "--mode",
+            "qos",
+            data_dir=node.data_dir,
+            env={"PEERCRYPT_NETWORK_KEY": network_key},
+        )
+        for node, path in zip(nodes, paths, strict=True)
+    ]
+    try:
+        outputs = [send.communicate(timeout=60)[0] for send in sends]
+    finally:
+        for send in sends:
+            if send.poll() is None:
+                send.kill()
+                send.wait(10)
+    elapsed = time.monotonic() - started
+    for out, path in zip(outputs, paths, strict=True):
+        result = json.loads(out)
+        assert result["ok"] and result["blake3"] == blake3_file(path), result
+    assert elapsed >= 0.85 * 2 * size / cap, elapsed
+
+
+def _sending(node: NodeProcess) -> bool:
+    rows = json.loads(node.cli("transfers", "--json").stdout or "[]")
+    return any(row["state"] == "sending" and int(row["bytes"]) > 0 for row in rows)
+
+
+# -- namespaces ----------------------------------------------------------------------------
+
+needs_netns = pytest.mark.skipif(
+    not netns.available(), reason=f"network namespaces unavailable: {netns.unavailable_reason()}"
+)
+
+
+def _rx_bytes(host: netns.Host) -> int:
+    out = host.run(["ip", "-j", "-s", "link", "show", host.iface], timeout=10, check=True)
+    return int(json.loads(out.stdout)[0]["stats64"]["rx"]["bytes"])
+
+
+@needs_netns
+@pytest.mark.timeout(180)
+def test_a_storage_host_receives_for_a_gateway_elsewhere(
+    tmp_path: Path, network_key: str, processes: list[Any]
+) -> None:
+    size = 24 * MiB
+    with netns.TestNetwork(groups=1, prefix="pcatt") as net, stopped_before_exit(processes):
+        g, s, x = net.add_host("gateway"), net.add_host("storage"), net.add_host("sender")
+        storage = ActorProcess(tmp_path / "storage", "receiver", [f"{g.ip}:{PORT}"], network_key)
+        storage.netns = s.ns
+        storage.extra_args = ("--host", s.ip, "--inbox", str(tmp_path / "disk"))
+        gateway = remote_node(
+            tmp_path / "gateway", network_key, "receiver", storage.fingerprint(),
+            "--port", str(PORT), host=g.ip, netns_name=g.ns,
+        )  # fmt: skip
+        sender = NodeProcess(
+            tmp_path / "sender", network_key, extra_args=("--no-gossip",), host=x.ip, netns=x.ns
+        )
+        processes.extend([gateway.start(), storage.start(), sender.start()])
+        attached(gateway, "receiver", storage.fingerprint(), timeout=30)
+        path = random_file(tmp_path / "big.bin", size)
+        before = _rx_bytes(g)
+        code, result = sender.send(path, g.ip, PORT, "--timeout", "30")
+        through_gateway = _rx_bytes(g) - before
+        assert code == 0, result
+        assert blake3_file(tmp_path / "disk" / result["stored_as"]) == blake3_file(path)
+        assert gateway.status()["inbox"] == str(tmp_path / "disk")
+        # the chunks went from the sender to the storage host, not through the gateway
+        assert through_gateway < size / 10, through_gateway
+
+
+@needs_netns
+@pytest.mark.timeout(240)
+def test_two_nodes_share_one_scheduler_on_a_third_host(
+    tmp_path: Path, network_key: str, processes: list[Any]
+) -> None:
+    """Nodes on hosts a and b send through one scheduler actor on host c
+    (--max-rate 24 MiB/s for all): a runs a normal (1) and a highest (3)
+    priority qos flow, b a high (2) one, all to a receiver on host r."""
+    rate = 8 * MiB
+    size = 96 * MiB  # the highest priority's 4 MiB/s lasts 24 s; the window is 6 s
+    with netns.TestNetwork(groups=1, prefix="pcqos") as net, stopped_before_exit(processes):
+        a, b, c, r = (net.add_host(n) for n in ("a", "b", "c", "r"))
+        sched = ActorProcess(
+            tmp_path / "sched", "scheduler", [f"{a.ip}:{PORT}", f"{b.ip}:{PORT}"], network_key,
+            extra_args=("--max-rate", str(rate)), netns=c.ns,
+        )  # fmt: skip
+        fp = sched.fingerprint()
+        node_a = remote_node(
+            tmp_path / "a", network_key, "scheduler", fp, "--port", str(PORT),
+            host=a.ip, netns_name=a.ns,
+        )  # fmt: skip
+        node_b = remote_node(
+            tmp_path / "b", network_key, "scheduler", fp, "--port", str(PORT),
+            host=b.ip, netns_name=b.ns,
+        )  # fmt: skip
+        receiver = NodeProcess(
+            tmp_path / "r", network_key, extra_args=("--no-gossip",), host=r.ip, netns=r.ns
+        )
+        processes.extend([node_a.start(), node_b.start(), receiver.start(), sched.start()])
+        attached(node_a, "scheduler", fp, timeout=30)
+        attached(node_b, "scheduler", fp, timeout=30)
+        assert node_a.status()["max_rate"] == node_b.status()["max_rate"] == str(rate)
+        files = {p: random_file(tmp_path / f"{p}.bin", size) for p in ("normal", "high", "highest")}
+        origin = {"normal": node_a, "highest": node_a, "high": node_b}
+        sends = {
+            prio: subprocess.Popen(
+                [*origin[prio].argv[:4], *_cli(origin[prio]), "send", str(files[prio]),
+                 r.ip, str(receiver.port), "--json", "--mode", "qos", "-p", prio,
+                 "--chunk-size", str(256 * 1024), "--timeout", "60"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=cli_env({"PEERCRYPT_NETWORK_KEY": network_key}),
+            )
+            for prio in ("normal", "high", "highest")
+        }  # fmt: skip
+        try:
+            wait_until(
+                lambda: all(_bytes_by_file(n, files) for n in (node_a, node_b)),
+                30,
+                "all three flows to be sending",
+                interval=0.2,
+            )
+            first = _sample(node_a, node_b, files)
+            time.sleep(6.0)  # the measuring window (timing is what is measured here)
+            second = _sample(node_a, node_b, files)
+            rates = {
+                prio: (second[prio][1] - first[prio][1]) / (second[prio][0] - first[prio][0])
+                for prio in files
+            }
+        finally:
+            for proc in sends.values():
+                if proc.poll() is None:
+                    proc.kill()
+                proc.communicate(timeout=30)
+        total = sum(rates.values())
+        print("rates MiB/s:", {k: round(v / MiB, 2) for k, v in rates.items()})
+        assert 0.8 * rate <= total <= 1.1 * rate, rates  # one cap for both hosts
+        for prio, weight in (("normal", 1), ("high", 2), ("highest", 3)):
+            share = rates[prio] / total
+            assert abs(share - weight / 6) <= 0.1 * weight / 6, (prio, share, rates)
+
+
+def _cli(node: NodeProcess) -> list[str]:
+    return [sys.executable, "-m", "peercrypt", "--data-dir", str(node.data_dir)]
+
+
+def _bytes_by_file(node: NodeProcess, files: dict[str, Path]) -> dict[str, tuple[float, int]]:
+    """(seconds running, bytes acked) of each of ``files`` that ``node`` is
+    sending, as its own `transfers` listing says ({} unless all have bytes)."""
+    rows = json.loads(node.cli("transfers", "--json").stdout or "[]")
+    by_path = {str(p): prio for prio, p in files.items()}
+    found = {
+        by_path[row["file"]]: (float(row["seconds"]), int(row["bytes"]))
+        for row in rows
+        if row["file"] in by_path and row["state"] == "sending"
+    }
+    return found if found and all(v[1] > 0 for v in found.values()) else {}
+
+
+def _sample(
+    node_a: NodeProcess, node_b: NodeProcess, files: dict[str, Path]
+) -> dict[str, tuple[float, int]]:
+    """(seconds, bytes acked) per flow, from its node's listing (the node's
+    own clock, so the CLI's start-up time does not blur the rates)."""
+    out: dict[str, tuple[float, int]] = {}
+    for node in (node_a, node_b):
+        out.update(_bytes_by_file(node, files))
+    assert set(out) == set(files), out
+    return out
