@@ -43,6 +43,7 @@ from peercrypt.wire.actor_messages import (
     AttachHello,
     AttachReply,
 )
+from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.link")
 
@@ -102,7 +103,8 @@ class LinkActor(Actor):
                     log.info("link: attached to %s as its %s actor", node.where, self.actor)
                 node.attached, node.last_heard = True, self.now()
             elif not node.refused:
-                node.refused = f"{node.where} refused to attach {self.actor}: {msg.reason}"
+                reason = printable(msg.reason)  # the node's text, shown to a terminal
+                node.refused = f"{node.where} refused to attach {self.actor}: {reason}"
                 log.error("%s", node.refused)
                 if self.on_refused is not None:
                     self.on_refused(node.refused)
