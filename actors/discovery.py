@@ -28,13 +28,12 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import socket
 from dataclasses import dataclass, field
 
 import zmq
 from nacl.signing import SigningKey
 
-from actors.peer_link import Link, url_host
+from actors.peer_link import Link, address_towards, url_host
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.membership import (
     DigestEntry,
@@ -87,13 +86,7 @@ def advertise_host(settings: NodeSettings) -> str:
     if settings.host not in ("0.0.0.0", "::", "*", ""):
         return settings.host
     target = settings.bootstrap[0][0] if settings.bootstrap else "192.0.2.1"
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect((target, 9))
-            host: str = probe.getsockname()[0]
-            return host
-    except OSError:
-        return "127.0.0.1"
+    return address_towards(target) or "127.0.0.1"
 
 
 @dataclass

@@ -26,14 +26,13 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import zmq
 
 from actors.attach import BEAT, LOST_AFTER, NODE_ACTORS
 from actors.peer_link import Link, url_host
 from peercrypt.core.request_map import RequestMap
-from peercrypt.runtime.actor import DRAIN_BATCH, Actor, ActorEnv
+from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.actor_messages import (
@@ -89,7 +88,10 @@ class LinkActor(Actor):
             box = self.socket(zmq.PULL)
             box.rcvhwm = 100_000
             box.bind(self.env.address(name))
-            self.watch(box, functools.partial(self._from_actor, name))
+            self.watch(
+                box,
+                functools.partial(self.drain_mail, handler=functools.partial(self._route, name)),
+            )
         self._beat()
         self.call_every(BEAT, self._beat)
 
@@ -136,19 +138,6 @@ class LinkActor(Actor):
         self.tell(self.actor, inner)
 
     # -- from the attached actor (to a node actor) -----------------------------------------
-
-    def _from_actor(self, dest: str, sock: zmq.Socket[Any]) -> None:
-        for _ in range(DRAIN_BATCH):
-            try:
-                data = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = codec.decode(data)
-            except codec.DecodeError as exc:
-                self.count(f"mail-decode-{exc.kind}")
-                continue
-            self._route(dest, msg)
 
     def _route(self, dest: str, msg: codec.Message) -> None:
         request = getattr(msg, "request", None)

@@ -67,6 +67,18 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def address_towards(target: str) -> str | None:
+    """This host's address on the route to ``target``, found with an
+    unconnected UDP socket (no packet is sent); None if there is no route."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((target, 9))
+            host: str = probe.getsockname()[0]
+            return host
+    except OSError:
+        return None
+
+
 def address_of(url: str) -> str:
     """``tcp://host:port`` -> ``host:port``."""
     return url.removeprefix("tcp://")

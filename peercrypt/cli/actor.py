@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import zmq
 
+from actors.peer_link import address_towards
 from peercrypt import errors
 from peercrypt.attached import AttachedActor
 from peercrypt.cli import modes
@@ -22,10 +22,10 @@ from peercrypt.cli.common import (
     network_key_option,
     open_option,
     server_keys,
+    start_node,
 )
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.node import ATTACHABLE_ACTORS
-from peercrypt.runtime.supervisor import StartError
 from peercrypt.settings import NodeSettings
 
 
@@ -36,19 +36,6 @@ def parse_address(value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {value!r}")
     return host, int(port)
-
-
-def _own_address(towards: str) -> str:
-    """This host's address on the route to ``towards`` (no packet is sent)."""
-    import socket
-
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect((towards, 9))
-            own: str = probe.getsockname()[0]
-            return own
-    except OSError:
-        return ""
 
 
 @click.command("actor")
@@ -115,20 +102,14 @@ def actor(
         open_network=open_network,
         host=host,
         data_port=data_port,
-        advertise_data_host=advertise_data_host or _own_address(nodes[0][0]),
+        advertise_data_host=advertise_data_host or address_towards(nodes[0][0]) or "",
         policy=policy,
         max_rate=max_rate,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    process = AttachedActor(kind, settings, nodes)
-    try:
-        process.start()
-    except zmq.ZMQError as exc:
-        raise UserError(f"cannot start the {kind} actor: {exc.strerror}") from None
-    except StartError as exc:
-        raise UserError(str(exc), errors.USAGE if exc.user_error else errors.FAILED) from None
+    process = start_node(AttachedActor(kind, settings, nodes), f"{host} (the {kind} actor)")
     try:
         click.echo(
             f"peercrypt actor {kind} {fingerprint(settings.identity.public)} attaching to "

@@ -22,6 +22,7 @@ import click
 import zmq
 
 from peercrypt import errors
+from peercrypt.attached import AttachedActor
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.crypto.identity import (
     IdentityError,
@@ -89,7 +90,11 @@ open_option = click.option(
 )
 
 
-def start_node(node_: Node, where: str) -> Node:
+N = TypeVar("N", Node, AttachedActor)
+
+
+def start_node(node_: N, where: str) -> N:
+    """Start a node (or an attached actor); a failure is one UserError line."""
     try:
         node_.start()
     except zmq.ZMQError as exc:

@@ -283,6 +283,11 @@ class Actor:
     # -- the loop (runs in the actor's thread) ----------------------------------
 
     def _on_mailbox(self, sock: zmq.Socket[Any]) -> None:
+        self.drain_mail(sock, self.on_mail)
+
+    def drain_mail(self, sock: zmq.Socket[Any], handler: Callable[[codec.Message], None]) -> None:
+        """Decode up to DRAIN_BATCH messages waiting on a mailbox-like PULL
+        socket and hand each to ``handler`` (contained); bad mail is counted."""
         for _ in range(DRAIN_BATCH):
             try:
                 data = sock.recv(zmq.NOBLOCK)
@@ -294,7 +299,7 @@ class Actor:
                 self.count(f"mail-decode-{exc.kind}")
                 self.log_limited("%s: bad mail: %s", self.name, str(exc))
                 continue
-            self.contain("mail", self.on_mail, msg)
+            self.contain("mail", handler, msg)
 
     def _run_timers(self) -> None:
         now = self.now()
