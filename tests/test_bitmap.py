@@ -240,12 +240,14 @@ def _sparse(total: int) -> ChunkBitmap:
 
 def test_sparse_ack_costs_ranges_not_chunks() -> None:
     # The same shape of bitmap at 1,000 and 20 million chunks: building the
-    # ack (cumulative + 64 ranges) and re-applying it run the same number of
-    # Python lines; only C-level byte scans grow with the file.
+    # ack (cumulative + 64 ranges) runs a bounded number of Python lines per
+    # range (block compares that double, then halve: log of the gap), never
+    # per chunk; the C-level compares are what grows with the file.
     small, large = _sparse(1000), _sparse(20_000_000)
     ack_small = _python_lines(lambda: small.ranges(small.cumulative, limit=MAX_SACK_RANGES))
     ack_large = _python_lines(lambda: large.ranges(large.cumulative, limit=MAX_SACK_RANGES))
-    assert ack_small == ack_large
+    assert ack_large < 200 * (MAX_SACK_RANGES + 1)
+    assert ack_large < 10 * ack_small  # 20,000 times the chunks
     sack = large.ranges(large.cumulative, limit=MAX_SACK_RANGES)
     assert len(sack) == MAX_SACK_RANGES and sack[-1][1] < 20_000_000
     # Re-applying that ack: a bounded number of lines per range (a range's
@@ -262,4 +264,4 @@ def test_cumulative_ack_is_not_quadratic() -> None:
     second = _python_lines(lambda: bm.add_range(0, 10_000_000))
     third = _python_lines(lambda: bm.add_range(0, 10_000_008))
     assert bm.cumulative == 10_000_008 and bm.count == 10_000_008
-    assert max(first, second, third) < 100  # a constant, not ~chunks covered
+    assert max(first, second, third) < 500  # ~log of the chunks covered, not the chunks
