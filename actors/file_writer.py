@@ -61,6 +61,7 @@ import blake3
 import msgpack
 import zmq
 
+from actors.file_chunks import read_chunk
 from actors.inbox import save_manifest
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import CHECKPOINT_CHUNKS, Manifest
@@ -293,7 +294,6 @@ class FileWriter:
                 if held is not None:
                     chunk = held
                 else:
-                    length = min(f.chunk_size, f.size - f.hashed * f.chunk_size)
-                    chunk = os.pread(f.fd, length, f.hashed * f.chunk_size)
+                    chunk = read_chunk(f.fd, f.hashed, f.chunk_size, f.size)
             f.hasher.update(chunk)
             f.hashed += 1

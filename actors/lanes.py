@@ -16,8 +16,8 @@ beyond that, and a chunk the receiver already held (resume, never sent), is
 read back from the file when the hash gets there. No worker ever waits for
 another.
 
-Results: ``("chunk", index, last, nonce, sealed)``, ``("hash", digest)``,
-``("error", text)``.
+Results (typed): :class:`ChunkSealed`, :class:`FileHashed` (once, when
+the last chunk was hashed), :class:`ReadFailed`.
 """
 
 from __future__ import annotations
@@ -26,12 +26,40 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 import blake3
 
+from actors.file_chunks import read_chunk
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.crypto.transfer import TransferKeys
+
+
+@dataclass(frozen=True)
+class ChunkSealed:
+    """Chunk ``index`` read and sealed (with ``nonce``): send it."""
+
+    index: int
+    last: bool
+    nonce: bytes
+    sealed: bytes
+
+
+@dataclass(frozen=True)
+class FileHashed:
+    """The whole file's BLAKE3, in chunk order."""
+
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class ReadFailed:
+    """Reading the file failed (``text`` says why)."""
+
+    text: str
+
+
+LaneResult = ChunkSealed | FileHashed | ReadFailed
 
 
 class _OrderedHash:
@@ -120,7 +148,7 @@ class LaneCrew:
     ) -> None:
         """``skip``: chunks that will never be submitted (the receiver holds
         them); the crew still hashes them, reading them itself."""
-        self.results: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[LaneResult] = queue.SimpleQueue()
         self._jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._read_fd, self._wake_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
@@ -151,7 +179,7 @@ class LaneCrew:
     def submit(self, index: int) -> None:
         self._jobs.put(index)
 
-    def drain(self) -> list[tuple[Any, ...]]:
+    def drain(self) -> list[LaneResult]:
         """Results so far (clears the wake-up pipe)."""
         try:
             while os.read(self._read_fd, 4096):
@@ -165,7 +193,7 @@ class LaneCrew:
             except queue.Empty:
                 return out
 
-    def _post(self, result: tuple[Any, ...]) -> None:
+    def _post(self, result: LaneResult) -> None:
         self.results.put(result)
         try:
             os.write(self._wake_fd, b"!")
@@ -175,11 +203,7 @@ class LaneCrew:
             pass  # closed: the crew is stopping
 
     def _read_chunk(self, index: int) -> bytes:
-        length = min(self._chunk, self._size - index * self._chunk)
-        data = os.pread(self._fd, length, index * self._chunk)
-        if len(data) != length:
-            raise OSError(f"file shrank while sending (chunk {index})")
-        return data
+        return read_chunk(self._fd, index, self._chunk, self._size)
 
     def _work(self, keys: TransferKeys) -> None:
         while True:
@@ -193,13 +217,13 @@ class LaneCrew:
                     data = self._read_chunk(index)
                     last = index == self._total - 1
                     nonce, sealed = keys.seal_chunk(index, last, data)
-                    self._post(("chunk", index, last, nonce, sealed))
+                    self._post(ChunkSealed(index, last, nonce, sealed))
                     digest = self._hash.offer(index, data)
             except OSError as exc:
-                self._post(("error", str(exc)))
+                self._post(ReadFailed(str(exc)))
                 continue
             if digest is not None and not self._stopping.is_set():
-                self._post(("hash", digest))
+                self._post(FileHashed(digest))
 
     def stop(self) -> None:
         """Stop the threads (bounded wait) and close the pipe."""

@@ -43,6 +43,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from actors import udp_multicast
+from actors.file_chunks import read_chunk
 from peercrypt.core import fragments
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.fragments import fragment_count, parse_group
@@ -626,10 +627,7 @@ class MulticastSenderActor(Actor):
         self._pump(sess)
 
     def _read(self, sess: Session, index: int) -> bytes:
-        data = os.pread(sess.fd, sess.chunk_size, index * sess.chunk_size)
-        if len(data) != min(sess.chunk_size, sess.size - index * sess.chunk_size):
-            raise OSError(f"file shrank while sending (chunk {index})")
-        return data
+        return read_chunk(sess.fd, index, sess.chunk_size, sess.size)
 
     def _frames(self, sess: Session, index: int, data: bytes) -> tuple[bytes, list[bytes]]:
         """Seal and sign a chunk: its nonce, and the frames [McChunk header,

@@ -34,7 +34,8 @@ from typing import Any
 import blake3
 import zmq
 
-from actors.lanes import LaneCrew
+from actors.file_chunks import read_chunk
+from actors.lanes import ChunkSealed, FileHashed, LaneCrew
 from actors.peer_link import Link, url_host
 from peercrypt.core.bitmap import ChunkBitmap, pairs
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
@@ -393,11 +394,7 @@ class SenderActor(Actor):
             self._drive(t)
 
     def _read(self, t: Outgoing, index: int) -> bytes:
-        data = os.pread(t.fd, t.chunk_size, index * t.chunk_size)
-        expected = min(t.chunk_size, t.size - index * t.chunk_size)
-        if len(data) != expected:
-            raise OSError(f"file shrank while sending (chunk {index})")
-        return data
+        return read_chunk(t.fd, index, t.chunk_size, t.size)
 
     def _send_chunk(self, t: Outgoing, index: int, last: bool) -> None:
         if t.crew is not None:
@@ -438,13 +435,12 @@ class SenderActor(Actor):
         if t.crew is None or t.tid not in self.transfers:
             return
         for result in t.crew.drain():
-            if result[0] == "chunk":
-                _, index, last, nonce, sealed = result
-                self._put_chunk(t, index, last, nonce, sealed)
-            elif result[0] == "hash":
-                t.flow.on_digest(result[1], self.now())
+            if isinstance(result, ChunkSealed):
+                self._put_chunk(t, result.index, result.last, result.nonce, result.sealed)
+            elif isinstance(result, FileHashed):
+                t.flow.on_digest(result.digest, self.now())
             else:
-                t.flow.fail("local", f"reading {t.request.path} failed: {result[1]}")
+                t.flow.fail("local", f"reading {t.request.path} failed: {result.text}")
         self._drive(t)
 
     def _send_sealed(self, t: Outgoing, msg: codec.Message) -> None:

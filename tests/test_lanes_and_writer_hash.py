@@ -22,7 +22,7 @@ import zmq
 
 from actors.file_writer import FileWriter
 from actors.inbox import create_part, load_manifest, manifest_name
-from actors.lanes import LaneCrew, _OrderedHash
+from actors.lanes import ChunkSealed, FileHashed, LaneCrew, _OrderedHash
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import CHECKPOINT_CHUNKS, Manifest, ResumeKey
 from peercrypt.crypto.transfer import TransferKeys
@@ -55,12 +55,12 @@ def _run_crew(
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             for result in crew.drain():
-                if result[0] == "chunk":
-                    _, index, last, nonce, sealed = result
-                    chunks.setdefault(index, []).append((nonce, sealed, last))
-                elif result[0] == "hash":
+                if isinstance(result, ChunkSealed):
+                    entry = (result.nonce, result.sealed, result.last)
+                    chunks.setdefault(result.index, []).append(entry)
+                elif isinstance(result, FileHashed):
                     assert not digest, "the digest was posted twice"
-                    digest = result[1]
+                    digest = result.digest
                 else:
                     pytest.fail(f"crew error: {result}")
             if digest and sum(map(len, chunks.values())) == len(indices):
@@ -277,7 +277,7 @@ def test_crew_posts_the_digest_once(tmp_path: Path) -> None:
                 for thread in crew._threads:
                     thread.join(WAIT)
                     assert not thread.is_alive(), "a lane did not finish"
-                digests = [r[1] for r in crew.drain() if r[0] == "hash"]
+                digests = [r.digest for r in crew.drain() if isinstance(r, FileHashed)]
                 assert digests == [blake3.blake3(data).digest()]
             finally:
                 crew.stop()
