@@ -21,7 +21,7 @@ from peercrypt.testing.nodes import NodeProcess, blake3_file, free_port, start_c
 KiB = 1024
 MiB = 1024 * KiB
 CHUNK = 64 * KiB
-RATE = 16 * MiB
+RATE = 8 * MiB
 AIMD = ["--mode", "aimd", "--chunk-size", str(CHUNK), "-w", "2048", "-max-w", "4096"]
 
 
@@ -140,7 +140,7 @@ def test_priorities_share_the_peer_window_one_two_three(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
     with lossy_receiver(node_factory, drop=0.005, seed=9) as (sender, receiver):
-        files = [make_file(32 * MiB) for _ in range(3)]  # ~6 s at the node's cap
+        files = [make_file(24 * MiB) for _ in range(3)]  # ~9 s at the node's cap
         extra = [[*AIMD, "--priority", p] for p in ("normal", "high", "highest")]
         with sends(sender, receiver, files, extra) as procs:
 

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from peercrypt.core.congestion_manager import CongestionManager
 from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, SaveManifest, Store
 from peercrypt.core.modes import Policy
 from peercrypt.core.outgoing import (
@@ -33,6 +34,7 @@ from peercrypt.core.receive_window import Arrival
 from peercrypt.testing.transfer_pump import FATES, Channel, pump_transfer
 
 CHUNK = 4096
+KIB = 1024
 
 POLICIES = {
     "normal": Policy(),
@@ -388,3 +390,19 @@ def test_only_progress_keeps_an_incoming_transfer_alive() -> None:
     assert t.next_timer() == 2.0 + 5.0
     t.on_timer(7.5)
     assert [type(o) for o in t.poll()] == [Abandon]
+
+
+def test_an_aimd_flow_keeps_to_its_share_of_a_window_shared_with_another_flow() -> None:
+    """Another flow (weight 2) to the same peer: this one (weight 1) gets a
+    third of the peer's window, and never has more in flight."""
+    manager: CongestionManager[int] = CongestionManager()
+    policy = Policy(mode="aimd", window_kb=48, min_window_kb=12, max_window_kb=96)
+    manager.add(1, "peer", 2, policy)
+    content = os.urandom(120 * CHUNK)
+    data = [Channel.make(21, p_drop=0.05)]
+    r = pump_transfer(content, CHUNK, policy, 64, data, Channel.make(22), manager_=manager)
+    assert isinstance(r.outcome, Finished)
+    assert r.delivered == content
+    assert r.max_in_flight <= 96 * KIB // 3 // CHUNK  # a third of the largest window
+    assert manager.share(0) == (manager.share(1) or 0) // 2
+    assert r.sender.stats()["window_decreases"] > 0
