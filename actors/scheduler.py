@@ -240,11 +240,14 @@ class SchedulerActor(Actor):
 
     def on_actor_restarted(self, name: str) -> None:
         # A sender or msender that crashed (or was attached and got lost)
-        # lost its transfers: their flows must not keep a share of the rate.
+        # lost its transfers: their flows must not keep a share of the rate
+        # or of a peer's congestion window.
         for request, flow in list(self.flows.items()):
             if flow.owner == name:
                 del self.flows[request]
                 self.planner.remove(request)
+                self.congestion.remove(request)
+        self._tell_windows()  # the peers' other flows get the freed share
 
     def _pace(self, flow: FlowStart) -> None:
         """Pace a flow iff it has its own rate or the node has a cap; tell the

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors.scheduler import SchedulerActor
 from peercrypt.core.congestion_manager import CongestionManager
 from peercrypt.core.modes import Policy
+from peercrypt.crypto.identity import load_or_create_identity, network_server_keys, new_network_key
+from peercrypt.runtime.actor import ActorEnv
+from peercrypt.settings import NodeSettings
+from peercrypt.wire import codec
+from peercrypt.wire.messages import FlowEnd, FlowReport, FlowStart, FlowWindow
 
 KB = 1024
 POLICY = Policy(mode="aimd", window_kb=1200, min_window_kb=60, max_window_kb=2400)
@@ -93,3 +105,60 @@ def test_shares_always_add_up_to_the_window_in_proportion(
         assert peer.window - len(weights) < sum(shares) <= peer.window
         for f, w in enumerate(weights):
             assert abs(shares[f] - peer.window * w / sum(weights)) < 1
+
+
+# -- the scheduler actor keeps it (driven by its handlers, in this thread) -------------
+
+
+def test_scheduler_shares_one_window_per_peer_and_forgets_a_restarted_senders_flows(
+    tmp_path: Path,
+) -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    env = ActorEnv(context=ctx, node_uid=f"cm{time.monotonic_ns()}")
+    inbox = ctx.socket(zmq.PULL)  # the sender's mailbox: what the scheduler tells it
+    inbox.linger = 0
+    inbox.bind(env.address("sender"))
+    settings = NodeSettings(
+        data_dir=tmp_path,
+        inbox=tmp_path / "inbox",
+        identity=load_or_create_identity(tmp_path),
+        server_keys=network_server_keys(new_network_key()),
+    )
+    scheduler = SchedulerActor(env, settings)
+
+    def start(request: int, priority: int, peer: str) -> FlowStart:
+        return FlowStart(
+            request=request, priority=priority, rate=0, burst=0, peer=peer, congestion=True,
+            window_kb=1200, min_window_kb=60, max_window_kb=2400,
+        )  # fmt: skip
+
+    def told() -> dict[int, int]:
+        shares = {}
+        while inbox.poll(200):
+            msg = codec.decode(inbox.recv())
+            assert isinstance(msg, FlowWindow)
+            shares[msg.request] = msg.nbytes
+        return shares
+
+    try:
+        scheduler.on_mail(start(1, 1, "a:1"))
+        scheduler.on_mail(start(2, 2, "a:1"))
+        scheduler.on_mail(start(3, 3, "a:1"))
+        scheduler.on_mail(start(4, 1, "b:1"))
+        assert told() == {1: 200 * KB, 2: 400 * KB, 3: 600 * KB, 4: 1200 * KB}
+        facts = json.loads(scheduler._congestion_facts())
+        assert facts["a:1"]["window"] == 1200 * KB and len(facts["a:1"]["flows"]) == 3
+        scheduler.on_mail(
+            FlowReport(request=2, sent=10**6, acked=0, losses=1, timeouts=0, in_flight=10**6)
+        )
+        assert told() == {1: 100 * KB, 2: 200 * KB, 3: 300 * KB}  # one window halved for all
+        scheduler.on_mail(FlowEnd(request=3))
+        assert told() == {1: 200 * KB, 2: 400 * KB}
+        scheduler.on_actor_restarted("sender")  # its transfers are gone
+        assert scheduler.congestion.peers() == []
+        assert json.loads(scheduler._congestion_facts()) == {}
+    finally:
+        for sock in scheduler._sockets:
+            sock.close(linger=0)
+        inbox.close()
+        ctx.term()
