@@ -77,12 +77,14 @@ from peercrypt.wire.multicast_messages import (
     McRefuse,
     McStatus,
 )
+from peercrypt.wire.stats_messages import StatsRecord, StatsSample
 
 log = logging.getLogger("peercrypt.mreceiver")
 
 ACK_INTERVAL = 0.05
 ACK_EVERY = 8  # chunks written between acks (besides the timer)
 QUEUE_CHUNKS = 128  # authenticated chunks waiting for the writer, per session
+STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
 SUB_HWM = 256  # messages the SUB socket queues (beyond: the PUB drops, NAK repairs)
 # Messages the repair socket queues per connection before we see them
 # (beyond: the sender's queue holds them, or it drops and the NAK repeats).
@@ -132,6 +134,7 @@ class Session:
     # Ours alone, given to the sender in McJoin: tags its repairs to us and
     # makes our subscription token (crypto/chunk_signature.py).
     receiver_key: bytes = field(default_factory=lambda: os.urandom(RECEIVER_KEY_BYTES))
+    wall: float = field(default_factory=time.time)  # when it started, for the history
 
 
 class MulticastReceiverActor(Actor):
@@ -163,6 +166,7 @@ class MulticastReceiverActor(Actor):
         self.writer.start()
         self.call_every(ACK_INTERVAL, self._ack_all)
         self.call_every(1.0, self._expire_idle)
+        self.call_every(STATS_INTERVAL, self._report_progress)
 
     def _bind_repair(self, low: int, high: int) -> None:
         """Bind the unicast repair socket to the first free port in [low, high]
@@ -191,6 +195,7 @@ class MulticastReceiverActor(Actor):
         if hasattr(self, "writer"):
             self.writer.stop()
         for sess in list(self.sessions.values()):
+            self.tell("stats", _record(sess, "interrupted", "the node stopped"))
             self._close(sess, keep_part=False)
 
     # -- control plane ------------------------------------------------------------
@@ -277,6 +282,7 @@ class MulticastReceiverActor(Actor):
                 last_activity=now,
             )
             self.sessions[a.sid] = sess
+            self.tell("stats", _record(sess, "running"))
             if a.group:
                 self._join_group(sess, a, env.peer_host or "127.0.0.1")
             self.writer.open(a.sid, fd, a.chunk_size, a.size, ChunkBitmap(total))
@@ -593,7 +599,12 @@ class MulticastReceiverActor(Actor):
         self._report(sess, stored, ok=ok, reason=reason)
         self._close(sess, keep_part=False)
 
+    def _report_progress(self) -> None:
+        for sess in self.sessions.values():
+            self.tell("stats", _sample(sess))
+
     def _report(self, sess: Session, stored: str, *, ok: bool, reason: str) -> None:
+        self.tell("stats", _record(sess, "ok" if ok else "failed", reason, stored))
         for request, left in list(self.listeners.items()):
             self.tell(
                 "control",
@@ -666,3 +677,39 @@ class MulticastReceiverActor(Actor):
 
 def _who(peer: bytes) -> str:
     return fingerprint(peer) if peer else "?"
+
+
+def _record(sess: Session, result: str, reason: str = "", stored: str = "") -> StatsRecord:
+    """The session as this receiver's statistics history keeps it."""
+    return StatsRecord(
+        session=sess.sid.hex(),
+        side="receive",
+        peer=_who(sess.peer),
+        peer_fingerprint=fingerprint(sess.peer) if sess.peer else "",
+        mode="multicast",
+        file=stored or sess.name,
+        size=sess.size,
+        done_bytes=sess.size if result == "ok" else _written(sess),
+        chunk_size=sess.chunk_size,
+        chunks=sess.tracker.total,
+        started=sess.wall,
+        duration=time.monotonic() - sess.started,
+        result=result,
+        reason=reason[:512],
+        retransmits=sess.tracker.naked,
+        params={"transport": "udp" if sess.udp is not None else "pubsub"},
+    )
+
+
+def _sample(sess: Session) -> StatsSample:
+    return StatsSample(
+        session=sess.sid.hex(),
+        side="receive",
+        peer=_who(sess.peer),
+        t=time.monotonic() - sess.started,
+        done_bytes=_written(sess),
+    )
+
+
+def _written(sess: Session) -> int:
+    return min(sess.size, sess.tracker.written.count * sess.chunk_size)

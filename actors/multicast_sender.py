@@ -34,6 +34,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,7 @@ from peercrypt.wire.multicast_messages import (
     McStatus,
     McTargetResult,
 )
+from peercrypt.wire.stats_messages import StatsRecord, StatsSample
 from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.msender")
@@ -176,6 +178,7 @@ class Session:
     # Paced UDP: sealed chunks whose datagrams wait for granted bytes, as
     # [index, last, nonce, (sealed, signature), next offset] (about 2 chunks).
     backlog: deque[list[Any]] = field(default_factory=deque)
+    wall: float = field(default_factory=time.time)  # when it started, for the history
 
 
 class MulticastSenderActor(Actor):
@@ -353,6 +356,7 @@ class MulticastSenderActor(Actor):
         t = Target(name=name, host=host, port=port, ctl=ctl, monitor=monitor)
         sess.targets[name] = t
         sess.plan.add(name, self.now())
+        self.tell("stats", _record(sess, t))
         self.watch(ctl, functools.partial(self._on_control, sess, t))
         self.watch(monitor, functools.partial(self._on_monitor, sess, t))
         url_host = f"[{host}]" if ":" in host else host
@@ -587,6 +591,7 @@ class MulticastSenderActor(Actor):
     def _report_target(self, sess: Session, t: Target) -> None:
         assert t.result is not None
         code, reason, stored = t.result
+        self.tell("stats", _record(sess, t))
         self.tell(
             "control",
             McTargetResult(
@@ -835,6 +840,9 @@ class MulticastSenderActor(Actor):
                     if m.state not in (FAILED, JOINING)
                 ]
                 done = min(live) if live else 0
+                for t in sess.targets.values():
+                    if t.result is None:
+                        self.tell("stats", _sample(sess, t))
                 self.tell(
                     "control",
                     Progress(
@@ -868,6 +876,8 @@ class MulticastSenderActor(Actor):
         for t in sess.targets.values():
             if t.result is None:
                 t.result = (code if code != "ok" else "cancelled", reason, "")
+                t.seconds = self.now() - sess.started
+                self.tell("stats", _record(sess, t))
                 if t.joined:
                     self._send_ctl(t, McStatus(sid=sess.sid, horizon=0, end=reason[:500] or code))
             for sock in (t.ctl, t.monitor, t.repair):
@@ -919,6 +929,46 @@ class MulticastSenderActor(Actor):
                 stats=stats,
             ),
         )
+
+
+def _record(sess: Session, t: Target) -> StatsRecord:
+    """One receiver of the session as the statistics history keeps it."""
+    m = sess.plan.members.get(t.name)
+    code, reason, _ = t.result or ("running", "", "")
+    acked = min(sess.size, (m.cumulative if m else 0) * sess.chunk_size)
+    return StatsRecord(
+        session=sess.sid.hex(),
+        side="send",
+        peer=t.name[-300:],
+        mode="multicast",
+        file=sess.request.path[-1024:],
+        size=sess.size,
+        done_bytes=sess.size if code == "ok" else acked,
+        chunk_size=sess.chunk_size,
+        chunks=sess.total,
+        started=sess.wall,
+        duration=t.seconds if t.result else time.monotonic() - sess.started,
+        result=code[:32],
+        reason=reason[:512],
+        retransmits=m.naked if m else 0,
+        params={
+            "receivers": str(len(sess.targets)),
+            "transport": "udp" if sess.group else "pubsub",
+        },
+        stats={"demoted": 1.0 if m and m.demoted else 0.0},
+    )
+
+
+def _sample(sess: Session, t: Target) -> StatsSample:
+    m = sess.plan.members.get(t.name)
+    return StatsSample(
+        session=sess.sid.hex(),
+        side="send",
+        peer=t.name[-300:],
+        t=time.monotonic() - sess.started,
+        done_bytes=min(sess.size, (m.cumulative if m else 0) * sess.chunk_size),
+        window=sess.plan.window * sess.chunk_size,
+    )
 
 
 def _not_joined(t: Target) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from peercrypt.wire.messages import (
     SealedHeader,
     Verified,
 )
+from peercrypt.wire.stats_messages import StatsRecord, StatsSample
 from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.receiver")
@@ -69,6 +71,7 @@ HEADER_MAX_BYTES = 512
 DATA_RCVHWM = 8
 DATA_SNDHWM = 4096
 COMPLETED_MEMORY = 256  # finished transfers remembered to re-answer a repeated Done
+STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
 
 
 @dataclass
@@ -87,6 +90,9 @@ class Incoming:
     fd: int
     route: bytes | None = None
     replay: ReplayWindow = field(default_factory=ReplayWindow)
+    mode: str = ""  # as the sender said (for the statistics history)
+    started: float = 0.0
+    wall: float = field(default_factory=time.time)
 
 
 class ReceiverActor(Actor):
@@ -124,11 +130,13 @@ class ReceiverActor(Actor):
         self.writer = FileWriter(self.env.context, address, 2 * s.receive_buffer + s.max_chunk)
         self.writer.start()
         self.call_every(1.0, self._expire_idle)
+        self.call_every(STATS_INTERVAL, self._report_progress)
 
     def teardown(self) -> None:
         if hasattr(self, "writer"):
             self.writer.stop()
         for t in list(self.transfers.values()):
+            self.tell("stats", self._record(t, "interrupted", "the node stopped"))
             self._save_manifest(t)
             os.close(t.fd)
         self.transfers.clear()
@@ -198,8 +206,11 @@ class ReceiverActor(Actor):
             flow=flow,
             part=part,
             fd=fd,
+            mode=offer.mode,
+            started=self.now(),
         )
         self.transfers[offer.tid] = t
+        self.tell("stats", self._record(t, "running"))
         self.writer.open(t.tid, fd, t.chunk_size, t.size, flow.written, hold=flow.window.window)
         self._save_manifest(t)
         self.count("accepted")
@@ -357,6 +368,7 @@ class ReceiverActor(Actor):
             log.error("writing %s failed: %s", t.name, out.reason)
         if out.notify:
             self._send_sealed(t, Failed(code=out.code, reason=out.reason))
+        self.tell("stats", self._record(t, out.code, out.reason))
         self._close(t, keep_part=out.keep_part)
 
     # -- writer results -----------------------------------------------------------
@@ -384,12 +396,15 @@ class ReceiverActor(Actor):
             stored = publish(t.part, t.fd, self.settings.inbox, t.name)
         except Refusal as exc:
             self._send_sealed(t, Failed(code="io", reason=exc.reason))
+            self.tell("stats", self._record(t, "io", exc.reason))
             self._close(t, keep_part=False)
             return
         if stored is None:
             self._send_sealed(t, Failed(code="io", reason="no free name in the inbox"))
+            self.tell("stats", self._record(t, "io", "no free name in the inbox"))
             self._close(t, keep_part=True)
             return
+        self.tell("stats", self._record(t, "ok", stored=stored))
         self._close(t, keep_part=False)
         self.count("received")
         self.count("received-bytes", t.size)
@@ -437,6 +452,46 @@ class ReceiverActor(Actor):
             with contextlib.suppress(FileNotFoundError):
                 self._manifest_path(t).unlink()
         os.close(t.fd)
+
+    # -- the statistics history ---------------------------------------------------
+
+    def _record(self, t: Incoming, result: str, reason: str = "", stored: str = "") -> StatsRecord:
+        """``file``: the name it was stored under, else the offered name, sanitised."""
+        who = fingerprint(t.peer) if t.peer else "?"
+        return StatsRecord(
+            session=t.tid.hex(),
+            side="receive",
+            peer=who,
+            peer_fingerprint=who if t.peer else "",
+            mode=t.mode,
+            file=stored or t.name,
+            size=t.size,
+            done_bytes=t.size if result == "ok" else self._written(t),
+            chunk_size=t.chunk_size,
+            chunks=t.flow.total,
+            started=t.wall,
+            duration=self.now() - t.started,
+            result=result[:32],
+            reason=reason[:512],
+        )
+
+    def _report_progress(self) -> None:
+        for t in self.transfers.values():
+            self.tell(
+                "stats",
+                StatsSample(
+                    session=t.tid.hex(),
+                    side="receive",
+                    peer=fingerprint(t.peer) if t.peer else "?",
+                    t=self.now() - t.started,
+                    done_bytes=self._written(t),
+                    credit=t.flow.window.window,
+                ),
+            )
+
+    @staticmethod
+    def _written(t: Incoming) -> int:
+        return min(t.size, t.flow.written.count * t.chunk_size)
 
     def _expire_idle(self) -> None:
         now = self.now()

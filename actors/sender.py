@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import logging
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,7 @@ from peercrypt.wire.messages import (
     TransfersRequest,
     Verified,
 )
+from peercrypt.wire.stats_messages import StatsRecord, StatsSample
 from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.sender")
@@ -109,6 +111,7 @@ class Outgoing:
     lanes: list[zmq.Socket[Any]] = field(default_factory=list)
     crew: LaneCrew | None = None
     next_lane: int = 0
+    wall: float = field(default_factory=time.time)  # when it started, for the history
 
     @property
     def peer(self) -> str:
@@ -254,6 +257,7 @@ class SenderActor(Actor):
             eph=Ephemeral(),
         )
         self.transfers[tid] = t
+        self.tell("stats", self._record(t, "running"))
         t.link = Link(
             self,
             self.settings,
@@ -271,6 +275,7 @@ class SenderActor(Actor):
             chunk_size=t.chunk_size,
             eph_pub=t.eph.public,
             hash_alg="blake3",
+            mode=policy.mode,
         )
         t.link.send(offer)
         self._drive(t)
@@ -490,6 +495,7 @@ class SenderActor(Actor):
                         request=t.request.request, done_bytes=t.flow.acked_bytes, total_bytes=t.size
                     ),
                 )
+                self.tell("stats", self._sample(t))
 
     def _end(self, t: Outgoing, code: str, reason: str, stored_as: str = "") -> None:
         self.transfers.pop(t.tid, None)
@@ -514,6 +520,7 @@ class SenderActor(Actor):
         self.count("sent" if code == "ok" else f"failed-{code}")
         while self.waiting and len(self.transfers) < self.settings.max_outgoing:
             self._start(self.waiting.popleft())
+        self.tell("stats", self._record(t, code, reason))
         self.tell(
             t.requester,
             SendResult(
@@ -529,6 +536,43 @@ class SenderActor(Actor):
                 stats=flow.stats(),
                 window_history=flow.window_history(),
             ),
+        )
+
+    # -- the statistics history ---------------------------------------------------
+
+    def _record(self, t: Outgoing, result: str, reason: str = "") -> StatsRecord:
+        flow = t.flow
+        return StatsRecord(
+            session=t.tid.hex(),
+            side="send",
+            peer=t.peer[-300:],
+            mode=flow.policy.mode,
+            file=t.request.path[-1024:],
+            size=t.size,
+            done_bytes=flow.acked_bytes,
+            chunk_size=t.chunk_size,
+            chunks=flow.total,
+            started=t.wall,
+            duration=self.now() - flow.started,
+            result=result[:32],
+            reason=reason[:512],
+            retransmits=flow.retransmits,
+            params=flow.policy.parameters(),
+            stats=flow.stats(),
+        )
+
+    def _sample(self, t: Outgoing) -> StatsSample:
+        flow = t.flow
+        return StatsSample(
+            session=t.tid.hex(),
+            side="send",
+            peer=t.peer[-300:],
+            t=self.now() - flow.started,
+            done_bytes=flow.acked_bytes,
+            window=flow.cwnd.window if flow.cwnd is not None else 0,
+            rate=flow.policy.rate if flow.policy.mode == "token-bucket" else 0,
+            rtt=(flow.window.rtt.srtt or 0.0) if flow.window is not None else 0.0,
+            credit=flow.window.window if flow.window is not None else 0,
         )
 
 

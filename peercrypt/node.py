@@ -26,6 +26,7 @@ from actors.multicast_sender import MulticastSenderActor
 from actors.receiver import ReceiverActor
 from actors.scheduler import SchedulerActor
 from actors.sender import SenderActor
+from actors.stats import StatsActor
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.runtime.memory import limit_malloc_arenas
 from peercrypt.runtime.supervisor import ActorFactory, Supervisor
@@ -63,6 +64,7 @@ class Node:
             ("sender", lambda env: SenderActor(env, s)),
             ("health", lambda env: HealthActor(env, s)),  # pre-send checks, probes
             ("msender", lambda env: MulticastSenderActor(env, s)),  # docs/multicast.md
+            ("stats", lambda env: StatsActor(env, s)),  # the statistics history
         ]
         if s.port is not None:
             factories += [

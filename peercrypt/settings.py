@@ -80,3 +80,8 @@ class NodeSettings:
     # --attach` process elsewhere) and the fingerprints allowed to attach.
     remote_actors: tuple[str, ...] = ()
     attach_allow: frozenset[str] = field(default_factory=frozenset)
+    # Statistics history (DATA_DIR/stats.sqlite, `peercrypt stats`): kept for
+    # this many days (0: no age limit), at most this many transfers (0: no limit).
+    stats_enabled: bool = True
+    stats_keep_days: float = 90.0
+    stats_max_transfers: int = 10_000

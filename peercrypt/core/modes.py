@@ -33,6 +33,19 @@ AIMD_MAX_WINDOW_KB = 16384
 ACK_THRESHOLD = 3
 PARALLEL_LANES = 4
 MAX_LANES = 64
+MODE_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "token-bucket": ("rate", "burst"),
+    "aimd": (
+        "window_kb",
+        "min_window_kb",
+        "max_window_kb",
+        "ack_threshold",
+        "timeout_detect",
+        "dupack_detect",
+    ),
+    "qos": ("priority",),
+    "parallel": ("lanes",),
+}
 
 
 class PolicyError(ValueError):
@@ -78,6 +91,12 @@ class Policy:
         """The token-bucket size in bytes: as given, else one second at the rate
         (never below one chunk, so a full chunk can ever be sent)."""
         return self.burst or max(self.rate, chunk_size)
+
+    def parameters(self) -> dict[str, str]:
+        """The parameters that shape this policy's mode, as text (what the
+        statistics history records beside the mode)."""
+        names = MODE_PARAMETERS.get(self.mode, ())
+        return {n: str(getattr(self, n)) for n in names}
 
     def chunk_size_for(self, chunk_size: int) -> int:
         """Chunks never exceed the bucket (token-bucket: no burst above -b)."""

@@ -89,6 +89,7 @@ class Offer(Message):
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 1))
     eph_pub: bytes = _key()
     hash_alg: str = field(metadata=bounded(16, 1))
+    mode: str = field(default="", metadata=bounded(32))  # for the receiver's statistics
 
 
 @message
@@ -454,4 +455,5 @@ class TransfersReply(Message):
 
 # Discovery and health-monitor messages register themselves on import.
 import peercrypt.wire.multicast_messages  # noqa: E402  (docs/multicast.md)
-import peercrypt.wire.network_messages  # noqa: E402, F401
+import peercrypt.wire.network_messages  # noqa: E402
+import peercrypt.wire.stats_messages  # noqa: E402, F401  (the statistics history)

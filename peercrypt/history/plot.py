@@ -1,0 +1,118 @@
+"""Plots of recorded transfers (``peercrypt stats plot``).
+
+Panels on one shared time axis (seconds since each transfer started):
+throughput (MiB/s), the flow limit (the AIMD window in KiB, or the rate in
+MiB/s for paced transfers, or the receiver's credit in chunks when neither
+applies), and the smoothed RTT (ms). With several transfers (``--compare``)
+every panel overlays them, one colour each, labelled by id, mode and side;
+limits in different units get a panel each, never one axis.
+
+matplotlib is an optional extra (``pip install 'peercrypt[plot]'``); without
+it :func:`plot` raises :class:`PlotUnavailable` with that advice. The file
+format follows the output name's suffix (.png or .svg).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+INSTALL_HINT = "pip install 'peercrypt[plot]'"
+FORMATS = (".png", ".svg")
+MiB = 1024 * 1024
+
+
+class PlotUnavailable(RuntimeError):
+    """matplotlib cannot be imported."""
+
+
+LIMITS = (
+    # (label, sample column, scale): the first a transfer has non-zero values for.
+    ("AIMD window (KiB)", "window", 1 / 1024),
+    ("rate limit (MiB/s)", "rate", 1 / MiB),
+    ("receiver credit (chunks)", "credit", 1.0),
+)
+
+
+def limit_series(row: dict[str, Any]) -> tuple[str, list[float]]:
+    """The flow-limit panel of one transfer: its label and values."""
+    samples = row["samples"]
+    for label, column, scale in LIMITS:
+        if any(s[column] for s in samples):
+            return label, [s[column] * scale for s in samples]
+    return LIMITS[-1][0], [0.0 for _ in samples]
+
+
+def _label(row: dict[str, Any]) -> str:
+    name = os.path.basename(row["file"]) or row["file"]
+    return f"#{row['id']} {row['mode']} {row['side']} {name}"[:60]
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> Path:
+    """Draw ``rows`` (transfers with ``samples``) into ``out``. Raises
+    PlotUnavailable, ValueError (an unknown suffix, nothing to draw)."""
+    if out.suffix.lower() not in FORMATS:
+        raise ValueError(f"cannot write {out.name}: the name must end in .png or .svg")
+    if not any(r["samples"] for r in rows):
+        raise ValueError("the transfer(s) recorded no samples to plot")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotUnavailable(f"plotting needs matplotlib: {INSTALL_HINT}") from None
+
+    limits = [limit_series(row) for row in rows]
+    kinds = [label for label, _, _ in LIMITS if any(k == label for k, _ in limits)]
+    fig, axes = plt.subplots(
+        2 + len(kinds), 1, sharex=True, figsize=(10, 2.6 * (2 + len(kinds))), layout="constrained"
+    )
+    thr, rtt = axes[0], axes[-1]
+    panel = dict(zip(kinds, axes[1:-1], strict=True))
+    for row, (kind, values) in zip(rows, limits, strict=True):
+        samples = row["samples"]
+        t = [s["t"] for s in samples]
+        label = _label(row)
+        marker = "." if len(t) < 40 else None
+        # Each throughput value covers the time since the previous point.
+        (line,) = thr.step(
+            [0.0, *t],
+            [samples[0]["throughput"] / MiB if samples else 0.0]
+            + [s["throughput"] / MiB for s in samples],
+            where="pre",
+            label=label,
+            linewidth=1.4,
+        )
+        colour = line.get_color()
+        panel[kind].plot(t, values, color=colour, linewidth=1.4, marker=marker)
+        with_rtt = [(x, s["rtt"] * 1000) for x, s in zip(t, samples, strict=True) if s["rtt"] > 0]
+        if with_rtt:
+            xs, ys = zip(*with_rtt, strict=True)
+            rtt.plot(xs, ys, color=colour, linewidth=1.4, marker=marker)
+    if len(rows) == 1:
+        row = rows[0]
+        fig.suptitle(
+            f"{_label(row)}: {row['size'] / MiB:.1f} MiB in {row['duration']:.2f} s, "
+            f"{row['result']}",
+            fontsize=11,
+        )
+    else:
+        fig.suptitle(f"{len(rows)} transfers compared", fontsize=11)
+        fig.legend(loc="outside lower center", fontsize=8, ncols=min(3, len(rows)))
+    thr.set_ylabel("throughput (MiB/s)")
+    for kind, ax in panel.items():
+        ax.set_ylabel(kind)
+    rtt.set_ylabel("smoothed RTT (ms)")
+    if not rtt.has_data():
+        rtt.text(0.5, 0.5, "no RTT recorded (the receiving side measures none)", ha="center",
+                 va="center", transform=rtt.transAxes, color="grey")  # fmt: skip
+    rtt.set_xlabel("seconds since the transfer started")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(left=0)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

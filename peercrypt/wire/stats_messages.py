@@ -1,0 +1,63 @@
+"""Local mail to the ``stats`` actor, which keeps the statistics history.
+
+Every actor that moves a file (sender, receiver, msender per receiver,
+mreceiver) sends a ``StatsRecord`` when the transfer starts (``result``
+"running") and again when it ends (``ok`` or a failure code), and a
+``StatsSample`` whenever it reports progress; the stats actor decides which
+samples to keep (:mod:`peercrypt.core.sampling`). A transfer is named by
+``session`` (the transfer id, hex), ``side`` and ``peer``, so the two ends of
+one unicast transfer, and every receiver of one multicast session, are
+separate rows that share a session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peercrypt.wire.codec import Message, bounded, message
+
+SIDES = ("send", "receive")
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class StatsRecord(Message):
+    """A transfer's facts. ``started`` is wall-clock (Unix seconds), the
+    rest is as of now; ``params`` are the mode's parameters, ``stats`` the
+    flow and congestion counters (srtt, timeouts, window decreases...)."""
+
+    TYPE = "stats-record"
+    session: str = field(metadata=bounded(64, 1))
+    side: str = field(metadata=bounded(8, 4))
+    peer: str = field(metadata=bounded(300))
+    peer_fingerprint: str = field(default="", metadata=bounded(128))
+    mode: str = field(metadata=bounded(32))
+    file: str = field(metadata=bounded(1024))
+    size: int = field(metadata=bounded(2**62))
+    done_bytes: int = field(default=0, metadata=bounded(2**62))
+    chunk_size: int = field(default=0, metadata=bounded(2**40))
+    chunks: int = field(default=0, metadata=bounded(2**62))
+    started: float = 0.0
+    duration: float = 0.0
+    result: str = field(default="running", metadata=bounded(32, 1))
+    reason: str = field(default="", metadata=bounded(512))
+    retransmits: int = field(default=0, metadata=bounded(2**62))
+    params: dict[str, str] = field(default_factory=dict, metadata=bounded(32))
+    stats: dict[str, float] = field(default_factory=dict, metadata=bounded(32))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class StatsSample(Message):
+    """The state of a running transfer ``t`` seconds after it started."""
+
+    TYPE = "stats-sample"
+    session: str = field(metadata=bounded(64, 1))
+    side: str = field(metadata=bounded(8, 4))
+    peer: str = field(metadata=bounded(300))
+    t: float = 0.0
+    done_bytes: int = field(default=0, metadata=bounded(2**62))
+    window: int = field(default=0, metadata=bounded(2**62))  # bytes (AIMD)
+    rate: float = 0.0  # bytes/s (token bucket or pacing)
+    rtt: float = 0.0  # smoothed, seconds
+    credit: int = field(default=0, metadata=bounded(2**40))  # chunks allowed in flight

@@ -1,0 +1,251 @@
+"""The statistics history without sockets: the bounded-rate sampler (pure,
+property-tested) and the SQLite store (writer, read-only reader, retention)."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peercrypt.core.sampling import SLACK, Point, SeriesSampler
+from peercrypt.history.db import (
+    HistoryError,
+    HistoryWriter,
+    Retention,
+    get_samples,
+    get_transfer,
+    get_transfers,
+    list_transfers,
+    open_reader,
+)
+from peercrypt.history.export import ExportError, parse_csv, parse_json, to_csv, to_json
+from peercrypt.history.plot import plot
+
+
+def row(session: str, **over: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "session": session,
+        "side": "send",
+        "peer": "127.0.0.1:7400",
+        "peer_fingerprint": "",
+        "mode": "normal",
+        "file": "/tmp/f.bin",
+        "size": 100,
+        "bytes": 0,
+        "chunk_size": 10,
+        "chunks": 10,
+        "started": 1000.0,
+        "duration": 0.0,
+        "result": "running",
+        "reason": "",
+        "retransmits": 0,
+        "params": {},
+        "stats": {},
+    }
+    base.update(over)
+    return base
+
+
+# -- the sampler -------------------------------------------------------------------
+
+
+def run(reports: list[tuple[float, int]], sampler: SeriesSampler) -> list[Point]:
+    kept = [p for t, done in reports if (p := sampler.offer(t, done)) is not None]
+    t, done = reports[-1]
+    final = sampler.offer(t + 0.01, done, final=True)
+    return kept + ([final] if final else [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.floats(0.001, 5.0), st.integers(0, 10**7)), min_size=1, max_size=400
+    ),
+    interval=st.floats(0.05, 2.0),
+    per_level=st.integers(1, 50),
+)
+def test_sampler_keeps_spaced_points_whose_throughput_integrates_to_the_bytes(
+    steps: list[tuple[float, int]], interval: float, per_level: int
+) -> None:
+    t, done, reports = 0.0, 0, []
+    for dt, more in steps:
+        t, done = t + dt, done + more
+        reports.append((t, done))
+    sampler = SeriesSampler(interval, per_level)
+    points = run(reports, sampler)
+    previous = 0.0
+    for i, p in enumerate(points[:-1]):
+        # Interval of the level this point was kept in (it doubles every per_level points).
+        level_interval = interval * 2 ** (i // per_level)
+        assert p.t - previous >= level_interval * (1 - SLACK) - 1e-9
+        previous = p.t
+    moved = sum(
+        p.throughput * (p.t - prev)
+        for p, prev in zip(points, [0.0] + [q.t for q in points[:-1]], strict=True)
+    )
+    assert math.isclose(moved, reports[-1][1], rel_tol=1e-6, abs_tol=1e-3)
+    assert points[-1].bytes == reports[-1][1]
+
+
+def test_ten_hours_of_reports_every_tenth_second_keep_a_few_thousand_points() -> None:
+    sampler = SeriesSampler()
+    kept = sum(1 for i in range(1, 360_001) if sampler.offer(i * 0.1, i * 1000) is not None)
+    assert 4000 < kept < 6000, kept
+
+
+def test_sampler_rejects_nonsense_settings() -> None:
+    with pytest.raises(ValueError):
+        SeriesSampler(0)
+    with pytest.raises(ValueError):
+        SeriesSampler(1, 0)
+
+
+# -- the store ---------------------------------------------------------------------
+
+
+def test_a_record_updates_its_row_and_keeps_its_start(tmp_path: Path) -> None:
+    w = HistoryWriter(tmp_path / "h.sqlite")
+    ident = w.upsert(row("aa"))
+    same = w.upsert(
+        row("aa", started=2000.0, result="ok", bytes=100, duration=1.5, stats={"srtt": 0.01})
+    )
+    other = w.upsert(row("aa", side="receive"))
+    w.add_points(ident, [Point(0.5, 50, 100.0, rtt=0.01), Point(1.0, 100, 100.0)])
+    w.commit()
+    assert same == ident and other != ident
+    conn = open_reader(tmp_path / "h.sqlite")
+    got = get_transfer(conn, ident)
+    assert (got["started"], got["result"], got["bytes"], got["stats"]) == (
+        1000.0,
+        "ok",
+        100,
+        {"srtt": 0.01},
+    )
+    assert [s["bytes"] for s in get_samples(conn, ident)] == [50, 100]
+
+
+def test_the_reader_cannot_write_and_names_what_is_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    with pytest.raises(HistoryError, match="no statistics recorded yet"):
+        open_reader(path)
+    HistoryWriter(path).close()
+    conn = open_reader(path)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        conn.execute("DELETE FROM transfers")
+    with pytest.raises(HistoryError, match="no transfer 7"):
+        get_transfer(conn, 7)
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(HistoryError, match="cannot read"):
+        open_reader(tmp_path / "junk.sqlite")
+
+
+def test_running_rows_of_a_previous_run_become_interrupted(tmp_path: Path) -> None:
+    w = HistoryWriter(tmp_path / "h.sqlite")
+    w.upsert(row("aa"))
+    w.upsert(row("bb", result="ok"))
+    w.commit()
+    w.conn.close()  # as if killed: no clean close
+    again = HistoryWriter(tmp_path / "h.sqlite")
+    assert again.mark_interrupted() == 1
+    results = {r["session"]: r["result"] for r in list_transfers(open_reader(again.path))}
+    assert results == {"aa": "interrupted", "bb": "ok"}
+
+
+def test_retention_by_age_and_count_never_removes_running(tmp_path: Path) -> None:
+    w = HistoryWriter(tmp_path / "h.sqlite")
+    day = 86400.0
+    now = 100 * day
+    w.upsert(row("old", started=now - 10 * day, result="ok"))
+    w.upsert(row("old-running", started=now - 10 * day))
+    for i in range(5):
+        ident = w.upsert(row(f"new{i}", started=now - i, result="failed"))
+        w.add_points(ident, [Point(1.0, 1, 1.0)])
+    w.commit()
+    assert w.prune(Retention(days=5, max_transfers=0), now) == 1
+    assert w.prune(Retention(days=0, max_transfers=3), now) == 2
+    left = {r["session"] for r in list_transfers(open_reader(w.path))}
+    assert left == {"old-running", "new0", "new1", "new2"}
+    # Samples go with their transfer.
+    assert w.conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 3
+
+
+def test_list_filters(tmp_path: Path) -> None:
+    w = HistoryWriter(tmp_path / "h.sqlite")
+    w.upsert(row("a", mode="aimd", result="ok", started=10.0))
+    w.upsert(row("b", peer="10.0.0.2:7400", result="timeout", started=20.0))
+    w.upsert(row("c", side="receive", peer="abcd-efgh", peer_fingerprint="abcd-efgh", started=30.0))
+    w.commit()
+    conn = open_reader(w.path)
+
+    def sessions(**kw: object) -> list[str]:
+        return [r["session"] for r in list_transfers(conn, **kw)]  # type: ignore[arg-type]
+
+    assert sessions() == ["a", "b", "c"]
+    assert sessions(mode="aimd") == ["a"]
+    assert sessions(failed=True) == ["b"]
+    assert sessions(peer="10.0.0.2:7400") == ["b"]
+    assert sessions(peer="abcd") == ["c"]
+    assert sessions(since=15.0) == ["b", "c"]
+    assert sessions(limit=2) == ["b", "c"]
+
+
+# -- export and plot ---------------------------------------------------------------
+
+
+def recorded(tmp_path: Path) -> list[dict[str, object]]:
+    """Two transfers with awkward text (commas, quotes, newlines, unicode)."""
+    w = HistoryWriter(tmp_path / "h.sqlite")
+    a = w.upsert(row("aa", mode="aimd", file='/tmp/a, "b"\nc ü.bin', params={"window_kb": "4096"}))
+    w.add_points(
+        a,
+        [Point(0.1, 10, 100.0, window=4096, rtt=0.0123), Point(0.3, 100, 450.0, window=8192)],
+    )
+    b = w.upsert(row("bb", side="receive", result="hash-mismatch", reason="x,y", duration=1 / 3))
+    w.add_points(b, [Point(1 / 3, 7, 21.000000000000004, credit=16)])
+    w.commit()
+    return get_transfers(open_reader(w.path), [])
+
+
+def test_json_export_parses_back_to_the_same_rows(tmp_path: Path) -> None:
+    rows = recorded(tmp_path)
+    assert parse_json(to_json(rows)) == rows
+    with pytest.raises(ExportError, match="not JSON"):
+        parse_json("{")
+    with pytest.raises(ExportError, match="not a list"):
+        parse_json('{"id": 1}')
+
+
+def test_csv_exports_parse_back_to_the_same_rows(tmp_path: Path) -> None:
+    rows = recorded(tmp_path)
+    transfers = [{k: v for k, v in r.items() if k != "samples"} for r in rows]
+    assert parse_csv(to_csv(rows)) == transfers
+    samples = [{"transfer": r["id"], **s} for r in rows for s in r["samples"]]  # type: ignore[attr-defined]
+    assert parse_csv(to_csv(rows, "samples"), "samples") == samples
+    with pytest.raises(ExportError, match="header"):
+        parse_csv(to_csv(rows), "samples")
+    with pytest.raises(ExportError, match="line 2 has 2 fields"):
+        parse_csv(to_csv(rows).split("\n")[0] + "\n1,2\n")
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert data[-12:-4] == b"\x00\x00\x00\x00IEND"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plots_are_valid_png_and_svg(tmp_path: Path) -> None:
+    rows = recorded(tmp_path)
+    width, height = png_size(plot(rows[:1], tmp_path / "one.png"))
+    assert width > 800 and height > 600
+    assert png_size(plot(rows, tmp_path / "two.png"))[1] > height  # one more limit panel
+    svg = plot(rows, tmp_path / "two.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+    with pytest.raises(ValueError, match=r"must end in \.png or \.svg"):
+        plot(rows, tmp_path / "x.jpg")
+    with pytest.raises(ValueError, match="no samples"):
+        plot([{**rows[0], "samples": []}], tmp_path / "empty.png")
