@@ -195,7 +195,7 @@ class MulticastReceiverActor(Actor):
         if hasattr(self, "writer"):
             self.writer.stop()
         for sess in list(self.sessions.values()):
-            self.tell("stats", _record(sess, "interrupted", "the node stopped"))
+            self.tell("stats", _record(sess, self.now(), "interrupted", "the node stopped"))
             self._close(sess, keep_part=False)
 
     # -- control plane ------------------------------------------------------------
@@ -282,7 +282,7 @@ class MulticastReceiverActor(Actor):
                 last_activity=now,
             )
             self.sessions[a.sid] = sess
-            self.tell("stats", _record(sess, "running"))
+            self.tell("stats", _record(sess, self.now(), "running"))
             if a.group:
                 self._join_group(sess, a, env.peer_host or "127.0.0.1")
             self.writer.open(a.sid, fd, a.chunk_size, a.size, ChunkBitmap(total))
@@ -601,10 +601,10 @@ class MulticastReceiverActor(Actor):
 
     def _report_progress(self) -> None:
         for sess in self.sessions.values():
-            self.tell("stats", _sample(sess))
+            self.tell("stats", _sample(sess, self.now()))
 
     def _report(self, sess: Session, stored: str, *, ok: bool, reason: str) -> None:
-        self.tell("stats", _record(sess, "ok" if ok else "failed", reason, stored))
+        self.tell("stats", _record(sess, self.now(), "ok" if ok else "failed", reason, stored))
         for request, left in list(self.listeners.items()):
             self.tell(
                 "control",
@@ -679,7 +679,9 @@ def _who(peer: bytes) -> str:
     return fingerprint(peer) if peer else "?"
 
 
-def _record(sess: Session, result: str, reason: str = "", stored: str = "") -> StatsRecord:
+def _record(
+    sess: Session, now: float, result: str, reason: str = "", stored: str = ""
+) -> StatsRecord:
     """The session as this receiver's statistics history keeps it."""
     return StatsRecord(
         session=sess.sid.hex(),
@@ -693,7 +695,7 @@ def _record(sess: Session, result: str, reason: str = "", stored: str = "") -> S
         chunk_size=sess.chunk_size,
         chunks=sess.tracker.total,
         started=sess.wall,
-        duration=time.monotonic() - sess.started,
+        duration=now - sess.started,
         result=result,
         reason=reason[:512],
         retransmits=sess.tracker.naked,
@@ -701,12 +703,12 @@ def _record(sess: Session, result: str, reason: str = "", stored: str = "") -> S
     )
 
 
-def _sample(sess: Session) -> StatsSample:
+def _sample(sess: Session, now: float) -> StatsSample:
     return StatsSample(
         session=sess.sid.hex(),
         side="receive",
         peer=_who(sess.peer),
-        t=time.monotonic() - sess.started,
+        t=now - sess.started,
         done_bytes=_written(sess),
     )
 

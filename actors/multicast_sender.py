@@ -356,7 +356,7 @@ class MulticastSenderActor(Actor):
         t = Target(name=name, host=host, port=port, ctl=ctl, monitor=monitor)
         sess.targets[name] = t
         sess.plan.add(name, self.now())
-        self.tell("stats", _record(sess, t))
+        self.tell("stats", _record(sess, t, self.now()))
         self.watch(ctl, functools.partial(self._on_control, sess, t))
         self.watch(monitor, functools.partial(self._on_monitor, sess, t))
         url_host = f"[{host}]" if ":" in host else host
@@ -591,7 +591,7 @@ class MulticastSenderActor(Actor):
     def _report_target(self, sess: Session, t: Target) -> None:
         assert t.result is not None
         code, reason, stored = t.result
-        self.tell("stats", _record(sess, t))
+        self.tell("stats", _record(sess, t, self.now()))
         self.tell(
             "control",
             McTargetResult(
@@ -842,7 +842,7 @@ class MulticastSenderActor(Actor):
                 done = min(live) if live else 0
                 for t in sess.targets.values():
                     if t.result is None:
-                        self.tell("stats", _sample(sess, t))
+                        self.tell("stats", _sample(sess, t, self.now()))
                 self.tell(
                     "control",
                     Progress(
@@ -877,7 +877,7 @@ class MulticastSenderActor(Actor):
             if t.result is None:
                 t.result = (code if code != "ok" else "cancelled", reason, "")
                 t.seconds = self.now() - sess.started
-                self.tell("stats", _record(sess, t))
+                self.tell("stats", _record(sess, t, self.now()))
                 if t.joined:
                     self._send_ctl(t, McStatus(sid=sess.sid, horizon=0, end=reason[:500] or code))
             for sock in (t.ctl, t.monitor, t.repair):
@@ -931,7 +931,7 @@ class MulticastSenderActor(Actor):
         )
 
 
-def _record(sess: Session, t: Target) -> StatsRecord:
+def _record(sess: Session, t: Target, now: float) -> StatsRecord:
     """One receiver of the session as the statistics history keeps it."""
     m = sess.plan.members.get(t.name)
     code, reason, _ = t.result or ("running", "", "")
@@ -947,7 +947,7 @@ def _record(sess: Session, t: Target) -> StatsRecord:
         chunk_size=sess.chunk_size,
         chunks=sess.total,
         started=sess.wall,
-        duration=t.seconds if t.result else time.monotonic() - sess.started,
+        duration=t.seconds if t.result else now - sess.started,
         result=code[:32],
         reason=reason[:512],
         retransmits=m.naked if m else 0,
@@ -959,13 +959,13 @@ def _record(sess: Session, t: Target) -> StatsRecord:
     )
 
 
-def _sample(sess: Session, t: Target) -> StatsSample:
+def _sample(sess: Session, t: Target, now: float) -> StatsSample:
     m = sess.plan.members.get(t.name)
     return StatsSample(
         session=sess.sid.hex(),
         side="send",
         peer=t.name[-300:],
-        t=time.monotonic() - sess.started,
+        t=now - sess.started,
         done_bytes=min(sess.size, (m.cumulative if m else 0) * sess.chunk_size),
         window=sess.plan.window * sess.chunk_size,
     )
