@@ -96,7 +96,7 @@ class StatsActor(Actor):
             handler(msg)
         except sqlite3.Error as exc:
             self.count("write-errors")
-            self.log_once("write", str(exc)[:80], "statistics history: %s", exc)
+            self.log_limited("statistics history: %s", exc)
 
     def _on_record(self, r: StatsRecord) -> None:
         assert self.writer is not None
@@ -177,7 +177,7 @@ class StatsActor(Actor):
         except sqlite3.Error as exc:
             self.pending.clear()
             self.count("write-errors")
-            self.log_once("write", str(exc)[:80], "statistics history: %s", exc)
+            self.log_limited("statistics history: %s", exc)
 
     def _prune(self) -> None:
         if self.writer is None:
@@ -189,7 +189,7 @@ class StatsActor(Actor):
                 Retention(s.stats_keep_days, s.stats_max_transfers), time.time()
             )
         except sqlite3.Error as exc:
-            self.log_once("prune", str(exc)[:80], "statistics history: %s", exc)
+            self.log_limited("statistics history: %s", exc)
             return
         if removed:
             self.count("pruned", removed)
