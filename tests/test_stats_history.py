@@ -6,9 +6,13 @@ middle of a transfer loses nothing it had committed."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +24,17 @@ from peercrypt.history.db import (
     TRANSFER_COLUMNS,
     db_path,
     get_samples,
+    get_transfers,
     list_transfers,
     open_reader,
 )
+from peercrypt.history.export import parse_csv, parse_json
 from peercrypt.testing.nodes import (
     NodeProcess,
     blake3_file,
     multicast_targets,
+    random_file,
+    run_cli,
     start_cli,
     wait_until,
 )
@@ -83,25 +91,42 @@ def columns(node: NodeProcess) -> dict[str, list[tuple[str, str]]]:
         }
 
 
-def test_every_mode_and_both_sides_fill_one_schema(
-    trio: tuple[NodeProcess, NodeProcess, NodeProcess], make_file: Callable[..., Path]
-) -> None:
+@dataclass
+class Recorded:
+    sender: NodeProcess
+    r1: NodeProcess
+    r2: NodeProcess
+    source: Path
+    sent: list[dict[str, Any]]
+    received: list[dict[str, Any]]
+    inbox: dict[tuple[str, str], Path]
+
+
+@pytest.fixture(scope="module")
+def recorded(
+    trio: tuple[NodeProcess, NodeProcess, NodeProcess], tmp_path_factory: pytest.TempPathFactory
+) -> Recorded:
+    """One file sent in every mode, and by multicast to two receivers."""
     sender, r1, r2 = trio
-    source = make_file(8 * MiB + 5)
+    source = random_file(tmp_path_factory.mktemp("files") / "payload, ü.bin", 8 * MiB + 5)
     for mode, args in MODES.items():
         code, result = sender.send_to(source, r1, *args)
         assert code == 0 and result["mode"] == mode, result
     code, result = sender.send_to(source, r1, "-m", *multicast_targets(r2))
     assert code == 0, result
-    digest = blake3_file(source)
-
-    sent = finished(sender, 7)
     inbox = {}
     received = []
     for node, count in ((r1, 6), (r2, 1)):
         for row in finished(node, count):
             inbox[row["session"], row["peer"]] = node.inbox
             received.append(row)
+    return Recorded(sender, r1, r2, source, finished(sender, 7), received, inbox)
+
+
+def test_every_mode_and_both_sides_fill_one_schema(recorded: Recorded) -> None:
+    sender, r1, r2, source = recorded.sender, recorded.r1, recorded.r2, recorded.source
+    sent, received, inbox = recorded.sent, recorded.received, recorded.inbox
+    digest = blake3_file(source)
     schema = columns(sender)
     assert [c for c, _ in schema["transfers"]] == list(TRANSFER_COLUMNS)
     assert [c for c, _ in schema["samples"]][1:] == list(SAMPLE_COLUMNS)
@@ -178,9 +203,150 @@ def test_a_node_killed_mid_transfer_keeps_its_history(
         (after,) = list_transfers(conn)
         points = get_samples(conn, after["id"])
     assert after["result"] == "running"
+    # The CLI reads it with no node running.
+    listed = run_cli("stats", "show", str(after["id"]), "--json", data_dir=sender.data_dir)
+    assert json.loads(listed.stdout) == {**after, "samples": points}, listed.describe()
     assert points[: len(before)] == before and points[-1]["bytes"] < source.stat().st_size
     # The next start of the node says what happened to it.
     node_factory(network_key=key, name=sender.data_dir.name)
     with open_reader(db_path(sender.data_dir)) as conn:
         (again,) = list_transfers(conn)
     assert again["result"] == "interrupted" and again["id"] == after["id"]
+
+
+# -- the CLI ------------------------------------------------------------------------
+
+
+def test_list_and_show_print_what_was_recorded(recorded: Recorded) -> None:
+    sender = recorded.sender
+    listed = sender.cli("stats", "list")
+    assert listed.returncode == 0, listed.describe()
+    header, *lines = listed.stdout.splitlines()
+    assert header.split() == [
+        "ID", "STARTED", "SIDE", "MODE", "PEER", "FILE", "SIZE", "TIME", "RATE", "RESULT"
+    ]  # fmt: skip
+    assert len(lines) == 7 and all("payload, ü.bin" in line for line in lines)
+    as_json = json.loads(sender.cli("stats", "list", "--json").stdout)
+    assert [r["id"] for r in as_json] == [r["id"] for r in recorded.sent]
+    aimd = json.loads(sender.cli("stats", "list", "--mode", "aimd", "--json").stdout)
+    assert [r["mode"] for r in aimd] == ["aimd"]
+    peer = f"{recorded.r2.host}:{recorded.r2.port}"
+    to_r2 = json.loads(sender.cli("stats", "list", "--peer", peer, "--json").stdout)
+    assert [(r["mode"], r["peer"]) for r in to_r2] == [("multicast", peer)]
+    assert sender.cli("stats", "list", "--failed").stdout == "no transfers recorded that match\n"
+    assert json.loads(sender.cli("stats", "list", "--since", "1h", "--json").stdout) == as_json
+    assert json.loads(sender.cli("stats", "list", "--since", "2999-01-01", "--json").stdout) == []
+    # A receiver's list finds the sender by its proven fingerprint.
+    mine = recorded.r1.cli("stats", "list", "--peer", recorded.sender.fingerprint[:9], "--json")
+    assert len(json.loads(mine.stdout)) == 6
+
+    ident = aimd[0]["id"]
+    shown = sender.cli("stats", "show", str(ident))
+    assert shown.returncode == 0, shown.describe()
+    fields = dict(line.split(None, 1) for line in shown.stdout.splitlines() if " " in line)
+    assert fields["mode"].strip() == "aimd" and fields["result"].strip() == "ok"
+    assert fields["file"].strip() == str(recorded.source)
+    full = json.loads(sender.cli("stats", "show", str(ident), "--json").stdout)
+    assert full == next(r for r in recorded.sent if r["id"] == ident)
+
+
+def test_exports_parse_back_to_the_database_rows(recorded: Recorded, tmp_path: Path) -> None:
+    sender = recorded.sender
+    with open_reader(db_path(sender.data_dir)) as conn:
+        rows = get_transfers(conn, [])
+    out = tmp_path / "aimd_congestion_stats.json"
+    done = sender.cli("stats", "export", "--format", "json", "-o", out)
+    assert done.returncode == 0, done.describe()
+    assert parse_json(out.read_text()) == rows
+    as_csv = sender.cli("stats", "export", "--format", "csv").stdout
+    assert parse_csv(as_csv) == [{k: v for k, v in r.items() if k != "samples"} for r in rows]
+    samples = sender.cli("stats", "export", "--format", "csv", "--samples").stdout
+    assert parse_csv(samples, "samples") == [
+        {"transfer": r["id"], **s} for r in rows for s in r["samples"]
+    ]
+    some = [str(rows[1]["id"]), str(rows[3]["id"])]
+    picked = parse_json(sender.cli("stats", "export", *some).stdout)
+    assert picked == [rows[1], rows[3]]
+    by_mode = parse_json(sender.cli("stats", "export", "--mode", "token-bucket").stdout)
+    assert [r["mode"] for r in by_mode] == ["token-bucket"]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plot_draws_a_png_and_compares(recorded: Recorded, tmp_path: Path) -> None:
+    sender = recorded.sender
+    ids = [str(r["id"]) for r in recorded.sent]
+    one = sender.cli("stats", "plot", ids[0], "-o", tmp_path / "one.png")
+    assert one.returncode == 0, one.describe()
+    assert png_size(tmp_path / "one.png") >= (800, 600)
+    many = sender.cli("stats", "plot", "--compare", *ids, "-o", tmp_path / "all.svg")
+    assert many.returncode == 0, many.describe()
+    assert "</svg>" in (tmp_path / "all.svg").read_text()
+    default = run_cli("--data-dir", sender.data_dir, "stats", "plot", ids[1], cwd=tmp_path)
+    assert default.stdout.strip() == f"transfer-{ids[1]}.png"
+    assert png_size(tmp_path / f"transfer-{ids[1]}.png")[0] >= 800
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(recorded: Recorded, tmp_path: Path) -> None:
+    """A None entry in sys.modules is how Python marks a module as not
+    importable: the command runs exactly as where matplotlib is missing."""
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; "
+        "from peercrypt.cli import run; sys.argv[0] = 'peercrypt'; run()"
+    )
+    ident = str(recorded.sent[0]["id"])
+    args = ["--data-dir", str(recorded.sender.data_dir), "stats", "plot", ident]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, "-o", str(tmp_path / "x.png")],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc
+    assert proc.stderr == (
+        "peercrypt: error: plotting needs matplotlib: pip install 'peercrypt[plot]'\n"
+    )
+    assert not (tmp_path / "x.png").exists()
+    # The history itself still reads without it.
+    listed = subprocess.run(
+        [sys.executable, "-c", code, *args[:2], "stats", "list"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 8, listed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["stats", "show", "999"], "no transfer 999 in the statistics history"),
+        (["stats", "list", "--since", "yesterday"], "invalid --since 'yesterday'"),
+        (["stats", "plot", "1", "2"], "several IDs need --compare"),
+        (["stats", "plot", "--compare", "1"], "--compare needs at least two IDs"),
+        (["stats", "plot", "1", "-o", "x.jpg"], "must end in .png or .svg"),
+        (["stats", "export", "--samples"], "--samples applies to --format csv"),
+        (["stats", "export", "-o", "/nonexistent/dir/x.json"], "cannot write /nonexistent"),
+    ],
+)
+def test_bad_input_is_one_line(recorded: Recorded, args: list[str], message: str) -> None:
+    result = recorded.sender.cli(*args)
+    assert result.returncode == 2, result.describe()
+    assert len(result.stderr_lines) == 1 and result.stderr_lines[0].startswith(
+        "peercrypt: error: "
+    ), result.describe()
+    assert message in result.stderr, result.describe()
+
+
+def test_no_history_yet_and_a_broken_file_are_one_line(tmp_path: Path) -> None:
+    empty = run_cli("stats", "list", data_dir=tmp_path / "fresh")
+    assert empty.returncode == 2
+    assert empty.stderr_lines == [
+        f"peercrypt: error: no statistics recorded yet ({tmp_path / 'fresh' / 'stats.sqlite'} "
+        "does not exist)"
+    ]
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "stats.sqlite").write_bytes(b"\x00garbage" * 1000)
+    broken = run_cli("stats", "list", data_dir=tmp_path / "broken")
+    assert broken.returncode == 2 and len(broken.stderr_lines) == 1
+    assert broken.stderr_lines[0].startswith("peercrypt: error: cannot read ")

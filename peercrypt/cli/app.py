@@ -16,7 +16,7 @@ import click
 
 import peercrypt
 from peercrypt import errors
-from peercrypt.cli import actor, modes, multicast, network, node, send
+from peercrypt.cli import actor, modes, multicast, network, node, send, stats
 from peercrypt.cli.common import default_data_dir
 
 
@@ -61,6 +61,7 @@ for _command in (
     network.reconnect,
     network.gossip,
     actor.actor,
+    stats.stats,
 ):
     main.add_command(_command)
 

@@ -1,0 +1,311 @@
+"""``peercrypt stats``: the statistics history (``DATA_DIR/stats.sqlite``).
+
+``list``, ``show``, ``export`` and ``plot`` read the database read-only and
+need no running node (see :mod:`peercrypt.history.db` for the schema).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from peercrypt import errors
+from peercrypt.cli.common import UserError
+from peercrypt.history import export as history_export
+from peercrypt.history.db import (
+    HistoryError,
+    db_path,
+    get_samples,
+    get_transfer,
+    get_transfers,
+    list_transfers,
+    open_reader,
+)
+
+MiB = 1024 * 1024
+_SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _error(message: str, code: int = errors.USAGE) -> click.ClickException:
+    return UserError(message, code)
+
+
+def since_from(text: str, now: float) -> float:
+    """``30m``, ``2h``, ``7d``... ago, or a local date/time (``2026-12-01``,
+    ``2026-12-01T10:00``) -> Unix seconds. Raises ValueError."""
+    text = text.strip()
+    span = _SPAN.match(text.lower())
+    if span:
+        return now - float(span.group(1)) * _UNITS[span.group(2)]
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(
+            f"invalid --since {text!r}: use a span (30m, 2h, 7d) or a date (2026-12-01T10:00)"
+        ) from None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns under upper-case headers, two spaces apart."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+@contextmanager
+def _history(obj: dict[str, Any]) -> Iterator[sqlite3.Connection]:
+    try:
+        conn = open_reader(db_path(obj["data_dir"]))
+    except HistoryError as exc:
+        raise _error(str(exc)) from None
+    try:
+        yield conn
+    except HistoryError as exc:
+        raise _error(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise _error(f"cannot read the statistics history: {exc}", errors.FAILED) from None
+    finally:
+        conn.close()
+
+
+def _filters(peer: str, mode: str, since: str | None, failed: bool) -> dict[str, Any]:
+    try:
+        start = since_from(since, time.time()) if since else 0.0
+    except ValueError as exc:
+        raise _error(str(exc)) from None
+    return {"peer": peer, "mode": mode, "since": start, "failed": failed}
+
+
+def _when(started: float) -> str:
+    return dt.datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _rate(row: dict[str, Any]) -> str:
+    if row["duration"] <= 0 or not row["bytes"]:
+        return "-"
+    return f"{row['bytes'] / row['duration'] / MiB:.1f} MiB/s"
+
+
+def _filter_options(func: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--peer", default="", help="HOST:PORT or a fingerprint (prefix)."),
+            click.option("--mode", default="", help="normal, token-bucket, aimd, qos, ..."),
+            click.option("--since", default=None, help="A span (30m, 2h, 7d) or a date."),
+            click.option("--failed", is_flag=True, help="Only transfers that did not succeed."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@click.group("stats")
+def stats() -> None:
+    """The statistics history of every transfer (DATA_DIR/stats.sqlite)."""
+
+
+@stats.command("list")
+@_filter_options
+@click.option("--limit", type=click.IntRange(0), default=0, help="The newest N only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the transfers as a JSON list.")
+@click.pass_obj
+def stats_list(
+    obj: dict[str, Any],
+    peer: str,
+    mode: str,
+    since: str | None,
+    failed: bool,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List recorded transfers, oldest first."""
+    with _history(obj) as conn:
+        rows = list_transfers(conn, **_filters(peer, mode, since, failed), limit=limit)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo(
+            "no transfers recorded" + (" that match" if peer or mode or since or failed else "")
+        )
+        return
+    headers = ["id", "started", "side", "mode", "peer", "file", "size", "time", "rate", "result"]
+    click.echo(
+        table(
+            headers,
+            [
+                [
+                    str(r["id"]),
+                    _when(r["started"]),
+                    r["side"],
+                    r["mode"] or "-",
+                    r["peer"][:39],
+                    os.path.basename(r["file"])[:40],
+                    human_bytes(r["size"]),
+                    f"{r['duration']:.2f}s",
+                    _rate(r),
+                    r["result"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+
+
+@stats.command("show")
+@click.argument("ident", metavar="ID", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the transfer and its samples.")
+@click.pass_obj
+def stats_show(obj: dict[str, Any], ident: int, as_json: bool) -> None:
+    """Everything recorded about transfer ID."""
+    with _history(obj) as conn:
+        row = get_transfer(conn, ident)
+        samples = get_samples(conn, ident)
+    if as_json:
+        click.echo(json.dumps({**row, "samples": samples}))
+        return
+    lines = [
+        ("transfer", f"{row['id']} (session {row['session']}, {row['side']} side)"),
+        ("peer", row["peer"]),
+        ("fingerprint", row["peer_fingerprint"] or "- (not proven to this side)"),
+        ("mode", row["mode"] or "-"),
+        ("file", row["file"]),
+        (
+            "size",
+            f"{human_bytes(row['size'])} ({row['size']} bytes, "
+            f"{row['chunks']} chunks of {human_bytes(row['chunk_size'])})",
+        ),
+        ("moved", f"{human_bytes(row['bytes'])} in {row['duration']:.3f} s, {_rate(row)}"),
+        ("started", _when(row["started"])),
+        ("result", row["result"] + (f": {row['reason']}" if row["reason"] else "")),
+        ("retransmits", str(row["retransmits"])),
+    ]
+    lines += [(f"param {k}", str(v)) for k, v in sorted(row["params"].items())]
+    lines += [(f"stat {k}", f"{v:g}") for k, v in sorted(row["stats"].items())]
+    if samples:
+        peak = max(s["throughput"] for s in samples)
+        rtts = [s["rtt"] for s in samples if s["rtt"] > 0]
+        lines.append(
+            (
+                "samples",
+                f"{len(samples)} over {samples[-1]['t']:.2f} s, peak {peak / MiB:.1f} MiB/s",
+            )
+        )
+        if rtts:
+            lines.append(("rtt", f"min {min(rtts) * 1000:.2f} ms, max {max(rtts) * 1000:.2f} ms"))
+    else:
+        lines.append(("samples", "none"))
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+@stats.command("export")
+@click.argument("idents", metavar="[ID]...", type=int, nargs=-1)
+@_filter_options
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True
+)
+@click.option(
+    "--samples", is_flag=True, help="CSV: the time series (one line per point), not the transfers."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to FILE instead of stdout.",
+)
+@click.pass_obj
+def stats_export(
+    obj: dict[str, Any],
+    idents: tuple[int, ...],
+    peer: str,
+    mode: str,
+    since: str | None,
+    failed: bool,
+    fmt: str,
+    samples: bool,
+    output: Path | None,
+) -> None:
+    """Export transfers (the given IDs, or all that match) with their samples.
+
+    The old per-mode files are one export each, e.g.
+    `stats export --mode aimd -o aimd_congestion_stats.json`,
+    `stats export --mode normal --format csv -o normal_stats.csv`.
+    """
+    if samples and fmt != "csv":
+        raise _error("--samples applies to --format csv (JSON always holds the samples)")
+    with _history(obj) as conn:
+        if idents:
+            rows = get_transfers(conn, list(idents))
+        else:
+            chosen = list_transfers(conn, **_filters(peer, mode, since, failed))
+            rows = get_transfers(conn, [r["id"] for r in chosen]) if chosen else []
+    if fmt == "json":
+        text = history_export.to_json(rows)
+    else:
+        text = history_export.to_csv(rows, "samples" if samples else "transfers")
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text)
+    except OSError as exc:
+        raise _error(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(f"{len(rows)} transfer(s) written to {output}", err=True)
+
+
+@stats.command("plot")
+@click.argument("idents", metavar="ID...", type=int, nargs=-1, required=True)
+@click.option("--compare", is_flag=True, help="Overlay several transfers in one figure.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="FILE.png or FILE.svg (default: transfer-ID.png).",
+)
+@click.pass_obj
+def stats_plot(
+    obj: dict[str, Any], idents: tuple[int, ...], compare: bool, output: Path | None
+) -> None:
+    """Throughput, window or rate, and RTT of transfer ID over time."""
+    from peercrypt.history.plot import PlotUnavailable, plot
+
+    if len(idents) > 1 and not compare:
+        raise _error("several IDs need --compare (one figure overlaying them)")
+    if compare and len(idents) < 2:
+        raise _error("--compare needs at least two IDs")
+    out = output or Path(f"transfer-{'-'.join(map(str, idents))}.png")
+    with _history(obj) as conn:
+        rows = get_transfers(conn, list(idents))
+    try:
+        plot(rows, out)
+    except PlotUnavailable as exc:
+        raise _error(str(exc)) from None
+    except ValueError as exc:
+        raise _error(str(exc)) from None
+    except OSError as exc:
+        raise _error(f"cannot write {out}: {exc.strerror}") from None
+    click.echo(str(out))
