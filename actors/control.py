@@ -31,6 +31,7 @@ from peercrypt.wire.messages import (
     MAX_STATUS_COUNTERS,
     Announce,
     CancelRequest,
+    CancelTransfer,
     ErrorReply,
     Progress,
     SendRequest,
@@ -173,6 +174,13 @@ class ControlActor(Actor):
                         break
                     self.tell("sender", CancelRequest(request=ours))
                     self.tell("msender", CancelRequest(request=ours))
+        elif isinstance(msg, CancelTransfer):
+            # Ids in `transfers` are ours: the sender and msender know them.
+            self.tell("sender", CancelRequest(request=msg.transfer))
+            self.tell("msender", CancelRequest(request=msg.transfer))
+            text = f"cancelling transfer {msg.transfer} (if it is running)"
+            answer = SettingReply(request=msg.request, ok=True, text=text)
+            self.api.send_multipart([route, codec.encode(answer)])
         elif type(msg) in ROUTES:
             if len(self.pending) >= MAX_PENDING:
                 reply = ErrorReply(code="busy", reason="too many requests in progress")

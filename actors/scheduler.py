@@ -50,6 +50,7 @@ log = logging.getLogger("peercrypt.scheduler")
 TICK = 0.005  # seconds between grant rounds while a flow waits
 MIN_TICK = 0.0005
 MIN_GRANT = 64 * 1024  # smallest bucket the scheduler makes
+MAX_FLOWS_SHOWN = 32  # flows listed in the "flows" fact (status, top)
 _POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
 # congestion KEY -> Policy field, and how to read the value
 _CONGESTION = {
@@ -93,6 +94,17 @@ class SchedulerActor(Actor):
         # A tenth of a second at the cap (grants add up in the sender, so a
         # bucket smaller than a chunk only delays that chunk, never blocks it).
         return max(rate // 10, MIN_GRANT)
+
+    def report(self) -> None:
+        # What `peercrypt top` shows as the scheduler's shares and caps.
+        self.facts["flows"] = json.dumps(
+            [
+                {"id": f.request, "priority": f.priority, "rate": f.rate, "paced": f.paced}
+                for f in list(self.flows.values())[:MAX_FLOWS_SHOWN]
+            ],
+            separators=(",", ":"),
+        )
+        super().report()
 
     def _publish(self) -> None:
         self.facts["mode"] = self.defaults.mode

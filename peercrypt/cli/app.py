@@ -16,7 +16,7 @@ import click
 
 import peercrypt
 from peercrypt import errors
-from peercrypt.cli import actor, modes, multicast, network, node, send, stats
+from peercrypt.cli import actor, modes, multicast, network, node, send, stats, top
 from peercrypt.cli.common import default_data_dir
 
 
@@ -62,6 +62,7 @@ for _command in (
     network.gossip,
     actor.actor,
     stats.stats,
+    top.top,
 ):
     main.add_command(_command)
 

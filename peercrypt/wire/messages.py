@@ -238,6 +238,17 @@ class CancelRequest(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class CancelTransfer(Message):
+    """CLI -> control: cancel running send ``transfer`` (an id from
+    ``transfers``), whoever started it. Answered by a SettingReply."""
+
+    TYPE = "cancel-transfer"
+    request: int = field(metadata=bounded(2**62))
+    transfer: int = field(metadata=bounded(2**62))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class Progress(Message):
     TYPE = "progress"
     request: int = field(metadata=bounded(2**62))

@@ -1,0 +1,387 @@
+"""``peercrypt top``: a full-terminal live view of the local node.
+
+Every ``--interval`` seconds (default 1) it asks the node's control socket
+for its status (facts: the scheduler's default mode, node rate cap and
+flows), its running sends and its peers, and redraws one screen with
+``rich`` (the alternate screen, redrawn in place: no flicker, no scrollback
+spam). Rates and ETAs are measured here, from the bytes acknowledged between
+two refreshes (smoothed), so the node does no extra work for them: three
+small requests per refresh are all ``top`` costs it.
+
+Keys: up/down (or k/j) select a transfer; ``+``/``-`` double/halve its rate
+(a paced transfer's cap, else the rate measured now); ``c`` then ``y``
+cancels it; ``q`` (or Ctrl-C) quits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import sys
+import termios
+import time
+import tty
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from peercrypt import errors
+from peercrypt.cli.common import UserError
+from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.wire import codec
+from peercrypt.wire.messages import (
+    CancelTransfer,
+    ErrorReply,
+    SettingReply,
+    SettingRequest,
+    StatusReply,
+    StatusRequest,
+    TransfersReply,
+    TransfersRequest,
+)
+from peercrypt.wire.network_messages import PeersReply, PeersRequest
+
+MiB = 1024 * 1024
+SMOOTHING = 0.5  # weight of the newest measurement in a transfer's rate
+PRIORITY_NAMES = {1: "normal", 2: "high", 3: "highest"}
+
+
+# -- what is shown (pure: snapshots and time in, rows out) -----------------------------
+
+
+@dataclass
+class RateMeter:
+    """A transfer's rate from successive (time, bytes) readings, smoothed."""
+
+    at: float
+    done: int
+    rate: float | None = None
+
+    def update(self, now: float, done: int) -> None:
+        elapsed = now - self.at
+        if elapsed <= 0:
+            return
+        measured = max(0, done - self.done) / elapsed
+        self.rate = (
+            measured if self.rate is None else (SMOOTHING * measured + (1 - SMOOTHING) * self.rate)
+        )
+        self.at, self.done = now, done
+
+    def eta(self, left: int) -> float | None:
+        if left <= 0:
+            return 0.0
+        return left / self.rate if self.rate else None
+
+
+@dataclass
+class View:
+    """The state of the screen between refreshes."""
+
+    meters: dict[str, RateMeter] = field(default_factory=dict)
+    facts: dict[str, str] = field(default_factory=dict)
+    transfers: list[dict[str, str]] = field(default_factory=list)
+    peers: list[dict[str, str]] = field(default_factory=list)
+    selected: int = 0
+    message: str = ""
+    confirm_cancel: bool = False
+
+    def update(
+        self,
+        now: float,
+        facts: dict[str, str],
+        transfers: list[dict[str, str]],
+        peers: list[dict[str, str]],
+    ) -> None:
+        self.facts, self.transfers, self.peers = facts, transfers, peers
+        seen = set()
+        for row in transfers:
+            key = row.get("id", "")
+            seen.add(key)
+            done = _int(row.get("bytes"))
+            meter = self.meters.get(key)
+            if meter is None:
+                self.meters[key] = RateMeter(now, done)
+            else:
+                meter.update(now, done)
+        for key in set(self.meters) - seen:
+            del self.meters[key]
+        self.selected = max(0, min(self.selected, len(transfers) - 1))
+
+    def flows(self) -> dict[str, dict[str, Any]]:
+        try:
+            listed = json.loads(self.facts.get("flows", "[]"))
+        except ValueError:
+            return {}
+        return {str(f.get("id")): f for f in listed if isinstance(f, dict)}
+
+    def shares(self) -> dict[str, float]:
+        """Each flow's weight over all weights: its share of the node's cap
+        while every flow wants more than it gets (the scheduler shares a cap
+        1:2:3 by priority; a flow's own rate cap can leave it less)."""
+        flows = self.flows()
+        total = sum(float(f.get("priority", 1)) for f in flows.values())
+        return {k: float(f.get("priority", 1)) / total for k, f in flows.items()} if total else {}
+
+    def rate_of(self, ident: str) -> float | None:
+        meter = self.meters.get(ident)
+        return meter.rate if meter else None
+
+    def selected_id(self) -> str | None:
+        if not self.transfers:
+            return None
+        return self.transfers[self.selected].get("id")
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def human_rate(rate: float | None) -> str:
+    if rate is None:
+        return "-"
+    return f"{rate / MiB:.1f} MiB/s" if rate >= MiB / 10 else f"{rate / 1024:.0f} KiB/s"
+
+
+def human_size(n: int) -> str:
+    return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n / 1024:.0f} KiB"
+
+
+def human_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds + 0.5)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def render(view: View, width: int) -> Group:
+    facts = view.facts
+    cap = _int(facts.get("max_rate"))
+    head = Text.assemble(
+        ("PeerCrypt top", "bold"),
+        f"  node {facts.get('fingerprint', '?')[:19]}  pid {facts.get('pid', '?')}  ",
+        ("mode ", "dim"),
+        facts.get("mode", "?"),
+        ("  node cap ", "dim"),
+        human_rate(cap) if cap else "none",
+        ("  receiving ", "dim"),
+        facts.get("active", "0"),
+        "  ",
+        (time.strftime("%H:%M:%S"), "dim"),
+    )
+    flows, shares = view.flows(), view.shares()
+    transfers = Table(title="Sends", title_justify="left", expand=True, box=None, pad_edge=False)
+    for name, justify in (
+        ("ID", "right"), ("FILE", "left"), ("PEER", "left"), ("MODE", "left"),
+        ("PRIO", "left"), ("CAP", "right"), ("SHARE", "right"), ("PROGRESS", "left"),
+        ("DONE", "right"), ("RATE", "right"), ("ETA", "right"), ("STATE", "left"),
+    ):  # fmt: skip
+        transfers.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for i, row in enumerate(view.transfers):
+        ident = row.get("id", "")
+        size, done = _int(row.get("size")), _int(row.get("bytes"))
+        flow = flows.get(ident, {})
+        meter = view.meters.get(ident)
+        share = shares.get(ident)
+        transfers.add_row(
+            ident,
+            os.path.basename(row.get("file", ""))[:28],
+            row.get("peer", "")[:24],
+            row.get("mode", ""),
+            PRIORITY_NAMES.get(int(flow.get("priority", 0) or 0), "-"),
+            human_rate(flow["rate"]) if flow.get("rate") else "-",
+            f"{share:.0%}" if share is not None and cap else "-",
+            ProgressBar(total=max(size, 1), completed=done if size else 0, width=20),
+            f"{100 * done / size:.0f}% of {human_size(size)}" if size else "-",
+            human_rate(meter.rate if meter else None),
+            human_eta(meter.eta(size - done) if meter and size else None),
+            row.get("state", ""),
+            style="reverse" if i == view.selected else None,
+        )
+    if not view.transfers:
+        transfers.add_row("", Text("no sends running", style="dim"))
+    peers = Table(title="Peers", title_justify="left", expand=True, box=None, pad_edge=False)
+    for name in ("ID", "ADDRESS", "STATE", "RTT", "RELIABILITY", "FAILURES", "LAST SEEN"):
+        peers.add_column(name, no_wrap=True)
+    for p in view.peers[:50]:
+        state = p.get("state", "")
+        colour = {"alive": "green", "suspect": "yellow", "dead": "red"}.get(state, "")
+        rtt = p.get("rtt_ms", "")
+        peers.add_row(
+            p.get("id", "")[:19],
+            p.get("address", ""),
+            Text(state, style=colour),
+            f"{rtt} ms" if rtt else "-",
+            p.get("reliability", "") or "-",
+            p.get("failures", "") or "0",
+            f"{p['last_seen']}s ago" if p.get("last_seen") else "-",
+        )
+    if not view.peers:
+        peers.add_row(Text("no peers known", style="dim"))
+    keys = "up/down select   +/- double/halve rate   c cancel   q quit"
+    if view.confirm_cancel:
+        keys = f"cancel transfer {view.selected_id()}? y/n"
+    footer = Text.assemble((keys, "bold"), "   ", view.message[: max(0, width - len(keys) - 3)])
+    return Group(head, Text(""), transfers, Text(""), peers, Text(""), footer)
+
+
+# -- the terminal and the node ------------------------------------------------------------
+
+
+class NodeLink:
+    """One control connection; every call raises NodeUnavailable or returns."""
+
+    def __init__(self, data_dir: Path, timeout: float = 3.0) -> None:
+        self.client = ControlClient.for_data_dir(data_dir)
+        self.timeout = timeout
+
+    def ask(self, msg: codec.Message) -> codec.Message:
+        self.client.send(msg)
+        reply = self.client.receive(self.timeout)
+        if isinstance(reply, ErrorReply):
+            raise NodeUnavailable(f"the node refused: {reply.reason}")
+        return reply
+
+    def snapshot(self) -> tuple[dict[str, str], list[dict[str, str]], list[dict[str, str]]]:
+        status = self.ask(StatusRequest(request=self.client.next_id()))
+        sends = self.ask(TransfersRequest(request=self.client.next_id()))
+        peers = self.ask(PeersRequest(request=self.client.next_id()))
+        if not (
+            isinstance(status, StatusReply)
+            and isinstance(sends, TransfersReply)
+            and isinstance(peers, PeersReply)
+        ):
+            raise NodeUnavailable("the node answered something unexpected")
+        return dict(status.node), list(sends.transfers), list(peers.peers)
+
+    def setting(self, msg: codec.Message) -> str:
+        reply = self.ask(msg)
+        if not isinstance(reply, SettingReply):
+            raise NodeUnavailable("the node answered something unexpected")
+        return reply.text
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@contextlib.contextmanager
+def _keys_unbuffered() -> Iterator[int | None]:
+    """stdin in cbreak mode (keys arrive one by one, not echoed), restored on exit."""
+    fd = sys.stdin.fileno() if sys.stdin.isatty() else None
+    saved = termios.tcgetattr(fd) if fd is not None else None
+    try:
+        if fd is not None:
+            tty.setcbreak(fd)
+        yield fd
+    finally:
+        if fd is not None and saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _read_keys(fd: int | None, timeout: float) -> list[str]:
+    if fd is None:
+        time.sleep(timeout)
+        return []
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        return []
+    data = os.read(fd, 64).decode(errors="replace")
+    keys, i = [], 0
+    while i < len(data):
+        if data.startswith("\x1b[A", i) or data.startswith("\x1b[B", i):
+            keys.append("up" if data[i + 2] == "A" else "down")
+            i += 3
+        else:
+            keys.append(data[i])
+            i += 1
+    return keys
+
+
+def _act(view: View, link: NodeLink, key: str) -> bool:
+    """Handle one key; False to quit."""
+    ident = view.selected_id()
+    if view.confirm_cancel:
+        view.confirm_cancel = False
+        if key in ("y", "Y") and ident is not None:
+            request = CancelTransfer(request=link.client.next_id(), transfer=int(ident))
+            view.message = link.setting(request)
+        else:
+            view.message = "not cancelled"
+        return True
+    if key in ("q", "Q", "\x03"):
+        return False
+    if key in ("up", "k"):
+        view.selected = max(0, view.selected - 1)
+    elif key in ("down", "j"):
+        view.selected = min(max(0, len(view.transfers) - 1), view.selected + 1)
+    elif key in ("c", "C") and ident is not None:
+        view.confirm_cancel = True
+    elif key in ("+", "-") and ident is not None:
+        base = float(view.flows().get(ident, {}).get("rate") or view.rate_of(ident) or 0)
+        if base <= 0:
+            view.message = f"transfer {ident} has no rate yet; wait a refresh"
+            return True
+        rate = int(base * 2 if key == "+" else base / 2)
+        change = SettingRequest(
+            request=link.client.next_id(), name="rate", value=str(rate), transfer=int(ident)
+        )
+        view.message = link.setting(change)
+    return True
+
+
+@click.command("top")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.2, 60),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@click.pass_obj
+def top(obj: dict[str, Any], interval: float) -> None:
+    """A live view of the node: sends, peers, the scheduler's shares and caps."""
+    data_dir: Path = obj["data_dir"]
+    try:
+        link = NodeLink(data_dir)
+        first = link.snapshot()
+    except NodeUnavailable as exc:
+        raise UserError(f"{exc} (start one with `peercrypt node`)", errors.FAILED) from None
+    view = View()
+    view.update(time.monotonic(), *first)
+    console = Console()
+    try:
+        with (
+            _keys_unbuffered() as fd,
+            Live(console=console, screen=True, auto_refresh=False, transient=True) as live,
+        ):
+            live.update(render(view, console.width), refresh=True)
+            due = time.monotonic() + interval
+            while True:
+                for key in _read_keys(fd, max(0.0, due - time.monotonic())):
+                    if not _act(view, link, key):
+                        return
+                    live.update(render(view, console.width), refresh=True)
+                if time.monotonic() >= due:
+                    view.update(time.monotonic(), *link.snapshot())
+                    live.update(render(view, console.width), refresh=True)
+                    due = time.monotonic() + interval
+    except NodeUnavailable as exc:
+        raise UserError(f"{exc}; top stopped", errors.FAILED) from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        link.close()

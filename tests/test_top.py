@@ -1,0 +1,118 @@
+"""``peercrypt top`` driven in a pseudo-terminal (pexpect): it shows a running
+transfer with its progress, changes its rate and cancels it with keys, and
+quits cleanly; without a node it is one error line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pexpect
+
+from peercrypt.testing.nodes import NodeProcess, cli_env, run_cli, start_cli, wait_until
+
+MiB = 1024 * 1024
+
+
+ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][A-Z0-9]|[=>78])")
+
+
+class Screen:
+    """What top wrote to the terminal, escape sequences removed, searched
+    from where the previous match ended."""
+
+    def __init__(self, child: pexpect.spawn) -> None:  # type: ignore[type-arg]
+        self.child = child
+        self.text = ""
+        self.pos = 0
+
+    def expect(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        regex = re.compile(pattern)
+
+        def found() -> re.Match[str] | None:
+            with contextlib.suppress(pexpect.TIMEOUT):
+                self.text += ANSI.sub("", self.child.read_nonblocking(1 << 16, timeout=0.1))
+            return regex.search(self.text, self.pos)
+
+        match = wait_until(found, timeout, f"{pattern!r} on the screen", interval=0)
+        self.pos = match.end()
+        return match
+
+
+def wait_for_rate(node: NodeProcess, transfer: str, rate: int) -> None:
+    """The scheduler reports ``rate`` as the transfer's cap (its flows fact)."""
+
+    def reached() -> bool:
+        flows = json.loads(node.status()["flows"])
+        return any(str(f["id"]) == transfer and f["rate"] == rate for f in flows)
+
+    wait_until(reached, 10.0, f"the scheduler to cap transfer {transfer} at {rate}")
+
+
+def test_top_shows_changes_and_cancels_a_running_transfer(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    sender, receiver = node_factory(), node_factory()
+    source = make_file(64 * MiB, name="watched file.bin")
+    args = ["send", source, receiver.host, str(receiver.port), "-r", str(2 * MiB), "--json"]
+    with start_cli(*args, data_dir=sender.data_dir, env=sender.env) as send:
+        try:
+
+            def sending() -> str | None:
+                rows = json.loads(sender.cli("transfers", "--json").stdout)
+                return next((r["id"] for r in rows if r["state"] == "sending"), None)
+
+            ident = wait_until(sending, 15.0, "the send to start")
+            top = pexpect.spawn(
+                sys.executable,
+                ["-m", "peercrypt", "--data-dir", str(sender.data_dir), "top", "--interval", "0.3"],
+                dimensions=(30, 170),
+                env=cli_env(sender.env),
+                encoding="utf-8",
+                timeout=15,
+            )
+            screen = Screen(top)
+            try:
+                # The transfer, its mode, cap, progress and rate on screen.
+                screen.expect("watched file.bin")
+                screen.expect("token-bucket")
+                screen.expect(r"2\.0 MiB/s")
+                screen.expect(r"\d+% of 64\.0 MiB")
+                screen.expect(r"\d\.\d MiB/s +\d+:\d\d")  # a measured rate and an ETA
+                top.send("+")
+                screen.expect(re.escape(f"rate of 1 transfer(s) is now {4 * MiB} bytes/s"))
+                wait_for_rate(sender, ident, 4 * MiB)
+                top.send("-")
+                top.send("-")
+                screen.expect(re.escape(f"is now {MiB} bytes/s"))
+                wait_for_rate(sender, ident, MiB)
+                top.send("c")
+                screen.expect(re.escape(f"cancel transfer {ident}? y/n"))
+                top.send("n")
+                screen.expect("not cancelled")
+                top.send("c")
+                top.send("y")
+                screen.expect(re.escape(f"cancelling transfer {ident}"))
+                out, _ = send.communicate(timeout=15)
+                assert json.loads(out.strip().splitlines()[-1])["code"] == "cancelled"
+                assert send.returncode != 0
+                screen.expect("no sends running")
+                top.send("q")
+                top.expect(pexpect.EOF)
+            finally:
+                top.close(force=True)
+            assert top.exitstatus == 0, top.before
+        finally:
+            send.kill()
+
+
+def test_top_without_a_node_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("top", data_dir=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr_lines == [
+        f"peercrypt: error: no node is running for {tmp_path} (start one with `peercrypt node`)"
+    ]
