@@ -11,8 +11,8 @@ Writes never hold up a transfer: the movers only ``tell`` (a non-blocking
 push), and this actor batches everything it receives into one SQLite
 transaction committed every ``FLUSH_INTERVAL`` (WAL, ``synchronous=NORMAL``):
 a killed node loses at most that last second. At start, rows a previous run
-left "running" become "interrupted", and the retention settings are applied
-(again every hour).
+left "running" become "interrupted". The retention settings are applied at
+start, whenever a transfer ends, and every hour.
 
 A history that cannot be opened or written (read-only disk, full disk) is
 logged once and counted; the node keeps moving files without it.
@@ -131,19 +131,21 @@ class StatsActor(Actor):
         self.open.pop(key, None)
         last = self.last.pop(key, None)
         if entry is not None:
-            # The end is always a point: the series reaches the final byte count.
+            # The end is always a point: the series reaches the final byte
+            # count, with the record's final window/RTT/rate where it has them
+            # (a transfer shorter than one sample interval has only this point).
             point = entry[1].offer(
                 r.duration,
                 r.done_bytes,
-                window=last.window if last else 0,
-                rate=last.rate if last else 0.0,
-                rtt=last.rtt if last else 0.0,
+                window=int(r.stats.get("window_bytes", last.window if last else 0)),
+                rate=float(r.stats.get("rate", last.rate if last else 0.0)),
+                rtt=float(r.stats.get("srtt", last.rtt if last else 0.0)),
                 credit=last.credit if last else 0,
                 final=True,
             )
             if point is not None:
                 self.pending.append((ident, point))
-        self._flush()
+        self._prune()  # flushes; keeps the count limit exact as transfers end
 
     def _on_sample(self, s: StatsSample) -> None:
         entry = self.open.get((s.session, s.side, s.peer))

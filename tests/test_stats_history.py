@@ -350,3 +350,31 @@ def test_no_history_yet_and_a_broken_file_are_one_line(tmp_path: Path) -> None:
     broken = run_cli("stats", "list", data_dir=tmp_path / "broken")
     assert broken.returncode == 2 and len(broken.stderr_lines) == 1
     assert broken.stderr_lines[0].startswith("peercrypt: error: cannot read ")
+
+
+def test_retention_and_no_stats_are_node_settings(
+    trio: tuple[NodeProcess, NodeProcess, NodeProcess],
+    key: str,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    _, receiver, _ = trio
+    keeping = node_factory("--stats-max-transfers", "2", network_key=key)
+    quiet = node_factory("--no-stats", network_key=key)
+    sessions = []
+    for i in range(3):
+        code, result = keeping.send_to(make_file(1000 + i), receiver)
+        assert code == 0, result
+        sessions.append(result)
+    code, result = quiet.send_to(make_file(10), receiver)
+    assert code == 0, result
+
+    def two_newest() -> list[dict[str, Any]] | None:
+        with open_reader(db_path(keeping.data_dir)) as conn:
+            rows = list_transfers(conn)
+        sizes = [r["size"] for r in rows if r["result"] == "ok"]
+        return rows if sizes == [1001, 1002] and len(rows) == 2 else None
+
+    wait_until(two_newest, 10.0, "the history to keep only the two newest transfers")
+    assert not db_path(quiet.data_dir).exists()
+    assert quiet.status()["history"] == "off"

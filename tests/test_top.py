@@ -67,6 +67,20 @@ def test_top_shows_changes_and_cancels_a_running_transfer(
                 return next((r["id"] for r in rows if r["state"] == "sending"), None)
 
             ident = wait_until(sending, 15.0, "the send to start")
+            listed = sender.cli("transfers")
+            header, row = listed.stdout.splitlines()
+            assert header.split() == [
+                "ID",
+                "STATE",
+                "MODE",
+                "BYTES",
+                "DONE",
+                "TIME",
+                "PEER",
+                "FILE",
+            ]
+            assert row.split()[:3] == [ident, "sending", "token-bucket"]
+            assert re.search(rf"/{64 * MiB} +\d+% ", row) and row.endswith(str(source)), row
             top = pexpect.spawn(
                 sys.executable,
                 ["-m", "peercrypt", "--data-dir", str(sender.data_dir), "top", "--interval", "0.3"],

@@ -235,3 +235,11 @@ def _await_result(
             raise UserError(msg.reason or msg.code, errors.exit_code(msg.code))
         elif on_other is not None:
             on_other(msg)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns under upper-case headers, two spaces apart."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)

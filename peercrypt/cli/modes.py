@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError
+from peercrypt.cli.common import UserError, table
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.modes import (
     ACK_THRESHOLD,
@@ -292,9 +292,14 @@ def transfers(obj: dict[str, Any], as_json: bool) -> None:
     if not reply.transfers:
         click.echo("no transfers running")
         return
+    rows = []
     for row in reply.transfers:
-        click.echo(
-            f"{row['id']:>5}  {row['state']:8} {row['mode']:12} {row['bytes']:>12}/"
-            f"{row['size']:<12} {row['peer']:21} {row['file']}"
-        )
+        size, done = row.get("size", "?"), int(row.get("bytes", "0") or 0)
+        percent = f"{100 * done // int(size)}%" if size.isdigit() and int(size) else "-"
+        rows.append(
+            [row["id"], row["state"], row["mode"] or "-", f"{done}/{size}", percent,
+             f"{row.get('seconds', '0')}s", row["peer"], row["file"]]
+        )  # fmt: skip
+    headers = ["id", "state", "mode", "bytes", "done", "time", "peer", "file"]
+    click.echo(table(headers, rows))
     sys.stdout.flush()

@@ -157,6 +157,22 @@ from peercrypt.settings import DEFAULT_PORT, NodeSettings
     help="Bytes per multicast datagram (the IP layer fragments what exceeds the "
     "link's MTU; 1472 avoids that on a 1500-byte link, at more CPU per byte).",
 )
+# The statistics history (docs/statistics.md).
+@click.option(
+    "--stats-keep-days",
+    type=click.FloatRange(0),
+    default=90.0,
+    show_default=True,
+    help="Forget recorded transfers older than this (0: never).",
+)
+@click.option(
+    "--stats-max-transfers",
+    type=click.IntRange(0),
+    default=10_000,
+    show_default=True,
+    help="Keep at most this many recorded transfers, the newest (0: no limit).",
+)
+@click.option("--no-stats", is_flag=True, help="Record no statistics history.")
 @click.pass_obj
 def node(
     obj: dict[str, Any],
@@ -183,6 +199,9 @@ def node(
     multicast_group: str,
     multicast_ttl: int,
     multicast_datagram: int,
+    stats_keep_days: float,
+    stats_max_transfers: int,
+    no_stats: bool,
     **policy_options: Any,
 ) -> None:
     """Run a node in the foreground until SIGINT/SIGTERM."""
@@ -223,6 +242,9 @@ def node(
         multicast_fragment=multicast_datagram - HEADER_BYTES,
         remote_actors=tuple(dict.fromkeys(remote_actors)),
         attach_allow=allow_list(attach_allow),
+        stats_enabled=not no_stats,
+        stats_keep_days=stats_keep_days,
+        stats_max_transfers=stats_max_transfers,
     )
     with contextlib.suppress(NodeUnavailable), ControlClient.for_data_dir(data_dir) as client:
         client.status(timeout=1.0)

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError
+from peercrypt.cli.common import UserError, table
 from peercrypt.history import export as history_export
 from peercrypt.history.db import (
     HistoryError,
@@ -62,14 +62,6 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    """Left-aligned columns under upper-case headers, two spaces apart."""
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 @contextmanager
