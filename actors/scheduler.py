@@ -96,6 +96,7 @@ class SchedulerActor(Actor):
         return max(rate // 10, MIN_GRANT)
 
     def report(self) -> None:
+        self.facts["congestion"] = self._congestion_facts()
         # What `peercrypt top` shows as the scheduler's shares and caps.
         self.facts["flows"] = json.dumps(
             [
@@ -244,9 +245,6 @@ class SchedulerActor(Actor):
                 parts.append(f"{name} {peer.window // 1024} KB ({peer.flows} flows)")
         return f"; running windows: {', '.join(parts)}" if parts else ""
 
-    def report(self) -> None:
-        self.facts["congestion"] = self._congestion_facts()
-        super().report()
 
     # -- grants -----------------------------------------------------------------
 

@@ -569,7 +569,7 @@ class SenderActor(Actor):
             peer=t.peer[-300:],
             t=self.now() - flow.started,
             done_bytes=flow.acked_bytes,
-            window=flow.cwnd.window if flow.cwnd is not None else 0,
+            window=flow.share or 0,  # aimd: this flow's share of its peer's window
             rate=flow.policy.rate if flow.policy.mode == "token-bucket" else 0,
             rtt=(flow.window.rtt.srtt or 0.0) if flow.window is not None else 0.0,
             credit=flow.window.window if flow.window is not None else 0,
