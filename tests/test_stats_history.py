@@ -67,14 +67,21 @@ def trio(
     assert codes == [0, 0, 0]
 
 
-def finished(node: NodeProcess, count: int) -> list[dict[str, Any]]:
-    """Wait until the node's history holds ``count`` finished transfers."""
+def finished(
+    node: NodeProcess, count: int, sessions: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """Wait until the node's history holds ``count`` finished transfers (of
+    ``sessions`` only, if given: other tests send to the same receivers)."""
 
     def done() -> list[dict[str, Any]] | None:
         if not db_path(node.data_dir).exists():
             return None
         with open_reader(db_path(node.data_dir)) as conn:
-            rows = [r for r in list_transfers(conn) if r["result"] != "running"]
+            rows = [
+                r
+                for r in list_transfers(conn)
+                if r["result"] != "running" and (sessions is None or r["session"] in sessions)
+            ]
             for r in rows:
                 r["samples"] = get_samples(conn, r["id"])
         return rows if len(rows) >= count else None
@@ -114,13 +121,15 @@ def recorded(
         assert code == 0 and result["mode"] == mode, result
     code, result = sender.send_to(source, r1, "-m", *multicast_targets(r2))
     assert code == 0, result
+    sent = finished(sender, 7)
+    sessions = {r["session"] for r in sent}
     inbox = {}
     received = []
     for node, count in ((r1, 6), (r2, 1)):
-        for row in finished(node, count):
+        for row in finished(node, count, sessions):
             inbox[row["session"], row["peer"]] = node.inbox
             received.append(row)
-    return Recorded(sender, r1, r2, source, finished(sender, 7), received, inbox)
+    return Recorded(sender, r1, r2, source, sent, received, inbox)
 
 
 def test_every_mode_and_both_sides_fill_one_schema(recorded: Recorded) -> None:
