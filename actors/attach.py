@@ -20,7 +20,9 @@ on another host (:mod:`actors.link` is its end of the link).
   ``LOST_AFTER`` s is lost. The proxy then stops, the supervisor restarts it
   and tells every actor that NAME restarted, exactly as after a local crash:
   the control actor fails the sends in flight ("the sender crashed; try
-  again"), the scheduler forgets their flows. While nothing is attached,
+  again"), the scheduler forgets their flows. The same happens when an
+  actor attaches (again): the sender re-announces its running flows to a
+  scheduler that comes back, and they go on. While nothing is attached,
   mail to NAME is dropped and counted; a peer's request (an offer) gets an
   error reply and a local send request a failed result at once, so nobody
   waits for an actor that is not there.
@@ -42,7 +44,7 @@ from peercrypt.wire.actor_messages import (
     AttachBeat,
     AttachHello,
     AttachReply,
-    LinkLost,
+    LinkChanged,
 )
 from peercrypt.wire.messages import ErrorReply, Inbound, Outbound, SendRequest, SendResult
 
@@ -146,6 +148,10 @@ class AttachActor(Actor):
             self.count("attached")
         self.links[actor] = _Link(route=route, peer=peer, last_heard=self.now())
         self.facts[f"remote_{actor}"] = f"attached {peer}"
+        if old is None:
+            # A fresh actor: restart the proxy so every actor hears "restarted"
+            # now that it is reachable (e.g. senders re-announce their flows).
+            self.tell(actor, LinkChanged(actor=actor))
 
     def _deliver(self, actor: str, mail: ActorMail) -> None:
         if mail.dest not in NODE_ACTORS or mail.dest == actor:
@@ -206,18 +212,19 @@ class AttachActor(Actor):
         log.warning("attach: lost the %s actor attached from %s (%s)", actor, link.peer, why)
         self.count("link-lost")
         self.facts[f"remote_{actor}"] = "lost"
-        self.tell(actor, LinkLost(actor=actor))
+        self.tell(actor, LinkChanged(actor=actor))
 
 
 class RemoteActorProxy(Actor):
     """Stands in for an actor that runs attached elsewhere: forwards its mail
-    to the link (through ``attach``); stops on ``LinkLost`` so that the
-    supervisor restarts it and tells every actor, as after a crash."""
+    to the link (through ``attach``); stops on ``LinkChanged`` (lost, or
+    attached anew) so that the supervisor restarts it and tells every actor,
+    as after a crash."""
 
     REPORT_TO = None  # the attached actor reports for itself
 
     def on_mail(self, msg: codec.Message) -> None:
-        if isinstance(msg, LinkLost):
+        if isinstance(msg, LinkChanged):
             self.stop()
             return
         payload = codec.encode(msg)

@@ -324,29 +324,40 @@ class SenderActor(Actor):
             held.add_ranges(have)
             t.crew = LaneCrew(t.keys, t.fd, t.size, t.chunk_size, flow.lanes, skip=held)
             self.watch(t.crew.wake_fd, functools.partial(self._on_crew, t))
-        rate, burst = flow.flow_rate
-        p = flow.policy
-        self.tell(
-            "scheduler",
-            FlowStart(
-                request=t.request.request,
-                priority=p.priority,
-                rate=rate,
-                burst=burst,
-                paced=flow.paced,
-                peer=t.peer,
-                congestion=flow.congestion_managed,
-                window_kb=p.window_kb,
-                min_window_kb=p.min_window_kb,
-                max_window_kb=p.max_window_kb,
-                timeout_detect=p.timeout_detect,
-                dupack_detect=p.dupack_detect,
-            ),
-        )
+        self.tell("scheduler", self._flow_start(t))
         # The control connection's job is done.
         if t.link is not None:
             t.link.close()
         self._drive(t)
+
+    def _flow_start(self, t: Outgoing) -> FlowStart:
+        flow, p = t.flow, t.flow.policy
+        rate, burst = flow.flow_rate
+        return FlowStart(
+            request=t.request.request,
+            priority=p.priority,
+            rate=rate,
+            burst=burst,
+            paced=flow.paced,
+            peer=t.peer,
+            congestion=flow.congestion_managed,
+            window_kb=p.window_kb,
+            min_window_kb=p.min_window_kb,
+            max_window_kb=p.max_window_kb,
+            timeout_detect=p.timeout_detect,
+            dupack_detect=p.dupack_detect,
+        )
+
+    def on_actor_restarted(self, name: str) -> None:
+        # A scheduler that crashed (or was attached anew) knows no flow: announce
+        # the running ones again, and let paced flows ask for grants afresh.
+        if name != "scheduler":
+            return
+        for t in list(self.transfers.values()):
+            if t.lanes:
+                self.tell("scheduler", self._flow_start(t))
+                t.flow.on_pacing(t.flow.paced)
+                self._drive(t)
 
     # -- data plane --------------------------------------------------------------------
 

@@ -209,6 +209,49 @@ def test_a_lost_attached_sender_fails_its_transfer_cleanly(
     assert not any(p.name == "slow.bin" for p in receiver.inbox.glob("*"))
 
 
+def test_a_send_goes_on_when_its_lost_scheduler_comes_back(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    processes: list[Any],
+) -> None:
+    """A paced send (the attached scheduler's --max-rate) stalls while its
+    scheduler is gone; a new scheduler process attaches, the sender announces
+    the flow again, and the send completes with the right hash."""
+    receiver = node_factory("--no-gossip")
+    first = ActorProcess(tmp_path / "sched", "scheduler", [], network_key)
+    node = remote_node(tmp_path / "node", network_key, "scheduler", first.fingerprint())
+    processes.append(node.start())
+    first.attach = [f"127.0.0.1:{node.port}"]
+    first.extra_args = ("--max-rate", str(2 * MiB))
+    processes.append(first.start())
+    attached(node, "scheduler", first.fingerprint())
+    path = random_file(tmp_path / "paced.bin", 8 * MiB)
+    send = start_cli(
+        "send", path, "127.0.0.1", str(receiver.port), "--json", "--timeout", "60",
+        data_dir=node.data_dir, env={"PEERCRYPT_NETWORK_KEY": network_key},
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _sending(node), 20, "the send to run", interval=0.2)
+        assert first.proc is not None
+        first.proc.kill()
+        first.proc.wait(10)
+        wait_until(lambda: node.status().get("remote_scheduler") == "lost", 20, "the loss")
+        second = ActorProcess(
+            tmp_path / "sched", "scheduler", first.attach, network_key,
+            extra_args=first.extra_args,
+        ).start()  # fmt: skip
+        processes.append(second)
+        out, err = send.communicate(timeout=90)
+    finally:
+        if send.poll() is None:
+            send.kill()
+            send.wait(10)
+    result = json.loads(out)
+    assert send.returncode == 0 and result["ok"], (result, err)
+    assert blake3_file(receiver.inbox / result["stored_as"]) == blake3_file(path)
+
+
 def test_an_offer_to_a_node_without_its_receiver_is_answered(
     tmp_path: Path,
     network_key: str,

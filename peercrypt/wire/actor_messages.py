@@ -12,8 +12,8 @@ list. Over that link:
 - ``AttachBeat`` (both ways, every ``BEAT`` s): a link silent for
   ``LOST_AFTER`` s is lost on both sides.
 
-Local (node side): ``LinkLost`` from the ``attach`` actor to the proxy that
-stands in for the remote actor.
+Local (node side): ``LinkChanged`` from the ``attach`` actor to the proxy
+that stands in for the remote actor: the actor was lost, or attached anew.
 """
 
 from __future__ import annotations
@@ -64,6 +64,6 @@ class AttachBeat(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
-class LinkLost(Message):
-    TYPE = "link-lost"
+class LinkChanged(Message):
+    TYPE = "link-changed"
     actor: str = field(metadata=bounded(ACTOR_NAME, 1))
