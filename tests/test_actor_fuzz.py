@@ -27,10 +27,9 @@ from hypothesis import strategies as st
 
 from actors.gateway import ROUTES
 from peercrypt.client import ControlClient
-from peercrypt.crypto.identity import KeyPair, load_or_create_identity, network_server_keys
+from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.node import Node
-from peercrypt.settings import NodeSettings
-from peercrypt.testing.nodes import random_file, wait_until
+from peercrypt.testing.nodes import loopback_settings, random_file, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Ping, Pong, SendRequest, SendResult
 
@@ -92,17 +91,7 @@ any_message = st.one_of(st.sampled_from(ROUTED), st.sampled_from(sorted(REGISTRY
 @pytest.fixture
 def node(tmp_path: Path, network_key: str) -> Iterator[tuple[Node, dict[str, str]]]:
     data_dir = tmp_path / "fuzzed"
-    settings_ = NodeSettings(
-        data_dir=data_dir,
-        inbox=data_dir / "inbox",
-        identity=load_or_create_identity(data_dir),
-        server_keys=network_server_keys(network_key),
-        host="127.0.0.1",
-        port=0,
-        gossip_interval=0.2,
-        health_interval=0.2,
-    )
-    n = Node(settings_)
+    n = Node(loopback_settings(data_dir, network_key, gossip_interval=0.2, health_interval=0.2))
     n.start()
     try:
         client = ControlClient.for_data_dir(data_dir)

@@ -5,7 +5,6 @@ yet), real sockets on loopback, content checked by hash."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,8 @@ from typing import Any
 import pytest
 
 from peercrypt.client import ControlClient
-from peercrypt.crypto.identity import load_or_create_identity, network_server_keys
 from peercrypt.node import Node
-from peercrypt.settings import NodeSettings
-from peercrypt.testing.nodes import blake3_file, wait_until
+from peercrypt.testing.nodes import blake3_file, loopback_settings, wait_until
 from peercrypt.wire.messages import CancelRequest, SendRequest, SendResult
 
 CHUNK = 64 * 1024
@@ -28,15 +25,7 @@ def in_process_node(tmp_path: Path, network_key: str) -> Iterator[Callable[..., 
 
     def make(name: str, **overrides: Any) -> tuple[Node, ControlClient, dict[str, str]]:
         data_dir = tmp_path / name
-        settings = NodeSettings(
-            data_dir=data_dir,
-            inbox=data_dir / "inbox",
-            identity=load_or_create_identity(data_dir),
-            server_keys=network_server_keys(network_key),
-            host="127.0.0.1",
-            port=0,
-        )
-        node = Node(dataclasses.replace(settings, **overrides))
+        node = Node(loopback_settings(data_dir, network_key, **overrides))
         node.start()
         started.append(node)
         client = ControlClient.for_data_dir(data_dir)

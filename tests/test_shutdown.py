@@ -20,8 +20,6 @@ from peercrypt import errors
 from peercrypt.client import ControlClient
 from peercrypt.crypto.identity import (
     fingerprint,
-    load_or_create_identity,
-    network_server_keys,
 )
 from peercrypt.node import Node
 from peercrypt.runtime.supervisor import StartError
@@ -29,6 +27,7 @@ from peercrypt.settings import NodeSettings
 from peercrypt.testing.nodes import (
     NodeProcess,
     blake3_file,
+    loopback_settings,
     run_cli,
     start_cli,
     wait_until,
@@ -166,16 +165,7 @@ def test_send_reports_promptly_when_its_node_dies(
 
 @pytest.fixture
 def settings(tmp_path: Path, network_key: str) -> NodeSettings:
-    data_dir = tmp_path / "inproc"
-    return NodeSettings(
-        data_dir=data_dir,
-        inbox=data_dir / "inbox",
-        identity=load_or_create_identity(data_dir),
-        server_keys=network_server_keys(network_key),
-        host="127.0.0.1",
-        port=0,
-        data_port=0,
-    )
+    return loopback_settings(tmp_path / "inproc", network_key)
 
 
 def _ports_known(client: ControlClient) -> dict[str, str] | None:

@@ -19,6 +19,7 @@ process cannot reach: status, readiness and every CLI command run as
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -35,6 +36,8 @@ from typing import IO, Any, TypeVar
 import blake3
 
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.crypto.identity import load_or_create_identity, network_server_keys
+from peercrypt.settings import NodeSettings
 
 __all__ = [
     "SEND_MODE_ARGS",
@@ -51,6 +54,7 @@ __all__ = [
     "blake3_file",
     "cli_env",
     "free_port",
+    "loopback_settings",
     "multicast_targets",
     "random_file",
     "run_cli",
@@ -162,6 +166,21 @@ def assert_stored(receiver: NodeProcess, result: dict[str, Any], digest: str) ->
     row = next(r for r in result["receivers"] if r["target"] == where)
     assert row["code"] == "ok", row
     assert blake3_file(receiver.inbox / row["stored_as"]) == digest
+
+
+def loopback_settings(data_dir: Path, network_key: str | None, **overrides: Any) -> NodeSettings:
+    """Settings of an in-process node on 127.0.0.1 with any free ports (its
+    identity created in ``data_dir``), changed by ``overrides``."""
+    settings = NodeSettings(
+        data_dir=data_dir,
+        inbox=data_dir / "inbox",
+        identity=load_or_create_identity(data_dir),
+        server_keys=network_server_keys(network_key),
+        host="127.0.0.1",
+        port=0,
+        data_port=0,
+    )
+    return dataclasses.replace(settings, **overrides)
 
 
 def assert_sent(receiver: NodeProcess, done: tuple[int, dict[str, Any]], path: Path) -> None:
