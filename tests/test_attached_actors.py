@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from peercrypt import errors
+from peercrypt.crypto.identity import load_or_create_identity, network_server_keys
 from peercrypt.testing import netns
 from peercrypt.testing.nodes import (
     ActorProcess,
@@ -43,6 +45,9 @@ from peercrypt.testing.nodes import (
     start_cli,
     wait_until,
 )
+from peercrypt.wire import codec
+from peercrypt.wire.actor_messages import ActorMail, AttachBeat, AttachHello, AttachReply
+from peercrypt.wire.messages import SettingRequest
 
 MiB = 1 << 20
 PORT = 7400
@@ -319,6 +324,62 @@ def test_one_scheduler_for_two_nodes_keeps_their_requests_apart(
         result = json.loads(out)
         assert result["ok"] and result["blake3"] == blake3_file(path), result
     assert elapsed >= 0.85 * 2 * size / cap, elapsed
+
+
+def test_a_member_cannot_pose_as_an_attached_actor(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    processes: list[Any],
+) -> None:
+    """A member with the network key and a fresh identity talks to the node's
+    port directly: its actor mail, beats and hellos for a name the node runs
+    itself are dropped and counted; the real attached receiver is untouched
+    and a transfer through it still verifies."""
+    storage = ActorProcess(tmp_path / "storage", "receiver", [], network_key)
+    node = remote_node(tmp_path / "node", network_key, "receiver", storage.fingerprint())
+    processes.append(node.start())
+    storage.attach = [f"127.0.0.1:{node.port}"]
+    storage.extra_args = ("--host", "127.0.0.1", "--inbox", str(tmp_path / "disk"))
+    processes.append(storage.start())
+    attached(node, "receiver", storage.fingerprint())
+
+    me = load_or_create_identity(tmp_path / "hostile")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.curve_serverkey = network_server_keys(network_key).z85_public
+    sock.curve_publickey, sock.curve_secretkey = me.z85_public, me.z85_secret
+    sock.connect(f"tcp://127.0.0.1:{node.port}")
+    try:
+        stop = codec.encode(SettingRequest(request=1, name="max-rate", value="1"))
+        for msg in (
+            ActorMail(dest="scheduler", payload=stop),  # not attached: dropped
+            AttachBeat(actor="receiver", seq=1),  # not its link: dropped
+            AttachHello(actor="control"),  # not a remote actor: refused
+            AttachHello(actor="receiver"),  # not on --attach-allow: refused
+        ):
+            sock.send(codec.encode(msg))
+        replies = []
+        for _ in range(2):
+            assert sock.poll(10_000), "the node did not answer the hellos"
+            replies.append(codec.decode(sock.recv()))
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    assert sorted(r.code for r in replies if isinstance(r, AttachReply)) == [
+        "not-allowed",
+        "not-remote",
+    ]
+    counters = node.wait_for_counter("attach.link-unknown", 2)
+    assert counters == 2
+    assert node.status()["remote_receiver"] == f"attached {storage.fingerprint()}"
+    assert node.status()["max_rate"] == "0"  # the forged setting never arrived
+    sender = node_factory("--no-gossip")
+    path = random_file(tmp_path / "after.bin", 2 * MiB)
+    code, result = sender.send(path, "127.0.0.1", node.port)
+    assert code == 0, result
+    assert blake3_file(tmp_path / "disk" / result["stored_as"]) == blake3_file(path)
 
 
 def _sending(node: NodeProcess) -> bool:
