@@ -216,11 +216,17 @@ def test_every_variable_set_is_read_and_every_old_variable_is_settable(
 ) -> None:
     readable = cli_variables() | ENTRYPOINT_VARIABLES
     assert cli_variables() >= OLD_TOOL_VARIABLES
-    for name, spec in compose_file["services"].items():
+    # as written: the variables listed, whether or not .env sets them
+    for name, spec in compose.load_yaml(COMPOSE_FILE)["services"].items():
         env = compose._environment(spec["environment"])
         unknown = set(env) - readable
         assert not unknown, f"service {name} sets variables nothing reads: {sorted(unknown)}"
         assert set(env) >= OLD_TOOL_VARIABLES, name
+    # what reaches a container when .env sets none of them: no empty values
+    for name, spec in compose_file["services"].items():
+        env = compose._environment(spec["environment"])
+        assert not OLD_TOOL_VARIABLES & set(env), name
+        assert all(env.values()), (name, env)
     unknown = set(image.env) - readable - {"PYTHONUNBUFFERED"}
     assert not unknown, f"the Dockerfile sets variables nothing reads: {sorted(unknown)}"
 
@@ -278,6 +284,14 @@ def test_interpolation_follows_compose() -> None:
     with pytest.raises(compose.ComposeError, match="required variable EMPTY is missing: set it"):
         compose.interpolate("${EMPTY:?set it}", env)
     assert compose.interpolate("${EMPTY?set it}", env) == ""
+
+
+def test_a_variable_without_a_value_passes_on_or_is_left_out() -> None:
+    env = {"SET": "x", "EMPTY": ""}
+    as_map = {"SET": None, "EMPTY": None, "UNSET": None, "FIXED": "y"}
+    assert compose._pass_through(as_map, env) == {"SET": "x", "EMPTY": "", "FIXED": "y"}
+    as_list = ["SET", "UNSET", "FIXED=y"]
+    assert compose._pass_through(as_list, env) == ["SET=x", "FIXED=y"]
 
 
 def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ namespaces:
 - :func:`read_compose` loads a compose file the way ``docker compose config``
   would for what we use: ``.env`` beside it, then the environment, fill
   ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?message}``
-  and ``$$``; YAML merge keys (``<<``). :func:`containers` expands each
+  and ``$$``; YAML merge keys (``<<``); a variable listed without a value
+  passes on the value compose sees, or is left out. :func:`containers` expands each
   service into its containers (``deploy.replicas``, or a scale given), each
   with its environment, argv (entrypoint + command), volumes and secrets.
 
@@ -260,7 +261,23 @@ def read_compose(path: Path, environ: Mapping[str, str] | None = None) -> dict[s
     """
     env = {**read_env_file(path.parent / ".env"), **(os.environ if environ is None else environ)}
     filled: dict[str, Any] = _interpolate_tree(load_yaml(path), env, path.name)
+    for spec in (filled.get("services") or {}).values():
+        spec["environment"] = _pass_through(spec.get("environment"), env)
     return filled
+
+
+def _pass_through(value: Any, env: Mapping[str, str]) -> Any:
+    """A variable listed without a value (``VAR:`` or ``- VAR``) takes the
+    value compose sees, or is left out of the container if it has none."""
+    if isinstance(value, dict):
+        return {
+            k: (env[k] if v is None else v) for k, v in value.items() if v is not None or k in env
+        }
+    if isinstance(value, list):
+        return [
+            f"{v}={env[v]}" if "=" not in v else v for v in map(str, value) if "=" in v or v in env
+        ]
+    return value
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
