@@ -98,9 +98,6 @@ WRAP_MEMORY = 4  # announce attempts whose ephemeral key we keep
 # chunks): 16 chunks of 1 MiB.
 PENDING_BYTES = 16 * 1024 * 1024
 DATAGRAMS_PER_WAKE = 512  # datagrams read before the actor looks at other sockets
-# Test hook (documented in docs/multicast.md): seconds this receiver sleeps
-# after each chunk it takes from the network, to play a slow subscriber.
-SLOW_ENV = "PEERCRYPT_TEST_MC_SLOW"
 
 
 @dataclass
@@ -146,7 +143,6 @@ class MulticastReceiverActor(Actor):
         self.sessions: dict[bytes, Session] = {}
         self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # sid -> (route, McDone)
         self.listeners: dict[int, int] = {}  # request -> sessions still to report (0: all)
-        self.slow = float(os.environ.get(SLOW_ENV) or 0.0)
         self.datagram = bytearray(fragments.MAX_DATAGRAM + 1)  # +1: oversize shows
 
     def setup(self) -> None:
@@ -432,8 +428,6 @@ class MulticastReceiverActor(Actor):
                 frames[2].buffer,
                 repair=not subscribed,
             )
-            if self.slow and subscribed:
-                time.sleep(self.slow)
 
     def _on_datagrams(self, sess: Session, _fd: object = None) -> None:
         """Datagrams of the session's UDP group: reassemble sealed chunks."""
@@ -469,8 +463,6 @@ class MulticastReceiverActor(Actor):
                 blob = memoryview(done[1])
                 sealed, signature = blob[:-SIG_BYTES], blob[-SIG_BYTES:]
                 self._on_chunk(sess, frag.index, frag.last, done[0], sealed, signature)
-                if self.slow:
-                    time.sleep(self.slow)
                 if sess.sid not in self.sessions:
                     return  # finished or closed meanwhile
 

@@ -56,14 +56,16 @@ def _transport_args(transport: str) -> tuple[str, ...]:
 
 
 @pytest.mark.parametrize("transport", ["pub", "udp"])
-def test_late_slow_and_restarted_receivers_all_verified(
+def test_late_and_restarted_receivers_all_verified(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],
     blake3_file: Any,
     transport: str,
 ) -> None:
-    sender = node_factory(*_transport_args(transport))
-    slow = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.02"})
+    # The node's cap keeps the session running ~4 s: long enough to kill one
+    # receiver and start the late one while chunks flow.
+    sender = node_factory("--max-rate", str(8 * MiB), *_transport_args(transport))
+    steady = node_factory()
     killed_port = free_port()
     killed = node_factory("--port", str(killed_port), name="killed")
     late_port = free_port()
@@ -71,7 +73,7 @@ def test_late_slow_and_restarted_receivers_all_verified(
     digest = blake3_file(path)
     targets = [f"127.0.0.1:{p}" for p in (killed_port, late_port)]
     proc = start_cli(
-        "send", path, slow.host, str(slow.port), "-m", "--to", targets[0], "--to", targets[1],
+        "send", path, steady.host, str(steady.port), "-m", "--to", targets[0], "--to", targets[1],
         "--chunk-size", str(256 * 1024), "--timeout", "30", "--json",
         data_dir=sender.data_dir,
     )  # fmt: skip
@@ -90,7 +92,7 @@ def test_late_slow_and_restarted_receivers_all_verified(
     assert proc.returncode == 0, (out, err, sender.log_tail())
     result = json.loads(out)
     assert result["blake3"] == digest
-    for r in (slow, late, killed):
+    for r in (steady, late, killed):
         assert_stored(r, result, digest)
     stats = result["stats"]
     assert stats["seals_first"] == stats["chunks"] == 129  # read and sealed once
@@ -149,9 +151,9 @@ def test_a_subscriber_without_a_receivers_token_gets_nothing(
 def test_receiver_killed_for_good_fails_alone(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
 ) -> None:
-    sender = node_factory()
-    alive = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.01"})
-    doomed = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.01"})
+    sender = node_factory("--max-rate", str(8 * MiB))  # a ~2 s session
+    alive = node_factory()
+    doomed = node_factory()
     path = make_file(16 * MiB)
     proc = start_cli(
         "send", path, alive.host, str(alive.port), "-m", "--to", f"{doomed.host}:{doomed.port}",
@@ -178,12 +180,12 @@ def test_ctrl_c_cancels_the_multicast_session(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
     """SIGINT to `send -m` cancels the session in the node (exit 130, one line)."""
-    sender = node_factory()
-    slow = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.05"})
-    other = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.05"})
+    sender = node_factory("--max-rate", str(4 * MiB))  # a ~4 s session to interrupt
+    first = node_factory()
+    other = node_factory()
     path = make_file(16 * MiB)
     proc = start_cli(
-        "send", path, slow.host, str(slow.port), "-m", "--to", f"{other.host}:{other.port}",
+        "send", path, first.host, str(first.port), "-m", "--to", f"{other.host}:{other.port}",
         "--chunk-size", str(128 * 1024),
         data_dir=sender.data_dir,
     )  # fmt: skip

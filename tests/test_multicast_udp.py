@@ -151,8 +151,8 @@ def test_forged_and_malformed_datagrams_do_not_corrupt_the_file(
     before they cost any reassembly; malformed ones are dropped; the file is
     exact. (A co-receiver, who can make headers: tests/test_multicast_trust.py.)"""
     group = _group()
-    sender = _udp_sender(node_factory, group)
-    receiver = node_factory(env={"PEERCRYPT_TEST_MC_SLOW": "0.02"})
+    sender = _udp_sender(node_factory, group, "--max-rate", str(12 * MiB))  # a ~2 s session
+    receiver = node_factory()
     spy = listener_factory(group)
     path = make_file(24 * MiB + 7)  # 97 chunks of 256 KiB
     proc = start_cli(
