@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                         break
         except (ClusterError, StopIteration, KeyError) as exc:
             print(f"peercrypt: error: {exc}", file=sys.stderr)
-            code = 1
+            code = 1 if cluster.nodes else 2  # nothing started: the set-up is wrong
         finally:
             codes = cluster.close()
-            print(
-                "stopped: " + ", ".join(f"{k} exit {v}" for k, v in codes.items()), file=sys.stderr
-            )
+            if codes:
+                stopped = ", ".join(f"{k} exit {v}" for k, v in codes.items())
+                print(f"stopped: {stopped}", file=sys.stderr)
         return code
 
 

@@ -23,6 +23,9 @@ Needs root; skipped (with the reason) where namespaces are unavailable.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +205,24 @@ def test_a_host_cut_off_and_restored(cluster: NetnsCluster, tmp_path: Path) -> N
 def _receiving(node: Node) -> bool:
     status = node.status()
     return status is not None and int(status.get("active", "0")) > 0
+
+
+def test_the_script_without_a_network_key_is_one_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PEERCRYPT_NETWORK_KEY"}
+    for name in ("docker-compose.yml", "Dockerfile"):  # beside no .env
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    script = ROOT / "scripts" / "netns_cluster.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--file", str(tmp_path / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "peercrypt: error: secret network_key: PEERCRYPT_NETWORK_KEY is not set "
+        "(in the environment or .env; `peercrypt keygen` makes a network key)"
+    ]
