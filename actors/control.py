@@ -298,7 +298,7 @@ class ControlActor(Actor):
 def write_control_file(path: Path, endpoint: str, token: str) -> None:
     """Atomically write the endpoint and token for local clients (0600)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"endpoint": endpoint, "token": token, "pid": os.getpid()}, f)
     os.replace(tmp, path)

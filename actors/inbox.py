@@ -143,13 +143,14 @@ def discard_part(part: Path | None, fd: int) -> None:
             part.unlink()
 
 
-def publish(part: Path | None, fd: int, inbox: Path, name: str) -> str | None:
+def publish(part: Path | None, fd: int, inbox: Path, name: str, mode: int = 0o644) -> str | None:
     """Give the verified file open as ``fd`` its final name (never
     overwriting); the name used, or None if every candidate is taken. The
     link is made to the open file itself, so what appears is what was
     verified even if ``part``'s name was replaced meanwhile. A named part
-    stays; the caller removes it (:func:`discard_part`)."""
-    os.fchmod(fd, 0o644)
+    stays; the caller removes it (:func:`discard_part`). ``mode``: the file's
+    permissions once published."""
+    os.fchmod(fd, mode)
     for candidate in candidate_names(name):
         try:
             _link_fd(fd, part, inbox / candidate)

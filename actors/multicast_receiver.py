@@ -147,7 +147,7 @@ class MulticastReceiverActor(Actor):
 
     def setup(self) -> None:
         s = self.settings
-        s.inbox.mkdir(parents=True, exist_ok=True)
+        s.inbox.mkdir(parents=True, exist_ok=True, mode=s.inbox_mode)
         self.repair: zmq.Socket[Any] | None = None
         low, high = s.multicast_repair_ports
         self._bind_repair(low, high)
@@ -569,7 +569,8 @@ class MulticastReceiverActor(Actor):
             self._done(sess, ok=False, digest=digest, stored="", reason="whole-file hash mismatch")
             return
         try:
-            stored = publish(sess.part, sess.fd, self.settings.inbox, sess.name) or ""
+            s = self.settings
+            stored = publish(sess.part, sess.fd, s.inbox, sess.name, s.file_mode) or ""
         except Refusal as exc:
             self._done(sess, ok=False, digest=digest, stored="", reason=exc.reason)
             return

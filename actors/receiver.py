@@ -108,7 +108,7 @@ class ReceiverActor(Actor):
 
     def setup(self) -> None:
         s = self.settings
-        s.inbox.mkdir(parents=True, exist_ok=True)
+        s.inbox.mkdir(parents=True, exist_ok=True, mode=s.inbox_mode)
         data = self.data = self.socket(zmq.ROUTER)
         data.maxmsgsize = s.max_chunk + TAG_BYTES + 1024
         # Finite queues: a full receive queue stops reading that connection
@@ -393,7 +393,8 @@ class ReceiverActor(Actor):
 
     def _store(self, t: Incoming, digest: bytes) -> None:
         try:
-            stored = publish(t.part, t.fd, self.settings.inbox, t.name)
+            s = self.settings
+            stored = publish(t.part, t.fd, s.inbox, t.name, s.file_mode)
         except Refusal as exc:
             self._send_sealed(t, Failed(code="io", reason=exc.reason))
             self.tell("stats", self._record(t, "io", exc.reason))

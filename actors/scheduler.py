@@ -245,7 +245,6 @@ class SchedulerActor(Actor):
                 parts.append(f"{name} {peer.window // 1024} KB ({peer.flows} flows)")
         return f"; running windows: {', '.join(parts)}" if parts else ""
 
-
     # -- grants -----------------------------------------------------------------
 
     def on_actor_restarted(self, name: str) -> None:

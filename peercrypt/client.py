@@ -43,7 +43,9 @@ class ControlClient:
     @classmethod
     def from_file(cls, path: Path, data_dir: Path) -> ControlClient:
         try:
-            info = json.loads(path.read_text())
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # never through a symlink
+            with os.fdopen(fd) as f:
+                info = json.load(f)
             endpoint, token, pid = info["endpoint"], info["token"], int(info["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             raise NodeUnavailable(f"no node is running for {data_dir}") from None

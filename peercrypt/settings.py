@@ -6,6 +6,7 @@ of file size lives here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,26 @@ DEFAULT_PORT = 7400
 DEFAULT_CHUNK = 1 * MiB
 MIN_CHUNK = 4 * 1024
 MAX_CHUNK = 16 * MiB
+
+
+def process_umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+# Modes of received files and of an inbox the node creates: what the umask
+# allows a new file (directory), or owner-only for an inbox the user named
+# (``private_modes``), since where it is and who can read there is unknown.
+def default_modes() -> tuple[int, int]:
+    mask = process_umask()
+    return 0o666 & ~mask, 0o777 & ~mask
+
+
+def private_modes() -> tuple[int, int]:
+    mask = process_umask()
+    return 0o600 & ~mask, 0o700 & ~mask
 
 
 @dataclass(frozen=True)
@@ -46,6 +67,8 @@ class NodeSettings:
     max_transfers_per_host: int = 16  # per address: fresh identities cost nothing
     idle_timeout: float = 30.0  # an incoming transfer with no traffic this long is dropped
     max_chunk: int = MAX_CHUNK
+    file_mode: int = 0o644  # a received file once verified (see default_modes)
+    inbox_mode: int = 0o755  # the inbox when the node creates it
     # Scheduler (transfer modes): the node's default policy and rate cap.
     policy: Policy = field(default_factory=Policy)
     max_rate: int = 0  # bytes/s for all outgoing transfers together; 0: no cap

@@ -35,7 +35,7 @@ from peercrypt.core.fragments import (
 )
 from peercrypt.crypto.identity import fingerprint, new_network_key
 from peercrypt.node import ATTACHABLE_ACTORS, Node
-from peercrypt.settings import DEFAULT_PORT, NodeSettings
+from peercrypt.settings import DEFAULT_PORT, NodeSettings, default_modes, private_modes
 
 
 @click.command()
@@ -216,9 +216,13 @@ def node(
     policy, max_rate = modes.node_policy(policy_options)
     logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else logging.INFO)
     data_dir: Path = obj["data_dir"]
+    # Received files: what the umask allows, owner-only in an inbox the user named.
+    file_mode, inbox_mode = private_modes() if inbox is not None else default_modes()
     settings = NodeSettings(
         data_dir=data_dir,
         inbox=(inbox or data_dir / "inbox").expanduser(),
+        file_mode=file_mode,
+        inbox_mode=inbox_mode,
         identity=load_identity(data_dir),
         server_keys=server_keys(network_key, open_network),
         open_network=open_network,
