@@ -21,8 +21,18 @@ from nacl.signing import SigningKey
 from actors.discovery import advertise_host
 from peercrypt import errors
 from peercrypt.client import ControlClient, NodeUnavailable
-from peercrypt.core.membership import MemberRecord, MemberState, x25519_public_key
-from peercrypt.crypto.identity import KeyPair, fingerprint, network_server_keys
+from peercrypt.core.membership import (
+    MAX_INCARNATION,
+    MemberRecord,
+    MemberState,
+    x25519_public_key,
+)
+from peercrypt.crypto.identity import (
+    KeyPair,
+    fingerprint,
+    load_or_create_identity,
+    network_server_keys,
+)
 from peercrypt.settings import NodeSettings
 from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
 from peercrypt.wire import codec
@@ -370,3 +380,48 @@ def test_join_unreachable(node_factory: Callable[..., NodeProcess], free_port: i
     assert result.seconds < 20
     node.wait_for_counter("discovery.joins-failed", 1, timeout=5)
     assert node.counters()["discovery.join-attempts"] == 3  # 1 + 2 retries
+
+
+def test_a_dead_claim_at_the_largest_incarnation_kills_no_one(
+    node_factory: Callable[..., NodeProcess], network_key: str, tmp_path: Path
+) -> None:
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+    wait_until(lambda: knows_all([a, b]), 15, "A and B to know each other")
+    victim = load_or_create_identity(a.data_dir).node_id
+    # An admitted member signs "A is dead" at the largest incarnation and
+    # gossips it to A itself and to B.
+    seed = os.urandom(32)
+    me = KeyPair.from_seed(seed)
+    signer = SigningKey(seed)
+    mine = MemberRecord.create(
+        signer, me.node_id, 0, MemberState.ALIVE, {"control": "tcp://127.0.0.1:9"}
+    )
+    doom = MemberRecord.create(signer, victim, MAX_INCARNATION, MemberState.DEAD)
+    push = Gossip(origin=me.node_id, records=[mine.to_wire(), doom.to_wire()], digest=[])
+    for node in (a, b):
+        ctx, sock = _gossip_client(network_key, me)
+        try:
+            sock.connect(f"tcp://127.0.0.1:{node.port}")
+            sock.send(codec.encode(push))
+            wait_until(
+                lambda node=node: node.counters().get("discovery.gossip-received", 0) >= 1,
+                10,
+                "the gossip to arrive",
+            )
+        finally:
+            sock.close(0)
+            ctx.term()
+    a.wait_for_counter("discovery.rejected-claim_ahead", 1, 10)
+    # Over many gossip rounds B keeps A alive at a small incarnation, and A
+    # never had to refute (nor crash-looped trying).
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        row = peer_table(b)[a.fingerprint]
+        assert row["state"] == "alive" and int(row["incarnation"]) < 100, row
+        time.sleep(0.2)
+    assert a.running and a.counters().get("discovery.refutes", 0) == 0
+    src = tmp_path / "after-claim.bin"
+    src.write_bytes(os.urandom(200_000))
+    code, result = b.send_to(src, a)
+    assert code == 0 and (a.inbox / result["stored_as"]).read_bytes() == src.read_bytes()
