@@ -63,6 +63,7 @@ NODE_ACTORS = (
     "gateway",
     "discovery",
     "mreceiver",
+    "stats",
 )
 BEAT = 0.5  # seconds between beats on a link, both ways
 LOST_AFTER = 3.0  # a link silent this long is lost

@@ -35,6 +35,7 @@ import zmq
 
 from peercrypt import errors
 from peercrypt.crypto.identity import load_or_create_identity, network_server_keys
+from peercrypt.history.db import db_path, list_transfers, open_reader
 from peercrypt.testing import netns
 from peercrypt.testing.nodes import (
     ActorProcess,
@@ -143,6 +144,18 @@ def test_an_attached_receiver_stores_in_its_own_inbox(
     assert not own_inbox.exists() or not any(own_inbox.iterdir())
     # the node's status shows the attached receiver's facts
     assert gateway.status()["inbox"] == str(tmp_path / "disk")
+    # ... and the node's statistics history has what the attached receiver recorded
+    history = db_path(gateway.data_dir)
+
+    def recorded() -> list[dict[str, Any]] | None:
+        if not history.exists():
+            return None
+        with open_reader(history) as conn:
+            rows = [r for r in list_transfers(conn) if r["result"] == "ok"]
+        return rows or None
+
+    (row,) = wait_until(recorded, 10.0, "the receiving record in the node's history")
+    assert (row["side"], row["file"], row["size"]) == ("receive", result["stored_as"], 5 * MiB + 3)
 
 
 def test_an_identity_not_allowed_is_refused(
