@@ -30,7 +30,7 @@ from actors.stats import StatsActor
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.runtime.memory import limit_malloc_arenas
 from peercrypt.runtime.supervisor import ActorFactory, Supervisor
-from peercrypt.settings import NodeSettings
+from peercrypt.settings import ATTACHABLE_KINDS, NodeSettings
 
 log = logging.getLogger("peercrypt.node")
 
@@ -42,6 +42,7 @@ ATTACHABLE_ACTORS: dict[str, type[Actor]] = {
     "discovery": DiscoveryActor,
     "health": HealthActor,
 }
+assert tuple(ATTACHABLE_ACTORS) == ATTACHABLE_KINDS
 
 
 def attachable_factory(name: str, settings: NodeSettings) -> ActorFactory:

@@ -20,6 +20,9 @@ DEFAULT_PORT = 7400
 DEFAULT_CHUNK = 1 * MiB
 MIN_CHUNK = 4 * 1024
 MAX_CHUNK = 16 * MiB
+# The actors that may also run as their own process (`peercrypt actor KIND`);
+# peercrypt.node maps each to its class (named here so the CLI need not import them).
+ATTACHABLE_KINDS = ("sender", "receiver", "scheduler", "discovery", "health")
 
 
 def process_umask() -> int:

@@ -89,8 +89,11 @@ def cli_variables() -> set[str]:
                 found.add(envvar)
             elif envvar:
                 found.update(envvar)
-        if isinstance(command, click.Group):
-            for sub in command.commands.values():
+        if isinstance(command, click.Group):  # lazy groups load a command when asked
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                assert sub is not None, name
                 walk(sub)
 
     walk(cli.main)

@@ -25,8 +25,7 @@ from peercrypt.cli.common import (
     start_node,
 )
 from peercrypt.crypto.identity import fingerprint
-from peercrypt.node import ATTACHABLE_ACTORS
-from peercrypt.settings import NodeSettings
+from peercrypt.settings import ATTACHABLE_KINDS, NodeSettings
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -39,7 +38,7 @@ def parse_address(value: str) -> tuple[str, int]:
 
 
 @click.command("actor")
-@click.argument("kind", type=click.Choice(sorted(ATTACHABLE_ACTORS)))
+@click.argument("kind", type=click.Choice(sorted(ATTACHABLE_KINDS)))
 @click.option(
     "--attach",
     "attach",

@@ -3,11 +3,16 @@ commands attached, and the entry point that keeps tracebacks behind
 ``--debug``.
 
 Command modules define their commands without knowing this group; only this
-module imports them all, so the package has no import cycle.
+module names them all, so the package has no import cycle. A command's module
+is imported only when that command runs (its ``--help`` included): a node
+command does not pay for the live view's terminal library, and ``peercrypt
+--help`` lists every command from :data:`COMMANDS` without importing any
+(``tests/test_cli_imports.py`` checks that table against the commands).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -16,11 +21,115 @@ import click
 
 import peercrypt
 from peercrypt import errors
-from peercrypt.cli import actor, modes, multicast, network, node, send, stats, top
-from peercrypt.cli.common import default_data_dir
+
+# name: (module in peercrypt.cli, attribute, the one line `peercrypt --help` shows).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "node": ("node", "node", "Run a node in the foreground until SIGINT/SIGTERM."),
+    "status": (
+        "node",
+        "status",
+        "Show this node's identity, endpoints and counters (exit 1: not running).",
+    ),
+    "keygen": ("node", "keygen", "Print a new random network key."),
+    "send": (
+        "send",
+        "send",
+        "Send FILE to the node at HOST PORT; exit 0 once it verified the hash.",
+    ),
+    "set-mode": ("modes", "set_mode", "Change the running node's default transfer mode."),
+    "rate": ("modes", "rate", "Change the rate of running transfers live (0: unlimited)."),
+    "max-rate": (
+        "modes",
+        "max_rate",
+        "Cap all outgoing transfers of the node together (0: no cap), live.",
+    ),
+    "congestion": (
+        "modes",
+        "congestion",
+        "AIMD defaults: window|min-window|max-window KB, threshold N, timeout|dupack on|off.",
+    ),
+    "transfers": ("modes", "transfers", "List the node's running and waiting sends."),
+    "multicast-receive": (
+        "multicast",
+        "multicast_receive",
+        "Join multicast sessions and report them.",
+    ),
+    "mreceive": ("multicast", "mreceive", "Join multicast sessions and report them."),
+    "peers": (
+        "network",
+        "peers",
+        "List known peers: id, address, state, RTT, failures, reliability, last seen.",
+    ),
+    "list-peers": ("network", "list_peers", "Alias of `peers`."),
+    "join": ("network", "join", "Join the network through the member at HOST PORT."),
+    "health-check": (
+        "network",
+        "health_check",
+        "Check the node at HOST PORT now: RTT, or why not (exit 3/4).",
+    ),
+    "reconnect": (
+        "network",
+        "reconnect",
+        "Drop the connection to HOST PORT and try again now (with retries).",
+    ),
+    "gossip": (
+        "network",
+        "gossip",
+        "Turn gossip on or off, or set its interval in seconds, live.",
+    ),
+    "actor": (
+        "actor",
+        "actor",
+        "Run the node's actor KIND here, attached to the node at --attach.",
+    ),
+    "stats": (
+        "stats",
+        "stats",
+        "The statistics history of every transfer (DATA_DIR/stats.sqlite).",
+    ),
+    "top": (
+        "top",
+        "top",
+        "A live view of the node: sends, peers, the scheduler's shares and caps.",
+    ),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def load_command(name: str) -> click.Command:
+    """Import the module of command ``name`` and return the command."""
+    module, attr, _ = COMMANDS[name]
+    command = getattr(importlib.import_module(f"peercrypt.cli.{module}"), attr)
+    assert isinstance(command, click.Command)
+    return command
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when one is resolved, not before."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        return load_command(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        # click shortens a command's help to the width the same way
+        rows = [(n, click.Command(n, help=COMMANDS[n][2]).get_short_help_str(limit)) for n in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def default_data_dir() -> Path:
+    from peercrypt.cli import common  # the control client: not for --help
+
+    return common.default_data_dir()
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(peercrypt.__version__, prog_name="peercrypt")
 @click.option(
     "--data-dir",
@@ -40,31 +149,6 @@ def main(ctx: click.Context, data_dir: Path, debug: bool) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-
-
-for _command in (
-    node.node,
-    node.status,
-    node.keygen,
-    send.send,
-    modes.set_mode,
-    modes.rate,
-    modes.max_rate,
-    modes.congestion,
-    modes.transfers,
-    multicast.multicast_receive,
-    multicast.mreceive,
-    network.peers,
-    network.list_peers,
-    network.join,
-    network.health_check,
-    network.reconnect,
-    network.gossip,
-    actor.actor,
-    stats.stats,
-    top.top,
-):
-    main.add_command(_command)
 
 
 def run() -> None:

@@ -16,13 +16,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import click
 import zmq
 
 from peercrypt import errors
-from peercrypt.attached import AttachedActor
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.crypto.identity import (
     IdentityError,
@@ -30,8 +29,6 @@ from peercrypt.crypto.identity import (
     network_server_keys,
     normalise_fingerprint,
 )
-from peercrypt.node import Node
-from peercrypt.runtime.supervisor import StartError
 from peercrypt.settings import NodeSettings
 from peercrypt.wire.codec import Message
 from peercrypt.wire.messages import CancelRequest, ErrorReply, Progress, SendResult
@@ -90,11 +87,17 @@ open_option = click.option(
 )
 
 
-N = TypeVar("N", Node, AttachedActor)
+class Startable(Protocol):
+    def start(self) -> None: ...
+
+
+N = TypeVar("N", bound=Startable)
 
 
 def start_node(node_: N, where: str) -> N:
     """Start a node (or an attached actor); a failure is one UserError line."""
+    from peercrypt.runtime.supervisor import StartError  # the runtime: only a starting node
+
     try:
         node_.start()
     except zmq.ZMQError as exc:
@@ -151,6 +154,8 @@ def local_node(
             port=None,
             control_file=control_file,
         )
+        from peercrypt.node import Node  # the actors: only when no node runs
+
         temporary = start_node(Node(settings), "loopback")
         try:
             with ControlClient.from_file(control_file, data_dir) as client:

@@ -34,8 +34,13 @@ from peercrypt.core.fragments import (
     parse_group,
 )
 from peercrypt.crypto.identity import fingerprint, new_network_key
-from peercrypt.node import ATTACHABLE_ACTORS, Node
-from peercrypt.settings import DEFAULT_PORT, NodeSettings, default_modes, private_modes
+from peercrypt.settings import (
+    ATTACHABLE_KINDS,
+    DEFAULT_PORT,
+    NodeSettings,
+    default_modes,
+    private_modes,
+)
 
 
 @click.command()
@@ -71,7 +76,7 @@ from peercrypt.settings import DEFAULT_PORT, NodeSettings, default_modes, privat
     "--remote-actor",
     "remote_actors",
     multiple=True,
-    type=click.Choice(sorted(ATTACHABLE_ACTORS)),
+    type=click.Choice(sorted(ATTACHABLE_KINDS)),
     help="Do not run this actor here: a `peercrypt actor NAME --attach` process runs it.",
 )
 @click.option(
@@ -256,6 +261,8 @@ def node(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    from peercrypt.node import Node  # the actors: only the node command needs them
+
     running = start_node(Node(settings), f"{host}:{port}")
     try:
         with ControlClient.for_data_dir(data_dir) as client:

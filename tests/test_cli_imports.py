@@ -1,0 +1,70 @@
+"""A command imports only what it needs: `peercrypt --help` none of the
+commands, `status` neither the actors nor the live view's terminal library.
+The listing `--help` shows without importing the commands is theirs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from peercrypt.cli.app import COMMANDS, load_command, main
+
+PROBE = """
+import json, sys
+from peercrypt.cli import run
+sys.argv[0] = "peercrypt"
+try:
+    run()
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+def imported(tmp_path: Path, *argv: str) -> tuple[int, set[str], str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, "--data-dir", str(tmp_path / "data"), *argv],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    return report["code"], set(report["modules"]), proc.stdout
+
+
+def test_the_listing_is_each_commands_own_short_help() -> None:
+    for name, (_module, _attr, line) in COMMANDS.items():
+        command = load_command(name)
+        assert command.get_short_help_str(limit=1000) == line, name
+        assert command.name == name
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    ctx = click.Context(main)
+    assert main.get_command(ctx, "no-such-command") is None
+    with pytest.raises(click.UsageError):
+        main.main(["no-such-command"], standalone_mode=False)
+
+
+def test_help_imports_no_command(tmp_path: Path) -> None:
+    code, modules, out = imported(tmp_path, "--help")
+    assert code == 0
+    for name, (_module, _attr, _line) in COMMANDS.items():
+        assert f"  {name} " in out
+    heavy = {m for m in modules if m.startswith(("actors", "zmq", "rich", "peercrypt.wire"))}
+    assert heavy == set()
+    assert not {m for m in modules if m.startswith("peercrypt.cli.") and m != "peercrypt.cli.app"}
+
+
+def test_status_imports_no_actor(tmp_path: Path) -> None:
+    code, modules, out = imported(tmp_path, "status")
+    assert code == 1 and "node: not running" in out
+    heavy = {
+        m
+        for m in modules
+        if m.startswith(("actors", "rich", "sqlite3", "peercrypt.node", "peercrypt.runtime"))
+    }
+    assert heavy == set()
