@@ -90,6 +90,10 @@ SUB_HWM = 256  # messages the SUB socket queues (beyond: the PUB drops, NAK repa
 # (beyond: the sender's queue holds them, or it drops and the NAK repeats).
 REPAIR_HWM = 16
 MAX_SESSIONS = 16
+# Of those, from one proven identity (CURVE key) and from one address (fresh
+# identities cost nothing).
+MAX_SESSIONS_PER_PEER = 4
+MAX_SESSIONS_PER_HOST = 8
 MAX_LISTENERS = 16
 COMPLETED_MEMORY = 256
 HEADER_MAX_BYTES = 512
@@ -132,6 +136,7 @@ class Session:
     # makes our subscription token (crypto/chunk_signature.py).
     receiver_key: bytes = field(default_factory=lambda: os.urandom(RECEIVER_KEY_BYTES))
     wall: float = field(default_factory=time.time)  # when it started, for the history
+    host: str = ""  # the sender's address as the gateway saw it (quotas)
 
 
 class MulticastReceiverActor(Actor):
@@ -238,6 +243,12 @@ class MulticastReceiverActor(Actor):
             s = self.settings
             if len(self.sessions) >= MAX_SESSIONS:
                 return refuse("busy", f"receiver busy ({MAX_SESSIONS} multicast sessions)")
+            running = self.sessions.values()
+            if sum(1 for x in running if x.peer == env.peer) >= MAX_SESSIONS_PER_PEER:
+                return refuse("busy", f"too many sessions from you (max {MAX_SESSIONS_PER_PEER})")
+            if sum(1 for x in running if x.host == env.peer_host) >= MAX_SESSIONS_PER_HOST:
+                limit = MAX_SESSIONS_PER_HOST
+                return refuse("busy", f"too many sessions from {env.peer_host} (max {limit})")
             if a.group:
                 try:
                     fragments.parse_group(f"{a.group}:{a.group_port}")
@@ -265,6 +276,7 @@ class MulticastReceiverActor(Actor):
             sess = Session(
                 sid=a.sid,
                 peer=env.peer,
+                host=env.peer_host,
                 route=env.route,
                 name=name,
                 size=a.size,

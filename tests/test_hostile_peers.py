@@ -16,17 +16,23 @@ from typing import Any
 
 import zmq
 
+from actors.multicast_receiver import MAX_SESSIONS_PER_PEER
 from peercrypt.core.bitmap import MAX_SACK_RANGES, MAX_TRANSFER_CHUNKS, pairs
 from peercrypt.crypto.identity import network_server_keys
+from peercrypt.crypto.keywrap import WrapKey
+from peercrypt.testing.hostile import CoReceiver
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import (
     BackgroundSend,
     NodeProcess,
     assert_sent,
+    assert_stored,
+    blake3_file,
     wait_until,
 )
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Ack, Offer, Refuse, SealedHeader
+from peercrypt.wire.multicast_messages import McAnnounce, McJoin, McRefuse
 
 WAIT = 30.0
 MiB = 1 << 20
@@ -236,3 +242,35 @@ def test_a_receiver_answering_with_terminal_escapes_reaches_no_terminal_raw(
     assert "\x1b" not in sender.log_text()
     assert_sent(receiver, sender.send_to(good, receiver), good)  # the sender goes on
     assert sender.counters().get("sender.handler-errors", 0) == 0
+
+
+def test_one_identity_cannot_take_every_multicast_session(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    receiver, sender = node_factory(), node_factory()
+    good = make_file(1 * MiB)
+    hostile = CoReceiver(network_key)
+    try:
+        announces = [
+            McAnnounce(
+                sid=os.urandom(16),
+                name=f"squat{i}.bin",
+                size=64 * MiB,
+                chunk_size=64 * 1024,
+                eph_pub=WrapKey().public,
+                pub_host="",
+                pub_port=1,
+                signer=hostile.signer.public,
+            )
+            for i in range(MAX_SESSIONS_PER_PEER + 2)
+        ]
+        answers = hostile.announce(receiver.host, receiver.port, announces)
+        joined = [a for a in answers if isinstance(a, McJoin)]
+        busy = [a for a in answers if isinstance(a, McRefuse) and a.code == "busy"]
+        assert (len(joined), len(busy)) == (MAX_SESSIONS_PER_PEER, 2), answers
+        # A real multicast from another identity still gets a session and verifies.
+        done = sender.cli("send", str(good), receiver.host, str(receiver.port), "-m", "--json")
+        assert done.returncode == 0, done.describe()
+        assert_stored(receiver, done.json, blake3_file(good))
+    finally:
+        hostile.close()
