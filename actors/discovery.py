@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import zmq
 from nacl.signing import SigningKey
 
-from actors.peer_link import Link, address_towards, url_host
+from actors.peer_link import Link, address_towards
+from peercrypt.core.address import join_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.membership import (
     DigestEntry,
@@ -103,7 +104,7 @@ class Join:
 
     @property
     def url(self) -> str:
-        return f"tcp://{url_host(self.host)}:{self.port}"
+        return f"tcp://{join_host_port(self.host, self.port)}"
 
 
 @dataclass
@@ -139,7 +140,7 @@ class DiscoveryActor(Actor):
 
     def _start_table(self, port: int) -> None:
         s = self.settings
-        url = f"tcp://{url_host(advertise_host(s))}:{port}"
+        url = f"tcp://{join_host_port(advertise_host(s), port)}"
         self.table = MembershipTable(
             SigningKey(s.identity.seed),
             {"control": url},

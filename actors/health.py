@@ -33,7 +33,8 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-from actors.peer_link import Link, address_of, same_address, url_host
+from actors.peer_link import Link, address_of
+from peercrypt.core.address import join_host_port, same_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.membership import x25519_public_key
 from peercrypt.core.reliability import ReliabilityScore
@@ -185,7 +186,7 @@ class HealthActor(Actor):
 
     def _on_transfer(self, msg: TransferOutcome) -> None:
         for m in self.members.values():
-            if same_address(m.url, msg.host, msg.port):
+            if same_host_port(m.url, msg.host, msg.port):
                 m.score.record_transfer(msg.ok)
                 if msg.ok:
                     m.transfers_ok += 1
@@ -333,14 +334,14 @@ class HealthActor(Actor):
         self.checks[req.request] = check
         if req.reconnect:
             for m in self.members.values():
-                if same_address(m.url, req.host, req.port):
+                if same_host_port(m.url, req.host, req.port):
                     self._drop_link(m)
                     m.retry, m.next_retry = None, 0.0
         self._attempt(check)
 
     def _attempt(self, check: Check) -> None:
         req = check.request
-        url = f"tcp://{url_host(req.host)}:{req.port}"
+        url = f"tcp://{join_host_port(req.host, req.port)}"
         check.attempts += 1
         check.link = Link(
             self,
@@ -429,7 +430,7 @@ class HealthActor(Actor):
         ok = code == "ok"
         self.count("checks-ok" if ok else "checks-failed")
         for m in self.members.values():
-            if same_address(m.url, req.host, req.port):
+            if same_host_port(m.url, req.host, req.port):
                 m.score.record_ping(ok)
                 if ok:
                     m.retry, m.next_retry = None, 0.0

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import zmq
 
 from actors.attach import BEAT, LOST_AFTER, NODE_ACTORS
-from actors.peer_link import Link, url_host
+from actors.peer_link import Link
+from peercrypt.core.address import join_host_port
 from peercrypt.core.request_map import RequestMap
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
@@ -79,7 +80,7 @@ class LinkActor(Actor):
     def setup(self) -> None:
         for host, port in self.targets:
             index = len(self.nodes)
-            url = f"tcp://{url_host(host)}:{port}"
+            url = f"tcp://{join_host_port(host, port)}"
             link = Link(self, self.settings, url, functools.partial(self._from_node, index))
             self.nodes.append(_Node(where=f"{host}:{port}", link=link))
         for name in NODE_ACTORS:

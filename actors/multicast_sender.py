@@ -46,6 +46,7 @@ from zmq.utils.monitor import recv_monitor_message
 from actors import udp_multicast
 from actors.file_chunks import read_chunk
 from peercrypt.core import fragments
+from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.fragments import fragment_count, parse_group
 from peercrypt.core.multicast import DONE, FAILED, JOINING, LOST, Repair, SessionPlan
@@ -281,7 +282,7 @@ class MulticastSenderActor(Actor):
         try:
             if req.group or self.settings.multicast_group:
                 group = parse_group(req.group or self.settings.multicast_group)
-                host = req.targets[0].rpartition(":")[0].strip("[]")
+                host = split_host_port(req.targets[0])[0]
                 interface = udp_multicast.interface_toward(host)
                 udp = udp_multicast.open_sender(
                     interface, self.settings.multicast_ttl, self.settings.multicast_sndbuf
@@ -334,8 +335,7 @@ class MulticastSenderActor(Actor):
         self.sessions[sid] = sess
         self.count("sessions")
         for name in dict.fromkeys(req.targets):
-            host, _, port = name.rpartition(":")
-            self._open_target(sess, name, host.strip("[]"), int(port))
+            self._open_target(sess, name, *split_host_port(name))
         sess.timers.append(self.call_later(JOIN_WAIT, lambda: self._join_wait_over(sess)))
         sess.timers.append(self.call_every(ANNOUNCE_INTERVAL, lambda: self._reannounce(sess)))
 
@@ -359,9 +359,8 @@ class MulticastSenderActor(Actor):
         self.tell("stats", _record(sess, t, self.now()))
         self.watch(ctl, functools.partial(self._on_control, sess, t))
         self.watch(monitor, functools.partial(self._on_monitor, sess, t))
-        url_host = f"[{host}]" if ":" in host else host
         try:
-            ctl.connect(f"tcp://{url_host}:{port}")
+            ctl.connect(f"tcp://{join_host_port(host, port)}")
         except zmq.ZMQError as exc:
             self._target_failed(sess, t, "local", f"invalid address {name}: {exc}")
 
@@ -517,8 +516,7 @@ class MulticastSenderActor(Actor):
                 self.close_socket(t.repair)
             repair = t.repair = self.socket(zmq.PUSH)
             repair.sndhwm = REPAIR_HWM
-            url_host = f"[{t.host}]" if ":" in t.host else t.host
-            repair.connect(f"tcp://{url_host}:{j.repair_port}")
+            repair.connect(f"tcp://{join_host_port(t.host, j.repair_port)}")
             t.repair_port = j.repair_port
         self._send_ctl(t, McKey(sid=sess.sid, wrapped=wrapped, attempt=j.attempt))
         self._maybe_start(sess)
@@ -978,5 +976,8 @@ def _not_joined(t: Target) -> str:
 
 
 def _valid_target(text: str) -> bool:
-    host, sep, port = text.rpartition(":")
-    return bool(sep and host.strip("[]") and port.isdigit() and 1 <= int(port) <= 65535)
+    try:
+        split_host_port(text)
+    except ValueError:
+        return False
+    return True

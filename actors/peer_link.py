@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from peercrypt.core.address import split_host_port
 from peercrypt.runtime.actor import Actor
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
@@ -63,10 +64,6 @@ def connect_cause(code: int) -> str:
     return _CAUSES.get(code, os.strerror(code).lower() if code else "unknown error")
 
 
-def url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
 def address_towards(target: str) -> str | None:
     """This host's address on the route to ``target``, found with an
     unconnected UDP socket (no packet is sent); None if there is no route."""
@@ -82,17 +79,6 @@ def address_towards(target: str) -> str | None:
 def address_of(url: str) -> str:
     """``tcp://host:port`` -> ``host:port``."""
     return url.removeprefix("tcp://")
-
-
-def same_address(url: str, host: str, port: int) -> bool:
-    """Does a member's URL name HOST:PORT (``localhost`` = ``127.0.0.1``)?"""
-
-    def norm(h: str) -> str:
-        h = h.strip("[]").lower()
-        return "127.0.0.1" if h in ("localhost", "::1") else h
-
-    mhost, _, mport = address_of(url).rpartition(":")
-    return mport == str(port) and norm(mhost) == norm(host)
 
 
 class Link:
@@ -209,11 +195,11 @@ class Link:
         """Find out why connecting fails: one non-blocking TCP connect."""
         if self.probe is not None or self.cause or self.failure:
             return
-        host, _, port = address_of(self.url).rpartition(":")
         try:
-            family, kind, proto, _, addr = socket.getaddrinfo(
-                host.strip("[]"), int(port), type=socket.SOCK_STREAM
-            )[0]
+            host, port = split_host_port(address_of(self.url))
+            family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[
+                0
+            ]
             probe = socket.socket(family, kind, proto)
         except (OSError, ValueError, IndexError) as exc:
             self._unreachable(str(exc))

@@ -37,7 +37,8 @@ import zmq
 
 from actors.file_chunks import read_chunk
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew
-from actors.peer_link import Link, url_host
+from actors.peer_link import Link
+from peercrypt.core.address import join_host_port
 from peercrypt.core.bitmap import ChunkBitmap, pairs
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
 from peercrypt.core.outgoing import (
@@ -261,7 +262,7 @@ class SenderActor(Actor):
         t.link = Link(
             self,
             self.settings,
-            f"tcp://{url_host(req.host)}:{req.port}",
+            f"tcp://{join_host_port(req.host, req.port)}",
             functools.partial(self._on_control, t),
             monitored=True,
             on_failure=functools.partial(self._on_link_failure, t),
@@ -315,7 +316,7 @@ class SenderActor(Actor):
             data.sndhwm = DATA_SNDHWM
             data.rcvhwm = DATA_RCVHWM
             data.maxmsgsize = 64 * 1024
-            data.connect(f"tcp://{url_host(host)}:{accept.data_port}")
+            data.connect(f"tcp://{join_host_port(host, accept.data_port)}")
             self.watch(data, functools.partial(self._on_data, t))
             t.lanes.append(data)
         t.data = t.lanes[0]

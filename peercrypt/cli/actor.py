@@ -24,17 +24,9 @@ from peercrypt.cli.common import (
     server_keys,
     start_node,
 )
+from peercrypt.core.address import split_host_port
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.settings import ATTACHABLE_KINDS, NodeSettings
-
-
-def parse_address(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port); ValueError if not."""
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host, int(port)
 
 
 @click.command("actor")
@@ -87,7 +79,7 @@ def actor(
     Runs until SIGINT/SIGTERM (exit 0); exit 4 if a node refuses it.
     """
     try:
-        nodes = [parse_address(a) for a in attach]
+        nodes = [split_host_port(a) for a in attach]
     except ValueError as exc:
         raise UserError(f"--attach: {exc}") from None
     policy, max_rate = modes.node_policy(policy_options)

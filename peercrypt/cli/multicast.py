@@ -23,6 +23,7 @@ import click
 from peercrypt import errors
 from peercrypt.cli.common import UserError, follow, local_node
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.wire.codec import Message
 from peercrypt.wire.messages import ErrorReply
 from peercrypt.wire.multicast_messages import (
@@ -53,11 +54,10 @@ UNICAST_ONLY = (
 
 def parse_target(text: str) -> str:
     """``HOST:PORT`` (``[v6]:PORT`` too) -> normalised ``HOST:PORT``; UserError if invalid."""
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise UserError(f"invalid target {text!r}: expected HOST:PORT (port 1-65535)")
-    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+    try:
+        return join_host_port(*split_host_port(text))
+    except ValueError:
+        raise UserError(f"invalid target {text!r}: expected HOST:PORT (port 1-65535)") from None
 
 
 def parse_port_range(text: str) -> tuple[int, int]:

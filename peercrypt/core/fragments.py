@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import blake3
 
+from peercrypt.core.address import split_host_port
+
 MAGIC = b"PCm2"
 FIELDS = struct.Struct("!4s16sQB12sII")
 TAG_BYTES = 16
@@ -232,13 +234,14 @@ class Reassembler:
 def parse_group(text: str) -> tuple[str, int]:
     """``"GROUP:PORT"`` -> (group, port); GROUP must be an IPv4 multicast
     address (224.0.0.0/4). ValueError with a user-facing message otherwise."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"multicast group must be GROUP:PORT, got {text!r}")
+    try:
+        host, port = split_host_port(text)
+    except ValueError:
+        raise ValueError(f"multicast group must be GROUP:PORT, got {text!r}") from None
     try:
         addr = ipaddress.IPv4Address(host)
     except ValueError:
         raise ValueError(f"{host!r} is not an IPv4 address (multicast group)") from None
     if not addr.is_multicast:
         raise ValueError(f"{host} is not a multicast address (224.0.0.0/4, e.g. 239.255.0.1)")
-    return str(addr), int(port)
+    return str(addr), port

@@ -93,6 +93,8 @@ from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
+from peercrypt.core.address import split_host_port
+
 DOMAIN = b"peercrypt/member-record/v1"
 WIRE_VERSION = 1
 NODE_ID_BYTES = 32
@@ -145,9 +147,12 @@ def _check_endpoint(name: object, url: object) -> None:
         raise ValueError(f"endpoint {name!r} must be a 'tcp://host:port' string")
     if any(ch.isspace() for ch in url):
         raise ValueError(f"endpoint {name!r} contains whitespace")
-    host, sep, port = url[len("tcp://") :].rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"endpoint {name!r} must be 'tcp://host:port' with 1 <= port <= 65535")
+    try:
+        split_host_port(url, scheme="tcp")
+    except ValueError:
+        raise ValueError(
+            f"endpoint {name!r} must be 'tcp://host:port' with 1 <= port <= 65535"
+        ) from None
 
 
 def _signing_bytes(

@@ -1,0 +1,55 @@
+"""The one ``host:port`` parser.
+
+Every address a user, a config file or a peer gives as text goes through
+:func:`split_host_port`; every address the node writes as text comes from
+:func:`join_host_port`, so the two always round-trip.
+
+Accepted forms: ``HOST:PORT``, ``[V6]:PORT`` (brackets dropped from the
+returned host) and, for member endpoints, ``tcp://HOST:PORT``.  ``PORT`` is
+ASCII decimal in 1..65535.  Anything else raises ``ValueError`` with a
+message naming the text, so callers can pass it on as the user's one line.
+"""
+
+from __future__ import annotations
+
+
+def split_host_port(text: str, *, scheme: str = "") -> tuple[str, int]:
+    """``HOST:PORT`` (or ``[V6]:PORT``; ``SCHEME://`` first when ``scheme``
+    is given) -> ``(host, port)``, host without brackets or surrounding
+    whitespace.  Raises ``ValueError`` if the text has no host, no port, a
+    port that is not ASCII decimal, or a port outside 1..65535."""
+    body = text.strip()
+    if scheme:
+        prefix = f"{scheme}://"
+        if not body.startswith(prefix):
+            raise ValueError(f"expected {prefix}HOST:PORT, got {text!r}")
+        body = body[len(prefix) :]
+    host, sep, port = body.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not (port.isascii() and port.isdigit()):
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise ValueError(f"port must be 1-65535, got {text!r}")
+    return host, number
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``(host, port)`` -> ``HOST:PORT``, an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def same_host_port(text: str, host: str, port: int) -> bool:
+    """Does ``text`` (``HOST:PORT`` or ``tcp://HOST:PORT``) name HOST:PORT?
+    Loopback names (``localhost``, ``::1``) equal ``127.0.0.1``; text that
+    does not parse names nothing."""
+    try:
+        left = split_host_port(text.removeprefix("tcp://"))
+    except ValueError:
+        return False
+
+    def norm(h: str) -> str:
+        h = h.strip("[]").lower()
+        return "127.0.0.1" if h in ("localhost", "::1") else h
+
+    return left[1] == port and norm(left[0]) == norm(host)
