@@ -230,7 +230,10 @@ class MulticastReceiverActor(Actor):
     def _on_announce(self, a: McAnnounce, env: Inbound) -> codec.Message:
         def refuse(code: str, reason: str) -> McRefuse:
             self.count(f"refused-{code}")
-            log.info("refused multicast session from %s: %s", _who(env.peer), reason)
+            who = _who(env.peer)
+            self.log_limited(
+                "refused multicast session from %s: %s", who, reason, level=logging.INFO
+            )
             return McRefuse(sid=a.sid, code=code, reason=reason)
 
         done = self.completed.get(a.sid)

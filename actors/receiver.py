@@ -160,7 +160,7 @@ class ReceiverActor(Actor):
         def refuse(code: str, reason: str) -> Refuse:
             self.count(f"refused-{code}")
             who = fingerprint(peer) if peer else "?"
-            log.info("refused offer from %s: %s", who, printable(reason))
+            self.log_limited("refused offer from %s: %s", who, reason, level=logging.INFO)
             return Refuse(tid=offer.tid, code=code, reason=reason)
 
         if offer.tid in self.transfers or offer.tid in self.completed:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import zmq
 
-from peercrypt.runtime.actor import Actor, ActorEnv, ActorFault
+from peercrypt.runtime.actor import LOG_BURST, Actor, ActorEnv, ActorFault
 from peercrypt.runtime.supervisor import StartError, Supervisor
 from peercrypt.testing.clock import FakeClock
 from peercrypt.testing.nodes import free_port, wait_until
@@ -266,3 +266,17 @@ def test_actor_timers_follow_the_env_clock() -> None:
         assert fired == [3600.0]
     finally:
         stop(sup)
+
+
+def test_peer_warnings_are_rate_limited_by_count_and_escaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    actor = Recorder(make_env(), "nobody", [])
+    with caplog.at_level("WARNING", logger="peercrypt"):
+        for i in range(1000):
+            actor.log_limited("junk %d from %s", i, "\x1b[2Jpeer\n")
+    lines = [r.getMessage() for r in caplog.records]
+    assert LOG_BURST <= len(lines) <= LOG_BURST + 5  # a burst, then LOG_RATE/s
+    assert actor.counters["log-suppressed"] == 1000 - len(lines)
+    assert all("\x1b" not in line and "\n" not in line for line in lines)
+    assert "\\x1b[2Jpeer\\x0a" in lines[0]

@@ -244,13 +244,14 @@ class Actor:
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
 
-    def log_limited(self, fmt: str, *args: object) -> None:
+    def log_limited(self, fmt: str, *args: object, level: int = logging.WARNING) -> None:
         """Log a warning unless this actor has logged too many lately (a token
         bucket: LOG_BURST, then LOG_RATE per second); suppressed lines are
         counted. Every argument but a number is escaped: pass peer text as
         arguments, never inside ``fmt``."""
         if self._log_bucket.consume(1, self.now()):
-            log.warning(fmt, *(a if isinstance(a, int | float) else _shown(a) for a in args))
+            shown = (a if isinstance(a, int | float) else _shown(a) for a in args)
+            logging.getLogger(f"peercrypt.{self.name}").log(level, fmt, *shown)
         else:
             self.count("log-suppressed")
 
