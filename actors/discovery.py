@@ -36,11 +36,11 @@ from nacl.signing import SigningKey
 from actors.peer_link import Link, address_towards
 from peercrypt.core.address import join_host_port
 from peercrypt.core.backoff import Backoff
+from peercrypt.core.member_state import MemberState
 from peercrypt.core.membership import (
     DigestEntry,
     MemberRecord,
     MembershipTable,
-    MemberState,
     x25519_public_key,
 )
 from peercrypt.core.reliability import DEFAULT_PRIOR, weighted_choice
@@ -432,13 +432,13 @@ class DiscoveryActor(Actor):
             return
         now = self.now()
         claim = None
-        if msg.state == "suspect":
+        if msg.state == MemberState.SUSPECT:
             claim = t.mark_suspect(msg.node_id, now)
-        elif msg.state == "dead":
+        elif msg.state == MemberState.DEAD:
             claim = t.mark_dead(msg.node_id, now)
             if claim is not None:
                 log.warning("discovery: member %s declared dead", msg.node_id.hex()[:16])
-        elif msg.state == "alive":
+        elif msg.state == MemberState.ALIVE:
             # It answers our probes although it is suspect/dead here: talk to it
             # directly so it learns the claim and refutes it.
             self._exchange(msg.node_id)

@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from actors.peer_link import Link, address_of
 from peercrypt.core.address import join_host_port, same_host_port
 from peercrypt.core.backoff import Backoff
+from peercrypt.core.member_state import MemberState, worst
 from peercrypt.core.membership import x25519_public_key
 from peercrypt.core.reliability import ReliabilityScore
-from peercrypt.core.suspicion import FailureDetector, Health, Transition
+from peercrypt.core.suspicion import FailureDetector, Transition
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
@@ -158,7 +159,7 @@ class HealthActor(Actor):
             self.count("members-added")
             # Connect now, so the first probe finds the link established.
             m.link = Link(self, self.settings, m.url, functools.partial(self._on_reply, m.node_id))
-        revived = msg.incarnation > m.incarnation and msg.state == "alive"
+        revived = msg.incarnation > m.incarnation and msg.state == MemberState.ALIVE
         m.state, m.incarnation = msg.state, msg.incarnation
         if msg.url and msg.url != m.url:
             m.url = msg.url
@@ -199,7 +200,9 @@ class HealthActor(Actor):
     def _round(self) -> None:
         now = self.now()
         for m in list(self.members.values()):
-            inactive = m.state == "dead" or self.detector.health(m.node_id) is Health.DEAD
+            inactive = (
+                m.state == MemberState.DEAD or self.detector.health(m.node_id) is MemberState.DEAD
+            )
             if inactive:
                 if now < m.next_retry:
                     continue
@@ -247,11 +250,14 @@ class HealthActor(Actor):
         m.score.record_ping(True)
         m.retry, m.next_retry = None, 0.0
         self._transition(self.detector.on_probe_ok(node_id, now - sent, now))
-        if m.state in ("suspect", "dead") and now - m.told_alive >= self.interval:
+        if (
+            m.state in (MemberState.SUSPECT, MemberState.DEAD)
+            and now - m.told_alive >= self.interval
+        ):
             # It answers although membership says otherwise: let discovery talk
             # to it so that it refutes the claim with a higher incarnation.
             m.told_alive = now
-            self.tell("discovery", HealthVerdict(node_id=node_id, state="alive"))
+            self.tell("discovery", HealthVerdict(node_id=node_id, state=MemberState.ALIVE))
 
     def _probe_timeout(self, node_id: bytes, seq: int) -> None:
         m = self.members.get(node_id)
@@ -275,7 +281,7 @@ class HealthActor(Actor):
         m = self.members.get(t.peer)
         who = m.fingerprint if m is not None else t.peer.hex()[:16]
         self.count(f"became-{t.new}")
-        if t.new is Health.DEAD:
+        if t.new is MemberState.DEAD:
             log.warning("health: peer %s is dead (no answer)", who)
         else:
             log.info("health: peer %s is %s (%s)", who, t.new, t.reason)
@@ -288,7 +294,7 @@ class HealthActor(Actor):
         rows: list[tuple[float, str, dict[str, str]]] = []
         for m in self.members.values():
             st = self.detector.status(m.node_id)
-            state = _worst(m.state, str(st.health))
+            state = worst(m.state, st.health)
             seen = "" if st.last_seen is None else f"{max(0.0, now - st.last_seen):.1f}"
             row = {
                 "id": m.fingerprint,
@@ -448,11 +454,3 @@ class HealthActor(Actor):
                     attempts=check.attempts,
                 ),
             )
-
-
-_RANK = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}
-
-
-def _worst(a: str, b: str) -> str:
-    """The worse of the membership state and the local verdict."""
-    return a if _RANK.get(a, 0) >= _RANK.get(b, 0) else b

@@ -21,10 +21,10 @@ from nacl.signing import SigningKey
 from actors.discovery import advertise_host
 from peercrypt import errors
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.member_state import MemberState
 from peercrypt.core.membership import (
     MAX_INCARNATION,
     MemberRecord,
-    MemberState,
     x25519_public_key,
 )
 from peercrypt.crypto.identity import (

@@ -7,8 +7,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from actors.health import _worst
 from peercrypt import errors
+from peercrypt.core.member_state import worst
 from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
 
 FAST = ("--gossip-interval", "0.2", "--health-check-interval", "0.3", "--timeout", "0.5")
@@ -23,9 +23,9 @@ def error_line(result: object) -> str:
 
 
 def test_state_order() -> None:
-    assert _worst("alive", "suspect") == "suspect"
-    assert _worst("dead", "alive") == "dead"
-    assert _worst("left", "dead") == "left"
+    assert worst("alive", "suspect") == "suspect"
+    assert worst("dead", "alive") == "dead"
+    assert worst("left", "dead") == "left"
 
 
 def test_health_check_command(

@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from peercrypt.core.member_state import MemberState
 from peercrypt.core.membership import (
     MAX_INCARNATION,
     DigestEntry,
     MemberRecord,
     MembershipTable,
-    MemberState,
     RejectReason,
     x25519_public_key,
 )

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peercrypt.core.suspicion import FailureDetector, Health, Transition
+from peercrypt.core.member_state import MemberState
+from peercrypt.core.suspicion import FailureDetector, Transition
 
 PROPS = settings(max_examples=60, deadline=None)
 
@@ -56,19 +57,19 @@ def test_failed_probe_suspects_then_timeout_kills() -> None:
     fd: FailureDetector[str] = FailureDetector(1.0)
     fd.add_peer("a", 0.0)
     t = fd.on_probe_failed("a", 10.5)
-    assert t == Transition("a", Health.ALIVE, Health.SUSPECT, 10.5, "probe_failed")
+    assert t == Transition("a", MemberState.ALIVE, MemberState.SUSPECT, 10.5, "probe_failed")
     st_ = fd.status("a")
     assert (st_.health, st_.failures, st_.suspect_since, st_.dead_at) == (
-        Health.SUSPECT, 1, 10.5, 12.0,
+        MemberState.SUSPECT, 1, 10.5, 12.0,
     )  # fmt: skip
     assert fd.next_deadline() == 12.0
     assert fd.on_probe_failed("a", 11.5) is None  # still suspect, deadline unchanged
     assert fd.status("a").dead_at == 12.0
     assert fd.status("a").failures == 2
     assert fd.tick(11.999) == []
-    dead = Transition("a", Health.SUSPECT, Health.DEAD, 12.0, "suspicion_timeout")
+    dead = Transition("a", MemberState.SUSPECT, MemberState.DEAD, 12.0, "suspicion_timeout")
     assert fd.tick(12.5) == [dead]
-    assert fd.health("a") is Health.DEAD
+    assert fd.health("a") is MemberState.DEAD
     assert fd.next_deadline() is None
     assert fd.tick(20.0) == []
     assert fd.on_probe_failed("a", 21.0) is None
@@ -79,16 +80,16 @@ def test_ack_revives_from_suspect_and_dead() -> None:
     fd: FailureDetector[str] = FailureDetector(1.0)
     fd.on_probe_failed("a", 0.0)
     t = fd.on_probe_ok("a", 0.7, 0.9)
-    assert t == Transition("a", Health.SUSPECT, Health.ALIVE, 0.9, "probe_ok")
+    assert t == Transition("a", MemberState.SUSPECT, MemberState.ALIVE, 0.9, "probe_ok")
     s = fd.status("a")
     assert (s.health, s.failures, s.total_failures, s.last_seen, s.dead_at) == (
-        Health.ALIVE, 0, 1, 0.9, None,
+        MemberState.ALIVE, 0, 1, 0.9, None,
     )  # fmt: skip
     assert fd.on_probe_ok("a", 0.1, 1.0) is None
     fd.on_probe_failed("a", 2.0)
-    assert [x.new for x in fd.tick(5.0)] == [Health.DEAD]
+    assert [x.new for x in fd.tick(5.0)] == [MemberState.DEAD]
     t = fd.on_refuted("a", 6.0)
-    assert t == Transition("a", Health.DEAD, Health.ALIVE, 6.0, "refuted")
+    assert t == Transition("a", MemberState.DEAD, MemberState.ALIVE, 6.0, "refuted")
     assert fd.status("a").last_seen == 6.0
 
 
@@ -186,11 +187,11 @@ def test_killed_peer_declared_dead_within_three_intervals(
     rtts = [r * interval for r in rtts]
     kill_at = (5 + 10 * kill_frac) * interval
     log = simulate(fd, rtts, kill_at, n_probes=30)
-    deaths = [t for t in log if t.new is Health.DEAD]
+    deaths = [t for t in log if t.new is MemberState.DEAD]
     assert len(deaths) == 1
     assert kill_at < deaths[0].at <= kill_at + 3 * interval + 1e-9
     assert deaths[0].at <= kill_at + fd.detection_bound() + 1e-9
-    assert fd.health("p") is Health.DEAD
+    assert fd.health("p") is MemberState.DEAD
 
 
 @PROPS
@@ -205,7 +206,7 @@ def test_detection_bound_for_any_cluster_size(n: int, rtts: list[float], kill_fr
     expected_ts = max(1.5, 1.5 * math.log10(n))
     assert fd.detection_bound() == pytest.approx(1.0 + 0.5 + expected_ts)
     kill_at = 5 + 10 * kill_frac
-    deaths = [t for t in simulate(fd, rtts, kill_at, n_probes=30) if t.new is Health.DEAD]
+    deaths = [t for t in simulate(fd, rtts, kill_at, n_probes=30) if t.new is MemberState.DEAD]
     assert len(deaths) == 1
     assert kill_at < deaths[0].at <= kill_at + fd.detection_bound() + 1e-9
 
@@ -220,15 +221,15 @@ def test_slow_but_answering_peer_never_dead(interval: float, rtts: list[float]) 
     fd: FailureDetector[str] = FailureDetector(interval)
     rtts = [r * interval for r in rtts]
     log = simulate(fd, rtts, kill_at=None, n_probes=30)
-    assert [t for t in log if t.new is Health.DEAD] == []
-    assert fd.health("p") is Health.ALIVE
+    assert [t for t in log if t.new is MemberState.DEAD] == []
+    assert fd.health("p") is MemberState.ALIVE
     if any(r > fd.max_probe_timeout for r in rtts):  # some ack came after its timeout
-        assert any(t.new is Health.SUSPECT for t in log)
+        assert any(t.new is MemberState.SUSPECT for t in log)
 
 
 def test_very_slow_peer_beyond_suspicion_timeout_is_declared_dead() -> None:
     # Control for the property above: an ack later than P + T_s cannot save the peer.
     fd: FailureDetector[str] = FailureDetector(1.0)
     log = simulate(fd, [2.5], kill_at=None, n_probes=5)
-    assert [t.new for t in log][:3] == [Health.SUSPECT, Health.DEAD, Health.ALIVE]
+    assert [t.new for t in log][:3] == [MemberState.SUSPECT, MemberState.DEAD, MemberState.ALIVE]
     assert [t.at for t in log][:3] == [0.5, 2.0, 2.5]  # fail at 0.5, deadline 0.5 + 1.5

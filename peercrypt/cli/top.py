@@ -38,6 +38,7 @@ from rich.text import Text
 from peercrypt import errors
 from peercrypt.cli.common import UserError
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.member_state import MemberState
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     CancelTransfer,
@@ -142,6 +143,13 @@ class View:
         return self.transfers[self.selected].get("id")
 
 
+_STATE_COLOUR: dict[str, str] = {
+    MemberState.ALIVE: "green",
+    MemberState.SUSPECT: "yellow",
+    MemberState.DEAD: "red",
+}
+
+
 def _int(text: str | None) -> int:
     try:
         return int(text or 0)
@@ -219,7 +227,7 @@ def render(view: View, width: int) -> Group:
         peers.add_column(name, no_wrap=True)
     for p in view.peers[:50]:
         state = p.get("state", "")
-        colour = {"alive": "green", "suspect": "yellow", "dead": "red"}.get(state, "")
+        colour = _STATE_COLOUR.get(state, "")
         rtt = p.get("rtt_ms", "")
         peers.add_row(
             p.get("id", "")[:19],

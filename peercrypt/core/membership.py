@@ -94,6 +94,7 @@ from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
 from peercrypt.core.address import split_host_port
+from peercrypt.core.member_state import MemberState
 
 DOMAIN = b"peercrypt/member-record/v1"
 WIRE_VERSION = 1
@@ -106,22 +107,6 @@ DEFAULT_FORGET_AFTER = 300.0
 DEFAULT_TOMBSTONE_TTL = 24 * 3600.0
 _TAG_BYTES = 8
 
-
-class MemberState(enum.StrEnum):
-    """Liveness state of a member as carried in records."""
-
-    ALIVE = "alive"
-    SUSPECT = "suspect"
-    DEAD = "dead"
-    LEFT = "left"
-
-
-_RANK: dict[MemberState, int] = {
-    MemberState.ALIVE: 0,
-    MemberState.SUSPECT: 1,
-    MemberState.DEAD: 2,
-    MemberState.LEFT: 3,
-}
 
 #: States a node may only assert about itself (signed by the subject).
 SELF_SIGNED_STATES = frozenset({MemberState.ALIVE, MemberState.LEFT})
@@ -247,7 +232,7 @@ class MemberRecord:
     @cached_property
     def precedence(self) -> tuple[int, int, bytes, bytes]:
         """Total-order key; the greater record wins (see module doc)."""
-        return (self.incarnation, _RANK[self.state], self.signing_bytes, self.signature)
+        return (self.incarnation, self.state.rank, self.signing_bytes, self.signature)
 
     def supersedes(self, other: MemberRecord) -> bool:
         """True if this record wins over ``other`` (same subject assumed)."""
@@ -628,7 +613,7 @@ class MembershipTable:
             raise ValueError(f"cannot mark ourselves {state}; use refute() or mark_left()")
         entry = self._entries[node_id]
         cur = entry.current
-        if _RANK[cur.state] >= _RANK[state]:
+        if cur.state.rank >= state.rank:
             return None
         claim = MemberRecord.create(self._key, node_id, cur.incarnation, state)
         outcome = self._merge_one(claim, now)
@@ -745,8 +730,8 @@ class MembershipTable:
             theirs = digest.get(node_id)
             cur = entry.current
             if theirs is not None:
-                ours_key = (cur.incarnation, _RANK[cur.state])
-                their_key = (theirs.incarnation, _RANK[theirs.state])
+                ours_key = (cur.incarnation, cur.state.rank)
+                their_key = (theirs.incarnation, theirs.state.rank)
                 if ours_key < their_key:
                     continue
                 if ours_key == their_key and theirs.tag == entry.tag():

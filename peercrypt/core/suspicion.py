@@ -57,23 +57,15 @@ suspect is also probed at least once more before the deadline
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from peercrypt.core.member_state import MemberState
 from peercrypt.core.rtt import RttEstimator
 
 P = TypeVar("P", bound=Hashable)
-
-
-class Health(enum.StrEnum):
-    """Local liveness verdict about a peer."""
-
-    ALIVE = "alive"
-    SUSPECT = "suspect"
-    DEAD = "dead"
 
 
 @dataclass(frozen=True)
@@ -81,8 +73,8 @@ class Transition(Generic[P]):
     """A change of a peer's health at time ``at``, with a short ``reason``."""
 
     peer: P
-    old: Health
-    new: Health
+    old: MemberState
+    new: MemberState
     at: float
     reason: str
 
@@ -98,7 +90,7 @@ class PeerStatus(Generic[P]):
     """
 
     peer: P
-    health: Health
+    health: MemberState
     failures: int
     total_failures: int
     last_seen: float | None
@@ -111,7 +103,7 @@ class PeerStatus(Generic[P]):
 
 @dataclass
 class _Peer:
-    health: Health = Health.ALIVE
+    health: MemberState = MemberState.ALIVE
     failures: int = 0
     total_failures: int = 0
     last_seen: float | None = None
@@ -169,7 +161,7 @@ class FailureDetector(Generic[P]):
         """The ``n`` used by :meth:`suspicion_timeout`."""
         if self._cluster_size is not None:
             return self._cluster_size
-        return 1 + sum(1 for p in self._peers.values() if p.health is not Health.DEAD)
+        return 1 + sum(1 for p in self._peers.values() if p.health is not MemberState.DEAD)
 
     def suspicion_timeout(self) -> float:
         """``max(min_suspicion, suspicion_mult * log10(max(1, n)) * probe_interval)``."""
@@ -200,7 +192,7 @@ class FailureDetector(Generic[P]):
         """Tracked peers, in the order they were first seen."""
         return list(self._peers)
 
-    def health(self, peer: P) -> Health:
+    def health(self, peer: P) -> MemberState:
         """Current verdict.  Raises ``KeyError`` for an untracked peer."""
         return self._peers[peer].health
 
@@ -228,10 +220,10 @@ class FailureDetector(Generic[P]):
         p.last_seen = now if p.last_seen is None else max(p.last_seen, now)
         p.suspect_since = None
         p.dead_at = None
-        p.health = Health.ALIVE
-        if old is Health.ALIVE:
+        p.health = MemberState.ALIVE
+        if old is MemberState.ALIVE:
             return None
-        return Transition(peer, old, Health.ALIVE, now, reason)
+        return Transition(peer, old, MemberState.ALIVE, now, reason)
 
     def on_probe_ok(self, peer: P, rtt: float, now: float) -> Transition[P] | None:
         """An ack arrived after ``rtt`` seconds (late acks count too).
@@ -265,12 +257,12 @@ class FailureDetector(Generic[P]):
         p.failures += 1
         p.total_failures += 1
         p.rtt.backoff()
-        if p.health is not Health.ALIVE:
+        if p.health is not MemberState.ALIVE:
             return None
-        p.health = Health.SUSPECT
+        p.health = MemberState.SUSPECT
         p.suspect_since = now
         p.dead_at = now + self.suspicion_timeout()
-        return Transition(peer, Health.ALIVE, Health.SUSPECT, now, "probe_failed")
+        return Transition(peer, MemberState.ALIVE, MemberState.SUSPECT, now, "probe_failed")
 
     def tick(self, now: float) -> list[Transition[P]]:
         """Declare dead every suspect whose deadline is ``<= now``.
@@ -281,15 +273,19 @@ class FailureDetector(Generic[P]):
         due = [
             (p.dead_at, i, peer)
             for i, (peer, p) in enumerate(self._peers.items())
-            if p.health is Health.SUSPECT and p.dead_at is not None and p.dead_at <= now
+            if p.health is MemberState.SUSPECT and p.dead_at is not None and p.dead_at <= now
         ]
         out: list[Transition[P]] = []
         for dead_at, _, peer in sorted(due, key=lambda d: (d[0], d[1])):
             p = self._peers[peer]
-            p.health = Health.DEAD
+            p.health = MemberState.DEAD
             p.suspect_since = None
             p.dead_at = None
-            out.append(Transition(peer, Health.SUSPECT, Health.DEAD, dead_at, "suspicion_timeout"))
+            out.append(
+                Transition(
+                    peer, MemberState.SUSPECT, MemberState.DEAD, dead_at, "suspicion_timeout"
+                )
+            )
         return out
 
     def next_deadline(self) -> float | None:

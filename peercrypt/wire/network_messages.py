@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from peercrypt.core.member_state import ORDER, MemberState
 from peercrypt.wire.codec import Message, bounded, message
 
 NODE_ID = 32
@@ -31,12 +32,11 @@ MAX_RECORD_WIRE = 4096  # per record on the wire; the table's own bound is small
 MAX_DIGEST = 512
 DIGEST_ENTRY = struct.Struct(">32sQB8s")  # node id, incarnation, state rank, tag
 MAX_PEERS_LISTED = 512
-_STATES = ("alive", "suspect", "dead", "left")
 
 
 def pack_digest_entry(node_id: bytes, incarnation: int, state: str, tag: bytes) -> bytes:
     """One digest entry as fixed-size bytes (49 bytes)."""
-    return DIGEST_ENTRY.pack(node_id, incarnation, _STATES.index(state), tag)
+    return DIGEST_ENTRY.pack(node_id, incarnation, MemberState(state).rank, tag)
 
 
 def unpack_digest_entry(data: bytes) -> tuple[bytes, int, str, bytes]:
@@ -44,9 +44,9 @@ def unpack_digest_entry(data: bytes) -> tuple[bytes, int, str, bytes]:
     if len(data) != DIGEST_ENTRY.size:
         raise ValueError("digest entry has the wrong size")
     node_id, incarnation, rank, tag = DIGEST_ENTRY.unpack(data)
-    if rank >= len(_STATES):
+    if rank >= len(ORDER):
         raise ValueError("digest entry has an unknown state")
-    return node_id, incarnation, _STATES[rank], tag
+    return node_id, incarnation, ORDER[rank], tag
 
 
 def _request() -> dict[str, int]:
