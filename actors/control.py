@@ -24,6 +24,7 @@ import zmq
 
 import peercrypt
 from peercrypt.crypto.identity import fingerprint
+from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_endpoint
 from peercrypt.settings import CONTROL_FILE, NodeSettings
 from peercrypt.wire import codec
@@ -123,7 +124,7 @@ class ControlActor(Actor):
         for route, theirs in self.pending.values():
             stopped = SendResult(
                 request=theirs,
-                code="cancelled",
+                code=ResultCode.CANCELLED,
                 reason="the node is stopping",
                 size=0,
                 digest=b"",
@@ -170,7 +171,9 @@ class ControlActor(Actor):
             for ours, (client, theirs) in self.pending.items():
                 if client == route and theirs == msg.request:
                     if ours in self.checking:
-                        self._refuse_send(self.checking.pop(ours), "cancelled", "cancelled")
+                        self._refuse_send(
+                            self.checking.pop(ours), ResultCode.CANCELLED, "cancelled"
+                        )
                         break
                     self.tell("sender", CancelRequest(request=ours))
                     self.tell("msender", CancelRequest(request=ours))
@@ -250,8 +253,8 @@ class ControlActor(Actor):
             request: int = cast(Any, msg).request
             if isinstance(msg, SendResult) and request in self.sending:
                 host, port = self.sending.pop(request)
-                if msg.code != "cancelled":
-                    outcome = TransferOutcome(host=host, port=port, ok=msg.code == "ok")
+                if msg.code != ResultCode.CANCELLED:
+                    outcome = TransferOutcome(host=host, port=port, ok=msg.code == ResultCode.OK)
                     self.tell("health", outcome)
             entry = self.pending.get(request)
             if entry is None:
@@ -274,11 +277,11 @@ class ControlActor(Actor):
 
     def _after_check(self, result: CheckResult) -> None:
         req = self.checking.pop(result.request)
-        if result.code not in ("ok", "timeout") and not req.force:
-            hint = "; `send --force` tries anyway" if result.code == "unreachable" else ""
+        if result.code not in (ResultCode.OK, ResultCode.TIMEOUT) and not req.force:
+            hint = "; `send --force` tries anyway" if result.code == ResultCode.UNREACHABLE else ""
             self._refuse_send(req, result.code, f"{result.reason}{hint}")
             return
-        if result.code != "ok":
+        if result.code != ResultCode.OK:
             self.count("forced-sends")
             log.warning("sending to %s:%s despite: %s", req.host, req.port, result.reason)
         self.sending[req.request] = (req.host, req.port)

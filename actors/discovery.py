@@ -44,6 +44,7 @@ from peercrypt.core.membership import (
     x25519_public_key,
 )
 from peercrypt.core.reliability import DEFAULT_PRIOR, weighted_choice
+from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
@@ -99,7 +100,7 @@ class Join:
     backoff: Backoff
     link: Link | None = None
     timer: Timer | None = None
-    last: tuple[str, str] = ("unreachable", "")
+    last: tuple[str, str] = (ResultCode.UNREACHABLE, "")
     attempts: int = 0
 
     @property
@@ -158,7 +159,7 @@ class DiscoveryActor(Actor):
 
     def teardown(self) -> None:
         for join in list(self.joins.values()):
-            self._end_join(join, "cancelled", "the node is stopping")
+            self._end_join(join, ResultCode.CANCELLED, "the node is stopping")
         if self.table is None:
             return
         left = self.table.mark_left(self.now())
@@ -506,7 +507,9 @@ class DiscoveryActor(Actor):
                 missing = self.table.records_for(digest, max_bytes=RECORD_BUDGET)
                 if missing:
                     self._send(link, self._push(missing, reply=False))
-            self._end_join(join, "ok", f"joined through {join.host}:{join.port}", linger=True)
+            self._end_join(
+                join, ResultCode.OK, f"joined through {join.host}:{join.port}", linger=True
+            )
 
     def _join_timeout(self, join: Join) -> None:
         if join.request in self.joins and join.link is not None:
@@ -517,7 +520,7 @@ class DiscoveryActor(Actor):
         if join.request not in self.joins or join.link is None:
             return
         code, detail = join.link.failure, join.link.detail
-        if code in ("handshake", "not-admitted"):
+        if code in (ResultCode.HANDSHAKE, ResultCode.NOT_ADMITTED):
             self._end_join(join, code, detail)
             return
         join.last = (code, detail)
@@ -548,8 +551,8 @@ class DiscoveryActor(Actor):
                 self.call_later(1.0, link.close)
             else:
                 link.close()
-        self.count("joins-ok" if code == "ok" else "joins-failed")
-        if code != "ok" and join.requester is None:
+        self.count("joins-ok" if code == ResultCode.OK else "joins-failed")
+        if code != ResultCode.OK and join.requester is None:
             self.log_limited(
                 "discovery: cannot join through %s:%s: %s",
                 join.host,

@@ -41,6 +41,7 @@ from peercrypt.core.membership import x25519_public_key
 from peercrypt.core.reliability import ReliabilityScore
 from peercrypt.core.suspicion import FailureDetector, Transition
 from peercrypt.crypto.identity import fingerprint
+from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
@@ -100,7 +101,7 @@ class Check:
     sent_at: float = 0.0
     attempts: int = 0
     timer: Timer | None = None
-    last: tuple[str, str] = ("unreachable", "")
+    last: tuple[str, str] = (ResultCode.UNREACHABLE, "")
 
 
 class HealthActor(Actor):
@@ -126,7 +127,7 @@ class HealthActor(Actor):
 
     def teardown(self) -> None:
         for check in list(self.checks.values()):
-            self._finish(check, "cancelled", "the node is stopping")
+            self._finish(check, ResultCode.CANCELLED, "the node is stopping")
 
     # -- mail -------------------------------------------------------------------
 
@@ -147,7 +148,9 @@ class HealthActor(Actor):
     def on_actor_restarted(self, name: str) -> None:
         if name == "control":
             for check in list(self.checks.values()):
-                self._finish(check, "cancelled", "the control actor restarted", reply=False)
+                self._finish(
+                    check, ResultCode.CANCELLED, "the control actor restarted", reply=False
+                )
 
     def _on_member(self, msg: MemberUpdate) -> None:
         m = self.members.get(msg.node_id)
@@ -377,13 +380,15 @@ class HealthActor(Actor):
             return
         rtt = self.now() - check.sent_at
         fp = fingerprint(msg.node_id)
-        self._finish(check, "ok", f"{check.request.host}:{check.request.port} answered", rtt, fp)
+        self._finish(
+            check, ResultCode.OK, f"{check.request.host}:{check.request.port} answered", rtt, fp
+        )
 
     def _on_timeout(self, check: Check) -> None:
         if check.request.request not in self.checks or check.link is None:
             return
         check.last = check.link.timeout_reason(self._attempt_timeout(check))
-        if check.last[0] == "timeout":
+        if check.last[0] == ResultCode.TIMEOUT:
             # The host is up (TCP connected) but silent: retrying this check
             # adds nothing; the periodic probes judge slow peers.
             self._finish(check, *check.last)
@@ -394,7 +399,7 @@ class HealthActor(Actor):
         if check.request.request not in self.checks or check.link is None:
             return
         code, detail = check.link.failure, check.link.detail
-        if code in ("handshake", "not-admitted"):
+        if code in (ResultCode.HANDSHAKE, ResultCode.NOT_ADMITTED):
             self._finish(check, code, detail)  # definitive: retrying cannot help
             return
         check.last = (code, detail)
@@ -433,7 +438,7 @@ class HealthActor(Actor):
         if check.link is not None:
             check.link.close()
             check.link = None
-        ok = code == "ok"
+        ok = code == ResultCode.OK
         self.count("checks-ok" if ok else "checks-failed")
         for m in self.members.values():
             if same_host_port(m.url, req.host, req.port):

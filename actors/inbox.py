@@ -43,6 +43,7 @@ from pathlib import Path
 from peercrypt.core.bitmap import MAX_TRANSFER_CHUNKS
 from peercrypt.core.names import UnsafeName, candidate_names, sanitise
 from peercrypt.core.resume import MAX_MANIFEST_BYTES, KeptPart, Manifest, ManifestError, expired
+from peercrypt.errors import ResultCode
 from peercrypt.settings import MIN_CHUNK, NodeSettings
 
 
@@ -96,13 +97,13 @@ def create_part(
             part = inbox / f".{name}.{ident}{suffix}.part"
             fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
-        raise Refusal("io", f"cannot create file in inbox: {exc.strerror}") from None
+        raise Refusal(ResultCode.IO, f"cannot create file in inbox: {exc.strerror}") from None
     try:
         os.ftruncate(fd, size)
     except OSError as exc:
         discard_part(part, fd)
         os.close(fd)
-        raise Refusal("io", f"cannot create file in inbox: {exc.strerror}") from None
+        raise Refusal(ResultCode.IO, f"cannot create file in inbox: {exc.strerror}") from None
     return part, fd
 
 
@@ -177,15 +178,15 @@ def _link_fd(fd: int, part: Path | None, target: Path) -> None:
         except FileExistsError:
             raise
         except OSError as exc:
-            raise Refusal("io", f"cannot link the verified file: {exc.strerror}") from None
+            raise Refusal(ResultCode.IO, f"cannot link the verified file: {exc.strerror}") from None
         finally:
             os.close(procfd)
     if part is None:
-        raise Refusal("io", "cannot link the verified file: no /proc")
+        raise Refusal(ResultCode.IO, "cannot link the verified file: no /proc")
     # No /proc: link the name, but only while it is still this very file.
     mine, there = os.fstat(fd), os.lstat(part)
     if (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
-        raise Refusal("io", "the part file was replaced")
+        raise Refusal(ResultCode.IO, "the part file was replaced")
     os.link(part, target, follow_symlinks=False)
 
 

@@ -58,6 +58,7 @@ from peercrypt.crypto.chunk_signature import (
     subscription_token,
 )
 from peercrypt.crypto.keywrap import ContentSealer, WrapKey, new_content_key
+from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, Timer, bound_port
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
@@ -201,7 +202,7 @@ class MulticastSenderActor(Actor):
 
     def teardown(self) -> None:
         for sess in list(self.sessions.values()):
-            self._finish(sess, "cancelled", "the node is stopping")
+            self._finish(sess, ResultCode.CANCELLED, "the node is stopping")
 
     def _ensure_pub(self) -> None:
         """Bind the PUB socket on first use (nodes that never multicast open no port)."""
@@ -263,7 +264,7 @@ class MulticastSenderActor(Actor):
         elif isinstance(msg, CancelRequest):
             for sess in list(self.sessions.values()):
                 if sess.request.request == msg.request:
-                    self._finish(sess, "cancelled", "cancelled by the user")
+                    self._finish(sess, ResultCode.CANCELLED, "cancelled by the user")
         else:
             super().on_mail(msg)
 
@@ -276,7 +277,9 @@ class MulticastSenderActor(Actor):
     def _start(self, req: McSendRequest) -> None:
         bad = [t for t in req.targets if not _valid_target(t)]
         if not req.targets or bad:
-            return self._fail_request(req, "local", f"invalid targets: {bad or 'none'}"[:500])
+            return self._fail_request(
+                req, ResultCode.LOCAL, f"invalid targets: {bad or 'none'}"[:500]
+            )
         group: tuple[str, int] | None = None
         udp: socket.socket | None = None
         try:
@@ -290,23 +293,27 @@ class MulticastSenderActor(Actor):
             else:
                 self._ensure_pub()
         except ValueError as exc:
-            return self._fail_request(req, "local", str(exc))
+            return self._fail_request(req, ResultCode.LOCAL, str(exc))
         except OSError as exc:
-            return self._fail_request(req, "local", f"cannot send to the group: {exc.strerror}")
+            return self._fail_request(
+                req, ResultCode.LOCAL, f"cannot send to the group: {exc.strerror}"
+            )
         except SetupError as exc:
-            return self._fail_request(req, "local", str(exc))
+            return self._fail_request(req, ResultCode.LOCAL, str(exc))
         try:
             fd = os.open(req.path, os.O_RDONLY)
         except OSError as exc:
             if udp is not None:
                 udp.close()
-            return self._fail_request(req, "local", f"cannot read {req.path}: {exc.strerror}")
+            return self._fail_request(
+                req, ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}"
+            )
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             if udp is not None:
                 udp.close()
-            return self._fail_request(req, "local", f"{req.path} is not a regular file")
+            return self._fail_request(req, ResultCode.LOCAL, f"{req.path} is not a regular file")
         sid = os.urandom(16)
         key = new_content_key()
         total = max(1, -(-st.st_size // req.chunk_size))
@@ -362,7 +369,7 @@ class MulticastSenderActor(Actor):
         try:
             ctl.connect(f"tcp://{join_host_port(host, port)}")
         except zmq.ZMQError as exc:
-            self._target_failed(sess, t, "local", f"invalid address {name}: {exc}")
+            self._target_failed(sess, t, ResultCode.LOCAL, f"invalid address {name}: {exc}")
 
     def _announce(self, sess: Session, t: Target) -> None:
         t.attempt += 1
@@ -418,13 +425,17 @@ class MulticastSenderActor(Actor):
                     and t.result is None
                 ):
                     t.noticed = True
-                    self._notice(sess, t, "unreachable", f"cannot connect to {t.name} (yet)")
+                    self._notice(
+                        sess, t, ResultCode.UNREACHABLE, f"cannot connect to {t.name} (yet)"
+                    )
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 t.handshaken = True
                 if not t.joined and t.result is None:
                     self._announce(sess, t)
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and t.result is None:
-                self._target_failed(sess, t, "not-admitted", f"{t.name} did not admit this node")
+                self._target_failed(
+                    sess, t, ResultCode.NOT_ADMITTED, f"{t.name} did not admit this node"
+                )
             elif (
                 event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
                 and not t.handshaken
@@ -433,7 +444,7 @@ class MulticastSenderActor(Actor):
                 self._target_failed(
                     sess,
                     t,
-                    "handshake",
+                    ResultCode.HANDSHAKE,
                     f"handshake with {t.name} failed: wrong network key, or not a PeerCrypt node",
                 )
 
@@ -481,11 +492,11 @@ class MulticastSenderActor(Actor):
                     self._announce(sess, t)
                 else:
                     self._target_failed(
-                        sess, t, "refused", f"{t.name} refused: {printable(msg.reason)}"
+                        sess, t, ResultCode.REFUSED, f"{t.name} refused: {printable(msg.reason)}"
                     )
             elif isinstance(msg, ErrorReply):
                 self._target_failed(
-                    sess, t, "refused", f"{t.name} rejected: {printable(msg.reason)}"
+                    sess, t, ResultCode.REFUSED, f"{t.name} rejected: {printable(msg.reason)}"
                 )
             else:
                 self.count("control-unexpected")
@@ -498,13 +509,17 @@ class MulticastSenderActor(Actor):
             self.count("join-stale")
             return
         if len(j.repair_key) != RECEIVER_KEY_BYTES:
-            return self._target_failed(sess, t, "protocol", f"{t.name} sent no receiver key")
+            return self._target_failed(
+                sess, t, ResultCode.PROTOCOL, f"{t.name} sent no receiver key"
+            )
         if j.repair_key != t.repair_key:
             t.repair_key, t.token = j.repair_key, subscription_token(j.repair_key)
         try:
             wrapped = wrap.wrap(sess.sid, j.eph_pub, sess.content_key)
         except ValueError:
-            return self._target_failed(sess, t, "protocol", f"{t.name} sent an invalid key")
+            return self._target_failed(
+                sess, t, ResultCode.PROTOCOL, f"{t.name} sent an invalid key"
+            )
         member = sess.plan.members.get(t.name)
         rejoin = member is None or member.state in (JOINING, LOST)
         if rejoin:
@@ -565,10 +580,14 @@ class MulticastSenderActor(Actor):
 
     def _on_done(self, sess: Session, t: Target, d: McDone) -> None:
         if not d.ok:
-            return self._target_failed(sess, t, "failed", f"{t.name} failed: {printable(d.reason)}")
+            return self._target_failed(
+                sess, t, ResultCode.FAILED, f"{t.name} failed: {printable(d.reason)}"
+            )
         if not sess.digest or not hmac.compare_digest(d.digest, sess.digest):
-            return self._target_failed(sess, t, "verify", f"{t.name} stored a different hash")
-        t.result = ("ok", "", printable(d.stored_as))
+            return self._target_failed(
+                sess, t, ResultCode.VERIFY, f"{t.name} stored a different hash"
+            )
+        t.result = (ResultCode.OK, "", printable(d.stored_as))
         t.seconds = self.now() - sess.started
         sess.plan.end(t.name, DONE)
         self._report_target(sess, t)
@@ -758,7 +777,9 @@ class MulticastSenderActor(Actor):
             for _ in range(n):
                 self._publish_next(sess)
         except OSError as exc:
-            return self._finish(sess, "local", f"reading {sess.request.path} failed: {exc}")
+            return self._finish(
+                sess, ResultCode.LOCAL, f"reading {sess.request.path} failed: {exc}"
+            )
         self._check_read_all(sess)
         if n == PUBLISH_BATCH and not sess.pump_scheduled:
             sess.pump_scheduled = True
@@ -783,7 +804,9 @@ class MulticastSenderActor(Actor):
                 else:
                     break
         except OSError as exc:
-            return self._finish(sess, "local", f"reading {sess.request.path} failed: {exc}")
+            return self._finish(
+                sess, ResultCode.LOCAL, f"reading {sess.request.path} failed: {exc}"
+            )
         self._check_read_all(sess)
         if sess.allowance <= 0:
             queued = sum(fragments.blob_len(item[3]) - item[4] for item in sess.backlog)
@@ -794,7 +817,9 @@ class MulticastSenderActor(Actor):
         if sess.plan.published == sess.plan.total and not sess.digest:
             st = os.fstat(sess.fd)
             if (st.st_size, st.st_mtime_ns) != (sess.size, sess.mtime_ns):
-                return self._finish(sess, "local", f"{sess.request.path} changed while sending")
+                return self._finish(
+                    sess, ResultCode.LOCAL, f"{sess.request.path} changed while sending"
+                )
             sess.digest = sess.hasher.digest()
 
     def _pump_again(self, sess: Session) -> None:
@@ -808,7 +833,7 @@ class MulticastSenderActor(Actor):
                 if now - sess.started >= sess.request.timeout:
                     for t in list(sess.targets.values()):
                         if not t.joined:
-                            code = "timeout" if t.handshaken else "unreachable"
+                            code = ResultCode.TIMEOUT if t.handshaken else ResultCode.UNREACHABLE
                             self._target_failed(sess, t, code, _not_joined(t))
                     if sess.sid in self.sessions:
                         self._start_publishing(sess)
@@ -822,9 +847,9 @@ class MulticastSenderActor(Actor):
                 elif state == FAILED:
                     member = sess.plan.members[name]
                     reason = member.reason
-                    code = "timeout"
+                    code = ResultCode.TIMEOUT
                     if not t.joined and not t.connected:
-                        code, reason = "unreachable", _not_joined(t)
+                        code, reason = ResultCode.UNREACHABLE, _not_joined(t)
                     self._target_failed(sess, t, code, reason)
             if sess.sid in self.sessions:
                 self._pump(sess)
@@ -854,9 +879,9 @@ class MulticastSenderActor(Actor):
 
     def _maybe_end(self, sess: Session) -> None:
         if sess.sid in self.sessions and all(t.result is not None for t in sess.targets.values()):
-            failed = [t for t in sess.targets.values() if t.result and t.result[0] != "ok"]
+            failed = [t for t in sess.targets.values() if t.result and t.result[0] != ResultCode.OK]
             if not failed:
-                self._finish(sess, "ok", "")
+                self._finish(sess, ResultCode.OK, "")
             else:
                 first = failed[0]
                 assert first.result is not None
@@ -873,7 +898,7 @@ class MulticastSenderActor(Actor):
             timer.cancel()
         for t in sess.targets.values():
             if t.result is None:
-                t.result = (code if code != "ok" else "cancelled", reason, "")
+                t.result = (code if code != ResultCode.OK else ResultCode.CANCELLED, reason, "")
                 t.seconds = self.now() - sess.started
                 self.tell("stats", _record(sess, t, self.now()))
                 if t.joined:
@@ -886,7 +911,7 @@ class MulticastSenderActor(Actor):
         os.close(sess.fd)
         if sess.udp is not None:
             sess.udp.close()
-        self.count("sent" if code == "ok" else f"failed-{code}")
+        self.count("sent" if code == ResultCode.OK else f"failed-{code}")
         plan = sess.plan
         stats: dict[str, float] = {
             "chunks": sess.total,
@@ -921,7 +946,7 @@ class MulticastSenderActor(Actor):
                 code=code[:32],
                 reason=reason[:500],
                 size=sess.size,
-                digest=sess.digest if code == "ok" else b"",
+                digest=sess.digest if code == ResultCode.OK else b"",
                 seconds=self.now() - sess.started,
                 results=results,
                 stats=stats,
@@ -941,7 +966,7 @@ def _record(sess: Session, t: Target, now: float) -> StatsRecord:
         mode="multicast",
         file=sess.request.path[-1024:],
         size=sess.size,
-        done_bytes=sess.size if code == "ok" else acked,
+        done_bytes=sess.size if code == ResultCode.OK else acked,
         chunk_size=sess.chunk_size,
         chunks=sess.total,
         started=sess.wall,

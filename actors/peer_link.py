@@ -30,6 +30,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from peercrypt.core.address import split_host_port
+from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
@@ -135,7 +136,7 @@ class Link:
         try:
             sock.connect(url)
         except zmq.ZMQError as exc:
-            self.failure = "local"
+            self.failure = ResultCode.LOCAL
             self.detail = f"invalid address {address_of(url)}: {exc.strerror}"
 
     def send(self, msg: codec.Message) -> int:
@@ -179,7 +180,8 @@ class Link:
                 self._diagnose()
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._fail(
-                    "not-admitted", f"{peer} did not admit this node (not on its allow-list)"
+                    ResultCode.NOT_ADMITTED,
+                    f"{peer} did not admit this node (not on its allow-list)",
                 )
             elif not self.handshaken and event in (
                 zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
@@ -187,7 +189,7 @@ class Link:
                 zmq.EVENT_DISCONNECTED,
             ):
                 self._fail(
-                    "handshake",
+                    ResultCode.HANDSHAKE,
                     f"handshake with {peer} failed: wrong network key, or not a PeerCrypt node",
                 )
 
@@ -233,7 +235,7 @@ class Link:
 
     def _unreachable(self, cause: str) -> None:
         self.cause = cause
-        self._fail("unreachable", f"cannot connect to {address_of(self.url)}: {cause}")
+        self._fail(ResultCode.UNREACHABLE, f"cannot connect to {address_of(self.url)}: {cause}")
 
     def _fail(self, code: str, detail: str) -> None:
         if self.failure:
@@ -246,10 +248,13 @@ class Link:
         """(code, reason) for an attempt that got no answer in time."""
         peer = address_of(self.url)
         if not self.connected:
-            return "unreachable", f"cannot connect to {peer}: {self.cause or TIMED_OUT}"
+            return ResultCode.UNREACHABLE, f"cannot connect to {peer}: {self.cause or TIMED_OUT}"
         if self.monitor is not None and not self.handshaken:
-            return "timeout", f"{peer} accepted the connection but did not complete the handshake"
-        return "timeout", f"{peer} did not answer within {seconds:g} s"
+            return (
+                ResultCode.TIMEOUT,
+                f"{peer} accepted the connection but did not complete the handshake",
+            )
+        return ResultCode.TIMEOUT, f"{peer} did not answer within {seconds:g} s"
 
     def close(self) -> None:
         if self.closed:

@@ -44,6 +44,7 @@ from peercrypt.core.receive_window import Arrival
 from peercrypt.core.replay import ReplayWindow
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, Ephemeral, OpenError, TransferKeys
+from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
@@ -355,7 +356,7 @@ class ReceiverActor(Actor):
                 self._abandon(t, out)
 
     def _abandon(self, t: Incoming, out: Abandon) -> None:
-        if out.code == "aborted":
+        if out.code == ResultCode.ABORTED:
             log.info("sender abandoned %s: %s", t.name, out.reason)
             self.count("aborted-by-sender")
         elif out.code == "expired":
@@ -396,16 +397,16 @@ class ReceiverActor(Actor):
             s = self.settings
             stored = publish(t.part, t.fd, s.inbox, t.name, s.file_mode)
         except Refusal as exc:
-            self._send_sealed(t, Failed(code="io", reason=exc.reason))
-            self.tell("stats", self._record(t, "io", exc.reason))
+            self._send_sealed(t, Failed(code=ResultCode.IO, reason=exc.reason))
+            self.tell("stats", self._record(t, ResultCode.IO, exc.reason))
             self._close(t, keep_part=False)
             return
         if stored is None:
-            self._send_sealed(t, Failed(code="io", reason="no free name in the inbox"))
-            self.tell("stats", self._record(t, "io", "no free name in the inbox"))
+            self._send_sealed(t, Failed(code=ResultCode.IO, reason="no free name in the inbox"))
+            self.tell("stats", self._record(t, ResultCode.IO, "no free name in the inbox"))
             self._close(t, keep_part=True)
             return
-        self.tell("stats", self._record(t, "ok", stored=stored))
+        self.tell("stats", self._record(t, ResultCode.OK, stored=stored))
         self._close(t, keep_part=False)
         self.count("received")
         self.count("received-bytes", t.size)
@@ -467,7 +468,7 @@ class ReceiverActor(Actor):
             mode=t.mode,
             file=stored or t.name,
             size=t.size,
-            done_bytes=t.size if result == "ok" else self._written(t),
+            done_bytes=t.size if result == ResultCode.OK else self._written(t),
             chunk_size=t.chunk_size,
             chunks=t.flow.total,
             started=t.wall,

@@ -52,6 +52,7 @@ from peercrypt.core.outgoing import (
     SendDone,
 )
 from peercrypt.crypto.transfer import Ephemeral, OpenError, TransferKeys
+from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
@@ -142,9 +143,9 @@ class SenderActor(Actor):
     def teardown(self) -> None:
         waiting, self.waiting = self.waiting, deque()
         for req in waiting:
-            self.tell("control", _result(req.request, "cancelled", "the node is stopping"))
+            self.tell("control", _result(req.request, ResultCode.CANCELLED, "the node is stopping"))
         for t in list(self.transfers.values()):
-            self._end(t, "cancelled", "the node is stopping")
+            self._end(t, ResultCode.CANCELLED, "the node is stopping")
 
     # -- requests -------------------------------------------------------------------
 
@@ -175,10 +176,12 @@ class SenderActor(Actor):
         elif isinstance(msg, CancelRequest):
             for t in list(self.transfers.values()):
                 if t.request.request == msg.request:
-                    self._end(t, "cancelled", "cancelled by the user")
+                    self._end(t, ResultCode.CANCELLED, "cancelled by the user")
             for req in [r for r in self.waiting if r.request == msg.request]:
                 self.waiting.remove(req)
-                self.tell("control", _result(req.request, "cancelled", "cancelled by the user"))
+                self.tell(
+                    "control", _result(req.request, ResultCode.CANCELLED, "cancelled by the user")
+                )
         else:
             super().on_mail(msg)
 
@@ -226,16 +229,16 @@ class SenderActor(Actor):
         try:
             fd = os.open(req.path, os.O_RDONLY)
         except OSError as exc:
-            return fail("local", f"cannot read {req.path}: {exc.strerror}")
+            return fail(ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}")
         st = os.fstat(fd)
         if not _is_regular(st.st_mode):
             os.close(fd)
-            return fail("local", f"{req.path} is not a regular file")
+            return fail(ResultCode.LOCAL, f"{req.path} is not a regular file")
         try:
             policy = with_overrides(Policy(), **{n: getattr(req, n) for n in POLICY_FIELDS})
         except PolicyError as exc:
             os.close(fd)
-            return fail("local", str(exc))
+            return fail(ResultCode.LOCAL, str(exc))
         tid = os.urandom(16)
         flow = OutgoingTransfer(
             policy=policy,
@@ -294,9 +297,11 @@ class SenderActor(Actor):
         if isinstance(msg, Accept) and msg.tid == t.tid:
             self._on_accept(t, msg)
         elif isinstance(msg, Refuse) and msg.tid == t.tid:
-            self._end(t, "refused", f"{t.peer} refused: {printable(msg.reason)}")
+            self._end(t, ResultCode.REFUSED, f"{t.peer} refused: {printable(msg.reason)}")
         elif isinstance(msg, ErrorReply):
-            self._end(t, "refused", f"{t.peer} rejected the offer: {printable(msg.reason)}")
+            self._end(
+                t, ResultCode.REFUSED, f"{t.peer} rejected the offer: {printable(msg.reason)}"
+            )
         else:
             self.count("control-unexpected")
 
@@ -305,7 +310,7 @@ class SenderActor(Actor):
             t.keys = t.eph.agree(t.tid, accept.eph_pub, initiator=True)
             have = pairs(accept.have)
         except ValueError as exc:
-            return self._end(t, "protocol", f"{t.peer} sent an invalid accept: {exc}")
+            return self._end(t, ResultCode.PROTOCOL, f"{t.peer} sent an invalid accept: {exc}")
         flow = t.flow
         flow.on_accept(have, accept.window, self.now())
         host = accept.data_host or t.request.host
@@ -391,14 +396,14 @@ class SenderActor(Actor):
                         demand = FlowDemand(request=t.request.request, nbytes=out.nbytes)
                         self.tell("scheduler", demand)
                     elif isinstance(out, Finished):
-                        return self._end(t, "ok", "", stored_as=out.stored_as)
+                        return self._end(t, ResultCode.OK, "", stored_as=out.stored_as)
                     else:
                         code, reason = out.code, out.reason
                         if out.offer_expired and t.link is not None:
                             code, reason = t.link.timeout_reason(t.request.timeout)
                         return self._end(t, code, reason)
             except OSError as exc:
-                return self._end(t, "local", f"reading {t.request.path} failed: {exc}")
+                return self._end(t, ResultCode.LOCAL, f"reading {t.request.path} failed: {exc}")
         if t.timer is not None:
             t.timer.cancel()
         due = t.flow.next_timer()
@@ -439,7 +444,7 @@ class SenderActor(Actor):
         and the file must be the one whose chunks were sent."""
         st = os.fstat(t.fd)
         if (st.st_size, st.st_mtime_ns) != (t.size, t.mtime_ns):
-            t.flow.fail("local", f"{t.request.path} changed while it was being sent")
+            t.flow.fail(ResultCode.LOCAL, f"{t.request.path} changed while it was being sent")
             return
         if t.crew is not None:
             return  # the lanes' hash result calls on_digest
@@ -457,7 +462,7 @@ class SenderActor(Actor):
             elif isinstance(result, FileHashed):
                 t.flow.on_digest(result.digest, self.now())
             else:
-                t.flow.fail("local", f"reading {t.request.path} failed: {result.text}")
+                t.flow.fail(ResultCode.LOCAL, f"reading {t.request.path} failed: {result.text}")
         self._drive(t)
 
     def _send_sealed(self, t: Outgoing, msg: codec.Message) -> None:
@@ -515,9 +520,9 @@ class SenderActor(Actor):
         flow.fail(code, reason)  # no-op when the transfer already ended itself
         if t.timer is not None:
             t.timer.cancel()
-        if code != "ok" and t.keys is not None and t.data is not None:
+        if code != ResultCode.OK and t.keys is not None and t.data is not None:
             with contextlib.suppress(zmq.ZMQError):
-                self._send_sealed(t, Failed(code="aborted", reason=reason[:200]))
+                self._send_sealed(t, Failed(code=ResultCode.ABORTED, reason=reason[:200]))
         if t.crew is not None:
             self.unwatch(t.crew.wake_fd)
             t.crew.stop()
@@ -529,7 +534,7 @@ class SenderActor(Actor):
             if not sock.closed:
                 self.close_socket(sock)
         os.close(t.fd)
-        self.count("sent" if code == "ok" else f"failed-{code}")
+        self.count("sent" if code == ResultCode.OK else f"failed-{code}")
         while self.waiting and len(self.transfers) < self.settings.max_outgoing:
             self._start(self.waiting.popleft())
         self.tell("stats", self._record(t, code, reason))
@@ -540,7 +545,7 @@ class SenderActor(Actor):
                 code=code[:32],
                 reason=reason[:500],
                 size=t.size,
-                digest=flow.digest if code == "ok" else b"",
+                digest=flow.digest if code == ResultCode.OK else b"",
                 stored_as=stored_as,
                 seconds=self.now() - flow.started,
                 retransmits=flow.retransmits,

@@ -1,12 +1,18 @@
-"""Exit codes of the CLI, by the failure codes that travel in SendResult.
+"""Result codes of transfers and checks, and the CLI's exit code for each.
 
-0 success; 1 the transfer failed (timeout, verification, the peer aborted, an
-I/O error); 2 a usage error or a local problem (bad option, unreadable file,
-no network key); 3 the peer is unreachable; 4 not admitted (wrong network key
-or not on the peer's allow-list); 5 the peer refused the file.
+A :class:`ResultCode` travels as text in ``SendResult``, ``Failed``,
+``Refuse`` and the multicast results (it is a ``StrEnum``, so it compares
+equal to the text on the wire).  :data:`EXIT_CODES` maps it to the process
+exit status: 0 success; 1 the transfer failed (timeout, verification, the
+peer aborted, an I/O error); 2 a usage error or a local problem (bad option,
+unreadable file, no network key); 3 the peer is unreachable; 4 not admitted
+(wrong network key or not on the peer's allow-list); 5 the peer refused the
+file.
 """
 
 from __future__ import annotations
+
+import enum
 
 OK = 0
 FAILED = 1
@@ -15,15 +21,38 @@ UNREACHABLE = 3
 NOT_ADMITTED = 4
 REFUSED = 5
 
-EXIT_CODES: dict[str, int] = {
-    "ok": OK,
-    "local": USAGE,
-    "unreachable": UNREACHABLE,
-    "handshake": NOT_ADMITTED,
-    "not-admitted": NOT_ADMITTED,
-    "refused": REFUSED,
+
+class ResultCode(enum.StrEnum):
+    """How a transfer, a target or a connection attempt ended."""
+
+    OK = "ok"
+    LOCAL = "local"  # a local problem: bad request, unreadable file
+    UNREACHABLE = "unreachable"
+    HANDSHAKE = "handshake"  # CURVE handshake failed: wrong network key
+    NOT_ADMITTED = "not-admitted"
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    VERIFY = "verify"  # the stored file's hash differs
+    IO = "io"  # the receiver cannot write
+    ABORTED = "aborted"  # the other side gave up
+    PROTOCOL = "protocol"  # the peer broke the protocol
+    CANCELLED = "cancelled"
+    FAILED = "failed"  # a multicast target reported a failure
+
+
+EXIT_CODES: dict[ResultCode, int] = {
+    ResultCode.OK: OK,
+    ResultCode.LOCAL: USAGE,
+    ResultCode.UNREACHABLE: UNREACHABLE,
+    ResultCode.HANDSHAKE: NOT_ADMITTED,
+    ResultCode.NOT_ADMITTED: NOT_ADMITTED,
+    ResultCode.REFUSED: REFUSED,
 }
 
 
 def exit_code(code: str) -> int:
-    return EXIT_CODES.get(code, FAILED)
+    """The exit status for a result code as received (unknown text: 1)."""
+    try:
+        return EXIT_CODES.get(ResultCode(code), FAILED)
+    except ValueError:
+        return FAILED

@@ -24,6 +24,7 @@ from peercrypt import errors
 from peercrypt.cli.common import UserError, follow, local_node
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.address import join_host_port, split_host_port
+from peercrypt.errors import ResultCode
 from peercrypt.wire.codec import Message
 from peercrypt.wire.messages import ErrorReply
 from peercrypt.wire.multicast_messages import (
@@ -144,14 +145,14 @@ def _target_result(as_json: bool, msg: Message) -> None:
         click.echo(f"peercrypt: note: {msg.reason}", err=True)
     elif as_json:
         pass
-    elif msg.code == "ok":
+    elif msg.code == ResultCode.OK:
         click.echo(f"  {msg.target}: verified, stored as {msg.stored_as}", err=True)
     else:
         click.echo(f"  {msg.target}: failed ({msg.code}): {msg.reason}", err=True)
 
 
 def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
-    ok = result.code == "ok"
+    ok = result.code == ResultCode.OK
     rate = result.size / result.seconds / 2**20 if result.seconds > 0 else 0.0
     if as_json:
         click.echo(
@@ -211,7 +212,7 @@ def _receive(
                         raise UserError("the local node stopped", errors.FAILED) from None
                     continue
                 if isinstance(msg, McListening):
-                    if msg.code != "ok":
+                    if msg.code != ResultCode.OK:
                         raise UserError(msg.reason, errors.USAGE)
                     if as_json:
                         click.echo(json.dumps({"ready": True, "repair_port": msg.repair_port}))

@@ -19,6 +19,7 @@ import click
 from peercrypt import errors
 from peercrypt.cli.common import UserError, local_node, network_key_option, open_option
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.errors import ResultCode
 from peercrypt.wire import codec
 from peercrypt.wire.messages import ErrorReply
 from peercrypt.wire.network_messages import (
@@ -119,17 +120,17 @@ def join(obj: dict[str, Any], host: str, port: int) -> None:
     result: JoinResult = _ask(
         obj, JoinRequest(request=1, host=host, port=port), JoinResult, REPLY_TIMEOUT
     )
-    if result.code != "ok":
+    if result.code != ResultCode.OK:
         raise UserError(f"cannot join through {host}:{port}: {result.reason}", _exit(result.code))
     click.echo(f"joined through {host}:{port}; {result.members} members known so far")
 
 
 def _exit(code: str) -> int:
-    return errors.FAILED if code == "local" else errors.exit_code(code)
+    return errors.FAILED if code == ResultCode.LOCAL else errors.exit_code(code)
 
 
 def _report_check(result: CheckResult, host: str, port: int, verb: str) -> None:
-    if result.code != "ok":
+    if result.code != ResultCode.OK:
         raise UserError(result.reason or f"{host}:{port} is not reachable", _exit(result.code))
     tries = f" (after {result.attempts} attempts)" if result.attempts > 1 else ""
     click.echo(

@@ -15,6 +15,7 @@ from peercrypt import errors
 from peercrypt.cli import modes, multicast
 from peercrypt.cli.common import UserError, follow, local_node, network_key_option, open_option
 from peercrypt.core.fragments import parse_group
+from peercrypt.errors import ResultCode
 from peercrypt.settings import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
 from peercrypt.wire.messages import SendRequest, SendResult
 
@@ -134,7 +135,7 @@ def send(
 
 
 def _report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> NoReturn:
-    ok = result.code == "ok"
+    ok = result.code == ResultCode.OK
     rate = result.size / result.seconds / 2**20 if ok and result.seconds > 0 else 0.0
     if as_json:
         click.echo(

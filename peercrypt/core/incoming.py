@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.receive_window import Arrival, ReceiveWindow
+from peercrypt.errors import ResultCode
 
 MANIFEST_EVERY = 64  # chunks between manifest updates
 
@@ -149,10 +150,10 @@ class IncomingTransfer:
     def on_sender_failed(self, reason: str, now: float) -> None:
         """The sender gave up (its authenticated Failed): keep what we have."""
         self.last_activity = now
-        self._end(Abandon("aborted", reason, True, False))
+        self._end(Abandon(ResultCode.ABORTED, reason, True, False))
 
     def on_write_error(self, text: str) -> None:
-        self._end(Abandon("io", f"receiver cannot write: {text}", False, True))
+        self._end(Abandon(ResultCode.IO, f"receiver cannot write: {text}", False, True))
 
     def on_timer(self, now: float) -> None:
         due = self.next_timer()

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from peercrypt.core.modes import Policy
 from peercrypt.core.send_window import SEND_BUFFER, SendWindow
+from peercrypt.errors import ResultCode
 
 DONE_RETRIES = 5
 HISTORY_SAMPLES = 512  # congestion window samples kept for the result
@@ -253,7 +254,7 @@ class OutgoingTransfer:
         if self.done_sent and hmac.compare_digest(digest, self.digest):
             self._end(Finished(self.digest, stored_as))
         else:
-            self._end(Failed("verify", "the receiver stored a different hash"))
+            self._end(Failed(ResultCode.VERIFY, "the receiver stored a different hash"))
 
     def on_failed(self, code: str, reason: str) -> None:
         """The receiver gave up (its Failed)."""
@@ -269,14 +270,14 @@ class OutgoingTransfer:
         to resend. Harmless when nothing is due."""
         if self.phase is Phase.OFFERED:
             if now >= self.deadline:
-                self._end(Failed("timeout", "no answer to the offer", offer_expired=True))
+                self._end(Failed(ResultCode.TIMEOUT, "no answer to the offer", offer_expired=True))
         elif self.phase is Phase.SENDING:
             w = self.window
             assert w is not None
             if w.next_deadline() is None:
                 return
             if now - self.last_progress > self.timeout:
-                self._end(Failed("timeout", f"{self.peer} stopped acknowledging"))
+                self._end(Failed(ResultCode.TIMEOUT, f"{self.peer} stopped acknowledging"))
                 return
             timeouts = w.timeouts
             w.on_timer(now)
@@ -408,7 +409,7 @@ class OutgoingTransfer:
                 self._outputs.append(HashFile())
             return
         if self.done_sent >= DONE_RETRIES:
-            self._end(Failed("timeout", f"{self.peer} did not confirm the file"))
+            self._end(Failed(ResultCode.TIMEOUT, f"{self.peer} did not confirm the file"))
             return
         self.done_sent += 1
         self._outputs.append(SendDone(self.digest, self.total, self.done_sent))
