@@ -130,3 +130,33 @@ def test_top_without_a_node_is_one_line(tmp_path: Path) -> None:
     assert result.stderr_lines == [
         f"peercrypt: error: no node is running for {tmp_path} (start one with `peercrypt node`)"
     ]
+
+
+def test_cancel_stops_a_running_send_by_its_id(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    sender, receiver = node_factory(), node_factory()
+    source = make_file(32 * MiB)
+    args = ["send", source, receiver.host, str(receiver.port), "-r", str(2 * MiB), "--json"]
+    with start_cli(*args, data_dir=sender.data_dir, env=sender.env) as send:
+        try:
+
+            def sending() -> str | None:
+                rows = json.loads(sender.cli("transfers", "--json").stdout)
+                return next((r["id"] for r in rows if r["state"] == "sending"), None)
+
+            ident = wait_until(sending, 15.0, "the send to start")
+            unknown = sender.cli("cancel", str(int(ident) + 1000))
+            assert unknown.returncode == 2
+            assert unknown.stderr_lines == [
+                f"peercrypt: error: no running transfer {int(ident) + 1000} "
+                "(see `peercrypt transfers`)"
+            ]
+            done = sender.cli("cancel", ident)
+            assert done.returncode == 0, done.describe()
+            assert done.stdout == f"cancelling transfer {ident} (if it is running)\n"
+            out, _ = send.communicate(timeout=15)
+            assert json.loads(out.strip().splitlines()[-1])["code"] == "cancelled"
+        finally:
+            send.kill()
+    assert sender.cli("transfers").stdout == "no transfers running\n"

@@ -49,6 +49,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "AIMD defaults: window|min-window|max-window KB, threshold N, timeout|dupack on|off.",
     ),
     "transfers": ("modes", "transfers", "List the node's running and waiting sends."),
+    "cancel": (
+        "modes",
+        "cancel",
+        "Cancel a running or waiting send by its id (see `peercrypt transfers`).",
+    ),
     "multicast-receive": (
         "multicast",
         "multicast_receive",

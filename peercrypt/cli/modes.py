@@ -28,6 +28,7 @@ from peercrypt.core.modes import (
 )
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
+    CancelTransfer,
     ErrorReply,
     SettingReply,
     SettingRequest,
@@ -256,6 +257,22 @@ def set_mode(obj: dict[str, Any], mode: str) -> None:
 def rate(obj: dict[str, Any], bytes_per_sec: int, transfer: int | None) -> None:
     """Change the rate of running transfers live (0: unlimited)."""
     _setting(obj, "rate", str(bytes_per_sec), transfer or 0)
+
+
+@click.command("cancel")
+@click.argument("transfer", type=click.IntRange(1))
+@click.pass_obj
+def cancel(obj: dict[str, Any], transfer: int) -> None:
+    """Cancel a running or waiting send by its id (see `peercrypt transfers`)."""
+    listing = _ask(obj, TransfersRequest(request=1))
+    if not isinstance(listing, TransfersReply):
+        raise UserError(f"unexpected reply {listing.TYPE}", errors.FAILED)
+    if str(transfer) not in {row.get("id") for row in listing.transfers}:
+        raise UserError(f"no running transfer {transfer} (see `peercrypt transfers`)")
+    reply = _ask(obj, CancelTransfer(request=1, transfer=transfer))
+    if not isinstance(reply, SettingReply):
+        raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
+    click.echo(reply.text)
 
 
 @click.command("max-rate")
