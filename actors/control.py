@@ -28,6 +28,7 @@ from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_endpoint
 from peercrypt.settings import CONTROL_FILE, NodeSettings
 from peercrypt.wire import codec
+from peercrypt.wire import multicast_messages as _mc
 from peercrypt.wire.messages import (
     MAX_STATUS_COUNTERS,
     Announce,
@@ -67,6 +68,12 @@ ROUTES: dict[type[codec.Message], str] = {
     SendRequest: "scheduler",  # which resolves the policy and hands it to the sender
     SettingRequest: "scheduler",
     TransfersRequest: "sender",
+    PeersRequest: "health",  # discovery and health monitoring (docs/membership.md)
+    CheckRequest: "health",
+    JoinRequest: "discovery",
+    GossipControl: "discovery",
+    _mc.McSendRequest: "msender",  # multicast (docs/multicast.md)
+    _mc.McListen: "mreceiver",
 }
 # Mail relayed back to the requesting client: type -> whether it ends the request.
 REPLIES: dict[type[codec.Message], bool] = {
@@ -74,22 +81,16 @@ REPLIES: dict[type[codec.Message], bool] = {
     SendResult: True,
     SettingReply: True,
     TransfersReply: True,
+    PeersReply: True,
+    CheckResult: True,
+    JoinResult: True,
+    GossipState: True,
+    _mc.McTargetResult: False,
+    _mc.McSendResult: True,
+    _mc.McListening: False,
+    _mc.McReceived: False,
+    _mc.McListenEnd: True,
 }
-
-
-# Discovery and health monitoring (docs/membership.md).
-ROUTES.update(
-    {PeersRequest: "health", CheckRequest: "health", JoinRequest: "discovery"}
-    | {GossipControl: "discovery"}
-)
-REPLIES.update({PeersReply: True, CheckResult: True, JoinResult: True, GossipState: True})
-
-# Multicast (docs/multicast.md).
-from peercrypt.wire import multicast_messages as _mc  # noqa: E402
-
-ROUTES.update({_mc.McSendRequest: "msender", _mc.McListen: "mreceiver"})
-REPLIES.update({_mc.McTargetResult: False, _mc.McSendResult: True, _mc.McListening: False})
-REPLIES.update({_mc.McReceived: False, _mc.McListenEnd: True})
 
 
 def _with_request(msg: codec.Message, request: int) -> codec.Message:

@@ -20,7 +20,9 @@ import peercrypt
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
 from peercrypt.settings import NodeSettings
+from peercrypt.wire import actor_messages as _am
 from peercrypt.wire import codec
+from peercrypt.wire import multicast_messages as _mc
 from peercrypt.wire.messages import (
     MAX_WRAPPED,
     ErrorReply,
@@ -36,14 +38,16 @@ from peercrypt.wire.network_messages import Gossip, LocalPort
 
 CONTROL_MAX_BYTES = MAX_WRAPPED  # so that it can be handed on in Inbound mail
 # Which actor owns which control-plane message type.
-ROUTES: dict[type[codec.Message], str] = {Offer: "receiver"}
-ROUTES[Gossip] = "discovery"  # membership gossip (actors/discovery.py)
-from peercrypt.wire import multicast_messages as _mc  # noqa: E402  (docs/multicast.md)
-
-ROUTES.update({_mc.McAnnounce: "mreceiver", _mc.McKey: "mreceiver", _mc.McStatus: "mreceiver"})
-from peercrypt.wire import actor_messages as _am  # noqa: E402  (actors/attach.py)
-
-ROUTES.update({_am.AttachHello: "attach", _am.AttachBeat: "attach", _am.ActorMail: "attach"})
+ROUTES: dict[type[codec.Message], str] = {
+    Offer: "receiver",
+    Gossip: "discovery",  # membership gossip (docs/membership.md)
+    _mc.McAnnounce: "mreceiver",  # multicast (docs/multicast.md)
+    _mc.McKey: "mreceiver",
+    _mc.McStatus: "mreceiver",
+    _am.AttachHello: "attach",  # attached actors (actors/attach.py)
+    _am.AttachBeat: "attach",
+    _am.ActorMail: "attach",
+}
 
 
 class GatewayActor(Actor):

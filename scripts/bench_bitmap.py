@@ -15,7 +15,7 @@ import argparse
 import time
 from collections.abc import Callable
 
-from peercrypt.core.bitmap import MAX_SACK_RANGES, ChunkBitmap
+from peercrypt.core.bitmap import MAX_RANGES, ChunkBitmap
 
 
 def sparse(total: int) -> ChunkBitmap:
@@ -38,8 +38,8 @@ def best(fn: Callable[[], object], repeat: int) -> float:
 def measure(total: int, repeat: int) -> tuple[float, float, float]:
     """(build the ack, apply it on the sender, one more cumulative chunk)."""
     receiver = sparse(total)
-    sack = receiver.ranges(receiver.cumulative, limit=MAX_SACK_RANGES)
-    build = best(lambda: receiver.ranges(receiver.cumulative, limit=MAX_SACK_RANGES), repeat)
+    sack = receiver.ranges(receiver.cumulative, limit=MAX_RANGES)
+    build = best(lambda: receiver.ranges(receiver.cumulative, limit=MAX_RANGES), repeat)
     sender = ChunkBitmap(total)
     apply = best(lambda: sender.add_ranges([(0, receiver.cumulative), *sack]), repeat)
     grow = ChunkBitmap(total)

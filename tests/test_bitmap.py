@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peercrypt.core.bitmap import MAX_SACK_RANGES, ChunkBitmap, flatten, pairs
+from peercrypt.core.bitmap import MAX_RANGES, ChunkBitmap, flatten, pairs
 
 
 def model_ranges(held: set[int], start: int = 0) -> list[tuple[int, int]]:
@@ -244,16 +244,16 @@ def test_sparse_ack_costs_ranges_not_chunks() -> None:
     # range (block compares that double, then halve: log of the gap), never
     # per chunk; the C-level compares are what grows with the file.
     small, large = _sparse(1000), _sparse(20_000_000)
-    ack_small = _python_lines(lambda: small.ranges(small.cumulative, limit=MAX_SACK_RANGES))
-    ack_large = _python_lines(lambda: large.ranges(large.cumulative, limit=MAX_SACK_RANGES))
-    assert ack_large < 200 * (MAX_SACK_RANGES + 1)
+    ack_small = _python_lines(lambda: small.ranges(small.cumulative, limit=MAX_RANGES))
+    ack_large = _python_lines(lambda: large.ranges(large.cumulative, limit=MAX_RANGES))
+    assert ack_large < 200 * (MAX_RANGES + 1)
     assert ack_large < 10 * ack_small  # 20,000 times the chunks
-    sack = large.ranges(large.cumulative, limit=MAX_SACK_RANGES)
-    assert len(sack) == MAX_SACK_RANGES and sack[-1][1] < 20_000_000
+    sack = large.ranges(large.cumulative, limit=MAX_RANGES)
+    assert len(sack) == MAX_RANGES and sack[-1][1] < 20_000_000
     # Re-applying that ack: a bounded number of lines per range (a range's
     # unaligned head and tail bits), none per chunk.
     again = _python_lines(lambda: large.add_ranges([(0, large.cumulative), *sack]))
-    assert again < 100 * (MAX_SACK_RANGES + 1)
+    assert again < 100 * (MAX_RANGES + 1)
 
 
 def test_cumulative_ack_is_not_quadratic() -> None:

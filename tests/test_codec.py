@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import peercrypt.wire.messages as messages
+from peercrypt.core.bitmap import MAX_RANGES
 from peercrypt.wire import codec
 from peercrypt.wire.codec import VERSION, DecodeError, decode, decode_as, encode
 
@@ -217,7 +218,7 @@ def test_encode_clips_what_is_out_of_bounds() -> None:
     assert refuse.code == "?" and refuse.reason == "\U0001d11e" * 512
     listed = decode(encode(messages.Ack(cumulative=0, sack=list(range(1000)), window=10**9)))
     assert isinstance(listed, messages.Ack)
-    assert listed.sack == list(range(2 * messages.MAX_SACK_RANGES)) and listed.window == 4096
+    assert listed.sack == list(range(2 * MAX_RANGES)) and listed.window == 4096
 
 
 def test_encode_still_refuses_wrong_types_and_short_bytes() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 
 from actors.multicast_receiver import MAX_SESSIONS_PER_PEER
-from peercrypt.core.bitmap import MAX_SACK_RANGES, MAX_TRANSFER_CHUNKS, pairs
+from peercrypt.core.bitmap import MAX_RANGES, MAX_TRANSFER_CHUNKS, pairs
 from peercrypt.crypto.identity import network_server_keys
 from peercrypt.crypto.keywrap import WrapKey
 from peercrypt.testing.hostile import CoReceiver
@@ -137,7 +137,7 @@ def test_a_sparse_offer_of_millions_of_chunks_is_acked_by_ranges(
             return next((a for a in acks(t, t.data, 0.5) if pairs(a.sack) == want), None)
 
         ack = wait_until(full_ack, WAIT, "an ack listing every held range")
-        assert ack.cumulative == 0 and len(ack.sack) // 2 <= MAX_SACK_RANGES
+        assert ack.cumulative == 0 and len(ack.sack) // 2 <= MAX_RANGES
         assert_sent(receiver, running.join(), good)
         t.abandon()
     assert receiver.running

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peercrypt.core.bitmap import MAX_SACK_RANGES, ChunkBitmap
+from peercrypt.core.bitmap import MAX_RANGES, ChunkBitmap
 from peercrypt.core.resume import (
     SAMPLE_BYTES,
     KeptPart,
@@ -190,7 +190,7 @@ def test_accept_ranges_are_bounded() -> None:
     for i in range(0, 1000, 2):
         held.add(i)
     ranges = accept_ranges(held)
-    assert len(ranges) == MAX_SACK_RANGES and ranges[0] == (0, 1)
+    assert len(ranges) == MAX_RANGES and ranges[0] == (0, 1)
     assert all(b - a == 1 and a % 2 == 0 for a, b in ranges)
 
 

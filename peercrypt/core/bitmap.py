@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-# An ack carries at most this many [start, end) ranges above its cumulative
-# index; more holes than that are found again by the sender's timers.
-MAX_SACK_RANGES = 64
+# An ack (SACK), a resume offer or a multicast NAK carries at most this many
+# [start, end) ranges; more holes than that are found again by timers.
+MAX_RANGES = 64
 # The most chunks one transfer may have (a 4 MiB bitmap): an offer over it is
 # refused, so no peer can make a node allocate or scan more.
 MAX_TRANSFER_CHUNKS = 2**25

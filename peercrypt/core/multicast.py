@@ -9,7 +9,7 @@ the middle) and a lost tail are all found. The sender's horizon counts only
 after ``holdoff`` seconds without any arrival: until then the chunks between
 the highest seen and the horizon may still be on their way (one ordered
 stream), and NAKing them would repeat what is already in flight. NAKs cover at most ``nak_limit``
-chunks (the lowest missing), as at most :data:`MAX_NAK_RANGES` ranges, and a
+chunks (the lowest missing), as at most :data:`MAX_RANGES` ranges, and a
 chunk is not NAKed again within ``holdoff`` seconds (its repair is on the way).
 
 Sender side, :class:`SessionPlan`: the members, the publishing pace and the
@@ -44,10 +44,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.bitmap import MAX_RANGES, ChunkBitmap
 from peercrypt.core.congestion import for_multicast
-
-MAX_NAK_RANGES = 64
 
 JOINING = "joining"
 MULTICAST = "multicast"
@@ -127,7 +125,7 @@ class GapTracker:
                     break  # the lowest missing chunks are all on their way
             index += 1
             scanned += 1
-        ranges = to_ranges(found)[:MAX_NAK_RANGES]
+        ranges = to_ranges(found)[:MAX_RANGES]
         for start, end in ranges:
             for i in range(start, end):
                 self._naked_at[i] = now
@@ -246,7 +244,7 @@ class SessionPlan:
             if m.state == MULTICAST:
                 self.congestion.on_acked(self._floor(), now)
         wanted: set[int] = set()
-        for start, end in naks[:MAX_NAK_RANGES]:
+        for start, end in naks[:MAX_RANGES]:
             for i in range(max(0, start), min(end, self.published, start + 4096)):
                 wanted.add(i)
         fresh = wanted - m.wanted

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 
-from peercrypt.core.bitmap import MAX_SACK_RANGES, ChunkBitmap
+from peercrypt.core.bitmap import MAX_RANGES, ChunkBitmap
 
 
 class Arrival(enum.Enum):
@@ -81,5 +81,5 @@ class ReceiveWindow:
     def ack_fields(self) -> tuple[int, list[tuple[int, int]], int]:
         """(cumulative, sack ranges above it (bounded), window) for an Ack."""
         cumulative = self.written.cumulative
-        sack = self.written.ranges(cumulative, limit=MAX_SACK_RANGES)
+        sack = self.written.ranges(cumulative, limit=MAX_RANGES)
         return cumulative, sack, self.window

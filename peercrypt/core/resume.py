@@ -48,7 +48,7 @@ running transfer, the most chunks held) and lists the *obsolete* ones: the
 same peer and name with another size, chunk size or source, i.e. an older
 version of the file; they are deleted, so a changed source restarts cleanly
 and leaves nothing behind. The Accept carries the held chunks as ranges
-(at most :data:`~peercrypt.core.bitmap.MAX_SACK_RANGES`; anything beyond is
+(at most :data:`~peercrypt.core.bitmap.MAX_RANGES`; anything beyond is
 simply sent again).
 
 Reclaiming (:func:`expired`)
@@ -68,7 +68,7 @@ from dataclasses import dataclass
 import blake3
 import msgpack
 
-from peercrypt.core.bitmap import MAX_SACK_RANGES, ChunkBitmap
+from peercrypt.core.bitmap import MAX_RANGES, ChunkBitmap
 
 MANIFEST_VERSION = 2
 CHECKPOINT_CHUNKS = 64  # chunks written between two durable manifests
@@ -253,8 +253,8 @@ def plan_resume(key: ResumeKey, kept: Iterable[Manifest], in_use: Iterable[str] 
 
 def accept_ranges(held: ChunkBitmap) -> list[tuple[int, int]]:
     """The held chunks as the Accept carries them: the lowest
-    :data:`MAX_SACK_RANGES` [start, end) ranges."""
-    return held.ranges(0, MAX_SACK_RANGES)
+    :data:`MAX_RANGES` [start, end) ranges."""
+    return held.ranges(0, MAX_RANGES)
 
 
 @dataclass(frozen=True)

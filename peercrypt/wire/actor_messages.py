@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peercrypt.wire.codec import Message, bounded, message
+from peercrypt.wire.fields import code, counter
 from peercrypt.wire.messages import MAX_WRAPPED
 
 ACTOR_NAME = 32
@@ -41,7 +42,7 @@ class AttachHello(Message):
 class AttachReply(Message):
     TYPE = "attach-reply"
     actor: str = field(metadata=bounded(ACTOR_NAME, 1))
-    code: str = field(metadata=bounded(32, 1))  # ok, not-allowed, not-remote
+    code: str = code()  # ok, not-allowed, not-remote
     reason: str = field(default="", metadata=bounded(200))
 
 
@@ -58,7 +59,7 @@ class ActorMail(Message):
 class AttachBeat(Message):
     TYPE = "attach-beat"
     actor: str = field(metadata=bounded(ACTOR_NAME, 1))
-    seq: int = field(metadata=bounded(2**62))
+    seq: int = counter()
     echo: float = 0.0  # the beat's send time on the attached side, echoed back (RTT)
 
 

@@ -13,10 +13,9 @@ Three families, one codec (:mod:`peercrypt.wire.codec`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from peercrypt.core.bitmap import MAX_SACK_RANGES
 from peercrypt.wire.codec import MAX_MESSAGE_BYTES, Message, bounded, message
+from peercrypt.wire.fields import code, counter, fixed, port, ranges, reason
 
 TID_BYTES = 16
 KEY_BYTES = 32
@@ -28,19 +27,6 @@ MAX_STATUS_COUNTERS = 1000  # every actor's counters in one status reply (~40 KB
 # A control-plane message wrapped in Inbound/Outbound mail must still fit the
 # codec's frame limit with its envelope.
 MAX_WRAPPED = MAX_MESSAGE_BYTES - 1024
-
-
-# Field makers (a dataclasses.field object must not be shared between classes).
-def _tid() -> Any:
-    return field(metadata=bounded(TID_BYTES, TID_BYTES))
-
-
-def _key() -> Any:
-    return field(metadata=bounded(KEY_BYTES, KEY_BYTES))
-
-
-def _text() -> Any:
-    return field(metadata=bounded(512))
 
 
 # ---- control plane (node <-> node, over CURVE) ------------------------------
@@ -58,22 +44,22 @@ class Hello(Message):
 @dataclass(frozen=True, kw_only=True)
 class HelloReply(Message):
     TYPE = "hello-reply"
-    node_id: bytes = _key()
-    version: str = _text()
+    node_id: bytes = fixed(KEY_BYTES)
+    version: str = reason()
 
 
 @message
 @dataclass(frozen=True, kw_only=True)
 class Ping(Message):
     TYPE = "ping"
-    seq: int = field(metadata=bounded(2**62))
+    seq: int = counter()
 
 
 @message
 @dataclass(frozen=True, kw_only=True)
 class Pong(Message):
     TYPE = "pong"
-    seq: int = field(metadata=bounded(2**62))
+    seq: int = counter()
 
 
 @message
@@ -83,11 +69,11 @@ class Offer(Message):
     encrypted on the wire."""
 
     TYPE = "offer"
-    tid: bytes = _tid()
+    tid: bytes = fixed(TID_BYTES)
     name: str = field(metadata=bounded(MAX_NAME, 1))
-    size: int = field(metadata=bounded(2**62))
+    size: int = counter()
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 1))
-    eph_pub: bytes = _key()
+    eph_pub: bytes = fixed(KEY_BYTES)
     hash_alg: str = field(metadata=bounded(16, 1))
     mode: str = field(default="", metadata=bounded(32))  # for the receiver's statistics
 
@@ -101,21 +87,21 @@ class Accept(Message):
     [start, end) already held (resume)."""
 
     TYPE = "accept"
-    tid: bytes = _tid()
-    eph_pub: bytes = _key()
+    tid: bytes = fixed(TID_BYTES)
+    eph_pub: bytes = fixed(KEY_BYTES)
     data_host: str = field(metadata=bounded(255))
-    data_port: int = field(metadata=bounded(65535, 1))
+    data_port: int = port()
     window: int = field(metadata=bounded(4096, 1))
-    have: list[int] = field(metadata=bounded(2 * MAX_SACK_RANGES))
+    have: list[int] = ranges()
 
 
 @message
 @dataclass(frozen=True, kw_only=True)
 class Refuse(Message):
     TYPE = "refuse"
-    tid: bytes = _tid()
-    code: str = field(metadata=bounded(32, 1))
-    reason: str = _text()
+    tid: bytes = fixed(TID_BYTES)
+    code: str = code()
+    reason: str = reason()
 
 
 @message
@@ -124,8 +110,8 @@ class ErrorReply(Message):
     """Answer to a control message the node could not take."""
 
     TYPE = "error"
-    code: str = field(metadata=bounded(32, 1))
-    reason: str = _text()
+    code: str = code()
+    reason: str = reason()
 
 
 # ---- data plane (plain frames; payloads sealed with the transfer keys) ------
@@ -138,7 +124,7 @@ class ChunkHeader(Message):
     ``tid``, ``index`` and ``last`` are bound into the AAD."""
 
     TYPE = "chunk"
-    tid: bytes = _tid()
+    tid: bytes = fixed(TID_BYTES)
     index: int = field(metadata=bounded(MAX_CHUNKS))
     last: bool = False
     nonce: bytes = field(default=b"", metadata=bounded(NONCE_BYTES, NONCE_BYTES))
@@ -150,7 +136,7 @@ class SealedHeader(Message):
     """Header frame of a sealed transfer-control message (next frame)."""
 
     TYPE = "sealed"
-    tid: bytes = _tid()
+    tid: bytes = fixed(TID_BYTES)
     nonce: bytes = field(default=b"", metadata=bounded(NONCE_BYTES, NONCE_BYTES))
 
 
@@ -162,7 +148,7 @@ class Ack(Message):
 
     TYPE = "ack"
     cumulative: int = field(metadata=bounded(MAX_CHUNKS))
-    sack: list[int] = field(metadata=bounded(2 * MAX_SACK_RANGES))
+    sack: list[int] = ranges()
     window: int = field(metadata=bounded(4096))
 
 
@@ -192,8 +178,8 @@ class Failed(Message):
     """Either side: the transfer is over without a verified file."""
 
     TYPE = "failed"
-    code: str = field(metadata=bounded(32, 1))
-    reason: str = _text()
+    code: str = code()
+    reason: str = reason()
 
 
 # ---- local: CLI <-> node control socket, actor <-> actor --------------------
@@ -205,10 +191,10 @@ class SendRequest(Message):
     """Ask the node to send a file (CLI -> control -> sender)."""
 
     TYPE = "send-request"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
     path: str = field(metadata=bounded(4096, 1))
     host: str = field(metadata=bounded(255, 1))
-    port: int = field(metadata=bounded(65535, 1))
+    port: int = port()
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
     timeout: float = 10.0
     # The transfer's policy (see peercrypt.core.modes); None: the node's default.
@@ -233,7 +219,7 @@ class CancelRequest(Message):
     """Stop a send in progress (the CLI was interrupted)."""
 
     TYPE = "cancel-request"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
 
 
 @message
@@ -243,17 +229,17 @@ class CancelTransfer(Message):
     ``transfers``), whoever started it. Answered by a SettingReply."""
 
     TYPE = "cancel-transfer"
-    request: int = field(metadata=bounded(2**62))
-    transfer: int = field(metadata=bounded(2**62))
+    request: int = counter()
+    transfer: int = counter()
 
 
 @message
 @dataclass(frozen=True, kw_only=True)
 class Progress(Message):
     TYPE = "progress"
-    request: int = field(metadata=bounded(2**62))
-    done_bytes: int = field(metadata=bounded(2**62))
-    total_bytes: int = field(metadata=bounded(2**62))
+    request: int = counter()
+    done_bytes: int = counter()
+    total_bytes: int = counter()
 
 
 @message
@@ -263,14 +249,14 @@ class SendResult(Message):
     :mod:`peercrypt.errors`); ``digest`` is the verified BLAKE3 hash."""
 
     TYPE = "send-result"
-    request: int = field(metadata=bounded(2**62))
-    code: str = field(metadata=bounded(32, 1))
-    reason: str = _text()
-    size: int = field(metadata=bounded(2**62))
+    request: int = counter()
+    code: str = code()
+    reason: str = reason()
+    size: int = counter()
     digest: bytes = field(metadata=bounded(HASH_BYTES))
     stored_as: str = field(metadata=bounded(MAX_NAME))
     seconds: float = 0.0
-    retransmits: int = field(default=0, metadata=bounded(2**62))
+    retransmits: int = counter(default=0)
     mode: str = field(default="", metadata=bounded(32))
     # Congestion and flow statistics (srtt, rto, timeouts, fast retransmits,
     # window decreases...) and the window over time as [ms, bytes, ...].
@@ -282,7 +268,7 @@ class SendResult(Message):
 @dataclass(frozen=True, kw_only=True)
 class StatusRequest(Message):
     TYPE = "status-request"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
 
 
 @message
@@ -291,7 +277,7 @@ class StatusReply(Message):
     """The node's status as a flat map of counters and facts (msgpack-able)."""
 
     TYPE = "status-reply"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
     node: dict[str, str] = field(metadata=bounded(64))
     counters: dict[str, int] = field(metadata=bounded(MAX_STATUS_COUNTERS))
 
@@ -340,10 +326,10 @@ class FlowStart(Message):
     token bucket (token-bucket mode); ``paced``: it waits for grants."""
 
     TYPE = "flow-start"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
     priority: int = field(metadata=bounded(3, 1))
-    rate: int = field(metadata=bounded(2**62))
-    burst: int = field(metadata=bounded(2**62))
+    rate: int = counter()
+    burst: int = counter()
     paced: bool = False
     owner: str = field(default="sender", metadata=bounded(32, 1))  # who gets the grants
     # aimd: the flow shares its peer's congestion window (FlowReport/FlowWindow)
@@ -364,12 +350,12 @@ class FlowReport(Message):
     detected) and what it has in flight now."""
 
     TYPE = "flow-report"
-    request: int = field(metadata=bounded(2**62))
-    sent: int = field(metadata=bounded(2**62))
-    acked: int = field(metadata=bounded(2**62))
+    request: int = counter()
+    sent: int = counter()
+    acked: int = counter()
     losses: int = field(metadata=bounded(2**31))
     timeouts: int = field(metadata=bounded(2**31))
-    in_flight: int = field(metadata=bounded(2**62))
+    in_flight: int = counter()
 
 
 @message
@@ -379,10 +365,10 @@ class FlowWindow(Message):
     congestion window, that window, and the window's decreases so far."""
 
     TYPE = "flow-window"
-    request: int = field(metadata=bounded(2**62))
-    nbytes: int = field(metadata=bounded(2**62))
-    window: int = field(metadata=bounded(2**62))
-    decreases: int = field(metadata=bounded(2**62))
+    request: int = counter()
+    nbytes: int = counter()
+    window: int = counter()
+    decreases: int = counter()
 
 
 @message
@@ -391,8 +377,8 @@ class FlowDemand(Message):
     """Sender -> scheduler: bytes the flow could send now beyond its balance."""
 
     TYPE = "flow-demand"
-    request: int = field(metadata=bounded(2**62))
-    nbytes: int = field(metadata=bounded(2**62))
+    request: int = counter()
+    nbytes: int = counter()
 
 
 @message
@@ -401,15 +387,15 @@ class FlowGrant(Message):
     """Scheduler -> sender: the flow may send ``nbytes`` more."""
 
     TYPE = "flow-grant"
-    request: int = field(metadata=bounded(2**62))
-    nbytes: int = field(metadata=bounded(2**62))
+    request: int = counter()
+    nbytes: int = counter()
 
 
 @message
 @dataclass(frozen=True, kw_only=True)
 class FlowEnd(Message):
     TYPE = "flow-end"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
 
 
 @message
@@ -419,7 +405,7 @@ class FlowPacing(Message):
     e.g. after a live ``max-rate``."""
 
     TYPE = "flow-pacing"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
     paced: bool = False
 
 
@@ -431,17 +417,17 @@ class SettingRequest(Message):
     ``transfer``: for ``rate``, one transfer's id (0: every paced transfer)."""
 
     TYPE = "setting-request"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
     name: str = field(metadata=bounded(64, 1))
     value: str = field(metadata=bounded(256))
-    transfer: int = field(default=0, metadata=bounded(2**62))
+    transfer: int = counter(default=0)
 
 
 @message
 @dataclass(frozen=True, kw_only=True)
 class SettingReply(Message):
     TYPE = "setting-reply"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
     ok: bool = False
     text: str = field(default="", metadata=bounded(4096))
     settings: dict[str, str] = field(default_factory=dict, metadata=bounded(64))
@@ -451,7 +437,7 @@ class SettingReply(Message):
 @dataclass(frozen=True, kw_only=True)
 class TransfersRequest(Message):
     TYPE = "transfers-request"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
 
 
 @message
@@ -460,11 +446,5 @@ class TransfersReply(Message):
     """Running sends, one map per transfer (id, file, peer, mode, bytes...)."""
 
     TYPE = "transfers-reply"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
     transfers: list[dict[str, str]] = field(metadata=bounded(1024))
-
-
-# Discovery and health-monitor messages register themselves on import.
-import peercrypt.wire.multicast_messages  # noqa: E402  (docs/multicast.md)
-import peercrypt.wire.network_messages  # noqa: E402
-import peercrypt.wire.stats_messages  # noqa: E402, F401  (the statistics history)

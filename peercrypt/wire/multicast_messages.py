@@ -18,16 +18,12 @@ from typing import Any
 
 from peercrypt.core.fragments import MAX_FRAGMENT
 from peercrypt.wire.codec import Message, bounded, message
+from peercrypt.wire.fields import code, counter, fixed, port, ranges, reason
 from peercrypt.wire.messages import HASH_BYTES, KEY_BYTES, MAX_CHUNKS, MAX_NAME, NONCE_BYTES
 
 SID_BYTES = 16
 WRAPPED_BYTES = NONCE_BYTES + KEY_BYTES + 16  # nonce || AES-GCM(content key) || tag
-MAX_NAK_RANGES = 64
 MAX_TARGETS = 64
-
-
-def _sid() -> Any:
-    return field(metadata=bounded(SID_BYTES, SID_BYTES))
 
 
 def _count() -> Any:
@@ -43,9 +39,9 @@ class McAnnounce(Message):
     """Sender -> receiver: a session; join it with your ephemeral key."""
 
     TYPE = "mc-announce"
-    sid: bytes = _sid()
+    sid: bytes = fixed(SID_BYTES)
     name: str = field(metadata=bounded(MAX_NAME, 1))
-    size: int = field(metadata=bounded(2**62))
+    size: int = counter()
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
     eph_pub: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
     pub_host: str = field(metadata=bounded(255))  # "": the host the receiver knows us by
@@ -66,9 +62,9 @@ class McAnnounce(Message):
 @dataclass(frozen=True, kw_only=True)
 class McJoin(Message):
     TYPE = "mc-join"
-    sid: bytes = _sid()
+    sid: bytes = fixed(SID_BYTES)
     eph_pub: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
-    repair_port: int = field(metadata=bounded(65535, 1))  # unicast repairs go here
+    repair_port: int = port()  # unicast repairs go here
     attempt: int = field(default=0, metadata=bounded(2**31))
     # This receiver's random key for the session (crypto/chunk_signature.py):
     # tags the repairs pushed to it and makes its subscription token.
@@ -79,9 +75,9 @@ class McJoin(Message):
 @dataclass(frozen=True, kw_only=True)
 class McRefuse(Message):
     TYPE = "mc-refuse"
-    sid: bytes = _sid()
-    code: str = field(metadata=bounded(32, 1))
-    reason: str = field(metadata=bounded(512))
+    sid: bytes = fixed(SID_BYTES)
+    code: str = code()
+    reason: str = reason()
 
 
 @message
@@ -90,7 +86,7 @@ class McKey(Message):
     """Sender -> one joined receiver: the content key wrapped for it."""
 
     TYPE = "mc-key"
-    sid: bytes = _sid()
+    sid: bytes = fixed(SID_BYTES)
     wrapped: bytes = field(metadata=bounded(WRAPPED_BYTES, WRAPPED_BYTES))
     attempt: int = field(default=0, metadata=bounded(2**31))
 
@@ -102,10 +98,10 @@ class McAck(Message):
     flattened [start, end) ranges it misses (bounded)."""
 
     TYPE = "mc-ack"
-    sid: bytes = _sid()
+    sid: bytes = fixed(SID_BYTES)
     cumulative: int = _count()
     written: int = _count()
-    naks: list[int] = field(default_factory=list, metadata=bounded(2 * MAX_NAK_RANGES))
+    naks: list[int] = ranges(optional=True)
 
 
 @message
@@ -116,7 +112,7 @@ class McStatus(Message):
     sender drops this receiver or the session."""
 
     TYPE = "mc-status"
-    sid: bytes = _sid()
+    sid: bytes = fixed(SID_BYTES)
     horizon: int = _count()
     digest: bytes = field(default=b"", metadata=bounded(HASH_BYTES))
     end: str = field(default="", metadata=bounded(512))
@@ -129,11 +125,11 @@ class McDone(Message):
     """Receiver -> sender: the file is verified and stored, or failed."""
 
     TYPE = "mc-done"
-    sid: bytes = _sid()
+    sid: bytes = fixed(SID_BYTES)
     ok: bool
     digest: bytes = field(metadata=bounded(HASH_BYTES))
     stored_as: str = field(metadata=bounded(MAX_NAME))
-    reason: str = field(default="", metadata=bounded(512))
+    reason: str = reason(default="")
 
 
 # ---- data plane (PUB/SUB and unicast repair) -----------------------------------------
@@ -143,7 +139,7 @@ class McDone(Message):
 @dataclass(frozen=True, kw_only=True)
 class McChunk(Message):
     TYPE = "mc-chunk"
-    sid: bytes = _sid()
+    sid: bytes = fixed(SID_BYTES)
     index: int = _count()
     last: bool
     nonce: bytes = field(metadata=bounded(NONCE_BYTES, NONCE_BYTES))
@@ -157,7 +153,7 @@ class McChunk(Message):
 @dataclass(frozen=True, kw_only=True)
 class McSendRequest(Message):
     TYPE = "mc-send-request"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
     path: str = field(metadata=bounded(4096, 1))
     targets: list[str] = field(metadata=bounded(MAX_TARGETS))  # "HOST:PORT", >= 1
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
@@ -172,10 +168,10 @@ class McTargetResult(Message):
     """One receiver's outcome (streamed as it happens; does not end the request)."""
 
     TYPE = "mc-target-result"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
     target: str = field(metadata=bounded(300))
-    code: str = field(metadata=bounded(32, 1))
-    reason: str = field(metadata=bounded(512))
+    code: str = code()
+    reason: str = reason()
     stored_as: str = field(default="", metadata=bounded(MAX_NAME))
     seconds: float = 0.0
 
@@ -184,10 +180,10 @@ class McTargetResult(Message):
 @dataclass(frozen=True, kw_only=True)
 class McSendResult(Message):
     TYPE = "mc-send-result"
-    request: int = field(metadata=bounded(2**62))
-    code: str = field(metadata=bounded(32, 1))  # "ok" only if every target verified
-    reason: str = field(metadata=bounded(512))
-    size: int = field(metadata=bounded(2**62))
+    request: int = counter()
+    code: str = code()  # "ok" only if every target verified
+    reason: str = reason()
+    size: int = counter()
     digest: bytes = field(metadata=bounded(HASH_BYTES))
     seconds: float = 0.0
     results: list[dict[str, str]] = field(default_factory=list, metadata=bounded(MAX_TARGETS))
@@ -202,7 +198,7 @@ class McListen(Message):
     client goes away)."""
 
     TYPE = "mc-listen"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
     low: int = field(metadata=bounded(65535))
     high: int = field(metadata=bounded(65535))
     count: int = field(default=0, metadata=bounded(1 << 20))
@@ -212,10 +208,10 @@ class McListen(Message):
 @dataclass(frozen=True, kw_only=True)
 class McListening(Message):
     TYPE = "mc-listening"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
     repair_port: int = field(metadata=bounded(65535))
     code: str = field(default="ok", metadata=bounded(32, 1))
-    reason: str = field(default="", metadata=bounded(512))
+    reason: str = reason(default="")
 
 
 @message
@@ -224,12 +220,12 @@ class McReceived(Message):
     """A session ended on the receiving side."""
 
     TYPE = "mc-received"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()
     name: str = field(metadata=bounded(MAX_NAME))
     stored_as: str = field(metadata=bounded(MAX_NAME))
-    size: int = field(metadata=bounded(2**62))
+    size: int = counter()
     ok: bool
-    reason: str = field(default="", metadata=bounded(512))
+    reason: str = reason(default="")
 
 
 @message
@@ -238,4 +234,4 @@ class McListenEnd(Message):
     """The ``count`` sessions were reported: the listen is over."""
 
     TYPE = "mc-listen-end"
-    request: int = field(metadata=bounded(2**62))
+    request: int = counter()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from peercrypt.core.member_state import ORDER, MemberState
 from peercrypt.wire.codec import Message, bounded, message
+from peercrypt.wire.fields import code, fixed, port, reason
 
 NODE_ID = 32
 MAX_GOSSIP_RECORDS = 512
@@ -60,7 +61,7 @@ def _request() -> dict[str, int]:
 @dataclass(frozen=True, kw_only=True)
 class Gossip(Message):
     TYPE = "gossip"
-    origin: bytes = field(metadata=bounded(NODE_ID, NODE_ID))
+    origin: bytes = fixed(NODE_ID)
     records: list[bytes] = field(metadata=bounded(MAX_GOSSIP_RECORDS))
     digest: list[bytes] = field(metadata=bounded(MAX_DIGEST))
     reply: bool = False
@@ -70,7 +71,7 @@ class Gossip(Message):
 @dataclass(frozen=True, kw_only=True)
 class GossipReply(Message):
     TYPE = "gossip-reply"
-    origin: bytes = field(metadata=bounded(NODE_ID, NODE_ID))
+    origin: bytes = fixed(NODE_ID)
     records: list[bytes] = field(metadata=bounded(MAX_GOSSIP_RECORDS))
     digest: list[bytes] = field(metadata=bounded(MAX_DIGEST))
 
@@ -84,7 +85,7 @@ class LocalPort(Message):
     """Gateway -> discovery: the public port actually bound (``--port 0``)."""
 
     TYPE = "local-port"
-    port: int = field(metadata=bounded(65535, 1))
+    port: int = port()
 
 
 @message
@@ -93,7 +94,7 @@ class MemberUpdate(Message):
     """Discovery -> health: a member's current state and control endpoint."""
 
     TYPE = "member-update"
-    node_id: bytes = field(metadata=bounded(NODE_ID, NODE_ID))
+    node_id: bytes = fixed(NODE_ID)
     state: str = field(metadata=bounded(16, 1))
     incarnation: int = field(metadata=bounded(2**63 - 1))
     url: str = field(metadata=bounded(300))
@@ -105,7 +106,7 @@ class MemberGone(Message):
     """Discovery -> health: a member expired from the table."""
 
     TYPE = "member-gone"
-    node_id: bytes = field(metadata=bounded(NODE_ID, NODE_ID))
+    node_id: bytes = fixed(NODE_ID)
 
 
 @message
@@ -115,7 +116,7 @@ class HealthVerdict(Message):
     ("suspect", "dead") or a suspect/dead member answered ("alive")."""
 
     TYPE = "health-verdict"
-    node_id: bytes = field(metadata=bounded(NODE_ID, NODE_ID))
+    node_id: bytes = fixed(NODE_ID)
     state: str = field(metadata=bounded(16, 1))
 
 
@@ -136,7 +137,7 @@ class TransferOutcome(Message):
 
     TYPE = "transfer-outcome"
     host: str = field(metadata=bounded(255, 1))
-    port: int = field(metadata=bounded(65535, 1))
+    port: int = port()
     ok: bool = False
 
 
@@ -167,7 +168,7 @@ class JoinRequest(Message):
     TYPE = "join-request"
     request: int = field(metadata=_request())
     host: str = field(metadata=bounded(255, 1))
-    port: int = field(metadata=bounded(65535, 1))
+    port: int = port()
 
 
 @message
@@ -177,8 +178,8 @@ class JoinResult(Message):
 
     TYPE = "join-result"
     request: int = field(metadata=_request())
-    code: str = field(metadata=bounded(32, 1))
-    reason: str = field(metadata=bounded(512))
+    code: str = code()
+    reason: str = reason()
     members: int = field(default=0, metadata=bounded(2**31))
 
 
@@ -192,7 +193,7 @@ class CheckRequest(Message):
     TYPE = "check-request"
     request: int = field(metadata=_request())
     host: str = field(metadata=bounded(255, 1))
-    port: int = field(metadata=bounded(65535, 1))
+    port: int = port()
     reconnect: bool = False
     budget: float = 0.0
 
@@ -202,8 +203,8 @@ class CheckRequest(Message):
 class CheckResult(Message):
     TYPE = "check-result"
     request: int = field(metadata=_request())
-    code: str = field(metadata=bounded(32, 1))
-    reason: str = field(metadata=bounded(512))
+    code: str = code()
+    reason: str = reason()
     rtt: float = 0.0
     fingerprint: str = field(default="", metadata=bounded(64))
     attempts: int = field(default=0, metadata=bounded(1000))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peercrypt.wire.codec import Message, bounded, message
+from peercrypt.wire.fields import counter, reason
 
 SIDES = ("send", "receive")
 
@@ -33,15 +34,15 @@ class StatsRecord(Message):
     peer_fingerprint: str = field(default="", metadata=bounded(128))
     mode: str = field(metadata=bounded(32))
     file: str = field(metadata=bounded(1024))
-    size: int = field(metadata=bounded(2**62))
-    done_bytes: int = field(default=0, metadata=bounded(2**62))
+    size: int = counter()
+    done_bytes: int = counter(default=0)
     chunk_size: int = field(default=0, metadata=bounded(2**40))
-    chunks: int = field(default=0, metadata=bounded(2**62))
+    chunks: int = counter(default=0)
     started: float = 0.0
     duration: float = 0.0
     result: str = field(default="running", metadata=bounded(32, 1))
-    reason: str = field(default="", metadata=bounded(512))
-    retransmits: int = field(default=0, metadata=bounded(2**62))
+    reason: str = reason(default="")
+    retransmits: int = counter(default=0)
     params: dict[str, str] = field(default_factory=dict, metadata=bounded(32))
     stats: dict[str, float] = field(default_factory=dict, metadata=bounded(32))
 
@@ -56,8 +57,8 @@ class StatsSample(Message):
     side: str = field(metadata=bounded(8, 4))
     peer: str = field(metadata=bounded(300))
     t: float = 0.0
-    done_bytes: int = field(default=0, metadata=bounded(2**62))
-    window: int = field(default=0, metadata=bounded(2**62))  # bytes (AIMD)
+    done_bytes: int = counter(default=0)
+    window: int = counter(default=0)  # bytes (AIMD)
     rate: float = 0.0  # bytes/s (token bucket or pacing)
     rtt: float = 0.0  # smoothed, seconds
     credit: int = field(default=0, metadata=bounded(2**40))  # chunks allowed in flight
