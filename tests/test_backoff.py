@@ -113,3 +113,18 @@ def test_delays_within_bounds_and_count_bounded(
     assert b.next_delay() is None
     assert b.next_delay() is None
     assert len(delays) == max_retries
+
+
+def test_without_a_generator_each_delay_is_the_ceiling_and_never_runs_out() -> None:
+    # The supervisor's restart pauses: 0.1 s doubling up to 10 s, forever.
+    b = Backoff(0.1, max_delay=10.0, max_retries=None, rng=None)
+    delays = [b.next_delay() for _ in range(12)]
+    assert delays == [min(10.0, 0.1 * 2**n) for n in range(12)]
+    assert b.remaining is None and b.attempts == 12
+    b.reset()
+    assert b.next_delay() == 0.1
+
+
+def test_a_negative_retry_budget_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_retries"):
+        Backoff(0.1, max_delay=1.0, max_retries=-1, rng=None)

@@ -17,11 +17,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
+from peercrypt.core.backoff import Backoff
 from peercrypt.runtime.actor import CRASHED, FAILED, READY, RESTARTED, TERM, Actor, ActorEnv
 
 log = logging.getLogger("peercrypt.supervisor")
@@ -53,7 +54,11 @@ class _Slot:
     pipe: zmq.Socket[Any] | None = None
     thread: threading.Thread | None = None
     started_at: float = 0.0
-    backoff: float = BACKOFF_MIN
+    backoff: Backoff = field(
+        default_factory=lambda: Backoff(
+            BACKOFF_MIN, max_delay=BACKOFF_MAX, max_retries=None, rng=None
+        )
+    )
     restart_at: float | None = None
     restarts: int = 0
 
@@ -119,15 +124,15 @@ class Supervisor:
                     slot.thread.join(STOP_TIMEOUT)
                 self._close_pipe(slot)
                 if now - slot.started_at > HEALTHY_AFTER:
-                    slot.backoff = BACKOFF_MIN
-                slot.restart_at = now + slot.backoff
+                    slot.backoff.reset()
+                delay = slot.backoff.next_delay() or BACKOFF_MAX  # unlimited: never None
+                slot.restart_at = now + delay
                 log.warning(
                     "actor %s %s; restarting in %.1f s",
                     slot.name,
                     "crashed" if status == CRASHED else "stopped unexpectedly",
-                    slot.backoff,
+                    delay,
                 )
-                slot.backoff = min(BACKOFF_MAX, slot.backoff * 2)
             if slot.restart_at is not None and now >= slot.restart_at and not self._stopped:
                 slot.restart_at = None
                 slot.restarts += 1
@@ -135,7 +140,7 @@ class Supervisor:
                     self._spawn(slot)
                 except StartError as exc:
                     log.error("%s", exc)
-                    slot.restart_at = time.monotonic() + slot.backoff
+                    slot.restart_at = time.monotonic() + slot.backoff.ceiling()
                     continue
                 for other in self._slots:
                     if other is not slot and other.pipe is not None:
