@@ -6,14 +6,16 @@ overlap (AES-GCM, BLAKE3 and write() all release the GIL). Work comes in on
 a queue whose length the transfer credit bounds (the receiver drops chunks
 beyond the credit) and that refuses a chunk outright once ``max_queued``
 bytes wait, whatever a peer does; results go back to the
-actor over an inproc PAIR socket this thread owns, as msgpack tuples:
+actor as typed results on :attr:`FileWriter.results`, each announced by one
+empty frame on an inproc PAIR socket this thread owns (the actor watches it
+and takes one result per frame):
 
-- ``("written", tid, index)``
-- ``("finished", tid, digest)``  (after fsync; the digest of the file as
-  read back from disk, so what is verified is what is stored)
-- ``("no-space", tid, text)``  (the disk is full; the part is checkpointed)
-- ``("error", tid, text)``
-- ``("unsaved", tid, text)``  (a manifest could not be written; not fatal)
+- :class:`Written` ``(tid, index)``
+- :class:`Finished` ``(tid, digest)``  (after fsync; the digest of the file
+  as read back from disk, so what is verified is what is stored)
+- :class:`WriteFailed` ``(tid, text, no_space)``  (``no_space``: the disk is
+  full; the part is checkpointed)
+- :class:`Unsaved` ``(tid, text)``  (a manifest could not be written)
 
 Resume checkpoints: a file opened with a manifest (unicast parts) has it
 rewritten every :data:`~peercrypt.core.resume.CHECKPOINT_CHUNKS` written
@@ -58,7 +60,6 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-import msgpack
 import zmq
 
 from actors.file_chunks import read_chunk
@@ -67,6 +68,42 @@ from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import CHECKPOINT_CHUNKS, Manifest
 
 SYNC_FILE_RANGE_WRITE = 2
+
+
+@dataclass(frozen=True)
+class Written:
+    """Chunk ``index`` of ``tid`` is in the file."""
+
+    tid: bytes
+    index: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """``tid`` is synced; ``digest`` is the BLAKE3 of the file as stored."""
+
+    tid: bytes
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class WriteFailed:
+    """Writing ``tid`` failed (``text`` says why; ``no_space``: disk full)."""
+
+    tid: bytes
+    text: str
+    no_space: bool = False
+
+
+@dataclass(frozen=True)
+class Unsaved:
+    """A resume manifest of ``tid`` could not be written (``text``: why)."""
+
+    tid: bytes
+    text: str
+
+
+WriterResult = Written | Finished | WriteFailed | Unsaved
 FAILED_MEMORY = 1024  # failed files remembered until their close()
 
 
@@ -123,7 +160,8 @@ class FileWriter:
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="pc-writer", daemon=True)
         self._start_writeback = _writeback_starter()
-        self._notes: list[tuple[Any, ...]] = []  # results besides an op's own (writer thread)
+        self._notes: list[WriterResult] = []  # results besides an op's own (writer thread)
+        self.results: queue.SimpleQueue[WriterResult] = queue.SimpleQueue()
         self._failed: dict[bytes, _File] = {}  # failed files awaiting close() (writer thread)
 
     def start(self) -> None:
@@ -192,25 +230,29 @@ class FileWriter:
                     result = self._apply(files, op)
                 except OSError as exc:
                     f = files.pop(tid, None)
-                    result = ("error", tid, exc.strerror or str(exc))
+                    result = WriteFailed(tid, exc.strerror or str(exc))
                     if f is not None and len(self._failed) < FAILED_MEMORY:
                         self._failed[tid] = f  # its fd is closed by close()
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT) and f is not None:
-                        result = ("no-space", tid, exc.strerror or str(exc))
+                        result = WriteFailed(tid, exc.strerror or str(exc), no_space=True)
                         unsaved = self._checkpoint(f)
                         if unsaved:
-                            self._notes.append(("unsaved", tid, unsaved))
+                            self._notes.append(Unsaved(tid, unsaved))
                 if op[0] == "write":
                     with self._queued_lock:
                         self._queued -= len(op[3])
                 if result is not None:
-                    out.send(msgpack.packb(result, use_bin_type=True))
+                    self._post(out, result)
                 while self._notes:
-                    out.send(msgpack.packb(self._notes.pop(0), use_bin_type=True))
+                    self._post(out, self._notes.pop(0))
         finally:
             out.close(linger=0)
 
-    def _apply(self, files: dict[bytes, _File], op: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    def _post(self, out: zmq.Socket[Any], result: WriterResult) -> None:
+        self.results.put(result)  # before its frame: a frame always finds it
+        out.send(b"")
+
+    def _apply(self, files: dict[bytes, _File], op: tuple[Any, ...]) -> WriterResult | None:
         kind, tid = op[0], op[1]
         if kind == "open":
             _, _, fd, chunk_size, size, held, total, hold, checkpoint = op
@@ -222,7 +264,7 @@ class FileWriter:
                 opened.inbox, opened.manifest = checkpoint
                 unsaved = self._checkpoint(opened)
                 if unsaved:
-                    self._notes.append(("unsaved", tid, unsaved))
+                    self._notes.append(Unsaved(tid, unsaved))
             self._advance_hash(opened, None, None)
             return None
         if kind == "close":
@@ -232,7 +274,7 @@ class FileWriter:
                 return None
             unsaved = self._checkpoint(closing) if keep else ""
             os.close(closing.fd)
-            return ("unsaved", tid, unsaved) if unsaved else None
+            return Unsaved(tid, unsaved) if unsaved else None
         if kind == "forget":
             self._failed.pop(tid, None)
         f = files.get(tid)
@@ -250,18 +292,18 @@ class FileWriter:
             if f.since_checkpoint >= CHECKPOINT_CHUNKS:
                 unsaved = self._checkpoint(f)
                 if unsaved:
-                    self._notes.append(("unsaved", tid, unsaved))
-            return ("written", tid, index)
+                    self._notes.append(Unsaved(tid, unsaved))
+            return Written(tid, index)
         if kind == "finish":
             self._advance_hash(f, None, None)
             if f.hashed != f.written.total:
-                return ("error", tid, "finish before all chunks were written")
+                return WriteFailed(tid, "finish before all chunks were written")
             os.fsync(f.fd)
             del files[tid]
             # The verdict is on what the disk holds now, not on what was
             # written: a part changed underneath us (another process, a
             # faulty disk) must not be published as verified.
-            return ("finished", tid, hash_file(f.fd, f.size))
+            return Finished(tid, hash_file(f.fd, f.size))
         if kind == "forget":
             files.pop(tid, None)
             return None

@@ -30,7 +30,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from actors.file_writer import FileWriter
+from actors.file_writer import FileWriter, Finished, Written
 from actors.inbox import Refusal, check_incoming, create_part, discard_part, publish
 from peercrypt.core.bitmap import flatten
 from peercrypt.core.incoming import (
@@ -377,18 +377,19 @@ class ReceiverActor(Actor):
     def _on_writer(self, sock: zmq.Socket[Any]) -> None:
         for _ in range(256):
             try:
-                kind, tid, value = msgpack.unpackb(sock.recv(zmq.NOBLOCK), raw=False)
+                sock.recv(zmq.NOBLOCK)  # one frame per result
             except zmq.Again:
                 break
-            t = self.transfers.get(tid)
+            result = self.writer.results.get_nowait()
+            t = self.transfers.get(result.tid)
             if t is None:
                 continue
-            if kind == "written":
-                t.flow.on_written(value)
-            elif kind == "finished":
-                t.flow.on_hashed(value)
+            if isinstance(result, Written):
+                t.flow.on_written(result.index)
+            elif isinstance(result, Finished):
+                t.flow.on_hashed(result.digest)
             else:
-                t.flow.on_write_error(value)
+                t.flow.on_write_error(result.text)
             self._drive(t)
         self._flush_acks()
 

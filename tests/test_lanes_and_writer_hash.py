@@ -12,15 +12,22 @@ import select
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import blake3
-import msgpack
 import pytest
 import zmq
 
-from actors.file_writer import FileWriter
+from actors.file_writer import (
+    FileWriter,
+    Finished,
+    Unsaved,
+    WriteFailed,
+    WriterResult,
+    Written,
+)
 from actors.inbox import create_part, load_manifest, manifest_name
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, _OrderedHash
 from peercrypt.core.bitmap import ChunkBitmap
@@ -149,7 +156,7 @@ def test_ordered_hash_needs_no_read_in_order() -> None:
 
 
 @pytest.fixture
-def writer() -> Iterator[tuple[FileWriter, zmq.Socket[Any]]]:
+def writer() -> Iterator[tuple[FileWriter, Results]]:
     ctx: zmq.Context[Any] = zmq.Context()
     address = f"inproc://test-writer-{os.getpid()}-{time.monotonic_ns()}"
     results = ctx.socket(zmq.PAIR)
@@ -157,21 +164,35 @@ def writer() -> Iterator[tuple[FileWriter, zmq.Socket[Any]]]:
     results.bind(address)
     w = FileWriter(ctx, address, 64 * 1024 * 1024)
     w.start()
-    yield w, results
+    yield w, Results(w, results)
     w.stop()
     results.close(linger=0)
     ctx.term()
 
 
-def _next(sock: zmq.Socket[Any]) -> tuple[Any, ...]:
-    assert sock.poll(int(WAIT * 1000)), "no result from the writer within the timeout"
-    return tuple(msgpack.unpackb(sock.recv(), raw=False))
+@dataclass
+class Results:
+    """The actor's side of a writer: its PAIR socket and its results."""
+
+    writer: FileWriter
+    sock: zmq.Socket[Any]
+
+
+def _next(results: Results) -> WriterResult:
+    assert results.sock.poll(int(WAIT * 1000)), "no result from the writer within the timeout"
+    results.sock.recv()
+    return results.writer.results.get_nowait()
+
+
+def _index(result: WriterResult) -> int:
+    assert isinstance(result, Written), result
+    return result.index
 
 
 @pytest.mark.parametrize("hold", [0, 8])
 def test_writer_hashes_out_of_order_chunks_without_reading_back(
     tmp_path: Path,
-    writer: tuple[FileWriter, zmq.Socket[Any]],
+    writer: tuple[FileWriter, Results],
     monkeypatch: pytest.MonkeyPatch,
     hold: int,
 ) -> None:
@@ -195,12 +216,10 @@ def test_writer_hashes_out_of_order_chunks_without_reading_back(
         order[4:12] = reversed(order[4:12])  # and a longer reordering
         for index in order:
             w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
-        written = {_next(results)[2] for _ in order}
+        written = {_index(_next(results)) for _ in order}
         assert written == set(range(total))
         w.finish(b"t")
-        kind, _, digest = _next(results)
-        assert kind == "finished"
-        assert digest == blake3.blake3(data).digest()
+        assert _next(results) == Finished(b"t", blake3.blake3(data).digest())
         with open(tmp_path / "part", "rb") as f:
             assert f.read() == data
         if hold >= 8:
@@ -212,7 +231,7 @@ def test_writer_hashes_out_of_order_chunks_without_reading_back(
 
 
 def test_writer_hold_is_bounded(
-    tmp_path: Path, writer: tuple[FileWriter, zmq.Socket[Any]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, writer: tuple[FileWriter, Results], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunks beyond ``hold`` are read back, so memory stays bounded."""
     w, results = writer
@@ -235,15 +254,14 @@ def test_writer_hold_is_bounded(
         for _ in order:
             _next(results)
         w.finish(b"t")
-        kind, _, digest = _next(results)
-        assert (kind, digest) == ("finished", blake3.blake3(data).digest())
+        assert _next(results) == Finished(b"t", blake3.blake3(data).digest())
         assert sorted(reads) == list(range(hold + 1, total))
     finally:
         os.close(fd)
 
 
 def test_writer_fails_a_short_write(
-    tmp_path: Path, writer: tuple[FileWriter, zmq.Socket[Any]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, writer: tuple[FileWriter, Results], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The hash is taken from the bytes handed to pwrite, so a short write
     (disk full) must fail the file rather than be hashed as written."""
@@ -253,9 +271,9 @@ def test_writer_fails_a_short_write(
     try:
         w.open(b"t", fd, CHUNK, 2 * CHUNK, ChunkBitmap(2), hold=2)
         w.write(b"t", 1, os.urandom(CHUNK))
-        kind, tid, reason = _next(results)
-        assert (kind, tid) == ("no-space", b"t")
-        assert "short write" in reason
+        failed = _next(results)
+        assert isinstance(failed, WriteFailed) and (failed.tid, failed.no_space) == (b"t", True)
+        assert "short write" in failed.text
     finally:
         os.close(fd)
 
@@ -308,7 +326,7 @@ def _held(inbox: Path, m: Manifest) -> int:
 
 
 def test_manifest_follows_the_writes_and_closes_with_them(
-    tmp_path: Path, writer: tuple[FileWriter, zmq.Socket[Any]]
+    tmp_path: Path, writer: tuple[FileWriter, Results]
 ) -> None:
     w, results = writer
     total = 2 * CHECKPOINT_CHUNKS + 5
@@ -316,7 +334,7 @@ def test_manifest_follows_the_writes_and_closes_with_them(
     before = time.time()
     for index in range(total):
         w.write(b"t", index, bytes([index % 256]) * CHUNK)
-    assert [_next(results)[0] for _ in range(total)] == ["written"] * total
+    assert [_next(results) for _ in range(total)] == [Written(b"t", i) for i in range(total)]
     assert _held(tmp_path, m) == 2 * CHECKPOINT_CHUNKS
     assert load_manifest(tmp_path, manifest_name(m.part)).updated >= before
     w.close(b"t", keep=True)
@@ -324,13 +342,13 @@ def test_manifest_follows_the_writes_and_closes_with_them(
     w.open(b"u", os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT, 0o600), CHUNK, CHUNK,
            ChunkBitmap(1))  # fmt: skip
     w.write(b"u", 0, b"x" * CHUNK)
-    assert _next(results) == ("written", b"u", 0)
+    assert _next(results) == Written(b"u", 0)
     assert _held(tmp_path, m) == total
     assert not _is_open_on(fd, tmp_path / m.part)  # the writer closed it
 
 
 def test_close_without_keep_records_nothing_more(
-    tmp_path: Path, writer: tuple[FileWriter, zmq.Socket[Any]]
+    tmp_path: Path, writer: tuple[FileWriter, Results]
 ) -> None:
     w, results = writer
     _, m = _open(w, tmp_path, 10 * CHUNK)
@@ -344,7 +362,7 @@ def test_close_without_keep_records_nothing_more(
     w.open(b"u", os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT, 0o600), CHUNK, CHUNK,
            ChunkBitmap(1))  # fmt: skip
     w.write(b"u", 0, b"x" * CHUNK)
-    assert _next(results) == ("written", b"u", 0)
+    assert _next(results) == Written(b"u", 0)
     assert _held(tmp_path, m) == 0
 
 
@@ -367,7 +385,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_disk_full_keeps_the_part_and_what_it_holds(
-    small_disk: Path, writer: tuple[FileWriter, zmq.Socket[Any]]
+    small_disk: Path, writer: tuple[FileWriter, Results]
 ) -> None:
     w, results = writer
     total = 200  # 800 KiB into 512 KiB
@@ -377,18 +395,19 @@ def test_disk_full_keeps_the_part_and_what_it_holds(
         w.write(b"t", index, data[index])
     written = set()
     while True:
-        kind, tid, value = _next(results)
-        assert tid == b"t"
-        if kind == "written":
-            written.add(value)
-        elif kind != "unsaved":  # a checkpoint that did not fit: the last one stays
+        result = _next(results)
+        assert result.tid == b"t"
+        if isinstance(result, Written):
+            written.add(result.index)
+        elif not isinstance(result, Unsaved):  # a checkpoint that did not fit: the last one stays
             break
-    assert kind == "no-space" and 0 < len(written) < total, (kind, value, written)
+    assert isinstance(result, WriteFailed) and result.no_space, result
+    assert 0 < len(written) < total, written
     w.close(b"t", keep=True)
     w.open(b"u", os.open(small_disk / "x", os.O_RDWR | os.O_CREAT, 0o600), 1, 1, ChunkBitmap(1))
     w.write(b"u", 0, b"")
-    while (reply := _next(results))[1] != b"u":
-        assert reply[0] == "unsaved"  # the final checkpoint did not fit either
+    while (reply := _next(results)).tid != b"u":
+        assert isinstance(reply, Unsaved)  # the final checkpoint did not fit either
     assert not _is_open_on(fd, small_disk / m.part)
     # Whatever the manifest lists is really in the part (the part was synced first).
     held = load_manifest(small_disk, manifest_name(m.part)).held()
@@ -406,6 +425,7 @@ def test_writer_refuses_chunks_beyond_its_queue_bound(tmp_path: Path) -> None:
     results.linger = 0
     results.bind(address)
     w = FileWriter(ctx, address, 3 * CHUNK)  # not started yet: nothing drains
+    found = Results(w, results)
     fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         data = os.urandom(5 * CHUNK)
@@ -414,10 +434,10 @@ def test_writer_refuses_chunks_beyond_its_queue_bound(tmp_path: Path) -> None:
         assert [w.write(b"t", i, chunks[i]) for i in range(4)] == [True, True, True, False]
         assert w.queued_bytes == 3 * CHUNK
         w.start()
-        assert {_next(results)[2] for _ in range(3)} == {0, 1, 2}
+        assert {_index(_next(found)) for _ in range(3)} == {0, 1, 2}
         assert w.queued_bytes == 0
         assert w.write(b"t", 3, chunks[3]) and w.write(b"t", 4, chunks[4])
-        assert {_next(results)[2] for _ in range(2)} == {3, 4}
+        assert {_index(_next(found)) for _ in range(2)} == {3, 4}
         assert os.pread(fd, len(data), 0) == data
     finally:
         w.stop()
