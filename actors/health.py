@@ -155,7 +155,7 @@ class HealthActor(Actor):
     def _on_member(self, msg: MemberUpdate) -> None:
         m = self.members.get(msg.node_id)
         if m is None:
-            if msg.state == "left" or not msg.url:
+            if msg.state == MemberState.LEFT or not msg.url:
                 return
             m = self.members[msg.node_id] = Member(msg.node_id, msg.url, msg.state, msg.incarnation)
             self.detector.add_peer(msg.node_id, self.now())
@@ -171,7 +171,7 @@ class HealthActor(Actor):
         if revived:
             # A new incarnation (refuted or restarted): probe it now, not at backoff.
             m.retry, m.next_retry = None, 0.0
-        if msg.state == "left":
+        if msg.state == MemberState.LEFT:
             self._forget(msg.node_id)
         self.facts["health_peers"] = str(len(self.members))
 
