@@ -121,7 +121,8 @@ class HealthActor(Actor):
 
     def setup(self) -> None:
         self.call_every(self.interval, self._round)
-        self.call_every(min(0.1, self.interval / 10), self._tick)
+        # the detector's clock: only while there is a member to watch
+        self.call_every_while(min(0.1, self.interval / 10), self._tick, lambda: bool(self.members))
         self.facts["health_interval"] = f"{self.interval:g}"
         self.facts["detection_bound"] = f"{self.detector.detection_bound():.3g}"
 

@@ -165,9 +165,10 @@ class MulticastReceiverActor(Actor):
         max_queued = MAX_SESSIONS * QUEUE_CHUNKS * self.settings.max_chunk
         self.writer = FileWriter(self.env.context, address, max_queued)
         self.writer.start()
-        self.call_every(ACK_INTERVAL, self._ack_all)
-        self.call_every(1.0, self._expire_idle)
-        self.call_every(STATS_INTERVAL, self._report_progress)
+        running = lambda: bool(self.sessions)  # noqa: E731
+        self.call_every_while(ACK_INTERVAL, self._ack_all, running)
+        self.call_every_while(1.0, self._expire_idle, running)
+        self.call_every_while(STATS_INTERVAL, self._report_progress, running)
 
     def _bind_repair(self, low: int, high: int) -> None:
         """Bind the unicast repair socket to the first free port in [low, high]

@@ -197,8 +197,9 @@ class MulticastSenderActor(Actor):
     def setup(self) -> None:
         if self.settings.multicast_group:
             self.facts["multicast_group"] = self.settings.multicast_group
-        self.call_every(TICK, self._tick)
-        self.call_every(0.1, self._progress)
+        running = lambda: bool(self.sessions)  # noqa: E731
+        self.call_every_while(TICK, self._tick, running)
+        self.call_every_while(0.1, self._progress, running)
 
     def teardown(self) -> None:
         for sess in list(self.sessions.values()):

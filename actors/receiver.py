@@ -130,8 +130,9 @@ class ReceiverActor(Actor):
         # shrink); the writer refuses chunks beyond that whatever peers do.
         self.writer = FileWriter(self.env.context, address, 2 * s.receive_buffer + s.max_chunk)
         self.writer.start()
-        self.call_every(1.0, self._expire_idle)
-        self.call_every(STATS_INTERVAL, self._report_progress)
+        running = lambda: bool(self.transfers)  # noqa: E731
+        self.call_every_while(1.0, self._expire_idle, running)
+        self.call_every_while(STATS_INTERVAL, self._report_progress, running)
 
     def teardown(self) -> None:
         if hasattr(self, "writer"):

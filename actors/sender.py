@@ -138,7 +138,7 @@ class SenderActor(Actor):
         self.waiting: deque[SendRequest] = deque()  # beyond max_outgoing, in order
 
     def setup(self) -> None:
-        self.call_every(PROGRESS_INTERVAL, self._progress)
+        self.call_every_while(PROGRESS_INTERVAL, self._progress, lambda: bool(self.transfers))
 
     def teardown(self) -> None:
         waiting, self.waiting = self.waiting, deque()

@@ -280,3 +280,79 @@ def test_peer_warnings_are_rate_limited_by_count_and_escaped(
     assert actor.counters["log-suppressed"] == 1000 - len(lines)
     assert all("\x1b" not in line and "\n" not in line for line in lines)
     assert "\\x1b[2Jpeer\\x0a" in lines[0]
+
+
+class Worker(Actor):
+    name = "worker"
+
+    def __init__(self, env: ActorEnv) -> None:
+        super().__init__(env)
+        self.work = 0
+        self.runs: list[float] = []
+        self.repeat = self.call_every_while(0.1, lambda: self.runs.append(self.now()), self.busy)
+
+    def busy(self) -> bool:
+        return self.work > 0
+
+    def step(self) -> None:
+        """What the loop does after each event: due timers, then re-arm."""
+        self._run_timers()
+        for repeat in self._repeats:
+            repeat.arm()
+
+
+def test_a_repetition_while_work_runs_has_no_timer_when_idle() -> None:
+    clock = FakeClock()
+    actor = Worker(ActorEnv(context=zmq.Context(), node_uid="idle", clock=clock))
+    for _ in range(50):  # idle: nothing armed, nothing runs
+        clock.advance(0.1)
+        actor.step()
+    assert actor.runs == [] and actor._timers == []
+    actor.work = 1  # a handler adds work; the loop arms after it
+    actor.step()
+    for _ in range(3):
+        clock.advance(0.1)
+        actor.step()
+    assert actor.runs == pytest.approx([1005.1, 1005.2, 1005.3])
+    actor.work = 0  # the work ends: one more run (to see it ended), then none
+    for _ in range(5):
+        clock.advance(0.1)
+        actor.step()
+    assert len(actor.runs) == 4
+    assert [t for t in actor._timers if not t.cancelled] == []
+
+
+class Reporter(Actor):
+    name = "reporter"
+
+
+def test_unchanged_facts_are_reported_again_only_after_the_refresh() -> None:
+    clock = FakeClock()
+    env = ActorEnv(context=zmq.Context(), node_uid=f"r{time.monotonic_ns()}", clock=clock)
+    inbox = env.context.socket(zmq.PULL)
+    inbox.bind(env.address("control"))
+    actor = Reporter(env)
+
+    def received() -> list[dict[str, str]]:
+        got = []
+        while inbox.poll(200):
+            got.append(codec.decode(inbox.recv()).facts)  # type: ignore[attr-defined]
+        return got
+
+    try:
+        actor.facts["a"] = "1"
+        actor.report()
+        actor.report()
+        assert received() == [{"a": "1"}]
+        actor.facts["a"] = "2"
+        actor.report()
+        clock.advance(Reporter.REPORT_REFRESH / 2)
+        actor.report()
+        assert received() == [{"a": "2"}]
+        clock.advance(Reporter.REPORT_REFRESH)
+        actor.report()
+        assert received() == [{"a": "2"}]
+    finally:
+        for sock in [inbox, *actor._sockets]:
+            sock.close(linger=0)
+        env.context.term()

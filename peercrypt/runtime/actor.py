@@ -91,6 +91,37 @@ class Timer:
         self.cancelled = True
 
 
+class Repeat:
+    """A repetition that runs only while there is work (see
+    :meth:`Actor.call_every_while`): armed while ``active()`` holds, it fires
+    every ``interval`` s and once more after the work ended; idle, no timer."""
+
+    def __init__(
+        self,
+        actor: Actor,
+        interval: float,
+        callback: Callable[[], None],
+        active: Callable[[], bool],
+    ) -> None:
+        self.actor = actor
+        self.interval = interval
+        self.callback = callback
+        self.active = active
+        self.timer: Timer | None = None
+
+    def arm(self) -> None:
+        """Schedule the next run unless one is scheduled or there is no work."""
+        if self.timer is None and self.active():
+            self.timer = self.actor.call_later(self.interval, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        try:
+            self.callback()
+        finally:  # a failing run must not end the repetition
+            self.arm()
+
+
 def bound_endpoint(sock: zmq.Socket[Any]) -> str:
     """The endpoint a socket actually bound (port 0 resolved)."""
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -122,6 +153,9 @@ class Actor:
     # Actors that publish facts/counters for ``status`` send them here.
     REPORT_TO: ClassVar[str | None] = "control"
     REPORT_INTERVAL: ClassVar[float] = 0.5
+    # An unchanged report is sent again after this long (a status owner that
+    # lost it, e.g. restarted or reattached, learns it again).
+    REPORT_REFRESH: ClassVar[float] = 10.0
 
     def __init__(self, env: ActorEnv) -> None:
         self.env = env
@@ -131,7 +165,10 @@ class Actor:
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self._outboxes: dict[str, zmq.Socket[Any]] = {}
+        self._repeats: list[Repeat] = []
         self._running = False
+        self._reported: tuple[dict[str, str], dict[str, int]] | None = None
+        self._reported_at = 0.0
         self.counters: dict[str, int] = {}
         self._log_bucket = TokenBucket(LOG_RATE, LOG_BURST, time.monotonic())
         self._faults_logged: set[tuple[str, str]] = set()
@@ -214,6 +251,18 @@ class Actor:
         self.call_later(interval, tick)
         return handle
 
+    def call_every_while(
+        self, interval: float, callback: Callable[[], None], active: Callable[[], bool]
+    ) -> Repeat:
+        """Repeat ``callback`` every ``interval`` s while ``active()`` (e.g.
+        "a transfer runs") and once after it stopped holding. The loop re-arms
+        it after every event it handles, so an idle actor has no timer for it
+        (an idle node sleeps in poll instead of waking to find nothing to do)."""
+        repeat = Repeat(self, interval, callback, active)
+        self._repeats.append(repeat)
+        repeat.arm()
+        return repeat
+
     def tell(self, actor: str, msg: codec.Message) -> None:
         """Send ``msg`` to another actor's mailbox (never blocks)."""
         out = self._outboxes.get(actor)
@@ -229,11 +278,16 @@ class Actor:
             self.log_limited("%s: mailbox of %s is full", self.name, actor)
 
     def report(self) -> None:
-        """Publish facts and counters to the status owner (see REPORT_TO)."""
+        """Publish facts and counters to the status owner (see REPORT_TO),
+        when they changed since the last report or REPORT_REFRESH passed."""
         if self.REPORT_TO and self.name != self.REPORT_TO:
+            current = (dict(self.facts), dict(self.counters))
+            now = self.now()
+            if current == self._reported and now - self._reported_at < self.REPORT_REFRESH:
+                return
+            self._reported, self._reported_at = current, now
             self.tell(
-                self.REPORT_TO,
-                Announce(actor=self.name, facts=dict(self.facts), counters=dict(self.counters)),
+                self.REPORT_TO, Announce(actor=self.name, facts=current[0], counters=current[1])
             )
 
     def _forget_outbox(self, actor: str) -> None:
@@ -350,12 +404,16 @@ class Actor:
                     if command.startswith(RESTARTED):
                         other = command[len(RESTARTED) :].decode()
                         self._forget_outbox(other)
+                        if other == self.REPORT_TO:
+                            self._reported = None  # it lost what we told it
                         self.on_actor_restarted(other)
                 for sock in list(events):
                     handler = self._handlers.get(sock)
                     if handler is not None:
                         self.contain(getattr(handler, "__name__", "socket"), handler, sock)
                 self._run_timers()
+                for repeat in self._repeats:
+                    repeat.arm()
         except Exception as exc:
             status = CRASHED
             log.error("actor %s crashed: %s", self.name, exc, exc_info=log.isEnabledFor(10))

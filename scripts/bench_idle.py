@@ -1,0 +1,96 @@
+"""The CPU an idle node uses with default intervals, from /proc.
+
+Starts one real node (``peercrypt node --port 0 --open`` on loopback, a
+temporary data dir), lets it settle, then reads the process's utime+stime
+from /proc/PID/stat at the start and the end of ``--seconds`` and prints the
+share of one core, and the threads (by name) that used it.
+
+    .venv/bin/python scripts/bench_idle.py --seconds 60 [--tree OTHER_CHECKOUT ...]
+
+With ``--tree DIR`` a node from that source tree (e.g. an export of an older
+commit) idles in the same window: an interleaved before/after on a shared,
+loaded machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from peercrypt.testing.nodes import NodeProcess
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(stat: str) -> tuple[str, int]:
+    """(name, utime + stime) of one /proc stat line."""
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return name, int(fields[11]) + int(fields[12])
+
+
+def threads(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name, ticks = cpu_ticks((task / "stat").read_text())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out[f"{name}/{task.name}"] = ticks
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--settle", type=float, default=5.0)
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help="run a node from this source tree too (PYTHONPATH), measured in the same window",
+    )
+    args = parser.parse_args()
+    here = str(Path(__file__).resolve().parent.parent)
+    trees: list[str] = [here, *args.tree]
+    with tempfile.TemporaryDirectory(prefix="pc-idle-") as tmp, contextlib.ExitStack() as stack:
+        os.chdir(tmp)  # `python -m` puts the working directory first on sys.path
+        nodes = []
+        for i, tree in enumerate(trees):
+            env = {"PYTHONPATH": tree}
+            node = NodeProcess(Path(tmp) / f"node{i}", open_network=True, env=env).start()
+            stack.callback(node.stop)
+            assert node.proc is not None
+            nodes.append((tree, node.proc.pid))
+        time.sleep(args.settle)
+        before = {
+            pid: (cpu_ticks(Path(f"/proc/{pid}/stat").read_text())[1], threads(pid))
+            for _, pid in nodes
+        }
+        start = time.monotonic()
+        time.sleep(args.seconds)
+        after = {
+            pid: (cpu_ticks(Path(f"/proc/{pid}/stat").read_text())[1], threads(pid))
+            for _, pid in nodes
+        }
+        elapsed = time.monotonic() - start
+    for name, pid in nodes:
+        used = (after[pid][0] - before[pid][0]) / TICKS
+        print(
+            f"idle node ({name}): {used:.2f} CPU s in {elapsed:.1f} s"
+            f" = {100 * used / elapsed:.2f}% of a core"
+        )
+        busy = sorted(
+            ((t - before[pid][1].get(k, 0), k) for k, t in after[pid][1].items()), reverse=True
+        )
+        for ticks, thread in busy[:6]:
+            if ticks:
+                print(f"  thread {thread:20} {ticks / TICKS:6.2f} CPU s")
+
+
+if __name__ == "__main__":
+    main()
