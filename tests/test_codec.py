@@ -59,7 +59,7 @@ def _strategy(tp: Any, meta: typing.Mapping[str, Any]) -> st.SearchStrategy[Any]
 def field_specs(cls: type[codec.Message]) -> list[tuple[str, dataclasses.Field[Any]]]:
     """(name, Field) pairs in the codec's order."""
     specs = {f.name: f for f in dataclasses.fields(cls)}
-    return [(name, specs[name]) for name in codec._CHECKS[cls]]
+    return [(name, specs[name]) for name in codec.field_checks(cls)]
 
 
 def message_strategy(cls: type[codec.Message]) -> st.SearchStrategy[codec.Message]:
@@ -495,7 +495,7 @@ def test_encode_refuses_what_decode_would_refuse() -> None:
 
 def test_dataclass_fields_report_the_declared_names() -> None:
     for cls in REGISTRY.values():
-        assert [f.name for f in dataclasses.fields(cls)] == list(codec._CHECKS[cls])
+        assert [f.name for f in dataclasses.fields(cls)] == list(codec.field_checks(cls))
     reply = messages.HelloReply(node_id=b"n" * 32, version="1")
     assert dataclasses.replace(reply, version="2").version == "2"
 
@@ -504,3 +504,15 @@ def test_status_reply_carries_many_counters_within_the_frame_limit() -> None:
     counters = {f"actor{i % 9}.some-counter-name-{i:04}": i for i in range(1000)}
     reply = messages.StatusReply(request=1, node={"k": "v"}, counters=counters)
     assert decode(encode(reply)) == reply
+
+
+def test_an_unregistered_message_type_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Stray(codec.Message):
+        TYPE = "stray-never-registered"
+        x: int = 0
+
+    with pytest.raises(TypeError, match="not a registered message"):
+        encode(Stray())
+    with pytest.raises(TypeError, match="not a registered message"):
+        codec.field_checks(Stray)

@@ -148,7 +148,7 @@ def _clipper(tp: Any, meta: typing.Mapping[str, Any]) -> _Clip:
 def clip_fields(msg: Message) -> dict[str, Any]:
     """The fields of ``msg``, each mapped into its wire bound."""
     cls = type(msg)
-    checks, clips = _CHECKS[cls], _CLIPS[cls]
+    checks, clips = field_checks(cls), _CLIPS[cls]
     fields = {}
     for name, ok in checks.items():
         value = getattr(msg, name)
@@ -157,14 +157,26 @@ def clip_fields(msg: Message) -> dict[str, Any]:
 
 
 def message(cls: type[M]) -> type[M]:
-    """Class decorator: register a frozen message dataclass under ``cls.TYPE``."""
+    """Class decorator: register a frozen message dataclass under ``cls.TYPE``.
+    Its field checks are built when the type is first encoded or decoded (a
+    command that uses three of the seventy types does not build the rest)."""
     if not cls.TYPE or cls.TYPE in _REGISTRY:
         raise TypeError(f"message type {cls.TYPE!r} missing or registered twice")
-    hints = typing.get_type_hints(cls)
-    _CHECKS[cls] = {f.name: _checker(hints[f.name], f.metadata) for f in dataclasses.fields(cls)}
-    _CLIPS[cls] = {f.name: _clipper(hints[f.name], f.metadata) for f in dataclasses.fields(cls)}
     _REGISTRY[cls.TYPE] = cls
     return cls
+
+
+def field_checks(cls: type[Message]) -> dict[str, _Check]:
+    """The field checks of registered message type ``cls``, in field order."""
+    checks = _CHECKS.get(cls)
+    if checks is None:
+        if _REGISTRY.get(getattr(cls, "TYPE", "")) is not cls:
+            raise TypeError(f"{cls.__name__} is not a registered message")
+        hints = typing.get_type_hints(cls)
+        fields = dataclasses.fields(cls)
+        _CLIPS[cls] = {f.name: _clipper(hints[f.name], f.metadata) for f in fields}
+        checks = _CHECKS[cls] = {f.name: _checker(hints[f.name], f.metadata) for f in fields}
+    return checks
 
 
 def encode(msg: Message) -> bytes:
@@ -173,9 +185,7 @@ def encode(msg: Message) -> bytes:
     bytes field under its minimum length, or a message that still exceeds
     MAX_MESSAGE_BYTES (bugs on our side: we never send what we would refuse)."""
     cls = type(msg)
-    checks = _CHECKS.get(cls)
-    if checks is None:
-        raise TypeError(f"{cls.__name__} is not a registered message")
+    checks = field_checks(cls)
     fields = clip_fields(msg)
     for name, ok in checks.items():
         if not ok(fields[name]):
@@ -214,7 +224,7 @@ def decode(data: bytes | memoryview, max_bytes: int = MAX_MESSAGE_BYTES) -> Mess
     cls = _REGISTRY[type_name]
     if not isinstance(fields, dict):
         raise DecodeError("malformed", "fields is not a map")
-    checks = _CHECKS[cls]
+    checks = field_checks(cls)
     if fields.keys() != checks.keys():
         missing = sorted(checks.keys() - fields.keys())
         extra = sorted(str(k) for k in fields.keys() - checks.keys())
