@@ -107,6 +107,9 @@ class SchedulerActor(Actor):
         )
         super().report()
 
+    def report_due(self) -> bool:
+        return bool(self.flows) or super().report_due()  # shares and caps move with flows
+
     def _publish(self) -> None:
         self.facts["mode"] = self.defaults.mode
         self.facts["max_rate"] = str(int(self.planner.node_rate))

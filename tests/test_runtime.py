@@ -326,32 +326,35 @@ class Reporter(Actor):
     name = "reporter"
 
 
-def test_unchanged_facts_are_reported_again_only_after_the_refresh() -> None:
-    clock = FakeClock()
-    env = ActorEnv(context=zmq.Context(), node_uid=f"r{time.monotonic_ns()}", clock=clock)
+def test_facts_and_counters_are_reported_when_they_change_or_on_refresh() -> None:
+    env = ActorEnv(context=zmq.Context(), node_uid=f"r{time.monotonic_ns()}")
     inbox = env.context.socket(zmq.PULL)
     inbox.bind(env.address("control"))
     actor = Reporter(env)
 
-    def received() -> list[dict[str, str]]:
+    def received() -> list[tuple[dict[str, str], dict[str, int]]]:
         got = []
         while inbox.poll(200):
-            got.append(codec.decode(inbox.recv()).facts)  # type: ignore[attr-defined]
+            msg: Any = codec.decode(inbox.recv())
+            got.append((msg.facts, msg.counters))
         return got
 
     try:
         actor.facts["a"] = "1"
+        assert actor.report_due()
         actor.report()
         actor.report()
-        assert received() == [{"a": "1"}]
-        actor.facts["a"] = "2"
+        assert received() == [({"a": "1"}, {})]
+        assert not actor.report_due()
+        actor.count("x")
         actor.report()
-        clock.advance(Reporter.REPORT_REFRESH / 2)
+        del actor.facts["a"]
         actor.report()
-        assert received() == [{"a": "2"}]
-        clock.advance(Reporter.REPORT_REFRESH)
+        assert received() == [({"a": "1"}, {"x": 1}), ({}, {"x": 1})]
         actor.report()
-        assert received() == [{"a": "2"}]
+        assert received() == []
+        actor._refresh_report()
+        assert received() == [({}, {"x": 1})]
     finally:
         for sock in [inbox, *actor._sockets]:
             sock.close(linger=0)

@@ -91,6 +91,21 @@ class Timer:
         self.cancelled = True
 
 
+class Watched(dict[str, Any]):
+    """An actor's facts or counters: a dict that notes when an item is set or
+    deleted (``changed``), so the actor reports only what changed."""
+
+    changed = False
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.changed = True
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.changed = True
+        super().__delitem__(key)
+
+
 class Repeat:
     """A repetition that runs only while there is work (see
     :meth:`Actor.call_every_while`): armed while ``active()`` holds, it fires
@@ -153,8 +168,9 @@ class Actor:
     # Actors that publish facts/counters for ``status`` send them here.
     REPORT_TO: ClassVar[str | None] = "control"
     REPORT_INTERVAL: ClassVar[float] = 0.5
-    # An unchanged report is sent again after this long (a status owner that
-    # lost it, e.g. restarted or reattached, learns it again).
+    # Facts and counters are reported at most every REPORT_INTERVAL while they
+    # change, and again after REPORT_REFRESH when they do not (a status owner
+    # that lost them, e.g. restarted or reattached, learns them again).
     REPORT_REFRESH: ClassVar[float] = 10.0
 
     def __init__(self, env: ActorEnv) -> None:
@@ -167,12 +183,11 @@ class Actor:
         self._outboxes: dict[str, zmq.Socket[Any]] = {}
         self._repeats: list[Repeat] = []
         self._running = False
-        self._reported: tuple[dict[str, str], dict[str, int]] | None = None
-        self._reported_at = 0.0
-        self.counters: dict[str, int] = {}
+        # Change them by item (``[k] = v``, ``del``): that is what marks them changed.
+        self.counters: Watched = Watched()
         self._log_bucket = TokenBucket(LOG_RATE, LOG_BURST, time.monotonic())
         self._faults_logged: set[tuple[str, str]] = set()
-        self.facts: dict[str, str] = {}
+        self.facts: Watched = Watched()
 
     # -- hooks ------------------------------------------------------------------
 
@@ -278,17 +293,22 @@ class Actor:
             self.log_limited("%s: mailbox of %s is full", self.name, actor)
 
     def report(self) -> None:
-        """Publish facts and counters to the status owner (see REPORT_TO),
-        when they changed since the last report or REPORT_REFRESH passed."""
-        if self.REPORT_TO and self.name != self.REPORT_TO:
-            current = (dict(self.facts), dict(self.counters))
-            now = self.now()
-            if current == self._reported and now - self._reported_at < self.REPORT_REFRESH:
-                return
-            self._reported, self._reported_at = current, now
+        """Publish facts and counters to the status owner (see REPORT_TO) if
+        they changed since the last report."""
+        if self.REPORT_TO and self.name != self.REPORT_TO and self.report_due():
+            self.facts.changed = self.counters.changed = False
             self.tell(
-                self.REPORT_TO, Announce(actor=self.name, facts=current[0], counters=current[1])
+                self.REPORT_TO,
+                Announce(actor=self.name, facts=dict(self.facts), counters=dict(self.counters)),
             )
+
+    def report_due(self) -> bool:
+        """Whether :meth:`report` has news (checked after every event)."""
+        return self.facts.changed or self.counters.changed
+
+    def _refresh_report(self) -> None:
+        self.facts.changed = True  # a status owner that lost it learns it again
+        self.report()
 
     def _forget_outbox(self, actor: str) -> None:
         out = self._outboxes.pop(actor, None)
@@ -391,7 +411,8 @@ class Actor:
                 log.debug("actor %s cannot start: %s", self.name, exc)
                 return
             self.report()
-            self.call_every(self.REPORT_INTERVAL, self.report)
+            self.call_every_while(self.REPORT_INTERVAL, self.report, self.report_due)
+            self.call_every(self.REPORT_REFRESH, self._refresh_report)
             pipe.send(READY)
             self._running = True
             while self._running:
@@ -405,7 +426,7 @@ class Actor:
                         other = command[len(RESTARTED) :].decode()
                         self._forget_outbox(other)
                         if other == self.REPORT_TO:
-                            self._reported = None  # it lost what we told it
+                            self.facts.changed = True  # it lost what we told it
                         self.on_actor_restarted(other)
                 for sock in list(events):
                     handler = self._handlers.get(sock)
