@@ -10,6 +10,8 @@ from a node is decoded (strictly) and handed to KIND.
 - Attaching: ``AttachHello`` every ``BEAT`` s until a node answers
   ``AttachReply(ok)``; a refusal (not on the node's ``--attach-allow``, or
   the node runs its own KIND) is final and reported through ``on_refused``.
+- The attached actor's last status report (``Announce``) is kept and sent to
+  a node as soon as it attaches (actors report only what changed).
 - Beats both ways every ``BEAT`` s; a node silent for ``LOST_AFTER`` s is
   detached and hellos start again (ZeroMQ reconnects underneath). Each beat
   echoes its send time: the link's round trip is the fact ``link_rtt_ms``.
@@ -43,6 +45,7 @@ from peercrypt.wire.actor_messages import (
     AttachHello,
     AttachReply,
 )
+from peercrypt.wire.messages import Announce
 from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.link")
@@ -76,6 +79,9 @@ class LinkActor(Actor):
         self.on_refused = on_refused
         self.nodes: list[_Node] = []
         self.requests: RequestMap[int] = RequestMap()
+        # The attached actor's last status report: actors report only what
+        # changed, so a node that attaches (again) gets this one at once.
+        self.last_report: Announce | None = None
 
     def setup(self) -> None:
         for host, port in self.targets:
@@ -102,9 +108,12 @@ class LinkActor(Actor):
         node = self.nodes[index]
         if isinstance(msg, AttachReply):
             if msg.code == "ok":
-                if not node.attached:
-                    log.info("link: attached to %s as its %s actor", node.where, self.actor)
+                was_attached = node.attached
                 node.attached, node.last_heard = True, self.now()
+                if not was_attached:
+                    log.info("link: attached to %s as its %s actor", node.where, self.actor)
+                    if self.last_report is not None:
+                        self._send(node, "control", self.last_report)
             elif not node.refused:
                 reason = printable(msg.reason)  # the node's text, shown to a terminal
                 node.refused = f"{node.where} refused to attach {self.actor}: {reason}"
@@ -141,6 +150,8 @@ class LinkActor(Actor):
     # -- from the attached actor (to a node actor) -----------------------------------------
 
     def _route(self, dest: str, msg: codec.Message) -> None:
+        if isinstance(msg, Announce) and msg.actor == self.actor:
+            self.last_report = msg
         request = getattr(msg, "request", None)
         if len(self.nodes) > 1 and isinstance(request, int):
             found = self.requests.outward(request)

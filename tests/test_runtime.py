@@ -359,3 +359,20 @@ def test_facts_and_counters_are_reported_when_they_change_or_on_refresh() -> Non
         for sock in [inbox, *actor._sockets]:
             sock.close(linger=0)
         env.context.term()
+
+
+def test_a_leading_repetition_runs_at_once_after_a_quiet_spell_then_at_its_pace() -> None:
+    clock = FakeClock()
+    actor = Worker(ActorEnv(context=zmq.Context(), node_uid="lead", clock=clock))
+    runs: list[float] = []
+    actor.call_every_while(0.5, lambda: runs.append(clock()), actor.busy, leading=True)
+    actor.work = 1
+    actor.step()  # armed with no delay: the next loop turn runs it
+    actor.step()
+    assert runs == [1000.0]
+    clock.advance(0.2)
+    actor.step()
+    assert runs == [1000.0]  # at most once per interval
+    clock.advance(0.3)
+    actor.step()
+    assert runs == pytest.approx([1000.0, 1000.5])

@@ -109,7 +109,9 @@ class Watched(dict[str, Any]):
 class Repeat:
     """A repetition that runs only while there is work (see
     :meth:`Actor.call_every_while`): armed while ``active()`` holds, it fires
-    every ``interval`` s and once more after the work ended; idle, no timer."""
+    every ``interval`` s and once more after the work ended; idle, no timer.
+    ``leading``: work after a quiet spell runs at once, not ``interval`` later
+    (still at most once per ``interval``)."""
 
     def __init__(
         self,
@@ -117,20 +119,27 @@ class Repeat:
         interval: float,
         callback: Callable[[], None],
         active: Callable[[], bool],
+        leading: bool = False,
     ) -> None:
         self.actor = actor
         self.interval = interval
         self.callback = callback
         self.active = active
+        self.leading = leading
+        self.last_run = -math.inf
         self.timer: Timer | None = None
 
     def arm(self) -> None:
         """Schedule the next run unless one is scheduled or there is no work."""
         if self.timer is None and self.active():
-            self.timer = self.actor.call_later(self.interval, self._fire)
+            delay = self.interval
+            if self.leading:
+                delay = max(0.0, self.last_run + self.interval - self.actor.now())
+            self.timer = self.actor.call_later(delay, self._fire)
 
     def _fire(self) -> None:
         self.timer = None
+        self.last_run = self.actor.now()
         try:
             self.callback()
         finally:  # a failing run must not end the repetition
@@ -267,13 +276,17 @@ class Actor:
         return handle
 
     def call_every_while(
-        self, interval: float, callback: Callable[[], None], active: Callable[[], bool]
+        self,
+        interval: float,
+        callback: Callable[[], None],
+        active: Callable[[], bool],
+        leading: bool = False,
     ) -> Repeat:
         """Repeat ``callback`` every ``interval`` s while ``active()`` (e.g.
         "a transfer runs") and once after it stopped holding. The loop re-arms
         it after every event it handles, so an idle actor has no timer for it
         (an idle node sleeps in poll instead of waking to find nothing to do)."""
-        repeat = Repeat(self, interval, callback, active)
+        repeat = Repeat(self, interval, callback, active, leading)
         self._repeats.append(repeat)
         repeat.arm()
         return repeat
@@ -411,7 +424,7 @@ class Actor:
                 log.debug("actor %s cannot start: %s", self.name, exc)
                 return
             self.report()
-            self.call_every_while(self.REPORT_INTERVAL, self.report, self.report_due)
+            self.call_every_while(self.REPORT_INTERVAL, self.report, self.report_due, leading=True)
             self.call_every(self.REPORT_REFRESH, self._refresh_report)
             pipe.send(READY)
             self._running = True
