@@ -1,8 +1,8 @@
-"""The receiver's writer thread: positioned writes and the streaming hash.
+"""The receiver's writer thread: positioned writes and the verdict hash.
 
 Part of the receiver actor (not an actor of its own): the actor thread
-authenticates and decrypts, this thread writes and hashes, so the two
-overlap (AES-GCM, BLAKE3 and write() all release the GIL). Work comes in on
+authenticates and decrypts, this thread writes (and hashes at the end), so
+the two overlap (AES-GCM, BLAKE3 and write() all release the GIL). Work comes in on
 a queue whose length the transfer credit bounds (the receiver drops chunks
 beyond the credit) and that refuses a chunk outright once ``max_queued``
 bytes wait, whatever a peer does; results go back to the
@@ -33,13 +33,10 @@ while the network delivers, and the final fsync waits only for the tail
 instead of the whole file (on this machine that is the difference between
 about half and nearly all of the disk's write rate).
 
-The hash is computed in file order while chunks may arrive out of order
-(parallel lanes, retransmissions): a chunk written ahead of the hash position
-is kept in memory until the gap before it fills, up to ``hold`` chunks per
-file (the transfer's credit, so memory stays bounded by configuration:
-queued plus held is at most twice the credit); beyond that, or for chunks
-held from an earlier run (resume), it is read back from the (page-cached)
-file.
+The hash is taken once, at the end, of the part as read back after fsync
+(page cache, BLAKE3 on every core): chunks may be written in any order
+(parallel lanes, retransmissions, chunks from an earlier run on resume),
+and nothing is held in memory for the hash or hashed twice.
 """
 
 from __future__ import annotations
@@ -55,14 +52,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import blake3
 import zmq
 
-from actors.file_chunks import read_chunk
 from actors.inbox import save_manifest
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import CHECKPOINT_CHUNKS, Manifest
@@ -141,10 +137,6 @@ class _File:
     chunk_size: int
     size: int
     written: ChunkBitmap
-    hold: int = 0  # chunks ahead of the hash position kept in memory, at most
-    held: dict[int, bytes] = field(default_factory=dict)
-    hasher: Any = field(default_factory=blake3.blake3)
-    hashed: int = 0  # chunks hashed, in order
     inbox: Path | None = None
     manifest: Manifest | None = None  # what to record at checkpoints
     since_checkpoint: int = 0
@@ -178,17 +170,13 @@ class FileWriter:
         chunk_size: int,
         size: int,
         held: ChunkBitmap,
-        hold: int = 0,
         checkpoint: tuple[Path, Manifest] | None = None,
     ) -> None:
-        """Start hashing/writing ``fd``; ``held`` chunks are already in the file.
-        Up to ``hold`` chunks written ahead of the hash position are kept in
-        memory for the hash instead of being read back. ``checkpoint``: the
-        inbox and the manifest to keep up to date (its ``written`` and
-        ``updated`` are the writer's)."""
-        self._queue.put(
-            ("open", tid, fd, chunk_size, size, held.to_bytes(), held.total, hold, checkpoint)
-        )
+        """Start writing ``fd``; ``held`` chunks are already in the file.
+        ``checkpoint``: the inbox and the manifest to keep up to date (its
+        ``written`` and ``updated`` are the writer's)."""
+        bits = held.to_bytes()
+        self._queue.put(("open", tid, fd, chunk_size, size, bits, held.total, checkpoint))
 
     def write(self, tid: bytes, index: int, data: bytes) -> bool:
         """Queue a chunk; False (nothing queued) if ``max_queued`` bytes wait."""
@@ -255,8 +243,8 @@ class FileWriter:
     def _apply(self, files: dict[bytes, _File], op: tuple[Any, ...]) -> WriterResult | None:
         kind, tid = op[0], op[1]
         if kind == "open":
-            _, _, fd, chunk_size, size, held, total, hold, checkpoint = op
-            opened = _File(fd, chunk_size, size, ChunkBitmap.from_bytes(total, held), hold)
+            _, _, fd, chunk_size, size, held, total, checkpoint = op
+            opened = _File(fd, chunk_size, size, ChunkBitmap.from_bytes(total, held))
             files[tid] = opened
             if checkpoint is not None:
                 # The pair exists from the start: a crash before the first
@@ -265,7 +253,6 @@ class FileWriter:
                 unsaved = self._checkpoint(opened)
                 if unsaved:
                     self._notes.append(Unsaved(tid, unsaved))
-            self._advance_hash(opened, None, None)
             return None
         if kind == "close":
             _, _, keep = op
@@ -282,12 +269,10 @@ class FileWriter:
             return None  # forgotten (transfer aborted) while work was queued
         if kind == "write":
             _, _, index, data = op
-            # the hash is taken from ``data``: it must be what the file holds
             if os.pwrite(f.fd, data, index * f.chunk_size) != len(data):
                 raise OSError(errno.ENOSPC, f"short write of chunk {index} (disk full?)")
             self._start_writeback(f.fd, index * f.chunk_size, len(data))
             f.written.add(index)
-            self._advance_hash(f, index, data)
             f.since_checkpoint += 1
             if f.since_checkpoint >= CHECKPOINT_CHUNKS:
                 unsaved = self._checkpoint(f)
@@ -295,8 +280,7 @@ class FileWriter:
                     self._notes.append(Unsaved(tid, unsaved))
             return Written(tid, index)
         if kind == "finish":
-            self._advance_hash(f, None, None)
-            if f.hashed != f.written.total:
+            if not f.written.complete:
                 return WriteFailed(tid, "finish before all chunks were written")
             os.fsync(f.fd)
             del files[tid]
@@ -321,21 +305,3 @@ class FileWriter:
         except OSError as exc:
             return exc.strerror or str(exc)
         return ""
-
-    @staticmethod
-    def _advance_hash(f: _File, index: int | None, data: bytes | None) -> None:
-        if index is not None and data is not None and index > f.hashed:
-            if len(f.held) < f.hold:
-                f.held[index] = data
-            return  # the gap before it is not written yet
-        while f.hashed < f.written.total and f.hashed in f.written:
-            if f.hashed == index and data is not None:
-                chunk = data
-            else:
-                held = f.held.pop(f.hashed, None)
-                if held is not None:
-                    chunk = held
-                else:
-                    chunk = read_chunk(f.fd, f.hashed, f.chunk_size, f.size)
-            f.hasher.update(chunk)
-            f.hashed += 1

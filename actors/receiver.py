@@ -213,7 +213,7 @@ class ReceiverActor(Actor):
         )
         self.transfers[offer.tid] = t
         self.tell("stats", self._record(t, "running"))
-        self.writer.open(t.tid, fd, t.chunk_size, t.size, flow.written, hold=flow.window.window)
+        self.writer.open(t.tid, fd, t.chunk_size, t.size, flow.written)
         self._save_manifest(t)
         self.count("accepted")
         return Accept(

@@ -189,13 +189,13 @@ def _index(result: WriterResult) -> int:
     return result.index
 
 
-@pytest.mark.parametrize("hold", [0, 8])
-def test_writer_hashes_out_of_order_chunks_without_reading_back(
+def test_writer_verifies_out_of_order_chunks_holding_none(
     tmp_path: Path,
     writer: tuple[FileWriter, Results],
     monkeypatch: pytest.MonkeyPatch,
-    hold: int,
 ) -> None:
+    """Chunks in any order: no chunk is read back or kept while they arrive
+    (the one hash is of the part after fsync), and that hash is the file's."""
     w, results = writer
     total = 24
     data = os.urandom(total * CHUNK - 7)
@@ -209,53 +209,39 @@ def test_writer_hashes_out_of_order_chunks_without_reading_back(
 
     monkeypatch.setattr("os.pread", counting_pread)  # the writer thread's read-backs
     try:
-        w.open(b"t", fd, CHUNK, len(data), ChunkBitmap(total), hold=hold)
+        w.open(b"t", fd, CHUNK, len(data), ChunkBitmap(total))
         order = list(range(total))
         for i in range(0, total - 1, 2):  # two lanes: neighbours swapped
             order[i], order[i + 1] = order[i + 1], order[i]
         order[4:12] = reversed(order[4:12])  # and a longer reordering
+        order = [*order[1:], order[0]]  # everything arrives before chunk 0
         for index in order:
             w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
         written = {_index(_next(results)) for _ in order}
         assert written == set(range(total))
+        assert reads == []
         w.finish(b"t")
         assert _next(results) == Finished(b"t", blake3.blake3(data).digest())
         with open(tmp_path / "part", "rb") as f:
             assert f.read() == data
-        if hold >= 8:
-            assert reads == []
-        else:
-            assert reads  # without room to hold, out-of-order chunks are read back
     finally:
         os.close(fd)
 
 
-def test_writer_hold_is_bounded(
-    tmp_path: Path, writer: tuple[FileWriter, Results], monkeypatch: pytest.MonkeyPatch
+def test_writer_refuses_to_finish_an_incomplete_part(
+    tmp_path: Path, writer: tuple[FileWriter, Results]
 ) -> None:
-    """Chunks beyond ``hold`` are read back, so memory stays bounded."""
     w, results = writer
-    total, hold = 16, 3
-    data = os.urandom(total * CHUNK)
     fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
-    reads: list[int] = []
-    real_pread = os.pread
-
-    def counting_pread(fd_: int, n: int, offset: int) -> bytes:
-        reads.append(offset // CHUNK)
-        return real_pread(fd_, n, offset)
-
-    monkeypatch.setattr("os.pread", counting_pread)
     try:
-        w.open(b"t", fd, CHUNK, len(data), ChunkBitmap(total), hold=hold)
-        order = [*range(1, total), 0]  # everything arrives before chunk 0
-        for index in order:
-            w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
-        for _ in order:
+        w.open(b"t", fd, CHUNK, 3 * CHUNK, ChunkBitmap(3))
+        for index in (0, 2):
+            w.write(b"t", index, os.urandom(CHUNK))
             _next(results)
         w.finish(b"t")
-        assert _next(results) == Finished(b"t", blake3.blake3(data).digest())
-        assert sorted(reads) == list(range(hold + 1, total))
+        failed = _next(results)
+        assert isinstance(failed, WriteFailed) and failed.tid == b"t" and not failed.no_space
+        assert failed.text == "finish before all chunks were written"
     finally:
         os.close(fd)
 
@@ -269,7 +255,7 @@ def test_writer_fails_a_short_write(
     fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
     monkeypatch.setattr("os.pwrite", lambda fd_, data, offset: len(data) - 1)
     try:
-        w.open(b"t", fd, CHUNK, 2 * CHUNK, ChunkBitmap(2), hold=2)
+        w.open(b"t", fd, CHUNK, 2 * CHUNK, ChunkBitmap(2))
         w.write(b"t", 1, os.urandom(CHUNK))
         failed = _next(results)
         assert isinstance(failed, WriteFailed) and (failed.tid, failed.no_space) == (b"t", True)
@@ -310,7 +296,7 @@ def _open(w: FileWriter, inbox: Path, size: int) -> tuple[int, Manifest]:
     key = ResumeKey(b"p" * 32, "f.bin", size, CHUNK, b"s" * 32)
     part, fd = create_part(inbox, "f.bin", "abc", size)
     template = Manifest(key, b"t" * 16, part.name, bytes((key.total + 7) // 8), 0.0)
-    w.open(b"t", fd, CHUNK, size, ChunkBitmap(key.total), hold=4, checkpoint=(inbox, template))
+    w.open(b"t", fd, CHUNK, size, ChunkBitmap(key.total), checkpoint=(inbox, template))
     return fd, template
 
 
