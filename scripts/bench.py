@@ -1,15 +1,21 @@
-"""Unicast throughput benchmark: PeerCrypt vs. this machine's own limits.
+"""Unicast throughput benchmark: PeerCrypt as the user times it, vs. scp and
+this machine's own limits.
 
-Sends a file (1 GiB by default) between two node processes on loopback and,
-in the same run and interleaved with the transfers, measures the ceilings it
-competes with: raw pyzmq tcp throughput (1 MiB messages, two processes),
-single-core AES-256-GCM, and the machine's file-write limit (write + fsync
-of the same amount, as ``dd conv=fsync`` does). Prints each as MiB/s, our
-ratio to each, CPU seconds and peak RSS of both nodes, and the median of
-``--runs`` runs. ``--rss-sizes 256M,2G`` also checks that a node's peak RSS
-does not grow with file size. ``--json FILE`` writes all numbers.
+Sends a file (1 GiB by default) between two running node processes on
+loopback. "ours" is the wall time of the ``peercrypt send`` command, from its
+start to its exit 0 with the receiver's verified hash (the node's own span is
+printed next to it). In the same run, interleaved with every transfer, into
+the same directory: the write+fsync limit (as ``dd conv=fsync``), the bare
+pipeline ceiling (``scripts/bench_ceiling.py``'s 1x1 pwrite: read, hash,
+seal, zmq, open, write, hash, fsync and nothing else), scp to
+root@127.0.0.1 (aes256-gcm) and scp followed by an fsync of the copy (ours
+fsyncs) when an sshd and ssh-keygen are here (else one line says why not),
+raw pyzmq tcp throughput and single-core AES-256-GCM. Prints every run, then
+medians of ``--runs`` (>= 5) runs, CPU seconds per GiB of both nodes and peak
+RSS. ``--rss-sizes 256M,2G`` also checks that a node's peak RSS does not
+grow with file size. ``--json FILE`` writes all numbers.
 
-    .venv/bin/python scripts/bench.py [--size 1G] [--runs 3] [--rss-sizes 256M,2G]
+    .venv/bin/python scripts/bench.py [--size 1G] [--runs 5] [--dir DIR] [--rss-sizes 256M,2G]
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +36,10 @@ import zmq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeProcess, random_file
+from peercrypt.testing.nodes import NodeProcess, blake3_file, random_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_ceiling  # the sibling script
 
 MiB = 2**20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -53,8 +63,6 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
 
 
 def write_limit(directory: Path, size: int) -> float:
@@ -130,20 +138,117 @@ def raw_zmq(size: int) -> float:
     return count / seconds
 
 
-def transfer(sender: NodeProcess, receiver: NodeProcess, path: Path) -> dict[str, float]:
+def transfer(
+    sender: NodeProcess, receiver: NodeProcess, path: Path, digest: str
+) -> dict[str, float]:
+    """One ``peercrypt send`` timed as the user times it (command start to exit 0)."""
     os.sync()
     cpu_s, cpu_r = cpu_seconds(sender.pid), cpu_seconds(receiver.pid)
+    started = time.perf_counter()
     code, result = sender.send_to(path, receiver, "--no-progress", timeout=600)
-    if code != 0 or not result.get("ok"):
+    wall = time.perf_counter() - started
+    if code != 0 or not result.get("ok") or result.get("blake3") not in (None, digest):
         raise RuntimeError(f"transfer failed: {result}")
-    stored = receiver.inbox / result["stored_as"]
-    stored.unlink()
-    return {
-        "mib_s": path.stat().st_size / MiB / result["seconds"],
-        "seconds": result["seconds"],
+    cpu = {
         "sender_cpu_s": cpu_seconds(sender.pid) - cpu_s,
         "receiver_cpu_s": cpu_seconds(receiver.pid) - cpu_r,
     }
+    stored = receiver.inbox / result["stored_as"]
+    if blake3_file(stored) != digest:
+        raise RuntimeError(f"{stored} differs from the source")
+    stored.unlink()
+    size = path.stat().st_size
+    return {
+        "mib_s": size / MiB / wall,
+        "seconds": wall,
+        "node_mib_s": size / MiB / result["seconds"],
+        **cpu,
+    }
+
+
+class Scp:
+    """scp over loopback to root@127.0.0.1 with a throwaway key and sshd, if
+    this machine has them; ``why_not`` says why not otherwise."""
+
+    def __init__(self, root: Path) -> None:
+        self.why_not = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+        sshd, keygen = shutil.which("sshd") or "/usr/sbin/sshd", shutil.which("ssh-keygen")
+        if not Path(sshd).exists() or keygen is None or shutil.which("scp") is None:
+            self.why_not = "no sshd/ssh-keygen/scp on this machine"
+            return
+        if os.geteuid() != 0:
+            self.why_not = "scp to root@127.0.0.1 needs root to run its own sshd"
+            return
+        d = root / "ssh"
+        d.mkdir(mode=0o700)
+        for name in ("host", "client"):
+            subprocess.run(
+                [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
+            )
+        (d / "authorized").write_bytes((d / "client.pub").read_bytes())
+        (d / "authorized").chmod(0o600)
+        self.port = free_tcp_port()
+        self.proc = subprocess.Popen(
+            [sshd, "-D", "-e", "-p", str(self.port), "-h", str(d / "host"),
+             "-o", "ListenAddress=127.0.0.1", "-o", f"AuthorizedKeysFile={d / 'authorized'}",
+             "-o", "PermitRootLogin=prohibit-password", "-o", "UsePAM=no",
+             "-o", f"PidFile={d / 'pid'}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.args = [
+            "scp", "-q", "-c", "aes256-gcm@openssh.com", "-P", str(self.port),
+            "-i", str(d / "client"), "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={d / 'known'}", "-o", "BatchMode=yes",
+        ]  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = root / "scp-probe"
+            probe.write_bytes(b"x")
+            if self.copy(probe, root / "scp-probe.out", fsync=False) is not None:
+                return
+            time.sleep(0.2)
+        self.why_not = "sshd did not accept the throwaway key within 10 s"
+        self.close()
+
+    def copy(self, src: Path, dest: Path, fsync: bool) -> float | None:
+        """Seconds of one copy (and the fsync of the copy), None if it failed."""
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [*self.args, str(src), f"root@127.0.0.1:{dest}"], capture_output=True, timeout=600
+        )
+        if proc.returncode != 0:
+            return None
+        if fsync:
+            fd = os.open(dest, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        seconds = time.perf_counter() - started
+        dest.unlink()
+        return seconds
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def ceiling(path: Path, directory: Path) -> float:
+    """MiB/s of the bare pipeline (bench_ceiling 1x1 pwrite) into ``directory``."""
+    rate, _, _ = bench_ceiling.run_once(path, directory / "ceiling.out", 1, 1, "pwrite")
+    return rate
 
 
 def node_pair(root: Path, key: str) -> tuple[NodeProcess, NodeProcess]:
@@ -152,35 +257,66 @@ def node_pair(root: Path, key: str) -> tuple[NodeProcess, NodeProcess]:
     return sender, receiver
 
 
+LABELS = {
+    "mib_s": "peercrypt send (CLI wall)",
+    "node_mib_s": "  its node's own span",
+    "write_limit_mib_s": "write+fsync limit",
+    "ceiling_mib_s": "bare pipeline ceiling",
+    "scp_mib_s": "scp aes256-gcm",
+    "scp_fsync_mib_s": "scp + fsync of the copy",
+    "raw_zmq_mib_s": "raw pyzmq tcp 1 MiB",
+    "aes_gcm_mib_s": "AES-256-GCM 1 core",
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1G", help="file size (default 1G)")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None, help="where files go (default: /tmp)")
     parser.add_argument("--rss-sizes", default="", help="e.g. 256M,2G: peak RSS per file size")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     args = parser.parse_args()
     size = parse_size(args.size)
+    mib = size / MiB
     key = new_network_key()
     out: dict[str, Any] = {"size": size, "runs": []}
     with tempfile.TemporaryDirectory(prefix="peercrypt-bench-", dir=args.dir) as tmp:
         root = Path(tmp)
         source = root / "source.bin"
         random_file(source, size)
+        digest = blake3_file(source)
+        scp = Scp(root)
+        if scp.why_not:
+            print(f"scp: skipped ({scp.why_not})", flush=True)
         sender, receiver = node_pair(root, key)
+
+        def scp_rate(fsync: bool) -> dict[str, float]:
+            seconds = scp.copy(source, root / "scp.out", fsync)
+            if seconds is None:
+                raise RuntimeError("scp failed")
+            return {"scp_fsync_mib_s" if fsync else "scp_mib_s": mib / seconds}
+
+        steps: list[Any] = [
+            lambda: {"write_limit_mib_s": write_limit(root, size)},
+            lambda: transfer(sender, receiver, source, digest),
+            lambda: {"ceiling_mib_s": ceiling(source, root)},
+        ]
+        if not scp.why_not:
+            steps += [lambda: scp_rate(False), lambda: scp_rate(True)]
+        steps += [
+            lambda: {"raw_zmq_mib_s": raw_zmq(size)},
+            lambda: {"aes_gcm_mib_s": aes_gcm_single_core(size)},
+        ]
         try:
             for run in range(args.runs):
-                row = {
-                    "write_limit_mib_s": write_limit(root, size),
-                    **transfer(sender, receiver, source),
-                    "raw_zmq_mib_s": raw_zmq(size),
-                    "aes_gcm_mib_s": aes_gcm_single_core(size),
-                }
+                row: dict[str, float] = {}
+                for step in steps if run % 2 == 0 else steps[::-1]:  # ABC.., then ..CBA
+                    row.update(step())
                 out["runs"].append(row)
+                shown = " | ".join(f"{LABELS[k].strip()} {row[k]:.0f}" for k in LABELS if k in row)
                 print(
-                    f"run {run + 1}: peercrypt {row['mib_s']:.0f} MiB/s | write+fsync "
-                    f"{row['write_limit_mib_s']:.0f} | raw zmq {row['raw_zmq_mib_s']:.0f} | "
-                    f"AES-GCM 1 core {row['aes_gcm_mib_s']:.0f} | CPU s: sender "
+                    f"run {run + 1} (MiB/s): {shown} | CPU s: sender "
                     f"{row['sender_cpu_s']:.2f}, receiver {row['receiver_cpu_s']:.2f}",
                     flush=True,
                 )
@@ -191,6 +327,7 @@ def main() -> int:
         finally:
             sender.stop()
             receiver.stop()
+            scp.close()
         source.unlink()
         rss_rows = []
         for text in filter(None, args.rss_sizes.split(",")):
@@ -200,7 +337,7 @@ def main() -> int:
             random_file(sub / "f.bin", n)
             s, r = node_pair(sub, key)
             try:
-                transfer(s, r, sub / "f.bin")
+                transfer(s, r, sub / "f.bin", blake3_file(sub / "f.bin"))
                 rss_rows.append(
                     {"size": text, "sender": peak_rss_mib(s.pid), "receiver": peak_rss_mib(r.pid)}
                 )
@@ -210,23 +347,17 @@ def main() -> int:
             (sub / "f.bin").unlink()
         out["rss_by_size"] = rss_rows
     med = {k: statistics.median(r[k] for r in out["runs"]) for k in out["runs"][0]}
-    ratios = {
-        "vs_write_limit": [r["mib_s"] / r["write_limit_mib_s"] for r in out["runs"]],
-        "vs_raw_zmq": [r["mib_s"] / r["raw_zmq_mib_s"] for r in out["runs"]],
-        "vs_aes_gcm": [r["mib_s"] / r["aes_gcm_mib_s"] for r in out["runs"]],
-    }
     out["median"] = med
-    out["median_ratios"] = {k: statistics.median(v) for k, v in ratios.items()}
-    print(f"\nmedian of {args.runs} runs, {size / MiB:.0f} MiB file, 2 node processes on loopback")
-    print(f"  peercrypt end-to-end   {med['mib_s']:8.0f} MiB/s")
-    for label, key_, ratio in (
-        ("write+fsync limit", "write_limit_mib_s", "vs_write_limit"),
-        ("raw pyzmq tcp 1 MiB", "raw_zmq_mib_s", "vs_raw_zmq"),
-        ("AES-256-GCM 1 core", "aes_gcm_mib_s", "vs_aes_gcm"),
-    ):
-        print(
-            f"  {label:22} {med[key_]:8.0f} MiB/s   ours/this = {out['median_ratios'][ratio]:.2f}"
-        )
+    out["median_ratios"] = {
+        k: statistics.median(r["mib_s"] / r[k] for r in out["runs"])
+        for k in LABELS
+        if k in med and k != "mib_s"
+    }
+    print(f"\nmedian of {args.runs} runs, {mib:.0f} MiB file, 2 node processes on loopback")
+    for k, label in LABELS.items():
+        if k in med:
+            ratio = "" if k == "mib_s" else f"   ours/this = {out['median_ratios'][k]:.2f}"
+            print(f"  {label:27} {med[k]:8.0f} MiB/s{ratio}")
     per_gib = size / 2**30
     print(
         f"  CPU s per GiB: sender {med['sender_cpu_s'] / per_gib:.2f}, "

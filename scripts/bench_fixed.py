@@ -1,0 +1,100 @@
+"""Fixed costs as the user times them: ``peercrypt --help``, ``peercrypt
+status`` against a running node, and a 1 KiB ``peercrypt send`` between two
+running nodes (command start to exit 0 with the receiver's verified hash).
+
+    .venv/bin/python scripts/bench_fixed.py [--runs 7] [--tree OTHER_CHECKOUT ...]
+
+With ``--tree DIR`` the same commands also run from that source tree (e.g. an
+export of an older commit: its own nodes, its own CLI), interleaved run by
+run with this tree's: a before/after on a shared, loaded machine. Every run
+is printed, then the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from peercrypt.crypto.identity import new_network_key
+from peercrypt.testing.nodes import NodeProcess, blake3_file, random_file
+
+
+def timed(argv: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, timeout=120)
+    seconds = time.perf_counter() - started
+    if proc.returncode not in ok:
+        raise RuntimeError(f"{argv[3:]} exited {proc.returncode}: {proc.stderr.decode()[-400:]}")
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--tree", action="append", default=[], help="another source tree")
+    args = parser.parse_args()
+    here = str(Path(__file__).resolve().parent.parent)
+    trees = [here, *args.tree]
+    key = new_network_key()
+    results: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="pc-fixed-") as tmp:
+        root = Path(tmp)
+        os.chdir(root)  # `python -m` puts the working directory first on sys.path
+        small = random_file(root / "small.bin", 1024)
+        digest = blake3_file(small)
+        nodes: list[NodeProcess] = []
+        setups: list[
+            tuple[str, dict[str, tuple[list[str], tuple[int, ...]]], dict[str, str], NodeProcess]
+        ] = []
+        try:
+            for i, tree in enumerate(trees):
+                env = {"PYTHONPATH": tree}
+                s = NodeProcess(root / f"s{i}", network_key=key, env=env).start()
+                nodes.append(s)
+                r = NodeProcess(root / f"r{i}", network_key=key, env=env).start()
+                nodes.append(r)
+                cli = [sys.executable, "-m", "peercrypt", "--data-dir", str(s.data_dir)]
+                full_env = {**os.environ, "PYTHONPATH": tree}
+                full_env.pop("PEERCRYPT_DATA_DIR", None)
+                commands: dict[str, tuple[list[str], tuple[int, ...]]] = {
+                    "--help": ([*cli, "--help"], (0,)),
+                    "status": ([*cli, "status"], (0,)),
+                    "send 1 KiB": (
+                        [*cli, "send", str(small), "127.0.0.1", str(r.port), "--json"],
+                        (0,),
+                    ),
+                }
+                for name in commands:
+                    results[(tree, name)] = []
+                setups.append((tree, commands, full_env, r))
+            for run in range(args.runs):
+                order = range(len(trees)) if run % 2 == 0 else reversed(range(len(trees)))
+                for i in order:
+                    tree, commands, env, r = setups[i]
+                    line = []
+                    for name, (argv, ok) in commands.items():
+                        seconds = timed(argv, env, ok)
+                        results[(tree, name)].append(seconds)
+                        line.append(f"{name} {seconds:.3f} s")
+                    for stored in r.inbox.iterdir():
+                        if blake3_file(stored) != digest:
+                            raise RuntimeError(f"{stored} differs from the source")
+                        stored.unlink()
+                    print(f"run {run + 1} {tree}: " + ", ".join(line), flush=True)
+        finally:
+            for node in nodes:
+                node.stop()
+    print(f"\nmedian of {args.runs} runs (wall seconds)")
+    for (tree, name), values in results.items():
+        print(f"  {tree:28} {name:12} {statistics.median(values):.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
