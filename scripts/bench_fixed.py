@@ -54,6 +54,19 @@ def main() -> int:
         ] = []
         try:
             for i, tree in enumerate(trees):
+                # bytecode as an installed package has it (this may run with
+                # PYTHONDONTWRITEBYTECODE, and then every command would compile)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "compileall",
+                        "-q",
+                        f"{tree}/peercrypt",
+                        f"{tree}/actors",
+                    ],
+                    check=True,
+                )
                 env = {"PYTHONPATH": tree}
                 s = NodeProcess(root / f"s{i}", network_key=key, env=env).start()
                 nodes.append(s)
