@@ -185,18 +185,18 @@ def follow(
     """
     bar: Any = None
     try:  # from here on (the request is already sent), Ctrl-C cancels it
-        from tqdm import tqdm
+        if not quiet and sys.stderr.isatty():  # tqdm's import is a tenth of a 1 KiB send
+            from tqdm import tqdm
 
-        bar = tqdm(
-            total=path.stat().st_size,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            file=sys.stderr,
-            disable=quiet or not sys.stderr.isatty(),
-            desc=path.name,
-            leave=False,
-        )
+            bar = tqdm(
+                total=path.stat().st_size,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                desc=path.name,
+                leave=False,
+            )
         return _await_result(client, request, bar, result_type, timeout + 30.0, on_other)
     except KeyboardInterrupt:
         client.send(CancelRequest(request=request))
