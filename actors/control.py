@@ -254,7 +254,9 @@ class ControlActor(Actor):
             request: int = cast(Any, msg).request
             if isinstance(msg, SendResult) and request in self.sending:
                 host, port = self.sending.pop(request)
-                if msg.code != ResultCode.CANCELLED:
+                # A send refused for a local reason (bad options) or cancelled
+                # says nothing about the peer.
+                if msg.code not in (ResultCode.CANCELLED, ResultCode.LOCAL):
                     outcome = TransferOutcome(host=host, port=port, ok=msg.code == ResultCode.OK)
                     self.tell("health", outcome)
             entry = self.pending.get(request)

@@ -20,6 +20,7 @@ Anything that does not authenticate or decode is counted and dropped.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -73,6 +74,7 @@ DATA_RCVHWM = 8
 DATA_SNDHWM = 4096
 COMPLETED_MEMORY = 256  # finished transfers remembered to re-answer a repeated Done
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
+INCOMING_SHOWN = 8  # incoming transfers listed in the status facts
 
 
 @dataclass
@@ -104,6 +106,7 @@ class ReceiverActor(Actor):
         self.settings = settings
         self.transfers: dict[bytes, Incoming] = {}
         self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # tid -> (route?, sealed Verified)
+        self.outcomes = 0  # transfers finished (stored or discarded), for "last_in"
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -224,6 +227,28 @@ class ReceiverActor(Actor):
             window=flow.window.window,
             have=[],
         )
+
+    def report(self) -> None:
+        # What `receive` and the shell show: the transfers coming in (a few,
+        # names cut short) and, in "last_in", the latest outcome.
+        incoming = [
+            [t.name[:48], t.size, min(t.size, t.flow.written.count * t.chunk_size)]
+            for t in list(self.transfers.values())[:INCOMING_SHOWN]
+        ]
+        self.facts["incoming"] = json.dumps(incoming, ensure_ascii=False)
+        super().report()
+
+    def _outcome(self, t: Incoming, stored_as: str, reason: str) -> None:
+        self.outcomes += 1
+        outcome = {
+            "seq": self.outcomes,
+            "name": t.name[:80],
+            "size": t.size,
+            "stored_as": stored_as[:200],
+            "ok": not reason,
+            "reason": reason[:200],
+        }
+        self.facts["last_in"] = json.dumps(outcome, ensure_ascii=False)
 
     def _credit(self, chunk_size: int, extra: int = 0) -> int:
         """A transfer's window: ``--window`` chunks, less if the transfers
@@ -372,6 +397,8 @@ class ReceiverActor(Actor):
             self._send_sealed(t, Failed(code=out.code, reason=out.reason))
         self.tell("stats", self._record(t, out.code, out.reason))
         self._close(t, keep_part=out.keep_part)
+        if out.code != "expired":
+            self._outcome(t, "", out.reason or out.code)
 
     # -- writer results -----------------------------------------------------------
 
@@ -412,6 +439,7 @@ class ReceiverActor(Actor):
         self._close(t, keep_part=False)
         self.count("received")
         self.count("received-bytes", t.size)
+        self._outcome(t, stored, "")
         log.info(
             "received %s (%d bytes) from %s", stored, t.size, fingerprint(t.peer) if t.peer else "?"
         )

@@ -27,7 +27,13 @@ import logging
 
 from peercrypt.core.congestion_manager import CongestionManager
 from peercrypt.core.grants import GrantPlanner
-from peercrypt.core.modes import Policy, PolicyError, with_overrides
+from peercrypt.core.modes import (
+    Policy,
+    PolicyError,
+    apply_congestion,
+    describe_congestion,
+    with_overrides,
+)
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
@@ -52,23 +58,6 @@ MIN_TICK = 0.0005
 MIN_GRANT = 64 * 1024  # smallest bucket the scheduler makes
 MAX_FLOWS_SHOWN = 32  # flows listed in the "flows" fact (status, top)
 _POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
-# congestion KEY -> Policy field, and how to read the value
-_CONGESTION = {
-    "window": ("window_kb", int),
-    "min-window": ("min_window_kb", int),
-    "max-window": ("max_window_kb", int),
-    "threshold": ("ack_threshold", int),
-    "timeout": ("timeout_detect", "onoff"),
-    "dupack": ("dupack_detect", "onoff"),
-}
-
-
-def _on_off(value: str) -> bool:
-    if value.lower() in ("on", "true", "yes", "1"):
-        return True
-    if value.lower() in ("off", "false", "no", "0"):
-        return False
-    raise PolicyError(f"expected on or off, got {value!r}")
 
 
 class SchedulerActor(Actor):
@@ -159,6 +148,8 @@ class SchedulerActor(Actor):
         overrides = {name: getattr(req, name) for name in _POLICY_FIELDS}
         try:
             policy = with_overrides(self.defaults, **overrides)
+            if policy.mode == "multicast":  # the CLI sends these to the multicast sender
+                raise PolicyError("multicast sends need their targets: send -m/--to HOST:PORT")
         except PolicyError as exc:
             self.tell(
                 "control",
@@ -331,14 +322,15 @@ class SchedulerActor(Actor):
         if name == "lanes":
             self.defaults = with_overrides(self.defaults, lanes=int(value))
             return f"default parallel lanes: {value}"
-        if name.startswith("congestion."):
-            key = name.removeprefix("congestion.")
-            if key not in _CONGESTION:
-                raise PolicyError(f"unknown congestion setting {key!r}")
-            field_name, kind = _CONGESTION[key]
-            parsed: object = _on_off(value) if kind == "onoff" else _positive(value, key)
-            self.defaults = with_overrides(self.defaults, **{field_name: parsed})
-            return f"congestion {key} is now {value}{self._live_windows()}"
+        if name == "congestion" or name.startswith("congestion."):
+            # "congestion.KEY" = VALUE, or "congestion" = "KEY=VALUE KEY=VALUE ..."
+            pairs: list[tuple[str, ...]] = (
+                [(name.removeprefix("congestion."), value)]
+                if name != "congestion"
+                else [tuple(item.split("=", 1)) for item in value.split()]
+            )
+            self.defaults = apply_congestion(self.defaults, pairs)
+            return describe_congestion(self.defaults) + self._live_windows()
         raise PolicyError(f"unknown setting {name!r}")
 
 
@@ -349,11 +341,4 @@ def _non_negative(value: str, what: str) -> int:
         raise PolicyError(f"{what} must be a whole number of bytes per second") from None
     if number < 0:
         raise PolicyError(f"{what} must be >= 0")
-    return number
-
-
-def _positive(value: str, what: str) -> int:
-    number = _non_negative(value, what)
-    if number == 0:
-        raise PolicyError(f"{what} must be > 0")
     return number

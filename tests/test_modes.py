@@ -175,34 +175,45 @@ def test_aimd_with_detectors_off_never_decreases(
         assert result["stats"]["retransmits"] > 0  # losses were still repaired
 
 
-def test_every_seed_send_option_is_accepted(
-    pair: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path]
+SEED_OPTIONS = {
+    "aimd": ["-w", "512", "-min-w", "128", "-max-w", "2048", "-ack-threshold", "4",
+             "-no-timeout", "-no-dupack"],
+    "token-bucket": ["-b", "65536", "-r", str(64 * MiB)],
+    "qos": ["-p", "high"],
+    "parallel": ["-t", "3"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", list(SEED_OPTIONS))
+def test_a_modes_own_options_select_it(
+    pair: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path], mode: str
 ) -> None:
     sender, receiver = pair
     source = make_file(100 * KiB)
-    code, result = sender.send_to(
-        source,
-        receiver,
-        "--mode",
-        "aimd",
-        "-b",
-        "65536",
-        "-w",
-        "512",
-        "-min-w",
-        "128",
-        "-max-w",
-        "2048",
-        "-ack-threshold",
-        "4",
-        "-no-timeout",
-        "-no-dupack",
-        "-p",
-        "high",
-        "-t",
-        "3",
-    )
+    code, result = sender.send_to(source, receiver, *SEED_OPTIONS[mode])
     delivered(code, result, source, receiver)
+    assert result["mode"] == mode
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["-t", "2", "-p", "high"], "options of more than one mode: -p (qos), -t (parallel)"),
+        (["-w", "32", "-r", "100"], "options of more than one mode: -r (token-bucket), -w (aimd)"),
+        (["--mode", "qos", "-t", "2"], "-t is a parallel option, not for --mode qos"),
+        (["--mode", "aimd", "-b", "9", "-no-dupack"], "-b is a token-bucket option"),
+    ],
+)
+def test_options_of_two_modes_get_one_error(
+    tmp_path: Path, make_file: Callable[..., Path], args: list[str], line: str
+) -> None:
+    from peercrypt.testing.nodes import run_cli
+
+    result = run_cli("send", make_file(10), "127.0.0.1", "7400", "--open", *args,
+                     data_dir=tmp_path / "d")  # fmt: skip
+    assert result.returncode == errors.USAGE, result.describe()
+    assert len(result.stderr_lines) == 1, result.describe()
+    assert result.stderr_lines[0].startswith(f"peercrypt: error: {line}"), result.describe()
 
 
 @pytest.mark.parametrize(
@@ -212,7 +223,7 @@ def test_every_seed_send_option_is_accepted(
         (["-t", "0"], ["-t"]),
         (["-t", "65"], ["-t"]),
         (["-r", "0"], ["-r"]),
-        (["-b", "100"], ["-b"]),
+        (["-b", "0"], ["-b"]),
         (["--mode", "warp"], ["--mode"]),
         (["-w", "x"], ["-w"]),
     ],
@@ -265,11 +276,27 @@ def test_live_defaults_set_mode_and_congestion(pair: tuple[NodeProcess, NodeProc
         bad = sender.cli("congestion", "timeout", "maybe")
         assert bad.returncode == errors.USAGE
         assert bad.stderr_lines == ["peercrypt: error: expected on or off, got 'maybe'"]
-        too_small = sender.cli("congestion", "max-window", "1")
-        assert too_small.returncode == errors.USAGE and "-max-w" in too_small.stderr
+        # The seed's order: a window below the minimum moves the minimum along.
+        seed = sender.cli("congestion", "window", "32")
+        assert seed.returncode == 0, seed.describe()
+        assert "w=32 min=32 max=16384" in sender.status()["aimd"]
+        # Several keys on one line, in any order.
+        many = sender.cli("congestion", "max-window", "128", "window", "64", "min-window", "8")
+        assert many.returncode == 0, many.describe()
+        assert "w=64 min=8 max=128" in sender.status()["aimd"]
+        shown = sender.cli("congestion")
+        assert shown.returncode == 0 and "w=64 min=8 max=128" in shown.stdout, shown.describe()
+        odd = sender.cli("congestion", "window")
+        assert odd.returncode == errors.USAGE and "KEY VALUE" in odd.stderr, odd.describe()
+        unknown = sender.cli("congestion", "speed", "9")
+        assert unknown.returncode == errors.USAGE and "'speed'" in unknown.stderr
+        # A contradiction among the keys given changes nothing.
+        contra = sender.cli("congestion", "min-window", "100", "max-window", "50")
+        assert contra.returncode == errors.USAGE and "-min-w" in contra.stderr
+        assert "w=64 min=8 max=128" in sender.status()["aimd"]
     finally:
         sender.cli("set-mode", "normal")
-        sender.cli("congestion", "window", "4096")
+        sender.cli("congestion", "window", "4096", "min-window", "256", "max-window", "16384")
         sender.cli("congestion", "timeout", "on")
 
 

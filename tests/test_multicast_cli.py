@@ -28,12 +28,13 @@ def _one_error_line(stderr: str, text: str) -> None:
         (["-dual", "--to", "h:1", "--to", "h:2"], "-dual needs exactly two"),
         (["--to", "nonsense"], "invalid target 'nonsense'"),
         (["-m", "--to", "h:99999"], "invalid target"),
-        (["-m", "-r", "1000"], "multicast does not take unicast mode options (rate)"),
-        (["--mode", "aimd", "--to", "h:1"], "multicast does not take unicast mode options"),
+        (["-m", "-r", "1000"], "options of more than one mode: -r (token-bucket), -m (multicast)"),
+        (["--mode", "aimd", "--to", "h:1"], "--to is a multicast option, not for --mode aimd"),
         (["-m", "--force"], "--force does not apply to multicast"),
         (["-m", "--group", "10.1.2.3:7480"], "--group: 10.1.2.3 is not a multicast address"),
         (["-m", "--group", "239.1.2.3"], "--group: multicast group must be GROUP:PORT"),
-        (["--group", "239.1.2.3:7480"], "--group is for multicast"),
+        (["--group", "239.1.2.3:7480", "--mode", "qos"], "--group is for multicast"),
+        (["--group", "239.1.2.3:7480", "--open"], "--group is for multicast"),
     ],
 )
 def test_usage_errors(

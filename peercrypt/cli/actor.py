@@ -13,20 +13,34 @@ from typing import Any
 import click
 
 from actors.peer_link import address_towards
-from peercrypt import errors
+from peercrypt import config, errors
 from peercrypt.attached import AttachedActor
-from peercrypt.cli import modes
 from peercrypt.cli.common import (
     UserError,
+    effective,
+    given_flags,
     load_identity,
     network_key_option,
     open_option,
     server_keys,
+    setting_option,
     start_node,
 )
 from peercrypt.core.address import split_host_port
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.settings import ATTACHABLE_KINDS, NodeSettings
+
+# The node settings an attached actor takes: setting -> click parameter.
+ACTOR_SETTINGS = {
+    "network_key": "network_key",
+    "open": "open_network",
+    "mode": "default_mode",
+    "max_rate": "max_rate",
+    "aimd_window": "aimd_window",
+    "aimd_min_window": "aimd_min_window",
+    "aimd_max_window": "aimd_max_window",
+    "parallel_threads": "parallel_threads",
+}
 
 
 @click.command("actor")
@@ -57,10 +71,15 @@ from peercrypt.settings import ATTACHABLE_KINDS, NodeSettings
 )
 @network_key_option
 @open_option
-@modes.node_policy_options
-@click.pass_obj
+@setting_option("mode", "default_mode")
+@setting_option("max_rate")
+@setting_option("aimd_window")
+@setting_option("aimd_min_window")
+@setting_option("aimd_max_window")
+@setting_option("parallel_threads")
+@click.pass_context
 def actor(
-    obj: dict[str, Any],
+    ctx: click.Context,
     /,
     kind: str,
     attach: tuple[str, ...],
@@ -70,7 +89,7 @@ def actor(
     inbox: Path | None,
     network_key: str | None,
     open_network: bool,
-    **policy_options: Any,
+    **_: Any,
 ) -> None:
     """Run the node's actor KIND here, attached to the node at --attach.
 
@@ -82,20 +101,25 @@ def actor(
         nodes = [split_host_port(a) for a in attach]
     except ValueError as exc:
         raise UserError(f"--attach: {exc}") from None
-    policy, max_rate = modes.node_policy(policy_options)
+    obj: dict[str, Any] = ctx.obj
+    eff = effective(obj, given_flags(ctx, ACTOR_SETTINGS))
+    try:
+        policy = config.node_policy(eff)
+    except config.ConfigError as exc:
+        raise UserError(str(exc)) from None
     logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else logging.INFO)
     data_dir: Path = obj["data_dir"]
     settings = NodeSettings(
         data_dir=data_dir,
         inbox=(inbox or data_dir / "inbox").expanduser(),
         identity=load_identity(data_dir),
-        server_keys=server_keys(network_key, open_network),
-        open_network=open_network,
+        server_keys=server_keys(eff["network_key"] or None, eff["open"]),
+        open_network=eff["open"],
         host=host,
         data_port=data_port,
         advertise_data_host=advertise_data_host or address_towards(nodes[0][0]) or "",
         policy=policy,
-        max_rate=max_rate,
+        max_rate=eff["max_rate"],
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

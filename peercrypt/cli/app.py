@@ -1,6 +1,6 @@
 """The ``peercrypt`` command group: global options, every command group's
-commands attached, and the entry point that keeps tracebacks behind
-``--debug``.
+commands attached, and the entry point (:mod:`peercrypt.cli.runner`) that
+keeps every error on one line and tracebacks behind ``--debug``.
 
 Command modules define their commands without knowing this group; only this
 module names them all, so the package has no import cycle. A command's module
@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 import peercrypt
-from peercrypt import errors
+from peercrypt import config
+from peercrypt.cli.runner import execute
+
+if TYPE_CHECKING:
+    from peercrypt.config import Effective
 
 # name: (module in peercrypt.cli, attribute, the one line `peercrypt --help` shows).
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -46,7 +54,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "congestion": (
         "modes",
         "congestion",
-        "AIMD defaults: window|min-window|max-window KB, threshold N, timeout|dupack on|off.",
+        "Show or set the AIMD defaults live (several keys, in any order).",
     ),
     "transfers": ("modes", "transfers", "List the node's running and waiting sends."),
     "cancel": (
@@ -91,6 +99,26 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "stats",
         "stats",
         "The statistics history of every transfer (DATA_DIR/stats.sqlite).",
+    ),
+    "config": (
+        "configure",
+        "config_group",
+        "Show the effective settings, or write a commented config file.",
+    ),
+    "receive": (
+        "receive",
+        "receive",
+        "Wait for the next incoming transfer; show its progress and result (exit 1: failed).",
+    ),
+    "start": (
+        "shell",
+        "start_command",
+        "Run a node and a prompt on it in one process (the node stops when you leave).",
+    ),
+    "shell": (
+        "shell",
+        "shell_command",
+        "A prompt for the node running for the data dir (see `peercrypt start`).",
     ),
     "top": (
         "top",
@@ -139,16 +167,22 @@ def default_data_dir() -> Path:
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    envvar="PEERCRYPT_DATA_DIR",
-    default=default_data_dir,
+    default=None,
     show_default="~/.local/share/peercrypt",
-    help="Node identity, control socket, default inbox.",
+    help=f"Node identity, control socket, default inbox, config.toml [env {config.DATA_DIR_ENV}].",
 )
-@click.option("--debug", is_flag=True, help="Verbose logs and tracebacks.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"TOML config file (default: DATA_DIR/config.toml) [env {config.CONFIG_ENV}].",
+)
+@click.option("--debug", is_flag=True, help="Debug logs from every actor, and tracebacks.")
 @click.pass_context
-def main(ctx: click.Context, data_dir: Path, debug: bool) -> None:
+def main(ctx: click.Context, data_dir: Path | None, config_file: Path | None, debug: bool) -> None:
     """PeerCrypt: encrypted peer-to-peer file transfer."""
-    ctx.obj = {"data_dir": data_dir.expanduser(), "debug": debug}
+    ctx.obj = invocation(data_dir, config_file, debug, os.environ, Path.cwd())
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -156,18 +190,60 @@ def main(ctx: click.Context, data_dir: Path, debug: bool) -> None:
     )
 
 
-def run() -> None:
-    """Entry point that hides tracebacks unless --debug."""
-    debug = "--debug" in sys.argv[1:]
+def invocation(
+    data_dir: Path | None,
+    config_file: Path | None,
+    debug: bool,
+    environ: Mapping[str, str],
+    cwd: Path,
+) -> dict[str, Any]:
+    """What every command gets as ``ctx.obj``: the data dir, the config file,
+    the working directory's ``.env`` and the environment to layer."""
+    dotenv_path = cwd / config.ENV_FILE
     try:
-        main.main(standalone_mode=True)
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        click.echo("peercrypt: error: interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:
-        if debug:
-            raise
-        click.echo(f"peercrypt: error: {exc} (run with --debug for details)", err=True)
-        sys.exit(errors.FAILED)
+        dotenv = config.read_env_file(dotenv_path)
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    resolved_dir = config.data_dir_from(data_dir, environ, dotenv, default_data_dir())
+    config_path, required = config.config_path_from(config_file, environ, dotenv, resolved_dir)
+    return {
+        "data_dir": resolved_dir,
+        "debug": debug,
+        "config_path": config_path,
+        "config_required": required,
+        "dotenv": dotenv,
+        "dotenv_path": dotenv_path,
+        "environ": dict(environ),
+    }
+
+
+def node_settings_of(
+    argv: list[str], environ: Mapping[str, str], cwd: Path
+) -> tuple[click.Context, Effective]:
+    """Parse ``peercrypt ARGV`` (a ``node``, ``start`` or ``config show``
+    command) and resolve the node settings it would run with in ``environ``
+    and ``cwd``, without running anything. Raises click.UsageError for a bad
+    command line and a ClickException naming the variable for a bad setting.
+    Container checks use this to read a compose file as the node would."""
+    from peercrypt.cli.common import effective, given_flags
+    from peercrypt.cli.node import NODE_OPTIONS
+
+    top = main.make_context("peercrypt", list(argv))
+    params = top.params
+    obj = invocation(params["data_dir"], params["config_file"], False, environ, cwd)
+    with warnings.catch_warnings():  # click 8.2+: protected_args is deprecated, not gone
+        warnings.simplefilter("ignore", DeprecationWarning)
+        remaining = [*top.protected_args, *top.args]
+    name, command, rest = main.resolve_command(top, remaining)
+    assert command is not None and name is not None
+    while isinstance(command, click.Group):
+        group_ctx = command.make_context(name, rest, parent=top)
+        name, command, rest = command.resolve_command(group_ctx, list(group_ctx.args))
+        assert command is not None and name is not None
+    sub = command.make_context(name, rest, parent=top, obj=obj)
+    return sub, effective(obj, given_flags(sub, NODE_OPTIONS))
+
+
+def run() -> None:
+    """The ``peercrypt`` entry point."""
+    sys.exit(execute(main, sys.argv[1:]))

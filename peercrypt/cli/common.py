@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -21,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 import click
 import zmq
 
-from peercrypt import errors
+from peercrypt import config, errors
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.crypto.identity import (
     IdentityError,
@@ -32,6 +33,8 @@ from peercrypt.crypto.identity import (
 from peercrypt.settings import NodeSettings
 from peercrypt.wire.codec import Message
 from peercrypt.wire.messages import CancelRequest, ErrorReply, Progress, SendResult
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class UserError(click.ClickException):
@@ -61,7 +64,10 @@ def load_identity(data_dir: Path) -> Any:
 
 def server_keys(network_key: str | None, open_network: bool) -> Any:
     if open_network and network_key:
-        raise UserError("--open and a network key exclude each other")
+        raise UserError(
+            "--open and a network key exclude each other (unset PEERCRYPT_NETWORK_KEY "
+            "or PEERCRYPT_OPEN, see `peercrypt config show`)"
+        )
     if not open_network and not network_key:
         raise UserError(
             "no network key: pass --network-key (or set PEERCRYPT_NETWORK_KEY; "
@@ -77,14 +83,75 @@ def allow_list(values: tuple[str, ...]) -> frozenset[str]:
         raise UserError(str(exc)) from None
 
 
-network_key_option = click.option(
-    "--network-key",
-    envvar="PEERCRYPT_NETWORK_KEY",
-    help="Shared secret of your network (env PEERCRYPT_NETWORK_KEY).",
-)
-open_option = click.option(
-    "--open", "open_network", is_flag=True, help="Admit any node (encrypted, unauthenticated)."
-)
+def setting_option(name: str, param: str | None = None) -> Callable[[F], F]:
+    """The click option of a setting of :data:`peercrypt.config.SETTINGS`.
+
+    It has no default of its own: a value only when given on the command
+    line, so :func:`effective` can layer it over file, .env and environment.
+    """
+    s = config.BY_NAME[name]
+    kw: dict[str, Any] = {"default": None, "help": f"{s.help} [env {s.env}]"}
+    if s.kind != "secret":
+        kw["show_default"] = config.Effective({name: s.default}, {}).shown(name) or '""'
+    if s.kind == "int":
+        kw["type"] = click.IntRange(
+            None if s.low is None else int(s.low), None if s.high is None else int(s.high)
+        )
+    elif s.kind == "float":
+        kw["type"] = click.FloatRange(s.low, s.high)
+    elif s.kind == "bool":
+        kw.update(is_flag=True, show_default=False)
+    elif s.kind == "choice":
+        kw["type"] = click.Choice(s.choices, case_sensitive=False)
+    elif s.kind == "list":
+        kw.update(multiple=True, show_default=False)
+    if s.unit:
+        kw["help"] = f"{s.help} Unit: {s.unit}. [env {s.env}]"
+    return click.option(s.flag, param or name, **kw)
+
+
+def given(ctx: click.Context, param: str) -> bool:
+    """Whether ``param`` was given on the command line."""
+    return ctx.get_parameter_source(param) == click.core.ParameterSource.COMMANDLINE
+
+
+def given_flags(ctx: click.Context, names: dict[str, str]) -> dict[str, Any]:
+    """{setting: value} of the setting options given; ``names`` maps setting -> param."""
+    out: dict[str, Any] = {}
+    for setting, param in names.items():
+        if given(ctx, param):
+            value = ctx.params[param]
+            out[setting] = value.lower() if isinstance(value, str) and setting == "mode" else value
+    return out
+
+
+def effective(obj: dict[str, Any], flags: dict[str, Any]) -> config.Effective:
+    """The settings of this invocation: defaults < config file < .env < environment < flags."""
+    try:
+        return config.resolve(
+            flags,
+            config=config.read_config_file(obj["config_path"], required=obj["config_required"]),
+            config_path=obj["config_path"],
+            dotenv=obj["dotenv"],
+            dotenv_path=obj["dotenv_path"],
+            environ=obj["environ"],
+        )
+    except config.ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+network_key_option = setting_option("network_key")
+open_option = setting_option("open", "open_network")
+
+
+def check_resolvable(host: str, port: int) -> None:
+    """UserError (exit 3) when ``host`` does not resolve: otherwise the node
+    would only ever see its connection attempts fail."""
+    try:
+        socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise UserError(f"cannot resolve host {host!r}: {reason}", errors.UNREACHABLE) from None
 
 
 class Startable(Protocol):
@@ -120,7 +187,11 @@ def wait_for_facts(client: ControlClient, keys: tuple[str, ...]) -> dict[str, st
 def local_node(
     obj: dict[str, Any], network_key: str | None, open_network: bool
 ) -> Iterator[ControlClient]:
-    """The running node of this data dir, or a temporary send-only node."""
+    """The running node of this data dir, or a temporary send-only node.
+
+    ``network_key``/``open_network`` are the command-line values (None/False:
+    not given; the temporary node then takes them from the settings layers).
+    """
     data_dir: Path = obj["data_dir"]
     try:
         client = ControlClient.for_data_dir(data_dir)
@@ -132,9 +203,7 @@ def local_node(
     except NodeUnavailable:
         pass
     else:
-        ctx = click.get_current_context()
-        given = ctx.get_parameter_source("network_key") == click.core.ParameterSource.COMMANDLINE
-        if given or open_network:
+        if network_key is not None or open_network:
             click.echo(
                 "peercrypt: note: sending through the running node, on its network "
                 "(--network-key/--open apply only when no node runs)",
@@ -143,14 +212,21 @@ def local_node(
         with client:
             yield client
         return
+    flags: dict[str, Any] = {"network_key": network_key, "open": open_network or None}
+    settings_ = effective(obj, flags)
+    try:
+        policy = config.node_policy(settings_)
+    except config.ConfigError as exc:
+        raise UserError(str(exc)) from None
     with tempfile.TemporaryDirectory(prefix="peercrypt-") as tmp:
         control_file = Path(tmp) / "control.json"
         settings = NodeSettings(
             data_dir=data_dir,
             inbox=data_dir / "inbox",
             identity=load_identity(data_dir),
-            server_keys=server_keys(network_key, open_network),
-            open_network=open_network,
+            server_keys=server_keys(settings_["network_key"] or None, settings_["open"]),
+            open_network=settings_["open"],
+            policy=policy,
             port=None,
             control_file=control_file,
         )

@@ -16,13 +16,8 @@ from peercrypt import errors
 from peercrypt.cli.common import UserError, table
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.modes import (
-    ACK_THRESHOLD,
-    AIMD_MAX_WINDOW_KB,
-    AIMD_MIN_WINDOW_KB,
-    AIMD_WINDOW_KB,
-    MODES,
-    PARALLEL_LANES,
-    Policy,
+    ALL_MODES,
+    CONGESTION_KEYS,
     PolicyError,
     parse_priority,
 )
@@ -32,12 +27,14 @@ from peercrypt.wire.messages import (
     ErrorReply,
     SettingReply,
     SettingRequest,
+    StatusReply,
+    StatusRequest,
     TransfersReply,
     TransfersRequest,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-_MODE = click.Choice(MODES, case_sensitive=False)
+_MODE = click.Choice(ALL_MODES, case_sensitive=False)
 
 
 def _priority(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -54,14 +51,14 @@ def send_policy_options(func: F) -> F:
     options = [
         click.option(
             "--mode",
-            type=click.Choice((*MODES, "multicast"), case_sensitive=False),
-            help="Transfer mode (default: the node's).",
+            type=click.Choice(ALL_MODES, case_sensitive=False),
+            help="Transfer mode (default: the mode of the options given, else the node's).",
         ),
         click.option(
             "-b",
             "--bucket",
             "burst",
-            type=click.IntRange(4096),
+            type=click.IntRange(1),
             help="token-bucket: bucket size in bytes (default: one second at -r).",
         ),
         click.option(
@@ -69,7 +66,7 @@ def send_policy_options(func: F) -> F:
             "--rate",
             "rate",
             type=click.IntRange(1),
-            help="token-bucket: rate in bytes per second (implies --mode token-bucket).",
+            help="token-bucket: rate in bytes per second.",
         ),
         click.option("-w", "window_kb", type=click.IntRange(1), help="aimd: initial window, KB."),
         click.option(
@@ -117,16 +114,53 @@ def send_policy_options(func: F) -> F:
     return func
 
 
-def send_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
+# Each mode's own ``send`` options: parameter -> (flag, mode). Without --mode
+# they select their mode; options of two modes at once are an error.
+OPTION_MODES: dict[str, tuple[str, str]] = {
+    "burst": ("-b", "token-bucket"),
+    "rate": ("-r", "token-bucket"),
+    "window_kb": ("-w", "aimd"),
+    "min_window_kb": ("-min-w", "aimd"),
+    "max_window_kb": ("-max-w", "aimd"),
+    "ack_threshold": ("-ack-threshold", "aimd"),
+    "no_timeout": ("-no-timeout", "aimd"),
+    "no_dupack": ("-no-dupack", "aimd"),
+    "priority": ("-p", "qos"),
+    "lanes": ("-t", "parallel"),
+    "multi": ("-m", "multicast"),
+    "dual": ("-dual", "multicast"),
+    "to": ("--to", "multicast"),
+}
+
+
+def select_mode(mode: str | None, options: dict[str, Any]) -> str | None:
+    """The send's mode: ``--mode``, else the mode whose options were given,
+    else None (the node's default). UserError when options disagree."""
+    given = [
+        OPTION_MODES[name]
+        for name, value in options.items()
+        if name in OPTION_MODES and value not in (None, False, (), "")
+    ]
+    if mode is not None:
+        mode = mode.lower()
+        wrong = [f"{flag} is a {owner} option" for flag, owner in given if owner != mode]
+        if wrong:
+            raise UserError(f"{'; '.join(wrong)}, not for --mode {mode}")
+        return mode
+    owners = sorted({owner for _, owner in given})
+    if len(owners) > 1:
+        described = ", ".join(f"{flag} ({owner})" for flag, owner in given)
+        raise UserError(f"options of more than one mode: {described}; use one mode's options")
+    return owners[0] if owners else None
+
+
+def send_overrides(kwargs: dict[str, Any], mode: str | None) -> dict[str, Any]:
     """Pop the policy options from a ``send`` call into SendRequest fields."""
-    mode = kwargs.pop("mode")
-    rate = kwargs.pop("rate")
-    if rate is not None and mode is None:
-        mode = "token-bucket"
+    kwargs.pop("mode")
     no_timeout, no_dupack = kwargs.pop("no_timeout"), kwargs.pop("no_dupack")
     return {
         "mode": mode,
-        "rate": rate,
+        "rate": kwargs.pop("rate"),
         "burst": kwargs.pop("burst"),
         "window_kb": kwargs.pop("window_kb"),
         "min_window_kb": kwargs.pop("min_window_kb"),
@@ -137,79 +171,6 @@ def send_overrides(kwargs: dict[str, Any]) -> dict[str, Any]:
         "priority": kwargs.pop("priority"),
         "lanes": kwargs.pop("lanes"),
     }
-
-
-def node_policy_options(func: F) -> F:
-    """``node`` options for the default policy and the node's rate cap."""
-    options = [
-        click.option(
-            "--mode",
-            "default_mode",
-            type=_MODE,
-            default="normal",
-            show_default=True,
-            envvar="DEFAULT_MODE",
-            help="Default transfer mode (env DEFAULT_MODE).",
-        ),
-        click.option(
-            "--max-rate",
-            type=click.IntRange(0),
-            default=0,
-            help="Cap all outgoing transfers together, bytes/s (0: none).",
-        ),
-        click.option(
-            "--aimd-window",
-            type=click.IntRange(1),
-            default=AIMD_WINDOW_KB,
-            envvar="AIMD_WINDOW",
-            show_default=True,
-            help="KB (env AIMD_WINDOW).",
-        ),
-        click.option(
-            "--aimd-min-window",
-            type=click.IntRange(1),
-            default=AIMD_MIN_WINDOW_KB,
-            envvar="AIMD_MIN_WINDOW",
-            show_default=True,
-            help="KB (env AIMD_MIN_WINDOW).",
-        ),
-        click.option(
-            "--aimd-max-window",
-            type=click.IntRange(1),
-            default=AIMD_MAX_WINDOW_KB,
-            envvar="AIMD_MAX_WINDOW",
-            show_default=True,
-            help="KB (env AIMD_MAX_WINDOW).",
-        ),
-        click.option(
-            "--parallel-threads",
-            type=click.IntRange(1, 64),
-            default=PARALLEL_LANES,
-            envvar="PARALLEL_THREADS",
-            show_default=True,
-            help="Default lanes of parallel mode (env PARALLEL_THREADS).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def node_policy(kwargs: dict[str, Any]) -> tuple[Policy, int]:
-    """Pop the node policy options; return (default policy, max rate)."""
-    policy = Policy(
-        mode=kwargs.pop("default_mode"),
-        window_kb=kwargs.pop("aimd_window"),
-        min_window_kb=kwargs.pop("aimd_min_window"),
-        max_window_kb=kwargs.pop("aimd_max_window"),
-        ack_threshold=ACK_THRESHOLD,
-        lanes=kwargs.pop("parallel_threads"),
-    )
-    max_rate: int = kwargs.pop("max_rate")
-    try:
-        return policy.validated(), max_rate
-    except PolicyError as exc:
-        raise click.UsageError(str(exc)) from None
 
 
 # -- live commands --------------------------------------------------------------
@@ -284,15 +245,27 @@ def max_rate(obj: dict[str, Any], bytes_per_sec: int) -> None:
 
 
 @click.command("congestion")
-@click.argument(
-    "key",
-    type=click.Choice(["window", "min-window", "max-window", "threshold", "timeout", "dupack"]),
-)
-@click.argument("value")
+@click.argument("pairs", nargs=-1, metavar="[KEY VALUE]...")
 @click.pass_obj
-def congestion(obj: dict[str, Any], key: str, value: str) -> None:
-    """AIMD defaults: window|min-window|max-window KB, threshold N, timeout|dupack on|off."""
-    _setting(obj, f"congestion.{key}", value)
+def congestion(obj: dict[str, Any], pairs: tuple[str, ...]) -> None:
+    """Show or set the AIMD defaults live (several keys, in any order).
+
+    Keys: window, min-window, max-window (KB), threshold (duplicate acks),
+    timeout and dupack (on|off); window bounds not given follow the others.
+    """
+    if not pairs:
+        reply = _ask(obj, StatusRequest(request=1))
+        if not isinstance(reply, StatusReply):
+            raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
+        click.echo(f"congestion: {reply.node.get('aimd', 'unknown')}")
+        return
+    if len(pairs) % 2:
+        raise UserError(
+            f"congestion takes KEY VALUE pairs; {pairs[-1]!r} has no value "
+            f"(keys: {', '.join(CONGESTION_KEYS)})"
+        )
+    text = " ".join(f"{key}={value}" for key, value in zip(pairs[::2], pairs[1::2], strict=True))
+    _setting(obj, "congestion", text)
 
 
 @click.command("transfers")

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, follow, local_node
+from peercrypt.cli.common import UserError, check_resolvable, follow
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.errors import ResultCode
@@ -36,20 +36,6 @@ from peercrypt.wire.multicast_messages import (
     McSendRequest,
     McSendResult,
     McTargetResult,
-)
-
-# Options of ``send`` that only unicast modes use.
-UNICAST_ONLY = (
-    "rate",
-    "burst",
-    "window_kb",
-    "min_window_kb",
-    "max_window_kb",
-    "ack_threshold",
-    "no_timeout",
-    "no_dupack",
-    "priority",
-    "lanes",
 )
 
 
@@ -96,11 +82,14 @@ def targets(host: str, port: int, to: tuple[str, ...], multi: bool, dual: bool) 
         raise UserError(f"-dual needs exactly two different targets (got {len(targets)})")
     if len(targets) > MAX_TARGETS:
         raise UserError(f"at most {MAX_TARGETS} multicast targets")
+    for target in targets:
+        name, _, number = target.rpartition(":")
+        check_resolvable(name, int(number))
     return targets
 
 
 def multicast_send(
-    obj: dict[str, Any],
+    client: ControlClient,
     *,
     file: Path,
     targets: list[str],
@@ -108,32 +97,30 @@ def multicast_send(
     no_progress: bool,
     chunk_size: int,
     timeout: float,
-    network_key: str | None,
-    open_network: bool,
     group: str,
 ) -> NoReturn:
+    """Hand ``file`` to the node's multicast sender and report each receiver."""
     path = file.resolve()
-    with local_node(obj, network_key, open_network) as client:
-        request = client.next_id()
-        client.send(
-            McSendRequest(
-                request=request,
-                path=str(path),
-                targets=targets,
-                chunk_size=chunk_size,
-                timeout=timeout,
-                group=group,
-            )
+    request = client.next_id()
+    client.send(
+        McSendRequest(
+            request=request,
+            path=str(path),
+            targets=targets,
+            chunk_size=chunk_size,
+            timeout=timeout,
+            group=group,
         )
-        result = follow(
-            client,
-            request,
-            path,
-            McSendResult,
-            timeout,
-            quiet=as_json or no_progress,
-            on_other=functools.partial(_target_result, as_json),
-        )
+    )
+    result = follow(
+        client,
+        request,
+        path,
+        McSendResult,
+        timeout,
+        quiet=as_json or no_progress,
+        on_other=functools.partial(_target_result, as_json),
+    )
     _report(result, path, as_json)
 
 

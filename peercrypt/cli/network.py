@@ -17,7 +17,13 @@ from typing import Any
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, local_node, network_key_option, open_option
+from peercrypt.cli.common import (
+    UserError,
+    check_resolvable,
+    local_node,
+    network_key_option,
+    open_option,
+)
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.errors import ResultCode
 from peercrypt.wire import codec
@@ -117,6 +123,7 @@ def list_peers(obj: dict[str, Any], as_json: bool) -> None:
 @click.pass_obj
 def join(obj: dict[str, Any], host: str, port: int) -> None:
     """Join the network through the member at HOST PORT."""
+    check_resolvable(host, port)
     result: JoinResult = _ask(
         obj, JoinRequest(request=1, host=host, port=port), JoinResult, REPLY_TIMEOUT
     )
@@ -148,6 +155,7 @@ def health_check(
     obj: dict[str, Any], host: str, port: int, network_key: str | None, open_network: bool
 ) -> None:
     """Check the node at HOST PORT now: RTT, or why not (exit 3/4)."""
+    check_resolvable(host, port)
     with local_node(obj, network_key, open_network) as client:
         result: CheckResult = _call(
             client, CheckRequest(request=1, host=host, port=port), CheckResult, REPLY_TIMEOUT
@@ -161,6 +169,7 @@ def health_check(
 @click.pass_obj
 def reconnect(obj: dict[str, Any], host: str, port: int) -> None:
     """Drop the connection to HOST PORT and try again now (with retries)."""
+    check_resolvable(host, port)
     result: CheckResult = _ask(
         obj,
         CheckRequest(request=1, host=host, port=port, reconnect=True),

@@ -13,7 +13,14 @@ import click
 
 from peercrypt import errors
 from peercrypt.cli import modes, multicast
-from peercrypt.cli.common import UserError, follow, local_node, network_key_option, open_option
+from peercrypt.cli.common import (
+    UserError,
+    check_resolvable,
+    follow,
+    local_node,
+    network_key_option,
+    open_option,
+)
 from peercrypt.core.fragments import parse_group
 from peercrypt.errors import ResultCode
 from peercrypt.settings import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
@@ -83,40 +90,45 @@ def send(
     group: str,
     **policy_options: Any,
 ) -> None:
-    """Send FILE to the node at HOST PORT; exit 0 once it verified the hash."""
-    mode = policy_options.get("mode")
-    if multi or dual or to or mode == "multicast":
-        if group:
-            try:
-                address, group_port = parse_group(group)
-            except ValueError as exc:
-                raise UserError(f"--group: {exc}") from None
-            group = f"{address}:{group_port}"
-        given = [n for n in multicast.UNICAST_ONLY if policy_options.get(n) not in (None, False)]
-        if given or (mode not in (None, "multicast")):
-            what = ", ".join(given) or f"--mode {mode}"
-            raise UserError(f"multicast does not take unicast mode options ({what})")
-        if force:
-            raise UserError(
-                "--force does not apply to multicast (unreachable targets never stall it)"
-            )
-        multicast.multicast_send(
-            obj,
-            file=file,
-            targets=multicast.targets(host, port, to, multi, dual),
-            as_json=as_json,
-            no_progress=no_progress,
-            chunk_size=chunk_size,
-            timeout=timeout,
-            network_key=network_key,
-            open_network=open_network,
-            group=group,
-        )
+    """Send FILE to the node at HOST PORT; exit 0 once it verified the hash.
+
+    Without --mode, the mode is that of the options given (-t parallel, -p
+    qos, -w/-min-w/-max-w/-ack-threshold/-no-timeout/-no-dupack aimd, -b/-r
+    token-bucket, -m/-dual/--to/--group multicast), else the node's default.
+    """
+    mode = modes.select_mode(
+        policy_options.get("mode"),
+        {**policy_options, "multi": multi, "dual": dual, "to": to, "group": group},
+    )
+    if mode == "multicast" and force:
+        raise UserError("--force does not apply to multicast (unreachable targets never stall it)")
     if group:
+        try:
+            address, group_port = parse_group(group)
+        except ValueError as exc:
+            raise UserError(f"--group: {exc}") from None
+        group = f"{address}:{group_port}"
+    if group and mode not in (None, "multicast"):
         raise UserError("--group is for multicast (-m, -dual, --to or --mode multicast)")
-    overrides = modes.send_overrides(policy_options)
+    overrides = modes.send_overrides(policy_options, mode)
+    check_resolvable(host, port)
     path = file.resolve()
     with local_node(obj, network_key, open_network) as client:
+        if mode is None and client.status().node.get("mode") == "multicast":
+            mode = "multicast"
+        if group and mode != "multicast":
+            raise UserError("--group is for multicast (-m, -dual, --to or --mode multicast)")
+        if mode == "multicast":
+            multicast.multicast_send(
+                client,
+                file=file,
+                targets=multicast.targets(host, port, to, multi, dual),
+                as_json=as_json,
+                no_progress=no_progress,
+                chunk_size=chunk_size,
+                timeout=timeout,
+                group=group,
+            )
         request = client.next_id()
         client.send(
             SendRequest(

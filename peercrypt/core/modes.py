@@ -10,7 +10,8 @@ A *policy* says how one transfer may use the network:
 - ``qos``: shares the node's capped uplink with other transfers in
   proportion to ``priority`` (1:2:3).
 - ``parallel``: ``lanes`` connections and crypto workers for one file.
-- ``multicast``: one-to-many (issue 5; not here yet).
+- ``multicast``: one-to-many, targets given per send (docs/multicast.md); as
+  a node default it only makes ``send`` take the multicast path.
 
 The node has defaults (``--mode``, ``DEFAULT_MODE``, the ``AIMD_*`` and
 ``PARALLEL_THREADS`` variables, live ``set-mode``/``congestion`` commands);
@@ -22,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-MODES = ("normal", "token-bucket", "aimd", "qos", "parallel")
+MODES = ("normal", "token-bucket", "aimd", "qos", "parallel")  # unicast
+ALL_MODES = (*MODES, "multicast")
 PRIORITIES = {"normal": 1, "high": 2, "highest": 3}
 
 # AIMD defaults, in KB (1024 bytes). 16 MiB fills a loopback or LAN path at
@@ -33,6 +35,7 @@ AIMD_MAX_WINDOW_KB = 16384
 ACK_THRESHOLD = 3
 PARALLEL_LANES = 4
 MAX_LANES = 64
+MAX_WINDOW_KB = 1024 * 1024  # 1 GiB: beyond any path's bandwidth-delay product
 MODE_PARAMETERS: dict[str, tuple[str, ...]] = {
     "token-bucket": ("rate", "burst"),
     "aimd": (
@@ -68,8 +71,8 @@ class Policy:
 
     def validated(self) -> Policy:
         """Return self, or raise PolicyError naming the bad parameter."""
-        if self.mode not in MODES:
-            raise PolicyError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.mode not in ALL_MODES:
+            raise PolicyError(f"unknown mode {self.mode!r}; choose one of {', '.join(ALL_MODES)}")
         if self.mode == "token-bucket" and self.rate <= 0:
             raise PolicyError("token-bucket mode needs -r BYTES_PER_SEC > 0")
         if self.rate < 0 or self.burst < 0:
@@ -89,8 +92,9 @@ class Policy:
 
     def burst_for(self, chunk_size: int) -> int:
         """The token-bucket size in bytes: as given, else one second at the rate
-        (never below one chunk, so a full chunk can ever be sent)."""
-        return self.burst or max(self.rate, chunk_size)
+        (what ``send --help`` promises). Grants add up in the sender, so a
+        bucket smaller than a chunk delays that chunk but never blocks it."""
+        return self.burst or self.rate or chunk_size
 
     def parameters(self) -> dict[str, str]:
         """The parameters that shape this policy's mode, as text (what the
@@ -99,9 +103,10 @@ class Policy:
         return {n: str(getattr(self, n)) for n in names}
 
     def chunk_size_for(self, chunk_size: int) -> int:
-        """Chunks never exceed the bucket (token-bucket: no burst above -b)."""
-        if self.mode == "token-bucket" and self.burst:
-            return max(4096, min(chunk_size, self.burst))
+        """Chunks never exceed the bucket (token-bucket: no burst above it),
+        down to the 4 KiB minimum chunk."""
+        if self.mode == "token-bucket":
+            return max(4096, min(chunk_size, self.burst_for(chunk_size)))
         return chunk_size
 
 
@@ -122,3 +127,99 @@ def with_overrides(defaults: Policy, **overrides: object) -> Policy:
     if unknown:
         raise PolicyError(f"unknown policy parameter(s): {', '.join(sorted(unknown))}")
     return dataclasses.replace(defaults, **given).validated()  # type: ignore[arg-type]
+
+
+def derive_windows(
+    window: int | None,
+    low: int | None,
+    high: int | None,
+    defaults: tuple[int, int, int],
+) -> tuple[int, int, int]:
+    """AIMD (window, min, max) in KB from the ones given (None: not given).
+
+    A bound not given moves just enough to admit the given values, so
+    ``-w 32`` alone is valid: the minimum drops to 32 if it was above.
+    Raises PolicyError only when the given values contradict each other.
+    """
+    w, lo, hi = defaults
+    if window is not None:
+        w = window
+    if low is not None:
+        lo = low
+    if high is not None:
+        hi = high
+    if window is None:
+        if low is not None:
+            w = max(w, low)
+        if high is not None:
+            w = min(w, high)
+    if low is None:
+        lo = min(lo, w)
+    if high is None:
+        hi = max(hi, w)
+    if not 0 < lo <= w <= hi:
+        raise PolicyError(
+            f"AIMD windows must satisfy 0 < -min-w <= -w <= -max-w (got {lo} <= {w} <= {hi} KB)"
+        )
+    return w, lo, hi
+
+
+# ``congestion KEY VALUE``: KEY -> Policy field, and whether VALUE is on/off.
+CONGESTION_KEYS: dict[str, tuple[str, bool]] = {
+    "window": ("window_kb", False),
+    "min-window": ("min_window_kb", False),
+    "max-window": ("max_window_kb", False),
+    "threshold": ("ack_threshold", False),
+    "timeout": ("timeout_detect", True),
+    "dupack": ("dupack_detect", True),
+}
+_ON = ("on", "true", "yes", "1")
+_OFF = ("off", "false", "no", "0")
+
+
+def apply_congestion(policy: Policy, pairs: list[tuple[str, ...]]) -> Policy:
+    """``policy`` with the AIMD settings of ``congestion KEY VALUE [KEY VALUE ...]``.
+
+    Keys may come in any order; window bounds not given follow the ones that
+    are (see :func:`derive_windows`). Raises PolicyError naming the bad key or
+    value; then nothing changes.
+    """
+    if not pairs:
+        raise PolicyError("congestion needs KEY VALUE pairs")
+    changes: dict[str, object] = {}
+    for pair in pairs:
+        if len(pair) != 2:
+            raise PolicyError(f"expected KEY VALUE, got {' '.join(pair)!r}")
+        key, value = pair[0].strip().lower(), pair[1].strip().lower()
+        if key not in CONGESTION_KEYS:
+            raise PolicyError(
+                f"unknown congestion setting {key!r}; use {', '.join(CONGESTION_KEYS)}"
+            )
+        field_name, on_off = CONGESTION_KEYS[key]
+        if on_off:
+            if value not in _ON + _OFF:
+                raise PolicyError(f"expected on or off, got {value!r}")
+            changes[field_name] = value in _ON
+        else:
+            if not value.isdigit() or int(value) <= 0:
+                raise PolicyError(f"congestion {key} must be a whole number > 0, got {value!r}")
+            changes[field_name] = int(value)
+    window, low, high = derive_windows(
+        changes.pop("window_kb", None),  # type: ignore[arg-type]
+        changes.pop("min_window_kb", None),  # type: ignore[arg-type]
+        changes.pop("max_window_kb", None),  # type: ignore[arg-type]
+        (policy.window_kb, policy.min_window_kb, policy.max_window_kb),
+    )
+    return with_overrides(
+        policy, window_kb=window, min_window_kb=low, max_window_kb=high, **changes
+    )
+
+
+def describe_congestion(policy: Policy) -> str:
+    """The AIMD defaults in the words of the ``congestion`` command."""
+    return (
+        f"window {policy.window_kb} KB, min-window {policy.min_window_kb} KB, "
+        f"max-window {policy.max_window_kb} KB, threshold {policy.ack_threshold}, "
+        f"timeout {'on' if policy.timeout_detect else 'off'}, "
+        f"dupack {'on' if policy.dupack_detect else 'off'}"
+    )

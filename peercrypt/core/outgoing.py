@@ -358,6 +358,10 @@ class OutgoingTransfer:
             out += [max(0, int((when - self.started) * 1000)), int(window)]
         return out
 
+    def chunk_len(self, index: int) -> int:
+        """Bytes of chunk ``index`` (only the last one may be shorter)."""
+        return min(self.chunk_size, self.size - index * self.chunk_size)
+
     # -- internals --------------------------------------------------------------
 
     def _pump(self, now: float) -> None:
@@ -367,14 +371,18 @@ class OutgoingTransfer:
         if managed:  # one chunk until the manager gives a share
             w.limit = max(1, (self.share or 0) // self.chunk_size)
         limit = self.allowance // self.chunk_size if self.paced else None
+        if limit == 0:  # the last chunk may be shorter: it costs only its real size
+            up = w.next_up()
+            if up is not None and self.allowance >= self.chunk_len(up):
+                limit = 1
         resends = w.retransmits
         indices = w.next_to_send(now, limit)
         resends = w.retransmits - resends  # they come first
         for n, index in enumerate(indices):
             if self.paced:
-                self.allowance -= self.chunk_size
+                self.allowance -= self.chunk_len(index)
             if managed and n >= resends:
-                self._report[0] += min(self.chunk_size, self.size - index * self.chunk_size)
+                self._report[0] += self.chunk_len(index)
             self._outputs.append(SendChunk(index, index == self.total - 1))
         if managed:
             self._flush_report(now)

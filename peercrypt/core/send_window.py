@@ -135,6 +135,15 @@ class SendWindow:
             budget -= 1
         return out
 
+    def next_up(self) -> int | None:
+        """The chunk :meth:`next_to_send` would send first (None: nothing left)."""
+        if self._lost:
+            return min(self._lost)
+        for index in range(self._next_new, self.total):
+            if index not in self.acked:
+                return index
+        return None
+
     def room(self) -> int:
         """How many chunks could be sent now (credit and limit permitting)."""
         allowed = self.window if self.limit is None else max(1, min(self.window, self.limit))

@@ -26,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,7 @@ from typing import IO, Any, TypeVar
 
 import blake3
 
+from peercrypt import config
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.crypto.identity import load_or_create_identity, network_server_keys
 from peercrypt.settings import NodeSettings
@@ -70,7 +72,7 @@ LOCALHOST = "127.0.0.1"
 # Extra seconds for a status query through the CLI in a namespace (start-up of Python).
 NETNS_CLI_OVERHEAD = 5.0
 # Environment variables of the CLI that must not leak from the caller's shell.
-_CLI_ENV_VARS = ("PEERCRYPT_NETWORK_KEY", "PEERCRYPT_DATA_DIR")
+_CLI_ENV_VARS = (*config.VARIABLES, config.DATA_DIR_ENV, config.CONFIG_ENV)
 
 T = TypeVar("T")
 
@@ -219,6 +221,14 @@ def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return result
 
 
+def neutral_cwd(data_dir: Path | None) -> Path:
+    """A working directory for a CLI subprocess without the caller's ``.env``:
+    the data dir's parent (a test's own directory), else the temp directory."""
+    if data_dir is not None and Path(data_dir).parent.is_dir():
+        return Path(data_dir).parent
+    return Path(tempfile.gettempdir())
+
+
 @dataclass(frozen=True)
 class CliResult:
     """What one ``peercrypt`` command did."""
@@ -282,7 +292,7 @@ def run_cli(
         text=True,
         env=cli_env(env),
         timeout=timeout,
-        cwd=cwd,
+        cwd=cwd if cwd is not None else neutral_cwd(data_dir),
         stdin=subprocess.DEVNULL,
         check=False,
     )
@@ -322,6 +332,7 @@ def start_cli(
         stderr=subprocess.PIPE,
         text=True,
         env=cli_env(env),
+        cwd=neutral_cwd(data_dir),
         preexec_fn=_default_sigint,
     )
 
@@ -407,6 +418,7 @@ class NodeProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=cli_env(self.env),
+            cwd=self.data_dir,  # no .env of the caller's working directory
         )
         try:
             self.facts = wait_until(self._ready_status, self.start_timeout, "the node to start")

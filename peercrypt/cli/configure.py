@@ -1,0 +1,71 @@
+"""``config show`` (the effective settings and where each came from) and
+``config init`` (a commented config file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from peercrypt import config
+from peercrypt.cli.common import UserError, effective, given_flags
+from peercrypt.cli.node import NODE_OPTIONS, node_options
+
+
+@click.group("config")
+def config_group() -> None:
+    """Show the effective settings, or write a commented config file."""
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: name -> value, source.")
+@node_options
+@click.pass_context
+def show(ctx: click.Context, /, as_json: bool, **_: Any) -> None:
+    """The settings a node would start with here, and where each came from.
+
+    Takes the node's flags too, to show what they change. Secrets are shown
+    as (set) or (not set), never their value.
+    """
+    obj: dict[str, Any] = ctx.obj
+    eff = effective(obj, given_flags(ctx, NODE_OPTIONS))
+    if as_json:
+        rows: dict[str, Any] = {
+            s.name: {
+                "value": eff.shown(s.name) if s.kind == "secret" else eff[s.name],
+                "source": eff.sources[s.name],
+                "variable": s.env,
+            }
+            for s in config.SETTINGS
+        }
+        rows["data_dir"] = {"value": str(obj["data_dir"]), "source": "", "variable": ""}
+        click.echo(json.dumps(rows))
+        return
+    click.echo(f"data dir: {obj['data_dir']}")
+    state = "" if obj["config_path"].exists() else " (not present)"
+    click.echo(f"config file: {obj['config_path']}{state}")
+    click.echo(f"{'SETTING':23} {'VALUE':24} {'SOURCE':12} VARIABLE")
+    for s in config.SETTINGS:
+        source = eff.sources[s.name]
+        short = source.split(" ", 1)[0]  # "config file PATH" -> "config", ".env PATH" -> ".env"
+        value = eff.shown(s.name) or '""'
+        click.echo(f"{s.name:23} {value:24} {short:12} {s.env}")
+
+
+@config_group.command("init")
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.pass_obj
+def init(obj: dict[str, Any], path: Path | None, force: bool) -> None:
+    """Write a commented config file (default: --config, else DATA_DIR/config.toml)."""
+    target: Path = path or obj["config_path"]
+    if target.exists() and not force:
+        raise UserError(f"{target} exists (use --force to overwrite)")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(config.commented_config(), encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror}") from None
+    click.echo(f"wrote {target}")

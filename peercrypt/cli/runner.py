@@ -1,0 +1,73 @@
+"""Running one command line: the CLI's entry point and every shell line.
+
+Every error is one line ``peercrypt: error: ...`` on stderr with the exit
+codes of :mod:`peercrypt.errors` (click's usage errors included, saying what
+is valid); tracebacks only with ``--debug``, which may come before or after
+the subcommand. Light on purpose (click only): the entry point imports it
+before any command.
+"""
+
+from __future__ import annotations
+
+import click
+
+from peercrypt import errors
+
+
+def hoist_debug(args: list[str]) -> tuple[list[str], bool]:
+    """``--debug`` anywhere before ``--`` moves in front of the subcommand."""
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end]
+    if not debug:
+        return args, False
+    rest = [a for a in args[:end] if a != "--debug"] + args[end:]
+    return ["--debug", *rest], True
+
+
+def usage_line(exc: click.ClickException) -> str:
+    """A click error as one line that says what is valid."""
+    message = exc.format_message().rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.NoSuchOption) and ctx is not None:
+        valid = sorted(
+            opt for p in ctx.command.params if isinstance(p, click.Option) for opt in p.opts
+        )
+        message = f"{message}; {ctx.command_path} takes {', '.join(valid)}"
+    elif message.startswith("No such command") and isinstance(ctx and ctx.command, click.Group):
+        assert ctx is not None and isinstance(ctx.command, click.Group)
+        names = ctx.command.list_commands(ctx)
+        message = f"{message}; commands: {', '.join(names)}"
+    elif isinstance(exc, click.UsageError) and ctx is not None and ctx.command_path:
+        message = f"{ctx.command_path.split(' ', 1)[-1]}: {message}"
+    return f"peercrypt: error: {message[:1].lower()}{message[1:]}"
+
+
+def execute(group: click.Group, args: list[str], prog_name: str = "peercrypt") -> int:
+    """Run one command line through ``group``; return its exit code.
+
+    Every error is one line ``peercrypt: error: ...`` on stderr (usage errors
+    exit 2); tracebacks only with ``--debug``. The shell runs its commands
+    through this too.
+    """
+    args, debug = hoist_debug(args)
+    try:
+        result = group.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        click.echo(usage_line(exc), err=True)
+        return exc.exit_code
+    except click.ClickException as exc:  # UserError and the like: already one line
+        click.echo(f"peercrypt: error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("peercrypt: error: interrupted", err=True)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(f"peercrypt: error: {exc} (run with --debug for details)", err=True)
+        return errors.FAILED
+    return result if isinstance(result, int) else errors.OK

@@ -1,0 +1,435 @@
+"""Layered configuration: one table of settings, five layers, one answer.
+
+Every entry point (``node``, ``start``, ``send``'s temporary node, the
+container image) reads its settings through :func:`resolve`. Layers, lowest
+first:
+
+1. the defaults in :data:`SETTINGS`;
+2. a TOML config file: ``--config FILE`` (or ``PEERCRYPT_CONFIG``), else
+   ``DATA_DIR/config.toml`` when it exists; keys are the setting names;
+3. a ``.env`` file in the working directory (``KEY=VALUE`` lines, as
+   docker compose reads it);
+4. the process environment;
+5. command-line flags.
+
+Each setting has one environment variable: the old tool's names
+(``DEFAULT_MODE``, ``GOSSIP_INTERVAL``, ...) where it had one, else
+``PEERCRYPT_<NAME>``. An invalid value raises :class:`ConfigError` whose
+message names the variable (or the config key), the value and what is
+accepted; nothing starts. Pure apart from reading the two files.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peercrypt.core.fragments import DEFAULT_FRAGMENT, HEADER_BYTES, MAX_DATAGRAM, MIN_FRAGMENT
+from peercrypt.core.modes import (
+    AIMD_MAX_WINDOW_KB,
+    AIMD_MIN_WINDOW_KB,
+    AIMD_WINDOW_KB,
+    MAX_LANES,
+    MAX_WINDOW_KB,
+    MODES,
+    PARALLEL_LANES,
+    Policy,
+    PolicyError,
+    derive_windows,
+)
+from peercrypt.settings import DEFAULT_PORT
+
+CONFIG_FILE = "config.toml"  # in the data dir
+ENV_FILE = ".env"  # in the working directory
+CONFIG_ENV = "PEERCRYPT_CONFIG"
+DATA_DIR_ENV = "PEERCRYPT_DATA_DIR"
+NODE_MODES = (*MODES, "multicast")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+class ConfigError(ValueError):
+    """One line naming the variable, the value and what is accepted."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name (the config-file key), variable, flag and range."""
+
+    name: str
+    env: str
+    kind: str  # "int", "float", "bool", "str", "choice", "list", "secret"
+    default: Any
+    help: str
+    flag: str = ""  # the node's command-line flag ("" : none)
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    unit: str = ""
+    aliases: tuple[str, ...] = ()  # other variables read for it (older names)
+
+    def accepted(self) -> str:
+        """What values are valid, for error messages and docs."""
+        unit = f" {self.unit}" if self.unit else ""
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "bool":
+            return "true or false (also 1/0, yes/no, on/off)"
+        if self.kind in ("int", "float"):
+            number = "an integer" if self.kind == "int" else "a number"
+            if self.high is None:
+                return f"{number} >= {self.low:g}{unit}"
+            return f"{number} in {self.low:g}..{self.high:g}{unit}"
+        if self.kind == "list":
+            return "a comma-separated list"
+        return "text"
+
+    def parse(self, value: Any) -> Any:
+        """The typed value; ConfigError (without the variable name) if invalid."""
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ConfigError(f"expected {self.accepted()}")
+        if self.kind in ("int", "float"):
+            if isinstance(value, bool):
+                raise ConfigError(f"expected {self.accepted()}")
+            try:
+                number: float = (
+                    int(str(value).strip()) if self.kind == "int" else float(str(value).strip())
+                )
+            except ValueError:
+                raise ConfigError(f"expected {self.accepted()}") from None
+            if number != number or (self.low is not None and number < self.low):
+                raise ConfigError(f"expected {self.accepted()}")
+            if self.high is not None and number > self.high:
+                raise ConfigError(f"expected {self.accepted()}")
+            return number
+        if self.kind == "choice":
+            text = str(value).strip().lower()
+            if text not in self.choices:
+                raise ConfigError(f"expected {self.accepted()}")
+            return text
+        if self.kind == "list":
+            if isinstance(value, list | tuple):
+                return tuple(str(v).strip() for v in value if str(v).strip())
+            return tuple(v.strip() for v in str(value).split(",") if v.strip())
+        if not isinstance(value, str):
+            raise ConfigError("expected text")
+        return value
+
+
+def _s(name: str, env: str, kind: str, default: Any, help: str, **kw: Any) -> Setting:
+    return Setting(name=name, env=env, kind=kind, default=default, help=help, **kw)
+
+
+# The one table. Order: the old tool's variables first, then the rest.
+SETTINGS: tuple[Setting, ...] = (
+    _s("mode", "DEFAULT_MODE", "choice", "normal", "Default transfer mode.",
+       flag="--mode", choices=NODE_MODES),
+    _s("gossip_interval", "GOSSIP_INTERVAL", "float", 5.0, "Seconds between gossip rounds.",
+       flag="--gossip-interval", low=0.01, high=3600, unit="s"),
+    _s("disable_gossip", "DISABLE_GOSSIP", "bool", False, "Start with gossip disabled.",
+       flag="--no-gossip"),
+    _s("aimd_window", "AIMD_WINDOW", "int", AIMD_WINDOW_KB,
+       "AIMD initial congestion window (missing bounds are derived from it).",
+       flag="--aimd-window", low=1, high=MAX_WINDOW_KB, unit="KB"),
+    _s("aimd_min_window", "AIMD_MIN_WINDOW", "int", AIMD_MIN_WINDOW_KB,
+       "AIMD minimum window.", flag="--aimd-min-window", low=1, high=MAX_WINDOW_KB, unit="KB"),
+    _s("aimd_max_window", "AIMD_MAX_WINDOW", "int", AIMD_MAX_WINDOW_KB,
+       "AIMD maximum window.", flag="--aimd-max-window", low=1, high=MAX_WINDOW_KB, unit="KB"),
+    _s("parallel_threads", "PARALLEL_THREADS", "int", PARALLEL_LANES,
+       "Default lanes (connections and crypto workers) of parallel mode.",
+       flag="--parallel-threads", low=1, high=MAX_LANES),
+    _s("max_retries", "MAX_RETRIES", "int", 3, "Retries of a network operation.",
+       flag="--max-retries", low=0, high=100),
+    _s("connection_timeout", "CONNECTION_TIMEOUT", "float", 3.0,
+       "Seconds one attempt waits for a peer.", flag="--timeout", low=0.05, high=600, unit="s"),
+    _s("health_check_interval", "HEALTH_CHECK_INTERVAL", "float", 10.0,
+       "Seconds between health checks of every member.",
+       flag="--health-check-interval", low=0.01, high=3600, unit="s"),
+    _s("host", "PEERCRYPT_HOST", "str", "0.0.0.0", "Address to bind.", flag="--host"),
+    _s("port", "PEERCRYPT_PORT", "int", DEFAULT_PORT,
+       "The node's public port (0: any free port).", flag="--port", low=0, high=65535),
+    _s("data_port", "PEERCRYPT_DATA_PORT", "int", 0,
+       "Port of the data plane (0: any free port; advertised to senders).",
+       flag="--data-port", low=0, high=65535),
+    _s("advertise_data_port", "PEERCRYPT_ADVERTISE_DATA_PORT", "int", 0,
+       "Data port to advertise instead of the bound one (NAT, proxies; 0: the bound one).",
+       flag="--advertise-data-port", low=0, high=65535),
+    _s("advertise_host", "PEERCRYPT_ADVERTISE_HOST", "str", "",
+       "Address members should use for this node (empty: --host, or for 0.0.0.0 the "
+       "address of the interface that routes to the bootstrap member).",
+       flag="--advertise-host"),
+    _s("inbox", "PEERCRYPT_INBOX", "str", "",
+       "Where received files go (empty: DATA_DIR/inbox).", flag="--inbox"),
+    _s("network_key", "PEERCRYPT_NETWORK_KEY", "secret", "",
+       "Shared secret of your network (`peercrypt keygen` makes one).", flag="--network-key"),
+    _s("open", "PEERCRYPT_OPEN", "bool", False,
+       "Admit any node (encrypted, unauthenticated).", flag="--open"),
+    _s("allow", "PEERCRYPT_ALLOW", "list", (),
+       "Admit only these node fingerprints (empty: every member).", flag="--allow"),
+    _s("bootstrap_host", "PEERCRYPT_BOOTSTRAP_HOST", "str", "",
+       "Join the network through this member.", flag="--bootstrap-host"),
+    _s("bootstrap_port", "PEERCRYPT_BOOTSTRAP_PORT", "int", 0,
+       "Port of the bootstrap member (0: none).", flag="--bootstrap-port", low=0, high=65535),
+    _s("window", "PEERCRYPT_WINDOW", "int", 16, "Chunks in flight per incoming transfer.",
+       flag="--window", low=1, high=4096),
+    _s("max_rate", "PEERCRYPT_MAX_RATE", "int", 0,
+       "Cap of all outgoing transfers together (0: none).", flag="--max-rate", low=0,
+       unit="bytes/s"),
+    _s("multicast_group", "PEERCRYPT_MULTICAST_GROUP", "str", "",
+       "Send multicast sessions as UDP datagrams to this IPv4 group GROUP:PORT "
+       "(e.g. 239.255.80.67:7480; empty: over PUB/SUB).",
+       flag="--multicast-group", aliases=("MULTICAST_GROUP",)),
+    _s("multicast_ttl", "PEERCRYPT_MULTICAST_TTL", "int", 1,
+       "Router hops multicast datagrams may cross (1: this link only).",
+       flag="--multicast-ttl", low=0, high=255),
+    _s("multicast_datagram", "PEERCRYPT_MULTICAST_DATAGRAM", "int",
+       DEFAULT_FRAGMENT + HEADER_BYTES,
+       "Bytes per multicast datagram (1472 avoids IP fragmentation on a 1500-byte link).",
+       flag="--multicast-datagram", low=MIN_FRAGMENT + HEADER_BYTES, high=MAX_DATAGRAM,
+       unit="bytes"),
+    # Actors attached across hosts (docs/architecture.md, "Attached actors").
+    _s("remote_actors", "PEERCRYPT_REMOTE_ACTORS", "list", (),
+       "Actors not run here: a `peercrypt actor NAME --attach` process runs each.",
+       flag="--remote-actor"),
+    _s("attach_allow", "PEERCRYPT_ATTACH_ALLOW", "list", (),
+       "Identities (fingerprints) allowed to attach as this node's remote actors.",
+       flag="--attach-allow"),
+    # The statistics history (docs/statistics.md).
+    _s("stats_keep_days", "PEERCRYPT_STATS_KEEP_DAYS", "float", 90.0,
+       "Forget recorded transfers older than this (0: never).", flag="--stats-keep-days",
+       low=0, unit="days"),
+    _s("stats_max_transfers", "PEERCRYPT_STATS_MAX_TRANSFERS", "int", 10_000,
+       "Keep at most this many recorded transfers, the newest (0: no limit).",
+       flag="--stats-max-transfers", low=0),
+    _s("no_stats", "PEERCRYPT_NO_STATS", "bool", False, "Record no statistics history.",
+       flag="--no-stats"),
+)  # fmt: skip
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+# Every variable a user may set (the old tool's, PEERCRYPT_*, and older aliases).
+VARIABLES: dict[str, Setting] = {
+    **{s.env: s for s in SETTINGS},
+    **{alias: s for s in SETTINGS for alias in s.aliases},
+}
+
+
+@dataclass(frozen=True)
+class Effective:
+    """The resolved settings and where each came from."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]  # "default", "config file PATH", ".env PATH", "environment", "flag"
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def shown(self, name: str) -> str:
+        """The value as ``config show`` prints it (secrets never)."""
+        value = self.values[name]
+        if BY_NAME[name].kind == "secret":
+            return "(set)" if value else "(not set)"
+        if isinstance(value, tuple):
+            return ",".join(value)
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines as compose reads them: ``#`` comments, optional
+    ``export``, optional matching quotes around the value."""
+    out: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        out[key] = value
+    return out
+
+
+def read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
+    """The TOML file's settings (flat keys, or under a ``[node]`` table)."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    node = data.pop("node", {})
+    if isinstance(node, dict):
+        data = {**data, **node}
+    for key in data:
+        if key not in BY_NAME:
+            raise ConfigError(
+                f"config file {path}: unknown setting {key!r} (known: {', '.join(sorted(BY_NAME))})"
+            )
+    return data
+
+
+def data_dir_from(
+    flag: Path | None, environ: Mapping[str, str], dotenv: Mapping[str, str], default: Path
+) -> Path:
+    """The data dir: flag > environment > .env > default (it holds the config file)."""
+    if flag is not None:
+        return flag.expanduser()
+    text = environ.get(DATA_DIR_ENV) or dotenv.get(DATA_DIR_ENV)
+    return Path(text).expanduser() if text else default
+
+
+def config_path_from(
+    flag: Path | None, environ: Mapping[str, str], dotenv: Mapping[str, str], data_dir: Path
+) -> tuple[Path, bool]:
+    """(path, required): ``--config``/``PEERCRYPT_CONFIG`` must exist, the default may not."""
+    if flag is not None:
+        return flag.expanduser(), True
+    text = environ.get(CONFIG_ENV) or dotenv.get(CONFIG_ENV)
+    if text:
+        return Path(text).expanduser(), True
+    return data_dir / CONFIG_FILE, False
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    *,
+    config: Mapping[str, Any],
+    config_path: Path,
+    dotenv: Mapping[str, str],
+    dotenv_path: Path,
+    environ: Mapping[str, str],
+) -> Effective:
+    """Resolve every setting through the five layers; ConfigError if any is invalid.
+
+    ``flags`` holds only the settings given on the command line (already
+    typed by click). AIMD window bounds not set anywhere are derived from the
+    ones that are, so ``AIMD_WINDOW=32`` alone is valid.
+    """
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for s in SETTINGS:
+        value, source = s.default, "default"
+        if s.name in config:
+            value, source = (
+                _checked(s, config[s.name], f"{config_path}: {s.name}"),
+                (f"config file {config_path}"),
+            )
+        layers = ((dotenv, f".env {dotenv_path}", f"{dotenv_path}: "), (environ, "environment", ""))
+        for layer, where, prefix in layers:
+            for var in (*s.aliases, s.env):  # the main name wins over an alias
+                if var in layer:
+                    value, source = _checked(s, layer[var], f"{prefix}{var}"), where
+        if s.name in flags and flags[s.name] is not None:
+            value, source = flags[s.name], "flag"
+        values[s.name], sources[s.name] = value, source
+    _derive_windows(values, sources)
+    return Effective(values, sources)
+
+
+def _checked(s: Setting, value: Any, name: str) -> Any:
+    try:
+        return s.parse(value)
+    except ConfigError as exc:
+        shown = "(hidden)" if s.kind == "secret" else f"{value!r}"
+        raise ConfigError(f"{name}={shown}: {exc}") from None
+
+
+def _derive_windows(values: dict[str, Any], sources: dict[str, str]) -> None:
+    given = {n for n in ("aimd_window", "aimd_min_window", "aimd_max_window")
+             if sources[n] != "default"}  # fmt: skip
+    try:
+        window, low, high = derive_windows(
+            values["aimd_window"] if "aimd_window" in given else None,
+            values["aimd_min_window"] if "aimd_min_window" in given else None,
+            values["aimd_max_window"] if "aimd_max_window" in given else None,
+            (values["aimd_window"], values["aimd_min_window"], values["aimd_max_window"]),
+        )
+    except PolicyError:
+        described = ", ".join(
+            f"{BY_NAME[n].env}={values[n]} ({sources[n]})"
+            for n in ("aimd_min_window", "aimd_window", "aimd_max_window")
+        )
+        raise ConfigError(
+            f"AIMD windows must satisfy AIMD_MIN_WINDOW <= AIMD_WINDOW <= AIMD_MAX_WINDOW "
+            f"(got {described})"
+        ) from None
+    for name, value in (
+        ("aimd_window", window),
+        ("aimd_min_window", low),
+        ("aimd_max_window", high),
+    ):
+        if value != values[name]:
+            values[name], sources[name] = value, "derived"
+
+
+def node_policy(eff: Effective) -> Policy:
+    """The node's default transfer policy from its resolved settings."""
+    policy = Policy(
+        mode=eff["mode"],
+        window_kb=eff["aimd_window"],
+        min_window_kb=eff["aimd_min_window"],
+        max_window_kb=eff["aimd_max_window"],
+        lanes=eff["parallel_threads"],
+    )
+    try:
+        return policy.validated()
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def commented_config() -> str:
+    """A config file listing every setting, commented out at its default."""
+    lines = [
+        "# PeerCrypt configuration (TOML). Uncomment a line to set it.",
+        "# Precedence: defaults < this file < .env in the working directory",
+        "# < environment variables < command-line flags.",
+        "# `peercrypt config show` prints the effective value of each and its source.",
+        "",
+    ]
+    for s in SETTINGS:
+        if s.kind == "secret":
+            lines.append(f"# {s.help} Prefer the variable {s.env} to keeping it in a file.")
+        else:
+            lines.append(f"# {s.help} Variable {s.env}; {s.accepted()}.")
+        lines.append(f"# {s.name} = {_toml(s.default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    return f'"{value}"'

@@ -1,0 +1,319 @@
+"""Layered configuration: the five layers, every old variable, invalid values.
+
+Pure tests of :mod:`peercrypt.config`, then the real CLI (``config show``,
+``config init``, ``node`` refusing to start) as subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peercrypt import config, errors
+from peercrypt.testing.nodes import CliResult, run_cli
+
+OLD_VARIABLES = (
+    "DEFAULT_MODE",
+    "GOSSIP_INTERVAL",
+    "DISABLE_GOSSIP",
+    "AIMD_WINDOW",
+    "AIMD_MIN_WINDOW",
+    "AIMD_MAX_WINDOW",
+    "PARALLEL_THREADS",
+    "MAX_RETRIES",
+    "CONNECTION_TIMEOUT",
+    "HEALTH_CHECK_INTERVAL",
+)
+
+
+def _resolve(
+    flags: dict[str, Any] | None = None,
+    file: dict[str, Any] | None = None,
+    dotenv: dict[str, str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> config.Effective:
+    return config.resolve(
+        flags or {},
+        config=file or {},
+        config_path=Path("/etc/pc.toml"),
+        dotenv=dotenv or {},
+        dotenv_path=Path("/w/.env"),
+        environ=environ or {},
+    )
+
+
+def test_every_old_variable_is_in_the_table() -> None:
+    for name in OLD_VARIABLES:
+        assert name in config.VARIABLES, name
+    for s in config.SETTINGS:
+        assert s.env in OLD_VARIABLES or s.env.startswith("PEERCRYPT_"), s.env
+
+
+def test_each_layer_beats_the_one_below() -> None:
+    layers: list[dict[str, Any]] = [
+        {"file": {"gossip_interval": 1.5}},
+        {"dotenv": {"GOSSIP_INTERVAL": "2.5"}},
+        {"environ": {"GOSSIP_INTERVAL": "3.5"}},
+        {"flags": {"gossip_interval": 4.5}},
+    ]
+    expected = [
+        (1.5, "config file /etc/pc.toml"),
+        (2.5, ".env /w/.env"),
+        (3.5, "environment"),
+        (4.5, "flag"),
+    ]
+    assert _resolve().sources["gossip_interval"] == "default"
+    for top in range(len(layers)):
+        kwargs: dict[str, Any] = {}
+        for layer in layers[: top + 1]:
+            kwargs.update(layer)
+        eff = _resolve(**kwargs)
+        assert (eff["gossip_interval"], eff.sources["gossip_interval"]) == expected[top]
+
+
+def test_the_main_variable_beats_its_alias() -> None:
+    eff = _resolve(
+        environ={"MULTICAST_GROUP": "239.1.1.1:7000", "PEERCRYPT_MULTICAST_GROUP": "239.2.2.2:7"}
+    )
+    assert eff["multicast_group"] == "239.2.2.2:7"
+    assert _resolve(environ={"MULTICAST_GROUP": "239.1.1.1:7000"})["multicast_group"] == (
+        "239.1.1.1:7000"
+    )
+
+
+def _invalid(s: config.Setting) -> str:
+    if s.kind == "int":
+        return str(int(s.high) + 1) if s.high is not None else str(int(s.low or 0) - 1)
+    if s.kind == "float":
+        return "fast"
+    if s.kind == "bool":
+        return "maybe"
+    return "warp-speed"
+
+
+INVALID = [s for s in config.SETTINGS if s.kind in ("int", "float", "bool", "choice")]
+
+
+@pytest.mark.parametrize("setting", INVALID, ids=[s.env for s in INVALID])
+def test_an_invalid_variable_names_itself_its_value_and_the_range(
+    setting: config.Setting,
+) -> None:
+    value = _invalid(setting)
+    with pytest.raises(config.ConfigError) as err:
+        _resolve(environ={setting.env: value})
+    text = str(err.value)
+    assert text.startswith(f"{setting.env}={value!r}: expected "), text
+    assert setting.accepted() in text
+    with pytest.raises(config.ConfigError, match=rf"\.env: {setting.env}="):
+        _resolve(dotenv={setting.env: value})
+    with pytest.raises(config.ConfigError, match=rf"pc\.toml: {setting.name}="):
+        _resolve(file={setting.name: value})
+
+
+def test_a_secret_is_never_in_an_error() -> None:
+    with pytest.raises(config.ConfigError) as err:
+        _resolve(file={"network_key": 12345})
+    assert "12345" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"AIMD_WINDOW": "32"}, (32, 32, 16384)),
+        ({"AIMD_MIN_WINDOW": "8"}, (4096, 8, 16384)),
+        ({"AIMD_MAX_WINDOW": "128"}, (128, 128, 128)),
+        ({"AIMD_WINDOW": "32", "AIMD_MIN_WINDOW": "8", "AIMD_MAX_WINDOW": "128"}, (32, 8, 128)),
+        ({"AIMD_MIN_WINDOW": "20000"}, (20000, 20000, 20000)),
+    ],
+)
+def test_missing_window_bounds_are_derived(
+    given: dict[str, str], expected: tuple[int, ...]
+) -> None:
+    eff = _resolve(environ=given)
+    got = (eff["aimd_window"], eff["aimd_min_window"], eff["aimd_max_window"])
+    assert got == expected
+
+
+def test_contradicting_windows_name_the_variables() -> None:
+    with pytest.raises(config.ConfigError) as err:
+        _resolve(environ={"AIMD_WINDOW": "32"}, file={"aimd_min_window": 64})
+    text = str(err.value)
+    assert "AIMD_MIN_WINDOW=64" in text and "AIMD_WINDOW=32" in text
+
+
+def test_env_file_syntax(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_text(
+        "# comment\n\nexport DEFAULT_MODE=aimd\nGOSSIP_INTERVAL = '2.5'\n"
+        'PEERCRYPT_HOST="127.0.0.1"\nMAX_RETRIES=5 # five\n'
+    )
+    assert config.read_env_file(path) == {
+        "DEFAULT_MODE": "aimd",
+        "GOSSIP_INTERVAL": "2.5",
+        "PEERCRYPT_HOST": "127.0.0.1",
+        "MAX_RETRIES": "5",
+    }
+    path.write_text("GOSSIP_INTERVAL\n")
+    with pytest.raises(config.ConfigError, match=r"\.env:1: expected KEY=VALUE"):
+        config.read_env_file(path)
+    assert config.read_env_file(tmp_path / "absent") == {}
+
+
+def test_config_file_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("gosip_interval = 2\n")
+    with pytest.raises(config.ConfigError, match="unknown setting 'gosip_interval'"):
+        config.read_config_file(path, required=False)
+    path.write_text("gossip_interval = \n")
+    with pytest.raises(config.ConfigError, match="not valid TOML"):
+        config.read_config_file(path, required=False)
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        config.read_config_file(tmp_path / "none.toml", required=True)
+    assert config.read_config_file(tmp_path / "none.toml", required=False) == {}
+
+
+def test_the_commented_config_parses_and_sets_nothing() -> None:
+    text = config.commented_config()
+    assert tomllib.loads(text) == {}
+    uncommented = "\n".join(
+        line[2:] for line in text.splitlines() if line.startswith("# ") and " = " in line
+    )
+    data = tomllib.loads(uncommented)
+    assert set(data) == set(config.BY_NAME)
+    eff = _resolve(file=data)
+    for s in config.SETTINGS:
+        assert eff[s.name] == s.default, s.name
+
+
+# -- the real CLI -----------------------------------------------------------------------
+
+
+def _show(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = run_cli(
+        "config", "show", "--json", *args, data_dir=tmp_path / "dd", env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.describe()
+    rows: dict[str, Any] = json.loads(result.stdout)
+    return rows
+
+
+def test_config_show_across_all_five_layers(tmp_path: Path) -> None:
+    (tmp_path / "dd").mkdir()
+    (tmp_path / "dd" / "config.toml").write_text(
+        "max_retries = 5\nhealth_check_interval = 7.0\nparallel_threads = 6\nmode = 'qos'\n"
+    )
+    (tmp_path / ".env").write_text(
+        "HEALTH_CHECK_INTERVAL=8\nPARALLEL_THREADS=7\nDEFAULT_MODE=aimd\n"
+    )
+    rows = _show(
+        tmp_path, "--mode", "parallel", env={"PARALLEL_THREADS": "8", "DEFAULT_MODE": "normal"}
+    )
+    names = ("gossip_interval", "max_retries", "health_check_interval", "parallel_threads", "mode")
+    got = {k: (rows[k]["value"], rows[k]["source"].split(" ")[0]) for k in names}
+    assert got == {
+        "gossip_interval": (5.0, "default"),
+        "max_retries": (5, "config"),
+        "health_check_interval": (8.0, ".env"),
+        "parallel_threads": (8, "environment"),
+        "mode": ("parallel", "flag"),
+    }
+    # --config FILE replaces DATA_DIR/config.toml.
+    other = tmp_path / "other.toml"
+    other.write_text("max_retries = 9\n")
+    result = run_cli(
+        "--config", str(other), "config", "show", "--json", data_dir=tmp_path / "dd", cwd=tmp_path
+    )
+    assert json.loads(result.stdout)["max_retries"] == {
+        "value": 9,
+        "source": f"config file {other}",
+        "variable": "MAX_RETRIES",
+    }
+
+
+def test_config_show_never_prints_the_key(tmp_path: Path, network_key: str) -> None:
+    result = run_cli(
+        "config",
+        "show",
+        data_dir=tmp_path / "dd",
+        env={"PEERCRYPT_NETWORK_KEY": network_key},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.describe()
+    assert network_key not in result.stdout + result.stderr
+    assert "(set)" in result.stdout
+
+
+def _assert_one_error(result: CliResult, code: int, *words: str) -> str:
+    assert result.returncode == code, result.describe()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("peercrypt: error: "), result.describe()
+    for word in words:
+        assert word in lines[0], result.describe()
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DEFAULT_MODE", "turbo"),
+        ("GOSSIP_INTERVAL", "0"),
+        ("DISABLE_GOSSIP", "maybe"),
+        ("AIMD_WINDOW", "0"),
+        ("AIMD_MIN_WINDOW", "x"),
+        ("AIMD_MAX_WINDOW", "-3"),
+        ("PARALLEL_THREADS", "65"),
+        ("MAX_RETRIES", "101"),
+        ("CONNECTION_TIMEOUT", "0.01"),
+        ("HEALTH_CHECK_INTERVAL", "never"),
+        ("PEERCRYPT_PORT", "70000"),
+        ("PEERCRYPT_MULTICAST_TTL", "256"),
+    ],
+)
+def test_node_refuses_to_start_on_an_invalid_variable(
+    tmp_path: Path, network_key: str, variable: str, value: str
+) -> None:
+    data_dir = tmp_path / "dd"
+    result = run_cli(
+        "node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        data_dir=data_dir,
+        env={variable: value, "PEERCRYPT_NETWORK_KEY": network_key},
+        cwd=tmp_path,
+        timeout=30,
+    )
+    setting = config.VARIABLES[variable]
+    _assert_one_error(result, errors.USAGE, f"{variable}={value!r}", setting.accepted())
+    assert not (data_dir / "control.json").exists()
+
+
+def test_node_refuses_an_invalid_dotenv_and_config_file(tmp_path: Path, network_key: str) -> None:
+    (tmp_path / ".env").write_text("AIMD_WINDOW=lots\n")
+    args = ("node", "--host", "127.0.0.1", "--port", "0", "--network-key", network_key)
+    result = run_cli(*args, data_dir=tmp_path / "dd", cwd=tmp_path, timeout=30)
+    _assert_one_error(result, errors.USAGE, ".env: AIMD_WINDOW='lots'")
+    (tmp_path / ".env").unlink()
+    (tmp_path / "dd").mkdir()
+    (tmp_path / "dd" / "config.toml").write_text("parallel_threads = 0\n")
+    result = run_cli(*args, data_dir=tmp_path / "dd", cwd=tmp_path, timeout=30)
+    _assert_one_error(result, errors.USAGE, "parallel_threads=0")
+
+
+def test_config_init_writes_a_file_that_config_show_reads(tmp_path: Path) -> None:
+    data_dir = tmp_path / "dd"
+    result = run_cli("config", "init", data_dir=data_dir, cwd=tmp_path)
+    assert result.returncode == 0, result.describe()
+    path = data_dir / "config.toml"
+    text = path.read_text()
+    for s in config.SETTINGS:
+        assert f"# {s.name} = " in text
+    again = run_cli("config", "init", data_dir=data_dir, cwd=tmp_path)
+    _assert_one_error(again, errors.USAGE, "exists")
+    path.write_text(text.replace("# max_retries = 3", "max_retries = 4"))
+    assert _show(tmp_path)["max_retries"]["value"] == 4
