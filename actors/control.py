@@ -280,6 +280,7 @@ class ControlActor(Actor):
 
     def _after_check(self, result: CheckResult) -> None:
         req = self.checking.pop(result.request)
+        log.debug("pre-send check of %s:%d: %s", req.host, req.port, result.code)
         if result.code not in (ResultCode.OK, ResultCode.TIMEOUT) and not req.force:
             hint = "; `send --force` tries anyway" if result.code == ResultCode.UNREACHABLE else ""
             self._refuse_send(req, result.code, f"{result.reason}{hint}")

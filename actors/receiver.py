@@ -219,6 +219,7 @@ class ReceiverActor(Actor):
         self.writer.open(t.tid, fd, t.chunk_size, t.size, flow.written)
         self._save_manifest(t)
         self.count("accepted")
+        log.debug("accepted %s (%d bytes, chunks of %d)", name, offer.size, offer.chunk_size)
         return Accept(
             tid=offer.tid,
             eph_pub=eph.public,

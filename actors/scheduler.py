@@ -163,7 +163,11 @@ class SchedulerActor(Actor):
                 ),
             )
             return
-        self.tell("sender", dataclasses.replace(req, **dataclasses.asdict(policy)))
+        capped = self.planner.node_rate > 0  # the live cap, not the one at start
+        log.debug("send %d to %s:%d: %s (node cap %s)", req.request, req.host, req.port,
+                  policy, "on" if capped else "off")  # fmt: skip
+        resolved = dataclasses.replace(req, **dataclasses.asdict(policy), node_capped=capped)
+        self.tell("sender", resolved)
 
     # -- congestion (RFC 3124: one window per destination peer) ----------------------
 
@@ -262,6 +266,7 @@ class SchedulerActor(Actor):
         elif not paced and known:
             self.planner.remove(flow.request)
         if paced != flow.paced:
+            log.debug("flow %d: %s", flow.request, "paced" if paced else "unpaced")
             self.flows[flow.request] = dataclasses.replace(flow, paced=paced)
             self.tell(flow.owner, FlowPacing(request=flow.request, paced=paced))
 
@@ -290,6 +295,7 @@ class SchedulerActor(Actor):
             text = self._apply(req)
         except (PolicyError, ValueError, KeyError) as exc:
             return SettingReply(request=req.request, ok=False, text=str(exc)[:500])
+        log.debug("setting %s=%s: %s", req.name, req.value, text)
         self._publish()
         self.report()  # before the reply, so a status right after it shows the change
         return SettingReply(request=req.request, ok=True, text=text, settings=dict(self.facts))

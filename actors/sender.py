@@ -247,9 +247,14 @@ class SenderActor(Actor):
             timeout=req.timeout,
             now=self.now(),
             peer=f"{req.host}:{req.port}",
-            # A scheduler attached from elsewhere may have a cap this node does
-            # not know: start paced and let its FlowPacing say otherwise.
-            node_capped=self.settings.max_rate > 0 or "scheduler" in self.settings.remote_actors,
+            # The scheduler says whether the node's live cap paces this send; a
+            # scheduler attached from elsewhere may have a cap this node does not
+            # know: start paced and let its FlowPacing say otherwise.
+            node_capped=(
+                req.node_capped
+                if req.node_capped is not None
+                else self.settings.max_rate > 0 or "scheduler" in self.settings.remote_actors
+            ),
         )
         t = Outgoing(
             request=req,
@@ -515,6 +520,7 @@ class SenderActor(Actor):
                 self.tell("stats", self._sample(t))
 
     def _end(self, t: Outgoing, code: str, reason: str, stored_as: str = "") -> None:
+        log.debug("send %d to %s ends: %s %s", t.request.request, t.flow.peer, code, reason)
         self.transfers.pop(t.tid, None)
         flow = t.flow
         flow.fail(code, reason)  # no-op when the transfer already ended itself

@@ -137,9 +137,9 @@ def select_mode(mode: str | None, options: dict[str, Any]) -> str | None:
     """The send's mode: ``--mode``, else the mode whose options were given,
     else None (the node's default). UserError when options disagree."""
     given = [
-        OPTION_MODES[name]
-        for name, value in options.items()
-        if name in OPTION_MODES and value not in (None, False, (), "")
+        flag_mode
+        for name, flag_mode in OPTION_MODES.items()
+        if options.get(name) not in (None, False, (), "")
     ]
     if mode is not None:
         mode = mode.lower()
@@ -199,7 +199,7 @@ def _setting(obj: dict[str, Any], name: str, value: str, transfer: int = 0) -> N
 
 
 @click.command("set-mode")
-@click.argument("mode", type=_MODE)
+@click.argument("mode", type=_MODE, metavar="MODE")
 @click.pass_obj
 def set_mode(obj: dict[str, Any], mode: str) -> None:
     """Change the running node's default transfer mode."""

@@ -152,9 +152,11 @@ def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings
     return settings, eff
 
 
-def run_node(obj: dict[str, Any], settings: NodeSettings) -> Node:
-    """Start a node for the data dir (refusing a second one) and print where it listens."""
-    logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else logging.INFO)
+def run_node(obj: dict[str, Any], settings: NodeSettings, quiet_logs: bool = False) -> Node:
+    """Start a node for the data dir (refusing a second one) and print where it
+    listens. Logs: debug with --debug, else info (warnings only if ``quiet_logs``)."""
+    level = logging.WARNING if quiet_logs else logging.INFO
+    logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else level)
     data_dir = settings.data_dir
     with contextlib.suppress(NodeUnavailable), ControlClient.for_data_dir(data_dir) as client:
         client.status(timeout=1.0)

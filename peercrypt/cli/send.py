@@ -113,16 +113,19 @@ def send(
     overrides = modes.send_overrides(policy_options, mode)
     check_resolvable(host, port)
     path = file.resolve()
+    # Targets first: a wrong one is a usage error whatever the node.
+    targets = multicast.targets(host, port, to, multi, dual) if mode == "multicast" else []
     with local_node(obj, network_key, open_network) as client:
         if mode is None and client.status().node.get("mode") == "multicast":
             mode = "multicast"
+            targets = multicast.targets(host, port, to, multi, dual)
         if group and mode != "multicast":
             raise UserError("--group is for multicast (-m, -dual, --to or --mode multicast)")
         if mode == "multicast":
             multicast.multicast_send(
                 client,
                 file=file,
-                targets=multicast.targets(host, port, to, multi, dual),
+                targets=targets,
                 as_json=as_json,
                 no_progress=no_progress,
                 chunk_size=chunk_size,

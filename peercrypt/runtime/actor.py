@@ -44,6 +44,7 @@ from peercrypt.wire.messages import Announce
 from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.actor")
+decisions = logging.getLogger("peercrypt.decisions")
 
 READY = b"READY"
 # Setup failed for a reason the user can fix (a port in use): FAILED:<text>.
@@ -329,7 +330,11 @@ class Actor:
             self.close_socket(out)
 
     def count(self, key: str, n: int = 1) -> None:
+        """Count an event; every counted decision is also a debug log line
+        (``--debug``), so the log tells what each actor decided."""
         self.counters[key] = self.counters.get(key, 0) + n
+        if decisions.isEnabledFor(logging.DEBUG):
+            decisions.debug("%s: %s%s", self.name, key, f" +{n}" if n != 1 else "")
 
     def log_limited(self, fmt: str, *args: object, level: int = logging.WARNING) -> None:
         """Log a warning unless this actor has logged too many lately (a token

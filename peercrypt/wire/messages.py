@@ -211,6 +211,9 @@ class SendRequest(Message):
     lanes: int | None = field(default=None, metadata=bounded(64))
     # Send even if the pre-send health check finds the peer unreachable.
     force: bool = False
+    # Set by the scheduler: whether the node's rate cap (live max-rate) paces
+    # this send from its first byte (None: the cap it started with).
+    node_capped: bool | None = None
 
 
 @message

@@ -1,0 +1,137 @@
+"""``receive``: wait for the next transfer into the running node, show its
+progress and its verified result.
+
+The node receives on its own whether anyone waits or not; this command only
+watches its status (the receiver reports the transfers coming in and the
+latest outcome, every half second) and exits 0 once the next file is
+stored and verified, 1 if it was discarded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from peercrypt import errors
+from peercrypt.cli.common import UserError
+from peercrypt.client import ControlClient, NodeUnavailable
+
+POLL = 0.25  # seconds between status requests
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """What the node's status says about transfers coming in."""
+
+    incoming: list[tuple[str, int, int]]  # (name, size, bytes written)
+    last: dict[str, Any]  # the latest outcome: seq, name, size, stored_as, ok, reason
+
+    @property
+    def seq(self) -> int:
+        return int(self.last.get("seq", 0))
+
+
+def inbound(facts: dict[str, str]) -> Inbound:
+    """Parse the receiver's status facts (tolerates their absence)."""
+    try:
+        incoming = [(str(n), int(s), int(b)) for n, s, b in json.loads(facts.get("incoming", "[]"))]
+    except (ValueError, TypeError):
+        incoming = []
+    try:
+        last = json.loads(facts.get("last_in", "{}"))
+    except ValueError:
+        last = {}
+    return Inbound(incoming, last if isinstance(last, dict) else {})
+
+
+def describe_outcome(last: dict[str, Any]) -> str:
+    if last.get("ok"):
+        return (
+            f"received {last.get('name')} ({last.get('size')} bytes) as "
+            f"{last.get('stored_as')}, verified"
+        )
+    return f"receiving {last.get('name')} failed: {last.get('reason')}"
+
+
+def wait_for_next(client: ControlClient, timeout: float, quiet: bool) -> dict[str, Any]:
+    """Block until the node finishes its next incoming transfer; return the outcome.
+
+    Raises UserError when ``timeout`` (0: none) passes first or the node stops.
+    """
+    from tqdm import tqdm
+
+    start = inbound(client.status().node)
+    deadline = time.monotonic() + timeout if timeout else None
+    bar: Any = None
+    shown = ""
+    try:
+        while True:
+            try:
+                now = inbound(client.status().node)
+            except NodeUnavailable:
+                raise UserError("the local node stopped", errors.FAILED) from None
+            if now.seq > start.seq:
+                return now.last
+            if now.incoming and not quiet:
+                name, size, done = now.incoming[0]
+                if bar is None or shown != name:
+                    if bar is not None:
+                        bar.close()
+                    shown = name
+                    click.echo(f"incoming {name} ({size} bytes)", err=True)
+                    bar = tqdm(
+                        total=size,
+                        unit="B",
+                        unit_scale=True,
+                        unit_divisor=1024,
+                        file=sys.stderr,
+                        disable=not sys.stderr.isatty(),
+                        desc=name,
+                        leave=False,
+                    )
+                bar.update(done - bar.n)
+            if deadline is not None and time.monotonic() > deadline:
+                raise UserError(f"nothing received within {timeout:g} s", errors.FAILED)
+            time.sleep(POLL)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+@click.command("receive")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Give up after this many seconds (0: wait for ever).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def receive(obj: dict[str, Any], timeout: float, as_json: bool, no_progress: bool) -> None:
+    """Wait for the next incoming transfer; show its progress and result (exit 1: failed)."""
+    data_dir: Path = obj["data_dir"]
+    try:
+        with ControlClient.for_data_dir(data_dir) as client:
+            client.status(timeout=2.0)
+            if not as_json:
+                click.echo(
+                    "waiting for the next incoming transfer (Ctrl-C stops waiting)", err=True
+                )
+            last = wait_for_next(client, timeout, quiet=as_json or no_progress)
+    except NodeUnavailable as exc:
+        raise UserError(f"{exc} (start one with `peercrypt node`)", errors.FAILED) from None
+    if as_json:
+        click.echo(json.dumps(last))
+    elif last.get("ok"):
+        click.echo(describe_outcome(last))
+    else:
+        click.echo(f"peercrypt: error: {describe_outcome(last)}", err=True)
+    sys.exit(errors.OK if last.get("ok") else errors.FAILED)

@@ -1,0 +1,552 @@
+"""The interactive shell: ``peercrypt start`` (a node and a prompt in one
+process) and ``peercrypt shell`` (a prompt for the node already running for
+the data dir).
+
+Every line runs through the same click group as the one-shot CLI (same
+names, options, help and errors); the shell adds only ``help``, ``quit``/
+``exit``, ``jobs`` and ``cancel``. On a terminal (prompt_toolkit): history
+across sessions in ``DATA_DIR/shell_history``, completion of commands,
+options, file paths and known peers, sends in the background with a live
+progress line under the prompt, announcements of incoming transfers, and a
+"proceed or abort" question when the pre-send health check fails. Ctrl-C
+cancels the command running in the foreground (or clears the line), never
+the node; Ctrl-D leaves.
+
+Without a terminal it reads one command per line from stdin, runs each to
+its end (sends included), and exits 0 only if every command succeeded, else
+with the exit code of the first that failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from peercrypt import errors
+from peercrypt.cli.common import UserError
+from peercrypt.cli.node import node_options, node_settings, run_node
+from peercrypt.cli.receive import describe_outcome, inbound
+from peercrypt.cli.runner import execute
+from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.modes import ALL_MODES, CONGESTION_KEYS
+from peercrypt.wire.messages import TransfersReply, TransfersRequest
+from peercrypt.wire.network_messages import CheckRequest, CheckResult, PeersReply, PeersRequest
+
+HISTORY_FILE = "shell_history"  # in the data dir
+PROMPT = "peercrypt> "
+WATCH_EVERY = 0.5  # seconds between the watcher's looks at the node
+# Shell-only commands (everything else is a command of the CLI).
+SHELL_COMMANDS = {
+    "help": "The commands, and the node's status; `help COMMAND` for one command.",
+    "quit": "Leave the shell (`start`: and stop its node).",
+    "exit": "Leave the shell (`start`: and stop its node).",
+    "jobs": "The background sends and how they ended.",
+    "cancel": "Cancel a background send: `cancel [JOB]` (default: the latest running).",
+}
+# Commands that only make sense outside a running shell.
+NOT_IN_SHELL = {"start", "shell", "node"}
+# Arguments worth completing, by command: what the n-th positional argument is.
+ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "send": ("path", "host", "port"),
+    "join": ("host", "port"),
+    "health-check": ("host", "port"),
+    "reconnect": ("host", "port"),
+    "set-mode": ("mode",),
+    "gossip": ("gossip",),
+    "congestion": ("congestion", "any") * 6,
+    "help": ("command",),
+}
+
+
+@dataclass
+class Job:
+    """A send running in the background."""
+
+    number: int
+    line: str
+    thread: threading.Thread | None = None
+    code: int | None = None  # None while running
+
+    @property
+    def running(self) -> bool:
+        return self.code is None
+
+
+@dataclass
+class NodeView:
+    """What the watcher last saw of the node (read by the prompt's toolbar)."""
+
+    transfers: list[dict[str, Any]] = field(default_factory=list)
+    incoming: list[tuple[str, int, int]] = field(default_factory=list)
+    peers: list[str] = field(default_factory=list)  # "host:port" of known members
+    mode: str = ""
+
+
+class Shell:
+    """One prompt on one node (the data dir's)."""
+
+    def __init__(self, group: click.Group, obj: dict[str, Any], *, owns_node: bool) -> None:
+        self.group = group
+        self.obj = obj
+        self.data_dir: Path = obj["data_dir"]
+        self.owns_node = owns_node
+        self.jobs: list[Job] = []
+        self.view = NodeView()
+        self.stop = threading.Event()
+        self.watch_quiet = threading.Event()  # a foreground `receive` reports instead
+        self.failures: list[int] = []
+        self.interactive = sys.stdin.isatty()
+
+    # -- running one line ---------------------------------------------------------------
+
+    def global_args(self) -> list[str]:
+        args = ["--data-dir", str(self.data_dir)]
+        if self.obj.get("config_required"):
+            args += ["--config", str(self.obj["config_path"])]
+        if self.obj.get("debug"):
+            args.append("--debug")
+        return args
+
+    def run_line(self, line: str) -> int | None:
+        """Run one line; its exit code, or None to leave the shell."""
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError as exc:
+            return self._error(f"cannot read that line: {exc}")
+        if not words:
+            return errors.OK
+        name, rest = words[0], words[1:]
+        if name in ("quit", "exit"):
+            return None
+        if name == "help":
+            return self._help(rest)
+        if name == "jobs":
+            return self._jobs()
+        if name == "cancel":
+            return self._cancel(rest)
+        if name in NOT_IN_SHELL:
+            return self._error(f"`{name}` is not a shell command (the shell runs on its node)")
+        if name == "send" and self.interactive and not _wants_help(rest):
+            return self._send(words, line)
+        if name == "receive" and self.interactive:
+            # The progress line under the prompt shows it; the watcher stays quiet.
+            self.watch_quiet.set()
+            try:
+                return execute(self.group, [*self.global_args(), *words, "--no-progress"])
+            finally:
+                self.watch_quiet.clear()
+        return execute(self.group, [*self.global_args(), *words])
+
+    def _error(self, text: str, code: int = errors.USAGE) -> int:
+        click.echo(f"peercrypt: error: {text}", err=True)
+        return code
+
+    # -- shell-only commands ------------------------------------------------------------
+
+    def _help(self, rest: list[str]) -> int:
+        if rest:
+            if rest[0] in SHELL_COMMANDS:
+                click.echo(f"{rest[0]}: {SHELL_COMMANDS[rest[0]]}")
+                return errors.OK
+            return execute(self.group, [*self.global_args(), *rest, "--help"])
+        ctx = click.Context(self.group, info_name="peercrypt")
+        rows = [
+            (name, cmd.get_short_help_str(60))
+            for name in self.group.list_commands(ctx)
+            if (cmd := self.group.get_command(ctx, name)) is not None
+            and not cmd.hidden
+            and name not in NOT_IN_SHELL
+        ]
+        rows += [(name, text) for name, text in SHELL_COMMANDS.items()]
+        click.echo("commands (`help COMMAND` or `COMMAND --help` for its options):")
+        for name, text in sorted(rows):
+            click.echo(f"  {name:18} {text}")
+        click.echo(self._status_line())
+        return errors.OK
+
+    def _status_line(self) -> str:
+        try:
+            with ControlClient.for_data_dir(self.data_dir) as client:
+                facts = client.status().node
+        except NodeUnavailable as exc:
+            return f"node: not running ({exc})"
+        running = sum(1 for j in self.jobs if j.running)
+        return (
+            f"node {facts.get('fingerprint')} on port {facts.get('port')}: default mode "
+            f"{facts.get('mode')}, {len(self.view.peers)} peers known, "
+            f"{running} background sends, inbox {facts.get('inbox')}"
+        )
+
+    def _jobs(self) -> int:
+        if not self.jobs:
+            click.echo("no background sends")
+        for job in self.jobs:
+            state = "running" if job.running else f"exit {job.code}"
+            click.echo(f"[{job.number}] {state:8} {job.line}")
+        return errors.OK
+
+    def _cancel(self, rest: list[str]) -> int:
+        running = [j for j in self.jobs if j.running]
+        if rest:
+            if not rest[0].isdigit():
+                return self._error(f"cancel takes a job number (see `jobs`), not {rest[0]!r}")
+            running = [j for j in running if j.number == int(rest[0])]
+        if not running:
+            return self._error("no such background send running (see `jobs`)")
+        job = running[-1]
+        assert job.thread is not None and job.thread.ident is not None
+        # The send's own Ctrl-C path cancels the transfer in the node.
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(job.thread.ident), ctypes.py_object(KeyboardInterrupt)
+        )
+        click.echo(f"[{job.number}] cancelling")
+        return errors.OK
+
+    # -- sends in the background --------------------------------------------------------
+
+    def _send(self, words: list[str], line: str) -> int:
+        command = self.group.get_command(click.Context(self.group), "send")
+        assert command is not None
+        try:
+            ctx = command.make_context("send", list(words[1:]), obj=self.obj)
+        except click.ClickException:
+            return execute(self.group, [*self.global_args(), *words])  # its one-line error
+        params = ctx.params
+        multicast = bool(params.get("multi") or params.get("dual") or params.get("to"))
+        multicast = multicast or params.get("mode") == "multicast"
+        if multicast:  # may ask for targets: in the foreground
+            return execute(self.group, [*self.global_args(), *words, "--no-progress"])
+        args = list(words)
+        if not params.get("force"):
+            verdict = self._check(str(params["host"]), int(params["port"]))
+            if verdict is None:
+                return errors.UNREACHABLE
+            if verdict:
+                args.append("--force")
+        if "--no-progress" not in args and "--json" not in args:
+            args.append("--no-progress")
+        job = Job(number=len(self.jobs) + 1, line=line.strip())
+        job.thread = threading.Thread(
+            target=self._run_job, args=(job, args), name=f"send-{job.number}", daemon=True
+        )
+        self.jobs.append(job)
+        job.thread.start()
+        click.echo(f"[{job.number}] sending in the background (`jobs`, `cancel {job.number}`)")
+        return errors.OK
+
+    def _run_job(self, job: Job, args: list[str]) -> None:
+        try:
+            job.code = execute(self.group, [*self.global_args(), *args])
+        except KeyboardInterrupt:  # cancelled before the send started following
+            job.code = 130
+        if job.code != errors.OK:
+            self.failures.append(job.code)
+        click.echo(f"[{job.number}] done, exit {job.code}: {job.line}")
+
+    def _check(self, host: str, port: int) -> bool | None:
+        """The pre-send health check: False (reachable), True (proceed anyway)
+        or None (abort)."""
+        try:
+            with ControlClient.for_data_dir(self.data_dir) as client:
+                client.send(CheckRequest(request=client.next_id(), host=host, port=port))
+                deadline = time.monotonic() + 120.0
+                while time.monotonic() < deadline:
+                    try:
+                        reply = client.receive(1.0)
+                    except NodeUnavailable:
+                        if not client.node_alive():
+                            raise
+                        continue
+                    if isinstance(reply, CheckResult):
+                        break
+                else:
+                    return False
+        except NodeUnavailable as exc:
+            self._error(str(exc), errors.FAILED)
+            return None
+        if reply.code == "ok":
+            return False
+        click.echo(f"the health check failed: {reply.reason or reply.code}")
+        answer = click.prompt(
+            "proceed or abort?",
+            type=click.Choice(["proceed", "abort", "p", "a"]),
+            default="abort",
+            show_choices=True,
+        )
+        if answer in ("proceed", "p"):
+            return True
+        click.echo("send aborted")
+        return None
+
+    # -- watching the node --------------------------------------------------------------
+
+    def watch(self, announce: Callable[[str], None]) -> None:
+        """Until the shell stops: refresh :attr:`view` and announce incoming
+        transfers and their outcomes."""
+        seen_seq: int | None = None
+        seen_incoming: set[str] = set()
+        client: ControlClient | None = None
+        while not self.stop.is_set():
+            try:
+                if client is None:
+                    client = ControlClient.for_data_dir(self.data_dir)
+                facts = client.status().node
+                now = inbound(facts)
+                names = {name for name, _, _ in now.incoming}
+                quiet = self.watch_quiet.is_set()
+                for name, size, _ in now.incoming:
+                    if name not in seen_incoming and not quiet:
+                        announce(f"incoming {name} ({size} bytes)")
+                seen_incoming = names
+                if seen_seq is not None and now.seq > seen_seq and not quiet:
+                    announce(describe_outcome(now.last))
+                seen_seq = now.seq
+                self.view.incoming = now.incoming
+                self.view.mode = facts.get("mode", "")
+                self.view.transfers = _ask(client, TransfersRequest, TransfersReply, "transfers")
+                self.view.peers = [
+                    str(p.get("address"))
+                    for p in _ask(client, PeersRequest, PeersReply, "peers")
+                    if p.get("address")
+                ]
+            except NodeUnavailable:
+                if client is not None:
+                    client.close()
+                client = None
+            self.stop.wait(WATCH_EVERY)
+        if client is not None:
+            client.close()
+
+    def toolbar(self) -> str:
+        """The live progress line under the prompt."""
+        parts = []
+        for row in self.view.transfers[:3]:
+            size = int(row.get("size") or 0)
+            done = int(row.get("bytes") or 0)
+            pct = f"{100 * done // size}%" if size else "-"
+            parts.append(f"send {Path(str(row.get('file'))).name} {pct} ({row.get('state')})")
+        for name, size, done in self.view.incoming[:3]:
+            parts.append(f"recv {name} {100 * done // size if size else 100}%")
+        return "  |  ".join(parts) or f"mode {self.view.mode or '?'}; `help` lists the commands"
+
+    # -- the loops ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until quit, Ctrl-D or the end of stdin; the exit code."""
+        if not self.interactive:
+            return self._run_script(sys.stdin)
+        return self._run_prompt()
+
+    def _run_script(self, lines: Iterable[str]) -> int:
+        for line in lines:
+            code = self.run_line(line)
+            if code is None:
+                break
+            if code != errors.OK:
+                self.failures.append(code)
+        return self.failures[0] if self.failures else errors.OK
+
+    def _run_prompt(self) -> int:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import FileHistory
+        from prompt_toolkit.patch_stdout import patch_stdout
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        session: PromptSession[str] = PromptSession(
+            history=FileHistory(str(self.data_dir / HISTORY_FILE)),
+            completer=ShellCompleter(self),
+            complete_while_typing=False,
+            bottom_toolbar=self.toolbar,
+            refresh_interval=WATCH_EVERY,
+        )
+        watcher = threading.Thread(target=self.watch, args=(_announce,), daemon=True)
+        watcher.start()
+        click.echo("type `help` for the commands, Ctrl-D to leave")
+        try:
+            while True:
+                try:
+                    # Output of other threads goes above the prompt while it is shown;
+                    # a command in the foreground has the terminal to itself.
+                    with patch_stdout(raw=True), _logs_to(sys.stderr):
+                        line = session.prompt(PROMPT)
+                except KeyboardInterrupt:
+                    continue  # Ctrl-C at the prompt clears the line
+                except EOFError:
+                    break
+                try:
+                    code = self.run_line(line)
+                except KeyboardInterrupt:
+                    code = 130
+                    click.echo("peercrypt: error: interrupted", err=True)
+                except click.Abort:  # Ctrl-C or Ctrl-D in a question
+                    code = 130
+                    click.echo("", err=True)
+                if code is None:
+                    break
+        finally:
+            self.stop.set()
+            watcher.join(timeout=5.0)
+        running = [j for j in self.jobs if j.running]
+        if running:
+            click.echo(f"{len(running)} background sends still running in the node", err=True)
+        return errors.OK
+
+
+def _announce(text: str) -> None:
+    print(text, flush=True)
+
+
+def _wants_help(words: list[str]) -> bool:
+    return "--help" in words or "-h" in words
+
+
+def _ask(client: ControlClient, request: Any, reply_type: Any, attr: str) -> list[Any]:
+    client.send(request(request=client.next_id()))
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        reply = client.receive(1.0)
+        if isinstance(reply, reply_type):
+            return list(getattr(reply, attr))
+    return []
+
+
+@contextlib.contextmanager
+def _logs_to(stream: Any) -> Iterator[None]:
+    """Point the log handlers at ``stream`` (the prompt-safe stderr) meanwhile."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    saved = [h.setStream(stream) for h in handlers]
+    try:
+        yield
+    finally:
+        for handler, old in zip(handlers, saved, strict=True):
+            if old is not None:
+                handler.setStream(old)
+
+
+class ShellCompleter:
+    """Completion of commands, options, file paths and known peers."""
+
+    def __new__(cls, shell: Shell) -> Any:
+        from prompt_toolkit.completion import Completer, Completion, PathCompleter
+        from prompt_toolkit.document import Document
+
+        paths = PathCompleter(expanduser=True)
+
+        class _Completer(Completer):
+            def get_completions(self, document: Document, complete_event: Any) -> Any:
+                text = document.text_before_cursor
+                try:
+                    words = shlex.split(text)
+                except ValueError:
+                    return
+                if text.endswith((" ", "\t")) or not words:
+                    words.append("")
+                current = words[-1]
+                for candidate in candidates(shell, words):
+                    if candidate.startswith(current):
+                        yield Completion(candidate, start_position=-len(current))
+                if len(words) > 1 and argument_kind(shell, words) == "path":
+                    yield from paths.get_completions(Document(current), complete_event)
+
+        return _Completer()
+
+
+def command_names(shell: Shell) -> list[str]:
+    ctx = click.Context(shell.group, info_name="peercrypt")
+    names = [n for n in shell.group.list_commands(ctx) if n not in NOT_IN_SHELL]
+    return sorted({*names, *SHELL_COMMANDS})
+
+
+def argument_kind(shell: Shell, words: list[str]) -> str:
+    """What the word being typed is: "option", or the positional argument's kind."""
+    current = words[-1]
+    if current.startswith("-"):
+        return "option"
+    positional = [w for w in words[1:-1] if not w.startswith("-")]
+    kinds = ARGUMENTS.get(words[0], ("path",))
+    return kinds[len(positional)] if len(positional) < len(kinds) else "path"
+
+
+def candidates(shell: Shell, words: list[str]) -> list[str]:
+    """Completions of the last word (paths come from prompt_toolkit)."""
+    if len(words) == 1:
+        return command_names(shell)
+    kind = argument_kind(shell, words)
+    if kind == "option":
+        ctx = click.Context(shell.group, info_name="peercrypt")
+        command = shell.group.get_command(ctx, words[0])
+        if command is None:
+            return []
+        opts = [o for p in command.params if isinstance(p, click.Option) for o in p.opts]
+        return sorted({*opts, "--help"})
+    if kind == "host":
+        return sorted({p.rpartition(":")[0] for p in shell.view.peers})
+    if kind == "port":
+        host = [w for w in words[1:-1] if not w.startswith("-")][-1]
+        return sorted({p.rpartition(":")[2] for p in shell.view.peers if p.startswith(host)})
+    if kind == "mode":
+        return list(ALL_MODES)
+    if kind == "gossip":
+        return ["on", "off", "interval"]
+    if kind == "congestion":
+        return list(CONGESTION_KEYS)
+    if kind == "command":
+        return command_names(shell)
+    return []
+
+
+# -- the commands ------------------------------------------------------------------------
+
+
+def attach(ctx: click.Context, owns_node: bool) -> int:
+    """Run a shell on the data dir's node (which must answer)."""
+    group = ctx.find_root().command
+    assert isinstance(group, click.Group)
+    shell = Shell(group, ctx.obj, owns_node=owns_node)
+    return shell.run()
+
+
+@click.command("shell")
+@click.pass_context
+def shell_command(ctx: click.Context) -> None:
+    """A prompt for the node running for the data dir (see `peercrypt start`)."""
+    data_dir: Path = ctx.obj["data_dir"]
+    try:
+        with ControlClient.for_data_dir(data_dir) as client:
+            client.status(timeout=2.0)
+    except NodeUnavailable as exc:
+        raise UserError(
+            f"{exc} (start one with `peercrypt start` or `peercrypt node`)", errors.FAILED
+        ) from None
+    sys.exit(attach(ctx, owns_node=False))
+
+
+@click.command("start")
+@node_options
+@click.pass_context
+def start_command(ctx: click.Context, /, **_: Any) -> None:
+    """Run a node and a prompt on it in one process (the node stops when you leave).
+
+    Takes every option of `peercrypt node`.
+    """
+    settings, _eff = node_settings(ctx.obj, ctx)
+    running = run_node(ctx.obj, settings, quiet_logs=True)  # the prompt stays readable
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(errors.OK))
+    try:
+        code = attach(ctx, owns_node=True)
+    finally:
+        click.echo("stopping the node", err=True)
+        running.stop()
+    sys.exit(code)

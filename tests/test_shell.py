@@ -1,0 +1,301 @@
+"""The interactive shell through a pseudo-terminal (pexpect), against real
+nodes on loopback; and the shell fed from stdin by a script.
+
+Every wait has a deadline (pexpect's timeout); content is checked by hash.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from peercrypt import errors
+from peercrypt.cli.shell import PROMPT
+from peercrypt.testing.nodes import NodeProcess, blake3_file, cli_env, run_cli
+
+WAIT = 60  # seconds any one expected output may take under load
+PROMPT_RE = re.escape(PROMPT.rstrip())  # the terminal moves the cursor for the space
+
+
+class Pty:
+    """A ``peercrypt`` process on a pseudo-terminal."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.child = pexpect.spawn(
+            sys.executable,
+            ["-m", "peercrypt", *args],
+            cwd=str(cwd),
+            env=cli_env({"PROMPT_TOOLKIT_NO_CPR": "1"}),
+            encoding="utf-8",
+            timeout=WAIT,
+            dimensions=(40, 200),
+        )
+
+    def expect(self, pattern: str, timeout: float = WAIT) -> str:
+        self.child.expect(pattern, timeout=timeout)
+        return str(self.child.before) + str(self.child.after)
+
+    def run(self, line: str, *patterns: str) -> str:
+        """Type ``line``, wait for each pattern in turn, then for the prompt."""
+        self.child.sendline(line)
+        out = ""
+        for pattern in patterns:
+            out += self.expect(pattern)
+        return out + self.expect(PROMPT_RE)
+
+    def leave(self) -> int:
+        self.child.sendeof()
+        self.child.expect(pexpect.EOF, timeout=WAIT)
+        self.child.close()
+        return int(self.child.exitstatus or 0)
+
+
+@pytest.fixture
+def started(tmp_path: Path, network_key: str) -> Iterator[tuple[Pty, Path]]:
+    """``peercrypt start`` (a node and its prompt) in tmp_path/shell."""
+    data_dir = tmp_path / "shell"
+    pty = Pty(
+        ["--data-dir", str(data_dir), "start", "--host", "127.0.0.1", "--port", "0",
+         "--network-key", network_key, "--gossip-interval", "0.5"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        pty.expect("listening on")
+        pty.expect(PROMPT_RE)
+        yield pty, data_dir
+    finally:
+        if pty.child.isalive():
+            pty.child.terminate(force=True)
+
+
+def _port(data_dir: Path) -> int:
+    out = run_cli("status", "--json", data_dir=data_dir)
+    return int(out.json["port"])
+
+
+def test_start_runs_every_command_of_the_shell(
+    started: tuple[Pty, Path],
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    pty, data_dir = started
+    peer = node_factory()
+    host, port = peer.host, str(peer.port)
+    out = pty.run("help", "commands")
+    for name in ("send", "receive", "congestion", "gossip", "quit", "jobs", "peers"):
+        assert f"  {name} " in out, out
+    assert "default mode normal" in out
+    pty.run("status", "node: running")
+    pty.run("set-mode aimd", "default mode is now aimd")
+    pty.run("set-mode multicast", "default mode is now multicast")
+    pty.run("set-mode normal", "default mode is now normal")
+    pty.run("congestion", r"congestion: w=\d+")
+    pty.run("congestion window 32 max-window 64", "window 32 KB, min-window 32 KB, max-window 64")
+    pty.run("gossip off", "gossip off")
+    pty.run("gossip interval 2", "gossip on|gossip off")
+    pty.run("gossip on", "gossip on, every 2 s")
+    pty.run(f"join {host} {port}", "joined through")
+    pty.run(f"health-check {host} {port}", "alive")
+    pty.run(f"reconnect {host} {port}", "reconnected to")
+    out = pty.run("list-peers", "ADDRESS")
+    assert f"{host}:{port}" in out, out
+    pty.run("peers --json", r"\[")
+    pty.run("transfers", "no transfers running")
+    pty.run("rate 0", "rate of 0 transfer")
+    # A wrong command or option: one line saying what is valid; the shell goes on.
+    out = pty.run("sned", "peercrypt: error: no such command 'sned'")
+    assert "commands: " in out and "Traceback" not in out
+    pty.run("send --frobnicate", "peercrypt: error: no such option '--frobnicate'")
+    pty.run("start", "not a shell command")
+    # A background send, paced so it lasts, while the prompt answers.
+    source = make_file(3 * 1024 * 1024)
+    pty.run("max-rate 1000000", "node rate cap is now 1000000")
+    pty.run(f"send {source} {host} {port}", r"\[1\] sending in the background")
+    out = pty.run("transfers", "ID +STATE")
+    assert source.name in out, out
+    pty.run("jobs", r"\[1\] running")
+    pty.expect(r"\[1\] done, exit 0")
+    stored = [p for p in peer.inbox.iterdir() if p.name == source.name]
+    assert stored and blake3_file(stored[0]) == blake3_file(source)
+    pty.run("max-rate 0", "removed")
+    assert pty.leave() == 0
+    assert run_cli("status", data_dir=data_dir).returncode == errors.FAILED  # node stopped
+
+
+def test_incoming_transfers_are_announced_and_receive_waits_for_one(
+    started: tuple[Pty, Path],
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    pty, data_dir = started
+    port = _port(data_dir)
+    peer = node_factory()
+    first = make_file(100 * 1024)
+    assert peer.send(first, "127.0.0.1", port)[0] == 0
+    pty.expect(f"received {re.escape(first.name)} \\(102400 bytes\\) as .*, verified")
+    pty.child.sendline("receive")
+    pty.expect("waiting for the next incoming transfer")
+    second = make_file(200 * 1024)
+    assert peer.send(second, "127.0.0.1", port)[0] == 0
+    pty.expect(f"received {re.escape(second.name)} \\(204800 bytes\\) as .*, verified")
+    pty.expect(PROMPT_RE)
+    stored = data_dir / "inbox" / second.name
+    assert blake3_file(stored) == blake3_file(second)
+    pty.leave()
+
+
+def test_ctrl_c_cancels_the_command_not_the_node(started: tuple[Pty, Path]) -> None:
+    pty, _ = started
+    pty.child.sendline("receive")
+    pty.expect("waiting for the next incoming transfer")
+    pty.child.sendintr()
+    pty.expect("interrupted")
+    pty.expect(PROMPT_RE)
+    pty.run("status", "node: running")
+    pty.child.sendintr()  # at the prompt: clears the line
+    pty.run("status", "node: running")
+    assert pty.leave() == 0
+
+
+def test_the_pre_send_check_asks_proceed_or_abort(
+    started: tuple[Pty, Path], make_file: Callable[..., Path], free_port: int
+) -> None:
+    pty, _ = started
+    source = make_file(10)
+    nobody = free_port
+    pty.child.sendline(f"send {source} 127.0.0.1 {nobody}")
+    pty.expect("the health check failed")
+    pty.expect("proceed or abort")
+    pty.child.sendline("a")
+    pty.expect("send aborted")
+    pty.expect(PROMPT_RE)
+    pty.child.sendline(f"send {source} 127.0.0.1 {nobody} --timeout 1")
+    pty.expect("proceed or abort")
+    pty.child.sendline("p")
+    pty.expect(r"\[1\] sending in the background")
+    pty.expect(r"\[1\] done, exit 3")
+    pty.leave()
+
+
+def test_completion_of_commands_options_paths_and_peers(
+    started: tuple[Pty, Path],
+    node_factory: Callable[..., NodeProcess],
+    tmp_path: Path,
+) -> None:
+    pty, _ = started
+    peer = node_factory()
+    pty.run(f"join {peer.host} {peer.port}", "joined through")
+    (tmp_path / "unique-payload-name.bin").write_bytes(b"x")
+    pty.child.send("healt\t")
+    pty.expect("health-check")
+    pty.child.sendcontrol("u")
+    pty.child.send("send unique-pay\t")
+    pty.expect("unique-payload-name.bin")
+    pty.child.send(" 127.0\t")
+    pty.expect(re.escape(peer.host))
+    pty.child.send(" --no-pro\t")
+    pty.expect("--no-progress")
+    pty.child.sendintr()  # Ctrl-C clears the line: nothing is sent
+    pty.run("transfers", "no transfers running")
+    assert pty.leave() == 0
+
+
+def test_history_is_kept_across_sessions(started: tuple[Pty, Path], tmp_path: Path) -> None:
+    pty, data_dir = started
+    pty.run("transfers", "no transfers running")
+    assert pty.leave() == 0
+    history = (data_dir / "shell_history").read_text()
+    assert "+transfers" in history
+
+
+def test_shell_attaches_to_the_running_node(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    node = node_factory()
+    pty = Pty(["--data-dir", str(node.data_dir), "shell"], tmp_path)
+    try:
+        pty.expect(PROMPT_RE)
+        pty.run("status", "node: running")
+        pty.run("set-mode qos", "default mode is now qos")
+        assert pty.leave() == 0
+    finally:
+        if pty.child.isalive():
+            pty.child.terminate(force=True)
+    assert node.status()["mode"] == "qos"  # the node outlives its shell
+
+
+def test_shell_without_a_node_says_so(tmp_path: Path) -> None:
+    result = run_cli("shell", data_dir=tmp_path / "none")
+    assert result.returncode == errors.FAILED
+    assert result.stderr_lines == [
+        f"peercrypt: error: no node is running for {tmp_path / 'none'} "
+        "(start one with `peercrypt start` or `peercrypt node`)"
+    ]
+
+
+def _script(data_dir: Path, lines: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "peercrypt", "--data-dir", str(data_dir), "shell"],
+        input="".join(f"{line}\n" for line in lines),
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_script_on_stdin_runs_every_line_and_its_exit_says_if_all_succeeded(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    node, peer = node_factory(), node_factory()
+    source = make_file(50 * 1024)
+    ok = _script(
+        node.data_dir,
+        ["# a comment", "", "set-mode aimd", f"send {source} {peer.host} {peer.port} --json",
+         "congestion window 32", "transfers"],
+        tmp_path,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "default mode is now aimd" in ok.stdout and '"mode": "aimd"' in ok.stdout
+    assert blake3_file(peer.inbox / source.name) == blake3_file(source)
+    bad = _script(node.data_dir, ["set-mode warp", "set-mode normal", "transfers"], tmp_path)
+    assert bad.returncode == errors.USAGE, bad.stderr
+    assert bad.stderr.strip().splitlines() == [
+        "peercrypt: error: set-mode: Invalid value for 'MODE': 'warp' is not one of "
+        "'normal', 'token-bucket', 'aimd', 'qos', 'parallel', 'multicast'"
+    ]
+    assert "default mode is now normal" in bad.stdout  # the lines after still ran
+    quits = _script(node.data_dir, ["quit", "set-mode warp"], tmp_path)
+    assert quits.returncode == 0 and not quits.stderr
+
+
+def test_receive_as_a_command(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    node, peer = node_factory(), node_factory()
+    waited = run_cli("receive", "--timeout", "1", data_dir=node.data_dir)
+    assert waited.returncode == errors.FAILED
+    assert waited.stderr_lines[-1] == "peercrypt: error: nothing received within 1 s"
+    source = make_file(10 * 1024)
+    pty = Pty(["--data-dir", str(node.data_dir), "receive", "--timeout", "60"], tmp_path)
+    try:
+        pty.expect("waiting for the next incoming transfer")
+        code, _ = peer.send_to(source, node)
+        assert code == 0
+        out = pty.expect(r"received \S+ \(10240 bytes\) as (\S+), verified")
+        stored = pty.child.match.group(1)
+        pty.child.expect(pexpect.EOF, timeout=WAIT)
+        pty.child.close()
+        assert pty.child.exitstatus == 0, out
+    finally:
+        if pty.child.isalive():
+            pty.child.terminate(force=True)
+    assert blake3_file(node.inbox / stored) == blake3_file(source)
