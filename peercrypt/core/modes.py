@@ -121,11 +121,21 @@ def parse_priority(text: str) -> int:
 
 
 def with_overrides(defaults: Policy, **overrides: object) -> Policy:
-    """``defaults`` with the given non-None fields replaced, validated."""
+    """``defaults`` with the given non-None fields replaced, validated. AIMD
+    window bounds not given follow the ones given (:func:`derive_windows`)."""
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(given) - {f.name for f in dataclasses.fields(Policy)}
     if unknown:
         raise PolicyError(f"unknown policy parameter(s): {', '.join(sorted(unknown))}")
+    windows = ("window_kb", "min_window_kb", "max_window_kb")
+    if any(name in given for name in windows):
+        w, lo, hi = (given.get(name) for name in windows)
+        given["window_kb"], given["min_window_kb"], given["max_window_kb"] = derive_windows(
+            w if isinstance(w, int) else None,
+            lo if isinstance(lo, int) else None,
+            hi if isinstance(hi, int) else None,
+            (defaults.window_kb, defaults.min_window_kb, defaults.max_window_kb),
+        )
     return dataclasses.replace(defaults, **given).validated()  # type: ignore[arg-type]
 
 

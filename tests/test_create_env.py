@@ -1,0 +1,71 @@
+"""scripts/create_env.sh: a .env from flags or from answers, with a fresh
+network key that is never printed, checked the way the node reads it."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pexpect
+
+from peercrypt import config
+from peercrypt.testing.nodes import cli_env
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "create_env.sh"
+
+
+def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], cwd=cwd, env=cli_env(), capture_output=True,
+        text=True, stdin=subprocess.DEVNULL, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def _values(path: Path) -> dict[str, str]:
+    return config.read_env_file(path)
+
+
+def test_from_flags(tmp_path: Path) -> None:
+    done = _run(tmp_path, "--yes", "--mode", "aimd", "--aimd-window", "32", "--disable-gossip")
+    assert done.returncode == 0, done.stderr
+    env = tmp_path / ".env"
+    values = _values(env)
+    key = values.pop("PEERCRYPT_NETWORK_KEY")
+    assert len(key) >= 40 and key not in done.stdout + done.stderr
+    assert values == {"DEFAULT_MODE": "aimd", "AIMD_WINDOW": "32", "DISABLE_GOSSIP": "true"}
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    again = _run(tmp_path, "--yes")
+    assert again.returncode == 2 and "exists" in again.stderr
+    other = _run(tmp_path, "--yes", "--force")
+    assert other.returncode == 0
+    assert _values(env)["PEERCRYPT_NETWORK_KEY"] != key  # a fresh key each time
+
+
+def test_an_invalid_value_writes_nothing(tmp_path: Path) -> None:
+    bad = _run(tmp_path, "--yes", "--parallel-threads", "99")
+    assert bad.returncode == 2
+    assert "PARALLEL_THREADS='99': expected an integer in 1..64" in bad.stderr
+    assert not (tmp_path / ".env").exists()
+    assert os.listdir(tmp_path) == []
+    unknown = _run(tmp_path, "--yes", "--colour", "blue")
+    assert unknown.returncode == 2 and "unknown option --colour" in unknown.stderr
+
+
+def test_interactive(tmp_path: Path) -> None:
+    child = pexpect.spawn(
+        "bash", [str(SCRIPT)], cwd=str(tmp_path), env=cli_env(), encoding="utf-8", timeout=60
+    )
+    child.expect(r"default transfer mode .*\[normal\]: ")
+    child.sendline("qos")
+    for _ in range(8):
+        child.expect(r"\]: ")
+        child.sendline("")
+    child.expect(r"seconds between health checks \[10.0\]: ")
+    child.sendline("20")
+    child.expect("wrote .env")
+    child.expect(pexpect.EOF)
+    values = _values(tmp_path / ".env")
+    assert values.pop("PEERCRYPT_NETWORK_KEY") not in str(child.before)
+    assert values == {"DEFAULT_MODE": "qos", "HEALTH_CHECK_INTERVAL": "20"}
