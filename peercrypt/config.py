@@ -47,6 +47,19 @@ ENV_FILE = ".env"  # in the working directory
 CONFIG_ENV = "PEERCRYPT_CONFIG"
 DATA_DIR_ENV = "PEERCRYPT_DATA_DIR"
 NODE_MODES = (*MODES, "multicast")
+# The variables of the tool our users come from; each is a setting's variable.
+OLD_TOOL_VARIABLES = (
+    "DEFAULT_MODE",
+    "GOSSIP_INTERVAL",
+    "DISABLE_GOSSIP",
+    "AIMD_WINDOW",
+    "AIMD_MIN_WINDOW",
+    "AIMD_MAX_WINDOW",
+    "PARALLEL_THREADS",
+    "MAX_RETRIES",
+    "CONNECTION_TIMEOUT",
+    "HEALTH_CHECK_INTERVAL",
+)
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 

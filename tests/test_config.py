@@ -16,19 +16,6 @@ import pytest
 from peercrypt import config, errors
 from peercrypt.testing.nodes import CliResult, run_cli
 
-OLD_VARIABLES = (
-    "DEFAULT_MODE",
-    "GOSSIP_INTERVAL",
-    "DISABLE_GOSSIP",
-    "AIMD_WINDOW",
-    "AIMD_MIN_WINDOW",
-    "AIMD_MAX_WINDOW",
-    "PARALLEL_THREADS",
-    "MAX_RETRIES",
-    "CONNECTION_TIMEOUT",
-    "HEALTH_CHECK_INTERVAL",
-)
-
 
 def _resolve(
     flags: dict[str, Any] | None = None,
@@ -47,10 +34,10 @@ def _resolve(
 
 
 def test_every_old_variable_is_in_the_table() -> None:
-    for name in OLD_VARIABLES:
+    for name in config.OLD_TOOL_VARIABLES:
         assert name in config.VARIABLES, name
     for s in config.SETTINGS:
-        assert s.env in OLD_VARIABLES or s.env.startswith("PEERCRYPT_"), s.env
+        assert s.env in config.OLD_TOOL_VARIABLES or s.env.startswith("PEERCRYPT_"), s.env
 
 
 def test_each_layer_beats_the_one_below() -> None:

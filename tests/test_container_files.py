@@ -50,18 +50,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 # Variables the old tool read (issue: "every variable of the old tool settable").
-OLD_TOOL_VARIABLES = {
-    "DEFAULT_MODE",
-    "GOSSIP_INTERVAL",
-    "DISABLE_GOSSIP",
-    "AIMD_WINDOW",
-    "AIMD_MIN_WINDOW",
-    "AIMD_MAX_WINDOW",
-    "PARALLEL_THREADS",
-    "MAX_RETRIES",
-    "CONNECTION_TIMEOUT",
-    "HEALTH_CHECK_INTERVAL",
-}
+OLD_TOOL_VARIABLES = set(config.OLD_TOOL_VARIABLES)
 # What the entrypoint itself reads (docker/entrypoint.sh, its header); HOSTNAME is Docker's.
 ENTRYPOINT_VARIABLES = {"PEERCRYPT_NETWORK_KEY_FILE", "PEERCRYPT_INBOX_ROOT", "HOSTNAME"}
 KEY_SECRET = "network_key"
