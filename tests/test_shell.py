@@ -299,3 +299,23 @@ def test_receive_as_a_command(
         if pty.child.isalive():
             pty.child.terminate(force=True)
     assert blake3_file(node.inbox / stored) == blake3_file(source)
+
+
+def test_cancel_stops_a_background_send(
+    started: tuple[Pty, Path],
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    pty, data_dir = started
+    peer = node_factory()
+    source = make_file(4 * 1024 * 1024)
+    pty.run("max-rate 200000", "node rate cap")
+    pty.run(f"send {source} {peer.host} {peer.port}", r"\[1\] sending in the background")
+    pty.run("cancel 1", r"\[1\] cancelling")
+    pty.expect("the transfer was cancelled")
+    pty.expect(r"\[1\] done, exit 130")
+    pty.run("jobs", r"\[1\] exit 130")
+    pty.run("cancel 1", "no such background send running")
+    assert not (peer.inbox / source.name).exists()
+    assert run_cli("status", data_dir=data_dir).returncode == 0  # the node goes on
+    assert pty.leave() == 0
