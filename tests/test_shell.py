@@ -191,17 +191,23 @@ def test_completion_of_commands_options_paths_and_peers(
     pty, _ = started
     peer = node_factory()
     pty.run(f"join {peer.host} {peer.port}", "joined through")
+    pty.run("peers", re.escape(f"{peer.host}:{peer.port}"))  # known to the node now
     (tmp_path / "unique-payload-name.bin").write_bytes(b"x")
-    pty.child.send("healt\t")
-    pty.expect("health-check")
-    pty.child.sendcontrol("u")
-    pty.child.send("send unique-pay\t")
-    pty.expect("unique-payload-name.bin")
-    pty.child.send(" 127.0\t")
-    pty.expect(re.escape(peer.host))
-    pty.child.send(" --no-pro\t")
-    pty.expect("--no-progress")
-    pty.child.sendintr()  # Ctrl-C clears the line: nothing is sent
+
+    def completes(typed: str, expected: str) -> None:
+        # The terminal shows what Tab adds after the echo of what was typed.
+        last = typed.split(" ")[-1]
+        assert expected.startswith(last)
+        pty.child.send(typed + "\t")
+        pty.expect(re.escape(expected[len(last) :]))
+        pty.child.sendintr()  # Ctrl-C clears the line: nothing runs
+        pty.expect(PROMPT_RE)
+
+    completes("healt", "health-check")
+    completes("send unique-pay", "unique-payload-name.bin")
+    completes("send unique-payload-name.bin 127.0", peer.host)
+    completes(f"send unique-payload-name.bin {peer.host} {str(peer.port)[:2]}", str(peer.port))
+    completes(f"send unique-payload-name.bin {peer.host} {peer.port} --no-pro", "--no-progress")
     pty.run("transfers", "no transfers running")
     assert pty.leave() == 0
 

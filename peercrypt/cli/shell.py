@@ -329,6 +329,15 @@ class Shell:
         if client is not None:
             client.close()
 
+    def known_peers(self) -> list[str]:
+        """Members' "host:port", asked now (Tab is rare), else what the watcher saw."""
+        try:
+            with ControlClient.for_data_dir(self.data_dir) as client:
+                rows = _ask(client, PeersRequest, PeersReply, "peers")
+        except NodeUnavailable:
+            return self.view.peers
+        return [str(p.get("address")) for p in rows if p.get("address")]
+
     def toolbar(self) -> str:
         """The live progress line under the prompt."""
         parts = []
@@ -492,10 +501,10 @@ def candidates(shell: Shell, words: list[str]) -> list[str]:
         opts = [o for p in command.params if isinstance(p, click.Option) for o in p.opts]
         return sorted({*opts, "--help"})
     if kind == "host":
-        return sorted({p.rpartition(":")[0] for p in shell.view.peers})
+        return sorted({p.rpartition(":")[0] for p in shell.known_peers()})
     if kind == "port":
         host = [w for w in words[1:-1] if not w.startswith("-")][-1]
-        return sorted({p.rpartition(":")[2] for p in shell.view.peers if p.startswith(host)})
+        return sorted({p.rpartition(":")[2] for p in shell.known_peers() if p.startswith(host)})
     if kind == "mode":
         return list(ALL_MODES)
     if kind == "gossip":
