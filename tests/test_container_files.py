@@ -39,7 +39,7 @@ import click
 import jsonschema
 import pytest
 
-from peercrypt import cli
+from peercrypt import cli, config
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.testing import compose
 from peercrypt.testing.nodes import cli_env, wait_until
