@@ -11,12 +11,16 @@
 #   --max-retries N  --timeout S  --health-check-interval S
 #   --output FILE (default ./.env)  --force (overwrite)  --yes (ask nothing)
 #   --key-from-env (use $PEERCRYPT_NETWORK_KEY instead of a new key)
+# It runs peercrypt with $PYTHON if set, else the repository's .venv, else
+# the `peercrypt` on PATH.
 # The key is written to the file (mode 600) and never printed. The file is
 # checked with `peercrypt config show` before the script says it is done.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-if [[ -x "$here/.venv/bin/python" ]]; then
+if [[ -n "${PYTHON:-}" ]]; then  # an interpreter with peercrypt installed
+    peercrypt=("$PYTHON" -m peercrypt)
+elif [[ -x "$here/.venv/bin/python" ]]; then
     peercrypt=("$here/.venv/bin/python" -m peercrypt)
 elif command -v peercrypt >/dev/null; then
     peercrypt=(peercrypt)
@@ -53,7 +57,7 @@ while (($#)); do
         --yes|-y) ask=0; shift ;;
         --key-from-env) key_from_env=1; shift ;;
         --disable-gossip) given[DISABLE_GOSSIP]=true; shift ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *)
             found=""
             for entry in "${settings[@]}"; do

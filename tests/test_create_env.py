@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pexpect
@@ -14,11 +15,12 @@ from peercrypt import config
 from peercrypt.testing.nodes import cli_env
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "create_env.sh"
+ENV = cli_env({"PYTHON": sys.executable})  # the interpreter these tests run in
 
 
 def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(SCRIPT), *args], cwd=cwd, env=cli_env(), capture_output=True,
+        ["bash", str(SCRIPT), *args], cwd=cwd, env=ENV, capture_output=True,
         text=True, stdin=subprocess.DEVNULL, timeout=120, check=False,
     )  # fmt: skip
 
@@ -55,7 +57,7 @@ def test_an_invalid_value_writes_nothing(tmp_path: Path) -> None:
 
 def test_interactive(tmp_path: Path) -> None:
     child = pexpect.spawn(
-        "bash", [str(SCRIPT)], cwd=str(tmp_path), env=cli_env(), encoding="utf-8", timeout=60
+        "bash", [str(SCRIPT)], cwd=str(tmp_path), env=ENV, encoding="utf-8", timeout=60
     )
     child.expect(r"default transfer mode .*\[normal\]: ")
     child.sendline("qos")
