@@ -304,3 +304,11 @@ def test_config_init_writes_a_file_that_config_show_reads(tmp_path: Path) -> Non
     _assert_one_error(again, errors.USAGE, "exists")
     path.write_text(text.replace("# max_retries = 3", "max_retries = 4"))
     assert _show(tmp_path)["max_retries"]["value"] == 4
+
+
+def test_the_help_names_the_variables_of_the_table() -> None:
+    from peercrypt.cli.app import main
+
+    names = {p.name: p.help or "" for p in main.params}
+    assert f"[env {config.DATA_DIR_ENV}]" in names["data_dir"]
+    assert f"[env {config.CONFIG_ENV}]" in names["config_file"]

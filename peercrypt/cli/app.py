@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 import peercrypt
-from peercrypt import config
 from peercrypt.cli.runner import execute
 
 if TYPE_CHECKING:
@@ -169,14 +168,14 @@ def default_data_dir() -> Path:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     show_default="~/.local/share/peercrypt",
-    help=f"Node identity, control socket, default inbox, config.toml [env {config.DATA_DIR_ENV}].",
+    help="Node identity, control socket, default inbox, config.toml [env PEERCRYPT_DATA_DIR].",
 )
 @click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help=f"TOML config file (default: DATA_DIR/config.toml) [env {config.CONFIG_ENV}].",
+    help="TOML config file (default: DATA_DIR/config.toml) [env PEERCRYPT_CONFIG].",
 )
 @click.option("--debug", is_flag=True, help="Debug logs from every actor, and tracebacks.")
 @click.pass_context
@@ -199,6 +198,8 @@ def invocation(
 ) -> dict[str, Any]:
     """What every command gets as ``ctx.obj``: the data dir, the config file,
     the working directory's ``.env`` and the environment to layer."""
+    from peercrypt import config  # the settings table: not for --help
+
     dotenv_path = cwd / config.ENV_FILE
     try:
         dotenv = config.read_env_file(dotenv_path)
