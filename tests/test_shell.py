@@ -317,11 +317,12 @@ def test_cancel_stops_a_background_send(
     source = make_file(4 * 1024 * 1024)
     pty.run("max-rate 200000", "node rate cap")
     pty.run(f"send {source} {peer.host} {peer.port}", r"\[1\] sending in the background")
-    pty.run("cancel 1", r"\[1\] cancelling")
-    pty.expect("the transfer was cancelled")
-    pty.expect(r"\[1\] done, exit 130")
-    pty.run("jobs", r"\[1\] exit 130")
-    pty.run("cancel 1", "no such background send running")
+    out = pty.run("transfers --json", r"\[")
+    transfer = re.search(r'"id": "?(\d+)', out)
+    assert transfer, out
+    pty.run(f"cancel {transfer.group(1)}", "")
+    pty.expect(r"\[1\] done, exit 1")
+    pty.run("jobs", r"\[1\] exit 1")
     assert not (peer.inbox / source.name).exists()
     assert run_cli("status", data_dir=data_dir).returncode == 0  # the node goes on
     assert pty.leave() == 0

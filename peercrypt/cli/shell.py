@@ -4,7 +4,7 @@ the data dir).
 
 Every line runs through the same click group as the one-shot CLI (same
 names, options, help and errors); the shell adds only ``help``, ``quit``/
-``exit``, ``jobs`` and ``cancel``. On a terminal (prompt_toolkit): history
+``exit`` and ``jobs``. On a terminal (prompt_toolkit): history
 across sessions in ``DATA_DIR/shell_history``, completion of commands,
 options, file paths and known peers, sends in the background with a live
 progress line under the prompt, announcements of incoming transfers, and a
@@ -20,7 +20,6 @@ with the exit code of the first that failed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import shlex
 import signal
@@ -52,8 +51,7 @@ SHELL_COMMANDS = {
     "help": "The commands, and the node's status; `help COMMAND` for one command.",
     "quit": "Leave the shell (`start`: and stop its node).",
     "exit": "Leave the shell (`start`: and stop its node).",
-    "jobs": "The background sends and how they ended.",
-    "cancel": "Cancel a background send: `cancel [JOB]` (default: the latest running).",
+    "jobs": "The background sends and how they ended (`transfers` and `cancel ID` stop one).",
 }
 # Commands that only make sense outside a running shell.
 NOT_IN_SHELL = {"start", "shell", "node"}
@@ -134,8 +132,6 @@ class Shell:
             return self._help(rest)
         if name == "jobs":
             return self._jobs()
-        if name == "cancel":
-            return self._cancel(rest)
         if name in NOT_IN_SHELL:
             return self._error(f"`{name}` is not a shell command (the shell runs on its node)")
         if name == "send" and self.interactive and not _wants_help(rest):
@@ -197,23 +193,6 @@ class Shell:
             click.echo(f"[{job.number}] {state:8} {job.line}")
         return errors.OK
 
-    def _cancel(self, rest: list[str]) -> int:
-        running = [j for j in self.jobs if j.running]
-        if rest:
-            if not rest[0].isdigit():
-                return self._error(f"cancel takes a job number (see `jobs`), not {rest[0]!r}")
-            running = [j for j in running if j.number == int(rest[0])]
-        if not running:
-            return self._error("no such background send running (see `jobs`)")
-        job = running[-1]
-        assert job.thread is not None and job.thread.ident is not None
-        # The send's own Ctrl-C path cancels the transfer in the node.
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(job.thread.ident), ctypes.py_object(KeyboardInterrupt)
-        )
-        click.echo(f"[{job.number}] cancelling")
-        return errors.OK
-
     # -- sends in the background --------------------------------------------------------
 
     def _send(self, words: list[str], line: str) -> int:
@@ -243,7 +222,7 @@ class Shell:
         )
         self.jobs.append(job)
         job.thread.start()
-        click.echo(f"[{job.number}] sending in the background (`jobs`, `cancel {job.number}`)")
+        click.echo(f"[{job.number}] sending in the background (`jobs`; `cancel ID` stops it)")
         return errors.OK
 
     def _run_job(self, job: Job, args: list[str]) -> None:
