@@ -46,6 +46,7 @@ from actors import udp_multicast
 from actors.file_writer import FileWriter
 from actors.inbox import Refusal, check_incoming, create_part, discard_part, publish
 from peercrypt.core import fragments
+from peercrypt.core.address import join_host_port
 from peercrypt.core.bitmap import ChunkBitmap, flatten
 from peercrypt.core.multicast import GapTracker
 from peercrypt.crypto.chunk_signature import (
@@ -275,7 +276,6 @@ class MulticastReceiverActor(Actor):
                 return refuse(exc.code, exc.reason)
             total = -(-a.size // a.chunk_size)
             host = a.pub_host or env.peer_host or "127.0.0.1"
-            host = f"[{host}]" if ":" in host and not host.startswith("[") else host
             now = self.now()
             sess = Session(
                 sid=a.sid,
@@ -289,7 +289,7 @@ class MulticastReceiverActor(Actor):
                 verifier=verifier,
                 part=part,
                 fd=fd,
-                pub_endpoint=f"tcp://{host}:{a.pub_port}" if a.pub_port else "",
+                pub_endpoint=f"tcp://{join_host_port(host, a.pub_port)}" if a.pub_port else "",
                 started=now,
                 last_activity=now,
             )

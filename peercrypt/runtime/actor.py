@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import zmq
 
+from peercrypt.core.address import join_host_port
 from peercrypt.core.token_bucket import TokenBucket
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Announce
@@ -224,7 +225,7 @@ class Actor:
     def bind(self, sock: zmq.Socket[Any], host: str, port: int) -> None:
         """Bind ``tcp://host:port``; a failure is a :class:`SetupError`."""
         try:
-            sock.bind(f"tcp://{host}:{port}")
+            sock.bind(f"tcp://{join_host_port(host, port)}")
         except zmq.ZMQError as exc:
             raise SetupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
