@@ -39,11 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
 from actors import udp_multicast
-from actors.file_writer import FileWriter
+from actors.file_writer import FileWriter, Finished, Written
 from actors.inbox import Refusal, check_incoming, create_part, discard_part, publish
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
@@ -530,23 +529,25 @@ class MulticastReceiverActor(Actor):
     def _on_writer(self, sock: zmq.Socket[Any]) -> None:
         for _ in range(256):
             try:
-                kind, sid, value = msgpack.unpackb(sock.recv(zmq.NOBLOCK), raw=False)
+                sock.recv(zmq.NOBLOCK)  # one frame per result
             except zmq.Again:
                 break
-            sess = self.sessions.get(sid)
+            result = self.writer.results.get_nowait()
+            sess = self.sessions.get(result.tid)
             if sess is None:
                 continue
-            if kind == "written":
+            if isinstance(result, Written):
                 sess.queued -= 1
-                sess.tracker.on_written(value)
+                sess.tracker.on_written(result.index)
                 if sess.tracker.written.count - sess.acked_written >= sess.ack_every:
                     self._send_ack(sess, self.now())
                 self._maybe_finish(sess)
-            elif kind == "finished":
-                self._finish(sess, value)
+            elif isinstance(result, Finished):
+                self._finish(sess, result.digest)
             else:
-                log.error("writing %s failed: %s", sess.name, value)
-                self._done(sess, ok=False, digest=b"", stored="", reason=f"cannot write: {value}")
+                text = result.text
+                log.error("writing %s failed: %s", sess.name, text)
+                self._done(sess, ok=False, digest=b"", stored="", reason=f"cannot write: {text}")
 
     def _send_ack(self, sess: Session, now: float) -> None:
         if sess.sealer is None or sess.finishing:
