@@ -72,7 +72,11 @@ class StatsActor(Actor):
             log.info("%d transfers were interrupted by the last stop", interrupted)
         self.facts["history"] = str(path)
         self._prune()
-        self.call_every(FLUSH_INTERVAL, self._flush)
+        writer = self.writer
+        # only while there is something to flush: an idle node does not wake for it
+        self.call_every_while(
+            FLUSH_INTERVAL, self._flush, lambda: bool(self.pending) or writer.in_transaction
+        )
         self.call_every(PRUNE_INTERVAL, self._prune)
 
     def teardown(self) -> None:

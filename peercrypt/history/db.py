@@ -126,6 +126,11 @@ class HistoryWriter:
         self.path = path
         self._in_tx = False
 
+    @property
+    def in_transaction(self) -> bool:
+        """Whether writes wait for :meth:`commit`."""
+        return self._in_tx
+
     def begin(self) -> None:
         if not self._in_tx:
             self.conn.execute("BEGIN")
