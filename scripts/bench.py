@@ -13,9 +13,11 @@ fsyncs) when an sshd and ssh-keygen are here (else one line says why not),
 raw pyzmq tcp throughput and single-core AES-256-GCM. Prints every run, then
 medians of ``--runs`` (>= 5) runs, CPU seconds per GiB of both nodes and peak
 RSS. ``--rss-sizes 256M,2G`` also checks that a node's peak RSS does not
-grow with file size. ``--json FILE`` writes all numbers.
+grow with file size. ``--json FILE`` writes all numbers. ``--tree DIR``
+also sends between two nodes run from that source tree (an export of an
+older commit), interleaved: a before/after of throughput and CPU per GiB.
 
-    .venv/bin/python scripts/bench.py [--size 1G] [--runs 5] [--dir DIR] [--rss-sizes 256M,2G]
+    .venv/bin/python scripts/bench.py [--size 1G] [--runs 5] [--dir DIR] [--tree DIR]
 """
 
 from __future__ import annotations
@@ -251,15 +253,26 @@ def ceiling(path: Path, directory: Path) -> float:
     return rate
 
 
-def node_pair(root: Path, key: str) -> tuple[NodeProcess, NodeProcess]:
-    sender = NodeProcess(root / "sender", network_key=key).start()
-    receiver = NodeProcess(root / "receiver", network_key=key).start()
+def node_pair(
+    root: Path, key: str, env: dict[str, str] | None = None
+) -> tuple[NodeProcess, NodeProcess]:
+    sender = NodeProcess(root / "sender", network_key=key, env=env).start()
+    receiver = NodeProcess(root / "receiver", network_key=key, env=env).start()
     return sender, receiver
+
+
+def other_tree(
+    sender: NodeProcess, receiver: NodeProcess, source: Path, digest: str
+) -> dict[str, float]:
+    """The same transfer between the nodes of the ``--tree`` source tree."""
+    row = transfer(sender, receiver, source, digest)
+    return {f"tree_{k}": v for k, v in row.items()}
 
 
 LABELS = {
     "mib_s": "peercrypt send (CLI wall)",
     "node_mib_s": "  its node's own span",
+    "tree_mib_s": "--tree's send (CLI wall)",
     "write_limit_mib_s": "write+fsync limit",
     "ceiling_mib_s": "bare pipeline ceiling",
     "scp_mib_s": "scp aes256-gcm",
@@ -276,6 +289,9 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=None, help="where files go (default: /tmp)")
     parser.add_argument("--rss-sizes", default="", help="e.g. 256M,2G: peak RSS per file size")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    parser.add_argument(
+        "--tree", default=None, help="also send between nodes run from this source tree"
+    )
     args = parser.parse_args()
     size = parse_size(args.size)
     mib = size / MiB
@@ -289,7 +305,14 @@ def main() -> int:
         scp = Scp(root)
         if scp.why_not:
             print(f"scp: skipped ({scp.why_not})", flush=True)
-        sender, receiver = node_pair(root, key)
+        if args.tree:  # `python -m` puts the working directory first on sys.path
+            os.chdir(root)
+        here = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        sender, receiver = node_pair(root, key, here)
+        others: tuple[NodeProcess, NodeProcess] | None = None
+        if args.tree:
+            (root / "tree").mkdir()
+            others = node_pair(root / "tree", key, {"PYTHONPATH": args.tree})
 
         def scp_rate(fsync: bool) -> dict[str, float]:
             seconds = scp.copy(source, root / "scp.out", fsync)
@@ -300,6 +323,7 @@ def main() -> int:
         steps: list[Any] = [
             lambda: {"write_limit_mib_s": write_limit(root, size)},
             lambda: transfer(sender, receiver, source, digest),
+            *([lambda: other_tree(*others, source, digest)] if others else []),
             lambda: {"ceiling_mib_s": ceiling(source, root)},
         ]
         if not scp.why_not:
@@ -320,6 +344,12 @@ def main() -> int:
                     f"{row['sender_cpu_s']:.2f}, receiver {row['receiver_cpu_s']:.2f}",
                     flush=True,
                 )
+                if "tree_sender_cpu_s" in row:
+                    print(
+                        f"  --tree CPU s: sender {row['tree_sender_cpu_s']:.2f}, "
+                        f"receiver {row['tree_receiver_cpu_s']:.2f}",
+                        flush=True,
+                    )
             out["peak_rss_mib"] = {
                 "sender": peak_rss_mib(sender.pid),
                 "receiver": peak_rss_mib(receiver.pid),
@@ -327,6 +357,8 @@ def main() -> int:
         finally:
             sender.stop()
             receiver.stop()
+            for node in others or ():
+                node.stop()
             scp.close()
         source.unlink()
         rss_rows = []
@@ -359,6 +391,12 @@ def main() -> int:
             ratio = "" if k == "mib_s" else f"   ours/this = {out['median_ratios'][k]:.2f}"
             print(f"  {label:27} {med[k]:8.0f} MiB/s{ratio}")
     per_gib = size / 2**30
+    if "tree_mib_s" in med:
+        print(
+            f"  --tree {args.tree}: {med['tree_mib_s']:.0f} MiB/s (CLI wall); CPU s per GiB: "
+            f"sender {med['tree_sender_cpu_s'] / per_gib:.2f}, "
+            f"receiver {med['tree_receiver_cpu_s'] / per_gib:.2f}"
+        )
     print(
         f"  CPU s per GiB: sender {med['sender_cpu_s'] / per_gib:.2f}, "
         f"receiver {med['receiver_cpu_s'] / per_gib:.2f}"
