@@ -18,7 +18,7 @@ and takes one result per frame):
 - :class:`Unsaved` ``(tid, text)``  (a manifest could not be written)
 
 Resume checkpoints: a file opened with a manifest (unicast parts) has it
-rewritten every :data:`~peercrypt.core.resume.CHECKPOINT_CHUNKS` written
+rewritten every :func:`~peercrypt.core.resume.checkpoint_every` written
 chunks, at open, on :meth:`FileWriter.close` with ``keep`` and when the disk
 fills, always after an ``fdatasync`` of the part
 (:func:`~actors.inbox.save_manifest`), so it lists only chunks a crash
@@ -61,7 +61,7 @@ import zmq
 
 from actors.inbox import save_manifest
 from peercrypt.core.bitmap import ChunkBitmap
-from peercrypt.core.resume import CHECKPOINT_CHUNKS, Manifest
+from peercrypt.core.resume import Manifest, checkpoint_every
 
 SYNC_FILE_RANGE_WRITE = 2
 
@@ -274,7 +274,7 @@ class FileWriter:
             self._start_writeback(f.fd, index * f.chunk_size, len(data))
             f.written.add(index)
             f.since_checkpoint += 1
-            if f.since_checkpoint >= CHECKPOINT_CHUNKS:
+            if f.since_checkpoint >= checkpoint_every(f.chunk_size):
                 unsaved = self._checkpoint(f)
                 if unsaved:
                     self._notes.append(Unsaved(tid, unsaved))
@@ -283,7 +283,7 @@ class FileWriter:
             if not f.written.complete:
                 return WriteFailed(tid, "finish before all chunks were written")
             os.fsync(f.fd)
-            del files[tid]
+            # It stays known until close(), which closes its fd.
             # The verdict is on what the disk holds now, not on what was
             # written: a part changed underneath us (another process, a
             # faulty disk) must not be published as verified.

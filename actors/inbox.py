@@ -56,8 +56,8 @@ class Refusal(Exception):
         self.reason = reason
 
 
-def check_incoming(settings: NodeSettings, name: str, chunk_size: int, size: int) -> str:
-    """The sanitised name, or raise :class:`Refusal`."""
+def check_offer(settings: NodeSettings, name: str, chunk_size: int, size: int) -> str:
+    """The sanitised name, or raise :class:`Refusal` (chunk size and count, name)."""
     if not MIN_CHUNK <= chunk_size <= settings.max_chunk:
         raise Refusal("bad-offer", f"chunk size must be {MIN_CHUNK}..{settings.max_chunk} bytes")
     if -(-size // chunk_size) > MAX_TRANSFER_CHUNKS:
@@ -67,10 +67,15 @@ def check_incoming(settings: NodeSettings, name: str, chunk_size: int, size: int
             f"{-(-size // MAX_TRANSFER_CHUNKS)} bytes",
         )
     try:
-        safe = sanitise(name)
+        return sanitise(name)
     except UnsafeName as exc:
         raise Refusal("bad-name", str(exc)) from None
-    free = shutil.disk_usage(settings.inbox).free
+
+
+def check_incoming(settings: NodeSettings, name: str, chunk_size: int, size: int) -> str:
+    """:func:`check_offer`, and room on disk for ``size`` bytes now."""
+    safe = check_offer(settings, name, chunk_size, size)
+    free = free_space(settings.inbox)
     if size > free:
         raise Refusal("no-space", f"not enough space in the inbox ({free} bytes free)")
     return safe
@@ -105,6 +110,21 @@ def create_part(
         os.close(fd)
         raise Refusal(ResultCode.IO, f"cannot create file in inbox: {exc.strerror}") from None
     return part, fd
+
+
+def open_part(inbox: Path, part: str, size: int) -> int:
+    """Open a kept part to continue it (not through a symbolic link); its fd.
+    Raises :class:`Refusal` ("io") unless it is a regular file of ``size``
+    bytes."""
+    try:
+        fd = os.open(inbox / part, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise Refusal("io", f"cannot open the kept part: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        os.close(fd)
+        raise Refusal("io", "the kept part is not the file it should be")
+    return fd
 
 
 # errno values that mean "this kernel or filesystem has no O_TMPFILE"
@@ -273,11 +293,12 @@ class Leftovers:
     allocated: dict[str, int] = field(default_factory=dict)
 
 
-def scan(inbox: Path) -> Leftovers:
+def scan(inbox: Path, prefix: str = ".") -> Leftovers:
     """Find kept parts and manifests (hidden ``.*.part`` files and their
-    ``.manifest``; multicast parts have none). Symbolic links and other
-    non-regular files are ignored; a manifest that cannot be read counts as
-    missing (its part is reclaimed when it expires)."""
+    ``.manifest``; multicast parts have none) whose names start with
+    ``prefix``. Symbolic links and other non-regular files are ignored; a
+    manifest that cannot be read counts as missing (its part is reclaimed
+    when it expires)."""
     parts: dict[str, os.stat_result] = {}
     manifests: dict[str, os.stat_result] = {}
     with os.scandir(inbox) as entries:
@@ -285,7 +306,7 @@ def scan(inbox: Path) -> Leftovers:
             if n >= MAX_SCAN:
                 break
             name = entry.name
-            if not name.startswith("."):
+            if not name.startswith(prefix) or not name.startswith("."):
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)

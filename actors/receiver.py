@@ -5,16 +5,24 @@ transfer messages arrive on the receiver's own data socket (a plain ROUTER:
 the bulk is sealed with per-transfer AES-256-GCM keys, so CURVE is not
 layered on it). Per transfer:
 
-1. Offer -> checks (limits per peer and in all, name, chunk size, space),
-   ephemeral key agreement, ``.NAME.TID.part`` created in the inbox, Accept.
+1. Offer -> checks (limits per peer and in all, name, chunk size), the
+   resume lookup (:mod:`peercrypt.core.resume`: a kept part of the same file
+   from the same proven sender identity is continued, older versions of it
+   are deleted), space and quotas (:mod:`peercrypt.core.space`: what running
+   transfers still have to write is reserved, kept parts give way), ephemeral
+   key agreement, ``.NAME.TID.part`` created (or the kept one reopened),
+   Accept with the chunks already held.
 2. Chunks -> authenticated, decrypted, queued to the writer thread; acked
-   only once written. The manifest beside the part file lists the written
-   chunks (for resuming later).
+   only once written. The writer keeps the manifest beside the part (the
+   chunks durably written, for a resume). A full disk ends the transfer with
+   "no-space" to the sender and keeps the part.
 3. Done(hash) -> fsync, compare with the hash computed while writing, link
    under a free final name (never overwriting), Verified. A mismatch deletes
    the part file and reports Failed.
 
 Anything that does not authenticate or decode is counted and dropped.
+Leftovers of interrupted transfers are deleted once ``part_expiry`` passes
+without a resume (at start and every ``RECLAIM_INTERVAL``).
 """
 
 from __future__ import annotations
@@ -28,21 +36,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import zmq
 
-from actors.file_writer import FileWriter, Finished, Written
-from actors.inbox import Refusal, check_incoming, create_part, discard_part, publish
-from peercrypt.core.bitmap import flatten
-from peercrypt.core.incoming import (
-    Abandon,
-    FinishFile,
-    IncomingTransfer,
-    SaveManifest,
-    Store,
+from actors.file_writer import FileWriter, Finished, Unsaved, WriteFailed, Written
+from actors.inbox import (
+    Refusal,
+    check_offer,
+    create_part,
+    discard_part,
+    free_space,
+    manifest_name,
+    open_part,
+    publish,
+    remove_part,
+    scan,
+    sweep,
 )
+from peercrypt.core.bitmap import ChunkBitmap, flatten
+from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
 from peercrypt.core.receive_window import Arrival
 from peercrypt.core.replay import ReplayWindow
+from peercrypt.core.resume import (
+    RECLAIM_INTERVAL,
+    Manifest,
+    ResumeKey,
+    accept_ranges,
+    plan_resume,
+)
+from peercrypt.core.space import Quotas, SpaceLedger
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, Ephemeral, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
@@ -88,6 +109,7 @@ class Incoming:
     size: int
     chunk_size: int
     keys: TransferKeys
+    key: ResumeKey
     flow: IncomingTransfer
     part: Path
     fd: int
@@ -107,6 +129,9 @@ class ReceiverActor(Actor):
         self.transfers: dict[bytes, Incoming] = {}
         self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # tid -> (route?, sealed Verified)
         self.outcomes = 0  # transfers finished (stored or discarded), for "last_in"
+        self.space = SpaceLedger(
+            Quotas(total=settings.part_quota, per_peer=settings.peer_part_quota)
+        )
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -136,15 +161,37 @@ class ReceiverActor(Actor):
         running = lambda: bool(self.transfers)  # noqa: E731
         self.call_every_while(1.0, self._expire_idle, running)
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
+        self._reclaim()
+        found = scan(s.inbox)
+        keys = {m.part: m.key for m in found.manifests}
+        for kept in found.kept:
+            key = keys.get(kept.part)
+            if key is not None and kept.has_part:
+                allocated = found.allocated[kept.part]
+                self.space.keep(kept.part, key.peer, key.size, allocated, kept.updated)
+        self.call_every(RECLAIM_INTERVAL, self._reclaim)
 
     def teardown(self) -> None:
-        if hasattr(self, "writer"):
-            self.writer.stop()
         for t in list(self.transfers.values()):
             self.tell("stats", self._record(t, "interrupted", "the node stopped"))
-            self._save_manifest(t)
-            os.close(t.fd)
+            if hasattr(self, "writer"):
+                self.writer.close(t.tid, keep=True)
         self.transfers.clear()
+        if hasattr(self, "writer"):
+            self.writer.stop()
+
+    def _reclaim(self) -> None:
+        """Delete leftovers whose resume did not come within ``part_expiry``."""
+        in_use = [t.part.name for t in self.transfers.values()]
+        try:
+            gone = sweep(self.settings.inbox, time.time(), self.settings.part_expiry, in_use)
+        except OSError as exc:
+            self.log_limited("cannot sweep the inbox: %s", exc)
+            return
+        for part in gone:
+            self.space.forget(part)
+            log.info("%s: no resume for %.0f s; deleted", part, self.settings.part_expiry)
+        self.count("parts-reclaimed", len(gone))
 
     # -- offers (control plane, via the gateway) -------------------------------
 
@@ -181,7 +228,7 @@ class ReceiverActor(Actor):
         if offer.hash_alg != "blake3":
             return refuse("unsupported", f"hash {offer.hash_alg[:16]!r} not supported")
         try:
-            name = check_incoming(s, offer.name, offer.chunk_size, offer.size)
+            name = check_offer(s, offer.name, offer.chunk_size, offer.size)
         except Refusal as exc:
             return refuse(exc.code, exc.reason)
         eph = Ephemeral()
@@ -189,16 +236,37 @@ class ReceiverActor(Actor):
             keys = eph.agree(offer.tid, offer.eph_pub, initiator=False)
         except ValueError:
             return refuse("bad-offer", "invalid ephemeral key")
+        key = ResumeKey(peer, name, offer.size, offer.chunk_size, offer.source)
         try:
-            part, fd = create_part(s.inbox, name, offer.tid.hex()[:12], offer.size)
+            reuse = self._resumable(key)
+            verdict = self.space.admit(
+                peer, offer.size, free_space(s.inbox), reuse.part if reuse else None
+            )
+        except OSError as exc:
+            return refuse("io", f"cannot read the inbox: {exc.strerror}")
+        if not verdict.ok:
+            return refuse(verdict.code, verdict.reason)
+        for evicted in verdict.evict:
+            remove_part(s.inbox, evicted)
+            self.space.forget(evicted)
+            self.count("parts-given-way")
+        held: ChunkBitmap | None = None
+        part: Path | None = None
+        try:
+            if reuse is not None:
+                fd = open_part(s.inbox, reuse.part, offer.size)
+                part, held = s.inbox / reuse.part, reuse.held()
+            else:
+                part, fd = create_part(s.inbox, name, offer.tid.hex()[:12], offer.size)
         except Refusal as exc:
             return refuse(exc.code, exc.reason)
         assert part is not None  # named: the manifest beside it makes it resumable
         flow = IncomingTransfer(
-            total=-(-offer.size // offer.chunk_size),
+            total=key.total,
             credit=self._credit(offer.chunk_size, extra=1),
             idle_timeout=s.idle_timeout,
             now=self.now(),
+            have=held,
         )
         t = Incoming(
             tid=offer.tid,
@@ -208,6 +276,7 @@ class ReceiverActor(Actor):
             size=offer.size,
             chunk_size=offer.chunk_size,
             keys=keys,
+            key=key,
             flow=flow,
             part=part,
             fd=fd,
@@ -216,9 +285,22 @@ class ReceiverActor(Actor):
         )
         self.transfers[offer.tid] = t
         self.tell("stats", self._record(t, "running"))
-        self.writer.open(t.tid, fd, t.chunk_size, t.size, flow.written)
-        self._save_manifest(t)
+        template = Manifest(key, offer.tid, part.name, b"", 0.0)
+        self.writer.open(
+            t.tid,
+            fd,
+            t.chunk_size,
+            t.size,
+            flow.written,
+            checkpoint=(s.inbox, template),
+        )
+        held_bytes = reuse.held_bytes() if reuse is not None else 0
+        self.space.start(t.tid, peer, t.size, held_bytes, part.name)
         self.count("accepted")
+        if reuse is not None:
+            self.count("resumed")
+            self.count("resumed-bytes", held_bytes)
+            log.info("%s: resuming, %d of %d bytes already held", name, held_bytes, t.size)
         log.debug("accepted %s (%d bytes, chunks of %d)", name, offer.size, offer.chunk_size)
         return Accept(
             tid=offer.tid,
@@ -226,7 +308,7 @@ class ReceiverActor(Actor):
             data_host=s.advertise_data_host,
             data_port=s.advertise_data_port or self.data_port,
             window=flow.window.window,
-            have=[],
+            have=flatten(accept_ranges(flow.written)),
         )
 
     def report(self) -> None:
@@ -250,6 +332,37 @@ class ReceiverActor(Actor):
             "reason": reason[:200],
         }
         self.facts["last_in"] = json.dumps(outcome, ensure_ascii=False)
+
+    def _take_over(self, key: ResumeKey) -> Manifest | None:
+        """A running transfer of the very same file from the same sender is
+        one whose sender restarted (a new offer means it forgot the old one):
+        end it, keeping its part, and continue it from what is written."""
+        for t in list(self.transfers.values()):
+            if t.key == key and not t.flow.finishing:
+                held = Manifest(key, t.tid, t.part.name, t.flow.written.to_bytes(), time.time())
+                log.info("%s: offered again by its sender; the old transfer ends", t.name)
+                self.count("taken-over")
+                self._close(t, keep_part=True)
+                return held
+        return None
+
+    def _resumable(self, key: ResumeKey) -> Manifest | None:
+        """The kept part this offer continues, if any; kept parts of another
+        version of the same file (same sender and name) are deleted."""
+        inbox = self.settings.inbox
+        running = self._take_over(key)
+        found = scan(inbox, prefix=f".{key.name}.")
+        kept = [m for m in found.manifests if running is None or m.part != running.part]
+        if running is not None:
+            kept.append(running)
+        in_use = [t.part.name for t in self.transfers.values()]
+        plan = plan_resume(key, kept, in_use)
+        for old in plan.obsolete:
+            remove_part(inbox, old.part)
+            self.space.forget(old.part)
+            self.count("parts-obsolete")
+            log.info("%s: the sender's file changed; the kept part restarts", key.name)
+        return plan.reuse
 
     def _credit(self, chunk_size: int, extra: int = 0) -> int:
         """A transfer's window: ``--window`` chunks, less if the transfers
@@ -373,9 +486,7 @@ class ReceiverActor(Actor):
     def _drive(self, t: Incoming) -> None:
         """Do what the transfer asks for."""
         for out in t.flow.poll():
-            if isinstance(out, SaveManifest):
-                self._save_manifest(t)
-            elif isinstance(out, FinishFile):
+            if isinstance(out, FinishFile):
                 self.writer.finish(t.tid)
             elif isinstance(out, Store):
                 self._store(t, out.digest)
@@ -392,6 +503,9 @@ class ReceiverActor(Actor):
         elif out.code == "hash-mismatch":
             self.count("hash-mismatch")
             log.warning("%s: whole-file hash mismatch; discarded", t.name)
+        elif out.code == ResultCode.NO_SPACE:
+            self.count("no-space")
+            log.error("%s: the inbox's disk is full; kept for resume", t.name)
         else:
             log.error("writing %s failed: %s", t.name, out.reason)
         if out.notify:
@@ -415,8 +529,14 @@ class ReceiverActor(Actor):
                 continue
             if isinstance(result, Written):
                 t.flow.on_written(result.index)
+                self.space.written(t.tid, t.flow.written.count * t.chunk_size)
             elif isinstance(result, Finished):
                 t.flow.on_hashed(result.digest)
+            elif isinstance(result, Unsaved):
+                self.log_limited("cannot record %s for resume: %s", t.name, result.text)
+                continue
+            elif isinstance(result, WriteFailed) and result.no_space:
+                t.flow.on_disk_full(result.text)
             else:
                 t.flow.on_write_error(result.text)
             self._drive(t)
@@ -452,39 +572,20 @@ class ReceiverActor(Actor):
 
     # -- bookkeeping -------------------------------------------------------------
 
-    def _manifest_path(self, t: Incoming) -> Path:
-        return t.part.with_name(t.part.name + ".manifest")
-
-    def _save_manifest(self, t: Incoming) -> None:
-        """Record which chunks the part file holds (atomic replace)."""
-        record = {
-            "version": 1,
-            "tid": t.tid,
-            "name": t.name,
-            "size": t.size,
-            "chunk_size": t.chunk_size,
-            "peer": t.peer,
-            "written": t.flow.written.to_bytes(),
-        }
-        path = self._manifest_path(t)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(msgpack.packb(record, use_bin_type=True))
-            os.replace(tmp, path)
-        except OSError as exc:
-            self.log_limited("cannot write manifest for %s: %s", t.name, exc)
-
     def _close(self, t: Incoming, keep_part: bool) -> None:
         self.transfers.pop(t.tid, None)
-        self.writer.forget(t.tid)
-        if keep_part:
-            self._save_manifest(t)
         if not keep_part:
+            # Before the writer may close the fd: the part's name is removed
+            # only while it still refers to the file open as ``t.fd``.
             discard_part(t.part, t.fd)
-            with contextlib.suppress(FileNotFoundError):
-                self._manifest_path(t).unlink()
-        os.close(t.fd)
+            for name in (manifest_name(t.part.name), manifest_name(t.part.name) + ".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.settings.inbox / name)
+        # The writer closes the fd after its queued work. Without keep_part no
+        # write (hence no checkpoint) is pending: the transfer was finished,
+        # or its file failed and the writer dropped it.
+        self.writer.close(t.tid, keep=keep_part)
+        self.space.stop(t.tid, keep=keep_part, updated=time.time())
 
     # -- the statistics history ---------------------------------------------------
 

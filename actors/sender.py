@@ -51,6 +51,7 @@ from peercrypt.core.outgoing import (
     SendChunk,
     SendDone,
 )
+from peercrypt.core.resume import SAMPLE_BYTES, sample_offsets, source_tag
 from peercrypt.crypto.transfer import Ephemeral, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
@@ -239,6 +240,12 @@ class SenderActor(Actor):
         except PolicyError as exc:
             os.close(fd)
             return fail(ResultCode.LOCAL, str(exc))
+        try:
+            samples = [os.pread(fd, SAMPLE_BYTES, offset) for offset in sample_offsets(st.st_size)]
+        except OSError as exc:
+            os.close(fd)
+            return fail(ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}")
+        source = source_tag(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, samples)
         tid = os.urandom(16)
         flow = OutgoingTransfer(
             policy=policy,
@@ -285,6 +292,7 @@ class SenderActor(Actor):
             eph_pub=t.eph.public,
             hash_alg="blake3",
             mode=policy.mode,
+            source=source,
         )
         t.link.send(offer)
         self._drive(t)

@@ -34,6 +34,7 @@ class ResultCode(enum.StrEnum):
     TIMEOUT = "timeout"
     VERIFY = "verify"  # the stored file's hash differs
     IO = "io"  # the receiver cannot write
+    NO_SPACE = "no-space"  # the receiver's disk filled mid-transfer (its part is kept)
     ABORTED = "aborted"  # the other side gave up
     PROTOCOL = "protocol"  # the peer broke the protocol
     CANCELLED = "cancelled"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from peercrypt.core.fragments import DEFAULT_FRAGMENT
 from peercrypt.core.modes import Policy
+from peercrypt.core.resume import DEFAULT_PART_EXPIRY
 from peercrypt.crypto.identity import KeyPair
 
 CONTROL_FILE = "control.json"  # in the data dir: the control endpoint and token
@@ -69,6 +70,12 @@ class NodeSettings:
     max_transfers_per_peer: int = 8  # per proven identity (CURVE key)
     max_transfers_per_host: int = 16  # per address: fresh identities cost nothing
     idle_timeout: float = 30.0  # an incoming transfer with no traffic this long is dropped
+    # Resume (docs/resume.md): a kept part waits this long for its sender to
+    # come back; byte quotas of parts (running and kept) per sender identity
+    # and in all (0: only the disk's free space limits them).
+    part_expiry: float = DEFAULT_PART_EXPIRY
+    peer_part_quota: int = 0
+    part_quota: int = 0
     max_chunk: int = MAX_CHUNK
     file_mode: int = 0o644  # a received file once verified (see default_modes)
     inbox_mode: int = 0o755  # the inbox when the node creates it

@@ -182,6 +182,7 @@ def test_fields_at_their_exact_bounds_round_trip() -> None:
         chunk_size=64 * 1024 * 1024,
         eph_pub=b"k" * 32,
         hash_alg="b" * 16,
+        source=b"s" * 32,
     )
     assert decode(encode(offer)) == offer
     accept = messages.Accept(

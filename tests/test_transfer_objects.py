@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peercrypt.core.congestion_manager import CongestionManager
-from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, SaveManifest, Store
+from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
 from peercrypt.core.modes import Policy
 from peercrypt.core.outgoing import (
     DONE_RETRIES,
@@ -367,16 +367,6 @@ def test_incoming_expires_idle_keeping_the_part_and_sender_failure_keeps_it() ->
     assert s.poll() == [Abandon("aborted", "cancelled by the user", True, False)]
 
 
-def test_incoming_saves_the_manifest_every_64_written_chunks() -> None:
-    r = IncomingTransfer(total=200, credit=200, idle_timeout=30.0, now=0.0)
-    saves = 0
-    for i in range(200):
-        r.on_chunk(i, i == 199, 0.0)
-        r.on_written(i)
-        saves += sum(1 for o in r.poll() if isinstance(o, SaveManifest))
-    assert saves == 3
-
-
 def test_only_progress_keeps_an_incoming_transfer_alive() -> None:
     # Duplicates, early Dones and chunks beyond the credit cost a sender
     # nothing: they must not hold the slot past the idle timeout.
@@ -406,3 +396,12 @@ def test_an_aimd_flow_keeps_to_its_share_of_a_window_shared_with_another_flow() 
     assert r.max_in_flight <= 96 * KIB // 3 // CHUNK  # a third of the largest window
     assert manager.share(0) == (manager.share(1) or 0) // 2
     assert r.sender.stats()["window_decreases"] > 0
+
+
+def test_incoming_disk_full_keeps_the_part_and_tells_the_sender() -> None:
+    r = IncomingTransfer(total=3, credit=3, idle_timeout=30.0, now=0.0)
+    r.on_chunk(0, False, 0.0)
+    r.on_disk_full("No space left on device")
+    (out,) = r.poll()
+    assert isinstance(out, Abandon) and out.code == "no-space"
+    assert out.keep_part and out.notify and "disk is full" in out.reason

@@ -2,17 +2,18 @@
 
 :class:`IncomingTransfer` combines what a receiving node decides for one
 file: which chunks to write and which to re-ack
-(:class:`~peercrypt.core.receive_window.ReceiveWindow`), when to ack, when to
-save the resume manifest, the done/verify stage and the idle timeout. It
+(:class:`~peercrypt.core.receive_window.ReceiveWindow`), when to ack, the
+done/verify stage and the idle timeout. (The resume manifest is the
+writer's: it alone knows which chunks are durably in the part.) It
 never touches a socket, a thread, a file or a clock; the receiver actor
 authenticates and decrypts (only authenticated input reaches this object),
 writes, hashes and sends what it is told.
 
 - Inputs: :meth:`on_chunk` (returns whether to write it), :meth:`on_written`,
   :meth:`on_done`, :meth:`on_hashed`, :meth:`on_sender_failed`,
-  :meth:`on_write_error`, :meth:`on_timer`, each with ``now`` where time
-  matters.
-- Outputs: :meth:`poll` returns, in order, :class:`SaveManifest`,
+  :meth:`on_write_error`, :meth:`on_disk_full`, :meth:`on_timer`, each with
+  ``now`` where time matters.
+- Outputs: :meth:`poll` returns, in order,
   :class:`FinishFile`, :class:`Store` (the hash matched: publish the file),
   :class:`Abandon` (end without storing), and :meth:`ack` the Ack fields
   when one is due; :meth:`next_timer` says when :meth:`on_timer` is due.
@@ -36,13 +37,6 @@ from dataclasses import dataclass, field
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.receive_window import Arrival, ReceiveWindow
 from peercrypt.errors import ResultCode
-
-MANIFEST_EVERY = 64  # chunks between manifest updates
-
-
-@dataclass(frozen=True)
-class SaveManifest:
-    """Record the written chunks beside the part file (for a resume)."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +63,7 @@ class Abandon:
     notify: bool
 
 
-Output = SaveManifest | FinishFile | Store | Abandon
+Output = FinishFile | Store | Abandon
 
 
 @dataclass
@@ -88,7 +82,6 @@ class IncomingTransfer:
     ended: bool = field(default=False, init=False)
     ack_due: bool = field(default=False, init=False)
     _expected_digest: bytes = field(default=b"", init=False)
-    _since_manifest: int = field(default=0, init=False)
     _outputs: list[Output] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -121,10 +114,6 @@ class IncomingTransfer:
             return
         self.window.on_written(index)
         self.ack_due = True
-        self._since_manifest += 1
-        if self._since_manifest >= MANIFEST_EVERY:
-            self._since_manifest = 0
-            self._outputs.append(SaveManifest())
 
     def on_done(self, digest: bytes, chunks: int, now: float) -> None:
         """The sender's (authenticated) Done with its whole-file hash."""
@@ -154,6 +143,11 @@ class IncomingTransfer:
 
     def on_write_error(self, text: str) -> None:
         self._end(Abandon(ResultCode.IO, f"receiver cannot write: {text}", False, True))
+
+    def on_disk_full(self, text: str) -> None:
+        """The receiver's disk filled: the sender is told, the part is kept
+        (what it holds is resumed once there is room)."""
+        self._end(Abandon(ResultCode.NO_SPACE, f"the receiver's disk is full ({text})", True, True))
 
     def on_timer(self, now: float) -> None:
         due = self.next_timer()

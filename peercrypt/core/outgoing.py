@@ -153,6 +153,9 @@ class OutgoingTransfer:
     digest: bytes = field(default=b"", init=False)
     done_sent: int = field(default=0, init=False)
     last_progress: float = field(init=False)
+    resumed: int = field(default=0, init=False)  # chunks the receiver already held
+    chunks_sent: int = field(default=0, init=False)  # sends, retransmissions included
+    bytes_sent: int = field(default=0, init=False)
     _demand_pending: bool = field(default=False, init=False)
     _hash_asked: bool = field(default=False, init=False)
     _done_due: float | None = field(default=None, init=False)
@@ -204,6 +207,7 @@ class OutgoingTransfer:
             self.total, dupthresh=dupthresh, max_window=max(1, SEND_BUFFER // self.chunk_size)
         )
         self.window.on_accept(have, credit)
+        self.resumed = self.window.acked.count
         # The scheduler has the last word (a live max-rate): see on_pacing.
         self.paced = p.mode == "token-bucket" or self.node_capped
         self.phase = Phase.SENDING
@@ -334,6 +338,9 @@ class OutgoingTransfer:
             "timeouts": w.timeouts,
             "fast_retransmits": w.fast_retransmits,
             "rto": round(rtt.rto, 6),
+            "resumed_chunks": self.resumed,
+            "sent_chunks": self.chunks_sent,
+            "sent_bytes": self.bytes_sent,
         }
         if rtt.srtt is not None and rtt.rttvar is not None:
             stats["srtt"] = round(rtt.srtt, 6)
@@ -383,6 +390,8 @@ class OutgoingTransfer:
                 self.allowance -= self.chunk_len(index)
             if managed and n >= resends:
                 self._report[0] += self.chunk_len(index)
+            self.chunks_sent += 1
+            self.bytes_sent += self.chunk_len(index)
             self._outputs.append(SendChunk(index, index == self.total - 1))
         if managed:
             self._flush_report(now)

@@ -33,8 +33,9 @@ the part on a mismatch).
 Durability (:class:`Manifest`)
 ------------------------------
 The manifest beside a part lists the chunks that are *durably* in the part:
-the writer syncs the part (``fdatasync``) before each manifest it writes (every
-:data:`CHECKPOINT_CHUNKS` chunks and at every stop), and the manifest is
+the writer syncs the part (``fdatasync``) before each manifest it writes
+(every :func:`checkpoint_every` chunks, 16 MiB or 64 chunks, whichever comes
+first, and at every stop), and the manifest is
 replaced atomically (write, fsync, rename). So after a crash a manifest
 never lists a chunk the part lost, and resuming needs no re-read of the part
 to decide what is held. Measured cost: 0.12-0.19 s of ``fdatasync`` per GiB
@@ -71,7 +72,8 @@ import msgpack
 from peercrypt.core.bitmap import MAX_RANGES, ChunkBitmap
 
 MANIFEST_VERSION = 2
-CHECKPOINT_CHUNKS = 64  # chunks written between two durable manifests
+CHECKPOINT_CHUNKS = 64  # chunks written between two durable manifests, at most
+CHECKPOINT_BYTES = 16 * 1024 * 1024  # bytes written between two, at most
 DEFAULT_PART_EXPIRY = 24 * 3600.0  # seconds a kept part waits for its resume
 RECLAIM_INTERVAL = 600.0  # seconds between two sweeps of the inbox
 SAMPLE_BYTES = 4096
@@ -88,6 +90,12 @@ _SOURCE_CONTEXT = "peercrypt 2026 resume source tag v1"
 
 class ManifestError(ValueError):
     """A manifest that is not one this node wrote (damaged, foreign, old)."""
+
+
+def checkpoint_every(chunk_size: int) -> int:
+    """Chunks between two checkpoints: what a crash can make us send again
+    is bounded by 16 MiB (under 2% of a 1 GiB file) and by 64 chunks."""
+    return max(1, min(CHECKPOINT_CHUNKS, CHECKPOINT_BYTES // max(1, chunk_size)))
 
 
 def sample_offsets(size: int) -> list[int]:

@@ -166,6 +166,7 @@ class HostileSender:
             chunk_size=chunk_size,
             eph_pub=eph.public,
             hash_alg="blake3",
+            source=os.urandom(32),
         )
         self.control.send(codec.encode(offer))
         deadline = time.monotonic() + timeout

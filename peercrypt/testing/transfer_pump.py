@@ -30,7 +30,7 @@ import blake3
 
 from peercrypt.core.congestion_manager import CongestionManager
 from peercrypt.core.grants import GrantPlanner
-from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, SaveManifest, Store
+from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
 from peercrypt.core.modes import Policy
 from peercrypt.core.outgoing import (
     Failed,
@@ -215,8 +215,6 @@ def pump_transfer(
     def drive_receiver() -> None:
         nonlocal delivered
         for out in receiver.poll():
-            if isinstance(out, SaveManifest):
-                continue
             if isinstance(out, FinishFile):
                 at(now + write_delay, "hashed")
             elif isinstance(out, Store):

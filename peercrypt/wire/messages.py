@@ -66,7 +66,9 @@ class Pong(Message):
 @dataclass(frozen=True, kw_only=True)
 class Offer(Message):
     """A sender proposes a file. Travels inside CURVE, so name and size are
-    encrypted on the wire."""
+    encrypted on the wire. ``source`` identifies the version of the file
+    (:func:`~peercrypt.core.resume.source_tag`): with the sender's proven
+    identity, name and size it lets the receiver continue a kept part."""
 
     TYPE = "offer"
     tid: bytes = fixed(TID_BYTES)
@@ -76,6 +78,7 @@ class Offer(Message):
     eph_pub: bytes = fixed(KEY_BYTES)
     hash_alg: str = field(metadata=bounded(16, 1))
     mode: str = field(default="", metadata=bounded(32))  # for the receiver's statistics
+    source: bytes = field(metadata=bounded(HASH_BYTES, HASH_BYTES))
 
 
 @message

@@ -1,0 +1,221 @@
+"""Resume with real node processes: kill -9 of either side at random points
+and a resend that moves only what the receiver lacks; a changed source file
+restarts cleanly; a disk that fills mid-way keeps the part, tells the sender
+and resumes once there is room; nothing is left in the inbox afterwards.
+
+Every round checks the content (BLAKE3 of the stored file) and the exact
+accounting of the resend: chunks sent, less retransmissions, is the file's
+chunk count less the chunks the receiver said it held."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.inbox import load_manifest, manifest_name, scan
+from peercrypt import errors
+from peercrypt.testing.nodes import NodeProcess, blake3_file, start_cli, wait_until
+
+CHUNK = 64 * 1024
+SIZE = 16 * 1024 * 1024  # 256 chunks; a checkpoint every 64
+TOTAL = SIZE // CHUNK
+SLOW = ("-r", str(12 * 1024 * 1024))  # ~1.3 s for the file: room to kill mid-way
+ROUNDS = 10  # per side: 20 kills in all
+
+
+def _parts(inbox: Path) -> list[str]:
+    return sorted(k.part for k in scan(inbox).kept)
+
+
+def _held(inbox: Path) -> int:
+    """Chunks the kept part's manifest lists (0 if there is none)."""
+    found = scan(inbox)
+    if not found.manifests:
+        return 0
+    (m,) = found.manifests
+    return load_manifest(inbox, manifest_name(m.part)).held().count
+
+
+def _resend_ok(sender: NodeProcess, path: Path, receiver: NodeProcess) -> dict[str, Any]:
+    result = sender.send_result(
+        path, "127.0.0.1", receiver.port, "--chunk-size", str(CHUNK), timeout=120
+    )
+    info = result.json
+    assert result.returncode == 0 and info.get("ok"), result.describe()
+    stored = receiver.inbox / info["stored_as"]
+    assert blake3_file(stored) == blake3_file(path) == info["blake3"]
+    stats = info["stats"]
+    # Only what the receiver lacked moved (plus any retransmission).
+    assert stats["sent_chunks"] - stats["retransmits"] == TOTAL - stats["resumed_chunks"], stats
+    return info
+
+
+@contextlib.contextmanager
+def _background_send(
+    sender: NodeProcess, path: Path, receiver: NodeProcess
+) -> Iterator[subprocess.Popen[str]]:
+    proc = start_cli(
+        "send", str(path), "127.0.0.1", str(receiver.port), "--json",
+        "--chunk-size", str(CHUNK), *SLOW,
+        data_dir=sender.data_dir,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def _wait_for_progress(receiver_inbox: Path, proc: subprocess.Popen[str]) -> None:
+    """Until the receiver has a part (the transfer is under way)."""
+    wait_until(lambda: bool(_parts(receiver_inbox)) or proc.poll() is not None, 30, "a part")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("side", ["receiver", "sender"])
+def test_kill_9_at_random_points_then_resume(
+    side: str, node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    inbox = receiver.inbox
+    resumed_any = 0
+    for round_ in range(ROUNDS):
+        path = make_file(SIZE, name=f"round{round_}.bin")
+        with _background_send(sender, path, receiver) as proc:
+            _wait_for_progress(inbox, proc)
+            time.sleep(rng.uniform(0.0, 1.2))  # the random point of the kill
+            victim = receiver if side == "receiver" else sender
+            victim.kill()
+        held = _held(inbox)
+        victim.start()
+        if side == "receiver":
+            inbox = receiver.inbox
+        info = _resend_ok(sender, path, receiver)
+        resumed = info["stats"]["resumed_chunks"]
+        where = f"seed {seed}, round {round_}"
+        if side == "receiver":
+            assert resumed == held, f"{where}: resumed {resumed}, manifest held {held}"
+        else:  # the receiver's running transfer is taken over: at least the manifest
+            assert resumed >= held, f"{where}: resumed {resumed}, manifest held {held}"
+        resumed_any += resumed > 0
+        assert _parts(inbox) == [], f"{where}: a part was left behind"
+    assert resumed_any, f"seed {seed}: no round was killed after a checkpoint"
+
+
+def test_changed_source_restarts_cleanly(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(SIZE, name="doc.bin")
+    with _background_send(sender, path, receiver) as proc:
+        wait_until(lambda: _held(receiver.inbox) > 0 or proc.poll() is not None, 30, "a part")
+        receiver.kill()
+    assert _held(receiver.inbox) > 0
+    old_parts = _parts(receiver.inbox)
+    receiver.start()
+    # The same name and size, other content (and mtime): nothing may be reused.
+    with open(path, "r+b") as f:
+        f.seek(SIZE // 2)
+        f.write(os.urandom(4096))
+    info = _resend_ok(sender, path, receiver)
+    assert info["stats"]["resumed_chunks"] == 0
+    assert receiver.counters().get("receiver.parts-obsolete") == 1
+    assert _parts(receiver.inbox) == [], old_parts
+
+
+def test_another_identity_cannot_continue_a_kept_part(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A member with the network key and a fresh identity offers the very
+    same file: it gets a fresh part, not the victim's progress (nor deletes it)."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(SIZE, name="shared.bin")
+    with _background_send(sender, path, receiver) as proc:
+        wait_until(lambda: _held(receiver.inbox) > 0 or proc.poll() is not None, 30, "a part")
+        sender.kill()
+    sender.start()
+    wait_until(lambda: receiver.counters().get("receiver.accepted", 0) >= 1, 10, "accepted")
+    intruder = node_factory(name="intruder")
+    info = _resend_ok(intruder, path, receiver)
+    assert info["stats"]["resumed_chunks"] == 0
+    assert len(_parts(receiver.inbox)) == 1  # the victim's part is still there
+    assert _resend_ok(sender, path, receiver)["stats"]["resumed_chunks"] > 0
+
+
+@pytest.fixture
+def small_inbox(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs for the receiver's inbox, mounted for this test only."""
+    mount = tmp_path / "small-inbox"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=10)
+
+
+def test_disk_full_mid_transfer_then_resume(
+    small_inbox: Path, node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    receiver = node_factory("--inbox", str(small_inbox), name="receiver")
+    sender = node_factory(name="sender")
+    # Someone else fills the disk after the offer passed the space check.
+    path = make_file(SIZE, name="big.bin")  # 16 MiB into 24 MiB
+    filler = small_inbox / "someone-elses-file"
+    with _background_send(sender, path, receiver) as proc:
+        # After a checkpoint: on a full disk no newer manifest fits, the last one stands.
+        wait_until(lambda: _held(small_inbox) > 0 or proc.poll() is not None, 30, "a checkpoint")
+        with open(filler, "wb") as f, contextlib.suppress(OSError):
+            for _ in range(24):  # until the disk is full
+                f.write(b"\0" * (1024 * 1024))
+                f.flush()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == errors.FAILED, (out, err)
+    result = json.loads(out)
+    assert result["code"] == "no-space" and "disk is full" in result["error"], result
+    assert "Traceback" not in err
+    kept = _held(small_inbox)
+    assert kept > 0 and len(_parts(small_inbox)) == 1
+    # The node keeps serving: a small file still arrives.
+    filler.unlink()
+    info = _resend_ok(sender, path, receiver)
+    assert info["stats"]["resumed_chunks"] >= kept
+    assert _parts(small_inbox) == []
+
+
+def test_two_offers_cannot_both_have_the_last_space(
+    small_inbox: Path, node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    receiver = node_factory("--inbox", str(small_inbox), name="receiver")
+    a, b = node_factory(name="a"), node_factory(name="b")
+    one = make_file(SIZE, name="one.bin")  # two of 16 MiB into 24 MiB
+    two = make_file(SIZE, name="two.bin")
+    with _background_send(a, one, receiver) as first:
+        _wait_for_progress(small_inbox, first)
+        second = b.send_result(two, "127.0.0.1", receiver.port, timeout=60)
+        assert second.returncode == errors.REFUSED, second.describe()
+        assert "not enough space" in second.json["error"]
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, (out, err)
+    assert receiver.counters().get("receiver.refused-no-space") == 1
