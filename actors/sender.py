@@ -16,6 +16,28 @@ to send, when, the end):
 3. When every chunk is acked: a sealed Done with the whole-file hash; the
    result is "ok" only when the receiver's sealed Verified repeats that hash.
 
+Outages: a data connection whose data goes unacknowledged by the peer's
+kernel for :data:`DATA_MAXRT_MS` (``TCP_USER_TIMEOUT``), or whose ZMTP
+heartbeats go unanswered, is dropped and reconnected every
+:data:`DATA_RECONNECT_MS` with connects bounded to :data:`DATA_CONNECT_MS`, so
+after the link returns the connection is back within about a second instead
+of at the kernel's next (backed-off) TCP retry; a socket monitor then tells
+the transfer (:meth:`~peercrypt.core.outgoing.OutgoingTransfer.on_reconnect`),
+which resends at once what was lost with the old connection. The transfer's
+own ``--timeout`` (no newly acked chunk for that long) ends it.
+
+Resume: the offer carries the file's source tag
+(:func:`~peercrypt.core.resume.source_tag`); the receiver answers with the
+chunks it still holds from an interrupted send of the same file, and only
+the others are sent. A transfer that was accepted and then failed for the
+network (``timeout`` or ``unreachable`` with its data connection down: an
+outage, a killed or frozen receiver) is offered again by the sender itself,
+up to ``--max-retries`` times after full-jitter backoff pauses (1 s doubling,
+at most ``--timeout``): once the peer is back it resumes. A sender that gives
+up or is cancelled tells the receiver (a sealed Failed, given
+:data:`CLOSE_GRACE` to leave before the socket closes), which frees its slot
+and keeps the part.
+
 Progress goes to the requester every 0.1 s. Memory per transfer is the
 credit window (chunks queued in ZeroMQ), never the file size.
 """
@@ -25,8 +47,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import logging
 import os
+import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,11 +58,13 @@ from typing import Any
 
 import blake3
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from actors.file_chunks import read_chunk
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew
 from actors.peer_link import Link
 from peercrypt.core.address import join_host_port
+from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
 from peercrypt.core.outgoing import (
@@ -92,6 +118,14 @@ DATA_RCVHWM = 1024
 
 PROGRESS_INTERVAL = 0.1
 POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
+DATA_MAXRT_MS = 2000  # unacknowledged data for this long drops the data connection
+DATA_HEARTBEAT_MS = 500  # ZMTP pings on the data connection, dropped unanswered after 4
+DATA_RECONNECT_MS = 100  # pause before reconnecting, no backoff
+DATA_CONNECT_MS = 500  # a connect attempt that takes longer is retried afresh
+CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
+RETRY_INITIAL = 1.0  # seconds before the first automatic retry (full jitter, doubling)
+RETRY_CODES = frozenset({ResultCode.TIMEOUT, ResultCode.UNREACHABLE})
+_monitor_ids = itertools.count()
 
 
 @dataclass
@@ -112,9 +146,12 @@ class Outgoing:
     hashed: int = 0
     timer: Timer | None = None
     lanes: list[zmq.Socket[Any]] = field(default_factory=list)
+    monitors: list[zmq.Socket[Any]] = field(default_factory=list)
+    broken: bool = False  # a data connection dropped and has not come back yet
     crew: LaneCrew | None = None
     next_lane: int = 0
     wall: float = field(default_factory=time.time)  # when it started, for the history
+    retry: Backoff | None = None  # set once the transfer was accepted
 
     @property
     def peer(self) -> str:
@@ -137,6 +174,8 @@ class SenderActor(Actor):
         self.settings = settings
         self.transfers: dict[bytes, Outgoing] = {}
         self.waiting: deque[SendRequest] = deque()  # beyond max_outgoing, in order
+        self.retrying: dict[int, Timer] = {}  # request -> the timer of its next attempt
+        self.rng = random.Random()
 
     def setup(self) -> None:
         self.call_every_while(PROGRESS_INTERVAL, self._progress, lambda: bool(self.transfers))
@@ -145,6 +184,10 @@ class SenderActor(Actor):
         waiting, self.waiting = self.waiting, deque()
         for req in waiting:
             self.tell("control", _result(req.request, ResultCode.CANCELLED, "the node is stopping"))
+        for request, timer in list(self.retrying.items()):
+            timer.cancel()
+            self.tell("control", _result(request, ResultCode.CANCELLED, "the node is stopping"))
+        self.retrying.clear()
         for t in list(self.transfers.values()):
             self._end(t, ResultCode.CANCELLED, "the node is stopping")
 
@@ -182,6 +225,12 @@ class SenderActor(Actor):
                 self.waiting.remove(req)
                 self.tell(
                     "control", _result(req.request, ResultCode.CANCELLED, "cancelled by the user")
+                )
+            timer = self.retrying.pop(msg.request, None)
+            if timer is not None:
+                timer.cancel()
+                self.tell(
+                    "control", _result(msg.request, ResultCode.CANCELLED, "cancelled by the user")
                 )
         else:
             super().on_mail(msg)
@@ -223,7 +272,7 @@ class SenderActor(Actor):
                 return t
         return None
 
-    def _start(self, req: SendRequest) -> None:
+    def _start(self, req: SendRequest, retry: Backoff | None = None) -> None:
         def fail(code: str, reason: str) -> None:
             self.tell("control", _result(req.request, code, reason))
 
@@ -271,6 +320,7 @@ class SenderActor(Actor):
             fd=fd,
             mtime_ns=st.st_mtime_ns,
             eph=Ephemeral(),
+            retry=retry,
         )
         self.transfers[tid] = t
         self.tell("stats", self._record(t, "running"))
@@ -334,9 +384,29 @@ class SenderActor(Actor):
             data.sndhwm = DATA_SNDHWM
             data.rcvhwm = DATA_RCVHWM
             data.maxmsgsize = 64 * 1024
+            data.setsockopt(zmq.TCP_MAXRT, DATA_MAXRT_MS)
+            data.heartbeat_ivl = DATA_HEARTBEAT_MS
+            data.heartbeat_timeout = 4 * DATA_HEARTBEAT_MS
+            data.reconnect_ivl = DATA_RECONNECT_MS
+            data.reconnect_ivl_max = 0
+            data.connect_timeout = DATA_CONNECT_MS
+            address = f"inproc://pc-{self.env.node_uid}/sender-data/{next(_monitor_ids)}"
+            data.monitor(address, zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            monitor = self.socket(zmq.PAIR)
+            monitor.connect(address)
+            self.watch(monitor, functools.partial(self._on_data_monitor, t))
+            t.monitors.append(monitor)
             data.connect(f"tcp://{join_host_port(host, accept.data_port)}")
             self.watch(data, functools.partial(self._on_data, t))
             t.lanes.append(data)
+        if t.retry is None:
+            s = self.settings
+            t.retry = Backoff(
+                min(RETRY_INITIAL, t.request.timeout),
+                max_delay=max(RETRY_INITIAL, t.request.timeout),
+                max_retries=s.max_retries,
+                rng=self.rng,
+            )
         t.data = t.lanes[0]
         if flow.sealing_workers:
             held = ChunkBitmap(flow.total)
@@ -422,6 +492,22 @@ class SenderActor(Actor):
         due = t.flow.next_timer()
         if due is not None and t.tid in self.transfers:
             t.timer = self.call_later(due - self.now(), functools.partial(self._on_timer, t))
+
+    def _on_data_monitor(self, t: Outgoing, sock: zmq.Socket[Any]) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(sock, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                break
+            if event == zmq.EVENT_DISCONNECTED:
+                t.broken = True
+                self.count("data-disconnects")
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and t.broken:
+                t.broken = False
+                self.count("data-reconnects")
+                if t.tid in self.transfers:
+                    t.flow.on_reconnect(self.now())
+                    self._drive(t)
 
     def _on_timer(self, t: Outgoing) -> None:
         if t.tid in self.transfers:
@@ -544,11 +630,22 @@ class SenderActor(Actor):
             self.tell("scheduler", FlowEnd(request=t.request.request))
         if t.link is not None:
             t.link.close()
+        for monitor, lane in zip(t.monitors, t.lanes, strict=True):
+            with contextlib.suppress(zmq.ZMQError):
+                lane.disable_monitor()
+            self.close_socket(monitor)
         for sock in t.lanes:
-            if not sock.closed:
-                self.close_socket(sock)
+            self.unwatch(sock)
+        if t.lanes:
+            # The last Failed needs a moment to leave (LINGER 0 would drop it).
+            self.call_later(CLOSE_GRACE, functools.partial(self._close_lanes, t.lanes))
         os.close(t.fd)
         self.count("sent" if code == ResultCode.OK else f"failed-{code}")
+        # Retried: a failure of the network (the data connection broke, or a
+        # retry's offer found no peer), not a peer that answers but stalls.
+        network = t.broken or flow.window is None
+        if code in RETRY_CODES and network and t.retry is not None and self._retry(t, reason):
+            return
         while self.waiting and len(self.transfers) < self.settings.max_outgoing:
             self._start(self.waiting.popleft())
         self.tell("stats", self._record(t, code, reason))
@@ -568,6 +665,30 @@ class SenderActor(Actor):
                 window_history=flow.window_history(),
             ),
         )
+
+    def _close_lanes(self, lanes: list[zmq.Socket[Any]]) -> None:
+        for sock in lanes:
+            if not sock.closed:
+                self.close_socket(sock)
+
+    def _retry(self, t: Outgoing, reason: str) -> bool:
+        """Offer the file again after a backoff pause (the receiver resumes
+        it); False when the retries are used up."""
+        assert t.retry is not None
+        delay = t.retry.next_delay()
+        if delay is None:
+            return False
+        self.count("retries")
+        log.info("%s to %s: %s; retrying in %.1f s", t.request.path, t.peer, reason, delay)
+        retry = t.retry
+        request = t.request
+
+        def again() -> None:
+            if self.retrying.pop(request.request, None) is not None:
+                self._start(request, retry)
+
+        self.retrying[request.request] = self.call_later(delay, again)
+        return True
 
     # -- the statistics history ---------------------------------------------------
 

@@ -259,22 +259,44 @@ def test_done_is_resent_with_backoff_then_the_transfer_times_out() -> None:
     assert gaps == sorted(gaps) and gaps[-1] > gaps[0]  # backing off
 
 
-def test_no_progress_for_the_timeout_fails_at_a_retransmission_timeout() -> None:
+@given(st.floats(0.0, 4.9))
+def test_no_progress_for_the_timeout_fails_at_the_timeout_whatever_the_backoff(
+    last_ack: float,
+) -> None:
+    """The timeout is a deadline of its own: the doubling retransmission
+    timer does not delay it (it would, checked only when that timer fires)."""
     t = outgoing()
     t.on_accept([], 4, 0.0)
     assert len(t.poll(0.0)) == 4
-    now = 0.0
+    t.on_ack(1, [], 4, last_ack)  # the last progress
+    now = last_ack
     failed = None
     while failed is None:
         due = t.next_timer()
-        assert due is not None
+        assert due is not None and due >= now
         now = due
         t.on_timer(now)
         for out in t.poll(now):
             if isinstance(out, Failed):
                 failed = out
     assert failed.code == "timeout" and "stopped acknowledging" in failed.reason
-    assert now > 5.0
+    assert now == pytest.approx(last_ack + 5.0)
+
+
+def test_a_reconnect_resends_what_was_in_flight_at_once() -> None:
+    t = outgoing()
+    t.on_accept([], 4, 0.0)
+    assert [o.index for o in t.poll(0.0) if isinstance(o, SendChunk)] == [0, 1, 2, 3]
+    for now in (1.0, 3.0):  # an outage: the RTO backs off
+        t.on_timer(now)
+        t.poll(now)
+    assert t.window is not None and t.window.rtt.rto >= 4.0
+    t.on_reconnect(4.0)  # the next timeout would be at 7.0
+    resent = [o.index for o in t.poll(4.0) if isinstance(o, SendChunk)]
+    assert resent == [0, 1, 2, 3]
+    assert t.window.rtt.rto <= 1.0  # the backoff is undone
+    t.on_ack(4, [], 4, 4.1)
+    assert [o.index for o in t.poll(4.1) if isinstance(o, SendChunk)] == [4, 5, 6, 7]
 
 
 def test_paced_flow_sends_only_granted_bytes_and_asks_for_more() -> None:

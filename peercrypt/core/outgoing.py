@@ -8,7 +8,8 @@ a thread, a file or a clock (aioquic's ``QuicConnection`` is the model):
 
 - Inputs: :meth:`on_accept`, :meth:`on_ack`, :meth:`on_grant`,
   :meth:`on_pacing`, :meth:`on_digest`, :meth:`on_verified`,
-  :meth:`on_failed`, :meth:`on_timer`, :meth:`fail` -- each with ``now``
+  :meth:`on_failed`, :meth:`on_reconnect`, :meth:`on_timer`, :meth:`fail` --
+  each with ``now``
   where time matters.
 - Outputs: :meth:`poll` returns what to do now, in order, as typed values
   (:class:`SendChunk`, :class:`HashFile`, :class:`SendDone`,
@@ -22,7 +23,10 @@ has no branch on the mode.
 
 Phases: ``offered`` (until the accept or ``deadline``), ``sending`` (chunks
 under credit, congestion window and grants; fails when nothing was newly
-acked for ``timeout`` seconds, checked at each retransmission timeout),
+acked for ``timeout`` seconds while chunks are in flight, on a timer of its
+own, so the timeout is kept whatever the retransmission backoff; a
+re-established data connection (:meth:`on_reconnect`) resends what was in
+flight at once),
 ``verifying`` (Done sent and resent with backoff, at most
 :data:`DONE_RETRIES` times, until the receiver's Verified repeats the hash),
 ``ended``.
@@ -264,6 +268,14 @@ class OutgoingTransfer:
         """The receiver gave up (its Failed)."""
         self.fail(code, f"{self.peer} failed the transfer: {reason}")
 
+    def on_reconnect(self, now: float) -> None:
+        """The data connection came back after a break (an outage, a
+        restarted peer): resend at once what the old connection lost."""
+        if self.phase is Phase.SENDING and self.window is not None:
+            self.window.on_reconnect()
+        elif self.phase is Phase.VERIFYING and self.done_sent:
+            self._done_due = now  # the Done may have been lost with it
+
     def fail(self, code: str, reason: str) -> None:
         """End now (a local error, a cancel, a refusal)."""
         if self.phase is not Phase.ENDED:
@@ -280,7 +292,7 @@ class OutgoingTransfer:
             assert w is not None
             if w.next_deadline() is None:
                 return
-            if now - self.last_progress > self.timeout:
+            if now >= self.last_progress + self.timeout:  # the very sum next_timer gives
                 self._end(Failed(ResultCode.TIMEOUT, f"{self.peer} stopped acknowledging"))
                 return
             timeouts = w.timeouts
@@ -306,7 +318,8 @@ class OutgoingTransfer:
         if self.phase is Phase.OFFERED:
             return self.deadline
         if self.phase is Phase.SENDING and self.window is not None:
-            return self.window.next_deadline()
+            due = self.window.next_deadline()
+            return None if due is None else min(due, self.last_progress + self.timeout)
         if self.phase is Phase.VERIFYING:
             return self._done_due
         return None

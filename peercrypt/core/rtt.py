@@ -58,6 +58,14 @@ class RttEstimator:
         self.samples += 1
         self.rto = self._clamp(self.srtt + max(self.granularity, K * self.rttvar))
 
+    def reset_backoff(self) -> None:
+        """Undo :meth:`backoff` (the path is known to work again): the RTO
+        from SRTT and RTTVAR, or the initial one before any sample."""
+        if self.srtt is None or self.rttvar is None:
+            self.rto = self._clamp(self.initial_rto)
+        else:
+            self.rto = self._clamp(self.srtt + max(self.granularity, K * self.rttvar))
+
     def backoff(self) -> None:
         """Double the RTO after a retransmission timeout (bounded by max_rto)."""
         self.rto = self._clamp(self.rto * 2)

@@ -108,6 +108,13 @@ class SendWindow:
             self.timeouts += 1
             self.rtt.backoff()
 
+    def on_reconnect(self) -> None:
+        """The data connection was re-established: whatever was in flight on
+        the old one is gone. Resend it all now, with the RTO's backoff undone
+        (not at the next doubled timeout)."""
+        self._lost.update(self._in_flight)
+        self.rtt.reset_backoff()
+
     # -- outputs --------------------------------------------------------------
 
     def next_to_send(self, now: float, limit: int | None = None) -> list[int]:
