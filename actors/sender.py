@@ -122,6 +122,7 @@ DATA_MAXRT_MS = 2000  # unacknowledged data for this long drops the data connect
 DATA_HEARTBEAT_MS = 500  # ZMTP pings on the data connection, dropped unanswered after 4
 DATA_RECONNECT_MS = 100  # pause before reconnecting, no backoff
 DATA_CONNECT_MS = 500  # a connect attempt that takes longer is retried afresh
+HASH_CATCH_UP = 4  # held chunks hashed per chunk sent, on a resume
 CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
 RETRY_INITIAL = 1.0  # seconds before the first automatic retry (full jitter, doubling)
 RETRY_CODES = frozenset({ResultCode.TIMEOUT, ResultCode.UNREACHABLE})
@@ -522,7 +523,11 @@ class SenderActor(Actor):
             t.crew.submit(index)
             return
         assert t.keys is not None
-        while t.hashed < index:  # chunks the receiver already held (resume)
+        # Chunks the receiver already held (resume) are hashed a few per sent
+        # chunk, not all before the first one; the rest when Done is due.
+        for _ in range(HASH_CATCH_UP):
+            if t.hashed >= index:
+                break
             t.hasher.update(self._read(t, t.hashed))
             t.hashed += 1
         chunk = self._read(t, index)

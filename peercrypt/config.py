@@ -217,6 +217,16 @@ SETTINGS: tuple[Setting, ...] = (
     _s("attach_allow", "PEERCRYPT_ATTACH_ALLOW", "list", (),
        "Identities (fingerprints) allowed to attach as this node's remote actors.",
        flag="--attach-allow"),
+    # Resume (docs/resume.md): how long kept parts wait, byte quotas of parts.
+    _s("part_expiry", "PEERCRYPT_PART_EXPIRY", "float", 86400.0,
+       "Seconds a part of an interrupted transfer waits for its resume.",
+       flag="--part-expiry", low=1, unit="s"),
+    _s("peer_quota", "PEERCRYPT_PEER_QUOTA", "int", 0,
+       "Bytes of parts (running and kept) one sender may have here (0: no quota).",
+       flag="--peer-quota", low=0),
+    _s("part_quota", "PEERCRYPT_PART_QUOTA", "int", 0,
+       "Bytes of parts all senders together may have here (0: no quota).",
+       flag="--part-quota", low=0),
     # The statistics history (docs/statistics.md).
     _s("stats_keep_days", "PEERCRYPT_STATS_KEEP_DAYS", "float", 90.0,
        "Forget recorded transfers older than this (0: never).", flag="--stats-keep-days",

@@ -219,3 +219,21 @@ def test_two_offers_cannot_both_have_the_last_space(
         out, err = first.communicate(timeout=60)
     assert first.returncode == 0, (out, err)
     assert receiver.counters().get("receiver.refused-no-space") == 1
+
+
+def test_kept_parts_are_reclaimed_after_the_expiry(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(SIZE, name="abandoned.bin")
+    with _background_send(sender, path, receiver) as proc:
+        wait_until(lambda: _held(receiver.inbox) > 0 or proc.poll() is not None, 30, "a part")
+        receiver.kill()
+    inbox = receiver.inbox
+    assert len(_parts(inbox)) == 1
+    receiver.extra_args = ("--part-expiry", "1")
+    time.sleep(1.5)  # older than the expiry by the time the node starts
+    receiver.start()
+    assert _parts(inbox) == []
+    assert receiver.wait_for_counter("receiver.parts-reclaimed", 1) == 1

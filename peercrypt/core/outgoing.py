@@ -158,6 +158,7 @@ class OutgoingTransfer:
     done_sent: int = field(default=0, init=False)
     last_progress: float = field(init=False)
     resumed: int = field(default=0, init=False)  # chunks the receiver already held
+    accept_seconds: float = field(default=0.0, init=False)  # offer to accept (the resume check)
     chunks_sent: int = field(default=0, init=False)  # sends, retransmissions included
     bytes_sent: int = field(default=0, init=False)
     _demand_pending: bool = field(default=False, init=False)
@@ -212,6 +213,7 @@ class OutgoingTransfer:
         )
         self.window.on_accept(have, credit)
         self.resumed = self.window.acked.count
+        self.accept_seconds = now - self.started
         # The scheduler has the last word (a live max-rate): see on_pacing.
         self.paced = p.mode == "token-bucket" or self.node_capped
         self.phase = Phase.SENDING
@@ -352,6 +354,7 @@ class OutgoingTransfer:
             "fast_retransmits": w.fast_retransmits,
             "rto": round(rtt.rto, 6),
             "resumed_chunks": self.resumed,
+            "accept_seconds": round(self.accept_seconds, 6),
             "sent_chunks": self.chunks_sent,
             "sent_bytes": self.bytes_sent,
         }
