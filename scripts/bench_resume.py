@@ -27,17 +27,16 @@ from actors.file_writer import _writeback_starter
 from actors.inbox import scan
 from peercrypt.core.resume import CHECKPOINT_BYTES
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeProcess, blake3_file, random_file, start_cli, wait_until
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    blake3_file,
+    parse_size,
+    random_file,
+    start_cli,
+    wait_until,
+)
 
 MiB = 2**20
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 2**10, "M": 2**20, "G": 2**30}
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 def held_bytes(inbox: Path) -> int:
@@ -147,7 +146,8 @@ def main() -> None:
             print(
                 f"killed the {side} at {run['killed_at_bytes'] / size:.1%}: the resend moved "
                 f"{run['resent_share']:.1%} of the bytes ({run['resumed_chunks']} of "
-                f"{run['chunks']} chunks held, {run['retransmits']} resent), resume check {run['resume_check_seconds']:.3f} s, "
+                f"{run['chunks']} chunks held, {run['retransmits']} resent), "
+                f"resume check {run['resume_check_seconds']:.3f} s, "
                 f"resend {run['resend_seconds']:.1f} s, verified: {run['verified']}"
             )
         if args.fsync_cost:

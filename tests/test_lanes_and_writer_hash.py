@@ -6,10 +6,8 @@ fills, a small tmpfs the test mounts, keeps the part and its manifest)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from actors.lanes import ChunkSealed, FileHashed, LaneCrew, _OrderedHash
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import CHECKPOINT_CHUNKS, Manifest, ResumeKey
 from peercrypt.crypto.transfer import TransferKeys
+from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
 
 CHUNK = 4096
 TID = bytes(range(16))
@@ -355,19 +354,11 @@ def test_close_without_keep_records_nothing_more(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 512 KiB tmpfs, mounted for this test only."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mount)],
-        capture_output=True, text=True, timeout=10,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
     try:
-        yield mount
-    finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=10)
+        with small_tmpfs(tmp_path / "disk", "512k") as mount:
+            yield mount
+    except DiskUnavailable as exc:
+        pytest.skip(f"cannot mount a tmpfs: {exc}")
 
 
 def test_disk_full_keeps_the_part_and_what_it_holds(

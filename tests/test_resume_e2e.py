@@ -23,6 +23,7 @@ import pytest
 
 from actors.inbox import load_manifest, manifest_name, scan
 from peercrypt import errors
+from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
 from peercrypt.testing.nodes import NodeProcess, blake3_file, start_cli, wait_until
 
 CHUNK = 64 * 1024
@@ -76,6 +77,15 @@ def _background_send(
         proc.communicate(timeout=30)
 
 
+def _kill_after_a_checkpoint(
+    sender: NodeProcess, path: Path, receiver: NodeProcess, victim: NodeProcess
+) -> None:
+    """Send ``path`` and SIGKILL ``victim`` once the receiver's manifest holds chunks."""
+    with _background_send(sender, path, receiver) as proc:
+        wait_until(lambda: _held(receiver.inbox) > 0 or proc.poll() is not None, 30, "a part")
+        victim.kill()
+
+
 def _wait_for_progress(receiver_inbox: Path, proc: subprocess.Popen[str]) -> None:
     """Until the receiver has a part (the transfer is under way)."""
     wait_until(lambda: bool(_parts(receiver_inbox)) or proc.poll() is not None, 30, "a part")
@@ -108,8 +118,10 @@ def test_kill_9_at_random_points_then_resume(
         where = f"seed {seed}, round {round_}"
         if side == "receiver":
             assert resumed == held, f"{where}: resumed {resumed}, manifest held {held}"
-        else:  # the receiver's running transfer is taken over: at least the manifest
+        elif held < TOTAL:  # the receiver's running transfer is taken over: at least the manifest
             assert resumed >= held, f"{where}: resumed {resumed}, manifest held {held}"
+        # (With every chunk written the old transfer may already be verifying
+        # its hash: it is not taken over, it stores the file by itself.)
         resumed_any += resumed > 0
         assert _parts(inbox) == [], f"{where}: a part was left behind"
     assert resumed_any, f"seed {seed}: no round was killed after a checkpoint"
@@ -121,9 +133,7 @@ def test_changed_source_restarts_cleanly(
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
     path = make_file(SIZE, name="doc.bin")
-    with _background_send(sender, path, receiver) as proc:
-        wait_until(lambda: _held(receiver.inbox) > 0 or proc.poll() is not None, 30, "a part")
-        receiver.kill()
+    _kill_after_a_checkpoint(sender, path, receiver, receiver)
     assert _held(receiver.inbox) > 0
     old_parts = _parts(receiver.inbox)
     receiver.start()
@@ -145,9 +155,7 @@ def test_another_identity_cannot_continue_a_kept_part(
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
     path = make_file(SIZE, name="shared.bin")
-    with _background_send(sender, path, receiver) as proc:
-        wait_until(lambda: _held(receiver.inbox) > 0 or proc.poll() is not None, 30, "a part")
-        sender.kill()
+    _kill_after_a_checkpoint(sender, path, receiver, sender)
     sender.start()
     wait_until(lambda: receiver.counters().get("receiver.accepted", 0) >= 1, 10, "accepted")
     intruder = node_factory(name="intruder")
@@ -160,19 +168,11 @@ def test_another_identity_cannot_continue_a_kept_part(
 @pytest.fixture
 def small_inbox(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs for the receiver's inbox, mounted for this test only."""
-    mount = tmp_path / "small-inbox"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True, text=True, timeout=10,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
     try:
-        yield mount
-    finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=10)
+        with small_tmpfs(tmp_path / "small-inbox", "24m") as mount:
+            yield mount
+    except DiskUnavailable as exc:
+        pytest.skip(f"cannot mount a tmpfs: {exc}")
 
 
 def test_disk_full_mid_transfer_then_resume(
@@ -218,7 +218,7 @@ def test_two_offers_cannot_both_have_the_last_space(
         assert "not enough space" in second.json["error"]
         out, err = first.communicate(timeout=60)
     assert first.returncode == 0, (out, err)
-    assert receiver.counters().get("receiver.refused-no-space") == 1
+    assert receiver.wait_for_counter("receiver.refused-no-space", 1) == 1
 
 
 def test_kept_parts_are_reclaimed_after_the_expiry(
@@ -227,9 +227,7 @@ def test_kept_parts_are_reclaimed_after_the_expiry(
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
     path = make_file(SIZE, name="abandoned.bin")
-    with _background_send(sender, path, receiver) as proc:
-        wait_until(lambda: _held(receiver.inbox) > 0 or proc.poll() is not None, 30, "a part")
-        receiver.kill()
+    _kill_after_a_checkpoint(sender, path, receiver, receiver)
     inbox = receiver.inbox
     assert len(_parts(inbox)) == 1
     receiver.extra_args = ("--part-expiry", "1")

@@ -58,6 +58,7 @@ __all__ = [
     "free_port",
     "loopback_settings",
     "multicast_targets",
+    "parse_size",
     "random_file",
     "run_cli",
     "start_cli",
@@ -140,6 +141,15 @@ def blake3_file(path: Path | str, block: int = 1 << 20) -> str:
             hasher.update(data)
     digest: str = hasher.hexdigest()
     return digest
+
+
+def parse_size(text: str) -> int:
+    """``"1G"``, ``"256M"``, ``"64KiB"``, ``"1000"`` -> bytes (binary units)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
 
 
 def random_file(path: Path, size: int) -> Path:
