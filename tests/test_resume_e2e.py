@@ -186,7 +186,7 @@ def test_disk_full_mid_transfer_then_resume(
     with _background_send(sender, path, receiver) as proc:
         # After a checkpoint: on a full disk no newer manifest fits, the last one stands.
         wait_until(lambda: _held(small_inbox) > 0 or proc.poll() is not None, 30, "a checkpoint")
-        with open(filler, "wb") as f, contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), open(filler, "wb") as f:
             for _ in range(24):  # until the disk is full
                 f.write(b"\0" * (1024 * 1024))
                 f.flush()
