@@ -101,7 +101,7 @@ class SendWindow:
         expired = [
             i
             for i, f in self._in_flight.items()
-            if i not in self._lost and now - f.sent_at >= self.rtt.rto
+            if i not in self._lost and now >= f.sent_at + self.rtt.rto  # next_deadline's sum
         ]
         if expired:
             self._lost.update(expired)
