@@ -121,12 +121,19 @@ def _writeback_starter() -> Callable[[int, int, int], None]:
     return lambda fd, offset, length: None
 
 
+# The read-back maps this much of the file at a time: mapped pages count in
+# the node's RSS, which must not grow with the file's size.
+HASH_WINDOW = 64 * 1024 * 1024
+
+
 def hash_file(fd: int, size: int) -> bytes:
     """BLAKE3 of the first ``size`` bytes of ``fd``, read back from the file
-    (page cache; hashed on every core)."""
+    (page cache; hashed on every core), HASH_WINDOW bytes mapped at a time."""
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    if size:
-        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as view:
+    for offset in range(0, size, HASH_WINDOW):
+        with mmap.mmap(
+            fd, min(HASH_WINDOW, size - offset), prot=mmap.PROT_READ, offset=offset
+        ) as view:
             hasher.update(view)
     return hasher.digest()
 

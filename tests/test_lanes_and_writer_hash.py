@@ -421,3 +421,21 @@ def test_writer_refuses_chunks_beyond_its_queue_bound(tmp_path: Path) -> None:
         os.close(fd)
         results.close(linger=0)
         ctx.term()
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 3 * 65536 + 5])
+def test_the_read_back_hash_maps_the_file_a_window_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """The verdict's read-back maps HASH_WINDOW bytes at a time (mapped
+    pages count in RSS); the windows hash to the whole file's BLAKE3."""
+    import actors.file_writer as file_writer
+
+    monkeypatch.setattr(file_writer, "HASH_WINDOW", 65536)  # a multiple of the page size
+    data = os.urandom(size)
+    (tmp_path / "part").write_bytes(data)
+    fd = os.open(tmp_path / "part", os.O_RDONLY)
+    try:
+        assert file_writer.hash_file(fd, size) == blake3.blake3(data).digest()
+    finally:
+        os.close(fd)
