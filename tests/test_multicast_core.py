@@ -20,7 +20,9 @@ from peercrypt.core.multicast import (
     SessionPlan,
     to_ranges,
 )
-from peercrypt.crypto.keywrap import ContentSealer, WrapKey, new_content_key
+from peercrypt.crypto.handshake import Initiator, SessionSecrets, respond
+from peercrypt.crypto.identity import KeyPair
+from peercrypt.crypto.keywrap import ContentSealer, new_content_key, unwrap, wrap
 from peercrypt.crypto.transfer import OpenError
 
 # -- receiver: gaps and NAKs ---------------------------------------------------------------
@@ -249,12 +251,10 @@ def test_simulated_session_completes_with_bounded_state(
 
 def test_wrap_unwrap_and_chunk_sealing() -> None:
     sid, key = os.urandom(16), new_content_key()
-    sender, receiver = WrapKey(), WrapKey()
-    wrapped = sender.wrap(sid, receiver.public, key)
+    sender, receiver = _exchange(sid)
+    wrapped = wrap(sender, sid, key)
     assert key not in wrapped
-    assert receiver.unwrap(sid, sender.public, wrapped) == key
-    with pytest.raises(RuntimeError):
-        sender.wrap(sid, receiver.public, key)  # ephemeral keys are used once
+    assert unwrap(receiver, sid, wrapped) == key
     sealer, opener = ContentSealer(sid, key), ContentSealer(sid, key)
     nonce, sealed = sealer.seal_chunk(3, False, b"hello")
     assert opener.open_chunk(3, False, nonce, sealed) == b"hello"
@@ -268,12 +268,21 @@ def test_wrap_unwrap_and_chunk_sealing() -> None:
 
 def test_unwrap_with_another_key_or_tampered_fails() -> None:
     sid, key = os.urandom(16), new_content_key()
-    sender, receiver, eve = WrapKey(), WrapKey(), WrapKey()
-    wrapped = sender.wrap(sid, receiver.public, key)
+    sender, receiver = _exchange(sid)
+    _, eve = _exchange(sid)  # a co-receiver with its own exchange
+    wrapped = wrap(sender, sid, key)
     with pytest.raises(OpenError):
-        eve.unwrap(sid, sender.public, wrapped)
+        unwrap(eve, sid, wrapped)
+    with pytest.raises(OpenError):
+        unwrap(receiver, os.urandom(16), wrapped)  # bound to the session
     tampered = wrapped[:-1] + bytes([wrapped[-1] ^ 1])
     with pytest.raises(OpenError):
-        receiver.unwrap(sid, sender.public, tampered)
-    with pytest.raises(ValueError):
-        WrapKey().wrap(sid, bytes(32), key)  # degenerate peer key
+        unwrap(receiver, sid, tampered)
+
+
+def _exchange(sid: bytes) -> tuple[SessionSecrets, SessionSecrets]:
+    """(sender's, receiver's) secrets of one authenticated join."""
+    sender, receiver = KeyPair.from_seed(os.urandom(32)), KeyPair.from_seed(os.urandom(32))
+    init = Initiator(sender)
+    answer = respond(sid, receiver, sender.public, init.public)
+    return init.finish(sid, answer.static_pub, answer.eph_pub, answer.proof), answer.secrets

@@ -5,33 +5,28 @@ from __future__ import annotations
 import os
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peercrypt.crypto.transfer import TAG_BYTES, Ephemeral, OpenError, TransferKeys
+from peercrypt.crypto.handshake import Initiator, respond
+from peercrypt.crypto.identity import KeyPair
+from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 
 
 def pair(tid: bytes | None = None) -> tuple[TransferKeys, TransferKeys]:
     """(sender keys, receiver keys) of one fresh transfer."""
     tid = tid if tid is not None else os.urandom(16)
-    sender, receiver = Ephemeral(), Ephemeral()
-    s = sender.agree(tid, receiver.public, initiator=True)
-    r = receiver.agree(tid, sender.public, initiator=False)
-    return s, r
+    a, b = KeyPair.from_seed(os.urandom(32)), KeyPair.from_seed(os.urandom(32))
+    init = Initiator(a)
+    answer = respond(tid, b, a.public, init.public)
+    secrets = init.finish(tid, answer.static_pub, answer.eph_pub, answer.proof)
+    return TransferKeys.for_sender(tid, secrets), TransferKeys.for_receiver(tid, answer.secrets)
 
 
 def flip(data: bytes, bit: int) -> bytes:
     out = bytearray(data)
     out[bit // 8] ^= 1 << (bit % 8)
     return bytes(out)
-
-
-def test_public_key_is_32_bytes_and_fresh() -> None:
-    a, b = Ephemeral(), Ephemeral()
-    assert len(a.public) == 32
-    assert a.public != b.public
 
 
 def test_both_sides_open_each_others_chunks_and_messages() -> None:
@@ -57,23 +52,6 @@ def test_directions_use_different_keys() -> None:
     nonce, sealed = r.seal_chunk(1, False, b"to the sender")
     with pytest.raises(OpenError):
         r.open_chunk(1, False, nonce, sealed)
-
-
-def test_both_initiators_do_not_agree() -> None:
-    tid = os.urandom(16)
-    a, b = Ephemeral(), Ephemeral()
-    ka = a.agree(tid, b.public, initiator=True)
-    kb = b.agree(tid, a.public, initiator=True)  # a misconfigured peer
-    nonce, sealed = ka.seal_chunk(0, False, b"x")
-    with pytest.raises(OpenError):
-        kb.open_chunk(0, False, nonce, sealed)
-
-
-def test_ephemeral_key_is_single_use() -> None:
-    e, peer = Ephemeral(), Ephemeral()
-    e.agree(b"t" * 16, peer.public, initiator=True)
-    with pytest.raises(RuntimeError):
-        e.agree(b"t" * 16, peer.public, initiator=True)
 
 
 @settings(max_examples=40, deadline=None)
@@ -153,21 +131,6 @@ def test_keys_of_another_transfer_do_not_open() -> None:
         r2.open_message(nonce, sealed)
 
 
-def test_same_ephemeral_keys_other_tid_derive_other_keys() -> None:
-    a, b = Ephemeral(), Ephemeral()
-    a2, b2 = Ephemeral(), Ephemeral()
-    # The tid is the HKDF salt: distinct tids give unrelated keys even for one peer.
-    ka = a.agree(b"A" * 16, b.public, initiator=True)
-    kb = b.agree(b"B" * 16, a.public, initiator=False)
-    nonce, sealed = ka.seal_message(b"m")
-    with pytest.raises(OpenError):
-        kb.open_message(nonce, sealed)
-    ka2 = a2.agree(b"A" * 16, b2.public, initiator=True)
-    kb2 = b2.agree(b"A" * 16, a2.public, initiator=False)
-    nonce, sealed = ka2.seal_message(b"m")
-    assert kb2.open_message(nonce, sealed) == b"m"
-
-
 def test_nonces_never_repeat_even_when_resealing_the_same_chunk() -> None:
     s, r = pair()
     nonces: set[bytes] = set()
@@ -211,23 +174,3 @@ LOW_ORDER_POINTS = [
 ]
 
 
-@pytest.mark.parametrize("point", LOW_ORDER_POINTS)
-def test_degenerate_peer_key_is_rejected(point: bytes) -> None:
-    e = Ephemeral()
-    with pytest.raises(ValueError):
-        e.agree(b"t" * 16, point, initiator=False)
-
-
-@pytest.mark.parametrize("bad", [b"", b"\x01" * 31, b"\x01" * 33])
-def test_wrong_length_peer_key_is_rejected(bad: bytes) -> None:
-    with pytest.raises(ValueError):
-        Ephemeral().agree(b"t" * 16, bad, initiator=True)
-
-
-def test_agreement_matches_a_plain_x25519_peer() -> None:
-    private = X25519PrivateKey.generate()
-    peer_public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    e = Ephemeral()
-    keys = e.agree(b"t" * 16, peer_public, initiator=True)
-    assert keys.tid == b"t" * 16
-    assert keys.seals == 0

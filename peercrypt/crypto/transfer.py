@@ -1,10 +1,11 @@
 """Per-transfer keys and AES-256-GCM sealing of chunks and control messages.
 
-Key agreement: each side makes an ephemeral X25519 key for one transfer and
-the offer/accept exchange (inside CURVE) carries the public halves. HKDF-SHA256
-over the shared secret, salted with the transfer id and bound to both public
-keys, gives two independent 256-bit keys, one per direction. Ephemeral keys
-are dropped after derivation: forward secrecy.
+Key agreement: the offer/accept exchange (inside CURVE) is a mutual
+authentication (:mod:`peercrypt.crypto.handshake`): ephemeral X25519 keys for
+forward secrecy, both nodes' static identity keys mixed into the key schedule,
+and a proof from the receiver that the sender checks before its first chunk.
+It gives two independent 256-bit keys, one per direction; the ephemeral
+secrets are dropped after derivation.
 
 Nonces: 96 bits = a 32-bit lane number + a 64-bit counter, per key (so per
 direction). The counter increments on every seal, including retransmissions
@@ -24,48 +25,17 @@ from __future__ import annotations
 import struct
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from peercrypt.crypto.handshake import SessionSecrets
 
 TAG_BYTES = 16
-_INFO = b"peercrypt transfer v1"
 _NONCE = struct.Struct(">IQ")
 _CHUNK_AAD = struct.Struct(">16sQ?")
 
 
 class OpenError(Exception):
     """A sealed frame failed authentication (tampered, misplaced or forged)."""
-
-
-class Ephemeral:
-    """One side's ephemeral key for one transfer."""
-
-    def __init__(self) -> None:
-        self._private: X25519PrivateKey | None = X25519PrivateKey.generate()
-        self.public = self._private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-    def agree(self, tid: bytes, peer_public: bytes, *, initiator: bool) -> TransferKeys:
-        """Derive the transfer's keys; the ephemeral secret is forgotten.
-        Raises ValueError for an invalid peer key."""
-        if self._private is None:
-            raise RuntimeError("ephemeral key already used")
-        private, self._private = self._private, None
-        shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
-        if shared == bytes(32):
-            raise ValueError("degenerate peer key")
-        sender_pub, receiver_pub = (
-            (self.public, peer_public) if initiator else (peer_public, self.public)
-        )
-        okm = HKDF(
-            algorithm=hashes.SHA256(), length=64, salt=tid, info=_INFO + sender_pub + receiver_pub
-        ).derive(shared)
-        to_receiver, to_sender = okm[:32], okm[32:]
-        if initiator:
-            return TransferKeys(tid, send_key=to_receiver, recv_key=to_sender)
-        return TransferKeys(tid, send_key=to_sender, recv_key=to_receiver)
 
 
 class TransferKeys:
@@ -80,6 +50,14 @@ class TransferKeys:
         self._recv = AESGCM(recv_key)
         self._counter = 0
         self._lane = lane
+
+    @classmethod
+    def for_sender(cls, tid: bytes, secrets: SessionSecrets) -> TransferKeys:
+        return cls(tid, send_key=secrets.to_responder, recv_key=secrets.to_initiator)
+
+    @classmethod
+    def for_receiver(cls, tid: bytes, secrets: SessionSecrets) -> TransferKeys:
+        return cls(tid, send_key=secrets.to_initiator, recv_key=secrets.to_responder)
 
     def for_lane(self, lane: int) -> TransferKeys:
         """The same keys for a parallel lane (``lane`` >= 1): its own AEAD

@@ -1,0 +1,198 @@
+"""Mutual authentication of two nodes over one exchange (a transfer, a
+multicast join, a hello).
+
+Every node has a static X25519 key (its identity, :mod:`peercrypt.crypto.
+identity`); a fingerprint is the hash of that public key. The *initiator*
+(a sender, a multicast sender) starts with a fresh ephemeral key ``e_i``; the
+*responder* (a receiver) answers with its own ephemeral ``e_r``, its static
+public key ``s_r`` and a proof. The shape is Noise's KK/XK pattern, with a
+key-confirmation MAC in place of the first payload:
+
+    ikm  = DH(e_i, e_r) || DH(e_i, s_r) || DH(s_i, e_r)
+    h    = SHA-256(LABEL || context || s_i || s_r || e_i || e_r)
+    okm  = HKDF-SHA256(salt=context, ikm, info=LABEL || h, 96 bytes)
+         = to_responder (32) || to_initiator (32) || confirm (32)
+    proof = HMAC-SHA256(confirm, "responder proof" || h)
+
+- ``DH(e_i, s_r)`` can only be computed by whoever holds the responder's
+  static secret, so only the real owner of ``s_r`` can produce ``proof``
+  (and read anything sealed under ``to_responder``); the initiator checks
+  the proof, and whom ``s_r`` belongs to, before it sends a byte.
+- ``DH(s_i, e_r)`` binds the initiator's identity: the responder learns
+  ``s_i`` from the CURVE handshake that carried the exchange (the client key
+  ZAP verified); an offer replayed by anyone else derives other keys.
+- ``DH(e_i, e_r)`` gives forward secrecy: once both ephemeral secrets are
+  dropped (they are used once), recorded traffic cannot be opened even with
+  both static secrets.
+- ``h`` binds the context (transfer or session id) and all four public keys:
+  no key can be swapped, and a proof for one transfer is worthless for
+  another.
+
+A *hello proof* is the one-way version for ``hello``: the challenger sends
+an ephemeral key, the node answers with its static key and
+``HMAC(HKDF(DH(s_r, e_c)), "hello proof" || h)``; only the owner of ``s_r``
+can answer a fresh challenge.
+
+Pure functions; no sockets, no clock. Raises :class:`ProofError` for a proof
+that does not verify and ``ValueError`` for a malformed or degenerate key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from peercrypt.crypto.identity import KeyPair
+
+LABEL = b"peercrypt mutual-auth v1"
+HELLO_LABEL = b"peercrypt hello proof v1"
+KEY_BYTES = 32
+PROOF_BYTES = 32
+
+
+class ProofError(Exception):
+    """The peer's proof does not verify: it does not hold the key it names."""
+
+
+@dataclass(frozen=True)
+class SessionSecrets:
+    """The two direction keys of one authenticated exchange."""
+
+    to_responder: bytes
+    to_initiator: bytes
+
+    def __repr__(self) -> str:  # never print a key
+        return "SessionSecrets(...)"
+
+
+@dataclass(frozen=True)
+class Response:
+    """What a responder sends back (its ephemeral public key and proof) and
+    the secrets it derived."""
+
+    eph_pub: bytes
+    static_pub: bytes
+    proof: bytes
+    secrets: SessionSecrets
+
+
+def _dh(secret: bytes, public: bytes) -> bytes:
+    if len(public) != KEY_BYTES:
+        raise ValueError("a public key must be 32 bytes")
+    shared = X25519PrivateKey.from_private_bytes(secret).exchange(
+        X25519PublicKey.from_public_bytes(public)
+    )
+    if shared == bytes(32):  # a low-order point: no contribution from the peer
+        raise ValueError("degenerate peer key")
+    return shared
+
+
+def transcript_hash(
+    context: bytes, s_i: bytes, s_r: bytes, e_i: bytes, e_r: bytes, label: bytes = LABEL
+) -> bytes:
+    """SHA-256 over the label, context and every public key, length-framed."""
+    h = hashlib.sha256(label)
+    for part in (context, s_i, s_r, e_i, e_r):
+        h.update(len(part).to_bytes(2, "big") + part)
+    return h.digest()
+
+
+def _schedule(context: bytes, ikm: bytes, h: bytes) -> tuple[SessionSecrets, bytes]:
+    okm = HKDF(algorithm=hashes.SHA256(), length=96, salt=context, info=LABEL + h).derive(ikm)
+    return SessionSecrets(okm[:32], okm[32:64]), okm[64:]
+
+
+def _proof(confirm: bytes, h: bytes) -> bytes:
+    return hmac.new(confirm, b"responder proof" + h, hashlib.sha256).digest()
+
+
+def _fresh() -> tuple[bytes, bytes]:
+    pair = KeyPair.generate()
+    return pair.secret, pair.public
+
+
+def respond(
+    context: bytes,
+    own: KeyPair,
+    initiator_static: bytes,
+    initiator_eph: bytes,
+    ephemeral: KeyPair | None = None,
+) -> Response:
+    """Responder side: answer an initiator whose static key the carrier
+    (CURVE) proved. ``ephemeral`` is fresh unless a test passes one. Raises
+    ValueError for a malformed or degenerate key."""
+    pair = ephemeral if ephemeral is not None else KeyPair.generate()
+    e_secret, e_pub = pair.secret, pair.public
+    ikm = (
+        _dh(e_secret, initiator_eph)
+        + _dh(own.secret, initiator_eph)
+        + _dh(e_secret, initiator_static)
+    )
+    h = transcript_hash(context, initiator_static, own.public, initiator_eph, e_pub)
+    secrets, confirm = _schedule(context, ikm, h)
+    return Response(e_pub, own.public, _proof(confirm, h), secrets)
+
+
+class Initiator:
+    """Initiator side of one exchange: holds its ephemeral secret until
+    :meth:`finish` (once) uses and forgets it."""
+
+    def __init__(self, own: KeyPair) -> None:
+        self._own = own
+        self._secret: bytes | None
+        self._secret, self.public = _fresh()
+
+    def finish(
+        self, context: bytes, responder_static: bytes, responder_eph: bytes, proof: bytes
+    ) -> SessionSecrets:
+        """Check the responder's proof and derive the secrets. Raises
+        ProofError (the responder does not hold ``responder_static``) or
+        ValueError (a malformed key); either way the ephemeral is spent."""
+        if self._secret is None:
+            raise RuntimeError("this ephemeral key was already used")
+        secret, self._secret = self._secret, None
+        ikm = (
+            _dh(secret, responder_eph)
+            + _dh(secret, responder_static)
+            + _dh(self._own.secret, responder_eph)
+        )
+        h = transcript_hash(context, self._own.public, responder_static, self.public, responder_eph)
+        secrets, confirm = _schedule(context, ikm, h)
+        if not hmac.compare_digest(_proof(confirm, h), proof):
+            raise ProofError("the peer could not prove the identity it claims")
+        return secrets
+
+
+# -- hello: prove the static key to a challenger ---------------------------------------
+
+
+def _hello_mac(shared: bytes, challenge: bytes, static: bytes, version: str) -> bytes:
+    h = transcript_hash(version.encode("utf-8"), b"", static, challenge, b"", HELLO_LABEL)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HELLO_LABEL + h).derive(shared)
+    return hmac.new(key, b"hello proof" + h, hashlib.sha256).digest()
+
+
+def prove_hello(own: KeyPair, challenge: bytes, version: str) -> bytes:
+    """A node's answer to a hello challenge (an ephemeral public key)."""
+    return _hello_mac(_dh(own.secret, challenge), challenge, own.public, version)
+
+
+class HelloChallenge:
+    """A challenger's ephemeral key for one hello."""
+
+    def __init__(self) -> None:
+        self._secret, self.public = _fresh()
+
+    def verify(self, static: bytes, version: str, proof: bytes) -> None:
+        """Raises ProofError unless ``proof`` was made by the owner of ``static``."""
+        try:
+            expected = _hello_mac(_dh(self._secret, static), self.public, static, version)
+        except ValueError:
+            raise ProofError("the peer's key is not a valid identity key") from None
+        if not hmac.compare_digest(expected, proof):
+            raise ProofError("the peer could not prove the identity it claims")

@@ -1,0 +1,240 @@
+"""The mutual authentication of two nodes (peercrypt.crypto.handshake)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peercrypt.crypto.handshake import (
+    HelloChallenge,
+    Initiator,
+    ProofError,
+    SessionSecrets,
+    prove_hello,
+    respond,
+)
+from peercrypt.crypto.identity import KeyPair
+from peercrypt.crypto.transfer import OpenError, TransferKeys
+
+
+def node() -> KeyPair:
+    return KeyPair.from_seed(os.urandom(32))
+
+
+def flip(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+def test_both_sides_derive_the_same_keys_and_the_proof_verifies() -> None:
+    sender, receiver, tid = node(), node(), os.urandom(16)
+    init = Initiator(sender)
+    answer = respond(tid, receiver, sender.public, init.public)
+    assert answer.static_pub == receiver.public
+    secrets = init.finish(tid, answer.static_pub, answer.eph_pub, answer.proof)
+    assert secrets == answer.secrets
+    assert secrets.to_responder != secrets.to_initiator
+    s, r = TransferKeys.for_sender(tid, secrets), TransferKeys.for_receiver(tid, answer.secrets)
+    nonce, sealed = s.seal_chunk(0, True, b"chunk")
+    assert r.open_chunk(0, True, nonce, sealed) == b"chunk"
+    nonce, sealed = r.seal_message(b"ack")
+    assert s.open_message(nonce, sealed) == b"ack"
+    assert "to_" not in repr(secrets)  # never prints a key
+
+
+def _dh(secret: bytes, public: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(secret).exchange(
+        X25519PublicKey.from_public_bytes(public)
+    )
+
+
+def test_keys_match_a_plain_x25519_hkdf_computation_on_both_sides() -> None:
+    """Derive the schedule by hand from the documented formula, from each
+    side's own secrets, with no code from the module under test."""
+    s_i, s_r, tid = node(), node(), os.urandom(16)
+    init = Initiator(s_i)
+    e_i_secret = init._secret
+    assert e_i_secret is not None
+    e_r = KeyPair.generate()
+    answer = respond(tid, s_r, s_i.public, init.public, ephemeral=e_r)
+    secrets = init.finish(tid, s_r.public, answer.eph_pub, answer.proof)
+
+    def transcript() -> bytes:
+        h = hashlib.sha256(b"peercrypt mutual-auth v1")
+        for part in (tid, s_i.public, s_r.public, init.public, answer.eph_pub):
+            h.update(len(part).to_bytes(2, "big") + part)
+        return h.digest()
+
+    h = transcript()
+    # Initiator's view: its ephemeral and static secrets with the responder's publics.
+    ikm_i = (
+        _dh(e_i_secret, answer.eph_pub)
+        + _dh(e_i_secret, s_r.public)
+        + _dh(s_i.secret, answer.eph_pub)
+    )
+    # Responder's view: the same three values from the other secrets; the
+    # middle one needs the responder's static secret.
+    ikm_r = (
+        _dh(e_r.secret, init.public) + _dh(s_r.secret, init.public) + _dh(e_r.secret, s_i.public)
+    )
+    assert ikm_r == ikm_i
+    okm = HKDF(hashes.SHA256(), 96, tid, b"peercrypt mutual-auth v1" + h).derive(ikm_i)
+    assert okm[:32] == secrets.to_responder == answer.secrets.to_responder
+    assert okm[32:64] == secrets.to_initiator
+    proof = hmac.new(okm[64:], b"responder proof" + h, hashlib.sha256).digest()
+    assert proof == answer.proof
+
+
+def test_an_impostor_naming_the_receivers_key_cannot_prove_it() -> None:
+    sender, receiver, eve, tid = node(), node(), node(), os.urandom(16)
+    init = Initiator(sender)
+    # Eve answers with her own secrets but names the real receiver's key.
+    forged = respond(tid, eve, sender.public, init.public)
+    with pytest.raises(ProofError):
+        init.finish(tid, receiver.public, forged.eph_pub, forged.proof)
+
+
+def test_an_impostor_naming_her_own_key_proves_only_her_own() -> None:
+    sender, eve, tid = node(), node(), os.urandom(16)
+    init = Initiator(sender)
+    answer = respond(tid, eve, sender.public, init.public)
+    init.finish(tid, answer.static_pub, answer.eph_pub, answer.proof)
+    assert answer.static_pub == eve.public  # so trust is decided on her fingerprint
+
+
+def test_a_responder_misled_about_the_sender_derives_other_keys() -> None:
+    sender, other, receiver, tid = node(), node(), node(), os.urandom(16)
+    init = Initiator(sender)
+    answer = respond(tid, receiver, other.public, init.public)  # not the CURVE-proven key
+    with pytest.raises(ProofError):
+        init.finish(tid, answer.static_pub, answer.eph_pub, answer.proof)
+
+
+def test_a_proof_for_one_transfer_is_worthless_for_another() -> None:
+    sender, receiver = node(), node()
+    init = Initiator(sender)
+    answer = respond(b"A" * 16, receiver, sender.public, init.public)
+    with pytest.raises(ProofError):
+        init.finish(b"B" * 16, answer.static_pub, answer.eph_pub, answer.proof)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["proof", "eph", "static"]), st.integers(0, 255))
+def test_any_flipped_bit_of_the_answer_is_refused(which: str, bit: int) -> None:
+    sender, receiver, tid = node(), node(), os.urandom(16)
+    init = Initiator(sender)
+    a = respond(tid, receiver, sender.public, init.public)
+    static, eph, proof = a.static_pub, a.eph_pub, a.proof
+    if which == "proof":
+        proof = flip(proof, bit)
+    elif which == "eph":
+        eph = flip(eph, bit)
+    else:
+        static = flip(static, bit)
+    with pytest.raises((ProofError, ValueError)):
+        init.finish(tid, static, eph, proof)
+
+
+def test_initiator_ephemeral_is_single_use() -> None:
+    sender, receiver, tid = node(), node(), os.urandom(16)
+    init = Initiator(sender)
+    a = respond(tid, receiver, sender.public, init.public)
+    init.finish(tid, a.static_pub, a.eph_pub, a.proof)
+    with pytest.raises(RuntimeError):
+        init.finish(tid, a.static_pub, a.eph_pub, a.proof)
+
+
+LOW_ORDER = [bytes(32), (1).to_bytes(32, "little")]
+
+
+@pytest.mark.parametrize("point", LOW_ORDER)
+def test_degenerate_keys_are_refused_on_both_sides(point: bytes) -> None:
+    sender, receiver = node(), node()
+    with pytest.raises(ValueError):
+        respond(b"t" * 16, receiver, sender.public, point)
+    with pytest.raises(ValueError):
+        respond(b"t" * 16, receiver, point, Initiator(sender).public)
+    good = respond(b"t" * 16, receiver, sender.public, Initiator(sender).public)
+    with pytest.raises(ValueError):
+        Initiator(sender).finish(b"t" * 16, point, good.eph_pub, good.proof)
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x01" * 31, b"\x01" * 33])
+def test_wrong_length_keys_are_refused(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        respond(b"t" * 16, node(), node().public, bad)
+
+
+def test_sessions_are_fresh_each_time() -> None:
+    sender, receiver, tid = node(), node(), os.urandom(16)
+    seen: set[bytes] = set()
+    for _ in range(5):
+        init = Initiator(sender)
+        a = respond(tid, receiver, sender.public, init.public)
+        keys = init.finish(tid, a.static_pub, a.eph_pub, a.proof)
+        seen.add(keys.to_responder)
+    assert len(seen) == 5  # ephemeral keys: forward secrecy per exchange
+
+
+def test_keys_from_an_impostor_exchange_do_not_open_the_real_traffic() -> None:
+    sender, receiver, eve, tid = node(), node(), node(), os.urandom(16)
+    init = Initiator(sender)
+    real = respond(tid, receiver, sender.public, init.public)
+    secrets = init.finish(tid, real.static_pub, real.eph_pub, real.proof)
+    # Eve saw the offer (init.public) and answers with her own exchange.
+    stolen = respond(tid, eve, sender.public, init.public).secrets
+    nonce, sealed = TransferKeys.for_sender(tid, secrets).seal_chunk(0, True, b"secret")
+    with pytest.raises(OpenError):
+        TransferKeys.for_receiver(tid, stolen).open_chunk(0, True, nonce, sealed)
+
+
+def test_secrets_are_opaque_values() -> None:
+    a = SessionSecrets(b"a" * 32, b"b" * 32)
+    assert repr(a) == "SessionSecrets(...)"
+
+
+# -- hello ---------------------------------------------------------------------------
+
+
+def test_hello_proof_verifies_for_the_key_holder() -> None:
+    me = node()
+    challenge = HelloChallenge()
+    proof = prove_hello(me, challenge.public, "1.0")
+    challenge.verify(me.public, "1.0", proof)
+
+
+def test_a_forged_hello_claiming_anothers_key_is_refused() -> None:
+    real, eve = node(), node()
+    challenge = HelloChallenge()
+    forged = prove_hello(eve, challenge.public, "1.0")
+    with pytest.raises(ProofError):
+        challenge.verify(real.public, "1.0", forged)  # claims real's key, proves eve's
+
+
+def test_a_replayed_hello_proof_fails_a_new_challenge() -> None:
+    me = node()
+    old = HelloChallenge()
+    proof = prove_hello(me, old.public, "1.0")
+    with pytest.raises(ProofError):
+        HelloChallenge().verify(me.public, "1.0", proof)
+
+
+def test_hello_proof_binds_the_version_and_rejects_bad_keys() -> None:
+    me = node()
+    challenge = HelloChallenge()
+    proof = prove_hello(me, challenge.public, "1.0")
+    with pytest.raises(ProofError):
+        challenge.verify(me.public, "2.0", proof)
+    with pytest.raises(ProofError):
+        challenge.verify(bytes(32), "1.0", proof)
+    with pytest.raises(ValueError):
+        prove_hello(me, bytes(32), "1.0")
