@@ -1,0 +1,193 @@
+"""Whom a sender trusts at an address: pins, known peers, gossip (pure).
+
+Like SSH's ``known_hosts``: the first time a node proves an identity at an
+address (``host:port``), that fingerprint is recorded; later, a different
+key at the same address is refused until the user accepts the change
+(``peercrypt trust HOST PORT FINGERPRINT``). ``send --expect FP`` pins one
+fingerprint for one send, whatever the file says. Signed membership records
+count: a fingerprint that a member's own signed record lists at this address
+is known; on first contact, an address that members' records assign only to
+*other* keys is refused (someone else answered at a member's address).
+
+The check runs on a fingerprint the peer *proved* (crypto/handshake.py), never
+on one it merely claimed. The file format is one ``ADDRESS FINGERPRINT`` per
+line, ``#`` comments allowed; :func:`parse` skips what it cannot read and
+:func:`dumps` writes entries sorted, so the file diffs well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from peercrypt.crypto.identity import normalise_fingerprint
+
+MAX_ENTRIES = 100_000  # a file beyond this is read only up to here
+
+
+class Verdict(enum.Enum):
+    KNOWN = "known"  # the file (or a signed record) already has this key here
+    NEW = "new"  # first contact: record it
+    PINNED = "pinned"  # --expect matched
+    CHANGED = "changed"  # another key is recorded for this address
+    MISMATCH = "mismatch"  # --expect names another key
+    CLAIMED = "claimed"  # members' signed records assign this address to others
+
+
+TRUSTED = frozenset({Verdict.KNOWN, Verdict.NEW, Verdict.PINNED})
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    proven: str  # the fingerprint the peer proved
+    expected: str = ""  # what the pin, the file or the records said instead
+
+    @property
+    def trusted(self) -> bool:
+        return self.verdict in TRUSTED
+
+
+def normalise_address(host: str, port: int) -> str:
+    """``host:port`` as recorded: lower case, ``localhost``/``::1`` as 127.0.0.1,
+    IPv6 in brackets."""
+    h = host.strip().strip("[]").lower()
+    if h in ("localhost", "::1"):
+        h = "127.0.0.1"
+    if ":" in h:
+        h = f"[{h}]"
+    return f"{h}:{port}"
+
+
+def parse(text: str) -> dict[str, str]:
+    """``address -> fingerprint`` from the file's text; unreadable lines are skipped."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split("#", 1)[0].split()
+        if len(parts) != 2:
+            continue
+        try:
+            out[parts[0]] = normalise_fingerprint(parts[1])
+        except ValueError:
+            continue
+        if len(out) >= MAX_ENTRIES:
+            break
+    return out
+
+
+def dumps(entries: dict[str, str]) -> str:
+    head = "# PeerCrypt known peers: ADDRESS FINGERPRINT (proven keys; see `peercrypt trust`)\n"
+    return head + "".join(f"{a} {fp}\n" for a, fp in sorted(entries.items()))
+
+
+def decide(
+    known: dict[str, str],
+    address: str,
+    proven: str,
+    expect: str = "",
+    members_here: Iterable[str] = (),
+) -> Decision:
+    """Should a sender trust the key ``proven`` at ``address``?
+
+    ``expect`` (normalised) overrides everything; else the recorded entry;
+    else the fingerprints members' signed records list at this address.
+    """
+    if expect:
+        if proven == expect:
+            return Decision(Verdict.PINNED, proven)
+        return Decision(Verdict.MISMATCH, proven, expect)
+    recorded = known.get(address)
+    if recorded is not None:
+        if recorded == proven:
+            return Decision(Verdict.KNOWN, proven)
+        return Decision(Verdict.CHANGED, proven, recorded)
+    members = sorted(set(members_here))
+    if proven in members:
+        return Decision(Verdict.KNOWN, proven)
+    if members:
+        return Decision(Verdict.CLAIMED, proven, members[0])
+    return Decision(Verdict.NEW, proven)
+
+
+def explain(decision: Decision, host: str, port: int) -> str:
+    """One line for the user about a refused key, naming both fingerprints and
+    what to do."""
+    addr = normalise_address(host, port)
+    accept = f"peercrypt trust {host} {port} {decision.proven}"
+    if decision.verdict is Verdict.MISMATCH:
+        return (
+            f"{addr} proved key {decision.proven}, not the expected {decision.expected}; "
+            "nothing was sent"
+        )
+    if decision.verdict is Verdict.CHANGED:
+        return (
+            f"WARNING: the key at {addr} changed: known {decision.expected}, now "
+            f"{decision.proven}; nothing was sent. If the change is expected, run: {accept}"
+        )
+    if decision.verdict is Verdict.CLAIMED:
+        return (
+            f"{addr} proved key {decision.proven}, but members' signed records name "
+            f"{decision.expected} at that address; nothing was sent. If it is right, run: {accept}"
+        )
+    return f"{addr} is trusted ({decision.verdict.value})"
+
+
+FILE_NAME = "known_peers"
+
+
+class KnownPeersFile:
+    """The known-peers file in a node's data directory (mode 0600).
+
+    Read on every check (it is small, and ``peercrypt trust`` may change it
+    while the node runs); written under an exclusive ``flock`` with an atomic
+    replace, so the sender and the multicast sender never lose each other's
+    entries.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / FILE_NAME
+
+    def load(self) -> dict[str, str]:
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                return parse(f.read(MAX_ENTRIES * 128))
+        except FileNotFoundError:
+            return {}
+
+    def set(self, address: str, fp: str, *, replace: bool) -> bool:
+        """Record ``fp`` at ``address``. Without ``replace`` an existing entry
+        wins (first contact only). Returns whether the file changed. Raises
+        OSError."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_fd = os.open(self.path.with_name(FILE_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            entries = self.load()
+            if entries.get(address) == fp or (address in entries and not replace):
+                return False
+            entries[address] = fp
+            tmp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(dumps(entries))
+            os.replace(tmp, self.path)
+            return True
+        finally:
+            os.close(lock_fd)
+
+    def check(
+        self, host: str, port: int, proven: str, expect: str = "", members_here: Iterable[str] = ()
+    ) -> Decision:
+        """:func:`decide` against the file; a first contact is recorded.
+        An unwritable file does not stop a transfer (the check still holds)."""
+        address = normalise_address(host, port)
+        decision = decide(self.load(), address, proven, expect, members_here)
+        if decision.verdict in (Verdict.NEW, Verdict.KNOWN) and not expect:
+            with contextlib.suppress(OSError):
+                self.set(address, proven, replace=False)
+        return decision

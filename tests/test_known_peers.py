@@ -1,0 +1,113 @@
+"""Whom a sender trusts at an address (peercrypt.crypto.known_peers)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peercrypt.crypto.identity import KeyPair, fingerprint
+from peercrypt.crypto.known_peers import (
+    KnownPeersFile,
+    Verdict,
+    decide,
+    dumps,
+    explain,
+    normalise_address,
+    parse,
+)
+
+
+def fp() -> str:
+    return fingerprint(KeyPair.generate().public)
+
+
+A = "127.0.0.1:9000"
+
+
+def test_first_contact_is_new_then_known_then_a_change_is_refused() -> None:
+    one, two = fp(), fp()
+    assert decide({}, A, one).verdict is Verdict.NEW
+    assert decide({A: one}, A, one).verdict is Verdict.KNOWN
+    changed = decide({A: one}, A, two)
+    assert changed.verdict is Verdict.CHANGED and not changed.trusted
+    line = explain(changed, "localhost", 9000)
+    assert one in line and two in line
+    assert f"peercrypt trust localhost 9000 {two}" in line
+
+
+def test_expect_pins_whatever_the_file_says() -> None:
+    one, two = fp(), fp()
+    assert decide({A: one}, A, two, expect=two).verdict is Verdict.PINNED
+    mismatch = decide({A: one}, A, one, expect=two)
+    assert mismatch.verdict is Verdict.MISMATCH and not mismatch.trusted
+    assert one in explain(mismatch, "h", 1) and two in explain(mismatch, "h", 1)
+
+
+def test_signed_member_records_count_as_known() -> None:
+    member, stranger = fp(), fp()
+    assert decide({}, A, member, members_here=[member]).verdict is Verdict.KNOWN
+    claimed = decide({}, A, stranger, members_here=[member])
+    assert claimed.verdict is Verdict.CLAIMED and claimed.expected == member
+    # The file has the last word over records.
+    assert decide({A: stranger}, A, stranger, members_here=[member]).verdict is Verdict.KNOWN
+
+
+def test_addresses_are_normalised() -> None:
+    assert normalise_address("LocalHost", 1) == "127.0.0.1:1"
+    assert normalise_address("::1", 1) == "127.0.0.1:1"
+    assert normalise_address("[fe80::1]", 2) == "[fe80::1]:2"
+    assert normalise_address("10.0.0.1", 3) == "10.0.0.1:3"
+
+
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z0-9.]{1,20}:[0-9]{1,5}", fullmatch=True),
+        st.builds(lambda b: fingerprint(b), st.binary(min_size=32, max_size=32)),
+        max_size=20,
+    )
+)
+def test_the_file_format_round_trips(entries: dict[str, str]) -> None:
+    assert parse(dumps(entries)) == entries
+
+
+def test_parse_skips_what_it_cannot_read() -> None:
+    good = fp()
+    text = f"# comment\n{A} {good}  # note\ngarbage\nx:1 not-a-fingerprint\n\0\xff\n"
+    assert parse(text) == {A: good}
+
+
+def test_the_file_records_first_contact_and_refuses_a_change(tmp_path: Path) -> None:
+    store = KnownPeersFile(tmp_path)
+    one, two = fp(), fp()
+    assert store.check("localhost", 9000, one).verdict is Verdict.NEW
+    assert (store.path.stat().st_mode & 0o777) == 0o600
+    assert store.load() == {A: one}
+    assert store.check("127.0.0.1", 9000, two).verdict is Verdict.CHANGED
+    assert store.load() == {A: one}  # a refused key is never recorded
+    assert store.set(A, two, replace=True)
+    assert store.check("127.0.0.1", 9000, two).verdict is Verdict.KNOWN
+    # A pinned send does not record anything.
+    assert store.check("10.0.0.1", 1, one, expect=one).verdict is Verdict.PINNED
+    assert "10.0.0.1:1" not in store.load()
+
+
+def test_concurrent_writers_lose_no_entry(tmp_path: Path) -> None:
+    stores = [KnownPeersFile(tmp_path) for _ in range(4)]
+    keys = {f"10.0.0.{i}:{j}": fp() for i in range(4) for j in range(25)}
+
+    def write(i: int) -> None:
+        for address, key in keys.items():
+            if address.startswith(f"10.0.0.{i}:"):
+                stores[i].set(address, key, replace=False)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert KnownPeersFile(tmp_path).load() == keys
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
