@@ -289,7 +289,8 @@ class ControlActor(Actor):
             self.count("forced-sends")
             log.warning("sending to %s:%s despite: %s", req.host, req.port, result.reason)
         self.sending[req.request] = (req.host, req.port)
-        self.tell(ROUTES[SendRequest], req)
+        # Whom members' signed records place at that address: the sender's trust check.
+        self.tell(ROUTES[SendRequest], dataclasses.replace(req, members=result.members))
 
     def _refuse_send(self, req: SendRequest, code: str, reason: str) -> None:
         entry = self.pending.pop(req.request, None)

@@ -2,7 +2,8 @@
 
 A CURVE server ROUTER socket, admission by the ``admission`` actor (ZAP, with
 the domain enforced so a missing handler means *no* admission). It answers
-``hello`` and ``ping`` itself and hands every other control message, with
+``hello`` (proving the node's identity over the asker's challenge) and
+``ping`` itself and hands every other control message, with
 the peer's ZAP-verified key, to the actor that owns that message type;
 their answers come back as ``Outbound`` mail. Malformed or unexpected input
 is counted per kind and logged once per peer and kind; it never stops the
@@ -17,6 +18,7 @@ import zmq
 import zmq.utils.z85
 
 import peercrypt
+from peercrypt.crypto.handshake import prove_hello
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
 from peercrypt.settings import NodeSettings
@@ -92,8 +94,14 @@ class GatewayActor(Actor):
                 continue
             self.count(f"in-{msg.TYPE}")
             if isinstance(msg, Hello):
+                identity, version = self.settings.identity, peercrypt.__version__
+                try:
+                    proof = prove_hello(identity, msg.challenge, version)
+                except ValueError:
+                    self._reject(route, peer_z85, "bad-challenge", "degenerate key")
+                    continue
                 reply: codec.Message = HelloReply(
-                    node_id=self.settings.identity.public, version=peercrypt.__version__
+                    node_id=identity.public, version=version, proof=proof
                 )
                 sock.send_multipart([route, codec.encode(reply)])
             elif isinstance(msg, Ping):

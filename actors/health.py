@@ -17,7 +17,10 @@ that probes it no later than ``t + I + I/2 + max(1, log10 n) * I``, i.e.
 
 One-shot checks (``CheckRequest``: ``peercrypt health-check``, ``reconnect``
 and the control actor's pre-send check) use a fresh socket with a monitor:
-``Hello`` -> ``HelloReply`` gives the RTT and the peer's fingerprint. An
+``Hello`` (with a fresh challenge key) -> ``HelloReply`` gives the RTT and
+the peer's fingerprint, shown only once the reply's proof verifies (the
+peer holds that identity's secret: crypto/handshake.py); a reply that does
+not prove its key fails the check ("impostor"). An
 attempt fails on connection refused, on no answer within ``--timeout``; a
 failed CURVE handshake (wrong network key) or a ZAP denial is final. Failed
 attempts are retried up to ``--max-retries`` times after full-jitter
@@ -40,6 +43,7 @@ from peercrypt.core.member_state import MemberState, worst
 from peercrypt.core.membership import x25519_public_key
 from peercrypt.core.reliability import ReliabilityScore
 from peercrypt.core.suspicion import FailureDetector, Transition
+from peercrypt.crypto.handshake import HelloChallenge, ProofError
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
@@ -47,6 +51,7 @@ from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Hello, HelloReply, Ping, Pong
 from peercrypt.wire.network_messages import (
+    MAX_MEMBERS_AT,
     CheckRequest,
     CheckResult,
     HealthVerdict,
@@ -102,6 +107,7 @@ class Check:
     attempts: int = 0
     timer: Timer | None = None
     last: tuple[str, str] = (ResultCode.UNREACHABLE, "")
+    challenge: HelloChallenge | None = None
 
 
 class HealthActor(Actor):
@@ -365,7 +371,8 @@ class HealthActor(Actor):
             self._finish(check, check.link.failure, check.link.detail)
             return
         check.sent_at = self.now()
-        check.link.send(Hello())
+        check.challenge = HelloChallenge()
+        check.link.send(Hello(challenge=check.challenge.public))
         check.timer = self.call_later(self._attempt_timeout(check), lambda: self._on_timeout(check))
         self.count("checks")
 
@@ -381,9 +388,16 @@ class HealthActor(Actor):
             return
         rtt = self.now() - check.sent_at
         fp = fingerprint(msg.node_id)
-        self._finish(
-            check, ResultCode.OK, f"{check.request.host}:{check.request.port} answered", rtt, fp
-        )
+        peer = f"{check.request.host}:{check.request.port}"
+        assert check.challenge is not None
+        try:
+            check.challenge.verify(msg.node_id, msg.version, msg.proof)
+        except ProofError:
+            self.count("checks-forged")
+            reason = f"{peer} named key {fp} but could not prove it holds it"
+            self._finish(check, ResultCode.IMPOSTOR, reason)
+            return
+        self._finish(check, ResultCode.OK, f"{peer} answered", rtt, fp)
 
     def _on_timeout(self, check: Check) -> None:
         if check.request.request not in self.checks or check.link is None:
@@ -441,8 +455,10 @@ class HealthActor(Actor):
             check.link = None
         ok = code == ResultCode.OK
         self.count("checks-ok" if ok else "checks-failed")
+        members_here: list[str] = []
         for m in self.members.values():
             if same_host_port(m.url, req.host, req.port):
+                members_here.append(m.fingerprint)
                 m.score.record_ping(ok)
                 if ok:
                     m.retry, m.next_retry = None, 0.0
@@ -458,5 +474,6 @@ class HealthActor(Actor):
                     rtt=rtt,
                     fingerprint=fp,
                     attempts=check.attempts,
+                    members=members_here[:MAX_MEMBERS_AT],
                 ),
             )

@@ -4,8 +4,9 @@ Announces arrive from the gateway (control plane, CURVE). Per session:
 
 1. ``McAnnounce`` -> checks (limits, name, chunk size, space, the signing
    key is the identity CURVE proved for the sender), an anonymous part file
-   in the inbox (``actors/inbox.py``), ``McJoin`` with a fresh ephemeral key
-   and this actor's unicast repair port.
+   in the inbox (``actors/inbox.py``), ``McJoin`` with a fresh ephemeral key,
+   this node's identity key and its proof (crypto/handshake.py), and this
+   actor's unicast repair port.
 2. ``McKey`` -> the content key is unwrapped; a SUB socket connects to the
    sender's advertised PUB port and subscribes to the session id. With a UDP
    multicast group in the announce, the receiver joined the group at step 1
@@ -56,8 +57,9 @@ from peercrypt.crypto.chunk_signature import (
     repair_tag,
     subscription_token,
 )
+from peercrypt.crypto.handshake import SessionSecrets, respond
 from peercrypt.crypto.identity import fingerprint
-from peercrypt.crypto.keywrap import ContentSealer, WrapKey
+from peercrypt.crypto.keywrap import ContentSealer, unwrap
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError
 from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, bound_port
 from peercrypt.settings import NodeSettings
@@ -97,7 +99,7 @@ MAX_SESSIONS_PER_HOST = 8
 MAX_LISTENERS = 16
 COMPLETED_MEMORY = 256
 HEADER_MAX_BYTES = 512
-WRAP_MEMORY = 4  # announce attempts whose ephemeral key we keep
+WRAP_MEMORY = 4  # announce attempts whose derived secrets we keep
 # Bytes of chunks being reassembled from datagrams, per session (at least 2
 # chunks): 16 chunks of 1 MiB.
 PENDING_BYTES = 16 * 1024 * 1024
@@ -119,7 +121,7 @@ class Session:
     pub_endpoint: str
     started: float
     last_activity: float
-    wraps: dict[int, tuple[WrapKey, bytes]] = field(default_factory=dict)
+    wraps: dict[int, SessionSecrets] = field(default_factory=dict)
     sealer: ContentSealer | None = None
     sub: zmq.Socket[Any] | None = None
     digest: bytes = b""
@@ -240,6 +242,11 @@ class MulticastReceiverActor(Actor):
         done = self.completed.get(a.sid)
         if done is not None:
             return codec.decode(done[1])
+        # The sender's identity is its CURVE client key; we prove ours in the join.
+        try:
+            answer = respond(a.sid, self.settings.identity, env.peer, a.eph_pub)
+        except ValueError:
+            return refuse("protocol", "invalid ephemeral or identity key")
         sess = self.sessions.get(a.sid)
         if sess is not None and sess.peer != env.peer:
             return refuse("duplicate", "session id already in use")
@@ -301,13 +308,14 @@ class MulticastReceiverActor(Actor):
             log.info("joining multicast session %s (%s, %d bytes)", a.sid.hex()[:12], name, a.size)
         sess.route = env.route
         sess.last_activity = self.now()
-        wrap = WrapKey()
-        sess.wraps[a.attempt] = (wrap, a.eph_pub)
+        sess.wraps[a.attempt] = answer.secrets
         while len(sess.wraps) > WRAP_MEMORY:
             sess.wraps.pop(next(iter(sess.wraps)))
         return McJoin(
             sid=a.sid,
-            eph_pub=wrap.public,
+            eph_pub=answer.eph_pub,
+            static_pub=answer.static_pub,
+            proof=answer.proof,
             repair_port=self.repair_port,
             attempt=a.attempt,
             repair_key=sess.receiver_key,
@@ -355,14 +363,13 @@ class MulticastReceiverActor(Actor):
         sess = self.sessions.get(k.sid)
         if sess is None or sess.peer != env.peer:
             return McRefuse(sid=k.sid, code="unknown-session", reason="no such session here")
-        entry = sess.wraps.pop(k.attempt, None)
-        if entry is None:
+        secrets = sess.wraps.pop(k.attempt, None)
+        if secrets is None:
             self.count("key-stale")
             return None
-        wrap, sender_pub = entry
         try:
-            key = wrap.unwrap(k.sid, sender_pub, k.wrapped)
-        except (OpenError, ValueError):
+            key = unwrap(secrets, k.sid, k.wrapped)
+        except OpenError:
             self.count("key-invalid")
             return None
         sess.route = env.route

@@ -4,8 +4,11 @@ Per session (``McSendRequest`` from the control actor):
 
 1. A CURVE DEALER per target carries ``McAnnounce`` (name, size, chunk size,
    a fresh ephemeral key, this node's PUB port). A target answers ``McJoin``
-   with its own ephemeral key and repair port; it gets the session's random
-   content key wrapped for it alone (``McKey``). Targets that refuse the
+   with its own ephemeral key, its identity key and a proof that it holds it
+   (crypto/handshake.py), and its repair port; only if the proof verifies and
+   the identity is the one trusted at that address (crypto/known_peers.py)
+   does it get the session's random content key wrapped for it alone
+   (``McKey``). Targets that refuse the
    connection or fail the handshake are reported at once; publishing starts
    when every target joined or failed, or after ``JOIN_WAIT`` s with at least
    one joined; a target that joins later catches up by repairs, and the
@@ -57,7 +60,11 @@ from peercrypt.crypto.chunk_signature import (
     repair_tag,
     subscription_token,
 )
-from peercrypt.crypto.keywrap import ContentSealer, WrapKey, new_content_key
+from peercrypt.crypto.handshake import Initiator, ProofError
+from peercrypt.crypto.identity import fingerprint
+from peercrypt.crypto.keywrap import ContentSealer, new_content_key
+from peercrypt.crypto.keywrap import wrap as wrap_key
+from peercrypt.crypto.known_peers import KnownPeersFile, explain
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, Timer, bound_port
 from peercrypt.settings import NodeSettings
@@ -119,7 +126,7 @@ class Target:
     port: int
     ctl: zmq.Socket[Any]
     monitor: zmq.Socket[Any]
-    wraps: dict[int, WrapKey] = field(default_factory=dict)
+    wraps: dict[int, Initiator] = field(default_factory=dict)
     attempt: int = 0
     joined: bool = False
     repair: zmq.Socket[Any] | None = None
@@ -190,6 +197,7 @@ class MulticastSenderActor(Actor):
         super().__init__(env)
         self.settings = settings
         self.sessions: dict[bytes, Session] = {}
+        self.known_peers = KnownPeersFile(settings.data_dir)
         self.pub: zmq.Socket[Any] | None = None
         self.pub_port = 0
         self.signer = ChunkSigner(settings.identity.seed)
@@ -374,7 +382,7 @@ class MulticastSenderActor(Actor):
 
     def _announce(self, sess: Session, t: Target) -> None:
         t.attempt += 1
-        wrap = WrapKey()
+        wrap = Initiator(self.settings.identity)
         t.wraps[t.attempt] = wrap
         while len(t.wraps) > 4:
             t.wraps.pop(next(iter(t.wraps)))
@@ -509,18 +517,30 @@ class MulticastSenderActor(Actor):
         if wrap is None:
             self.count("join-stale")
             return
-        if len(j.repair_key) != RECEIVER_KEY_BYTES:
-            return self._target_failed(
-                sess, t, ResultCode.PROTOCOL, f"{t.name} sent no receiver key"
-            )
-        if j.repair_key != t.repair_key:
-            t.repair_key, t.token = j.repair_key, subscription_token(j.repair_key)
+        # The content key goes only to a receiver that proved its identity
+        # and is the one this node trusts at that address.
         try:
-            wrapped = wrap.wrap(sess.sid, j.eph_pub, sess.content_key)
+            secrets = wrap.finish(sess.sid, j.static_pub, j.eph_pub, j.proof)
+        except ProofError:
+            who = fingerprint(j.static_pub)
+            reason = f"{t.name} could not prove it holds the key it named ({who}); no key sent"
+            return self._target_failed(sess, t, ResultCode.IMPOSTOR, reason)
         except ValueError:
             return self._target_failed(
                 sess, t, ResultCode.PROTOCOL, f"{t.name} sent an invalid key"
             )
+        decision = self.known_peers.check(t.host, t.port, fingerprint(j.static_pub))
+        if not decision.trusted:
+            return self._target_failed(
+                sess, t, ResultCode.UNTRUSTED, explain(decision, t.host, t.port)
+            )
+        if len(j.repair_key) != RECEIVER_KEY_BYTES:
+            return self._target_failed(
+                sess, t, ResultCode.PROTOCOL, f"{t.name} sent no receiver key"
+            )
+        wrapped = wrap_key(secrets, sess.sid, sess.content_key)
+        if j.repair_key != t.repair_key:
+            t.repair_key, t.token = j.repair_key, subscription_token(j.repair_key)
         member = sess.plan.members.get(t.name)
         rejoin = member is None or member.state in (JOINING, LOST)
         if rejoin:

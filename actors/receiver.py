@@ -9,8 +9,9 @@ layered on it). Per transfer:
    resume lookup (:mod:`peercrypt.core.resume`: a kept part of the same file
    from the same proven sender identity is continued, older versions of it
    are deleted), space and quotas (:mod:`peercrypt.core.space`: what running
-   transfers still have to write is reserved, kept parts give way), ephemeral
-   key agreement, ``.NAME.TID.part`` created (or the kept one reopened),
+   transfers still have to write is reserved, kept parts give way), the mutual
+   authentication (crypto/handshake.py: the sender's identity is the CURVE
+   client key, ours is proven in the Accept), ``.NAME.TID.part`` created (or the kept one reopened),
    Accept with the chunks already held.
 2. Chunks -> authenticated, decrypted, queued to the writer thread; acked
    only once written. The writer keeps the manifest beside the part (the
@@ -64,8 +65,9 @@ from peercrypt.core.resume import (
     plan_resume,
 )
 from peercrypt.core.space import Quotas, SpaceLedger
+from peercrypt.crypto.handshake import respond
 from peercrypt.crypto.identity import fingerprint
-from peercrypt.crypto.transfer import TAG_BYTES, Ephemeral, OpenError, TransferKeys
+from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
 from peercrypt.settings import NodeSettings
@@ -231,11 +233,13 @@ class ReceiverActor(Actor):
             name = check_offer(s, offer.name, offer.chunk_size, offer.size)
         except Refusal as exc:
             return refuse(exc.code, exc.reason)
-        eph = Ephemeral()
+        # ``peer`` is the sender's identity key, proven by CURVE (ZAP's
+        # User-Id); the answer proves ours and mixes both into the keys.
         try:
-            keys = eph.agree(offer.tid, offer.eph_pub, initiator=False)
+            answer = respond(offer.tid, s.identity, peer, offer.eph_pub)
         except ValueError:
-            return refuse("bad-offer", "invalid ephemeral key")
+            return refuse("bad-offer", "invalid ephemeral or identity key")
+        keys = TransferKeys.for_receiver(offer.tid, answer.secrets)
         key = ResumeKey(peer, name, offer.size, offer.chunk_size, offer.source)
         try:
             reuse = self._resumable(key)
@@ -304,7 +308,9 @@ class ReceiverActor(Actor):
         log.debug("accepted %s (%d bytes, chunks of %d)", name, offer.size, offer.chunk_size)
         return Accept(
             tid=offer.tid,
-            eph_pub=eph.public,
+            eph_pub=answer.eph_pub,
+            static_pub=answer.static_pub,
+            proof=answer.proof,
             data_host=s.advertise_data_host,
             data_port=s.advertise_data_port or self.data_port,
             window=flow.window.window,

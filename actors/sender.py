@@ -7,7 +7,11 @@ to send, when, the end):
 1. A CURVE DEALER to the peer's public port carries the Offer (name and size
    travel inside CURVE); a socket monitor tells *why* nothing came back:
    connection refused, handshake failed (wrong network key), or not admitted.
-2. On Accept: the transfer keys are derived and plain DEALERs (one per lane)
+2. On Accept: the receiver's proof of its identity is checked
+   (crypto/handshake.py), then whether that identity is the one expected at
+   this address (``--expect``, the known-peers file, members' signed
+   records: crypto/known_peers.py); a failure ends the transfer before its
+   first byte (exit 4). Then the transfer keys are derived and plain DEALERs (one per lane)
    to the advertised data port carry the chunks the transfer asks for, read
    with ``pread``, hashed (BLAKE3, in file order, on first read) and sealed
    with a fresh nonce each time; in parallel mode a
@@ -78,7 +82,10 @@ from peercrypt.core.outgoing import (
     SendDone,
 )
 from peercrypt.core.resume import SAMPLE_BYTES, sample_offsets, source_tag
-from peercrypt.crypto.transfer import Ephemeral, OpenError, TransferKeys
+from peercrypt.crypto.handshake import Initiator, ProofError
+from peercrypt.crypto.identity import fingerprint
+from peercrypt.crypto.known_peers import KnownPeersFile, explain
+from peercrypt.crypto.transfer import OpenError, TransferKeys
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
@@ -139,7 +146,7 @@ class Outgoing:
     tid: bytes
     fd: int
     mtime_ns: int
-    eph: Ephemeral
+    eph: Initiator
     link: Link | None = None
     keys: TransferKeys | None = None
     data: zmq.Socket[Any] | None = None
@@ -177,6 +184,7 @@ class SenderActor(Actor):
         self.waiting: deque[SendRequest] = deque()  # beyond max_outgoing, in order
         self.retrying: dict[int, Timer] = {}  # request -> the timer of its next attempt
         self.rng = random.Random()
+        self.known_peers = KnownPeersFile(settings.data_dir)
 
     def setup(self) -> None:
         self.call_every_while(PROGRESS_INTERVAL, self._progress, lambda: bool(self.transfers))
@@ -320,7 +328,7 @@ class SenderActor(Actor):
             tid=tid,
             fd=fd,
             mtime_ns=st.st_mtime_ns,
-            eph=Ephemeral(),
+            eph=Initiator(self.settings.identity),
             retry=retry,
         )
         self.transfers[tid] = t
@@ -371,10 +379,22 @@ class SenderActor(Actor):
 
     def _on_accept(self, t: Outgoing, accept: Accept) -> None:
         try:
-            t.keys = t.eph.agree(t.tid, accept.eph_pub, initiator=True)
+            secrets = t.eph.finish(t.tid, accept.static_pub, accept.eph_pub, accept.proof)
             have = pairs(accept.have)
+        except ProofError:
+            who = fingerprint(accept.static_pub)
+            reason = f"{t.peer} could not prove it holds the key it named ({who}); nothing was sent"
+            return self._end(t, ResultCode.IMPOSTOR, reason)
         except ValueError as exc:
             return self._end(t, ResultCode.PROTOCOL, f"{t.peer} sent an invalid accept: {exc}")
+        # Whom we trust at this address, on the key just proven (before any chunk).
+        req = t.request
+        decision = self.known_peers.check(
+            req.host, req.port, fingerprint(accept.static_pub), req.expect, req.members
+        )
+        if not decision.trusted:
+            return self._end(t, ResultCode.UNTRUSTED, explain(decision, req.host, req.port))
+        t.keys = TransferKeys.for_sender(t.tid, secrets)
         flow = t.flow
         flow.on_accept(have, accept.window, self.now())
         host = accept.data_host or t.request.host

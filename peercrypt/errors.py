@@ -6,8 +6,9 @@ equal to the text on the wire).  :data:`EXIT_CODES` maps it to the process
 exit status: 0 success; 1 the transfer failed (timeout, verification, the
 peer aborted, an I/O error); 2 a usage error or a local problem (bad option,
 unreadable file, no network key); 3 the peer is unreachable; 4 not admitted
-(wrong network key or not on the peer's allow-list); 5 the peer refused the
-file.
+or not authentic (wrong network key, not on the peer's allow-list, or the
+receiver could not prove its identity or is not the one expected at that
+address); 5 the peer refused the file.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class ResultCode(enum.StrEnum):
     PROTOCOL = "protocol"  # the peer broke the protocol
     CANCELLED = "cancelled"
     FAILED = "failed"  # a multicast target reported a failure
+    IMPOSTOR = "impostor"  # the receiver could not prove the identity it named
+    UNTRUSTED = "untrusted"  # a proven identity, but not the one expected there
 
 
 EXIT_CODES: dict[ResultCode, int] = {
@@ -47,6 +50,8 @@ EXIT_CODES: dict[ResultCode, int] = {
     ResultCode.UNREACHABLE: UNREACHABLE,
     ResultCode.HANDSHAKE: NOT_ADMITTED,
     ResultCode.NOT_ADMITTED: NOT_ADMITTED,
+    ResultCode.IMPOSTOR: NOT_ADMITTED,
+    ResultCode.UNTRUSTED: NOT_ADMITTED,
     ResultCode.REFUSED: REFUSED,
 }
 

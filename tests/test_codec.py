@@ -188,6 +188,8 @@ def test_fields_at_their_exact_bounds_round_trip() -> None:
     accept = messages.Accept(
         tid=b"\0" * 16,
         eph_pub=b"k" * 32,
+        static_pub=b"s" * 32,
+        proof=b"p" * 32,
         data_host="h" * 255,
         data_port=65535,
         window=4096,
@@ -497,7 +499,7 @@ def test_encode_refuses_what_decode_would_refuse() -> None:
 def test_dataclass_fields_report_the_declared_names() -> None:
     for cls in REGISTRY.values():
         assert [f.name for f in dataclasses.fields(cls)] == list(codec.field_checks(cls))
-    reply = messages.HelloReply(node_id=b"n" * 32, version="1")
+    reply = messages.HelloReply(node_id=b"n" * 32, version="1", proof=b"p" * 32)
     assert dataclasses.replace(reply, version="2").version == "2"
 
 

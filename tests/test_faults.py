@@ -329,7 +329,7 @@ def test_garbage_on_the_public_port(setup: Setup, tmp_path: Path, zctx: zmq.Cont
     # answered with an ErrorReply naming its kind, and counted.
     server = network_server_keys(setup.key)
     member = dealer(zctx, public, KeyPair.generate(), server.z85_public)
-    member.send(codec.encode(Hello()))
+    member.send(codec.encode(Hello(challenge=KeyPair.generate().public)))
     assert member.poll(5000), "no HelloReply over CURVE"
     assert isinstance(codec.decode(member.recv()), HelloReply)
     expected_kinds = []
@@ -355,9 +355,9 @@ def test_garbage_on_the_public_port(setup: Setup, tmp_path: Path, zctx: zmq.Cont
     wait_for_drops(setup, before, [f"gateway.rejected-{kind}" for kind in expected_kinds])
     # A wrong network key fails the handshake: no answer.
     outsider = dealer(
-        zctx, public, KeyPair.generate(), network_server_keys("not the key").z85_public
+        zctx, public, KeyPair.generate(), network_server_keys(new_network_key()).z85_public
     )
-    outsider.send(codec.encode(Hello()))
+    outsider.send(codec.encode(Hello(challenge=KeyPair.generate().public)))
     assert not outsider.poll(300)
     good_transfer(setup, tmp_path, "after-public-garbage.bin")
 

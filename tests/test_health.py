@@ -9,6 +9,7 @@ from pathlib import Path
 
 from peercrypt import errors
 from peercrypt.core.member_state import worst
+from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
 
 FAST = ("--gossip-interval", "0.2", "--health-check-interval", "0.3", "--timeout", "0.5")
@@ -43,7 +44,7 @@ def test_health_check_command(
     assert down.seconds < 15
     # Without a running node a temporary one checks; a wrong key is exit 4.
     wrong = run_cli(
-        "health-check", "127.0.0.1", str(b.port), "--network-key", "wrong-key",
+        "health-check", "127.0.0.1", str(b.port), "--network-key", new_network_key(),
         data_dir=tmp_path / "outsider",
     )  # fmt: skip
     assert wrong.returncode == errors.NOT_ADMITTED, wrong.describe()

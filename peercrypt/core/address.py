@@ -47,9 +47,11 @@ def same_host_port(text: str, host: str, port: int) -> bool:
         left = split_host_port(text.removeprefix("tcp://"))
     except ValueError:
         return False
+    return left[1] == port and canonical_host(left[0]) == canonical_host(host)
 
-    def norm(h: str) -> str:
-        h = h.strip("[]").lower()
-        return "127.0.0.1" if h in ("localhost", "::1") else h
 
-    return left[1] == port and norm(left[0]) == norm(host)
+def canonical_host(host: str) -> str:
+    """One spelling per host: lower case, no brackets, loopback names as
+    ``127.0.0.1``."""
+    h = host.strip().strip("[]").lower()
+    return "127.0.0.1" if h in ("localhost", "::1") else h

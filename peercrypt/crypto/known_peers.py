@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from peercrypt.core.address import canonical_host, join_host_port
 from peercrypt.crypto.identity import normalise_fingerprint
 
 MAX_ENTRIES = 100_000  # a file beyond this is read only up to here
@@ -54,14 +55,8 @@ class Decision:
 
 
 def normalise_address(host: str, port: int) -> str:
-    """``host:port`` as recorded: lower case, ``localhost``/``::1`` as 127.0.0.1,
-    IPv6 in brackets."""
-    h = host.strip().strip("[]").lower()
-    if h in ("localhost", "::1"):
-        h = "127.0.0.1"
-    if ":" in h:
-        h = f"[{h}]"
-    return f"{h}:{port}"
+    """``host:port`` as recorded: one spelling per host (core/address.py)."""
+    return join_host_port(canonical_host(host), port)
 
 
 def parse(text: str) -> dict[str, str]:

@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from nacl.signing import VerifyKey
 
 from peercrypt.core import fragments
 from peercrypt.crypto.chunk_signature import ChunkSigner
+from peercrypt.crypto.handshake import SessionSecrets, respond
 from peercrypt.crypto.identity import KeyPair, network_server_keys
-from peercrypt.crypto.keywrap import ContentSealer, WrapKey
+from peercrypt.crypto.keywrap import ContentSealer, unwrap
 from peercrypt.wire import codec
 from peercrypt.wire.multicast_messages import (
     McAck,
@@ -73,7 +75,7 @@ class CoReceiver:
         self.repair_port = self.sink.bind_to_random_port(f"tcp://{LOCALHOST}")
         self.sessions: dict[bytes, Joined] = {}
         self.first = threading.Event()
-        self._wraps: dict[tuple[bytes, int], WrapKey] = {}
+        self._wraps: dict[tuple[bytes, int], SessionSecrets] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -106,13 +108,18 @@ class CoReceiver:
             joined = self.sessions.setdefault(msg.sid, Joined(msg))
             if joined.key:
                 return
-            wrap = WrapKey()
-            self._wraps[(msg.sid, msg.attempt)] = wrap
+            # It joins honestly, under its own identity (it is invited): the
+            # sender's identity key is the X25519 form of the announced signer.
+            sender = VerifyKey(msg.signer).to_curve25519_public_key().encode()
+            answer = respond(msg.sid, self.identity, sender, msg.eph_pub)
+            self._wraps[(msg.sid, msg.attempt)] = answer.secrets
             self._reply(
                 route,
                 McJoin(
                     sid=msg.sid,
-                    eph_pub=wrap.public,
+                    eph_pub=answer.eph_pub,
+                    static_pub=answer.static_pub,
+                    proof=answer.proof,
                     repair_port=self.repair_port,
                     attempt=msg.attempt,
                     repair_key=os.urandom(32),
@@ -124,7 +131,7 @@ class CoReceiver:
             if joined_or_none is None or wrap_or_none is None or joined_or_none.key:
                 return
             joined = joined_or_none
-            joined.key = wrap_or_none.unwrap(msg.sid, joined.announce.eph_pub, msg.wrapped)
+            joined.key = unwrap(wrap_or_none, msg.sid, msg.wrapped)
             # Acked (so the sender need not wait for it), then out of the
             # session: it keeps the content key.
             self._reply(route, McAck(sid=msg.sid, cumulative=0, written=0, naks=[]))
@@ -215,7 +222,7 @@ class CoReceiver:
             name=like.name,
             size=like.size,
             chunk_size=like.chunk_size,
-            eph_pub=WrapKey().public,
+            eph_pub=KeyPair.generate().public,
             pub_host="",
             pub_port=like.pub_port or 1,
             group=like.group,

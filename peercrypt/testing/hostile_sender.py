@@ -23,8 +23,9 @@ from typing import Any
 
 import zmq
 
+from peercrypt.crypto.handshake import Initiator
 from peercrypt.crypto.identity import KeyPair, network_server_keys
-from peercrypt.crypto.transfer import Ephemeral, OpenError, TransferKeys
+from peercrypt.crypto.transfer import OpenError, TransferKeys
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     Accept,
@@ -158,7 +159,7 @@ class HostileSender:
         timeout: float = WAIT,
     ) -> HostileTransfer | Refused:
         """Offer a file; the accepted transfer or the refusal."""
-        eph = Ephemeral()
+        eph = Initiator(self.identity)
         offer = Offer(
             tid=tid or os.urandom(16),
             name=name,
@@ -178,7 +179,9 @@ class HostileSender:
                 continue  # the answer to an earlier offer
             if not isinstance(answer, Accept):
                 return Refused(answer)
-            keys = eph.agree(offer.tid, answer.eph_pub, initiator=True)
+            # It checks the receiver's proof like a real sender (it wants the keys).
+            secrets = eph.finish(offer.tid, answer.static_pub, answer.eph_pub, answer.proof)
+            keys = TransferKeys.for_sender(offer.tid, secrets)
             host = answer.data_host or self.host
             transfer = HostileTransfer(self.ctx, self.url(host, answer.data_port), offer, keys)
             self.transfers.append(transfer)

@@ -35,9 +35,11 @@ MAX_WRAPPED = MAX_MESSAGE_BYTES - 1024
 @message
 @dataclass(frozen=True, kw_only=True)
 class Hello(Message):
-    """Ask a node who it is."""
+    """Ask a node who it is: ``challenge`` is a fresh ephemeral key the
+    answer must prove the node's identity over (crypto/handshake.py)."""
 
     TYPE = "hello"
+    challenge: bytes = fixed(KEY_BYTES)
 
 
 @message
@@ -46,6 +48,7 @@ class HelloReply(Message):
     TYPE = "hello-reply"
     node_id: bytes = fixed(KEY_BYTES)
     version: str = reason()
+    proof: bytes = fixed(KEY_BYTES)
 
 
 @message
@@ -87,11 +90,15 @@ class Accept(Message):
     """The receiver takes the offer. ``data_port`` is where chunks go (on the
     host the sender already reached, unless ``data_host`` names another);
     ``window`` is the initial credit in chunks; ``have`` lists ranges
-    [start, end) already held (resume)."""
+    [start, end) already held (resume). ``static_pub`` is the receiver's
+    identity key and ``proof`` shows it holds it (crypto/handshake.py); the
+    sender checks both before its first chunk."""
 
     TYPE = "accept"
     tid: bytes = fixed(TID_BYTES)
     eph_pub: bytes = fixed(KEY_BYTES)
+    static_pub: bytes = fixed(KEY_BYTES)
+    proof: bytes = fixed(KEY_BYTES)
     data_host: str = field(metadata=bounded(255))
     data_port: int = port()
     window: int = field(metadata=bounded(4096, 1))
@@ -217,6 +224,11 @@ class SendRequest(Message):
     # Set by the scheduler: whether the node's rate cap (live max-rate) paces
     # this send from its first byte (None: the cap it started with).
     node_capped: bool | None = None
+    # The receiver's fingerprint the user pinned (--expect); "": known peers.
+    expect: str = field(default="", metadata=bounded(64))
+    # Fingerprints members' own signed records list at HOST:PORT (the health
+    # check fills them in; crypto/known_peers.py decides with them).
+    members: list[str] = field(default_factory=list, metadata=bounded(16))
 
 
 @message

@@ -64,6 +64,10 @@ class McJoin(Message):
     TYPE = "mc-join"
     sid: bytes = fixed(SID_BYTES)
     eph_pub: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
+    # The receiver's identity key and its proof (crypto/handshake.py): the
+    # sender wraps the content key only for a receiver that proved itself.
+    static_pub: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
+    proof: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
     repair_port: int = port()  # unicast repairs go here
     attempt: int = field(default=0, metadata=bounded(2**31))
     # This receiver's random key for the session (crypto/chunk_signature.py):

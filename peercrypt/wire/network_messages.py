@@ -198,6 +198,9 @@ class CheckRequest(Message):
     budget: float = 0.0
 
 
+MAX_MEMBERS_AT = 16  # fingerprints of members at one address, in a CheckResult
+
+
 @message
 @dataclass(frozen=True, kw_only=True)
 class CheckResult(Message):
@@ -208,6 +211,8 @@ class CheckResult(Message):
     rtt: float = 0.0
     fingerprint: str = field(default="", metadata=bounded(64))
     attempts: int = field(default=0, metadata=bounded(1000))
+    # Members whose own signed records list an endpoint at HOST:PORT.
+    members: list[str] = field(default_factory=list, metadata=bounded(MAX_MEMBERS_AT))
 
 
 @message
