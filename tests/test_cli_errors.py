@@ -17,17 +17,27 @@ from pathlib import Path
 import pytest
 
 from peercrypt import errors
-from peercrypt.crypto.identity import load_or_create_identity
+from peercrypt.crypto.identity import load_or_create_identity, new_network_key
 from peercrypt.testing.nodes import CliResult, NodeProcess, blake3_file, run_cli, start_cli
 
 NODE_CMD_TIMEOUT = 20.0  # a `node` command that should fail but runs is killed after this
 
 
-def assert_error(result: CliResult, exit_code: int, *words: str) -> str:
-    """Exactly one ``peercrypt: error:`` line on stderr, containing ``words``."""
+KEY_IN_ARGV_WARNING = (
+    "peercrypt: warning: --network-key puts the key in the command line, visible to every "
+    "local user (ps); use --network-key-file or PEERCRYPT_NETWORK_KEY"
+)
+
+
+def assert_error(result: CliResult, exit_code: int, *words: str, warned: bool = False) -> str:
+    """Exactly one ``peercrypt: error:`` line on stderr, containing ``words``
+    (after the one warning about a network key in argv, if ``warned``)."""
     assert result.returncode == exit_code, result.describe()
     assert "Traceback" not in result.stderr, result.describe()
     lines = result.stderr_lines
+    if warned:
+        assert lines[:1] == [KEY_IN_ARGV_WARNING], result.describe()
+        lines = lines[1:]
     assert len(lines) == 1, result.describe()
     line = lines[0]
     assert line.startswith("peercrypt: error: "), result.describe()
@@ -115,7 +125,7 @@ def test_open_and_a_network_key_exclude_each_other(
     else:
         env = {"PEERCRYPT_NETWORK_KEY": network_key}
     result = run_cli(*args, data_dir=tmp_path / "dd", env=env, timeout=NODE_CMD_TIMEOUT)
-    assert_error(result, errors.USAGE, "--open", "exclude")
+    assert_error(result, errors.USAGE, "--open", "exclude", warned=key_from == "option")
 
 
 @pytest.mark.parametrize("value", ["zzz", "abcd-efgh", "0000-0000-0000-0000-0000-0000-0000-0000"])
@@ -126,11 +136,10 @@ def test_invalid_allow_fingerprint(tmp_path: Path, network_key: str, value: str)
         "127.0.0.1",
         "--port",
         "0",
-        "--network-key",
-        network_key,
         "--allow",
         value,
         data_dir=tmp_path / "dd",
+        env={"PEERCRYPT_NETWORK_KEY": network_key},
         timeout=NODE_CMD_TIMEOUT,
     )
     assert_error(result, errors.USAGE, "not a PeerCrypt fingerprint", value[:20])
@@ -196,9 +205,8 @@ def test_second_node_on_the_same_data_dir(
         "127.0.0.1",
         "--port",
         "0",
-        "--network-key",
-        network_key,
         data_dir=first.data_dir,
+        env={"PEERCRYPT_NETWORK_KEY": network_key},
         timeout=NODE_CMD_TIMEOUT,
     )
     assert_error(result, errors.USAGE, "already running", str(first.data_dir))
@@ -217,9 +225,8 @@ def test_port_in_use_fails_cleanly(tmp_path: Path, network_key: str, busy_port: 
         "127.0.0.1",
         "--port",
         str(busy_port),
-        "--network-key",
-        network_key,
         data_dir=data_dir,
+        env={"PEERCRYPT_NETWORK_KEY": network_key},
         timeout=NODE_CMD_TIMEOUT,
     )
     assert result.returncode != 0, result.describe()
@@ -231,9 +238,9 @@ def test_port_in_use_fails_cleanly(tmp_path: Path, network_key: str, busy_port: 
 
 @pytest.mark.parametrize("which", ["--port", "--data-port"])
 def test_port_in_use_message(tmp_path: Path, network_key: str, busy_port: int, which: str) -> None:
-    args = ["node", "--host", "127.0.0.1", "--port", "0", "--network-key", network_key]
-    args += [which, str(busy_port)]
-    result = run_cli(*args, data_dir=tmp_path / "dd", timeout=NODE_CMD_TIMEOUT)
+    args = ["node", "--host", "127.0.0.1", "--port", "0", which, str(busy_port)]
+    env = {"PEERCRYPT_NETWORK_KEY": network_key}
+    result = run_cli(*args, data_dir=tmp_path / "dd", env=env, timeout=NODE_CMD_TIMEOUT)
     assert_error(result, errors.USAGE, "cannot listen", str(busy_port), "address already in use")
 
 
@@ -268,8 +275,8 @@ def test_wrong_network_key_then_a_good_transfer(
     port = str(receiver.port)
     outsider = tmp_path / "outsider"
     wrong = run_cli(
-        "send", source, "127.0.0.1", port, "--network-key", "not-the-key", "--timeout", "5",
-        data_dir=outsider,
+        "send", source, "127.0.0.1", port, "--timeout", "5",
+        data_dir=outsider, env={"PEERCRYPT_NETWORK_KEY": new_network_key()},
     )  # fmt: skip
     assert_error(wrong, errors.NOT_ADMITTED, "handshake", "wrong network key")
     wrong_json = run_cli(
@@ -282,8 +289,8 @@ def test_wrong_network_key_then_a_good_transfer(
     # Nothing reached the inbox, and the receiver still serves members.
     assert sorted(os.listdir(receiver.inbox)) == []
     good = run_cli(
-        "send", source, "127.0.0.1", port, "--json", "--network-key", network_key,
-        data_dir=tmp_path / "member",
+        "send", source, "127.0.0.1", port, "--json",
+        data_dir=tmp_path / "member", env={"PEERCRYPT_NETWORK_KEY": network_key},
     )  # fmt: skip
     assert good.returncode == 0, good.describe()
     assert good.json["blake3"] == blake3_file(source)
@@ -304,13 +311,13 @@ def test_allow_list(
     port = str(receiver.port)
 
     denied = run_cli(
-        "send", source, "127.0.0.1", port, "--network-key", network_key, "--timeout", "5",
-        data_dir=stranger_dir,
+        "send", source, "127.0.0.1", port, "--timeout", "5",
+        data_dir=stranger_dir, env={"PEERCRYPT_NETWORK_KEY": network_key},
     )  # fmt: skip
     assert_error(denied, errors.NOT_ADMITTED, "did not admit", "allow-list")
     denied_json = run_cli(
-        "send", source, "127.0.0.1", port, "--json", "--network-key", network_key,
-        "--timeout", "5", data_dir=stranger_dir,
+        "send", source, "127.0.0.1", port, "--json", "--timeout", "5",
+        data_dir=stranger_dir, env={"PEERCRYPT_NETWORK_KEY": network_key},
     )  # fmt: skip
     assert denied_json.returncode == errors.NOT_ADMITTED, denied_json.describe()
     assert denied_json.json["code"] == "not-admitted"
@@ -318,8 +325,8 @@ def test_allow_list(
     assert os.listdir(receiver.inbox) == []
 
     ok = run_cli(
-        "send", source, "127.0.0.1", port, "--json", "--network-key", network_key,
-        data_dir=allowed_dir,
+        "send", source, "127.0.0.1", port, "--json",
+        data_dir=allowed_dir, env={"PEERCRYPT_NETWORK_KEY": network_key},
     )  # fmt: skip
     assert ok.returncode == 0, ok.describe()
     assert ok.json["blake3"] == blake3_file(source)

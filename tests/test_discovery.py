@@ -32,6 +32,7 @@ from peercrypt.crypto.identity import (
     fingerprint,
     load_or_create_identity,
     network_server_keys,
+    new_network_key,
 )
 from peercrypt.settings import NodeSettings
 from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
@@ -211,7 +212,7 @@ def test_wrong_network_key_never_appears(
     a = node_factory(*FAST)
     b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
     boot = ("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
-    outsider = node_factory(*FAST, *boot, network_key="some-other-network-key")
+    outsider = node_factory(*FAST, *boot, network_key=new_network_key())
     wait_until(lambda: knows_all([a, b]), 15, "A and B to know each other")
     wait_until(
         lambda: outsider.counters().get("discovery.joins-failed", 0) >= 1,

@@ -304,10 +304,12 @@ def test_send_through_running_node_notes_that_the_key_flag_is_not_used(
 ) -> None:
     source = make_file(10 * KiB)
     result = sender.send_result(
-        source, receiver.host, receiver.port, "--network-key", "some-other-network"
+        source, receiver.host, receiver.port, "--network-key", new_network_key()
     )
     assert_delivered((result.returncode, result.json), source, receiver)
     assert result.stderr_lines == [
+        "peercrypt: warning: --network-key puts the key in the command line, visible to every "
+        "local user (ps); use --network-key-file or PEERCRYPT_NETWORK_KEY",
         "peercrypt: note: sending through the running node, on its network "
         "(--network-key/--open apply only when no node runs)"
     ]

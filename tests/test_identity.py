@@ -16,6 +16,7 @@ from peercrypt.crypto.identity import (
     KeyPair,
     fingerprint,
     load_or_create_identity,
+    network_salt_and_secret,
     network_server_keys,
     new_network_key,
     normalise_fingerprint,
@@ -119,9 +120,9 @@ def test_identity_of_wrong_length_is_refused(tmp_path: Path, size: int) -> None:
 
 
 def test_network_server_keys_are_deterministic_per_key() -> None:
-    a1 = network_server_keys("correct horse")
-    a2 = network_server_keys("correct horse")
-    b = network_server_keys("correct horsf")
+    a1 = network_server_keys("correct horse battery staple")
+    a2 = network_server_keys("correct horse battery staple")
+    b = network_server_keys("correct horse battery staplf")
     assert a1 == a2
     assert a1.public != b.public
     assert a1.secret != b.secret
@@ -131,7 +132,7 @@ def test_network_server_keys_are_deterministic_per_key() -> None:
 def test_open_network_key_is_fixed_and_distinct() -> None:
     open_keys = network_server_keys(None)
     assert open_keys == network_server_keys(None)
-    assert open_keys != network_server_keys("x")
+    assert open_keys != network_server_keys(new_network_key())
 
 
 def test_empty_network_key_is_refused() -> None:
@@ -142,5 +143,33 @@ def test_empty_network_key_is_refused() -> None:
 def test_new_network_key_is_random_urlsafe_text() -> None:
     k1, k2 = new_network_key(), new_network_key()
     assert k1 != k2
-    assert len(k1) == 43
-    assert re.fullmatch(r"[A-Za-z0-9_-]+", k1)
+    assert len(k1) == 5 + 22 + 1 + 43
+    assert re.fullmatch(r"pcn1\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}", k1)
+
+
+def test_generated_keys_carry_their_own_salt() -> None:
+    key = new_network_key()
+    salt, secret = network_salt_and_secret(key)
+    assert key.startswith("pcn1.") and len(secret) == 32 and len(salt) == 16 + 24
+    # Same secret, other salt: another network (no precomputation serves both).
+    prefix, _salt, secret_text = key.split(".")
+    other = f"{prefix}.{new_network_key().split('.')[1]}.{secret_text}"
+    assert network_salt_and_secret(other)[1] == secret
+    assert network_server_keys(other) != network_server_keys(key)
+    assert network_server_keys(key) == network_server_keys(key)
+
+
+@pytest.mark.parametrize("short", ["x", "wrong-key", "a" * 19])
+def test_short_passphrases_are_refused_without_echoing_them(short: str) -> None:
+    with pytest.raises(ValueError, match="at least 20") as info:
+        network_server_keys(short)
+    assert short not in str(info.value)
+    network_server_keys("a" * 20)  # the floor itself is accepted
+
+
+@pytest.mark.parametrize(
+    "damaged", ["pcn1.", "pcn1.abc", "pcn1.!!!.???", "pcn1." + "A" * 22 + "." + "B" * 10]
+)
+def test_damaged_generated_keys_are_refused(damaged: str) -> None:
+    with pytest.raises(ValueError, match="damaged"):
+        network_server_keys(damaged)

@@ -25,6 +25,7 @@ from peercrypt.cli.common import (
     server_keys,
     setting_option,
     start_node,
+    warn_key_in_argv,
 )
 from peercrypt.core.address import split_host_port
 from peercrypt.crypto.identity import fingerprint
@@ -109,6 +110,7 @@ def actor(
         raise UserError(str(exc)) from None
     logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else logging.INFO)
     data_dir: Path = obj["data_dir"]
+    warn_key_in_argv()
     settings = NodeSettings(
         data_dir=data_dir,
         inbox=(inbox or data_dir / "inbox").expanduser(),

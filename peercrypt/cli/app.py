@@ -37,7 +37,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "status",
         "Show this node's identity, endpoints and counters (exit 1: not running).",
     ),
-    "keygen": ("node", "keygen", "Print a new random network key."),
+    "keygen": (
+        "node",
+        "keygen",
+        "Print a new random network key (it carries its network's own salt).",
+    ),
     "send": (
         "send",
         "send",
@@ -88,6 +92,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "network",
         "gossip",
         "Turn gossip on or off, or set its interval in seconds, live.",
+    ),
+    "trust": (
+        "network",
+        "trust",
+        "Accept FINGERPRINT as the node at HOST PORT (after a key change).",
     ),
     "actor": (
         "actor",

@@ -63,17 +63,62 @@ def load_identity(data_dir: Path) -> Any:
 
 
 def server_keys(network_key: str | None, open_network: bool) -> Any:
+    """The network's CURVE server keys. The key comes from ``--network-key``
+    (warned about: argv is visible to every local user), else
+    ``--network-key-file``, else the settings' layers (PEERCRYPT_NETWORK_KEY),
+    else a prompt when stdin is a terminal."""
+    ctx = click.get_current_context(silent=True)
+    in_argv = ctx is not None and given(ctx, "network_key")
+    from_file = ctx.meta.get("network_key_file") if ctx is not None else None
+    if from_file is not None and not in_argv:
+        network_key = from_file
     if open_network and network_key:
         raise UserError(
             "--open and a network key exclude each other (unset PEERCRYPT_NETWORK_KEY "
             "or PEERCRYPT_OPEN, see `peercrypt config show`)"
         )
+    if not open_network and not network_key and sys.stdin.isatty():
+        network_key = click.prompt("network key", hide_input=True, err=True)
     if not open_network and not network_key:
         raise UserError(
-            "no network key: pass --network-key (or set PEERCRYPT_NETWORK_KEY; "
+            "no network key: pass --network-key-file (or set PEERCRYPT_NETWORK_KEY; "
             "`peercrypt keygen` makes one), or --open for an unauthenticated local try"
         )
-    return network_server_keys(None if open_network else network_key)
+    try:
+        return network_server_keys(None if open_network else network_key)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def warn_key_in_argv(ctx: click.Context | None = None) -> None:
+    """One warning line when the network key was given on the command line."""
+    ctx = ctx or click.get_current_context(silent=True)
+    if ctx is not None and given(ctx, "network_key") and ctx.params.get("network_key"):
+        click.echo(
+            "peercrypt: warning: --network-key puts the key in the command line, visible "
+            "to every local user (ps); use --network-key-file or PEERCRYPT_NETWORK_KEY",
+            err=True,
+        )
+
+
+def _read_key_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """``--network-key-file``: the key's first line; the file must be private."""
+    if value is None:
+        return
+    try:
+        mode = value.stat().st_mode & 0o777
+        with open(value, encoding="utf-8") as f:
+            key = f.readline(4096).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        detail = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise UserError(f"cannot read network key file {value}: {detail}") from None
+    if mode & 0o077:
+        raise UserError(
+            f"{value} is accessible by other users (mode {mode:o}); run: chmod 600 {value}"
+        )
+    if not key:
+        raise UserError(f"network key file {value} is empty")
+    ctx.meta["network_key_file"] = key
 
 
 def allow_list(values: tuple[str, ...]) -> frozenset[str]:
@@ -140,7 +185,18 @@ def effective(obj: dict[str, Any], flags: dict[str, Any]) -> config.Effective:
         raise UserError(str(exc)) from None
 
 
-network_key_option = setting_option("network_key")
+def network_key_option(f: F) -> F:
+    """The ``network_key`` setting's option, and ``--network-key-file``."""
+    f = click.option(
+        "--network-key-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        expose_value=False,
+        callback=_read_key_file,
+        help="Read the network key from this file (mode 0600).",
+    )(f)
+    return setting_option("network_key")(f)
+
+
 open_option = setting_option("open", "open_network")
 
 
@@ -192,6 +248,7 @@ def local_node(
     ``network_key``/``open_network`` are the command-line values (None/False:
     not given; the temporary node then takes them from the settings layers).
     """
+    warn_key_in_argv()
     data_dir: Path = obj["data_dir"]
     try:
         client = ControlClient.for_data_dir(data_dir)

@@ -25,6 +25,8 @@ from peercrypt.cli.common import (
     open_option,
 )
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.crypto.identity import normalise_fingerprint
+from peercrypt.crypto.known_peers import KnownPeersFile, normalise_address
 from peercrypt.errors import ResultCode
 from peercrypt.wire import codec
 from peercrypt.wire.messages import ErrorReply
@@ -223,3 +225,25 @@ def _gossip_args(action: str | None, value: str | None) -> tuple[str, float]:
             f"gossip interval must be within 0.01..3600 s, got {seconds:g}", errors.USAGE
         )
     return "interval", seconds
+
+
+@click.command()
+@click.argument("host")
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.argument("key", metavar="FINGERPRINT")
+@click.pass_obj
+def trust(obj: dict[str, Any], host: str, port: int, key: str) -> None:
+    """Accept FINGERPRINT as the node at HOST PORT (after a key change)."""
+    try:
+        fp = normalise_fingerprint(key)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    store = KnownPeersFile(obj["data_dir"])
+    address = normalise_address(host, port)
+    before = store.load().get(address)
+    try:
+        store.set(address, fp, replace=True)
+    except OSError as exc:
+        raise UserError(f"cannot write {store.path}: {exc.strerror}") from None
+    was = f" (was {before})" if before and before != fp else ""
+    click.echo(f"{address} is now known as {fp}{was}")

@@ -25,6 +25,7 @@ from peercrypt.cli.common import (
     setting_option,
     start_node,
     wait_for_facts,
+    warn_key_in_argv,
 )
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.fragments import (
@@ -118,6 +119,7 @@ def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings
     inbox = Path(eff["inbox"]).expanduser() if eff["inbox"] else data_dir / "inbox"
     # Received files: what the umask allows, owner-only in an inbox the user named.
     file_mode, inbox_mode = private_modes() if eff["inbox"] else default_modes()
+    warn_key_in_argv()
     settings = NodeSettings(
         data_dir=data_dir,
         inbox=inbox,
@@ -231,5 +233,5 @@ def status(obj: dict[str, Any], as_json: bool) -> None:
 
 @click.command()
 def keygen() -> None:
-    """Print a new random network key."""
+    """Print a new random network key (it carries its network's own salt)."""
     click.echo(new_network_key())

@@ -22,6 +22,7 @@ from peercrypt.cli.common import (
     open_option,
 )
 from peercrypt.core.fragments import parse_group
+from peercrypt.crypto.identity import normalise_fingerprint
 from peercrypt.errors import ResultCode
 from peercrypt.settings import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
 from peercrypt.wire.messages import SendRequest, SendResult
@@ -51,6 +52,11 @@ from peercrypt.wire.messages import SendRequest, SendResult
 @open_option
 @modes.send_policy_options
 @click.option("--force", is_flag=True, help="Send even if the health check finds no peer.")
+@click.option(
+    "--expect",
+    metavar="FINGERPRINT",
+    help="Send only if the receiver proves this identity (else its known-peers entry).",
+)
 @click.option(
     "-m",
     "--multicast",
@@ -84,6 +90,7 @@ def send(
     network_key: str | None,
     open_network: bool,
     force: bool,
+    expect: str | None,
     multi: bool,
     to: tuple[str, ...],
     dual: bool,
@@ -102,6 +109,15 @@ def send(
     )
     if mode == "multicast" and force:
         raise UserError("--force does not apply to multicast (unreachable targets never stall it)")
+    if mode == "multicast" and expect:
+        raise UserError(
+            "--expect names one receiver; multicast receivers are checked against the "
+            "known-peers file (`peercrypt trust HOST PORT FINGERPRINT`)"
+        )
+    try:
+        pinned = normalise_fingerprint(expect) if expect else ""
+    except ValueError as exc:
+        raise UserError(f"--expect: {exc}") from None
     if group:
         try:
             address, group_port = parse_group(group)
@@ -142,6 +158,7 @@ def send(
                 chunk_size=chunk_size,
                 timeout=timeout,
                 force=force,
+                expect=pinned,
                 **overrides,
             )
         )

@@ -7,8 +7,10 @@
   peer's ZAP-verified key maps to its node id.
 - Users see and pin *fingerprints*: the first 20 bytes of SHA-256 of the public
   key in base32, grouped by four (``abcd-efgh-...``).
-- The network key (a shared secret string) is stretched with scrypt into the
-  CURVE *server* key pair that every member's control socket uses. Completing
+- The network key (a shared secret string; ``peercrypt keygen`` makes one that
+  carries its network's own scrypt salt) is stretched with scrypt into the
+  CURVE *server* key pair that every member's control socket uses. It admits;
+  it never identifies (crypto/handshake.py proves who a peer is). Completing
   a CURVE handshake needs the server public key, which only holders of the
   network key can compute; scrypt makes guessing a weak network key from a
   captured handshake slow. ``--open`` uses a fixed, public key: the control
@@ -38,7 +40,7 @@ from nacl.signing import SigningKey
 
 IDENTITY_FILE = "identity.key"
 _OPEN_NETWORK = b"peercrypt open network: no admission control"
-_SCRYPT_SALT = b"peercrypt-network-key-v1"
+_SCRYPT_SALT = b"peercrypt-network-key-v2"
 
 
 class IdentityError(Exception):
@@ -145,19 +147,59 @@ def load_or_create_identity(data_dir: Path) -> KeyPair:
     return KeyPair.from_seed(seed)
 
 
+KEY_PREFIX = "pcn1."
+MIN_PASSPHRASE = 20  # characters of a human-chosen network key
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def network_salt_and_secret(network_key: str) -> tuple[bytes, bytes]:
+    """(scrypt salt, secret) of a network key. A key from :func:`new_network_key`
+    (``pcn1.SALT.SECRET``) carries its network's own random salt, so every node
+    derives the same server key with no round trip and no precomputation
+    serves two networks. A human passphrase gets the fixed salt and must be at
+    least ``MIN_PASSPHRASE`` characters. Raises ValueError (message fit for
+    the user, never containing the key)."""
+    if not network_key:
+        raise ValueError("the network key is empty")
+    if network_key.startswith(KEY_PREFIX):
+        parts = network_key[len(KEY_PREFIX) :].split(".")
+        try:
+            salt, secret = (_b64decode(p) for p in parts) if len(parts) == 2 else (b"", b"")
+        except ValueError:
+            salt, secret = b"", b""
+        if len(salt) != 16 or len(secret) != 32:
+            raise ValueError(
+                "the network key starts like a `peercrypt keygen` key but is damaged; "
+                "copy it again"
+            )
+        return _SCRYPT_SALT + salt, secret
+    if len(network_key) < MIN_PASSPHRASE:
+        raise ValueError(
+            f"the network key is a passphrase of {len(network_key)} characters; use at "
+            f"least {MIN_PASSPHRASE}, or better a key from `peercrypt keygen`"
+        )
+    return _SCRYPT_SALT, network_key.encode("utf-8")
+
+
 def network_server_keys(network_key: str | None) -> KeyPair:
-    """The CURVE server key pair of a network (``None``: the open network)."""
+    """The CURVE server key pair of a network (``None``: the open network).
+    Raises ValueError for an empty, short or damaged key."""
     if network_key is None:
         secret = hashlib.sha256(_OPEN_NETWORK).digest()
     else:
-        if not network_key:
-            raise ValueError("the network key is empty")
-        secret = hashlib.scrypt(
-            network_key.encode("utf-8"), salt=_SCRYPT_SALT, n=2**14, r=8, p=1, dklen=32
-        )
+        salt, password = network_salt_and_secret(network_key)
+        secret = hashlib.scrypt(password, salt=salt, n=2**14, r=8, p=1, dklen=32)
     return KeyPair.from_secret(secret)
 
 
 def new_network_key() -> str:
-    """A fresh random network key (256 bits, URL-safe text)."""
-    return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii").rstrip("=")
+    """A fresh network key: ``pcn1.`` + a random 128-bit salt + a random
+    256-bit secret (URL-safe base64, joined by dots)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+    return f"{KEY_PREFIX}{b64(os.urandom(16))}.{b64(os.urandom(32))}"

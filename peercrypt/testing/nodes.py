@@ -386,6 +386,11 @@ class NodeProcess:
         return self.data_dir / "node.log"
 
     @property
+    def key_file(self) -> Path:
+        """Where the node's network key is handed over (mode 0600)."""
+        return self.data_dir / "network.key"
+
+    @property
     def argv(self) -> list[str]:
         """The full command line of the node."""
         argv = [
@@ -400,8 +405,8 @@ class NodeProcess:
             "--port",
             "0",
         ]
-        if self.network_key is not None:
-            argv += ["--network-key", self.network_key]
+        if self.network_key is not None:  # a file, never argv (start() writes it)
+            argv += ["--network-key-file", str(self.key_file)]
         if self.open_network:
             argv.append("--open")
         if self.netns is not None:
@@ -422,6 +427,10 @@ class NodeProcess:
         self.facts = {}
         self._close_log()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop/kill)
+        if self.network_key is not None:
+            fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.network_key + "\n")
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,

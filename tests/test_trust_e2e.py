@@ -1,0 +1,451 @@
+"""Receivers are authenticated end to end: real processes, real attacks.
+
+The attacker holds the network key and fresh identities (an admitted
+member); each attack runs while a good transfer to a real receiver verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from peercrypt import errors
+from peercrypt.client import ControlClient
+from peercrypt.crypto.handshake import HelloChallenge, prove_hello, respond
+from peercrypt.crypto.identity import KeyPair, fingerprint, network_server_keys
+from peercrypt.testing.nodes import (
+    LOCALHOST,
+    NodeProcess,
+    blake3_file,
+    cli_env,
+    run_cli,
+    start_cli,
+    wait_until,
+)
+from peercrypt.wire import codec
+from peercrypt.wire.messages import Accept, Hello, HelloReply, Offer
+from peercrypt.wire.multicast_messages import McAnnounce, McJoin, McKey
+from peercrypt.wire.network_messages import PeersReply, PeersRequest
+
+KiB, MiB = 1024, 1024 * 1024
+
+
+def proven_key(victim: NodeProcess, network_key: str) -> bytes:
+    """The victim's identity key, learnt the way any member can (hello)."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    me = KeyPair.generate()
+    sock.curve_serverkey = network_server_keys(network_key).z85_public
+    sock.curve_publickey, sock.curve_secretkey = me.z85_public, me.z85_secret
+    sock.linger = 0
+    try:
+        sock.connect(f"tcp://{victim.host}:{victim.port}")
+        challenge = HelloChallenge()
+        sock.send(codec.encode(Hello(challenge=challenge.public)))
+        assert sock.poll(10_000), "no hello reply"
+        reply = codec.decode_as(sock.recv(), HelloReply)
+        challenge.verify(reply.node_id, reply.version, reply.proof)
+        return reply.node_id
+    finally:
+        sock.close()
+
+
+class Impostor:
+    """A member with the network key and a fresh identity that answers every
+    offer, hello and multicast announce *as the victim* (naming the victim's
+    key) and records whatever reaches it."""
+
+    def __init__(self, network_key: str, victim_key: bytes) -> None:
+        self.identity = KeyPair.from_seed(os.urandom(32))
+        self.victim_key = victim_key
+        self.ctx = zmq.Context()
+        # Her own ZAP handler admits everyone and names their CURVE key.
+        self.zap = self.ctx.socket(zmq.REP)
+        self.zap.linger = 0
+        self.zap.bind("inproc://zeromq.zap.01")
+        server = network_server_keys(network_key)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.curve_server = True
+        self.router.zap_domain = b"impostor"
+        self.router.curve_secretkey = server.z85_secret
+        self.router.curve_publickey = server.z85_public
+        self.router.linger = 0
+        self.port = self.router.bind_to_random_port(f"tcp://{LOCALHOST}")
+        self.data = self.ctx.socket(zmq.ROUTER)
+        self.data.linger = 0
+        self.data_port = self.data.bind_to_random_port(f"tcp://{LOCALHOST}")
+        self.seen: list[str] = []
+        self.data_bytes = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _answer(self, msg: codec.Message, peer: bytes) -> codec.Message | None:
+        me = self.identity
+        if isinstance(msg, Hello):
+            proof = prove_hello(me, msg.challenge, "0")  # her own proof, the victim's key
+            return HelloReply(node_id=self.victim_key, version="0", proof=proof)
+        if isinstance(msg, Offer):
+            answer = respond(msg.tid, me, peer, msg.eph_pub)
+            return Accept(
+                tid=msg.tid, eph_pub=answer.eph_pub, static_pub=self.victim_key,
+                proof=answer.proof, data_host="", data_port=self.data_port, window=16, have=[],
+            )  # fmt: skip
+        if isinstance(msg, McAnnounce):
+            answer = respond(msg.sid, me, peer, msg.eph_pub)
+            return McJoin(
+                sid=msg.sid, eph_pub=answer.eph_pub, static_pub=self.victim_key,
+                proof=answer.proof, repair_port=self.data_port, attempt=msg.attempt,
+            )  # fmt: skip
+        return None
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.data, zmq.POLLIN)
+        poller.register(self.zap, zmq.POLLIN)
+        while not self.stop.is_set():
+            for sock, _ in poller.poll(50):
+                if sock is self.zap:
+                    req = self.zap.recv_multipart()
+                    user = zmq.utils.z85.encode(req[6]) if len(req) > 6 else b""
+                    self.zap.send_multipart([b"1.0", req[1], b"200", b"OK", user, b""])
+                    continue
+                frames = sock.recv_multipart(copy=False)
+                if sock is self.data:
+                    self.data_bytes += sum(len(f.bytes) for f in frames[1:])
+                    continue
+                route, frame = frames[0].bytes, frames[-1]
+                peer = zmq.utils.z85.decode(frame.get("User-Id"))
+                try:
+                    msg = codec.decode(frame.bytes)
+                except codec.DecodeError:
+                    continue
+                self.seen.append(msg.TYPE)
+                reply = self._answer(msg, peer)
+                if reply is not None:
+                    self.router.send_multipart([route, codec.encode(reply)])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.router.close()
+        self.data.close()
+        self.zap.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def impostor_of(network_key: str) -> Iterator[Callable[[NodeProcess], Impostor]]:
+    made: list[Impostor] = []
+
+    def make(victim: NodeProcess) -> Impostor:
+        made.append(Impostor(network_key, proven_key(victim, network_key)))
+        return made[-1]
+
+    yield make
+    for imp in made:
+        imp.close()
+
+
+def good_send_in_background(
+    sender: NodeProcess, receiver: NodeProcess, path: Path
+) -> Callable[[], None]:
+    """Start a real transfer; the returned function waits for it and checks
+    that it verified and that the stored file has the source's hash."""
+    proc = start_cli(
+        "send", path, receiver.host, str(receiver.port), "--json", data_dir=sender.data_dir
+    )
+
+    def finish() -> None:
+        try:
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, (out, err)
+        stored = receiver.inbox / json.loads(out)["stored_as"]
+        assert blake3_file(stored) == blake3_file(path)
+
+    return finish
+
+
+def test_impostor_receiver_gets_nothing_and_a_good_transfer_still_verifies(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    impostor_of: Callable[[NodeProcess], Impostor],
+) -> None:
+    sender, victim = node_factory(), node_factory()
+    imp = impostor_of(victim)
+    good = good_send_in_background(sender, victim, make_file(8 * MiB, name="good.bin"))
+    secret = make_file(300 * KiB, name="secret.bin")
+    # The impostor answers as the victim: it names the victim's key but cannot prove it.
+    code, result = sender.send(secret, LOCALHOST, imp.port, "--force")
+    good()
+    assert code == errors.NOT_ADMITTED, result
+    assert result["code"] == "impostor"
+    assert victim.fingerprint in result["error"] and "nothing was sent" in result["error"]
+    assert "offer" in imp.seen
+    assert imp.data_bytes == 0  # not one frame reached its data port
+    # Pinning the victim does not help the impostor either.
+    code, result = sender.send(
+        secret, LOCALHOST, imp.port, "--force", "--expect", victim.fingerprint
+    )
+    assert code == errors.NOT_ADMITTED and result["code"] == "impostor", result
+    assert imp.data_bytes == 0
+
+
+def test_a_changed_key_at_a_known_address_is_refused_until_trusted(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    sender, other = node_factory(), node_factory()
+    first = node_factory()
+    port = first.port
+    path = make_file(200 * KiB, name="a.bin")
+    code, result = sender.send(path, first.host, port)
+    assert code == 0, result
+    known = (sender.data_dir / "known_peers").read_text()
+    assert f"127.0.0.1:{port} {first.fingerprint}" in known
+    old_fp = first.fingerprint
+    first.stop()
+    # A member with a fresh identity takes over the address.
+    squatter = node_factory("--port", str(port))
+    assert squatter.port == port and squatter.fingerprint != old_fp
+    good = good_send_in_background(sender, other, make_file(4 * MiB, name="good.bin"))
+    result_cli = sender.send_result(path, squatter.host, port)
+    good()
+    assert result_cli.returncode == errors.NOT_ADMITTED, result_cli.describe()
+    error = result_cli.json["error"]
+    assert old_fp in error and squatter.fingerprint in error
+    command = f"peercrypt trust {squatter.host} {port} {squatter.fingerprint}"
+    assert command in error
+    assert not [p for p in squatter.inbox.iterdir() if not p.name.startswith(".")]
+    assert f"{port} {old_fp}" in (sender.data_dir / "known_peers").read_text()
+    # The user accepts the change with the command the warning named.
+    accepted = sender.cli(*command.split()[1:])
+    assert accepted.returncode == 0, accepted.describe()
+    assert old_fp in accepted.stdout
+    code, result = sender.send(path, squatter.host, port)
+    assert code == 0, result
+    assert blake3_file(squatter.inbox / result["stored_as"]) == blake3_file(path)
+
+
+def test_expect_pins_the_receivers_fingerprint(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    sender, receiver = node_factory(), node_factory()
+    path = make_file(100 * KiB, name="pinned.bin")
+    wrong = fingerprint(KeyPair.generate().public)
+    code, result = sender.send(path, receiver.host, receiver.port, "--expect", wrong)
+    assert code == errors.NOT_ADMITTED and result["code"] == "untrusted", result
+    assert wrong in result["error"] and receiver.fingerprint in result["error"]
+    assert (
+        not (sender.data_dir / "known_peers").exists()
+        or str(receiver.port) not in (sender.data_dir / "known_peers").read_text()
+    )
+    pinned = receiver.fingerprint.replace("-", "").upper()  # any spelling
+    code, result = sender.send(path, receiver.host, receiver.port, "--expect", pinned)
+    assert code == 0, result
+    bad = sender.send_result(path, receiver.host, receiver.port, "--expect", "nope")
+    assert bad.returncode == errors.USAGE and "--expect" in bad.stderr_lines[-1]
+
+
+def test_health_check_shows_the_proven_fingerprint_and_refuses_a_forged_hello(
+    node_factory: Callable[..., NodeProcess],
+    impostor_of: Callable[[NodeProcess], Impostor],
+) -> None:
+    checker, victim = node_factory(), node_factory()
+    ok = checker.cli("health-check", victim.host, str(victim.port))
+    assert ok.returncode == 0, ok.describe()
+    assert f"node {victim.fingerprint}," in ok.stdout
+    imp = impostor_of(victim)
+    forged = checker.cli("health-check", LOCALHOST, str(imp.port))
+    assert forged.returncode == errors.NOT_ADMITTED, forged.describe()
+    assert forged.stdout == ""
+    assert forged.stderr_lines == [
+        f"peercrypt: error: {LOCALHOST}:{imp.port} named key {victim.fingerprint} "
+        "but could not prove it holds it"
+    ]
+    assert "hello" in imp.seen
+
+
+def test_multicast_impostor_receiver_gets_no_content_key(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    impostor_of: Callable[[NodeProcess], Impostor],
+) -> None:
+    sender, good, victim = node_factory(), node_factory(), node_factory()
+    imp = impostor_of(victim)
+    path = make_file(2 * MiB, name="mc.bin")
+    code, result = sender.send(
+        path, good.host, good.port, "-m", "--to", f"{LOCALHOST}:{imp.port}", "--timeout", "5"
+    )
+    assert code != 0, result
+    rows = {r["target"]: r for r in result["receivers"]}
+    assert rows[f"{good.host}:{good.port}"]["code"] == "ok"
+    stored = rows[f"{good.host}:{good.port}"]["stored_as"]
+    assert blake3_file(good.inbox / stored) == blake3_file(path)
+    bad = rows[f"{LOCALHOST}:{imp.port}"]
+    assert bad["code"] == "impostor" and victim.fingerprint in bad["error"], bad
+    assert "mc-announce" in imp.seen
+    assert McKey.TYPE not in imp.seen and imp.data_bytes == 0
+
+
+def test_multicast_receiver_with_a_changed_key_gets_no_content_key(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    sender, good, first = node_factory(), node_factory(), node_factory()
+    port, old_fp = first.port, first.fingerprint
+    path = make_file(256 * KiB, name="mc2.bin")
+    code, result = sender.send(path, first.host, port)  # first contact over unicast
+    assert code == 0, result
+    first.stop()
+    squatter = node_factory("--port", str(port))
+    code, result = sender.send(path, good.host, good.port, "-m", "--to", f"{LOCALHOST}:{port}")
+    assert code != 0, result
+    rows = {r["target"]: r for r in result["receivers"]}
+    assert rows[f"{good.host}:{good.port}"]["code"] == "ok"
+    bad = rows[f"{LOCALHOST}:{port}"]
+    assert bad["code"] == "untrusted" and old_fp in bad["error"], bad
+    assert squatter.fingerprint in bad["error"]
+    assert not [p for p in squatter.inbox.iterdir() if not p.name.startswith(".")]
+
+
+# -- the network key ------------------------------------------------------------------------
+
+
+def test_network_key_in_argv_warns_and_other_sources_do_not(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    tmp_path: Path,
+    network_key: str,
+) -> None:
+    receiver = node_factory()
+    path = make_file(64 * KiB, name="k.bin")
+    args = ("send", path, receiver.host, str(receiver.port), "--json")
+    in_argv = run_cli(*args, "--network-key", network_key, data_dir=tmp_path / "t1")
+    assert in_argv.returncode == 0, in_argv.describe()
+    warnings = [line for line in in_argv.stderr_lines if "warning" in line]
+    assert len(warnings) == 1 and "visible" in warnings[0] and network_key not in warnings[0]
+    from_env = run_cli(*args, data_dir=tmp_path / "t2", env={"PEERCRYPT_NETWORK_KEY": network_key})
+    assert from_env.returncode == 0 and "warning" not in from_env.stderr, from_env.describe()
+    key_file = tmp_path / "key"
+    key_file.write_text(network_key + "\n")
+    key_file.chmod(0o600)
+    from_file = run_cli(*args, "--network-key-file", key_file, data_dir=tmp_path / "t3")
+    assert from_file.returncode == 0 and "warning" not in from_file.stderr, from_file.describe()
+    key_file.chmod(0o644)
+    loose = run_cli(*args, "--network-key-file", key_file, data_dir=tmp_path / "t4")
+    assert loose.returncode == errors.USAGE
+    assert loose.stderr_lines == [
+        f"peercrypt: error: {key_file} is accessible by other users (mode 644); "
+        f"run: chmod 600 {key_file}"
+    ]
+    assert network_key not in loose.stderr
+
+
+def test_short_passphrase_is_refused_with_one_line(tmp_path: Path) -> None:
+    result = run_cli(
+        "node", "--port", "0", data_dir=tmp_path, env={"PEERCRYPT_NETWORK_KEY": "hunter2"}
+    )
+    assert result.returncode == errors.USAGE
+    assert result.stderr_lines == [
+        "peercrypt: error: the network key is a passphrase of 7 characters; use at least 20, "
+        "or better a key from `peercrypt keygen`"
+    ]
+
+
+def test_an_address_that_members_records_give_to_another_key_is_refused(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    sender = node_factory(*FAST)
+    member = node_factory(
+        *FAST, "--bootstrap-host", sender.host, "--bootstrap-port", str(sender.port)
+    )
+    wait_until(lambda: member.fingerprint in peers_of(sender), 20, "the member to be known")
+    port, member_fp = member.port, member.fingerprint
+    member.kill()  # its signed record (with its address) is still in the sender's table
+    squatter = node_factory("--port", str(port))
+    path = make_file(64 * KiB, name="claimed.bin")
+    code, result = sender.send(path, squatter.host, port, "--force")
+    assert code == errors.NOT_ADMITTED and result["code"] == "untrusted", result
+    assert member_fp in result["error"] and squatter.fingerprint in result["error"]
+    assert not [p for p in squatter.inbox.iterdir() if not p.name.startswith(".")]
+    assert (
+        not (sender.data_dir / "known_peers").exists()
+        or str(port) not in (sender.data_dir / "known_peers").read_text()
+    )
+
+
+FAST = ("--gossip-interval", "0.2", "--health-check-interval", "0.3")
+
+
+def peers_of(node: NodeProcess) -> set[str]:
+    with ControlClient.for_data_dir(node.data_dir) as client:
+        client.send(PeersRequest(request=7))
+        reply = client.receive(5.0)
+    assert isinstance(reply, PeersReply), reply
+    return {row["id"] for row in reply.peers}
+
+
+def test_network_key_from_a_prompt_on_a_terminal(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    tmp_path: Path,
+    network_key: str,
+) -> None:
+    receiver = node_factory()
+    path = make_file(32 * KiB, name="prompted.bin")
+    argv = [sys.executable, "-m", "peercrypt", "--data-dir", str(tmp_path / "t"), "send"]
+    argv += [str(path), receiver.host, str(receiver.port), "--json"]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        argv, stdin=follower, stdout=subprocess.PIPE, stderr=follower, env=cli_env()
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"network key" not in seen:
+            assert time.monotonic() < deadline, f"no prompt: {seen!r}"
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if ready:
+                seen += os.read(leader, 1024)
+        os.write(leader, network_key.encode() + b"\n")
+        out, _ = proc.communicate(timeout=60)
+        seen += _drain(leader)  # whatever the terminal showed after the answer
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        os.close(leader)
+    assert proc.returncode == 0, (out, seen)
+    stored = receiver.inbox / json.loads(out)["stored_as"]
+    assert blake3_file(stored) == blake3_file(path)
+    assert network_key.encode() not in seen  # hidden input: never echoed
+
+
+def _drain(fd: int) -> bytes:
+    data = b""
+    while select.select([fd], [], [], 0.2)[0]:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # the other side closed
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
