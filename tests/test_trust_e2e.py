@@ -26,11 +26,12 @@ from peercrypt.crypto.handshake import HelloChallenge, prove_hello, respond
 from peercrypt.crypto.identity import KeyPair, fingerprint, network_server_keys
 from peercrypt.testing.nodes import (
     LOCALHOST,
+    BackgroundSend,
     NodeProcess,
+    assert_sent,
     blake3_file,
     cli_env,
     run_cli,
-    start_cli,
     wait_until,
 )
 from peercrypt.wire import codec
@@ -159,29 +160,6 @@ def impostor_of(network_key: str) -> Iterator[Callable[[NodeProcess], Impostor]]
         imp.close()
 
 
-def good_send_in_background(
-    sender: NodeProcess, receiver: NodeProcess, path: Path
-) -> Callable[[], None]:
-    """Start a real transfer; the returned function waits for it and checks
-    that it verified and that the stored file has the source's hash."""
-    proc = start_cli(
-        "send", path, receiver.host, str(receiver.port), "--json", data_dir=sender.data_dir
-    )
-
-    def finish() -> None:
-        try:
-            out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-        assert proc.returncode == 0, (out, err)
-        stored = receiver.inbox / json.loads(out)["stored_as"]
-        assert blake3_file(stored) == blake3_file(path)
-
-    return finish
-
-
 def test_impostor_receiver_gets_nothing_and_a_good_transfer_still_verifies(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],
@@ -189,11 +167,12 @@ def test_impostor_receiver_gets_nothing_and_a_good_transfer_still_verifies(
 ) -> None:
     sender, victim = node_factory(), node_factory()
     imp = impostor_of(victim)
-    good = good_send_in_background(sender, victim, make_file(8 * MiB, name="good.bin"))
+    good_file = make_file(8 * MiB, name="good.bin")
+    good = BackgroundSend(sender, good_file, victim)
     secret = make_file(300 * KiB, name="secret.bin")
     # The impostor answers as the victim: it names the victim's key but cannot prove it.
     code, result = sender.send(secret, LOCALHOST, imp.port, "--force")
-    good()
+    assert_sent(victim, good.join(), good_file)
     assert code == errors.NOT_ADMITTED, result
     assert result["code"] == "impostor"
     assert victim.fingerprint in result["error"] and "nothing was sent" in result["error"]
@@ -224,9 +203,10 @@ def test_a_changed_key_at_a_known_address_is_refused_until_trusted(
     # A member with a fresh identity takes over the address.
     squatter = node_factory("--port", str(port))
     assert squatter.port == port and squatter.fingerprint != old_fp
-    good = good_send_in_background(sender, other, make_file(4 * MiB, name="good.bin"))
+    good_file = make_file(4 * MiB, name="good.bin")
+    good = BackgroundSend(sender, good_file, other)
     result_cli = sender.send_result(path, squatter.host, port)
-    good()
+    assert_sent(other, good.join(), good_file)
     assert result_cli.returncode == errors.NOT_ADMITTED, result_cli.describe()
     error = result_cli.json["error"]
     assert old_fp in error and squatter.fingerprint in error
@@ -238,9 +218,7 @@ def test_a_changed_key_at_a_known_address_is_refused_until_trusted(
     accepted = sender.cli(*command.split()[1:])
     assert accepted.returncode == 0, accepted.describe()
     assert old_fp in accepted.stdout
-    code, result = sender.send(path, squatter.host, port)
-    assert code == 0, result
-    assert blake3_file(squatter.inbox / result["stored_as"]) == blake3_file(path)
+    assert_sent(squatter, sender.send(path, squatter.host, port), path)
 
 
 def test_expect_pins_the_receivers_fingerprint(
