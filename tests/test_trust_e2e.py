@@ -108,6 +108,7 @@ class Impostor:
             return McJoin(
                 sid=msg.sid, eph_pub=answer.eph_pub, static_pub=self.victim_key,
                 proof=answer.proof, repair_port=self.data_port, attempt=msg.attempt,
+                repair_key=os.urandom(32),
             )  # fmt: skip
         return None
 
