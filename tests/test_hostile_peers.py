@@ -18,8 +18,7 @@ import zmq
 
 from actors.multicast_receiver import MAX_SESSIONS_PER_PEER
 from peercrypt.core.bitmap import MAX_RANGES, MAX_TRANSFER_CHUNKS, pairs
-from peercrypt.crypto.identity import network_server_keys
-from peercrypt.crypto.keywrap import WrapKey
+from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.testing.hostile import CoReceiver
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import (
@@ -257,7 +256,7 @@ def test_one_identity_cannot_take_every_multicast_session(
                 name=f"squat{i}.bin",
                 size=64 * MiB,
                 chunk_size=64 * 1024,
-                eph_pub=WrapKey().public,
+                eph_pub=KeyPair.generate().public,
                 pub_host="",
                 pub_port=1,
                 signer=hostile.signer.public,
