@@ -21,7 +21,6 @@ import pytest
 import zmq
 
 from peercrypt import errors
-from peercrypt.client import ControlClient
 from peercrypt.crypto.handshake import HelloChallenge, prove_hello, respond
 from peercrypt.crypto.identity import KeyPair, fingerprint, network_server_keys
 from peercrypt.testing.nodes import (
@@ -32,12 +31,10 @@ from peercrypt.testing.nodes import (
     blake3_file,
     cli_env,
     run_cli,
-    wait_until,
 )
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Accept, Hello, HelloReply, Offer
 from peercrypt.wire.multicast_messages import McAnnounce, McJoin, McKey
-from peercrypt.wire.network_messages import PeersReply, PeersRequest
 
 KiB, MiB = 1024, 1024 * 1024
 
@@ -345,39 +342,6 @@ def test_short_passphrase_is_refused_with_one_line(tmp_path: Path) -> None:
         "peercrypt: error: the network key is a passphrase of 7 characters; use at least 20, "
         "or better a key from `peercrypt keygen`"
     ]
-
-
-def test_an_address_that_members_records_give_to_another_key_is_refused(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
-) -> None:
-    sender = node_factory(*FAST)
-    member = node_factory(
-        *FAST, "--bootstrap-host", sender.host, "--bootstrap-port", str(sender.port)
-    )
-    wait_until(lambda: member.fingerprint in peers_of(sender), 20, "the member to be known")
-    port, member_fp = member.port, member.fingerprint
-    member.kill()  # its signed record (with its address) is still in the sender's table
-    squatter = node_factory("--port", str(port))
-    path = make_file(64 * KiB, name="claimed.bin")
-    code, result = sender.send(path, squatter.host, port, "--force")
-    assert code == errors.NOT_ADMITTED and result["code"] == "untrusted", result
-    assert member_fp in result["error"] and squatter.fingerprint in result["error"]
-    assert not [p for p in squatter.inbox.iterdir() if not p.name.startswith(".")]
-    assert (
-        not (sender.data_dir / "known_peers").exists()
-        or str(port) not in (sender.data_dir / "known_peers").read_text()
-    )
-
-
-FAST = ("--gossip-interval", "0.2", "--health-check-interval", "0.3")
-
-
-def peers_of(node: NodeProcess) -> set[str]:
-    with ControlClient.for_data_dir(node.data_dir) as client:
-        client.send(PeersRequest(request=7))
-        reply = client.receive(5.0)
-    assert isinstance(reply, PeersReply), reply
-    return {row["id"] for row in reply.peers}
 
 
 def test_network_key_from_a_prompt_on_a_terminal(

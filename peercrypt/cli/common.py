@@ -185,15 +185,18 @@ def effective(obj: dict[str, Any], flags: dict[str, Any]) -> config.Effective:
         raise UserError(str(exc)) from None
 
 
+key_file_option = click.option(
+    "--network-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    expose_value=False,
+    callback=_read_key_file,
+    help="Read the network key from this file (mode 0600).",
+)
+
+
 def network_key_option(f: F) -> F:
     """The ``network_key`` setting's option, and ``--network-key-file``."""
-    f = click.option(
-        "--network-key-file",
-        type=click.Path(dir_okay=False, path_type=Path),
-        expose_value=False,
-        callback=_read_key_file,
-        help="Read the network key from this file (mode 0600).",
-    )(f)
+    f = key_file_option(f)
     return setting_option("network_key")(f)
 
 

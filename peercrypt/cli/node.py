@@ -20,6 +20,7 @@ from peercrypt.cli.common import (
     allow_list,
     effective,
     given_flags,
+    key_file_option,
     load_identity,
     server_keys,
     setting_option,
@@ -86,7 +87,7 @@ def node_options(func: F) -> F:
     """Every node setting as a flag (``node`` and ``start`` share them)."""
     for name, param in reversed(NODE_OPTIONS.items()):
         func = setting_option(name, param)(func)
-    return func
+    return key_file_option(func)
 
 
 def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings, config.Effective]:
