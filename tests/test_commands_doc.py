@@ -60,7 +60,7 @@ def default_of(param: click.Option) -> str:
     if param.is_flag:
         return "off"
     default = param.show_default if isinstance(param.show_default, str) else param.default
-    return "-" if default in (None, ()) else str(default)
+    return "-" if default is click.core.UNSET or default in (None, ()) else str(default)
 
 
 def test_every_command_has_a_section_and_every_section_a_command() -> None:

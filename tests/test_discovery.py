@@ -360,7 +360,12 @@ def test_no_gossip_env_and_option_errors(
         assert result.returncode == errors.USAGE, result.describe()
         assert words in error_line(result)
     lonely = tmp_path / "nobody"
-    for args in (("peers",), ("join", "127.0.0.1", "1"), ("gossip", "on"), ("reconnect", "h", "1")):
+    for args in (
+        ("peers",),
+        ("join", "127.0.0.1", "1"),
+        ("gossip", "on"),
+        ("reconnect", "127.0.0.1", "1"),
+    ):
         result = run_cli(*args, data_dir=lonely)
         assert result.returncode == errors.FAILED, result.describe()
         assert "no node is running" in error_line(result)

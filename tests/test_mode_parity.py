@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from peercrypt.cli.modes import select_mode
 from peercrypt.core.modes import (
     Policy,
     PolicyError,
@@ -96,3 +97,18 @@ def test_the_last_partial_chunk_costs_its_real_size() -> None:
     t.on_grant(100)  # exactly what the last chunk holds
     assert t.poll(0.0) == [SendChunk(1, True)]
     assert t.allowance == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "selected"),
+    [
+        (None, {"priority": 3}, "qos"),  # alone, the priority selects qos
+        (None, {"priority": 3, "window_kb": 32}, "aimd"),  # beside aimd's, it weighs
+        ("aimd", {"priority": 2}, "aimd"),  # a weight of the peer's shared window
+        ("parallel", {"priority": 1, "lanes": 2}, "parallel"),
+    ],
+)
+def test_the_priority_weighs_any_mode_and_alone_selects_qos(
+    mode: str | None, options: dict[str, object], selected: str
+) -> None:
+    assert select_mode(mode, options) == selected

@@ -198,7 +198,10 @@ def test_a_modes_own_options_select_it(
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        (["-t", "2", "-p", "high"], "options of more than one mode: -p (qos), -t (parallel)"),
+        (
+            ["-t", "2", "-b", "100"],
+            "options of more than one mode: -b (token-bucket), -t (parallel)",
+        ),
         (["-w", "32", "-r", "100"], "options of more than one mode: -r (token-bucket), -w (aimd)"),
         (["--mode", "qos", "-t", "2"], "-t is a parallel option, not for --mode qos"),
         (["--mode", "aimd", "-b", "9", "-no-dupack"], "-b is a token-bucket option"),

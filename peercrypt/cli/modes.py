@@ -99,7 +99,8 @@ def send_policy_options(func: F) -> F:
             "priority",
             callback=_priority,
             metavar="normal|high|highest|1-3",
-            help="qos: priority (shares 1:2:3).",
+            help="the flow's weight (1:2:3) in qos grants and in a peer's shared "
+            "congestion window; alone, it selects qos.",
         ),
         click.option(
             "-t",
@@ -115,7 +116,9 @@ def send_policy_options(func: F) -> F:
 
 
 # Each mode's own ``send`` options: parameter -> (flag, mode). Without --mode
-# they select their mode; options of two modes at once are an error.
+# they select their mode; options of two modes at once are an error. The
+# priority is every flow's weight (qos grants, a peer's shared aimd window):
+# alone it selects qos, beside another mode's options it only weighs.
 OPTION_MODES: dict[str, tuple[str, str]] = {
     "burst": ("-b", "token-bucket"),
     "rate": ("-r", "token-bucket"),
@@ -141,6 +144,9 @@ def select_mode(mode: str | None, options: dict[str, Any]) -> str | None:
         for name, flag_mode in OPTION_MODES.items()
         if options.get(name) not in (None, False, (), "")
     ]
+    weighs = [flag_mode for flag_mode in given if flag_mode[0] == "-p"]
+    if len(given) > len(weighs) or mode is not None:
+        given = [flag_mode for flag_mode in given if flag_mode not in weighs]
     if mode is not None:
         mode = mode.lower()
         wrong = [f"{flag} is a {owner} option" for flag, owner in given if owner != mode]
