@@ -369,6 +369,10 @@ def test_no_gossip_env_and_option_errors(
         result = run_cli(*args, data_dir=lonely)
         assert result.returncode == errors.FAILED, result.describe()
         assert "no node is running" in error_line(result)
+    # A host name that does not resolve is a local check, made before the node is asked.
+    unresolvable = run_cli("reconnect", "no-such-host.invalid", "1", data_dir=lonely)
+    assert unresolvable.returncode == errors.UNREACHABLE, unresolvable.describe()
+    assert "cannot resolve host 'no-such-host.invalid'" in error_line(unresolvable)
     half = run_cli(
         "node", "--port", "0", "--network-key", network_key, "--bootstrap-host", "127.0.0.1",
         data_dir=tmp_path / "half",
