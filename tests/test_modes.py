@@ -128,6 +128,18 @@ def test_node_max_rate_caps_outgoing(
     assert result["seconds"] < 1.2, result
 
 
+def test_a_live_max_rate_paces_sends_that_start_afterwards(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    receiver, sender = node_factory(), node_factory()  # no cap at start
+    source = make_file(4 * MiB)
+    capped = sender.cli("max-rate", str(2 * MiB))
+    assert capped.returncode == 0, capped.describe()
+    code, result = sender.send_to(source, receiver)
+    delivered(code, result, source, receiver)
+    assert result["seconds"] >= 1.2, result  # (4 MiB - a bucket of 1 chunk) at 2 MiB/s
+
+
 @contextlib.contextmanager
 def lossy_pair(
     node_factory: Callable[..., NodeProcess], drop: float, seed: int
