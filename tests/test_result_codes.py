@@ -16,6 +16,8 @@ EXPECTED = {
     ResultCode.UNREACHABLE: 3,
     ResultCode.HANDSHAKE: 4,
     ResultCode.NOT_ADMITTED: 4,
+    ResultCode.IMPOSTOR: 4,  # the receiver's proof of identity failed
+    ResultCode.UNTRUSTED: 4,  # a proven key the sender does not trust at that address
     ResultCode.REFUSED: 5,
 }
 
