@@ -144,6 +144,7 @@ class Target:
     repair_key: bytes = b""
     token: bytes = b""
     subscribed: bool = False
+    proven: str = ""  # its fingerprint, once it proved its key and is trusted
 
 
 @dataclass
@@ -538,6 +539,7 @@ class MulticastSenderActor(Actor):
             return self._target_failed(
                 sess, t, ResultCode.PROTOCOL, f"{t.name} sent no receiver key"
             )
+        t.proven = fingerprint(j.static_pub)
         wrapped = wrap_key(secrets, sess.sid, sess.content_key)
         if j.repair_key != t.repair_key:
             t.repair_key, t.token = j.repair_key, subscription_token(j.repair_key)
@@ -984,6 +986,7 @@ def _record(sess: Session, t: Target, now: float) -> StatsRecord:
         session=sess.sid.hex(),
         side="send",
         peer=t.name[-300:],
+        peer_fingerprint=t.proven,
         mode="multicast",
         file=sess.request.path[-1024:],
         size=sess.size,

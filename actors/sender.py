@@ -160,6 +160,7 @@ class Outgoing:
     next_lane: int = 0
     wall: float = field(default_factory=time.time)  # when it started, for the history
     retry: Backoff | None = None  # set once the transfer was accepted
+    proven: str = ""  # the receiver's fingerprint, once it proved its key
 
     @property
     def peer(self) -> str:
@@ -394,6 +395,7 @@ class SenderActor(Actor):
         )
         if not decision.trusted:
             return self._end(t, ResultCode.UNTRUSTED, explain(decision, req.host, req.port))
+        t.proven = fingerprint(accept.static_pub)
         t.keys = TransferKeys.for_sender(t.tid, secrets)
         flow = t.flow
         flow.on_accept(have, accept.window, self.now())
@@ -723,6 +725,7 @@ class SenderActor(Actor):
             session=t.tid.hex(),
             side="send",
             peer=t.peer[-300:],
+            peer_fingerprint=t.proven,
             mode=flow.policy.mode,
             file=t.request.path[-1024:],
             size=t.size,

@@ -144,17 +144,22 @@ def test_every_mode_and_both_sides_fill_one_schema(recorded: Recorded) -> None:
     assert sorted(r["mode"] for r in sent) == sorted([*MODES, "multicast", "multicast"])
     assert sorted(r["mode"] for r in received) == sorted(r["mode"] for r in sent)
     by_key = {(r["session"], r["side"]): r for r in received}
+    proven = {f"{n.host}:{n.port}": n.fingerprint for n in (r1, r2)}
     for row in sent:
         assert row["side"] == "send"
-        assert row["peer"] in (f"{r1.host}:{r1.port}", f"{r2.host}:{r2.port}")
+        # The receiver's fingerprint as it proved it, in every mode.
+        assert row["peer_fingerprint"] == proven[row["peer"]], row
         assert row["file"] == str(source)
         # The receiving end of the same transfer, on the receiver's machine.
         other = by_key[(row["session"], "receive")]
         assert other["peer_fingerprint"] == sender.fingerprint
         assert other["mode"] == row["mode"]
         assert blake3_file(inbox[row["session"], other["peer"]] / other["file"]) == digest
+    # One schema: the same columns, each of one type, in every mode and on both sides.
+    kinds = {c: type(v) for c, v in sent[0].items()}
     for row in sent + received:
         assert set(row) == {*TRANSFER_COLUMNS, "samples"}
+        assert {c: type(v) for c, v in row.items()} == kinds, row
         size = source.stat().st_size
         assert (row["result"], row["size"], row["bytes"]) == ("ok", size, size), row
         assert row["chunks"] == math.ceil(row["size"] / row["chunk_size"])
