@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections import Counter
 from dataclasses import dataclass
 
@@ -199,7 +200,7 @@ def test_credit_limits_what_is_sent() -> None:
     assert w.next_to_send(0.1, limit=0) == []
 
 
-def test_rto_timeout_retransmits_and_backs_off() -> None:
+def test_rto_timeout_resends_only_the_oldest_chunk_and_backs_off() -> None:
     w, first = started(3, 4)
     assert first == [0, 1, 2]
     assert w.next_deadline() == pytest.approx(1.0)
@@ -209,11 +210,124 @@ def test_rto_timeout_retransmits_and_backs_off() -> None:
     w.on_timer(1.0)
     assert w.timeouts == 1
     assert w.rtt.rto == pytest.approx(2.0)  # backed off
-    assert w.next_to_send(1.0) == [0, 1, 2]
-    assert w.retransmits == 3
-    assert w.next_deadline() == pytest.approx(3.0)
+    assert w.next_to_send(1.0) == [0]  # RFC 6298 5.4: the oldest, not the whole window
+    assert w.retransmits == 1
+    assert w.next_deadline() == pytest.approx(3.0)  # 5.6: restarted, doubled
     w.on_timer(2.5)
     assert w.next_to_send(2.5) == []
+    w.on_timer(3.0)
+    assert w.next_to_send(3.0) == [1]  # the next oldest by send order (0 was resent at 1.0)
+    assert (w.timeouts, w.retransmits) == (2, 2)
+    assert w.next_deadline() == pytest.approx(7.0)
+
+
+def test_an_ack_of_anything_new_restarts_the_timer() -> None:
+    w, first = started(4, 4)
+    assert first == [0, 1, 2, 3]
+    w.on_ack(0, [(1, 2)], 4, 0.9)  # chunk 0 late (not lost: not 3 sends behind)
+    deadline = w.next_deadline()
+    assert deadline is not None and deadline > 0.9 + 0.2  # RFC 6298 5.3, from 0.9
+    w.on_timer(1.0)  # chunk 0's own RTO has passed: not a reason on its own
+    assert w.timeouts == 0 and w.next_to_send(1.0) == []
+    w.on_ack(4, [], 4, 1.05)
+    assert w.done and w.next_deadline() is None  # 5.2: nothing pending, no timer
+    assert w.retransmits == 0
+
+
+def test_a_stall_costs_one_resend_per_doubling_not_a_window() -> None:
+    """Sixteen chunks in flight, every ack held up 1 s (a loaded CPU, not a
+    loss): the timer resends one chunk at 0.2 s and one at 0.6 s, then the
+    late acks arrive. Presuming every expired chunk lost resent 16 at once."""
+    w = SendWindow(64, RttEstimator(initial_rto=0.2, min_rto=0.2))
+    w.on_accept([], 16)
+    assert w.next_to_send(0.0) == list(range(16))
+    now = 0.0
+    while True:
+        deadline = w.next_deadline()
+        assert deadline is not None
+        if deadline >= 1.0:
+            break
+        now = deadline
+        w.on_timer(now)
+        w.next_to_send(now)
+    w.on_ack(16, [], 16, 1.0)
+    assert (w.timeouts, w.retransmits) == (2, 2)
+    assert w.rtt.samples == 14 and w.rtt.rto > 1.0  # the 14 late chunks sent once: samples
+
+
+def test_a_burst_of_losses_then_lost_resends_at_the_tail() -> None:
+    """Chunks 0-3 lost at once, 4-7 arrive: SACK finds 0-3 without a timer.
+    Their resends are lost too and nothing is sent after them (the tail):
+    the timer finds them, one per expiry (an ack of a resend is no evidence
+    against chunks sent after its first copy: it may be that copy's)."""
+    w, first = started(8, 8)
+    assert first == list(range(8))
+    w.on_ack(0, [(4, 8)], 8, 0.1)
+    assert w.next_to_send(0.1) == [0, 1, 2, 3] and w.timeouts == 0
+    # Tail: 4-7 written, 0-3 resent and all lost again; nothing more to send.
+    now = w.next_deadline()
+    assert now is not None
+    w.on_timer(now)
+    assert w.next_to_send(now) == [0]
+    w.on_ack(1, [(4, 8)], 8, now + 0.01)  # the resend of 0 arrived
+    assert w.timeouts == 1 and not w.done
+    for _ in range(10):
+        sent = w.next_to_send(now)
+        for index in sent:  # these resends arrive
+            now += 0.01
+            w.on_ack(index + 1, [(4, 8)], 8, now)
+        if w.done:
+            break
+        if not sent:
+            deadline = w.next_deadline()
+            assert deadline is not None
+            now = deadline
+            w.on_timer(now)
+    assert w.done
+    assert w.retransmits == 8  # each lost chunk resent exactly twice (lost, then found)
+    assert w.timeouts == 4 and w.fast_retransmits == 4
+
+
+class StalledChannel(Channel):
+    """A lossless FIFO channel (one TCP connection) that holds every message
+    sent during a stall until the stall ends (a loaded machine)."""
+
+    def __init__(self, stalls: list[tuple[float, float]]) -> None:
+        super().__init__(random.Random(0), [], 0.0, 0.0, 0.0, jitter=False)
+        self.stalls = stalls
+        self.last = 0.0
+
+    def arrivals(self, now: float) -> list[float]:
+        at = now + self.base
+        for start, length in self.stalls:
+            if start <= at < start + length:
+                at = start + length
+        self.last = max(self.last, at)
+        return [self.last]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    total=st.integers(1, 80),
+    window=st.integers(1, 16),
+    stalls=st.lists(st.tuples(st.floats(0.0, 2.0), st.floats(0.0, 3.0)), max_size=4),
+    ack_stalls=st.lists(st.tuples(st.floats(0.0, 2.0), st.floats(0.0, 3.0)), max_size=4),
+)
+def test_a_lossless_path_under_any_stalls_resends_one_chunk_per_timeout(
+    total: int,
+    window: int,
+    stalls: list[tuple[float, float]],
+    ack_stalls: list[tuple[float, float]],
+) -> None:
+    """Nothing is lost, only late: no SACK loss is ever presumed, each timer
+    expiry resends exactly one chunk, and the expiries are bounded by the
+    stalls (RTO doubling from 0.05 s: at most 7 per stall of <= 3 s)."""
+    r = simulate(total, window, StalledChannel(stalls), StalledChannel(ack_stalls))
+    assert r.done
+    assert set(r.writes.values()) == {1}
+    assert r.sender.fast_retransmits == 0
+    assert r.sender.retransmits == r.sender.timeouts
+    assert r.sender.timeouts <= 7 * (len(stalls) + len(ack_stalls)) + 1
 
 
 def test_fast_retransmit_after_three_later_chunks_are_acked() -> None:

@@ -16,9 +16,22 @@ Rules:
   is presumed lost once a chunk sent ``dupthresh`` or more sends after it has
   been acked (reordering shorter than that is tolerated), and is resent at
   once (a fast retransmit).
-- Loss by timeout: a chunk unacked for one RTO (RFC 6298, from
-  :class:`~peercrypt.core.rtt.RttEstimator`) is resent, and the RTO backs off.
-- Karn: only chunks sent exactly once give RTT samples.
+- Loss by timeout (RFC 6298 section 5, one retransmission timer per
+  transfer, its length from :class:`~peercrypt.core.rtt.RttEstimator`): the
+  timer runs while a chunk is in flight and not yet presumed lost; it starts
+  when a chunk goes out with none pending (5.1), restarts whenever an ack
+  acknowledges something new (5.3: the path is alive, whatever else is
+  late) and stops when nothing is pending (5.2). When it expires, only the
+  *oldest* pending chunk (by send order) is presumed lost and resent (5.4),
+  the RTO doubles (5.5) and the timer restarts (5.6). The rest stay in
+  flight: they are presumed lost only on evidence (SACK, above, once the
+  path answers again) or by later expiries, each of which again resends one
+  chunk under a doubled RTO. So a stall (a loaded CPU delaying acks by
+  seconds) costs one resend per doubling, not a resend of the whole window;
+  the late acks of chunks sent once are RTT samples that lengthen the RTO.
+- Karn: only chunks sent exactly once give RTT samples, and the ack of a
+  resent chunk is loss evidence only for what was sent before its first
+  copy (the ack may be that copy's: a late ack is not a lost resend).
 - Retransmissions go before new chunks, lowest index first.
 """
 
@@ -37,8 +50,9 @@ SEND_BUFFER = 256 * 1024 * 1024
 @dataclass
 class _InFlight:
     sent_at: float
-    order: int  # global send sequence number
+    order: int  # global send sequence number of this copy
     resent: bool
+    first_order: int  # of the first copy: an ack may be for any copy
 
 
 class SendWindow:
@@ -63,6 +77,7 @@ class SendWindow:
         self._lost: set[int] = set()
         self._order = 0
         self._highest_acked_order = -1
+        self._timer_start: float | None = None  # the RTO timer runs since (None: stopped)
         self.retransmits = 0
         self.timeouts = 0
         self.fast_retransmits = 0
@@ -85,7 +100,11 @@ class SendWindow:
                 self._lost.discard(index)
                 if not flight.resent:
                     self.rtt.sample(max(0.0, now - flight.sent_at))
-                self._highest_acked_order = max(self._highest_acked_order, flight.order)
+                # Karn again: the ack of a resent chunk may be the first copy's,
+                # so it is evidence only of what was sent before that one.
+                self._highest_acked_order = max(self._highest_acked_order, flight.first_order)
+            # RFC 6298 5.2/5.3: stop the timer, or restart it for what is pending.
+            self._timer_start = now if self._has_pending() else None
         self._detect_sack_losses()
         return newly
 
@@ -97,22 +116,24 @@ class SendWindow:
                 self.fast_retransmits += 1
 
     def on_timer(self, now: float) -> None:
-        """Declare lost every chunk unacked for longer than the RTO."""
-        expired = [
-            i
-            for i, f in self._in_flight.items()
-            if i not in self._lost and now >= f.sent_at + self.rtt.rto  # next_deadline's sum
-        ]
-        if expired:
-            self._lost.update(expired)
-            self.timeouts += 1
-            self.rtt.backoff()
+        """If the retransmission timer expired: presume the oldest pending
+        chunk lost, back the RTO off and restart the timer. Harmless before
+        the deadline."""
+        deadline = self.next_deadline()
+        if deadline is None or now < deadline:
+            return
+        oldest = min(self._pending(), key=lambda i: self._in_flight[i].order)
+        self._lost.add(oldest)
+        self.timeouts += 1
+        self.rtt.backoff()
+        self._timer_start = now if self._has_pending() else None
 
     def on_reconnect(self) -> None:
         """The data connection was re-established: whatever was in flight on
         the old one is gone. Resend it all now, with the RTO's backoff undone
         (not at the next doubled timeout)."""
         self._lost.update(self._in_flight)
+        self._timer_start = None  # restarted as the chunks go out again
         self.rtt.reset_backoff()
 
     # -- outputs --------------------------------------------------------------
@@ -158,13 +179,25 @@ class SendWindow:
         return max(0, min(allowed - (len(self._in_flight) - len(self._lost)), pending))
 
     def _mark_sent(self, index: int, now: float, resent: bool) -> None:
+        if self._timer_start is None or not self._has_pending():
+            self._timer_start = now  # RFC 6298 5.1: start the timer if it is not running
         self._order += 1
-        self._in_flight[index] = _InFlight(sent_at=now, order=self._order, resent=resent)
+        previous = self._in_flight.get(index)
+        first = previous.first_order if previous is not None else self._order
+        self._in_flight[index] = _InFlight(now, self._order, resent, first)
+
+    def _pending(self) -> list[int]:
+        """Chunks in flight and not presumed lost (what the timer guards)."""
+        return [i for i in self._in_flight if i not in self._lost]
+
+    def _has_pending(self) -> bool:
+        return len(self._in_flight) > len(self._lost)  # the lost ones are in flight too
 
     def next_deadline(self) -> float | None:
-        """When :meth:`on_timer` should next run (None: nothing in flight)."""
-        pending = [f.sent_at for i, f in self._in_flight.items() if i not in self._lost]
-        return min(pending) + self.rtt.rto if pending else None
+        """When :meth:`on_timer` should next run (None: nothing pending)."""
+        if self._timer_start is None or not self._has_pending():
+            return None
+        return self._timer_start + self.rtt.rto
 
     @property
     def in_flight(self) -> int:
