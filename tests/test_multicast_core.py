@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peercrypt.core.multicast import (
-    DONE,
     FAILED,
     LOST,
     MULTICAST,
@@ -197,15 +196,6 @@ def test_silent_member_is_lost_then_failed_and_late_join_catches_up() -> None:
     assert plan.members["d"].state == MULTICAST
 
 
-def test_session_finishes_when_every_member_is_done_or_failed() -> None:
-    plan = _plan()
-    plan.end("a", DONE)
-    plan.end("b", FAILED, "x")
-    assert not plan.finished
-    plan.end("c", DONE)
-    assert plan.finished
-
-
 @settings(max_examples=100, deadline=None)
 @given(seed=st.integers(0, 2**32), members=st.integers(1, 5), total=st.integers(1, 200))
 def test_simulated_session_completes_with_bounded_state(
@@ -263,7 +253,7 @@ def test_wrap_unwrap_and_chunk_sealing() -> None:
             opener.open_chunk(index, last, nonce, sealed)  # AAD binds index and last
     with pytest.raises(OpenError):
         ContentSealer(os.urandom(16), key).open_chunk(3, False, nonce, sealed)
-    assert sealer.seals == 1 and sealer.seal_chunk(3, False, b"hello")[0] != nonce
+    assert sealer.seal_chunk(3, False, b"hello")[0] != nonce  # a fresh nonce per seal
 
 
 def test_unwrap_with_another_key_or_tampered_fails() -> None:

@@ -88,8 +88,8 @@ def test_ack_revives_from_suspect_and_dead() -> None:
     assert fd.on_probe_ok("a", 0.1, 1.0) is None
     fd.on_probe_failed("a", 2.0)
     assert [x.new for x in fd.tick(5.0)] == [MemberState.DEAD]
-    t = fd.on_refuted("a", 6.0)
-    assert t == Transition("a", MemberState.DEAD, MemberState.ALIVE, 6.0, "refuted")
+    t = fd.on_probe_ok("a", 0.1, 6.0)
+    assert t == Transition("a", MemberState.DEAD, MemberState.ALIVE, 6.0, "probe_ok")
     assert fd.status("a").last_seen == 6.0
 
 

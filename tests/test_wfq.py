@@ -85,10 +85,6 @@ def test_bad_weight_rejected(weight: float) -> None:
     fs: FairShare[str] = FairShare()
     with pytest.raises(ValueError, match="weight"):
         fs.add("a", weight)
-    fs.add("b")
-    with pytest.raises(ValueError, match="weight"):
-        fs.set_weight("b", weight)
-    assert fs.weight("b") == 1.0
 
 
 def test_unknown_flow_raises_key_error() -> None:
@@ -97,8 +93,6 @@ def test_unknown_flow_raises_key_error() -> None:
         fs.remove("x")
     with pytest.raises(KeyError):
         fs.demand("x", 10)
-    with pytest.raises(KeyError):
-        fs.set_weight("x", 2)
     with pytest.raises(KeyError):
         fs.pending("x")
 
@@ -233,14 +227,6 @@ def test_satisfied_flow_returns_without_debt() -> None:
     assert fs.pending("b") == 0
     fs.demand("b", BIG)
     assert fs.grant(1) == {"b": 1}
-
-
-def test_set_weight_takes_effect() -> None:
-    fs = three_flows()
-    for f in ("n", "h", "x"):
-        fs.demand(f, BIG)
-    fs.set_weight("n", 3)
-    assert fs.grant(800) == {"n": 300, "h": 200, "x": 300}
 
 
 def test_removed_flow_no_longer_shares() -> None:

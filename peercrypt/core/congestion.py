@@ -14,7 +14,7 @@ acks; ``loss_decrease``: losses the caller found by SACK or NAK;
 (:class:`~peercrypt.core.outgoing.OutgoingTransfer`, aimd mode) and
 multicast sessions (:class:`~peercrypt.core.multicast.SessionPlan`) both
 use it through this interface: to change the congestion policy, add an
-implementation here and return it from :func:`for_policy`/:func:`for_multicast`.
+implementation here and return it from :func:`shared_for_policy`/:func:`for_multicast`.
 """
 
 from __future__ import annotations
@@ -51,19 +51,6 @@ class CongestionControl(Protocol):
 
     def on_timeout(self, now: float) -> object:
         """A retransmission timeout."""
-
-
-def for_policy(policy: Policy) -> CongestionControl | None:
-    """A unicast transfer's controller in bytes (None: the mode has none)."""
-    if policy.mode != "aimd":
-        return None
-    return AimdWindow.from_kb(
-        policy.window_kb,
-        policy.min_window_kb,
-        policy.max_window_kb,
-        dupack_threshold=policy.ack_threshold if policy.dupack_detect else None,
-        timeout_decrease=policy.timeout_detect,
-    )
 
 
 def shared_for_policy(policy: Policy) -> CongestionControl:

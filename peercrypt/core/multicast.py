@@ -224,10 +224,6 @@ class SessionPlan:
     def live(self) -> list[Member]:
         return [m for m in self.members.values() if m.state in LIVE]
 
-    @property
-    def finished(self) -> bool:
-        return all(m.state in (DONE, FAILED) for m in self.members.values())
-
     # -- acks, NAKs and pace -------------------------------------------------------------
 
     def on_ack(self, name: str, cumulative: int, naks: list[tuple[int, int]], now: float) -> None:

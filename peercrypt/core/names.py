@@ -4,14 +4,14 @@ A received name is untrusted. The rules: keep only the last path component
 (both ``/`` and ``\\`` separate), drop control characters, refuse what is
 empty, ``.`` or ``..`` after that, and cap the name at 200 UTF-8 bytes
 (leaving room for a ``.N`` suffix and the ``.part`` marker). Nothing chosen
-here can point outside the inbox; :func:`unique_name` never reuses a name
-that exists.
+here can point outside the inbox; :func:`candidate_names` lists the names to
+try, each with an exclusive create or link, so an existing name is never reused.
 """
 
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 MAX_NAME_BYTES = 200
 
@@ -46,12 +46,3 @@ def candidate_names(name: str, limit: int = 10_000) -> Iterator[str]:
         stem, ext = name, ""
     for n in range(1, limit):
         yield f"{stem}.{n}.{ext}" if ext else f"{stem}.{n}"
-
-
-def unique_name(name: str, exists: Callable[[str], bool]) -> str:
-    """The first of :func:`candidate_names` for which ``exists`` is false.
-    Raises UnsafeName when all are taken."""
-    for candidate in candidate_names(name):
-        if not exists(candidate):
-            return candidate
-    raise UnsafeName(f"too many files named like {name!r}")

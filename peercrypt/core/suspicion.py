@@ -238,11 +238,6 @@ class FailureDetector(Generic[P]):
         p.rtt.sample(rtt)
         return self._revive(peer, p, now, "probe_ok")
 
-    def on_refuted(self, peer: P, now: float) -> Transition[P] | None:
-        """The peer refuted suspicion (e.g. gossiped a higher-incarnation alive)."""
-        p = self._peers.setdefault(peer, _Peer())
-        return self._revive(peer, p, now, "refuted")
-
     def on_probe_failed(self, peer: P, now: float) -> Transition[P] | None:
         """A probe went unanswered within its timeout.
 

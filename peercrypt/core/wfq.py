@@ -135,14 +135,6 @@ class FairShare(Generic[K]):
         """Forget a flow and its pending demand. Raises :class:`KeyError` if unknown."""
         del self._flows[flow_id]
 
-    def set_weight(self, flow_id: K, weight: float) -> None:
-        """Change a flow's weight from the next grant on.
-
-        Raises :class:`KeyError` if unknown, :class:`ValueError` for a bad weight.
-        """
-        flow = self._flows[flow_id]
-        flow.weight = _check_weight(weight)
-
     def weight(self, flow_id: K) -> float:
         """The flow's weight. Raises :class:`KeyError` if unknown."""
         return self._flows[flow_id].weight

@@ -54,17 +54,15 @@ def new_content_key() -> bytes:
 class ContentSealer:
     """Seal (sender) or open (receivers) a session's chunks."""
 
-    __slots__ = ("_aead", "_counter", "seals", "sid")
+    __slots__ = ("_aead", "_counter", "sid")
 
     def __init__(self, sid: bytes, key: bytes) -> None:
         self.sid = sid
         self._aead = AESGCM(key)
         self._counter = 0
-        self.seals = 0
 
     def seal_chunk(self, index: int, last: bool, plaintext: bytes) -> tuple[bytes, bytes]:
         self._counter += 1
-        self.seals += 1
         nonce = _NONCE.pack(0, self._counter)
         return nonce, self._aead.encrypt(nonce, plaintext, _CHUNK_AAD.pack(self.sid, index, last))
 

@@ -519,18 +519,6 @@ class TestNetwork:
         """Bring the trunk between two groups back up."""
         self._set_trunk(group_a, group_b, "up")
 
-    def cut_all(self, group: int) -> None:
-        """Cut ``group`` off from every other group."""
-        for other in range(self.groups):
-            if other != group:
-                self.cut(group, other)
-
-    def heal_all(self) -> None:
-        """Bring every trunk up."""
-        for a in range(self.groups):
-            for b in range(a + 1, self.groups):
-                self.heal(a, b)
-
     def isolate(self, host: Host) -> None:
         """Unplug ``host`` at the switch: its packets are dropped (its own link
         loses carrier, its address and routes stay)."""
