@@ -90,7 +90,7 @@ class AttachActor(Actor):
     def setup(self) -> None:
         for actor in self.settings.remote_actors:
             self.facts[f"remote_{actor}"] = "waiting"
-        self.call_every(BEAT, self._beat)
+        self.call_every_while(BEAT, self._beat, lambda: bool(self.links))  # idle: no beat
 
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, Inbound):

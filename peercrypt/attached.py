@@ -51,6 +51,7 @@ class AttachedActor:
         # Called in the link's thread; the main thread only reads it after the event.
         self.refused = reason
         self.refused_event.set()
+        self.supervisor.wake()
 
     def start(self) -> None:
         try:
@@ -60,8 +61,7 @@ class AttachedActor:
             raise
 
     def run_until(self, stop: threading.Event) -> None:
-        while not stop.is_set() and not self.refused_event.is_set():
-            self.supervisor.poll(0.2)
+        self.supervisor.run_until(lambda: stop.is_set() or self.refused_event.is_set())
 
     def stop(self) -> None:
         if self._stopped:

@@ -93,8 +93,10 @@ class Node:
             raise
 
     def run_until(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            self.supervisor.poll(0.2)
+        """Supervise until ``stop`` is set by a signal handler of the main
+        thread (the signal wakes the wait), or by another thread that then
+        calls ``supervisor.wake()``."""
+        self.supervisor.run_until(stop.is_set)
 
     def stop(self) -> None:
         if self._stopped:

@@ -176,6 +176,36 @@ def test_crashed_actor_is_restarted_and_node_keeps_serving() -> None:
         stop(sup)
 
 
+def test_run_until_sleeps_until_news_restarts_when_due_and_ends_on_wake() -> None:
+    """The main loop has no poll interval: it must wake for the crash, again
+    when the restart falls due (nothing else would wake it), and on wake()."""
+    env = make_env()
+    got: list[int] = []
+    seen: list[int] = []
+    sup = Supervisor(
+        env,
+        [
+            ("recorder", lambda e: Recorder(e, "pinger", seen)),
+            ("pinger", lambda e: Pinger(e, "recorder", [1, 666], got)),
+        ],
+    )
+    sup.start()
+    done = threading.Event()
+    loop = threading.Thread(target=sup.run_until, args=(done.is_set,), daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: sup.restarts["recorder"] == 1)
+        done.set()
+        sup.wake()
+        loop.join(DEADLINE)
+        assert not loop.is_alive(), "run_until did not return after wake()"
+    finally:
+        done.set()
+        sup.wake()
+        loop.join(DEADLINE)
+        stop(sup)
+
+
 def test_an_exception_on_one_message_is_contained_and_counted() -> None:
     env = make_env()
     got: list[int] = []

@@ -310,16 +310,20 @@ class Actor:
     def report(self) -> None:
         """Publish facts and counters to the status owner (see REPORT_TO) if
         they changed since the last report."""
-        if self.REPORT_TO and self.name != self.REPORT_TO and self.report_due():
+        owner = self.REPORT_TO
+        if owner is not None and self.report_due():
             self.facts.changed = self.counters.changed = False
             self.tell(
-                self.REPORT_TO,
+                owner,
                 Announce(actor=self.name, facts=dict(self.facts), counters=dict(self.counters)),
             )
 
+    def _reports(self) -> bool:
+        return bool(self.REPORT_TO) and self.name != self.REPORT_TO
+
     def report_due(self) -> bool:
         """Whether :meth:`report` has news (checked after every event)."""
-        return self.facts.changed or self.counters.changed
+        return self._reports() and (self.facts.changed or self.counters.changed)
 
     def _refresh_report(self) -> None:
         self.facts.changed = True  # a status owner that lost it learns it again
@@ -402,13 +406,18 @@ class Actor:
             if not timer.cancelled:
                 self.contain(getattr(timer.callback, "__name__", "timer"), timer.callback)
 
-    def _poll_timeout_ms(self) -> int:
+    def _poll_timeout_ms(self) -> int | None:
+        """Until the first timer (None: no timer, wait for a socket). On the
+        monotonic clock nothing else can make a timer due sooner; any other
+        clock (a test's fake one) may be advanced from outside, so the loop
+        looks again every second."""
         while self._timers and self._timers[0].cancelled:
             heapq.heappop(self._timers)
+        cap = None if self.env.clock is time.monotonic else 1000
         if not self._timers:
-            return 1000
-        delay = self._timers[0].due - self.now()
-        return max(0, min(1000, math.ceil(delay * 1000)))
+            return cap
+        wait = max(0, math.ceil((self._timers[0].due - self.now()) * 1000))
+        return wait if cap is None else min(cap, wait)
 
     def run(self, pipe_address: str) -> None:
         """Thread body. Never raises; always reports on the pipe."""
@@ -430,8 +439,11 @@ class Actor:
                 log.debug("actor %s cannot start: %s", self.name, exc)
                 return
             self.report()
-            self.call_every_while(self.REPORT_INTERVAL, self.report, self.report_due, leading=True)
-            self.call_every(self.REPORT_REFRESH, self._refresh_report)
+            if self._reports():  # the status owner (control) and proxies report to no one
+                self.call_every_while(
+                    self.REPORT_INTERVAL, self.report, self.report_due, leading=True
+                )
+                self.call_every(self.REPORT_REFRESH, self._refresh_report)
             pipe.send(READY)
             self._running = True
             while self._running:

@@ -5,6 +5,10 @@
 - :meth:`Supervisor.poll` (called from the node's main loop) notices a
   ``CRASHED`` actor and restarts it with exponential backoff (0.1 s doubling
   to 10 s; reset after 30 s of healthy running). The node stays up.
+- :meth:`Supervisor.run_until` is that loop. It sleeps until an actor's news,
+  a restart falling due or :meth:`Supervisor.wake` (from any thread, or a
+  signal through :func:`signal.set_wakeup_fd`): an idle node's main thread
+  never wakes up just to look.
 - :meth:`Supervisor.stop` sends ``$TERM`` to every actor, joins the threads
   (bounded), and only then terminates the context: every socket is closed by
   its own thread first, so the node's ``term()`` cannot hang.
@@ -14,6 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +77,11 @@ class Supervisor:
         self._slots = [_Slot(name, factory) for name, factory in factories]
         self._poller = zmq.Poller()
         self._stopped = False
+        # wake(): a byte into this pair ends the poller's wait at once.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._poller.register(self._wake_r, zmq.POLLIN)
 
     @property
     def restarts(self) -> dict[str, int]:
@@ -113,9 +125,39 @@ class Supervisor:
             slot.pipe.close(linger=0)
             slot.pipe = None
 
-    def poll(self, timeout: float) -> None:
-        """Wait up to ``timeout`` s for actor news; restart crashed actors."""
-        events = dict(self._poller.poll(int(timeout * 1000)))
+    def wake(self) -> None:
+        """End the current (or next) :meth:`poll` wait; safe from any thread."""
+        with contextlib.suppress(BlockingIOError, OSError):  # full: a wake is pending anyway
+            self._wake_w.send(b"\0")
+
+    def run_until(self, stopped: Callable[[], bool]) -> None:
+        """Restart crashed actors until ``stopped()`` is true.
+
+        Checked after each wake-up: whoever makes it true calls :meth:`wake`;
+        a signal handled in the main thread wakes it through the signal
+        module's wake-up fd, installed here for the loop's duration."""
+        previous: int | None = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            while not stopped():
+                self.poll(None)
+        finally:
+            if previous is not None:
+                signal.set_wakeup_fd(previous)
+
+    def poll(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` s (None: no bound) for actor news or a wake;
+        restart crashed actors. The wait ends early when a restart is due."""
+        due = [s.restart_at for s in self._slots if s.restart_at is not None]
+        if due:
+            until_due = max(0.0, min(due) - time.monotonic())
+            timeout = until_due if timeout is None else min(timeout, until_due)
+        events = dict(self._poller.poll(None if timeout is None else math.ceil(timeout * 1000)))
+        if self._wake_r in events:
+            with contextlib.suppress(BlockingIOError, OSError):
+                while self._wake_r.recv(4096):
+                    pass
         now = time.monotonic()
         for slot in self._slots:
             if slot.pipe is not None and slot.pipe in events:
@@ -163,4 +205,8 @@ class Supervisor:
                     clean = False
                     log.error("actor %s did not stop within %.0f s", slot.name, STOP_TIMEOUT)
             self._close_pipe(slot)
+        with contextlib.suppress(KeyError):
+            self._poller.unregister(self._wake_r)
+        self._wake_r.close()
+        self._wake_w.close()
         return clean
