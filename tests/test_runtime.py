@@ -141,17 +141,22 @@ def test_mail_between_separate_contexts_over_tcp() -> None:
         stop(sup_a)
 
 
-def test_crashed_actor_is_restarted_and_node_keeps_serving() -> None:
-    env = make_env()
-    got: list[int] = []
-    seen: list[int] = []
-    sup = Supervisor(
+def crashing_pair(env: ActorEnv, got: list[int], seen: list[int]) -> Supervisor:
+    """A recorder and a pinger whose second ping (666) crashes the recorder."""
+    return Supervisor(
         env,
         [
             ("recorder", lambda e: Recorder(e, "pinger", seen)),
             ("pinger", lambda e: Pinger(e, "recorder", [1, 666], got)),
         ],
     )
+
+
+def test_crashed_actor_is_restarted_and_node_keeps_serving() -> None:
+    env = make_env()
+    got: list[int] = []
+    seen: list[int] = []
+    sup = crashing_pair(env, got, seen)
     sup.start()
     try:
         wait_for(lambda: got == [1])
@@ -182,13 +187,7 @@ def test_run_until_sleeps_until_news_restarts_when_due_and_ends_on_wake() -> Non
     env = make_env()
     got: list[int] = []
     seen: list[int] = []
-    sup = Supervisor(
-        env,
-        [
-            ("recorder", lambda e: Recorder(e, "pinger", seen)),
-            ("pinger", lambda e: Pinger(e, "recorder", [1, 666], got)),
-        ],
-    )
+    sup = crashing_pair(env, got, seen)
     sup.start()
     done = threading.Event()
     loop = threading.Thread(target=sup.run_until, args=(done.is_set,), daemon=True)
