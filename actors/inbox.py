@@ -7,11 +7,9 @@
 - It is written as a hidden ``.NAME.ID[.KIND].part`` file of its final size
   (sparse), mode 0600 while incomplete, created with ``O_EXCL`` (an existing
   file of that name is never replaced or removed: it belongs to another
-  session). Or, with ``anonymous=True`` (multicast, which does not resume
-  from a part), as a file with no name at all (``O_TMPFILE``) in the inbox:
-  no other session can open, replace or remove it, and a killed process
-  leaves nothing behind. Where the filesystem has no ``O_TMPFILE`` it falls
-  back to a named part whose name adds a local random suffix to ``ID``.
+  session). With ``unique=True`` (multicast, whose session ids a co-receiver
+  knows) the name adds a local random suffix to ``ID``, so nobody can
+  predict it: no other session can open, replace or remove the part.
 - Once its whole-file hash is verified it is made readable (0644) and the
   *open file* - the very file that was written and verified, never a path
   someone could have replaced meanwhile - is hard-linked under the first
@@ -19,10 +17,11 @@
   linking fails instead of replacing, so nothing is ever overwritten, not
   even by a concurrent transfer of the same name) and the directory is
   fsynced.
-- Beside a unicast part, ``.NAME.ID.part.manifest`` lists the chunks the part
+- Beside a part, ``.NAME.ID.part.manifest`` lists the chunks the part
   durably holds (:class:`~peercrypt.core.resume.Manifest`): the part is synced
   (``fdatasync``) before every manifest, which is replaced atomically; a
-  later offer of the same file from the same sender continues it.
+  later offer of the same file from the same sender continues it (multicast:
+  the same session, rejoined by a restarted receiver).
 - Leftovers (kept parts, their manifests, halves of a pair a crash split)
   are deleted by :func:`sweep` once older than the part expiry. No file in
   the inbox is ever opened through a symbolic link.
@@ -31,7 +30,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import secrets
 import shutil
@@ -82,25 +80,17 @@ def check_incoming(settings: NodeSettings, name: str, chunk_size: int, size: int
 
 
 def create_part(
-    inbox: Path, name: str, ident: str, size: int, *, kind: str = "", anonymous: bool = False
-) -> tuple[Path | None, int]:
-    """Create the part file of ``size`` bytes; (path or None, fd).
-
-    Named: ``.NAME.IDENT[.KIND].part``, refused if that name exists.
-    ``anonymous``: no name (``O_TMPFILE``; path None) where the filesystem
-    supports it, else ``.NAME.IDENT-RANDOM[.KIND].part``. Raises
-    :class:`Refusal` ("io")."""
+    inbox: Path, name: str, ident: str, size: int, *, kind: str = "", unique: bool = False
+) -> tuple[Path, int]:
+    """Create the part file of ``size`` bytes: ``.NAME.IDENT[.KIND].part``
+    (``unique``: ``.NAME.IDENT-RANDOM[.KIND].part``), refused if that name
+    exists; (path, fd). Raises :class:`Refusal` ("io")."""
     suffix = f".{kind}" if kind else ""
-    fd = -1
-    part: Path | None = None
+    if unique:
+        ident = f"{ident}-{secrets.token_hex(8)}"
+    part = inbox / f".{name}.{ident}{suffix}.part"
     try:
-        if anonymous:
-            fd = _open_anonymous(inbox)
-            if fd < 0:
-                ident = f"{ident}-{secrets.token_hex(8)}"
-        if fd < 0:
-            part = inbox / f".{name}.{ident}{suffix}.part"
-            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise Refusal(ResultCode.IO, f"cannot create file in inbox: {exc.strerror}") from None
     try:
@@ -125,28 +115,6 @@ def open_part(inbox: Path, part: str, size: int) -> int:
         os.close(fd)
         raise Refusal("io", "the kept part is not the file it should be")
     return fd
-
-
-# errno values that mean "this kernel or filesystem has no O_TMPFILE"
-_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP}
-
-
-def _open_anonymous(inbox: Path) -> int:
-    """An unnamed file in ``inbox`` (mode 0600); -1 where O_TMPFILE is not
-    supported. Other errors raise OSError."""
-    flag = getattr(os, "O_TMPFILE", 0)
-    if not flag or os.environ.get(NO_TMPFILE_ENV):
-        return -1
-    try:
-        return os.open(inbox, flag | os.O_RDWR, 0o600)
-    except OSError as exc:
-        if exc.errno in _NO_TMPFILE:
-            return -1
-        raise
-
-
-# Test hook (docs/security.md): behave as on a filesystem without O_TMPFILE.
-NO_TMPFILE_ENV = "PEERCRYPT_TEST_NO_TMPFILE"
 
 
 def discard_part(part: Path | None, fd: int) -> None:

@@ -3,8 +3,11 @@
 Announces arrive from the gateway (control plane, CURVE). Per session:
 
 1. ``McAnnounce`` -> checks (limits, name, chunk size, space, the signing
-   key is the identity CURVE proved for the sender), an anonymous part file
-   in the inbox (``actors/inbox.py``), ``McJoin`` with a fresh ephemeral key,
+   key is the identity CURVE proved for the sender), a part file in the inbox
+   (``actors/inbox.py``) with its resume manifest - or the part this node kept
+   of this very session from this very sender, when it restarted mid-session
+   (``core/multicast.py``, :func:`session_resume_key`): the chunks it holds are
+   neither NAKed nor written again -, ``McJoin`` with a fresh ephemeral key,
    this node's identity key and its proof (crypto/handshake.py), and this
    actor's unicast repair port.
 2. ``McKey`` -> the content key is unwrapped; a SUB socket connects to the
@@ -23,6 +26,13 @@ Announces arrive from the gateway (control plane, CURVE). Per session:
    whole-file hash: fsync, compare, link the verified open file under a free
    name, ``McDone``.
 
+The writer keeps the part's manifest (every 16 MiB or 64 chunks, after an
+``fdatasync``), so a receiver killed mid-session and restarted answers the
+sender's next status with ``unknown-session``, is announced to again, and
+continues from what it holds. A part is dropped when its session ends
+without it (the sender ended it, or it went silent); one left by a node that
+never came back is reclaimed after ``--part-expiry`` like a unicast part.
+
 Memory: chunks queued to the writer are bounded (``QUEUE_CHUNKS``; beyond it
 a chunk is dropped and NAKed later); the SUB high-water mark is bounded;
 nothing depends on the file size.
@@ -30,6 +40,7 @@ nothing depends on the file size.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import logging
@@ -44,11 +55,22 @@ import zmq
 
 from actors import udp_multicast
 from actors.file_writer import FileWriter, Finished, Written
-from actors.inbox import Refusal, check_incoming, create_part, discard_part, publish
+from actors.inbox import (
+    Refusal,
+    check_incoming,
+    create_part,
+    discard_part,
+    manifest_name,
+    open_part,
+    publish,
+    remove_part,
+    scan,
+)
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
-from peercrypt.core.bitmap import ChunkBitmap, flatten
-from peercrypt.core.multicast import GapTracker
+from peercrypt.core.bitmap import flatten
+from peercrypt.core.multicast import GapTracker, session_resume_key
+from peercrypt.core.resume import Manifest, ResumeKey, plan_resume
 from peercrypt.crypto.chunk_signature import (
     RECEIVER_KEY_BYTES,
     SIG_BYTES,
@@ -99,6 +121,7 @@ MAX_SESSIONS_PER_HOST = 8
 MAX_LISTENERS = 16
 COMPLETED_MEMORY = 256
 HEADER_MAX_BYTES = 512
+MC_PART_SUFFIX = ".mc.part"
 WRAP_MEMORY = 4  # announce attempts whose derived secrets we keep
 # Bytes of chunks being reassembled from datagrams, per session (at least 2
 # chunks): 16 chunks of 1 MiB.
@@ -116,7 +139,7 @@ class Session:
     chunk_size: int
     tracker: GapTracker
     verifier: ChunkVerifier
-    part: Path | None  # None: anonymous until published
+    part: Path
     fd: int
     pub_endpoint: str
     started: float
@@ -196,11 +219,12 @@ class MulticastReceiverActor(Actor):
         self.watch(sock, self._on_data)
 
     def teardown(self) -> None:
-        if hasattr(self, "writer"):
-            self.writer.stop()
+        # Kept (with a last checkpoint): a restarted node rejoins its sessions.
         for sess in list(self.sessions.values()):
             self.tell("stats", _record(sess, self.now(), "interrupted", "the node stopped"))
-            self._close(sess, keep_part=False)
+            self._close(sess, keep_part=True)
+        if hasattr(self, "writer"):
+            self.writer.stop()
 
     # -- control plane ------------------------------------------------------------
 
@@ -275,11 +299,21 @@ class MulticastReceiverActor(Actor):
                 return refuse("protocol", f"chunks not signed by the sender: {exc}")
             try:
                 name = check_incoming(s, a.name, a.chunk_size, a.size)
-                part, fd = create_part(
-                    s.inbox, name, a.sid.hex(), a.size, kind="mc", anonymous=True
-                )
+                key = session_resume_key(env.peer, name, a.size, a.chunk_size, a.sid)
+                kept = self._kept(key)
+                held = kept.held() if kept is not None else None
+                if kept is not None:
+                    part, fd = s.inbox / kept.part, open_part(s.inbox, kept.part, a.size)
+                else:
+                    # The full id plus a local random suffix: a co-receiver
+                    # knowing the id cannot make us open or remove its file.
+                    part, fd = create_part(
+                        s.inbox, name, a.sid.hex(), a.size, kind="mc", unique=True
+                    )
             except Refusal as exc:
                 return refuse(exc.code, exc.reason)
+            except OSError as exc:
+                return refuse("io", f"cannot read the inbox: {exc.strerror}")
             total = -(-a.size // a.chunk_size)
             host = a.pub_host or env.peer_host or "127.0.0.1"
             now = self.now()
@@ -291,7 +325,7 @@ class MulticastReceiverActor(Actor):
                 name=name,
                 size=a.size,
                 chunk_size=a.chunk_size,
-                tracker=GapTracker(total, nak_limit=64),
+                tracker=GapTracker(total, nak_limit=64, have=held),
                 verifier=verifier,
                 part=part,
                 fd=fd,
@@ -303,9 +337,25 @@ class MulticastReceiverActor(Actor):
             self.tell("stats", _record(sess, self.now(), "running"))
             if a.group:
                 self._join_group(sess, a, env.peer_host or "127.0.0.1")
-            self.writer.open(a.sid, fd, a.chunk_size, a.size, ChunkBitmap(total))
+            template = Manifest(key, a.sid, part.name, b"", 0.0)
+            self.writer.open(
+                a.sid, fd, a.chunk_size, a.size, sess.tracker.written, (s.inbox, template)
+            )
             self.count("joined")
-            log.info("joining multicast session %s (%s, %d bytes)", a.sid.hex()[:12], name, a.size)
+            if held is not None:
+                self.count("resumed")
+                self.count("resumed-chunks", held.count)
+                log.info(
+                    "rejoining multicast session %s (%s): %d of %d chunks already held",
+                    a.sid.hex()[:12],
+                    name,
+                    held.count,
+                    total,
+                )
+            else:
+                log.info(
+                    "joining multicast session %s (%s, %d bytes)", a.sid.hex()[:12], name, a.size
+                )
         sess.route = env.route
         sess.last_activity = self.now()
         sess.wraps[a.attempt] = answer.secrets
@@ -320,6 +370,21 @@ class MulticastReceiverActor(Actor):
             attempt=a.attempt,
             repair_key=sess.receiver_key,
         )
+
+    def _kept(self, key: ResumeKey) -> Manifest | None:
+        """The part this node kept of the session ``key`` names (it restarted
+        mid-session), if any. Only multicast parts are looked at; kept parts of
+        other sessions of the same file from the same sender are deleted (a
+        session that ended cannot be rejoined)."""
+        inbox = self.settings.inbox
+        found = scan(inbox, prefix=f".{key.name}.")
+        kept = [m for m in found.manifests if m.part.endswith(MC_PART_SUFFIX)]
+        in_use = [x.part.name for x in self.sessions.values()]
+        plan = plan_resume(key, kept, in_use)
+        for old in plan.obsolete:
+            remove_part(inbox, old.part)
+            self.count("parts-obsolete")
+        return plan.reuse
 
     def _join_group(self, sess: Session, a: McAnnounce, sender_host: str) -> None:
         """Join the announced group before joining the session, so the sender
@@ -545,6 +610,7 @@ class MulticastReceiverActor(Actor):
                 continue
             if isinstance(result, Written):
                 sess.queued -= 1
+                self.count("chunks-written")
                 sess.tracker.on_written(result.index)
                 if sess.tracker.written.count - sess.acked_written >= sess.ack_every:
                     self._send_ack(sess, self.now())
@@ -642,7 +708,6 @@ class MulticastReceiverActor(Actor):
 
     def _close(self, sess: Session, keep_part: bool) -> None:
         self.sessions.pop(sess.sid, None)
-        self.writer.forget(sess.sid)
         if sess.sub is not None:
             self.close_socket(sess.sub)
             sess.sub = None
@@ -652,8 +717,15 @@ class MulticastReceiverActor(Actor):
             sess.udp = None
             sess.reassembler = None
         if not keep_part:
+            # Before the writer closes the fd: the name is removed only while
+            # it still refers to the file open as ``sess.fd``.
             discard_part(sess.part, sess.fd)
-        os.close(sess.fd)
+            for name in (manifest_name(sess.part.name), manifest_name(sess.part.name) + ".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.settings.inbox / name)
+        # The writer closes the fd after its queued work (``keep``: with a
+        # last checkpoint) and forgets the session.
+        self.writer.close(sess.sid, keep=keep_part)
 
     def _expire_idle(self) -> None:
         now = self.now()

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from actors.inbox import (
-    NO_TMPFILE_ENV,
     Refusal,
     check_incoming,
     create_part,
@@ -64,27 +63,11 @@ def test_create_part_refuses_an_existing_part_and_leaves_it(tmp_path: Path) -> N
     assert part.read_bytes() == b"A"  # another session's part: never replaced
 
 
-def test_anonymous_part_has_no_name_until_published(tmp_path: Path) -> None:
-    part, fd = create_part(tmp_path, "x.bin", "sid", 4, kind="mc", anonymous=True)
+def test_unique_parts_get_unpredictable_names(tmp_path: Path) -> None:
+    first, fd1 = create_part(tmp_path, "x", "sid", 1, kind="mc", unique=True)
+    second, fd2 = create_part(tmp_path, "x", "sid", 1, kind="mc", unique=True)
     try:
-        assert part is None
-        assert list(tmp_path.iterdir()) == []  # nobody can open, replace or remove it
-        os.pwrite(fd, b"data", 0)
-        assert publish(part, fd, tmp_path, "x.bin") == "x.bin"
-    finally:
-        os.close(fd)
-    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
-    assert (tmp_path / "x.bin").read_bytes() == b"data"
-
-
-def test_without_o_tmpfile_parts_get_unpredictable_names(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(NO_TMPFILE_ENV, "1")
-    first, fd1 = create_part(tmp_path, "x", "sid", 1, kind="mc", anonymous=True)
-    second, fd2 = create_part(tmp_path, "x", "sid", 1, kind="mc", anonymous=True)
-    try:
-        assert first is not None and second is not None and first != second
+        assert first != second
         assert first.name.startswith(".x.sid-") and first.name.endswith(".mc.part")
     finally:
         os.close(fd1)

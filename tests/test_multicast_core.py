@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.multicast import (
     FAILED,
     LOST,
@@ -54,6 +55,19 @@ def test_duplicates_are_counted_not_new() -> None:
     assert t.duplicates == 1
     with pytest.raises(ValueError):
         t.on_chunk(3)
+
+
+def test_a_rejoining_receiver_naks_and_writes_only_what_it_lacks() -> None:
+    held = ChunkBitmap(10)
+    held.add_range(0, 4)
+    held.add(6)
+    t = GapTracker(10, nak_limit=8, holdoff=0.3, have=held)
+    assert t.resumed == 5 and t.written.cumulative == 4 and t.highest == 6
+    assert t.naks(0.0) == [(4, 6)]  # below the highest held, the gap only
+    assert t.on_chunk(6, 0.1) is False and t.on_chunk(3, 0.1) is False  # held: not written
+    t.on_horizon(10)
+    assert t.naks(1.0) == [(4, 6), (7, 10)]  # again after the holdoff; the tail once quiet
+    assert held.count == 5  # the caller's bitmap is not changed
 
 
 @settings(max_examples=200, deadline=None)

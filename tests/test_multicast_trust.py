@@ -133,12 +133,10 @@ def test_forged_chunks_from_a_co_receiver_are_dropped_and_repaired(
     assert honest.running  # the hostile peer crashed nothing
 
 
-@pytest.mark.parametrize("tmpfile", [True, False])
 def test_a_co_receiver_racing_the_part_name_cannot_replace_the_file(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],
     co_receiver: CoReceiver,
-    tmpfile: bool,
 ) -> None:
     """Knowing the session id and the file name, the co-receiver announces
     sessions of its own to the honest receiver - the same id, ids that share
@@ -146,8 +144,7 @@ def test_a_co_receiver_racing_the_part_name_cannot_replace_the_file(
     honest receiver stores the sender's bytes, nothing else appears under a
     final name, and no part of the real session was removed."""
     sender = node_factory("--max-rate", str(3 * MiB))
-    env = {} if tmpfile else {"PEERCRYPT_TEST_NO_TMPFILE": "1"}
-    honest = node_factory(env=env)
+    honest = node_factory()
     path = make_file(6 * MiB + 1000)
     proc = _send(sender, path, honest, co_receiver)
     real = co_receiver.session().announce

@@ -173,6 +173,11 @@ class ChunkBitmap:
         return self._cumulative
 
     @property
+    def highest(self) -> int:
+        """The highest held index (-1: none)."""
+        return self._end - 1
+
+    @property
     def complete(self) -> bool:
         return self._count == self.total
 

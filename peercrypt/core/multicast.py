@@ -44,8 +44,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import blake3
+
 from peercrypt.core.bitmap import MAX_RANGES, ChunkBitmap
 from peercrypt.core.congestion import for_multicast
+from peercrypt.core.resume import ResumeKey
 
 JOINING = "joining"
 MULTICAST = "multicast"
@@ -54,6 +57,19 @@ LOST = "lost"
 DONE = "done"
 FAILED = "failed"
 LIVE = (MULTICAST, UNICAST)
+
+
+_SESSION_SOURCE_CONTEXT = "peercrypt 2026 multicast session part v1"
+
+
+def session_resume_key(peer: bytes, name: str, size: int, chunk_size: int, sid: bytes) -> ResumeKey:
+    """What a receiver's kept multicast part belongs to: the same session
+    (``sid``) from the same proven sender ``peer``. A session reads one file
+    version (the sender fails it if the file changes), so its id stands in
+    for the unicast source tag; a part is continued only by a receiver that
+    restarted and rejoins that very session (docs/multicast.md)."""
+    source = blake3.blake3(sid, derive_key_context=_SESSION_SOURCE_CONTEXT).digest()
+    return ResumeKey(peer, name, size, chunk_size, source)
 
 
 def to_ranges(indices: Iterable[int]) -> list[tuple[int, int]]:
@@ -70,11 +86,21 @@ def to_ranges(indices: Iterable[int]) -> list[tuple[int, int]]:
 class GapTracker:
     """The receiver's view of one session."""
 
-    def __init__(self, total: int, nak_limit: int = 64, holdoff: float = 0.3) -> None:
+    def __init__(
+        self,
+        total: int,
+        nak_limit: int = 64,
+        holdoff: float = 0.3,
+        have: ChunkBitmap | None = None,
+    ) -> None:
+        """``have``: chunks already durably in the part (a receiver that
+        restarted and rejoins the session): never NAKed nor written again."""
         self.total = total
-        self.received = ChunkBitmap(total)  # authenticated (queued to be written)
-        self.written = ChunkBitmap(total)
-        self.highest = -1
+        held = have.to_bytes() if have is not None else bytes((total + 7) // 8)
+        self.received = ChunkBitmap.from_bytes(total, held)  # authenticated (queued to be written)
+        self.written = ChunkBitmap.from_bytes(total, held)
+        self.resumed = self.written.count
+        self.highest = self.written.highest
         self.horizon = 0
         self.nak_limit = max(1, nak_limit)
         self.holdoff = holdoff

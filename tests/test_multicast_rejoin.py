@@ -1,0 +1,72 @@
+"""A multicast receiver killed mid-session (SIGKILL) and restarted rejoins
+and gets only what it lacks (docs/multicast.md, "Part files"), with real
+node processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from actors.inbox import scan
+from peercrypt.core.resume import Manifest
+from peercrypt.testing.nodes import NodeProcess, assert_stored, free_port, start_cli, wait_until
+
+MiB = 1024 * 1024
+CHUNK = 64 * 1024  # a checkpoint every 64 chunks (4 MiB): several in one session
+
+
+def _kept(node: NodeProcess) -> Manifest | None:
+    """The multicast part's manifest in ``node``'s inbox, once it lists a chunk."""
+    for m in scan(node.inbox).manifests:
+        if m.part.endswith(".mc.part") and m.held().count > 0:
+            return m
+    return None
+
+
+def test_a_killed_receiver_rejoins_and_gets_only_what_it_lacks(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    # The node's cap keeps the session running ~4 s: long enough for a
+    # checkpoint, a kill and a restart while chunks flow.
+    sender = node_factory("--max-rate", str(3 * MiB))
+    steady = node_factory()
+    port = free_port()
+    victim = node_factory("--port", str(port), name="victim")
+    path = make_file(8 * MiB + 5)
+    total = -(-(8 * MiB + 5) // CHUNK)
+    digest = blake3_file(path)
+    proc = start_cli(
+        "send", path, steady.host, str(steady.port), "-m", "--to", f"127.0.0.1:{port}",
+        "--chunk-size", str(CHUNK), "--timeout", "30", "--json",
+        data_dir=sender.data_dir,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _kept(victim), 20, "a checkpoint of the multicast part")
+        victim.kill()
+        kept = _kept(victim)  # what the killed node left durably: final now
+        assert kept is not None
+        held = kept.held().count
+        assert 0 < held < total, held
+        victim = node_factory("--port", str(port), name="victim")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, (out, err, sender.log_tail())
+    result = json.loads(out)
+    assert result["blake3"] == digest
+    assert_stored(steady, result, digest)
+    assert_stored(victim, result, digest)
+    # The restarted node continued the kept part: it wrote exactly the chunks
+    # it lacked, none of those it held (counters reach the status every 0.5 s).
+    written = victim.wait_for_counter("mreceiver.chunks-written", total - held)
+    counters = victim.counters()
+    assert counters.get("mreceiver.resumed") == 1, counters
+    assert counters.get("mreceiver.resumed-chunks") == held, (counters, held)
+    assert written == counters["mreceiver.chunks-written"] == total - held, (counters, held)
+    assert result["stats"]["seals_first"] == total  # the sender read and sealed once
+    # Nothing is left behind: the part and its manifest went with the verdict.
+    assert [p.name for p in victim.inbox.iterdir() if p.name.startswith(".")] == []
