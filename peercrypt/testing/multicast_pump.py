@@ -1,16 +1,28 @@
-"""A multicast session pumped in memory: one SessionPlan, N GapTrackers.
+"""A multicast session pumped in memory: one MulticastOutgoing, N receivers.
 
 :func:`pump_session` runs one whole session over simulated channels (one
 per receiver each way, :class:`~peercrypt.testing.transfer_pump.Channel`)
-with a fake clock, no sockets and no sleeping, doing what the msender and
-mreceiver actors do around the pure objects: publish what
-:meth:`~peercrypt.core.multicast.SessionPlan.can_publish` allows (every
-receiver's channel decides that receiver's copy), repair by re-publishing
-or by unicast as :meth:`~peercrypt.core.multicast.SessionPlan.plan` says,
-tell receivers the horizon (the msender's status) in answer to their acks,
-and let each receiver write new chunks after ``write_delay``, ack every
-``ack_every`` written chunks and every ``ack_interval`` seconds with its
-NAKs (:meth:`~peercrypt.core.multicast.GapTracker.naks`).
+with a fake clock, no sockets and no sleeping. The sender side is the real
+sans-IO object (:class:`~peercrypt.core.multicast_outgoing.MulticastOutgoing`)
+with the msender's I/O done by the pump: announces, publications (every
+receiver's channel decides that receiver's copy), repairs re-published or
+unicast, statuses, the whole-file hash over the chunks as first published,
+byte grants at ``rate`` (a node ``--max-rate``) and, with ``datagrams``, a
+backlog of datagram bytes spent from the grants as the msender does for a
+UDP group. Each receiver does what the mreceiver does around its
+:class:`~peercrypt.core.multicast.GapTracker`: joins when announced to, takes
+chunks only once joined, writes new ones after ``write_delay``, acks every
+``ack_every`` written chunks and every ``TICK`` with its NAKs, answers a
+status for a session it does not know with "unknown", and once everything is
+written and the hash is known reports the hash of what it stored.
+
+``restarts``: (receiver, chunks) pairs: once the receiver wrote that many
+chunks it loses everything not yet written and its membership (as a node
+killed and restarted), keeps what it wrote (its manifest), and must be
+announced to again; it then writes only what it lacked.
+
+Grants (with ``rate``) come as the scheduler gives them: every
+``GRANT_TICK`` seconds, ``rate * GRANT_TICK`` bytes of what was asked.
 """
 
 from __future__ import annotations
@@ -18,25 +30,55 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from peercrypt.core.multicast import DONE, GapTracker, SessionPlan
+import blake3
+
+from peercrypt.core.multicast import GapTracker, Repair
+from peercrypt.core.multicast_outgoing import (
+    Announce,
+    MulticastOutgoing,
+    Publish,
+    SendStatus,
+    SessionEnded,
+    TargetEnded,
+)
+from peercrypt.core.outgoing import HashFile, RequestGrant
 from peercrypt.testing.transfer_pump import Channel
 
-TICK = 0.05  # seconds between the sender's timeouts check and each receiver's ack timer
+TICK = 0.05  # seconds between each receiver's acks (besides every ``ack_every`` writes)
+FRAGMENT = 1200  # datagram payload bytes (UDP group)
+GRANT_TICK = 0.005  # seconds between the scheduler's grants
+
+
+@dataclass
+class _Receiver:
+    tracker: GapTracker
+    stored: bytearray
+    joined: bool = False
+    digest: bytes = b""
+    reported: bool = False
+    epoch: int = 0
+    since_ack: int = 0
+    ack_every: int = 4
+    held_at_restart: set[int] = field(default_factory=set)
+    rewritten: int = 0  # chunks written again that it held at a restart (must stay 0)
 
 
 @dataclass
 class SessionResult:
-    done: bool  # every receiver holds every chunk
+    done: bool  # the session ended with every receiver verified
+    code: str
     now: float
-    delivered: list[bytes]  # what each receiver wrote
+    delivered: list[bytes]  # what each receiver stored
     writes: list[Counter[int]]  # per receiver: chunk index -> times written
-    plan: SessionPlan
+    session: MulticastOutgoing
     trackers: list[GapTracker]
+    results: dict[str, TargetEnded]
     first_publications: int
     repairs: int  # repair copies sent (re-published: one per receiver)
+    rewritten: int  # chunks a restarted receiver wrote although it held them
 
 
 def pump_session(
@@ -48,91 +90,210 @@ def pump_session(
     min_window: int = 2,
     ack_every: int = 4,
     write_delay: float = 0.001,
+    rate: float = 0.0,
+    datagrams: bool = False,
+    restarts: list[tuple[int, int]] | None = None,
     max_events: int = 400_000,
 ) -> SessionResult:
-    """``down[r]``: chunks, repairs and status to receiver ``r``; ``up[r]``:
-    its acks and NAKs."""
-    total = -(-len(content) // chunk_size)
+    """``down[r]``: announces, chunks, repairs and statuses to receiver ``r``;
+    ``up[r]``: its joins, acks, NAKs and its verdict."""
     n = len(down)
-    plan = SessionPlan(total, window=window, min_window=min_window, stall_timeout=1e9)
     names = [f"r{r}" for r in range(n)]
-    trackers = [GapTracker(total) for _ in range(n)]
-    stored = [bytearray(len(content)) for _ in range(n)]
+    sess = MulticastOutgoing(
+        len(content),
+        chunk_size,
+        names,
+        timeout=1e9,
+        now=0.0,
+        window=window,
+        min_window=min_window,
+        datagrams=datagrams,
+    )
+    total = sess.total
+    if rate:
+        sess.on_pacing(True)
+    rx = [_Receiver(GapTracker(total), bytearray(len(content)), ack_every=ack_every) for _ in names]
     writes: list[Counter[int]] = [Counter() for _ in range(n)]
-    since_ack = [0] * n
     events: list[tuple[float, int, str, int, Any]] = []
     seq = itertools.count()
     now = 0.0
     first = 0
     repairs = 0
+    hasher = blake3.blake3()
+    backlog: list[list[Any]] = []  # [bytes left, index, receivers] (paced datagrams)
+    results: dict[str, TargetEnded] = {}
+    ended: SessionEnded | None = None
+    timer_at: float | None = None
+    asked = 0  # bytes asked for and not granted yet
+    restart_after = dict(restarts or [])
 
     def at(when: float, kind: str, r: int, value: Any = None) -> None:
         heapq.heappush(events, (when, next(seq), kind, r, value))
 
-    def to_receiver(r: int, kind: str, value: Any) -> None:
+    def down_to(r: int, kind: str, value: Any = None) -> None:
         for when in down[r].arrivals(now):
             at(when, kind, r, value)
 
-    def ack(r: int) -> None:
-        t = trackers[r]
-        since_ack[r] = 0
+    def up_from(r: int, kind: str, value: Any = None) -> None:
         for when in up[r].arrivals(now):
-            at(when, "ack", r, (t.written.cumulative, t.naks(now)))
+            at(when, kind, r, value)
 
-    def publish() -> None:
-        nonlocal first, repairs
-        for repair in plan.plan(now):
-            targets = range(n) if repair.publish else [names.index(m) for m in repair.to]
-            for r in targets:
-                repairs += 1
-                to_receiver(r, "chunk", repair.index)
-        count = plan.can_publish()
-        for index in range(plan.published, plan.published + count):
-            first += 1
-            for r in range(n):
-                to_receiver(r, "chunk", index)
-        plan.on_published(count)
+    def ack(r: int) -> None:
+        t = rx[r].tracker
+        rx[r].since_ack = 0
+        up_from(r, "ack", (t.written.cumulative, t.naks(now)))
 
-    for name in names:
-        plan.join(name, now)
+    def chunk_out(index: int, to: list[int]) -> None:
+        if datagrams and sess.paced:
+            backlog.append([min(chunk_size, len(content) - index * chunk_size), index, to])
+            return
+        for r in to:
+            down_to(r, "chunk", (index, rx[r].epoch))
+
+    def flush() -> None:
+        while backlog and (sess.allowance > 0 or not sess.paced):
+            item = backlog[0]
+            spent = min(FRAGMENT, item[0])
+            sess.spend(spent)
+            item[0] -= spent
+            if item[0] == 0:
+                backlog.pop(0)
+                for r in item[2]:
+                    down_to(r, "chunk", (item[1], rx[r].epoch))
+
+    def drive() -> None:
+        nonlocal first, repairs, ended, timer_at, asked
+        while ended is None:
+            flush()
+            outputs = sess.poll(now, sum(item[0] for item in backlog))
+            if not outputs:
+                break
+            for out in outputs:
+                if isinstance(out, Announce):
+                    down_to(names.index(out.target), "announce")
+                elif isinstance(out, Publish):
+                    assert out.index == first, "first publications in file order"
+                    first += 1
+                    hasher.update(content[out.index * chunk_size : (out.index + 1) * chunk_size])
+                    chunk_out(out.index, list(range(n)))
+                elif isinstance(out, Repair):
+                    to = list(range(n)) if out.publish else [names.index(m) for m in out.to]
+                    repairs += len(to)
+                    chunk_out(out.index, to)
+                elif isinstance(out, SendStatus):
+                    down_to(names.index(out.target), "status", (out.horizon, out.digest, out))
+                elif isinstance(out, HashFile):
+                    sess.on_digest(hasher.digest())
+                elif isinstance(out, RequestGrant):
+                    if not asked:
+                        at(now + GRANT_TICK, "grant", -1)
+                    asked = out.nbytes
+                elif isinstance(out, TargetEnded):
+                    results[out.target] = out
+                elif isinstance(out, SessionEnded):
+                    ended = out
+            flush()
+        due = sess.next_timer(now)
+        if due is not None and (timer_at is None or due < timer_at or timer_at <= now):
+            timer_at = max(due, now)
+            at(timer_at, "timer", -1)
+
+    def maybe_report(r: int) -> None:
+        x = rx[r]
+        if x.tracker.complete and x.digest:
+            x.reported = True
+            up_from(r, "done", blake3.blake3(bytes(x.stored)).digest())
+
     for r in range(n):
         at(TICK, "ack-timer", r)
-    at(TICK, "tick", -1)
-    publish()
+    for r in range(n):
+        down_to(r, "announce")  # the first announce, as the handshake completes
+    drive()
     for _ in range(max_events):
-        if all(plan.members[m].state == DONE for m in names) or not events:
+        if ended is not None or not events:
             break
         now, _, kind, r, value = heapq.heappop(events)
-        if kind == "chunk":
-            if trackers[r].on_chunk(value, now):
+        x = rx[r] if r >= 0 else None
+        if kind == "timer":
+            if timer_at is not None and now >= timer_at:
+                timer_at = None
+            sess.on_timer(now)
+        elif kind == "grant":
+            given = min(asked, max(1, int(rate * GRANT_TICK)))
+            asked -= given
+            sess.on_grant(given)
+            if asked:
+                at(now + GRANT_TICK, "grant", -1)
+        elif x is None:
+            raise AssertionError(kind)
+        elif kind == "announce":
+            if x.reported:  # it remembers the session it finished: the verdict again
+                maybe_report(r)
+                continue
+            x.joined = True
+            up_from(r, "join")
+        elif kind == "chunk":
+            index, epoch = value
+            if x.joined and epoch == x.epoch and x.tracker.on_chunk(index, now):
                 at(now + write_delay, "written", r, value)
         elif kind == "written":
-            index = value
+            index, epoch = value
+            if epoch != x.epoch:
+                continue  # queued to the writer of a node that was killed since
             writes[r][index] += 1
-            stored[r][index * chunk_size : (index + 1) * chunk_size] = content[
-                index * chunk_size : (index + 1) * chunk_size
-            ]
-            trackers[r].on_written(index)
-            since_ack[r] += 1
-            if since_ack[r] >= ack_every or trackers[r].complete:
+            if index in x.held_at_restart:
+                x.rewritten += 1
+            span = slice(index * chunk_size, (index + 1) * chunk_size)
+            x.stored[span] = content[span]
+            x.tracker.on_written(index)
+            x.since_ack += 1
+            if x.since_ack >= x.ack_every or x.tracker.complete:
                 ack(r)
+            maybe_report(r)
+            if sum(writes[r].values()) == restart_after.get(r):
+                at(now, "restart", r)
         elif kind == "status":
-            trackers[r].on_horizon(value)
+            horizon, digest, status = value
+            if not x.joined:
+                up_from(r, "unknown")
+                continue
+            x.tracker.on_horizon(horizon)
+            x.ack_every = min(ack_every, status.ack_every or ack_every)
+            x.digest = x.digest or digest
+            maybe_report(r)  # again too: its verdict may have been lost
         elif kind == "ack-timer":
-            if plan.members[names[r]].state != DONE:
+            if x.joined and not x.reported:
                 ack(r)
-                at(now + TICK, "ack-timer", r)
+            at(now + TICK, "ack-timer", r)
+        elif kind == "restart":
+            held = x.tracker.written
+            x.held_at_restart = {i for i in range(total) if i in held}
+            x.tracker = GapTracker(total, have=held)
+            x.joined, x.digest, x.reported, x.since_ack = False, b"", False, 0
+            x.epoch += 1
+        elif kind == "join":
+            sess.on_join(names[r], now)
+            if not datagrams:
+                sess.on_subscribed(names[r], now)
         elif kind == "ack":
             cumulative, naks = value
-            plan.on_ack(names[r], cumulative, naks, now)
-            if cumulative >= total:
-                plan.end(names[r], DONE)
-            to_receiver(r, "status", plan.published)
-        elif kind == "tick":
-            plan.tick(now)
-            at(now + TICK, "tick", -1)
-        publish()
-    done = all(plan.members[m].state == DONE for m in names)
+            sess.on_ack(names[r], cumulative, naks, now)
+        elif kind == "unknown":
+            sess.on_unknown(names[r])
+        elif kind == "done":
+            sess.on_done(names[r], True, value, f"stored-{r}", "", now)
+        drive()
+    done = ended is not None and ended.code == "ok"
     return SessionResult(
-        done, now, [bytes(s) for s in stored], writes, plan, trackers, first, repairs
+        done,
+        ended.code if ended is not None else "",
+        now,
+        [bytes(x.stored) for x in rx],
+        writes,
+        sess,
+        [x.tracker for x in rx],
+        results,
+        first,
+        repairs,
+        sum(x.rewritten for x in rx),
     )
