@@ -1,4 +1,8 @@
-"""A frame-mangling ZeroMQ proxy for the data plane, for fault-injection tests.
+"""Proxies for the data plane: faults and per-connection caps, for tests and benchmarks.
+
+:class:`CappingProxy` (at the end) is a plain TCP proxy that caps every
+connection's rate on its own, as a per-flow shaper would (parallel lanes
+are measured through it: ``scripts/bench_parallel.py``).
 
 :class:`FaultProxy` sits between senders and a receiver's data port::
 
@@ -32,10 +36,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -358,3 +364,142 @@ class FaultProxy:
         out = list(frames)
         out[which] = bytes(frame)
         return out, True
+
+
+class CappingProxy:
+    """A TCP proxy that caps each connection's rate on its own (a per-flow
+    shaper, which this kernel's qdiscs cannot do: no ``fq``).
+
+    Listens on ``host`` (port 0: :attr:`port` tells which); each accepted
+    connection gets its own connection to ``backend`` (``(host, port)``) and
+    two forwarding threads. Client-to-backend bytes of each connection are
+    paced to ``rate`` bytes/s by a token bucket of ``burst`` bytes (default:
+    50 ms worth, at least 64 KiB: late wake-ups of a loaded machine are
+    made up for); backend-to-client bytes (acks) pass
+    unpaced unless ``reply_rate`` is set. The proxy reads only as fast as it
+    may forward, so TCP's own flow control pushes back on the sender, as a
+    capped link would. Counted per connection in :attr:`forwarded`.
+
+    Stopping closes every socket and joins the threads with a bound; it
+    cannot hang.
+    """
+
+    def __init__(
+        self,
+        backend: tuple[str, int],
+        rate: float,
+        *,
+        burst: int = 0,
+        reply_rate: float = 0.0,
+        host: str = "127.0.0.1",
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be > 0 bytes/s")
+        self.backend = backend
+        self.rate = rate
+        self.reply_rate = reply_rate
+        self.burst = burst or max(64 * 1024, int(rate * 0.05))
+        self.host = host
+        self.port = 0
+        self.forwarded: list[int] = []  # client-to-backend bytes, per connection
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return len(self.forwarded)
+
+    def start(self) -> CappingProxy:
+        listener = socket.create_server((self.host, 0), backlog=64)
+        listener.settimeout(_POLL_MS / 1000)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._spawn(self._accept, "cap-accept")
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._lock:
+            sockets = list(self._sockets)
+            threads = list(self._threads)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        for sock in sockets:
+            sock.close()
+        if self._listener is not None:
+            self._listener.close()
+
+    def __enter__(self) -> CappingProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.backend, timeout=5.0)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            client.settimeout(None)
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._sockets += [client, server]
+                slot = len(self.forwarded)
+                self.forwarded.append(0)
+            self._spawn(self._pump, f"cap-up{slot}", client, server, self.rate, slot)
+            self._spawn(self._pump, f"cap-down{slot}", server, client, self.reply_rate, -1)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, rate: float, slot: int) -> None:
+        """Copy ``src`` to ``dst``, at most ``rate`` bytes/s (0: unpaced)."""
+        buf = bytearray(min(self.burst, 256 * 1024) if rate else 256 * 1024)
+        view = memoryview(buf)
+        tokens = float(self.burst)
+        last = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if rate:
+                    now = time.monotonic()
+                    tokens = min(float(self.burst), tokens + (now - last) * rate)
+                    last = now
+                    if tokens < len(buf):  # wait for a full read's worth
+                        time.sleep((len(buf) - tokens) / rate)
+                        continue
+                n = src.recv_into(buf)
+                if n == 0:
+                    break
+                dst.sendall(view[:n])
+                if rate:
+                    tokens -= n
+                if slot >= 0:
+                    with self._lock:
+                        self.forwarded[slot] += n
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
