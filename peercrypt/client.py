@@ -34,6 +34,7 @@ class ControlClient:
         self.sock.connect(endpoint)
         self.token = token.encode()
         self._ids = itertools.count(1)
+        self.last_status: StatusReply | None = None  # the latest reply of status()
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> ControlClient:
@@ -93,6 +94,7 @@ class ControlClient:
             raise NodeUnavailable(f"the node refused: {reply.reason}")
         if not isinstance(reply, StatusReply):
             raise NodeUnavailable(f"unexpected reply {reply.TYPE}")
+        self.last_status = reply
         return reply
 
     def close(self) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peercrypt.core.fragments import DEFAULT_FRAGMENT
 from peercrypt.core.modes import Policy
 from peercrypt.core.resume import DEFAULT_PART_EXPIRY
-from peercrypt.crypto.identity import KeyPair
+
+if TYPE_CHECKING:  # a key pair's libraries load only where keys are made
+    from peercrypt.crypto.identity import KeyPair
 
 CONTROL_FILE = "control.json"  # in the data dir: the control endpoint and token
 MiB = 1024 * 1024

@@ -69,3 +69,22 @@ def test_status_imports_no_actor(tmp_path: Path) -> None:
         if m.startswith(("actors", "rich", "sqlite3", "peercrypt.node", "peercrypt.runtime"))
     }
     assert heavy == set()
+
+
+def test_send_loads_no_key_library_and_only_the_messages_it_uses() -> None:
+    """Through a running node, a unicast send makes no key: cryptography and
+    PyNaCl load only where one is made, the multicast half and the other
+    message modules only when used (a tenth of a 1 KiB send's time)."""
+    probe = "import json, sys\nimport peercrypt.cli.send\nprint(json.dumps(sorted(sys.modules)))\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    modules = set(json.loads(proc.stdout))
+    heavy = {
+        m
+        for m in modules
+        if m.startswith(("cryptography", "nacl", "actors", "peercrypt.cli.multicast"))
+        or (m.startswith("peercrypt.wire.") and m.endswith("messages"))
+    }
+    assert heavy == {"peercrypt.wire.messages"}

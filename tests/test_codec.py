@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any, Union
 
 import msgpack
@@ -16,8 +19,9 @@ import peercrypt.wire.messages as messages
 from peercrypt.core.bitmap import MAX_RANGES
 from peercrypt.wire import codec
 from peercrypt.wire.codec import VERSION, DecodeError, decode, decode_as, encode
+from peercrypt.wire.multicast_messages import McRefuse
 
-REGISTRY: dict[str, type[codec.Message]] = dict(codec._REGISTRY)
+REGISTRY: dict[str, type[codec.Message]] = codec.all_types()
 MESSAGE_TYPES = sorted(REGISTRY)
 
 # Cap generated sizes so the suite stays fast; exact upper bounds get explicit tests.
@@ -519,3 +523,29 @@ def test_an_unregistered_message_type_is_refused() -> None:
         encode(Stray())
     with pytest.raises(TypeError, match="not a registered message"):
         codec.field_checks(Stray)
+
+
+def test_every_message_module_is_known_to_the_decoder() -> None:
+    """A module missing from MESSAGE_MODULES would be unknown to a decoder
+    until something else imported it."""
+    wire = Path(codec.__file__).parent
+    modules = {p.stem for p in wire.glob("*.py") if p.stem.endswith("messages")}
+    assert modules == set(codec.MESSAGE_MODULES)
+
+
+SAMPLE = McRefuse(sid=bytes(16), code="busy", reason="a reason")
+
+
+def test_a_decoder_knows_every_type_whatever_was_imported_first() -> None:
+    """A process that imported only the codec still decodes a type defined in
+    a module it never imported (the decoder loads them all on first need)."""
+    probe = (
+        "import sys\n"
+        "from peercrypt.wire import codec\n"
+        "assert 'peercrypt.wire.multicast_messages' not in sys.modules\n"
+        f"msg = codec.decode(bytes.fromhex({encode(SAMPLE).hex()!r}))\n"
+        "print(type(msg).__module__, msg.TYPE)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [type(SAMPLE).__module__, SAMPLE.TYPE]

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from peercrypt import errors
-from peercrypt.cli import modes, multicast
+from peercrypt.cli import modes
 from peercrypt.cli.common import (
     UserError,
     check_resolvable,
@@ -130,15 +130,17 @@ def send(
     check_resolvable(host, port)
     path = file.resolve()
     # Targets first: a wrong one is a usage error whatever the node.
-    targets = multicast.targets(host, port, to, multi, dual) if mode == "multicast" else []
+    targets = _multicast().targets(host, port, to, multi, dual) if mode == "multicast" else []
     with local_node(obj, network_key, open_network) as client:
-        if mode is None and client.status().node.get("mode") == "multicast":
+        # The node's default mode, from the status that found the node (no round trip more).
+        status = client.last_status or client.status()
+        if mode is None and status.node.get("mode") == "multicast":
             mode = "multicast"
-            targets = multicast.targets(host, port, to, multi, dual)
+            targets = _multicast().targets(host, port, to, multi, dual)
         if group and mode != "multicast":
             raise UserError("--group is for multicast (-m, -dual, --to or --mode multicast)")
         if mode == "multicast":
-            multicast.multicast_send(
+            _multicast().multicast_send(
                 client,
                 file=file,
                 targets=targets,
@@ -164,6 +166,13 @@ def send(
         )
         result = follow(client, request, path, SendResult, timeout, quiet=as_json or no_progress)
     _report(result, path, host, port, as_json)
+
+
+def _multicast() -> Any:
+    """The multicast half of ``send`` (its messages load only for a multicast send)."""
+    from peercrypt.cli import multicast
+
+    return multicast
 
 
 def _report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> NoReturn:

@@ -29,14 +29,10 @@ from pathlib import Path
 
 import zmq
 import zmq.utils.z85
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-)
-from nacl.signing import SigningKey
+
+# cryptography's and PyNaCl's key classes are imported where a key is made:
+# a command that only names fingerprints (send through a running node) does
+# not load either library.
 
 IDENTITY_FILE = "identity.key"
 _OPEN_NETWORK = b"peercrypt open network: no admission control"
@@ -59,6 +55,8 @@ class KeyPair:
     @classmethod
     def from_seed(cls, seed: bytes) -> KeyPair:
         """The identity of an Ed25519 seed: its X25519 pair, keeping the seed."""
+        from nacl.signing import SigningKey
+
         signing = SigningKey(seed)
         pair = cls.from_secret(signing.to_curve25519_private_key().encode())
         return cls(secret=pair.secret, public=pair.public, seed=seed)
@@ -66,16 +64,28 @@ class KeyPair:
     @property
     def node_id(self) -> bytes:
         """The Ed25519 verify key (identities only)."""
+        from nacl.signing import SigningKey
+
         return bytes(SigningKey(self.seed).verify_key)
 
     @classmethod
     def from_secret(cls, secret: bytes) -> KeyPair:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
         private = X25519PrivateKey.from_private_bytes(secret)
         public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         return cls(secret=secret, public=public)
 
     @classmethod
     def generate(cls) -> KeyPair:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import (
+            Encoding,
+            NoEncryption,
+            PrivateFormat,
+        )
+
         private = X25519PrivateKey.generate()
         secret = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         return cls.from_secret(secret)
@@ -172,8 +182,7 @@ def network_salt_and_secret(network_key: str) -> tuple[bytes, bytes]:
             salt, secret = b"", b""
         if len(salt) != 16 or len(secret) != 32:
             raise ValueError(
-                "the network key starts like a `peercrypt keygen` key but is damaged; "
-                "copy it again"
+                "the network key starts like a `peercrypt keygen` key but is damaged; copy it again"
             )
         return _SCRYPT_SALT + salt, secret
     if len(network_key) < MIN_PASSPHRASE:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from actors.gateway import ROUTES
 from peercrypt.wire import codec
 
-REGISTRY = dict(codec._REGISTRY)
+REGISTRY = codec.all_types()
 INTS = (0, 1, 2**31, 2**32 - 1, 2**62, 2**63 - 1)
 
 

@@ -19,6 +19,7 @@ Design rules:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from collections.abc import Callable
@@ -156,6 +157,31 @@ def clip_fields(msg: Message) -> dict[str, Any]:
     return fields
 
 
+# The modules that define message types; each registers its own as it is
+# imported. A command imports only the ones it uses (their dataclasses cost
+# a tenth of a short command's time); a decoder that meets a type not
+# registered yet imports them all, once, so what it accepts never depends on
+# what some other code happened to import first.
+MESSAGE_MODULES = (
+    "messages",
+    "actor_messages",
+    "multicast_messages",
+    "network_messages",
+    "stats_messages",
+)
+_all_loaded = False
+
+
+def all_types() -> dict[str, type[Message]]:
+    """Every message type (their modules imported first), by type name."""
+    global _all_loaded
+    if not _all_loaded:
+        for name in MESSAGE_MODULES:
+            importlib.import_module(f"peercrypt.wire.{name}")
+        _all_loaded = True
+    return dict(_REGISTRY)
+
+
 def message(cls: type[M]) -> type[M]:
     """Class decorator: register a frozen message dataclass under ``cls.TYPE``.
     Its field checks are built when the type is first encoded or decoded (a
@@ -219,9 +245,13 @@ def decode(data: bytes | memoryview, max_bytes: int = MAX_MESSAGE_BYTES) -> Mess
     version, type_name, fields = obj
     if type(version) is not int or version != VERSION:
         raise DecodeError("version", f"unsupported version {version!r:.20}")
-    if not isinstance(type_name, str) or type_name not in _REGISTRY:
+    if not isinstance(type_name, str):
         raise DecodeError("unknown-type", f"{type_name!r:.40}")
-    cls = _REGISTRY[type_name]
+    cls = _REGISTRY.get(type_name)
+    if cls is None and not _all_loaded:
+        cls = all_types().get(type_name)
+    if cls is None:
+        raise DecodeError("unknown-type", f"{type_name!r:.40}")
     if not isinstance(fields, dict):
         raise DecodeError("malformed", "fields is not a map")
     checks = field_checks(cls)
