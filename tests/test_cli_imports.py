@@ -88,3 +88,19 @@ def test_send_loads_no_key_library_and_only_the_messages_it_uses() -> None:
         or (m.startswith("peercrypt.wire.") and m.endswith("messages"))
     }
     assert heavy == {"peercrypt.wire.messages"}
+
+
+def test_status_of_a_running_node_loads_no_key_library(tmp_path: Path) -> None:
+    """With a node running, `status` shows the fingerprint the node reports
+    (it loaded this data dir's identity); it derives no key of its own."""
+    from peercrypt.crypto.identity import fingerprint, load_or_create_identity
+    from peercrypt.testing.nodes import NodeProcess
+
+    node = NodeProcess(tmp_path / "data", open_network=True).start()  # imported()'s data dir
+    try:
+        code, modules, out = imported(tmp_path, "status")
+    finally:
+        node.stop()
+    assert code in (0, None)
+    assert f"fingerprint {fingerprint(load_or_create_identity(node.data_dir).public)}" in out
+    assert {m for m in modules if m.startswith(("cryptography", "nacl"))} == set()

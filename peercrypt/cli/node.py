@@ -211,11 +211,11 @@ def node(ctx: click.Context, /, **_: Any) -> None:
 def status(obj: dict[str, Any], as_json: bool) -> None:
     """Show this node's identity, endpoints and counters (exit 1: not running)."""
     data_dir: Path = obj["data_dir"]
-    fp = fingerprint(load_identity(data_dir).public)
     try:
         with ControlClient.for_data_dir(data_dir) as client:
             reply = client.status()
     except NodeUnavailable as exc:
+        fp = fingerprint(load_identity(data_dir).public)
         if as_json:
             click.echo(json.dumps({"running": False, "fingerprint": fp, "reason": str(exc)}))
         else:
@@ -224,6 +224,8 @@ def status(obj: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"running": True, **reply.node, "counters": reply.counters}))
         return
+    # The node's identity is this data dir's (the node loaded it; no key is made here).
+    fp = reply.node.get("fingerprint", "")
     click.echo(f"fingerprint {fp}\nnode: running (pid {reply.node.get('pid')})")
     for key in sorted(reply.node):
         if key not in ("fingerprint", "pid"):
