@@ -45,7 +45,6 @@ import functools
 import hmac
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,9 +153,9 @@ class Session:
     queued: int = 0
     ack_every: int = ACK_EVERY  # chunks written between acks (the sender may ask for fewer)
     # UDP/IP multicast (docs/multicast.md, "Transports").
-    udp: socket.socket | None = None
+    udp: udp_multicast.GroupReceiver | None = None
     reassembler: fragments.Reassembler | None = None
-    header_key: bytes = b""
+    intake: fragments.Intake | None = None  # datagrams -> chunks, once the key is known
     # Ours alone, given to the sender in McJoin: tags its repairs to us and
     # makes our subscription token (crypto/chunk_signature.py).
     receiver_key: bytes = field(default_factory=lambda: os.urandom(RECEIVER_KEY_BYTES))
@@ -173,7 +172,6 @@ class MulticastReceiverActor(Actor):
         self.sessions: dict[bytes, Session] = {}
         self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # sid -> (route, McDone)
         self.listeners: dict[int, int] = {}  # request -> sessions still to report (0: all)
-        self.datagram = bytearray(fragments.MAX_DATAGRAM + 1)  # +1: oversize shows
 
     def setup(self) -> None:
         s = self.settings
@@ -393,7 +391,7 @@ class MulticastReceiverActor(Actor):
         (docs/multicast.md)."""
         interface = udp_multicast.interface_toward(sender_host)
         try:
-            sock, got = udp_multicast.open_receiver(
+            sock = udp_multicast.GroupReceiver(
                 a.group, a.group_port, interface, self.settings.multicast_rcvbuf
             )
         except OSError as exc:
@@ -407,6 +405,7 @@ class MulticastReceiverActor(Actor):
                 exc.strerror or exc,
             )
             return
+        got = sock.got
         if got < self.settings.multicast_rcvbuf:
             self.log_limited(
                 "multicast receive buffer is %d KiB (asked %d KiB; raise net.core.rmem_max "
@@ -439,7 +438,8 @@ class MulticastReceiverActor(Actor):
             return None
         sess.route = env.route
         sess.sealer = ContentSealer(k.sid, key)
-        sess.header_key = fragments.header_key(key)
+        if sess.reassembler is not None:
+            sess.intake = fragments.Intake(k.sid, fragments.header_key(key), sess.reassembler)
         if sess.sub is None and sess.reassembler is None and sess.pub_endpoint:
             sub = sess.sub = self.socket(zmq.SUB)
             sub.rcvhwm = SUB_HWM
@@ -518,38 +518,30 @@ class MulticastReceiverActor(Actor):
 
     def _on_datagrams(self, sess: Session, _fd: object = None) -> None:
         """Datagrams of the session's UDP group: reassemble sealed chunks."""
-        sock, asm = sess.udp, sess.reassembler
-        if sock is None or asm is None:
+        sock = sess.udp
+        if sock is None:
             return
-        buf = self.datagram
-        view = memoryview(buf)
         for _ in range(DATAGRAMS_PER_WAKE):
             try:
-                n = sock.recv_into(buf)
+                buf, step = sock.read()
             except (BlockingIOError, InterruptedError):
                 return
+            except fragments.FragmentError as exc:
+                self.count(f"datagram-dropped-{exc.kind}")
+                continue
             except OSError as exc:
                 self.count("datagram-error")
                 log.debug("multicast socket: %s", exc)
                 return
-            try:
-                if n > fragments.MAX_DATAGRAM:
-                    raise fragments.FragmentError("oversize")
-                frag, payload = fragments.parse(view[:n])
-                if frag.sid != sess.sid:
-                    continue  # another session on the same group
-                if sess.sealer is None or frag.index in sess.tracker.received:
-                    continue  # before our key (NAKed later), or already here
-                if not fragments.authentic(frag, sess.header_key):
-                    raise fragments.FragmentError("tag")  # costs nothing more
-                done = asm.add(frag, payload)
-            except fragments.FragmentError as exc:
-                self.count(f"datagram-dropped-{exc.kind}")
-                continue
-            if done is not None:
-                blob = memoryview(done[1])
+            if sess.intake is None:
+                continue  # before our key: NAKed later
+            for got in sess.intake.feed(buf, step, sess.tracker.received):
+                if isinstance(got, fragments.FragmentError):
+                    self.count(f"datagram-dropped-{got.kind}")
+                    continue
+                blob = memoryview(got.blob)
                 sealed, signature = blob[:-SIG_BYTES], blob[-SIG_BYTES:]
-                self._on_chunk(sess, frag.index, frag.last, done[0], sealed, signature)
+                self._on_chunk(sess, got.index, got.last, got.nonce, sealed, signature)
                 if sess.sid not in self.sessions:
                     return  # finished or closed meanwhile
 

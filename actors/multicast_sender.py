@@ -35,7 +35,6 @@ import functools
 import hmac
 import logging
 import os
-import socket
 import stat
 import time
 from collections import deque
@@ -180,7 +179,7 @@ class Session:
     # session's socket, and the targets ready for datagrams (they acked after
     # their key: they joined the group before joining the session).
     group: tuple[str, int] | None = None
-    udp: socket.socket | None = None
+    udp: udp_multicast.GroupSender | None = None
     header_key: bytes = b""  # tags datagram headers (core/fragments.py)
     ready: set[str] = field(default_factory=set)
     datagrams: int = 0
@@ -291,14 +290,18 @@ class MulticastSenderActor(Actor):
                 req, ResultCode.LOCAL, f"invalid targets: {bad or 'none'}"[:500]
             )
         group: tuple[str, int] | None = None
-        udp: socket.socket | None = None
+        udp: udp_multicast.GroupSender | None = None
         try:
             if req.group or self.settings.multicast_group:
                 group = parse_group(req.group or self.settings.multicast_group)
                 host = split_host_port(req.targets[0])[0]
                 interface = udp_multicast.interface_toward(host)
-                udp = udp_multicast.open_sender(
-                    interface, self.settings.multicast_ttl, self.settings.multicast_sndbuf
+                udp = udp_multicast.GroupSender(
+                    interface,
+                    group,
+                    self.settings.multicast_ttl,
+                    self.settings.multicast_sndbuf,
+                    self.settings.multicast_fragment + fragments.HEADER_BYTES,
                 )
             else:
                 self._ensure_pub()
@@ -398,7 +401,7 @@ class MulticastSenderActor(Actor):
             attempt=t.attempt,
             group=sess.group[0] if sess.group else "",
             group_port=sess.group[1] if sess.group else 0,
-            fragment=self.settings.multicast_fragment if sess.group else 0,
+            fragment=sess.udp.fragment if sess.udp else 0,
             signer=self.signer.public,
         )
         self._send_ctl(t, msg)
@@ -698,11 +701,8 @@ class MulticastSenderActor(Actor):
             sess.backlog.append([index, last, nonce, blob, 0])
             self._flush(sess)
             return
-        frag = self.settings.multicast_fragment
-        unsent = udp_multicast.send_sealed(
-            sess.udp, sess.group, sess.sid, index, last, nonce, blob, frag, sess.header_key
-        )
-        sess.datagrams += fragment_count(fragments.blob_len(blob), frag) - unsent
+        unsent = sess.udp.send_sealed(sess.sid, index, last, nonce, blob, sess.header_key)
+        sess.datagrams += fragment_count(fragments.blob_len(blob), sess.udp.fragment) - unsent
         if unsent:
             sess.datagrams_unsent += unsent
             self.count("datagrams-unsent", unsent)
@@ -714,16 +714,14 @@ class MulticastSenderActor(Actor):
         the rate cap was lifted meanwhile, all of them.)"""
         if sess.udp is None or sess.group is None:
             return
-        frag = self.settings.multicast_fragment
+        frag = sess.udp.fragment
         while sess.backlog and (sess.allowance > 0 or not sess.paced):
             item = sess.backlog[0]
             index, last, nonce, blob, offset = item
             size = fragments.blob_len(blob)
             end = min(size, offset + frag)
             head = fragments.header(sess.sid, index, last, nonce, size, offset, key=sess.header_key)
-            sent = udp_multicast.send_datagram(
-                sess.udp, sess.group, head, fragments.blob_slice(blob, offset, end)
-            )
+            sent = sess.udp.send_datagram(head, fragments.blob_slice(blob, offset, end))
             sess.allowance -= end - offset
             if not sent:  # the rest of this chunk is useless: it is NAKed
                 unsent = fragment_count(size, frag) - offset // frag
@@ -951,6 +949,9 @@ class MulticastSenderActor(Actor):
             "udp": 1.0 if sess.group else 0.0,
             "datagrams": sess.datagrams,
             "datagrams_unsent": sess.datagrams_unsent,
+            # the datagram size chosen for the path, and datagrams per send (GSO)
+            "datagram_bytes": sess.udp.datagram if sess.udp else 0,
+            "gso_batch": sess.udp.batch if sess.udp else 0,
         }
         results = [
             {

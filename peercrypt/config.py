@@ -207,7 +207,7 @@ SETTINGS: tuple[Setting, ...] = (
        flag="--multicast-ttl", low=0, high=255),
     _s("multicast_datagram", "PEERCRYPT_MULTICAST_DATAGRAM", "int",
        DEFAULT_FRAGMENT + HEADER_BYTES,
-       "Bytes per multicast datagram (1472 avoids IP fragmentation on a 1500-byte link).",
+       "Largest multicast datagram; with UDP GSO the interface MTU caps it (no IP fragments).",
        flag="--multicast-datagram", low=MIN_FRAGMENT + HEADER_BYTES, high=MAX_DATAGRAM,
        unit="bytes"),
     # Actors attached across hosts (docs/architecture.md, "Attached actors").

@@ -59,10 +59,13 @@ def test_header_round_trip() -> None:
 
 
 def test_only_the_header_key_makes_an_authentic_header() -> None:
-    """The tag covers every header field: an outsider (no content key) can
-    neither make a header nor change one it saw."""
+    """The tag covers every header field but the offset: an outsider (no
+    content key) can neither make a header nor change one it saw, except
+    to move a real fragment to another offset (which racing a copy with
+    other bytes gives it anyway: the chunk fails its signature)."""
     d = bytearray(fragments.header(SID, 7, False, NONCE, 1234, 512, key=KEY))
     assert not fragments.authentic(fragments.parse(bytes(d))[0], fragments.header_key(b"x" * 32))
+    offset = range(fragments.FIELDS.size, fragments.FIELDS.size + fragments.OFFSET.size)
     for position in range(4, fragments.HEADER_BYTES):
         changed = bytearray(d)
         changed[position] ^= 1
@@ -70,16 +73,154 @@ def test_only_the_header_key_makes_an_authentic_header() -> None:
             frag, _ = fragments.parse(bytes(changed))
         except FragmentError:
             continue  # e.g. flags
-        assert not fragments.authentic(frag, KEY), position
+        assert fragments.authentic(frag, KEY) == (position in offset), position
+
+
+def test_the_header_check_hashes_once_per_chunk_and_never_trusts_a_change() -> None:
+    """HeaderCheck remembers the last authentic header of a chunk: the other
+    fragments of that seal pass without a hash; a changed field or tag, or
+    another key's header, is checked anew and fails."""
+    check = fragments.HeaderCheck(KEY)
+    first, second = (
+        fragments.parse(fragments.header(SID, 3, False, NONCE, 4000, offset, key=KEY))[0]
+        for offset in (0, 1000)
+    )
+    assert check(first) and check.last == (first.fields, first.tag)
+    check.key = b"\0" * 32  # a hash now would fail: the cached pair is what passes
+    assert check(second)
+    check.key = KEY
+    for bad in (
+        fragments.header(SID, 4, False, NONCE, 4000, 0, key=fragments.header_key(b"x" * 32)),
+        fragments.header(SID, 3, False, NONCE, 4000, 0, key=KEY)[:-1] + b"?",
+    ):
+        assert not check(fragments.parse(bad)[0])
+    assert check.last == (first.fields, first.tag)  # a failure is never remembered
+
+
+def _intake(total: int, expected: Callable[[int], int], frag: int) -> fragments.Intake:
+    return fragments.Intake(SID, KEY, Reassembler(total, expected, frag, max_pending=total))
+
+
+def _feed_all(
+    intake: fragments.Intake, buffers: list[tuple[bytes, int]], have: set[int]
+) -> tuple[dict[int, bytes], list[str]]:
+    done: dict[int, bytes] = {}
+    refused: list[str] = []
+    for buf, step in buffers:
+        for got in intake.feed(memoryview(buf), step, have):
+            if isinstance(got, FragmentError):
+                refused.append(got.kind)
+            else:
+                assert got.nonce == NONCE or got.nonce == b"o" * 12
+                assert got.last == (got.index == intake.reassembler.total - 1)
+                done[got.index] = bytes(got.blob)
+                have.add(got.index)
+    return done, refused
+
+
+def _gro_buffers(datagrams: list[bytes], rng: random.Random) -> list[tuple[bytes, int]]:
+    """Consecutive datagrams of equal size coalesced as GRO does (a shorter
+    one ends a buffer; at most 64 KiB), cut at random points too."""
+    out: list[tuple[bytes, int]] = []
+    run: list[bytes] = []
+
+    def flush() -> None:
+        if run:
+            out.append((b"".join(run), len(run[0]) if len(run) > 1 else 0))
+            run.clear()
+
+    for d in datagrams:
+        full = bool(run) and (len(d) > len(run[0]) or sum(map(len, run)) + len(d) > 65535)
+        if full or rng.random() < 0.1:
+            flush()
+        run.append(d)
+        if len(d) < len(run[0]):
+            flush()
+    flush()
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(0, 5 * CHUNK),
+    frag=st.integers(fragments.MIN_FRAGMENT, 3000),
+    seed=st.integers(0, 2**32),
+)
+def test_gro_buffers_of_any_cut_reassemble_every_chunk_exactly(
+    size: int, frag: int, seed: int
+) -> None:
+    """The datagrams of a GSO batch come back (with GRO) as one buffer of
+    equal segments, the last shorter; runs of consecutive datagrams, in any
+    order and some repeated, give every chunk exactly."""
+    total = max(1, -(-size // CHUNK))
+    expected = _sealed_len(total, size)
+    rng = random.Random(seed)
+    sealed = {i: rng.randbytes(expected(i)) for i in range(total)}
+    stream = [d for i in range(total) for d in _datagrams(i, i == total - 1, sealed[i], frag)]
+    buffers = _gro_buffers(stream, rng)
+    buffers += rng.sample(buffers, len(buffers) // 4)  # duplicates
+    rng.shuffle(buffers)
+    done, refused = _feed_all(_intake(total, expected, frag), buffers, set())
+    assert done == sealed and refused == []
+
+
+def test_a_hostile_or_truncated_segment_in_a_gro_buffer_is_refused_and_counted() -> None:
+    """Each segment of a GRO buffer is checked: one with the chunk's fields
+    but another key's tag, one cut short, one shorter than a header are
+    refused by kind (nothing of theirs is placed); a segment of another
+    session is skipped; the genuine segments around them still make the
+    exact chunk."""
+    frag = 600
+    sealed = os.urandom(3000)
+    good = _datagrams(0, True, sealed, frag)  # 5 datagrams of 665 bytes
+    step = len(good[0])
+    other_key = fragments.header_key(b"x" * 32)
+    forged = fragments.header(SID, 0, True, NONCE, 3000, 600, key=other_key) + b"z" * frag
+    other_session = fragments.header(b"s" * 16, 0, True, NONCE, 3000, 1200, key=KEY) + b"z" * frag
+    intake = _intake(1, lambda i: 3000, frag)
+    buffers = [
+        (good[0] + forged + good[1], step),  # the forgery races the real fragment 1
+        (good[2] + good[3][:-1], step),  # the last segment cut short
+        (other_session, 0),
+        (good[3][:40], 0),  # shorter than a header
+        (good[3] + good[4], step),
+    ]
+    done, refused = _feed_all(intake, buffers, set())
+    assert refused == ["tag", "fragment-length", "short"]
+    assert done == {0: sealed}
+
+
+def test_the_fast_path_takes_only_the_same_seal_at_the_next_offset() -> None:
+    """After a datagram is parsed and checked in full, the following ones of
+    its run are taken by comparing header bytes; a repeated offset, a later
+    seal (a repair, new nonce) or a different chunk inside the run go back
+    to the full checks."""
+    frag = 600
+    sealed = os.urandom(1800 - TAG)
+    sealed = sealed + b"t" * TAG
+    first = _datagrams(0, False, sealed, frag)
+    resealed = _datagrams(0, False, sealed, frag, nonce=b"o" * 12)
+    chunk1 = _datagrams(1, True, sealed, frag)
+    step = len(first[0])
+    intake = _intake(2, lambda i: 1800, frag)
+    buffers = [(first[0] + first[0] + resealed[0] + resealed[1] + chunk1[0], step)]
+    done, refused = _feed_all(intake, buffers, set())
+    assert refused == [] and done == {}
+    assert intake.reassembler.restarted == 1  # the new seal started chunk 0 over
+    assert intake.reassembler.pending[0].missing == {2}
+    assert intake.reassembler.pending[1].missing == {1, 2}
+    done, _ = _feed_all(intake, [(resealed[2], 0), (chunk1[1] + chunk1[2], step)], set())
+    assert done == {0: sealed, 1: sealed}
 
 
 @pytest.mark.parametrize(
     ("datagram", "kind"),
     [
         (b"", "short"),
-        (b"PCm2" + b"\0" * 20, "short"),
+        (b"PCm3" + b"\0" * 20, "short"),
+        (b"PCm2" + b"\0" * 80, "magic"),  # the format before the offset left the tag
         (b"XXXX" + b"\0" * 80, "magic"),
-        (fragments.FIELDS.pack(b"PCm2", SID, 0, 2, NONCE, 16, 0) + b"t" * 16 + b"x" * 16, "flags"),
+        (fragments.FIELDS.pack(b"PCm3", SID, 0, 2, NONCE, 16) + bytes(4) + b"t" * 16, "flags"),
     ],
 )
 def test_parse_rejects(datagram: bytes, kind: str) -> None:

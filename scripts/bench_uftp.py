@@ -1,0 +1,282 @@
+"""Multicast against UFTP, in network namespaces on one bridge (issue 14).
+
+    sudo .venv/bin/python scripts/bench_uftp.py [--size-mib 256] [--mtu 1500,9000]
+        [--runs 3] [--systems group,pub,uftp] [--json FILE]
+
+Needs root (namespaces) and ``uftp``/``uftpd`` on PATH (``apt-get install uftp``).
+For each MTU the script builds its own network (``peercrypt.testing.netns``):
+one bridge, a sender and three receivers, each host in its own namespace,
+every veth and the bridge at that MTU; nothing is created in the root
+namespace, and every multicast packet has TTL 1 on that bridge. Inboxes and
+the source file are on tmpfs (/dev/shm), so the disk is not what is measured.
+Then, interleaved run by run (so every system sees the same machine), the
+same file goes from the sender to the three receivers by:
+
+- ``group``: ``peercrypt send -m --group``: our datagrams to an IP multicast group;
+- ``pub``: ``peercrypt send -m``: our ZeroMQ PUB/SUB over TCP (one copy per receiver);
+- ``uftp``: UFTP's server (``uftp``, AES-256-GCM, SHA-256, no rate limit, closed
+  group of the three ``uftpd`` clients) to ``uftpd`` daemons in the receivers'
+  namespaces; block size = MTU - 100 (its manual: 100-200 below the path MTU;
+  at most 8800, its limit).
+
+Printed for every run, then the median run (by the slowest receiver's
+goodput) per system: per-receiver goodput (file size / seconds from the
+request to that receiver's verified file: ours report it per receiver;
+UFTP's is its whole session, start of ``uftp`` to its exit, which ends when
+every client has the file), the sender process's CPU seconds (user + system;
+UFTP's from ``wait4``), and the bytes on the sender's link (its ``eth0`` tx
+counter) as a multiple of the file size. Every received file is compared
+with the source by BLAKE3 after the run (ours also verify it themselves).
+
+Goals (issue 14): the group >= 1.5x UFTP's goodput at both MTUs with no more
+sender CPU than UFTP, at least as fast as our PUB/SUB, and 1.0x bytes on the
+sender's link.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from peercrypt.crypto.identity import new_network_key
+from peercrypt.testing import netns
+from peercrypt.testing.nodes import NodeProcess, random_file
+
+MiB = 2**20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GROUP = "239.255.81.1:7481"  # ours
+UFTP_PUBLIC = "239.255.82.1"  # UFTP's announce group (its data group is 239.255.83.x)
+UFTP_PORT = "7482"
+UFTP_MAX_BLOCK = 8800  # the largest block size uftp accepts
+RECEIVERS = 3
+SYSTEMS = ("group", "pub", "uftp")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tx_bytes(host: netns.Host) -> int:
+    out = host.run(["ip", "-j", "-s", "link", "show", host.iface], timeout=10, check=True)
+    return int(json.loads(out.stdout)[0]["stats64"]["tx"]["bytes"])
+
+
+def set_mtu(net: netns.TestNetwork, hosts: list[netns.Host], mtu: int) -> None:
+    for h in hosts:
+        for ns, dev in ((net.switch_ns, h.switch_port), (h.ns, h.iface)):
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "mtu", str(mtu)], check=True)
+
+
+def uid(ip: str) -> str:
+    return "0x" + "".join(f"{int(part):02X}" for part in ip.split("."))
+
+
+def digest(path: Path) -> str:
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    h.update_mmap(path)
+    return h.hexdigest()
+
+
+def only_file(directory: Path) -> Path:
+    files = [p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    if len(files) != 1:
+        raise RuntimeError(f"expected one received file in {directory}, found {files}")
+    return files[0]
+
+
+def clean(directory: Path) -> None:
+    for p in directory.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+class Bench:
+    def __init__(self, net: netns.TestNetwork, mtu: int, shm: Path, source: Path) -> None:
+        self.net, self.mtu, self.shm, self.source = net, mtu, shm, source
+        self.size = source.stat().st_size
+        self.expected = digest(source)
+        self.hosts = [net.add_host(f"h{i}", 0) for i in range(RECEIVERS + 1)]
+        set_mtu(net, self.hosts, mtu)
+        key = new_network_key()
+        self.nodes: list[NodeProcess] = []
+        self.inboxes: list[Path] = []
+        for i, host in enumerate(self.hosts):
+            extra: tuple[str, ...] = ("--no-gossip",)
+            if i > 0:
+                inbox = shm / f"mtu{mtu}-inbox{i}"
+                self.inboxes.append(inbox)
+                extra += ("--inbox", str(inbox))
+            node = NodeProcess(
+                shm / f"mtu{mtu}-node{i}", network_key=key, extra_args=extra,
+                host=host.ip, netns=host.ns,
+            )  # fmt: skip
+            self.nodes.append(node.start())
+        self.uftp_dirs = []
+        for i, host in enumerate(self.hosts[1:], 1):
+            dest, temp = shm / f"mtu{mtu}-uftp{i}", shm / f"mtu{mtu}-uftp{i}.tmp"
+            dest.mkdir()
+            temp.mkdir()
+            self.uftp_dirs.append(dest)
+            host.popen(
+                ["uftpd", "-d", "-q", "-x", "0", "-I", host.iface, "-M", UFTP_PUBLIC,
+                 "-p", UFTP_PORT, "-U", uid(host.ip), "-D", str(dest), "-T", str(temp),
+                 "-B", str(100 * MiB)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def verify(self, directories: list[Path]) -> None:
+        for d in directories:
+            got = only_file(d)
+            if digest(got) != self.expected:
+                raise RuntimeError(f"{got} differs from the source")
+            clean(d)
+
+    def ours(self, system: str) -> dict[str, Any]:
+        sender, first, *rest = self.nodes
+        to: list[str] = []
+        for r in rest:
+            to += ["--to", f"{r.host}:{r.port}"]
+        if system == "group":
+            to += ["--group", GROUP]
+        cpu, tx = cpu_seconds(sender.pid), tx_bytes(self.hosts[0])
+        code, result = sender.send(
+            self.source, first.host, first.port, "-m", *to, "--no-progress",
+            "--timeout", "60", timeout=600,
+        )  # fmt: skip
+        cpu, tx = cpu_seconds(sender.pid) - cpu, tx_bytes(self.hosts[0]) - tx
+        if code != 0:
+            raise RuntimeError(f"{system} failed: {result}")
+        self.verify(self.inboxes)
+        stats = result["stats"]
+        return {
+            "goodput_mib_s": [self.size / MiB / float(r["seconds"]) for r in result["receivers"]],
+            "sender_cpu_s": cpu,
+            "link_x": tx / self.size,
+            "repairs": int(stats["repairs_published"]) + int(stats["repairs_unicast"]),
+            "datagram_bytes": int(stats.get("datagram_bytes", 0)),
+            "gso_batch": int(stats.get("gso_batch", 0)),
+        }
+
+    def uftp(self) -> dict[str, Any]:
+        sender = self.hosts[0]
+        clients = ",".join(uid(h.ip) for h in self.hosts[1:])
+        argv = [
+            "uftp", "-x", "0", "-I", sender.iface, "-M", UFTP_PUBLIC, "-P", "239.255.83.x",
+            "-p", UFTP_PORT, "-Y", "aes256-gcm", "-h", "sha256", "-R", "-1",
+            "-b", str(min(self.mtu - 100, UFTP_MAX_BLOCK)), "-B", str(100 * MiB),
+            "-H", clients, "-t", "1",
+            str(self.source),
+        ]  # fmt: skip
+        tx = tx_bytes(sender)
+        started = time.monotonic()
+        proc = sender.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        tx = tx_bytes(sender) - tx
+        if proc.returncode != 0:
+            raise RuntimeError(f"uftp exited {proc.returncode}: {out[-2000:]}")
+        self.verify(self.uftp_dirs)
+        return {
+            "goodput_mib_s": [self.size / MiB / wall] * RECEIVERS,
+            "sender_cpu_s": usage.ru_utime + usage.ru_stime,
+            "link_x": tx / self.size,
+        }
+
+    def run(self, system: str) -> dict[str, Any]:
+        row = self.uftp() if system == "uftp" else self.ours(system)
+        row["goodput_mib_s"] = [round(g, 1) for g in row["goodput_mib_s"]]
+        row["min_goodput_mib_s"] = min(row["goodput_mib_s"])
+        row["sender_cpu_s"] = round(row["sender_cpu_s"], 3)
+        row["link_x"] = round(row["link_x"], 3)
+        return row
+
+
+def describe(system: str, row: dict[str, Any]) -> str:
+    extra = ""
+    if row.get("datagram_bytes"):
+        extra = f", datagrams {row['datagram_bytes']} B x{row['gso_batch']} per send"
+    if "repairs" in row:
+        extra += f", repairs {row['repairs']}"
+    return (
+        f"{system:5}: per-receiver {row['goodput_mib_s']} MiB/s, sender CPU "
+        f"{row['sender_cpu_s']} s, sender's link {row['link_x']}x the file{extra}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mib", type=int, default=256)
+    ap.add_argument("--mtu", default="1500,9000")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    systems = [s for s in args.systems.split(",") if s]
+    if not set(systems) <= set(SYSTEMS):
+        ap.error(f"--systems: some of {', '.join(SYSTEMS)}")
+    if not netns.available():
+        sys.exit(f"bench_uftp: network namespaces: {netns.unavailable_reason()}")
+    if "uftp" in systems and not (shutil.which("uftp") and shutil.which("uftpd")):
+        sys.exit("bench_uftp: uftp/uftpd not found (apt-get install uftp)")
+    out: dict[str, Any] = {"size_mib": args.size_mib, "mtus": {}}
+    shm = Path(tempfile.mkdtemp(prefix="pc-uftp-", dir="/dev/shm"))
+    try:
+        source = random_file(shm / "bench.bin", args.size_mib * MiB)
+        for mtu in (int(m) for m in args.mtu.split(",")):
+            runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+            with netns.TestNetwork(groups=1, prefix="pcuftp") as net:
+                bench = Bench(net, mtu, shm, source)
+                try:
+                    for n in range(args.runs):
+                        for system in systems:
+                            row = bench.run(system)
+                            runs[system].append(row)
+                            print(f"MTU {mtu} run {n + 1} {describe(system, row)}", flush=True)
+                finally:
+                    bench.stop()
+            medians: dict[str, Any] = {}
+            for system in systems:
+                ordered = sorted(runs[system], key=lambda r: r["min_goodput_mib_s"])
+                median = dict(ordered[len(ordered) // 2])
+                median["median_cpu_s"] = statistics.median(r["sender_cpu_s"] for r in ordered)
+                medians[system] = {**median, "runs": runs[system]}
+                print(f"MTU {mtu} median {describe(system, median)}", flush=True)
+            out["mtus"][str(mtu)] = medians
+            if {"group", "uftp"} <= set(systems):
+                g, u = medians["group"], medians["uftp"]
+                print(
+                    f"MTU {mtu} goals: group/uftp goodput "
+                    f"{g['min_goodput_mib_s'] / u['min_goodput_mib_s']:.2f}x (>= 1.5), "
+                    f"sender CPU {g['median_cpu_s']:.2f} vs uftp {u['median_cpu_s']:.2f} s "
+                    f"(<=), link {g['link_x']}x (1.0)",
+                    flush=True,
+                )
+            if {"group", "pub"} <= set(systems):
+                g, p = medians["group"], medians["pub"]
+                ratio = g["min_goodput_mib_s"] / p["min_goodput_mib_s"]
+                print(f"MTU {mtu} goals: group/pub goodput {ratio:.2f}x (>= 1.0)", flush=True)
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
