@@ -195,7 +195,9 @@ class Scp:
             [sshd, "-D", "-e", "-p", str(self.port), "-h", str(d / "host"),
              "-o", "ListenAddress=127.0.0.1", "-o", f"AuthorizedKeysFile={d / 'authorized'}",
              "-o", "PermitRootLogin=prohibit-password", "-o", "UsePAM=no",
-             "-o", f"PidFile={d / 'pid'}"],
+             # the throwaway keys live under /tmp (or tmpfs), which is
+             # world-writable: StrictModes would refuse the authorized key
+             "-o", "StrictModes=no", "-o", f"PidFile={d / 'pid'}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         self.args = [
