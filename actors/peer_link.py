@@ -82,6 +82,44 @@ def address_of(url: str) -> str:
     return url.removeprefix("tcp://")
 
 
+class ConnectProbe:
+    """One non-blocking TCP connect to ``host:port`` from ``actor``'s loop;
+    ``on_result(errno)`` is called once (possibly before the constructor
+    returns): 0 when it connected, else why not. A name that does not
+    resolve raises ``OSError``. :meth:`close` abandons it silently."""
+
+    def __init__(
+        self, actor: Actor, host: str, port: int, on_result: Callable[[int], None]
+    ) -> None:
+        self.actor, self.on_result = actor, on_result
+        self.sock: socket.socket | None = None
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        code = sock.connect_ex(addr)
+        if code == errno.EINPROGRESS:
+            self.sock = sock
+            # Readable (POLLIN) on error; on success too, once the peer's
+            # ZMTP greeting arrives.
+            actor.watch(sock.fileno(), self._on_ready)
+            return
+        sock.close()
+        on_result(code)
+
+    def _on_ready(self, _fd: object = None) -> None:
+        if self.sock is None:
+            return
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.close()
+        self.on_result(code)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.actor.unwatch(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+
 class Link:
     """A CURVE DEALER from ``actor`` to a peer's public port.
 
@@ -112,7 +150,7 @@ class Link:
         self.handshaken = False
         self.closed = False
         self.cause = ""  # why a connect failed, once the probe knows
-        self.probe: socket.socket | None = None
+        self.probe: ConnectProbe | None = None
         self.created = actor.now()
         sock = self.sock = actor.socket(zmq.DEALER)
         sock.curve_serverkey = settings.server_keys.z85_public
@@ -199,37 +237,19 @@ class Link:
             return
         try:
             host, port = split_host_port(address_of(self.url))
-            family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[
-                0
-            ]
-            probe = socket.socket(family, kind, proto)
+            probe = ConnectProbe(self.actor, host, port, self._on_probe)
         except (OSError, ValueError, IndexError) as exc:
             self._unreachable(str(exc))
             return
-        probe.setblocking(False)
-        code = probe.connect_ex(addr)
-        if code == errno.EINPROGRESS:
-            self.probe = probe
-            # Readable (POLLIN) on error; on success too, once the peer's
-            # ZMTP greeting arrives.
-            self.actor.watch(probe.fileno(), self._on_probe)
-            return
-        probe.close()
-        if code:
-            self._unreachable(connect_cause(code))
+        self.probe = probe if probe.sock is not None else None
 
-    def _on_probe(self, _fd: object = None) -> None:
-        probe = self.probe
-        if probe is None:
-            return
-        code = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        self._close_probe()
+    def _on_probe(self, code: int) -> None:
+        self.probe = None
         if code:
             self._unreachable(connect_cause(code))
 
     def _close_probe(self) -> None:
         if self.probe is not None:
-            self.actor.unwatch(self.probe.fileno())
             self.probe.close()
             self.probe = None
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import itertools
 import logging
@@ -66,7 +67,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from actors.file_chunks import read_chunk
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew
-from actors.peer_link import Link
+from actors.peer_link import ConnectProbe, Link, connect_cause
 from peercrypt.core.address import join_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
@@ -132,8 +133,21 @@ DATA_CONNECT_MS = 500  # a connect attempt that takes longer is retried afresh
 HASH_CATCH_UP = 4  # held chunks hashed per chunk sent, on a resume
 CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
 RETRY_INITIAL = 1.0  # seconds before the first automatic retry (full jitter, doubling)
+CLOSED_RETRY_INITIAL = 0.25  # the same while the receiver's port refuses (at most 2 s)
+CLOSED_RETRY_MAX = 2.0
 RETRY_CODES = frozenset({ResultCode.TIMEOUT, ResultCode.UNREACHABLE})
+PROBE_LIMIT = 1.0  # seconds a probe of a broken data connection may take
+REFUSED = connect_cause(errno.ECONNREFUSED)
 _monitor_ids = itertools.count()
+
+
+@dataclass
+class Retries:
+    """What an automatic retry carries from one attempt of a send to the next."""
+
+    backoff: Backoff  # network failures: at most --max-retries
+    closed: Backoff  # the receiver's port refusing: until ``closed_since`` + --timeout
+    closed_since: float | None = None  # the last progress before the port refused
 
 
 @dataclass
@@ -159,8 +173,11 @@ class Outgoing:
     crew: LaneCrew | None = None
     next_lane: int = 0
     wall: float = field(default_factory=time.time)  # when it started, for the history
-    retry: Backoff | None = None  # set once the transfer was accepted
+    retry: Retries | None = None  # set once the transfer was accepted
     proven: str = ""  # the receiver's fingerprint, once it proved its key
+    probe: ConnectProbe | None = None  # why the broken data connection does not come back
+    data_address: tuple[str, int] = ("", 0)
+    port_closed: bool = False  # this attempt ended because the receiver's port refused
 
     @property
     def peer(self) -> str:
@@ -184,6 +201,7 @@ class SenderActor(Actor):
         self.transfers: dict[bytes, Outgoing] = {}
         self.waiting: deque[SendRequest] = deque()  # beyond max_outgoing, in order
         self.retrying: dict[int, Timer] = {}  # request -> the timer of its next attempt
+        self.carried: dict[int, Retries] = {}  # retries queued in ``waiting``
         self.rng = random.Random()
         self.known_peers = KnownPeersFile(settings.data_dir)
 
@@ -233,6 +251,7 @@ class SenderActor(Actor):
                     self._end(t, ResultCode.CANCELLED, "cancelled by the user")
             for req in [r for r in self.waiting if r.request == msg.request]:
                 self.waiting.remove(req)
+                self.carried.pop(req.request, None)
                 self.tell(
                     "control", _result(req.request, ResultCode.CANCELLED, "cancelled by the user")
                 )
@@ -282,7 +301,9 @@ class SenderActor(Actor):
                 return t
         return None
 
-    def _start(self, req: SendRequest, retry: Backoff | None = None) -> None:
+    def _start(self, req: SendRequest) -> None:
+        retry = self.carried.pop(req.request, None)
+
         def fail(code: str, reason: str) -> None:
             self.tell("control", _result(req.request, code, reason))
 
@@ -362,6 +383,7 @@ class SenderActor(Actor):
 
     def _on_link_failure(self, t: Outgoing) -> None:
         if t.tid in self.transfers and t.flow.phase is Phase.OFFERED and t.link is not None:
+            t.port_closed = t.link.cause == REFUSED
             self._end(t, t.link.failure, t.link.detail)
 
     def _on_control(self, t: Outgoing, msg: codec.Message) -> None:
@@ -414,7 +436,10 @@ class SenderActor(Actor):
             data.reconnect_ivl_max = 0
             data.connect_timeout = DATA_CONNECT_MS
             address = f"inproc://pc-{self.env.node_uid}/sender-data/{next(_monitor_ids)}"
-            data.monitor(address, zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            data.monitor(
+                address,
+                zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED,
+            )
             monitor = self.socket(zmq.PAIR)
             monitor.connect(address)
             self.watch(monitor, functools.partial(self._on_data_monitor, t))
@@ -422,14 +447,21 @@ class SenderActor(Actor):
             data.connect(f"tcp://{join_host_port(host, accept.data_port)}")
             self.watch(data, functools.partial(self._on_data, t))
             t.lanes.append(data)
+        t.data_address = (host, accept.data_port)
         if t.retry is None:
-            s = self.settings
-            t.retry = Backoff(
-                min(RETRY_INITIAL, t.request.timeout),
-                max_delay=max(RETRY_INITIAL, t.request.timeout),
-                max_retries=s.max_retries,
-                rng=self.rng,
+            t.retry = Retries(
+                Backoff(
+                    min(RETRY_INITIAL, t.request.timeout),
+                    max_delay=max(RETRY_INITIAL, t.request.timeout),
+                    max_retries=self.settings.max_retries,
+                    rng=self.rng,
+                ),
+                Backoff(
+                    CLOSED_RETRY_INITIAL, max_delay=CLOSED_RETRY_MAX, max_retries=None, rng=self.rng
+                ),
             )
+        t.retry.closed_since = None  # the receiver is back
+        t.retry.closed.reset()
         t.data = t.lanes[0]
         if flow.sealing_workers:
             held = ChunkBitmap(flow.total)
@@ -531,6 +563,34 @@ class SenderActor(Actor):
                 if t.tid in self.transfers:
                     t.flow.on_reconnect(self.now())
                     self._drive(t)
+            elif event == zmq.EVENT_CONNECT_RETRIED and t.broken and t.probe is None:
+                self._probe_data(t)
+
+    def _probe_data(self, t: Outgoing) -> None:
+        """The data connection does not come back: a killed receiver (its
+        port refuses) is not waited out like a silent one."""
+        if t.tid not in self.transfers:
+            return
+        host, port = t.data_address
+        try:
+            probe = ConnectProbe(self, host, port, functools.partial(self._on_data_probe, t))
+        except (OSError, IndexError):
+            return
+        if probe.sock is not None:
+            t.probe = probe
+            self.call_later(PROBE_LIMIT, functools.partial(self._drop_probe, t, probe))
+
+    def _drop_probe(self, t: Outgoing, probe: ConnectProbe) -> None:
+        probe.close()  # a silent network: the transfer's own timeout decides
+        if t.probe is probe:
+            t.probe = None
+
+    def _on_data_probe(self, t: Outgoing, code: int) -> None:
+        t.probe = None
+        if code == errno.ECONNREFUSED and t.broken and t.tid in self.transfers:
+            t.port_closed = True
+            self.count("data-refused")
+            self._end(t, ResultCode.UNREACHABLE, f"the receiver's port closed ({REFUSED})")
 
     def _on_timer(self, t: Outgoing) -> None:
         if t.tid in self.transfers:
@@ -663,6 +723,8 @@ class SenderActor(Actor):
             self.close_socket(monitor)
         for sock in t.lanes:
             self.unwatch(sock)
+        if t.probe is not None:
+            t.probe.close()
         if t.lanes:
             # The last Failed needs a moment to leave (LINGER 0 would drop it).
             self.call_later(CLOSE_GRACE, functools.partial(self._close_lanes, t.lanes))
@@ -671,11 +733,17 @@ class SenderActor(Actor):
         # Retried: a failure of the network (the data connection broke, or a
         # retry's offer found no peer), not a peer that answers but stalls.
         network = t.broken or flow.window is None
-        if code in RETRY_CODES and network and t.retry is not None and self._retry(t, reason):
-            return
+        retried = False
+        if code in RETRY_CODES and network and t.retry is not None:
+            final = self._retry(t, code, reason)
+            retried = final is None
+            code, reason = final or (code, reason)
+        # Every attempt has its row in the history; a retry's says so.
+        self.tell("stats", self._record(t, code, reason + ("; retrying" if retried else "")))
         while self.waiting and len(self.transfers) < self.settings.max_outgoing:
             self._start(self.waiting.popleft())
-        self.tell("stats", self._record(t, code, reason))
+        if retried:
+            return
         self.tell(
             t.requester,
             SendResult(
@@ -698,24 +766,56 @@ class SenderActor(Actor):
             if not sock.closed:
                 self.close_socket(sock)
 
-    def _retry(self, t: Outgoing, reason: str) -> bool:
+    def _retry(self, t: Outgoing, code: str, reason: str) -> tuple[str, str] | None:
         """Offer the file again after a backoff pause (the receiver resumes
-        it); False when the retries are used up."""
-        assert t.retry is not None
-        delay = t.retry.next_delay()
-        if delay is None:
-            return False
+        it): None; or the send's final (code, reason) when the retries are
+        used up. A receiver whose port refuses is retried sooner (0.25 s
+        doubling to 2 s) but only until ``--timeout`` has passed since the
+        transfer last moved; then the send fails saying so."""
+        retry, request = t.retry, t.request
+        assert retry is not None
+        now = self.now()
+        if t.port_closed:
+            if retry.closed_since is None:
+                retry.closed_since = t.flow.last_progress if t.flow.window else now
+            left = retry.closed_since + request.timeout - now
+            if left <= 0:
+                return ResultCode.UNREACHABLE, (
+                    f"the receiver's port at {t.peer} stayed closed ({REFUSED}) "
+                    f"for --timeout {request.timeout:g} s"
+                )
+            delay = min(left, retry.closed.next_delay() or CLOSED_RETRY_MAX)
+            note = f"{t.peer}: the receiver's port closed; retrying"
+        else:
+            backoff_delay = retry.backoff.next_delay()
+            if backoff_delay is None:
+                return code, reason
+            delay = backoff_delay
+            note = f"{t.peer}: {reason}; retrying"
         self.count("retries")
-        log.info("%s to %s: %s; retrying in %.1f s", t.request.path, t.peer, reason, delay)
-        retry = t.retry
-        request = t.request
+        log.info("%s: %s in %.1f s", request.path, note, delay)
+        self.tell(
+            t.requester,
+            Progress(
+                request=request.request,
+                done_bytes=t.flow.acked_bytes,
+                total_bytes=t.size,
+                note=note,
+            ),
+        )
 
         def again() -> None:
-            if self.retrying.pop(request.request, None) is not None:
-                self._start(request, retry)
+            if self.retrying.pop(request.request, None) is None:
+                return
+            self.carried[request.request] = retry
+            if len(self.transfers) < self.settings.max_outgoing:
+                self._start(request)
+            else:  # the scheduler's limit holds for retries too
+                self.waiting.append(request)
+                self.count("queued")
 
         self.retrying[request.request] = self.call_later(delay, again)
-        return True
+        return None
 
     # -- the statistics history ---------------------------------------------------
 

@@ -353,6 +353,7 @@ def _await_result(
     on_other: Callable[[Message], None] | None,
 ) -> R:
     quiet_since = time.monotonic()
+    said = ""
     while True:
         try:
             msg = client.receive(min(1.0, silence))
@@ -372,6 +373,13 @@ def _await_result(
         if isinstance(msg, Progress):
             if bar is not None:
                 bar.update(msg.done_bytes - bar.n)
+            if msg.note and msg.note != said:  # e.g. the receiver's port closed; retrying
+                said = msg.note
+                line = f"peercrypt: {msg.note}"
+                if bar is not None:
+                    bar.write(line, file=sys.stderr)
+                else:
+                    print(line, file=sys.stderr, flush=True)
         elif isinstance(msg, SendResult):  # e.g. "cancelled: the node is stopping"
             raise UserError(msg.reason or msg.code, errors.exit_code(msg.code))
         elif on_other is not None:

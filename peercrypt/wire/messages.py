@@ -254,10 +254,14 @@ class CancelTransfer(Message):
 @message
 @dataclass(frozen=True, kw_only=True)
 class Progress(Message):
+    """How far a send is; ``note``: what it is doing about a problem (e.g.
+    the receiver's port closed; retrying), shown once to the user."""
+
     TYPE = "progress"
     request: int = counter()
     done_bytes: int = counter()
     total_bytes: int = counter()
+    note: str = reason(default="")
 
 
 @message

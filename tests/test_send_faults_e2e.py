@@ -1,0 +1,228 @@
+"""Faults of a running send with real node processes on loopback, timed
+against the send's ``--timeout``:
+
+- a frozen receiver (SIGSTOP: its kernel still acknowledges TCP, nothing
+  else answers) ends the send ``--timeout`` after it last moved, within 10%;
+- a killed receiver (its ports closed) is not waited out like a silent one:
+  the sender sees the refusal at once, says so, retries with backoff, and
+  resumes when the receiver is back (every attempt has its row in the
+  statistics history); if it does not come back, the send fails naming the
+  closed port once ``--timeout`` has passed;
+- retries keep to the sender's ``max_outgoing``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from actors.inbox import load_manifest, manifest_name, scan
+from peercrypt import errors
+from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.node import Node
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    blake3_file,
+    free_port,
+    loopback_settings,
+    start_cli,
+    wait_until,
+)
+from peercrypt.wire.messages import SendRequest, SendResult
+
+pytestmark = pytest.mark.timeout(180)
+
+CHUNK = 64 * 1024
+SIZE = 8 * 1024 * 1024
+SLOW = ("-r", str(2 * 1024 * 1024))  # 4 s for the file: the fault lands mid-way
+
+
+class Send:
+    """``peercrypt send --json`` in the background; stderr lines as they come,
+    and when the process ended."""
+
+    def __init__(self, sender: NodeProcess, path: Path, receiver_port: int, timeout: float):
+        self.proc = start_cli(
+            "send", str(path), "127.0.0.1", str(receiver_port), "--json", "--force",
+            "--chunk-size", str(CHUNK), "--timeout", f"{timeout:g}", *SLOW,
+            data_dir=sender.data_dir,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self.ended: float | None = None
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+        self.proc.wait()
+        self.ended = time.monotonic()
+
+    def result(self, timeout: float = 60) -> tuple[int, dict[str, object]]:
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()
+        self.reader.join(timeout)
+        assert self.ended is not None, "the send did not end"
+        return self.proc.returncode, json.loads(out) if out.strip() else {}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)
+
+
+def _held(inbox: Path) -> int:
+    found = scan(inbox)
+    if not found.manifests:
+        return 0
+    return sum(load_manifest(inbox, manifest_name(m.part)).held().count for m in found.manifests)
+
+
+def _progress_seen(inbox: Path, send: Send) -> bool | None:
+    return _held(inbox) > 0 or send.proc.poll() is not None or None
+
+
+def test_a_frozen_receiver_ends_the_send_at_its_timeout(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    timeout = 5.0
+    receiver = node_factory(name="receiver")
+    sender = node_factory("--max-retries", "0", name="sender")
+    path = make_file(SIZE, name="frozen.bin")
+    send = Send(sender, path, receiver.port, timeout)
+    try:
+        wait_until(lambda: _progress_seen(receiver.inbox, send), 30, "the transfer to move")
+        receiver.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            code, info = send.result()
+        finally:
+            receiver.send_signal(signal.SIGCONT)
+    finally:
+        send.kill()
+    assert send.ended is not None
+    took = send.ended - stopped
+    assert code == errors.FAILED, (code, info, send.lines)
+    assert "stopped acknowledging" in str(info.get("error", "")), (info, send.lines)
+    # The deadline is --timeout after the last acknowledged chunk (just before
+    # the stop); the CLI's own exit adds a little.
+    assert timeout * 0.9 <= took <= timeout * 1.1, f"exited {took:.2f} s after the stop"
+
+
+def test_a_killed_receiver_is_retried_and_resumed_or_named_when_it_stays_away(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    timeout = 6.0
+    port = free_port()
+    receiver = node_factory("--port", str(port), name="receiver")
+    sender = node_factory(name="sender")
+
+    # It comes back within the timeout: the send resumes and verifies.
+    path = make_file(SIZE, name="comes-back.bin")
+    send = Send(sender, path, port, timeout)
+    try:
+        wait_until(lambda: _progress_seen(receiver.inbox, send), 30, "the transfer to move")
+        receiver.kill()
+        killed = time.monotonic()
+        sender.wait_for_counter("sender.data-refused", 1, timeout=timeout)
+        seen = time.monotonic() - killed
+        receiver.start()
+        code, info = send.result()
+    finally:
+        send.kill()
+    assert code == 0 and info.get("ok"), (code, info, send.lines)
+    assert seen < timeout / 2, f"the refusal was seen {seen:.2f} s after the kill"
+    # Said once, however many retries it took.
+    notes = [line for line in send.lines if "the receiver's port closed; retrying" in line]
+    assert len(notes) == 1, send.lines
+    assert blake3_file(receiver.inbox / str(info["stored_as"])) == blake3_file(path)
+    stats = info["stats"]
+    assert isinstance(stats, dict) and stats["resumed_chunks"] > 0, stats
+    # Every attempt has its row (sender side): the interrupted one(s), then ok.
+    rows = json.loads(sender.cli("stats", "list", "--json").stdout)
+    mine = [r for r in rows if r["side"] == "send" and r["file"] == str(path)]
+    assert [r["result"] for r in mine][-1] == "ok", mine
+    assert len(mine) >= 2 and all("retrying" in r["reason"] for r in mine[:-1]), mine
+
+    # It stays away: the send fails naming the closed port once --timeout passed.
+    path = make_file(SIZE, name="stays-away.bin")
+    send = Send(sender, path, port, timeout)
+    try:
+        wait_until(lambda: _progress_seen(receiver.inbox, send), 30, "the transfer to move")
+        receiver.kill()
+        killed = time.monotonic()
+        code, info = send.result()
+    finally:
+        send.kill()
+    assert send.ended is not None
+    took = send.ended - killed
+    assert code == errors.UNREACHABLE, (code, info, send.lines)
+    assert "stayed closed" in str(info.get("error", "")), info
+    assert timeout * 0.9 <= took <= timeout * 1.1 + 0.5, f"gave up {took:.2f} s after the kill"
+    receiver.start()  # for the fixture's clean stop
+
+
+def test_retries_wait_their_turn_under_max_outgoing(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    """One send at a time (``max_outgoing`` 1, an in-process sender: the limit
+    is no CLI option): a send that goes into retry frees its slot for the
+    next in line, and its own retries then wait in line too."""
+    port = free_port()
+    lost = node_factory("--port", str(port), name="lost")
+    other = node_factory(name="other")
+    node = Node(loopback_settings(tmp_path / "sender", network_key, max_outgoing=1))
+    node.start()
+    client = ControlClient.for_data_dir(tmp_path / "sender")
+    try:
+        first, second = make_file(SIZE, name="first.bin"), make_file(SIZE // 2, name="second.bin")
+        for request, (path, to) in enumerate([(first, port), (second, other.port)]):
+            client.send(
+                SendRequest(
+                    request=request, path=str(path), host="127.0.0.1", port=to,
+                    chunk_size=CHUNK, timeout=15.0, mode="token-bucket", rate=2 * 1024 * 1024,
+                    force=True,
+                )
+            )  # fmt: skip
+            # In this order: the second waits in line behind the first.
+            wait_until(lambda: bool(scan(lost.inbox).kept) or None, 30, "the first to start")
+        wait_until(lambda: _held(lost.inbox) > 0 or None, 30, "the first send to move")
+        lost.kill()
+        results: dict[int, SendResult] = {}
+
+        def collect(until: int) -> bool | None:
+            with contextlib.suppress(NodeUnavailable):
+                msg = client.receive(0.2)
+                if isinstance(msg, SendResult):
+                    results[msg.request] = msg
+            return until in results or None
+
+        # The second ran while the first was retrying (before the fix it
+        # waited for the first's final end, which needs ``lost`` back).
+        wait_until(lambda: collect(1), 30, "the second send's result")
+        assert 0 not in results, results[0]
+        lost.start()
+        wait_until(lambda: collect(0), 60, "the first send's result")
+        for request, path, receiver in [(0, first, lost), (1, second, other)]:
+            got = results[request]
+            assert got.code == "ok", got.reason
+            assert blake3_file(receiver.inbox / got.stored_as) == blake3_file(path)
+        assert results[0].stats["resumed_chunks"] > 0, results[0].stats
+        counters = client.status().counters
+        # Queued: the second at first, then the first's retries behind it.
+        assert counters["sender.queued"] >= 2, dict(counters)
+        assert counters["sender.retries"] >= 1, dict(counters)
+    finally:
+        client.close()
+        node.stop()
