@@ -241,6 +241,14 @@ class ReceiverActor(Actor):
             return refuse("bad-offer", "invalid ephemeral or identity key")
         keys = TransferKeys.for_receiver(offer.tid, answer.secrets)
         key = ResumeKey(peer, name, offer.size, offer.chunk_size, offer.source)
+        if any(t.key == key and t.flow.finishing for t in self.transfers.values()):
+            # Taking it over would drop a transfer about to be stored, and
+            # starting afresh would store the file twice: its result decides.
+            return refuse(
+                "verifying",
+                "an earlier send of this file from you is in its final hash check; "
+                "its result decides (send again only if it fails)",
+            )
         try:
             reuse = self._resumable(key)
             verdict = self.space.admit(

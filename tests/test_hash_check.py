@@ -8,25 +8,28 @@ with real node processes:
 - the part file changed on disk between being written and being verified.
 
 Each must fail the transfer and leave nothing under the final name (nor a
-part file), while a good transfer at the same time still verifies.
+part file), while a good transfer at the same time still verifies. And a
+new offer of the same file while its check runs must not store it twice.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import blake3
 
-from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import (
     BackgroundSend,
     NodeProcess,
     assert_sent,
+    blake3_file,
     wait_until,
 )
-from peercrypt.wire.messages import Ack, Failed
+from peercrypt.wire.messages import Ack, Failed, Refuse, Verified
 
 CHUNK = 64 * 1024
 WAIT = 30.0
@@ -90,3 +93,50 @@ def test_a_part_changed_on_disk_before_verification_stores_nothing(
     assert code != 0 and result["code"] == "hash-mismatch", result
     assert leftovers(receiver, "tampered.bin") == []
     assert_sent(receiver, running.join(), good)
+
+
+def _send_all(t: HostileTransfer, content: bytes, chunk: int) -> None:
+    """Every chunk, within the receiver's credit, until all are acked."""
+    sent = acked = 0
+    window = 1
+    deadline = time.monotonic() + WAIT
+    while acked < t.total:
+        assert time.monotonic() < deadline, f"only {acked} of {t.total} chunks acked"
+        while sent < min(t.total, acked + window):
+            t.send_chunk(sent, content[sent * chunk : (sent + 1) * chunk])
+            sent += 1
+        for m in t.replies(0.2):
+            if isinstance(m, Ack):
+                acked, window = max(acked, m.cumulative), max(1, m.window)
+
+
+def test_an_offer_of_the_same_file_during_its_final_check_stores_no_second_copy(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """The sender offers the file again right after its Done (as one that
+    restarted would): while the receiver checks the whole-file hash, the new
+    offer is refused with the reason, and the file is stored once."""
+    receiver = node_factory()
+    chunk = 1 << 20
+    with HostileSender(network_key, receiver.host, receiver.port) as sender:
+        for attempt in range(3):  # the check must still run when the offer lands
+            name = f"once{attempt}.bin"
+            content = os.urandom(48 * chunk)
+            source = os.urandom(32)
+            t = sender.offer(name, len(content), chunk, source=source)
+            assert isinstance(t, HostileTransfer), t
+            _send_all(t, content, chunk)
+            t.send_done(blake3.blake3(content).digest())
+            again = sender.offer(name, len(content), chunk, source=source)
+            verified = t.wait_for(Verified, WAIT)
+            assert verified.stored_as == name
+            if isinstance(again, Refused):
+                break
+            again.abandon()  # the check was over before the offer came: try again
+        else:
+            raise AssertionError("an offer during the final check was accepted every time")
+    answer = again.answer
+    assert isinstance(answer, Refuse) and answer.code == "verifying", answer
+    assert "final hash check" in answer.reason
+    assert blake3_file(receiver.inbox / name) == blake3.blake3(content).hexdigest()
+    wait_until(lambda: leftovers(receiver, name) == [name] or None, WAIT, "no part left")

@@ -157,8 +157,10 @@ class HostileSender:
         chunk_size: int,
         tid: bytes | None = None,
         timeout: float = WAIT,
+        source: bytes | None = None,
     ) -> HostileTransfer | Refused:
-        """Offer a file; the accepted transfer or the refusal."""
+        """Offer a file; the accepted transfer or the refusal. ``source``: the
+        offer's source tag (random by default: a file never offered before)."""
         eph = Initiator(self.identity)
         offer = Offer(
             tid=tid or os.urandom(16),
@@ -167,7 +169,7 @@ class HostileSender:
             chunk_size=chunk_size,
             eph_pub=eph.public,
             hash_alg="blake3",
-            source=os.urandom(32),
+            source=source or os.urandom(32),
         )
         self.control.send(codec.encode(offer))
         deadline = time.monotonic() + timeout
