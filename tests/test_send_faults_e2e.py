@@ -18,7 +18,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,9 +39,9 @@ from peercrypt.wire.messages import SendRequest, SendResult
 
 pytestmark = pytest.mark.timeout(180)
 
-CHUNK = 64 * 1024
-SIZE = 8 * 1024 * 1024
-SLOW = ("-r", str(2 * 1024 * 1024))  # 4 s for the file: the fault lands mid-way
+CHUNK = 16 * 1024  # a resume checkpoint every 64 chunks: every 1 MiB
+SIZE = 4 * 1024 * 1024
+SLOW = ("-r", str(2 * 1024 * 1024))  # 2 s for the file: the fault lands mid-way
 
 
 class Send:
@@ -87,7 +87,28 @@ def _held(inbox: Path) -> int:
 
 
 def _progress_seen(inbox: Path, send: Send) -> bool | None:
+    """A checkpoint lists chunks (or the send ended)."""
     return _held(inbox) > 0 or send.proc.poll() is not None or None
+
+
+def _written(receiver: NodeProcess) -> int:
+    """Bytes the receiver wrote of its (one) incoming transfer."""
+    incoming = json.loads(receiver.status().get("incoming", "[]"))
+    return int(incoming[0][2]) if incoming else 0
+
+
+@contextlib.contextmanager
+def _receiver_killed_mid_send(
+    sender: NodeProcess, receiver: NodeProcess, path: Path, port: int, timeout: float
+) -> Iterator[tuple[Send, float]]:
+    """A send under way, then the receiver SIGKILLed: (the send, when)."""
+    send = Send(sender, path, port, timeout)
+    try:
+        wait_until(lambda: _progress_seen(receiver.inbox, send), 30, "the transfer to move")
+        receiver.kill()
+        yield send, time.monotonic()
+    finally:
+        send.kill()
 
 
 def test_a_frozen_receiver_ends_the_send_at_its_timeout(
@@ -99,7 +120,7 @@ def test_a_frozen_receiver_ends_the_send_at_its_timeout(
     path = make_file(SIZE, name="frozen.bin")
     send = Send(sender, path, receiver.port, timeout)
     try:
-        wait_until(lambda: _progress_seen(receiver.inbox, send), 30, "the transfer to move")
+        wait_until(lambda: _written(receiver) > 0 or None, 30, "the first chunks")
         receiver.send_signal(signal.SIGSTOP)
         stopped = time.monotonic()
         try:
@@ -120,26 +141,21 @@ def test_a_frozen_receiver_ends_the_send_at_its_timeout(
 def test_a_killed_receiver_is_retried_and_resumed_or_named_when_it_stays_away(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
-    timeout = 6.0
     port = free_port()
     receiver = node_factory("--port", str(port), name="receiver")
     sender = node_factory(name="sender")
 
-    # It comes back within the timeout: the send resumes and verifies.
+    # It comes back within the timeout (a node start is slow under load):
+    # the send resumes and verifies.
+    timeout = 15.0
     path = make_file(SIZE, name="comes-back.bin")
-    send = Send(sender, path, port, timeout)
-    try:
-        wait_until(lambda: _progress_seen(receiver.inbox, send), 30, "the transfer to move")
-        receiver.kill()
-        killed = time.monotonic()
+    with _receiver_killed_mid_send(sender, receiver, path, port, timeout) as (send, killed):
         sender.wait_for_counter("sender.data-refused", 1, timeout=timeout)
         seen = time.monotonic() - killed
         receiver.start()
         code, info = send.result()
-    finally:
-        send.kill()
     assert code == 0 and info.get("ok"), (code, info, send.lines)
-    assert seen < timeout / 2, f"the refusal was seen {seen:.2f} s after the kill"
+    assert seen < 2.0, f"the refusal was seen {seen:.2f} s after the kill"
     # Said once, however many retries it took.
     notes = [line for line in send.lines if "the receiver's port closed; retrying" in line]
     assert len(notes) == 1, send.lines
@@ -153,20 +169,15 @@ def test_a_killed_receiver_is_retried_and_resumed_or_named_when_it_stays_away(
     assert len(mine) >= 2 and all("retrying" in r["reason"] for r in mine[:-1]), mine
 
     # It stays away: the send fails naming the closed port once --timeout passed.
+    timeout = 4.0
     path = make_file(SIZE, name="stays-away.bin")
-    send = Send(sender, path, port, timeout)
-    try:
-        wait_until(lambda: _progress_seen(receiver.inbox, send), 30, "the transfer to move")
-        receiver.kill()
-        killed = time.monotonic()
+    with _receiver_killed_mid_send(sender, receiver, path, port, timeout) as (send, killed):
         code, info = send.result()
-    finally:
-        send.kill()
     assert send.ended is not None
     took = send.ended - killed
     assert code == errors.UNREACHABLE, (code, info, send.lines)
     assert "stayed closed" in str(info.get("error", "")), info
-    assert timeout * 0.9 <= took <= timeout * 1.1 + 0.5, f"gave up {took:.2f} s after the kill"
+    assert timeout * 0.9 <= took <= timeout * 1.1 + 1.0, (f"gave up {took:.2f} s after", send.lines)
     receiver.start()  # for the fixture's clean stop
 
 
