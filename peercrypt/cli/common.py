@@ -13,7 +13,6 @@ import contextlib
 import os
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -278,6 +277,8 @@ def local_node(
         policy = config.node_policy(settings_)
     except config.ConfigError as exc:
         raise UserError(str(exc)) from None
+    import tempfile  # (with shutil, bz2, lzma) only when no node runs
+
     with tempfile.TemporaryDirectory(prefix="peercrypt-") as tmp:
         control_file = Path(tmp) / "control.json"
         settings = NodeSettings(
