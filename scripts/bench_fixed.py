@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,13 +26,19 @@ from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.nodes import NodeProcess, blake3_file, random_file
 
 
-def timed(argv: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> float:
+def timed(argv: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one command. The CPU time (user +
+    system, from the children's rusage) is the steadier measure on a loaded
+    machine: it does not count the time spent waiting for a core."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, timeout=120)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in ok:
         raise RuntimeError(f"{argv[3:]} exited {proc.returncode}: {proc.stderr.decode()[-400:]}")
-    return seconds
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return seconds, cpu
 
 
 def main() -> int:
@@ -42,7 +49,7 @@ def main() -> int:
     here = str(Path(__file__).resolve().parent.parent)
     trees = [here, *args.tree]
     key = new_network_key()
-    results: dict[tuple[str, str], list[float]] = {}
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="pc-fixed-") as tmp:
         root = Path(tmp)
         os.chdir(root)  # `python -m` puts the working directory first on sys.path
@@ -92,9 +99,9 @@ def main() -> int:
                     tree, commands, env, r = setups[i]
                     line = []
                     for name, (argv, ok) in commands.items():
-                        seconds = timed(argv, env, ok)
-                        results[(tree, name)].append(seconds)
-                        line.append(f"{name} {seconds:.3f} s")
+                        seconds, cpu = timed(argv, env, ok)
+                        results[(tree, name)].append((seconds, cpu))
+                        line.append(f"{name} {seconds:.3f} s ({cpu:.3f} CPU s)")
                     for stored in r.inbox.iterdir():
                         if blake3_file(stored) != digest:
                             raise RuntimeError(f"{stored} differs from the source")
@@ -103,9 +110,11 @@ def main() -> int:
         finally:
             for node in nodes:
                 node.stop()
-    print(f"\nmedian of {args.runs} runs (wall seconds)")
+    print(f"\nmedian of {args.runs} runs (wall seconds, CPU seconds of the command)")
     for (tree, name), values in results.items():
-        print(f"  {tree:28} {name:12} {statistics.median(values):.3f} s")
+        wall = statistics.median(v[0] for v in values)
+        cpu = statistics.median(v[1] for v in values)
+        print(f"  {tree:28} {name:12} {wall:.3f} s  {cpu:.3f} CPU s")
     return 0
 
 
