@@ -23,10 +23,11 @@ from typing import Any, cast
 import zmq
 
 import peercrypt
+from peercrypt.control_file import CONTROL_FILE
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_endpoint
-from peercrypt.settings import CONTROL_FILE, NodeSettings
+from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire import multicast_messages as _mc
 from peercrypt.wire.messages import (

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from peercrypt.settings import CONTROL_FILE
+from peercrypt.control_file import CONTROL_FILE
 from peercrypt.wire import codec
 from peercrypt.wire.messages import ErrorReply, StatusReply, StatusRequest
 

@@ -18,7 +18,6 @@ from peercrypt.core.resume import DEFAULT_PART_EXPIRY
 if TYPE_CHECKING:  # a key pair's libraries load only where keys are made
     from peercrypt.crypto.identity import KeyPair
 
-CONTROL_FILE = "control.json"  # in the data dir: the control endpoint and token
 MiB = 1024 * 1024
 DEFAULT_PORT = 7400
 DEFAULT_CHUNK = 1 * MiB

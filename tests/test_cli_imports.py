@@ -92,7 +92,8 @@ def test_send_loads_no_key_library_and_only_the_messages_it_uses() -> None:
 
 def test_status_of_a_running_node_loads_no_key_library(tmp_path: Path) -> None:
     """With a node running, `status` shows the fingerprint the node reports
-    (it loaded this data dir's identity); it derives no key of its own."""
+    (it loaded this data dir's identity); it derives no key of its own and
+    loads neither the node command's options nor the send/receive helpers."""
     from peercrypt.crypto.identity import fingerprint, load_or_create_identity
     from peercrypt.testing.nodes import NodeProcess
 
@@ -103,4 +104,9 @@ def test_status_of_a_running_node_loads_no_key_library(tmp_path: Path) -> None:
         node.stop()
     assert code in (0, None)
     assert f"fingerprint {fingerprint(load_or_create_identity(node.data_dir).public)}" in out
-    assert {m for m in modules if m.startswith(("cryptography", "nacl"))} == set()
+    heavy = {
+        m
+        for m in modules
+        if m.startswith(("cryptography", "nacl", "peercrypt.cli.node", "peercrypt.cli.common"))
+    }
+    assert heavy == set()

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "node": ("node", "node", "Run a node in the foreground until SIGINT/SIGTERM."),
     "status": (
-        "node",
+        "status",
         "status",
         "Show this node's identity, endpoints and counters (exit 1: not running).",
     ),
@@ -165,9 +165,9 @@ class LazyGroup(click.Group):
 
 
 def default_data_dir() -> Path:
-    from peercrypt.cli import common  # the control client: not for --help
-
-    return common.default_data_dir()
+    """``$XDG_DATA_HOME/peercrypt`` (default ``~/.local/share/peercrypt``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "peercrypt"
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,7 +10,6 @@ non-zero exit code (see :mod:`peercrypt.errors`); tracebacks only with
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import sys
 import time
@@ -45,11 +44,6 @@ class UserError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"peercrypt: error: {self.format_message()}", err=True)
-
-
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "peercrypt"
 
 
 def load_identity(data_dir: Path) -> Any:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -203,35 +201,6 @@ def node(ctx: click.Context, /, **_: Any) -> None:
         running.run_until(stop)
     finally:
         running.stop()
-
-
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print status as JSON.")
-@click.pass_obj
-def status(obj: dict[str, Any], as_json: bool) -> None:
-    """Show this node's identity, endpoints and counters (exit 1: not running)."""
-    data_dir: Path = obj["data_dir"]
-    try:
-        with ControlClient.for_data_dir(data_dir) as client:
-            reply = client.status()
-    except NodeUnavailable as exc:
-        fp = fingerprint(load_identity(data_dir).public)
-        if as_json:
-            click.echo(json.dumps({"running": False, "fingerprint": fp, "reason": str(exc)}))
-        else:
-            click.echo(f"fingerprint {fp}\nnode: not running ({exc})")
-        sys.exit(errors.FAILED)
-    if as_json:
-        click.echo(json.dumps({"running": True, **reply.node, "counters": reply.counters}))
-        return
-    # The node's identity is this data dir's (the node loaded it; no key is made here).
-    fp = reply.node.get("fingerprint", "")
-    click.echo(f"fingerprint {fp}\nnode: running (pid {reply.node.get('pid')})")
-    for key in sorted(reply.node):
-        if key not in ("fingerprint", "pid"):
-            click.echo(f"  {key}: {reply.node[key]}")
-    for key in sorted(reply.counters):
-        click.echo(f"  {key} = {reply.counters[key]}")
 
 
 @click.command()

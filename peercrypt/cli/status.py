@@ -1,0 +1,51 @@
+"""``status``: the running node's identity, endpoints and counters.
+
+Its own module so that it imports only what asking a running node needs
+(the control client and the status messages): not the settings table, the
+key libraries or the node's options. Loading this data dir's identity (and
+with it the key libraries) happens only when no node answers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from peercrypt import errors
+from peercrypt.client import ControlClient, NodeUnavailable
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print status as JSON.")
+@click.pass_obj
+def status(obj: dict[str, Any], as_json: bool) -> None:
+    """Show this node's identity, endpoints and counters (exit 1: not running)."""
+    data_dir: Path = obj["data_dir"]
+    try:
+        with ControlClient.for_data_dir(data_dir) as client:
+            reply = client.status()
+    except NodeUnavailable as exc:
+        from peercrypt.cli.common import load_identity
+        from peercrypt.crypto.identity import fingerprint
+
+        fp = fingerprint(load_identity(data_dir).public)
+        if as_json:
+            click.echo(json.dumps({"running": False, "fingerprint": fp, "reason": str(exc)}))
+        else:
+            click.echo(f"fingerprint {fp}\nnode: not running ({exc})")
+        sys.exit(errors.FAILED)
+    if as_json:
+        click.echo(json.dumps({"running": True, **reply.node, "counters": reply.counters}))
+        return
+    # The node's identity is this data dir's (the node loaded it; no key is made here).
+    fp = reply.node.get("fingerprint", "")
+    click.echo(f"fingerprint {fp}\nnode: running (pid {reply.node.get('pid')})")
+    for key in sorted(reply.node):
+        if key not in ("fingerprint", "pid"):
+            click.echo(f"  {key}: {reply.node[key]}")
+    for key in sorted(reply.counters):
+        click.echo(f"  {key} = {reply.counters[key]}")
