@@ -10,20 +10,27 @@ Per session (``McSendRequest`` from the control actor):
    does it get the session's random content key wrapped for it alone
    (``McKey``). Targets that refuse the
    connection or fail the handshake are reported at once; publishing starts
-   when every target joined or failed, or after ``JOIN_WAIT`` s with at least
+   when every target joined or failed, or after ``JOIN_WAIT`` s (2) with at least
    one joined; a target that joins later catches up by repairs, and the
    announce is repeated to it until it joins or the timeout passes.
 2. Each chunk is read once, hashed (BLAKE3, in order) and sealed once with the
    content key, and published once on the PUB socket (topic = session id) or,
    with a multicast group, sent once to the group as UDP datagrams; paced by
-   :class:`~peercrypt.core.multicast.SessionPlan` (the slowest multicast
-   member's written point plus an AIMD window).
+   the session's sans-IO object (below: the slowest multicast member's
+   written point plus an AIMD window, and the scheduler's grants).
 3. Receivers ack and NAK over the control connection; the plan decides each
    repair: re-publish (two or more asked) or unicast to the receiver's repair
    port (one asked). A repair is read and sealed once however many get it.
 4. Each receiver verifies the whole-file hash and answers ``McDone``; every
    target's outcome is streamed to the requester (``McTargetResult``) and the
    session ends with ``McSendResult`` listing them all.
+
+Every decision - who joined, when publishing starts, what to publish or
+repair now, statuses, grants, timeouts, each target's result and the
+session's end - is :class:`~peercrypt.core.multicast_outgoing.MulticastOutgoing`'s:
+this actor feeds it what arrives (with ``now``), does what its ``poll``
+returns (read, hash, seal, sign, publish, send) and arms one timer per
+session at its ``next_timer``.
 
 Memory: the PUB and repair sockets have bounded high-water marks (a drop is a
 NAK later); the plan's per-member state is bounded by the NAK limit.
@@ -51,7 +58,18 @@ from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.fragments import fragment_count, parse_group
-from peercrypt.core.multicast import DONE, FAILED, JOINING, LOST, Repair, SessionPlan
+from peercrypt.core.multicast import Repair
+from peercrypt.core.multicast_outgoing import (
+    Announce,
+    MulticastOutgoing,
+    Publish,
+    SendStatus,
+    SessionEnded,
+    StartPublishing,
+    TargetEnded,
+    TargetLost,
+)
+from peercrypt.core.outgoing import HashFile, RequestGrant
 from peercrypt.crypto.chunk_signature import (
     RECEIVER_KEY_BYTES,
     TOKEN_BYTES,
@@ -96,15 +114,6 @@ from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.msender")
 
-JOIN_WAIT = 2.0  # seconds publishing waits for every target to join
-ANNOUNCE_INTERVAL = 0.5  # re-announce to targets that did not join (yet)
-TICK = 0.05
-# An ack is answered with McStatus (horizon, hash, ack interval) at most this
-# often per receiver - sooner when it NAKed or the hash or the interval is new
-# to it: acks come every few written chunks, and answering each cost the
-# sender CPU per receiver.
-STATUS_INTERVAL = 0.1
-PUBLISH_BATCH = 16  # chunks per loop step (acks are read in between)
 PUB_HWM = 256  # messages queued per subscriber before the PUB drops
 REPAIR_HWM = 64
 REFUSALS_UNREACHABLE = 5
@@ -127,67 +136,56 @@ class Target:
     monitor: zmq.Socket[Any]
     wraps: dict[int, Initiator] = field(default_factory=dict)
     attempt: int = 0
-    joined: bool = False
     repair: zmq.Socket[Any] | None = None
     repair_port: int = 0
-    connected: bool = False
-    handshaken: bool = False
     refusals: int = 0
     noticed: bool = False
-    result: tuple[str, str, str] | None = None  # code, reason, stored_as
-    seconds: float = 0.0
-    status_at: float = -1e9  # when the last McStatus went to it
-    status_digest: bool = False  # whether one carried the whole-file hash
-    status_ack_every: int = 0  # the ack interval it was last told
     # Its key for the session (McJoin): tags repairs to it; its subscription token.
     repair_key: bytes = b""
     token: bytes = b""
-    subscribed: bool = False
     proven: str = ""  # its fingerprint, once it proved its key and is trusted
 
 
 @dataclass
 class Session:
+    """The I/O side of one session; ``flow`` decides."""
+
     request: McSendRequest
     sid: bytes
     fd: int
     size: int
     mtime_ns: int
     chunk_size: int
-    total: int
     name: str
     sealer: ContentSealer
     content_key: bytes
-    plan: SessionPlan
-    started: float
+    flow: MulticastOutgoing
     targets: dict[str, Target] = field(default_factory=dict)
-    publishing: bool = False
     hasher: Any = field(default_factory=blake3.blake3)
-    digest: bytes = b""
     seals_first: int = 0
     seals_repair: int = 0
     published_bytes: int = 0
     unicast_bytes: int = 0
-    timers: list[Timer] = field(default_factory=list)
-    pump_scheduled: bool = False
-    # The node's --max-rate (scheduler grants) paces sessions too.
-    paced: bool = False
-    allowance: int = 0
-    demand_pending: bool = False
-    subscriptions: int = 0
+    timer: Timer | None = None
     # UDP/IP multicast (docs/multicast.md, "Transports"): the group, this
-    # session's socket, and the targets ready for datagrams (they acked after
-    # their key: they joined the group before joining the session).
+    # session's socket.
     group: tuple[str, int] | None = None
     udp: udp_multicast.GroupSender | None = None
     header_key: bytes = b""  # tags datagram headers (core/fragments.py)
-    ready: set[str] = field(default_factory=set)
     datagrams: int = 0
     datagrams_unsent: int = 0
     # Paced UDP: sealed chunks whose datagrams wait for granted bytes, as
-    # [index, last, nonce, (sealed, signature), next offset] (about 2 chunks).
+    # [index, last, nonce, (sealed, signature), next offset].
     backlog: deque[list[Any]] = field(default_factory=deque)
     wall: float = field(default_factory=time.time)  # when it started, for the history
+
+    @property
+    def total(self) -> int:
+        return self.flow.total
+
+    def queued(self) -> int:
+        """Bytes of datagrams waiting in the backlog."""
+        return sum(fragments.blob_len(item[3]) - item[4] for item in self.backlog)
 
 
 class MulticastSenderActor(Actor):
@@ -206,12 +204,12 @@ class MulticastSenderActor(Actor):
         if self.settings.multicast_group:
             self.facts["multicast_group"] = self.settings.multicast_group
         running = lambda: bool(self.sessions)  # noqa: E731
-        self.call_every_while(TICK, self._tick, running)
         self.call_every_while(0.1, self._progress, running)
 
     def teardown(self) -> None:
         for sess in list(self.sessions.values()):
-            self._finish(sess, ResultCode.CANCELLED, "the node is stopping")
+            sess.flow.fail(ResultCode.CANCELLED, "the node is stopping", self.now())
+            self._drive(sess)
 
     def _ensure_pub(self) -> None:
         """Bind the PUB socket on first use (nodes that never multicast open no port)."""
@@ -251,10 +249,8 @@ class MulticastSenderActor(Actor):
                 self.count("subscription-refused")
                 continue
             sock.setsockopt(zmq.SUBSCRIBE, sid)  # for the connection that asked
-            if not target.subscribed:
-                target.subscribed = True
-                sess.subscriptions += 1
-                self._maybe_start(sess)
+            sess.flow.on_subscribed(target.name, self.now())
+            self._drive(sess)
 
     # -- requests --------------------------------------------------------------------
 
@@ -265,15 +261,15 @@ class MulticastSenderActor(Actor):
             for sess in list(self.sessions.values()):
                 if sess.request.request == msg.request:
                     if isinstance(msg, FlowGrant):
-                        sess.allowance += msg.nbytes
+                        sess.flow.on_grant(msg.nbytes)
                     else:
-                        sess.paced = msg.paced
-                    sess.demand_pending = False
-                    self._pump(sess)
+                        sess.flow.on_pacing(msg.paced)
+                    self._drive(sess)
         elif isinstance(msg, CancelRequest):
             for sess in list(self.sessions.values()):
                 if sess.request.request == msg.request:
-                    self._finish(sess, ResultCode.CANCELLED, "cancelled by the user")
+                    sess.flow.fail(ResultCode.CANCELLED, "cancelled by the user", self.now())
+                    self._drive(sess)
         else:
             super().on_mail(msg)
 
@@ -329,12 +325,17 @@ class MulticastSenderActor(Actor):
             return self._fail_request(req, ResultCode.LOCAL, f"{req.path} is not a regular file")
         sid = os.urandom(16)
         key = new_content_key()
-        total = max(1, -(-st.st_size // req.chunk_size))
-        plan = SessionPlan(
-            total,
+        now = self.now()
+        flow = MulticastOutgoing(
+            st.st_size,
+            req.chunk_size,
+            list(dict.fromkeys(req.targets)),
+            timeout=req.timeout,
+            now=now,
             window=req.window or self.settings.multicast_window,
-            stall_timeout=req.timeout,
+            datagrams=group is not None,
         )
+        flow.on_pacing(self.settings.max_rate > 0)  # the scheduler corrects it (FlowPacing)
         sess = Session(
             request=req,
             sid=sid,
@@ -342,22 +343,19 @@ class MulticastSenderActor(Actor):
             size=st.st_size,
             mtime_ns=st.st_mtime_ns,
             chunk_size=req.chunk_size,
-            total=total,
             name=os.path.basename(req.path),
             sealer=ContentSealer(sid, key),
             content_key=key,
-            plan=plan,
-            started=self.now(),
+            flow=flow,
             group=group,
             udp=udp,
             header_key=fragments.header_key(key),
         )
         self.sessions[sid] = sess
         self.count("sessions")
-        for name in dict.fromkeys(req.targets):
+        for name in flow.receivers:
             self._open_target(sess, name, *split_host_port(name))
-        sess.timers.append(self.call_later(JOIN_WAIT, lambda: self._join_wait_over(sess)))
-        sess.timers.append(self.call_every(ANNOUNCE_INTERVAL, lambda: self._reannounce(sess)))
+        self._drive(sess)
 
     def _open_target(self, sess: Session, name: str, host: str, port: int) -> None:
         s = self.settings
@@ -375,14 +373,15 @@ class MulticastSenderActor(Actor):
         monitor.connect(address)
         t = Target(name=name, host=host, port=port, ctl=ctl, monitor=monitor)
         sess.targets[name] = t
-        sess.plan.add(name, self.now())
         self.tell("stats", _record(sess, t, self.now()))
         self.watch(ctl, functools.partial(self._on_control, sess, t))
         self.watch(monitor, functools.partial(self._on_monitor, sess, t))
         try:
             ctl.connect(f"tcp://{join_host_port(host, port)}")
         except zmq.ZMQError as exc:
-            self._target_failed(sess, t, ResultCode.LOCAL, f"invalid address {name}: {exc}")
+            sess.flow.fail_target(
+                name, ResultCode.LOCAL, f"invalid address {name}: {exc}", self.now()
+            )
 
     def _announce(self, sess: Session, t: Target) -> None:
         t.attempt += 1
@@ -412,54 +411,49 @@ class MulticastSenderActor(Actor):
         except zmq.Again:
             self.count("control-not-sent")
 
-    def _reannounce(self, sess: Session) -> None:
-        for t in sess.targets.values():
-            if t.result is None and not t.joined and t.connected:
-                self._announce(sess, t)
-
     # -- connection events -----------------------------------------------------------
 
     def _on_monitor(self, sess: Session, t: Target, _sock: object = None) -> None:
+        flow = sess.flow
         while sess.sid in self.sessions and not t.monitor.closed:
             try:
                 event = recv_monitor_message(t.monitor, zmq.NOBLOCK)["event"]
             except zmq.Again:
-                return
+                break
+            r = flow.receivers[t.name]
+            now = self.now()
             if event == zmq.EVENT_CONNECTED:
-                t.connected = True
+                flow.on_connection(t.name, connected=True)
                 t.refusals = 0
             elif event == zmq.EVENT_CONNECT_RETRIED:
-                t.connected = False
+                flow.on_connection(t.name, connected=False)
                 t.refusals += 1
                 if (
                     t.refusals >= REFUSALS_UNREACHABLE
                     and not t.noticed
-                    and not t.joined
-                    and t.result is None
+                    and not r.joined
+                    and r.result is None
                 ):
                     t.noticed = True
                     self._notice(
                         sess, t, ResultCode.UNREACHABLE, f"cannot connect to {t.name} (yet)"
                     )
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                t.handshaken = True
-                if not t.joined and t.result is None:
+                flow.on_connection(t.name, connected=True, handshaken=True)
+                if not r.joined and r.result is None:
                     self._announce(sess, t)
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and t.result is None:
-                self._target_failed(
-                    sess, t, ResultCode.NOT_ADMITTED, f"{t.name} did not admit this node"
-                )
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                reason = f"{t.name} did not admit this node"
+                flow.fail_target(t.name, ResultCode.NOT_ADMITTED, reason, now)
             elif (
                 event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
-                and not t.handshaken
-                and t.result is None
+                and not r.handshaken
             ):
-                self._target_failed(
-                    sess,
-                    t,
-                    ResultCode.HANDSHAKE,
-                    f"handshake with {t.name} failed: wrong network key, or not a PeerCrypt node",
+                reason = (
+                    f"handshake with {t.name} failed: wrong network key, or not a PeerCrypt node"
                 )
+                flow.fail_target(t.name, ResultCode.HANDSHAKE, reason, now)
+        self._drive(sess)
 
     def _notice(self, sess: Session, t: Target, code: str, reason: str) -> None:
         """Tell the requester about a target before the end (not its final result)."""
@@ -476,7 +470,7 @@ class MulticastSenderActor(Actor):
     # -- control plane replies -----------------------------------------------------------
 
     def _on_control(self, sess: Session, t: Target, _sock: object = None) -> None:
-        acked = False
+        flow = sess.flow
         for _ in range(256):
             if sess.sid not in self.sessions or t.ctl.closed:
                 return
@@ -489,38 +483,40 @@ class MulticastSenderActor(Actor):
             except codec.DecodeError as exc:
                 self.count(f"control-{exc.kind}")
                 continue
-            if t.result is not None:
+            if flow.receivers[t.name].result is not None:
                 continue
+            now = self.now()
             if isinstance(msg, McAck) and msg.sid == sess.sid:
-                acked = True
-                self._on_ack(sess, t, msg)
+                try:
+                    naks = pairs(msg.naks)
+                except ValueError:
+                    self.count("control-bad-naks")
+                    continue
+                flow.on_ack(t.name, msg.cumulative, naks, now)
             elif isinstance(msg, McJoin) and msg.sid == sess.sid:
                 self._on_join(sess, t, msg)
             elif isinstance(msg, McDone) and msg.sid == sess.sid:
-                self._on_done(sess, t, msg)
+                stored, reason = printable(msg.stored_as), printable(msg.reason)
+                flow.on_done(t.name, msg.ok, msg.digest, stored, reason, now)
             elif isinstance(msg, McRefuse) and msg.sid == sess.sid:
                 if msg.code == "unknown-session":  # it restarted: announce again
-                    t.joined = False
-                    sess.plan.end(t.name, LOST)
-                    self._announce(sess, t)
+                    flow.on_unknown(t.name)
                 else:
-                    self._target_failed(
-                        sess, t, ResultCode.REFUSED, f"{t.name} refused: {printable(msg.reason)}"
-                    )
+                    reason = f"{t.name} refused: {printable(msg.reason)}"
+                    flow.fail_target(t.name, ResultCode.REFUSED, reason, now)
             elif isinstance(msg, ErrorReply):
-                self._target_failed(
-                    sess, t, ResultCode.REFUSED, f"{t.name} rejected: {printable(msg.reason)}"
-                )
+                reason = f"{t.name} rejected: {printable(msg.reason)}"
+                flow.fail_target(t.name, ResultCode.REFUSED, reason, now)
             else:
                 self.count("control-unexpected")
-        if acked:
-            self._pump(sess)
+        self._drive(sess)
 
     def _on_join(self, sess: Session, t: Target, j: McJoin) -> None:
         wrap = t.wraps.pop(j.attempt, None)
         if wrap is None:
             self.count("join-stale")
             return
+        now = self.now()
         # The content key goes only to a receiver that proved its identity
         # and is the one this node trusts at that address.
         try:
@@ -528,30 +524,21 @@ class MulticastSenderActor(Actor):
         except ProofError:
             who = fingerprint(j.static_pub)
             reason = f"{t.name} could not prove it holds the key it named ({who}); no key sent"
-            return self._target_failed(sess, t, ResultCode.IMPOSTOR, reason)
+            return sess.flow.fail_target(t.name, ResultCode.IMPOSTOR, reason, now)
         except ValueError:
-            return self._target_failed(
-                sess, t, ResultCode.PROTOCOL, f"{t.name} sent an invalid key"
-            )
+            reason = f"{t.name} sent an invalid key"
+            return sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, now)
         decision = self.known_peers.check(t.host, t.port, fingerprint(j.static_pub))
         if not decision.trusted:
-            return self._target_failed(
-                sess, t, ResultCode.UNTRUSTED, explain(decision, t.host, t.port)
-            )
+            reason = explain(decision, t.host, t.port)
+            return sess.flow.fail_target(t.name, ResultCode.UNTRUSTED, reason, now)
         if len(j.repair_key) != RECEIVER_KEY_BYTES:
-            return self._target_failed(
-                sess, t, ResultCode.PROTOCOL, f"{t.name} sent no receiver key"
-            )
+            reason = f"{t.name} sent no receiver key"
+            return sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, now)
         t.proven = fingerprint(j.static_pub)
         wrapped = wrap_key(secrets, sess.sid, sess.content_key)
         if j.repair_key != t.repair_key:
             t.repair_key, t.token = j.repair_key, subscription_token(j.repair_key)
-        member = sess.plan.members.get(t.name)
-        rejoin = member is None or member.state in (JOINING, LOST)
-        if rejoin:
-            sess.plan.join(t.name, self.now())
-            self.count("joins")
-        t.joined = True
         if t.repair is None or j.repair_port != t.repair_port:
             if t.repair is not None:
                 self.close_socket(t.repair)
@@ -560,103 +547,107 @@ class MulticastSenderActor(Actor):
             repair.connect(f"tcp://{join_host_port(t.host, j.repair_port)}")
             t.repair_port = j.repair_port
         self._send_ctl(t, McKey(sid=sess.sid, wrapped=wrapped, attempt=j.attempt))
-        self._maybe_start(sess)
+        if sess.flow.on_join(t.name, now):
+            self.count("joins")
 
-    def _maybe_start(self, sess: Session) -> None:
-        """Publish once every target joined (or failed) and subscribed."""
-        targets = sess.targets.values()
-        joined = sum(1 for t in targets if t.joined)
-        ready = len(sess.ready) if sess.group else sess.subscriptions
-        if (
-            not sess.publishing
-            and joined
-            and all(t.joined or t.result is not None for t in targets)
-            and ready >= joined
-        ):
-            self._start_publishing(sess)
-
-    def _on_ack(self, sess: Session, t: Target, a: McAck) -> None:
-        try:
-            naks = pairs(a.naks)
-        except ValueError:
-            self.count("control-bad-naks")
-            return
-        member = sess.plan.members.get(t.name)
-        if member is None or member.state in (DONE, FAILED, JOINING):
-            return
-        now = self.now()
-        plan = sess.plan
-        plan.on_ack(t.name, a.cumulative, naks, now)
-        ack_every = plan.ack_interval
-        if (
-            naks
-            or (sess.digest and not t.status_digest)
-            or ack_every != t.status_ack_every
-            or now - t.status_at >= STATUS_INTERVAL
-        ):
-            t.status_at, t.status_digest, t.status_ack_every = now, bool(sess.digest), ack_every
-            horizon = plan.published if sess.publishing else 0
-            digest = sess.digest
-            self._send_ctl(
-                t, McStatus(sid=sess.sid, horizon=horizon, digest=digest, ack_every=ack_every)
-            )
-        if sess.group and t.name not in sess.ready:
-            sess.ready.add(t.name)
-            self._maybe_start(sess)
-
-    def _on_done(self, sess: Session, t: Target, d: McDone) -> None:
-        if not d.ok:
-            return self._target_failed(
-                sess, t, ResultCode.FAILED, f"{t.name} failed: {printable(d.reason)}"
-            )
-        if not sess.digest or not hmac.compare_digest(d.digest, sess.digest):
-            return self._target_failed(
-                sess, t, ResultCode.VERIFY, f"{t.name} stored a different hash"
-            )
-        t.result = (ResultCode.OK, "", printable(d.stored_as))
-        t.seconds = self.now() - sess.started
-        sess.plan.end(t.name, DONE)
-        self._report_target(sess, t)
-        self._maybe_end(sess)
-
-    def _target_failed(self, sess: Session, t: Target, code: str, reason: str) -> None:
-        if t.result is not None:
-            return
-        t.result = (code, reason, "")
-        t.seconds = self.now() - sess.started
-        sess.plan.end(t.name, FAILED, reason)
-        if t.joined:
-            self._send_ctl(t, McStatus(sid=sess.sid, horizon=0, end=reason[:500]))
-        log.info("multicast to %s failed: %s", t.name, reason)
-        self._report_target(sess, t)
-        self._maybe_end(sess)
-
-    def _report_target(self, sess: Session, t: Target) -> None:
-        assert t.result is not None
-        code, reason, stored = t.result
+    def _report_target(self, sess: Session, t: Target, end: TargetEnded) -> None:
         self.tell("stats", _record(sess, t, self.now()))
         self.tell(
             "control",
             McTargetResult(
                 request=sess.request.request,
                 target=t.name,
-                code=code[:32],
-                reason=reason[:500],
-                stored_as=stored,
-                seconds=t.seconds,
+                code=end.code[:32],
+                reason=end.reason[:500],
+                stored_as=end.stored_as,
+                seconds=end.seconds,
             ),
         )
 
+    # -- the session's object drives ---------------------------------------------------
+
+    def _drive(self, sess: Session) -> None:
+        """Do what the session asks for until it asks for nothing more (an
+        action may feed it, e.g. the hash), then arm its next timer."""
+        flow = sess.flow
+        while sess.sid in self.sessions:
+            self._flush(sess)
+            outputs = flow.poll(self.now(), sess.queued() if sess.backlog else 0)
+            if not outputs:
+                break
+            for out in outputs:
+                try:
+                    self._do(sess, out)
+                except OSError as exc:
+                    reason = f"reading {sess.request.path} failed: {exc}"
+                    flow.fail(ResultCode.LOCAL, reason, self.now())
+                if sess.sid not in self.sessions:
+                    return
+            if flow.again:
+                break  # a full batch: read the acks first (the timer is due now)
+        if sess.timer is not None:
+            sess.timer.cancel()
+            sess.timer = None
+        now = self.now()
+        due = flow.next_timer(now)
+        if due is not None and sess.sid in self.sessions:
+            sess.timer = self.call_later(due - now, functools.partial(self._on_timer, sess))
+
+    def _on_timer(self, sess: Session) -> None:
+        sess.timer = None
+        if sess.sid in self.sessions:
+            sess.flow.on_timer(self.now())
+            self._drive(sess)
+
+    def _do(self, sess: Session, out: object) -> None:
+        """One output of the session's :meth:`MulticastOutgoing.poll`."""
+        if isinstance(out, Publish):
+            self._publish_next(sess, out.index)
+        elif isinstance(out, Repair):
+            self._repair(sess, out)
+        elif isinstance(out, SendStatus):
+            status = McStatus(
+                sid=sess.sid, horizon=out.horizon, digest=out.digest, ack_every=out.ack_every
+            )
+            self._send_ctl(sess.targets[out.target], status)
+        elif isinstance(out, Announce):
+            if sess.flow.receivers[out.target].connected:
+                self._announce(sess, sess.targets[out.target])
+        elif isinstance(out, RequestGrant):
+            self.tell("scheduler", FlowDemand(request=sess.request.request, nbytes=out.nbytes))
+        elif isinstance(out, HashFile):
+            self._hash_done(sess)
+        elif isinstance(out, StartPublishing):
+            self._start_publishing(sess, out.paced)
+        elif isinstance(out, TargetLost):
+            log.info("multicast: %s went silent; announcing again", out.target)
+            self.count("lost")
+        elif isinstance(out, TargetEnded):
+            t = sess.targets[out.target]
+            if out.tell:
+                end = McStatus(sid=sess.sid, horizon=0, end=out.reason[:500] or out.code)
+                self._send_ctl(t, end)
+            if out.alone:
+                if out.code != ResultCode.OK:
+                    log.info("multicast to %s failed: %s", t.name, out.reason)
+                self._report_target(sess, t, out)
+            else:
+                self.tell("stats", _record(sess, t, self.now()))
+        elif isinstance(out, SessionEnded):
+            self._finish(sess, out.code, out.reason)
+
+    def _hash_done(self, sess: Session) -> None:
+        """Every chunk was read: the whole-file hash (if the file did not change)."""
+        st = os.fstat(sess.fd)
+        if (st.st_size, st.st_mtime_ns) != (sess.size, sess.mtime_ns):
+            reason = f"{sess.request.path} changed while sending"
+            sess.flow.fail(ResultCode.LOCAL, reason, self.now())
+        else:
+            sess.flow.on_digest(sess.hasher.digest())
+
     # -- publishing -------------------------------------------------------------------
 
-    def _join_wait_over(self, sess: Session) -> None:
-        joined = any(t.joined for t in sess.targets.values())
-        if sess.sid in self.sessions and not sess.publishing and joined:
-            self._start_publishing(sess)
-
-    def _start_publishing(self, sess: Session) -> None:
-        sess.publishing = True
-        sess.paced = self.settings.max_rate > 0  # the scheduler corrects it (FlowPacing)
+    def _start_publishing(self, sess: Session, paced: bool) -> None:
         self.tell(
             "scheduler",
             FlowStart(
@@ -664,15 +655,15 @@ class MulticastSenderActor(Actor):
                 priority=1,
                 rate=0,
                 burst=0,
-                paced=sess.paced,
+                paced=paced,
                 owner=self.name,
             ),
         )
         for t in sess.targets.values():
-            if not t.joined and t.result is None and not t.noticed:
+            r = sess.flow.receivers[t.name]
+            if not r.joined and r.result is None and not t.noticed:
                 t.noticed = True
                 self._notice(sess, t, "not joined", f"{t.name} has not joined")
-        self._pump(sess)
 
     def _read(self, sess: Session, index: int) -> bytes:
         return read_chunk(sess.fd, index, sess.chunk_size, sess.size)
@@ -697,7 +688,7 @@ class MulticastSenderActor(Actor):
             return
         last = index == sess.total - 1
         blob = (sealed, signature)  # the datagrams carry sealed || signature
-        if sess.paced:  # datagrams leave as the scheduler grants bytes
+        if sess.flow.paced:  # datagrams leave as the scheduler grants bytes
             sess.backlog.append([index, last, nonce, blob, 0])
             self._flush(sess)
             return
@@ -715,14 +706,15 @@ class MulticastSenderActor(Actor):
         if sess.udp is None or sess.group is None:
             return
         frag = sess.udp.fragment
-        while sess.backlog and (sess.allowance > 0 or not sess.paced):
+        flow = sess.flow
+        while sess.backlog and (flow.allowance > 0 or not flow.paced):
             item = sess.backlog[0]
             index, last, nonce, blob, offset = item
             size = fragments.blob_len(blob)
             end = min(size, offset + frag)
             head = fragments.header(sess.sid, index, last, nonce, size, offset, key=sess.header_key)
             sent = sess.udp.send_datagram(head, fragments.blob_slice(blob, offset, end))
-            sess.allowance -= end - offset
+            flow.spend(end - offset)
             if not sent:  # the rest of this chunk is useless: it is NAKed
                 unsent = fragment_count(size, frag) - offset // frag
                 sess.datagrams_unsent += unsent
@@ -756,136 +748,21 @@ class MulticastSenderActor(Actor):
             except zmq.Again:
                 self.count("repair-queue-full")
 
-    def _publish_next(self, sess: Session) -> None:
+    def _publish_next(self, sess: Session, index: int) -> None:
         """Read, hash (in order) and seal the next new chunk, and publish it."""
-        index = sess.plan.published
         data = self._read(sess, index)
         sess.hasher.update(data)
         nonce, frames = self._frames(sess, index, data)
         sess.seals_first += 1
         self.count("seals-first")
         self._publish(sess, index, nonce, frames)
-        sess.plan.on_published()
-
-    def _demand(self, sess: Session, nbytes: int) -> None:
-        if nbytes > 0 and not sess.demand_pending:
-            sess.demand_pending = True
-            self.tell("scheduler", FlowDemand(request=sess.request.request, nbytes=nbytes))
-
-    def _pump(self, sess: Session) -> None:
-        if sess.sid not in self.sessions or not sess.publishing:
-            return
-        if sess.paced and sess.udp is not None:
-            return self._pump_datagrams(sess)
-        self._flush(sess)  # what a paced session left queued before the cap was lifted
-        plan = sess.plan
-        # Paced: first sends and repairs together stay within the granted bytes.
-        budget = sess.allowance // sess.chunk_size if sess.paced else plan.window
-        try:
-            for repair in plan.plan(self.now(), budget=min(budget, plan.window)):
-                budget -= 1
-                sess.allowance -= sess.chunk_size if sess.paced else 0
-                self._repair(sess, repair)
-            wanted = plan.can_publish()
-            n = min(wanted, PUBLISH_BATCH, max(0, budget) if sess.paced else PUBLISH_BATCH)
-            if sess.paced:
-                sess.allowance -= n * sess.chunk_size
-                # Ask for what is left to publish now, plus a window's worth
-                # for repairs when the grant ran out (they may be waiting).
-                need = max(0, wanted - n) + (plan.window if budget - n <= 0 else 0)
-                if n < PUBLISH_BATCH:
-                    self._demand(sess, need * sess.chunk_size)
-            for _ in range(n):
-                self._publish_next(sess)
-        except OSError as exc:
-            return self._finish(
-                sess, ResultCode.LOCAL, f"reading {sess.request.path} failed: {exc}"
-            )
-        self._check_read_all(sess)
-        if n == PUBLISH_BATCH and not sess.pump_scheduled:
-            sess.pump_scheduled = True
-            self.call_later(0, lambda: self._pump_again(sess))
-
-    def _pump_datagrams(self, sess: Session) -> None:
-        """Paced UDP: one chunk at a time goes into the backlog, whose
-        datagrams :meth:`_flush` sends within the granted bytes."""
-        plan = sess.plan
-        try:
-            self._flush(sess)
-            for _ in range(PUBLISH_BATCH):
-                if sess.backlog or sess.allowance <= 0:
-                    break
-                repairs = plan.plan(self.now(), budget=1)
-                if repairs:
-                    if not repairs[0].publish:
-                        sess.allowance -= sess.chunk_size  # unicast: the whole chunk now
-                    self._repair(sess, repairs[0])
-                elif plan.can_publish():
-                    self._publish_next(sess)
-                else:
-                    break
-        except OSError as exc:
-            return self._finish(
-                sess, ResultCode.LOCAL, f"reading {sess.request.path} failed: {exc}"
-            )
-        self._check_read_all(sess)
-        if sess.allowance <= 0:
-            queued = sum(fragments.blob_len(item[3]) - item[4] for item in sess.backlog)
-            self._demand(sess, queued + (plan.can_publish() + plan.window) * sess.chunk_size)
-
-    def _check_read_all(self, sess: Session) -> None:
-        """Once every chunk was read: the whole-file hash (if the file did not change)."""
-        if sess.plan.published == sess.plan.total and not sess.digest:
-            st = os.fstat(sess.fd)
-            if (st.st_size, st.st_mtime_ns) != (sess.size, sess.mtime_ns):
-                return self._finish(
-                    sess, ResultCode.LOCAL, f"{sess.request.path} changed while sending"
-                )
-            sess.digest = sess.hasher.digest()
-
-    def _pump_again(self, sess: Session) -> None:
-        sess.pump_scheduled = False
-        self._pump(sess)
-
-    def _tick(self) -> None:
-        now = self.now()
-        for sess in list(self.sessions.values()):
-            if not sess.publishing:
-                if now - sess.started >= sess.request.timeout:
-                    for t in list(sess.targets.values()):
-                        if not t.joined:
-                            code = ResultCode.TIMEOUT if t.handshaken else ResultCode.UNREACHABLE
-                            self._target_failed(sess, t, code, _not_joined(t))
-                    if sess.sid in self.sessions:
-                        self._start_publishing(sess)
-                continue
-            for name, state in sess.plan.tick(now):
-                t = sess.targets[name]
-                if state == LOST:
-                    log.info("multicast: %s went silent; announcing again", name)
-                    t.joined = False
-                    self.count("lost")
-                elif state == FAILED:
-                    member = sess.plan.members[name]
-                    reason = member.reason
-                    code = ResultCode.TIMEOUT
-                    if not t.joined and not t.connected:
-                        code, reason = ResultCode.UNREACHABLE, _not_joined(t)
-                    self._target_failed(sess, t, code, reason)
-            if sess.sid in self.sessions:
-                self._pump(sess)
 
     def _progress(self) -> None:
         for sess in self.sessions.values():
-            if sess.publishing:
-                live = [
-                    m.cumulative
-                    for m in sess.plan.members.values()
-                    if m.state not in (FAILED, JOINING)
-                ]
-                done = min(live) if live else 0
+            if sess.flow.publishing:
+                done = sess.flow.done_chunks()
                 for t in sess.targets.values():
-                    if t.result is None:
+                    if sess.flow.receivers[t.name].result is None:
                         self.tell("stats", _sample(sess, t, self.now()))
                 self.tell(
                     "control",
@@ -898,32 +775,16 @@ class MulticastSenderActor(Actor):
 
     # -- the end -------------------------------------------------------------------------
 
-    def _maybe_end(self, sess: Session) -> None:
-        if sess.sid in self.sessions and all(t.result is not None for t in sess.targets.values()):
-            failed = [t for t in sess.targets.values() if t.result and t.result[0] != ResultCode.OK]
-            if not failed:
-                self._finish(sess, ResultCode.OK, "")
-            else:
-                first = failed[0]
-                assert first.result is not None
-                ok = len(sess.targets) - len(failed)
-                reason = f"{ok} of {len(sess.targets)} receivers verified; {first.result[1]}"
-                self._finish(sess, first.result[0], reason)
-
     def _finish(self, sess: Session, code: str, reason: str) -> None:
+        """The session ended (every target has its result): close its sockets
+        and file, and report."""
         if self.sessions.pop(sess.sid, None) is None:
             return
-        if sess.publishing:
+        if sess.flow.publishing:
             self.tell("scheduler", FlowEnd(request=sess.request.request))
-        for timer in sess.timers:
-            timer.cancel()
+        if sess.timer is not None:
+            sess.timer.cancel()
         for t in sess.targets.values():
-            if t.result is None:
-                t.result = (code if code != ResultCode.OK else ResultCode.CANCELLED, reason, "")
-                t.seconds = self.now() - sess.started
-                self.tell("stats", _record(sess, t, self.now()))
-                if t.joined:
-                    self._send_ctl(t, McStatus(sid=sess.sid, horizon=0, end=reason[:500] or code))
             for sock in (t.ctl, t.monitor, t.repair):
                 if sock is not None and not sock.closed:
                     if sock is t.ctl:
@@ -933,7 +794,7 @@ class MulticastSenderActor(Actor):
         if sess.udp is not None:
             sess.udp.close()
         self.count("sent" if code == ResultCode.OK else f"failed-{code}")
-        plan = sess.plan
+        plan = sess.flow.plan
         stats: dict[str, float] = {
             "chunks": sess.total,
             "chunk_size": sess.chunk_size,
@@ -953,15 +814,16 @@ class MulticastSenderActor(Actor):
             "datagram_bytes": sess.udp.datagram if sess.udp else 0,
             "gso_batch": sess.udp.batch if sess.udp else 0,
         }
+        ends = [sess.flow.receivers[t.name].result for t in sess.targets.values()]
         results = [
             {
                 "target": t.name,
-                "code": t.result[0] if t.result else code,
-                "error": (t.result[1] if t.result else reason)[:300],
-                "stored_as": t.result[2] if t.result else "",
-                "seconds": f"{t.seconds:.3f}",
+                "code": end.code if end else code,
+                "error": (end.reason if end else reason)[:300],
+                "stored_as": end.stored_as if end else "",
+                "seconds": f"{end.seconds if end else 0.0:.3f}",
             }
-            for t in sess.targets.values()
+            for t, end in zip(sess.targets.values(), ends, strict=True)
         ]
         self.tell(
             "control",
@@ -970,8 +832,8 @@ class MulticastSenderActor(Actor):
                 code=code[:32],
                 reason=reason[:500],
                 size=sess.size,
-                digest=sess.digest if code == ResultCode.OK else b"",
-                seconds=self.now() - sess.started,
+                digest=sess.flow.digest if code == ResultCode.OK else b"",
+                seconds=self.now() - sess.flow.started,
                 results=results,
                 stats=stats,
             ),
@@ -980,8 +842,9 @@ class MulticastSenderActor(Actor):
 
 def _record(sess: Session, t: Target, now: float) -> StatsRecord:
     """One receiver of the session as the statistics history keeps it."""
-    m = sess.plan.members.get(t.name)
-    code, reason, _ = t.result or ("running", "", "")
+    m = sess.flow.member(t.name)
+    end = sess.flow.receivers[t.name].result
+    code, reason = (end.code, end.reason) if end else ("running", "")
     acked = min(sess.size, (m.cumulative if m else 0) * sess.chunk_size)
     return StatsRecord(
         session=sess.sid.hex(),
@@ -995,7 +858,7 @@ def _record(sess: Session, t: Target, now: float) -> StatsRecord:
         chunk_size=sess.chunk_size,
         chunks=sess.total,
         started=sess.wall,
-        duration=t.seconds if t.result else now - sess.started,
+        duration=end.seconds if end else now - sess.flow.started,
         result=code[:32],
         reason=reason[:512],
         retransmits=m.naked if m else 0,
@@ -1008,21 +871,15 @@ def _record(sess: Session, t: Target, now: float) -> StatsRecord:
 
 
 def _sample(sess: Session, t: Target, now: float) -> StatsSample:
-    m = sess.plan.members.get(t.name)
+    m = sess.flow.member(t.name)
     return StatsSample(
         session=sess.sid.hex(),
         side="send",
         peer=t.name[-300:],
-        t=now - sess.started,
+        t=now - sess.flow.started,
         done_bytes=min(sess.size, (m.cumulative if m else 0) * sess.chunk_size),
-        window=sess.plan.window * sess.chunk_size,
+        window=sess.flow.plan.window * sess.chunk_size,
     )
-
-
-def _not_joined(t: Target) -> str:
-    if not t.connected:
-        return f"cannot connect to {t.name} (no node listening there?)"
-    return f"{t.name} did not join the session"
 
 
 def _valid_target(text: str) -> bool:

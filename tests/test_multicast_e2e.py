@@ -16,7 +16,9 @@ import zmq
 from peercrypt.testing.nodes import (
     NodeProcess,
     assert_stored,
+    cli_running,
     free_port,
+    json_success,
     multicast_targets,
     start_cli,
     wait_until,
@@ -72,12 +74,11 @@ def test_late_and_restarted_receivers_all_verified(
     path = make_file(32 * MiB + 5)
     digest = blake3_file(path)
     targets = [f"127.0.0.1:{p}" for p in (killed_port, late_port)]
-    proc = start_cli(
+    with cli_running(
         "send", path, steady.host, str(steady.port), "-m", "--to", targets[0], "--to", targets[1],
         "--chunk-size", str(256 * 1024), "--timeout", "30", "--json",
         data_dir=sender.data_dir,
-    )  # fmt: skip
-    try:
+    ) as proc:  # fmt: skip
         # Publishing starts after the join wait (the late receiver is not up):
         # kill one receiver as soon as chunks flow, then start the late one.
         sender.wait_for_counter("msender.seals-first", 1, timeout=15)
@@ -85,10 +86,6 @@ def test_late_and_restarted_receivers_all_verified(
         late = node_factory("--port", str(late_port), name="late")
         killed = node_factory("--port", str(killed_port), name="killed")
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, (out, err, sender.log_tail())
     result = json.loads(out)
     assert result["blake3"] == digest
@@ -155,19 +152,14 @@ def test_receiver_killed_for_good_fails_alone(
     alive = node_factory()
     doomed = node_factory()
     path = make_file(16 * MiB)
-    proc = start_cli(
+    with cli_running(
         "send", path, alive.host, str(alive.port), "-m", "--to", f"{doomed.host}:{doomed.port}",
         "--chunk-size", str(128 * 1024), "--timeout", "3", "--json",
         data_dir=sender.data_dir,
-    )  # fmt: skip
-    try:
+    ) as proc:  # fmt: skip
         sender.wait_for_counter("msender.seals-first", 1, timeout=15)
         doomed.kill()
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 3, (out, err)
     result = json.loads(out)
     assert result["error"].startswith("1 of 2 receivers verified")
@@ -231,3 +223,36 @@ def test_node_max_rate_paces_multicast_too(
     for r in receivers:
         assert_stored(r, result, digest)
     assert result["seconds"] < 1.8, result
+
+
+def test_a_stopped_receiver_does_not_hold_back_the_others_and_catches_up(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    """A receiver frozen with SIGSTOP mid-session (as a receiver too slow to
+    ack at all): the other one gets the whole file and verifies while it is
+    frozen (the frozen one is lost: it no longer sets the pace); thawed, it
+    acks again and is finished by repairs."""
+    sender = node_factory("--max-rate", str(16 * MiB))  # a ~2 s session
+    fast, frozen = node_factory(), node_factory()
+    # More chunks than the PUB queues for a subscriber (256) and the socket
+    # buffers hold: the frozen one misses some and NAKs them when thawed.
+    path = make_file(32 * MiB)
+    digest = blake3_file(path)
+    with cli_running(
+        "send", path, fast.host, str(fast.port), "-m", "--to", f"{frozen.host}:{frozen.port}",
+        "--chunk-size", str(64 * 1024), "--timeout", "30", "--json",
+        data_dir=sender.data_dir,
+    ) as proc:  # fmt: skip
+        sender.wait_for_counter("msender.seals-first", 1, timeout=15)
+        frozen.send_signal(signal.SIGSTOP)
+        try:
+            fast.wait_for_counter("mreceiver.received", 1, timeout=30)
+            assert sender.wait_for_counter("msender.lost", 1) >= 1
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        result = json_success(proc, sender)
+    assert result["blake3"] == digest
+    for r in (fast, frozen):
+        assert_stored(r, result, digest)
+    assert result["stats"]["seals_first"] == result["stats"]["chunks"] == 512
+    assert result["stats"]["seals_repair"] > 0  # the thawed one was finished by repairs

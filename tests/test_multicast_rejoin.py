@@ -4,14 +4,20 @@ node processes."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from actors.inbox import scan
 from peercrypt.core.resume import Manifest
-from peercrypt.testing.nodes import NodeProcess, assert_stored, free_port, start_cli, wait_until
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    assert_stored,
+    cli_running,
+    free_port,
+    json_success,
+    wait_until,
+)
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024  # a checkpoint every 64 chunks (4 MiB): several in one session
@@ -37,12 +43,11 @@ def test_a_killed_receiver_rejoins_and_gets_only_what_it_lacks(
     path = make_file(8 * MiB + 5)
     total = -(-(8 * MiB + 5) // CHUNK)
     digest = blake3_file(path)
-    proc = start_cli(
+    with cli_running(
         "send", path, steady.host, str(steady.port), "-m", "--to", f"127.0.0.1:{port}",
         "--chunk-size", str(CHUNK), "--timeout", "30", "--json",
         data_dir=sender.data_dir,
-    )  # fmt: skip
-    try:
+    ) as proc:  # fmt: skip
         wait_until(lambda: _kept(victim), 20, "a checkpoint of the multicast part")
         victim.kill()
         kept = _kept(victim)  # what the killed node left durably: final now
@@ -50,13 +55,7 @@ def test_a_killed_receiver_rejoins_and_gets_only_what_it_lacks(
         held = kept.held().count
         assert 0 < held < total, held
         victim = node_factory("--port", str(port), name="victim")
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, (out, err, sender.log_tail())
-    result = json.loads(out)
+        result = json_success(proc, sender)
     assert result["blake3"] == digest
     assert_stored(steady, result, digest)
     assert_stored(victim, result, digest)

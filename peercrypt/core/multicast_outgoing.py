@@ -376,6 +376,12 @@ class MulticastOutgoing:
             return min(self._announce_due, max(self._tick_due, start))
         return min(self._announce_due, self._tick_due)
 
+    @property
+    def again(self) -> bool:
+        """The last :meth:`poll` published a full batch: poll again soon
+        (after reading what arrived meanwhile)."""
+        return self._again
+
     # -- what the actor reports -------------------------------------------------
 
     def member(self, target: str) -> Member | None:

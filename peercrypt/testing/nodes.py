@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -345,6 +345,34 @@ def start_cli(
         cwd=neutral_cwd(data_dir),
         preexec_fn=_default_sigint,
     )
+
+
+@contextlib.contextmanager
+def cli_running(
+    *args: str | os.PathLike[str],
+    data_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[subprocess.Popen[str]]:
+    """:func:`start_cli` for a ``with`` block: the process is killed (and
+    reaped) if it still runs when the block ends, however it ends."""
+    proc = start_cli(*args, data_dir=data_dir, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def json_success(
+    proc: subprocess.Popen[str], node: NodeProcess, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Wait (bounded) for a ``--json`` command to end; assert it exited 0
+    (else fail with its output and ``node``'s log) and return its result."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, (out, err, node.log_tail())
+    result: dict[str, Any] = json.loads(out)
+    return result
 
 
 @dataclass
