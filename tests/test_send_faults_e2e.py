@@ -41,17 +41,19 @@ pytestmark = pytest.mark.timeout(180)
 
 CHUNK = 16 * 1024  # a resume checkpoint every 64 chunks: every 1 MiB
 SIZE = 4 * 1024 * 1024
-SLOW = ("-r", str(2 * 1024 * 1024))  # 2 s for the file: the fault lands mid-way
+RATE = 2 * 1024 * 1024  # 2 s for the file: the fault lands mid-way
 
 
 class Send:
     """``peercrypt send --json`` in the background; stderr lines as they come,
     and when the process ended."""
 
-    def __init__(self, sender: NodeProcess, path: Path, receiver_port: int, timeout: float):
+    def __init__(
+        self, sender: NodeProcess, path: Path, receiver_port: int, timeout: float, rate: int = RATE
+    ):
         self.proc = start_cli(
             "send", str(path), "127.0.0.1", str(receiver_port), "--json", "--force",
-            "--chunk-size", str(CHUNK), "--timeout", f"{timeout:g}", *SLOW,
+            "--chunk-size", str(CHUNK), "--timeout", f"{timeout:g}", "-r", str(rate),
             data_dir=sender.data_dir,
         )  # fmt: skip
         self.lines: list[str] = []
@@ -117,8 +119,10 @@ def test_a_frozen_receiver_ends_the_send_at_its_timeout(
     timeout = 5.0
     receiver = node_factory(name="receiver")
     sender = node_factory("--max-retries", "0", name="sender")
-    path = make_file(SIZE, name="frozen.bin")
-    send = Send(sender, path, receiver.port, timeout)
+    path = make_file(2 * SIZE, name="frozen.bin")
+    # 8 s for the file: the stop lands while chunks flow, however slow the
+    # status query that sees the first ones is.
+    send = Send(sender, path, receiver.port, timeout, rate=RATE // 2)
     try:
         wait_until(lambda: _written(receiver) > 0 or None, 30, "the first chunks")
         receiver.send_signal(signal.SIGSTOP)
@@ -202,7 +206,7 @@ def test_retries_wait_their_turn_under_max_outgoing(
             client.send(
                 SendRequest(
                     request=request, path=str(path), host="127.0.0.1", port=to,
-                    chunk_size=CHUNK, timeout=15.0, mode="token-bucket", rate=2 * 1024 * 1024,
+                    chunk_size=CHUNK, timeout=15.0, mode="token-bucket", rate=RATE,
                     force=True,
                 )
             )  # fmt: skip
