@@ -140,7 +140,7 @@ class ReceiverActor(Actor):
     def setup(self) -> None:
         s = self.settings
         s.inbox.mkdir(parents=True, exist_ok=True, mode=s.inbox_mode)
-        data = self.data = self.socket(zmq.ROUTER)
+        data = self.data = self.socket(zmq.ROUTER, data_plane=True)
         data.maxmsgsize = s.max_chunk + TAG_BYTES + 1024
         # Finite queues: a full receive queue stops reading that connection
         # (TCP pushes back; nothing is dropped), a full send queue drops acks

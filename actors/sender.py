@@ -423,7 +423,7 @@ class SenderActor(Actor):
         flow.on_accept(have, accept.window, self.now())
         host = accept.data_host or t.request.host
         for _ in range(flow.lanes):
-            data = self.socket(zmq.DEALER)
+            data = self.socket(zmq.DEALER, data_plane=True)
             # Credit (at most 4096 chunks, SEND_BUFFER bytes) bounds what is
             # queued, so the send queue never fills; replies queue finitely.
             data.sndhwm = DATA_SNDHWM

@@ -66,7 +66,7 @@ class NodeSettings:
     window: int = 16  # chunks in flight per transfer (receiver credit)
     # Bytes all incoming transfers together may have in flight (queued to be
     # written); each transfer's credit shrinks to share it, down to 1 chunk.
-    receive_buffer: int = 256 * MiB
+    receive_buffer: int = 32 * MiB
     max_outgoing: int = 16  # sends running at once; more wait in line
     max_transfers: int = 64  # incoming at once
     max_transfers_per_peer: int = 8  # per proven identity (CURVE key)

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 import zmq
 
-from peercrypt.runtime.actor import LOG_BURST, Actor, ActorEnv, ActorFault
+from peercrypt.runtime.actor import (
+    CONTROL_AFFINITY,
+    DATA_AFFINITY,
+    IO_THREADS,
+    LOG_BURST,
+    Actor,
+    ActorEnv,
+    ActorFault,
+)
 from peercrypt.runtime.supervisor import StartError, Supervisor
 from peercrypt.testing.clock import FakeClock
 from peercrypt.testing.nodes import free_port, wait_until
@@ -405,3 +413,25 @@ def test_a_leading_repetition_runs_at_once_after_a_quiet_spell_then_at_its_pace(
     clock.advance(0.3)
     actor.step()
     assert runs == pytest.approx([1000.0, 1000.5])
+
+
+def test_data_sockets_get_their_own_io_thread_when_the_context_has_two() -> None:
+    """Bulk chunks and control messages do not share a ZeroMQ I/O thread in
+    a node (two I/O threads); a one-thread context leaves affinity alone
+    (a socket bound to a missing I/O thread could not connect)."""
+    two: zmq.Context[Any] = zmq.Context(io_threads=IO_THREADS)
+    one: zmq.Context[Any] = zmq.Context()
+    try:
+        actor = Worker(ActorEnv(context=two, node_uid="io2"))
+        data, control = actor.socket(zmq.DEALER, data_plane=True), actor.socket(zmq.DEALER)
+        assert (data.affinity, control.affinity) == (DATA_AFFINITY, CONTROL_AFFINITY)
+        assert DATA_AFFINITY != CONTROL_AFFINITY
+        single = Worker(ActorEnv(context=one, node_uid="io1"))
+        sock = single.socket(zmq.DEALER, data_plane=True)
+        assert sock.affinity == 0
+        sock.connect("tcp://127.0.0.1:9")  # connects (lazily) on the one thread
+        for s in (data, control, sock):
+            s.close(linger=0)
+    finally:
+        two.term()
+        one.term()

@@ -284,19 +284,19 @@ def test_no_progress_for_the_timeout_fails_at_the_timeout_whatever_the_backoff(
 
 
 def test_a_reconnect_resends_what_was_in_flight_at_once() -> None:
-    t = outgoing()
+    t = OutgoingTransfer(policy=Policy(), size=10 * CHUNK, chunk_size=CHUNK, timeout=30.0, now=0.0)
     t.on_accept([], 4, 0.0)
     assert [o.index for o in t.poll(0.0) if isinstance(o, SendChunk)] == [0, 1, 2, 3]
-    for now in (1.0, 3.0):  # an outage: the RTO backs off
+    for now in (3.0, 9.0):  # an outage: the RTO (3 s before a sample) backs off
         t.on_timer(now)
         t.poll(now)
-    assert t.window is not None and t.window.rtt.rto >= 4.0
-    t.on_reconnect(4.0)  # the next timeout would be at 7.0
-    resent = [o.index for o in t.poll(4.0) if isinstance(o, SendChunk)]
+    assert t.window is not None and t.window.rtt.rto >= 12.0
+    t.on_reconnect(10.0)  # the next timeout would be at 21.0
+    resent = [o.index for o in t.poll(10.0) if isinstance(o, SendChunk)]
     assert resent == [0, 1, 2, 3]
-    assert t.window.rtt.rto <= 1.0  # the backoff is undone
-    t.on_ack(4, [], 4, 4.1)
-    assert [o.index for o in t.poll(4.1) if isinstance(o, SendChunk)] == [4, 5, 6, 7]
+    assert t.window.rtt.rto <= 3.0  # the backoff is undone
+    t.on_ack(4, [], 4, 10.1)
+    assert [o.index for o in t.poll(10.1) if isinstance(o, SendChunk)] == [4, 5, 6, 7]
 
 
 def test_paced_flow_sends_only_granted_bytes_and_asks_for_more() -> None:

@@ -258,8 +258,9 @@ def test_a_stall_costs_one_resend_per_doubling_not_a_window() -> None:
 def test_a_burst_of_losses_then_lost_resends_at_the_tail() -> None:
     """Chunks 0-3 lost at once, 4-7 arrive: SACK finds 0-3 without a timer.
     Their resends are lost too and nothing is sent after them (the tail):
-    the timer finds them, one per expiry (an ack of a resend is no evidence
-    against chunks sent after its first copy: it may be that copy's)."""
+    the first expiry resends the oldest; its ack (a resend's: no proof about
+    the others) and the next expiry with no first copy acked mean the rest
+    is gone: all of it is resent at once (F-RTO's conventional recovery)."""
     w, first = started(8, 8)
     assert first == list(range(8))
     w.on_ack(0, [(4, 8)], 8, 0.1)
@@ -285,7 +286,38 @@ def test_a_burst_of_losses_then_lost_resends_at_the_tail() -> None:
             w.on_timer(now)
     assert w.done
     assert w.retransmits == 8  # each lost chunk resent exactly twice (lost, then found)
-    assert w.timeouts == 4 and w.fast_retransmits == 4
+    assert w.timeouts == 2 and w.fast_retransmits == 4
+
+
+def test_chunks_dropped_over_a_shrunk_credit_are_recovered_after_two_expiries() -> None:
+    """Sixteen in flight, then the credit shrinks to 2 and the receiver drops
+    the 14 beyond it: one probe, then every chunk from before it at once
+    (not one per doubling RTO: that took minutes)."""
+    w = SendWindow(16, RttEstimator(initial_rto=0.2, min_rto=0.2))
+    w.on_accept([], 16)
+    assert w.next_to_send(0.0) == list(range(16))
+    w.on_ack(2, [], 2, 0.01)  # 0 and 1 written; 2..15 were dropped
+    now = 0.01
+    for expiry in range(1, 20):
+        deadline = w.next_deadline()
+        assert deadline is not None
+        now = deadline
+        w.on_timer(now)
+        resent = w.next_to_send(now)
+        if expiry == 1:
+            assert resent == [2]  # the probe
+            w.on_ack(3, [], 2, now + 0.01)
+        else:
+            assert w.next_to_send(now) == []
+            break
+    assert w.timeouts == 2
+    assert len(resent) == 2 and resent[0] == 3  # within the credit of 2
+    while not w.done:  # the rest go as the credit frees, no more timers needed
+        for index in resent:
+            now += 0.01
+            w.on_ack(index + 1, [], 2, now)
+        resent = w.next_to_send(now)
+    assert w.timeouts == 2 and w.retransmits == 14
 
 
 class StalledChannel(Channel):
@@ -511,17 +543,30 @@ def test_receive_window_drops_chunks_beyond_the_credit() -> None:
     assert r.over_credit == 1 and r.queued == 3
     r.on_written(0)
     assert r.on_chunk(3, False) is Arrival.NEW  # room again once one is written
-    # A shrunk credit is enforced one ack late: the sender may still use the old one.
+    # A shrunk credit: the old one holds for as many acks as it was chunks
+    # (what the sender had in flight under it), then the new one.
     r.window = 1
     assert r.on_chunk(4, False) is Arrival.OVER_CREDIT  # 3 queued = the old credit
     r.on_written(1)
+    assert r.on_chunk(4, False) is Arrival.NEW  # 3 queued again: within the old credit
     r.on_written(2)
-    r.window = 1  # the same credit again: the old one is forgotten
-    assert r.on_chunk(5, False) is Arrival.OVER_CREDIT
     r.on_written(3)
+    r.window = 1
+    r.window = 1
+    assert r.allowed == 3  # two acks of the three
+    r.window = 1
+    assert r.allowed == 1  # the old credit is forgotten
+    assert r.on_chunk(5, False) is Arrival.OVER_CREDIT  # chunk 4 is queued
+    r.on_written(4)
     assert r.on_chunk(5, False) is Arrival.NEW
     r.on_dropped(5)  # the writer refused it: no longer queued
     assert r.queued == 0 and 5 not in r.written
+    # Growth applies at once; a shrink in a grace keeps the largest credit.
+    r.window = 8
+    assert r.allowed == 8
+    r.window = 2
+    r.window = 1
+    assert r.allowed == 8
 
 
 def test_send_window_honours_at_most_its_own_buffer() -> None:

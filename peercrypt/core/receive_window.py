@@ -5,9 +5,12 @@ writing) to *written*; only written chunks are acknowledged, so an ack is a
 promise that the bytes are in the ``.part`` file. The advertised window is
 the credit: the sender may have at most ``window`` chunks unacked, and the
 receiver enforces it. A new chunk arriving while as many are queued as the
-credit allows (the larger of the last two windows advertised, since a
-shrink reaches the sender one ack late) is OVER_CREDIT: dropped, not queued,
-so a sender ignoring the protocol cannot grow the receiver's queues.
+credit allows is OVER_CREDIT: dropped, not queued, so a sender ignoring the
+protocol cannot grow the receiver's queues. After the credit shrinks, the
+old (larger) one is still allowed for as many acks as it was chunks: the
+sender had that many in flight under it before it heard of the new one,
+and dropping them would only make it resend them (many transfers starting
+at once shrink every credit).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ class ReceiveWindow:
         if window < 1:
             raise ValueError("window must be >= 1")
         self.total = total
-        self._window = self._previous = window
+        self._window = self._allowed = window
+        self._grace = 0  # acks left during which ``_allowed`` exceeds the window
         self.written = have if have is not None else ChunkBitmap(total)
         if self.written.total != total:
             raise ValueError("held bitmap does not match the file")
@@ -46,7 +50,20 @@ class ReceiveWindow:
     def window(self, value: int) -> None:
         if value < 1:
             raise ValueError("window must be >= 1")
-        self._previous, self._window = self._window, value
+        if value < self._window:  # a shrink: the old credit's chunks are still coming
+            self._allowed = max(self._allowed, self._window)
+            self._grace = max(self._grace, self._window)
+        elif self._grace:
+            self._grace -= 1
+        if not self._grace:
+            self._allowed = value
+        self._window = value
+
+    @property
+    def allowed(self) -> int:
+        """Chunks that may be queued now: the window, or a larger one that
+        was advertised shortly before (see the module docs)."""
+        return max(self._window, self._allowed)
 
     def on_chunk(self, index: int, last: bool) -> Arrival:
         """Classify an authenticated chunk (the AAD already bound ``last``;
@@ -56,7 +73,7 @@ class ReceiveWindow:
         if index in self.written or index in self._queued:
             self.duplicates += 1
             return Arrival.DUPLICATE
-        if len(self._queued) >= max(self._window, self._previous):
+        if len(self._queued) >= self.allowed:
             self.over_credit += 1
             return Arrival.OVER_CREDIT
         self._queued.add(index)

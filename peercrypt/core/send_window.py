@@ -24,11 +24,16 @@ Rules:
   late) and stops when nothing is pending (5.2). When it expires, only the
   *oldest* pending chunk (by send order) is presumed lost and resent (5.4),
   the RTO doubles (5.5) and the timer restarts (5.6). The rest stay in
-  flight: they are presumed lost only on evidence (SACK, above, once the
-  path answers again) or by later expiries, each of which again resends one
-  chunk under a doubled RTO. So a stall (a loaded CPU delaying acks by
-  seconds) costs one resend per doubling, not a resend of the whole window;
-  the late acks of chunks sent once are RTT samples that lengthen the RTO.
+  flight: they are presumed lost only on evidence: SACK (above), or, in the
+  manner of F-RTO (RFC 5682), the next expiry after a resend was acked
+  while no chunk sent (once) before the first expiry was: the path works
+  and those are gone (dropped over credit, by a proxy), so every chunk
+  pending from before the expiry is resent. An ack of such a first copy
+  ends the suspicion (a late path, not a lossy one); an expiry with no ack
+  at all resends one more chunk under a doubled RTO. So a stall (a loaded
+  CPU delaying acks by seconds) costs one resend per doubling, not a resend
+  of the whole window; the late acks of chunks sent once are RTT samples
+  that lengthen the RTO.
 - Karn: only chunks sent exactly once give RTT samples, and the ack of a
   resent chunk is loss evidence only for what was sent before its first
   copy (the ack may be that copy's: a late ack is not a lost resend).
@@ -45,6 +50,13 @@ from peercrypt.core.rtt import RttEstimator
 # Bytes one transfer keeps in flight at most, whatever credit its receiver
 # advertises (the receiver's own default buffer).
 SEND_BUFFER = 256 * 1024 * 1024
+# The RTO before the first RTT sample (RFC 6298 2.1 says 1 s; its 5.7 and
+# RFC 2988 3 s). A transfer's first ack waits behind every chunk the other
+# transfers to the same receiver have queued (up to its receive buffer at
+# its write rate), and chunks travel over TCP, which loses nothing: only a
+# proxy, a full queue or a broken connection (resent at once on reconnect)
+# lose one. So the conservative value: no spurious resend when many start.
+INITIAL_RTO = 3.0
 
 
 @dataclass
@@ -68,7 +80,7 @@ class SendWindow:
         self.total = total
         self.max_window = max(1, max_window)
         self.acked = ChunkBitmap(total)
-        self.rtt = rtt or RttEstimator()
+        self.rtt = rtt or RttEstimator(initial_rto=INITIAL_RTO)
         self.dupthresh = dupthresh
         self.window = 0
         self.limit: int | None = None  # a sender-side cap below the credit (AIMD)
@@ -78,6 +90,11 @@ class SendWindow:
         self._order = 0
         self._highest_acked_order = -1
         self._timer_start: float | None = None  # the RTO timer runs since (None: stopped)
+        # After an expiry (F-RTO, RFC 5682, in spirit): the last send order
+        # before it, and whether a resend has been acked since.
+        self._probe_order: int | None = None
+        self._probe_acked = False
+        self._probe: int | None = None  # the expiry's resend: it goes whatever the credit
         self.retransmits = 0
         self.timeouts = 0
         self.fast_retransmits = 0
@@ -100,6 +117,11 @@ class SendWindow:
                 self._lost.discard(index)
                 if not flight.resent:
                     self.rtt.sample(max(0.0, now - flight.sent_at))
+                if self._probe_order is not None:
+                    if not flight.resent and flight.order <= self._probe_order:
+                        self._probe_order = None  # a first copy from before the expiry came
+                    elif flight.resent:
+                        self._probe_acked = True
                 # Karn again: the ack of a resent chunk may be the first copy's,
                 # so it is evidence only of what was sent before that one.
                 self._highest_acked_order = max(self._highest_acked_order, flight.first_order)
@@ -117,13 +139,27 @@ class SendWindow:
 
     def on_timer(self, now: float) -> None:
         """If the retransmission timer expired: presume the oldest pending
-        chunk lost, back the RTO off and restart the timer. Harmless before
-        the deadline."""
+        chunk lost (or, when a resend was acked since the last expiry but no
+        first copy from before it, everything pending from before it), back
+        the RTO off and restart the timer. Harmless before the deadline."""
         deadline = self.next_deadline()
         if deadline is None or now < deadline:
             return
-        oldest = min(self._pending(), key=lambda i: self._in_flight[i].order)
-        self._lost.add(oldest)
+        pending = self._pending()
+        boundary = self._probe_order
+        stale = (
+            [] if boundary is None else [i for i in pending if self._in_flight[i].order <= boundary]
+        )
+        if stale and self._probe_acked:
+            # The path works (a resend got through) yet nothing sent before
+            # the last expiry arrived: that was lost (over credit, dropped).
+            self._lost.update(stale)
+            self._probe_order = None
+        else:
+            if not stale:  # a new suspicion: what was sent until now
+                self._probe_order, self._probe_acked = self._order, False
+            self._probe = min(pending, key=lambda i: self._in_flight[i].order)
+            self._lost.add(self._probe)
         self.timeouts += 1
         self.rtt.backoff()
         self._timer_start = now if self._has_pending() else None
@@ -134,6 +170,7 @@ class SendWindow:
         (not at the next doubled timeout)."""
         self._lost.update(self._in_flight)
         self._timer_start = None  # restarted as the chunks go out again
+        self._probe_order = self._probe = None
         self.rtt.reset_backoff()
 
     # -- outputs --------------------------------------------------------------
@@ -145,6 +182,19 @@ class SendWindow:
         budget = allowed - (len(self._in_flight) - len(self._lost))
         if limit is not None:
             budget = min(budget, limit)
+        probe = self._probe
+        if probe is not None and probe not in self._lost:
+            probe = self._probe = None  # acked (or resent) meanwhile
+        if probe is not None and (limit is None or limit > 0):
+            self._probe = None
+            # RFC 6298 5.4: the expiry's resend goes now, even over a credit
+            # that shrank below what is in flight (the receiver may have
+            # dropped all of that; it takes a chunk it holds as a duplicate).
+            self._lost.discard(probe)
+            self._mark_sent(probe, now, resent=True)
+            self.retransmits += 1
+            out.append(probe)
+            budget -= 1
         for index in sorted(self._lost):
             if budget <= 0:
                 break

@@ -56,6 +56,15 @@ RESTARTED = b"$RESTARTED:"
 STOPPED = b"STOPPED"
 CRASHED = b"CRASHED"
 
+# ZeroMQ I/O threads of a node's context (``ZMQ_AFFINITY`` bitmasks): bulk
+# data sockets get the second, everything else the first, so a control
+# message (a status, a health probe, an offer) never waits behind MiBs of
+# chunks being copied through the same I/O thread. A context with one I/O
+# thread (an embedding that did not ask for two) leaves affinity alone.
+IO_THREADS = 2
+CONTROL_AFFINITY = 1
+DATA_AFFINITY = 2
+
 # How many messages one readable socket may deliver before the loop looks at
 # the others (fairness between a bulk socket and the pipe/mailbox).
 DRAIN_BATCH = 64
@@ -229,10 +238,13 @@ class Actor:
         except zmq.ZMQError as exc:
             raise SetupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
-    def socket(self, kind: int) -> zmq.Socket[Any]:
-        """A socket owned by this actor (closed with LINGER 0 when it stops)."""
+    def socket(self, kind: int, data_plane: bool = False) -> zmq.Socket[Any]:
+        """A socket owned by this actor (closed with LINGER 0 when it stops);
+        ``data_plane``: it carries bulk chunks (its own I/O thread)."""
         sock: zmq.Socket[Any] = self.env.context.socket(kind)
         sock.linger = 0
+        if self.env.context.get(zmq.IO_THREADS) >= IO_THREADS:
+            sock.affinity = DATA_AFFINITY if data_plane else CONTROL_AFFINITY
         self._sockets.append(sock)
         return sock
 

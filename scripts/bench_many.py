@@ -1,0 +1,338 @@
+"""Many transfers at once: 64 concurrent sends among 4 node processes.
+
+Four ``peercrypt node`` processes on loopback. Each node sends
+``--per-node`` (16) files of ``--size`` (16 MiB) at once, spread over the
+other three nodes, so every node has 16 outgoing and about 16 incoming
+transfers in flight. The sends are handed to each node's control socket
+directly (as ``peercrypt send`` does, without 64 interpreter starts); every
+stored file's BLAKE3 is checked against its source afterwards.
+
+Measured per run (every run is printed):
+
+- **aggregate** goodput: all bytes / the time from the first request to the
+  last verified hash, against **one transfer's** goodput measured alone
+  just before (``--single-size``, 256 MiB, between two of the same nodes,
+  the node's own span). Goal: >= 0.90.
+- **fairness**: Jain's index over the equal-priority flows' rates (size /
+  the node's time of each). Goal: >= 0.95.
+- **retransmitted** fraction: chunks sent twice / chunks. Goal: <= 1%.
+- **peak RSS** of each node during the load (VmHWM, reset before it
+  through ``/proc/PID/clear_refs``). Goal: <= 150 MiB (16 transfers in
+  flight each way).
+- **control plane under load**: while the sends run, one thread times
+  ``status`` round trips to a node's control socket, another health checks
+  of one node from another (the CLI's ``health-check``: control socket,
+  CURVE probe, answer); p50/p99 of each (goal p99 <= 50 ms), next to the
+  same measured idle before the load.
+
+    .venv/bin/python scripts/bench_many.py [--runs 3] [--size 16M] [--per-node 16]
+        [--dir DIR] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peercrypt.client import ControlClient
+from peercrypt.crypto.identity import new_network_key
+from peercrypt.settings import DEFAULT_CHUNK
+from peercrypt.testing.nodes import NodeProcess, blake3_file, parse_size, random_file
+from peercrypt.wire.messages import SendRequest, SendResult
+from peercrypt.wire.network_messages import CheckRequest, CheckResult
+
+MiB = 2**20
+SEND_TIMEOUT = 600.0
+
+
+@dataclass
+class Flow:
+    sender: int
+    receiver: int
+    path: Path
+    request: int = 0
+    result: SendResult | None = None
+
+
+@dataclass
+class Latencies:
+    status: list[float] = field(default_factory=list)
+    check: list[float] = field(default_factory=list)
+    check_rtt: list[float] = field(default_factory=list)  # the node's own probe RTT
+
+
+def jain(rates: list[float]) -> float:
+    return sum(rates) ** 2 / (len(rates) * sum(r * r for r in rates)) if rates else 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := current RSS
+
+
+def run_sends(node: NodeProcess, nodes: list[NodeProcess], flows: list[Flow]) -> None:
+    """Hand ``flows`` to ``node`` at once, then collect their results."""
+    with ControlClient.for_data_dir(node.data_dir) as client:
+        by_request: dict[int, Flow] = {}
+        for flow in flows:
+            flow.request = client.next_id()
+            by_request[flow.request] = flow
+            target = nodes[flow.receiver]
+            client.send(
+                SendRequest(
+                    request=flow.request,
+                    path=str(flow.path),
+                    host=target.host,
+                    port=target.port,
+                    chunk_size=DEFAULT_CHUNK,
+                    timeout=60.0,
+                )
+            )
+        deadline = time.monotonic() + SEND_TIMEOUT
+        while any(f.result is None for f in flows) and time.monotonic() < deadline:
+            reply = client.receive(SEND_TIMEOUT)
+            if isinstance(reply, SendResult) and reply.request in by_request:
+                by_request[reply.request].result = reply
+
+
+def probe(nodes: list[NodeProcess], stop: threading.Event, out: Latencies) -> None:
+    """Status round trips to node 0 and health checks of node 1 by node 0,
+    alternating, until ``stop``."""
+    target = nodes[1]
+    with ControlClient.for_data_dir(nodes[0].data_dir) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            client.status(timeout=30)
+            out.status.append(time.perf_counter() - started)
+            request = client.next_id()
+            started = time.perf_counter()
+            client.send(CheckRequest(request=request, host=target.host, port=target.port))
+            while True:
+                reply = client.receive(30)
+                if isinstance(reply, CheckResult) and reply.request == request:
+                    break
+            out.check.append(time.perf_counter() - started)
+            if reply.code == "ok":
+                out.check_rtt.append(reply.rtt)
+            stop.wait(0.02)
+
+
+def idle_latencies(nodes: list[NodeProcess], seconds: float) -> Latencies:
+    out = Latencies()
+    stop = threading.Event()
+    thread = threading.Thread(target=probe, args=(nodes, stop, out), daemon=True)
+    thread.start()
+    stop.wait(seconds)
+    stop.set()
+    thread.join(60)
+    return out
+
+
+def one_run(
+    run: int, nodes: list[NodeProcess], files: list[list[Path]], single: Path
+) -> dict[str, Any]:
+    # One transfer alone first: the reference goodput (the node's own span).
+    with ControlClient.for_data_dir(nodes[0].data_dir) as client:
+        request = client.next_id()
+        client.send(
+            SendRequest(
+                request=request,
+                path=str(single),
+                host=nodes[1].host,
+                port=nodes[1].port,
+                chunk_size=DEFAULT_CHUNK,
+                timeout=60.0,
+            )
+        )
+        while True:
+            reply = client.receive(SEND_TIMEOUT)
+            if isinstance(reply, SendResult) and reply.request == request:
+                break
+    if reply.code != "ok":
+        raise SystemExit(f"the single send failed: {reply.code} {reply.reason}")
+    (nodes[1].inbox / reply.stored_as).unlink()
+    single_rate = reply.size / MiB / reply.seconds
+
+    idle = idle_latencies(nodes, 2.0)
+    flows: list[Flow] = []
+    count = len(nodes)
+    for s, paths in enumerate(files):
+        for k, path in enumerate(paths):
+            flows.append(Flow(s, (s + 1 + k % (count - 1)) % count, path))
+    for node in nodes:
+        reset_peak_rss(node.pid)
+    load = Latencies()
+    stop = threading.Event()
+    prober = threading.Thread(target=probe, args=(nodes, stop, load), daemon=True)
+    started = time.perf_counter()
+    senders = [
+        threading.Thread(
+            target=run_sends, args=(node, nodes, [f for f in flows if f.sender == i]), daemon=True
+        )
+        for i, node in enumerate(nodes)
+    ]
+    for thread in senders:
+        thread.start()
+    prober.start()
+    for thread in senders:
+        thread.join(SEND_TIMEOUT + 30)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    prober.join(60)
+    rss = [peak_rss_mib(node.pid) for node in nodes]
+    counters: dict[str, int] = {}
+    for node in nodes:
+        for name, value in node.counters().items():
+            if any(word in name for word in ("disconnect", "reconnect", "dropped", "credit")):
+                counters[name] = counters.get(name, 0) + value
+
+    failed = [f for f in flows if f.result is None or f.result.code != "ok"]
+    if failed:
+        first = failed[0].result
+        why = "no result" if first is None else f"{first.code}: {first.reason}"
+        raise SystemExit(f"{len(failed)} of {len(flows)} sends failed (first: {why})")
+    total = 0
+    chunks = resent = timeouts = sack = 0
+    rates = []
+    for f in flows:
+        assert f.result is not None
+        stored = nodes[f.receiver].inbox / f.result.stored_as
+        if blake3_file(stored) != blake3_file(f.path):
+            raise SystemExit(f"{stored} differs from {f.path}")
+        stored.unlink()
+        total += f.result.size
+        chunks += int(f.result.stats.get("chunks", 0))
+        resent += f.result.retransmits
+        timeouts += int(f.result.stats.get("timeouts", 0))
+        sack += int(f.result.stats.get("fast_retransmits", 0))
+        rates.append(f.result.size / MiB / f.result.seconds)
+    aggregate = total / MiB / elapsed
+    row: dict[str, Any] = {
+        "run": run,
+        "flows": len(flows),
+        "single_mib_s": single_rate,
+        "aggregate_mib_s": aggregate,
+        "aggregate_vs_single": aggregate / single_rate,
+        "jain": jain(rates),
+        "slowest_fastest": [min(rates), max(rates)],
+        "retransmitted": resent / max(1, chunks),
+        "resent_chunks": resent,
+        "timeouts": timeouts,
+        "sack_losses": sack,
+        "counters": counters,
+        "chunks": chunks,
+        "peak_rss_mib": rss,
+        "status_ms": [1000 * pct(load.status, 0.5), 1000 * pct(load.status, 0.99)],
+        "check_ms": [1000 * pct(load.check, 0.5), 1000 * pct(load.check, 0.99)],
+        "probe_rtt_ms": [1000 * pct(load.check_rtt, 0.5), 1000 * pct(load.check_rtt, 0.99)],
+        "samples": [len(load.status), len(load.check)],
+        "idle_status_ms": [1000 * pct(idle.status, 0.5), 1000 * pct(idle.status, 0.99)],
+        "idle_check_ms": [1000 * pct(idle.check, 0.5), 1000 * pct(idle.check, 0.99)],
+        "seconds": elapsed,
+    }
+    print(
+        f"run {run}: {len(flows)} sends, {total / MiB:.0f} MiB in {elapsed:.2f} s: "
+        f"aggregate {aggregate:.1f} MiB/s = {aggregate / single_rate:.2f} of one alone "
+        f"({single_rate:.1f}); Jain {jain(rates):.3f} (rates {min(rates):.1f}..{max(rates):.1f}); "
+        f"resent {resent}/{chunks} = {100 * resent / max(1, chunks):.2f}% "
+        f"({timeouts} timeouts, {sack} by SACK); "
+        f"peak RSS {' / '.join(f'{r:.0f}' for r in rss)} MiB",
+        flush=True,
+    )
+
+    def ms(values: list[float], q: float) -> str:
+        return f"{1000 * pct(values, q):.1f}"
+
+    print(
+        f"       control plane under load: status p50 {ms(load.status, 0.5)} "
+        f"p99 {ms(load.status, 0.99)} ms (idle p99 {ms(idle.status, 0.99)}); "
+        f"health check p50 {ms(load.check, 0.5)} p99 {ms(load.check, 0.99)} ms "
+        f"(idle p99 {ms(idle.check, 0.99)}); probe RTT p99 {ms(load.check_rtt, 0.99)} ms; "
+        f"{len(load.status)} + {len(load.check)} samples",
+        flush=True,
+    )
+    if counters:
+        print(f"       node counters (all runs so far): {counters}", flush=True)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size", default="16M", help="size of each of the many files")
+    parser.add_argument("--per-node", type=int, default=16, help="sends each node starts")
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--single-size", default="256M")
+    parser.add_argument("--dir", default=None, help="where nodes, files and inboxes live")
+    parser.add_argument("--node-args", default="", help="extra options of every node")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    size = parse_size(args.size)
+    key = new_network_key()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-many-") as tmp:
+        root = Path(tmp)
+        nodes = [
+            NodeProcess(root / f"node{i}", key, extra_args=tuple(args.node_args.split()))
+            for i in range(args.nodes)
+        ]
+        files = [
+            [random_file(root / f"src{i}-{k}.bin", size) for k in range(args.per_node)]
+            for i in range(args.nodes)
+        ]
+        single = random_file(root / "single.bin", parse_size(args.single_size))
+        try:
+            for node in nodes:
+                node.start()
+            print(
+                f"{args.nodes} nodes, {args.nodes * args.per_node} sends of "
+                f"{size / MiB:.0f} MiB at once, under {root}",
+                flush=True,
+            )
+            for run in range(1, args.runs + 1):
+                rows.append(one_run(run, nodes, files, single))
+        finally:
+            for node in nodes:
+                if node.running:
+                    node.stop()
+
+    def med(key: str, index: int | None = None) -> float:
+        values = [r[key] if index is None else r[key][index] for r in rows]
+        return float(statistics.median(values))
+
+    print(f"\nmedians of {len(rows)} runs:")
+    print(f"  aggregate / one alone   {med('aggregate_vs_single'):.2f}   (goal >= 0.90)")
+    print(f"  Jain's fairness         {med('jain'):.3f}  (goal >= 0.95)")
+    print(f"  retransmitted           {100 * med('retransmitted'):.2f}%  (goal <= 1%)")
+    worst = max(max(r["peak_rss_mib"]) for r in rows)
+    print(f"  peak RSS, worst node    {worst:.0f} MiB  (goal <= 150)")
+    print(f"  status p99 under load   {med('status_ms', 1):.1f} ms  (goal <= 50)")
+    print(f"  health check p99        {med('check_ms', 1):.1f} ms  (goal <= 50)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
