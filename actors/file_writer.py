@@ -16,6 +16,9 @@ and takes one result per frame):
 - :class:`WriteFailed` ``(tid, text, no_space)``  (``no_space``: the disk is
   full; the part is checkpointed)
 - :class:`Unsaved` ``(tid, text)``  (a manifest could not be written)
+- :class:`Unpacked` ``(tid, stored)`` / :class:`TreeFailed` ``(tid, text,
+  bad)``: a verified folder transfer was (or was not) stored as its tree
+  (:mod:`actors.tree_store`; here so that the actor keeps receiving)
 
 Resume checkpoints: a file opened with a manifest (unicast parts) has it
 rewritten every :func:`~peercrypt.core.resume.checkpoint_every` written
@@ -60,8 +63,10 @@ import blake3
 import zmq
 
 from actors.inbox import save_manifest
+from actors.tree_store import unpack
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import Manifest, checkpoint_every
+from peercrypt.core.tree import TreeError
 
 SYNC_FILE_RANGE_WRITE = 2
 
@@ -99,7 +104,37 @@ class Unsaved:
     text: str
 
 
-WriterResult = Written | Finished | WriteFailed | Unsaved
+@dataclass(frozen=True)
+class TreeSpec:
+    """How to store a verified folder transfer (:func:`actors.tree_store.unpack`)."""
+
+    inbox: Path
+    part: str
+    manifest_bytes: int
+    max_files: int
+    file_mode: int
+    dir_mode: int
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """The tree of ``tid`` is in the inbox; ``stored``: its top-level names."""
+
+    tid: bytes
+    stored: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TreeFailed:
+    """The tree of ``tid`` was not stored (``bad``: its manifest or a file's
+    hash was wrong; else an I/O error); nothing of it is left."""
+
+    tid: bytes
+    text: str
+    bad: bool
+
+
+WriterResult = Written | Finished | WriteFailed | Unsaved | Unpacked | TreeFailed
 FAILED_MEMORY = 1024  # failed files remembered until their close()
 
 
@@ -201,6 +236,10 @@ class FileWriter:
     def finish(self, tid: bytes) -> None:
         self._queue.put(("finish", tid))
 
+    def unpack(self, tid: bytes, spec: TreeSpec) -> None:
+        """Store the finished (verified) file of ``tid`` as the tree it holds."""
+        self._queue.put(("unpack", tid, spec))
+
     def forget(self, tid: bytes) -> None:
         self._queue.put(("forget", tid))
 
@@ -295,6 +334,24 @@ class FileWriter:
             # written: a part changed underneath us (another process, a
             # faulty disk) must not be published as verified.
             return Finished(tid, hash_file(f.fd, f.size))
+        if kind == "unpack":
+            spec: TreeSpec = op[2]
+            try:
+                stored = unpack(
+                    spec.inbox,
+                    f.fd,
+                    spec.part,
+                    spec.manifest_bytes,
+                    f.size,
+                    spec.max_files,
+                    spec.file_mode,
+                    spec.dir_mode,
+                )
+            except TreeError as exc:
+                return TreeFailed(tid, str(exc), bad=True)
+            except OSError as exc:
+                return TreeFailed(tid, exc.strerror or str(exc), bad=False)
+            return Unpacked(tid, tuple(stored))
         if kind == "forget":
             files.pop(tid, None)
             return None

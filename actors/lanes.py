@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import blake3
 
-from actors.file_chunks import read_chunk
+from actors.file_chunks import Stream, read_chunk
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.crypto.transfer import TransferKeys
 
@@ -140,7 +140,7 @@ class LaneCrew:
     def __init__(
         self,
         keys: TransferKeys,
-        fd: int,
+        fd: int | Stream,
         size: int,
         chunk_size: int,
         lanes: int,

@@ -53,7 +53,7 @@ from typing import Any
 import zmq
 
 from actors import udp_multicast
-from actors.file_writer import FileWriter, Finished, Written
+from actors.file_writer import FileWriter, Finished, Unpacked, Written
 from actors.inbox import (
     Refusal,
     check_incoming,
@@ -609,7 +609,7 @@ class MulticastReceiverActor(Actor):
                 self._maybe_finish(sess)
             elif isinstance(result, Finished):
                 self._finish(sess, result.digest)
-            else:
+            elif not isinstance(result, Unpacked):  # multicast sends no trees
                 text = result.text
                 log.error("writing %s failed: %s", sess.name, text)
                 self._done(sess, ok=False, digest=b"", stored="", reason=f"cannot write: {text}")

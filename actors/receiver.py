@@ -19,7 +19,10 @@ layered on it). Per transfer:
    "no-space" to the sender and keeps the part.
 3. Done(hash) -> fsync, compare with the hash computed while writing, link
    under a free final name (never overwriting), Verified. A mismatch deletes
-   the part file and reports Failed.
+   the part file and reports Failed. A folder transfer (``Offer.tree``) is
+   then stored as its tree by the writer thread (:mod:`actors.tree_store`:
+   every file checked against its own hash, the whole moved into place only
+   once complete), and Verified names its top-level entries.
 
 Anything that does not authenticate or decode is counted and dropped.
 Leftovers of interrupted transfers are deleted once ``part_expiry`` passes
@@ -39,7 +42,16 @@ from typing import Any
 
 import zmq
 
-from actors.file_writer import FileWriter, Finished, Unsaved, WriteFailed, Written
+from actors.file_writer import (
+    FileWriter,
+    Finished,
+    TreeFailed,
+    TreeSpec,
+    Unpacked,
+    Unsaved,
+    WriteFailed,
+    Written,
+)
 from actors.inbox import (
     Refusal,
     check_offer,
@@ -65,6 +77,7 @@ from peercrypt.core.resume import (
     plan_resume,
 )
 from peercrypt.core.space import Quotas, SpaceLedger
+from peercrypt.core.tree import manifest_limit
 from peercrypt.crypto.handshake import respond
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
@@ -120,6 +133,9 @@ class Incoming:
     mode: str = ""  # as the sender said (for the statistics history)
     started: float = 0.0
     wall: float = field(default_factory=time.time)
+    tree: int = 0  # a folder transfer: its manifest's bytes (peercrypt/core/tree.py)
+    files: int = 0
+    digest: bytes = b""  # verified, while its tree is being stored
 
 
 class ReceiverActor(Actor):
@@ -233,6 +249,12 @@ class ReceiverActor(Actor):
             name = check_offer(s, offer.name, offer.chunk_size, offer.size)
         except Refusal as exc:
             return refuse(exc.code, exc.reason)
+        if offer.tree or offer.files:
+            limit = s.tree_max_files
+            if offer.files > limit or offer.tree > manifest_limit(limit):
+                return refuse("too-many-files", f"a folder of at most {limit} files is taken here")
+            if not 0 < offer.tree <= offer.size:
+                return refuse("bad-offer", "the folder's manifest does not fit its size")
         # ``peer`` is the sender's identity key, proven by CURVE (ZAP's
         # User-Id); the answer proves ours and mixes both into the keys.
         try:
@@ -294,6 +316,8 @@ class ReceiverActor(Actor):
             fd=fd,
             mode=offer.mode,
             started=self.now(),
+            tree=offer.tree,
+            files=offer.files,
         )
         self.transfers[offer.tid] = t
         self.tell("stats", self._record(t, "running"))
@@ -502,6 +526,13 @@ class ReceiverActor(Actor):
         for out in t.flow.poll():
             if isinstance(out, FinishFile):
                 self.writer.finish(t.tid)
+            elif isinstance(out, Store) and t.tree:
+                t.digest = out.digest
+                s = self.settings
+                spec = TreeSpec(
+                    s.inbox, t.part.name, t.tree, s.tree_max_files, s.file_mode, s.inbox_mode
+                )
+                self.writer.unpack(t.tid, spec)
             elif isinstance(out, Store):
                 self._store(t, out.digest)
             else:
@@ -549,6 +580,12 @@ class ReceiverActor(Actor):
             elif isinstance(result, Unsaved):
                 self.log_limited("cannot record %s for resume: %s", t.name, result.text)
                 continue
+            elif isinstance(result, Unpacked):
+                self._stored(t, t.digest, ", ".join(result.stored)[:1024])
+                continue
+            elif isinstance(result, TreeFailed):
+                self._tree_failed(t, result)
+                continue
             elif isinstance(result, WriteFailed) and result.no_space:
                 t.flow.on_disk_full(result.text)
             else:
@@ -570,6 +607,22 @@ class ReceiverActor(Actor):
             self.tell("stats", self._record(t, ResultCode.IO, "no free name in the inbox"))
             self._close(t, keep_part=True)
             return
+        self._stored(t, digest, stored)
+
+    def _tree_failed(self, t: Incoming, result: TreeFailed) -> None:
+        """The verified stream did not make a tree: a wrong manifest or a file
+        that is not what its hash says (the sender's fault: nothing is kept),
+        or an I/O error (the part is kept for a resume)."""
+        code = "bad-tree" if result.bad else ResultCode.IO
+        reason = f"the folder was not stored: {result.text}"
+        self.count(f"tree-{code}")
+        self.log_limited("%s from %s: %s", t.name, fingerprint(t.peer) if t.peer else "?", reason)
+        self.tell("stats", self._record(t, code, reason))
+        self._close(t, keep_part=not result.bad)
+        self._outcome(t, "", reason)
+        self._send_sealed(t, Failed(code=code, reason=reason[:500]))  # once nothing is left
+
+    def _stored(self, t: Incoming, digest: bytes, stored: str) -> None:
         self.tell("stats", self._record(t, ResultCode.OK, stored=stored))
         self._close(t, keep_part=False)
         self.count("received")
@@ -621,6 +674,7 @@ class ReceiverActor(Actor):
             duration=self.now() - t.started,
             result=result[:32],
             reason=reason[:512],
+            params={"files": str(t.files)} if t.tree else {},
         )
 
     def _report_progress(self) -> None:

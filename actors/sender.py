@@ -56,18 +56,21 @@ import itertools
 import logging
 import os
 import random
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import blake3
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from actors.file_chunks import read_chunk
+from actors.file_chunks import Stream, read_chunk
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew
 from actors.peer_link import ConnectProbe, Link, connect_cause
+from actors.tree_source import TreeSource, build_tree
 from peercrypt.core.address import join_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
@@ -83,6 +86,8 @@ from peercrypt.core.outgoing import (
     SendDone,
 )
 from peercrypt.core.resume import SAMPLE_BYTES, sample_offsets, source_tag
+from peercrypt.core.tree import TreeError
+from peercrypt.core.tree import source_tag as tree_source_tag
 from peercrypt.crypto.handshake import Initiator, ProofError
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.known_peers import KnownPeersFile, explain
@@ -151,6 +156,24 @@ class Retries:
 
 
 @dataclass
+class Walk:
+    """A folder being walked and hashed in a thread of its own (the actor
+    goes on meanwhile); ``result`` is set before the pipe is written."""
+
+    request: SendRequest
+    retry: Retries | None  # carried to the attempt after the walk
+    wake: tuple[int, int]  # the pipe (read, write)
+    result: TreeSource | Exception | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = build_tree([Path(p) for p in (self.request.path, *self.request.more)])
+        except (TreeError, OSError) as exc:
+            self.result = exc
+        os.write(self.wake[1], b"!")
+
+
+@dataclass
 class Outgoing:
     """The I/O side of one transfer; every decision is ``flow``'s."""
 
@@ -178,6 +201,15 @@ class Outgoing:
     probe: ConnectProbe | None = None  # why the broken data connection does not come back
     data_address: tuple[str, int] = ("", 0)
     port_closed: bool = False  # this attempt ended because the receiver's port refused
+    tree: TreeSource | None = None  # a folder or several files, read as one stream (fd -1)
+
+    @property
+    def source(self) -> int | Stream:
+        return self.tree if self.tree is not None else self.fd
+
+    @property
+    def files(self) -> int:
+        return self.tree.files if self.tree is not None else 1
 
     @property
     def peer(self) -> str:
@@ -202,6 +234,7 @@ class SenderActor(Actor):
         self.waiting: deque[SendRequest] = deque()  # beyond max_outgoing, in order
         self.retrying: dict[int, Timer] = {}  # request -> the timer of its next attempt
         self.carried: dict[int, Retries] = {}  # retries queued in ``waiting``
+        self.walking: dict[int, Walk] = {}  # request -> its folder being walked
         self.rng = random.Random()
         self.known_peers = KnownPeersFile(settings.data_dir)
 
@@ -216,6 +249,12 @@ class SenderActor(Actor):
             timer.cancel()
             self.tell("control", _result(request, ResultCode.CANCELLED, "the node is stopping"))
         self.retrying.clear()
+        for walk in list(self.walking.values()):
+            self._drop_walk(walk)
+            self.tell(
+                "control",
+                _result(walk.request.request, ResultCode.CANCELLED, "the node is stopping"),
+            )
         for t in list(self.transfers.values()):
             self._end(t, ResultCode.CANCELLED, "the node is stopping")
 
@@ -240,7 +279,7 @@ class SenderActor(Actor):
         elif isinstance(msg, TransfersRequest):
             self.tell("control", TransfersReply(request=msg.request, transfers=self._listing()))
         elif isinstance(msg, SendRequest):
-            if len(self.transfers) < self.settings.max_outgoing:
+            if self._sends() < self.settings.max_outgoing:
                 self._start(msg)
             else:
                 self.waiting.append(msg)
@@ -254,6 +293,12 @@ class SenderActor(Actor):
                 self.carried.pop(req.request, None)
                 self.tell(
                     "control", _result(req.request, ResultCode.CANCELLED, "cancelled by the user")
+                )
+            walk = self.walking.get(msg.request)
+            if walk is not None:
+                self._drop_walk(walk)
+                self.tell(
+                    "control", _result(msg.request, ResultCode.CANCELLED, "cancelled by the user")
                 )
             timer = self.retrying.pop(msg.request, None)
             if timer is not None:
@@ -301,35 +346,80 @@ class SenderActor(Actor):
                 return t
         return None
 
-    def _start(self, req: SendRequest) -> None:
+    def _sends(self) -> int:
+        return len(self.transfers) + len(self.walking)
+
+    def _walk(self, req: SendRequest, retry: Retries | None) -> None:
+        """Walk and hash a folder or several files in a thread
+        (actors/tree_source.py); :meth:`_walked` goes on with the send."""
+        walk = Walk(req, retry, os.pipe())
+        self.walking[req.request] = walk
+        self.watch(walk.wake[0], functools.partial(self._walked, walk))
+        threading.Thread(target=walk.run, name="pc-walk", daemon=True).start()
+
+    def _drop_walk(self, walk: Walk) -> None:
+        """Forget a walk (its thread ends by itself; its result is ignored)."""
+        if self.walking.get(walk.request.request) is walk:
+            del self.walking[walk.request.request]
+            self.unwatch(walk.wake[0])
+            os.close(walk.wake[0])  # the thread's write then fails harmlessly
+
+    def _walked(self, walk: Walk, _fd: object = None) -> None:
+        if self.walking.get(walk.request.request) is not walk:
+            return
+        self._drop_walk(walk)
+        os.close(walk.wake[1])
+        req, result = walk.request, walk.result
+        if isinstance(result, TreeSource):
+            if walk.retry is not None:
+                self.carried[req.request] = walk.retry
+            self._start(req, result)
+            return
+        if isinstance(result, TreeError):
+            reason = f"cannot send {req.path}: {result}"
+        else:
+            what = getattr(result, "filename", None) or req.path
+            reason = f"cannot read {what}: {getattr(result, 'strerror', None) or result}"
+        self.tell("control", _result(req.request, ResultCode.LOCAL, reason))
+        while self.waiting and self._sends() < self.settings.max_outgoing:
+            self._start(self.waiting.popleft())
+
+    def _start(self, req: SendRequest, tree: TreeSource | None = None) -> None:
         retry = self.carried.pop(req.request, None)
 
         def fail(code: str, reason: str) -> None:
             self.tell("control", _result(req.request, code, reason))
 
         try:
-            fd = os.open(req.path, os.O_RDONLY)
-        except OSError as exc:
-            return fail(ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}")
-        st = os.fstat(fd)
-        if not _is_regular(st.st_mode):
-            os.close(fd)
-            return fail(ResultCode.LOCAL, f"{req.path} is not a regular file")
-        try:
             policy = with_overrides(Policy(), **{n: getattr(req, n) for n in POLICY_FIELDS})
         except PolicyError as exc:
-            os.close(fd)
             return fail(ResultCode.LOCAL, str(exc))
-        try:
-            samples = [os.pread(fd, SAMPLE_BYTES, offset) for offset in sample_offsets(st.st_size)]
-        except OSError as exc:
-            os.close(fd)
-            return fail(ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}")
-        source = source_tag(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, samples)
+        if tree is None and (req.more or os.path.isdir(req.path)):
+            return self._walk(req, retry)
+        if tree is not None:
+            source = tree_source_tag(tree.manifest)
+            fd, size, mtime_ns = -1, tree.total_size, 0
+        else:
+            try:
+                fd = os.open(req.path, os.O_RDONLY)
+            except OSError as exc:
+                return fail(ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}")
+            st = os.fstat(fd)
+            if not _is_regular(st.st_mode):
+                os.close(fd)
+                return fail(ResultCode.LOCAL, f"{req.path} is not a regular file")
+            try:
+                offsets = sample_offsets(st.st_size)
+                samples = [os.pread(fd, SAMPLE_BYTES, offset) for offset in offsets]
+            except OSError as exc:
+                os.close(fd)
+                return fail(ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}")
+            source = source_tag(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, samples)
+            size, mtime_ns = st.st_size, st.st_mtime_ns
         tid = os.urandom(16)
         flow = OutgoingTransfer(
             policy=policy,
-            size=st.st_size,
+            size=size,
             chunk_size=policy.chunk_size_for(req.chunk_size),
             timeout=req.timeout,
             now=self.now(),
@@ -349,9 +439,10 @@ class SenderActor(Actor):
             requester="control",
             tid=tid,
             fd=fd,
-            mtime_ns=st.st_mtime_ns,
+            mtime_ns=mtime_ns,
             eph=Initiator(self.settings.identity),
             retry=retry,
+            tree=tree,
         )
         self.transfers[tid] = t
         self.tell("stats", self._record(t, "running"))
@@ -374,6 +465,8 @@ class SenderActor(Actor):
             hash_alg="blake3",
             mode=policy.mode,
             source=source,
+            tree=len(tree.manifest) if tree is not None else 0,
+            files=tree.files if tree is not None else 0,
         )
         t.link.send(offer)
         self._drive(t)
@@ -466,7 +559,7 @@ class SenderActor(Actor):
         if flow.sealing_workers:
             held = ChunkBitmap(flow.total)
             held.add_ranges(have)
-            t.crew = LaneCrew(t.keys, t.fd, t.size, t.chunk_size, flow.lanes, skip=held)
+            t.crew = LaneCrew(t.keys, t.source, t.size, t.chunk_size, flow.lanes, skip=held)
             self.watch(t.crew.wake_fd, functools.partial(self._on_crew, t))
         self.tell("scheduler", self._flow_start(t))
         # The control connection's job is done.
@@ -598,7 +691,7 @@ class SenderActor(Actor):
             self._drive(t)
 
     def _read(self, t: Outgoing, index: int) -> bytes:
-        return read_chunk(t.fd, index, t.chunk_size, t.size)
+        return read_chunk(t.source, index, t.chunk_size, t.size)
 
     def _send_chunk(self, t: Outgoing, index: int, last: bool) -> None:
         if t.crew is not None:
@@ -628,10 +721,16 @@ class SenderActor(Actor):
     def _hash_file(self, t: Outgoing) -> None:
         """Every chunk is acked: the rest of the hash (the lanes bring theirs),
         and the file must be the one whose chunks were sent."""
-        st = os.fstat(t.fd)
-        if (st.st_size, st.st_mtime_ns) != (t.size, t.mtime_ns):
-            t.flow.fail(ResultCode.LOCAL, f"{t.request.path} changed while it was being sent")
-            return
+        if t.tree is not None:
+            changed = t.tree.changed()
+            if changed:
+                t.flow.fail(ResultCode.LOCAL, f"{changed} changed while it was being sent")
+                return
+        else:
+            st = os.fstat(t.fd)
+            if (st.st_size, st.st_mtime_ns) != (t.size, t.mtime_ns):
+                t.flow.fail(ResultCode.LOCAL, f"{t.request.path} changed while it was being sent")
+                return
         if t.crew is not None:
             return  # the lanes' hash result calls on_digest
         while t.hashed < t.flow.total:
@@ -695,7 +794,11 @@ class SenderActor(Actor):
                 self.tell(
                     t.requester,
                     Progress(
-                        request=t.request.request, done_bytes=t.flow.acked_bytes, total_bytes=t.size
+                        request=t.request.request,
+                        done_bytes=t.flow.acked_bytes,
+                        total_bytes=t.size,
+                        done_files=(t.tree.layout.files_done(t.flow.acked_bytes) if t.tree else 0),
+                        total_files=t.tree.files if t.tree else 0,
                     ),
                 )
                 self.tell("stats", self._sample(t))
@@ -728,7 +831,8 @@ class SenderActor(Actor):
         if t.lanes:
             # The last Failed needs a moment to leave (LINGER 0 would drop it).
             self.call_later(CLOSE_GRACE, functools.partial(self._close_lanes, t.lanes))
-        os.close(t.fd)
+        if t.fd >= 0:
+            os.close(t.fd)
         self.count("sent" if code == ResultCode.OK else f"failed-{code}")
         # Retried: a failure of the network (the data connection broke, or a
         # retry's offer found no peer), not a peer that answers but stalls.
@@ -740,7 +844,7 @@ class SenderActor(Actor):
             code, reason = final or (code, reason)
         # Every attempt has its row in the history; a retry's says so.
         self.tell("stats", self._record(t, code, reason + ("; retrying" if retried else "")))
-        while self.waiting and len(self.transfers) < self.settings.max_outgoing:
+        while self.waiting and self._sends() < self.settings.max_outgoing:
             self._start(self.waiting.popleft())
         if retried:
             return
@@ -756,7 +860,7 @@ class SenderActor(Actor):
                 seconds=self.now() - flow.started,
                 retransmits=flow.retransmits,
                 mode=flow.policy.mode,
-                stats=flow.stats(),
+                stats=self._result_stats(t),
                 window_history=flow.window_history(),
             ),
         )
@@ -837,9 +941,24 @@ class SenderActor(Actor):
             result=result[:32],
             reason=reason[:512],
             retransmits=flow.retransmits,
-            params=flow.policy.parameters(),
+            params=self._params(t),
             stats=flow.stats(),
         )
+
+    @staticmethod
+    def _params(t: Outgoing) -> dict[str, str]:
+        params = t.flow.policy.parameters()
+        if t.tree is not None:
+            params["files"] = str(t.tree.files)
+        return params
+
+    @staticmethod
+    def _result_stats(t: Outgoing) -> dict[str, float]:
+        stats = t.flow.stats()
+        if t.tree is not None:
+            stats["files"] = float(t.tree.files)
+            stats["skipped"] = float(len(t.tree.skipped))
+        return stats
 
     def _sample(self, t: Outgoing) -> StatsSample:
         flow = t.flow

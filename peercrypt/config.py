@@ -227,6 +227,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("part_quota", "PEERCRYPT_PART_QUOTA", "int", 0,
        "Bytes of parts all senders together may have here (0: no quota).",
        flag="--part-quota", low=0),
+    # Folders and many files in one transfer (docs/commands.md, "send").
+    _s("tree_max_files", "PEERCRYPT_TREE_MAX_FILES", "int", 100_000,
+       "Files and folders one incoming folder transfer may hold (its manifest: "
+       "at most 256 bytes each).", flag="--tree-max-files", low=1),
     # The statistics history (docs/statistics.md).
     _s("stats_keep_days", "PEERCRYPT_STATS_KEEP_DAYS", "float", 90.0,
        "Forget recorded transfers older than this (0: never).", flag="--stats-keep-days",

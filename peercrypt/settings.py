@@ -79,6 +79,9 @@ class NodeSettings:
     peer_part_quota: int = 0
     part_quota: int = 0
     max_chunk: int = MAX_CHUNK
+    # Entries (files and folders) of one incoming folder transfer; its
+    # manifest may take core.tree.manifest_limit() of it in bytes.
+    tree_max_files: int = 100_000
     file_mode: int = 0o644  # a received file once verified (see default_modes)
     inbox_mode: int = 0o755  # the inbox when the node creates it
     # Scheduler (transfer modes): the node's default policy and rate cap.

@@ -72,13 +72,13 @@ def source(make_file: Callable[..., Path]) -> Path:
     ("args", "words"),
     [
         (["send", "{missing}", "127.0.0.1", "7400", "--open"], ["does not exist"]),
-        (["send", "{dir}", "127.0.0.1", "7400", "--open"], ["is a directory"]),
+        (["send", "{file}", "{file}", "127.0.0.1", "7400", "--open"], ["same name"]),
         (["send", "{file}", "127.0.0.1", "0", "--open"], ["PORT"]),
         (["send", "{file}", "127.0.0.1", "7400", "--open", "--chunk-size", "100"], ["chunk"]),
         (["send", "{file}", "127.0.0.1", "7400", "--open", "--timeout", "0"], ["timeout"]),
         (["node", "--port", "70000", "--open"], ["port"]),
     ],
-    ids=["missing-file", "directory", "port-0", "chunk-too-small", "timeout-0", "port-range"],
+    ids=["missing-file", "same-name", "port-0", "chunk-too-small", "timeout-0", "port-range"],
 )
 def test_click_usage_errors(
     tmp_path: Path, source: Path, args: list[str], words: list[str]

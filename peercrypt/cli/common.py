@@ -320,7 +320,7 @@ def follow(
             from tqdm import tqdm
 
             bar = tqdm(
-                total=path.stat().st_size,
+                total=None if path.is_dir() else path.stat().st_size,
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
@@ -367,6 +367,10 @@ def _await_result(
             return msg
         if isinstance(msg, Progress):
             if bar is not None:
+                if bar.total != msg.total_bytes:  # a folder: known once the node walked it
+                    bar.total = msg.total_bytes
+                if msg.total_files:
+                    bar.set_postfix_str(f"{msg.done_files}/{msg.total_files} files", refresh=False)
                 bar.update(msg.done_bytes - bar.n)
             if msg.note and msg.note != said:  # e.g. the receiver's port closed; retrying
                 said = msg.note

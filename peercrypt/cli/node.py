@@ -75,6 +75,7 @@ NODE_OPTIONS: dict[str, str] = {
     "part_expiry": "part_expiry",
     "peer_quota": "peer_quota",
     "part_quota": "part_quota",
+    "tree_max_files": "tree_max_files",
     "stats_keep_days": "stats_keep_days",
     "stats_max_transfers": "stats_max_transfers",
     "no_stats": "no_stats",
@@ -153,6 +154,7 @@ def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings
         part_expiry=eff["part_expiry"],
         peer_part_quota=eff["peer_quota"],
         part_quota=eff["part_quota"],
+        tree_max_files=eff["tree_max_files"],
         stats_keep_days=eff["stats_keep_days"],
         stats_max_transfers=eff["stats_max_transfers"],
     )

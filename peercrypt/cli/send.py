@@ -1,6 +1,7 @@
-"""``send FILE HOST PORT``: unicast in any mode, or multicast with ``-m``,
+"""``send FILE... HOST PORT``: unicast in any mode, or multicast with ``-m``,
 ``-dual``, ``--to`` or ``--mode multicast`` (handed to
-:mod:`peercrypt.cli.multicast`)."""
+:mod:`peercrypt.cli.multicast`). A folder, or several files and folders, go
+as one transfer (unicast; peercrypt/core/tree.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,13 @@ from peercrypt.wire.messages import SendRequest, SendResult
 
 
 @click.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@click.argument(
+    "files",
+    nargs=-1,
+    required=True,
+    metavar="FILE...",
+    type=click.Path(exists=True, readable=True, path_type=Path),
+)
 @click.argument("host")
 @click.argument("port", type=click.IntRange(1, 65535))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
@@ -80,7 +87,7 @@ from peercrypt.wire.messages import SendRequest, SendResult
 def send(
     obj: dict[str, Any],
     /,
-    file: Path,
+    files: tuple[Path, ...],
     host: str,
     port: int,
     as_json: bool,
@@ -98,6 +105,10 @@ def send(
     **policy_options: Any,
 ) -> None:
     """Send FILE to the node at HOST PORT; exit 0 once it verified the hash.
+
+    A folder, or several files and folders, go as one transfer: each file
+    verified by its own hash, the whole appearing in the peer's inbox only
+    once complete (symbolic links inside a folder are not sent).
 
     Without --mode, the mode is that of the options given (-t parallel, -p
     qos, -w/-min-w/-max-w/-ack-threshold/-no-timeout/-no-dupack aimd, -b/-r
@@ -128,7 +139,14 @@ def send(
         raise UserError("--group is for multicast (-m, -dual, --to or --mode multicast)")
     overrides = modes.send_overrides(policy_options, mode)
     check_resolvable(host, port)
-    path = file.resolve()
+    paths = [f.resolve() for f in files]
+    file = path = paths[0]
+    tree = len(paths) > 1 or path.is_dir()
+    if tree and mode == "multicast":
+        raise UserError("multicast sends one file; send a folder or several files without -m")
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        raise UserError("two of the files to send have the same name")
     # Targets first: a wrong one is a usage error whatever the node.
     targets = _multicast().targets(host, port, to, multi, dual) if mode == "multicast" else []
     with local_node(obj, network_key, open_network) as client:
@@ -140,6 +158,10 @@ def send(
         if group and mode != "multicast":
             raise UserError("--group is for multicast (-m, -dual, --to or --mode multicast)")
         if mode == "multicast":
+            if tree:
+                raise UserError(
+                    "multicast sends one file; send a folder or several files without -m"
+                )
             _multicast().multicast_send(
                 client,
                 file=file,
@@ -155,6 +177,7 @@ def send(
             SendRequest(
                 request=request,
                 path=str(path),
+                more=[str(p) for p in paths[1:]],
                 host=host,
                 port=port,
                 chunk_size=chunk_size,
@@ -178,6 +201,13 @@ def _multicast() -> Any:
 def _report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> NoReturn:
     ok = result.code == ResultCode.OK
     rate = result.size / result.seconds / 2**20 if ok and result.seconds > 0 else 0.0
+    files = int(result.stats.get("files", 0))
+    skipped = int(result.stats.get("skipped", 0))
+    if skipped and not as_json:
+        click.echo(
+            f"peercrypt: warning: {skipped} symbolic link(s) or special file(s) were not sent",
+            err=True,
+        )
     if as_json:
         click.echo(
             json.dumps(
@@ -192,6 +222,8 @@ def _report(result: SendResult, path: Path, host: str, port: int, as_json: bool)
                     "stored_as": result.stored_as or None,
                     "seconds": round(result.seconds, 3),
                     "mib_per_s": round(rate, 1),
+                    "files": files or None,
+                    "skipped": skipped if files else None,
                     "retransmits": result.retransmits,
                     "mode": result.mode or None,
                     "stats": result.stats,
@@ -200,8 +232,13 @@ def _report(result: SendResult, path: Path, host: str, port: int, as_json: bool)
             )
         )
     elif ok:
+        what = (
+            f"{path.name} ({files} files, {result.size} bytes)"
+            if files
+            else (f"{path.name} ({result.size} bytes)")
+        )
         click.echo(
-            f"sent {path.name} ({result.size} bytes) to {host}:{port} as {result.stored_as} "
+            f"sent {what} to {host}:{port} as {result.stored_as} "
             f"in {result.seconds:.2f} s ({rate:.1f} MiB/s), blake3 {result.digest.hex()} verified"
         )
     else:

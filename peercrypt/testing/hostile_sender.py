@@ -8,7 +8,9 @@ what a real sender never does:
 - offer anything the codec lets through (odd names, sparse sizes, many
   offers at once) and keep the slots (:meth:`HostileSender.offer`);
 - send chunks beyond the credit, replay captured frames, send a ``Done``
-  with a hash of its choice (:class:`HostileTransfer`).
+  with a hash of its choice (:class:`HostileTransfer`);
+- offer a folder (``tree=``) and stream a manifest of its own making
+  (:meth:`HostileTransfer.send_stream`; peercrypt/core/tree.py).
 
 Everything goes to the host and ports given (tests use 127.0.0.1); every
 wait has a timeout.
@@ -21,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import blake3
 import zmq
 
 from peercrypt.crypto.handshake import Initiator
@@ -34,6 +37,7 @@ from peercrypt.wire.messages import (
     Failed,
     Offer,
     SealedHeader,
+    Verified,
 )
 
 WAIT = 10.0
@@ -92,6 +96,24 @@ class HostileTransfer:
     def send_sealed(self, msg: codec.Message) -> None:
         nonce, sealed = self.keys.seal_message(codec.encode(msg))
         self.send_frames([codec.encode(SealedHeader(tid=self.tid, nonce=nonce)), sealed])
+
+    def send_stream(self, data: bytes, timeout: float = WAIT) -> codec.Message:
+        """Every chunk of ``data`` (the offered size; within the credit, so
+        keep it to a window of chunks), then Done with its true hash (again
+        every 0.2 s, as a sender does, until the chunks are written); the
+        receiver's Verified or Failed."""
+        assert len(data) == self.offer.size
+        size = self.offer.chunk_size
+        for index in range(self.total):
+            self.send_chunk(index, data[index * size : (index + 1) * size])
+        digest = blake3.blake3(data).digest()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.send_done(digest)
+            for msg in self.replies(0.2):
+                if isinstance(msg, Verified | Failed):
+                    return msg
+        raise TimeoutError(f"no verified or failed from the receiver within {timeout} s")
 
     def send_done(self, digest: bytes) -> None:
         self.send_sealed(Done(digest=digest, chunks=self.total))
@@ -158,9 +180,12 @@ class HostileSender:
         tid: bytes | None = None,
         timeout: float = WAIT,
         source: bytes | None = None,
+        tree: int = 0,
+        files: int = 0,
     ) -> HostileTransfer | Refused:
-        """Offer a file; the accepted transfer or the refusal. ``source``: the
-        offer's source tag (random by default: a file never offered before)."""
+        """Offer a file (or a folder whose manifest is the first ``tree``
+        bytes); the accepted transfer or the refusal. ``source``: the offer's
+        source tag (random by default: a file never offered before)."""
         eph = Initiator(self.identity)
         offer = Offer(
             tid=tid or os.urandom(16),
@@ -170,6 +195,8 @@ class HostileSender:
             eph_pub=eph.public,
             hash_alg="blake3",
             source=source or os.urandom(32),
+            tree=tree,
+            files=files,
         )
         self.control.send(codec.encode(offer))
         deadline = time.monotonic() + timeout

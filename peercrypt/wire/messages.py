@@ -82,6 +82,10 @@ class Offer(Message):
     hash_alg: str = field(metadata=bounded(16, 1))
     mode: str = field(default="", metadata=bounded(32))  # for the receiver's statistics
     source: bytes = field(metadata=bounded(HASH_BYTES, HASH_BYTES))
+    # A folder or several files (peercrypt/core/tree.py): the stream's first
+    # ``tree`` bytes are its manifest of ``files`` files; 0: one plain file.
+    tree: int = counter(default=0)
+    files: int = counter(default=0)
 
 
 @message
@@ -203,6 +207,9 @@ class SendRequest(Message):
     TYPE = "send-request"
     request: int = counter()
     path: str = field(metadata=bounded(4096, 1))
+    # More files or folders sent with ``path`` as one transfer (a folder
+    # ``path`` alone is one too); each travels under its own name.
+    more: list[str] = field(default_factory=list, metadata=bounded(4096))
     host: str = field(metadata=bounded(255, 1))
     port: int = port()
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
@@ -262,6 +269,8 @@ class Progress(Message):
     done_bytes: int = counter()
     total_bytes: int = counter()
     note: str = reason(default="")
+    done_files: int = counter(default=0)  # a folder or several files: files fully acked
+    total_files: int = counter(default=0)
 
 
 @message

@@ -1,0 +1,172 @@
+"""The sender's side of a tree transfer: walk, hash, and read as one stream.
+
+:func:`build_tree` walks the roots given (each a directory or a regular
+file; a root named through a symbolic link is taken as the user named it),
+never following a symbolic link inside a tree: links and other special
+files are skipped and counted (:attr:`TreeSource.skipped`). Every regular
+file is hashed (BLAKE3) for the manifest (:mod:`peercrypt.core.tree`), one
+read before the send, so the receiver can verify each file by its own hash.
+
+:class:`TreeSource` is then read like one file (``pread``) by the chunk
+reader (:mod:`actors.file_chunks`): the manifest from memory, the contents
+from the files, opened per read (no descriptor per file is held, whatever
+the number of files; one chunk may span many files). A file that changed
+size since it was hashed makes the read fail; one that changed in place is
+caught by the receiver's per-file hash, and :meth:`TreeSource.changed`
+(checked before Done) names it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+
+from peercrypt.core.tree import (
+    MAX_DEPTH,
+    Kind,
+    Layout,
+    TreeEntry,
+    TreeError,
+    check_component,
+    check_entries,
+    encode_manifest,
+    sort_entries,
+)
+
+MAX_SOURCE_FILES = 1_000_000  # entries one send may walk (the receiver's limit is usually lower)
+HASH_BLOCK = 1 << 20
+
+
+@dataclass
+class TreeSource:
+    manifest: bytes
+    layout: Layout
+    paths: list[str]  # per file of the layout, in order: where to read it
+    stamps: list[tuple[int, int]]  # per file: (size, mtime_ns) when hashed
+    skipped: list[str] = field(default_factory=list)  # symbolic links and special files
+
+    def __post_init__(self) -> None:
+        self._starts = [end - s[0] for end, s in zip(self.layout.ends, self.stamps, strict=True)]
+        self.total_size = self.layout.ends[-1] if self.layout.ends else len(self.manifest)
+
+    @property
+    def files(self) -> int:
+        return self.layout.files
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """``length`` bytes of the stream at ``offset`` (short only past its end).
+        Raises OSError when a file is shorter than when it was hashed."""
+        out = bytearray()
+        if offset < len(self.manifest):
+            out += self.manifest[offset : offset + length]
+            offset += len(out)
+            length -= len(out)
+        i = bisect.bisect_right(self.layout.ends, offset)
+        while length > 0 and i < len(self.paths):
+            start = self._starts[i]
+            size = self.stamps[i][0]
+            within = offset - start
+            take = min(length, size - within)
+            if take > 0:
+                fd = os.open(self.paths[i], os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    data = os.pread(fd, take, within)
+                finally:
+                    os.close(fd)
+                if len(data) != take:
+                    raise OSError(f"{self.paths[i]} shrank while it was sent")
+                out += data
+                offset += take
+                length -= take
+            i += 1
+        return bytes(out)
+
+    def changed(self) -> str:
+        """The first file whose size or mtime differs from when it was
+        hashed (its path), or ""."""
+        for path, stamp in zip(self.paths, self.stamps, strict=True):
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except OSError:
+                return path
+            if (st.st_size, st.st_mtime_ns) != stamp:
+                return path
+        return ""
+
+
+def build_tree(roots: list[Path], max_files: int = MAX_SOURCE_FILES) -> TreeSource:
+    """Walk and hash ``roots``; raises TreeError (a name the receiver would
+    refuse, two roots of one name, too many entries) or OSError."""
+    found: dict[tuple[str, ...], tuple[TreeEntry, str, tuple[int, int]]] = {}
+    skipped: list[str] = []
+
+    def add(entry: TreeEntry, path: str, stamp: tuple[int, int] = (0, 0)) -> None:
+        if len(found) >= max_files:
+            raise TreeError(f"more than {max_files} files and folders")
+        found[entry.path] = (entry, path, stamp)
+
+    def visit(path: str, rel: tuple[str, ...], st: os.stat_result) -> None:
+        if len(rel) > MAX_DEPTH:
+            raise TreeError(f"{path}: deeper than {MAX_DEPTH} levels")
+        for c in rel[-1:]:
+            try:
+                check_component(c)
+            except TreeError:
+                raise TreeError(f"{path!r}: the name cannot be sent as it is") from None
+        if stat.S_ISDIR(st.st_mode):
+            add(TreeEntry(Kind.DIR, rel, 0, st.st_mode & 0o777), path)
+            with os.scandir(path) as it:
+                children = sorted(it, key=lambda d: d.name)
+            for child in children:
+                cst = child.stat(follow_symlinks=False)
+                if stat.S_ISDIR(cst.st_mode) or stat.S_ISREG(cst.st_mode):
+                    visit(child.path, (*rel, child.name), cst)
+                else:
+                    skipped.append(child.path)
+        elif stat.S_ISREG(st.st_mode):
+            digest, stamp = _hash(path)
+            add(TreeEntry(Kind.FILE, rel, stamp[0], st.st_mode & 0o777, digest), path, stamp)
+        else:
+            skipped.append(path)
+
+    for root in roots:
+        name = root.name
+        if (name,) in found:
+            raise TreeError(f"two sources are named {name!r}")
+        visit(str(root), (name,), os.stat(root))
+    entries = sort_entries(e for e, _, _ in found.values())
+    check_entries(entries, max_files)
+    manifest = encode_manifest(entries)
+    layout = Layout.of(entries, len(manifest))
+    files = [found[e.path] for e in entries if e.kind is Kind.FILE]
+    return TreeSource(
+        manifest=manifest,
+        layout=layout,
+        paths=[p for _, p, _ in files],
+        stamps=[s for _, _, s in files],
+        skipped=skipped,
+    )
+
+
+def _hash(path: str) -> tuple[bytes, tuple[int, int]]:
+    """BLAKE3 of the file at ``path`` (not through a symbolic link) and its
+    (size, mtime_ns) as it was read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        hasher = blake3.blake3()
+        offset = 0
+        while offset < st.st_size:
+            block = os.pread(fd, min(HASH_BLOCK, st.st_size - offset), offset)
+            if not block:
+                raise OSError(f"{path} shrank while it was read")
+            hasher.update(block)
+            offset += len(block)
+        return hasher.digest(), (st.st_size, st.st_mtime_ns)
+    finally:
+        os.close(fd)

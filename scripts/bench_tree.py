@@ -1,0 +1,194 @@
+"""Many small files in one transfer: peercrypt vs tar over ssh and scp -r.
+
+10,000 files of 4 KiB (100 folders of 100) by default. Two node processes
+on loopback; each round runs, interleaved, the CLI's wall time of
+
+- ``peercrypt send DIR 127.0.0.1 PORT`` (through the running sender node,
+  to the receiving node; it exits once every file is verified and durable:
+  one ``syncfs`` of the receiver's filesystem, no fsync per file),
+- ``tar c DIR | ssh 127.0.0.1 'tar x -C DEST'`` and the same followed by
+  ``sync -f DEST`` on the receiving side (what peercrypt's durability costs
+  tar),
+- ``scp -rq DIR 127.0.0.1:DEST``,
+
+against an sshd of our own on a loopback port (a temporary host key and
+client key; nothing of the machine's ssh configuration is used or changed).
+Without an sshd binary (``apt-get install -y openssh-server``) the ssh rows
+fall back to a local ``tar c | tar x`` pipe with ``sync -f``, and say so.
+The receiving folder is emptied before each run. Reported: each way's
+median wall time and files per second.
+
+    .venv/bin/python scripts/bench_tree.py [--files 10000] [--size 4096] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from peercrypt.crypto.identity import new_network_key
+from peercrypt.testing.nodes import NodeProcess, blake3_file, run_cli, wait_until
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def make_tree(root: Path, files: int, size: int) -> None:
+    per = 100
+    for n in range(files):
+        folder = root / f"d{n // per:04}"
+        if n % per == 0:
+            folder.mkdir(parents=True)
+        (folder / f"f{n % per:03}.bin").write_bytes(os.urandom(size))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Sshd:
+    """An sshd on 127.0.0.1:PORT that admits one temporary key."""
+
+    def __init__(self, work: Path) -> None:
+        self.dir = work / "ssh"
+        self.dir.mkdir(mode=0o700)
+        for name in ("host", "client"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)],
+                check=True,
+            )
+        auth = self.dir / "authorized_keys"
+        shutil.copy(self.dir / "client.pub", auth)
+        auth.chmod(0o600)
+        self.port = free_port()
+        config = self.dir / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.dir / 'host'}\n"
+            f"AuthorizedKeysFile {auth}\nPasswordAuthentication no\nPermitRootLogin yes\n"
+            f"StrictModes no\nUsePAM no\nPidFile {self.dir / 'sshd.pid'}\n"
+            "Subsystem sftp internal-sftp\n"
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.ssh = [
+            "ssh", "-q", "-p", str(self.port), "-i", str(self.dir / "client"),
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes",
+        ]  # fmt: skip
+        wait_until(self._answers, 10, "sshd to answer")
+
+    def _answers(self) -> bool:
+        return subprocess.run([*self.ssh, "127.0.0.1", "true"], check=False).returncode == 0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def timed(run: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def sh(command: str) -> None:
+    subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-tree-") as tmp:
+        work = Path(tmp)
+        src = work / "tree"
+        make_tree(src, args.files, args.size)
+        dest = work / "dest"
+        key = new_network_key()
+        receiver = NodeProcess(data_dir=work / "receiver", network_key=key).start()
+        sender = NodeProcess(data_dir=work / "sender", network_key=key).start()
+        sshd: Sshd | None = None
+        try:
+            sshd = Sshd(work)
+        except (OSError, subprocess.CalledProcessError, AssertionError) as exc:
+            print(f"no sshd ({exc}); comparing with a local tar | tar pipe instead")
+        times: dict[str, list[float]] = {}
+
+        def clean() -> None:
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir()
+            for entry in receiver.inbox.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+        def peercrypt() -> None:
+            result = run_cli(
+                "send", str(src), "127.0.0.1", str(receiver.port), "--json",
+                data_dir=sender.data_dir, timeout=600,
+            )  # fmt: skip
+            if result.returncode != 0:
+                raise SystemExit(result.describe())
+
+        ways: dict[str, Callable[[], None]] = {"peercrypt send DIR": peercrypt}
+        if sshd is not None:
+            ssh = " ".join(sshd.ssh)
+            ways["tar c | ssh tar x"] = lambda: sh(
+                f"tar c -C {work} tree | {ssh} 127.0.0.1 'tar x -C {dest}'"
+            )
+            ways["tar c | ssh 'tar x; sync -f'"] = lambda: sh(
+                f"tar c -C {work} tree | {ssh} 127.0.0.1 'tar x -C {dest} && sync -f {dest}'"
+            )
+            scp = ["scp", "-rq", *sshd.ssh[2:]]  # ssh's options, but -P for the port
+            scp[scp.index("-p")] = "-P"
+            ways["scp -r"] = lambda: subprocess.run(
+                [*scp, str(src), f"127.0.0.1:{dest}/"], check=True
+            )
+        else:
+            ways["tar c | tar x; sync -f (local)"] = lambda: sh(
+                f"tar c -C {work} tree | tar x -C {dest} && sync -f {dest}"
+            )
+        try:
+            for _ in range(args.rounds):
+                for name, run in ways.items():
+                    clean()
+                    times.setdefault(name, []).append(timed(run))
+                    if run is peercrypt:  # what arrived is what was sent (untimed)
+                        stored = receiver.inbox / "tree"
+                        assert sum(1 for _ in stored.rglob("*.bin")) == args.files
+                        last = sorted(src.rglob("*.bin"))[-1].relative_to(src)
+                        assert blake3_file(stored / last) == blake3_file(src / last)
+        finally:
+            if sshd is not None:
+                sshd.stop()
+            sender.stop()
+            receiver.stop()
+    print(
+        f"{args.files} files of {args.size} bytes, loopback, {args.rounds} rounds interleaved "
+        f"(median wall time, files/s):"
+    )
+    rows = {}
+    for name, values in times.items():
+        median = statistics.median(values)
+        rows[name] = {"seconds": round(median, 2), "files_per_s": round(args.files / median)}
+        print(f"  {name:32} {median:6.2f} s  {args.files / median:8.0f} files/s")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

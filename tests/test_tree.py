@@ -1,0 +1,297 @@
+"""Folder transfers without a node: the manifest's rules (peercrypt/core/tree.py),
+the sender's walk and stream (actors/tree_source.py), and the receiver's
+unpacking into the inbox (actors/tree_store.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import blake3
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actors.tree_source import build_tree
+from actors.tree_store import hidden_name, unpack
+from peercrypt.core.tree import (
+    MAX_DEPTH,
+    Kind,
+    Layout,
+    TreeEntry,
+    TreeError,
+    decode_manifest,
+    encode_manifest,
+    manifest_limit,
+    received_mode,
+    sort_entries,
+)
+
+
+def f(*path: str, data: bytes = b"x", mode: int = 0o644) -> TreeEntry:
+    return TreeEntry(Kind.FILE, path, len(data), mode, blake3.blake3(data).digest())
+
+
+def d(*path: str) -> TreeEntry:
+    return TreeEntry(Kind.DIR, path, 0, 0o755)
+
+
+def stream_size(entries: list[TreeEntry]) -> int:
+    return len(encode_manifest(entries)) + sum(e.size for e in entries)
+
+
+def decode(entries: list[TreeEntry], max_files: int = 100) -> list[TreeEntry]:
+    return decode_manifest(encode_manifest(entries), max_files, stream_size(entries))
+
+
+GOOD = [d("top"), f("top", "a"), d("top", "empty"), d("top", "ünï 😀"), f("top", "ünï 😀", "b")]
+
+
+def test_a_manifest_round_trips() -> None:
+    assert decode(GOOD) == GOOD
+
+
+names = st.text(
+    st.characters(blacklist_categories=("C", "Zs"), blacklist_characters="/\\"),
+    min_size=1,
+    max_size=12,
+).filter(lambda n: n not in (".", ".."))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(names, min_size=1, max_size=4), min_size=1, max_size=30))
+def test_any_tree_of_safe_names_round_trips(paths: list[list[str]]) -> None:
+    found: dict[tuple[str, ...], TreeEntry] = {}
+    for path in paths:
+        for depth in range(1, len(path)):
+            found.setdefault(tuple(path[:depth]), d(*path[:depth]))
+        if tuple(path) not in found:
+            found[tuple(path)] = f(*path, data=os.urandom(3))
+    entries = sort_entries(found.values())
+    # A "file" that is also some path's parent is a directory here.
+    entries = [d(*e.path) if any(o.path[:-1] == e.path for o in entries) else e for e in entries]
+    assert decode(entries) == entries
+
+
+@pytest.mark.parametrize(
+    ("entries", "why"),
+    [
+        ([f("..")], "unusable"),
+        ([d("top"), f("top", "..")], "unusable"),
+        ([f("")], "unusable"),  # an absolute path's first component
+        ([d("top"), f("top", "")], "unusable"),
+        ([f("a/b")], "unsafe"),
+        ([f("a\\b")], "unsafe"),
+        ([f("a\x00b")], "unsafe"),
+        ([f("a\nb")], "unsafe"),
+        ([f(" a")], "unsafe"),
+        ([f("x" * 201)], "unsafe"),
+        ([f("a"), f("a")], "duplicate"),
+        ([d("a"), d("a")], "duplicate"),
+        ([f("b"), f("a")], "out of order"),
+        ([f("a"), f("a", "b")], "not under a listed directory"),  # a file as a parent
+        ([f("a", "b")], "not under a listed directory"),
+        ([d("a"), f("b", "c")], "not under a listed directory"),
+    ],
+)
+def test_hostile_manifests_are_refused(entries: list[TreeEntry], why: str) -> None:
+    with pytest.raises(TreeError, match=why):
+        decode(entries)
+
+
+def test_limits_of_count_depth_size_and_total() -> None:
+    many = [f(f"f{i:05}") for i in range(11)]
+    with pytest.raises(TreeError, match="more than 10 entries"):
+        decode(many, max_files=10)
+    deep = [*(d(*["d"] * n) for n in range(1, MAX_DEPTH)), f(*["d"] * (MAX_DEPTH - 1), "x")]
+    assert decode(deep, 1000) == deep
+    too_deep = [d(*["d"] * n) for n in range(1, MAX_DEPTH + 2)]
+    with pytest.raises(TreeError, match="components"):
+        decode(too_deep, 1000)
+    data = encode_manifest(GOOD)
+    with pytest.raises(TreeError, match="add up"):
+        decode_manifest(data, 100, stream_size(GOOD) + 1)
+    with pytest.raises(TreeError, match="larger than"):
+        decode_manifest(b"\0" * (manifest_limit(1) + 1), 1, 10**9)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [2, []],
+        [1, {}],
+        [1, [["x", ["a"], 1, 0, b"h" * 32]]],
+        [1, [["f", "a", 1, 0, b"h" * 32]]],
+        [1, [["f", [1], 1, 0, b"h" * 32]]],
+        [1, [["f", ["a"], -1, 0, b"h" * 32]]],
+        [1, [["f", ["a"], 1.5, 0, b"h" * 32]]],
+        [1, [["f", ["a"], 1, 0, b"h" * 31]]],
+        [1, [["d", ["a"], 5, 0, b""]]],
+        [1, [["f", ["a"], 1, 0o70000, b"h" * 32]]],
+        [1, [["f", ["a"], 1, 0]]],
+    ],
+)
+def test_malformed_entries_are_refused(doc: list[object]) -> None:
+    data = msgpack.packb(doc, use_bin_type=True)
+    with pytest.raises(TreeError):
+        decode_manifest(data, 100, len(data) + 1)
+
+
+def test_an_array_claiming_billions_of_entries_costs_nothing() -> None:
+    # msgpack array32 header for 2**32-1 entries, and no entries.
+    data = b"\x92\x01\xdd\xff\xff\xff\xff"
+    with pytest.raises(TreeError):
+        decode_manifest(data, 100_000, len(data))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_bytes_raise_tree_error_only(data: bytes) -> None:
+    with contextlib.suppress(TreeError):  # anything else fails the test
+        decode_manifest(data, 50, len(data))
+
+
+def test_layout_counts_files_done() -> None:
+    entries = [d("t"), f("t", "a", data=b"12"), f("t", "b", data=b""), f("t", "c", data=b"345")]
+    layout = Layout.of(entries, 10)
+    assert layout.ends == (12, 12, 15)
+    assert [layout.files_done(n) for n in (10, 11, 12, 14, 15)] == [0, 0, 2, 2, 3]
+
+
+def test_received_modes_stay_within_the_receivers() -> None:
+    assert received_mode(f("a", mode=0o4777), 0o644, 0o755) == 0o755
+    assert received_mode(f("a", mode=0o777 & ~0o100), 0o600, 0o700) == 0o600
+    assert received_mode(f("a", mode=0o700), 0o600, 0o700) == 0o700
+    assert received_mode(d("a"), 0o600, 0o700) == 0o700
+
+
+# -- the sender's walk and stream, the receiver's unpacking ----------------------------
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    files = {
+        "a/b/deep.txt": b"deep",
+        "a/empty.txt": b"",
+        "ünï 😀/f.bin": os.urandom(70_000),
+        "top.txt": b"top",
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "empty-dir").mkdir()
+    return files
+
+
+def stream_of(roots: list[Path]) -> tuple[bytes, int, int]:
+    tree = build_tree(roots)
+    data = tree.pread(tree.total_size + 10, 0)
+    assert len(data) == tree.total_size
+    # Any cut reads the same bytes.
+    assert b"".join(tree.pread(7, o) for o in range(0, tree.total_size, 7)) == data
+    return data, len(tree.manifest), tree.files
+
+
+def store(inbox: Path, data: bytes, manifest: int, max_files: int = 100) -> list[str]:
+    inbox.mkdir(exist_ok=True)
+    part = ".src.0123.part"
+    fd = os.open(inbox / part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        return unpack(inbox, fd, part, manifest, len(data), max_files, 0o644, 0o755)
+    finally:
+        os.close(fd)
+        os.unlink(inbox / part)
+
+
+def listing(root: Path) -> dict[str, bytes | None]:
+    out: dict[str, bytes | None] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = None if p.is_dir() else p.read_bytes()
+    return out
+
+
+def test_a_folder_goes_through_the_stream_whole(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files = make_tree(src)
+    (src / "a" / "run.sh").write_bytes(b"#!/bin/sh\n")
+    os.chmod(src / "a" / "run.sh", 0o755)
+    data, manifest, count = stream_of([src])
+    assert count == len(files) + 1
+    inbox = tmp_path / "inbox"
+    assert store(inbox, data, manifest) == ["src"]
+    assert listing(inbox / "src") == listing(src)
+    assert os.stat(inbox / "src" / "a" / "run.sh").st_mode & 0o777 == 0o755
+    assert os.stat(inbox / "src" / "top.txt").st_mode & 0o777 == 0o644
+    assert not (inbox / hidden_name(".src.0123.part")).exists()
+    # Again: the clash renames the top folder, the first stays as it was.
+    assert store(inbox, data, manifest) == ["src.1"]
+    assert listing(inbox / "src.1") == listing(src)
+    # An empty directory in the way is not replaced either.
+    (inbox / "src.2").mkdir()
+    assert store(inbox, data, manifest) == ["src.3"]
+    assert sorted(os.listdir(inbox)) == ["src", "src.1", "src.2", "src.3"]
+
+
+def test_several_roots_arrive_side_by_side(tmp_path: Path) -> None:
+    (tmp_path / "one.txt").write_bytes(b"1")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "two.txt").write_bytes(b"2")
+    data, manifest, _ = stream_of([tmp_path / "one.txt", tmp_path / "dir"])
+    inbox = tmp_path / "inbox"
+    assert store(inbox, data, manifest) == ["dir", "one.txt"]
+    assert (inbox / "one.txt").read_bytes() == b"1"
+    assert (inbox / "dir" / "two.txt").read_bytes() == b"2"
+    with pytest.raises(TreeError, match="two sources"):
+        build_tree([tmp_path / "dir", tmp_path / "inbox" / "dir"])
+
+
+def test_links_and_special_files_are_skipped_never_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not for the peer")
+    (tmp_path / "outside").mkdir()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok").write_bytes(b"ok")
+    (src / "to-secret").symlink_to(secret)
+    (src / "to-dir").symlink_to(tmp_path / "outside")
+    (src / "inside").symlink_to("ok")
+    os.mkfifo(src / "fifo")
+    tree = build_tree([src])
+    assert sorted(Path(p).name for p in tree.skipped) == ["fifo", "inside", "to-dir", "to-secret"]
+    data = tree.pread(tree.total_size, 0)
+    assert b"not for the peer" not in data
+    assert [e.text for e in tree.layout.entries] == ["src", "src/ok"]
+
+
+def test_a_name_the_receiver_would_refuse_is_refused_by_the_sender(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "bad\nname").write_bytes(b"x")
+    with pytest.raises(TreeError, match="cannot be sent"):
+        build_tree([src])
+
+
+def test_a_file_not_matching_its_hash_stores_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    data, manifest, _ = stream_of([src])
+    tampered = data[:-1] + bytes([data[-1] ^ 1])  # the last file's last byte
+    inbox = tmp_path / "inbox"
+    with pytest.raises(TreeError, match="does not match its hash"):
+        store(inbox, tampered, manifest)
+    assert os.listdir(inbox) == []
+
+
+def test_a_hostile_manifest_creates_nothing(tmp_path: Path) -> None:
+    entries = [d("ok"), f("ok", "a"), f("..", data=b"x")]
+    raw = msgpack.packb(
+        [1, [[e.kind.value, list(e.path), e.size, e.mode, e.digest] for e in entries]]
+    )
+    inbox = tmp_path / "inbox"
+    with pytest.raises(TreeError):
+        store(inbox, raw + b"xx", len(raw))
+    assert os.listdir(inbox) == []
+    assert os.listdir(tmp_path) == ["inbox"]

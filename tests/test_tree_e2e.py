@@ -1,0 +1,205 @@
+"""Folders and many files in one transfer, between real nodes on loopback
+(peercrypt/core/tree.py, actors/tree_source.py, actors/tree_store.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blake3
+import msgpack
+
+from peercrypt.core.tree import Kind, TreeEntry, encode_manifest
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
+from peercrypt.testing.nodes import NodeProcess, wait_until
+from peercrypt.wire.messages import Failed, Refuse, Verified
+
+WAIT = 30.0
+Nodes = Callable[..., NodeProcess]
+
+
+def contents(root: Path) -> dict[str, str | None]:
+    """Every path under ``root`` -> the BLAKE3 of its content (None: a folder)."""
+    out: dict[str, str | None] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        out[rel] = None if p.is_dir() else blake3.blake3(p.read_bytes()).hexdigest()
+    return out
+
+
+def test_a_folder_arrives_whole_and_a_second_one_beside_it(
+    tmp_path: Path, node_factory: Nodes
+) -> None:
+    receiver, sender = node_factory(), node_factory()
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"must not leave the sender")
+    src = tmp_path / "photos"
+    (src / "2026" / "ünï 😀 夏").mkdir(parents=True)
+    (src / "empty folder").mkdir()
+    (src / "2026" / "ünï 😀 夏" / "a.jpg").write_bytes(os.urandom(300_000))
+    (src / "2026" / "empty.txt").write_bytes(b"")
+    (src / "run.sh").write_bytes(b"#!/bin/sh\necho hi\n")
+    os.chmod(src / "run.sh", 0o755)
+    (src / "leak").symlink_to(secret)
+    (src / "up").symlink_to(tmp_path)
+    expected = {k: v for k, v in contents(src).items() if k not in ("leak", "up")}
+
+    result = sender.send_result(src, receiver.host, receiver.port)
+    assert result.returncode == 0, result.describe()
+    out = result.json
+    assert out["stored_as"] == "photos" and out["files"] == 3 and out["skipped"] == 2
+    inbox = receiver.inbox
+    assert contents(inbox / "photos") == expected
+    assert os.stat(inbox / "photos" / "run.sh").st_mode & 0o111
+    assert not os.stat(inbox / "photos" / "2026" / "empty.txt").st_mode & 0o111
+    assert b"must not leave" not in b"".join(
+        p.read_bytes() for p in inbox.rglob("*") if p.is_file()
+    )
+
+    # The same folder again: the top folder is renamed, the first untouched;
+    # the warning about the links is one line on stderr.
+    again = sender.cli("send", src, receiver.host, str(receiver.port), "--no-progress")
+    assert again.returncode == 0, again.describe()
+    assert "as photos.1 " in again.stdout and "3 files" in again.stdout
+    assert again.stderr_lines == [
+        "peercrypt: warning: 2 symbolic link(s) or special file(s) were not sent"
+    ]
+    assert contents(inbox / "photos.1") == expected
+    assert contents(inbox / "photos") == expected
+    assert sorted(os.listdir(inbox)) == ["photos", "photos.1"]  # no part, no hidden tree left
+
+    # Several files and a folder in one transfer arrive side by side.
+    (tmp_path / "note.txt").write_bytes(b"note")
+    several = sender.cli(
+        "send", tmp_path / "note.txt", src / "2026", receiver.host, str(receiver.port), "--json"
+    )
+    assert several.returncode == 0, several.describe()
+    assert several.json["stored_as"] == "2026, note.txt"
+    assert (inbox / "note.txt").read_bytes() == b"note"
+    assert contents(inbox / "2026") == contents(src / "2026")
+
+    # Both sides' history records the file count.
+    for node, side in ((sender, "send"), (receiver, "receive")):
+
+        def counts(node: NodeProcess = node, side: str = side) -> list[str] | None:
+            rows = json.loads(node.cli("stats", "list", "--json").stdout)
+            done = [r for r in rows if r["side"] == side and r["result"] == "ok"]
+            return sorted(r["params"].get("files") for r in done) if len(done) == 3 else None
+
+        assert wait_until(counts, WAIT, f"3 {side} rows") == ["3", "3", "3"]
+
+
+def test_ten_thousand_files_in_one_transfer(tmp_path: Path, node_factory: Nodes) -> None:
+    receiver, sender = node_factory(), node_factory()
+    src = tmp_path / "many"
+    for d in range(50):
+        folder = src / f"d{d:02}"
+        folder.mkdir(parents=True)
+        for i in range(200):
+            (folder / f"f{i:03}").write_bytes(os.urandom(16))
+    code, out = sender.send_to(src, receiver, timeout=120)
+    assert code == 0, out
+    assert out["files"] == 10_000
+    assert contents(receiver.inbox / "many") == contents(src)
+
+
+def test_cli_refuses_what_it_cannot_send_as_one(tmp_path: Path, node_factory: Nodes) -> None:
+    sender = node_factory()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x").write_bytes(b"1")
+    (tmp_path / "b" / "x").write_bytes(b"2")
+    same = sender.cli("send", tmp_path / "a" / "x", tmp_path / "b" / "x", "127.0.0.1", "9")
+    assert same.returncode == 2
+    assert same.stderr_lines == ["peercrypt: error: two of the files to send have the same name"]
+    multi = sender.cli("send", tmp_path / "a", "127.0.0.1", "9", "-m", "--to", "127.0.0.1:10")
+    assert multi.returncode == 2
+    assert multi.stderr_lines == [
+        "peercrypt: error: multicast sends one file; send a folder or several files without -m"
+    ]
+    (tmp_path / "a" / "bad\nname").write_bytes(b"3")
+    bad = sender.cli("send", tmp_path / "a", "127.0.0.1", str(sender.port), "--force")
+    assert bad.returncode == 2, bad.describe()
+    assert len(bad.stderr_lines) == 1 and "the name cannot be sent as it is" in bad.stderr
+
+
+# -- a hostile sender (a member with the network key) ------------------------------------
+
+
+def f(*path: str, data: bytes) -> TreeEntry:
+    return TreeEntry(Kind.FILE, path, len(data), 0o644, blake3.blake3(data).digest())
+
+
+def d(*path: str) -> TreeEntry:
+    return TreeEntry(Kind.DIR, path)
+
+
+def raw_manifest(rows: list[list[Any]]) -> bytes:
+    data = msgpack.packb([1, rows], use_bin_type=True)
+    assert isinstance(data, bytes)
+    return data
+
+
+def row(e: TreeEntry) -> list[Any]:
+    return [e.kind.value, list(e.path), e.size, e.mode, e.digest]
+
+
+def offer_tree(h: HostileSender, manifest: bytes, body: bytes, files: int) -> HostileTransfer:
+    t = h.offer("evil", len(manifest) + len(body), 64 * 1024, tree=len(manifest), files=files)
+    assert isinstance(t, HostileTransfer), t
+    return t
+
+
+def test_hostile_trees_store_nothing_and_the_node_goes_on(
+    tmp_path: Path, node_factory: Nodes, network_key: str
+) -> None:
+    receiver = node_factory("--tree-max-files", "1000")
+    inbox = receiver.inbox
+    x = b"payload"
+    cases: dict[str, tuple[bytes, bytes, int]] = {}
+
+    def case(name: str, rows: list[list[Any]], body: bytes = x) -> None:
+        cases[name] = (raw_manifest(rows), body, len(rows))
+
+    case("dot-dot", [row(f("..", data=x))])
+    case("dot-dot-below", [row(d("ok")), row(f("ok", "..", data=x))])
+    case("absolute", [row(d("")), row(f("", "etc", data=x))])
+    case("slash", [row(f("a/../../b", data=x))])
+    case("nul", [row(f("a\x00b", data=x))])
+    case("duplicate", [row(f("a", data=x)), row(f("a", data=b""))])
+    case("file-as-parent", [row(f("a", data=x)), row(f("a", "b", data=b""))])
+    case("undeclared-parent", [row(f("a", "b", data=x))])
+    case("sizes-lie", [row(TreeEntry(Kind.FILE, ("a",), 3, 0o644, b"h" * 32))])
+    case("hash-mismatch", [row(d("t")), row(f("t", "a", data=b"other!!"))])
+    cases["garbage"] = (b"\xc1" * 20, x, 1)
+    cases["billions"] = (b"\x92\x01\xdd\xff\xff\xff\xff", x, 1)  # an array of 2**32-1
+
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        for name, (manifest, body, files) in cases.items():
+            t = offer_tree(h, manifest, body, files)
+            failed = t.send_stream(manifest + body)
+            assert isinstance(failed, Failed) and failed.code == "bad-tree", (name, failed)
+            assert os.listdir(inbox) == [], (name, os.listdir(inbox))
+        # Beyond the receiver's limit: refused before any byte moves.
+        too_many = h.offer("evil", 10**6, 64 * 1024, tree=1000, files=1001)
+        assert isinstance(too_many, Refused) and isinstance(too_many.answer, Refuse)
+        assert too_many.answer.code == "too-many-files"
+        big = h.offer("evil", 10**9, 1 << 20, tree=10**8, files=10)
+        assert isinstance(big, Refused) and big.answer.code == "too-many-files"  # type: ignore[attr-defined]
+        lies = h.offer("evil", 10, 64 * 1024, tree=11, files=1)
+        assert isinstance(lies, Refused) and lies.answer.code == "bad-offer"  # type: ignore[attr-defined]
+
+        # The node goes on: a well-formed tree from the same member is stored.
+        entries = [d("fine"), f("fine", "ok.txt", data=x)]
+        good = encode_manifest(entries)
+        t = offer_tree(h, good, x, 1)
+        stored = t.send_stream(good + x)
+        assert isinstance(stored, Verified) and stored.stored_as == "fine", stored
+    assert (inbox / "fine" / "ok.txt").read_bytes() == x
+    assert sorted(os.listdir(inbox)) == ["fine"]
+    wait_until(
+        lambda: receiver.counters().get("receiver.tree-bad-tree") == len(cases), WAIT, "the count"
+    )
