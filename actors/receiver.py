@@ -65,6 +65,7 @@ from actors.inbox import (
     scan,
     sweep,
 )
+from actors.tree_store import sweep_trees
 from peercrypt.core.bitmap import ChunkBitmap, flatten
 from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
 from peercrypt.core.receive_window import Arrival
@@ -210,6 +211,10 @@ class ReceiverActor(Actor):
             self.space.forget(part)
             log.info("%s: no resume for %.0f s; deleted", part, self.settings.part_expiry)
         self.count("parts-reclaimed", len(gone))
+        try:
+            self.count("trees-reclaimed", len(sweep_trees(self.settings.inbox)))
+        except OSError as exc:
+            self.log_limited("cannot sweep the inbox: %s", exc)
 
     # -- offers (control plane, via the gateway) -------------------------------
 

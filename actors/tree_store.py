@@ -202,3 +202,28 @@ def _remove(dir_fd: int, name: str) -> None:
         shutil.rmtree(name, dir_fd=dir_fd)
     else:
         os.unlink(name, dir_fd=dir_fd)
+
+
+def sweep_trees(inbox: Path) -> list[str]:
+    """Remove hidden trees a crash left behind (``.NAME.TID.tree`` whose part
+    is gone: its transfer can no longer resume); the names removed. One with
+    a part stays: a resend of it removes and rebuilds it."""
+    gone = []
+    inbox_fd = os.open(inbox, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with os.scandir(inbox_fd) as entries:
+            names = [
+                e.name
+                for e in entries
+                if e.name.startswith(".")
+                and e.name.endswith(".tree")
+                and e.is_dir(follow_symlinks=False)
+            ]
+        for name in names:
+            part = name.removesuffix(".tree") + ".part"
+            if not os.path.lexists(inbox / part):
+                _remove(inbox_fd, name)
+                gone.append(name)
+    finally:
+        os.close(inbox_fd)
+    return gone

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.tree_source import build_tree
-from actors.tree_store import hidden_name, unpack
+from actors.tree_store import hidden_name, sweep_trees, unpack
 from peercrypt.core.tree import (
     MAX_DEPTH,
     Kind,
@@ -295,3 +295,14 @@ def test_a_hostile_manifest_creates_nothing(tmp_path: Path) -> None:
         store(inbox, raw + b"xx", len(raw))
     assert os.listdir(inbox) == []
     assert os.listdir(tmp_path) == ["inbox"]
+
+
+def test_hidden_trees_a_crash_left_are_swept_once_their_part_is_gone(tmp_path: Path) -> None:
+    (tmp_path / ".a.1.tree" / "a" / "b").mkdir(parents=True)
+    (tmp_path / ".a.1.tree" / "a" / "b" / "f").write_bytes(b"x")
+    (tmp_path / ".b.2.tree").mkdir()
+    (tmp_path / ".b.2.part").write_bytes(b"")  # resumable: its tree stays
+    (tmp_path / "c.tree").mkdir()  # not hidden: a received folder
+    (tmp_path / ".d.3.tree").write_bytes(b"")  # not a folder
+    assert sweep_trees(tmp_path) == [".a.1.tree"]
+    assert sorted(os.listdir(tmp_path)) == [".b.2.part", ".b.2.tree", ".d.3.tree", "c.tree"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,10 @@ from typing import Any
 import blake3
 import msgpack
 
+from actors.inbox import load_manifest, manifest_name, scan
 from peercrypt.core.tree import Kind, TreeEntry, encode_manifest
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
-from peercrypt.testing.nodes import NodeProcess, wait_until
+from peercrypt.testing.nodes import NodeProcess, cli_env, start_cli, wait_until
 from peercrypt.wire.messages import Failed, Refuse, Verified
 
 WAIT = 30.0
@@ -81,15 +84,26 @@ def test_a_folder_arrives_whole_and_a_second_one_beside_it(
     assert (inbox / "note.txt").read_bytes() == b"note"
     assert contents(inbox / "2026") == contents(src / "2026")
 
+    # The same from the shell (a script on stdin runs each line).
+    (tmp_path / "viashell" / "sub").mkdir(parents=True)
+    (tmp_path / "viashell" / "sub" / "s.txt").write_bytes(b"shell")
+    line = f"send {tmp_path / 'viashell'} {receiver.host} {receiver.port} --json\n"
+    shell = subprocess.run(
+        [sys.executable, "-m", "peercrypt", "--data-dir", str(sender.data_dir), "shell"],
+        input=line, capture_output=True, text=True, env=cli_env(), timeout=120, check=False,
+    )  # fmt: skip
+    assert shell.returncode == 0, shell.stderr
+    assert (inbox / "viashell" / "sub" / "s.txt").read_bytes() == b"shell"
+
     # Both sides' history records the file count.
     for node, side in ((sender, "send"), (receiver, "receive")):
 
         def counts(node: NodeProcess = node, side: str = side) -> list[str] | None:
             rows = json.loads(node.cli("stats", "list", "--json").stdout)
             done = [r for r in rows if r["side"] == side and r["result"] == "ok"]
-            return sorted(r["params"].get("files") for r in done) if len(done) == 3 else None
+            return sorted(r["params"].get("files") for r in done) if len(done) == 4 else None
 
-        assert wait_until(counts, WAIT, f"3 {side} rows") == ["3", "3", "3"]
+        assert wait_until(counts, WAIT, f"4 {side} rows") == ["1", "3", "3", "3"]
 
 
 def test_ten_thousand_files_in_one_transfer(tmp_path: Path, node_factory: Nodes) -> None:
@@ -203,3 +217,42 @@ def test_hostile_trees_store_nothing_and_the_node_goes_on(
     wait_until(
         lambda: receiver.counters().get("receiver.tree-bad-tree") == len(cases), WAIT, "the count"
     )
+
+
+def test_an_interrupted_folder_resumes_where_it_stopped(
+    tmp_path: Path, node_factory: Nodes
+) -> None:
+    receiver, sender = node_factory(name="receiver"), node_factory(name="sender")
+    src = tmp_path / "tree"
+    for i in range(8):
+        (src / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 2}" / f"f{i}.bin").write_bytes(os.urandom(2 << 20))
+    chunk = ("--chunk-size", str(64 * 1024))
+    proc = start_cli(
+        "send", str(src), "127.0.0.1", str(receiver.port), "--json", *chunk,
+        "-r", str(12 << 20), data_dir=sender.data_dir,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: held(receiver.inbox) > 0 or proc.poll() is not None, WAIT, "a part")
+        receiver.kill()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=WAIT)
+    kept = held(receiver.inbox)
+    assert kept > 0
+    receiver.start()
+    again = sender.send_result(src, "127.0.0.1", receiver.port, *chunk, timeout=120)
+    assert again.returncode == 0, again.describe()
+    assert again.json["stats"]["resumed_chunks"] == kept
+    assert contents(receiver.inbox / "tree") == contents(src)
+    assert sorted(os.listdir(receiver.inbox)) == ["tree"]
+
+
+def held(inbox: Path) -> int:
+    """Chunks the kept part's manifest lists (0 while there is none)."""
+    found = scan(inbox)
+    if not found.manifests:
+        return 0
+    (m,) = found.manifests
+    return load_manifest(inbox, manifest_name(m.part)).held().count
