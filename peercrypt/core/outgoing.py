@@ -127,7 +127,9 @@ class OutgoingTransfer:
     ``timeout``: seconds the offer may wait for an answer, and the longest
     time without newly acked chunks. ``paced``: the node has a rate cap (the
     scheduler may change it later with :meth:`on_pacing`). ``now``: when the
-    offer goes out.
+    offer goes out. ``done_retries``: Dones sent (each waiting twice as long)
+    before the receiver's silence fails the transfer; a folder's receiver
+    builds the tree after the hash, so its sender waits longer.
     """
 
     policy: Policy
@@ -137,6 +139,7 @@ class OutgoingTransfer:
     now: float
     peer: str = "the receiver"
     node_capped: bool = False
+    done_retries: int = DONE_RETRIES
 
     phase: Phase = field(default=Phase.OFFERED, init=False)
     started: float = field(init=False)
@@ -441,7 +444,7 @@ class OutgoingTransfer:
                 self._hash_asked = True
                 self._outputs.append(HashFile())
             return
-        if self.done_sent >= DONE_RETRIES:
+        if self.done_sent >= self.done_retries:
             self._end(Failed(ResultCode.TIMEOUT, f"{self.peer} did not confirm the file"))
             return
         self.done_sent += 1
