@@ -86,6 +86,7 @@ REPLIES: dict[type[codec.Message], bool] = {
     CheckResult: True,
     JoinResult: True,
     GossipState: True,
+    _mc.McTargetProgress: False,
     _mc.McTargetResult: False,
     _mc.McSendResult: True,
     _mc.McListening: False,
@@ -260,15 +261,19 @@ class ControlActor(Actor):
                 if msg.code not in (ResultCode.CANCELLED, ResultCode.LOCAL):
                     outcome = TransferOutcome(host=host, port=port, ok=msg.code == ResultCode.OK)
                     self.tell("health", outcome)
-            entry = self.pending.get(request)
-            if entry is None:
-                return
-            route, theirs = entry
-            if REPLIES[type(msg)]:
-                del self.pending[request]
-            self.api.send_multipart([route, codec.encode(_with_request(msg, theirs))])
+            self._relay(msg, request)
         else:
             super().on_mail(msg)
+
+    def _relay(self, msg: codec.Message, request: int) -> None:
+        """``msg`` to the client of our request id ``request`` (with theirs)."""
+        entry = self.pending.get(request)
+        if entry is None:
+            return
+        route, theirs = entry
+        if REPLIES[type(msg)]:
+            del self.pending[request]
+        self.api.send_multipart([route, codec.encode(_with_request(msg, theirs))])
 
     # -- the pre-send health check (actors/health.py) ------------------------------
 
@@ -278,6 +283,10 @@ class ControlActor(Actor):
             request=req.request, host=req.host, port=req.port, budget=max(0.5, req.timeout)
         )
         self.tell("health", check)
+        self._relay(
+            Progress(request=req.request, done_bytes=0, total_bytes=0, phase="checking"),
+            req.request,
+        )
 
     def _after_check(self, result: CheckResult) -> None:
         req = self.checking.pop(result.request)

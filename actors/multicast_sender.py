@@ -58,7 +58,7 @@ from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.fragments import fragment_count, parse_group
-from peercrypt.core.multicast import Repair
+from peercrypt.core.multicast import JOINING, LOST, Repair
 from peercrypt.core.multicast_outgoing import (
     Announce,
     MulticastOutgoing,
@@ -107,6 +107,7 @@ from peercrypt.wire.multicast_messages import (
     McSendRequest,
     McSendResult,
     McStatus,
+    McTargetProgress,
     McTargetResult,
 )
 from peercrypt.wire.stats_messages import StatsRecord, StatsSample
@@ -759,19 +760,40 @@ class MulticastSenderActor(Actor):
 
     def _progress(self) -> None:
         for sess in self.sessions.values():
-            if sess.flow.publishing:
-                done = sess.flow.done_chunks()
-                for t in sess.targets.values():
-                    if sess.flow.receivers[t.name].result is None:
-                        self.tell("stats", _sample(sess, t, self.now()))
+            request, flow = sess.request.request, sess.flow
+            for t in sess.targets.values():
+                state, acked = _target_state(sess, t)
                 self.tell(
                     "control",
-                    Progress(
-                        request=sess.request.request,
-                        done_bytes=min(sess.size, done * sess.chunk_size),
+                    McTargetProgress(
+                        request=request,
+                        target=t.name,
+                        state=state,
+                        done_bytes=acked,
                         total_bytes=sess.size,
                     ),
                 )
+            if not flow.publishing:
+                self.tell(
+                    "control",
+                    Progress(
+                        request=request, done_bytes=0, total_bytes=sess.size, phase="offering"
+                    ),
+                )
+                continue
+            done = flow.done_chunks()
+            for t in sess.targets.values():
+                if flow.receivers[t.name].result is None:
+                    self.tell("stats", _sample(sess, t, self.now()))
+            self.tell(
+                "control",
+                Progress(
+                    request=request,
+                    done_bytes=min(sess.size, done * sess.chunk_size),
+                    total_bytes=sess.size,
+                    phase="verifying" if done >= flow.total else "sending",
+                ),
+            )
 
     # -- the end -------------------------------------------------------------------------
 
@@ -840,12 +862,26 @@ class MulticastSenderActor(Actor):
         )
 
 
+def _target_state(sess: Session, t: Target) -> tuple[str, int]:
+    """One receiver's state as the CLI shows it, and the bytes it acknowledged."""
+    flow = sess.flow
+    receiver, m = flow.receivers[t.name], flow.member(t.name)
+    acked = min(sess.size, (m.cumulative if m else 0) * sess.chunk_size)
+    if receiver.result is not None:
+        return ("verified" if receiver.result.code == ResultCode.OK else "failed"), acked
+    if m is None or m.state == JOINING:
+        return ("joining" if receiver.connected else "connecting"), acked
+    if m.cumulative >= flow.total and m.state != LOST:
+        return "verifying", acked
+    return m.state, acked
+
+
 def _record(sess: Session, t: Target, now: float) -> StatsRecord:
     """One receiver of the session as the statistics history keeps it."""
     m = sess.flow.member(t.name)
     end = sess.flow.receivers[t.name].result
     code, reason = (end.code, end.reason) if end else ("running", "")
-    acked = min(sess.size, (m.cumulative if m else 0) * sess.chunk_size)
+    acked = _target_state(sess, t)[1]
     return StatsRecord(
         session=sess.sid.hex(),
         side="send",

@@ -137,6 +137,7 @@ DATA_HEARTBEAT_MS = 500  # ZMTP pings on the data connection, dropped unanswered
 DATA_RECONNECT_MS = 100  # pause before reconnecting, no backoff
 DATA_CONNECT_MS = 500  # a connect attempt that takes longer is retried afresh
 HASH_CATCH_UP = 4  # held chunks hashed per chunk sent, on a resume
+HASH_STEP = 64 * 1024 * 1024  # bytes hashed per turn of the loop when the rest is due
 CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
 RETRY_INITIAL = 1.0  # seconds before the first automatic retry (full jitter, doubling)
 CLOSED_RETRY_INITIAL = 0.25  # the same while the receiver's port refuses (at most 2 s)
@@ -240,7 +241,9 @@ class SenderActor(Actor):
         self.known_peers = KnownPeersFile(settings.data_dir)
 
     def setup(self) -> None:
-        self.call_every_while(PROGRESS_INTERVAL, self._progress, lambda: bool(self.transfers))
+        self.call_every_while(
+            PROGRESS_INTERVAL, self._progress, lambda: bool(self.transfers or self.retrying)
+        )
 
     def teardown(self) -> None:
         waiting, self.waiting = self.waiting, deque()
@@ -320,7 +323,7 @@ class SenderActor(Actor):
                     "file": t.request.path[-200:],
                     "peer": t.peer,
                     "mode": t.flow.policy.mode,
-                    "state": "offered" if t.flow.phase is Phase.OFFERED else "sending",
+                    "state": self._phase(t)[0],
                     "bytes": str(t.flow.acked_bytes),
                     "size": str(t.size),
                     "seconds": f"{now - t.flow.started:.1f}",
@@ -736,10 +739,29 @@ class SenderActor(Actor):
                 return
         if t.crew is not None:
             return  # the lanes' hash result calls on_digest
-        while t.hashed < t.flow.total:
+        self._hash_more(t)
+
+    def _hash_more(self, t: Outgoing) -> None:
+        """Hash the rest of the file (after a resume: the chunks the receiver
+        held) a step at a time, so the actor's other transfers, its progress
+        reports and cancels go on meanwhile."""
+        end = min(t.flow.total, t.hashed + max(1, HASH_STEP // t.chunk_size))
+        while t.hashed < end:
             t.hasher.update(self._read(t, t.hashed))
             t.hashed += 1
-        t.flow.on_digest(t.hasher.digest(), self.now())
+        if t.hashed < t.flow.total:
+            self.call_later(0.0, functools.partial(self._hash_later, t))
+        else:
+            t.flow.on_digest(t.hasher.digest(), self.now())
+
+    def _hash_later(self, t: Outgoing) -> None:
+        if t.tid not in self.transfers or t.flow.ended:
+            return
+        try:
+            self._hash_more(t)
+        except OSError as exc:
+            return self._end(t, ResultCode.LOCAL, f"reading {t.request.path} failed: {exc}")
+        self._drive(t)
 
     def _on_crew(self, t: Outgoing, _fd: object = None) -> None:
         if t.crew is None or t.tid not in self.transfers:
@@ -793,18 +815,35 @@ class SenderActor(Actor):
 
     def _progress(self) -> None:
         for t in self.transfers.values():
+            phase, done = self._phase(t)
+            self.tell(
+                t.requester,
+                Progress(
+                    request=t.request.request,
+                    done_bytes=done,
+                    total_bytes=t.size,
+                    phase=phase,
+                    done_files=(t.tree.layout.files_done(t.flow.acked_bytes) if t.tree else 0),
+                    total_files=t.tree.files if t.tree else 0,
+                ),
+            )
             if t.flow.window is not None:
-                self.tell(
-                    t.requester,
-                    Progress(
-                        request=t.request.request,
-                        done_bytes=t.flow.acked_bytes,
-                        total_bytes=t.size,
-                        done_files=(t.tree.layout.files_done(t.flow.acked_bytes) if t.tree else 0),
-                        total_files=t.tree.files if t.tree else 0,
-                    ),
-                )
                 self.tell("stats", self._sample(t))
+        idle = [(r.request, "waiting") for r in self.waiting]
+        idle += [(request, "retrying") for request in self.retrying]
+        for request, phase in idle:
+            self.tell(
+                "control", Progress(request=request, done_bytes=0, total_bytes=0, phase=phase)
+            )
+
+    def _phase(self, t: Outgoing) -> tuple[str, int]:
+        """What the transfer waits for (see :class:`Progress`), and its bytes done."""
+        phase = t.flow.waiting_for
+        if phase == "hashing" and t.crew is None:
+            return phase, min(t.size, t.hashed * t.chunk_size)
+        if phase in ("hashing", "verifying"):  # the lanes hash without counting
+            return phase, t.size
+        return phase, t.flow.acked_bytes
 
     def _end(self, t: Outgoing, code: str, reason: str, stored_as: str = "") -> None:
         log.debug("send %d to %s ends: %s %s", t.request.request, t.flow.peer, code, reason)
@@ -908,6 +947,7 @@ class SenderActor(Actor):
                 done_bytes=t.flow.acked_bytes,
                 total_bytes=t.size,
                 note=note,
+                phase="retrying",
             ),
         )
 

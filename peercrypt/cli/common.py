@@ -31,6 +31,7 @@ from peercrypt.crypto.identity import (
 from peercrypt.settings import NodeSettings
 from peercrypt.wire.codec import Message
 from peercrypt.wire.messages import CancelRequest, ErrorReply, Progress, SendResult
+from peercrypt.wire.multicast_messages import McTargetProgress
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -305,44 +306,33 @@ def follow(
     result_type: type[R],
     timeout: float,
     *,
-    quiet: bool,
+    view: Any = None,
     on_other: Callable[[Message], None] | None = None,
 ) -> R:
-    """Show a progress bar for ``request`` until its ``result_type`` arrives.
+    """Feed the progress of ``request`` to ``view`` (a
+    :class:`peercrypt.cli.progress.ProgressView`, closed at the end; None:
+    nothing shown) until its ``result_type`` arrives.
 
     Other replies to the request go to ``on_other``. Ctrl-C cancels the
     request in the node (exit 130). Raises UserError when the node stops, or
     after ``timeout`` + 30 s of silence (it reports progress every 0.1 s).
     """
-    bar: Any = None
     try:  # from here on (the request is already sent), Ctrl-C cancels it
-        if not quiet and sys.stderr.isatty():  # tqdm's import is a tenth of a 1 KiB send
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=None if path.is_dir() else path.stat().st_size,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                file=sys.stderr,
-                desc=path.name,
-                leave=False,
-            )
-        return _await_result(client, request, bar, result_type, timeout + 30.0, on_other)
+        return _await_result(client, request, view, result_type, timeout + 30.0, on_other)
     except KeyboardInterrupt:
         client.send(CancelRequest(request=request))
         with contextlib.suppress(NodeUnavailable, UserError):
-            _await_result(client, request, bar, result_type, 5.0, on_other)
+            _await_result(client, request, view, result_type, 5.0, on_other)
         raise UserError("interrupted; the transfer was cancelled", 130) from None
     finally:
-        if bar is not None:
-            bar.close()
+        if view is not None:
+            view.close()
 
 
 def _await_result(
     client: ControlClient,
     request: int,
-    bar: Any,
+    view: Any,
     result_type: type[R],
     silence: float,
     on_other: Callable[[Message], None] | None,
@@ -366,19 +356,18 @@ def _await_result(
         if isinstance(msg, result_type):
             return msg
         if isinstance(msg, Progress):
-            if bar is not None:
-                if bar.total != msg.total_bytes:  # a folder: known once the node walked it
-                    bar.total = msg.total_bytes
-                if msg.total_files:
-                    bar.set_postfix_str(f"{msg.done_files}/{msg.total_files} files", refresh=False)
-                bar.update(msg.done_bytes - bar.n)
+            if view is not None:
+                view.on_progress(msg)
             if msg.note and msg.note != said:  # e.g. the receiver's port closed; retrying
                 said = msg.note
                 line = f"peercrypt: {msg.note}"
-                if bar is not None:
-                    bar.write(line, file=sys.stderr)
+                if view is not None:
+                    view.write(line)
                 else:
                     print(line, file=sys.stderr, flush=True)
+        elif isinstance(msg, McTargetProgress):
+            if view is not None:
+                view.on_target(msg)
         elif isinstance(msg, SendResult):  # e.g. "cancelled: the node is stopping"
             raise UserError(msg.reason or msg.code, errors.exit_code(msg.code))
         elif on_other is not None:

@@ -22,6 +22,7 @@ import click
 
 from peercrypt import errors
 from peercrypt.cli.common import UserError, check_resolvable, follow
+from peercrypt.cli.progress import echo, progress_view
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.errors import ResultCode
@@ -94,7 +95,7 @@ def multicast_send(
     file: Path,
     targets: list[str],
     as_json: bool,
-    no_progress: bool,
+    show: bool,
     chunk_size: int,
     timeout: float,
     group: str,
@@ -118,7 +119,7 @@ def multicast_send(
         path,
         McSendResult,
         timeout,
-        quiet=as_json or no_progress,
+        view=progress_view([path], show),
         on_other=functools.partial(_target_result, as_json),
     )
     _report(result, path, as_json)
@@ -129,13 +130,13 @@ def _target_result(as_json: bool, msg: Message) -> None:
     if not isinstance(msg, McTargetResult):
         return
     if msg.code == "waiting":
-        click.echo(f"peercrypt: note: {msg.reason}", err=True)
+        echo(f"peercrypt: note: {msg.reason}")
     elif as_json:
         pass
     elif msg.code == ResultCode.OK:
-        click.echo(f"  {msg.target}: verified, stored as {msg.stored_as}", err=True)
+        echo(f"  {msg.target}: verified, stored as {msg.stored_as}")
     else:
-        click.echo(f"  {msg.target}: failed ({msg.code}): {msg.reason}", err=True)
+        echo(f"  {msg.target}: failed ({msg.code}): {msg.reason}")
 
 
 def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:

@@ -22,6 +22,7 @@ from peercrypt.cli.common import (
     network_key_option,
     open_option,
 )
+from peercrypt.cli.progress import progress_view, wanted
 from peercrypt.core.fragments import parse_group
 from peercrypt.crypto.identity import normalise_fingerprint
 from peercrypt.errors import ResultCode
@@ -41,6 +42,12 @@ from peercrypt.wire.messages import SendRequest, SendResult
 @click.argument("port", type=click.IntRange(1, 65535))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--progress",
+    "progress",
+    is_flag=True,
+    help="Show progress on stderr even when it is not a terminal.",
+)
 @click.option(
     "--chunk-size",
     type=click.IntRange(MIN_CHUNK, MAX_CHUNK),
@@ -92,6 +99,7 @@ def send(
     port: int,
     as_json: bool,
     no_progress: bool,
+    progress: bool,
     chunk_size: int,
     timeout: float,
     network_key: str | None,
@@ -167,7 +175,7 @@ def send(
                 file=file,
                 targets=targets,
                 as_json=as_json,
-                no_progress=no_progress,
+                show=wanted(as_json, no_progress, progress),
                 chunk_size=chunk_size,
                 timeout=timeout,
                 group=group,
@@ -187,7 +195,8 @@ def send(
                 **overrides,
             )
         )
-        result = follow(client, request, path, SendResult, timeout, quiet=as_json or no_progress)
+        view = progress_view(paths, wanted(as_json, no_progress, progress))
+        result = follow(client, request, path, SendResult, timeout, view=view)
     _report(result, path, host, port, as_json)
 
 

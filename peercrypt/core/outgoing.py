@@ -334,6 +334,17 @@ class OutgoingTransfer:
         return self.phase is Phase.ENDED
 
     @property
+    def waiting_for(self) -> str:
+        """What the user waits for, as progress names it (wire ``Progress``):
+        ``offering`` (the receiver's accept), ``sending``, ``hashing`` (every
+        chunk acked, the whole-file hash not finished: after a resume, the
+        chunks the receiver held are read back), ``verifying`` (Done sent,
+        the receiver checks the hash), ``ended``."""
+        if self.phase is Phase.VERIFYING:
+            return "verifying" if self.digest else "hashing"
+        return {Phase.OFFERED: "offering", Phase.SENDING: "sending"}.get(self.phase, "ended")
+
+    @property
     def acked_bytes(self) -> int:
         """Progress: bytes the receiver has written."""
         if self.window is None:

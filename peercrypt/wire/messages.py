@@ -261,8 +261,16 @@ class CancelTransfer(Message):
 @message
 @dataclass(frozen=True, kw_only=True)
 class Progress(Message):
-    """How far a send is; ``note``: what it is doing about a problem (e.g.
-    the receiver's port closed; retrying), shown once to the user."""
+    """How far a send is, every 0.1 s while it runs. ``phase`` is what it
+    waits for (:data:`PHASES`): ``checking`` the peer's health, ``waiting``
+    for a free sending slot, ``offering`` until the receiver accepts,
+    ``retrying`` (a pause before offering again after a network failure),
+    ``sending`` (``done_bytes``: written by the receiver), ``hashing`` (the
+    sender reads back what the receiver already held, for the whole-file
+    hash: ``done_bytes`` hashed), ``verifying`` (the receiver checks the
+    hash; ``done_bytes`` = ``total_bytes``). ``note``: what it is doing
+    about a problem (e.g. the receiver's port closed; retrying), shown once
+    to the user."""
 
     TYPE = "progress"
     request: int = counter()
@@ -271,6 +279,10 @@ class Progress(Message):
     note: str = reason(default="")
     done_files: int = counter(default=0)  # a folder or several files: files fully acked
     total_files: int = counter(default=0)
+    phase: str = field(default="sending", metadata=bounded(16))
+
+
+PHASES = ("checking", "waiting", "offering", "retrying", "sending", "hashing", "verifying")
 
 
 @message

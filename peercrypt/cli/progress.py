@@ -1,0 +1,134 @@
+"""What a waiting ``send`` shows on stderr: one bar for the file, naming the
+phase it waits in (checking the peer, waiting for a slot, for the receiver's
+accept, sending, hashing what the receiver held, the receiver verifying), and
+for a multicast send one line per receiver with its state and bytes.
+
+Only on a terminal (or ``--progress``), never in ``--json`` output: the
+caller decides with :func:`wanted`. tqdm is imported only when a view is
+drawn (its import is a tenth of a 1 KiB send).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from peercrypt.wire.messages import Progress
+from peercrypt.wire.multicast_messages import McTargetProgress
+
+# What each phase of wire.messages.PHASES waits for, as the bar says it.
+PHASE_TEXT = {
+    "checking": "checking the peer",
+    "waiting": "waiting for a free slot",
+    "offering": "waiting for the receiver",
+    "retrying": "connection lost, retrying",
+    "sending": "",
+    "hashing": "hashing what the receiver held",
+    "verifying": "receiver verifying",
+}
+# Phases whose bytes mean something (the others show the bar as it was).
+COUNTED = {"sending", "hashing", "verifying"}
+
+_open_views: list[ProgressView] = []
+
+
+def wanted(as_json: bool, no_progress: bool, progress: bool) -> bool:
+    """Draw progress: asked for with ``--progress``, else on a terminal
+    unless ``--json`` or ``--no-progress``."""
+    if as_json or no_progress:
+        return False
+    return progress or sys.stderr.isatty()
+
+
+def echo(text: str) -> None:
+    """One line on stderr, above any bars drawn (they are redrawn below it)."""
+    if _open_views:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+    else:
+        click.echo(text, err=True)
+
+
+def progress_view(paths: list[Path], show: bool) -> ProgressView | None:
+    """A view of sending ``paths`` (a file, or a folder and files in one
+    transfer: their size is known once the node walked them) when ``show``."""
+    if not show:
+        return None
+    first = paths[0]
+    if len(paths) == 1 and not first.is_dir():
+        return ProgressView(first.name, first.stat().st_size)
+    more = f" +{len(paths) - 1}" if len(paths) > 1 else ""
+    return ProgressView(f"{first.name}{more}", None)
+
+
+class ProgressView:
+    """The bars of one send; fed the node's Progress (and, for multicast,
+    McTargetProgress) messages."""
+
+    def __init__(self, name: str, total: int | None) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.name = name
+        self.phase = ""
+        self.phase_since = time.monotonic()
+        self.bar: Any = self._new_bar(name, total, 0)
+        self.targets: dict[str, Any] = {}
+        _open_views.append(self)
+
+    def _new_bar(self, desc: str, total: int | None, position: int) -> Any:
+        return self._tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=sys.stderr,
+            desc=desc,
+            position=position,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def on_progress(self, msg: Progress) -> None:
+        bar = self.bar
+        if msg.phase != self.phase:
+            self.phase, self.phase_since = msg.phase, time.monotonic()
+            if msg.phase in COUNTED:
+                bar.reset(total=msg.total_bytes or bar.total)  # rate and ETA per phase
+        text = PHASE_TEXT.get(msg.phase, msg.phase)
+        if msg.phase == "verifying" or msg.phase not in COUNTED:
+            text = f"{text} {time.monotonic() - self.phase_since:.0f} s"
+        if msg.total_files:  # a folder or several files
+            text = f"{msg.done_files}/{msg.total_files} files {text}"
+        bar.set_postfix_str(text.strip(), refresh=False)
+        if msg.phase in COUNTED:
+            if msg.total_bytes and bar.total != msg.total_bytes:
+                bar.total = msg.total_bytes
+            bar.n = msg.done_bytes
+        bar.refresh()
+
+    def write(self, text: str) -> None:
+        """One line on stderr above the bars."""
+        echo(text)
+
+    def on_target(self, msg: McTargetProgress) -> None:
+        bar = self.targets.get(msg.target)
+        if bar is None:
+            position = len(self.targets) + 1
+            bar = self.targets[msg.target] = self._new_bar(
+                f"  {msg.target}", msg.total_bytes or None, position
+            )
+        bar.set_postfix_str(msg.state, refresh=False)
+        bar.n = msg.done_bytes
+        bar.refresh()
+
+    def close(self) -> None:
+        for bar in [*self.targets.values(), self.bar]:
+            bar.close()
+        if self in _open_views:
+            _open_views.remove(self)

@@ -1,0 +1,207 @@
+"""Progress of a send, phase by phase: the core names what a transfer waits
+for; the CLI draws it on stderr only on a terminal (or with --progress),
+never with --json; real sends show the phases they wait in (the peer's
+health check, the receiver's accept, sending) and a multicast send one line
+per receiver."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from peercrypt.cli import progress
+from peercrypt.core.modes import Policy
+from peercrypt.core.outgoing import HashFile, OutgoingTransfer, SendChunk, SendDone
+from peercrypt.crypto.identity import new_network_key
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    blake3_file,
+    cli_env,
+    multicast_targets,
+    random_file,
+    start_cli,
+    wait_until,
+)
+from peercrypt.wire.messages import Progress
+from peercrypt.wire.multicast_messages import McTargetProgress
+
+CHUNK = 4096
+MiB = 1024 * 1024
+
+
+def test_the_core_names_what_a_transfer_waits_for() -> None:
+    flow = OutgoingTransfer(Policy(), size=3 * CHUNK, chunk_size=CHUNK, timeout=5.0, now=0.0)
+    assert flow.waiting_for == "offering"
+    flow.on_accept([(0, 2)], 16, 0.1)  # a resume: the receiver holds chunks 0 and 1
+    assert flow.waiting_for == "sending"
+    assert [type(o) for o in flow.poll(0.1)] == [SendChunk]
+    flow.on_ack(3, [], 16, 0.2)
+    # Every chunk written; the sender still reads back what was held, for the hash.
+    assert [type(o) for o in flow.poll(0.2)] == [HashFile]
+    assert flow.waiting_for == "hashing"
+    flow.on_digest(b"d" * 32, 0.3)
+    assert [type(o) for o in flow.poll(0.3)] == [SendDone]
+    assert flow.waiting_for == "verifying"
+    flow.on_verified(b"d" * 32, "name")
+    assert flow.waiting_for == "ended"
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch, *messages: Progress | McTargetProgress) -> str:
+    """What a view draws for ``messages``, as text without terminal controls."""
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    view = progress.ProgressView("file.bin", 4 * MiB)
+    try:
+        for msg in messages:
+            if isinstance(msg, Progress):
+                view.on_progress(msg)
+            else:
+                view.on_target(msg)
+        progress.echo("a line above the bars")
+    finally:
+        view.close()
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", err.getvalue())
+
+
+def test_the_view_names_each_phase_and_its_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def at(phase: str, done: int) -> Progress:
+        return Progress(request=1, done_bytes=done, total_bytes=4 * MiB, phase=phase)
+
+    text = _drawn(
+        monkeypatch,
+        at("checking", 0),
+        at("offering", 0),
+        at("sending", 2 * MiB),
+        at("hashing", 3 * MiB),
+        at("verifying", 4 * MiB),
+    )
+    for expected in (
+        "checking the peer 0 s",
+        "waiting for the receiver 0 s",
+        "2.00M/4.00M",
+        "3.00M/4.00M",
+        "hashing what the receiver held",
+        "4.00M/4.00M",
+        "receiver verifying 0 s",
+        "a line above the bars\n",
+    ):
+        assert expected in text, (expected, text)
+
+    def target(name: str, state: str, done: int) -> McTargetProgress:
+        return McTargetProgress(
+            request=1, target=name, state=state, done_bytes=done, total_bytes=4 * MiB
+        )
+
+    receivers = _drawn(monkeypatch, target("a:1", "multicast", MiB), target("b:2", "unicast", 0))
+    assert re.search(r"a:1: +25%.*1.00M/4.00M.*multicast", receivers), receivers
+    assert re.search(r"b:2: +0%.*0.00/4.00M.*unicast", receivers), receivers
+
+
+def test_progress_is_wanted_on_a_terminal_or_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
+    assert not progress.wanted(as_json=False, no_progress=False, progress=False)
+    assert progress.wanted(as_json=False, no_progress=False, progress=True)
+    assert not progress.wanted(as_json=True, no_progress=False, progress=True)
+    assert not progress.wanted(as_json=False, no_progress=True, progress=True)
+
+
+# -- real sends ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
+    base, key = tmp_path_factory.mktemp("progress"), new_network_key()
+    nodes = [NodeProcess(base / n, network_key=key).start() for n in ("s", "r1", "r2")]
+    try:
+        yield nodes
+    finally:
+        codes = [n.stop() for n in nodes]
+    assert codes == [0, 0, 0]
+
+
+class Stderr:
+    """A running CLI's stderr, collected by a thread, searched with deadlines."""
+
+    def __init__(self, proc: object) -> None:
+        self.text = ""
+        stream = proc.stderr  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: io.TextIOBase) -> None:
+        while chunk := stream.read(1):
+            self.text += chunk
+
+    def wait_for(self, text: str) -> None:
+        wait_until(lambda: text in self.text, 30.0, f"{text!r} on stderr")
+
+
+def test_a_send_shows_the_phases_it_waits_in(trio: list[NodeProcess], tmp_path: Path) -> None:
+    sender, receiver, _ = trio
+    source = random_file(tmp_path / "phases.bin", 4 * MiB)
+    os.kill(receiver.pid, signal.SIGSTOP)  # it answers nothing: each wait shows
+    resumed = False
+    try:
+        args = ["send", source, receiver.host, str(receiver.port), "--timeout", "3", "--progress"]
+        cli = start_cli(*args, "-r", str(4 * MiB), data_dir=sender.data_dir, env=sender.env)
+        try:
+            err = Stderr(cli)
+            err.wait_for("checking the peer")
+            err.wait_for("waiting for the receiver")
+            os.kill(receiver.pid, signal.SIGCONT)
+            resumed = True
+            out, _ = cli.communicate(timeout=60)
+        finally:
+            cli.kill()
+    finally:
+        if not resumed:
+            os.kill(receiver.pid, signal.SIGCONT)
+    assert cli.returncode == 0, (out, err.text)
+    assert re.search(r"phases\.bin: +\d+%.*/4\.00M", err.text), err.text
+    assert "verified" in out and "error" not in err.text
+    (stored,) = receiver.inbox.glob("phases*.bin")
+    assert blake3_file(stored) == blake3_file(source)
+
+
+def test_a_terminal_gets_a_bar_and_json_gets_none(trio: list[NodeProcess], tmp_path: Path) -> None:
+    sender, receiver, _ = trio
+    source = random_file(tmp_path / "on a tty.bin", 2 * MiB)
+
+    def on_tty(*extra: str) -> str:
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "peercrypt", "--data-dir", str(sender.data_dir), "send", str(source),
+             receiver.host, str(receiver.port), "-r", str(2 * MiB), *extra],
+            env=cli_env(sender.env), encoding="utf-8", timeout=60, dimensions=(24, 160),
+        )  # fmt: skip
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0, child.before
+        return str(child.before)
+
+    drawn = on_tty()
+    assert re.search(r"on a tty\.bin: +\d+%.*/2\.00M", drawn), drawn
+    quiet = on_tty("--json")
+    assert quiet.strip().startswith("{") and "%" not in quiet and "\r" not in quiet.strip(), quiet
+
+
+def test_multicast_shows_each_receiver(trio: list[NodeProcess], tmp_path: Path) -> None:
+    sender, r1, r2 = trio
+    source = random_file(tmp_path / "many.bin", 8 * MiB)
+    result = sender.cli(
+        "send", source, r1.host, str(r1.port), "-m", *multicast_targets(r2), "--progress"
+    )
+    assert result.returncode == 0, result.describe()
+    for r in (r1, r2):
+        line = re.escape(f"{r.host}:{r.port}")
+        assert re.search(line + r": +\d+%.*/8\.00M", result.stderr), result.stderr
+        assert f"{r.host}:{r.port}: verified, stored as" in result.stderr
