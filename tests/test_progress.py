@@ -1,12 +1,13 @@
-"""Progress of a send, phase by phase: the core names what a transfer waits
-for; the CLI draws it on stderr only on a terminal (or with --progress),
-never with --json; real sends show the phases they wait in (the peer's
-health check, the receiver's accept, sending) and a multicast send one line
-per receiver."""
+"""What a user sees of a send and of the node: the progress of a send, phase
+by phase (the core names what a transfer waits for; the CLI draws it on
+stderr only on a terminal or with --progress, never with --json; real sends
+show the phases they wait in, and a multicast send one line per receiver),
+and the listings' tables and --json."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from peercrypt import errors
 from peercrypt.cli import progress
 from peercrypt.core.modes import Policy
 from peercrypt.core.outgoing import HashFile, OutgoingTransfer, SendChunk, SendDone
@@ -26,6 +28,7 @@ from peercrypt.testing.nodes import (
     NodeProcess,
     blake3_file,
     cli_env,
+    free_port,
     multicast_targets,
     random_file,
     start_cli,
@@ -205,3 +208,38 @@ def test_multicast_shows_each_receiver(trio: list[NodeProcess], tmp_path: Path) 
         line = re.escape(f"{r.host}:{r.port}")
         assert re.search(line + r": +\d+%.*/8\.00M", result.stderr), result.stderr
         assert f"{r.host}:{r.port}: verified, stored as" in result.stderr
+
+
+def test_listings_print_tables_and_json(trio: list[NodeProcess], tmp_path: Path) -> None:
+    sender, receiver, _ = trio
+    source = random_file(tmp_path / "listed.bin", 64 * MiB)  # a minute: cancelled when seen
+    args = ["send", source, receiver.host, str(receiver.port), "-r", str(MiB), "--json"]
+    cli = start_cli(*args, data_dir=sender.data_dir, env=sender.env)
+    try:
+
+        def sending() -> list[str] | None:
+            lines = sender.cli("transfers").stdout.splitlines()
+            return lines if any(" sending " in line for line in lines) else None
+
+        header, line = wait_until(sending, 30.0, "the send listed as sending")[:2]
+        assert header.split() == ["ID", "STATE", "MODE", "BYTES", "DONE", "TIME", "PEER", "FILE"]
+        assert line.split()[1:3] == ["sending", "token-bucket"] and line.endswith(str(source))
+        rows = json.loads(sender.cli("transfers", "--json").stdout)
+        assert [(r["id"], r["file"], r["size"]) for r in rows] == [
+            (line.split()[0], str(source), str(64 * MiB))
+        ]
+        assert sender.cli("cancel", line.split()[0]).returncode == 0
+        out, _ = cli.communicate(timeout=60)
+    finally:
+        cli.kill()
+    assert json.loads(out)["code"] == "cancelled", out
+
+    aimd = json.loads(sender.cli("congestion", "--json").stdout)
+    assert aimd["window_kb"] == 4096 and aimd["min_window_kb"] == 256 and aimd["dupack"] == "on"
+    assert json.loads(sender.cli("gossip", "--json").stdout)["enabled"] is True
+    alive = sender.cli("health-check", receiver.host, str(receiver.port), "--json")
+    assert alive.returncode == 0, alive.describe()
+    assert json.loads(alive.stdout)["fingerprint"] == receiver.fingerprint
+    gone = sender.cli("health-check", "127.0.0.1", str(free_port()), "--json")
+    assert gone.returncode == errors.UNREACHABLE, gone.describe()
+    assert json.loads(gone.stdout)["ok"] is False and gone.stderr == ""

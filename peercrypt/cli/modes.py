@@ -195,13 +195,28 @@ def _ask(obj: dict[str, Any], msg: codec.Message) -> codec.Message:
     return reply
 
 
-def _setting(obj: dict[str, Any], name: str, value: str, transfer: int = 0) -> None:
+def _setting(
+    obj: dict[str, Any], name: str, value: str, transfer: int = 0, quiet: bool = False
+) -> None:
     reply = _ask(obj, SettingRequest(request=1, name=name, value=value, transfer=transfer))
     if not isinstance(reply, SettingReply):
         raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
     if not reply.ok:
         raise UserError(reply.text, errors.USAGE)
-    click.echo(reply.text)
+    if not quiet:
+        click.echo(reply.text)
+
+
+# The scheduler's "aimd" fact (w=4096 min=256 ...) as JSON keys.
+_AIMD_KEYS = {"w": "window_kb", "min": "min_window_kb", "max": "max_window_kb"}
+
+
+def _aimd_json(fact: str) -> dict[str, Any]:
+    pairs = (word.split("=", 1) for word in fact.split() if "=" in word)
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out[_AIMD_KEYS.get(key, key)] = int(value) if value.isdigit() else value
+    return out
 
 
 @click.command("set-mode")
@@ -252,30 +267,33 @@ def max_rate(obj: dict[str, Any], bytes_per_sec: int) -> None:
 
 @click.command("congestion")
 @click.argument("pairs", nargs=-1, metavar="[KEY VALUE]...")
+@click.option("--json", "as_json", is_flag=True, help="Print the AIMD defaults as one JSON object.")
 @click.pass_obj
-def congestion(obj: dict[str, Any], pairs: tuple[str, ...]) -> None:
+def congestion(obj: dict[str, Any], pairs: tuple[str, ...], as_json: bool) -> None:
     """Show or set the AIMD defaults live (several keys, in any order).
 
     Keys: window, min-window, max-window (KB), threshold (duplicate acks),
     timeout and dupack (on|off); window bounds not given follow the others.
     """
-    if not pairs:
-        reply = _ask(obj, StatusRequest(request=1))
-        if not isinstance(reply, StatusReply):
-            raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
-        click.echo(f"congestion: {reply.node.get('aimd', 'unknown')}")
-        return
-    if len(pairs) % 2:
-        raise UserError(
-            f"congestion takes KEY VALUE pairs; {pairs[-1]!r} has no value "
-            f"(keys: {', '.join(CONGESTION_KEYS)})"
-        )
-    text = " ".join(f"{key}={value}" for key, value in zip(pairs[::2], pairs[1::2], strict=True))
-    _setting(obj, "congestion", text)
+    if pairs:
+        if len(pairs) % 2:
+            raise UserError(
+                f"congestion takes KEY VALUE pairs; {pairs[-1]!r} has no value "
+                f"(keys: {', '.join(CONGESTION_KEYS)})"
+            )
+        words = zip(pairs[::2], pairs[1::2], strict=True)
+        _setting(obj, "congestion", " ".join(f"{k}={v}" for k, v in words), quiet=as_json)
+        if not as_json:
+            return
+    reply = _ask(obj, StatusRequest(request=1))
+    if not isinstance(reply, StatusReply):
+        raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
+    fact = reply.node.get("aimd", "unknown")
+    click.echo(json.dumps(_aimd_json(fact)) if as_json else f"congestion: {fact}")
 
 
 @click.command("transfers")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the transfers as a JSON list.")
 @click.pass_obj
 def transfers(obj: dict[str, Any], as_json: bool) -> None:
     """List the node's running and waiting sends."""

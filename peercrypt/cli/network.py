@@ -10,6 +10,7 @@ failed), 2 usage, 3 unreachable, 4 not admitted.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,27 @@ def _exit(code: str) -> int:
     return errors.FAILED if code == ResultCode.LOCAL else errors.exit_code(code)
 
 
-def _report_check(result: CheckResult, host: str, port: int, verb: str) -> None:
+def _report_check(
+    result: CheckResult, host: str, port: int, verb: str, as_json: bool = False
+) -> None:
+    if as_json:
+        ok = result.code == ResultCode.OK
+        click.echo(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "code": result.code,
+                    "error": None if ok else result.reason or f"{host}:{port} is not reachable",
+                    "peer": f"{host}:{port}",
+                    "fingerprint": result.fingerprint or None,
+                    "rtt_ms": round(result.rtt * 1000, 3) if ok else None,
+                    "attempts": result.attempts,
+                }
+            )
+        )
+        if not ok:
+            sys.exit(_exit(result.code))
+        return
     if result.code != ResultCode.OK:
         raise UserError(result.reason or f"{host}:{port} is not reachable", _exit(result.code))
     tries = f" (after {result.attempts} attempts)" if result.attempts > 1 else ""
@@ -147,14 +168,25 @@ def _report_check(result: CheckResult, host: str, port: int, verb: str) -> None:
     )
 
 
+_JSON_CHECK = click.option(
+    "--json", "as_json", is_flag=True, help="Print the outcome as one JSON object."
+)
+
+
 @click.command("health-check")
 @click.argument("host")
 @click.argument("port", type=click.IntRange(1, 65535))
 @network_key_option
 @open_option
+@_JSON_CHECK
 @click.pass_obj
 def health_check(
-    obj: dict[str, Any], host: str, port: int, network_key: str | None, open_network: bool
+    obj: dict[str, Any],
+    host: str,
+    port: int,
+    network_key: str | None,
+    open_network: bool,
+    as_json: bool,
 ) -> None:
     """Check the node at HOST PORT now: RTT, or why not (exit 3/4)."""
     check_resolvable(host, port)
@@ -162,14 +194,15 @@ def health_check(
         result: CheckResult = _call(
             client, CheckRequest(request=1, host=host, port=port), CheckResult, REPLY_TIMEOUT
         )
-    _report_check(result, host, port, "alive")
+    _report_check(result, host, port, "alive", as_json)
 
 
 @click.command("reconnect")
 @click.argument("host")
 @click.argument("port", type=click.IntRange(1, 65535))
+@_JSON_CHECK
 @click.pass_obj
-def reconnect(obj: dict[str, Any], host: str, port: int) -> None:
+def reconnect(obj: dict[str, Any], host: str, port: int, as_json: bool) -> None:
     """Drop the connection to HOST PORT and try again now (with retries)."""
     check_resolvable(host, port)
     result: CheckResult = _ask(
@@ -178,14 +211,15 @@ def reconnect(obj: dict[str, Any], host: str, port: int) -> None:
         CheckResult,
         REPLY_TIMEOUT,
     )
-    _report_check(result, host, port, "reconnected to")
+    _report_check(result, host, port, "reconnected to", as_json)
 
 
 @click.command("gossip")
 @click.argument("action", required=False, metavar="[on|off|interval N|N]")
 @click.argument("value", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print gossip's state as one JSON object.")
 @click.pass_obj
-def gossip(obj: dict[str, Any], action: str | None, value: str | None) -> None:
+def gossip(obj: dict[str, Any], action: str | None, value: str | None, as_json: bool) -> None:
     """Turn gossip on or off, or set its interval in seconds, live."""
     mode, interval = _gossip_args(action, value)
     state: GossipState = _ask(
@@ -193,6 +227,10 @@ def gossip(obj: dict[str, Any], action: str | None, value: str | None) -> None:
     )
     if mode == "interval" and abs(state.interval - interval) > 1e-9:
         raise UserError(f"the node refused the interval {interval:g}", errors.USAGE)
+    if as_json:
+        shown = {"enabled": state.enabled, "interval": state.interval, "members": state.members}
+        click.echo(json.dumps(shown))
+        return
     click.echo(
         f"gossip {'on' if state.enabled else 'off'}, every {state.interval:g} s, "
         f"{state.members} members known"
