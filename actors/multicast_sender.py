@@ -94,6 +94,7 @@ from peercrypt.wire.messages import (
     FlowGrant,
     FlowPacing,
     FlowStart,
+    McTargetProgress,
     Progress,
 )
 from peercrypt.wire.multicast_messages import (
@@ -107,7 +108,6 @@ from peercrypt.wire.multicast_messages import (
     McSendRequest,
     McSendResult,
     McStatus,
-    McTargetProgress,
     McTargetResult,
 )
 from peercrypt.wire.stats_messages import StatsRecord, StatsSample

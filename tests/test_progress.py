@@ -34,8 +34,7 @@ from peercrypt.testing.nodes import (
     start_cli,
     wait_until,
 )
-from peercrypt.wire.messages import Progress
-from peercrypt.wire.multicast_messages import McTargetProgress
+from peercrypt.wire.messages import McTargetProgress, Progress
 
 CHUNK = 4096
 MiB = 1024 * 1024

@@ -30,8 +30,13 @@ from peercrypt.crypto.identity import (
 )
 from peercrypt.settings import NodeSettings
 from peercrypt.wire.codec import Message
-from peercrypt.wire.messages import CancelRequest, ErrorReply, Progress, SendResult
-from peercrypt.wire.multicast_messages import McTargetProgress
+from peercrypt.wire.messages import (
+    CancelRequest,
+    ErrorReply,
+    McTargetProgress,
+    Progress,
+    SendResult,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import click
 
-from peercrypt.wire.messages import Progress
-from peercrypt.wire.multicast_messages import McTargetProgress
+from peercrypt.wire.messages import McTargetProgress, Progress
 
 # What each phase of wire.messages.PHASES waits for, as the bar says it.
 PHASE_TEXT = {

@@ -287,6 +287,22 @@ PHASES = ("checking", "waiting", "offering", "retrying", "sending", "hashing", "
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class McTargetProgress(Message):
+    """One receiver's progress in a multicast send, every 0.1 s while the
+    session runs (beside the send's Progress): its
+    ``state`` (``joining``, ``multicast``, ``unicast``, ``lost``...) and the
+    bytes it acknowledged."""
+
+    TYPE = "mc-target-progress"
+    request: int = counter()
+    target: str = field(metadata=bounded(300))
+    state: str = field(metadata=bounded(16))
+    done_bytes: int = counter()
+    total_bytes: int = counter()
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class SendResult(Message):
     """Outcome of a send. ``code`` is "ok" or a failure code (see
     :mod:`peercrypt.errors`); ``digest`` is the verified BLAKE3 hash."""

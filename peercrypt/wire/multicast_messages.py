@@ -168,21 +168,6 @@ class McSendRequest(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
-class McTargetProgress(Message):
-    """One receiver's progress, every 0.1 s while the session runs: its
-    ``state`` (``joining``, ``multicast``, ``unicast``, ``lost``...) and the
-    bytes it acknowledged."""
-
-    TYPE = "mc-target-progress"
-    request: int = counter()
-    target: str = field(metadata=bounded(300))
-    state: str = field(metadata=bounded(16))
-    done_bytes: int = counter()
-    total_bytes: int = counter()
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
 class McTargetResult(Message):
     """One receiver's outcome (streamed as it happens; does not end the request)."""
 
