@@ -85,6 +85,7 @@ def test_the_view_names_each_phase_and_its_bytes(monkeypatch: pytest.MonkeyPatch
         at("sending", 2 * MiB),
         at("hashing", 3 * MiB),
         at("verifying", 4 * MiB),
+        Progress(request=1, done_bytes=MiB, total_bytes=8 * MiB, done_files=3, total_files=5),
     )
     for expected in (
         "checking the peer 0 s",
@@ -94,6 +95,8 @@ def test_the_view_names_each_phase_and_its_bytes(monkeypatch: pytest.MonkeyPatch
         "hashing what the receiver held",
         "4.00M/4.00M",
         "receiver verifying 0 s",
+        "1.00M/8.00M",
+        "3/5 files",
         "a line above the bars\n",
     ):
         assert expected in text, (expected, text)
