@@ -229,10 +229,6 @@ class FileWriter:
         self._queue.put(("write", tid, index, data))
         return True
 
-    @property
-    def queued_bytes(self) -> int:
-        return self._queued
-
     def finish(self, tid: bytes) -> None:
         self._queue.put(("finish", tid))
 

@@ -144,8 +144,6 @@ def test_nonces_never_repeat_even_when_resealing_the_same_chunk() -> None:
         nonces.add(nonce)
         ciphertexts.add(sealed)
     assert len(ciphertexts) == 2000
-    assert s.seals == 2000
-    assert r.seals == 0
     # The receiver's counter is independent (its own key), and also starts fresh.
     assert r.seal_message(b"x")[0] == s.seal_message(b"y")[0][:4] + (1).to_bytes(8, "big")
 

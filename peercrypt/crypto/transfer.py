@@ -70,11 +70,6 @@ class TransferKeys:
         self._counter += 1
         return _NONCE.pack(self._lane, self._counter)
 
-    @property
-    def seals(self) -> int:
-        """How many seals this side made (each with a fresh nonce)."""
-        return self._counter
-
     def seal_chunk(
         self, index: int, last: bool, plaintext: bytes | memoryview
     ) -> tuple[bytes, bytes]:
