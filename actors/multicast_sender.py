@@ -50,10 +50,10 @@ from typing import Any
 
 import blake3
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from actors import udp_multicast
 from actors.file_chunks import read_chunk
+from actors.peer_link import Link
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.core.bitmap import pairs
@@ -118,14 +118,6 @@ log = logging.getLogger("peercrypt.msender")
 PUB_HWM = 256  # messages queued per subscriber before the PUB drops
 REPAIR_HWM = 64
 REFUSALS_UNREACHABLE = 5
-MONITOR_EVENTS = (
-    zmq.EVENT_CONNECTED
-    | zmq.EVENT_CONNECT_RETRIED
-    | zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
 
 
 @dataclass
@@ -133,8 +125,7 @@ class Target:
     name: str
     host: str
     port: int
-    ctl: zmq.Socket[Any]
-    monitor: zmq.Socket[Any]
+    link: Link
     wraps: dict[int, Initiator] = field(default_factory=dict)
     attempt: int = 0
     repair: zmq.Socket[Any] | None = None
@@ -359,30 +350,24 @@ class MulticastSenderActor(Actor):
         self._drive(sess)
 
     def _open_target(self, sess: Session, name: str, host: str, port: int) -> None:
-        s = self.settings
-        ctl = self.socket(zmq.DEALER)
-        ctl.curve_serverkey = s.server_keys.z85_public
-        ctl.curve_publickey = s.identity.z85_public
-        ctl.curve_secretkey = s.identity.z85_secret
-        ctl.maxmsgsize = 64 * 1024 + 1024
-        ctl.reconnect_ivl = 100
-        ctl.immediate = True  # nothing queues for a peer that is not connected
-        ctl.sndhwm = 1000
-        address = f"inproc://pc-{self.env.node_uid}/mmonitor/{sess.sid.hex()}/{len(sess.targets)}"
-        ctl.monitor(address, MONITOR_EVENTS)
-        monitor = self.socket(zmq.PAIR)
-        monitor.connect(address)
-        t = Target(name=name, host=host, port=port, ctl=ctl, monitor=monitor)
+        # The one CURVE peer link (actors/peer_link.py), kept trying: a target
+        # may come up late or restart; nothing queues while it is not connected.
+        link = Link(
+            self,
+            self.settings,
+            f"tcp://{join_host_port(host, port)}",
+            lambda msg: self._on_control(sess, t, msg),
+            monitored=True,
+            on_failure=lambda: self._on_link_failure(sess, t),
+            keep_trying=True,
+            on_state=lambda: self._on_link_state(sess, t),
+            sndhwm=1000,
+        )
+        t = Target(name=name, host=host, port=port, link=link)
         sess.targets[name] = t
         self.tell("stats", _record(sess, t, self.now()))
-        self.watch(ctl, functools.partial(self._on_control, sess, t))
-        self.watch(monitor, functools.partial(self._on_monitor, sess, t))
-        try:
-            ctl.connect(f"tcp://{join_host_port(host, port)}")
-        except zmq.ZMQError as exc:
-            sess.flow.fail_target(
-                name, ResultCode.LOCAL, f"invalid address {name}: {exc}", self.now()
-            )
+        if link.failure:  # an address ZeroMQ would not take
+            sess.flow.fail_target(name, link.failure, link.detail, self.now())
 
     def _announce(self, sess: Session, t: Target) -> None:
         t.attempt += 1
@@ -407,54 +392,34 @@ class MulticastSenderActor(Actor):
         self._send_ctl(t, msg)
 
     def _send_ctl(self, t: Target, msg: codec.Message) -> None:
-        try:
-            t.ctl.send(codec.encode(msg), zmq.NOBLOCK)
-        except zmq.Again:
+        if not t.link.send(msg):
             self.count("control-not-sent")
 
     # -- connection events -----------------------------------------------------------
 
-    def _on_monitor(self, sess: Session, t: Target, _sock: object = None) -> None:
-        flow = sess.flow
-        while sess.sid in self.sessions and not t.monitor.closed:
-            try:
-                event = recv_monitor_message(t.monitor, zmq.NOBLOCK)["event"]
-            except zmq.Again:
-                break
-            r = flow.receivers[t.name]
-            now = self.now()
-            if event == zmq.EVENT_CONNECTED:
-                flow.on_connection(t.name, connected=True)
-                t.refusals = 0
-            elif event == zmq.EVENT_CONNECT_RETRIED:
-                flow.on_connection(t.name, connected=False)
-                t.refusals += 1
-                if (
-                    t.refusals >= REFUSALS_UNREACHABLE
-                    and not t.noticed
-                    and not r.joined
-                    and r.result is None
-                ):
-                    t.noticed = True
-                    self._notice(
-                        sess, t, ResultCode.UNREACHABLE, f"cannot connect to {t.name} (yet)"
-                    )
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                flow.on_connection(t.name, connected=True, handshaken=True)
-                if not r.joined and r.result is None:
-                    self._announce(sess, t)
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                reason = f"{t.name} did not admit this node"
-                flow.fail_target(t.name, ResultCode.NOT_ADMITTED, reason, now)
-            elif (
-                event in (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
-                and not r.handshaken
-            ):
-                reason = (
-                    f"handshake with {t.name} failed: wrong network key, or not a PeerCrypt node"
-                )
-                flow.fail_target(t.name, ResultCode.HANDSHAKE, reason, now)
+    def _on_link_state(self, sess: Session, t: Target) -> None:
+        """The link to ``t`` connected, completed CURVE, or failed to connect."""
+        if sess.sid not in self.sessions:
+            return
+        link, flow = t.link, sess.flow
+        r = flow.receivers[t.name]
+        flow.on_connection(
+            t.name, connected=link.connected, handshaken=link.handshaken, cause=link.cause
+        )
+        waiting = not r.joined and r.result is None
+        if link.retries >= REFUSALS_UNREACHABLE and not t.noticed and waiting:
+            t.noticed = True
+            why = f"cannot connect to {t.name} (yet): {link.cause or 'no answer'}"
+            self._notice(sess, t, ResultCode.UNREACHABLE, why)
+        if link.connected and link.handshaken and waiting:
+            self._announce(sess, t)
         self._drive(sess)
+
+    def _on_link_failure(self, sess: Session, t: Target) -> None:
+        """CURVE failed: a wrong network key, or not admitted by the target."""
+        if sess.sid in self.sessions:
+            sess.flow.fail_target(t.name, t.link.failure, t.link.detail, self.now())
+            self._drive(sess)
 
     def _notice(self, sess: Session, t: Target, code: str, reason: str) -> None:
         """Tell the requester about a target before the end (not its final result)."""
@@ -470,46 +435,35 @@ class MulticastSenderActor(Actor):
 
     # -- control plane replies -----------------------------------------------------------
 
-    def _on_control(self, sess: Session, t: Target, _sock: object = None) -> None:
+    def _on_control(self, sess: Session, t: Target, msg: codec.Message) -> None:
+        """One message from ``t`` over its link."""
         flow = sess.flow
-        for _ in range(256):
-            if sess.sid not in self.sessions or t.ctl.closed:
+        if sess.sid not in self.sessions or flow.receivers[t.name].result is not None:
+            return
+        now = self.now()
+        if isinstance(msg, McAck) and msg.sid == sess.sid:
+            try:
+                naks = pairs(msg.naks)
+            except ValueError:
+                self.count("control-bad-naks")
                 return
-            try:
-                data = t.ctl.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            try:
-                msg = codec.decode(data)
-            except codec.DecodeError as exc:
-                self.count(f"control-{exc.kind}")
-                continue
-            if flow.receivers[t.name].result is not None:
-                continue
-            now = self.now()
-            if isinstance(msg, McAck) and msg.sid == sess.sid:
-                try:
-                    naks = pairs(msg.naks)
-                except ValueError:
-                    self.count("control-bad-naks")
-                    continue
-                flow.on_ack(t.name, msg.cumulative, naks, now)
-            elif isinstance(msg, McJoin) and msg.sid == sess.sid:
-                self._on_join(sess, t, msg)
-            elif isinstance(msg, McDone) and msg.sid == sess.sid:
-                stored, reason = printable(msg.stored_as), printable(msg.reason)
-                flow.on_done(t.name, msg.ok, msg.digest, stored, reason, now)
-            elif isinstance(msg, McRefuse) and msg.sid == sess.sid:
-                if msg.code == "unknown-session":  # it restarted: announce again
-                    flow.on_unknown(t.name)
-                else:
-                    reason = f"{t.name} refused: {printable(msg.reason)}"
-                    flow.fail_target(t.name, ResultCode.REFUSED, reason, now)
-            elif isinstance(msg, ErrorReply):
-                reason = f"{t.name} rejected: {printable(msg.reason)}"
-                flow.fail_target(t.name, ResultCode.REFUSED, reason, now)
+            flow.on_ack(t.name, msg.cumulative, naks, now)
+        elif isinstance(msg, McJoin) and msg.sid == sess.sid:
+            self._on_join(sess, t, msg)
+        elif isinstance(msg, McDone) and msg.sid == sess.sid:
+            stored, reason = printable(msg.stored_as), printable(msg.reason)
+            flow.on_done(t.name, msg.ok, msg.digest, stored, reason, now)
+        elif isinstance(msg, McRefuse) and msg.sid == sess.sid:
+            if msg.code == "unknown-session":  # it restarted: announce again
+                flow.on_unknown(t.name)
             else:
-                self.count("control-unexpected")
+                reason = f"{t.name} refused: {printable(msg.reason)}"
+                flow.fail_target(t.name, ResultCode.REFUSED, reason, now)
+        elif isinstance(msg, ErrorReply):
+            reason = f"{t.name} rejected: {printable(msg.reason)}"
+            flow.fail_target(t.name, ResultCode.REFUSED, reason, now)
+        else:
+            self.count("control-unexpected")
         self._drive(sess)
 
     def _on_join(self, sess: Session, t: Target, j: McJoin) -> None:
@@ -807,11 +761,9 @@ class MulticastSenderActor(Actor):
         if sess.timer is not None:
             sess.timer.cancel()
         for t in sess.targets.values():
-            for sock in (t.ctl, t.monitor, t.repair):
-                if sock is not None and not sock.closed:
-                    if sock is t.ctl:
-                        sock.disable_monitor()
-                    self.close_socket(sock)
+            t.link.close()
+            if t.repair is not None and not t.repair.closed:
+                self.close_socket(t.repair)
         os.close(sess.fd)
         if sess.udp is not None:
             sess.udp.close()

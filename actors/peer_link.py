@@ -1,7 +1,8 @@
 """A CURVE connection from an actor to a peer's public port.
 
 Used by every actor that talks to other nodes' control plane (the sender's
-offers, the health monitor's probes and checks, discovery's gossip). A socket
+offers, the msender's announces and a session's control traffic, the health
+monitor's probes and checks, discovery's gossip). A socket
 monitor, when asked for, turns ZeroMQ's connection events into one clear
 failure: cannot connect (and why), a failed CURVE handshake (wrong network
 key, or not a PeerCrypt node), or a ZAP denial (not on the peer's allow-list).
@@ -128,6 +129,13 @@ class Link:
     "handshake", "not-admitted") and calls ``on_failure``. Persistent member
     links are not monitored and do not queue to a peer that is not
     connected (``ZMQ_IMMEDIATE``): a probe to it simply goes unanswered.
+
+    ``keep_trying`` (a multicast target, which may come up late or restart):
+    a peer that cannot be reached is not a failure - ZeroMQ keeps
+    reconnecting; :attr:`cause` says why it is not connected, :attr:`retries`
+    counts failed connects since it last was - and nothing queues while it
+    is not connected. ``on_state`` is called after every change of
+    :attr:`connected` or :attr:`handshaken`.
     """
 
     def __init__(
@@ -139,11 +147,17 @@ class Link:
         *,
         monitored: bool = False,
         on_failure: Callable[[], None] | None = None,
+        keep_trying: bool = False,
+        on_state: Callable[[], None] | None = None,
+        sndhwm: int = 64,
     ) -> None:
         self.actor = actor
         self.url = url
         self.on_message = on_message
         self.on_failure = on_failure
+        self.on_state = on_state
+        self.keep_trying = keep_trying
+        self.retries = 0
         self.failure = ""
         self.detail = ""
         self.connected = False
@@ -159,9 +173,9 @@ class Link:
         sock.maxmsgsize = 64 * 1024 + 1024
         sock.reconnect_ivl = 100
         sock.reconnect_ivl_max = 2000
-        sock.sndhwm = 64
+        sock.sndhwm = sndhwm
         sock.rcvhwm = 256
-        if not monitored:
+        if not monitored or keep_trying:
             sock.immediate = True
         self.monitor: zmq.Socket[Any] | None = None
         if monitored:
@@ -212,8 +226,20 @@ class Link:
             peer = address_of(self.url)
             if event == zmq.EVENT_CONNECTED:
                 self.connected = True
+                if self.keep_trying:  # a later outage is diagnosed afresh
+                    self.retries, self.cause = 0, ""
+                self._changed()
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshaken = True
+                self._changed()
+            elif event == zmq.EVENT_CONNECT_RETRIED and self.keep_trying:
+                self.connected = False
+                self.retries += 1
+                self._diagnose()
+                self._changed()
+            elif event == zmq.EVENT_DISCONNECTED and self.keep_trying:
+                self.connected = False  # ZeroMQ reconnects (a restarted peer)
+                self._changed()
             elif event == zmq.EVENT_CONNECT_RETRIED and not self.connected:
                 self._diagnose()
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -253,8 +279,14 @@ class Link:
             self.probe.close()
             self.probe = None
 
+    def _changed(self) -> None:
+        if self.on_state is not None and not self.closed:
+            self.on_state()
+
     def _unreachable(self, cause: str) -> None:
         self.cause = cause
+        if self.keep_trying:
+            return  # ZeroMQ reconnects; the owner decides when it is too late
         self._fail(ResultCode.UNREACHABLE, f"cannot connect to {address_of(self.url)}: {cause}")
 
     def _fail(self, code: str, detail: str) -> None:

@@ -82,6 +82,7 @@ def test_unreachable_target_is_reported_and_does_not_stall_the_others(
     assert float(rows[f"{good.host}:{good.port}"]["seconds"]) < 3.0  # not stalled
     assert rows[dead]["code"] == "unreachable"
     assert "cannot connect" in rows[dead]["error"]
+    assert "connection refused" in rows[dead]["error"]  # the peer link names the cause
     assert f"peercrypt: note: cannot connect to {dead}" in result.stderr
     stored = good.inbox / rows[f"{good.host}:{good.port}"]["stored_as"]
     assert blake3_file(stored) == blake3_file(path)

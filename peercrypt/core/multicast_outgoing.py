@@ -145,6 +145,7 @@ class Receiver:
     name: str
     connected: bool = False
     handshaken: bool = False
+    cause: str = ""  # why it cannot connect, when known
     joined: bool = False
     ready: bool = False  # subscribed (PUB) or acked after its key (UDP group)
     result: TargetEnded | None = None
@@ -202,13 +203,17 @@ class MulticastOutgoing:
 
     # -- inputs -----------------------------------------------------------------
 
-    def on_connection(self, target: str, *, connected: bool, handshaken: bool = False) -> None:
+    def on_connection(
+        self, target: str, *, connected: bool, handshaken: bool = False, cause: str = ""
+    ) -> None:
         """The control connection to ``target`` is up or down (``handshaken``:
-        CURVE completed; the actor then announces at once)."""
+        CURVE completed; the actor then announces at once; ``cause``: why it
+        cannot connect, when known)."""
         r = self.receivers.get(target)
         if r is not None:
             r.connected = connected
             r.handshaken = r.handshaken or handshaken
+            r.cause = cause
 
     def on_join(self, target: str, now: float) -> bool:
         """``target`` joined (its proof and trust were checked by the actor,
@@ -508,5 +513,5 @@ class MulticastOutgoing:
     @staticmethod
     def _not_joined(r: Receiver) -> str:
         if not r.connected:
-            return f"cannot connect to {r.name} (no node listening there?)"
+            return f"cannot connect to {r.name}: {r.cause or 'no node answers there'}"
         return f"{r.name} did not join the session"
