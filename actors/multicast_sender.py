@@ -644,7 +644,7 @@ class MulticastSenderActor(Actor):
         last = index == sess.total - 1
         blob = (sealed, signature)  # the datagrams carry sealed || signature
         if sess.flow.paced:  # datagrams leave as the scheduler grants bytes
-            sess.backlog.append([index, last, nonce, blob, 0])
+            sess.backlog.append([index, last, nonce, (sealed + signature,), 0])  # one copy
             self._flush(sess)
             return
         unsent = sess.udp.send_sealed(sess.sid, index, last, nonce, blob, sess.header_key)
@@ -660,24 +660,20 @@ class MulticastSenderActor(Actor):
         the rate cap was lifted meanwhile, all of them.)"""
         if sess.udp is None or sess.group is None:
             return
-        frag = sess.udp.fragment
         flow = sess.flow
         while sess.backlog and (flow.allowance > 0 or not flow.paced):
             item = sess.backlog[0]
             index, last, nonce, blob, offset = item
-            size = fragments.blob_len(blob)
-            end = min(size, offset + frag)
-            head = fragments.header(sess.sid, index, last, nonce, size, offset, key=sess.header_key)
-            sent = sess.udp.send_datagram(head, fragments.blob_slice(blob, offset, end))
+            end, sent, unsent = sess.udp.send_range(
+                sess.sid, index, last, nonce, blob, sess.header_key, offset,
+                flow.allowance if flow.paced else None,
+            )  # fmt: skip
             flow.spend(end - offset)
-            if not sent:  # the rest of this chunk is useless: it is NAKed
-                unsent = fragment_count(size, frag) - offset // frag
+            sess.datagrams += sent
+            if unsent:  # the rest of this chunk is useless: it is NAKed
                 sess.datagrams_unsent += unsent
                 self.count("datagrams-unsent", unsent)
-                sess.backlog.popleft()
-                continue
-            sess.datagrams += 1
-            if end >= size:
+            if unsent or end >= fragments.blob_len(blob):
                 sess.backlog.popleft()
             else:
                 item[4] = end

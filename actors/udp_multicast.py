@@ -126,27 +126,52 @@ class GroupSender:
         back to back) as datagrams, their headers tagged with ``key``; returns
         how many were not sent (a full or failing interface: the chunk is
         NAKed and repaired later)."""
-        size = fragments.blob_len(blob)
+        return self.send_range(sid, index, last, nonce, blob, key, 0, None)[2]
+
+    def send_range(
+        self,
+        sid: bytes,
+        index: int,
+        last: bool,
+        nonce: bytes,
+        blob: fragments.Blob,
+        key: bytes,
+        start: int,
+        budget: int | None,
+    ) -> tuple[int, int, int]:
+        """The datagrams of ``blob`` from offset ``start`` (a fragment
+        boundary) on: all of them, or (paced) whole datagrams until at least
+        ``budget`` bytes left. Returns the offset reached, the datagrams
+        sent, and how many of the chunk's were not sent after a failure (the
+        rest of the chunk is useless without them: it is NAKed and repaired)."""
+        # One copy of the chunk (sealed || signature: ~0.1 ms per MiB) costs
+        # less than cutting the pieces apart for every datagram.
+        view = memoryview(blob[0] if len(blob) == 1 else b"".join(blob))
+        size = len(view)
+        stop = size if budget is None else min(size, start + max(budget, 1))
         fields, tag = fragments.chunk_header(sid, index, last, nonce, size, key=key)
-        pack = fragments.OFFSET.pack
-        datagrams: list[list[bytes | memoryview]] = [
-            [fields, pack(offset), tag, *fragments.blob_slice(blob, offset, end)]
-            for offset, end in fragments.split(size, self.fragment)
-        ]
-        for first in range(0, len(datagrams), self.batch):
-            if not self._send_batch(datagrams[first : first + self.batch]):
-                return len(datagrams) - first  # the rest of this chunk is useless without it
-        return 0
+        pack, frag = fragments.OFFSET.pack, self.fragment
+        span, sent = frag * self.batch, 0
+        for first in range(start, stop, span):
+            iov: list[bytes | memoryview] = []
+            for offset in range(first, min(stop, first + span), frag):
+                iov += (fields, pack(offset), tag, view[offset : offset + frag])
+            if not self._send_batch(iov, len(iov) // 4):
+                return first, sent, fragments.fragment_count(size, frag) - first // frag
+            sent += len(iov) // 4
+        return min(size, start + sent * frag), sent, 0
 
     def send_datagram(self, head: bytes, payload: list[memoryview]) -> bool:
         """Send one datagram (header + payload pieces); False when it could not be sent."""
         return self._send([head, *payload])
 
-    def _send_batch(self, datagrams: list[list[bytes | memoryview]]) -> bool:
-        if len(datagrams) == 1:
-            return self._send(datagrams[0])
+    def _send_batch(self, iov: list[bytes | memoryview], count: int) -> bool:
+        """``count`` datagrams of four pieces each (header fields, offset,
+        tag, payload) in one send: a GSO batch when there are several."""
+        if count == 1:
+            return self._send(iov)
         try:
-            self.sock.sendmsg([piece for d in datagrams for piece in d])
+            self.sock.sendmsg(iov)
         except OSError as exc:
             if exc.errno != errno.EIO:
                 return False
@@ -155,7 +180,7 @@ class GroupSender:
             self.gso, self.batch = False, 1
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)
-            return all(self._send(d) for d in datagrams)
+            return all(self._send(iov[k : k + 4]) for k in range(0, len(iov), 4))
         return True
 
     def _send(self, iov: list[bytes | memoryview]) -> bool:

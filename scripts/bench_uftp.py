@@ -25,7 +25,8 @@ request to that receiver's verified file: ours report it per receiver;
 UFTP's is its whole session, start of ``uftp`` to its exit, which ends when
 every client has the file), the sender process's CPU seconds (user + system;
 UFTP's from ``wait4``), and the bytes on the sender's link (its ``eth0`` tx
-counter) as a multiple of the file size. Every received file is compared
+counter) as a multiple of the file size, and each receiving process's CPU
+seconds (our node, UFTP's ``uftpd``). Every received file is compared
 with the source by BLAKE3 after the run (ours also verify it themselves).
 
 Goals (issue 14): the group >= 1.5x UFTP's goodput at both MTUs with no more
@@ -63,9 +64,14 @@ RECEIVERS = 3
 SYSTEMS = ("group", "pub", "uftp")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def tx_bytes(host: netns.Host) -> int:
@@ -123,17 +129,19 @@ class Bench:
             )  # fmt: skip
             self.nodes.append(node.start())
         self.uftp_dirs = []
+        self.uftpd_pids: list[int] = []
         for i, host in enumerate(self.hosts[1:], 1):
             dest, temp = shm / f"mtu{mtu}-uftp{i}", shm / f"mtu{mtu}-uftp{i}.tmp"
             dest.mkdir()
             temp.mkdir()
             self.uftp_dirs.append(dest)
-            host.popen(
+            daemon = host.popen(
                 ["uftpd", "-d", "-q", "-x", "0", "-I", host.iface, "-M", UFTP_PUBLIC,
                  "-p", UFTP_PORT, "-U", uid(host.ip), "-D", str(dest), "-T", str(temp),
                  "-B", str(100 * MiB)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
+            self.uftpd_pids.append(daemon.pid)
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -153,19 +161,25 @@ class Bench:
             to += ["--to", f"{r.host}:{r.port}"]
         if system == "group":
             to += ["--group", GROUP]
-        cpu, tx = cpu_seconds(sender.pid), tx_bytes(self.hosts[0])
+        user, sys_ = cpu_times(sender.pid)
+        tx = tx_bytes(self.hosts[0])
+        receiving = [cpu_seconds(r.pid) for r in self.nodes[1:]]
         code, result = sender.send(
             self.source, first.host, first.port, "-m", *to, "--no-progress",
             "--timeout", "60", timeout=600,
         )  # fmt: skip
-        cpu, tx = cpu_seconds(sender.pid) - cpu, tx_bytes(self.hosts[0]) - tx
+        user2, sys2 = cpu_times(sender.pid)
+        tx = tx_bytes(self.hosts[0]) - tx
+        receiving = [cpu_seconds(r.pid) - c for r, c in zip(self.nodes[1:], receiving, strict=True)]
         if code != 0:
             raise RuntimeError(f"{system} failed: {result}")
         self.verify(self.inboxes)
         stats = result["stats"]
         return {
             "goodput_mib_s": [self.size / MiB / float(r["seconds"]) for r in result["receivers"]],
-            "sender_cpu_s": cpu,
+            "sender_cpu_s": user2 - user + sys2 - sys_,
+            "sender_sys_s": sys2 - sys_,
+            "receiver_cpu_s": receiving,
             "link_x": tx / self.size,
             "repairs": int(stats["repairs_published"]) + int(stats["repairs_unicast"]),
             "datagram_bytes": int(stats.get("datagram_bytes", 0)),
@@ -183,6 +197,7 @@ class Bench:
             str(self.source),
         ]  # fmt: skip
         tx = tx_bytes(sender)
+        receiving = [cpu_seconds(pid) for pid in self.uftpd_pids]
         started = time.monotonic()
         proc = sender.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -190,12 +205,15 @@ class Bench:
         proc.returncode = os.waitstatus_to_exitcode(status)
         out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
         tx = tx_bytes(sender) - tx
+        receiving = [cpu_seconds(p) - c for p, c in zip(self.uftpd_pids, receiving, strict=True)]
         if proc.returncode != 0:
             raise RuntimeError(f"uftp exited {proc.returncode}: {out[-2000:]}")
         self.verify(self.uftp_dirs)
         return {
             "goodput_mib_s": [self.size / MiB / wall] * RECEIVERS,
             "sender_cpu_s": usage.ru_utime + usage.ru_stime,
+            "sender_sys_s": usage.ru_stime,
+            "receiver_cpu_s": receiving,
             "link_x": tx / self.size,
         }
 
@@ -204,6 +222,8 @@ class Bench:
         row["goodput_mib_s"] = [round(g, 1) for g in row["goodput_mib_s"]]
         row["min_goodput_mib_s"] = min(row["goodput_mib_s"])
         row["sender_cpu_s"] = round(row["sender_cpu_s"], 3)
+        row["sender_sys_s"] = round(row["sender_sys_s"], 3)
+        row["receiver_cpu_s"] = [round(c, 2) for c in row["receiver_cpu_s"]]
         row["link_x"] = round(row["link_x"], 3)
         return row
 
@@ -216,7 +236,8 @@ def describe(system: str, row: dict[str, Any]) -> str:
         extra += f", repairs {row['repairs']}"
     return (
         f"{system:5}: per-receiver {row['goodput_mib_s']} MiB/s, sender CPU "
-        f"{row['sender_cpu_s']} s, sender's link {row['link_x']}x the file{extra}"
+        f"{row['sender_cpu_s']} s (sys {row['sender_sys_s']}), receivers' CPU "
+        f"{row['receiver_cpu_s']} s, sender's link {row['link_x']}x the file{extra}"
     )
 
 

@@ -233,7 +233,8 @@ def test_across_namespaces_the_network_copies_the_stream(
     """Sender and three receivers on their own hosts (namespaces on one bridge,
     created here): the datagrams leave the sender once, the bridge copies
     them to every member, and each receiver verifies the exact file. The
-    sender's interface counts about one file's worth of bytes, not three."""
+    sender's interface counts about one file's worth of bytes, not three.
+    On this 1500-byte link the datagrams fit the MTU and leave by GSO."""
     size = 16 * MiB + 77
     path = make_file(size)
     with _cluster(tmp_path, network_key, 4) as cluster:
@@ -250,6 +251,9 @@ def test_across_namespaces_the_network_copies_the_stream(
         assert_stored(r, result, digest)
     stats = result["stats"]
     assert stats["udp"] == 1 and stats["seals_first"] == stats["chunks"] == 17
+    # Datagrams sized to the 1500-byte MTU (no IP fragments), 44 per send
+    # (one UDP GSO batch of up to 64 KiB), each reassembled on every receiver.
+    assert (stats["datagram_bytes"], stats["gso_batch"]) == (1472, 44), stats
     # One copy of the stream (+ headers, control traffic and any repairs),
     # where three unicasts or PUB/SUB over TCP would send three.
     assert size <= sent < 1.5 * size, (sent, stats)
