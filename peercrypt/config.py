@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peercrypt.config_sources import ConfigError as ConfigError  # raised by resolve()
 from peercrypt.core.fragments import DEFAULT_FRAGMENT, HEADER_BYTES, MAX_DATAGRAM, MIN_FRAGMENT
 from peercrypt.core.modes import (
     AIMD_MAX_WINDOW_KB,
@@ -42,10 +43,6 @@ from peercrypt.core.modes import (
 )
 from peercrypt.settings import DEFAULT_PORT
 
-CONFIG_FILE = "config.toml"  # in the data dir
-ENV_FILE = ".env"  # in the working directory
-CONFIG_ENV = "PEERCRYPT_CONFIG"
-DATA_DIR_ENV = "PEERCRYPT_DATA_DIR"
 NODE_MODES = (*MODES, "multicast")
 # The variables of the tool our users come from; each is a setting's variable.
 OLD_TOOL_VARIABLES = (
@@ -62,10 +59,6 @@ OLD_TOOL_VARIABLES = (
 )
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
-
-
-class ConfigError(ValueError):
-    """One line naming the variable, the value and what is accepted."""
 
 
 @dataclass(frozen=True)
@@ -272,34 +265,6 @@ class Effective:
         return str(value)
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines as compose reads them: ``#`` comments, optional
-    ``export``, optional matching quotes around the value."""
-    out: dict[str, str] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return out
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()!r}")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        out[key] = value
-    return out
-
-
 def read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
     """The TOML file's settings (flat keys, or under a ``[node]`` table)."""
     try:
@@ -322,28 +287,6 @@ def read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
                 f"config file {path}: unknown setting {key!r} (known: {', '.join(sorted(BY_NAME))})"
             )
     return data
-
-
-def data_dir_from(
-    flag: Path | None, environ: Mapping[str, str], dotenv: Mapping[str, str], default: Path
-) -> Path:
-    """The data dir: flag > environment > .env > default (it holds the config file)."""
-    if flag is not None:
-        return flag.expanduser()
-    text = environ.get(DATA_DIR_ENV) or dotenv.get(DATA_DIR_ENV)
-    return Path(text).expanduser() if text else default
-
-
-def config_path_from(
-    flag: Path | None, environ: Mapping[str, str], dotenv: Mapping[str, str], data_dir: Path
-) -> tuple[Path, bool]:
-    """(path, required): ``--config``/``PEERCRYPT_CONFIG`` must exist, the default may not."""
-    if flag is not None:
-        return flag.expanduser(), True
-    text = environ.get(CONFIG_ENV) or dotenv.get(CONFIG_ENV)
-    if text:
-        return Path(text).expanduser(), True
-    return data_dir / CONFIG_FILE, False
 
 
 def resolve(

@@ -93,7 +93,8 @@ def test_send_loads_no_key_library_and_only_the_messages_it_uses() -> None:
 def test_status_of_a_running_node_loads_no_key_library(tmp_path: Path) -> None:
     """With a node running, `status` shows the fingerprint the node reports
     (it loaded this data dir's identity); it derives no key of its own and
-    loads neither the node command's options nor the send/receive helpers."""
+    loads neither the node command's options, the send/receive helpers nor the
+    settings table (the data dir is resolved by ``config_sources``)."""
     from peercrypt.crypto.identity import fingerprint, load_or_create_identity
     from peercrypt.testing.nodes import NodeProcess
 
@@ -108,5 +109,6 @@ def test_status_of_a_running_node_loads_no_key_library(tmp_path: Path) -> None:
         m
         for m in modules
         if m.startswith(("cryptography", "nacl", "peercrypt.cli.node", "peercrypt.cli.common"))
+        or m in ("peercrypt.config", "peercrypt.settings")
     }
     assert heavy == set()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from peercrypt import config, errors
+from peercrypt import config, config_sources, errors
 from peercrypt.testing.nodes import CliResult, run_cli
 
 
@@ -138,7 +138,7 @@ def test_env_file_syntax(tmp_path: Path) -> None:
         "# comment\n\nexport DEFAULT_MODE=aimd\nGOSSIP_INTERVAL = '2.5'\n"
         'PEERCRYPT_HOST="127.0.0.1"\nMAX_RETRIES=5 # five\n'
     )
-    assert config.read_env_file(path) == {
+    assert config_sources.read_env_file(path) == {
         "DEFAULT_MODE": "aimd",
         "GOSSIP_INTERVAL": "2.5",
         "PEERCRYPT_HOST": "127.0.0.1",
@@ -146,8 +146,8 @@ def test_env_file_syntax(tmp_path: Path) -> None:
     }
     path.write_text("GOSSIP_INTERVAL\n")
     with pytest.raises(config.ConfigError, match=r"\.env:1: expected KEY=VALUE"):
-        config.read_env_file(path)
-    assert config.read_env_file(tmp_path / "absent") == {}
+        config_sources.read_env_file(path)
+    assert config_sources.read_env_file(tmp_path / "absent") == {}
 
 
 def test_config_file_errors(tmp_path: Path) -> None:
@@ -310,5 +310,5 @@ def test_the_help_names_the_variables_of_the_table() -> None:
     from peercrypt.cli.app import main
 
     names = {p.name: p.help or "" for p in main.params}
-    assert f"[env {config.DATA_DIR_ENV}]" in names["data_dir"]
-    assert f"[env {config.CONFIG_ENV}]" in names["config_file"]
+    assert f"[env {config_sources.DATA_DIR_ENV}]" in names["data_dir"]
+    assert f"[env {config_sources.CONFIG_ENV}]" in names["config_file"]

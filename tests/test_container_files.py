@@ -39,7 +39,7 @@ import click
 import jsonschema
 import pytest
 
-from peercrypt import cli, config
+from peercrypt import cli, config, config_sources
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.testing import compose
 from peercrypt.testing.nodes import cli_env, wait_until
@@ -69,7 +69,7 @@ def cli_variables() -> set[str]:
         for setting in config.SETTINGS:
             found.add(setting.env)
             found.update(getattr(setting, "aliases", ()))
-        found.update(getattr(config, name) for name in ("DATA_DIR_ENV", "CONFIG_ENV"))
+        found.update((config_sources.DATA_DIR_ENV, config_sources.CONFIG_ENV))
 
     def walk(command: click.Command) -> None:
         for param in command.params:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pexpect
 
-from peercrypt import config
+from peercrypt import config_sources
 from peercrypt.testing.nodes import cli_env
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "create_env.sh"
@@ -26,7 +26,7 @@ def _run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _values(path: Path) -> dict[str, str]:
-    return config.read_env_file(path)
+    return config_sources.read_env_file(path)
 
 
 def test_from_flags(tmp_path: Path) -> None:

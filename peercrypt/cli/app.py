@@ -207,15 +207,15 @@ def invocation(
 ) -> dict[str, Any]:
     """What every command gets as ``ctx.obj``: the data dir, the config file,
     the working directory's ``.env`` and the environment to layer."""
-    from peercrypt import config  # the settings table: not for --help
+    from peercrypt import config_sources as sources  # not the settings table
 
-    dotenv_path = cwd / config.ENV_FILE
+    dotenv_path = cwd / sources.ENV_FILE
     try:
-        dotenv = config.read_env_file(dotenv_path)
-    except config.ConfigError as exc:
+        dotenv = sources.read_env_file(dotenv_path)
+    except sources.ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    resolved_dir = config.data_dir_from(data_dir, environ, dotenv, default_data_dir())
-    config_path, required = config.config_path_from(config_file, environ, dotenv, resolved_dir)
+    resolved_dir = sources.data_dir_from(data_dir, environ, dotenv, default_data_dir())
+    config_path, required = sources.config_path_from(config_file, environ, dotenv, resolved_dir)
     return {
         "data_dir": resolved_dir,
         "debug": debug,

@@ -36,7 +36,7 @@ from typing import IO, Any, TypeVar
 
 import blake3
 
-from peercrypt import config
+from peercrypt import config, config_sources
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.crypto.identity import load_or_create_identity, network_server_keys
 from peercrypt.settings import NodeSettings
@@ -73,7 +73,7 @@ LOCALHOST = "127.0.0.1"
 # Extra seconds for a status query through the CLI in a namespace (start-up of Python).
 NETNS_CLI_OVERHEAD = 5.0
 # Environment variables of the CLI that must not leak from the caller's shell.
-_CLI_ENV_VARS = (*config.VARIABLES, config.DATA_DIR_ENV, config.CONFIG_ENV)
+_CLI_ENV_VARS = (*config.VARIABLES, config_sources.DATA_DIR_ENV, config_sources.CONFIG_ENV)
 
 T = TypeVar("T")
 

@@ -1,0 +1,70 @@
+"""Where a command's settings come from, before any setting is read: the
+data dir (flag > ``PEERCRYPT_DATA_DIR`` > ``.env`` > default), the config
+file's path, and the working directory's ``.env``. Every command resolves
+these (see ``peercrypt.cli.app``), so they live apart from the settings
+table (:mod:`peercrypt.config`), which a command that only talks to a
+running node never imports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+CONFIG_FILE = "config.toml"  # in the data dir
+ENV_FILE = ".env"  # in the working directory
+CONFIG_ENV = "PEERCRYPT_CONFIG"
+DATA_DIR_ENV = "PEERCRYPT_DATA_DIR"
+
+
+class ConfigError(ValueError):
+    """One line naming the variable, the value and what is accepted."""
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines as compose reads them: ``#`` comments, optional
+    ``export``, optional matching quotes around the value."""
+    out: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        out[key] = value
+    return out
+
+
+def data_dir_from(
+    flag: Path | None, environ: Mapping[str, str], dotenv: Mapping[str, str], default: Path
+) -> Path:
+    """The data dir: flag > environment > .env > default (it holds the config file)."""
+    if flag is not None:
+        return flag.expanduser()
+    text = environ.get(DATA_DIR_ENV) or dotenv.get(DATA_DIR_ENV)
+    return Path(text).expanduser() if text else default
+
+
+def config_path_from(
+    flag: Path | None, environ: Mapping[str, str], dotenv: Mapping[str, str], data_dir: Path
+) -> tuple[Path, bool]:
+    """(path, required): ``--config``/``PEERCRYPT_CONFIG`` must exist, the default may not."""
+    if flag is not None:
+        return flag.expanduser(), True
+    text = environ.get(CONFIG_ENV) or dotenv.get(CONFIG_ENV)
+    if text:
+        return Path(text).expanduser(), True
+    return data_dir / CONFIG_FILE, False
