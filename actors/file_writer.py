@@ -67,6 +67,7 @@ from actors.tree_store import unpack
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import Manifest, checkpoint_every
 from peercrypt.core.tree import TreeError
+from peercrypt.runtime.actor import yield_to_control_plane
 
 SYNC_FILE_RANGE_WRITE = 2
 
@@ -158,7 +159,7 @@ def _writeback_starter() -> Callable[[int, int, int], None]:
 
 # The read-back maps this much of the file at a time: mapped pages count in
 # the node's RSS, which must not grow with the file's size.
-HASH_WINDOW = 64 * 1024 * 1024
+HASH_WINDOW = 16 * 1024 * 1024  # with 16 transfers in flight too (docs/architecture.md)
 
 
 def hash_file(fd: int, size: int) -> bytes:
@@ -246,6 +247,7 @@ class FileWriter:
         self._queue.put(("close", tid, keep))
 
     def _run(self) -> None:
+        yield_to_control_plane()
         out: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
         out.linger = 0
         out.connect(self._address)

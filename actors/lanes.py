@@ -33,6 +33,7 @@ import blake3
 from actors.file_chunks import Stream, read_chunk
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.crypto.transfer import TransferKeys
+from peercrypt.runtime.actor import yield_to_control_plane
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ class LaneCrew:
         return read_chunk(self._fd, index, self._chunk, self._size)
 
     def _work(self, keys: TransferKeys) -> None:
+        yield_to_control_plane()
         while True:
             index = self._jobs.get()
             if index is None or self._stopping.is_set():

@@ -141,6 +141,7 @@ class Incoming:
 
 class ReceiverActor(Actor):
     name = "receiver"
+    data_plane = True
 
     def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
         super().__init__(env)

@@ -228,6 +228,7 @@ class Outgoing:
 
 class SenderActor(Actor):
     name = "sender"
+    data_plane = True
 
     def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
         super().__init__(env)

@@ -171,3 +171,17 @@ def test_matches_reference_recurrence(samples: list[float]) -> None:
     assert est.rttvar == pytest.approx(rttvar, rel=1e-9, abs=1e-12)
     expected = max(0.0001, srtt + max(0.001, 4 * rttvar))
     assert est.rto == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_a_spurious_timeout_makes_the_rto_cover_the_late_round_trip() -> None:
+    est = RttEstimator(min_rto=0.2)
+    for _ in range(20):
+        est.sample(0.1)
+    assert est.rto < 0.3
+    est.spurious_timeout(1.0)  # RFC 4015: SRTT >= the sample, RTTVAR >= half of it
+    assert est.srtt == pytest.approx(1.0) and est.rttvar == pytest.approx(0.5)
+    assert est.rto == pytest.approx(3.0)
+    est.spurious_timeout(0.5)  # never lowers them
+    assert est.rto == pytest.approx(3.0)
+    with pytest.raises(ValueError):
+        est.spurious_timeout(-1.0)

@@ -3,6 +3,7 @@ timers, crash -> restart with backoff, stop that cannot hang."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -11,14 +12,18 @@ from typing import Any
 import pytest
 import zmq
 
+from actors.receiver import ReceiverActor
+from actors.sender import SenderActor
 from peercrypt.runtime.actor import (
     CONTROL_AFFINITY,
     DATA_AFFINITY,
+    DATA_NICE,
     IO_THREADS,
     LOG_BURST,
     Actor,
     ActorEnv,
     ActorFault,
+    yield_to_control_plane,
 )
 from peercrypt.runtime.supervisor import StartError, Supervisor
 from peercrypt.testing.clock import FakeClock
@@ -435,3 +440,25 @@ def test_data_sockets_get_their_own_io_thread_when_the_context_has_two() -> None
     finally:
         two.term()
         one.term()
+
+
+def test_a_data_plane_thread_yields_the_cpu_to_the_control_plane() -> None:
+    """The threads that move bulk data (sender, receiver, writer, lanes) run
+    nicer than the rest of the node; the others keep the node's priority."""
+    seen: dict[str, int] = {}
+
+    def data() -> None:
+        yield_to_control_plane()
+        seen["data"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def control() -> None:
+        seen["control"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    for body in (data, control):
+        thread = threading.Thread(target=body)
+        thread.start()
+        thread.join(10)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert seen == {"data": min(19, base + DATA_NICE), "control": base}
+    assert DATA_NICE > 0
+    assert SenderActor.data_plane and ReceiverActor.data_plane and not Worker.data_plane

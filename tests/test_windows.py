@@ -252,7 +252,14 @@ def test_a_stall_costs_one_resend_per_doubling_not_a_window() -> None:
         w.next_to_send(now)
     w.on_ack(16, [], 16, 1.0)
     assert (w.timeouts, w.retransmits) == (2, 2)
-    assert w.rtt.samples == 14 and w.rtt.rto > 1.0  # the 14 late chunks sent once: samples
+    assert w.rtt.samples == 1  # one ack of 14 late chunks sent once: one sample
+    # Their ack showed the expiries spurious: the RTO takes the 1 s round
+    # trip in (RFC 4015), so the next such stall fires no timer.
+    assert w.spurious_timeouts == 1
+    assert w.rtt.rto >= 3.0
+    assert w.next_to_send(1.0) == list(range(16, 32))
+    w.on_ack(32, [], 16, 2.0)  # another 1 s stall
+    assert w.timeouts == 2
 
 
 def test_a_burst_of_losses_then_lost_resends_at_the_tail() -> None:

@@ -365,6 +365,7 @@ class OutgoingTransfer:
             "chunks": self.total,
             "retransmits": w.retransmits,
             "timeouts": w.timeouts,
+            "spurious_timeouts": w.spurious_timeouts,
             "fast_retransmits": w.fast_retransmits,
             "rto": round(rtt.rto, 6),
             "resumed_chunks": self.resumed,

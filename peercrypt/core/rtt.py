@@ -66,6 +66,18 @@ class RttEstimator:
         else:
             self.rto = self._clamp(self.srtt + max(self.granularity, K * self.rttvar))
 
+    def spurious_timeout(self, rtt: float) -> None:
+        """A retransmission timeout turned out spurious: ``rtt`` (an ack of a
+        chunk sent once, before the timeout) came after the RTO. The Eifel
+        response (RFC 4015): SRTT and RTTVAR at least what that sample says,
+        so the RTO (>= 3x the late round trip) holds over the next samples
+        instead of firing again at the next such delay."""
+        if rtt < 0:
+            raise ValueError("rtt sample must be >= 0")
+        self.srtt = max(self.srtt or 0.0, rtt)
+        self.rttvar = max(self.rttvar or 0.0, rtt / 2)
+        self.rto = self._clamp(self.srtt + max(self.granularity, K * self.rttvar))
+
     def backoff(self) -> None:
         """Double the RTO after a retransmission timeout (bounded by max_rto)."""
         self.rto = self._clamp(self.rto * 2)

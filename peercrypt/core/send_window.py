@@ -29,11 +29,13 @@ Rules:
   while no chunk sent (once) before the first expiry was: the path works
   and those are gone (dropped over credit, by a proxy), so every chunk
   pending from before the expiry is resent. An ack of such a first copy
-  ends the suspicion (a late path, not a lossy one); an expiry with no ack
+  ends the suspicion (a late path, not a lossy one: the RTO takes that late
+  round trip in, RFC 4015's response); an expiry with no ack
   at all resends one more chunk under a doubled RTO. So a stall (a loaded
   CPU delaying acks by seconds) costs one resend per doubling, not a resend
   of the whole window; the late acks of chunks sent once are RTT samples
   that lengthen the RTO.
+- RTT: one sample per ack, from the newest chunk it acknowledges.
 - Karn: only chunks sent exactly once give RTT samples, and the ack of a
   resent chunk is loss evidence only for what was sent before its first
   copy (the ack may be that copy's: a late ack is not a lost resend).
@@ -97,6 +99,7 @@ class SendWindow:
         self._probe: int | None = None  # the expiry's resend: it goes whatever the credit
         self.retransmits = 0
         self.timeouts = 0
+        self.spurious_timeouts = 0
         self.fast_retransmits = 0
 
     # -- inputs ---------------------------------------------------------------
@@ -112,19 +115,29 @@ class SendWindow:
         self.window = max(1, min(window, self.max_window))
         newly = self.acked.add_ranges([(0, min(cumulative, self.total)), *sack])
         if newly:
+            newest: _InFlight | None = None  # one RTT sample per ack, as TCP takes
+            late: float | None = None
             for index in [i for i in self._in_flight if i in self.acked]:
                 flight = self._in_flight.pop(index)
                 self._lost.discard(index)
-                if not flight.resent:
-                    self.rtt.sample(max(0.0, now - flight.sent_at))
+                if not flight.resent and (newest is None or flight.sent_at > newest.sent_at):
+                    newest = flight
                 if self._probe_order is not None:
                     if not flight.resent and flight.order <= self._probe_order:
-                        self._probe_order = None  # a first copy from before the expiry came
+                        # A first copy from before the expiry came: it was
+                        # spurious (a late path, not a lossy one).
+                        self._probe_order = None
+                        late = now - flight.sent_at
                     elif flight.resent:
                         self._probe_acked = True
                 # Karn again: the ack of a resent chunk may be the first copy's,
                 # so it is evidence only of what was sent before that one.
                 self._highest_acked_order = max(self._highest_acked_order, flight.first_order)
+            if newest is not None:
+                self.rtt.sample(max(0.0, now - newest.sent_at))
+            if late is not None:
+                self.spurious_timeouts += 1
+                self.rtt.spurious_timeout(max(0.0, late))
             # RFC 6298 5.2/5.3: stop the timer, or restart it for what is pending.
             self._timer_start = now if self._has_pending() else None
         self._detect_sack_losses()
