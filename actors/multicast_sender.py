@@ -58,6 +58,7 @@ from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.fragments import fragment_count, parse_group
+from peercrypt.core.grants import RequestGrant
 from peercrypt.core.multicast import JOINING, LOST, Repair
 from peercrypt.core.multicast_outgoing import (
     Announce,
@@ -69,7 +70,7 @@ from peercrypt.core.multicast_outgoing import (
     TargetEnded,
     TargetLost,
 )
-from peercrypt.core.outgoing import HashFile, RequestGrant
+from peercrypt.core.outgoing import HashFile
 from peercrypt.crypto.chunk_signature import (
     RECEIVER_KEY_BYTES,
     TOKEN_BYTES,

@@ -25,6 +25,46 @@ from peercrypt.core.wfq import FairShare
 K = TypeVar("K", bound=Hashable)
 
 
+@dataclass(frozen=True)
+class RequestGrant:
+    """Ask the scheduler for ``nbytes`` more (paced flows only)."""
+
+    nbytes: int
+
+
+@dataclass
+class Allowance:
+    """A flow's side of the grants: whether it waits for them (``paced``;
+    the scheduler decides, :meth:`on_pacing`), the granted bytes not yet spent
+    (``nbytes``; a step may overdraw it by what it could not split, e.g. a
+    last chunk) and at most one demand outstanding. The one pacing state of
+    a unicast transfer (:class:`~peercrypt.core.outgoing.OutgoingTransfer`)
+    and of a multicast session
+    (:class:`~peercrypt.core.multicast_outgoing.MulticastOutgoing`)."""
+
+    paced: bool = False
+    nbytes: int = 0
+    pending: bool = False
+
+    def on_grant(self, nbytes: int) -> None:
+        self.nbytes += nbytes
+        self.pending = False
+
+    def on_pacing(self, paced: bool) -> None:
+        self.paced = paced
+        self.pending = False
+
+    def spend(self, nbytes: int) -> None:
+        self.nbytes -= nbytes
+
+    def demand(self, nbytes: int) -> RequestGrant | None:
+        """A request for ``nbytes`` more, unless one is outstanding (or 0)."""
+        if nbytes <= 0 or self.pending:
+            return None
+        self.pending = True
+        return RequestGrant(nbytes)
+
+
 @dataclass
 class _Flow:
     bucket: TokenBucket | None

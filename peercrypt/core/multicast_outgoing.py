@@ -19,7 +19,7 @@ socket, a file or a clock:
   :class:`~peercrypt.core.multicast.Repair`, :class:`SendStatus`,
   :class:`~peercrypt.core.outgoing.HashFile` (every chunk was read: finish
   the hash if the file did not change, then :meth:`on_digest`),
-  :class:`~peercrypt.core.outgoing.RequestGrant` (as a unicast transfer's),
+  :class:`~peercrypt.core.grants.RequestGrant` (as a unicast transfer's),
   :class:`TargetLost`,
   :class:`TargetEnded` (once per target) and at most once
   :class:`SessionEnded`; :meth:`next_timer` says when :meth:`on_timer` is
@@ -45,8 +45,9 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 
+from peercrypt.core.grants import Allowance, RequestGrant
 from peercrypt.core.multicast import DONE, FAILED, JOINING, LOST, Member, Repair, SessionPlan
-from peercrypt.core.outgoing import HashFile, RequestGrant
+from peercrypt.core.outgoing import HashFile
 from peercrypt.errors import ResultCode
 
 JOIN_WAIT = 2.0  # seconds publishing waits for every target to join
@@ -178,11 +179,9 @@ class MulticastOutgoing:
     started: float = field(init=False)
     publishing: bool = field(default=False, init=False)
     ended: bool = field(default=False, init=False)
-    paced: bool = field(default=False, init=False)
-    allowance: int = field(default=0, init=False)
+    grants: Allowance = field(default_factory=Allowance, init=False)  # as a unicast transfer's
     digest: bytes = field(default=b"", init=False)
     receivers: dict[str, Receiver] = field(default_factory=dict, init=False)
-    _demand_pending: bool = field(default=False, init=False)
     _hash_asked: bool = field(default=False, init=False)
     _again: bool = field(default=False, init=False)  # the last step was a full batch
     _announce_due: float = field(init=False)
@@ -288,16 +287,22 @@ class MulticastOutgoing:
         self._end_target(target, code, reason, "", now)
 
     def on_grant(self, nbytes: int) -> None:
-        self.allowance += nbytes
-        self._demand_pending = False
+        self.grants.on_grant(nbytes)
 
     def on_pacing(self, paced: bool) -> None:
-        self.paced = paced
-        self._demand_pending = False
+        self.grants.on_pacing(paced)
 
     def spend(self, nbytes: int) -> None:
         """The actor sent ``nbytes`` of queued datagrams (paced UDP)."""
-        self.allowance -= nbytes
+        self.grants.spend(nbytes)
+
+    @property
+    def paced(self) -> bool:
+        return self.grants.paced
+
+    @property
+    def allowance(self) -> int:
+        return self.grants.nbytes
 
     def on_digest(self, digest: bytes) -> None:
         if not self.digest:
@@ -434,12 +439,12 @@ class MulticastOutgoing:
         for repair in plan.plan(now, budget=min(budget, plan.window)):
             budget -= 1
             if paced:
-                self.allowance -= self.chunk_size
+                self.grants.spend(self.chunk_size)
             self._outputs.append(repair)
         wanted = plan.can_publish()
         n = min(wanted, PUBLISH_BATCH, max(0, budget) if paced else PUBLISH_BATCH)
         if paced:
-            self.allowance -= n * self.chunk_size
+            self.grants.spend(n * self.chunk_size)
             # Ask for what is left to publish now, plus a window's worth for
             # repairs when the grant ran out (they may be waiting).
             need = max(0, wanted - n) + (plan.window if budget - n <= 0 else 0)
@@ -461,7 +466,7 @@ class MulticastOutgoing:
                 if repair.publish:
                     queued += self.chunk_len(repair.index)
                 else:
-                    self.allowance -= self.chunk_size
+                    self.grants.spend(self.chunk_size)
                 self._outputs.append(repair)
             elif plan.can_publish():
                 queued += self.chunk_len(plan.published)
@@ -479,9 +484,9 @@ class MulticastOutgoing:
             self._outputs.append(Publish(index, index == self.total - 1))
 
     def _demand(self, nbytes: int) -> None:
-        if nbytes > 0 and not self._demand_pending:
-            self._demand_pending = True
-            self._outputs.append(RequestGrant(nbytes))
+        request = self.grants.demand(nbytes)
+        if request is not None:
+            self._outputs.append(request)
 
     def _end_target(
         self, target: str, code: str, reason: str, stored_as: str, now: float, alone: bool = True

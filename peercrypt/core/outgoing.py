@@ -39,6 +39,8 @@ import hmac
 from collections import deque
 from dataclasses import dataclass, field
 
+from peercrypt.core.grants import Allowance
+from peercrypt.core.grants import RequestGrant as RequestGrant
 from peercrypt.core.modes import Policy
 from peercrypt.core.send_window import SEND_BUFFER, SendWindow
 from peercrypt.errors import ResultCode
@@ -76,13 +78,6 @@ class SendDone:
     digest: bytes
     chunks: int
     attempt: int
-
-
-@dataclass(frozen=True)
-class RequestGrant:
-    """Ask the scheduler for ``nbytes`` more (paced flows only)."""
-
-    nbytes: int
 
 
 @dataclass(frozen=True)
@@ -155,8 +150,7 @@ class OutgoingTransfer:
     )
     _report: list[int] = field(default_factory=lambda: [0, 0, 0, 0], init=False)
     _reported_at: float = field(default=float("-inf"), init=False)
-    paced: bool = field(default=False, init=False)
-    allowance: int = field(default=0, init=False)
+    grants: Allowance = field(default_factory=Allowance, init=False)
     digest: bytes = field(default=b"", init=False)
     done_sent: int = field(default=0, init=False)
     last_progress: float = field(init=False)
@@ -164,7 +158,6 @@ class OutgoingTransfer:
     accept_seconds: float = field(default=0.0, init=False)  # offer to accept (the resume check)
     chunks_sent: int = field(default=0, init=False)  # sends, retransmissions included
     bytes_sent: int = field(default=0, init=False)
-    _demand_pending: bool = field(default=False, init=False)
     _hash_asked: bool = field(default=False, init=False)
     _done_due: float | None = field(default=None, init=False)
     _outputs: list[Output] = field(default_factory=list, init=False)
@@ -218,7 +211,7 @@ class OutgoingTransfer:
         self.resumed = self.window.acked.count
         self.accept_seconds = now - self.started
         # The scheduler has the last word (a live max-rate): see on_pacing.
-        self.paced = p.mode == "token-bucket" or self.node_capped
+        self.grants.paced = p.mode == "token-bucket" or self.node_capped
         self.phase = Phase.SENDING
         self.last_progress = now
 
@@ -236,13 +229,11 @@ class OutgoingTransfer:
 
     def on_grant(self, nbytes: int) -> None:
         """The scheduler granted ``nbytes`` more."""
-        self.allowance += nbytes
-        self._demand_pending = False
+        self.grants.on_grant(nbytes)
 
     def on_pacing(self, paced: bool) -> None:
         """The scheduler decided whether this flow waits for grants."""
-        self.paced = paced
-        self._demand_pending = False
+        self.grants.on_pacing(paced)
 
     def on_window(self, share: int, window: int, decreases: int, now: float) -> None:
         """The congestion manager's answer: this flow may have ``share``
@@ -328,6 +319,16 @@ class OutgoingTransfer:
         if self.phase is Phase.VERIFYING:
             return self._done_due
         return None
+
+    @property
+    def paced(self) -> bool:
+        """The flow waits for the scheduler's grants."""
+        return self.grants.paced
+
+    @property
+    def allowance(self) -> int:
+        """Granted bytes not yet spent."""
+        return self.grants.nbytes
 
     @property
     def ended(self) -> bool:
@@ -418,7 +419,7 @@ class OutgoingTransfer:
         resends = w.retransmits - resends  # they come first
         for n, index in enumerate(indices):
             if self.paced:
-                self.allowance -= self.chunk_len(index)
+                self.grants.spend(self.chunk_len(index))
             if managed and n >= resends:
                 self._report[0] += self.chunk_len(index)
             self.chunks_sent += 1
@@ -430,11 +431,10 @@ class OutgoingTransfer:
             self.phase = Phase.VERIFYING
             self._send_done(now)
             return
-        if self.paced and not self._demand_pending:
-            wanted = w.room() * self.chunk_size - self.allowance
-            if wanted > 0:
-                self._demand_pending = True
-                self._outputs.append(RequestGrant(wanted))
+        if self.paced:
+            request = self.grants.demand(w.room() * self.chunk_size - self.allowance)
+            if request is not None:
+                self._outputs.append(request)
 
     def _flush_report(self, now: float) -> None:
         sent, acked, losses, timeouts = self._report

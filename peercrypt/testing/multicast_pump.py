@@ -35,6 +35,7 @@ from typing import Any
 
 import blake3
 
+from peercrypt.core.grants import RequestGrant
 from peercrypt.core.multicast import GapTracker, Repair
 from peercrypt.core.multicast_outgoing import (
     Announce,
@@ -44,7 +45,7 @@ from peercrypt.core.multicast_outgoing import (
     SessionEnded,
     TargetEnded,
 )
-from peercrypt.core.outgoing import HashFile, RequestGrant
+from peercrypt.core.outgoing import HashFile
 from peercrypt.testing.transfer_pump import Channel
 
 TICK = 0.05  # seconds between each receiver's acks (besides every ``ack_every`` writes)
