@@ -65,6 +65,32 @@ class Allowance:
         return RequestGrant(nbytes)
 
 
+class GrantedFlow:
+    """What a paced flow object shows of its :class:`Allowance` (declared as
+    a field ``grants`` by each): the scheduler's two inputs and the state
+    the actor and the statistics read."""
+
+    grants: Allowance
+
+    def on_grant(self, nbytes: int) -> None:
+        """The scheduler granted ``nbytes`` more."""
+        self.grants.on_grant(nbytes)
+
+    def on_pacing(self, paced: bool) -> None:
+        """The scheduler decided whether this flow waits for grants."""
+        self.grants.on_pacing(paced)
+
+    @property
+    def paced(self) -> bool:
+        """The flow waits for the scheduler's grants."""
+        return self.grants.paced
+
+    @property
+    def allowance(self) -> int:
+        """Granted bytes not yet spent."""
+        return self.grants.nbytes
+
+
 @dataclass
 class _Flow:
     bucket: TokenBucket | None

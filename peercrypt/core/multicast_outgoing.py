@@ -45,7 +45,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 
-from peercrypt.core.grants import Allowance, RequestGrant
+from peercrypt.core.grants import Allowance, GrantedFlow, RequestGrant
 from peercrypt.core.multicast import DONE, FAILED, JOINING, LOST, Member, Repair, SessionPlan
 from peercrypt.core.outgoing import HashFile
 from peercrypt.errors import ResultCode
@@ -156,7 +156,7 @@ class Receiver:
 
 
 @dataclass
-class MulticastOutgoing:
+class MulticastOutgoing(GrantedFlow):
     """One file of ``size`` bytes in chunks of ``chunk_size`` to ``targets``.
 
     ``timeout``: how long targets may take to join, and the longest time a
@@ -286,23 +286,9 @@ class MulticastOutgoing:
         """``target`` failed (a refusal, a failed proof, untrusted, ...)."""
         self._end_target(target, code, reason, "", now)
 
-    def on_grant(self, nbytes: int) -> None:
-        self.grants.on_grant(nbytes)
-
-    def on_pacing(self, paced: bool) -> None:
-        self.grants.on_pacing(paced)
-
     def spend(self, nbytes: int) -> None:
         """The actor sent ``nbytes`` of queued datagrams (paced UDP)."""
         self.grants.spend(nbytes)
-
-    @property
-    def paced(self) -> bool:
-        return self.grants.paced
-
-    @property
-    def allowance(self) -> int:
-        return self.grants.nbytes
 
     def on_digest(self, digest: bytes) -> None:
         if not self.digest:

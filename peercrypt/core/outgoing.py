@@ -39,7 +39,7 @@ import hmac
 from collections import deque
 from dataclasses import dataclass, field
 
-from peercrypt.core.grants import Allowance
+from peercrypt.core.grants import Allowance, GrantedFlow
 from peercrypt.core.grants import RequestGrant as RequestGrant
 from peercrypt.core.modes import Policy
 from peercrypt.core.send_window import SEND_BUFFER, SendWindow
@@ -116,7 +116,7 @@ Output = SendChunk | HashFile | SendDone | RequestGrant | ReportCongestion | Fin
 
 
 @dataclass
-class OutgoingTransfer:
+class OutgoingTransfer(GrantedFlow):
     """One file of ``size`` bytes in chunks of ``chunk_size`` to ``peer``.
 
     ``timeout``: seconds the offer may wait for an answer, and the longest
@@ -227,14 +227,6 @@ class OutgoingTransfer:
             self._report[1] += self.acked_bytes - acked
             self._report[2] += w.fast_retransmits - sack_losses
 
-    def on_grant(self, nbytes: int) -> None:
-        """The scheduler granted ``nbytes`` more."""
-        self.grants.on_grant(nbytes)
-
-    def on_pacing(self, paced: bool) -> None:
-        """The scheduler decided whether this flow waits for grants."""
-        self.grants.on_pacing(paced)
-
     def on_window(self, share: int, window: int, decreases: int, now: float) -> None:
         """The congestion manager's answer: this flow may have ``share``
         bytes in flight of its peer's ``window``."""
@@ -319,16 +311,6 @@ class OutgoingTransfer:
         if self.phase is Phase.VERIFYING:
             return self._done_due
         return None
-
-    @property
-    def paced(self) -> bool:
-        """The flow waits for the scheduler's grants."""
-        return self.grants.paced
-
-    @property
-    def allowance(self) -> int:
-        """Granted bytes not yet spent."""
-        return self.grants.nbytes
 
     @property
     def ended(self) -> bool:
