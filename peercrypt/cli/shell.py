@@ -205,8 +205,8 @@ class Shell:
         params = ctx.params
         multicast = bool(params.get("multi") or params.get("dual") or params.get("to"))
         multicast = multicast or params.get("mode") == "multicast"
-        if multicast:  # may ask for targets: in the foreground
-            return execute(self.group, [*self.global_args(), *words, "--no-progress"])
+        if multicast:  # may ask for targets: in the foreground, with a line per receiver
+            return execute(self.group, [*self.global_args(), *words])
         args = list(words)
         if not params.get("force"):
             verdict = self._check(str(params["host"]), int(params["port"]))
@@ -237,6 +237,7 @@ class Shell:
     def _check(self, host: str, port: int) -> bool | None:
         """The pre-send health check: False (reachable), True (proceed anyway)
         or None (abort)."""
+        click.echo(f"checking {host}:{port} ...")
         try:
             with ControlClient.for_data_dir(self.data_dir) as client:
                 client.send(CheckRequest(request=client.next_id(), host=host, port=port))
