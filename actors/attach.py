@@ -45,6 +45,7 @@ from peercrypt.wire.actor_messages import (
     AttachHello,
     AttachReply,
     LinkChanged,
+    OfferKey,
 )
 from peercrypt.wire.messages import ErrorReply, Inbound, Outbound, SendRequest, SendResult
 
@@ -86,6 +87,7 @@ class AttachActor(Actor):
         super().__init__(env)
         self.settings = settings
         self.links: dict[str, _Link] = {}
+        self.offer_key = b""  # the attached receiver's identity key
 
     def setup(self) -> None:
         for actor in self.settings.remote_actors:
@@ -111,6 +113,9 @@ class AttachActor(Actor):
         peer = fingerprint(inbound.peer) if len(inbound.peer) == 32 else ""
         if isinstance(msg, AttachHello):
             self._hello(inbound.route, peer, msg.actor)
+            link = self.links.get("receiver")
+            if msg.actor == "receiver" and link is not None and link.route == inbound.route:
+                self._offer_key(inbound.peer)
             return
         actor = next((a for a, link in self.links.items() if link.route == inbound.route), None)
         if actor is None:
@@ -214,6 +219,19 @@ class AttachActor(Actor):
         self.count("link-lost")
         self.facts[f"remote_{actor}"] = "lost"
         self.tell(actor, LinkChanged(actor=actor))
+        if actor == "receiver":
+            self._offer_key(b"")
+
+    def _offer_key(self, key: bytes) -> None:
+        """Offers to this node are opened by the attached receiver: hello
+        replies name its key (the gateway proves it with the node's)."""
+        if key != self.offer_key:
+            self.offer_key = key
+            self.tell("gateway", OfferKey(key=key))
+
+    def on_actor_restarted(self, name: str) -> None:
+        if name == "gateway" and self.offer_key:
+            self.tell("gateway", OfferKey(key=self.offer_key))
 
 
 class RemoteActorProxy(Actor):

@@ -54,6 +54,8 @@ from peercrypt.wire.network_messages import (  # discovery and health monitoring
     GossipState,
     JoinRequest,
     JoinResult,
+    MembersAtReply,
+    MembersAtRequest,
     PeersReply,
     PeersRequest,
     TransferOutcome,
@@ -114,6 +116,7 @@ class ControlActor(Actor):
         self.next_id = 1
         self.checking: dict[int, SendRequest] = {}  # sends waiting for their health check
         self.sending: dict[int, tuple[str, int]] = {}  # sends under way: destination
+        self.placing: dict[int, _mc.McSendRequest] = {}  # multicasts waiting for members' records
 
     def setup(self) -> None:
         sock = self.api = self.socket(zmq.ROUTER)
@@ -179,6 +182,10 @@ class ControlActor(Actor):
                             self.checking.pop(ours), ResultCode.CANCELLED, "cancelled"
                         )
                         break
+                    if ours in self.placing:
+                        del self.placing[ours]
+                        self._refuse_multicast(ours, ResultCode.CANCELLED, "cancelled")
+                        break
                     self.tell("sender", CancelRequest(request=ours))
                     self.tell("msender", CancelRequest(request=ours))
         elif isinstance(msg, CancelTransfer):
@@ -198,6 +205,8 @@ class ControlActor(Actor):
             self.pending[ours] = (route, cast(Any, msg).request)
             if isinstance(msg, SendRequest):  # health-check the destination first
                 self._check_first(cast(SendRequest, _with_request(msg, ours)))
+            elif isinstance(msg, _mc.McSendRequest):  # whom records place at each target
+                self._place_first(cast(_mc.McSendRequest, _with_request(msg, ours)))
             else:
                 self.tell(ROUTES[type(msg)], _with_request(msg, ours))
         else:
@@ -234,6 +243,8 @@ class ControlActor(Actor):
         if name == "health":
             for req in self.checking.values():
                 self._check_first(req)
+            for mreq in self.placing.values():
+                self._place_first(mreq)
         if name != "sender":
             return
         for ours, (route, theirs) in list(self.pending.items()):
@@ -253,6 +264,9 @@ class ControlActor(Actor):
             self.announced[msg.actor] = msg
         elif isinstance(msg, CheckResult) and msg.request in self.checking:
             self._after_check(msg)
+        elif isinstance(msg, MembersAtReply) and msg.request in self.placing:
+            req = self.placing.pop(msg.request)
+            self.tell(ROUTES[_mc.McSendRequest], dataclasses.replace(req, members=msg.members))
         elif type(msg) in REPLIES:
             request: int = cast(Any, msg).request
             if isinstance(msg, SendResult) and request in self.sending:
@@ -300,8 +314,26 @@ class ControlActor(Actor):
             self.count("forced-sends")
             log.warning("sending to %s:%s despite: %s", req.host, req.port, result.reason)
         self.sending[req.request] = (req.host, req.port)
-        # Whom members' signed records place at that address: the sender's trust check.
-        self.tell(ROUTES[SendRequest], dataclasses.replace(req, members=result.members))
+        # Whom members' signed records place at that address, and the key the
+        # check saw proven there: the sender's trust check, made before its offer.
+        found = dataclasses.replace(
+            req, members=result.members, receiver_key=result.node_key, offer_key=result.offer_key
+        )
+        self.tell(ROUTES[SendRequest], found)
+
+    def _place_first(self, req: _mc.McSendRequest) -> None:
+        """A multicast's receivers are trusted like a send's: members' signed
+        records at each target count (crypto/known_peers.py); ask health."""
+        self.placing[req.request] = req
+        self.tell("health", MembersAtRequest(request=req.request, addresses=req.targets))
+
+    def _refuse_multicast(self, ours: int, code: str, reason: str) -> None:
+        entry = self.pending.pop(ours, None)
+        if entry is None:
+            return
+        route, theirs = entry
+        result = _mc.McSendResult(request=theirs, code=code, reason=reason, size=0, digest=b"")
+        self.api.send_multipart([route, codec.encode(result)])
 
     def _refuse_send(self, req: SendRequest, code: str, reason: str) -> None:
         entry = self.pending.pop(req.request, None)

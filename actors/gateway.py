@@ -58,6 +58,7 @@ class GatewayActor(Actor):
     def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
         super().__init__(env)
         self.settings = settings
+        self.offer_key = b""  # an attached receiver's key (actors/attach.py)
 
     def setup(self) -> None:
         s = self.settings
@@ -96,12 +97,12 @@ class GatewayActor(Actor):
             if isinstance(msg, Hello):
                 identity, version = self.settings.identity, peercrypt.__version__
                 try:
-                    proof = prove_hello(identity, msg.challenge, version)
+                    proof = prove_hello(identity, msg.challenge, version, self.offer_key)
                 except ValueError:
                     self._reject(route, peer_z85, "bad-challenge", "degenerate key")
                     continue
                 reply: codec.Message = HelloReply(
-                    node_id=identity.public, version=version, proof=proof
+                    node_id=identity.public, version=version, proof=proof, offer_key=self.offer_key
                 )
                 sock.send_multipart([route, codec.encode(reply)])
             elif isinstance(msg, Ping):
@@ -134,5 +135,7 @@ class GatewayActor(Actor):
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, Outbound):
             self.router.send_multipart([msg.route, msg.payload])
+        elif isinstance(msg, _am.OfferKey):
+            self.offer_key = msg.key
         else:
             super().on_mail(msg)

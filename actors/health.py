@@ -37,7 +37,7 @@ import random
 from dataclasses import dataclass, field
 
 from actors.peer_link import Link, address_of
-from peercrypt.core.address import join_host_port, same_host_port
+from peercrypt.core.address import join_host_port, same_host_port, split_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.member_state import MemberState, worst
 from peercrypt.core.membership import x25519_public_key
@@ -57,6 +57,8 @@ from peercrypt.wire.network_messages import (
     HealthVerdict,
     JoinRequest,
     MemberGone,
+    MembersAtReply,
+    MembersAtRequest,
     MemberUpdate,
     PeersReply,
     PeersRequest,
@@ -147,10 +149,27 @@ class HealthActor(Actor):
             self.tell("control", PeersReply(request=msg.request, peers=self._peer_list()))
         elif isinstance(msg, CheckRequest):
             self._start_check(msg, "control")
+        elif isinstance(msg, MembersAtRequest):
+            self.tell("control", MembersAtReply(request=msg.request, members=self._members_at(msg)))
         elif isinstance(msg, TransferOutcome):
             self._on_transfer(msg)
         else:
             super().on_mail(msg)
+
+    def _members_at(self, msg: MembersAtRequest) -> dict[str, list[str]]:
+        """Whom members' own signed records place at each address."""
+        found: dict[str, list[str]] = {}
+        for address in msg.addresses:
+            try:
+                host, port = split_host_port(address)
+            except ValueError:
+                continue
+            here = [
+                m.fingerprint for m in self.members.values() if same_host_port(m.url, host, port)
+            ]
+            if here:
+                found[address] = here[:MAX_MEMBERS_AT]
+        return found
 
     def on_actor_restarted(self, name: str) -> None:
         if name == "control":
@@ -391,13 +410,14 @@ class HealthActor(Actor):
         peer = f"{check.request.host}:{check.request.port}"
         assert check.challenge is not None
         try:
-            check.challenge.verify(msg.node_id, msg.version, msg.proof)
+            check.challenge.verify(msg.node_id, msg.version, msg.proof, msg.offer_key)
         except ProofError:
             self.count("checks-forged")
             reason = f"{peer} named key {fp} but could not prove it holds it"
             self._finish(check, ResultCode.IMPOSTOR, reason)
             return
-        self._finish(check, ResultCode.OK, f"{peer} answered", rtt, fp)
+        keys = (msg.node_id, msg.offer_key)
+        self._finish(check, ResultCode.OK, f"{peer} answered", rtt, fp, keys=keys)
 
     def _on_timeout(self, check: Check) -> None:
         if check.request.request not in self.checks or check.link is None:
@@ -444,6 +464,7 @@ class HealthActor(Actor):
         rtt: float = 0.0,
         fp: str = "",
         reply: bool = True,
+        keys: tuple[bytes, bytes] = (b"", b""),
     ) -> None:
         req = check.request
         if self.checks.pop(req.request, None) is None:
@@ -473,6 +494,8 @@ class HealthActor(Actor):
                     reason=reason[:512],
                     rtt=rtt,
                     fingerprint=fp,
+                    node_key=keys[0],
+                    offer_key=keys[1],
                     attempts=check.attempts,
                     members=members_here[:MAX_MEMBERS_AT],
                 ),

@@ -82,7 +82,7 @@ from peercrypt.crypto.handshake import Initiator, ProofError
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, new_content_key
 from peercrypt.crypto.keywrap import wrap as wrap_key
-from peercrypt.crypto.known_peers import KnownPeersFile, explain
+from peercrypt.crypto.known_peers import KnownPeersFile, explain, pin_of
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, Timer, bound_port
 from peercrypt.settings import NodeSettings
@@ -484,7 +484,11 @@ class MulticastSenderActor(Actor):
         except ValueError:
             reason = f"{t.name} sent an invalid key"
             return sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, now)
-        decision = self.known_peers.check(t.host, t.port, fingerprint(j.static_pub))
+        # Trusted like a unicast receiver: a pin, the known-peers file, members' records.
+        req, proven = sess.request, fingerprint(j.static_pub)
+        decision = self.known_peers.check(
+            t.host, t.port, proven, pin_of(req.expect, proven), req.members.get(t.name, ())
+        )
         if not decision.trusted:
             reason = explain(decision, t.host, t.port)
             return sess.flow.fail_target(t.name, ResultCode.UNTRUSTED, reason, now)

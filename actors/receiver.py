@@ -79,7 +79,7 @@ from peercrypt.core.resume import (
 )
 from peercrypt.core.space import Quotas, SpaceLedger
 from peercrypt.core.tree import manifest_limit
-from peercrypt.crypto.handshake import respond
+from peercrypt.crypto.handshake import ProofError, open_details, respond
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
@@ -94,6 +94,7 @@ from peercrypt.wire.messages import (
     Failed,
     Inbound,
     Offer,
+    OfferDetails,
     Outbound,
     Refuse,
     SealedHeader,
@@ -249,17 +250,26 @@ class ReceiverActor(Actor):
         if sum(1 for t in self.transfers.values() if t.host == host) >= s.max_transfers_per_host:
             limit = s.max_transfers_per_host
             return refuse("busy", f"too many transfers from {host} (max {limit})")
-        if offer.hash_alg != "blake3":
-            return refuse("unsupported", f"hash {offer.hash_alg[:16]!r} not supported")
+        # What is offered was sealed to our identity key: only we can read it
+        # (a member answering at our address sees neither name nor size).
         try:
-            name = check_offer(s, offer.name, offer.chunk_size, offer.size)
+            plain = open_details(offer.tid, s.identity, peer, offer.eph_pub, offer.details)
+            details = codec.decode_as(plain, OfferDetails)
+        except ProofError:
+            return refuse("wrong-receiver", "this offer was sealed to another node's key")
+        except (ValueError, codec.DecodeError):
+            return refuse("bad-offer", "invalid offer details")
+        if details.hash_alg != "blake3":
+            return refuse("unsupported", f"hash {details.hash_alg[:16]!r} not supported")
+        try:
+            name = check_offer(s, details.name, details.chunk_size, details.size)
         except Refusal as exc:
             return refuse(exc.code, exc.reason)
-        if offer.tree or offer.files:
+        if details.tree or details.files:
             limit = s.tree_max_files
-            if offer.files > limit or offer.tree > manifest_limit(limit):
+            if details.files > limit or details.tree > manifest_limit(limit):
                 return refuse("too-many-files", f"a folder of at most {limit} files is taken here")
-            if not 0 < offer.tree <= offer.size:
+            if not 0 < details.tree <= details.size:
                 return refuse("bad-offer", "the folder's manifest does not fit its size")
         # ``peer`` is the sender's identity key, proven by CURVE (ZAP's
         # User-Id); the answer proves ours and mixes both into the keys.
@@ -268,7 +278,7 @@ class ReceiverActor(Actor):
         except ValueError:
             return refuse("bad-offer", "invalid ephemeral or identity key")
         keys = TransferKeys.for_receiver(offer.tid, answer.secrets)
-        key = ResumeKey(peer, name, offer.size, offer.chunk_size, offer.source)
+        key = ResumeKey(peer, name, details.size, details.chunk_size, details.source)
         if any(t.key == key and t.flow.finishing for t in self.transfers.values()):
             # Taking it over would drop a transfer about to be stored, and
             # starting afresh would store the file twice: its result decides.
@@ -280,7 +290,7 @@ class ReceiverActor(Actor):
         try:
             reuse = self._resumable(key)
             verdict = self.space.admit(
-                peer, offer.size, free_space(s.inbox), reuse.part if reuse else None
+                peer, details.size, free_space(s.inbox), reuse.part if reuse else None
             )
         except OSError as exc:
             return refuse("io", f"cannot read the inbox: {exc.strerror}")
@@ -294,16 +304,16 @@ class ReceiverActor(Actor):
         part: Path | None = None
         try:
             if reuse is not None:
-                fd = open_part(s.inbox, reuse.part, offer.size)
+                fd = open_part(s.inbox, reuse.part, details.size)
                 part, held = s.inbox / reuse.part, reuse.held()
             else:
-                part, fd = create_part(s.inbox, name, offer.tid.hex()[:12], offer.size)
+                part, fd = create_part(s.inbox, name, offer.tid.hex()[:12], details.size)
         except Refusal as exc:
             return refuse(exc.code, exc.reason)
         assert part is not None  # named: the manifest beside it makes it resumable
         flow = IncomingTransfer(
             total=key.total,
-            credit=self._credit(offer.chunk_size, extra=1),
+            credit=self._credit(details.chunk_size, extra=1),
             idle_timeout=s.idle_timeout,
             now=self.now(),
             have=held,
@@ -313,17 +323,17 @@ class ReceiverActor(Actor):
             peer=peer,
             host=host,
             name=name,
-            size=offer.size,
-            chunk_size=offer.chunk_size,
+            size=details.size,
+            chunk_size=details.chunk_size,
             keys=keys,
             key=key,
             flow=flow,
             part=part,
             fd=fd,
-            mode=offer.mode,
+            mode=details.mode,
             started=self.now(),
-            tree=offer.tree,
-            files=offer.files,
+            tree=details.tree,
+            files=details.files,
         )
         self.transfers[offer.tid] = t
         self.tell("stats", self._record(t, "running"))
@@ -343,7 +353,7 @@ class ReceiverActor(Actor):
             self.count("resumed")
             self.count("resumed-bytes", held_bytes)
             log.info("%s: resuming, %d of %d bytes already held", name, held_bytes, t.size)
-        log.debug("accepted %s (%d bytes, chunks of %d)", name, offer.size, offer.chunk_size)
+        log.debug("accepted %s (%d bytes, chunks of %d)", name, details.size, details.chunk_size)
         return Accept(
             tid=offer.tid,
             eph_pub=answer.eph_pub,

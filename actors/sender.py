@@ -4,18 +4,22 @@ Per transfer (``SendRequest`` from the control actor), the actor does the
 I/O and a :class:`~peercrypt.core.outgoing.OutgoingTransfer` decides (what
 to send, when, the end):
 
-1. A CURVE DEALER to the peer's public port carries the Offer (name and size
-   travel inside CURVE); a socket monitor tells *why* nothing came back:
-   connection refused, handshake failed (wrong network key), or not admitted.
-2. On Accept: the receiver's proof of its identity is checked
-   (crypto/handshake.py), then whether that identity is the one expected at
-   this address (``--expect``, the known-peers file, members' signed
-   records: crypto/known_peers.py); a failure ends the transfer before its
-   first byte (exit 4). Then the transfer keys are derived and plain DEALERs (one per lane)
-   to the advertised data port carry the chunks the transfer asks for, read
-   with ``pread``, hashed (BLAKE3, in file order, on first read) and sealed
-   with a fresh nonce each time; in parallel mode a
-   :class:`~actors.lanes.LaneCrew` of worker threads reads, seals and hashes.
+1. A CURVE DEALER to the peer's public port carries the Offer; a socket
+   monitor tells *why* nothing came back: connection refused, handshake
+   failed (wrong network key), or not admitted. Before the offer, the key
+   the peer proved in a hello (the pre-send check's, or our own on this
+   connection when no check proved one) must be the one expected at this
+   address (``--expect``, the known-peers file, members' signed records:
+   crypto/known_peers.py); what the file is (name, size) goes sealed to
+   that key, so no one else at the address reads it.
+2. On Accept: the key must be the one the offer was sealed to and the
+   receiver's proof must verify (crypto/handshake.py); a failure ends the
+   transfer before its first byte (exit 4). Then the transfer keys are
+   derived and plain DEALERs (one per lane) to the advertised data port
+   carry the chunks the transfer asks for, read with ``pread``, hashed
+   (BLAKE3, in file order, on first read) and sealed with a fresh nonce each
+   time; in parallel mode a :class:`~actors.lanes.LaneCrew` of worker
+   threads reads, seals and hashes.
    Grant requests go to the scheduler, grants come back from it.
 3. When every chunk is acked: a sealed Done with the whole-file hash; the
    result is "ok" only when the receiver's sealed Verified repeats that hash.
@@ -52,6 +56,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import hmac
 import itertools
 import logging
 import os
@@ -89,7 +94,7 @@ from peercrypt.core.outgoing import (
 from peercrypt.core.resume import SAMPLE_BYTES, sample_offsets, source_tag
 from peercrypt.core.tree import TreeError
 from peercrypt.core.tree import source_tag as tree_source_tag
-from peercrypt.crypto.handshake import Initiator, ProofError
+from peercrypt.crypto.handshake import HelloChallenge, Initiator, ProofError
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.known_peers import KnownPeersFile, explain
 from peercrypt.crypto.transfer import OpenError, TransferKeys
@@ -112,7 +117,10 @@ from peercrypt.wire.messages import (
     FlowReport,
     FlowStart,
     FlowWindow,
+    Hello,
+    HelloReply,
     Offer,
+    OfferDetails,
     Progress,
     Refuse,
     SealedHeader,
@@ -186,7 +194,12 @@ class Outgoing:
     fd: int
     mtime_ns: int
     eph: Initiator
+    details: OfferDetails
     link: Link | None = None
+    # The receiver's identity key, proven by a hello before the offer is
+    # sealed to it; the accept must prove the same key.
+    receiver_key: bytes = b""
+    challenge: HelloChallenge | None = None  # our own hello, when no check proved the key
     keys: TransferKeys | None = None
     data: zmq.Socket[Any] | None = None
     hasher: Any = field(default_factory=blake3.blake3)
@@ -448,6 +461,16 @@ class SenderActor(Actor):
             fd=fd,
             mtime_ns=mtime_ns,
             eph=Initiator(self.settings.identity),
+            details=OfferDetails(
+                name=os.path.basename(req.path),
+                size=size,
+                chunk_size=flow.chunk_size,
+                hash_alg="blake3",
+                mode=policy.mode,
+                source=source,
+                tree=len(tree.manifest) if tree is not None else 0,
+                files=tree.files if tree is not None else 0,
+            ),
             retry=retry,
             tree=tree,
         )
@@ -463,20 +486,33 @@ class SenderActor(Actor):
         )
         if t.link.failure:
             return self._end(t, t.link.failure, t.link.detail)
-        offer = Offer(
-            tid=tid,
-            name=os.path.basename(req.path),
-            size=t.size,
-            chunk_size=t.chunk_size,
-            eph_pub=t.eph.public,
-            hash_alg="blake3",
-            mode=policy.mode,
-            source=source,
-            tree=len(tree.manifest) if tree is not None else 0,
-            files=tree.files if tree is not None else 0,
+        if req.receiver_key:  # proven by the pre-send check: no round trip more
+            self._offer(t, req.receiver_key, req.offer_key)
+        else:  # a forced send, or the check did not get an answer: ask first
+            t.challenge = HelloChallenge()
+            t.link.send(Hello(challenge=t.challenge.public))
+            self.count("hellos")
+        if t.tid in self.transfers:
+            self._drive(t)
+
+    def _offer(self, t: Outgoing, key: bytes, offer_key: bytes = b"") -> None:
+        """Offer the file to the node that proved ``key`` at the address, if
+        it is the one we trust there; what the file is goes sealed to that key
+        (or to the ``offer_key`` its proof vouched for: a receiver it runs
+        attached elsewhere), and only that key's holder can accept."""
+        req = t.request
+        decision = self.known_peers.check(
+            req.host, req.port, fingerprint(key), req.expect, req.members
         )
-        t.link.send(offer)
-        self._drive(t)
+        if not decision.trusted:
+            return self._end(t, ResultCode.UNTRUSTED, explain(decision, req.host, req.port))
+        try:
+            sealed = t.eph.seal_details(t.tid, offer_key or key, codec.encode(t.details))
+        except ValueError:
+            return self._end(t, ResultCode.PROTOCOL, f"{t.peer} proved an invalid key")
+        t.receiver_key = offer_key or key
+        assert t.link is not None
+        t.link.send(Offer(tid=t.tid, eph_pub=t.eph.public, details=sealed))
         self.count("offers")
 
     # -- control plane replies ----------------------------------------------------------
@@ -489,8 +525,23 @@ class SenderActor(Actor):
     def _on_control(self, t: Outgoing, msg: codec.Message) -> None:
         if t.tid not in self.transfers or t.flow.phase is not Phase.OFFERED:
             return
-        if isinstance(msg, Accept) and msg.tid == t.tid:
+        if isinstance(msg, HelloReply) and t.challenge is not None:
+            challenge, t.challenge = t.challenge, None
+            try:
+                challenge.verify(msg.node_id, msg.version, msg.proof, msg.offer_key)
+            except ProofError:
+                who = fingerprint(msg.node_id)
+                reason = (
+                    f"{t.peer} could not prove it holds the key it named ({who}); nothing was sent"
+                )
+                return self._end(t, ResultCode.IMPOSTOR, reason)
+            self._offer(t, msg.node_id, msg.offer_key)
+        elif isinstance(msg, Accept) and msg.tid == t.tid and t.receiver_key:
             self._on_accept(t, msg)
+        elif isinstance(msg, Refuse) and msg.tid == t.tid and msg.code == "wrong-receiver":
+            who = fingerprint(t.receiver_key)
+            reason = f"{t.peer} cannot read an offer sealed to {who}; nothing was sent"
+            self._end(t, ResultCode.IMPOSTOR, reason)
         elif isinstance(msg, Refuse) and msg.tid == t.tid:
             self._end(t, ResultCode.REFUSED, f"{t.peer} refused: {printable(msg.reason)}")
         elif isinstance(msg, ErrorReply):
@@ -501,6 +552,12 @@ class SenderActor(Actor):
             self.count("control-unexpected")
 
     def _on_accept(self, t: Outgoing, accept: Accept) -> None:
+        if not hmac.compare_digest(accept.static_pub, t.receiver_key):
+            named, proven = fingerprint(accept.static_pub), fingerprint(t.receiver_key)
+            reason = (
+                f"{t.peer} answered as {named}, not as the {proven} it proved; nothing was sent"
+            )
+            return self._end(t, ResultCode.IMPOSTOR, reason)
         try:
             secrets = t.eph.finish(t.tid, accept.static_pub, accept.eph_pub, accept.proof)
             have = pairs(accept.have)
@@ -510,13 +567,6 @@ class SenderActor(Actor):
             return self._end(t, ResultCode.IMPOSTOR, reason)
         except ValueError as exc:
             return self._end(t, ResultCode.PROTOCOL, f"{t.peer} sent an invalid accept: {exc}")
-        # Whom we trust at this address, on the key just proven (before any chunk).
-        req = t.request
-        decision = self.known_peers.check(
-            req.host, req.port, fingerprint(accept.static_pub), req.expect, req.members
-        )
-        if not decision.trusted:
-            return self._end(t, ResultCode.UNTRUSTED, explain(decision, req.host, req.port))
         t.proven = fingerprint(accept.static_pub)
         t.keys = TransferKeys.for_sender(t.tid, secrets)
         flow = t.flow

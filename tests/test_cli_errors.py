@@ -397,7 +397,8 @@ def test_ctrl_c_cancels_the_send(
     args = ["send", str(source), "127.0.0.1", str(blackhole), "--timeout", "30"]
     with start_cli(*args, data_dir=sender.data_dir) as cli:
         try:
-            sender.wait_for_counter("sender.offers", 1)  # the send is in progress
+            # The send is in progress: no check answered, so its sender asks who is there.
+            sender.wait_for_counter("sender.hellos", 1)
             cli.send_signal(signal.SIGINT)
             stdout, stderr = cli.communicate(timeout=15)
         finally:

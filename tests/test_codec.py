@@ -179,16 +179,18 @@ def test_chunk_header_fits_the_receivers_header_limit(index: int, last: bool, no
 
 
 def test_fields_at_their_exact_bounds_round_trip() -> None:
-    offer = messages.Offer(
-        tid=b"\0" * 16,
-        name="é" * messages.MAX_NAME,
+    details = messages.OfferDetails(
+        name="\U0001f600" * messages.MAX_NAME,  # 4 bytes each in UTF-8
         size=2**62,
         chunk_size=64 * 1024 * 1024,
-        eph_pub=b"k" * 32,
         hash_alg="b" * 16,
+        mode="m" * 32,
         source=b"s" * 32,
     )
-    assert decode(encode(offer)) == offer
+    assert decode(encode(details)) == details
+    sealed = encode(details) + bytes(16)  # what the sender seals, with the AEAD tag
+    offer = messages.Offer(tid=b"\0" * 16, eph_pub=b"k" * 32, details=sealed)
+    assert len(sealed) <= messages.MAX_DETAILS and decode(encode(offer)) == offer
     accept = messages.Accept(
         tid=b"\0" * 16,
         eph_pub=b"k" * 32,
@@ -377,10 +379,11 @@ def test_extra_field(type_name: str) -> None:
         ("chunk", "tid", b"x" * 17),
         ("chunk", "tid", "x" * 16),  # str is not bytes
         ("chunk", "nonce", b"n" * 11),
-        ("offer", "name", ""),
-        ("offer", "name", "n" * (messages.MAX_NAME + 1)),
-        ("offer", "chunk_size", 0),
-        ("offer", "name", b"name"),
+        ("offer-details", "name", ""),
+        ("offer-details", "name", "n" * (messages.MAX_NAME + 1)),
+        ("offer-details", "chunk_size", 0),
+        ("offer-details", "name", b"name"),
+        ("offer", "details", b"d" * (messages.MAX_DETAILS + 1)),
         ("accept", "data_port", 0),
         ("accept", "data_port", 65536),
         ("accept", "window", 4097),

@@ -18,6 +18,7 @@ from peercrypt.crypto.handshake import (
     Initiator,
     ProofError,
     SessionSecrets,
+    open_details,
     prove_hello,
     respond,
 )
@@ -202,6 +203,32 @@ def test_secrets_are_opaque_values() -> None:
     assert repr(a) == "SessionSecrets(...)"
 
 
+# -- details sealed to the responder's key -------------------------------------------
+
+
+def test_details_sealed_to_a_key_open_only_for_its_holder() -> None:
+    sender, receiver, eve, tid = node(), node(), node(), os.urandom(16)
+    init = Initiator(sender)
+    sealed = init.seal_details(tid, receiver.public, b"name=secret.bin size=300")
+    assert b"secret" not in sealed
+    assert open_details(tid, receiver, sender.public, init.public, sealed).startswith(b"name=")
+    with pytest.raises(ProofError):  # a member answering at the address
+        open_details(tid, eve, sender.public, init.public, sealed)
+    with pytest.raises(ProofError):  # told another sender: other keys
+        open_details(tid, receiver, eve.public, init.public, sealed)
+    with pytest.raises(ProofError):  # another transfer's context
+        open_details(os.urandom(16), receiver, sender.public, init.public, sealed)
+    with pytest.raises(ProofError):
+        open_details(tid, receiver, sender.public, init.public, flip(sealed, 3))
+    # The exchange still completes afterwards (the ephemeral is spent by finish only).
+    answer = respond(tid, receiver, sender.public, init.public)
+    assert init.finish(tid, answer.static_pub, answer.eph_pub, answer.proof) == answer.secrets
+    with pytest.raises(RuntimeError):
+        init.seal_details(tid, receiver.public, b"again")
+    with pytest.raises(ValueError):
+        Initiator(sender).seal_details(tid, bytes(32), b"x")
+
+
 # -- hello ---------------------------------------------------------------------------
 
 
@@ -226,6 +253,17 @@ def test_a_replayed_hello_proof_fails_a_new_challenge() -> None:
     proof = prove_hello(me, old.public, "1.0")
     with pytest.raises(ProofError):
         HelloChallenge().verify(me.public, "1.0", proof)
+
+
+def test_hello_proof_vouches_for_the_offer_key_it_names() -> None:
+    me, attached, eve = node(), node(), node()
+    challenge = HelloChallenge()
+    proof = prove_hello(me, challenge.public, "1.0", attached.public)
+    challenge.verify(me.public, "1.0", proof, attached.public)
+    with pytest.raises(ProofError):  # a man in the middle swapping the offer key
+        challenge.verify(me.public, "1.0", proof, eve.public)
+    with pytest.raises(ProofError):
+        challenge.verify(me.public, "1.0", proof)
 
 
 def test_hello_proof_binds_the_version_and_rejects_bad_keys() -> None:

@@ -18,6 +18,7 @@ import zmq
 
 from actors.multicast_receiver import MAX_SESSIONS_PER_PEER
 from peercrypt.core.bitmap import MAX_RANGES, MAX_TRANSFER_CHUNKS, pairs
+from peercrypt.crypto.handshake import prove_hello
 from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.testing.hostile import CoReceiver
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
@@ -30,7 +31,7 @@ from peercrypt.testing.nodes import (
     wait_until,
 )
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Ack, Offer, Refuse, SealedHeader
+from peercrypt.wire.messages import Ack, Hello, HelloReply, Offer, Refuse, SealedHeader
 from peercrypt.wire.multicast_messages import McAnnounce, McJoin, McRefuse
 
 WAIT = 30.0
@@ -212,14 +213,24 @@ def test_a_receiver_answering_with_terminal_escapes_reaches_no_terminal_raw(
     port = router.bind_to_random_port("tcp://127.0.0.1")
     stop = threading.Event()
 
-    def refuse_everything() -> None:  # a hostile "receiver"
+    me = KeyPair.generate()
+
+    def refuse_everything() -> None:  # a hostile "receiver" (it proves its own key)
         while not stop.is_set():
             if router.poll(50):
                 route, payload = router.recv_multipart()[:2]
                 try:
-                    offer = codec.decode_as(payload, Offer)
+                    msg = codec.decode(payload)
                 except codec.DecodeError:
                     continue
+                if isinstance(msg, Hello):
+                    proof = prove_hello(me, msg.challenge, "0")
+                    reply = HelloReply(node_id=me.public, version="0", proof=proof)
+                    router.send_multipart([route, codec.encode(reply)])
+                    continue
+                if not isinstance(msg, Offer):
+                    continue
+                offer = msg
                 reason = ("\x1b[2J\x1b]0;owned\x07\u202e" * 100)[:512]
                 router.send_multipart(
                     [route, codec.encode(Refuse(tid=offer.tid, code="x" * 32, reason=reason))]

@@ -18,6 +18,7 @@ from peercrypt.crypto.known_peers import (
     explain,
     normalise_address,
     parse,
+    pin_of,
 )
 
 
@@ -54,6 +55,15 @@ def test_signed_member_records_count_as_known() -> None:
     assert claimed.verdict is Verdict.CLAIMED and claimed.expected == member
     # The file has the last word over records.
     assert decide({A: stranger}, A, stranger, members_here=[member]).verdict is Verdict.KNOWN
+
+
+def test_a_multicast_receiver_must_prove_one_of_the_pins() -> None:
+    one, two, other = fp(), fp(), fp()
+    assert pin_of([], other) == ""  # no pins: the file and records decide
+    assert decide({}, A, two, pin_of([one, two], two)).verdict is Verdict.PINNED
+    refused = decide({A: other}, A, other, pin_of([one, two], other))
+    assert refused.verdict is Verdict.MISMATCH  # a pin overrides the file
+    assert one in explain(refused, "127.0.0.1", 1) and two in explain(refused, "127.0.0.1", 1)
 
 
 def test_addresses_are_normalised() -> None:

@@ -145,7 +145,8 @@ def test_send_reports_promptly_when_its_node_dies(
     args = ["send", str(source), "127.0.0.1", str(blackhole), "--timeout", "20"]
     with start_cli(*args, data_dir=sender.data_dir) as cli:
         try:
-            sender.wait_for_counter("sender.offers", 1)  # the send is in progress
+            # The send is in progress: no check answered, so its sender asks who is there.
+            sender.wait_for_counter("sender.hellos", 1)
             sender.kill()  # a crash, the OOM killer, kill -9
             try:
                 _, stderr = cli.communicate(timeout=5)

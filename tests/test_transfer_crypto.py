@@ -172,3 +172,17 @@ LOW_ORDER_POINTS = [
 ]
 
 
+
+
+def test_route_ids_are_the_transfers_own() -> None:
+    s, r = pair()
+    other_s, other_r = pair()
+    ids = [s.route_id(lane) for lane in (0, 1, 64, 255)]
+    assert len(set(ids)) == 4 and all(i[0] != 0 and len(i) == 16 for i in ids)
+    assert all(r.owns_route(i) for i in ids)
+    assert s.for_lane(3).route_id(3) == s.route_id(3)  # every lane's keys agree
+    assert not other_r.owns_route(ids[0]) and not r.owns_route(other_s.route_id(0))
+    for bad in (b"", os.urandom(16), ids[0][:-1], ids[0] + b"x", ids[0][:-4] + bytes([0, 0, 1, 0])):
+        assert not r.owns_route(bad)
+    with pytest.raises(ValueError):
+        s.route_id(256)

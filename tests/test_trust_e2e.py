@@ -21,7 +21,13 @@ import pytest
 import zmq
 
 from peercrypt import errors
-from peercrypt.crypto.handshake import HelloChallenge, prove_hello, respond
+from peercrypt.crypto.handshake import (
+    HelloChallenge,
+    ProofError,
+    open_details,
+    prove_hello,
+    respond,
+)
 from peercrypt.crypto.identity import KeyPair, fingerprint, network_server_keys
 from peercrypt.testing.nodes import (
     LOCALHOST,
@@ -31,6 +37,7 @@ from peercrypt.testing.nodes import (
     blake3_file,
     cli_env,
     run_cli,
+    wait_until,
 )
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Accept, Hello, HelloReply, Offer
@@ -62,11 +69,17 @@ def proven_key(victim: NodeProcess, network_key: str) -> bytes:
 class Impostor:
     """A member with the network key and a fresh identity that answers every
     offer, hello and multicast announce *as the victim* (naming the victim's
-    key) and records whatever reaches it."""
+    key) and records whatever reaches it. With ``relay`` (the victim's
+    ``tcp://`` URL) it passes hellos on to the victim and returns its real,
+    proven answer: a man in the middle of the pre-send check."""
 
-    def __init__(self, network_key: str, victim_key: bytes) -> None:
+    def __init__(self, network_key: str, victim_key: bytes, relay: str = "", port: int = 0) -> None:
+        """``victim_key`` b"": a member answering honestly with its own fresh
+        identity (which it can prove); ``port``: where to listen (0: any)."""
         self.identity = KeyPair.from_seed(os.urandom(32))
-        self.victim_key = victim_key
+        self.victim_key = victim_key or self.identity.public
+        self.network_key, self.relay = network_key, relay
+        self.raw: list[bytes] = []  # every control message, as it arrived
         self.ctx = zmq.Context()
         # Her own ZAP handler admits everyone and names their CURVE key.
         self.zap = self.ctx.socket(zmq.REP)
@@ -79,7 +92,11 @@ class Impostor:
         self.router.curve_secretkey = server.z85_secret
         self.router.curve_publickey = server.z85_public
         self.router.linger = 0
-        self.port = self.router.bind_to_random_port(f"tcp://{LOCALHOST}")
+        if port:
+            self.router.bind(f"tcp://{LOCALHOST}:{port}")
+            self.port = port
+        else:
+            self.port = self.router.bind_to_random_port(f"tcp://{LOCALHOST}")
         self.data = self.ctx.socket(zmq.ROUTER)
         self.data.linger = 0
         self.data_port = self.data.bind_to_random_port(f"tcp://{LOCALHOST}")
@@ -91,8 +108,10 @@ class Impostor:
 
     def _answer(self, msg: codec.Message, peer: bytes) -> codec.Message | None:
         me = self.identity
+        if isinstance(msg, Hello) and self.relay:
+            return self._relayed(msg)
         if isinstance(msg, Hello):
-            proof = prove_hello(me, msg.challenge, "0")  # her own proof, the victim's key
+            proof = prove_hello(me, msg.challenge, "0")  # her own proof, the key she names
             return HelloReply(node_id=self.victim_key, version="0", proof=proof)
         if isinstance(msg, Offer):
             answer = respond(msg.tid, me, peer, msg.eph_pub)
@@ -108,6 +127,19 @@ class Impostor:
                 repair_key=os.urandom(32),
             )  # fmt: skip
         return None
+
+    def _relayed(self, msg: codec.Message) -> codec.Message | None:
+        sock = self.ctx.socket(zmq.DEALER)
+        me = KeyPair.generate()
+        sock.curve_serverkey = network_server_keys(self.network_key).z85_public
+        sock.curve_publickey, sock.curve_secretkey = me.z85_public, me.z85_secret
+        sock.linger = 0
+        try:
+            sock.connect(self.relay)
+            sock.send(codec.encode(msg))
+            return codec.decode(sock.recv()) if sock.poll(5000) else None
+        finally:
+            sock.close()
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -132,6 +164,7 @@ class Impostor:
                 except codec.DecodeError:
                     continue
                 self.seen.append(msg.TYPE)
+                self.raw.append(frame.bytes)
                 reply = self._answer(msg, peer)
                 if reply is not None:
                     self.router.send_multipart([route, codec.encode(reply)])
@@ -146,11 +179,12 @@ class Impostor:
 
 
 @pytest.fixture
-def impostor_of(network_key: str) -> Iterator[Callable[[NodeProcess], Impostor]]:
+def impostor_of(network_key: str) -> Iterator[Callable[..., Impostor]]:
     made: list[Impostor] = []
 
-    def make(victim: NodeProcess) -> Impostor:
-        made.append(Impostor(network_key, proven_key(victim, network_key)))
+    def make(victim: NodeProcess, relay: bool = False) -> Impostor:
+        url = f"tcp://{victim.host}:{victim.port}" if relay else ""
+        made.append(Impostor(network_key, proven_key(victim, network_key), url))
         return made[-1]
 
     yield make
@@ -174,13 +208,46 @@ def test_impostor_receiver_gets_nothing_and_a_good_transfer_still_verifies(
     assert code == errors.NOT_ADMITTED, result
     assert result["code"] == "impostor"
     assert victim.fingerprint in result["error"] and "nothing was sent" in result["error"]
-    assert "offer" in imp.seen
+    # Its hello did not prove the key it named: it was never even offered the file.
+    assert "hello" in imp.seen and "offer" not in imp.seen
     assert imp.data_bytes == 0  # not one frame reached its data port
     # Pinning the victim does not help the impostor either.
     code, result = sender.send(
         secret, LOCALHOST, imp.port, "--force", "--expect", victim.fingerprint
     )
     assert code == errors.NOT_ADMITTED and result["code"] == "impostor", result
+    assert imp.data_bytes == 0
+
+
+def test_an_impostor_relaying_the_hello_sees_neither_name_nor_size(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    impostor_of: Callable[..., Impostor],
+    network_key: str,
+) -> None:
+    """A man in the middle passes the pre-send check's hello to the real node,
+    so the sender trusts the key; the offer that then reaches it is sealed to
+    that key: it learns neither the file's name nor its size."""
+    sender, victim = node_factory(), node_factory()
+    imp = impostor_of(victim, relay=True)
+    good_file = make_file(8 * MiB, name="good.bin")
+    good = BackgroundSend(sender, good_file, victim)
+    secret = make_file(300 * KiB + 7, name="quarterly-secret.bin")
+    code, result = sender.send(secret, LOCALHOST, imp.port, "--expect", victim.fingerprint)
+    assert_sent(victim, good.join(), good_file)
+    assert code == errors.NOT_ADMITTED and result["code"] == "impostor", result
+    assert victim.fingerprint in result["error"] and "nothing was sent" in result["error"]
+    offers = [codec.decode_as(raw, Offer) for raw in imp.raw if codec.decode(raw).TYPE == "offer"]
+    assert len(offers) == 1 and imp.seen.count("hello") >= 1
+    offer = offers[0]
+    assert set(vars(offer)) == {"tid", "eph_pub", "details"}  # no name, no size in the clear
+    size = (300 * KiB + 7).to_bytes(4, "big")
+    for raw in imp.raw:
+        assert b"quarterly" not in raw and size not in raw
+    with pytest.raises(ProofError):  # nor can it open them with its own key
+        open_details(
+            offer.tid, imp.identity, proven_key(sender, network_key), offer.eph_pub, offer.details
+        )
     assert imp.data_bytes == 0
 
 
@@ -298,6 +365,99 @@ def test_multicast_receiver_with_a_changed_key_gets_no_content_key(
     assert bad["code"] == "untrusted" and old_fp in bad["error"], bad
     assert squatter.fingerprint in bad["error"]
     assert not [p for p in squatter.inbox.iterdir() if not p.name.startswith(".")]
+
+
+def test_multicast_expect_drops_a_receiver_proving_another_key(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    network_key: str,
+) -> None:
+    """``send -m --expect``: a receiver that proves a key (a member with the
+    network key and its own fresh identity) but not an expected one is dropped
+    with both fingerprints named; the expected receiver still verifies."""
+    sender, good = node_factory(), node_factory()
+    stranger = Impostor(network_key, b"")  # honest about its own key
+    try:
+        path = make_file(1 * MiB + 3, name="pinned-mc.bin")
+        theirs = f"{LOCALHOST}:{stranger.port}"
+        code, result = sender.send(
+            path, good.host, good.port, "-m", "--to", theirs, "--expect", good.fingerprint
+        )
+        assert code == errors.NOT_ADMITTED, result
+        rows = {r["target"]: r for r in result["receivers"]}
+        assert rows[f"{good.host}:{good.port}"]["code"] == "ok"
+        stored = good.inbox / rows[f"{good.host}:{good.port}"]["stored_as"]
+        assert blake3_file(stored) == blake3_file(path)
+        bad = rows[theirs]
+        mine = fingerprint(stranger.identity.public)
+        assert bad["code"] == "untrusted", bad
+        assert mine in bad["error"] and good.fingerprint in bad["error"], bad
+        assert McKey.TYPE not in stranger.seen and stranger.data_bytes == 0
+        # Alone, it fails the whole send (exit 4); two pins accept either receiver.
+        code, result = sender.send(
+            path, LOCALHOST, stranger.port, "-m", "--expect", good.fingerprint, "--timeout", "5"
+        )
+        assert code == errors.NOT_ADMITTED and result["code"] == "untrusted", result
+        code, result = sender.send(
+            path, good.host, good.port, "-m", "--expect", mine, "--expect", good.fingerprint
+        )
+        assert code == 0, result
+        assert McKey.TYPE not in stranger.seen
+    finally:
+        stranger.close()
+    two = sender.send_result(path, good.host, good.port, "--expect", good.fingerprint,
+                             "--expect", mine)  # fmt: skip
+    assert two.returncode == errors.USAGE and "--expect" in two.stderr_lines[-1]
+
+
+def test_members_signed_records_refuse_another_key_at_their_address(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    network_key: str,
+) -> None:
+    """First contact with an address a member's signed record gives (learnt by
+    gossip, no known-peers entry): a fresh identity answering there is
+    refused, for a send and for each multicast receiver, naming both keys."""
+    gossip = ("--gossip-interval", "0.2", "--health-check-interval", "0.3")
+    sender = node_factory(*gossip)
+    member = node_factory(*gossip, "--bootstrap-host", LOCALHOST, "--bootstrap-port",
+                          str(sender.port))  # fmt: skip
+    good = node_factory()
+
+    def listed() -> bool:
+        peers = sender.cli("peers", "--json", timeout=30)
+        return peers.returncode == 0 and any(
+            row["id"] == member.fingerprint and row["address"] == f"{LOCALHOST}:{member.port}"
+            for row in json.loads(peers.stdout)
+        )
+
+    wait_until(listed, 30, "the sender to hold the member's signed record")
+    port, member_fp = member.port, member.fingerprint
+    member.kill()  # gone without a word: its record stays
+    squatter = Impostor(network_key, b"", port=port)
+    try:
+        mine = fingerprint(squatter.identity.public)
+        good_file = make_file(4 * MiB, name="good.bin")
+        background = BackgroundSend(sender, good_file, good)
+        path = make_file(200 * KiB, name="claimed.bin")
+        code, result = sender.send(path, LOCALHOST, port)
+        assert_sent(good, background.join(), good_file)
+        assert code == errors.NOT_ADMITTED and result["code"] == "untrusted", result
+        assert member_fp in result["error"] and mine in result["error"], result
+        assert "signed records" in result["error"]
+        assert "hello" in squatter.seen and "offer" not in squatter.seen
+        code, result = sender.send(path, good.host, good.port, "-m", "--to", f"{LOCALHOST}:{port}")
+        assert code == errors.NOT_ADMITTED, result
+        rows = {r["target"]: r for r in result["receivers"]}
+        stored = good.inbox / rows[f"{good.host}:{good.port}"]["stored_as"]
+        assert blake3_file(stored) == blake3_file(path)
+        bad = rows[f"{LOCALHOST}:{port}"]
+        assert bad["code"] == "untrusted" and member_fp in bad["error"] and mine in bad["error"]
+        assert McKey.TYPE not in squatter.seen and squatter.data_bytes == 0
+        known = sender.data_dir / "known_peers"
+        assert not known.exists() or f":{port} " not in known.read_text()
+    finally:
+        squatter.close()
 
 
 # -- the network key ------------------------------------------------------------------------

@@ -99,6 +99,7 @@ def multicast_send(
     chunk_size: int,
     timeout: float,
     group: str,
+    expect: list[str],
 ) -> NoReturn:
     """Hand ``file`` to the node's multicast sender and report each receiver."""
     path = file.resolve()
@@ -111,6 +112,7 @@ def multicast_send(
             chunk_size=chunk_size,
             timeout=timeout,
             group=group,
+            expect=expect,
         )
     )
     result = follow(

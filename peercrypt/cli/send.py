@@ -69,7 +69,9 @@ from peercrypt.wire.messages import SendRequest, SendResult
 @click.option(
     "--expect",
     metavar="FINGERPRINT",
-    help="Send only if the receiver proves this identity (else its known-peers entry).",
+    multiple=True,
+    help="Send only if the receiver proves this identity (else its known-peers entry); "
+    "multicast: repeat, each receiver must prove one of them.",
 )
 @click.option(
     "-m",
@@ -105,7 +107,7 @@ def send(
     network_key: str | None,
     open_network: bool,
     force: bool,
-    expect: str | None,
+    expect: tuple[str, ...],
     multi: bool,
     to: tuple[str, ...],
     dual: bool,
@@ -128,15 +130,12 @@ def send(
     )
     if mode == "multicast" and force:
         raise UserError("--force does not apply to multicast (unreachable targets never stall it)")
-    if mode == "multicast" and expect:
-        raise UserError(
-            "--expect names one receiver; multicast receivers are checked against the "
-            "known-peers file (`peercrypt trust HOST PORT FINGERPRINT`)"
-        )
     try:
-        pinned = normalise_fingerprint(expect) if expect else ""
+        pins = list(dict.fromkeys(normalise_fingerprint(fp) for fp in expect))
     except ValueError as exc:
         raise UserError(f"--expect: {exc}") from None
+    if len(pins) > 1 and mode != "multicast":
+        raise UserError("--expect names one receiver; repeat it only with multicast (-m)")
     if group:
         try:
             address, group_port = parse_group(group)
@@ -179,6 +178,7 @@ def send(
                 chunk_size=chunk_size,
                 timeout=timeout,
                 group=group,
+                expect=pins,
             )
         request = client.next_id()
         client.send(
@@ -191,7 +191,7 @@ def send(
                 chunk_size=chunk_size,
                 timeout=timeout,
                 force=force,
-                expect=pinned,
+                expect=pins[0] if pins else "",
                 **overrides,
             )
         )

@@ -28,6 +28,18 @@ key-confirmation MAC in place of the first payload:
   no key can be swapped, and a proof for one transfer is worthless for
   another.
 
+*Sealed details*: an initiator that already knows the responder's static key
+(a hello proved it, see below) seals what it offers (file name, size) to it
+before the responder has proven anything in this exchange:
+
+    k_d   = HKDF-SHA256(salt=context, DH(e_i, s_r) || DH(s_i, s_r),
+                        info=DETAILS_LABEL || h_d), h_d = transcript without e_r
+    sealed = AES-256-GCM(k_d, nonce 0, details, aad=h_d)
+
+Only the holder of ``s_r``'s secret opens it (``DH(e_i, s_r)``), so a member
+answering at the responder's address sees neither name nor size; ``k_d`` is
+used once (``e_i`` is fresh per exchange), so the fixed nonce never repeats.
+
 A *hello proof* is the one-way version for ``hello``: the challenger sends
 an ephemeral key, the node answers with its static key and
 ``HMAC(HKDF(DH(s_r, e_c)), "hello proof" || h)``; only the owner of ``s_r``
@@ -43,14 +55,17 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from peercrypt.crypto.identity import KeyPair
 
 LABEL = b"peercrypt mutual-auth v1"
 HELLO_LABEL = b"peercrypt hello proof v1"
+DETAILS_LABEL = b"peercrypt sealed details v1"
 KEY_BYTES = 32
 PROOF_BYTES = 32
 
@@ -111,6 +126,28 @@ def _proof(confirm: bytes, h: bytes) -> bytes:
     return hmac.new(confirm, b"responder proof" + h, hashlib.sha256).digest()
 
 
+def _details_key(
+    context: bytes, ikm: bytes, s_i: bytes, s_r: bytes, e_i: bytes
+) -> tuple[AESGCM, bytes]:
+    h = transcript_hash(context, s_i, s_r, e_i, b"", DETAILS_LABEL)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=context, info=DETAILS_LABEL + h)
+    return AESGCM(key.derive(ikm)), h
+
+
+def open_details(
+    context: bytes, own: KeyPair, initiator_static: bytes, initiator_eph: bytes, sealed: bytes
+) -> bytes:
+    """Responder side: open what an initiator sealed to our static key.
+    Raises ProofError if it was not sealed to us (or was altered), ValueError
+    for a malformed or degenerate key."""
+    ikm = _dh(own.secret, initiator_eph) + _dh(own.secret, initiator_static)
+    aead, h = _details_key(context, ikm, initiator_static, own.public, initiator_eph)
+    try:
+        return aead.decrypt(bytes(12), sealed, h)
+    except InvalidTag:
+        raise ProofError("these details were not sealed to this node's key") from None
+
+
 def _fresh() -> tuple[bytes, bytes]:
     pair = KeyPair.generate()
     return pair.secret, pair.public
@@ -147,6 +184,16 @@ class Initiator:
         self._secret: bytes | None
         self._secret, self.public = _fresh()
 
+    def seal_details(self, context: bytes, responder_static: bytes, details: bytes) -> bytes:
+        """Seal ``details`` so that only the holder of ``responder_static``'s
+        secret can read them (once per exchange). Raises ValueError for a
+        malformed or degenerate key."""
+        if self._secret is None:
+            raise RuntimeError("this ephemeral key was already used")
+        ikm = _dh(self._secret, responder_static) + _dh(self._own.secret, responder_static)
+        aead, h = _details_key(context, ikm, self._own.public, responder_static, self.public)
+        return aead.encrypt(bytes(12), details, h)
+
     def finish(
         self, context: bytes, responder_static: bytes, responder_eph: bytes, proof: bytes
     ) -> SessionSecrets:
@@ -171,15 +218,19 @@ class Initiator:
 # -- hello: prove the static key to a challenger ---------------------------------------
 
 
-def _hello_mac(shared: bytes, challenge: bytes, static: bytes, version: str) -> bytes:
-    h = transcript_hash(version.encode("utf-8"), b"", static, challenge, b"", HELLO_LABEL)
+def _hello_mac(
+    shared: bytes, challenge: bytes, static: bytes, version: str, offer_key: bytes
+) -> bytes:
+    h = transcript_hash(version.encode("utf-8"), b"", static, challenge, offer_key, HELLO_LABEL)
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HELLO_LABEL + h).derive(shared)
     return hmac.new(key, b"hello proof" + h, hashlib.sha256).digest()
 
 
-def prove_hello(own: KeyPair, challenge: bytes, version: str) -> bytes:
-    """A node's answer to a hello challenge (an ephemeral public key)."""
-    return _hello_mac(_dh(own.secret, challenge), challenge, own.public, version)
+def prove_hello(own: KeyPair, challenge: bytes, version: str, offer_key: bytes = b"") -> bytes:
+    """A node's answer to a hello challenge (an ephemeral public key).
+    ``offer_key``: the key that opens offers to this node when its receiver
+    runs attached elsewhere (b"": its own), vouched for by the same proof."""
+    return _hello_mac(_dh(own.secret, challenge), challenge, own.public, version, offer_key)
 
 
 class HelloChallenge:
@@ -188,10 +239,12 @@ class HelloChallenge:
     def __init__(self) -> None:
         self._secret, self.public = _fresh()
 
-    def verify(self, static: bytes, version: str, proof: bytes) -> None:
-        """Raises ProofError unless ``proof`` was made by the owner of ``static``."""
+    def verify(self, static: bytes, version: str, proof: bytes, offer_key: bytes = b"") -> None:
+        """Raises ProofError unless ``proof`` was made by the owner of
+        ``static`` (for this ``offer_key``)."""
         try:
-            expected = _hello_mac(_dh(self._secret, static), self.public, static, version)
+            shared = _dh(self._secret, static)
+            expected = _hello_mac(shared, self.public, static, version, offer_key)
         except ValueError:
             raise ProofError("the peer's key is not a valid identity key") from None
         if not hmac.compare_digest(expected, proof):

@@ -21,7 +21,7 @@ import contextlib
 import enum
 import fcntl
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,6 +107,15 @@ def decide(
     if members:
         return Decision(Verdict.CLAIMED, proven, members[0])
     return Decision(Verdict.NEW, proven)
+
+
+def pin_of(pins: Sequence[str], proven: str) -> str:
+    """The pin one of several receivers is held to (``send -m --expect FP
+    ...``, normalised): its proven fingerprint if that is one of ``pins``,
+    else all of them (so :func:`decide` refuses, naming them); "" for none."""
+    if not pins or proven in pins:
+        return proven if pins else ""
+    return " or ".join(pins)
 
 
 def explain(decision: Decision, host: str, port: int) -> str:

@@ -14,6 +14,16 @@ changes underneath a retransmission. Parallel lanes seal concurrently, each
 with its own lane number (1, 2, ...; 0 is the actor's own), so their nonces
 never meet either.
 
+Routes: the sender's data connections carry ZeroMQ routing ids derived from
+the sender-to-receiver key (:meth:`TransferKeys.route_id`, one per lane), and
+the receiver takes a transfer's frames only from connections with those ids
+(:meth:`TransferKeys.owns_route`): the transfer is pinned to its own
+connections, which keep their ids across reconnects, and a frame of it from
+any other connection (a replay, a captured frame raced from elsewhere) is
+dropped before it costs a decryption. The ids are secret to everyone off the
+path; one on the path sees them, but can do with them no more than it could
+anyway (drop, delay): the frames still authenticate one by one.
+
 AAD: chunks bind (transfer id, chunk index, last-chunk flag); sealed control
 messages bind (transfer id, "ctl"). A chunk moved to another index, another
 transfer, or presented as (not) last fails to open; dropping the last chunk
@@ -22,6 +32,8 @@ leaves the transfer incomplete, never silently truncated.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 
 from cryptography.exceptions import InvalidTag
@@ -32,6 +44,13 @@ from peercrypt.crypto.handshake import SessionSecrets
 TAG_BYTES = 16
 _NONCE = struct.Struct(">IQ")
 _CHUNK_AAD = struct.Struct(">16sQ?")
+ROUTE_LABEL = b"peercrypt data route v1"
+ROUTE_LANES = 256  # lane numbers a route id may carry (as the replay window's MAX_LANES)
+
+
+def _route_prefix(to_responder: bytes) -> bytes:
+    # A ZeroMQ routing id must not start with a zero byte (those are the ROUTER's own).
+    return b"r" + hmac.new(to_responder, ROUTE_LABEL, hashlib.sha256).digest()[:11]
 
 
 class OpenError(Exception):
@@ -41,7 +60,7 @@ class OpenError(Exception):
 class TransferKeys:
     """Sealing state of one side of one transfer."""
 
-    __slots__ = ("_counter", "_keys", "_lane", "_recv", "_send", "tid")
+    __slots__ = ("_counter", "_keys", "_lane", "_recv", "_route", "_send", "tid")
 
     def __init__(self, tid: bytes, send_key: bytes, recv_key: bytes, lane: int = 0) -> None:
         self.tid = tid
@@ -50,21 +69,42 @@ class TransferKeys:
         self._recv = AESGCM(recv_key)
         self._counter = 0
         self._lane = lane
+        self._route = b""
 
     @classmethod
     def for_sender(cls, tid: bytes, secrets: SessionSecrets) -> TransferKeys:
-        return cls(tid, send_key=secrets.to_responder, recv_key=secrets.to_initiator)
+        keys = cls(tid, send_key=secrets.to_responder, recv_key=secrets.to_initiator)
+        keys._route = _route_prefix(secrets.to_responder)
+        return keys
 
     @classmethod
     def for_receiver(cls, tid: bytes, secrets: SessionSecrets) -> TransferKeys:
-        return cls(tid, send_key=secrets.to_initiator, recv_key=secrets.to_responder)
+        keys = cls(tid, send_key=secrets.to_initiator, recv_key=secrets.to_responder)
+        keys._route = _route_prefix(secrets.to_responder)
+        return keys
+
+    def route_id(self, lane: int) -> bytes:
+        """The routing id of the sender's data connection number ``lane``."""
+        if not self._route or not 0 <= lane < ROUTE_LANES:
+            raise ValueError("no route id for this lane")
+        return self._route + lane.to_bytes(4, "big")
+
+    def owns_route(self, route: bytes) -> bool:
+        """Whether a frame from connection ``route`` may belong to this transfer."""
+        return (
+            len(route) == len(self._route) + 4
+            and hmac.compare_digest(route[: len(self._route)], self._route)
+            and int.from_bytes(route[-4:], "big") < ROUTE_LANES
+        )
 
     def for_lane(self, lane: int) -> TransferKeys:
         """The same keys for a parallel lane (``lane`` >= 1): its own AEAD
         objects (for its own thread) and its own nonce space."""
         if not 1 <= lane < 2**32:
             raise ValueError("lane must be 1..2**32-1")
-        return TransferKeys(self.tid, *self._keys, lane=lane)
+        keys = TransferKeys(self.tid, *self._keys, lane=lane)
+        keys._route = self._route
+        return keys
 
     def _next_nonce(self) -> bytes:
         self._counter += 1

@@ -26,7 +26,7 @@ from typing import Any
 import blake3
 import zmq
 
-from peercrypt.crypto.handshake import Initiator
+from peercrypt.crypto.handshake import HelloChallenge, Initiator
 from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.crypto.transfer import OpenError, TransferKeys
 from peercrypt.wire import codec
@@ -35,7 +35,10 @@ from peercrypt.wire.messages import (
     ChunkHeader,
     Done,
     Failed,
+    Hello,
+    HelloReply,
     Offer,
+    OfferDetails,
     SealedHeader,
     Verified,
 )
@@ -58,18 +61,23 @@ class HostileTransfer:
         ctx: zmq.Context[Any],
         data_url: str,
         offer: Offer,
+        details: OfferDetails,
         keys: TransferKeys,
     ) -> None:
-        self.offer, self.keys, self.data_url = offer, keys, data_url
+        self.offer, self.keys, self.data_url = details, keys, data_url
         self.tid = offer.tid
-        self.total = max(1, -(-offer.size // offer.chunk_size))
-        self.data = self.connect(ctx)
+        self.total = max(1, -(-details.size // details.chunk_size))
+        self.data = self.connect(ctx, lane=0)
 
-    def connect(self, ctx: zmq.Context[Any]) -> zmq.Socket[Any]:
-        """A new data connection to the receiver (another routing id)."""
+    def connect(self, ctx: zmq.Context[Any], lane: int | None = None) -> zmq.Socket[Any]:
+        """A new data connection to the receiver: with ``lane``, one of the
+        transfer's own (its routing id derived from the keys, as a real
+        sender's); without, anyone else's (another routing id)."""
         sock: zmq.Socket[Any] = ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.sndtimeo = int(WAIT * 1000)
+        if lane is not None:
+            sock.routing_id = self.keys.route_id(lane)
         sock.connect(self.data_url)
         return sock
 
@@ -168,6 +176,24 @@ class HostileSender:
         self.control.curve_secretkey = self.identity.z85_secret
         self.control.connect(self.url(host, port))
         self.transfers: list[HostileTransfer] = []
+        self.receiver_key = b""
+
+    def _ask(self, msg: codec.Message, timeout: float) -> codec.Message:
+        self.control.send(codec.encode(msg))
+        if not self.control.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no answer to {msg.TYPE} within {timeout} s")
+        return codec.decode(self.control.recv())
+
+    def hello(self, timeout: float = WAIT) -> bytes:
+        """The receiver's identity key, proven by a hello (what a real
+        sender's pre-send check learns); offers are sealed to it."""
+        if not self.receiver_key:
+            challenge = HelloChallenge()
+            reply = self._ask(Hello(challenge=challenge.public), timeout)
+            assert isinstance(reply, HelloReply), reply
+            challenge.verify(reply.node_id, reply.version, reply.proof)
+            self.receiver_key = reply.node_id
+        return self.receiver_key
 
     def url(self, host: str, port: int) -> str:
         return f"tcp://{self.source + ':0;' if self.source else ''}{host}:{port}"
@@ -186,18 +212,20 @@ class HostileSender:
         """Offer a file (or a folder whose manifest is the first ``tree``
         bytes); the accepted transfer or the refusal. ``source``: the offer's
         source tag (random by default: a file never offered before)."""
+        key = self.hello(timeout)
         eph = Initiator(self.identity)
-        offer = Offer(
-            tid=tid or os.urandom(16),
+        details = OfferDetails(
             name=name,
             size=size,
             chunk_size=chunk_size,
-            eph_pub=eph.public,
             hash_alg="blake3",
             source=source or os.urandom(32),
             tree=tree,
             files=files,
         )
+        tid = tid or os.urandom(16)
+        sealed = eph.seal_details(tid, key, codec.encode(details))
+        offer = Offer(tid=tid, eph_pub=eph.public, details=sealed)
         self.control.send(codec.encode(offer))
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
@@ -212,7 +240,8 @@ class HostileSender:
             secrets = eph.finish(offer.tid, answer.static_pub, answer.eph_pub, answer.proof)
             keys = TransferKeys.for_sender(offer.tid, secrets)
             host = answer.data_host or self.host
-            transfer = HostileTransfer(self.ctx, self.url(host, answer.data_port), offer, keys)
+            url = self.url(host, answer.data_port)
+            transfer = HostileTransfer(self.ctx, url, offer, details, keys)
             self.transfers.append(transfer)
             return transfer
         raise TimeoutError(f"no answer to the offer within {timeout} s")

@@ -68,3 +68,14 @@ class AttachBeat(Message):
 class LinkChanged(Message):
     TYPE = "link-changed"
     actor: str = field(metadata=bounded(ACTOR_NAME, 1))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class OfferKey(Message):
+    """attach -> gateway: the identity key of the receiver attached to this
+    node (b"": none). Hello replies name it, bound into their proof, so
+    senders seal offers to the process that will open them."""
+
+    TYPE = "offer-key"
+    key: bytes = field(metadata=bounded(32))

@@ -22,6 +22,7 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 HASH_BYTES = 32
 MAX_NAME = 1024  # characters of a file name as offered; sanitised on receipt
+MAX_DETAILS = 8 * 1024  # a sealed OfferDetails (its name at 4 bytes per character, + tag)
 MAX_CHUNKS = 2**40
 MAX_STATUS_COUNTERS = 1000  # every actor's counters in one status reply (~40 KB at most)
 # A control-plane message wrapped in Inbound/Outbound mail must still fit the
@@ -49,6 +50,9 @@ class HelloReply(Message):
     node_id: bytes = fixed(KEY_BYTES)
     version: str = reason()
     proof: bytes = fixed(KEY_BYTES)
+    # The identity key offers to this node are sealed to, when its receiver
+    # runs attached on another host (b"": node_id); covered by the proof.
+    offer_key: bytes = field(default=b"", metadata=bounded(KEY_BYTES))
 
 
 @message
@@ -68,17 +72,29 @@ class Pong(Message):
 @message
 @dataclass(frozen=True, kw_only=True)
 class Offer(Message):
-    """A sender proposes a file. Travels inside CURVE, so name and size are
-    encrypted on the wire. ``source`` identifies the version of the file
-    (:func:`~peercrypt.core.resume.source_tag`): with the sender's proven
-    identity, name and size it lets the receiver continue a kept part."""
+    """A sender proposes a file. What the file is (:class:`OfferDetails`)
+    travels in ``details``, sealed to the identity key the receiver proved in
+    the hello before (crypto/handshake.py, "sealed details"): a member
+    answering at the receiver's address learns neither name nor size."""
 
     TYPE = "offer"
     tid: bytes = fixed(TID_BYTES)
+    eph_pub: bytes = fixed(KEY_BYTES)
+    details: bytes = field(metadata=bounded(MAX_DETAILS, 16))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class OfferDetails(Message):
+    """What an :class:`Offer` offers, sealed inside it. ``source``
+    identifies the version of the file (:func:`~peercrypt.core.resume.source_tag`):
+    with the sender's proven identity, name and size it lets the receiver
+    continue a kept part."""
+
+    TYPE = "offer-details"
     name: str = field(metadata=bounded(MAX_NAME, 1))
     size: int = counter()
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 1))
-    eph_pub: bytes = fixed(KEY_BYTES)
     hash_alg: str = field(metadata=bounded(16, 1))
     mode: str = field(default="", metadata=bounded(32))  # for the receiver's statistics
     source: bytes = field(metadata=bounded(HASH_BYTES, HASH_BYTES))
@@ -236,6 +252,11 @@ class SendRequest(Message):
     # Fingerprints members' own signed records list at HOST:PORT (the health
     # check fills them in; crypto/known_peers.py decides with them).
     members: list[str] = field(default_factory=list, metadata=bounded(16))
+    # The identity key the pre-send check saw proven at HOST:PORT (whom the
+    # sender's trust check judges) and the key the offer is sealed to ("":
+    # the same); empty: the sender asks with a hello of its own first.
+    receiver_key: bytes = field(default=b"", metadata=bounded(KEY_BYTES))
+    offer_key: bytes = field(default=b"", metadata=bounded(KEY_BYTES))
 
 
 @message

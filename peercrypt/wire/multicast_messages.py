@@ -164,6 +164,11 @@ class McSendRequest(Message):
     timeout: float = 10.0
     window: int = field(default=0, metadata=bounded(4096))  # chunks; 0: the default
     group: str = field(default="", metadata=bounded(32))  # "GROUP:PORT"; "": the node's
+    # Fingerprints the user pinned (--expect): each receiver must prove one of them.
+    expect: list[str] = field(default_factory=list, metadata=bounded(MAX_TARGETS))
+    # Target -> fingerprints members' own signed records list there (the
+    # control actor fills it in from health; crypto/known_peers.py decides with it).
+    members: dict[str, list[str]] = field(default_factory=dict, metadata=bounded(MAX_TARGETS))
 
 
 @message
