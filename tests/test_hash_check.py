@@ -119,7 +119,7 @@ def test_an_offer_of_the_same_file_during_its_final_check_stores_no_second_copy(
     receiver = node_factory()
     chunk = 1 << 20
     with HostileSender(network_key, receiver.host, receiver.port) as sender:
-        for attempt in range(3):  # the check must still run when the offer lands
+        for attempt in range(5):  # the check must still run when the offer lands
             name = f"once{attempt}.bin"
             content = os.urandom(48 * chunk)
             source = os.urandom(32)
@@ -128,11 +128,13 @@ def test_an_offer_of_the_same_file_during_its_final_check_stores_no_second_copy(
             _send_all(t, content, chunk)
             t.send_done(blake3.blake3(content).digest())
             again = sender.offer(name, len(content), chunk, source=source)
-            verified = t.wait_for(Verified, WAIT)
-            assert verified.stored_as == name
             if isinstance(again, Refused):
+                verified = t.wait_for(Verified, WAIT)
+                assert verified.stored_as == name
                 break
-            again.abandon()  # the check was over before the offer came: try again
+            # Inconclusive: the offer was taken before the Done (a take-over,
+            # as for a sender that restarted) or after the check was over.
+            again.abandon()
         else:
             raise AssertionError("an offer during the final check was accepted every time")
     answer = again.answer
