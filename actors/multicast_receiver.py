@@ -392,7 +392,7 @@ class MulticastReceiverActor(Actor):
         interface = udp_multicast.interface_toward(sender_host)
         try:
             sock = udp_multicast.GroupReceiver(
-                a.group, a.group_port, interface, self.settings.multicast_rcvbuf
+                a.group, a.group_port, interface, self.settings.multicast_rcvbuf, a.fragment
             )
         except OSError as exc:
             self.count("group-join-failed")
@@ -523,7 +523,7 @@ class MulticastReceiverActor(Actor):
             return
         for _ in range(DATAGRAMS_PER_WAKE):
             try:
-                buf, step = sock.read()
+                read = sock.read()
             except (BlockingIOError, InterruptedError):
                 return
             except fragments.FragmentError as exc:
@@ -535,7 +535,11 @@ class MulticastReceiverActor(Actor):
                 return
             if sess.intake is None:
                 continue  # before our key: NAKed later
-            for got in sess.intake.feed(buf, step, sess.tracker.received):
+            if isinstance(read, fragments.Scattered):
+                events = sess.intake.feed_scattered(read, sess.tracker.received)
+            else:
+                events = sess.intake.feed(memoryview(read[0]), read[1], sess.tracker.received)
+            for got in events:
                 if isinstance(got, fragments.FragmentError):
                     self.count(f"datagram-dropped-{got.kind}")
                     continue

@@ -196,10 +196,13 @@ class GroupReceiver:
 
     It asks for GRO (``UDP_GRO``): the datagrams of a GSO batch then arrive
     as one buffer (one ``recvmsg`` instead of dozens) with their segment
-    size, and :meth:`read` cuts them apart again. ``got``: the receive
-    buffer the kernel granted (bytes)."""
+    size. Each read is scattered by the kernel: every datagram's header into
+    one buffer, its payload (``fragment`` bytes, the session's) into
+    another, so a run of a chunk's fragments lies contiguous, ready for one
+    copy (:class:`fragments.Scattered`). ``got``: the receive buffer the
+    kernel granted (bytes)."""
 
-    def __init__(self, group: str, port: int, interface: str, rcvbuf: int) -> None:
+    def __init__(self, group: str, port: int, interface: str, rcvbuf: int, fragment: int) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -218,8 +221,16 @@ class GroupReceiver:
         except OSError:  # before Linux 5.0: one datagram per read
             self.gro = False
         self.sock = sock
-        self.buf = bytearray(GRO_BUFFER)
-        self.view = memoryview(self.buf)
+        self.fragment = fragment
+        self.datagram = fragment + fragments.HEADER_BYTES
+        slots = -(-GRO_BUFFER // self.datagram)  # datagrams in the largest read
+        heads = memoryview(bytearray(slots * fragments.HEADER_BYTES))
+        payloads = memoryview(bytearray(slots * fragment))
+        self.heads, self.payloads = heads, payloads
+        self.iov: list[memoryview] = []
+        for k in range(slots):
+            self.iov.append(heads[k * fragments.HEADER_BYTES : (k + 1) * fragments.HEADER_BYTES])
+            self.iov.append(payloads[k * fragment : (k + 1) * fragment])
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -227,14 +238,15 @@ class GroupReceiver:
     def close(self) -> None:
         self.sock.close()
 
-    def read(self) -> tuple[memoryview, int]:
-        """One read: the bytes (a view into a buffer the next read reuses)
-        and the GRO segment size (0: one datagram), for
-        :meth:`fragments.Intake.feed`. Raises ``BlockingIOError`` when
-        nothing is queued, other ``OSError`` as the socket does, and
-        ``FragmentError("oversize")`` for a datagram larger than any of ours
-        (it was truncated)."""
-        n, ancillary, flags, _ = self.sock.recvmsg_into([self.buf], GRO_CMSG_SPACE)
+    def read(self) -> fragments.Scattered | tuple[bytes, int]:
+        """One read: the datagrams scattered (views into buffers the next
+        read reuses) when they have the session's size (all but the last of
+        a GRO buffer); else the bytes as they came and the GRO segment size
+        (0: one datagram), for :meth:`fragments.Intake.feed`. Raises
+        ``BlockingIOError`` when nothing is queued, other ``OSError`` as the
+        socket does, and ``FragmentError("oversize")`` for a datagram larger
+        than any of ours (it was truncated)."""
+        n, ancillary, flags, _ = self.sock.recvmsg_into(self.iov, GRO_CMSG_SPACE)
         if flags & socket.MSG_TRUNC:
             raise fragments.FragmentError("oversize")
         size = 0
@@ -243,4 +255,8 @@ class GroupReceiver:
                 size = int.from_bytes(data[:4], sys.byteorder)
         if size == 0 and n > fragments.MAX_DATAGRAM:
             raise fragments.FragmentError("oversize")
-        return self.view[:n], size
+        if size == self.datagram or (size == 0 and n <= self.datagram):
+            count = max(1, -(-n // self.datagram))
+            last = n - (count - 1) * self.datagram
+            return fragments.Scattered(self.heads, self.payloads, self.fragment, count, last)
+        return b"".join(self.iov)[:n], size  # another size: not ours, checked the slow way

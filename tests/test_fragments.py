@@ -382,3 +382,98 @@ def test_parse_group(text: str, expected: tuple[str, int]) -> None:
 def test_parse_group_errors(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         fragments.parse_group(text)
+
+
+def _scatter(buf: bytes, step: int, frag: int) -> fragments.Scattered | None:
+    """What GroupReceiver.read gives for ``buf``: each datagram's header and
+    payload scattered into two buffers, the way the kernel fills its iovec;
+    None when the datagrams are not of the session's size (read linearly)."""
+    head, whole, n = fragments.HEADER_BYTES, frag + fragments.HEADER_BYTES, len(buf)
+    if not (step == whole or (step == 0 and n <= whole)):
+        return None
+    count = max(1, -(-n // whole))
+    heads, payloads = bytearray(count * head), bytearray(count * frag)
+    pos = 0
+    for k in range(count):
+        part = buf[pos : pos + head]
+        heads[k * head : k * head + len(part)] = part
+        pos += len(part)
+        part = buf[pos : pos + frag]
+        payloads[k * frag : k * frag + len(part)] = part
+        pos += len(part)
+    last = n - (count - 1) * whole
+    return fragments.Scattered(memoryview(heads), memoryview(payloads), frag, count, last)
+
+
+def _feed_scattered(
+    intake: fragments.Intake, buffers: list[tuple[bytes, int]], have: set[int]
+) -> tuple[dict[int, bytes], list[str], int]:
+    """Like _feed_all, scattered where the size fits; also how many buffers were."""
+    done: dict[int, bytes] = {}
+    refused: list[str] = []
+    scattered = 0
+    frag = intake.reassembler.frag
+    for buf, step in buffers:
+        got = _scatter(buf, step, frag)
+        if got is None:
+            events = intake.feed(memoryview(buf), step, have)
+        else:
+            scattered += 1
+            events = intake.feed_scattered(got, have)
+        for event in events:
+            if isinstance(event, FragmentError):
+                refused.append(event.kind)
+            else:
+                done[event.index] = bytes(event.blob)
+                have.add(event.index)
+    return done, refused, scattered
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(0, 5 * CHUNK),
+    frag=st.integers(fragments.MIN_FRAGMENT, 3000),
+    seed=st.integers(0, 2**32),
+)
+def test_scattered_reads_of_any_cut_reassemble_every_chunk_exactly(
+    size: int, frag: int, seed: int
+) -> None:
+    """The same GRO buffers, scattered into headers and payloads as the
+    receiver reads them: every chunk exactly, nothing refused."""
+    total = max(1, -(-size // CHUNK))
+    expected = _sealed_len(total, size)
+    rng = random.Random(seed)
+    sealed = {i: rng.randbytes(expected(i)) for i in range(total)}
+    stream = [d for i in range(total) for d in _datagrams(i, i == total - 1, sealed[i], frag)]
+    buffers = _gro_buffers(stream, rng)
+    buffers += rng.sample(buffers, len(buffers) // 4)  # duplicates
+    rng.shuffle(buffers)
+    done, refused, scattered = _feed_scattered(_intake(total, expected, frag), buffers, set())
+    assert done == sealed and refused == []
+    assert scattered == len(buffers)  # each is of the session's size or one datagram
+
+
+def test_a_scattered_run_is_taken_whole_only_when_every_header_is_the_senders() -> None:
+    """A run is placed with one copy only if all its headers are exactly the
+    next ones of the seal and none of its fragments is held: a forged or cut
+    segment in it, or a held fragment, sends the run through the checks one
+    by one (refused by kind; the first copy of a fragment wins)."""
+    frag = 600
+    sealed = os.urandom(6000)  # 10 fragments
+    good = _datagrams(0, True, sealed, frag)
+    step = len(good[0])
+    forged = bytearray(good[3])
+    forged[-1] ^= 1  # the sender's header, other bytes: not refused, but not taken over good[3]
+    other_key = fragments.header_key(b"x" * 32)
+    foreign = fragments.header(SID, 0, True, NONCE, 6000, 1800, key=other_key) + b"z" * frag
+    intake = _intake(1, lambda i: 6000, frag)
+    buffers = [
+        (good[0] + good[1] + foreign + good[2], step),  # a wrong tag mid-run
+        (good[3], 0),
+        (good[2] + bytes(forged) + good[4] + good[5][:-1], step),  # held, then cut short
+        (good[5] + good[6] + good[7] + good[8] + good[9], step),
+    ]
+    done, refused, scattered = _feed_scattered(intake, buffers, set())
+    assert scattered == 4
+    assert refused == ["tag", "fragment-length"]
+    assert done == {0: sealed}  # good[3] came first; the forged copy changed nothing

@@ -308,9 +308,57 @@ class Reassembler:
                 return pos, (p.nonce, p.buf)
         return pos, None
 
+    def add_scattered(
+        self, first: Fragment, got: Scattered, k: int
+    ) -> tuple[int, tuple[bytes, bytearray] | None]:
+        """:meth:`add_following` for a :class:`Scattered` read: after
+        ``first`` was added, take datagrams ``k``.. whose headers are the
+        very ones the sender made for the next fragments of this seal (one
+        comparison of all of them) and whose payloads are all missing (one
+        copy); returns the first datagram not taken and the chunk if it
+        completed. Anything else is left to :meth:`add`."""
+        p = self.pending.get(first.index)
+        if p is None or p.nonce != first.nonce or got.frag != self.frag:
+            return k, None
+        frag, size = self.frag, first.sealed_len
+        start = first.offset + frag
+        count = min(got.count - k, fragment_count(size, frag) - start // frag)
+        if count <= 0:
+            return k, None
+        final = start + (count - 1) * frag  # offset of the last one in the run
+        if got.length(k + count - 1) - HEADER_BYTES != min(frag, size - final):
+            count -= 1  # a wrong length: the full checks refuse it
+            if count <= 0:
+                return k, None
+        numbers = range(start // frag, start // frag + count)
+        if not p.missing.issuperset(numbers):
+            return k, None  # some held already: one by one (the first copy wins)
+        heads = got.heads[k * HEADER_BYTES : (k + count) * HEADER_BYTES]
+        if heads != _run_headers(first.fields, first.tag, start, frag, count):
+            return k, None
+        nbytes = min(size, start + count * frag) - start
+        p.buf[start : start + nbytes] = got.payloads[k * frag : k * frag + nbytes]
+        p.missing.difference_update(numbers)
+        if p.missing:
+            return k + count, None
+        del self.pending[first.index]
+        return k + count, (p.nonce, p.buf)
+
     def forget(self, index: int) -> None:
         """The chunk arrived another way (a unicast repair): stop assembling it."""
         self.pending.pop(index, None)
+
+
+_RUNS: dict[int, struct.Struct] = {}
+
+
+def _run_headers(fields: bytes, tag: bytes, start: int, frag: int, count: int) -> bytes:
+    """The headers of ``count`` fragments of one seal from offset ``start``, back to back."""
+    layout = _RUNS.get(count)
+    if layout is None:
+        layout = _RUNS[count] = struct.Struct("!" + f"{FIELDS.size}sI{TAG_BYTES}s" * count)
+    offsets = range(start, start + count * frag, frag)
+    return layout.pack(*[x for offset in offsets for x in (fields, offset, tag)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +369,25 @@ class Assembled:
     last: bool
     nonce: bytes
     blob: bytearray
+
+
+@dataclass(frozen=True, slots=True)
+class Scattered:
+    """One read of ``count`` datagrams scattered by the kernel into two
+    buffers: datagram ``k``'s first :data:`HEADER_BYTES` bytes at
+    ``heads[k * HEADER_BYTES:]``, the rest at ``payloads[k * frag:]``; every
+    datagram is ``frag + HEADER_BYTES`` bytes but the last (``last_len``).
+    The payloads of consecutive fragments of a chunk are then contiguous,
+    so a run of them is placed with one copy."""
+
+    heads: memoryview
+    payloads: memoryview
+    frag: int
+    count: int
+    last_len: int
+
+    def length(self, k: int) -> int:
+        return self.last_len if k == self.count - 1 else self.frag + HEADER_BYTES
 
 
 class Held(Protocol):
@@ -366,6 +433,30 @@ class Intake:
                     pos, done = asm.add_following(frag, buf, pos, step)
             except FragmentError as exc:
                 pos = end
+                yield exc
+                continue
+            if done is not None:
+                yield Assembled(frag.index, frag.last, done[0], done[1])
+
+    def feed_scattered(self, got: Scattered, have: Held) -> Iterator[Assembled | FragmentError]:
+        """:meth:`feed` for a :class:`Scattered` read."""
+        asm, k = self.reassembler, 0
+        while k < got.count:
+            length, at = got.length(k), k
+            k += 1
+            try:
+                if length < HEADER_BYTES:
+                    raise FragmentError("short")
+                frag, _ = parse(got.heads[at * HEADER_BYTES : (at + 1) * HEADER_BYTES])
+                payload = got.payloads[at * got.frag : at * got.frag + length - HEADER_BYTES]
+                if frag.sid != self.sid or frag.index in have:
+                    continue  # another session on the group, or held already
+                if not self.check(frag):
+                    raise FragmentError("tag")
+                done = asm.add(frag, payload)
+                if done is None and k < got.count:
+                    k, done = asm.add_scattered(frag, got, k)
+            except FragmentError as exc:
                 yield exc
                 continue
             if done is not None:
