@@ -102,20 +102,30 @@ def _intake(total: int, expected: Callable[[int], int], frag: int) -> fragments.
 
 
 def _feed_all(
-    intake: fragments.Intake, buffers: list[tuple[bytes, int]], have: set[int]
-) -> tuple[dict[int, bytes], list[str]]:
+    intake: fragments.Intake, buffers: list[tuple[bytes, int]], have: set[int], *, scatter: bool
+) -> tuple[dict[int, bytes], list[str], int]:
+    """Feed GRO buffers (bytes, segment size) to ``intake`` as the receiver
+    does: scattered where they have the session's size (``scatter``), else
+    linearly. The chunks completed, the kinds refused, the buffers scattered."""
     done: dict[int, bytes] = {}
     refused: list[str] = []
+    scattered = 0
     for buf, step in buffers:
-        for got in intake.feed(memoryview(buf), step, have):
-            if isinstance(got, FragmentError):
-                refused.append(got.kind)
+        got = _scatter(buf, step, intake.reassembler.frag) if scatter else None
+        if got is None:
+            events = intake.feed(memoryview(buf), step, have)
+        else:
+            scattered += 1
+            events = intake.feed_scattered(got, have)
+        for event in events:
+            if isinstance(event, FragmentError):
+                refused.append(event.kind)
             else:
-                assert got.nonce == NONCE or got.nonce == b"o" * 12
-                assert got.last == (got.index == intake.reassembler.total - 1)
-                done[got.index] = bytes(got.blob)
-                have.add(got.index)
-    return done, refused
+                assert event.nonce in (NONCE, b"o" * 12)
+                assert event.last == (event.index == intake.reassembler.total - 1)
+                done[event.index] = bytes(event.blob)
+                have.add(event.index)
+    return done, refused, scattered
 
 
 def _gro_buffers(datagrams: list[bytes], rng: random.Random) -> list[tuple[bytes, int]]:
@@ -140,6 +150,7 @@ def _gro_buffers(datagrams: list[bytes], rng: random.Random) -> list[tuple[bytes
     return out
 
 
+@pytest.mark.parametrize("scatter", [False, True], ids=["linear", "scattered"])
 @settings(max_examples=150, deadline=None)
 @given(
     size=st.integers(0, 5 * CHUNK),
@@ -147,11 +158,12 @@ def _gro_buffers(datagrams: list[bytes], rng: random.Random) -> list[tuple[bytes
     seed=st.integers(0, 2**32),
 )
 def test_gro_buffers_of_any_cut_reassemble_every_chunk_exactly(
-    size: int, frag: int, seed: int
+    scatter: bool, size: int, frag: int, seed: int
 ) -> None:
     """The datagrams of a GSO batch come back (with GRO) as one buffer of
     equal segments, the last shorter; runs of consecutive datagrams, in any
-    order and some repeated, give every chunk exactly."""
+    order and some repeated, give every chunk exactly, read linearly or
+    scattered into headers and payloads as the receiver reads them."""
     total = max(1, -(-size // CHUNK))
     expected = _sealed_len(total, size)
     rng = random.Random(seed)
@@ -160,8 +172,11 @@ def test_gro_buffers_of_any_cut_reassemble_every_chunk_exactly(
     buffers = _gro_buffers(stream, rng)
     buffers += rng.sample(buffers, len(buffers) // 4)  # duplicates
     rng.shuffle(buffers)
-    done, refused = _feed_all(_intake(total, expected, frag), buffers, set())
+    done, refused, scattered = _feed_all(
+        _intake(total, expected, frag), buffers, set(), scatter=scatter
+    )
     assert done == sealed and refused == []
+    assert scattered == (len(buffers) if scatter else 0)  # all of the session's size
 
 
 def test_a_hostile_or_truncated_segment_in_a_gro_buffer_is_refused_and_counted() -> None:
@@ -185,7 +200,7 @@ def test_a_hostile_or_truncated_segment_in_a_gro_buffer_is_refused_and_counted()
         (good[3][:40], 0),  # shorter than a header
         (good[3] + good[4], step),
     ]
-    done, refused = _feed_all(intake, buffers, set())
+    done, refused, _ = _feed_all(intake, buffers, set(), scatter=False)
     assert refused == ["tag", "fragment-length", "short"]
     assert done == {0: sealed}
 
@@ -204,12 +219,13 @@ def test_the_fast_path_takes_only_the_same_seal_at_the_next_offset() -> None:
     step = len(first[0])
     intake = _intake(2, lambda i: 1800, frag)
     buffers = [(first[0] + first[0] + resealed[0] + resealed[1] + chunk1[0], step)]
-    done, refused = _feed_all(intake, buffers, set())
+    done, refused, _ = _feed_all(intake, buffers, set(), scatter=False)
     assert refused == [] and done == {}
     assert intake.reassembler.restarted == 1  # the new seal started chunk 0 over
     assert intake.reassembler.pending[0].missing == {2}
     assert intake.reassembler.pending[1].missing == {1, 2}
-    done, _ = _feed_all(intake, [(resealed[2], 0), (chunk1[1] + chunk1[2], step)], set())
+    more = [(resealed[2], 0), (chunk1[1] + chunk1[2], step)]
+    done, _, _ = _feed_all(intake, more, set(), scatter=False)
     assert done == {0: sealed, 1: sealed}
 
 
@@ -405,54 +421,6 @@ def _scatter(buf: bytes, step: int, frag: int) -> fragments.Scattered | None:
     return fragments.Scattered(memoryview(heads), memoryview(payloads), frag, count, last)
 
 
-def _feed_scattered(
-    intake: fragments.Intake, buffers: list[tuple[bytes, int]], have: set[int]
-) -> tuple[dict[int, bytes], list[str], int]:
-    """Like _feed_all, scattered where the size fits; also how many buffers were."""
-    done: dict[int, bytes] = {}
-    refused: list[str] = []
-    scattered = 0
-    frag = intake.reassembler.frag
-    for buf, step in buffers:
-        got = _scatter(buf, step, frag)
-        if got is None:
-            events = intake.feed(memoryview(buf), step, have)
-        else:
-            scattered += 1
-            events = intake.feed_scattered(got, have)
-        for event in events:
-            if isinstance(event, FragmentError):
-                refused.append(event.kind)
-            else:
-                done[event.index] = bytes(event.blob)
-                have.add(event.index)
-    return done, refused, scattered
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    size=st.integers(0, 5 * CHUNK),
-    frag=st.integers(fragments.MIN_FRAGMENT, 3000),
-    seed=st.integers(0, 2**32),
-)
-def test_scattered_reads_of_any_cut_reassemble_every_chunk_exactly(
-    size: int, frag: int, seed: int
-) -> None:
-    """The same GRO buffers, scattered into headers and payloads as the
-    receiver reads them: every chunk exactly, nothing refused."""
-    total = max(1, -(-size // CHUNK))
-    expected = _sealed_len(total, size)
-    rng = random.Random(seed)
-    sealed = {i: rng.randbytes(expected(i)) for i in range(total)}
-    stream = [d for i in range(total) for d in _datagrams(i, i == total - 1, sealed[i], frag)]
-    buffers = _gro_buffers(stream, rng)
-    buffers += rng.sample(buffers, len(buffers) // 4)  # duplicates
-    rng.shuffle(buffers)
-    done, refused, scattered = _feed_scattered(_intake(total, expected, frag), buffers, set())
-    assert done == sealed and refused == []
-    assert scattered == len(buffers)  # each is of the session's size or one datagram
-
-
 def test_a_scattered_run_is_taken_whole_only_when_every_header_is_the_senders() -> None:
     """A run is placed with one copy only if all its headers are exactly the
     next ones of the seal and none of its fragments is held: a forged or cut
@@ -473,7 +441,7 @@ def test_a_scattered_run_is_taken_whole_only_when_every_header_is_the_senders() 
         (good[2] + bytes(forged) + good[4] + good[5][:-1], step),  # held, then cut short
         (good[5] + good[6] + good[7] + good[8] + good[9], step),
     ]
-    done, refused, scattered = _feed_scattered(intake, buffers, set())
+    done, refused, scattered = _feed_all(intake, buffers, set(), scatter=True)
     assert scattered == 4
     assert refused == ["tag", "fragment-length"]
     assert done == {0: sealed}  # good[3] came first; the forged copy changed nothing
