@@ -41,7 +41,13 @@ the others are sent. A transfer that was accepted and then failed for the
 network (``timeout`` or ``unreachable`` with its data connection down: an
 outage, a killed or frozen receiver) is offered again by the sender itself,
 up to ``--max-retries`` times after full-jitter backoff pauses (1 s doubling,
-at most ``--timeout``): once the peer is back it resumes. A sender that gives
+at most ``--timeout``): once the peer is back it resumes. A data connection
+that does not come back is probed (:class:`~actors.peer_link.ConnectProbe`):
+a refusal (a killed receiver) ends the attempt at once, and the offer is
+retried sooner (0.25 s doubling to 2 s) until ``--timeout`` has passed since
+the transfer last moved; the requester is told once ("the receiver's port
+closed; retrying"). Retries wait in line under ``max_outgoing`` like new
+sends, and every attempt writes its row to the statistics history. A sender that gives
 up or is cancelled tells the receiver (a sealed Failed, given
 :data:`CLOSE_GRACE` to leave before the socket closes), which frees its slot
 and keeps the part.
