@@ -79,7 +79,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from actors.file_chunks import Stream, read_chunk
-from actors.lanes import ChunkSealed, FileHashed, LaneCrew
+from actors.lanes import ChunkSealed, FileHashed, LaneCrew, crew_size
 from actors.peer_link import ConnectProbe, Link, connect_cause
 from actors.tree_source import TreeSource, build_tree
 from peercrypt.core.address import join_host_port
@@ -622,7 +622,8 @@ class SenderActor(Actor):
         if flow.sealing_workers:
             held = ChunkBitmap(flow.total)
             held.add_ranges(have)
-            t.crew = LaneCrew(t.keys, t.source, t.size, t.chunk_size, flow.lanes, skip=held)
+            workers = crew_size(flow.lanes, os.cpu_count())
+            t.crew = LaneCrew(t.keys, t.source, t.size, t.chunk_size, workers, skip=held)
             self.watch(t.crew.wake_fd, functools.partial(self._on_crew, t))
         self.tell("scheduler", self._flow_start(t))
         # The control connection's job is done.

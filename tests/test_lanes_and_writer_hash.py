@@ -27,7 +27,7 @@ from actors.file_writer import (
     Written,
 )
 from actors.inbox import create_part, load_manifest, manifest_name
-from actors.lanes import ChunkSealed, FileHashed, LaneCrew, _OrderedHash
+from actors.lanes import ChunkSealed, FileHashed, LaneCrew, _OrderedHash, crew_size
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import CHECKPOINT_CHUNKS, Manifest, ResumeKey
 from peercrypt.crypto.transfer import TransferKeys
@@ -437,3 +437,10 @@ def test_the_read_back_hash_maps_the_file_a_window_at_a_time(
         assert file_writer.hash_file(fd, size) == blake3.blake3(data).digest()
     finally:
         os.close(fd)
+
+
+def test_the_crew_has_a_worker_per_core_at_most_one_per_connection() -> None:
+    assert crew_size(8, 2) == 2  # -t 8 on two cores: two sealing threads
+    assert crew_size(2, 16) == 2
+    assert crew_size(1, None) == 1  # the core count unknown: one
+    assert crew_size(4, 0) == 1
