@@ -110,35 +110,41 @@ def build_tree(roots: list[Path], max_files: int = MAX_SOURCE_FILES) -> TreeSour
             raise TreeError(f"more than {max_files} files and folders")
         found[entry.path] = (entry, path, stamp)
 
-    def visit(path: str, rel: tuple[str, ...], st: os.stat_result) -> None:
+    def visit(path: str, rel: tuple[str, ...], is_dir: bool) -> None:
         if len(rel) > MAX_DEPTH:
             raise TreeError(f"{path}: deeper than {MAX_DEPTH} levels")
-        for c in rel[-1:]:
-            try:
-                check_component(c)
-            except TreeError:
-                raise TreeError(f"{path!r}: the name cannot be sent as it is") from None
-        if stat.S_ISDIR(st.st_mode):
-            add(TreeEntry(Kind.DIR, rel, 0, st.st_mode & 0o777), path)
+        try:
+            check_component(rel[-1])
+        except TreeError:
+            raise TreeError(f"{path!r}: the name cannot be sent as it is") from None
+        if is_dir:
+            add(TreeEntry(Kind.DIR, rel, 0, os.stat(path).st_mode & 0o777), path)
             with os.scandir(path) as it:
                 children = sorted(it, key=lambda d: d.name)
-            for child in children:
-                cst = child.stat(follow_symlinks=False)
-                if stat.S_ISDIR(cst.st_mode) or stat.S_ISREG(cst.st_mode):
-                    visit(child.path, (*rel, child.name), cst)
+            for child in children:  # the kind from the directory entry: no stat per file
+                if child.is_dir(follow_symlinks=False):
+                    visit(child.path, (*rel, child.name), True)
+                elif child.is_file(follow_symlinks=False):
+                    visit(child.path, (*rel, child.name), False)
                 else:
                     skipped.append(child.path)
-        elif stat.S_ISREG(st.st_mode):
-            digest, stamp = _hash(path)
-            add(TreeEntry(Kind.FILE, rel, stamp[0], st.st_mode & 0o777, digest), path, stamp)
-        else:
+            return
+        hashed = _hash(path)
+        if hashed is None:  # replaced by something else since the directory was read
             skipped.append(path)
+            return
+        digest, stamp, mode = hashed
+        add(TreeEntry(Kind.FILE, rel, stamp[0], mode & 0o777, digest), path, stamp)
 
     for root in roots:
         name = root.name
         if (name,) in found:
             raise TreeError(f"two sources are named {name!r}")
-        visit(str(root), (name,), os.stat(root))
+        st = os.stat(root)  # a root named through a link is taken as named
+        if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+            visit(str(root), (name,), stat.S_ISDIR(st.st_mode))
+        else:
+            skipped.append(str(root))
     entries = sort_entries(e for e, _, _ in found.values())
     check_entries(entries, max_files)
     manifest = encode_manifest(entries)
@@ -153,12 +159,15 @@ def build_tree(roots: list[Path], max_files: int = MAX_SOURCE_FILES) -> TreeSour
     )
 
 
-def _hash(path: str) -> tuple[bytes, tuple[int, int]]:
-    """BLAKE3 of the file at ``path`` (not through a symbolic link) and its
-    (size, mtime_ns) as it was read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+def _hash(path: str) -> tuple[bytes, tuple[int, int], int] | None:
+    """BLAKE3 of the regular file at ``path`` (not through a symbolic link;
+    a FIFO does not block the open), its (size, mtime_ns) as it was read and
+    its mode; None if it is not a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
         hasher = blake3.blake3()
         offset = 0
         while offset < st.st_size:
@@ -167,6 +176,6 @@ def _hash(path: str) -> tuple[bytes, tuple[int, int]]:
                 raise OSError(f"{path} shrank while it was read")
             hasher.update(block)
             offset += len(block)
-        return hasher.digest(), (st.st_size, st.st_mtime_ns)
+        return hasher.digest(), (st.st_size, st.st_mtime_ns), st.st_mode
     finally:
         os.close(fd)
