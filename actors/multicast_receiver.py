@@ -69,6 +69,12 @@ from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
 from peercrypt.core.bitmap import flatten
 from peercrypt.core.multicast import GapTracker, session_resume_key
+from peercrypt.core.multicast_incoming import (
+    ACK_INTERVAL,
+    FinishFile,
+    MulticastIncoming,
+    SendAck,
+)
 from peercrypt.core.resume import Manifest, ResumeKey, plan_resume
 from peercrypt.crypto.chunk_signature import (
     RECEIVER_KEY_BYTES,
@@ -104,8 +110,6 @@ from peercrypt.wire.stats_messages import StatsRecord, StatsSample
 
 log = logging.getLogger("peercrypt.mreceiver")
 
-ACK_INTERVAL = 0.05
-ACK_EVERY = 8  # chunks written between acks (besides the timer)
 QUEUE_CHUNKS = 128  # authenticated chunks waiting for the writer, per session
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
 SUB_HWM = 256  # messages the SUB socket queues (beyond: the PUB drops, NAK repairs)
@@ -136,22 +140,16 @@ class Session:
     name: str
     size: int
     chunk_size: int
-    tracker: GapTracker
+    flow: MulticastIncoming
     verifier: ChunkVerifier
     part: Path
     fd: int
     pub_endpoint: str
     started: float
-    last_activity: float
     wraps: dict[int, SessionSecrets] = field(default_factory=dict)
     sealer: ContentSealer | None = None
     sub: zmq.Socket[Any] | None = None
-    digest: bytes = b""
-    finishing: bool = False
-    last_ack: float = 0.0
-    acked_written: int = 0
     queued: int = 0
-    ack_every: int = ACK_EVERY  # chunks written between acks (the sender may ask for fewer)
     # UDP/IP multicast (docs/multicast.md, "Transports").
     udp: udp_multicast.GroupReceiver | None = None
     reassembler: fragments.Reassembler | None = None
@@ -161,6 +159,10 @@ class Session:
     receiver_key: bytes = field(default_factory=lambda: os.urandom(RECEIVER_KEY_BYTES))
     wall: float = field(default_factory=time.time)  # when it started, for the history
     host: str = ""  # the sender's address as the gateway saw it (quotas)
+
+    @property
+    def tracker(self) -> GapTracker:
+        return self.flow.tracker
 
 
 class MulticastReceiverActor(Actor):
@@ -189,8 +191,8 @@ class MulticastReceiverActor(Actor):
         self.writer = FileWriter(self.env.context, address, max_queued)
         self.writer.start()
         running = lambda: bool(self.sessions)  # noqa: E731
-        self.call_every_while(ACK_INTERVAL, self._ack_all, running)
-        self.call_every_while(1.0, self._expire_idle, running)
+        self.call_every_while(ACK_INTERVAL, self._on_timers, running)
+        self.call_every_while(1.0, self._count_sessions, running)
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
 
     def _bind_repair(self, low: int, high: int) -> None:
@@ -323,13 +325,12 @@ class MulticastReceiverActor(Actor):
                 name=name,
                 size=a.size,
                 chunk_size=a.chunk_size,
-                tracker=GapTracker(total, nak_limit=64, have=held),
+                flow=MulticastIncoming(total, now, s.idle_timeout, have=held),
                 verifier=verifier,
                 part=part,
                 fd=fd,
                 pub_endpoint=f"tcp://{join_host_port(host, a.pub_port)}" if a.pub_port else "",
                 started=now,
-                last_activity=now,
             )
             self.sessions[a.sid] = sess
             self.tell("stats", _record(sess, self.now(), "running"))
@@ -355,7 +356,7 @@ class MulticastReceiverActor(Actor):
                     "joining multicast session %s (%s, %d bytes)", a.sid.hex()[:12], name, a.size
                 )
         sess.route = env.route
-        sess.last_activity = self.now()
+        sess.flow.on_announce(self.now())
         sess.wraps[a.attempt] = answer.secrets
         while len(sess.wraps) > WRAP_MEMORY:
             sess.wraps.pop(next(iter(sess.wraps)))
@@ -450,7 +451,8 @@ class MulticastReceiverActor(Actor):
             sub.setsockopt(zmq.SUBSCRIBE, k.sid)
             sub.connect(sess.pub_endpoint)
             self.watch(sub, self._on_data)
-        self._send_ack(sess, self.now())
+        sess.flow.on_key(self.now())
+        self._drive(sess)
         return None
 
     def _on_status(self, st: McStatus, env: Inbound) -> codec.Message | None:
@@ -461,19 +463,14 @@ class MulticastReceiverActor(Actor):
         if sess is None or sess.peer != env.peer:
             return McRefuse(sid=st.sid, code="unknown-session", reason="no such session here")
         sess.route = env.route
-        sess.last_activity = self.now()
         if st.end:
             log.info("multicast session %s ended by the sender: %s", sess.name, st.end)
             self.count("dropped-by-sender")
             self._report(sess, "", ok=False, reason=f"the sender ended the session: {st.end}")
             self._close(sess, keep_part=False)
             return None
-        sess.tracker.on_horizon(st.horizon)
-        if st.ack_every:
-            sess.ack_every = min(ACK_EVERY, st.ack_every)
-        if st.digest and not sess.digest:
-            sess.digest = st.digest
-        self._maybe_finish(sess)
+        sess.flow.on_status(st.horizon, st.digest, st.ack_every, self.now())
+        self._drive(sess)
         return None
 
     # -- data ----------------------------------------------------------------------
@@ -589,8 +586,7 @@ class MulticastReceiverActor(Actor):
             return
         if repair and sess.reassembler is not None:
             sess.reassembler.forget(index)  # it came whole: stop assembling it
-        sess.last_activity = self.now()
-        if t.on_chunk(index, self.now()):
+        if sess.flow.on_chunk(index, self.now()):
             sess.queued += 1
             self.writer.write(sess.sid, index, plaintext)
 
@@ -607,10 +603,8 @@ class MulticastReceiverActor(Actor):
             if isinstance(result, Written):
                 sess.queued -= 1
                 self.count("chunks-written")
-                sess.tracker.on_written(result.index)
-                if sess.tracker.written.count - sess.acked_written >= sess.ack_every:
-                    self._send_ack(sess, self.now())
-                self._maybe_finish(sess)
+                sess.flow.on_written(result.index, self.now())
+                self._drive(sess)
             elif isinstance(result, Finished):
                 self._finish(sess, result.digest)
             elif not isinstance(result, Unpacked):  # multicast sends no trees
@@ -618,38 +612,38 @@ class MulticastReceiverActor(Actor):
                 log.error("writing %s failed: %s", sess.name, text)
                 self._done(sess, ok=False, digest=b"", stored="", reason=f"cannot write: {text}")
 
-    def _send_ack(self, sess: Session, now: float) -> None:
-        if sess.sealer is None or sess.finishing:
-            return
-        t = sess.tracker
-        naks = t.naks(now)
-        sess.last_ack = now
-        sess.acked_written = t.written.count
-        self._reply(
-            sess.route,
-            McAck(
-                sid=sess.sid,
-                cumulative=t.written.cumulative,
-                written=t.written.count,
-                naks=flatten(naks),
-            ),
-        )
+    def _drive(self, sess: Session) -> None:
+        """Do what the session's :class:`MulticastIncoming` asks for."""
+        for out in sess.flow.poll():
+            if sess.sid not in self.sessions:
+                return
+            if isinstance(out, SendAck):
+                ack = McAck(
+                    sid=sess.sid,
+                    cumulative=out.cumulative,
+                    written=out.written,
+                    naks=flatten(out.naks),
+                )
+                self._reply(sess.route, ack)
+            elif isinstance(out, FinishFile):
+                self.writer.finish(sess.sid)
+            else:
+                log.info("%s: no traffic for %.0f s; dropped", sess.name, out.seconds)
+                self.count("expired")
+                self._report(sess, "", ok=False, reason="the sender went silent")
+                self._close(sess, keep_part=False)
 
-    def _ack_all(self) -> None:
+    def _on_timers(self) -> None:
+        """Acks due, and sessions gone silent."""
         now = self.now()
         for sess in list(self.sessions.values()):
-            if now - sess.last_ack >= ACK_INTERVAL * 0.9:
-                self._send_ack(sess, now)
+            sess.flow.on_timer(now)
+            self._drive(sess)
 
     # -- the end -------------------------------------------------------------------------
 
-    def _maybe_finish(self, sess: Session) -> None:
-        if sess.tracker.complete and sess.digest and not sess.finishing:
-            sess.finishing = True
-            self.writer.finish(sess.sid)
-
     def _finish(self, sess: Session, digest: bytes) -> None:
-        if not hmac.compare_digest(digest, sess.digest):
+        if not hmac.compare_digest(digest, sess.flow.digest):
             self.count("hash-mismatch")
             log.warning("%s: whole-file hash mismatch; discarded", sess.name)
             self._done(sess, ok=False, digest=digest, stored="", reason="whole-file hash mismatch")
@@ -723,14 +717,7 @@ class MulticastReceiverActor(Actor):
         # last checkpoint) and forgets the session.
         self.writer.close(sess.sid, keep=keep_part)
 
-    def _expire_idle(self) -> None:
-        now = self.now()
-        for sess in list(self.sessions.values()):
-            if now - sess.last_activity > self.settings.idle_timeout and not sess.finishing:
-                log.info("%s: no traffic for %.0f s; dropped", sess.name, now - sess.last_activity)
-                self.count("expired")
-                self._report(sess, "", ok=False, reason="the sender went silent")
-                self._close(sess, keep_part=False)
+    def _count_sessions(self) -> None:
         self.facts["multicast_sessions"] = str(len(self.sessions))
 
     # -- multicast-receive ------------------------------------------------------------------

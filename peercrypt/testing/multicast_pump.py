@@ -9,12 +9,14 @@ receiver's channel decides that receiver's copy), repairs re-published or
 unicast, statuses, the whole-file hash over the chunks as first published,
 byte grants at ``rate`` (a node ``--max-rate``) and, with ``datagrams``, a
 backlog of datagram bytes spent from the grants as the msender does for a
-UDP group. Each receiver does what the mreceiver does around its
-:class:`~peercrypt.core.multicast.GapTracker`: joins when announced to, takes
-chunks only once joined, writes new ones after ``write_delay``, acks every
-``ack_every`` written chunks and every ``TICK`` with its NAKs, answers a
-status for a session it does not know with "unknown", and once everything is
-written and the hash is known reports the hash of what it stored.
+UDP group. Each receiver is the real receiving object
+(:class:`~peercrypt.core.multicast_incoming.MulticastIncoming`) with the
+mreceiver's I/O done by the pump: it joins when announced to, gets the key
+once the sender took its join, takes chunks only once keyed, writes new
+ones after ``write_delay``, sends the acks and NAKs its object asks for
+(its timer runs every ``TICK``), answers a status for a session it does not
+know with "unknown", and when its object says finish, reports the hash of
+what it stored.
 
 ``restarts``: (receiver, chunks) pairs: once the receiver wrote that many
 chunks it loses everything not yet written and its membership (as a node
@@ -37,6 +39,7 @@ import blake3
 
 from peercrypt.core.grants import RequestGrant
 from peercrypt.core.multicast import GapTracker, Repair
+from peercrypt.core.multicast_incoming import FinishFile, MulticastIncoming, SendAck
 from peercrypt.core.multicast_outgoing import (
     Announce,
     MulticastOutgoing,
@@ -48,21 +51,17 @@ from peercrypt.core.multicast_outgoing import (
 from peercrypt.core.outgoing import HashFile
 from peercrypt.testing.transfer_pump import Channel
 
-TICK = 0.05  # seconds between each receiver's acks (besides every ``ack_every`` writes)
+TICK = 0.05  # seconds between each receiver's timer runs (as the mreceiver's)
 FRAGMENT = 1200  # datagram payload bytes (UDP group)
 GRANT_TICK = 0.005  # seconds between the scheduler's grants
 
 
 @dataclass
 class _Receiver:
-    tracker: GapTracker
+    flow: MulticastIncoming
     stored: bytearray
-    joined: bool = False
-    digest: bytes = b""
-    reported: bool = False
+    reported: bytes = b""  # the hash it reported (it remembers a finished session)
     epoch: int = 0
-    since_ack: int = 0
-    ack_every: int = 4
     held_at_restart: set[int] = field(default_factory=set)
     rewritten: int = 0  # chunks written again that it held at a restart (must stay 0)
 
@@ -89,7 +88,6 @@ def pump_session(
     up: list[Channel],
     window: int = 16,
     min_window: int = 2,
-    ack_every: int = 4,
     write_delay: float = 0.001,
     rate: float = 0.0,
     datagrams: bool = False,
@@ -113,7 +111,7 @@ def pump_session(
     total = sess.total
     if rate:
         sess.on_pacing(True)
-    rx = [_Receiver(GapTracker(total), bytearray(len(content)), ack_every=ack_every) for _ in names]
+    rx = [_Receiver(MulticastIncoming(total, 0.0, 1e9), bytearray(len(content))) for _ in names]
     writes: list[Counter[int]] = [Counter() for _ in range(n)]
     events: list[tuple[float, int, str, int, Any]] = []
     seq = itertools.count()
@@ -139,10 +137,18 @@ def pump_session(
         for when in up[r].arrivals(now):
             at(when, kind, r, value)
 
-    def ack(r: int) -> None:
-        t = rx[r].tracker
-        rx[r].since_ack = 0
-        up_from(r, "ack", (t.written.cumulative, t.naks(now)))
+    def receiver_does(r: int) -> None:
+        x = rx[r]
+        for out in x.flow.poll():
+            if isinstance(out, SendAck):
+                up_from(r, "ack", (out.cumulative, out.naks))
+            elif isinstance(out, FinishFile):  # the hash of what it stored, then compare
+                digest = blake3.blake3(bytes(x.stored)).digest()
+                assert digest == out.digest, "a receiver stored other bytes"
+                x.reported = digest
+                up_from(r, "done", digest)
+            else:
+                raise AssertionError(f"{out} (no idle timeout in the pump)")
 
     def chunk_out(index: int, to: list[int]) -> None:
         if datagrams and sess.paced:
@@ -199,12 +205,6 @@ def pump_session(
             timer_at = max(due, now)
             at(timer_at, "timer", -1)
 
-    def maybe_report(r: int) -> None:
-        x = rx[r]
-        if x.tracker.complete and x.digest:
-            x.reported = True
-            up_from(r, "done", blake3.blake3(bytes(x.stored)).digest())
-
     for r in range(n):
         at(TICK, "ack-timer", r)
     for r in range(n):
@@ -229,13 +229,16 @@ def pump_session(
             raise AssertionError(kind)
         elif kind == "announce":
             if x.reported:  # it remembers the session it finished: the verdict again
-                maybe_report(r)
+                up_from(r, "done", x.reported)
                 continue
-            x.joined = True
+            x.flow.on_announce(now)
             up_from(r, "join")
+        elif kind == "key":
+            if not x.reported:
+                x.flow.on_key(now)
         elif kind == "chunk":
             index, epoch = value
-            if x.joined and epoch == x.epoch and x.tracker.on_chunk(index, now):
+            if x.flow.keyed and epoch == x.epoch and x.flow.on_chunk(index, now):
                 at(now + write_delay, "written", r, value)
         elif kind == "written":
             index, epoch = value
@@ -246,34 +249,29 @@ def pump_session(
                 x.rewritten += 1
             span = slice(index * chunk_size, (index + 1) * chunk_size)
             x.stored[span] = content[span]
-            x.tracker.on_written(index)
-            x.since_ack += 1
-            if x.since_ack >= x.ack_every or x.tracker.complete:
-                ack(r)
-            maybe_report(r)
+            x.flow.on_written(index, now)
             if sum(writes[r].values()) == restart_after.get(r):
                 at(now, "restart", r)
         elif kind == "status":
             horizon, digest, status = value
-            if not x.joined:
+            if x.reported:  # again: its verdict may have been lost
+                up_from(r, "done", x.reported)
+            elif not x.flow.keyed:
                 up_from(r, "unknown")
-                continue
-            x.tracker.on_horizon(horizon)
-            x.ack_every = min(ack_every, status.ack_every or ack_every)
-            x.digest = x.digest or digest
-            maybe_report(r)  # again too: its verdict may have been lost
+            else:
+                x.flow.on_status(horizon, digest, status.ack_every, now)
         elif kind == "ack-timer":
-            if x.joined and not x.reported:
-                ack(r)
+            x.flow.on_timer(now)
             at(now + TICK, "ack-timer", r)
         elif kind == "restart":
-            held = x.tracker.written
+            held = x.flow.tracker.written
             x.held_at_restart = {i for i in range(total) if i in held}
-            x.tracker = GapTracker(total, have=held)
-            x.joined, x.digest, x.reported, x.since_ack = False, b"", False, 0
+            x.flow = MulticastIncoming(total, now, 1e9, have=held)
+            x.reported = b""
             x.epoch += 1
         elif kind == "join":
             sess.on_join(names[r], now)
+            down_to(r, "key")  # the key goes back to a proven, trusted receiver
             if not datagrams:
                 sess.on_subscribed(names[r], now)
         elif kind == "ack":
@@ -283,6 +281,8 @@ def pump_session(
             sess.on_unknown(names[r])
         elif kind == "done":
             sess.on_done(names[r], True, value, f"stored-{r}", "", now)
+        if x is not None:
+            receiver_does(r)
         drive()
     done = ended is not None and ended.code == "ok"
     return SessionResult(
@@ -292,7 +292,7 @@ def pump_session(
         [bytes(x.stored) for x in rx],
         writes,
         sess,
-        [x.tracker for x in rx],
+        [x.flow.tracker for x in rx],
         results,
         first,
         repairs,

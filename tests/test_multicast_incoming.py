@@ -1,0 +1,78 @@
+"""The receiver's side of a multicast session as a sans-IO object (fake time)."""
+
+from __future__ import annotations
+
+from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.multicast_incoming import (
+    ACK_EVERY,
+    ACK_INTERVAL,
+    Expired,
+    FinishFile,
+    MulticastIncoming,
+    SendAck,
+)
+
+
+def test_no_ack_before_the_key_then_one_at_once() -> None:
+    s = MulticastIncoming(10, 0.0, idle_timeout=30.0)
+    s.on_timer(1.0)
+    assert s.poll() == []  # it cannot ack a session it has no key for
+    s.on_key(1.0)
+    assert s.poll() == [SendAck(0, 0, [])]
+
+
+def test_acks_every_ack_every_written_chunks_and_on_the_timer() -> None:
+    s = MulticastIncoming(40, 0.0, idle_timeout=30.0)
+    s.on_key(0.0)
+    s.poll()
+    s.on_status(40, b"", 3, 0.0)  # the sender asks for an ack every 3 chunks
+    for i in range(3):
+        assert s.on_chunk(i, 0.01)
+        s.on_written(i, 0.01)
+    assert s.poll() == [SendAck(3, 3, [])]
+    s.on_timer(0.01 + ACK_INTERVAL / 2)
+    assert s.poll() == []  # not due yet
+    s.on_chunk(5, 0.02)  # 3 and 4 missing below what was seen
+    s.on_timer(0.01 + ACK_INTERVAL)
+    assert s.poll() == [SendAck(3, 3, [(3, 5)])]
+    s.on_status(40, b"", 100, 0.1)
+    assert s.ack_every == ACK_EVERY  # never fewer acks than its own cadence
+
+
+def test_finishes_once_when_complete_and_the_hash_is_known() -> None:
+    s = MulticastIncoming(2, 0.0, idle_timeout=30.0)
+    s.on_key(0.0)
+    s.poll()
+    for i in range(2):
+        s.on_chunk(i, 0.1)
+        s.on_written(i, 0.1)
+    assert not any(isinstance(o, FinishFile) for o in s.poll())  # no hash yet
+    s.on_status(2, b"h" * 32, 0, 0.2)
+    assert s.poll() == [FinishFile(b"h" * 32)]
+    s.on_status(2, b"h" * 32, 0, 0.3)
+    s.on_timer(5.0)
+    assert s.poll() == [] and s.next_timer() is None  # finishing: no acks, no expiry
+
+
+def test_a_silent_session_expires_once() -> None:
+    s = MulticastIncoming(5, 0.0, idle_timeout=30.0)
+    s.on_key(0.0)
+    s.poll()
+    s.on_timer(29.0)
+    assert not any(isinstance(o, Expired) for o in s.poll())
+    s.on_timer(30.5)
+    assert s.poll() == [Expired(30.5)]
+    s.on_timer(40.0)
+    assert s.poll() == [] and s.next_timer() is None
+
+
+def test_a_rejoining_receiver_starts_from_what_it_holds() -> None:
+    held = ChunkBitmap(6)
+    held.add_range(0, 4)
+    s = MulticastIncoming(6, 0.0, idle_timeout=30.0, have=held)
+    assert s.on_chunk(2, 0.1) is False  # held: not written again
+    s.on_key(0.2)
+    assert s.poll() == [SendAck(4, 4, [])]
+    s.on_status(6, b"", 0, 0.2)
+    s.on_timer(1.0)
+    assert s.poll() == [SendAck(4, 4, [(4, 6)])]  # only what it lacks
