@@ -2,14 +2,15 @@
 
 Per session (``McSendRequest`` from the control actor):
 
-1. A CURVE DEALER per target carries ``McAnnounce`` (name, size, chunk size,
+1. A CURVE peer link per target (``actors/peer_link.Link``, kept trying)
+   carries ``McAnnounce`` (name, size, chunk size,
    a fresh ephemeral key, this node's PUB port). A target answers ``McJoin``
    with its own ephemeral key, its identity key and a proof that it holds it
    (crypto/handshake.py), and its repair port; only if the proof verifies and
    the identity is the one trusted at that address (crypto/known_peers.py)
    does it get the session's random content key wrapped for it alone
-   (``McKey``). Targets that refuse the
-   connection or fail the handshake are reported at once; publishing starts
+   (``McKey``). Targets that fail the CURVE handshake or admission are
+   reported at once, unreachable ones after the timeout; publishing starts
    when every target joined or failed, or after ``JOIN_WAIT`` s (2) with at least
    one joined; a target that joins later catches up by repairs, and the
    announce is repeated to it until it joins or the timeout passes.
