@@ -112,7 +112,10 @@ class NodeSettings:
     multicast_ttl: int = 1
     multicast_fragment: int = DEFAULT_FRAGMENT
     multicast_rcvbuf: int = 32 * MiB
-    multicast_sndbuf: int = 4 * MiB
+    # As large as a receiver's: a datagram stays charged to the sender's
+    # buffer until the receivers took it off their queues (the socket is kept
+    # across namespaces), so this bounds the data in flight to the group.
+    multicast_sndbuf: int = 32 * MiB
     # Actors attached across hosts (docs/architecture.md, "Attached actors"):
     # the actors this node does not run itself (each is a `peercrypt actor NAME
     # --attach` process elsewhere) and the fingerprints allowed to attach.
