@@ -981,14 +981,16 @@ class SenderActor(Actor):
         now = self.now()
         if t.port_closed:
             if retry.closed_since is None:
-                retry.closed_since = t.flow.last_progress if t.flow.window else now
+                moved = t.flow.window is not None  # else: this attempt's offer was refused
+                retry.closed_since = t.flow.last_progress if moved else now
             left = retry.closed_since + request.timeout - now
             if left <= 0:
                 return ResultCode.UNREACHABLE, (
                     f"the receiver's port at {t.peer} stayed closed ({REFUSED}) "
                     f"for --timeout {request.timeout:g} s"
                 )
-            delay = min(left, retry.closed.next_delay() or CLOSED_RETRY_MAX)
+            closed_delay = retry.closed.next_delay()  # never None: no retry limit
+            delay = min(left, CLOSED_RETRY_MAX if closed_delay is None else closed_delay)
             note = f"{t.peer}: the receiver's port closed; retrying"
         else:
             backoff_delay = retry.backoff.next_delay()

@@ -200,8 +200,10 @@ def test_retries_wait_their_turn_under_max_outgoing(
     node = Node(loopback_settings(tmp_path / "sender", network_key, max_outgoing=1))
     node.start()
     client = ControlClient.for_data_dir(tmp_path / "sender")
+    watcher = ControlClient.for_data_dir(tmp_path / "sender")  # status, apart from the sends
     try:
-        first, second = make_file(SIZE, name="first.bin"), make_file(SIZE // 2, name="second.bin")
+        # The second outlasts the first's retry pauses (a token bucket may burst).
+        first, second = make_file(SIZE, name="first.bin"), make_file(2 * SIZE, name="second.bin")
         for request, (path, to) in enumerate([(first, port), (second, other.port)]):
             client.send(
                 SendRequest(
@@ -212,6 +214,9 @@ def test_retries_wait_their_turn_under_max_outgoing(
             )  # fmt: skip
             # In this order: the second waits in line behind the first.
             wait_until(lambda: bool(scan(lost.inbox).kept) or None, 30, "the first to start")
+        wait_until(
+            lambda: watcher.status().counters.get("sender.queued") or None, 30, "the second in line"
+        )
         wait_until(lambda: _held(lost.inbox) > 0 or None, 30, "the first send to move")
         lost.kill()
         results: dict[int, SendResult] = {}
@@ -234,10 +239,11 @@ def test_retries_wait_their_turn_under_max_outgoing(
             assert got.code == "ok", got.reason
             assert blake3_file(receiver.inbox / got.stored_as) == blake3_file(path)
         assert results[0].stats["resumed_chunks"] > 0, results[0].stats
-        counters = client.status().counters
+        counters = watcher.status().counters
         # Queued: the second at first, then the first's retries behind it.
         assert counters["sender.queued"] >= 2, dict(counters)
         assert counters["sender.retries"] >= 1, dict(counters)
     finally:
         client.close()
+        watcher.close()
         node.stop()
