@@ -349,6 +349,7 @@ class MulticastSenderActor(Actor):
         self.count("sessions")
         for name in flow.receivers:
             self._open_target(sess, name, *split_host_port(name))
+        self._report_progress(sess)
         self._drive(sess)
 
     def _open_target(self, sess: Session, name: str, host: str, port: int) -> None:
@@ -716,40 +717,43 @@ class MulticastSenderActor(Actor):
 
     def _progress(self) -> None:
         for sess in self.sessions.values():
-            request, flow = sess.request.request, sess.flow
-            for t in sess.targets.values():
-                state, acked = _target_state(sess, t)
-                self.tell(
-                    "control",
-                    McTargetProgress(
-                        request=request,
-                        target=t.name,
-                        state=state,
-                        done_bytes=acked,
-                        total_bytes=sess.size,
-                    ),
-                )
-            if not flow.publishing:
-                self.tell(
-                    "control",
-                    Progress(
-                        request=request, done_bytes=0, total_bytes=sess.size, phase="offering"
-                    ),
-                )
-                continue
-            done = flow.done_chunks()
-            for t in sess.targets.values():
-                if flow.receivers[t.name].result is None:
-                    self.tell("stats", _sample(sess, t, self.now()))
+            self._report_progress(sess)
+
+    def _report_progress(self, sess: Session) -> None:
+        """The session's Progress and a McTargetProgress per receiver (every
+        0.1 s, and once at the start: a short session still shows each)."""
+        request, flow = sess.request.request, sess.flow
+        for t in sess.targets.values():
+            state, acked = _target_state(sess, t)
             self.tell(
                 "control",
-                Progress(
+                McTargetProgress(
                     request=request,
-                    done_bytes=min(sess.size, done * sess.chunk_size),
+                    target=t.name,
+                    state=state,
+                    done_bytes=acked,
                     total_bytes=sess.size,
-                    phase="verifying" if done >= flow.total else "sending",
                 ),
             )
+        if not flow.publishing:
+            self.tell(
+                "control",
+                Progress(request=request, done_bytes=0, total_bytes=sess.size, phase="offering"),
+            )
+            return
+        done = flow.done_chunks()
+        for t in sess.targets.values():
+            if flow.receivers[t.name].result is None:
+                self.tell("stats", _sample(sess, t, self.now()))
+        self.tell(
+            "control",
+            Progress(
+                request=request,
+                done_bytes=min(sess.size, done * sess.chunk_size),
+                total_bytes=sess.size,
+                phase="verifying" if done >= flow.total else "sending",
+            ),
+        )
 
     # -- the end -------------------------------------------------------------------------
 

@@ -202,9 +202,13 @@ def test_a_terminal_gets_a_bar_and_json_gets_none(trio: list[NodeProcess], tmp_p
 def test_multicast_shows_each_receiver(trio: list[NodeProcess], tmp_path: Path) -> None:
     sender, r1, r2 = trio
     source = random_file(tmp_path / "many.bin", 8 * MiB)
-    result = sender.cli(
-        "send", source, r1.host, str(r1.port), "-m", *multicast_targets(r2), "--progress"
-    )
+    assert sender.cli("max-rate", str(8 * MiB)).returncode == 0  # a second: progress reports
+    try:
+        result = sender.cli(
+            "send", source, r1.host, str(r1.port), "-m", *multicast_targets(r2), "--progress"
+        )
+    finally:
+        assert sender.cli("max-rate", "0").returncode == 0
     assert result.returncode == 0, result.describe()
     for r in (r1, r2):
         line = re.escape(f"{r.host}:{r.port}")

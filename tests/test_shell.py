@@ -94,14 +94,6 @@ def test_start_runs_every_command_of_the_shell(
     pty.run("status", "node: running")
     pty.run("set-mode aimd", "default mode is now aimd")
     pty.run("set-mode multicast", "default mode is now multicast")
-    # In the foreground (it may ask for more targets), with a line per receiver.
-    few = make_file(2 * 1024 * 1024)
-    pty.child.sendline(f"send {few} {host} {port} -m")
-    pty.expect("another target")
-    pty.child.sendline("")
-    pty.expect(re.escape(f"{host}:{port}") + r": +\d+%")
-    pty.expect(re.escape(f"{host}:{port}: verified, stored as {few.name}"))
-    pty.expect(PROMPT_RE)
     pty.run("set-mode normal", "default mode is now normal")
     pty.run("congestion", r"congestion: w=\d+")
     pty.run("congestion window 32 max-window 64", "window 32 KB, min-window 32 KB, max-window 64")
@@ -124,6 +116,14 @@ def test_start_runs_every_command_of_the_shell(
     # A background send, paced so it lasts, while the prompt answers.
     source = make_file(3 * 1024 * 1024)
     pty.run("max-rate 1000000", "node rate cap is now 1000000")
+    # Multicast in the foreground (it may ask for more targets), with a line per receiver.
+    few = make_file(1024 * 1024)
+    pty.child.sendline(f"send {few} {host} {port} -m")
+    pty.expect("another target")
+    pty.child.sendline("")
+    pty.expect(re.escape(f"{host}:{port}") + r": +\d+%")
+    pty.expect(re.escape(f"{host}:{port}: verified, stored as {few.name}"))
+    pty.expect(PROMPT_RE)
     pty.run(f"send {source} {host} {port}", f"checking {host}:{port}", r"\[1\] sending in the")
     out = pty.run("transfers", "ID +STATE")
     assert source.name in out, out
