@@ -218,6 +218,23 @@ def test_run_until_sleeps_until_news_restarts_when_due_and_ends_on_wake() -> Non
         stop(sup)
 
 
+def test_run_in_background_restarts_crashed_actors_and_ends_with_stop() -> None:
+    """The interactive shell's prompt holds the main thread: its node's actors
+    are supervised from a thread of their own, which stop() ends first."""
+    env = make_env()
+    got: list[int] = []
+    seen: list[int] = []
+    sup = crashing_pair(env, got, seen)
+    sup.start()
+    try:
+        sup.run_in_background()
+        # Nothing in this test polls: only the background loop can restart it.
+        wait_for(lambda: sup.restarts["recorder"] == 1)
+    finally:
+        stop(sup)
+    assert not any(t.name == "supervisor" for t in threading.enumerate())
+
+
 def test_an_exception_on_one_message_is_contained_and_counted() -> None:
     env = make_env()
     got: list[int] = []

@@ -532,6 +532,8 @@ def start_command(ctx: click.Context, /, **_: Any) -> None:
     """
     settings, _eff = node_settings(ctx.obj, ctx)
     running = run_node(ctx.obj, settings, quiet_logs=True)  # the prompt stays readable
+    # The prompt has the main thread: crashed actors are restarted from another.
+    running.supervisor.run_in_background()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(errors.OK))
     try:
         code = attach(ctx, owns_node=True)

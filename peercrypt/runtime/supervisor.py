@@ -77,6 +77,7 @@ class Supervisor:
         self._slots = [_Slot(name, factory) for name, factory in factories]
         self._poller = zmq.Poller()
         self._stopped = False
+        self._loop: tuple[threading.Thread, threading.Event] | None = None
         # wake(): a byte into this pair ends the poller's wait at once.
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -146,6 +147,30 @@ class Supervisor:
             if previous is not None:
                 signal.set_wakeup_fd(previous)
 
+    def run_in_background(self) -> None:
+        """Run :meth:`run_until` in a thread of its own, for a process whose
+        main thread is busy elsewhere (the interactive shell's prompt); ended
+        by :meth:`stop` before it stops the actors."""
+        if self._loop is not None:
+            return
+        done = threading.Event()
+        thread = threading.Thread(
+            target=self.run_until, args=(done.is_set,), name="supervisor", daemon=True
+        )
+        self._loop = (thread, done)
+        thread.start()
+
+    def _end_background_loop(self) -> None:
+        if self._loop is None:
+            return
+        thread, done = self._loop
+        self._loop = None
+        done.set()
+        self.wake()
+        thread.join(STOP_TIMEOUT)
+        if thread.is_alive():
+            log.error("the supervisor's loop did not end within %.0f s", STOP_TIMEOUT)
+
     def poll(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` s (None: no bound) for actor news or a wake;
         restart crashed actors. The wait ends early when a restart is due."""
@@ -192,6 +217,7 @@ class Supervisor:
         """Stop every actor, one at a time in reverse start order (so the
         control actor, started first, still relays the others' last words).
         Returns True if all threads ended, so the context may be terminated."""
+        self._end_background_loop()  # its sockets are not to be shared
         self._stopped = True
         clean = True
         deadline = time.monotonic() + STOP_TIMEOUT
