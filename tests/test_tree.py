@@ -306,3 +306,17 @@ def test_hidden_trees_a_crash_left_are_swept_once_their_part_is_gone(tmp_path: P
     (tmp_path / ".d.3.tree").write_bytes(b"")  # not a folder
     assert sweep_trees(tmp_path) == [".a.1.tree"]
     assert sorted(os.listdir(tmp_path)) == [".b.2.part", ".b.2.tree", ".d.3.tree", "c.tree"]
+
+
+def test_the_senders_walk_is_bounded_in_count_and_depth(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}").write_bytes(b"x")
+    assert build_tree([src], max_files=4).files == 3
+    with pytest.raises(TreeError, match="more than 3 files and folders"):
+        build_tree([src], max_files=3)
+    deep = tmp_path / "deep"
+    deep.joinpath(*["d"] * MAX_DEPTH).mkdir(parents=True)
+    with pytest.raises(TreeError, match=f"deeper than {MAX_DEPTH} levels"):
+        build_tree([deep])

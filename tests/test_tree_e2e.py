@@ -16,6 +16,7 @@ import msgpack
 
 from actors.inbox import load_manifest, manifest_name, scan
 from peercrypt.core.tree import Kind, TreeEntry, encode_manifest
+from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import NodeProcess, cli_env, start_cli, wait_until
 from peercrypt.wire.messages import Failed, Refuse, Verified
@@ -256,3 +257,25 @@ def held(inbox: Path) -> int:
         return 0
     (m,) = found.manifests
     return load_manifest(inbox, manifest_name(m.part)).held().count
+
+
+def test_a_folder_with_no_room_for_its_tree_fails_and_keeps_its_part(
+    tmp_path: Path, node_factory: Nodes
+) -> None:
+    try:
+        with small_tmpfs(tmp_path / "small", "2m") as small:
+            receiver = node_factory("--inbox", str(small), name="receiver")
+            sender = node_factory(name="sender")
+            src = tmp_path / "big"
+            src.mkdir()
+            for i in range(12):  # 1.2 MiB: its part fits, the part and the tree do not
+                (src / f"f{i:02}").write_bytes(os.urandom(100 * 1024))
+            code, out = sender.send_to(src, receiver)
+            assert code == 1 and out["code"] == "io", out
+            assert "the folder was not stored" in out["error"], out
+            names = sorted(os.listdir(small))
+            assert len(names) == 2 and names[0].startswith(".big.") and names[0].endswith(".part")
+            assert names[1] == names[0] + ".manifest"  # kept for a resume; nothing else
+            receiver.stop()
+    except DiskUnavailable as exc:
+        raise AssertionError(f"cannot mount a tmpfs: {exc}") from None
