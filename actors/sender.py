@@ -262,7 +262,9 @@ class SenderActor(Actor):
 
     def setup(self) -> None:
         self.call_every_while(
-            PROGRESS_INTERVAL, self._progress, lambda: bool(self.transfers or self.retrying)
+            PROGRESS_INTERVAL,
+            self._progress,
+            lambda: bool(self.transfers or self.retrying or self.walking),
         )
 
     def teardown(self) -> None:
@@ -889,6 +891,7 @@ class SenderActor(Actor):
                 self.tell("stats", self._sample(t))
         idle = [(r.request, "waiting") for r in self.waiting]
         idle += [(request, "retrying") for request in self.retrying]
+        idle += [(request, "walking") for request in self.walking]
         for request, phase in idle:
             self.tell(
                 "control", Progress(request=request, done_bytes=0, total_bytes=0, phase=phase)

@@ -22,6 +22,7 @@ from peercrypt.wire.messages import McTargetProgress, Progress
 # What each phase of wire.messages.PHASES waits for, as the bar says it.
 PHASE_TEXT = {
     "checking": "checking the peer",
+    "walking": "reading and hashing the files",
     "waiting": "waiting for a free slot",
     "offering": "waiting for the receiver",
     "retrying": "connection lost, retrying",

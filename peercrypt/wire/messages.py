@@ -303,7 +303,16 @@ class Progress(Message):
     phase: str = field(default="sending", metadata=bounded(16))
 
 
-PHASES = ("checking", "waiting", "offering", "retrying", "sending", "hashing", "verifying")
+PHASES = (
+    "checking",
+    "walking",  # a folder or several files: reading and hashing them for the manifest
+    "waiting",
+    "offering",
+    "retrying",
+    "sending",
+    "hashing",
+    "verifying",
+)
 
 
 @message
