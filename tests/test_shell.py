@@ -128,6 +128,7 @@ def test_start_runs_every_command_of_the_shell(
     out = pty.run("transfers", "ID +STATE")
     assert source.name in out, out
     pty.run("jobs", r"\[1\] running")
+    pty.run("jobs --json", r'\[\{"id": 1, "state": "running", "exit": null, "line": "send ')
     pty.expect(r"\[1\] done, exit 0")
     stored = [p for p in peer.inbox.iterdir() if p.name == source.name]
     assert stored and blake3_file(stored[0]) == blake3_file(source)

@@ -20,6 +20,7 @@ with the exit code of the first that failed.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shlex
 import signal
@@ -51,7 +52,8 @@ SHELL_COMMANDS = {
     "help": "The commands, and the node's status; `help COMMAND` for one command.",
     "quit": "Leave the shell (`start`: and stop its node).",
     "exit": "Leave the shell (`start`: and stop its node).",
-    "jobs": "The background sends and how they ended (`transfers` and `cancel ID` stop one).",
+    "jobs": "The background sends and how they ended (`transfers` and `cancel ID` stop one; "
+    "`jobs --json`: a JSON list).",
 }
 # Commands that only make sense outside a running shell.
 NOT_IN_SHELL = {"start", "shell", "node"}
@@ -131,7 +133,9 @@ class Shell:
         if name == "help":
             return self._help(rest)
         if name == "jobs":
-            return self._jobs()
+            if rest not in ([], ["--json"]):
+                return self._error("`jobs` takes no argument but --json")
+            return self._jobs(as_json=bool(rest))
         if name in NOT_IN_SHELL:
             return self._error(f"`{name}` is not a shell command (the shell runs on its node)")
         if name == "send" and self.interactive and not _wants_help(rest):
@@ -185,7 +189,15 @@ class Shell:
             f"{running} background sends, inbox {facts.get('inbox')}"
         )
 
-    def _jobs(self) -> int:
+    def _jobs(self, as_json: bool = False) -> int:
+        if as_json:
+            rows = [
+                {"id": j.number, "state": "running" if j.running else "done", "exit": j.code,
+                 "line": j.line}
+                for j in self.jobs
+            ]  # fmt: skip
+            click.echo(json.dumps(rows))
+            return errors.OK
         if not self.jobs:
             click.echo("no background sends")
         for job in self.jobs:
