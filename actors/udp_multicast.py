@@ -161,10 +161,6 @@ class GroupSender:
             sent += len(iov) // 4
         return min(size, start + sent * frag), sent, 0
 
-    def send_datagram(self, head: bytes, payload: list[memoryview]) -> bool:
-        """Send one datagram (header + payload pieces); False when it could not be sent."""
-        return self._send([head, *payload])
-
     def _send_batch(self, iov: list[bytes | memoryview], count: int) -> bool:
         """``count`` datagrams of four pieces each (header fields, offset,
         tag, payload) in one send: a GSO batch when there are several."""
