@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tracemalloc
 from pathlib import Path
 
 import blake3
@@ -320,3 +321,25 @@ def test_the_senders_walk_is_bounded_in_count_and_depth(tmp_path: Path) -> None:
     deep.joinpath(*["d"] * MAX_DEPTH).mkdir(parents=True)
     with pytest.raises(TreeError, match=f"deeper than {MAX_DEPTH} levels"):
         build_tree([deep])
+
+
+def test_a_deeply_nested_manifest_is_refused_in_bounded_memory() -> None:
+    # Lists of lists, each under the old whole-document array limit: decoded
+    # at once they cost about 1.8 GiB; streamed, the first row is refused.
+    max_files = 100_000
+    data = msgpack.packb([1, [[[]] * 99_999] * 255], use_bin_type=True)
+    assert len(data) <= manifest_limit(max_files)  # within the byte limit, as a peer may send
+    tracemalloc.start()
+    try:
+        with pytest.raises(TreeError):
+            decode_manifest(data, max_files, len(data))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024, peak
+
+
+def test_bytes_after_the_entries_are_refused() -> None:
+    data = encode_manifest(GOOD) + b"\x00"
+    with pytest.raises(TreeError, match="after"):
+        decode_manifest(data, 100, stream_size(GOOD) + 1)

@@ -32,9 +32,12 @@ contents follow:
   :func:`manifest_limit` bytes in all; the sizes and the manifest add up to
   the offered size exactly.
 
-:func:`decode_manifest` enforces all of it in one pass with msgpack's own
-length limits, so a hostile manifest costs at most its bounded size in
-memory and linear time; it never raises anything but :class:`TreeError`.
+:func:`decode_manifest` enforces all of it in one streaming pass: the
+list headers' counts are checked before anything is read, then each row
+is unpacked under row-sized msgpack limits and checked before the next,
+so a hostile manifest (nested lists included) costs memory bounded by
+one row plus the entries already accepted and linear time; it never
+raises anything but :class:`TreeError`.
 
 Symbolic links are never followed inside a tree and never sent (the sender
 skips them and counts them); other special files likewise.
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import io
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -112,24 +116,34 @@ def check_entries(entries: Sequence[TreeEntry], max_files: int) -> None:
     """Every rule of the module docstring but the byte limit; TreeError."""
     if len(entries) > max_files:
         raise TreeError(f"more than {max_files} entries")
-    dirs: set[tuple[str, ...]] = set()
-    previous: tuple[str, ...] | None = None
+    checker = _Checker()
     for e in entries:
+        checker.add(e)
+
+
+class _Checker:
+    """The per-entry rules, one entry at a time in stream order."""
+
+    def __init__(self) -> None:
+        self.dirs: set[tuple[str, ...]] = set()
+        self.previous: tuple[str, ...] | None = None
+
+    def add(self, e: TreeEntry) -> None:
         if not 1 <= len(e.path) <= MAX_DEPTH:
             raise TreeError(f"a path of {len(e.path)} components (1..{MAX_DEPTH})")
         for c in e.path:
             check_component(c)
         if sum(len(c.encode("utf-8")) + 1 for c in e.path) > MAX_PATH_BYTES:
             raise TreeError(f"a path longer than {MAX_PATH_BYTES} bytes")
-        if previous is not None and e.path <= previous:
+        if self.previous is not None and e.path <= self.previous:
             raise TreeError(f"{e.text[:200]!r} is a duplicate or out of order")
-        previous = e.path
-        if len(e.path) > 1 and e.path[:-1] not in dirs:
+        self.previous = e.path
+        if len(e.path) > 1 and e.path[:-1] not in self.dirs:
             raise TreeError(f"{e.text[:200]!r} is not under a listed directory")
         if e.kind is Kind.DIR:
             if e.size or e.digest:
                 raise TreeError(f"directory {e.text[:200]!r} has a size or hash")
-            dirs.add(e.path)
+            self.dirs.add(e.path)
         elif len(e.digest) != HASH_BYTES:
             raise TreeError(f"file {e.text[:200]!r} has no {HASH_BYTES}-byte hash")
         if e.size < 0 or not 0 <= e.mode <= 0o7777:
@@ -149,31 +163,48 @@ def encode_manifest(entries: Sequence[TreeEntry]) -> bytes:
 
 def decode_manifest(data: bytes, max_files: int, stream_size: int) -> list[TreeEntry]:
     """The entries of ``data`` (the first bytes of a stream of
-    ``stream_size``), all rules checked; raises TreeError only."""
+    ``stream_size``), all rules checked; raises TreeError only.
+
+    Streamed: the two list headers are read and their counts checked
+    first, then one row at a time under row-sized msgpack limits, each
+    checked before the next is read, so nesting cannot multiply the cost.
+    """
     if len(data) > manifest_limit(max_files):
         raise TreeError(f"manifest larger than {manifest_limit(max_files)} bytes")
+    unpacker = msgpack.Unpacker(
+        io.BytesIO(data),  # read in small pieces, not copied whole
+        read_size=64 * 1024,
+        raw=False,
+        use_list=True,
+        strict_map_key=True,
+        max_buffer_size=1024 * 1024,  # above any one row's limits
+        max_str_len=MAX_NAME_BYTES * 4,
+        max_bin_len=HASH_BYTES,
+        max_array_len=max(5, MAX_DEPTH + 1),  # one over, so the checker names a too-deep path
+        max_map_len=0,
+        max_ext_len=0,
+    )
+    entries: list[TreeEntry] = []
+    checker = _Checker()
     try:
-        doc = msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_str_len=MAX_NAME_BYTES * 4,
-            max_bin_len=HASH_BYTES,
-            max_array_len=max(max_files, MAX_DEPTH, 5),
-            max_map_len=0,
-            max_ext_len=0,
-        )
+        if unpacker.read_array_header() != 2 or unpacker.unpack() != VERSION:
+            raise TreeError("not a version 1 manifest")
+        try:
+            count = unpacker.read_array_header()
+        except ValueError:  # another type where the list should be
+            raise TreeError("manifest entries are not a list") from None
+        if count > max_files:
+            raise TreeError(f"more than {max_files} entries")
+        for _ in range(count):
+            entry = _entry(unpacker.unpack())
+            checker.add(entry)
+            entries.append(entry)
+        if unpacker.tell() != len(data):
+            raise TreeError("bytes after the manifest's entries")
+    except TreeError:
+        raise
     except Exception as exc:  # msgpack raises many types on bad input
         raise TreeError(f"unreadable manifest ({type(exc).__name__})") from None
-    if not (isinstance(doc, list) and len(doc) == 2 and doc[0] == VERSION):
-        raise TreeError("not a version 1 manifest")
-    if not isinstance(doc[1], list):
-        raise TreeError("manifest entries are not a list")
-    entries: list[TreeEntry] = []
-    for row in doc[1]:
-        entries.append(_entry(row))
-    check_entries(entries, max_files)
     total = len(data) + sum(e.size for e in entries if e.kind is Kind.FILE)
     if total != stream_size:
         raise TreeError(f"the entries add up to {total} bytes, the offer said {stream_size}")
