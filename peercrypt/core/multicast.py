@@ -166,7 +166,9 @@ class Member:
     joined_at: float = 0.0
     last_heard: float = 0.0
     cumulative: int = 0
-    progress_at: float = 0.0  # when cumulative last moved (or the member (re)joined)
+    progress_at: float = 0.0  # when the high-water mark last moved (or the member first joined)
+    high_water: int = 0  # the highest cumulative it ever acked, across rejoins
+    rejoins: int = 0  # joins after its first one (it restarted or forgot the session)
     published_at_join: int = 0
     naked: int = 0  # chunks NAKed since (re)joining
     wanted: set[int] = field(default_factory=set)
@@ -225,13 +227,19 @@ class SessionPlan:
         return m
 
     def join(self, name: str, now: float) -> None:
-        """``name`` joined (or rejoined after a restart: its state is reset).
+        """``name`` joined (or rejoined after a restart: its state is reset,
+        but not its stall clock - a member that keeps rejoining without
+        writing beyond its ``high_water`` mark still times out).
         A member joining after publishing began starts in ``unicast`` state
         (it catches up by repairs without holding the others back) and moves
         to ``multicast`` once it is within a window of the publishing point."""
         m = self.add(name, now)
+        if m.state == JOINING:
+            m.progress_at = now
+        else:  # a rejoin is not progress: only acks beyond its high-water mark are
+            m.rejoins += 1
         m.state = MULTICAST if self.published == 0 else UNICAST
-        m.joined_at = m.last_heard = m.progress_at = now
+        m.joined_at = m.last_heard = now
         m.cumulative = 0
         m.published_at_join = self.published
         m.naked = 0
@@ -262,7 +270,9 @@ class SessionPlan:
         cumulative = max(0, min(self.total, cumulative))
         if cumulative > m.cumulative:
             m.cumulative = cumulative
-            m.progress_at = now
+            if cumulative > m.high_water:
+                m.high_water = cumulative
+                m.progress_at = now
             if m.state == MULTICAST:
                 self.congestion.on_acked(self._floor(), now)
         wanted: set[int] = set()

@@ -59,6 +59,10 @@ TICK = 0.05  # seconds between timeout checks while publishing
 # sender CPU per receiver.
 STATUS_INTERVAL = 0.1
 PUBLISH_BATCH = 16  # chunks per step (the actor reads acks in between)
+# A target that rejoins more often than this (it answers ``unknown-session``
+# again and again: restarting, or forgetting the session) is dropped: each
+# rejoin may cost a unicast repair of everything it lacks.
+MAX_REJOINS = 8
 
 
 @dataclass(frozen=True)
@@ -218,12 +222,19 @@ class MulticastOutgoing(GrantedFlow):
         """``target`` joined (its proof and trust were checked by the actor,
         which sends it the key): a first join, or a rejoin after it was lost
         or restarted, starts its member afresh (True). A repeated join of a
-        member in the session changes nothing (False)."""
+        member in the session changes nothing (False). A rejoin does not
+        restart its stall clock, and after :data:`MAX_REJOINS` rejoins the
+        target fails (False)."""
         r = self.receivers.get(target)
         if r is None or r.result is not None:
             return False
         member = self.plan.members.get(target)
         fresh = member is None or member.state in (JOINING, LOST)
+        if fresh and member is not None and member.rejoins >= MAX_REJOINS and member.state == LOST:
+            r.joined = True  # it holds the key now: tell it the session ended for it
+            reason = f"{target} rejoined {member.rejoins} times without finishing; dropped"
+            self.fail_target(target, ResultCode.FAILED, reason, now)
+            return False
         if fresh:
             self.plan.join(target, now)
         r.joined = True
