@@ -82,8 +82,13 @@ def _kill_after_a_checkpoint(
 ) -> None:
     """Send ``path`` and SIGKILL ``victim`` once the receiver's manifest holds chunks."""
     with _background_send(sender, path, receiver) as proc:
-        wait_until(lambda: _held(receiver.inbox) > 0 or proc.poll() is not None, 30, "a part")
+        _wait_for_checkpoint(receiver.inbox, proc)
         victim.kill()
+
+
+def _wait_for_checkpoint(receiver_inbox: Path, proc: subprocess.Popen[str]) -> None:
+    """Until the receiver's manifest lists chunks (or the send ended)."""
+    wait_until(lambda: _held(receiver_inbox) > 0 or proc.poll() is not None, 30, "a checkpoint")
 
 
 def _wait_for_progress(receiver_inbox: Path, proc: subprocess.Popen[str]) -> None:
@@ -106,6 +111,8 @@ def test_kill_9_at_random_points_then_resume(
         path = make_file(SIZE, name=f"round{round_}.bin")
         with _background_send(sender, path, receiver) as proc:
             _wait_for_progress(inbox, proc)
+            if round_ % 2:  # every other round after a checkpoint, however slow the machine
+                _wait_for_checkpoint(inbox, proc)
             time.sleep(rng.uniform(0.0, 1.2))  # the random point of the kill
             victim = receiver if side == "receiver" else sender
             victim.kill()
