@@ -235,6 +235,52 @@ def test_run_in_background_restarts_crashed_actors_and_ends_with_stop() -> None:
     assert not any(t.name == "supervisor" for t in threading.enumerate())
 
 
+def test_stop_waits_for_a_restart_the_background_loop_is_making(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stop() while the background loop is inside a slow restart: the loop
+    finishes it and spawns nothing after, and only then are the actors
+    stopped from this thread (their sockets are never used by both)."""
+    import peercrypt.runtime.supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "STOP_TIMEOUT", 0.2)
+    env = make_env()
+    got: list[int] = []
+    seen: list[int] = []
+    entered = threading.Event()
+    release = threading.Event()
+    made = 0
+
+    def slow_second_recorder(e: ActorEnv) -> Recorder:
+        nonlocal made
+        made += 1
+        if made == 2:  # the restart after the crash on 666
+            entered.set()
+            release.wait(DEADLINE)
+        return Recorder(e, "pinger", seen)
+
+    sup = Supervisor(
+        env,
+        [
+            ("recorder", slow_second_recorder),
+            ("pinger", lambda e: Pinger(e, "recorder", [1, 666], got)),
+        ],
+    )
+    sup.start()
+    sup.run_in_background()
+    wait_for(entered.is_set)
+    releaser = threading.Timer(1.0, release.set)  # well past the patched STOP_TIMEOUT
+    releaser.start()
+    try:
+        stop(sup)  # asserts that every actor thread ended
+    finally:
+        release.set()
+        releaser.join(DEADLINE)
+    assert made == 2
+    left = [t.name for t in threading.enumerate() if t.name.startswith("pc-")]
+    assert not left and not any(t.name == "supervisor" for t in threading.enumerate()), left
+
+
 def test_an_exception_on_one_message_is_contained_and_counted() -> None:
     env = make_env()
     got: list[int] = []

@@ -36,6 +36,7 @@ log = logging.getLogger("peercrypt.supervisor")
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
+LOOP_END_TIMEOUT = START_TIMEOUT + 2 * STOP_TIMEOUT
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 10.0
 HEALTHY_AFTER = 30.0
@@ -160,16 +161,23 @@ class Supervisor:
         self._loop = (thread, done)
         thread.start()
 
-    def _end_background_loop(self) -> None:
+    def _end_background_loop(self) -> bool:
+        """End the loop of :meth:`run_in_background` (True: it ended, or there
+        was none). ``_stopped`` is set first, so a loop that is restarting an
+        actor right now spawns nothing more once that start returns."""
+        self._stopped = True
         if self._loop is None:
-            return
+            return True
         thread, done = self._loop
-        self._loop = None
         done.set()
         self.wake()
-        thread.join(STOP_TIMEOUT)
+        # Its longest step is one restart: a crashed actor's join, then a start.
+        thread.join(LOOP_END_TIMEOUT)
         if thread.is_alive():
-            log.error("the supervisor's loop did not end within %.0f s", STOP_TIMEOUT)
+            log.error("the supervisor's loop did not end within %.0f s", LOOP_END_TIMEOUT)
+            return False
+        self._loop = None
+        return True
 
     def poll(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` s (None: no bound) for actor news or a wake;
@@ -217,8 +225,8 @@ class Supervisor:
         """Stop every actor, one at a time in reverse start order (so the
         control actor, started first, still relays the others' last words).
         Returns True if all threads ended, so the context may be terminated."""
-        self._end_background_loop()  # its sockets are not to be shared
-        self._stopped = True
+        if not self._end_background_loop():
+            return False  # its sockets are not to be shared: leave them to it
         clean = True
         deadline = time.monotonic() + STOP_TIMEOUT
         for slot in reversed(self._slots):
