@@ -5,6 +5,12 @@ Policy: the network key already gates the handshake (only members can compute
 the CURVE server key); an allow-list, if configured, additionally restricts
 clients to the listed fingerprints. Rejections are counted (by reason), never
 logged with key material.
+
+The multicast repair port (domain ``peercrypt-repair``, no CURVE: repairs
+carry their own tags) admits a connection only from an address the
+``mreceiver`` named in its latest :class:`RepairSenders`: the senders of its
+running sessions. Anyone else is refused before ZeroMQ reads a frame from it,
+so a peer opening many connections costs nothing but the handshakes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import zmq.utils.z85
 
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.runtime.actor import Actor, ActorEnv
+from peercrypt.wire import codec
+from peercrypt.wire.network_messages import REPAIR_DOMAIN, RepairSenders
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
@@ -26,6 +34,13 @@ class AdmissionActor(Actor):
     def __init__(self, env: ActorEnv, allow: frozenset[str]) -> None:
         super().__init__(env)
         self.allow = allow
+        self.repair_senders: frozenset[str] = frozenset()
+
+    def on_mail(self, msg: codec.Message) -> None:
+        if isinstance(msg, RepairSenders):
+            self.repair_senders = frozenset(msg.hosts)
+        else:
+            super().on_mail(msg)
 
     def setup(self) -> None:
         self.zap = self.socket(zmq.REP)
@@ -38,11 +53,17 @@ class AdmissionActor(Actor):
             self.count("zap-malformed")
             sock.send_multipart([b"1.0", b"", b"500", b"malformed", b"", b""])
             return
-        version, request_id, _domain, _address, _identity, mechanism = frames[:6]
+        version, request_id, domain, address, _identity, mechanism = frames[:6]
         creds = frames[6:]
         status, text, user = b"400", b"denied", b""
         if version != b"1.0":
             status, text = b"500", b"bad version"
+        elif domain == REPAIR_DOMAIN:
+            if mechanism == b"NULL" and address.decode("ascii", "replace") in self.repair_senders:
+                status, text = b"200", b"OK"
+                self.count("repair-admitted")
+            else:
+                self.count("repair-denied")
         elif mechanism != b"CURVE" or len(creds) != 1 or len(creds[0]) != 32:
             self.count("denied-mechanism")
         else:

@@ -106,6 +106,7 @@ from peercrypt.wire.multicast_messages import (
     McRefuse,
     McStatus,
 )
+from peercrypt.wire.network_messages import MAX_REPAIR_SENDERS, REPAIR_DOMAIN, RepairSenders
 from peercrypt.wire.stats_messages import StatsRecord, StatsSample
 
 log = logging.getLogger("peercrypt.mreceiver")
@@ -201,6 +202,11 @@ class MulticastReceiverActor(Actor):
         sock = self.socket(zmq.PULL)
         sock.maxmsgsize = self.settings.max_chunk + TAG_BYTES + 1024
         sock.rcvhwm = REPAIR_HWM
+        # Admission before buffering: the ZAP handler lets a connection in only
+        # from the address of a sender of a running session (REPAIR_DOMAIN),
+        # so no one else's frames are read ahead at all.
+        sock.zap_domain = REPAIR_DOMAIN
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         ports = [0] if low == 0 else list(range(low, max(low, high) + 1))
         for port in ports:
             try:
@@ -333,6 +339,7 @@ class MulticastReceiverActor(Actor):
                 started=now,
             )
             self.sessions[a.sid] = sess
+            self._tell_repair_senders()
             self.tell("stats", _record(sess, self.now(), "running"))
             if a.group:
                 self._join_group(sess, a, env.peer_host or "127.0.0.1")
@@ -696,8 +703,18 @@ class MulticastReceiverActor(Actor):
             elif left > 1:
                 self.listeners[request] = left - 1
 
+    def _tell_repair_senders(self) -> None:
+        """Whom the repair port admits: the senders' addresses of the running sessions."""
+        hosts = sorted({x.host for x in self.sessions.values() if x.host})
+        self.tell("admission", RepairSenders(hosts=hosts[:MAX_REPAIR_SENDERS]))
+
+    def on_actor_restarted(self, name: str) -> None:
+        if name == "admission":
+            self._tell_repair_senders()
+
     def _close(self, sess: Session, keep_part: bool) -> None:
         self.sessions.pop(sess.sid, None)
+        self._tell_repair_senders()
         if sess.sub is not None:
             self.close_socket(sess.sub)
             sess.sub = None

@@ -166,6 +166,9 @@ class ReceiverActor(Actor):
         # (the sender's timers recover). Credit stays the real bound.
         data.rcvhwm = DATA_RCVHWM
         data.sndhwm = DATA_SNDHWM
+        # Senders name their data connections (crypto/transfer.py, "Routes"):
+        # a reconnect under the same name replaces the connection it lost.
+        data.router_handover = True
         self.bind(data, s.host, s.data_port)
         self.data_port = bound_port(data)
         self.facts["data_port"] = str(self.data_port)
@@ -296,6 +299,14 @@ class ReceiverActor(Actor):
             return refuse("io", f"cannot read the inbox: {exc.strerror}")
         if not verdict.ok:
             return refuse(verdict.code, verdict.reason)
+        # Bytes still to write, per proven identity and per address (fresh
+        # identities cost nothing): no one sender holds the disk's promises.
+        need = details.size - (reuse.held_bytes() if reuse is not None else 0)
+        limit = s.pending_quota
+        if limit and self.space.pending(peer=peer) + need > limit:
+            return refuse("quota", f"too many bytes still to come from you (max {limit})")
+        if limit and self.space.pending(host=host) + need > limit:
+            return refuse("quota", f"too many bytes still to come from {host} (max {limit})")
         for evicted in verdict.evict:
             remove_part(s.inbox, evicted)
             self.space.forget(evicted)
@@ -347,7 +358,7 @@ class ReceiverActor(Actor):
             checkpoint=(s.inbox, template),
         )
         held_bytes = reuse.held_bytes() if reuse is not None else 0
-        self.space.start(t.tid, peer, t.size, held_bytes, part.name)
+        self.space.start(t.tid, peer, t.size, held_bytes, part.name, host)
         self.count("accepted")
         if reuse is not None:
             self.count("resumed")
@@ -461,6 +472,9 @@ class ReceiverActor(Actor):
             if h.tid not in self.completed:
                 self._drop(route, "unknown-transfer")
             return
+        if not t.keys.owns_route(route):  # pinned to the transfer's own connections
+            self._drop(route, "route")
+            return
         total = t.flow.total
         if not 0 <= h.index < total or h.last != (h.index == total - 1):
             self._drop(route, "bad-index")
@@ -471,7 +485,8 @@ class ReceiverActor(Actor):
             return
         # Authenticate before anything else, duplicates included, and only
         # once per nonce: only the key holder may move the transfer's reply
-        # route or cause an ack, and a replayed frame is neither.
+        # route (among its own connections) or cause an ack, and a replayed
+        # frame is neither.
         if not t.replay.fresh(h.nonce):
             self._drop(route, "replay")
             return
@@ -498,6 +513,9 @@ class ReceiverActor(Actor):
                 self.data.send_multipart([route, done[0], done[1]])
             else:
                 self._drop(route, "unknown-transfer")
+            return
+        if not t.keys.owns_route(route):
+            self._drop(route, "route")
             return
         if not t.replay.fresh(h.nonce):
             self._drop(route, "replay")

@@ -580,8 +580,11 @@ class SenderActor(Actor):
         flow = t.flow
         flow.on_accept(have, accept.window, self.now())
         host = accept.data_host or t.request.host
-        for _ in range(flow.lanes):
+        for lane in range(flow.lanes):
             data = self.socket(zmq.DEALER, data_plane=True)
+            # Named from the transfer's keys: the receiver takes this transfer's
+            # frames from these connections only, and a reconnect keeps the name.
+            data.routing_id = t.keys.route_id(lane)
             # Credit (at most 4096 chunks, SEND_BUFFER bytes) bounds what is
             # queued, so the send queue never fills; replies queue finitely.
             data.sndhwm = DATA_SNDHWM

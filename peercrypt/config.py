@@ -224,6 +224,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("tree_max_files", "PEERCRYPT_TREE_MAX_FILES", "int", 100_000,
        "Files and folders one incoming folder transfer may hold (its manifest: "
        "at most 256 bytes each).", flag="--tree-max-files", low=1),
+    _s("pending_quota", "PEERCRYPT_PENDING_QUOTA", "int", 0,
+       "Bytes one sender identity, and one address, may have still to write here "
+       "(0: no quota).",
+       flag="--pending-quota", low=0),
     # The statistics history (docs/statistics.md).
     _s("stats_keep_days", "PEERCRYPT_STATS_KEEP_DAYS", "float", 90.0,
        "Forget recorded transfers older than this (0: never).", flag="--stats-keep-days",

@@ -78,6 +78,9 @@ class NodeSettings:
     part_expiry: float = DEFAULT_PART_EXPIRY
     peer_part_quota: int = 0
     part_quota: int = 0
+    # Bytes running transfers of one sender identity, and of one address, may
+    # still have to write (0: no quota; the free space is reserved anyway).
+    pending_quota: int = 0
     max_chunk: int = MAX_CHUNK
     # Entries (files and folders) of one incoming folder transfer; its
     # manifest may take core.tree.manifest_limit() of it in bytes.

@@ -68,6 +68,9 @@ def acks(t: HostileTransfer, sock: zmq.Socket[Any], timeout: float) -> list[Ack]
 def test_a_replayed_chunk_cannot_redirect_acks(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
 ) -> None:
+    """A transfer is pinned to its own connections: frames of it from any
+    other connection (replayed, or fresh ones raced from elsewhere) are
+    dropped and counted, and its acks never go there."""
     receiver, sender = node_factory(), node_factory()
     good = make_file(4 * MiB)
     running = BackgroundSend(sender, good, receiver, "-r", str(2 * MiB))
@@ -77,15 +80,24 @@ def test_a_replayed_chunk_cannot_redirect_acks(
         t = accepted(h.offer("replayed.bin", len(content), chunk))
         captured = t.send_chunk(0, content[:chunk])
         assert acks(t, t.data, WAIT)  # the sender's own connection is the route
-        thief = t.connect(h.ctx)  # someone else replays the captured frames
+        thief = t.connect(h.ctx)  # someone else's connection
         for _ in range(3):
-            thief.send_multipart(captured)
-        receiver.wait_for_counter("receiver.data-dropped-replay", 3, WAIT)
+            thief.send_multipart(captured)  # replays of a captured frame
+        # A fresh, authentic frame (one captured before it arrived) raced from elsewhere.
+        thief.send_multipart(t.chunk_frames(1, content[chunk : 2 * chunk]))
+        receiver.wait_for_counter("receiver.data-dropped-route", 4, WAIT)
+        t.send_frames(captured)  # a replay on the transfer's own connection
+        receiver.wait_for_counter("receiver.data-dropped-replay", 1, WAIT)
         t.send_chunk(1, content[chunk : 2 * chunk])
         got = acks(t, t.data, WAIT)
         assert any(a.cumulative == 2 for a in got), got
-        assert acks(t, thief, 1.0) == []  # nothing was redirected to the replayer
+        assert acks(t, thief, 1.0) == []  # nothing was redirected to the other connection
+        # The transfer's own second lane (its routing id from the keys) is welcome.
+        lane = t.connect(h.ctx, lane=1)
+        lane.send_multipart(t.chunk_frames(2, content[2 * chunk : 3 * chunk]))
+        assert any(a.cumulative == 3 for a in acks(t, lane, WAIT))
         thief.close(0)
+        lane.close(0)
     assert_sent(receiver, running.join(), good)
 
 
@@ -196,6 +208,39 @@ def test_throwaway_identities_cannot_take_every_slot(
         for h in held:
             h.close()
     assert receiver.counters()["receiver.refused-busy"] == refused
+
+
+def test_pending_bytes_are_bounded_per_identity_and_per_address(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """Offers of huge files that then send nothing promise the disk away; a
+    pending-bytes quota bounds them per proven identity and per address, so
+    fresh identities from the same address do not get around it."""
+    quota = 4 << 30
+    receiver, sender = node_factory("--pending-quota", str(quota)), node_factory()
+    good = make_file(2 * MiB)
+    held: list[HostileSender] = []
+
+    def hostile() -> HostileSender:
+        held.append(HostileSender(network_key, receiver.host, receiver.port, source="127.0.0.2"))
+        return held[-1]
+
+    try:
+        first = hostile()
+        accepted(first.offer("big.bin", 3 << 30, MiB))
+        again = first.offer("more.bin", 2 << 30, MiB)  # same identity: 5 GiB > 4
+        assert isinstance(again, Refused) and isinstance(again.answer, Refuse), again
+        assert again.answer.code == "quota" and "from you" in again.answer.reason
+        throwaway = hostile().offer("other.bin", 2 << 30, MiB)  # a fresh identity, same address
+        assert isinstance(throwaway, Refused) and isinstance(throwaway.answer, Refuse)
+        assert throwaway.answer.code == "quota" and "127.0.0.2" in throwaway.answer.reason
+        accepted(hostile().offer("fits.bin", 512 * MiB, MiB))  # within the address's quota
+        # Another address has its own: the good sender's file verifies meanwhile.
+        assert_sent(receiver, sender.send_to(good, receiver), good)
+    finally:
+        for h in held:
+            h.close()
+    assert receiver.counters()["receiver.refused-quota"] == 2
 
 
 def test_a_receiver_answering_with_terminal_escapes_reaches_no_terminal_raw(

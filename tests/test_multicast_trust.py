@@ -133,6 +133,38 @@ def test_forged_chunks_from_a_co_receiver_are_dropped_and_repaired(
     assert honest.running  # the hostile peer crashed nothing
 
 
+def test_the_repair_port_admits_no_one_but_the_senders(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    co_receiver: CoReceiver,
+) -> None:
+    """A co-receiver on another host pushing to the honest receiver's repair
+    port is refused in the handshake: not one of its frames is read ahead or
+    looked at, however many connections it opens; the session verifies."""
+    sender = node_factory("--max-rate", str(3 * MiB))
+    honest = node_factory()
+    path = make_file(4 * MiB + 1000)
+    total = -(-path.stat().st_size // CHUNK)
+    proc = _send(sender, path, honest, co_receiver)
+    joined = co_receiver.session()
+    repair_port = int(
+        wait_until(lambda: honest.status().get("multicast_repair_port"), 5, "the repair port")
+    )
+    forged = [co_receiver.forged_frames(joined, i) for i in range(total)]
+    rounds = 0
+    while proc.poll() is None and rounds < 20:
+        co_receiver.push_repairs(honest.host, repair_port, forged, source="127.0.0.2")
+        rounds += 1
+    result = _finish(proc, sender)
+    mine = _honest_result(result, honest)
+    assert mine["code"] == "ok", (result, honest.log_tail())
+    assert _final_files(honest) == {mine["stored_as"]: blake3_file(path)}
+    counters = honest.counters()
+    assert counters.get("admission.repair-denied", 0) >= 1, counters
+    assert counters.get("admission.repair-admitted", 0) >= 1, counters  # the sender's
+    assert counters.get("mreceiver.repair-dropped-tag", 0) == 0, counters  # none got in
+
+
 def test_a_co_receiver_racing_the_part_name_cannot_replace_the_file(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],

@@ -76,6 +76,7 @@ NODE_OPTIONS: dict[str, str] = {
     "peer_quota": "peer_quota",
     "part_quota": "part_quota",
     "tree_max_files": "tree_max_files",
+    "pending_quota": "pending_quota",
     "stats_keep_days": "stats_keep_days",
     "stats_max_transfers": "stats_max_transfers",
     "no_stats": "no_stats",
@@ -155,6 +156,7 @@ def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings
         peer_part_quota=eff["peer_quota"],
         part_quota=eff["part_quota"],
         tree_max_files=eff["tree_max_files"],
+        pending_quota=eff["pending_quota"],
         stats_keep_days=eff["stats_keep_days"],
         stats_max_transfers=eff["stats_max_transfers"],
     )

@@ -58,6 +58,7 @@ class _Running:
     size: int
     written: int
     part: str
+    host: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,15 @@ class SpaceLedger:
     def promised(self) -> int:
         """Bytes running transfers still have to write."""
         return sum(max(0, r.size - r.written) for r in self._running.values())
+
+    def pending(self, *, peer: bytes | None = None, host: str | None = None) -> int:
+        """Bytes the running transfers of ``peer`` (or from ``host``) still
+        have to write: what a pending-bytes quota bounds."""
+        return sum(
+            max(0, r.size - r.written)
+            for r in self._running.values()
+            if (peer is None or r.peer == peer) and (host is None or r.host == host)
+        )
 
     def charged(self, peer: bytes | None = None) -> int:
         """Bytes charged against the quotas (of ``peer``, or of everyone)."""
@@ -158,10 +168,12 @@ class SpaceLedger:
 
     # -- running transfers ----------------------------------------------------------
 
-    def start(self, tid: bytes, peer: bytes, size: int, written: int, part: str) -> None:
+    def start(
+        self, tid: bytes, peer: bytes, size: int, written: int, part: str, host: str = ""
+    ) -> None:
         """An admitted transfer runs (a continued kept part stops being kept)."""
         self._kept.pop(part, None)
-        self._running[tid] = _Running(peer, size, max(0, written), part)
+        self._running[tid] = _Running(peer, size, max(0, written), part, host)
 
     def written(self, tid: bytes, nbytes: int) -> None:
         """``nbytes`` of the transfer's file are now on disk."""

@@ -179,13 +179,16 @@ class CoReceiver:
             out.append(head + b"".join(bytes(v) for v in fragments.blob_slice(blob, offset, end)))
         return out
 
-    def push_repairs(self, host: str, port: int, messages: list[list[bytes]]) -> None:
-        """Push multipart messages to a receiver's repair port (bounded wait)."""
+    def push_repairs(
+        self, host: str, port: int, messages: list[list[bytes]], source: str = ""
+    ) -> None:
+        """Push multipart messages to a receiver's repair port (bounded wait);
+        ``source``: the local address to connect from (another host on loopback)."""
         push = self.ctx.socket(zmq.PUSH)
         push.linger = 1000
         push.sndtimeo = 1000
         try:
-            push.connect(f"tcp://{host}:{port}")
+            push.connect(f"tcp://{source + ':0;' if source else ''}{host}:{port}")
             for frames in messages:
                 try:
                     push.send_multipart(frames)

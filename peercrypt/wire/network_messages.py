@@ -240,6 +240,21 @@ class MembersAtReply(Message):
     members: dict[str, list[str]] = field(metadata=bounded(MAX_ADDRESSES))
 
 
+REPAIR_DOMAIN = b"peercrypt-repair"  # the ZAP domain of a node's multicast repair port
+MAX_REPAIR_SENDERS = 64
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class RepairSenders(Message):
+    """mreceiver -> admission: the addresses the repair port admits (the
+    senders of the running multicast sessions); every other connection to it
+    is refused in the ZAP handshake, before it can queue a frame."""
+
+    TYPE = "repair-senders"
+    hosts: list[str] = field(metadata=bounded(MAX_REPAIR_SENDERS))
+
+
 @message
 @dataclass(frozen=True, kw_only=True)
 class GossipControl(Message):
