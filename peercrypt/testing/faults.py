@@ -9,8 +9,9 @@ are measured through it: ``scripts/bench_parallel.py``).
     sender DEALER --> [ROUTER  FaultProxy  DEALER per client] --> receiver ROUTER
 
 It binds a ROUTER on ``127.0.0.1`` (port 0: :attr:`FaultProxy.port` tells which),
-connects one DEALER per client routing id to the real receiver endpoint (so the
-receiver sees one peer per client and replies find their way back), and
+connects one DEALER per client routing id to the real receiver endpoint, under
+the client's own routing id when it chose one (so the receiver sees each
+client as itself and replies find their way back), and
 forwards multipart messages both ways in its own thread. A seeded
 :class:`FaultPlan` decides, per message and per direction, whether to
 
@@ -271,6 +272,8 @@ class FaultProxy:
                 sock.linger = 0
                 sock.sndhwm = 0
                 sock.rcvhwm = 0
+                if client[:1] != b"\x00":  # a name the client chose (a sender's route id)
+                    sock.routing_id = client
                 sock.connect(self.backend)
                 dealers[client] = sock
                 clients[sock] = client
