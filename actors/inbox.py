@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peercrypt.core.bitmap import MAX_TRANSFER_CHUNKS
-from peercrypt.core.names import UnsafeName, candidate_names, sanitise
+from peercrypt.core.names import UnsafeName, candidate_names, inbox_name
 from peercrypt.core.resume import MAX_MANIFEST_BYTES, KeptPart, Manifest, ManifestError, expired
 from peercrypt.errors import ResultCode
 from peercrypt.settings import MIN_CHUNK, NodeSettings
@@ -65,7 +65,7 @@ def check_offer(settings: NodeSettings, name: str, chunk_size: int, size: int) -
             f"{-(-size // MAX_TRANSFER_CHUNKS)} bytes",
         )
     try:
-        return sanitise(name)
+        return inbox_name(name)
     except UnsafeName as exc:
         raise Refusal("bad-name", str(exc)) from None
 

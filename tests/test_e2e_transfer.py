@@ -58,12 +58,9 @@ def receiver(pair: tuple[NodeProcess, NodeProcess]) -> NodeProcess:
 
 
 def leftovers(inbox: Path) -> list[str]:
-    """Hidden partial files, manifests or temporaries in an inbox."""
-    return sorted(
-        p.name
-        for p in inbox.iterdir()
-        if p.name.startswith(".") or p.name.endswith((".part", ".manifest", ".tmp"))
-    )
+    """Hidden partial files, manifests, temporaries or trees in an inbox (the
+    node's own names are all hidden; a received ``_.n.x.part`` is a file)."""
+    return sorted(p.name for p in inbox.iterdir() if p.name.startswith("."))
 
 
 def assert_delivered(
@@ -169,8 +166,10 @@ def test_existing_inbox_file_is_kept(
         ("tab\there\nnewline.bin", "tabherenewline.bin"),
         ("not\\a\\dir.bin", "dir.bin"),
         ("x" * 230 + ".bin", "x" * 196 + ".bin"),
+        (".n.x.part", "_.n.x.part"),  # never the node's own kept part
+        (".photos.abc.tree", "_.photos.abc.tree"),  # never swept as a crash's leftover
     ],
-    ids=["unicode", "spaces", "control-chars", "backslashes", "too-long"],
+    ids=["unicode", "spaces", "control-chars", "backslashes", "too-long", "part", "tree"],
 )
 def test_names_are_sanitised(
     sender: NodeProcess,

@@ -133,6 +133,20 @@ def test_check_incoming_sanitises(tmp_path: Path) -> None:
     assert check_incoming(settings(tmp_path), "../../etc/passwd", 65536, 10) == "passwd"
 
 
+@pytest.mark.parametrize(
+    "name",
+    [".n.x.part", ".n.x.mc.part", ".n.x.part.manifest", ".part.manifest.tmp", ".photos.abc.tree"],
+)
+def test_received_names_never_take_the_nodes_own(tmp_path: Path, name: str) -> None:
+    assert check_incoming(settings(tmp_path), name, 65536, 10) == "_" + name
+    assert check_incoming(settings(tmp_path), "dir/" + name, 65536, 10) == "_" + name
+
+
+def test_names_merely_like_the_nodes_own_are_kept(tmp_path: Path) -> None:
+    for name in ("n.x.part", ".n.x.partial", ".tree.txt", "_.n.x.part"):
+        assert check_incoming(settings(tmp_path), name, 65536, 10) == name
+
+
 # -- manifests and leftovers (resume) ------------------------------------------
 
 

@@ -95,6 +95,11 @@ def test_any_tree_of_safe_names_round_trips(paths: list[list[str]]) -> None:
         ([f("a"), f("a", "b")], "not under a listed directory"),  # a file as a parent
         ([f("a", "b")], "not under a listed directory"),
         ([d("a"), f("b", "c")], "not under a listed directory"),
+        ([d(".photos.abc.tree")], "receiver's own files"),  # swept as a crash's leftover
+        ([f(".n.x.part")], "receiver's own files"),  # a kept part to adopt or charge
+        ([f(".n.x.part.manifest")], "receiver's own files"),
+        ([f(".n.x.part.manifest.tmp")], "receiver's own files"),
+        ([f(".s.abc.mc.part")], "receiver's own files"),
     ],
 )
 def test_hostile_manifests_are_refused(entries: list[TreeEntry], why: str) -> None:
@@ -307,6 +312,20 @@ def test_hidden_trees_a_crash_left_are_swept_once_their_part_is_gone(tmp_path: P
     (tmp_path / ".d.3.tree").write_bytes(b"")  # not a folder
     assert sweep_trees(tmp_path) == [".a.1.tree"]
     assert sorted(os.listdir(tmp_path)) == [".b.2.part", ".b.2.tree", ".d.3.tree", "c.tree"]
+
+
+def test_a_folder_taking_the_receivers_own_names_is_never_built(tmp_path: Path) -> None:
+    # Delivered, it would be swept as a crash's leftover; inside a folder such names are fine.
+    entries = [d(".photos.abc.tree"), f(".photos.abc.tree", ".x.1.part", data=b"x")]
+    raw = msgpack.packb(
+        [1, [[e.kind.value, list(e.path), e.size, e.mode, e.digest] for e in entries]]
+    )
+    inbox = tmp_path / "inbox"
+    with pytest.raises(TreeError, match="own files"):
+        store(inbox, raw + b"x", len(raw))
+    assert os.listdir(inbox) == []
+    ok = [d("photos"), f("photos", ".x.1.part", data=b"x")]
+    assert decode(ok) == ok
 
 
 def test_the_senders_walk_is_bounded_in_count_and_depth(tmp_path: Path) -> None:

@@ -4,7 +4,11 @@ A received name is untrusted. The rules: keep only the last path component
 (both ``/`` and ``\\`` separate), drop control characters, refuse what is
 empty, ``.`` or ``..`` after that, and cap the name at 200 UTF-8 bytes
 (leaving room for a ``.N`` suffix and the ``.part`` marker). Nothing chosen
-here can point outside the inbox; :func:`candidate_names` lists the names to
+here can point outside the inbox. The node's own bookkeeping names in the
+inbox (hidden ``.NAME.ID.part``, ``.mc.part``, ``.part.manifest``,
+``.part.manifest.tmp`` and ``.tree``) are reserved: :func:`inbox_name`
+renames a received name that has their shape (``_`` in front), so a peer
+cannot plant or take one; :func:`candidate_names` lists the names to
 try, each with an exclusive create or link, so an existing name is never reused.
 """
 
@@ -14,6 +18,11 @@ import unicodedata
 from collections.abc import Iterator
 
 MAX_NAME_BYTES = 200
+
+
+# Endings of hidden names the node keeps in its inbox (actors/inbox.py,
+# actors/multicast_receiver.py, actors/tree_store.py); ".mc.part" ends in ".part".
+RESERVED_SUFFIXES = (".part", ".part.manifest", ".part.manifest.tmp", ".tree")
 
 
 class UnsafeName(ValueError):
@@ -35,6 +44,17 @@ def sanitise(name: str) -> str:
         head = base[: len(base) - len(keep_ext)].encode("utf-8")[:room]
         base = head.decode("utf-8", "ignore") + keep_ext
     return base
+
+
+def reserved(name: str) -> bool:
+    """Whether ``name``, at the top of an inbox, has the shape of the node's own files."""
+    return name.startswith(".") and name.endswith(RESERVED_SUFFIXES)
+
+
+def inbox_name(name: str) -> str:
+    """:func:`sanitise`, and a reserved name moved out of the node's namespace."""
+    safe = sanitise(name)
+    return "_" + safe if reserved(safe) else safe
 
 
 def candidate_names(name: str, limit: int = 10_000) -> Iterator[str]:

@@ -23,7 +23,10 @@ contents follow:
 - Every component must already be a safe name (:func:`~peercrypt.core.names.sanitise`
   returns it unchanged): nothing is rewritten, so two entries cannot
   collide after sanitising, and ``..``, ``.``, ``/``, ``\\``, NUL and other
-  control characters are refused, not repaired.
+  control characters are refused, not repaired. A top-level name shaped
+  like the receiver's own inbox files (:func:`~peercrypt.core.names.reserved`:
+  hidden and ending in ``.part``, ``.part.manifest``, ``.part.manifest.tmp``
+  or ``.tree``) is refused too.
 - Every entry below the top has its parent listed as a directory: a file
   is never a parent, and nothing is created through a path the manifest
   did not declare.
@@ -55,7 +58,7 @@ from dataclasses import dataclass
 import blake3
 import msgpack
 
-from peercrypt.core.names import MAX_NAME_BYTES, UnsafeName, sanitise
+from peercrypt.core.names import MAX_NAME_BYTES, UnsafeName, reserved, sanitise
 
 VERSION = 1
 MAX_DEPTH = 64  # components of one path
@@ -133,6 +136,8 @@ class _Checker:
             raise TreeError(f"a path of {len(e.path)} components (1..{MAX_DEPTH})")
         for c in e.path:
             check_component(c)
+        if len(e.path) == 1 and reserved(e.path[0]):
+            raise TreeError(f"{e.text[:200]!r} has the shape of the receiver's own files")
         if sum(len(c.encode("utf-8")) + 1 for c in e.path) > MAX_PATH_BYTES:
             raise TreeError(f"a path longer than {MAX_PATH_BYTES} bytes")
         if self.previous is not None and e.path <= self.previous:
