@@ -188,6 +188,9 @@ def fsync_dir(path: Path) -> None:
 
 PART_SUFFIX = ".part"
 MANIFEST_SUFFIX = ".part.manifest"
+# A multicast session's part (``.NAME.sid-ID.mc.part``): the mreceiver's
+# alone, so the unicast receiver never plans, resumes or sweeps it.
+MC_PART_SUFFIX = ".mc.part"
 MAX_SCAN = 100_000  # inbox entries one sweep looks at
 
 
@@ -261,12 +264,13 @@ class Leftovers:
     allocated: dict[str, int] = field(default_factory=dict)
 
 
-def scan(inbox: Path, prefix: str = ".") -> Leftovers:
+def scan(inbox: Path, prefix: str = ".", *, multicast: bool | None = None) -> Leftovers:
     """Find kept parts and manifests (hidden ``.*.part`` files and their
-    ``.manifest``; multicast parts have none) whose names start with
-    ``prefix``. Symbolic links and other non-regular files are ignored; a
-    manifest that cannot be read counts as missing (its part is reclaimed
-    when it expires)."""
+    ``.manifest``; multicast parts, ``.*.mc.part``, have one too) whose
+    names start with ``prefix``: only multicast ones (``multicast`` True),
+    only unicast ones (False) or both (None). Symbolic links and other
+    non-regular files are ignored; a manifest that cannot be read counts as
+    missing (its part is reclaimed when it expires)."""
     parts: dict[str, os.stat_result] = {}
     manifests: dict[str, os.stat_result] = {}
     with os.scandir(inbox) as entries:
@@ -282,8 +286,11 @@ def scan(inbox: Path, prefix: str = ".") -> Leftovers:
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue
+            part = name[: -len(".manifest")] if name.endswith(MANIFEST_SUFFIX) else name
+            if multicast is not None and part.endswith(MC_PART_SUFFIX) != multicast:
+                continue
             if name.endswith(MANIFEST_SUFFIX):
-                manifests[name[: -len(".manifest")]] = st
+                manifests[part] = st
             elif name.endswith(PART_SUFFIX):
                 parts[name] = st
     out = Leftovers()
@@ -314,10 +321,18 @@ def remove_part(inbox: Path, part: str) -> None:
             os.unlink(inbox / name)
 
 
-def sweep(inbox: Path, now: float, expiry: float, in_use: Iterable[str] = ()) -> list[str]:
-    """Delete leftovers not updated for ``expiry`` seconds (wall clock
-    ``now``), sparing parts of running transfers; the part names deleted."""
-    gone = expired(scan(inbox).kept, now, expiry, in_use)
+def sweep(
+    inbox: Path,
+    now: float,
+    expiry: float,
+    in_use: Iterable[str] = (),
+    *,
+    multicast: bool | None = None,
+) -> list[str]:
+    """Delete leftovers (of the kind ``multicast`` selects, as :func:`scan`)
+    not updated for ``expiry`` seconds (wall clock ``now``), sparing parts
+    of running transfers; the part names deleted."""
+    gone = expired(scan(inbox, multicast=multicast).kept, now, expiry, in_use)
     for k in gone:
         remove_part(inbox, k.part)
     return [k.part for k in gone]

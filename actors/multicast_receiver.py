@@ -31,7 +31,8 @@ The writer keeps the part's manifest (every 16 MiB or 64 chunks, after an
 sender's next status with ``unknown-session``, is announced to again, and
 continues from what it holds. A part is dropped when its session ends
 without it (the sender ended it, or it went silent); one left by a node that
-never came back is reclaimed after ``--part-expiry`` like a unicast part.
+never came back is reclaimed after ``--part-expiry`` like a unicast part, by
+this actor (the unicast receiver never touches a ``.mc.part``).
 
 Memory: chunks queued to the writer are bounded (``QUEUE_CHUNKS``; beyond it
 a chunk is dropped and NAKed later); the SUB high-water mark is bounded;
@@ -64,6 +65,7 @@ from actors.inbox import (
     publish,
     remove_part,
     scan,
+    sweep,
 )
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
@@ -75,7 +77,7 @@ from peercrypt.core.multicast_incoming import (
     MulticastIncoming,
     SendAck,
 )
-from peercrypt.core.resume import Manifest, ResumeKey, plan_resume
+from peercrypt.core.resume import RECLAIM_INTERVAL, Manifest, ResumeKey, plan_resume
 from peercrypt.crypto.chunk_signature import (
     RECEIVER_KEY_BYTES,
     SIG_BYTES,
@@ -125,7 +127,6 @@ MAX_SESSIONS_PER_HOST = 8
 MAX_LISTENERS = 16
 COMPLETED_MEMORY = 256
 HEADER_MAX_BYTES = 512
-MC_PART_SUFFIX = ".mc.part"
 WRAP_MEMORY = 4  # announce attempts whose derived secrets we keep
 # Bytes of chunks being reassembled from datagrams, per session (at least 2
 # chunks): 16 chunks of 1 MiB.
@@ -195,6 +196,27 @@ class MulticastReceiverActor(Actor):
         self.call_every_while(ACK_INTERVAL, self._on_timers, running)
         self.call_every_while(1.0, self._count_sessions, running)
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
+        self._reclaim()
+        self.call_every(RECLAIM_INTERVAL, self._reclaim)
+
+    def _reclaim(self) -> None:
+        """Delete multicast parts (the unicast receiver leaves them alone)
+        whose session did not come back within ``part_expiry``."""
+        in_use = [x.part.name for x in self.sessions.values()]
+        try:
+            gone = sweep(
+                self.settings.inbox,
+                time.time(),
+                self.settings.part_expiry,
+                in_use,
+                multicast=True,
+            )
+        except OSError as exc:
+            self.log_limited("cannot sweep the inbox: %s", exc)
+            return
+        for part in gone:
+            log.info("%s: no rejoin for %.0f s; deleted", part, self.settings.part_expiry)
+        self.count("parts-reclaimed", len(gone))
 
     def _bind_repair(self, low: int, high: int) -> None:
         """Bind the unicast repair socket to the first free port in [low, high]
@@ -383,8 +405,8 @@ class MulticastReceiverActor(Actor):
         other sessions of the same file from the same sender are deleted (a
         session that ended cannot be rejoined)."""
         inbox = self.settings.inbox
-        found = scan(inbox, prefix=f".{key.name}.")
-        kept = [m for m in found.manifests if m.part.endswith(MC_PART_SUFFIX)]
+        found = scan(inbox, prefix=f".{key.name}.", multicast=True)
+        kept = found.manifests
         in_use = [x.part.name for x in self.sessions.values()]
         plan = plan_resume(key, kept, in_use)
         for old in plan.obsolete:

@@ -186,7 +186,7 @@ class ReceiverActor(Actor):
         self.call_every_while(1.0, self._expire_idle, running)
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
         self._reclaim()
-        found = scan(s.inbox)
+        found = scan(s.inbox, multicast=False)  # multicast parts are the mreceiver's
         keys = {m.part: m.key for m in found.manifests}
         for kept in found.kept:
             key = keys.get(kept.part)
@@ -208,7 +208,13 @@ class ReceiverActor(Actor):
         """Delete leftovers whose resume did not come within ``part_expiry``."""
         in_use = [t.part.name for t in self.transfers.values()]
         try:
-            gone = sweep(self.settings.inbox, time.time(), self.settings.part_expiry, in_use)
+            gone = sweep(
+                self.settings.inbox,
+                time.time(),
+                self.settings.part_expiry,
+                in_use,
+                multicast=False,  # the mreceiver sweeps its own
+            )
         except OSError as exc:
             self.log_limited("cannot sweep the inbox: %s", exc)
             return
@@ -412,11 +418,13 @@ class ReceiverActor(Actor):
         return None
 
     def _resumable(self, key: ResumeKey) -> Manifest | None:
-        """The kept part this offer continues, if any; kept parts of another
-        version of the same file (same sender and name) are deleted."""
+        """The kept part this offer continues, if any; kept unicast parts of
+        another version of the same file (same sender and name) are deleted.
+        Multicast parts are never looked at: the mreceiver may be writing
+        one of the same file from the same sender right now."""
         inbox = self.settings.inbox
         running = self._take_over(key)
-        found = scan(inbox, prefix=f".{key.name}.")
+        found = scan(inbox, prefix=f".{key.name}.", multicast=False)
         kept = [m for m in found.manifests if running is None or m.part != running.part]
         if running is not None:
             kept.append(running)

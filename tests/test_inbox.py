@@ -263,3 +263,25 @@ def test_sweep_reclaims_what_expired_and_spares_the_rest(tmp_path: Path) -> None
         ]
     )
     assert (tmp_path / "visible").read_bytes() == b"keep me"
+
+
+def test_unicast_and_multicast_scans_and_sweeps_keep_to_their_own_parts(tmp_path: Path) -> None:
+    """The unicast receiver never plans or sweeps a ``.mc.part`` (the
+    mreceiver may be writing it), and the mreceiver sweeps only those."""
+    old = time.time() - 7200
+    uni = _kept_part(tmp_path, "f.bin", [0], updated=old)
+    part, fd = create_part(tmp_path, "f.bin", "sid", 10_000, kind="mc", unique=True)
+    try:
+        mc = _manifest(part.name, [0, 1], updated=old)
+        save_manifest(tmp_path, fd, mc)
+    finally:
+        os.close(fd)
+    assert scan(tmp_path).manifests == sorted([uni, mc], key=lambda m: m.part)
+    assert scan(tmp_path, prefix=".f.bin.", multicast=False).manifests == [uni]
+    assert scan(tmp_path, prefix=".f.bin.", multicast=True).manifests == [mc]
+    assert [k.part for k in scan(tmp_path, multicast=False).kept] == [uni.part]
+    assert sweep(tmp_path, time.time(), expiry=3600, multicast=False) == [uni.part]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mc.part, manifest_name(mc.part)]
+    assert sweep(tmp_path, time.time(), expiry=3600, in_use=[mc.part], multicast=True) == []
+    assert sweep(tmp_path, time.time(), expiry=3600, multicast=True) == [mc.part]
+    assert list(tmp_path.iterdir()) == []

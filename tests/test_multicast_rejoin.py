@@ -69,3 +69,28 @@ def test_a_killed_receiver_rejoins_and_gets_only_what_it_lacks(
     assert result["stats"]["seals_first"] == total  # the sender read and sealed once
     # Nothing is left behind: the part and its manifest went with the verdict.
     assert [p.name for p in victim.inbox.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_unicast_send_of_the_same_file_leaves_the_running_multicast_part_alone(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    """``send -m F --to B`` and ``send F B`` at once: the unicast receiver
+    sees a kept part of the same file from the same sender with another
+    source and must not take the multicast part for an obsolete version."""
+    sender = node_factory("--max-rate", str(3 * MiB))
+    target = node_factory()
+    path = make_file(8 * MiB + 5)
+    digest = blake3_file(path)
+    with cli_running(
+        "send", path, target.host, str(target.port), "-m", "--chunk-size", str(CHUNK),
+        "--timeout", "30", "--json",
+        data_dir=sender.data_dir,
+    ) as proc:  # fmt: skip
+        wait_until(lambda: _kept(target), 20, "a checkpoint of the multicast part")
+        code, unicast = sender.send(path, target.host, target.port)
+        assert code == 0, unicast
+        result = json_success(proc, sender)
+    assert unicast["blake3"] == result["blake3"] == digest
+    assert_stored(target, result, digest)
+    assert blake3_file(target.inbox / unicast["stored_as"]) == digest
+    assert result["receivers"][0]["stored_as"] != unicast["stored_as"]
