@@ -203,14 +203,9 @@ class MulticastReceiverActor(Actor):
         """Delete multicast parts (the unicast receiver leaves them alone)
         whose session did not come back within ``part_expiry``."""
         in_use = [x.part.name for x in self.sessions.values()]
-        try:
-            gone = sweep(
-                self.settings.inbox,
-                time.time(),
-                self.settings.part_expiry,
-                in_use,
-                multicast=True,
-            )
+        s = self.settings
+        try:  # only multicast parts
+            gone = sweep(s.inbox, time.time(), s.part_expiry, in_use, multicast=True)
         except OSError as exc:
             self.log_limited("cannot sweep the inbox: %s", exc)
             return

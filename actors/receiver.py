@@ -207,14 +207,9 @@ class ReceiverActor(Actor):
     def _reclaim(self) -> None:
         """Delete leftovers whose resume did not come within ``part_expiry``."""
         in_use = [t.part.name for t in self.transfers.values()]
-        try:
-            gone = sweep(
-                self.settings.inbox,
-                time.time(),
-                self.settings.part_expiry,
-                in_use,
-                multicast=False,  # the mreceiver sweeps its own
-            )
+        s = self.settings
+        try:  # only unicast parts; the mreceiver sweeps its own
+            gone = sweep(s.inbox, time.time(), s.part_expiry, in_use, multicast=False)
         except OSError as exc:
             self.log_limited("cannot sweep the inbox: %s", exc)
             return
