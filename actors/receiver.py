@@ -99,6 +99,7 @@ from peercrypt.wire.messages import (
     Refuse,
     SealedHeader,
     Verified,
+    Verifying,
 )
 from peercrypt.wire.stats_messages import StatsRecord, StatsSample
 from peercrypt.wire.text import printable
@@ -540,6 +541,8 @@ class ReceiverActor(Actor):
         else:
             self._drop(route, "unexpected")
         self._drive(t)
+        if isinstance(msg, Done) and t.flow.finishing and self.transfers.get(t.tid) is t:
+            self._send_sealed(t, Verifying(chunks=msg.chunks))  # still checking: keep waiting
 
     def _send_sealed(self, t: Incoming, msg: codec.Message) -> tuple[bytes, bytes] | None:
         if t.route is None:

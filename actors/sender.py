@@ -135,6 +135,7 @@ from peercrypt.wire.messages import (
     TransfersReply,
     TransfersRequest,
     Verified,
+    Verifying,
 )
 from peercrypt.wire.stats_messages import StatsRecord, StatsSample
 from peercrypt.wire.text import printable
@@ -870,6 +871,8 @@ class SenderActor(Actor):
                 t.flow.on_ack(msg.cumulative, sack, msg.window, self.now())
             elif isinstance(msg, Verified):
                 t.flow.on_verified(msg.digest, printable(msg.stored_as))
+            elif isinstance(msg, Verifying):
+                t.flow.on_verifying(self.now())
             elif isinstance(msg, Failed):
                 t.flow.on_failed(msg.code, printable(msg.reason))
         self._drive(t)

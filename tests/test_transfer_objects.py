@@ -259,6 +259,47 @@ def test_done_is_resent_with_backoff_then_the_transfer_times_out() -> None:
     assert gaps == sorted(gaps) and gaps[-1] > gaps[0]  # backing off
 
 
+def test_a_receiver_still_verifying_keeps_the_sender_waiting_and_silence_still_ends_it() -> None:
+    """A folder of GBs takes the receiver minutes to re-read, copy and sync;
+    its Verifying answers keep the sender from giving up (and retrying into
+    a second copy), and once they stop the Dones run out as before."""
+    t = outgoing(size=CHUNK)
+    t.on_accept([], 4, 0.0)
+    t.poll(0.0)
+    t.on_ack(1, [], 4, 0.1)
+    t.poll(0.1)
+    t.on_digest(b"h" * 32, 0.1)
+    assert [type(o) for o in t.poll(0.1)] == [SendDone]
+    now, dones = 0.1, 0
+    while now < 600.0:  # ten minutes of checking, far past the Dones' ~52 s budget
+        due = t.next_timer()
+        assert due is not None and due - now <= 2.0  # probes about every second
+        now = due
+        t.on_timer(now)
+        outs = t.poll(now)
+        assert [type(o) for o in outs] == [SendDone], outs
+        dones += 1
+        t.on_verifying(now + 0.001)  # the receiver's answer
+    assert not t.ended and dones > 300
+    while not t.ended:  # the receiver is gone: no more answers
+        due = t.next_timer()
+        assert due is not None
+        now = due
+        t.on_timer(now)
+        t.poll(now)
+    assert now - 600.0 < 120.0
+    t.on_verified(b"h" * 32, "tree")  # too late: the end stands
+    assert t.poll(now) == []
+
+
+def test_verifying_before_the_done_changes_nothing() -> None:
+    t = outgoing(size=CHUNK)
+    t.on_accept([], 4, 0.0)
+    t.poll(0.0)
+    t.on_verifying(0.05)  # a hostile receiver's early keep-alive
+    assert t.phase is Phase.SENDING and t.done_sent == 0
+
+
 @given(st.floats(0.0, 4.9))
 def test_no_progress_for_the_timeout_fails_at_the_timeout_whatever_the_backoff(
     last_ack: float,

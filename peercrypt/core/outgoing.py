@@ -252,6 +252,16 @@ class OutgoingTransfer(GrantedFlow):
         else:
             self._end(Failed(ResultCode.VERIFY, "the receiver stored a different hash"))
 
+    def on_verifying(self, now: float) -> None:
+        """The receiver's Verifying: it has every chunk and is still checking
+        or storing, so the Dones' retry budget starts again (the next one
+        probes in about a second). A receiver that goes silent fails after
+        the remaining Dones, as before."""
+        if self.phase is Phase.VERIFYING and self.done_sent:
+            self.done_sent = 1
+            assert self.window is not None
+            self._done_due = now + max(1.0, self.window.rtt.rto * 2)
+
     def on_failed(self, code: str, reason: str) -> None:
         """The receiver gave up (its Failed)."""
         self.fail(code, f"{self.peer} failed the transfer: {reason}")

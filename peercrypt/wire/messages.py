@@ -194,6 +194,17 @@ class Done(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class Verifying(Message):
+    """Receiver -> sender, sealed, in answer to each Done while its final
+    check runs (re-reading the part, building a folder): still at it, so
+    the sender's wait for the verdict starts again."""
+
+    TYPE = "verifying"
+    chunks: int = field(metadata=bounded(MAX_CHUNKS))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class Verified(Message):
     """Receiver -> sender: the file is stored, its hash verified."""
 
