@@ -233,13 +233,19 @@ def test_verified_before_done_fails() -> None:
     assert next(o for o in t.poll(0.0) if isinstance(o, Failed)).code == "verify"
 
 
-def test_done_is_resent_with_backoff_then_the_transfer_times_out() -> None:
+def one_chunk_acked_and_hashed() -> OutgoingTransfer:
+    """A one-chunk transfer at 0.1 s whose first Done is ready to poll."""
     t = outgoing(size=CHUNK)
     t.on_accept([], 4, 0.0)
     t.poll(0.0)
     t.on_ack(1, [], 4, 0.1)
     t.poll(0.1)
     t.on_digest(b"h" * 32, 0.1)
+    return t
+
+
+def test_done_is_resent_with_backoff_then_the_transfer_times_out() -> None:
+    t = one_chunk_acked_and_hashed()
     sends = [o for o in t.poll(0.1) if isinstance(o, SendDone)]
     gaps = []
     now = 0.1
@@ -263,12 +269,7 @@ def test_a_receiver_still_verifying_keeps_the_sender_waiting_and_silence_still_e
     """A folder of GBs takes the receiver minutes to re-read, copy and sync;
     its Verifying answers keep the sender from giving up (and retrying into
     a second copy), and once they stop the Dones run out as before."""
-    t = outgoing(size=CHUNK)
-    t.on_accept([], 4, 0.0)
-    t.poll(0.0)
-    t.on_ack(1, [], 4, 0.1)
-    t.poll(0.1)
-    t.on_digest(b"h" * 32, 0.1)
+    t = one_chunk_acked_and_hashed()
     assert [type(o) for o in t.poll(0.1)] == [SendDone]
     now, dones = 0.1, 0
     while now < 600.0:  # ten minutes of checking, far past the Dones' ~52 s budget
