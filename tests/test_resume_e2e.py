@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -116,6 +117,11 @@ def test_kill_9_at_random_points_then_resume(
             time.sleep(rng.uniform(0.0, 1.2))  # the random point of the kill
             victim = receiver if side == "receiver" else sender
             victim.kill()
+            if side == "receiver":
+                # Ctrl-C cancels the send in the node: its own retries would
+                # otherwise resume (and extend) the part before the resend below.
+                proc.send_signal(signal.SIGINT)
+                proc.wait(30)
         held = _held(inbox)
         victim.start()
         if side == "receiver":
