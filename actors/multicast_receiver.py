@@ -57,9 +57,10 @@ from actors import udp_multicast
 from actors.file_writer import FileWriter, Finished, Unpacked, Written
 from actors.inbox import (
     Refusal,
-    check_incoming,
+    check_offer,
     create_part,
     discard_part,
+    free_space,
     manifest_name,
     open_part,
     publish,
@@ -78,6 +79,7 @@ from peercrypt.core.multicast_incoming import (
     SendAck,
 )
 from peercrypt.core.resume import RECLAIM_INTERVAL, Manifest, ResumeKey, plan_resume
+from peercrypt.core.space import Quotas, SpaceLedger
 from peercrypt.crypto.chunk_signature import (
     RECEIVER_KEY_BYTES,
     SIG_BYTES,
@@ -176,6 +178,11 @@ class MulticastReceiverActor(Actor):
         self.sessions: dict[bytes, Session] = {}
         self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # sid -> (route, McDone)
         self.listeners: dict[int, int] = {}  # request -> sessions still to report (0: all)
+        # Multicast parts, running and kept, under --peer-quota/--part-quota
+        # and the free space like unicast ones (docs/multicast.md, "Part files").
+        self.space = SpaceLedger(
+            Quotas(total=settings.part_quota, per_peer=settings.peer_part_quota)
+        )
 
     def setup(self) -> None:
         s = self.settings
@@ -198,6 +205,9 @@ class MulticastReceiverActor(Actor):
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
         self._reclaim()
         self.call_every(RECLAIM_INTERVAL, self._reclaim)
+        found = scan(s.inbox, multicast=True)
+        for m in found.manifests:
+            self.space.keep(m.part, m.key.peer, m.key.size, found.allocated[m.part], m.updated)
 
     def _reclaim(self) -> None:
         """Delete multicast parts (the unicast receiver leaves them alone)
@@ -210,6 +220,7 @@ class MulticastReceiverActor(Actor):
             self.log_limited("cannot sweep the inbox: %s", exc)
             return
         for part in gone:
+            self.space.forget(part)
             log.info("%s: no rejoin for %.0f s; deleted", part, self.settings.part_expiry)
         self.count("parts-reclaimed", len(gone))
 
@@ -321,9 +332,18 @@ class MulticastReceiverActor(Actor):
             except ValueError as exc:
                 return refuse("protocol", f"chunks not signed by the sender: {exc}")
             try:
-                name = check_incoming(s, a.name, a.chunk_size, a.size)
+                name = check_offer(s, a.name, a.chunk_size, a.size)
                 key = session_resume_key(env.peer, name, a.size, a.chunk_size, a.sid)
                 kept = self._kept(key)
+                verdict = self.space.admit(
+                    env.peer, a.size, free_space(s.inbox), kept.part if kept else None
+                )
+                if not verdict.ok:
+                    return refuse(verdict.code, verdict.reason)
+                for evicted in verdict.evict:  # kept multicast parts give way
+                    remove_part(s.inbox, evicted)
+                    self.space.forget(evicted)
+                    self.count("parts-given-way")
                 held = kept.held() if kept is not None else None
                 if kept is not None:
                     part, fd = s.inbox / kept.part, open_part(s.inbox, kept.part, a.size)
@@ -356,6 +376,8 @@ class MulticastReceiverActor(Actor):
                 started=now,
             )
             self.sessions[a.sid] = sess
+            written = kept.held_bytes() if kept is not None else 0
+            self.space.start(a.sid, env.peer, a.size, written, part.name, env.peer_host)
             self._tell_repair_senders()
             self.tell("stats", _record(sess, self.now(), "running"))
             if a.group:
@@ -406,6 +428,7 @@ class MulticastReceiverActor(Actor):
         plan = plan_resume(key, kept, in_use)
         for old in plan.obsolete:
             remove_part(inbox, old.part)
+            self.space.forget(old.part)
             self.count("parts-obsolete")
         return plan.reuse
 
@@ -628,6 +651,7 @@ class MulticastReceiverActor(Actor):
                 sess.queued -= 1
                 self.count("chunks-written")
                 sess.flow.on_written(result.index, self.now())
+                self.space.written(sess.sid, sess.tracker.written.count * sess.chunk_size)
                 self._drive(sess)
             elif isinstance(result, Finished):
                 self._finish(sess, result.digest)
@@ -750,6 +774,7 @@ class MulticastReceiverActor(Actor):
         # The writer closes the fd after its queued work (``keep``: with a
         # last checkpoint) and forgets the session.
         self.writer.close(sess.sid, keep=keep_part)
+        self.space.stop(sess.sid, keep=keep_part, updated=time.time())
 
     def _count_sessions(self) -> None:
         self.facts["multicast_sessions"] = str(len(self.sessions))

@@ -94,3 +94,33 @@ def test_a_unicast_send_of_the_same_file_leaves_the_running_multicast_part_alone
     assert_stored(target, result, digest)
     assert blake3_file(target.inbox / unicast["stored_as"]) == digest
     assert result["receivers"][0]["stored_as"] != unicast["stored_as"]
+
+
+def test_multicast_parts_count_against_the_peer_quota(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    """Two sessions from one sender, each within --peer-quota but not both:
+    the second is refused while the first runs (before, each was checked
+    against the free space alone), and the first still verifies."""
+    sender = node_factory("--max-rate", str(1 * MiB))  # the first runs ~2 s
+    target = node_factory("--peer-quota", str(3 * MiB))
+    first = make_file(2 * MiB, name="first.bin")
+    second = make_file(2 * MiB, name="second.bin")
+    with cli_running(
+        "send", first, target.host, str(target.port), "-m", "--chunk-size", str(CHUNK),
+        "--timeout", "30", "--json",
+        data_dir=sender.data_dir,
+    ) as proc:  # fmt: skip
+        wait_until(lambda: scan(target.inbox, multicast=True).kept, 20, "the first session's part")
+        code, refused = sender.send(second, target.host, target.port, "-m", "--timeout", "10")
+        result = json_success(proc, sender)
+    assert code != 0, refused
+    row = refused["receivers"][0]
+    assert row["code"] == "refused", row
+    assert f"over your quota of parts on this node ({3 * MiB} bytes)" in row["error"], row
+    assert_stored(target, result, blake3_file(first))
+    assert not (target.inbox / "second.bin").exists()
+    # Within the quota again once the first is stored (a finished file is no part).
+    code, again = sender.send(second, target.host, target.port, "-m", "--timeout", "10")
+    assert code == 0, again
+    assert_stored(target, again, blake3_file(second))
