@@ -14,13 +14,17 @@ of its own to the same address and names what the kernel answers (see
 unreachable (no route from this host), no route to host (nothing answers on
 its network), or timed out (nothing came back: a host down, a firewall that
 drops, a cut link). The probe is closed as soon as it has an answer; if it
-connects after all, ZeroMQ's own retry will too, and nothing is reported.
+connects after all, ZeroMQ's own retry will too, and nothing is reported -
+also when the peer accepts and never speaks (nothing to read): a probe
+whose connect completed is dropped after :data:`PROBE_LIMIT`, so the next
+failed connect is diagnosed again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import socket
@@ -46,6 +50,11 @@ MONITOR_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _link_ids = itertools.count()
+# Seconds between checks of a running connect probe: one whose TCP connect
+# completed but that never became readable (the peer accepted and is silent)
+# is dropped, so the link can be diagnosed again; one still connecting is
+# left to the kernel's own connect timeout.
+PROBE_LIMIT = 1.0
 
 
 _CAUSES = {
@@ -119,6 +128,17 @@ class ConnectProbe:
             self.actor.unwatch(self.sock.fileno())
             self.sock.close()
             self.sock = None
+
+    def connected(self) -> bool:
+        """The TCP connect completed (nothing readable yet: a peer that
+        accepts and never speaks)."""
+        if self.sock is None or self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return False
+        try:
+            self.sock.getpeername()
+        except OSError:
+            return False  # still connecting
+        return True
 
 
 class Link:
@@ -268,6 +288,17 @@ class Link:
             self._unreachable(str(exc))
             return
         self.probe = probe if probe.sock is not None else None
+        if self.probe is not None:
+            self.actor.call_later(PROBE_LIMIT, functools.partial(self._check_probe, probe))
+
+    def _check_probe(self, probe: ConnectProbe) -> None:
+        """Bound a probe that gets no answer (see :data:`PROBE_LIMIT`)."""
+        if self.probe is not probe:
+            return  # answered, or the link closed
+        if probe.connected():
+            self._close_probe()  # TCP works: what fails is above it (the monitor says)
+        else:
+            self.actor.call_later(PROBE_LIMIT, functools.partial(self._check_probe, probe))
 
     def _on_probe(self, code: int) -> None:
         self.probe = None

@@ -1,0 +1,94 @@
+"""A link's connect probe is bounded: a peer that accepts TCP and never
+speaks does not leave the probe set forever (the link could never be
+diagnosed again)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import zmq
+
+from actors.peer_link import PROBE_LIMIT, Link
+from peercrypt.crypto.identity import KeyPair, network_server_keys
+from peercrypt.runtime.actor import Actor, ActorEnv
+from peercrypt.runtime.supervisor import Supervisor
+from peercrypt.settings import NodeSettings
+from peercrypt.testing.nodes import wait_until
+
+DEADLINE = 10.0
+
+
+class Prober(Actor):
+    """Links to ``url`` and diagnoses it as after a failed connect; records
+    whether a probe runs, every 50 ms, and diagnoses again once it ended."""
+
+    name = "prober"
+    REPORT_TO = None
+
+    def __init__(self, env: ActorEnv, settings: NodeSettings, url: str, seen: list[str]) -> None:
+        super().__init__(env)
+        self.settings, self.url, self.seen = settings, url, seen
+
+    def setup(self) -> None:
+        self.link = Link(self, self.settings, self.url, lambda _m: None, monitored=True)
+        self._diagnose()
+        self.call_every(0.05, self._look)
+
+    def _diagnose(self) -> None:
+        self.link._diagnose()
+        self.seen.append("probing" if self.link.probe is not None else "idle")
+
+    def _look(self) -> None:
+        if self.link.probe is None and self.seen[-1] == "probing":
+            self.seen.append(f"ended ({self.link.cause or 'no cause'})")
+            if self.seen.count("probing") < 2:
+                self._diagnose()
+
+    def teardown(self) -> None:
+        self.link.close()
+
+
+def test_a_probe_of_a_peer_that_accepts_and_never_speaks_ends(tmp_path: Path) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        silent.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(silent.accept()[0])  # and never a byte back
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    settings = NodeSettings(
+        data_dir=tmp_path,
+        inbox=tmp_path / "inbox",
+        identity=KeyPair.from_seed(bytes(32)),
+        server_keys=network_server_keys(None),
+    )
+    url = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+    seen: list[str] = []
+    env = ActorEnv(context=zmq.Context(), node_uid=f"t{time.monotonic_ns()}")
+    sup = Supervisor(env, [("prober", lambda e: Prober(e, settings, url, seen))])
+    started = time.monotonic()
+    sup.start()
+    try:
+        wait_until(lambda: len(seen) >= 4 or None, DEADLINE, "two probes to end")
+        took = time.monotonic() - started
+    finally:
+        assert sup.stop() is True
+        env.context.term()
+        stop.set()
+        thread.join(DEADLINE)
+        for s in (*accepted, silent):
+            s.close()
+    # Nothing wrong below the handshake: ended without a cause, and probed again.
+    assert seen[:4] == ["probing", "ended (no cause)", "probing", "ended (no cause)"], seen
+    assert took >= 2 * PROBE_LIMIT
+    assert len(accepted) >= 3  # ZeroMQ's own connection and both probes
