@@ -175,19 +175,28 @@ class Retries:
 @dataclass
 class Walk:
     """A folder being walked and hashed in a thread of its own (the actor
-    goes on meanwhile); ``result`` is set before the pipe is written."""
+    goes on meanwhile); ``result`` is set before the pipe is written. The
+    thread owns the pipe's write end and closes it; ``cancelled`` stops
+    the walk at its next entry or hash block."""
 
     request: SendRequest
     retry: Retries | None  # carried to the attempt after the walk
     wake: tuple[int, int]  # the pipe (read, write)
     result: TreeSource | Exception | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         try:
-            self.result = build_tree([Path(p) for p in (self.request.path, *self.request.more)])
+            paths = [Path(p) for p in (self.request.path, *self.request.more)]
+            self.result = build_tree(paths, cancelled=self.cancelled)
         except (TreeError, OSError) as exc:
             self.result = exc
-        os.write(self.wake[1], b"!")
+        try:
+            os.write(self.wake[1], b"!")
+        except OSError:  # dropped: the read end is closed, nobody waits
+            pass
+        finally:
+            os.close(self.wake[1])
 
 
 @dataclass
@@ -385,9 +394,11 @@ class SenderActor(Actor):
         threading.Thread(target=walk.run, name="pc-walk", daemon=True).start()
 
     def _drop_walk(self, walk: Walk) -> None:
-        """Forget a walk (its thread ends by itself; its result is ignored)."""
+        """Forget a walk: its thread stops at its next entry or hash block
+        and closes the write end; its result is ignored."""
         if self.walking.get(walk.request.request) is walk:
             del self.walking[walk.request.request]
+            walk.cancelled.set()
             self.unwatch(walk.wake[0])
             os.close(walk.wake[0])  # the thread's write then fails harmlessly
 
@@ -395,7 +406,6 @@ class SenderActor(Actor):
         if self.walking.get(walk.request.request) is not walk:
             return
         self._drop_walk(walk)
-        os.close(walk.wake[1])
         req, result = walk.request, walk.result
         if isinstance(result, TreeSource):
             if walk.retry is not None:

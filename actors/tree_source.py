@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import os
 import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,9 +100,15 @@ class TreeSource:
         return ""
 
 
-def build_tree(roots: list[Path], max_files: int = MAX_SOURCE_FILES) -> TreeSource:
+def build_tree(
+    roots: list[Path],
+    max_files: int = MAX_SOURCE_FILES,
+    cancelled: threading.Event | None = None,
+) -> TreeSource:
     """Walk and hash ``roots``; raises TreeError (a name the receiver would
-    refuse, two roots of one name, too many entries) or OSError."""
+    refuse, two roots of one name, too many entries, ``cancelled`` set: the
+    walk stops at the next entry or hash block) or OSError."""
+    stop = cancelled or threading.Event()
     found: dict[tuple[str, ...], tuple[TreeEntry, str, tuple[int, int]]] = {}
     skipped: list[str] = []
 
@@ -111,6 +118,8 @@ def build_tree(roots: list[Path], max_files: int = MAX_SOURCE_FILES) -> TreeSour
         found[entry.path] = (entry, path, stamp)
 
     def visit(path: str, rel: tuple[str, ...], is_dir: bool) -> None:
+        if stop.is_set():
+            raise TreeError("the walk was cancelled")
         if len(rel) > MAX_DEPTH:
             raise TreeError(f"{path}: deeper than {MAX_DEPTH} levels")
         try:
@@ -129,7 +138,7 @@ def build_tree(roots: list[Path], max_files: int = MAX_SOURCE_FILES) -> TreeSour
                 else:
                     skipped.append(child.path)
             return
-        hashed = _hash(path)
+        hashed = _hash(path, stop)
         if hashed is None:  # replaced by something else since the directory was read
             skipped.append(path)
             return
@@ -159,7 +168,7 @@ def build_tree(roots: list[Path], max_files: int = MAX_SOURCE_FILES) -> TreeSour
     )
 
 
-def _hash(path: str) -> tuple[bytes, tuple[int, int], int] | None:
+def _hash(path: str, stop: threading.Event) -> tuple[bytes, tuple[int, int], int] | None:
     """BLAKE3 of the regular file at ``path`` (not through a symbolic link;
     a FIFO does not block the open), its (size, mtime_ns) as it was read and
     its mode; None if it is not a regular file."""
@@ -171,6 +180,8 @@ def _hash(path: str) -> tuple[bytes, tuple[int, int], int] | None:
         hasher = blake3.blake3()
         offset = 0
         while offset < st.st_size:
+            if stop.is_set():
+                raise TreeError("the walk was cancelled")
             block = os.pread(fd, min(HASH_BLOCK, st.st_size - offset), offset)
             if not block:
                 raise OSError(f"{path} shrank while it was read")

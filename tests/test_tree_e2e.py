@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -280,3 +281,48 @@ def test_a_folder_with_no_room_for_its_tree_fails_and_keeps_its_part(
             receiver.stop()
     except DiskUnavailable as exc:
         raise AssertionError(f"cannot mount a tmpfs: {exc}") from None
+
+
+def open_files(pid: int) -> list[str]:
+    """What the process's descriptors point to, sockets and anonymous inodes left out."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if not target.startswith(("socket:", "anon_inode:")):
+            found.append(target)
+    return sorted(found)
+
+
+def test_a_folder_send_cancelled_while_hashing_stops_its_walk(
+    tmp_path: Path, node_factory: Nodes
+) -> None:
+    """Ctrl-C while the sender hashes a huge (sparse) file: the walk stops,
+    its pipe is closed at both ends, and no traceback reaches the log."""
+    receiver, sender = node_factory(), node_factory()
+    src = tmp_path / "huge"
+    src.mkdir()
+    big = src / "sparse.bin"
+    with open(big, "wb") as fh:
+        fh.truncate(256 << 30)  # minutes of hashing, no disk
+    before = [t for t in open_files(sender.pid) if t.startswith("pipe:")]
+    args = ["send", str(src), receiver.host, str(receiver.port), "--timeout", "30"]
+    with start_cli(*args, data_dir=sender.data_dir) as cli:
+        try:
+            wait_until(lambda: str(big) in open_files(sender.pid), WAIT, "the walk hashing")
+            cli.send_signal(signal.SIGINT)
+            _, stderr = cli.communicate(timeout=WAIT)
+        finally:
+            cli.kill()
+    assert cli.returncode == 130, stderr
+
+    def walk_files() -> list[str]:  # the walk's pipe ends and the file it hashes
+        return [t for t in open_files(sender.pid) if t.startswith("pipe:") or t == str(big)]
+
+    wait_until(lambda: walk_files() == before, 15.0, f"the walk's file and pipe closed ({before})")
+    assert sender.status()["pid"] == str(sender.pid)  # the node carries on
+    assert os.listdir(receiver.inbox) == []  # nothing was offered
+    log = sender.log_text()
+    assert "Traceback" not in log and "BrokenPipe" not in log, log[-2000:]
