@@ -292,10 +292,11 @@ class ReceiverActor(Actor):
                 "an earlier send of this file from you is in its final hash check; "
                 "its result decides (send again only if it fails)",
             )
+        tree_bytes = details.size if details.tree or details.files else 0  # built beside its part
         try:
             reuse = self._resumable(key)
             verdict = self.space.admit(
-                peer, details.size, free_space(s.inbox), reuse.part if reuse else None
+                peer, details.size, free_space(s.inbox), reuse.part if reuse else None, tree_bytes
             )
         except OSError as exc:
             return refuse("io", f"cannot read the inbox: {exc.strerror}")
@@ -360,7 +361,7 @@ class ReceiverActor(Actor):
             checkpoint=(s.inbox, template),
         )
         held_bytes = reuse.held_bytes() if reuse is not None else 0
-        self.space.start(t.tid, peer, t.size, held_bytes, part.name, host)
+        self.space.start(t.tid, peer, t.size, held_bytes, part.name, host, tree_bytes)
         self.count("accepted")
         if reuse is not None:
             self.count("resumed")

@@ -28,6 +28,21 @@ def test_two_offers_that_fit_only_one_at_a_time() -> None:
     assert ledger.admit(B, 40 * MB, free - 50 * MB).ok
 
 
+def test_a_folder_reserves_its_tree_beside_its_part_until_it_stops() -> None:
+    ledger = SpaceLedger(Quotas())
+    free = 100 * MB
+    assert ledger.admit(A, 60 * MB, free).ok  # a file: once
+    assert not ledger.admit(A, 60 * MB, free, extra=60 * MB).ok  # a folder: part and tree
+    assert ledger.admit(A, 40 * MB, free, extra=40 * MB).ok
+    ledger.start(b"1", A, 40 * MB, 0, "p1", extra=40 * MB)
+    ledger.written(b"1", 40 * MB)  # the whole part is on disk; its tree is still to come
+    assert ledger.promised == 40 * MB
+    assert ledger.pending(peer=A) == 0  # nothing more comes over the wire
+    assert not ledger.admit(B, 30 * MB, free - 40 * MB).ok
+    ledger.stop(b"1", keep=False, updated=0.0)
+    assert ledger.promised == 0
+
+
 def test_kept_parts_give_way_oldest_first_for_disk() -> None:
     ledger = SpaceLedger(Quotas(reserve=1 * MB))
     ledger.keep("old", A, 50 * MB, 30 * MB, updated=1.0)

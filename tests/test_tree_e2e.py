@@ -261,9 +261,11 @@ def held(inbox: Path) -> int:
     return load_manifest(inbox, manifest_name(m.part)).held().count
 
 
-def test_a_folder_with_no_room_for_its_tree_fails_and_keeps_its_part(
+def test_a_folder_is_admitted_only_with_room_for_its_part_and_its_tree(
     tmp_path: Path, node_factory: Nodes
 ) -> None:
+    """A folder takes twice its size while its tree is built beside its
+    part: one that fits only once is refused before a byte is written."""
     try:
         with small_tmpfs(tmp_path / "small", "2m") as small:
             receiver = node_factory("--inbox", str(small), name="receiver")
@@ -273,11 +275,9 @@ def test_a_folder_with_no_room_for_its_tree_fails_and_keeps_its_part(
             for i in range(12):  # 1.2 MiB: its part fits, the part and the tree do not
                 (src / f"f{i:02}").write_bytes(os.urandom(100 * 1024))
             code, out = sender.send_to(src, receiver)
-            assert code == 1 and out["code"] == "io", out
-            assert "the folder was not stored" in out["error"], out
-            names = sorted(os.listdir(small))
-            assert len(names) == 2 and names[0].startswith(".big.") and names[0].endswith(".part")
-            assert names[1] == names[0] + ".manifest"  # kept for a resume; nothing else
+            assert out["code"] == "refused" and code != 0, out
+            assert "not enough space in the inbox" in out["error"], out
+            assert os.listdir(small) == []  # refused up front: nothing written
             receiver.stop()
     except DiskUnavailable as exc:
         raise AssertionError(f"cannot mount a tmpfs: {exc}") from None

@@ -12,8 +12,9 @@ transfer with "no-space", keeping its part for a resume).
 
 Charges
 -------
-- *running* transfer: reserves ``size - written`` of disk; charged ``size``
-  against the quotas;
+- *running* transfer: reserves ``size - written`` of disk, plus ``extra``
+  (a folder: its tree is built beside the part, so ``extra`` = ``size``
+  until it is stored); charged ``size`` against the quotas;
 - *kept* part (an interrupted transfer waiting to resume): occupies
   ``allocated`` bytes of disk (it is sparse) and is charged ``size``.
 
@@ -59,6 +60,7 @@ class _Running:
     written: int
     part: str
     host: str = ""
+    extra: int = 0  # disk beyond the part while it runs (a folder's tree)
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,8 @@ class SpaceLedger:
 
     @property
     def promised(self) -> int:
-        """Bytes running transfers still have to write."""
-        return sum(max(0, r.size - r.written) for r in self._running.values())
+        """Bytes running transfers still have to write (folders' trees included)."""
+        return sum(max(0, r.size - r.written) + r.extra for r in self._running.values())
 
     def pending(self, *, peer: bytes | None = None, host: str | None = None) -> int:
         """Bytes the running transfers of ``peer`` (or from ``host``) still
@@ -118,10 +120,13 @@ class SpaceLedger:
 
     # -- decisions ----------------------------------------------------------------
 
-    def admit(self, peer: bytes, size: int, free: int, resume: str | None = None) -> Admission:
+    def admit(
+        self, peer: bytes, size: int, free: int, resume: str | None = None, extra: int = 0
+    ) -> Admission:
         """May an offer of ``size`` bytes from ``peer`` start now, with
         ``free`` bytes free on the inbox's disk? ``resume``: the kept part it
-        continues (its bytes are already on disk and already charged)."""
+        continues (its bytes are already on disk and already charged).
+        ``extra``: disk it needs beyond its part (a folder's tree: ``size``)."""
         q = self.quotas
         continued = self._kept.get(resume) if resume is not None else None
         oldest_first = sorted((k.updated, name) for name, k in self._kept.items() if name != resume)
@@ -156,7 +161,7 @@ class SpaceLedger:
                 return Admission(
                     False, "quota", f"over the node's quota of parts ({q.total} bytes)"
                 )
-        need = size - (continued.allocated if continued is not None else 0)
+        need = size + extra - (continued.allocated if continued is not None else 0)
         available = free - self.promised - q.reserve
         freed = sum(self._kept[n].allocated for n in evict)
         if give_way(need - available - freed, None, disk=True) > 0:
@@ -169,11 +174,19 @@ class SpaceLedger:
     # -- running transfers ----------------------------------------------------------
 
     def start(
-        self, tid: bytes, peer: bytes, size: int, written: int, part: str, host: str = ""
+        self,
+        tid: bytes,
+        peer: bytes,
+        size: int,
+        written: int,
+        part: str,
+        host: str = "",
+        extra: int = 0,
     ) -> None:
-        """An admitted transfer runs (a continued kept part stops being kept)."""
+        """An admitted transfer runs (a continued kept part stops being kept);
+        ``extra`` as for :meth:`admit`, reserved until it stops."""
         self._kept.pop(part, None)
-        self._running[tid] = _Running(peer, size, max(0, written), part, host)
+        self._running[tid] = _Running(peer, size, max(0, written), part, host, extra)
 
     def written(self, tid: bytes, nbytes: int) -> None:
         """``nbytes`` of the transfer's file are now on disk."""
