@@ -340,6 +340,10 @@ class MulticastReceiverActor(Actor):
                 )
                 if not verdict.ok:
                     return refuse(verdict.code, verdict.reason)
+                need = a.size - (kept.held_bytes() if kept is not None else 0)
+                over = self.space.over_pending(env.peer, env.peer_host, need, s.pending_quota)
+                if over:
+                    return refuse("quota", over)
                 for evicted in verdict.evict:  # kept multicast parts give way
                     remove_part(s.inbox, evicted)
                     self.space.forget(evicted)

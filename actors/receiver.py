@@ -305,11 +305,9 @@ class ReceiverActor(Actor):
         # Bytes still to write, per proven identity and per address (fresh
         # identities cost nothing): no one sender holds the disk's promises.
         need = details.size - (reuse.held_bytes() if reuse is not None else 0)
-        limit = s.pending_quota
-        if limit and self.space.pending(peer=peer) + need > limit:
-            return refuse("quota", f"too many bytes still to come from you (max {limit})")
-        if limit and self.space.pending(host=host) + need > limit:
-            return refuse("quota", f"too many bytes still to come from {host} (max {limit})")
+        over = self.space.over_pending(peer, host, need, s.pending_quota)
+        if over:
+            return refuse("quota", over)
         for evicted in verdict.evict:
             remove_part(s.inbox, evicted)
             self.space.forget(evicted)

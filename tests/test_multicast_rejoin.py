@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from actors.inbox import scan
 from peercrypt.core.resume import Manifest
 from peercrypt.testing.nodes import (
@@ -96,14 +98,30 @@ def test_a_unicast_send_of_the_same_file_leaves_the_running_multicast_part_alone
     assert result["receivers"][0]["stored_as"] != unicast["stored_as"]
 
 
-def test_multicast_parts_count_against_the_peer_quota(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+@pytest.mark.parametrize(
+    ("quota", "limit", "refusal"),
+    [
+        ("--peer-quota", 3 * MiB, f"over your quota of parts on this node ({3 * MiB} bytes)"),
+        (
+            "--pending-quota",
+            2 * MiB + 1,
+            f"too many bytes still to come from you (max {2 * MiB + 1})",
+        ),
+    ],
+)
+def test_multicast_parts_count_against_the_quotas(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    blake3_file: Any,
+    quota: str,
+    limit: int,
+    refusal: str,
 ) -> None:
-    """Two sessions from one sender, each within --peer-quota but not both:
+    """Two sessions from one sender, each within the quota but not both:
     the second is refused while the first runs (before, each was checked
     against the free space alone), and the first still verifies."""
     sender = node_factory("--max-rate", str(1 * MiB))  # the first runs ~2 s
-    target = node_factory("--peer-quota", str(3 * MiB))
+    target = node_factory(quota, str(limit))
     first = make_file(2 * MiB, name="first.bin")
     second = make_file(2 * MiB, name="second.bin")
     with cli_running(
@@ -117,7 +135,7 @@ def test_multicast_parts_count_against_the_peer_quota(
     assert code != 0, refused
     row = refused["receivers"][0]
     assert row["code"] == "refused", row
-    assert f"over your quota of parts on this node ({3 * MiB} bytes)" in row["error"], row
+    assert refusal in row["error"], row
     assert_stored(target, result, blake3_file(first))
     assert not (target.inbox / "second.bin").exists()
     # Within the quota again once the first is stored (a finished file is no part).

@@ -130,3 +130,18 @@ def test_promises_never_exceed_the_disk_and_quotas_hold(
             if not written % 2:
                 disk_free += nbytes  # the part was deleted
             del running[tid]
+
+
+def test_pending_bytes_are_bounded_per_identity_and_per_address() -> None:
+    ledger = SpaceLedger(Quotas())
+    ledger.start(b"t1", b"a", 100, 30, ".x.t1.part", "10.0.0.1")  # 70 still to write
+    assert ledger.over_pending(b"a", "10.0.0.1", 10**9, 0) == ""  # no quota
+    assert ledger.over_pending(b"a", "10.0.0.2", 30, 100) == ""
+    assert ledger.over_pending(b"a", "10.0.0.2", 31, 100) == (
+        "too many bytes still to come from you (max 100)"
+    )
+    assert ledger.over_pending(b"b", "10.0.0.1", 31, 100) == (
+        "too many bytes still to come from 10.0.0.1 (max 100)"
+    )
+    ledger.written(b"t1", 100)
+    assert ledger.over_pending(b"b", "10.0.0.1", 100, 100) == ""

@@ -112,6 +112,16 @@ class SpaceLedger:
             if (peer is None or r.peer == peer) and (host is None or r.host == host)
         )
 
+    def over_pending(self, peer: bytes, host: str, need: int, limit: int) -> str:
+        """Why ``need`` more bytes still to write from ``peer`` (at ``host``)
+        would exceed the pending-bytes quota ``limit`` (0: none), or "".
+        Per proven identity and per address: fresh identities cost nothing."""
+        if limit and self.pending(peer=peer) + need > limit:
+            return f"too many bytes still to come from you (max {limit})"
+        if limit and self.pending(host=host) + need > limit:
+            return f"too many bytes still to come from {host} (max {limit})"
+        return ""
+
     def charged(self, peer: bytes | None = None) -> int:
         """Bytes charged against the quotas (of ``peer``, or of everyone)."""
         running = sum(r.size for r in self._running.values() if peer is None or r.peer == peer)
