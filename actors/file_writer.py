@@ -198,11 +198,13 @@ class FileWriter:
         self._notes: list[WriterResult] = []  # results besides an op's own (writer thread)
         self.results: queue.SimpleQueue[WriterResult] = queue.SimpleQueue()
         self._failed: dict[bytes, _File] = {}  # failed files awaiting close() (writer thread)
+        self._stopping = threading.Event()  # ends a folder being unpacked, between blocks
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         self._queue.put(None)
         self._thread.join(5.0)
 
@@ -344,6 +346,7 @@ class FileWriter:
                     spec.max_files,
                     spec.file_mode,
                     spec.dir_mode,
+                    self._stopping,
                 )
             except TreeError as exc:
                 return TreeFailed(tid, str(exc), bad=True)

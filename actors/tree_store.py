@@ -36,6 +36,7 @@ import errno
 import os
 import shutil
 import stat
+import threading
 from pathlib import Path
 
 import blake3
@@ -73,10 +74,13 @@ def unpack(
     max_files: int,
     file_mode: int,
     dir_mode: int,
+    stop: threading.Event | None = None,
 ) -> list[str]:
     """Store the verified tree held in ``part_fd``; the names its top-level
     entries got in the inbox. Raises TreeError (the manifest, or a file's
-    hash) or OSError; then nothing of the tree is left."""
+    hash) or OSError (ECANCELED once ``stop`` is set: the node is stopping,
+    checked before every entry and copy block); then nothing of the tree is
+    left, and the part is untouched."""
     if manifest_bytes > manifest_limit(max_files) or manifest_bytes > size:
         raise TreeError("manifest larger than allowed")
     entries = decode_manifest(os.pread(part_fd, manifest_bytes, 0), max_files, size)
@@ -89,7 +93,7 @@ def unpack(
         root = -1
         try:
             root = os.open(hidden, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=inbox_fd)
-            _build(root, part_fd, layout, file_mode)
+            _build(root, part_fd, layout, file_mode, stop or threading.Event())
             _sync(root)
             for e in reversed(entries):  # deepest first, after their contents
                 if e.kind is Kind.DIR:
@@ -105,13 +109,21 @@ def unpack(
         os.close(inbox_fd)
 
 
-def _build(root: int, part_fd: int, layout: Layout, file_mode: int) -> None:
+def _check_stop(stop: threading.Event) -> None:
+    if stop.is_set():
+        raise OSError(errno.ECANCELED, "the node is stopping")
+
+
+def _build(
+    root: int, part_fd: int, layout: Layout, file_mode: int, stop: threading.Event
+) -> None:
     """Create the entries under ``root`` (a directory only we can enter, so a
     file gets its final mode at once), the files' bytes read from the part
     in order, a block at a time."""
     reader = _Reader(part_fd, layout.manifest_bytes)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for entry in layout.entries:
+        _check_stop(stop)
         if entry.kind is Kind.DIR:
             os.mkdir(entry.text, 0o700, dir_fd=root)
             continue
@@ -120,6 +132,7 @@ def _build(root: int, part_fd: int, layout: Layout, file_mode: int) -> None:
             hasher = blake3.blake3()
             left = entry.size
             while left:
+                _check_stop(stop)
                 block = reader.read(min(COPY_BLOCK, left))
                 hasher.update(block)
                 while block:

@@ -5,7 +5,9 @@ unpacking into the inbox (actors/tree_store.py)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -239,6 +241,40 @@ def test_a_folder_goes_through_the_stream_whole(tmp_path: Path) -> None:
     (inbox / "src.2").mkdir()
     assert store(inbox, data, manifest) == ["src.3"]
     assert sorted(os.listdir(inbox)) == ["src", "src.1", "src.2", "src.3"]
+
+
+class StopAfter(threading.Event):
+    """Set once it has been asked ``n`` times: the node stopping mid-tree."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.left = n
+
+    def is_set(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+@pytest.mark.parametrize("checks", [0, 3])
+def test_a_stopping_node_ends_a_tree_mid_way_and_leaves_only_the_part(
+    tmp_path: Path, checks: int
+) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    data, manifest, _ = stream_of([src])
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    part = ".src.0123.part"
+    (inbox / part).write_bytes(data)
+    fd = os.open(inbox / part, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as stopped:
+            unpack(inbox, fd, part, manifest, len(data), 100, 0o644, 0o755, StopAfter(checks))
+    finally:
+        os.close(fd)
+    assert stopped.value.errno == errno.ECANCELED
+    assert os.listdir(inbox) == [part]  # no tree, hidden or final; the part as it was
+    assert (inbox / part).read_bytes() == data
 
 
 def test_several_roots_arrive_side_by_side(tmp_path: Path) -> None:
