@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from peercrypt.core.tree import Kind, TreeEntry, encode_manifest
 from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import NodeProcess, cli_env, start_cli, wait_until
-from peercrypt.wire.messages import Failed, Refuse, Verified
+from peercrypt.wire.messages import Ack, Failed, Refuse, Verified, Verifying
 
 WAIT = 30.0
 Nodes = Callable[..., NodeProcess]
@@ -326,3 +327,29 @@ def test_a_folder_send_cancelled_while_hashing_stops_its_walk(
     assert os.listdir(receiver.inbox) == []  # nothing was offered
     log = sender.log_text()
     assert "Traceback" not in log and "BrokenPipe" not in log, log[-2000:]
+
+
+def test_the_receiver_says_it_is_verifying_before_its_verdict(
+    node_factory: Nodes, network_key: str
+) -> None:
+    """Each Done that finds the receiver checking gets a sealed verifying
+    (what keeps a real sender waiting through a long check), then the verdict."""
+    receiver = node_factory()
+    x = b"verify me" * 1000
+    manifest = encode_manifest([d("v"), f("v", "x.bin", data=x)])
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        t = offer_tree(h, manifest, x, 1)
+        for index in range(t.total):
+            t.send_chunk(index, (manifest + x)[index * 64 * 1024 : (index + 1) * 64 * 1024])
+        digest = blake3.blake3(manifest + x).digest()
+        seen: list[Any] = []
+        deadline = time.monotonic() + WAIT
+        while not any(isinstance(m, Verified | Failed) for m in seen):
+            assert time.monotonic() < deadline, seen
+            t.send_done(digest)
+            seen += [m for m in t.replies(0.2) if not isinstance(m, Ack)]
+    kinds = [type(m) for m in seen]
+    assert Verifying in kinds and kinds[-1] is Verified, seen
+    assert kinds.index(Verifying) < kinds.index(Verified)
+    assert next(m for m in seen if isinstance(m, Verifying)).chunks == t.total
+    assert (receiver.inbox / "v" / "x.bin").read_bytes() == x
