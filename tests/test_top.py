@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pexpect
 
-from peercrypt.testing.nodes import NodeProcess, cli_env, run_cli, start_cli, wait_until
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    WaitTimeout,
+    cli_env,
+    run_cli,
+    start_cli,
+    wait_until,
+)
 
 MiB = 1024 * 1024
 
@@ -38,7 +45,11 @@ class Screen:
                 self.text += ANSI.sub("", self.child.read_nonblocking(1 << 16, timeout=0.1))
             return regex.search(self.text, self.pos)
 
-        match = wait_until(found, timeout, f"{pattern!r} on the screen", interval=0)
+        try:
+            match = wait_until(found, timeout, f"{pattern!r} on the screen", interval=0)
+        except WaitTimeout as exc:  # say what was on the screen instead
+            seen = self.text[self.pos :][-3000:]
+            raise WaitTimeout(f"{exc}; the screen since the last match:\n{seen}") from None
         self.pos = match.end()
         return match
 
@@ -91,8 +102,9 @@ def test_top_shows_changes_and_cancels_a_running_transfer(
             )
             screen = Screen(top)
             try:
-                # The transfer, its mode, cap, progress and rate on screen.
-                screen.expect("watched file.bin")
+                # The transfer, its mode, cap, progress and rate on screen (the
+                # first draw waits for the interpreter to start on a busy machine).
+                screen.expect("watched file.bin", timeout=45.0)
                 screen.expect("token-bucket")
                 screen.expect(r"2\.0 MiB/s")
                 screen.expect(r"\d+% of 64\.0 MiB")
