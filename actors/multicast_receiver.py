@@ -2,7 +2,9 @@
 
 Announces arrive from the gateway (control plane, CURVE). Per session:
 
-1. ``McAnnounce`` -> checks (limits, name, chunk size, space, the signing
+1. ``McAnnounce`` -> its name and size opened with this node's identity key
+   (sealed to it by the sender after a hello; ``wrong-receiver`` if they
+   were not), checks (limits, name, chunk size, space, the signing
    key is the identity CURVE proved for the sender), a part file in the inbox
    (``actors/inbox.py``) with its resume manifest - or the part this node kept
    of this very session from this very sender, when it restarted mid-session
@@ -42,6 +44,7 @@ nothing depends on the file size.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hmac
 import logging
@@ -88,7 +91,7 @@ from peercrypt.crypto.chunk_signature import (
     repair_tag,
     subscription_token,
 )
-from peercrypt.crypto.handshake import SessionSecrets, respond
+from peercrypt.crypto.handshake import ProofError, SessionSecrets, open_details, respond
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, unwrap
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError
@@ -100,6 +103,7 @@ from peercrypt.wire.multicast_messages import (
     McAck,
     McAnnounce,
     McChunk,
+    McDetails,
     McDone,
     McJoin,
     McKey,
@@ -305,6 +309,17 @@ class MulticastReceiverActor(Actor):
             answer = respond(a.sid, self.settings.identity, env.peer, a.eph_pub)
         except ValueError:
             return refuse("protocol", "invalid ephemeral or identity key")
+        if a.details:  # name and size sealed to the key this node proved in a hello
+            try:
+                plain = open_details(a.sid, self.settings.identity, env.peer, a.eph_pub, a.details)
+                d = codec.decode_as(plain, McDetails)
+            except ProofError:
+                return refuse("wrong-receiver", "the announce was not sealed to this node's key")
+            except (ValueError, codec.DecodeError):
+                return refuse("protocol", "malformed sealed details")
+            a = dataclasses.replace(a, name=d.name, size=d.size, details=b"")
+        elif not a.name:
+            return refuse("protocol", "no name")
         sess = self.sessions.get(a.sid)
         if sess is not None and sess.peer != env.peer:
             return refuse("duplicate", "session id already in use")

@@ -3,8 +3,11 @@
 Per session (``McSendRequest`` from the control actor):
 
 1. A CURVE peer link per target (``actors/peer_link.Link``, kept trying)
-   carries ``McAnnounce`` (name, size, chunk size,
-   a fresh ephemeral key, this node's PUB port). A target answers ``McJoin``
+   carries first a ``Hello``: the target proves its identity key, which must
+   be the one trusted at its address (a pin, known peers, members' records),
+   else it is dropped with nothing announced. Then ``McAnnounce`` (name and
+   size sealed to that key, chunk size, a fresh ephemeral key, this node's
+   PUB port). A target answers ``McJoin``
    with its own ephemeral key, its identity key and a proof that it holds it
    (crypto/handshake.py), and its repair port; only if the proof verifies and
    the identity is the one trusted at that address (crypto/known_peers.py)
@@ -79,7 +82,7 @@ from peercrypt.crypto.chunk_signature import (
     repair_tag,
     subscription_token,
 )
-from peercrypt.crypto.handshake import Initiator, ProofError
+from peercrypt.crypto.handshake import HelloChallenge, Initiator, ProofError
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, new_content_key
 from peercrypt.crypto.keywrap import wrap as wrap_key
@@ -96,6 +99,8 @@ from peercrypt.wire.messages import (
     FlowGrant,
     FlowPacing,
     FlowStart,
+    Hello,
+    HelloReply,
     McTargetProgress,
     Progress,
 )
@@ -103,6 +108,7 @@ from peercrypt.wire.multicast_messages import (
     McAck,
     McAnnounce,
     McChunk,
+    McDetails,
     McDone,
     McJoin,
     McKey,
@@ -138,6 +144,11 @@ class Target:
     repair_key: bytes = b""
     token: bytes = b""
     proven: str = ""  # its fingerprint, once it proved its key and is trusted
+    # The hello before the announce: its challenge while one is out, then the
+    # key it proved and this node trusts at its address (name and size are
+    # sealed to it).
+    challenge: HelloChallenge | None = None
+    hello_key: bytes = b""
 
 
 @dataclass
@@ -372,16 +383,54 @@ class MulticastSenderActor(Actor):
         if link.failure:  # an address ZeroMQ would not take
             sess.flow.fail_target(name, link.failure, link.detail, self.now())
 
+    def _hello(self, t: Target) -> None:
+        """Ask ``t`` to prove its key (as the unicast pre-send check does):
+        the announce follows only for a proven, trusted key."""
+        t.challenge, t.hello_key = HelloChallenge(), b""
+        self._send_ctl(t, Hello(challenge=t.challenge.public))
+        self.count("hellos")
+
+    def _trust(self, sess: Session, t: Target, key: bytes) -> str:
+        """Why ``key`` is not the one trusted at ``t``'s address ("": it is):
+        a pin, the known-peers file, members' records."""
+        req, proven = sess.request, fingerprint(key)
+        decision = self.known_peers.check(
+            t.host, t.port, proven, pin_of(req.expect, proven), req.members.get(t.name, ())
+        )
+        return "" if decision.trusted else explain(decision, t.host, t.port)
+
+    def _on_hello(self, sess: Session, t: Target, msg: HelloReply) -> None:
+        challenge, t.challenge = t.challenge, None
+        assert challenge is not None
+        now = self.now()
+        try:
+            challenge.verify(msg.node_id, msg.version, msg.proof, msg.offer_key)
+        except ProofError:
+            who = fingerprint(msg.node_id)
+            reason = f"{t.name} could not prove it holds the key it named ({who}); nothing sent"
+            return sess.flow.fail_target(t.name, ResultCode.IMPOSTOR, reason, now)
+        why = self._trust(sess, t, msg.node_id)
+        if why:
+            return sess.flow.fail_target(t.name, ResultCode.UNTRUSTED, why, now)
+        t.hello_key = msg.node_id  # the node's own key: its mreceiver proves it in the join
+        self._announce(sess, t)
+
     def _announce(self, sess: Session, t: Target) -> None:
+        """The session to ``t``, its name and size sealed to the key it proved."""
         t.attempt += 1
         wrap = Initiator(self.settings.identity)
+        try:
+            details = codec.encode(McDetails(name=sess.name, size=sess.size))
+            sealed = wrap.seal_details(sess.sid, t.hello_key, details)
+        except ValueError:
+            reason = f"{t.name} proved an invalid key"
+            return sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, self.now())
         t.wraps[t.attempt] = wrap
         while len(t.wraps) > 4:
             t.wraps.pop(next(iter(t.wraps)))
         msg = McAnnounce(
             sid=sess.sid,
-            name=sess.name,
-            size=sess.size,
+            details=sealed,
             chunk_size=sess.chunk_size,
             eph_pub=wrap.public,
             pub_host="",
@@ -415,7 +464,7 @@ class MulticastSenderActor(Actor):
             why = f"cannot connect to {t.name} (yet): {link.cause or 'no answer'}"
             self._notice(sess, t, ResultCode.UNREACHABLE, why)
         if link.connected and link.handshaken and waiting:
-            self._announce(sess, t)
+            self._hello(t)  # a new connection: whoever answers proves its key again
         self._drive(sess)
 
     def _on_link_failure(self, sess: Session, t: Target) -> None:
@@ -451,6 +500,8 @@ class MulticastSenderActor(Actor):
                 self.count("control-bad-naks")
                 return
             flow.on_ack(t.name, msg.cumulative, naks, now)
+        elif isinstance(msg, HelloReply) and t.challenge is not None:
+            self._on_hello(sess, t, msg)
         elif isinstance(msg, McJoin) and msg.sid == sess.sid:
             self._on_join(sess, t, msg)
         elif isinstance(msg, McDone) and msg.sid == sess.sid:
@@ -459,6 +510,10 @@ class MulticastSenderActor(Actor):
         elif isinstance(msg, McRefuse) and msg.sid == sess.sid:
             if msg.code == "unknown-session":  # it restarted: announce again
                 flow.on_unknown(t.name)
+            elif msg.code == "wrong-receiver":  # not the key that proved itself in the hello
+                who = fingerprint(t.hello_key)
+                reason = f"{t.name} cannot read an announce sealed to {who}; no key sent"
+                flow.fail_target(t.name, ResultCode.IMPOSTOR, reason, now)
             else:
                 reason = f"{t.name} refused: {printable(msg.reason)}"
                 flow.fail_target(t.name, ResultCode.REFUSED, reason, now)
@@ -487,13 +542,9 @@ class MulticastSenderActor(Actor):
             reason = f"{t.name} sent an invalid key"
             return sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, now)
         # Trusted like a unicast receiver: a pin, the known-peers file, members' records.
-        req, proven = sess.request, fingerprint(j.static_pub)
-        decision = self.known_peers.check(
-            t.host, t.port, proven, pin_of(req.expect, proven), req.members.get(t.name, ())
-        )
-        if not decision.trusted:
-            reason = explain(decision, t.host, t.port)
-            return sess.flow.fail_target(t.name, ResultCode.UNTRUSTED, reason, now)
+        why = self._trust(sess, t, j.static_pub)
+        if why:
+            return sess.flow.fail_target(t.name, ResultCode.UNTRUSTED, why, now)
         if len(j.repair_key) != RECEIVER_KEY_BYTES:
             reason = f"{t.name} sent no receiver key"
             return sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, now)
@@ -573,8 +624,9 @@ class MulticastSenderActor(Actor):
             )
             self._send_ctl(sess.targets[out.target], status)
         elif isinstance(out, Announce):
+            t = sess.targets[out.target]
             if sess.flow.receivers[out.target].connected:
-                self._announce(sess, sess.targets[out.target])
+                self._announce(sess, t) if t.hello_key else self._hello(t)
         elif isinstance(out, RequestGrant):
             self.tell("scheduler", FlowDemand(request=sess.request.request, nbytes=out.nbytes))
         elif isinstance(out, HashFile):

@@ -343,7 +343,50 @@ def test_multicast_impostor_receiver_gets_no_content_key(
     assert blake3_file(good.inbox / stored) == blake3_file(path)
     bad = rows[f"{LOCALHOST}:{imp.port}"]
     assert bad["code"] == "impostor" and victim.fingerprint in bad["error"], bad
-    assert "mc-announce" in imp.seen
+    # Its hello did not prove the key it named: it was never even announced the session.
+    assert "hello" in imp.seen and McAnnounce.TYPE not in imp.seen
+    assert McKey.TYPE not in imp.seen and imp.data_bytes == 0
+
+
+def test_a_multicast_impostor_relaying_the_hello_sees_neither_name_nor_size(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    impostor_of: Callable[..., Impostor],
+    network_key: str,
+) -> None:
+    """A man in the middle at a multicast target passes the hello to the
+    real node, so the sender trusts the key it proved; the announce that then
+    reaches it has the name and size sealed to that key: it learns neither,
+    gets no content key, and the good receiver of the same session verifies."""
+    sender, good, victim = node_factory(), node_factory(), node_factory()
+    imp = impostor_of(victim, relay=True)
+    secret = make_file(300 * KiB + 7, name="quarterly-secret.bin")
+    theirs = f"{LOCALHOST}:{imp.port}"
+    code, result = sender.send(
+        secret, good.host, good.port, "-m", "--to", theirs, "--expect", victim.fingerprint,
+        "--expect", good.fingerprint, "--timeout", "10",
+    )  # fmt: skip
+    assert code == errors.NOT_ADMITTED, result
+    rows = {r["target"]: r for r in result["receivers"]}
+    mine = rows[f"{good.host}:{good.port}"]
+    assert mine["code"] == "ok", mine
+    assert blake3_file(good.inbox / mine["stored_as"]) == blake3_file(secret)
+    bad = rows[theirs]
+    assert bad["code"] == "impostor" and victim.fingerprint in bad["error"], bad
+    announces = [
+        codec.decode_as(r, McAnnounce) for r in imp.raw if codec.decode(r).TYPE == "mc-announce"
+    ]
+    assert announces and imp.seen.count("hello") >= 1
+    size = (300 * KiB + 7).to_bytes(4, "big")
+    for raw in imp.raw:
+        assert b"quarterly" not in raw and size not in raw
+    for announce in announces:
+        assert announce.name == "" and announce.size == 0 and announce.details
+        with pytest.raises(ProofError):  # nor can it open them with its own key
+            open_details(
+                announce.sid, imp.identity, proven_key(sender, network_key),
+                announce.eph_pub, announce.details,
+            )  # fmt: skip
     assert McKey.TYPE not in imp.seen and imp.data_bytes == 0
 
 

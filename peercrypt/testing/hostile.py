@@ -20,6 +20,7 @@ Everything it does goes to 127.0.0.1; every wait has a timeout.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass, field
@@ -30,14 +31,16 @@ from nacl.signing import VerifyKey
 
 from peercrypt.core import fragments
 from peercrypt.crypto.chunk_signature import ChunkSigner
-from peercrypt.crypto.handshake import SessionSecrets, respond
+from peercrypt.crypto.handshake import SessionSecrets, open_details, prove_hello, respond
 from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.crypto.keywrap import ContentSealer, unwrap
 from peercrypt.wire import codec
+from peercrypt.wire.messages import Hello, HelloReply
 from peercrypt.wire.multicast_messages import (
     McAck,
     McAnnounce,
     McChunk,
+    McDetails,
     McDone,
     McJoin,
     McKey,
@@ -104,13 +107,20 @@ class CoReceiver:
             msg = codec.decode(payload)
         except codec.DecodeError:
             return
-        if isinstance(msg, McAnnounce):
-            joined = self.sessions.setdefault(msg.sid, Joined(msg))
-            if joined.key:
-                return
+        if isinstance(msg, Hello):  # it proves its own key, honestly
+            proof = prove_hello(self.identity, msg.challenge, "0")
+            self._reply(route, HelloReply(node_id=self.identity.public, version="0", proof=proof))
+        elif isinstance(msg, McAnnounce):
             # It joins honestly, under its own identity (it is invited): the
             # sender's identity key is the X25519 form of the announced signer.
             sender = VerifyKey(msg.signer).to_curve25519_public_key().encode()
+            if msg.details:  # sealed to the key it proved: it reads name and size
+                plain = open_details(msg.sid, self.identity, sender, msg.eph_pub, msg.details)
+                d = codec.decode_as(plain, McDetails)
+                msg = dataclasses.replace(msg, name=d.name, size=d.size, details=b"")
+            joined = self.sessions.setdefault(msg.sid, Joined(msg))
+            if joined.key:
+                return
             answer = respond(msg.sid, self.identity, sender, msg.eph_pub)
             self._wraps[(msg.sid, msg.attempt)] = answer.secrets
             self._reply(

@@ -19,7 +19,14 @@ from typing import Any
 from peercrypt.core.fragments import MAX_FRAGMENT
 from peercrypt.wire.codec import Message, bounded, message
 from peercrypt.wire.fields import code, counter, fixed, port, ranges, reason
-from peercrypt.wire.messages import HASH_BYTES, KEY_BYTES, MAX_CHUNKS, MAX_NAME, NONCE_BYTES
+from peercrypt.wire.messages import (
+    HASH_BYTES,
+    KEY_BYTES,
+    MAX_CHUNKS,
+    MAX_DETAILS,
+    MAX_NAME,
+    NONCE_BYTES,
+)
 
 SID_BYTES = 16
 WRAPPED_BYTES = NONCE_BYTES + KEY_BYTES + 16  # nonce || AES-GCM(content key) || tag
@@ -36,12 +43,18 @@ def _count() -> Any:
 @message
 @dataclass(frozen=True, kw_only=True)
 class McAnnounce(Message):
-    """Sender -> receiver: a session; join it with your ephemeral key."""
+    """Sender -> receiver: a session; join it with your ephemeral key.
+    ``details`` is the session's :class:`McDetails` (name and size) sealed
+    to the key the receiver proved in a hello before (crypto/handshake.py,
+    "sealed details"): a member answering at its address learns neither.
+    (``name``/``size`` in the clear are still read when ``details`` is
+    empty; this node's msender always seals.)"""
 
     TYPE = "mc-announce"
     sid: bytes = fixed(SID_BYTES)
-    name: str = field(metadata=bounded(MAX_NAME, 1))
-    size: int = counter()
+    name: str = field(default="", metadata=bounded(MAX_NAME))
+    size: int = counter(default=0)
+    details: bytes = field(default=b"", metadata=bounded(MAX_DETAILS))
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
     eph_pub: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
     pub_host: str = field(metadata=bounded(255))  # "": the host the receiver knows us by
@@ -56,6 +69,16 @@ class McAnnounce(Message):
     # (crypto/chunk_signature.py); it must map to the CURVE key of the
     # connection this announce came on.
     signer: bytes = field(default=b"", metadata=bounded(32))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McDetails(Message):
+    """What a :class:`McAnnounce` offers, sealed inside it."""
+
+    TYPE = "mc-details"
+    name: str = field(metadata=bounded(MAX_NAME, 1))
+    size: int = counter()
 
 
 @message
