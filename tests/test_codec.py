@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 import types
@@ -552,3 +553,14 @@ def test_a_decoder_knows_every_type_whatever_was_imported_first() -> None:
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [type(SAMPLE).__module__, SAMPLE.TYPE]
+
+
+def test_a_name_that_is_not_utf8_is_sent_with_its_odd_bytes_replaced() -> None:
+    """A file name of bytes that are not UTF-8 arrives as lone surrogates
+    (surrogateescape); msgpack cannot carry them, so encoding would raise in
+    the actor that writes the message. They become '?' instead."""
+    name = os.fsdecode(b"caf\xe9-\xff.bin")
+    assert "\udce9" in name
+    back = decode(encode(messages.ErrorReply(code="io", reason=f"cannot read {name}")))
+    assert isinstance(back, messages.ErrorReply)
+    assert back.reason == "cannot read caf?-?.bin"

@@ -84,7 +84,7 @@ def _checker(tp: Any, meta: typing.Mapping[str, Any]) -> _Check:
         return lambda v: isinstance(v, float | int) and not isinstance(v, bool)
     if tp is str:
         hi = meta.get("max", DEFAULT_MAX_STR)
-        return lambda v: isinstance(v, str) and lo <= len(v) <= hi
+        return lambda v: isinstance(v, str) and lo <= len(v) <= hi and _utf8(v)
     if tp is bytes:
         hi = meta.get("max", DEFAULT_MAX_BYTES)
         return lambda v: isinstance(v, bytes) and lo <= len(v) <= hi
@@ -101,6 +101,23 @@ def _checker(tp: Any, meta: typing.Mapping[str, Any]) -> _Check:
             isinstance(v, dict) and len(v) <= hi and all(key(k) and val(x) for k, x in v.items())
         )
     raise TypeError(f"unsupported field type {tp!r}")
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can go on the wire: a lone surrogate (e.g. from a
+    file name that is not UTF-8, decoded with surrogateescape) cannot."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _as_utf8(text: str) -> str:
+    """``text`` with every character UTF-8 cannot carry replaced by '?'."""
+    return text if _utf8(text) else text.encode("utf-8", "replace").decode()
 
 
 def _clipper(tp: Any, meta: typing.Mapping[str, Any]) -> _Clip:
@@ -127,7 +144,7 @@ def _clipper(tp: Any, meta: typing.Mapping[str, Any]) -> _Clip:
         )
     if tp is str:
         hi = meta.get("max", DEFAULT_MAX_STR)
-        return lambda v: (v[:hi] + "?" * (lo - len(v))) if isinstance(v, str) else v
+        return lambda v: (_as_utf8(v[:hi]) + "?" * (lo - len(v))) if isinstance(v, str) else v
     if tp is bytes:
         hi = meta.get("max", DEFAULT_MAX_BYTES)
         return lambda v: v[:hi] if isinstance(v, bytes) else v
