@@ -221,10 +221,17 @@ class BackgroundSend:
         return self.result
 
 
+_TERMINAL_SIZE = frozenset({"COLUMNS", "LINES"})
+
+
 def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a CLI subprocess: this process's environment minus
-    ``PEERCRYPT_*`` settings that would change the command, plus ``env``."""
-    result = {k: v for k, v in os.environ.items() if k not in _CLI_ENV_VARS}
+    ``PEERCRYPT_*`` settings that would change the command, plus ``env``.
+    ``COLUMNS``/``LINES`` go too (a test runner's worker sets them to 80x24):
+    a command in a pseudo-terminal must see the terminal's own size."""
+    result = {
+        k: v for k, v in os.environ.items() if k not in _CLI_ENV_VARS and k not in _TERMINAL_SIZE
+    }
     result["PYTHONUNBUFFERED"] = "1"
     if env:
         result.update(env)
