@@ -389,7 +389,7 @@ def test_join_unreachable(node_factory: Callable[..., NodeProcess], free_port: i
     assert f"127.0.0.1:{free_port}" in line and "cannot connect" in line
     assert result.seconds < 20
     node.wait_for_counter("discovery.joins-failed", 1, timeout=5)
-    assert node.counters()["discovery.join-attempts"] == 3  # 1 + 2 retries
+    assert node.wait_for_counter("discovery.join-attempts", 3) == 3  # 1 + 2 retries
 
 
 def test_a_dead_claim_at_the_largest_incarnation_kills_no_one(

@@ -64,7 +64,7 @@ def test_a_sender_lying_in_its_final_hash_stores_nothing(
         assert failed.code == "hash-mismatch"
         assert_sent(receiver, running.join(), good)
     assert leftovers(receiver, "lie.bin") == []
-    assert receiver.counters()["receiver.hash-mismatch"] == 1
+    assert receiver.wait_for_counter("receiver.hash-mismatch", 1) == 1
 
 
 def test_a_part_changed_on_disk_before_verification_stores_nothing(

@@ -207,7 +207,7 @@ def test_throwaway_identities_cannot_take_every_slot(
     finally:
         for h in held:
             h.close()
-    assert receiver.counters()["receiver.refused-busy"] == refused
+    assert receiver.wait_for_counter("receiver.refused-busy", refused) == refused
 
 
 def test_pending_bytes_are_bounded_per_identity_and_per_address(
@@ -240,7 +240,7 @@ def test_pending_bytes_are_bounded_per_identity_and_per_address(
     finally:
         for h in held:
             h.close()
-    assert receiver.counters()["receiver.refused-quota"] == 2
+    assert receiver.wait_for_counter("receiver.refused-quota", 2) == 2
 
 
 def test_a_receiver_answering_with_terminal_escapes_reaches_no_terminal_raw(
