@@ -70,15 +70,6 @@ def check_offer(settings: NodeSettings, name: str, chunk_size: int, size: int) -
         raise Refusal("bad-name", str(exc)) from None
 
 
-def check_incoming(settings: NodeSettings, name: str, chunk_size: int, size: int) -> str:
-    """:func:`check_offer`, and room on disk for ``size`` bytes now."""
-    safe = check_offer(settings, name, chunk_size, size)
-    free = free_space(settings.inbox)
-    if size > free:
-        raise Refusal("no-space", f"not enough space in the inbox ({free} bytes free)")
-    return safe
-
-
 def create_part(
     inbox: Path, name: str, ident: str, size: int, *, kind: str = "", unique: bool = False
 ) -> tuple[Path, int]:

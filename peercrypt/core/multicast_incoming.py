@@ -138,10 +138,6 @@ class MulticastIncoming:
             return None
         return min(self.last_ack + ACK_INTERVAL, self.last_activity + self.idle_timeout)
 
-    @property
-    def written_chunks(self) -> int:
-        return self.tracker.written.count
-
     # -- internals --------------------------------------------------------------
 
     def _ack(self, now: float) -> None:
