@@ -87,7 +87,6 @@ from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
 from peercrypt.core.outgoing import (
-    DONE_RETRIES,
     Finished,
     HashFile,
     OutgoingTransfer,
@@ -459,8 +458,6 @@ class SenderActor(Actor):
             size=size,
             chunk_size=policy.chunk_size_for(req.chunk_size),
             timeout=req.timeout,
-            # A folder's receiver stores every file after the hash: ~4 min, not ~1.
-            done_retries=DONE_RETRIES + (2 if tree is not None else 0),
             now=self.now(),
             peer=f"{req.host}:{req.port}",
             # The scheduler says whether the node's live cap paces this send; a

@@ -27,8 +27,10 @@ acked for ``timeout`` seconds while chunks are in flight, on a timer of its
 own, so the timeout is kept whatever the retransmission backoff; a
 re-established data connection (:meth:`on_reconnect`) resends what was in
 flight at once),
-``verifying`` (Done sent and resent with backoff, at most
-:data:`DONE_RETRIES` times, until the receiver's Verified repeats the hash),
+``verifying`` (Done sent, and resent with backoff while unanswered, until
+the receiver's Verified repeats the hash; a receiver still checking answers
+each Done with Verifying; one left unanswered for ``timeout`` seconds fails
+the transfer, so the timeout is kept here too),
 ``ended``.
 """
 
@@ -45,7 +47,6 @@ from peercrypt.core.modes import Policy
 from peercrypt.core.send_window import SEND_BUFFER, SendWindow
 from peercrypt.errors import ResultCode
 
-DONE_RETRIES = 5
 HISTORY_SAMPLES = 512  # congestion window samples kept for the result
 HISTORY_INTERVAL = 0.05  # seconds between growth samples (decreases always)
 REPORT_INTERVAL = 0.01  # seconds between congestion reports (losses: at once)
@@ -122,9 +123,7 @@ class OutgoingTransfer(GrantedFlow):
     ``timeout``: seconds the offer may wait for an answer, and the longest
     time without newly acked chunks. ``paced``: the node has a rate cap (the
     scheduler may change it later with :meth:`on_pacing`). ``now``: when the
-    offer goes out. ``done_retries``: Dones sent (each waiting twice as long)
-    before the receiver's silence fails the transfer; a folder's receiver
-    builds the tree after the hash, so its sender waits longer.
+    offer goes out.
     """
 
     policy: Policy
@@ -134,7 +133,6 @@ class OutgoingTransfer(GrantedFlow):
     now: float
     peer: str = "the receiver"
     node_capped: bool = False
-    done_retries: int = DONE_RETRIES
 
     phase: Phase = field(default=Phase.OFFERED, init=False)
     started: float = field(init=False)
@@ -160,6 +158,7 @@ class OutgoingTransfer(GrantedFlow):
     bytes_sent: int = field(default=0, init=False)
     _hash_asked: bool = field(default=False, init=False)
     _done_due: float | None = field(default=None, init=False)
+    _answer_due: float | None = field(default=None, init=False)  # an unanswered Done's deadline
     _outputs: list[Output] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -254,11 +253,11 @@ class OutgoingTransfer(GrantedFlow):
 
     def on_verifying(self, now: float) -> None:
         """The receiver's Verifying: it has every chunk and is still checking
-        or storing, so the Dones' retry budget starts again (the next one
-        probes in about a second). A receiver that goes silent fails after
-        the remaining Dones, as before."""
+        or storing. The Dones so far are answered; the next one probes in
+        about a second, and must itself be answered within ``timeout``."""
         if self.phase is Phase.VERIFYING and self.done_sent:
             self.done_sent = 1
+            self._answer_due = None
             assert self.window is not None
             self._done_due = now + max(1.0, self.window.rtt.rto * 2)
 
@@ -448,13 +447,21 @@ class OutgoingTransfer(GrantedFlow):
                 self._hash_asked = True
                 self._outputs.append(HashFile())
             return
-        if self.done_sent >= self.done_retries:
-            self._end(Failed(ResultCode.TIMEOUT, f"{self.peer} did not confirm the file"))
+        if self._answer_due is not None and now >= self._answer_due:
+            self._end(
+                Failed(
+                    ResultCode.TIMEOUT,
+                    f"{self.peer} did not confirm the file (no answer for {self.timeout:g} s)",
+                )
+            )
             return
         self.done_sent += 1
         self._outputs.append(SendDone(self.digest, self.total, self.done_sent))
         assert self.window is not None
-        self._done_due = now + max(1.0, self.window.rtt.rto * 2**self.done_sent)
+        if self._answer_due is None:
+            self._answer_due = now + self.timeout
+        backoff = max(1.0, self.window.rtt.rto * 2 ** min(self.done_sent, 16))
+        self._done_due = min(now + backoff, self._answer_due)
 
     def _end(self, result: Finished | Failed) -> None:
         self.phase = Phase.ENDED
