@@ -436,15 +436,23 @@ def test_multicast_expect_drops_a_receiver_proving_another_key(
         assert bad["code"] == "untrusted", bad
         assert mine in bad["error"] and good.fingerprint in bad["error"], bad
         assert McKey.TYPE not in stranger.seen and stranger.data_bytes == 0
-        # Alone, it fails the whole send (exit 4); two pins accept either receiver.
+        # Alone, it fails the whole send (exit 4).
         code, result = sender.send(
             path, LOCALHOST, stranger.port, "-m", "--expect", good.fingerprint, "--timeout", "5"
         )
         assert code == errors.NOT_ADMITTED and result["code"] == "untrusted", result
+        # Two pins: each of two receivers may prove either; both store the file.
+        other = node_factory()
         code, result = sender.send(
-            path, good.host, good.port, "-m", "--expect", mine, "--expect", good.fingerprint
-        )
+            path, good.host, good.port, "-m", "--to", f"{other.host}:{other.port}",
+            "--expect", other.fingerprint, "--expect", good.fingerprint,
+        )  # fmt: skip
         assert code == 0, result
+        rows = {r["target"]: r for r in result["receivers"]}
+        for node in (good, other):
+            row = rows[f"{node.host}:{node.port}"]
+            assert row["code"] == "ok", row
+            assert blake3_file(node.inbox / row["stored_as"]) == blake3_file(path)
         assert McKey.TYPE not in stranger.seen
     finally:
         stranger.close()
