@@ -112,9 +112,10 @@ def test_kill_9_at_random_points_then_resume(
         path = make_file(SIZE, name=f"round{round_}.bin")
         with _background_send(sender, path, receiver) as proc:
             _wait_for_progress(inbox, proc)
-            if round_ % 2:  # every other round after a checkpoint, however slow the machine
-                _wait_for_checkpoint(inbox, proc)
-            time.sleep(rng.uniform(0.0, 1.2))  # the random point of the kill
+            if round_ % 2:  # every other round right after a checkpoint, however fast or
+                _wait_for_checkpoint(inbox, proc)  # slow the machine: something to resume
+            else:
+                time.sleep(rng.uniform(0.0, 1.2))  # the random point of the kill
             victim = receiver if side == "receiver" else sender
             victim.kill()
             if side == "receiver":
