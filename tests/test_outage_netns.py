@@ -100,8 +100,8 @@ def test_outage_then_the_transfer_moves_again(
     cut = s_host if side == "sender" else r_host
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         sending = pool.submit(_send, sender, path, receiver)
-        wait_until(lambda: bool(scan(receiver.inbox).kept), 60, "the transfer to start")
-        time.sleep(1.0)
+        # Cut mid-way: once the receiver has checkpointed written chunks.
+        wait_until(lambda: bool(scan(receiver.inbox).manifests), 60, "a checkpoint")
         net.isolate(cut)
         try:
             time.sleep(outage)
