@@ -14,6 +14,7 @@ import pytest
 from peercrypt import config
 from peercrypt.cli import main
 from peercrypt.cli.node import NODE_OPTIONS
+from peercrypt.cli.runner import GLOBAL_OPTIONS
 from peercrypt.cli.shell import SHELL_COMMANDS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "commands.md"
@@ -80,7 +81,10 @@ def test_options_and_defaults_match(name: str) -> None:
     if command.hidden:
         return  # an alias: its section points to the command it stands for
     rows = table(sections()[name])
-    options = [p for p in command.params if isinstance(p, click.Option)]
+    # The global options every command takes are in the "Global options" table.
+    options = [
+        p for p in command.params if isinstance(p, click.Option) and p.name not in GLOBAL_OPTIONS
+    ]
     if name in TAKES_NODE_OPTIONS:
         options = [p for p in options if p.name not in NODE_OPTIONS.values()]
         assert "every option of [`node`]" in sections()[name]

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 import peercrypt
-from peercrypt.cli.runner import execute
+from peercrypt.cli.runner import GLOBAL_OPTIONS, execute
 
 if TYPE_CHECKING:
     from peercrypt.config import Effective
@@ -137,10 +137,67 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def load_command(name: str) -> click.Command:
-    """Import the module of command ``name`` and return the command."""
+    """Import the module of command ``name`` and return the command, with
+    the global ``--data-dir`` and ``--config`` options (:func:`with_global_options`)."""
     module, attr, _ = COMMANDS[name]
     command = getattr(importlib.import_module(f"peercrypt.cli.{module}"), attr)
     assert isinstance(command, click.Command)
+    return with_global_options(command)
+
+
+DATA_DIR_HELP = (
+    "Node identity, control socket, default inbox, config.toml [env PEERCRYPT_DATA_DIR]."
+)
+CONFIG_HELP = "TOML config file (default: DATA_DIR/config.toml) [env PEERCRYPT_CONFIG]."
+
+
+def _global_params() -> list[click.Option]:
+    """``--data-dir`` and ``--config`` as options of one command: the same
+    types as the group's, so the same values are refused with the same words."""
+    return [
+        click.Option(
+            [GLOBAL_OPTIONS["data_dir"], "data_dir"],
+            type=click.Path(file_okay=False, path_type=Path),
+            help=DATA_DIR_HELP,
+            is_eager=True,
+            expose_value=False,
+            callback=_rebase_invocation,
+        ),
+        click.Option(
+            [GLOBAL_OPTIONS["config_file"], "config_file"],
+            type=click.Path(dir_okay=False, path_type=Path),
+            help=CONFIG_HELP,
+            is_eager=True,
+            expose_value=False,
+            callback=_rebase_invocation,
+        ),
+    ]
+
+
+def _rebase_invocation(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """A global option given after the command: this command (and, for a
+    group, its subcommands) runs with the group's invocation redone with it.
+    Eager, so it is in place before any other option's callback. A new
+    object, not the parent's changed: a shell line's options stay its own."""
+    obj = ctx.obj
+    if value is None or not isinstance(obj, dict) or "given" not in obj:
+        return  # not given, or parsed without running (no invocation to redo)
+    assert param.name is not None
+    given = {**obj["given"], param.name: value}
+    cwd = obj["dotenv_path"].parent
+    ctx.obj = invocation(given["data_dir"], given["config_file"], obj["debug"], obj["environ"], cwd)
+
+
+def with_global_options(command: click.Command) -> click.Command:
+    """Give ``command`` (a group: and each of its commands) the group's
+    ``--data-dir`` and ``--config``, so they work after the command's name
+    too (``peercrypt send F H P --data-dir D``). Given in both places, the
+    one after the command wins. Idempotent."""
+    if not any(p.name in GLOBAL_OPTIONS for p in command.params):
+        command.params.extend(_global_params())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            with_global_options(sub)
     return command
 
 
@@ -177,14 +234,14 @@ def default_data_dir() -> Path:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     show_default="~/.local/share/peercrypt",
-    help="Node identity, control socket, default inbox, config.toml [env PEERCRYPT_DATA_DIR].",
+    help=DATA_DIR_HELP,
 )
 @click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="TOML config file (default: DATA_DIR/config.toml) [env PEERCRYPT_CONFIG].",
+    help=CONFIG_HELP,
 )
 @click.option("--debug", is_flag=True, help="Debug logs from every actor, and tracebacks.")
 @click.pass_context
@@ -217,6 +274,7 @@ def invocation(
     resolved_dir = sources.data_dir_from(data_dir, environ, dotenv, default_data_dir())
     config_path, required = sources.config_path_from(config_file, environ, dotenv, resolved_dir)
     return {
+        "given": {"data_dir": data_dir, "config_file": config_file},
         "data_dir": resolved_dir,
         "debug": debug,
         "config_path": config_path,
@@ -251,7 +309,7 @@ def node_settings_of(
         name, command, rest = command.resolve_command(group_ctx, list(group_ctx.args))
         assert command is not None and name is not None
     sub = command.make_context(name, rest, parent=top, obj=obj)
-    return sub, effective(obj, given_flags(sub, NODE_OPTIONS))
+    return sub, effective(sub.obj, given_flags(sub, NODE_OPTIONS))
 
 
 def run() -> None:

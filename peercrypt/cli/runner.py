@@ -13,6 +13,9 @@ import click
 
 from peercrypt import errors
 
+# The group's options that every command takes too (after its name): param -> flag.
+GLOBAL_OPTIONS = {"data_dir": "--data-dir", "config_file": "--config"}
+
 
 def hoist_debug(args: list[str]) -> tuple[list[str], bool]:
     """``--debug`` anywhere before ``--`` moves in front of the subcommand."""
@@ -37,7 +40,12 @@ def usage_line(exc: click.ClickException) -> str:
         assert ctx is not None and isinstance(ctx.command, click.Group)
         names = ctx.command.list_commands(ctx)
         message = f"{message}; commands: {', '.join(names)}"
-    elif isinstance(exc, click.UsageError) and ctx is not None and ctx.command_path:
+    elif (
+        isinstance(exc, click.UsageError)
+        and ctx is not None
+        and ctx.parent is not None  # not `peercrypt: error: peercrypt: ...`
+        and getattr(getattr(exc, "param", None), "name", None) not in GLOBAL_OPTIONS
+    ):  # a global option's error reads the same before and after the command
         message = f"{ctx.command_path.split(' ', 1)[-1]}: {message}"
     return f"peercrypt: error: {message[:1].lower()}{message[1:]}"
 

@@ -1,0 +1,123 @@
+"""``--data-dir`` and ``--config`` work before and after the command's name
+(``peercrypt --data-dir D send ...`` and ``peercrypt send ... --data-dir D``),
+for every command, with the same errors; after the command they win."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import pytest
+
+from peercrypt import errors
+from peercrypt.cli import main
+from peercrypt.cli.runner import GLOBAL_OPTIONS
+from peercrypt.testing.nodes import NodeProcess, blake3_file, run_cli
+
+
+def every_command() -> dict[str, click.Command]:
+    """``name`` or ``group name`` -> command, groups included."""
+    ctx = click.Context(main, info_name="peercrypt")
+    out: dict[str, click.Command] = {}
+    for name in main.list_commands(ctx):
+        command = main.get_command(ctx, name)
+        assert command is not None
+        out[name] = command
+        if isinstance(command, click.Group):
+            for sub, sub_command in command.commands.items():
+                out[f"{name} {sub}"] = sub_command
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(every_command()))
+def test_every_command_takes_the_global_options(name: str) -> None:
+    command = every_command()[name]
+    flags = {p.name: p.opts for p in command.params if isinstance(p, click.Option)}
+    for param, flag in GLOBAL_OPTIONS.items():
+        assert flags.get(param) == [flag], (name, flags)
+
+
+def test_data_dir_after_the_command(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    receiver, sender = node_factory(), node_factory()
+    env = sender.env
+    before = run_cli("--data-dir", sender.data_dir, "status", "--json", env=env)
+    after = run_cli("status", "--json", "--data-dir", sender.data_dir, env=env)
+    assert before.returncode == after.returncode == 0, (before.describe(), after.describe())
+    assert json.loads(after.stdout)["fingerprint"] == json.loads(before.stdout)["fingerprint"]
+    # Given twice, the one after the command wins.
+    other = run_cli(
+        "--data-dir", tmp_path / "nobody", "status", "--json", "--data-dir", sender.data_dir,
+        env=env,
+    )  # fmt: skip
+    assert other.returncode == 0, other.describe()
+    assert json.loads(other.stdout)["fingerprint"] == json.loads(before.stdout)["fingerprint"]
+
+    source = make_file(20 * 1024, name="after.bin")
+    sent = run_cli(
+        "send", source, receiver.host, str(receiver.port), "--json",
+        "--data-dir", sender.data_dir, env=env,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.describe()
+    stored = receiver.inbox / json.loads(sent.stdout)["stored_as"]
+    assert blake3_file(stored) == blake3_file(source)
+    # It went through the sender's node (its history has it), in both
+    # positions of a group's subcommand.
+    for args in (
+        ["stats", "list", "--json", "--data-dir", sender.data_dir],
+        ["stats", "--data-dir", sender.data_dir, "list", "--json"],
+    ):
+        listed = run_cli(*args, env=env)
+        assert listed.returncode == 0, listed.describe()
+        files = [Path(t["file"]).name for t in json.loads(listed.stdout)]
+        assert files == ["after.bin"], (args, files)
+
+
+def test_config_after_the_command(tmp_path: Path) -> None:
+    config_file = tmp_path / "custom.toml"
+    config_file.write_text('mode = "qos"\nparallel_threads = 7\n')
+    data_dir = tmp_path / "d"
+    for args in (
+        ["--data-dir", data_dir, "--config", config_file, "config", "show", "--json"],
+        ["config", "show", "--json", "--config", config_file, "--data-dir", data_dir],
+        ["config", "--config", config_file, "show", "--json", "--data-dir", data_dir],
+    ):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 0, result.describe()
+        shown = json.loads(result.stdout)
+        assert shown["mode"] == {
+            "value": "qos",
+            "source": f"config file {config_file}",
+            "variable": "DEFAULT_MODE",
+        }
+        assert shown["parallel_threads"]["value"] == 7, shown
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--data-dir", "{file}", "is a file"),
+        ("--config", "{dir}", "is a directory"),
+        ("--config", "{missing}", "does not exist"),
+    ],
+)
+def test_errors_read_the_same_in_both_places(
+    tmp_path: Path, flag: str, value: str, words: str
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    places = {"{file}": str(a_file), "{dir}": str(tmp_path), "{missing}": str(tmp_path / "no")}
+    option = [flag, places[value]]
+    # `config show` reads the config file (a missing one given by name is an error).
+    before = run_cli(*option, "config", "show", cwd=tmp_path)
+    after = run_cli("config", "show", *option, cwd=tmp_path)
+    for result in (before, after):
+        assert result.returncode == errors.USAGE, result.describe()
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr_lines) == 1, result.describe()
+        assert result.stderr_lines[0].startswith("peercrypt: error: "), result.describe()
+        assert words in result.stderr_lines[0], result.describe()
+    assert before.stderr_lines == after.stderr_lines
