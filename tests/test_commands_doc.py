@@ -12,7 +12,7 @@ import click
 import pytest
 
 from peercrypt import config
-from peercrypt.cli import main
+from peercrypt.cli.app import command_tree
 from peercrypt.cli.node import NODE_OPTIONS
 from peercrypt.cli.runner import GLOBAL_OPTIONS
 from peercrypt.cli.shell import SHELL_COMMANDS
@@ -30,19 +30,9 @@ def sections() -> dict[str, str]:
 
 
 def commands() -> dict[str, click.Command]:
-    ctx = click.Context(main, info_name="peercrypt")
-    out: dict[str, click.Command] = {}
-    for name in main.list_commands(ctx):
-        command = main.get_command(ctx, name)
-        assert command is not None
-        if isinstance(command, click.Group):
-            for sub in command.list_commands(ctx):
-                sub_command = command.get_command(ctx, sub)
-                assert sub_command is not None
-                out[f"{name} {sub}"] = sub_command
-        else:
-            out[name] = command
-    return out
+    """Every command by its full name; a group's commands, not the group."""
+    tree = command_tree()
+    return {n: c for n, c in tree.items() if not isinstance(c, click.Group)}
 
 
 def table(text: str) -> dict[str, str]:

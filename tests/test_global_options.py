@@ -12,28 +12,14 @@ import click
 import pytest
 
 from peercrypt import errors
-from peercrypt.cli import main
+from peercrypt.cli.app import command_tree
 from peercrypt.cli.runner import GLOBAL_OPTIONS
 from peercrypt.testing.nodes import NodeProcess, blake3_file, run_cli
 
 
-def every_command() -> dict[str, click.Command]:
-    """``name`` or ``group name`` -> command, groups included."""
-    ctx = click.Context(main, info_name="peercrypt")
-    out: dict[str, click.Command] = {}
-    for name in main.list_commands(ctx):
-        command = main.get_command(ctx, name)
-        assert command is not None
-        out[name] = command
-        if isinstance(command, click.Group):
-            for sub, sub_command in command.commands.items():
-                out[f"{name} {sub}"] = sub_command
-    return out
-
-
-@pytest.mark.parametrize("name", sorted(every_command()))
+@pytest.mark.parametrize("name", sorted(command_tree()))
 def test_every_command_takes_the_global_options(name: str) -> None:
-    command = every_command()[name]
+    command = command_tree()[name]
     flags = {p.name: p.opts for p in command.params if isinstance(p, click.Option)}
     for param, flag in GLOBAL_OPTIONS.items():
         assert flags.get(param) == [flag], (name, flags)

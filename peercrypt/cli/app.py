@@ -154,23 +154,20 @@ CONFIG_HELP = "TOML config file (default: DATA_DIR/config.toml) [env PEERCRYPT_C
 def _global_params() -> list[click.Option]:
     """``--data-dir`` and ``--config`` as options of one command: the same
     types as the group's, so the same values are refused with the same words."""
+    kinds = {
+        "data_dir": (click.Path(file_okay=False, path_type=Path), DATA_DIR_HELP),
+        "config_file": (click.Path(dir_okay=False, path_type=Path), CONFIG_HELP),
+    }
     return [
         click.Option(
-            [GLOBAL_OPTIONS["data_dir"], "data_dir"],
-            type=click.Path(file_okay=False, path_type=Path),
-            help=DATA_DIR_HELP,
+            [GLOBAL_OPTIONS[name], name],
+            type=kind,
+            help=help_text,
             is_eager=True,
             expose_value=False,
             callback=_rebase_invocation,
-        ),
-        click.Option(
-            [GLOBAL_OPTIONS["config_file"], "config_file"],
-            type=click.Path(dir_okay=False, path_type=Path),
-            help=CONFIG_HELP,
-            is_eager=True,
-            expose_value=False,
-            callback=_rebase_invocation,
-        ),
+        )
+        for name, (kind, help_text) in kinds.items()
     ]
 
 
@@ -199,6 +196,18 @@ def with_global_options(command: click.Command) -> click.Command:
         for sub in command.commands.values():
             with_global_options(sub)
     return command
+
+
+def command_tree() -> dict[str, click.Command]:
+    """Every command by its full name (``send``, ``stats``, ``stats list``):
+    groups and their commands, imported."""
+    out: dict[str, click.Command] = {}
+    for name in COMMANDS:
+        command = load_command(name)
+        out[name] = command
+        if isinstance(command, click.Group):
+            out.update({f"{name} {sub}": c for sub, c in command.commands.items()})
+    return dict(sorted(out.items()))
 
 
 class LazyGroup(click.Group):
