@@ -57,7 +57,7 @@ from typing import Any
 import zmq
 
 from actors import udp_multicast
-from actors.file_writer import FileWriter, Finished, Unpacked, Written
+from actors.file_writer import FileWriter, Finished, TreeFailed, TreeSpec, Unpacked, Written
 from actors.inbox import (
     Refusal,
     check_offer,
@@ -83,6 +83,7 @@ from peercrypt.core.multicast_incoming import (
 )
 from peercrypt.core.resume import RECLAIM_INTERVAL, Manifest, ResumeKey, plan_resume
 from peercrypt.core.space import Quotas, SpaceLedger
+from peercrypt.core.tree import offer_refusal
 from peercrypt.crypto.chunk_signature import (
     RECEIVER_KEY_BYTES,
     SIG_BYTES,
@@ -98,7 +99,7 @@ from peercrypt.crypto.transfer import TAG_BYTES, OpenError
 from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, bound_port
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Inbound, Outbound
+from peercrypt.wire.messages import MAX_NAME, Inbound, Outbound
 from peercrypt.wire.multicast_messages import (
     McAck,
     McAnnounce,
@@ -167,6 +168,8 @@ class Session:
     receiver_key: bytes = field(default_factory=lambda: os.urandom(RECEIVER_KEY_BYTES))
     wall: float = field(default_factory=time.time)  # when it started, for the history
     host: str = ""  # the sender's address as the gateway saw it (quotas)
+    tree: int = 0  # a folder or several files: its manifest's bytes (peercrypt/core/tree.py)
+    files: int = 0
 
     @property
     def tracker(self) -> GapTracker:
@@ -318,8 +321,11 @@ class MulticastReceiverActor(Actor):
             except (ValueError, codec.DecodeError):
                 return refuse("protocol", "malformed sealed details")
             a = dataclasses.replace(a, name=d.name, size=d.size, details=b"")
+            tree, files = d.tree, d.files
         elif not a.name:
             return refuse("protocol", "no name")
+        else:
+            tree = files = 0
         sess = self.sessions.get(a.sid)
         if sess is not None and sess.peer != env.peer:
             return refuse("duplicate", "session id already in use")
@@ -346,12 +352,16 @@ class MulticastReceiverActor(Actor):
                 verifier = proven_signer(a.signer, env.peer)
             except ValueError as exc:
                 return refuse("protocol", f"chunks not signed by the sender: {exc}")
+            shape = offer_refusal(tree, files, a.size, s.tree_max_files)
+            if shape is not None:
+                return refuse(*shape)
+            tree_bytes = a.size if tree else 0  # built beside its part
             try:
                 name = check_offer(s, a.name, a.chunk_size, a.size)
                 key = session_resume_key(env.peer, name, a.size, a.chunk_size, a.sid)
                 kept = self._kept(key)
                 verdict = self.space.admit(
-                    env.peer, a.size, free_space(s.inbox), kept.part if kept else None
+                    env.peer, a.size, free_space(s.inbox), kept.part if kept else None, tree_bytes
                 )
                 if not verdict.ok:
                     return refuse(verdict.code, verdict.reason)
@@ -393,10 +403,12 @@ class MulticastReceiverActor(Actor):
                 fd=fd,
                 pub_endpoint=f"tcp://{join_host_port(host, a.pub_port)}" if a.pub_port else "",
                 started=now,
+                tree=tree,
+                files=files,
             )
             self.sessions[a.sid] = sess
             written = kept.held_bytes() if kept is not None else 0
-            self.space.start(a.sid, env.peer, a.size, written, part.name, env.peer_host)
+            self.space.start(a.sid, env.peer, a.size, written, part.name, env.peer_host, tree_bytes)
             self._tell_repair_senders()
             self.tell("stats", _record(sess, self.now(), "running"))
             if a.group:
@@ -674,7 +686,14 @@ class MulticastReceiverActor(Actor):
                 self._drive(sess)
             elif isinstance(result, Finished):
                 self._finish(sess, result.digest)
-            elif not isinstance(result, Unpacked):  # multicast sends no trees
+            elif isinstance(result, Unpacked):
+                self._stored(sess, sess.flow.digest, ", ".join(result.stored))
+            elif isinstance(result, TreeFailed):
+                self.count("tree-bad-tree" if result.bad else "tree-io")
+                reason = f"the folder was not stored: {result.text}"
+                self.log_limited("%s from %s: %s", sess.name, _who(sess.peer), reason)
+                self._done(sess, ok=False, digest=b"", stored="", reason=reason)
+            else:
                 text = result.text
                 log.error("writing %s failed: %s", sess.name, text)
                 self._done(sess, ok=False, digest=b"", stored="", reason=f"cannot write: {text}")
@@ -715,8 +734,14 @@ class MulticastReceiverActor(Actor):
             log.warning("%s: whole-file hash mismatch; discarded", sess.name)
             self._done(sess, ok=False, digest=digest, stored="", reason="whole-file hash mismatch")
             return
+        s = self.settings
+        if sess.tree:  # a folder: the writer builds it from the verified part
+            spec = TreeSpec(
+                s.inbox, sess.part.name, sess.tree, s.tree_max_files, s.file_mode, s.inbox_mode
+            )
+            self.writer.unpack(sess.sid, spec)
+            return
         try:
-            s = self.settings
             stored = publish(sess.part, sess.fd, s.inbox, sess.name, s.file_mode) or ""
         except Refusal as exc:
             self._done(sess, ok=False, digest=digest, stored="", reason=exc.reason)
@@ -724,6 +749,10 @@ class MulticastReceiverActor(Actor):
         if not stored:
             self._done(sess, ok=False, digest=digest, stored="", reason="no free name in the inbox")
             return
+        self._stored(sess, digest, stored)
+
+    def _stored(self, sess: Session, digest: bytes, stored: str) -> None:
+        stored = stored[:MAX_NAME]
         self.count("received")
         self.count("received-bytes", sess.size)
         log.info("received %s (%d bytes) by multicast from %s", stored, sess.size, _who(sess.peer))
@@ -849,7 +878,10 @@ def _record(
         result=result,
         reason=reason[:512],
         retransmits=sess.tracker.naked,
-        params={"transport": "udp" if sess.udp is not None else "pubsub"},
+        params={
+            "transport": "udp" if sess.udp is not None else "pubsub",
+            **({"files": str(sess.files)} if sess.tree else {}),
+        },
     )
 
 

@@ -50,6 +50,7 @@ import stat
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import blake3
@@ -58,6 +59,8 @@ import zmq
 from actors import udp_multicast
 from actors.file_chunks import read_chunk
 from actors.peer_link import Link
+from actors.tree_source import TreeSource
+from actors.tree_source import Walk as TreeWalk
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.core.bitmap import pairs
@@ -75,6 +78,7 @@ from peercrypt.core.multicast_outgoing import (
     TargetLost,
 )
 from peercrypt.core.outgoing import HashFile
+from peercrypt.core.tree import TreeError
 from peercrypt.crypto.chunk_signature import (
     RECEIVER_KEY_BYTES,
     TOKEN_BYTES,
@@ -183,6 +187,11 @@ class Session:
     # [index, last, nonce, (sealed, signature), next offset].
     backlog: deque[list[Any]] = field(default_factory=deque)
     wall: float = field(default_factory=time.time)  # when it started, for the history
+    tree: TreeSource | None = None  # a folder or several files, read as one stream (fd -1)
+
+    @property
+    def source(self) -> int | TreeSource:
+        return self.tree if self.tree is not None else self.fd
 
     @property
     def total(self) -> int:
@@ -200,6 +209,7 @@ class MulticastSenderActor(Actor):
         super().__init__(env)
         self.settings = settings
         self.sessions: dict[bytes, Session] = {}
+        self.walking: dict[int, TreeWalk] = {}  # request -> its folder being walked
         self.known_peers = KnownPeersFile(settings.data_dir)
         self.pub: zmq.Socket[Any] | None = None
         self.pub_port = 0
@@ -212,6 +222,10 @@ class MulticastSenderActor(Actor):
         self.call_every_while(0.1, self._progress, running)
 
     def teardown(self) -> None:
+        for request, walk in list(self.walking.items()):
+            walk.cancel()
+            self._fail_request_id(request, ResultCode.CANCELLED, "the node is stopping")
+        self.walking.clear()
         for sess in list(self.sessions.values()):
             sess.flow.fail(ResultCode.CANCELLED, "the node is stopping", self.now())
             self._drive(sess)
@@ -271,6 +285,10 @@ class MulticastSenderActor(Actor):
                         sess.flow.on_pacing(msg.paced)
                     self._drive(sess)
         elif isinstance(msg, CancelRequest):
+            walk = self.walking.pop(msg.request, None)
+            if walk is not None:
+                walk.cancel()
+                self._fail_request_id(msg.request, ResultCode.CANCELLED, "cancelled by the user")
             for sess in list(self.sessions.values()):
                 if sess.request.request == msg.request:
                     sess.flow.fail(ResultCode.CANCELLED, "cancelled by the user", self.now())
@@ -279,17 +297,42 @@ class MulticastSenderActor(Actor):
             super().on_mail(msg)
 
     def _fail_request(self, req: McSendRequest, code: str, reason: str) -> None:
+        self._fail_request_id(req.request, code, reason)
+
+    def _fail_request_id(self, request: int, code: str, reason: str) -> None:
         self.tell(
             "control",
-            McSendResult(request=req.request, code=code, reason=reason[:500], size=0, digest=b""),
+            McSendResult(request=request, code=code, reason=reason[:500], size=0, digest=b""),
         )
 
-    def _start(self, req: McSendRequest) -> None:
+    def _walk(self, req: McSendRequest) -> None:
+        """Walk and hash a folder or several files in a thread (as a unicast
+        send does: actors/tree_source.py); :meth:`_walked` starts the session."""
+        paths = [Path(p) for p in (req.path, *req.more)]
+        self.walking[req.request] = TreeWalk(self, paths, functools.partial(self._walked, req))
+        self.tell(
+            "control", Progress(request=req.request, done_bytes=0, total_bytes=0, phase="walking")
+        )
+
+    def _walked(self, req: McSendRequest, result: TreeSource | Exception) -> None:
+        self.walking.pop(req.request, None)
+        if isinstance(result, TreeSource):
+            return self._start(req, result)
+        if isinstance(result, TreeError):
+            reason = f"cannot send {req.path}: {result}"
+        else:
+            what = getattr(result, "filename", None) or req.path
+            reason = f"cannot read {what}: {getattr(result, 'strerror', None) or result}"
+        self._fail_request(req, ResultCode.LOCAL, reason)
+
+    def _start(self, req: McSendRequest, tree: TreeSource | None = None) -> None:
         bad = [t for t in req.targets if not _valid_target(t)]
         if not req.targets or bad:
             return self._fail_request(
                 req, ResultCode.LOCAL, f"invalid targets: {bad or 'none'}"[:500]
             )
+        if tree is None and (req.more or os.path.isdir(req.path)):
+            return self._walk(req)
         group: tuple[str, int] | None = None
         udp: udp_multicast.GroupSender | None = None
         try:
@@ -314,25 +357,31 @@ class MulticastSenderActor(Actor):
             )
         except SetupError as exc:
             return self._fail_request(req, ResultCode.LOCAL, str(exc))
-        try:
-            fd = os.open(req.path, os.O_RDONLY)
-        except OSError as exc:
-            if udp is not None:
-                udp.close()
-            return self._fail_request(
-                req, ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}"
-            )
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            if udp is not None:
-                udp.close()
-            return self._fail_request(req, ResultCode.LOCAL, f"{req.path} is not a regular file")
+        if tree is not None:
+            fd, size, mtime_ns = -1, tree.total_size, 0
+        else:
+            try:
+                fd = os.open(req.path, os.O_RDONLY)
+            except OSError as exc:
+                if udp is not None:
+                    udp.close()
+                return self._fail_request(
+                    req, ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}"
+                )
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                if udp is not None:
+                    udp.close()
+                return self._fail_request(
+                    req, ResultCode.LOCAL, f"{req.path} is not a regular file"
+                )
+            size, mtime_ns = st.st_size, st.st_mtime_ns
         sid = os.urandom(16)
         key = new_content_key()
         now = self.now()
         flow = MulticastOutgoing(
-            st.st_size,
+            size,
             req.chunk_size,
             list(dict.fromkeys(req.targets)),
             timeout=req.timeout,
@@ -345,8 +394,8 @@ class MulticastSenderActor(Actor):
             request=req,
             sid=sid,
             fd=fd,
-            size=st.st_size,
-            mtime_ns=st.st_mtime_ns,
+            size=size,
+            mtime_ns=mtime_ns,
             chunk_size=req.chunk_size,
             name=os.path.basename(req.path),
             sealer=ContentSealer(sid, key),
@@ -355,6 +404,7 @@ class MulticastSenderActor(Actor):
             group=group,
             udp=udp,
             header_key=fragments.header_key(key),
+            tree=tree,
         )
         self.sessions[sid] = sess
         self.count("sessions")
@@ -420,7 +470,15 @@ class MulticastSenderActor(Actor):
         t.attempt += 1
         wrap = Initiator(self.settings.identity)
         try:
-            details = codec.encode(McDetails(name=sess.name, size=sess.size))
+            tree = sess.tree
+            details = codec.encode(
+                McDetails(
+                    name=sess.name,
+                    size=sess.size,
+                    tree=len(tree.manifest) if tree is not None else 0,
+                    files=tree.files if tree is not None else 0,
+                )
+            )
             sealed = wrap.seal_details(sess.sid, t.hello_key, details)
         except ValueError:
             reason = f"{t.name} proved an invalid key"
@@ -651,10 +709,15 @@ class MulticastSenderActor(Actor):
             self._finish(sess, out.code, out.reason)
 
     def _hash_done(self, sess: Session) -> None:
-        """Every chunk was read: the whole-file hash (if the file did not change)."""
-        st = os.fstat(sess.fd)
-        if (st.st_size, st.st_mtime_ns) != (sess.size, sess.mtime_ns):
-            reason = f"{sess.request.path} changed while sending"
+        """Every chunk was read: the whole-file hash (if the file, or no file
+        of the tree, changed)."""
+        if sess.tree is not None:
+            changed = sess.tree.changed()
+        else:
+            st = os.fstat(sess.fd)
+            changed = "" if (st.st_size, st.st_mtime_ns) == (sess.size, sess.mtime_ns) else "x"
+        if changed:
+            reason = f"{changed if sess.tree else sess.request.path} changed while sending"
             sess.flow.fail(ResultCode.LOCAL, reason, self.now())
         else:
             sess.flow.on_digest(sess.hasher.digest())
@@ -680,7 +743,7 @@ class MulticastSenderActor(Actor):
                 self._notice(sess, t, "not joined", f"{t.name} has not joined")
 
     def _read(self, sess: Session, index: int) -> bytes:
-        return read_chunk(sess.fd, index, sess.chunk_size, sess.size)
+        return read_chunk(sess.source, index, sess.chunk_size, sess.size)
 
     def _frames(self, sess: Session, index: int, data: bytes) -> tuple[bytes, list[bytes]]:
         """Seal and sign a chunk: its nonce, and the frames [McChunk header,
@@ -797,13 +860,17 @@ class MulticastSenderActor(Actor):
         for t in sess.targets.values():
             if flow.receivers[t.name].result is None:
                 self.tell("stats", _sample(sess, t, self.now()))
+        done_bytes = min(sess.size, done * sess.chunk_size)
+        tree = sess.tree
         self.tell(
             "control",
             Progress(
                 request=request,
-                done_bytes=min(sess.size, done * sess.chunk_size),
+                done_bytes=done_bytes,
                 total_bytes=sess.size,
                 phase="verifying" if done >= flow.total else "sending",
+                done_files=tree.layout.files_done(done_bytes) if tree is not None else 0,
+                total_files=tree.files if tree is not None else 0,
             ),
         )
 
@@ -822,7 +889,8 @@ class MulticastSenderActor(Actor):
             t.link.close()
             if t.repair is not None and not t.repair.closed:
                 self.close_socket(t.repair)
-        os.close(sess.fd)
+        if sess.fd >= 0:
+            os.close(sess.fd)
         if sess.udp is not None:
             sess.udp.close()
         self.count("sent" if code == ResultCode.OK else f"failed-{code}")
@@ -846,6 +914,9 @@ class MulticastSenderActor(Actor):
             "datagram_bytes": sess.udp.datagram if sess.udp else 0,
             "gso_batch": sess.udp.batch if sess.udp else 0,
         }
+        if sess.tree is not None:
+            stats["files"] = float(sess.tree.files)
+            stats["skipped"] = float(len(sess.tree.skipped))
         ends = [sess.flow.receivers[t.name].result for t in sess.targets.values()]
         results = [
             {
@@ -911,6 +982,7 @@ def _record(sess: Session, t: Target, now: float) -> StatsRecord:
         params={
             "receivers": str(len(sess.targets)),
             "transport": "udp" if sess.group else "pubsub",
+            **({"files": str(sess.tree.files)} if sess.tree is not None else {}),
         },
         stats={"demoted": 1.0 if m and m.demoted else 0.0},
     )

@@ -78,7 +78,7 @@ from peercrypt.core.resume import (
     plan_resume,
 )
 from peercrypt.core.space import Quotas, SpaceLedger
-from peercrypt.core.tree import manifest_limit
+from peercrypt.core.tree import offer_refusal
 from peercrypt.crypto.handshake import ProofError, open_details, respond
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
@@ -270,12 +270,9 @@ class ReceiverActor(Actor):
             name = check_offer(s, details.name, details.chunk_size, details.size)
         except Refusal as exc:
             return refuse(exc.code, exc.reason)
-        if details.tree or details.files:
-            limit = s.tree_max_files
-            if details.files > limit or details.tree > manifest_limit(limit):
-                return refuse("too-many-files", f"a folder of at most {limit} files is taken here")
-            if not 0 < details.tree <= details.size:
-                return refuse("bad-offer", "the folder's manifest does not fit its size")
+        shape = offer_refusal(details.tree, details.files, details.size, s.tree_max_files)
+        if shape is not None:
+            return refuse(*shape)
         # ``peer`` is the sender's identity key, proven by CURVE (ZAP's
         # User-Id); the answer proves ours and mixes both into the keys.
         try:

@@ -67,7 +67,6 @@ import itertools
 import logging
 import os
 import random
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -81,7 +80,8 @@ from zmq.utils.monitor import recv_monitor_message
 from actors.file_chunks import Stream, read_chunk
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, crew_size
 from actors.peer_link import ConnectProbe, Link, connect_cause
-from actors.tree_source import TreeSource, build_tree
+from actors.tree_source import TreeSource
+from actors.tree_source import Walk as TreeWalk
 from peercrypt.core.address import join_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
@@ -173,29 +173,11 @@ class Retries:
 
 @dataclass
 class Walk:
-    """A folder being walked and hashed in a thread of its own (the actor
-    goes on meanwhile); ``result`` is set before the pipe is written. The
-    thread owns the pipe's write end and closes it; ``cancelled`` stops
-    the walk at its next entry or hash block."""
+    """A folder being walked and hashed for ``request`` (actors/tree_source.py)."""
 
     request: SendRequest
     retry: Retries | None  # carried to the attempt after the walk
-    wake: tuple[int, int]  # the pipe (read, write)
-    result: TreeSource | Exception | None = None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        try:
-            paths = [Path(p) for p in (self.request.path, *self.request.more)]
-            self.result = build_tree(paths, cancelled=self.cancelled)
-        except (TreeError, OSError) as exc:
-            self.result = exc
-        try:
-            os.write(self.wake[1], b"!")
-        except OSError:  # dropped: the read end is closed, nobody waits
-            pass
-        finally:
-            os.close(self.wake[1])
+    job: TreeWalk | None = None
 
 
 @dataclass
@@ -387,25 +369,23 @@ class SenderActor(Actor):
     def _walk(self, req: SendRequest, retry: Retries | None) -> None:
         """Walk and hash a folder or several files in a thread
         (actors/tree_source.py); :meth:`_walked` goes on with the send."""
-        walk = Walk(req, retry, os.pipe())
-        self.walking[req.request] = walk
-        self.watch(walk.wake[0], functools.partial(self._walked, walk))
-        threading.Thread(target=walk.run, name="pc-walk", daemon=True).start()
+        walk = self.walking[req.request] = Walk(req, retry)
+        paths = [Path(p) for p in (req.path, *req.more)]
+        walk.job = TreeWalk(self, paths, functools.partial(self._walked, walk))
 
     def _drop_walk(self, walk: Walk) -> None:
         """Forget a walk: its thread stops at its next entry or hash block
         and closes the write end; its result is ignored."""
         if self.walking.get(walk.request.request) is walk:
             del self.walking[walk.request.request]
-            walk.cancelled.set()
-            self.unwatch(walk.wake[0])
-            os.close(walk.wake[0])  # the thread's write then fails harmlessly
+            if walk.job is not None:
+                walk.job.cancel()
 
-    def _walked(self, walk: Walk, _fd: object = None) -> None:
+    def _walked(self, walk: Walk, result: TreeSource | Exception) -> None:
         if self.walking.get(walk.request.request) is not walk:
             return
         self._drop_walk(walk)
-        req, result = walk.request, walk.result
+        req = walk.request
         if isinstance(result, TreeSource):
             if walk.retry is not None:
                 self.carried[req.request] = walk.retry

@@ -22,8 +22,10 @@ import bisect
 import os
 import stat
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import blake3
 
@@ -190,3 +192,62 @@ def _hash(path: str, stop: threading.Event) -> tuple[bytes, tuple[int, int], int
         return hasher.digest(), (st.st_size, st.st_mtime_ns), st.st_mode
     finally:
         os.close(fd)
+
+
+class _Watcher(Protocol):
+    """What :class:`Walk` needs of an actor: a file descriptor watched."""
+
+    def watch(self, sock: Any, handler: Callable[[Any], None]) -> None: ...
+
+    def unwatch(self, sock: Any) -> None: ...
+
+
+class Walk:
+    """:func:`build_tree` in a thread of its own, so the actor goes on
+    meanwhile: ``done(result)`` (the :class:`TreeSource`, or the TreeError or
+    OSError) is called in the actor's loop once it is ready, unless
+    :meth:`cancel` came first (the thread then stops at its next entry or
+    hash block and its result is dropped). The thread owns the wake pipe's
+    write end and closes it."""
+
+    def __init__(
+        self,
+        actor: _Watcher,
+        paths: list[Path],
+        done: Callable[[TreeSource | Exception], None],
+    ) -> None:
+        self.paths = paths
+        self.result: TreeSource | Exception | None = None
+        self.cancelled = threading.Event()
+        self._actor, self._done = actor, done
+        self._wake = os.pipe()
+        self._open = True
+        actor.watch(self._wake[0], self._woken)
+        threading.Thread(target=self._run, name="pc-walk", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.result = build_tree(self.paths, cancelled=self.cancelled)
+        except (TreeError, OSError) as exc:
+            self.result = exc
+        try:
+            os.write(self._wake[1], b"!")
+        except OSError:  # dropped: the read end is closed, nobody waits
+            pass
+        finally:
+            os.close(self._wake[1])
+
+    def _woken(self, _fd: object = None) -> None:
+        if not self._open:
+            return
+        self.cancel()
+        assert self.result is not None
+        self._done(self.result)
+
+    def cancel(self) -> None:
+        """Forget the walk (idempotent): ``done`` is not called."""
+        if self._open:
+            self._open = False
+            self.cancelled.set()
+            self._actor.unwatch(self._wake[0])
+            os.close(self._wake[0])  # the thread's write then fails harmlessly

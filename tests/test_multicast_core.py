@@ -213,6 +213,23 @@ def test_silent_member_is_lost_then_failed_and_late_join_catches_up() -> None:
     assert plan.members["d"].state == MULTICAST
 
 
+def test_a_member_verifying_for_long_is_neither_lost_nor_stalled() -> None:
+    """Acks of every chunk while it verifies (a big file's hash, a folder
+    being stored) keep it alive past the stall timeout; silence does not."""
+    plan = _plan(total=8, lost_after=2.0, stall_timeout=5.0)
+    plan.on_published(8)
+    for name in ("a", "b", "c"):
+        plan.on_ack(name, 8, [], 1.0)
+    now = 1.0
+    while now < 20.0:
+        now += 0.5
+        plan.on_ack("a", 8, [], now)  # verifying
+        plan.on_ack("b", 8, [], now)
+        assert ("a", FAILED) not in plan.tick(now)
+    assert plan.members["a"].state != FAILED and plan.members["a"].state != LOST
+    assert plan.members["c"].state == FAILED  # silent: lost, then failed
+
+
 @settings(max_examples=100, deadline=None)
 @given(seed=st.integers(0, 2**32), members=st.integers(1, 5), total=st.integers(1, 200))
 def test_simulated_session_completes_with_bounded_state(

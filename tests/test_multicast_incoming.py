@@ -6,6 +6,7 @@ from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.multicast_incoming import (
     ACK_EVERY,
     ACK_INTERVAL,
+    VERIFY_ACK_INTERVAL,
     Expired,
     FinishFile,
     MulticastIncoming,
@@ -50,8 +51,14 @@ def test_finishes_once_when_complete_and_the_hash_is_known() -> None:
     s.on_status(2, b"h" * 32, 0, 0.2)
     assert s.poll() == [FinishFile(b"h" * 32)]
     s.on_status(2, b"h" * 32, 0, 0.3)
-    s.on_timer(5.0)
-    assert s.poll() == [] and s.next_timer() is None  # finishing: no acks, no expiry
+    assert s.poll() == []  # once
+    assert s.next_timer() == s.last_ack + VERIFY_ACK_INTERVAL
+    s.on_timer(s.last_ack + VERIFY_ACK_INTERVAL / 2)
+    assert s.poll() == []  # not due: finishing acks are slower
+    s.on_timer(60.0)  # a long check: past the idle timeout, it never expires
+    assert s.poll() == [SendAck(2, 2, [])]  # alive and verifying
+    s.on_timer(60.0 + VERIFY_ACK_INTERVAL)
+    assert s.poll() == [SendAck(2, 2, [])]
 
 
 def test_a_silent_session_expires_once() -> None:

@@ -385,3 +385,15 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def tree_counts(stats: dict[str, float], as_json: bool) -> tuple[int, int]:
+    """A finished send's files and skipped entries (both 0 for one plain
+    file); warns on stderr about skipped ones unless ``as_json``."""
+    files, skipped = int(stats.get("files", 0)), int(stats.get("skipped", 0))
+    if skipped and not as_json:
+        click.echo(
+            f"peercrypt: warning: {skipped} symbolic link(s) or special file(s) were not sent",
+            err=True,
+        )
+    return files, skipped

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, check_resolvable, follow
+from peercrypt.cli.common import UserError, check_resolvable, follow, tree_counts
 from peercrypt.cli.progress import echo, progress_view
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.address import join_host_port, split_host_port
@@ -92,7 +92,7 @@ def targets(host: str, port: int, to: tuple[str, ...], multi: bool, dual: bool) 
 def multicast_send(
     client: ControlClient,
     *,
-    file: Path,
+    files: list[Path],
     targets: list[str],
     as_json: bool,
     show: bool,
@@ -101,13 +101,16 @@ def multicast_send(
     group: str,
     expect: list[str],
 ) -> NoReturn:
-    """Hand ``file`` to the node's multicast sender and report each receiver."""
-    path = file.resolve()
+    """Hand ``files`` (a file, a folder, or several: one session) to the
+    node's multicast sender and report each receiver."""
+    paths = [f.resolve() for f in files]
+    path = paths[0]
     request = client.next_id()
     client.send(
         McSendRequest(
             request=request,
             path=str(path),
+            more=[str(p) for p in paths[1:]],
             targets=targets,
             chunk_size=chunk_size,
             timeout=timeout,
@@ -121,7 +124,7 @@ def multicast_send(
         path,
         McSendResult,
         timeout,
-        view=progress_view([path], show),
+        view=progress_view(paths, show),
         on_other=functools.partial(_target_result, as_json),
     )
     _report(result, path, as_json)
@@ -144,6 +147,7 @@ def _target_result(as_json: bool, msg: Message) -> None:
 def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
     ok = result.code == ResultCode.OK
     rate = result.size / result.seconds / 2**20 if result.seconds > 0 else 0.0
+    files, skipped = tree_counts(result.stats, as_json)
     if as_json:
         click.echo(
             json.dumps(
@@ -157,6 +161,8 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
                     "blake3": result.digest.hex() if ok else None,
                     "seconds": round(result.seconds, 3),
                     "mib_per_s": round(rate, 1),
+                    "files": files or None,
+                    "skipped": skipped if files else None,
                     "receivers": result.results,
                     "stats": result.stats,
                 }
@@ -164,7 +170,8 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
         )
     elif ok:
         click.echo(
-            f"sent {path.name} ({result.size} bytes) to {len(result.results)} receivers by "
+            f"sent {path.name} ({f'{files} files, ' if files else ''}{result.size} bytes) "
+            f"to {len(result.results)} receivers by "
             f"multicast in {result.seconds:.2f} s ({rate:.1f} MiB/s each), "
             f"blake3 {result.digest.hex()} verified by all"
         )

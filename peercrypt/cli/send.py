@@ -1,7 +1,7 @@
 """``send FILE... HOST PORT``: unicast in any mode, or multicast with ``-m``,
 ``-dual``, ``--to`` or ``--mode multicast`` (handed to
 :mod:`peercrypt.cli.multicast`). A folder, or several files and folders, go
-as one transfer (unicast; peercrypt/core/tree.py)."""
+as one transfer (peercrypt/core/tree.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from peercrypt.cli.common import (
     local_node,
     network_key_option,
     open_option,
+    tree_counts,
 )
 from peercrypt.cli.progress import progress_view, wanted
 from peercrypt.core.fragments import parse_group
@@ -78,7 +79,7 @@ from peercrypt.wire.messages import SendRequest, SendResult
     "--multicast",
     "multi",
     is_flag=True,
-    help="Multicast: the file goes once to many receivers (add them with --to).",
+    help="Multicast: the file (or folder) goes once to many receivers (add them with --to).",
 )
 @click.option(
     "--to", "to", multiple=True, metavar="HOST:PORT", help="Multicast: another receiver (repeat)."
@@ -147,10 +148,7 @@ def send(
     overrides = modes.send_overrides(policy_options, mode)
     check_resolvable(host, port)
     paths = [f.resolve() for f in files]
-    file = path = paths[0]
-    tree = len(paths) > 1 or path.is_dir()
-    if tree and mode == "multicast":
-        raise UserError("multicast sends one file; send a folder or several files without -m")
+    path = paths[0]
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
         raise UserError("two of the files to send have the same name")
@@ -165,13 +163,9 @@ def send(
         if group and mode != "multicast":
             raise UserError("--group is for multicast (-m, -dual, --to or --mode multicast)")
         if mode == "multicast":
-            if tree:
-                raise UserError(
-                    "multicast sends one file; send a folder or several files without -m"
-                )
             _multicast().multicast_send(
                 client,
-                file=file,
+                files=paths,
                 targets=targets,
                 as_json=as_json,
                 show=wanted(as_json, no_progress, progress),
@@ -210,13 +204,7 @@ def _multicast() -> Any:
 def _report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> NoReturn:
     ok = result.code == ResultCode.OK
     rate = result.size / result.seconds / 2**20 if ok and result.seconds > 0 else 0.0
-    files = int(result.stats.get("files", 0))
-    skipped = int(result.stats.get("skipped", 0))
-    if skipped and not as_json:
-        click.echo(
-            f"peercrypt: warning: {skipped} symbolic link(s) or special file(s) were not sent",
-            err=True,
-        )
+    files, skipped = tree_counts(result.stats, as_json)
     if as_json:
         click.echo(
             json.dumps(

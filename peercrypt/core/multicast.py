@@ -37,6 +37,8 @@ repairs.
   actor re-announces the session to it; a restarted receiver rejoins). A
   member whose cumulative ack does not move for ``stall_timeout`` seconds,
   or that stays lost that long, fails: one peer never stalls the others.
+  A member that acks every chunk is verifying (the final hash, storing a
+  folder): each such ack counts as progress, so a long check is not a stall.
 """
 
 from __future__ import annotations
@@ -268,6 +270,8 @@ class SessionPlan:
             m.state = UNICAST
         m.last_heard = now
         cumulative = max(0, min(self.total, cumulative))
+        if cumulative >= self.total:  # it holds everything and is verifying: alive, not stalled
+            m.progress_at = now
         if cumulative > m.cumulative:
             m.cumulative = cumulative
             if cumulative > m.high_water:

@@ -18,8 +18,11 @@ finished and when the session has gone silent. No socket, file or clock:
 
 Acks go every ``ack_every`` written chunks (the sender may ask for fewer,
 never more than :data:`ACK_EVERY`) and every :data:`ACK_INTERVAL` seconds;
-none before the key, none once finishing. A session with no traffic for
-``idle_timeout`` seconds (and not finishing) expires. ``have``: chunks
+none before the key. Once finishing (the final hash, then storing a folder,
+which may take long) an ack of everything every :data:`VERIFY_ACK_INTERVAL`
+seconds tells the sender this receiver is alive and verifying, so it is
+neither lost nor stalled however long the check takes. A session with no
+traffic for ``idle_timeout`` seconds (and not finishing) expires. ``have``: chunks
 already in a kept part (a restarted receiver rejoining): neither NAKed nor
 written again.
 """
@@ -34,6 +37,7 @@ from peercrypt.core.multicast import GapTracker
 ACK_INTERVAL = 0.05  # seconds between acks (besides every ``ack_every`` written chunks)
 ACK_EVERY = 8  # chunks written between acks, at most
 NAK_LIMIT = 64  # chunks one NAK asks for
+VERIFY_ACK_INTERVAL = 0.5  # seconds between acks while finishing (the sender's lost_after: 2 s)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,8 @@ class MulticastIncoming:
             self.expired = True
             self._outputs.append(Expired(now - self.last_activity))
             return
-        if now - self.last_ack >= ACK_INTERVAL * 0.9:
+        interval = VERIFY_ACK_INTERVAL if self.finishing else ACK_INTERVAL
+        if now - self.last_ack >= interval * 0.9:
             self._ack(now)
 
     # -- outputs ----------------------------------------------------------------
@@ -134,15 +139,17 @@ class MulticastIncoming:
         return out
 
     def next_timer(self) -> float | None:
-        if self.expired or self.finishing:
+        if self.expired:
             return None
+        if self.finishing:
+            return self.last_ack + VERIFY_ACK_INTERVAL
         return min(self.last_ack + ACK_INTERVAL, self.last_activity + self.idle_timeout)
 
     # -- internals --------------------------------------------------------------
 
     def _ack(self, now: float) -> None:
         self.last_ack = now
-        if not self.keyed or self.finishing:
+        if not self.keyed:
             return
         t = self.tracker
         self._acked_written = t.written.count

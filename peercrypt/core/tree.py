@@ -95,6 +95,19 @@ def manifest_limit(max_files: int) -> int:
     return 64 + max_files * ENTRY_BUDGET
 
 
+def offer_refusal(tree: int, files: int, size: int, max_files: int) -> tuple[str, str] | None:
+    """Why an offer of a tree (``tree`` manifest bytes, ``files`` files, a
+    stream of ``size`` bytes) is refused before anything is received, as
+    (code, reason); None: it may start."""
+    if not (tree or files):
+        return None
+    if files > max_files or tree > manifest_limit(max_files):
+        return "too-many-files", f"a folder of at most {max_files} files is taken here"
+    if not 0 < tree <= size:
+        return "bad-offer", "the folder's manifest does not fit its size"
+    return None
+
+
 def check_component(name: str) -> str:
     """``name`` if it is usable as one path component unchanged, else TreeError."""
     if (  # the common case, decided without sanitise's per-character pass

@@ -79,6 +79,10 @@ class McDetails(Message):
     TYPE = "mc-details"
     name: str = field(metadata=bounded(MAX_NAME, 1))
     size: int = counter()
+    # A folder or several files (peercrypt/core/tree.py): the stream's first
+    # ``tree`` bytes are its manifest of ``files`` files; 0: one plain file.
+    tree: int = counter(default=0)
+    files: int = counter(default=0)
 
 
 @message
@@ -182,6 +186,9 @@ class McSendRequest(Message):
     TYPE = "mc-send-request"
     request: int = counter()
     path: str = field(metadata=bounded(4096, 1))
+    # More files or folders sent with ``path`` as one session (a folder
+    # ``path`` alone is one too); each travels under its own name.
+    more: list[str] = field(default_factory=list, metadata=bounded(4096))
     targets: list[str] = field(metadata=bounded(MAX_TARGETS))  # "HOST:PORT", >= 1
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
     timeout: float = 10.0
