@@ -19,15 +19,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import blake3
-import msgpack
 import pytest
 
 from actors.inbox import load_manifest, manifest_name, scan
 from peercrypt.core.tree import Kind, TreeEntry, encode_manifest
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.hostile_tree import HostileTreeNode, write_spec
 from peercrypt.testing.nodes import NodeProcess, cli_env, free_port, start_cli, wait_until
+from peercrypt.testing.trees import (
+    HostileTreeNode,
+    contents,
+    d,
+    f,
+    raw_manifest,
+    row,
+    sample_tree,
+    write_spec,
+)
 
 WAIT = 30.0
 MiB = 1 << 20
@@ -64,15 +71,6 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
     assert set(codes.values()) <= {0}, (codes, [x.log_tail() for x in started])
 
 
-def contents(root: Path) -> dict[str, str | None]:
-    """Every path under ``root`` -> the BLAKE3 of its content (None: a folder)."""
-    out: dict[str, str | None] = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        out[rel] = None if p.is_dir() else blake3.blake3(p.read_bytes()).hexdigest()
-    return out
-
-
 def hidden(inbox: Path) -> list[str]:
     """Parts, manifests and hidden trees left in ``inbox``."""
     return sorted(n for n in os.listdir(inbox) if n.startswith("."))
@@ -89,14 +87,7 @@ def test_a_folder_by_multicast_arrives_whole_at_both_receivers(
     nodes: Nodes, tmp_path: Path
 ) -> None:
     src = tmp_path / "album"
-    (src / "2026" / "ünï 😀 夏").mkdir(parents=True)
-    (src / "empty folder").mkdir()
-    (src / "2026" / "ünï 😀 夏" / "a.jpg").write_bytes(os.urandom(300_000))
-    (src / "2026" / "empty.txt").write_bytes(b"")
-    (src / "run.sh").write_bytes(b"#!/bin/sh\necho hi\n")
-    os.chmod(src / "run.sh", 0o755)
-    (src / "up").symlink_to(tmp_path)  # not followed, not sent
-    expected = {k: v for k, v in contents(src).items() if k != "up"}
+    expected = sample_tree(src, tmp_path)  # its link "up" is not followed, not sent
     receivers = (nodes.one, nodes.two)
 
     sent = nodes.sender.cli("send", src, *nodes.targets(), "--json", "--chunk-size", "65536")
@@ -186,45 +177,29 @@ def test_a_receiver_restarted_mid_folder_rejoins_and_ends_with_the_tree(
 # -- a hostile sender (a member with the network key) ------------------------------------
 
 
-def f(*path: str, data: bytes) -> TreeEntry:
-    return TreeEntry(Kind.FILE, path, len(data), 0o644, blake3.blake3(data).digest())
-
-
-def d(*path: str) -> TreeEntry:
-    return TreeEntry(Kind.DIR, path)
-
-
-def row(e: TreeEntry) -> list[Any]:
-    return [e.kind.value, list(e.path), e.size, e.mode, e.digest]
-
-
-def raw(rows: list[list[Any]]) -> bytes:
-    data = msgpack.packb([1, rows], use_bin_type=True)
-    assert isinstance(data, bytes)
-    return data
-
-
 def test_hostile_multicast_trees_store_nothing_and_the_receivers_go_on(
     nodes: Nodes, tmp_path: Path
 ) -> None:
     x = b"payload"
     cases: dict[str, tuple[bytes, bytes]] = {
-        "dot-dot": (raw([row(f("..", data=x))]), x),
-        "dot-dot-below": (raw([row(d("ok")), row(f("ok", "..", data=x))]), x),
-        "absolute": (raw([row(d("")), row(f("", "etc", data=x))]), x),
-        "slash": (raw([row(f("a/../../b", data=x))]), x),
-        "reserved": (raw([row(f(".evil.0123.mc.part", data=x))]), x),
+        "dot-dot": (raw_manifest([row(f("..", data=x))]), x),
+        "dot-dot-below": (raw_manifest([row(d("ok")), row(f("ok", "..", data=x))]), x),
+        "absolute": (raw_manifest([row(d("")), row(f("", "etc", data=x))]), x),
+        "slash": (raw_manifest([row(f("a/../../b", data=x))]), x),
+        "reserved": (raw_manifest([row(f(".evil.0123.mc.part", data=x))]), x),
         "reserved-tree": (
-            raw([row(d(".evil.0123.tree")), row(f(".evil.0123.tree", "a", data=x))]),
+            raw_manifest([row(d(".evil.0123.tree")), row(f(".evil.0123.tree", "a", data=x))]),
             x,
         ),
-        "undeclared-parent": (raw([row(f("a", "b", data=x))]), x),
-        "sizes-lie": (raw([row(TreeEntry(Kind.FILE, ("a",), 3, 0o644, b"h" * 32))]), x),
+        "undeclared-parent": (raw_manifest([row(f("a", "b", data=x))]), x),
+        "sizes-lie": (raw_manifest([row(TreeEntry(Kind.FILE, ("a",), 3, 0o644, b"h" * 32))]), x),
         "size-too-big": (
-            raw([row(d("t")), row(TreeEntry(Kind.FILE, ("t", "a"), 99, 0o644, b"h" * 32))]),
+            raw_manifest(
+                [row(d("t")), row(TreeEntry(Kind.FILE, ("t", "a"), 99, 0o644, b"h" * 32))]
+            ),
             x,
         ),
-        "hash-mismatch": (raw([row(d("t")), row(f("t", "a", data=b"other!!"))]), x),
+        "hash-mismatch": (raw_manifest([row(d("t")), row(f("t", "a", data=b"other!!"))]), x),
         "garbage": (b"\xc1" * 20, x),
     }
     dummy = tmp_path / "evil"

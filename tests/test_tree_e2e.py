@@ -14,26 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-import msgpack
 
 from actors.inbox import load_manifest, manifest_name, scan
 from peercrypt.core.tree import Kind, TreeEntry, encode_manifest
 from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import NodeProcess, cli_env, start_cli, wait_until
+from peercrypt.testing.trees import contents, d, f, raw_manifest, row, sample_tree
 from peercrypt.wire.messages import Ack, Failed, Refuse, Verified, Verifying
 
 WAIT = 30.0
 Nodes = Callable[..., NodeProcess]
-
-
-def contents(root: Path) -> dict[str, str | None]:
-    """Every path under ``root`` -> the BLAKE3 of its content (None: a folder)."""
-    out: dict[str, str | None] = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        out[rel] = None if p.is_dir() else blake3.blake3(p.read_bytes()).hexdigest()
-    return out
 
 
 def test_a_folder_arrives_whole_and_a_second_one_beside_it(
@@ -43,15 +34,9 @@ def test_a_folder_arrives_whole_and_a_second_one_beside_it(
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"must not leave the sender")
     src = tmp_path / "photos"
-    (src / "2026" / "ünï 😀 夏").mkdir(parents=True)
-    (src / "empty folder").mkdir()
-    (src / "2026" / "ünï 😀 夏" / "a.jpg").write_bytes(os.urandom(300_000))
-    (src / "2026" / "empty.txt").write_bytes(b"")
-    (src / "run.sh").write_bytes(b"#!/bin/sh\necho hi\n")
-    os.chmod(src / "run.sh", 0o755)
+    (tmp_path / "photos").mkdir()
     (src / "leak").symlink_to(secret)
-    (src / "up").symlink_to(tmp_path)
-    expected = {k: v for k, v in contents(src).items() if k not in ("leak", "up")}
+    expected = {k: v for k, v in sample_tree(src, tmp_path).items() if k != "leak"}
 
     result = sender.send_result(src, receiver.host, receiver.port)
     assert result.returncode == 0, result.describe()
@@ -112,8 +97,8 @@ def test_a_folder_arrives_whole_and_a_second_one_beside_it(
 def test_ten_thousand_files_in_one_transfer(tmp_path: Path, node_factory: Nodes) -> None:
     receiver, sender = node_factory(), node_factory()
     src = tmp_path / "many"
-    for d in range(50):
-        folder = src / f"d{d:02}"
+    for n in range(50):
+        folder = src / f"d{n:02}"
         folder.mkdir(parents=True)
         for i in range(200):
             (folder / f"f{i:03}").write_bytes(os.urandom(16))
@@ -143,24 +128,6 @@ def test_cli_refuses_what_it_cannot_send_as_one(tmp_path: Path, node_factory: No
 
 
 # -- a hostile sender (a member with the network key) ------------------------------------
-
-
-def f(*path: str, data: bytes) -> TreeEntry:
-    return TreeEntry(Kind.FILE, path, len(data), 0o644, blake3.blake3(data).digest())
-
-
-def d(*path: str) -> TreeEntry:
-    return TreeEntry(Kind.DIR, path)
-
-
-def raw_manifest(rows: list[list[Any]]) -> bytes:
-    data = msgpack.packb([1, rows], use_bin_type=True)
-    assert isinstance(data, bytes)
-    return data
-
-
-def row(e: TreeEntry) -> list[Any]:
-    return [e.kind.value, list(e.path), e.size, e.mode, e.digest]
 
 
 def offer_tree(h: HostileSender, manifest: bytes, body: bytes, files: int) -> HostileTransfer:
