@@ -15,8 +15,10 @@ against an sshd of our own on a loopback port (a temporary host key and
 client key; nothing of the machine's ssh configuration is used or changed).
 Without an sshd binary (``apt-get install -y openssh-server``) the ssh rows
 fall back to a local ``tar c | tar x`` pipe with ``sync -f``, and say so.
-The receiving folder is emptied before each run. Reported: each way's
-median wall time and files per second.
+The receiving folder is emptied before each run. Printed: every run as it
+ends (its wall time and files per second; for peercrypt also the CPU
+seconds each node process spent on it, from /proc), then each way's median,
+the load average before and after, and one JSON line with every run.
 
     .venv/bin/python scripts/bench_tree.py [--files 10000] [--size 4096] [--rounds 3]
 """
@@ -100,7 +102,17 @@ class Sshd:
         self.proc.wait(10)
 
 
-def timed(run: Callable[[], None]) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def timed(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
@@ -145,7 +157,7 @@ def main() -> None:
             if result.returncode != 0:
                 raise SystemExit(result.describe())
 
-        ways: dict[str, Callable[[], None]] = {"peercrypt send DIR": peercrypt}
+        ways: dict[str, Callable[[], object]] = {"peercrypt send DIR": peercrypt}
         if sshd is not None:
             ssh = " ".join(sshd.ssh)
             ways["tar c | ssh tar x"] = lambda: sh(
@@ -163,31 +175,47 @@ def main() -> None:
             ways["tar c | tar x; sync -f (local)"] = lambda: sh(
                 f"tar c -C {work} tree | tar x -C {dest} && sync -f {dest}"
             )
+        loads = [load()]
+        print(f"{args.files} files of {args.size} bytes, loopback; load average {loads[0]}")
         try:
-            for _ in range(args.rounds):
+            for n in range(1, args.rounds + 1):
                 for name, run in ways.items():
                     clean()
-                    times.setdefault(name, []).append(timed(run))
+                    nodes = {"sender": sender.pid, "receiver": receiver.pid}
+                    before = {x: cpu_seconds(pid) for x, pid in nodes.items()}
+                    seconds = timed(run)
+                    times.setdefault(name, []).append(seconds)
+                    rate = args.files / seconds
+                    line = f"  round {n}  {name:32} {seconds:6.2f} s  {rate:6.0f} files/s"
                     if run is peercrypt:  # what arrived is what was sent (untimed)
+                        cpu = {x: cpu_seconds(pid) - before[x] for x, pid in nodes.items()}
+                        line += f"  (CPU s: sender {cpu['sender']:.2f}, "
+                        line += f"receiver {cpu['receiver']:.2f})"
                         stored = receiver.inbox / "tree"
                         assert sum(1 for _ in stored.rglob("*.bin")) == args.files
                         last = sorted(src.rglob("*.bin"))[-1].relative_to(src)
                         assert blake3_file(stored / last) == blake3_file(src / last)
+                    print(line, flush=True)
+            loads.append(load())
         finally:
             if sshd is not None:
                 sshd.stop()
             sender.stop()
             receiver.stop()
     print(
-        f"{args.files} files of {args.size} bytes, loopback, {args.rounds} rounds interleaved "
-        f"(median wall time, files/s):"
+        f"median of {args.rounds} rounds interleaved (wall time, files/s); "
+        f"load average {loads[0]} before, {loads[-1]} after:"
     )
     rows = {}
     for name, values in times.items():
         median = statistics.median(values)
-        rows[name] = {"seconds": round(median, 2), "files_per_s": round(args.files / median)}
+        rows[name] = {
+            "seconds": round(median, 2),
+            "files_per_s": round(args.files / median),
+            "runs": [round(v, 2) for v in values],
+        }
         print(f"  {name:32} {median:6.2f} s  {args.files / median:8.0f} files/s")
-    print(json.dumps(rows))
+    print(json.dumps({"load": loads, "ways": rows}))
 
 
 if __name__ == "__main__":
