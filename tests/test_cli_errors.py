@@ -77,8 +77,25 @@ def source(make_file: Callable[..., Path]) -> Path:
         (["send", "{file}", "127.0.0.1", "7400", "--open", "--chunk-size", "100"], ["chunk"]),
         (["send", "{file}", "127.0.0.1", "7400", "--open", "--timeout", "0"], ["timeout"]),
         (["node", "--port", "70000", "--open"], ["port"]),
+        (["send", "{file}", "127.0.0.1", "x", "--open"], ["'PORT': 'x' is not a valid integer"]),
+        (["send", "{file}", "h", "1", "--timeout", "soon"], ["'soon' is not a valid number"]),
+        (["send", "{file}"], ["send: expected FILE... HOST PORT", "peercrypt send big.iso"]),
+        (["send", "{file}", "127.0.0.1"], ["send: expected FILE... HOST PORT"]),
+        (["send"], ["send: expected FILE... HOST PORT"]),
     ],
-    ids=["missing-file", "same-name", "port-0", "chunk-too-small", "timeout-0", "port-range"],
+    ids=[
+        "missing-file",
+        "same-name",
+        "port-0",
+        "chunk-too-small",
+        "timeout-0",
+        "port-range",
+        "port-not-a-number",
+        "timeout-not-a-number",
+        "no-host-port",
+        "no-port",
+        "nothing",
+    ],
 )
 def test_click_usage_errors(
     tmp_path: Path, source: Path, args: list[str], words: list[str]
@@ -88,6 +105,8 @@ def test_click_usage_errors(
     argv = [a.format(**fill) for a in args]
     result = run_cli(*argv, data_dir=tmp_path / "dd", timeout=NODE_CMD_TIMEOUT)
     assert_usage_error(result, *words)
+    assert "valid integer range" not in result.stderr, result.stderr  # click's type name
+    assert "valid float range" not in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("command", ["send", "node"])

@@ -30,6 +30,9 @@ def hoist_debug(args: list[str]) -> tuple[list[str], bool]:
 def usage_line(exc: click.ClickException) -> str:
     """A click error as one line that says what is valid."""
     message = exc.format_message().rstrip(".")
+    # click names a range type where the value is not even a number
+    message = message.replace("not a valid integer range", "not a valid integer")
+    message = message.replace("not a valid float range", "not a valid number")
     ctx = getattr(exc, "ctx", None)
     if isinstance(exc, click.NoSuchOption) and ctx is not None:
         valid = sorted(

@@ -30,8 +30,27 @@ from peercrypt.errors import ResultCode
 from peercrypt.settings import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
 from peercrypt.wire.messages import SendRequest, SendResult
 
+SEND_USAGE = (
+    "expected FILE... HOST PORT: what to send (files or folders), then the receiving "
+    "node's host and port, e.g. `peercrypt send big.iso 10.0.0.5 7400`"
+)
 
-@click.command()
+
+class SendCommand(click.Command):
+    """``send``: a missing FILE, HOST or PORT is one line naming all three
+    (click would name FILE... even when only HOST PORT are missing: its
+    FILE... takes what is left after HOST PORT)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.MissingParameter as exc:
+            if exc.param is not None and exc.param.name in ("files", "host", "port"):
+                raise click.UsageError(SEND_USAGE, ctx) from None
+            raise
+
+
+@click.command(cls=SendCommand)
 @click.argument(
     "files",
     nargs=-1,
