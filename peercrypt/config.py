@@ -61,6 +61,13 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
 
+def _bound(x: float | None) -> str:
+    """A range's bound as a user writes it: 1048576, not 1.04858e+06; 0.01."""
+    if x is not None and float(x).is_integer():
+        return str(int(x))
+    return f"{x:g}" if x is not None else ""
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: its name (the config-file key), variable, flag and range."""
@@ -87,8 +94,8 @@ class Setting:
         if self.kind in ("int", "float"):
             number = "an integer" if self.kind == "int" else "a number"
             if self.high is None:
-                return f"{number} >= {self.low:g}{unit}"
-            return f"{number} in {self.low:g}..{self.high:g}{unit}"
+                return f"{number} >= {_bound(self.low)}{unit}"
+            return f"{number} in {_bound(self.low)}..{_bound(self.high)}{unit}"
         if self.kind == "list":
             return "a comma-separated list"
         return "text"

@@ -101,6 +101,21 @@ def test_an_invalid_variable_names_itself_its_value_and_the_range(
         _resolve(file={setting.name: value})
 
 
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ("AIMD_WINDOW", "an integer in 1..1048576 KB"),
+        ("GOSSIP_INTERVAL", "a number in 0.01..3600 s"),
+        ("PEERCRYPT_PART_EXPIRY", "a number >= 1 s"),
+    ],
+)
+def test_ranges_read_as_written(env: str, words: str) -> None:
+    """Bounds as a user types them (1048576, not 1.04858e+06)."""
+    with pytest.raises(config.ConfigError) as err:
+        _resolve(environ={env: "abc"})
+    assert str(err.value) == f"{env}='abc': expected {words}"
+
+
 def test_a_secret_is_never_in_an_error() -> None:
     with pytest.raises(config.ConfigError) as err:
         _resolve(file={"network_key": 12345})
