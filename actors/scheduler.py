@@ -31,6 +31,7 @@ from peercrypt.core.modes import (
     Policy,
     PolicyError,
     apply_congestion,
+    default_burst,
     describe_congestion,
     with_overrides,
 )
@@ -317,7 +318,7 @@ class SchedulerActor(Actor):
                 raise PolicyError(f"no running transfer {req.transfer}")
             targets = [req.transfer] if req.transfer else list(self.flows)
             for request in targets:
-                burst = max(rate, MIN_GRANT)
+                burst = default_burst(rate)  # what a send's -r alone gets
                 flow = self.flows[request] = dataclasses.replace(
                     self.flows[request], rate=rate, burst=burst
                 )

@@ -59,7 +59,7 @@ def send_policy_options(func: F) -> F:
             "--bucket",
             "burst",
             type=click.IntRange(1),
-            help="token-bucket: bucket size in bytes (default: one second at -r).",
+            help="token-bucket: bucket size in bytes (default: 50 ms at -r, at least 4096).",
         ),
         click.option(
             "-r",

@@ -11,6 +11,16 @@ split by :class:`~peercrypt.core.wfq.FairShare` in proportion to the flows'
 priorities (1:2:3). Buckets are charged only for bytes actually granted, so a
 flow that stops asking accrues tokens only up to its bucket size. A grant is
 credited to the flow's balance; the sender spends it per chunk.
+
+Every bucket starts empty: a capped flow never runs ahead of its rate from
+its first byte (bytes granted by ``t`` <= ``rate * (t - added)``). A demand
+counts for at most ``DEMAND_SECONDS`` at the rate that bounds the flow (or
+its bucket, if larger): what is granted while the sender cannot send (its
+window shut) waits in its balance and leaves later at once, so this bounds
+that burst. Over any interval of ``T`` seconds a flow with its own bucket is
+granted at most ``rate * T + burst`` (with live changes: the integral of the
+rate plus the largest burst in force), and sends at most ``rate * T + burst +
+its horizon + one chunk`` (docs/modes.md).
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ from peercrypt.core.token_bucket import TokenBucket
 from peercrypt.core.wfq import FairShare
 
 K = TypeVar("K", bound=Hashable)
+
+DEMAND_SECONDS = 0.05  # a demand counts for at most this long at the flow's rate
 
 
 @dataclass(frozen=True)
@@ -113,14 +125,14 @@ class GrantPlanner(Generic[K]):
         if rate == 0:
             self._node = None
         elif self._node is None:
-            self._node = TokenBucket(rate, max(1, burst), now)
+            self._node = TokenBucket(rate, max(1, burst), now, tokens=0)
         else:
             self._node.set_rate(rate, now)
             self._node.set_burst(max(1, burst), now)
 
     def add(self, flow: K, weight: int, rate: float, burst: int, now: float) -> None:
         """A flow with priority ``weight``; ``rate`` > 0 gives it its own bucket."""
-        bucket = TokenBucket(rate, burst, now) if rate > 0 else None
+        bucket = TokenBucket(rate, burst, now, tokens=0) if rate > 0 else None
         self._flows[flow] = _Flow(bucket)
         self._share.add(flow, weight)
 
@@ -135,7 +147,7 @@ class GrantPlanner(Generic[K]):
         if rate <= 0:
             f.bucket = None
         elif f.bucket is None:
-            f.bucket = TokenBucket(rate, burst, now)
+            f.bucket = TokenBucket(rate, burst, now, tokens=0)
         else:
             f.bucket.set_rate(rate, now)
             f.bucket.set_burst(burst, now)
@@ -144,8 +156,18 @@ class GrantPlanner(Generic[K]):
         return list(self._flows)
 
     def demand(self, flow: K, nbytes: int) -> None:
-        """What ``flow`` could send now beyond its balance (replaces the last demand)."""
-        self._flows[flow].wanted = max(0, nbytes)
+        """What ``flow`` could send now beyond its balance (replaces the last
+        demand), counted up to the flow's horizon (:meth:`horizon`)."""
+        self._flows[flow].wanted = min(max(0, nbytes), self.horizon(flow))
+
+    def horizon(self, flow: K) -> int:
+        """The most one demand of ``flow`` counts for: ``DEMAND_SECONDS`` at
+        the rate that bounds it (its own, else the node's), at least that
+        bucket's size; unbounded for a flow no bucket constrains."""
+        bucket = self._flows[flow].bucket or self._node
+        if bucket is None:
+            return 1 << 62
+        return max(bucket.burst, int(bucket.rate * DEMAND_SECONDS))
 
     def next_full(self, now: float, fraction: float = 1.0) -> float | None:
         """Seconds until the first bucket that a waiting flow depends on is

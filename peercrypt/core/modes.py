@@ -4,7 +4,8 @@ A *policy* says how one transfer may use the network:
 
 - ``normal``: as fast as the receiver's credit allows.
 - ``token-bucket``: at most ``rate`` bytes/s with bursts of at most ``burst``
-  bytes (chunks are cut to at most ``burst`` so no single chunk exceeds it).
+  bytes (chunks are cut to at most ``burst`` so no single chunk exceeds it;
+  the default bucket is small, :func:`default_burst`).
 - ``aimd``: a congestion window (KB) grows additively per acknowledged window
   and halves on congestion (timeout and/or duplicate acks).
 - ``qos``: shares the node's capped uplink with other transfers in
@@ -36,6 +37,11 @@ ACK_THRESHOLD = 3
 PARALLEL_LANES = 4
 MAX_LANES = 64
 MAX_WINDOW_KB = 1024 * 1024  # 1 GiB: beyond any path's bandwidth-delay product
+# The token bucket when -b is not given: 50 ms at the rate, at least one
+# smallest chunk. Small, so that a capped send's rate holds over any second
+# of it, not just on average (the scheduler's 5 ms ticks drain it in time).
+BURST_SECONDS = 0.05
+MIN_BURST = 4096
 MODE_PARAMETERS: dict[str, tuple[str, ...]] = {
     "token-bucket": ("rate", "burst"),
     "aimd": (
@@ -59,7 +65,7 @@ class PolicyError(ValueError):
 class Policy:
     mode: str = "normal"
     rate: int = 0  # token-bucket: bytes/s
-    burst: int = 0  # token-bucket: bytes (0: one second's worth, at least one chunk)
+    burst: int = 0  # token-bucket: bytes (0: default_burst(rate))
     window_kb: int = AIMD_WINDOW_KB
     min_window_kb: int = AIMD_MIN_WINDOW_KB
     max_window_kb: int = AIMD_MAX_WINDOW_KB
@@ -91,10 +97,13 @@ class Policy:
         return self
 
     def burst_for(self, chunk_size: int) -> int:
-        """The token-bucket size in bytes: as given, else one second at the rate
-        (what ``send --help`` promises). Grants add up in the sender, so a
-        bucket smaller than a chunk delays that chunk but never blocks it."""
-        return self.burst or self.rate or chunk_size
+        """The token-bucket size in bytes: as given, else :func:`default_burst`
+        of the rate (what ``send --help`` promises). Grants add up in the
+        sender, so a bucket smaller than a chunk delays that chunk but never
+        blocks it."""
+        if self.burst:
+            return self.burst
+        return default_burst(self.rate) if self.rate else chunk_size
 
     def parameters(self) -> dict[str, str]:
         """The parameters that shape this policy's mode, as text (what the
@@ -108,6 +117,12 @@ class Policy:
         if self.mode == "token-bucket":
             return max(4096, min(chunk_size, self.burst_for(chunk_size)))
         return chunk_size
+
+
+def default_burst(rate: int) -> int:
+    """The token-bucket size for ``rate`` bytes/s when none is given:
+    ``BURST_SECONDS`` at the rate, at least ``MIN_BURST`` bytes."""
+    return max(MIN_BURST, int(rate * BURST_SECONDS))
 
 
 def parse_priority(text: str) -> int:

@@ -4,7 +4,10 @@ Pure: every call gets the current time as ``now`` (float seconds from any
 monotonic origin); nothing reads a clock, sleeps, or touches a socket.
 
 Model: the bucket holds up to ``burst`` tokens (one token = one byte) and
-refills continuously at ``rate`` tokens per second. It starts full. A request
+refills continuously at ``rate`` tokens per second. It starts full, or with
+the ``tokens`` given (a pacer that must not run ahead of its rate from the
+first byte starts empty: then over ``[created, t]`` the bytes granted are at
+most ``rate * (t - created)``, with no burst on top). A request
 for ``n`` bytes is granted only if ``n`` tokens are present, and then takes
 them all at once; there is no partial grant and no debt.
 
@@ -53,17 +56,19 @@ def _check_burst(burst: int) -> int:
 
 
 class TokenBucket:
-    """A token bucket of ``burst`` bytes refilled at ``rate`` bytes/s, starting full.
+    """A token bucket of ``burst`` bytes refilled at ``rate`` bytes/s, starting
+    full or with ``tokens`` (clamped to ``[0, burst]``).
 
     Raises :class:`ValueError` if ``rate`` is not finite and > 0 or ``burst`` <= 0.
     """
 
     __slots__ = ("_burst", "_last", "_rate", "_tokens")
 
-    def __init__(self, rate: float, burst: int, now: float) -> None:
+    def __init__(self, rate: float, burst: int, now: float, tokens: float | None = None) -> None:
         self._rate = _check_rate(rate)
         self._burst = _check_burst(burst)
-        self._tokens: float = float(self._burst)
+        full = float(self._burst)
+        self._tokens: float = full if tokens is None else min(full, max(0.0, float(tokens)))
         self._last = float(now)
 
     def __repr__(self) -> str:

@@ -113,6 +113,7 @@ class PumpResult:
     max_in_flight: int
     confirmations_lost: int  # Done and Verified messages dropped
     grants: int  # bytes granted to the flow
+    sends: list[tuple[float, int]]  # (when, bytes) of every chunk sent, in order
 
 
 def pump_transfer(
@@ -161,6 +162,7 @@ def pump_transfer(
     next_lane = 0
     max_in_flight = 0
     granted = 0
+    sends: list[tuple[float, int]] = []
     confirmations_lost = 0
     tick_at: float | None = None
 
@@ -185,6 +187,7 @@ def pump_transfer(
                 if isinstance(out, SendChunk):
                     sent[out.index] += 1
                     body = content[out.index * chunk : (out.index + 1) * chunk]
+                    sends.append((now, len(body)))
                     over(data[next_lane % len(data)], "chunk", (out.index, out.last, body))
                     next_lane += 1
                 elif isinstance(out, HashFile):
@@ -294,4 +297,5 @@ def pump_transfer(
         max_in_flight,
         confirmations_lost,
         granted,
+        sends,
     )
