@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import socket
 import struct
 import sys
 
 from peercrypt.core import fragments
+
+log = logging.getLogger("peercrypt.msender")
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
@@ -41,6 +44,12 @@ IP_UDP_HEADERS = 28  # IPv4 (no options) + UDP
 GSO_MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS (64 before 6.9, then 128)
 GRO_BUFFER = 65536  # a GRO buffer holds at most 64 KiB (the IPv4 length field)
 GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+# Errors with which the kernel refuses a GSO batch but would take the same
+# datagrams one by one: EMSGSIZE, a segment larger than the path's MTU (the
+# interface's MTU was lowered under a running session); EIO, a device or
+# route that cannot take GSO (IPsec; before Linux 6.x, a device without
+# checksum offload); EINVAL, UDP checksums off on the socket.
+GSO_REFUSED = frozenset((errno.EMSGSIZE, errno.EIO, errno.EINVAL))
 
 
 def interface_toward(host: str) -> str:
@@ -156,24 +165,29 @@ class GroupSender:
             iov: list[bytes | memoryview] = []
             for offset in range(first, min(stop, first + span), frag):
                 iov += (fields, pack(offset), tag, view[offset : offset + frag])
-            if not self._send_batch(iov, len(iov) // 4):
+            if not self._send_batch(iov):
                 return first, sent, fragments.fragment_count(size, frag) - first // frag
             sent += len(iov) // 4
         return min(size, start + sent * frag), sent, 0
 
-    def _send_batch(self, iov: list[bytes | memoryview], count: int) -> bool:
-        """``count`` datagrams of four pieces each (header fields, offset,
-        tag, payload) in one send: a GSO batch when there are several."""
-        if count == 1:
-            return self._send(iov)
+    def _send_batch(self, iov: list[bytes | memoryview]) -> bool:
+        """Datagrams of four pieces each (header fields, offset, tag,
+        payload) in one send: a GSO batch when there are several."""
         try:
             self.sock.sendmsg(iov)
         except OSError as exc:
-            if exc.errno != errno.EIO:
+            if not self.gso or exc.errno not in GSO_REFUSED:
                 return False
-            # The device cannot checksum a GSO batch: one datagram per send
-            # from now on (the same size: it was announced).
+            # The kernel refuses GSO batches on this path now: one datagram
+            # per send from now on, of the same size (it was announced; the
+            # IP layer fragments it if the MTU became smaller).
             self.gso, self.batch = False, 1
+            log.info(
+                "multicast: the kernel refuses UDP GSO on this path now (%s); "
+                "sending %d-byte datagrams one by one",
+                errno.errorcode.get(exc.errno, exc.errno),
+                self.datagram,
+            )
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)
             return all(self._send(iov[k : k + 4]) for k in range(0, len(iov), 4))

@@ -10,6 +10,7 @@ import random
 import signal
 import socket
 import struct
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -341,13 +342,17 @@ def _cluster(
     count: int,
     shaped: int | None = None,
     sender_args: tuple[str, ...] = (),
+    mtu: int | None = None,
 ) -> Iterator[_Cluster]:
     """``count`` nodes, each on its own host of one bridge (namespaces made
     here); the first sends to a fresh group (with ``sender_args``).
-    ``shaped``: that host receives through a 100 Mbit/s tbf. Every node is
-    stopped after the block."""
+    ``shaped``: that host receives through a 100 Mbit/s tbf. ``mtu``: of
+    every link (both ends). Every node is stopped after the block."""
     with netns.TestNetwork(groups=1) as net:
         cluster = _Cluster([net.add_host(f"h{i}", 0) for i in range(count)])
+        for host in cluster.hosts if mtu else ():
+            for ns, dev in ((net.switch_ns, host.switch_port), (host.ns, host.iface)):
+                _set_mtu(ns, dev, mtu or 0)
         if shaped is not None:
             net.shape(cluster.hosts[shaped], "100mbit", direction="ingress")
         group = _group()
@@ -369,6 +374,55 @@ def _cluster(
                 if node.running:
                     node.send_signal(signal.SIGTERM)
             cluster.codes = [node.stop() for node in cluster.nodes if node.proc is not None]
+
+
+def _set_mtu(ns: str, dev: str, mtu: int) -> None:
+    subprocess.run(["ip", "-n", ns, "link", "set", dev, "mtu", str(mtu)], check=True, timeout=10)
+
+
+@pytest.mark.skipif(
+    not netns.available(), reason=f"network namespaces: {netns.unavailable_reason()}"
+)
+def test_when_the_kernel_refuses_gso_mid_session_the_datagrams_go_one_by_one(
+    tmp_path: Path, network_key: str, make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    """Jumbo frames at the start (8972-byte datagrams, 7 per GSO send); then,
+    mid-session, the sender's interface drops to a 1500-byte MTU: the kernel
+    refuses every GSO batch from then on (EMSGSIZE: a segment larger than the
+    path's MTU). The sender sends the same datagrams one by one (the IP layer
+    fragments them), none is lost to it, and both receivers verify the file."""
+    path = make_file(6 * MiB + 5)
+    paced = ("--max-rate", str(1 * MiB))  # a session that lasts until we lift the cap
+    with _cluster(tmp_path, network_key, 3, sender_args=paced, mtu=9000) as cluster:
+        sender, first, second = cluster.nodes
+        got: list[tuple[int, dict[str, Any]]] = []
+        args = ("-m", *multicast_targets(second), "--chunk-size", str(256 * 1024))
+        sending = threading.Thread(
+            target=lambda: got.append(
+                sender.send(path, first.host, first.port, *args, "--timeout", "60", timeout=90)
+            )
+        )
+        sending.start()
+        try:
+            sender.wait_for_counter("msender.seals-first", 2, timeout=30)
+            host = cluster.hosts[0]
+            _set_mtu(host.ns, host.iface, 1500)
+            lifted = sender.cli("max-rate", "0")
+            assert lifted.returncode == 0, lifted.describe()
+        finally:
+            sending.join(90)
+    assert got and not sending.is_alive(), sender.log_tail()
+    code, result = got[0]
+    assert code == 0, (result, sender.log_tail())
+    digest = blake3_file(path)
+    assert_stored(first, result, digest)
+    assert_stored(second, result, digest)
+    stats = result["stats"]
+    # sized for the jumbo path at the start; one by one after the refusal,
+    # and the refused batch was sent again, not dropped
+    assert (stats["datagram_bytes"], stats["gso_batch"]) == (8972, 1), stats
+    assert stats["datagrams_unsent"] == 0, stats
+    assert "refuses UDP GSO on this path now (EMSGSIZE)" in sender.log_text()
 
 
 def _tx_bytes(host: netns.Host) -> int:
