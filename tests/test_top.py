@@ -5,6 +5,7 @@ quits cleanly; without a node it is one error line."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import sys
@@ -171,3 +172,46 @@ def test_cancel_stops_a_running_send_by_its_id(
         finally:
             send.kill()
     assert sender.cli("transfers").stdout == "no transfers running\n"
+
+
+def _screen(width: int) -> list[str]:
+    """top's screen at ``width`` columns for one send and one peer (no node)."""
+    from rich.console import Console
+
+    from peercrypt.cli.top import View, render
+
+    view = View()
+    facts = {"fingerprint": "n47j-hxbx-u2u5-g37e-v3th", "pid": "17867", "mode": "normal"}
+    facts["max_rate"] = str(40 * MiB)
+    facts["flows"] = json.dumps([{"id": 5, "priority": 2, "rate": 20 * MiB}])
+    send = {"id": "5", "file": "/data/zero.bin", "peer": "127.0.0.1:7400", "mode": "token-bucket"}
+    send.update(size=str(200 * MiB), bytes=str(50 * MiB), state="sending")
+    peer = {"id": "zqkg-x7q5-3amw-tscq-abr6-6cvz", "address": "127.0.0.1:7400", "state": "alive"}
+    peer.update(rtt_ms="10.91", reliability="0.595", failures="0", last_seen="0.4")
+    view.update(0.0, facts, [send], [peer])
+    view.update(2.0, facts, [{**send, "bytes": str(90 * MiB)}], [peer])  # 20 MiB/s
+    console = Console(width=width, file=io.StringIO(), record=True, color_system=None)
+    console.print(render(view, width))
+    return console.export_text().splitlines()
+
+
+def test_top_fits_an_80_column_terminal() -> None:
+    """At 80 columns the columns to act on are whole (no cell cut to '…');
+    the least needed are left out. At 170 every column shows."""
+    narrow = _screen(80)
+    assert all(len(line) <= 80 for line in narrow), narrow
+    assert not any("…" in line for line in narrow), "\n".join(narrow)
+    text = "\n".join(narrow)
+    assert narrow[1].startswith("mode normal  node cap 40.0 MiB/s  receiving 0"), narrow
+    row = next(line for line in narrow if "zero.bin" in line)
+    assert row.split()[0] == "5" and "45% of 200.0 MiB" in row, row
+    assert "20.0 MiB/s" in row and "0:06" in row, row  # measured rate, ETA
+    assert "127.0.0.1:7400" in row, row
+    assert "PRIO" not in text and "SHARE" not in text
+    peer = next(line for line in narrow if line.startswith("zqkg"))
+    assert peer.split()[:4] == ["zqkg-x7q5-3amw-tscq", "127.0.0.1:7400", "alive", "10.91"], peer
+    wide = "\n".join(_screen(170))
+    assert "pid 17867  mode normal  node cap 40.0 MiB/s" in wide, wide
+    for column in ("PRIO", "CAP", "SHARE", "PROGRESS", "MODE", "STATE", "FAILURES"):
+        assert column in wide, wide
+    assert "token-bucket" in wide and "high" in wide and "100%" in wide and "━" in wide

@@ -176,12 +176,104 @@ def human_eta(seconds: float | None) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+# Columns left out, in this order, while a table is wider than the terminal:
+# what to act on (file, progress, rate, ETA) stays longest.
+SEND_COLUMNS = (
+    "ID", "FILE", "PEER", "MODE", "PRIO", "CAP", "SHARE", "PROGRESS", "DONE", "RATE", "ETA",
+    "STATE",
+)  # fmt: skip
+SEND_DROP = ("PRIO", "SHARE", "CAP", "MODE", "STATE", "PROGRESS", "PEER")
+RIGHT = frozenset({"ID", "CAP", "SHARE", "DONE", "RATE", "ETA"})
+PEER_COLUMNS = ("ID", "ADDRESS", "STATE", "RTT", "RELIABILITY", "FAILURES", "LAST SEEN")
+PEER_DROP = ("FAILURES", "RELIABILITY", "LAST SEEN", "RTT")
+BAR = 20  # the progress bar's width (cells), down to BAR // 2 before it is left out
+
+
+def fit_columns(
+    names: tuple[str, ...], rows: list[dict[str, str]], drop: tuple[str, ...], width: int
+) -> tuple[list[str], int]:
+    """The columns of a table that fit ``width`` (two cells between columns)
+    and the width of the bar (column PROGRESS): those of ``drop`` are left
+    out in order until the rest fit (the bar halved first); a cell is never
+    cut. ``rows`` map a column to its text."""
+    bar = BAR
+
+    def cells(name: str) -> int:
+        return max([len(name)] + [bar if name == "PROGRESS" else len(r[name]) for r in rows])
+
+    def fits() -> bool:
+        return sum(cells(n) for n in shown) + 2 * (len(shown) - 1) <= width
+
+    shown = list(names)
+    for name in drop:
+        if name == "PROGRESS" and not fits():
+            bar = BAR // 2
+        if fits():
+            break
+        shown.remove(name)
+    return shown, bar
+
+
+def send_rows(view: View) -> list[tuple[dict[str, str], int, int]]:
+    """Each running send's cells (PROGRESS: drawn as a bar), size and bytes done."""
+    flows, shares = view.flows(), view.shares()
+    cap = _int(view.facts.get("max_rate"))
+    rows = []
+    for row in view.transfers:
+        ident = row.get("id", "")
+        size, done = _int(row.get("size")), _int(row.get("bytes"))
+        flow = flows.get(ident, {})
+        meter = view.meters.get(ident)
+        share = shares.get(ident)
+        rows.append(
+            (
+                {
+                    "ID": ident,
+                    "FILE": os.path.basename(row.get("file", ""))[:28],
+                    "PEER": row.get("peer", "")[:24],
+                    "MODE": row.get("mode", ""),
+                    "PRIO": PRIORITY_NAMES.get(int(flow.get("priority", 0) or 0), "-"),
+                    "CAP": human_rate(flow["rate"]) if flow.get("rate") else "-",
+                    "SHARE": f"{share:.0%}" if share is not None and cap else "-",
+                    "PROGRESS": "",
+                    "DONE": f"{100 * done / size:.0f}% of {human_size(size)}" if size else "-",
+                    "RATE": human_rate(meter.rate if meter else None),
+                    "ETA": human_eta(meter.eta(size - done) if meter and size else None),
+                    "STATE": row.get("state", ""),
+                },
+                size,
+                done if size else 0,
+            )
+        )
+    return rows
+
+
+def peer_rows(view: View) -> list[dict[str, str]]:
+    rows = []
+    for p in view.peers[:50]:
+        rtt = p.get("rtt_ms", "")
+        rows.append(
+            {
+                "ID": p.get("id", "")[:19],
+                "ADDRESS": p.get("address", ""),
+                "STATE": p.get("state", ""),
+                "RTT": f"{rtt} ms" if rtt else "-",
+                "RELIABILITY": p.get("reliability", "") or "-",
+                "FAILURES": p.get("failures", "") or "0",
+                "LAST SEEN": f"{p['last_seen']}s ago" if p.get("last_seen") else "-",
+            }
+        )
+    return rows
+
+
 def render(view: View, width: int) -> Group:
     facts = view.facts
     cap = _int(facts.get("max_rate"))
-    head = Text.assemble(
+    who = Text.assemble(
         ("PeerCrypt top", "bold"),
-        f"  node {facts.get('fingerprint', '?')[:19]}  pid {facts.get('pid', '?')}  ",
+        f"  node {facts.get('fingerprint', '?')[:19]}  pid {facts.get('pid', '?')}",
+    )
+    what = Text.assemble(
         ("mode ", "dim"),
         facts.get("mode", "?"),
         ("  node cap ", "dim"),
@@ -191,54 +283,32 @@ def render(view: View, width: int) -> Group:
         "  ",
         (time.strftime("%H:%M:%S"), "dim"),
     )
-    flows, shares = view.flows(), view.shares()
+    # one line if it fits, else two (never a value broken across lines)
+    one_line = who.cell_len + 2 + what.cell_len <= width
+    head = Text.assemble(who, "  " if one_line else "\n", what)
+    rows = send_rows(view)
+    shown, bar_width = fit_columns(SEND_COLUMNS, [cells for cells, _, _ in rows], SEND_DROP, width)
     transfers = Table(title="Sends", title_justify="left", expand=True, box=None, pad_edge=False)
-    for name, justify in (
-        ("ID", "right"), ("FILE", "left"), ("PEER", "left"), ("MODE", "left"),
-        ("PRIO", "left"), ("CAP", "right"), ("SHARE", "right"), ("PROGRESS", "left"),
-        ("DONE", "right"), ("RATE", "right"), ("ETA", "right"), ("STATE", "left"),
-    ):  # fmt: skip
+    for name in shown:
+        justify = "right" if name in RIGHT else "left"
         transfers.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for i, row in enumerate(view.transfers):
-        ident = row.get("id", "")
-        size, done = _int(row.get("size")), _int(row.get("bytes"))
-        flow = flows.get(ident, {})
-        meter = view.meters.get(ident)
-        share = shares.get(ident)
+    for i, (cells, size, done) in enumerate(rows):
+        bar = ProgressBar(total=max(size, 1), completed=done, width=bar_width)
         transfers.add_row(
-            ident,
-            os.path.basename(row.get("file", ""))[:28],
-            row.get("peer", "")[:24],
-            row.get("mode", ""),
-            PRIORITY_NAMES.get(int(flow.get("priority", 0) or 0), "-"),
-            human_rate(flow["rate"]) if flow.get("rate") else "-",
-            f"{share:.0%}" if share is not None and cap else "-",
-            ProgressBar(total=max(size, 1), completed=done if size else 0, width=20),
-            f"{100 * done / size:.0f}% of {human_size(size)}" if size else "-",
-            human_rate(meter.rate if meter else None),
-            human_eta(meter.eta(size - done) if meter and size else None),
-            row.get("state", ""),
+            *(bar if name == "PROGRESS" else cells[name] for name in shown),
             style="reverse" if i == view.selected else None,
         )
-    if not view.transfers:
+    if not rows:
         transfers.add_row("", Text("no sends running", style="dim"))
+    listed = peer_rows(view)
+    shown, _ = fit_columns(PEER_COLUMNS, listed, PEER_DROP, width)
     peers = Table(title="Peers", title_justify="left", expand=True, box=None, pad_edge=False)
-    for name in ("ID", "ADDRESS", "STATE", "RTT", "RELIABILITY", "FAILURES", "LAST SEEN"):
+    for name in shown:
         peers.add_column(name, no_wrap=True)
-    for p in view.peers[:50]:
-        state = p.get("state", "")
-        colour = _STATE_COLOUR.get(state, "")
-        rtt = p.get("rtt_ms", "")
-        peers.add_row(
-            p.get("id", "")[:19],
-            p.get("address", ""),
-            Text(state, style=colour),
-            f"{rtt} ms" if rtt else "-",
-            p.get("reliability", "") or "-",
-            p.get("failures", "") or "0",
-            f"{p['last_seen']}s ago" if p.get("last_seen") else "-",
-        )
-    if not view.peers:
+    for row in listed:
+        colour = _STATE_COLOUR.get(row["STATE"], "")
+        peers.add_row(*(Text(row[n], style=colour) if n == "STATE" else row[n] for n in shown))
+    if not listed:
         peers.add_row(Text("no peers known", style="dim"))
     keys = "up/down select   +/- double/halve rate   c cancel   q quit"
     if view.confirm_cancel:
