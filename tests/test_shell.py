@@ -292,6 +292,28 @@ def test_a_script_on_stdin_runs_every_line_and_its_exit_says_if_all_succeeded(
     assert quits.returncode == 0 and not quits.stderr
 
 
+def test_help_fits_80_columns_and_an_unknown_command_lists_the_shells(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    node = node_factory()
+    result = _script(node.data_dir, ["help", "clear", "set-mode qos"], tmp_path)
+    assert result.returncode == errors.USAGE, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("commands (`help COMMAND`"), lines
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    listed = [line.split()[0] for line in lines[1:] if line.startswith("  ")]
+    assert {"jobs", "quit", "gossip", "health-check", "send"} <= set(listed), listed
+    assert "node" not in listed and "start" not in listed
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("peercrypt: error: no such command 'clear'; "), (
+        error
+    )
+    commands = error[0].split("commands: ", 1)[1].split(", ")
+    assert {"help", "jobs", "quit", "exit", "send", "mreceive"} <= set(commands), commands
+    assert not {"node", "start", "shell"} & set(commands), commands
+    assert "default mode is now qos" in result.stdout  # the next line still ran
+
+
 def test_receive_as_a_command(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
 ) -> None:

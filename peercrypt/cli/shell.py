@@ -23,8 +23,10 @@ import contextlib
 import json
 import logging
 import shlex
+import shutil
 import signal
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -138,6 +140,9 @@ class Shell:
             return self._jobs(as_json=bool(rest))
         if name in NOT_IN_SHELL:
             return self._error(f"`{name}` is not a shell command (the shell runs on its node)")
+        if name not in command_names(self):  # the shell's commands, not the CLI's
+            known = ", ".join(command_names(self))
+            return self._error(f"no such command {name!r}; commands: {known}")
         if name == "send" and self.interactive and not _wants_help(rest):
             return self._send(words, line)
         if name == "receive" and self.interactive:
@@ -162,18 +167,20 @@ class Shell:
                 return errors.OK
             return execute(self.group, [*self.global_args(), *rest, "--help"])
         ctx = click.Context(self.group, info_name="peercrypt")
-        rows = [
-            (name, cmd.get_short_help_str(60))
+        width = shutil.get_terminal_size().columns
+        limit = max(20, width - 21)  # each line within the terminal: "  NAME(18) TEXT"
+        commands = [
+            cmd
             for name in self.group.list_commands(ctx)
             if (cmd := self.group.get_command(ctx, name)) is not None
             and not cmd.hidden
             and name not in NOT_IN_SHELL
         ]
-        rows += [(name, text) for name, text in SHELL_COMMANDS.items()]
+        commands += [click.Command(name, help=text) for name, text in SHELL_COMMANDS.items()]
         click.echo("commands (`help COMMAND` or `COMMAND --help` for its options):")
-        for name, text in sorted(rows):
-            click.echo(f"  {name:18} {text}")
-        click.echo(self._status_line())
+        for cmd in sorted(commands, key=lambda c: c.name or ""):
+            click.echo(f"  {cmd.name:18} {cmd.get_short_help_str(limit)}")
+        click.echo(textwrap.fill(self._status_line(), width=width))
         return errors.OK
 
     def _status_line(self) -> str:
