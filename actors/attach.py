@@ -64,6 +64,7 @@ NODE_ACTORS = (
     "gateway",
     "discovery",
     "mreceiver",
+    "space",
     "stats",
 )
 BEAT = 0.5  # seconds between beats on a link, both ways

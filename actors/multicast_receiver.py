@@ -4,8 +4,10 @@ Announces arrive from the gateway (control plane, CURVE). Per session:
 
 1. ``McAnnounce`` -> its name and size opened with this node's identity key
    (sealed to it by the sender after a hello; ``wrong-receiver`` if they
-   were not), checks (limits, name, chunk size, space, the signing
-   key is the identity CURVE proved for the sender), a part file in the inbox
+   were not), checks (limits, name, chunk size, the signing key is the
+   identity CURVE proved for the sender), space and quotas (asked of the
+   node's one space ledger, ``actors/space.py``, shared with unicast offers;
+   the announce waits for its verdict), a part file in the inbox
    (``actors/inbox.py``) with its resume manifest - or the part this node kept
    of this very session from this very sender, when it restarted mid-session
    (``core/multicast.py``, :func:`session_resume_key`): the chunks it holds are
@@ -47,6 +49,7 @@ import contextlib
 import dataclasses
 import functools
 import hmac
+import itertools
 import logging
 import os
 import time
@@ -63,7 +66,6 @@ from actors.inbox import (
     check_offer,
     create_part,
     discard_part,
-    free_space,
     manifest_name,
     open_part,
     publish,
@@ -82,7 +84,6 @@ from peercrypt.core.multicast_incoming import (
     SendAck,
 )
 from peercrypt.core.resume import RECLAIM_INTERVAL, Manifest, ResumeKey, plan_resume
-from peercrypt.core.space import Quotas, SpaceLedger
 from peercrypt.core.tree import offer_refusal
 from peercrypt.crypto.chunk_signature import (
     RECEIVER_KEY_BYTES,
@@ -92,7 +93,13 @@ from peercrypt.crypto.chunk_signature import (
     repair_tag,
     subscription_token,
 )
-from peercrypt.crypto.handshake import ProofError, SessionSecrets, open_details, respond
+from peercrypt.crypto.handshake import (
+    ProofError,
+    Response,
+    SessionSecrets,
+    open_details,
+    respond,
+)
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, unwrap
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError
@@ -116,6 +123,16 @@ from peercrypt.wire.multicast_messages import (
     McStatus,
 )
 from peercrypt.wire.network_messages import MAX_REPAIR_SENDERS, REPAIR_DOMAIN, RepairSenders
+from peercrypt.wire.space_messages import (
+    SpaceForget,
+    SpaceKept,
+    SpaceRelease,
+    SpaceReserve,
+    SpaceReset,
+    SpaceRunning,
+    SpaceVerdict,
+    SpaceWritten,
+)
 from peercrypt.wire.stats_messages import StatsRecord, StatsSample
 
 log = logging.getLogger("peercrypt.mreceiver")
@@ -139,6 +156,9 @@ WRAP_MEMORY = 4  # announce attempts whose derived secrets we keep
 # chunks): 16 chunks of 1 MiB.
 PENDING_BYTES = 16 * 1024 * 1024
 DATAGRAMS_PER_WAKE = 512  # datagrams read before the actor looks at other sockets
+# An announce waits this long for the space ledger's verdict, then is
+# forgotten (the sender announces again).
+SPACE_VERDICT_TIMEOUT = 5.0
 
 
 @dataclass
@@ -170,10 +190,27 @@ class Session:
     host: str = ""  # the sender's address as the gateway saw it (quotas)
     tree: int = 0  # a folder or several files: its manifest's bytes (peercrypt/core/tree.py)
     files: int = 0
+    reported: int = 0  # bytes written, as the space ledger last heard
 
     @property
     def tracker(self) -> GapTracker:
         return self.flow.tracker
+
+
+@dataclass
+class Joining:
+    """An announce that passed every check but space, waiting for the ledger."""
+
+    announce: McAnnounce
+    env: Inbound
+    answer: Response
+    verifier: ChunkVerifier
+    name: str
+    key: ResumeKey
+    kept: Manifest | None
+    since: float
+    tree: int = 0  # a folder or several files: its manifest's bytes
+    files: int = 0
 
 
 class MulticastReceiverActor(Actor):
@@ -185,11 +222,10 @@ class MulticastReceiverActor(Actor):
         self.sessions: dict[bytes, Session] = {}
         self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # sid -> (route, McDone)
         self.listeners: dict[int, int] = {}  # request -> sessions still to report (0: all)
-        # Multicast parts, running and kept, under --peer-quota/--part-quota
-        # and the free space like unicast ones (docs/multicast.md, "Part files").
-        self.space = SpaceLedger(
-            Quotas(total=settings.part_quota, per_peer=settings.peer_part_quota)
-        )
+        # Multicast parts, running and kept, are in the node's one space
+        # ledger with unicast ones (actors/space.py; docs/multicast.md, "Part files").
+        self.joining: dict[int, Joining] = {}  # request -> announce waiting for space
+        self._requests = itertools.count(1)
 
     def setup(self) -> None:
         s = self.settings
@@ -210,11 +246,48 @@ class MulticastReceiverActor(Actor):
         self.call_every_while(ACK_INTERVAL, self._on_timers, running)
         self.call_every_while(1.0, self._count_sessions, running)
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
+        self.call_every_while(1.0, self._expire_joins, lambda: bool(self.joining))
         self._reclaim()
         self.call_every(RECLAIM_INTERVAL, self._reclaim)
-        found = scan(s.inbox, multicast=True)
-        for m in found.manifests:
-            self.space.keep(m.part, m.key.peer, m.key.size, found.allocated[m.part], m.updated)
+        self._report_space()
+
+    def _report_space(self) -> None:
+        """Tell the space ledger, from scratch, what this receiver holds: the
+        multicast parts kept on disk and the sessions running."""
+        self.tell("space", SpaceReset(owner=self.name))
+        running = {x.part.name for x in self.sessions.values()}
+        try:
+            found = scan(self.settings.inbox, multicast=True)
+        except OSError as exc:
+            self.log_limited("cannot scan the inbox: %s", exc)
+        else:
+            for m in found.manifests:
+                if m.part in running or m.part not in found.allocated:
+                    continue
+                kept = SpaceKept(
+                    owner=self.name,
+                    part=m.part,
+                    peer=m.key.peer,
+                    size=m.key.size,
+                    allocated=found.allocated[m.part],
+                    updated=m.updated,
+                )
+                self.tell("space", kept)
+        for x in self.sessions.values():
+            x.reported = _written(x)
+            self.tell(
+                "space",
+                SpaceRunning(
+                    owner=self.name,
+                    tid=x.sid,
+                    peer=x.peer,
+                    host=x.host,
+                    size=x.size,
+                    written=x.reported,
+                    part=x.part.name,
+                    tree=x.size if x.tree else 0,
+                ),
+            )
 
     def _reclaim(self) -> None:
         """Delete multicast parts (the unicast receiver leaves them alone)
@@ -227,7 +300,7 @@ class MulticastReceiverActor(Actor):
             self.log_limited("cannot sweep the inbox: %s", exc)
             return
         for part in gone:
-            self.space.forget(part)
+            self.tell("space", SpaceForget(part=part))
             log.info("%s: no rejoin for %.0f s; deleted", part, self.settings.part_expiry)
         self.count("parts-reclaimed", len(gone))
 
@@ -273,6 +346,9 @@ class MulticastReceiverActor(Actor):
         if isinstance(msg, McListen):
             self._listen(msg)
             return
+        if isinstance(msg, SpaceVerdict):
+            self._on_verdict(msg)
+            return
         if not isinstance(msg, Inbound):
             return super().on_mail(msg)
         try:
@@ -295,14 +371,9 @@ class MulticastReceiverActor(Actor):
     def _reply(self, route: bytes, reply: codec.Message) -> None:
         self.tell("gateway", Outbound(route=route, payload=codec.encode(reply)))
 
-    def _on_announce(self, a: McAnnounce, env: Inbound) -> codec.Message:
+    def _on_announce(self, a: McAnnounce, env: Inbound) -> codec.Message | None:
         def refuse(code: str, reason: str) -> McRefuse:
-            self.count(f"refused-{code}")
-            who = _who(env.peer)
-            self.log_limited(
-                "refused multicast session from %s: %s", who, reason, level=logging.INFO
-            )
-            return McRefuse(sid=a.sid, code=code, reason=reason)
+            return self._refused(a.sid, env.peer, code, reason)
 
         done = self.completed.get(a.sid)
         if done is not None:
@@ -330,13 +401,19 @@ class MulticastReceiverActor(Actor):
         if sess is not None and sess.peer != env.peer:
             return refuse("duplicate", "session id already in use")
         if sess is None:
+            if any(
+                j.announce.sid == a.sid and j.env.peer == env.peer for j in self.joining.values()
+            ):
+                return None  # the space ledger's verdict answers it
             s = self.settings
-            if len(self.sessions) >= MAX_SESSIONS:
+            joining = list(self.joining.values())
+            if len(self.sessions) + len(joining) >= MAX_SESSIONS:
                 return refuse("busy", f"receiver busy ({MAX_SESSIONS} multicast sessions)")
-            running = self.sessions.values()
-            if sum(1 for x in running if x.peer == env.peer) >= MAX_SESSIONS_PER_PEER:
+            peers = [x.peer for x in self.sessions.values()] + [j.env.peer for j in joining]
+            if peers.count(env.peer) >= MAX_SESSIONS_PER_PEER:
                 return refuse("busy", f"too many sessions from you (max {MAX_SESSIONS_PER_PEER})")
-            if sum(1 for x in running if x.host == env.peer_host) >= MAX_SESSIONS_PER_HOST:
+            hosts = [x.host for x in self.sessions.values()] + [j.env.peer_host for j in joining]
+            if hosts.count(env.peer_host) >= MAX_SESSIONS_PER_HOST:
                 limit = MAX_SESSIONS_PER_HOST
                 return refuse("busy", f"too many sessions from {env.peer_host} (max {limit})")
             if a.group:
@@ -360,78 +437,129 @@ class MulticastReceiverActor(Actor):
                 name = check_offer(s, a.name, a.chunk_size, a.size)
                 key = session_resume_key(env.peer, name, a.size, a.chunk_size, a.sid)
                 kept = self._kept(key)
-                verdict = self.space.admit(
-                    env.peer, a.size, free_space(s.inbox), kept.part if kept else None, tree_bytes
-                )
-                if not verdict.ok:
-                    return refuse(verdict.code, verdict.reason)
-                need = a.size - (kept.held_bytes() if kept is not None else 0)
-                over = self.space.over_pending(env.peer, env.peer_host, need, s.pending_quota)
-                if over:
-                    return refuse("quota", over)
-                for evicted in verdict.evict:  # kept multicast parts give way
-                    remove_part(s.inbox, evicted)
-                    self.space.forget(evicted)
-                    self.count("parts-given-way")
-                held = kept.held() if kept is not None else None
-                if kept is not None:
-                    part, fd = s.inbox / kept.part, open_part(s.inbox, kept.part, a.size)
-                else:
-                    # The full id plus a local random suffix: a co-receiver
-                    # knowing the id cannot make us open or remove its file.
-                    part, fd = create_part(
-                        s.inbox, name, a.sid.hex(), a.size, kind="mc", unique=True
-                    )
             except Refusal as exc:
                 return refuse(exc.code, exc.reason)
             except OSError as exc:
                 return refuse("io", f"cannot read the inbox: {exc.strerror}")
-            total = -(-a.size // a.chunk_size)
-            host = a.pub_host or env.peer_host or "127.0.0.1"
-            now = self.now()
-            sess = Session(
-                sid=a.sid,
-                peer=env.peer,
-                host=env.peer_host,
-                route=env.route,
-                name=name,
-                size=a.size,
-                chunk_size=a.chunk_size,
-                flow=MulticastIncoming(total, now, s.idle_timeout, have=held),
-                verifier=verifier,
-                part=part,
-                fd=fd,
-                pub_endpoint=f"tcp://{join_host_port(host, a.pub_port)}" if a.pub_port else "",
-                started=now,
-                tree=tree,
-                files=files,
+            request = next(self._requests)
+            self.joining[request] = Joining(
+                a, env, answer, verifier, name, key, kept, self.now(), tree, files
             )
-            self.sessions[a.sid] = sess
-            written = kept.held_bytes() if kept is not None else 0
-            self.space.start(a.sid, env.peer, a.size, written, part.name, env.peer_host, tree_bytes)
-            self._tell_repair_senders()
-            self.tell("stats", _record(sess, self.now(), "running"))
-            if a.group:
-                self._join_group(sess, a, env.peer_host or "127.0.0.1")
-            template = Manifest(key, a.sid, part.name, b"", 0.0)
-            self.writer.open(
-                a.sid, fd, a.chunk_size, a.size, sess.tracker.written, (s.inbox, template)
+            # Space, quotas of parts and of bytes still to come, for
+            # multicast and unicast together (kept parts may give way).
+            self.tell(
+                "space",
+                SpaceReserve(
+                    owner=self.name,
+                    request=request,
+                    tid=a.sid,
+                    peer=env.peer,
+                    host=env.peer_host,
+                    size=a.size,
+                    resume=kept.part if kept is not None else "",
+                    held=kept.held_bytes() if kept is not None else 0,
+                    tree=tree_bytes,
+                ),
             )
-            self.count("joined")
-            if held is not None:
-                self.count("resumed")
-                self.count("resumed-chunks", held.count)
-                log.info(
-                    "rejoining multicast session %s (%s): %d of %d chunks already held",
-                    a.sid.hex()[:12],
-                    name,
-                    held.count,
-                    total,
-                )
+            return None
+        return self._joined(sess, a, env, answer)
+
+    def _on_verdict(self, v: SpaceVerdict) -> None:
+        j = self.joining.pop(v.request, None)
+        if j is None or j.announce.sid != v.tid:
+            if v.ok:  # given up meanwhile: not ours to hold
+                self.tell("space", SpaceRelease(tid=v.tid, keep=False))
+            return
+        a, env = j.announce, j.env
+        if not v.ok:
+            self._reply(env.route, self._refused(a.sid, env.peer, v.code or "io", v.reason))
+            return
+        sess = self.sessions.get(a.sid)
+        if sess is not None:  # cannot happen: one request per session id
+            self.tell("space", SpaceRelease(tid=v.tid, keep=False))
+            return
+        try:
+            sess = self._start_session(j)
+        except Refusal as exc:
+            self.tell("space", SpaceRelease(tid=a.sid, keep=False))
+            self._reply(env.route, self._refused(a.sid, env.peer, exc.code, exc.reason))
+            return
+        self._reply(env.route, self._joined(sess, a, env, j.answer))
+
+    def _expire_joins(self) -> None:
+        now = self.now()
+        for request, j in list(self.joining.items()):
+            if now - j.since >= SPACE_VERDICT_TIMEOUT:
+                del self.joining[request]  # the sender announces again
+                self.count("space-verdict-late")
+
+    def _refused(self, sid: bytes, peer: bytes, code: str, reason: str) -> McRefuse:
+        self.count(f"refused-{code}")
+        self.log_limited(
+            "refused multicast session from %s: %s", _who(peer), reason, level=logging.INFO
+        )
+        return McRefuse(sid=sid, code=code, reason=reason)
+
+    def _start_session(self, j: Joining) -> Session:
+        """The ledger reserved the space: the part (a new one, or the one kept
+        of this very session) and the session. Raises Refusal."""
+        s = self.settings
+        a, env, kept, name, key = j.announce, j.env, j.kept, j.name, j.key
+        held = kept.held() if kept is not None else None
+        try:
+            if kept is not None:
+                part, fd = s.inbox / kept.part, open_part(s.inbox, kept.part, a.size)
             else:
-                log.info(
-                    "joining multicast session %s (%s, %d bytes)", a.sid.hex()[:12], name, a.size
-                )
+                # The full id plus a local random suffix: a co-receiver
+                # knowing the id cannot make us open or remove its file.
+                part, fd = create_part(s.inbox, name, a.sid.hex(), a.size, kind="mc", unique=True)
+        except OSError as exc:
+            raise Refusal("io", f"cannot write the inbox: {exc.strerror}") from None
+        total = -(-a.size // a.chunk_size)
+        host = a.pub_host or env.peer_host or "127.0.0.1"
+        now = self.now()
+        sess = Session(
+            sid=a.sid,
+            peer=env.peer,
+            host=env.peer_host,
+            route=env.route,
+            name=name,
+            size=a.size,
+            chunk_size=a.chunk_size,
+            flow=MulticastIncoming(total, now, s.idle_timeout, have=held),
+            verifier=j.verifier,
+            part=part,
+            fd=fd,
+            pub_endpoint=f"tcp://{join_host_port(host, a.pub_port)}" if a.pub_port else "",
+            started=now,
+            tree=j.tree,
+            files=j.files,
+        )
+        self.sessions[a.sid] = sess
+        sess.reported = kept.held_bytes() if kept is not None else 0
+        self._tell_repair_senders()
+        self.tell("stats", _record(sess, self.now(), "running"))
+        if a.group:
+            self._join_group(sess, a, env.peer_host or "127.0.0.1")
+        template = Manifest(key, a.sid, part.name, b"", 0.0)
+        self.writer.open(a.sid, fd, a.chunk_size, a.size, sess.tracker.written, (s.inbox, template))
+        self.count("joined")
+        if held is not None:
+            self.count("resumed")
+            self.count("resumed-chunks", held.count)
+            log.info(
+                "rejoining multicast session %s (%s): %d of %d chunks already held",
+                a.sid.hex()[:12],
+                name,
+                held.count,
+                total,
+            )
+        else:
+            log.info("joining multicast session %s (%s, %d bytes)", a.sid.hex()[:12], name, a.size)
+        return sess
+
+    def _joined(self, sess: Session, a: McAnnounce, env: Inbound, answer: Response) -> McJoin:
+        """A (re)announce of a running session: its join, for this attempt."""
         sess.route = env.route
         sess.flow.on_announce(self.now())
         sess.wraps[a.attempt] = answer.secrets
@@ -459,7 +587,7 @@ class MulticastReceiverActor(Actor):
         plan = plan_resume(key, kept, in_use)
         for old in plan.obsolete:
             remove_part(inbox, old.part)
-            self.space.forget(old.part)
+            self.tell("space", SpaceForget(part=old.part))
             self.count("parts-obsolete")
         return plan.reuse
 
@@ -682,7 +810,6 @@ class MulticastReceiverActor(Actor):
                 sess.queued -= 1
                 self.count("chunks-written")
                 sess.flow.on_written(result.index, self.now())
-                self.space.written(sess.sid, sess.tracker.written.count * sess.chunk_size)
                 self._drive(sess)
             elif isinstance(result, Finished):
                 self._finish(sess, result.digest)
@@ -770,6 +897,10 @@ class MulticastReceiverActor(Actor):
 
     def _report_progress(self) -> None:
         for sess in self.sessions.values():
+            written = _written(sess)
+            if written != sess.reported:  # its reservation shrinks as it writes
+                sess.reported = written
+                self.tell("space", SpaceWritten(tid=sess.sid, written=written))
             self.tell("stats", _sample(sess, self.now()))
 
     def _report(self, sess: Session, stored: str, *, ok: bool, reason: str) -> None:
@@ -800,6 +931,8 @@ class MulticastReceiverActor(Actor):
     def on_actor_restarted(self, name: str) -> None:
         if name == "admission":
             self._tell_repair_senders()
+        elif name == "space":  # its ledger is empty: tell it again what is here
+            self._report_space()
 
     def _close(self, sess: Session, keep_part: bool) -> None:
         self.sessions.pop(sess.sid, None)
@@ -822,7 +955,11 @@ class MulticastReceiverActor(Actor):
         # The writer closes the fd after its queued work (``keep``: with a
         # last checkpoint) and forgets the session.
         self.writer.close(sess.sid, keep=keep_part)
-        self.space.stop(sess.sid, keep=keep_part, updated=time.time())
+        written = _written(sess)
+        self.tell(
+            "space",
+            SpaceRelease(tid=sess.sid, keep=keep_part, part=sess.part.name, written=written),
+        )
 
     def _count_sessions(self) -> None:
         self.facts["multicast_sessions"] = str(len(self.sessions))

@@ -8,8 +8,10 @@ layered on it). Per transfer:
 1. Offer -> checks (limits per peer and in all, name, chunk size), the
    resume lookup (:mod:`peercrypt.core.resume`: a kept part of the same file
    from the same proven sender identity is continued, older versions of it
-   are deleted), space and quotas (:mod:`peercrypt.core.space`: what running
-   transfers still have to write is reserved, kept parts give way), the mutual
+   are deleted), space and quotas (asked of the node's one space ledger,
+   ``actors/space.py``, which the multicast receiver asks too: what running
+   transfers still have to write is reserved, kept parts give way; the offer
+   waits for its verdict), the mutual
    authentication (crypto/handshake.py: the sender's identity is the CURVE
    client key, ours is proven in the Accept), ``.NAME.TID.part`` created (or the kept one reopened),
    Accept with the chunks already held.
@@ -32,6 +34,7 @@ without a resume (at start and every ``RECLAIM_INTERVAL``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -57,7 +60,6 @@ from actors.inbox import (
     check_offer,
     create_part,
     discard_part,
-    free_space,
     manifest_name,
     open_part,
     publish,
@@ -77,9 +79,8 @@ from peercrypt.core.resume import (
     accept_ranges,
     plan_resume,
 )
-from peercrypt.core.space import Quotas, SpaceLedger
 from peercrypt.core.tree import offer_refusal
-from peercrypt.crypto.handshake import ProofError, open_details, respond
+from peercrypt.crypto.handshake import ProofError, Response, open_details, respond
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
@@ -101,6 +102,16 @@ from peercrypt.wire.messages import (
     Verified,
     Verifying,
 )
+from peercrypt.wire.space_messages import (
+    SpaceForget,
+    SpaceKept,
+    SpaceRelease,
+    SpaceReserve,
+    SpaceReset,
+    SpaceRunning,
+    SpaceVerdict,
+    SpaceWritten,
+)
 from peercrypt.wire.stats_messages import StatsRecord, StatsSample
 from peercrypt.wire.text import printable
 
@@ -114,6 +125,9 @@ DATA_SNDHWM = 4096
 COMPLETED_MEMORY = 256  # finished transfers remembered to re-answer a repeated Done
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
 INCOMING_SHOWN = 8  # incoming transfers listed in the status facts
+# An offer waits this long for the space ledger's verdict (actors/space.py),
+# then is refused "busy" (the sender retries).
+SPACE_VERDICT_TIMEOUT = 5.0
 
 
 @dataclass
@@ -139,6 +153,24 @@ class Incoming:
     tree: int = 0  # a folder transfer: its manifest's bytes (peercrypt/core/tree.py)
     files: int = 0
     digest: bytes = b""  # verified, while its tree is being stored
+    reported: int = 0  # bytes written, as the space ledger last heard
+
+
+@dataclass
+class Asking:
+    """An offer that passed every check but space, waiting for the ledger."""
+
+    offer: Offer
+    peer: bytes
+    host: str
+    route: bytes
+    details: OfferDetails
+    name: str
+    key: ResumeKey
+    answer: Response
+    reuse: Manifest | None
+    tree_bytes: int
+    since: float
 
 
 class ReceiverActor(Actor):
@@ -151,9 +183,8 @@ class ReceiverActor(Actor):
         self.transfers: dict[bytes, Incoming] = {}
         self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # tid -> (route?, sealed Verified)
         self.outcomes = 0  # transfers finished (stored or discarded), for "last_in"
-        self.space = SpaceLedger(
-            Quotas(total=settings.part_quota, per_peer=settings.peer_part_quota)
-        )
+        self.asking: dict[int, Asking] = {}  # request -> offer waiting for space
+        self._requests = itertools.count(1)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -186,15 +217,56 @@ class ReceiverActor(Actor):
         running = lambda: bool(self.transfers)  # noqa: E731
         self.call_every_while(1.0, self._expire_idle, running)
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
+        self.call_every_while(1.0, self._expire_asks, lambda: bool(self.asking))
         self._reclaim()
-        found = scan(s.inbox, multicast=False)  # multicast parts are the mreceiver's
+        self._report_space()
+        self.call_every(RECLAIM_INTERVAL, self._reclaim)
+
+    def _report_space(self) -> None:
+        """Tell the space ledger, from scratch, what this receiver holds: the
+        unicast parts kept on disk (multicast ones are the mreceiver's) and
+        the transfers running."""
+        self.tell("space", SpaceReset(owner=self.name))
+        try:
+            found = scan(self.settings.inbox, multicast=False)
+        except OSError as exc:
+            self.log_limited("cannot scan the inbox: %s", exc)
+            return
         keys = {m.part: m.key for m in found.manifests}
+        running = {t.part.name for t in self.transfers.values()}
         for kept in found.kept:
             key = keys.get(kept.part)
-            if key is not None and kept.has_part:
-                allocated = found.allocated[kept.part]
-                self.space.keep(kept.part, key.peer, key.size, allocated, kept.updated)
-        self.call_every(RECLAIM_INTERVAL, self._reclaim)
+            if key is not None and kept.has_part and kept.part not in running:
+                self.tell(
+                    "space",
+                    SpaceKept(
+                        owner=self.name,
+                        part=kept.part,
+                        peer=key.peer,
+                        size=key.size,
+                        allocated=found.allocated[kept.part],
+                        updated=kept.updated,
+                    ),
+                )
+        for t in self.transfers.values():
+            t.reported = self._written(t)
+            self.tell(
+                "space",
+                SpaceRunning(
+                    owner=self.name,
+                    tid=t.tid,
+                    peer=t.peer,
+                    host=t.host,
+                    size=t.size,
+                    written=t.reported,
+                    part=t.part.name,
+                    tree=t.size if t.tree else 0,
+                ),
+            )
+
+    def on_actor_restarted(self, name: str) -> None:
+        if name == "space":  # its ledger is empty: tell it again what is here
+            self._report_space()
 
     def teardown(self) -> None:
         for t in list(self.transfers.values()):
@@ -215,7 +287,7 @@ class ReceiverActor(Actor):
             self.log_limited("cannot sweep the inbox: %s", exc)
             return
         for part in gone:
-            self.space.forget(part)
+            self.tell("space", SpaceForget(part=part))
             log.info("%s: no resume for %.0f s; deleted", part, self.settings.part_expiry)
         self.count("parts-reclaimed", len(gone))
         try:
@@ -226,6 +298,9 @@ class ReceiverActor(Actor):
     # -- offers (control plane, via the gateway) -------------------------------
 
     def on_mail(self, msg: codec.Message) -> None:
+        if isinstance(msg, SpaceVerdict):
+            self._on_verdict(msg)
+            return
         if not isinstance(msg, Inbound):
             return super().on_mail(msg)
         try:
@@ -233,26 +308,42 @@ class ReceiverActor(Actor):
         except codec.DecodeError as exc:
             self.count(f"offer-{exc.kind}")
             return
-        reply = self._take_offer(offer, msg.peer, msg.peer_host)
-        self.tell("gateway", Outbound(route=msg.route, payload=codec.encode(reply)))
+        reply = self._take_offer(offer, msg.peer, msg.peer_host, msg.route)
+        if reply is not None:
+            self._answer(msg.route, reply)
 
-    def _take_offer(self, offer: Offer, peer: bytes, host: str) -> codec.Message:
+    def _answer(self, route: bytes, reply: codec.Message) -> None:
+        self.tell("gateway", Outbound(route=route, payload=codec.encode(reply)))
+
+    def _refuse(self, tid: bytes, peer: bytes, code: str, reason: str) -> Refuse:
+        self.count(f"refused-{code}")
+        who = fingerprint(peer) if peer else "?"
+        self.log_limited("refused offer from %s: %s", who, reason, level=logging.INFO)
+        return Refuse(tid=tid, code=code, reason=reason)
+
+    def _take_offer(self, offer: Offer, peer: bytes, host: str, route: bytes) -> Refuse | None:
+        """Every check but space; then the offer waits for the space
+        ledger's verdict (:meth:`_on_verdict` answers it). A refusal, or None."""
         s = self.settings
 
         def refuse(code: str, reason: str) -> Refuse:
-            self.count(f"refused-{code}")
-            who = fingerprint(peer) if peer else "?"
-            self.log_limited("refused offer from %s: %s", who, reason, level=logging.INFO)
-            return Refuse(tid=offer.tid, code=code, reason=reason)
+            return self._refuse(offer.tid, peer, code, reason)
 
-        if offer.tid in self.transfers or offer.tid in self.completed:
+        waiting = list(self.asking.values())
+        if (
+            offer.tid in self.transfers
+            or offer.tid in self.completed
+            or any(a.offer.tid == offer.tid for a in waiting)
+        ):
             return refuse("duplicate", "transfer id already in use")
-        if len(self.transfers) >= s.max_transfers:
+        if len(self.transfers) + len(waiting) >= s.max_transfers:
             return refuse("busy", f"receiver busy ({s.max_transfers} transfers running)")
-        if sum(1 for t in self.transfers.values() if t.peer == peer) >= s.max_transfers_per_peer:
+        peers = [t.peer for t in self.transfers.values()] + [a.peer for a in waiting]
+        if peers.count(peer) >= s.max_transfers_per_peer:
             return refuse("busy", f"too many transfers from you (max {s.max_transfers_per_peer})")
         # Identities cost nothing to make: the address is bounded too.
-        if sum(1 for t in self.transfers.values() if t.host == host) >= s.max_transfers_per_host:
+        hosts = [t.host for t in self.transfers.values()] + [a.host for a in waiting]
+        if hosts.count(host) >= s.max_transfers_per_host:
             limit = s.max_transfers_per_host
             return refuse("busy", f"too many transfers from {host} (max {limit})")
         # What is offered was sealed to our identity key: only we can read it
@@ -279,8 +370,9 @@ class ReceiverActor(Actor):
             answer = respond(offer.tid, s.identity, peer, offer.eph_pub)
         except ValueError:
             return refuse("bad-offer", "invalid ephemeral or identity key")
-        keys = TransferKeys.for_receiver(offer.tid, answer.secrets)
         key = ResumeKey(peer, name, details.size, details.chunk_size, details.source)
+        if any(a.key == key for a in waiting):
+            return refuse("busy", "an earlier offer of this file from you is being admitted")
         if any(t.key == key and t.flow.finishing for t in self.transfers.values()):
             # Taking it over would drop a transfer about to be stored, and
             # starting afresh would store the file twice: its result decides.
@@ -292,23 +384,57 @@ class ReceiverActor(Actor):
         tree_bytes = details.size if details.tree or details.files else 0  # built beside its part
         try:
             reuse = self._resumable(key)
-            verdict = self.space.admit(
-                peer, details.size, free_space(s.inbox), reuse.part if reuse else None, tree_bytes
-            )
         except OSError as exc:
             return refuse("io", f"cannot read the inbox: {exc.strerror}")
-        if not verdict.ok:
-            return refuse(verdict.code, verdict.reason)
-        # Bytes still to write, per proven identity and per address (fresh
-        # identities cost nothing): no one sender holds the disk's promises.
-        need = details.size - (reuse.held_bytes() if reuse is not None else 0)
-        over = self.space.over_pending(peer, host, need, s.pending_quota)
-        if over:
-            return refuse("quota", over)
-        for evicted in verdict.evict:
-            remove_part(s.inbox, evicted)
-            self.space.forget(evicted)
-            self.count("parts-given-way")
+        request = next(self._requests)
+        self.asking[request] = Asking(
+            offer, peer, host, route, details, name, key, answer, reuse, tree_bytes, self.now()
+        )
+        # Space, quotas of parts and of bytes still to come (per proven
+        # identity and per address), for unicast and multicast together.
+        self.tell(
+            "space",
+            SpaceReserve(
+                owner=self.name,
+                request=request,
+                tid=offer.tid,
+                peer=peer,
+                host=host,
+                size=details.size,
+                resume=reuse.part if reuse is not None else "",
+                held=reuse.held_bytes() if reuse is not None else 0,
+                tree=tree_bytes,
+            ),
+        )
+        return None
+
+    def _on_verdict(self, v: SpaceVerdict) -> None:
+        asked = self.asking.pop(v.request, None)
+        if asked is None or asked.offer.tid != v.tid:
+            if v.ok:  # given up meanwhile: not ours to hold
+                self.tell("space", SpaceRelease(tid=v.tid, keep=False))
+            return
+        if v.ok:
+            reply: codec.Message = self._accept(asked)
+        else:
+            reply = self._refuse(v.tid, asked.peer, v.code or "io", v.reason)
+        self._answer(asked.route, reply)
+
+    def _expire_asks(self) -> None:
+        now = self.now()
+        for request, asked in list(self.asking.items()):
+            if now - asked.since >= SPACE_VERDICT_TIMEOUT:
+                del self.asking[request]
+                reason = "the inbox's space could not be checked in time; try again"
+                self._answer(asked.route, self._refuse(asked.offer.tid, asked.peer, "busy", reason))
+
+    def _accept(self, asked: Asking) -> codec.Message:
+        """The ledger reserved the space: open the part and accept (or, if
+        the part cannot be had, release the reservation and refuse)."""
+        s = self.settings
+        offer, peer, host, details = asked.offer, asked.peer, asked.host, asked.details
+        name, key, answer, reuse = asked.name, asked.key, asked.answer, asked.reuse
+        keys = TransferKeys.for_receiver(offer.tid, answer.secrets)
         held: ChunkBitmap | None = None
         part: Path | None = None
         try:
@@ -318,7 +444,8 @@ class ReceiverActor(Actor):
             else:
                 part, fd = create_part(s.inbox, name, offer.tid.hex()[:12], details.size)
         except Refusal as exc:
-            return refuse(exc.code, exc.reason)
+            self.tell("space", SpaceRelease(tid=offer.tid, keep=False))
+            return self._refuse(offer.tid, peer, exc.code, exc.reason)
         assert part is not None  # named: the manifest beside it makes it resumable
         flow = IncomingTransfer(
             total=key.total,
@@ -355,8 +482,7 @@ class ReceiverActor(Actor):
             flow.written,
             checkpoint=(s.inbox, template),
         )
-        held_bytes = reuse.held_bytes() if reuse is not None else 0
-        self.space.start(t.tid, peer, t.size, held_bytes, part.name, host, tree_bytes)
+        held_bytes = t.reported = reuse.held_bytes() if reuse is not None else 0
         self.count("accepted")
         if reuse is not None:
             self.count("resumed")
@@ -424,7 +550,7 @@ class ReceiverActor(Actor):
         plan = plan_resume(key, kept, in_use)
         for old in plan.obsolete:
             remove_part(inbox, old.part)
-            self.space.forget(old.part)
+            self.tell("space", SpaceForget(part=old.part))
             self.count("parts-obsolete")
             log.info("%s: the sender's file changed; the kept part restarts", key.name)
         return plan.reuse
@@ -610,7 +736,6 @@ class ReceiverActor(Actor):
                 continue
             if isinstance(result, Written):
                 t.flow.on_written(result.index)
-                self.space.written(t.tid, t.flow.written.count * t.chunk_size)
             elif isinstance(result, Finished):
                 t.flow.on_hashed(result.digest)
             elif isinstance(result, Unsaved):
@@ -688,7 +813,10 @@ class ReceiverActor(Actor):
         # write (hence no checkpoint) is pending: the transfer was finished,
         # or its file failed and the writer dropped it.
         self.writer.close(t.tid, keep=keep_part)
-        self.space.stop(t.tid, keep=keep_part, updated=time.time())
+        written = self._written(t)
+        self.tell(
+            "space", SpaceRelease(tid=t.tid, keep=keep_part, part=t.part.name, written=written)
+        )
 
     # -- the statistics history ---------------------------------------------------
 
@@ -715,6 +843,10 @@ class ReceiverActor(Actor):
 
     def _report_progress(self) -> None:
         for t in self.transfers.values():
+            written = self._written(t)
+            if written != t.reported:  # its reservation shrinks as it writes
+                t.reported = written
+                self.tell("space", SpaceWritten(tid=t.tid, written=written))
             self.tell(
                 "stats",
                 StatsSample(

@@ -26,6 +26,7 @@ from actors.multicast_sender import MulticastSenderActor
 from actors.receiver import ReceiverActor
 from actors.scheduler import SchedulerActor
 from actors.sender import SenderActor
+from actors.space import SpaceActor
 from actors.stats import StatsActor
 from peercrypt.runtime.actor import IO_THREADS, Actor, ActorEnv
 from peercrypt.runtime.memory import limit_malloc_arenas
@@ -70,6 +71,7 @@ class Node:
         if s.port is not None:
             factories += [
                 ("admission", lambda env: AdmissionActor(env, s.allow)),
+                ("space", lambda env: SpaceActor(env, s)),  # the inbox's one space ledger
                 ("receiver", lambda env: ReceiverActor(env, s)),
                 ("gateway", lambda env: GatewayActor(env, s)),
                 ("discovery", lambda env: DiscoveryActor(env, s)),  # gossip membership

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from peercrypt.core.space import Quotas, SpaceLedger
@@ -94,6 +94,7 @@ offers = st.lists(
 )
 
 
+@settings(deadline=None)
 @given(offers, st.integers(0, 200), st.integers(0, 120), st.integers(0, 150))
 def test_promises_never_exceed_the_disk_and_quotas_hold(
     steps: list[tuple[bytes, int, bool, int]], free: int, per_peer: int, total: int
@@ -145,3 +146,137 @@ def test_pending_bytes_are_bounded_per_identity_and_per_address() -> None:
     )
     ledger.written(b"t1", 100)
     assert ledger.over_pending(b"b", "10.0.0.1", 100, 100) == ""
+
+
+# -- one ledger for both receivers (reserve, release, rebuild) -----------------
+
+OWNERS = ("receiver", "mreceiver")
+
+steps_of_two = st.lists(
+    st.tuples(
+        st.sampled_from(OWNERS),
+        st.sampled_from([A, B]),
+        st.integers(1, 60),  # size
+        st.sampled_from([0, 0, 1, 2, 3]),  # 0: reserve, 1: write, 2: stop (kept), 3: stop
+        st.integers(0, 60),  # bytes written, or which transfer
+    ),
+    max_size=40,
+)
+
+
+@settings(deadline=None)
+@given(steps_of_two, st.integers(0, 150), st.sampled_from([0, 50, 100]), st.sampled_from([0, 40]))
+@example([("receiver", A, 60, 0, 0), ("mreceiver", B, 60, 0, 0)], 100, 0, 0)
+def test_one_ledger_never_over_commits_whoever_asks(
+    steps: list[tuple[str, bytes, int, int, int]], capacity: int, per_peer: int, pending: int
+) -> None:
+    """Unicast offers and multicast sessions interleaved on one ledger: the
+    bytes still to come of every running transfer, plus everything already on
+    disk, never exceed the disk; quotas hold across both kinds."""
+    ledger = SpaceLedger(Quotas(per_peer=per_peer))
+    on_disk: dict[str, int] = {}  # part -> bytes it occupies
+    running: dict[bytes, tuple[str, bytes, int, int]] = {}  # tid -> owner, peer, size, written
+    for n, (owner, peer, size, op, arg) in enumerate(steps):
+        tid = n.to_bytes(4, "big")
+        if op == 0 or not running:
+            free = capacity - sum(on_disk.values()) - sum(r[3] for r in running.values())
+            verdict = ledger.reserve(
+                tid, peer, size, free, host=owner, pending_limit=pending, owner=owner
+            )
+            if verdict.ok:
+                for name in verdict.evict:
+                    del on_disk[name]  # only kept parts give way
+                running[tid] = (owner, peer, size, 0)
+                # Every running transfer's whole file, and every kept part, fit.
+                assert sum(r[2] for r in running.values()) + sum(on_disk.values()) <= capacity
+                if per_peer:
+                    assert ledger.charged(peer) <= per_peer
+                if pending:
+                    assert ledger.pending(peer=peer) <= pending
+            else:
+                assert verdict.code in ("quota", "no-space") and verdict.evict == ()
+                assert not ledger.is_running(tid)
+            continue
+        victim = list(running)[arg % len(running)]
+        o, p, s, w = running[victim]
+        if op == 1:
+            w = min(s, w + arg)
+            running[victim] = (o, p, s, w)
+            ledger.written(victim, w)
+            continue
+        del running[victim]
+        assert ledger.stop(victim, keep=op == 2, updated=float(n), part=f"p{victim.hex()}")
+        if op == 2:
+            on_disk[f"p{victim.hex()}"] = w
+        assert not ledger.stop(victim, keep=True, updated=float(n))  # released once only
+    assert sorted(ledger.kept) == sorted(on_disk)
+    assert ledger.promised == sum(r[2] - r[3] for r in running.values())
+
+
+@settings(deadline=None)
+@given(steps_of_two, st.lists(st.binary(min_size=4, max_size=4), max_size=10))
+def test_every_release_matches_a_reservation(
+    steps: list[tuple[str, bytes, int, int, int]], strangers: list[bytes]
+) -> None:
+    """Releasing what was never reserved (or twice) changes nothing; when
+    every reservation is released, nothing is promised and only parts that
+    were kept remain."""
+    ledger = SpaceLedger(Quotas())
+    reserved: list[bytes] = []
+    for n, (owner, peer, size, _, _) in enumerate(steps):
+        tid = b"r" + n.to_bytes(3, "big")
+        if ledger.reserve(tid, peer, size, 10**9, owner=owner).ok:
+            reserved.append(tid)
+    before = (ledger.promised, ledger.charged(), ledger.kept)
+    for tid in strangers:
+        if tid not in reserved:
+            assert not ledger.stop(tid, keep=True, updated=0.0, part="stranger")
+    assert (ledger.promised, ledger.charged(), ledger.kept) == before
+    for i, tid in enumerate(reserved):
+        assert ledger.stop(tid, keep=bool(i % 2), updated=0.0, part=f"k{i}")
+        assert not ledger.stop(tid, keep=bool(i % 2), updated=0.0, part=f"again{i}")
+    assert ledger.promised == 0
+    assert sorted(ledger.kept) == sorted(f"k{i}" for i in range(len(reserved)) if i % 2)
+
+
+@settings(deadline=None)
+@given(steps_of_two, st.sampled_from(OWNERS))
+def test_a_restarted_owner_rebuilds_the_same_ledger(
+    steps: list[tuple[str, bytes, int, int, int]], restarted: str
+) -> None:
+    """A receiver that restarts drops what it held and reports again its kept
+    parts (from the disk) and running transfers: the ledger is as before,
+    and the other receiver's entries were never touched."""
+    ledger = SpaceLedger(Quotas())
+    running: dict[bytes, tuple[str, bytes, int, int]] = {}
+    kept: dict[str, tuple[str, bytes, int, int, float]] = {}
+    for n, (owner, peer, size, op, arg) in enumerate(steps):
+        tid = n.to_bytes(4, "big")
+        if op != 2 or not running:
+            if ledger.reserve(tid, peer, size, 10**9, owner=owner).ok:
+                ledger.written(tid, min(size, arg))
+                running[tid] = (owner, peer, size, min(size, arg))
+            continue
+        victim = list(running)[arg % len(running)]
+        o, p, s, w = running.pop(victim)
+        ledger.stop(victim, keep=True, updated=float(n), part=f"p{n}")
+        kept[f"p{n}"] = (o, p, s, w, float(n))
+
+    def shape(lg: SpaceLedger) -> tuple[int, int, int, list[str], list[int]]:
+        return (
+            lg.promised,
+            lg.charged(A),
+            lg.charged(B),
+            sorted(lg.kept),
+            sorted(lg.allocated(k) for k in lg.kept),
+        )
+
+    before = shape(ledger)
+    ledger.reset(restarted)
+    for part, (o, p, s, w, updated) in kept.items():
+        if o == restarted:
+            ledger.keep(part, p, s, w, updated, owner=o)
+    for tid, (o, p, s, w) in running.items():
+        if o == restarted:
+            ledger.start(tid, p, s, w, "", owner=o)
+    assert shape(ledger) == before

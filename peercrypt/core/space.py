@@ -28,6 +28,14 @@ Admission (:meth:`SpaceLedger.admit`) of an offer of ``size`` bytes from
 checkpoint first, the sender's own before anyone's for its own quota; running
 transfers never do. If even giving up every other kept part is not enough,
 the offer is refused ("quota" or "no-space") and nothing is evicted.
+
+One ledger per inbox (``actors/space.py`` owns it; the unicast and the
+multicast receiver ask it): :meth:`SpaceLedger.reserve` admits and starts in
+one step, so no answer given to one receiver can be invalidated by another's.
+Every entry has an ``owner`` (the receiver that holds it): a restarted
+receiver's entries are dropped (:meth:`SpaceLedger.reset`) and reported again
+from what is on disk and what it runs. :meth:`SpaceLedger.stop` releases only
+what was reserved under that transfer id, once.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ class _Running:
     part: str
     host: str = ""
     extra: int = 0  # disk beyond the part while it runs (a folder's tree)
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class _Kept:
     size: int
     allocated: int
     updated: float
+    owner: str = ""
 
 
 class SpaceLedger:
@@ -81,9 +91,19 @@ class SpaceLedger:
 
     # -- what is there ----------------------------------------------------------
 
-    def keep(self, part: str, peer: bytes, size: int, allocated: int, updated: float) -> None:
+    def keep(
+        self, part: str, peer: bytes, size: int, allocated: int, updated: float, owner: str = ""
+    ) -> None:
         """A kept part exists (found by a sweep, or left by a stopped transfer)."""
-        self._kept[part] = _Kept(peer, max(0, size), max(0, allocated), updated)
+        self._kept[part] = _Kept(peer, max(0, size), max(0, allocated), updated, owner)
+
+    def reset(self, owner: str) -> None:
+        """``owner`` restarted: what it held is reported again from scratch."""
+        self._running = {t: r for t, r in self._running.items() if r.owner != owner}
+        self._kept = {p: k for p, k in self._kept.items() if k.owner != owner}
+
+    def is_running(self, tid: bytes) -> bool:
+        return tid in self._running
 
     def forget(self, part: str) -> None:
         """A kept part was deleted (or is no longer tracked)."""
@@ -181,6 +201,38 @@ class SpaceLedger:
             )
         return Admission(True, evict=tuple(evict))
 
+    def reserve(
+        self,
+        tid: bytes,
+        peer: bytes,
+        size: int,
+        free: int,
+        *,
+        resume: str | None = None,
+        held: int = 0,
+        extra: int = 0,
+        host: str = "",
+        pending_limit: int = 0,
+        owner: str = "",
+    ) -> Admission:
+        """:meth:`admit` then, if admitted, the pending-bytes quota
+        (``size - held`` more bytes to come, :meth:`over_pending`), then
+        :meth:`start` under ``tid`` with the evicted parts forgotten: the
+        caller deletes them. A ``tid`` already running is refused
+        ("duplicate"): one reservation per transfer."""
+        if tid in self._running:
+            return Admission(False, "duplicate", "transfer id already in use")
+        verdict = self.admit(peer, size, free, resume, extra)
+        if not verdict.ok:
+            return verdict
+        over = self.over_pending(peer, host, max(0, size - held), pending_limit)
+        if over:
+            return Admission(False, "quota", over)
+        for name in verdict.evict:
+            self.forget(name)
+        self.start(tid, peer, size, held, resume or "", host, extra, owner)
+        return verdict
+
     # -- running transfers ----------------------------------------------------------
 
     def start(
@@ -192,11 +244,12 @@ class SpaceLedger:
         part: str,
         host: str = "",
         extra: int = 0,
+        owner: str = "",
     ) -> None:
         """An admitted transfer runs (a continued kept part stops being kept);
         ``extra`` as for :meth:`admit`, reserved until it stops."""
         self._kept.pop(part, None)
-        self._running[tid] = _Running(peer, size, max(0, written), part, host, extra)
+        self._running[tid] = _Running(peer, size, max(0, written), part, host, extra, owner)
 
     def written(self, tid: bytes, nbytes: int) -> None:
         """``nbytes`` of the transfer's file are now on disk."""
@@ -204,8 +257,21 @@ class SpaceLedger:
         if r is not None:
             r.written = max(r.written, nbytes)
 
-    def stop(self, tid: bytes, keep: bool, updated: float) -> None:
-        """The transfer ended; ``keep``: its part stays for a resume."""
+    def stop(
+        self,
+        tid: bytes,
+        keep: bool,
+        updated: float,
+        part: str = "",
+        written: int | None = None,
+    ) -> bool:
+        """The transfer ended; ``keep``: its part (named ``part`` if it was
+        not known at the start) stays for a resume, ``written`` bytes of it
+        on disk. False if ``tid`` held no reservation (nothing changes)."""
         r = self._running.pop(tid, None)
-        if r is not None and keep:
-            self._kept[r.part] = _Kept(r.peer, r.size, r.written, updated)
+        if r is None:
+            return False
+        if keep:
+            allocated = r.written if written is None else max(r.written, written)
+            self._kept[part or r.part] = _Kept(r.peer, r.size, allocated, updated, r.owner)
+        return True

@@ -184,6 +184,7 @@ MESSAGE_MODULES = (
     "actor_messages",
     "multicast_messages",
     "network_messages",
+    "space_messages",
     "stats_messages",
 )
 _all_loaded = False

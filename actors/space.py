@@ -1,0 +1,129 @@
+"""Space actor: the one ledger of the inbox's space (:mod:`peercrypt.core.space`).
+
+The unicast receiver and the multicast receiver write into the same inbox,
+so they ask one ledger (this actor's) before they accept anything: a unicast
+offer and a multicast session arriving together cannot both pass a check
+that only one of them fits, and the per-sender, total and pending-bytes
+quotas count both kinds. Messages (``peercrypt/wire/space_messages.py``):
+
+- ``SpaceReserve`` -> the free space measured now, :meth:`SpaceLedger.reserve`
+  (admission, pending-bytes quota and the reservation in one step), the kept
+  parts that give way deleted, ``SpaceVerdict`` to the asker.
+- ``SpaceWritten``, ``SpaceRelease``: a transfer's progress and its end (kept
+  for a resume or not); a release that matches no reservation is counted
+  (``release-unknown``) and changes nothing.
+- ``SpaceReset`` + ``SpaceKept`` / ``SpaceRunning``: a receiver reports what
+  it holds from scratch, at its start (the parts it kept, found on disk) and
+  when this actor restarted (kept parts and running transfers too).
+- ``SpaceForget``: a kept part was deleted by its receiver.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from actors.inbox import free_space, remove_part
+from peercrypt.core.space import Quotas, SpaceLedger
+from peercrypt.runtime.actor import Actor, ActorEnv
+from peercrypt.settings import NodeSettings
+from peercrypt.wire import codec
+from peercrypt.wire.space_messages import (
+    SpaceForget,
+    SpaceKept,
+    SpaceRelease,
+    SpaceReserve,
+    SpaceReset,
+    SpaceRunning,
+    SpaceVerdict,
+    SpaceWritten,
+)
+
+log = logging.getLogger("peercrypt.space")
+
+# Who may ask: the actors that write into the inbox (their names are also
+# where verdicts go).
+OWNERS = frozenset({"receiver", "mreceiver"})
+
+
+class SpaceActor(Actor):
+    name = "space"
+
+    def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
+        super().__init__(env)
+        self.settings = settings
+        self.ledger = SpaceLedger(
+            Quotas(total=settings.part_quota, per_peer=settings.peer_part_quota)
+        )
+
+    def on_mail(self, msg: codec.Message) -> None:
+        ledger = self.ledger
+        if isinstance(msg, SpaceReserve):
+            self._reserve(msg)
+        elif isinstance(msg, SpaceWritten):
+            ledger.written(msg.tid, msg.written)
+        elif isinstance(msg, SpaceRelease):
+            if not ledger.stop(msg.tid, msg.keep, time.time(), msg.part, msg.written):
+                self.count("release-unknown")
+        elif isinstance(msg, SpaceKept):
+            ledger.keep(msg.part, msg.peer, msg.size, msg.allocated, msg.updated, msg.owner)
+        elif isinstance(msg, SpaceRunning):
+            ledger.start(
+                msg.tid, msg.peer, msg.size, msg.written, msg.part, msg.host, msg.tree, msg.owner
+            )
+        elif isinstance(msg, SpaceForget):
+            ledger.forget(msg.part)
+        elif isinstance(msg, SpaceReset):
+            ledger.reset(msg.owner)
+        else:
+            super().on_mail(msg)
+            return
+        self.facts["promised"] = str(ledger.promised)
+        self.facts["kept"] = str(len(ledger.kept))
+
+    def _reserve(self, ask: SpaceReserve) -> None:
+        if ask.owner not in OWNERS:
+            self.count("reserve-unknown-owner")
+            return
+        s = self.settings
+        try:
+            free = free_space(s.inbox)
+        except OSError as exc:
+            verdict = SpaceVerdict(
+                request=ask.request,
+                tid=ask.tid,
+                ok=False,
+                code="io",
+                reason=f"cannot read the inbox: {exc.strerror}",
+            )
+            self.tell(ask.owner, verdict)
+            return
+        admitted = self.ledger.reserve(
+            ask.tid,
+            ask.peer,
+            ask.size,
+            free,
+            resume=ask.resume or None,
+            held=ask.held,
+            extra=ask.tree,
+            host=ask.host,
+            pending_limit=s.pending_quota,
+            owner=ask.owner,
+        )
+        for part in admitted.evict:  # kept parts give way (their receiver is not using them)
+            try:
+                remove_part(s.inbox, part)
+            except OSError as exc:
+                self.log_limited("cannot delete %s: %s", part, exc)
+            self.count("parts-given-way")
+            log.info("%s: deleted to make room for a new transfer", part)
+        self.tell(
+            ask.owner,
+            SpaceVerdict(
+                request=ask.request,
+                tid=ask.tid,
+                ok=admitted.ok,
+                code=admitted.code,
+                reason=admitted.reason,
+            ),
+        )

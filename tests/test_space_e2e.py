@@ -1,0 +1,112 @@
+"""One space ledger for the whole inbox, with real node processes: a unicast
+offer and a multicast session that do not both fit cannot both be accepted
+(whichever comes first), and a multicast part kept by a killed node is
+charged by the restarted one (docs/resume.md, "Space")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.inbox import scan
+from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    assert_stored,
+    cli_running,
+    json_success,
+    wait_until,
+)
+
+MiB = 1024 * 1024
+CHUNK = 64 * 1024
+SIZE = 16 * MiB  # two of them do not fit the 24 MiB inbox
+
+
+@pytest.fixture
+def small_inbox(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs for the receiver's inbox, mounted for this test only."""
+    try:
+        with small_tmpfs(tmp_path / "small-inbox", "24m") as mount:
+            yield mount
+    except DiskUnavailable as exc:
+        pytest.skip(f"cannot mount a tmpfs: {exc}")
+
+
+def _send_args(kind: str, path: Path, target: NodeProcess) -> list[str]:
+    args = ["send", str(path), target.host, str(target.port), "--json"]
+    args += ["--chunk-size", str(CHUNK), "--timeout", "30"]
+    return args + (["-m"] if kind == "multicast" else [])
+
+
+def _refused_for_space(kind: str, result: dict[str, Any]) -> str:
+    """The error of a send the receiver refused (unicast or multicast)."""
+    if kind == "multicast":
+        (row,) = result["receivers"]
+        assert row["code"] == "refused", row
+        return str(row["error"])
+    assert result["code"] == "refused", result
+    return str(result["error"])
+
+
+@pytest.mark.parametrize(("first", "second"), [("unicast", "multicast"), ("multicast", "unicast")])
+def test_a_unicast_offer_and_a_multicast_session_cannot_both_have_the_last_space(
+    small_inbox: Path,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    blake3_file: Any,
+    first: str,
+    second: str,
+) -> None:
+    receiver = node_factory("--inbox", str(small_inbox), name="receiver")
+    sender = node_factory("--max-rate", str(6 * MiB))  # the first runs ~3 s
+    one = make_file(SIZE, name="one.bin")
+    two = make_file(SIZE, name="two.bin")
+    with cli_running(*_send_args(first, one, receiver), data_dir=sender.data_dir) as proc:
+        wait_until(lambda: scan(small_inbox).kept or proc.poll() is not None, 30, "a part")
+        refused = sender.cli(*_send_args(second, two, receiver), timeout=60)
+        result = json_success(proc, sender)
+    assert refused.returncode != 0, refused.describe()
+    assert "not enough space in the inbox" in _refused_for_space(second, refused.json)
+    digest = blake3_file(one)
+    if first == "multicast":
+        assert_stored(receiver, result, digest)
+    else:
+        assert blake3_file(small_inbox / result["stored_as"]) == digest
+    assert not (small_inbox / "two.bin").exists()
+    kind = "receiver" if second == "unicast" else "mreceiver"
+    assert receiver.wait_for_counter(f"{kind}.refused-no-space", 1) == 1
+    assert [p.name for p in small_inbox.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_kept_multicast_part_is_charged_after_a_restart(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
+) -> None:
+    """A node killed mid-session keeps its multicast part; restarted with a
+    quota of parts that the part and a new unicast file exceed together, the
+    kept part is counted (it gives way to the new file) rather than ignored."""
+    sender = node_factory("--max-rate", str(3 * MiB))
+    target = node_factory(name="target")
+    path = make_file(8 * MiB)
+    with cli_running(*_send_args("multicast", path, target), data_dir=sender.data_dir):
+
+        def checkpointed() -> bool:
+            found = scan(target.inbox, multicast=True)
+            return any(m.held().count > 0 for m in found.manifests)
+
+        wait_until(checkpointed, 20, "a checkpoint of the multicast part")
+        target.kill()
+        sender.kill()  # its session never comes back for the kept part
+    (kept,) = scan(target.inbox, multicast=True).kept
+    target.extra_args = ("--part-quota", str(10 * MiB))
+    target.start()
+    other = node_factory()
+    small = make_file(4 * MiB)  # 8 MiB kept + 4 MiB > 10 MiB
+    code, result = other.send(small, target.host, target.port)
+    assert code == 0, result
+    assert blake3_file(target.inbox / result["stored_as"]) == blake3_file(small)
+    assert target.wait_for_counter("space.parts-given-way", 1) == 1
+    assert not (target.inbox / kept.part).exists()
