@@ -73,6 +73,7 @@ from actors.inbox import (
     scan,
     sweep,
 )
+from actors.space import report_holdings
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
 from peercrypt.core.bitmap import flatten
@@ -125,10 +126,8 @@ from peercrypt.wire.multicast_messages import (
 from peercrypt.wire.network_messages import MAX_REPAIR_SENDERS, REPAIR_DOMAIN, RepairSenders
 from peercrypt.wire.space_messages import (
     SpaceForget,
-    SpaceKept,
     SpaceRelease,
     SpaceReserve,
-    SpaceReset,
     SpaceRunning,
     SpaceVerdict,
     SpaceWritten,
@@ -254,29 +253,10 @@ class MulticastReceiverActor(Actor):
     def _report_space(self) -> None:
         """Tell the space ledger, from scratch, what this receiver holds: the
         multicast parts kept on disk and the sessions running."""
-        self.tell("space", SpaceReset(owner=self.name))
-        running = {x.part.name for x in self.sessions.values()}
-        try:
-            found = scan(self.settings.inbox, multicast=True)
-        except OSError as exc:
-            self.log_limited("cannot scan the inbox: %s", exc)
-        else:
-            for m in found.manifests:
-                if m.part in running or m.part not in found.allocated:
-                    continue
-                kept = SpaceKept(
-                    owner=self.name,
-                    part=m.part,
-                    peer=m.key.peer,
-                    size=m.key.size,
-                    allocated=found.allocated[m.part],
-                    updated=m.updated,
-                )
-                self.tell("space", kept)
+        running = []
         for x in self.sessions.values():
             x.reported = _written(x)
-            self.tell(
-                "space",
+            running.append(
                 SpaceRunning(
                     owner=self.name,
                     tid=x.sid,
@@ -286,8 +266,9 @@ class MulticastReceiverActor(Actor):
                     written=x.reported,
                     part=x.part.name,
                     tree=x.size if x.tree else 0,
-                ),
+                )
             )
+        report_holdings(self, self.settings.inbox, multicast=True, running=running)
 
     def _reclaim(self) -> None:
         """Delete multicast parts (the unicast receiver leaves them alone)

@@ -67,6 +67,7 @@ from actors.inbox import (
     scan,
     sweep,
 )
+from actors.space import report_holdings
 from actors.tree_store import sweep_trees
 from peercrypt.core.bitmap import ChunkBitmap, flatten
 from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
@@ -104,10 +105,8 @@ from peercrypt.wire.messages import (
 )
 from peercrypt.wire.space_messages import (
     SpaceForget,
-    SpaceKept,
     SpaceRelease,
     SpaceReserve,
-    SpaceReset,
     SpaceRunning,
     SpaceVerdict,
     SpaceWritten,
@@ -226,32 +225,10 @@ class ReceiverActor(Actor):
         """Tell the space ledger, from scratch, what this receiver holds: the
         unicast parts kept on disk (multicast ones are the mreceiver's) and
         the transfers running."""
-        self.tell("space", SpaceReset(owner=self.name))
-        try:
-            found = scan(self.settings.inbox, multicast=False)
-        except OSError as exc:
-            self.log_limited("cannot scan the inbox: %s", exc)
-            return
-        keys = {m.part: m.key for m in found.manifests}
-        running = {t.part.name for t in self.transfers.values()}
-        for kept in found.kept:
-            key = keys.get(kept.part)
-            if key is not None and kept.has_part and kept.part not in running:
-                self.tell(
-                    "space",
-                    SpaceKept(
-                        owner=self.name,
-                        part=kept.part,
-                        peer=key.peer,
-                        size=key.size,
-                        allocated=found.allocated[kept.part],
-                        updated=kept.updated,
-                    ),
-                )
+        running = []
         for t in self.transfers.values():
             t.reported = self._written(t)
-            self.tell(
-                "space",
+            running.append(
                 SpaceRunning(
                     owner=self.name,
                     tid=t.tid,
@@ -261,8 +238,9 @@ class ReceiverActor(Actor):
                     written=t.reported,
                     part=t.part.name,
                     tree=t.size if t.tree else 0,
-                ),
+                )
             )
+        report_holdings(self, self.settings.inbox, multicast=False, running=running)
 
     def on_actor_restarted(self, name: str) -> None:
         if name == "space":  # its ledger is empty: tell it again what is here

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
-from actors.inbox import free_space, remove_part
+from actors.inbox import free_space, remove_part, scan
 from peercrypt.core.space import Quotas, SpaceLedger
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
@@ -44,6 +45,34 @@ log = logging.getLogger("peercrypt.space")
 # Who may ask: the actors that write into the inbox (their names are also
 # where verdicts go).
 OWNERS = frozenset({"receiver", "mreceiver"})
+
+
+def report_holdings(
+    actor: Actor, inbox: Path, *, multicast: bool, running: list[SpaceRunning]
+) -> None:
+    """Tell the ledger, from scratch, what ``actor`` (a receiver) holds: the
+    parts of its kind kept in ``inbox`` (those with a manifest) and its
+    ``running`` transfers."""
+    actor.tell("space", SpaceReset(owner=actor.name))
+    in_use = {r.part for r in running}
+    try:
+        found = scan(inbox, multicast=multicast)
+    except OSError as exc:
+        actor.log_limited("cannot scan the inbox: %s", exc)
+    else:
+        for m in found.manifests:
+            if m.part in found.allocated and m.part not in in_use:
+                kept = SpaceKept(
+                    owner=actor.name,
+                    part=m.part,
+                    peer=m.key.peer,
+                    size=m.key.size,
+                    allocated=found.allocated[m.part],
+                    updated=m.updated,
+                )
+                actor.tell("space", kept)
+    for r in running:
+        actor.tell("space", r)
 
 
 class SpaceActor(Actor):

@@ -24,6 +24,7 @@ import pytest
 
 import peercrypt.testing.nodes as nodes
 from peercrypt.crypto.identity import new_network_key
+from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
 from peercrypt.testing.nodes import NodeError, NodeProcess, run_cli
 from peercrypt.testing.nodes import blake3_file as _blake3_file
 
@@ -130,6 +131,17 @@ def make_file(tmp_path: Path) -> Callable[..., Path]:
 def blake3_file() -> Callable[[Path], str]:
     """``blake3_file(path) -> str``: the hex BLAKE3 digest of a file."""
     return _blake3_file
+
+
+@pytest.fixture
+def small_inbox(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs for a receiver's inbox, mounted for this test only
+    (skipped where no tmpfs can be mounted)."""
+    try:
+        with small_tmpfs(tmp_path / "small-inbox", "24m") as mount:
+            yield mount
+    except DiskUnavailable as exc:
+        pytest.skip(f"cannot mount a tmpfs: {exc}")
 
 
 @pytest.fixture

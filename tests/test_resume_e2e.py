@@ -24,7 +24,6 @@ import pytest
 
 from actors.inbox import load_manifest, manifest_name, scan
 from peercrypt import errors
-from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
 from peercrypt.testing.nodes import NodeProcess, blake3_file, start_cli, wait_until
 
 CHUNK = 64 * 1024
@@ -177,16 +176,6 @@ def test_another_identity_cannot_continue_a_kept_part(
     assert info["stats"]["resumed_chunks"] == 0
     assert len(_parts(receiver.inbox)) == 1  # the victim's part is still there
     assert _resend_ok(sender, path, receiver)["stats"]["resumed_chunks"] > 0
-
-
-@pytest.fixture
-def small_inbox(tmp_path: Path) -> Iterator[Path]:
-    """A 24 MiB tmpfs for the receiver's inbox, mounted for this test only."""
-    try:
-        with small_tmpfs(tmp_path / "small-inbox", "24m") as mount:
-            yield mount
-    except DiskUnavailable as exc:
-        pytest.skip(f"cannot mount a tmpfs: {exc}")
 
 
 def test_disk_full_mid_transfer_then_resume(

@@ -5,14 +5,13 @@ charged by the restarted one (docs/resume.md, "Space")."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from actors.inbox import scan
-from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
 from peercrypt.testing.nodes import (
     NodeProcess,
     assert_stored,
@@ -24,16 +23,6 @@ from peercrypt.testing.nodes import (
 MiB = 1024 * 1024
 CHUNK = 64 * 1024
 SIZE = 16 * MiB  # two of them do not fit the 24 MiB inbox
-
-
-@pytest.fixture
-def small_inbox(tmp_path: Path) -> Iterator[Path]:
-    """A 24 MiB tmpfs for the receiver's inbox, mounted for this test only."""
-    try:
-        with small_tmpfs(tmp_path / "small-inbox", "24m") as mount:
-            yield mount
-    except DiskUnavailable as exc:
-        pytest.skip(f"cannot mount a tmpfs: {exc}")
 
 
 def _send_args(kind: str, path: Path, target: NodeProcess) -> list[str]:
