@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 
 from peercrypt.crypto.identity import new_network_key
@@ -32,6 +33,7 @@ from peercrypt.history.export import parse_csv, parse_json
 from peercrypt.testing.nodes import (
     NodeProcess,
     blake3_file,
+    cli_env,
     multicast_targets,
     random_file,
     run_cli,
@@ -262,6 +264,29 @@ def test_list_and_show_print_what_was_recorded(recorded: Recorded) -> None:
     assert fields["file"].strip() == str(recorded.source)
     full = json.loads(sender.cli("stats", "show", str(ident), "--json").stdout)
     assert full == next(r for r in recorded.sent if r["id"] == ident)
+
+
+def test_list_on_an_80_column_terminal_fits_it(recorded: Recorded) -> None:
+    """On a terminal the list leaves out what does not fit (a pipe: every
+    column, above); ID, peer, file, size, rate and result stay."""
+    sender = recorded.sender
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "peercrypt", "--data-dir", str(sender.data_dir), "stats", "list"],
+        dimensions=(40, 80),
+        env=cli_env(sender.env),
+        encoding="utf-8",
+        timeout=30,
+    )
+    out = child.read()
+    child.close()
+    assert child.exitstatus == 0, out
+    header, *lines = out.replace("\r\n", "\n").strip().splitlines()
+    assert header.split() == ["ID", "PEER", "FILE", "SIZE", "RATE", "RESULT"], out
+    assert len(lines) == 7 and all(len(line) <= 80 for line in lines), out
+    for line, row in zip(lines, recorded.sent, strict=True):
+        assert line.split()[0] == str(row["id"]) and line.rstrip().endswith(row["result"]), line
+        assert "payload, ü.bin" in line and row["peer"] in line, line
 
 
 def test_exports_parse_back_to_the_database_rows(recorded: Recorded, tmp_path: Path) -> None:

@@ -10,10 +10,11 @@ non-zero exit code (see :mod:`peercrypt.errors`); tracebacks only with
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -379,11 +380,50 @@ def _await_result(
             on_other(msg)
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    """Left-aligned columns under upper-case headers, two spaces apart."""
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+def terminal_width() -> int | None:
+    """The terminal's columns when stdout is one, else None (a pipe, a file:
+    tables keep every column and every character there)."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def table(
+    headers: list[str],
+    rows: list[list[str]],
+    *,
+    width: int | None = None,
+    shrink: Mapping[str, int] | None = None,
+    drop: tuple[str, ...] = (),
+) -> str:
+    """Left-aligned columns under upper-case headers, two spaces apart.
+
+    Given ``width`` (:func:`terminal_width`), a wider table is fitted to it:
+    the columns of ``shrink`` are cut, down to their minimum width there
+    (``…`` ends a cut cell), then the columns of ``drop`` are left out in
+    that order until the rest fit; room left over goes back to the cut ones.
+    """
+    natural = {h: max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)}
+    widths = dict(natural)
+    shown = list(headers)
+
+    def total() -> int:
+        return sum(widths[h] for h in shown) + 2 * (len(shown) - 1)
+
+    if width is not None and total() > width:
+        for h, least in (shrink or {}).items():
+            widths[h] = min(natural[h], max(least, len(h)))
+        for h in drop:
+            if total() <= width:
+                break
+            shown.remove(h)
+        for h in shrink or {}:
+            widths[h] += max(0, min(width - total(), natural[h] - widths[h]))
+    columns = [headers.index(h) for h in shown]
+
+    def cell(text: str, h: str) -> str:
+        return (text if len(text) <= widths[h] else text[: widths[h] - 1] + "…").ljust(widths[h])
+
+    lines = ["  ".join(h.upper().ljust(widths[h]) for h in shown)]
+    lines += ["  ".join(cell(r[i], headers[i]) for i in columns) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
 
 

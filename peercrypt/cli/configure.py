@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from peercrypt import config
-from peercrypt.cli.common import UserError, effective, given_flags
+from peercrypt.cli.common import UserError, effective, given_flags, table, terminal_width
 from peercrypt.cli.node import NODE_OPTIONS, node_options
 
 
@@ -46,12 +46,13 @@ def show(ctx: click.Context, /, as_json: bool, **_: Any) -> None:
     click.echo(f"data dir: {obj['data_dir']}")
     state = "" if obj["config_path"].exists() else " (not present)"
     click.echo(f"config file: {obj['config_path']}{state}")
-    click.echo(f"{'SETTING':23} {'VALUE':24} {'SOURCE':12} VARIABLE")
-    for s in config.SETTINGS:
-        source = eff.sources[s.name]
-        short = source.split(" ", 1)[0]  # "config file PATH" -> "config", ".env PATH" -> ".env"
-        value = eff.shown(s.name) or '""'
-        click.echo(f"{s.name:23} {value:24} {short:12} {s.env}")
+    lines = [
+        # "config file PATH" -> "config", ".env PATH" -> ".env"
+        [s.name, eff.shown(s.name) or '""', eff.sources[s.name].split(" ", 1)[0], s.env]
+        for s in config.SETTINGS
+    ]
+    headers = ["setting", "value", "source", "variable"]
+    click.echo(table(headers, lines, width=terminal_width(), shrink={"value": 12}))
 
 
 @config_group.command("init")

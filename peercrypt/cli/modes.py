@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, table
+from peercrypt.cli.common import UserError, table, terminal_width
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.modes import (
     ALL_MODES,
@@ -315,5 +315,6 @@ def transfers(obj: dict[str, Any], as_json: bool) -> None:
              f"{row.get('seconds', '0')}s", row["peer"], row["file"]]
         )  # fmt: skip
     headers = ["id", "state", "mode", "bytes", "done", "time", "peer", "file"]
-    click.echo(table(headers, rows))
+    width, shrink = terminal_width(), {"file": 20, "peer": 14}
+    click.echo(table(headers, rows, width=width, shrink=shrink, drop=("time", "mode")))
     sys.stdout.flush()

@@ -24,6 +24,8 @@ from peercrypt.cli.common import (
     local_node,
     network_key_option,
     open_option,
+    table,
+    terminal_width,
 )
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.crypto.identity import normalise_fingerprint
@@ -44,15 +46,7 @@ from peercrypt.wire.network_messages import (
 
 # Long enough for the node's own bounded retries (max-retries x timeout).
 REPLY_TIMEOUT = 300.0
-COLUMNS = (
-    ("id", 39),
-    ("address", 21),
-    ("state", 8),
-    ("rtt_ms", 9),
-    ("failures", 8),
-    ("reliability", 11),
-    ("last_seen", 9),
-)
+COLUMNS = ("id", "address", "state", "rtt_ms", "failures", "reliability", "last_seen")
 
 
 def _call(client: ControlClient, msg: codec.Message, want: type[Any], timeout: float) -> Any:
@@ -93,15 +87,14 @@ def _peers(obj: dict[str, Any], as_json: bool) -> None:
     if not reply.peers:
         click.echo("no peers known (join one with `peercrypt join HOST PORT`)")
         return
-    click.echo("  ".join(name.upper().ljust(width) for name, width in COLUMNS).rstrip())
+    rows = []
     for row in reply.peers:
-        cells = []
-        for name, width in COLUMNS:
-            value = row.get(name, "") or "-"
-            if name == "last_seen" and value != "-":
-                value = f"{value}s ago"
-            cells.append(value.ljust(width))
-        click.echo("  ".join(cells).rstrip())
+        cells = [row.get(name, "") or "-" for name in COLUMNS]
+        if cells[-1] != "-":
+            cells[-1] = f"{cells[-1]}s ago"
+        rows.append(cells)
+    width, drop = terminal_width(), ("failures", "last_seen")
+    click.echo(table(list(COLUMNS), rows, width=width, shrink={"id": 19}, drop=drop))
 
 
 @click.command("peers")

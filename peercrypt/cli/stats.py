@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, table
+from peercrypt.cli.common import UserError, table, terminal_width
 from peercrypt.history import export as history_export
 from peercrypt.history.db import (
     HistoryError,
@@ -160,6 +160,9 @@ def stats_list(
                 ]
                 for r in rows
             ],
+            width=terminal_width(),
+            shrink={"peer": 19, "file": 16},
+            drop=("time", "side", "mode", "started"),
         )
     )
 

@@ -1,0 +1,60 @@
+"""The CLI's tables on a terminal fit its width: long cells are cut (``…``)
+down to a minimum, then the least needed columns are left out; in a pipe
+(no width) every column and character stays."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peercrypt.cli.common import table
+
+HEADERS = ["id", "started", "mode", "peer", "file", "rate"]
+ROWS = [
+    ["1", "2026-12-02 01:38:45", "token-bucket", "127.0.0.1:7400", "a-long-file-name.iso", "9 MB"],
+    ["12", "2026-12-02 01:40:26", "normal", "n47j-hxbx-u2u5-g37e-v3th-mneo", "b.bin", "1 MiB/s"],
+]  # fmt: skip
+FIT = {"shrink": {"peer": 14, "file": 10}, "drop": ("started", "mode")}
+
+
+def test_without_a_width_nothing_is_cut_or_left_out() -> None:
+    lines = table(HEADERS, ROWS, **FIT).splitlines()
+    assert lines[0].split() == [h.upper() for h in HEADERS]
+    for line, row in zip(lines[1:], ROWS, strict=True):
+        assert [c.strip() for c in line.split("  ") if c.strip()] == row, line
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.split("  ") if c.strip()]
+
+
+def test_cells_are_cut_before_columns_are_left_out() -> None:
+    natural = max(len(line) for line in table(HEADERS, ROWS).splitlines())
+    lines = table(HEADERS, ROWS, width=natural - 6, **FIT).splitlines()
+    assert cells(lines[0]) == ["ID", "STARTED", "MODE", "PEER", "FILE", "RATE"]
+    assert all(len(line) <= natural - 6 for line in lines), lines
+    # The room left after cutting to the minimum goes back, first column first.
+    assert cells(lines[2])[3] == "n47j-hxbx-u2u5-g37e-v3th-mneo"
+    assert cells(lines[1])[4] == "a-long-file-n…"  # 20 characters, 6 fewer
+
+
+def test_then_columns_go_in_order() -> None:
+    lines = table(HEADERS, ROWS, width=64, **FIT).splitlines()
+    assert cells(lines[0]) == ["ID", "MODE", "PEER", "FILE", "RATE"]  # started left out
+    assert all(len(line) <= 64 for line in lines), lines
+    lines = table(HEADERS, ROWS, width=45, **FIT).splitlines()
+    assert cells(lines[0]) == ["ID", "PEER", "FILE", "RATE"]
+    assert all(len(line) <= 45 for line in lines), lines
+    assert cells(lines[1]) == ["1", "127.0.0.1:7400", "a-long-fi…", "9 MB"]
+    assert cells(lines[2]) == ["12", "n47j-hxbx-u2u5-g37e…", "b.bin", "1 MiB/s"]
+
+
+@given(st.integers(min_value=46, max_value=200))
+def test_any_width_that_can_fit_is_kept(width: int) -> None:
+    """Whatever the width (down to what the kept columns need at their
+    minimum), no line is wider, and a kept cell is cut only with a '…'."""
+    lines = table(HEADERS, ROWS, width=width, **FIT).splitlines()
+    assert all(len(line) <= width for line in lines), (width, lines)
+    for line, row in zip(lines[1:], ROWS, strict=True):
+        assert line.startswith(row[0] + " ")
+        assert row[-1] in line  # the rate is never cut
