@@ -386,6 +386,36 @@ def terminal_width() -> int | None:
     return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
 
 
+def fit_columns(
+    natural: dict[str, int],
+    width: int | None,
+    shrink: Mapping[str, int] | None = None,
+    drop: tuple[str, ...] = (),
+) -> dict[str, int]:
+    """The columns of a table (name -> its width, in order) within ``width``
+    (two cells between columns; None: no limit): the columns of ``shrink``
+    are narrowed, down to their minimum there, then the columns of ``drop``
+    are left out in that order until the rest fit; room left over goes back
+    to the narrowed ones, first first. ``natural``: each column's widest cell."""
+    widths = dict(natural)
+
+    def total() -> int:
+        return sum(widths.values()) + 2 * (len(widths) - 1)
+
+    if width is None or total() <= width:
+        return widths
+    for name, least in (shrink or {}).items():
+        widths[name] = min(natural[name], least)
+    for name in drop:
+        if total() <= width:
+            break
+        del widths[name]
+    for name in shrink or {}:
+        if name in widths:
+            widths[name] += max(0, min(width - total(), natural[name] - widths[name]))
+    return widths
+
+
 def table(
     headers: list[str],
     rows: list[list[str]],
@@ -396,34 +426,19 @@ def table(
 ) -> str:
     """Left-aligned columns under upper-case headers, two spaces apart.
 
-    Given ``width`` (:func:`terminal_width`), a wider table is fitted to it:
-    the columns of ``shrink`` are cut, down to their minimum width there
-    (``…`` ends a cut cell), then the columns of ``drop`` are left out in
-    that order until the rest fit; room left over goes back to the cut ones.
+    Given ``width`` (:func:`terminal_width`), a wider table is fitted to it
+    (:func:`fit_columns`); ``…`` ends a cut cell.
     """
     natural = {h: max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)}
-    widths = dict(natural)
-    shown = list(headers)
+    least = {h: max(n, len(h)) for h, n in (shrink or {}).items()}
+    widths = fit_columns(natural, width, least, drop)
+    columns = [(headers.index(h), w) for h, w in widths.items()]
 
-    def total() -> int:
-        return sum(widths[h] for h in shown) + 2 * (len(shown) - 1)
+    def cell(text: str, w: int) -> str:
+        return (text if len(text) <= w else text[: w - 1] + "…").ljust(w)
 
-    if width is not None and total() > width:
-        for h, least in (shrink or {}).items():
-            widths[h] = min(natural[h], max(least, len(h)))
-        for h in drop:
-            if total() <= width:
-                break
-            shown.remove(h)
-        for h in shrink or {}:
-            widths[h] += max(0, min(width - total(), natural[h] - widths[h]))
-    columns = [headers.index(h) for h in shown]
-
-    def cell(text: str, h: str) -> str:
-        return (text if len(text) <= widths[h] else text[: widths[h] - 1] + "…").ljust(widths[h])
-
-    lines = ["  ".join(h.upper().ljust(widths[h]) for h in shown)]
-    lines += ["  ".join(cell(r[i], headers[i]) for i in columns) for r in rows]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in widths.items())]
+    lines += ["  ".join(cell(r[i], w) for i, w in columns) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
 
 

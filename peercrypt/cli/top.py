@@ -36,7 +36,7 @@ from rich.table import Table
 from rich.text import Text
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError
+from peercrypt.cli.common import UserError, fit_columns
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.member_state import MemberState
 from peercrypt.wire import codec
@@ -189,29 +189,18 @@ PEER_DROP = ("FAILURES", "RELIABILITY", "LAST SEEN", "RTT")
 BAR = 20  # the progress bar's width (cells), down to BAR // 2 before it is left out
 
 
-def fit_columns(
+def shown_columns(
     names: tuple[str, ...], rows: list[dict[str, str]], drop: tuple[str, ...], width: int
 ) -> tuple[list[str], int]:
-    """The columns of a table that fit ``width`` (two cells between columns)
-    and the width of the bar (column PROGRESS): those of ``drop`` are left
-    out in order until the rest fit (the bar halved first); a cell is never
-    cut. ``rows`` map a column to its text."""
-    bar = BAR
-
-    def cells(name: str) -> int:
-        return max([len(name)] + [bar if name == "PROGRESS" else len(r[name]) for r in rows])
-
-    def fits() -> bool:
-        return sum(cells(n) for n in shown) + 2 * (len(shown) - 1) <= width
-
-    shown = list(names)
-    for name in drop:
-        if name == "PROGRESS" and not fits():
-            bar = BAR // 2
-        if fits():
-            break
-        shown.remove(name)
-    return shown, bar
+    """The columns that fit ``width`` (:func:`~peercrypt.cli.common.fit_columns`:
+    the bar halved first, then ``drop`` left out in order; no cell is cut)
+    and the bar's width. ``rows`` map a column to its text."""
+    natural = {
+        n: max([len(n)] + [BAR if n == "PROGRESS" else len(r[n]) for r in rows]) for n in names
+    }
+    shrink = {"PROGRESS": BAR // 2} if "PROGRESS" in names else {}
+    widths = fit_columns(natural, width, shrink, drop)
+    return list(widths), widths.get("PROGRESS", BAR)
 
 
 def send_rows(view: View) -> list[tuple[dict[str, str], int, int]]:
@@ -287,7 +276,9 @@ def render(view: View, width: int) -> Group:
     one_line = who.cell_len + 2 + what.cell_len <= width
     head = Text.assemble(who, "  " if one_line else "\n", what)
     rows = send_rows(view)
-    shown, bar_width = fit_columns(SEND_COLUMNS, [cells for cells, _, _ in rows], SEND_DROP, width)
+    shown, bar_width = shown_columns(
+        SEND_COLUMNS, [cells for cells, _, _ in rows], SEND_DROP, width
+    )
     transfers = Table(title="Sends", title_justify="left", expand=True, box=None, pad_edge=False)
     for name in shown:
         justify = "right" if name in RIGHT else "left"
@@ -301,7 +292,7 @@ def render(view: View, width: int) -> Group:
     if not rows:
         transfers.add_row("", Text("no sends running", style="dim"))
     listed = peer_rows(view)
-    shown, _ = fit_columns(PEER_COLUMNS, listed, PEER_DROP, width)
+    shown, _ = shown_columns(PEER_COLUMNS, listed, PEER_DROP, width)
     peers = Table(title="Peers", title_justify="left", expand=True, box=None, pad_edge=False)
     for name in shown:
         peers.add_column(name, no_wrap=True)
