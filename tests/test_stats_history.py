@@ -330,6 +330,26 @@ def test_plot_draws_a_png_and_compares(recorded: Recorded, tmp_path: Path) -> No
     assert png_size(tmp_path / f"transfer-{ids[1]}.png")[0] >= 800
 
 
+def test_a_transfer_without_a_limit_gets_no_limit_panel(tmp_path: Path) -> None:
+    """A normal send that recorded no window, rate or credit (all 0) is drawn
+    as throughput and RTT only; a line at 0 would read as a limit of 0."""
+    from peercrypt.history.plot import limit_series, plot
+
+    def row(ident: int, credit: int) -> dict[str, Any]:
+        sample = {"t": 0.05, "bytes": 3 * MiB, "throughput": 60.0 * MiB, "window": 0,
+                  "rate": 0.0, "rtt": 0.016, "credit": credit}  # fmt: skip
+        return {"id": ident, "mode": "normal", "side": "send", "file": "/x/big.iso",
+                "size": 3 * MiB, "duration": 0.05, "result": "ok", "samples": [sample]}  # fmt: skip
+
+    assert limit_series(row(1, 0)) is None
+    assert limit_series(row(2, 16)) == ("receiver credit (chunks)", [16.0])
+    two, three = tmp_path / "two.png", tmp_path / "three.png"
+    plot([row(1, 0)], two)
+    plot([row(1, 0), row(2, 16)], three)
+    (w2, h2), (w3, h3) = png_size(two), png_size(three)
+    assert w2 == w3 and h2 * 3 == h3 * 2, (h2, h3)  # 2 panels, 3 with the credit
+
+
 def test_plot_without_matplotlib_says_how_to_install_it(recorded: Recorded, tmp_path: Path) -> None:
     """A None entry in sys.modules is how Python marks a module as not
     importable: the command runs exactly as where matplotlib is missing."""

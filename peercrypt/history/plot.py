@@ -3,7 +3,8 @@
 Panels on one shared time axis (seconds since each transfer started):
 throughput (MiB/s), the flow limit (the AIMD window in KiB, or the rate in
 MiB/s for paced transfers, or the receiver's credit in chunks when neither
-applies), and the smoothed RTT (ms). With several transfers (``--compare``)
+applies; no panel when a transfer recorded none of them: a line at 0 would
+read as a limit of 0), and the smoothed RTT (ms). With several transfers (``--compare``)
 every panel overlays them, one colour each, labelled by id, mode and side;
 limits in different units get a panel each, never one axis.
 
@@ -35,13 +36,14 @@ LIMITS = (
 )
 
 
-def limit_series(row: dict[str, Any]) -> tuple[str, list[float]]:
-    """The flow-limit panel of one transfer: its label and values."""
+def limit_series(row: dict[str, Any]) -> tuple[str, list[float]] | None:
+    """The flow-limit panel of one transfer: its label and values; None if
+    it recorded no limit (every sample 0)."""
     samples = row["samples"]
     for label, column, scale in LIMITS:
         if any(s[column] for s in samples):
             return label, [s[column] * scale for s in samples]
-    return LIMITS[-1][0], [0.0 for _ in samples]
+    return None
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -65,13 +67,13 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
         raise PlotUnavailable(f"plotting needs matplotlib: {INSTALL_HINT}") from None
 
     limits = [limit_series(row) for row in rows]
-    kinds = [label for label, _, _ in LIMITS if any(k == label for k, _ in limits)]
+    kinds = [label for label, _, _ in LIMITS if any(k and k[0] == label for k in limits)]
     fig, axes = plt.subplots(
         2 + len(kinds), 1, sharex=True, figsize=(10, 2.6 * (2 + len(kinds))), layout="constrained"
     )
     thr, rtt = axes[0], axes[-1]
     panel = dict(zip(kinds, axes[1:-1], strict=True))
-    for row, (kind, values) in zip(rows, limits, strict=True):
+    for row, limit in zip(rows, limits, strict=True):
         samples = row["samples"]
         t = [s["t"] for s in samples]
         label = _label(row)
@@ -86,7 +88,9 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
             linewidth=1.4,
         )
         colour = line.get_color()
-        panel[kind].plot(t, values, color=colour, linewidth=1.4, marker=marker)
+        if limit is not None:
+            kind, values = limit
+            panel[kind].plot(t, values, color=colour, linewidth=1.4, marker=marker)
         with_rtt = [(x, s["rtt"] * 1000) for x, s in zip(t, samples, strict=True) if s["rtt"] > 0]
         if with_rtt:
             xs, ys = zip(*with_rtt, strict=True)
