@@ -57,7 +57,7 @@ while (($#)); do
         --yes|-y) ask=0; shift ;;
         --key-from-env) key_from_env=1; shift ;;
         --disable-gossip) given[DISABLE_GOSSIP]=true; shift ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
         *)
             found=""
             for entry in "${settings[@]}"; do

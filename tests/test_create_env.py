@@ -71,3 +71,13 @@ def test_interactive(tmp_path: Path) -> None:
     values = _values(tmp_path / ".env")
     assert values.pop("PEERCRYPT_NETWORK_KEY") not in str(child.before)
     assert values == {"DEFAULT_MODE": "qos", "HEALTH_CHECK_INTERVAL": "20"}
+
+
+def test_help_is_the_header_comment_and_nothing_else(tmp_path: Path) -> None:
+    done = _run(tmp_path, "--help")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Write a .env for PeerCrypt")
+    assert lines[-1].startswith("checked with `peercrypt config show`"), lines[-3:]
+    assert not any(line.startswith(("set ", "#!")) for line in lines), lines
+    assert not (tmp_path / ".env").exists()
