@@ -130,9 +130,13 @@ def _feed_all(
 
 def _gro_buffers(datagrams: list[bytes], rng: random.Random) -> list[tuple[bytes, int]]:
     """Consecutive datagrams of equal size coalesced as GRO does (a shorter
-    one ends a buffer; at most 64 KiB), cut at random points too."""
+    one ends a buffer; at most 64 KiB), cut at random points too. Like the
+    sender's GSO batches, a buffer of several starts with a full-size one
+    (a chunk's short last datagram followed by the next chunk's first is
+    never one batch)."""
     out: list[tuple[bytes, int]] = []
     run: list[bytes] = []
+    whole = max(map(len, datagrams))
 
     def flush() -> None:
         if run:
@@ -140,7 +144,9 @@ def _gro_buffers(datagrams: list[bytes], rng: random.Random) -> list[tuple[bytes
             run.clear()
 
     for d in datagrams:
-        full = bool(run) and (len(d) > len(run[0]) or sum(map(len, run)) + len(d) > 65535)
+        full = bool(run) and (
+            len(d) > len(run[0]) or len(run[0]) < whole or sum(map(len, run)) + len(d) > 65535
+        )
         if full or rng.random() < 0.1:
             flush()
         run.append(d)
