@@ -732,6 +732,10 @@ class MulticastReceiverActor(Actor):
                 self._on_chunk(sess, got.index, got.last, got.nonce, sealed, signature)
                 if sess.sid not in self.sessions:
                     return  # finished or closed meanwhile
+                if sess.reassembler is not None:
+                    # _on_chunk keeps no view of it (the plaintext is a new
+                    # buffer): the next chunk is assembled in it.
+                    sess.reassembler.recycle(got.blob)
 
     def _on_chunk(
         self,

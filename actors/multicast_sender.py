@@ -766,7 +766,7 @@ class MulticastSenderActor(Actor):
         last = index == sess.total - 1
         blob = (sealed, signature)  # the datagrams carry sealed || signature
         if sess.flow.paced:  # datagrams leave as the scheduler grants bytes
-            sess.backlog.append([index, last, nonce, (sealed + signature,), 0])  # one copy
+            sess.backlog.append([index, last, nonce, blob, 0])
             self._flush(sess)
             return
         unsent = sess.udp.send_sealed(sess.sid, index, last, nonce, blob, sess.header_key)

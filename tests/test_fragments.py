@@ -125,6 +125,7 @@ def _feed_all(
                 assert event.last == (event.index == intake.reassembler.total - 1)
                 done[event.index] = bytes(event.blob)
                 have.add(event.index)
+                intake.reassembler.recycle(event.blob)  # as the actor does: reused
     return done, refused, scattered
 
 
@@ -285,8 +286,54 @@ def test_any_order_with_duplicates_reassembles_each_chunk_exactly_once(
         if out is not None:
             assert out[0] == NONCE
             done[frag_.index] = bytes(out[1])
+            asm.recycle(out[1])  # the next chunk is assembled over these bytes
     assert done == sealed
     assert asm.pending == {}
+
+
+def test_a_reused_buffer_never_hands_out_its_old_bytes() -> None:
+    """Buffers given back are reused (at most SPARE_BUFFERS kept), and a chunk
+    assembled in one completes only with every fragment written over it: a
+    fragment still missing keeps it pending, whatever the old bytes were."""
+    total, frag = 6, 1000
+    expected = _sealed_len(total, total * CHUNK)
+    asm = Reassembler(total, expected, frag, max_pending=total)
+    for _ in range(5):
+        asm.recycle(bytearray(b"\xaa" * expected(0)))
+    assert len(asm.spare) == fragments.SPARE_BUFFERS
+    stale = asm.spare[0]
+    sealed = os.urandom(expected(0))
+    datagrams = _datagrams(0, False, sealed, frag)
+    for d in datagrams[:-1]:
+        assert _feed(asm, d) is None  # one fragment still missing
+    assert asm.pending[0].buf is stale  # assembled in a spare buffer, not a new one
+    assert _feed(asm, datagrams[-1]) == (NONCE, bytearray(sealed))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sealed_len=st.integers(0, 3 * 4000),
+    frag=st.integers(fragments.MIN_FRAGMENT, 4000),
+    parts=st.integers(1, 2),
+    data=st.data(),
+)
+def test_payload_views_cut_the_blob_at_every_fragment(
+    sealed_len: int, frag: int, parts: int, data: st.DataObject
+) -> None:
+    """What the sender puts in each datagram: the blob's bytes from each
+    fragment offset in [start, stop), across the sealed chunk and the
+    signature, the sealed part without a copy."""
+    sealed, signature = os.urandom(sealed_len), os.urandom(64)
+    blob: fragments.Blob = (sealed, signature) if parts == 2 else (sealed + signature,)
+    whole = sealed + signature
+    start = frag * data.draw(st.integers(0, (len(whole) - 1) // frag))
+    stop = data.draw(st.integers(start + 1, len(whole)))
+    views = fragments.payload_views(blob, frag, start, stop)
+    assert [bytes(v) for v in views] == [whole[o : o + frag] for o in range(start, stop, frag)]
+    head = blob[0]
+    for o, v in zip(range(start, stop, frag), views, strict=True):
+        if o + frag <= len(head) or (parts == 1 and o < len(head)):
+            assert isinstance(v, memoryview) and v.obj is head  # a view: no copy
 
 
 def test_pending_chunks_are_bounded_lowest_given_up() -> None:
@@ -451,3 +498,27 @@ def test_a_scattered_run_is_taken_whole_only_when_every_header_is_the_senders() 
     assert scattered == 4
     assert refused == ["tag", "fragment-length"]
     assert done == {0: sealed}  # good[3] came first; the forged copy changed nothing
+
+
+@pytest.mark.parametrize("wrong", ["tag", "offset"])
+def test_a_scattered_run_checks_the_tag_and_offset_of_every_datagram(wrong: str) -> None:
+    """Mid-run, with every other header right, a datagram with another key's
+    tag (bytes of its own) or the sender's datagram of another offset: the
+    run is not taken whole, the first is refused as ``tag``, the second
+    placed at its own offset; the chunk is exact either way."""
+    frag = 600
+    sealed = os.urandom(6000)  # 10 fragments
+    good = _datagrams(0, True, sealed, frag)
+    step = len(good[0])
+    if wrong == "tag":
+        other = fragments.header(
+            SID, 0, True, NONCE, 6000, 1200, key=fragments.header_key(b"x" * 32)
+        )
+        odd, refusals = other + b"z" * frag, ["tag"]
+    else:
+        odd, refusals = good[5], []  # offset 3000 where 1200 comes next
+    intake = _intake(1, lambda i: 6000, frag)
+    buffers = [(good[0] + good[1] + odd + good[3], step), (b"".join(good[2:]), step)]
+    done, refused, _ = _feed_all(intake, buffers, set(), scatter=True)
+    assert refused == refusals
+    assert done == {0: sealed}

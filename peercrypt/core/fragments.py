@@ -45,8 +45,10 @@ offset with a byte comparison and a copy: with 1500-byte datagrams a
 receiver's Python work per datagram is what bounds its rate.
 
 Memory: at most ``max_pending`` chunks are being reassembled per session
-(beyond, the lowest index is given up: it will be NAKed), so a session holds
-at most ``max_pending`` x (chunk size + tag) bytes, whatever the file size.
+(beyond, the lowest index is given up: it will be NAKed), and at most
+:data:`SPARE_BUFFERS` buffers of completed chunks are kept for reuse, so a
+session holds at most ``max_pending`` + 2 chunks' bytes (chunk size + tag +
+signature each), whatever the file size.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ MIN_FRAGMENT = 512
 MAX_FRAGMENT = MAX_DATAGRAM - HEADER_BYTES
 DEFAULT_FRAGMENT = 65000 - HEADER_BYTES
 FLAG_LAST = 1
+SPARE_BUFFERS = 2  # completed chunks' buffers a Reassembler keeps for reuse
 
 
 class FragmentError(ValueError):
@@ -178,6 +181,20 @@ def blob_slice(blob: Blob, offset: int, end: int) -> list[memoryview]:
     return out
 
 
+def payload_views(blob: Blob, frag: int, start: int, stop: int) -> list[bytes | memoryview]:
+    """The payloads of the datagrams of ``blob`` from offset ``start`` (a
+    fragment boundary) up to ``stop``: views into its first part (the sealed
+    chunk) without a copy; the few that reach into a later part (the
+    signature) joined."""
+    head = memoryview(blob[0])
+    size = blob_len(blob)
+    limit = min(stop, size if len(blob) == 1 else len(head) - frag + 1)  # whole in ``head``
+    out: list[bytes | memoryview] = [head[o : o + frag] for o in range(start, limit, frag)]
+    for o in range(start + len(out) * frag, stop, frag):
+        out.append(b"".join(blob_slice(blob, o, min(size, o + frag))))
+    return out
+
+
 def fragment_count(sealed_len: int, frag: int) -> int:
     return max(1, -(-sealed_len // frag))
 
@@ -231,6 +248,7 @@ class Reassembler:
         self.frag = frag
         self.max_pending = max(1, max_pending)
         self.pending: dict[int, _Pending] = {}
+        self.spare: list[bytearray] = []  # buffers of chunks given back (<= SPARE_BUFFERS)
         self.given_up = 0  # chunks evicted half-assembled (they will be NAKed)
         self.restarted = 0  # chunks started over for a new nonce
         self.stale = 0  # fragments of an earlier seal than the one pending
@@ -263,7 +281,7 @@ class Reassembler:
             while len(self.pending) >= self.max_pending:
                 del self.pending[min(self.pending)]
                 self.given_up += 1
-            p = self.pending[f.index] = _Pending(f.nonce, bytearray(size), set(range(count)))
+            p = self.pending[f.index] = _Pending(f.nonce, self._buffer(size), set(range(count)))
         if number not in p.missing:
             return None  # a duplicate fragment
         p.buf[f.offset : f.offset + len(payload)] = payload
@@ -333,8 +351,7 @@ class Reassembler:
         numbers = range(start // frag, start // frag + count)
         if not p.missing.issuperset(numbers):
             return k, None  # some held already: one by one (the first copy wins)
-        heads = got.heads[k * HEADER_BYTES : (k + count) * HEADER_BYTES]
-        if heads != _run_headers(first.fields, first.tag, start, frag, count):
+        if not _run_matches(got.heads, k, first.fields, first.tag, start, frag, count):
             return k, None
         nbytes = min(size, start + count * frag) - start
         p.buf[start : start + nbytes] = got.payloads[k * frag : k * frag + nbytes]
@@ -348,17 +365,42 @@ class Reassembler:
         """The chunk arrived another way (a unicast repair): stop assembling it."""
         self.pending.pop(index, None)
 
+    def recycle(self, buf: bytearray) -> None:
+        """Give back the buffer of a chunk :meth:`add` completed, once the
+        caller holds no view of it any more: a later chunk of the same length
+        is assembled in it (no allocation, no page faults for a fresh MiB).
+        Its old bytes are never handed out: a chunk completes only when every
+        one of its fragments was written into it. At most
+        :data:`SPARE_BUFFERS` are kept."""
+        if len(self.spare) < SPARE_BUFFERS:
+            self.spare.append(buf)
+
+    def _buffer(self, size: int) -> bytearray:
+        for k, buf in enumerate(self.spare):
+            if len(buf) == size:
+                return self.spare.pop(k)
+        return bytearray(size)
+
 
 _RUNS: dict[int, struct.Struct] = {}
 
 
-def _run_headers(fields: bytes, tag: bytes, start: int, frag: int, count: int) -> bytes:
-    """The headers of ``count`` fragments of one seal from offset ``start``, back to back."""
+def _run_matches(
+    heads: memoryview, k: int, fields: bytes, tag: bytes, start: int, frag: int, count: int
+) -> bool:
+    """Whether the ``count`` headers in ``heads`` from datagram ``k`` on are
+    exactly those of the fragments of one seal from offset ``start``: the
+    chunk's fields and tag in each, the offsets in order. One unpack of
+    them all, then comparisons in C (no Python per datagram)."""
     layout = _RUNS.get(count)
     if layout is None:
         layout = _RUNS[count] = struct.Struct("!" + f"{FIELDS.size}sI{TAG_BYTES}s" * count)
-    offsets = range(start, start + count * frag, frag)
-    return layout.pack(*[x for offset in offsets for x in (fields, offset, tag)])
+    got = layout.unpack_from(heads, k * HEADER_BYTES)
+    return (
+        got[1::3] == tuple(range(start, start + count * frag, frag))
+        and got[0::3].count(fields) == count
+        and got[2::3].count(tag) == count
+    )
 
 
 @dataclass(frozen=True, slots=True)
