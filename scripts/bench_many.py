@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -85,6 +86,12 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def reset_peak_rss(pid: int) -> None:
@@ -182,6 +189,8 @@ def one_run(
             flows.append(Flow(s, (s + 1 + k % (count - 1)) % count, path))
     for node in nodes:
         reset_peak_rss(node.pid)
+    cpu_before = sum(cpu_seconds(node.pid) for node in nodes)
+    load_average = os.getloadavg()[0]
     load = Latencies()
     stop = threading.Event()
     prober = threading.Thread(target=probe, args=(nodes, stop, load), daemon=True)
@@ -201,6 +210,8 @@ def one_run(
     stop.set()
     prober.join(60)
     rss = [peak_rss_mib(node.pid) for node in nodes]
+    cpu = sum(cpu_seconds(node.pid) for node in nodes) - cpu_before
+    load_average = max(load_average, os.getloadavg()[0])
     counters: dict[str, int] = {}
     for node in nodes:
         for name, value in node.counters().items():
@@ -250,6 +261,8 @@ def one_run(
         "idle_status_ms": [1000 * pct(idle.status, 0.5), 1000 * pct(idle.status, 0.99)],
         "idle_check_ms": [1000 * pct(idle.check, 0.5), 1000 * pct(idle.check, 0.99)],
         "seconds": elapsed,
+        "nodes_cpu_s_per_gib": cpu / (total / 2**30),
+        "load_average": load_average,
     }
     print(
         f"run {run}: {len(flows)} sends, {total / MiB:.0f} MiB in {elapsed:.2f} s: "
@@ -257,7 +270,8 @@ def one_run(
         f"({single_rate:.1f}); Jain {jain(rates):.3f} (rates {min(rates):.1f}..{max(rates):.1f}); "
         f"resent {resent}/{chunks} = {100 * resent / max(1, chunks):.2f}% "
         f"({timeouts} timeouts, {sack} by SACK); "
-        f"peak RSS {' / '.join(f'{r:.0f}' for r in rss)} MiB",
+        f"peak RSS {' / '.join(f'{r:.0f}' for r in rss)} MiB; "
+        f"the nodes' CPU {cpu / (total / 2**30):.2f} s per GiB; load average {load_average:.1f}",
         flush=True,
     )
 
