@@ -15,7 +15,9 @@ after every run). Two paths, interleaved run by run (the order rotates):
 - **uncapped**: straight loopback to a second receiving node. Goal: ``-t N``
   costs no more than 10% against normal (time ratio <= 1.10).
 
-Prints every run, then medians (of >= 3 runs) and the ratios.
+Prints every run (capped ones split into phases: before the first byte
+passed the proxy, the data, after the last byte), then medians (of >= 3
+runs) and the ratios.
 
     .venv/bin/python scripts/bench_parallel.py [--size 256M] [--runs 3] [--cap 16M]
         [--lanes 4,8] [--dir DIR] [--no-uncapped] [--node-args "--window 64"] [--json FILE]
@@ -25,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from peercrypt.crypto.identity import new_network_key
@@ -44,30 +49,105 @@ from peercrypt.testing.nodes import (
 )
 
 MiB = 2**20
+SETUP_BYTES = 64 * 1024  # less than a chunk, more than handshakes and heartbeats
 
 
-def timed_send(sender: NodeProcess, path: Path, receiver: NodeProcess, extra: list[str]) -> float:
-    """Wall seconds of one ``peercrypt send``; checks the stored file's hash
-    and removes it (the inbox stays small)."""
-    started = time.perf_counter()
-    result = run_cli(
-        "send",
-        str(path),
-        receiver.host,
-        str(receiver.port),
-        "--json",
-        *extra,
-        data_dir=sender.data_dir,
-        timeout=1800,
-    )
-    seconds = time.perf_counter() - started
+@dataclass
+class Timed:
+    """One send: the CLI's wall time, the node's own span (request to
+    verified) and, through the proxy, when its first and last byte passed
+    (seconds from the CLI's start; None when the path has no proxy)."""
+
+    wall: float
+    node: float
+    first_byte: float | None = None
+    last_byte: float | None = None
+
+    def phases(self) -> str:
+        if self.first_byte is None or self.last_byte is None:
+            return f"node {self.node:5.2f} s"
+        return (
+            f"before the first byte {self.first_byte:5.2f} s, data "
+            f"{self.last_byte - self.first_byte:5.2f} s, after the last "
+            f"{self.wall - self.last_byte:5.2f} s (node span {self.node:5.2f} s)"
+        )
+
+
+class ByteClock:
+    """Samples a proxy's forwarded bytes every few ms while a send runs: when
+    the first byte passed, and when the last one did."""
+
+    def __init__(self, proxy: CappingProxy | None) -> None:
+        self.proxy = proxy
+        self.stop = threading.Event()
+        self.samples: list[tuple[float, int]] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _total(self) -> int:
+        assert self.proxy is not None
+        with self.proxy._lock:
+            return sum(self.proxy.forwarded)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append((time.perf_counter(), self._total()))
+            self.stop.wait(0.005)
+
+    def __enter__(self) -> ByteClock:
+        if self.proxy is not None:
+            self.base = self._total()
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.proxy is not None:
+            self.thread.join(5)
+
+    def edges(self, started: float) -> tuple[float | None, float | None]:
+        """When the first and the last chunk data passed: the first sample
+        ``SETUP_BYTES`` beyond the start (connection set-up and heartbeats
+        are less) and the first within ``SETUP_BYTES`` of the end."""
+        if not self.samples:
+            return None, None
+        final = self.samples[-1][1]
+        if final - self.base < 2 * SETUP_BYTES:
+            return None, None
+        first = next(t for t, n in self.samples if n - self.base >= SETUP_BYTES)
+        last = next(t for t, n in self.samples if final - n <= SETUP_BYTES)
+        return first - started, last - started
+
+
+def timed_send(
+    sender: NodeProcess,
+    path: Path,
+    receiver: NodeProcess,
+    extra: list[str],
+    proxy: CappingProxy | None,
+) -> Timed:
+    """One ``peercrypt send``: checks the stored file's hash and removes it
+    (the inbox stays small)."""
+    with ByteClock(proxy) as clock:
+        started = time.perf_counter()
+        result = run_cli(
+            "send",
+            str(path),
+            receiver.host,
+            str(receiver.port),
+            "--json",
+            *extra,
+            data_dir=sender.data_dir,
+            timeout=1800,
+        )
+        seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"send {' '.join(extra)} failed: {result.describe()}")
     stored = receiver.inbox / result.json["stored_as"]
     if blake3_file(stored) != blake3_file(path):
         raise SystemExit(f"the stored file {stored} differs from the source")
     stored.unlink()
-    return seconds
+    first, last = clock.edges(started)
+    return Timed(seconds, float(result.json["seconds"]), first, last)
 
 
 def main() -> int:
@@ -111,6 +191,7 @@ def main() -> int:
             for node in nodes:
                 node.start()
             variants: list[tuple[str, NodeProcess, list[str]]] = [("capped normal", capped, [])]
+            proxied = {"capped": proxy, "uncapped": None}
             variants += [(f"capped -t {n}", capped, ["-t", str(n)]) for n in lanes]
             if not args.no_uncapped:
                 variants += [("uncapped normal", plain, [])]
@@ -124,11 +205,13 @@ def main() -> int:
             for run in range(args.runs):
                 shift = run % len(variants)
                 for name, receiver, extra in variants[shift:] + variants[:shift]:
-                    seconds = timed_send(sender, source, receiver, extra)
+                    timed = timed_send(sender, source, receiver, extra, proxied[name.split()[0]])
+                    seconds = timed.wall
                     times[name].append(seconds)
                     print(
                         f"run {run + 1}: {name:18s} {seconds:7.2f} s "
-                        f"{size / MiB / seconds:8.1f} MiB/s",
+                        f"{size / MiB / seconds:8.1f} MiB/s; {timed.phases()}; "
+                        f"load average {os.getloadavg()[0]:.1f}",
                         flush=True,
                     )
             print(f"connections through the proxy: {proxy.connections}")
