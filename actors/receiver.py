@@ -26,6 +26,14 @@ layered on it). Per transfer:
    every file checked against its own hash, the whole moved into place only
    once complete), and Verified names its top-level entries.
 
+A file offered again after it was delivered (same proven sender, name,
+size, chunk size and source tag; the file under its stored name unchanged:
+:mod:`peercrypt.core.delivered`) is not written again: the Accept says every
+chunk is held, and the sender's Done is answered with the earlier verdict
+(Verified with the name it was stored under) if its hash is the one verified
+then. The table is bounded and kept in the data directory
+(``delivered.msgpack``).
+
 Anything that does not authenticate or decode is counted and dropped.
 Leftovers of interrupted transfers are deleted once ``part_expiry`` passes
 without a resume (at start and every ``RECLAIM_INTERVAL``).
@@ -34,10 +42,12 @@ without a resume (at start and every ``RECLAIM_INTERVAL``).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import itertools
 import json
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +80,7 @@ from actors.inbox import (
 from actors.space import report_holdings
 from actors.tree_store import sweep_trees
 from peercrypt.core.bitmap import ChunkBitmap, flatten
+from peercrypt.core.delivered import MAX_TABLE_BYTES, DeliveredTable, Delivery, FileStamp
 from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
 from peercrypt.core.receive_window import Arrival
 from peercrypt.core.replay import ReplayWindow
@@ -127,6 +138,7 @@ INCOMING_SHOWN = 8  # incoming transfers listed in the status facts
 # An offer waits this long for the space ledger's verdict (actors/space.py),
 # then is refused "busy" (the sender retries).
 SPACE_VERDICT_TIMEOUT = 5.0
+DELIVERED_FILE = "delivered.msgpack"  # in the data directory (core/delivered.py)
 
 
 @dataclass
@@ -153,6 +165,19 @@ class Incoming:
     files: int = 0
     digest: bytes = b""  # verified, while its tree is being stored
     reported: int = 0  # bytes written, as the space ledger last heard
+
+
+@dataclass
+class Echo:
+    """An offer of a file already delivered: it is answered with the earlier
+    verdict once the sender's Done shows the same hash."""
+
+    tid: bytes
+    keys: TransferKeys
+    delivery: Delivery
+    since: float
+    route: bytes | None = None
+    replay: ReplayWindow = field(default_factory=ReplayWindow)
 
 
 @dataclass
@@ -183,6 +208,8 @@ class ReceiverActor(Actor):
         self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # tid -> (route?, sealed Verified)
         self.outcomes = 0  # transfers finished (stored or discarded), for "last_in"
         self.asking: dict[int, Asking] = {}  # request -> offer waiting for space
+        self.echoes: dict[bytes, Echo] = {}  # tid -> a re-offer of a delivered file
+        self.delivered = DeliveredTable()
         self._requests = itertools.count(1)
 
     # -- lifecycle ------------------------------------------------------------
@@ -214,8 +241,9 @@ class ReceiverActor(Actor):
         self.writer = FileWriter(self.env.context, address, 2 * s.receive_buffer + s.max_chunk)
         self.writer.start()
         running = lambda: bool(self.transfers)  # noqa: E731
-        self.call_every_while(1.0, self._expire_idle, running)
+        self.call_every_while(1.0, self._expire_idle, lambda: bool(self.transfers or self.echoes))
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
+        self._load_delivered()
         self.call_every_while(1.0, self._expire_asks, lambda: bool(self.asking))
         self._reclaim()
         self._report_space()
@@ -241,6 +269,121 @@ class ReceiverActor(Actor):
                 )
             )
         report_holdings(self, self.settings.inbox, multicast=False, running=running)
+
+    # -- files delivered before ------------------------------------------------------
+
+    @property
+    def _delivered_path(self) -> Path:
+        return self.settings.data_dir / DELIVERED_FILE
+
+    def _load_delivered(self) -> None:
+        try:
+            with open(self._delivered_path, "rb") as f:
+                data = f.read(MAX_TABLE_BYTES + 1)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self.log_limited("cannot read %s: %s", self._delivered_path, exc)
+            return
+        self.delivered = DeliveredTable.decode(data)
+
+    def _save_delivered(self) -> None:
+        """Atomically (a crash leaves the old table or the new one)."""
+        path = self._delivered_path
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                data = memoryview(self.delivered.encode())
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.log_limited("cannot save %s: %s", path, exc)
+
+    def _stamp(self, name: str) -> FileStamp | None:
+        """The inbox file ``name`` as it is now (None: gone, or not a regular file)."""
+        try:
+            st = os.lstat(self.settings.inbox / name)
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return FileStamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _echo(self, offer: Offer, peer: bytes, prior: Delivery, answer: Response) -> Accept:
+        """Accept a re-offer of a delivered file holding every chunk: the
+        sender sends none, hashes its file and sends Done (:meth:`_on_echo`)."""
+        echo = Echo(
+            offer.tid, TransferKeys.for_receiver(offer.tid, answer.secrets), prior, self.now()
+        )
+        self.echoes[offer.tid] = echo
+        self.count("delivered-before")
+        log.info(
+            "%s from %s: delivered before as %s; not written again",
+            prior.key.name,
+            fingerprint(peer) if peer else "?",
+            prior.stored_as,
+        )
+        return Accept(
+            tid=offer.tid,
+            eph_pub=answer.eph_pub,
+            static_pub=answer.static_pub,
+            proof=answer.proof,
+            data_host=self.settings.advertise_data_host,
+            data_port=self.settings.advertise_data_port or self.data_port,
+            window=1,
+            have=[0, prior.key.total],
+        )
+
+    def _on_echo(self, echo: Echo, route: bytes, h: SealedHeader, payload: memoryview) -> None:
+        if not echo.keys.owns_route(route):
+            self._drop(route, "route")
+            return
+        if not echo.replay.fresh(h.nonce):
+            self._drop(route, "replay")
+            return
+        try:
+            msg = codec.decode(echo.keys.open_message(h.nonce, payload), HEADER_MAX_BYTES)
+        except OpenError:
+            self._drop(route, "auth")
+            return
+        except codec.DecodeError as exc:
+            self._drop(route, exc.kind)
+            return
+        echo.replay.accept(h.nonce)
+        echo.route = route
+        del self.echoes[echo.tid]
+        d = echo.delivery
+        if isinstance(msg, Failed):
+            return
+        if not isinstance(msg, Done):
+            self._drop(route, "unexpected")
+            return
+        if hmac.compare_digest(msg.digest, d.digest) and self._stamp(d.stored_as) == d.stamp:
+            reply: codec.Message = Verified(digest=d.digest, stored_as=d.stored_as)
+            self.count("delivered-before-verified")
+        else:  # another content under the same tag, or the file changed since
+            self.delivered.forget(d.key)
+            self._save_delivered()
+            reply = Failed(
+                code="hash-mismatch",
+                reason=f"the file differs from the one delivered as {d.stored_as}; send it again",
+            )
+            self.count("delivered-before-mismatch")
+        nonce, sealed = echo.keys.seal_message(codec.encode(reply))
+        header = codec.encode(SealedHeader(tid=echo.tid, nonce=nonce))
+        self.data.send_multipart([route, header, sealed])
+        if isinstance(reply, Verified):
+            self._remember(echo.tid, (header, sealed))
+
+    def _remember(self, tid: bytes, sent: tuple[bytes, bytes]) -> None:
+        if len(self.completed) >= COMPLETED_MEMORY:
+            self.completed.pop(next(iter(self.completed)))
+        self.completed[tid] = sent
 
     def on_actor_restarted(self, name: str) -> None:
         if name == "space":  # its ledger is empty: tell it again what is here
@@ -299,7 +442,9 @@ class ReceiverActor(Actor):
         self.log_limited("refused offer from %s: %s", who, reason, level=logging.INFO)
         return Refuse(tid=tid, code=code, reason=reason)
 
-    def _take_offer(self, offer: Offer, peer: bytes, host: str, route: bytes) -> Refuse | None:
+    def _take_offer(
+        self, offer: Offer, peer: bytes, host: str, route: bytes
+    ) -> Refuse | Accept | None:
         """Every check but space; then the offer waits for the space
         ledger's verdict (:meth:`_on_verdict` answers it). A refusal, or None."""
         s = self.settings
@@ -311,6 +456,7 @@ class ReceiverActor(Actor):
         if (
             offer.tid in self.transfers
             or offer.tid in self.completed
+            or offer.tid in self.echoes
             or any(a.offer.tid == offer.tid for a in waiting)
         ):
             return refuse("duplicate", "transfer id already in use")
@@ -360,6 +506,10 @@ class ReceiverActor(Actor):
                 "its result decides (send again only if it fails)",
             )
         tree_bytes = details.size if details.tree or details.files else 0  # built beside its part
+        if not tree_bytes:
+            prior = self.delivered.lookup(key, self._stamp)
+            if prior is not None:
+                return self._echo(offer, peer, prior, answer)
         try:
             reuse = self._resumable(key)
         except OSError as exc:
@@ -613,8 +763,11 @@ class ReceiverActor(Actor):
         t = self.transfers.get(h.tid)
         if t is None:
             done = self.completed.get(h.tid)
+            echo = self.echoes.get(h.tid)
             if done is not None:  # our Verified was lost: answer the repeated Done again
                 self.data.send_multipart([route, done[0], done[1]])
+            elif echo is not None:
+                self._on_echo(echo, route, h, payload)
             else:
                 self._drop(route, "unknown-transfer")
             return
@@ -736,6 +889,7 @@ class ReceiverActor(Actor):
         try:
             s = self.settings
             stored = publish(t.part, t.fd, s.inbox, t.name, s.file_mode)
+            stamp = self._stamp(stored) if stored is not None else None
         except Refusal as exc:
             self._send_sealed(t, Failed(code=ResultCode.IO, reason=exc.reason))
             self.tell("stats", self._record(t, ResultCode.IO, exc.reason))
@@ -746,6 +900,9 @@ class ReceiverActor(Actor):
             self.tell("stats", self._record(t, ResultCode.IO, "no free name in the inbox"))
             self._close(t, keep_part=True)
             return
+        if stamp is not None:  # a re-offer of it is answered with this verdict
+            self.delivered.record(Delivery(t.key, stored, digest, stamp, time.time()))
+            self._save_delivered()
         self._stored(t, digest, stored)
 
     def _tree_failed(self, t: Incoming, result: TreeFailed) -> None:
@@ -772,9 +929,7 @@ class ReceiverActor(Actor):
         )
         sent = self._send_sealed(t, Verified(digest=digest, stored_as=stored))
         if sent is not None:
-            if len(self.completed) >= COMPLETED_MEMORY:
-                self.completed.pop(next(iter(self.completed)))
-            self.completed[t.tid] = sent
+            self._remember(t.tid, sent)
 
     # -- bookkeeping -------------------------------------------------------------
 
@@ -843,6 +998,9 @@ class ReceiverActor(Actor):
 
     def _expire_idle(self) -> None:
         now = self.now()
+        for echo in list(self.echoes.values()):
+            if now - echo.since >= self.settings.idle_timeout:
+                del self.echoes[echo.tid]
         for t in list(self.transfers.values()):
             t.flow.on_timer(now)
             self._drive(t)

@@ -257,7 +257,10 @@ def test_send_through_a_temporary_node(
         data_dir=data_dir,
         env={"PEERCRYPT_NETWORK_KEY": network_key},
     )
-    assert_delivered((again.returncode, again.json), source, receiver, "via-temporary.1.bin")
+    # (The same file from the same identity again: the earlier verdict, no second copy.)
+    assert_delivered((again.returncode, again.json), source, receiver, "via-temporary.bin")
+    assert again.json["stats"]["sent_chunks"] == 0, again.json
+    assert not (receiver.inbox / "via-temporary.1.bin").exists()
 
 
 def test_status_counters_reflect_transfers(

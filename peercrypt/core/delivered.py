@@ -1,0 +1,169 @@
+"""Files this receiver delivered, so a re-offer of one is answered with the
+earlier verdict instead of storing a second copy.
+
+Why: a sender whose link fails while the receiver makes its final check
+gives up after ``--timeout``; the receiver meanwhile stores ``NAME``. When the
+sender offers the file again (by its own retry, or a user sending again),
+the receiver must not write ``NAME.1``: it answers that it holds every chunk,
+the sender hashes its file and sends Done as always, and the receiver
+answers Verified with the name it stored the file under - once the hash is
+the one it verified then.
+
+What counts as the same offer (:class:`~peercrypt.core.resume.ResumeKey`):
+the sender's *proven* identity (CURVE), the sanitised name, size, chunk size
+and the source tag of the file's version. Keyed by the proven identity, a
+member with another identity learns nothing about anyone else's deliveries
+(its offer never matches); the verdict itself still needs the sender's own
+whole-file hash.
+
+What counts as still delivered: the file under that name in the inbox is
+the very one stored (:class:`FileStamp`: device, inode, size and mtime, as
+``lstat`` gives them; not ctime, which the receiver's own removal of the
+part's other name changes). A file that is gone, replaced or written to
+makes the offer a fresh transfer, and the entry is forgotten.
+
+Bounded: at most ``capacity`` entries (the oldest delivered goes first),
+each of bounded size; persisted in the node's data directory so a restart
+keeps them (:meth:`DeliveredTable.encode` / :meth:`DeliveredTable.decode`,
+which never raises: an unreadable table is an empty one).
+
+Pure: no file is opened here; the caller passes the stamps it measured.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgpack
+
+from peercrypt.core.resume import ResumeKey
+
+CAPACITY = 256  # deliveries remembered
+FORMAT = 1
+MAX_NAME = 1024  # characters of a name kept (the inbox's own limit is lower)
+MAX_TABLE_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What identifies one file on disk, and whether it changed."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    key: ResumeKey
+    stored_as: str  # in the inbox (one path component)
+    digest: bytes  # the whole-file hash verified when it was stored
+    stamp: FileStamp
+    when: float  # wall clock
+
+
+class DeliveredTable:
+    """The last ``capacity`` deliveries, by :class:`ResumeKey`."""
+
+    def __init__(self, capacity: int = CAPACITY) -> None:
+        self.capacity = max(1, capacity)
+        self._entries: OrderedDict[ResumeKey, Delivery] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def record(self, delivery: Delivery) -> None:
+        """``delivery`` happened (it replaces an earlier one of the same key)."""
+        self._entries.pop(delivery.key, None)
+        self._entries[delivery.key] = delivery
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def forget(self, key: ResumeKey) -> bool:
+        return self._entries.pop(key, None) is not None
+
+    def lookup(
+        self, key: ResumeKey, stamp_of: Callable[[str], FileStamp | None]
+    ) -> Delivery | None:
+        """The delivery an offer of ``key`` repeats, if its file is still the
+        one stored (``stamp_of(name)``: the file's stamp now, None if it is
+        gone or not a regular file). A file gone or changed: the entry is
+        forgotten and None returned (a fresh transfer)."""
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        if stamp_of(found.stored_as) != found.stamp:
+            del self._entries[key]
+            return None
+        return found
+
+    # -- persistence --------------------------------------------------------------
+
+    def encode(self) -> bytes:
+        rows = [
+            [
+                d.key.peer,
+                d.key.name,
+                d.key.size,
+                d.key.chunk_size,
+                d.key.source,
+                d.stored_as,
+                d.digest,
+                [d.stamp.dev, d.stamp.ino, d.stamp.size, d.stamp.mtime_ns],
+                d.when,
+            ]
+            for d in self._entries.values()
+        ]
+        packed: bytes = msgpack.packb([FORMAT, rows], use_bin_type=True)
+        return packed
+
+    @classmethod
+    def decode(cls, data: bytes, capacity: int = CAPACITY) -> DeliveredTable:
+        """The table ``data`` holds; an empty one if it is not a valid table
+        (rows that are not valid are skipped)."""
+        table = cls(capacity)
+        if len(data) > MAX_TABLE_BYTES:
+            return table
+        try:
+            fmt, rows = msgpack.unpackb(data, raw=False)
+        except Exception:  # garbage raises several kinds in msgpack
+            return table
+        if fmt != FORMAT or not isinstance(rows, list):
+            return table
+        for row in rows[-table.capacity :]:
+            delivery = _row(row)
+            if delivery is not None:
+                table.record(delivery)
+        return table
+
+
+def _row(row: object) -> Delivery | None:
+    if not isinstance(row, list) or len(row) != 9:
+        return None
+    peer, name, size, chunk, source, stored, digest, stamp, when = row
+    ints = (size, chunk)
+    if not (
+        isinstance(peer, bytes)
+        and len(peer) == 32
+        and isinstance(name, str)
+        and 0 < len(name) <= MAX_NAME
+        and all(isinstance(n, int) and n >= 0 for n in ints)
+        and isinstance(source, bytes)
+        and len(source) <= 64
+        and isinstance(stored, str)
+        and 0 < len(stored) <= MAX_NAME
+        and "/" not in stored
+        and stored not in (".", "..")
+        and isinstance(digest, bytes)
+        and len(digest) <= 64
+        and isinstance(stamp, list)
+        and len(stamp) == 4
+        and all(isinstance(n, int) for n in stamp)
+        and isinstance(when, float | int)
+    ):
+        return None
+    key = ResumeKey(peer, name, size, chunk, source)
+    return Delivery(key, stored, digest, FileStamp(*stamp), float(when))

@@ -1,0 +1,83 @@
+"""The table of delivered files (peercrypt/core/delivered.py): bounded, keyed
+by the proven sender, valid only while the stored file is unchanged, and it
+survives a restart (encode/decode) whatever is on disk."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peercrypt.core.delivered import DeliveredTable, Delivery, FileStamp
+from peercrypt.core.resume import ResumeKey
+
+A, B = b"a" * 32, b"b" * 32
+SOURCE = b"s" * 32
+
+
+def _delivery(peer: bytes = A, name: str = "f.bin", stored: str = "f.bin", n: int = 0) -> Delivery:
+    key = ResumeKey(peer, name, 1000 + n, 64, SOURCE)
+    return Delivery(key, stored, bytes([n % 256]) * 32, FileStamp(1, 100 + n, 1000 + n, 5), 1.0)
+
+
+def test_a_repeat_is_found_while_the_stored_file_is_unchanged() -> None:
+    table = DeliveredTable()
+    d = _delivery()
+    table.record(d)
+    assert table.lookup(d.key, {"f.bin": d.stamp}.get) == d
+    # Another identity offering the very same file learns nothing: no match.
+    other = ResumeKey(B, d.key.name, d.key.size, d.key.chunk_size, d.key.source)
+    assert table.lookup(other, {"f.bin": d.stamp}.get) is None
+    assert table.lookup(d.key, {"f.bin": d.stamp}.get) == d
+
+
+def test_a_file_gone_or_changed_makes_a_fresh_transfer() -> None:
+    for now in (
+        None,
+        FileStamp(1, 100, 1000, 6),
+        FileStamp(1, 101, 1000, 5),
+    ):  # gone; written; replaced
+        table = DeliveredTable()
+        d = _delivery()
+        table.record(d)
+        assert table.lookup(d.key, {"f.bin": now}.get) is None
+        assert len(table) == 0  # forgotten
+
+
+@settings(deadline=None)
+@given(st.lists(st.integers(0, 40), max_size=80), st.integers(1, 10))
+def test_the_table_is_bounded_and_keeps_the_latest(ns: list[int], capacity: int) -> None:
+    table = DeliveredTable(capacity)
+    for n in ns:
+        table.record(_delivery(name=f"f{n}", stored=f"f{n}", n=n))
+        assert len(table) <= capacity
+    latest: list[int] = []
+    for n in reversed(ns):
+        if n not in latest:
+            latest.append(n)
+    for n in latest[:capacity]:
+        d = _delivery(name=f"f{n}", stored=f"f{n}", n=n)
+        assert table.lookup(d.key, {d.stored_as: d.stamp}.get) == d
+
+
+@settings(deadline=None)
+@given(st.lists(st.integers(0, 40), max_size=20))
+def test_a_restart_keeps_the_table(ns: list[int]) -> None:
+    table = DeliveredTable(8)
+    for n in ns:
+        table.record(_delivery(name=f"f{n}", stored=f"g{n}", n=n))
+    again = DeliveredTable.decode(table.encode(), 8)
+    assert again.encode() == table.encode()
+
+
+@settings(deadline=None)
+@given(st.binary(max_size=300))
+def test_garbage_on_disk_is_an_empty_table(data: bytes) -> None:
+    table = DeliveredTable.decode(data)
+    assert len(table) <= 256
+
+
+def test_rows_that_name_another_directory_are_skipped() -> None:
+    table = DeliveredTable()
+    table.record(_delivery(stored="../etc/passwd"))
+    table.record(_delivery(name="ok", stored="ok"))
+    assert len(DeliveredTable.decode(table.encode())) == 1
