@@ -340,21 +340,9 @@ class ReceiverActor(Actor):
         )
 
     def _on_echo(self, echo: Echo, route: bytes, h: SealedHeader, payload: memoryview) -> None:
-        if not echo.keys.owns_route(route):
-            self._drop(route, "route")
+        msg = self._open_sealed(echo.keys, echo.replay, route, h, payload)
+        if msg is None:
             return
-        if not echo.replay.fresh(h.nonce):
-            self._drop(route, "replay")
-            return
-        try:
-            msg = codec.decode(echo.keys.open_message(h.nonce, payload), HEADER_MAX_BYTES)
-        except OpenError:
-            self._drop(route, "auth")
-            return
-        except codec.DecodeError as exc:
-            self._drop(route, exc.kind)
-            return
-        echo.replay.accept(h.nonce)
         echo.route = route
         del self.echoes[echo.tid]
         d = echo.delivery
@@ -771,21 +759,9 @@ class ReceiverActor(Actor):
             else:
                 self._drop(route, "unknown-transfer")
             return
-        if not t.keys.owns_route(route):
-            self._drop(route, "route")
+        msg = self._open_sealed(t.keys, t.replay, route, h, payload)
+        if msg is None:
             return
-        if not t.replay.fresh(h.nonce):
-            self._drop(route, "replay")
-            return
-        try:
-            msg = codec.decode(t.keys.open_message(h.nonce, payload), HEADER_MAX_BYTES)
-        except OpenError:
-            self._drop(route, "auth")
-            return
-        except codec.DecodeError as exc:
-            self._drop(route, exc.kind)
-            return
-        t.replay.accept(h.nonce)
         t.route = route
         if isinstance(msg, Done):
             t.flow.on_done(msg.digest, msg.chunks, self.now())
@@ -796,6 +772,34 @@ class ReceiverActor(Actor):
         self._drive(t)
         if isinstance(msg, Done) and t.flow.finishing and self.transfers.get(t.tid) is t:
             self._send_sealed(t, Verifying(chunks=msg.chunks))  # still checking: keep waiting
+
+    def _open_sealed(
+        self,
+        keys: TransferKeys,
+        replay: ReplayWindow,
+        route: bytes,
+        h: SealedHeader,
+        payload: memoryview,
+    ) -> codec.Message | None:
+        """A transfer's sealed message, if it comes on one of the transfer's
+        own connections, authenticates and was not seen before (else counted
+        and dropped: None)."""
+        if not keys.owns_route(route):
+            self._drop(route, "route")
+            return None
+        if not replay.fresh(h.nonce):
+            self._drop(route, "replay")
+            return None
+        try:
+            msg = codec.decode(keys.open_message(h.nonce, payload), HEADER_MAX_BYTES)
+        except OpenError:
+            self._drop(route, "auth")
+            return None
+        except codec.DecodeError as exc:
+            self._drop(route, exc.kind)
+            return None
+        replay.accept(h.nonce)
+        return msg
 
     def _send_sealed(self, t: Incoming, msg: codec.Message) -> tuple[bytes, bytes] | None:
         if t.route is None:
