@@ -69,6 +69,21 @@ def source(make_file: Callable[..., Path]) -> Path:
 
 
 @pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["sned"], "no such command 'sned' (did you mean 'send'?); commands: actor, cancel, "),
+        (["stats", "lst"], "no such command 'lst' (did you mean 'list'?); commands: export, list"),
+        (["zzz"], "no such command 'zzz'; commands: actor, cancel, "),
+    ],
+)
+def test_a_mistyped_command_suggests_the_nearest(
+    tmp_path: Path, args: list[str], line: str
+) -> None:
+    result = run_cli(*args, data_dir=tmp_path / "dd")
+    assert assert_error(result, errors.USAGE).startswith(f"peercrypt: error: {line}")
+
+
+@pytest.mark.parametrize(
     ("args", "words"),
     [
         (["send", "{missing}", "127.0.0.1", "7400", "--open"], ["does not exist"]),

@@ -109,7 +109,7 @@ def test_start_runs_every_command_of_the_shell(
     pty.run("transfers", "no transfers running")
     pty.run("rate 0", "rate of 0 transfer")
     # A wrong command or option: one line saying what is valid; the shell goes on.
-    out = pty.run("sned", "peercrypt: error: no such command 'sned'")
+    out = pty.run("sned", r"peercrypt: error: no such command 'sned' \(did you mean 'send'\?\)")
     assert "commands: " in out and "Traceback" not in out
     pty.run("send --frobnicate", "peercrypt: error: no such option '--frobnicate'")
     pty.run("start", "not a shell command")

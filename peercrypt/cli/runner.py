@@ -9,6 +9,9 @@ before any command.
 
 from __future__ import annotations
 
+import difflib
+import re
+
 import click
 
 from peercrypt import errors
@@ -27,6 +30,13 @@ def hoist_debug(args: list[str]) -> tuple[list[str], bool]:
     return ["--debug", *rest], True
 
 
+def unknown_command(name: str, names: list[str]) -> str:
+    """``no such command 'sned' (did you mean 'send'?); commands: ...``."""
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"no such command {name!r}{hint}; commands: {', '.join(names)}"
+
+
 def usage_line(exc: click.ClickException) -> str:
     """A click error as one line that says what is valid."""
     message = exc.format_message().rstrip(".")
@@ -41,8 +51,8 @@ def usage_line(exc: click.ClickException) -> str:
         message = f"{message}; {ctx.command_path} takes {', '.join(valid)}"
     elif message.startswith("No such command") and isinstance(ctx and ctx.command, click.Group):
         assert ctx is not None and isinstance(ctx.command, click.Group)
-        names = ctx.command.list_commands(ctx)
-        message = f"{message}; commands: {', '.join(names)}"
+        wrong = re.match(r"No such command '(.*?)'", message)
+        message = unknown_command(wrong[1] if wrong else "", ctx.command.list_commands(ctx))
     elif (
         isinstance(exc, click.UsageError)
         and ctx is not None

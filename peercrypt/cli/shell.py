@@ -40,7 +40,7 @@ from peercrypt import errors
 from peercrypt.cli.common import UserError
 from peercrypt.cli.node import node_options, node_settings, run_node
 from peercrypt.cli.receive import describe_outcome, inbound
-from peercrypt.cli.runner import execute
+from peercrypt.cli.runner import execute, unknown_command
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.modes import ALL_MODES, CONGESTION_KEYS
 from peercrypt.wire.messages import TransfersReply, TransfersRequest
@@ -141,8 +141,7 @@ class Shell:
         if name in NOT_IN_SHELL:
             return self._error(f"`{name}` is not a shell command (the shell runs on its node)")
         if name not in command_names(self):  # the shell's commands, not the CLI's
-            known = ", ".join(command_names(self))
-            return self._error(f"no such command {name!r}; commands: {known}")
+            return self._error(unknown_command(name, command_names(self)))
         if name == "send" and self.interactive and not _wants_help(rest):
             return self._send(words, line)
         if name == "receive" and self.interactive:
