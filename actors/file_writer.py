@@ -40,6 +40,18 @@ The hash is taken once, at the end, of the part as read back after fsync
 (page cache, BLAKE3 on every core): chunks may be written in any order
 (parallel lanes, retransmissions, chunks from an earlier run on resume),
 and nothing is held in memory for the hash or hashed twice.
+
+A folder transfer (``open(..., tree=TreeSpec)``) is different: what is kept
+is its tree, not its part. Its chunks are fed in order to a
+:class:`~actors.tree_store.TreeBuilder` as they are written (a chunk that
+came early waits in the part and is read back once the gap before it is
+filled, so nothing more is held in memory), which builds the tree under its
+hidden name meanwhile; the verdict hash is taken of the same bytes in that
+order, and the part gets no writeback of its own (its checkpoints still
+``fdatasync`` it for resume). The tree's files are hashed as written and
+made durable by one ``syncfs`` before anything is renamed into the inbox.
+After an I/O error in the build (a full disk) the part is fsynced and
+verified as above, and the tree built from it again (``unpack``).
 """
 
 from __future__ import annotations
@@ -62,8 +74,9 @@ from typing import Any
 import blake3
 import zmq
 
+from actors.file_chunks import read_chunk
 from actors.inbox import save_manifest
-from actors.tree_store import unpack
+from actors.tree_store import TreeBuilder, unpack
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import Manifest, checkpoint_every
 from peercrypt.core.tree import TreeError
@@ -183,6 +196,11 @@ class _File:
     inbox: Path | None = None
     manifest: Manifest | None = None  # what to record at checkpoints
     since_checkpoint: int = 0
+    # A folder transfer: its tree built as the stream arrives (tree_store.py),
+    # fed the chunks in order from ``fed`` on, hashed as they are fed.
+    builder: TreeBuilder | None = None
+    hasher: Any = None
+    fed: int = 0
 
 
 class FileWriter:
@@ -216,12 +234,14 @@ class FileWriter:
         size: int,
         held: ChunkBitmap,
         checkpoint: tuple[Path, Manifest] | None = None,
+        tree: TreeSpec | None = None,
     ) -> None:
         """Start writing ``fd``; ``held`` chunks are already in the file.
         ``checkpoint``: the inbox and the manifest to keep up to date (its
-        ``written`` and ``updated`` are the writer's)."""
+        ``written`` and ``updated`` are the writer's). ``tree``: a folder
+        transfer, built under its hidden name as its chunks come in order."""
         bits = held.to_bytes()
-        self._queue.put(("open", tid, fd, chunk_size, size, bits, held.total, checkpoint))
+        self._queue.put(("open", tid, fd, chunk_size, size, bits, held.total, checkpoint, tree))
 
     def write(self, tid: bytes, index: int, data: bytes) -> bool:
         """Queue a chunk; False (nothing queued) if ``max_queued`` bytes wait."""
@@ -289,9 +309,13 @@ class FileWriter:
     def _apply(self, files: dict[bytes, _File], op: tuple[Any, ...]) -> WriterResult | None:
         kind, tid = op[0], op[1]
         if kind == "open":
-            _, _, fd, chunk_size, size, held, total, checkpoint = op
+            _, _, fd, chunk_size, size, held, total, checkpoint, tree = op
             opened = _File(fd, chunk_size, size, ChunkBitmap.from_bytes(total, held))
             files[tid] = opened
+            if tree is not None:
+                opened.builder = self._builder(tree, size)
+                opened.hasher = blake3.blake3()
+                self._feed(opened, -1, b"")  # what a kept part holds already
             if checkpoint is not None:
                 # The pair exists from the start: a crash before the first
                 # checkpoint leaves a part that is known, not an orphan.
@@ -305,11 +329,15 @@ class FileWriter:
             closing = files.pop(tid, None) or self._failed.pop(tid, None)
             if closing is None:
                 return None
+            if closing.builder is not None:
+                closing.builder.discard()  # a tree not published: nothing of it stays
             unsaved = self._checkpoint(closing) if keep else ""
             os.close(closing.fd)
             return Unsaved(tid, unsaved) if unsaved else None
         if kind == "forget":
-            self._failed.pop(tid, None)
+            forgotten = self._failed.pop(tid, None)
+            if forgotten is not None and forgotten.builder is not None:
+                forgotten.builder.discard()
         f = files.get(tid)
         if f is None:
             return None  # forgotten (transfer aborted) while work was queued
@@ -317,8 +345,11 @@ class FileWriter:
             _, _, index, data = op
             if os.pwrite(f.fd, data, index * f.chunk_size) != len(data):
                 raise OSError(errno.ENOSPC, f"short write of chunk {index} (disk full?)")
-            self._start_writeback(f.fd, index * f.chunk_size, len(data))
             f.written.add(index)
+            if f.builder is not None:  # its files are what is kept: no writeback of the part
+                self._feed(f, index, data)
+            else:
+                self._start_writeback(f.fd, index * f.chunk_size, len(data))
             f.since_checkpoint += 1
             if f.since_checkpoint >= checkpoint_every(f.chunk_size):
                 unsaved = self._checkpoint(f)
@@ -328,6 +359,11 @@ class FileWriter:
         if kind == "finish":
             if not f.written.complete:
                 return WriteFailed(tid, "finish before all chunks were written")
+            if f.builder is not None and not isinstance(f.builder.error, OSError):
+                # Every byte was hashed in order as it was fed to the tree
+                # (whose files are hashed as written and synced before they
+                # are published): the part itself is never published.
+                return Finished(tid, f.hasher.digest())
             os.fsync(f.fd)
             # It stays known until close(), which closes its fd.
             # The verdict is on what the disk holds now, not on what was
@@ -336,18 +372,11 @@ class FileWriter:
             return Finished(tid, hash_file(f.fd, f.size))
         if kind == "unpack":
             spec: TreeSpec = op[2]
+            built = f.builder
             try:
-                stored = unpack(
-                    spec.inbox,
-                    f.fd,
-                    spec.part,
-                    spec.manifest_bytes,
-                    f.size,
-                    spec.max_files,
-                    spec.file_mode,
-                    spec.dir_mode,
-                    self._stopping,
-                )
+                if built is not None and (built.complete or isinstance(built.error, TreeError)):
+                    return Unpacked(tid, tuple(built.publish()))  # or its TreeError
+                stored = unpack(self._builder(spec, f.size), f.fd)
             except TreeError as exc:
                 return TreeFailed(tid, str(exc), bad=True)
             except OSError as exc:
@@ -357,6 +386,24 @@ class FileWriter:
             files.pop(tid, None)
             return None
         raise ValueError(f"unknown writer op {kind!r}")
+
+    def _builder(self, spec: TreeSpec, size: int) -> TreeBuilder:
+        return TreeBuilder(
+            spec.inbox, spec.part, spec.manifest_bytes, size, spec.max_files,
+            spec.file_mode, spec.dir_mode, self._stopping,
+        )  # fmt: skip
+
+    @staticmethod
+    def _feed(f: _File, index: int, data: bytes) -> None:
+        """Feed ``f``'s tree the chunks written from ``f.fed`` on, in order
+        (``data``: chunk ``index``, just written; the others are read back)."""
+        assert f.builder is not None
+        total = f.written.total
+        while f.fed < total and f.fed in f.written:
+            chunk = data if f.fed == index else read_chunk(f.fd, f.fed, f.chunk_size, f.size)
+            f.hasher.update(chunk)
+            f.builder.feed(chunk)
+            f.fed += 1
 
     @staticmethod
     def _checkpoint(f: _File) -> str:

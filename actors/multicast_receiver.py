@@ -523,7 +523,15 @@ class MulticastReceiverActor(Actor):
         if a.group:
             self._join_group(sess, a, env.peer_host or "127.0.0.1")
         template = Manifest(key, a.sid, part.name, b"", 0.0)
-        self.writer.open(a.sid, fd, a.chunk_size, a.size, sess.tracker.written, (s.inbox, template))
+        self.writer.open(
+            a.sid,
+            fd,
+            a.chunk_size,
+            a.size,
+            sess.tracker.written,
+            (s.inbox, template),
+            tree=self._tree_spec(sess) if sess.tree else None,
+        )
         self.count("joined")
         if held is not None:
             self.count("resumed")
@@ -847,11 +855,8 @@ class MulticastReceiverActor(Actor):
             self._done(sess, ok=False, digest=digest, stored="", reason="whole-file hash mismatch")
             return
         s = self.settings
-        if sess.tree:  # a folder: the writer builds it from the verified part
-            spec = TreeSpec(
-                s.inbox, sess.part.name, sess.tree, s.tree_max_files, s.file_mode, s.inbox_mode
-            )
-            self.writer.unpack(sess.sid, spec)
+        if sess.tree:  # a folder: the writer publishes the tree it built
+            self.writer.unpack(sess.sid, self._tree_spec(sess))
             return
         try:
             stored = publish(sess.part, sess.fd, s.inbox, sess.name, s.file_mode) or ""
@@ -862,6 +867,13 @@ class MulticastReceiverActor(Actor):
             self._done(sess, ok=False, digest=digest, stored="", reason="no free name in the inbox")
             return
         self._stored(sess, digest, stored)
+
+    def _tree_spec(self, sess: Session) -> TreeSpec:
+        """How the writer builds the session's folder (actors/tree_store.py)."""
+        s = self.settings
+        return TreeSpec(
+            s.inbox, sess.part.name, sess.tree, s.tree_max_files, s.file_mode, s.inbox_mode
+        )
 
     def _stored(self, sess: Session, digest: bytes, stored: str) -> None:
         stored = stored[:MAX_NAME]

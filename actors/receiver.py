@@ -597,6 +597,7 @@ class ReceiverActor(Actor):
             t.size,
             flow.written,
             checkpoint=(s.inbox, template),
+            tree=self._tree_spec(t) if t.tree else None,
         )
         held_bytes = t.reported = reuse.held_bytes() if reuse is not None else 0
         self.count("accepted")
@@ -825,15 +826,16 @@ class ReceiverActor(Actor):
                 self.writer.finish(t.tid)
             elif isinstance(out, Store) and t.tree:
                 t.digest = out.digest
-                s = self.settings
-                spec = TreeSpec(
-                    s.inbox, t.part.name, t.tree, s.tree_max_files, s.file_mode, s.inbox_mode
-                )
-                self.writer.unpack(t.tid, spec)
+                self.writer.unpack(t.tid, self._tree_spec(t))
             elif isinstance(out, Store):
                 self._store(t, out.digest)
             else:
                 self._abandon(t, out)
+
+    def _tree_spec(self, t: Incoming) -> TreeSpec:
+        """How the writer builds ``t``'s folder (actors/tree_store.py)."""
+        s = self.settings
+        return TreeSpec(s.inbox, t.part.name, t.tree, s.tree_max_files, s.file_mode, s.inbox_mode)
 
     def _abandon(self, t: Incoming, out: Abandon) -> None:
         if out.code == ResultCode.ABORTED:

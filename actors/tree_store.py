@@ -1,8 +1,12 @@
-"""The receiver's side of a tree transfer: from the verified stream to folders.
+"""The receiver's side of a tree transfer: from the stream to folders.
 
-Runs in the receiver's writer thread (:mod:`actors.file_writer`) once the
-whole stream's hash is verified (the part file ``.NAME.TID.part``, fsynced
-and read back, as for any file). :func:`unpack`:
+:class:`TreeBuilder` runs in the receiver's writer thread
+(:mod:`actors.file_writer`), fed the stream in order **as it arrives** (the
+chunks are written to the part file ``.NAME.TID.part`` as for any file, for
+resume; a chunk that came early is fed once the gap before it is filled,
+read back from the part), so the tree is built while the rest of the stream
+is still on the way. :func:`unpack` feeds it from a verified part instead
+(after a build that failed on I/O, e.g. a full disk). Either way it:
 
 1. reads the manifest (the stream's first bytes, at most
    :func:`~peercrypt.core.tree.manifest_limit` of them) and checks every
@@ -11,9 +15,12 @@ and read back, as for any file). :func:`unpack`:
    ``.NAME.TID.tree/`` (mode 0700, created exclusively; a leftover of a
    crashed attempt of the same transfer is removed first), directories
    first, each file created exclusively and not through a symbolic link,
-   copied from the part in bounded blocks while hashed, and compared with
-   its own manifest hash: the first mismatch ends it all, and the hidden
-   directory is removed;
+   written as its bytes come while hashed, and compared with its own
+   manifest hash when its last byte is in: the first mismatch ends it all,
+   and the hidden directory is removed;
+
+and only once the whole stream's hash is verified (:meth:`TreeBuilder.publish`):
+
 3. makes it durable in one batch: no fsync per file but one ``syncfs`` of
    the inbox's filesystem once every file is written (where there is none,
    ``sync``), then sets the permissions (:func:`~peercrypt.core.tree.received_mode`);
@@ -38,6 +45,7 @@ import shutil
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import blake3
 
@@ -45,6 +53,7 @@ from peercrypt.core.names import candidate_names
 from peercrypt.core.tree import (
     Kind,
     Layout,
+    TreeEntry,
     TreeError,
     decode_manifest,
     manifest_limit,
@@ -65,106 +74,216 @@ def hidden_name(part: str) -> str:
     return part.removesuffix(".part") + ".tree"
 
 
-def unpack(
-    inbox: Path,
-    part_fd: int,
-    part: str,
-    manifest_bytes: int,
-    size: int,
-    max_files: int,
-    file_mode: int,
-    dir_mode: int,
-    stop: threading.Event | None = None,
-) -> list[str]:
-    """Store the verified tree held in ``part_fd``; the names its top-level
-    entries got in the inbox. Raises TreeError (the manifest, or a file's
-    hash) or OSError (ECANCELED once ``stop`` is set: the node is stopping,
-    checked before every entry and copy block); then nothing of the tree is
-    left, and the part is untouched."""
-    if manifest_bytes > manifest_limit(max_files) or manifest_bytes > size:
-        raise TreeError("manifest larger than allowed")
-    entries = decode_manifest(os.pread(part_fd, manifest_bytes, 0), max_files, size)
-    layout = Layout.of(entries, manifest_bytes)
-    inbox_fd = os.open(inbox, os.O_RDONLY | os.O_DIRECTORY)
-    hidden = hidden_name(part)
+def unpack(builder: TreeBuilder, part_fd: int) -> list[str]:
+    """Feed ``builder`` (fresh) the verified stream held in ``part_fd`` and
+    store its tree; the names its top-level entries got in the inbox.
+    Raises TreeError (the manifest, or a file's hash) or OSError (ECANCELED
+    once its ``stop`` is set: the node is stopping, checked before every
+    entry and copy block); then nothing of the tree is left, and the part
+    is untouched."""
+    size = builder.size
     try:
-        _remove(inbox_fd, hidden)
-        os.mkdir(hidden, 0o700, dir_fd=inbox_fd)
-        root = -1
+        for offset in range(0, size, COPY_BLOCK):
+            block = os.pread(part_fd, min(COPY_BLOCK, size - offset), offset)
+            if not block:
+                raise OSError(errno.EIO, "the part is shorter than its manifest")
+            builder.feed(block)
+            if builder.error is not None:
+                raise builder.error
+        return builder.publish()
+    finally:
+        builder.discard()
+
+
+class TreeBuilder:
+    """Builds a tree under its hidden directory from the stream's bytes, fed
+    in order (:meth:`feed`) - while the stream arrives, or from the verified
+    part (:func:`unpack`). The manifest (its first ``manifest_bytes``, at
+    most :func:`~peercrypt.core.tree.manifest_limit` of them) is checked
+    whole before anything is created; then each entry is created as its
+    bytes come: directories, each file exclusively and not through a
+    symbolic link, its bytes hashed as written and compared with its own
+    manifest hash when its last byte is in. Nothing is under a final name
+    until :meth:`publish` (once the whole stream's hash is verified): one
+    ``syncfs``, the folders' modes, each top-level entry renamed into the
+    inbox. The first broken rule, wrong hash or I/O error ends the build
+    (:attr:`error`, a TreeError or OSError; ECANCELED once ``stop`` is set)
+    and removes what was built; later bytes are ignored. Memory: the
+    manifest's entries and one file's hasher, whatever the sizes."""
+
+    def __init__(
+        self,
+        inbox: Path,
+        part: str,
+        manifest_bytes: int,
+        size: int,
+        max_files: int,
+        file_mode: int,
+        dir_mode: int,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.inbox, self.hidden = inbox, hidden_name(part)
+        self.manifest_bytes, self.size, self.max_files = manifest_bytes, size, max_files
+        self.file_mode, self.dir_mode = file_mode, dir_mode
+        self.stop = stop or threading.Event()
+        self.error: TreeError | OSError | None = None
+        self.fed = 0  # stream bytes fed
+        self._manifest = bytearray()
+        self._layout: Layout | None = None
+        self._next = 0  # the next entry of the layout to create
+        self._inbox_fd = self._root = self._fd = -1
+        self._dirs: dict[tuple[str, ...], int] = {}  # open folders, by path (one branch)
+        self._hasher: Any = None
+        self._left = 0  # bytes of the open file still to come
+        self._entry: TreeEntry | None = None
+        if manifest_bytes > manifest_limit(max_files) or not 0 < manifest_bytes <= size:
+            self.error = TreeError("manifest larger than allowed")
+
+    @property
+    def complete(self) -> bool:
+        """Every entry is built and checked (and no error)."""
+        layout = self._layout
+        return (
+            self.error is None
+            and layout is not None
+            and self._next == len(layout.entries)
+            and self._fd < 0
+        )
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """The next bytes of the stream (after an error: ignored)."""
+        self.fed += len(data)
+        if self.error is not None:
+            return
         try:
-            root = os.open(hidden, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=inbox_fd)
-            _build(root, part_fd, layout, file_mode, stop or threading.Event())
-            _sync(root)
-            for e in reversed(entries):  # deepest first, after their contents
+            self._feed(memoryview(data))
+        except (TreeError, OSError) as exc:
+            self.error = exc
+            self.discard()
+
+    def _feed(self, view: memoryview) -> None:
+        if self._layout is None:
+            need = self.manifest_bytes - len(self._manifest)
+            self._manifest += view[:need]
+            view = view[need:]
+            if len(self._manifest) < self.manifest_bytes:
+                return
+            entries = decode_manifest(bytes(self._manifest), self.max_files, self.size)
+            self._manifest = bytearray()
+            self._layout = Layout.of(entries, self.manifest_bytes)
+            self._start()
+            self._advance()
+        while view and self._fd >= 0:
+            _check_stop(self.stop)
+            take = min(len(view), self._left)
+            block = view[:take]
+            self._hasher.update(block)
+            while block:
+                block = block[os.write(self._fd, block) :]
+            self._left -= take
+            view = view[take:]
+            if not self._left:
+                self._close_file()
+                self._advance()
+        if view:
+            raise TreeError("bytes after the last file")
+
+    def _start(self) -> None:
+        """The hidden directory, fresh (a leftover of a crashed attempt of the
+        same transfer is removed first)."""
+        self._inbox_fd = os.open(self.inbox, os.O_RDONLY | os.O_DIRECTORY)
+        _remove(self._inbox_fd, self.hidden)
+        os.mkdir(self.hidden, 0o700, dir_fd=self._inbox_fd)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        self._root = os.open(self.hidden, flags, dir_fd=self._inbox_fd)
+
+    def _parent(self, path: tuple[str, ...]) -> int:
+        """An open descriptor of the folder ``path[:-1]`` (created by an entry
+        before: the manifest lists every parent first). Entries come in path
+        order, so only the current branch is kept open."""
+        parent = path[:-1]
+        if not parent:
+            return self._root
+        fd = self._dirs.get(parent)
+        if fd is None:
+            for kept in [p for p in self._dirs if p != parent[: len(p)]]:
+                os.close(self._dirs.pop(kept))
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+            fd = self._dirs[parent] = os.open(path[-2], flags, dir_fd=self._parent(parent))
+        return fd
+
+    def _advance(self) -> None:
+        """Create entries up to the next file with bytes to come (open it)."""
+        layout = self._layout
+        assert layout is not None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        while self._next < len(layout.entries):
+            _check_stop(self.stop)
+            entry = layout.entries[self._next]
+            self._next += 1
+            parent = self._parent(entry.path)
+            if entry.kind is Kind.DIR:
+                os.mkdir(entry.path[-1], 0o700, dir_fd=parent)
+                continue
+            mode = received_mode(entry, self.file_mode, 0)
+            self._fd = os.open(entry.path[-1], flags, mode, dir_fd=parent)
+            self._entry, self._left = entry, entry.size
+            self._hasher = blake3.blake3()
+            if entry.size:
+                return
+            self._close_file()
+
+    def _close_file(self) -> None:
+        fd, self._fd = self._fd, -1
+        os.close(fd)
+        entry = self._entry
+        assert entry is not None
+        if self._hasher.digest() != entry.digest:
+            raise TreeError(f"{entry.text[:200]!r}: content does not match its hash")
+
+    def publish(self) -> list[str]:
+        """Make the complete tree durable and move it into the inbox; the
+        names its top-level entries got. Raises the build's error, or
+        TreeError if the stream ended early."""
+        if self.error is not None:
+            raise self.error
+        layout = self._layout
+        if not self.complete or layout is None:
+            raise TreeError("the stream ended before the tree was complete")
+        try:
+            for fd in self._dirs.values():
+                os.close(fd)
+            self._dirs.clear()
+            _sync(self._root)
+            for e in reversed(layout.entries):  # deepest first, after their contents
                 if e.kind is Kind.DIR:
-                    os.chmod(e.text, received_mode(e, file_mode, dir_mode), dir_fd=root)
-            stored = [_publish(root, inbox_fd, top) for top in tops(entries)]
-            os.fsync(inbox_fd)
+                    mode = received_mode(e, self.file_mode, self.dir_mode)
+                    os.chmod(e.text, mode, dir_fd=self._root)
+            stored = [_publish(self._root, self._inbox_fd, top) for top in tops(layout.entries)]
+            os.fsync(self._inbox_fd)
             return stored
         finally:
-            if root >= 0:
-                os.close(root)
-            _remove(inbox_fd, hidden)  # empty once published; else what was built
-    finally:
-        os.close(inbox_fd)
+            self.discard()  # the hidden directory: empty once published
+
+    def discard(self) -> None:
+        """Close everything and remove the hidden directory with what is left
+        in it (nothing once published). Idempotent."""
+        for fd in [self._fd, *self._dirs.values(), self._root]:
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._root = -1
+        self._dirs.clear()
+        if self._inbox_fd >= 0:
+            try:
+                _remove(self._inbox_fd, self.hidden)
+            finally:
+                os.close(self._inbox_fd)
+                self._inbox_fd = -1
 
 
 def _check_stop(stop: threading.Event) -> None:
     if stop.is_set():
         raise OSError(errno.ECANCELED, "the node is stopping")
-
-
-def _build(
-    root: int, part_fd: int, layout: Layout, file_mode: int, stop: threading.Event
-) -> None:
-    """Create the entries under ``root`` (a directory only we can enter, so a
-    file gets its final mode at once), the files' bytes read from the part
-    in order, a block at a time."""
-    reader = _Reader(part_fd, layout.manifest_bytes)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for entry in layout.entries:
-        _check_stop(stop)
-        if entry.kind is Kind.DIR:
-            os.mkdir(entry.text, 0o700, dir_fd=root)
-            continue
-        fd = os.open(entry.text, flags, received_mode(entry, file_mode, 0), dir_fd=root)
-        try:
-            hasher = blake3.blake3()
-            left = entry.size
-            while left:
-                _check_stop(stop)
-                block = reader.read(min(COPY_BLOCK, left))
-                hasher.update(block)
-                while block:
-                    block = block[os.write(fd, block) :]
-                left -= min(COPY_BLOCK, left)
-        finally:
-            os.close(fd)
-        if hasher.digest() != entry.digest:
-            raise TreeError(f"{entry.text[:200]!r}: content does not match its hash")
-
-
-class _Reader:
-    """Sequential reads of a file from ``offset``, COPY_BLOCK at a time (one
-    read serves many small files; at most two blocks are held)."""
-
-    def __init__(self, fd: int, offset: int) -> None:
-        self.fd, self.pos = fd, offset
-        self.buf = b""
-        self.at = 0
-
-    def read(self, n: int) -> memoryview:
-        """The next ``n`` bytes (n <= COPY_BLOCK); OSError if the file ends first."""
-        if self.at + n > len(self.buf):
-            rest = self.buf[self.at :]
-            new = os.pread(self.fd, max(COPY_BLOCK, n - len(rest)), self.pos)
-            self.pos += len(new)
-            self.buf, self.at = rest + new, 0
-            if n > len(self.buf):
-                raise OSError(errno.EIO, "the part is shorter than its manifest")
-        view = memoryview(self.buf)[self.at : self.at + n]
-        self.at += n
-        return view
 
 
 def _sync(root: int) -> None:

@@ -21,6 +21,8 @@ import zmq
 from actors.file_writer import (
     FileWriter,
     Finished,
+    TreeSpec,
+    Unpacked,
     Unsaved,
     WriteFailed,
     WriterResult,
@@ -28,10 +30,13 @@ from actors.file_writer import (
 )
 from actors.inbox import create_part, load_manifest, manifest_name
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, _OrderedHash, crew_size
+from actors.tree_source import build_tree
+from actors.tree_store import hidden_name
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import CHECKPOINT_CHUNKS, Manifest, ResumeKey
 from peercrypt.crypto.transfer import TransferKeys
 from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
+from peercrypt.testing.nodes import wait_until
 
 CHUNK = 4096
 TID = bytes(range(16))
@@ -225,6 +230,74 @@ def test_writer_verifies_out_of_order_chunks_holding_none(
             assert f.read() == data
     finally:
         os.close(fd)
+
+
+def test_writer_builds_a_folder_as_its_chunks_come_in_any_order(
+    tmp_path: Path, writer: tuple[FileWriter, Results]
+) -> None:
+    """A folder transfer: the tree is built under its hidden name while the
+    chunks arrive (out of order: fed once the gap before them is filled),
+    the verdict hash is of the stream in order, and the unpack only publishes."""
+    w, results = writer
+    src = tmp_path / "src"
+    for i in range(30):
+        (src / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 3}" / f"f{i:02}").write_bytes(os.urandom(i * 1000))
+    (src / "empty").mkdir()
+    tree = build_tree([src])
+    data = tree.pread(tree.total_size, 0)
+    total = -(-len(data) // CHUNK)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    part = ".src.0123.part"
+    fd = os.open(inbox / part, os.O_RDWR | os.O_CREAT, 0o600)
+    spec = TreeSpec(inbox, part, len(tree.manifest), 100, 0o644, 0o755)
+    try:
+        w.open(b"t", fd, CHUNK, len(data), ChunkBitmap(total), tree=spec)
+        order = list(range(total))
+        order[2:40] = reversed(order[2:40])
+        for index in order:
+            w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
+        assert {_index(_next(results)) for _ in order} == set(range(total))
+        assert os.listdir(inbox) == [part, hidden_name(part)]  # built, not yet published
+        assert (inbox / hidden_name(part) / "src" / "d1" / "f28").read_bytes() == (
+            src / "d1" / "f28"
+        ).read_bytes()
+        w.finish(b"t")
+        assert _next(results) == Finished(b"t", blake3.blake3(data).digest())
+        w.unpack(b"t", spec)
+        assert _next(results) == Unpacked(b"t", ("src",))
+        stored = {str(p.relative_to(inbox)): p.read_bytes() for p in inbox.rglob("f*")}
+        assert stored == {str(p.relative_to(src.parent)): p.read_bytes() for p in src.rglob("f*")}
+        assert sorted(os.listdir(inbox)) == [part, "src"]
+    finally:
+        w.close(b"t", keep=False)
+        w.forget(b"t")
+
+
+def test_writer_drops_a_folder_it_was_building_when_closed(
+    tmp_path: Path, writer: tuple[FileWriter, Results]
+) -> None:
+    """A transfer closed mid-way (cancelled, the node stopping) leaves only
+    its part: the hidden tree goes with the close."""
+    w, results = writer
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(5 * CHUNK))
+    tree = build_tree([src])
+    data = tree.pread(tree.total_size, 0)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    part = ".src.0123.part"
+    fd = os.open(inbox / part, os.O_RDWR | os.O_CREAT, 0o600)
+    spec = TreeSpec(inbox, part, len(tree.manifest), 100, 0o644, 0o755)
+    w.open(b"t", fd, CHUNK, len(data), ChunkBitmap(-(-len(data) // CHUNK)), tree=spec)
+    w.write(b"t", 0, data[:CHUNK])
+    w.write(b"t", 1, data[CHUNK : 2 * CHUNK])
+    assert [_index(_next(results)) for _ in range(2)] == [0, 1]
+    assert hidden_name(part) in os.listdir(inbox)
+    w.close(b"t", keep=False)  # closes fd too
+    wait_until(lambda: os.listdir(inbox) == [part], WAIT, "the hidden tree removed")
 
 
 def test_writer_refuses_to_finish_an_incomplete_part(

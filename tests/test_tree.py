@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.tree_source import build_tree
-from actors.tree_store import hidden_name, sweep_trees, unpack
+from actors.tree_store import TreeBuilder, hidden_name, sweep_trees, unpack
 from peercrypt.core.tree import (
     MAX_DEPTH,
     Kind,
@@ -201,13 +201,23 @@ def stream_of(roots: list[Path]) -> tuple[bytes, int, int]:
     return data, len(tree.manifest), tree.files
 
 
+def sample(tmp: Path) -> tuple[Path, bytes, int, Path]:
+    """A tree at ``tmp/src``: (it, its stream, its manifest's bytes, an empty inbox)."""
+    src = tmp / "src"
+    make_tree(src)
+    data, manifest, _ = stream_of([src])
+    inbox = tmp / "inbox"
+    inbox.mkdir()
+    return src, data, manifest, inbox
+
+
 def store(inbox: Path, data: bytes, manifest: int, max_files: int = 100) -> list[str]:
     inbox.mkdir(exist_ok=True)
     part = ".src.0123.part"
     fd = os.open(inbox / part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.write(fd, data)
-        return unpack(inbox, fd, part, manifest, len(data), max_files, 0o644, 0o755)
+        return unpack(TreeBuilder(inbox, part, manifest, len(data), max_files, 0o644, 0o755), fd)
     finally:
         os.close(fd)
         os.unlink(inbox / part)
@@ -243,6 +253,49 @@ def test_a_folder_goes_through_the_stream_whole(tmp_path: Path) -> None:
     assert sorted(os.listdir(inbox)) == ["src", "src.1", "src.2", "src.3"]
 
 
+@settings(max_examples=15, deadline=None)
+@given(cuts=st.lists(st.integers(0, 200_000), max_size=12))
+def test_a_tree_fed_in_any_pieces_is_the_same_tree(
+    tmp_path_factory: pytest.TempPathFactory, cuts: list[int]
+) -> None:
+    """The stream fed as it arrives (pieces of any size, splitting the
+    manifest, files and empty files anywhere) builds the same tree, hidden
+    until published."""
+    src, data, manifest, inbox = sample(tmp_path_factory.mktemp("fed"))
+    part = ".src.0123.part"
+    b = TreeBuilder(inbox, part, manifest, len(data), 100, 0o644, 0o755)
+    at = 0
+    for cut in [*sorted({min(c, len(data)) for c in cuts}), len(data)]:
+        b.feed(data[at:cut])
+        at = max(at, cut)
+        assert b.error is None
+        assert os.listdir(inbox) in ([], [hidden_name(part)])  # nothing under a final name
+    assert b.complete
+    assert listing(inbox / hidden_name(part) / "src") == listing(src)
+    b.discard()  # (publishing: the tests of unpack, which feeds the same builder)
+    assert os.listdir(inbox) == []
+
+
+@pytest.mark.parametrize("where", ["manifest", "content", "extra"])
+def test_a_stream_that_breaks_a_rule_builds_nothing(tmp_path: Path, where: str) -> None:
+    """A wrong hash (found when the file's last byte is fed) or a rule broken
+    in the manifest ends the build at once and removes what was built."""
+    _, data, manifest, inbox = sample(tmp_path)
+    size = len(data)
+    if where == "manifest":
+        data = data[:5] + b"\xc1" + data[6:]  # a byte msgpack never uses
+    elif where == "content":
+        data = data[:-1] + bytes([data[-1] ^ 1])  # the last file's last byte
+    b = TreeBuilder(inbox, ".src.0123.part", manifest, size, 100, 0o644, 0o755)
+    b.feed(data[: size // 2])
+    b.feed(data[size // 2 :] + (b"more" if where == "extra" else b""))
+    assert isinstance(b.error, TreeError), b.error
+    assert os.listdir(inbox) == []
+    with pytest.raises(TreeError):
+        b.publish()
+    b.discard()
+
+
 class StopAfter(threading.Event):
     """Set once it has been asked ``n`` times: the node stopping mid-tree."""
 
@@ -259,17 +312,14 @@ class StopAfter(threading.Event):
 def test_a_stopping_node_ends_a_tree_mid_way_and_leaves_only_the_part(
     tmp_path: Path, checks: int
 ) -> None:
-    src = tmp_path / "src"
-    make_tree(src)
-    data, manifest, _ = stream_of([src])
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
+    _, data, manifest, inbox = sample(tmp_path)
     part = ".src.0123.part"
     (inbox / part).write_bytes(data)
     fd = os.open(inbox / part, os.O_RDONLY)
     try:
         with pytest.raises(OSError) as stopped:
-            unpack(inbox, fd, part, manifest, len(data), 100, 0o644, 0o755, StopAfter(checks))
+            stop = StopAfter(checks)
+            unpack(TreeBuilder(inbox, part, manifest, len(data), 100, 0o644, 0o755, stop), fd)
     finally:
         os.close(fd)
     assert stopped.value.errno == errno.ECANCELED
