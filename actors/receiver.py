@@ -176,6 +176,8 @@ class Echo:
     keys: TransferKeys
     delivery: Delivery
     since: float
+    peer: bytes = b""  # who offered it, and from where: it holds a slot under
+    host: str = ""  # the transfer limits until answered or idle
     route: bytes | None = None
     replay: ReplayWindow = field(default_factory=ReplayWindow)
 
@@ -314,12 +316,13 @@ class ReceiverActor(Actor):
             return None
         return FileStamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _echo(self, offer: Offer, peer: bytes, prior: Delivery, answer: Response) -> Accept:
+    def _echo(
+        self, offer: Offer, peer: bytes, host: str, prior: Delivery, answer: Response
+    ) -> Accept:
         """Accept a re-offer of a delivered file holding every chunk: the
         sender sends none, hashes its file and sends Done (:meth:`_on_echo`)."""
-        echo = Echo(
-            offer.tid, TransferKeys.for_receiver(offer.tid, answer.secrets), prior, self.now()
-        )
+        keys = TransferKeys.for_receiver(offer.tid, answer.secrets)
+        echo = Echo(offer.tid, keys, prior, self.now(), peer, host)
         self.echoes[offer.tid] = echo
         self.count("delivered-before")
         log.info(
@@ -448,13 +451,20 @@ class ReceiverActor(Actor):
             or any(a.offer.tid == offer.tid for a in waiting)
         ):
             return refuse("duplicate", "transfer id already in use")
-        if len(self.transfers) + len(waiting) >= s.max_transfers:
+        # Running transfers, offers waiting for space and re-offers of
+        # delivered files all hold a slot: none can pile up without bound.
+        held: list[Incoming | Asking | Echo] = [
+            *self.transfers.values(),
+            *waiting,
+            *self.echoes.values(),
+        ]
+        if len(held) >= s.max_transfers:
             return refuse("busy", f"receiver busy ({s.max_transfers} transfers running)")
-        peers = [t.peer for t in self.transfers.values()] + [a.peer for a in waiting]
+        peers = [x.peer for x in held]
         if peers.count(peer) >= s.max_transfers_per_peer:
             return refuse("busy", f"too many transfers from you (max {s.max_transfers_per_peer})")
         # Identities cost nothing to make: the address is bounded too.
-        hosts = [t.host for t in self.transfers.values()] + [a.host for a in waiting]
+        hosts = [x.host for x in held]
         if hosts.count(host) >= s.max_transfers_per_host:
             limit = s.max_transfers_per_host
             return refuse("busy", f"too many transfers from {host} (max {limit})")
@@ -497,7 +507,7 @@ class ReceiverActor(Actor):
         if not tree_bytes:
             prior = self.delivered.lookup(key, self._stamp)
             if prior is not None:
-                return self._echo(offer, peer, prior, answer)
+                return self._echo(offer, peer, host, prior, answer)
         try:
             reuse = self._resumable(key)
         except OSError as exc:

@@ -13,24 +13,29 @@ restores the link."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from peercrypt import errors
+from peercrypt.settings import NodeSettings
 from peercrypt.testing.faults import DirectionFaults, FaultPlan, FaultProxy
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import NodeProcess, blake3_file, free_port, wait_until
 from peercrypt.wire import codec
-from peercrypt.wire.messages import SealedHeader
+from peercrypt.wire.messages import Refuse, SealedHeader, Verified
 
 pytestmark = pytest.mark.timeout(180)
 
 CHUNK = 64 * 1024
 SIZE = 1024 * 1024 + 7
 TOTAL = -(-SIZE // CHUNK)
+MAX_TRANSFERS_PER_PEER = NodeSettings.max_transfers_per_peer
 SILENT_RECEIVER = FaultPlan(
     upstream=DirectionFaults(), downstream=DirectionFaults(drop=1.0), seed=1
 )
@@ -114,3 +119,38 @@ def test_a_file_delivered_during_an_outage_is_not_stored_twice(
         assert fresh["ok"] and fresh["stored_as"] not in ("report.bin", "report.1.bin"), fresh
         assert fresh["stats"]["sent_chunks"] - fresh["stats"]["retransmits"] == TOTAL
         assert blake3_file(receiver.inbox / fresh["stored_as"]) == digest
+
+
+def test_re_offers_of_a_delivered_file_count_against_the_transfer_limits(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """A member that delivered one small file cannot pile up re-offers of it
+    (each answered from the table, none writing a byte): they hold slots
+    like transfers do, so past its per-identity limit it is refused 'busy'
+    and the receiver's memory stays bounded by the limits, not by how fast
+    it offers."""
+    receiver = node_factory(name="receiver")
+    chunk = 4096
+    content = os.urandom(2 * chunk + 5)
+    source = os.urandom(32)
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        first = h.offer("mine.bin", len(content), chunk, source=source)
+        assert isinstance(first, HostileTransfer), first
+        verdict = first.send_stream(content)
+        assert isinstance(verdict, Verified) and verdict.stored_as == "mine.bin", verdict
+        assert blake3_file(receiver.inbox / "mine.bin") == blake3.blake3(content).hexdigest()
+
+        answers = [
+            h.offer("mine.bin", len(content), chunk, source=source)
+            for _ in range(MAX_TRANSFERS_PER_PEER + 1)
+        ]
+        held = [a for a in answers if isinstance(a, HostileTransfer)]
+        refused = [a.answer for a in answers if isinstance(a, Refused)]
+        assert len(held) == MAX_TRANSFERS_PER_PEER, refused
+        assert len(refused) == 1 and isinstance(refused[0], Refuse), refused
+        assert refused[0].code == "busy", refused[0]
+        assert receiver.wait_for_counter("receiver.delivered-before", MAX_TRANSFERS_PER_PEER)
+        # Those it holds still end as they should: the earlier verdict.
+        held[0].send_done(blake3.blake3(content).digest())
+        assert held[0].wait_for(Verified).stored_as == "mine.bin"
+    assert _stored(receiver.inbox) == ["mine.bin"]
