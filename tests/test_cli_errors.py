@@ -441,3 +441,20 @@ def test_ctrl_c_cancels_the_send(
     assert_error(result, 130, "interrupted", "cancelled")
     assert sender.wait_for_counter("sender.failed-cancelled", 1) == 1
     assert sender.status()["pid"] == str(sender.pid)  # the node itself carries on
+
+
+def test_a_request_the_node_cannot_read_says_the_versions_differ() -> None:
+    """A command of a newer PeerCrypt than the node it talks to (updated
+    while the node ran) gets "bad-request" with a codec error: the line says
+    what it means and what to do, not only the codec's words."""
+    from peercrypt.cli.common import refusal
+    from peercrypt.wire.messages import ErrorReply
+
+    reason = "fields: mc-send-request: missing [] extra ['more']"
+    line = refusal(ErrorReply(code="bad-request", reason=reason))
+    assert line == (
+        "the local node cannot read this request: it runs another version of PeerCrypt "
+        f"than this command (restart the node with this one) [{reason}]"
+    )
+    busy = refusal(ErrorReply(code="busy", reason="too many requests in progress"))
+    assert busy == "the local node refused: too many requests in progress"

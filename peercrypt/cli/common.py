@@ -356,7 +356,7 @@ def _await_result(
             raise UserError("the local node stopped answering", errors.FAILED) from None
         quiet_since = time.monotonic()
         if isinstance(msg, ErrorReply):
-            raise UserError(f"the local node refused: {msg.reason}", errors.FAILED)
+            raise UserError(refusal(msg), errors.FAILED)
         if getattr(msg, "request", None) != request:
             continue
         if isinstance(msg, result_type):
@@ -378,6 +378,18 @@ def _await_result(
             raise UserError(msg.reason or msg.code, errors.exit_code(msg.code))
         elif on_other is not None:
             on_other(msg)
+
+
+def refusal(reply: ErrorReply) -> str:
+    """A node's ErrorReply as words for the user. A request the node cannot
+    read ("bad-request") comes from a command of another PeerCrypt version
+    than the running node (updated while it ran): say so, and what to do."""
+    if reply.code == "bad-request":
+        return (
+            "the local node cannot read this request: it runs another version of PeerCrypt "
+            f"than this command (restart the node with this one) [{reply.reason}]"
+        )
+    return f"the local node refused: {reply.reason}"
 
 
 def terminal_width() -> int | None:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, table, terminal_width
+from peercrypt.cli.common import UserError, refusal, table, terminal_width
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.modes import (
     ALL_MODES,
@@ -191,7 +191,7 @@ def _ask(obj: dict[str, Any], msg: codec.Message) -> codec.Message:
     except NodeUnavailable as exc:
         raise UserError(f"{exc} (start one with `peercrypt node`)", errors.FAILED) from None
     if isinstance(reply, ErrorReply):
-        raise UserError(f"the node refused: {reply.reason}", errors.FAILED)
+        raise UserError(refusal(reply), errors.FAILED)
     return reply
 
 

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, check_resolvable, follow, tree_counts
+from peercrypt.cli.common import UserError, check_resolvable, follow, refusal, tree_counts
 from peercrypt.cli.progress import echo, progress_view
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.address import join_host_port, split_host_port
@@ -225,7 +225,7 @@ def _receive(
                 elif isinstance(msg, McListenEnd):
                     break
                 elif isinstance(msg, ErrorReply):
-                    raise UserError(f"the local node refused: {msg.reason}", errors.FAILED)
+                    raise UserError(refusal(msg), errors.FAILED)
     except NodeUnavailable as exc:
         raise UserError(f"{exc} (start one with `peercrypt node`)", errors.FAILED) from None
     except KeyboardInterrupt:

@@ -24,6 +24,7 @@ from peercrypt.cli.common import (
     local_node,
     network_key_option,
     open_option,
+    refusal,
     table,
     terminal_width,
 )
@@ -64,7 +65,7 @@ def _call(client: ControlClient, msg: codec.Message, want: type[Any], timeout: f
                 raise UserError("the local node stopped", errors.FAILED) from None
             continue
         if isinstance(reply, ErrorReply):
-            raise UserError(f"the local node refused: {reply.reason}", errors.FAILED)
+            raise UserError(refusal(reply), errors.FAILED)
         if isinstance(reply, want):
             return reply
 

@@ -36,7 +36,7 @@ from rich.table import Table
 from rich.text import Text
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, fit_columns
+from peercrypt.cli.common import UserError, fit_columns, refusal
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.member_state import MemberState
 from peercrypt.wire import codec
@@ -322,7 +322,7 @@ class NodeLink:
         self.client.send(msg)
         reply = self.client.receive(self.timeout)
         if isinstance(reply, ErrorReply):
-            raise NodeUnavailable(f"the node refused: {reply.reason}")
+            raise NodeUnavailable(refusal(reply))
         return reply
 
     def snapshot(self) -> tuple[dict[str, str], list[dict[str, str]], list[dict[str, str]]]:
