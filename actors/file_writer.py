@@ -170,6 +170,9 @@ def _writeback_starter() -> Callable[[int, int, int], None]:
     return lambda fd, offset, length: None
 
 
+# Chunk buffers kept for reuse at most (docs/architecture.md, "Bounds"): a
+# transfer's chunks cycle through a few while the writer keeps up.
+POOL_BYTES = 16 * 1024 * 1024
 # The read-back maps this much of the file at a time: mapped pages count in
 # the node's RSS, which must not grow with the file's size.
 HASH_WINDOW = 16 * 1024 * 1024  # with 16 transfers in flight too (docs/architecture.md)
@@ -185,6 +188,49 @@ def hash_file(fd: int, size: int) -> bytes:
         ) as view:
             hasher.update(view)
     return hasher.digest()
+
+
+class BufferPool:
+    """Reused chunk buffers: the actor decrypts each chunk into one
+    (:meth:`take`), the writer gives it back once written (:meth:`give`).
+    A fresh buffer per chunk cost an allocation and the zeroing of its
+    pages for every chunk received. At most ``max_bytes`` wait here (a
+    buffer given back beyond that is dropped), and :meth:`clear` drops them
+    all (the writer does when it closes its last open file). Either thread
+    may call any method."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._held = 0
+        self._free: dict[int, list[bytearray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of exactly ``size`` bytes (contents undefined)."""
+        with self._lock:
+            free = self._free.get(size)
+            if free:
+                self._held -= size
+                return free.pop()
+        return bytearray(size)
+
+    def give(self, buffer: bytearray) -> None:
+        """Take ``buffer`` back (the caller no longer uses it); dropped if full."""
+        size = len(buffer)
+        with self._lock:
+            if self._held + size > self._max_bytes:
+                return
+            self._held += size
+            self._free.setdefault(size, []).append(buffer)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+            self._held = 0
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held
 
 
 @dataclass
@@ -217,6 +263,8 @@ class FileWriter:
         self.results: queue.SimpleQueue[WriterResult] = queue.SimpleQueue()
         self._failed: dict[bytes, _File] = {}  # failed files awaiting close() (writer thread)
         self._stopping = threading.Event()  # ends a folder being unpacked, between blocks
+        # Chunk buffers: a bytearray queued with write() comes back here once written.
+        self.buffers = BufferPool(min(max_queued, POOL_BYTES))
 
     def start(self) -> None:
         self._thread.start()
@@ -243,8 +291,10 @@ class FileWriter:
         bits = held.to_bytes()
         self._queue.put(("open", tid, fd, chunk_size, size, bits, held.total, checkpoint, tree))
 
-    def write(self, tid: bytes, index: int, data: bytes) -> bool:
-        """Queue a chunk; False (nothing queued) if ``max_queued`` bytes wait."""
+    def write(self, tid: bytes, index: int, data: bytes | bytearray) -> bool:
+        """Queue a chunk; False (nothing queued) if ``max_queued`` bytes wait.
+        A bytearray is the writer's once queued: it goes back to
+        :attr:`buffers` after the write (or when its file is gone)."""
         with self._queued_lock:
             if self._queued + len(data) > self._max_queued:
                 return False
@@ -295,6 +345,8 @@ class FileWriter:
                 if op[0] == "write":
                     with self._queued_lock:
                         self._queued -= len(op[3])
+                    if isinstance(op[3], bytearray):
+                        self.buffers.give(op[3])
                 if result is not None:
                     self._post(out, result)
                 while self._notes:
@@ -333,6 +385,8 @@ class FileWriter:
                 closing.builder.discard()  # a tree not published: nothing of it stays
             unsaved = self._checkpoint(closing) if keep else ""
             os.close(closing.fd)
+            if not files:
+                self.buffers.clear()  # nothing is written now: no buffer is kept
             return Unsaved(tid, unsaved) if unsaved else None
         if kind == "forget":
             forgotten = self._failed.pop(tid, None)

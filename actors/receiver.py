@@ -743,18 +743,24 @@ class ReceiverActor(Actor):
         if not t.replay.fresh(h.nonce):
             self._drop(route, "replay")
             return
+        # Decrypted into a reused buffer, which the writer gives back once
+        # written; every other way out gives it back here.
+        plaintext = self.writer.buffers.take(expected - TAG_BYTES)
         try:
-            plaintext = t.keys.open_chunk(h.index, h.last, h.nonce, payload)
+            t.keys.open_chunk_into(h.index, h.last, h.nonce, payload, plaintext)
         except OpenError:
+            self.writer.buffers.give(plaintext)
             self._drop(route, "auth")
             return
         t.replay.accept(h.nonce)
         t.route = route
         arrival = t.flow.on_chunk(h.index, h.last, self.now())
+        if arrival is Arrival.NEW and self.writer.write(t.tid, h.index, plaintext):
+            return
+        self.writer.buffers.give(plaintext)
         if arrival is Arrival.NEW:
-            if not self.writer.write(t.tid, h.index, plaintext):
-                t.flow.on_write_refused(h.index)
-                self._drop(route, "writer-full")
+            t.flow.on_write_refused(h.index)
+            self._drop(route, "writer-full")
         elif arrival is Arrival.OVER_CREDIT:
             self._drop(route, "over-credit")
 

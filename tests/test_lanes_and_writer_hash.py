@@ -19,6 +19,7 @@ import pytest
 import zmq
 
 from actors.file_writer import (
+    BufferPool,
     FileWriter,
     Finished,
     TreeSpec,
@@ -492,6 +493,45 @@ def test_writer_refuses_chunks_beyond_its_queue_bound(tmp_path: Path) -> None:
         os.close(fd)
         results.close(linger=0)
         ctx.term()
+
+
+def test_chunk_buffers_go_back_to_the_pool_and_not_beyond_its_bound() -> None:
+    pool = BufferPool(3 * CHUNK)
+    taken = [pool.take(CHUNK) for _ in range(4)]
+    assert all(len(b) == CHUNK for b in taken) and len({id(b) for b in taken}) == 4
+    for b in taken:
+        pool.give(b)
+    assert pool.held_bytes == 3 * CHUNK  # the fourth was dropped
+    again = pool.take(CHUNK)
+    assert any(again is b for b in taken)
+    assert len(pool.take(CHUNK // 2)) == CHUNK // 2  # another size: a new one
+    pool.clear()
+    assert pool.held_bytes == 0
+
+
+def test_the_writer_gives_written_buffers_back_and_keeps_none_when_idle(
+    tmp_path: Path, writer: tuple[FileWriter, Results]
+) -> None:
+    """A bytearray queued with write() returns to the pool once written (the
+    receiver decrypts the next chunk into it); once the writer has no file
+    open, it keeps no buffer."""
+    w, results = writer
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    data = os.urandom(2 * CHUNK)
+    w.open(b"t", fd, CHUNK, len(data), ChunkBitmap(2))
+    first = w.buffers.take(CHUNK)
+    first[:] = data[:CHUNK]
+    assert w.write(b"t", 0, first)
+    assert _index(_next(results)) == 0
+    assert w.buffers.take(CHUNK) is first
+    assert w.write(b"t", 1, data[CHUNK:])  # bytes (the multicast receiver's): not pooled
+    assert _index(_next(results)) == 1
+    assert w.buffers.held_bytes == 0
+    assert os.pread(fd, len(data), 0) == data
+    w.buffers.give(first)
+    assert w.buffers.held_bytes == CHUNK
+    w.close(b"t", keep=False)  # closes fd: the last open file
+    wait_until(lambda: w.buffers.held_bytes == 0, WAIT, "the pool emptied")
 
 
 @pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 3 * 65536 + 5])

@@ -186,3 +186,22 @@ def test_route_ids_are_the_transfers_own() -> None:
         assert not r.owns_route(bad)
     with pytest.raises(ValueError):
         s.route_id(256)
+
+
+def test_a_chunk_opens_into_a_buffer_of_its_exact_length_only() -> None:
+    """The receiver decrypts into reused buffers: the plaintext lands in the
+    buffer, a buffer of another length is refused, and a tampered chunk
+    fails however the buffer is given."""
+    s, r = pair()
+    plaintext = os.urandom(1000)
+    nonce, sealed = s.seal_chunk(2, False, plaintext)
+    out = bytearray(b"x" * 1000)
+    r.open_chunk_into(2, False, nonce, sealed, out)
+    assert out == plaintext
+    for wrong in (bytearray(999), bytearray(1001)):
+        with pytest.raises(OpenError):
+            r.open_chunk_into(2, False, nonce, sealed, wrong)
+    with pytest.raises(OpenError):
+        r.open_chunk_into(2, False, nonce, flip(sealed, 5), bytearray(1000))
+    with pytest.raises(OpenError):
+        r.open_chunk_into(3, False, nonce, sealed, bytearray(1000))  # another index

@@ -120,8 +120,19 @@ class TransferKeys:
 
     def open_chunk(self, index: int, last: bool, nonce: bytes, sealed: bytes | memoryview) -> bytes:
         """Authenticate and decrypt one chunk. Raises OpenError."""
+        out = bytearray(max(0, len(sealed) - TAG_BYTES))
+        self.open_chunk_into(index, last, nonce, sealed, out)
+        return bytes(out)
+
+    def open_chunk_into(
+        self, index: int, last: bool, nonce: bytes, sealed: bytes | memoryview, out: bytearray
+    ) -> None:
+        """:meth:`open_chunk` into ``out`` (exactly the plaintext's length;
+        the receiver reuses its buffers, so no chunk allocates and zeroes
+        one). Raises OpenError, and then what ``out`` holds is not
+        authenticated: it must not be used."""
         try:
-            return self._recv.decrypt(nonce, sealed, _CHUNK_AAD.pack(self.tid, index, last))
+            self._recv.decrypt_into(nonce, sealed, _CHUNK_AAD.pack(self.tid, index, last), out)
         except (InvalidTag, ValueError):
             raise OpenError("chunk failed authentication") from None
 
