@@ -120,6 +120,9 @@ def test_start_runs_every_command_of_the_shell(
     few = make_file(1024 * 1024)
     pty.child.sendline(f"send {few} {host} {port} -m")
     pty.expect("another target")
+    pty.child.sendline("nonsense")  # a typo is said and asked again
+    pty.expect(re.escape("invalid target 'nonsense': expected HOST:PORT (port 1-65535); try"))
+    pty.expect("another target")
     pty.child.sendline("")
     pty.expect(re.escape(f"{host}:{port}") + r": +\d+%")
     pty.expect(re.escape(f"{host}:{port}: verified, stored as {few.name}"))

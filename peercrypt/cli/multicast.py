@@ -70,7 +70,10 @@ def _ask_targets() -> list[str]:
         )
         if not text.strip():
             break
-        out.append(parse_target(text))
+        try:
+            out.append(parse_target(text))
+        except UserError as exc:  # a typo at the prompt: ask again, the send goes on
+            click.echo(f"{exc.message}; try again", err=True)
     return out
 
 
