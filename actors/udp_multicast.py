@@ -158,16 +158,18 @@ class GroupSender:
         size = fragments.blob_len(blob)
         stop = size if budget is None else min(size, start + max(budget, 1))
         fields, tag = fragments.chunk_header(sid, index, last, nonce, size, key=key)
-        frag, batch = self.fragment, self.batch
+        frag = self.fragment
         payloads = fragments.payload_views(blob, frag, start, stop)
         number = start // frag
         offsets = self._offsets(number + len(payloads))
-        sent = 0
-        for k in range(0, len(payloads), batch):
+        sent = k = 0
+        while k < len(payloads):
             # Four pieces per datagram, put in place by slice (no Python per
             # datagram): the chunk's header fields and tag are the same
             # objects throughout, the offsets are packed once per session.
-            part = payloads[k : k + batch]
+            # self.batch is read each time: after a refused GSO send it is 1
+            # (several datagrams in one send without GSO are one datagram).
+            part = payloads[k : k + self.batch]
             n = len(part)
             iov: list[bytes | memoryview] = [fields] * (4 * n)
             iov[1::4] = offsets[number + k : number + k + n]
@@ -177,6 +179,7 @@ class GroupSender:
                 first = start + k * frag
                 return first, sent, fragments.fragment_count(size, frag) - first // frag
             sent += n
+            k += n
         return min(size, start + sent * frag), sent, 0
 
     def _offsets(self, count: int) -> list[bytes]:

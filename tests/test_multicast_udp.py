@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -460,3 +462,67 @@ def test_lifting_the_rate_cap_mid_session_sends_what_was_queued(
         assert_stored(r, result, digest)
     assert result["stats"]["udp"] == 1
     assert float(result["seconds"]) < 10, result  # not paced to the end
+
+
+# Run inside a test namespace whose interface has a 9000-byte MTU: a real
+# GroupSender (GSO on, 7 datagrams per send) whose socket has UDP checksums
+# off, so the kernel refuses every GSO send (EINVAL), sends one chunk of
+# many batches; a socket joined to the group on the same host (multicast
+# loopback) reads what went out. Prints what the sender and the kernel did.
+_GSO_REFUSED_SCRIPT = """
+import json, os, socket, struct, sys
+from actors.udp_multicast import GroupSender
+from peercrypt.core import fragments
+iface, group, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+rx.bind((group, port))
+rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+              socket.inet_aton(group) + socket.inet_aton(iface))
+tx = GroupSender(iface, (group, port), 1, 8 << 20, fragments.MAX_DATAGRAM)
+gso, batch = tx.gso, tx.batch
+tx.sock.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK: GSO sends get EINVAL
+blob = os.urandom(40 * tx.fragment + 123)
+unsent = tx.send_sealed(os.urandom(16), 0, True, os.urandom(12), (blob,), os.urandom(32))
+rx.settimeout(2.0)
+lengths, placed = [], bytearray(len(blob))
+try:
+    while True:
+        data = rx.recv(1 << 17)
+        lengths.append(len(data))
+        frag, payload = fragments.parse(data)
+        placed[frag.offset:frag.offset + len(payload)] = payload
+except (socket.timeout, fragments.FragmentError):
+    pass
+print(json.dumps({"gso": gso, "batch": batch, "datagram": tx.datagram, "unsent": unsent,
+                  "count": fragments.fragment_count(len(blob), tx.fragment),
+                  "lengths": lengths, "whole": bytes(placed) == blob, "after": tx.batch}))
+"""
+
+
+@pytest.mark.skipif(
+    not netns.available(), reason=f"network namespaces: {netns.unavailable_reason()}"
+)
+def test_after_the_kernel_refuses_gso_the_rest_of_the_chunk_goes_one_datagram_a_send() -> None:
+    """The refusal comes at the chunk's first batch: that batch is sent one
+    by one, and so is every later batch of the same chunk - not handed to
+    the kernel as one datagram of several fragments glued together (which
+    no receiver can parse: the rest of the chunk would be lost and
+    repaired, while the sender counted it sent)."""
+    with netns.TestNetwork(groups=1) as net:
+        host = net.add_host("h0", 0)
+        for ns, dev in ((net.switch_ns, host.switch_port), (host.ns, host.iface)):
+            _set_mtu(ns, dev, 9000)
+        group, port = fragments.parse_group(_group())
+        root = str(Path(__file__).resolve().parents[1])
+        ran = host.run(
+            [sys.executable, "-c", _GSO_REFUSED_SCRIPT, host.ip, group, str(port)],
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": root},
+        )
+    assert ran.returncode == 0, ran.stderr
+    got = json.loads(ran.stdout)
+    assert (got["gso"], got["batch"], got["datagram"]) == (True, 7, 8972), got
+    assert got["after"] == 1 and got["unsent"] == 0, got
+    assert got["lengths"] and max(got["lengths"]) <= got["datagram"], got["lengths"]
+    assert len(got["lengths"]) == got["count"] and got["whole"], got
