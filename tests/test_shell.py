@@ -113,6 +113,11 @@ def test_start_runs_every_command_of_the_shell(
     assert "commands: " in out and "Traceback" not in out
     pty.run("send --frobnicate", "peercrypt: error: no such option '--frobnicate'")
     pty.run("start", "not a shell command")
+    # mreceive waits in the foreground for sessions, and says how to stop it.
+    pty.child.sendline("mreceive")
+    pty.expect(r"ready for multicast sessions \(repair port \d+; Ctrl-C stops waiting\)")
+    pty.child.sendcontrol("c")
+    pty.expect(PROMPT_RE)
     # A background send, paced so it lasts, while the prompt answers.
     source = make_file(3 * 1024 * 1024)
     pty.run("max-rate 1000000", "node rate cap is now 1000000")

@@ -217,8 +217,9 @@ def _receive(
                     if as_json:
                         click.echo(json.dumps({"ready": True, "repair_port": msg.repair_port}))
                     else:
+                        until = "" if count or timeout else "; Ctrl-C stops waiting"
                         click.echo(
-                            f"ready for multicast sessions (repair port {msg.repair_port})",
+                            f"ready for multicast sessions (repair port {msg.repair_port}{until})",
                             err=True,
                         )
                 elif isinstance(msg, McReceived):
