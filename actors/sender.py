@@ -169,6 +169,22 @@ class Retries:
     backoff: Backoff  # network failures: at most --max-retries
     closed: Backoff  # the receiver's port refusing: until ``closed_since`` + --timeout
     closed_since: float | None = None  # the last progress before the port refused
+    attempt: int = 1  # of the send, the first one 1
+    done_bytes: int = 0  # the most any attempt had acknowledged (the receiver keeps them)
+
+
+@dataclass
+class Retrying:
+    """A send between two attempts (what ``transfers`` lists)."""
+
+    timer: Timer
+    request: SendRequest
+    attempt: int  # the next one
+    due: float  # actor clock
+    error: str  # why the last attempt failed
+    size: int
+    done_bytes: int
+    mode: str
 
 
 @dataclass
@@ -245,7 +261,7 @@ class SenderActor(Actor):
         self.settings = settings
         self.transfers: dict[bytes, Outgoing] = {}
         self.waiting: deque[SendRequest] = deque()  # beyond max_outgoing, in order
-        self.retrying: dict[int, Timer] = {}  # request -> the timer of its next attempt
+        self.retrying: dict[int, Retrying] = {}  # request -> its next attempt
         self.carried: dict[int, Retries] = {}  # retries queued in ``waiting``
         self.walking: dict[int, Walk] = {}  # request -> its folder being walked
         self.rng = random.Random()
@@ -262,8 +278,8 @@ class SenderActor(Actor):
         waiting, self.waiting = self.waiting, deque()
         for req in waiting:
             self.tell("control", _result(req.request, ResultCode.CANCELLED, "the node is stopping"))
-        for request, timer in list(self.retrying.items()):
-            timer.cancel()
+        for request, pause in list(self.retrying.items()):
+            pause.timer.cancel()
             self.tell("control", _result(request, ResultCode.CANCELLED, "the node is stopping"))
         self.retrying.clear()
         for walk in list(self.walking.values()):
@@ -317,9 +333,9 @@ class SenderActor(Actor):
                 self.tell(
                     "control", _result(msg.request, ResultCode.CANCELLED, "cancelled by the user")
                 )
-            timer = self.retrying.pop(msg.request, None)
-            if timer is not None:
-                timer.cancel()
+            pause = self.retrying.pop(msg.request, None)
+            if pause is not None:
+                pause.timer.cancel()
                 self.tell(
                     "control", _result(msg.request, ResultCode.CANCELLED, "cancelled by the user")
                 )
@@ -354,6 +370,22 @@ class SenderActor(Actor):
                 "seconds": "0",
             }
             for r in list(self.waiting)[: 1000 - len(rows)]
+        ]
+        rows += [
+            {
+                "id": str(request),
+                "file": w.request.path[-200:],
+                "peer": f"{w.request.host}:{w.request.port}",
+                "mode": w.mode,
+                "state": "retrying",
+                "bytes": str(w.done_bytes),
+                "size": str(w.size),
+                "seconds": "0",
+                "attempt": str(w.attempt),
+                "next_in": f"{max(0.0, w.due - now):.1f}",
+                "error": w.error[:200],
+            }
+            for request, w in list(self.retrying.items())[: max(0, 1000 - len(rows))]
         ]
         return rows
 
@@ -995,7 +1027,9 @@ class SenderActor(Actor):
             delay = backoff_delay
             note = f"{t.peer}: {reason}; retrying"
         self.count("retries")
-        log.info("%s: %s in %.1f s", request.path, note, delay)
+        retry.attempt += 1
+        retry.done_bytes = max(retry.done_bytes, t.flow.acked_bytes)
+        log.info("%s: %s in %.1f s (attempt %d)", request.path, note, delay, retry.attempt)
         self.tell(
             t.requester,
             Progress(
@@ -1017,7 +1051,16 @@ class SenderActor(Actor):
                 self.waiting.append(request)
                 self.count("queued")
 
-        self.retrying[request.request] = self.call_later(delay, again)
+        self.retrying[request.request] = Retrying(
+            timer=self.call_later(delay, again),
+            request=request,
+            attempt=retry.attempt,
+            due=now + delay,
+            error=reason,
+            size=t.size,
+            done_bytes=retry.done_bytes,
+            mode=t.flow.policy.mode,
+        )
         return None
 
     # -- the statistics history ---------------------------------------------------

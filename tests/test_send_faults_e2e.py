@@ -247,3 +247,38 @@ def test_retries_wait_their_turn_under_max_outgoing(
         client.close()
         watcher.close()
         node.stop()
+
+
+def test_transfers_lists_a_send_between_retries(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """While a killed receiver is retried, ``transfers`` (its table and
+    ``--json``) shows the send waiting to retry: the attempt to come, when,
+    and why the last one failed; not "no transfers running"."""
+    port = free_port()
+    receiver = node_factory("--port", str(port), name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(SIZE, name="between.bin")
+
+    def retrying() -> dict[str, str] | None:
+        listing = sender.cli("transfers", "--json")
+        assert listing.returncode == 0, listing.describe()
+        rows = [r for r in json.loads(listing.stdout) if r["state"] == "retrying"]
+        return rows[0] if rows else None
+
+    def retry_line() -> str | None:
+        shown = sender.cli("transfers").stdout
+        return shown if "retrying" in shown else None
+
+    with _receiver_killed_mid_send(sender, receiver, path, port, timeout=60) as (send, _):
+        row = wait_until(retrying, 30, "the send listed between two attempts")
+        shown = wait_until(retry_line, 30, "the table showing the send between two attempts")
+        assert send.proc.poll() is None  # still under way
+    assert row["file"] == str(path) and row["peer"] == f"127.0.0.1:{port}", row
+    assert int(row["attempt"]) >= 2, row
+    assert 0.0 <= float(row["next_in"]) <= 2.0, row  # a closed port: 0.25 s doubling to 2 s
+    assert f"127.0.0.1:{port}" in row["error"], row
+    assert row["size"] == str(SIZE) and 0 < int(row["bytes"]) <= SIZE, row
+    (line,) = [x for x in shown.splitlines() if "retrying" in x]
+    assert "between.bin" in line and "attempt " in line and f"127.0.0.1:{port}" in line, shown
+    receiver.start()  # for the fixture's clean stop

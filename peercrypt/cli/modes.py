@@ -292,6 +292,15 @@ def congestion(obj: dict[str, Any], pairs: tuple[str, ...], as_json: bool) -> No
     click.echo(json.dumps(_aimd_json(fact)) if as_json else f"congestion: {fact}")
 
 
+def _retry_note(row: dict[str, str]) -> str:
+    """A send between retries: the attempt to come, when, and why the last failed."""
+    if row.get("state") != "retrying":
+        return ""
+    note = f"attempt {row.get('attempt', '?')} in {row.get('next_in', '?')}s"
+    error = row.get("error", "")
+    return f"{note}: {error}" if error else note
+
+
 @click.command("transfers")
 @click.option("--json", "as_json", is_flag=True, help="Print the transfers as a JSON list.")
 @click.pass_obj
@@ -312,9 +321,11 @@ def transfers(obj: dict[str, Any], as_json: bool) -> None:
         percent = f"{100 * done // int(size)}%" if size.isdigit() and int(size) else "-"
         rows.append(
             [row["id"], row["state"], row["mode"] or "-", f"{done}/{size}", percent,
-             f"{row.get('seconds', '0')}s", row["peer"], row["file"]]
+             f"{row.get('seconds', '0')}s", row["peer"], row["file"], _retry_note(row)]
         )  # fmt: skip
-    headers = ["id", "state", "mode", "bytes", "done", "time", "peer", "file"]
-    width, shrink = terminal_width(), {"file": 20, "peer": 14}
+    headers = ["id", "state", "mode", "bytes", "done", "time", "peer", "file", "retry"]
+    if not any(r[-1] for r in rows):  # no send between retries: no such column
+        headers, rows = headers[:-1], [r[:-1] for r in rows]
+    width, shrink = terminal_width(), {"file": 20, "peer": 14, "retry": 24}
     click.echo(table(headers, rows, width=width, shrink=shrink, drop=("time", "mode")))
     sys.stdout.flush()
