@@ -3,11 +3,12 @@
 Announces arrive from the gateway (control plane, CURVE). Per session:
 
 1. ``McAnnounce`` -> its name and size opened with this node's identity key
-   (sealed to it by the sender after a hello; ``wrong-receiver`` if they
-   were not), checks (limits, name, chunk size, the signing key is the
-   identity CURVE proved for the sender), space and quotas (asked of the
-   node's one space ledger, ``actors/space.py``, shared with unicast offers;
-   the announce waits for its verdict), a part file in the inbox
+   (sealed to it by the sender after a hello; ``wrong-receiver`` if sealed
+   to another key, ``unsealed`` if they came in clear), checks (limits,
+   name, chunk size, the signing key is the identity CURVE proved for the
+   sender), space and quotas (asked of the node's one space ledger,
+   ``actors/space.py``, shared with unicast offers; the announce waits for
+   its verdict), a part file in the inbox
    (``actors/inbox.py``) with its resume manifest - or the part this node kept
    of this very session from this very sender, when it restarted mid-session
    (``core/multicast.py``, :func:`session_resume_key`): the chunks it holds are
@@ -374,17 +375,18 @@ class MulticastReceiverActor(Actor):
                 return refuse("protocol", "malformed sealed details")
             a = dataclasses.replace(a, name=d.name, size=d.size, details=b"")
             tree, files = d.tree, d.files
-        elif not a.name:
-            return refuse("protocol", "no name")
-        else:
-            tree = files = 0
+        else:  # our senders always seal: a name in clear is no one's to trust
+            return refuse(
+                "unsealed", "the announce's name and size must be sealed to this node's key"
+            )
         sess = self.sessions.get(a.sid)
         if sess is not None and sess.peer != env.peer:
             return refuse("duplicate", "session id already in use")
         if sess is None:
-            if any(
-                j.announce.sid == a.sid and j.env.peer == env.peer for j in self.joining.values()
-            ):
+            asked = [j.env.peer for j in self.joining.values() if j.announce.sid == a.sid]
+            if asked and asked[0] != env.peer:
+                return refuse("duplicate", "session id already in use")
+            if asked:
                 return None  # the space ledger's verdict answers it
             s = self.settings
             joining = list(self.joining.values())

@@ -19,7 +19,7 @@ import zmq
 from actors.multicast_receiver import MAX_SESSIONS_PER_PEER
 from peercrypt.core.bitmap import MAX_RANGES, MAX_TRANSFER_CHUNKS, pairs
 from peercrypt.crypto.handshake import prove_hello
-from peercrypt.crypto.identity import KeyPair, network_server_keys
+from peercrypt.crypto.identity import KeyPair, load_or_create_identity, network_server_keys
 from peercrypt.testing.hostile import CoReceiver
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import (
@@ -305,18 +305,10 @@ def test_one_identity_cannot_take_every_multicast_session(
     receiver, sender = node_factory(), node_factory()
     good = make_file(1 * MiB)
     hostile = CoReceiver(network_key)
+    to = load_or_create_identity(receiver.data_dir).public  # what a hello to it tells
     try:
         announces = [
-            McAnnounce(
-                sid=os.urandom(16),
-                name=f"squat{i}.bin",
-                size=64 * MiB,
-                chunk_size=64 * 1024,
-                eph_pub=KeyPair.generate().public,
-                pub_host="",
-                pub_port=1,
-                signer=hostile.signer.public,
-            )
+            hostile.sealed_announce(to, os.urandom(16), f"squat{i}.bin", 64 * MiB, 64 * 1024)
             for i in range(MAX_SESSIONS_PER_PEER + 2)
         ]
         answers = hostile.announce(receiver.host, receiver.port, announces)
@@ -329,3 +321,37 @@ def test_one_identity_cannot_take_every_multicast_session(
         assert_stored(receiver, done.json, blake3_file(good))
     finally:
         hostile.close()
+
+
+def test_a_multicast_announce_with_its_name_in_clear_is_refused(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """An announce whose name and size travel in clear (not sealed to the
+    receiver's key after a hello, as every sender of ours does) is refused
+    before it costs a session or a part, and the receiver goes on: a sealed
+    one from the same member is joined."""
+    receiver = node_factory()
+    hostile = CoReceiver(network_key)
+    to = load_or_create_identity(receiver.data_dir).public
+    try:
+        sealed = hostile.sealed_announce(to, os.urandom(16), "sealed.bin", 1 * MiB, 64 * 1024)
+        clear = McAnnounce(
+            sid=os.urandom(16),
+            name="clear.bin",
+            size=1 * MiB,
+            chunk_size=64 * 1024,
+            eph_pub=KeyPair.generate().public,
+            pub_host="",
+            pub_port=1,
+            signer=hostile.signer.public,
+        )
+        answers = hostile.announce(receiver.host, receiver.port, [clear, sealed])
+    finally:
+        hostile.close()
+    by_sid = {a.sid: a for a in answers}
+    refused, joined = by_sid.get(clear.sid), by_sid.get(sealed.sid)
+    assert isinstance(refused, McRefuse) and refused.code == "unsealed", answers
+    assert "sealed" in refused.reason
+    assert isinstance(joined, McJoin), answers
+    assert receiver.wait_for_counter("mreceiver.refused-unsealed", 1) == 1
+    assert not [p for p in receiver.inbox.iterdir() if "clear" in p.name]

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from peercrypt.crypto.identity import load_or_create_identity
 from peercrypt.testing.hostile import CoReceiver, Joined
 from peercrypt.testing.nodes import (
     NodeProcess,
@@ -180,11 +181,12 @@ def test_a_co_receiver_racing_the_part_name_cannot_replace_the_file(
     path = make_file(6 * MiB + 1000)
     proc = _send(sender, path, honest, co_receiver)
     real = co_receiver.session().announce
+    to = load_or_create_identity(honest.data_dir).public  # what a hello to it tells
     refusals = []
     rounds = 0
     while proc.poll() is None and rounds < 12:
         sids = [real.sid, real.sid[:6] + os.urandom(10), real.sid[:15] + os.urandom(1)]
-        announces = [co_receiver.own_announce(real, sid) for sid in sids]
+        announces = [co_receiver.own_announce(real, sid, to) for sid in sids]
         answers = co_receiver.announce(honest.host, honest.port, announces)
         refusals += [a for a in answers if isinstance(a, McRefuse)]
         rounds += 1
@@ -208,8 +210,10 @@ def test_an_announce_naming_another_nodes_signing_key_is_refused(
     path = make_file(300 * 1024)
     proc = _send(sender, path, honest, co_receiver)
     real = co_receiver.session().announce
-    claim = dataclasses.replace(co_receiver.own_announce(real, os.urandom(16)), signer=real.signer)
-    unsigned = dataclasses.replace(co_receiver.own_announce(real, os.urandom(16)), signer=b"")
+    to = load_or_create_identity(honest.data_dir).public  # what a hello to it tells
+    own = [co_receiver.own_announce(real, os.urandom(16), to) for _ in range(2)]
+    claim = dataclasses.replace(own[0], signer=real.signer)
+    unsigned = dataclasses.replace(own[1], signer=b"")
     answers = co_receiver.announce(honest.host, honest.port, [claim, unsigned])
     assert [(type(a), a.code) for a in answers] == [(McRefuse, "protocol")] * 2, answers
     result = _finish(proc, sender)

@@ -31,7 +31,13 @@ from nacl.signing import VerifyKey
 
 from peercrypt.core import fragments
 from peercrypt.crypto.chunk_signature import ChunkSigner
-from peercrypt.crypto.handshake import SessionSecrets, open_details, prove_hello, respond
+from peercrypt.crypto.handshake import (
+    Initiator,
+    SessionSecrets,
+    open_details,
+    prove_hello,
+    respond,
+)
 from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.crypto.keywrap import ContentSealer, unwrap
 from peercrypt.wire import codec
@@ -228,19 +234,31 @@ class CoReceiver:
             dealer.close()
         return answers
 
-    def own_announce(self, like: McAnnounce, sid: bytes) -> McAnnounce:
-        """An announce of a session of its own that looks like ``like``."""
-        return McAnnounce(
-            sid=sid,
-            name=like.name,
-            size=like.size,
-            chunk_size=like.chunk_size,
-            eph_pub=KeyPair.generate().public,
-            pub_host="",
+    def own_announce(self, like: McAnnounce, sid: bytes, to: bytes) -> McAnnounce:
+        """An announce of a session of its own that looks like ``like``, its
+        name and size sealed to the receiver key ``to`` as a sender's are."""
+        return dataclasses.replace(
+            self.sealed_announce(to, sid, like.name, like.size, like.chunk_size),
             pub_port=like.pub_port or 1,
             group=like.group,
             group_port=like.group_port,
             fragment=like.fragment,
+        )
+
+    def sealed_announce(
+        self, to: bytes, sid: bytes, name: str, size: int, chunk_size: int
+    ) -> McAnnounce:
+        """An announce of a session of its own (PUB port 1), signed by its
+        own identity, its name and size sealed to the receiver key ``to``."""
+        wrap = Initiator(self.identity)
+        details = wrap.seal_details(sid, to, codec.encode(McDetails(name=name, size=size)))
+        return McAnnounce(
+            sid=sid,
+            details=details,
+            chunk_size=chunk_size,
+            eph_pub=wrap.public,
+            pub_host="",
+            pub_port=1,
             signer=self.signer.public,
         )
 

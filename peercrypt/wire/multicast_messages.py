@@ -47,8 +47,8 @@ class McAnnounce(Message):
     ``details`` is the session's :class:`McDetails` (name and size) sealed
     to the key the receiver proved in a hello before (crypto/handshake.py,
     "sealed details"): a member answering at its address learns neither.
-    (``name``/``size`` in the clear are still read when ``details`` is
-    empty; this node's msender always seals.)"""
+    An announce without ``details`` is refused (``unsealed``): ``name`` and
+    ``size`` in clear are never read (senders leave them empty)."""
 
     TYPE = "mc-announce"
     sid: bytes = fixed(SID_BYTES)
