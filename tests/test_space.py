@@ -280,3 +280,20 @@ def test_a_restarted_owner_rebuilds_the_same_ledger(
         if o == restarted:
             ledger.start(tid, p, s, w, "", owner=o)
     assert shape(ledger) == before
+
+
+def test_a_transfer_id_already_reserved_is_refused_whoever_asks() -> None:
+    """Transfer ids and multicast session ids are chosen by peers and share
+    the ledger: an offer reusing the id of a running transfer (of the other
+    receiver, or its own) is refused and cannot replace that reservation,
+    which stays whole until its own release (once)."""
+    ledger = SpaceLedger(Quotas())
+    assert ledger.reserve(b"same", A, 70, 100, owner="mreceiver").ok
+    for owner in ("receiver", "mreceiver"):
+        again = ledger.reserve(b"same", B, 10, 100, owner=owner)
+        assert (again.ok, again.code) == (False, "duplicate"), again
+        assert ledger.promised == 70
+    assert not ledger.reserve(b"other", B, 40, 100, owner="receiver").ok  # 70 + 40 > 100
+    assert ledger.stop(b"same", keep=False, updated=0.0)
+    assert not ledger.stop(b"same", keep=False, updated=0.0)
+    assert ledger.promised == 0
