@@ -80,7 +80,7 @@ from actors.tree_store import TreeBuilder, unpack
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import Manifest, checkpoint_every
 from peercrypt.core.tree import TreeError
-from peercrypt.runtime.actor import yield_to_control_plane
+from peercrypt.runtime.actor import name_native_thread, yield_to_control_plane
 
 SYNC_FILE_RANGE_WRITE = 2
 
@@ -319,6 +319,7 @@ class FileWriter:
         self._queue.put(("close", tid, keep))
 
     def _run(self) -> None:
+        name_native_thread()
         yield_to_control_plane()
         out: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
         out.linger = 0

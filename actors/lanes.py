@@ -34,7 +34,7 @@ import blake3
 from actors.file_chunks import Stream, read_chunk
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.crypto.transfer import TransferKeys
-from peercrypt.runtime.actor import yield_to_control_plane
+from peercrypt.runtime.actor import name_native_thread, yield_to_control_plane
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,7 @@ class LaneCrew:
         return read_chunk(self._fd, index, self._chunk, self._size)
 
     def _work(self, keys: TransferKeys) -> None:
+        name_native_thread()
         yield_to_control_plane()
         while True:
             index = self._jobs.get()

@@ -11,11 +11,14 @@ seal, zmq, open, write, hash, fsync and nothing else), scp to
 root@127.0.0.1 (aes256-gcm) and scp followed by an fsync of the copy (ours
 fsyncs) when an sshd and ssh-keygen are here (else one line says why not),
 raw pyzmq tcp throughput and single-core AES-256-GCM. Prints every run, then
-medians of ``--runs`` (>= 5) runs, CPU seconds per GiB of both nodes and peak
-RSS. ``--rss-sizes 256M,2G`` also checks that a node's peak RSS does not
-grow with file size. ``--json FILE`` writes all numbers. ``--tree DIR``
-also sends between two nodes run from that source tree (an export of an
-older commit), interleaved: a before/after of throughput and CPU per GiB.
+medians of ``--runs`` (>= 5) runs, CPU seconds per GiB of both nodes (and of
+each node's threads, by the names the node gives them: ``pc-receiver``,
+``pc-writer``, ZeroMQ's ``ZMQbg/IO/1``...; ``NAME+`` is the threads NAME
+started, such as BLAKE3's workers) and peak RSS. ``--rss-sizes 256M,2G``
+also checks that a node's peak RSS does not grow with file size. ``--json
+FILE`` writes all numbers. ``--tree DIR`` also sends between two nodes run
+from that source tree (an export of an older commit), interleaved: a
+before/after of throughput and CPU per GiB.
 
     .venv/bin/python scripts/bench.py [--size 1G] [--runs 5] [--dir DIR] [--tree DIR]
 """
@@ -58,6 +61,36 @@ def parse_size(text: str) -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds of each thread of ``pid``: tid -> (its name, seconds)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            comm = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(task.name)] = (comm, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def per_thread(before: dict[int, tuple[str, float]], pid: int) -> dict[str, float]:
+    """CPU seconds per thread name since ``before``. The node names its
+    threads (pc-receiver, pc-writer...); a thread that another started
+    without a name of its own (BLAKE3's workers, pyzmq's garbage collector)
+    carries its starter's name and is counted as "NAME+"."""
+    now = thread_cpu(pid)
+    owner: dict[str, int] = {}
+    for tid, (comm, _) in sorted(now.items()):
+        owner.setdefault(comm, tid)
+    spent: dict[str, float] = {}
+    for tid, (comm, seconds) in now.items():
+        name = comm if owner[comm] == tid else f"{comm}+"
+        spent[name] = spent.get(name, 0.0) + seconds - before.get(tid, (comm, 0.0))[1]
+    return {k: v for k, v in spent.items() if v >= 0.005}
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -146,6 +179,7 @@ def transfer(
     """One ``peercrypt send`` timed as the user times it (command start to exit 0)."""
     os.sync()
     cpu_s, cpu_r = cpu_seconds(sender.pid), cpu_seconds(receiver.pid)
+    threads_s, threads_r = thread_cpu(sender.pid), thread_cpu(receiver.pid)
     started = time.perf_counter()
     code, result = sender.send_to(path, receiver, "--no-progress", timeout=600)
     wall = time.perf_counter() - started
@@ -154,6 +188,10 @@ def transfer(
     cpu = {
         "sender_cpu_s": cpu_seconds(sender.pid) - cpu_s,
         "receiver_cpu_s": cpu_seconds(receiver.pid) - cpu_r,
+    }
+    threads = {
+        **{f"threads:sender {k}": v for k, v in per_thread(threads_s, sender.pid).items()},
+        **{f"threads:receiver {k}": v for k, v in per_thread(threads_r, receiver.pid).items()},
     }
     stored = receiver.inbox / result["stored_as"]
     if blake3_file(stored) != digest:
@@ -165,6 +203,7 @@ def transfer(
         "seconds": wall,
         "node_mib_s": size / MiB / result["seconds"],
         **cpu,
+        **threads,
     }
 
 
@@ -268,7 +307,10 @@ def other_tree(
 ) -> dict[str, float]:
     """The same transfer between the nodes of the ``--tree`` source tree."""
     row = transfer(sender, receiver, source, digest)
-    return {f"tree_{k}": v for k, v in row.items()}
+    return {
+        (k.replace("threads:", "threads:tree_") if k.startswith("threads:") else f"tree_{k}"): v
+        for k, v in row.items()
+    }
 
 
 LABELS = {
@@ -380,7 +422,8 @@ def main() -> int:
                 r.stop()
             (sub / "f.bin").unlink()
         out["rss_by_size"] = rss_rows
-    med = {k: statistics.median(r[k] for r in out["runs"]) for k in out["runs"][0]}
+    keys = {k for r in out["runs"] for k in r}
+    med = {k: statistics.median(r.get(k, 0.0) for r in out["runs"]) for k in sorted(keys)}
     out["median"] = med
     out["median_ratios"] = {
         k: statistics.median(r["mib_s"] / r[k] for r in out["runs"])
@@ -403,6 +446,22 @@ def main() -> int:
         f"  CPU s per GiB: sender {med['sender_cpu_s'] / per_gib:.2f}, "
         f"receiver {med['receiver_cpu_s'] / per_gib:.2f}"
     )
+    for prefix in (
+        "threads:sender ",
+        "threads:tree_sender ",
+        "threads:receiver ",
+        "threads:tree_receiver ",
+    ):
+        by_thread = sorted(
+            ((k[len(prefix) :], v) for k, v in med.items() if k.startswith(prefix)),
+            key=lambda x: -x[1],
+        )
+        if by_thread:
+            side = prefix[len("threads:") :].strip()
+            print(
+                f"  CPU s per GiB by thread, {side}: "
+                + ", ".join(f"{n} {v / per_gib:.2f}" for n, v in by_thread if v / per_gib >= 0.01)
+            )
     rss = out["peak_rss_mib"]
     print(f"  peak RSS: sender {rss['sender']:.0f} MiB, receiver {rss['receiver']:.0f} MiB")
     for row in rss_rows:

@@ -3,10 +3,13 @@ timers, crash -> restart with backoff, stop that cannot hang."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -525,3 +528,44 @@ def test_a_data_plane_thread_yields_the_cpu_to_the_control_plane() -> None:
     assert seen == {"data": min(19, base + DATA_NICE), "control": base}
     assert DATA_NICE > 0
     assert SenderActor.data_plane and ReceiverActor.data_plane and not Worker.data_plane
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names are Linux's")
+def test_each_actor_thread_and_the_writer_carry_their_names_in_proc() -> None:
+    """The node's threads are told apart from outside (top -H, ps -L, the
+    CPU per thread scripts/bench.py prints): each actor's thread and the
+    receiver's writer give their names to the kernel."""
+    from actors.file_writer import FileWriter
+
+    env = make_env()
+    got: list[int] = []
+    seen: list[int] = []
+    sup = Supervisor(
+        env,
+        [
+            ("recorder", lambda e: Recorder(e, "pinger", seen)),
+            ("pinger", lambda e: Pinger(e, "recorder", [1], got)),
+        ],
+    )
+    results = env.context.socket(zmq.PAIR)
+    results.bind(f"inproc://names-{env.node_uid}")
+    writer = FileWriter(env.context, f"inproc://names-{env.node_uid}", 4096)
+    sup.start()
+    writer.start()
+    try:
+        wait_for(lambda: len(got) == 1)
+
+        def names() -> set[str]:
+            found = set()
+            for thread in threading.enumerate():
+                if thread.native_id is not None:
+                    with contextlib.suppress(OSError):
+                        comm = Path(f"/proc/self/task/{thread.native_id}/comm")
+                        found.add(comm.read_text().strip())
+            return found
+
+        wait_for(lambda: {"pc-recorder", "pc-pinger", "pc-writer"} <= names())
+    finally:
+        writer.stop()
+        results.close(linger=0)
+        stop(sup)
