@@ -117,17 +117,22 @@ def stop(sup: Supervisor) -> None:
     sup.env.context.term()
 
 
+def ping_pair(env: ActorEnv, values: list[int], got: list[int], seen: list[int]) -> Supervisor:
+    """A recorder and a pinger sending it ``values`` (not started)."""
+    return Supervisor(
+        env,
+        [
+            ("recorder", lambda e: Recorder(e, "pinger", seen)),
+            ("pinger", lambda e: Pinger(e, "recorder", values, got)),
+        ],
+    )
+
+
 def test_mail_round_trip_inproc() -> None:
     env = make_env()
     got: list[int] = []
     seen: list[int] = []
-    sup = Supervisor(
-        env,
-        [
-            ("recorder", lambda e: Recorder(e, "pinger", seen)),
-            ("pinger", lambda e: Pinger(e, "recorder", [1, 2, 3], got)),
-        ],
-    )
+    sup = ping_pair(env, [1, 2, 3], got, seen)
     sup.start()
     try:
         wait_for(lambda: len(got) == 3)
@@ -539,14 +544,7 @@ def test_each_actor_thread_and_the_writer_carry_their_names_in_proc() -> None:
 
     env = make_env()
     got: list[int] = []
-    seen: list[int] = []
-    sup = Supervisor(
-        env,
-        [
-            ("recorder", lambda e: Recorder(e, "pinger", seen)),
-            ("pinger", lambda e: Pinger(e, "recorder", [1], got)),
-        ],
-    )
+    sup = ping_pair(env, [1], got, [])
     results = env.context.socket(zmq.PAIR)
     results.bind(f"inproc://names-{env.node_uid}")
     writer = FileWriter(env.context, f"inproc://names-{env.node_uid}", 4096)
