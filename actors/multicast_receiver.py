@@ -451,7 +451,7 @@ class MulticastReceiverActor(Actor):
         j = self.joining.pop(v.request, None)
         if j is None or j.announce.sid != v.tid:
             if v.ok:  # given up meanwhile: not ours to hold
-                self.tell("space", SpaceRelease(tid=v.tid, keep=False))
+                self.tell("space", SpaceRelease(owner=self.name, tid=v.tid, keep=False))
             return
         a, env = j.announce, j.env
         if not v.ok:
@@ -459,12 +459,12 @@ class MulticastReceiverActor(Actor):
             return
         sess = self.sessions.get(a.sid)
         if sess is not None:  # cannot happen: one request per session id
-            self.tell("space", SpaceRelease(tid=v.tid, keep=False))
+            self.tell("space", SpaceRelease(owner=self.name, tid=v.tid, keep=False))
             return
         try:
             sess = self._start_session(j)
         except Refusal as exc:
-            self.tell("space", SpaceRelease(tid=a.sid, keep=False))
+            self.tell("space", SpaceRelease(owner=self.name, tid=a.sid, keep=False))
             self._reply(env.route, self._refused(a.sid, env.peer, exc.code, exc.reason))
             return
         self._reply(env.route, self._joined(sess, a, env, j.answer))
@@ -899,7 +899,7 @@ class MulticastReceiverActor(Actor):
             written = _written(sess)
             if written != sess.reported:  # its reservation shrinks as it writes
                 sess.reported = written
-                self.tell("space", SpaceWritten(tid=sess.sid, written=written))
+                self.tell("space", SpaceWritten(owner=self.name, tid=sess.sid, written=written))
             self.tell("stats", _sample(sess, self.now()))
 
     def _report(self, sess: Session, stored: str, *, ok: bool, reason: str) -> None:
@@ -957,7 +957,9 @@ class MulticastReceiverActor(Actor):
         written = _written(sess)
         self.tell(
             "space",
-            SpaceRelease(tid=sess.sid, keep=keep_part, part=sess.part.name, written=written),
+            SpaceRelease(
+                owner=self.name, tid=sess.sid, keep=keep_part, part=sess.part.name, written=written
+            ),
         )
 
     def _count_sessions(self) -> None:

@@ -538,7 +538,7 @@ class ReceiverActor(Actor):
         asked = self.asking.pop(v.request, None)
         if asked is None or asked.offer.tid != v.tid:
             if v.ok:  # given up meanwhile: not ours to hold
-                self.tell("space", SpaceRelease(tid=v.tid, keep=False))
+                self.tell("space", SpaceRelease(owner=self.name, tid=v.tid, keep=False))
             return
         if v.ok:
             reply: codec.Message = self._accept(asked)
@@ -570,7 +570,7 @@ class ReceiverActor(Actor):
             else:
                 part, fd = create_part(s.inbox, name, offer.tid.hex()[:12], details.size)
         except Refusal as exc:
-            self.tell("space", SpaceRelease(tid=offer.tid, keep=False))
+            self.tell("space", SpaceRelease(owner=self.name, tid=offer.tid, keep=False))
             return self._refuse(offer.tid, peer, exc.code, exc.reason)
         assert part is not None  # named: the manifest beside it makes it resumable
         flow = IncomingTransfer(
@@ -970,7 +970,10 @@ class ReceiverActor(Actor):
         self.writer.close(t.tid, keep=keep_part)
         written = self._written(t)
         self.tell(
-            "space", SpaceRelease(tid=t.tid, keep=keep_part, part=t.part.name, written=written)
+            "space",
+            SpaceRelease(
+                owner=self.name, tid=t.tid, keep=keep_part, part=t.part.name, written=written
+            ),
         )
 
     # -- the statistics history ---------------------------------------------------
@@ -1001,7 +1004,7 @@ class ReceiverActor(Actor):
             written = self._written(t)
             if written != t.reported:  # its reservation shrinks as it writes
                 t.reported = written
-                self.tell("space", SpaceWritten(tid=t.tid, written=written))
+                self.tell("space", SpaceWritten(owner=self.name, tid=t.tid, written=written))
             self.tell(
                 "stats",
                 StatsSample(

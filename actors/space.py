@@ -75,6 +75,13 @@ def report_holdings(
         actor.tell("space", r)
 
 
+def _entry(owner: str, tid: bytes) -> bytes:
+    """The ledger's key of ``owner``'s transfer ``tid``: ids are chosen by
+    peers, so each receiver's are its own (a unicast offer reusing a
+    multicast session's id neither is refused for it nor displaces it)."""
+    return owner.encode() + b"/" + tid
+
+
 class SpaceActor(Actor):
     name = "space"
 
@@ -90,15 +97,17 @@ class SpaceActor(Actor):
         if isinstance(msg, SpaceReserve):
             self._reserve(msg)
         elif isinstance(msg, SpaceWritten):
-            ledger.written(msg.tid, msg.written)
+            ledger.written(_entry(msg.owner, msg.tid), msg.written)
         elif isinstance(msg, SpaceRelease):
-            if not ledger.stop(msg.tid, msg.keep, time.time(), msg.part, msg.written):
+            entry = _entry(msg.owner, msg.tid)
+            if not ledger.stop(entry, msg.keep, time.time(), msg.part, msg.written):
                 self.count("release-unknown")
         elif isinstance(msg, SpaceKept):
             ledger.keep(msg.part, msg.peer, msg.size, msg.allocated, msg.updated, msg.owner)
         elif isinstance(msg, SpaceRunning):
+            entry = _entry(msg.owner, msg.tid)
             ledger.start(
-                msg.tid, msg.peer, msg.size, msg.written, msg.part, msg.host, msg.tree, msg.owner
+                entry, msg.peer, msg.size, msg.written, msg.part, msg.host, msg.tree, msg.owner
             )
         elif isinstance(msg, SpaceForget):
             ledger.forget(msg.part)
@@ -128,7 +137,7 @@ class SpaceActor(Actor):
             self.tell(ask.owner, verdict)
             return
         admitted = self.ledger.reserve(
-            ask.tid,
+            _entry(ask.owner, ask.tid),
             ask.peer,
             ask.size,
             free,

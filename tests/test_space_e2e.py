@@ -5,6 +5,7 @@ charged by the restarted one (docs/resume.md, "Space")."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ from typing import Any
 import pytest
 
 from actors.inbox import scan
+from peercrypt.crypto.identity import load_or_create_identity
+from peercrypt.testing.hostile import CoReceiver
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import (
     NodeProcess,
     assert_stored,
@@ -19,6 +23,7 @@ from peercrypt.testing.nodes import (
     json_success,
     wait_until,
 )
+from peercrypt.wire.multicast_messages import McJoin
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -99,3 +104,34 @@ def test_a_kept_multicast_part_is_charged_after_a_restart(
     assert blake3_file(target.inbox / result["stored_as"]) == blake3_file(small)
     assert target.wait_for_counter("space.parts-given-way", 1) == 1
     assert not (target.inbox / kept.part).exists()
+
+
+def test_a_unicast_id_equal_to_a_multicast_session_id_keeps_neither_out(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """Transfer ids and multicast session ids are chosen by peers, and a
+    session's id travels in clear on the group: a member holding a unicast
+    transfer under a session's id must not make the receiver refuse that
+    session (nor the other way round). Each receiver's ids are its own in
+    the one space ledger."""
+    receiver = node_factory(name="receiver")
+    to = load_or_create_identity(receiver.data_dir).public
+    shared = os.urandom(16)
+    hostile = CoReceiver(network_key)
+    try:
+        with HostileSender(network_key, receiver.host, receiver.port) as squatter:
+            held = squatter.offer("squat.bin", 4 * CHUNK, CHUNK, tid=shared)
+            assert isinstance(held, HostileTransfer), held
+            answers = hostile.announce(
+                receiver.host,
+                receiver.port,
+                [hostile.sealed_announce(to, shared, "session.bin", 4 * CHUNK, CHUNK)],
+            )
+            assert len(answers) == 1 and isinstance(answers[0], McJoin), answers
+            # Both hold a reservation; a second unicast offer of that id is
+            # still refused by the unicast receiver itself.
+            again = squatter.offer("again.bin", CHUNK, CHUNK, tid=shared)
+            assert isinstance(again, Refused) and again.answer.code == "duplicate", again
+    finally:
+        hostile.close()
+    assert receiver.counters().get("mreceiver.refused-duplicate", 0) == 0

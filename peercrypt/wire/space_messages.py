@@ -8,6 +8,9 @@ wrapped in ``Inbound``).
   its part (a folder's tree is built beside it). Answered by ``SpaceVerdict``; admitted means
   reserved (and the kept parts that gave way already deleted).
 - ``SpaceWritten``: ``written`` bytes of ``tid`` are on disk now.
+- Every id is the ``owner``'s own: a unicast transfer and a multicast session
+  (ids chosen by peers) may share one without touching each other's
+  reservation, and neither receiver can release the other's.
 - ``SpaceRelease``: ``tid`` ended; with ``keep`` its part ``part`` stays for a
   resume, ``written`` bytes of it on disk.
 - ``SpaceReset``, ``SpaceKept``, ``SpaceRunning``: a receiver (the ``owner``)
@@ -64,6 +67,7 @@ class SpaceVerdict(Message):
 @dataclass(frozen=True, kw_only=True)
 class SpaceWritten(Message):
     TYPE = "space-written"
+    owner: str = field(metadata=_owner())
     tid: bytes = field(metadata=bounded(TID, 1))
     written: int = counter()
 
@@ -72,6 +76,7 @@ class SpaceWritten(Message):
 @dataclass(frozen=True, kw_only=True)
 class SpaceRelease(Message):
     TYPE = "space-release"
+    owner: str = field(metadata=_owner())
     tid: bytes = field(metadata=bounded(TID, 1))
     keep: bool
     part: str = field(default="", metadata=bounded(PART))
