@@ -680,6 +680,14 @@ class ReceiverActor(Actor):
             self.tell("space", SpaceForget(part=old.part))
             self.count("parts-obsolete")
             log.info("%s: the sender's file changed; the kept part restarts", key.name)
+        # A part without a manifest (a node killed between creating it and its
+        # first checkpoint) can never be resumed: it goes now, not at expiry.
+        spared = {*in_use, *(k.part for k in kept)}
+        for orphan in found.kept:
+            if orphan.manifest is None and orphan.has_part and orphan.part not in spared:
+                remove_part(inbox, orphan.part)
+                self.count("parts-orphaned")
+                log.info("%s: a part without a manifest; deleted", orphan.part)
         return plan.reuse
 
     def _credit(self, chunk_size: int, extra: int = 0) -> int:

@@ -252,3 +252,21 @@ def test_kept_parts_are_reclaimed_after_the_expiry(
     receiver.start()
     assert _parts(inbox) == []
     assert receiver.wait_for_counter("receiver.parts-reclaimed", 1) == 1
+
+
+def test_a_part_without_a_manifest_goes_with_the_next_offer_of_its_name(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A node killed between creating a part and its first checkpoint leaves
+    a part no offer can continue: the next offer of that name deletes it
+    (before, it stayed until --part-expiry)."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    orphan = receiver.inbox / ".orphan.bin.0123456789ab.part"
+    orphan.write_bytes(b"\0" * 4096)
+    path = make_file(CHUNK * 3, name="orphan.bin")
+    result = sender.send_result(path, "127.0.0.1", receiver.port, timeout=60)
+    assert result.returncode == 0 and result.json.get("ok"), result.describe()
+    assert not orphan.exists()
+    assert _parts(receiver.inbox) == []
+    assert receiver.wait_for_counter("receiver.parts-orphaned", 1) == 1
