@@ -24,6 +24,7 @@ import zmq
 
 import peercrypt
 from peercrypt.control_file import CONTROL_FILE
+from peercrypt.core.address import join_host_port
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_endpoint
@@ -114,9 +115,9 @@ class ControlActor(Actor):
         self.announced: dict[str, Announce] = {}
         self.pending: dict[int, tuple[bytes, int]] = {}  # our id -> (client route, their id)
         self.next_id = 1
-        self.checking: dict[int, SendRequest] = {}  # sends waiting for their health check
         self.sending: dict[int, tuple[str, int]] = {}  # sends under way: destination
-        self.placing: dict[int, _mc.McSendRequest] = {}  # multicasts waiting for members' records
+        # sends and multicasts waiting for members' records at their addresses
+        self.placing: dict[int, SendRequest | _mc.McSendRequest] = {}
 
     def setup(self) -> None:
         sock = self.api = self.socket(zmq.ROUTER)
@@ -177,13 +178,11 @@ class ControlActor(Actor):
         elif isinstance(msg, CancelRequest):
             for ours, (client, theirs) in self.pending.items():
                 if client == route and theirs == msg.request:
-                    if ours in self.checking:
-                        self._refuse_send(
-                            self.checking.pop(ours), ResultCode.CANCELLED, "cancelled"
-                        )
+                    placing = self.placing.pop(ours, None)
+                    if isinstance(placing, SendRequest):
+                        self._refuse_send(placing, ResultCode.CANCELLED, "cancelled")
                         break
-                    if ours in self.placing:
-                        del self.placing[ours]
+                    if placing is not None:
                         self._refuse_multicast(ours, ResultCode.CANCELLED, "cancelled")
                         break
                     self.tell("sender", CancelRequest(request=ours))
@@ -203,10 +202,8 @@ class ControlActor(Actor):
             ours = self.next_id
             self.next_id += 1
             self.pending[ours] = (route, cast(Any, msg).request)
-            if isinstance(msg, SendRequest):  # health-check the destination first
-                self._check_first(cast(SendRequest, _with_request(msg, ours)))
-            elif isinstance(msg, _mc.McSendRequest):  # whom records place at each target
-                self._place_first(cast(_mc.McSendRequest, _with_request(msg, ours)))
+            if isinstance(msg, SendRequest | _mc.McSendRequest):  # whom records place there
+                self._place_first(cast(SendRequest | _mc.McSendRequest, _with_request(msg, ours)))
             else:
                 self.tell(ROUTES[type(msg)], _with_request(msg, ours))
         else:
@@ -241,10 +238,8 @@ class ControlActor(Actor):
 
     def on_actor_restarted(self, name: str) -> None:
         if name == "health":
-            for req in self.checking.values():
-                self._check_first(req)
-            for mreq in self.placing.values():
-                self._place_first(mreq)
+            for req in self.placing.values():
+                self._place_first(req)
         if name != "sender":
             return
         for ours, (route, theirs) in list(self.pending.items()):
@@ -262,11 +257,8 @@ class ControlActor(Actor):
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, Announce):
             self.announced[msg.actor] = msg
-        elif isinstance(msg, CheckResult) and msg.request in self.checking:
-            self._after_check(msg)
         elif isinstance(msg, MembersAtReply) and msg.request in self.placing:
-            req = self.placing.pop(msg.request)
-            self.tell(ROUTES[_mc.McSendRequest], dataclasses.replace(req, members=msg.members))
+            self._placed(self.placing.pop(msg.request), msg.members)
         elif type(msg) in REPLIES:
             request: int = cast(Any, msg).request
             if isinstance(msg, SendResult) and request in self.sending:
@@ -290,42 +282,31 @@ class ControlActor(Actor):
             del self.pending[request]
         self.api.send_multipart([route, codec.encode(_with_request(msg, theirs))])
 
-    # -- the pre-send health check (actors/health.py) ------------------------------
+    # -- whom members' records place at a send's addresses (actors/health.py) ------
 
-    def _check_first(self, req: SendRequest) -> None:
-        self.checking[req.request] = req
-        check = CheckRequest(
-            request=req.request, host=req.host, port=req.port, budget=max(0.5, req.timeout)
-        )
-        self.tell("health", check)
-        self._relay(
-            Progress(request=req.request, done_bytes=0, total_bytes=0, phase="checking"),
-            req.request,
-        )
-
-    def _after_check(self, result: CheckResult) -> None:
-        req = self.checking.pop(result.request)
-        log.debug("pre-send check of %s:%d: %s", req.host, req.port, result.code)
-        if result.code not in (ResultCode.OK, ResultCode.TIMEOUT) and not req.force:
-            hint = "; `send --force` tries anyway" if result.code == ResultCode.UNREACHABLE else ""
-            self._refuse_send(req, result.code, f"{result.reason}{hint}")
-            return
-        if result.code != ResultCode.OK:
-            self.count("forced-sends")
-            log.warning("sending to %s:%s despite: %s", req.host, req.port, result.reason)
-        self.sending[req.request] = (req.host, req.port)
-        # Whom members' signed records place at that address, and the key the
-        # check saw proven there: the sender's trust check, made before its offer.
-        found = dataclasses.replace(
-            req, members=result.members, receiver_key=result.node_key, offer_key=result.offer_key
-        )
-        self.tell(ROUTES[SendRequest], found)
-
-    def _place_first(self, req: _mc.McSendRequest) -> None:
-        """A multicast's receivers are trusted like a send's: members' signed
-        records at each target count (crypto/known_peers.py); ask health."""
+    def _place_first(self, req: SendRequest | _mc.McSendRequest) -> None:
+        """A send's receivers are trusted by the same rules as a multicast's:
+        members' signed records at each address count (crypto/known_peers.py);
+        ask health (in the node: no round trip to any peer). The pre-send
+        check itself is the sender's hello, on the offer's own connection."""
         self.placing[req.request] = req
-        self.tell("health", MembersAtRequest(request=req.request, addresses=req.targets))
+        if isinstance(req, SendRequest):
+            addresses = [join_host_port(req.host, req.port)]
+            self._relay(
+                Progress(request=req.request, done_bytes=0, total_bytes=0, phase="checking"),
+                req.request,
+            )
+        else:
+            addresses = req.targets
+        self.tell("health", MembersAtRequest(request=req.request, addresses=addresses))
+
+    def _placed(self, req: SendRequest | _mc.McSendRequest, members: dict[str, list[str]]) -> None:
+        if isinstance(req, _mc.McSendRequest):
+            self.tell(ROUTES[_mc.McSendRequest], dataclasses.replace(req, members=members))
+            return
+        self.sending[req.request] = (req.host, req.port)
+        here = members.get(join_host_port(req.host, req.port), [])
+        self.tell(ROUTES[SendRequest], dataclasses.replace(req, members=here))
 
     def _refuse_multicast(self, ours: int, code: str, reason: str) -> None:
         entry = self.pending.pop(ours, None)

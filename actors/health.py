@@ -24,7 +24,7 @@ not prove its key fails the check ("impostor"). An
 attempt fails on connection refused, on no answer within ``--timeout``; a
 failed CURVE handshake (wrong network key) or a ZAP denial is final. Failed
 attempts are retried up to ``--max-retries`` times after full-jitter
-exponential pauses (:class:`~peercrypt.core.backoff.Backoff`, 0.1 s doubling,
+exponential pauses (:class:`~peercrypt.core.reach.Reach`, 0.1 s doubling,
 capped at ``--timeout``).
 """
 
@@ -41,6 +41,7 @@ from peercrypt.core.address import join_host_port, same_host_port, split_host_po
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.member_state import MemberState, worst
 from peercrypt.core.membership import x25519_public_key
+from peercrypt.core.reach import Reach
 from peercrypt.core.reliability import ReliabilityScore
 from peercrypt.core.suspicion import FailureDetector, Transition
 from peercrypt.crypto.handshake import HelloChallenge, ProofError
@@ -72,7 +73,6 @@ SUSPICION_MULT = 1.0
 DEAD_RETRY_MAX = 8  # dead members are retried at most every 8 health intervals
 MAX_PENDING_PROBES = 8
 MAX_CHECKS = 64
-PAUSE_INITIAL = 0.1
 
 
 @dataclass
@@ -102,11 +102,9 @@ class Member:
 class Check:
     request: CheckRequest
     requester: str
-    started: float
-    backoff: Backoff
+    reach: Reach
     link: Link | None = None
     sent_at: float = 0.0
-    attempts: int = 0
     timer: Timer | None = None
     last: tuple[str, str] = (ResultCode.UNREACHABLE, "")
     challenge: HelloChallenge | None = None
@@ -358,11 +356,11 @@ class HealthActor(Actor):
         check = Check(
             request=req,
             requester=requester,
-            started=self.now(),
-            backoff=Backoff(
-                min(PAUSE_INITIAL, s.connect_timeout),
-                max_delay=s.connect_timeout,
+            reach=Reach(
+                connect_timeout=s.connect_timeout,
                 max_retries=s.max_retries,
+                budget=req.budget,
+                now=self.now(),
                 rng=self.rng,
             ),
         )
@@ -377,7 +375,6 @@ class HealthActor(Actor):
     def _attempt(self, check: Check) -> None:
         req = check.request
         url = f"tcp://{join_host_port(req.host, req.port)}"
-        check.attempts += 1
         check.link = Link(
             self,
             self.settings,
@@ -392,15 +389,9 @@ class HealthActor(Actor):
         check.sent_at = self.now()
         check.challenge = HelloChallenge()
         check.link.send(Hello(challenge=check.challenge.public))
-        check.timer = self.call_later(self._attempt_timeout(check), lambda: self._on_timeout(check))
+        wait = check.reach.attempt(check.sent_at)
+        check.timer = self.call_later(wait, lambda: self._on_timeout(check))
         self.count("checks")
-
-    def _attempt_timeout(self, check: Check) -> float:
-        timeout = self.settings.connect_timeout
-        if check.request.budget > 0:
-            left = check.request.budget - (self.now() - check.started)
-            timeout = max(0.05, min(timeout, left))
-        return timeout
 
     def _on_check_reply(self, check: Check, msg: codec.Message) -> None:
         if check.request.request not in self.checks or not isinstance(msg, HelloReply):
@@ -416,13 +407,12 @@ class HealthActor(Actor):
             reason = f"{peer} named key {fp} but could not prove it holds it"
             self._finish(check, ResultCode.IMPOSTOR, reason)
             return
-        keys = (msg.node_id, msg.offer_key)
-        self._finish(check, ResultCode.OK, f"{peer} answered", rtt, fp, keys=keys)
+        self._finish(check, ResultCode.OK, f"{peer} answered", rtt, fp)
 
     def _on_timeout(self, check: Check) -> None:
         if check.request.request not in self.checks or check.link is None:
             return
-        check.last = check.link.timeout_reason(self._attempt_timeout(check))
+        check.last = check.link.timeout_reason(check.reach.attempt_timeout(check.sent_at))
         if check.last[0] == ResultCode.TIMEOUT:
             # The host is up (TCP connected) but silent: retrying this check
             # adds nothing; the periodic probes judge slow peers.
@@ -446,10 +436,8 @@ class HealthActor(Actor):
         if check.link is not None:
             check.link.close()
             check.link = None
-        delay = check.backoff.next_delay()
-        budget = check.request.budget
-        elapsed = self.now() - check.started
-        if delay is None or (budget > 0 and elapsed + delay >= budget):
+        delay = check.reach.retry_in(self.now())
+        if delay is None:
             code, reason = check.last
             self._finish(check, code, reason)
             return
@@ -464,7 +452,6 @@ class HealthActor(Actor):
         rtt: float = 0.0,
         fp: str = "",
         reply: bool = True,
-        keys: tuple[bytes, bytes] = (b"", b""),
     ) -> None:
         req = check.request
         if self.checks.pop(req.request, None) is None:
@@ -476,10 +463,8 @@ class HealthActor(Actor):
             check.link = None
         ok = code == ResultCode.OK
         self.count("checks-ok" if ok else "checks-failed")
-        members_here: list[str] = []
         for m in self.members.values():
             if same_host_port(m.url, req.host, req.port):
-                members_here.append(m.fingerprint)
                 m.score.record_ping(ok)
                 if ok:
                     m.retry, m.next_retry = None, 0.0
@@ -494,9 +479,6 @@ class HealthActor(Actor):
                     reason=reason[:512],
                     rtt=rtt,
                     fingerprint=fp,
-                    node_key=keys[0],
-                    offer_key=keys[1],
-                    attempts=check.attempts,
-                    members=members_here[:MAX_MEMBERS_AT],
+                    attempts=check.reach.attempts,
                 ),
             )

@@ -4,14 +4,16 @@ Per transfer (``SendRequest`` from the control actor), the actor does the
 I/O and a :class:`~peercrypt.core.outgoing.OutgoingTransfer` decides (what
 to send, when, the end):
 
-1. A CURVE DEALER to the peer's public port carries the Offer; a socket
-   monitor tells *why* nothing came back: connection refused, handshake
-   failed (wrong network key), or not admitted. Before the offer, the key
-   the peer proved in a hello (the pre-send check's, or our own on this
-   connection when no check proved one) must be the one expected at this
-   address (``--expect``, the known-peers file, members' signed records:
-   crypto/known_peers.py); what the file is (name, size) goes sealed to
-   that key, so no one else at the address reads it.
+1. A CURVE DEALER to the peer's public port carries a Hello, then the
+   Offer; a socket monitor tells *why* nothing came back: connection
+   refused, handshake failed (wrong network key), or not admitted. The
+   hello is the pre-send check: an unreachable peer is tried again
+   (:class:`~peercrypt.core.reach.Reach`: backoff pauses within the send's
+   ``--timeout``, at most ``--max-retries``) and then refused with a hint at
+   ``--force``. Before the offer, the key the peer proved in that hello must
+   be the one expected at this address (``--expect``, the known-peers file,
+   members' signed records: crypto/known_peers.py); what the file is (name,
+   size) goes sealed to that key, so no one else at the address reads it.
 2. On Accept: the key must be the one the offer was sealed to and the
    receiver's proof must verify (crypto/handshake.py); a failure ends the
    transfer before its first byte (exit 4). Then the transfer keys are
@@ -96,6 +98,7 @@ from peercrypt.core.outgoing import (
     SendChunk,
     SendDone,
 )
+from peercrypt.core.reach import Reach
 from peercrypt.core.resume import SAMPLE_BYTES, sample_offsets, source_tag
 from peercrypt.core.tree import TreeError
 from peercrypt.core.tree import source_tag as tree_source_tag
@@ -212,7 +215,17 @@ class Outgoing:
     # The receiver's identity key, proven by a hello before the offer is
     # sealed to it; the accept must prove the same key.
     receiver_key: bytes = b""
-    challenge: HelloChallenge | None = None  # our own hello, when no check proved the key
+    challenge: HelloChallenge | None = None  # our hello, until its reply proves a key
+    # The pre-send check of a first attempt (a retry's offer goes to a peer
+    # that accepted before): its connection attempts and the timer of the current one.
+    reach: Reach | None = None
+    reach_timer: Timer | None = None
+
+    @property
+    def checking(self) -> bool:
+        """The pre-send check has not seen the peer prove a key yet."""
+        return self.reach is not None and not self.receiver_key and self.keys is None
+
     keys: TransferKeys | None = None
     data: zmq.Socket[Any] | None = None
     hasher: Any = field(default_factory=blake3.blake3)
@@ -504,6 +517,24 @@ class SenderActor(Actor):
         )
         self.transfers[tid] = t
         self.tell("stats", self._record(t, "running"))
+        if retry is None:
+            t.reach = Reach(
+                connect_timeout=self.settings.connect_timeout,
+                max_retries=self.settings.max_retries,
+                budget=req.timeout,
+                now=self.now(),
+                rng=self.rng,
+            )
+            flow.offer_due(None)  # the check times its attempts; the offer gets its own
+        self._hello(t)
+        if t.tid in self.transfers:
+            self._drive(t)
+
+    def _hello(self, t: Outgoing) -> None:
+        """Connect and ask the peer to prove its identity key (the pre-send
+        check, on the connection the offer then takes: no connection and no
+        round trip of its own)."""
+        req = t.request
         t.link = Link(
             self,
             self.settings,
@@ -514,14 +545,60 @@ class SenderActor(Actor):
         )
         if t.link.failure:
             return self._end(t, t.link.failure, t.link.detail)
-        if req.receiver_key:  # proven by the pre-send check: no round trip more
-            self._offer(t, req.receiver_key, req.offer_key)
-        else:  # a forced send, or the check did not get an answer: ask first
-            t.challenge = HelloChallenge()
-            t.link.send(Hello(challenge=t.challenge.public))
-            self.count("hellos")
-        if t.tid in self.transfers:
-            self._drive(t)
+        t.challenge = HelloChallenge()
+        t.link.send(Hello(challenge=t.challenge.public))
+        self.count("hellos")
+        if t.reach is not None:
+            wait = t.reach.attempt(self.now())
+            t.reach_timer = self.call_later(
+                wait, functools.partial(self._on_hello_timeout, t, t.link, wait)
+            )
+
+    def _on_hello_timeout(self, t: Outgoing, link: Link, wait: float) -> None:
+        """An attempt got no answer in time: a peer that is not even
+        connected is tried again; one that connected and stays silent is left
+        to the offer's own deadline (the host is up)."""
+        if t.tid not in self.transfers or t.link is not link or t.challenge is None:
+            return
+        code, reason = link.timeout_reason(wait)
+        if code != ResultCode.TIMEOUT:
+            return self._not_reached(t, code, reason)
+        # The host is up: the check is over, and the hello waits for the
+        # receiver like an offer would (phase "offering"), until --timeout.
+        self.count("hellos-unanswered")
+        t.reach = None
+        t.flow.offer_due(self.now() + t.request.timeout)
+        self._drive(t)
+
+    def _not_reached(self, t: Outgoing, code: str, reason: str) -> None:
+        """The pre-send check's attempt failed: retry an unreachable peer
+        while the check's retries and budget last, else refuse the send."""
+        assert t.reach is not None
+        delay = t.reach.retry_in(self.now()) if code == ResultCode.UNREACHABLE else None
+        if delay is None:
+            return self._unchecked(t, code, reason)
+        if t.reach_timer is not None:
+            t.reach_timer.cancel()
+        if t.link is not None:
+            t.link.close()
+            t.link = None
+        t.challenge = None
+        self.count("hello-retries")
+        t.reach_timer = self.call_later(delay, functools.partial(self._hello_again, t))
+
+    def _hello_again(self, t: Outgoing) -> None:
+        if t.tid in self.transfers and t.link is None:
+            self._hello(t)
+
+    def _unchecked(self, t: Outgoing, code: str, reason: str) -> None:
+        """End a send whose peer the pre-send check could not reach or
+        verify: nothing was offered. ``--force`` only drops the hint."""
+        if t.request.force:
+            self.count("forced-sends")
+            log.warning("sending to %s despite: %s", t.peer, reason)
+        elif code == ResultCode.UNREACHABLE:
+            reason = f"{reason}; `send --force` tries anyway"
+        self._end(t, code, reason)
 
     def _offer(self, t: Outgoing, key: bytes, offer_key: bytes = b"") -> None:
         """Offer the file to the node that proved ``key`` at the address, if
@@ -542,11 +619,16 @@ class SenderActor(Actor):
         assert t.link is not None
         t.link.send(Offer(tid=t.tid, eph_pub=t.eph.public, details=sealed))
         self.count("offers")
+        if t.reach is not None:  # after the check, the offer has its own --timeout
+            t.flow.offer_due(self.now() + req.timeout)
+            self._drive(t)
 
     # -- control plane replies ----------------------------------------------------------
 
     def _on_link_failure(self, t: Outgoing) -> None:
         if t.tid in self.transfers and t.flow.phase is Phase.OFFERED and t.link is not None:
+            if t.checking:  # the pre-send check
+                return self._not_reached(t, t.link.failure, t.link.detail)
             t.port_closed = t.link.cause == REFUSED
             self._end(t, t.link.failure, t.link.detail)
 
@@ -555,13 +637,19 @@ class SenderActor(Actor):
             return
         if isinstance(msg, HelloReply) and t.challenge is not None:
             challenge, t.challenge = t.challenge, None
+            if t.reach_timer is not None:
+                t.reach_timer.cancel()
             try:
                 challenge.verify(msg.node_id, msg.version, msg.proof, msg.offer_key)
             except ProofError:
                 who = fingerprint(msg.node_id)
-                reason = (
-                    f"{t.peer} could not prove it holds the key it named ({who}); nothing was sent"
-                )
+                if t.checking and not t.request.force:  # the pre-send check's words
+                    reason = f"{t.peer} named key {who} but could not prove it holds it"
+                else:
+                    reason = (
+                        f"{t.peer} could not prove it holds the key it named ({who}); "
+                        "nothing was sent"
+                    )
                 return self._end(t, ResultCode.IMPOSTOR, reason)
             self._offer(t, msg.node_id, msg.offer_key)
         elif isinstance(msg, Accept) and msg.tid == t.tid and t.receiver_key:
@@ -925,6 +1013,8 @@ class SenderActor(Actor):
     def _phase(self, t: Outgoing) -> tuple[str, int]:
         """What the transfer waits for (see :class:`Progress`), and its bytes done."""
         phase = t.flow.waiting_for
+        if phase == "offering" and t.checking:
+            return "checking", 0  # the hello before the offer
         if phase == "hashing" and t.crew is None:
             return phase, min(t.size, t.hashed * t.chunk_size)
         if phase in ("hashing", "verifying"):  # the lanes hash without counting
@@ -938,6 +1028,8 @@ class SenderActor(Actor):
         flow.fail(code, reason)  # no-op when the transfer already ended itself
         if t.timer is not None:
             t.timer.cancel()
+        if t.reach_timer is not None:
+            t.reach_timer.cancel()
         if code != ResultCode.OK and t.keys is not None and t.data is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self._send_sealed(t, Failed(code=ResultCode.ABORTED, reason=reason[:200]))

@@ -78,12 +78,12 @@ def test_pre_send_check_and_force(
     assert refused.returncode == errors.UNREACHABLE, refused.describe()
     assert refused.json["code"] == "unreachable"
     assert "--force" in refused.json["error"]
-    assert a.counters().get("control.forced-sends", 0) == 0
+    assert a.counters().get("sender.forced-sends", 0) == 0
     # --force goes ahead anyway (and then fails in the sender, still unreachable).
     forced = a.send_result(source, "127.0.0.1", free_port, "--timeout", "2", "--force", timeout=60)
     assert forced.returncode == errors.UNREACHABLE, forced.describe()
     assert "--force" not in (forced.json["error"] or "")
-    a.wait_for_counter("control.forced-sends", 1, timeout=5)
+    a.wait_for_counter("sender.forced-sends", 1, timeout=5)
     text = a.cli("send", str(source), "127.0.0.1", str(free_port), "--timeout", "2", timeout=60)
     assert text.returncode == errors.UNREACHABLE
     assert "cannot connect" in error_line(text)

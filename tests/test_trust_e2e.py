@@ -80,6 +80,7 @@ class Impostor:
         self.victim_key = victim_key or self.identity.public
         self.network_key, self.relay = network_key, relay
         self.raw: list[bytes] = []  # every control message, as it arrived
+        self.routes: list[bytes] = []  # the connection each came on (ZeroMQ routing id)
         self.ctx = zmq.Context()
         # Her own ZAP handler admits everyone and names their CURVE key.
         self.zap = self.ctx.socket(zmq.REP)
@@ -165,6 +166,7 @@ class Impostor:
                     continue
                 self.seen.append(msg.TYPE)
                 self.raw.append(frame.bytes)
+                self.routes.append(route)
                 reply = self._answer(msg, peer)
                 if reply is not None:
                     self.router.send_multipart([route, codec.encode(reply)])
@@ -227,7 +229,8 @@ def test_an_impostor_relaying_the_hello_sees_neither_name_nor_size(
 ) -> None:
     """A man in the middle passes the pre-send check's hello to the real node,
     so the sender trusts the key; the offer that then reaches it is sealed to
-    that key: it learns neither the file's name nor its size."""
+    that key: it learns neither the file's name nor its size. The check rides
+    on the offer: one connection carries the hello and then the offer."""
     sender, victim = node_factory(), node_factory()
     imp = impostor_of(victim, relay=True)
     good_file = make_file(8 * MiB, name="good.bin")
@@ -238,7 +241,8 @@ def test_an_impostor_relaying_the_hello_sees_neither_name_nor_size(
     assert code == errors.NOT_ADMITTED and result["code"] == "impostor", result
     assert victim.fingerprint in result["error"] and "nothing was sent" in result["error"]
     offers = [codec.decode_as(raw, Offer) for raw in imp.raw if codec.decode(raw).TYPE == "offer"]
-    assert len(offers) == 1 and imp.seen.count("hello") >= 1
+    assert len(offers) == 1 and imp.seen == ["hello", "offer"]
+    assert imp.routes[0] == imp.routes[1]  # no connection of its own for the check
     offer = offers[0]
     assert set(vars(offer)) == {"tid", "eph_pub", "details"}  # no name, no size in the clear
     size = (300 * KiB + 7).to_bytes(4, "big")

@@ -136,7 +136,7 @@ class OutgoingTransfer(GrantedFlow):
 
     phase: Phase = field(default=Phase.OFFERED, init=False)
     started: float = field(init=False)
-    deadline: float = field(init=False)  # the offer's answer is due by then
+    deadline: float | None = field(init=False)  # the offer's answer is due by then
     window: SendWindow | None = field(default=None, init=False)
     share: int | None = field(default=None, init=False)  # bytes, from the congestion manager
     peer_window: int = field(default=0, init=False)
@@ -192,6 +192,13 @@ class OutgoingTransfer(GrantedFlow):
         return self.policy.rate, self.policy.burst_for(self.chunk_size)
 
     # -- inputs -----------------------------------------------------------------
+
+    def offer_due(self, when: float | None) -> None:
+        """The offer's answer is due at ``when`` (None: no deadline here, while
+        the sender's pre-send check times its own attempts; it sets one when
+        the offer leaves). Only while offered."""
+        if self.phase is Phase.OFFERED:
+            self.deadline = when
 
     def on_accept(self, have: list[tuple[int, int]], credit: int, now: float) -> None:
         """The receiver took the offer, already holding ``have`` and granting
@@ -282,7 +289,7 @@ class OutgoingTransfer(GrantedFlow):
         """Time passed: the offer's deadline, a retransmission timeout, a Done
         to resend. Harmless when nothing is due."""
         if self.phase is Phase.OFFERED:
-            if now >= self.deadline:
+            if self.deadline is not None and now >= self.deadline:
                 self._end(Failed(ResultCode.TIMEOUT, "no answer to the offer", offer_expired=True))
         elif self.phase is Phase.SENDING:
             w = self.window

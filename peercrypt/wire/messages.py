@@ -253,21 +253,17 @@ class SendRequest(Message):
     dupack_detect: bool | None = None
     priority: int | None = field(default=None, metadata=bounded(3))
     lanes: int | None = field(default=None, metadata=bounded(64))
-    # Send even if the pre-send health check finds the peer unreachable.
+    # --force: the pre-send check (the sender's hello) refusing says so without
+    # the hint at --force (and counts sender.forced-sends).
     force: bool = False
     # Set by the scheduler: whether the node's rate cap (live max-rate) paces
     # this send from its first byte (None: the cap it started with).
     node_capped: bool | None = None
     # The receiver's fingerprint the user pinned (--expect); "": known peers.
     expect: str = field(default="", metadata=bounded(64))
-    # Fingerprints members' own signed records list at HOST:PORT (the health
-    # check fills them in; crypto/known_peers.py decides with them).
+    # Fingerprints members' own signed records list at HOST:PORT (the control
+    # actor asks health; crypto/known_peers.py decides with them).
     members: list[str] = field(default_factory=list, metadata=bounded(16))
-    # The identity key the pre-send check saw proven at HOST:PORT (whom the
-    # sender's trust check judges) and the key the offer is sealed to ("":
-    # the same); empty: the sender asks with a hello of its own first.
-    receiver_key: bytes = field(default=b"", metadata=bounded(KEY_BYTES))
-    offer_key: bytes = field(default=b"", metadata=bounded(KEY_BYTES))
 
 
 @message

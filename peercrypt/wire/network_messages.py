@@ -198,7 +198,7 @@ class CheckRequest(Message):
     budget: float = 0.0
 
 
-MAX_MEMBERS_AT = 16  # fingerprints of members at one address, in a CheckResult
+MAX_MEMBERS_AT = 16  # fingerprints of members at one address, in a MembersAtReply
 MAX_ADDRESSES = 64  # addresses in one MembersAtRequest (a multicast's targets)
 
 
@@ -211,19 +211,14 @@ class CheckResult(Message):
     reason: str = reason()
     rtt: float = 0.0
     fingerprint: str = field(default="", metadata=bounded(64))
-    # The identity key the node proved in its hello reply ("" unless ok).
-    node_key: bytes = field(default=b"", metadata=bounded(32))
-    offer_key: bytes = field(default=b"", metadata=bounded(32))  # HelloReply.offer_key
     attempts: int = field(default=0, metadata=bounded(1000))
-    # Members whose own signed records list an endpoint at HOST:PORT.
-    members: list[str] = field(default_factory=list, metadata=bounded(MAX_MEMBERS_AT))
 
 
 @message
 @dataclass(frozen=True, kw_only=True)
 class MembersAtRequest(Message):
     """control -> health: which members' own signed records list an endpoint
-    at each of these ``HOST:PORT`` addresses (a multicast's targets)."""
+    at each of these ``HOST:PORT`` addresses (a send's or a multicast's targets)."""
 
     TYPE = "members-at-request"
     request: int = field(metadata=_request())
