@@ -265,7 +265,8 @@ class ControlActor(Actor):
                 host, port = self.sending.pop(request)
                 # A send refused for a local reason (bad options) or cancelled
                 # says nothing about the peer.
-                if msg.code not in (ResultCode.CANCELLED, ResultCode.LOCAL):
+                local = (ResultCode.CANCELLED, ResultCode.LOCAL, ResultCode.MULTICAST_DEFAULT)
+                if msg.code not in local:
                     outcome = TransferOutcome(host=host, port=port, ok=msg.code == ResultCode.OK)
                     self.tell("health", outcome)
             self._relay(msg, request)

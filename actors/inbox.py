@@ -38,11 +38,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peercrypt.chunking import MIN_CHUNK
 from peercrypt.core.bitmap import MAX_TRANSFER_CHUNKS
 from peercrypt.core.names import UnsafeName, candidate_names, inbox_name
 from peercrypt.core.resume import MAX_MANIFEST_BYTES, KeptPart, Manifest, ManifestError, expired
 from peercrypt.errors import ResultCode
-from peercrypt.settings import MIN_CHUNK, NodeSettings
+from peercrypt.settings import NodeSettings
 
 
 class Refusal(Exception):

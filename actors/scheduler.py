@@ -35,6 +35,7 @@ from peercrypt.core.modes import (
     describe_congestion,
     with_overrides,
 )
+from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
@@ -147,16 +148,19 @@ class SchedulerActor(Actor):
 
     def _resolve(self, req: SendRequest) -> None:
         overrides = {name: getattr(req, name) for name in _POLICY_FIELDS}
+        code = ResultCode.LOCAL
         try:
             policy = with_overrides(self.defaults, **overrides)
             if policy.mode == "multicast":  # the CLI sends these to the multicast sender
+                if req.mode is None:  # the node's default: the CLI sends it as a multicast
+                    code = ResultCode.MULTICAST_DEFAULT
                 raise PolicyError("multicast sends need their targets: send -m/--to HOST:PORT")
         except PolicyError as exc:
             self.tell(
                 "control",
                 SendResult(
                     request=req.request,
-                    code="local",
+                    code=code,
                     reason=str(exc)[:500],
                     size=0,
                     digest=b"",

@@ -17,7 +17,7 @@ import zmq
 
 from peercrypt.control_file import CONTROL_FILE
 from peercrypt.wire import codec
-from peercrypt.wire.messages import ErrorReply, StatusReply, StatusRequest
+from peercrypt.wire.local_messages import ErrorReply, StatusReply, StatusRequest
 
 
 class NodeUnavailable(Exception):

@@ -7,6 +7,7 @@ running node never imports."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,6 +47,12 @@ def read_env_file(path: Path) -> dict[str, str]:
             value = value.split(" #", 1)[0].rstrip()
         out[key] = value
     return out
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/peercrypt`` (default ``~/.local/share/peercrypt``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "peercrypt"
 
 
 def data_dir_from(

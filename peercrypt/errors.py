@@ -42,11 +42,15 @@ class ResultCode(enum.StrEnum):
     FAILED = "failed"  # a multicast target reported a failure
     IMPOSTOR = "impostor"  # the receiver could not prove the identity it named
     UNTRUSTED = "untrusted"  # a proven identity, but not the one expected there
+    # A send without targets to a node whose default mode is multicast: the
+    # CLI asks again as a multicast (peercrypt.cli.fast).
+    MULTICAST_DEFAULT = "multicast-default"
 
 
 EXIT_CODES: dict[ResultCode, int] = {
     ResultCode.OK: OK,
     ResultCode.LOCAL: USAGE,
+    ResultCode.MULTICAST_DEFAULT: USAGE,
     ResultCode.UNREACHABLE: UNREACHABLE,
     ResultCode.HANDSHAKE: NOT_ADMITTED,
     ResultCode.NOT_ADMITTED: NOT_ADMITTED,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from peercrypt.chunking import MAX_CHUNK, MiB
 from peercrypt.core.fragments import DEFAULT_FRAGMENT
 from peercrypt.core.modes import Policy
 from peercrypt.core.resume import DEFAULT_PART_EXPIRY
@@ -18,11 +19,7 @@ from peercrypt.core.resume import DEFAULT_PART_EXPIRY
 if TYPE_CHECKING:  # a key pair's libraries load only where keys are made
     from peercrypt.crypto.identity import KeyPair
 
-MiB = 1024 * 1024
 DEFAULT_PORT = 7400
-DEFAULT_CHUNK = 1 * MiB
-MIN_CHUNK = 4 * 1024
-MAX_CHUNK = 16 * MiB
 # The actors that may also run as their own process (`peercrypt actor KIND`);
 # peercrypt.node maps each to its class (named here so the CLI need not import them).
 ATTACHABLE_KINDS = ("sender", "receiver", "scheduler", "discovery", "health")

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peercrypt.chunking import DEFAULT_CHUNK
 from peercrypt.client import ControlClient
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.settings import DEFAULT_CHUNK
 from peercrypt.testing.nodes import NodeProcess, blake3_file, parse_size, random_file
 from peercrypt.wire.messages import SendRequest, SendResult
 from peercrypt.wire.network_messages import CheckRequest, CheckResult

@@ -447,7 +447,7 @@ def test_a_request_the_node_cannot_read_says_the_versions_differ() -> None:
     """A command of a newer PeerCrypt than the node it talks to (updated
     while the node ran) gets "bad-request" with a codec error: the line says
     what it means and what to do, not only the codec's words."""
-    from peercrypt.cli.common import refusal
+    from peercrypt.cli.follow import refusal
     from peercrypt.wire.messages import ErrorReply
 
     reason = "fields: mc-send-request: missing [] extra ['more']"

@@ -8,6 +8,8 @@ from pathlib import Path
 import peercrypt.cli
 
 PACKAGE = Path(peercrypt.cli.__file__).parent
+# The fast path and what it shares with the click commands (no click in them).
+LIGHT = {"fast", "follow", "send_report", "status_view", "echo"}
 
 
 def _imports(path: Path, modules: set[str]) -> set[str]:
@@ -51,4 +53,12 @@ def test_only_app_assembles_the_group() -> None:
     graph = _graph()
     importers = {m for m, deps in graph.items() if "app" in deps}
     assert importers == set(), f"{importers} import the assembled group"
-    assert graph["common"] <= set(), "common must not depend on a command group"
+    assert graph["common"] <= LIGHT, "common must not depend on a command group"
+
+
+def test_the_fast_path_imports_no_command_group() -> None:
+    """peercrypt/cli/fast.py runs `status` and `send` without click: what it
+    imports of the package is light too."""
+    graph = _graph()
+    for module in LIGHT:
+        assert graph[module] <= LIGHT, module

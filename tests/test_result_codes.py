@@ -13,6 +13,7 @@ from peercrypt.wire.messages import SendResult
 EXPECTED = {
     ResultCode.OK: 0,
     ResultCode.LOCAL: 2,
+    ResultCode.MULTICAST_DEFAULT: 2,  # the CLI sends it again as a multicast
     ResultCode.UNREACHABLE: 3,
     ResultCode.HANDSHAKE: 4,
     ResultCode.NOT_ADMITTED: 4,

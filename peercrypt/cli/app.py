@@ -230,12 +230,6 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-def default_data_dir() -> Path:
-    """``$XDG_DATA_HOME/peercrypt`` (default ``~/.local/share/peercrypt``)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "peercrypt"
-
-
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(peercrypt.__version__, prog_name="peercrypt")
 @click.option(
@@ -280,7 +274,7 @@ def invocation(
         dotenv = sources.read_env_file(dotenv_path)
     except sources.ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    resolved_dir = sources.data_dir_from(data_dir, environ, dotenv, default_data_dir())
+    resolved_dir = sources.data_dir_from(data_dir, environ, dotenv, sources.default_data_dir())
     config_path, required = sources.config_path_from(config_file, environ, dotenv, resolved_dir)
     return {
         "given": {"data_dir": data_dir, "config_file": config_file},

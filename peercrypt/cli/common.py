@@ -31,13 +31,6 @@ from peercrypt.crypto.identity import (
 )
 from peercrypt.settings import NodeSettings
 from peercrypt.wire.codec import Message
-from peercrypt.wire.messages import (
-    CancelRequest,
-    ErrorReply,
-    McTargetProgress,
-    Progress,
-    SendResult,
-)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -315,81 +308,15 @@ def follow(
     view: Any = None,
     on_other: Callable[[Message], None] | None = None,
 ) -> R:
-    """Feed the progress of ``request`` to ``view`` (a
-    :class:`peercrypt.cli.progress.ProgressView`, closed at the end; None:
-    nothing shown) until its ``result_type`` arrives.
+    """:func:`peercrypt.cli.follow.follow`, its end without a result as a UserError."""
+    from peercrypt.cli import follow as following
 
-    Other replies to the request go to ``on_other``. Ctrl-C cancels the
-    request in the node (exit 130). Raises UserError when the node stops, or
-    after ``timeout`` + 30 s of silence (it reports progress every 0.1 s).
-    """
-    try:  # from here on (the request is already sent), Ctrl-C cancels it
-        return _await_result(client, request, view, result_type, timeout + 30.0, on_other)
-    except KeyboardInterrupt:
-        client.send(CancelRequest(request=request))
-        with contextlib.suppress(NodeUnavailable, UserError):
-            _await_result(client, request, view, result_type, 5.0, on_other)
-        raise UserError("interrupted; the transfer was cancelled", 130) from None
-    finally:
-        if view is not None:
-            view.close()
-
-
-def _await_result(
-    client: ControlClient,
-    request: int,
-    view: Any,
-    result_type: type[R],
-    silence: float,
-    on_other: Callable[[Message], None] | None,
-) -> R:
-    quiet_since = time.monotonic()
-    said = ""
-    while True:
-        try:
-            msg = client.receive(min(1.0, silence))
-        except NodeUnavailable:
-            if not client.node_alive():
-                raise UserError("the local node stopped", errors.FAILED) from None
-            if time.monotonic() - quiet_since < silence:
-                continue
-            raise UserError("the local node stopped answering", errors.FAILED) from None
-        quiet_since = time.monotonic()
-        if isinstance(msg, ErrorReply):
-            raise UserError(refusal(msg), errors.FAILED)
-        if getattr(msg, "request", None) != request:
-            continue
-        if isinstance(msg, result_type):
-            return msg
-        if isinstance(msg, Progress):
-            if view is not None:
-                view.on_progress(msg)
-            if msg.note and msg.note != said:  # e.g. the receiver's port closed; retrying
-                said = msg.note
-                line = f"peercrypt: {msg.note}"
-                if view is not None:
-                    view.write(line)
-                else:
-                    print(line, file=sys.stderr, flush=True)
-        elif isinstance(msg, McTargetProgress):
-            if view is not None:
-                view.on_target(msg)
-        elif isinstance(msg, SendResult):  # e.g. "cancelled: the node is stopping"
-            raise UserError(msg.reason or msg.code, errors.exit_code(msg.code))
-        elif on_other is not None:
-            on_other(msg)
-
-
-def refusal(reply: ErrorReply) -> str:
-    """A node's ErrorReply as words for the user. A request the node cannot
-    read ("bad-request") comes from a command of another PeerCrypt version
-    than the running node (updated while it ran): say so, and what to do."""
-    if reply.code == "bad-request":
-        return (
-            "the local node cannot read this request: it runs another version of PeerCrypt "
-            f"than this command (restart the node with this one) [{reply.reason}]"
+    try:
+        return following.follow(
+            client, request, path, result_type, timeout, view=view, on_other=on_other
         )
-    return f"the local node refused: {reply.reason}"
+    except following.Stop as exc:
+        raise UserError(str(exc), exc.exit_code) from None
 
 
 def terminal_width() -> int | None:
@@ -452,15 +379,3 @@ def table(
     lines = ["  ".join(h.upper().ljust(w) for h, w in widths.items())]
     lines += ["  ".join(cell(r[i], w) for i, w in columns) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
-
-
-def tree_counts(stats: dict[str, float], as_json: bool) -> tuple[int, int]:
-    """A finished send's files and skipped entries (both 0 for one plain
-    file); warns on stderr about skipped ones unless ``as_json``."""
-    files, skipped = int(stats.get("files", 0)), int(stats.get("skipped", 0))
-    if skipped and not as_json:
-        click.echo(
-            f"peercrypt: warning: {skipped} symbolic link(s) or special file(s) were not sent",
-            err=True,
-        )
-    return files, skipped

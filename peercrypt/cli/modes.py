@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, refusal, table, terminal_width
+from peercrypt.cli.common import UserError, table, terminal_width
+from peercrypt.cli.follow import refusal
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.modes import (
     ALL_MODES,

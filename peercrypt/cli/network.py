@@ -24,10 +24,10 @@ from peercrypt.cli.common import (
     local_node,
     network_key_option,
     open_option,
-    refusal,
     table,
     terminal_width,
 )
+from peercrypt.cli.follow import refusal
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.crypto.identity import normalise_fingerprint
 from peercrypt.crypto.known_peers import KnownPeersFile, normalise_address

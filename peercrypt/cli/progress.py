@@ -17,9 +17,9 @@ from typing import Any
 
 import click
 
-from peercrypt.wire.messages import McTargetProgress, Progress
+from peercrypt.wire.local_messages import McTargetProgress, Progress
 
-# What each phase of wire.messages.PHASES waits for, as the bar says it.
+# What each phase of wire.local_messages.PHASES waits for, as the bar says it.
 PHASE_TEXT = {
     "checking": "checking the peer",
     "walking": "reading and hashing the files",

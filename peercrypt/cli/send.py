@@ -5,14 +5,13 @@ as one transfer (peercrypt/core/tree.py)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from peercrypt import errors
+from peercrypt.chunking import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
 from peercrypt.cli import modes
 from peercrypt.cli.common import (
     UserError,
@@ -21,14 +20,13 @@ from peercrypt.cli.common import (
     local_node,
     network_key_option,
     open_option,
-    tree_counts,
 )
+from peercrypt.cli.fast import DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT
 from peercrypt.cli.progress import progress_view, wanted
+from peercrypt.cli.send_report import report
 from peercrypt.core.fragments import parse_group
 from peercrypt.crypto.identity import normalise_fingerprint
-from peercrypt.errors import ResultCode
-from peercrypt.settings import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
-from peercrypt.wire.messages import SendRequest, SendResult
+from peercrypt.wire.local_messages import SendRequest, SendResult
 
 SEND_USAGE = (
     "expected FILE... HOST PORT: what to send (files or folders), then the receiving "
@@ -77,8 +75,8 @@ class SendCommand(click.Command):
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0.1, 3600),
-    default=10.0,
+    type=click.FloatRange(MIN_TIMEOUT, MAX_TIMEOUT),
+    default=DEFAULT_TIMEOUT,
     show_default=True,
     help="Seconds to wait for the peer before giving up.",
 )
@@ -221,42 +219,4 @@ def _multicast() -> Any:
 
 
 def _report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> NoReturn:
-    ok = result.code == ResultCode.OK
-    rate = result.size / result.seconds / 2**20 if ok and result.seconds > 0 else 0.0
-    files, skipped = tree_counts(result.stats, as_json)
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "ok": ok,
-                    "code": result.code,
-                    "error": result.reason or None,
-                    "file": str(path),
-                    "peer": f"{host}:{port}",
-                    "size": result.size,
-                    "blake3": result.digest.hex() if ok else None,
-                    "stored_as": result.stored_as or None,
-                    "seconds": round(result.seconds, 3),
-                    "mib_per_s": round(rate, 1),
-                    "files": files or None,
-                    "skipped": skipped if files else None,
-                    "retransmits": result.retransmits,
-                    "mode": result.mode or None,
-                    "stats": result.stats,
-                    "window_history": result.window_history,
-                }
-            )
-        )
-    elif ok:
-        what = (
-            f"{path.name} ({files} files, {result.size} bytes)"
-            if files
-            else (f"{path.name} ({result.size} bytes)")
-        )
-        click.echo(
-            f"sent {what} to {host}:{port} as {result.stored_as} "
-            f"in {result.seconds:.2f} s ({rate:.1f} MiB/s), blake3 {result.digest.hex()} verified"
-        )
-    else:
-        click.echo(f"peercrypt: error: {result.reason}", err=True)
-    sys.exit(errors.exit_code(result.code))
+    sys.exit(report(result, path, host, port, as_json))

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from peercrypt import errors
+from peercrypt.cli.status_view import show
 from peercrypt.client import ControlClient, NodeUnavailable
 
 
@@ -38,14 +39,4 @@ def status(obj: dict[str, Any], as_json: bool) -> None:
         else:
             click.echo(f"fingerprint {fp}\nnode: not running ({exc})")
         sys.exit(errors.FAILED)
-    if as_json:
-        click.echo(json.dumps({"running": True, **reply.node, "counters": reply.counters}))
-        return
-    # The node's identity is this data dir's (the node loaded it; no key is made here).
-    fp = reply.node.get("fingerprint", "")
-    click.echo(f"fingerprint {fp}\nnode: running (pid {reply.node.get('pid')})")
-    for key in sorted(reply.node):
-        if key not in ("fingerprint", "pid"):
-            click.echo(f"  {key}: {reply.node[key]}")
-    for key in sorted(reply.counters):
-        click.echo(f"  {key} = {reply.counters[key]}")
+    show(reply, as_json)

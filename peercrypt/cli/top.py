@@ -36,7 +36,8 @@ from rich.table import Table
 from rich.text import Text
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, fit_columns, refusal
+from peercrypt.cli.common import UserError, fit_columns
+from peercrypt.cli.follow import refusal
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.member_state import MemberState
 from peercrypt.wire import codec

@@ -180,6 +180,7 @@ def clip_fields(msg: Message) -> dict[str, Any]:
 # registered yet imports them all, once, so what it accepts never depends on
 # what some other code happened to import first.
 MESSAGE_MODULES = (
+    "local_messages",
     "messages",
     "actor_messages",
     "multicast_messages",

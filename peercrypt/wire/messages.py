@@ -16,15 +16,24 @@ from dataclasses import dataclass, field
 
 from peercrypt.wire.codec import MAX_MESSAGE_BYTES, Message, bounded, message
 from peercrypt.wire.fields import code, counter, fixed, port, ranges, reason
+from peercrypt.wire.local_messages import HASH_BYTES as HASH_BYTES
+from peercrypt.wire.local_messages import MAX_NAME as MAX_NAME
+from peercrypt.wire.local_messages import MAX_STATUS_COUNTERS as MAX_STATUS_COUNTERS
+from peercrypt.wire.local_messages import PHASES as PHASES
+from peercrypt.wire.local_messages import CancelRequest as CancelRequest
+from peercrypt.wire.local_messages import ErrorReply as ErrorReply
+from peercrypt.wire.local_messages import McTargetProgress as McTargetProgress
+from peercrypt.wire.local_messages import Progress as Progress
+from peercrypt.wire.local_messages import SendRequest as SendRequest
+from peercrypt.wire.local_messages import SendResult as SendResult
+from peercrypt.wire.local_messages import StatusReply as StatusReply
+from peercrypt.wire.local_messages import StatusRequest as StatusRequest
 
 TID_BYTES = 16
 KEY_BYTES = 32
 NONCE_BYTES = 12
-HASH_BYTES = 32
-MAX_NAME = 1024  # characters of a file name as offered; sanitised on receipt
 MAX_DETAILS = 8 * 1024  # a sealed OfferDetails (its name at 4 bytes per character, + tag)
 MAX_CHUNKS = 2**40
-MAX_STATUS_COUNTERS = 1000  # every actor's counters in one status reply (~40 KB at most)
 # A control-plane message wrapped in Inbound/Outbound mail must still fit the
 # codec's frame limit with its envelope.
 MAX_WRAPPED = MAX_MESSAGE_BYTES - 1024
@@ -134,16 +143,6 @@ class Refuse(Message):
     reason: str = reason()
 
 
-@message
-@dataclass(frozen=True, kw_only=True)
-class ErrorReply(Message):
-    """Answer to a control message the node could not take."""
-
-    TYPE = "error"
-    code: str = code()
-    reason: str = reason()
-
-
 # ---- data plane (plain frames; payloads sealed with the transfer keys) ------
 
 
@@ -228,55 +227,6 @@ class Failed(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
-class SendRequest(Message):
-    """Ask the node to send a file (CLI -> control -> sender)."""
-
-    TYPE = "send-request"
-    request: int = counter()
-    path: str = field(metadata=bounded(4096, 1))
-    # More files or folders sent with ``path`` as one transfer (a folder
-    # ``path`` alone is one too); each travels under its own name.
-    more: list[str] = field(default_factory=list, metadata=bounded(4096))
-    host: str = field(metadata=bounded(255, 1))
-    port: int = port()
-    chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
-    timeout: float = 10.0
-    # The transfer's policy (see peercrypt.core.modes); None: the node's default.
-    mode: str | None = field(default=None, metadata=bounded(32))
-    rate: int | None = field(default=None, metadata=bounded(2**62))
-    burst: int | None = field(default=None, metadata=bounded(2**62))
-    window_kb: int | None = field(default=None, metadata=bounded(2**40))
-    min_window_kb: int | None = field(default=None, metadata=bounded(2**40))
-    max_window_kb: int | None = field(default=None, metadata=bounded(2**40))
-    ack_threshold: int | None = field(default=None, metadata=bounded(1 << 20))
-    timeout_detect: bool | None = None
-    dupack_detect: bool | None = None
-    priority: int | None = field(default=None, metadata=bounded(3))
-    lanes: int | None = field(default=None, metadata=bounded(64))
-    # --force: the pre-send check (the sender's hello) refusing says so without
-    # the hint at --force (and counts sender.forced-sends).
-    force: bool = False
-    # Set by the scheduler: whether the node's rate cap (live max-rate) paces
-    # this send from its first byte (None: the cap it started with).
-    node_capped: bool | None = None
-    # The receiver's fingerprint the user pinned (--expect); "": known peers.
-    expect: str = field(default="", metadata=bounded(64))
-    # Fingerprints members' own signed records list at HOST:PORT (the control
-    # actor asks health; crypto/known_peers.py decides with them).
-    members: list[str] = field(default_factory=list, metadata=bounded(16))
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class CancelRequest(Message):
-    """Stop a send in progress (the CLI was interrupted)."""
-
-    TYPE = "cancel-request"
-    request: int = counter()
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
 class CancelTransfer(Message):
     """CLI -> control: cancel running send ``transfer`` (an id from
     ``transfers``), whoever started it. Answered by a SettingReply."""
@@ -284,98 +234,6 @@ class CancelTransfer(Message):
     TYPE = "cancel-transfer"
     request: int = counter()
     transfer: int = counter()
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class Progress(Message):
-    """How far a send is, every 0.1 s while it runs. ``phase`` is what it
-    waits for (:data:`PHASES`): ``checking`` the peer's health, ``waiting``
-    for a free sending slot, ``offering`` until the receiver accepts,
-    ``retrying`` (a pause before offering again after a network failure),
-    ``sending`` (``done_bytes``: written by the receiver), ``hashing`` (the
-    sender reads back what the receiver already held, for the whole-file
-    hash: ``done_bytes`` hashed), ``verifying`` (the receiver checks the
-    hash; ``done_bytes`` = ``total_bytes``). ``note``: what it is doing
-    about a problem (e.g. the receiver's port closed; retrying), shown once
-    to the user."""
-
-    TYPE = "progress"
-    request: int = counter()
-    done_bytes: int = counter()
-    total_bytes: int = counter()
-    note: str = reason(default="")
-    done_files: int = counter(default=0)  # a folder or several files: files fully acked
-    total_files: int = counter(default=0)
-    phase: str = field(default="sending", metadata=bounded(16))
-
-
-PHASES = (
-    "checking",
-    "walking",  # a folder or several files: reading and hashing them for the manifest
-    "waiting",
-    "offering",
-    "retrying",
-    "sending",
-    "hashing",
-    "verifying",
-)
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class McTargetProgress(Message):
-    """One receiver's progress in a multicast send, every 0.1 s while the
-    session runs (beside the send's Progress): its
-    ``state`` (``joining``, ``multicast``, ``unicast``, ``lost``...) and the
-    bytes it acknowledged."""
-
-    TYPE = "mc-target-progress"
-    request: int = counter()
-    target: str = field(metadata=bounded(300))
-    state: str = field(metadata=bounded(16))
-    done_bytes: int = counter()
-    total_bytes: int = counter()
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class SendResult(Message):
-    """Outcome of a send. ``code`` is "ok" or a failure code (see
-    :mod:`peercrypt.errors`); ``digest`` is the verified BLAKE3 hash."""
-
-    TYPE = "send-result"
-    request: int = counter()
-    code: str = code()
-    reason: str = reason()
-    size: int = counter()
-    digest: bytes = field(metadata=bounded(HASH_BYTES))
-    stored_as: str = field(metadata=bounded(MAX_NAME))
-    seconds: float = 0.0
-    retransmits: int = counter(default=0)
-    mode: str = field(default="", metadata=bounded(32))
-    # Congestion and flow statistics (srtt, rto, timeouts, fast retransmits,
-    # window decreases...) and the window over time as [ms, bytes, ...].
-    stats: dict[str, float] = field(default_factory=dict, metadata=bounded(32))
-    window_history: list[int] = field(default_factory=list, metadata=bounded(2048))
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class StatusRequest(Message):
-    TYPE = "status-request"
-    request: int = counter()
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
-class StatusReply(Message):
-    """The node's status as a flat map of counters and facts (msgpack-able)."""
-
-    TYPE = "status-reply"
-    request: int = counter()
-    node: dict[str, str] = field(metadata=bounded(64))
-    counters: dict[str, int] = field(metadata=bounded(MAX_STATUS_COUNTERS))
 
 
 @message

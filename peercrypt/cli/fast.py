@@ -1,0 +1,263 @@
+"""The two commands a user runs most, without click: ``status`` and ``send``
+through the data dir's running node.
+
+Building the click group, a command's options and the settings table they
+name costs about as much CPU as the rest of such a command. :func:`run`
+takes only command lines whose meaning is plain, and does what the click
+command would do with them:
+
+    [--data-dir DIR] status [--json]
+    [--data-dir DIR] send FILE... HOST PORT [--json] [--no-progress]
+        [--timeout S] [--chunk-size N] [--force] [--expect FINGERPRINT]
+
+(options in any order among the arguments, ``--name=value`` or ``--name
+value``, each at most once). It declines (returns None, and the click
+command runs as before) everything else: help, any other option, any value
+click would refuse (a missing or unreadable file, a port or a timeout out of
+range, a host that does not resolve, two files of the same name), a progress
+bar to draw, no node answering for the data dir, and a node whose default
+mode is multicast. So every usage error, help text and other path stays
+click's own; ``tests/test_cli_fast.py`` checks that each line it takes sends
+the same request and prints the same as the click command.
+
+A send is one request to the node, answered until its verified result: no
+status round trip first (the node's first reply, at once, says it took the
+request; without one within 2 s the request is cancelled and click's path,
+which may start a temporary node, runs instead).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peercrypt import config_sources as sources
+from peercrypt import errors
+from peercrypt.chunking import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
+
+FIRST_REPLY = 2.0  # seconds the node has to take a request (as for `status`)
+MIN_TIMEOUT, MAX_TIMEOUT, DEFAULT_TIMEOUT = 0.1, 3600, 10.0  # send --timeout (seconds)
+
+# command: (flags, options with a value)
+TAKES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "status": (frozenset({"--json"}), frozenset()),
+    "send": (
+        frozenset({"--json", "--no-progress", "--force"}),
+        frozenset({"--timeout", "--chunk-size", "--expect"}),
+    ),
+}
+
+
+@dataclass
+class Line:
+    """A command line the fast path takes, as parsed."""
+
+    command: str
+    data_dir: Path | None = None
+    flags: set[str] = field(default_factory=set)
+    values: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+
+
+def parse(argv: list[str]) -> Line | None:
+    """``argv`` (after ``peercrypt``) if it is one of the plain forms above, else None."""
+    i, data_dir = 0, None
+    while i < len(argv) and argv[i].startswith("-"):  # the group's options
+        name, eq, value = argv[i].partition("=")
+        if name != "--data-dir" or data_dir is not None:
+            return None
+        if not eq:
+            i += 1
+            if i == len(argv):
+                return None
+            value = argv[i]
+        if not value or value.startswith("-"):
+            return None
+        data_dir = value
+        i += 1
+    if i == len(argv) or argv[i] not in TAKES:
+        return None
+    line = Line(argv[i], Path(data_dir) if data_dir is not None else None)
+    flags, options = TAKES[line.command]
+    rest = argv[i + 1 :]
+    j = 0
+    while j < len(rest):
+        token = rest[j]
+        j += 1
+        if not token.startswith("-"):
+            line.args.append(token)
+            continue
+        name, eq, value = token.partition("=")
+        if name in flags and not eq and name not in line.flags:
+            line.flags.add(name)
+        elif name in options and name not in line.values:
+            if not eq:
+                if j == len(rest):
+                    return None
+                value, j = rest[j], j + 1
+            if value.startswith("-"):
+                return None
+            line.values[name] = value
+        else:  # "-", "--", help, any other option, a repeated one
+            return None
+    return line
+
+
+def data_dir_of(line: Line) -> Path | None:
+    """The data dir as ``peercrypt.cli.app.invocation`` resolves it (None:
+    a value click would refuse, or a ``.env`` it cannot read)."""
+    flag = line.data_dir
+    if flag is not None and flag.exists() and not (flag.is_dir() and os.access(flag, os.R_OK)):
+        return None  # click.Path(file_okay=False) refuses it
+    try:
+        dotenv = sources.read_env_file(Path.cwd() / sources.ENV_FILE)
+    except sources.ConfigError:
+        return None
+    return sources.data_dir_from(flag, os.environ, dotenv, sources.default_data_dir())
+
+
+def run(argv: list[str]) -> int | None:
+    """Run ``peercrypt ARGV`` here and return its exit code, or None: not a
+    line this path takes (nothing was done; run the click command)."""
+    line = parse(argv)
+    if line is None:
+        return None
+    data_dir = data_dir_of(line)
+    if data_dir is None:
+        return None
+    try:
+        if line.command == "status":
+            return _status(line, data_dir)
+        return _send(line, data_dir)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+def _error(text: str) -> None:
+    from peercrypt.cli.echo import echo
+
+    echo(f"peercrypt: error: {text}", err=True)
+
+
+def _status(line: Line, data_dir: Path) -> int | None:
+    if line.args:
+        return None
+    from peercrypt.cli.status_view import show
+    from peercrypt.client import ControlClient, NodeUnavailable
+
+    try:
+        with ControlClient.for_data_dir(data_dir) as client:
+            reply = client.status()
+    except NodeUnavailable:
+        return None  # the command says why, with this data dir's fingerprint
+    show(reply, "--json" in line.flags)
+    return errors.OK
+
+
+def _number(
+    text: str | None, kind: type[int] | type[float], low: float, high: float
+) -> float | None:
+    """``text`` converted as click converts it, if within [low, high]."""
+    if text is None:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        return None
+    return value if low <= value <= high else None
+
+
+def _send(line: Line, data_dir: Path) -> int | None:
+    if len(line.args) < 3:
+        return None
+    *files, host, port_text = line.args
+    port = _number(port_text, int, 1, 65535)
+    timeout = _number(
+        line.values.get("--timeout", str(DEFAULT_TIMEOUT)), float, MIN_TIMEOUT, MAX_TIMEOUT
+    )
+    chunk = _number(line.values.get("--chunk-size", str(DEFAULT_CHUNK)), int, MIN_CHUNK, MAX_CHUNK)
+    if port is None or timeout is None or chunk is None:
+        return None
+    if not all(os.path.exists(f) and os.access(f, os.R_OK) for f in files):
+        return None
+    as_json = "--json" in line.flags
+    if not as_json and "--no-progress" not in line.flags and sys.stderr.isatty():
+        return None  # a progress bar to draw: the command draws it
+    expect = ""
+    if "--expect" in line.values:
+        from peercrypt.crypto.identity import normalise_fingerprint
+
+        try:
+            expect = normalise_fingerprint(line.values["--expect"])
+        except ValueError:
+            return None
+    paths = [Path(f).resolve() for f in files]
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names) or not _resolvable(host, int(port)):
+        return None
+    from peercrypt.cli.follow import Stop, follow
+    from peercrypt.cli.send_report import report
+    from peercrypt.client import ControlClient, NodeUnavailable
+    from peercrypt.errors import ResultCode
+    from peercrypt.wire.local_messages import CancelRequest, ErrorReply, SendRequest, SendResult
+
+    try:
+        client = ControlClient.for_data_dir(data_dir)
+    except NodeUnavailable:
+        return None  # the command runs a temporary node
+    with client:
+        request = client.next_id()
+        client.send(
+            SendRequest(
+                request=request,
+                path=str(paths[0]),
+                more=[str(p) for p in paths[1:]],
+                host=host,
+                port=int(port),
+                chunk_size=int(chunk),
+                timeout=timeout,
+                force="--force" in line.flags,
+                expect=expect,
+            )
+        )
+        try:
+            first = client.receive(FIRST_REPLY)
+        except NodeUnavailable:
+            client.send(CancelRequest(request=request))  # should it arrive after all
+            client.sock.linger = int(FIRST_REPLY * 1000)
+            return None
+        if isinstance(first, ErrorReply):  # it did not take the request
+            return None
+        if isinstance(first, SendResult) and first.request == request:
+            result = first
+        else:
+            try:
+                result = follow(client, request, paths[0], SendResult, timeout)
+            except Stop as exc:  # as the command says it (a UserError)
+                _error(str(exc))
+                return exc.exit_code
+    if result.code == ResultCode.MULTICAST_DEFAULT:
+        return None  # the command asks the node for its mode and sends a multicast
+    return report(result, paths[0], host, int(port), as_json)
+
+
+def _resolvable(host: str, port: int) -> bool:
+    """What ``peercrypt.cli.common.check_resolvable`` accepts (an IPv4
+    address always: without loading the socket module and the IDNA codec)."""
+    import ipaddress
+
+    try:
+        ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        pass
+    import socket
+
+    try:
+        socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return True

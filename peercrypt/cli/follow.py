@@ -1,0 +1,124 @@
+"""Following a request to the local node until its result: progress to a
+view, notes to stderr, Ctrl-C cancels it in the node.
+
+Light on purpose (no click, no settings table): the fast path of ``send``
+(:mod:`peercrypt.cli.fast`) uses it as it is; :func:`peercrypt.cli.common.follow`
+turns its :class:`Stop` into the CLI's one-line ``UserError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from peercrypt import errors
+from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.wire.codec import Message
+from peercrypt.wire.local_messages import (
+    CancelRequest,
+    ErrorReply,
+    McTargetProgress,
+    Progress,
+    SendResult,
+)
+
+R = TypeVar("R", bound=Message)
+
+
+class Stop(Exception):
+    """The request ended without its result: one line for the user and the exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def follow(
+    client: ControlClient,
+    request: int,
+    path: Path,
+    result_type: type[R],
+    timeout: float,
+    *,
+    view: Any = None,
+    on_other: Callable[[Message], None] | None = None,
+) -> R:
+    """Feed the progress of ``request`` to ``view`` (a
+    :class:`peercrypt.cli.progress.ProgressView`, closed at the end; None:
+    nothing shown) until its ``result_type`` arrives.
+
+    Other replies to the request go to ``on_other``. Ctrl-C cancels the
+    request in the node (exit 130). Raises :class:`Stop` when the node stops,
+    or after ``timeout`` + 30 s of silence (it reports progress every 0.1 s).
+    """
+    try:  # from here on (the request is already sent), Ctrl-C cancels it
+        return _await_result(client, request, view, result_type, timeout + 30.0, on_other)
+    except KeyboardInterrupt:
+        client.send(CancelRequest(request=request))
+        with contextlib.suppress(NodeUnavailable, Stop):
+            _await_result(client, request, view, result_type, 5.0, on_other)
+        raise Stop("interrupted; the transfer was cancelled", 130) from None
+    finally:
+        if view is not None:
+            view.close()
+
+
+def _await_result(
+    client: ControlClient,
+    request: int,
+    view: Any,
+    result_type: type[R],
+    silence: float,
+    on_other: Callable[[Message], None] | None,
+) -> R:
+    quiet_since = time.monotonic()
+    said = ""
+    while True:
+        try:
+            msg = client.receive(min(1.0, silence))
+        except NodeUnavailable:
+            if not client.node_alive():
+                raise Stop("the local node stopped", errors.FAILED) from None
+            if time.monotonic() - quiet_since < silence:
+                continue
+            raise Stop("the local node stopped answering", errors.FAILED) from None
+        quiet_since = time.monotonic()
+        if isinstance(msg, ErrorReply):
+            raise Stop(refusal(msg), errors.FAILED)
+        if getattr(msg, "request", None) != request:
+            continue
+        if isinstance(msg, result_type):
+            return msg
+        if isinstance(msg, Progress):
+            if view is not None:
+                view.on_progress(msg)
+            if msg.note and msg.note != said:  # e.g. the receiver's port closed; retrying
+                said = msg.note
+                line = f"peercrypt: {msg.note}"
+                if view is not None:
+                    view.write(line)
+                else:
+                    print(line, file=sys.stderr, flush=True)
+        elif isinstance(msg, McTargetProgress):
+            if view is not None:
+                view.on_target(msg)
+        elif isinstance(msg, SendResult):  # e.g. "cancelled: the node is stopping"
+            raise Stop(msg.reason or msg.code, errors.exit_code(msg.code))
+        elif on_other is not None:
+            on_other(msg)
+
+
+def refusal(reply: ErrorReply) -> str:
+    """A node's ErrorReply as words for the user. A request the node cannot
+    read ("bad-request") comes from a command of another PeerCrypt version
+    than the running node (updated while it ran): say so, and what to do."""
+    if reply.code == "bad-request":
+        return (
+            "the local node cannot read this request: it runs another version of PeerCrypt "
+            f"than this command (restart the node with this one) [{reply.reason}]"
+        )
+    return f"the local node refused: {reply.reason}"

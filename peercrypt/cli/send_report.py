@@ -1,0 +1,71 @@
+"""How ``send`` shows its result: one line (or one JSON object) on stdout,
+a failure as one ``peercrypt: error:`` line on stderr, and the exit code.
+
+Light on purpose (no click): the fast path of ``send``
+(:mod:`peercrypt.cli.fast`) shows its result with it too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from peercrypt import errors
+from peercrypt.cli.echo import echo
+from peercrypt.errors import ResultCode
+from peercrypt.wire.local_messages import SendResult
+
+
+def tree_counts(stats: dict[str, float], as_json: bool) -> tuple[int, int]:
+    """A finished send's files and skipped entries (both 0 for one plain
+    file); warns on stderr about skipped ones unless ``as_json``."""
+    files, skipped = int(stats.get("files", 0)), int(stats.get("skipped", 0))
+    if skipped and not as_json:
+        echo(
+            f"peercrypt: warning: {skipped} symbolic link(s) or special file(s) were not sent",
+            err=True,
+        )
+    return files, skipped
+
+
+def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> int:
+    """Show a unicast send's result; its exit code."""
+    ok = result.code == ResultCode.OK
+    rate = result.size / result.seconds / 2**20 if ok and result.seconds > 0 else 0.0
+    files, skipped = tree_counts(result.stats, as_json)
+    if as_json:
+        echo(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "code": result.code,
+                    "error": result.reason or None,
+                    "file": str(path),
+                    "peer": f"{host}:{port}",
+                    "size": result.size,
+                    "blake3": result.digest.hex() if ok else None,
+                    "stored_as": result.stored_as or None,
+                    "seconds": round(result.seconds, 3),
+                    "mib_per_s": round(rate, 1),
+                    "files": files or None,
+                    "skipped": skipped if files else None,
+                    "retransmits": result.retransmits,
+                    "mode": result.mode or None,
+                    "stats": result.stats,
+                    "window_history": result.window_history,
+                }
+            )
+        )
+    elif ok:
+        what = (
+            f"{path.name} ({files} files, {result.size} bytes)"
+            if files
+            else (f"{path.name} ({result.size} bytes)")
+        )
+        echo(
+            f"sent {what} to {host}:{port} as {result.stored_as} "
+            f"in {result.seconds:.2f} s ({rate:.1f} MiB/s), blake3 {result.digest.hex()} verified"
+        )
+    else:
+        echo(f"peercrypt: error: {result.reason}", err=True)
+    return errors.exit_code(result.code)
