@@ -35,6 +35,7 @@ class ControlClient:
         self.token = token.encode()
         self._ids = itertools.count(1)
         self.last_status: StatusReply | None = None  # the latest reply of status()
+        self.linger = 0  # milliseconds what is still queued may take to leave at close()
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> ControlClient:
@@ -98,7 +99,7 @@ class ControlClient:
         return reply
 
     def close(self) -> None:
-        self.sock.close(linger=0)
+        self.sock.close(linger=self.linger)
         self.context.term()
 
     def __enter__(self) -> ControlClient:

@@ -225,10 +225,13 @@ def _send(line: Line, data_dir: Path) -> int | None:
         )
         try:
             first = client.receive(FIRST_REPLY)
-        except NodeUnavailable:
+        except (NodeUnavailable, KeyboardInterrupt) as exc:
             client.send(CancelRequest(request=request))  # should it arrive after all
-            client.sock.linger = int(FIRST_REPLY * 1000)
-            return None
+            client.linger = int(FIRST_REPLY * 1000)
+            if isinstance(exc, NodeUnavailable):
+                return None
+            _error("interrupted; the transfer was cancelled")
+            return 130
         if isinstance(first, ErrorReply):  # it did not take the request
             return None
         if isinstance(first, SendResult) and first.request == request:
