@@ -60,6 +60,16 @@ EXIT_CODES: dict[ResultCode, int] = {
 }
 
 
+class CommandError(Exception):
+    """A command ended without its result (the node stopped, the user
+    interrupted it): one line for the user and the exit status. The CLI
+    prints it as ``peercrypt: error: LINE``."""
+
+    def __init__(self, line: str, exit_code: int) -> None:
+        super().__init__(line)
+        self.exit_code = exit_code
+
+
 def exit_code(code: str) -> int:
     """The exit status for a result code as received (unknown text: 1)."""
     try:

@@ -1,6 +1,6 @@
 """What the command groups share: the one-line user error, identity and
-network-key handling, reaching the data dir's node (or a temporary one) and
-following a request's progress to its result.
+network-key handling, reaching the data dir's node (or a temporary one).
+Following a request's progress to its result is :mod:`peercrypt.cli.follow`.
 
 Every user-caused error ends in one line ``peercrypt: error: ...`` and a
 non-zero exit code (see :mod:`peercrypt.errors`); tracebacks only with
@@ -30,7 +30,6 @@ from peercrypt.crypto.identity import (
     normalise_fingerprint,
 )
 from peercrypt.settings import NodeSettings
-from peercrypt.wire.codec import Message
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -293,30 +292,6 @@ def local_node(
                 yield client
         finally:
             temporary.stop()
-
-
-R = TypeVar("R", bound=Message)
-
-
-def follow(
-    client: ControlClient,
-    request: int,
-    path: Path,
-    result_type: type[R],
-    timeout: float,
-    *,
-    view: Any = None,
-    on_other: Callable[[Message], None] | None = None,
-) -> R:
-    """:func:`peercrypt.cli.follow.follow`, its end without a result as a UserError."""
-    from peercrypt.cli import follow as following
-
-    try:
-        return following.follow(
-            client, request, path, result_type, timeout, view=view, on_other=on_other
-        )
-    except following.Stop as exc:
-        raise UserError(str(exc), exc.exit_code) from None
 
 
 def terminal_width() -> int | None:

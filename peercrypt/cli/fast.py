@@ -198,7 +198,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
     names = [p.name for p in paths]
     if len(set(names)) != len(names) or not _resolvable(host, int(port)):
         return None
-    from peercrypt.cli.follow import Stop, follow
+    from peercrypt.cli.follow import follow
     from peercrypt.cli.send_report import report
     from peercrypt.client import ControlClient, NodeUnavailable
     from peercrypt.errors import ResultCode
@@ -239,7 +239,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
         else:
             try:
                 result = follow(client, request, paths[0], SendResult, timeout)
-            except Stop as exc:  # as the command says it (a UserError)
+            except errors.CommandError as exc:  # as the command says it
                 _error(str(exc))
                 return exc.exit_code
     if result.code == ResultCode.MULTICAST_DEFAULT:

@@ -2,8 +2,8 @@
 view, notes to stderr, Ctrl-C cancels it in the node.
 
 Light on purpose (no click, no settings table): the fast path of ``send``
-(:mod:`peercrypt.cli.fast`) uses it as it is; :func:`peercrypt.cli.common.follow`
-turns its :class:`Stop` into the CLI's one-line ``UserError``.
+(:mod:`peercrypt.cli.fast`) and the click commands use it alike; its end
+without a result is a :class:`~peercrypt.errors.CommandError` (one line).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from peercrypt import errors
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.errors import CommandError as Stop
 from peercrypt.wire.codec import Message
 from peercrypt.wire.local_messages import (
     CancelRequest,
@@ -27,14 +28,6 @@ from peercrypt.wire.local_messages import (
 )
 
 R = TypeVar("R", bound=Message)
-
-
-class Stop(Exception):
-    """The request ended without its result: one line for the user and the exit code."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def follow(
@@ -52,7 +45,7 @@ def follow(
     nothing shown) until its ``result_type`` arrives.
 
     Other replies to the request go to ``on_other``. Ctrl-C cancels the
-    request in the node (exit 130). Raises :class:`Stop` when the node stops,
+    request in the node (exit 130). Raises CommandError when the node stops,
     or after ``timeout`` + 30 s of silence (it reports progress every 0.1 s).
     """
     try:  # from here on (the request is already sent), Ctrl-C cancels it

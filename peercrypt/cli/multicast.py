@@ -21,8 +21,8 @@ from typing import Any, NoReturn
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, check_resolvable, follow
-from peercrypt.cli.follow import refusal
+from peercrypt.cli.common import UserError, check_resolvable
+from peercrypt.cli.follow import follow, refusal
 from peercrypt.cli.progress import echo, progress_view
 from peercrypt.cli.send_report import tree_counts
 from peercrypt.client import ControlClient, NodeUnavailable

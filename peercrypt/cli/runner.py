@@ -83,6 +83,9 @@ def execute(group: click.Group, args: list[str], prog_name: str = "peercrypt") -
     except click.ClickException as exc:  # UserError and the like: already one line
         click.echo(f"peercrypt: error: {exc.format_message()}", err=True)
         return exc.exit_code
+    except errors.CommandError as exc:  # e.g. the node stopped while a send ran
+        click.echo(f"peercrypt: error: {exc}", err=True)
+        return exc.exit_code
     except (KeyboardInterrupt, click.Abort):
         click.echo("peercrypt: error: interrupted", err=True)
         return 130

@@ -16,12 +16,12 @@ from peercrypt.cli import modes
 from peercrypt.cli.common import (
     UserError,
     check_resolvable,
-    follow,
     local_node,
     network_key_option,
     open_option,
 )
 from peercrypt.cli.fast import DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT
+from peercrypt.cli.follow import follow
 from peercrypt.cli.progress import progress_view, wanted
 from peercrypt.cli.send_report import report
 from peercrypt.core.fragments import parse_group
