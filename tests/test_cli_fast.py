@@ -90,10 +90,14 @@ def normal(out: str) -> str:
         ["--data-dir=d", "send", "a", "b", "h", "1", "--json", "--timeout=5"],
         ["send", "--no-progress", "a", "h", "1", "--chunk-size", "4096", "--force"],
         ["send", "a", "h", "1", "--expect", "x"],
+        ["--data-dir", "d", "send", "a", "h", "1", "--data-dir=e"],
     ],
 )
 def test_plain_lines_are_taken(argv: list[str]) -> None:
-    assert fast.parse(argv) is not None
+    line = fast.parse(argv)
+    assert line is not None and line.command in ("status", "send")
+    if "--data-dir=e" in argv:  # after the command: it wins, as in the group
+        assert line.data_dir == Path("e")
 
 
 @pytest.mark.parametrize(
@@ -111,6 +115,8 @@ def test_plain_lines_are_taken(argv: list[str]) -> None:
         ["status", "--help"],
         ["status", "--jsn"],
         ["status", "--json", "--json"],
+        ["status", "--data-dir", "a", "--data-dir", "b"],
+        ["status", "--data-dir="],
         ["send", "a", "h", "1", "-r", "1M"],
         ["send", "a", "h", "1", "--mode", "aimd"],
         ["send", "a", "h", "1", "-m"],

@@ -6,9 +6,9 @@ name costs about as much CPU as the rest of such a command. :func:`run`
 takes only command lines whose meaning is plain, and does what the click
 command would do with them:
 
-    [--data-dir DIR] status [--json]
+    [--data-dir DIR] status [--json] [--data-dir DIR]
     [--data-dir DIR] send FILE... HOST PORT [--json] [--no-progress]
-        [--timeout S] [--chunk-size N] [--force] [--expect FINGERPRINT]
+        [--timeout S] [--chunk-size N] [--force] [--expect FINGERPRINT] [--data-dir DIR]
 
 (options in any order among the arguments, ``--name=value`` or ``--name
 value``, each at most once). It declines (returns None, and the click
@@ -41,11 +41,12 @@ FIRST_REPLY = 2.0  # seconds the node has to take a request (as for `status`)
 MIN_TIMEOUT, MAX_TIMEOUT, DEFAULT_TIMEOUT = 0.1, 3600, 10.0  # send --timeout (seconds)
 
 # command: (flags, options with a value)
+# (``--data-dir`` after the command wins over one before it, as in the group.)
 TAKES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "status": (frozenset({"--json"}), frozenset()),
+    "status": (frozenset({"--json"}), frozenset({"--data-dir"})),
     "send": (
         frozenset({"--json", "--no-progress", "--force"}),
-        frozenset({"--timeout", "--chunk-size", "--expect"}),
+        frozenset({"--timeout", "--chunk-size", "--expect", "--data-dir"}),
     ),
 }
 
@@ -102,6 +103,10 @@ def parse(argv: list[str]) -> Line | None:
             line.values[name] = value
         else:  # "-", "--", help, any other option, a repeated one
             return None
+    if "--data-dir" in line.values:
+        if not line.values["--data-dir"]:
+            return None
+        line.data_dir = Path(line.values.pop("--data-dir"))
     return line
 
 
