@@ -74,6 +74,11 @@ def pair(
             assert not problems, "\n".join(problems)
 
 
+def _checkpointed(receiver: NodeProcess) -> int:
+    """Chunks the receiver's manifests list as durable."""
+    return sum(m.held().count for m in scan(receiver.inbox).manifests)
+
+
 def _send(sender: NodeProcess, path: Path, receiver: NodeProcess) -> dict[str, Any]:
     result = sender.send_result(
         path, receiver.host, receiver.port,
@@ -100,8 +105,9 @@ def test_outage_then_the_transfer_moves_again(
     cut = s_host if side == "sender" else r_host
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         sending = pool.submit(_send, sender, path, receiver)
-        # Cut mid-way: once the receiver has checkpointed written chunks.
-        wait_until(lambda: bool(scan(receiver.inbox).manifests), 60, "a checkpoint")
+        # Cut mid-way: once the receiver has checkpointed written chunks (its
+        # manifest exists from the accept on, listing none at first).
+        wait_until(lambda: _checkpointed(receiver) > 0, 60, "a checkpoint with chunks")
         net.isolate(cut)
         try:
             time.sleep(outage)
