@@ -178,15 +178,17 @@ POOL_BYTES = 16 * 1024 * 1024
 HASH_WINDOW = 16 * 1024 * 1024  # with 16 transfers in flight too (docs/architecture.md)
 
 
-def hash_file(fd: int, size: int) -> bytes:
+def hash_file(fd: int, size: int, progress: Callable[[int], None] | None = None) -> bytes:
     """BLAKE3 of the first ``size`` bytes of ``fd``, read back from the file
-    (page cache; hashed on every core), HASH_WINDOW bytes mapped at a time."""
+    (page cache; hashed on every core), HASH_WINDOW bytes mapped at a time;
+    ``progress(bytes hashed so far)`` after each."""
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     for offset in range(0, size, HASH_WINDOW):
-        with mmap.mmap(
-            fd, min(HASH_WINDOW, size - offset), prot=mmap.PROT_READ, offset=offset
-        ) as view:
+        length = min(HASH_WINDOW, size - offset)
+        with mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=offset) as view:
             hasher.update(view)
+        if progress is not None:
+            progress(offset + length)
     return hasher.digest()
 
 
@@ -265,6 +267,9 @@ class FileWriter:
         self._stopping = threading.Event()  # ends a folder being unpacked, between blocks
         # Chunk buffers: a bytearray queued with write() comes back here once written.
         self.buffers = BufferPool(min(max_queued, POOL_BYTES))
+        # Bytes the final check of each file has covered (written by this
+        # thread, read by the actor: one int per key, replaced whole).
+        self._checked: dict[bytes, int] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -304,6 +309,11 @@ class FileWriter:
 
     def finish(self, tid: bytes) -> None:
         self._queue.put(("finish", tid))
+
+    def checked(self, tid: bytes) -> int:
+        """Bytes of ``tid`` its final check (:meth:`finish`, and storing a
+        folder built from its part) has covered so far; 0 before it starts."""
+        return self._checked.get(tid, 0)
 
     def unpack(self, tid: bytes, spec: TreeSpec) -> None:
         """Store the finished (verified) file of ``tid`` as the tree it holds."""
@@ -380,6 +390,7 @@ class FileWriter:
         if kind == "close":
             _, _, keep = op
             closing = files.pop(tid, None) or self._failed.pop(tid, None)
+            self._checked.pop(tid, None)
             if closing is None:
                 return None
             if closing.builder is not None:
@@ -418,13 +429,15 @@ class FileWriter:
                 # Every byte was hashed in order as it was fed to the tree
                 # (whose files are hashed as written and synced before they
                 # are published): the part itself is never published.
+                self._checked[tid] = f.size
                 return Finished(tid, f.hasher.digest())
+            self._checked[tid] = 0
             os.fsync(f.fd)
             # It stays known until close(), which closes its fd.
             # The verdict is on what the disk holds now, not on what was
             # written: a part changed underneath us (another process, a
             # faulty disk) must not be published as verified.
-            return Finished(tid, hash_file(f.fd, f.size))
+            return Finished(tid, hash_file(f.fd, f.size, self._checked_setter(tid)))
         if kind == "unpack":
             spec: TreeSpec = op[2]
             built = f.builder
@@ -441,6 +454,12 @@ class FileWriter:
             files.pop(tid, None)
             return None
         raise ValueError(f"unknown writer op {kind!r}")
+
+    def _checked_setter(self, tid: bytes) -> Callable[[int], None]:
+        def note(done: int) -> None:
+            self._checked[tid] = done
+
+        return note
 
     def _builder(self, spec: TreeSpec, size: int) -> TreeBuilder:
         return TreeBuilder(

@@ -796,7 +796,8 @@ class ReceiverActor(Actor):
             self._drop(route, "unexpected")
         self._drive(t)
         if isinstance(msg, Done) and t.flow.finishing and self.transfers.get(t.tid) is t:
-            self._send_sealed(t, Verifying(chunks=msg.chunks))  # still checking: keep waiting
+            checked = min(t.size, self.writer.checked(t.tid))  # still checking: keep waiting
+            self._send_sealed(t, Verifying(chunks=msg.chunks, done_bytes=checked))
 
     def _open_sealed(
         self,

@@ -243,6 +243,7 @@ class Outgoing:
     data_address: tuple[str, int] = ("", 0)
     port_closed: bool = False  # this attempt ended because the receiver's port refused
     tree: TreeSource | None = None  # a folder or several files, read as one stream (fd -1)
+    checked: int = 0  # bytes the receiver's final check covered (its Verifying)
 
     @property
     def source(self) -> int | Stream:
@@ -980,6 +981,7 @@ class SenderActor(Actor):
                 t.flow.on_verified(msg.digest, printable(msg.stored_as))
             elif isinstance(msg, Verifying):
                 t.flow.on_verifying(self.now())
+                t.checked = min(t.size, msg.done_bytes)
             elif isinstance(msg, Failed):
                 t.flow.on_failed(msg.code, printable(msg.reason))
         self._drive(t)
@@ -1017,7 +1019,9 @@ class SenderActor(Actor):
             return "checking", 0  # the hello before the offer
         if phase == "hashing" and t.crew is None:
             return phase, min(t.size, t.hashed * t.chunk_size)
-        if phase in ("hashing", "verifying"):  # the lanes hash without counting
+        if phase == "verifying":  # what the receiver's final check covered
+            return phase, t.checked
+        if phase == "hashing":  # the lanes hash without counting
             return phase, t.size
         return phase, t.flow.acked_bytes
 

@@ -28,6 +28,7 @@ from actors.file_writer import (
     WriteFailed,
     WriterResult,
     Written,
+    hash_file,
 )
 from actors.inbox import create_part, load_manifest, manifest_name
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, _OrderedHash, crew_size
@@ -299,6 +300,35 @@ def test_writer_drops_a_folder_it_was_building_when_closed(
     assert hidden_name(part) in os.listdir(inbox)
     w.close(b"t", keep=False)  # closes fd too
     wait_until(lambda: os.listdir(inbox) == [part], WAIT, "the hidden tree removed")
+
+
+def test_the_final_check_reports_the_bytes_it_covered(
+    tmp_path: Path, writer: tuple[FileWriter, Results], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-back hash says how far it got after each window (what the
+    receiver's Verifying tells the sender's progress bar), and the writer
+    keeps it per transfer until the close."""
+    monkeypatch.setattr("actors.file_writer.HASH_WINDOW", 16 * CHUNK)
+    w, results = writer
+    data = os.urandom(40 * CHUNK + 5)
+    path = tmp_path / "part"
+    path.write_bytes(data)
+    seen: list[int] = []
+    with open(path, "rb") as f:
+        assert hash_file(f.fileno(), len(data), seen.append) == blake3.blake3(data).digest()
+    assert seen == [16 * CHUNK, 32 * CHUNK, len(data)]
+    fd = os.open(path, os.O_RDWR)
+    total = -(-len(data) // CHUNK)
+    w.open(b"t", fd, CHUNK, len(data), ChunkBitmap(total))
+    assert w.checked(b"t") == 0
+    for index in range(total):
+        w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
+    assert {_index(_next(results)) for _ in range(total)} == set(range(total))
+    w.finish(b"t")
+    assert _next(results) == Finished(b"t", blake3.blake3(data).digest())
+    assert w.checked(b"t") == len(data)
+    w.close(b"t", keep=False)
+    wait_until(lambda: w.checked(b"t") == 0, WAIT, "forgotten at the close")
 
 
 def test_writer_refuses_to_finish_an_incomplete_part(

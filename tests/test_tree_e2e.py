@@ -318,4 +318,6 @@ def test_the_receiver_says_it_is_verifying_before_its_verdict(
     assert Verifying in kinds and kinds[-1] is Verified, seen
     assert kinds.index(Verifying) < kinds.index(Verified)
     assert next(m for m in seen if isinstance(m, Verifying)).chunks == t.total
+    checked = [m.done_bytes for m in seen if isinstance(m, Verifying)]
+    assert checked == sorted(checked) and checked[-1] <= len(manifest + x), checked
     assert (receiver.inbox / "v" / "x.bin").read_bytes() == x

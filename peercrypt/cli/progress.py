@@ -101,7 +101,7 @@ class ProgressView:
             if msg.phase in COUNTED:
                 bar.reset(total=msg.total_bytes or bar.total)  # rate and ETA per phase
         text = PHASE_TEXT.get(msg.phase, msg.phase)
-        if msg.phase == "verifying" or msg.phase not in COUNTED:
+        if msg.phase not in COUNTED:
             text = f"{text} {time.monotonic() - self.phase_since:.0f} s"
         if msg.total_files:  # a folder or several files
             text = f"{msg.done_files}/{msg.total_files} files {text}"

@@ -196,10 +196,12 @@ class Done(Message):
 class Verifying(Message):
     """Receiver -> sender, sealed, in answer to each Done while its final
     check runs (re-reading the part, building a folder): still at it, so
-    the sender's wait for the verdict starts again."""
+    the sender's wait for the verdict starts again. ``done_bytes``: how
+    much of the file the check has covered so far (its progress bar)."""
 
     TYPE = "verifying"
     chunks: int = field(metadata=bounded(MAX_CHUNKS))
+    done_bytes: int = counter(default=0)
 
 
 @message
