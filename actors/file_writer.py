@@ -42,14 +42,18 @@ The hash is taken once, at the end, of the part as read back after fsync
 and nothing is held in memory for the hash or hashed twice.
 
 A folder transfer (``open(..., tree=TreeSpec)``) is different: what is kept
-is its tree, not its part. Its chunks are fed in order to a
-:class:`~actors.tree_store.TreeBuilder` as they are written (a chunk that
-came early waits in the part and is read back once the gap before it is
-filled, so nothing more is held in memory), which builds the tree under its
-hidden name meanwhile; the verdict hash is taken of the same bytes in that
-order, and the part gets no writeback of its own (its checkpoints still
-``fdatasync`` it for resume). The tree's files are hashed as written and
-made durable by one ``syncfs`` before anything is renamed into the inbox.
+is its tree, not its part. Once written, its chunks are handed in stream
+order (one that came early once the gap before it is filled) to a thread of
+its own (:class:`_Feeder`) that reads each back from the part (the page
+cache: nothing more is held in memory) and feeds a
+:class:`~actors.tree_store.TreeBuilder`, which builds the tree under its
+hidden name meanwhile - so thousands of file creations never delay a
+chunk's ``Written`` (the acks); ``finish`` waits for it to catch up
+(:meth:`FileWriter.checked` follows it: the sender's "verifying" bar). The
+verdict hash is taken of the same bytes in that order, and the part gets
+no writeback of its own (its checkpoints still ``fdatasync`` it for resume).
+The tree's files are hashed as written and made durable by one ``syncfs``
+before anything is renamed into the inbox.
 After an I/O error in the build (a full disk) the part is fsynced and
 verified as above, and the tree built from it again (``unpack``).
 """
@@ -244,11 +248,61 @@ class _File:
     inbox: Path | None = None
     manifest: Manifest | None = None  # what to record at checkpoints
     since_checkpoint: int = 0
-    # A folder transfer: its tree built as the stream arrives (tree_store.py),
-    # fed the chunks in order from ``fed`` on, hashed as they are fed.
-    builder: TreeBuilder | None = None
-    hasher: Any = None
+    # A folder transfer: its tree built as the stream arrives (tree_store.py)
+    # by its feeder, handed the chunks in order from ``fed`` on.
+    feeder: _Feeder | None = None
     fed: int = 0
+
+
+class _Feeder:
+    """A folder transfer's tree, built in a thread of its own from the
+    chunks the writer hands it in stream order (read back from the part:
+    the page cache; nothing else is held), so building - thousands of file
+    creations in one chunk of small files - never delays a chunk's
+    ``Written`` (the sender's acks). The stream is hashed in the same order.
+    ``progress(bytes fed)`` after each chunk."""
+
+    def __init__(
+        self,
+        builder: TreeBuilder,
+        halt: threading.Event,
+        f: _File,
+        progress: Callable[[int], None],
+    ) -> None:
+        self.builder, self.halt = builder, halt
+        self.hasher = blake3.blake3()
+        self._file, self._progress = f, progress
+        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="pc-tree", daemon=True)
+        self._thread.start()
+
+    def push(self, index: int) -> None:
+        self._queue.put(index)
+
+    def _run(self) -> None:
+        f, fed = self._file, 0
+        while (index := self._queue.get()) is not None and not self.halt.is_set():
+            try:
+                chunk = read_chunk(f.fd, index, f.chunk_size, f.size)
+            except OSError as exc:
+                self.builder.fail(exc)
+                return
+            self.hasher.update(chunk)
+            self.builder.feed(chunk)
+            fed += len(chunk)
+            self._progress(fed)
+
+    def finish(self) -> None:
+        """Wait until every chunk handed over is built."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def cancel(self) -> None:
+        """Stop building (at the next entry or block) and remove what was built."""
+        self.halt.set()
+        self._queue.put(None)
+        self._thread.join()
+        self.builder.discard()
 
 
 class FileWriter:
@@ -270,12 +324,15 @@ class FileWriter:
         # Bytes the final check of each file has covered (written by this
         # thread, read by the actor: one int per key, replaced whole).
         self._checked: dict[bytes, int] = {}
+        self._halts: set[threading.Event] = set()  # of running feeders, set by stop()
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
+        for halt in list(self._halts):
+            halt.set()
         self._queue.put(None)
         self._thread.join(5.0)
 
@@ -376,9 +433,11 @@ class FileWriter:
             opened = _File(fd, chunk_size, size, ChunkBitmap.from_bytes(total, held))
             files[tid] = opened
             if tree is not None:
-                opened.builder = self._builder(tree, size)
-                opened.hasher = blake3.blake3()
-                self._feed(opened, -1, b"")  # what a kept part holds already
+                halt = threading.Event()
+                self._halts.add(halt)
+                builder = self._builder(tree, size, halt)
+                opened.feeder = _Feeder(builder, halt, opened, self._checked_setter(tid))
+                self._feed(opened)  # what a kept part holds already
             if checkpoint is not None:
                 # The pair exists from the start: a crash before the first
                 # checkpoint leaves a part that is known, not an orphan.
@@ -390,11 +449,11 @@ class FileWriter:
         if kind == "close":
             _, _, keep = op
             closing = files.pop(tid, None) or self._failed.pop(tid, None)
-            self._checked.pop(tid, None)
+            if closing is not None:
+                self._drop_feeder(closing)  # a tree not published: nothing of it stays
+            self._checked.pop(tid, None)  # (after its feeder stopped noting it)
             if closing is None:
                 return None
-            if closing.builder is not None:
-                closing.builder.discard()  # a tree not published: nothing of it stays
             unsaved = self._checkpoint(closing) if keep else ""
             os.close(closing.fd)
             if not files:
@@ -402,8 +461,8 @@ class FileWriter:
             return Unsaved(tid, unsaved) if unsaved else None
         if kind == "forget":
             forgotten = self._failed.pop(tid, None)
-            if forgotten is not None and forgotten.builder is not None:
-                forgotten.builder.discard()
+            if forgotten is not None:
+                self._drop_feeder(forgotten)
         f = files.get(tid)
         if f is None:
             return None  # forgotten (transfer aborted) while work was queued
@@ -412,8 +471,8 @@ class FileWriter:
             if os.pwrite(f.fd, data, index * f.chunk_size) != len(data):
                 raise OSError(errno.ENOSPC, f"short write of chunk {index} (disk full?)")
             f.written.add(index)
-            if f.builder is not None:  # its files are what is kept: no writeback of the part
-                self._feed(f, index, data)
+            if f.feeder is not None:  # its files are what is kept: no writeback of the part
+                self._feed(f)
             else:
                 self._start_writeback(f.fd, index * f.chunk_size, len(data))
             f.since_checkpoint += 1
@@ -425,12 +484,13 @@ class FileWriter:
         if kind == "finish":
             if not f.written.complete:
                 return WriteFailed(tid, "finish before all chunks were written")
-            if f.builder is not None and not isinstance(f.builder.error, OSError):
-                # Every byte was hashed in order as it was fed to the tree
-                # (whose files are hashed as written and synced before they
-                # are published): the part itself is never published.
-                self._checked[tid] = f.size
-                return Finished(tid, f.hasher.digest())
+            if f.feeder is not None:
+                f.feeder.finish()  # the build catches up (checked() follows it)
+                if not isinstance(f.feeder.builder.error, OSError):
+                    # Every byte was hashed in order as it was fed to the tree
+                    # (whose files are hashed as written and synced before
+                    # they are published): the part itself is never published.
+                    return Finished(tid, f.feeder.hasher.digest())
             self._checked[tid] = 0
             os.fsync(f.fd)
             # It stays known until close(), which closes its fd.
@@ -440,11 +500,11 @@ class FileWriter:
             return Finished(tid, hash_file(f.fd, f.size, self._checked_setter(tid)))
         if kind == "unpack":
             spec: TreeSpec = op[2]
-            built = f.builder
+            built = f.feeder.builder if f.feeder is not None else None
             try:
                 if built is not None and (built.complete or isinstance(built.error, TreeError)):
                     return Unpacked(tid, tuple(built.publish()))  # or its TreeError
-                stored = unpack(self._builder(spec, f.size), f.fd)
+                stored = unpack(self._builder(spec, f.size, self._stopping), f.fd)
             except TreeError as exc:
                 return TreeFailed(tid, str(exc), bad=True)
             except OSError as exc:
@@ -461,23 +521,27 @@ class FileWriter:
 
         return note
 
-    def _builder(self, spec: TreeSpec, size: int) -> TreeBuilder:
+    @staticmethod
+    def _builder(spec: TreeSpec, size: int, stop: threading.Event) -> TreeBuilder:
         return TreeBuilder(
             spec.inbox, spec.part, spec.manifest_bytes, size, spec.max_files,
-            spec.file_mode, spec.dir_mode, self._stopping,
+            spec.file_mode, spec.dir_mode, stop,
         )  # fmt: skip
 
     @staticmethod
-    def _feed(f: _File, index: int, data: bytes) -> None:
-        """Feed ``f``'s tree the chunks written from ``f.fed`` on, in order
-        (``data``: chunk ``index``, just written; the others are read back)."""
-        assert f.builder is not None
+    def _feed(f: _File) -> None:
+        """Hand ``f``'s feeder the chunks written from ``f.fed`` on, in order."""
+        assert f.feeder is not None
         total = f.written.total
         while f.fed < total and f.fed in f.written:
-            chunk = data if f.fed == index else read_chunk(f.fd, f.fed, f.chunk_size, f.size)
-            f.hasher.update(chunk)
-            f.builder.feed(chunk)
+            f.feeder.push(f.fed)
             f.fed += 1
+
+    def _drop_feeder(self, f: _File) -> None:
+        if f.feeder is not None:
+            f.feeder.cancel()
+            self._halts.discard(f.feeder.halt)
+            f.feeder = None
 
     @staticmethod
     def _checkpoint(f: _File) -> str:

@@ -150,6 +150,12 @@ class TreeBuilder:
             and self._fd < 0
         )
 
+    def fail(self, exc: TreeError | OSError) -> None:
+        """End the build with ``exc`` (an error reading the stream)."""
+        if self.error is None:
+            self.error = exc
+            self.discard()
+
     def feed(self, data: bytes | memoryview) -> None:
         """The next bytes of the stream (after an error: ignored)."""
         self.fed += len(data)

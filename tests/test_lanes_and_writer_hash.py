@@ -261,12 +261,13 @@ def test_writer_builds_a_folder_as_its_chunks_come_in_any_order(
         for index in order:
             w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
         assert {_index(_next(results)) for _ in order} == set(range(total))
-        assert os.listdir(inbox) == [part, hidden_name(part)]  # built, not yet published
+        w.finish(b"t")  # waits for the build (in a thread of its own) to catch up
+        assert _next(results) == Finished(b"t", blake3.blake3(data).digest())
+        assert w.checked(b"t") == len(data)
+        assert sorted(os.listdir(inbox)) == [part, hidden_name(part)]  # built, not published
         assert (inbox / hidden_name(part) / "src" / "d1" / "f28").read_bytes() == (
             src / "d1" / "f28"
         ).read_bytes()
-        w.finish(b"t")
-        assert _next(results) == Finished(b"t", blake3.blake3(data).digest())
         w.unpack(b"t", spec)
         assert _next(results) == Unpacked(b"t", ("src",))
         stored = {str(p.relative_to(inbox)): p.read_bytes() for p in inbox.rglob("f*")}
@@ -297,7 +298,7 @@ def test_writer_drops_a_folder_it_was_building_when_closed(
     w.write(b"t", 0, data[:CHUNK])
     w.write(b"t", 1, data[CHUNK : 2 * CHUNK])
     assert [_index(_next(results)) for _ in range(2)] == [0, 1]
-    assert hidden_name(part) in os.listdir(inbox)
+    wait_until(lambda: hidden_name(part) in os.listdir(inbox), WAIT, "the build started")
     w.close(b"t", keep=False)  # closes fd too
     wait_until(lambda: os.listdir(inbox) == [part], WAIT, "the hidden tree removed")
 
