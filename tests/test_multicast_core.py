@@ -310,3 +310,19 @@ def _exchange(sid: bytes) -> tuple[SessionSecrets, SessionSecrets]:
     init = Initiator(sender)
     answer = respond(sid, receiver, sender.public, init.public)
     return init.finish(sid, answer.static_pub, answer.eph_pub, answer.proof), answer.secrets
+
+
+def test_a_member_that_never_finishes_verifying_fails_after_the_verify_limit() -> None:
+    """A member acking every chunk for ever (a hostile one, which never
+    sends its verdict) keeps the session open only until the verify limit,
+    then its stall timeout: one member never holds the sender for ever."""
+    plan = _plan(total=8, lost_after=2.0, stall_timeout=5.0, verify_limit=30.0)
+    plan.on_published(8)
+    now, failed_at = 1.0, None
+    while now < 100.0 and failed_at is None:
+        plan.on_ack("a", 8, [], now)
+        if ("a", FAILED) in plan.tick(now):
+            failed_at = now
+        now += 0.5
+    assert failed_at is not None and 30.0 <= failed_at <= 1.0 + 30.0 + 5.0 + 0.5, failed_at
+    assert "no progress" in plan.members["a"].reason

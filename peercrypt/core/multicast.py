@@ -38,7 +38,10 @@ repairs.
   member whose cumulative ack does not move for ``stall_timeout`` seconds,
   or that stays lost that long, fails: one peer never stalls the others.
   A member that acks every chunk is verifying (the final hash, storing a
-  folder): each such ack counts as progress, so a long check is not a stall.
+  folder): each such ack counts as progress, so a long check is not a stall
+  - for ``verify_limit`` seconds after its first such ack at most, then its
+  stall clock runs: a member that never sends its verdict (a hostile one)
+  cannot hold the session open for ever.
 """
 
 from __future__ import annotations
@@ -176,6 +179,7 @@ class Member:
     wanted: set[int] = field(default_factory=set)
     repaired_at: dict[int, float] = field(default_factory=dict)
     slow_since: float | None = None
+    verifying_since: float | None = None  # its first ack of every chunk
     demoted: bool = False  # moved to unicast for being slow: stays there
     reason: str = ""
 
@@ -202,6 +206,7 @@ class SessionPlan:
         max_nak_pct: float = 20.0,
         lost_after: float = 2.0,
         stall_timeout: float = 10.0,
+        verify_limit: float = 60.0,
     ) -> None:
         self.total = total
         self.max_window = max(1, window)
@@ -213,6 +218,7 @@ class SessionPlan:
         self.max_nak_pct = max_nak_pct
         self.lost_after = lost_after
         self.stall_timeout = stall_timeout
+        self.verify_limit = verify_limit
         self.members: dict[str, Member] = {}
         self.published = 0
         self.demotions = 0
@@ -271,7 +277,10 @@ class SessionPlan:
         m.last_heard = now
         cumulative = max(0, min(self.total, cumulative))
         if cumulative >= self.total:  # it holds everything and is verifying: alive, not stalled
-            m.progress_at = now
+            if m.verifying_since is None:
+                m.verifying_since = now
+            if now - m.verifying_since < self.verify_limit:  # not for ever
+                m.progress_at = now
         if cumulative > m.cumulative:
             m.cumulative = cumulative
             if cumulative > m.high_water:

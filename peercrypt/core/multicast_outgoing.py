@@ -53,6 +53,10 @@ from peercrypt.errors import ResultCode
 JOIN_WAIT = 2.0  # seconds publishing waits for every target to join
 ANNOUNCE_INTERVAL = 0.5  # re-announce to targets that did not join (yet)
 TICK = 0.05  # seconds between timeout checks while publishing
+# A receiver holding every chunk is verifying (the whole-file hash, storing
+# a folder): its acks count as progress for the timeout plus the time this
+# rate of checking takes for the file, at most (core/multicast.py).
+VERIFY_FLOOR = 8 * 1024 * 1024  # bytes/s
 # An ack is answered with a status (horizon, hash, ack interval) at most this
 # often per receiver - sooner when it NAKed or the hash or the interval is new
 # to it: acks come every few written chunks, and answering each cost the
@@ -196,7 +200,11 @@ class MulticastOutgoing(GrantedFlow):
         self.total = max(1, -(-self.size // self.chunk_size))
         self.started = self.now
         self.plan = SessionPlan(
-            self.total, window=self.window, min_window=self.min_window, stall_timeout=self.timeout
+            self.total,
+            window=self.window,
+            min_window=self.min_window,
+            stall_timeout=self.timeout,
+            verify_limit=self.timeout + self.size / VERIFY_FLOOR,
         )
         for name in dict.fromkeys(self.targets):
             self.receivers[name] = Receiver(name)
