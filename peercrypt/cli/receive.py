@@ -20,6 +20,7 @@ import click
 
 from peercrypt import errors
 from peercrypt.cli.common import UserError
+from peercrypt.cli.status_view import describe_outcome
 from peercrypt.client import ControlClient, NodeUnavailable
 
 POLL = 0.25  # seconds between status requests
@@ -48,15 +49,6 @@ def inbound(facts: dict[str, str]) -> Inbound:
     except ValueError:
         last = {}
     return Inbound(incoming, last if isinstance(last, dict) else {})
-
-
-def describe_outcome(last: dict[str, Any]) -> str:
-    if last.get("ok"):
-        return (
-            f"received {last.get('name')} ({last.get('size')} bytes) as "
-            f"{last.get('stored_as')}, verified"
-        )
-    return f"receiving {last.get('name')} failed: {last.get('reason')}"
 
 
 def wait_for_next(client: ControlClient, timeout: float, quiet: bool) -> dict[str, Any]:

@@ -39,8 +39,9 @@ import click
 from peercrypt import errors
 from peercrypt.cli.common import UserError
 from peercrypt.cli.node import node_options, node_settings, run_node
-from peercrypt.cli.receive import describe_outcome, inbound
+from peercrypt.cli.receive import inbound
 from peercrypt.cli.runner import execute, unknown_command
+from peercrypt.cli.status_view import describe_outcome
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.modes import ALL_MODES, CONGESTION_KEYS
 from peercrypt.wire.messages import TransfersReply, TransfersRequest

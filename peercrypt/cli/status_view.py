@@ -8,6 +8,7 @@ the ``status`` command (:mod:`peercrypt.cli.status`) both show it with this.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from peercrypt.cli.echo import echo
 from peercrypt.wire.local_messages import StatusReply
@@ -21,10 +22,28 @@ def show(reply: StatusReply, as_json: bool) -> None:
     else:
         fp = reply.node.get("fingerprint", "")
         lines = [f"fingerprint {fp}", f"node: running (pid {reply.node.get('pid')})"]
-        lines += [
-            f"  {key}: {reply.node[key]}"
-            for key in sorted(reply.node)
-            if key not in ("fingerprint", "pid")
-        ]
+        for key in sorted(reply.node):
+            value = reply.node[key]
+            if key in ("fingerprint", "pid") or value in ("", "{}", "[]"):
+                continue  # shown above, or nothing to show (--json has every fact)
+            lines.append(f"  {key}: {_last_in(value) if key == 'last_in' else value}")
         lines += [f"  {key} = {reply.counters[key]}" for key in sorted(reply.counters)]
     echo("\n".join(lines))
+
+
+def describe_outcome(last: dict[str, Any]) -> str:
+    """The receiver's latest outcome (its ``last_in`` fact) in words."""
+    if last.get("ok"):
+        return (
+            f"received {last.get('name')} ({last.get('size')} bytes) as "
+            f"{last.get('stored_as')}, verified"
+        )
+    return f"receiving {last.get('name')} failed: {last.get('reason')}"
+
+
+def _last_in(text: str) -> str:
+    try:
+        last = json.loads(text)
+    except ValueError:
+        return text
+    return describe_outcome(last) if isinstance(last, dict) else text

@@ -1,0 +1,31 @@
+"""``peercrypt status`` in words: the latest incoming transfer as a
+sentence, and no empty facts (``--json`` keeps every fact as it is)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from peercrypt.testing.nodes import NodeProcess
+
+
+def test_status_text_says_the_last_transfer_and_skips_empty_facts(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    receiver, sender = node_factory(), node_factory()
+    source = make_file(10 * 1024, name="report.pdf")
+    code, result = sender.send_to(source, receiver)
+    assert code == 0, result
+    shown = receiver.cli("status")
+    assert shown.returncode == 0, shown.describe()
+    lines = shown.stdout.splitlines()
+    assert f"  last_in: received report.pdf (10240 bytes) as {result['stored_as']}, verified" in (
+        lines
+    ), shown.stdout
+    assert not [line for line in lines if line.endswith((": {}", ": []", ": "))], shown.stdout
+    facts = json.loads(receiver.cli("status", "--json").stdout)
+    assert json.loads(facts["last_in"])["stored_as"] == result["stored_as"]
+    empty = [key for key, value in facts.items() if value in ("", "{}", "[]")]
+    assert empty, facts  # there are empty facts, and the text left them out
+    assert not [line for line in lines if line.split(":")[0].strip() in empty]
