@@ -10,7 +10,8 @@ to send, when, the end):
    hello is the pre-send check: an unreachable peer is tried again
    (:class:`~peercrypt.core.reach.Reach`: backoff pauses within the send's
    ``--timeout``, at most ``--max-retries``) and then refused with a hint at
-   ``--force``. Before the offer, the key the peer proved in that hello must
+   ``--force`` (which tries once more instead, the offer given its own
+   ``--timeout``). Before the offer, the key the peer proved in that hello must
    be the one expected at this address (``--expect``, the known-peers file,
    members' signed records: crypto/known_peers.py); what the file is (name,
    size) goes sealed to that key, so no one else at the address reads it.
@@ -592,14 +593,27 @@ class SenderActor(Actor):
             self._hello(t)
 
     def _unchecked(self, t: Outgoing, code: str, reason: str) -> None:
-        """End a send whose peer the pre-send check could not reach or
-        verify: nothing was offered. ``--force`` only drops the hint."""
-        if t.request.force:
-            self.count("forced-sends")
-            log.warning("sending to %s despite: %s", t.peer, reason)
-        elif code == ResultCode.UNREACHABLE:
-            reason = f"{reason}; `send --force` tries anyway"
-        self._end(t, code, reason)
+        """The pre-send check could not reach the peer, or it refused us:
+        end the send (nothing was offered), with the hint at ``--force`` for
+        an unreachable peer. With ``--force``, try anyway: one more
+        connection and hello, as a send without a check, the offer given its
+        own ``--timeout`` (a peer that comes up meanwhile gets the file)."""
+        if not t.request.force:
+            if code == ResultCode.UNREACHABLE:
+                reason = f"{reason}; `send --force` tries anyway"
+            return self._end(t, code, reason)
+        self.count("forced-sends")
+        log.warning("sending to %s despite: %s", t.peer, reason)
+        t.reach, t.challenge = None, None  # the check is over
+        if t.reach_timer is not None:
+            t.reach_timer.cancel()
+        if t.link is not None:
+            t.link.close()
+            t.link = None
+        t.flow.offer_due(self.now() + t.request.timeout)
+        self._hello(t)
+        if t.tid in self.transfers:
+            self._drive(t)
 
     def _offer(self, t: Outgoing, key: bytes, offer_key: bytes = b"") -> None:
         """Offer the file to the node that proved ``key`` at the address, if
