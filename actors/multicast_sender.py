@@ -64,7 +64,7 @@ from actors.tree_source import Walk as TreeWalk
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.core.bitmap import pairs
-from peercrypt.core.fragments import fragment_count, parse_group
+from peercrypt.core.fragments import parse_group
 from peercrypt.core.grants import RequestGrant
 from peercrypt.core.multicast import JOINING, LOST, Repair
 from peercrypt.core.multicast_outgoing import (
@@ -769,11 +769,7 @@ class MulticastSenderActor(Actor):
             sess.backlog.append([index, last, nonce, blob, 0])
             self._flush(sess)
             return
-        unsent = sess.udp.send_sealed(sess.sid, index, last, nonce, blob, sess.header_key)
-        sess.datagrams += fragment_count(fragments.blob_len(blob), sess.udp.fragment) - unsent
-        if unsent:
-            sess.datagrams_unsent += unsent
-            self.count("datagrams-unsent", unsent)
+        sess.udp.submit(udp_multicast.Send(sess.sid, index, last, nonce, blob, sess.header_key))
 
     def _flush(self, sess: Session) -> None:
         """Paced UDP: send queued datagrams while granted bytes are left, so
@@ -786,16 +782,13 @@ class MulticastSenderActor(Actor):
         while sess.backlog and (flow.allowance > 0 or not flow.paced):
             item = sess.backlog[0]
             index, last, nonce, blob, offset = item
-            end, sent, unsent = sess.udp.send_range(
-                sess.sid, index, last, nonce, blob, sess.header_key, offset,
-                flow.allowance if flow.paced else None,
-            )  # fmt: skip
+            budget = flow.allowance if flow.paced else None
+            key = sess.header_key
+            end = sess.udp.submit(
+                udp_multicast.Send(sess.sid, index, last, nonce, blob, key, offset, budget)
+            )
             flow.spend(end - offset)
-            sess.datagrams += sent
-            if unsent:  # the rest of this chunk is useless: it is NAKed
-                sess.datagrams_unsent += unsent
-                self.count("datagrams-unsent", unsent)
-            if unsent or end >= fragments.blob_len(blob):
+            if end >= fragments.blob_len(blob):
                 sess.backlog.popleft()
             else:
                 item[4] = end
@@ -893,6 +886,9 @@ class MulticastSenderActor(Actor):
             os.close(sess.fd)
         if sess.udp is not None:
             sess.udp.close()
+            sess.datagrams, sess.datagrams_unsent = sess.udp.sent, sess.udp.unsent
+            if sess.udp.unsent:
+                self.count("datagrams-unsent", sess.udp.unsent)
         self.count("sent" if code == ResultCode.OK else f"failed-{code}")
         plan = sess.flow.plan
         stats: dict[str, float] = {

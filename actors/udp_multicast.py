@@ -24,9 +24,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import queue
 import socket
 import struct
 import sys
+import threading
+from typing import NamedTuple
 
 from peercrypt.core import fragments
 
@@ -51,6 +54,11 @@ MSG_TRUNC = int(socket.MSG_TRUNC)  # a plain int: the enum's & costs ~1 us a rea
 # route that cannot take GSO (IPsec; before Linux 6.x, a device without
 # checksum offload); EINVAL, UDP checksums off on the socket.
 GSO_REFUSED = frozenset((errno.EMSGSIZE, errno.EIO, errno.EINVAL))
+# Sends waiting for a session's sending thread (each a chunk, or the part of
+# one a paced session may send): the actor blocks beyond, as it blocked in
+# sendmsg before; so a session holds at most this many sealed chunks here.
+SEND_QUEUE = 8
+CLOSE_WAIT = 1.0  # seconds close() waits for the sending thread
 
 
 def interface_toward(host: str) -> str:
@@ -73,6 +81,22 @@ def _buffer(sock: socket.socket, force: int, normal: int, size: int) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, normal) // 2  # the kernel reports double
 
 
+class Send(NamedTuple):
+    """The datagrams of a sealed chunk (``blob``: the sealed bytes and the
+    signature, back to back), their headers tagged with ``key``, from
+    offset ``start`` (a fragment boundary): all of them, or (``budget``,
+    paced) whole datagrams until at least that many bytes left."""
+
+    sid: bytes
+    chunk: int  # its index
+    last: bool
+    nonce: bytes
+    blob: fragments.Blob
+    key: bytes
+    start: int = 0
+    budget: int | None = None
+
+
 class GroupSender:
     """One session's socket to the group, and how it sends a chunk's datagrams.
 
@@ -85,7 +109,9 @@ class GroupSender:
     GRO takes it whole). Without GSO, one datagram per ``sendmsg`` of up to
     ``datagram`` bytes (IP fragments on a smaller MTU: measured cheaper than
     MTU-sized datagrams without GSO). :attr:`fragment` is the payload per
-    datagram, announced to the receivers.
+    datagram, announced to the receivers. The actor hands sends to
+    :meth:`submit`; they leave from the session's sending thread, the only
+    one that touches the socket until :meth:`close`.
     """
 
     def __init__(
@@ -123,38 +149,62 @@ class GroupSender:
         self.packed_offsets: list[bytes] = []  # OFFSET.pack of each fragment's offset
         # datagrams per send: the kernel's segment limit, and 64 KiB in all
         self.batch = min(GSO_MAX_SEGMENTS, fragments.MAX_DATAGRAM // wire) if self.gso else 1
+        # The sending thread (started by the first submit) and what it did.
+        self.jobs: queue.Queue[Send | None] = queue.Queue(SEND_QUEUE)
+        self.thread: threading.Thread | None = None
+        self.closing = False
+        self.sent = 0  # datagrams sent (written by the sending thread only)
+        self.unsent = 0  # datagrams not sent: their chunks are NAKed and repaired
+        self.failed: tuple[int, bytes] | None = None  # (index, nonce) of the last failed seal
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     def close(self) -> None:
+        """Stop the sending thread (what it still holds is dropped: the
+        session is over) and close the socket."""
+        if self.thread is not None:
+            self.closing = True
+            with contextlib.suppress(queue.Full):
+                self.jobs.put(None, timeout=CLOSE_WAIT)
+            self.thread.join(CLOSE_WAIT)
         self.sock.close()
 
-    def send_sealed(
-        self, sid: bytes, index: int, last: bool, nonce: bytes, blob: fragments.Blob, key: bytes
-    ) -> int:
-        """Send one sealed chunk (``blob``: the sealed bytes and the signature,
-        back to back) as datagrams, their headers tagged with ``key``; returns
-        how many were not sent (a full or failing interface: the chunk is
-        NAKed and repaired later)."""
-        return self.send_range(sid, index, last, nonce, blob, key, 0, None)[2]
+    def submit(self, job: Send) -> int:
+        """Have the sending thread send what :meth:`send_range` would; returns
+        the offset it will reach (whole datagrams: known before they leave).
+        The actor's thread only seals and signs; the system calls, and on one
+        host the kernel's delivery to every receiver that they carry, run on
+        a thread of their own (as ZeroMQ's I/O thread does for PUB/SUB).
+        Blocks while :data:`SEND_QUEUE` sends wait. A send that fails counts
+        the rest of its chunk as unsent, and later parts of that seal are
+        dropped (the chunk is NAKed and repaired)."""
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="pc-datagrams", daemon=True)
+            self.thread.start()
+        self.jobs.put(job)
+        size, start = fragments.blob_len(job.blob), job.start
+        stop = size if job.budget is None else min(size, start + max(job.budget, 1))
+        return min(size, start + -(-(stop - start) // self.fragment) * self.fragment)
 
-    def send_range(
-        self,
-        sid: bytes,
-        index: int,
-        last: bool,
-        nonce: bytes,
-        blob: fragments.Blob,
-        key: bytes,
-        start: int,
-        budget: int | None,
-    ) -> tuple[int, int, int]:
-        """The datagrams of ``blob`` from offset ``start`` (a fragment
-        boundary) on: all of them, or (paced) whole datagrams until at least
-        ``budget`` bytes left. Returns the offset reached, the datagrams
-        sent, and how many of the chunk's were not sent after a failure (the
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None or self.closing:
+                return
+            if self.failed == (job.chunk, job.nonce):
+                continue  # counted as unsent when that seal failed
+            _, sent, unsent = self.send_range(job)
+            self.sent += sent
+            if unsent:
+                self.unsent += unsent
+                self.failed = (job.chunk, job.nonce)
+
+    def send_range(self, job: Send) -> tuple[int, int, int]:
+        """Send ``job`` now (on the sending thread). Returns the offset
+        reached, the datagrams sent, and how many of the chunk's were not sent after a failure (the
         rest of the chunk is useless without them: it is NAKed and repaired)."""
+        sid, index, last, nonce, blob, key, start, budget = job
         size = fragments.blob_len(blob)
         stop = size if budget is None else min(size, start + max(budget, 1))
         fields, tag = fragments.chunk_header(sid, index, last, nonce, size, key=key)
@@ -175,7 +225,7 @@ class GroupSender:
             iov[1::4] = offsets[number + k : number + k + n]
             iov[2::4] = [tag] * n
             iov[3::4] = part
-            if not self._send_batch(iov):
+            if self.closing or not self._send_batch(iov):
                 first = start + k * frag
                 return first, sent, fragments.fragment_count(size, frag) - first // frag
             sent += n

@@ -471,7 +471,7 @@ def test_lifting_the_rate_cap_mid_session_sends_what_was_queued(
 # loopback) reads what went out. Prints what the sender and the kernel did.
 _GSO_REFUSED_SCRIPT = """
 import json, os, socket, struct, sys
-from actors.udp_multicast import GroupSender
+from actors.udp_multicast import GroupSender, Send
 from peercrypt.core import fragments
 iface, group, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -483,7 +483,7 @@ tx = GroupSender(iface, (group, port), 1, 8 << 20, fragments.MAX_DATAGRAM)
 gso, batch = tx.gso, tx.batch
 tx.sock.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK: GSO sends get EINVAL
 blob = os.urandom(40 * tx.fragment + 123)
-unsent = tx.send_sealed(os.urandom(16), 0, True, os.urandom(12), (blob,), os.urandom(32))
+unsent = tx.send_range(Send(os.urandom(16), 0, True, os.urandom(12), (blob,), os.urandom(32)))[2]
 rx.settimeout(2.0)
 lengths, placed = [], bytearray(len(blob))
 try:
