@@ -218,3 +218,31 @@ def test_an_announce_naming_another_nodes_signing_key_is_refused(
     assert [(type(a), a.code) for a in answers] == [(McRefuse, "protocol")] * 2, answers
     result = _finish(proc, sender)
     assert _honest_result(result, honest)["code"] == "ok", result
+
+
+def test_a_member_that_acks_everything_and_never_answers_cannot_hold_the_send(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """A target that acks every chunk for ever (as a receiver verifying
+    does) and never sends its verdict: after --timeout plus its file's
+    verify allowance it fails for no progress, the send ends (not exit 0)
+    and the honest receiver's copy is verified and stored."""
+    sender, honest = node_factory(), node_factory()
+    path = make_file(256 * 1024 + 7)
+    hostile = CoReceiver(network_key, verify_forever=True)
+    try:
+        proc = start_cli(
+            "send", path, honest.host, str(honest.port), "-m",
+            "--to", f"127.0.0.1:{hostile.port}", "--chunk-size", str(CHUNK),
+            "--timeout", "2", "--json",
+            data_dir=sender.data_dir,
+        )  # fmt: skip
+        result = _finish(proc, sender)
+        assert proc.returncode != 0, result
+    finally:
+        hostile.close()
+    mine = _honest_result(result, honest)
+    assert mine["code"] == "ok", (result, honest.log_tail())
+    assert _final_files(honest) == {mine["stored_as"]: blake3_file(path)}
+    (theirs,) = [r for r in result["receivers"] if r["target"] == f"127.0.0.1:{hostile.port}"]
+    assert theirs["code"] != "ok" and "no progress" in theirs["error"], theirs

@@ -13,7 +13,10 @@ receiver:
 - :meth:`forged_datagrams`: the same chunks as datagrams for the group;
 - :meth:`announce`: sessions of its own announced to a receiver (for
   instance with ids that share a prefix with the real one and the same file
-  name), as a sender would.
+  name), as a sender would;
+- ``CoReceiver(key, verify_forever=True)``: towards the sender, it acks every
+  chunk of each session it joins for ever (as a receiver verifying does)
+  and never sends its verdict.
 
 Everything it does goes to 127.0.0.1; every wait has a timeout.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +71,9 @@ class Joined:
 class CoReceiver:
     """A hostile member's node: joins sessions, then forges for the others."""
 
-    def __init__(self, network_key: str) -> None:
+    def __init__(self, network_key: str, verify_forever: bool = False) -> None:
+        self.verify_forever = verify_forever
+        self._acking: list[tuple[bytes, McAck]] = []  # (route, ack) sent every 0.5 s
         self.identity = KeyPair.from_seed(os.urandom(32))
         self.signer = ChunkSigner(self.identity.seed)
         server = network_server_keys(network_key)
@@ -95,8 +101,13 @@ class CoReceiver:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.sink, zmq.POLLIN)
+        next_ack = 0.0
         while not self._stop.is_set():
             events = dict(poller.poll(20))
+            if self._acking and time.monotonic() >= next_ack:
+                next_ack = time.monotonic() + 0.5
+                for route, ack in self._acking:
+                    self._reply(route, ack)
             if self.sink in events:
                 while self.sink.poll(0):
                     self.sink.recv_multipart()
@@ -148,6 +159,13 @@ class CoReceiver:
                 return
             joined = joined_or_none
             joined.key = unwrap(wrap_or_none, msg.sid, msg.wrapped)
+            if self.verify_forever:
+                a = joined.announce
+                total = max(1, -(-a.size // a.chunk_size))
+                self._acking.append((route, McAck(sid=msg.sid, cumulative=total, written=total)))
+                joined.ready.set()
+                self.first.set()
+                return
             # Acked (so the sender need not wait for it), then out of the
             # session: it keeps the content key.
             self._reply(route, McAck(sid=msg.sid, cumulative=0, written=0, naks=[]))
