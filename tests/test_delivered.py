@@ -60,6 +60,29 @@ def test_the_table_is_bounded_and_keeps_the_latest(ns: list[int], capacity: int)
 
 
 @settings(deadline=None)
+@given(st.integers(3, 12), st.data())
+def test_a_member_delivering_many_files_pushes_out_only_its_own(
+    capacity: int, data: st.DataObject
+) -> None:
+    """A flood of tiny deliveries by one identity never evicts the entries of
+    an identity that holds fewer: the flooder's oldest go first."""
+    table = DeliveredTable(capacity)
+    kept = data.draw(st.integers(1, (capacity - 1) // 2))
+    honest = [_delivery(peer=A, name=f"a{n}", stored=f"a{n}", n=n) for n in range(kept)]
+    for d in honest:
+        table.record(d)
+    flood = data.draw(st.integers(capacity, 4 * capacity))
+    for n in range(flood):
+        table.record(_delivery(peer=B, name=f"b{n}", stored=f"b{n}", n=n))
+        assert len(table) <= capacity
+    for d in honest:
+        assert table.lookup(d.key, {d.stored_as: d.stamp}.get) == d
+    # The flooder keeps its latest deliveries in the room left.
+    newest = _delivery(peer=B, name=f"b{flood - 1}", stored=f"b{flood - 1}", n=flood - 1)
+    assert table.lookup(newest.key, {newest.stored_as: newest.stamp}.get) == newest
+
+
+@settings(deadline=None)
 @given(st.lists(st.integers(0, 40), max_size=20))
 def test_a_restart_keeps_the_table(ns: list[int]) -> None:
     table = DeliveredTable(8)

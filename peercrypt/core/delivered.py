@@ -22,9 +22,13 @@ the very one stored (:class:`FileStamp`: device, inode, size and mtime, as
 part's other name changes). A file that is gone, replaced or written to
 makes the offer a fresh transfer, and the entry is forgotten.
 
-Bounded: at most ``capacity`` entries (the oldest delivered goes first),
-each of bounded size; persisted in the node's data directory so a restart
-keeps them (:meth:`DeliveredTable.encode` / :meth:`DeliveredTable.decode`,
+Bounded: at most ``capacity`` entries, each of bounded size. When full, the
+entry that goes is the oldest of the identity holding the most entries, so
+a member delivering many tiny files pushes out its own entries first, not
+everyone else's. A sender's entry goes only once no identity holds more
+entries than it does: a member with many fresh identities, one delivery
+each, can still push out a sender holding one. Persisted in the node's data
+directory so a restart keeps them (:meth:`DeliveredTable.encode` / :meth:`DeliveredTable.decode`,
 which never raises: an unreadable table is an empty one).
 
 Pure: no file is opened here; the caller passes the stamps it measured.
@@ -76,11 +80,23 @@ class DeliveredTable:
         return len(self._entries)
 
     def record(self, delivery: Delivery) -> None:
-        """``delivery`` happened (it replaces an earlier one of the same key)."""
+        """``delivery`` happened (it replaces an earlier one of the same key).
+        Past ``capacity``, the oldest entry of the identity holding the most
+        entries goes (ties: the identity whose oldest entry is oldest)."""
         self._entries.pop(delivery.key, None)
         self._entries[delivery.key] = delivery
         while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+            self._evict_one()
+
+    def _evict_one(self) -> None:
+        counts: dict[bytes, int] = {}
+        for key in self._entries:
+            counts[key.peer] = counts.get(key.peer, 0) + 1
+        most = max(counts.values())
+        # The entries are in delivery order: the first one of a peer holding
+        # ``most`` is the oldest of the oldest such peer.
+        victim = next(k for k in self._entries if counts[k.peer] == most)
+        del self._entries[victim]
 
     def forget(self, key: ResumeKey) -> bool:
         return self._entries.pop(key, None) is not None
