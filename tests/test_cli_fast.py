@@ -89,7 +89,7 @@ def normal(out: str) -> str:
         ["--data-dir", "d", "status", "--json"],
         ["--data-dir=d", "send", "a", "b", "h", "1", "--json", "--timeout=5"],
         ["send", "--no-progress", "a", "h", "1", "--chunk-size", "4096", "--force"],
-        ["send", "a", "h", "1", "--expect", "x"],
+        ["send", "a", "h", "1", "--expect", "x", "--progress"],
         ["--data-dir", "d", "send", "a", "h", "1", "--data-dir=e"],
     ],
 )
@@ -120,7 +120,6 @@ def test_plain_lines_are_taken(argv: list[str]) -> None:
         ["send", "a", "h", "1", "-r", "1M"],
         ["send", "a", "h", "1", "--mode", "aimd"],
         ["send", "a", "h", "1", "-m"],
-        ["send", "a", "h", "1", "--progress"],
         ["send", "a", "h", "1", "--network-key-file", "k"],
         ["send", "a", "h", "1", "--timeout"],
         ["send", "a", "h", "1", "--timeout", "-1"],
@@ -264,3 +263,17 @@ def test_a_node_whose_default_is_multicast_gets_the_command(
     assert row["code"] == "ok"
     assert blake3_file(receiver.inbox / row["stored_as"]) == blake3_file(f)
     assert "click" in modules  # the command did it
+
+
+def test_a_send_with_progress_draws_the_commands_bar(
+    pair: tuple[NodeProcess, NodeProcess], tmp_path: Path
+) -> None:
+    """``--progress`` (or a terminal): the same bar as the command's, without click."""
+    sender, receiver = pair
+    f = random_file(tmp_path / "bar.bin", 3000)
+    argv = ["send", str(f), LOCALHOST, str(receiver.port), "--progress"]
+    code, out, err, modules = peercrypt("entry", sender.data_dir, *argv)
+    assert code == 0, (out, err)
+    assert out.startswith("sent bar.bin (3000 bytes)") and out.endswith("verified\n")
+    assert re.search(r"bar\.bin: +\d+%", "\n".join(err)), err
+    assert "tqdm" in modules and "click" not in modules

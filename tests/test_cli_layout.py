@@ -9,7 +9,7 @@ import peercrypt.cli
 
 PACKAGE = Path(peercrypt.cli.__file__).parent
 # The fast path and what it shares with the click commands (no click in them).
-LIGHT = {"fast", "follow", "send_report", "status_view", "echo"}
+LIGHT = {"fast", "follow", "send_report", "status_view", "echo", "progress"}
 
 
 def _imports(path: Path, modules: set[str]) -> set[str]:

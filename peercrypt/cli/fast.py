@@ -7,18 +7,19 @@ takes only command lines whose meaning is plain, and does what the click
 command would do with them:
 
     [--data-dir DIR] status [--json] [--data-dir DIR]
-    [--data-dir DIR] send FILE... HOST PORT [--json] [--no-progress]
+    [--data-dir DIR] send FILE... HOST PORT [--json] [--no-progress] [--progress]
         [--timeout S] [--chunk-size N] [--force] [--expect FINGERPRINT] [--data-dir DIR]
 
 (options in any order among the arguments, ``--name=value`` or ``--name
 value``, each at most once). It declines (returns None, and the click
 command runs as before) everything else: help, any other option, any value
 click would refuse (a missing or unreadable file, a port or a timeout out of
-range, a host that does not resolve, two files of the same name), a progress
-bar to draw, no node answering for the data dir, and a node whose default
-mode is multicast. So every usage error, help text and other path stays
-click's own; ``tests/test_cli_fast.py`` checks that each line it takes sends
-the same request and prints the same as the click command.
+range, a host that does not resolve, two files of the same name), no node
+answering for the data dir, and a node whose default mode is multicast.
+So every usage error, help text and other path stays click's own;
+``tests/test_cli_fast.py`` checks that each line it takes sends the same
+request and prints the same as the click command. The progress bar is the
+command's own (:mod:`peercrypt.cli.progress`).
 
 A send is one request to the node, answered until its verified result: no
 status round trip first (the node's first reply, at once, says it took the
@@ -29,7 +30,6 @@ which may start a temporary node, runs instead).
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +45,7 @@ MIN_TIMEOUT, MAX_TIMEOUT, DEFAULT_TIMEOUT = 0.1, 3600, 10.0  # send --timeout (s
 TAKES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "status": (frozenset({"--json"}), frozenset({"--data-dir"})),
     "send": (
-        frozenset({"--json", "--no-progress", "--force"}),
+        frozenset({"--json", "--no-progress", "--progress", "--force"}),
         frozenset({"--timeout", "--chunk-size", "--expect", "--data-dir"}),
     ),
 }
@@ -189,8 +189,6 @@ def _send(line: Line, data_dir: Path) -> int | None:
     if not all(os.path.exists(f) and os.access(f, os.R_OK) for f in files):
         return None
     as_json = "--json" in line.flags
-    if not as_json and "--no-progress" not in line.flags and sys.stderr.isatty():
-        return None  # a progress bar to draw: the command draws it
     expect = ""
     if "--expect" in line.values:
         from peercrypt.crypto.identity import normalise_fingerprint
@@ -204,6 +202,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
     if len(set(names)) != len(names) or not _resolvable(host, int(port)):
         return None
     from peercrypt.cli.follow import follow
+    from peercrypt.cli.progress import progress_view, wanted
     from peercrypt.cli.send_report import report
     from peercrypt.client import ControlClient, NodeUnavailable
     from peercrypt.errors import ResultCode
@@ -243,7 +242,9 @@ def _send(line: Line, data_dir: Path) -> int | None:
             result = first
         else:
             try:
-                result = follow(client, request, paths[0], SendResult, timeout)
+                show = wanted(as_json, "--no-progress" in line.flags, "--progress" in line.flags)
+                view = progress_view(paths, show)
+                result = follow(client, request, paths[0], SendResult, timeout, view=view)
             except errors.CommandError as exc:  # as the command says it
                 _error(str(exc))
                 return exc.exit_code

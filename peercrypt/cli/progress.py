@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import click
-
+from peercrypt.cli.echo import echo as plain_echo
 from peercrypt.wire.local_messages import McTargetProgress, Progress
 
 # What each phase of wire.local_messages.PHASES waits for, as the bar says it.
@@ -51,7 +50,7 @@ def echo(text: str) -> None:
 
         tqdm.write(text, file=sys.stderr)
     else:
-        click.echo(text, err=True)
+        plain_echo(text, err=True)
 
 
 def progress_view(paths: list[Path], show: bool) -> ProgressView | None:
