@@ -182,6 +182,11 @@ def test_a_co_receiver_racing_the_part_name_cannot_replace_the_file(
     proc = _send(sender, path, honest, co_receiver)
     real = co_receiver.session().announce
     to = load_or_create_identity(honest.data_dir).public  # what a hello to it tells
+    # The race this test is about is with the running session: wait until the
+    # honest receiver has joined it. (A co-receiver announcing the id before
+    # the sender reaches the honest receiver takes the id there: a known
+    # limit, docs/security.md.)
+    honest.wait_for_counter("mreceiver.joined", 1, timeout=30)
     refusals = []
     rounds = 0
     while proc.poll() is None and rounds < 12:
