@@ -194,7 +194,12 @@ class GroupSender:
                 return
             if self.failed == (job.chunk, job.nonce):
                 continue  # counted as unsent when that seal failed
-            _, sent, unsent = self.send_range(job)
+            try:
+                _, sent, unsent = self.send_range(job)
+            except Exception as exc:  # no error may stop the thread: submit would block
+                log.error("multicast: sending chunk %d failed: %s", job.chunk, exc)
+                left = fragments.blob_len(job.blob) - job.start
+                sent, unsent = 0, fragments.fragment_count(left, self.fragment)
             self.sent += sent
             if unsent:
                 self.unsent += unsent

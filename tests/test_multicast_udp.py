@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from actors import udp_multicast
 from peercrypt.core import fragments
 from peercrypt.crypto.chunk_signature import SIG_BYTES
 from peercrypt.testing import netns
@@ -35,6 +36,7 @@ from peercrypt.testing.nodes import (
 
 MiB = 1024 * 1024
 TAG = 16
+SID_UDP = bytes(range(16))
 
 
 def _group() -> str:
@@ -526,3 +528,25 @@ def test_after_the_kernel_refuses_gso_the_rest_of_the_chunk_goes_one_datagram_a_
     assert got["after"] == 1 and got["unsent"] == 0, got
     assert got["lengths"] and max(got["lengths"]) <= got["datagram"], got["lengths"]
     assert len(got["lengths"]) == got["count"] and got["whole"], got
+
+
+def test_an_error_in_the_sending_thread_does_not_stop_it(
+    listener_factory: Callable[..., GroupListener],
+) -> None:
+    """A send the thread cannot make (here a blob of text, not bytes) is
+    counted unsent for its chunk and logged; the next chunk still leaves (an
+    actor blocked on a dead thread would never send again)."""
+    group = _group()
+    listener = listener_factory(group)
+    sender = udp_multicast.GroupSender("127.0.0.1", fragments.parse_group(group), 0, MiB, 65000)
+    key, sealed = os.urandom(32), os.urandom(3 * 1000 + 7)
+    try:
+        sender.submit(udp_multicast.Send(SID_UDP, 0, False, b"n" * 12, ("x" * 100,), key))  # type: ignore[arg-type]
+        sender.submit(udp_multicast.Send(SID_UDP, 1, True, b"n" * 12, (sealed,), key))
+        want = fragments.fragment_count(len(sealed), sender.fragment)
+        wait_until(lambda: len(listener.datagrams) >= want or None, 10, "the second chunk")
+    finally:
+        sender.close()
+    assert (sender.sent, sender.unsent) == (want, 1)
+    got = {fragments.parse(d)[0].offset: bytes(fragments.parse(d)[1]) for d in listener.datagrams}
+    assert b"".join(got[o] for o in sorted(got)) == sealed
