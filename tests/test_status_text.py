@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from peercrypt.testing.nodes import NodeProcess
+from peercrypt.testing.nodes import NodeProcess, wait_until
 
 
 def test_status_text_says_the_last_transfer_and_skips_empty_facts(
@@ -17,6 +17,15 @@ def test_status_text_says_the_last_transfer_and_skips_empty_facts(
     source = make_file(10 * 1024, name="report.pdf")
     code, result = sender.send_to(source, receiver)
     assert code == 0, result
+    # The receiver publishes its facts on its own beat: wait for this outcome.
+    wait_until(
+        lambda: (
+            "last_in" in (facts := json.loads(receiver.cli("status", "--json").stdout))
+            and json.loads(facts["last_in"]).get("stored_as") == result["stored_as"]
+        ),
+        15.0,
+        "the receiver's last_in fact",
+    )
     shown = receiver.cli("status")
     assert shown.returncode == 0, shown.describe()
     lines = shown.stdout.splitlines()
