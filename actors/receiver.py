@@ -180,6 +180,8 @@ class Echo:
     host: str = ""  # the transfer limits until answered or idle
     route: bytes | None = None
     replay: ReplayWindow = field(default_factory=ReplayWindow)
+    mode: str = ""  # as the sender said, and when (for the statistics history)
+    wall: float = 0.0
 
 
 @dataclass
@@ -317,12 +319,12 @@ class ReceiverActor(Actor):
         return FileStamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _echo(
-        self, offer: Offer, peer: bytes, host: str, prior: Delivery, answer: Response
+        self, offer: Offer, peer: bytes, host: str, prior: Delivery, answer: Response, mode: str
     ) -> Accept:
         """Accept a re-offer of a delivered file holding every chunk: the
         sender sends none, hashes its file and sends Done (:meth:`_on_echo`)."""
         keys = TransferKeys.for_receiver(offer.tid, answer.secrets)
-        echo = Echo(offer.tid, keys, prior, self.now(), peer, host)
+        echo = Echo(offer.tid, keys, prior, self.now(), peer, host, mode=mode, wall=time.time())
         self.echoes[offer.tid] = echo
         self.count("delivered-before")
         log.info(
@@ -370,6 +372,33 @@ class ReceiverActor(Actor):
         self.data.send_multipart([route, header, sealed])
         if isinstance(reply, Verified):
             self._remember(echo.tid, (header, sealed))
+            self.tell("stats", self._echo_record(echo, ResultCode.OK))
+        elif isinstance(reply, Failed):
+            self.tell("stats", self._echo_record(echo, reply.code, reply.reason))
+
+    def _echo_record(self, echo: Echo, result: str, reason: str = "") -> StatsRecord:
+        """A re-offer answered from the table is a transfer in the history
+        too (nothing moved: ``params.delivered_before`` names the copy)."""
+        d = echo.delivery
+        who = fingerprint(echo.peer) if echo.peer else "?"
+        ok = result == ResultCode.OK
+        return StatsRecord(
+            session=echo.tid.hex(),
+            side="receive",
+            peer=who,
+            peer_fingerprint=who if echo.peer else "",
+            mode=echo.mode,
+            file=d.stored_as if ok else d.key.name,
+            size=d.key.size,
+            done_bytes=d.key.size if ok else 0,
+            chunk_size=d.key.chunk_size,
+            chunks=d.key.total,
+            started=echo.wall,
+            duration=self.now() - echo.since,
+            result=result[:32],
+            reason=reason[:512],
+            params={"delivered_before": d.stored_as[:256]},
+        )
 
     def _remember(self, tid: bytes, sent: tuple[bytes, bytes]) -> None:
         if len(self.completed) >= COMPLETED_MEMORY:
@@ -507,7 +536,7 @@ class ReceiverActor(Actor):
         if not tree_bytes:
             prior = self.delivered.lookup(key, self._stamp)
             if prior is not None:
-                return self._echo(offer, peer, host, prior, answer)
+                return self._echo(offer, peer, host, prior, answer, details.mode)
         try:
             reuse = self._resumable(key)
         except OSError as exc:

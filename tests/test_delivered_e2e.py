@@ -13,6 +13,7 @@ restores the link."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -43,6 +44,14 @@ SILENT_RECEIVER = FaultPlan(
 
 def _stored(inbox: Path) -> list[str]:
     return sorted(p.name for p in inbox.iterdir() if not p.name.startswith("."))
+
+
+def _received_ok(node: NodeProcess, stored_as: str) -> list[dict[str, Any]]:
+    """The node's history rows of files it received and stored as ``stored_as``."""
+    listed = node.cli("stats", "list", "--json")
+    assert listed.returncode == 0, listed.describe()
+    rows: list[dict[str, Any]] = json.loads(listed.stdout)
+    return [r for r in rows if (r["side"], r["file"], r["result"]) == ("receive", stored_as, "ok")]
 
 
 def _send(node: NodeProcess, path: Path, port: int, *extra: str) -> dict[str, Any]:
@@ -95,6 +104,13 @@ def test_a_file_delivered_during_an_outage_is_not_stored_twice(
         assert again["stats"]["resumed_chunks"] == TOTAL, again["stats"]
         assert _stored(receiver.inbox) == ["report.bin"]
         assert receiver.wait_for_counter("receiver.delivered-before-verified", 1) == 1
+        # The receiver's history has that answer too, as a transfer of its own.
+        wait_until(lambda: len(_received_ok(receiver, "report.bin")) >= 2, 20, "2 history rows")
+        rows = _received_ok(receiver, "report.bin")
+        echo = [r for r in rows if "delivered_before" in r["params"]]
+        assert [(r["bytes"], r["params"]["delivered_before"]) for r in echo] == [
+            (SIZE, "report.bin")
+        ], rows
 
         # The table is kept in the data directory: a restarted node answers the same.
         receiver.stop()
