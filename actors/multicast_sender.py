@@ -86,7 +86,7 @@ from peercrypt.crypto.chunk_signature import (
     repair_tag,
     subscription_token,
 )
-from peercrypt.crypto.handshake import HelloChallenge, Initiator, ProofError
+from peercrypt.crypto.handshake import IMPOSTOR, PROVEN, HelloRound, Initiator, ProofError
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, new_content_key
 from peercrypt.crypto.keywrap import wrap as wrap_key
@@ -148,10 +148,11 @@ class Target:
     repair_key: bytes = b""
     token: bytes = b""
     proven: str = ""  # its fingerprint, once it proved its key and is trusted
-    # The hello before the announce: its challenge while one is out, then the
-    # key it proved and this node trusts at its address (name and size are
-    # sealed to it).
-    challenge: HelloChallenge | None = None
+    # The hello before the announce: its challenges (an answer to an earlier
+    # one, e.g. from before a reconnect, is stale, not a failed proof), then
+    # the key it proved and this node trusts at its address (name and size
+    # are sealed to it).
+    hellos: HelloRound = field(default_factory=HelloRound)
     hello_key: bytes = b""
 
 
@@ -433,12 +434,22 @@ class MulticastSenderActor(Actor):
         if link.failure:  # an address ZeroMQ would not take
             sess.flow.fail_target(name, link.failure, link.detail, self.now())
 
-    def _hello(self, t: Target) -> None:
+    def _hello(self, t: Target, connection: bool = False) -> None:
         """Ask ``t`` to prove its key (as the unicast pre-send check does):
-        the announce follows only for a proven, trusted key."""
-        t.challenge, t.hello_key = HelloChallenge(), b""
-        self._send_ctl(t, Hello(challenge=t.challenge.public))
-        self.count("hellos")
+        the announce follows only for a proven, trusted key. A new
+        ``connection`` asks at once (whoever answers there proves its key
+        again); a re-announce only when no challenge is out (or it went
+        unanswered for a while): asking again while an answer is on its way
+        would only make that answer stale."""
+        now = self.now()
+        if not connection and not t.hellos.due(now):
+            return
+        t.hello_key = b""
+        if t.link.send(Hello(challenge=t.hellos.ask(now))):
+            self.count("hellos")
+        else:
+            t.hellos.unsent()
+            self.count("control-not-sent")
 
     def _trust(self, sess: Session, t: Target, key: bytes) -> str:
         """Why ``key`` is not the one trusted at ``t``'s address ("": it is):
@@ -450,15 +461,15 @@ class MulticastSenderActor(Actor):
         return "" if decision.trusted else explain(decision, t.host, t.port)
 
     def _on_hello(self, sess: Session, t: Target, msg: HelloReply) -> None:
-        challenge, t.challenge = t.challenge, None
-        assert challenge is not None
         now = self.now()
-        try:
-            challenge.verify(msg.node_id, msg.version, msg.proof, msg.offer_key)
-        except ProofError:
+        verdict = t.hellos.check(msg.node_id, msg.version, msg.proof, msg.offer_key)
+        if verdict == IMPOSTOR:
             who = fingerprint(msg.node_id)
             reason = f"{t.name} could not prove it holds the key it named ({who}); nothing sent"
             return sess.flow.fail_target(t.name, ResultCode.IMPOSTOR, reason, now)
+        if verdict != PROVEN:  # an answer to an earlier challenge: only late
+            self.count("hello-stale")
+            return
         why = self._trust(sess, t, msg.node_id)
         if why:
             return sess.flow.fail_target(t.name, ResultCode.UNTRUSTED, why, now)
@@ -522,7 +533,7 @@ class MulticastSenderActor(Actor):
             why = f"cannot connect to {t.name} (yet): {link.cause or 'no answer'}"
             self._notice(sess, t, ResultCode.UNREACHABLE, why)
         if link.connected and link.handshaken and waiting:
-            self._hello(t)  # a new connection: whoever answers proves its key again
+            self._hello(t, connection=True)  # whoever answers proves its key again
         self._drive(sess)
 
     def _on_link_failure(self, sess: Session, t: Target) -> None:
@@ -558,7 +569,7 @@ class MulticastSenderActor(Actor):
                 self.count("control-bad-naks")
                 return
             flow.on_ack(t.name, msg.cumulative, naks, now)
-        elif isinstance(msg, HelloReply) and t.challenge is not None:
+        elif isinstance(msg, HelloReply):
             self._on_hello(sess, t, msg)
         elif isinstance(msg, McJoin) and msg.sid == sess.sid:
             self._on_join(sess, t, msg)

@@ -14,7 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peercrypt.crypto.handshake import (
+    HELLO_MEMORY,
+    IMPOSTOR,
+    PROVEN,
+    STALE,
     HelloChallenge,
+    HelloRound,
     Initiator,
     ProofError,
     SessionSecrets,
@@ -276,3 +281,76 @@ def test_hello_proof_binds_the_version_and_rejects_bad_keys() -> None:
         challenge.verify(bytes(32), "1.0", proof)
     with pytest.raises(ValueError):
         prove_hello(me, bytes(32), "1.0")
+
+
+# -- a round of hellos to one peer (a challenge asked again before its answer) ---------
+
+
+def test_an_answer_to_an_earlier_challenge_is_stale_not_an_impostor() -> None:
+    me = node()
+    hellos = HelloRound()
+    first = hellos.ask(0.0)
+    second = hellos.ask(0.5)  # asked again (a new connection) before the answer came
+    late = prove_hello(me, first, "1.0")
+    assert hellos.check(me.public, "1.0", late) == STALE
+    assert hellos.pending  # still waiting for the answer to the current one
+    assert hellos.check(me.public, "1.0", prove_hello(me, second, "1.0")) == PROVEN
+    assert not hellos.pending
+    assert hellos.check(me.public, "1.0", late) == STALE  # again, or after the proof
+    assert hellos.check(me.public, "1.0", prove_hello(me, second, "1.0")) == STALE
+
+
+def test_an_impostor_is_refused_whatever_challenges_are_out() -> None:
+    real, eve = node(), node()
+    hellos = HelloRound()
+    challenges = [hellos.ask(float(i)) for i in range(3)]
+    for c in challenges:  # eve answers each, naming the real node's key
+        assert hellos.check(real.public, "1.0", prove_hello(eve, c, "1.0")) == IMPOSTOR
+    assert hellos.check(real.public, "1.0", os.urandom(32)) == IMPOSTOR
+    # A proof made for another offer key or version proves nothing either.
+    proof = prove_hello(real, challenges[0], "1.0")
+    assert hellos.check(real.public, "2.0", proof) == IMPOSTOR
+    assert hellos.check(real.public, "1.0", proof, eve.public) == IMPOSTOR
+
+
+def test_a_hello_is_asked_again_only_when_none_is_out_or_it_went_unanswered() -> None:
+    me = node()
+    hellos = HelloRound(retry=5.0)
+    assert hellos.due(0.0) and not hellos.pending
+    challenge = hellos.ask(0.0)
+    assert not hellos.due(4.9)  # its answer may be on its way: asking now makes it stale
+    assert hellos.due(5.0)
+    hellos.unsent()  # it never left: forget it, ask at the next chance
+    assert hellos.due(0.1) and not hellos.pending
+    assert hellos.check(me.public, "1.0", prove_hello(me, challenge, "1.0")) == STALE
+    current = hellos.ask(1.0)
+    assert hellos.check(me.public, "1.0", prove_hello(me, current, "1.0")) == PROVEN
+    assert hellos.due(1.0)
+
+
+def test_an_answer_to_a_forgotten_challenge_proves_nothing() -> None:
+    me = node()
+    hellos = HelloRound()
+    oldest = hellos.ask(0.0)
+    for i in range(HELLO_MEMORY):
+        hellos.ask(float(i + 1))
+    assert hellos.check(me.public, "1.0", prove_hello(me, oldest, "1.0")) == IMPOSTOR
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    asks=st.integers(min_value=1, max_value=HELLO_MEMORY),
+    order=st.permutations(range(HELLO_MEMORY)),
+)
+def test_a_key_holders_answers_in_any_order_never_fail_and_only_the_current_proves(
+    asks: int, order: list[int]
+) -> None:
+    me = node()
+    hellos = HelloRound()
+    challenges = [hellos.ask(float(i)) for i in range(asks)]
+    verdicts = {}
+    for i in (i for i in order if i < asks):  # the answers in any order
+        verdicts[i] = hellos.check(me.public, "1.0", prove_hello(me, challenges[i], "1.0"))
+    assert IMPOSTOR not in verdicts.values()
+    assert verdicts[asks - 1] == PROVEN
+    assert all(v == STALE for i, v in verdicts.items() if i != asks - 1)

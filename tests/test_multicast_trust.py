@@ -251,3 +251,27 @@ def test_a_member_that_acks_everything_and_never_answers_cannot_hold_the_send(
     assert _final_files(honest) == {mine["stored_as"]: blake3_file(path)}
     (theirs,) = [r for r in result["receivers"] if r["target"] == f"127.0.0.1:{hostile.port}"]
     assert theirs["code"] != "ok" and "no progress" in theirs["error"], theirs
+
+
+def test_a_key_holder_answering_an_earlier_hello_late_is_not_an_impostor(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """A target that proves its key, but answers a hello only once it was
+    asked again (slow, or a reconnect): its answer to the earlier challenge
+    is stale - counted and dropped, not a failed proof - and the answer to
+    the current one proves it; it gets the key (and then leaves)."""
+    sender, honest = node_factory(), node_factory()
+    path = make_file(256 * 1024 + 7)
+    late = CoReceiver(network_key, late_hello=True)
+    try:
+        proc = _send(sender, path, honest, late)
+        result = _finish(proc, sender)
+        (theirs,) = [r for r in result["receivers"] if r["target"] == f"127.0.0.1:{late.port}"]
+        assert theirs["code"] == "failed" and "leaving" in theirs["error"], theirs
+        assert late.session(timeout=1).key  # it proved its key and was given the content key
+    finally:
+        late.close()
+    assert sender.wait_for_counter("msender.hello-stale", 1) == 1
+    mine = _honest_result(result, honest)
+    assert mine["code"] == "ok", (result, honest.log_tail())
+    assert _final_files(honest) == {mine["stored_as"]: blake3_file(path)}

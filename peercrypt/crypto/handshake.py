@@ -249,3 +249,71 @@ class HelloChallenge:
             raise ProofError("the peer's key is not a valid identity key") from None
         if not hmac.compare_digest(expected, proof):
             raise ProofError("the peer could not prove the identity it claims")
+
+
+HELLO_MEMORY = 8  # challenges remembered per peer, to tell a stale answer
+HELLO_RETRY = 5.0  # s without an answer before a live connection is asked again
+
+PROVEN = "proven"  # the answer to the newest challenge, and it verifies
+STALE = "stale"  # a genuine answer to an older challenge, or to none: dropped
+IMPOSTOR = "impostor"  # it verifies against no challenge this peer was sent
+
+
+class HelloRound:
+    """The hellos a challenger sent to one peer address over a connection
+    that may reconnect (a multicast target, kept trying).
+
+    A hello can be sent again before its answer is back (a new connection
+    after a restart, a retry): answers then arrive to earlier challenges, or
+    twice. Only an answer to the newest challenge proves the key; an answer
+    that verifies against an earlier one, or comes when nothing is out, is
+    stale and dropped (its holder is genuine, only late); an answer that
+    verifies against none of the last :data:`HELLO_MEMORY` challenges is an
+    impostor's (nobody else can answer a challenge). Sans-IO: ``now`` is
+    passed in.
+    """
+
+    def __init__(self, memory: int = HELLO_MEMORY, retry: float = HELLO_RETRY) -> None:
+        self.memory, self.retry = memory, retry
+        self._sent: list[HelloChallenge] = []  # oldest first; the last is current
+        self._asked_at: float | None = None  # when the current one left; None: none out
+
+    @property
+    def pending(self) -> bool:
+        """A challenge is out and its answer not yet back."""
+        return self._asked_at is not None
+
+    def due(self, now: float) -> bool:
+        """Ask (again)? Nothing is out, or the current challenge got no
+        answer for :attr:`retry` s. (A new connection asks at once.)"""
+        return self._asked_at is None or now - self._asked_at >= self.retry
+
+    def ask(self, now: float) -> bytes:
+        """A fresh challenge, now the current one: its public key to send."""
+        challenge = HelloChallenge()
+        self._sent.append(challenge)
+        del self._sent[: -self.memory]
+        self._asked_at = now
+        return challenge.public
+
+    def unsent(self) -> None:
+        """The current challenge never left (the connection was not ready):
+        forget it, so the next chance asks again."""
+        if self._asked_at is not None:
+            self._sent.pop()
+            self._asked_at = None
+
+    def check(self, static: bytes, version: str, proof: bytes, offer_key: bytes = b"") -> str:
+        """One answer: :data:`PROVEN`, :data:`STALE` or :data:`IMPOSTOR`."""
+        if self._asked_at is None:
+            return STALE  # nothing out (already proven, or never asked)
+        for i in range(len(self._sent) - 1, -1, -1):
+            try:
+                self._sent[i].verify(static, version, proof, offer_key)
+            except ProofError:
+                continue
+            if i == len(self._sent) - 1:  # the newest
+                self._asked_at = None
+                return PROVEN
+            return STALE  # (a repeated answer too: it proves nothing new)
+        return IMPOSTOR

@@ -16,7 +16,10 @@ receiver:
   name), as a sender would;
 - ``CoReceiver(key, verify_forever=True)``: towards the sender, it acks every
   chunk of each session it joins for ever (as a receiver verifying does)
-  and never sends its verdict.
+  and never sends its verdict;
+- ``CoReceiver(key, late_hello=True)``: not hostile, only slow - it holds
+  its (genuine) answer to a hello until the sender asks again, then answers
+  both, in order: the first answer is to a challenge no longer current.
 
 Everything it does goes to 127.0.0.1; every wait has a timeout.
 """
@@ -71,8 +74,12 @@ class Joined:
 class CoReceiver:
     """A hostile member's node: joins sessions, then forges for the others."""
 
-    def __init__(self, network_key: str, verify_forever: bool = False) -> None:
+    def __init__(
+        self, network_key: str, verify_forever: bool = False, late_hello: bool = False
+    ) -> None:
         self.verify_forever = verify_forever
+        self.late_hello = late_hello
+        self._held: list[tuple[bytes, Hello]] = []  # hellos not answered yet (late_hello)
         self._acking: list[tuple[bytes, McAck]] = []  # (route, ack) sent every 0.5 s
         self.identity = KeyPair.from_seed(os.urandom(32))
         self.signer = ChunkSigner(self.identity.seed)
@@ -125,8 +132,14 @@ class CoReceiver:
         except codec.DecodeError:
             return
         if isinstance(msg, Hello):  # it proves its own key, honestly
-            proof = prove_hello(self.identity, msg.challenge, "0")
-            self._reply(route, HelloReply(node_id=self.identity.public, version="0", proof=proof))
+            self._held.append((route, msg))
+            if self.late_hello and len(self._held) == 1:
+                return  # answered with the next one
+            for held_route, hello in self._held:
+                proof = prove_hello(self.identity, hello.challenge, "0")
+                reply = HelloReply(node_id=self.identity.public, version="0", proof=proof)
+                self._reply(held_route, reply)
+            self._held.clear()
         elif isinstance(msg, McAnnounce):
             # It joins honestly, under its own identity (it is invited): the
             # sender's identity key is the X25519 form of the announced signer.
