@@ -239,7 +239,9 @@ def test_a_member_that_acks_everything_and_never_answers_cannot_hold_the_send(
         proc = start_cli(
             "send", path, honest.host, str(honest.port), "-m",
             "--to", f"127.0.0.1:{hostile.port}", "--chunk-size", str(CHUNK),
-            "--timeout", "2", "--json",
+            # 6 s: long enough that the honest receiver is never failed for
+            # no progress on a loaded machine (2 s was not, once).
+            "--timeout", "6", "--json",
             data_dir=sender.data_dir,
         )  # fmt: skip
         result = _finish(proc, sender)
