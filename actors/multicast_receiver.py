@@ -126,6 +126,7 @@ from peercrypt.wire.multicast_messages import (
 )
 from peercrypt.wire.network_messages import MAX_REPAIR_SENDERS, REPAIR_DOMAIN, RepairSenders
 from peercrypt.wire.space_messages import (
+    SpaceCancel,
     SpaceForget,
     SpaceRelease,
     SpaceReserve,
@@ -450,8 +451,8 @@ class MulticastReceiverActor(Actor):
     def _on_verdict(self, v: SpaceVerdict) -> None:
         j = self.joining.pop(v.request, None)
         if j is None or j.announce.sid != v.tid:
-            if v.ok:  # given up meanwhile: not ours to hold
-                self.tell("space", SpaceRelease(owner=self.name, tid=v.tid, keep=False))
+            if v.ok:  # given up meanwhile: not ours to hold (a retry's is not touched)
+                self.tell("space", SpaceCancel(owner=self.name, tid=v.tid, request=v.request))
             return
         a, env = j.announce, j.env
         if not v.ok:
@@ -459,7 +460,7 @@ class MulticastReceiverActor(Actor):
             return
         sess = self.sessions.get(a.sid)
         if sess is not None:  # cannot happen: one request per session id
-            self.tell("space", SpaceRelease(owner=self.name, tid=v.tid, keep=False))
+            self.tell("space", SpaceCancel(owner=self.name, tid=v.tid, request=v.request))
             return
         try:
             sess = self._start_session(j)
@@ -474,6 +475,11 @@ class MulticastReceiverActor(Actor):
         for request, j in list(self.joining.items()):
             if now - j.since >= SPACE_VERDICT_TIMEOUT:
                 del self.joining[request]  # the sender announces again
+                # Whatever the ledger grants this ask now is cancelled as soon
+                # as it is granted (the mail is handled in order), so the
+                # re-announce of the same session finds no reservation.
+                cancel = SpaceCancel(owner=self.name, tid=j.announce.sid, request=request)
+                self.tell("space", cancel)
                 self.count("space-verdict-late")
 
     def _refused(self, sid: bytes, peer: bytes, code: str, reason: str) -> McRefuse:

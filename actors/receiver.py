@@ -115,6 +115,7 @@ from peercrypt.wire.messages import (
     Verifying,
 )
 from peercrypt.wire.space_messages import (
+    SpaceCancel,
     SpaceForget,
     SpaceRelease,
     SpaceReserve,
@@ -566,8 +567,8 @@ class ReceiverActor(Actor):
     def _on_verdict(self, v: SpaceVerdict) -> None:
         asked = self.asking.pop(v.request, None)
         if asked is None or asked.offer.tid != v.tid:
-            if v.ok:  # given up meanwhile: not ours to hold
-                self.tell("space", SpaceRelease(owner=self.name, tid=v.tid, keep=False))
+            if v.ok:  # given up meanwhile: not ours to hold (a retry's is not touched)
+                self.tell("space", SpaceCancel(owner=self.name, tid=v.tid, request=v.request))
             return
         if v.ok:
             reply: codec.Message = self._accept(asked)
@@ -580,6 +581,12 @@ class ReceiverActor(Actor):
         for request, asked in list(self.asking.items()):
             if now - asked.since >= SPACE_VERDICT_TIMEOUT:
                 del self.asking[request]
+                # Whatever the ledger grants this ask now is cancelled as soon
+                # as it is granted (the mail is handled in order), so the
+                # sender's retry of the same transfer id finds no reservation.
+                cancel = SpaceCancel(owner=self.name, tid=asked.offer.tid, request=request)
+                self.tell("space", cancel)
+                self.count("space-verdict-late")
                 reason = "the inbox's space could not be checked in time; try again"
                 self._answer(asked.route, self._refuse(asked.offer.tid, asked.peer, "busy", reason))
 

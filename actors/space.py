@@ -12,6 +12,8 @@ quotas count both kinds. Messages (``peercrypt/wire/space_messages.py``):
 - ``SpaceWritten``, ``SpaceRelease``: a transfer's progress and its end (kept
   for a resume or not); a release that matches no reservation is counted
   (``release-unknown``) and changes nothing.
+- ``SpaceCancel``: an ask its receiver stopped waiting for; its reservation,
+  if it is still that ask's, goes (:meth:`SpaceLedger.cancel`).
 - ``SpaceReset`` + ``SpaceKept`` / ``SpaceRunning``: a receiver reports what
   it holds from scratch, at its start (the parts it kept, found on disk) and
   when this actor restarted (kept parts and running transfers too).
@@ -30,6 +32,7 @@ from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.space_messages import (
+    SpaceCancel,
     SpaceForget,
     SpaceKept,
     SpaceRelease,
@@ -102,6 +105,9 @@ class SpaceActor(Actor):
             entry = _entry(msg.owner, msg.tid)
             if not ledger.stop(entry, msg.keep, time.time(), msg.part, msg.written):
                 self.count("release-unknown")
+        elif isinstance(msg, SpaceCancel):
+            if ledger.cancel(_entry(msg.owner, msg.tid), msg.request):
+                self.count("reservations-cancelled")
         elif isinstance(msg, SpaceKept):
             ledger.keep(msg.part, msg.peer, msg.size, msg.allocated, msg.updated, msg.owner)
         elif isinstance(msg, SpaceRunning):
@@ -147,6 +153,7 @@ class SpaceActor(Actor):
             host=ask.host,
             pending_limit=s.pending_quota,
             owner=ask.owner,
+            request=ask.request,
         )
         for part in admitted.evict:  # kept parts give way (their receiver is not using them)
             try:

@@ -297,3 +297,36 @@ def test_a_transfer_id_already_reserved_is_refused_whoever_asks() -> None:
     assert ledger.stop(b"same", keep=False, updated=0.0)
     assert not ledger.stop(b"same", keep=False, updated=0.0)
     assert ledger.promised == 0
+
+
+def test_a_cancelled_ask_frees_its_id_and_keeps_its_part_and_spares_the_retry() -> None:
+    """An ask its receiver stopped waiting for is cancelled by its number:
+    its reservation goes (the retry of the same id is admitted, not refused
+    "duplicate"), the kept part it would have continued is kept again, as it
+    was, and a second, late cancel of it never takes the retry's reservation."""
+    ledger = SpaceLedger(Quotas(total=100))
+    ledger.keep("kept.part", A, 60, 40, updated=5.0, owner="receiver")
+    first = ledger.reserve(b"tid", A, 60, 100, resume="kept.part", held=40, request=1)
+    assert first.ok and ledger.kept == [] and ledger.promised == 20
+    assert not ledger.cancel(b"tid", 2)  # another ask's number: nothing changes
+    assert not ledger.cancel(b"other", 1)
+    assert ledger.is_running(b"tid")
+    assert ledger.cancel(b"tid", 1)
+    assert (ledger.kept, ledger.allocated("kept.part"), ledger.promised) == (["kept.part"], 40, 0)
+    assert ledger.charged(A) == 60  # charged once, as a kept part again
+    retry = ledger.reserve(b"tid", A, 60, 100, resume="kept.part", held=40, request=2)
+    assert retry.ok, retry
+    assert not ledger.cancel(b"tid", 1)  # the late cancel of the first ask
+    assert ledger.is_running(b"tid") and ledger.promised == 20
+    assert ledger.stop(b"tid", keep=False, updated=6.0)
+    assert not ledger.cancel(b"tid", 2)  # released: nothing left to cancel
+    assert (ledger.promised, ledger.charged(), ledger.kept) == (0, 0, [])
+
+
+def test_a_reported_transfer_cannot_be_cancelled() -> None:
+    """A transfer reported running (after the space actor restarted) was
+    reserved by no ask: no cancel, whatever its number, releases it."""
+    ledger = SpaceLedger(Quotas())
+    ledger.start(b"tid", A, 50, 10, "p", owner="receiver")
+    assert not ledger.cancel(b"tid", 0)
+    assert ledger.is_running(b"tid") and ledger.promised == 40

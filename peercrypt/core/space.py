@@ -36,6 +36,12 @@ Every entry has an ``owner`` (the receiver that holds it): a restarted
 receiver's entries are dropped (:meth:`SpaceLedger.reset`) and reported again
 from what is on disk and what it runs. :meth:`SpaceLedger.stop` releases only
 what was reserved under that transfer id, once.
+
+An ask whose verdict came too late for its receiver (it stopped waiting and
+answered "busy") is *cancelled* (:meth:`SpaceLedger.cancel`) by the number of
+that ask: its reservation goes, and a kept part it would have continued is
+kept again, as it was. A cancel names the ask, not only the transfer id, so a
+late cancel can never take the reservation of the retry that followed it.
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ class _Running:
     host: str = ""
     extra: int = 0  # disk beyond the part while it runs (a folder's tree)
     owner: str = ""
+    request: int = 0  # the owner's ask that reserved it (0: reported running)
+    resumed: _Kept | None = None  # the kept part it continues, as it was kept
 
 
 @dataclass(frozen=True)
@@ -214,12 +222,14 @@ class SpaceLedger:
         host: str = "",
         pending_limit: int = 0,
         owner: str = "",
+        request: int = 0,
     ) -> Admission:
         """:meth:`admit` then, if admitted, the pending-bytes quota
         (``size - held`` more bytes to come, :meth:`over_pending`), then
         :meth:`start` under ``tid`` with the evicted parts forgotten: the
         caller deletes them. A ``tid`` already running is refused
-        ("duplicate"): one reservation per transfer."""
+        ("duplicate"): one reservation per transfer. ``request``: the
+        owner's number for this ask (what :meth:`cancel` names)."""
         if tid in self._running:
             return Admission(False, "duplicate", "transfer id already in use")
         verdict = self.admit(peer, size, free, resume, extra)
@@ -230,8 +240,24 @@ class SpaceLedger:
             return Admission(False, "quota", over)
         for name in verdict.evict:
             self.forget(name)
+        continued = self._kept.get(resume) if resume is not None else None
         self.start(tid, peer, size, held, resume or "", host, extra, owner)
+        self._running[tid].request = request
+        self._running[tid].resumed = continued
         return verdict
+
+    def cancel(self, tid: bytes, request: int) -> bool:
+        """The ask ``request`` that reserved ``tid`` was given up before its
+        verdict was used (nothing was written under it): the reservation goes
+        and the kept part it would have continued is kept again. False (and
+        nothing changes) unless ``tid`` is reserved by that very ask."""
+        r = self._running.get(tid)
+        if r is None or not request or r.request != request:
+            return False
+        del self._running[tid]
+        if r.resumed is not None and r.part:
+            self._kept[r.part] = r.resumed
+        return True
 
     # -- running transfers ----------------------------------------------------------
 

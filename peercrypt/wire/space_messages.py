@@ -13,6 +13,12 @@ wrapped in ``Inbound``).
   reservation, and neither receiver can release the other's.
 - ``SpaceRelease``: ``tid`` ended; with ``keep`` its part ``part`` stays for a
   resume, ``written`` bytes of it on disk.
+- ``SpaceCancel``: the ``owner`` gave up waiting for the verdict of its ask
+  ``request`` (for ``tid``); if that ask's reservation stands it goes (a
+  kept part it would have continued stays kept). Sent when the wait times
+  out and for a verdict that finds no ask waiting: the retry of the same
+  ``tid`` is then not refused "duplicate", and the retry's own reservation
+  is never taken by it (it names another ask).
 - ``SpaceReset``, ``SpaceKept``, ``SpaceRunning``: a receiver (the ``owner``)
   reports what it holds from scratch: when it starts (its kept parts, from
   the disk) and when the space actor restarted (kept parts and running
@@ -81,6 +87,15 @@ class SpaceRelease(Message):
     keep: bool
     part: str = field(default="", metadata=bounded(PART))
     written: int = counter(0)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class SpaceCancel(Message):
+    TYPE = "space-cancel"
+    owner: str = field(metadata=_owner())
+    tid: bytes = field(metadata=bounded(TID, 1))
+    request: int = counter()
 
 
 @message
