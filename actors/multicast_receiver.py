@@ -74,7 +74,7 @@ from actors.inbox import (
     scan,
     sweep,
 )
-from actors.space import report_holdings
+from actors.space import drop_gone_part, report_holdings
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
 from peercrypt.core.bitmap import flatten
@@ -462,6 +462,9 @@ class MulticastReceiverActor(Actor):
         if sess is not None:  # cannot happen: one request per session id
             self.tell("space", SpaceCancel(owner=self.name, tid=v.tid, request=v.request))
             return
+        if v.fresh and j.kept is not None:  # it gave way before our ask was heard
+            drop_gone_part(self, self.settings.inbox, j.kept.part, j.name)
+            j = dataclasses.replace(j, kept=None)
         try:
             sess = self._start_session(j)
         except Refusal as exc:

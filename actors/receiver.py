@@ -77,7 +77,7 @@ from actors.inbox import (
     scan,
     sweep,
 )
-from actors.space import report_holdings
+from actors.space import drop_gone_part, report_holdings
 from actors.tree_store import sweep_trees
 from peercrypt.core.bitmap import ChunkBitmap, flatten
 from peercrypt.core.delivered import MAX_TABLE_BYTES, DeliveredTable, Delivery, FileStamp
@@ -571,7 +571,7 @@ class ReceiverActor(Actor):
                 self.tell("space", SpaceCancel(owner=self.name, tid=v.tid, request=v.request))
             return
         if v.ok:
-            reply: codec.Message = self._accept(asked)
+            reply: codec.Message = self._accept(asked, fresh=v.fresh)
         else:
             reply = self._refuse(v.tid, asked.peer, v.code or "io", v.reason)
         self._answer(asked.route, reply)
@@ -590,12 +590,17 @@ class ReceiverActor(Actor):
                 reason = "the inbox's space could not be checked in time; try again"
                 self._answer(asked.route, self._refuse(asked.offer.tid, asked.peer, "busy", reason))
 
-    def _accept(self, asked: Asking) -> codec.Message:
+    def _accept(self, asked: Asking, fresh: bool = False) -> codec.Message:
         """The ledger reserved the space: open the part and accept (or, if
-        the part cannot be had, release the reservation and refuse)."""
+        the part cannot be had, release the reservation and refuse).
+        ``fresh``: the kept part chosen to continue gave way meanwhile (the
+        ledger admitted a new transfer): a new part, from nothing."""
         s = self.settings
         offer, peer, host, details = asked.offer, asked.peer, asked.host, asked.details
         name, key, answer, reuse = asked.name, asked.key, asked.answer, asked.reuse
+        if fresh and reuse is not None:
+            drop_gone_part(self, s.inbox, reuse.part, name)
+            reuse = None
         keys = TransferKeys.for_receiver(offer.tid, answer.secrets)
         held: ChunkBitmap | None = None
         part: Path | None = None

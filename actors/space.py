@@ -78,6 +78,18 @@ def report_holdings(
         actor.tell("space", r)
 
 
+def drop_gone_part(actor: Actor, inbox: Path, part: str, name: str) -> None:
+    """The kept ``part`` that ``actor`` (a receiver) chose to continue gave
+    way to another transfer before its ask was heard (the verdict says
+    ``fresh``): whatever is left of it goes; a new part replaces it."""
+    try:
+        remove_part(inbox, part)
+    except OSError as exc:
+        actor.log_limited("cannot delete %s: %s", part, exc)
+    actor.count("resume-part-gone")
+    log.info("%s: its kept part gave way to another transfer; starting afresh", name)
+
+
 def _entry(owner: str, tid: bytes) -> bytes:
     """The ledger's key of ``owner``'s transfer ``tid``: ids are chosen by
     peers, so each receiver's are its own (a unicast offer reusing a
@@ -162,6 +174,8 @@ class SpaceActor(Actor):
                 self.log_limited("cannot delete %s: %s", part, exc)
             self.count("parts-given-way")
             log.info("%s: deleted to make room for a new transfer", part)
+        if admitted.fresh:
+            self.count("resumes-made-fresh")
         self.tell(
             ask.owner,
             SpaceVerdict(
@@ -170,5 +184,6 @@ class SpaceActor(Actor):
                 ok=admitted.ok,
                 code=admitted.code,
                 reason=admitted.reason,
+                fresh=admitted.fresh,
             ),
         )

@@ -330,3 +330,27 @@ def test_a_reported_transfer_cannot_be_cancelled() -> None:
     ledger.start(b"tid", A, 50, 10, "p", owner="receiver")
     assert not ledger.cancel(b"tid", 0)
     assert ledger.is_running(b"tid") and ledger.promised == 40
+
+
+def test_an_ask_to_continue_a_part_that_gave_way_is_a_fresh_transfer() -> None:
+    """A receiver chose a kept part to continue; before its ask was heard,
+    another ask made that part give way. The ask is admitted (or not) as a
+    new transfer: the verdict says ``fresh``, the whole file is promised and
+    charged, and nothing is counted as held."""
+    ledger = SpaceLedger(Quotas(total=110))
+    ledger.keep("chosen.part", A, 100, 60, updated=1.0, owner="receiver")
+    other = ledger.reserve(b"m", B, 20, 10**9, owner="mreceiver", request=1)
+    assert other.ok and other.evict == ("chosen.part",) and not other.fresh
+    resumed = ledger.reserve(b"u", A, 100, 10**9, resume="chosen.part", held=60, request=1)
+    assert (resumed.ok, resumed.code, resumed.fresh) == (False, "quota", False)
+    assert ledger.cancel(b"m", 1)  # that session was given up: room again
+    resumed = ledger.reserve(b"u", A, 100, 10**9, resume="chosen.part", held=60, request=2)
+    assert (resumed.ok, resumed.fresh, resumed.evict) == (True, True, ())
+    assert (ledger.promised, ledger.charged(A), ledger.kept) == (100, 100, [])
+    # A part the ledger never heard of did not give way: a resume as asked.
+    unknown = ledger.reserve(b"w", B, 5, 10**9, resume="unknown.part", held=2, request=4)
+    assert (unknown.ok, unknown.fresh, ledger.promised) == (True, False, 103)
+    assert ledger.stop(b"w", keep=False, updated=3.0)
+    ledger.keep("still.kept", A, 10, 5, updated=2.0)
+    kept = ledger.reserve(b"v", A, 10, 10**9, resume="still.kept", held=5, request=3)
+    assert (kept.ok, kept.fresh, ledger.promised) == (True, False, 105)

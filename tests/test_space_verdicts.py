@@ -11,25 +11,31 @@ order the runtime delivers one actor's mail to another. Time is a
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq
 
+from actors.inbox import create_part, save_manifest
 from actors.multicast_receiver import SPACE_VERDICT_TIMEOUT as MC_TIMEOUT
 from actors.multicast_receiver import MulticastReceiverActor
 from actors.receiver import SPACE_VERDICT_TIMEOUT, ReceiverActor
 from actors.space import SpaceActor
+from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.resume import Manifest, ResumeKey
 from peercrypt.crypto.chunk_signature import ChunkSigner
 from peercrypt.crypto.handshake import Initiator
-from peercrypt.crypto.identity import KeyPair, network_server_keys
+from peercrypt.crypto.identity import KeyPair
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
 from peercrypt.testing.clock import FakeClock
+from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Inbound, Offer, OfferDetails, Outbound, Refuse
+from peercrypt.wire.messages import Accept, Inbound, Offer, OfferDetails, Outbound, Refuse
 from peercrypt.wire.multicast_messages import McAnnounce, McDetails
 from peercrypt.wire.space_messages import SpaceCancel, SpaceReserve, SpaceVerdict
 
@@ -61,14 +67,8 @@ def take(mail: Mail, to: str) -> list[codec.Message]:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[tuple[ActorEnv, NodeSettings, FakeClock]]:
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    settings = NodeSettings(
-        data_dir=tmp_path,
-        inbox=inbox,
-        identity=KeyPair.from_seed(bytes(32)),
-        server_keys=network_server_keys(None),
-    )
+    settings = loopback_settings(tmp_path, None)
+    settings.inbox.mkdir()
     clock = FakeClock()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
@@ -77,18 +77,23 @@ def node(tmp_path: Path) -> Iterator[tuple[ActorEnv, NodeSettings, FakeClock]]:
         ctx.term()
 
 
-def _offer(tid: bytes, to: bytes) -> bytes:
+def _offer(tid: bytes, to: bytes, key: ResumeKey | None = None) -> bytes:
     eph = Initiator(SENDER)
+    key = key or ResumeKey(SENDER.public, "late.bin", 1000, CHUNK, b"x" * 32)
     details = OfferDetails(
-        name="late.bin", size=1000, chunk_size=CHUNK, hash_alg="blake3", source=b"x" * 32
+        name=key.name,
+        size=key.size,
+        chunk_size=key.chunk_size,
+        hash_alg="blake3",
+        source=key.source,
     )
     sealed = eph.seal_details(tid, to, codec.encode(details))
     return codec.encode(Offer(tid=tid, eph_pub=eph.public, details=sealed))
 
 
-def _announce(sid: bytes, to: bytes) -> bytes:
+def _announce(sid: bytes, to: bytes, size: int = 1000) -> bytes:
     wrap = Initiator(SENDER)
-    sealed = wrap.seal_details(sid, to, codec.encode(McDetails(name="late.bin", size=1000)))
+    sealed = wrap.seal_details(sid, to, codec.encode(McDetails(name="late.bin", size=size)))
     announce = McAnnounce(
         sid=sid,
         details=sealed,
@@ -158,3 +163,68 @@ def test_a_verdict_too_late_for_its_ask_never_blocks_the_retry(
         space.on_mail(msg)
     assert space.ledger.is_running(kind.encode() + b"/" + tid)
     assert space.ledger.promised == 1000  # the retry's reservation, once
+
+
+def test_a_kept_part_that_gave_way_after_it_was_chosen_starts_afresh(
+    node: tuple[ActorEnv, NodeSettings, FakeClock],
+) -> None:
+    """The receiver chose its kept part to continue an offer; before the
+    space actor heard that ask, the multicast receiver's ask made the part
+    give way (then was given up, so there is room again). The offer is
+    accepted as a new transfer (nothing held, a new part), not refused for
+    the part that is gone."""
+    env, settings, clock = node
+    settings = dataclasses.replace(settings, part_quota=210_000)
+    size, chunk = 200_000, 65_536
+    source = b"y" * 32
+    key = ResumeKey(SENDER.public, "kept.bin", size, chunk, source)
+    part, fd = create_part(settings.inbox, key.name, "abc123", size)
+    try:
+        os.pwrite(fd, b"x" * chunk, 0)
+        held = ChunkBitmap(key.total)
+        held.add(0)
+        save_manifest(
+            settings.inbox, fd, Manifest(key, b"t" * 16, part.name, held.to_bytes(), time.time())
+        )
+    finally:
+        os.close(fd)
+    receiver = ReceiverActor(env, settings)
+    mreceiver = MulticastReceiverActor(env, settings)
+    space = SpaceActor(env, settings)
+    from_receiver, from_mreceiver, from_space = record(receiver), record(mreceiver), record(space)
+    receiver.setup()  # reports its kept part to the ledger; opens its writer
+    try:
+        for msg in take(from_receiver, "space"):
+            space.on_mail(msg)
+        assert space.ledger.kept == [part.name]
+
+        tid = os.urandom(16)
+        receiver.on_mail(_inbound(_offer(tid, settings.identity.public, key)))
+        [resume] = take(from_receiver, "space")
+        assert isinstance(resume, SpaceReserve) and resume.resume == part.name
+        # Meanwhile: a multicast session over the quota; the kept part gives way.
+        announce = _announce(os.urandom(16), settings.identity.public, 20_000)
+        mreceiver.on_mail(_inbound(announce))
+        [other] = take(from_mreceiver, "space")
+        space.on_mail(other)
+        assert not part.exists() and space.ledger.kept == []
+        clock.advance(MC_TIMEOUT)  # ... and that session was given up
+        mreceiver._expire_joins()
+        for msg in [*take(from_mreceiver, "space"), resume]:
+            space.on_mail(msg)
+        verdicts = take(from_space, "receiver")
+        assert [(v.ok, v.fresh) for v in verdicts if isinstance(v, SpaceVerdict)] == [(True, True)]
+        receiver.on_mail(verdicts[0])
+        [answer] = take(from_receiver, "gateway")
+        assert isinstance(answer, Outbound)
+        accept = codec.decode(answer.payload)
+        assert isinstance(accept, Accept), accept
+        assert accept.tid == tid and accept.have == []  # nothing held: from the first byte
+        assert receiver.counters.get("resume-part-gone") == 1
+        [new] = [t.part for t in receiver.transfers.values()]
+        assert new.exists() and new != part and not part.exists()
+        assert space.ledger.promised == size  # the whole file is still to come
+    finally:
+        receiver.teardown()
+        for sock in receiver._sockets:
+            sock.close(linger=0)

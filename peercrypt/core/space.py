@@ -23,6 +23,14 @@ sender identity; ``total`` bytes of parts for all senders together.
 ``reserve``: bytes of free space never promised (room for the filesystem's
 own metadata and for everyone else on the disk).
 
+A kept part is chosen for a resume by its receiver, then named in the ask;
+between the two the other receiver's ask may have made it give way. An ask
+naming a part that gave way (the last :data:`GONE_MEMORY` such names are
+remembered) is admitted (or not) as a fresh transfer and its verdict says so
+(``Admission.fresh``): the receiver starts a new part instead of opening one
+that is gone. Once reserved, a continued part is running, and running
+transfers never give way.
+
 Admission (:meth:`SpaceLedger.admit`) of an offer of ``size`` bytes from
 ``peer`` (continuing a kept part or not): kept parts give way first, oldest
 checkpoint first, the sender's own before anyone's for its own quota; running
@@ -46,7 +54,10 @@ late cancel can never take the reservation of the retry that followed it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+GONE_MEMORY = 1024  # names of parts that gave way, remembered (see reserve)
 
 
 @dataclass(frozen=True)
@@ -59,12 +70,16 @@ class Quotas:
 @dataclass(frozen=True)
 class Admission:
     """``ok``: accept, after deleting the kept parts named in ``evict``;
-    otherwise refuse with ``code`` ("quota" or "no-space") and ``reason``."""
+    otherwise refuse with ``code`` ("quota" or "no-space") and ``reason``.
+    ``fresh``: the kept part the offer meant to continue is not kept (it
+    gave way to another transfer since its receiver chose it): admitted as a
+    new transfer, which must not open that part."""
 
     ok: bool
     code: str = ""
     reason: str = ""
     evict: tuple[str, ...] = ()
+    fresh: bool = False
 
 
 @dataclass
@@ -96,6 +111,7 @@ class SpaceLedger:
         self.quotas = quotas
         self._running: dict[bytes, _Running] = {}
         self._kept: dict[str, _Kept] = {}
+        self._gone: OrderedDict[str, None] = OrderedDict()  # parts that gave way, latest last
 
     # -- what is there ----------------------------------------------------------
 
@@ -103,6 +119,7 @@ class SpaceLedger:
         self, part: str, peer: bytes, size: int, allocated: int, updated: float, owner: str = ""
     ) -> None:
         """A kept part exists (found by a sweep, or left by a stopped transfer)."""
+        self._gone.pop(part, None)
         self._kept[part] = _Kept(peer, max(0, size), max(0, allocated), updated, owner)
 
     def reset(self, owner: str) -> None:
@@ -232,6 +249,12 @@ class SpaceLedger:
         owner's number for this ask (what :meth:`cancel` names)."""
         if tid in self._running:
             return Admission(False, "duplicate", "transfer id already in use")
+        # The receiver chose ``resume`` before this ledger heard its ask; a
+        # part that gave way meanwhile (the other receiver's ask evicted it)
+        # is gone: admitted, if at all, as a fresh transfer.
+        fresh = resume is not None and resume in self._gone
+        if fresh:
+            resume, held = None, 0
         verdict = self.admit(peer, size, free, resume, extra)
         if not verdict.ok:
             return verdict
@@ -240,11 +263,14 @@ class SpaceLedger:
             return Admission(False, "quota", over)
         for name in verdict.evict:
             self.forget(name)
+            self._gone[name] = None
+            while len(self._gone) > GONE_MEMORY:
+                self._gone.popitem(last=False)
         continued = self._kept.get(resume) if resume is not None else None
         self.start(tid, peer, size, held, resume or "", host, extra, owner)
         self._running[tid].request = request
         self._running[tid].resumed = continued
-        return verdict
+        return replace(verdict, fresh=True) if fresh else verdict
 
     def cancel(self, tid: bytes, request: int) -> bool:
         """The ask ``request`` that reserved ``tid`` was given up before its

@@ -6,7 +6,10 @@ wrapped in ``Inbound``).
   ``size`` bytes from ``peer`` (at ``host``) start, continuing the kept part
   ``resume`` (``held`` bytes of it already written)? ``tree``: disk beyond
   its part (a folder's tree is built beside it). Answered by ``SpaceVerdict``; admitted means
-  reserved (and the kept parts that gave way already deleted).
+  reserved (and the kept parts that gave way already deleted). ``fresh``:
+  the part ``resume`` named had given way meanwhile (to the other
+  receiver's ask); the transfer was admitted as a new one and must start a
+  new part.
 - ``SpaceWritten``: ``written`` bytes of ``tid`` are on disk now.
 - Every id is the ``owner``'s own: a unicast transfer and a multicast session
   (ids chosen by peers) may share one without touching each other's
@@ -67,6 +70,7 @@ class SpaceVerdict(Message):
     ok: bool
     code: str = field(default="", metadata=bounded(32))
     reason: str = reason("")
+    fresh: bool = False
 
 
 @message
