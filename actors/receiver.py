@@ -80,7 +80,17 @@ from actors.inbox import (
 from actors.space import drop_gone_part, report_holdings
 from actors.tree_store import sweep_trees
 from peercrypt.core.bitmap import ChunkBitmap, flatten
-from peercrypt.core.delivered import MAX_TABLE_BYTES, DeliveredTable, Delivery, FileStamp
+from peercrypt.core.delivered import (
+    JOURNAL_BYTES,
+    JOURNAL_ROWS,
+    MAX_JOURNAL_BYTES,
+    MAX_TABLE_BYTES,
+    DeliveredTable,
+    Delivery,
+    FileStamp,
+    forget_row,
+    journal_row,
+)
 from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
 from peercrypt.core.receive_window import Arrival
 from peercrypt.core.replay import ReplayWindow
@@ -140,6 +150,7 @@ INCOMING_SHOWN = 8  # incoming transfers listed in the status facts
 # then is refused "busy" (the sender retries).
 SPACE_VERDICT_TIMEOUT = 5.0
 DELIVERED_FILE = "delivered.msgpack"  # in the data directory (core/delivered.py)
+DELIVERED_JOURNAL = "delivered.journal"  # rows since that snapshot
 
 
 @dataclass
@@ -215,6 +226,7 @@ class ReceiverActor(Actor):
         self.asking: dict[int, Asking] = {}  # request -> offer waiting for space
         self.echoes: dict[bytes, Echo] = {}  # tid -> a re-offer of a delivered file
         self.delivered = DeliveredTable()
+        self._journal = (0, 0)  # rows and bytes in the journal of deliveries
         self._requests = itertools.count(1)
 
     # -- lifecycle ------------------------------------------------------------
@@ -281,19 +293,54 @@ class ReceiverActor(Actor):
     def _delivered_path(self) -> Path:
         return self.settings.data_dir / DELIVERED_FILE
 
-    def _load_delivered(self) -> None:
+    @property
+    def _journal_path(self) -> Path:
+        return self.settings.data_dir / DELIVERED_JOURNAL
+
+    def _read(self, path: Path, limit: int) -> bytes:
         try:
-            with open(self._delivered_path, "rb") as f:
-                data = f.read(MAX_TABLE_BYTES + 1)
+            with open(path, "rb") as f:
+                return f.read(limit)
         except FileNotFoundError:
-            return
+            return b""
         except OSError as exc:
-            self.log_limited("cannot read %s: %s", self._delivered_path, exc)
+            self.log_limited("cannot read %s: %s", path, exc)
+            return b""
+
+    def _load_delivered(self) -> None:
+        snapshot = self._read(self._delivered_path, MAX_TABLE_BYTES + 1)
+        journal = self._read(self._journal_path, MAX_JOURNAL_BYTES)
+        self.delivered = DeliveredTable.decode(snapshot, journal=journal)
+        if journal:  # a fresh snapshot: rows are appended to a whole journal only
+            self._save_delivered()
+
+    def _note_delivered(self, row: bytes) -> None:
+        """Persist one change of the table: a row appended to the journal
+        (no fsync: a killed process loses nothing, a power cut at worst the
+        last rows, each costing a second copy of a file); a new snapshot once
+        the journal is long, or if it cannot be appended to."""
+        rows, size = self._journal
+        if rows >= JOURNAL_ROWS or size >= JOURNAL_BYTES:
+            self._save_delivered()
             return
-        self.delivered = DeliveredTable.decode(data)
+        path = self._journal_path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+            try:
+                written = os.write(fd, row)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.log_limited("cannot append to %s: %s", path, exc)
+            written = 0
+        if written != len(row):  # a row cut short is where a replay stops
+            self._save_delivered()
+            return
+        self._journal = (rows + 1, size + written)
 
     def _save_delivered(self) -> None:
-        """Atomically (a crash leaves the old table or the new one)."""
+        """A new snapshot of the whole table, atomically (a crash leaves the
+        old one or the new one), then an empty journal."""
         path = self._delivered_path
         tmp = path.with_name(path.name + ".tmp")
         try:
@@ -306,8 +353,12 @@ class ReceiverActor(Actor):
             finally:
                 os.close(fd)
             os.replace(tmp, path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._journal_path)
         except OSError as exc:
             self.log_limited("cannot save %s: %s", path, exc)
+            return
+        self._journal = (0, 0)
 
     def _stamp(self, name: str) -> FileStamp | None:
         """The inbox file ``name`` as it is now (None: gone, or not a regular file)."""
@@ -362,7 +413,7 @@ class ReceiverActor(Actor):
             self.count("delivered-before-verified")
         else:  # another content under the same tag, or the file changed since
             self.delivered.forget(d.key)
-            self._save_delivered()
+            self._note_delivered(forget_row(d.key))
             reply = Failed(
                 code="hash-mismatch",
                 reason=f"the file differs from the one delivered as {d.stored_as}; send it again",
@@ -973,8 +1024,9 @@ class ReceiverActor(Actor):
             self._close(t, keep_part=True)
             return
         if stamp is not None:  # a re-offer of it is answered with this verdict
-            self.delivered.record(Delivery(t.key, stored, digest, stamp, time.time()))
-            self._save_delivered()
+            delivery = Delivery(t.key, stored, digest, stamp, time.time())
+            self.delivered.record(delivery)
+            self._note_delivered(journal_row(delivery))
         self._stored(t, digest, stored)
 
     def _tree_failed(self, t: Incoming, result: TreeFailed) -> None:

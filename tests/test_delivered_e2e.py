@@ -2,7 +2,8 @@
 the receiver makes its final check, for longer than ``--timeout``; the send
 fails, the receiver stores NAME anyway. Offered again by the same sender, the
 file is not written again: the receiver answers with its earlier verdict (no
-chunk moves, the result names NAME), also after a restart. Another identity
+chunk moves, the result names NAME), also after the receiver was killed
+(-9) and restarted. Another identity
 offering the very same file gets a transfer of its own (it learns nothing
 of the first), and a stored file that changed makes a fresh transfer.
 
@@ -112,8 +113,9 @@ def test_a_file_delivered_during_an_outage_is_not_stored_twice(
             (SIZE, "report.bin")
         ], rows
 
-        # The table is kept in the data directory: a restarted node answers the same.
-        receiver.stop()
+        # The table is kept in the data directory, a delivery's row written
+        # before its Verified: a node killed (-9) and restarted answers the same.
+        receiver.kill()
         receiver.start()
         after = _send(sender, path, receiver.port)
         assert after["ok"] and after["stored_as"] == "report.bin", after

@@ -31,6 +31,18 @@ each, can still push out a sender holding one. Persisted in the node's data
 directory so a restart keeps them (:meth:`DeliveredTable.encode` / :meth:`DeliveredTable.decode`,
 which never raises: an unreadable table is an empty one).
 
+Persisted as a snapshot plus a journal: each delivery (and each entry
+forgotten) is one small row appended to the journal (:func:`journal_row`,
+:func:`forget_row`), not a rewrite of the whole table; once the journal has
+:data:`JOURNAL_ROWS` rows (or :data:`JOURNAL_BYTES`), the caller writes a
+new snapshot and empties it. :meth:`DeliveredTable.decode` replays the
+journal over the snapshot and stops at the first row it cannot read (a
+row cut short by a crash), keeping every row before it. Replaying a row
+twice (a crash between a new snapshot and emptying the journal) may only
+push out an old entry early: the worst a lost entry costs is a second copy
+of that file, never a wrong answer (every answer checks the file's stamp
+and its sender's hash).
+
 Pure: no file is opened here; the caller passes the stamps it measured.
 """
 
@@ -48,6 +60,10 @@ CAPACITY = 256  # deliveries remembered
 FORMAT = 1
 MAX_NAME = 1024  # characters of a name kept (the inbox's own limit is lower)
 MAX_TABLE_BYTES = 2 * 1024 * 1024
+JOURNAL_ROWS = CAPACITY  # rows appended before a new snapshot
+JOURNAL_BYTES = 512 * 1024  # or this many bytes of them
+MAX_JOURNAL_BYTES = 2 * JOURNAL_BYTES  # read at most (a row is < 16 KiB)
+_RECORD, _FORGET = 1, 0
 
 
 @dataclass(frozen=True)
@@ -119,56 +135,99 @@ class DeliveredTable:
     # -- persistence --------------------------------------------------------------
 
     def encode(self) -> bytes:
-        rows = [
-            [
-                d.key.peer,
-                d.key.name,
-                d.key.size,
-                d.key.chunk_size,
-                d.key.source,
-                d.stored_as,
-                d.digest,
-                [d.stamp.dev, d.stamp.ino, d.stamp.size, d.stamp.mtime_ns],
-                d.when,
-            ]
-            for d in self._entries.values()
-        ]
+        """The snapshot: every entry, oldest first."""
+        rows = [_encode(d) for d in self._entries.values()]
         packed: bytes = msgpack.packb([FORMAT, rows], use_bin_type=True)
         return packed
 
     @classmethod
-    def decode(cls, data: bytes, capacity: int = CAPACITY) -> DeliveredTable:
-        """The table ``data`` holds; an empty one if it is not a valid table
-        (rows that are not valid are skipped)."""
+    def decode(cls, data: bytes, capacity: int = CAPACITY, journal: bytes = b"") -> DeliveredTable:
+        """The table the snapshot ``data`` and then the ``journal`` hold; an
+        invalid snapshot is an empty table, rows that are not valid are
+        skipped, and the journal is read up to its first unreadable row."""
         table = cls(capacity)
-        if len(data) > MAX_TABLE_BYTES:
-            return table
-        try:
-            fmt, rows = msgpack.unpackb(data, raw=False)
-        except Exception:  # garbage raises several kinds in msgpack
-            return table
-        if fmt != FORMAT or not isinstance(rows, list):
-            return table
-        for row in rows[-table.capacity :]:
-            delivery = _row(row)
-            if delivery is not None:
-                table.record(delivery)
+        if len(data) <= MAX_TABLE_BYTES:
+            try:
+                fmt, rows = msgpack.unpackb(data, raw=False)
+            except Exception:  # garbage raises several kinds in msgpack
+                fmt, rows = None, None
+            if fmt == FORMAT and isinstance(rows, list):
+                for row in rows[-table.capacity :]:
+                    delivery = _row(row)
+                    if delivery is not None:
+                        table.record(delivery)
+        table._replay(journal[:MAX_JOURNAL_BYTES])
         return table
 
+    def _replay(self, journal: bytes) -> None:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_JOURNAL_BYTES)
+        unpacker.feed(journal)
+        try:
+            for entry in unpacker:
+                if not isinstance(entry, list) or len(entry) != 2:
+                    return
+                kind, row = entry
+                if kind == _RECORD and (delivery := _row(row)) is not None:
+                    self.record(delivery)
+                elif kind == _FORGET and (key := _key(row)) is not None:
+                    self.forget(key)
+                else:
+                    return
+        except Exception:  # a row cut short, or garbage: what came before stands
+            return
 
-def _row(row: object) -> Delivery | None:
-    if not isinstance(row, list) or len(row) != 9:
+
+def journal_row(delivery: Delivery) -> bytes:
+    """The journal row that records ``delivery``."""
+    packed: bytes = msgpack.packb([_RECORD, _encode(delivery)], use_bin_type=True)
+    return packed
+
+
+def forget_row(key: ResumeKey) -> bytes:
+    """The journal row that forgets the entry of ``key``."""
+    row = [key.peer, key.name, key.size, key.chunk_size, key.source]
+    packed: bytes = msgpack.packb([_FORGET, row], use_bin_type=True)
+    return packed
+
+
+def _encode(d: Delivery) -> list[object]:
+    return [
+        d.key.peer,
+        d.key.name,
+        d.key.size,
+        d.key.chunk_size,
+        d.key.source,
+        d.stored_as,
+        d.digest,
+        [d.stamp.dev, d.stamp.ino, d.stamp.size, d.stamp.mtime_ns],
+        d.when,
+    ]
+
+
+def _key(row: object) -> ResumeKey | None:
+    if not isinstance(row, list) or len(row) != 5:
         return None
-    peer, name, size, chunk, source, stored, digest, stamp, when = row
-    ints = (size, chunk)
+    peer, name, size, chunk, source = row
     if not (
         isinstance(peer, bytes)
         and len(peer) == 32
         and isinstance(name, str)
         and 0 < len(name) <= MAX_NAME
-        and all(isinstance(n, int) and n >= 0 for n in ints)
+        and all(isinstance(n, int) and n >= 0 for n in (size, chunk))
         and isinstance(source, bytes)
         and len(source) <= 64
+    ):
+        return None
+    return ResumeKey(peer, name, size, chunk, source)
+
+
+def _row(row: object) -> Delivery | None:
+    if not isinstance(row, list) or len(row) != 9:
+        return None
+    key = _key(row[:5])
+    stored, digest, stamp, when = row[5:]
+    if not (
+        key is not None
         and isinstance(stored, str)
         and 0 < len(stored) <= MAX_NAME
         and "/" not in stored
@@ -181,5 +240,4 @@ def _row(row: object) -> Delivery | None:
         and isinstance(when, float | int)
     ):
         return None
-    key = ResumeKey(peer, name, size, chunk, source)
     return Delivery(key, stored, digest, FileStamp(*stamp), float(when))
