@@ -26,6 +26,7 @@ from actors.multicast_receiver import MulticastReceiverActor
 from actors.receiver import SPACE_VERDICT_TIMEOUT, ReceiverActor
 from actors.space import SpaceActor
 from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.multicast import session_resume_key
 from peercrypt.core.resume import Manifest, ResumeKey
 from peercrypt.crypto.chunk_signature import ChunkSigner
 from peercrypt.crypto.handshake import Initiator
@@ -36,7 +37,7 @@ from peercrypt.testing.clock import FakeClock
 from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Accept, Inbound, Offer, OfferDetails, Outbound, Refuse
-from peercrypt.wire.multicast_messages import McAnnounce, McDetails
+from peercrypt.wire.multicast_messages import McAnnounce, McDetails, McJoin
 from peercrypt.wire.space_messages import SpaceCancel, SpaceReserve, SpaceVerdict
 
 SENDER_SEED = b"s" * 32
@@ -54,7 +55,7 @@ def record(actor: Actor) -> Mail:
     def tell(to: str, msg: codec.Message) -> None:
         sent.append((to, codec.decode(codec.encode(msg))))
 
-    actor.tell = tell  # type: ignore[method-assign]
+    actor.tell = tell  # type: ignore[method-assign,assignment]
     return sent
 
 
@@ -91,19 +92,32 @@ def _offer(tid: bytes, to: bytes, key: ResumeKey | None = None) -> bytes:
     return codec.encode(Offer(tid=tid, eph_pub=eph.public, details=sealed))
 
 
-def _announce(sid: bytes, to: bytes, size: int = 1000) -> bytes:
+def _announce(sid: bytes, to: bytes, size: int = 1000, chunk: int = CHUNK) -> bytes:
     wrap = Initiator(SENDER)
     sealed = wrap.seal_details(sid, to, codec.encode(McDetails(name="late.bin", size=size)))
     announce = McAnnounce(
         sid=sid,
         details=sealed,
-        chunk_size=CHUNK,
+        chunk_size=chunk,
         eph_pub=wrap.public,
         pub_host="",
         pub_port=1,
         signer=ChunkSigner(SENDER_SEED).public,
     )
     return codec.encode(announce)
+
+
+def _kept_part(inbox: Path, key: ResumeKey, tid: bytes, part: Path, fd: int) -> Path:
+    """``part`` (open as ``fd``) kept with its first chunk written, as an
+    interrupted transfer of ``key`` leaves it."""
+    try:
+        os.pwrite(fd, b"x" * key.chunk_size, 0)
+        held = ChunkBitmap(key.total)
+        held.add(0)
+        save_manifest(inbox, fd, Manifest(key, tid, part.name, held.to_bytes(), time.time()))
+    finally:
+        os.close(fd)
+    return part
 
 
 def _inbound(payload: bytes) -> Inbound:
@@ -124,11 +138,15 @@ def test_a_verdict_too_late_for_its_ask_never_blocks_the_retry(
     tid = os.urandom(16)
     actor: ReceiverActor | MulticastReceiverActor
     if kind == "receiver":
-        actor = ReceiverActor(env, settings)
-        payload, timeout = (lambda: _offer(tid, settings.identity.public)), SPACE_VERDICT_TIMEOUT
+        actor, timeout = ReceiverActor(env, settings), SPACE_VERDICT_TIMEOUT
     else:
-        actor = MulticastReceiverActor(env, settings)
-        payload, timeout = (lambda: _announce(tid, settings.identity.public)), MC_TIMEOUT
+        actor, timeout = MulticastReceiverActor(env, settings), MC_TIMEOUT
+
+    def payload() -> bytes:
+        """The offer (the announce), sealed afresh as a sender's retry is."""
+        seal = _offer if kind == "receiver" else _announce
+        return seal(tid, settings.identity.public)
+
     space = SpaceActor(env, settings)
     from_actor, from_space = record(actor), record(space)
 
@@ -178,16 +196,9 @@ def test_a_kept_part_that_gave_way_after_it_was_chosen_starts_afresh(
     size, chunk = 200_000, 65_536
     source = b"y" * 32
     key = ResumeKey(SENDER.public, "kept.bin", size, chunk, source)
-    part, fd = create_part(settings.inbox, key.name, "abc123", size)
-    try:
-        os.pwrite(fd, b"x" * chunk, 0)
-        held = ChunkBitmap(key.total)
-        held.add(0)
-        save_manifest(
-            settings.inbox, fd, Manifest(key, b"t" * 16, part.name, held.to_bytes(), time.time())
-        )
-    finally:
-        os.close(fd)
+    part = _kept_part(
+        settings.inbox, key, b"t" * 16, *create_part(settings.inbox, key.name, "abc", size)
+    )
     receiver = ReceiverActor(env, settings)
     mreceiver = MulticastReceiverActor(env, settings)
     space = SpaceActor(env, settings)
@@ -227,4 +238,57 @@ def test_a_kept_part_that_gave_way_after_it_was_chosen_starts_afresh(
     finally:
         receiver.teardown()
         for sock in receiver._sockets:
+            sock.close(linger=0)
+
+
+def test_a_kept_multicast_part_that_gave_way_after_it_was_chosen_starts_afresh(
+    node: tuple[ActorEnv, NodeSettings, FakeClock],
+) -> None:
+    """The same race the other way round: the multicast receiver chose the
+    part it kept of a session to rejoin it; the unicast receiver's ask made
+    that part give way (then was given up). The session is joined with a new
+    part, from nothing."""
+    env, settings, clock = node
+    settings = dataclasses.replace(settings, part_quota=210_000)
+    size, chunk, sid = 200_000, 65_536, os.urandom(16)
+    key = session_resume_key(SENDER.public, "late.bin", size, chunk, sid)
+    created = create_part(settings.inbox, key.name, sid.hex(), size, kind="mc", unique=True)
+    part = _kept_part(settings.inbox, key, sid, *created)
+    receiver = ReceiverActor(env, settings)
+    mreceiver = MulticastReceiverActor(env, settings)
+    space = SpaceActor(env, settings)
+    from_receiver, from_mreceiver, from_space = record(receiver), record(mreceiver), record(space)
+    mreceiver.setup()  # reports its kept part to the ledger; opens its writer
+    try:
+        for msg in take(from_mreceiver, "space"):
+            space.on_mail(msg)
+        assert space.ledger.kept == [part.name]
+        mreceiver.on_mail(_inbound(_announce(sid, settings.identity.public, size, chunk)))
+        [rejoin] = take(from_mreceiver, "space")
+        assert isinstance(rejoin, SpaceReserve) and rejoin.resume == part.name
+        # Meanwhile: a unicast offer over the quota; the kept part gives way.
+        other = ResumeKey(SENDER.public, "other.bin", 20_000, CHUNK, b"o" * 32)
+        receiver.on_mail(_inbound(_offer(os.urandom(16), settings.identity.public, other)))
+        [offer] = take(from_receiver, "space")
+        space.on_mail(offer)
+        assert not part.exists() and space.ledger.kept == []
+        clock.advance(SPACE_VERDICT_TIMEOUT)  # ... and that offer was given up
+        receiver._expire_asks()
+        for msg in [*take(from_receiver, "space"), rejoin]:
+            space.on_mail(msg)
+        verdicts = take(from_space, "mreceiver")
+        assert [(v.ok, v.fresh) for v in verdicts if isinstance(v, SpaceVerdict)] == [(True, True)]
+        mreceiver.on_mail(verdicts[0])
+        [answer] = take(from_mreceiver, "gateway")
+        assert isinstance(answer, Outbound)
+        joined = codec.decode(answer.payload)
+        assert isinstance(joined, McJoin) and joined.sid == sid, joined
+        assert mreceiver.counters.get("resume-part-gone") == 1
+        sess = mreceiver.sessions[sid]
+        assert sess.tracker.written.count == 0  # nothing held: every chunk to come
+        assert sess.part.exists() and sess.part != part and not part.exists()
+        assert space.ledger.promised == size
+    finally:
+        mreceiver.teardown()
+        for sock in mreceiver._sockets:
             sock.close(linger=0)
