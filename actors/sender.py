@@ -479,11 +479,17 @@ class SenderActor(Actor):
                 return fail(ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}")
             source = source_tag(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, samples)
             size, mtime_ns = st.st_size, st.st_mtime_ns
+        try:  # a rate too low for even the smallest chunk: refused before the offer
+            policy.check_pace(size, req.timeout)
+        except PolicyError as exc:
+            if fd >= 0:
+                os.close(fd)
+            return fail(ResultCode.LOCAL, str(exc))
         tid = os.urandom(16)
         flow = OutgoingTransfer(
             policy=policy,
             size=size,
-            chunk_size=policy.chunk_size_for(req.chunk_size),
+            chunk_size=policy.chunk_size_for(req.chunk_size, req.timeout),
             timeout=req.timeout,
             now=self.now(),
             peer=f"{req.host}:{req.port}",

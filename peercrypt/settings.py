@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from peercrypt.chunking import MAX_CHUNK, MiB
 from peercrypt.core.fragments import DEFAULT_FRAGMENT
-from peercrypt.core.modes import Policy
+from peercrypt.core.modes import RECEIVER_IDLE, Policy
 from peercrypt.core.resume import DEFAULT_PART_EXPIRY
 
 if TYPE_CHECKING:  # a key pair's libraries load only where keys are made
@@ -68,7 +68,9 @@ class NodeSettings:
     max_transfers: int = 64  # incoming at once
     max_transfers_per_peer: int = 8  # per proven identity (CURVE key)
     max_transfers_per_host: int = 16  # per address: fresh identities cost nothing
-    idle_timeout: float = 30.0  # an incoming transfer with no traffic this long is dropped
+    # An incoming transfer with no new chunk this long is dropped (a paced
+    # sender keeps its chunks within it: core/modes.py, paced_chunk_seconds).
+    idle_timeout: float = RECEIVER_IDLE
     # Resume (docs/resume.md): a kept part waits this long for its sender to
     # come back; byte quotas of parts (running and kept) per sender identity
     # and in all (0: only the disk's free space limits them).

@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 from peercrypt.core.grants import DEMAND_SECONDS, GrantPlanner
 from peercrypt.core.modes import (
     BURST_SECONDS,
+    RECEIVER_IDLE,
     Policy,
     PolicyError,
     default_burst,
+    paced_chunk_seconds,
     parse_priority,
     with_overrides,
 )
@@ -197,6 +199,61 @@ def test_token_bucket_chunks_never_exceed_the_bucket() -> None:
     assert Policy(mode="token-bucket", rate=1000).burst_for(CHUNK) == 4096
     assert Policy(mode="token-bucket", rate=MiB).chunk_size_for(MiB) == int(MiB * BURST_SECONDS)
     assert Policy(mode="normal").chunk_size_for(MiB) == MiB
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rate=st.integers(1, 64 * MiB),
+    burst=st.sampled_from([0, 1024, 4096, 100_000, 16 * MiB]),
+    chunk=st.integers(4096, 16 * MiB),
+    size=st.integers(0, 1 << 40),
+    timeout=st.floats(0.1, 3600),
+)
+def test_a_paced_send_is_refused_or_every_chunk_moves_in_time(
+    rate: int, burst: int, chunk: int, size: int, timeout: float
+) -> None:
+    """The rate either moves every chunk (as cut for the send) within
+    paced_chunk_seconds - within --timeout and the receiver's idle limit -
+    or the send is refused up front, naming a rate that would pass (and the
+    rate one below it would not)."""
+    policy = Policy(mode="token-bucket", rate=rate, burst=burst)
+    limit = paced_chunk_seconds(timeout)
+    assert limit <= timeout / 2 and limit <= RECEIVER_IDLE / 2
+    try:
+        policy.check_pace(size, timeout)
+    except PolicyError as exc:
+        smallest = min(4096, size)
+        assert smallest > rate * limit
+        text = str(exc)
+        assert "\n" not in text and text.startswith(f"-r {rate} is too low")
+        need = int(text.split("use -r ")[1].split()[0])
+        Policy(mode="token-bucket", rate=need).check_pace(size, timeout)
+        with pytest.raises(PolicyError):
+            Policy(mode="token-bucket", rate=need - 1).check_pace(size, timeout)
+        return
+    cut = policy.chunk_size_for(chunk, timeout)
+    assert 4096 <= cut <= chunk
+    assert min(cut, size) / rate <= limit * (1 + 1e-9)
+
+
+def test_a_rate_far_below_one_chunk_per_timeout_is_refused_with_the_rate_to_use() -> None:
+    policy = Policy(mode="token-bucket", rate=10)
+    with pytest.raises(PolicyError) as info:
+        policy.check_pace(10 * MiB, 10.0)
+    assert str(info.value) == (
+        "-r 10 is too low for this send: its smallest chunk (4096 bytes) takes 410 s at "
+        "10 B/s, and a paced chunk must move within 5 s (half of --timeout 10 s or of the "
+        "receiver's 30 s idle limit, whichever is shorter); use -r 820 or more, or a longer "
+        "--timeout (up to 30 s counts)"
+    )
+    policy.check_pace(50, 10.0)  # one 50-byte chunk: 5 s at 10 B/s
+    for bad in (0.0, -1.0, float("nan")):  # a control client's request: refused, no crash
+        with pytest.raises(PolicyError, match="--timeout"):
+            policy.check_pace(50, bad)
+        assert policy.chunk_size_for(MiB, bad) == 4096
+    Policy().check_pace(10 * MiB, 0.1)  # only a flow's own rate is checked
+    # A large bucket no longer makes one chunk outlast the timeout.
+    assert Policy(mode="token-bucket", rate=2500, burst=MiB).chunk_size_for(MiB, 4.0) == 5000
 
 
 @pytest.mark.parametrize(

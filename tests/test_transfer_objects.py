@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from peercrypt.core.congestion_manager import CongestionManager
 from peercrypt.core.grants import DEMAND_SECONDS
 from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
-from peercrypt.core.modes import BURST_SECONDS, Policy
+from peercrypt.core.modes import BURST_SECONDS, RECEIVER_IDLE, Policy
 from peercrypt.core.outgoing import (
     Failed,
     Finished,
@@ -388,6 +388,71 @@ def test_no_progress_for_the_timeout_fails_at_the_timeout_whatever_the_backoff(
                 failed = out
     assert failed.code == "timeout" and "stopped acknowledging" in failed.reason
     assert now == pytest.approx(last_ack + 5.0)
+
+
+def _failed_by(t: OutgoingTransfer, until: float, now: float) -> tuple[Failed | None, float]:
+    """Run the transfer's timers from ``now`` up to ``until``: its failure
+    (None: none) and the time."""
+    while True:
+        due = t.next_timer()
+        if due is None or due > until:
+            return None, now
+        now = max(now, due)
+        t.on_timer(now)
+        failed = [o for o in t.poll(now) if isinstance(o, Failed)]
+        if failed:
+            return failed[0], now
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hold=st.floats(0.0, 1000.0),
+    ack_after=st.floats(0.001, 4.9),
+    silent_at=st.integers(0, 2),
+)
+def test_holding_back_for_its_own_pacing_is_not_a_stall_but_silence_still_is(
+    hold: float, ack_after: float, silent_at: int
+) -> None:
+    """A paced sender waits ``hold`` seconds for each chunk's grant with
+    nothing in flight: however long, the stall clock does not run (it did,
+    and the first chunk after a wait longer than --timeout failed the send
+    with "stopped acknowledging" at once). A receiver that goes silent once
+    a chunk is in flight still fails it exactly --timeout after that send,
+    though the resend of the chunk presumed lost waits for a grant."""
+    t = outgoing(size=3 * CHUNK, policy=Policy(mode="token-bucket", rate=10))
+    t.on_accept([], 4, 0.0)
+    assert t.poll(0.0) == [RequestGrant(3 * CHUNK)]
+    now = 0.0
+    for index in range(3):
+        assert t.next_timer() is None  # nothing in flight: nothing to time
+        now += hold
+        t.on_grant(CHUNK)
+        sent = t.poll(now)
+        assert SendChunk(index, index == 2) in sent, sent
+        if index == silent_at:
+            failed, when = _failed_by(t, now + 3 * t.timeout, now)
+            assert failed is not None and "stopped acknowledging" in failed.reason
+            assert when == pytest.approx(now + t.timeout)
+            return
+        failed, _ = _failed_by(t, now + ack_after, now)
+        assert failed is None
+        now += ack_after
+        t.on_ack(index + 1, [], 4, now)
+        t.poll(now)
+
+
+def test_a_node_capped_send_far_slower_than_its_timeout_delivers() -> None:
+    """A node cap of 1000 B/s moves a 4 KiB chunk in 4 s, a --timeout of 1 s:
+    the send still delivers (the receiver hears a new chunk well within its
+    idle limit)."""
+    content = os.urandom(3 * CHUNK + 5)
+    r = pump_transfer(
+        content, CHUNK, Policy(), 4, [Channel.make(1, jitter=False)],
+        Channel.make(2, jitter=False), node_rate=1000, timeout=1.0, idle_timeout=RECEIVER_IDLE,
+    )  # fmt: skip
+    assert isinstance(r.outcome, Finished), r.outcome
+    assert r.delivered == content
+    assert r.now >= len(content) / 1000 * 0.99  # the node's bucket starts empty
 
 
 def test_a_reconnect_resends_what_was_in_flight_at_once() -> None:

@@ -22,7 +22,10 @@ a ``send`` overrides any of them. Pure: no clock, no I/O.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+
+from peercrypt.chunking import MIN_CHUNK
 
 MODES = ("normal", "token-bucket", "aimd", "qos", "parallel")  # unicast
 ALL_MODES = (*MODES, "multicast")
@@ -42,6 +45,13 @@ MAX_WINDOW_KB = 1024 * 1024  # 1 GiB: beyond any path's bandwidth-delay product
 # of it, not just on average (the scheduler's 5 ms ticks drain it in time).
 BURST_SECONDS = 0.05
 MIN_BURST = 4096
+# A receiver drops an incoming transfer that brought no new chunk for this
+# long (its ``idle_timeout``). A flow's own rate must bring one chunk within
+# PACED_CHUNK_SHARE of the shorter of this and the send's --timeout: chunks
+# are cut to fit (down to the 4 KiB minimum chunk), and a rate too low for
+# even the smallest chunk is refused before the offer (Policy.check_pace).
+RECEIVER_IDLE = 30.0
+PACED_CHUNK_SHARE = 0.5
 MODE_PARAMETERS: dict[str, tuple[str, ...]] = {
     "token-bucket": ("rate", "burst"),
     "aimd": (
@@ -111,12 +121,57 @@ class Policy:
         names = MODE_PARAMETERS.get(self.mode, ())
         return {n: str(getattr(self, n)) for n in names}
 
-    def chunk_size_for(self, chunk_size: int) -> int:
+    def chunk_size_for(self, chunk_size: int, timeout: float | None = None) -> int:
         """Chunks never exceed the bucket (token-bucket: no burst above it),
-        down to the 4 KiB minimum chunk."""
-        if self.mode == "token-bucket":
-            return max(4096, min(chunk_size, self.burst_for(chunk_size)))
-        return chunk_size
+        nor (with the send's ``timeout``) what the rate moves in
+        :func:`paced_chunk_seconds`, down to the 4 KiB minimum chunk."""
+        if self.mode != "token-bucket":
+            return chunk_size
+        size = min(chunk_size, self.burst_for(chunk_size))
+        limit = paced_chunk_seconds(timeout) if timeout is not None else 0.0
+        if limit > 0 and self.rate > 0:
+            size = min(size, int(self.rate * limit))
+        return max(MIN_CHUNK, size)
+
+    def check_pace(self, size: int, timeout: float) -> None:
+        """Raise PolicyError (one line naming the rate to use) when the flow's
+        own rate cannot move the smallest chunk of a ``size``-byte send (the
+        4 KiB minimum chunk, or the whole file if smaller) within
+        :func:`paced_chunk_seconds` of ``timeout``: the receiver would drop
+        the transfer as idle, or the user would wait longer than ``--timeout``
+        for a sign of progress. Chunks cut by :meth:`chunk_size_for` then all
+        move within that time."""
+        if self.mode != "token-bucket" or self.rate <= 0:
+            return
+        smallest = min(MIN_CHUNK, size)
+        limit = paced_chunk_seconds(timeout)
+        if not limit > 0:  # also NaN
+            raise PolicyError(f"--timeout must be a number of seconds > 0, got {timeout!r}")
+        if smallest <= self.rate * limit:
+            return
+        need = math.ceil(smallest / limit)  # the lowest rate that passes, whatever the rounding
+        while smallest > need * limit:
+            need += 1
+        while need > 1 and smallest <= (need - 1) * limit:
+            need -= 1
+        longer = (
+            f", or a longer --timeout (up to {RECEIVER_IDLE:g} s counts)"
+            if timeout < RECEIVER_IDLE
+            else ""
+        )
+        raise PolicyError(
+            f"-r {self.rate} is too low for this send: its smallest chunk ({smallest} bytes) "
+            f"takes {smallest / self.rate:.0f} s at {self.rate} B/s, and a paced chunk must move "
+            f"within {limit:g} s (half of --timeout {timeout:g} s or of the receiver's "
+            f"{RECEIVER_IDLE:g} s idle limit, whichever is shorter); use -r {need} or more{longer}"
+        )
+
+
+def paced_chunk_seconds(timeout: float) -> float:
+    """The longest one chunk of a flow with its own rate may take at that
+    rate: ``PACED_CHUNK_SHARE`` of the shorter of the send's ``timeout`` and
+    the receiver's idle limit (``RECEIVER_IDLE``)."""
+    return PACED_CHUNK_SHARE * min(timeout, RECEIVER_IDLE)
 
 
 def default_burst(rate: int) -> int:

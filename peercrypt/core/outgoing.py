@@ -24,7 +24,9 @@ has no branch on the mode.
 Phases: ``offered`` (until the accept or ``deadline``), ``sending`` (chunks
 under credit, congestion window and grants; fails when nothing was newly
 acked for ``timeout`` seconds while chunks are in flight, on a timer of its
-own, so the timeout is kept whatever the retransmission backoff; a
+own, so the timeout is kept whatever the retransmission backoff; that clock
+starts afresh when a chunk goes out with none in flight: a sender holding
+its chunks back for its own pacing (grants) is not a silent receiver; a
 re-established data connection (:meth:`on_reconnect`) resends what was in
 flight at once),
 ``verifying`` (Done sent, and resent with backoff while unanswered, until
@@ -294,7 +296,7 @@ class OutgoingTransfer(GrantedFlow):
         elif self.phase is Phase.SENDING:
             w = self.window
             assert w is not None
-            if w.next_deadline() is None:
+            if not w.in_flight:
                 return
             if now >= self.last_progress + self.timeout:  # the very sum next_timer gives
                 self._end(Failed(ResultCode.TIMEOUT, f"{self.peer} stopped acknowledging"))
@@ -323,7 +325,12 @@ class OutgoingTransfer(GrantedFlow):
             return self.deadline
         if self.phase is Phase.SENDING and self.window is not None:
             due = self.window.next_deadline()
-            return None if due is None else min(due, self.last_progress + self.timeout)
+            if not self.window.in_flight:
+                return due
+            # The stall clock runs while anything is in flight, even chunks
+            # presumed lost whose resend waits for a grant.
+            stall = self.last_progress + self.timeout
+            return stall if due is None else min(due, stall)
         if self.phase is Phase.VERIFYING:
             return self._done_due
         return None
@@ -412,9 +419,11 @@ class OutgoingTransfer(GrantedFlow):
             up = w.next_up()
             if up is not None and self.allowance >= self.chunk_len(up):
                 limit = 1
-        resends = w.retransmits
+        resends, idle = w.retransmits, w.in_flight == 0
         indices = w.next_to_send(now, limit)
         resends = w.retransmits - resends  # they come first
+        if indices and idle:  # the stall clock ran on our own pacing: it starts now
+            self.last_progress = now
         for n, index in enumerate(indices):
             if self.paced:
                 self.grants.spend(self.chunk_len(index))

@@ -140,7 +140,7 @@ def pump_transfer(
     sender = OutgoingTransfer(
         policy=policy,
         size=len(content),
-        chunk_size=policy.chunk_size_for(chunk_size),
+        chunk_size=policy.chunk_size_for(chunk_size, timeout),
         timeout=timeout,
         now=now,
         node_capped=node_rate > 0,

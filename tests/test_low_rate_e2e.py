@@ -1,0 +1,135 @@
+"""Sends paced far below one chunk per ``--timeout``, with real node
+processes on loopback (content checked by BLAKE3):
+
+- ``send -r 10`` (its smallest chunk would take 410 s) is refused before any
+  offer: one error line naming the rate to use, exit 2, the node running;
+- a node cap (``max-rate``) that moves one chunk in longer than
+  ``--timeout`` still delivers: the sender's stall clock does not run while
+  it holds its own chunks back (it did, and such a send failed with "stopped
+  acknowledging" as its first chunk left);
+- at that rate a receiver frozen mid-send (SIGSTOP) is still reported, as
+  silent, within ``--timeout`` of the chunk it left unanswered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from peercrypt import errors
+from peercrypt.crypto.identity import new_network_key
+from peercrypt.testing.nodes import NodeProcess, blake3_file, start_cli, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+CHUNK = 4096
+TIMEOUT = 2.5  # seconds
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
+    base = tmp_path_factory.mktemp("lowrate")
+    key = new_network_key()
+    # No retries: a failed send is the answer (a retry would offer again).
+    sender = NodeProcess(base / "sender", network_key=key, extra_args=("--max-retries", "0"))
+    sender.start()
+    receiver = NodeProcess(base / "receiver", network_key=key).start()
+    try:
+        yield sender, receiver
+    finally:
+        codes = [sender.stop(), receiver.stop()]
+    assert codes == [0, 0]
+
+
+@contextlib.contextmanager
+def node_cap(sender: NodeProcess, rate: int) -> Iterator[None]:
+    """The sender's node rate capped at ``rate`` bytes/s (its bucket starts
+    empty) for the block."""
+    set_cap = sender.cli("max-rate", str(rate))
+    assert set_cap.returncode == 0, set_cap.describe()
+    try:
+        yield
+    finally:
+        assert sender.cli("max-rate", "0").returncode == 0
+
+
+def test_a_rate_below_one_chunk_in_time_is_refused_up_front(
+    nodes: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    sender, receiver = nodes
+    source = make_file(10 * CHUNK, name="too-slow.bin")
+    done = sender.cli("send", source, receiver.host, str(receiver.port), "-r", "10")
+    assert done.returncode == errors.USAGE, done.describe()
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("peercrypt: error: -r 10 is too low"), lines
+    assert "takes 410 s at 10 B/s" in lines[0] and "use -r 820 or more" in lines[0], lines
+    assert done.seconds < 10.0  # not after a --timeout
+    # No offer went out, and the node is still serving.
+    assert json.loads(sender.cli("transfers", "--json").stdout) == []
+    assert not [p for p in receiver.inbox.rglob("*") if "too-slow" in p.name]
+    assert sender.status()
+
+
+def test_a_node_capped_send_far_slower_than_its_timeout_delivers(
+    nodes: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """At 1 KiB/s a chunk's grant takes 4 s: the second chunk leaves 4 s
+    after the first was acked, longer than --timeout (while the bucket holds
+    less than a chunk when the send starts: the command's start-up, well
+    under 5 s)."""
+    sender, receiver = nodes
+    source = make_file(2 * CHUNK)
+    with node_cap(sender, CHUNK // 4):
+        code, result = sender.send_to(
+            source, receiver, "--chunk-size", str(CHUNK), "--timeout", str(TIMEOUT)
+        )
+    assert code == 0, result
+    assert result["blake3"] == blake3_file(source)
+    assert blake3_file(receiver.inbox / result["stored_as"]) == blake3_file(source)
+    assert result["seconds"] > TIMEOUT, result  # the cap held it back
+
+
+def test_a_frozen_receiver_at_a_low_rate_is_reported_within_the_timeout(
+    nodes: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A chunk a second (4 KiB/s), ten of them: the receiver stops after the
+    first is written."""
+    sender, key, rate = nodes[0], nodes[1].network_key, CHUNK
+    frozen = NodeProcess(tmp_path / "frozen", network_key=key).start()
+    source = make_file(10 * CHUNK)
+    args = ["send", source, frozen.host, str(frozen.port), "--json",
+            "--chunk-size", str(CHUNK), "--timeout", str(TIMEOUT)]  # fmt: skip
+    try:
+        with node_cap(sender, rate), start_cli(*args, data_dir=sender.data_dir) as cli:
+            try:
+
+                def written() -> bool | None:
+                    if cli.poll() is not None:
+                        return True
+                    incoming = json.loads(frozen.status().get("incoming", "[]"))
+                    return (bool(incoming) and int(incoming[0][2]) > 0) or None
+
+                wait_until(written, 30.0, "the first chunk written")
+                frozen.send_signal(signal.SIGSTOP)
+                stopped = time.monotonic()
+                try:
+                    out, err = cli.communicate(timeout=60)
+                finally:
+                    frozen.send_signal(signal.SIGCONT)
+                took = time.monotonic() - stopped
+            finally:
+                cli.kill()
+    finally:
+        frozen.stop()
+    result = json.loads(out)
+    assert cli.returncode == errors.FAILED, (out, err)
+    assert "stopped acknowledging" in str(result["error"]), result
+    # The next chunk leaves at most one chunk's time (1 s) after the stop; it
+    # goes unanswered for --timeout. Slack for a loaded machine.
+    assert took <= CHUNK / rate + TIMEOUT + 2.5, took
