@@ -389,6 +389,7 @@ class MulticastSenderActor(Actor):
             now=now,
             window=req.window or self.settings.multicast_window,
             datagrams=group is not None,
+            files=tree.files if tree is not None else 0,
         )
         flow.on_pacing(self.settings.max_rate > 0)  # the scheduler corrects it (FlowPacing)
         sess = Session(

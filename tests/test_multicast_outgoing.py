@@ -1,4 +1,5 @@
-"""MulticastOutgoing with a fake clock: a target that keeps rejoining."""
+"""MulticastOutgoing with a fake clock: a target that keeps rejoining, a
+target storing a big folder (or acking for ever instead)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,24 @@ from hypothesis import strategies as st
 
 from peercrypt.core.multicast_outgoing import (
     MAX_REJOINS,
+    VERIFY_FLOOR,
+    VERIFY_MAX_FILES,
+    VERIFY_PER_FILE,
     MulticastOutgoing,
     Output,
     Publish,
     SessionEnded,
     TargetEnded,
+    verify_limit,
 )
 
 CHUNK = 1024
 TOTAL = 2000
 
 
-def _session(timeout: float) -> tuple[MulticastOutgoing, list[Output]]:
+def _session(timeout: float, files: int = 0) -> tuple[MulticastOutgoing, list[Output]]:
     sess = MulticastOutgoing(
-        size=TOTAL * CHUNK, chunk_size=CHUNK, targets=["b"], timeout=timeout, now=0.0
+        size=TOTAL * CHUNK, chunk_size=CHUNK, targets=["b"], timeout=timeout, now=0.0, files=files
     )
     sess.on_connection("b", connected=True, handshaken=True)
     assert sess.on_join("b", 0.0)
@@ -104,3 +109,63 @@ def test_a_target_that_rejoins_too_often_is_dropped_with_a_clear_result() -> Non
     assert ended_at == (MAX_REJOINS + 1) * 10.0
     assert "0 of 1 receivers verified" in session.reason
     assert not sess.on_join("b", ended_at + 1)  # ended: a later join changes nothing
+
+
+def _verifying(
+    sess: MulticastOutgoing, out: list[Output], until: float, done_at: float | None = None
+) -> tuple[float, list[Output]]:
+    """``b`` holds every chunk and acks all of them every 0.5 s (what a
+    receiver does while it checks and stores), until ``done_at`` when it
+    sends its verdict (None: never, as a hostile member). Returns when the
+    session ended (or ``until``) and everything it output."""
+    now, ack_due = 0.0, 0.0
+    sess.on_digest(b"d" * 32)
+    while now < until and not sess.ended:
+        now = round(now + 0.05, 2)
+        if done_at is not None and now >= done_at:
+            sess.on_done("b", True, b"d" * 32, "tree", "", now)
+        elif now >= ack_due:
+            ack_due += 0.5
+            sess.on_ack("b", TOTAL, [], now)
+        sess.on_timer(now)
+        out += sess.poll(now)
+    return now, out
+
+
+def test_the_verify_allowance_grows_per_file_and_is_bounded() -> None:
+    plain = verify_limit(10.0, 64 * 2**20)
+    assert plain == 10.0 + 64 * 2**20 / VERIFY_FLOOR
+    assert verify_limit(10.0, 64 * 2**20, 10_000) == plain + 10_000 * VERIFY_PER_FILE
+    most = plain + VERIFY_MAX_FILES * VERIFY_PER_FILE
+    assert verify_limit(10.0, 64 * 2**20, 10**12) == most == plain + 1000.0
+    sess, _ = _session(timeout=10.0, files=10_000)
+    assert sess.plan.verify_limit == verify_limit(10.0, TOTAL * CHUNK, 10_000)
+
+
+def test_a_receiver_storing_ten_thousand_files_is_given_the_time() -> None:
+    """10,000 small files took up to 34 s to store on a loaded machine: with
+    a 5 s timeout and a folder of 2 MB, the byte allowance alone (5.2 s)
+    failed such a receiver for no progress; the per-file one lets it finish."""
+    sess, out = _session(timeout=5.0, files=10_000)
+    _, out = _verifying(sess, out, until=60.0, done_at=40.0)
+    target, session = _ends(out)
+    assert target.code == session.code == "ok", target
+    plain, out = _session(timeout=5.0)  # the same bytes as one plain file
+    ended_at, out = _verifying(plain, out, until=60.0, done_at=40.0)
+    target, _ = _ends(out)
+    assert target.code == "timeout" and ended_at < 15.0, (target, ended_at)
+
+
+@settings(max_examples=10, deadline=None)
+@given(files=st.sampled_from([0, 1, 10_000, 10**9]))
+def test_a_member_acking_for_ever_still_fails_within_the_bound(files: int) -> None:
+    """A hostile member that holds every chunk and acks for ever, never
+    sending its verdict, holds the session for the verify allowance and then
+    the stall timeout, never longer, however many files the folder has."""
+    sess, out = _session(timeout=5.0, files=files)
+    limit = verify_limit(5.0, TOTAL * CHUNK, files)
+    ended_at, out = _verifying(sess, out, until=2000.0)
+    target, session = _ends(out)
+    assert target.code == session.code == "timeout", target
+    assert limit <= ended_at <= limit + 5.0 + 0.6, (ended_at, limit)
+    assert ended_at <= 5.0 + TOTAL * CHUNK / VERIFY_FLOOR + 1000.0 + 5.6

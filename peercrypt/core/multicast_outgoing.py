@@ -54,9 +54,16 @@ JOIN_WAIT = 2.0  # seconds publishing waits for every target to join
 ANNOUNCE_INTERVAL = 0.5  # re-announce to targets that did not join (yet)
 TICK = 0.05  # seconds between timeout checks while publishing
 # A receiver holding every chunk is verifying (the whole-file hash, storing
-# a folder): its acks count as progress for the timeout plus the time this
-# rate of checking takes for the file, at most (core/multicast.py).
+# a folder): its acks count as progress for at most verify_limit() seconds
+# (core/multicast.py): the timeout, plus the time this rate of checking takes
+# for the bytes, plus VERIFY_PER_FILE for each file of a folder (storing many
+# small files is dominated by creating them: 10,000 took 19-34 s, ~3.4 ms
+# each, on a loaded two-core machine), counting at most VERIFY_MAX_FILES
+# files (the receivers' default --tree-max-files): a member acking for ever
+# still fails, within a bound the sender's own file set fixes.
 VERIFY_FLOOR = 8 * 1024 * 1024  # bytes/s
+VERIFY_PER_FILE = 0.01  # seconds
+VERIFY_MAX_FILES = 100_000
 # An ack is answered with a status (horizon, hash, ack interval) at most this
 # often per receiver - sooner when it NAKed or the hash or the interval is new
 # to it: acks come every few written chunks, and answering each cost the
@@ -147,6 +154,18 @@ Output = (
 )
 
 
+def verify_limit(timeout: float, size: int, files: int = 0) -> float:
+    """Seconds a member that holds every chunk may keep acking as progress
+    while it verifies and stores ``size`` bytes in ``files`` files (0: one
+    plain file): ``timeout`` + ``size`` / VERIFY_FLOOR + VERIFY_PER_FILE per
+    file, for at most VERIFY_MAX_FILES files."""
+    return (
+        timeout
+        + max(0, size) / VERIFY_FLOOR
+        + min(max(0, files), VERIFY_MAX_FILES) * VERIFY_PER_FILE
+    )
+
+
 @dataclass
 class Receiver:
     """What the session knows of one target besides its plan member."""
@@ -183,6 +202,7 @@ class MulticastOutgoing(GrantedFlow):
     min_window: int = 4
     datagrams: bool = False
     join_wait: float = JOIN_WAIT
+    files: int = 0  # files of a folder (0: one plain file)
 
     started: float = field(init=False)
     publishing: bool = field(default=False, init=False)
@@ -204,7 +224,7 @@ class MulticastOutgoing(GrantedFlow):
             window=self.window,
             min_window=self.min_window,
             stall_timeout=self.timeout,
-            verify_limit=self.timeout + self.size / VERIFY_FLOOR,
+            verify_limit=verify_limit(self.timeout, self.size, self.files),
         )
         for name in dict.fromkeys(self.targets):
             self.receivers[name] = Receiver(name)
