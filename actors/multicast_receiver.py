@@ -449,11 +449,15 @@ class MulticastReceiverActor(Actor):
         return self._joined(sess, a, env, answer)
 
     def _on_verdict(self, v: SpaceVerdict) -> None:
-        j = self.joining.pop(v.request, None)
+        j = self.joining.get(v.request)
         if j is None or j.announce.sid != v.tid:
-            if v.ok:  # given up meanwhile: not ours to hold (a retry's is not touched)
+            # Given up meanwhile, or asked by this actor before it restarted
+            # (its numbers start again): not ours to hold, and the ask that
+            # has this number now waits for its own verdict.
+            if v.ok:
                 self.tell("space", SpaceCancel(owner=self.name, tid=v.tid, request=v.request))
             return
+        del self.joining[v.request]
         a, env = j.announce, j.env
         if not v.ok:
             self._reply(env.route, self._refused(a.sid, env.peer, v.code or "io", v.reason))

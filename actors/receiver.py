@@ -616,11 +616,15 @@ class ReceiverActor(Actor):
         return None
 
     def _on_verdict(self, v: SpaceVerdict) -> None:
-        asked = self.asking.pop(v.request, None)
+        asked = self.asking.get(v.request)
         if asked is None or asked.offer.tid != v.tid:
-            if v.ok:  # given up meanwhile: not ours to hold (a retry's is not touched)
+            # Given up meanwhile, or asked by this actor before it restarted
+            # (its numbers start again): not ours to hold, and the ask that
+            # has this number now waits for its own verdict.
+            if v.ok:
                 self.tell("space", SpaceCancel(owner=self.name, tid=v.tid, request=v.request))
             return
+        del self.asking[v.request]
         if v.ok:
             reply: codec.Message = self._accept(asked, fresh=v.fresh)
         else:

@@ -292,3 +292,34 @@ def test_a_kept_multicast_part_that_gave_way_after_it_was_chosen_starts_afresh(
         mreceiver.teardown()
         for sock in mreceiver._sockets:
             sock.close(linger=0)
+
+
+@pytest.mark.parametrize("kind", ["receiver", "mreceiver"])
+def test_a_verdict_for_another_id_under_the_same_number_leaves_the_ask_waiting(
+    node: tuple[ActorEnv, NodeSettings, FakeClock], kind: str
+) -> None:
+    """A receiver that restarted numbers its asks from 1 again: a verdict
+    its earlier self asked for may arrive under the number of a new ask. It
+    is cancelled (not ours), and the new ask still gets its own answer."""
+    env, settings, _ = node
+    tid, stale = os.urandom(16), os.urandom(16)
+    actor: ReceiverActor | MulticastReceiverActor
+    if kind == "receiver":
+        actor = ReceiverActor(env, settings)
+        sent = record(actor)
+        actor.on_mail(_inbound(_offer(tid, settings.identity.public)))
+    else:
+        actor = MulticastReceiverActor(env, settings)
+        sent = record(actor)
+        actor.on_mail(_inbound(_announce(tid, settings.identity.public)))
+    [ask] = take(sent, "space")
+    assert isinstance(ask, SpaceReserve)
+    request = ask.request
+    actor.on_mail(SpaceVerdict(request=request, tid=stale, ok=True))
+    assert sent == [("space", SpaceCancel(owner=kind, tid=stale, request=request))]
+    sent.clear()
+    actor.on_mail(SpaceVerdict(request=request, tid=tid, ok=False, code="no-space", reason="full"))
+    [answer] = take(sent, "gateway")
+    assert isinstance(answer, Outbound)
+    refused = codec.decode(answer.payload)
+    assert getattr(refused, "code", None) == "no-space", refused
