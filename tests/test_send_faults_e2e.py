@@ -277,7 +277,7 @@ def test_transfers_lists_a_send_between_retries(
     assert row["file"] == str(path) and row["peer"] == f"127.0.0.1:{port}", row
     assert int(row["attempt"]) >= 2, row
     assert 0.0 <= float(row["next_in"]) <= 2.0, row  # a closed port: 0.25 s doubling to 2 s
-    assert f"127.0.0.1:{port}" in row["error"], row
+    assert "connection refused" in row["error"], row  # why: the port is closed
     assert row["size"] == str(SIZE) and 0 <= int(row["bytes"]) <= SIZE, row  # acks may lag
     (line,) = [x for x in shown.splitlines() if "retrying" in x]
     assert "between.bin" in line and "attempt " in line and f"127.0.0.1:{port}" in line, shown
