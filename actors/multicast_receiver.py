@@ -31,6 +31,16 @@ Announces arrive from the gateway (control plane, CURVE). Per session:
    whole-file hash: fsync, compare, link the verified open file under a free
    name, ``McDone``.
 
+A session here is the proven sender's and its id together
+(:func:`~peercrypt.core.multicast.session_tid` keys the tables, the writer
+and the space ledger): senders choose ids and every co-receiver learns them,
+so another member announcing the same id gets a session of its own, and
+neither is refused nor displaced for the other. A chunk's header names only
+the id: a published chunk belongs to the session of the SUB socket it came
+in on, a datagram to the session of the group socket that read it (each
+session has its own), a repair to the one session of that id whose repair
+key made its tag; the sender's signature then decides.
+
 The writer keeps the part's manifest (every 16 MiB or 64 chunks, after an
 ``fdatasync``), so a receiver killed mid-session and restarted answers the
 sender's next status with ``unknown-session``, is announced to again, and
@@ -78,7 +88,7 @@ from actors.space import drop_gone_part, report_holdings
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
 from peercrypt.core.bitmap import flatten
-from peercrypt.core.multicast import GapTracker, session_resume_key
+from peercrypt.core.multicast import GapTracker, session_resume_key, session_tid
 from peercrypt.core.multicast_incoming import (
     ACK_INTERVAL,
     FinishFile,
@@ -164,6 +174,7 @@ SPACE_VERDICT_TIMEOUT = 5.0
 
 @dataclass
 class Session:
+    tid: bytes  # session_tid(peer, sid): its key here, in the writer and the ledger
     sid: bytes
     peer: bytes
     route: bytes
@@ -204,6 +215,7 @@ class Joining:
 
     announce: McAnnounce
     env: Inbound
+    tid: bytes  # session_tid(env.peer, announce.sid)
     answer: Response
     verifier: ChunkVerifier
     name: str
@@ -220,8 +232,10 @@ class MulticastReceiverActor(Actor):
     def __init__(self, env: ActorEnv, settings: NodeSettings) -> None:
         super().__init__(env)
         self.settings = settings
+        # Keyed by session_tid(proven sender, session id): a co-receiver knows
+        # the id, so it may announce it too - as a session of its own.
         self.sessions: dict[bytes, Session] = {}
-        self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # sid -> (route, McDone)
+        self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # tid -> (route, McDone)
         self.listeners: dict[int, int] = {}  # request -> sessions still to report (0: all)
         # Multicast parts, running and kept, are in the node's one space
         # ledger with unicast ones (actors/space.py; docs/multicast.md, "Part files").
@@ -261,7 +275,7 @@ class MulticastReceiverActor(Actor):
             running.append(
                 SpaceRunning(
                     owner=self.name,
-                    tid=x.sid,
+                    tid=x.tid,
                     peer=x.peer,
                     host=x.host,
                     size=x.size,
@@ -358,7 +372,8 @@ class MulticastReceiverActor(Actor):
         def refuse(code: str, reason: str) -> McRefuse:
             return self._refused(a.sid, env.peer, code, reason)
 
-        done = self.completed.get(a.sid)
+        tid = session_tid(env.peer, a.sid)  # its session, whoever else uses the id
+        done = self.completed.get(tid)
         if done is not None:
             return codec.decode(done[1])
         # The sender's identity is its CURVE client key; we prove ours in the join.
@@ -380,14 +395,9 @@ class MulticastReceiverActor(Actor):
             return refuse(
                 "unsealed", "the announce's name and size must be sealed to this node's key"
             )
-        sess = self.sessions.get(a.sid)
-        if sess is not None and sess.peer != env.peer:
-            return refuse("duplicate", "session id already in use")
+        sess = self.sessions.get(tid)
         if sess is None:
-            asked = [j.env.peer for j in self.joining.values() if j.announce.sid == a.sid]
-            if asked and asked[0] != env.peer:
-                return refuse("duplicate", "session id already in use")
-            if asked:
+            if any(j.tid == tid for j in self.joining.values()):
                 return None  # the space ledger's verdict answers it
             s = self.settings
             joining = list(self.joining.values())
@@ -427,7 +437,7 @@ class MulticastReceiverActor(Actor):
                 return refuse("io", f"cannot read the inbox: {exc.strerror}")
             request = next(self._requests)
             self.joining[request] = Joining(
-                a, env, answer, verifier, name, key, kept, self.now(), tree, files
+                a, env, tid, answer, verifier, name, key, kept, self.now(), tree, files
             )
             # Space, quotas of parts and of bytes still to come, for
             # multicast and unicast together (kept parts may give way).
@@ -436,7 +446,7 @@ class MulticastReceiverActor(Actor):
                 SpaceReserve(
                     owner=self.name,
                     request=request,
-                    tid=a.sid,
+                    tid=tid,
                     peer=env.peer,
                     host=env.peer_host,
                     size=a.size,
@@ -450,7 +460,7 @@ class MulticastReceiverActor(Actor):
 
     def _on_verdict(self, v: SpaceVerdict) -> None:
         j = self.joining.get(v.request)
-        if j is None or j.announce.sid != v.tid:
+        if j is None or j.tid != v.tid:
             # Given up meanwhile, or asked by this actor before it restarted
             # (its numbers start again): not ours to hold, and the ask that
             # has this number now waits for its own verdict.
@@ -462,8 +472,8 @@ class MulticastReceiverActor(Actor):
         if not v.ok:
             self._reply(env.route, self._refused(a.sid, env.peer, v.code or "io", v.reason))
             return
-        sess = self.sessions.get(a.sid)
-        if sess is not None:  # cannot happen: one request per session id
+        sess = self.sessions.get(j.tid)
+        if sess is not None:  # cannot happen: one request per sender and session id
             self.tell("space", SpaceCancel(owner=self.name, tid=v.tid, request=v.request))
             return
         if v.fresh and j.kept is not None:  # it gave way before our ask was heard
@@ -472,7 +482,7 @@ class MulticastReceiverActor(Actor):
         try:
             sess = self._start_session(j)
         except Refusal as exc:
-            self.tell("space", SpaceRelease(owner=self.name, tid=a.sid, keep=False))
+            self.tell("space", SpaceRelease(owner=self.name, tid=j.tid, keep=False))
             self._reply(env.route, self._refused(a.sid, env.peer, exc.code, exc.reason))
             return
         self._reply(env.route, self._joined(sess, a, env, j.answer))
@@ -485,7 +495,7 @@ class MulticastReceiverActor(Actor):
                 # Whatever the ledger grants this ask now is cancelled as soon
                 # as it is granted (the mail is handled in order), so the
                 # re-announce of the same session finds no reservation.
-                cancel = SpaceCancel(owner=self.name, tid=j.announce.sid, request=request)
+                cancel = SpaceCancel(owner=self.name, tid=j.tid, request=request)
                 self.tell("space", cancel)
                 self.count("space-verdict-late")
 
@@ -515,6 +525,7 @@ class MulticastReceiverActor(Actor):
         host = a.pub_host or env.peer_host or "127.0.0.1"
         now = self.now()
         sess = Session(
+            tid=j.tid,
             sid=a.sid,
             peer=env.peer,
             host=env.peer_host,
@@ -531,7 +542,7 @@ class MulticastReceiverActor(Actor):
             tree=j.tree,
             files=j.files,
         )
-        self.sessions[a.sid] = sess
+        self.sessions[j.tid] = sess
         sess.reported = kept.held_bytes() if kept is not None else 0
         self._tell_repair_senders()
         self.tell("stats", _record(sess, self.now(), "running"))
@@ -539,7 +550,7 @@ class MulticastReceiverActor(Actor):
             self._join_group(sess, a, env.peer_host or "127.0.0.1")
         template = Manifest(key, a.sid, part.name, b"", 0.0)
         self.writer.open(
-            a.sid,
+            j.tid,
             fd,
             a.chunk_size,
             a.size,
@@ -635,8 +646,8 @@ class MulticastReceiverActor(Actor):
         self.watch(sock.fileno(), functools.partial(self._on_datagrams, sess))
 
     def _on_key(self, k: McKey, env: Inbound) -> codec.Message | None:
-        sess = self.sessions.get(k.sid)
-        if sess is None or sess.peer != env.peer:
+        sess = self.sessions.get(session_tid(env.peer, k.sid))
+        if sess is None:
             return McRefuse(sid=k.sid, code="unknown-session", reason="no such session here")
         secrets = sess.wraps.pop(k.attempt, None)
         if secrets is None:
@@ -660,17 +671,18 @@ class MulticastReceiverActor(Actor):
             sub.setsockopt(zmq.SUBSCRIBE, k.sid + subscription_token(sess.receiver_key))
             sub.setsockopt(zmq.SUBSCRIBE, k.sid)
             sub.connect(sess.pub_endpoint)
-            self.watch(sub, self._on_data)
+            self.watch(sub, functools.partial(self._on_data, owner=sess))
         sess.flow.on_key(self.now())
         self._drive(sess)
         return None
 
     def _on_status(self, st: McStatus, env: Inbound) -> codec.Message | None:
-        done = self.completed.get(st.sid)
+        tid = session_tid(env.peer, st.sid)
+        done = self.completed.get(tid)
         if done is not None:
             return codec.decode(done[1])
-        sess = self.sessions.get(st.sid)
-        if sess is None or sess.peer != env.peer:
+        sess = self.sessions.get(tid)
+        if sess is None:
             return McRefuse(sid=st.sid, code="unknown-session", reason="no such session here")
         sess.route = env.route
         if st.end:
@@ -685,8 +697,14 @@ class MulticastReceiverActor(Actor):
 
     # -- data ----------------------------------------------------------------------
 
-    def _on_data(self, sock: zmq.Socket[Any]) -> None:
-        subscribed = sock is not self.repair
+    def _on_data(self, sock: zmq.Socket[Any], owner: Session | None = None) -> None:
+        """Chunks from a session's SUB socket (``owner``) or the repair port.
+        Their header names only the session id, which senders choose and
+        co-receivers learn: a published chunk belongs to the session whose
+        socket it came in on, a repair to the one session of that id whose
+        own repair key made its tag; its signature is then that session's
+        sender's, or it is dropped."""
+        subscribed = owner is not None
         for _ in range(64):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -702,17 +720,15 @@ class MulticastReceiverActor(Actor):
             except codec.DecodeError as exc:
                 self.count(f"data-dropped-{exc.kind}")
                 continue
-            sess = self.sessions.get(header.sid)
-            if sess is None:
-                self.count("data-dropped-unknown-session")
-                continue
-            if not subscribed:
-                tag = repair_tag(
-                    sess.receiver_key, header.sid, header.index, header.last, header.nonce
-                )
-                if not hmac.compare_digest(tag, header.tag):
-                    self.count("repair-dropped-tag")  # not from our sender: no more work
+            if owner is None:
+                sess = self._repaired(header)
+                if sess is None:
                     continue
+            elif owner.sid != header.sid or self.sessions.get(owner.tid) is not owner:
+                self.count("data-dropped-unknown-session")  # its subscription is to its id
+                continue
+            else:
+                sess = owner
             self._on_chunk(
                 sess,
                 header.index,
@@ -722,6 +738,22 @@ class MulticastReceiverActor(Actor):
                 frames[2].buffer,
                 repair=not subscribed,
             )
+
+    def _repaired(self, header: McChunk) -> Session | None:
+        """The session a repair is for: of those with its id (a few at most:
+        the limits per identity and per address bound them), the one whose
+        repair key made its tag - only that session's sender has the key."""
+        known = False
+        for sess in self.sessions.values():
+            if sess.sid != header.sid:
+                continue
+            known = True
+            tag = repair_tag(sess.receiver_key, header.sid, header.index, header.last, header.nonce)
+            if hmac.compare_digest(tag, header.tag):
+                return sess
+        # Not from a sender of ours: no more work.
+        self.count("repair-dropped-tag" if known else "data-dropped-unknown-session")
+        return None
 
     def _on_datagrams(self, sess: Session, _fd: object = None) -> None:
         """Datagrams of the session's UDP group: reassemble sealed chunks."""
@@ -753,7 +785,7 @@ class MulticastReceiverActor(Actor):
                 blob = memoryview(got.blob)
                 sealed, signature = blob[:-SIG_BYTES], blob[-SIG_BYTES:]
                 self._on_chunk(sess, got.index, got.last, got.nonce, sealed, signature)
-                if sess.sid not in self.sessions:
+                if self.sessions.get(sess.tid) is not sess:
                     return  # finished or closed meanwhile
                 if sess.reassembler is not None:
                     # _on_chunk keeps no view of it (the plaintext is a new
@@ -802,7 +834,7 @@ class MulticastReceiverActor(Actor):
             sess.reassembler.forget(index)  # it came whole: stop assembling it
         if sess.flow.on_chunk(index, self.now()):
             sess.queued += 1
-            self.writer.write(sess.sid, index, plaintext)
+            self.writer.write(sess.tid, index, plaintext)
 
     def _on_writer(self, sock: zmq.Socket[Any]) -> None:
         for _ in range(256):
@@ -836,7 +868,7 @@ class MulticastReceiverActor(Actor):
     def _drive(self, sess: Session) -> None:
         """Do what the session's :class:`MulticastIncoming` asks for."""
         for out in sess.flow.poll():
-            if sess.sid not in self.sessions:
+            if self.sessions.get(sess.tid) is not sess:
                 return
             if isinstance(out, SendAck):
                 ack = McAck(
@@ -847,7 +879,7 @@ class MulticastReceiverActor(Actor):
                 )
                 self._reply(sess.route, ack)
             elif isinstance(out, FinishFile):
-                self.writer.finish(sess.sid)
+                self.writer.finish(sess.tid)
             else:
                 log.info("%s: no traffic for %.0f s; dropped", sess.name, out.seconds)
                 self.count("expired")
@@ -871,7 +903,7 @@ class MulticastReceiverActor(Actor):
             return
         s = self.settings
         if sess.tree:  # a folder: the writer publishes the tree it built
-            self.writer.unpack(sess.sid, self._tree_spec(sess))
+            self.writer.unpack(sess.tid, self._tree_spec(sess))
             return
         try:
             stored = publish(sess.part, sess.fd, s.inbox, sess.name, s.file_mode) or ""
@@ -903,7 +935,7 @@ class MulticastReceiverActor(Actor):
         self.tell("gateway", Outbound(route=sess.route, payload=payload))
         if len(self.completed) >= COMPLETED_MEMORY:
             self.completed.pop(next(iter(self.completed)))
-        self.completed[sess.sid] = (sess.route, payload)
+        self.completed[sess.tid] = (sess.route, payload)
         self._report(sess, stored, ok=ok, reason=reason)
         self._close(sess, keep_part=False)
 
@@ -912,7 +944,7 @@ class MulticastReceiverActor(Actor):
             written = _written(sess)
             if written != sess.reported:  # its reservation shrinks as it writes
                 sess.reported = written
-                self.tell("space", SpaceWritten(owner=self.name, tid=sess.sid, written=written))
+                self.tell("space", SpaceWritten(owner=self.name, tid=sess.tid, written=written))
             self.tell("stats", _sample(sess, self.now()))
 
     def _report(self, sess: Session, stored: str, *, ok: bool, reason: str) -> None:
@@ -947,7 +979,8 @@ class MulticastReceiverActor(Actor):
             self._report_space()
 
     def _close(self, sess: Session, keep_part: bool) -> None:
-        self.sessions.pop(sess.sid, None)
+        if self.sessions.get(sess.tid) is sess:
+            del self.sessions[sess.tid]
         self._tell_repair_senders()
         if sess.sub is not None:
             self.close_socket(sess.sub)
@@ -966,12 +999,12 @@ class MulticastReceiverActor(Actor):
                     os.unlink(self.settings.inbox / name)
         # The writer closes the fd after its queued work (``keep``: with a
         # last checkpoint) and forgets the session.
-        self.writer.close(sess.sid, keep=keep_part)
+        self.writer.close(sess.tid, keep=keep_part)
         written = _written(sess)
         self.tell(
             "space",
             SpaceRelease(
-                owner=self.name, tid=sess.sid, keep=keep_part, part=sess.part.name, written=written
+                owner=self.name, tid=sess.tid, keep=keep_part, part=sess.part.name, written=written
             ),
         )
 

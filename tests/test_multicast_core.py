@@ -15,15 +15,41 @@ from peercrypt.core.multicast import (
     FAILED,
     LOST,
     MULTICAST,
+    SESSION_TID_BYTES,
     UNICAST,
     GapTracker,
     SessionPlan,
+    session_tid,
     to_ranges,
 )
 from peercrypt.crypto.handshake import Initiator, SessionSecrets, respond
 from peercrypt.crypto.identity import KeyPair
 from peercrypt.crypto.keywrap import ContentSealer, new_content_key, unwrap, wrap
 from peercrypt.crypto.transfer import OpenError
+
+# -- receiver: whose session ------------------------------------------------------------------
+
+
+@given(
+    st.tuples(st.binary(min_size=32, max_size=32), st.binary(min_size=16, max_size=16)),
+    st.tuples(st.binary(min_size=32, max_size=32), st.binary(min_size=16, max_size=16)),
+)
+def test_a_receivers_session_is_named_by_its_sender_and_its_id(
+    a: tuple[bytes, bytes], b: tuple[bytes, bytes]
+) -> None:
+    """Two senders announcing one id get two sessions at a receiver (and one
+    sender's two ids two sessions): the name depends on both, and only on them."""
+    assert session_tid(*a) == session_tid(*a)
+    assert len(session_tid(*a)) == SESSION_TID_BYTES
+    assert (session_tid(*a) == session_tid(*b)) == (a == b)
+
+
+def test_the_same_id_from_two_senders_names_two_sessions() -> None:
+    sid = os.urandom(16)
+    real, hostile = os.urandom(32), os.urandom(32)
+    assert session_tid(real, sid) != session_tid(hostile, sid)
+    assert session_tid(real, sid) != sid  # never the id a peer chose
+
 
 # -- receiver: gaps and NAKs ---------------------------------------------------------------
 

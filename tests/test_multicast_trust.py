@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from peercrypt.crypto.identity import load_or_create_identity
+from peercrypt.testing.faults import GateProxy
 from peercrypt.testing.hostile import CoReceiver, Joined
 from peercrypt.testing.nodes import (
     NodeProcess,
@@ -27,7 +28,7 @@ from peercrypt.testing.nodes import (
     start_cli,
     wait_until,
 )
-from peercrypt.wire.multicast_messages import McRefuse
+from peercrypt.wire.multicast_messages import McJoin, McRefuse
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
@@ -175,7 +176,8 @@ def test_a_co_receiver_racing_the_part_name_cannot_replace_the_file(
     sessions of its own to the honest receiver - the same id, ids that share
     its first bytes, the same name and size - while the real one runs: the
     honest receiver stores the sender's bytes, nothing else appears under a
-    final name, and no part of the real session was removed."""
+    final name, and no part of the real session was removed. (Before the
+    sender reaches it: the next test.)"""
     sender = node_factory("--max-rate", str(3 * MiB))
     honest = node_factory()
     path = make_file(6 * MiB + 1000)
@@ -183,24 +185,63 @@ def test_a_co_receiver_racing_the_part_name_cannot_replace_the_file(
     real = co_receiver.session().announce
     to = load_or_create_identity(honest.data_dir).public  # what a hello to it tells
     # The race this test is about is with the running session: wait until the
-    # honest receiver has joined it. (A co-receiver announcing the id before
-    # the sender reaches the honest receiver takes the id there: a known
-    # limit, docs/security.md.)
+    # honest receiver has joined it.
     honest.wait_for_counter("mreceiver.joined", 1, timeout=30)
-    refusals = []
+    refusals, joins = [], []
     rounds = 0
     while proc.poll() is None and rounds < 12:
         sids = [real.sid, real.sid[:6] + os.urandom(10), real.sid[:15] + os.urandom(1)]
         announces = [co_receiver.own_announce(real, sid, to) for sid in sids]
         answers = co_receiver.announce(honest.host, honest.port, announces)
         refusals += [a for a in answers if isinstance(a, McRefuse)]
+        joins += [a for a in answers if isinstance(a, McJoin)]
         rounds += 1
         time.sleep(0.1)
     result = _finish(proc, sender)
     mine = _honest_result(result, honest)
     assert mine["code"] == "ok", (result, honest.log_tail())
     assert _final_files(honest) == {mine["stored_as"]: blake3_file(path)}
-    assert any(r.code == "duplicate" for r in refusals)  # the real id is not for others
+    # The real id from another sender is a session of that sender's own.
+    assert any(j.sid == real.sid for j in joins), (joins, refusals)
+    assert not any(r.code == "duplicate" for r in refusals), refusals
+
+
+@pytest.mark.parametrize("transport", ["pub", "udp"])
+def test_a_co_receiver_announcing_the_real_id_first_takes_nothing(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    co_receiver: CoReceiver,
+    transport: str,
+) -> None:
+    """The sender's connection to the honest receiver is held (a proxy)
+    until the co-receiver, announced to first, has announced the real
+    session id to the honest receiver as a session of its own - sealed to
+    the honest receiver's key, with the real PUB port or UDP group - and was
+    joined there. Then the sender reaches it: the honest receiver joins the
+    sender's session beside the co-receiver's (same id, another proven
+    sender), takes its chunks only, and stores the sender's bytes."""
+    sender = node_factory("--max-rate", str(3 * MiB), *_group_args(transport))
+    honest = node_factory()
+    path = make_file(2 * MiB + 1000)
+    with GateProxy((honest.host, honest.port)) as gate:
+        proc = start_cli(
+            "send", path, "127.0.0.1", str(gate.port), "-m",
+            "--to", f"127.0.0.1:{co_receiver.port}", "--chunk-size", str(CHUNK),
+            "--timeout", "30", "--json",
+            data_dir=sender.data_dir,
+        )  # fmt: skip
+        real = co_receiver.session().announce
+        to = load_or_create_identity(honest.data_dir).public  # what a hello to it tells
+        first = co_receiver.own_announce(real, real.sid, to)
+        answers = co_receiver.announce(honest.host, honest.port, [first])
+        assert [type(a) for a in answers] == [McJoin] and answers[0].sid == real.sid, answers
+        gate.open()
+        result = _finish(proc, sender)
+    (mine,) = [r for r in result["receivers"] if r["target"] == f"127.0.0.1:{gate.port}"]
+    assert mine["code"] == "ok", (result, honest.log_tail())
+    assert _final_files(honest) == {mine["stored_as"]: blake3_file(path)}
+    honest.wait_for_counter("mreceiver.joined", 2)  # both sessions of that id
+    assert honest.running
 
 
 def test_an_announce_naming_another_nodes_signing_key_is_refused(

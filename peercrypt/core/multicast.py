@@ -67,6 +67,21 @@ LIVE = (MULTICAST, UNICAST)
 _SESSION_SOURCE_CONTEXT = "peercrypt 2026 multicast session part v1"
 
 
+_SESSION_TID_CONTEXT = "peercrypt 2026 multicast receiver session v1"
+SESSION_TID_BYTES = 16
+
+
+def session_tid(peer: bytes, sid: bytes) -> bytes:
+    """A receiver's own name for the session ``sid`` announced by the proven
+    sender ``peer``: its key in the receiver's tables, the writer and the
+    space ledger. Senders choose session ids and every co-receiver learns
+    them, so two senders may announce one id to a receiver: each is a session
+    of its own there, neither refused nor displaced for the other
+    (docs/security.md, "Co-receiver of a multicast session")."""
+    data = len(peer).to_bytes(2, "big") + peer + sid
+    return blake3.blake3(data, derive_key_context=_SESSION_TID_CONTEXT).digest(SESSION_TID_BYTES)
+
+
 def session_resume_key(peer: bytes, name: str, size: int, chunk_size: int, sid: bytes) -> ResumeKey:
     """What a receiver's kept multicast part belongs to: the same session
     (``sid``) from the same proven sender ``peer``. A session reads one file

@@ -2,7 +2,9 @@
 
 :class:`CappingProxy` (at the end) is a plain TCP proxy that caps every
 connection's rate on its own, as a per-flow shaper would (parallel lanes
-are measured through it: ``scripts/bench_parallel.py``).
+are measured through it: ``scripts/bench_parallel.py``). :class:`GateProxy`,
+built on it, holds every connection until the test opens it (a node held
+back from one peer while others reach it first).
 
 :class:`FaultProxy` sits between senders and a receiver's data port::
 
@@ -461,21 +463,25 @@ class CappingProxy:
                 continue
             except OSError:
                 return
-            try:
-                server = socket.create_connection(self.backend, timeout=5.0)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            client.settimeout(None)
-            for sock in (client, server):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._sockets += [client, server]
-                slot = len(self.forwarded)
-                self.forwarded.append(0)
-            self._spawn(self._pump, f"cap-up{slot}", client, server, self.rate, slot)
-            self._spawn(self._pump, f"cap-down{slot}", server, client, self.reply_rate, -1)
+            self._connect(client)
+
+    def _connect(self, client: socket.socket) -> None:
+        """Connect ``client`` to the backend and forward both ways."""
+        try:
+            server = socket.create_connection(self.backend, timeout=5.0)
+        except OSError:
+            client.close()
+            return
+        server.settimeout(None)
+        client.settimeout(None)
+        for sock in (client, server):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._sockets += [client, server]
+            slot = len(self.forwarded)
+            self.forwarded.append(0)
+        self._spawn(self._pump, f"cap-up{slot}", client, server, self.rate, slot)
+        self._spawn(self._pump, f"cap-down{slot}", server, client, self.reply_rate, -1)
 
     def _pump(self, src: socket.socket, dst: socket.socket, rate: float, slot: int) -> None:
         """Copy ``src`` to ``dst``, at most ``rate`` bytes/s (0: unpaced)."""
@@ -506,3 +512,33 @@ class CappingProxy:
         finally:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
+
+
+class GateProxy(CappingProxy):
+    """A TCP proxy that holds every connection until :meth:`open`: a client
+    connects at once, but nothing reaches ``backend`` (nor comes back)
+    before the gate opens; then bytes pass both ways unpaced. For a test
+    that holds one node back from another while others talk to it."""
+
+    def __init__(self, backend: tuple[str, int], *, host: str = "127.0.0.1") -> None:
+        super().__init__(backend, 1.0, host=host)
+        self.rate = 0.0  # unpaced once open
+        self._gate = threading.Event()
+
+    def __enter__(self) -> GateProxy:
+        self.start()
+        return self
+
+    def open(self) -> None:
+        self._gate.set()
+
+    def _connect(self, client: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(client)  # closed by stop() while held
+        self._spawn(self._hold, "gate-held", client)
+
+    def _hold(self, client: socket.socket) -> None:
+        while not self._gate.wait(_POLL_MS / 1000):
+            if self._stop.is_set():
+                return
+        super()._connect(client)
