@@ -26,7 +26,7 @@ from actors.multicast_receiver import MulticastReceiverActor
 from actors.receiver import SPACE_VERDICT_TIMEOUT, ReceiverActor
 from actors.space import SpaceActor
 from peercrypt.core.bitmap import ChunkBitmap
-from peercrypt.core.multicast import session_resume_key
+from peercrypt.core.multicast import session_resume_key, session_tid
 from peercrypt.core.resume import Manifest, ResumeKey
 from peercrypt.crypto.chunk_signature import ChunkSigner
 from peercrypt.crypto.handshake import Initiator
@@ -124,6 +124,12 @@ def _inbound(payload: bytes) -> Inbound:
     return Inbound(route=b"route", peer=SENDER.public, peer_host="127.0.0.1", payload=payload)
 
 
+def _ledger_tid(kind: str, tid: bytes) -> bytes:
+    """The ledger's id of SENDER's transfer (multicast session) ``tid``: a
+    session is its sender's and its id together (core/multicast.py)."""
+    return tid if kind == "receiver" else session_tid(SENDER.public, tid)
+
+
 @pytest.mark.parametrize("kind", ["receiver", "mreceiver"])
 def test_a_verdict_too_late_for_its_ask_never_blocks_the_retry(
     node: tuple[ActorEnv, NodeSettings, FakeClock], kind: str
@@ -152,7 +158,7 @@ def test_a_verdict_too_late_for_its_ask_never_blocks_the_retry(
 
     actor.on_mail(_inbound(payload()))
     [first] = take(from_actor, "space")
-    assert isinstance(first, SpaceReserve) and first.tid == tid
+    assert isinstance(first, SpaceReserve) and first.tid == _ledger_tid(kind, tid)
     clock.advance(timeout)
     expire = actor._expire_asks if isinstance(actor, ReceiverActor) else actor._expire_joins
     expire()
@@ -176,10 +182,10 @@ def test_a_verdict_too_late_for_its_ask_never_blocks_the_retry(
     actor.on_mail(late)  # comes to no ask: cancelled by its number, no answer to the sender
     assert take(from_actor, "gateway") == []
     cancels = take(from_actor, "space")
-    assert cancels == [SpaceCancel(owner=kind, tid=tid, request=first.request)]
+    assert cancels == [SpaceCancel(owner=kind, tid=_ledger_tid(kind, tid), request=first.request)]
     for msg in cancels:
         space.on_mail(msg)
-    assert space.ledger.is_running(kind.encode() + b"/" + tid)
+    assert space.ledger.is_running(kind.encode() + b"/" + _ledger_tid(kind, tid))
     assert space.ledger.promised == 1000  # the retry's reservation, once
 
 
@@ -284,7 +290,7 @@ def test_a_kept_multicast_part_that_gave_way_after_it_was_chosen_starts_afresh(
         joined = codec.decode(answer.payload)
         assert isinstance(joined, McJoin) and joined.sid == sid, joined
         assert mreceiver.counters.get("resume-part-gone") == 1
-        sess = mreceiver.sessions[sid]
+        sess = mreceiver.sessions[session_tid(SENDER.public, sid)]
         assert sess.tracker.written.count == 0  # nothing held: every chunk to come
         assert sess.part.exists() and sess.part != part and not part.exists()
         assert space.ledger.promised == size
@@ -318,7 +324,10 @@ def test_a_verdict_for_another_id_under_the_same_number_leaves_the_ask_waiting(
     actor.on_mail(SpaceVerdict(request=request, tid=stale, ok=True))
     assert sent == [("space", SpaceCancel(owner=kind, tid=stale, request=request))]
     sent.clear()
-    actor.on_mail(SpaceVerdict(request=request, tid=tid, ok=False, code="no-space", reason="full"))
+    no_space = SpaceVerdict(
+        request=request, tid=_ledger_tid(kind, tid), ok=False, code="no-space", reason="full"
+    )
+    actor.on_mail(no_space)
     [answer] = take(sent, "gateway")
     assert isinstance(answer, Outbound)
     refused = codec.decode(answer.payload)
