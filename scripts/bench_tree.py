@@ -26,6 +26,7 @@ the load average before and after, and one JSON line with every run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -143,11 +144,21 @@ def main() -> None:
             print(f"no sshd ({exc}); comparing with a local tar | tar pipe instead")
         times: dict[str, list[float]] = {}
 
+        aside = work / "aside"  # earlier rounds' copies, deleted after the last round
+        aside.mkdir()
+        moved = itertools.count()
+
         def clean() -> None:
-            shutil.rmtree(dest, ignore_errors=True)
+            # Renamed aside, not deleted: on ext4 without a journal (this VM's
+            # disk) every file created soon after many deletions walks past
+            # the recently freed inodes, so deleting the previous round's
+            # 10,000 files would slow the next round's creations (every way's;
+            # docs/benchmarks.md, "Folders and many files").
+            if dest.exists():
+                dest.rename(aside / str(next(moved)))
             dest.mkdir()
             for entry in receiver.inbox.iterdir():
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                entry.rename(aside / str(next(moved)))
 
         def peercrypt() -> None:
             result = run_cli(
