@@ -598,7 +598,10 @@ class MulticastReceiverActor(Actor):
         inbox = self.settings.inbox
         found = scan(inbox, prefix=f".{key.name}.", multicast=True)
         kept = found.manifests
+        # Parts in use: running sessions' and those chosen by joins waiting
+        # for the space ledger (their verdict opens them).
         in_use = [x.part.name for x in self.sessions.values()]
+        in_use += [j.kept.part for j in self.joining.values() if j.kept is not None]
         plan = plan_resume(key, kept, in_use)
         for old in plan.obsolete:
             remove_part(inbox, old.part)

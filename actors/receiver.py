@@ -769,7 +769,10 @@ class ReceiverActor(Actor):
         kept = [m for m in found.manifests if running is None or m.part != running.part]
         if running is not None:
             kept.append(running)
+        # Parts in use: running transfers' and those chosen by offers waiting
+        # for the space ledger (their verdict opens them).
         in_use = [t.part.name for t in self.transfers.values()]
+        in_use += [a.reuse.part for a in self.asking.values() if a.reuse is not None]
         plan = plan_resume(key, kept, in_use)
         for old in plan.obsolete:
             remove_part(inbox, old.part)

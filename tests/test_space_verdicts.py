@@ -332,3 +332,105 @@ def test_a_verdict_for_another_id_under_the_same_number_leaves_the_ask_waiting(
     assert isinstance(answer, Outbound)
     refused = codec.decode(answer.payload)
     assert getattr(refused, "code", None) == "no-space", refused
+
+
+def _both_granted(
+    actor: Actor, from_actor: Mail, space: SpaceActor, from_space: Mail, asks: list[codec.Message]
+) -> list[codec.Message]:
+    """The space actor hears ``asks`` (two, in order) and grants both, as
+    continued or new (none ``fresh``); ``actor`` hears the verdicts. Its
+    answers to the senders."""
+    for msg in asks:
+        space.on_mail(msg)
+    verdicts = take(from_space, actor.name)
+    assert [(v.ok, v.fresh) for v in verdicts if isinstance(v, SpaceVerdict)] == [
+        (True, False),
+        (True, False),
+    ]
+    for v in verdicts:
+        actor.on_mail(v)
+    gateway = take(from_actor, "gateway")
+    return [codec.decode(m.payload) for m in gateway if isinstance(m, Outbound)]
+
+
+def test_a_kept_part_chosen_by_an_offer_waiting_for_space_is_not_deleted_as_obsolete(
+    node: tuple[ActorEnv, NodeSettings, FakeClock],
+) -> None:
+    """The receiver chose its kept part of a file to continue an offer, and
+    that offer waits for the space ledger; meanwhile the same sender offers
+    another version of the same file. The part is in use (as a running
+    transfer's is): the new version gets a part of its own, and the first
+    offer continues the kept part. Before, the new version's offer deleted
+    that part as obsolete and the first was refused "io"."""
+    env, settings, _clock = node
+    size, chunk = 200_000, 65_536
+    key = ResumeKey(SENDER.public, "kept.bin", size, chunk, b"1" * 32)
+    newer = dataclasses.replace(key, source=b"2" * 32)
+    part = _kept_part(
+        settings.inbox, key, b"t" * 16, *create_part(settings.inbox, key.name, "abc", size)
+    )
+    receiver = ReceiverActor(env, settings)
+    space = SpaceActor(env, settings)
+    from_receiver, from_space = record(receiver), record(space)
+    receiver.setup()
+    try:
+        for msg in take(from_receiver, "space"):
+            space.on_mail(msg)
+        first, second = os.urandom(16), os.urandom(16)
+        receiver.on_mail(_inbound(_offer(first, settings.identity.public, key)))
+        [resume] = take(from_receiver, "space")
+        assert isinstance(resume, SpaceReserve) and resume.resume == part.name
+        receiver.on_mail(_inbound(_offer(second, settings.identity.public, newer)))
+        assert part.exists()
+        answers = _both_granted(
+            receiver, from_receiver, space, from_space, [resume, *take(from_receiver, "space")]
+        )
+        assert [type(a) for a in answers] == [Accept, Accept], answers
+        by_tid = {a.tid: a for a in answers if isinstance(a, Accept)}
+        assert by_tid[first].have == [0, 1]  # the kept chunk: continued
+        assert by_tid[second].have == []
+        parts = {t.tid: t.part for t in receiver.transfers.values()}
+        assert parts[first] == part and parts[second] != part and parts[second].exists()
+    finally:
+        receiver.teardown()
+        for sock in receiver._sockets:
+            sock.close(linger=0)
+
+
+def test_a_kept_multicast_part_chosen_by_a_join_waiting_for_space_is_not_deleted(
+    node: tuple[ActorEnv, NodeSettings, FakeClock],
+) -> None:
+    """The multicast receiver chose the part it kept of a session to rejoin
+    it, and that join waits for the space ledger; meanwhile the same sender
+    announces another session of the same file. The kept part is in use:
+    the session rejoined continues it (before, the other session's announce
+    deleted it as obsolete and the rejoin was refused "io")."""
+    env, settings, _clock = node
+    size, chunk, sid = 200_000, 65_536, os.urandom(16)
+    key = session_resume_key(SENDER.public, "late.bin", size, chunk, sid)
+    created = create_part(settings.inbox, key.name, sid.hex(), size, kind="mc", unique=True)
+    part = _kept_part(settings.inbox, key, sid, *created)
+    mreceiver = MulticastReceiverActor(env, settings)
+    space = SpaceActor(env, settings)
+    from_mreceiver, from_space = record(mreceiver), record(space)
+    mreceiver.setup()
+    try:
+        for msg in take(from_mreceiver, "space"):
+            space.on_mail(msg)
+        mreceiver.on_mail(_inbound(_announce(sid, settings.identity.public, size, chunk)))
+        [rejoin] = take(from_mreceiver, "space")
+        assert isinstance(rejoin, SpaceReserve) and rejoin.resume == part.name
+        other = os.urandom(16)
+        mreceiver.on_mail(_inbound(_announce(other, settings.identity.public, size, chunk)))
+        assert part.exists()
+        answers = _both_granted(
+            mreceiver, from_mreceiver, space, from_space, [rejoin, *take(from_mreceiver, "space")]
+        )
+        assert sorted(a.sid for a in answers if isinstance(a, McJoin)) == sorted([sid, other])
+        sess = mreceiver.sessions[session_tid(SENDER.public, sid)]
+        assert sess.part == part and sess.tracker.written.count == 1  # continued
+        assert mreceiver.sessions[session_tid(SENDER.public, other)].part != part
+    finally:
+        mreceiver.teardown()
+        for sock in mreceiver._sockets:
+            sock.close(linger=0)
