@@ -403,7 +403,8 @@ class ReceiverActor(Actor):
         echo.route = route
         del self.echoes[echo.tid]
         d = echo.delivery
-        if isinstance(msg, Failed):
+        if isinstance(msg, Failed):  # the sender gave up: a row of its own
+            self.tell("stats", self._echo_record(echo, msg.code, msg.reason))
             return
         if not isinstance(msg, Done):
             self._drop(route, "unexpected")
@@ -1134,7 +1135,9 @@ class ReceiverActor(Actor):
         now = self.now()
         for echo in list(self.echoes.values()):
             if now - echo.since >= self.settings.idle_timeout:
-                del self.echoes[echo.tid]
+                del self.echoes[echo.tid]  # no Done came: a row, as any dropped transfer
+                reason = f"no Done from the sender for {self.settings.idle_timeout:.0f} s"
+                self.tell("stats", self._echo_record(echo, "expired", reason))
         for t in list(self.transfers.values()):
             t.flow.on_timer(now)
             self._drive(t)

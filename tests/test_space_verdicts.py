@@ -26,19 +26,31 @@ from actors.multicast_receiver import MulticastReceiverActor
 from actors.receiver import SPACE_VERDICT_TIMEOUT, ReceiverActor
 from actors.space import SpaceActor
 from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.delivered import Delivery
 from peercrypt.core.multicast import session_resume_key, session_tid
 from peercrypt.core.resume import Manifest, ResumeKey
 from peercrypt.crypto.chunk_signature import ChunkSigner
 from peercrypt.crypto.handshake import Initiator
 from peercrypt.crypto.identity import KeyPair
+from peercrypt.crypto.transfer import TransferKeys
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
 from peercrypt.testing.clock import FakeClock
 from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Accept, Inbound, Offer, OfferDetails, Outbound, Refuse
+from peercrypt.wire.messages import (
+    Accept,
+    Failed,
+    Inbound,
+    Offer,
+    OfferDetails,
+    Outbound,
+    Refuse,
+    SealedHeader,
+)
 from peercrypt.wire.multicast_messages import McAnnounce, McDetails, McJoin
 from peercrypt.wire.space_messages import SpaceCancel, SpaceReserve, SpaceVerdict
+from peercrypt.wire.stats_messages import StatsRecord
 
 SENDER_SEED = b"s" * 32
 SENDER = KeyPair.from_seed(SENDER_SEED)
@@ -433,4 +445,55 @@ def test_a_kept_multicast_part_chosen_by_a_join_waiting_for_space_is_not_deleted
     finally:
         mreceiver.teardown()
         for sock in mreceiver._sockets:
+            sock.close(linger=0)
+
+
+@pytest.mark.parametrize("how", ["expired", "failed"])
+def test_a_re_offer_of_a_delivered_file_its_sender_does_not_finish_is_a_row_in_the_history(
+    node: tuple[ActorEnv, NodeSettings, FakeClock], how: str
+) -> None:
+    """A re-offer answered from the table of deliveries whose sender never
+    sends its Done (it vanished: dropped after the idle time) or sends
+    Failed (its file could not be hashed) leaves a row in the statistics
+    history, as any transfer that ends so does."""
+    env, settings, clock = node
+    key = ResumeKey(SENDER.public, "late.bin", 1000, CHUNK, b"x" * 32)
+    (settings.inbox / key.name).write_bytes(b"d" * key.size)
+    receiver = ReceiverActor(env, settings)
+    from_receiver = record(receiver)
+    receiver.setup()
+    try:
+        stamp = receiver._stamp(key.name)
+        assert stamp is not None
+        receiver.delivered.record(Delivery(key, key.name, b"h" * 32, stamp, time.time()))
+        tid, eph = os.urandom(16), Initiator(SENDER)
+        details = OfferDetails(
+            name=key.name, size=key.size, chunk_size=CHUNK, hash_alg="blake3", source=key.source
+        )
+        sealed = eph.seal_details(tid, settings.identity.public, codec.encode(details))
+        receiver.on_mail(_inbound(codec.encode(Offer(tid=tid, eph_pub=eph.public, details=sealed))))
+        [answer] = take(from_receiver, "gateway")
+        assert isinstance(answer, Outbound)
+        accept = codec.decode(answer.payload)
+        assert isinstance(accept, Accept) and accept.have == [0, key.total]
+        take(from_receiver, "stats")
+        if how == "expired":
+            clock.advance(settings.idle_timeout)
+            receiver._expire_idle()
+            result, reason = "expired", f"no Done from the sender for {settings.idle_timeout:.0f} s"
+        else:
+            secrets = eph.finish(tid, settings.identity.public, accept.eph_pub, accept.proof)
+            keys = TransferKeys.for_sender(tid, secrets)
+            nonce, failed = keys.seal_message(codec.encode(Failed(code="local", reason="unread")))
+            header = SealedHeader(tid=tid, nonce=nonce)
+            receiver._on_echo(receiver.echoes[tid], keys.route_id(0), header, memoryview(failed))
+            result, reason = "local", "unread"
+        rows = [r for r in take(from_receiver, "stats") if isinstance(r, StatsRecord)]
+        assert [(r.session, r.result, r.reason, r.params) for r in rows] == [
+            (tid.hex(), result, reason, {"delivered_before": key.name})
+        ]
+        assert receiver.echoes == {}
+    finally:
+        receiver.teardown()
+        for sock in receiver._sockets:
             sock.close(linger=0)
