@@ -140,7 +140,6 @@ from peercrypt.wire.space_messages import (
     SpaceForget,
     SpaceRelease,
     SpaceReserve,
-    SpaceRunning,
     SpaceVerdict,
     SpaceWritten,
 )
@@ -269,22 +268,9 @@ class MulticastReceiverActor(Actor):
     def _report_space(self) -> None:
         """Tell the space ledger, from scratch, what this receiver holds: the
         multicast parts kept on disk and the sessions running."""
-        running = []
         for x in self.sessions.values():
             x.reported = _written(x)
-            running.append(
-                SpaceRunning(
-                    owner=self.name,
-                    tid=x.tid,
-                    peer=x.peer,
-                    host=x.host,
-                    size=x.size,
-                    written=x.reported,
-                    part=x.part.name,
-                    tree=x.size if x.tree else 0,
-                )
-            )
-        report_holdings(self, self.settings.inbox, multicast=True, running=running)
+        report_holdings(self, self.settings.inbox, multicast=True, running=self.sessions.values())
 
     def _reclaim(self) -> None:
         """Delete multicast parts (the unicast receiver leaves them alone)

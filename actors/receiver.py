@@ -129,7 +129,6 @@ from peercrypt.wire.space_messages import (
     SpaceForget,
     SpaceRelease,
     SpaceReserve,
-    SpaceRunning,
     SpaceVerdict,
     SpaceWritten,
 )
@@ -270,22 +269,9 @@ class ReceiverActor(Actor):
         """Tell the space ledger, from scratch, what this receiver holds: the
         unicast parts kept on disk (multicast ones are the mreceiver's) and
         the transfers running."""
-        running = []
         for t in self.transfers.values():
             t.reported = self._written(t)
-            running.append(
-                SpaceRunning(
-                    owner=self.name,
-                    tid=t.tid,
-                    peer=t.peer,
-                    host=t.host,
-                    size=t.size,
-                    written=t.reported,
-                    part=t.part.name,
-                    tree=t.size if t.tree else 0,
-                )
-            )
-        report_holdings(self, self.settings.inbox, multicast=False, running=running)
+        report_holdings(self, self.settings.inbox, multicast=False, running=self.transfers.values())
 
     # -- files delivered before ------------------------------------------------------
 

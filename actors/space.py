@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 from actors.inbox import free_space, remove_part, scan
 from peercrypt.core.space import Quotas, SpaceLedger
@@ -50,14 +52,40 @@ log = logging.getLogger("peercrypt.space")
 OWNERS = frozenset({"receiver", "mreceiver"})
 
 
+class Holding(Protocol):
+    """A running transfer or session as the ledger hears of it (a receiver's
+    ``Incoming`` or an mreceiver's ``Session``)."""
+
+    tid: bytes
+    peer: bytes
+    host: str
+    size: int
+    part: Path
+    tree: int  # a folder's manifest bytes: room for the tree is reserved too
+    reported: int  # bytes written, as the ledger last heard
+
+
 def report_holdings(
-    actor: Actor, inbox: Path, *, multicast: bool, running: list[SpaceRunning]
+    actor: Actor, inbox: Path, *, multicast: bool, running: Iterable[Holding]
 ) -> None:
     """Tell the ledger, from scratch, what ``actor`` (a receiver) holds: the
     parts of its kind kept in ``inbox`` (those with a manifest) and its
-    ``running`` transfers."""
+    ``running`` transfers (their ``reported`` bytes written, set by the caller)."""
     actor.tell("space", SpaceReset(owner=actor.name))
-    in_use = {r.part for r in running}
+    entries = [
+        SpaceRunning(
+            owner=actor.name,
+            tid=x.tid,
+            peer=x.peer,
+            host=x.host,
+            size=x.size,
+            written=x.reported,
+            part=x.part.name,
+            tree=x.size if x.tree else 0,
+        )
+        for x in running
+    ]
+    in_use = {r.part for r in entries}
     try:
         found = scan(inbox, multicast=multicast)
     except OSError as exc:
@@ -74,7 +102,7 @@ def report_holdings(
                     updated=m.updated,
                 )
                 actor.tell("space", kept)
-    for r in running:
+    for r in entries:
         actor.tell("space", r)
 
 
