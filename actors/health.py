@@ -16,16 +16,28 @@ that probes it no later than ``t + I + I/2 + max(1, log10 n) * I``, i.e.
 2.5 I for n <= 10 members and 3 I for 32 (see docs/membership.md).
 
 One-shot checks (``CheckRequest``: ``peercrypt health-check``, ``reconnect``
-and the control actor's pre-send check) use a fresh socket with a monitor:
-``Hello`` (with a fresh challenge key) -> ``HelloReply`` gives the RTT and
-the peer's fingerprint, shown only once the reply's proof verifies (the
-peer holds that identity's secret: crypto/handshake.py); a reply that does
-not prove its key fails the check ("impostor"). An
-attempt fails on connection refused, on no answer within ``--timeout``; a
-failed CURVE handshake (wrong network key) or a ZAP denial is final. Failed
-attempts are retried up to ``--max-retries`` times after full-jitter
-exponential pauses (:class:`~peercrypt.core.reach.Reach`, 0.1 s doubling,
-capped at ``--timeout``).
+and the control actor's pre-send check): ``Hello`` (with a fresh challenge
+key) -> ``HelloReply`` gives the RTT and the peer's fingerprint, shown only
+once the reply's proof verifies (the peer holds that identity's secret:
+crypto/handshake.py).
+
+- A member at that address that answered a probe in the last two intervals
+  is asked over its probe connection (already connected, CURVE-handshaken
+  and admitted: no TCP connect, no handshake, no ZAP round trip). Only an
+  answer that proves this check's own challenge counts; any other answer
+  there (``check-replies-unproven``) sends the checks waiting on that
+  connection to a fresh one at once. Without a proven answer within the
+  member's probe timeout (at least :data:`REUSE_WAIT_MIN`) the check falls
+  back to a fresh connection as below, and still takes a late proven answer
+  from either (``check-reuse-fallbacks``). ``reconnect`` always uses a
+  fresh one.
+- A fresh connection is a socket with a monitor; a reply that does not
+  prove its key fails the check ("impostor"). An attempt fails on
+  connection refused, on no answer within ``--timeout``; a failed CURVE
+  handshake (wrong network key) or a ZAP denial is final. Failed attempts
+  are retried up to ``--max-retries`` times after full-jitter exponential
+  pauses (:class:`~peercrypt.core.reach.Reach`, 0.1 s doubling, capped at
+  ``--timeout``).
 """
 
 from __future__ import annotations
@@ -73,6 +85,9 @@ SUSPICION_MULT = 1.0
 DEAD_RETRY_MAX = 8  # dead members are retried at most every 8 health intervals
 MAX_PENDING_PROBES = 8
 MAX_CHECKS = 64
+# Seconds a check waits at least for its answer over a member's probe
+# connection before it opens a fresh one (the probe timeout may be 50 ms).
+REUSE_WAIT_MIN = 0.25
 
 
 @dataclass
@@ -89,6 +104,7 @@ class Member:
     transfers_ok: int = 0
     transfers_failed: int = 0
     told_alive: float = 0.0
+    answered: float | None = None  # when it last answered a probe (a Pong)
 
     @property
     def fingerprint(self) -> str:
@@ -108,6 +124,11 @@ class Check:
     timer: Timer | None = None
     last: tuple[str, str] = (ResultCode.UNREACHABLE, "")
     challenge: HelloChallenge | None = None
+    # The ask over a member's probe connection (see the module docs).
+    reused: Link | None = None
+    reused_challenge: HelloChallenge | None = None
+    reused_at: float = 0.0
+    fallback: Timer | None = None
 
 
 class HealthActor(Actor):
@@ -208,9 +229,14 @@ class HealthActor(Actor):
 
     def _drop_link(self, m: Member) -> None:
         if m.link is not None:
+            for check in list(self.checks.values()):
+                if check.reused is m.link:
+                    check.reused = None
+                    self._fall_back(check)  # its answer cannot come any more
             m.link.close()
             m.link = None
         m.pending.clear()
+        m.answered = None
 
     def _on_transfer(self, msg: TransferOutcome) -> None:
         for m in self.members.values():
@@ -265,6 +291,9 @@ class HealthActor(Actor):
 
     def _on_reply(self, node_id: bytes, msg: codec.Message) -> None:
         m = self.members.get(node_id)
+        if m is not None and isinstance(msg, HelloReply):
+            self._on_reused_reply(m, msg)
+            return
         if m is None or not isinstance(msg, Pong):
             self.count("replies-unexpected")
             return
@@ -273,6 +302,7 @@ class HealthActor(Actor):
             return
         now = self.now()
         sent, failed = entry
+        m.answered = now
         self.count("pongs" if not failed else "pongs-late")
         m.score.record_ping(True)
         m.retry, m.next_retry = None, 0.0
@@ -370,7 +400,76 @@ class HealthActor(Actor):
                 if same_host_port(m.url, req.host, req.port):
                     self._drop_link(m)
                     m.retry, m.next_retry = None, 0.0
+        else:
+            member = self._answering_member(req.host, req.port)
+            if member is not None and self._ask_reused(check, member):
+                return
         self._attempt(check)
+
+    def _answering_member(self, host: str, port: int) -> Member | None:
+        """A member at ``host:port`` whose probe connection carried an
+        answer in the last two intervals (so it is connected and admitted)."""
+        now = self.now()
+        for m in self.members.values():
+            if (
+                m.link is not None
+                and m.answered is not None
+                and now - m.answered <= 2 * self.interval
+                and same_host_port(m.url, host, port)
+            ):
+                return m
+        return None
+
+    def _ask_reused(self, check: Check, m: Member) -> bool:
+        """Send the check's hello over ``m``'s probe connection; False if it
+        cannot be queued there (not connected now)."""
+        assert m.link is not None
+        challenge = HelloChallenge()
+        if not m.link.send(Hello(challenge=challenge.public)):
+            self.count("check-reuse-unsent")
+            return False
+        now = self.now()
+        check.reused, check.reused_challenge, check.reused_at = m.link, challenge, now
+        wait = max(REUSE_WAIT_MIN, self.detector.probe_timeout(m.node_id))
+        wait = min(wait, check.reach.attempt_timeout(now))
+        check.fallback = self.call_later(wait, lambda: self._fall_back(check))
+        self.count("checks")
+        self.count("checks-reused")
+        return True
+
+    def _fall_back(self, check: Check) -> None:
+        """No proven answer over the member's connection in time: a fresh
+        connection decides (a late proven answer over either still counts)."""
+        if check.fallback is None:
+            return  # it fell back already
+        check.fallback.cancel()
+        check.fallback = None
+        if check.request.request in self.checks:
+            self.count("check-reuse-fallbacks")
+            self._attempt(check)
+
+    def _on_reused_reply(self, m: Member, msg: HelloReply) -> None:
+        """A hello answer on ``m``'s probe connection finishes the waiting
+        check whose own challenge it proves (answers come in order: the
+        oldest first). Any other answer (a member answering what it was not
+        asked, or a late one to a check that finished) makes every check
+        waiting on that connection stop listening to it and fall back now,
+        so junk costs at most one verification per waiting check."""
+        waiting = [c for c in self.checks.values() if c.reused is m.link]
+        for check in waiting:
+            assert check.reused_challenge is not None
+            try:
+                check.reused_challenge.verify(msg.node_id, msg.version, msg.proof, msg.offer_key)
+            except ProofError:
+                continue
+            peer = f"{check.request.host}:{check.request.port}"
+            rtt = self.now() - check.reused_at
+            self._finish(check, ResultCode.OK, f"{peer} answered", rtt, fingerprint(msg.node_id))
+            return
+        self.count("check-replies-unproven")
+        for check in waiting:
+            check.reused = None
+            self._fall_back(check)
 
     def _attempt(self, check: Check) -> None:
         req = check.request
@@ -458,6 +557,9 @@ class HealthActor(Actor):
             return
         if check.timer is not None:
             check.timer.cancel()
+        if check.fallback is not None:
+            check.fallback.cancel()
+        check.reused = None  # a member's connection: it stays open
         if check.link is not None:
             check.link.close()
             check.link = None
@@ -479,6 +581,6 @@ class HealthActor(Actor):
                     reason=reason[:512],
                     rtt=rtt,
                     fingerprint=fp,
-                    attempts=check.reach.attempts,
+                    attempts=check.reach.attempts + int(check.reused_challenge is not None),
                 ),
             )

@@ -23,10 +23,15 @@ Measured per run (every run is printed):
   ``status`` round trips to a node's control socket, another health checks
   of one node from another (the CLI's ``health-check``: control socket,
   CURVE probe, answer); p50/p99 of each (goal p99 <= 50 ms), next to the
-  same measured idle before the load.
+  same measured idle before the load. The nodes form one network (nodes
+  1..3 join node 0), so node 0 probes node 1 and its checks ride on that
+  probe connection; ``--strangers``: they do not, and every check opens a
+  fresh connection.
+- **CPU per GiB** of the four nodes together (``/proc/PID/stat``), for the
+  one transfer alone and for the many, and the load average.
 
     .venv/bin/python scripts/bench_many.py [--runs 3] [--size 16M] [--per-node 16]
-        [--dir DIR] [--json FILE]
+        [--dir DIR] [--strangers] [--json FILE]
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class Flow:
     path: Path
     request: int = 0
     result: SendResult | None = None
+    done_at: float = 0.0  # perf_counter when its result came
 
 
 @dataclass
@@ -121,6 +127,7 @@ def run_sends(node: NodeProcess, nodes: list[NodeProcess], flows: list[Flow]) ->
             reply = client.receive(SEND_TIMEOUT)
             if isinstance(reply, SendResult) and reply.request in by_request:
                 by_request[reply.request].result = reply
+                by_request[reply.request].done_at = time.perf_counter()
 
 
 def probe(nodes: list[NodeProcess], stop: threading.Event, out: Latencies) -> None:
@@ -156,10 +163,28 @@ def idle_latencies(nodes: list[NodeProcess], seconds: float) -> Latencies:
     return out
 
 
+def wait_for_reuse(nodes: list[NodeProcess], timeout: float = 120.0) -> None:
+    """Until node 0's check of node 1 rides on its probe connection (node 0
+    has probed node 1 since it joined)."""
+    deadline = time.monotonic() + timeout
+    with ControlClient.for_data_dir(nodes[0].data_dir) as client:
+        while time.monotonic() < deadline:
+            request = client.next_id()
+            client.send(CheckRequest(request=request, host=nodes[1].host, port=nodes[1].port))
+            while not isinstance(client.receive(30), CheckResult):
+                pass
+            if nodes[0].counters().get("health.checks-reused", 0):
+                return
+            time.sleep(0.5)
+    raise SystemExit("node 0 never probed node 1")
+
+
 def one_run(
     run: int, nodes: list[NodeProcess], files: list[list[Path]], single: Path
 ) -> dict[str, Any]:
     # One transfer alone first: the reference goodput (the node's own span).
+    single_cpu = sum(cpu_seconds(node.pid) for node in nodes)
+    single_started = time.perf_counter()
     with ControlClient.for_data_dir(nodes[0].data_dir) as client:
         request = client.next_id()
         client.send(
@@ -176,10 +201,13 @@ def one_run(
             reply = client.receive(SEND_TIMEOUT)
             if isinstance(reply, SendResult) and reply.request == request:
                 break
+    single_wall = time.perf_counter() - single_started
+    single_cpu = sum(cpu_seconds(node.pid) for node in nodes) - single_cpu
     if reply.code != "ok":
         raise SystemExit(f"the single send failed: {reply.code} {reply.reason}")
     (nodes[1].inbox / reply.stored_as).unlink()
     single_rate = reply.size / MiB / reply.seconds
+    single_cpu_per_gib = single_cpu / (reply.size / 2**30)
 
     idle = idle_latencies(nodes, 2.0)
     flows: list[Flow] = []
@@ -239,6 +267,10 @@ def one_run(
         sack += int(f.result.stats.get("fast_retransmits", 0))
         rates.append(f.result.size / MiB / f.result.seconds)
     aggregate = total / MiB / elapsed
+    # When the flows started (their result less their own span) and ended,
+    # from the first request: a late start or a long tail costs aggregate.
+    ends = sorted(f.done_at - started for f in flows)
+    starts = sorted(f.done_at - started - f.result.seconds for f in flows if f.result)
     row: dict[str, Any] = {
         "run": run,
         "flows": len(flows),
@@ -262,6 +294,10 @@ def one_run(
         "idle_check_ms": [1000 * pct(idle.check, 0.5), 1000 * pct(idle.check, 0.99)],
         "seconds": elapsed,
         "nodes_cpu_s_per_gib": cpu / (total / 2**30),
+        "starts_s": [starts[0], starts[len(starts) // 2], starts[-1]],
+        "ends_s": [ends[0], ends[len(ends) // 2], ends[-1]],
+        "single_cpu_s_per_gib": single_cpu_per_gib,
+        "single_wall_mib_s": reply.size / MiB / single_wall,
         "load_average": load_average,
     }
     print(
@@ -272,6 +308,18 @@ def one_run(
         f"({timeouts} timeouts, {sack} by SACK); "
         f"peak RSS {' / '.join(f'{r:.0f}' for r in rss)} MiB; "
         f"the nodes' CPU {cpu / (total / 2**30):.2f} s per GiB; load average {load_average:.1f}",
+        flush=True,
+    )
+    print(
+        f"       flows started at {starts[0]:.2f} / {starts[len(starts) // 2]:.2f} / "
+        f"{starts[-1]:.2f} s (first / median / last), ended at {ends[0]:.2f} / "
+        f"{ends[len(ends) // 2]:.2f} / {ends[-1]:.2f} s",
+        flush=True,
+    )
+    print(
+        f"       one alone: {single_rate:.1f} MiB/s (node span), "
+        f"{reply.size / MiB / single_wall:.1f} MiB/s request to result, "
+        f"the nodes' CPU {single_cpu_per_gib:.2f} s per GiB",
         flush=True,
     )
 
@@ -300,6 +348,9 @@ def main() -> int:
     parser.add_argument("--single-size", default="256M")
     parser.add_argument("--dir", default=None, help="where nodes, files and inboxes live")
     parser.add_argument("--node-args", default="", help="extra options of every node")
+    parser.add_argument(
+        "--strangers", action="store_true", help="the nodes do not join one network"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     size = parse_size(args.size)
@@ -307,18 +358,21 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-many-") as tmp:
         root = Path(tmp)
-        nodes = [
-            NodeProcess(root / f"node{i}", key, extra_args=tuple(args.node_args.split()))
-            for i in range(args.nodes)
-        ]
+        extra = tuple(args.node_args.split())
+        nodes = [NodeProcess(root / "node0", key, extra_args=extra)]
         files = [
             [random_file(root / f"src{i}-{k}.bin", size) for k in range(args.per_node)]
             for i in range(args.nodes)
         ]
         single = random_file(root / "single.bin", parse_size(args.single_size))
         try:
-            for node in nodes:
-                node.start()
+            nodes[0].start()
+            if not args.strangers:
+                extra += ("--bootstrap-host", nodes[0].host, "--bootstrap-port", str(nodes[0].port))
+            for i in range(1, args.nodes):
+                nodes.append(NodeProcess(root / f"node{i}", key, extra_args=extra).start())
+            if not args.strangers:
+                wait_for_reuse(nodes)
             print(
                 f"{args.nodes} nodes, {args.nodes * args.per_node} sends of "
                 f"{size / MiB:.0f} MiB at once, under {root}",
@@ -343,6 +397,10 @@ def main() -> int:
     print(f"  peak RSS, worst node    {worst:.0f} MiB  (goal <= 150)")
     print(f"  status p99 under load   {med('status_ms', 1):.1f} ms  (goal <= 50)")
     print(f"  health check p99        {med('check_ms', 1):.1f} ms  (goal <= 50)")
+    print(
+        f"  the nodes' CPU per GiB  {med('nodes_cpu_s_per_gib'):.2f} s (64 at once) against "
+        f"{med('single_cpu_s_per_gib'):.2f} s (one alone)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

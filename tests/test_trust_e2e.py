@@ -22,13 +22,13 @@ import zmq
 
 from peercrypt import errors
 from peercrypt.crypto.handshake import (
-    HelloChallenge,
     ProofError,
     open_details,
     prove_hello,
     respond,
 )
 from peercrypt.crypto.identity import KeyPair, fingerprint, network_server_keys
+from peercrypt.testing.member_port import MemberPort, proven_hello
 from peercrypt.testing.nodes import (
     LOCALHOST,
     BackgroundSend,
@@ -48,22 +48,7 @@ KiB, MiB = 1024, 1024 * 1024
 
 def proven_key(victim: NodeProcess, network_key: str) -> bytes:
     """The victim's identity key, learnt the way any member can (hello)."""
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    me = KeyPair.generate()
-    sock.curve_serverkey = network_server_keys(network_key).z85_public
-    sock.curve_publickey, sock.curve_secretkey = me.z85_public, me.z85_secret
-    sock.linger = 0
-    try:
-        sock.connect(f"tcp://{victim.host}:{victim.port}")
-        challenge = HelloChallenge()
-        sock.send(codec.encode(Hello(challenge=challenge.public)))
-        assert sock.poll(10_000), "no hello reply"
-        reply = codec.decode_as(sock.recv(), HelloReply)
-        challenge.verify(reply.node_id, reply.version, reply.proof)
-        return reply.node_id
-    finally:
-        sock.close()
+    return proven_hello(victim.host, victim.port, network_key).node_id
 
 
 class Impostor:
@@ -81,23 +66,9 @@ class Impostor:
         self.network_key, self.relay = network_key, relay
         self.raw: list[bytes] = []  # every control message, as it arrived
         self.routes: list[bytes] = []  # the connection each came on (ZeroMQ routing id)
-        self.ctx = zmq.Context()
         # Her own ZAP handler admits everyone and names their CURVE key.
-        self.zap = self.ctx.socket(zmq.REP)
-        self.zap.linger = 0
-        self.zap.bind("inproc://zeromq.zap.01")
-        server = network_server_keys(network_key)
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.curve_server = True
-        self.router.zap_domain = b"impostor"
-        self.router.curve_secretkey = server.z85_secret
-        self.router.curve_publickey = server.z85_public
-        self.router.linger = 0
-        if port:
-            self.router.bind(f"tcp://{LOCALHOST}:{port}")
-            self.port = port
-        else:
-            self.port = self.router.bind_to_random_port(f"tcp://{LOCALHOST}")
+        self.port_ = MemberPort(network_key, port, b"impostor")
+        self.ctx, self.router, self.port = self.port_.ctx, self.port_.router, self.port_.port
         self.data = self.ctx.socket(zmq.ROUTER)
         self.data.linger = 0
         self.data_port = self.data.bind_to_random_port(f"tcp://{LOCALHOST}")
@@ -143,23 +114,15 @@ class Impostor:
             sock.close()
 
     def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.data, zmq.POLLIN)
-        poller.register(self.zap, zmq.POLLIN)
+        self.port_.poller.register(self.data, zmq.POLLIN)
         while not self.stop.is_set():
-            for sock, _ in poller.poll(50):
-                if sock is self.zap:
-                    req = self.zap.recv_multipart()
-                    user = zmq.utils.z85.encode(req[6]) if len(req) > 6 else b""
-                    self.zap.send_multipart([b"1.0", req[1], b"200", b"OK", user, b""])
-                    continue
+            for sock in self.port_.poll(50):
                 frames = sock.recv_multipart(copy=False)
                 if sock is self.data:
                     self.data_bytes += sum(len(f.bytes) for f in frames[1:])
                     continue
                 route, frame = frames[0].bytes, frames[-1]
-                peer = zmq.utils.z85.decode(frame.get("User-Id"))
+                peer = zmq.utils.z85.decode(str(frame.get("User-Id")))
                 try:
                     msg = codec.decode(frame.bytes)
                 except codec.DecodeError:
@@ -174,10 +137,8 @@ class Impostor:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(10)
-        self.router.close()
         self.data.close()
-        self.zap.close()
-        self.ctx.term()
+        self.port_.close()
 
 
 @pytest.fixture
