@@ -83,6 +83,7 @@ from zmq.utils.monitor import recv_monitor_message
 from actors.file_chunks import Stream, read_chunk_into
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, crew_size
 from actors.peer_link import ConnectProbe, Link, connect_cause
+from actors.sealed_buffers import SealedBuffers
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk
 from peercrypt.core.address import join_host_port
@@ -106,7 +107,7 @@ from peercrypt.core.tree import source_tag as tree_source_tag
 from peercrypt.crypto.handshake import HelloChallenge, Initiator, ProofError
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.known_peers import KnownPeersFile, explain
-from peercrypt.crypto.transfer import OpenError, TransferKeys
+from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
@@ -249,6 +250,7 @@ class Outgoing:
     # chunk's size): the hash and the seal are done with a chunk before the
     # next read.
     buffer: bytearray | None = None
+    sealed: SealedBuffers | None = None  # what chunks are sealed into (reused)
 
     @property
     def source(self) -> int | Stream:
@@ -914,14 +916,32 @@ class SenderActor(Actor):
         if index == t.hashed:
             t.hasher.update(chunk)
             t.hashed += 1
-        nonce, sealed = t.keys.seal_chunk(index, last, chunk)
-        self._put_chunk(t, index, last, nonce, sealed)
+        if t.sealed is None:
+            t.sealed = SealedBuffers(t.chunk_size + TAG_BYTES)
+        buffer = t.sealed.take()
+        if buffer is None:  # every buffer is still being sent: a new one
+            nonce, sealed = t.keys.seal_chunk(index, last, chunk)
+            self._put_chunk(t, index, last, nonce, sealed)
+            return
+        view = memoryview(buffer)[: len(chunk) + TAG_BYTES]
+        nonce = t.keys.seal_chunk_into(index, last, chunk, view)
+        t.sealed.sent(buffer, self._put_chunk(t, index, last, nonce, view, track=True))
 
-    def _put_chunk(self, t: Outgoing, index: int, last: bool, nonce: bytes, sealed: bytes) -> None:
+    def _put_chunk(
+        self,
+        t: Outgoing,
+        index: int,
+        last: bool,
+        nonce: bytes,
+        sealed: bytes | memoryview,
+        track: bool = False,
+    ) -> zmq.MessageTracker | None:
+        """Send a sealed chunk without copying it; ``track``: return the
+        tracker that says when ZeroMQ is done reading ``sealed``."""
         header = codec.encode(ChunkHeader(tid=t.tid, index=index, last=last, nonce=nonce))
         lane = t.lanes[t.next_lane % len(t.lanes)]
         t.next_lane += 1
-        lane.send_multipart([header, sealed], copy=False)
+        return lane.send_multipart([header, sealed], copy=False, track=track)
 
     def _hash_file(self, t: Outgoing) -> None:
         """Every chunk is acked: the rest of the hash (the lanes bring theirs),
@@ -1084,7 +1104,7 @@ class SenderActor(Actor):
             self.call_later(CLOSE_GRACE, functools.partial(self._close_lanes, t.lanes))
         if t.fd >= 0:
             os.close(t.fd)
-        t.buffer = None  # a cancelled timer may still hold ``t`` for a while
+        t.buffer, t.sealed = None, None  # a cancelled timer may still hold ``t`` a while
         self.count("sent" if code == ResultCode.OK else f"failed-{code}")
         # Retried: a failure of the network (the data connection broke, or a
         # retry's offer found no peer), not a peer that answers but stalls.

@@ -205,3 +205,16 @@ def test_a_chunk_opens_into_a_buffer_of_its_exact_length_only() -> None:
         r.open_chunk_into(2, False, nonce, flip(sealed, 5), bytearray(1000))
     with pytest.raises(OpenError):
         r.open_chunk_into(3, False, nonce, sealed, bytearray(1000))  # another index
+
+
+def test_a_chunk_sealed_into_a_reused_buffer_opens_as_a_sealed_one() -> None:
+    s, r = pair()
+    out = bytearray(b"\xaa" * (64 + TAG_BYTES))  # stale contents from an earlier chunk
+    plaintext = os.urandom(64)
+    nonce = s.seal_chunk_into(3, True, memoryview(plaintext), out)
+    assert r.open_chunk(3, True, nonce, out) == plaintext
+    with pytest.raises(OpenError):  # bound to its index like any chunk
+        r.open_chunk(4, True, nonce, out)
+    again, sealed = s.seal_chunk(3, True, plaintext)
+    assert again != nonce  # the counter moves for either way of sealing
+    assert r.open_chunk(3, True, again, sealed) == plaintext

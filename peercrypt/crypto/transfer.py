@@ -118,6 +118,16 @@ class TransferKeys:
         aad = _CHUNK_AAD.pack(self.tid, index, last)
         return nonce, self._send.encrypt(nonce, plaintext, aad)
 
+    def seal_chunk_into(
+        self, index: int, last: bool, plaintext: bytes | memoryview, out: bytearray | memoryview
+    ) -> bytes:
+        """:meth:`seal_chunk` into ``out`` (exactly the plaintext's length plus
+        :data:`TAG_BYTES`; the sender reuses its buffers, so no chunk
+        allocates and zeroes one). Returns the nonce."""
+        nonce = self._next_nonce()
+        self._send.encrypt_into(nonce, plaintext, _CHUNK_AAD.pack(self.tid, index, last), out)
+        return nonce
+
     def open_chunk(self, index: int, last: bool, nonce: bytes, sealed: bytes | memoryview) -> bytes:
         """Authenticate and decrypt one chunk. Raises OpenError."""
         out = bytearray(max(0, len(sealed) - TAG_BYTES))

@@ -1,0 +1,57 @@
+"""Buffers the sender seals chunks into, reused once ZeroMQ lets go of them.
+
+A sealed chunk goes to ZeroMQ without a copy (``copy=False``): the socket's
+I/O thread reads the sender's own buffer while it writes it to TCP, and
+pyzmq's :class:`zmq.MessageTracker` says when it is done with it. Sealing
+each chunk into a new ``bytes`` object cost an allocation and the zeroing of
+a chunk's worth of fresh memory per chunk; here a buffer is sealed into
+again once its last send is finished (``AESGCM.encrypt_into``).
+
+A buffer is never written while ZeroMQ may still read it: :meth:`take`
+hands out only a buffer whose tracker is done (or that was never sent). At
+most ``limit`` buffers are kept; when all of them are still in ZeroMQ's
+hands, :meth:`take` says so (None) and the caller seals into a new object
+as before. Used by the sender actor's thread only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import zmq
+
+# Bytes of sealed-chunk buffers one transfer keeps at most (and buffers:
+# small chunks go to ZeroMQ as copies, their buffer is free at once).
+MAX_BYTES = 16 * 1024 * 1024
+MAX_BUFFERS = 64
+
+
+class SealedBuffers:
+    """Output buffers of ``size`` bytes (a whole chunk and its tag)."""
+
+    def __init__(self, size: int, max_bytes: int = MAX_BYTES) -> None:
+        self.size = size
+        self.limit = max(1, min(MAX_BUFFERS, max_bytes // max(1, size)))
+        # Oldest send first: ZeroMQ lets go of them in the order they were sent.
+        self._ring: deque[tuple[bytearray, zmq.MessageTracker | None]] = deque()
+
+    def take(self) -> bytearray | None:
+        """A buffer ZeroMQ no longer reads (contents undefined), or None when
+        every one of the ``limit`` buffers is still being sent. The caller
+        must :meth:`sent` it with the tracker of its send (or None if the
+        send did not happen) before the next :meth:`take`."""
+        if self._ring:
+            buffer, tracker = self._ring[0]
+            if tracker is None or tracker.done:
+                self._ring.popleft()
+                return buffer
+        if len(self._ring) < self.limit:
+            return bytearray(self.size)
+        return None
+
+    def sent(self, buffer: bytearray, tracker: zmq.MessageTracker | None) -> None:
+        """``buffer`` went to ZeroMQ, which reads it until ``tracker`` is done."""
+        self._ring.append((buffer, tracker))
+
+    def __len__(self) -> int:
+        return len(self._ring)
