@@ -8,11 +8,14 @@
 - ``make_file(size, name=None, directory=None) -> Path``: a file of random bytes.
 - ``blake3_file(path) -> str``: hex BLAKE3 of a file.
 - ``free_port``: a loopback port with nothing listening on it.
+- ``small_disk(size) -> Path``: a tmpfs of that size (a disk that fills);
+  ``small_inbox``: one of 24 MiB.
 - ``cli``: ``run_cli`` from :mod:`peercrypt.testing.nodes` (``cli(*args, data_dir=...)``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -134,14 +137,27 @@ def blake3_file() -> Callable[[Path], str]:
 
 
 @pytest.fixture
-def small_inbox(tmp_path: Path) -> Iterator[Path]:
-    """A 24 MiB tmpfs for a receiver's inbox, mounted for this test only
-    (skipped where no tmpfs can be mounted)."""
-    try:
-        with small_tmpfs(tmp_path / "small-inbox", "24m") as mount:
-            yield mount
-    except DiskUnavailable as exc:
-        pytest.skip(f"cannot mount a tmpfs: {exc}")
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """``small_disk(size) -> Path``: a directory on a tmpfs of ``size``
+    ("512k", "24m": a disk that fills), mounted until the test ends (the
+    test is skipped where no tmpfs can be mounted)."""
+    counter = itertools.count()
+    with contextlib.ExitStack() as mounts:
+
+        def mount(size: str) -> Path:
+            try:
+                where = tmp_path / f"small-disk{next(counter)}"
+                return mounts.enter_context(small_tmpfs(where, size))
+            except DiskUnavailable as exc:
+                pytest.skip(f"cannot mount a tmpfs: {exc}")
+
+        yield mount
+
+
+@pytest.fixture
+def small_inbox(small_disk: Callable[[str], Path]) -> Path:
+    """A 24 MiB tmpfs for a receiver's inbox, mounted for this test only."""
+    return small_disk("24m")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,6 @@ from actors.tree_store import hidden_name
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import CHECKPOINT_CHUNKS, Manifest, ResumeKey
 from peercrypt.crypto.transfer import TransferKeys
-from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
 from peercrypt.testing.nodes import wait_until
 
 CHUNK = 4096
@@ -456,22 +455,13 @@ def test_close_without_keep_records_nothing_more(
     assert _held(tmp_path, m) == 0
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 512 KiB tmpfs, mounted for this test only."""
-    try:
-        with small_tmpfs(tmp_path / "disk", "512k") as mount:
-            yield mount
-    except DiskUnavailable as exc:
-        pytest.skip(f"cannot mount a tmpfs: {exc}")
-
-
 def test_disk_full_keeps_the_part_and_what_it_holds(
-    small_disk: Path, writer: tuple[FileWriter, Results]
+    small_disk: Callable[[str], Path], writer: tuple[FileWriter, Results]
 ) -> None:
     w, results = writer
+    disk = small_disk("512k")
     total = 200  # 800 KiB into 512 KiB
-    fd, m = _open(w, small_disk, total * CHUNK)
+    fd, m = _open(w, disk, total * CHUNK)
     data = [os.urandom(CHUNK) for _ in range(total)]
     for index in range(total):
         w.write(b"t", index, data[index])
@@ -486,15 +476,15 @@ def test_disk_full_keeps_the_part_and_what_it_holds(
     assert isinstance(result, WriteFailed) and result.no_space, result
     assert 0 < len(written) < total, written
     w.close(b"t", keep=True)
-    w.open(b"u", os.open(small_disk / "x", os.O_RDWR | os.O_CREAT, 0o600), 1, 1, ChunkBitmap(1))
+    w.open(b"u", os.open(disk / "x", os.O_RDWR | os.O_CREAT, 0o600), 1, 1, ChunkBitmap(1))
     w.write(b"u", 0, b"")
     while (reply := _next(results)).tid != b"u":
         assert isinstance(reply, Unsaved)  # the final checkpoint did not fit either
-    assert not _is_open_on(fd, small_disk / m.part)
+    assert not _is_open_on(fd, disk / m.part)
     # Whatever the manifest lists is really in the part (the part was synced first).
-    held = load_manifest(small_disk, manifest_name(m.part)).held()
+    held = load_manifest(disk, manifest_name(m.part)).held()
     assert set(held.ranges()) and all(i in written for a, b in held.ranges() for i in range(a, b))
-    with open(small_disk / m.part, "rb") as part:
+    with open(disk / m.part, "rb") as part:
         for a, b in held.ranges():
             for i in range(a, b):
                 assert os.pread(part.fileno(), CHUNK, i * CHUNK) == data[i]

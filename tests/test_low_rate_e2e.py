@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 from peercrypt import errors
-from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeProcess, blake3_file, start_cli, wait_until
+from peercrypt.testing.nodes import NodeProcess, blake3_file, node_pair, start_cli, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,17 +33,9 @@ TIMEOUT = 2.5  # seconds
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
-    base = tmp_path_factory.mktemp("lowrate")
-    key = new_network_key()
     # No retries: a failed send is the answer (a retry would offer again).
-    sender = NodeProcess(base / "sender", network_key=key, extra_args=("--max-retries", "0"))
-    sender.start()
-    receiver = NodeProcess(base / "receiver", network_key=key).start()
-    try:
-        yield sender, receiver
-    finally:
-        codes = [sender.stop(), receiver.stop()]
-    assert codes == [0, 0]
+    with node_pair(tmp_path_factory.mktemp("lowrate"), "--max-retries", "0") as pair:
+        yield pair
 
 
 @contextlib.contextmanager

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from peercrypt import errors
-from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.faults import DirectionFaults, FaultPlan, FaultProxy
 from peercrypt.testing.nodes import (
     SEND_MODE_ARGS,
     NodeProcess,
     blake3_file,
     free_port,
+    node_pair,
     start_cli,
     wait_until,
 )
@@ -31,15 +31,8 @@ MODES = SEND_MODE_ARGS
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
-    base = tmp_path_factory.mktemp("modes")
-    key = new_network_key()
-    sender = NodeProcess(base / "sender", network_key=key).start()
-    receiver = NodeProcess(base / "receiver", network_key=key).start()
-    try:
-        yield sender, receiver
-    finally:
-        codes = [sender.stop(), receiver.stop()]
-    assert codes == [0, 0]
+    with node_pair(tmp_path_factory.mktemp("modes")) as nodes:
+        yield nodes
 
 
 def delivered(code: int, result: dict[str, Any], source: Path, receiver: NodeProcess) -> None:

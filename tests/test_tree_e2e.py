@@ -17,7 +17,6 @@ import blake3
 
 from actors.inbox import load_manifest, manifest_name, scan
 from peercrypt.core.tree import Kind, TreeEntry, encode_manifest
-from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import NodeProcess, cli_env, start_cli, wait_until
 from peercrypt.testing.trees import contents, d, f, raw_manifest, row, sample_tree
@@ -228,25 +227,22 @@ def held(inbox: Path) -> int:
 
 
 def test_a_folder_is_admitted_only_with_room_for_its_part_and_its_tree(
-    tmp_path: Path, node_factory: Nodes
+    tmp_path: Path, node_factory: Nodes, small_disk: Callable[[str], Path]
 ) -> None:
     """A folder takes twice its size while its tree is built beside its
     part: one that fits only once is refused before a byte is written."""
-    try:
-        with small_tmpfs(tmp_path / "small", "2m") as small:
-            receiver = node_factory("--inbox", str(small), name="receiver")
-            sender = node_factory(name="sender")
-            src = tmp_path / "big"
-            src.mkdir()
-            for i in range(12):  # 1.2 MiB: its part fits, the part and the tree do not
-                (src / f"f{i:02}").write_bytes(os.urandom(100 * 1024))
-            code, out = sender.send_to(src, receiver)
-            assert out["code"] == "refused" and code != 0, out
-            assert "not enough space in the inbox" in out["error"], out
-            assert os.listdir(small) == []  # refused up front: nothing written
-            receiver.stop()
-    except DiskUnavailable as exc:
-        raise AssertionError(f"cannot mount a tmpfs: {exc}") from None
+    small = small_disk("2m")
+    receiver = node_factory("--inbox", str(small), name="receiver")
+    sender = node_factory(name="sender")
+    src = tmp_path / "big"
+    src.mkdir()
+    for i in range(12):  # 1.2 MiB: its part fits, the part and the tree do not
+        (src / f"f{i:02}").write_bytes(os.urandom(100 * 1024))
+    code, out = sender.send_to(src, receiver)
+    assert out["code"] == "refused" and code != 0, out
+    assert "not enough space in the inbox" in out["error"], out
+    assert os.listdir(small) == []  # refused up front: nothing written
+    receiver.stop()
 
 
 def open_files(pid: int) -> list[str]:

@@ -38,7 +38,11 @@ import blake3
 
 from peercrypt import config, config_sources
 from peercrypt.client import ControlClient, NodeUnavailable
-from peercrypt.crypto.identity import load_or_create_identity, network_server_keys
+from peercrypt.crypto.identity import (
+    load_or_create_identity,
+    network_server_keys,
+    new_network_key,
+)
 from peercrypt.settings import NodeSettings
 
 __all__ = [
@@ -701,6 +705,25 @@ class NodeProcess:
         """The last ``lines`` lines of the log, framed for error messages."""
         tail = "\n".join(self.log_text().splitlines()[-lines:])
         return f"--- log of node in {self.data_dir}\n{tail}\n---"
+
+
+@contextlib.contextmanager
+def node_pair(base: Path, *sender_args: str) -> Iterator[tuple[NodeProcess, NodeProcess]]:
+    """A sender node (started with ``sender_args``) and a receiver node on
+    one fresh network key, their data directories under ``base``: for a
+    module's tests to share. Both must exit 0 when stopped at the end."""
+    key = new_network_key()
+    sender = NodeProcess(base / "sender", network_key=key, extra_args=sender_args).start()
+    try:
+        receiver = NodeProcess(base / "receiver", network_key=key).start()
+    except BaseException:
+        sender.stop()
+        raise
+    try:
+        yield sender, receiver
+    finally:
+        codes = [sender.stop(), receiver.stop()]
+    assert codes == [0, 0], codes
 
 
 @dataclass
