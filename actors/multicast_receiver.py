@@ -477,13 +477,17 @@ class MulticastReceiverActor(Actor):
         now = self.now()
         for request, j in list(self.joining.items()):
             if now - j.since >= SPACE_VERDICT_TIMEOUT:
-                del self.joining[request]  # the sender announces again
+                del self.joining[request]
                 # Whatever the ledger grants this ask now is cancelled as soon
-                # as it is granted (the mail is handled in order), so the
+                # as it is granted (the mail is handled in order), so a
                 # re-announce of the same session finds no reservation.
                 cancel = SpaceCancel(owner=self.name, tid=j.tid, request=request)
                 self.tell("space", cancel)
                 self.count("space-verdict-late")
+                # The sender learns why (its result for this receiver says so).
+                reason = "the inbox's space could not be checked in time; try again"
+                sid, peer = j.announce.sid, j.env.peer
+                self._reply(j.env.route, self._refused(sid, peer, "busy", reason))
 
     def _refused(self, sid: bytes, peer: bytes, code: str, reason: str) -> McRefuse:
         self.count(f"refused-{code}")

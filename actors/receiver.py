@@ -21,7 +21,9 @@ layered on it). Per transfer:
    "no-space" to the sender and keeps the part.
 3. Done(hash) -> fsync, compare with the hash computed while writing, link
    under a free final name (never overwriting), Verified. A mismatch deletes
-   the part file and reports Failed. A folder transfer (``Offer.tree``) is
+   the part file and reports Failed. A check that makes no progress for the
+   idle timeout (the disk stopped answering) ends with Failed "timeout" and
+   keeps the part. A folder transfer (``Offer.tree``) is
    then stored as its tree by the writer thread (:mod:`actors.tree_store`:
    every file checked against its own hash, the whole moved into place only
    once complete), and Verified names its top-level entries.
@@ -226,6 +228,8 @@ class ReceiverActor(Actor):
         self.echoes: dict[bytes, Echo] = {}  # tid -> a re-offer of a delivered file
         self.delivered = DeliveredTable()
         self._journal = (0, 0)  # rows and bytes in the journal of deliveries
+        self._changes = 0  # of the table, and at which one a snapshot last failed
+        self._snapshot_failed: int | None = None
         self._requests = itertools.count(1)
 
     # -- lifecycle ------------------------------------------------------------
@@ -304,11 +308,34 @@ class ReceiverActor(Actor):
         """Persist one change of the table: a row appended to the journal
         (no fsync: a killed process loses nothing, a power cut at worst the
         last rows, each costing a second copy of a file); a new snapshot once
-        the journal is long, or if it cannot be appended to."""
+        the journal is long, or if it cannot be appended to. A snapshot that
+        cannot be written (a full disk) leaves the row to the journal, and
+        the next is tried only ``JOURNAL_ROWS`` changes later: each try
+        rewrites the whole table, which the journal is there to avoid."""
+        self._changes += 1
         rows, size = self._journal
-        if rows >= JOURNAL_ROWS or size >= JOURNAL_BYTES:
-            self._save_delivered()
+        if (rows >= JOURNAL_ROWS or size >= JOURNAL_BYTES) and self._snapshot():
             return
+        if size + len(row) > MAX_JOURNAL_BYTES or not self._append(row):
+            self._snapshot()
+            return
+        self._journal = (rows + 1, size + len(row))
+
+    def _snapshot(self) -> bool:
+        """A new snapshot, unless one failed fewer than ``JOURNAL_ROWS`` changes ago."""
+        failed = self._snapshot_failed
+        if failed is not None and self._changes - failed < JOURNAL_ROWS:
+            return False
+        if self._save_delivered():
+            self._snapshot_failed = None
+            return True
+        self._snapshot_failed = self._changes
+        self.count("delivered-snapshot-failed")
+        return False
+
+    def _append(self, row: bytes) -> bool:
+        """Append ``row`` to the journal, whole (a row cut short is where a
+        replay stops: it is not counted as appended)."""
         path = self._journal_path
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
@@ -318,15 +345,12 @@ class ReceiverActor(Actor):
                 os.close(fd)
         except OSError as exc:
             self.log_limited("cannot append to %s: %s", path, exc)
-            written = 0
-        if written != len(row):  # a row cut short is where a replay stops
-            self._save_delivered()
-            return
-        self._journal = (rows + 1, size + written)
+            return False
+        return written == len(row)
 
-    def _save_delivered(self) -> None:
+    def _save_delivered(self) -> bool:
         """A new snapshot of the whole table, atomically (a crash leaves the
-        old one or the new one), then an empty journal."""
+        old one or the new one), then an empty journal; False if it failed."""
         path = self._delivered_path
         tmp = path.with_name(path.name + ".tmp")
         try:
@@ -343,8 +367,9 @@ class ReceiverActor(Actor):
                 os.unlink(self._journal_path)
         except OSError as exc:
             self.log_limited("cannot save %s: %s", path, exc)
-            return
+            return False
         self._journal = (0, 0)
+        return True
 
     def _stamp(self, name: str) -> FileStamp | None:
         """The inbox file ``name`` as it is now (None: gone, or not a regular file)."""
@@ -355,6 +380,16 @@ class ReceiverActor(Actor):
         if not stat.S_ISREG(st.st_mode):
             return None
         return FileStamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _delivered_before(self, key: ResumeKey) -> Delivery | None:
+        """The delivery an offer of ``key`` repeats, if its file is still the
+        one stored; an entry whose file is gone or changed is forgotten, in
+        the journal too (a restart must not bring it back)."""
+        known = key in self.delivered
+        prior = self.delivered.lookup(key, self._stamp)
+        if prior is None and known:
+            self._note_delivered(forget_row(key))
+        return prior
 
     def _echo(
         self, offer: Offer, peer: bytes, host: str, prior: Delivery, answer: Response, mode: str
@@ -387,13 +422,13 @@ class ReceiverActor(Actor):
         if msg is None:
             return
         echo.route = route
+        if not isinstance(msg, Done | Failed):  # as for a transfer: it still
+            self._drop(route, "unexpected")  # ends with a Done, a Failed or idle
+            return
         del self.echoes[echo.tid]
         d = echo.delivery
         if isinstance(msg, Failed):  # the sender gave up: a row of its own
             self.tell("stats", self._echo_record(echo, msg.code, msg.reason))
-            return
-        if not isinstance(msg, Done):
-            self._drop(route, "unexpected")
             return
         if hmac.compare_digest(msg.digest, d.digest) and self._stamp(d.stored_as) == d.stamp:
             reply: codec.Message = Verified(digest=d.digest, stored_as=d.stored_as)
@@ -573,7 +608,7 @@ class ReceiverActor(Actor):
             )
         tree_bytes = details.size if details.tree or details.files else 0  # built beside its part
         if not tree_bytes:
-            prior = self.delivered.lookup(key, self._stamp)
+            prior = self._delivered_before(key)
             if prior is not None:
                 return self._echo(offer, peer, host, prior, answer, details.mode)
         try:
@@ -961,6 +996,9 @@ class ReceiverActor(Actor):
         elif out.code == ResultCode.NO_SPACE:
             self.count("no-space")
             log.error("%s: the inbox's disk is full; kept for resume", t.name)
+        elif out.code == ResultCode.TIMEOUT:
+            self.count("check-timeout")
+            log.error("%s: %s; kept for resume", t.name, out.reason)
         else:
             log.error("writing %s failed: %s", t.name, out.reason)
         if out.notify:
@@ -1125,6 +1163,8 @@ class ReceiverActor(Actor):
                 reason = f"no Done from the sender for {self.settings.idle_timeout:.0f} s"
                 self.tell("stats", self._echo_record(echo, "expired", reason))
         for t in list(self.transfers.values()):
+            if t.flow.finishing:  # the final check's progress bounds it now
+                t.flow.on_checked(self.writer.checked(t.tid), now)
             t.flow.on_timer(now)
             self._drive(t)
         self.facts["active"] = str(len(self.transfers))

@@ -1,7 +1,9 @@
 """The receiver's table of delivered files on disk (``actors/receiver.py``):
 a delivery appends one row to the journal instead of rewriting the whole
-table, a killed receiver's successor loads every row, and the journal is
-folded into a new snapshot once it is long.
+table, a killed receiver's successor loads every row, the journal is
+folded into a new snapshot once it is long (a snapshot that cannot be
+written is not tried again at every delivery, and loses no row), and an
+entry forgotten because its file changed stays forgotten.
 
 The receiver actor's own persistence methods, on a real data directory; the
 actor is not run (a restart is a second actor loading the same directory,
@@ -98,3 +100,61 @@ def test_a_long_journal_is_folded_into_a_new_snapshot(
     again._load_delivered()
     assert again.delivered.encode() == receiver.delivered.encode()
     assert len(again.delivered) == CAPACITY
+
+
+def test_a_snapshot_that_cannot_be_written_loses_no_row_and_is_not_retried_each_time(
+    receivers: tuple[ActorEnv, NodeSettings],
+) -> None:
+    """The journal is long and the snapshot cannot be written (here its
+    temporary name is taken by a directory; a full disk does the same):
+    the rows go on to the journal, and the whole table is rewritten again
+    only ``JOURNAL_ROWS`` changes later, not at every delivery."""
+    env, settings = receivers
+    journal = settings.data_dir / DELIVERED_JOURNAL
+    blocked = settings.data_dir / (DELIVERED_FILE + ".tmp")
+    blocked.mkdir()
+    receiver = ReceiverActor(env, settings)
+    receiver._load_delivered()
+    rows = [_deliver(receiver, n) for n in range(JOURNAL_ROWS + 10)]
+    assert receiver.counters.get("delivered-snapshot-failed") == 1  # tried once
+    assert journal.read_bytes() == b"".join(rows)  # no row lost
+    again = ReceiverActor(env, settings)
+    again._load_delivered()  # the next start cannot fold it either: every row is read
+    assert again.delivered.encode() == receiver.delivered.encode()
+    blocked.rmdir()  # room again: the next try, JOURNAL_ROWS changes after the last
+    more = [_deliver(receiver, n) for n in range(JOURNAL_ROWS + 10, 2 * JOURNAL_ROWS + 10)]
+    assert receiver.counters.get("delivered-snapshot-failed") == 1
+    assert (settings.data_dir / DELIVERED_FILE).exists()
+    # It came at change 2 * JOURNAL_ROWS + 1, JOURNAL_ROWS after the failed
+    # one: the journal holds the 9 rows after it.
+    assert journal.read_bytes() == b"".join(more[-9:])
+    again = ReceiverActor(env, settings)
+    again._load_delivered()
+    assert again.delivered.encode() == receiver.delivered.encode()
+
+
+def test_an_entry_forgotten_for_a_changed_file_stays_forgotten_after_a_restart(
+    receivers: tuple[ActorEnv, NodeSettings],
+) -> None:
+    """The file delivered was written to since: the offer that finds it so
+    forgets the entry, and the journal says so (a restart does not bring
+    the entry back, to be found stale again at every offer)."""
+    env, settings = receivers
+    stored = settings.inbox / "kept.bin"
+    stored.write_bytes(b"v1")
+    receiver = ReceiverActor(env, settings)
+    receiver._load_delivered()
+    stamp = receiver._stamp(stored.name)
+    assert stamp is not None
+    key = ResumeKey(b"p" * 32, stored.name, 2, 65536, b"s" * 32)
+    delivery = Delivery(key, stored.name, b"h" * 32, stamp, 1.0)
+    receiver.delivered.record(delivery)
+    receiver._note_delivered(journal_row(delivery))
+    assert receiver._delivered_before(key) == delivery
+    with open(stored, "ab") as f:
+        f.write(b"+")
+    assert receiver._delivered_before(key) is None
+    assert key not in receiver.delivered
+    again = ReceiverActor(env, settings)
+    again._load_delivered()
+    assert key not in again.delivered

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import pytest
 import zmq
 
@@ -40,6 +41,8 @@ from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     Accept,
+    ChunkHeader,
+    Done,
     Failed,
     Inbound,
     Offer,
@@ -47,8 +50,9 @@ from peercrypt.wire.messages import (
     Outbound,
     Refuse,
     SealedHeader,
+    Verifying,
 )
-from peercrypt.wire.multicast_messages import McAnnounce, McDetails, McJoin
+from peercrypt.wire.multicast_messages import McAnnounce, McDetails, McJoin, McRefuse
 from peercrypt.wire.space_messages import SpaceCancel, SpaceReserve, SpaceVerdict
 from peercrypt.wire.stats_messages import StatsRecord
 
@@ -91,6 +95,11 @@ def node(tmp_path: Path) -> Iterator[tuple[ActorEnv, NodeSettings, FakeClock]]:
 
 
 def _offer(tid: bytes, to: bytes, key: ResumeKey | None = None) -> bytes:
+    return _sealed_offer(tid, to, key)[0]
+
+
+def _sealed_offer(tid: bytes, to: bytes, key: ResumeKey | None = None) -> tuple[bytes, Initiator]:
+    """SENDER's offer of ``key`` to ``to``, and its half of the handshake."""
     eph = Initiator(SENDER)
     key = key or ResumeKey(SENDER.public, "late.bin", 1000, CHUNK, b"x" * 32)
     details = OfferDetails(
@@ -101,7 +110,7 @@ def _offer(tid: bytes, to: bytes, key: ResumeKey | None = None) -> bytes:
         source=key.source,
     )
     sealed = eph.seal_details(tid, to, codec.encode(details))
-    return codec.encode(Offer(tid=tid, eph_pub=eph.public, details=sealed))
+    return codec.encode(Offer(tid=tid, eph_pub=eph.public, details=sealed)), eph
 
 
 def _announce(sid: bytes, to: bytes, size: int = 1000, chunk: int = CHUNK) -> bytes:
@@ -174,11 +183,13 @@ def test_a_verdict_too_late_for_its_ask_never_blocks_the_retry(
     clock.advance(timeout)
     expire = actor._expire_asks if isinstance(actor, ReceiverActor) else actor._expire_joins
     expire()
-    if kind == "receiver":  # the offer is answered "busy" (the sender tries again)
-        [busy] = take(from_actor, "gateway")
-        assert isinstance(busy, Outbound)
-        refused = codec.decode(busy.payload)
-        assert isinstance(refused, Refuse) and refused.code == "busy"
+    # The offer (the announce) is answered "busy", saying why: the sender
+    # reports it (a multicast sender, for that receiver) and may try again.
+    [busy] = take(from_actor, "gateway")
+    assert isinstance(busy, Outbound)
+    refused = codec.decode(busy.payload)
+    assert isinstance(refused, Refuse if kind == "receiver" else McRefuse), refused
+    assert refused.code == "busy" and "could not be checked in time" in refused.reason
     actor.on_mail(_inbound(payload()))  # the retry, before the space actor answered
     for msg in [first, *take(from_actor, "space")]:
         space.on_mail(msg)
@@ -448,14 +459,16 @@ def test_a_kept_multicast_part_chosen_by_a_join_waiting_for_space_is_not_deleted
             sock.close(linger=0)
 
 
-@pytest.mark.parametrize("how", ["expired", "failed"])
+@pytest.mark.parametrize("how", ["expired", "failed", "unexpected"])
 def test_a_re_offer_of_a_delivered_file_its_sender_does_not_finish_is_a_row_in_the_history(
     node: tuple[ActorEnv, NodeSettings, FakeClock], how: str
 ) -> None:
     """A re-offer answered from the table of deliveries whose sender never
-    sends its Done (it vanished: dropped after the idle time) or sends
-    Failed (its file could not be hashed) leaves a row in the statistics
-    history, as any transfer that ends so does."""
+    sends its Done (it vanished: dropped after the idle time), sends
+    Failed (its file could not be hashed) or another message (dropped, as
+    for a transfer: the re-offer still waits for its Done, then is dropped
+    after the idle time) leaves a row in the statistics history, as any
+    transfer that ends so does."""
     env, settings, clock = node
     key = ResumeKey(SENDER.public, "late.bin", 1000, CHUNK, b"x" * 32)
     (settings.inbox / key.name).write_bytes(b"d" * key.size)
@@ -466,28 +479,33 @@ def test_a_re_offer_of_a_delivered_file_its_sender_does_not_finish_is_a_row_in_t
         stamp = receiver._stamp(key.name)
         assert stamp is not None
         receiver.delivered.record(Delivery(key, key.name, b"h" * 32, stamp, time.time()))
-        tid, eph = os.urandom(16), Initiator(SENDER)
-        details = OfferDetails(
-            name=key.name, size=key.size, chunk_size=CHUNK, hash_alg="blake3", source=key.source
-        )
-        sealed = eph.seal_details(tid, settings.identity.public, codec.encode(details))
-        receiver.on_mail(_inbound(codec.encode(Offer(tid=tid, eph_pub=eph.public, details=sealed))))
+        tid = os.urandom(16)
+        offer, eph = _sealed_offer(tid, settings.identity.public, key)
+        receiver.on_mail(_inbound(offer))
         [answer] = take(from_receiver, "gateway")
         assert isinstance(answer, Outbound)
         accept = codec.decode(answer.payload)
         assert isinstance(accept, Accept) and accept.have == [0, key.total]
         take(from_receiver, "stats")
-        if how == "expired":
-            clock.advance(settings.idle_timeout)
-            receiver._expire_idle()
-            result, reason = "expired", f"no Done from the sender for {settings.idle_timeout:.0f} s"
-        else:
+        if how == "failed":
             secrets = eph.finish(tid, settings.identity.public, accept.eph_pub, accept.proof)
             keys = TransferKeys.for_sender(tid, secrets)
             nonce, failed = keys.seal_message(codec.encode(Failed(code="local", reason="unread")))
             header = SealedHeader(tid=tid, nonce=nonce)
             receiver._on_echo(receiver.echoes[tid], keys.route_id(0), header, memoryview(failed))
             result, reason = "local", "unread"
+        else:
+            if how == "unexpected":  # a message a sender never sends here
+                secrets = eph.finish(tid, settings.identity.public, accept.eph_pub, accept.proof)
+                keys = TransferKeys.for_sender(tid, secrets)
+                nonce, odd = keys.seal_message(codec.encode(Verifying(chunks=1)))
+                header = SealedHeader(tid=tid, nonce=nonce)
+                receiver._on_echo(receiver.echoes[tid], keys.route_id(0), header, memoryview(odd))
+                assert receiver.counters.get("data-dropped-unexpected") == 1
+                assert tid in receiver.echoes
+            clock.advance(settings.idle_timeout)
+            receiver._expire_idle()
+            result, reason = "expired", f"no Done from the sender for {settings.idle_timeout:.0f} s"
         rows = [r for r in take(from_receiver, "stats") if isinstance(r, StatsRecord)]
         assert [(r.session, r.result, r.reason, r.params) for r in rows] == [
             (tid.hex(), result, reason, {"delivered_before": key.name})
@@ -495,5 +513,112 @@ def test_a_re_offer_of_a_delivered_file_its_sender_does_not_finish_is_a_row_in_t
         assert receiver.echoes == {}
     finally:
         receiver.teardown()
+        for sock in receiver._sockets:
+            sock.close(linger=0)
+
+
+def _sealed_until(
+    sock: zmq.Socket[bytes], keys: TransferKeys, cls: type[codec.M]
+) -> list[codec.Message]:
+    """The sealed messages a receiver sent to the data connection ``sock``,
+    up to the first of type ``cls`` (AssertionError if none came in 10 s)."""
+    out: list[codec.Message] = []
+    deadline = time.monotonic() + 10.0
+    while not out or not isinstance(out[-1], cls):
+        left = deadline - time.monotonic()
+        assert left > 0 and sock.poll(int(left * 1000)), f"no {cls.TYPE}: {out}"
+        header, sealed = sock.recv_multipart()
+        nonce = codec.decode_as(header, SealedHeader).nonce
+        out.append(codec.decode(keys.open_message(nonce, sealed)))
+    return out
+
+
+def test_a_final_check_that_stops_moving_ends_and_frees_the_slot_and_space(
+    node: tuple[ActorEnv, NodeSettings, FakeClock],
+) -> None:
+    """Every chunk is written and the sender's Done came, then the writer
+    stops answering (a disk that hangs, a part that cannot be read back):
+    the check covers nothing for the idle timeout. The transfer ends
+    "timeout": the sender gets a sealed Failed saying so, the part stays
+    for a resume (charged as kept), the slot and the reservation are freed,
+    and the statistics history has its row. Before, it waited for ever in
+    its final check and every offer of the file was refused "verifying"."""
+    env, settings, clock = node
+    content = os.urandom(3 * CHUNK - 100)
+    key = ResumeKey(SENDER.public, "stuck.bin", len(content), CHUNK, b"k" * 32)
+    receiver = ReceiverActor(env, settings)
+    space = SpaceActor(env, settings)
+    from_receiver, from_space = record(receiver), record(space)
+    receiver.setup()
+    data: zmq.Socket[bytes] = env.context.socket(zmq.DEALER)
+    data.linger = 0
+    unclosed = -1
+    try:
+        tid = os.urandom(16)
+        offer, eph = _sealed_offer(tid, settings.identity.public, key)
+        receiver.on_mail(_inbound(offer))
+        for msg in take(from_receiver, "space"):
+            space.on_mail(msg)
+        for msg in take(from_space, "receiver"):
+            receiver.on_mail(msg)
+        [answer] = take(from_receiver, "gateway")
+        assert isinstance(answer, Outbound)
+        accept = codec.decode(answer.payload)
+        assert isinstance(accept, Accept), accept
+        secrets = eph.finish(tid, accept.static_pub, accept.eph_pub, accept.proof)
+        keys = TransferKeys.for_sender(tid, secrets)
+        data.routing_id = keys.route_id(0)
+        data.connect(f"tcp://127.0.0.1:{receiver.data_port}")
+        t = receiver.transfers[tid]
+        for i in range(key.total):
+            last = i == key.total - 1
+            nonce, sealed = keys.seal_chunk(i, last, content[i * CHUNK : (i + 1) * CHUNK])
+            data.send_multipart(
+                [codec.encode(ChunkHeader(tid=tid, index=i, last=last, nonce=nonce)), sealed]
+            )
+        deadline = time.monotonic() + 20
+        while not t.flow.written.complete:
+            assert time.monotonic() < deadline, "the chunks were not written"
+            if receiver.data.poll(50):
+                receiver._on_data(receiver.data)
+            if receiver.writer_results.poll(50):
+                receiver._on_writer(receiver.writer_results)
+        receiver.writer.stop()  # from here on the writer answers nothing
+        unclosed = t.fd  # nor closes the part (the test does, at the end)
+        nonce, done = keys.seal_message(
+            codec.encode(Done(digest=blake3.blake3(content).digest(), chunks=key.total))
+        )
+        data.send_multipart([codec.encode(SealedHeader(tid=tid, nonce=nonce)), done])
+        while not t.flow.finishing:
+            assert time.monotonic() < deadline, "the Done was not taken"
+            if receiver.data.poll(50):
+                receiver._on_data(receiver.data)
+        _sealed_until(data, keys, Verifying)  # the sender is told to wait
+        take(from_receiver, "stats")
+        clock.advance(settings.idle_timeout - 1)
+        receiver._expire_idle()
+        assert tid in receiver.transfers  # still within its bound
+        clock.advance(1.5)
+        receiver._expire_idle()
+        assert tid not in receiver.transfers
+        failed = [m for m in _sealed_until(data, keys, Failed) if isinstance(m, Failed)]
+        reason = (
+            "the receiver's final check of the file made no progress "
+            f"for {settings.idle_timeout:g} s"
+        )
+        assert [(f.code, f.reason) for f in failed] == [("timeout", reason)]
+        assert receiver.counters.get("check-timeout") == 1
+        rows = [r for r in take(from_receiver, "stats") if isinstance(r, StatsRecord)]
+        assert [(r.session, r.result, r.reason) for r in rows] == [(tid.hex(), "timeout", reason)]
+        for msg in take(from_receiver, "space"):
+            space.on_mail(msg)
+        assert not space.ledger.is_running(b"receiver/" + tid)
+        assert space.ledger.promised == 0 and space.ledger.kept == [t.part.name]
+        assert t.part.exists()  # kept: a resend resumes with every chunk held
+    finally:
+        data.close(linger=0)
+        receiver.teardown()
+        if unclosed >= 0:
+            os.close(unclosed)
         for sock in receiver._sockets:
             sock.close(linger=0)

@@ -528,7 +528,7 @@ def test_incoming_writes_new_chunks_acks_duplicates_and_stores_on_a_matching_has
     r.on_done(b"h" * 32, 2, 0.3)
     r.on_done(b"h" * 32, 2, 0.3)
     assert r.poll() == [FinishFile()]  # once
-    assert r.next_timer() is None  # not expired while finishing
+    assert r.next_timer() == 0.3 + 30.0  # the final check's own bound
     r.on_hashed(b"h" * 32)
     assert r.poll() == [Store(b"h" * 32)]
 
@@ -559,6 +559,36 @@ def test_incoming_expires_idle_keeping_the_part_and_sender_failure_keeps_it() ->
     s = IncomingTransfer(total=3, credit=1, idle_timeout=30.0, now=0.0)
     s.on_sender_failed("cancelled by the user", 1.0)
     assert s.poll() == [Abandon("aborted", "cancelled by the user", True, False)]
+
+
+def test_a_final_check_that_stops_progressing_times_out_and_tells_the_sender() -> None:
+    """After the Done the check's progress (bytes read back) is the activity:
+    it keeps the transfer alive while it grows, however long the whole check
+    takes; once it covers nothing new for the idle timeout (a stuck disk, a
+    writer gone), the transfer ends "timeout", the sender is told and the
+    part is kept for a resume. Repeated Dones do not keep it alive."""
+    t = IncomingTransfer(total=2, credit=2, idle_timeout=5.0, now=0.0)
+    for i in (0, 1):
+        t.on_chunk(i, i == 1, 1.0)
+        t.on_written(i)
+    t.on_done(b"d" * 32, 2, 2.0)
+    assert t.poll() == [FinishFile()]
+    for now in (4.0, 8.0, 12.0):  # the check moves: 12 s, longer than the bound
+        t.on_checked(int(now), now)
+        t.on_timer(now)
+    assert t.poll() == [] and t.next_timer() == 12.0 + 5.0
+    t.on_checked(12, 15.0)  # no further than before: not progress
+    t.on_done(b"d" * 32, 2, 16.0)  # nor is a sender asking again
+    t.on_timer(17.0)
+    assert t.poll() == []
+    t.on_timer(17.5)
+    (out,) = t.poll()
+    assert out == Abandon(
+        "timeout", "the receiver's final check of the file made no progress for 5 s", True, True
+    )
+    assert t.ended and t.next_timer() is None
+    t.on_hashed(b"d" * 32)  # the verdict, too late: nothing more
+    assert t.poll() == []
 
 
 def test_only_progress_keeps_an_incoming_transfer_alive() -> None:

@@ -95,6 +95,9 @@ class DeliveredTable:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
     def record(self, delivery: Delivery) -> None:
         """``delivery`` happened (it replaces an earlier one of the same key).
         Past ``capacity``, the oldest entry of the identity holding the most

@@ -10,7 +10,7 @@ authenticates and decrypts (only authenticated input reaches this object),
 writes, hashes and sends what it is told.
 
 - Inputs: :meth:`on_chunk` (returns whether to write it), :meth:`on_written`,
-  :meth:`on_done`, :meth:`on_hashed`, :meth:`on_sender_failed`,
+  :meth:`on_done`, :meth:`on_checked`, :meth:`on_hashed`, :meth:`on_sender_failed`,
   :meth:`on_write_error`, :meth:`on_disk_full`, :meth:`on_timer`, each with
   ``now`` where time matters.
 - Outputs: :meth:`poll` returns, in order,
@@ -24,9 +24,14 @@ missing); a chunk beyond the credit is dropped (OVER_CREDIT) and neither
 acked nor counted as activity; the file is finished once, on the first Done
 that names the right chunk count after every chunk is written; a transfer
 that makes no progress (no new chunk, no finishing Done) for
-``idle_timeout`` seconds is dropped, keeping its part file for a resume (not
-while the final hash and fsync run): duplicates and early Dones, which cost
-a sender nothing, never keep a slot alive.
+``idle_timeout`` seconds is dropped, keeping its part file for a resume:
+duplicates and early Dones, which cost a sender nothing, never keep a slot
+alive. The final check (fsync, the read-back hash, a folder's build) is
+bounded the same way: its progress (:meth:`on_checked`, the bytes it has
+covered) is the activity then, and a check that covers nothing new for
+``idle_timeout`` seconds (a disk that stopped answering, a part that cannot
+be read, a writer that is gone) ends the transfer with ``timeout``: the
+sender is told, the part is kept for a resume, its slot and space are freed.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class IncomingTransfer:
     finishing: bool = field(default=False, init=False)
     ended: bool = field(default=False, init=False)
     ack_due: bool = field(default=False, init=False)
+    checked: int = field(default=0, init=False)  # bytes the final check covered
     _expected_digest: bytes = field(default=b"", init=False)
     _outputs: list[Output] = field(default_factory=list, init=False)
 
@@ -127,6 +133,14 @@ class IncomingTransfer:
             self._expected_digest = digest
             self._outputs.append(FinishFile())
 
+    def on_checked(self, done_bytes: int, now: float) -> None:
+        """The final check has covered ``done_bytes`` of the file: any change
+        is progress (it keeps the transfer from timing out; a check that
+        starts over, a folder's build then the part's hash, counts too)."""
+        if self.finishing and not self.ended and done_bytes != self.checked:
+            self.checked = done_bytes
+            self.last_activity = now
+
     def on_hashed(self, digest: bytes) -> None:
         """The writer's hash of the file as written (after fsync)."""
         if self.ended or not self.finishing:
@@ -151,7 +165,15 @@ class IncomingTransfer:
 
     def on_timer(self, now: float) -> None:
         due = self.next_timer()
-        if due is not None and now > due:
+        if due is None or now <= due:
+            return
+        if self.finishing:  # the sender waits for the verdict: tell it
+            reason = (
+                "the receiver's final check of the file made no progress "
+                f"for {self.idle_timeout:g} s"
+            )
+            self._end(Abandon(ResultCode.TIMEOUT, reason, True, True))
+        else:
             self._end(Abandon("expired", "no traffic from the sender", True, False))
 
     # -- outputs ----------------------------------------------------------------
@@ -169,8 +191,9 @@ class IncomingTransfer:
         return self.window.ack_fields()
 
     def next_timer(self) -> float | None:
-        """When the transfer expires unless traffic comes (None: finishing)."""
-        if self.ended or self.finishing:
+        """When the transfer expires unless traffic (or, finishing, the final
+        check's progress) comes; None once ended."""
+        if self.ended:
             return None
         return self.last_activity + self.idle_timeout
 
