@@ -31,6 +31,8 @@ from peercrypt.core.modes import (
     Policy,
     PolicyError,
     apply_congestion,
+    capped_chunk_size,
+    check_paced_rate,
     default_burst,
     describe_congestion,
     with_overrides,
@@ -155,6 +157,13 @@ class SchedulerActor(Actor):
                 if req.mode is None:  # the node's default: the CLI sends it as a multicast
                     code = ResultCode.MULTICAST_DEFAULT
                 raise PolicyError("multicast sends need their targets: send -m/--to HOST:PORT")
+            chunk_size = req.chunk_size
+            if self.planner.node_rate > 0:  # its share must bring a chunk within the idle limit
+                running = [f.priority for f in self.flows.values() if f.paced]
+                node_rate = int(self.planner.node_rate)
+                chunk_size = capped_chunk_size(
+                    chunk_size, req.timeout, node_rate, policy.priority, running
+                )
         except PolicyError as exc:
             self.tell(
                 "control",
@@ -171,7 +180,9 @@ class SchedulerActor(Actor):
         capped = self.planner.node_rate > 0  # the live cap, not the one at start
         log.debug("send %d to %s:%d: %s (node cap %s)", req.request, req.host, req.port,
                   policy, "on" if capped else "off")  # fmt: skip
-        resolved = dataclasses.replace(req, **dataclasses.asdict(policy), node_capped=capped)
+        resolved = dataclasses.replace(
+            req, **dataclasses.asdict(policy), node_capped=capped, chunk_size=chunk_size
+        )
         self.tell("sender", resolved)
 
     # -- congestion (RFC 3124: one window per destination peer) ----------------------
@@ -312,12 +323,14 @@ class SchedulerActor(Actor):
             return f"default mode is now {value}"
         if name == "max-rate":
             rate = _non_negative(value, "max-rate")
+            check_paced_rate(rate, "max-rate")  # below it, every send is dropped as idle
             self.planner.set_node_rate(rate, self._node_burst(rate), now)
             for flow in list(self.flows.values()):
                 self._pace(flow)
             return f"node rate cap {'removed' if rate == 0 else f'is now {rate} bytes/s'}"
         if name == "rate":
             rate = _non_negative(value, "rate")
+            check_paced_rate(rate, "rate")
             if req.transfer and req.transfer not in self.flows:
                 raise PolicyError(f"no running transfer {req.transfer}")
             targets = [req.transfer] if req.transfer else list(self.flows)

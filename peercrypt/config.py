@@ -39,6 +39,7 @@ from peercrypt.core.modes import (
     PARALLEL_LANES,
     Policy,
     PolicyError,
+    check_paced_rate,
     derive_windows,
 )
 from peercrypt.settings import DEFAULT_PORT
@@ -373,7 +374,8 @@ def _derive_windows(values: dict[str, Any], sources: dict[str, str]) -> None:
 
 
 def node_policy(eff: Effective) -> Policy:
-    """The node's default transfer policy from its resolved settings."""
+    """The node's default transfer policy from its resolved settings
+    (ConfigError also for a rate cap too low for any send: check_paced_rate)."""
     policy = Policy(
         mode=eff["mode"],
         window_kb=eff["aimd_window"],
@@ -382,9 +384,23 @@ def node_policy(eff: Effective) -> Policy:
         lanes=eff["parallel_threads"],
     )
     try:
+        check_paced_rate(eff["max_rate"], _named("max_rate", eff))
         return policy.validated()
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _named(name: str, eff: Effective) -> str:
+    """Setting ``name`` as the user gave it: its flag, its variable, or its
+    key and the file it is in."""
+    s, source = BY_NAME[name], eff.sources.get(name, "flag")
+    if source == "flag" and s.flag:
+        return s.flag
+    if source == "environment":
+        return s.env
+    if source.startswith(".env"):
+        return f"{s.env} ({source})"
+    return f"{name} ({source})"
 
 
 def commented_config() -> str:

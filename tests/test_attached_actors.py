@@ -365,7 +365,7 @@ def test_a_member_cannot_pose_as_an_attached_actor(
     sock.curve_publickey, sock.curve_secretkey = me.z85_public, me.z85_secret
     sock.connect(f"tcp://127.0.0.1:{node.port}")
     try:
-        stop = codec.encode(SettingRequest(request=1, name="max-rate", value="1"))
+        stop = codec.encode(SettingRequest(request=1, name="max-rate", value="1000"))
         for msg in (
             ActorMail(dest="scheduler", payload=stop),  # not attached: dropped
             AttachBeat(actor="receiver", seq=1),  # not its link: dropped

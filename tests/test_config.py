@@ -307,6 +307,27 @@ def test_node_refuses_an_invalid_dotenv_and_config_file(tmp_path: Path, network_
     _assert_one_error(result, errors.USAGE, "parallel_threads=0")
 
 
+def test_a_node_cap_too_low_for_any_send_is_refused_naming_where_it_was_set(
+    tmp_path: Path, network_key: str
+) -> None:
+    """--max-rate (or its variable, or the config file) below the lowest
+    cap that moves a 4 KiB chunk within half the receiver's idle limit:
+    every send would be dropped as idle, so the node does not start."""
+    args = ("node", "--host", "127.0.0.1", "--port", "0", "--network-key", network_key)
+    data_dir = tmp_path / "dd"
+    result = run_cli(*args, "--max-rate", "100", data_dir=data_dir, cwd=tmp_path, timeout=30)
+    line = _assert_one_error(result, errors.USAGE, "--max-rate 100 is too low", "use 274 or more")
+    assert "idle limit" in line
+    env = {"PEERCRYPT_MAX_RATE": "273"}
+    result = run_cli(*args, data_dir=data_dir, env=env, cwd=tmp_path, timeout=30)
+    _assert_one_error(result, errors.USAGE, "PEERCRYPT_MAX_RATE 273 is too low")
+    data_dir.mkdir(exist_ok=True)
+    (data_dir / "config.toml").write_text("max_rate = 1\n")
+    result = run_cli(*args, data_dir=data_dir, cwd=tmp_path, timeout=30)
+    _assert_one_error(result, errors.USAGE, "max_rate (config file ", "1 is too low")
+    assert not (data_dir / "control.json").exists()
+
+
 def test_config_init_writes_a_file_that_config_show_reads(tmp_path: Path) -> None:
     data_dir = tmp_path / "dd"
     result = run_cli("config", "init", data_dir=data_dir, cwd=tmp_path)

@@ -12,9 +12,12 @@ from hypothesis import strategies as st
 from peercrypt.core.grants import DEMAND_SECONDS, GrantPlanner
 from peercrypt.core.modes import (
     BURST_SECONDS,
+    MIN_PACED_RATE,
     RECEIVER_IDLE,
     Policy,
     PolicyError,
+    capped_chunk_size,
+    check_paced_rate,
     default_burst,
     paced_chunk_seconds,
     parse_priority,
@@ -254,6 +257,67 @@ def test_a_rate_far_below_one_chunk_per_timeout_is_refused_with_the_rate_to_use(
     Policy().check_pace(10 * MiB, 0.1)  # only a flow's own rate is checked
     # A large bucket no longer makes one chunk outlast the timeout.
     assert Policy(mode="token-bucket", rate=2500, burst=MiB).chunk_size_for(MiB, 4.0) == 5000
+
+
+def test_a_node_cap_or_live_rate_below_one_smallest_chunk_per_idle_half_is_refused() -> None:
+    """A cap (or a live flow rate) that cannot move the 4 KiB chunk within
+    half the receiver's idle limit would have every send under it dropped
+    as idle: refused, naming the lowest that works (and that one passes)."""
+    assert MIN_PACED_RATE == math.ceil(4096 / (RECEIVER_IDLE / 2)) == 274
+    for ok in (0, MIN_PACED_RATE, 10 * MiB):
+        check_paced_rate(ok, "max-rate")
+    with pytest.raises(PolicyError) as info:
+        check_paced_rate(MIN_PACED_RATE - 1, "max-rate")
+    assert str(info.value) == (
+        "max-rate 273 is too low: the smallest chunk (4096 bytes) takes 15 s at 273 B/s, and "
+        "a paced chunk must move within 15 s (half of the receiver's 30 s idle limit); "
+        "use 274 or more (0: no limit)"
+    )
+    assert 4096 / MIN_PACED_RATE <= RECEIVER_IDLE / 2 < 4096 / (MIN_PACED_RATE - 1)
+
+
+@given(
+    node_rate=st.integers(MIN_PACED_RATE, 64 * MiB),
+    priority=st.integers(1, 3),
+    running=st.lists(st.integers(1, 3), max_size=16),
+    chunk=st.integers(4096, 16 * MiB),
+    timeout=st.floats(0.1, 3600),
+)
+def test_a_send_under_the_node_cap_is_refused_or_its_share_moves_each_chunk_in_time(
+    node_rate: int, priority: int, running: list[int], chunk: int, timeout: float
+) -> None:
+    """Its share of the cap (by priority, with the paced sends running)
+    moves every chunk, as cut, within paced_chunk_seconds - at least the
+    4 KiB one within half the idle limit - or it is refused up front with
+    a cap that would pass."""
+    share = node_rate * priority / (priority + sum(running))
+    try:
+        cut = capped_chunk_size(chunk, timeout, node_rate, priority, running)
+    except PolicyError as exc:
+        assert share * RECEIVER_IDLE / 2 < 4096
+        text = str(exc)
+        assert "\n" not in text and text.startswith(f"the node's rate cap of {node_rate} B/s")
+        need = int(text.split("use max-rate ")[1].split()[0])
+        capped_chunk_size(chunk, timeout, need, priority, running)
+        return
+    assert 4096 <= cut <= chunk
+    assert cut / share <= max(paced_chunk_seconds(timeout), 4096 / share) * (1 + 1e-9)
+    assert 4096 / share <= RECEIVER_IDLE / 2 * (1 + 1e-9)
+
+
+def test_a_send_whose_share_of_the_cap_is_too_small_is_refused_with_the_cap_to_use() -> None:
+    assert capped_chunk_size(MiB, 10.0, 20_000, 1, []) == 100_000  # 5 s at 20 KB/s
+    assert capped_chunk_size(MiB, 10.0, 300, 1, []) == 4096
+    with pytest.raises(PolicyError) as info:
+        capped_chunk_size(MiB, 10.0, 500, 1, [1])
+    assert str(info.value) == (
+        "the node's rate cap of 500 B/s shared with 1 running send(s) leaves this send "
+        "250 B/s: its smallest chunk (4096 bytes) would take 16 s, and a paced chunk must "
+        "move within 15 s (half of the receiver's 30 s idle limit); use max-rate 548 or "
+        "more, or send when fewer run"
+    )
+    assert capped_chunk_size(MiB, 10.0, 548, 1, [1]) == 4096
+    assert capped_chunk_size(MiB, 10.0, 500, 3, [1]) == 4096  # a higher priority's share
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,11 @@ processes on loopback (content checked by BLAKE3):
   it holds its own chunks back (it did, and such a send failed with "stopped
   acknowledging" as its first chunk left);
 - at that rate a receiver frozen mid-send (SIGSTOP) is still reported, as
-  silent, within ``--timeout`` of the chunk it left unanswered.
+  silent, within ``--timeout`` of the chunk it left unanswered;
+- a live ``max-rate`` or ``rate`` too low for any chunk to move within half
+  the receiver's idle limit is refused (one error line, exit 2, nothing
+  changed), and so is a send whose share of the cap, with the sends already
+  running, would be that low.
 """
 
 from __future__ import annotations
@@ -124,3 +128,54 @@ def test_a_frozen_receiver_at_a_low_rate_is_reported_within_the_timeout(
     # The next chunk leaves at most one chunk's time (1 s) after the stop; it
     # goes unanswered for --timeout. Slack for a loaded machine.
     assert took <= CHUNK / rate + TIMEOUT + 2.5, took
+
+
+def test_a_live_cap_or_rate_too_low_for_any_chunk_is_refused_and_changes_nothing(
+    nodes: tuple[NodeProcess, NodeProcess],
+) -> None:
+    sender = nodes[0]
+    for command in ("max-rate", "rate"):
+        done = sender.cli(command, "100")
+        assert done.returncode == errors.USAGE, done.describe()
+        assert done.stderr_lines == [
+            f"peercrypt: error: {command} 100 is too low: the smallest chunk (4096 bytes) takes "
+            "41 s at 100 B/s, and a paced chunk must move within 15 s (half of the receiver's "
+            "30 s idle limit); use 274 or more (0: no limit)"
+        ], done.describe()
+    assert sender.status()["max_rate"] == "0"  # nothing changed; the node serves
+
+
+def test_a_send_whose_share_of_the_cap_would_be_too_low_is_refused_up_front(
+    nodes: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """500 B/s for the node: one send gets it all (a chunk in 8 s), but a
+    second one alongside would get 250 B/s, 16 s a chunk: refused before any
+    offer, naming the cap that would do; the first one is not disturbed."""
+    sender, receiver = nodes
+    first = make_file(3 * CHUNK)
+    second = make_file(CHUNK, name="second.bin")
+    args = ["send", first, receiver.host, str(receiver.port), "--json", "--chunk-size", str(CHUNK)]
+    with node_cap(sender, 500), start_cli(*args, data_dir=sender.data_dir) as cli:
+        try:
+            wait_until(
+                lambda: json.loads(sender.status().get("flows", "[]")) or cli.poll() is not None,
+                30.0,
+                "the first send to be paced",
+            )
+            assert cli.poll() is None, cli.communicate()
+            done = sender.cli("send", second, receiver.host, str(receiver.port))
+        finally:
+            cli.send_signal(signal.SIGINT)  # Ctrl-C: the first send is cancelled
+            try:
+                cli.communicate(timeout=30)
+            finally:
+                cli.kill()
+    assert done.returncode == errors.USAGE, done.describe()
+    assert len(done.stderr_lines) == 1, done.describe()
+    line = done.stderr_lines[0]
+    assert line.startswith(
+        "peercrypt: error: the node's rate cap of 500 B/s shared with 1 running send(s) "
+        "leaves this send 250 B/s"
+    ), line
+    assert "use max-rate 548 or more" in line, line
+    assert not (receiver.inbox / "second.bin").exists()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from peercrypt.chunking import MIN_CHUNK
@@ -149,11 +150,7 @@ class Policy:
             raise PolicyError(f"--timeout must be a number of seconds > 0, got {timeout!r}")
         if smallest <= self.rate * limit:
             return
-        need = math.ceil(smallest / limit)  # the lowest rate that passes, whatever the rounding
-        while smallest > need * limit:
-            need += 1
-        while need > 1 and smallest <= (need - 1) * limit:
-            need -= 1
+        need = lowest_rate(smallest, limit)
         longer = (
             f", or a longer --timeout (up to {RECEIVER_IDLE:g} s counts)"
             if timeout < RECEIVER_IDLE
@@ -165,6 +162,68 @@ class Policy:
             f"within {limit:g} s (half of --timeout {timeout:g} s or of the receiver's "
             f"{RECEIVER_IDLE:g} s idle limit, whichever is shorter); use -r {need} or more{longer}"
         )
+
+
+def lowest_rate(size: int, seconds: float) -> int:
+    """The lowest whole rate (bytes/s) that moves ``size`` bytes within
+    ``seconds``, whatever the float rounding."""
+    need = math.ceil(size / seconds)
+    while size > need * seconds:
+        need += 1
+    while need > 1 and size <= (need - 1) * seconds:
+        need -= 1
+    return need
+
+
+# The lowest node cap (``--max-rate``, live ``max-rate``) and live flow rate
+# (``rate``): the smallest chunk within a paced chunk's time of the
+# receiver's idle limit. Below it every send would be dropped as idle.
+MIN_PACED_RATE = lowest_rate(MIN_CHUNK, PACED_CHUNK_SHARE * RECEIVER_IDLE)
+
+
+def check_paced_rate(rate: int, what: str) -> None:
+    """Raise PolicyError (one line naming the lowest rate that works) when
+    ``rate`` (a node cap or a live flow rate; 0: none) cannot move even the
+    smallest chunk within :func:`paced_chunk_seconds` of the receiver's
+    idle limit: a receiver would drop every send under it as idle."""
+    if rate <= 0 or rate >= MIN_PACED_RATE:
+        return
+    limit = paced_chunk_seconds(RECEIVER_IDLE)
+    raise PolicyError(
+        f"{what} {rate} is too low: the smallest chunk ({MIN_CHUNK} bytes) takes "
+        f"{MIN_CHUNK / rate:.0f} s at {rate} B/s, and a paced chunk must move within "
+        f"{limit:g} s (half of the receiver's {RECEIVER_IDLE:g} s idle limit); "
+        f"use {MIN_PACED_RATE} or more (0: no limit)"
+    )
+
+
+def capped_chunk_size(
+    chunk_size: int, timeout: float, node_rate: int, priority: int, running: Sequence[int]
+) -> int:
+    """The chunk size of a send paced by the node's cap of ``node_rate``
+    bytes/s, which it shares with the paced sends running (their
+    ``running`` priorities) in proportion to its ``priority``
+    (:mod:`peercrypt.core.grants`): cut so that one chunk moves within
+    :func:`paced_chunk_seconds` of its ``timeout`` at that share, down to
+    the 4 KiB minimum chunk. PolicyError (one line naming the cap to use)
+    when even that one would take longer than a paced chunk's time of the
+    receiver's idle limit: the receiver would drop the send as idle."""
+    weights = priority + sum(running)
+    share = node_rate * priority / weights
+    idle = paced_chunk_seconds(RECEIVER_IDLE)
+    if share * idle < MIN_CHUNK:
+        need = math.ceil(MIN_PACED_RATE * weights / priority)
+        others = f"shared with {len(running)} running send(s) " if running else ""
+        raise PolicyError(
+            f"the node's rate cap of {node_rate} B/s {others}leaves this send {share:.0f} B/s: "
+            f"its smallest chunk ({MIN_CHUNK} bytes) would take {MIN_CHUNK / share:.0f} s, and "
+            f"a paced chunk must move within {idle:g} s (half of the receiver's "
+            f"{RECEIVER_IDLE:g} s idle limit); use max-rate {need} or more"
+            + (", or send when fewer run" if running else "")
+        )
+    limit = paced_chunk_seconds(timeout)
+    fits = int(share * limit) if limit > 0 else chunk_size  # (a NaN timeout: not cut here)
+    return max(MIN_CHUNK, min(chunk_size, fits))
 
 
 def paced_chunk_seconds(timeout: float) -> float:
