@@ -154,6 +154,7 @@ class Target:
     # are sealed to it).
     hellos: HelloRound = field(default_factory=HelloRound)
     hello_key: bytes = b""
+    asked_on: int = 0  # the link's handshake (connection) the last hello at once went on
 
 
 @dataclass
@@ -533,8 +534,13 @@ class MulticastSenderActor(Actor):
             t.noticed = True
             why = f"cannot connect to {t.name} (yet): {link.cause or 'no answer'}"
             self._notice(sess, t, ResultCode.UNREACHABLE, why)
-        if link.connected and link.handshaken and waiting:
-            self._hello(t, connection=True)  # whoever answers proves its key again
+        if link.connected and link.handshaken and waiting and t.asked_on != link.handshakes:
+            # Once per connection, when its handshake is done (a reconnect
+            # reports "connected" while still handshaken from before: asking
+            # then too made the first answer stale). Whoever answers proves
+            # its key again.
+            t.asked_on = link.handshakes
+            self._hello(t, connection=True)
         self._drive(sess)
 
     def _on_link_failure(self, sess: Session, t: Target) -> None:

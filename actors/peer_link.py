@@ -181,7 +181,8 @@ class Link:
         self.failure = ""
         self.detail = ""
         self.connected = False
-        self.handshaken = False
+        self.handshaken = False  # once, ever (it stays so across reconnects)
+        self.handshakes = 0  # completed, one per connection (a reconnect adds one)
         self.closed = False
         self.cause = ""  # why a connect failed, once the probe knows
         self.probe: ConnectProbe | None = None
@@ -251,6 +252,7 @@ class Link:
                 self._changed()
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.handshaken = True
+                self.handshakes += 1
                 self._changed()
             elif event == zmq.EVENT_CONNECT_RETRIED and self.keep_trying:
                 self.connected = False

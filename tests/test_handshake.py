@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 
 import pytest
@@ -311,6 +312,31 @@ def test_an_impostor_is_refused_whatever_challenges_are_out() -> None:
     proof = prove_hello(real, challenges[0], "1.0")
     assert hellos.check(real.public, "2.0", proof) == IMPOSTOR
     assert hellos.check(real.public, "1.0", proof, eve.public) == IMPOSTOR
+
+
+@pytest.mark.parametrize("rtt", [0.5, 7.0, 30.0])
+def test_a_path_slower_than_the_hello_retry_is_still_proven(rtt: float) -> None:
+    """Answers take ``rtt`` s to come back; the challenger asks again
+    whenever :meth:`HelloRound.due` says so. Each unanswered retry doubles
+    the wait, so the answer to the newest challenge comes back before the
+    next one leaves: proven (before, every answer of a path slower than the
+    5 s retry was stale, for ever), after few challenges."""
+    me = node()
+    hellos = HelloRound(retry=5.0)
+    in_flight: list[tuple[float, bytes]] = []  # (arrives at, challenge)
+    now, asked = 0.0, 0
+    while now < 600.0:
+        if hellos.due(now):
+            in_flight.append((now + rtt, hellos.ask(now)))
+            asked += 1
+        for arrives, challenge in [m for m in in_flight if m[0] <= now]:
+            in_flight.remove((arrives, challenge))
+            if hellos.check(me.public, "1.0", prove_hello(me, challenge, "1.0")) == PROVEN:
+                assert asked <= 2 + math.ceil(math.log2(max(1.0, rtt / 5.0))), asked
+                assert not hellos.pending and hellos.due(now)  # and the wait starts over
+                return
+        now += 0.25
+    raise AssertionError(f"never proven over a {rtt} s round trip ({asked} challenges)")
 
 
 def test_a_hello_is_asked_again_only_when_none_is_out_or_it_went_unanswered() -> None:

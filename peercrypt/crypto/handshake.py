@@ -253,6 +253,10 @@ class HelloChallenge:
 
 HELLO_MEMORY = 8  # challenges remembered per peer, to tell a stale answer
 HELLO_RETRY = 5.0  # s without an answer before a live connection is asked again
+# Each retry that went unanswered doubles that wait, up to this: a path whose
+# round trip is longer than HELLO_RETRY is then proven (the answer to the
+# newest challenge comes back before the next one leaves).
+HELLO_RETRY_MAX = 80.0
 
 PROVEN = "proven"  # the answer to the newest challenge, and it verifies
 STALE = "stale"  # a genuine answer to an older challenge, or to none: dropped
@@ -269,14 +273,20 @@ class HelloRound:
     that verifies against an earlier one, or comes when nothing is out, is
     stale and dropped (its holder is genuine, only late); an answer that
     verifies against none of the last :data:`HELLO_MEMORY` challenges is an
-    impostor's (nobody else can answer a challenge). Sans-IO: ``now`` is
-    passed in.
+    impostor's (nobody else can answer a challenge). A challenge unanswered
+    for :attr:`retry` s is asked again, and each such retry doubles the
+    wait for the next (up to :data:`HELLO_RETRY_MAX`; a proof starts it
+    over): a round trip longer than :attr:`retry` would otherwise make every
+    answer stale. Sans-IO: ``now`` is passed in.
     """
 
-    def __init__(self, memory: int = HELLO_MEMORY, retry: float = HELLO_RETRY) -> None:
-        self.memory, self.retry = memory, retry
+    def __init__(
+        self, memory: int = HELLO_MEMORY, retry: float = HELLO_RETRY, most: float = HELLO_RETRY_MAX
+    ) -> None:
+        self.memory, self.retry, self.most = memory, retry, most
         self._sent: list[HelloChallenge] = []  # oldest first; the last is current
         self._asked_at: float | None = None  # when the current one left; None: none out
+        self._wait = retry  # before the current one is asked again
 
     @property
     def pending(self) -> bool:
@@ -286,10 +296,14 @@ class HelloRound:
     def due(self, now: float) -> bool:
         """Ask (again)? Nothing is out, or the current challenge got no
         answer for :attr:`retry` s. (A new connection asks at once.)"""
-        return self._asked_at is None or now - self._asked_at >= self.retry
+        return self._asked_at is None or now - self._asked_at >= self._wait
 
     def ask(self, now: float) -> bytes:
-        """A fresh challenge, now the current one: its public key to send."""
+        """A fresh challenge, now the current one: its public key to send.
+        Asked because the current one went unanswered its wait: the next
+        wait doubles."""
+        if self._asked_at is not None and now - self._asked_at >= self._wait:
+            self._wait = min(self.most, 2 * self._wait)
         challenge = HelloChallenge()
         self._sent.append(challenge)
         del self._sent[: -self.memory]
@@ -313,7 +327,7 @@ class HelloRound:
             except ProofError:
                 continue
             if i == len(self._sent) - 1:  # the newest
-                self._asked_at = None
+                self._asked_at, self._wait = None, self.retry
                 return PROVEN
             return STALE  # (a repeated answer too: it proves nothing new)
         return IMPOSTOR

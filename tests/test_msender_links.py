@@ -1,0 +1,119 @@
+"""The multicast sender actor's control links to its targets, in memory:
+the real actor and its real CURVE links to a real ROUTER standing in for a
+target, the actor's handlers and timers run by the test (no node).
+
+- a reconnected target is asked one hello, not two: the link reports the
+  new connection (still "handshaken" from before) and then its handshake;
+  asking on both made the first answer stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from actors.multicast_sender import MulticastSenderActor
+from peercrypt.crypto.identity import new_network_key
+from peercrypt.runtime.actor import ActorEnv
+from peercrypt.settings import NodeSettings
+from peercrypt.testing.nodes import loopback_settings
+from peercrypt.wire import codec
+from peercrypt.wire.messages import Hello
+from peercrypt.wire.multicast_messages import McSendRequest
+
+WAIT = 10.0
+
+
+@pytest.fixture
+def msender(tmp_path: Path) -> Iterator[tuple[MulticastSenderActor, NodeSettings]]:
+    settings = loopback_settings(tmp_path, new_network_key())
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    actor = MulticastSenderActor(ActorEnv(ctx, "links"), settings)
+    actor.tell = lambda to, msg: None  # type: ignore[method-assign,assignment,misc]
+    try:
+        yield actor, settings
+    finally:
+        actor.teardown()
+        for sock in actor._sockets:
+            sock.close(linger=0)
+        ctx.term()
+
+
+@pytest.fixture
+def target(
+    msender: tuple[MulticastSenderActor, NodeSettings],
+) -> Iterator[tuple[zmq.Socket[bytes], int]]:
+    """A CURVE ROUTER with the network's server key, as a target's gateway."""
+    keys = msender[1].server_keys
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    router.curve_server = True
+    router.curve_secretkey = keys.z85_secret
+    router.curve_publickey = keys.z85_public
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        yield router, port
+    finally:
+        router.close(linger=0)
+        ctx.term()
+
+
+def _run(actor: MulticastSenderActor, until: Callable[[], Any], what: str) -> Any:
+    """Run the actor's socket handlers and timers until ``until()`` is truthy."""
+    deadline = time.monotonic() + WAIT
+    while not (done := until()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        poller = zmq.Poller()
+        handlers = {s: h for s, h in actor._handlers.items() if isinstance(s, zmq.Socket)}
+        for sock in handlers:
+            poller.register(sock, zmq.POLLIN)
+        for sock, _ in poller.poll(20):
+            handlers[sock](sock)
+        actor._run_timers()
+    return done
+
+
+def _hellos(router: zmq.Socket[bytes], wait: float) -> int:
+    """Hellos the target received (waiting up to ``wait`` s for the first)."""
+    count, wait_ms = 0, int(wait * 1000)
+    while router.poll(wait_ms):
+        _route, data = router.recv_multipart()
+        count += isinstance(codec.decode(data), Hello)
+        wait_ms = 200  # whatever was sent with it is here by then
+    return count
+
+
+def test_a_reconnected_target_is_asked_one_hello(
+    msender: tuple[MulticastSenderActor, NodeSettings],
+    target: tuple[zmq.Socket[bytes], int],
+    tmp_path: Path,
+) -> None:
+    actor, _ = msender
+    router, port = target
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"x" * 10_000)
+    name = f"127.0.0.1:{port}"
+    actor._start(
+        McSendRequest(request=1, path=str(path), targets=[name], chunk_size=4096, timeout=60.0)
+    )
+    (sess,) = actor.sessions.values()
+    link = sess.targets[name].link
+    _run(actor, lambda: link.handshakes == 1, "the first connection")
+    assert _hellos(router, WAIT) == 1
+    # The connection breaks and comes back; by the time the actor reads its
+    # link's events the new handshake is done, so both reach it at once:
+    # "connected" (the link still handshaken from before), then "handshake".
+    link.connected = False
+    link._changed()
+    link.connected = True
+    link._changed()
+    link.handshakes += 1
+    link._changed()
+    assert _hellos(router, WAIT) == 1  # one challenge for the new connection
+    assert actor.counters.get("hellos") == 2
