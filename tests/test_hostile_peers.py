@@ -19,8 +19,8 @@ import zmq
 from actors.multicast_receiver import MAX_SESSIONS_PER_PEER
 from peercrypt.core.bitmap import MAX_RANGES, MAX_TRANSFER_CHUNKS, pairs
 from peercrypt.crypto.handshake import prove_hello
-from peercrypt.crypto.identity import KeyPair, load_or_create_identity, network_server_keys
-from peercrypt.testing.hostile import CoReceiver
+from peercrypt.crypto.identity import KeyPair, load_or_create_identity
+from peercrypt.testing.hostile import CoReceiver, member_gateway
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import (
     BackgroundSend,
@@ -248,14 +248,8 @@ def test_a_receiver_answering_with_terminal_escapes_reaches_no_terminal_raw(
 ) -> None:
     sender, receiver = node_factory(), node_factory()
     good = make_file(1 * MiB)
-    server = network_server_keys(network_key)
     ctx: zmq.Context[Any] = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.linger = 0
-    router.curve_server = True
-    router.curve_secretkey = server.z85_secret
-    router.curve_publickey = server.z85_public
-    port = router.bind_to_random_port("tcp://127.0.0.1")
+    router, port = member_gateway(ctx, network_key)
     stop = threading.Event()
 
     me = KeyPair.generate()

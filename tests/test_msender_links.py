@@ -18,9 +18,8 @@ import pytest
 import zmq
 
 from actors.multicast_sender import MulticastSenderActor
-from peercrypt.crypto.identity import new_network_key
 from peercrypt.runtime.actor import ActorEnv
-from peercrypt.settings import NodeSettings
+from peercrypt.testing.hostile import member_gateway
 from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Hello
@@ -30,13 +29,13 @@ WAIT = 10.0
 
 
 @pytest.fixture
-def msender(tmp_path: Path) -> Iterator[tuple[MulticastSenderActor, NodeSettings]]:
-    settings = loopback_settings(tmp_path, new_network_key())
+def msender(tmp_path: Path, network_key: str) -> Iterator[MulticastSenderActor]:
+    settings = loopback_settings(tmp_path, network_key)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     actor = MulticastSenderActor(ActorEnv(ctx, "links"), settings)
-    actor.tell = lambda to, msg: None  # type: ignore[method-assign,assignment,misc]
+    actor.tell = lambda to, msg: None  # type: ignore[method-assign,assignment]
     try:
-        yield actor, settings
+        yield actor
     finally:
         actor.teardown()
         for sock in actor._sockets:
@@ -45,18 +44,10 @@ def msender(tmp_path: Path) -> Iterator[tuple[MulticastSenderActor, NodeSettings
 
 
 @pytest.fixture
-def target(
-    msender: tuple[MulticastSenderActor, NodeSettings],
-) -> Iterator[tuple[zmq.Socket[bytes], int]]:
-    """A CURVE ROUTER with the network's server key, as a target's gateway."""
-    keys = msender[1].server_keys
+def target(network_key: str) -> Iterator[tuple[zmq.Socket[Any], int]]:
+    """A target's gateway (a CURVE ROUTER on the same network)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.linger = 0
-    router.curve_server = True
-    router.curve_secretkey = keys.z85_secret
-    router.curve_publickey = keys.z85_public
-    port = router.bind_to_random_port("tcp://127.0.0.1")
+    router, port = member_gateway(ctx, network_key)
     try:
         yield router, port
     finally:
@@ -79,7 +70,7 @@ def _run(actor: MulticastSenderActor, until: Callable[[], Any], what: str) -> An
     return done
 
 
-def _hellos(router: zmq.Socket[bytes], wait: float) -> int:
+def _hellos(router: zmq.Socket[Any], wait: float) -> int:
     """Hellos the target received (waiting up to ``wait`` s for the first)."""
     count, wait_ms = 0, int(wait * 1000)
     while router.poll(wait_ms):
@@ -90,11 +81,9 @@ def _hellos(router: zmq.Socket[bytes], wait: float) -> int:
 
 
 def test_a_reconnected_target_is_asked_one_hello(
-    msender: tuple[MulticastSenderActor, NodeSettings],
-    target: tuple[zmq.Socket[bytes], int],
-    tmp_path: Path,
+    msender: MulticastSenderActor, target: tuple[zmq.Socket[Any], int], tmp_path: Path
 ) -> None:
-    actor, _ = msender
+    actor = msender
     router, port = target
     path = tmp_path / "file.bin"
     path.write_bytes(b"x" * 10_000)

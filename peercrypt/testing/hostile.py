@@ -62,6 +62,19 @@ from peercrypt.wire.multicast_messages import (
 LOCALHOST = "127.0.0.1"
 
 
+def member_gateway(ctx: zmq.Context[Any], network_key: str) -> tuple[zmq.Socket[Any], int]:
+    """A member's gateway as a peer meets it: a CURVE ROUTER with the
+    network's server key on a free loopback port (no ZAP handler in ``ctx``:
+    every client is admitted). The socket and its port."""
+    server = network_server_keys(network_key)
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    router.curve_server = True
+    router.curve_secretkey = server.z85_secret
+    router.curve_publickey = server.z85_public
+    return router, router.bind_to_random_port(f"tcp://{LOCALHOST}")
+
+
 @dataclass
 class Joined:
     """What the co-receiver learnt of one session."""
@@ -83,15 +96,9 @@ class CoReceiver:
         self._acking: list[tuple[bytes, McAck]] = []  # (route, ack) sent every 0.5 s
         self.identity = KeyPair.from_seed(os.urandom(32))
         self.signer = ChunkSigner(self.identity.seed)
-        server = network_server_keys(network_key)
-        self.server_public = server.z85_public
+        self.server_public = network_server_keys(network_key).z85_public
         self.ctx = zmq.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.linger = 0
-        self.router.curve_server = True
-        self.router.curve_secretkey = server.z85_secret
-        self.router.curve_publickey = server.z85_public
-        self.port = self.router.bind_to_random_port(f"tcp://{LOCALHOST}")
+        self.router, self.port = member_gateway(self.ctx, network_key)
         self.sink = self.ctx.socket(zmq.PULL)  # its own "repair port" (drained)
         self.sink.linger = 0
         self.repair_port = self.sink.bind_to_random_port(f"tcp://{LOCALHOST}")
