@@ -18,9 +18,11 @@ started, such as BLAKE3's workers) and peak RSS. ``--rss-sizes 256M,2G``
 also checks that a node's peak RSS does not grow with file size. ``--json
 FILE`` writes all numbers. ``--tree DIR`` also sends between two nodes run
 from that source tree (an export of an older commit), interleaved: a
-before/after of throughput and CPU per GiB.
+before/after of throughput and CPU per GiB; with ``--nodes-only``, nothing
+else runs (more runs of a smaller file in the same minutes).
 
     .venv/bin/python scripts/bench.py [--size 1G] [--runs 5] [--dir DIR] [--tree DIR]
+        [--nodes-only]
 """
 
 from __future__ import annotations
@@ -336,6 +338,11 @@ def main() -> int:
     parser.add_argument(
         "--tree", default=None, help="also send between nodes run from this source tree"
     )
+    parser.add_argument(
+        "--nodes-only",
+        action="store_true",
+        help="only the sends (ours, and --tree's): no scp, limits or ceilings, for A/B runs",
+    )
     args = parser.parse_args()
     size = parse_size(args.size)
     mib = size / MiB
@@ -346,8 +353,8 @@ def main() -> int:
         source = root / "source.bin"
         random_file(source, size)
         digest = blake3_file(source)
-        scp = Scp(root)
-        if scp.why_not:
+        scp = Scp(root) if not args.nodes_only else None
+        if scp is not None and scp.why_not:
             print(f"scp: skipped ({scp.why_not})", flush=True)
         if args.tree:  # `python -m` puts the working directory first on sys.path
             os.chdir(root)
@@ -359,6 +366,7 @@ def main() -> int:
             others = node_pair(root / "tree", key, {"PYTHONPATH": args.tree})
 
         def scp_rate(fsync: bool) -> dict[str, float]:
+            assert scp is not None
             seconds = scp.copy(source, root / "scp.out", fsync)
             if seconds is None:
                 raise RuntimeError("scp failed")
@@ -370,12 +378,14 @@ def main() -> int:
             *([lambda: other_tree(*others, source, digest)] if others else []),
             lambda: {"ceiling_mib_s": ceiling(source, root)},
         ]
-        if not scp.why_not:
+        if scp is not None and not scp.why_not:
             steps += [lambda: scp_rate(False), lambda: scp_rate(True)]
         steps += [
             lambda: {"raw_zmq_mib_s": raw_zmq(size)},
             lambda: {"aes_gcm_mib_s": aes_gcm_single_core(size)},
         ]
+        if args.nodes_only:
+            steps = steps[1:3] if others else steps[1:2]
         try:
             for run in range(args.runs):
                 row: dict[str, float] = {}
@@ -403,7 +413,8 @@ def main() -> int:
             receiver.stop()
             for node in others or ():
                 node.stop()
-            scp.close()
+            if scp is not None:
+                scp.close()
         source.unlink()
         rss_rows = []
         for text in filter(None, args.rss_sizes.split(",")):

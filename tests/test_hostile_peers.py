@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import blake3
 import zmq
 
 from actors.multicast_receiver import MAX_SESSIONS_PER_PEER
@@ -31,7 +32,7 @@ from peercrypt.testing.nodes import (
     wait_until,
 )
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Ack, Hello, HelloReply, Offer, Refuse, SealedHeader
+from peercrypt.wire.messages import Ack, Hello, HelloReply, Offer, Refuse, SealedHeader, Verified
 from peercrypt.wire.multicast_messages import McAnnounce, McJoin, McRefuse
 
 WAIT = 30.0
@@ -99,6 +100,37 @@ def test_a_replayed_chunk_cannot_redirect_acks(
         thief.close(0)
         lane.close(0)
     assert_sent(receiver, running.join(), good)
+
+
+def test_a_forged_chunk_changes_nothing_and_never_reaches_the_file(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """A chunk with valid framing and a wrong tag, on the transfer's own
+    connection: dropped ("auth"), nothing of it in the part, no ack, and its
+    nonce not used up: the real chunk with the same nonce is taken, and the
+    file is stored with the right hash."""
+    receiver = node_factory()
+    chunk = 64 * 1024
+    content = os.urandom(3 * chunk)
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        t = accepted(h.offer("forged.bin", len(content), chunk))
+        header, sealed = t.chunk_frames(0, content[:chunk])
+        forged = bytearray(sealed)
+        forged[100] ^= 1  # one bit of the ciphertext: the tag no longer matches
+        t.send_frames([header, bytes(forged)])
+        receiver.wait_for_counter("receiver.data-dropped-auth", 1, WAIT)
+        (part,) = receiver.inbox.glob(".forged.bin.*.part")
+        assert part.read_bytes()[:chunk] == bytes(chunk)  # nothing of it was written
+        t.send_frames([header, sealed])  # the real one, with the same nonce
+        got = acks(t, t.data, WAIT)
+        assert got and got[0].cumulative == 1, got  # the forged one caused no ack
+        assert part.read_bytes()[:chunk] == content[:chunk]
+        answer = t.send_stream(content)
+        digest = blake3.blake3(content).digest()
+        assert isinstance(answer, Verified) and answer.digest == digest, answer
+        assert blake3_file(receiver.inbox / answer.stored_as) == digest.hex()
+    assert receiver.counters()["receiver.data-dropped-auth"] == 1  # the real chunks all opened
+    assert receiver.running
 
 
 def test_chunks_beyond_the_credit_are_dropped_and_memory_stays_bounded(

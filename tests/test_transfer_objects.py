@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from peercrypt.core.congestion_manager import CongestionManager
 from peercrypt.core.grants import DEMAND_SECONDS
-from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
+from peercrypt.core.incoming import ACK_EVERY, Abandon, FinishFile, IncomingTransfer, Store
 from peercrypt.core.modes import BURST_SECONDS, RECEIVER_IDLE, Policy
 from peercrypt.core.outgoing import (
     Failed,
@@ -531,6 +531,39 @@ def test_incoming_writes_new_chunks_acks_duplicates_and_stores_on_a_matching_has
     assert r.next_timer() == 0.3 + 30.0  # the final check's own bound
     r.on_hashed(b"h" * 32)
     assert r.poll() == [Store(b"h" * 32)]
+
+
+def test_written_chunks_are_acked_every_few_and_at_once_when_none_waits() -> None:
+    """Each ack wakes both nodes: while more chunks of the transfer wait to
+    be written, an ack goes once every ACK_EVERY written (a quarter of a
+    small credit, at least one); at once when none waits, for a duplicate
+    and for an early Done. A held ack is never lost: it stays due."""
+    r = IncomingTransfer(total=12, credit=16, idle_timeout=30.0, now=0.0)
+    for i in range(6):
+        assert r.on_chunk(i, False, 0.0) is Arrival.NEW
+    for i in range(ACK_EVERY - 1):
+        r.on_written(i)
+        assert r.ack(16) is None and r.ack_due  # more are coming
+    r.on_written(ACK_EVERY - 1)
+    assert r.ack(16) == (ACK_EVERY, [], 16)
+    r.on_written(ACK_EVERY)
+    assert r.ack(16) is None
+    assert r.on_chunk(0, False, 0.0) is Arrival.DUPLICATE  # answered at once
+    assert r.ack(16) == (ACK_EVERY + 1, [], 16)
+    r.on_written(ACK_EVERY + 1)  # the last one queued: none waits now
+    assert r.ack(16) == (ACK_EVERY + 2, [], 16)
+    r.on_chunk(6, False, 0.0)
+    r.on_chunk(7, False, 0.0)
+    r.on_written(6)
+    r.on_done(b"h" * 32, 12, 0.0)  # too early: answered at once
+    assert r.ack(16) == (7, [], 16)
+    small = IncomingTransfer(total=4, credit=2, idle_timeout=30.0, now=0.0)
+    small.on_chunk(0, False, 0.0)
+    small.on_chunk(1, False, 0.0)
+    small.on_written(0)
+    assert small.ack(2) == (1, [], 2)  # a credit of 2: every chunk
+    small.on_written(1)
+    assert small.ack(7) == (2, [], 7)
 
 
 def test_incoming_hash_mismatch_and_write_error_discard_and_notify() -> None:

@@ -19,19 +19,23 @@ writes, hashes and sends what it is told.
   when one is due; :meth:`next_timer` says when :meth:`on_timer` is due.
 
 Rules: only written chunks are acknowledged; a duplicate or a Done that
-comes too early is answered with an ack (the sender learns what is
-missing); a chunk beyond the credit is dropped (OVER_CREDIT) and neither
-acked nor counted as activity; the file is finished once, on the first Done
-that names the right chunk count after every chunk is written; a transfer
-that makes no progress (no new chunk, no finishing Done) for
-``idle_timeout`` seconds is dropped, keeping its part file for a resume:
-duplicates and early Dones, which cost a sender nothing, never keep a slot
-alive. The final check (fsync, the read-back hash, a folder's build) is
-bounded the same way: its progress (:meth:`on_checked`, the bytes it has
-covered) is the activity then, and a check that covers nothing new for
-``idle_timeout`` seconds (a disk that stopped answering, a part that cannot
-be read, a writer that is gone) ends the transfer with ``timeout``: the
-sender is told, the part is kept for a resume, its slot and space are freed.
+comes too early is answered with an ack at once (the sender learns what is
+missing); written chunks are acked once every :data:`ACK_EVERY` of them
+(fewer with a small credit: a quarter of it, at least one), and at once when
+no other chunk of the transfer is waiting to be written (so an ack is never
+held back by a chunk that is not coming); a chunk beyond the credit is
+dropped (OVER_CREDIT) and neither acked nor counted as activity; the file is
+finished once, on the first Done that names the right chunk count after
+every chunk is written; a transfer that makes no progress (no new chunk, no
+finishing Done) for ``idle_timeout`` seconds is dropped, keeping its part
+file for a resume: duplicates and early Dones, which cost a sender nothing,
+never keep a slot alive. The final check (fsync, the read-back hash, a
+folder's build) is bounded the same way: its progress (:meth:`on_checked`,
+the bytes it has covered) is the activity then, and a check that covers
+nothing new for ``idle_timeout`` seconds (a disk that stopped answering, a
+part that cannot be read, a writer that is gone) ends the transfer with
+``timeout``: the sender is told, the part is kept for a resume, its slot and
+space are freed.
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ from dataclasses import dataclass, field
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.receive_window import Arrival, ReceiveWindow
 from peercrypt.errors import ResultCode
+
+# Written chunks per ack while more of the transfer wait to be written:
+# each ack wakes both nodes' threads (the receiver's, both ZeroMQ I/O
+# threads, the sender's), which cost more per chunk than the ack's bytes.
+ACK_EVERY = 4
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,8 @@ class IncomingTransfer:
     ended: bool = field(default=False, init=False)
     ack_due: bool = field(default=False, init=False)
     checked: int = field(default=0, init=False)  # bytes the final check covered
+    _ack_now: bool = field(default=False, init=False)  # a duplicate or an early Done
+    _unacked: int = field(default=0, init=False)  # chunks written since the last ack
     _expected_digest: bytes = field(default=b"", init=False)
     _outputs: list[Output] = field(default_factory=list, init=False)
 
@@ -106,7 +117,7 @@ class IncomingTransfer:
         if arrival is Arrival.NEW:
             self.last_activity = now
         elif arrival is Arrival.DUPLICATE:
-            self.ack_due = True
+            self.ack_due = self._ack_now = True
         return arrival
 
     def on_write_refused(self, index: int) -> None:
@@ -120,13 +131,14 @@ class IncomingTransfer:
             return
         self.window.on_written(index)
         self.ack_due = True
+        self._unacked += 1
 
     def on_done(self, digest: bytes, chunks: int, now: float) -> None:
         """The sender's (authenticated) Done with its whole-file hash."""
         if self.ended:
             return
         if not self.window.complete or chunks != self.total:
-            self.ack_due = True  # tell the sender what is still missing
+            self.ack_due = self._ack_now = True  # tell the sender what is still missing
         elif not self.finishing:
             self.last_activity = now
             self.finishing = True
@@ -183,10 +195,17 @@ class IncomingTransfer:
         return out
 
     def ack(self, credit: int) -> tuple[int, list[tuple[int, int]], int] | None:
-        """The Ack to send now with ``credit`` chunks of window, if one is due."""
+        """The Ack to send now with ``credit`` chunks of window, if one is
+        due: at once for a duplicate or an early Done, else once enough
+        chunks are written or none is waiting to be (see the module docs).
+        ``ack_due`` stays set while one is held back."""
         if not self.ack_due or self.ended:
             return None
-        self.ack_due = False
+        every = max(1, min(ACK_EVERY, self.window.window // 4))
+        if not self._ack_now and self._unacked < every and self.window.queued:
+            return None
+        self.ack_due = self._ack_now = False
+        self._unacked = 0
         self.window.window = max(1, credit)
         return self.window.ack_fields()
 
