@@ -79,6 +79,19 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+def switches(pid: int) -> int:
+    """Context switches (voluntary and not) of all threads of ``pid`` so far:
+    each wake-up of a thread is one, a count the machine's load does not bend."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:  # the thread ended meanwhile
+            continue
+        total += sum(int(x.split()[1]) for x in lines if "ctxt_switches:" in x)
+    return total
+
+
 def per_thread(before: dict[int, tuple[str, float]], pid: int) -> dict[str, float]:
     """CPU seconds per thread name since ``before``. The node names its
     threads (pc-receiver, pc-writer...); a thread that another started
@@ -182,6 +195,7 @@ def transfer(
     os.sync()
     cpu_s, cpu_r = cpu_seconds(sender.pid), cpu_seconds(receiver.pid)
     threads_s, threads_r = thread_cpu(sender.pid), thread_cpu(receiver.pid)
+    switched_s, switched_r = switches(sender.pid), switches(receiver.pid)
     started = time.perf_counter()
     code, result = sender.send_to(path, receiver, "--no-progress", timeout=600)
     wall = time.perf_counter() - started
@@ -190,6 +204,8 @@ def transfer(
     cpu = {
         "sender_cpu_s": cpu_seconds(sender.pid) - cpu_s,
         "receiver_cpu_s": cpu_seconds(receiver.pid) - cpu_r,
+        "sender_switches": switches(sender.pid) - switched_s,
+        "receiver_switches": switches(receiver.pid) - switched_r,
     }
     threads = {
         **{f"threads:sender {k}": v for k, v in per_thread(threads_s, sender.pid).items()},
@@ -457,6 +473,13 @@ def main() -> int:
         f"  CPU s per GiB: sender {med['sender_cpu_s'] / per_gib:.2f}, "
         f"receiver {med['receiver_cpu_s'] / per_gib:.2f}"
     )
+    for prefix in ("", "tree_"):
+        if f"{prefix}sender_switches" in med:
+            print(
+                f"  {'--tree ' if prefix else ''}context switches per GiB: sender "
+                f"{med[f'{prefix}sender_switches'] / per_gib:.0f}, "
+                f"receiver {med[f'{prefix}receiver_switches'] / per_gib:.0f}"
+            )
     for prefix in (
         "threads:sender ",
         "threads:tree_sender ",
