@@ -165,7 +165,6 @@ WRAP_MEMORY = 4  # announce attempts whose derived secrets we keep
 # Bytes of chunks being reassembled from datagrams, per session (at least 2
 # chunks): 16 chunks of 1 MiB.
 PENDING_BYTES = 16 * 1024 * 1024
-DATAGRAMS_PER_WAKE = 512  # datagrams read before the actor looks at other sockets
 # An announce waits this long for the space ledger's verdict, then is
 # forgotten (the sender announces again).
 SPACE_VERDICT_TIMEOUT = 5.0
@@ -191,9 +190,8 @@ class Session:
     sub: zmq.Socket[Any] | None = None
     queued: int = 0
     # UDP/IP multicast (docs/multicast.md, "Transports").
+    # Its socket and receiving thread (datagrams -> chunks, once the key is known).
     udp: udp_multicast.GroupReceiver | None = None
-    reassembler: fragments.Reassembler | None = None
-    intake: fragments.Intake | None = None  # datagrams -> chunks, once the key is known
     # Ours alone, given to the sender in McJoin: tags its repairs to us and
     # makes our subscription token (crypto/chunk_signature.py).
     receiver_key: bytes = field(default_factory=lambda: os.urandom(RECEIVER_KEY_BYTES))
@@ -628,14 +626,7 @@ class MulticastReceiverActor(Actor):
                 got // 1024,
                 self.settings.multicast_rcvbuf // 1024,
             )
-        chunk = sess.chunk_size
-
-        def expected(index: int) -> int:
-            return min(chunk, sess.size - index * chunk) + TAG_BYTES + SIG_BYTES
-
         sess.udp = sock
-        pending = max(2, PENDING_BYTES // (chunk + TAG_BYTES + SIG_BYTES))
-        sess.reassembler = fragments.Reassembler(sess.tracker.total, expected, a.fragment, pending)
         self.watch(sock.fileno(), functools.partial(self._on_datagrams, sess))
 
     def _on_key(self, k: McKey, env: Inbound) -> codec.Message | None:
@@ -653,9 +644,9 @@ class MulticastReceiverActor(Actor):
             return None
         sess.route = env.route
         sess.sealer = ContentSealer(k.sid, key)
-        if sess.reassembler is not None:
-            sess.intake = fragments.Intake(k.sid, fragments.header_key(key), sess.reassembler)
-        if sess.sub is None and sess.reassembler is None and sess.pub_endpoint:
+        if sess.udp is not None:
+            sess.udp.start(self._intake(sess, key), sess.tracker.received)
+        if sess.sub is None and sess.udp is None and sess.pub_endpoint:
             sub = sess.sub = self.socket(zmq.SUB)
             sub.rcvhwm = SUB_HWM
             sub.maxmsgsize = self.settings.max_chunk + TAG_BYTES + 1024
@@ -668,6 +659,18 @@ class MulticastReceiverActor(Actor):
         sess.flow.on_key(self.now())
         self._drive(sess)
         return None
+
+    def _intake(self, sess: Session, key: bytes) -> fragments.Intake:
+        """The reassembly of the session's datagrams (for its receiving thread)."""
+        assert sess.udp is not None
+        chunk = sess.chunk_size
+
+        def expected(index: int) -> int:
+            return min(chunk, sess.size - index * chunk) + TAG_BYTES + SIG_BYTES
+
+        pending = max(2, PENDING_BYTES // (chunk + TAG_BYTES + SIG_BYTES))
+        asm = fragments.Reassembler(sess.tracker.total, expected, sess.udp.fragment, pending)
+        return fragments.Intake(sess.sid, fragments.header_key(key), asm)
 
     def _on_status(self, st: McStatus, env: Inbound) -> codec.Message | None:
         tid = session_tid(env.peer, st.sid)
@@ -749,41 +752,23 @@ class MulticastReceiverActor(Actor):
         return None
 
     def _on_datagrams(self, sess: Session, _fd: object = None) -> None:
-        """Datagrams of the session's UDP group: reassemble sealed chunks."""
+        """Chunks the session's receiving thread reassembled from the group's
+        datagrams (and what it refused, counted here)."""
         sock = sess.udp
         if sock is None:
             return
-        for _ in range(DATAGRAMS_PER_WAKE):
-            try:
-                read = sock.read()
-            except (BlockingIOError, InterruptedError):
-                return
-            except fragments.FragmentError as exc:
-                self.count(f"datagram-dropped-{exc.kind}")
-                continue
-            except OSError as exc:
-                self.count("datagram-error")
-                log.debug("multicast socket: %s", exc)
-                return
-            if sess.intake is None:
-                continue  # before our key: NAKed later
-            if isinstance(read, fragments.Scattered):
-                events = sess.intake.feed_scattered(read, sess.tracker.received)
-            else:
-                events = sess.intake.feed(memoryview(read[0]), read[1], sess.tracker.received)
-            for got in events:
-                if isinstance(got, fragments.FragmentError):
-                    self.count(f"datagram-dropped-{got.kind}")
-                    continue
-                blob = memoryview(got.blob)
-                sealed, signature = blob[:-SIG_BYTES], blob[-SIG_BYTES:]
-                self._on_chunk(sess, got.index, got.last, got.nonce, sealed, signature)
-                if self.sessions.get(sess.tid) is not sess:
-                    return  # finished or closed meanwhile
-                if sess.reassembler is not None:
-                    # _on_chunk keeps no view of it (the plaintext is a new
-                    # buffer): the next chunk is assembled in it.
-                    sess.reassembler.recycle(got.blob)
+        chunks, dropped = sock.take()
+        for name, n in dropped.items():
+            self.count(name, n)
+        for got in chunks:
+            blob = memoryview(got.blob)
+            sealed, signature = blob[:-SIG_BYTES], blob[-SIG_BYTES:]
+            self._on_chunk(sess, got.index, got.last, got.nonce, sealed, signature)
+            if self.sessions.get(sess.tid) is not sess:
+                return  # finished or closed meanwhile
+            # _on_chunk keeps no view of it (the plaintext is a new buffer):
+            # the next chunk is assembled in it.
+            sock.recycle(got.blob)
 
     def _on_chunk(
         self,
@@ -823,8 +808,8 @@ class MulticastReceiverActor(Actor):
         except OpenError:
             self.count("data-dropped-auth")
             return
-        if repair and sess.reassembler is not None:
-            sess.reassembler.forget(index)  # it came whole: stop assembling it
+        if repair and sess.udp is not None:
+            sess.udp.forget(index)  # it came whole: stop assembling it
         if sess.flow.on_chunk(index, self.now()):
             sess.queued += 1
             self.writer.write(sess.tid, index, plaintext)
@@ -982,7 +967,6 @@ class MulticastReceiverActor(Actor):
             self.unwatch(sess.udp.fileno())
             sess.udp.close()
             sess.udp = None
-            sess.reassembler = None
         if not keep_part:
             # Before the writer closes the fd: the name is removed only while
             # it still refers to the file open as ``sess.fd``.

@@ -21,10 +21,13 @@ repairs.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
+import os
 import queue
+import select
 import socket
 import struct
 import sys
@@ -32,6 +35,7 @@ import threading
 from typing import NamedTuple
 
 from peercrypt.core import fragments
+from peercrypt.runtime.actor import name_native_thread, yield_to_control_plane
 
 log = logging.getLogger("peercrypt.msender")
 
@@ -58,7 +62,13 @@ GSO_REFUSED = frozenset((errno.EMSGSIZE, errno.EIO, errno.EINVAL))
 # one a paced session may send): the actor blocks beyond, as it blocked in
 # sendmsg before; so a session holds at most this many sealed chunks here.
 SEND_QUEUE = 8
-CLOSE_WAIT = 1.0  # seconds close() waits for the sending thread
+CLOSE_WAIT = 1.0  # seconds close() waits for the sending (receiving) thread
+# Chunks a session's receiving thread completed, waiting for the actor to
+# check and open them (the thread waits beyond: the socket's buffer holds
+# what arrives meanwhile).
+READY_CHUNKS = 4
+IDLE_WAIT_MS = 200  # a receiving thread with nothing to read looks whether to stop this often
+ERROR_WAIT_MS = 10  # after a socket error, before the next read
 
 
 def interface_toward(host: str) -> str:
@@ -276,7 +286,9 @@ class GroupSender:
 
 
 class GroupReceiver:
-    """A non-blocking socket on ``group:port`` joined on ``interface``.
+    """A non-blocking socket on ``group:port`` joined on ``interface``, and
+    (once the session's key is known, :meth:`start`) a thread of its own
+    that reads it and reassembles the chunks.
 
     It asks for GRO (``UDP_GRO``): the datagrams of a GSO batch then arrive
     as one buffer (one ``recvmsg`` instead of dozens) with their segment
@@ -284,7 +296,19 @@ class GroupReceiver:
     one buffer, its payload (``fragment`` bytes, the session's) into
     another, so a run of a chunk's fragments lies contiguous, ready for one
     copy (:class:`fragments.Scattered`). ``got``: the receive buffer the
-    kernel granted (bytes)."""
+    kernel granted (bytes).
+
+    The receiving thread (``pc-mrecv``; as the sender's datagrams leave from
+    a thread of their own) is the only one that reads the socket and touches
+    the :class:`fragments.Intake` and its reassembler until :meth:`close`:
+    the system calls, the kernel's copies and the reassembly run beside the
+    actor, which only checks and opens complete chunks. It hands them over
+    on a queue of :data:`READY_CHUNKS` (it waits beyond, and the socket's
+    buffer holds what arrives meanwhile), each announced on an eventfd the
+    actor watches (:meth:`fileno`); the actor takes them with :meth:`take`,
+    with the datagrams refused since (counter names and counts), and gives
+    back through :meth:`forget` and :meth:`recycle` (queued to the thread,
+    applied before its next read)."""
 
     def __init__(self, group: str, port: int, interface: str, rcvbuf: int, fragment: int) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -315,12 +339,80 @@ class GroupReceiver:
         for k in range(slots):
             self.iov.append(heads[k * fragments.HEADER_BYTES : (k + 1) * fragments.HEADER_BYTES])
             self.iov.append(payloads[k * fragment : (k + 1) * fragment])
+        # The receiving thread and what it shares with the actor.
+        self.thread: threading.Thread | None = None
+        self.intake: fragments.Intake | None = None
+        self.have: fragments.Held = frozenset()
+        self.ready: queue.Queue[fragments.Assembled] = queue.Queue(READY_CHUNKS)
+        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the actor watches it
+        self.stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # close() wakes the thread
+        self.closing = False
+        self._released = False  # the socket and eventfds are closed
+        self._lock = threading.Lock()  # guards dropped, signalled and released
+        self.dropped: dict[str, int] = {}  # counter name -> datagrams, since the last take()
+        self._signalled = False  # the wake eventfd was written since the last take()
+        self._forget: collections.deque[int] = collections.deque()
+        self._spare: collections.deque[bytearray] = collections.deque()
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        """The eventfd that is readable when :meth:`take` has something."""
+        return self.wake
+
+    def start(self, intake: fragments.Intake, have: fragments.Held) -> None:
+        """Start reading (the session's key is known): datagrams go to
+        ``intake``; those of chunks in ``have`` are skipped. A second call
+        (the key sent again) only replaces the intake."""
+        self.have = have
+        self.intake = intake
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="pc-mrecv", daemon=True)
+            self.thread.start()
 
     def close(self) -> None:
+        """Stop the receiving thread (what it holds is dropped: the session
+        is over or goes on without the group) and close the socket. Once."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.thread is not None:
+            os.eventfd_write(self.stop, 1)
+            self.thread.join(CLOSE_WAIT)
+            if self.thread.is_alive():
+                return  # it releases them itself as it ends (no descriptor closed under it)
+        self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
         self.sock.close()
+        os.close(self.wake)
+        os.close(self.stop)
+
+    def take(self) -> tuple[list[fragments.Assembled], dict[str, int]]:
+        """(On the actor's thread) the chunks completed and the datagrams
+        refused (counter name -> count) since the last call."""
+        with self._lock:
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self.wake)
+            self._signalled = False
+            dropped, self.dropped = self.dropped, {}
+        chunks: list[fragments.Assembled] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                chunks.append(self.ready.get_nowait())
+        return chunks, dropped
+
+    def forget(self, index: int) -> None:
+        """(On the actor's thread) chunk ``index`` came whole another way
+        (a unicast repair): stop assembling it."""
+        self._forget.append(index)
+
+    def recycle(self, buf: bytearray) -> None:
+        """(On the actor's thread) give back the buffer of a chunk :meth:`take`
+        gave, once no view of it is used any more (Reassembler.recycle)."""
+        self._spare.append(buf)
 
     def read(self) -> fragments.Scattered | tuple[bytes, int]:
         """One read: the datagrams scattered (views into buffers the next
@@ -344,3 +436,81 @@ class GroupReceiver:
             last = n - (count - 1) * self.datagram
             return fragments.Scattered(self.heads, self.payloads, self.fragment, count, last)
         return b"".join(self.iov)[:n], size  # another size: not ours, checked the slow way
+
+    # -- the receiving thread ------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self.closing:
+                self._release()
+
+    def _loop(self) -> None:
+        name_native_thread()
+        yield_to_control_plane()
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(self.stop, select.POLLIN)
+        while not self.closing:
+            try:
+                self._receive()
+            except (BlockingIOError, InterruptedError):
+                poller.poll(IDLE_WAIT_MS)  # nothing queued: wait for a datagram (or close)
+            except OSError as exc:
+                if self.closing:
+                    return
+                self._drop("datagram-error")
+                log.debug("multicast socket: %s", exc)
+                poller.poll(ERROR_WAIT_MS)  # at most so many errors a second
+            except Exception as exc:  # no error may stop the thread: the session would stall
+                self._drop("datagram-error")
+                log.error("multicast: receiving failed: %s", exc)
+
+    def _receive(self) -> None:
+        """One read, into the reassembly; complete chunks to the actor."""
+        intake = self.intake
+        assert intake is not None  # set before the thread starts
+        asm = intake.reassembler
+        while self._forget:
+            asm.forget(self._forget.popleft())
+        while self._spare:
+            asm.recycle(self._spare.popleft())
+        try:
+            read = self.read()
+        except fragments.FragmentError as exc:
+            self._drop(f"datagram-dropped-{exc.kind}")
+            return
+        if isinstance(read, fragments.Scattered):
+            events = intake.feed_scattered(read, self.have)
+        else:
+            events = intake.feed(memoryview(read[0]), read[1], self.have)
+        for got in events:
+            if isinstance(got, fragments.FragmentError):
+                self._drop(f"datagram-dropped-{got.kind}")
+            else:
+                self._hand(got)
+
+    def _hand(self, chunk: fragments.Assembled) -> None:
+        while not self.closing:
+            try:
+                self.ready.put(chunk, timeout=IDLE_WAIT_MS / 1000)
+                break
+            except queue.Full:  # the actor is behind: the socket's buffer holds the rest
+                continue
+        self._signal()
+
+    def _drop(self, name: str) -> None:
+        with self._lock:
+            self.dropped[name] = self.dropped.get(name, 0) + 1
+        self._signal()
+
+    def _signal(self) -> None:
+        """Wake the actor (once until it takes what there is: a flood of
+        refused datagrams costs it one wake, not one each)."""
+        with self._lock:
+            if self._signalled or self.closing:
+                return
+            self._signalled = True
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self.wake, 1)

@@ -1,7 +1,7 @@
 """Multicast against UFTP, in network namespaces on one bridge (issue 14).
 
     sudo .venv/bin/python scripts/bench_uftp.py [--size-mib 256] [--mtu 1500,9000]
-        [--runs 3] [--systems group,pub,uftp] [--json FILE]
+        [--runs 3] [--systems group,pub,uftp] [--json FILE] [--threads]
 
 Needs root (namespaces) and ``uftp``/``uftpd`` on PATH (``apt-get install uftp``).
 For each MTU the script builds its own network (``peercrypt.testing.netns``):
@@ -26,7 +26,10 @@ UFTP's is its whole session, start of ``uftp`` to its exit, which ends when
 every client has the file), the sender process's CPU seconds (user + system;
 UFTP's from ``wait4``), and the bytes on the sender's link (its ``eth0`` tx
 counter) as a multiple of the file size, and each receiving process's CPU
-seconds (our node, UFTP's ``uftpd``). Every received file is compared
+seconds (our node, UFTP's ``uftpd``); with ``--threads``, ours also per
+thread (CPU seconds and seconds waiting for a core, from
+``/proc/PID/task/*/schedstat``) of the sender and the first receiver.
+Every received file is compared
 with the source by BLAKE3 after the run (ours also verify it themselves).
 
 Goals (issue 14): the group >= 1.5x UFTP's goodput at both MTUs with no more
@@ -72,6 +75,33 @@ def cpu_times(pid: int) -> tuple[float, float]:
 
 def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
+
+
+def thread_times(pid: int) -> dict[int, tuple[str, float, float]]:
+    """Per thread of a process: (name, seconds on a CPU, seconds waiting for
+    one) so far, from ``/proc/PID/task/*/schedstat``."""
+    out: dict[int, tuple[str, float, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            ran, waited = (task / "schedstat").read_text().split()[:2]
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+        out[int(task.name)] = (name, int(ran) / 1e9, int(waited) / 1e9)
+    return out
+
+
+def thread_delta(
+    before: dict[int, tuple[str, float, float]], after: dict[int, tuple[str, float, float]]
+) -> dict[str, tuple[float, float]]:
+    """CPU and run-queue seconds per thread name between two snapshots
+    (threads of one name summed; threads started meanwhile counted whole)."""
+    out: dict[str, tuple[float, float]] = {}
+    for tid, (name, ran, waited) in after.items():
+        _, ran0, waited0 = before.get(tid, (name, 0.0, 0.0))
+        cpu, wait = out.get(name, (0.0, 0.0))
+        out[name] = (round(cpu + ran - ran0, 3), round(wait + waited - waited0, 3))
+    return {k: v for k, v in sorted(out.items(), key=lambda kv: -kv[1][0]) if v[0] >= 0.005}
 
 
 def tx_bytes(host: netns.Host) -> int:
@@ -164,6 +194,7 @@ class Bench:
         user, sys_ = cpu_times(sender.pid)
         tx = tx_bytes(self.hosts[0])
         receiving = [cpu_seconds(r.pid) for r in self.nodes[1:]]
+        threads = [thread_times(sender.pid), thread_times(first.pid)]
         code, result = sender.send(
             self.source, first.host, first.port, "-m", *to, "--no-progress",
             "--timeout", "60", timeout=600,
@@ -171,6 +202,7 @@ class Bench:
         user2, sys2 = cpu_times(sender.pid)
         tx = tx_bytes(self.hosts[0]) - tx
         receiving = [cpu_seconds(r.pid) - c for r, c in zip(self.nodes[1:], receiving, strict=True)]
+        threads_after = [thread_times(sender.pid), thread_times(first.pid)]
         if code != 0:
             raise RuntimeError(f"{system} failed: {result}")
         self.verify(self.inboxes)
@@ -184,6 +216,9 @@ class Bench:
             "repairs": int(stats["repairs_published"]) + int(stats["repairs_unicast"]),
             "datagram_bytes": int(stats.get("datagram_bytes", 0)),
             "gso_batch": int(stats.get("gso_batch", 0)),
+            # CPU s (and s waiting for a core) per thread: the sender, the first receiver
+            "sender_threads": thread_delta(threads[0], threads_after[0]),
+            "receiver_threads": thread_delta(threads[1], threads_after[1]),
         }
 
     def uftp(self) -> dict[str, Any]:
@@ -228,8 +263,11 @@ class Bench:
         return row
 
 
-def describe(system: str, row: dict[str, Any]) -> str:
+def describe(system: str, row: dict[str, Any], threads: bool = False) -> str:
     extra = ""
+    if threads and "sender_threads" in row:
+        extra += f"\n    sender threads (CPU s, waiting s): {row['sender_threads']}"
+        extra += f"\n    a receiver's threads: {row['receiver_threads']}\n   "
     if row.get("datagram_bytes"):
         extra = f", datagrams {row['datagram_bytes']} B x{row['gso_batch']} per send"
     if "repairs" in row:
@@ -248,6 +286,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--threads", action="store_true", help="print CPU per thread (sender, one receiver)"
+    )
     args = ap.parse_args()
     systems = [s for s in args.systems.split(",") if s]
     if not set(systems) <= set(SYSTEMS):
@@ -269,7 +310,10 @@ def main() -> None:
                         for system in systems:
                             row = bench.run(system)
                             runs[system].append(row)
-                            print(f"MTU {mtu} run {n + 1} {describe(system, row)}", flush=True)
+                            print(
+                                f"MTU {mtu} run {n + 1} {describe(system, row, args.threads)}",
+                                flush=True,
+                            )
                 finally:
                     bench.stop()
             medians: dict[str, Any] = {}

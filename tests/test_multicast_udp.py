@@ -552,3 +552,131 @@ def test_an_error_in_the_sending_thread_does_not_stop_it(
     assert (sender.sent, sender.unsent) == (want, 1)
     got = {fragments.parse(d)[0].offset: bytes(fragments.parse(d)[1]) for d in listener.datagrams}
     assert b"".join(got[o] for o in sorted(got)) == sealed
+
+
+class _GroupInbox:
+    """A session's group socket and receiving thread (as a receiver's
+    ``mreceiver`` opens them) on loopback, and a sender of datagrams to it."""
+
+    def __init__(self, frag: int, chunks: int, chunk_len: int) -> None:
+        self.key = fragments.header_key(os.urandom(32))
+        self.group = fragments.parse_group(_group())
+        self.frag, self.chunk_len = frag, chunk_len
+        self.rx = udp_multicast.GroupReceiver(self.group[0], self.group[1], "127.0.0.1", MiB, frag)
+        self.asm = fragments.Reassembler(chunks, lambda i: chunk_len, frag, max_pending=chunks)
+        self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        self.tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+        self.have: set[int] = set()
+        self.rx.start(fragments.Intake(SID_UDP, self.key, self.asm), self.have)
+        self.chunks: dict[int, bytearray] = {}
+        self.dropped: dict[str, int] = {}
+
+    def datagrams(self, index: int, blob: bytes, nonce: bytes = b"n" * 12) -> list[bytes]:
+        last = index == self.asm.total - 1
+        return [
+            fragments.header(SID_UDP, index, last, nonce, len(blob), o, key=self.key) + blob[o:e]
+            for o, e in fragments.split(len(blob), self.frag)
+        ]
+
+    def send(self, *datagrams: bytes) -> None:
+        for d in datagrams:
+            self.tx.sendto(d, self.group)
+
+    def take(self, chunks: int, dropped: int = 0, timeout: float = 10) -> None:
+        """Take (as the actor does when the eventfd is readable) until so
+        many chunks and refused datagrams came in all."""
+
+        def enough() -> bool:
+            got, refused = self.rx.take()
+            for c in got:
+                self.chunks[c.index] = c.blob
+            for name, n in refused.items():
+                self.dropped[name] = self.dropped.get(name, 0) + n
+            return len(self.chunks) >= chunks and sum(self.dropped.values()) >= dropped
+
+        wait_until(enough, timeout, f"{chunks} chunks and {dropped} refused datagrams")
+
+    def close(self) -> None:
+        self.rx.close()
+        self.tx.close()
+
+
+@pytest.fixture
+def group_inbox() -> Iterator[Callable[..., _GroupInbox]]:
+    made: list[_GroupInbox] = []
+
+    def make(frag: int = 1000, chunks: int = 4, chunk_len: int = 2500) -> _GroupInbox:
+        made.append(_GroupInbox(frag, chunks, chunk_len))
+        return made[-1]
+
+    yield make
+    for inbox in made:
+        inbox.close()
+
+
+def test_the_receiving_thread_reassembles_and_counts_what_it_refuses(
+    group_inbox: Callable[..., _GroupInbox],
+) -> None:
+    """The socket is read on a thread of its own: complete chunks reach the
+    actor exact, and every datagram it refuses is counted by kind - not
+    ours, a header under another key, shorter than a header - with one wake
+    of the actor for many refusals."""
+    box = group_inbox()
+    blobs = [os.urandom(2500) for _ in range(4)]
+    other = fragments.header_key(os.urandom(32))
+    forged = fragments.header(SID_UDP, 1, False, b"n" * 12, 2500, 0, key=other) + b"z" * 1000
+    box.send(b"x" * 100, forged, b"PCm3" + bytes(20))
+    for i, blob in enumerate(blobs):
+        box.send(*reversed(box.datagrams(i, blob)))
+    box.take(4, 3)
+    assert {i: bytes(b) for i, b in box.chunks.items()} == dict(enumerate(blobs))
+    assert box.dropped == {
+        "datagram-dropped-magic": 1,
+        "datagram-dropped-tag": 1,
+        "datagram-dropped-short": 1,
+    }
+    thread = box.rx.thread
+    assert thread is not None and thread.name == "pc-mrecv"
+    box.rx.close()
+    assert not thread.is_alive()
+
+
+def test_the_receiving_thread_applies_forget_and_recycle_before_its_next_read(
+    group_inbox: Callable[..., _GroupInbox],
+) -> None:
+    """A chunk that came whole by repair is forgotten (its fragments held so
+    far do not complete it later), and a buffer given back is the one the
+    next chunk of its length is assembled in."""
+    box = group_inbox()
+    blobs = [os.urandom(2500) for _ in range(4)]
+    first = box.datagrams(0, blobs[0])
+    box.send(*first[:2], *box.datagrams(1, blobs[1]))
+    box.take(1)  # chunk 1 done: the thread has handled chunk 0's first two fragments
+    assert set(box.chunks) == {1} and box.asm.pending[0].missing == {2}
+    box.rx.forget(0)
+    box.rx.recycle(box.chunks[1])
+    box.send(first[2], *box.datagrams(2, blobs[2]))
+    box.take(2)
+    assert set(box.chunks) == {1, 2}  # chunk 0 started over: its last fragment alone
+    assert box.asm.pending[0].missing == {0, 1}
+    assert box.chunks[2] is box.chunks[1]  # assembled in the buffer given back
+    assert bytes(box.chunks[2]) == blobs[2]
+
+
+def test_a_receiving_thread_whose_chunks_are_not_taken_holds_a_bounded_number_and_stops(
+    group_inbox: Callable[..., _GroupInbox],
+) -> None:
+    """An actor that does not take (busy) holds the thread back after
+    READY_CHUNKS complete chunks (the socket's buffer holds the rest: no
+    memory grows here), and closing the session stops the waiting thread."""
+    chunks = udp_multicast.READY_CHUNKS + 3
+    box = group_inbox(chunks=chunks, chunk_len=900)  # one datagram a chunk
+    for i in range(chunks):
+        box.send(*box.datagrams(i, os.urandom(900)))
+    wait_until(box.rx.ready.full, 10, "the ready queue to fill")
+    assert box.rx.ready.qsize() == udp_multicast.READY_CHUNKS
+    thread = box.rx.thread
+    assert thread is not None and thread.is_alive()
+    box.rx.close()
+    assert not thread.is_alive()  # it was waiting to hand a chunk over
