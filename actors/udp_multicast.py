@@ -331,14 +331,7 @@ class GroupReceiver:
         self.sock = sock
         self.fragment = fragment
         self.datagram = fragment + fragments.HEADER_BYTES
-        slots = -(-GRO_BUFFER // self.datagram)  # datagrams in the largest read
-        heads = memoryview(bytearray(slots * fragments.HEADER_BYTES))
-        payloads = memoryview(bytearray(slots * fragment))
-        self.heads, self.payloads = heads, payloads
-        self.iov: list[memoryview] = []
-        for k in range(slots):
-            self.iov.append(heads[k * fragments.HEADER_BYTES : (k + 1) * fragments.HEADER_BYTES])
-            self.iov.append(payloads[k * fragment : (k + 1) * fragment])
+        self.buffers = fragments.ReadBuffers(fragment, GRO_BUFFER)
         # The receiving thread and what it shares with the actor.
         self.thread: threading.Thread | None = None
         self.intake: fragments.Intake | None = None
@@ -414,15 +407,20 @@ class GroupReceiver:
         gave, once no view of it is used any more (Reassembler.recycle)."""
         self._spare.append(buf)
 
-    def read(self) -> fragments.Scattered | tuple[bytes, int]:
+    def read(
+        self, landing: fragments.Landing | None = None
+    ) -> fragments.Scattered | tuple[bytes, int]:
         """One read: the datagrams scattered (views into buffers the next
-        read reuses) when they have the session's size (all but the last of
-        a GRO buffer); else the bytes as they came and the GRO segment size
-        (0: one datagram), for :meth:`fragments.Intake.feed`. Raises
-        ``BlockingIOError`` when nothing is queued, other ``OSError`` as the
-        socket does, and ``FragmentError("oversize")`` for a datagram larger
-        than any of ours (it was truncated)."""
-        n, ancillary, flags, _ = self.sock.recvmsg_into(self.iov, GRO_CMSG_SPACE)
+        read reuses; the first payloads into ``landing``'s chunk, see
+        :class:`fragments.ReadBuffers`) when they have the session's size
+        (all but the last of a GRO buffer); else the bytes as they came and
+        the GRO segment size (0: one datagram), for
+        :meth:`fragments.Intake.feed`. Raises ``BlockingIOError`` when
+        nothing is queued, other ``OSError`` as the socket does, and
+        ``FragmentError("oversize")`` for a datagram larger than any of ours
+        (it was truncated)."""
+        iov = self.buffers.iov_for(landing)
+        n, ancillary, flags, _ = self.sock.recvmsg_into(iov, GRO_CMSG_SPACE)
         if flags & MSG_TRUNC:
             raise fragments.FragmentError("oversize")
         size = 0
@@ -432,10 +430,8 @@ class GroupReceiver:
         if size == 0 and n > fragments.MAX_DATAGRAM:
             raise fragments.FragmentError("oversize")
         if size == self.datagram or (size == 0 and n <= self.datagram):
-            count = max(1, -(-n // self.datagram))
-            last = n - (count - 1) * self.datagram
-            return fragments.Scattered(self.heads, self.payloads, self.fragment, count, last)
-        return b"".join(self.iov)[:n], size  # another size: not ours, checked the slow way
+            return self.buffers.scattered(n, landing)
+        return b"".join(iov)[:n], size  # another size: not ours, checked the slow way
 
     # -- the receiving thread ------------------------------------------------------
 
@@ -477,7 +473,9 @@ class GroupReceiver:
         while self._spare:
             asm.recycle(self._spare.popleft())
         try:
-            read = self.read()
+            # The rest of the chunk being received most likely comes next:
+            # its payloads are read straight into its buffer.
+            read = self.read(asm.landing(self.buffers.slots))
         except fragments.FragmentError as exc:
             self._drop(f"datagram-dropped-{exc.kind}")
             return

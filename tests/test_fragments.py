@@ -102,16 +102,27 @@ def _intake(total: int, expected: Callable[[int], int], frag: int) -> fragments.
 
 
 def _feed_all(
-    intake: fragments.Intake, buffers: list[tuple[bytes, int]], have: set[int], *, scatter: bool
+    intake: fragments.Intake,
+    buffers: list[tuple[bytes, int]],
+    have: set[int],
+    *,
+    scatter: bool,
+    land: bool = False,
 ) -> tuple[dict[int, bytes], list[str], int]:
     """Feed GRO buffers (bytes, segment size) to ``intake`` as the receiver
-    does: scattered where they have the session's size (``scatter``), else
-    linearly. The chunks completed, the kinds refused, the buffers scattered."""
+    does: scattered where they have the session's size (``scatter``; with
+    ``land``, the first payloads straight into the chunk the reassembler
+    guesses, as GroupReceiver reads), else linearly. The chunks completed,
+    the kinds refused, the buffers scattered."""
     done: dict[int, bytes] = {}
     refused: list[str] = []
     scattered = 0
+    reads = fragments.ReadBuffers(intake.reassembler.frag, 65536)
     for buf, step in buffers:
-        got = _scatter(buf, step, intake.reassembler.frag) if scatter else None
+        if land:
+            got = _read(reads, buf, step, intake.reassembler.landing(reads.slots))
+        else:
+            got = _scatter(buf, step, intake.reassembler.frag) if scatter else None
         if got is None:
             events = intake.feed(memoryview(buf), step, have)
         else:
@@ -157,7 +168,10 @@ def _gro_buffers(datagrams: list[bytes], rng: random.Random) -> list[tuple[bytes
     return out
 
 
-@pytest.mark.parametrize("scatter", [False, True], ids=["linear", "scattered"])
+@pytest.mark.parametrize(
+    ("scatter", "land"), [(False, False), (True, False), (True, True)],
+    ids=["linear", "scattered", "landed"],
+)  # fmt: skip
 @settings(max_examples=150, deadline=None)
 @given(
     size=st.integers(0, 5 * CHUNK),
@@ -165,12 +179,14 @@ def _gro_buffers(datagrams: list[bytes], rng: random.Random) -> list[tuple[bytes
     seed=st.integers(0, 2**32),
 )
 def test_gro_buffers_of_any_cut_reassemble_every_chunk_exactly(
-    scatter: bool, size: int, frag: int, seed: int
+    scatter: bool, land: bool, size: int, frag: int, seed: int
 ) -> None:
     """The datagrams of a GSO batch come back (with GRO) as one buffer of
     equal segments, the last shorter; runs of consecutive datagrams, in any
     order and some repeated, give every chunk exactly, read linearly or
-    scattered into headers and payloads as the receiver reads them."""
+    scattered into headers and payloads as the receiver reads them (or
+    with the first payloads read straight into the chunk guessed next, the
+    guess right or wrong)."""
     total = max(1, -(-size // CHUNK))
     expected = _sealed_len(total, size)
     rng = random.Random(seed)
@@ -180,7 +196,7 @@ def test_gro_buffers_of_any_cut_reassemble_every_chunk_exactly(
     buffers += rng.sample(buffers, len(buffers) // 4)  # duplicates
     rng.shuffle(buffers)
     done, refused, scattered = _feed_all(
-        _intake(total, expected, frag), buffers, set(), scatter=scatter
+        _intake(total, expected, frag), buffers, set(), scatter=scatter, land=land
     )
     assert done == sealed and refused == []
     assert scattered == (len(buffers) if scatter else 0)  # all of the session's size
@@ -521,4 +537,109 @@ def test_a_scattered_run_checks_the_tag_and_offset_of_every_datagram(wrong: str)
     buffers = [(good[0] + good[1] + odd + good[3], step), (b"".join(good[2:]), step)]
     done, refused, _ = _feed_all(intake, buffers, set(), scatter=True)
     assert refused == refusals
+    assert done == {0: sealed}
+
+
+def _read(
+    reads: fragments.ReadBuffers, buf: bytes, step: int, landing: fragments.Landing | None
+) -> fragments.Scattered | None:
+    """What GroupReceiver.read does with ``buf``: the kernel fills the
+    iovec (``reads.iov_for(landing)``: the first payload slots maybe in a
+    chunk's buffer) in order; scattered when the datagrams have the
+    session's size, else None (read linearly: the bytes as they came)."""
+    iov = reads.iov_for(landing)
+    pos = 0
+    for piece in iov:
+        part = buf[pos : pos + len(piece)]
+        piece[: len(part)] = part
+        pos += len(part)
+    assert pos == len(buf)  # never truncated: the iovec holds 64 KiB
+    n, whole = len(buf), reads.datagram
+    if not (step == whole or (step == 0 and n <= whole)):
+        assert b"".join(iov)[:n] == buf  # what read() returns then
+        return None
+    return reads.scattered(n, landing)
+
+
+def test_a_chunks_gso_batches_in_order_land_in_its_buffer_without_a_copy() -> None:
+    """After a chunk's first batch, each following one is read straight
+    into the chunk's buffer and taken as it lies (the headers checked at
+    once); the short last fragment goes the usual way; the chunk is exact."""
+    frag, sealed = 600, os.urandom(600 * 25 + 123)  # 26 fragments, the last short
+    good = _datagrams(0, True, sealed, frag)
+    step = len(good[0])
+    intake = _intake(1, lambda i: len(sealed), frag)
+    asm = intake.reassembler
+    batches = [(b"".join(good[k : k + 8]), step) for k in range(0, 26, 8)]  # 8, 8, 8, 2
+    reads = fragments.ReadBuffers(frag, 8 * step)
+    done: list[bytes] = []
+    guesses: list[tuple[int, int] | None] = []
+    for buf, step in batches:
+        landing = asm.landing(reads.slots)
+        guesses.append(None if landing is None else (landing.number, landing.count))
+        got = _read(reads, buf, step, landing)
+        assert got is not None
+        for event in intake.feed_scattered(got, set()):
+            assert not isinstance(event, FragmentError)
+            done.append(bytes(event.blob))
+    assert guesses == [None, (8, 8), (16, 8), (24, 1)]  # never the short last fragment
+    assert done == [sealed]
+    assert asm.landed == 17  # of 26: all but the first batch and the short last one
+
+
+def test_a_wrong_guess_moves_the_read_out_and_leaves_the_chunk_missing_there() -> None:
+    """The read after chunk 0's first datagrams is another seal of chunk 0
+    (a repair), chunk 1, or a forgery under another key: the bytes that
+    went into chunk 0's buffer are not taken there; they are moved out and
+    checked one by one (placed where they belong, or refused), and chunk 0
+    ends exact once its own fragments come."""
+    frag = 600
+    sealed = [os.urandom(3000), os.urandom(3000)]  # 5 fragments each
+    first = [_datagrams(i, i == 1, sealed[i], frag) for i in range(2)]
+    resealed = _datagrams(0, False, sealed[0], frag, nonce=b"o" * 12)
+    other = fragments.header_key(b"x" * 32)
+    forged = [
+        fragments.header(SID, 0, False, NONCE, 3000, o, key=other) + b"z" * frag
+        for o in (1200, 1800)
+    ]
+    step = len(first[0][0])
+    for wrong, refusals in (
+        (first[1][0] + first[1][1], []),  # chunk 1, placed in its own buffer
+        (forged[0] + forged[1], ["tag", "tag"]),  # refused, nothing of theirs placed
+    ):
+        intake = _intake(2, lambda i: 3000, frag)
+        batches = [(first[0][0] + first[0][1], step), (wrong, step)]
+        batches += [(b"".join(first[0][2:]), step), (b"".join(first[1]), step)]
+        done, refused, _ = _feed_all(intake, batches, set(), scatter=True, land=True)
+        assert refused == refusals
+        assert done == {0: sealed[0], 1: sealed[1]}
+    intake = _intake(2, lambda i: 3000, frag)
+    batches = [(first[0][0] + first[0][1], step), (resealed[2] + resealed[3], step)]
+    done, refused, _ = _feed_all(intake, batches, set(), scatter=True, land=True)
+    assert refused == [] and done == {}
+    assert intake.reassembler.pending[0].nonce == b"o" * 12  # started over for the new seal
+    assert intake.reassembler.pending[0].missing == {0, 1, 4}
+    assert intake.reassembler.landed == 0
+
+
+def test_no_guess_writes_over_a_fragment_already_held() -> None:
+    """The first copy of a fragment wins: with a fragment ahead already held
+    no read lands there (another copy with other bytes, as a co-receiver
+    may send, changes nothing), and a read whose last datagram is cut short
+    is not taken whole (the cut one is refused)."""
+    frag = 600
+    sealed = os.urandom(6000)  # 10 fragments
+    good = _datagrams(0, True, sealed, frag)
+    step = len(good[0])
+    other = bytearray(good[3])
+    other[-1] ^= 1  # the sender's header, other bytes
+    intake = _intake(1, lambda i: 6000, frag)
+    asm = intake.reassembler
+    batches = [(good[3], 0), (good[0] + good[1] + good[2], step)]
+    done, _, _ = _feed_all(intake, batches, set(), scatter=True, land=True)
+    assert asm.landing(8) is None  # fragment 3, next, is held
+    more = [(bytes(other) + good[4], step), (good[5] + good[6] + good[7][:-1], step)]
+    done, refused, _ = _feed_all(intake, more, set(), scatter=True, land=True)
+    assert refused == ["fragment-length"] and asm.pending[0].missing == {7, 8, 9}
+    done, _, _ = _feed_all(intake, [(b"".join(good[7:]), step)], set(), scatter=True, land=True)
     assert done == {0: sealed}

@@ -42,7 +42,11 @@ GRO buffer of equal segments) and gives complete chunks; it parses and
 checks the first datagram of a run in full and then takes each following
 one that has the very same header bytes (chunk, seal, tag) at the next
 offset with a byte comparison and a copy: with 1500-byte datagrams a
-receiver's Python work per datagram is what bounds its rate.
+receiver's Python work per datagram is what bounds its rate. A receiver
+reads into :class:`ReadBuffers`: headers and payloads scattered apart
+(:class:`Scattered`), and the payloads of the fragments most likely next
+(:meth:`Reassembler.landing`) straight into their chunk's buffer, where
+they count only once every header of the read says they belong there.
 
 Memory: at most ``max_pending`` chunks are being reassembled per session
 (beyond, the lowest index is given up: it will be NAKed), and at most
@@ -220,6 +224,23 @@ class _Pending:
     nonce: bytes
     buf: bytearray
     missing: set[int]  # fragment numbers still to come
+    fields: bytes = b""  # its seal's header fields and tag (authentic: its first fragment's)
+    tag: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Landing:
+    """Where a read's first ``count`` payloads are put straight away (no
+    copy): fragments ``number``.. of chunk ``index``, all still missing from
+    ``pending`` (:meth:`Reassembler.landing`). They count as placed only if
+    every header of the read says they are exactly those fragments
+    (:meth:`Reassembler.add_landed`); else the bytes are moved out to the
+    read's own buffer before anything else, and the places stay missing."""
+
+    index: int
+    pending: _Pending
+    number: int
+    count: int
 
 
 class Reassembler:
@@ -252,6 +273,10 @@ class Reassembler:
         self.given_up = 0  # chunks evicted half-assembled (they will be NAKed)
         self.restarted = 0  # chunks started over for a new nonce
         self.stale = 0  # fragments of an earlier seal than the one pending
+        self.landed = 0  # fragments taken where a read put them (no copy)
+        # (chunk, fragment) after the last one placed: where the next read
+        # most likely goes on (the rest of a GSO batch's chunk).
+        self.next: tuple[int, int] | None = None
 
     def add(self, f: Fragment, payload: memoryview) -> tuple[bytes, bytearray] | None:
         if not 0 <= f.index < self.total:
@@ -281,13 +306,16 @@ class Reassembler:
             while len(self.pending) >= self.max_pending:
                 del self.pending[min(self.pending)]
                 self.given_up += 1
-            p = self.pending[f.index] = _Pending(f.nonce, self._buffer(size), set(range(count)))
+            p = _Pending(f.nonce, self._buffer(size), set(range(count)), f.fields, f.tag)
+            self.pending[f.index] = p
         if number not in p.missing:
             return None  # a duplicate fragment
         p.buf[f.offset : f.offset + len(payload)] = payload
         p.missing.discard(number)
         if p.missing:
+            self.next = (f.index, number + 1)
             return None
+        self.next = None
         del self.pending[f.index]
         return p.nonce, p.buf
 
@@ -322,8 +350,10 @@ class Reassembler:
                 missing.discard(number)
             pos, following = end, following + frag
             if not missing:
+                self.next = None
                 del self.pending[first.index]
                 return pos, (p.nonce, p.buf)
+        self.next = (first.index, following // frag)
         return pos, None
 
     def add_scattered(
@@ -355,11 +385,62 @@ class Reassembler:
             return k, None
         nbytes = min(size, start + count * frag) - start
         p.buf[start : start + nbytes] = got.payloads[k * frag : k * frag + nbytes]
+        return k + count, self._placed(first.index, p, numbers)
+
+    def landing(self, slots: int) -> Landing | None:
+        """Where the payloads of the next read may go straight: the up to
+        ``slots`` whole fragments after the last ones placed, if their chunk
+        is still being assembled and every one of them is missing (a
+        fragment held is never written over: the first copy wins). The
+        chunk's short last fragment is never among them. None: no guess."""
+        if self.next is None:
+            return None
+        index, number = self.next
+        p = self.pending.get(index)
+        if p is None:
+            return None
+        count = min(slots, self.expected_len(index) // self.frag - number)
+        if count <= 0 or not p.missing.issuperset(range(number, number + count)):
+            return None
+        return Landing(index, p, number, count)
+
+    def add_landed(self, got: Scattered) -> tuple[bool, tuple[bytes, bytearray] | None]:
+        """The read ``got`` was scattered with its first payloads straight
+        into ``got.landing``: whether they are exactly those fragments (then
+        they count as placed; and the chunk if that completed it). They are
+        only if the chunk is still that pending one, they are all still
+        missing, and the read's first datagrams are whole and carry the
+        very headers of that seal at those offsets (one comparison of them
+        all, as :meth:`add_scattered`); anything else is False, and the
+        caller must move the payloads out of the chunk's buffer
+        (:meth:`Intake.feed_scattered` does) and check them one by one."""
+        land = got.landing
+        if land is None:
+            return False, None
+        p, frag = land.pending, self.frag
+        count = min(land.count, got.count)
+        numbers = range(land.number, land.number + count)
+        if (
+            self.pending.get(land.index) is not p
+            or got.frag != frag
+            or got.length(count - 1) != frag + HEADER_BYTES
+            or not p.missing.issuperset(numbers)
+            or not _run_matches(got.heads, 0, p.fields, p.tag, land.number * frag, frag, count)
+        ):
+            return False, None
+        self.landed += count
+        return True, self._placed(land.index, p, numbers)
+
+    def _placed(self, index: int, p: _Pending, numbers: range) -> tuple[bytes, bytearray] | None:
+        """Fragments ``numbers`` of chunk ``index`` are in its buffer: the
+        chunk if it is complete."""
         p.missing.difference_update(numbers)
         if p.missing:
-            return k + count, None
-        del self.pending[first.index]
-        return k + count, (p.nonce, p.buf)
+            self.next = (index, numbers.stop)
+            return None
+        self.next = None
+        del self.pending[index]
+        return p.nonce, p.buf
 
     def forget(self, index: int) -> None:
         """The chunk arrived another way (a unicast repair): stop assembling it."""
@@ -427,9 +508,52 @@ class Scattered:
     frag: int
     count: int
     last_len: int
+    # The first payloads went straight into a chunk being assembled instead
+    # of ``payloads`` (:class:`ReadBuffers`).
+    landing: Landing | None = None
 
     def length(self, k: int) -> int:
         return self.last_len if k == self.count - 1 else self.frag + HEADER_BYTES
+
+
+class ReadBuffers:
+    """The buffers a read of up to ``size`` bytes of datagrams of
+    ``frag + HEADER_BYTES`` bytes is scattered into: each datagram's header
+    into :attr:`heads`, its payload into :attr:`payloads` (so the payloads
+    of consecutive fragments lie back to back) - or, for the first ones,
+    straight into the chunk's buffer where a :class:`Landing` says they
+    most likely belong: then a read of the rest of a chunk's GSO batch
+    costs no copy at all."""
+
+    def __init__(self, frag: int, size: int) -> None:
+        self.frag = frag
+        self.datagram = frag + HEADER_BYTES
+        self.slots = -(-size // self.datagram)  # datagrams in the largest read
+        self.heads = memoryview(bytearray(self.slots * HEADER_BYTES))
+        self.payloads = memoryview(bytearray(self.slots * frag))
+        self.iov: list[memoryview] = []
+        for k in range(self.slots):
+            self.iov.append(self.heads[k * HEADER_BYTES : (k + 1) * HEADER_BYTES])
+            self.iov.append(self.payloads[k * frag : (k + 1) * frag])
+
+    def iov_for(self, landing: Landing | None) -> list[memoryview]:
+        """The iovec of a read: payload slots ``0..landing.count - 1`` in the
+        landing's chunk buffer, the rest in :attr:`payloads`."""
+        if landing is None:
+            return self.iov
+        frag, count = self.frag, landing.count
+        buf = memoryview(landing.pending.buf)
+        base = landing.number * frag
+        iov = self.iov.copy()
+        iov[1 : 2 * count : 2] = [buf[o : o + frag] for o in range(base, base + count * frag, frag)]
+        return iov
+
+    def scattered(self, n: int, landing: Landing | None) -> Scattered:
+        """The read of ``n`` bytes (datagrams of the session's size, the
+        last maybe shorter) scattered by :meth:`iov_for` ``(landing)``."""
+        count = max(1, -(-n // self.datagram))
+        last = n - (count - 1) * self.datagram
+        return Scattered(self.heads, self.payloads, self.frag, count, last, landing)
 
 
 class Held(Protocol):
@@ -481,8 +605,24 @@ class Intake:
                 yield Assembled(frag.index, frag.last, done[0], done[1])
 
     def feed_scattered(self, got: Scattered, have: Held) -> Iterator[Assembled | FragmentError]:
-        """:meth:`feed` for a :class:`Scattered` read."""
+        """:meth:`feed` for a :class:`Scattered` read. Payloads that went
+        straight into a chunk (``got.landing``) are taken as they lie if
+        the headers say they belong there; else they are moved out to
+        ``got.payloads`` first (their places in the chunk stay missing) and
+        checked one by one like the rest."""
         asm, k = self.reassembler, 0
+        land = got.landing
+        if land is not None:
+            taken, done = asm.add_landed(got)
+            if taken:
+                k = min(land.count, got.count)
+                if done is not None:
+                    index = land.index
+                    yield Assembled(index, index == asm.total - 1, done[0], done[1])
+            else:
+                nbytes = min(land.count, got.count) * got.frag
+                start = land.number * got.frag
+                got.payloads[:nbytes] = memoryview(land.pending.buf)[start : start + nbytes]
         while k < got.count:
             length, at = got.length(k), k
             k += 1
