@@ -35,7 +35,7 @@ import threading
 from typing import NamedTuple
 
 from peercrypt.core import fragments
-from peercrypt.runtime.actor import name_native_thread, yield_to_control_plane
+from peercrypt.runtime.actor import name_native_thread
 
 log = logging.getLogger("peercrypt.msender")
 
@@ -198,6 +198,7 @@ class GroupSender:
         return min(size, start + -(-(stop - start) // self.fragment) * self.fragment)
 
     def _run(self) -> None:
+        name_native_thread()
         while True:
             job = self.jobs.get()
             if job is None or self.closing:
@@ -443,8 +444,10 @@ class GroupReceiver:
                 self._release()
 
     def _loop(self) -> None:
+        # Not made nicer than the rest of the node (as the writer is): a
+        # reader that waits for a core while the sender goes on loses what
+        # overflows the socket's buffer, and that costs repairs.
         name_native_thread()
-        yield_to_control_plane()
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)
         poller.register(self.stop, select.POLLIN)

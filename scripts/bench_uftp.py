@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,31 @@ def thread_times(pid: int) -> dict[int, tuple[str, float, float]]:
             continue  # the thread ended meanwhile
         out[int(task.name)] = (name, int(ran) / 1e9, int(waited) / 1e9)
     return out
+
+
+class ThreadSampler:
+    """:func:`thread_times` of a process every 20 ms while a run goes on,
+    keeping each thread's last figures: a session's own threads (the
+    sender's datagrams, a receiver's reads) end with it, before the run's
+    end could see them."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before = thread_times(pid)
+        self.seen = dict(self.before)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.wait(0.02):
+            self.seen.update(thread_times(self.pid))
+
+    def stop(self) -> dict[str, tuple[float, float]]:
+        self.done.set()
+        self.thread.join()
+        self.seen.update(thread_times(self.pid))
+        return thread_delta(self.before, self.seen)
 
 
 def thread_delta(
@@ -194,7 +220,7 @@ class Bench:
         user, sys_ = cpu_times(sender.pid)
         tx = tx_bytes(self.hosts[0])
         receiving = [cpu_seconds(r.pid) for r in self.nodes[1:]]
-        threads = [thread_times(sender.pid), thread_times(first.pid)]
+        samplers = [ThreadSampler(sender.pid), ThreadSampler(first.pid)]
         code, result = sender.send(
             self.source, first.host, first.port, "-m", *to, "--no-progress",
             "--timeout", "60", timeout=600,
@@ -202,7 +228,7 @@ class Bench:
         user2, sys2 = cpu_times(sender.pid)
         tx = tx_bytes(self.hosts[0]) - tx
         receiving = [cpu_seconds(r.pid) - c for r, c in zip(self.nodes[1:], receiving, strict=True)]
-        threads_after = [thread_times(sender.pid), thread_times(first.pid)]
+        threads = [sampler.stop() for sampler in samplers]
         if code != 0:
             raise RuntimeError(f"{system} failed: {result}")
         self.verify(self.inboxes)
@@ -217,8 +243,8 @@ class Bench:
             "datagram_bytes": int(stats.get("datagram_bytes", 0)),
             "gso_batch": int(stats.get("gso_batch", 0)),
             # CPU s (and s waiting for a core) per thread: the sender, the first receiver
-            "sender_threads": thread_delta(threads[0], threads_after[0]),
-            "receiver_threads": thread_delta(threads[1], threads_after[1]),
+            "sender_threads": threads[0],
+            "receiver_threads": threads[1],
         }
 
     def uftp(self) -> dict[str, Any]:
@@ -265,13 +291,13 @@ class Bench:
 
 def describe(system: str, row: dict[str, Any], threads: bool = False) -> str:
     extra = ""
-    if threads and "sender_threads" in row:
-        extra += f"\n    sender threads (CPU s, waiting s): {row['sender_threads']}"
-        extra += f"\n    a receiver's threads: {row['receiver_threads']}\n   "
     if row.get("datagram_bytes"):
         extra = f", datagrams {row['datagram_bytes']} B x{row['gso_batch']} per send"
     if "repairs" in row:
         extra += f", repairs {row['repairs']}"
+    if threads and "sender_threads" in row:
+        extra += f"\n    sender threads (CPU s, waiting s): {row['sender_threads']}"
+        extra += f"\n    a receiver's threads: {row['receiver_threads']}"
     return (
         f"{system:5}: per-receiver {row['goodput_mib_s']} MiB/s, sender CPU "
         f"{row['sender_cpu_s']} s (sys {row['sender_sys_s']}), receivers' CPU "

@@ -647,7 +647,7 @@ def test_the_receiving_thread_applies_forget_and_recycle_before_its_next_read(
 ) -> None:
     """A chunk that came whole by repair is forgotten (its fragments held so
     far do not complete it later), and a buffer given back is the one the
-    next chunk of its length is assembled in."""
+    next chunk of its length is assembled in (here chunk 0 started over)."""
     box = group_inbox()
     blobs = [os.urandom(2500) for _ in range(4)]
     first = box.datagrams(0, blobs[0])
@@ -660,7 +660,7 @@ def test_the_receiving_thread_applies_forget_and_recycle_before_its_next_read(
     box.take(2)
     assert set(box.chunks) == {1, 2}  # chunk 0 started over: its last fragment alone
     assert box.asm.pending[0].missing == {0, 1}
-    assert box.chunks[2] is box.chunks[1]  # assembled in the buffer given back
+    assert box.asm.pending[0].buf is box.chunks[1]  # the buffer given back, reused
     assert bytes(box.chunks[2]) == blobs[2]
 
 
