@@ -226,6 +226,7 @@ class _Pending:
     missing: set[int]  # fragment numbers still to come
     fields: bytes = b""  # its seal's header fields and tag (authentic: its first fragment's)
     tag: bytes = b""
+    heads: bytes = b""  # the headers of all its fragments, back to back (made when first needed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +275,7 @@ class Reassembler:
         self.restarted = 0  # chunks started over for a new nonce
         self.stale = 0  # fragments of an earlier seal than the one pending
         self.landed = 0  # fragments taken where a read put them (no copy)
+        self._offsets: list[bytes] = []  # OFFSET.pack of each fragment's offset
         # (chunk, fragment) after the last one placed: where the next read
         # most likely goes on (the rest of a GSO batch's chunk).
         self.next: tuple[int, int] | None = None
@@ -381,7 +383,7 @@ class Reassembler:
         numbers = range(start // frag, start // frag + count)
         if not p.missing.issuperset(numbers):
             return k, None  # some held already: one by one (the first copy wins)
-        if not _run_matches(got.heads, k, first.fields, first.tag, start, frag, count):
+        if (first.fields, first.tag) != (p.fields, p.tag) or not self._run_is(p, got, k, numbers):
             return k, None
         nbytes = min(size, start + count * frag) - start
         p.buf[start : start + nbytes] = got.payloads[k * frag : k * frag + nbytes]
@@ -425,7 +427,7 @@ class Reassembler:
             or got.frag != frag
             or got.length(count - 1) != frag + HEADER_BYTES
             or not p.missing.issuperset(numbers)
-            or not _run_matches(got.heads, 0, p.fields, p.tag, land.number * frag, frag, count)
+            or not self._run_is(p, got, 0, numbers)
         ):
             return False, None
         self.landed += count
@@ -462,26 +464,24 @@ class Reassembler:
                 return self.spare.pop(k)
         return bytearray(size)
 
-
-_RUNS: dict[int, struct.Struct] = {}
-
-
-def _run_matches(
-    heads: memoryview, k: int, fields: bytes, tag: bytes, start: int, frag: int, count: int
-) -> bool:
-    """Whether the ``count`` headers in ``heads`` from datagram ``k`` on are
-    exactly those of the fragments of one seal from offset ``start``: the
-    chunk's fields and tag in each, the offsets in order. One unpack of
-    them all, then comparisons in C (no Python per datagram)."""
-    layout = _RUNS.get(count)
-    if layout is None:
-        layout = _RUNS[count] = struct.Struct("!" + f"{FIELDS.size}sI{TAG_BYTES}s" * count)
-    got = layout.unpack_from(heads, k * HEADER_BYTES)
-    return (
-        got[1::3] == tuple(range(start, start + count * frag, frag))
-        and got[0::3].count(fields) == count
-        and got[2::3].count(tag) == count
-    )
+    def _run_is(self, p: _Pending, got: Scattered, k: int, numbers: range) -> bool:
+        """Whether the headers of ``got`` from datagram ``k`` on are exactly
+        those of fragments ``numbers`` of ``p``'s seal: the chunk's fields
+        and tag in each, the offsets in order. One comparison of bytes with
+        the seal's headers, made once per chunk (no Python per datagram)."""
+        if not p.heads:
+            count = fragment_count(len(p.buf), self.frag)
+            offsets = self._offsets
+            while len(offsets) < count:
+                offsets.append(OFFSET.pack(len(offsets) * self.frag))
+            parts = [p.fields] * (3 * count)
+            parts[1::3] = offsets[:count]
+            parts[2::3] = [p.tag] * count
+            p.heads = b"".join(parts)
+        return bool(
+            got.heads[k * HEADER_BYTES : (k + len(numbers)) * HEADER_BYTES]
+            == p.heads[numbers.start * HEADER_BYTES : numbers.stop * HEADER_BYTES]
+        )
 
 
 @dataclass(frozen=True, slots=True)
