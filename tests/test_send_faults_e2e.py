@@ -8,7 +8,9 @@ against the send's ``--timeout``:
   resumes when the receiver is back (every attempt has its row in the
   statistics history); if it does not come back, the send fails naming the
   closed port once ``--timeout`` has passed;
-- retries keep to the sender's ``max_outgoing``.
+- retries keep to the sender's ``max_outgoing``;
+- a source file cut short while it is sent ends the send as a local error
+  naming it; nothing is stored under its name, and the node sends on.
 """
 
 from __future__ import annotations
@@ -140,6 +142,32 @@ def test_a_frozen_receiver_ends_the_send_at_its_timeout(
     # The deadline is --timeout after the last acknowledged chunk (just before
     # the stop); the CLI's own exit adds a little.
     assert timeout * 0.9 <= took <= timeout * 1.1, f"exited {took:.2f} s after the stop"
+
+
+def test_a_source_cut_short_mid_send_fails_the_send_and_the_node_sends_on(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    receiver = node_factory(name="receiver")
+    sender = node_factory("--max-retries", "0", name="sender")
+    path = make_file(SIZE, name="shrinking.bin")
+    send = Send(sender, path, receiver.port, 30.0, rate=RATE // 2)  # 4 s for the file
+    try:
+        wait_until(lambda: _written(receiver) > 0 or None, 30, "the first chunks")
+        with open(path, "r+b") as fh:
+            fh.truncate(0)  # every chunk read from now on comes back short
+        code, info = send.result()
+    finally:
+        send.kill()
+    error = str(info.get("error", ""))
+    assert code == errors.USAGE, (code, info, send.lines)  # a local problem
+    assert str(path) in error, (info, send.lines)
+    # Cut short between two reads, or (all read already) seen changed at the end.
+    assert "shrank" in error or "changed while it was being sent" in error, (info, send.lines)
+    assert not (receiver.inbox / path.name).exists()
+    other = make_file(100_000, name="after.bin")
+    code, result = sender.send_to(other, receiver)
+    assert code == 0, result
+    assert blake3_file(receiver.inbox / result["stored_as"]) == blake3_file(other)
 
 
 def test_a_killed_receiver_is_retried_and_resumed_or_named_when_it_stays_away(
