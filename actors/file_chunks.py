@@ -5,8 +5,7 @@ receiver's writer (reading back what it wrote, for the in-order hash) read
 chunk ``index`` of a file of ``size`` bytes cut in ``chunk_size`` pieces
 with one positioned read; a short read means the file changed under us.
 The source is a file descriptor or a :class:`Stream` (a folder sent as one
-stream, :class:`~actors.tree_source.TreeSource`). :func:`read_chunk_into`
-reads into the caller's reused buffer instead of a new object per chunk.
+stream, :class:`~actors.tree_source.TreeSource`).
 """
 
 from __future__ import annotations
@@ -38,20 +37,3 @@ def read_chunk(fd: int | Stream, index: int, chunk_size: int, size: int) -> byte
     if len(data) != length:
         raise OSError(f"file shrank while it was read (chunk {index})")
     return data
-
-
-def read_chunk_into(
-    fd: int | Stream, index: int, chunk_size: int, size: int, buf: bytearray
-) -> memoryview:
-    """:func:`read_chunk` into ``buf`` (at least ``chunk_size`` bytes, reused
-    from chunk to chunk: no chunk allocates, and so faults in and frees, a
-    new buffer of its own). Returns the chunk's bytes as a view of ``buf``,
-    valid until the next read into it; a stream's chunk is returned as read.
-    Raises OSError as :func:`read_chunk` does."""
-    length = chunk_length(index, chunk_size, size)
-    if not isinstance(fd, int):
-        return memoryview(read_chunk(fd, index, chunk_size, size))
-    view = memoryview(buf)[:length]
-    if os.preadv(fd, [view], index * chunk_size) != length:
-        raise OSError(f"file shrank while it was read (chunk {index})")
-    return view

@@ -80,7 +80,7 @@ import blake3
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from actors.file_chunks import Stream, read_chunk_into
+from actors.file_chunks import Stream, read_chunk
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, crew_size
 from actors.peer_link import ConnectProbe, Link, connect_cause
 from actors.sealed_buffers import SealedBuffers
@@ -246,10 +246,6 @@ class Outgoing:
     port_closed: bool = False  # this attempt ended because the receiver's port refused
     tree: TreeSource | None = None  # a folder or several files, read as one stream (fd -1)
     checked: int = 0  # bytes the receiver's final check covered (its Verifying)
-    # Chunks are read into this one buffer (allocated at the first read, one
-    # chunk's size): the hash and the seal are done with a chunk before the
-    # next read.
-    buffer: bytearray | None = None
     sealed: SealedBuffers | None = None  # what chunks are sealed into (reused)
 
     @property
@@ -894,11 +890,8 @@ class SenderActor(Actor):
             t.flow.on_timer(self.now())
             self._drive(t)
 
-    def _read(self, t: Outgoing, index: int) -> memoryview:
-        """Chunk ``index``, valid until the transfer's next read."""
-        if t.buffer is None:
-            t.buffer = bytearray(t.chunk_size)
-        return read_chunk_into(t.source, index, t.chunk_size, t.size, t.buffer)
+    def _read(self, t: Outgoing, index: int) -> bytes:
+        return read_chunk(t.source, index, t.chunk_size, t.size)
 
     def _send_chunk(self, t: Outgoing, index: int, last: bool) -> None:
         if t.crew is not None:
@@ -1104,7 +1097,7 @@ class SenderActor(Actor):
             self.call_later(CLOSE_GRACE, functools.partial(self._close_lanes, t.lanes))
         if t.fd >= 0:
             os.close(t.fd)
-        t.buffer, t.sealed = None, None  # a cancelled timer may still hold ``t`` a while
+        t.sealed = None  # a cancelled timer may still hold ``t`` for a while
         self.count("sent" if code == ResultCode.OK else f"failed-{code}")
         # Retried: a failure of the network (the data connection broke, or a
         # retry's offer found no peer), not a peer that answers but stalls.
