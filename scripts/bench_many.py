@@ -31,7 +31,7 @@ Measured per run (every run is printed):
   one transfer alone and for the many, and the load average.
 
     .venv/bin/python scripts/bench_many.py [--runs 3] [--size 16M] [--per-node 16]
-        [--dir DIR] [--strangers] [--json FILE]
+        [--dir DIR] [--strangers] [--checks N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -100,6 +100,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far per thread name (``pc-sender``, ``ZMQbg/IO/#``...),
+    summed over the processes ``pids``: where the nodes' time goes."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip().rstrip("0123456789")
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # a thread that ended meanwhile
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def per_gib(before: dict[str, float], after: dict[str, float], gib: float) -> dict[str, float]:
+    """Each thread's CPU seconds per GiB moved between two :func:`thread_cpu`
+    readings, largest first (those under 0.01 s left out)."""
+    spent = {name: (after[name] - before.get(name, 0.0)) / gib for name in after}
+    return {k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+
+
 def reset_peak_rss(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := current RSS
 
@@ -152,6 +175,37 @@ def probe(nodes: list[NodeProcess], stop: threading.Event, out: Latencies) -> No
             stop.wait(0.02)
 
 
+def check_cost(nodes: list[NodeProcess], count: int) -> None:
+    """``count`` health checks of node 1 by node 0, one after the other, no
+    load of ours: wall time p50/p99 and the two nodes' CPU per check (a
+    count of work the machine's load bends less than the wall time)."""
+    pids = [nodes[0].pid, nodes[1].pid]
+    cpu = sum(cpu_seconds(pid) for pid in pids)
+    times: list[float] = []
+    with ControlClient.for_data_dir(nodes[0].data_dir) as client:
+        for _ in range(count):
+            request = client.next_id()
+            started = time.perf_counter()
+            client.send(CheckRequest(request=request, host=nodes[1].host, port=nodes[1].port))
+            while not isinstance(reply := client.receive(30), CheckResult):
+                pass
+            times.append(time.perf_counter() - started)
+            if reply.code != "ok":
+                raise SystemExit(f"a check failed: {reply.code} {reply.reason}")
+    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
+    time.sleep(1.5)  # counters reach the status every 0.5 s
+    counters = nodes[0].counters()
+    reused = counters.get("health.checks-reused", 0)
+    fallbacks = counters.get("health.check-reuse-fallbacks", 0)
+    print(
+        f"{count} checks one after another: p50 {1000 * pct(times, 0.5):.1f} ms, "
+        f"p99 {1000 * pct(times, 0.99):.1f} ms; the two nodes' CPU "
+        f"{1000 * cpu / count:.2f} ms per check; reused {reused}, fell back {fallbacks} "
+        f"(node 0 so far); load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+
+
 def idle_latencies(nodes: list[NodeProcess], seconds: float) -> Latencies:
     out = Latencies()
     stop = threading.Event()
@@ -184,6 +238,7 @@ def one_run(
 ) -> dict[str, Any]:
     # One transfer alone first: the reference goodput (the node's own span).
     single_cpu = sum(cpu_seconds(node.pid) for node in nodes)
+    single_threads = thread_cpu([node.pid for node in nodes])
     single_started = time.perf_counter()
     with ControlClient.for_data_dir(nodes[0].data_dir) as client:
         request = client.next_id()
@@ -208,6 +263,7 @@ def one_run(
     (nodes[1].inbox / reply.stored_as).unlink()
     single_rate = reply.size / MiB / reply.seconds
     single_cpu_per_gib = single_cpu / (reply.size / 2**30)
+    single_split = per_gib(single_threads, thread_cpu([n.pid for n in nodes]), reply.size / 2**30)
 
     idle = idle_latencies(nodes, 2.0)
     flows: list[Flow] = []
@@ -218,6 +274,7 @@ def one_run(
     for node in nodes:
         reset_peak_rss(node.pid)
     cpu_before = sum(cpu_seconds(node.pid) for node in nodes)
+    threads_before = thread_cpu([node.pid for node in nodes])
     load_average = os.getloadavg()[0]
     load = Latencies()
     stop = threading.Event()
@@ -239,11 +296,13 @@ def one_run(
     prober.join(60)
     rss = [peak_rss_mib(node.pid) for node in nodes]
     cpu = sum(cpu_seconds(node.pid) for node in nodes) - cpu_before
+    threads_after = thread_cpu([node.pid for node in nodes])
     load_average = max(load_average, os.getloadavg()[0])
     counters: dict[str, int] = {}
     for node in nodes:
         for name, value in node.counters().items():
-            if any(word in name for word in ("disconnect", "reconnect", "dropped", "credit")):
+            words = ("disconnect", "reconnect", "dropped", "credit", "check-re")
+            if any(word in name for word in words):
                 counters[name] = counters.get(name, 0) + value
 
     failed = [f for f in flows if f.result is None or f.result.code != "ok"]
@@ -267,6 +326,7 @@ def one_run(
         sack += int(f.result.stats.get("fast_retransmits", 0))
         rates.append(f.result.size / MiB / f.result.seconds)
     aggregate = total / MiB / elapsed
+    many_split = per_gib(threads_before, threads_after, total / 2**30)
     # When the flows started (their result less their own span) and ended,
     # from the first request: a late start or a long tail costs aggregate.
     ends = sorted(f.done_at - started for f in flows)
@@ -297,6 +357,8 @@ def one_run(
         "starts_s": [starts[0], starts[len(starts) // 2], starts[-1]],
         "ends_s": [ends[0], ends[len(ends) // 2], ends[-1]],
         "single_cpu_s_per_gib": single_cpu_per_gib,
+        "threads_cpu_s_per_gib": many_split,
+        "single_threads_cpu_s_per_gib": single_split,
         "single_wall_mib_s": reply.size / MiB / single_wall,
         "load_average": load_average,
     }
@@ -322,6 +384,8 @@ def one_run(
         f"the nodes' CPU {single_cpu_per_gib:.2f} s per GiB",
         flush=True,
     )
+    print(f"       CPU s per GiB by thread, one alone: {single_split}", flush=True)
+    print(f"       CPU s per GiB by thread, all at once: {many_split}", flush=True)
 
     def ms(values: list[float], q: float) -> str:
         return f"{1000 * pct(values, q):.1f}"
@@ -351,6 +415,9 @@ def main() -> int:
     parser.add_argument(
         "--strangers", action="store_true", help="the nodes do not join one network"
     )
+    parser.add_argument(
+        "--checks", type=int, default=0, help="time this many checks alone first (CPU per check)"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     size = parse_size(args.size)
@@ -373,6 +440,8 @@ def main() -> int:
                 nodes.append(NodeProcess(root / f"node{i}", key, extra_args=extra).start())
             if not args.strangers:
                 wait_for_reuse(nodes)
+            if args.checks:
+                check_cost(nodes, args.checks)
             print(
                 f"{args.nodes} nodes, {args.nodes * args.per_node} sends of "
                 f"{size / MiB:.0f} MiB at once, under {root}",
@@ -384,6 +453,9 @@ def main() -> int:
             for node in nodes:
                 if node.running:
                     node.stop()
+
+    if not rows:
+        return 0
 
     def med(key: str, index: int | None = None) -> float:
         values = [r[key] if index is None else r[key][index] for r in rows]
