@@ -324,6 +324,9 @@ class FileWriter:
         # Bytes the final check of each file has covered (written by this
         # thread, read by the actor: one int per key, replaced whole).
         self._checked: dict[bytes, int] = {}
+        # Steps of every final check so far, whichever file's (one int,
+        # replaced whole): the checks queued behind a long one wait on it.
+        self.checks_moved = 0
         self._halts: set[threading.Event] = set()  # of running feeders, set by stop()
 
     def start(self) -> None:
@@ -518,6 +521,7 @@ class FileWriter:
     def _checked_setter(self, tid: bytes) -> Callable[[int], None]:
         def note(done: int) -> None:
             self._checked[tid] = done
+            self.checks_moved += 1
 
         return note
 

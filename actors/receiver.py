@@ -1163,8 +1163,9 @@ class ReceiverActor(Actor):
                 reason = f"no Done from the sender for {self.settings.idle_timeout:.0f} s"
                 self.tell("stats", self._echo_record(echo, "expired", reason))
         for t in list(self.transfers.values()):
-            if t.flow.finishing:  # the final check's progress bounds it now
-                t.flow.on_checked(self.writer.checked(t.tid), now)
+            if t.flow.finishing:  # the final checks' progress bounds it now: its
+                # own, or that of one ahead of it in the writer's queue
+                t.flow.on_checked(self.writer.checks_moved, now)
             t.flow.on_timer(now)
             self._drive(t)
         self.facts["active"] = str(len(self.transfers))

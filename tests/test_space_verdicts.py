@@ -533,6 +533,69 @@ def _sealed_until(
     return out
 
 
+def _written(
+    receiver: ReceiverActor,
+    space: SpaceActor,
+    mail: tuple[Mail, Mail],
+    key: ResumeKey,
+    content: bytes,
+    data: zmq.Socket[bytes],
+) -> tuple[bytes, TransferKeys]:
+    """SENDER's transfer of ``content`` (``key``), accepted (the space actor
+    asked) and every chunk of it sent over ``data`` and written by the
+    receiver's writer: its tid and keys."""
+    from_receiver, from_space = mail
+    tid = os.urandom(16)
+    offer, eph = _sealed_offer(tid, receiver.settings.identity.public, key)
+    receiver.on_mail(_inbound(offer))
+    for msg in take(from_receiver, "space"):
+        space.on_mail(msg)
+    for msg in take(from_space, "receiver"):
+        receiver.on_mail(msg)
+    [answer] = take(from_receiver, "gateway")
+    assert isinstance(answer, Outbound)
+    accept = codec.decode(answer.payload)
+    assert isinstance(accept, Accept), accept
+    secrets = eph.finish(tid, accept.static_pub, accept.eph_pub, accept.proof)
+    keys = TransferKeys.for_sender(tid, secrets)
+    data.routing_id = keys.route_id(0)
+    data.connect(f"tcp://127.0.0.1:{receiver.data_port}")
+    t = receiver.transfers[tid]
+    for i in range(key.total):
+        last = i == key.total - 1
+        nonce, sealed = keys.seal_chunk(i, last, content[i * CHUNK : (i + 1) * CHUNK])
+        data.send_multipart(
+            [codec.encode(ChunkHeader(tid=tid, index=i, last=last, nonce=nonce)), sealed]
+        )
+    deadline = time.monotonic() + 20
+    while not t.flow.written.complete:
+        assert time.monotonic() < deadline, "the chunks were not written"
+        if receiver.data.poll(50):
+            receiver._on_data(receiver.data)
+        if receiver.writer_results.poll(50):
+            receiver._on_writer(receiver.writer_results)
+    return tid, keys
+
+
+def _done(
+    receiver: ReceiverActor, data: zmq.Socket[bytes], keys: TransferKeys, content: bytes
+) -> None:
+    """The sender's Done of ``content`` over ``data``, taken by the receiver,
+    which tells the sender to wait (Verifying)."""
+    total = -(-len(content) // CHUNK)
+    nonce, done = keys.seal_message(
+        codec.encode(Done(digest=blake3.blake3(content).digest(), chunks=total))
+    )
+    data.send_multipart([codec.encode(SealedHeader(tid=keys.tid, nonce=nonce)), done])
+    t = receiver.transfers[keys.tid]
+    deadline = time.monotonic() + 20
+    while not t.flow.finishing:
+        assert time.monotonic() < deadline, "the Done was not taken"
+        if receiver.data.poll(50):
+            receiver._on_data(receiver.data)
+    _sealed_until(data, keys, Verifying)
+
+
 def test_a_final_check_that_stops_moving_ends_and_frees_the_slot_and_space(
     node: tuple[ActorEnv, NodeSettings, FakeClock],
 ) -> None:
@@ -554,46 +617,11 @@ def test_a_final_check_that_stops_moving_ends_and_frees_the_slot_and_space(
     data.linger = 0
     unclosed = -1
     try:
-        tid = os.urandom(16)
-        offer, eph = _sealed_offer(tid, settings.identity.public, key)
-        receiver.on_mail(_inbound(offer))
-        for msg in take(from_receiver, "space"):
-            space.on_mail(msg)
-        for msg in take(from_space, "receiver"):
-            receiver.on_mail(msg)
-        [answer] = take(from_receiver, "gateway")
-        assert isinstance(answer, Outbound)
-        accept = codec.decode(answer.payload)
-        assert isinstance(accept, Accept), accept
-        secrets = eph.finish(tid, accept.static_pub, accept.eph_pub, accept.proof)
-        keys = TransferKeys.for_sender(tid, secrets)
-        data.routing_id = keys.route_id(0)
-        data.connect(f"tcp://127.0.0.1:{receiver.data_port}")
+        tid, keys = _written(receiver, space, (from_receiver, from_space), key, content, data)
         t = receiver.transfers[tid]
-        for i in range(key.total):
-            last = i == key.total - 1
-            nonce, sealed = keys.seal_chunk(i, last, content[i * CHUNK : (i + 1) * CHUNK])
-            data.send_multipart(
-                [codec.encode(ChunkHeader(tid=tid, index=i, last=last, nonce=nonce)), sealed]
-            )
-        deadline = time.monotonic() + 20
-        while not t.flow.written.complete:
-            assert time.monotonic() < deadline, "the chunks were not written"
-            if receiver.data.poll(50):
-                receiver._on_data(receiver.data)
-            if receiver.writer_results.poll(50):
-                receiver._on_writer(receiver.writer_results)
         receiver.writer.stop()  # from here on the writer answers nothing
         unclosed = t.fd  # nor closes the part (the test does, at the end)
-        nonce, done = keys.seal_message(
-            codec.encode(Done(digest=blake3.blake3(content).digest(), chunks=key.total))
-        )
-        data.send_multipart([codec.encode(SealedHeader(tid=tid, nonce=nonce)), done])
-        while not t.flow.finishing:
-            assert time.monotonic() < deadline, "the Done was not taken"
-            if receiver.data.poll(50):
-                receiver._on_data(receiver.data)
-        _sealed_until(data, keys, Verifying)  # the sender is told to wait
+        _done(receiver, data, keys, content)
         take(from_receiver, "stats")
         clock.advance(settings.idle_timeout - 1)
         receiver._expire_idle()
@@ -622,3 +650,56 @@ def test_a_final_check_that_stops_moving_ends_and_frees_the_slot_and_space(
             os.close(unclosed)
         for sock in receiver._sockets:
             sock.close(linger=0)
+
+
+def test_a_final_check_queued_behind_one_that_moves_waits_for_it(
+    node: tuple[ActorEnv, NodeSettings, FakeClock],
+) -> None:
+    """Two transfers finish together. The receiver's one writer thread
+    checks the first (a big file read back from a slow disk) for longer
+    than the idle timeout, making progress all along; the second's check
+    starts only after it. The second waits its turn: it does not end
+    "timeout" while the writer moves. Once the writer stops moving, both
+    end so."""
+    env, settings, clock = node
+    receiver = ReceiverActor(env, settings)
+    space = SpaceActor(env, settings)
+    mail = record(receiver), record(space)
+    receiver.setup()
+    socks: list[zmq.Socket[bytes]] = []
+    unclosed: list[int] = []
+    try:
+        sent = []
+        for name in ("first.bin", "second.bin"):
+            content = os.urandom(2 * CHUNK + 7)
+            key = ResumeKey(
+                SENDER.public, name, len(content), CHUNK, blake3.blake3(name.encode()).digest()
+            )
+            sock: zmq.Socket[bytes] = env.context.socket(zmq.DEALER)
+            sock.linger = 0
+            socks.append(sock)
+            tid, keys = _written(receiver, space, mail, key, content, sock)
+            sent.append((tid, keys, sock, content))
+        first, second = sent[0][0], sent[1][0]
+        receiver.writer.stop()  # the test plays the writer's progress from here on
+        unclosed = [receiver.transfers[tid].fd for tid, *_ in sent]
+        for _tid, keys, sock, content in sent:
+            _done(receiver, sock, keys, content)  # the writer checks them in this order
+        progress = receiver.writer._checked_setter(first)  # the first's hash, as it goes
+        for step in range(1, 5):
+            clock.advance(settings.idle_timeout / 2)
+            progress(step * 1024 * 1024)
+            receiver._expire_idle()
+            assert {first, second} <= receiver.transfers.keys(), step
+        assert receiver.counters.get("check-timeout") is None
+        clock.advance(settings.idle_timeout + 1)  # then the writer stops moving
+        receiver._expire_idle()
+        assert not receiver.transfers and receiver.counters.get("check-timeout") == 2
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
+        receiver.teardown()
+        for fd in unclosed:
+            os.close(fd)
+        for s in receiver._sockets:
+            s.close(linger=0)

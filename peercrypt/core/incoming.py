@@ -30,8 +30,9 @@ every chunk is written; a transfer that makes no progress (no new chunk, no
 finishing Done) for ``idle_timeout`` seconds is dropped, keeping its part
 file for a resume: duplicates and early Dones, which cost a sender nothing,
 never keep a slot alive. The final check (fsync, the read-back hash, a
-folder's build) is bounded the same way: its progress (:meth:`on_checked`,
-the bytes it has covered) is the activity then, and a check that covers
+folder's build) is bounded the same way: its progress (:meth:`on_checked`;
+the receiver's one writer checks one file at a time, so any check's
+progress counts) is the activity then, and a check that covers
 nothing new for ``idle_timeout`` seconds (a disk that stopped answering, a
 part that cannot be read, a writer that is gone) ends the transfer with
 ``timeout``: the sender is told, the part is kept for a resume, its slot and
@@ -95,7 +96,7 @@ class IncomingTransfer:
     finishing: bool = field(default=False, init=False)
     ended: bool = field(default=False, init=False)
     ack_due: bool = field(default=False, init=False)
-    checked: int = field(default=0, init=False)  # bytes the final check covered
+    checked: int = field(default=0, init=False)  # how far the final check got (on_checked)
     _ack_now: bool = field(default=False, init=False)  # a duplicate or an early Done
     _unacked: int = field(default=0, init=False)  # chunks written since the last ack
     _expected_digest: bytes = field(default=b"", init=False)
@@ -145,12 +146,15 @@ class IncomingTransfer:
             self._expected_digest = digest
             self._outputs.append(FinishFile())
 
-    def on_checked(self, done_bytes: int, now: float) -> None:
-        """The final check has covered ``done_bytes`` of the file: any change
-        is progress (it keeps the transfer from timing out; a check that
-        starts over, a folder's build then the part's hash, counts too)."""
-        if self.finishing and not self.ended and done_bytes != self.checked:
-            self.checked = done_bytes
+    def on_checked(self, moved: int, now: float) -> None:
+        """How far the final check has got (any measure that moves with it):
+        any change is progress (it keeps the transfer from timing out; a
+        check that starts over, a folder's build then the part's hash,
+        counts too). The receiver passes the steps of every check its
+        writer has made: a check queued behind another one that moves is
+        waiting its turn, not stuck."""
+        if self.finishing and not self.ended and moved != self.checked:
+            self.checked = moved
             self.last_activity = now
 
     def on_hashed(self, digest: bytes) -> None:
