@@ -392,7 +392,9 @@ class MulticastSenderActor(Actor):
             datagrams=group is not None,
             files=tree.files if tree is not None else 0,
         )
-        flow.on_pacing(self.settings.max_rate > 0)  # the scheduler corrects it (FlowPacing)
+        # The scheduler corrects it (FlowPacing); one attached from elsewhere
+        # may have a cap this node does not know: start paced (as a send does).
+        flow.on_pacing(self.settings.max_rate > 0 or "scheduler" in self.settings.remote_actors)
         sess = Session(
             request=req,
             sid=sid,
@@ -743,22 +745,30 @@ class MulticastSenderActor(Actor):
     # -- publishing -------------------------------------------------------------------
 
     def _start_publishing(self, sess: Session, paced: bool) -> None:
-        self.tell(
-            "scheduler",
-            FlowStart(
-                request=sess.request.request,
-                priority=1,
-                rate=0,
-                burst=0,
-                paced=paced,
-                owner=self.name,
-            ),
-        )
+        self.tell("scheduler", self._flow_start(sess, paced))
         for t in sess.targets.values():
             r = sess.flow.receivers[t.name]
             if not r.joined and r.result is None and not t.noticed:
                 t.noticed = True
                 self._notice(sess, t, "not joined", f"{t.name} has not joined")
+
+    def _flow_start(self, sess: Session, paced: bool) -> FlowStart:
+        return FlowStart(
+            request=sess.request.request, priority=1, rate=0, burst=0, paced=paced, owner=self.name
+        )
+
+    def on_actor_restarted(self, name: str) -> None:
+        # A scheduler that crashed (or was attached anew) knows no flow: tell
+        # it the publishing sessions again and let paced ones ask for grants
+        # afresh (as the sender does); else they wait for grants until their
+        # timeout, holding their sockets and sending threads.
+        if name != "scheduler":
+            return
+        for sess in list(self.sessions.values()):
+            if sess.flow.publishing:
+                self.tell("scheduler", self._flow_start(sess, sess.flow.paced))
+                sess.flow.on_pacing(sess.flow.paced)
+                self._drive(sess)
 
     def _read(self, sess: Session, index: int) -> bytes:
         return read_chunk(sess.source, index, sess.chunk_size, sess.size)

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import random
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ from peercrypt.testing.nodes import (
     NodeProcess,
     blake3_file,
     cli_env,
+    free_port,
     random_file,
     start_cli,
     wait_until,
@@ -227,30 +231,35 @@ def test_a_lost_attached_sender_fails_its_transfer_cleanly(
     assert not any(p.name == "slow.bin" for p in receiver.inbox.glob("*"))
 
 
-def test_a_send_goes_on_when_its_lost_scheduler_comes_back(
+def _across_a_new_scheduler(
     tmp_path: Path,
     network_key: str,
-    node_factory: Callable[..., NodeProcess],
     processes: list[Any],
-) -> None:
-    """A paced send (the attached scheduler's --max-rate) stalls while its
-    scheduler is gone; a new scheduler process attaches, the sender announces
-    the flow again, and the send completes with the right hash."""
-    receiver = node_factory("--no-gossip")
+    receiver: NodeProcess,
+    node_args: tuple[str, ...],
+    send_args: tuple[str, ...],
+    running: Callable[[NodeProcess], object],
+) -> tuple[NodeProcess, dict[str, Any], Path, tuple[Counter[str], int]]:
+    """A node (``node_args``) whose scheduler is attached (--max-rate
+    2 MiB/s) sends 8 MiB to ``receiver`` (``send_args``); once
+    ``running(node)`` holds, that scheduler is killed and, once the node saw
+    it lost, a new one attaches. The node, the send's result (it must have
+    succeeded), the file, and the node's threads and sockets before the send."""
     first = ActorProcess(tmp_path / "sched", "scheduler", [], network_key)
-    node = remote_node(tmp_path / "node", network_key, "scheduler", first.fingerprint())
+    node = remote_node(tmp_path / "node", network_key, "scheduler", first.fingerprint(), *node_args)
     processes.append(node.start())
     first.attach = [f"127.0.0.1:{node.port}"]
     first.extra_args = ("--max-rate", str(2 * MiB))
     processes.append(first.start())
     attached(node, "scheduler", first.fingerprint())
+    before = _threads_and_sockets(node)
     path = random_file(tmp_path / "paced.bin", 8 * MiB)
     send = start_cli(
-        "send", path, "127.0.0.1", str(receiver.port), "--json", "--timeout", "60",
+        "send", path, "127.0.0.1", str(receiver.port), *send_args, "--json", "--timeout", "60",
         data_dir=node.data_dir, env={"PEERCRYPT_NETWORK_KEY": network_key},
     )  # fmt: skip
     try:
-        wait_until(lambda: _sending(node), 20, "the send to run", interval=0.2)
+        running(node)
         assert first.proc is not None
         first.proc.kill()
         first.proc.wait(10)
@@ -267,7 +276,79 @@ def test_a_send_goes_on_when_its_lost_scheduler_comes_back(
             send.wait(10)
     result = json.loads(out)
     assert send.returncode == 0 and result["ok"], (result, err)
+    return node, result, path, before
+
+
+def test_a_send_goes_on_when_its_lost_scheduler_comes_back(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    processes: list[Any],
+) -> None:
+    """A paced send (the attached scheduler's --max-rate) stalls while its
+    scheduler is gone; a new scheduler process attaches, the sender announces
+    the flow again, and the send completes with the right hash."""
+    receiver = node_factory("--no-gossip")
+    _, result, path, _ = _across_a_new_scheduler(
+        tmp_path, network_key, processes, receiver, (), (),
+        lambda node: wait_until(lambda: _sending(node), 20, "the send to run", interval=0.2),
+    )  # fmt: skip
     assert blake3_file(receiver.inbox / result["stored_as"]) == blake3_file(path)
+
+
+def _threads_and_sockets(node: NodeProcess) -> tuple[Counter[str], int]:
+    """The node process's threads (by name: the main thread's for Python
+    threads not named natively), and how many of its descriptors are sockets."""
+    assert node.proc is not None
+    proc = Path(f"/proc/{node.proc.pid}")
+    threads: Counter[str] = Counter()
+    sockets = 0
+    for task in (proc / "task").iterdir():
+        with contextlib.suppress(OSError):  # ended meanwhile
+            threads[(task / "comm").read_text().strip()] += 1
+    for fd in (proc / "fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            sockets += os.readlink(fd).startswith("socket:")
+    return threads, sockets
+
+
+def test_a_multicast_session_goes_on_when_its_lost_scheduler_comes_back(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    processes: list[Any],
+) -> None:
+    """The same for a multicast session over a UDP group (its own sending
+    thread and socket): paced by the attached scheduler's --max-rate from
+    its first byte, it stalls while the scheduler is gone; the new one is
+    told the session's flow again, the session completes, and its sending
+    thread and sockets are closed (the node has no more sockets than before
+    it). Before, the msender never told the new scheduler: the session
+    waited for grants until its --timeout (here 60 s), holding them; and it
+    started unpaced, as if the attached scheduler had no cap."""
+    receiver = node_factory("--no-gossip")
+    group = f"239.255.{random.randrange(1, 255)}.{random.randrange(1, 255)}:{free_port()}"
+
+    def publishing(node: NodeProcess) -> None:
+        node.wait_for_counter("msender.joins", 1)
+        wait_until(
+            lambda: _threads_and_sockets(node)[0]["pc-datagrams"] or None,
+            20,
+            "the session's sending thread",
+        )
+
+    node, result, path, before = _across_a_new_scheduler(
+        tmp_path, network_key, processes, receiver,
+        ("--multicast-group", group, "--multicast-ttl", "0"), ("-m",), publishing,
+    )  # fmt: skip
+    (row,) = result["receivers"]
+    assert blake3_file(receiver.inbox / row["stored_as"]) == blake3_file(path)
+
+    def released() -> bool:  # (pyzmq's own garbage collector thread may have started)
+        threads, sockets = _threads_and_sockets(node)
+        return not threads["pc-datagrams"] and sockets <= before[1]
+
+    wait_until(released, 20, f"the session's sending thread and sockets closed ({before[1]})")
 
 
 def test_an_offer_to_a_node_without_its_receiver_is_answered(
