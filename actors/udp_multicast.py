@@ -11,12 +11,12 @@ this module only opens, sizes and uses the kernel sockets:
   datagram) and joins the group on the interface that routes to the sender.
 
 Buffers: a receiver that is descheduled for a few milliseconds must not lose
-what arrives meanwhile, so it asks for a large receive buffer
-(``multicast_rcvbuf``): ``SO_RCVBUFFORCE`` when the process may (root,
-CAP_NET_ADMIN), else ``SO_RCVBUF``, which the kernel caps at
-``net.core.rmem_max``. The receiver actor logs once what it got when that
-is less; losses are repaired either way (NAKs), a small buffer just costs
-repairs.
+what arrives meanwhile, so it asks for a receive buffer larger than the
+sender's window (``multicast_rcvbuf``, docs/multicast.md "The datagram
+path"): ``SO_RCVBUFFORCE`` when the process may (root, CAP_NET_ADMIN), else
+``SO_RCVBUF``, which the kernel caps at ``net.core.rmem_max``. The receiver
+actor logs once what it got when that is less; losses are repaired either
+way (NAKs), a small buffer just costs repairs.
 """
 
 from __future__ import annotations
@@ -347,6 +347,9 @@ class GroupReceiver:
         self._signalled = False  # the wake eventfd was written since the last take()
         self._forget: collections.deque[int] = collections.deque()
         self._spare: collections.deque[bytearray] = collections.deque()
+        # The landing and iovec of the next read, kept while the socket is
+        # empty (most reads find it empty once the one before was taken).
+        self._plan: tuple[fragments.Landing | None, list[memoryview]] | None = None
 
     def fileno(self) -> int:
         """The eventfd that is readable when :meth:`take` has something."""
@@ -409,7 +412,7 @@ class GroupReceiver:
         self._spare.append(buf)
 
     def read(
-        self, landing: fragments.Landing | None = None
+        self, landing: fragments.Landing | None = None, iov: list[memoryview] | None = None
     ) -> fragments.Scattered | tuple[bytes, int]:
         """One read: the datagrams scattered (views into buffers the next
         read reuses; the first payloads into ``landing``'s chunk, see
@@ -419,8 +422,10 @@ class GroupReceiver:
         :meth:`fragments.Intake.feed`. Raises ``BlockingIOError`` when
         nothing is queued, other ``OSError`` as the socket does, and
         ``FragmentError("oversize")`` for a datagram larger than any of ours
-        (it was truncated)."""
-        iov = self.buffers.iov_for(landing)
+        (it was truncated). ``iov``: ``self.buffers.iov_for(landing)``, if
+        made already."""
+        if iov is None:
+            iov = self.buffers.iov_for(landing)
         n, ancillary, flags, _ = self.sock.recvmsg_into(iov, GRO_CMSG_SPACE)
         if flags & MSG_TRUNC:
             raise fragments.FragmentError("oversize")
@@ -475,13 +480,20 @@ class GroupReceiver:
             asm.forget(self._forget.popleft())
         while self._spare:
             asm.recycle(self._spare.popleft())
-        try:
+        if self._plan is None:
             # The rest of the chunk being received most likely comes next:
-            # its payloads are read straight into its buffer.
-            read = self.read(asm.landing(self.buffers.slots))
+            # its payloads are read straight into its buffer. (A plan made
+            # before a wait may have gone stale: add_landed checks it anew.)
+            landing = asm.landing(self.buffers.slots)
+            self._plan = landing, self.buffers.iov_for(landing)
+        landing, iov = self._plan
+        try:
+            read = self.read(landing, iov)
         except fragments.FragmentError as exc:
+            self._plan = None
             self._drop(f"datagram-dropped-{exc.kind}")
             return
+        self._plan = None
         if isinstance(read, fragments.Scattered):
             events = intake.feed_scattered(read, self.have)
         else:

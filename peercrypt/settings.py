@@ -113,7 +113,12 @@ class NodeSettings:
     multicast_group: str = ""
     multicast_ttl: int = 1
     multicast_fragment: int = DEFAULT_FRAGMENT
-    multicast_rcvbuf: int = 32 * MiB
+    # More than the sender's window (64 chunks of 1 MiB, ahead of the
+    # slowest receiver's written point) can take with the kernel's overhead:
+    # only the receiver that gets the original of each datagram holds the
+    # sender back through its send buffer, the others get clones, so a
+    # receiver that falls behind overflows a smaller buffer (repairs).
+    multicast_rcvbuf: int = 64 * MiB
     # As large as a receiver's: a datagram stays charged to the sender's
     # buffer until the receivers took it off their queues (the socket is kept
     # across namespaces), so this bounds the data in flight to the group.

@@ -646,14 +646,16 @@ def test_the_receiving_thread_applies_forget_and_recycle_before_its_next_read(
     group_inbox: Callable[..., _GroupInbox],
 ) -> None:
     """A chunk that came whole by repair is forgotten (its fragments held so
-    far do not complete it later), and a buffer given back is the one the
-    next chunk of its length is assembled in (here chunk 0 started over)."""
-    box = group_inbox()
-    blobs = [os.urandom(2500) for _ in range(4)]
+    far do not complete it later) - also when the thread, idle, had planned
+    to read the next fragment straight into its buffer - and a buffer given
+    back is the one the next chunk of its length is assembled in (here
+    chunk 0 started over)."""
+    box = group_inbox(chunk_len=3000)  # 3 whole fragments: the last may be read in place
+    blobs = [os.urandom(3000) for _ in range(4)]
     first = box.datagrams(0, blobs[0])
-    box.send(*first[:2], *box.datagrams(1, blobs[1]))
-    box.take(1)  # chunk 1 done: the thread has handled chunk 0's first two fragments
-    assert set(box.chunks) == {1} and box.asm.pending[0].missing == {2}
+    box.send(*box.datagrams(1, blobs[1]), *first[:2])
+    box.take(1)
+    wait_until(lambda: 0 in box.asm.pending and box.asm.next == (0, 2), 10, "chunk 0 begun")
     box.rx.forget(0)
     box.rx.recycle(box.chunks[1])
     box.send(first[2], *box.datagrams(2, blobs[2]))
@@ -662,6 +664,9 @@ def test_the_receiving_thread_applies_forget_and_recycle_before_its_next_read(
     assert box.asm.pending[0].missing == {0, 1}
     assert box.asm.pending[0].buf is box.chunks[1]  # the buffer given back, reused
     assert bytes(box.chunks[2]) == blobs[2]
+    box.send(*first[:2])
+    box.take(3)
+    assert bytes(box.chunks[0]) == blobs[0]
 
 
 def test_a_receiving_thread_whose_chunks_are_not_taken_holds_a_bounded_number_and_stops(
