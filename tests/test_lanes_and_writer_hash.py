@@ -6,6 +6,7 @@ fills, a small tmpfs the test mounts, keeps the part and its manifest)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import time
@@ -18,6 +19,7 @@ import blake3
 import pytest
 import zmq
 
+import actors.file_writer as file_writer
 from actors.file_writer import (
     BufferPool,
     FileWriter,
@@ -488,6 +490,62 @@ def test_disk_full_keeps_the_part_and_what_it_holds(
         for a, b in held.ranges():
             for i in range(a, b):
                 assert os.pread(part.fileno(), CHUNK, i * CHUNK) == data[i]
+
+
+def test_each_chunk_gets_its_blocks_before_it_is_written_where_a_disk_has_blocks(
+    tmp_path: Path, small_disk: Callable[[str], Path], writer: tuple[FileWriter, Results]
+) -> None:
+    """Right before its pwrite a chunk's range is allocated (fallocate): on a
+    filesystem with blocks, each chunk's own range; on tmpfs none; where the
+    filesystem cannot, asked once; a full disk there fails the file as a
+    full disk does in the write, with nothing written."""
+    w, results = writer
+    asked: list[tuple[int, int, int]] = []
+    answer: list[bool | OSError] = [True]
+
+    def allocate(fd: int, offset: int, length: int) -> bool:
+        asked.append((fd, offset, length))
+        if isinstance(answer[0], OSError):
+            raise answer[0]
+        return answer[0]
+
+    w._allocate = allocate  # what the writer calls (the real one: _block_allocator)
+    data = os.urandom(3 * CHUNK - 100)
+    for where, tid in ((tmp_path, b"d"), (small_disk("1m"), b"m")):
+        fd = os.open(where / "part", os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(fd, len(data))
+        w.open(tid, fd, CHUNK, len(data), ChunkBitmap(3))
+        for index in (2, 0):
+            w.write(tid, index, data[index * CHUNK : (index + 1) * CHUNK])
+            assert _index(_next(results)) == index
+        assert os.pread(fd, 3 * CHUNK, 0) == data[:CHUNK] + bytes(CHUNK) + data[2 * CHUNK :]
+        has_blocks = file_writer._has_blocks(fd)
+        assert tid == b"d" or not has_blocks, "tmpfs has no blocks to allocate"
+        expected = [(fd, 2 * CHUNK, CHUNK - 100), (fd, 0, CHUNK)] if has_blocks else []
+        assert [a for a in asked if a[0] == fd] == expected, (where, asked)
+        w.close(tid, keep=False)
+    fds = [os.open(tmp_path / name, os.O_RDWR | os.O_CREAT, 0o600) for name in ("n", "f")]
+    for fd in fds:
+        os.ftruncate(fd, len(data))
+    if file_writer._has_blocks(fds[0]):  # the test's directory is on a disk
+        asked.clear()
+        answer[0] = False  # a filesystem that cannot: asked once, then written anyway
+        w.open(b"n", fds[0], CHUNK, len(data), ChunkBitmap(3))
+        for index in (0, 1):
+            w.write(b"n", index, data[index * CHUNK : (index + 1) * CHUNK])
+            assert _index(_next(results)) == index
+        assert asked == [(fds[0], 0, CHUNK)]
+        answer[0] = OSError(errno.ENOSPC, "No space left on device")
+        w.open(b"f", fds[1], CHUNK, len(data), ChunkBitmap(3))
+        w.write(b"f", 2, data[2 * CHUNK :])
+        result = _next(results)
+        assert isinstance(result, WriteFailed) and result.no_space, result
+        assert os.pread(fds[1], CHUNK, 2 * CHUNK) == bytes(CHUNK - 100)  # nothing written
+        w.close(b"n", keep=False)  # closes its fd
+        w.close(b"f", keep=False)
+    else:
+        for fd in fds:
+            os.close(fd)
 
 
 def test_writer_refuses_chunks_beyond_its_queue_bound(tmp_path: Path) -> None:
