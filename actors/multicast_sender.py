@@ -754,7 +754,13 @@ class MulticastSenderActor(Actor):
 
     def _flow_start(self, sess: Session, paced: bool) -> FlowStart:
         return FlowStart(
-            request=sess.request.request, priority=1, rate=0, burst=0, paced=paced, owner=self.name
+            request=sess.request.request,
+            priority=1,
+            rate=0,
+            burst=0,
+            paced=paced,
+            owner=self.name,
+            chunk_size=sess.chunk_size,
         )
 
     def on_actor_restarted(self, name: str) -> None:

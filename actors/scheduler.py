@@ -32,6 +32,8 @@ from peercrypt.core.modes import (
     PolicyError,
     apply_congestion,
     capped_chunk_size,
+    check_flow_rate,
+    check_node_share,
     check_paced_rate,
     default_burst,
     describe_congestion,
@@ -164,6 +166,10 @@ class SchedulerActor(Actor):
                 chunk_size = capped_chunk_size(
                     chunk_size, req.timeout, node_rate, policy.priority, running
                 )
+                # Nor may its share take what a running send's chunks need.
+                flows = [*self._shares(), (req.request, policy.priority, 0)]
+                what = f"the node's rate cap of {node_rate} B/s shared with this send"
+                check_node_share(node_rate, flows, what, ", or send when fewer run")
         except PolicyError as exc:
             self.tell(
                 "control",
@@ -316,6 +322,11 @@ class SchedulerActor(Actor):
         self.report()  # before the reply, so a status right after it shows the change
         return SettingReply(request=req.request, ok=True, text=text, settings=dict(self.facts))
 
+    def _shares(self) -> list[tuple[int, int, int]]:
+        """The running flows as a node cap shares among them: (request,
+        priority, chunk size); under a cap every flow is paced."""
+        return [(f.request, f.priority, f.chunk_size) for f in self.flows.values()]
+
     def _apply(self, req: SettingRequest) -> str:
         name, value, now = req.name, req.value.strip(), self.now()
         if name == "mode":
@@ -324,6 +335,7 @@ class SchedulerActor(Actor):
         if name == "max-rate":
             rate = _non_negative(value, "max-rate")
             check_paced_rate(rate, "max-rate")  # below it, every send is dropped as idle
+            check_node_share(rate, self._shares(), f"max-rate {rate}")
             self.planner.set_node_rate(rate, self._node_burst(rate), now)
             for flow in list(self.flows.values()):
                 self._pace(flow)
@@ -334,6 +346,8 @@ class SchedulerActor(Actor):
             if req.transfer and req.transfer not in self.flows:
                 raise PolicyError(f"no running transfer {req.transfer}")
             targets = [req.transfer] if req.transfer else list(self.flows)
+            for request in targets:
+                check_flow_rate(rate, request, self.flows[request].chunk_size)
             for request in targets:
                 burst = default_burst(rate)  # what a send's -r alone gets
                 flow = self.flows[request] = dataclasses.replace(

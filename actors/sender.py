@@ -776,6 +776,7 @@ class SenderActor(Actor):
             rate=rate,
             burst=burst,
             paced=flow.paced,
+            chunk_size=t.chunk_size,
             peer=t.peer,
             congestion=flow.congestion_managed,
             window_kb=p.window_kb,

@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from actors.scheduler import SchedulerActor
 from peercrypt.core.grants import DEMAND_SECONDS, GrantPlanner
 from peercrypt.core.modes import (
     BURST_SECONDS,
@@ -17,12 +22,19 @@ from peercrypt.core.modes import (
     Policy,
     PolicyError,
     capped_chunk_size,
+    check_flow_rate,
+    check_node_share,
     check_paced_rate,
     default_burst,
     paced_chunk_seconds,
     parse_priority,
     with_overrides,
 )
+from peercrypt.runtime.actor import ActorEnv
+from peercrypt.testing.nodes import loopback_settings
+from peercrypt.wire import codec
+from peercrypt.wire.local_messages import SendRequest, SendResult
+from peercrypt.wire.messages import FlowStart, SettingReply, SettingRequest
 
 MiB = 1 << 20
 CHUNK = 64 * 1024
@@ -341,3 +353,107 @@ def test_next_full_tells_when_a_small_bucket_must_be_drained() -> None:
     planner.tick(0.0)  # spends the bucket
     planner.demand(1, 16 * CHUNK)
     assert planner.next_full(0.0) == pytest.approx(256 * 1024 / (100 * MiB))
+
+
+@given(
+    node_rate=st.integers(MIN_PACED_RATE, 64 * MiB),
+    flows=st.lists(
+        st.tuples(st.integers(1, 3), st.sampled_from([0, 4096, 100_000, MiB, 16 * MiB])),
+        min_size=1,
+        max_size=16,
+    ),
+)
+def test_a_node_cap_is_refused_or_leaves_every_running_send_enough_for_its_chunks(
+    node_rate: int, flows: list[tuple[int, int]]
+) -> None:
+    """A running send's chunks were cut for the share it had when it
+    started. A new send beside it, or a lower cap, that leaves it too
+    little to move one chunk within half the receiver's idle limit (its
+    receiver would drop it as idle) is refused, naming a cap that passes."""
+    running = [(request, priority, chunk) for request, (priority, chunk) in enumerate(flows, 1)]
+    weights = sum(priority for priority, _ in flows)
+    try:
+        check_node_share(node_rate, running, "the cap")
+    except PolicyError as exc:
+        text = str(exc)
+        assert "\n" not in text and text.startswith("the cap leaves transfer ")
+        request = int(text.split("leaves transfer ")[1].split()[0])
+        _, priority, chunk = running[request - 1]
+        assert chunk / (node_rate * priority / weights) > RECEIVER_IDLE / 2
+        check_node_share(int(text.split("use max-rate ")[1].split()[0]), running, "the cap")
+        return
+    for _, priority, chunk in running:
+        assert chunk / (node_rate * priority / weights) <= RECEIVER_IDLE / 2 * (1 + 1e-9)
+
+
+def test_a_live_rate_too_low_for_a_running_sends_chunks_is_refused() -> None:
+    check_flow_rate(0, 7, MiB)  # none
+    check_flow_rate(1, 7, 0)  # chunks not known
+    check_flow_rate(69_906, 7, MiB)  # 1 MiB in 15 s
+    with pytest.raises(PolicyError) as info:
+        check_flow_rate(69_905, 7, MiB)
+    assert str(info.value) == (
+        "rate 69905 is too low for transfer 7: its chunks (1048576 bytes) need 69906 B/s to "
+        "move within 15 s (half of the receiver's 30 s idle limit); use 69906 or more"
+    )
+    with pytest.raises(PolicyError) as info:
+        check_node_share(200_000, [(1, 1, MiB), (2, 3, 4096)], "max-rate 200000")
+    assert str(info.value) == (
+        "max-rate 200000 leaves transfer 1 50000 B/s: its chunks (1048576 bytes) need 69906 B/s "
+        "to move within 15 s (half of the receiver's 30 s idle limit); use max-rate 279624 or more"
+    )
+
+
+def test_the_scheduler_refuses_what_would_starve_a_running_send(tmp_path: Path) -> None:
+    """The real scheduler actor, its mail handled by the test: with a send
+    of 1 MiB chunks running under the node's cap, a lower cap, a live rate
+    or a new send whose share would leave it too little for one chunk per
+    half idle limit is refused (the running send untouched); what leaves
+    it enough is taken."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    told: list[tuple[str, codec.Message]] = []
+    try:
+        settings = loopback_settings(tmp_path, None)
+        scheduler = SchedulerActor(ActorEnv(ctx, f"starve{time.monotonic_ns()}"), settings)
+        scheduler.tell = lambda to, msg: told.append((to, msg))  # type: ignore[method-assign,assignment]
+
+        def setting(name: str, value: str, transfer: int = 0) -> SettingReply:
+            return scheduler._setting(
+                SettingRequest(request=1, name=name, value=value, transfer=transfer)
+            )
+
+        assert setting("max-rate", "200000").ok
+        running = FlowStart(request=1, priority=1, rate=0, burst=0, paced=True, chunk_size=MiB)
+        scheduler.on_mail(running)
+        low = setting("max-rate", "69000")
+        assert not low.ok and low.text.startswith("max-rate 69000 leaves transfer 1 69000 B/s")
+        assert scheduler.planner.node_rate == 200_000  # unchanged
+        slow = setting("rate", "50000", transfer=1)
+        assert not slow.ok and slow.text.startswith("rate 50000 is too low for transfer 1:")
+        assert scheduler.flows[1].rate == 0
+        assert setting("rate", "70000", transfer=1).ok
+
+        def send(request: int, priority: str) -> codec.Message:
+            told.clear()
+            scheduler.on_mail(
+                SendRequest(
+                    request=request, path="/x", host="127.0.0.1", port=9, chunk_size=MiB,
+                    priority=parse_priority(priority),
+                )
+            )  # fmt: skip
+            [(_, msg)] = told
+            return msg
+
+        refused = send(2, "highest")  # 1/4 of 200000 B/s left to transfer 1
+        assert isinstance(refused, SendResult) and refused.code == "local"
+        assert refused.reason.startswith(
+            "the node's rate cap of 200000 B/s shared with this send leaves transfer 1 50000 B/s"
+        )
+        assert refused.reason.endswith("use max-rate 279624 or more, or send when fewer run")
+        assert [to for to, _ in told] == ["control"]
+        taken = send(3, "normal")  # half of it: enough
+        assert isinstance(taken, SendRequest) and taken.request == 3
+    finally:
+        for sock in scheduler._sockets:
+            sock.close(linger=0)
+        ctx.term()

@@ -124,6 +124,14 @@ def test_rate_of_a_running_transfer_changes_live(
 
             rows = wait_until(running, 10.0, "the transfer to be sending")
             assert rows[0]["mode"] == "token-bucket"
+            # Too slow for one of its chunks per half the receiver's idle
+            # limit (the receiver would drop it as idle): refused, unchanged.
+            slow = sender.cli("rate", "1000")
+            assert slow.returncode != 0 and slow.stdout == "", slow.describe()
+            [line] = slow.stderr_lines
+            assert line.startswith(
+                f"peercrypt: error: rate 1000 is too low for transfer {rows[0]['id']}: its chunks ("
+            )
             changed = sender.cli("rate", str(64 * MiB))
             assert changed.returncode == 0, changed.describe()
             assert "1 transfer(s)" in changed.stdout

@@ -226,6 +226,50 @@ def capped_chunk_size(
     return max(MIN_CHUNK, min(chunk_size, fits))
 
 
+def check_node_share(
+    node_rate: int, flows: Sequence[tuple[int, int, int]], what: str, more: str = ""
+) -> None:
+    """Raise PolicyError (one line naming the cap that would do) when a node
+    cap of ``node_rate`` bytes/s (0: none), shared by the paced ``flows``
+    (request, priority, chunk size; 0: not known) in proportion to their
+    priorities, leaves one of them too little to move one of its chunks
+    within :func:`paced_chunk_seconds` of the receiver's idle limit: its
+    receiver would drop it as idle. A running send's chunks were cut for
+    the share it had when it started; ``what`` (a new send, a lower cap)
+    must not take that away."""
+    if node_rate <= 0:
+        return
+    weights = sum(priority for _, priority, _ in flows)
+    limit = paced_chunk_seconds(RECEIVER_IDLE)
+    worst, cap = None, 0  # the flow that needs the highest cap, and that cap
+    for request, priority, chunk in flows:
+        need = lowest_rate(chunk, limit) if chunk > 0 else 0
+        if node_rate * priority < need * weights and need * weights > cap * priority:
+            worst, cap = (request, priority, chunk, need), math.ceil(need * weights / priority)
+    if worst is not None:
+        request, priority, chunk, need = worst
+        raise PolicyError(
+            f"{what} leaves transfer {request} {node_rate * priority / weights:.0f} B/s: "
+            f"its chunks ({chunk} bytes) need {need} B/s to move within {limit:g} s (half "
+            f"of the receiver's {RECEIVER_IDLE:g} s idle limit); use max-rate {cap} or more" + more
+        )
+
+
+def check_flow_rate(rate: int, request: int, chunk: int) -> None:
+    """Raise PolicyError (one line naming the rate that would do) when a
+    live ``rate`` (0: none) cannot move one chunk of ``chunk`` bytes (0: not
+    known) of the running send ``request`` within
+    :func:`paced_chunk_seconds` of the receiver's idle limit."""
+    limit = paced_chunk_seconds(RECEIVER_IDLE)
+    need = lowest_rate(chunk, limit) if chunk > 0 else 0
+    if 0 < rate < need:
+        raise PolicyError(
+            f"rate {rate} is too low for transfer {request}: its chunks ({chunk} bytes) need "
+            f"{need} B/s to move within {limit:g} s (half of the receiver's {RECEIVER_IDLE:g} s "
+            f"idle limit); use {need} or more"
+        )
+
+
 def paced_chunk_seconds(timeout: float) -> float:
     """The longest one chunk of a flow with its own rate may take at that
     rate: ``PACED_CHUNK_SHARE`` of the shorter of the send's ``timeout`` and

@@ -288,6 +288,7 @@ class FlowStart(Message):
     burst: int = counter()
     paced: bool = False
     owner: str = field(default="sender", metadata=bounded(32, 1))  # who gets the grants
+    chunk_size: int = field(default=0, metadata=bounded(2**32))  # its chunks' (0: not known)
     # aimd: the flow shares its peer's congestion window (FlowReport/FlowWindow)
     peer: str = field(default="", metadata=bounded(300))
     congestion: bool = False
