@@ -830,6 +830,7 @@ class MulticastReceiverActor(Actor):
                 sess.flow.on_written(result.index, self.now())
                 self._drive(sess)
             elif isinstance(result, Finished):
+                sess.flow.on_hashed()
                 self._finish(sess, result.digest)
             elif isinstance(result, Unpacked):
                 self._stored(sess, sess.flow.digest, ", ".join(result.stored))
@@ -858,6 +859,11 @@ class MulticastReceiverActor(Actor):
                 self._reply(sess.route, ack)
             elif isinstance(out, FinishFile):
                 self.writer.finish(sess.tid)
+            elif out.checking:  # the sender waits for the verdict: tell it
+                reason = f"the final check of the file made no progress for {out.seconds:.0f} s"
+                log.error("%s: %s; dropped", sess.name, reason)
+                self.count("check-timeout")
+                self._done(sess, ok=False, digest=b"", stored="", reason=reason)
             else:
                 log.info("%s: no traffic for %.0f s; dropped", sess.name, out.seconds)
                 self.count("expired")
@@ -868,6 +874,8 @@ class MulticastReceiverActor(Actor):
         """Acks due, and sessions gone silent."""
         now = self.now()
         for sess in list(self.sessions.values()):
+            if sess.flow.finishing:  # the final checks' progress bounds it now
+                sess.flow.on_checked(self.writer.checks_moved, now)
             sess.flow.on_timer(now)
             self._drive(sess)
 

@@ -55,10 +55,44 @@ def test_finishes_once_when_complete_and_the_hash_is_known() -> None:
     assert s.next_timer() == s.last_ack + VERIFY_ACK_INTERVAL
     s.on_timer(s.last_ack + VERIFY_ACK_INTERVAL / 2)
     assert s.poll() == []  # not due: finishing acks are slower
-    s.on_timer(60.0)  # a long check: past the idle timeout, it never expires
+    s.on_checked(1, 20.0)  # a long check that moves: past the idle timeout,
+    s.on_checked(2, 40.0)  # it does not expire
+    s.on_timer(60.0)
     assert s.poll() == [SendAck(2, 2, [])]  # alive and verifying
     s.on_timer(60.0 + VERIFY_ACK_INTERVAL)
     assert s.poll() == [SendAck(2, 2, [])]
+
+
+def test_a_final_check_that_stops_moving_expires_the_session_once() -> None:
+    """Finishing, the writer's final checks are the activity: they stop
+    moving (a disk that stopped answering, a writer gone) for the idle
+    timeout, and the session expires (the actor tells the sender), however
+    alive the sender is; statuses do not keep it."""
+    s = MulticastIncoming(1, 0.0, idle_timeout=30.0)
+    s.on_key(0.0)
+    s.on_chunk(0, 1.0)
+    s.on_written(0, 1.0)
+    s.on_status(1, b"h" * 32, 0, 2.0)
+    assert FinishFile(b"h" * 32) in s.poll()
+    s.on_checked(7, 10.0)
+    s.on_checked(7, 20.0)  # the same count: not progress
+    s.on_status(1, b"h" * 32, 0, 39.0)  # the sender still there
+    assert s.next_timer() == min(s.last_ack + VERIFY_ACK_INTERVAL, 40.0)
+    s.on_timer(40.0)
+    assert not any(isinstance(o, Expired) for o in s.poll())
+    s.on_timer(40.5)
+    assert s.poll() == [Expired(30.5, checking=True)]
+    s.on_timer(80.0)
+    assert s.poll() == [] and s.next_timer() is None
+    # Once the check's hash is in, storing it (a folder) is not bounded so.
+    t = MulticastIncoming(1, 0.0, idle_timeout=30.0)
+    t.on_key(0.0)
+    t.on_chunk(0, 1.0)
+    t.on_written(0, 1.0)
+    t.on_status(1, b"h" * 32, 0, 2.0)
+    t.on_hashed()
+    t.on_timer(100.0)
+    assert not any(isinstance(o, Expired) for o in t.poll())
 
 
 def test_a_silent_session_expires_once() -> None:

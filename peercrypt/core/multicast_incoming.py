@@ -9,7 +9,8 @@ finished and when the session has gone silent. No socket, file or clock:
 - Inputs: :meth:`on_key` (the content key arrived: acks may go),
   :meth:`on_chunk` (an authenticated chunk; True: new, write it),
   :meth:`on_written`, :meth:`on_status` (the sender's horizon, hash and ack
-  interval), :meth:`on_announce`, :meth:`on_timer` -- each with ``now``.
+  interval), :meth:`on_announce`, :meth:`on_checked` (the writer's final
+  checks moved), :meth:`on_timer` -- each with ``now``.
 - Outputs: :meth:`poll` returns :class:`SendAck` (cumulative and written
   counts, NAK ranges), at most once :class:`FinishFile` (every chunk is
   written and the sender's hash known: sync, hash the file as stored,
@@ -22,7 +23,11 @@ none before the key. Once finishing (the final hash, then storing a folder,
 which may take long) an ack of everything every :data:`VERIFY_ACK_INTERVAL`
 seconds tells the sender this receiver is alive and verifying, so it is
 neither lost nor stalled however long the check takes. A session with no
-traffic for ``idle_timeout`` seconds (and not finishing) expires. ``have``: chunks
+traffic for ``idle_timeout`` seconds (and not finishing) expires; one
+finishing expires once the writer's final checks (:meth:`on_checked`: its
+own, or those ahead of it) move no further for ``idle_timeout`` seconds (a
+disk that stopped answering, a writer that is gone), however alive the
+sender is. ``have``: chunks
 already in a kept part (a restarted receiver rejoining): neither NAKed nor
 written again.
 """
@@ -59,9 +64,11 @@ class FinishFile:
 
 @dataclass(frozen=True)
 class Expired:
-    """No traffic for the idle timeout: drop the session."""
+    """No traffic (``checking``: no progress of the final check) for the
+    idle timeout: drop the session."""
 
     seconds: float
+    checking: bool = False
 
 
 Output = SendAck | FinishFile | Expired
@@ -82,6 +89,9 @@ class MulticastIncoming:
     last_ack: float = field(init=False)
     last_activity: float = field(init=False)
     _acked_written: int = field(default=0, init=False)
+    _checks: int = field(default=0, init=False)  # the writer's check steps, last seen
+    _checks_moved_at: float = field(default=0.0, init=False)  # when they last moved
+    hashed: bool = field(default=False, init=False)  # the check's verdict is in
     _outputs: list[Output] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -109,7 +119,7 @@ class MulticastIncoming:
         self.tracker.on_written(index)
         if self.tracker.written.count - self._acked_written >= self.ack_every:
             self._ack(now)
-        self._maybe_finish()
+        self._maybe_finish(now)
 
     def on_status(self, horizon: int, digest: bytes, ack_every: int, now: float) -> None:
         """The sender's status: what exists, its hash once known, how often to ack."""
@@ -119,7 +129,18 @@ class MulticastIncoming:
             self.ack_every = min(ACK_EVERY, ack_every)
         if digest and not self.digest:
             self.digest = digest
-        self._maybe_finish()
+        self._maybe_finish(now)
+
+    def on_checked(self, moved: int, now: float) -> None:
+        """The writer's final checks have made ``moved`` steps so far: a
+        change is progress while finishing."""
+        if self.finishing and moved != self._checks:
+            self._checks, self._checks_moved_at = moved, now
+
+    def on_hashed(self) -> None:
+        """The final check's hash is in: what is left (storing it) is not
+        bounded by the check's progress."""
+        self.hashed = True
 
     def on_timer(self, now: float) -> None:
         if self.expired:
@@ -127,6 +148,11 @@ class MulticastIncoming:
         if now - self.last_activity > self.idle_timeout and not self.finishing:
             self.expired = True
             self._outputs.append(Expired(now - self.last_activity))
+            return
+        stuck = now - self._checks_moved_at > self.idle_timeout
+        if self.finishing and not self.hashed and stuck:
+            self.expired = True
+            self._outputs.append(Expired(now - self._checks_moved_at, checking=True))
             return
         interval = VERIFY_ACK_INTERVAL if self.finishing else ACK_INTERVAL
         if now - self.last_ack >= interval * 0.9:
@@ -141,8 +167,11 @@ class MulticastIncoming:
     def next_timer(self) -> float | None:
         if self.expired:
             return None
-        if self.finishing:
+        if self.finishing and self.hashed:
             return self.last_ack + VERIFY_ACK_INTERVAL
+        if self.finishing:
+            stuck = self._checks_moved_at + self.idle_timeout
+            return min(self.last_ack + VERIFY_ACK_INTERVAL, stuck)
         return min(self.last_ack + ACK_INTERVAL, self.last_activity + self.idle_timeout)
 
     # -- internals --------------------------------------------------------------
@@ -155,7 +184,8 @@ class MulticastIncoming:
         self._acked_written = t.written.count
         self._outputs.append(SendAck(t.written.cumulative, t.written.count, t.naks(now)))
 
-    def _maybe_finish(self) -> None:
+    def _maybe_finish(self, now: float) -> None:
         if self.tracker.complete and self.digest and not self.finishing:
             self.finishing = True
+            self._checks_moved_at = now
             self._outputs.append(FinishFile(self.digest))
