@@ -876,6 +876,10 @@ class MulticastReceiverActor(Actor):
         for sess in list(self.sessions.values()):
             if sess.flow.finishing:  # the final checks' progress bounds it now
                 sess.flow.on_checked(self.writer.checks_moved, now)
+            if sess.udp is not None and sess.udp.backlog():
+                # Its receiving thread is behind (waiting for a core): what
+                # waits in the socket is not lost, do not NAK it yet.
+                sess.flow.on_backlog(now)
             sess.flow.on_timer(now)
             self._drive(sess)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import queue
@@ -31,6 +32,7 @@ import select
 import socket
 import struct
 import sys
+import termios
 import threading
 from typing import NamedTuple
 
@@ -400,6 +402,18 @@ class GroupReceiver:
             while True:
                 chunks.append(self.ready.get_nowait())
         return chunks, dropped
+
+    def backlog(self) -> bool:
+        """(On the actor's thread) whether datagrams wait to be read, or
+        complete chunks to be taken: the receiving thread is behind."""
+        if self.closing:
+            return False
+        if not self.ready.empty():
+            return True
+        try:
+            return fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0") != bytes(4)
+        except OSError:
+            return False
 
     def forget(self, index: int) -> None:
         """(On the actor's thread) chunk ``index`` came whole another way

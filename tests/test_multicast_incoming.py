@@ -6,6 +6,7 @@ from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.multicast_incoming import (
     ACK_EVERY,
     ACK_INTERVAL,
+    BACKLOG_GRACE,
     VERIFY_ACK_INTERVAL,
     Expired,
     FinishFile,
@@ -117,3 +118,27 @@ def test_a_rejoining_receiver_starts_from_what_it_holds() -> None:
     s.on_status(6, b"", 0, 0.2)
     s.on_timer(1.0)
     assert s.poll() == [SendAck(4, 4, [(4, 6)])]  # only what it lacks
+
+
+def test_datagrams_waiting_to_be_read_hold_back_naks_of_the_horizon_for_a_while() -> None:
+    """When no chunk came for the holdoff, what the sender published is
+    NAKed - unless datagrams still wait in the socket (the reading thread
+    was behind): then only for BACKLOG_GRACE after the last chunk, so a
+    flood of datagrams that are not ours delays those NAKs no longer."""
+    s = MulticastIncoming(40, 0.0, idle_timeout=30.0)
+    s.on_key(0.0)
+    s.on_status(20, b"", 0, 0.0)  # 20 chunks published
+    s.on_chunk(0, 0.1)
+    s.poll()
+    s.on_backlog(0.5)
+    s.on_timer(0.5)
+    assert s.poll() == [SendAck(0, 0, [])]  # nothing NAKed: they are on their way
+    s.on_timer(0.5 + ACK_INTERVAL)
+    assert s.poll() == [SendAck(0, 0, [])]  # within the holdoff of the backlog seen
+    s.on_timer(0.5 + s.tracker.holdoff)
+    assert s.poll() == [SendAck(0, 0, [(1, 20)])]  # no backlog since: NAKed
+    t = 1.0 + BACKLOG_GRACE + 0.1
+    s.on_chunk(1, 1.0)
+    s.on_backlog(t)  # still a backlog, but no chunk for longer than the grace
+    s.on_timer(t)
+    assert s.poll() == [SendAck(0, 0, [(2, 20)])]

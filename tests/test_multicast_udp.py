@@ -558,7 +558,7 @@ class _GroupInbox:
     """A session's group socket and receiving thread (as a receiver's
     ``mreceiver`` opens them) on loopback, and a sender of datagrams to it."""
 
-    def __init__(self, frag: int, chunks: int, chunk_len: int) -> None:
+    def __init__(self, frag: int, chunks: int, chunk_len: int, start: bool = True) -> None:
         self.key = fragments.header_key(os.urandom(32))
         self.group = fragments.parse_group(_group())
         self.frag, self.chunk_len = frag, chunk_len
@@ -568,7 +568,8 @@ class _GroupInbox:
         self.tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
         self.tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
         self.have: set[int] = set()
-        self.rx.start(fragments.Intake(SID_UDP, self.key, self.asm), self.have)
+        if start:
+            self.rx.start(fragments.Intake(SID_UDP, self.key, self.asm), self.have)
         self.chunks: dict[int, bytearray] = {}
         self.dropped: dict[str, int] = {}
 
@@ -606,8 +607,10 @@ class _GroupInbox:
 def group_inbox() -> Iterator[Callable[..., _GroupInbox]]:
     made: list[_GroupInbox] = []
 
-    def make(frag: int = 1000, chunks: int = 4, chunk_len: int = 2500) -> _GroupInbox:
-        made.append(_GroupInbox(frag, chunks, chunk_len))
+    def make(
+        frag: int = 1000, chunks: int = 4, chunk_len: int = 2500, start: bool = True
+    ) -> _GroupInbox:
+        made.append(_GroupInbox(frag, chunks, chunk_len, start))
         return made[-1]
 
     yield make
@@ -685,3 +688,21 @@ def test_a_receiving_thread_whose_chunks_are_not_taken_holds_a_bounded_number_an
     assert thread is not None and thread.is_alive()
     box.rx.close()
     assert not thread.is_alive()  # it was waiting to hand a chunk over
+
+
+def test_the_group_socket_reports_datagrams_waiting_to_be_read(
+    group_inbox: Callable[..., _GroupInbox],
+) -> None:
+    """What the actor asks before NAKing what the sender published: nothing
+    waits on an idle socket; a datagram not read yet (the thread waiting
+    for a core: here not started), or a complete chunk not taken, is a
+    backlog."""
+    box = group_inbox(chunks=2, chunk_len=900, start=False)
+    assert not box.rx.backlog()
+    box.send(*box.datagrams(0, os.urandom(900)))
+    assert wait_until(box.rx.backlog, 10, "the datagram queued")
+    box.rx.start(fragments.Intake(SID_UDP, box.key, box.asm), box.have)
+    wait_until(box.rx.ready.qsize, 10, "a complete chunk")
+    assert box.rx.backlog()  # complete, not taken
+    box.take(1)
+    assert not box.rx.backlog()

@@ -8,6 +8,7 @@ finished and when the session has gone silent. No socket, file or clock:
 
 - Inputs: :meth:`on_key` (the content key arrived: acks may go),
   :meth:`on_chunk` (an authenticated chunk; True: new, write it),
+  :meth:`on_backlog` (datagrams wait to be read: chunks are still coming),
   :meth:`on_written`, :meth:`on_status` (the sender's horizon, hash and ack
   interval), :meth:`on_announce`, :meth:`on_checked` (the writer's final
   checks moved), :meth:`on_timer` -- each with ``now``.
@@ -43,6 +44,10 @@ ACK_INTERVAL = 0.05  # seconds between acks (besides every ``ack_every`` written
 ACK_EVERY = 8  # chunks written between acks, at most
 NAK_LIMIT = 64  # chunks one NAK asks for
 VERIFY_ACK_INTERVAL = 0.5  # seconds between acks while finishing (the sender's lost_after: 2 s)
+# How long after the last chunk datagrams still waiting to be read keep the
+# receiver from NAKing what the sender says it published (at most; a flood
+# of someone else's datagrams delays those NAKs by no more).
+BACKLOG_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class MulticastIncoming:
     _checks: int = field(default=0, init=False)  # the writer's check steps, last seen
     _checks_moved_at: float = field(default=0.0, init=False)  # when they last moved
     hashed: bool = field(default=False, init=False)  # the check's verdict is in
+    _last_chunk: float = field(default=float("-inf"), init=False)
     _outputs: list[Output] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -112,8 +118,18 @@ class MulticastIncoming:
 
     def on_chunk(self, index: int, now: float) -> bool:
         """An authenticated chunk; True if it is new (write it)."""
-        self.last_activity = now
+        self.last_activity = self._last_chunk = now
         return self.tracker.on_chunk(index, now)
+
+    def on_backlog(self, now: float) -> None:
+        """Datagrams are waiting to be read (the receiving thread is behind
+        the group, e.g. waiting for a core): chunks are still arriving, so
+        what the sender published but has not come yet is not NAKed - for
+        at most :data:`BACKLOG_GRACE` seconds after the last chunk. Only a
+        gap below a chunk received is NAKed meanwhile (GapTracker's
+        holdoff)."""
+        if now - self._last_chunk <= BACKLOG_GRACE:
+            self.tracker.last_arrival = max(self.tracker.last_arrival, now)
 
     def on_written(self, index: int, now: float) -> None:
         self.tracker.on_written(index)
