@@ -31,6 +31,10 @@ crypto/handshake.py).
   back to a fresh connection as below, and still takes a late proven answer
   from either (``check-reuse-fallbacks``). ``reconnect`` always uses a
   fresh one.
+- Another address: the connection of its last successful check is kept
+  for :data:`KEEP_FOR` s after its last use (at most :data:`MAX_KEPT`
+  addresses, the least recently used one closed first) and asked the same
+  way, with the same fallback; one that does not answer is closed.
 - A fresh connection is a socket with a monitor; a reply that does not
   prove its key fails the check ("impostor"). An attempt fails on
   connection refused, on no answer within ``--timeout``; a failed CURVE
@@ -88,6 +92,8 @@ MAX_CHECKS = 64
 # Seconds a check waits at least for its answer over a member's probe
 # connection before it opens a fresh one (the probe timeout may be 50 ms).
 REUSE_WAIT_MIN = 0.25
+MAX_KEPT = 8  # addresses whose last check's connection is kept for the next
+KEEP_FOR = 30.0  # seconds a kept connection stays after its last use
 
 
 @dataclass
@@ -112,6 +118,15 @@ class Member:
             return fingerprint(x25519_public_key(self.node_id))
         except ValueError:
             return self.node_id.hex()[:16]
+
+
+@dataclass
+class Kept:
+    """The connection of the last successful check of an address that is no
+    member's, kept for the next check (see the module docs)."""
+
+    link: Link
+    expiry: Timer
 
 
 @dataclass
@@ -143,6 +158,7 @@ class HealthActor(Actor):
         )
         self.members: dict[bytes, Member] = {}
         self.checks: dict[int, Check] = {}
+        self.kept: dict[str, Kept] = {}  # by URL, the least recently used first
         self.seq = itertools.count(1)
         self.rng = random.Random()
 
@@ -156,6 +172,8 @@ class HealthActor(Actor):
     def teardown(self) -> None:
         for check in list(self.checks.values()):
             self._finish(check, ResultCode.CANCELLED, "the node is stopping")
+        for url in list(self.kept):
+            self._drop_kept(url)
 
     # -- mail -------------------------------------------------------------------
 
@@ -229,10 +247,7 @@ class HealthActor(Actor):
 
     def _drop_link(self, m: Member) -> None:
         if m.link is not None:
-            for check in list(self.checks.values()):
-                if check.reused is m.link:
-                    check.reused = None
-                    self._fall_back(check)  # its answer cannot come any more
+            self._abandon(m.link)
             m.link.close()
             m.link = None
         m.pending.clear()
@@ -292,7 +307,8 @@ class HealthActor(Actor):
     def _on_reply(self, node_id: bytes, msg: codec.Message) -> None:
         m = self.members.get(node_id)
         if m is not None and isinstance(msg, HelloReply):
-            self._on_reused_reply(m, msg)
+            if m.link is not None:
+                self._on_reused_reply(m.link, msg)
             return
         if m is None or not isinstance(msg, Pong):
             self.count("replies-unexpected")
@@ -395,15 +411,27 @@ class HealthActor(Actor):
             ),
         )
         self.checks[req.request] = check
+        url = f"tcp://{join_host_port(req.host, req.port)}"
         if req.reconnect:
             for m in self.members.values():
                 if same_host_port(m.url, req.host, req.port):
                     self._drop_link(m)
                     m.retry, m.next_retry = None, 0.0
+            self._drop_kept(url)
         else:
             member = self._answering_member(req.host, req.port)
-            if member is not None and self._ask_reused(check, member):
-                return
+            if member is not None:
+                assert member.link is not None
+                wait = self.detector.probe_timeout(member.node_id)
+                if self._ask_reused(check, member.link, wait):
+                    return
+            elif url in self.kept:
+                kept = self.kept[url] = self.kept.pop(url)  # now the most recently used
+                kept.expiry.cancel()
+                kept.expiry = self._expiry(url, kept.link)
+                if self._ask_reused(check, kept.link, 0.0):
+                    return
+                self._drop_kept(url)
         self._attempt(check)
 
     def _answering_member(self, host: str, port: int) -> Member | None:
@@ -420,18 +448,17 @@ class HealthActor(Actor):
                 return m
         return None
 
-    def _ask_reused(self, check: Check, m: Member) -> bool:
-        """Send the check's hello over ``m``'s probe connection; False if it
-        cannot be queued there (not connected now)."""
-        assert m.link is not None
+    def _ask_reused(self, check: Check, link: Link, wait: float) -> bool:
+        """Send the check's hello over ``link`` (a member's probe connection
+        or a kept one) and fall back after ``wait`` s (at least
+        :data:`REUSE_WAIT_MIN`); False if it cannot be queued there."""
         challenge = HelloChallenge()
-        if not m.link.send(Hello(challenge=challenge.public)):
+        if not link.send(Hello(challenge=challenge.public)):
             self.count("check-reuse-unsent")
             return False
         now = self.now()
-        check.reused, check.reused_challenge, check.reused_at = m.link, challenge, now
-        wait = max(REUSE_WAIT_MIN, self.detector.probe_timeout(m.node_id))
-        wait = min(wait, check.reach.attempt_timeout(now))
+        check.reused, check.reused_challenge, check.reused_at = link, challenge, now
+        wait = min(max(REUSE_WAIT_MIN, wait), check.reach.attempt_timeout(now))
         check.fallback = self.call_later(wait, lambda: self._fall_back(check))
         self.count("checks")
         self.count("checks-reused")
@@ -444,18 +471,61 @@ class HealthActor(Actor):
             return  # it fell back already
         check.fallback.cancel()
         check.fallback = None
-        if check.request.request in self.checks:
-            self.count("check-reuse-fallbacks")
-            self._attempt(check)
+        if check.request.request not in self.checks:
+            return
+        self.count("check-reuse-fallbacks")
+        for url, kept in list(self.kept.items()):
+            if kept.link is check.reused:
+                self._drop_kept(url)  # a kept connection that does not answer goes
+        self._attempt(check)
 
-    def _on_reused_reply(self, m: Member, msg: HelloReply) -> None:
-        """A hello answer on ``m``'s probe connection finishes the waiting
+    def _abandon(self, link: Link) -> None:
+        """``link`` closes: the checks waiting on it fall back now."""
+        for check in list(self.checks.values()):
+            if check.reused is link:
+                check.reused = None
+                self._fall_back(check)
+
+    def _keep(self, url: str, link: Link) -> None:
+        """Keep ``link`` (a successful check's) for the next check of ``url``."""
+        self._drop_kept(url)
+        while len(self.kept) >= MAX_KEPT:
+            self._drop_kept(next(iter(self.kept)))
+        link.on_message = functools.partial(self._on_kept_message, link)
+        link.on_failure = functools.partial(self._drop_kept, url)
+        self.kept[url] = Kept(link, self._expiry(url, link))
+
+    def _expiry(self, url: str, link: Link) -> Timer:
+        return self.call_later(KEEP_FOR, functools.partial(self._expire_kept, url, link))
+
+    def _expire_kept(self, url: str, link: Link) -> None:
+        kept = self.kept.get(url)
+        if kept is None or kept.link is not link:
+            return
+        if any(c.reused is link for c in self.checks.values()):
+            kept.expiry = self._expiry(url, link)  # a check still waits on it
+            return
+        self._drop_kept(url)
+
+    def _drop_kept(self, url: str) -> None:
+        kept = self.kept.pop(url, None)
+        if kept is not None:
+            kept.expiry.cancel()
+            kept.link.close()
+            self._abandon(kept.link)
+
+    def _on_kept_message(self, link: Link, msg: codec.Message) -> None:
+        if isinstance(msg, HelloReply):
+            self._on_reused_reply(link, msg)
+
+    def _on_reused_reply(self, link: Link, msg: HelloReply) -> None:
+        """A hello answer on a reused connection finishes the waiting
         check whose own challenge it proves (answers come in order: the
         oldest first). Any other answer (a member answering what it was not
         asked, or a late one to a check that finished) makes every check
         waiting on that connection stop listening to it and fall back now,
         so junk costs at most one verification per waiting check."""
-        waiting = [c for c in self.checks.values() if c.reused is m.link]
+        waiting = [c for c in self.checks.values() if c.reused is link]
         for check in waiting:
             assert check.reused_challenge is not None
             try:
@@ -474,6 +544,8 @@ class HealthActor(Actor):
     def _attempt(self, check: Check) -> None:
         req = check.request
         url = f"tcp://{join_host_port(req.host, req.port)}"
+        if check.link is not None:
+            check.link.close()  # a retry's
         check.link = Link(
             self,
             self.settings,
@@ -559,11 +631,14 @@ class HealthActor(Actor):
             check.timer.cancel()
         if check.fallback is not None:
             check.fallback.cancel()
-        check.reused = None  # a member's connection: it stays open
-        if check.link is not None:
-            check.link.close()
-            check.link = None
+        check.reused = None  # a member's or kept connection: it stays open
         ok = code == ResultCode.OK
+        if check.link is not None:
+            if ok and not req.reconnect and self._answering_member(req.host, req.port) is None:
+                self._keep(f"tcp://{join_host_port(req.host, req.port)}", check.link)
+            else:
+                check.link.close()
+            check.link = None
         self.count("checks-ok" if ok else "checks-failed")
         for m in self.members.values():
             if same_host_port(m.url, req.host, req.port):

@@ -25,8 +25,8 @@ Measured per run (every run is printed):
   CURVE probe, answer); p50/p99 of each (goal p99 <= 50 ms), next to the
   same measured idle before the load. The nodes form one network (nodes
   1..3 join node 0), so node 0 probes node 1 and its checks ride on that
-  probe connection; ``--strangers``: they do not, and every check opens a
-  fresh connection.
+  probe connection; ``--strangers``: they do not, and each check rides on
+  the connection the previous one opened (kept for 30 s).
 - **CPU per GiB** of the four nodes together (``/proc/PID/stat``), for the
   one transfer alone and for the many, and the load average.
 

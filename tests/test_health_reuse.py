@@ -35,6 +35,7 @@ from peercrypt.wire.network_messages import Gossip
 # enough for a check to start inside that window without a race.
 CHECKER = ("--gossip-interval", "0.2", "--health-check-interval", "2", "--timeout", "2")
 ONLY_ON_PROBES, SILENT_ON_PROBES, REPLAY = "only-on-probes", "silent-on-probes", "replay"
+ONLY_FIRST, ONCE_PER_CONNECTION = "only-first", "once-per-connection"
 
 
 class Member:
@@ -42,7 +43,9 @@ class Member:
     ping; ``mode``: ONLY_ON_PROBES proves the hellos that come on its probe
     connection (the one that carries pings) and no other; SILENT_ON_PROBES
     the other way round; REPLAY answers every hello with ``replayed``, a
-    genuine answer someone else gave to another challenge."""
+    genuine answer someone else gave to another challenge; ONLY_FIRST
+    proves the hellos of the first connection that asks one, and no other;
+    ONCE_PER_CONNECTION the first hello of each connection only."""
 
     def __init__(self, network_key: str, mode: str, replayed: HelloReply | None = None) -> None:
         seed = os.urandom(32)
@@ -90,7 +93,13 @@ class Member:
         self.hellos.append(route)
         if self.mode == REPLAY:
             return self.replayed
-        if (self.mode == SILENT_ON_PROBES) == (route in self.probe_routes):
+        if self.mode == ONLY_FIRST and route != self.hellos[0]:
+            return None
+        if self.mode == ONCE_PER_CONNECTION and self.hellos.count(route) > 1:
+            return None
+        if self.mode in (ONLY_ON_PROBES, SILENT_ON_PROBES) and (
+            (self.mode == SILENT_ON_PROBES) == (route in self.probe_routes)
+        ):
             return None
         proof = prove_hello(self.identity, msg.challenge, "0")
         return HelloReply(node_id=self.identity.public, version="0", proof=proof)
@@ -129,15 +138,18 @@ def checker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
 
 @pytest.fixture
 def member_of(checker: NodeProcess) -> Iterator[Callable[..., Member]]:
-    """``member_of(mode, replayed=None)``: a member that the checker knows
-    and has heard answer a probe."""
+    """``member_of(mode, replayed=None, join=True)``: a member that the
+    checker knows and has heard answer a probe (``join=False``: a node the
+    checker does not know)."""
     made: list[Member] = []
     key = checker.network_key
     assert key is not None
 
-    def make(mode: str, replayed: HelloReply | None = None) -> Member:
+    def make(mode: str, replayed: HelloReply | None = None, join: bool = True) -> Member:
         member = Member(key, mode, replayed)
         made.append(member)
+        if not join:
+            return member
         pongs = checker.counters().get("health.pongs", 0)
         member.join(checker)
         checker.wait_for_counter("health.pongs", pongs + 1, timeout=15)
@@ -196,3 +208,35 @@ def test_an_answer_to_a_challenge_not_the_checks_own_proves_nothing(
     assert member.hellos[-1] not in member.probe_routes
     for name in ("health.check-replies-unproven", "health.checks-forged"):
         checker.wait_for_counter(name, before.get(name, 0) + 1)
+
+
+def test_the_next_check_of_a_stranger_rides_on_the_last_checks_connection(
+    checker: NodeProcess, member_of: Callable[..., Member]
+) -> None:
+    stranger = member_of(ONLY_FIRST, join=False)
+    reused = checker.counters().get("health.checks-reused", 0)
+    for _ in range(2):
+        ok = checker.cli("health-check", LOCALHOST, str(stranger.port))
+        assert ok.returncode == 0, ok.describe()
+        assert f"node {stranger.fingerprint}, rtt" in ok.stdout
+    # The second hello came on the first check's connection (the only one
+    # this node answers on).
+    assert stranger.hellos[1] == stranger.hellos[0], stranger.hellos
+    checker.wait_for_counter("health.checks-reused", reused + 1)
+
+
+def test_a_kept_connection_that_stops_answering_is_replaced(
+    checker: NodeProcess, member_of: Callable[..., Member]
+) -> None:
+    stranger = member_of(ONCE_PER_CONNECTION, join=False)
+    assert checker.cli("health-check", LOCALHOST, str(stranger.port)).returncode == 0
+    fallbacks = checker.counters().get("health.check-reuse-fallbacks", 0)
+    again = checker.cli("health-check", LOCALHOST, str(stranger.port), "--json")
+    assert again.returncode == 0, again.describe()
+    assert again.json["fingerprint"] == stranger.fingerprint and again.json["attempts"] >= 2
+    first, asked_again, fresh = stranger.hellos[:3]
+    assert asked_again == first and fresh != first  # unanswered there, then a new connection
+    checker.wait_for_counter("health.check-reuse-fallbacks", fallbacks + 1)
+    # The new connection is the one kept now: a third check asks there first.
+    assert checker.cli("health-check", LOCALHOST, str(stranger.port)).returncode == 0
+    assert stranger.hellos[3] == fresh
