@@ -11,8 +11,9 @@ Measured per run (every run is printed):
 
 - **aggregate** goodput: all bytes / the time from the first request to the
   last verified hash, against **one transfer's** goodput measured alone
-  just before (``--single-size``, 256 MiB, between two of the same nodes,
-  the node's own span). Goal: >= 0.90.
+  just before and just after (their mean: the machine's load drifts;
+  ``--single-size``, 256 MiB, between two of the same nodes, the node's
+  own span). Goal: >= 0.90.
 - **fairness**: Jain's index over the equal-priority flows' rates (size /
   the node's time of each). Goal: >= 0.95.
 - **retransmitted** fraction: chunks sent twice / chunks. Goal: <= 1%.
@@ -233,13 +234,20 @@ def wait_for_reuse(nodes: list[NodeProcess], timeout: float = 120.0) -> None:
     raise SystemExit("node 0 never probed node 1")
 
 
-def one_run(
-    run: int, nodes: list[NodeProcess], files: list[list[Path]], single: Path
-) -> dict[str, Any]:
-    # One transfer alone first: the reference goodput (the node's own span).
-    single_cpu = sum(cpu_seconds(node.pid) for node in nodes)
-    single_threads = thread_cpu([node.pid for node in nodes])
-    single_started = time.perf_counter()
+@dataclass
+class Single:
+    """One transfer alone between nodes 0 and 1."""
+
+    rate: float  # MiB/s over the node's own span
+    wall_rate: float  # MiB/s from the request to the result
+    cpu_per_gib: float  # the nodes' CPU seconds per GiB
+    split: dict[str, float]  # the same by thread
+
+
+def send_alone(nodes: list[NodeProcess], single: Path) -> Single:
+    cpu = sum(cpu_seconds(node.pid) for node in nodes)
+    threads = thread_cpu([node.pid for node in nodes])
+    started = time.perf_counter()
     with ControlClient.for_data_dir(nodes[0].data_dir) as client:
         request = client.next_id()
         client.send(
@@ -256,14 +264,26 @@ def one_run(
             reply = client.receive(SEND_TIMEOUT)
             if isinstance(reply, SendResult) and reply.request == request:
                 break
-    single_wall = time.perf_counter() - single_started
-    single_cpu = sum(cpu_seconds(node.pid) for node in nodes) - single_cpu
+    wall = time.perf_counter() - started
+    cpu = sum(cpu_seconds(node.pid) for node in nodes) - cpu
     if reply.code != "ok":
         raise SystemExit(f"the single send failed: {reply.code} {reply.reason}")
     (nodes[1].inbox / reply.stored_as).unlink()
-    single_rate = reply.size / MiB / reply.seconds
-    single_cpu_per_gib = single_cpu / (reply.size / 2**30)
-    single_split = per_gib(single_threads, thread_cpu([n.pid for n in nodes]), reply.size / 2**30)
+    gib = reply.size / 2**30
+    return Single(
+        reply.size / MiB / reply.seconds,
+        reply.size / MiB / wall,
+        cpu / gib,
+        per_gib(threads, thread_cpu([n.pid for n in nodes]), gib),
+    )
+
+
+def one_run(
+    run: int, nodes: list[NodeProcess], files: list[list[Path]], single: Path
+) -> dict[str, Any]:
+    # One transfer alone before and after the load: the reference goodput
+    # (the node's own span), the mean of both (the machine's load drifts).
+    before = send_alone(nodes, single)
 
     idle = idle_latencies(nodes, 2.0)
     flows: list[Flow] = []
@@ -305,6 +325,8 @@ def one_run(
             if any(word in name for word in words):
                 counters[name] = counters.get(name, 0) + value
 
+    after = send_alone(nodes, single)
+    single_rate = (before.rate + after.rate) / 2
     failed = [f for f in flows if f.result is None or f.result.code != "ok"]
     if failed:
         first = failed[0].result
@@ -356,10 +378,11 @@ def one_run(
         "nodes_cpu_s_per_gib": cpu / (total / 2**30),
         "starts_s": [starts[0], starts[len(starts) // 2], starts[-1]],
         "ends_s": [ends[0], ends[len(ends) // 2], ends[-1]],
-        "single_cpu_s_per_gib": single_cpu_per_gib,
+        "single_before_after_mib_s": [before.rate, after.rate],
+        "single_cpu_s_per_gib": (before.cpu_per_gib + after.cpu_per_gib) / 2,
         "threads_cpu_s_per_gib": many_split,
-        "single_threads_cpu_s_per_gib": single_split,
-        "single_wall_mib_s": reply.size / MiB / single_wall,
+        "single_threads_cpu_s_per_gib": before.split,
+        "single_wall_mib_s": (before.wall_rate + after.wall_rate) / 2,
         "load_average": load_average,
     }
     print(
@@ -379,12 +402,12 @@ def one_run(
         flush=True,
     )
     print(
-        f"       one alone: {single_rate:.1f} MiB/s (node span), "
-        f"{reply.size / MiB / single_wall:.1f} MiB/s request to result, "
-        f"the nodes' CPU {single_cpu_per_gib:.2f} s per GiB",
+        f"       one alone, before / after the load: {before.rate:.1f} / {after.rate:.1f} "
+        f"MiB/s (node span), {before.wall_rate:.1f} / {after.wall_rate:.1f} MiB/s request "
+        f"to result, the nodes' CPU {before.cpu_per_gib:.2f} / {after.cpu_per_gib:.2f} s per GiB",
         flush=True,
     )
-    print(f"       CPU s per GiB by thread, one alone: {single_split}", flush=True)
+    print(f"       CPU s per GiB by thread, one alone: {before.split}", flush=True)
     print(f"       CPU s per GiB by thread, all at once: {many_split}", flush=True)
 
     def ms(values: list[float], q: float) -> str:
