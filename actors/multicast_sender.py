@@ -753,14 +753,10 @@ class MulticastSenderActor(Actor):
                 self._notice(sess, t, "not joined", f"{t.name} has not joined")
 
     def _flow_start(self, sess: Session, paced: bool) -> FlowStart:
+        # No chunk size: its receivers are kept alive by its status, not by
+        # its chunks, so no share is too small for its chunks.
         return FlowStart(
-            request=sess.request.request,
-            priority=1,
-            rate=0,
-            burst=0,
-            paced=paced,
-            owner=self.name,
-            chunk_size=sess.chunk_size,
+            request=sess.request.request, priority=1, rate=0, burst=0, paced=paced, owner=self.name
         )
 
     def on_actor_restarted(self, name: str) -> None:

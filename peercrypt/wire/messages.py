@@ -288,7 +288,8 @@ class FlowStart(Message):
     burst: int = counter()
     paced: bool = False
     owner: str = field(default="sender", metadata=bounded(32, 1))  # who gets the grants
-    chunk_size: int = field(default=0, metadata=bounded(2**32))  # its chunks' (0: not known)
+    # Its chunks' size, if its receiver drops it when one takes too long (0: no).
+    chunk_size: int = field(default=0, metadata=bounded(2**32))
     # aimd: the flow shares its peer's congestion window (FlowReport/FlowWindow)
     peer: str = field(default="", metadata=bounded(300))
     congestion: bool = False
