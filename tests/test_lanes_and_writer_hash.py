@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import os
 import select
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -331,6 +333,41 @@ def test_the_final_check_reports_the_bytes_it_covered(
     assert w.checked(b"t") == len(data)
     w.close(b"t", keep=False)
     wait_until(lambda: w.checked(b"t") == 0, WAIT, "forgotten at the close")
+
+
+def test_a_part_cut_short_underneath_fails_the_check_and_the_process_lives(
+    tmp_path: Path,
+) -> None:
+    """Another process truncating the part while the read-back hash maps it
+    would fault the mapping (SIGBUS kills the whole node): the check fails
+    with an error instead, in a process of its own here so that a fault
+    shows as this test's failure, not as a dead test worker."""
+    data = os.urandom(3 * CHUNK)
+    part = tmp_path / "part"
+    part.write_bytes(data)
+    script = (
+        "import os, sys\n"
+        "import actors.file_writer as fw\n"
+        f"fw.HASH_WINDOW = {CHUNK}\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+        "seen = []\n"
+        "def cut(done):\n"
+        "    seen.append(done)\n"
+        f"    os.truncate(sys.argv[1], {CHUNK + 100})\n"
+        "try:\n"
+        f"    fw.hash_file(fd, {len(data)}, cut)\n"
+        "except OSError as exc:\n"
+        "    print('failed:', exc.strerror, seen)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(part)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(file_writer.__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"failed: the part was cut short while it was checked [{CHUNK}]"
 
 
 def test_writer_refuses_to_finish_an_incomplete_part(
