@@ -482,10 +482,11 @@ class MulticastReceiverActor(Actor):
                 cancel = SpaceCancel(owner=self.name, tid=j.tid, request=request)
                 self.tell("space", cancel)
                 self.count("space-verdict-late")
-                # The sender learns why (its result for this receiver says so).
+                # The sender learns why and announces again (as to a target
+                # that has not joined yet), which asks the ledger anew.
                 reason = "the inbox's space could not be checked in time; try again"
                 sid, peer = j.announce.sid, j.env.peer
-                self._reply(j.env.route, self._refused(sid, peer, "busy", reason))
+                self._reply(j.env.route, self._refused(sid, peer, "try-again", reason))
 
     def _refused(self, sid: bytes, peer: bytes, code: str, reason: str) -> McRefuse:
         self.count(f"refused-{code}")

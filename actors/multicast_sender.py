@@ -588,6 +588,8 @@ class MulticastSenderActor(Actor):
         elif isinstance(msg, McRefuse) and msg.sid == sess.sid:
             if msg.code == "unknown-session":  # it restarted: announce again
                 flow.on_unknown(t.name)
+            elif msg.code == "try-again":  # its space check came too late: the next
+                self.count("announce-try-again")  # announce (until it joins) asks anew
             elif msg.code == "wrong-receiver":  # not the key that proved itself in the hello
                 who = fingerprint(t.hello_key)
                 reason = f"{t.name} cannot read an announce sealed to {who}; no key sent"

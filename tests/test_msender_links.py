@@ -9,6 +9,7 @@ target, the actor's handlers and timers run by the test (no node).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,12 +19,14 @@ import pytest
 import zmq
 
 from actors.multicast_sender import MulticastSenderActor
+from peercrypt.crypto.handshake import prove_hello
+from peercrypt.crypto.identity import KeyPair, fingerprint
 from peercrypt.runtime.actor import ActorEnv
 from peercrypt.testing.hostile import member_gateway
 from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Hello
-from peercrypt.wire.multicast_messages import McSendRequest
+from peercrypt.wire.messages import Hello, HelloReply
+from peercrypt.wire.multicast_messages import McAnnounce, McRefuse, McSendRequest
 
 WAIT = 10.0
 
@@ -106,3 +109,49 @@ def test_a_reconnected_target_is_asked_one_hello(
     link._changed()
     assert _hellos(router, WAIT) == 1  # one challenge for the new connection
     assert actor.counters.get("hellos") == 2
+
+
+def test_a_target_whose_space_check_came_too_late_is_announced_again(
+    msender: MulticastSenderActor, target: tuple[zmq.Socket[Any], int], tmp_path: Path
+) -> None:
+    """A receiver answers an announce "try-again" when its space ledger's verdict
+    did not come in time (a loaded node): it may take the next announce.
+    The sender announces again and the target stays in the session (it
+    failed it, "refused", on the first slow verdict)."""
+    actor = msender
+    router, port = target
+    me = KeyPair.from_seed(os.urandom(32))
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"x" * 10_000)
+    name = f"127.0.0.1:{port}"
+    request = McSendRequest(
+        request=1, path=str(path), targets=[name], chunk_size=4096, timeout=60.0,
+        expect=[fingerprint(me.public)],
+    )  # fmt: skip
+    actor._start(request)
+    (sess,) = actor.sessions.values()
+    announces: list[McAnnounce] = []
+
+    def answered() -> bool:
+        """The target's side: hellos proven, the first announce refused "try-again"."""
+        while router.poll(0):
+            route, data = router.recv_multipart()
+            msg = codec.decode(data)
+            reply: codec.Message | None = None
+            if isinstance(msg, Hello):
+                proof = prove_hello(me, msg.challenge, "0")
+                reply = HelloReply(node_id=me.public, version="0", proof=proof)
+            elif isinstance(msg, McAnnounce):
+                announces.append(msg)
+                if len(announces) == 1:
+                    why = "the inbox's space could not be checked in time; try again"
+                    reply = McRefuse(sid=msg.sid, code="try-again", reason=why)
+            if reply is not None:
+                router.send_multipart([route, codec.encode(reply)])
+        return len(announces) >= 2
+
+    _run(actor, answered, "a second announce")
+    assert sess.flow.receivers[name].result is None  # still in the session
+    assert actor.counters.get("announce-try-again") == 1
+    assert announces[1].sid == announces[0].sid
+    assert announces[1].attempt > announces[0].attempt

@@ -183,13 +183,15 @@ def test_a_verdict_too_late_for_its_ask_never_blocks_the_retry(
     clock.advance(timeout)
     expire = actor._expire_asks if isinstance(actor, ReceiverActor) else actor._expire_joins
     expire()
-    # The offer (the announce) is answered "busy", saying why: the sender
-    # reports it (a multicast sender, for that receiver) and may try again.
+    # The offer (the announce) is answered, saying why: "busy" to a sender,
+    # which offers again; "try-again" to a multicast sender, which announces
+    # again (as to a target that has not joined yet) instead of failing it.
     [busy] = take(from_actor, "gateway")
     assert isinstance(busy, Outbound)
     refused = codec.decode(busy.payload)
     assert isinstance(refused, Refuse if kind == "receiver" else McRefuse), refused
-    assert refused.code == "busy" and "could not be checked in time" in refused.reason
+    assert refused.code == ("busy" if kind == "receiver" else "try-again")
+    assert "could not be checked in time" in refused.reason
     actor.on_mail(_inbound(payload()))  # the retry, before the space actor answered
     for msg in [first, *take(from_actor, "space")]:
         space.on_mail(msg)
