@@ -12,11 +12,15 @@ hands out only a buffer whose tracker is done (or that was never sent). At
 most ``limit`` buffers are kept; when all of them are still in ZeroMQ's
 hands, :meth:`take` says so (None) and the caller seals into a new object
 as before. Used by the sender actor's thread only.
+
+The sender keeps one :class:`SealedPool` for all its transfers, not a ring
+per transfer: rings per transfer kept each one's peak of buffers until it
+ended, so 16 transfers in flight held up to 16 x 16 MiB.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 
 import zmq
 
@@ -24,6 +28,9 @@ import zmq
 # small chunks go to ZeroMQ as copies, their buffer is free at once).
 MAX_BYTES = 16 * 1024 * 1024
 MAX_BUFFERS = 64
+# Buffer sizes (chunk sizes) a pool keeps rings for; the least recently used
+# one is dropped for a new size (ZeroMQ holds what it still sends itself).
+MAX_SIZES = 2
 
 
 class SealedBuffers:
@@ -55,3 +62,33 @@ class SealedBuffers:
 
     def __len__(self) -> int:
         return len(self._ring)
+
+
+class SealedPool:
+    """The sender's rings of :class:`SealedBuffers`, one per buffer size, at
+    most ``MAX_SIZES`` of them: at most ``MAX_SIZES * max_bytes`` kept for
+    every transfer of the node together."""
+
+    def __init__(self, max_bytes: int = MAX_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._rings: OrderedDict[int, SealedBuffers] = OrderedDict()
+
+    def ring(self, size: int) -> SealedBuffers:
+        """The ring of ``size``-byte buffers (made, or made most recent)."""
+        ring = self._rings.get(size)
+        if ring is None:
+            ring = self._rings[size] = SealedBuffers(size, self._max_bytes)
+            while len(self._rings) > MAX_SIZES:
+                # A buffer ZeroMQ still sends stays alive in its frame.
+                self._rings.popitem(last=False)
+        else:
+            self._rings.move_to_end(size)
+        return ring
+
+    def kept_bytes(self) -> int:
+        """Bytes of buffers the pool holds (sent or free)."""
+        return sum(ring.size * len(ring) for ring in self._rings.values())
+
+    def clear(self) -> None:
+        """Forget every buffer (the sender has no transfer left)."""
+        self._rings.clear()

@@ -83,7 +83,7 @@ from zmq.utils.monitor import recv_monitor_message
 from actors.file_chunks import Stream, read_chunk
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, crew_size
 from actors.peer_link import ConnectProbe, Link, connect_cause
-from actors.sealed_buffers import SealedBuffers
+from actors.sealed_buffers import SealedPool
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk
 from peercrypt.core.address import join_host_port
@@ -246,7 +246,6 @@ class Outgoing:
     port_closed: bool = False  # this attempt ended because the receiver's port refused
     tree: TreeSource | None = None  # a folder or several files, read as one stream (fd -1)
     checked: int = 0  # bytes the receiver's final check covered (its Verifying)
-    sealed: SealedBuffers | None = None  # what chunks are sealed into (reused)
 
     @property
     def source(self) -> int | Stream:
@@ -283,6 +282,8 @@ class SenderActor(Actor):
         self.walking: dict[int, Walk] = {}  # request -> its folder being walked
         self.rng = random.Random()
         self.known_peers = KnownPeersFile(settings.data_dir)
+        # What chunks are sealed into (reused), for all transfers together.
+        self.sealed = SealedPool()
 
     def setup(self) -> None:
         self.call_every_while(
@@ -910,16 +911,15 @@ class SenderActor(Actor):
         if index == t.hashed:
             t.hasher.update(chunk)
             t.hashed += 1
-        if t.sealed is None:
-            t.sealed = SealedBuffers(t.chunk_size + TAG_BYTES)
-        buffer = t.sealed.take()
+        ring = self.sealed.ring(t.chunk_size + TAG_BYTES)
+        buffer = ring.take()
         if buffer is None:  # every buffer is still being sent: a new one
             nonce, sealed = t.keys.seal_chunk(index, last, chunk)
             self._put_chunk(t, index, last, nonce, sealed)
             return
         view = memoryview(buffer)[: len(chunk) + TAG_BYTES]
         nonce = t.keys.seal_chunk_into(index, last, chunk, view)
-        t.sealed.sent(buffer, self._put_chunk(t, index, last, nonce, view, track=True))
+        ring.sent(buffer, self._put_chunk(t, index, last, nonce, view, track=True))
 
     def _put_chunk(
         self,
@@ -1098,7 +1098,8 @@ class SenderActor(Actor):
             self.call_later(CLOSE_GRACE, functools.partial(self._close_lanes, t.lanes))
         if t.fd >= 0:
             os.close(t.fd)
-        t.sealed = None  # a cancelled timer may still hold ``t`` for a while
+        if not self.transfers:
+            self.sealed.clear()
         self.count("sent" if code == ResultCode.OK else f"failed-{code}")
         # Retried: a failure of the network (the data connection broke, or a
         # retry's offer found no peer), not a peer that answers but stalls.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import zmq
 
-from actors.sealed_buffers import SealedBuffers
+from actors.sealed_buffers import MAX_SIZES, SealedBuffers, SealedPool
 
 SIZE = 128 * 1024  # above pyzmq's copy threshold: sent without a copy
 
@@ -45,3 +45,37 @@ def test_a_buffer_whose_send_did_not_happen_is_free() -> None:
     pool.sent(buffer, None)
     assert pool.take() is buffer
     assert SealedBuffers(10, max_bytes=0).limit == 1  # one at least, whatever the bound
+
+
+def test_one_pool_bounds_the_buffers_of_every_transfer_together() -> None:
+    """Transfers share the sender's pool: however many are in flight, it
+    keeps at most its bound per size and ``MAX_SIZES`` sizes (rings per
+    transfer kept each transfer's peak until it ended)."""
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    try:
+        push.bind("inproc://sealed-pool")
+        pull.connect("inproc://sealed-pool")
+        pool = SealedPool(max_bytes=3 * SIZE)
+        fresh = 0
+        for _transfer in range(8):  # each sends 2 chunks ZeroMQ still holds
+            for _ in range(2):
+                ring = pool.ring(SIZE)
+                buffer = ring.take()
+                if buffer is None:
+                    fresh += 1  # sealed into a new object, as before the pool
+                    continue
+                ring.sent(buffer, push.send(buffer, copy=False, track=True))
+        assert pool.kept_bytes() == 3 * SIZE and fresh == 13
+        for extra in range(1, MAX_SIZES + 2):  # other chunk sizes come and go
+            ring = pool.ring(SIZE + extra)
+            taken = ring.take()
+            assert taken is not None
+            ring.sent(taken, None)
+        assert pool.kept_bytes() == sum(SIZE + extra for extra in range(2, MAX_SIZES + 2))
+        pool.clear()
+        assert pool.kept_bytes() == 0
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
