@@ -81,6 +81,7 @@ from actors.inbox import (
 )
 from actors.space import drop_gone_part, report_holdings
 from actors.tree_store import sweep_trees
+from peercrypt import local_ipc
 from peercrypt.core.bitmap import ChunkBitmap, flatten
 from peercrypt.core.delivered import (
     JOURNAL_BYTES,
@@ -250,6 +251,7 @@ class ReceiverActor(Actor):
         self.bind(data, s.host, s.data_port)
         self.data_port = bound_port(data)
         self.facts["data_port"] = str(self.data_port)
+        self._bind_ipc(data)
         self.facts["inbox"] = str(s.inbox)
         self.watch(data, self._on_data)
         address = f"inproc://pc-{self.env.node_uid}/receiver-writer"
@@ -415,6 +417,8 @@ class ReceiverActor(Actor):
             data_port=self.settings.advertise_data_port or self.data_port,
             window=1,
             have=[0, prior.key.total],
+            data_ipc=str(self.ipc_path or ""),
+            host_id=self.ipc_host,
         )
 
     def _on_echo(self, echo: Echo, route: bytes, h: SealedHeader, payload: memoryview) -> None:
@@ -483,7 +487,34 @@ class ReceiverActor(Actor):
         if name == "space":  # its ledger is empty: tell it again what is here
             self._report_space()
 
+    def _bind_ipc(self, data: zmq.Socket[Any]) -> None:
+        """Also take chunks on a Unix socket (peercrypt/local_ipc.py); a
+        node that cannot (off, a path too long, a folder not private to
+        this user) names none in its Accepts, nor one that advertises a data
+        endpoint of its own choice (a proxy in front: chunks go there)."""
+        self.ipc_path: Path | None = None
+        self.ipc_host = ""
+        s = self.settings
+        wanted = s.local_ipc and not s.advertise_data_port and not s.advertise_data_host
+        path = local_ipc.socket_path(s.data_dir) if wanted else None
+        host = local_ipc.host_id()
+        if path is None or not host or not local_ipc.prepare(path):
+            self.facts["data_ipc"] = ""
+            return
+        try:
+            data.bind(f"ipc://{path}")
+            os.chmod(path, 0o600)
+        except (zmq.ZMQError, OSError) as exc:
+            log.warning("no Unix data socket at %s: %s", path, exc)
+            self.facts["data_ipc"] = ""
+            return
+        self.ipc_path, self.ipc_host = path, host
+        self.facts["data_ipc"] = str(path)
+
     def teardown(self) -> None:
+        ipc_path: Path | None = getattr(self, "ipc_path", None)
+        if ipc_path is not None:
+            local_ipc.remove(ipc_path)
         for t in list(self.transfers.values()):
             self.tell("stats", self._record(t, "interrupted", "the node stopped"))
             if hasattr(self, "writer"):
@@ -743,6 +774,8 @@ class ReceiverActor(Actor):
             data_port=s.advertise_data_port or self.data_port,
             window=flow.window.window,
             have=flatten(accept_ranges(flow.written)),
+            data_ipc=str(self.ipc_path or ""),
+            host_id=self.ipc_host,
         )
 
     def report(self) -> None:

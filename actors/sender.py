@@ -86,6 +86,7 @@ from actors.peer_link import ConnectProbe, Link, connect_cause
 from actors.sealed_buffers import SealedPool
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk
+from peercrypt import local_ipc
 from peercrypt.core.address import join_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
@@ -243,6 +244,10 @@ class Outgoing:
     proven: str = ""  # the receiver's fingerprint, once it proved its key
     probe: ConnectProbe | None = None  # why the broken data connection does not come back
     data_address: tuple[str, int] = ("", 0)
+    # Where the lanes are connected, and the receiver's TCP data endpoint:
+    # the two differ while chunks go over its Unix socket (local_ipc.py).
+    data_url: str = ""
+    tcp_url: str = ""
     port_closed: bool = False  # this attempt ended because the receiver's port refused
     tree: TreeSource | None = None  # a folder or several files, read as one stream (fd -1)
     checked: int = 0  # bytes the receiver's final check covered (its Verifying)
@@ -286,6 +291,7 @@ class SenderActor(Actor):
         self.sealed = SealedPool()
 
     def setup(self) -> None:
+        self.host_id = local_ipc.host_id() if self.settings.local_ipc else ""
         self.call_every_while(
             PROGRESS_INTERVAL,
             self._progress,
@@ -712,6 +718,12 @@ class SenderActor(Actor):
         flow = t.flow
         flow.on_accept(have, accept.window, self.now())
         host = accept.data_host or t.request.host
+        t.tcp_url = f"tcp://{join_host_port(host, accept.data_port)}"
+        ipc = None
+        if accept.data_ipc and self.host_id:
+            ipc = local_ipc.usable_target(accept.data_ipc, accept.host_id, self.host_id)
+        t.data_url = ipc or t.tcp_url
+        self.count("data-ipc" if ipc else "data-tcp")
         for lane in range(flow.lanes):
             data = self.socket(zmq.DEALER, data_plane=True)
             # Named from the transfer's keys: the receiver takes this transfer's
@@ -731,13 +743,17 @@ class SenderActor(Actor):
             address = f"inproc://pc-{self.env.node_uid}/sender-data/{next(_monitor_ids)}"
             data.monitor(
                 address,
-                zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED,
+                zmq.EVENT_HANDSHAKE_SUCCEEDED
+                | zmq.EVENT_DISCONNECTED
+                | zmq.EVENT_CONNECT_RETRIED
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
             )
             monitor = self.socket(zmq.PAIR)
             monitor.connect(address)
             self.watch(monitor, functools.partial(self._on_data_monitor, t))
             t.monitors.append(monitor)
-            data.connect(f"tcp://{join_host_port(host, accept.data_port)}")
+            data.connect(t.data_url)
             self.watch(data, functools.partial(self._on_data, t))
             t.lanes.append(data)
         t.data_address = (host, accept.data_port)
@@ -843,12 +859,27 @@ class SenderActor(Actor):
         if due is not None and t.tid in self.transfers:
             t.timer = self.call_later(due - self.now(), functools.partial(self._on_timer, t))
 
+    def _ipc_to_tcp(self, t: Outgoing) -> None:
+        """The receiver's Unix socket failed (it went away, or what listens
+        there is not it): every lane goes to its TCP data port instead, and
+        what was in flight is sent again once it connects."""
+        for lane in t.lanes:
+            with contextlib.suppress(zmq.ZMQError):
+                lane.disconnect(t.data_url)
+            lane.connect(t.tcp_url)
+        t.data_url = t.tcp_url
+        t.broken = True
+        self.count("data-ipc-fallbacks")
+        log.info("%s: the Unix data socket failed; chunks go over TCP", t.peer)
+
     def _on_data_monitor(self, t: Outgoing, sock: zmq.Socket[Any]) -> None:
         while True:
             try:
                 event = recv_monitor_message(sock, zmq.NOBLOCK)["event"]
             except zmq.Again:
                 break
+            if t.data_url != t.tcp_url and event != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._ipc_to_tcp(t)
             if event == zmq.EVENT_DISCONNECTED:
                 t.broken = True
                 self.count("data-disconnects")

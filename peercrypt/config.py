@@ -245,6 +245,9 @@ SETTINGS: tuple[Setting, ...] = (
        flag="--stats-max-transfers", low=0),
     _s("no_stats", "PEERCRYPT_NO_STATS", "bool", False, "Record no statistics history.",
        flag="--no-stats"),
+    _s("no_local_ipc", "PEERCRYPT_NO_LOCAL_IPC", "bool", False,
+       "Send and take chunks between two nodes of this host over TCP, not a Unix socket.",
+       flag="--no-local-ipc"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

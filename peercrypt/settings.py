@@ -58,6 +58,8 @@ class NodeSettings:
     data_port: int = 0  # 0: any free port, advertised in every Accept
     advertise_data_host: str = ""  # "": the host the sender reached
     advertise_data_port: int = 0  # 0: the bound data port
+    # Chunks over a Unix socket between two nodes of one host (local_ipc.py).
+    local_ipc: bool = True
     control_port: int = 0
     control_file: Path | None = None  # None: DATA_DIR/control.json
     window: int = 16  # chunks in flight per transfer (receiver credit)

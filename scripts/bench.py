@@ -21,8 +21,14 @@ from that source tree (an export of an older commit), interleaved: a
 before/after of throughput and CPU per GiB; with ``--nodes-only``, nothing
 else runs (more runs of a smaller file in the same minutes).
 
+Two nodes of one host send chunks over the receiver's Unix socket
+(peercrypt/local_ipc.py); ``--transport tcp`` runs the nodes with it turned
+off (``PEERCRYPT_NO_LOCAL_IPC``), ``--transport both`` runs a second pair so
+(over TCP) interleaved with the first. Every pair's sends are counted by the
+path they took and the counts printed, so each number says what it measured.
+
     .venv/bin/python scripts/bench.py [--size 1G] [--runs 5] [--dir DIR] [--tree DIR]
-        [--nodes-only]
+        [--nodes-only] [--transport ipc|tcp|both]
 """
 
 from __future__ import annotations
@@ -320,21 +326,31 @@ def node_pair(
     return sender, receiver
 
 
-def other_tree(
-    sender: NodeProcess, receiver: NodeProcess, source: Path, digest: str
+def other_pair(
+    prefix: str, sender: NodeProcess, receiver: NodeProcess, source: Path, digest: str
 ) -> dict[str, float]:
-    """The same transfer between the nodes of the ``--tree`` source tree."""
+    """The same transfer between another pair of nodes (the ``--tree``
+    source tree's, or a pair over TCP), its numbers named with ``prefix``."""
     row = transfer(sender, receiver, source, digest)
     return {
-        (k.replace("threads:", "threads:tree_") if k.startswith("threads:") else f"tree_{k}"): v
+        (k.replace("threads:", f"threads:{prefix}") if k.startswith("threads:") else prefix + k): v
         for k, v in row.items()
     }
+
+
+def paths_taken(sender: NodeProcess) -> str:
+    """How the sender's transfers went: over the Unix socket or over TCP."""
+    c = sender.counters()
+    ipc, tcp = c.get("sender.data-ipc", 0), c.get("sender.data-tcp", 0)
+    moved = c.get("sender.data-ipc-fallbacks", 0)
+    return f"{ipc} over the Unix socket ({moved} moved to TCP), {tcp} over TCP"
 
 
 LABELS = {
     "mib_s": "peercrypt send (CLI wall)",
     "node_mib_s": "  its node's own span",
     "tree_mib_s": "--tree's send (CLI wall)",
+    "tcp_mib_s": "the same over TCP (CLI wall)",
     "write_limit_mib_s": "write+fsync limit",
     "ceiling_mib_s": "bare pipeline ceiling",
     "scp_mib_s": "scp aes256-gcm",
@@ -359,6 +375,13 @@ def main() -> int:
         action="store_true",
         help="only the sends (ours, and --tree's): no scp, limits or ceilings, for A/B runs",
     )
+    parser.add_argument(
+        "--transport",
+        choices=("ipc", "tcp", "both"),
+        default="ipc",
+        help="chunks between the nodes over the Unix socket (the default between two "
+        "nodes of one host), over TCP, or both pairs interleaved",
+    )
     args = parser.parse_args()
     size = parse_size(args.size)
     mib = size / MiB
@@ -375,11 +398,16 @@ def main() -> int:
         if args.tree:  # `python -m` puts the working directory first on sys.path
             os.chdir(root)
         here = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        sender, receiver = node_pair(root, key, here)
+        no_ipc = {**here, "PEERCRYPT_NO_LOCAL_IPC": "true"}
+        sender, receiver = node_pair(root, key, no_ipc if args.transport == "tcp" else here)
         others: tuple[NodeProcess, NodeProcess] | None = None
         if args.tree:
             (root / "tree").mkdir()
             others = node_pair(root / "tree", key, {"PYTHONPATH": args.tree})
+        over_tcp: tuple[NodeProcess, NodeProcess] | None = None
+        if args.transport == "both":
+            (root / "tcp").mkdir()
+            over_tcp = node_pair(root / "tcp", key, no_ipc)
 
         def scp_rate(fsync: bool) -> dict[str, float]:
             assert scp is not None
@@ -388,10 +416,14 @@ def main() -> int:
                 raise RuntimeError("scp failed")
             return {"scp_fsync_mib_s" if fsync else "scp_mib_s": mib / seconds}
 
+        sends: list[Any] = [
+            lambda: transfer(sender, receiver, source, digest),
+            *([lambda: other_pair("tree_", *others, source, digest)] if others else []),
+            *([lambda: other_pair("tcp_", *over_tcp, source, digest)] if over_tcp else []),
+        ]
         steps: list[Any] = [
             lambda: {"write_limit_mib_s": write_limit(root, size)},
-            lambda: transfer(sender, receiver, source, digest),
-            *([lambda: other_tree(*others, source, digest)] if others else []),
+            *sends,
             lambda: {"ceiling_mib_s": ceiling(source, root)},
         ]
         if scp is not None and not scp.why_not:
@@ -401,7 +433,7 @@ def main() -> int:
             lambda: {"aes_gcm_mib_s": aes_gcm_single_core(size)},
         ]
         if args.nodes_only:
-            steps = steps[1:3] if others else steps[1:2]
+            steps = sends
         try:
             for run in range(args.runs):
                 row: dict[str, float] = {}
@@ -414,20 +446,24 @@ def main() -> int:
                     f"{row['sender_cpu_s']:.2f}, receiver {row['receiver_cpu_s']:.2f}",
                     flush=True,
                 )
-                if "tree_sender_cpu_s" in row:
-                    print(
-                        f"  --tree CPU s: sender {row['tree_sender_cpu_s']:.2f}, "
-                        f"receiver {row['tree_receiver_cpu_s']:.2f}",
-                        flush=True,
-                    )
+                for prefix, name in (("tree_", "--tree"), ("tcp_", "over TCP")):
+                    if f"{prefix}sender_cpu_s" in row:
+                        print(
+                            f"  {name} CPU s: sender {row[f'{prefix}sender_cpu_s']:.2f}, "
+                            f"receiver {row[f'{prefix}receiver_cpu_s']:.2f}",
+                            flush=True,
+                        )
             out["peak_rss_mib"] = {
                 "sender": peak_rss_mib(sender.pid),
                 "receiver": peak_rss_mib(receiver.pid),
             }
+            out["paths"] = {"ours": paths_taken(sender)}
+            if over_tcp:
+                out["paths"]["tcp"] = paths_taken(over_tcp[0])
         finally:
             sender.stop()
             receiver.stop()
-            for node in others or ():
+            for node in (*(others or ()), *(over_tcp or ())):
                 node.stop()
             if scp is not None:
                 scp.close()
@@ -458,6 +494,8 @@ def main() -> int:
         if k in med and k != "mib_s"
     }
     print(f"\nmedian of {args.runs} runs, {mib:.0f} MiB file, 2 node processes on loopback")
+    for name, taken in out["paths"].items():
+        print(f"  sends of the {name} pair: {taken}")
     for k, label in LABELS.items():
         if k in med:
             ratio = "" if k == "mib_s" else f"   ours/this = {out['median_ratios'][k]:.2f}"
@@ -469,14 +507,17 @@ def main() -> int:
             f"sender {med['tree_sender_cpu_s'] / per_gib:.2f}, "
             f"receiver {med['tree_receiver_cpu_s'] / per_gib:.2f}"
         )
-    print(
-        f"  CPU s per GiB: sender {med['sender_cpu_s'] / per_gib:.2f}, "
-        f"receiver {med['receiver_cpu_s'] / per_gib:.2f}"
-    )
-    for prefix in ("", "tree_"):
+    for prefix, name in (("", ""), ("tcp_", " over TCP")):
+        if f"{prefix}sender_cpu_s" in med:
+            print(
+                f"  CPU s per GiB{name}: sender {med[f'{prefix}sender_cpu_s'] / per_gib:.2f}, "
+                f"receiver {med[f'{prefix}receiver_cpu_s'] / per_gib:.2f}, both "
+                f"{(med[f'{prefix}sender_cpu_s'] + med[f'{prefix}receiver_cpu_s']) / per_gib:.2f}"
+            )
+    for prefix in ("", "tree_", "tcp_"):
         if f"{prefix}sender_switches" in med:
             print(
-                f"  {'--tree ' if prefix else ''}context switches per GiB: sender "
+                f"  {prefix.rstrip('_') + ' ' if prefix else ''}context switches per GiB: sender "
                 f"{med[f'{prefix}sender_switches'] / per_gib:.0f}, "
                 f"receiver {med[f'{prefix}receiver_switches'] / per_gib:.0f}"
             )
@@ -485,6 +526,8 @@ def main() -> int:
         "threads:tree_sender ",
         "threads:receiver ",
         "threads:tree_receiver ",
+        "threads:tcp_sender ",
+        "threads:tcp_receiver ",
     ):
         by_thread = sorted(
             ((k[len(prefix) :], v) for k, v in med.items() if k.startswith(prefix)),

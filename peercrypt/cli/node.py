@@ -80,6 +80,7 @@ NODE_OPTIONS: dict[str, str] = {
     "stats_keep_days": "stats_keep_days",
     "stats_max_transfers": "stats_max_transfers",
     "no_stats": "no_stats",
+    "no_local_ipc": "no_local_ipc",
 }
 
 
@@ -152,6 +153,7 @@ def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings
         remote_actors=remote_actors,
         attach_allow=allow_list(eff["attach_allow"]),
         stats_enabled=not eff["no_stats"],
+        local_ipc=not eff["no_local_ipc"],
         part_expiry=eff["part_expiry"],
         peer_part_quota=eff["peer_quota"],
         part_quota=eff["part_quota"],

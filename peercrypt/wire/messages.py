@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from peercrypt.local_ipc import MAX_HOST_ID
+from peercrypt.local_ipc import MAX_PATH as MAX_IPC_PATH
 from peercrypt.wire.codec import MAX_MESSAGE_BYTES, Message, bounded, message
 from peercrypt.wire.fields import code, counter, fixed, port, ranges, reason
 from peercrypt.wire.local_messages import HASH_BYTES as HASH_BYTES
@@ -121,7 +123,10 @@ class Accept(Message):
     ``window`` is the initial credit in chunks; ``have`` lists ranges
     [start, end) already held (resume). ``static_pub`` is the receiver's
     identity key and ``proof`` shows it holds it (crypto/handshake.py); the
-    sender checks both before its first chunk."""
+    sender checks both before its first chunk. ``data_ipc`` and ``host_id``
+    (optional): the receiver's Unix data socket and its host's identity; a
+    sender on the same host may send chunks there instead
+    (peercrypt/local_ipc.py)."""
 
     TYPE = "accept"
     tid: bytes = fixed(TID_BYTES)
@@ -132,6 +137,8 @@ class Accept(Message):
     data_port: int = port()
     window: int = field(metadata=bounded(4096, 1))
     have: list[int] = ranges()
+    data_ipc: str = field(default="", metadata=bounded(MAX_IPC_PATH))
+    host_id: str = field(default="", metadata=bounded(MAX_HOST_ID))
 
 
 @message

@@ -1,0 +1,126 @@
+"""Chunks over a Unix socket when both nodes run on one host.
+
+A receiving node binds its data ROUTER on ``tcp://`` as always and also on
+``ipc://DATA_DIR/ipc/data.sock`` (the folder 0700, the socket 0600, a stale
+one replaced at start, removed at stop). Its Accept names that path and this
+host's identity (:func:`host_id`). A sender whose own identity is the same
+connects its data lanes to the path instead of the TCP data port, after
+:func:`usable_target` checked that the path is one such socket of its own
+user; on anything else (another host, another user, no listener, a path of
+any other shape) it uses TCP as before. Once connected, a lane whose Unix
+connection drops before or after its handshake moves to TCP
+(actors/sender.py). The path only saves the kernel's TCP stack: what goes
+over it is the same ZeroMQ connection with the same sealed chunks
+(AES-256-GCM with the transfer's keys, the lanes named from them), so a
+wrong path can make a transfer slower, never make it go to another peer.
+
+``--no-local-ipc`` / ``PEERCRYPT_NO_LOCAL_IPC=true`` turns it off on either
+side (a receiver then names no path, a sender ignores one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import socket
+import stat
+from pathlib import Path
+
+SOCKET_DIR = "ipc"
+SOCKET_NAME = "data.sock"
+# sun_path holds 108 bytes on Linux (104 elsewhere), with the final NUL.
+MAX_PATH = 100
+MAX_HOST_ID = 128
+
+
+def host_id() -> str:
+    """What two nodes must share to reach one another's socket by its path:
+    the same boot of the same kernel (``boot_id``), the same mount namespace
+    (the same files under the same path) and the same network namespace.
+    "" where any of it cannot be read (then no Unix socket is used)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        mnt = os.stat("/proc/self/ns/mnt").st_ino
+        net = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return ""
+    found = f"{boot}/{mnt}/{net}"
+    return found if boot and len(found) <= MAX_HOST_ID else ""
+
+
+def socket_path(data_dir: Path) -> Path | None:
+    """Where a node of ``data_dir`` binds its Unix data socket; None when the
+    path is too long for a socket address."""
+    path = data_dir.resolve() / SOCKET_DIR / SOCKET_NAME
+    return path if len(os.fsencode(path)) <= MAX_PATH else None
+
+
+def prepare(path: Path) -> bool:
+    """Make the socket's folder (0700, ours) and remove a stale socket left
+    by an earlier run. False when the folder is not private to this user or
+    something other than a socket holds the name."""
+    folder = path.parent
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            return False
+        os.chmod(folder, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                return False
+            os.unlink(path)
+    except OSError:
+        return False
+    return True
+
+
+def remove(path: Path) -> None:
+    """Remove the node's socket at stop (if it still is one)."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+
+
+def well_formed(path: str, claimed_host: str, own_host: str) -> bool:
+    """A peer's claim as text (no file system): the same non-empty host
+    identity, and an absolute, normalized path ``.../ipc/data.sock`` that
+    fits a socket address."""
+    if not own_host or claimed_host != own_host:
+        return False
+    if "\0" in path or not path.startswith("/") or posixpath.normpath(path) != path:
+        return False
+    if len(os.fsencode(path)) > MAX_PATH:
+        return False
+    folder, name = posixpath.split(path)
+    return name == SOCKET_NAME and posixpath.basename(folder) == SOCKET_DIR
+
+
+def usable_target(path: str, claimed_host: str, own_host: str) -> str | None:
+    """The ``ipc://`` endpoint for a path a peer named in its Accept, or None
+    (use TCP). Beyond :func:`well_formed`: the folder is a real folder of this
+    user, closed to everyone else, the name a socket of this user, and
+    something listens on it. A peer's claim can thus only point at a data
+    socket of a node this user runs on this host."""
+    if not well_formed(path, claimed_host, own_host):
+        return None
+    me = os.geteuid()
+    try:
+        folder = os.lstat(posixpath.dirname(path))
+        sock = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(folder.st_mode) or folder.st_uid != me or folder.st_mode & 0o077:
+        return None
+    if not stat.S_ISSOCK(sock.st_mode) or sock.st_uid != me:
+        return None
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(path)
+    except OSError:
+        return None  # nothing listens: a stale socket
+    finally:
+        probe.close()
+    return f"ipc://{path}"
