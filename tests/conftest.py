@@ -10,6 +10,9 @@
 - ``free_port``: a loopback port with nothing listening on it.
 - ``small_disk(size) -> Path``: a tmpfs of that size (a disk that fills);
   ``small_inbox``: one of 24 MiB.
+- ``small_ext4(size_bytes) -> Path``: a real ext4 of that size on a loop
+  device (where the writer allocates blocks ahead, as it does not on tmpfs);
+  ``ext4_inbox``: one of 24 MiB.
 - ``cli``: ``run_cli`` from :mod:`peercrypt.testing.nodes` (``cli(*args, data_dir=...)``).
 """
 
@@ -28,6 +31,7 @@ import pytest
 import peercrypt.testing.nodes as nodes
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
+from peercrypt.testing.disk import small_ext4 as _small_ext4
 from peercrypt.testing.nodes import NodeError, NodeProcess, run_cli
 from peercrypt.testing.nodes import blake3_file as _blake3_file
 
@@ -158,6 +162,31 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
 def small_inbox(small_disk: Callable[[str], Path]) -> Path:
     """A 24 MiB tmpfs for a receiver's inbox, mounted for this test only."""
     return small_disk("24m")
+
+
+@pytest.fixture
+def small_ext4(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """``small_ext4(size) -> Path``: a directory on an ext4 of ``size`` bytes
+    (a sparse image in ``tmp_path``, loop-mounted), unmounted and deleted when
+    the test ends (skipped, with the reason, where it cannot be: not root, no
+    ``mkfs.ext4``, no loop device)."""
+    counter = itertools.count()
+    with contextlib.ExitStack() as mounts:
+
+        def mount(size: int) -> Path:
+            try:
+                where = tmp_path / f"small-ext4-{next(counter)}"
+                return mounts.enter_context(_small_ext4(where, size))
+            except DiskUnavailable as exc:
+                pytest.skip(f"cannot mount an ext4 image: {exc}")
+
+        yield mount
+
+
+@pytest.fixture
+def ext4_inbox(small_ext4: Callable[[int], Path]) -> Path:
+    """A 24 MiB ext4 for a receiver's inbox, mounted for this test only."""
+    return small_ext4(24 * 1024 * 1024)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ fills, a small tmpfs the test mounts, keeps the part and its manifest)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -673,3 +674,35 @@ def test_the_crew_has_a_worker_per_core_at_most_one_per_connection() -> None:
     assert crew_size(2, 16) == 2
     assert crew_size(1, None) == 1  # the core count unknown: one
     assert crew_size(4, 0) == 1
+
+
+def test_a_full_ext4_fails_the_chunks_allocation_before_its_write(
+    small_ext4: Callable[[int], Path], writer: tuple[FileWriter, Results]
+) -> None:
+    """On a real ext4 (blocks are allocated ahead there, not on tmpfs) that
+    someone else filled, the real ``fallocate`` of a chunk's range fails with
+    ENOSPC: the file fails as on a full disk, nothing of the chunk written."""
+    disk = small_ext4(4 * 1024 * 1024)
+    w, results = writer
+    data = os.urandom(2 * CHUNK)
+    fd = os.open(disk / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, len(data))  # sparse: no blocks yet
+    assert file_writer._has_blocks(fd)
+    filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for step in (256 * 1024, 4096):
+            with contextlib.suppress(OSError):
+                while os.write(filler, b"\1" * step) == step:  # until the disk is full
+                    pass
+        os.fsync(filler)
+    finally:
+        os.close(filler)
+    with pytest.raises(OSError) as raised:
+        file_writer._block_allocator()(fd, 0, CHUNK)
+    assert raised.value.errno == errno.ENOSPC
+    w.open(TID, fd, CHUNK, len(data), ChunkBitmap(2))
+    w.write(TID, 1, data[CHUNK:])
+    result = _next(results)
+    assert isinstance(result, WriteFailed) and result.no_space, result
+    assert os.pread(fd, CHUNK, CHUNK) == bytes(CHUNK)  # nothing written
+    w.close(TID, keep=False)  # closes its fd

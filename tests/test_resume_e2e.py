@@ -192,9 +192,16 @@ def test_another_identity_cannot_continue_a_kept_part(
     assert _resend_ok(sender, path, receiver)["stats"]["resumed_chunks"] > 0
 
 
+@pytest.mark.parametrize("disk", ["small_inbox", "ext4_inbox"])
 def test_disk_full_mid_transfer_then_resume(
-    small_inbox: Path, node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+    disk: str,
+    request: pytest.FixtureRequest,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
 ) -> None:
+    """On tmpfs the write finds the disk full; on ext4 the writer's
+    ``fallocate`` of the chunk's blocks, before its write, does."""
+    small_inbox: Path = request.getfixturevalue(disk)
     receiver = node_factory("--inbox", str(small_inbox), name="receiver")
     sender = node_factory(name="sender")
     # Someone else fills the disk after the offer passed the space check.
@@ -214,8 +221,12 @@ def test_disk_full_mid_transfer_then_resume(
     assert "Traceback" not in err
     kept = _held(small_inbox)
     assert kept > 0 and len(_parts(small_inbox)) == 1
-    # The node keeps serving: a small file still arrives.
+    # The node keeps serving: a small file arrives whole, then the rest resumes.
     filler.unlink()
+    small = make_file(3 * CHUNK + 5, name="small.bin")
+    done = sender.send_result(small, "127.0.0.1", receiver.port, timeout=60)
+    assert done.returncode == 0, done.describe()
+    assert blake3_file(small_inbox / done.json["stored_as"]) == blake3_file(small)
     info = _resend_ok(sender, path, receiver)
     assert info["stats"]["resumed_chunks"] >= kept
     assert _parts(small_inbox) == []

@@ -1,8 +1,13 @@
-"""A small filesystem that fills: a tmpfs of a given size, mounted for the
-duration of a ``with`` block (root only), for tests of a disk that fills.
+"""A small filesystem that fills, mounted for the duration of a ``with``
+block (root only), for tests of a disk that fills: a tmpfs of a given size,
+or a real ext4 (a sparse image file beside the mount point, ``mkfs.ext4``,
+a loop mount) where the writer allocates blocks ahead (``fallocate``), which
+it skips on tmpfs.
 
     with small_tmpfs(tmp_path / "disk", "24m") as mount:
         ...                      # mount is a directory on a 24 MiB tmpfs
+    with small_ext4(tmp_path / "disk", 24 * 2**20) as mount:
+        ...                      # on a 24 MiB ext4 (its image: disk.img)
 
 Raises :class:`DiskUnavailable` (with the reason) where it cannot mount; the
 unmount is lazy and bounded, so a busy mount never hangs a test.
@@ -11,17 +16,20 @@ unmount is lazy and bounded, so a busy mount never hangs a test.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DiskUnavailable", "small_tmpfs"]
+__all__ = ["DiskUnavailable", "small_ext4", "small_tmpfs"]
 
 MOUNT_TIMEOUT = 10.0
 
 
 class DiskUnavailable(RuntimeError):
-    """No tmpfs could be mounted here (not root, no mount command, ...)."""
+    """No such filesystem could be mounted here (not root, no mount command,
+    no ``mkfs.ext4``, no loop device, ...)."""
 
 
 @contextlib.contextmanager
@@ -29,19 +37,52 @@ def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
     """Mount a tmpfs of ``size`` (``mount -o size=``, e.g. "512k", "24m") on
     ``mount`` (created, mode 0700) and unmount it afterwards."""
     mount.mkdir(parents=True, exist_ok=True)
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount)],
-            capture_output=True,
-            text=True,
-            timeout=MOUNT_TIMEOUT,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise DiskUnavailable(str(exc)) from None
-    if done.returncode != 0:
-        raise DiskUnavailable(done.stderr.strip() or f"mount exited with {done.returncode}")
+    _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount))
     try:
         yield mount
     finally:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=MOUNT_TIMEOUT)
+        _unmount(mount)
+
+
+@contextlib.contextmanager
+def small_ext4(mount: Path, size: int) -> Iterator[Path]:
+    """Make an ext4 of ``size`` bytes in a sparse image ``<mount>.img`` (no
+    blocks kept for root: the nodes run as root here, and a full disk must be
+    full for them too), loop-mount it on ``mount`` (created, mode 0700), and
+    afterwards unmount it and delete the image."""
+    if os.geteuid() != 0:
+        raise DiskUnavailable("mounting an ext4 image needs root")
+    if shutil.which("mkfs.ext4") is None:
+        raise DiskUnavailable("no mkfs.ext4")
+    if not os.path.exists("/dev/loop-control") and not os.path.exists("/dev/loop0"):
+        raise DiskUnavailable("no loop device")
+    image = mount.with_name(mount.name + ".img")
+    mount.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(image, "wb") as f:
+            f.truncate(size)
+        _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
+        _run("mount", "-t", "ext4", "-o", "loop", str(image), str(mount))
+        try:
+            mount.chmod(0o700)
+            shutil.rmtree(mount / "lost+found", ignore_errors=True)  # an empty inbox
+            yield mount
+        finally:
+            _unmount(mount)
+    finally:
+        image.unlink(missing_ok=True)  # a lazy unmount's loop device keeps it until released
+
+
+def _run(*argv: str) -> None:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DiskUnavailable(f"{argv[0]}: {exc}") from None
+    if done.returncode != 0:
+        reason = done.stderr.strip() or f"exited with {done.returncode}"
+        raise DiskUnavailable(f"{argv[0]}: {reason}")
+
+
+def _unmount(mount: Path) -> None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=MOUNT_TIMEOUT)

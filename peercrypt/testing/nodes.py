@@ -722,8 +722,11 @@ def node_pair(base: Path, *sender_args: str) -> Iterator[tuple[NodeProcess, Node
     try:
         yield sender, receiver
     finally:
-        codes = [sender.stop(), receiver.stop()]
-    assert codes == [0, 0], codes
+        try:
+            sender_code = sender.stop()
+        finally:
+            receiver_code = receiver.stop()
+    assert [sender_code, receiver_code] == [0, 0], [sender_code, receiver_code]
 
 
 @dataclass
