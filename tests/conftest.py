@@ -24,7 +24,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -36,6 +36,7 @@ from peercrypt.testing.nodes import NodeError, NodeProcess, run_cli
 from peercrypt.testing.nodes import blake3_file as _blake3_file
 
 _DEFAULT = object()
+_Size = TypeVar("_Size", str, int)
 
 
 @pytest.fixture
@@ -140,22 +141,33 @@ def blake3_file() -> Callable[[Path], str]:
     return _blake3_file
 
 
+def _mounts(
+    tmp_path: Path,
+    what: str,
+    mounter: Callable[[Path, _Size], contextlib.AbstractContextManager[Path]],
+) -> Iterator[Callable[[_Size], Path]]:
+    """``mount(size) -> Path`` for a fixture: each a fresh filesystem under
+    ``tmp_path``, all unmounted when the test ends; the test is skipped (with
+    the reason) where ``mounter`` cannot mount one."""
+    counter = itertools.count()
+    with contextlib.ExitStack() as mounts:
+
+        def mount(size: _Size) -> Path:
+            try:
+                where = tmp_path / f"small-{what}-{next(counter)}"
+                return mounts.enter_context(mounter(where, size))
+            except DiskUnavailable as exc:
+                pytest.skip(f"cannot mount a {what}: {exc}")
+
+        yield mount
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     """``small_disk(size) -> Path``: a directory on a tmpfs of ``size``
     ("512k", "24m": a disk that fills), mounted until the test ends (the
     test is skipped where no tmpfs can be mounted)."""
-    counter = itertools.count()
-    with contextlib.ExitStack() as mounts:
-
-        def mount(size: str) -> Path:
-            try:
-                where = tmp_path / f"small-disk{next(counter)}"
-                return mounts.enter_context(small_tmpfs(where, size))
-            except DiskUnavailable as exc:
-                pytest.skip(f"cannot mount a tmpfs: {exc}")
-
-        yield mount
+    yield from _mounts(tmp_path, "tmpfs", small_tmpfs)
 
 
 @pytest.fixture
@@ -170,17 +182,7 @@ def small_ext4(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     (a sparse image in ``tmp_path``, loop-mounted), unmounted and deleted when
     the test ends (skipped, with the reason, where it cannot be: not root, no
     ``mkfs.ext4``, no loop device)."""
-    counter = itertools.count()
-    with contextlib.ExitStack() as mounts:
-
-        def mount(size: int) -> Path:
-            try:
-                where = tmp_path / f"small-ext4-{next(counter)}"
-                return mounts.enter_context(_small_ext4(where, size))
-            except DiskUnavailable as exc:
-                pytest.skip(f"cannot mount an ext4 image: {exc}")
-
-        yield mount
+    yield from _mounts(tmp_path, "ext4", _small_ext4)
 
 
 @pytest.fixture
