@@ -143,7 +143,7 @@ from peercrypt.wire.space_messages import (
     SpaceVerdict,
     SpaceWritten,
 )
-from peercrypt.wire.stats_messages import StatsRecord, StatsSample
+from peercrypt.wire.stats_messages import StatsRecord, StatsSample, batches
 
 log = logging.getLogger("peercrypt.mreceiver")
 
@@ -931,12 +931,15 @@ class MulticastReceiverActor(Actor):
         self._close(sess, keep_part=False)
 
     def _report_progress(self) -> None:
+        samples: list[StatsSample] = []
         for sess in self.sessions.values():
             written = _written(sess)
             if written != sess.reported:  # its reservation shrinks as it writes
                 sess.reported = written
                 self.tell("space", SpaceWritten(owner=self.name, tid=sess.tid, written=written))
-            self.tell("stats", _sample(sess, self.now()))
+            samples.append(_sample(sess, self.now()))
+        for batch in batches(samples):
+            self.tell("stats", batch)
 
     def _report(self, sess: Session, stored: str, *, ok: bool, reason: str) -> None:
         self.tell("stats", _record(sess, self.now(), "ok" if ok else "failed", reason, stored))

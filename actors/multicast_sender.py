@@ -122,7 +122,7 @@ from peercrypt.wire.multicast_messages import (
     McStatus,
     McTargetResult,
 )
-from peercrypt.wire.stats_messages import StatsRecord, StatsSample
+from peercrypt.wire.stats_messages import StatsRecord, StatsSample, batches
 from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.msender")
@@ -415,7 +415,7 @@ class MulticastSenderActor(Actor):
         self.count("sessions")
         for name in flow.receivers:
             self._open_target(sess, name, *split_host_port(name))
-        self._report_progress(sess)
+        self._send_samples(self._report_progress(sess))
         self._drive(sess)
 
     def _open_target(self, sess: Session, name: str, host: str, port: int) -> None:
@@ -856,12 +856,20 @@ class MulticastSenderActor(Actor):
         self._publish(sess, index, nonce, frames)
 
     def _progress(self) -> None:
+        samples: list[StatsSample] = []
         for sess in self.sessions.values():
-            self._report_progress(sess)
+            samples += self._report_progress(sess)
+        self._send_samples(samples)
 
-    def _report_progress(self, sess: Session) -> None:
+    def _send_samples(self, samples: list[StatsSample]) -> None:
+        for batch in batches(samples):
+            self.tell("stats", batch)
+
+    def _report_progress(self, sess: Session) -> list[StatsSample]:
         """The session's Progress and a McTargetProgress per receiver (every
-        0.1 s, and once at the start: a short session still shows each)."""
+        0.1 s, and once at the start: a short session still shows each); the
+        statistics samples of its running receivers are returned, to go to
+        the stats actor with every other session's."""
         request, flow = sess.request.request, sess.flow
         for t in sess.targets.values():
             state, acked = _target_state(sess, t)
@@ -880,11 +888,13 @@ class MulticastSenderActor(Actor):
                 "control",
                 Progress(request=request, done_bytes=0, total_bytes=sess.size, phase="offering"),
             )
-            return
+            return []
         done = flow.done_chunks()
-        for t in sess.targets.values():
-            if flow.receivers[t.name].result is None:
-                self.tell("stats", _sample(sess, t, self.now()))
+        samples = [
+            _sample(sess, t, self.now())
+            for t in sess.targets.values()
+            if flow.receivers[t.name].result is None
+        ]
         done_bytes = min(sess.size, done * sess.chunk_size)
         tree = sess.tree
         self.tell(
@@ -898,6 +908,7 @@ class MulticastSenderActor(Actor):
                 total_files=tree.files if tree is not None else 0,
             ),
         )
+        return samples
 
     # -- the end -------------------------------------------------------------------------
 

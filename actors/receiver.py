@@ -135,7 +135,7 @@ from peercrypt.wire.space_messages import (
     SpaceVerdict,
     SpaceWritten,
 )
-from peercrypt.wire.stats_messages import StatsRecord, StatsSample
+from peercrypt.wire.stats_messages import StatsRecord, StatsSample, batches
 from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.receiver")
@@ -1167,22 +1167,24 @@ class ReceiverActor(Actor):
         )
 
     def _report_progress(self) -> None:
+        samples: list[StatsSample] = []
         for t in self.transfers.values():
             written = self._written(t)
             if written != t.reported:  # its reservation shrinks as it writes
                 t.reported = written
                 self.tell("space", SpaceWritten(owner=self.name, tid=t.tid, written=written))
-            self.tell(
-                "stats",
+            samples.append(
                 StatsSample(
                     session=t.tid.hex(),
                     side="receive",
                     peer=fingerprint(t.peer) if t.peer else "?",
                     t=self.now() - t.started,
-                    done_bytes=self._written(t),
+                    done_bytes=written,
                     credit=t.flow.window.window,
-                ),
+                )
             )
+        for batch in batches(samples):
+            self.tell("stats", batch)
 
     @staticmethod
     def _written(t: Incoming) -> int:

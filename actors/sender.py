@@ -142,7 +142,7 @@ from peercrypt.wire.messages import (
     Verified,
     Verifying,
 )
-from peercrypt.wire.stats_messages import StatsRecord, StatsSample
+from peercrypt.wire.stats_messages import StatsRecord, StatsSample, batches
 from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.sender")
@@ -1061,6 +1061,7 @@ class SenderActor(Actor):
     # -- progress and the end --------------------------------------------------------
 
     def _progress(self) -> None:
+        samples: list[StatsSample] = []
         for t in self.transfers.values():
             phase, done = self._phase(t)
             self.tell(
@@ -1075,7 +1076,9 @@ class SenderActor(Actor):
                 ),
             )
             if t.flow.window is not None:
-                self.tell("stats", self._sample(t))
+                samples.append(self._sample(t))
+        for batch in batches(samples):
+            self.tell("stats", batch)
         idle = [(r.request, "waiting") for r in self.waiting]
         idle += [(request, "retrying") for request in self.retrying]
         idle += [(request, "walking") for request in self.walking]

@@ -1,7 +1,9 @@
 """Stats actor: owns the statistics history (``DATA_DIR/stats.sqlite``).
 
-Mail in: ``StatsRecord`` (a transfer started or ended) and ``StatsSample``
-(its state, every progress report) from the sender, receiver, msender (one
+Mail in: ``StatsRecord`` (a transfer started or ended) and ``StatsSamples``
+(the state of each running transfer, every progress report: one message per
+sending actor and tick, not one per transfer; a lone ``StatsSample`` is
+taken too) from the sender, receiver, msender (one
 per receiver) and mreceiver; nothing goes out. The actor keeps a
 :class:`~peercrypt.core.sampling.SeriesSampler` per running transfer and
 appends only the points it keeps, so a long transfer stores ``O(log d)``
@@ -31,7 +33,7 @@ from peercrypt.history.db import HistoryWriter, Retention, db_path
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
-from peercrypt.wire.stats_messages import StatsRecord, StatsSample
+from peercrypt.wire.stats_messages import StatsRecord, StatsSample, StatsSamples, unpack
 
 log = logging.getLogger("peercrypt.stats")
 
@@ -88,6 +90,8 @@ class StatsActor(Actor):
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, StatsRecord):
             self._guard(self._on_record, msg)
+        elif isinstance(msg, StatsSamples):
+            self._guard(self._on_samples, msg)
         elif isinstance(msg, StatsSample):
             self._guard(self._on_sample, msg)
         else:
@@ -150,6 +154,15 @@ class StatsActor(Actor):
             if point is not None:
                 self.pending.append((ident, point))
         self._prune()  # flushes; keeps the count limit exact as transfers end
+
+    def _on_samples(self, batch: StatsSamples) -> None:
+        samples, dropped = unpack(batch)
+        self.count("sample-batches")
+        self.count("samples", len(samples))
+        if dropped:
+            self.count("samples-malformed", dropped)
+        for s in samples:
+            self._on_sample(s)
 
     def _on_sample(self, s: StatsSample) -> None:
         entry = self.open.get((s.session, s.side, s.peer))

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,31 @@ def test_a_node_killed_mid_transfer_keeps_its_history(
     with open_reader(db_path(sender.data_dir)) as conn:
         (again,) = list_transfers(conn)
     assert again["result"] == "interrupted" and again["id"] == after["id"]
+
+
+def test_concurrent_transfers_share_one_samples_message_per_tick(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """Each side's actor sends its running transfers' samples of a progress
+    tick to the stats actor in one message, not one message per transfer."""
+    sender, receiver = node_factory(), node_factory()
+    flows = 4
+    sources = [make_file(4 * MiB) for _ in range(flows)]  # about 2 s each at 2 MiB/s
+    limit = ["-r", str(2 * MiB), "-b", str(256 * 1024)]
+    with ThreadPoolExecutor(flows) as pool:
+        sent = list(pool.map(lambda f: sender.send_to(f, receiver, *limit), sources))
+    assert [code for code, _ in sent] == [0] * flows, sent
+    for node in (sender, receiver):
+        rows = finished(node, flows)
+        assert all(r["result"] == "ok" and len(r["samples"]) >= 2 for r in rows), rows
+        # the last record of each transfer follows its samples in the stats
+        # actor's mail: once all are counted, so are the samples
+        node.wait_for_counter("stats.records", 2 * flows)
+        counters = node.counters()
+        batches, samples = counters["stats.sample-batches"], counters["stats.samples"]
+        # the transfers overlap for most of their 2 s: most ticks carry all four
+        assert samples >= 2 * batches > 0, counters
+        assert "stats.samples-malformed" not in counters, counters
 
 
 # -- the CLI ------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""The stats actor's batched samples: one ``StatsSamples`` per tick carries
+every running transfer's ``StatsSample``; split where a bound would be
+crossed, and unpacked back to exactly the samples sent (a hostile or broken
+batch loses only its bad samples)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peercrypt.wire import codec
+from peercrypt.wire.stats_messages import MAX_BATCH, StatsSample, StatsSamples, batches, unpack
+
+
+def sample(i: int, peer: str = "") -> StatsSample:
+    return StatsSample(
+        session=f"{i:032x}",
+        side="send" if i % 2 else "receive",
+        peer=peer or f"127.0.0.1:{1000 + i}",
+        t=i / 10,
+        done_bytes=i * 65536,
+        window=i,
+        rate=float(i * 1000),
+        rtt=0.001 * i,
+        credit=i % 64,
+    )
+
+
+def through_the_wire(samples: list[StatsSample]) -> list[StatsSamples]:
+    sent = list(batches(samples))
+    return [codec.decode_as(codec.encode(b), StatsSamples) for b in sent]
+
+
+def test_one_message_carries_every_sample_of_a_tick() -> None:
+    samples = [sample(i) for i in range(64)]
+    (batch,) = through_the_wire(samples)
+    assert unpack(batch) == (samples, 0)
+
+
+def test_no_samples_no_message() -> None:
+    assert list(batches([])) == []
+
+
+def test_more_than_the_bound_is_split_in_order() -> None:
+    samples = [sample(i) for i in range(2 * MAX_BATCH + 88)]
+    received = through_the_wire(samples)
+    assert [len(b.session) for b in received] == [MAX_BATCH, MAX_BATCH, 88]
+    assert [s for b in received for s in unpack(b)[0]] == samples
+
+
+def test_long_names_are_split_to_stay_under_the_message_limit() -> None:
+    # 256 samples of 300 three-byte characters would be ~240 KiB in one message
+    samples = [sample(i, peer="ü" * 300) for i in range(MAX_BATCH)]
+    received = through_the_wire(samples)  # encode raises if one is over the limit
+    assert len(received) > 1
+    assert [s for b in received for s in unpack(b)[0]] == samples
+
+
+def test_a_bad_batch_loses_only_its_bad_samples() -> None:
+    good = [sample(1), sample(2)]
+    columns = {
+        "session": [good[0].session, "", good[1].session],  # "" is under the minimum
+        "side": ["send", "send", "receive"],
+        "peer": [s.peer for s in (good[0], good[0], good[1])],
+        "t": [good[0].t, 0.0, good[1].t],
+        "done_bytes": [good[0].done_bytes, -1, good[1].done_bytes],
+        "window": [good[0].window, 0, good[1].window],
+        "rate": [good[0].rate, 0.0, good[1].rate],
+        "rtt": [good[0].rtt, 0.0, good[1].rtt],
+        "credit": [good[0].credit, 2**62, good[1].credit],
+    }
+    batch = codec.decode_as(codec.encode(StatsSamples(**columns)), StatsSamples)
+    assert unpack(batch) == ([good[0], good[1]], 1)
+    uneven = StatsSamples(**{**columns, "rtt": [0.0]})  # columns of unequal length
+    assert unpack(codec.decode_as(codec.encode(uneven), StatsSamples)) == ([], 3)
+
+
+@given(
+    st.lists(
+        st.builds(
+            StatsSample,
+            session=st.text(min_size=1, max_size=64),
+            side=st.sampled_from(["send", "receive"]),
+            peer=st.text(max_size=300),
+            t=st.floats(allow_nan=False),
+            done_bytes=st.integers(0, 2**40),
+            window=st.integers(0, 2**40),
+            rate=st.floats(allow_nan=False),
+            rtt=st.floats(allow_nan=False),
+            credit=st.integers(0, 2**40),
+        ),
+        max_size=600,
+    )
+)
+def test_any_samples_arrive_as_sent(samples: list[StatsSample]) -> None:
+    received = through_the_wire(samples)
+    assert all(len(b.session) <= MAX_BATCH for b in received)
+    assert [s for b in received for s in unpack(b)[0]] == samples
+
+
+def test_values_over_a_bound_are_clipped_as_a_lone_sample_would_be() -> None:
+    wide = StatsSample(session="ab" * 40, side="send", peer="p" * 400, done_bytes=2**70)
+    (batch,) = through_the_wire([wide])
+    alone = codec.decode_as(codec.encode(wide), StatsSample)
+    assert unpack(batch) == ([alone], 0)
+    assert len(alone.peer) == 300 and len(alone.session) == 64
