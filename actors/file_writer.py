@@ -68,6 +68,7 @@ verified as above, and the tree built from it again (``unpack``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -79,7 +80,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -366,6 +367,43 @@ class _Feeder:
         self.builder.discard()
 
 
+class CheckSteps:
+    """Steps of the writer's final checks, whichever file's, as the bound on
+    a final check sees them (:attr:`FileWriter.checks_moved`): a hashed
+    window, a folder's file, is one step (:meth:`step`, the writer's thread).
+    An fsync reports nothing until it returns, and on a slow or busy disk it
+    can take longer than the bound; so while one is in progress
+    (:meth:`syncing`) every read of :meth:`moved` is a step too. A check
+    inside fsync is alive, not stuck (its thread is in the kernel: ending
+    the transfer would not free it), and the checks queued behind it wait.
+    Each side writes only its own counter; the reader's moved() always
+    changes while a sync is in progress and never changes otherwise."""
+
+    def __init__(self) -> None:
+        self._steps = 0  # written by the writer's thread
+        self._syncs = 0  # in progress (writer's thread)
+        self._seen_syncing = 0  # reads during a sync (the reading actor)
+
+    def step(self) -> None:
+        self._steps += 1
+
+    @contextlib.contextmanager
+    def syncing(self) -> Iterator[None]:
+        """Around an fsync of a final check: a step before and after it."""
+        self.step()
+        self._syncs += 1
+        try:
+            yield
+        finally:
+            self._syncs -= 1
+            self.step()
+
+    def moved(self) -> int:
+        if self._syncs:
+            self._seen_syncing += 1
+        return self._steps + self._seen_syncing
+
+
 class FileWriter:
     def __init__(self, context: zmq.Context[Any], address: str, max_queued: int) -> None:
         self._context = context
@@ -386,10 +424,18 @@ class FileWriter:
         # Bytes the final check of each file has covered (written by this
         # thread, read by the actor: one int per key, replaced whole).
         self._checked: dict[bytes, int] = {}
-        # Steps of every final check so far, whichever file's (one int,
-        # replaced whole): the checks queued behind a long one wait on it.
-        self.checks_moved = 0
+        # Steps of every final check so far, whichever file's: the checks
+        # queued behind a long one wait on it.
+        self.check_steps = CheckSteps()
+        self._fsync = os.fsync
         self._halts: set[threading.Event] = set()  # of running feeders, set by stop()
+
+    @property
+    def checks_moved(self) -> int:
+        """Steps of every final check so far (:class:`CheckSteps`): any
+        change is progress; it changes at each read while a check's fsync
+        is in progress."""
+        return self.check_steps.moved()
 
     def start(self) -> None:
         self._thread.start()
@@ -560,7 +606,8 @@ class FileWriter:
                     # they are published): the part itself is never published.
                     return Finished(tid, f.feeder.hasher.digest())
             self._checked[tid] = 0
-            os.fsync(f.fd)
+            with self.check_steps.syncing():  # it reports nothing until it returns
+                self._fsync(f.fd)
             # It stays known until close(), which closes its fd.
             # The verdict is on what the disk holds now, not on what was
             # written: a part changed underneath us (another process, a
@@ -586,7 +633,7 @@ class FileWriter:
     def _checked_setter(self, tid: bytes) -> Callable[[int], None]:
         def note(done: int) -> None:
             self._checked[tid] = done
-            self.checks_moved += 1
+            self.check_steps.step()
 
         return note
 

@@ -12,6 +12,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,10 +22,13 @@ from typing import Any
 import blake3
 import pytest
 import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import actors.file_writer as file_writer
 from actors.file_writer import (
     BufferPool,
+    CheckSteps,
     FileWriter,
     Finished,
     TreeSpec,
@@ -40,6 +44,7 @@ from actors.lanes import ChunkSealed, FileHashed, LaneCrew, _OrderedHash, crew_s
 from actors.tree_source import build_tree
 from actors.tree_store import hidden_name
 from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer
 from peercrypt.core.resume import CHECKPOINT_CHUNKS, Manifest, ResumeKey
 from peercrypt.crypto.transfer import TransferKeys
 from peercrypt.testing.nodes import wait_until
@@ -550,6 +555,7 @@ def test_each_chunk_gets_its_blocks_before_it_is_written_where_a_disk_has_blocks
     w._allocate = allocate  # what the writer calls (the real one: _block_allocator)
     data = os.urandom(3 * CHUNK - 100)
     for where, tid in ((tmp_path, b"d"), (small_disk("1m"), b"m")):
+        asked.clear()  # (the last file's fd number may be reused: close() is queued)
         fd = os.open(where / "part", os.O_RDWR | os.O_CREAT, 0o600)
         os.ftruncate(fd, len(data))
         w.open(tid, fd, CHUNK, len(data), ChunkBitmap(3))
@@ -560,7 +566,7 @@ def test_each_chunk_gets_its_blocks_before_it_is_written_where_a_disk_has_blocks
         has_blocks = file_writer._has_blocks(fd)
         assert tid == b"d" or not has_blocks, "tmpfs has no blocks to allocate"
         expected = [(fd, 2 * CHUNK, CHUNK - 100), (fd, 0, CHUNK)] if has_blocks else []
-        assert [a for a in asked if a[0] == fd] == expected, (where, asked)
+        assert asked == expected, (where, asked)
         w.close(tid, keep=False)
     fds = [os.open(tmp_path / name, os.O_RDWR | os.O_CREAT, 0o600) for name in ("n", "f")]
     for fd in fds:
@@ -705,4 +711,91 @@ def test_a_full_ext4_fails_the_chunks_allocation_before_its_write(
     result = _next(results)
     assert isinstance(result, WriteFailed) and result.no_space, result
     assert os.pread(fd, CHUNK, CHUNK) == bytes(CHUNK)  # nothing written
+    w.close(TID, keep=False)  # closes its fd
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["step", "enter", "leave", "read"]), max_size=40))
+def test_check_steps_change_at_a_read_only_after_a_step_or_inside_a_sync(ops: list[str]) -> None:
+    """The bound on a final check sees progress (a changed ``moved()``) at a
+    read exactly when a step was made since the last read or an fsync is in
+    progress (it reports nothing until it returns)."""
+    steps = CheckSteps()
+    syncs: list[contextlib.ExitStack] = []
+    last, stepped = steps.moved(), False
+    for op in ops:
+        if op == "step":
+            steps.step()
+            stepped = True
+        elif op == "enter":
+            stack = contextlib.ExitStack()
+            stack.enter_context(steps.syncing())
+            syncs.append(stack)
+            stepped = True
+        elif op == "leave" and syncs:
+            syncs.pop().close()
+            stepped = True
+        elif op == "read":
+            now = steps.moved()
+            assert (now != last) == (stepped or bool(syncs)), (ops, now, last)
+            last, stepped = now, False
+
+
+def test_a_final_check_inside_a_long_fsync_is_not_timed_out() -> None:
+    """A receiver's transfer whose final check sits in one fsync longer than
+    the idle bound (read once a second, as the receiver does) is alive; once
+    the sync is over and nothing moves, the bound ends it as before."""
+    steps = CheckSteps()
+    t = IncomingTransfer(total=1, credit=1, idle_timeout=5.0, now=0.0)
+    t.on_chunk(0, True, 1.0)
+    t.on_written(0)
+    t.on_done(b"d" * 32, 1, 2.0)
+    assert t.poll() == [FinishFile()]
+    with steps.syncing():
+        for now in range(3, 60):  # 57 s inside one fsync
+            t.on_checked(steps.moved(), float(now))
+            t.on_timer(float(now))
+            assert t.poll() == [], now
+    t.on_checked(steps.moved(), 60.0)  # it returned: a step
+    for now in range(61, 66):
+        t.on_checked(steps.moved(), float(now))
+        t.on_timer(float(now))
+    assert t.poll() == []
+    t.on_checked(steps.moved(), 66.0)
+    t.on_timer(66.0)
+    assert [type(out) for out in t.poll()] == [Abandon]
+
+
+def test_the_writer_reports_its_final_fsync_as_moving(
+    tmp_path: Path, writer: tuple[FileWriter, Results]
+) -> None:
+    """While the finish's fsync is in progress (held here until the test
+    reads on), every read of ``checks_moved`` is a change; after the file's
+    verdict, reads change no more."""
+    w, results = writer
+    entered, release = threading.Event(), threading.Event()
+
+    def held_fsync(fd: int) -> None:
+        entered.set()
+        assert release.wait(WAIT), "the test never released the fsync"
+        os.fsync(fd)  # the real one
+
+    w._fsync = held_fsync  # what the finish calls (the real one: os.fsync)
+    data = os.urandom(2 * CHUNK + 7)
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, len(data))
+    w.open(TID, fd, CHUNK, len(data), ChunkBitmap(3))
+    for index in range(3):
+        w.write(TID, index, data[index * CHUNK : (index + 1) * CHUNK])
+        assert _index(_next(results)) == index
+    before = w.checks_moved
+    assert w.checks_moved == before  # nothing in progress: no change
+    w.finish(TID)
+    assert entered.wait(WAIT), "the finish never reached its fsync"
+    seen = [w.checks_moved for _ in range(3)]
+    assert len({before, *seen}) == 4, (before, seen)
+    release.set()
+    assert _next(results) == Finished(TID, blake3.blake3(data).digest())
+    after = w.checks_moved
+    assert w.checks_moved == after != seen[-1]
     w.close(TID, keep=False)  # closes its fd
