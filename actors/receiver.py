@@ -418,7 +418,7 @@ class ReceiverActor(Actor):
             window=1,
             have=[0, prior.key.total],
             data_ipc=str(self.ipc_path or ""),
-            host_id=self.ipc_host,
+            host_tag=local_ipc.host_tag(self.ipc_host, offer.tid),
         )
 
     def _on_echo(self, echo: Echo, route: bytes, h: SealedHeader, payload: memoryview) -> None:
@@ -775,7 +775,7 @@ class ReceiverActor(Actor):
             window=flow.window.window,
             have=flatten(accept_ranges(flow.written)),
             data_ipc=str(self.ipc_path or ""),
-            host_id=self.ipc_host,
+            host_tag=local_ipc.host_tag(self.ipc_host, offer.tid),
         )
 
     def report(self) -> None:

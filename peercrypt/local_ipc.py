@@ -3,7 +3,9 @@
 A receiving node binds its data ROUTER on ``tcp://`` as always and also on
 ``ipc://DATA_DIR/ipc/data.sock`` (the folder 0700, the socket 0600, a stale
 one replaced at start, removed at stop). Its Accept names that path and this
-host's identity (:func:`host_id`). A sender whose own identity is the same
+host's identity (:func:`host_id`) keyed with the transfer id
+(:func:`host_tag`: a peer elsewhere learns neither the boot id nor whether
+two transfers came from one host). A sender whose own tag is the same
 connects its data lanes to the path instead of the TCP data port, after
 :func:`usable_target` checked that the path is one such socket of its own
 user; on anything else (another host, another user, no listener, a path of
@@ -21,6 +23,8 @@ side (a receiver then names no path, a sender ignores one).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import posixpath
 import socket
@@ -32,6 +36,7 @@ SOCKET_NAME = "data.sock"
 # sun_path holds 108 bytes on Linux (104 elsewhere), with the final NUL.
 MAX_PATH = 100
 MAX_HOST_ID = 128
+MAX_HOST_TAG = 64
 
 
 def host_id() -> str:
@@ -47,6 +52,13 @@ def host_id() -> str:
         return ""
     found = f"{boot}/{mnt}/{net}"
     return found if boot and len(found) <= MAX_HOST_ID else ""
+
+
+def host_tag(host: str, tid: bytes) -> str:
+    """``host`` (a :func:`host_id`) keyed with transfer id ``tid``: equal for
+    two nodes of one host in one transfer, different across transfers, and
+    no clue to the boot id; "" for no host identity."""
+    return hmac.new(tid, host.encode(), hashlib.sha256).hexdigest() if host else ""
 
 
 def socket_path(data_dir: Path) -> Path | None:

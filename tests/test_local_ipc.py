@@ -63,6 +63,15 @@ def test_host_identity_is_this_boot_and_namespaces() -> None:
     )
 
 
+def test_the_host_tag_is_per_transfer_and_hides_the_boot_id() -> None:
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    one, two = local_ipc.host_tag(HOST, bytes(16)), local_ipc.host_tag(HOST, b"\1" * 16)
+    assert one == local_ipc.host_tag(HOST, bytes(16)) and one != two
+    assert boot not in one and boot.replace("-", "") not in one
+    assert one != local_ipc.host_tag(HOST + "x", bytes(16))
+    assert local_ipc.host_tag("", bytes(16)) == ""
+
+
 def test_a_good_path_of_this_host_is_used(good: tuple[Path, socket.socket]) -> None:
     path, _ = good
     assert local_ipc.usable_target(str(path), HOST, HOST) == f"ipc://{path}"

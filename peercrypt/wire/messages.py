@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peercrypt.local_ipc import MAX_HOST_ID
+from peercrypt.local_ipc import MAX_HOST_TAG
 from peercrypt.local_ipc import MAX_PATH as MAX_IPC_PATH
 from peercrypt.wire.codec import MAX_MESSAGE_BYTES, Message, bounded, message
 from peercrypt.wire.fields import code, counter, fixed, port, ranges, reason
@@ -123,8 +123,9 @@ class Accept(Message):
     ``window`` is the initial credit in chunks; ``have`` lists ranges
     [start, end) already held (resume). ``static_pub`` is the receiver's
     identity key and ``proof`` shows it holds it (crypto/handshake.py); the
-    sender checks both before its first chunk. ``data_ipc`` and ``host_id``
-    (optional): the receiver's Unix data socket and its host's identity; a
+    sender checks both before its first chunk. ``data_ipc`` and ``host_tag``
+    (optional): the receiver's Unix data socket and its host's identity
+    keyed with the transfer id (not the identity itself); a
     sender on the same host may send chunks there instead
     (peercrypt/local_ipc.py)."""
 
@@ -138,7 +139,7 @@ class Accept(Message):
     window: int = field(metadata=bounded(4096, 1))
     have: list[int] = ranges()
     data_ipc: str = field(default="", metadata=bounded(MAX_IPC_PATH))
-    host_id: str = field(default="", metadata=bounded(MAX_HOST_ID))
+    host_tag: str = field(default="", metadata=bounded(MAX_HOST_TAG))
 
 
 @message
