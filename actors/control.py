@@ -29,7 +29,7 @@ from peercrypt.crypto.identity import fingerprint
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_endpoint
 from peercrypt.settings import NodeSettings
-from peercrypt.wire import codec
+from peercrypt.wire import codec, columns
 from peercrypt.wire import multicast_messages as _mc
 from peercrypt.wire.messages import (
     MAX_STATUS_COUNTERS,
@@ -39,6 +39,7 @@ from peercrypt.wire.messages import (
     ErrorReply,
     McTargetProgress,
     Progress,
+    Progresses,
     SendRequest,
     SendResult,
     SettingReply,
@@ -259,6 +260,14 @@ class ControlActor(Actor):
             self.announced[msg.actor] = msg
         elif isinstance(msg, MembersAtReply) and msg.request in self.placing:
             self._placed(self.placing.pop(msg.request), msg.members)
+        elif isinstance(msg, Progresses):  # one per tick: each send's Progress
+            progress, dropped = columns.unpack(msg, Progress)
+            self.count("progress-batches")
+            self.count("progress-relayed", len(progress))
+            if dropped:
+                self.count("progress-malformed", dropped)
+            for p in progress:
+                self._relay(p, p.request)
         elif type(msg) in REPLIES:
             request: int = cast(Any, msg).request
             if isinstance(msg, SendResult) and request in self.sending:

@@ -112,7 +112,7 @@ from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
-from peercrypt.wire import codec
+from peercrypt.wire import codec, columns
 from peercrypt.wire.messages import (
     Accept,
     Ack,
@@ -133,6 +133,7 @@ from peercrypt.wire.messages import (
     Offer,
     OfferDetails,
     Progress,
+    Progresses,
     Refuse,
     SealedHeader,
     SendRequest,
@@ -1062,11 +1063,14 @@ class SenderActor(Actor):
     # -- progress and the end --------------------------------------------------------
 
     def _progress(self) -> None:
+        """Every send's Progress and every running transfer's statistics
+        sample: one message per destination (the requester, stats), not one
+        per transfer."""
         samples: list[StatsSample] = []
+        progress: dict[str, list[Progress]] = {}
         for t in self.transfers.values():
             phase, done = self._phase(t)
-            self.tell(
-                t.requester,
+            progress.setdefault(t.requester, []).append(
                 Progress(
                     request=t.request.request,
                     done_bytes=done,
@@ -1074,19 +1078,22 @@ class SenderActor(Actor):
                     phase=phase,
                     done_files=(t.tree.layout.files_done(t.flow.acked_bytes) if t.tree else 0),
                     total_files=t.tree.files if t.tree else 0,
-                ),
+                )
             )
             if t.flow.window is not None:
                 samples.append(self._sample(t))
-        for batch in batches(samples):
-            self.tell("stats", batch)
         idle = [(r.request, "waiting") for r in self.waiting]
         idle += [(request, "retrying") for request in self.retrying]
         idle += [(request, "walking") for request in self.walking]
         for request, phase in idle:
-            self.tell(
-                "control", Progress(request=request, done_bytes=0, total_bytes=0, phase=phase)
+            progress.setdefault("control", []).append(
+                Progress(request=request, done_bytes=0, total_bytes=0, phase=phase)
             )
+        for requester, reports in progress.items():
+            for batch in columns.batches(reports, Progresses):
+                self.tell(requester, batch)
+        for stats in batches(samples):
+            self.tell("stats", stats)
 
     def _phase(self, t: Outgoing) -> tuple[str, int]:
         """What the transfer waits for (see :class:`Progress`), and its bytes done."""

@@ -241,7 +241,9 @@ def test_concurrent_transfers_share_one_samples_message_per_tick(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
     """Each side's actor sends its running transfers' samples of a progress
-    tick to the stats actor in one message, not one message per transfer."""
+    tick to the stats actor in one message, not one message per transfer;
+    the sender its sends' Progress to control likewise, and every client
+    still gets its own."""
     sender, receiver = node_factory(), node_factory()
     flows = 4
     sources = [make_file(4 * MiB) for _ in range(flows)]  # about 2 s each at 2 MiB/s
@@ -260,6 +262,11 @@ def test_concurrent_transfers_share_one_samples_message_per_tick(
         # the transfers overlap for most of their 2 s: most ticks carry all four
         assert samples >= 2 * batches > 0, counters
         assert "stats.samples-malformed" not in counters, counters
+    # control counts live, and relayed the last Progresses before the SendResults
+    counters = sender.counters()
+    batches, relayed = counters["control.progress-batches"], counters["control.progress-relayed"]
+    assert relayed >= 2 * batches > 0, counters
+    assert "control.progress-malformed" not in counters, counters
 
 
 # -- the CLI ------------------------------------------------------------------------

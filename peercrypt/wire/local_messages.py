@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peercrypt.wire.codec import Message, bounded, message
+from peercrypt.wire.columns import MAX_BATCH
 from peercrypt.wire.fields import code, counter, port, reason
 
 HASH_BYTES = 32
@@ -100,6 +101,24 @@ class Progress(Message):
     done_files: int = counter(default=0)  # a folder or several files: files fully acked
     total_files: int = counter(default=0)
     phase: str = field(default="sending", metadata=bounded(16))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Progresses(Message):
+    """The sender's :class:`Progress` of each of its sends, one message to
+    the control actor per progress tick instead of one per send
+    (:mod:`peercrypt.wire.columns`); control relays each to its client as
+    a ``Progress``, as before."""
+
+    TYPE = "progresses"
+    request: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
+    done_bytes: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
+    total_bytes: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
+    note: list[str] = field(default_factory=list, metadata=bounded(MAX_BATCH))
+    done_files: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
+    total_files: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
+    phase: list[str] = field(default_factory=list, metadata=bounded(MAX_BATCH))
 
 
 PHASES = (

@@ -26,6 +26,7 @@ from peercrypt.wire.local_messages import CancelRequest as CancelRequest
 from peercrypt.wire.local_messages import ErrorReply as ErrorReply
 from peercrypt.wire.local_messages import McTargetProgress as McTargetProgress
 from peercrypt.wire.local_messages import Progress as Progress
+from peercrypt.wire.local_messages import Progresses as Progresses
 from peercrypt.wire.local_messages import SendRequest as SendRequest
 from peercrypt.wire.local_messages import SendResult as SendResult
 from peercrypt.wire.local_messages import StatusReply as StatusReply

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from peercrypt.wire.codec import Message, bounded, clip_fields, field_checks, message
+from peercrypt.wire import columns
+from peercrypt.wire.codec import Message, bounded, message
+from peercrypt.wire.columns import MAX_BATCH
 from peercrypt.wire.fields import counter, reason
 
 SIDES = ("send", "receive")
@@ -67,19 +68,12 @@ class StatsSample(Message):
     credit: int = field(default=0, metadata=bounded(2**40))  # chunks allowed in flight
 
 
-MAX_BATCH = 256  # samples in one StatsSamples
-_BATCH_BYTES = 48 * 1024  # and their strings' bytes: the message stays under the codec's limit
-_SAMPLE_OVERHEAD = 64  # msgpack headers and the numbers of one sample, at most
-
-
 @message
 @dataclass(frozen=True, kw_only=True)
 class StatsSamples(Message):
     """The :class:`StatsSample` of each running transfer of one actor, one
-    message per progress tick instead of one per transfer. Column ``i`` of
-    every list is sample ``i``; :func:`unpack` gives them back (a sample
-    whose values are out of ``StatsSample``'s bounds, or lists of unequal
-    length, are dropped there)."""
+    message per progress tick instead of one per transfer
+    (:mod:`peercrypt.wire.columns`)."""
 
     TYPE = "stats-samples"
     session: list[str] = field(default_factory=list, metadata=bounded(MAX_BATCH))
@@ -93,46 +87,11 @@ class StatsSamples(Message):
     credit: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
 
 
-_COLUMNS = ("session", "side", "peer", "t", "done_bytes", "window", "rate", "rtt", "credit")
-
-
 def batches(samples: Sequence[StatsSample]) -> Iterator[StatsSamples]:
-    """``samples`` as few :class:`StatsSamples` as fit the bounds (none for
-    none). Each sample's values are clipped to ``StatsSample``'s bounds
-    first, as encoding it alone would."""
-    rows: list[dict[str, Any]] = []
-    size = 0
-    for s in samples:
-        row = clip_fields(s)
-        cost = _SAMPLE_OVERHEAD + _utf8_len(row["session"], row["side"], row["peer"])
-        if rows and (len(rows) >= MAX_BATCH or size + cost > _BATCH_BYTES):
-            yield _pack(rows)
-            rows, size = [], 0
-        rows.append(row)
-        size += cost
-    if rows:
-        yield _pack(rows)
-
-
-def _utf8_len(*texts: str) -> int:
-    return sum(len(x) if x.isascii() else len(x.encode("utf-8", "replace")) for x in texts)
-
-
-def _pack(rows: list[dict[str, Any]]) -> StatsSamples:
-    return StatsSamples(**{c: [row[c] for row in rows] for c in _COLUMNS})
+    """``samples`` as few :class:`StatsSamples` as fit the bounds."""
+    return columns.batches(samples, StatsSamples)
 
 
 def unpack(batch: StatsSamples) -> tuple[list[StatsSample], int]:
-    """The samples of ``batch`` that are within ``StatsSample``'s bounds, and
-    how many were dropped."""
-    columns = [getattr(batch, c) for c in _COLUMNS]
-    n = len(batch.session)
-    if any(len(col) != n for col in columns):
-        return [], max(len(col) for col in columns)
-    checks = field_checks(StatsSample)
-    kept: list[StatsSample] = []
-    for row in zip(*columns, strict=True):
-        values = dict(zip(_COLUMNS, row, strict=True))
-        if all(checks[c](values[c]) for c in _COLUMNS):
-            kept.append(StatsSample(**values))
-    return kept, n - len(kept)
+    """The samples of ``batch`` within ``StatsSample``'s bounds, and how many were dropped."""
+    return columns.unpack(batch, StatsSample)

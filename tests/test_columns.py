@@ -1,14 +1,16 @@
-"""The stats actor's batched samples: one ``StatsSamples`` per tick carries
-every running transfer's ``StatsSample``; split where a bound would be
-crossed, and unpacked back to exactly the samples sent (a hostile or broken
-batch loses only its bad samples)."""
+"""Batched local messages (peercrypt/wire/columns.py): one ``StatsSamples``
+per tick carries every running transfer's ``StatsSample``, one
+``Progresses`` every send's ``Progress``; split where a bound would be
+crossed, and unpacked back to exactly the items sent (a hostile or broken
+batch loses only its bad items)."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peercrypt.wire import codec
+from peercrypt.wire import codec, columns
+from peercrypt.wire.local_messages import Progress, Progresses
 from peercrypt.wire.stats_messages import MAX_BATCH, StatsSample, StatsSamples, batches, unpack
 
 
@@ -104,3 +106,20 @@ def test_values_over_a_bound_are_clipped_as_a_lone_sample_would_be() -> None:
     alone = codec.decode_as(codec.encode(wide), StatsSample)
     assert unpack(batch) == ([alone], 0)
     assert len(alone.peer) == 300 and len(alone.session) == 64
+
+
+def test_every_sends_progress_of_a_tick_in_one_message() -> None:
+    progress = [
+        Progress(request=i, done_bytes=i * 1000, total_bytes=10**9, phase="sending")
+        for i in range(1, 17)
+    ]
+    progress.append(Progress(request=99, done_bytes=0, total_bytes=0, phase="waiting"))
+    progress.append(Progress(request=100, done_bytes=5, total_bytes=9, note="n" * 600))
+    (batch,) = columns.batches(progress, Progresses)
+    received = codec.decode_as(codec.encode(batch), Progresses)
+    # each as control would have decoded it alone (the note clipped to its bound)
+    alone = [codec.decode_as(codec.encode(p), Progress) for p in progress]
+    assert columns.unpack(received, Progress) == (alone, 0)
+    assert len(alone[-1].note) < 600
+    bad = Progresses(**{**codec.clip_fields(received), "phase": ["x" * 17] * len(progress)})
+    assert columns.unpack(bad, Progress) == ([], len(progress))
