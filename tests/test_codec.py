@@ -51,7 +51,9 @@ def _strategy(tp: Any, meta: typing.Mapping[str, Any]) -> st.SearchStrategy[Any]
     if origin is list:
         (item,) = typing.get_args(tp)
         hi = meta.get("max", codec.DEFAULT_MAX_LIST)
-        return st.lists(_strategy(item, {}), min_size=lo, max_size=min(hi, max(lo, 20)))
+        return st.lists(
+            _strategy(item, meta.get("item", {})), min_size=lo, max_size=min(hi, max(lo, 20))
+        )
     if origin is dict:
         key, val = typing.get_args(tp)
         hi = meta.get("max", codec.DEFAULT_MAX_LIST)

@@ -6,12 +6,17 @@ batch loses only its bad items)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgpack
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from peercrypt.wire import codec, columns
+from peercrypt.wire.columns import MAX_BATCH
 from peercrypt.wire.local_messages import Progress, Progresses
-from peercrypt.wire.stats_messages import MAX_BATCH, StatsSample, StatsSamples, batches, unpack
+from peercrypt.wire.stats_messages import StatsSample, StatsSamples, batches, unpack
 
 
 def sample(i: int, peer: str = "") -> StatsSample:
@@ -58,22 +63,27 @@ def test_long_names_are_split_to_stay_under_the_message_limit() -> None:
     assert [s for b in received for s in unpack(b)[0]] == samples
 
 
-def test_a_bad_batch_loses_only_its_bad_samples() -> None:
+def raw(type_name: str, fields: dict[str, Any]) -> bytes:
+    """A message as a hostile or broken sender could encode it: unclipped."""
+    data: bytes = msgpack.packb([codec.VERSION, type_name, fields], use_bin_type=True)
+    return data
+
+
+def test_values_out_of_bounds_are_clipped_on_encode_and_refused_on_decode() -> None:
     good = [sample(1), sample(2)]
-    columns = {
-        "session": [good[0].session, "", good[1].session],  # "" is under the minimum
-        "side": ["send", "send", "receive"],
-        "peer": [s.peer for s in (good[0], good[0], good[1])],
-        "t": [good[0].t, 0.0, good[1].t],
-        "done_bytes": [good[0].done_bytes, -1, good[1].done_bytes],
-        "window": [good[0].window, 0, good[1].window],
-        "rate": [good[0].rate, 0.0, good[1].rate],
-        "rtt": [good[0].rtt, 0.0, good[1].rtt],
-        "credit": [good[0].credit, 2**62, good[1].credit],
-    }
-    batch = codec.decode_as(codec.encode(StatsSamples(**columns)), StatsSamples)
-    assert unpack(batch) == ([good[0], good[1]], 1)
-    uneven = StatsSamples(**{**columns, "rtt": [0.0]})  # columns of unequal length
+    bad = StatsSample(session="", side="send", peer="p", done_bytes=-1, credit=2**62)
+    batch = through_the_wire([good[0], bad, good[1]])
+    # clipped as the sample alone would be, not dropped
+    alone = codec.decode_as(codec.encode(bad), StatsSample)
+    assert unpack(batch[0]) == ([good[0], alone, good[1]], 0)
+    assert alone.session == "?" and alone.done_bytes == 0 and alone.credit == 2**40
+    fields = codec.clip_fields(next(batches([good[0], alone, good[1]])))
+    for name, value in (("session", ""), ("done_bytes", -1), ("credit", 2**62), ("side", "x")):
+        column = list(fields[name])
+        column[1] = value
+        with pytest.raises(codec.DecodeError):
+            codec.decode(raw("stats-samples", {**fields, name: column}))
+    uneven = StatsSamples(**{**fields, "rtt": [0.0]})  # columns of unequal length
     assert unpack(codec.decode_as(codec.encode(uneven), StatsSamples)) == ([], 3)
 
 
@@ -121,5 +131,6 @@ def test_every_sends_progress_of_a_tick_in_one_message() -> None:
     alone = [codec.decode_as(codec.encode(p), Progress) for p in progress]
     assert columns.unpack(received, Progress) == (alone, 0)
     assert len(alone[-1].note) < 600
-    bad = Progresses(**{**codec.clip_fields(received), "phase": ["x" * 17] * len(progress)})
-    assert columns.unpack(bad, Progress) == ([], len(progress))
+    fields = codec.clip_fields(received)
+    with pytest.raises(codec.DecodeError):  # a phase over its bound of 16
+        codec.decode(raw("progresses", {**fields, "phase": ["x" * 17] * len(progress)}))

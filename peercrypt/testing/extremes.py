@@ -53,7 +53,7 @@ def extreme(tp: Any, meta: typing.Mapping[str, Any]) -> st.SearchStrategy[Any]:
     if origin is list:
         (item,) = typing.get_args(tp)
         size = min(meta.get("max", codec.DEFAULT_MAX_LIST), 8)
-        return st.lists(extreme(item, {}), min_size=min(lo, size), max_size=size)
+        return st.lists(extreme(item, meta.get("item", {})), min_size=min(lo, size), max_size=size)
     if origin is dict:
         key, val = typing.get_args(tp)
         return st.dictionaries(extreme(key, {"max": 40}), extreme(val, {}), max_size=4)

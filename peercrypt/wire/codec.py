@@ -66,6 +66,12 @@ def bounded(maximum: int, minimum: int = 0) -> dict[str, int]:
     return {"max": maximum, "min": minimum}
 
 
+def bounded_list(maximum: int, item: typing.Mapping[str, Any]) -> dict[str, Any]:
+    """Field metadata of a list: its length, and each item's bounds (the
+    metadata of another message's field: a column of those)."""
+    return {"max": maximum, "min": 0, "item": item}
+
+
 def _checker(tp: Any, meta: typing.Mapping[str, Any]) -> _Check:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -90,7 +96,7 @@ def _checker(tp: Any, meta: typing.Mapping[str, Any]) -> _Check:
         return lambda v: isinstance(v, bytes) and lo <= len(v) <= hi
     if origin is list:
         (item_tp,) = typing.get_args(tp)
-        item = _checker(item_tp, {})
+        item = _checker(item_tp, meta.get("item", {}))
         hi = meta.get("max", DEFAULT_MAX_LIST)
         return lambda v: isinstance(v, list) and lo <= len(v) <= hi and all(item(x) for x in v)
     if origin is dict:
@@ -150,7 +156,7 @@ def _clipper(tp: Any, meta: typing.Mapping[str, Any]) -> _Clip:
         return lambda v: v[:hi] if isinstance(v, bytes) else v
     if origin is list:
         (item_tp,) = typing.get_args(tp)
-        item = _clipper(item_tp, {})
+        item = _clipper(item_tp, meta.get("item", {}))
         hi = meta.get("max", DEFAULT_MAX_LIST)
         return lambda v: [item(x) for x in v[:hi]] if isinstance(v, list) else v
     if origin is dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peercrypt.wire.codec import Message, bounded, message
-from peercrypt.wire.columns import MAX_BATCH
+from peercrypt.wire.columns import column
 from peercrypt.wire.fields import code, counter, port, reason
 
 HASH_BYTES = 32
@@ -112,13 +112,13 @@ class Progresses(Message):
     a ``Progress``, as before."""
 
     TYPE = "progresses"
-    request: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    done_bytes: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    total_bytes: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    note: list[str] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    done_files: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    total_files: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    phase: list[str] = field(default_factory=list, metadata=bounded(MAX_BATCH))
+    request: list[int] = column(Progress, "request")
+    done_bytes: list[int] = column(Progress, "done_bytes")
+    total_bytes: list[int] = column(Progress, "total_bytes")
+    note: list[str] = column(Progress, "note")
+    done_files: list[int] = column(Progress, "done_files")
+    total_files: list[int] = column(Progress, "total_files")
+    phase: list[str] = column(Progress, "phase")
 
 
 PHASES = (

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from peercrypt.wire import columns
 from peercrypt.wire.codec import Message, bounded, message
-from peercrypt.wire.columns import MAX_BATCH
+from peercrypt.wire.columns import column
 from peercrypt.wire.fields import counter, reason
 
 SIDES = ("send", "receive")
@@ -76,15 +76,15 @@ class StatsSamples(Message):
     (:mod:`peercrypt.wire.columns`)."""
 
     TYPE = "stats-samples"
-    session: list[str] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    side: list[str] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    peer: list[str] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    t: list[float] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    done_bytes: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    window: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    rate: list[float] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    rtt: list[float] = field(default_factory=list, metadata=bounded(MAX_BATCH))
-    credit: list[int] = field(default_factory=list, metadata=bounded(MAX_BATCH))
+    session: list[str] = column(StatsSample, "session")
+    side: list[str] = column(StatsSample, "side")
+    peer: list[str] = column(StatsSample, "peer")
+    t: list[float] = column(StatsSample, "t")
+    done_bytes: list[int] = column(StatsSample, "done_bytes")
+    window: list[int] = column(StatsSample, "window")
+    rate: list[float] = column(StatsSample, "rate")
+    rtt: list[float] = column(StatsSample, "rtt")
+    credit: list[int] = column(StatsSample, "credit")
 
 
 def batches(samples: Sequence[StatsSample]) -> Iterator[StatsSamples]:
@@ -93,5 +93,5 @@ def batches(samples: Sequence[StatsSample]) -> Iterator[StatsSamples]:
 
 
 def unpack(batch: StatsSamples) -> tuple[list[StatsSample], int]:
-    """The samples of ``batch`` within ``StatsSample``'s bounds, and how many were dropped."""
+    """The samples of a decoded ``batch``, and how many were dropped."""
     return columns.unpack(batch, StatsSample)
