@@ -394,10 +394,18 @@ class ReceiverActor(Actor):
         return prior
 
     def _echo(
-        self, offer: Offer, peer: bytes, host: str, prior: Delivery, answer: Response, mode: str
+        self,
+        offer: Offer,
+        peer: bytes,
+        host: str,
+        prior: Delivery,
+        answer: Response,
+        mode: str,
+        total: int,
     ) -> Accept:
-        """Accept a re-offer of a delivered file holding every chunk: the
-        sender sends none, hashes its file and sends Done (:meth:`_on_echo`)."""
+        """Accept a re-offer of a delivered file holding every chunk (``total``,
+        in the chunks this offer cuts): the sender sends none, hashes its file
+        and sends Done (:meth:`_on_echo`)."""
         keys = TransferKeys.for_receiver(offer.tid, answer.secrets)
         echo = Echo(offer.tid, keys, prior, self.now(), peer, host, mode=mode, wall=time.time())
         self.echoes[offer.tid] = echo
@@ -416,7 +424,7 @@ class ReceiverActor(Actor):
             data_host=self.settings.advertise_data_host,
             data_port=self.settings.advertise_data_port or self.data_port,
             window=1,
-            have=[0, prior.key.total],
+            have=[0, total],
             data_ipc=str(self.ipc_path or ""),
             host_tag=local_ipc.host_tag(self.ipc_host, offer.tid),
         )
@@ -641,7 +649,7 @@ class ReceiverActor(Actor):
         if not tree_bytes:
             prior = self._delivered_before(key)
             if prior is not None:
-                return self._echo(offer, peer, host, prior, answer, details.mode)
+                return self._echo(offer, peer, host, prior, answer, details.mode, key.total)
         try:
             reuse = self._resumable(key)
         except OSError as exc:

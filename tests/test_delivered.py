@@ -36,6 +36,18 @@ def test_a_repeat_is_found_while_the_stored_file_is_unchanged() -> None:
     assert table.lookup(d.key, {"f.bin": d.stamp}.get) == d
 
 
+def test_a_repeat_with_another_chunk_size_is_the_same_file() -> None:
+    """A re-send capped by ``-r`` (or a node's share) cuts other chunks: the
+    same file, found; only the file's identity keys the table."""
+    table = DeliveredTable()
+    d = _delivery()
+    table.record(d)
+    other = ResumeKey(A, d.key.name, d.key.size, d.key.chunk_size * 4, d.key.source)
+    assert other in table
+    assert table.lookup(other, {"f.bin": d.stamp}.get) == d
+    assert table.forget(other) and len(table) == 0
+
+
 def test_a_file_gone_or_changed_makes_a_fresh_transfer() -> None:
     for now in (
         None,

@@ -112,6 +112,14 @@ def test_a_file_delivered_during_an_outage_is_not_stored_twice(
         assert [(r["bytes"], r["params"]["delivered_before"]) for r in echo] == [
             (SIZE, "report.bin")
         ], rows
+        # Sent again with other chunks (as a send capped by -r cuts them): the
+        # same file, answered from the table too, all its chunks held.
+        cut = _send(sender, path, receiver.port, "--chunk-size", str(CHUNK // 2))
+        assert cut["ok"] and cut["stored_as"] == "report.bin", cut
+        assert cut["stats"]["sent_chunks"] == 0, cut["stats"]
+        assert cut["stats"]["resumed_chunks"] == -(-SIZE // (CHUNK // 2)), cut["stats"]
+        assert _stored(receiver.inbox) == ["report.bin"]
+        assert receiver.wait_for_counter("receiver.delivered-before-verified", 2) == 2
 
         # The table is kept in the data directory, a delivery's row written
         # before its Verified: a node killed (-9) and restarted answers the same.

@@ -48,6 +48,7 @@ Pure: no file is opened here; the caller passes the stamps it measured.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,8 +86,16 @@ class Delivery:
     when: float  # wall clock
 
 
+def _file_key(key: ResumeKey) -> ResumeKey:
+    """The table's key: the file (sender, name, size, source tag), whatever
+    chunk size its offer picked (a send capped by ``-r`` or a node's share
+    cuts smaller chunks: the same file, not a second copy)."""
+    return dataclasses.replace(key, chunk_size=0) if key.chunk_size else key
+
+
 class DeliveredTable:
-    """The last ``capacity`` deliveries, by :class:`ResumeKey`."""
+    """The last ``capacity`` deliveries, by :class:`ResumeKey` without its
+    chunk size."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = max(1, capacity)
@@ -96,14 +105,15 @@ class DeliveredTable:
         return len(self._entries)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._entries
+        return isinstance(key, ResumeKey) and _file_key(key) in self._entries
 
     def record(self, delivery: Delivery) -> None:
         """``delivery`` happened (it replaces an earlier one of the same key).
         Past ``capacity``, the oldest entry of the identity holding the most
         entries goes (ties: the identity whose oldest entry is oldest)."""
-        self._entries.pop(delivery.key, None)
-        self._entries[delivery.key] = delivery
+        key = _file_key(delivery.key)
+        self._entries.pop(key, None)
+        self._entries[key] = delivery
         while len(self._entries) > self.capacity:
             self._evict_one()
 
@@ -118,7 +128,7 @@ class DeliveredTable:
         del self._entries[victim]
 
     def forget(self, key: ResumeKey) -> bool:
-        return self._entries.pop(key, None) is not None
+        return self._entries.pop(_file_key(key), None) is not None
 
     def lookup(
         self, key: ResumeKey, stamp_of: Callable[[str], FileStamp | None]
@@ -127,11 +137,11 @@ class DeliveredTable:
         one stored (``stamp_of(name)``: the file's stamp now, None if it is
         gone or not a regular file). A file gone or changed: the entry is
         forgotten and None returned (a fresh transfer)."""
-        found = self._entries.get(key)
+        found = self._entries.get(_file_key(key))
         if found is None:
             return None
         if stamp_of(found.stored_as) != found.stamp:
-            del self._entries[key]
+            del self._entries[_file_key(key)]
             return None
         return found
 
