@@ -24,9 +24,13 @@ from collections import OrderedDict, deque
 
 import zmq
 
-# Bytes of sealed-chunk buffers one transfer keeps at most (and buffers:
-# small chunks go to ZeroMQ as copies, their buffer is free at once).
-MAX_BYTES = 16 * 1024 * 1024
+# Bytes of sealed-chunk buffers a ring keeps at most (and buffers: small
+# chunks go to ZeroMQ as copies, their buffer is free at once). ZeroMQ lets
+# go of a chunk once its I/O thread has written it to the socket, so a few
+# suffice: 4 MiB cost the sending thread the same CPU per GiB as 16 (0.72
+# against 0.73 s) and kept the nodes' peak RSS under 64 flows at 123-133
+# MiB against 121-170 (scripts/bench_many.py, docs/benchmarks.md).
+MAX_BYTES = 4 * 1024 * 1024
 MAX_BUFFERS = 64
 # Buffer sizes (chunk sizes) a pool keeps rings for; the least recently used
 # one is dropped for a new size (ZeroMQ holds what it still sends itself).
