@@ -484,6 +484,8 @@ class GroupReceiver:
             except Exception as exc:  # no error may stop the thread: the session would stall
                 self._drop("datagram-error")
                 log.error("multicast: receiving failed: %s", exc)
+                # An error that repeats on every read must not spin a core.
+                poller.poll(ERROR_WAIT_MS)
 
     def _receive(self) -> None:
         """One read, into the reassembly; complete chunks to the actor."""

@@ -5,6 +5,7 @@ TTL 0 through the loopback interface: nothing leaves this host."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -706,3 +708,24 @@ def test_the_group_socket_reports_datagrams_waiting_to_be_read(
     assert box.rx.backlog()  # complete, not taken
     box.take(1)
     assert not box.rx.backlog()
+
+
+def test_an_unexpected_error_in_the_receiving_thread_does_not_spin_a_core(
+    group_inbox: Callable[..., _GroupInbox], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error the thread does not expect (say one that every read hits) is
+    counted and the thread waits before its next read, as after a socket
+    error: it goes on, without spinning a core on the error."""
+    calls: list[float] = []
+
+    def failing(self: udp_multicast.GroupReceiver) -> None:
+        calls.append(time.monotonic())
+        raise RuntimeError("a read that always fails")
+
+    monkeypatch.setattr(udp_multicast.GroupReceiver, "_receive", failing)
+    box = group_inbox()
+    wait_until(lambda: len(calls) >= 6 or None, 10, "six failed reads")
+    box.rx.close()
+    gaps = [b - a for a, b in itertools.pairwise(calls[:6])]
+    # Nothing was sent to the socket, so each wait lasts its whole timeout.
+    assert min(gaps) >= 0.9 * udp_multicast.ERROR_WAIT_MS / 1000, gaps
