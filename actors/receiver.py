@@ -426,7 +426,7 @@ class ReceiverActor(Actor):
             window=1,
             have=[0, total],
             data_ipc=str(self.ipc_path or ""),
-            host_tag=local_ipc.host_tag(self.ipc_host, offer.tid),
+            host_tag=local_ipc.host_tag(self.ipc_host, offer.tid, answer.secrets),
         )
 
     def _on_echo(self, echo: Echo, route: bytes, h: SealedHeader, payload: memoryview) -> None:
@@ -783,7 +783,7 @@ class ReceiverActor(Actor):
             window=flow.window.window,
             have=flatten(accept_ranges(flow.written)),
             data_ipc=str(self.ipc_path or ""),
-            host_tag=local_ipc.host_tag(self.ipc_host, offer.tid),
+            host_tag=local_ipc.host_tag(self.ipc_host, offer.tid, answer.secrets),
         )
 
     def report(self) -> None:

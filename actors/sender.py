@@ -722,7 +722,7 @@ class SenderActor(Actor):
         t.tcp_url = f"tcp://{join_host_port(host, accept.data_port)}"
         ipc = None
         if accept.data_ipc and self.host_id:
-            mine = local_ipc.host_tag(self.host_id, accept.tid)
+            mine = local_ipc.host_tag(self.host_id, t.tid, secrets)
             ipc = local_ipc.usable_target(accept.data_ipc, accept.host_tag, mine)
         t.data_url = ipc or t.tcp_url
         self.count("data-ipc" if ipc else "data-tcp")

@@ -3,14 +3,16 @@
 A receiving node binds its data ROUTER on ``tcp://`` as always and also on
 ``ipc://DATA_DIR/ipc/data.sock`` (the folder 0700, the socket 0600, a stale
 one replaced at start, removed at stop). Its Accept names that path and this
-host's identity (:func:`host_id`) keyed with the transfer id
-(:func:`host_tag`: a peer elsewhere learns neither the boot id nor whether
-two transfers came from one host). A sender whose own tag is the same
-connects its data lanes to the path instead of the TCP data port, after
-:func:`usable_target` checked that the path is one such socket of its own
-user; on anything else (another host, another user, no listener, a path of
-any other shape) it uses TCP as before. Once connected, a lane whose Unix
-connection drops before or after its handshake moves to TCP
+host's identity (:func:`host_id`) keyed with a secret of the transfer's key
+exchange (:func:`host_tag`; not with the transfer id, which the sender
+picks: a peer elsewhere learns neither the boot id nor whether two
+transfers, or two nodes it offers one transfer id to, are on one host). A
+sender whose own tag is the same connects its data lanes to the path instead
+of the TCP data port, after :func:`usable_target` checked that the path is
+one such socket of its own user, reached through no symlink; on anything
+else (another host, another user, no listener, a path of any other shape)
+it uses TCP as before. Once connected, a lane whose Unix connection drops
+before or after its handshake moves to TCP
 (actors/sender.py). The path only saves the kernel's TCP stack: what goes
 over it is the same ZeroMQ connection with the same sealed chunks
 (AES-256-GCM with the transfer's keys, the lanes named from them), so a
@@ -30,6 +32,10 @@ import posixpath
 import socket
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from peercrypt.crypto.handshake import SessionSecrets
 
 SOCKET_DIR = "ipc"
 SOCKET_NAME = "data.sock"
@@ -54,11 +60,20 @@ def host_id() -> str:
     return found if boot and len(found) <= MAX_HOST_ID else ""
 
 
-def host_tag(host: str, tid: bytes) -> str:
-    """``host`` (a :func:`host_id`) keyed with transfer id ``tid``: equal for
-    two nodes of one host in one transfer, different across transfers, and
-    no clue to the boot id; "" for no host identity."""
-    return hmac.new(tid, host.encode(), hashlib.sha256).hexdigest() if host else ""
+TAG_LABEL = b"peercrypt host tag v1\0"
+
+
+def host_tag(host: str, tid: bytes, secrets: SessionSecrets) -> str:
+    """``host`` (a :func:`host_id`) keyed with a secret of transfer ``tid``'s
+    key exchange (fresh on both sides): equal for two nodes of one host in
+    one transfer, different across transfers and no clue to the boot id.
+    Not keyed with the transfer id alone: the sender picks that, and one id
+    offered to two nodes would tell whether they share a host. "" for no
+    host identity."""
+    if not host:
+        return ""
+    msg = TAG_LABEL + tid + host.encode()
+    return hmac.new(secrets.to_initiator, msg, hashlib.sha256).hexdigest()
 
 
 def socket_path(data_dir: Path) -> Path | None:
@@ -119,6 +134,11 @@ def usable_target(path: str, claimed_host: str, own_host: str) -> str | None:
         return None
     me = os.geteuid()
     try:
+        # No symlink anywhere on the way (a receiver names its path resolved):
+        # a folder above that another user may swap after these checks would
+        # send the connect to any socket this user can reach.
+        if os.path.realpath(path) != path:
+            return None
         folder = os.lstat(posixpath.dirname(path))
         sock = os.lstat(path)
     except OSError:

@@ -22,7 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from peercrypt import local_ipc
-from peercrypt.crypto.identity import new_network_key
+from peercrypt.crypto.handshake import Initiator, SessionSecrets, respond
+from peercrypt.crypto.identity import KeyPair, new_network_key
 from peercrypt.testing.nodes import NodeProcess, assert_sent
 
 HOST = local_ipc.host_id()
@@ -63,13 +64,33 @@ def test_host_identity_is_this_boot_and_namespaces() -> None:
     )
 
 
+def exchange(tid: bytes, receiver: KeyPair) -> tuple[SessionSecrets, SessionSecrets]:
+    """One transfer's key exchange: (the sender's secrets, the receiver's)."""
+    sender = KeyPair.generate()
+    initiator = Initiator(sender)
+    answer = respond(tid, receiver, sender.public, initiator.public)
+    ours = initiator.finish(tid, receiver.public, answer.eph_pub, answer.proof)
+    return ours, answer.secrets
+
+
 def test_the_host_tag_is_per_transfer_and_hides_the_boot_id() -> None:
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    one, two = local_ipc.host_tag(HOST, bytes(16)), local_ipc.host_tag(HOST, b"\1" * 16)
-    assert one == local_ipc.host_tag(HOST, bytes(16)) and one != two
+    receiver = KeyPair.generate()
+    sent, got = exchange(bytes(16), receiver)
+    one = local_ipc.host_tag(HOST, bytes(16), got)
+    assert one == local_ipc.host_tag(HOST, bytes(16), sent)  # both ends agree
+    assert one != local_ipc.host_tag(HOST, b"\1" * 16, exchange(b"\1" * 16, receiver)[1])
     assert boot not in one and boot.replace("-", "") not in one
-    assert one != local_ipc.host_tag(HOST + "x", bytes(16))
-    assert local_ipc.host_tag("", bytes(16)) == ""
+    assert one != local_ipc.host_tag(HOST + "x", bytes(16), got)
+    assert local_ipc.host_tag("", bytes(16), got) == ""
+
+
+def test_one_transfer_id_offered_to_two_nodes_does_not_link_them() -> None:
+    """A hostile sender picks the transfer id: offering one id to two nodes
+    (or one node twice) must not tell it whether they run on one host."""
+    tid = b"\7" * 16
+    tags = {local_ipc.host_tag(HOST, tid, exchange(tid, KeyPair.generate())[1]) for _ in range(3)}
+    assert len(tags) == 3
 
 
 def test_a_good_path_of_this_host_is_used(good: tuple[Path, socket.socket]) -> None:
@@ -93,6 +114,12 @@ def test_claims_that_do_not_hold_are_not_connected_to(
     link.mkdir()
     (link / "ipc").symlink_to(path.parent)
     assert local_ipc.usable_target(str(link / "ipc" / "data.sock"), HOST, HOST) is None
+    # through a symlink further up (another user's folder there could point
+    # it elsewhere between the checks and the connect)
+    (tmp_path / "up").symlink_to(tmp_path)
+    above = str(tmp_path / "up" / "ipc" / "data.sock")
+    assert local_ipc.well_formed(above, HOST, HOST)
+    assert local_ipc.usable_target(above, HOST, HOST) is None
     # relative, not normalized, a NUL
     assert local_ipc.usable_target("ipc/data.sock", HOST, HOST) is None
     assert local_ipc.usable_target(f"{path.parent}/../ipc/data.sock", HOST, HOST) is None
