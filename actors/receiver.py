@@ -501,6 +501,7 @@ class ReceiverActor(Actor):
         this user) names none in its Accepts, nor one that advertises a data
         endpoint of its own choice (a proxy in front: chunks go there)."""
         self.ipc_path: Path | None = None
+        self.ipc_bound = (0, 0)  # which file the bound socket is (local_ipc.remove)
         self.ipc_host = ""
         s = self.settings
         wanted = s.local_ipc and not s.advertise_data_port and not s.advertise_data_host
@@ -512,6 +513,7 @@ class ReceiverActor(Actor):
         try:
             data.bind(f"ipc://{path}")
             os.chmod(path, 0o600)
+            self.ipc_bound = local_ipc.bound_as(path)
         except (zmq.ZMQError, OSError) as exc:
             log.warning("no Unix data socket at %s: %s", path, exc)
             self.facts["data_ipc"] = ""
@@ -522,7 +524,7 @@ class ReceiverActor(Actor):
     def teardown(self) -> None:
         ipc_path: Path | None = getattr(self, "ipc_path", None)
         if ipc_path is not None:
-            local_ipc.remove(ipc_path)
+            local_ipc.remove(ipc_path, self.ipc_bound)
         for t in list(self.transfers.values()):
             self.tell("stats", self._record(t, "interrupted", "the node stopped"))
             if hasattr(self, "writer"):

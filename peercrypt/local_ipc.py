@@ -2,10 +2,11 @@
 
 A receiving node binds its data ROUTER on ``tcp://`` as always and also on
 ``ipc://DATA_DIR/ipc/data.sock`` (the folder 0700, the socket 0600, a stale
-one replaced at start, removed at stop). Its Accept names that path and this
-host's identity (:func:`host_id`) keyed with a secret of the transfer's key
-exchange (:func:`host_tag`; not with the transfer id, which the sender
-picks: a peer elsewhere learns neither the boot id nor whether two
+one replaced at start, removed at stop unless another node's bind replaced
+it). Its Accept names that path and this host's identity (:func:`host_id`)
+keyed with a secret of the transfer's key exchange (:func:`host_tag`; not
+with the transfer id, which the sender picks: a peer elsewhere learns
+neither the boot id nor whether two
 transfers, or two nodes it offers one transfer id to, are on one host). A
 sender whose own tag is the same connects its data lanes to the path instead
 of the TCP data port, after :func:`usable_target` checked that the path is
@@ -103,10 +104,21 @@ def prepare(path: Path) -> bool:
     return True
 
 
-def remove(path: Path) -> None:
-    """Remove the node's socket at stop (if it still is one)."""
+def bound_as(path: Path) -> tuple[int, int]:
+    """Which file the socket just bound at ``path`` is (device, inode), for
+    :func:`remove`. Raises OSError."""
+    info = os.lstat(path)
+    return info.st_dev, info.st_ino
+
+
+def remove(path: Path, bound: tuple[int, int]) -> None:
+    """Remove the node's socket at stop if it still is the one it bound
+    (:func:`bound_as`): a node started since on the same data dir replaced
+    it with its own, which a stopping node must not take away. (Its own
+    listener, still open, holds its inode: the new one's differs.)"""
     with contextlib.suppress(OSError):
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
+        info = os.lstat(path)
+        if stat.S_ISSOCK(info.st_mode) and (info.st_dev, info.st_ino) == bound:
             os.unlink(path)
 
 

@@ -159,6 +159,24 @@ def test_a_stale_socket_is_not_used_and_is_replaced(tmp_path: Path) -> None:
     assert not path.exists() and stat.S_IMODE(folder.stat().st_mode) == 0o700
 
 
+def test_a_stopping_node_removes_only_the_socket_it_bound(tmp_path: Path) -> None:
+    """A node stopping late (a new one on the same data dir already bound
+    there, which replaces the file) leaves the new node's socket alone."""
+    folder = tmp_path / "ipc"
+    folder.mkdir(mode=0o700)
+    path = folder / "data.sock"
+    old = listening(path)
+    old_bound = local_ipc.bound_as(path)
+    assert local_ipc.prepare(path)  # the new node's start: the old file goes
+    new = listening(path)
+    with contextlib.closing(old), contextlib.closing(new):
+        local_ipc.remove(path, old_bound)  # the old node's stop
+        assert local_ipc.usable_target(str(path), HOST, HOST) == f"ipc://{path}"
+        new.accept()[0].close()  # it was the new node that answered
+        local_ipc.remove(path, local_ipc.bound_as(path))  # the new node's stop
+        assert not path.exists()
+
+
 def test_a_file_that_is_not_a_socket_is_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "ipc" / "data.sock"
     path.parent.mkdir(mode=0o700)
