@@ -33,10 +33,14 @@ never keep a slot alive. The final check (fsync, the read-back hash, a
 folder's build) is bounded the same way: its progress (:meth:`on_checked`;
 the receiver's one writer checks one file at a time, so any check's
 progress counts) is the activity then, and a check that covers
-nothing new for ``idle_timeout`` seconds (a disk that stopped answering, a
-part that cannot be read, a writer that is gone) ends the transfer with
-``timeout``: the sender is told, the part is kept for a resume, its slot and
-space are freed.
+nothing new for ``idle_timeout`` seconds (a read-back that stopped
+answering, a part that cannot be read, a writer that is gone) ends the
+transfer with ``timeout``: the sender is told, the part is kept for a
+resume, its slot and space are freed. A check inside its fsync counts as
+moving however long the fsync takes (``CheckSteps`` in
+actors/file_writer.py: its thread is in the kernel, ending the transfer
+would not free it); such a transfer ends when the sender cancels it (its
+Failed) or the node stops.
 """
 
 from __future__ import annotations
