@@ -43,7 +43,8 @@ class SealedBuffers:
     def __init__(self, size: int, max_bytes: int = MAX_BYTES) -> None:
         self.size = size
         self.limit = max(1, min(MAX_BUFFERS, max_bytes // max(1, size)))
-        # Oldest send first: ZeroMQ lets go of them in the order they were sent.
+        # Oldest send first (ZeroMQ lets go of one connection's in the order they
+        # were sent), but for one still queued that take() moved to the back.
         self._ring: deque[tuple[bytearray, zmq.MessageTracker | None]] = deque()
 
     def take(self) -> bytearray | None:
@@ -56,6 +57,15 @@ class SealedBuffers:
             if tracker is None or tracker.done:
                 self._ring.popleft()
                 return buffer
+            if len(self._ring) >= self.limit > 1:
+                # The oldest is still queued (a slow or stalled peer's: the
+                # pool is every transfer's): it goes to the back, and the next
+                # one, maybe another connection's and done, is looked at.
+                self._ring.rotate(-1)
+                buffer, tracker = self._ring[0]
+                if tracker is None or tracker.done:
+                    self._ring.popleft()
+                    return buffer
         if len(self._ring) < self.limit:
             return bytearray(self.size)
         return None

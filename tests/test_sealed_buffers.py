@@ -79,3 +79,32 @@ def test_one_pool_bounds_the_buffers_of_every_transfer_together() -> None:
         push.close(linger=0)
         pull.close(linger=0)
         ctx.term()
+
+
+def test_a_stalled_transfers_buffer_does_not_hold_back_the_others() -> None:
+    """The pool is every transfer's: a buffer queued for a peer that does not
+    read (the oldest) does not keep another transfer's sent buffer, which
+    ZeroMQ let go of, from being reused."""
+    ctx = zmq.Context()
+    socks = [ctx.socket(t) for t in (zmq.PUSH, zmq.PULL, zmq.PUSH, zmq.PULL)]
+    stalled, stalled_peer, live, live_peer = socks
+    try:
+        for i, (push, pull) in enumerate(((stalled, stalled_peer), (live, live_peer))):
+            push.bind(f"inproc://sealed-stalled-{i}")
+            pull.connect(f"inproc://sealed-stalled-{i}")
+        pool = SealedBuffers(SIZE, max_bytes=2 * SIZE)
+        first = pool.take()
+        assert first is not None
+        pool.sent(first, stalled.send(first, copy=False, track=True))  # never read
+        second = pool.take()
+        assert second is not None and second is not first
+        second[:] = b"s" * SIZE
+        tracker = live.send(second, copy=False, track=True)
+        pool.sent(second, tracker)
+        assert live_peer.recv() == b"s" * SIZE
+        tracker.wait(10)
+        assert pool.take() is second
+    finally:
+        for sock in socks:
+            sock.close(linger=0)
+        ctx.term()
