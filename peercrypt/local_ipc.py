@@ -10,7 +10,8 @@ neither the boot id nor whether two
 transfers, or two nodes it offers one transfer id to, are on one host). A
 sender whose own tag is the same connects its data lanes to the path instead
 of the TCP data port, after :func:`usable_target` checked that the path is
-one such socket of its own user, reached through no symlink; on anything
+one such socket of its own user, reached through no symlink nor a
+folder another user may change; on anything
 else (another host, another user, no listener, a path of any other shape)
 it uses TCP as before. Once connected, a lane whose Unix connection drops
 before or after its handshake moves to TCP
@@ -151,6 +152,19 @@ def usable_target(path: str, claimed_host: str, own_host: str) -> str | None:
         # send the connect to any socket this user can reach.
         if os.path.realpath(path) != path:
             return None
+        # Nor a folder on the way that another user owns or may write in
+        # (rename what it holds) unless it is sticky (/tmp: only a name's
+        # owner moves it): the same swap.
+        above = posixpath.dirname(posixpath.dirname(path))
+        while True:
+            info = os.lstat(above)
+            if info.st_uid not in (0, me):
+                return None
+            if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+                return None
+            if above == "/":
+                break
+            above = posixpath.dirname(above)
         folder = os.lstat(posixpath.dirname(path))
         sock = os.lstat(path)
     except OSError:

@@ -127,6 +127,24 @@ def test_claims_that_do_not_hold_are_not_connected_to(
     assert never_connected(sock)
 
 
+def test_a_folder_above_that_others_may_write_in_is_not_trusted(tmp_path: Path) -> None:
+    """Another user who may write in a folder above the socket's (not
+    sticky) could swap it between the checks and the connect."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    folder = shared / "ipc"
+    folder.mkdir(mode=0o700)
+    path = folder / "data.sock"
+    with contextlib.closing(listening(path)) as sock:
+        assert local_ipc.usable_target(str(path), HOST, HOST) == f"ipc://{path}"
+        sock.accept()[0].close()
+        os.chmod(shared, 0o777)
+        assert local_ipc.usable_target(str(path), HOST, HOST) is None
+        assert never_connected(sock)
+        os.chmod(shared, 0o777 | stat.S_ISVTX)  # as /tmp: only a name's owner moves it
+        assert local_ipc.usable_target(str(path), HOST, HOST) == f"ipc://{path}"
+
+
 def test_any_other_listening_socket_is_not_connected_to(tmp_path: Path) -> None:
     """A hostile member names a socket it would like this node to talk to
     (a daemon's control socket): nothing connects to it."""
