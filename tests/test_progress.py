@@ -148,6 +148,12 @@ class Stderr:
         while chunk := stream.read(1):
             self.text += chunk
 
+    def finish(self, timeout: float = 30.0) -> str:
+        """Everything the command wrote to stderr (it has exited: EOF)."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "stderr still open after the command exited"
+        return self.text
+
     def wait_for(self, text: str) -> None:
         wait_until(lambda: text in self.text, 30.0, f"{text!r} on stderr")
 
@@ -166,7 +172,10 @@ def test_a_send_shows_the_phases_it_waits_in(trio: list[NodeProcess], tmp_path: 
             err.wait_for("waiting for the receiver")
             os.kill(receiver.pid, signal.SIGCONT)
             resumed = True
-            out, _ = cli.communicate(timeout=60)
+            cli.wait(timeout=60)  # its few lines of stdout fit the pipe
+            err.finish()  # stderr is the reader thread's alone (not communicate's)
+            assert cli.stdout is not None
+            out = cli.stdout.read()
         finally:
             cli.kill()
     finally:
