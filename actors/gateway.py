@@ -3,7 +3,10 @@
 A CURVE server ROUTER socket, admission by the ``admission`` actor (ZAP, with
 the domain enforced so a missing handler means *no* admission). It answers
 ``hello`` (proving the node's identity over the asker's challenge) and
-``ping`` itself and hands every other control message, with
+``ping`` itself, within an answer budget per asking identity and for the
+node (``peercrypt/core/answer_budget.py``: a question beyond it is dropped
+unanswered and counted, ``unanswered-over-peer``, ``unanswered-over-node``),
+and hands every other control message, with
 the peer's ZAP-verified key, to the actor that owns that message type;
 their answers come back as ``Outbound`` mail. Malformed or unexpected input
 is counted per kind and logged once per peer and kind; it never stops the
@@ -18,6 +21,7 @@ import zmq
 import zmq.utils.z85
 
 import peercrypt
+from peercrypt.core.answer_budget import AnswerBudget, Verdict
 from peercrypt.crypto.handshake import prove_hello
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
@@ -59,6 +63,7 @@ class GatewayActor(Actor):
         super().__init__(env)
         self.settings = settings
         self.offer_key = b""  # an attached receiver's key (actors/attach.py)
+        self.answers = AnswerBudget(self.now())
 
     def setup(self) -> None:
         s = self.settings
@@ -94,6 +99,11 @@ class GatewayActor(Actor):
                 self._reject(route, peer_z85, exc.kind, exc.detail)
                 continue
             self.count(f"in-{msg.TYPE}")
+            if isinstance(msg, Hello | Ping):
+                verdict = self.answers.ask(peer_z85.encode(), self.now())
+                if verdict is not Verdict.ANSWER:
+                    self.count(f"unanswered-{verdict.value}")
+                    continue
             if isinstance(msg, Hello):
                 identity, version = self.settings.identity, peercrypt.__version__
                 try:

@@ -1,0 +1,101 @@
+"""The budget of ``hello``/``ping`` answers (peercrypt/core/answer_budget.py)
+in memory, and a member flooding a real node with hellos: its answers stay
+within its budget, and another member's hello is answered meanwhile."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peercrypt.core.answer_budget import MAX_TRACKED, AnswerBudget, BudgetLimits, Verdict
+from peercrypt.crypto.handshake import HelloChallenge
+from peercrypt.crypto.identity import KeyPair, fingerprint, network_server_keys
+from peercrypt.testing.member_port import proven_hello
+from peercrypt.testing.nodes import NodeProcess
+from peercrypt.wire import codec
+from peercrypt.wire.messages import Hello, HelloReply
+
+SMALL = BudgetLimits(peer_rate=2.0, peer_burst=4, node_rate=5.0, node_burst=8)
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(0.0, 0.5, allow_nan=False)), max_size=300))
+def test_answers_within_each_budget_over_any_run(questions: list[tuple[int, float]]) -> None:
+    """Over [0, t] an identity gets at most burst + rate * t answers, the
+    node at most its own; one identity's refusals spend nothing of the node's."""
+    budget = AnswerBudget(0.0, SMALL)
+    now = 0.0
+    per_peer: dict[int, int] = {}
+    total = 0
+    for who, step in questions:
+        now += step
+        verdict = budget.ask(bytes([who]), now)
+        if verdict is Verdict.ANSWER:
+            per_peer[who] = per_peer.get(who, 0) + 1
+            total += 1
+        assert per_peer.get(who, 0) <= SMALL.peer_burst + SMALL.peer_rate * now + 1e-9
+        assert total <= SMALL.node_burst + SMALL.node_rate * now + 1e-9
+
+
+def test_a_flooding_identity_does_not_spend_the_others_budget() -> None:
+    budget = AnswerBudget(0.0, SMALL)
+    verdicts = [budget.ask(b"flooder", 0.0) for _ in range(100)]
+    assert verdicts.count(Verdict.ANSWER) == SMALL.peer_burst
+    assert verdicts.count(Verdict.OVER_PEER) == 100 - SMALL.peer_burst
+    # the node's budget (8) still has 4 answers: the next identity gets them
+    assert [budget.ask(b"other", 0.0) for _ in range(4)] == [Verdict.ANSWER] * 4
+    assert budget.ask(b"third", 0.0) is Verdict.OVER_NODE
+    # refilled with time: 1 s later the node has 5 more, the flooder 2
+    assert [budget.ask(b"flooder", 1.0) for _ in range(3)] == [
+        Verdict.ANSWER,
+        Verdict.ANSWER,
+        Verdict.OVER_PEER,
+    ]
+
+
+def test_the_table_of_identities_is_bounded() -> None:
+    budget = AnswerBudget(0.0)
+    for i in range(MAX_TRACKED + 50):
+        budget.ask(i.to_bytes(4, "big"), 0.0)
+    assert budget.tracked == MAX_TRACKED
+
+
+def test_a_member_flooding_hellos_gets_its_budget_and_the_others_their_answers(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    node = node_factory()
+    limits = BudgetLimits()  # the node's
+    flood = limits.peer_burst * 3
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    me = KeyPair.generate()
+    sock.linger = 0
+    sock.sndhwm = sock.rcvhwm = 2 * flood
+    sock.curve_serverkey = network_server_keys(network_key).z85_public
+    sock.curve_publickey, sock.curve_secretkey = me.z85_public, me.z85_secret
+    challenge = HelloChallenge()
+    try:
+        sock.connect(f"tcp://{node.host}:{node.port}")
+        started = time.monotonic()
+        for _ in range(flood):
+            sock.send(codec.encode(Hello(challenge=challenge.public)))
+        # Another member, asking while the flood is handled, is answered.
+        other = proven_hello(node.host, node.port, network_key)
+        assert fingerprint(other.node_id) == node.fingerprint
+        node.wait_for_counter("gateway.in-hello", flood + 1, timeout=60)
+        elapsed = time.monotonic() - started
+        refused = node.counters().get("gateway.unanswered-over-peer", 0)
+        answered = flood - refused
+        assert answered <= limits.peer_burst + limits.peer_rate * elapsed + 1, (answered, elapsed)
+        for _ in range(answered):  # each a proof of our own challenge by the node's key
+            assert sock.poll(10_000), "fewer answers than the node counted"
+            reply = codec.decode_as(sock.recv(), HelloReply)
+            challenge.verify(reply.node_id, reply.version, reply.proof, reply.offer_key)
+            assert reply.node_id == other.node_id
+    finally:
+        sock.close()
+        ctx.term()
