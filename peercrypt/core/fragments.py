@@ -341,7 +341,7 @@ class Reassembler:
             if end > n:
                 end = n
             body = pos + HEADER_BYTES
-            if buf[pos:body] != fields + pack(following) + tag:
+            if bytes(buf[pos:body]) != fields + pack(following) + tag:
                 break  # not the next datagram of this seal: the full checks
             length = end - body
             if length != (frag if size - following > frag else size - following):
@@ -478,8 +478,11 @@ class Reassembler:
             parts[1::3] = offsets[:count]
             parts[2::3] = [p.tag] * count
             p.heads = b"".join(parts)
-        return bool(
-            got.heads[k * HEADER_BYTES : (k + len(numbers)) * HEADER_BYTES]
+        # As bytes: a memoryview compared with bytes goes item by item
+        # (27 us for the 44 headers of a 64 KiB read), bytes use memcmp
+        # (0.5 us, with the copy).
+        return (
+            bytes(got.heads[k * HEADER_BYTES : (k + len(numbers)) * HEADER_BYTES])
             == p.heads[numbers.start * HEADER_BYTES : numbers.stop * HEADER_BYTES]
         )
 
