@@ -95,6 +95,7 @@ from peercrypt.core.delivered import (
     journal_row,
 )
 from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
+from peercrypt.core.modes import MAX_LANES
 from peercrypt.core.receive_window import Arrival
 from peercrypt.core.replay import ReplayWindow
 from peercrypt.core.resume import (
@@ -115,6 +116,7 @@ from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     Accept,
     Ack,
+    Attach,
     ChunkHeader,
     Done,
     Failed,
@@ -145,6 +147,11 @@ HEADER_MAX_BYTES = 512
 # max_chunk bytes), and replies waiting to go out.
 DATA_RCVHWM = 8
 DATA_SNDHWM = 4096
+# A sealed frame from a connection the transfer has not attached is opened
+# only this small (an Attach), and a transfer attaches at most this many
+# (a sender uses one per lane: parallel mode's at most 64).
+ATTACH_MAX_BYTES = 256
+MAX_ATTACHED = MAX_LANES
 COMPLETED_MEMORY = 256  # finished transfers remembered to re-answer a repeated Done
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
 INCOMING_SHOWN = 8  # incoming transfers listed in the status facts
@@ -171,6 +178,9 @@ class Incoming:
     part: Path
     fd: int
     route: bytes | None = None
+    # The sender's shared data connections this transfer attached to (its
+    # own Attach, sealed, named each one), besides its own route ids.
+    routes: set[bytes] = field(default_factory=set)
     replay: ReplayWindow = field(default_factory=ReplayWindow)
     mode: str = ""  # as the sender said (for the statistics history)
     started: float = 0.0
@@ -193,6 +203,7 @@ class Echo:
     peer: bytes = b""  # who offered it, and from where: it holds a slot under
     host: str = ""  # the transfer limits until answered or idle
     route: bytes | None = None
+    routes: set[bytes] = field(default_factory=set)  # as Incoming's
     replay: ReplayWindow = field(default_factory=ReplayWindow)
     mode: str = ""  # as the sender said, and when (for the statistics history)
     wall: float = 0.0
@@ -430,7 +441,7 @@ class ReceiverActor(Actor):
         )
 
     def _on_echo(self, echo: Echo, route: bytes, h: SealedHeader, payload: memoryview) -> None:
-        msg = self._open_sealed(echo.keys, echo.replay, route, h, payload)
+        msg = self._open_sealed(echo.keys, echo.replay, echo.routes, route, h, payload)
         if msg is None:
             return
         echo.route = route
@@ -897,7 +908,9 @@ class ReceiverActor(Actor):
             if h.tid not in self.completed:
                 self._drop(route, "unknown-transfer")
             return
-        if not t.keys.owns_route(route):  # pinned to the transfer's own connections
+        # Pinned to the transfer's own connections (its route ids, or the
+        # shared ones its sealed Attach named): dropped before a decryption.
+        if route not in t.routes and not t.keys.owns_route(route):
             self._drop(route, "route")
             return
         total = t.flow.total
@@ -948,7 +961,7 @@ class ReceiverActor(Actor):
             else:
                 self._drop(route, "unknown-transfer")
             return
-        msg = self._open_sealed(t.keys, t.replay, route, h, payload)
+        msg = self._open_sealed(t.keys, t.replay, t.routes, route, h, payload)
         if msg is None:
             return
         t.route = route
@@ -967,14 +980,18 @@ class ReceiverActor(Actor):
         self,
         keys: TransferKeys,
         replay: ReplayWindow,
+        routes: set[bytes],
         route: bytes,
         h: SealedHeader,
         payload: memoryview,
     ) -> codec.Message | None:
         """A transfer's sealed message, if it comes on one of the transfer's
         own connections, authenticates and was not seen before (else counted
-        and dropped: None)."""
-        if not keys.owns_route(route):
+        and dropped: None). On another connection only a small frame is
+        opened, and taken only as the transfer's :class:`Attach` naming that
+        very connection: it joins ``routes`` (None too: nothing else to do)."""
+        own = route in routes or keys.owns_route(route)
+        if not own and len(payload) > ATTACH_MAX_BYTES:
             self._drop(route, "route")
             return None
         if not replay.fresh(h.nonce):
@@ -983,10 +1000,27 @@ class ReceiverActor(Actor):
         try:
             msg = codec.decode(keys.open_message(h.nonce, payload), HEADER_MAX_BYTES)
         except OpenError:
-            self._drop(route, "auth")
+            self._drop(route, "auth" if own else "route")
             return None
         except codec.DecodeError as exc:
             self._drop(route, exc.kind)
+            return None
+        if isinstance(msg, Attach):
+            # Its own id, so a copy raced from another connection attaches
+            # nothing (and leaves the nonce to the real one); bounded.
+            if not hmac.compare_digest(msg.route, route):
+                self._drop(route, "route")
+                return None
+            if route not in routes and len(routes) >= MAX_ATTACHED:
+                self._drop(route, "attached-too-many")
+                return None
+            replay.accept(h.nonce)
+            if route not in routes:
+                routes.add(route)
+                self.count("data-attached")
+            return None
+        if not own:
+            self._drop(route, "route")
             return None
         replay.accept(h.nonce)
         return msg

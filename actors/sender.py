@@ -80,6 +80,7 @@ import blake3
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from actors.data_pipes import DataPipe, PipeKey, new_route_id
 from actors.file_chunks import Stream, read_chunk
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, crew_size
 from actors.peer_link import ConnectProbe, Link, connect_cause
@@ -116,6 +117,7 @@ from peercrypt.wire import codec, columns
 from peercrypt.wire.messages import (
     Accept,
     Ack,
+    Attach,
     CancelRequest,
     ChunkHeader,
     Done,
@@ -160,6 +162,7 @@ DATA_CONNECT_MS = 500  # a connect attempt that takes longer is retried afresh
 HASH_CATCH_UP = 4  # held chunks hashed per chunk sent, on a resume
 HASH_STEP = 64 * 1024 * 1024  # bytes hashed per turn of the loop when the rest is due
 CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
+DATA_BATCH = 1024  # replies taken from one data connection per turn of the loop
 RETRY_INITIAL = 1.0  # seconds before the first automatic retry (full jitter, doubling)
 CLOSED_RETRY_INITIAL = 0.25  # the same while the receiver's port refuses (at most 2 s)
 CLOSED_RETRY_MAX = 2.0
@@ -231,24 +234,19 @@ class Outgoing:
         return self.reach is not None and not self.receiver_key and self.keys is None
 
     keys: TransferKeys | None = None
-    data: zmq.Socket[Any] | None = None
+    data: zmq.Socket[Any] | None = None  # its first lane's connection (sealed messages)
     hasher: Any = field(default_factory=blake3.blake3)
     hashed: int = 0
     timer: Timer | None = None
-    lanes: list[zmq.Socket[Any]] = field(default_factory=list)
-    monitors: list[zmq.Socket[Any]] = field(default_factory=list)
+    # Its data connections, one per lane, shared with the node's other
+    # transfers to the same receiver (actors/data_pipes.py).
+    pipes: list[DataPipe] = field(default_factory=list)
     broken: bool = False  # a data connection dropped and has not come back yet
     crew: LaneCrew | None = None
     next_lane: int = 0
     wall: float = field(default_factory=time.time)  # when it started, for the history
     retry: Retries | None = None  # set once the transfer was accepted
     proven: str = ""  # the receiver's fingerprint, once it proved its key
-    probe: ConnectProbe | None = None  # why the broken data connection does not come back
-    data_address: tuple[str, int] = ("", 0)
-    # Where the lanes are connected, and the receiver's TCP data endpoint:
-    # the two differ while chunks go over its Unix socket (local_ipc.py).
-    data_url: str = ""
-    tcp_url: str = ""
     port_closed: bool = False  # this attempt ended because the receiver's port refused
     tree: TreeSource | None = None  # a folder or several files, read as one stream (fd -1)
     checked: int = 0  # bytes the receiver's final check covered (its Verifying)
@@ -290,6 +288,8 @@ class SenderActor(Actor):
         self.known_peers = KnownPeersFile(settings.data_dir)
         # What chunks are sealed into (reused), for all transfers together.
         self.sealed = SealedPool()
+        # The data connections in use, shared by the transfers to one receiver.
+        self.pipes: dict[PipeKey, DataPipe] = {}
 
     def setup(self) -> None:
         self.host_id = local_ipc.host_id() if self.settings.local_ipc else ""
@@ -719,46 +719,20 @@ class SenderActor(Actor):
         flow = t.flow
         flow.on_accept(have, accept.window, self.now())
         host = accept.data_host or t.request.host
-        t.tcp_url = f"tcp://{join_host_port(host, accept.data_port)}"
+        tcp_url = f"tcp://{join_host_port(host, accept.data_port)}"
         ipc = None
         if accept.data_ipc and self.host_id:
             mine = local_ipc.host_tag(self.host_id, t.tid, secrets)
             ipc = local_ipc.usable_target(accept.data_ipc, accept.host_tag, mine)
-        t.data_url = ipc or t.tcp_url
-        self.count("data-ipc" if ipc else "data-tcp")
         for lane in range(flow.lanes):
-            data = self.socket(zmq.DEALER, data_plane=True)
-            # Named from the transfer's keys: the receiver takes this transfer's
-            # frames from these connections only, and a reconnect keeps the name.
-            data.routing_id = t.keys.route_id(lane)
-            # Credit (at most 4096 chunks, SEND_BUFFER bytes) bounds what is
-            # queued, so the send queue never fills; replies queue finitely.
-            data.sndhwm = DATA_SNDHWM
-            data.rcvhwm = DATA_RCVHWM
-            data.maxmsgsize = 64 * 1024
-            data.setsockopt(zmq.TCP_MAXRT, DATA_MAXRT_MS)
-            data.heartbeat_ivl = DATA_HEARTBEAT_MS
-            data.heartbeat_timeout = 4 * DATA_HEARTBEAT_MS
-            data.reconnect_ivl = DATA_RECONNECT_MS
-            data.reconnect_ivl_max = 0
-            data.connect_timeout = DATA_CONNECT_MS
-            address = f"inproc://pc-{self.env.node_uid}/sender-data/{next(_monitor_ids)}"
-            data.monitor(
-                address,
-                zmq.EVENT_HANDSHAKE_SUCCEEDED
-                | zmq.EVENT_DISCONNECTED
-                | zmq.EVENT_CONNECT_RETRIED
-                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-            )
-            monitor = self.socket(zmq.PAIR)
-            monitor.connect(address)
-            self.watch(monitor, functools.partial(self._on_data_monitor, t))
-            t.monitors.append(monitor)
-            data.connect(t.data_url)
-            self.watch(data, functools.partial(self._on_data, t))
-            t.lanes.append(data)
-        t.data_address = (host, accept.data_port)
+            pipe = self._pipe(tcp_url, ipc, lane, (host, accept.data_port))
+            pipe.users[t.tid] = t
+            t.pipes.append(pipe)
+            t.broken = t.broken or pipe.broken
+            # First on the connection, before any chunk of this transfer: the
+            # receiver takes its frames from this connection from now on.
+            self._send_sealed(t, Attach(route=pipe.route), pipe.sock)
+        self.count("data-ipc" if t.pipes[0].url != tcp_url else "data-tcp")
         if t.retry is None:
             t.retry = Retries(
                 Backoff(
@@ -773,7 +747,7 @@ class SenderActor(Actor):
             )
         t.retry.closed_since = None  # the receiver is back
         t.retry.closed.reset()
-        t.data = t.lanes[0]
+        t.data = t.pipes[0].sock
         if flow.sealing_workers:
             held = ChunkBitmap(flow.total)
             held.add_ranges(have)
@@ -785,6 +759,70 @@ class SenderActor(Actor):
         if t.link is not None:
             t.link.close()
         self._drive(t)
+
+    def _pipe(self, tcp_url: str, ipc: str | None, lane: int, address: tuple[str, int]) -> DataPipe:
+        """The data connection of ``lane`` to the receiver at ``tcp_url`` (or
+        its Unix socket ``ipc``): the one its other transfers use, or a new one."""
+        key = (tcp_url, ipc or "", lane)
+        pipe = self.pipes.get(key)
+        if pipe is not None:
+            return pipe
+        data = self.socket(zmq.DEALER, data_plane=True)
+        # Random, not one transfer's: each transfer names it in its own sealed
+        # Attach, and the receiver takes that transfer's frames from it only.
+        # A reconnect keeps the id (and takes over the connection it lost).
+        route = data.routing_id = new_route_id(lane)
+        # Credit (at most 4096 chunks, SEND_BUFFER bytes, per transfer) bounds
+        # what is queued, so the send queue never fills; replies queue finitely.
+        data.sndhwm = DATA_SNDHWM * max(1, self.settings.max_outgoing)
+        data.rcvhwm = DATA_RCVHWM
+        data.maxmsgsize = 64 * 1024
+        data.setsockopt(zmq.TCP_MAXRT, DATA_MAXRT_MS)
+        data.heartbeat_ivl = DATA_HEARTBEAT_MS
+        data.heartbeat_timeout = 4 * DATA_HEARTBEAT_MS
+        data.reconnect_ivl = DATA_RECONNECT_MS
+        data.reconnect_ivl_max = 0
+        data.connect_timeout = DATA_CONNECT_MS
+        address_url = f"inproc://pc-{self.env.node_uid}/sender-data/{next(_monitor_ids)}"
+        data.monitor(
+            address_url,
+            zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_CONNECT_RETRIED
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+        )
+        monitor = self.socket(zmq.PAIR)
+        monitor.connect(address_url)
+        url = ipc or tcp_url
+        pipe = DataPipe(key, data, monitor, route, url, tcp_url, address)
+        self.watch(monitor, functools.partial(self._on_data_monitor, pipe))
+        data.connect(url)
+        self.watch(data, functools.partial(self._on_data, pipe))
+        self.pipes[key] = pipe
+        self.count("data-connections")
+        return pipe
+
+    def _leave_pipes(self, t: Outgoing) -> None:
+        """``t`` no longer uses its connections: one it was the last user of
+        takes no new transfer and is closed after :data:`CLOSE_GRACE` (its
+        last Failed needs a moment to leave; LINGER 0 would drop it)."""
+        for pipe in t.pipes:
+            pipe.users.pop(t.tid, None)
+            if pipe.users or self.pipes.get(pipe.key) is not pipe:
+                continue
+            del self.pipes[pipe.key]
+            if pipe.probe is not None:
+                pipe.probe.close()
+                pipe.probe = None
+            self.call_later(CLOSE_GRACE, functools.partial(self._close_pipe, pipe))
+
+    def _close_pipe(self, pipe: DataPipe) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            pipe.sock.disable_monitor()
+        self.close_socket(pipe.monitor)
+        if not pipe.sock.closed:
+            self.close_socket(pipe.sock)
 
     def _flow_start(self, t: Outgoing) -> FlowStart:
         flow, p = t.flow, t.flow.policy
@@ -811,7 +849,7 @@ class SenderActor(Actor):
         if name != "scheduler":
             return
         for t in list(self.transfers.values()):
-            if t.lanes:
+            if t.pipes:
                 self.tell("scheduler", self._flow_start(t))
                 t.flow.on_pacing(t.flow.paced)
                 self._drive(t)
@@ -861,64 +899,77 @@ class SenderActor(Actor):
         if due is not None and t.tid in self.transfers:
             t.timer = self.call_later(due - self.now(), functools.partial(self._on_timer, t))
 
-    def _ipc_to_tcp(self, t: Outgoing) -> None:
+    def _ipc_to_tcp(self, pipe: DataPipe) -> None:
         """The receiver's Unix socket failed (it went away, or what listens
-        there is not it): every lane goes to its TCP data port instead, and
-        what was in flight is sent again once it connects."""
-        for lane in t.lanes:
-            with contextlib.suppress(zmq.ZMQError):
-                lane.disconnect(t.data_url)
-            lane.connect(t.tcp_url)
-        t.data_url = t.tcp_url
-        t.broken = True
+        there is not it): the connection goes to its TCP data port instead,
+        and what its transfers had in flight is sent again once it connects."""
+        with contextlib.suppress(zmq.ZMQError):
+            pipe.sock.disconnect(pipe.url)
+        pipe.sock.connect(pipe.tcp_url)
+        pipe.url = pipe.tcp_url
+        self._broken(pipe)
         self.count("data-ipc-fallbacks")
-        log.info("%s: the Unix data socket failed; chunks go over TCP", t.peer)
+        log.info("%s: the Unix data socket failed; chunks go over TCP", pipe.address[0])
 
-    def _on_data_monitor(self, t: Outgoing, sock: zmq.Socket[Any]) -> None:
+    def _broken(self, pipe: DataPipe) -> None:
+        pipe.broken = True
+        for t in pipe.users.values():
+            t.broken = True
+
+    def _on_data_monitor(self, pipe: DataPipe, sock: zmq.Socket[Any]) -> None:
         while True:
             try:
                 event = recv_monitor_message(sock, zmq.NOBLOCK)["event"]
             except zmq.Again:
                 break
-            if t.data_url != t.tcp_url and event != zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._ipc_to_tcp(t)
+            if pipe.url != pipe.tcp_url and event != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._ipc_to_tcp(pipe)
             if event == zmq.EVENT_DISCONNECTED:
-                t.broken = True
+                self._broken(pipe)
                 self.count("data-disconnects")
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and t.broken:
-                t.broken = False
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and pipe.broken:
+                pipe.broken = False
                 self.count("data-reconnects")
-                if t.tid in self.transfers:
-                    t.flow.on_reconnect(self.now())
-                    self._drive(t)
-            elif event == zmq.EVENT_CONNECT_RETRIED and t.broken and t.probe is None:
-                self._probe_data(t)
+                for t in list(pipe.users.values()):
+                    if t.tid not in self.transfers or t.flow.ended:
+                        continue
+                    # The first one may have been lost with the old connection.
+                    self._send_sealed(t, Attach(route=pipe.route), pipe.sock)
+                    if t.broken:
+                        t.broken = False
+                        t.flow.on_reconnect(self.now())
+                        self._drive(t)
+            elif event == zmq.EVENT_CONNECT_RETRIED and pipe.broken and pipe.probe is None:
+                self._probe_data(pipe)
 
-    def _probe_data(self, t: Outgoing) -> None:
+    def _probe_data(self, pipe: DataPipe) -> None:
         """The data connection does not come back: a killed receiver (its
         port refuses) is not waited out like a silent one."""
-        if t.tid not in self.transfers:
+        if not pipe.users:
             return
-        host, port = t.data_address
+        host, port = pipe.address
         try:
-            probe = ConnectProbe(self, host, port, functools.partial(self._on_data_probe, t))
+            probe = ConnectProbe(self, host, port, functools.partial(self._on_data_probe, pipe))
         except (OSError, IndexError):
             return
         if probe.sock is not None:
-            t.probe = probe
-            self.call_later(PROBE_LIMIT, functools.partial(self._drop_probe, t, probe))
+            pipe.probe = probe
+            self.call_later(PROBE_LIMIT, functools.partial(self._drop_probe, pipe, probe))
 
-    def _drop_probe(self, t: Outgoing, probe: ConnectProbe) -> None:
-        probe.close()  # a silent network: the transfer's own timeout decides
-        if t.probe is probe:
-            t.probe = None
+    def _drop_probe(self, pipe: DataPipe, probe: ConnectProbe) -> None:
+        probe.close()  # a silent network: the transfers' own timeouts decide
+        if pipe.probe is probe:
+            pipe.probe = None
 
-    def _on_data_probe(self, t: Outgoing, code: int) -> None:
-        t.probe = None
-        if code == errno.ECONNREFUSED and t.broken and t.tid in self.transfers:
-            t.port_closed = True
-            self.count("data-refused")
-            self._end(t, ResultCode.UNREACHABLE, f"the receiver's port closed ({REFUSED})")
+    def _on_data_probe(self, pipe: DataPipe, code: int) -> None:
+        pipe.probe = None
+        if code != errno.ECONNREFUSED or not pipe.broken:
+            return
+        for t in list(pipe.users.values()):
+            if t.broken and t.tid in self.transfers:
+                t.port_closed = True
+                self.count("data-refused")
+                self._end(t, ResultCode.UNREACHABLE, f"the receiver's port closed ({REFUSED})")
 
     def _on_timer(self, t: Outgoing) -> None:
         if t.tid in self.transfers:
@@ -966,7 +1017,7 @@ class SenderActor(Actor):
         """Send a sealed chunk without copying it; ``track``: return the
         tracker that says when ZeroMQ is done reading ``sealed``."""
         header = codec.encode(ChunkHeader(tid=t.tid, index=index, last=last, nonce=nonce))
-        lane = t.lanes[t.next_lane % len(t.lanes)]
+        lane = t.pipes[t.next_lane % len(t.pipes)].sock
         t.next_lane += 1
         return lane.send_multipart([header, sealed], copy=False, track=track)
 
@@ -1021,14 +1072,21 @@ class SenderActor(Actor):
                 t.flow.fail(ResultCode.LOCAL, f"reading {t.request.path} failed: {result.text}")
         self._drive(t)
 
-    def _send_sealed(self, t: Outgoing, msg: codec.Message) -> None:
-        assert t.keys is not None and t.data is not None
+    def _send_sealed(
+        self, t: Outgoing, msg: codec.Message, sock: zmq.Socket[Any] | None = None
+    ) -> None:
+        """``msg`` sealed with ``t``'s keys, on ``sock`` (else its first lane)."""
+        sock = sock or t.data
+        assert t.keys is not None and sock is not None
         nonce, sealed = t.keys.seal_message(codec.encode(msg))
-        t.data.send_multipart([codec.encode(SealedHeader(tid=t.tid, nonce=nonce)), sealed])
+        sock.send_multipart([codec.encode(SealedHeader(tid=t.tid, nonce=nonce)), sealed])
 
-    def _on_data(self, t: Outgoing, sock: zmq.Socket[Any]) -> None:
-        assert t.keys is not None
-        while t.tid in self.transfers and not t.flow.ended:
+    def _on_data(self, pipe: DataPipe, sock: zmq.Socket[Any]) -> None:
+        """Replies on a shared connection: each goes to the transfer its
+        header names, if that transfer uses this connection, and is opened
+        with that transfer's keys only."""
+        moved: dict[bytes, Outgoing] = {}
+        for _ in range(DATA_BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -1037,13 +1095,24 @@ class SenderActor(Actor):
                 if len(frames) != 2:
                     raise codec.DecodeError("frames", str(len(frames)))
                 header = codec.decode_as(frames[0], SealedHeader, 512)
-                if header.tid != t.tid:
-                    raise codec.DecodeError("wrong-transfer", "")
+            except codec.DecodeError as exc:
+                self.count("data-dropped")
+                self.log_limited("sender: dropped a frame from %s: %s", pipe.address[0], exc)
+                continue
+            t = pipe.users.get(header.tid)
+            if t is None and header.tid in self.transfers:  # not a transfer of this connection
+                self.count("data-dropped")
+                continue
+            if t is None or t.keys is None or t.flow.ended or t.tid not in self.transfers:
+                self.count("data-after-end")  # e.g. an ack still on its way at the end
+                continue
+            try:
                 msg = codec.decode(t.keys.open_message(header.nonce, frames[1]), 4096)
             except (codec.DecodeError, OpenError) as exc:
                 self.count("data-dropped")
                 self.log_limited("sender: dropped a frame from %s: %s", t.peer, exc)
                 continue
+            moved[t.tid] = t
             if isinstance(msg, Ack):
                 try:
                     sack = pairs(msg.sack)
@@ -1058,7 +1127,8 @@ class SenderActor(Actor):
                 t.checked = min(t.size, msg.done_bytes)
             elif isinstance(msg, Failed):
                 t.flow.on_failed(msg.code, printable(msg.reason))
-        self._drive(t)
+        for t in moved.values():
+            self._drive(t)
 
     # -- progress and the end --------------------------------------------------------
 
@@ -1127,17 +1197,7 @@ class SenderActor(Actor):
             self.tell("scheduler", FlowEnd(request=t.request.request))
         if t.link is not None:
             t.link.close()
-        for monitor, lane in zip(t.monitors, t.lanes, strict=True):
-            with contextlib.suppress(zmq.ZMQError):
-                lane.disable_monitor()
-            self.close_socket(monitor)
-        for sock in t.lanes:
-            self.unwatch(sock)
-        if t.probe is not None:
-            t.probe.close()
-        if t.lanes:
-            # The last Failed needs a moment to leave (LINGER 0 would drop it).
-            self.call_later(CLOSE_GRACE, functools.partial(self._close_lanes, t.lanes))
+        self._leave_pipes(t)
         if t.fd >= 0:
             os.close(t.fd)
         if not self.transfers:
@@ -1173,11 +1233,6 @@ class SenderActor(Actor):
                 window_history=flow.window_history(),
             ),
         )
-
-    def _close_lanes(self, lanes: list[zmq.Socket[Any]]) -> None:
-        for sock in lanes:
-            if not sock.closed:
-                self.close_socket(sock)
 
     def _retry(self, t: Outgoing, code: str, reason: str) -> tuple[str, str] | None:
         """Offer the file again after a backoff pause (the receiver resumes

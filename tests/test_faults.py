@@ -22,19 +22,25 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 import zmq
 
+from actors.data_pipes import new_route_id
 from peercrypt.crypto.identity import KeyPair, network_server_keys, new_network_key
+from peercrypt.crypto.transfer import TAG_BYTES
 from peercrypt.testing.faults import DirectionFaults, FaultPlan, FaultProxy
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
 from peercrypt.testing.nodes import NodeProcess, blake3_file, cli_env, free_port, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
+    Attach,
     ChunkHeader,
     ErrorReply,
     Hello,
@@ -42,12 +48,14 @@ from peercrypt.wire.messages import (
     Ping,
     Pong,
     SealedHeader,
+    Verified,
 )
 
 KiB = 1024
 MiB = 1024 * KiB
 CHUNK = 64 * KiB
 LOCALHOST = "127.0.0.1"
+ATTACH_SEALED = len(codec.encode(Attach(route=new_route_id(0)))) + TAG_BYTES
 
 
 class Setup:
@@ -471,3 +479,80 @@ def test_fault_plan_validation() -> None:
     plan = FaultPlan.both(drop=0.1, seed=4)
     assert plan.upstream == plan.downstream == DirectionFaults(drop=0.1)
     assert plan.for_direction("downstream").drop == 0.1
+
+
+# ---- a shared data connection: a member cannot attach to another's transfer -------
+
+
+def test_a_member_cannot_join_another_transfer_on_its_connection(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """A sender's transfers to one receiver share its data connection, each
+    attached to it by its own sealed Attach naming the connection. A member
+    with a transfer of its own, on its own connection, sends for a real
+    transfer it does not hold the keys of: a chunk of it, an Attach of it
+    sealed with the member's keys, and the real Attach (captured on the path)
+    replayed. All are dropped as from a connection not the transfer's; no
+    reply of it reaches the member; the real file verifies, and the member's
+    own transfer is stored with its own hash."""
+    captured: list[list[bytes]] = []
+
+    def observe(direction: str, frames: list[bytes]) -> None:
+        if direction != "upstream" or captured or len(frames) != 2:
+            return
+        try:
+            header = codec.decode(frames[0], 512)
+        except codec.DecodeError:
+            return
+        if isinstance(header, SealedHeader) and len(frames[1]) == ATTACH_SEALED:
+            captured.append(list(frames))
+
+    path = make_file(tmp_path, "shared.bin", 6 * MiB)  # 6 s at -r 1 MiB: running throughout
+    setup.proxy.observer = observe
+    result: list[tuple[int, dict[str, Any]]] = []
+    real = threading.Thread(
+        target=lambda: result.append(send(setup, path, "-r", str(MiB))), daemon=True
+    )
+    real.start()
+    content = os.urandom(2 * CHUNK)
+    try:
+        header, sealed = wait_until(lambda: captured[0] if captured else None, 20.0, "an Attach")
+        victim = codec.decode_as(header, SealedHeader, 512).tid
+        with HostileSender(setup.key, LOCALHOST, setup.receiver.port) as member:
+            mine = member.offer("member.bin", len(content), CHUNK)
+            assert isinstance(mine, HostileTransfer), mine
+            before = setup.receiver.counters()
+            chunk = ChunkHeader(tid=victim, index=0, last=False, nonce=os.urandom(12))
+            mine.send_frames([codec.encode(chunk), os.urandom(CHUNK + TAG_BYTES)])
+            for _ in range(10_000):  # a nonce beyond any the real transfer used
+                mine.keys.seal_message(b"")
+            nonce, forged = mine.keys.seal_message(
+                codec.encode(Attach(route=mine.keys.route_id(0)))
+            )
+            mine.send_frames([codec.encode(SealedHeader(tid=victim, nonce=nonce)), forged])
+            mine.send_frames([header, sealed])  # the real one, from the member's connection
+            # The chunk and the forged Attach: not the transfer's connection;
+            # the real Attach: already taken (on the real connection), a replay.
+            dropped = {"receiver.data-dropped-route": 2, "receiver.data-dropped-replay": 1}
+
+            def all_dropped() -> bool:
+                now = setup.receiver.counters()
+                return all(now.get(k, 0) - before.get(k, 0) >= n for k, n in dropped.items())
+
+            wait_until(all_dropped, 10.0, f"{dropped} more dropped")
+            while mine.data.poll(300):  # nothing of the real transfer came to the member
+                frames = mine.data.recv_multipart()
+                assert codec.decode_as(frames[0], SealedHeader, 512).tid == mine.tid
+            answer = mine.send_stream(content)
+            digest = blake3.blake3(content).digest()
+            assert isinstance(answer, Verified) and answer.digest == digest, answer
+            assert blake3_file(setup.receiver.inbox / answer.stored_as) == digest.hex()
+            setup.sources[digest.hex()] = "member.bin"
+        real.join(60)
+    finally:
+        setup.proxy.observer = None
+    assert result, "the real send did not finish"
+    code, out = result[0]
+    assert code == 0 and out["blake3"] == blake3_file(path), out
+    assert blake3_file(setup.receiver.inbox / out["stored_as"]) == blake3_file(path)
+    assert_inbox_holds_only_sent_content(setup)

@@ -21,10 +21,16 @@ import blake3
 import pytest
 import zmq
 
+from actors.data_pipes import new_route_id
 from actors.inbox import create_part, save_manifest
 from actors.multicast_receiver import SPACE_VERDICT_TIMEOUT as MC_TIMEOUT
 from actors.multicast_receiver import MulticastReceiverActor
-from actors.receiver import SPACE_VERDICT_TIMEOUT, ReceiverActor
+from actors.receiver import (
+    ATTACH_MAX_BYTES,
+    MAX_ATTACHED,
+    SPACE_VERDICT_TIMEOUT,
+    ReceiverActor,
+)
 from actors.space import SpaceActor
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.delivered import Delivery
@@ -41,6 +47,7 @@ from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     Accept,
+    Attach,
     ChunkHeader,
     Done,
     Failed,
@@ -705,3 +712,66 @@ def test_a_final_check_queued_behind_one_that_moves_waits_for_it(
             os.close(fd)
         for s in receiver._sockets:
             s.close(linger=0)
+
+
+def test_an_attach_takes_only_the_connection_it_names_and_is_bounded(
+    node: tuple[ActorEnv, NodeSettings, FakeClock],
+) -> None:
+    """A sender's shared data connection joins a transfer by the transfer's
+    own sealed Attach naming that connection's routing id (here a re-offer
+    of a delivered file, which waits for its Done like a transfer): a copy
+    arriving on another connection attaches nothing and leaves its nonce to
+    the real one; a large frame from a connection not attached is not even
+    opened; a transfer attaches at most MAX_ATTACHED connections; its Done
+    is then taken from the connection it attached."""
+    env, settings, _ = node
+    key = ResumeKey(SENDER.public, "shared.bin", 1000, CHUNK, b"s" * 32)
+    (settings.inbox / key.name).write_bytes(b"d" * key.size)
+    receiver = ReceiverActor(env, settings)
+    from_receiver = record(receiver)
+    receiver.setup()
+    try:
+        stamp = receiver._stamp(key.name)
+        assert stamp is not None
+        receiver.delivered.record(Delivery(key, key.name, b"h" * 32, stamp, time.time()))
+        tid = os.urandom(16)
+        offer, eph = _sealed_offer(tid, settings.identity.public, key)
+        receiver.on_mail(_inbound(offer))
+        [answer] = take(from_receiver, "gateway")
+        assert isinstance(answer, Outbound)
+        accept = codec.decode(answer.payload)
+        assert isinstance(accept, Accept)
+        keys = TransferKeys.for_sender(
+            tid, eph.finish(tid, settings.identity.public, accept.eph_pub, accept.proof)
+        )
+        echo = receiver.echoes[tid]
+
+        def sealed(msg: codec.Message) -> tuple[SealedHeader, memoryview]:
+            nonce, body = keys.seal_message(codec.encode(msg))
+            return SealedHeader(tid=tid, nonce=nonce), memoryview(body)
+
+        shared, other = new_route_id(0), new_route_id(0)
+        header, body = sealed(Attach(route=shared))
+        receiver._on_echo(echo, other, header, body)  # raced from another connection
+        assert echo.routes == set() and receiver.counters["data-dropped-route"] == 1
+        receiver._on_echo(echo, shared, header, body)  # the real one: its nonce still fresh
+        assert echo.routes == {shared} and receiver.counters["data-attached"] == 1
+        receiver._on_echo(echo, shared, header, body)
+        assert receiver.counters["data-dropped-replay"] == 1
+        big, _ = sealed(Attach(route=other))
+        receiver._on_echo(echo, other, big, memoryview(bytes(ATTACH_MAX_BYTES + 1)))
+        assert receiver.counters["data-dropped-route"] == 2 and echo.routes == {shared}
+        for _ in range(MAX_ATTACHED - 1):
+            route = new_route_id(1)
+            receiver._on_echo(echo, route, *sealed(Attach(route=route)))
+        assert len(echo.routes) == MAX_ATTACHED
+        receiver._on_echo(echo, other, *sealed(Attach(route=other)))
+        assert receiver.counters["data-dropped-attached-too-many"] == 1
+        assert other not in echo.routes
+        receiver._on_echo(echo, shared, *sealed(Done(digest=b"h" * 32, chunks=key.total)))
+        assert tid not in receiver.echoes  # answered: Verified went to the shared connection
+        assert receiver.counters["delivered-before-verified"] == 1
+    finally:
+        receiver.teardown()
+        for sock in receiver._sockets:
+            sock.close(linger=0)

@@ -24,6 +24,16 @@ dropped before it costs a decryption. The ids are secret to everyone off the
 path; one on the path sees them, but can do with them no more than it could
 anyway (drop, delay): the frames still authenticate one by one.
 
+A sender shares one connection per lane among its transfers to the same
+receiver (actors/data_pipes.py); its routing id is random, not any one
+transfer's. Each transfer attaches to it with a sealed ``Attach`` under its
+own keys that names the connection's id: the receiver opens such a small
+frame from a connection the transfer does not own yet, and takes the
+connection for the transfer only when the Attach authenticates, is fresh
+and names the very connection it came on (a copy raced from elsewhere
+names another id). From then on the same pinning holds: chunks of the
+transfer from any connection it did not attach are dropped unopened.
+
 AAD: chunks bind (transfer id, chunk index, last-chunk flag); sealed control
 messages bind (transfer id, "ctl"). A chunk moved to another index, another
 transfer, or presented as (not) last fails to open; dropping the last chunk

@@ -37,6 +37,7 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 MAX_DETAILS = 8 * 1024  # a sealed OfferDetails (its name at 4 bytes per character, + tag)
 MAX_CHUNKS = 2**40
+MAX_ROUTE_ID = 64  # a data connection's routing id (ZeroMQ allows 255)
 # A control-plane message wrapped in Inbound/Outbound mail must still fit the
 # codec's frame limit with its envelope.
 MAX_WRAPPED = MAX_MESSAGE_BYTES - 1024
@@ -176,6 +177,20 @@ class SealedHeader(Message):
     TYPE = "sealed"
     tid: bytes = fixed(TID_BYTES)
     nonce: bytes = field(default=b"", metadata=bounded(NONCE_BYTES, NONCE_BYTES))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class Attach(Message):
+    """Sender -> receiver, sealed with the transfer's keys, first on each
+    data connection the sender shares among its transfers to that receiver
+    (and again after the connection came back): frames of this transfer may
+    come on the connection whose routing id is ``route`` from now on. Only
+    taken on that very connection (``route`` is its id), so a copy raced
+    from elsewhere attaches nothing (crypto/transfer.py, "Routes")."""
+
+    TYPE = "attach"
+    route: bytes = field(metadata=bounded(MAX_ROUTE_ID, 1))
 
 
 @message
