@@ -468,6 +468,33 @@ def test_a_kept_multicast_part_chosen_by_a_join_waiting_for_space_is_not_deleted
             sock.close(linger=0)
 
 
+def _holding(env: ActorEnv, settings: NodeSettings, key: ResumeKey) -> tuple[ReceiverActor, Mail]:
+    """A receiver set up with ``key``'s file in its inbox, and its mail out."""
+    (settings.inbox / key.name).write_bytes(b"d" * key.size)
+    receiver = ReceiverActor(env, settings)
+    from_receiver = record(receiver)
+    receiver.setup()
+    return receiver, from_receiver
+
+
+def _re_offered(
+    receiver: ReceiverActor, from_receiver: Mail, key: ResumeKey
+) -> tuple[bytes, Accept, Initiator]:
+    """SENDER offers ``key`` again after its file (in the inbox) was recorded
+    as delivered: the transfer id, the receiver's Accept, the offer's keys."""
+    stamp = receiver._stamp(key.name)
+    assert stamp is not None
+    receiver.delivered.record(Delivery(key, key.name, b"h" * 32, stamp, time.time()))
+    tid = os.urandom(16)
+    offer, eph = _sealed_offer(tid, receiver.settings.identity.public, key)
+    receiver.on_mail(_inbound(offer))
+    [answer] = take(from_receiver, "gateway")
+    assert isinstance(answer, Outbound)
+    accept = codec.decode(answer.payload)
+    assert isinstance(accept, Accept)
+    return tid, accept, eph
+
+
 @pytest.mark.parametrize("how", ["expired", "failed", "unexpected"])
 def test_a_re_offer_of_a_delivered_file_its_sender_does_not_finish_is_a_row_in_the_history(
     node: tuple[ActorEnv, NodeSettings, FakeClock], how: str
@@ -480,21 +507,10 @@ def test_a_re_offer_of_a_delivered_file_its_sender_does_not_finish_is_a_row_in_t
     transfer that ends so does."""
     env, settings, clock = node
     key = ResumeKey(SENDER.public, "late.bin", 1000, CHUNK, b"x" * 32)
-    (settings.inbox / key.name).write_bytes(b"d" * key.size)
-    receiver = ReceiverActor(env, settings)
-    from_receiver = record(receiver)
-    receiver.setup()
+    receiver, from_receiver = _holding(env, settings, key)
     try:
-        stamp = receiver._stamp(key.name)
-        assert stamp is not None
-        receiver.delivered.record(Delivery(key, key.name, b"h" * 32, stamp, time.time()))
-        tid = os.urandom(16)
-        offer, eph = _sealed_offer(tid, settings.identity.public, key)
-        receiver.on_mail(_inbound(offer))
-        [answer] = take(from_receiver, "gateway")
-        assert isinstance(answer, Outbound)
-        accept = codec.decode(answer.payload)
-        assert isinstance(accept, Accept) and accept.have == [0, key.total]
+        tid, accept, eph = _re_offered(receiver, from_receiver, key)
+        assert accept.have == [0, key.total]
         take(from_receiver, "stats")
         if how == "failed":
             secrets = eph.finish(tid, settings.identity.public, accept.eph_pub, accept.proof)
@@ -726,21 +742,9 @@ def test_an_attach_takes_only_the_connection_it_names_and_is_bounded(
     is then taken from the connection it attached."""
     env, settings, _ = node
     key = ResumeKey(SENDER.public, "shared.bin", 1000, CHUNK, b"s" * 32)
-    (settings.inbox / key.name).write_bytes(b"d" * key.size)
-    receiver = ReceiverActor(env, settings)
-    from_receiver = record(receiver)
-    receiver.setup()
+    receiver, from_receiver = _holding(env, settings, key)
     try:
-        stamp = receiver._stamp(key.name)
-        assert stamp is not None
-        receiver.delivered.record(Delivery(key, key.name, b"h" * 32, stamp, time.time()))
-        tid = os.urandom(16)
-        offer, eph = _sealed_offer(tid, settings.identity.public, key)
-        receiver.on_mail(_inbound(offer))
-        [answer] = take(from_receiver, "gateway")
-        assert isinstance(answer, Outbound)
-        accept = codec.decode(answer.payload)
-        assert isinstance(accept, Accept)
+        tid, accept, eph = _re_offered(receiver, from_receiver, key)
         keys = TransferKeys.for_sender(
             tid, eph.finish(tid, settings.identity.public, accept.eph_pub, accept.proof)
         )
