@@ -24,7 +24,9 @@ Measured per run (every run is printed):
   ``status`` round trips to a node's control socket, another health checks
   of one node from another (the CLI's ``health-check``: control socket,
   CURVE probe, answer); p50/p99 of each (goal p99 <= 50 ms), next to the
-  same measured idle before the load. The nodes form one network (nodes
+  same measured idle before the load; at the end, every run's samples
+  pooled (p50/p90/p99, the share over 50 ms; the JSON keeps them all:
+  ``check_samples_ms``, ``status_samples_ms``). The nodes form one network (nodes
   1..3 join node 0), so node 0 probes node 1 and its checks ride on that
   probe connection; ``--strangers``: they do not, and each check rides on
   the connection the previous one opened (kept for 30 s).
@@ -372,6 +374,8 @@ def one_run(
         "check_ms": [1000 * pct(load.check, 0.5), 1000 * pct(load.check, 0.99)],
         "probe_rtt_ms": [1000 * pct(load.check_rtt, 0.5), 1000 * pct(load.check_rtt, 0.99)],
         "samples": [len(load.status), len(load.check)],
+        "check_samples_ms": [round(1000 * v, 2) for v in load.check],
+        "status_samples_ms": [round(1000 * v, 2) for v in load.status],
         "idle_status_ms": [1000 * pct(idle.status, 0.5), 1000 * pct(idle.status, 0.99)],
         "idle_check_ms": [1000 * pct(idle.check, 0.5), 1000 * pct(idle.check, 0.99)],
         "seconds": elapsed,
@@ -492,6 +496,16 @@ def main() -> int:
     print(f"  peak RSS, worst node    {worst:.0f} MiB  (goal <= 150)")
     print(f"  status p99 under load   {med('status_ms', 1):.1f} ms  (goal <= 50)")
     print(f"  health check p99        {med('check_ms', 1):.1f} ms  (goal <= 50)")
+    # One run's p99 is its second or third slowest of ~150 checks: pooled
+    # over the runs the tail is read from more samples.
+    for what in ("check", "status"):
+        pooled = [v for r in rows for v in r[f"{what}_samples_ms"]]
+        over = sum(v > 50 for v in pooled) / max(1, len(pooled))
+        print(
+            f"  {what} pooled ({len(pooled)} under load): p50 {pct(pooled, 0.5):.1f} "
+            f"p90 {pct(pooled, 0.9):.1f} p99 {pct(pooled, 0.99):.1f} ms, "
+            f"{100 * over:.1f}% over 50 ms"
+        )
     print(
         f"  the nodes' CPU per GiB  {med('nodes_cpu_s_per_gib'):.2f} s (64 at once) against "
         f"{med('single_cpu_s_per_gib'):.2f} s (one alone)"
