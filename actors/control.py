@@ -34,6 +34,7 @@ from peercrypt.wire import multicast_messages as _mc
 from peercrypt.wire.messages import (
     MAX_STATUS_COUNTERS,
     Announce,
+    CancelIncoming,
     CancelRequest,
     CancelTransfer,
     ErrorReply,
@@ -74,6 +75,7 @@ ROUTES: dict[type[codec.Message], str] = {
     SendRequest: "scheduler",  # which resolves the policy and hands it to the sender
     SettingRequest: "scheduler",
     TransfersRequest: "sender",
+    CancelIncoming: "receiver",  # the receiving side's own cancel (docs/commands.md)
     PeersRequest: "health",  # discovery and health monitoring (docs/membership.md)
     CheckRequest: "health",
     JoinRequest: "discovery",

@@ -89,7 +89,7 @@ import blake3
 import zmq
 
 from actors.file_chunks import read_chunk
-from actors.inbox import save_manifest
+from actors.inbox import discard_part, save_manifest
 from actors.tree_store import TreeBuilder, unpack
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import Manifest, checkpoint_every
@@ -490,11 +490,14 @@ class FileWriter:
     def forget(self, tid: bytes) -> None:
         self._queue.put(("forget", tid))
 
-    def close(self, tid: bytes, keep: bool) -> None:
+    def close(self, tid: bytes, keep: bool, discard: tuple[Path, list[Path]] | None = None) -> None:
         """Stop writing ``tid`` and close its fd (after any queued work, so
         the number is never reused under a pending write); ``keep``: record a
-        final checkpoint first."""
-        self._queue.put(("close", tid, keep))
+        final checkpoint first. ``discard``: (its part, its manifests) to
+        remove first, here rather than on the caller's thread (a cancel must
+        not wait for a disk that hangs; the part only if its name still
+        refers to the file open)."""
+        self._queue.put(("close", tid, keep, discard))
 
     def _run(self) -> None:
         name_native_thread()
@@ -559,13 +562,19 @@ class FileWriter:
                     self._notes.append(Unsaved(tid, unsaved))
             return None
         if kind == "close":
-            _, _, keep = op
+            _, _, keep, discard = op
             closing = files.pop(tid, None) or self._failed.pop(tid, None)
             if closing is not None:
                 self._drop_feeder(closing)  # a tree not published: nothing of it stays
             self._checked.pop(tid, None)  # (after its feeder stopped noting it)
             if closing is None:
                 return None
+            if discard is not None:
+                part, manifests = discard
+                discard_part(part, closing.fd)
+                for path in manifests:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
             unsaved = self._checkpoint(closing) if keep else ""
             os.close(closing.fd)
             if not files:

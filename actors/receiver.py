@@ -117,6 +117,7 @@ from peercrypt.wire.messages import (
     Accept,
     Ack,
     Attach,
+    CancelIncoming,
     ChunkHeader,
     Done,
     Failed,
@@ -126,6 +127,7 @@ from peercrypt.wire.messages import (
     Outbound,
     Refuse,
     SealedHeader,
+    SettingReply,
     Verified,
     Verifying,
 )
@@ -155,6 +157,7 @@ MAX_ATTACHED = MAX_LANES
 COMPLETED_MEMORY = 256  # finished transfers remembered to re-answer a repeated Done
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
 INCOMING_SHOWN = 8  # incoming transfers listed in the status facts
+CANCEL_ANSWER_EVERY = 0.5  # seconds between answers to a cancelled transfer's frames
 # An offer waits this long for the space ledger's verdict (actors/space.py),
 # then is refused "busy" (the sender retries).
 SPACE_VERDICT_TIMEOUT = 5.0
@@ -189,6 +192,20 @@ class Incoming:
     files: int = 0
     digest: bytes = b""  # verified, while its tree is being stored
     reported: int = 0  # bytes written, as the space ledger last heard
+    ident: str = ""  # what the user names it by (``status``, ``top``, ``cancel``): in1, in2...
+
+
+@dataclass
+class Cancelled:
+    """A transfer the receiving node's user cancelled: its frames that still
+    come (the sender had not heard, or our Failed was lost) are answered
+    with the Failed again, at most every ``CANCEL_ANSWER_EVERY``, and its id
+    is not taken by another offer."""
+
+    keys: TransferKeys
+    routes: set[bytes]  # the shared connections it had attached
+    failed: Failed
+    answered: float = float("-inf")
 
 
 @dataclass
@@ -243,6 +260,8 @@ class ReceiverActor(Actor):
         self._changes = 0  # of the table, and at which one a snapshot last failed
         self._snapshot_failed: int | None = None
         self._requests = itertools.count(1)
+        self._idents = itertools.count(1)  # of incoming transfers, for the user
+        self.cancelled: dict[bytes, Cancelled] = {}  # tid -> (bounded: COMPLETED_MEMORY)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -568,6 +587,9 @@ class ReceiverActor(Actor):
         if isinstance(msg, SpaceVerdict):
             self._on_verdict(msg)
             return
+        if isinstance(msg, CancelIncoming):  # the local user's (control's token)
+            self.tell("control", self._cancel(msg))
+            return
         if not isinstance(msg, Inbound):
             return super().on_mail(msg)
         try:
@@ -602,6 +624,7 @@ class ReceiverActor(Actor):
         if (
             offer.tid in self.transfers
             or offer.tid in self.completed
+            or offer.tid in self.cancelled
             or offer.tid in self.echoes
             or any(a.offer.tid == offer.tid for a in waiting)
         ):
@@ -766,6 +789,7 @@ class ReceiverActor(Actor):
             started=self.now(),
             tree=details.tree,
             files=details.files,
+            ident=f"in{next(self._idents)}",
         )
         self.transfers[offer.tid] = t
         self.tell("stats", self._record(t, "running"))
@@ -803,7 +827,7 @@ class ReceiverActor(Actor):
         # What `receive` and the shell show: the transfers coming in (a few,
         # names cut short) and, in "last_in", the latest outcome.
         incoming = [
-            [t.name[:48], t.size, min(t.size, t.flow.written.count * t.chunk_size)]
+            [t.name[:48], t.size, min(t.size, t.flow.written.count * t.chunk_size), t.ident]
             for t in list(self.transfers.values())[:INCOMING_SHOWN]
         ]
         self.facts["incoming"] = json.dumps(incoming, ensure_ascii=False)
@@ -905,7 +929,9 @@ class ReceiverActor(Actor):
     def _on_chunk(self, route: bytes, h: ChunkHeader, payload: memoryview) -> None:
         t = self.transfers.get(h.tid)
         if t is None:
-            if h.tid not in self.completed:
+            if h.tid in self.cancelled:
+                self._answer_cancelled(route, h.tid)
+            elif h.tid not in self.completed:
                 self._drop(route, "unknown-transfer")
             return
         # Pinned to the transfer's own connections (its route ids, or the
@@ -958,6 +984,8 @@ class ReceiverActor(Actor):
                 self.data.send_multipart([route, done[0], done[1]])
             elif echo is not None:
                 self._on_echo(echo, route, h, payload)
+            elif h.tid in self.cancelled:
+                self._answer_cancelled(route, h.tid)
             else:
                 self._drop(route, "unknown-transfer")
             return
@@ -1076,14 +1104,58 @@ class ReceiverActor(Actor):
         elif out.code == ResultCode.TIMEOUT:
             self.count("check-timeout")
             log.error("%s: %s; kept for resume", t.name, out.reason)
+        elif out.code == ResultCode.CANCELLED:
+            self.count("cancelled")
+            kept = "kept for resume" if out.keep_part else "its part deleted"
+            log.info("%s (%s): cancelled by this node's user; %s", t.name, t.ident, kept)
         else:
             log.error("writing %s failed: %s", t.name, out.reason)
         if out.notify:
             self._send_sealed(t, Failed(code=out.code, reason=out.reason))
+        if out.code == ResultCode.CANCELLED:
+            if len(self.cancelled) >= COMPLETED_MEMORY:
+                self.cancelled.pop(next(iter(self.cancelled)))
+            failed = Failed(code=out.code, reason=out.reason)
+            told = self.now() if t.route is not None else float("-inf")
+            self.cancelled[t.tid] = Cancelled(t.keys, set(t.routes), failed, told)
         self.tell("stats", self._record(t, out.code, out.reason))
-        self._close(t, keep_part=out.keep_part)
+        # A cancel must not wait for the disk (it may be what hangs): the
+        # writer removes the part after its queued work.
+        self._close(t, keep_part=out.keep_part, by_writer=out.code == ResultCode.CANCELLED)
         if out.code != "expired":
             self._outcome(t, "", out.reason or out.code)
+
+    def _cancel(self, msg: CancelIncoming) -> SettingReply:
+        """The local user cancels an incoming transfer by its id: it ends at
+        once (in a final check too: a writer thread still inside that
+        check's fsync is left to it, and what it finds is dropped), the
+        sender is told, the slot and the space reservation are freed, and
+        the part is deleted unless ``keep``."""
+        t = next((t for t in self.transfers.values() if t.ident == msg.transfer), None)
+        if t is None:
+            text = f"no incoming transfer {msg.transfer[:32]} (see `peercrypt status`)"
+            return SettingReply(request=msg.request, ok=False, text=text)
+        t.flow.on_cancelled(keep_part=msg.keep)
+        self._drive(t)
+        who = fingerprint(t.peer) if t.peer else "?"
+        kept = "its part is kept for a resume" if msg.keep else "its part is deleted"
+        text = f"cancelled incoming transfer {t.ident} ({t.name} from {who}); {kept}"
+        return SettingReply(request=msg.request, ok=True, text=text)
+
+    def _answer_cancelled(self, route: bytes, tid: bytes) -> None:
+        """A frame of a transfer this node's user cancelled: the Failed
+        again, on the transfer's own connections only, at most every
+        ``CANCEL_ANSWER_EVERY`` (the frames are not opened: a sender that
+        goes on costs one reply per interval)."""
+        c = self.cancelled[tid]
+        now = self.now()
+        own = route in c.routes or c.keys.owns_route(route)
+        if not own or now - c.answered < CANCEL_ANSWER_EVERY:
+            self._drop(route, "cancelled")
+            return
+        c.answered = now
+        nonce, sealed = c.keys.seal_message(codec.encode(c.failed))
+        self.data.send_multipart([route, codec.encode(SealedHeader(tid=tid, nonce=nonce)), sealed])
 
     # -- writer results -----------------------------------------------------------
 
@@ -1096,6 +1168,8 @@ class ReceiverActor(Actor):
             result = self.writer.results.get_nowait()
             t = self.transfers.get(result.tid)
             if t is None:
+                if isinstance(result, Finished):  # a check that ended after its
+                    self.count("late-checks-dropped")  # transfer (cancelled): nothing
                 continue
             if isinstance(result, Written):
                 t.flow.on_written(result.index)
@@ -1166,19 +1240,27 @@ class ReceiverActor(Actor):
 
     # -- bookkeeping -------------------------------------------------------------
 
-    def _close(self, t: Incoming, keep_part: bool) -> None:
+    def _close(self, t: Incoming, keep_part: bool, by_writer: bool = False) -> None:
+        """End ``t``: the part removed unless ``keep_part`` (here, or by the
+        writer after its queued work if ``by_writer``), its fd closed by the
+        writer, its space released."""
         self.transfers.pop(t.tid, None)
-        if not keep_part:
+        inbox = self.settings.inbox
+        names = (manifest_name(t.part.name), manifest_name(t.part.name) + ".tmp")
+        if by_writer and not keep_part:
+            self.writer.close(t.tid, keep=False, discard=(t.part, [inbox / n for n in names]))
+        elif not keep_part:
             # Before the writer may close the fd: the part's name is removed
             # only while it still refers to the file open as ``t.fd``.
             discard_part(t.part, t.fd)
-            for name in (manifest_name(t.part.name), manifest_name(t.part.name) + ".tmp"):
+            for name in names:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.settings.inbox / name)
+                    os.unlink(inbox / name)
         # The writer closes the fd after its queued work. Without keep_part no
         # write (hence no checkpoint) is pending: the transfer was finished,
         # or its file failed and the writer dropped it.
-        self.writer.close(t.tid, keep=keep_part)
+        if not by_writer or keep_part:
+            self.writer.close(t.tid, keep=keep_part)
         written = self._written(t)
         self.tell(
             "space",

@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pexpect
 
@@ -176,9 +177,8 @@ def test_cancel_stops_a_running_send_by_its_id(
 
 def _screen(width: int) -> list[str]:
     """top's screen at ``width`` columns for one send and one peer (no node)."""
-    from rich.console import Console
 
-    from peercrypt.cli.top import View, render
+    from peercrypt.cli.top import View
 
     view = View()
     facts = {"fingerprint": "n47j-hxbx-u2u5-g37e-v3th", "pid": "17867", "mode": "normal"}
@@ -190,9 +190,17 @@ def _screen(width: int) -> list[str]:
     peer.update(rtt_ms="10.91", reliability="0.595", failures="0", last_seen="0.4")
     view.update(0.0, facts, [send], [peer])
     view.update(2.0, facts, [{**send, "bytes": str(90 * MiB)}], [peer])  # 20 MiB/s
+    return _render(view, width)
+
+
+def _render(view: Any, width: int) -> list[str]:
+    from rich.console import Console
+
+    from peercrypt.cli.top import render
+
     console = Console(width=width, file=io.StringIO(), record=True, color_system=None)
     console.print(render(view, width))
-    return console.export_text().splitlines()
+    return [line.rstrip() for line in console.export_text().splitlines()]
 
 
 def test_top_fits_an_80_column_terminal() -> None:
@@ -215,3 +223,25 @@ def test_top_fits_an_80_column_terminal() -> None:
     for column in ("PRIO", "CAP", "SHARE", "PROGRESS", "MODE", "STATE", "FAILURES"):
         assert column in wide, wide
     assert "token-bucket" in wide and "high" in wide and "100%" in wide and "━" in wide
+
+
+def test_top_lists_incoming_transfers_with_the_ids_cancel_takes() -> None:
+    """The receiver's incoming transfers show under "Receiving" with their
+    ids; up/down moves from the sends into them (what `c` then cancels)."""
+    from peercrypt.cli.top import View
+
+    view = View()
+    facts = {"fingerprint": "n47j-hxbx-u2u5-g37e-v3th", "pid": "17867", "mode": "normal"}
+    facts["incoming"] = json.dumps([["big.iso", 200 * MiB, 50 * MiB, "in7"]])
+    send = {"id": "5", "file": "/data/zero.bin", "peer": "127.0.0.1:7400", "mode": "normal"}
+    send.update(size=str(200 * MiB), bytes=str(50 * MiB), state="sending")
+    view.update(0.0, facts, [send], [])
+    assert view.selectable() == ["5", "in7"]
+    view.selected = 1
+    assert view.selected_id() == "in7"
+    lines = _render(view, 80)
+    heading = lines.index("Receiving")
+    assert lines[heading + 1].split() == ["ID", "FILE", "DONE"], lines
+    assert lines[heading + 2].split() == ["in7", "big.iso", "25%", "of", "200.0", "MiB"], lines
+    view.update(1.0, {**facts, "incoming": "[]"}, [send], [])  # it ended
+    assert "Receiving" not in _render(view, 80) and view.selected_id() == "5"

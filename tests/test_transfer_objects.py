@@ -580,6 +580,32 @@ def test_incoming_hash_mismatch_and_write_error_discard_and_notify() -> None:
     assert isinstance(out, Abandon) and out.code == "io" and not out.keep_part and out.notify
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_receiving_user_cancels_in_any_stage_and_a_late_check_changes_nothing(
+    keep: bool,
+) -> None:
+    """A cancel ends the transfer at once, also inside its final check: the
+    sender is told, the part kept only if asked; the check's late verdict
+    (the hash the writer finally returns) and any later Done do nothing."""
+    reason = "the receiving node's user cancelled the transfer"
+    running = IncomingTransfer(total=3, credit=2, idle_timeout=30.0, now=0.0)
+    running.on_chunk(0, False, 0.0)
+    running.on_cancelled(keep_part=keep)
+    assert running.poll() == [Abandon("cancelled", reason, keep, True)]
+    checking = IncomingTransfer(total=1, credit=1, idle_timeout=30.0, now=0.0)
+    checking.on_chunk(0, True, 0.0)
+    checking.on_written(0)
+    digest = b"d" * 32
+    checking.on_done(digest, 1, 1.0)
+    assert checking.poll() == [FinishFile()]
+    checking.on_cancelled(keep_part=keep)
+    assert checking.poll() == [Abandon("cancelled", reason, keep, True)]
+    checking.on_hashed(digest)  # the fsync returned after all
+    checking.on_done(digest, 1, 2.0)
+    checking.on_cancelled(keep_part=not keep)
+    assert checking.poll() == [] and checking.next_timer() is None
+
+
 def test_incoming_expires_idle_keeping_the_part_and_sender_failure_keeps_it() -> None:
     r = IncomingTransfer(total=3, credit=1, idle_timeout=30.0, now=0.0)
     r.on_chunk(0, False, 10.0)

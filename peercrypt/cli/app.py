@@ -63,7 +63,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cancel": (
         "modes",
         "cancel",
-        "Cancel a running or waiting send by its id (see `peercrypt transfers`).",
+        "Cancel a send (`peercrypt transfers`) or an incoming transfer (inN: `status`, `top`).",
     ),
     "multicast-receive": (
         "multicast",

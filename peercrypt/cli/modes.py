@@ -5,6 +5,7 @@ live commands ``set-mode``, ``rate``, ``max-rate``, ``congestion`` and
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from peercrypt.core.modes import (
 )
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
+    CancelIncoming,
     CancelTransfer,
     ErrorReply,
     SettingReply,
@@ -242,11 +244,46 @@ def rate(obj: dict[str, Any], bytes_per_sec: int, transfer: int | None) -> None:
     _setting(obj, "rate", str(bytes_per_sec), transfer or 0)
 
 
+INCOMING_ID = re.compile(r"in[1-9][0-9]{0,15}")
+
+
 @click.command("cancel")
-@click.argument("transfer", type=click.IntRange(1))
+@click.argument("transfer", metavar="ID")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="An incoming transfer: keep its part for a resume (default: delete it).",
+)
 @click.pass_obj
-def cancel(obj: dict[str, Any], transfer: int) -> None:
-    """Cancel a running or waiting send by its id (see `peercrypt transfers`)."""
+def cancel(obj: dict[str, Any], transfer: str, keep: bool) -> None:
+    """Cancel a send (`peercrypt transfers`) or an incoming transfer (inN: `status`, `top`).
+
+    The other side's command then fails: a cancelled incoming transfer's
+    sender exits 1 with "cancelled". An incoming transfer's part is deleted
+    unless --keep; its slot and its space are freed at once, even while its
+    final check is stuck in the disk.
+    """
+    ident = transfer.strip().lower()
+    if INCOMING_ID.fullmatch(ident):
+        reply = _ask(obj, CancelIncoming(request=1, transfer=ident, keep=keep))
+        if not isinstance(reply, SettingReply):
+            raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
+        if not reply.ok:  # no such id: as for a send's (exit 2)
+            raise UserError(reply.text)
+        click.echo(reply.text)
+        return
+    if not ident.isdigit() or int(ident) < 1:
+        raise UserError(
+            f"{transfer[:40]!r} is not a transfer id: a send's number (`peercrypt transfers`) "
+            "or an incoming transfer's inN (`peercrypt status`)",
+            errors.USAGE,
+        )
+    if keep:
+        raise UserError("--keep applies to incoming transfers (inN) only", errors.USAGE)
+    _cancel_send(obj, int(ident))
+
+
+def _cancel_send(obj: dict[str, Any], transfer: int) -> None:
     listing = _ask(obj, TransfersRequest(request=1))
     if not isinstance(listing, TransfersReply):
         raise UserError(f"unexpected reply {listing.TYPE}", errors.FAILED)

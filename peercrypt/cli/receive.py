@@ -30,7 +30,7 @@ POLL = 0.25  # seconds between status requests
 class Inbound:
     """What the node's status says about transfers coming in."""
 
-    incoming: list[tuple[str, int, int]]  # (name, size, bytes written)
+    incoming: list[tuple[str, int, int, str]]  # (name, size, bytes written, id)
     last: dict[str, Any]  # the latest outcome: seq, name, size, stored_as, ok, reason
 
     @property
@@ -38,11 +38,16 @@ class Inbound:
         return int(self.last.get("seq", 0))
 
 
+def _cancel_hint(ident: str) -> str:
+    return f"`peercrypt cancel {ident}` stops it" if ident else "receiving"
+
+
 def inbound(facts: dict[str, str]) -> Inbound:
     """Parse the receiver's status facts (tolerates their absence)."""
     try:
-        incoming = [(str(n), int(s), int(b)) for n, s, b in json.loads(facts.get("incoming", "[]"))]
-    except (ValueError, TypeError):
+        rows = json.loads(facts.get("incoming", "[]"))
+        incoming = [(str(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in rows]
+    except (ValueError, TypeError, IndexError):
         incoming = []
     try:
         last = json.loads(facts.get("last_in", "{}"))
@@ -71,12 +76,12 @@ def wait_for_next(client: ControlClient, timeout: float, quiet: bool) -> dict[st
             if now.seq > start.seq:
                 return now.last
             if now.incoming and not quiet:
-                name, size, done = now.incoming[0]
+                name, size, done, ident = now.incoming[0]
                 if bar is None or shown != name:
                     if bar is not None:
                         bar.close()
                     shown = name
-                    click.echo(f"incoming {name} ({size} bytes)", err=True)
+                    click.echo(f"incoming {name} ({size} bytes; {_cancel_hint(ident)})", err=True)
                     bar = tqdm(
                         total=size,
                         unit="B",

@@ -92,7 +92,7 @@ class NodeView:
     """What the watcher last saw of the node (read by the prompt's toolbar)."""
 
     transfers: list[dict[str, Any]] = field(default_factory=list)
-    incoming: list[tuple[str, int, int]] = field(default_factory=list)
+    incoming: list[tuple[str, int, int, str]] = field(default_factory=list)
     peers: list[str] = field(default_factory=list)  # "host:port" of known members
     mode: str = ""
 
@@ -303,11 +303,11 @@ class Shell:
                     client = ControlClient.for_data_dir(self.data_dir)
                 facts = client.status().node
                 now = inbound(facts)
-                names = {name for name, _, _ in now.incoming}
+                names = {name for name, _, _, _ in now.incoming}
                 quiet = self.watch_quiet.is_set()
-                for name, size, _ in now.incoming:
+                for name, size, _, ident in now.incoming:
                     if name not in seen_incoming and not quiet:
-                        announce(f"incoming {name} ({size} bytes)")
+                        announce(f"incoming {name} ({size} bytes; `cancel {ident}` stops it)")
                 seen_incoming = names
                 if seen_seq is not None and now.seq > seen_seq and not quiet:
                     announce(describe_outcome(now.last))
@@ -345,8 +345,8 @@ class Shell:
             done = int(row.get("bytes") or 0)
             pct = f"{100 * done // size}%" if size else "-"
             parts.append(f"send {Path(str(row.get('file'))).name} {pct} ({row.get('state')})")
-        for name, size, done in self.view.incoming[:3]:
-            parts.append(f"recv {name} {100 * done // size if size else 100}%")
+        for name, size, done, ident in self.view.incoming[:3]:
+            parts.append(f"recv {ident} {name} {100 * done // size if size else 100}%")
         return "  |  ".join(parts) or f"mode {self.view.mode or '?'}; `help` lists the commands"
 
     # -- the loops ----------------------------------------------------------------------

@@ -26,7 +26,8 @@ def show(reply: StatusReply, as_json: bool) -> None:
             value = reply.node[key]
             if key in ("fingerprint", "pid") or value in ("", "{}", "[]"):
                 continue  # shown above, or nothing to show (--json has every fact)
-            lines.append(f"  {key}: {_last_in(value) if key == 'last_in' else value}")
+            shown = _VIEWS.get(key, str)(value)
+            lines.append(f"  {key}: {shown}")
         lines += [f"  {key} = {reply.counters[key]}" for key in sorted(reply.counters)]
     echo("\n".join(lines))
 
@@ -47,3 +48,15 @@ def _last_in(text: str) -> str:
     except ValueError:
         return text
     return describe_outcome(last) if isinstance(last, dict) else text
+
+
+def _incoming(text: str) -> str:
+    """The receiver's running transfers, each with the id `cancel` takes."""
+    try:
+        rows = json.loads(text)
+        return "; ".join(f"{r[3]} {r[0]} ({r[2]} of {r[1]} bytes)" for r in rows)
+    except (ValueError, TypeError, IndexError, KeyError):
+        return text
+
+
+_VIEWS = {"last_in": _last_in, "incoming": _incoming}

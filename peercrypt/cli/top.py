@@ -8,9 +8,12 @@ spam). Rates and ETAs are measured here, from the bytes acknowledged between
 two refreshes (smoothed), so the node does no extra work for them: three
 small requests per refresh are all ``top`` costs it.
 
-Keys: up/down (or k/j) select a transfer; ``+``/``-`` double/halve its rate
-(a paced transfer's cap, else the rate measured now); ``c`` then ``y``
-cancels it; ``q`` (or Ctrl-C) quits.
+Incoming transfers are listed under "Receiving" with their ids (``in3``),
+from the receiver's status facts. Keys: up/down (or k/j) select a transfer
+(a send or an incoming one); ``+``/``-`` double/halve a send's rate (a paced
+transfer's cap, else the rate measured now); ``c`` then ``y`` cancels the
+selected one (an incoming one's part is deleted, as ``peercrypt cancel
+inN``); ``q`` (or Ctrl-C) quits.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.member_state import MemberState
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
+    CancelIncoming,
     CancelTransfer,
     ErrorReply,
     SettingReply,
@@ -92,6 +96,7 @@ class View:
     meters: dict[str, RateMeter] = field(default_factory=dict)
     facts: dict[str, str] = field(default_factory=dict)
     transfers: list[dict[str, str]] = field(default_factory=list)
+    incoming: list[tuple[str, str, int, int]] = field(default_factory=list)  # id, name, size, done
     peers: list[dict[str, str]] = field(default_factory=list)
     selected: int = 0
     message: str = ""
@@ -117,7 +122,12 @@ class View:
                 meter.update(now, done)
         for key in set(self.meters) - seen:
             del self.meters[key]
-        self.selected = max(0, min(self.selected, len(transfers) - 1))
+        self.incoming = _incoming(facts.get("incoming", "[]"))
+        self.selected = max(0, min(self.selected, len(self.selectable()) - 1))
+
+    def selectable(self) -> list[str]:
+        """The ids up/down moves through: the sends, then the incoming."""
+        return [row.get("id", "") for row in self.transfers] + [i for i, _, _, _ in self.incoming]
 
     def flows(self) -> dict[str, dict[str, Any]]:
         try:
@@ -139,9 +149,8 @@ class View:
         return meter.rate if meter else None
 
     def selected_id(self) -> str | None:
-        if not self.transfers:
-            return None
-        return self.transfers[self.selected].get("id")
+        ids = self.selectable()
+        return ids[self.selected] if ids else None
 
 
 _STATE_COLOUR: dict[str, str] = {
@@ -149,6 +158,14 @@ _STATE_COLOUR: dict[str, str] = {
     MemberState.SUSPECT: "yellow",
     MemberState.DEAD: "red",
 }
+
+
+def _incoming(text: str) -> list[tuple[str, str, int, int]]:
+    """The receiver's ``incoming`` fact: (id, name, size, bytes written) each."""
+    try:
+        return [(str(r[3]), str(r[0]), int(r[1]), int(r[2])) for r in json.loads(text)]
+    except (ValueError, TypeError, IndexError, KeyError):
+        return []
 
 
 def _int(text: str | None) -> int:
@@ -292,6 +309,16 @@ def render(view: View, width: int) -> Group:
         )
     if not rows:
         transfers.add_row("", Text("no sends running", style="dim"))
+    receiving = Table(
+        title="Receiving", title_justify="left", expand=True, box=None, pad_edge=False
+    )
+    for name in ("ID", "FILE", "DONE"):
+        receiving.add_column(name, justify="right" if name == "DONE" else "left", no_wrap=True)
+    first = len(view.transfers)
+    for i, (ident, name, size, done) in enumerate(view.incoming):
+        share = f"{100 * done / size:.0f}% of {human_size(size)}" if size else "-"
+        picked = "reverse" if first + i == view.selected else None
+        receiving.add_row(ident, os.path.basename(name)[:40], share, style=picked)
     listed = peer_rows(view)
     shown, _ = shown_columns(PEER_COLUMNS, listed, PEER_DROP, width)
     peers = Table(title="Peers", title_justify="left", expand=True, box=None, pad_edge=False)
@@ -306,7 +333,8 @@ def render(view: View, width: int) -> Group:
     if view.confirm_cancel:
         keys = f"cancel transfer {view.selected_id()}? y/n"
     footer = Text.assemble((keys, "bold"), "   ", view.message[: max(0, width - len(keys) - 3)])
-    return Group(head, Text(""), transfers, Text(""), peers, Text(""), footer)
+    shown_in: list[Table | Text] = [receiving, Text("")] if view.incoming else []
+    return Group(head, Text(""), transfers, Text(""), *shown_in, peers, Text(""), footer)
 
 
 # -- the terminal and the node ------------------------------------------------------------
@@ -386,9 +414,12 @@ def _act(view: View, link: NodeLink, key: str) -> bool:
     ident = view.selected_id()
     if view.confirm_cancel:
         view.confirm_cancel = False
-        if key in ("y", "Y") and ident is not None:
+        if key in ("y", "Y") and ident is not None and ident.isdigit():
             request = CancelTransfer(request=link.client.next_id(), transfer=int(ident))
             view.message = link.setting(request)
+        elif key in ("y", "Y") and ident is not None:
+            incoming = CancelIncoming(request=link.client.next_id(), transfer=ident)
+            view.message = link.setting(incoming)
         else:
             view.message = "not cancelled"
         return True
@@ -397,10 +428,10 @@ def _act(view: View, link: NodeLink, key: str) -> bool:
     if key in ("up", "k"):
         view.selected = max(0, view.selected - 1)
     elif key in ("down", "j"):
-        view.selected = min(max(0, len(view.transfers) - 1), view.selected + 1)
+        view.selected = min(max(0, len(view.selectable()) - 1), view.selected + 1)
     elif key in ("c", "C") and ident is not None:
         view.confirm_cancel = True
-    elif key in ("+", "-") and ident is not None:
+    elif key in ("+", "-") and ident is not None and ident.isdigit():
         base = float(view.flows().get(ident, {}).get("rate") or view.rate_of(ident) or 0)
         if base <= 0:
             view.message = f"transfer {ident} has no rate yet; wait a refresh"

@@ -11,7 +11,7 @@ writes, hashes and sends what it is told.
 
 - Inputs: :meth:`on_chunk` (returns whether to write it), :meth:`on_written`,
   :meth:`on_done`, :meth:`on_checked`, :meth:`on_hashed`, :meth:`on_sender_failed`,
-  :meth:`on_write_error`, :meth:`on_disk_full`, :meth:`on_timer`, each with
+  :meth:`on_cancelled`, :meth:`on_write_error`, :meth:`on_disk_full`, :meth:`on_timer`, each with
   ``now`` where time matters.
 - Outputs: :meth:`poll` returns, in order,
   :class:`FinishFile`, :class:`Store` (the hash matched: publish the file),
@@ -40,7 +40,9 @@ resume, its slot and space are freed. A check inside its fsync counts as
 moving however long the fsync takes (``CheckSteps`` in
 actors/file_writer.py: its thread is in the kernel, ending the transfer
 would not free it); such a transfer ends when the sender cancels it (its
-Failed) or the node stops.
+Failed), the receiving node's user cancels it (:meth:`on_cancelled`; the
+check's thread is left to its fsync, detached from the transfer) or the
+node stops.
 """
 
 from __future__ import annotations
@@ -174,6 +176,13 @@ class IncomingTransfer:
         """The sender gave up (its authenticated Failed): keep what we have."""
         self.last_activity = now
         self._end(Abandon(ResultCode.ABORTED, reason, True, False))
+
+    def on_cancelled(self, keep_part: bool) -> None:
+        """The receiving node's user cancelled the transfer (whatever stage
+        it is in, a final check too): the sender is told; the part is kept
+        for a resume only if ``keep_part``."""
+        reason = "the receiving node's user cancelled the transfer"
+        self._end(Abandon(ResultCode.CANCELLED, reason, keep_part, True))
 
     def on_write_error(self, text: str) -> None:
         self._end(Abandon(ResultCode.IO, f"receiver cannot write: {text}", False, True))

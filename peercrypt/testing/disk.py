@@ -9,6 +9,18 @@ it skips on tmpfs.
     with small_ext4(tmp_path / "disk", 24 * 2**20) as mount:
         ...                      # on a 24 MiB ext4 (its image: disk.img)
 
+A disk that stops answering (:func:`stalling_ext4`): an ext4 whose image
+lives on a second, outer ext4; freezing the outer one (``fsfreeze``) leaves
+every write of the inner disk's loop device waiting in the kernel, so an
+fsync (or a writeback) on it does not return until the outer one is thawed,
+as on a disk that hangs. The inner filesystem itself is not frozen: writes
+to its page cache still go through.
+
+    with stalling_ext4(tmp_path / "disk", 24 * 2**20) as disk:
+        ...                      # disk.path: the inner ext4's directory
+        disk.stall()             # fsync there blocks from now on
+        disk.resume()            # (always done when the block ends)
+
 Raises :class:`DiskUnavailable` (with the reason) where it cannot mount; the
 unmount is lazy and bounded, so a busy mount never hangs a test.
 """
@@ -22,7 +34,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DiskUnavailable", "small_ext4", "small_tmpfs"]
+__all__ = ["DiskUnavailable", "StallingDisk", "small_ext4", "small_tmpfs", "stalling_ext4"]
 
 MOUNT_TIMEOUT = 10.0
 
@@ -71,6 +83,54 @@ def small_ext4(mount: Path, size: int) -> Iterator[Path]:
             _unmount(mount)
     finally:
         image.unlink(missing_ok=True)  # a lazy unmount's loop device keeps it until released
+
+
+class StallingDisk:
+    """The inner disk of :func:`stalling_ext4` and its switch."""
+
+    def __init__(self, path: Path, outer: Path) -> None:
+        self.path = path
+        self._outer = outer
+        self.stalled = False
+
+    def stall(self) -> None:
+        """From now on the disk's writes (and so fsync) do not return."""
+        _run("fsfreeze", "--freeze", str(self._outer))
+        self.stalled = True
+
+    def resume(self) -> None:
+        """The disk answers again: what waited goes through."""
+        if self.stalled:
+            _run("fsfreeze", "--unfreeze", str(self._outer))
+            self.stalled = False
+
+
+@contextlib.contextmanager
+def stalling_ext4(mount: Path, size: int) -> Iterator[StallingDisk]:
+    """An ext4 of ``size`` bytes on ``mount`` that :meth:`StallingDisk.stall`
+    makes hang (see the module docs); resumed, unmounted and deleted when
+    the block ends, whatever happened in it."""
+    if shutil.which("fsfreeze") is None:
+        raise DiskUnavailable("no fsfreeze")
+    outer_mount = mount.with_name(mount.name + "-outer")
+    with small_ext4(outer_mount, size + 16 * 2**20) as outer:
+        image = outer / "inner.img"
+        with open(image, "wb") as f:
+            f.truncate(size)
+        _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
+        mount.mkdir(parents=True, exist_ok=True)
+        # No periodic journal commit: what was written before a stall is
+        # committed by the next fsync (which then hangs), not behind its back.
+        _run("mount", "-t", "ext4", "-o", "loop,commit=600", str(image), str(mount))
+        disk = StallingDisk(mount, outer)
+        try:
+            mount.chmod(0o700)
+            shutil.rmtree(mount / "lost+found", ignore_errors=True)
+            yield disk
+        finally:
+            with contextlib.suppress(DiskUnavailable):
+                disk.resume()
+            _unmount(mount)
 
 
 def _run(*argv: str) -> None:

@@ -264,6 +264,20 @@ class CancelTransfer(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class CancelIncoming(Message):
+    """CLI -> control -> receiver: cancel incoming transfer ``transfer`` (its
+    id in ``status`` and ``top``, e.g. ``in3``); ``keep``: keep its part for
+    a resume (else it is deleted). Answered by a SettingReply (``ok`` False:
+    no such incoming transfer)."""
+
+    TYPE = "cancel-incoming"
+    request: int = counter()
+    transfer: str = field(metadata=bounded(32, 1))
+    keep: bool = False
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class Inbound(Message):
     """Gateway -> actor: a control-plane message from a peer. ``route`` is the
     ROUTER routing id to answer through; ``peer`` the admitted CURVE key."""

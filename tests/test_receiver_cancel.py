@@ -1,0 +1,229 @@
+"""The receiving node's user cancels an incoming transfer, with real node
+processes (docs/commands.md, `cancel`; docs/resume.md, "Cancelled"): the
+sender's command fails with the reason, the slot, the space and (unless
+--keep) the part are freed at once, also while the writer is stuck in the
+disk; an unknown id is one error line; only the node's own user can cancel
+(the control socket's token), never a peer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+import zmq
+
+from actors.inbox import scan
+from peercrypt.control_file import CONTROL_FILE
+from peercrypt.testing.disk import DiskUnavailable, StallingDisk, stalling_ext4
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
+from peercrypt.testing.nodes import NodeProcess, cli_running, wait_until
+from peercrypt.wire import codec
+from peercrypt.wire.messages import (
+    CancelIncoming,
+    CancelTransfer,
+    ErrorReply,
+    Failed,
+    Verified,
+    Verifying,
+)
+
+MiB = 1024 * 1024
+CHUNK = 64 * 1024
+SIZE = 16 * MiB  # two of them do not fit the 24 MiB inbox
+WAIT = 30.0
+
+
+def _incoming(receiver: NodeProcess) -> list[list[Any]]:
+    rows: list[list[Any]] = json.loads(receiver.status().get("incoming", "[]"))
+    return rows
+
+
+def _listed(receiver: NodeProcess, name: str) -> str | None:
+    """The id of ``name``'s incoming transfer once it has written a byte."""
+    for row in _incoming(receiver):
+        if row[0] == name and int(row[2]) > 0:
+            return str(row[3])
+    return None
+
+
+def _send(path: Path, receiver: NodeProcess) -> list[str]:
+    return [
+        "send", str(path), receiver.host, str(receiver.port), "--json",
+        "--chunk-size", str(CHUNK), "--timeout", "30",
+    ]  # fmt: skip
+
+
+def _ended(proc: subprocess.Popen[str]) -> tuple[int, dict[str, Any]]:
+    out, err = proc.communicate(timeout=WAIT)
+    return proc.returncode, json.loads(out) if out.strip() else {"stderr": err}
+
+
+def _dot_files(inbox: Path) -> list[str]:
+    return sorted(p.name for p in inbox.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_receiving_user_cancels_an_incoming_transfer_and_its_space_is_free_again(
+    small_inbox: Path,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    blake3_file: Callable[[Path], str],
+    keep: bool,
+) -> None:
+    receiver = node_factory("--inbox", str(small_inbox), name="receiver")
+    sender = node_factory("--max-rate", str(2 * MiB))  # the first would take ~8 s
+    one = make_file(SIZE, name="one.bin")
+    two = make_file(SIZE, name="two.bin")
+    with cli_running(*_send(one, receiver), data_dir=sender.data_dir) as proc:
+        ident = wait_until(lambda: _listed(receiver, "one.bin"), WAIT, "one.bin listed")
+        assert ident.startswith("in"), ident
+        words = receiver.cli("status").stdout  # the id is shown in words too
+        assert f"{ident} one.bin (" in words, words
+        cancel = receiver.cli("cancel", ident, *(["--keep"] if keep else []))
+        assert cancel.returncode == 0, cancel.describe()
+        assert f"cancelled incoming transfer {ident} (one.bin" in cancel.stdout
+        code, result = _ended(proc)
+    assert code == 1, result  # docs/commands.md: "the transfer failed"
+    assert result["code"] == "cancelled", result
+    assert "the receiving node's user cancelled the transfer" in result["error"], result
+    wait_until(lambda: not _incoming(receiver) or None, WAIT, "the transfer unlisted")
+    assert receiver.wait_for_counter("receiver.cancelled", 1) == 1
+    kept = scan(small_inbox).manifests
+    if keep:  # its part and manifest stay for a resume
+        assert [m.key.name for m in kept] == ["one.bin"], kept
+    else:
+        assert kept == [] and _dot_files(small_inbox) == [], _dot_files(small_inbox)
+    # The space the cancelled transfer had reserved is free: a second file
+    # that does not fit beside a whole first one is accepted and stored.
+    # (A kept part gives way to it: kept parts never hold space against new ones.)
+    assert sender.cli("max-rate", "0").returncode == 0
+    code, result = sender.send_to(two, receiver, "--chunk-size", str(CHUNK), "--timeout", "30")
+    assert code == 0, (result, receiver.log_tail())
+    assert blake3_file(small_inbox / result["stored_as"]) == blake3_file(two)
+    assert not (small_inbox / "one.bin").exists()
+
+
+def test_cancel_of_an_unknown_or_malformed_id_is_one_error_line(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    node = node_factory()
+    unknown = node.cli("cancel", "in99")
+    assert unknown.returncode == 2, unknown.describe()
+    assert unknown.stderr_lines == [
+        "peercrypt: error: no incoming transfer in99 (see `peercrypt status`)"
+    ], unknown.describe()
+    for bad in ("x7", "in0", "in-1", "0"):
+        malformed = node.cli("cancel", bad)
+        assert malformed.returncode == 2, malformed.describe()
+        (line,) = malformed.stderr_lines
+        assert line.startswith("peercrypt: error: ") and "is not a transfer id" in line, line
+    keep_on_a_send = node.cli("cancel", "4", "--keep")
+    assert keep_on_a_send.returncode == 2, keep_on_a_send.describe()
+    assert keep_on_a_send.stderr_lines == [
+        "peercrypt: error: --keep applies to incoming transfers (inN) only"
+    ]
+    assert node.status()  # the node runs on
+
+
+def test_no_peer_can_cancel_an_incoming_transfer(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """Only the node's own user can: the cancel is a control-socket request
+    (loopback, the token of DATA_DIR/control.json); a member that sends it
+    to the node's public port, or to the control port without the token, is
+    refused, and the transfer goes on to its end."""
+    receiver = node_factory(name="receiver")
+    data = bytes(range(256)) * 1024  # 256 KiB, four chunks
+    with HostileSender(network_key, receiver.host, receiver.port) as member:
+        t = member.offer("victim.bin", len(data), CHUNK)
+        assert isinstance(t, HostileTransfer), t
+        ident = wait_until(
+            lambda: next((str(r[3]) for r in _incoming(receiver)), None), WAIT, "listed"
+        )
+        for request in (
+            CancelIncoming(request=1, transfer=ident),
+            CancelTransfer(request=2, transfer=1),
+        ):
+            answer = member._ask(request, WAIT)  # over CURVE, as a member
+            assert isinstance(answer, ErrorReply) and answer.code == "unexpected", answer
+        endpoint = json.loads((receiver.data_dir / CONTROL_FILE).read_text())["endpoint"]
+        ctx = zmq.Context()
+        try:
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.connect(endpoint)
+            sock.send_multipart(
+                [b"0" * 64, codec.encode(CancelIncoming(request=3, transfer=ident))]
+            )
+            assert sock.poll(int(WAIT * 1000)), "no answer from the control socket"
+            answer = codec.decode(sock.recv())
+            assert isinstance(answer, ErrorReply) and answer.code == "unauthorised", answer
+            sock.close()
+        finally:
+            ctx.term()
+        assert [str(r[3]) for r in _incoming(receiver)] == [ident]
+        t.send_stream(data)  # every chunk, its Done, and the verdict
+    stored = receiver.inbox / "victim.bin"
+    assert stored.read_bytes() == data
+    assert receiver.counters().get("receiver.cancelled", 0) == 0
+    assert receiver.wait_for_counter("gateway.rejected-unexpected", 2) == 2
+
+
+@pytest.fixture
+def stalling_inbox(tmp_path: Path) -> Any:
+    try:
+        with stalling_ext4(tmp_path / "stalling", 24 * MiB) as disk:
+            yield disk
+    except DiskUnavailable as exc:
+        pytest.skip(f"cannot mount a stalling disk: {exc}")
+
+
+def test_a_transfer_whose_final_check_is_stuck_in_the_disk_is_cancelled_at_once(
+    stalling_inbox: StallingDisk, node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """Every chunk is written (the page cache), then the disk stops
+    answering and the sender's Done starts the final check, whose fsync
+    does not return. The user's cancel still ends the transfer at once (the
+    sender told, unlisted, a second cancel finds nothing); once the disk
+    answers again the part is removed, and the check that finally returns
+    stores nothing."""
+    inbox = stalling_inbox.path
+    receiver = node_factory("--inbox", str(inbox), name="receiver")
+    data = os.urandom(4 * CHUNK)
+    try:
+        with HostileSender(network_key, receiver.host, receiver.port) as member:
+            t = member.offer("one.bin", len(data), CHUNK)
+            assert isinstance(t, HostileTransfer), t
+            for index in range(t.total):
+                t.send_chunk(index, data[index * CHUNK : (index + 1) * CHUNK])
+            ident = wait_until(
+                lambda: next((str(r[3]) for r in _incoming(receiver) if r[2] == r[1]), None),
+                WAIT,
+                "every chunk written",
+            )
+            stalling_inbox.stall()
+            t.send_done(blake3.blake3(data).digest())
+            assert t.wait_for(Verifying).chunks == t.total  # the check runs
+            cancel = receiver.cli("cancel", ident)
+            assert cancel.returncode == 0, cancel.describe()
+            failed = t.wait_for(Failed)
+            assert failed.code == "cancelled", failed
+            assert failed.reason == "the receiving node's user cancelled the transfer"
+            assert _incoming(receiver) == []
+            again = receiver.cli("cancel", ident)
+            assert again.returncode == 2 and "no incoming transfer" in again.stderr, again
+            t.send_done(blake3.blake3(data).digest())  # a Done still coming is answered so
+            assert t.wait_for(Failed).code == "cancelled"
+            stalling_inbox.resume()
+            assert receiver.wait_for_counter("receiver.late-checks-dropped", 1, WAIT) == 1
+            assert not [m for m in t.replies(0.5) if isinstance(m, Verified)]
+    finally:
+        stalling_inbox.resume()  # before the nodes stop: a hung disk holds them
+    wait_until(lambda: not list(inbox.iterdir()), WAIT, "the part removed")
+    assert receiver.counters().get("receiver.received", 0) == 0
