@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import errno
 import fcntl
 import logging
@@ -34,6 +35,7 @@ import struct
 import sys
 import termios
 import threading
+from collections.abc import Callable
 from typing import NamedTuple
 
 from peercrypt.core import fragments
@@ -69,6 +71,7 @@ CLOSE_WAIT = 1.0  # seconds close() waits for the sending (receiving) thread
 # check and open them (the thread waits beyond: the socket's buffer holds
 # what arrives meanwhile).
 READY_CHUNKS = 4
+RECV_BATCH = 16  # receive buffers (datagrams or GRO buffers of 64 KiB) per recvmmsg
 IDLE_WAIT_MS = 200  # a receiving thread with nothing to read looks whether to stop this often
 ERROR_WAIT_MS = 10  # after a socket error, before the next read
 
@@ -288,6 +291,125 @@ class GroupSender:
         return True
 
 
+class _Iovec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = (
+        ("name", ctypes.c_void_p),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.c_void_p),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_void_p),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    )
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = (("hdr", _Msghdr), ("len", ctypes.c_uint))
+
+
+def _libc_recvmmsg() -> Callable[[int, int, int, int, None], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).recvmmsg
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+RECVMMSG = _libc_recvmmsg()  # None: the C library has none (one recvmsg per read)
+MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
+_HDR = ctypes.sizeof(_Mmsghdr)
+# what recvmmsg writes back per message: the control length, the flags, the length
+_RESULT = struct.Struct(
+    f"=Q{_Msghdr.flags.offset - _Msghdr.controllen.offset - 8}x"
+    f"i{_Mmsghdr.len.offset - _Msghdr.flags.offset - 4}xI"
+)
+_CMSG = struct.Struct("=iii")  # cmsg_level, cmsg_type (after cmsg_len), data (aligned to 8)
+_CMSG_AT = ctypes.sizeof(ctypes.c_size_t)
+_CMSG_DATA = socket.CMSG_LEN(0)
+
+
+class BatchReader:
+    """Up to ``messages`` receive buffers (datagrams, or GRO buffers) in one
+    ``recvmmsg`` (the C library's, through ctypes: Python's socket has
+    none), scattered into :class:`fragments.BatchBuffers` by iovecs made
+    once: a receiver behind by several GSO batches catches up with one
+    system call and one pass of Python for all of them."""
+
+    def __init__(self, fileno: int, fragment: int, messages: int) -> None:
+        assert RECVMMSG is not None
+        datagram = fragment + fragments.HEADER_BYTES
+        batch = max(1, min(GSO_MAX_SEGMENTS, fragments.MAX_DATAGRAM // datagram))
+        spare = max(GRO_BUFFER - batch * datagram, datagram)
+        self.fileno = fileno
+        self.messages = messages
+        self.buffers = fragments.BatchBuffers(fragment, batch, messages, spare)
+        self.control = bytearray(messages * GRO_CMSG_SPACE)
+        per = len(self.buffers.iovs[0])
+        iovs = (_Iovec * (messages * per))()
+        self._keep: list[object] = [iovs]
+        for m, views in enumerate(self.buffers.iovs):
+            for k, view in enumerate(views):
+                iovs[m * per + k].base = self._address(view)
+                iovs[m * per + k].len = len(view)
+        self.raw = bytearray(_HDR * messages)
+        headers = (_Mmsghdr * messages).from_buffer(self.raw)
+        control = self._address(memoryview(self.control))
+        for m in range(messages):
+            hdr = headers[m].hdr
+            hdr.iov = ctypes.addressof(iovs) + m * per * ctypes.sizeof(_Iovec)
+            hdr.iovlen = per
+            hdr.control = control + m * GRO_CMSG_SPACE
+            hdr.controllen = GRO_CMSG_SPACE
+        self._keep.append(headers)
+        self.address = ctypes.addressof(headers)
+        self.pristine = bytes(self.raw)  # the control lengths, before the kernel's writes
+
+    def _address(self, view: memoryview) -> int:
+        block = (ctypes.c_char * len(view)).from_buffer(view)
+        self._keep.append(block)
+        return ctypes.addressof(block)
+
+    def read(self) -> list[fragments.Scattered | tuple[bytes, int] | fragments.FragmentError]:
+        """What one ``recvmmsg`` got (see :meth:`fragments.BatchBuffers.split`;
+        a datagram larger than any of ours as ``FragmentError("oversize")``).
+        The views are into buffers the next read reuses. Raises
+        ``BlockingIOError`` when nothing is queued, other ``OSError`` as the
+        socket does."""
+        assert RECVMMSG is not None
+        raw = self.raw
+        raw[:] = self.pristine
+        got = RECVMMSG(self.fileno, self.address, self.messages, MSG_DONTWAIT, None)
+        if got < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        out: list[fragments.Scattered | tuple[bytes, int] | fragments.FragmentError] = []
+        reads: list[tuple[int, int]] = []
+        first = 0
+        control, unpack, cmsg = self.control, _RESULT.unpack_from, _CMSG.unpack_from
+        at = _Msghdr.controllen.offset
+        for m in range(got):
+            clen, flags, n = unpack(raw, m * _HDR + at)
+            size = 0
+            if clen >= _CMSG_DATA + 4:
+                level, kind, value = cmsg(control, m * GRO_CMSG_SPACE + _CMSG_AT)
+                if level == SOL_UDP and kind == UDP_GRO:
+                    size = value
+            if flags & MSG_TRUNC or (size == 0 and n > fragments.MAX_DATAGRAM):
+                out += self.buffers.split(reads, first)
+                out.append(fragments.FragmentError("oversize"))
+                reads, first = [], m + 1
+                continue
+            reads.append((n, size))
+        out += self.buffers.split(reads, first)
+        return out
+
+
 class GroupReceiver:
     """A non-blocking socket on ``group:port`` joined on ``interface``, and
     (once the session's key is known, :meth:`start`) a thread of its own
@@ -295,11 +417,13 @@ class GroupReceiver:
 
     It asks for GRO (``UDP_GRO``): the datagrams of a GSO batch then arrive
     as one buffer (one ``recvmsg`` instead of dozens) with their segment
-    size. Each read is scattered by the kernel: every datagram's header into
-    one buffer, its payload (``fragment`` bytes, the session's) into
-    another, so a run of a chunk's fragments lies contiguous, ready for one
-    copy (:class:`fragments.Scattered`). ``got``: the receive buffer the
-    kernel granted (bytes).
+    size; with ``recvmmsg`` (:class:`BatchReader`, :data:`RECV_BATCH`) up to
+    16 such buffers come in one system call. Each read is scattered by the
+    kernel: every datagram's header into one buffer, its payload
+    (``fragment`` bytes, the session's) into another, so a run of a chunk's
+    fragments lies contiguous, ready for one copy
+    (:class:`fragments.Scattered`). ``got``: the receive buffer the kernel
+    granted (bytes).
 
     The receiving thread (``pc-mrecv``; as the sender's datagrams leave from
     a thread of their own) is the only one that reads the socket and touches
@@ -335,6 +459,9 @@ class GroupReceiver:
         self.fragment = fragment
         self.datagram = fragment + fragments.HEADER_BYTES
         self.buffers = fragments.ReadBuffers(fragment, GRO_BUFFER)
+        self.batch = (
+            BatchReader(sock.fileno(), fragment, RECV_BATCH) if RECVMMSG is not None else None
+        )
         # The receiving thread and what it shares with the actor.
         self.thread: threading.Thread | None = None
         self.intake: fragments.Intake | None = None
@@ -496,6 +623,13 @@ class GroupReceiver:
             asm.forget(self._forget.popleft())
         while self._spare:
             asm.recycle(self._spare.popleft())
+        if self.batch is not None:
+            for read in self.batch.read():
+                if isinstance(read, fragments.FragmentError):
+                    self._drop(f"datagram-dropped-{read.kind}")
+                else:
+                    self._feed(intake, read)
+            return
         if self._plan is None:
             # The rest of the chunk being received most likely comes next:
             # its payloads are read straight into its buffer. (A plan made
@@ -510,6 +644,12 @@ class GroupReceiver:
             self._drop(f"datagram-dropped-{exc.kind}")
             return
         self._plan = None
+        self._feed(intake, read)
+
+    def _feed(
+        self, intake: fragments.Intake, read: fragments.Scattered | tuple[bytes, int]
+    ) -> None:
+        """A read into the reassembly; complete chunks to the actor."""
         if isinstance(read, fragments.Scattered):
             events = intake.feed_scattered(read, self.have)
         else:

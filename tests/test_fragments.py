@@ -140,12 +140,14 @@ def _feed_all(
     return done, refused, scattered
 
 
-def _gro_buffers(datagrams: list[bytes], rng: random.Random) -> list[tuple[bytes, int]]:
+def _gro_buffers(
+    datagrams: list[bytes], rng: random.Random, most: int = 0
+) -> list[tuple[bytes, int]]:
     """Consecutive datagrams of equal size coalesced as GRO does (a shorter
-    one ends a buffer; at most 64 KiB), cut at random points too. Like the
-    sender's GSO batches, a buffer of several starts with a full-size one
-    (a chunk's short last datagram followed by the next chunk's first is
-    never one batch)."""
+    one ends a buffer; at most 64 KiB, and ``most`` datagrams if given),
+    cut at random points too. Like the sender's GSO batches, a buffer of
+    several starts with a full-size one (a chunk's short last datagram
+    followed by the next chunk's first is never one batch)."""
     out: list[tuple[bytes, int]] = []
     run: list[bytes] = []
     whole = max(map(len, datagrams))
@@ -157,7 +159,10 @@ def _gro_buffers(datagrams: list[bytes], rng: random.Random) -> list[tuple[bytes
 
     for d in datagrams:
         full = bool(run) and (
-            len(d) > len(run[0]) or len(run[0]) < whole or sum(map(len, run)) + len(d) > 65535
+            len(d) > len(run[0])
+            or len(run[0]) < whole
+            or sum(map(len, run)) + len(d) > 65535
+            or len(run) == most
         )
         if full or rng.random() < 0.1:
             flush()
@@ -200,6 +205,117 @@ def test_gro_buffers_of_any_cut_reassemble_every_chunk_exactly(
     )
     assert done == sealed and refused == []
     assert scattered == (len(buffers) if scatter else 0)  # all of the session's size
+
+
+def _read_batch(
+    buffers: fragments.BatchBuffers, messages: list[tuple[bytes, int]]
+) -> list[fragments.Scattered | tuple[bytes, int]]:
+    """What BatchReader.read gives for ``messages`` (each bytes and GRO
+    segment size): the kernel fills each message's iovec in order."""
+    for m, (buf, _) in enumerate(messages):
+        pos = 0
+        for piece in buffers.iovs[m]:
+            part = buf[pos : pos + len(piece)]
+            piece[: len(part)] = part
+            pos += len(part)
+        assert pos == len(buf)  # never truncated: a message holds 64 KiB
+    return buffers.split([(len(buf), size) for buf, size in messages])
+
+
+def _feed_batches(
+    intake: fragments.Intake, calls: list[list[tuple[bytes, int]]], buffers: fragments.BatchBuffers
+) -> tuple[dict[int, bytes], list[str], int]:
+    """Feed each call's messages as the receiving thread does with
+    ``recvmmsg``: the chunks completed, the kinds refused, and the number of
+    scattered runs made of more than one message."""
+    done: dict[int, bytes] = {}
+    refused: list[str] = []
+    joined = 0
+    for messages in calls:
+        for got in _read_batch(buffers, messages):
+            if isinstance(got, fragments.Scattered):
+                joined += got.count > buffers.batch
+                events = intake.feed_scattered(got, set(done))
+            else:
+                events = intake.feed(memoryview(got[0]), got[1], set(done))
+            for event in events:
+                if isinstance(event, FragmentError):
+                    refused.append(event.kind)
+                else:
+                    done[event.index] = bytes(event.blob)
+                    intake.reassembler.recycle(event.blob)
+    return done, refused, joined
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    size=st.integers(0, 5 * CHUNK),
+    frag=st.integers(fragments.MIN_FRAGMENT, 3000),
+    batch=st.integers(1, 6),
+    seed=st.integers(0, 2**32),
+)
+def test_receive_buffers_read_several_at_a_time_reassemble_every_chunk_exactly(
+    size: int, frag: int, batch: int, seed: int
+) -> None:
+    """recvmmsg: receive buffers (GRO buffers of up to ``batch`` datagrams,
+    some of one more: they spill into the message's spare bytes) read 1-8
+    at a time into one BatchBuffers, in any order and some repeated, give
+    every chunk exactly; consecutive full buffers are taken as one run."""
+    total = max(1, -(-size // CHUNK))
+    expected = _sealed_len(total, size)
+    rng = random.Random(seed)
+    sealed = {i: rng.randbytes(expected(i)) for i in range(total)}
+    stream = [d for i in range(total) for d in _datagrams(i, i == total - 1, sealed[i], frag)]
+    messages = _gro_buffers(stream, rng, most=batch + 1)
+    messages += rng.sample(messages, len(messages) // 4)  # duplicates
+    if rng.random() < 0.5:
+        rng.shuffle(messages)
+    calls = []
+    while messages:
+        n = rng.randint(1, 8)
+        calls.append(messages[:n])
+        messages = messages[n:]
+    buffers = fragments.BatchBuffers(frag, batch, 8, frag + fragments.HEADER_BYTES)
+    done, refused, _ = _feed_batches(_intake(total, expected, frag), calls, buffers)
+    assert done == sealed and refused == []
+
+
+def test_full_receive_buffers_of_one_read_are_one_run_and_a_forged_datagram_in_it_is_refused() -> (
+    None
+):
+    """Three full GSO batches of a chunk read at once are one scattered run
+    (their payloads back to back); a buffer of another datagram size
+    between two batches ends the run and comes back as bytes. A datagram
+    made under another key inside a run is refused (``tag``): the run's
+    header comparison fails, so each datagram is checked on its own, the
+    genuine ones are placed, and the chunk completes exactly once the
+    genuine datagram comes."""
+    frag, batch = 600, 3
+    sealed = os.urandom(10 * frag + 50)
+    good = _datagrams(0, True, sealed, frag)  # 11 datagrams, the last of 115 bytes
+    step = len(good[0])
+    gso = [(b"".join(good[k : k + batch]), step) for k in range(0, 9, batch)]
+    buffers = fragments.BatchBuffers(frag, batch, 8, step)
+    split = _read_batch(buffers, gso)
+    assert len(split) == 1 and isinstance(split[0], fragments.Scattered)
+    assert (split[0].count, split[0].last_len) == (9, step)
+    assert bytes(split[0].payloads[: 9 * frag]) == sealed[: 9 * frag]
+    foreign = (b"PCm3" + bytes(1000), 0)  # one datagram larger than the session's
+    split = _read_batch(buffers, [gso[0], foreign, gso[1]])
+    assert [type(s).__name__ for s in split] == ["Scattered", "tuple", "Scattered"]
+    assert split[1] == foreign
+    other = fragments.header_key(b"x" * 32)
+    forged = fragments.header(SID, 0, True, NONCE, len(sealed), 4 * frag, key=other)
+    forged += b"z" * frag
+    middle = (good[3] + forged + good[5], step)
+    intake = _intake(1, lambda i: len(sealed), frag)
+    done, refused, joined = _feed_batches(
+        intake, [[gso[0], middle, gso[2]], [(good[9] + good[10], step)]], buffers
+    )
+    assert refused == ["tag"] and done == {} and joined == 1
+    assert intake.reassembler.pending[0].missing == {4}  # the genuine bytes around it placed
+    done, refused, _ = _feed_batches(intake, [[(good[4], 0)]], buffers)
+    assert done == {0: sealed} and refused == []
 
 
 def test_a_hostile_or_truncated_segment_in_a_gro_buffer_is_refused_and_counted() -> None:

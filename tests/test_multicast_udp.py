@@ -605,8 +605,17 @@ class _GroupInbox:
         self.tx.close()
 
 
-@pytest.fixture
-def group_inbox() -> Iterator[Callable[..., _GroupInbox]]:
+@pytest.fixture(params=["recvmmsg", "recvmsg"])
+def group_inbox(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., _GroupInbox]]:
+    """Inboxes whose receiving thread reads with ``recvmmsg`` (several
+    receive buffers a call, as a node on Linux does), or one ``recvmsg`` a
+    read (a C library without it)."""
+    if request.param == "recvmmsg":
+        assert udp_multicast.RECVMMSG is not None  # what nodes on this kernel use
+    else:
+        monkeypatch.setattr(udp_multicast, "RECVMMSG", None)
     made: list[_GroupInbox] = []
 
     def make(
@@ -672,6 +681,34 @@ def test_the_receiving_thread_applies_forget_and_recycle_before_its_next_read(
     box.send(*first[:2])
     box.take(3)
     assert bytes(box.chunks[0]) == blobs[0]
+
+
+def test_gso_batches_read_several_at_a_time_give_the_exact_chunks_and_refuse_a_forgery(
+    group_inbox: Callable[..., _GroupInbox],
+) -> None:
+    """Chunks sent as UDP GSO batches (as a sender does) come to the
+    receiving thread as GRO buffers, several per read: every chunk is exact,
+    and a datagram made under another key inside a batch is refused
+    (``tag``) while the genuine ones around it are placed; the chunk
+    completes with the genuine datagram."""
+    frag, per = 1000, 4
+    box = group_inbox(frag=frag, chunks=3, chunk_len=10 * frag + 7)
+    box.tx.setsockopt(udp_multicast.SOL_UDP, udp_multicast.UDP_SEGMENT, frag + 65)
+    blobs = [os.urandom(10 * frag + 7) for _ in range(3)]
+    datagrams = [box.datagrams(i, blob) for i, blob in enumerate(blobs)]
+    other = fragments.header_key(os.urandom(32))
+    forged = fragments.header(SID_UDP, 1, False, b"n" * 12, 10 * frag + 7, 5 * frag, key=other)
+    genuine = datagrams[1][5]
+    datagrams[1][5] = forged + b"z" * frag
+    for chunk in datagrams:
+        for k in range(0, len(chunk), per):
+            box.send(b"".join(chunk[k : k + per]))  # one GSO batch: the last one may be short
+    box.take(2, 1)
+    assert box.dropped == {"datagram-dropped-tag": 1}
+    assert {i: bytes(b) for i, b in box.chunks.items()} == {0: blobs[0], 2: blobs[2]}
+    box.send(genuine)
+    box.take(3, 1)
+    assert bytes(box.chunks[1]) == blobs[1]
 
 
 def test_a_receiving_thread_whose_chunks_are_not_taken_holds_a_bounded_number_and_stops(

@@ -559,6 +559,76 @@ class ReadBuffers:
         return Scattered(self.heads, self.payloads, self.frag, count, last, landing)
 
 
+class BatchBuffers:
+    """The buffers of one ``recvmmsg``: up to ``messages`` receive buffers
+    (datagrams, or GRO buffers of up to ``batch`` datagrams of ``frag +
+    HEADER_BYTES`` bytes each) scattered as :class:`ReadBuffers` does, with
+    the slots of message ``m`` right after those of message ``m - 1``: the
+    payloads of consecutive full buffers of one chunk (a sender's GSO
+    batches) lie back to back, so :meth:`split` gives them as one
+    :class:`Scattered` (one header comparison and one copy for all of
+    them). Each message also has ``spare`` bytes after its slots, for
+    datagrams beyond ``batch`` or of another size: such a message comes
+    back as its bytes, to be checked the slow way."""
+
+    def __init__(self, frag: int, batch: int, messages: int, spare: int) -> None:
+        self.frag = frag
+        self.datagram = frag + HEADER_BYTES
+        self.batch = max(1, batch)
+        self.messages = messages
+        self.full = self.batch * self.datagram  # the bytes of a full message
+        slots = self.batch * messages
+        self.heads = memoryview(bytearray(slots * HEADER_BYTES))
+        self.payloads = memoryview(bytearray(slots * frag))
+        self.spares = memoryview(bytearray(messages * spare))
+        self.iovs: list[list[memoryview]] = []  # each message's iovec
+        for m in range(messages):
+            iov: list[memoryview] = []
+            for k in range(m * self.batch, (m + 1) * self.batch):
+                iov.append(self.heads[k * HEADER_BYTES : (k + 1) * HEADER_BYTES])
+                iov.append(self.payloads[k * frag : (k + 1) * frag])
+            if spare:
+                iov.append(self.spares[m * spare : (m + 1) * spare])
+            self.iovs.append(iov)
+
+    def split(
+        self, reads: list[tuple[int, int]], first: int = 0
+    ) -> list[Scattered | tuple[bytes, int]]:
+        """Messages ``first``.. as read, each (bytes, GRO segment size: 0
+        for one datagram), as :class:`Scattered` runs (a run ends with a
+        message that is not full) and, for a message not of the session's
+        size, its bytes and segment size (for :meth:`Intake.feed`)."""
+        out: list[Scattered | tuple[bytes, int]] = []
+        datagram, full, start = self.datagram, self.full, -1
+        for m, (n, size) in enumerate(reads, first):
+            if not (size == datagram or (size == 0 and n <= datagram)) or n > full:
+                if start >= 0:  # the run before it (its last message was full)
+                    out.append(self._run(start, m - 1, full))
+                    start = -1
+                out.append((b"".join(self.iovs[m])[:n], size))
+                continue
+            if start < 0:
+                start = m
+            if n != full:
+                out.append(self._run(start, m, n))
+                start = -1
+        if start >= 0:
+            out.append(self._run(start, first + len(reads) - 1, full))
+        return out
+
+    def _run(self, first: int, last: int, n: int) -> Scattered:
+        """Messages ``first``..``last``, all full but the last (``n`` bytes)."""
+        count = max(1, -(-n // self.datagram))
+        slot = first * self.batch
+        return Scattered(
+            self.heads[slot * HEADER_BYTES :],
+            self.payloads[slot * self.frag :],
+            self.frag,
+            (last - first) * self.batch + count,
+            n - (count - 1) * self.datagram,
+        )
+
+
 class Held(Protocol):
     """The chunks a receiver already holds (a ``ChunkBitmap``, a set)."""
 
