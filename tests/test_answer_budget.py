@@ -1,6 +1,7 @@
 """The budget of ``hello``/``ping`` answers (peercrypt/core/answer_budget.py)
-in memory, and a member flooding a real node with hellos: its answers stay
-within its budget, and another member's hello is answered meanwhile."""
+in memory, and a member flooding a real node with hellos and pings: its
+answers stay within its budget, and another member's hello is answered
+meanwhile."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from peercrypt.crypto.identity import KeyPair, fingerprint, network_server_keys
 from peercrypt.testing.member_port import proven_hello
 from peercrypt.testing.nodes import NodeProcess
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Hello, HelloReply
+from peercrypt.wire.messages import Hello, HelloReply, Ping, Pong
 
 SMALL = BudgetLimits(peer_rate=2.0, peer_burst=4, node_rate=5.0, node_burst=8)
 
@@ -64,38 +65,47 @@ def test_the_table_of_identities_is_bounded() -> None:
     assert budget.tracked == MAX_TRACKED
 
 
-def test_a_member_flooding_hellos_gets_its_budget_and_the_others_their_answers(
+def test_a_member_flooding_hellos_and_pings_gets_its_budget_and_the_others_their_answers(
     node_factory: Callable[..., NodeProcess], network_key: str
 ) -> None:
     node = node_factory()
     limits = BudgetLimits()  # the node's
-    flood = limits.peer_burst * 3
+    rounds = limits.peer_burst * 3 // 2  # a hello and a ping each: 3 x the burst
     ctx: zmq.Context[Any] = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     me = KeyPair.generate()
     sock.linger = 0
-    sock.sndhwm = sock.rcvhwm = 2 * flood
+    sock.sndhwm = sock.rcvhwm = 4 * rounds
     sock.curve_serverkey = network_server_keys(network_key).z85_public
     sock.curve_publickey, sock.curve_secretkey = me.z85_public, me.z85_secret
     challenge = HelloChallenge()
     try:
         sock.connect(f"tcp://{node.host}:{node.port}")
         started = time.monotonic()
-        for _ in range(flood):
+        for seq in range(rounds):
             sock.send(codec.encode(Hello(challenge=challenge.public)))
+            sock.send(codec.encode(Ping(seq=seq)))
         # Another member, asking while the flood is handled, is answered.
         other = proven_hello(node.host, node.port, network_key)
         assert fingerprint(other.node_id) == node.fingerprint
-        node.wait_for_counter("gateway.in-hello", flood + 1, timeout=60)
+        node.wait_for_counter("gateway.in-hello", rounds + 1, timeout=60)
+        node.wait_for_counter("gateway.in-ping", rounds, timeout=60)
         elapsed = time.monotonic() - started
         refused = node.counters().get("gateway.unanswered-over-peer", 0)
-        answered = flood - refused
+        answered = 2 * rounds - refused
         assert answered <= limits.peer_burst + limits.peer_rate * elapsed + 1, (answered, elapsed)
-        for _ in range(answered):  # each a proof of our own challenge by the node's key
+        pongs: set[int] = set()
+        for _ in range(answered):  # each a proof of our challenge, or a pong of ours
             assert sock.poll(10_000), "fewer answers than the node counted"
-            reply = codec.decode_as(sock.recv(), HelloReply)
+            reply = codec.decode(sock.recv())
+            if isinstance(reply, Pong):
+                assert reply.seq in range(rounds) and reply.seq not in pongs
+                pongs.add(reply.seq)
+                continue
+            assert isinstance(reply, HelloReply), reply
             challenge.verify(reply.node_id, reply.version, reply.proof, reply.offer_key)
             assert reply.node_id == other.node_id
+        assert pongs, "no ping was answered"
     finally:
         sock.close()
         ctx.term()
