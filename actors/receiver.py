@@ -105,6 +105,7 @@ from peercrypt.core.resume import (
     accept_ranges,
     plan_resume,
 )
+from peercrypt.core.sampling import sample_due
 from peercrypt.core.tree import offer_refusal
 from peercrypt.crypto.handshake import ProofError, Response, open_details, respond
 from peercrypt.crypto.identity import fingerprint
@@ -193,6 +194,7 @@ class Incoming:
     digest: bytes = b""  # verified, while its tree is being stored
     reported: int = 0  # bytes written, as the space ledger last heard
     ident: str = ""  # what the user names it by (``status``, ``top``, ``cancel``): in1, in2...
+    who: str = ""  # the sender's fingerprint, as its statistics samples name it
 
 
 @dataclass
@@ -262,6 +264,7 @@ class ReceiverActor(Actor):
         self._requests = itertools.count(1)
         self._idents = itertools.count(1)  # of incoming transfers, for the user
         self.cancelled: dict[bytes, Cancelled] = {}  # tid -> (bounded: COMPLETED_MEMORY)
+        self.ticks = 0  # progress reports so far (which transfers are sampled)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -1293,17 +1296,25 @@ class ReceiverActor(Actor):
         )
 
     def _report_progress(self) -> None:
+        """Each transfer's bytes written to the space ledger, and its
+        statistics sample (with many running, each every few ticks:
+        :func:`~peercrypt.core.sampling.sample_due`)."""
         samples: list[StatsSample] = []
+        self.ticks += 1
         for t in self.transfers.values():
             written = self._written(t)
             if written != t.reported:  # its reservation shrinks as it writes
                 t.reported = written
                 self.tell("space", SpaceWritten(owner=self.name, tid=t.tid, written=written))
+            if not sample_due(t.tid[0], self.ticks, len(self.transfers)):
+                continue
+            if not t.who:
+                t.who = fingerprint(t.peer) if t.peer else "?"
             samples.append(
                 StatsSample(
                     session=t.tid.hex(),
                     side="receive",
-                    peer=fingerprint(t.peer) if t.peer else "?",
+                    peer=t.who,
                     t=self.now() - t.started,
                     done_bytes=written,
                     credit=t.flow.window.window,

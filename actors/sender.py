@@ -104,6 +104,7 @@ from peercrypt.core.outgoing import (
 )
 from peercrypt.core.reach import Reach
 from peercrypt.core.resume import SAMPLE_BYTES, sample_offsets, source_tag
+from peercrypt.core.sampling import sample_due
 from peercrypt.core.tree import TreeError
 from peercrypt.core.tree import source_tag as tree_source_tag
 from peercrypt.crypto.handshake import HelloChallenge, Initiator, ProofError
@@ -290,6 +291,7 @@ class SenderActor(Actor):
         self.sealed = SealedPool()
         # The data connections in use, shared by the transfers to one receiver.
         self.pipes: dict[PipeKey, DataPipe] = {}
+        self.ticks = 0  # progress reports so far (which transfers are sampled)
 
     def setup(self) -> None:
         self.host_id = local_ipc.host_id() if self.settings.local_ipc else ""
@@ -1138,6 +1140,8 @@ class SenderActor(Actor):
         per transfer."""
         samples: list[StatsSample] = []
         progress: dict[str, list[Progress]] = {}
+        self.ticks += 1
+        running = sum(1 for t in self.transfers.values() if t.flow.window is not None)
         for t in self.transfers.values():
             phase, done = self._phase(t)
             progress.setdefault(t.requester, []).append(
@@ -1150,7 +1154,7 @@ class SenderActor(Actor):
                     total_files=t.tree.files if t.tree else 0,
                 )
             )
-            if t.flow.window is not None:
+            if t.flow.window is not None and sample_due(t.tid[0], self.ticks, running):
                 samples.append(self._sample(t))
         idle = [(r.request, "waiting") for r in self.waiting]
         idle += [(request, "retrying") for request in self.retrying]

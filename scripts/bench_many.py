@@ -324,6 +324,9 @@ def one_run(
     for node in nodes:
         for name, value in node.counters().items():
             words = ("disconnect", "reconnect", "dropped", "credit", "check-re")
+            # Data connections opened and transfers attached to them (one per
+            # receiver and lane, shared), samples the history took.
+            words += ("data-connections", "data-attached", "stats.samples")
             if any(word in name for word in words):
                 counters[name] = counters.get(name, 0) + value
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peercrypt.core.sampling import SLACK, Point, SeriesSampler
+from peercrypt.core.sampling import SLACK, Point, SeriesSampler, sample_due
 from peercrypt.history.db import (
     HistoryError,
     HistoryWriter,
@@ -249,3 +249,25 @@ def test_plots_are_valid_png_and_svg(tmp_path: Path) -> None:
         plot(rows, tmp_path / "x.jpg")
     with pytest.raises(ValueError, match="no samples"):
         plot([{**rows[0], "samples": []}], tmp_path / "empty.png")
+
+
+@given(
+    running=st.integers(1, 200),
+    per_tick=st.integers(1, 16),
+    offset=st.integers(0, 255),
+    start=st.integers(0, 10_000),
+)
+def test_with_many_running_each_transfer_is_sampled_every_few_ticks(
+    running: int, per_tick: int, offset: int, start: int
+) -> None:
+    every = -(-running // per_tick)
+    due = [sample_due(offset, tick, running, per_tick) for tick in range(start, start + 4 * every)]
+    if running <= per_tick:
+        assert all(due)  # as few as that: every transfer every tick
+    # Exactly once in any `every` ticks in a row: never starved, never more.
+    assert all(sum(due[i : i + every]) == 1 for i in range(len(due) - every + 1))
+    # Offsets spread over the transfers: at most per_tick samples per tick.
+    per = [
+        sum(sample_due(o, tick, running, per_tick) for o in range(running)) for tick in range(every)
+    ]
+    assert max(per) <= per_tick and sum(per) == running

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 DEFAULT_INTERVAL = 0.1
 DEFAULT_PER_LEVEL = 500
+# Running transfers a moving actor samples per tick (DEFAULT_INTERVAL) when
+# many run: beyond this many, each one every few ticks (:func:`sample_due`).
+SAMPLED_PER_TICK = 8
 # Reports come on timers that fire a little early or late: a report this
 # fraction of the interval early still counts as due.
 SLACK = 0.05
@@ -84,3 +87,15 @@ class SeriesSampler:
             self._in_level = 0
             self.interval *= 2
         return Point(t, done, throughput, window, rate, rtt, credit)
+
+
+def sample_due(offset: int, tick: int, running: int, per_tick: int = SAMPLED_PER_TICK) -> bool:
+    """Whether a running transfer is sampled at the mover's tick ``tick``:
+    every tick while at most ``per_tick`` transfers run; with more, each one
+    every ``ceil(running / per_tick)`` ticks, at the ticks its own fixed
+    ``offset`` (e.g. from its id: spread evenly) picks, so that about
+    ``per_tick`` samples go out per tick however many run. The history keeps
+    the same series, at that coarser step while so many run (its final
+    point comes from the transfer's end record, always)."""
+    every = max(1, -(-running // max(1, per_tick)))
+    return (tick + offset) % every == 0
