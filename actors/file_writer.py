@@ -19,6 +19,22 @@ and takes one result per frame):
 - :class:`Unpacked` ``(tid, stored)`` / :class:`TreeFailed` ``(tid, text,
   bad)``: a verified folder transfer was (or was not) stored as its tree
   (:mod:`actors.tree_store`; here so that the actor keeps receiving)
+- :class:`Detached` ``(tid)``: a final check whose file was closed while it
+  ran (its transfer cancelled or timed out) ended; its verdict is dropped
+
+Final checks (:meth:`FileWriter.finish`: fsync, then the read-back hash; a
+folder's build catching up) run on threads of their own (``pc-check``), at
+most :data:`MAX_CHECKS` at once, the rest waiting in order: a check of
+minutes (a large file, a slow or hung disk) never holds up another
+transfer's chunks, whose acks (the sender's credit) would otherwise wait
+behind it until that transfer expired. A check works on its own duplicate
+of the part's descriptor and hands its verdict back through this thread,
+which posts it only while the file is still open: :meth:`FileWriter.close`
+detaches a running check (a thread inside fsync cannot be interrupted; it
+is left to return whenever the disk answers, and then only
+:class:`Detached` is posted). At most :data:`MAX_DETACHED_CHECKS` such
+threads may still run before new checks wait for one to end, so a disk
+that never answers costs a bounded number of threads.
 
 Resume checkpoints: a file opened with a manifest (unicast parts) has it
 rewritten every :func:`~peercrypt.core.resume.checkpoint_every` written
@@ -68,6 +84,7 @@ verified as above, and the tree built from it again (``unpack``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -165,8 +182,17 @@ class TreeFailed:
     bad: bool
 
 
-WriterResult = Written | Finished | WriteFailed | Unsaved | Unpacked | TreeFailed
+@dataclass(frozen=True)
+class Detached:
+    """A final check of ``tid`` ended after its file was closed: no verdict."""
+
+    tid: bytes
+
+
+WriterResult = Written | Finished | WriteFailed | Unsaved | Unpacked | TreeFailed | Detached
 FAILED_MEMORY = 1024  # failed files remembered until their close()
+MAX_CHECKS = 2  # final checks running at once (each hashes on every core)
+MAX_DETACHED_CHECKS = 4  # threads of closed files' checks still running (a hung fsync)
 
 
 @functools.cache
@@ -314,6 +340,19 @@ class _File:
     # by its feeder, handed the chunks in order from ``fed`` on.
     feeder: _Feeder | None = None
     fed: int = 0
+    check: _Check | None = None  # its final check, once finish() was asked
+
+
+@dataclass(eq=False)
+class _Check:
+    """One final check: ``fd`` is its own duplicate of the part's (closed by
+    its thread), so closing the file never pulls it from under the check.
+    ``detached``: the file was closed meanwhile (set by the writer's thread)."""
+
+    tid: bytes
+    file: _File
+    fd: int
+    detached: bool = False
 
 
 class _Feeder:
@@ -370,36 +409,43 @@ class _Feeder:
 class CheckSteps:
     """Steps of the writer's final checks, whichever file's, as the bound on
     a final check sees them (:attr:`FileWriter.checks_moved`): a hashed
-    window, a folder's file, is one step (:meth:`step`, the writer's thread).
+    window, a folder's file, is one step (:meth:`step`, the checks' threads).
     An fsync reports nothing until it returns, and on a slow or busy disk it
     can take longer than the bound; so while one is in progress
     (:meth:`syncing`) every read of :meth:`moved` is a step too. A check
     inside fsync is alive, not stuck (its thread is in the kernel: ending
-    the transfer would not free it), and the checks queued behind it wait.
-    Each side writes only its own counter; the reader's moved() always
-    changes while a sync is in progress and never changes otherwise."""
+    the transfer would not free it), and the checks queued behind it wait;
+    once its file is closed (:meth:`forget`), its sync counts no more. The
+    reader's moved() always changes while a sync is in progress and never
+    changes otherwise."""
 
     def __init__(self) -> None:
-        self._steps = 0  # written by the writer's thread
-        self._syncs = 0  # in progress (writer's thread)
+        self._steps = 0  # written by the checks' threads
+        self._syncing: set[object] = set()  # in progress (the checks' threads)
         self._seen_syncing = 0  # reads during a sync (the reading actor)
 
     def step(self) -> None:
         self._steps += 1
 
     @contextlib.contextmanager
-    def syncing(self) -> Iterator[None]:
-        """Around an fsync of a final check: a step before and after it."""
+    def syncing(self, key: object | None = None) -> Iterator[None]:
+        """Around an fsync of a final check (``key``: what :meth:`forget`
+        names): a step before and after it."""
+        token = key if key is not None else object()
         self.step()
-        self._syncs += 1
+        self._syncing.add(token)
         try:
             yield
         finally:
-            self._syncs -= 1
+            self._syncing.discard(token)
             self.step()
 
+    def forget(self, key: object) -> None:
+        """The sync of ``key`` no longer counts (its file was closed)."""
+        self._syncing.discard(key)
+
     def moved(self) -> int:
-        if self._syncs:
+        if self._syncing:
             self._seen_syncing += 1
         return self._steps + self._seen_syncing
 
@@ -429,6 +475,11 @@ class FileWriter:
         self.check_steps = CheckSteps()
         self._fsync = os.fsync
         self._halts: set[threading.Event] = set()  # of running feeders, set by stop()
+        # Final checks (writer thread only): waiting in order, running, and
+        # running though their file was closed.
+        self._checks_waiting: collections.deque[_Check] = collections.deque()
+        self._checks_running: set[_Check] = set()
+        self._checks_detached: set[_Check] = set()
 
     @property
     def checks_moved(self) -> int:
@@ -561,14 +612,22 @@ class FileWriter:
                 if unsaved:
                     self._notes.append(Unsaved(tid, unsaved))
             return None
+        if kind == "checked":
+            _, _, check, verdict = op
+            return self._checked_verdict(files, check, verdict)
         if kind == "close":
             _, _, keep, discard = op
             closing = files.pop(tid, None) or self._failed.pop(tid, None)
+            checking = closing is not None and closing.check is not None
             if closing is not None:
+                self._detach(closing)
                 self._drop_feeder(closing)  # a tree not published: nothing of it stays
             self._checked.pop(tid, None)  # (after its feeder stopped noting it)
             if closing is None:
                 return None
+            # A file in its final check has every chunk written; its check
+            # may be stuck in the disk, which a checkpoint's sync would join.
+            keep = keep and not checking
             if discard is not None:
                 part, manifests = discard
                 discard_part(part, closing.fd)
@@ -607,21 +666,12 @@ class FileWriter:
         if kind == "finish":
             if not f.written.complete:
                 return WriteFailed(tid, "finish before all chunks were written")
-            if f.feeder is not None:
-                f.feeder.finish()  # the build catches up (checked() follows it)
-                if not isinstance(f.feeder.builder.error, OSError):
-                    # Every byte was hashed in order as it was fed to the tree
-                    # (whose files are hashed as written and synced before
-                    # they are published): the part itself is never published.
-                    return Finished(tid, f.feeder.hasher.digest())
-            self._checked[tid] = 0
-            with self.check_steps.syncing():  # it reports nothing until it returns
-                self._fsync(f.fd)
-            # It stays known until close(), which closes its fd.
-            # The verdict is on what the disk holds now, not on what was
-            # written: a part changed underneath us (another process, a
-            # faulty disk) must not be published as verified.
-            return Finished(tid, hash_file(f.fd, f.size, self._checked_setter(tid)))
+            if f.check is not None:
+                return None  # asked before: one check per file
+            f.check = _Check(tid, f, os.dup(f.fd))
+            self._checks_waiting.append(f.check)
+            self._start_checks()
+            return None
         if kind == "unpack":
             spec: TreeSpec = op[2]
             built = f.feeder.builder if f.feeder is not None else None
@@ -638,6 +688,98 @@ class FileWriter:
             files.pop(tid, None)
             return None
         raise ValueError(f"unknown writer op {kind!r}")
+
+    # -- final checks, on threads of their own ------------------------------------
+
+    def _start_checks(self) -> None:
+        """Start waiting checks while fewer than MAX_CHECKS run (and fewer
+        than MAX_DETACHED_CHECKS of closed files' still do)."""
+        while (
+            self._checks_waiting
+            and len(self._checks_running) < MAX_CHECKS
+            and len(self._checks_running) + len(self._checks_detached)
+            < MAX_CHECKS + MAX_DETACHED_CHECKS
+        ):
+            check = self._checks_waiting.popleft()
+            self._checks_running.add(check)
+            runner = threading.Thread(target=self._check, args=(check,), daemon=True)
+            runner.name = "pc-check"
+            runner.start()
+
+    def _check(self, check: _Check) -> None:
+        """A check's thread: its verdict goes back through the writer's queue."""
+        name_native_thread()
+        yield_to_control_plane()
+        verdict: Finished | WriteFailed
+        try:
+            verdict = self._verdict(check)
+        except (OSError, ValueError) as exc:  # (mmap: ValueError) the file failed
+            verdict = WriteFailed(check.tid, getattr(exc, "strerror", None) or str(exc))
+        finally:
+            os.close(check.fd)
+        self._queue.put(("checked", check.tid, check, verdict))
+
+    def _verdict(self, check: _Check) -> Finished:
+        f, tid = check.file, check.tid
+        if f.feeder is not None:
+            f.feeder.finish()  # the build catches up (checked() follows it)
+            if not isinstance(f.feeder.builder.error, OSError):
+                # Every byte was hashed in order as it was fed to the tree
+                # (whose files are hashed as written and synced before
+                # they are published): the part itself is never published.
+                return Finished(tid, f.feeder.hasher.digest())
+        note = self._check_setter(check)
+        note(0)
+        with self.check_steps.syncing(check):  # it reports nothing until it returns
+            self._fsync(check.fd)
+        # The verdict is on what the disk holds now, not on what was
+        # written: a part changed underneath us (another process, a
+        # faulty disk) must not be published as verified.
+        return Finished(tid, hash_file(check.fd, f.size, note))
+
+    def _checked_verdict(
+        self, files: dict[bytes, _File], check: _Check, verdict: Finished | WriteFailed
+    ) -> WriterResult | None:
+        """A check's thread ended (writer thread): its verdict, if its file
+        is still open; else only that a detached check ended."""
+        self._checks_running.discard(check)
+        self._checks_detached.discard(check)
+        self._start_checks()
+        if check.detached:
+            return Detached(check.tid)
+        f = files.get(check.tid)
+        if f is not check.file:
+            return Detached(check.tid)
+        f.check = None  # (its fd is closed: nothing of it is left to detach)
+        if isinstance(verdict, WriteFailed):  # as any failed file: closed by close()
+            files.pop(check.tid, None)
+            if len(self._failed) < FAILED_MEMORY:
+                self._failed[check.tid] = f
+        return verdict
+
+    def _detach(self, f: _File) -> None:
+        """``f`` is closed: its check, if any, no longer speaks for it (one
+        waiting never starts; one running is left to its thread)."""
+        check, f.check = f.check, None
+        if check is None:
+            return
+        check.detached = True
+        self.check_steps.forget(check)
+        if check in self._checks_running:
+            self._checks_running.discard(check)
+            self._checks_detached.add(check)
+            self._start_checks()
+        elif check in self._checks_waiting:  # never started: its fd is still ours
+            self._checks_waiting.remove(check)
+            os.close(check.fd)
+
+    def _check_setter(self, check: _Check) -> Callable[[int], None]:
+        def note(done: int) -> None:
+            if not check.detached:
+                self._checked[check.tid] = done
+            self.check_steps.step()
+
+        return note
 
     def _checked_setter(self, tid: bytes) -> Callable[[int], None]:
         def note(done: int) -> None:

@@ -71,7 +71,15 @@ from typing import Any
 import zmq
 
 from actors import udp_multicast
-from actors.file_writer import FileWriter, Finished, TreeFailed, TreeSpec, Unpacked, Written
+from actors.file_writer import (
+    Detached,
+    FileWriter,
+    Finished,
+    TreeFailed,
+    TreeSpec,
+    Unpacked,
+    Written,
+)
 from actors.inbox import (
     Refusal,
     check_offer,
@@ -823,7 +831,7 @@ class MulticastReceiverActor(Actor):
                 break
             result = self.writer.results.get_nowait()
             sess = self.sessions.get(result.tid)
-            if sess is None:
+            if sess is None or isinstance(result, Detached):  # (a closed file's check)
                 continue
             if isinstance(result, Written):
                 sess.queued -= 1

@@ -58,6 +58,7 @@ from typing import Any
 import zmq
 
 from actors.file_writer import (
+    Detached,
     FileWriter,
     Finished,
     TreeFailed,
@@ -1169,10 +1170,11 @@ class ReceiverActor(Actor):
             except zmq.Again:
                 break
             result = self.writer.results.get_nowait()
+            if isinstance(result, Detached):  # a check that ended after its file
+                self.count("late-checks-dropped")  # was closed (cancelled): nothing
+                continue
             t = self.transfers.get(result.tid)
             if t is None:
-                if isinstance(result, Finished):  # a check that ended after its
-                    self.count("late-checks-dropped")  # transfer (cancelled): nothing
                 continue
             if isinstance(result, Written):
                 t.flow.on_written(result.index)

@@ -13,6 +13,8 @@
 - ``small_ext4(size_bytes) -> Path``: a real ext4 of that size on a loop
   device (where the writer allocates blocks ahead, as it does not on tmpfs);
   ``ext4_inbox``: one of 24 MiB.
+- ``stalling_disk(size, journal=True) -> StallingDisk``: an ext4 whose
+  fsync hangs between ``stall()`` and ``resume()`` (a disk that stops answering).
 - ``cli``: ``run_cli`` from :mod:`peercrypt.testing.nodes` (``cli(*args, data_dir=...)``).
 """
 
@@ -30,7 +32,7 @@ import pytest
 
 import peercrypt.testing.nodes as nodes
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
+from peercrypt.testing.disk import DiskUnavailable, StallingDisk, small_tmpfs, stalling_ext4
 from peercrypt.testing.disk import small_ext4 as _small_ext4
 from peercrypt.testing.nodes import NodeError, NodeProcess, run_cli
 from peercrypt.testing.nodes import blake3_file as _blake3_file
@@ -189,6 +191,26 @@ def small_ext4(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
 def ext4_inbox(small_ext4: Callable[[int], Path]) -> Path:
     """A 24 MiB ext4 for a receiver's inbox, mounted for this test only."""
     return small_ext4(24 * 1024 * 1024)
+
+
+@pytest.fixture
+def stalling_disk(tmp_path: Path) -> Iterator[Callable[..., StallingDisk]]:
+    """``stalling_disk(size, journal=True) -> StallingDisk``: an ext4 whose
+    ``stall()`` makes its fsync hang until ``resume()`` (as a disk that stops
+    answering; :func:`peercrypt.testing.disk.stalling_ext4`), resumed and
+    unmounted when the test ends (skipped, with the reason, where it cannot
+    be mounted). Resume it before the nodes on it stop: a hung disk holds them."""
+    counter = itertools.count()
+    with contextlib.ExitStack() as mounts:
+
+        def mount(size: int, journal: bool = True) -> StallingDisk:
+            try:
+                where = tmp_path / f"stalling-{next(counter)}"
+                return mounts.enter_context(stalling_ext4(where, size, journal))
+            except DiskUnavailable as exc:
+                pytest.skip(f"cannot mount a stalling disk: {exc}")
+
+        yield mount
 
 
 @pytest.fixture

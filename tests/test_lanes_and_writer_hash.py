@@ -29,6 +29,7 @@ import actors.file_writer as file_writer
 from actors.file_writer import (
     BufferPool,
     CheckSteps,
+    Detached,
     FileWriter,
     Finished,
     TreeSpec,
@@ -799,3 +800,80 @@ def test_the_writer_reports_its_final_fsync_as_moving(
     after = w.checks_moved
     assert w.checks_moved == after != seen[-1]
     w.close(TID, keep=False)  # closes its fd
+
+
+def _held_fsync(w: FileWriter) -> tuple[threading.Event, threading.Event]:
+    """Hold every final check's fsync until the returned ``release`` is set
+    (``entered``: one is inside)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def held_fsync(fd: int) -> None:
+        entered.set()
+        assert release.wait(WAIT), "the test never released the fsync"
+        os.fsync(fd)
+
+    w._fsync = held_fsync
+    return entered, release
+
+
+def _open_written(w: FileWriter, results: Results, path: Path, tid: bytes) -> tuple[int, bytes]:
+    """A file of three chunks opened as ``tid`` and written."""
+    data = os.urandom(2 * CHUNK + 11)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, len(data))
+    w.open(tid, fd, CHUNK, len(data), ChunkBitmap(3))
+    for index in range(3):
+        w.write(tid, index, data[index * CHUNK : (index + 1) * CHUNK])
+        assert _next(results) == Written(tid, index)
+    return fd, data
+
+
+def test_a_long_final_check_holds_up_no_other_files_writes(
+    tmp_path: Path, writer: tuple[FileWriter, Results]
+) -> None:
+    """While one file's final check sits in its fsync, another file's chunks
+    are written (and its own check, on a second thread, finishes); the held
+    one's verdict comes once its fsync returns."""
+    w, results = writer
+    entered, release = _held_fsync(w)
+    slow = bytes(16)
+    _, slow_data = _open_written(w, results, tmp_path / "slow", slow)
+    w.finish(slow)
+    assert entered.wait(WAIT)
+    w._fsync = os.fsync  # the next check's is the real one
+    _, data = _open_written(w, results, tmp_path / "fast", TID)  # not behind the held check
+    w.finish(TID)
+    assert _next(results) == Finished(TID, blake3.blake3(data).digest())
+    release.set()
+    assert _next(results) == Finished(slow, blake3.blake3(slow_data).digest())
+    w.close(TID, keep=False)
+    w.close(slow, keep=False)
+
+
+def test_a_check_of_a_closed_file_is_detached_and_checks_are_bounded(
+    tmp_path: Path, writer: tuple[FileWriter, Results]
+) -> None:
+    """A file closed while its check is in fsync: the writer goes on at once
+    (its next file's chunks are written), and the check, once it returns,
+    gives no verdict (Detached). At most MAX_CHECKS run at once; a check of
+    a closed file frees its place, up to MAX_DETACHED_CHECKS of them."""
+    w, results = writer
+    entered, release = _held_fsync(w)
+    held = [bytes([n]) * 16 for n in range(file_writer.MAX_CHECKS + 1)]
+    for n, tid in enumerate(held):
+        _open_written(w, results, tmp_path / f"held{n}", tid)
+        w.finish(tid)
+    assert entered.wait(WAIT)
+    wait_until(lambda: len(w._checks_waiting) == 1 or None, WAIT, "a check waiting")
+    assert len(w._checks_running) == file_writer.MAX_CHECKS
+    assert w._checks_waiting[0].tid == held[-1]  # in order
+    w.close(held[0], keep=False)  # its check is left to its fsync
+    _open_written(w, results, tmp_path / "next", TID)  # the writer did not wait for it
+    wait_until(lambda: not w._checks_waiting or None, WAIT, "the waiting check started")
+    assert len(w._checks_detached) == 1 and len(w._checks_running) == file_writer.MAX_CHECKS
+    release.set()
+    ended = [_next(results) for _ in held]
+    assert Detached(held[0]) in ended
+    assert sorted(r.tid for r in ended if isinstance(r, Finished)) == sorted(held[1:])
+    for tid in (*held[1:], TID):
+        w.close(tid, keep=False)

@@ -21,7 +21,7 @@ import zmq
 
 from actors.inbox import scan
 from peercrypt.control_file import CONTROL_FILE
-from peercrypt.testing.disk import DiskUnavailable, StallingDisk, stalling_ext4
+from peercrypt.testing.disk import StallingDisk
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
 from peercrypt.testing.nodes import NodeProcess, cli_running, wait_until
 from peercrypt.wire import codec
@@ -187,17 +187,10 @@ def _probe(t: HostileTransfer, digest: bytes) -> Failed:
     raise AssertionError("no Failed answered a Done of the cancelled transfer")
 
 
-@pytest.fixture
-def stalling_inbox(tmp_path: Path) -> Any:
-    try:
-        with stalling_ext4(tmp_path / "stalling", 24 * MiB) as disk:
-            yield disk
-    except DiskUnavailable as exc:
-        pytest.skip(f"cannot mount a stalling disk: {exc}")
-
-
 def test_a_transfer_whose_final_check_is_stuck_in_the_disk_is_cancelled_at_once(
-    stalling_inbox: StallingDisk, node_factory: Callable[..., NodeProcess], network_key: str
+    stalling_disk: Callable[..., StallingDisk],
+    node_factory: Callable[..., NodeProcess],
+    network_key: str,
 ) -> None:
     """Every chunk is written (the page cache), then the disk stops
     answering and the sender's Done starts the final check, whose fsync
@@ -205,6 +198,7 @@ def test_a_transfer_whose_final_check_is_stuck_in_the_disk_is_cancelled_at_once(
     sender told, unlisted, a second cancel finds nothing); once the disk
     answers again the part is removed, and the check that finally returns
     stores nothing."""
+    stalling_inbox = stalling_disk(24 * MiB)
     inbox = stalling_inbox.path
     receiver = node_factory("--inbox", str(inbox), name="receiver")
     data = os.urandom(4 * CHUNK)

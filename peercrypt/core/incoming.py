@@ -31,8 +31,8 @@ finishing Done) for ``idle_timeout`` seconds is dropped, keeping its part
 file for a resume: duplicates and early Dones, which cost a sender nothing,
 never keep a slot alive. The final check (fsync, the read-back hash, a
 folder's build) is bounded the same way: its progress (:meth:`on_checked`;
-the receiver's one writer checks one file at a time, so any check's
-progress counts) is the activity then, and a check that covers
+the receiver's checks run a few at a time and the rest wait their turn,
+so any check's progress counts) is the activity then, and a check that covers
 nothing new for ``idle_timeout`` seconds (a read-back that stopped
 answering, a part that cannot be read, a writer that is gone) ends the
 transfer with ``timeout``: the sender is told, the part is kept for a

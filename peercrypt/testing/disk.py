@@ -106,10 +106,13 @@ class StallingDisk:
 
 
 @contextlib.contextmanager
-def stalling_ext4(mount: Path, size: int) -> Iterator[StallingDisk]:
+def stalling_ext4(mount: Path, size: int, journal: bool = True) -> Iterator[StallingDisk]:
     """An ext4 of ``size`` bytes on ``mount`` that :meth:`StallingDisk.stall`
     makes hang (see the module docs); resumed, unmounted and deleted when
-    the block ends, whatever happened in it."""
+    the block ends, whatever happened in it. Without ``journal`` a stall
+    hangs only what must reach the disk (fsync, a writeback the kernel waits
+    for), not every change of metadata (a journal's commit in progress holds
+    up the next change of any file)."""
     if shutil.which("fsfreeze") is None:
         raise DiskUnavailable("no fsfreeze")
     outer_mount = mount.with_name(mount.name + "-outer")
@@ -117,11 +120,20 @@ def stalling_ext4(mount: Path, size: int) -> Iterator[StallingDisk]:
         image = outer / "inner.img"
         with open(image, "wb") as f:
             f.truncate(size)
-        _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
+        _run(
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            *([] if journal else ["-O", "^has_journal"]),
+            str(image),
+        )
         mount.mkdir(parents=True, exist_ok=True)
         # No periodic journal commit: what was written before a stall is
         # committed by the next fsync (which then hangs), not behind its back.
-        _run("mount", "-t", "ext4", "-o", "loop,commit=600", str(image), str(mount))
+        options = "loop,commit=600" if journal else "loop"
+        _run("mount", "-t", "ext4", "-o", options, str(image), str(mount))
         disk = StallingDisk(mount, outer)
         try:
             mount.chmod(0o700)

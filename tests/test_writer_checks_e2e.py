@@ -1,0 +1,91 @@
+"""A final check that hangs in the disk does not starve other transfers,
+with a real receiving node (actors/file_writer.py, "Final checks"): while
+one transfer's fsync does not return, another transfer's chunks are still
+written and acknowledged (its credit flows, it does not expire), and once
+the disk answers both files are stored, each with its sender's hash."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import blake3
+
+from actors.inbox import scan
+from peercrypt.testing.disk import StallingDisk
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
+from peercrypt.testing.nodes import NodeProcess, wait_until
+from peercrypt.wire.messages import Ack, Failed, Verified, Verifying
+
+MiB = 1024 * 1024
+CHUNK = 64 * 1024
+WAIT = 30.0
+
+
+def _written(receiver: NodeProcess, name: str) -> int:
+    rows: list[list[Any]] = json.loads(receiver.status().get("incoming", "[]"))
+    return next((int(r[2]) for r in rows if r[0] == name), -1)
+
+
+def _verdict(t: HostileTransfer, data: bytes) -> Verified | Failed:
+    """Send Done (again every 0.2 s, as a sender's probes) until the verdict."""
+    digest = blake3.blake3(data).digest()
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        t.send_done(digest)
+        for msg in t.replies(0.2):
+            if isinstance(msg, Verified | Failed):
+                return msg
+    raise AssertionError("no verdict within the deadline")
+
+
+def test_a_check_stuck_in_the_disk_does_not_hold_up_another_transfers_chunks(
+    stalling_disk: Callable[..., StallingDisk],
+    node_factory: Callable[..., NodeProcess],
+    network_key: str,
+) -> None:
+    disk = stalling_disk(24 * MiB, journal=False)  # a stall hangs what must reach the disk
+    receiver = node_factory("--inbox", str(disk.path), name="receiver")
+    slow_data, other_data = os.urandom(4 * CHUNK), os.urandom(8 * CHUNK)
+    try:
+        with (
+            HostileSender(network_key, receiver.host, receiver.port) as first,
+            HostileSender(network_key, receiver.host, receiver.port) as second,
+        ):
+            slow = first.offer("slow.bin", len(slow_data), CHUNK)
+            other = second.offer("other.bin", len(other_data), CHUNK)
+            assert isinstance(slow, HostileTransfer) and isinstance(other, HostileTransfer)
+            for index in range(slow.total):
+                slow.send_chunk(index, slow_data[index * CHUNK : (index + 1) * CHUNK])
+            wait_until(
+                lambda: _written(receiver, "slow.bin") == len(slow_data), WAIT, "slow.bin written"
+            )
+            # Both parts and their first manifests exist (made durable at the
+            # open): from here on nothing of other.bin needs the disk itself.
+            wait_until(lambda: len(scan(disk.path).manifests) == 2, WAIT, "both manifests")
+            disk.stall()
+            slow.send_done(blake3.blake3(slow_data).digest())
+            assert slow.wait_for(Verifying).chunks == slow.total  # its check hangs in fsync
+            for index in range(other.total):
+                other.send_chunk(index, other_data[index * CHUNK : (index + 1) * CHUNK])
+            wait_until(
+                lambda: _written(receiver, "other.bin") == len(other_data),
+                WAIT,
+                "other.bin's chunks written while slow.bin's check hangs",
+            )
+            acked = other.wait_for(Ack)  # its credit flows
+            assert acked.cumulative > 0, acked
+            assert _written(receiver, "slow.bin") == len(slow_data)  # still checking
+            assert not [m for m in slow.replies(0) if isinstance(m, Verified | Failed)]
+            disk.resume()
+            slow_verdict = _verdict(slow, slow_data)
+            other_verdict = _verdict(other, other_data)
+    finally:
+        disk.resume()  # before the node stops: a hung disk holds it
+    for verdict, data in ((slow_verdict, slow_data), (other_verdict, other_data)):
+        assert isinstance(verdict, Verified), verdict
+        assert verdict.digest == blake3.blake3(data).digest()
+        assert (disk.path / verdict.stored_as).read_bytes() == data
