@@ -819,9 +819,13 @@ class MulticastReceiverActor(Actor):
             return
         if repair and sess.udp is not None:
             sess.udp.forget(index)  # it came whole: stop assembling it
-        if sess.flow.on_chunk(index, self.now()):
+        if not sess.flow.on_chunk(index, self.now()):
+            return
+        if self.writer.write(sess.tid, index, plaintext):
             sess.queued += 1
-            self.writer.write(sess.tid, index, plaintext)
+        else:  # missing again: NAKed and repaired, never counted as held
+            sess.flow.on_write_refused(index)
+            self.count("data-dropped-writer-full")
 
     def _on_writer(self, sock: zmq.Socket[Any]) -> None:
         for _ in range(256):

@@ -265,3 +265,28 @@ def test_cumulative_ack_is_not_quadratic() -> None:
     third = _python_lines(lambda: bm.add_range(0, 10_000_008))
     assert bm.cumulative == 10_000_008 and bm.count == 10_000_008
     assert max(first, second, third) < 500  # ~log of the chunks covered, not the chunks
+
+
+@settings(max_examples=200, deadline=None)
+@given(bitmap_ops(), st.data())
+def test_discard_matches_a_set_model(case: tuple[int, list[int]], data: st.DataObject) -> None:
+    """Adds and discards in any order: membership, count, cumulative,
+    highest and ranges stay those of a set."""
+    total, adds = case
+    bm = ChunkBitmap(total)
+    held: set[int] = set()
+    for index in adds:
+        if data.draw(st.booleans()):
+            assert bm.discard(index) is (index in held)
+            held.discard(index)
+        else:
+            bm.add(index)
+            held.add(index)
+        assert bm.count == len(held)
+        assert bm.cumulative == model_cumulative(held, total)
+        assert bm.highest == max(held, default=-1)
+    assert bm.ranges() == model_ranges(held)
+    assert list(bm.missing()) == [i for i in range(total) if i not in held]
+    assert [bm.next_held(i) for i in range(total)] == [
+        min((h for h in held if h >= i), default=total) for i in range(total)
+    ]

@@ -142,3 +142,25 @@ def test_datagrams_waiting_to_be_read_hold_back_naks_of_the_horizon_for_a_while(
     s.on_backlog(t)  # still a backlog, but no chunk for longer than the grace
     s.on_timer(t)
     assert s.poll() == [SendAck(0, 0, [(2, 20)])]
+
+
+def test_a_chunk_the_writer_refused_is_missing_again_and_naked() -> None:
+    """A chunk taken but refused by a full writer is not held: it is NAKed
+    (the sender repairs it), taken again when it comes, and the session
+    finishes only once it is written."""
+    s = MulticastIncoming(3, 0.0, idle_timeout=30.0)
+    s.on_key(0.0)
+    s.on_status(3, b"h" * 32, 1, 0.0)
+    s.poll()
+    for i in range(3):
+        assert s.on_chunk(i, 0.01)
+    s.on_write_refused(1)
+    s.on_written(0, 0.02)
+    s.on_written(2, 0.02)
+    s.poll()
+    s.on_timer(10.0)
+    naks = [out.naks for out in s.poll() if isinstance(out, SendAck)]
+    assert naks and naks[-1] == [(1, 2)], naks
+    assert s.on_chunk(1, 10.1)  # the repair is new, not a duplicate
+    s.on_written(1, 10.2)
+    assert FinishFile(b"h" * 32) in s.poll()

@@ -157,6 +157,19 @@ class ChunkBitmap:
         self._bits[byte] |= bit
         return 1
 
+    def discard(self, index: int) -> bool:
+        """Mark ``index`` missing again (a chunk taken but then not kept);
+        False if it was not held."""
+        if index not in self:
+            return False
+        self._bits[index >> 3] &= ~(1 << (index & 7)) & 0xFF
+        self._count -= 1
+        self._cumulative = min(self._cumulative, index)
+        if index + 1 == self._end:  # the highest went: find the one below
+            below = bytes(self._bits[: (index >> 3) + 1]).rstrip(b"\0")
+            self._end = (len(below) - 1) * 8 + below[-1].bit_length() if below else 0
+        return True
+
     def add_ranges(self, ranges: Iterable[tuple[int, int]]) -> int:
         """Mark all of the [start, end) ranges; how many chunks were new."""
         return sum(self.add_range(start, end) for start, end in ranges)

@@ -145,6 +145,12 @@ class GapTracker:
     def on_written(self, index: int) -> None:
         self.written.add(index)
 
+    def on_refused(self, index: int) -> None:
+        """Chunk ``index`` was received but not queued to be written (the
+        writer was full): missing again, so it is NAKed and repaired."""
+        if index not in self.written:
+            self.received.discard(index)
+
     def on_horizon(self, horizon: int) -> None:
         self.horizon = max(self.horizon, min(self.total, horizon))
 

@@ -121,6 +121,11 @@ class MulticastIncoming:
         self.last_activity = self._last_chunk = now
         return self.tracker.on_chunk(index, now)
 
+    def on_write_refused(self, index: int) -> None:
+        """The writer refused chunk ``index`` (its queue was full): it is
+        missing again (NAKed, repaired), as a unicast receiver's would be."""
+        self.tracker.on_refused(index)
+
     def on_backlog(self, now: float) -> None:
         """Datagrams are waiting to be read (the receiving thread is behind
         the group, e.g. waiting for a core): chunks are still arriving, so
