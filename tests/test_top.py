@@ -245,3 +245,21 @@ def test_top_lists_incoming_transfers_with_the_ids_cancel_takes() -> None:
     assert lines[heading + 2].split() == ["in7", "big.iso", "25%", "of", "200.0", "MiB"], lines
     view.update(1.0, {**facts, "incoming": "[]"}, [send], [])  # it ended
     assert "Receiving" not in _render(view, 80) and view.selected_id() == "5"
+
+
+def test_top_without_sends_keeps_its_headers_whole_at_80_columns() -> None:
+    """No send running: the placeholder line counts when columns are fitted,
+    so no header is cut to "…" (it was: "C…", "PROGRE…", "STA…")."""
+    from peercrypt.cli.top import View
+
+    view = View()
+    view.update(
+        0.0, {"fingerprint": "n47j-hxbx-u2u5-g37e-v3th", "pid": "1", "mode": "normal"}, [], []
+    )
+    for width in (80, 100, 170):
+        lines = _render(view, width)
+        assert all(len(line) <= width for line in lines), lines
+        assert not any("…" in line for line in lines), "\n".join(lines)
+        header = lines[lines.index("Sends") + 1].split()
+        assert header[:2] == ["ID", "FILE"] and "DONE" in header and "RATE" in header, header
+        assert any(line.split() == ["no", "sends", "running"] for line in lines), lines

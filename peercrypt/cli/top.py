@@ -204,6 +204,7 @@ SEND_DROP = ("PRIO", "SHARE", "CAP", "MODE", "STATE", "PROGRESS", "PEER")
 RIGHT = frozenset({"ID", "CAP", "SHARE", "DONE", "RATE", "ETA"})
 PEER_COLUMNS = ("ID", "ADDRESS", "STATE", "RTT", "RELIABILITY", "FAILURES", "LAST SEEN")
 PEER_DROP = ("FAILURES", "RELIABILITY", "LAST SEEN", "RTT")
+NO_SENDS = "no sends running"
 BAR = 20  # the progress bar's width (cells), down to BAR // 2 before it is left out
 
 
@@ -294,9 +295,10 @@ def render(view: View, width: int) -> Group:
     one_line = who.cell_len + 2 + what.cell_len <= width
     head = Text.assemble(who, "  " if one_line else "\n", what)
     rows = send_rows(view)
-    shown, bar_width = shown_columns(
-        SEND_COLUMNS, [cells for cells, _, _ in rows], SEND_DROP, width
-    )
+    # With no send the placeholder line is the FILE cell: the columns are
+    # fitted to it too, or the headers beside it are cut to "…".
+    cells = [c for c, _, _ in rows] or [dict.fromkeys(SEND_COLUMNS, "") | {"FILE": NO_SENDS}]
+    shown, bar_width = shown_columns(SEND_COLUMNS, cells, SEND_DROP, width)
     transfers = Table(title="Sends", title_justify="left", expand=True, box=None, pad_edge=False)
     for name in shown:
         justify = "right" if name in RIGHT else "left"
@@ -308,7 +310,7 @@ def render(view: View, width: int) -> Group:
             style="reverse" if i == view.selected else None,
         )
     if not rows:
-        transfers.add_row("", Text("no sends running", style="dim"))
+        transfers.add_row("", Text(NO_SENDS, style="dim"))
     receiving = Table(
         title="Receiving", title_justify="left", expand=True, box=None, pad_edge=False
     )
