@@ -40,8 +40,6 @@ from peercrypt.testing.nodes import NodeProcess, random_file
 MiB = 2**20
 
 
-
-
 def send(sender: NodeProcess, receiver: NodeProcess, path: Path, *args: str) -> dict[str, Any]:
     code, result = sender.send_to(path, receiver, "--no-progress", *args, timeout=900)
     if code != 0:

@@ -49,8 +49,6 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
-
-
 GROUP = "239.255.80.67"
 
 

@@ -32,8 +32,6 @@ MiB = 2**20
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-
-
 def thread_times(pid: int) -> dict[int, tuple[str, float]]:
     """tid -> (comm, cpu seconds) of every thread of ``pid``."""
     out = {}

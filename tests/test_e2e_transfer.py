@@ -313,5 +313,5 @@ def test_send_through_running_node_notes_that_the_key_flag_is_not_used(
         "peercrypt: warning: --network-key puts the key in the command line, visible to every "
         "local user (ps); use --network-key-file or PEERCRYPT_NETWORK_KEY",
         "peercrypt: note: sending through the running node, on its network "
-        "(--network-key/--open apply only when no node runs)"
+        "(--network-key/--open apply only when no node runs)",
     ]

@@ -120,9 +120,7 @@ def test_create_part_in_a_missing_inbox_is_an_io_refusal(tmp_path: Path) -> None
         ("ok.bin", 4096, 4096 * 2**25 + 1, "bad-offer"),  # one chunk over the cap
     ],
 )
-def test_check_offer_refusals(
-    tmp_path: Path, name: str, chunk: int, size: int, code: str
-) -> None:
+def test_check_offer_refusals(tmp_path: Path, name: str, chunk: int, size: int, code: str) -> None:
     with pytest.raises(Refusal) as refused:
         check_offer(settings(tmp_path), name, chunk, size)
     assert refused.value.code == code

@@ -172,8 +172,6 @@ LOW_ORDER_POINTS = [
 ]
 
 
-
-
 def test_route_ids_are_the_transfers_own() -> None:
     s, r = pair()
     other_s, other_r = pair()
