@@ -297,8 +297,8 @@ def render(view: View, width: int) -> Group:
     rows = send_rows(view)
     # With no send the placeholder line is the FILE cell: the columns are
     # fitted to it too, or the headers beside it are cut to "…".
-    cells = [c for c, _, _ in rows] or [dict.fromkeys(SEND_COLUMNS, "") | {"FILE": NO_SENDS}]
-    shown, bar_width = shown_columns(SEND_COLUMNS, cells, SEND_DROP, width)
+    fitted = [c for c, _, _ in rows] or [dict.fromkeys(SEND_COLUMNS, "") | {"FILE": NO_SENDS}]
+    shown, bar_width = shown_columns(SEND_COLUMNS, fitted, SEND_DROP, width)
     transfers = Table(title="Sends", title_justify="left", expand=True, box=None, pad_edge=False)
     for name in shown:
         justify = "right" if name in RIGHT else "left"
