@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -176,17 +175,6 @@ def test_no_peer_can_cancel_an_incoming_transfer(
     assert receiver.wait_for_counter("gateway.rejected-unexpected", 2) == 2
 
 
-def _probe(t: HostileTransfer, digest: bytes) -> Failed:
-    """Send Done every 0.2 s, as a sender's probes, until a Failed comes."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        t.send_done(digest)
-        failed = [m for m in t.replies(0.2) if isinstance(m, Failed)]
-        if failed:
-            return failed[0]
-    raise AssertionError("no Failed answered a Done of the cancelled transfer")
-
-
 def test_a_transfer_whose_final_check_is_stuck_in_the_disk_is_cancelled_at_once(
     stalling_disk: Callable[..., StallingDisk],
     node_factory: Callable[..., NodeProcess],
@@ -226,7 +214,8 @@ def test_a_transfer_whose_final_check_is_stuck_in_the_disk_is_cancelled_at_once(
             assert again.returncode == 2 and "no incoming transfer" in again.stderr, again
             # Dones still coming (a sender probes about once a second) are
             # answered so too, at most every 0.5 s.
-            assert _probe(t, blake3.blake3(data).digest()).code == "cancelled"
+            again_failed = t.done_until(blake3.blake3(data).digest(), (Failed,), WAIT)
+            assert isinstance(again_failed, Failed) and again_failed.code == "cancelled"
             stalling_inbox.resume()
             assert receiver.wait_for_counter("receiver.late-checks-dropped", 1, WAIT) == 1
             assert not [m for m in t.replies(0.5) if isinstance(m, Verified)]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,15 +30,9 @@ def _written(receiver: NodeProcess, name: str) -> int:
 
 
 def _verdict(t: HostileTransfer, data: bytes) -> Verified | Failed:
-    """Send Done (again every 0.2 s, as a sender's probes) until the verdict."""
-    digest = blake3.blake3(data).digest()
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        t.send_done(digest)
-        for msg in t.replies(0.2):
-            if isinstance(msg, Verified | Failed):
-                return msg
-    raise AssertionError("no verdict within the deadline")
+    verdict = t.done_until(blake3.blake3(data).digest(), (Verified, Failed), WAIT)
+    assert isinstance(verdict, Verified | Failed)
+    return verdict
 
 
 def test_a_check_stuck_in_the_disk_does_not_hold_up_another_transfers_chunks(

@@ -114,14 +114,21 @@ class HostileTransfer:
         size = self.offer.chunk_size
         for index in range(self.total):
             self.send_chunk(index, data[index * size : (index + 1) * size])
-        digest = blake3.blake3(data).digest()
+        return self.done_until(blake3.blake3(data).digest(), (Verified, Failed), timeout)
+
+    def done_until(
+        self, digest: bytes, kinds: tuple[type[codec.Message], ...], timeout: float = WAIT
+    ) -> codec.Message:
+        """Send Done with ``digest`` every 0.2 s (a sender's probes) until
+        the receiver answers with one of ``kinds``; that answer."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.send_done(digest)
             for msg in self.replies(0.2):
-                if isinstance(msg, Verified | Failed):
+                if isinstance(msg, kinds):
                     return msg
-        raise TimeoutError(f"no verified or failed from the receiver within {timeout} s")
+        names = " or ".join(k.TYPE for k in kinds)
+        raise TimeoutError(f"no {names} from the receiver within {timeout} s")
 
     def send_done(self, digest: bytes) -> None:
         self.send_sealed(Done(digest=digest, chunks=self.total))
