@@ -21,6 +21,7 @@ In network namespaces (created here):
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -241,10 +242,14 @@ def _across_a_new_scheduler(
     running: Callable[[NodeProcess], object],
 ) -> tuple[NodeProcess, dict[str, Any], Path, tuple[Counter[str], int]]:
     """A node (``node_args``) whose scheduler is attached (--max-rate
-    2 MiB/s) sends 8 MiB to ``receiver`` (``send_args``); once
-    ``running(node)`` holds, that scheduler is killed and, once the node saw
-    it lost, a new one attaches. The node, the send's result (it must have
-    succeeded), the file, and the node's threads and sockets before the send."""
+    2 MiB/s) sends 8 MiB to ``receiver`` (``send_args``; not started yet: it
+    starts meanwhile, the three process starts are most of the test's time);
+    once ``running(node)`` holds, that scheduler is killed and, once the node
+    saw it lost, a new one attaches. The node, the send's result (it must
+    have succeeded), the file, and the node's threads and sockets before the send."""
+    starter = concurrent.futures.ThreadPoolExecutor(1)
+    receiving = starter.submit(receiver.start)
+    starter.shutdown(wait=False)  # (the start runs on; its thread then ends)
     first = ActorProcess(tmp_path / "sched", "scheduler", [], network_key)
     node = remote_node(tmp_path / "node", network_key, "scheduler", first.fingerprint(), *node_args)
     processes.append(node.start())
@@ -254,6 +259,7 @@ def _across_a_new_scheduler(
     attached(node, "scheduler", first.fingerprint())
     before = _threads_and_sockets(node)
     path = random_file(tmp_path / "paced.bin", 8 * MiB)
+    receiving.result(timeout=120)  # (raises what its start raised)
     send = start_cli(
         "send", path, "127.0.0.1", str(receiver.port), *send_args, "--json", "--timeout", "60",
         data_dir=node.data_dir, env={"PEERCRYPT_NETWORK_KEY": network_key},
@@ -288,7 +294,7 @@ def test_a_send_goes_on_when_its_lost_scheduler_comes_back(
     """A paced send (the attached scheduler's --max-rate) stalls while its
     scheduler is gone; a new scheduler process attaches, the sender announces
     the flow again, and the send completes with the right hash."""
-    receiver = node_factory("--no-gossip")
+    receiver = node_factory("--no-gossip", start=False)
     _, result, path, _ = _across_a_new_scheduler(
         tmp_path, network_key, processes, receiver, (), (),
         lambda node: wait_until(lambda: _sending(node), 20, "the send to run", interval=0.2),
@@ -326,7 +332,7 @@ def test_a_multicast_session_goes_on_when_its_lost_scheduler_comes_back(
     it). Before, the msender never told the new scheduler: the session
     waited for grants until its --timeout (here 60 s), holding them; and it
     started unpaced, as if the attached scheduler had no cap."""
-    receiver = node_factory("--no-gossip")
+    receiver = node_factory("--no-gossip", start=False)
     group = f"239.255.{random.randrange(1, 255)}.{random.randrange(1, 255)}:{free_port()}"
 
     def publishing(node: NodeProcess) -> None:
