@@ -525,12 +525,26 @@ def test_a_data_plane_thread_yields_the_cpu_to_the_control_plane() -> None:
     def control() -> None:
         seen["control"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-    for body in (data, control):
+    def data_started_by_data() -> None:
+        # The writer and its hash workers are started by the receiver's
+        # thread, already nicer: they inherit its value and must not add
+        # DATA_NICE a second time.
+        yield_to_control_plane()
+        inner = threading.Thread(target=nested)
+        inner.start()
+        inner.join(10)
+
+    def nested() -> None:
+        yield_to_control_plane()
+        seen["nested"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    for body in (data, control, data_started_by_data):
         thread = threading.Thread(target=body)
         thread.start()
         thread.join(10)
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    assert seen == {"data": min(19, base + DATA_NICE), "control": base}
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    nicer = min(19, base + DATA_NICE)
+    assert seen == {"data": nicer, "control": base, "nested": nicer}
     assert DATA_NICE > 0
     assert SenderActor.data_plane and ReceiverActor.data_plane and not Worker.data_plane
 

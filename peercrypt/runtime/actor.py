@@ -94,12 +94,18 @@ def name_native_thread() -> None:
 
 
 def yield_to_control_plane() -> None:
-    """Make the calling thread (one that moves bulk data) nicer than the
-    control plane's. Linux sets the nice value per thread; elsewhere, or if
-    refused, nothing happens."""
+    """Make the calling thread (one that moves bulk data) DATA_NICE nicer than
+    the node's main thread, whatever the thread that started it ran at (a
+    thread inherits its starter's nice value: the writer and its hash workers,
+    started by the already nicer receiver thread, would otherwise add it
+    twice). Linux sets the nice value per thread; elsewhere, or if refused,
+    nothing happens."""
     with contextlib.suppress(OSError, AttributeError):
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + DATA_NICE)
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's
+        wanted = min(19, base + DATA_NICE)
+        if os.getpriority(os.PRIO_PROCESS, tid) != wanted:
+            os.setpriority(os.PRIO_PROCESS, tid, wanted)
 
 
 # How many messages one readable socket may deliver before the loop looks at
