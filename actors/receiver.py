@@ -82,7 +82,7 @@ from actors.inbox import (
 )
 from actors.space import drop_gone_part, report_holdings
 from actors.tree_store import sweep_trees
-from peercrypt import local_ipc
+from peercrypt import local_ipc, shm_ring
 from peercrypt.core.bitmap import ChunkBitmap, flatten
 from peercrypt.core.delivered import (
     JOURNAL_BYTES,
@@ -130,6 +130,7 @@ from peercrypt.wire.messages import (
     Refuse,
     SealedHeader,
     SettingReply,
+    SlotHeader,
     Verified,
     Verifying,
 )
@@ -194,6 +195,7 @@ class Incoming:
     files: int = 0
     digest: bytes = b""  # verified, while its tree is being stored
     reported: int = 0  # bytes written, as the space ledger last heard
+    ring: shm_ring.ReceiverRing | None = None  # lent to a sender of this host
     ident: str = ""  # what the user names it by (``status``, ``top``, ``cancel``): in1, in2...
     who: str = ""  # the sender's fingerprint, as its statistics samples name it
 
@@ -266,6 +268,7 @@ class ReceiverActor(Actor):
         self._idents = itertools.count(1)  # of incoming transfers, for the user
         self.cancelled: dict[bytes, Cancelled] = {}  # tid -> (bounded: COMPLETED_MEMORY)
         self.ticks = 0  # progress reports so far (which transfers are sampled)
+        self.ring_copy = bytearray()  # a shared-memory ring's slot, copied out
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -561,6 +564,8 @@ class ReceiverActor(Actor):
             local_ipc.remove(ipc_path, self.ipc_bound)
         for t in list(self.transfers.values()):
             self.tell("stats", self._record(t, "interrupted", "the node stopped"))
+            if t.ring is not None:
+                t.ring.close()
             if hasattr(self, "writer"):
                 self.writer.close(t.tid, keep=True)
         self.transfers.clear()
@@ -796,6 +801,7 @@ class ReceiverActor(Actor):
             ident=f"in{next(self._idents)}",
         )
         self.transfers[offer.tid] = t
+        t.ring = self._lend_ring(t, details.mode)
         self.tell("stats", self._record(t, "running"))
         template = Manifest(key, offer.tid, part.name, b"", 0.0)
         self.writer.open(
@@ -825,7 +831,34 @@ class ReceiverActor(Actor):
             have=flatten(accept_ranges(flow.written)),
             data_ipc=str(self.ipc_path or ""),
             host_tag=local_ipc.host_tag(self.ipc_host, offer.tid, answer.secrets),
+            data_ring=t.ring.path if t.ring is not None else "",
+            ring_token=t.ring.token if t.ring is not None else b"",
+            ring_slots=t.ring.intake.slots if t.ring is not None else 0,
         )
+
+    def _lend_ring(self, t: Incoming, mode: str) -> shm_ring.ReceiverRing | None:
+        """A shared-memory ring for a sender of this host (peercrypt/shm_ring.py):
+        as many slots as the credit and SLACK, within what the node's rings
+        may hold together (its ``receive_buffer``); none where the Unix
+        socket is not offered either, for a parallel send (its lanes send
+        over their sockets) or a file of one chunk."""
+        if not self.ipc_host or mode == "parallel":
+            return None
+        held = sum(o.ring.size for o in self.transfers.values() if o.ring is not None)
+        slots = shm_ring.ring_slots(
+            min(t.flow.window.window, t.flow.total),
+            t.chunk_size + TAG_BYTES,
+            self.settings.receive_buffer - held,
+        )
+        if not slots:
+            return None
+        try:
+            ring = shm_ring.ReceiverRing(slots, t.chunk_size + TAG_BYTES)
+        except OSError as exc:
+            self.log_limited("receiver: no shared-memory ring: %s", exc)
+            return None
+        self.count("rings-lent")
+        return ring
 
     def report(self) -> None:
         # What `receive` and the shell show: the transfers coming in (a few,
@@ -920,6 +953,8 @@ class ReceiverActor(Actor):
                 continue
             if isinstance(header, ChunkHeader):
                 self._on_chunk(route, header, frames[2].buffer)
+            elif isinstance(header, SlotHeader):
+                self._on_slot(route, header)
             elif isinstance(header, SealedHeader):
                 self._on_sealed(route, header, frames[2].buffer)
             else:
@@ -930,34 +965,72 @@ class ReceiverActor(Actor):
         self.count(f"data-dropped-{kind}")
         self.log_limited("receiver: dropped %s frame from a data peer", kind)
 
-    def _on_chunk(self, route: bytes, h: ChunkHeader, payload: memoryview) -> None:
+    def _chunk_of(self, route: bytes, h: ChunkHeader | SlotHeader) -> tuple[Incoming, int] | None:
+        """The transfer a chunk's header names, and the length its sealed
+        bytes must have; None (dropped) for any other header."""
         t = self.transfers.get(h.tid)
         if t is None:
             if h.tid in self.cancelled:
                 self._answer_cancelled(route, h.tid)
             elif h.tid not in self.completed:
                 self._drop(route, "unknown-transfer")
-            return
+            return None
         # Pinned to the transfer's own connections (its route ids, or the
         # shared ones its sealed Attach named): dropped before a decryption.
         if route not in t.routes and not t.keys.owns_route(route):
             self._drop(route, "route")
-            return
+            return None
         total = t.flow.total
         if not 0 <= h.index < total or h.last != (h.index == total - 1):
             self._drop(route, "bad-index")
+            return None
+        return t, min(t.chunk_size, t.size - h.index * t.chunk_size) + TAG_BYTES
+
+    def _on_slot(self, route: bytes, h: SlotHeader) -> None:
+        """A chunk sealed into the transfer's shared-memory ring: copied into
+        this node's own buffer first (the sender may rewrite the slot at any
+        moment), then taken as a chunk of that copy; an authentic one
+        releases its slot."""
+        found = self._chunk_of(route, h)
+        if found is None:
             return
-        expected = min(t.chunk_size, t.size - h.index * t.chunk_size) + TAG_BYTES
+        t, expected = found
+        ring = t.ring
+        offset = ring.intake.offset(h.seq, expected) if ring is not None else None
+        if ring is None or offset is None:
+            self._drop(route, "bad-slot")
+            return
+        if len(self.ring_copy) < expected:
+            self.ring_copy = bytearray(expected)
+        copy = memoryview(self.ring_copy)[:expected]
+        ring.copy_out(offset, copy)
+        if self._take_chunk(route, t, h, copy):
+            ring.intake.consumed(h.seq)
+            ring.taken += 1
+
+    def _on_chunk(self, route: bytes, h: ChunkHeader, payload: memoryview) -> None:
+        found = self._chunk_of(route, h)
+        if found is None:
+            return
+        t, expected = found
         if len(payload) != expected:
             self._drop(route, "bad-length")
             return
+        self._take_chunk(route, t, h, payload)
+
+    def _take_chunk(
+        self, route: bytes, t: Incoming, h: ChunkHeader | SlotHeader, payload: memoryview
+    ) -> bool:
+        """Authenticate, decrypt and queue a chunk of the checked length;
+        whether it authenticated."""
+        expected = len(payload)
         # Authenticate before anything else, duplicates included, and only
         # once per nonce: only the key holder may move the transfer's reply
         # route (among its own connections) or cause an ack, and a replayed
         # frame is neither.
         if not t.replay.fresh(h.nonce):
             self._drop(route, "replay")
-            return
+            return False
         # Decrypted into a reused buffer, which the writer gives back once
         # written; every other way out gives it back here.
         plaintext = self.writer.buffers.take(expected - TAG_BYTES)
@@ -966,18 +1039,19 @@ class ReceiverActor(Actor):
         except OpenError:
             self.writer.buffers.give(plaintext)
             self._drop(route, "auth")
-            return
+            return False
         t.replay.accept(h.nonce)
         t.route = route
         arrival = t.flow.on_chunk(h.index, h.last, self.now())
         if arrival is Arrival.NEW and self.writer.write(t.tid, h.index, plaintext):
-            return
+            return True
         self.writer.buffers.give(plaintext)
         if arrival is Arrival.NEW:
             t.flow.on_write_refused(h.index)
             self._drop(route, "writer-full")
         elif arrival is Arrival.OVER_CREDIT:
             self._drop(route, "over-credit")
+        return True
 
     def _on_sealed(self, route: bytes, h: SealedHeader, payload: memoryview) -> None:
         t = self.transfers.get(h.tid)
@@ -1071,7 +1145,10 @@ class ReceiverActor(Actor):
                 ack = t.flow.ack(self._credit(t.chunk_size))
                 if ack is not None:
                     cumulative, sack, window = ack
-                    ack_msg = Ack(cumulative=cumulative, sack=flatten(sack), window=window)
+                    released = t.ring.intake.released if t.ring is not None else 0
+                    ack_msg = Ack(
+                        cumulative=cumulative, sack=flatten(sack), window=window, released=released
+                    )
                     self._send_sealed(t, ack_msg)
 
     def _drive(self, t: Incoming) -> None:
@@ -1250,6 +1327,9 @@ class ReceiverActor(Actor):
         writer after its queued work if ``by_writer``), its fd closed by the
         writer, its space released."""
         self.transfers.pop(t.tid, None)
+        if t.ring is not None:
+            self.count("ring-chunks", t.ring.taken)
+            t.ring.close()
         inbox = self.settings.inbox
         names = (manifest_name(t.part.name), manifest_name(t.part.name) + ".tmp")
         if by_writer and not keep_part:

@@ -87,7 +87,7 @@ from actors.peer_link import ConnectProbe, Link, connect_cause
 from actors.sealed_buffers import SealedPool
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk
-from peercrypt import local_ipc
+from peercrypt import local_ipc, shm_ring
 from peercrypt.core.address import join_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
@@ -141,6 +141,7 @@ from peercrypt.wire.messages import (
     SealedHeader,
     SendRequest,
     SendResult,
+    SlotHeader,
     TransfersReply,
     TransfersRequest,
     Verified,
@@ -251,6 +252,7 @@ class Outgoing:
     port_closed: bool = False  # this attempt ended because the receiver's port refused
     tree: TreeSource | None = None  # a folder or several files, read as one stream (fd -1)
     checked: int = 0  # bytes the receiver's final check covered (its Verifying)
+    ring: shm_ring.SenderRing | None = None  # the receiver's shared-memory ring
 
     @property
     def source(self) -> int | Stream:
@@ -723,9 +725,19 @@ class SenderActor(Actor):
         host = accept.data_host or t.request.host
         tcp_url = f"tcp://{join_host_port(host, accept.data_port)}"
         ipc = None
-        if accept.data_ipc and self.host_id:
-            mine = local_ipc.host_tag(self.host_id, t.tid, secrets)
+        mine = local_ipc.host_tag(self.host_id, t.tid, secrets) if self.host_id else ""
+        if accept.data_ipc and mine:
             ipc = local_ipc.usable_target(accept.data_ipc, accept.host_tag, mine)
+        if accept.data_ring and mine and flow.lanes == 1:  # lanes send over their sockets
+            t.ring = shm_ring.open_ring(
+                accept.data_ring,
+                accept.ring_token,
+                accept.ring_slots,
+                t.chunk_size + TAG_BYTES,
+                accept.host_tag,
+                mine,
+            )
+            self.count("data-ring" if t.ring is not None else "data-ring-refused")
         for lane in range(flow.lanes):
             pipe = self._pipe(tcp_url, ipc, lane, (host, accept.data_port))
             pipe.users[t.tid] = t
@@ -997,6 +1009,17 @@ class SenderActor(Actor):
         if index == t.hashed:
             t.hasher.update(chunk)
             t.hashed += 1
+        if t.ring is not None:
+            slot = t.ring.slots.take(len(chunk) + TAG_BYTES)
+            if slot is not None:  # sealed into the receiver's ring: a descriptor only
+                seq, offset = slot
+                nonce = t.keys.seal_chunk_into(
+                    index, last, chunk, t.ring.slot(offset, len(chunk) + TAG_BYTES)
+                )
+                header = SlotHeader(tid=t.tid, index=index, last=last, nonce=nonce, seq=seq)
+                t.pipes[0].sock.send_multipart([codec.encode(header), b""])
+                return
+            self.count("data-ring-full")  # every slot unreleased: over the socket
         ring = self.sealed.ring(t.chunk_size + TAG_BYTES)
         buffer = ring.take()
         if buffer is None:  # every buffer is still being sent: a new one
@@ -1122,6 +1145,8 @@ class SenderActor(Actor):
                     self.count("data-dropped")
                     continue
                 t.flow.on_ack(msg.cumulative, sack, msg.window, self.now())
+                if t.ring is not None:
+                    t.ring.slots.on_released(msg.released)
             elif isinstance(msg, Verified):
                 t.flow.on_verified(msg.digest, printable(msg.stored_as))
             elif isinstance(msg, Verifying):
@@ -1204,6 +1229,8 @@ class SenderActor(Actor):
         self._leave_pipes(t)
         if t.fd >= 0:
             os.close(t.fd)
+        if t.ring is not None:
+            t.ring.close()
         if not self.transfers:
             self.sealed.clear()
         self.count("sent" if code == ResultCode.OK else f"failed-{code}")

@@ -246,7 +246,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("no_stats", "PEERCRYPT_NO_STATS", "bool", False, "Record no statistics history.",
        flag="--no-stats"),
     _s("no_local_ipc", "PEERCRYPT_NO_LOCAL_IPC", "bool", False,
-       "Send and take chunks between two nodes of this host over TCP, not a Unix socket.",
+       "Send and take chunks between two nodes of this host over TCP, not a Unix socket nor shared "
+       "memory.",
        flag="--no-local-ipc"),
 )  # fmt: skip
 

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from peercrypt import local_ipc
 from peercrypt.crypto.handshake import Initiator, SessionSecrets, respond
-from peercrypt.crypto.identity import KeyPair, new_network_key
-from peercrypt.testing.nodes import NodeProcess, assert_sent
+from peercrypt.crypto.identity import KeyPair
+from peercrypt.testing.nodes import NodeProcess, assert_sent, one_host_trio
 
 HOST = local_ipc.host_id()
 
@@ -223,22 +223,8 @@ def test_only_an_absolute_ipc_data_sock_path_is_well_formed(path: str) -> None:
 def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, ...]]:
     """(sender, receiver, receiver with the Unix socket turned off by its variable)."""
     base = tmp_path_factory.mktemp("ipc")
-    key = new_network_key()
-    nodes = (
-        NodeProcess(base / "s", network_key=key),
-        NodeProcess(base / "r", network_key=key),
-        NodeProcess(base / "off", network_key=key, env={"PEERCRYPT_NO_LOCAL_IPC": "true"}),
-    )
-    try:
-        for node in nodes:
-            node.start()
-        yield nodes
-    finally:
-        started = [n for n in nodes if n.proc is not None]
-        for n in started:
-            n.send_signal()
-        codes = [n.stop() for n in started]
-        assert codes == [0] * len(started), [n.log_tail() for n in started]
+    with one_host_trio(base) as (sender, receiver, off, _):
+        yield sender, receiver, off
     assert not (base / "r" / "ipc" / "data.sock").exists()  # removed at stop
 
 

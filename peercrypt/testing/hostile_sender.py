@@ -26,7 +26,7 @@ from typing import Any
 import blake3
 import zmq
 
-from peercrypt.crypto.handshake import HelloChallenge, Initiator
+from peercrypt.crypto.handshake import HelloChallenge, Initiator, SessionSecrets
 from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.crypto.transfer import OpenError, TransferKeys
 from peercrypt.wire import codec
@@ -68,6 +68,9 @@ class HostileTransfer:
         self.tid = offer.tid
         self.total = max(1, -(-details.size // details.chunk_size))
         self.data = self.connect(ctx, lane=0)
+        # The Accept, and the key exchange's secrets (for its host tag).
+        self.accept: Accept | None = None
+        self.secrets: SessionSecrets | None = None
 
     def connect(self, ctx: zmq.Context[Any], lane: int | None = None) -> zmq.Socket[Any]:
         """A new data connection to the receiver: with ``lane``, one of the
@@ -249,6 +252,7 @@ class HostileSender:
             host = answer.data_host or self.host
             url = self.url(host, answer.data_port)
             transfer = HostileTransfer(self.ctx, url, offer, details, keys)
+            transfer.accept, transfer.secrets = answer, secrets
             self.transfers.append(transfer)
             return transfer
         raise TimeoutError(f"no answer to the offer within {timeout} s")

@@ -708,6 +708,36 @@ class NodeProcess:
 
 
 @contextlib.contextmanager
+def running(*nodes: NodeProcess) -> Iterator[tuple[NodeProcess, ...]]:
+    """Start ``nodes`` (for a module's tests to share); at the end stop every
+    one that started, each of which must exit 0."""
+    try:
+        for node in nodes:
+            node.start()
+        yield nodes
+    finally:
+        started = [n for n in nodes if n.proc is not None]
+        for n in started:
+            n.send_signal()
+        codes = [n.stop() for n in started]
+        assert codes == [0] * len(started), [n.log_tail() for n in started]
+
+
+@contextlib.contextmanager
+def one_host_trio(base: Path) -> Iterator[tuple[NodeProcess, NodeProcess, NodeProcess, str]]:
+    """(sender, receiver, receiver with ``PEERCRYPT_NO_LOCAL_IPC=true``, their
+    network key), running under ``base``: two nodes of one host, and one
+    that takes chunks over TCP only (docs/architecture.md)."""
+    key = new_network_key()
+    with running(
+        NodeProcess(base / "s", network_key=key),
+        NodeProcess(base / "r", network_key=key),
+        NodeProcess(base / "off", network_key=key, env={"PEERCRYPT_NO_LOCAL_IPC": "true"}),
+    ) as (sender, receiver, off):
+        yield sender, receiver, off, key
+
+
+@contextlib.contextmanager
 def node_pair(base: Path, *sender_args: str) -> Iterator[tuple[NodeProcess, NodeProcess]]:
     """A sender node (started with ``sender_args``) and a receiver node on
     one fresh network key, their data directories under ``base``: for a

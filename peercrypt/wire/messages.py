@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 
 from peercrypt.local_ipc import MAX_HOST_TAG
 from peercrypt.local_ipc import MAX_PATH as MAX_IPC_PATH
+from peercrypt.shm_ring import MAX_PATH as MAX_RING_PATH
+from peercrypt.shm_ring import MAX_SLOTS as MAX_RING_SLOTS
+from peercrypt.shm_ring import TOKEN_BYTES as RING_TOKEN_BYTES
 from peercrypt.wire.codec import MAX_MESSAGE_BYTES, Message, bounded, message
 from peercrypt.wire.fields import code, counter, fixed, port, ranges, reason
 from peercrypt.wire.local_messages import HASH_BYTES as HASH_BYTES
@@ -129,7 +132,10 @@ class Accept(Message):
     (optional): the receiver's Unix data socket and its host's identity
     keyed with the transfer id (not the identity itself); a
     sender on the same host may send chunks there instead
-    (peercrypt/local_ipc.py)."""
+    (peercrypt/local_ipc.py). ``data_ring``, ``ring_token`` and
+    ``ring_slots`` (optional, under the same host tag): a ring of chunk
+    slots in shared memory such a sender may seal its chunks into
+    (peercrypt/shm_ring.py)."""
 
     TYPE = "accept"
     tid: bytes = fixed(TID_BYTES)
@@ -142,6 +148,9 @@ class Accept(Message):
     have: list[int] = ranges()
     data_ipc: str = field(default="", metadata=bounded(MAX_IPC_PATH))
     host_tag: str = field(default="", metadata=bounded(MAX_HOST_TAG))
+    data_ring: str = field(default="", metadata=bounded(MAX_RING_PATH))
+    ring_token: bytes = field(default=b"", metadata=bounded(RING_TOKEN_BYTES))
+    ring_slots: int = field(default=0, metadata=bounded(MAX_RING_SLOTS))
 
 
 @message
@@ -167,6 +176,21 @@ class ChunkHeader(Message):
     index: int = field(metadata=bounded(MAX_CHUNKS))
     last: bool = False
     nonce: bytes = field(default=b"", metadata=bounded(NONCE_BYTES, NONCE_BYTES))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class SlotHeader(Message):
+    """A chunk sealed into the receiver's shared-memory ring (peercrypt/shm_ring.py)
+    instead of a payload frame (the next frame is empty): a :class:`ChunkHeader`
+    and the sequence number ``seq`` of its slot."""
+
+    TYPE = "slot"
+    tid: bytes = fixed(TID_BYTES)
+    index: int = field(metadata=bounded(MAX_CHUNKS))
+    last: bool = False
+    nonce: bytes = field(default=b"", metadata=bounded(NONCE_BYTES, NONCE_BYTES))
+    seq: int = counter()
 
 
 @message
@@ -197,12 +221,15 @@ class Attach(Message):
 @dataclass(frozen=True, kw_only=True)
 class Ack(Message):
     """Receiver -> sender: every chunk below ``cumulative`` is written, plus
-    the ranges in ``sack`` ([start, end) pairs); ``window`` is the credit."""
+    the ranges in ``sack`` ([start, end) pairs); ``window`` is the credit.
+    ``released``: every slot of the shared-memory ring below this sequence
+    number was copied out (peercrypt/core/slot_ring.py; 0 without a ring)."""
 
     TYPE = "ack"
     cumulative: int = field(metadata=bounded(MAX_CHUNKS))
     sack: list[int] = ranges()
     window: int = field(metadata=bounded(4096))
+    released: int = counter(default=0)
 
 
 @message
