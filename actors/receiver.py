@@ -840,9 +840,9 @@ class ReceiverActor(Actor):
         """A shared-memory ring for a sender of this host (peercrypt/shm_ring.py):
         as many slots as the credit and SLACK, within what the node's rings
         may hold together (its ``receive_buffer``); none where the Unix
-        socket is not offered either, for a parallel send (its lanes send
-        over their sockets) or a file of one chunk."""
-        if not self.ipc_host or mode == "parallel":
+        socket is not offered either, without ``--shm-ring``, for a parallel
+        send (its lanes send over their sockets) or a file of one chunk."""
+        if not self.ipc_host or not self.settings.shm_ring or mode == "parallel":
             return None
         held = sum(o.ring.size for o in self.transfers.values() if o.ring is not None)
         slots = shm_ring.ring_slots(
@@ -943,7 +943,7 @@ class ReceiverActor(Actor):
             except zmq.Again:
                 break
             route = frames[0].bytes
-            if len(frames) != 3:
+            if not 2 <= len(frames) <= shm_ring.MAX_BATCH + 1:
                 self._drop(route, "frames")
                 continue
             try:
@@ -951,10 +951,14 @@ class ReceiverActor(Actor):
             except codec.DecodeError as exc:
                 self._drop(route, exc.kind)
                 continue
+            if isinstance(header, SlotHeader):  # descriptors only, one per frame
+                self._on_slots(route, header, frames[2:])
+                continue
+            if len(frames) != 3:
+                self._drop(route, "frames")
+                continue
             if isinstance(header, ChunkHeader):
                 self._on_chunk(route, header, frames[2].buffer)
-            elif isinstance(header, SlotHeader):
-                self._on_slot(route, header)
             elif isinstance(header, SealedHeader):
                 self._on_sealed(route, header, frames[2].buffer)
             else:
@@ -985,6 +989,17 @@ class ReceiverActor(Actor):
             self._drop(route, "bad-index")
             return None
         return t, min(t.chunk_size, t.size - h.index * t.chunk_size) + TAG_BYTES
+
+    def _on_slots(self, route: bytes, first: SlotHeader, more: list[zmq.Frame]) -> None:
+        """A message of descriptors (peercrypt/shm_ring.py), in the order sent."""
+        self._on_slot(route, first)
+        for frame in more:
+            try:
+                h = codec.decode_as(frame.buffer, SlotHeader, HEADER_MAX_BYTES)
+            except codec.DecodeError as exc:
+                self._drop(route, exc.kind)
+                continue
+            self._on_slot(route, h)
 
     def _on_slot(self, route: bytes, h: SlotHeader) -> None:
         """A chunk sealed into the transfer's shared-memory ring: copied into

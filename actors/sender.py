@@ -253,6 +253,7 @@ class Outgoing:
     tree: TreeSource | None = None  # a folder or several files, read as one stream (fd -1)
     checked: int = 0  # bytes the receiver's final check covered (its Verifying)
     ring: shm_ring.SenderRing | None = None  # the receiver's shared-memory ring
+    slotted: list[bytes] = field(default_factory=list)  # descriptors not sent yet
 
     @property
     def source(self) -> int | Stream:
@@ -728,7 +729,7 @@ class SenderActor(Actor):
         mine = local_ipc.host_tag(self.host_id, t.tid, secrets) if self.host_id else ""
         if accept.data_ipc and mine:
             ipc = local_ipc.usable_target(accept.data_ipc, accept.host_tag, mine)
-        if accept.data_ring and mine and flow.lanes == 1:  # lanes send over their sockets
+        if accept.data_ring and mine and self.settings.shm_ring and flow.lanes == 1:
             t.ring = shm_ring.open_ring(
                 accept.data_ring,
                 accept.ring_token,
@@ -881,6 +882,9 @@ class SenderActor(Actor):
                 for out in outputs:
                     if isinstance(out, SendChunk):
                         self._send_chunk(t, out.index, out.last)
+                        continue
+                    if t.slotted:  # the chunks' descriptors go before anything else
+                        self._send_slotted(t)
                     elif isinstance(out, HashFile):
                         self._hash_file(t)
                     elif isinstance(out, SendDone):
@@ -907,6 +911,8 @@ class SenderActor(Actor):
                         return self._end(t, code, reason)
             except OSError as exc:
                 return self._end(t, ResultCode.LOCAL, f"reading {t.request.path} failed: {exc}")
+            if t.slotted:
+                self._send_slotted(t)
         if t.timer is not None:
             t.timer.cancel()
         due = t.flow.next_timer()
@@ -1017,7 +1023,9 @@ class SenderActor(Actor):
                     index, last, chunk, t.ring.slot(offset, len(chunk) + TAG_BYTES)
                 )
                 header = SlotHeader(tid=t.tid, index=index, last=last, nonce=nonce, seq=seq)
-                t.pipes[0].sock.send_multipart([codec.encode(header), b""])
+                t.slotted.append(codec.encode(header))
+                if len(t.slotted) >= shm_ring.MAX_BATCH:
+                    self._send_slotted(t)
                 return
             self.count("data-ring-full")  # every slot unreleased: over the socket
         ring = self.sealed.ring(t.chunk_size + TAG_BYTES)
@@ -1029,6 +1037,13 @@ class SenderActor(Actor):
         view = memoryview(buffer)[: len(chunk) + TAG_BYTES]
         nonce = t.keys.seal_chunk_into(index, last, chunk, view)
         ring.sent(buffer, self._put_chunk(t, index, last, nonce, view, track=True))
+
+    def _send_slotted(self, t: Outgoing) -> None:
+        """The descriptors of the chunks just sealed into the ring, in one
+        message (one per drive, not one per chunk: fewer messages for both
+        sides, and a receiver's queue of a few messages holds many)."""
+        t.pipes[0].sock.send_multipart(t.slotted)
+        t.slotted = []
 
     def _put_chunk(
         self,

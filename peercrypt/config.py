@@ -249,6 +249,9 @@ SETTINGS: tuple[Setting, ...] = (
        "Send and take chunks between two nodes of this host over TCP, not a Unix socket nor shared "
        "memory.",
        flag="--no-local-ipc"),
+    _s("shm_ring", "PEERCRYPT_SHM_RING", "bool", False,
+       "Send and take chunks between two nodes of this host through shared memory (both ends).",
+       flag="--shm-ring"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

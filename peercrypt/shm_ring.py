@@ -11,7 +11,9 @@ Its Accept names it as ``/proc/PID/fd/N`` with the random name (``data_ring``,
 the same host tag. The sender seals each chunk straight into a free slot
 (peercrypt/core/slot_ring.py) and sends over its data connection only a
 :class:`~peercrypt.wire.messages.SlotHeader` (the chunk's header and the
-slot's sequence number); the Ack that follows frees the slot.
+slot's sequence number), those of the chunks sealed in one go as the frames
+of one message (at most :data:`MAX_BATCH`); the Ack that follows frees the
+slots.
 
 What either side trusts of the other:
 
@@ -31,8 +33,10 @@ What either side trusts of the other:
 - A ring full of slots the receiver has not released does not stop the
   sender: that chunk goes over the socket (with its ciphertext).
 
-``--no-local-ipc`` / ``PEERCRYPT_NO_LOCAL_IPC=true`` turns the ring off
-with the Unix socket, on either side. Memory: a ring holds at most the
+Off by default: ``--shm-ring`` / ``PEERCRYPT_SHM_RING=true`` on both nodes
+turns it on (docs/architecture.md says why it is off);
+``--no-local-ipc`` / ``PEERCRYPT_NO_LOCAL_IPC=true`` turns it off with the
+Unix socket, on either side. Memory: a ring holds at most the
 transfer's credit plus :data:`SLACK` chunks, all rings of a receiving node
 together at most its ``receive_buffer``; only single-lane transfers use one
 (parallel lanes send over their sockets).
@@ -54,6 +58,7 @@ PREFIX = "peercrypt-ring-"
 TOKEN_BYTES = 16
 MAX_PATH = 48
 SLACK = 4  # slots beyond the credit: acks free them late (after the write)
+MAX_BATCH = 64  # descriptors in one message
 MAX_RING_BYTES = 256 * 1024 * 1024
 _PATH = re.compile(r"/proc/[1-9][0-9]{0,9}/fd/[0-9]{1,9}")
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW

@@ -34,7 +34,7 @@ from peercrypt.testing.nodes import (
     wait_until,
 )
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Ack, SlotHeader, Verified
+from peercrypt.wire.messages import Ack, ChunkHeader, SlotHeader, Verified
 
 HOST = local_ipc.host_id()
 WAIT = 30.0
@@ -189,7 +189,7 @@ def test_a_ring_holds_the_credit_and_slack_within_the_budget(
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ...]]:
     """(sender, receiver, receiver with the ring turned off, network key)."""
-    with one_host_trio(tmp_path_factory.mktemp("ring")) as nodes:
+    with one_host_trio(tmp_path_factory.mktemp("ring"), {"PEERCRYPT_SHM_RING": "true"}) as nodes:
         yield nodes
 
 
@@ -224,6 +224,19 @@ def test_two_nodes_of_one_host_send_through_the_ring(
     assert rings(receiver) == []  # closed with the transfer
 
 
+def test_a_receiver_without_the_ring_lends_none(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """Off by default: a receiver started without ``--shm-ring`` lends no
+    ring to a sender that has it (the chunks go over the Unix socket)."""
+    sender, receiver = node_factory("--shm-ring"), node_factory()
+    path = make_file(2 * MiB + 3, name="default.bin")
+    assert_sent(receiver, sender.send_to(path, receiver), path)
+    sender.wait_for_counter("sender.data-ipc", 1)
+    assert receiver.counters().get("receiver.rings-lent", 0) == 0
+    assert sender.counters().get("sender.data-ring", 0) == 0
+
+
 def test_turned_off_by_the_receiver_no_ring_is_lent(
     trio: tuple[Any, ...], make_file: Callable[..., Path]
 ) -> None:
@@ -238,14 +251,17 @@ def test_turned_off_by_the_receiver_no_ring_is_lent(
     assert off.counters().get("receiver.rings-lent", 0) == 0
 
 
+@pytest.mark.parametrize("args", [("--shm-ring", "--no-local-ipc"), ()])
 def test_turned_off_by_the_sender_the_ring_is_not_used(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], args: tuple[str, ...]
 ) -> None:
-    sender = node_factory("--no-local-ipc")
-    receiver = node_factory()
+    """With ``--no-local-ipc`` (over TCP), or without ``--shm-ring`` (over
+    the Unix socket): the ring the receiver lends is not used."""
+    sender = node_factory(*args)
+    receiver = node_factory("--shm-ring")
     path = make_file(2 * MiB, name="s-off.bin")
     assert_sent(receiver, sender.send_to(path, receiver), path)
-    sender.wait_for_counter("sender.data-tcp", 1)
+    sender.wait_for_counter("sender.data-tcp" if args else "sender.data-ipc", 1)
     receiver.wait_for_counter("receiver.rings-lent", 1)  # offered, and not taken
     c = sender.counters()
     assert c.get("sender.data-ring", 0) == 0 and c.get("sender.data-ring-refused", 0) == 0
@@ -282,13 +298,13 @@ def ring_of(t: HostileTransfer, chunk: int) -> shm_ring.SenderRing:
 
 
 def describe(t: HostileTransfer, ring: shm_ring.SenderRing, index: int, data: bytes) -> list[bytes]:
-    """Seal chunk ``index`` into the next slot; its descriptor's frames."""
+    """Seal chunk ``index`` into the next slot; its descriptor (a message's frames)."""
     last = index == t.total - 1
     seq, offset = ring.slots.take(len(data) + TAG_BYTES) or (-1, -1)
     assert seq >= 0
     nonce = t.keys.seal_chunk_into(index, last, data, ring.slot(offset, len(data) + TAG_BYTES))
     header = SlotHeader(tid=t.tid, index=index, last=last, nonce=nonce, seq=seq)
-    return [codec.encode(header), b""]
+    return [codec.encode(header)]
 
 
 def acked(t: HostileTransfer, cumulative: int) -> Ack:
@@ -360,8 +376,9 @@ def dropped(node: NodeProcess, before: dict[str, int], kind: str) -> None:
 
 def test_descriptors_out_of_range_are_dropped(trio: tuple[Any, ...]) -> None:
     """An old sequence number, a chunk index past the end, a descriptor for a
-    transfer the receiver lent no ring, and one raced from another
-    connection: each dropped and counted; the transfer still completes."""
+    transfer the receiver lent no ring, one raced from another connection,
+    a frame of a batch that is no descriptor, a batch too long: each dropped
+    and counted; the transfer still completes."""
     _, receiver, off, key = trio
     chunk = 64 * 1024
     content = os.urandom(3 * chunk)
@@ -374,15 +391,25 @@ def test_descriptors_out_of_range_are_dropped(trio: tuple[Any, ...]) -> None:
             t.send_frames(describe(t, ring, 0, content[:chunk]))
             assert acked(t, 1).released == 1
             old = SlotHeader(tid=t.tid, index=1, last=False, nonce=bytes(12), seq=0)
-            t.send_frames([codec.encode(old), b""])
+            t.send_frames([codec.encode(old)])
             dropped(receiver, c, "bad-slot")
             past = SlotHeader(tid=t.tid, index=3, last=True, nonce=bytes(12), seq=5)
-            t.send_frames([codec.encode(past), b""])
+            t.send_frames([codec.encode(past)])
             dropped(receiver, c, "bad-index")
             thief = t.connect(h.ctx)
             thief.send_multipart(describe(t, ring, 1, content[chunk : 2 * chunk]))
             dropped(receiver, c, "route")
             thief.close(0)
+            # One message of descriptors: a frame that is not one is dropped,
+            # the others are taken; more frames than a batch holds: all dropped.
+            odd = ChunkHeader(tid=t.tid, index=1, last=False, nonce=bytes(12))
+            batch = describe(t, ring, 1, content[chunk : 2 * chunk])
+            batch += [codec.encode(odd), *describe(t, ring, 2, content[2 * chunk :])]
+            t.send_frames(describe(t, ring, 0, content[:chunk]) * (shm_ring.MAX_BATCH + 1))
+            dropped(receiver, c, "frames")
+            t.send_frames(batch)
+            dropped(receiver, c, "unexpected-type")
+            assert acked(t, 3).released == 4  # seqs 2 and 3 taken (1 went to the thief)
         finally:
             ring.close()
         answer = t.send_stream(content)
@@ -392,7 +419,7 @@ def test_descriptors_out_of_range_are_dropped(trio: tuple[Any, ...]) -> None:
         t = h.offer("no-ring.bin", len(content), chunk)
         assert not isinstance(t, Refused) and t.accept is not None and not t.accept.data_ring
         header = SlotHeader(tid=t.tid, index=0, last=False, nonce=bytes(12), seq=0)
-        t.send_frames([codec.encode(header), b""])
+        t.send_frames([codec.encode(header)])
         off.wait_for_counter("receiver.data-dropped-bad-slot", 1, WAIT)
         t.abandon()
     assert receiver.running and off.running

@@ -724,15 +724,18 @@ def running(*nodes: NodeProcess) -> Iterator[tuple[NodeProcess, ...]]:
 
 
 @contextlib.contextmanager
-def one_host_trio(base: Path) -> Iterator[tuple[NodeProcess, NodeProcess, NodeProcess, str]]:
+def one_host_trio(
+    base: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[NodeProcess, NodeProcess, NodeProcess, str]]:
     """(sender, receiver, receiver with ``PEERCRYPT_NO_LOCAL_IPC=true``, their
-    network key), running under ``base``: two nodes of one host, and one
-    that takes chunks over TCP only (docs/architecture.md)."""
+    network key), running under ``base`` with ``env``: two nodes of one host,
+    and one that takes chunks over TCP only (docs/architecture.md)."""
     key = new_network_key()
+    env = env or {}
     with running(
-        NodeProcess(base / "s", network_key=key),
-        NodeProcess(base / "r", network_key=key),
-        NodeProcess(base / "off", network_key=key, env={"PEERCRYPT_NO_LOCAL_IPC": "true"}),
+        NodeProcess(base / "s", network_key=key, env=env),
+        NodeProcess(base / "r", network_key=key, env=env),
+        NodeProcess(base / "off", network_key=key, env={**env, "PEERCRYPT_NO_LOCAL_IPC": "true"}),
     ) as (sender, receiver, off):
         yield sender, receiver, off, key
 

@@ -182,8 +182,8 @@ class ChunkHeader(Message):
 @dataclass(frozen=True, kw_only=True)
 class SlotHeader(Message):
     """A chunk sealed into the receiver's shared-memory ring (peercrypt/shm_ring.py)
-    instead of a payload frame (the next frame is empty): a :class:`ChunkHeader`
-    and the sequence number ``seq`` of its slot."""
+    instead of a payload frame: a :class:`ChunkHeader` and the sequence number
+    ``seq`` of its slot. A message holds one or more of them, one per frame."""
 
     TYPE = "slot"
     tid: bytes = fixed(TID_BYTES)
