@@ -263,3 +263,48 @@ def test_top_without_sends_keeps_its_headers_whole_at_80_columns() -> None:
         header = lines[lines.index("Sends") + 1].split()
         assert header[:2] == ["ID", "FILE"] and "DONE" in header and "RATE" in header, header
         assert any(line.split() == ["no", "sends", "running"] for line in lines), lines
+
+
+def test_top_on_the_receiving_node_cancels_an_incoming_transfer(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """`top` on the receiving node lists the incoming transfer with its id;
+    selecting it and `c`, `y` cancel it: the sender's send fails
+    "cancelled" and the part is gone."""
+    sender, receiver = node_factory(), node_factory()
+    source = make_file(16 * MiB, name="unwanted.bin")
+    args = ["send", source, receiver.host, str(receiver.port), "-r", str(MiB), "--json"]
+    with start_cli(*args, data_dir=sender.data_dir, env=sender.env) as send:
+        try:
+            where = ("--data-dir", str(receiver.data_dir))
+            top = pexpect.spawn(
+                sys.executable,
+                ["-m", "peercrypt", *where, "top", "--interval", "0.3"],
+                dimensions=(30, 120),
+                env=cli_env(receiver.env),
+                encoding="utf-8",
+                timeout=15,
+            )
+            screen = Screen(top)
+            try:
+                screen.expect("Receiving")
+                ident = screen.expect(r"(in\d+) +unwanted\.bin +\d+% of 16\.0 MiB").group(1)
+                top.send("c")  # the only row: it is selected
+                screen.expect(re.escape(f"cancel transfer {ident}? y/n"))
+                top.send("y")
+                screen.expect(re.escape(f"cancelled incoming transfer {ident} "))
+                out, _ = send.communicate(timeout=15)
+                result = json.loads(out.strip().splitlines()[-1])
+                assert result["code"] == "cancelled" and send.returncode == 1, result
+                top.send("q")
+                top.expect(pexpect.EOF)
+            finally:
+                top.close(force=True)
+            assert top.exitstatus == 0, top.before
+        finally:
+            send.kill()
+    wait_until(
+        lambda: not [p for p in receiver.inbox.iterdir() if p.name.startswith(".")],
+        15.0,
+        "the part removed",
+    )
