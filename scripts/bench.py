@@ -24,11 +24,13 @@ else runs (more runs of a smaller file in the same minutes).
 Two nodes of one host send chunks over the receiver's Unix socket
 (peercrypt/local_ipc.py); ``--transport tcp`` runs the nodes with it turned
 off (``PEERCRYPT_NO_LOCAL_IPC``), ``--transport both`` runs a second pair so
-(over TCP) interleaved with the first. Every pair's sends are counted by the
-path they took and the counts printed, so each number says what it measured.
+(over TCP) interleaved with the first; ``--ring`` one more with the
+shared-memory ring on (``PEERCRYPT_SHM_RING``, peercrypt/shm_ring.py). Every
+pair's sends are counted by the path they took and the counts printed, so
+each number says what it measured.
 
     .venv/bin/python scripts/bench.py [--size 1G] [--runs 5] [--dir DIR] [--tree DIR]
-        [--nodes-only] [--transport ipc|tcp|both]
+        [--nodes-only] [--transport ipc|tcp|both] [--ring]
 """
 
 from __future__ import annotations
@@ -343,7 +345,11 @@ def paths_taken(sender: NodeProcess) -> str:
     c = sender.counters()
     ipc, tcp = c.get("sender.data-ipc", 0), c.get("sender.data-tcp", 0)
     moved = c.get("sender.data-ipc-fallbacks", 0)
-    return f"{ipc} over the Unix socket ({moved} moved to TCP), {tcp} over TCP"
+    ring = c.get("sender.data-ring", 0)
+    return (
+        f"{ipc} over the Unix socket ({moved} moved to TCP), {tcp} over TCP, "
+        f"{ring} through a shared-memory ring"
+    )
 
 
 LABELS = {
@@ -351,6 +357,7 @@ LABELS = {
     "node_mib_s": "  its node's own span",
     "tree_mib_s": "--tree's send (CLI wall)",
     "tcp_mib_s": "the same over TCP (CLI wall)",
+    "ring_mib_s": "the same through the ring",
     "write_limit_mib_s": "write+fsync limit",
     "ceiling_mib_s": "bare pipeline ceiling",
     "scp_mib_s": "scp aes256-gcm",
@@ -382,6 +389,11 @@ def main() -> int:
         help="chunks between the nodes over the Unix socket (the default between two "
         "nodes of one host), over TCP, or both pairs interleaved",
     )
+    parser.add_argument(
+        "--ring",
+        action="store_true",
+        help="also a pair with the shared-memory ring on (--shm-ring), interleaved",
+    )
     args = parser.parse_args()
     size = parse_size(args.size)
     mib = size / MiB
@@ -408,6 +420,10 @@ def main() -> int:
         if args.transport == "both":
             (root / "tcp").mkdir()
             over_tcp = node_pair(root / "tcp", key, no_ipc)
+        ring: tuple[NodeProcess, NodeProcess] | None = None
+        if args.ring:
+            (root / "ring").mkdir()
+            ring = node_pair(root / "ring", key, {**here, "PEERCRYPT_SHM_RING": "true"})
 
         def scp_rate(fsync: bool) -> dict[str, float]:
             assert scp is not None
@@ -420,6 +436,7 @@ def main() -> int:
             lambda: transfer(sender, receiver, source, digest),
             *([lambda: other_pair("tree_", *others, source, digest)] if others else []),
             *([lambda: other_pair("tcp_", *over_tcp, source, digest)] if over_tcp else []),
+            *([lambda: other_pair("ring_", *ring, source, digest)] if ring else []),
         ]
         steps: list[Any] = [
             lambda: {"write_limit_mib_s": write_limit(root, size)},
@@ -446,7 +463,7 @@ def main() -> int:
                     f"{row['sender_cpu_s']:.2f}, receiver {row['receiver_cpu_s']:.2f}",
                     flush=True,
                 )
-                for prefix, name in (("tree_", "--tree"), ("tcp_", "over TCP")):
+                for prefix, name in (("tree_", "--tree"), ("tcp_", "over TCP"), ("ring_", "ring")):
                     if f"{prefix}sender_cpu_s" in row:
                         print(
                             f"  {name} CPU s: sender {row[f'{prefix}sender_cpu_s']:.2f}, "
@@ -460,10 +477,12 @@ def main() -> int:
             out["paths"] = {"ours": paths_taken(sender)}
             if over_tcp:
                 out["paths"]["tcp"] = paths_taken(over_tcp[0])
+            if ring:
+                out["paths"]["ring"] = paths_taken(ring[0])
         finally:
             sender.stop()
             receiver.stop()
-            for node in (*(others or ()), *(over_tcp or ())):
+            for node in (*(others or ()), *(over_tcp or ()), *(ring or ())):
                 node.stop()
             if scp is not None:
                 scp.close()
@@ -507,14 +526,14 @@ def main() -> int:
             f"sender {med['tree_sender_cpu_s'] / per_gib:.2f}, "
             f"receiver {med['tree_receiver_cpu_s'] / per_gib:.2f}"
         )
-    for prefix, name in (("", ""), ("tcp_", " over TCP")):
+    for prefix, name in (("", ""), ("tcp_", " over TCP"), ("ring_", " through the ring")):
         if f"{prefix}sender_cpu_s" in med:
             print(
                 f"  CPU s per GiB{name}: sender {med[f'{prefix}sender_cpu_s'] / per_gib:.2f}, "
                 f"receiver {med[f'{prefix}receiver_cpu_s'] / per_gib:.2f}, both "
                 f"{(med[f'{prefix}sender_cpu_s'] + med[f'{prefix}receiver_cpu_s']) / per_gib:.2f}"
             )
-    for prefix in ("", "tree_", "tcp_"):
+    for prefix in ("", "tree_", "tcp_", "ring_"):
         if f"{prefix}sender_switches" in med:
             print(
                 f"  {prefix.rstrip('_') + ' ' if prefix else ''}context switches per GiB: sender "
@@ -528,6 +547,8 @@ def main() -> int:
         "threads:tree_receiver ",
         "threads:tcp_sender ",
         "threads:tcp_receiver ",
+        "threads:ring_sender ",
+        "threads:ring_receiver ",
     ):
         by_thread = sorted(
             ((k[len(prefix) :], v) for k, v in med.items() if k.startswith(prefix)),
