@@ -275,7 +275,8 @@ class Reassembler:
         self.restarted = 0  # chunks started over for a new nonce
         self.stale = 0  # fragments of an earlier seal than the one pending
         self.landed = 0  # fragments taken where a read put them (no copy)
-        self._offsets: list[bytes] = []  # OFFSET.pack of each fragment's offset
+        # Byte j of every fragment's packed offset, for j in 0..3 (made once, as needed).
+        self._offset_bytes: list[bytes] = [b""] * OFFSET.size
         # (chunk, fragment) after the last one placed: where the next read
         # most likely goes on (the rest of a GSO batch's chunk).
         self.next: tuple[int, int] | None = None
@@ -471,13 +472,16 @@ class Reassembler:
         the seal's headers, made once per chunk (no Python per datagram)."""
         if not p.heads:
             count = fragment_count(len(p.buf), self.frag)
-            offsets = self._offsets
-            while len(offsets) < count:
-                offsets.append(OFFSET.pack(len(offsets) * self.frag))
-            parts = [p.fields] * (3 * count)
-            parts[1::3] = offsets[:count]
-            parts[2::3] = [p.tag] * count
-            p.heads = b"".join(parts)
+            if len(self._offset_bytes[0]) < count:
+                packed = b"".join(OFFSET.pack(k * self.frag) for k in range(count))
+                self._offset_bytes = [packed[j :: OFFSET.size] for j in range(OFFSET.size)]
+            # Every header the same but its offset, whose bytes are then put
+            # in place column by column (C loops: 15 us for a chunk of 746
+            # fragments, where joining 3 parts per header took 84).
+            heads = bytearray((p.fields + bytes(OFFSET.size) + p.tag) * count)
+            for j, column in enumerate(self._offset_bytes):
+                heads[FIELDS.size + j :: HEADER_BYTES] = column[:count]
+            p.heads = bytes(heads)
         # As bytes: a memoryview compared with bytes goes item by item
         # (27 us for the 44 headers of a 64 KiB read), bytes use memcmp
         # (0.5 us, with the copy).
