@@ -716,7 +716,8 @@ class FileWriter:
         try:
             verdict = self._verdict(check)
         except (OSError, ValueError) as exc:  # (mmap: ValueError) the file failed
-            verdict = WriteFailed(check.tid, getattr(exc, "strerror", None) or str(exc))
+            full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)  # kept, as a write's
+            verdict = WriteFailed(check.tid, getattr(exc, "strerror", None) or str(exc), full)
         finally:
             os.close(check.fd)
         self._queue.put(("checked", check.tid, check, verdict))

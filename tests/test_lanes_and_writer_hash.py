@@ -877,3 +877,33 @@ def test_a_check_of_a_closed_file_is_detached_and_checks_are_bounded(
     assert sorted(r.tid for r in ended if isinstance(r, Finished)) == sorted(held[1:])
     for tid in (*held[1:], TID):
         w.close(tid, keep=False)
+
+
+@pytest.mark.parametrize(("err", "full"), [(errno.ENOSPC, True), (errno.EIO, False)])
+def test_a_final_check_that_fails_fails_its_file_as_a_write_would(
+    tmp_path: Path, writer: tuple[FileWriter, Results], err: int, full: bool
+) -> None:
+    """The check's fsync fails: the file fails (a full disk as a full disk:
+    its part is then kept for a resume), and its close still closes it."""
+    w, results = writer
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(err, os.strerror(err))
+
+    w._fsync = failing_fsync
+    fd, _ = _open_written(w, results, tmp_path / "part", TID)
+    opened = os.fstat(fd)
+    w.finish(TID)
+    result = _next(results)
+    assert isinstance(result, WriteFailed) and result.no_space is full, result
+    w.close(TID, keep=full)
+    wait_until(lambda: _closed(fd, opened), WAIT, "its fd closed")
+
+
+def _closed(fd: int, opened: os.stat_result) -> bool:
+    """``fd`` no longer refers to the file it was (closed, or reused since)."""
+    try:
+        now = os.fstat(fd)
+    except OSError:
+        return True
+    return (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino)
