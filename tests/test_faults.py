@@ -305,6 +305,7 @@ def test_garbage_on_the_data_port_is_counted_and_dropped(
     frames_sent: list[list[bytes]] = [
         [rng.randbytes(40)],  # one frame
         [b"a", b"b", b"c"],  # three frames
+        [chunk, b"x", b"y"],  # a chunk header with two frames after it
         [b""],
         [rng.randbytes(100), rng.randbytes(100)],  # garbage header
         [b"\x93\x02\xa4ping\x80", b"x"],  # wrong version
