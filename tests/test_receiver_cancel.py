@@ -21,7 +21,7 @@ import zmq
 from actors.inbox import scan
 from peercrypt.control_file import CONTROL_FILE
 from peercrypt.testing.disk import StallingDisk
-from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import NodeProcess, cli_running, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
@@ -212,6 +212,10 @@ def test_a_transfer_whose_final_check_is_stuck_in_the_disk_is_cancelled_at_once(
             wait_until(lambda: not _incoming(receiver) or None, WAIT, "the transfer unlisted")
             again = receiver.cli("cancel", ident)
             assert again.returncode == 2 and "no incoming transfer" in again.stderr, again
+            # Its id stays taken while its check may still return: an offer
+            # under it (the same member's) is refused, never given that verdict.
+            reused = member.offer("one.bin", len(data), CHUNK, tid=t.tid)
+            assert isinstance(reused, Refused) and reused.answer.code == "duplicate", reused
             # Dones still coming (a sender probes about once a second) are
             # answered so too, at most every 0.5 s.
             again_failed = t.done_until(blake3.blake3(data).digest(), (Failed,), WAIT)
