@@ -230,17 +230,21 @@ class GroupSender:
         stop = size if budget is None else min(size, start + max(budget, 1))
         fields, tag = fragments.chunk_header(sid, index, last, nonce, size, key=key)
         frag = self.fragment
-        payloads = fragments.payload_views(blob, frag, start, stop)
+        count = -(-(stop - start) // frag)  # datagrams from start up to stop
         number = start // frag
-        offsets = self._offsets(number + len(payloads))
+        offsets = self._offsets(number + count)
         sent = k = 0
-        while k < len(payloads):
+        while k < count:
             # Four pieces per datagram, put in place by slice (no Python per
             # datagram): the chunk's header fields and tag are the same
             # objects throughout, the offsets are packed once per session.
             # self.batch is read each time: after a refused GSO send it is 1
             # (several datagrams in one send without GSO are one datagram).
-            part = payloads[k : k + self.batch]
+            # The payload views of one send at a time: a chunk's ~750 views
+            # alive at once outlived young collections and cost the garbage
+            # collector (0.03 CPU s per 256 MiB at MTU 1500).
+            lo = start + k * frag
+            part = fragments.payload_views(blob, frag, lo, min(stop, lo + self.batch * frag))
             n = len(part)
             iov: list[bytes | memoryview] = [fields] * (4 * n)
             iov[1::4] = offsets[number + k : number + k + n]
