@@ -140,8 +140,11 @@ def test_a_frozen_receiver_ends_the_send_at_its_timeout(
     assert code == errors.FAILED, (code, info, send.lines)
     assert "stopped acknowledging" in str(info.get("error", "")), (info, send.lines)
     # The deadline is --timeout after the last acknowledged chunk (just before
-    # the stop); the CLI's own exit adds a little.
-    assert timeout * 0.9 <= took <= timeout * 1.1, f"exited {took:.2f} s after the stop"
+    # the stop): not earlier, and not a deadline that started again (which
+    # would end it at twice the timeout or never). How soon after the
+    # deadline the CLI exits on a loaded machine is a timing matter, not
+    # this test's.
+    assert timeout * 0.9 <= took < timeout * 2, f"exited {took:.2f} s after the stop"
 
 
 def test_a_source_cut_short_mid_send_fails_the_send_and_the_node_sends_on(
