@@ -126,6 +126,7 @@ class SchedulerActor(Actor):
             if msg.congestion:
                 self._manage(msg)
         elif isinstance(msg, FlowReport):
+            self.count("flow-reports")
             self.congestion.report(
                 msg.request,
                 msg.sent,
@@ -137,6 +138,7 @@ class SchedulerActor(Actor):
             )
             self._tell_windows()
         elif isinstance(msg, FlowDemand):
+            self.count("flow-demands")
             if msg.request in self.planner.flows():
                 self.planner.demand(msg.request, msg.nbytes)
                 self._arm()

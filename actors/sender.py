@@ -885,7 +885,7 @@ class SenderActor(Actor):
                         continue
                     if t.slotted:  # the chunks' descriptors go before anything else
                         self._send_slotted(t)
-                    elif isinstance(out, HashFile):
+                    if isinstance(out, HashFile):
                         self._hash_file(t)
                     elif isinstance(out, SendDone):
                         self._send_sealed(t, Done(digest=out.digest, chunks=out.chunks))

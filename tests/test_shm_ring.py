@@ -228,6 +228,28 @@ def test_two_nodes_of_one_host_send_through_the_ring(
     assert rings(receiver) == []  # closed with the transfer
 
 
+PACED = ("--mode", "token-bucket", "-r", str(64 * MiB))
+
+
+@pytest.mark.parametrize("mode", [("--mode", "aimd"), PACED])
+def test_the_scheduler_hears_every_report_and_demand_of_a_send_through_the_ring(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], mode: tuple[str, ...]
+) -> None:
+    """An aimd flow's congestion reports and a paced flow's grant requests
+    come after the chunks of the same step, sealed into the ring: each one
+    reaches the scheduler (the flow counts what it made, the scheduler what
+    it heard), none is lost behind the chunks' descriptors."""
+    sender, receiver = node_factory("--shm-ring"), node_factory("--shm-ring")
+    path = make_file(6 * MiB + 11, name="reported.bin")
+    result = sender.send_to(path, receiver, *mode, "--chunk-size", str(256 * 1024))
+    assert_sent(receiver, result, path)
+    assert sender.wait_for_counter("sender.data-ring", 1) == 1
+    made = int(result[1]["stats"]["scheduler_reports"])
+    assert made > 1
+    name = "scheduler.flow-reports" if "aimd" in mode else "scheduler.flow-demands"
+    assert sender.wait_for_counter(name, made) == made
+
+
 def test_a_receiver_without_the_ring_lends_none(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:

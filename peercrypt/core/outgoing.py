@@ -145,6 +145,7 @@ class OutgoingTransfer(GrantedFlow):
     peer_decreases: int = field(default=0, init=False)
     losses: int = field(default=0, init=False)  # detected and reported
     timeouts: int = field(default=0, init=False)
+    reports: int = field(default=0, init=False)  # congestion reports and grant requests made
     history: deque[tuple[float, int]] = field(
         default_factory=lambda: deque(maxlen=HISTORY_SAMPLES), init=False
     )
@@ -378,6 +379,7 @@ class OutgoingTransfer(GrantedFlow):
             "accept_seconds": round(self.accept_seconds, 6),
             "sent_chunks": self.chunks_sent,
             "sent_bytes": self.bytes_sent,
+            "scheduler_reports": self.reports,
         }
         if rtt.srtt is not None and rtt.rttvar is not None:
             stats["srtt"] = round(rtt.srtt, 6)
@@ -441,6 +443,7 @@ class OutgoingTransfer(GrantedFlow):
         if self.paced:
             request = self.grants.demand(w.room() * self.chunk_size - self.allowance)
             if request is not None:
+                self.reports += 1
                 self._outputs.append(request)
 
     def _flush_report(self, now: float) -> None:
@@ -452,6 +455,7 @@ class OutgoingTransfer(GrantedFlow):
         assert self.window is not None
         in_flight = self.window.in_flight * self.chunk_size
         self._outputs.append(ReportCongestion(sent, acked, losses, timeouts, in_flight))
+        self.reports += 1
         self.losses += losses
         self.timeouts += timeouts
         self._report = [0, 0, 0, 0]
