@@ -1231,9 +1231,14 @@ class ReceiverActor(Actor):
         if t is None:
             text = f"no incoming transfer {msg.transfer[:32]} (see `peercrypt status`)"
             return SettingReply(request=msg.request, ok=False, text=text)
-        t.flow.on_cancelled(keep_part=msg.keep)
-        self._drive(t)
         who = fingerprint(t.peer) if t.peer else "?"
+        if not t.flow.on_cancelled(keep_part=msg.keep):  # its folder is being stored
+            text = (
+                f"incoming transfer {t.ident} ({t.name} from {who}) is verified and being "
+                "stored: too late to cancel"
+            )
+            return SettingReply(request=msg.request, ok=False, text=text)
+        self._drive(t)
         kept = "its part is kept for a resume" if msg.keep else "its part is deleted"
         text = f"cancelled incoming transfer {t.ident} ({t.name} from {who}); {kept}"
         return SettingReply(request=msg.request, ok=True, text=text)

@@ -590,7 +590,7 @@ def test_the_receiving_user_cancels_in_any_stage_and_a_late_check_changes_nothin
     reason = "the receiving node's user cancelled the transfer"
     running = IncomingTransfer(total=3, credit=2, idle_timeout=30.0, now=0.0)
     running.on_chunk(0, False, 0.0)
-    running.on_cancelled(keep_part=keep)
+    assert running.on_cancelled(keep_part=keep) is True
     assert running.poll() == [Abandon("cancelled", reason, keep, True)]
     checking = IncomingTransfer(total=1, credit=1, idle_timeout=30.0, now=0.0)
     checking.on_chunk(0, True, 0.0)
@@ -598,12 +598,30 @@ def test_the_receiving_user_cancels_in_any_stage_and_a_late_check_changes_nothin
     digest = b"d" * 32
     checking.on_done(digest, 1, 1.0)
     assert checking.poll() == [FinishFile()]
-    checking.on_cancelled(keep_part=keep)
+    assert checking.on_cancelled(keep_part=keep) is True
     assert checking.poll() == [Abandon("cancelled", reason, keep, True)]
     checking.on_hashed(digest)  # the fsync returned after all
     checking.on_done(digest, 1, 2.0)
-    checking.on_cancelled(keep_part=not keep)
+    assert checking.on_cancelled(keep_part=not keep) is False
     assert checking.poll() == [] and checking.next_timer() is None
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_cancel_after_the_hash_matched_is_refused_and_the_store_stands(keep: bool) -> None:
+    """Once the whole-file hash matched, the transfer is being stored (a
+    single file at once, a folder while the writer unpacks it): a cancel
+    is too late, it says so (False) and changes nothing."""
+    stored = IncomingTransfer(total=2, credit=2, idle_timeout=30.0, now=0.0)
+    for index in range(2):
+        stored.on_chunk(index, index == 1, 0.0)
+        stored.on_written(index)
+    digest = b"s" * 32
+    stored.on_done(digest, 2, 1.0)
+    assert stored.poll() == [FinishFile()]
+    stored.on_hashed(digest)
+    assert stored.poll() == [Store(digest)]
+    assert stored.on_cancelled(keep_part=keep) is False
+    assert stored.poll() == [] and stored.ended and stored.next_timer() is None
 
 
 def test_incoming_expires_idle_keeping_the_part_and_sender_failure_keeps_it() -> None:

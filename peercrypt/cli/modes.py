@@ -268,7 +268,7 @@ def cancel(obj: dict[str, Any], transfer: str, keep: bool) -> None:
         reply = _ask(obj, CancelIncoming(request=1, transfer=ident, keep=keep))
         if not isinstance(reply, SettingReply):
             raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
-        if not reply.ok:  # no such id: as for a send's (exit 2)
+        if not reply.ok:  # no such id, or too late (being stored): as for a send's (exit 2)
             raise UserError(reply.text)
         click.echo(reply.text)
         return

@@ -177,12 +177,16 @@ class IncomingTransfer:
         self.last_activity = now
         self._end(Abandon(ResultCode.ABORTED, reason, True, False))
 
-    def on_cancelled(self, keep_part: bool) -> None:
+    def on_cancelled(self, keep_part: bool) -> bool:
         """The receiving node's user cancelled the transfer (whatever stage
         it is in, a final check too): the sender is told; the part is kept
-        for a resume only if ``keep_part``."""
+        for a resume only if ``keep_part``. False: too late, the transfer
+        has ended (a verified folder is being stored): nothing changes."""
+        if self.ended:
+            return False
         reason = "the receiving node's user cancelled the transfer"
         self._end(Abandon(ResultCode.CANCELLED, reason, keep_part, True))
+        return True
 
     def on_write_error(self, text: str) -> None:
         self._end(Abandon(ResultCode.IO, f"receiver cannot write: {text}", False, True))
