@@ -34,7 +34,9 @@ detaches a running check (a thread inside fsync cannot be interrupted; it
 is left to return whenever the disk answers, and then only
 :class:`Detached` is posted). At most :data:`MAX_DETACHED_CHECKS` such
 threads may still run before new checks wait for one to end, so a disk
-that never answers costs a bounded number of threads.
+that never answers costs a bounded number of threads. A check that ends
+in any exception still hands its place back (an unexpected one fails its
+file as a write error, logged once by its type).
 
 Resume checkpoints: a file opened with a manifest (unicast parts) has it
 rewritten every :func:`~peercrypt.core.resume.checkpoint_every` written
@@ -91,6 +93,7 @@ import ctypes.util
 import dataclasses
 import errno
 import functools
+import logging
 import mmap
 import os
 import queue
@@ -112,6 +115,8 @@ from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.resume import Manifest, checkpoint_every
 from peercrypt.core.tree import TreeError
 from peercrypt.runtime.actor import name_native_thread, yield_to_control_plane
+
+log = logging.getLogger("peercrypt.writer")
 
 SYNC_FILE_RANGE_WRITE = 2
 # Filesystems whose files have no disk blocks to allocate (statfs f_type):
@@ -712,25 +717,33 @@ class FileWriter:
         """A check's thread: its verdict goes back through the writer's queue."""
         name_native_thread()
         yield_to_control_plane()
-        verdict: Finished | WriteFailed
+        verdict: Finished | WriteFailed = WriteFailed(check.tid, "the final check did not end")
         try:
             verdict = self._verdict(check)
         except (OSError, ValueError) as exc:  # (mmap: ValueError) the file failed
             full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)  # kept, as a write's
             verdict = WriteFailed(check.tid, getattr(exc, "strerror", None) or str(exc), full)
+        except Exception as exc:  # a fault of ours: the file fails, the check's place is freed
+            what = type(exc).__name__
+            log.error("the final check of a file failed unexpectedly (%s)", what)
+            log.debug("the final check's failure", exc_info=True)
+            verdict = WriteFailed(check.tid, f"the final check failed unexpectedly ({what})")
         finally:
-            os.close(check.fd)
-        self._queue.put(("checked", check.tid, check, verdict))
+            try:
+                os.close(check.fd)
+            finally:  # whatever happened, the writer gets the check's place back
+                self._queue.put(("checked", check.tid, check, verdict))
 
     def _verdict(self, check: _Check) -> Finished:
         f, tid = check.file, check.tid
-        if f.feeder is not None:
-            f.feeder.finish()  # the build catches up (checked() follows it)
-            if not isinstance(f.feeder.builder.error, OSError):
+        feeder = f.feeder  # once: a close on the writer thread may drop it meanwhile
+        if feeder is not None:
+            feeder.finish()  # the build catches up (checked() follows it)
+            if not isinstance(feeder.builder.error, OSError):
                 # Every byte was hashed in order as it was fed to the tree
                 # (whose files are hashed as written and synced before
                 # they are published): the part itself is never published.
-                return Finished(tid, f.feeder.hasher.digest())
+                return Finished(tid, feeder.hasher.digest())
         note = self._check_setter(check)
         note(0)
         with self.check_steps.syncing(check):  # it reports nothing until it returns

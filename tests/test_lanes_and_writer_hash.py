@@ -907,3 +907,34 @@ def _closed(fd: int, opened: os.stat_result) -> bool:
     except OSError:
         return True
     return (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino)
+
+
+def test_a_final_check_that_breaks_unexpectedly_fails_its_file_and_frees_its_place(
+    tmp_path: Path, writer: tuple[FileWriter, Results], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception no check expects (as a folder's feeder dropped by a close
+    on the writer thread meanwhile: AttributeError) fails its file, logged
+    once without the file's bytes, and the check's place is given back: more
+    such checks than there are places, then a sound one still gets its
+    verdict."""
+    w, results = writer
+
+    def broken_fsync(fd: int) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'finish'")
+
+    w._fsync = broken_fsync
+    broken = [bytes([n]) * 16 for n in range(file_writer.MAX_CHECKS + 3)]
+    for n, tid in enumerate(broken):
+        _open_written(w, results, tmp_path / f"broken{n}", tid)
+        w.finish(tid)
+        result = _next(results)
+        assert result == WriteFailed(tid, "the final check failed unexpectedly (AttributeError)")
+        w.close(tid, keep=False)
+    wait_until(lambda: not w._checks_running or None, WAIT, "every check's place given back")
+    failures = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert len(failures) == len(broken)
+    w._fsync = os.fsync
+    _, data = _open_written(w, results, tmp_path / "sound", TID)
+    w.finish(TID)
+    assert _next(results) == Finished(TID, blake3.blake3(data).digest())
+    w.close(TID, keep=False)
