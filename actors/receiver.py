@@ -1015,10 +1015,14 @@ class ReceiverActor(Actor):
         if ring is None or offset is None:
             self._drop(route, "bad-slot")
             return
+        if not t.replay.fresh(h.nonce):  # a replayed descriptor costs no copy
+            self._drop(route, "replay")
+            return
         if len(self.ring_copy) < expected:
             self.ring_copy = bytearray(expected)
         copy = memoryview(self.ring_copy)[:expected]
         ring.copy_out(offset, copy)
+        ring.copied += 1
         if self._take_chunk(route, t, h, copy):
             ring.intake.consumed(h.seq)
             ring.taken += 1
@@ -1349,6 +1353,7 @@ class ReceiverActor(Actor):
         self.transfers.pop(t.tid, None)
         if t.ring is not None:
             self.count("ring-chunks", t.ring.taken)
+            self.count("ring-copies", t.ring.copied)
             t.ring.close()
         inbox = self.settings.inbox
         names = (manifest_name(t.part.name), manifest_name(t.part.name) + ".tmp")

@@ -81,6 +81,7 @@ class ReceiverRing:
         self.intake = SlotIntake(slots, slot_size)
         self.size = slots * slot_size
         self.taken = 0  # chunks that came through it and authenticated
+        self.copied = 0  # slots copied out (a replayed nonce's never is)
         self.token = os.urandom(TOKEN_BYTES)
         self._fd = os.memfd_create(PREFIX + self.token.hex(), os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:

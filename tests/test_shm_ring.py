@@ -397,6 +397,41 @@ def test_a_slot_rewritten_around_its_descriptor_never_reaches_the_file(
     assert receiver.running
 
 
+def test_a_replayed_descriptor_is_dropped_before_its_slot_is_copied(
+    trio: tuple[Any, ...], node_factory: Callable[..., NodeProcess]
+) -> None:
+    """A descriptor naming a slot in range with a nonce already taken: dropped
+    as a replay before the slot is copied out (a flood of them costs no
+    copies); the transfer still completes. A receiver of its own: its
+    counters count this transfer only."""
+    receiver = node_factory("--shm-ring", network_key=trio[3])
+    chunk = 64 * 1024
+    content = os.urandom(3 * chunk)
+    with HostileSender(trio[3], receiver.host, receiver.port) as h:
+        t = h.offer("replayed.bin", len(content), chunk)
+        assert not isinstance(t, Refused), t
+        ring = ring_of(t, chunk)
+        try:
+            frames = describe(t, ring, 0, content[:chunk])
+            t.send_frames(frames)
+            assert acked(t, 1).released == 1
+            nonce = codec.decode_as(frames[0], SlotHeader).nonce
+            for _ in range(3):  # each in a slot of its own, in range
+                seq, _offset = ring.slots.take(chunk + TAG_BYTES) or (-1, -1)
+                assert seq > 0
+                again = SlotHeader(tid=t.tid, index=0, last=False, nonce=nonce, seq=seq)
+                t.send_frames([codec.encode(again)])
+            receiver.wait_for_counter("receiver.data-dropped-replay", 3, WAIT)
+            answer = t.send_stream(content)
+        finally:
+            ring.close()
+    digest = blake3.blake3(content).digest()
+    assert isinstance(answer, Verified) and answer.digest == digest, answer
+    assert blake3_file(receiver.inbox / answer.stored_as) == digest.hex()
+    assert receiver.wait_for_counter("receiver.ring-chunks", 1, WAIT) == 1
+    assert receiver.counters().get("receiver.ring-copies") == 1  # the authentic one only
+
+
 def dropped(node: NodeProcess, before: dict[str, int], kind: str) -> None:
     name = f"receiver.data-dropped-{kind}"
     node.wait_for_counter(name, before.get(name, 0) + 1, WAIT)
