@@ -1175,8 +1175,9 @@ class ReceiverActor(Actor):
         for out in t.flow.poll():
             if isinstance(out, FinishFile):
                 self.writer.finish(t.tid)
-            elif isinstance(out, Store) and t.tree:
+            elif isinstance(out, Store) and t.tree:  # verified: too late to cancel from here
                 t.digest = out.digest
+                self.count("trees-verified")
                 self.writer.unpack(t.tid, self._tree_spec(t))
             elif isinstance(out, Store):
                 self._store(t, out.digest)

@@ -17,6 +17,8 @@ import blake3
 
 from actors.inbox import load_manifest, manifest_name, scan
 from peercrypt.core.tree import Kind, TreeEntry, encode_manifest
+from peercrypt.crypto.identity import fingerprint
+from peercrypt.testing.disk import StallingDisk
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import NodeProcess, cli_env, start_cli, wait_until
 from peercrypt.testing.trees import contents, d, f, raw_manifest, row, sample_tree
@@ -317,3 +319,52 @@ def test_the_receiver_says_it_is_verifying_before_its_verdict(
     checked = [m.done_bytes for m in seen if isinstance(m, Verifying)]
     assert checked == sorted(checked) and checked[-1] <= len(manifest + x), checked
     assert (receiver.inbox / "v" / "x.bin").read_bytes() == x
+
+
+def test_a_folder_verified_and_being_stored_cannot_be_cancelled_and_is_stored(
+    stalling_disk: Callable[..., StallingDisk], node_factory: Nodes, network_key: str
+) -> None:
+    """The whole stream's hash matched and the folder is being made durable
+    (its syncfs held in a disk that stopped answering): a cancel is refused
+    as too late, one error line and exit 2, and the folder is stored whole
+    once the disk answers again."""
+    disk = stalling_disk(24 * 1024 * 1024)
+    receiver = node_factory("--inbox", str(disk.path), name="receiver")
+    x = os.urandom(3000)
+    rows = [row(d("late")), row(f("late", "a", data=x))]
+    manifest = raw_manifest(rows)
+    stream = manifest + x
+    try:
+        with HostileSender(network_key, receiver.host, receiver.port) as h:
+            t = h.offer("late", len(stream), 64 * 1024, tree=len(manifest), files=len(rows))
+            assert isinstance(t, HostileTransfer), t
+            t.send_chunk(0, stream)
+            rows_in = lambda: json.loads(receiver.status().get("incoming", "[]"))  # noqa: E731
+            ident = wait_until(
+                lambda: next((str(r[3]) for r in rows_in() if r[2] == r[1]), None),
+                WAIT,
+                "the stream written",
+            )
+
+            def built() -> bool | None:  # the build caught up: nothing left to write
+                files = list(disk.path.glob(".late.*.tree/late/a"))
+                return (bool(files) and files[0].stat().st_size == len(x)) or None
+
+            wait_until(built, WAIT, "the folder built")
+            disk.stall()
+            t.send_done(blake3.blake3(stream).digest())
+            receiver.wait_for_counter("receiver.trees-verified", 1, WAIT)
+            late = receiver.cli("cancel", ident)
+            assert late.returncode == 2, late.describe()
+            assert late.stderr_lines == [
+                f"peercrypt: error: incoming transfer {ident} (late from "
+                f"{fingerprint(h.identity.public)}) is verified and being stored: "
+                "too late to cancel"
+            ], late.describe()
+            disk.resume()
+            verified = t.wait_for(Verified)
+            assert verified.digest == blake3.blake3(stream).digest()
+    finally:
+        disk.resume()  # before the nodes stop: a hung disk holds them
+    assert (disk.path / "late" / "a").read_bytes() == x
+    assert receiver.counters().get("receiver.cancelled", 0) == 0
