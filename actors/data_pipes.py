@@ -40,7 +40,10 @@ if TYPE_CHECKING:
 ROUTE_PREFIX = b"s"  # never a zero byte first (those ids are the ROUTER's own)
 ROUTE_RANDOM = 15  # random bytes of a shared connection's routing id
 
-PipeKey = tuple[str, str, int]  # (the receiver's TCP data url, its Unix socket url or "", lane)
+# (the receiver's TCP data url, its Unix socket url or "", lane, the receiver's
+# proven fingerprint): a member that names another receiver's data port in its
+# accept gets a connection of its own there, never that receiver's.
+PipeKey = tuple[str, str, int, str]
 
 
 def new_route_id(lane: int) -> bytes:

@@ -740,7 +740,7 @@ class SenderActor(Actor):
             )
             self.count("data-ring" if t.ring is not None else "data-ring-refused")
         for lane in range(flow.lanes):
-            pipe = self._pipe(tcp_url, ipc, lane, (host, accept.data_port))
+            pipe = self._pipe(tcp_url, ipc, lane, (host, accept.data_port), t.proven)
             pipe.users[t.tid] = t
             t.pipes.append(pipe)
             t.broken = t.broken or pipe.broken
@@ -775,10 +775,13 @@ class SenderActor(Actor):
             t.link.close()
         self._drive(t)
 
-    def _pipe(self, tcp_url: str, ipc: str | None, lane: int, address: tuple[str, int]) -> DataPipe:
-        """The data connection of ``lane`` to the receiver at ``tcp_url`` (or
-        its Unix socket ``ipc``): the one its other transfers use, or a new one."""
-        key = (tcp_url, ipc or "", lane)
+    def _pipe(
+        self, tcp_url: str, ipc: str | None, lane: int, address: tuple[str, int], receiver: str
+    ) -> DataPipe:
+        """The data connection of ``lane`` to the receiver ``receiver`` (its
+        proven fingerprint) at ``tcp_url`` (or its Unix socket ``ipc``): the
+        one its other transfers use, or a new one."""
+        key = (tcp_url, ipc or "", lane, receiver)
         pipe = self.pipes.get(key)
         if pipe is not None:
             return pipe

@@ -216,6 +216,41 @@ def test_an_impostor_relaying_the_hello_sees_neither_name_nor_size(
     assert imp.data_bytes == 0
 
 
+def test_a_member_naming_another_receivers_data_port_gets_a_connection_of_its_own(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    network_key: str,
+) -> None:
+    """A member proving its own key accepts an offer naming the data port of
+    another receiver R: the sender's chunks to it go on a connection of its
+    own (which R drops), never on the one R's real transfers share, where
+    they would queue ahead of them (over TCP: the shared key is the URL)."""
+    sender, receiver = node_factory("--no-local-ipc"), node_factory()
+    imp = Impostor(network_key, b"")  # honest: its own, proven identity
+    imp.data_port = receiver.data_port
+    bait = make_file(2 * MiB, name="bait.bin")
+    hostile: list[tuple[int, dict[str, object]]] = []
+    thread = threading.Thread(
+        target=lambda: hostile.append(sender.send(bait, LOCALHOST, imp.port, "--timeout", "60")),
+        daemon=True,
+    )
+    thread.start()
+    try:
+        wait_until(lambda: "offer" in imp.seen or None, 15.0, "the member's accept")
+        sender.wait_for_counter("sender.data-connections", 1)
+        good = make_file(MiB + 5, name="good.bin")
+        assert_sent(receiver, sender.send_to(good, receiver), good)
+        # R's transfer did not join the member's connection: one of its own.
+        assert sender.wait_for_counter("sender.data-connections", 2) == 2
+    finally:
+        for row in json.loads(sender.cli("transfers", "--json").stdout):
+            sender.cli("cancel", str(row["id"]))
+        thread.join(30.0)
+        imp.close()
+    assert hostile and hostile[0][1].get("code") == "cancelled", hostile
+    assert not (receiver.inbox / "bait.bin").exists()
+
+
 def test_a_changed_key_at_a_known_address_is_refused_until_trusted(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],
