@@ -722,13 +722,14 @@ class SenderActor(Actor):
         t.proven = fingerprint(accept.static_pub)
         t.keys = TransferKeys.for_sender(t.tid, secrets)
         flow = t.flow
-        flow.on_accept(have, accept.window, self.now())
         host = accept.data_host or t.request.host
         tcp_url = f"tcp://{join_host_port(host, accept.data_port)}"
         ipc = None
         mine = local_ipc.host_tag(self.host_id, t.tid, secrets) if self.host_id else ""
         if accept.data_ipc and mine:
             ipc = local_ipc.usable_target(accept.data_ipc, accept.host_tag, mine)
+        flow.host_local = ipc is not None  # lanes add nothing on this host's socket
+        flow.on_accept(have, accept.window, self.now())
         if accept.data_ring and mine and self.settings.shm_ring and flow.lanes == 1:
             t.ring = shm_ring.open_ring(
                 accept.data_ring,

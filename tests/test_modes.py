@@ -53,17 +53,51 @@ def test_every_mode_delivers(
     assert result["mode"] == mode
 
 
+@pytest.fixture(scope="module")
+def tcp_receiver(
+    pair: tuple[NodeProcess, NodeProcess], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodeProcess]:
+    """A receiver of the pair's network that offers no Unix socket (as one on
+    another host): a parallel send to it opens its lanes."""
+    sender, _ = pair
+    base = tmp_path_factory.mktemp("tcp-receiver")
+    env = {"PEERCRYPT_NO_LOCAL_IPC": "true"}
+    with NodeProcess(base, network_key=sender.network_key, env=env) as receiver:
+        yield receiver
+
+
 @pytest.mark.parametrize("lanes", [1, 2, 3, 8])
 def test_parallel_lanes(
-    pair: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path], lanes: int
+    pair: tuple[NodeProcess, NodeProcess],
+    tcp_receiver: NodeProcess,
+    make_file: Callable[..., Path],
+    lanes: int,
 ) -> None:
-    sender, receiver = pair
+    sender, _ = pair
     source = make_file(5 * MiB + 17)
     code, result = sender.send_to(
-        source, receiver, "--mode", "parallel", "-t", str(lanes), "--chunk-size", str(64 * KiB)
+        source, tcp_receiver, "--mode", "parallel", "-t", str(lanes), "--chunk-size", str(64 * KiB)
+    )
+    delivered(code, result, source, tcp_receiver)
+    assert result["stats"]["lanes"] == lanes
+
+
+def test_parallel_to_a_receiver_of_this_host_goes_on_one_lane_over_its_socket(
+    pair: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """Lanes help where each connection is capped on its own; a receiver's
+    Unix socket on this host never is, and one lane there is faster than
+    four sealing threads and TCP connections on the same cores."""
+    sender, receiver = pair
+    before = sender.counters().get("sender.data-ipc", 0)
+    source = make_file(5 * MiB + 17)
+    code, result = sender.send_to(
+        source, receiver, "--mode", "parallel", "-t", "4", "--chunk-size", str(64 * KiB)
     )
     delivered(code, result, source, receiver)
-    assert result["stats"]["lanes"] == lanes
+    assert result["mode"] == "parallel"
+    assert result["stats"]["lanes"] == 1
+    assert sender.wait_for_counter("sender.data-ipc", before + 1) >= before + 1
 
 
 def test_token_bucket_paces_the_transfer(

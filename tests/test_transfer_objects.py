@@ -497,6 +497,23 @@ def test_modes_shape_lanes_rate_and_loss_detection() -> None:
     assert capped.paced
 
 
+def test_parallel_to_a_receiver_of_this_host_is_one_lane_sealed_inline() -> None:
+    """Over the Unix socket of a receiver on the same host no connection is
+    capped on its own: lanes would only add threads and TCP connections."""
+    local = outgoing(policy=Policy(mode="parallel", lanes=4))
+    local.host_local = True
+    local.on_accept([], 12, 0.0)
+    assert local.lanes == 1 and not local.sealing_workers
+    assert local.stats()["lanes"] == 1
+    remote = outgoing(policy=Policy(mode="parallel", lanes=4))
+    remote.on_accept([], 12, 0.0)
+    assert remote.lanes == 4 and remote.sealing_workers
+    assert remote.stats()["lanes"] == 4
+    normal = outgoing()
+    normal.host_local = True
+    assert normal.lanes == 1 and not normal.sealing_workers and "lanes" not in normal.stats()
+
+
 def test_cancel_after_the_end_changes_nothing() -> None:
     t = outgoing(size=0)
     t.on_accept([], 1, 0.0)

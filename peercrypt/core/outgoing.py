@@ -135,6 +135,10 @@ class OutgoingTransfer(GrantedFlow):
     now: float
     peer: str = "the receiver"
     node_capped: bool = False
+    # The receiver is on this host and its Unix socket is used (set before
+    # on_accept): parallel lanes would only add sealing threads and TCP
+    # connections where no connection is capped on its own, so one lane.
+    host_local: bool = False
 
     phase: Phase = field(default=Phase.OFFERED, init=False)
     started: float = field(init=False)
@@ -173,13 +177,14 @@ class OutgoingTransfer(GrantedFlow):
 
     @property
     def lanes(self) -> int:
-        """Data connections to open (parallel mode spreads chunks over them)."""
-        return self.policy.lanes if self.policy.mode == "parallel" else 1
+        """Data connections to open (parallel mode spreads chunks over them;
+        to a receiver of this host, over its Unix socket, one is as fast)."""
+        return self.policy.lanes if self.sealing_workers else 1
 
     @property
     def sealing_workers(self) -> bool:
         """Read and seal on worker threads (one per lane) instead of inline."""
-        return self.policy.mode == "parallel"
+        return self.policy.mode == "parallel" and not self.host_local
 
     @property
     def congestion_managed(self) -> bool:
@@ -384,7 +389,7 @@ class OutgoingTransfer(GrantedFlow):
         if rtt.srtt is not None and rtt.rttvar is not None:
             stats["srtt"] = round(rtt.srtt, 6)
             stats["rttvar"] = round(rtt.rttvar, 6)
-        if self.sealing_workers:
+        if self.policy.mode == "parallel":
             stats["lanes"] = self.lanes
         if self.congestion_managed:
             stats["window_bytes"] = self.share or 0
