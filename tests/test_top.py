@@ -56,6 +56,18 @@ class Screen:
         return match
 
 
+def spawn_top(node: NodeProcess, columns: int) -> pexpect.spawn:  # type: ignore[type-arg]
+    """``peercrypt top`` on ``node`` in a terminal 30 lines high."""
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "peercrypt", "--data-dir", str(node.data_dir), "top", "--interval", "0.3"],
+        dimensions=(30, columns),
+        env=cli_env(node.env),
+        encoding="utf-8",
+        timeout=15,
+    )
+
+
 def wait_for_rate(node: NodeProcess, transfer: str, rate: int) -> None:
     """The scheduler reports ``rate`` as the transfer's cap (its flows fact)."""
 
@@ -94,14 +106,7 @@ def test_top_shows_changes_and_cancels_a_running_transfer(
             ]
             assert row.split()[:3] == [ident, "sending", "token-bucket"]
             assert re.search(rf"/{64 * MiB} +\d+% ", row) and row.endswith(str(source)), row
-            top = pexpect.spawn(
-                sys.executable,
-                ["-m", "peercrypt", "--data-dir", str(sender.data_dir), "top", "--interval", "0.3"],
-                dimensions=(30, 170),
-                env=cli_env(sender.env),
-                encoding="utf-8",
-                timeout=15,
-            )
+            top = spawn_top(sender, columns=170)
             screen = Screen(top)
             try:
                 # The transfer, its mode, cap, progress and rate on screen.
@@ -276,15 +281,7 @@ def test_top_on_the_receiving_node_cancels_an_incoming_transfer(
     args = ["send", source, receiver.host, str(receiver.port), "-r", str(MiB), "--json"]
     with start_cli(*args, data_dir=sender.data_dir, env=sender.env) as send:
         try:
-            where = ("--data-dir", str(receiver.data_dir))
-            top = pexpect.spawn(
-                sys.executable,
-                ["-m", "peercrypt", *where, "top", "--interval", "0.3"],
-                dimensions=(30, 120),
-                env=cli_env(receiver.env),
-                encoding="utf-8",
-                timeout=15,
-            )
+            top = spawn_top(receiver, columns=120)
             screen = Screen(top)
             try:
                 screen.expect("Receiving")
