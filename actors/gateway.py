@@ -24,7 +24,7 @@ import peercrypt
 from peercrypt.core.answer_budget import AnswerBudget, Verdict
 from peercrypt.crypto.handshake import prove_hello
 from peercrypt.crypto.identity import fingerprint
-from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
+from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, bound_port
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import actor_messages as _am
 from peercrypt.wire import codec
@@ -74,6 +74,7 @@ class GatewayActor(Actor):
         sock.zap_domain = b"peercrypt"
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         sock.maxmsgsize = CONTROL_MAX_BYTES + 1024
+        sock.rcvhwm = PEER_RCVHWM  # a finite queue lets any member abort the node
         sock.router_mandatory = False
         self.bind(sock, s.host, s.port or 0)
         self.facts["port"] = str(bound_port(sock))

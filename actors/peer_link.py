@@ -36,7 +36,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from peercrypt.core.address import split_host_port
 from peercrypt.errors import ResultCode
-from peercrypt.runtime.actor import Actor
+from peercrypt.runtime.actor import PEER_RCVHWM, Actor
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 
@@ -195,7 +195,7 @@ class Link:
         sock.reconnect_ivl = 100
         sock.reconnect_ivl_max = 2000
         sock.sndhwm = sndhwm
-        sock.rcvhwm = 256
+        sock.rcvhwm = PEER_RCVHWM  # replies to our requests; a cap lets the peer abort us
         if not monitored or keep_trying:
             sock.immediate = True
         self.monitor: zmq.Socket[Any] | None = None

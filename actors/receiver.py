@@ -112,7 +112,7 @@ from peercrypt.crypto.handshake import ProofError, Response, open_details, respo
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
-from peercrypt.runtime.actor import Actor, ActorEnv, bound_port
+from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, bound_port
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
@@ -148,9 +148,9 @@ from peercrypt.wire.text import printable
 log = logging.getLogger("peercrypt.receiver")
 
 HEADER_MAX_BYTES = 512
-# Messages ZeroMQ may queue per data connection: read ahead (each at most
-# max_chunk bytes), and replies waiting to go out.
-DATA_RCVHWM = 8
+# Replies ZeroMQ may queue per data connection waiting to go out; what it
+# reads ahead is not capped (PEER_RCVHWM: a cap lets any peer abort the
+# node), the transfers' credit bounds it.
 DATA_SNDHWM = 4096
 # A sealed frame from a connection the transfer has not attached is opened
 # only this small (an Attach), and a transfer attaches at most this many
@@ -277,10 +277,10 @@ class ReceiverActor(Actor):
         s.inbox.mkdir(parents=True, exist_ok=True, mode=s.inbox_mode)
         data = self.data = self.socket(zmq.ROUTER, data_plane=True)
         data.maxmsgsize = s.max_chunk + TAG_BYTES + 1024
-        # Finite queues: a full receive queue stops reading that connection
-        # (TCP pushes back; nothing is dropped), a full send queue drops acks
-        # (the sender's timers recover). Credit stays the real bound.
-        data.rcvhwm = DATA_RCVHWM
+        # The receive queue never fills (PEER_RCVHWM), the credit bounds what
+        # honest senders put there; a full send queue drops acks (the
+        # sender's timers recover).
+        data.rcvhwm = PEER_RCVHWM
         data.sndhwm = DATA_SNDHWM
         # Senders name their data connections (crypto/transfer.py, "Routes"):
         # a reconnect under the same name replaces the connection it lost.

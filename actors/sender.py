@@ -112,7 +112,7 @@ from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.known_peers import KnownPeersFile, explain
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
-from peercrypt.runtime.actor import Actor, ActorEnv, Timer
+from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec, columns
 from peercrypt.wire.messages import (
@@ -153,7 +153,6 @@ from peercrypt.wire.text import printable
 log = logging.getLogger("peercrypt.sender")
 
 DATA_SNDHWM = 8192
-DATA_RCVHWM = 1024
 
 PROGRESS_INTERVAL = 0.1
 POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
@@ -792,9 +791,10 @@ class SenderActor(Actor):
         # A reconnect keeps the id (and takes over the connection it lost).
         route = data.routing_id = new_route_id(lane)
         # Credit (at most 4096 chunks, SEND_BUFFER bytes, per transfer) bounds
-        # what is queued, so the send queue never fills; replies queue finitely.
+        # what is queued, so the send queue never fills; replies (at most one
+        # per chunk sent) are read as they come (PEER_RCVHWM).
         data.sndhwm = DATA_SNDHWM * max(1, self.settings.max_outgoing)
-        data.rcvhwm = DATA_RCVHWM
+        data.rcvhwm = PEER_RCVHWM
         data.maxmsgsize = 64 * 1024
         data.setsockopt(zmq.TCP_MAXRT, DATA_MAXRT_MS)
         data.heartbeat_ivl = DATA_HEARTBEAT_MS

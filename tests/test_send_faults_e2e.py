@@ -31,6 +31,7 @@ from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.node import Node
 from peercrypt.testing.nodes import (
     NodeProcess,
+    assert_sent,
     blake3_file,
     free_port,
     loopback_settings,
@@ -115,12 +116,17 @@ def _receiver_killed_mid_send(
         send.kill()
 
 
+@pytest.mark.parametrize("ring", [True, False], ids=["ring", "socket"])
 def test_a_frozen_receiver_ends_the_send_at_its_timeout(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], ring: bool
 ) -> None:
+    """The send ends at its timeout; the receiver, thawed with chunks (or
+    the ring's descriptors) and heartbeats of a connection the sender has
+    since closed still in its buffers, runs on and stores the next file."""
     timeout = 5.0
-    receiver = node_factory(name="receiver")
-    sender = node_factory("--max-retries", "0", name="sender")
+    env = {"PEERCRYPT_SHM_RING": str(ring).lower()}
+    receiver = node_factory(name="receiver", env=env)
+    sender = node_factory("--max-retries", "0", name="sender", env=env)
     path = make_file(2 * SIZE, name="frozen.bin")
     # 8 s for the file: the stop lands while chunks flow, however slow the
     # status query that sees the first ones is.
@@ -145,6 +151,10 @@ def test_a_frozen_receiver_ends_the_send_at_its_timeout(
     # deadline the CLI exits on a loaded machine is a timing matter, not
     # this test's.
     assert timeout * 0.9 <= took < timeout * 2, f"exited {took:.2f} s after the stop"
+    assert sender.counters().get("sender.data-ring", 0) == ring
+    after = make_file(SIZE, name="after.bin")
+    assert_sent(receiver, sender.send_to(after, receiver), after)
+    assert receiver.running, receiver.log_tail()
 
 
 def test_a_source_cut_short_mid_send_fails_the_send_and_the_node_sends_on(

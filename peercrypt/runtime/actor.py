@@ -67,6 +67,19 @@ CRASHED = b"CRASHED"
 IO_THREADS = 2
 CONTROL_AFFINITY = 1
 DATA_AFFINITY = 2
+# The receive queue of a socket that reads another node's ZMTP: never full,
+# so libzmq never stops reading a connection. libzmq 4.3.5 (the one pyzmq
+# bundles, up to 27.3; its master is no different) aborts the process when a
+# connection whose reading was stopped by a full queue (RCVHWM) is reset by
+# its peer with bytes still in the engine's read buffer: the reset marks the
+# connection failed, and once the application drains the queue the engine
+# decodes the rest of that buffer, where a heartbeat PING makes it write its
+# PONG on the failed connection (``Assertion failed: !_io_error
+# (src/stream_engine_base.cpp:310)``). Any ZMTP peer can send PINGs,
+# whatever the socket's own heartbeat options, so only a queue that never
+# fills closes it; what bounds memory there is each protocol's credit
+# (docs/security.md).
+PEER_RCVHWM = 0
 # Threads that move bulk data run this much nicer than the rest of the
 # node, so a thread answering a status or a health probe gets a core at
 # once however busy the data plane keeps both (the control plane's latency

