@@ -49,7 +49,7 @@ def _flood(messages: int, ping_every: int) -> bytes:
 
 
 def flood_and_reset(
-    host: str, port: int, messages: int = 200_000, ping_every: int = 3, timeout: float = WAIT
+    host: str, port: int, messages: int = 50_000, ping_every: int = 3, timeout: float = WAIT
 ) -> None:
     """Connect to the ROUTER at ``host:port`` as a DEALER, send ``messages``
     tiny messages with PINGs among them as fast as the peer takes them, and
