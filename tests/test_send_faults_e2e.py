@@ -54,15 +54,19 @@ class Send:
     def __init__(
         self, sender: NodeProcess, path: Path, receiver_port: int, timeout: float, rate: int = RATE
     ):
+        self.sender = sender
         self.proc = start_cli(
             "send", str(path), "127.0.0.1", str(receiver_port), "--json", "--force",
             "--chunk-size", str(CHUNK), "--timeout", f"{timeout:g}", "-r", str(rate),
             data_dir=sender.data_dir,
         )  # fmt: skip
         self.lines: list[str] = []
+        self.out: list[str] = []
         self.ended: float | None = None
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+        self.out_reader = threading.Thread(target=self._read_out, daemon=True)
+        self.out_reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -71,11 +75,17 @@ class Send:
         self.proc.wait()
         self.ended = time.monotonic()
 
-    def result(self, timeout: float = 60) -> tuple[int, dict[str, object]]:
+    def _read_out(self) -> None:
         assert self.proc.stdout is not None
-        out = self.proc.stdout.read()
+        self.out.append(self.proc.stdout.read())
+
+    def result(self, timeout: float = 60) -> tuple[int, dict[str, object]]:
+        """The exit code and JSON result; fails (with what the sender node
+        says of its transfers) when the send has not ended in ``timeout``."""
+        self.out_reader.join(timeout)
         self.reader.join(timeout)
-        assert self.ended is not None, "the send did not end"
+        assert self.ended is not None, f"the send did not end: {self.sender.status()}"
+        out = "".join(self.out)
         return self.proc.returncode, json.loads(out) if out.strip() else {}
 
     def kill(self) -> None:
