@@ -91,6 +91,10 @@ def normal(out: str) -> str:
         ["send", "--no-progress", "a", "h", "1", "--chunk-size", "4096", "--force"],
         ["send", "a", "h", "1", "--expect", "x", "--progress"],
         ["--data-dir", "d", "send", "a", "h", "1", "--data-dir=e"],
+        ["send", "a", "h", "1", "-t", "4"],
+        ["send", "-t", "8", "a", "h", "1", "--json"],
+        ["send", "a", "h", "1", "--threads=2", "--no-progress"],
+        ["send", "a", "h", "1", "--threads", "64"],
     ],
 )
 def test_plain_lines_are_taken(argv: list[str]) -> None:
@@ -98,6 +102,13 @@ def test_plain_lines_are_taken(argv: list[str]) -> None:
     assert line is not None and line.command in ("status", "send")
     if "--data-dir=e" in argv:  # after the command: it wins, as in the group
         assert line.data_dir == Path("e")
+    if line.command == "send":
+        assert line.args[-3:] == ["a", "h", "1"] or line.args == ["a", "b", "h", "1"]
+    lanes = next((a.split("=")[-1] for a in argv if a.startswith("--threads=")), None)
+    for flag in ("-t", "--threads"):
+        if flag in argv:
+            lanes = argv[argv.index(flag) + 1]
+    assert line.values.get("--threads") == lanes
 
 
 @pytest.mark.parametrize(
@@ -120,6 +131,15 @@ def test_plain_lines_are_taken(argv: list[str]) -> None:
         ["send", "a", "h", "1", "-r", "1M"],
         ["send", "a", "h", "1", "--mode", "aimd"],
         ["send", "a", "h", "1", "-m"],
+        ["send", "a", "h", "1", "-t=4"],  # click reads the value "=4"
+        ["send", "a", "h", "1", "-t4"],
+        ["send", "a", "h", "1", "-t"],
+        ["send", "a", "h", "1", "-t", "-4"],
+        ["send", "a", "h", "1", "-t", "4", "-t", "4"],
+        ["send", "a", "h", "1", "-t", "4", "--threads", "4"],
+        ["send", "a", "h", "1", "-t", "4", "--mode", "parallel"],
+        ["send", "a", "h", "1", "-t", "4", "-r", "1M"],
+        ["status", "-t", "4"],
         ["send", "a", "h", "1", "--network-key-file", "k"],
         ["send", "a", "h", "1", "--timeout"],
         ["send", "a", "h", "1", "--timeout", "-1"],
@@ -165,6 +185,8 @@ def test_values_click_refuses_are_left_to_it(tmp_path: Path) -> None:
         ["--json"],
         ["--no-progress"],
         ["--json", "--timeout", "5", "--chunk-size", "65536", "--force"],
+        ["--json", "-t", "4"],
+        ["--no-progress", "--threads=3"],
     ],
 )
 def test_a_send_prints_and_exits_as_the_command(
@@ -184,7 +206,26 @@ def test_a_send_prints_and_exits_as_the_command(
         assert blake3_file(receiver.inbox / stored.group(1)) == blake3_file(f)
         outputs.append(normal(out))
         assert ("click" in modules) == (how == "click")
+        if "--json" in extra:  # -t names the mode; without it, the node's default
+            assert json.loads(out)["mode"] == ("parallel" if "-t" in extra else "normal")
     assert outputs[0] == outputs[1]
+
+
+def test_a_lanes_value_click_refuses_gets_the_commands_error(
+    pair: tuple[NodeProcess, NodeProcess], tmp_path: Path
+) -> None:
+    """A ``-t`` out of range (or not a number) with a node running: the
+    command's own usage error, exit 2, nothing sent."""
+    sender, receiver = pair
+    f = random_file(tmp_path / "refused.bin", 10)
+    for lanes in (["-t", "0"], ["-t", "65"], ["-t", "x"], ["--threads="]):
+        argv = ["send", str(f), LOCALHOST, str(receiver.port), "--json", *lanes]
+        entry = peercrypt("entry", sender.data_dir, *argv)
+        click = peercrypt("click", sender.data_dir, *argv)
+        assert entry[:3] == click[:3], lanes
+        assert entry[0] == errors.USAGE and entry[1] == "", entry
+        assert "click" in entry[3]
+    assert not list(receiver.inbox.glob("refused*"))
 
 
 def test_a_refusal_reads_and_exits_as_the_command(
@@ -230,6 +271,7 @@ def test_the_fast_path_loads_no_click_and_only_the_local_messages(
     for argv in (
         ["status"],
         ["send", str(f), LOCALHOST, str(receiver.port), "--json"],
+        ["send", str(f), LOCALHOST, str(receiver.port), "--json", "-t", "4"],
     ):
         code, out, err, modules = peercrypt("entry", sender.data_dir, *argv)
         assert (code, err) == (0, []), (out, err)
@@ -250,11 +292,12 @@ def test_a_node_whose_default_is_multicast_gets_the_command(
     command then asks for the mode and sends a multicast, as it always did."""
     sender, receiver = pair
     f = random_file(tmp_path / "f.bin", 5000)
+    argv = ["send", str(f), LOCALHOST, str(receiver.port), "--json"]
     assert sender.cli("set-mode", "multicast").returncode == 0
     try:
-        code, out, err, modules = peercrypt(
-            "entry", sender.data_dir, "send", str(f), LOCALHOST, str(receiver.port), "--json"
-        )
+        code, out, err, modules = peercrypt("entry", sender.data_dir, *argv)
+        # -t names its mode: a parallel send, as the command makes it, without click.
+        parallel = peercrypt("entry", sender.data_dir, *argv, "-t", "2")
     finally:
         assert sender.cli("set-mode", "normal").returncode == 0
     assert code == 0, (out, err)
@@ -263,6 +306,11 @@ def test_a_node_whose_default_is_multicast_gets_the_command(
     assert row["code"] == "ok"
     assert blake3_file(receiver.inbox / row["stored_as"]) == blake3_file(f)
     assert "click" in modules  # the command did it
+    assert parallel[0] == 0, parallel[:3]
+    result = json.loads(parallel[1])
+    assert (result["mode"], result["code"]) == ("parallel", "ok")
+    assert blake3_file(receiver.inbox / result["stored_as"]) == blake3_file(f)
+    assert "click" not in parallel[3]
 
 
 def test_a_send_with_progress_draws_the_commands_bar(
