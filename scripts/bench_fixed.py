@@ -1,6 +1,7 @@
 """Fixed costs as the user times them: ``peercrypt --help``, ``peercrypt
 status`` against a running node, and a 1 KiB ``peercrypt send`` between two
-running nodes (command start to exit 0 with the receiver's verified hash).
+running nodes (command start to exit 0 with the receiver's verified hash),
+plain and with ``-t 4`` (a parallel send).
 
     .venv/bin/python scripts/bench_fixed.py [--runs 7] [--tree OTHER_CHECKOUT ...]
 
@@ -87,6 +88,10 @@ def main() -> int:
                     "status": ([*cli, "status"], (0,)),
                     "send 1 KiB": (
                         [*cli, "send", str(small), "127.0.0.1", str(r.port), "--json"],
+                        (0,),
+                    ),
+                    "send -t 4": (
+                        [*cli, "send", str(small), "127.0.0.1", str(r.port), "--json", "-t", "4"],
                         (0,),
                     ),
                 }

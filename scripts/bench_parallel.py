@@ -4,7 +4,7 @@ Two node processes on loopback, the sending node sends a random file (256
 MiB by default) to the receiving node. The time is the wall time of the
 ``peercrypt send`` command (its start to its exit 0 with the receiver's
 verified hash; the stored file's BLAKE3 is checked against the source
-after every run). Two paths, interleaved run by run (the order rotates):
+after every run). Two paths:
 
 - **capped**: the receiving node advertises the port of a
   :class:`~peercrypt.testing.faults.CappingProxy` in front of its data port,
@@ -15,12 +15,29 @@ after every run). Two paths, interleaved run by run (the order rotates):
 - **uncapped**: straight loopback to a second receiving node. Goal: ``-t N``
   costs no more than 10% against normal (time ratio <= 1.10).
 
+Every case is timed alike: the same sending node, the same command line
+but for ``-t N``, each path's own receiver. Before the runs, one untimed
+send of each case warms each pair up (a node's first transfer pays for its
+first connection and its first buffers); then every run sends each case
+once, in an order shuffled anew each run (seeded, printed), so that no case
+always follows the same one. ``--tree DIR`` adds a third pair of nodes run
+from that source tree (an export of an older commit; its CLI runs from it
+too) on the uncapped path, interleaved with the others: ``before normal``,
+``before -t N``. ``--no-capped`` leaves out the capped path (more runs of
+the uncapped one in the same minutes). Both trees are byte-compiled first,
+as an installed package is: this may run with PYTHONDONTWRITEBYTECODE, and
+then every command would compile what it imports (a command that imports
+more would pay more).
+
 Prints every run (capped ones split into phases: before the first byte
 passed the proxy, the data, after the last byte), then medians (of >= 3
-runs) and the ratios.
+runs) and the ratios; uncapped, also the median of each run's own ratio
+of ``-t N`` to normal (the two sends of a run were seconds apart, so the
+load moved less between them).
 
     .venv/bin/python scripts/bench_parallel.py [--size 256M] [--runs 3] [--cap 16M]
-        [--lanes 4,8] [--dir DIR] [--no-uncapped] [--node-args "--window 64"] [--json FILE]
+        [--lanes 4,8] [--dir DIR] [--no-uncapped | --no-capped] [--tree DIR]
+        [--node-args "--window 64"] [--json FILE]
 """
 
 from __future__ import annotations
@@ -28,7 +45,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +65,6 @@ from peercrypt.testing.nodes import (
     free_port,
     parse_size,
     random_file,
-    run_cli,
 )
 
 MiB = 2**20
@@ -55,17 +74,22 @@ SETUP_BYTES = 64 * 1024  # less than a chunk, more than handshakes and heartbeat
 @dataclass
 class Timed:
     """One send: the CLI's wall time, the node's own span (request to
-    verified) and, through the proxy, when its first and last byte passed
-    (seconds from the CLI's start; None when the path has no proxy)."""
+    verified), the command's CPU time (user + system: what waiting for a core
+    does not inflate) and, through the proxy, when its first and last byte
+    passed (seconds from the CLI's start; None when the path has no proxy)."""
 
     wall: float
     node: float
+    cli_cpu: float
     first_byte: float | None = None
     last_byte: float | None = None
 
     def phases(self) -> str:
         if self.first_byte is None or self.last_byte is None:
-            return f"node {self.node:5.2f} s"
+            return (
+                f"node {self.node:5.2f} s, outside it {self.wall - self.node:5.2f} s, "
+                f"the command {self.cli_cpu:5.3f} CPU s"
+            )
         return (
             f"before the first byte {self.first_byte:5.2f} s, data "
             f"{self.last_byte - self.first_byte:5.2f} s, after the last "
@@ -128,18 +152,12 @@ def timed_send(
     """One ``peercrypt send``: checks the stored file's hash and removes it
     (the inbox stays small)."""
     with ByteClock(proxy) as clock:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command is the one reaped
         started = time.perf_counter()
-        result = run_cli(
-            "send",
-            str(path),
-            receiver.host,
-            str(receiver.port),
-            "--json",
-            *extra,
-            data_dir=sender.data_dir,
-            timeout=1800,
-        )
+        result = sender.send_result(path, receiver.host, receiver.port, *extra, timeout=1800)
         seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if result.returncode != 0:
         raise SystemExit(f"send {' '.join(extra)} failed: {result.describe()}")
     stored = receiver.inbox / result.json["stored_as"]
@@ -147,7 +165,18 @@ def timed_send(
         raise SystemExit(f"the stored file {stored} differs from the source")
     stored.unlink()
     first, last = clock.edges(started)
-    return Timed(seconds, float(result.json["seconds"]), first, last)
+    return Timed(seconds, float(result.json["seconds"]), cpu, first, last)
+
+
+@dataclass
+class Case:
+    """One way of sending, timed once per run."""
+
+    name: str  # "PATH normal" or "PATH -t N"
+    sender: NodeProcess
+    receiver: NodeProcess
+    extra: list[str]
+    proxy: CappingProxy | None
 
 
 def main() -> int:
@@ -158,6 +187,10 @@ def main() -> int:
     parser.add_argument("--lanes", default="4,8")
     parser.add_argument("--dir", default=None, help="where the nodes and inboxes live")
     parser.add_argument("--no-uncapped", action="store_true")
+    parser.add_argument("--no-capped", action="store_true")
+    parser.add_argument(
+        "--tree", default=None, help="also the uncapped path between nodes run from this tree"
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--node-args", default="", help="extra options of the receiving nodes")
     args = parser.parse_args()
@@ -166,50 +199,86 @@ def main() -> int:
     lanes = [int(n) for n in args.lanes.split(",")]
     if args.runs < 3:
         parser.error("--runs must be >= 3 (a median of at least three)")
+    if args.no_capped and args.no_uncapped:
+        parser.error("--no-capped and --no-uncapped leave nothing to run")
 
     key = new_network_key()
+    node_args = tuple(args.node_args.split())
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-parallel-") as tmp:
         root = Path(tmp)
         source = random_file(root / "source.bin", size)
+        # Every node and command from this tree (`python -m` puts the working
+        # directory first on sys.path: a neutral one), or from --tree's.
+        os.chdir(root)
+        here = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        trees = [here["PYTHONPATH"], *([str(Path(args.tree).resolve())] if args.tree else [])]
+        for tree in trees:
+            subprocess.run(
+                [sys.executable, "-m", "compileall", "-q", f"{tree}/peercrypt", f"{tree}/actors"],
+                check=True,
+            )
         data_port = free_port()
         proxy = CappingProxy((LOCALHOST, data_port), cap).start()
-        sender = NodeProcess(root / "sender", key)
+        sender = NodeProcess(root / "sender", key, env=here)
         capped = NodeProcess(
             root / "capped",
             key,
+            env=here,
             extra_args=(
                 "--data-port",
                 str(data_port),
                 "--advertise-data-port",
                 str(proxy.port),
-                *args.node_args.split(),
+                *node_args,
             ),
         )
-        plain = NodeProcess(root / "plain", key, extra_args=tuple(args.node_args.split()))
-        nodes = [sender, capped] + ([] if args.no_uncapped else [plain])
+        plain = NodeProcess(root / "plain", key, env=here, extra_args=node_args)
+        nodes = [sender]
+        cases: list[Case] = []
+        if not args.no_capped:
+            nodes.append(capped)
+            cases.append(Case("capped normal", sender, capped, [], proxy))
+            cases += [Case(f"capped -t {n}", sender, capped, ["-t", str(n)], proxy) for n in lanes]
+        if not args.no_uncapped:
+            nodes.append(plain)
+            cases.append(Case("uncapped normal", sender, plain, [], None))
+            cases += [Case(f"uncapped -t {n}", sender, plain, ["-t", str(n)], None) for n in lanes]
+        if args.tree and not args.no_uncapped:
+            (root / "tree").mkdir()
+            old = {"PYTHONPATH": str(Path(args.tree).resolve())}
+            old_sender = NodeProcess(root / "tree" / "sender", key, env=old)
+            old_plain = NodeProcess(root / "tree" / "plain", key, env=old, extra_args=node_args)
+            nodes += [old_sender, old_plain]
+            cases.append(Case("before normal", old_sender, old_plain, [], None))
+            cases += [
+                Case(f"before -t {n}", old_sender, old_plain, ["-t", str(n)], None) for n in lanes
+            ]
         try:
             for node in nodes:
                 node.start()
-            variants: list[tuple[str, NodeProcess, list[str]]] = [("capped normal", capped, [])]
-            proxied = {"capped": proxy, "uncapped": None}
-            variants += [(f"capped -t {n}", capped, ["-t", str(n)]) for n in lanes]
-            if not args.no_uncapped:
-                variants += [("uncapped normal", plain, [])]
-                variants += [(f"uncapped -t {n}", plain, ["-t", str(n)]) for n in lanes]
             print(
                 f"{size / MiB:.0f} MiB, cap {cap / MiB:.1f} MiB/s per connection, "
-                f"{args.runs} runs, inboxes under {root}",
+                f"{args.runs} runs, inboxes under {root}"
+                + (f", before = {args.tree}" if args.tree else ""),
                 flush=True,
             )
-            times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+            for case in cases:  # warm-up, untimed
+                timed_send(case.sender, source, case.receiver, case.extra, case.proxy)
+            times: dict[str, list[float]] = {case.name: [] for case in cases}
+            outside: dict[str, list[float]] = {case.name: [] for case in cases}
+            cli_cpu: dict[str, list[float]] = {case.name: [] for case in cases}
             for run in range(args.runs):
-                shift = run % len(variants)
-                for name, receiver, extra in variants[shift:] + variants[:shift]:
-                    timed = timed_send(sender, source, receiver, extra, proxied[name.split()[0]])
+                order = list(cases)
+                random.Random(run).shuffle(order)
+                print(f"run {run + 1} order: {', '.join(c.name for c in order)}", flush=True)
+                for case in order:
+                    timed = timed_send(case.sender, source, case.receiver, case.extra, case.proxy)
                     seconds = timed.wall
-                    times[name].append(seconds)
+                    times[case.name].append(seconds)
+                    outside[case.name].append(seconds - timed.node)
+                    cli_cpu[case.name].append(timed.cli_cpu)
                     print(
-                        f"run {run + 1}: {name:18s} {seconds:7.2f} s "
+                        f"run {run + 1}: {case.name:18s} {seconds:7.2f} s "
                         f"{size / MiB / seconds:8.1f} MiB/s; {timed.phases()}; "
                         f"load average {os.getloadavg()[0]:.1f}",
                         flush=True,
@@ -225,7 +294,7 @@ def main() -> int:
     print("\nmedian wall time, MiB/s, speed-up against normal on the same path:")
     goals = {4: 3.3, 8: 6.0}
     report: dict[str, object] = {"size": size, "cap": cap, "runs": times, "medians": medians}
-    for path in ("capped", "uncapped"):
+    for path in ("capped", "uncapped", "before"):
         base = medians.get(f"{path} normal")
         if base is None:
             continue
@@ -236,14 +305,27 @@ def main() -> int:
                 goal = goals.get(int(name.rsplit(" ", 1)[1]))
                 if goal is not None:
                     note = f"  (goal >= {goal}x: {'met' if ratio >= goal else 'NOT met'})"
-            elif path == "uncapped" and name != f"{path} normal":
+            elif name != f"{path} normal":
                 cost = medians[name] / base
                 verdict = "met" if cost <= 1.10 else "NOT met"
-                note = f"  (time {cost:.2f}x normal; goal <= 1.10: {verdict})"
+                # Each run's own ratio (the two sends minutes apart at most).
+                paired = statistics.median(
+                    t / n for t, n in zip(times[name], times[f"{path} normal"], strict=True)
+                )
+                note = (
+                    f"  (time {cost:.2f}x normal; goal <= 1.10: {verdict}; "
+                    f"median of the runs' ratios {paired:.2f}x)"
+                )
+                report[f"paired {name}"] = paired
             print(
                 f"  {name:18s} {medians[name]:7.2f} s {size / MiB / medians[name]:8.1f} MiB/s"
                 f"  {ratio:5.2f}x{note}"
             )
+            if path != "capped":
+                print(
+                    f"  {'':18s} outside the node's span {statistics.median(outside[name]):.3f} s,"
+                    f" the command {statistics.median(cli_cpu[name]):.3f} CPU s (medians)"
+                )
             report[f"speedup {name}"] = ratio
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
