@@ -1,7 +1,7 @@
 """Multicast against UFTP, in network namespaces on one bridge (issue 14).
 
     sudo .venv/bin/python scripts/bench_uftp.py [--size-mib 256] [--mtu 1500,9000]
-        [--runs 3] [--systems group,pub,uftp] [--json FILE] [--threads]
+        [--runs 3] [--systems group,pub,uftp] [--json FILE] [--threads] [--tree DIR]
 
 Needs root (namespaces) and ``uftp``/``uftpd`` on PATH (``apt-get install uftp``).
 For each MTU the script builds its own network (``peercrypt.testing.netns``):
@@ -32,6 +32,12 @@ thread (CPU seconds and seconds waiting for a core, from
 Every received file is compared
 with the source by BLAKE3 after the run (ours also verify it themselves).
 
+``--tree DIR`` (an export of an older commit: ``git archive main | tar -x
+-C DIR``) also starts a sender and three receivers run from that source
+tree, in the same namespaces, and each of our systems is run on them right
+after ours (``group@tree``, ``pub@tree``; their group on another port), so
+the two codes alternate run by run on the same machine.
+
 Goals (issue 14): the group >= 1.5x UFTP's goodput at both MTUs with no more
 sender CPU than UFTP, at least as fast as our PUB/SUB, and 1.0x bytes on the
 sender's link.
@@ -61,6 +67,7 @@ from peercrypt.testing.nodes import NodeProcess, random_file
 MiB = 2**20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GROUP = "239.255.81.1:7481"  # ours
+TREE_GROUP = "239.255.81.2:7491"  # the --tree nodes'
 UFTP_PUBLIC = "239.255.82.1"  # UFTP's announce group (its data group is 239.255.83.x)
 UFTP_PORT = "7482"
 UFTP_MAX_BLOCK = 8800  # the largest block size uftp accepts
@@ -164,26 +171,22 @@ def clean(directory: Path) -> None:
 
 
 class Bench:
-    def __init__(self, net: netns.TestNetwork, mtu: int, shm: Path, source: Path) -> None:
+    def __init__(
+        self, net: netns.TestNetwork, mtu: int, shm: Path, source: Path, tree: str | None = None
+    ) -> None:
         self.net, self.mtu, self.shm, self.source = net, mtu, shm, source
         self.size = source.stat().st_size
         self.expected = digest(source)
         self.hosts = [net.add_host(f"h{i}", 0) for i in range(RECEIVERS + 1)]
         set_mtu(net, self.hosts, mtu)
         key = new_network_key()
-        self.nodes: list[NodeProcess] = []
-        self.inboxes: list[Path] = []
-        for i, host in enumerate(self.hosts):
-            extra: tuple[str, ...] = ("--no-gossip",)
-            if i > 0:
-                inbox = shm / f"mtu{mtu}-inbox{i}"
-                self.inboxes.append(inbox)
-                extra += ("--inbox", str(inbox))
-            node = NodeProcess(
-                shm / f"mtu{mtu}-node{i}", network_key=key, extra_args=extra,
-                host=host.ip, netns=host.ns,
-            )  # fmt: skip
-            self.nodes.append(node.start())
+        self.nodes, self.inboxes = self._nodes(key, f"mtu{mtu}-", None)
+        # The nodes of --tree (an older source tree), in the same namespaces.
+        self.tree_nodes: list[NodeProcess] = []
+        self.tree_inboxes: list[Path] = []
+        if tree is not None:
+            env = {"PYTHONPATH": tree}
+            self.tree_nodes, self.tree_inboxes = self._nodes(key, f"mtu{mtu}-tree-", env)
         self.uftp_dirs = []
         self.uftpd_pids: list[int] = []
         for i, host in enumerate(self.hosts[1:], 1):
@@ -199,8 +202,26 @@ class Bench:
             )  # fmt: skip
             self.uftpd_pids.append(daemon.pid)
 
+    def _nodes(
+        self, key: str, prefix: str, env: dict[str, str] | None
+    ) -> tuple[list[NodeProcess], list[Path]]:
+        nodes: list[NodeProcess] = []
+        inboxes: list[Path] = []
+        for i, host in enumerate(self.hosts):
+            extra: tuple[str, ...] = ("--no-gossip",)
+            if i > 0:
+                inbox = self.shm / f"{prefix}inbox{i}"
+                inboxes.append(inbox)
+                extra += ("--inbox", str(inbox))
+            node = NodeProcess(
+                self.shm / f"{prefix}node{i}", network_key=key, extra_args=extra,
+                host=host.ip, netns=host.ns, env=env,
+            )  # fmt: skip
+            nodes.append(node.start())
+        return nodes, inboxes
+
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.nodes + self.tree_nodes:
             node.stop()
 
     def verify(self, directories: list[Path]) -> None:
@@ -211,15 +232,17 @@ class Bench:
             clean(d)
 
     def ours(self, system: str) -> dict[str, Any]:
-        sender, first, *rest = self.nodes
+        old = system.endswith("@tree")
+        nodes, inboxes = (self.tree_nodes, self.tree_inboxes) if old else (self.nodes, self.inboxes)
+        sender, first, *rest = nodes
         to: list[str] = []
         for r in rest:
             to += ["--to", f"{r.host}:{r.port}"]
-        if system == "group":
-            to += ["--group", GROUP]
+        if system.startswith("group"):
+            to += ["--group", TREE_GROUP if old else GROUP]
         user, sys_ = cpu_times(sender.pid)
         tx = tx_bytes(self.hosts[0])
-        receiving = [cpu_seconds(r.pid) for r in self.nodes[1:]]
+        receiving = [cpu_seconds(r.pid) for r in nodes[1:]]
         samplers = [ThreadSampler(sender.pid), ThreadSampler(first.pid)]
         code, result = sender.send(
             self.source, first.host, first.port, "-m", *to, "--no-progress",
@@ -227,11 +250,11 @@ class Bench:
         )  # fmt: skip
         user2, sys2 = cpu_times(sender.pid)
         tx = tx_bytes(self.hosts[0]) - tx
-        receiving = [cpu_seconds(r.pid) - c for r, c in zip(self.nodes[1:], receiving, strict=True)]
+        receiving = [cpu_seconds(r.pid) - c for r, c in zip(nodes[1:], receiving, strict=True)]
         threads = [sampler.stop() for sampler in samplers]
         if code != 0:
             raise RuntimeError(f"{system} failed: {result}")
-        self.verify(self.inboxes)
+        self.verify(inboxes)
         stats = result["stats"]
         return {
             "goodput_mib_s": [self.size / MiB / float(r["seconds"]) for r in result["receivers"]],
@@ -305,6 +328,15 @@ def describe(system: str, row: dict[str, Any], threads: bool = False) -> str:
     )
 
 
+def swapped(systems: list[str]) -> list[str]:
+    """``systems`` with each of ours run after its ``@tree`` twin instead of before."""
+    out = list(systems)
+    for k, system in enumerate(out[:-1]):
+        if out[k + 1] == f"{system}@tree":
+            out[k], out[k + 1] = out[k + 1], system
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mib", type=int, default=256)
@@ -315,10 +347,18 @@ def main() -> None:
     ap.add_argument(
         "--threads", action="store_true", help="print CPU per thread (sender, one receiver)"
     )
+    ap.add_argument(
+        "--tree", help="also run our systems from this source tree (an older export), alternated"
+    )
     args = ap.parse_args()
     systems = [s for s in args.systems.split(",") if s]
     if not set(systems) <= set(SYSTEMS):
         ap.error(f"--systems: some of {', '.join(SYSTEMS)}")
+    if args.tree:
+        if not (Path(args.tree) / "peercrypt").is_dir():
+            ap.error(f"--tree: {args.tree} holds no peercrypt source tree")
+        args.tree = str(Path(args.tree).resolve())
+        systems = [t for s in systems for t in ((s, f"{s}@tree") if s != "uftp" else (s,))]
     if not netns.available():
         sys.exit(f"bench_uftp: network namespaces: {netns.unavailable_reason()}")
     if "uftp" in systems and not (shutil.which("uftp") and shutil.which("uftpd")):
@@ -330,10 +370,12 @@ def main() -> None:
         for mtu in (int(m) for m in args.mtu.split(",")):
             runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
             with netns.TestNetwork(groups=1, prefix="pcuftp") as net:
-                bench = Bench(net, mtu, shm, source)
+                bench = Bench(net, mtu, shm, source, args.tree)
                 try:
                     for n in range(args.runs):
-                        for system in systems:
+                        # With --tree, which code goes first alternates run by run.
+                        order = systems if n % 2 == 0 else swapped(systems)
+                        for system in order:
                             row = bench.run(system)
                             runs[system].append(row)
                             print(
