@@ -260,7 +260,11 @@ class MulticastReceiverActor(Actor):
         # Each session queues at most QUEUE_CHUNKS chunks (checked before this
         # bound), so the writer's own bound is never what drops a chunk here.
         max_queued = MAX_SESSIONS * QUEUE_CHUNKS * self.settings.max_chunk
-        self.writer = FileWriter(self.env.context, address, max_queued)
+        # At the node's priority, unlike the unicast receiver's writer: the
+        # written point it reports is what moves the sender's window, so a
+        # writer waiting for a core holds back the session for every
+        # receiver (docs/multicast.md, "The datagram path").
+        self.writer = FileWriter(self.env.context, address, max_queued, nice=False)
         self.writer.start()
         running = lambda: bool(self.sessions)  # noqa: E731
         self.call_every_while(ACK_INTERVAL, self._on_timers, running)
@@ -812,18 +816,26 @@ class MulticastReceiverActor(Actor):
         except OpenError:
             self.count("data-dropped-forged")  # not the sender's: NAKed, repaired
             return
+        # Opened into one of the writer's reused buffers (it gives it back
+        # once written): a fresh plaintext per chunk cost mapping, zeroing
+        # (twice) and unmapping a MiB (docs/multicast.md, "The datagram path").
+        pool = self.writer.buffers
+        plaintext = pool.take(len(payload) - TAG_BYTES)
         try:
-            plaintext = sess.sealer.open_chunk(index, last, nonce, payload)
+            sess.sealer.open_chunk_into(index, last, nonce, payload, plaintext)
         except OpenError:
+            pool.give(plaintext)
             self.count("data-dropped-auth")
             return
         if repair and sess.udp is not None:
             sess.udp.forget(index)  # it came whole: stop assembling it
         if not sess.flow.on_chunk(index, self.now()):
+            pool.give(plaintext)
             return
         if self.writer.write(sess.tid, index, plaintext):
             sess.queued += 1
         else:  # missing again: NAKed and repaired, never counted as held
+            pool.give(plaintext)
             sess.flow.on_write_refused(index)
             self.count("data-dropped-writer-full")
 

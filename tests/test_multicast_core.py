@@ -316,6 +316,23 @@ def test_wrap_unwrap_and_chunk_sealing() -> None:
     assert sealer.seal_chunk(3, False, b"hello")[0] != nonce  # a fresh nonce per seal
 
 
+def test_chunk_opened_into_a_reused_buffer() -> None:
+    sid, key = os.urandom(16), new_content_key()
+    sealer, opener = ContentSealer(sid, key), ContentSealer(sid, key)
+    plain = os.urandom(4096)
+    nonce, sealed = sealer.seal_chunk(5, True, plain)
+    out = bytearray(b"\xff" * len(plain))  # what a reused buffer held before
+    opener.open_chunk_into(5, True, nonce, memoryview(sealed), out)
+    assert out == plain
+    tampered = bytearray(sealed)
+    tampered[100] ^= 1
+    for args in ((5, True, nonce, bytes(tampered)), (5, False, nonce, sealed)):
+        with pytest.raises(OpenError):
+            opener.open_chunk_into(*args, bytearray(len(plain)))
+    with pytest.raises(OpenError):  # a buffer of another length is refused, not overrun
+        opener.open_chunk_into(5, True, nonce, sealed, bytearray(len(plain) - 1))
+
+
 def test_unwrap_with_another_key_or_tampered_fails() -> None:
     sid, key = os.urandom(16), new_content_key()
     sender, receiver = _exchange(sid)

@@ -71,3 +71,15 @@ class ContentSealer:
             return self._aead.decrypt(nonce, sealed, _CHUNK_AAD.pack(self.sid, index, last))
         except (InvalidTag, ValueError):
             raise OpenError("chunk failed authentication") from None
+
+    def open_chunk_into(
+        self, index: int, last: bool, nonce: bytes, sealed: bytes | memoryview, out: bytearray
+    ) -> None:
+        """:meth:`open_chunk` into ``out`` (exactly the plaintext's length):
+        a receiver reuses its buffers, so no chunk maps, zeroes and unmaps a
+        fresh MiB. Raises OpenError, and then what ``out`` holds is not
+        authenticated: it must not be used."""
+        try:
+            self._aead.decrypt_into(nonce, sealed, _CHUNK_AAD.pack(self.sid, index, last), out)
+        except (InvalidTag, ValueError):
+            raise OpenError("chunk failed authentication") from None
