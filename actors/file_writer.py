@@ -458,7 +458,14 @@ class CheckSteps:
 
 
 class FileWriter:
-    def __init__(self, context: zmq.Context[Any], address: str, max_queued: int) -> None:
+    """``nice``: the thread runs DATA_NICE nicer than the node (as the other
+    threads that move bulk data do); False: at the node's priority (the
+    multicast receiver's: its pace is the pace of the whole session)."""
+
+    def __init__(
+        self, context: zmq.Context[Any], address: str, max_queued: int, *, nice: bool = True
+    ) -> None:
+        self._nice = nice
         self._context = context
         self._address = address
         self._max_queued = max_queued
@@ -559,7 +566,8 @@ class FileWriter:
 
     def _run(self) -> None:
         name_native_thread()
-        yield_to_control_plane()
+        if self._nice:
+            yield_to_control_plane()
         out: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
         out.linger = 0
         out.connect(self._address)
