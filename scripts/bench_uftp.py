@@ -26,7 +26,9 @@ UFTP's is its whole session, start of ``uftp`` to its exit, which ends when
 every client has the file), the sender process's CPU seconds (user + system;
 UFTP's from ``wait4``), and the bytes on the sender's link (its ``eth0`` tx
 counter) as a multiple of the file size, and each receiving process's CPU
-seconds (our node, UFTP's ``uftpd``); with ``--threads``, ours also per
+seconds (our node, UFTP's ``uftpd``), the datagrams the receivers' kernels
+dropped for a full receive buffer during our runs (``RcvbufErrors``, printed
+when not 0); with ``--threads``, ours also per
 thread (CPU seconds and seconds waiting for a core, from
 ``/proc/PID/task/*/schedstat``) of the sender and the first receiver.
 Every received file is compared
@@ -142,6 +144,14 @@ def tx_bytes(host: netns.Host) -> int:
     return int(json.loads(out.stdout)[0]["stats64"]["tx"]["bytes"])
 
 
+def rcvbuf_errors(host: netns.Host) -> int:
+    """UDP datagrams the kernel dropped in ``host``'s namespace for a full
+    receive buffer so far (``RcvbufErrors``, /proc/net/snmp)."""
+    out = host.run(["cat", "/proc/net/snmp"], timeout=10, check=True).stdout
+    names, values = [line.split() for line in out.splitlines() if line.startswith("Udp:")][:2]
+    return int(values[names.index("RcvbufErrors")])
+
+
 def set_mtu(net: netns.TestNetwork, hosts: list[netns.Host], mtu: int) -> None:
     for h in hosts:
         for ns, dev in ((net.switch_ns, h.switch_port), (h.ns, h.iface)):
@@ -243,6 +253,7 @@ class Bench:
         user, sys_ = cpu_times(sender.pid)
         tx = tx_bytes(self.hosts[0])
         receiving = [cpu_seconds(r.pid) for r in nodes[1:]]
+        overflows = sum(rcvbuf_errors(h) for h in self.hosts[1:])
         samplers = [ThreadSampler(sender.pid), ThreadSampler(first.pid)]
         code, result = sender.send(
             self.source, first.host, first.port, "-m", *to, "--no-progress",
@@ -252,6 +263,7 @@ class Bench:
         tx = tx_bytes(self.hosts[0]) - tx
         receiving = [cpu_seconds(r.pid) - c for r, c in zip(nodes[1:], receiving, strict=True)]
         threads = [sampler.stop() for sampler in samplers]
+        overflows = sum(rcvbuf_errors(h) for h in self.hosts[1:]) - overflows
         if code != 0:
             raise RuntimeError(f"{system} failed: {result}")
         self.verify(inboxes)
@@ -263,6 +275,7 @@ class Bench:
             "receiver_cpu_s": receiving,
             "link_x": tx / self.size,
             "repairs": int(stats["repairs_published"]) + int(stats["repairs_unicast"]),
+            "rcvbuf_errors": overflows,  # datagrams the receivers' kernels dropped
             "datagram_bytes": int(stats.get("datagram_bytes", 0)),
             "gso_batch": int(stats.get("gso_batch", 0)),
             # CPU s (and s waiting for a core) per thread: the sender, the first receiver
@@ -318,6 +331,8 @@ def describe(system: str, row: dict[str, Any], threads: bool = False) -> str:
         extra = f", datagrams {row['datagram_bytes']} B x{row['gso_batch']} per send"
     if "repairs" in row:
         extra += f", repairs {row['repairs']}"
+    if row.get("rcvbuf_errors"):
+        extra += f" (receive buffers overflowed: {row['rcvbuf_errors']} datagrams)"
     if threads and "sender_threads" in row:
         extra += f"\n    sender threads (CPU s, waiting s): {row['sender_threads']}"
         extra += f"\n    a receiver's threads: {row['receiver_threads']}"
