@@ -6,9 +6,15 @@ the two overlap (AES-GCM, BLAKE3 and write() all release the GIL). Work comes in
 a queue whose length the transfer credit bounds (the receiver drops chunks
 beyond the credit) and that refuses a chunk outright once ``max_queued``
 bytes wait, whatever a peer does; results go back to the
-actor as typed results on :attr:`FileWriter.results`, each announced by one
-empty frame on an inproc PAIR socket this thread owns (the actor watches it
-and takes one result per frame):
+actor as typed results on :attr:`FileWriter.results`, announced by empty
+frames on an inproc PAIR socket this thread owns (the actor watches it and,
+at each wake-up, takes every result there: :meth:`FileWriter.take_results`).
+A frame follows every result but :class:`Written`, whose frame waits while
+more work is queued, up to :data:`ANNOUNCE_EVERY` of them (the actor acks a
+transfer's written chunks once every ``ACK_EVERY`` of them, or once none
+waits: a wake-up per chunk only to note one written cost both threads a
+context switch per chunk), and never waits across another kind of work or a
+checkpoint's sync:
 
 - :class:`Written` ``(tid, index)``
 - :class:`Finished` ``(tid, digest)``  (after fsync; the digest of the file
@@ -112,6 +118,7 @@ from actors.file_chunks import read_chunk
 from actors.inbox import discard_part, save_manifest
 from actors.tree_store import TreeBuilder, unpack
 from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.incoming import ACK_EVERY
 from peercrypt.core.resume import Manifest, checkpoint_every
 from peercrypt.core.tree import TreeError
 from peercrypt.runtime.actor import name_native_thread, yield_to_control_plane
@@ -195,6 +202,9 @@ class Detached:
 
 
 WriterResult = Written | Finished | WriteFailed | Unsaved | Unpacked | TreeFailed | Detached
+# Written results posted at most before a frame announces them (while more
+# work is queued; with none queued, at once): the receivers' ack cadence.
+ANNOUNCE_EVERY = ACK_EVERY
 FAILED_MEMORY = 1024  # failed files remembered until their close()
 MAX_CHECKS = 2  # final checks running at once (each hashes on every core)
 MAX_DETACHED_CHECKS = 4  # threads of closed files' checks still running (a hung fsync)
@@ -477,6 +487,8 @@ class FileWriter:
         self._allocate = _block_allocator()
         self._notes: list[WriterResult] = []  # results besides an op's own (writer thread)
         self.results: queue.SimpleQueue[WriterResult] = queue.SimpleQueue()
+        self._out: zmq.Socket[Any] | None = None  # the frames' socket (writer thread)
+        self._unannounced = 0  # results posted since the last frame (writer thread)
         self._failed: dict[bytes, _File] = {}  # failed files awaiting close() (writer thread)
         self._stopping = threading.Event()  # ends a folder being unpacked, between blocks
         # Chunk buffers: a bytearray queued with write() comes back here once written.
@@ -571,13 +583,18 @@ class FileWriter:
         out: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
         out.linger = 0
         out.connect(self._address)
+        self._out = out
         files: dict[bytes, _File] = {}
         try:
             while True:
+                if self._unannounced and self._queue.empty():
+                    self._announce()  # nothing more soon: the actor hears now
                 op = self._queue.get()
                 if op is None:
                     return
                 tid = op[1]
+                if op[0] != "write":
+                    self._announce()  # what was posted never waits behind other work
                 try:
                     result = self._apply(files, op)
                 except OSError as exc:
@@ -596,15 +613,39 @@ class FileWriter:
                     if isinstance(op[3], bytearray):
                         self.buffers.give(op[3])
                 if result is not None:
-                    self._post(out, result)
+                    self._post(result)
                 while self._notes:
-                    self._post(out, self._notes.pop(0))
+                    self._post(self._notes.pop(0))
         finally:
+            self._out = None
             out.close(linger=0)
 
-    def _post(self, out: zmq.Socket[Any], result: WriterResult) -> None:
+    def _post(self, result: WriterResult) -> None:
         self.results.put(result)  # before its frame: a frame always finds it
-        out.send(b"")
+        self._unannounced += 1
+        if not isinstance(result, Written) or self._unannounced >= ANNOUNCE_EVERY:
+            self._announce()
+
+    def _announce(self) -> None:
+        """One frame for the results posted since the last one, if any."""
+        if self._unannounced and self._out is not None:
+            self._unannounced = 0
+            self._out.send(b"")
+
+    def take_results(self, sock: zmq.Socket[Any]) -> Iterator[WriterResult]:
+        """The actor's side (its thread, ``sock`` the PAIR it bound): every
+        frame waiting, then every result posted (a frame announces one or
+        more; a result found early leaves its frame to find none)."""
+        while True:
+            try:
+                sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        while True:
+            try:
+                yield self.results.get_nowait()
+            except queue.Empty:
+                return
 
     def _apply(self, files: dict[bytes, _File], op: tuple[Any, ...]) -> WriterResult | None:
         kind, tid = op[0], op[1]
@@ -674,6 +715,7 @@ class FileWriter:
                 self._start_writeback(f.fd, index * f.chunk_size, len(data))
             f.since_checkpoint += 1
             if f.since_checkpoint >= checkpoint_every(f.chunk_size):
+                self._announce()  # not held across the sync
                 unsaved = self._checkpoint(f)
                 if unsaved:
                     self._notes.append(Unsaved(tid, unsaved))

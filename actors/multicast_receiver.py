@@ -840,12 +840,7 @@ class MulticastReceiverActor(Actor):
             self.count("data-dropped-writer-full")
 
     def _on_writer(self, sock: zmq.Socket[Any]) -> None:
-        for _ in range(256):
-            try:
-                sock.recv(zmq.NOBLOCK)  # one frame per result
-            except zmq.Again:
-                break
-            result = self.writer.results.get_nowait()
+        for result in self.writer.take_results(sock):
             sess = self.sessions.get(result.tid)
             if sess is None or isinstance(result, Detached):  # (a closed file's check)
                 continue

@@ -1266,12 +1266,7 @@ class ReceiverActor(Actor):
     # -- writer results -----------------------------------------------------------
 
     def _on_writer(self, sock: zmq.Socket[Any]) -> None:
-        for _ in range(256):
-            try:
-                sock.recv(zmq.NOBLOCK)  # one frame per result
-            except zmq.Again:
-                break
-            result = self.writer.results.get_nowait()
+        for result in self.writer.take_results(sock):
             if isinstance(result, Detached):  # a check that ended after its file
                 self.count("late-checks-dropped")  # was closed (cancelled): nothing
                 continue

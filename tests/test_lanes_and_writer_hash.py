@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import queue
 import select
 import subprocess
 import sys
@@ -195,9 +196,14 @@ class Results:
 
 
 def _next(results: Results) -> WriterResult:
-    assert results.sock.poll(int(WAIT * 1000)), "no result from the writer within the timeout"
-    results.sock.recv()
-    return results.writer.results.get_nowait()
+    """The next result, as the actor finds it: a frame announces one or more."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        with contextlib.suppress(queue.Empty):
+            return results.writer.results.get_nowait()
+        left = int((deadline - time.monotonic()) * 1000)
+        assert left > 0 and results.sock.poll(left), "no result from the writer within the timeout"
+        results.sock.recv()
 
 
 def _index(result: WriterResult) -> int:
