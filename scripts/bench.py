@@ -25,8 +25,9 @@ Two nodes of one host send chunks over the receiver's Unix socket
 (peercrypt/local_ipc.py); ``--transport tcp`` runs the nodes with it turned
 off (``PEERCRYPT_NO_LOCAL_IPC``), ``--transport both`` runs a second pair so
 (over TCP) interleaved with the first; ``--ring`` one more with the
-shared-memory ring on (``PEERCRYPT_SHM_RING``, peercrypt/shm_ring.py). Every
-pair's sends are counted by the path they took and the counts printed, so
+shared-memory ring on (``PEERCRYPT_SHM_RING``, peercrypt/shm_ring.py), and
+with ``--tree`` too one more of that tree's with the ring on (a before/after
+of the ring's path). Every pair's sends are counted by the path they took and the counts printed, so
 each number says what it measured.
 
     .venv/bin/python scripts/bench.py [--size 1G] [--runs 5] [--dir DIR] [--tree DIR]
@@ -358,6 +359,7 @@ LABELS = {
     "tree_mib_s": "--tree's send (CLI wall)",
     "tcp_mib_s": "the same over TCP (CLI wall)",
     "ring_mib_s": "the same through the ring",
+    "tree_ring_mib_s": "--tree's through the ring",
     "write_limit_mib_s": "write+fsync limit",
     "ceiling_mib_s": "bare pipeline ceiling",
     "scp_mib_s": "scp aes256-gcm",
@@ -424,6 +426,12 @@ def main() -> int:
         if args.ring:
             (root / "ring").mkdir()
             ring = node_pair(root / "ring", key, {**here, "PEERCRYPT_SHM_RING": "true"})
+        tree_ring: tuple[NodeProcess, NodeProcess] | None = None
+        if args.ring and args.tree:
+            (root / "tree_ring").mkdir()
+            tree_ring = node_pair(
+                root / "tree_ring", key, {"PYTHONPATH": args.tree, "PEERCRYPT_SHM_RING": "true"}
+            )
 
         def scp_rate(fsync: bool) -> dict[str, float]:
             assert scp is not None
@@ -437,6 +445,7 @@ def main() -> int:
             *([lambda: other_pair("tree_", *others, source, digest)] if others else []),
             *([lambda: other_pair("tcp_", *over_tcp, source, digest)] if over_tcp else []),
             *([lambda: other_pair("ring_", *ring, source, digest)] if ring else []),
+            *([lambda: other_pair("tree_ring_", *tree_ring, source, digest)] if tree_ring else []),
         ]
         steps: list[Any] = [
             lambda: {"write_limit_mib_s": write_limit(root, size)},
@@ -463,7 +472,12 @@ def main() -> int:
                     f"{row['sender_cpu_s']:.2f}, receiver {row['receiver_cpu_s']:.2f}",
                     flush=True,
                 )
-                for prefix, name in (("tree_", "--tree"), ("tcp_", "over TCP"), ("ring_", "ring")):
+                for prefix, name in (
+                    ("tree_", "--tree"),
+                    ("tcp_", "over TCP"),
+                    ("ring_", "ring"),
+                    ("tree_ring_", "--tree's ring"),
+                ):
                     if f"{prefix}sender_cpu_s" in row:
                         print(
                             f"  {name} CPU s: sender {row[f'{prefix}sender_cpu_s']:.2f}, "
@@ -479,10 +493,12 @@ def main() -> int:
                 out["paths"]["tcp"] = paths_taken(over_tcp[0])
             if ring:
                 out["paths"]["ring"] = paths_taken(ring[0])
+            if tree_ring:
+                out["paths"]["--tree's ring"] = paths_taken(tree_ring[0])
         finally:
             sender.stop()
             receiver.stop()
-            for node in (*(others or ()), *(over_tcp or ()), *(ring or ())):
+            for node in (*(others or ()), *(over_tcp or ()), *(ring or ()), *(tree_ring or ())):
                 node.stop()
             if scp is not None:
                 scp.close()
@@ -526,14 +542,20 @@ def main() -> int:
             f"sender {med['tree_sender_cpu_s'] / per_gib:.2f}, "
             f"receiver {med['tree_receiver_cpu_s'] / per_gib:.2f}"
         )
-    for prefix, name in (("", ""), ("tcp_", " over TCP"), ("ring_", " through the ring")):
+    for prefix, name in (
+        ("", ""),
+        ("tree_", " of --tree"),
+        ("tcp_", " over TCP"),
+        ("ring_", " through the ring"),
+        ("tree_ring_", " of --tree through the ring"),
+    ):
         if f"{prefix}sender_cpu_s" in med:
             print(
                 f"  CPU s per GiB{name}: sender {med[f'{prefix}sender_cpu_s'] / per_gib:.2f}, "
                 f"receiver {med[f'{prefix}receiver_cpu_s'] / per_gib:.2f}, both "
                 f"{(med[f'{prefix}sender_cpu_s'] + med[f'{prefix}receiver_cpu_s']) / per_gib:.2f}"
             )
-    for prefix in ("", "tree_", "tcp_", "ring_"):
+    for prefix in ("", "tree_", "tcp_", "ring_", "tree_ring_"):
         if f"{prefix}sender_switches" in med:
             print(
                 f"  {prefix.rstrip('_') + ' ' if prefix else ''}context switches per GiB: sender "
@@ -549,6 +571,8 @@ def main() -> int:
         "threads:tcp_receiver ",
         "threads:ring_sender ",
         "threads:ring_receiver ",
+        "threads:tree_ring_sender ",
+        "threads:tree_ring_receiver ",
     ):
         by_thread = sorted(
             ((k[len(prefix) :], v) for k, v in med.items() if k.startswith(prefix)),
