@@ -779,8 +779,9 @@ class MulticastReceiverActor(Actor):
             self._on_chunk(sess, got.index, got.last, got.nonce, sealed, signature)
             if self.sessions.get(sess.tid) is not sess:
                 return  # finished or closed meanwhile
-            # _on_chunk keeps no view of it (the plaintext is a new buffer):
-            # the next chunk is assembled in it.
+            # _on_chunk keeps no view of it (the signature is checked and the
+            # chunk opened into a buffer of the writer's pool before it
+            # returns): the next chunk is assembled in it.
             sock.recycle(got.blob)
 
     def _on_chunk(
