@@ -33,8 +33,14 @@ Measured per run (every run is printed):
 - **CPU per GiB** of the four nodes together (``/proc/PID/stat``), for the
   one transfer alone and for the many, and the load average.
 
+``--tree DIR`` also starts four nodes run from that source tree (an export
+of an older commit: ``git archive main | tar -x -C DIR``) and alternates
+the runs between the two sets (this code's first in odd runs, the tree's in
+even ones), so both are measured in the same minutes of a shared machine;
+the medians and pooled samples are printed for each set.
+
     .venv/bin/python scripts/bench_many.py [--runs 3] [--size 16M] [--per-node 16]
-        [--dir DIR] [--strangers] [--checks N] [--json FILE]
+        [--dir DIR] [--strangers] [--checks N] [--tree DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -281,7 +287,7 @@ def send_alone(nodes: list[NodeProcess], single: Path) -> Single:
 
 
 def one_run(
-    run: int, nodes: list[NodeProcess], files: list[list[Path]], single: Path
+    run: int, nodes: list[NodeProcess], files: list[list[Path]], single: Path, label: str = ""
 ) -> dict[str, Any]:
     # One transfer alone before and after the load: the reference goodput
     # (the node's own span), the mean of both (the machine's load drifts).
@@ -323,7 +329,7 @@ def one_run(
     counters: dict[str, int] = {}
     for node in nodes:
         for name, value in node.counters().items():
-            words = ("disconnect", "reconnect", "dropped", "credit", "check-re")
+            words: tuple[str, ...] = ("disconnect", "reconnect", "dropped", "credit", "check-re")
             # Data connections opened and transfers attached to them (one per
             # receiver and lane, shared), samples the history took.
             words += ("data-connections", "data-attached", "stats.samples")
@@ -360,6 +366,7 @@ def one_run(
     starts = sorted(f.done_at - started - f.result.seconds for f in flows if f.result)
     row: dict[str, Any] = {
         "run": run,
+        "code": label or "this",
         "flows": len(flows),
         "single_mib_s": single_rate,
         "aggregate_mib_s": aggregate,
@@ -393,7 +400,7 @@ def one_run(
         "load_average": load_average,
     }
     print(
-        f"run {run}: {len(flows)} sends, {total / MiB:.0f} MiB in {elapsed:.2f} s: "
+        f"{label}run {run}: {len(flows)} sends, {total / MiB:.0f} MiB in {elapsed:.2f} s: "
         f"aggregate {aggregate:.1f} MiB/s = {aggregate / single_rate:.2f} of one alone "
         f"({single_rate:.1f}); Jain {jain(rates):.3f} (rates {min(rates):.1f}..{max(rates):.1f}); "
         f"resent {resent}/{chunks} = {100 * resent / max(1, chunks):.2f}% "
@@ -433,6 +440,59 @@ def one_run(
     return row
 
 
+def start_cluster(
+    root: Path,
+    key: str,
+    count: int,
+    extra: tuple[str, ...],
+    strangers: bool,
+    env: dict[str, str] | None = None,
+) -> list[NodeProcess]:
+    """``count`` nodes under ``root``; unless ``strangers``, nodes 1.. join
+    node 0 (and node 0 has probed node 1 before this returns). Every node
+    started is appended to the list as it starts (stopped by the caller)."""
+    nodes = [NodeProcess(root / "node0", key, extra_args=extra, env=env)]
+    nodes[0].start()
+    if not strangers:
+        extra += ("--bootstrap-host", nodes[0].host, "--bootstrap-port", str(nodes[0].port))
+    for i in range(1, count):
+        nodes.append(NodeProcess(root / f"node{i}", key, extra_args=extra, env=env).start())
+    if not strangers:
+        wait_for_reuse(nodes)
+    return nodes
+
+
+def summary(rows: list[dict[str, Any]], title: str) -> None:
+    def med(key: str, index: int | None = None) -> float:
+        values = [r[key] if index is None else r[key][index] for r in rows]
+        return float(statistics.median(values))
+
+    print(f"\nmedians of {len(rows)} runs{title}:")
+    print(f"  aggregate / one alone   {med('aggregate_vs_single'):.2f}   (goal >= 0.90)")
+    print(f"  Jain's fairness         {med('jain'):.3f}  (goal >= 0.95)")
+    print(f"  retransmitted           {100 * med('retransmitted'):.2f}%  (goal <= 1%)")
+    worst = max(max(r["peak_rss_mib"]) for r in rows)
+    print(f"  peak RSS, worst node    {worst:.0f} MiB  (goal <= 150)")
+    print(f"  status p99 under load   {med('status_ms', 1):.1f} ms  (goal <= 50)")
+    print(f"  health check p99        {med('check_ms', 1):.1f} ms  (goal <= 50)")
+    each = ", ".join(f"{r['check_ms'][1]:.1f}" for r in rows)
+    print(f"  health check p99 per run: {each} ms")
+    # One run's p99 is its second or third slowest of ~150 checks: pooled
+    # over the runs the tail is read from more samples.
+    for what in ("check", "status"):
+        pooled = [v for r in rows for v in r[f"{what}_samples_ms"]]
+        over = sum(v > 50 for v in pooled) / max(1, len(pooled))
+        print(
+            f"  {what} pooled ({len(pooled)} under load): p50 {pct(pooled, 0.5):.1f} "
+            f"p90 {pct(pooled, 0.9):.1f} p99 {pct(pooled, 0.99):.1f} ms, "
+            f"{100 * over:.1f}% over 50 ms"
+        )
+    print(
+        f"  the nodes' CPU per GiB  {med('nodes_cpu_s_per_gib'):.2f} s (64 at once) against "
+        f"{med('single_cpu_s_per_gib'):.2f} s (one alone)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -448,73 +508,65 @@ def main() -> int:
     parser.add_argument(
         "--checks", type=int, default=0, help="time this many checks alone first (CPU per check)"
     )
+    parser.add_argument(
+        "--tree", default=None, help="also run nodes from this source tree, runs alternating"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     size = parse_size(args.size)
     key = new_network_key()
     rows: list[dict[str, Any]] = []
+    tree_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-many-") as tmp:
         root = Path(tmp)
         extra = tuple(args.node_args.split())
-        nodes = [NodeProcess(root / "node0", key, extra_args=extra)]
         files = [
             [random_file(root / f"src{i}-{k}.bin", size) for k in range(args.per_node)]
             for i in range(args.nodes)
         ]
         single = random_file(root / "single.bin", parse_size(args.single_size))
+        clusters: list[list[NodeProcess]] = []
         try:
-            nodes[0].start()
-            if not args.strangers:
-                extra += ("--bootstrap-host", nodes[0].host, "--bootstrap-port", str(nodes[0].port))
-            for i in range(1, args.nodes):
-                nodes.append(NodeProcess(root / f"node{i}", key, extra_args=extra).start())
-            if not args.strangers:
-                wait_for_reuse(nodes)
+            here = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+            if args.tree:  # `python -m` puts the working directory first on sys.path
+                os.chdir(root)
+            clusters.append(start_cluster(root, key, args.nodes, extra, args.strangers, here))
+            nodes = clusters[0]
+            if args.tree:
+                tree_env = {"PYTHONPATH": str(Path(args.tree).resolve())}
+                (root / "tree").mkdir()
+                clusters.append(
+                    start_cluster(root / "tree", key, args.nodes, extra, args.strangers, tree_env)
+                )
             if args.checks:
                 check_cost(nodes, args.checks)
             print(
                 f"{args.nodes} nodes, {args.nodes * args.per_node} sends of "
-                f"{size / MiB:.0f} MiB at once, under {root}",
+                f"{size / MiB:.0f} MiB at once, under {root}"
+                + (f"; and as many from {args.tree}, runs alternating" if args.tree else ""),
                 flush=True,
             )
             for run in range(1, args.runs + 1):
-                rows.append(one_run(run, nodes, files, single))
+                sides = [(nodes, rows, "")]
+                if args.tree:
+                    sides.append((clusters[1], tree_rows, "tree "))
+                    if run % 2 == 0:
+                        sides.reverse()
+                for cluster, out, label in sides:
+                    out.append(one_run(run, cluster, files, single, label))
         finally:
-            for node in nodes:
-                if node.running:
-                    node.stop()
+            for cluster in clusters:
+                for node in cluster:
+                    if node.running:
+                        node.stop()
 
     if not rows:
         return 0
-
-    def med(key: str, index: int | None = None) -> float:
-        values = [r[key] if index is None else r[key][index] for r in rows]
-        return float(statistics.median(values))
-
-    print(f"\nmedians of {len(rows)} runs:")
-    print(f"  aggregate / one alone   {med('aggregate_vs_single'):.2f}   (goal >= 0.90)")
-    print(f"  Jain's fairness         {med('jain'):.3f}  (goal >= 0.95)")
-    print(f"  retransmitted           {100 * med('retransmitted'):.2f}%  (goal <= 1%)")
-    worst = max(max(r["peak_rss_mib"]) for r in rows)
-    print(f"  peak RSS, worst node    {worst:.0f} MiB  (goal <= 150)")
-    print(f"  status p99 under load   {med('status_ms', 1):.1f} ms  (goal <= 50)")
-    print(f"  health check p99        {med('check_ms', 1):.1f} ms  (goal <= 50)")
-    # One run's p99 is its second or third slowest of ~150 checks: pooled
-    # over the runs the tail is read from more samples.
-    for what in ("check", "status"):
-        pooled = [v for r in rows for v in r[f"{what}_samples_ms"]]
-        over = sum(v > 50 for v in pooled) / max(1, len(pooled))
-        print(
-            f"  {what} pooled ({len(pooled)} under load): p50 {pct(pooled, 0.5):.1f} "
-            f"p90 {pct(pooled, 0.9):.1f} p99 {pct(pooled, 0.99):.1f} ms, "
-            f"{100 * over:.1f}% over 50 ms"
-        )
-    print(
-        f"  the nodes' CPU per GiB  {med('nodes_cpu_s_per_gib'):.2f} s (64 at once) against "
-        f"{med('single_cpu_s_per_gib'):.2f} s (one alone)"
-    )
+    summary(rows, " (this code)" if args.tree else "")
+    if tree_rows:
+        summary(tree_rows, f" ({args.tree})")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps(rows + tree_rows, indent=2))
     return 0
 
 
