@@ -579,7 +579,7 @@ class FileWriter:
     def _run(self) -> None:
         name_native_thread()
         if self._nice:
-            yield_to_control_plane()
+            yield_to_control_plane(bulk=True)
         out: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
         out.linger = 0
         out.connect(self._address)
@@ -766,7 +766,7 @@ class FileWriter:
     def _check(self, check: _Check) -> None:
         """A check's thread: its verdict goes back through the writer's queue."""
         name_native_thread()
-        yield_to_control_plane()
+        yield_to_control_plane(bulk=True)
         verdict: Finished | WriteFailed = WriteFailed(check.tid, "the final check did not end")
         try:
             verdict = self._verdict(check)

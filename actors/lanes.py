@@ -217,7 +217,7 @@ class LaneCrew:
 
     def _work(self, keys: TransferKeys) -> None:
         name_native_thread()
-        yield_to_control_plane()
+        yield_to_control_plane(bulk=True)
         while True:
             index = self._jobs.get()
             if index is None or self._stopping.is_set():

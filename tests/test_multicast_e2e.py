@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import zmq
 
-from peercrypt.runtime.actor import DATA_NICE
+from peercrypt.runtime.actor import BULK_NICE, DATA_NICE
 from peercrypt.testing.nodes import (
     NodeProcess,
     assert_stored,
@@ -22,6 +22,7 @@ from peercrypt.testing.nodes import (
     free_port,
     json_success,
     multicast_targets,
+    nice_by_thread,
     start_cli,
     wait_until,
 )
@@ -29,38 +30,25 @@ from peercrypt.testing.nodes import (
 MiB = 1024 * 1024
 
 
-def _writer_nice_values(pid: int) -> list[int]:
-    """The nice value of each ``pc-writer`` thread of process ``pid``."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            if (task / "comm").read_text().strip() != "pc-writer":
-                continue
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the thread ended meanwhile
-        found.append(int(fields[16]))  # field 19 of stat: nice
-    return sorted(found)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 def test_the_multicast_writer_runs_at_the_nodes_priority(
     node_factory: Callable[..., NodeProcess],
 ) -> None:
-    """A node has two writers: the unicast receiver's runs DATA_NICE nicer
-    than the node (the control plane's latency), the multicast receiver's at
+    """A node has two writers: the unicast receiver's runs DATA_NICE +
+    BULK_NICE nicer than the node (the control plane's latency), the multicast receiver's at
     the node's priority, as the rest of the multicast path (its written
     point paces the whole session: docs/multicast.md, "The datagram path")."""
     node = node_factory()
     assert node.pid is not None
     fields = Path(f"/proc/{node.pid}/stat").read_text().rsplit(")", 1)[1].split()
     base = int(fields[16])
-    if base + DATA_NICE > 19:
+    unicast = base + DATA_NICE + BULK_NICE
+    if unicast > 19:
         pytest.skip("the node already runs at the lowest priority")
     wait_until(
-        lambda: _writer_nice_values(node.pid) == [base, base + DATA_NICE],
+        lambda: nice_by_thread(node.pid).get("pc-writer") == [base, unicast],
         10,
-        f"one writer at nice {base} and one at {base + DATA_NICE}",
+        f"one writer at nice {base} and one at {unicast}",
     )
 
 

@@ -86,6 +86,14 @@ PEER_RCVHWM = 0
 # once however busy the data plane keeps both (the control plane's latency
 # under load; scripts/bench_many.py).
 DATA_NICE = 5
+# Bulk workers that spend most of their CPU outside the interpreter lock
+# (the writer's decrypting, hashing and writing, the final check's read-back
+# hash, the lanes' sealing) run this much nicer again. On a saturated
+# machine they otherwise take the cores from the node's sender and receiver,
+# which hold the lock while they wait for one, so a control-plane thread
+# that wakes waits for the lock behind a thread that is not running
+# (docs/benchmarks.md, "Where a health check's time goes").
+BULK_NICE = 5
 
 
 _PR_SET_NAME = 15  # prctl(2)
@@ -107,17 +115,18 @@ def name_native_thread() -> None:
         libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
 
 
-def yield_to_control_plane() -> None:
+def yield_to_control_plane(bulk: bool = False) -> None:
     """Make the calling thread (one that moves bulk data) DATA_NICE nicer than
-    the node's main thread, whatever the thread that started it ran at (a
-    thread inherits its starter's nice value: the writer and its hash workers,
-    started by the already nicer receiver thread, would otherwise add it
-    twice). Linux sets the nice value per thread; elsewhere, or if refused,
-    nothing happens."""
+    the node's main thread, and a ``bulk`` worker (one that works mostly
+    outside the interpreter lock) BULK_NICE nicer again, whatever the thread
+    that started it ran at (a thread inherits its starter's nice value: the
+    writer and its hash workers, started by the already nicer receiver
+    thread, would otherwise add it twice). Linux sets the nice value per
+    thread; elsewhere, or if refused, nothing happens."""
     with contextlib.suppress(OSError, AttributeError):
         tid = threading.get_native_id()
         base = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's
-        wanted = min(19, base + DATA_NICE)
+        wanted = min(19, base + DATA_NICE + (BULK_NICE if bulk else 0))
         if os.getpriority(os.PRIO_PROCESS, tid) != wanted:
             os.setpriority(os.PRIO_PROCESS, tid, wanted)
 

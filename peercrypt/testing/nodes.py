@@ -62,6 +62,7 @@ __all__ = [
     "free_port",
     "loopback_settings",
     "multicast_targets",
+    "nice_by_thread",
     "parse_size",
     "random_file",
     "run_cli",
@@ -106,6 +107,20 @@ class NodeStopError(NodeError):
 
 class WaitTimeout(AssertionError):
     """:func:`wait_until` gave up."""
+
+
+def nice_by_thread(pid: int) -> dict[str, list[int]]:
+    """Each thread name of process ``pid`` (its ``comm``: ``pc-writer``...)
+    -> the nice values its threads run at, sorted (Linux, ``/proc``)."""
+    found: dict[str, list[int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        found.setdefault(name, []).append(int(fields[16]))  # stat(5) field 19: nice
+    return {name: sorted(values) for name, values in found.items()}
 
 
 def wait_until(
