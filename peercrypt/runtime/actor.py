@@ -92,7 +92,7 @@ DATA_NICE = 5
 # machine they otherwise take the cores from the node's sender and receiver,
 # which hold the lock while they wait for one, so a control-plane thread
 # that wakes waits for the lock behind a thread that is not running
-# (docs/benchmarks.md, "Where a health check's time goes").
+# (docs/benchmarks.md, "The interpreter lock on a check's path").
 BULK_NICE = 5
 
 
