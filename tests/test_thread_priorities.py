@@ -45,8 +45,8 @@ def test_bulk_workers_run_nicer_than_the_lock_holding_data_threads(
     assert BULK_NICE > 0 and bulk > data > base
     # the unicast writer; the multicast receiver's runs at the node's priority
     assert theirs["pc-writer"] == [base, bulk], theirs
-    assert theirs["pc-receiver"] == [data], theirs
-    assert ours["pc-sender"] == [data], ours
+    assert set(theirs["pc-receiver"]) == {data}, theirs
+    assert set(ours["pc-sender"]) == {data}, ours  # threads it starts carry its name
     for control_plane in ("pc-control", "pc-health", "pc-gateway"):
-        assert theirs[control_plane] == [base], theirs
-        assert ours[control_plane] == [base], ours
+        assert set(theirs[control_plane]) == {base}, theirs
+        assert set(ours[control_plane]) == {base}, ours
