@@ -42,7 +42,9 @@ def test_bulk_workers_run_nicer_than_the_lock_holding_data_threads(
         ours = nice_by_thread(sender.pid)
     data = min(19, base + DATA_NICE)
     bulk = min(19, base + DATA_NICE + BULK_NICE)
-    assert BULK_NICE > 0 and bulk > data > base
+    # Strictly ordered, unless the node already runs so nice that the lowest
+    # priority (19) caps them (a suite run under ``nice``).
+    assert BULK_NICE > 0 and (bulk > data > base or bulk == 19)
     # the unicast writer; the multicast receiver's runs at the node's priority
     assert theirs["pc-writer"] == [base, bulk], theirs
     assert set(theirs["pc-receiver"]) == {data}, theirs
