@@ -249,9 +249,10 @@ SETTINGS: tuple[Setting, ...] = (
        "Send and take chunks between two nodes of this host over TCP, not a Unix socket nor shared "
        "memory.",
        flag="--no-local-ipc"),
-    _s("shm_ring", "PEERCRYPT_SHM_RING", "bool", False,
-       "Send and take chunks between two nodes of this host through shared memory (both ends).",
-       flag="--shm-ring"),
+    _s("no_shm_ring", "PEERCRYPT_NO_SHM_RING", "bool", False,
+       "Send and take chunks between two nodes of this host over the Unix socket, not through "
+       "shared memory (either end).",
+       flag="--no-shm-ring"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

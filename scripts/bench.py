@@ -24,10 +24,13 @@ else runs (more runs of a smaller file in the same minutes).
 Two nodes of one host send chunks over the receiver's Unix socket
 (peercrypt/local_ipc.py); ``--transport tcp`` runs the nodes with it turned
 off (``PEERCRYPT_NO_LOCAL_IPC``), ``--transport both`` runs a second pair so
-(over TCP) interleaved with the first; ``--ring`` one more with the
-shared-memory ring on (``PEERCRYPT_SHM_RING``, peercrypt/shm_ring.py), and
-with ``--tree`` too one more of that tree's with the ring on (a before/after
-of the ring's path). Every pair's sends are counted by the path they took and the counts printed, so
+(over TCP) interleaved with the first. The shared-memory ring
+(peercrypt/shm_ring.py) is on by default; ``--ring`` runs the first pair
+(and ``--tree``'s) with it off (``PEERCRYPT_NO_SHM_RING``) and one more pair
+with it on, and with ``--tree`` too one more of that tree's with it on
+(``PEERCRYPT_SHM_RING``, for trees where it was off by default: a
+before/after of the ring's path). Every pair's sends are counted by the path
+they took and the counts printed, so
 each number says what it measured.
 
     .venv/bin/python scripts/bench.py [--size 1G] [--runs 5] [--dir DIR] [--tree DIR]
@@ -394,7 +397,8 @@ def main() -> int:
     parser.add_argument(
         "--ring",
         action="store_true",
-        help="also a pair with the shared-memory ring on (--shm-ring), interleaved",
+        help="the first pairs with the shared-memory ring off (--no-shm-ring), and one more "
+        "with it on (and one of --tree's), interleaved",
     )
     args = parser.parse_args()
     size = parse_size(args.size)
@@ -413,11 +417,15 @@ def main() -> int:
             os.chdir(root)
         here = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         no_ipc = {**here, "PEERCRYPT_NO_LOCAL_IPC": "true"}
-        sender, receiver = node_pair(root, key, no_ipc if args.transport == "tcp" else here)
+        # With --ring, the first pairs over the Unix socket, the ring's pairs with it.
+        no_ring = {"PEERCRYPT_NO_SHM_RING": "true"} if args.ring else {}
+        sender, receiver = node_pair(
+            root, key, no_ipc if args.transport == "tcp" else {**here, **no_ring}
+        )
         others: tuple[NodeProcess, NodeProcess] | None = None
         if args.tree:
             (root / "tree").mkdir()
-            others = node_pair(root / "tree", key, {"PYTHONPATH": args.tree})
+            others = node_pair(root / "tree", key, {"PYTHONPATH": args.tree, **no_ring})
         over_tcp: tuple[NodeProcess, NodeProcess] | None = None
         if args.transport == "both":
             (root / "tcp").mkdir()
@@ -425,7 +433,7 @@ def main() -> int:
         ring: tuple[NodeProcess, NodeProcess] | None = None
         if args.ring:
             (root / "ring").mkdir()
-            ring = node_pair(root / "ring", key, {**here, "PEERCRYPT_SHM_RING": "true"})
+            ring = node_pair(root / "ring", key, here)
         tree_ring: tuple[NodeProcess, NodeProcess] | None = None
         if args.ring and args.tree:
             (root / "tree_ring").mkdir()

@@ -7,7 +7,7 @@ there is searched for an abort of libzmq or of the interpreter.
 
     .venv/bin/python scripts/repeat_test.py \\
         tests/test_send_faults_e2e.py::test_a_frozen_receiver_ends_the_send_at_its_timeout \\
-        --runs 20 --env PEERCRYPT_SHM_RING=true
+        --runs 20
 
 Prints one line per run and a summary; exits 1 when any run failed.
 """

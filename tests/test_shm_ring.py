@@ -189,7 +189,7 @@ def test_a_ring_holds_the_credit_and_slack_within_the_budget(
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ...]]:
     """(sender, receiver, receiver with the ring turned off, network key)."""
-    with one_host_trio(tmp_path_factory.mktemp("ring"), {"PEERCRYPT_SHM_RING": "true"}) as nodes:
+    with one_host_trio(tmp_path_factory.mktemp("ring")) as nodes:
         yield nodes
 
 
@@ -216,7 +216,7 @@ def test_two_nodes_of_one_host_send_through_the_ring(
 ) -> None:
     """A receiver of its own: its counters count this transfer's chunks only."""
     sender = trio[0]
-    receiver = node_factory("--shm-ring", network_key=trio[3])
+    receiver = node_factory(network_key=trio[3])
     before = sender.counters().get("sender.data-ring", 0)
     path = make_file(5 * MiB + 17, name="through-the-ring.bin")
     assert_sent(receiver, sender.send_to(path, receiver), path)
@@ -239,7 +239,7 @@ def test_the_scheduler_hears_every_report_and_demand_of_a_send_through_the_ring(
     come after the chunks of the same step, sealed into the ring: each one
     reaches the scheduler (the flow counts what it made, the scheduler what
     it heard), none is lost behind the chunks' descriptors."""
-    sender, receiver = node_factory("--shm-ring"), node_factory("--shm-ring")
+    sender, receiver = node_factory(), node_factory()
     path = make_file(6 * MiB + 11, name="reported.bin")
     result = sender.send_to(path, receiver, *mode, "--chunk-size", str(256 * 1024))
     assert_sent(receiver, result, path)
@@ -253,9 +253,9 @@ def test_the_scheduler_hears_every_report_and_demand_of_a_send_through_the_ring(
 def test_a_receiver_without_the_ring_lends_none(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
-    """Off by default: a receiver started without ``--shm-ring`` lends no
-    ring to a sender that has it (the chunks go over the Unix socket)."""
-    sender, receiver = node_factory("--shm-ring"), node_factory()
+    """A receiver started with ``--no-shm-ring`` lends no ring to a sender
+    that has it (the chunks go over the Unix socket)."""
+    sender, receiver = node_factory(), node_factory("--no-shm-ring")
     path = make_file(2 * MiB + 3, name="default.bin")
     assert_sent(receiver, sender.send_to(path, receiver), path)
     sender.wait_for_counter("sender.data-ipc", 1)
@@ -277,17 +277,18 @@ def test_turned_off_by_the_receiver_no_ring_is_lent(
     assert off.counters().get("receiver.rings-lent", 0) == 0
 
 
-@pytest.mark.parametrize("args", [("--shm-ring", "--no-local-ipc"), ()])
+@pytest.mark.parametrize("args", [("--no-local-ipc",), ("--no-shm-ring",)])
 def test_turned_off_by_the_sender_the_ring_is_not_used(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], args: tuple[str, ...]
 ) -> None:
-    """With ``--no-local-ipc`` (over TCP), or without ``--shm-ring`` (over
-    the Unix socket): the ring the receiver lends is not used."""
+    """With ``--no-local-ipc`` (over TCP), or ``--no-shm-ring`` (over the
+    Unix socket): the ring the receiver lends is not used."""
     sender = node_factory(*args)
-    receiver = node_factory("--shm-ring")
+    receiver = node_factory()
     path = make_file(2 * MiB, name="s-off.bin")
     assert_sent(receiver, sender.send_to(path, receiver), path)
-    sender.wait_for_counter("sender.data-tcp" if args else "sender.data-ipc", 1)
+    tcp = "--no-local-ipc" in args
+    sender.wait_for_counter("sender.data-tcp" if tcp else "sender.data-ipc", 1)
     receiver.wait_for_counter("receiver.rings-lent", 1)  # offered, and not taken
     c = sender.counters()
     assert c.get("sender.data-ring", 0) == 0 and c.get("sender.data-ring-refused", 0) == 0
@@ -404,7 +405,7 @@ def test_a_replayed_descriptor_is_dropped_before_its_slot_is_copied(
     as a replay before the slot is copied out (a flood of them costs no
     copies); the transfer still completes. A receiver of its own: its
     counters count this transfer only."""
-    receiver = node_factory("--shm-ring", network_key=trio[3])
+    receiver = node_factory(network_key=trio[3])
     chunk = 64 * 1024
     content = os.urandom(3 * chunk)
     with HostileSender(trio[3], receiver.host, receiver.port) as h:
