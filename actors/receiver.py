@@ -57,6 +57,8 @@ from typing import Any
 
 import zmq
 
+from actors.data_port_watch import EVENTS as MONITOR_EVENTS
+from actors.data_port_watch import DataPortWatch
 from actors.file_writer import (
     Detached,
     FileWriter,
@@ -84,6 +86,7 @@ from actors.space import drop_gone_part, report_holdings
 from actors.tree_store import sweep_trees
 from peercrypt import local_ipc, shm_ring
 from peercrypt.core.bitmap import ChunkBitmap, flatten
+from peercrypt.core.data_port_guard import GuardLimits, held_limit
 from peercrypt.core.delivered import (
     JOURNAL_BYTES,
     JOURNAL_ROWS,
@@ -112,7 +115,7 @@ from peercrypt.crypto.handshake import ProofError, Response, open_details, respo
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
-from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, bound_port
+from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, Timer, bound_port
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
@@ -285,6 +288,19 @@ class ReceiverActor(Actor):
         # Senders name their data connections (crypto/transfer.py, "Routes"):
         # a reconnect under the same name replaces the connection it lost.
         data.router_handover = True
+        # What its TCP connections make libzmq hold is bounded from outside
+        # libzmq (core/data_port_guard.py): the monitor names each one.
+        limits = GuardLimits(
+            held=s.data_port_memory or held_limit(s.receive_buffer, data.maxmsgsize)
+        )
+        self.port_watch = DataPortWatch(limits, self.count)
+        monitor = f"inproc://pc-{self.env.node_uid}/receiver-data-monitor"
+        data.monitor(monitor, MONITOR_EVENTS)
+        self.data_monitor = self.socket(zmq.PAIR)
+        self.data_monitor.rcvhwm = 0  # inproc: no event is ever dropped
+        self.data_monitor.connect(monitor)
+        self.watch(self.data_monitor, self._on_data_monitor)
+        self.port_timer: Timer | None = None
         self.bind(data, s.host, s.data_port)
         self.data_port = bound_port(data)
         self.facts["data_port"] = str(self.data_port)
@@ -942,6 +958,7 @@ class ReceiverActor(Actor):
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            self.port_watch.delivered(frames)
             route = frames[0].bytes
             if not 2 <= len(frames) <= shm_ring.MAX_BATCH + 1:
                 self._drop(route, "frames")
@@ -964,6 +981,17 @@ class ReceiverActor(Actor):
             else:
                 self._drop(route, "unexpected")
         self._flush_acks()
+
+    def _on_data_monitor(self, sock: zmq.Socket[Any]) -> None:
+        self.port_watch.on_monitor(sock)
+        if self.port_timer is None and self.port_watch.connections:
+            self.port_timer = self.call_later(self.port_watch.next_sample(), self._sample_port)
+
+    def _sample_port(self) -> None:
+        self.port_timer = None
+        self.port_watch.sample()
+        if self.port_watch.connections:
+            self.port_timer = self.call_later(self.port_watch.next_sample(), self._sample_port)
 
     def _drop(self, route: bytes, kind: str) -> None:
         self.count(f"data-dropped-{kind}")

@@ -236,6 +236,11 @@ SETTINGS: tuple[Setting, ...] = (
        "Bytes one sender identity, and one address, may have still to write here "
        "(0: no quota).",
        flag="--pending-quota", low=0),
+    _s("data_port_memory", "PEERCRYPT_DATA_PORT_MEMORY", "int", 0,
+       "Bytes the data port's TCP connections may have read and not delivered, in all; "
+       "beyond it the address holding most is disconnected (0: twice the receive buffer "
+       "and two of the largest chunks, 96 MiB).",
+       flag="--data-port-memory", low=0),
     # The statistics history (docs/statistics.md).
     _s("stats_keep_days", "PEERCRYPT_STATS_KEEP_DAYS", "float", 90.0,
        "Forget recorded transfers older than this (0: never).", flag="--stats-keep-days",

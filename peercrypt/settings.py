@@ -85,6 +85,9 @@ class NodeSettings:
     # still have to write (0: no quota; the free space is reserved anyway).
     pending_quota: int = 0
     max_chunk: int = MAX_CHUNK
+    # Bytes libzmq may hold of the data port's TCP connections, read and not
+    # yet delivered (core/data_port_guard.py; 0: held_limit's default).
+    data_port_memory: int = 0
     # Entries (files and folders) of one incoming folder transfer; its
     # manifest may take core.tree.manifest_limit() of it in bytes.
     tree_max_files: int = 100_000

@@ -18,7 +18,9 @@ import blake3
 import zmq
 
 from actors.multicast_receiver import MAX_SESSIONS_PER_PEER
+from peercrypt.chunking import MAX_CHUNK
 from peercrypt.core.bitmap import MAX_RANGES, MAX_TRANSFER_CHUNKS, pairs
+from peercrypt.core.data_port_guard import GuardLimits
 from peercrypt.crypto.handshake import prove_hello
 from peercrypt.crypto.identity import KeyPair, load_or_create_identity, network_server_keys
 from peercrypt.testing.hostile import CoReceiver, member_gateway
@@ -31,7 +33,12 @@ from peercrypt.testing.nodes import (
     blake3_file,
     wait_until,
 )
-from peercrypt.testing.zmtp_flood import curve_flood_and_reset, flood_and_reset
+from peercrypt.testing.zmtp_flood import (
+    RawDataPeer,
+    curve_flood_and_reset,
+    flood_and_reset,
+    frame_header,
+)
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Ack, Hello, HelloReply, Offer, Refuse, SealedHeader, Verified
 from peercrypt.wire.multicast_messages import McAnnounce, McJoin, McRefuse
@@ -422,3 +429,47 @@ def test_a_member_flooding_the_gateway_with_heartbeats_cannot_abort_the_node(
     good = make_file(4 * MiB)
     assert_sent(receiver, sender.send_to(good, receiver), good)
     assert receiver.running, receiver.log_tail()
+
+
+def test_data_port_connections_and_unread_bytes_are_bounded(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """Anyone who reaches the data port (no key needed) opens 1,000
+    connections, each stopping in the middle of a long frame, and one more
+    that sends a multipart message that never ends: what libzmq holds of
+    them (read, never delivered) stays under the node's bound, the
+    connections beyond it are closed, and a good transfer still verifies."""
+    memory = 32 * MiB
+    receiver, sender = node_factory("--data-port-memory", str(memory)), node_factory()
+    good = make_file(4 * MiB)
+    before = rss_kib(receiver.pid, "VmRSS")
+    partial = os.urandom(256 * 1024)
+    peers: list[RawDataPeer] = []
+    try:
+        for _ in range(1000):  # 250 MiB in all, each a partial frame of the largest size
+            peer = RawDataPeer(receiver.host, receiver.data_port, source="127.0.0.2")
+            peers.append(peer)
+            peer.greet()
+            peer.send(frame_header(MAX_CHUNK, more=True) + partial)
+        endless = RawDataPeer(receiver.host, receiver.data_port, source="127.0.0.3")
+        endless.greet()
+        block = frame_header(MiB, more=True) + os.urandom(MiB)
+        sent = 0
+        while sent < 1024 and endless.send(block):  # 1 GiB, every frame under MAXMSGSIZE
+            sent += 1
+        assert endless.closed_by_node(WAIT), f"still open after {sent} MiB"
+        assert_sent(receiver, sender.send_to(good, receiver), good)
+        peak = rss_kib(receiver.pid)
+        closed = sum(peer.closed_by_node(0.01) for peer in peers)
+    finally:
+        for peer in peers:
+            peer.close()
+    grown = (peak - before) // 1024
+    # The bound, plus what arrives while the receiver reads the counters (a
+    # loaded machine delays it), the good transfer's buffers, the allocator's slack.
+    assert grown < memory // MiB + 128, f"RSS grew {grown} MiB"
+    assert closed >= 1000 - GuardLimits.per_address
+    counters = receiver.counters()
+    assert counters["receiver.data-closed-unread"] >= 1
+    assert counters["receiver.data-closed-connections"] >= closed
+    assert receiver.running

@@ -77,6 +77,7 @@ NODE_OPTIONS: dict[str, str] = {
     "part_quota": "part_quota",
     "tree_max_files": "tree_max_files",
     "pending_quota": "pending_quota",
+    "data_port_memory": "data_port_memory",
     "stats_keep_days": "stats_keep_days",
     "stats_max_transfers": "stats_max_transfers",
     "no_stats": "no_stats",
@@ -161,6 +162,7 @@ def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings
         part_quota=eff["part_quota"],
         tree_max_files=eff["tree_max_files"],
         pending_quota=eff["pending_quota"],
+        data_port_memory=eff["data_port_memory"],
         stats_keep_days=eff["stats_keep_days"],
         stats_max_transfers=eff["stats_max_transfers"],
     )

@@ -9,8 +9,16 @@ buffer, and a heartbeat ``PING`` in it makes the engine write its ``PONG``
 on the failed connection. Any peer can send PINGs, whatever the heartbeat
 options of the socket it talks to. :func:`flood_and_reset` does exactly
 that: many tiny messages with a PING between every few, then a reset
-(``SO_LINGER`` 0). Only to hosts and ports the caller gives (tests use
-127.0.0.1).
+(``SO_LINGER`` 0).
+
+:class:`RawDataPeer` is one such connection to a data port, greeted by
+hand, that does what no ZeroMQ socket does: stop in the middle of a frame
+(:func:`frame_header` announces one of any size), or send a multipart
+message that never ends (libzmq keeps every frame of a message until its
+last one, whatever ``ZMQ_MAXMSGSIZE`` says per frame).
+
+Only to hosts and ports the caller gives (tests use loopback), every
+operation with a timeout.
 """
 
 from __future__ import annotations
@@ -162,3 +170,46 @@ def curve_flood_and_reset(
     finally:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
+
+
+def frame_header(size: int, more: bool) -> bytes:
+    """The header of a long data frame of ``size`` bytes."""
+    return bytes([0x02 | (0x01 if more else 0)]) + struct.pack(">Q", size)
+
+
+class RawDataPeer:
+    """One TCP connection to a data port, greeted by hand as a DEALER (NULL
+    mechanism), from the local address ``source`` if given."""
+
+    def __init__(self, host: str, port: int, source: str = "") -> None:
+        self.sock = socket.create_connection(
+            (host, port), timeout=WAIT, source_address=(source, 0) if source else None
+        )
+
+    def greet(self) -> None:
+        """Our greeting and READY (the node's greeting is left unread)."""
+        self.sock.sendall(GREETING + _ready(b"DEALER"))
+
+    def send(self, data: bytes) -> bool:
+        """Send ``data``; False if the node closed the connection."""
+        try:
+            self.sock.sendall(data)
+        except OSError:  # reset, broken pipe, or a timeout against a closed window
+            return False
+        return True
+
+    def closed_by_node(self, timeout: float) -> bool:
+        """Whether the node closed this connection within ``timeout`` s
+        (everything it sends is read and thrown away)."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+        return True
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,149 @@
+"""Which TCP connections of a node's data port it closes, and why.
+
+Pure: no sockets, no clock; the receiver feeds it what the kernel and
+libzmq say and closes what it returns (actors/data_port_watch.py).
+
+The data port is plain TCP (the bulk is sealed per transfer, not
+CURVE-authenticated), so anyone who can reach it can connect, greet and
+send frames. libzmq reads every connection as fast as bytes come and keeps
+what it read until a whole message is there: ``ZMQ_MAXMSGSIZE`` bounds one
+frame, nothing bounds the frames of one message, and nothing bounds the
+number of connections. Without this guard one connection sending a
+multipart message that never ends, or thousands each stopping in the
+middle of a large frame, make the node hold any amount of memory.
+
+What a connection makes the node hold is measured from outside libzmq:
+
+- ``reads``: per connection, the bytes libzmq has read from it so far
+  (TCP's bytes received minus what still waits in the kernel);
+- ``delivered``: per address, the bytes the receiver took off the socket
+  (each frame with its ZMTP framing). libzmq names the address a message
+  came from, never the connection, so the account is kept per address.
+
+At each :meth:`DataPortGuard.sample`, an address's ``held`` grows by what
+its connections' reads grew by and shrinks by what was delivered from it,
+never below zero (bytes delivered late build no credit). While the held
+bytes of all addresses together exceed :attr:`GuardLimits.held`, every
+connection of the address holding the most is closed and its account
+starts again at zero: what libzmq held for them is freed when they close.
+Honest senders hold at most their credit (bounded by the receive buffer)
+plus a message in progress per connection; a sender whose connection was
+closed reconnects and resends what was not acknowledged.
+
+Connections are capped too (:meth:`DataPortGuard.accepted`): at most
+:attr:`GuardLimits.per_address` from one address (a new one beyond it is
+closed) and :attr:`GuardLimits.connections` in all (beyond it, the newest
+connection of the address with the most is closed), so that a flood of idle
+connections costs bounded libzmq state and cannot keep others out for long.
+
+ZMTP commands (the greeting, a sender's heartbeats) are read and never
+delivered, so they count as held: 9 bytes a heartbeat, 18 bytes a second
+per connection at a sender's 500 ms heartbeat (64 MiB after 43 days of one
+connection; its address is then closed once, and reconnects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["DataPortGuard", "GuardLimits", "framed_size", "held_limit"]
+
+Conn = int  # a connection's identity (the receiver uses its socket's inode)
+
+
+def framed_size(length: int) -> int:
+    """Bytes a ZMTP 3 data frame of ``length`` bytes takes on the wire."""
+    return length + (2 if length < 256 else 9)
+
+
+def held_limit(receive_buffer: int, max_message: int) -> int:
+    """The default bound: the credit the receiver can have out (twice its
+    receive buffer while credits shrink) and two messages in progress."""
+    return 2 * receive_buffer + 2 * max_message
+
+
+@dataclass(frozen=True)
+class GuardLimits:
+    held: int  # bytes read from data connections and not delivered, in all
+    connections: int = 256  # TCP data connections at once, in all
+    per_address: int = 64  # ... from one address (parallel mode's lanes)
+
+
+class DataPortGuard:
+    """Accounts for the data port's TCP connections (see the module docs).
+    Never raises on any input."""
+
+    def __init__(self, limits: GuardLimits) -> None:
+        self.limits = limits
+        self._address: dict[Conn, str] = {}  # live connection -> its address, oldest first
+        self._reads: dict[Conn, int] = {}  # ... -> its reads at the last sample
+        self._held: dict[str, int] = {}  # address -> bytes it holds
+        self._delivered: dict[str, int] = {}  # address -> delivered since the last sample
+
+    @property
+    def connections(self) -> int:
+        return len(self._address)
+
+    @property
+    def held(self) -> int:
+        """Bytes held for all addresses at the last sample."""
+        return sum(self._held.values())
+
+    def accepted(self, conn: Conn, address: str) -> list[Conn]:
+        """A new connection from ``address``: the connections to close now
+        (it, or the newest of the address with the most, or none)."""
+        if conn in self._address:
+            return []
+        if self._count(address) >= self.limits.per_address:
+            return [conn]
+        self._address[conn] = address
+        self._reads[conn] = 0
+        self._held.setdefault(address, 0)
+        if len(self._address) <= self.limits.connections:
+            return []
+        counts: dict[str, int] = {}
+        for a in self._address.values():
+            counts[a] = counts.get(a, 0) + 1
+        most = max(counts, key=lambda a: (counts[a], a == address))
+        newest = next(c for c in reversed(self._address) if self._address[c] == most)
+        self.closed(newest)
+        return [newest]
+
+    def closed(self, conn: Conn) -> None:
+        """``conn`` is gone (closed by either side); unknown ones are ignored."""
+        address = self._address.pop(conn, None)
+        self._reads.pop(conn, None)
+        if address is not None and self._count(address) == 0:
+            self._held.pop(address, None)
+            self._delivered.pop(address, None)
+
+    def delivered(self, address: str, nbytes: int) -> None:
+        """The receiver took ``nbytes`` (framed) of a message from ``address``."""
+        if address in self._held:
+            self._delivered[address] = self._delivered.get(address, 0) + nbytes
+
+    def sample(self, reads: Mapping[Conn, int]) -> list[Conn]:
+        """Each live connection's reads so far (one missing from ``reads``
+        is taken as unchanged); the connections to close now."""
+        for address in self._held:
+            self._held[address] -= self._delivered.pop(address, 0)
+        for conn, total in reads.items():
+            source = self._address.get(conn)
+            if source is None:
+                continue
+            self._held[source] += max(0, total - self._reads[conn])
+            self._reads[conn] = max(total, self._reads[conn])
+        for address, held in self._held.items():
+            self._held[address] = max(0, held)
+        close: list[Conn] = []
+        while self._held and self.held > self.limits.held:
+            worst = max(self._held, key=self._held.__getitem__)
+            conns = [c for c, a in self._address.items() if a == worst]
+            for conn in conns:
+                self.closed(conn)
+            close.extend(conns)
+        return close
+
+    def _count(self, address: str) -> int:
+        return sum(1 for a in self._address.values() if a == address)
