@@ -3,9 +3,10 @@
 A CURVE server ROUTER socket, admission by the ``admission`` actor (ZAP, with
 the domain enforced so a missing handler means *no* admission). It answers
 ``hello`` (proving the node's identity over the asker's challenge) and
-``ping`` itself, within an answer budget per asking identity and for the
-node (``peercrypt/core/answer_budget.py``: a question beyond it is dropped
-unanswered and counted, ``unanswered-over-peer``, ``unanswered-over-node``),
+``ping`` itself, within an answer budget per asking identity, per address
+and for the node (``peercrypt/core/answer_budget.py``: a question beyond it
+is dropped unanswered and counted, ``unanswered-over-peer``,
+``unanswered-over-address``, ``unanswered-over-node``),
 and hands every other control message, with
 the peer's ZAP-verified key, to the actor that owns that message type;
 their answers come back as ``Outbound`` mail. Malformed or unexpected input
@@ -101,7 +102,8 @@ class GatewayActor(Actor):
                 continue
             self.count(f"in-{msg.TYPE}")
             if isinstance(msg, Hello | Ping):
-                verdict = self.answers.ask(peer_z85.encode(), self.now())
+                address = str(frame.get("Peer-Address") or "")
+                verdict = self.answers.ask(peer_z85.encode(), address, self.now())
                 if verdict is not Verdict.ANSWER:
                     self.count(f"unanswered-{verdict.value}")
                     continue

@@ -5,8 +5,11 @@ meanwhile."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -17,51 +20,71 @@ from peercrypt.core.answer_budget import MAX_TRACKED, AnswerBudget, BudgetLimits
 from peercrypt.crypto.handshake import HelloChallenge
 from peercrypt.crypto.identity import KeyPair, fingerprint, network_server_keys
 from peercrypt.testing.member_port import proven_hello
-from peercrypt.testing.nodes import NodeProcess
+from peercrypt.testing.nodes import NodeProcess, assert_sent, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Hello, HelloReply, Ping, Pong
 
-SMALL = BudgetLimits(peer_rate=2.0, peer_burst=4, node_rate=5.0, node_burst=8)
+MiB = 1 << 20
+SMALL = BudgetLimits(
+    peer_rate=2.0, peer_burst=4, address_rate=3.0, address_burst=6, node_rate=5.0, node_burst=8
+)
 
 
 @given(st.lists(st.tuples(st.integers(0, 5), st.floats(0.0, 0.5, allow_nan=False)), max_size=300))
 def test_answers_within_each_budget_over_any_run(questions: list[tuple[int, float]]) -> None:
     """Over [0, t] an identity gets at most burst + rate * t answers, the
-    node at most its own; one identity's refusals spend nothing of the node's."""
+    identities of an address and the node at most their own; one identity's
+    refusals spend nothing of the node's."""
     budget = AnswerBudget(0.0, SMALL)
     now = 0.0
     per_peer: dict[int, int] = {}
+    per_address: dict[int, int] = {}
     total = 0
     for who, step in questions:
         now += step
-        verdict = budget.ask(bytes([who]), now)
+        verdict = budget.ask(bytes([who]), str(who % 2), now)
         if verdict is Verdict.ANSWER:
             per_peer[who] = per_peer.get(who, 0) + 1
+            per_address[who % 2] = per_address.get(who % 2, 0) + 1
             total += 1
         assert per_peer.get(who, 0) <= SMALL.peer_burst + SMALL.peer_rate * now + 1e-9
+        assert per_address.get(who % 2, 0) <= SMALL.address_burst + SMALL.address_rate * now + 1e-9
         assert total <= SMALL.node_burst + SMALL.node_rate * now + 1e-9
 
 
 def test_a_flooding_identity_does_not_spend_the_others_budget() -> None:
     budget = AnswerBudget(0.0, SMALL)
-    verdicts = [budget.ask(b"flooder", 0.0) for _ in range(100)]
+    verdicts = [budget.ask(b"flooder", "a", 0.0) for _ in range(100)]
     assert verdicts.count(Verdict.ANSWER) == SMALL.peer_burst
     assert verdicts.count(Verdict.OVER_PEER) == 100 - SMALL.peer_burst
     # the node's budget (8) still has 4 answers: the next identity gets them
-    assert [budget.ask(b"other", 0.0) for _ in range(4)] == [Verdict.ANSWER] * 4
-    assert budget.ask(b"third", 0.0) is Verdict.OVER_NODE
+    assert [budget.ask(b"other", "b", 0.0) for _ in range(4)] == [Verdict.ANSWER] * 4
+    assert budget.ask(b"third", "c", 0.0) is Verdict.OVER_NODE
     # refilled with time: 1 s later the node has 5 more, the flooder 2
-    assert [budget.ask(b"flooder", 1.0) for _ in range(3)] == [
+    assert [budget.ask(b"flooder", "a", 1.0) for _ in range(3)] == [
         Verdict.ANSWER,
         Verdict.ANSWER,
         Verdict.OVER_PEER,
     ]
 
 
+def test_fresh_identities_of_one_address_share_its_budget() -> None:
+    budget = AnswerBudget(0.0, SMALL)
+    verdicts = [budget.ask(bytes([i]), "flood", 0.0) for i in range(20)]
+    assert verdicts.count(Verdict.ANSWER) == SMALL.address_burst
+    assert verdicts.count(Verdict.OVER_ADDRESS) == 20 - SMALL.address_burst
+    # the node's budget (8) has 2 left, for another address
+    assert [budget.ask(b"other", "b", 0.0) for _ in range(3)] == [
+        Verdict.ANSWER,
+        Verdict.ANSWER,
+        Verdict.OVER_NODE,
+    ]
+
+
 def test_the_table_of_identities_is_bounded() -> None:
     budget = AnswerBudget(0.0)
     for i in range(MAX_TRACKED + 50):
-        budget.ask(i.to_bytes(4, "big"), 0.0)
+        budget.ask(i.to_bytes(4, "big"), str(i), 0.0)
     assert budget.tracked == MAX_TRACKED
 
 
@@ -109,3 +132,64 @@ def test_a_member_flooding_hellos_and_pings_gets_its_budget_and_the_others_their
     finally:
         sock.close()
         ctx.term()
+
+
+def test_fresh_identities_flooding_hellos_cannot_starve_other_addresses(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """32 fresh identities from one address ask hellos as fast as they can
+    (together 4x the node's rate, each within its own): the node answers
+    within its budgets, and meanwhile a member at another address gets its
+    hello answered and a send from there (its pre-send hello first) verifies."""
+    receiver, sender = node_factory(), node_factory()
+    good = make_file(MiB)
+    limits = BudgetLimits()
+    ctx: zmq.Context[Any] = zmq.Context()
+    server = network_server_keys(network_key).z85_public
+    flood: list[zmq.Socket[Any]] = []
+    for _ in range(32):
+        sock = ctx.socket(zmq.DEALER)
+        me = KeyPair.generate()
+        sock.linger = 0
+        sock.curve_serverkey = server
+        sock.curve_publickey, sock.curve_secretkey = me.z85_public, me.z85_secret
+        sock.connect(f"tcp://127.0.0.2:0;{receiver.host}:{receiver.port}")
+        flood.append(sock)
+    hello = codec.encode(Hello(challenge=HelloChallenge().public))
+    stop = threading.Event()
+
+    def run() -> None:  # every socket owned by this thread until it stops
+        while not stop.is_set():
+            for sock in flood:
+                with contextlib.suppress(zmq.Again):
+                    sock.send(hello, zmq.NOBLOCK)
+                with contextlib.suppress(zmq.Again):
+                    while True:
+                        sock.recv(zmq.NOBLOCK)
+
+    flooding = threading.Thread(target=run, daemon=True)
+    started = time.monotonic()
+    flooding.start()
+    try:
+        unanswered = ("gateway.unanswered-over-node", "gateway.unanswered-over-address")
+
+        def saturated() -> int | None:
+            got = sum(receiver.counters().get(k, 0) for k in unanswered)
+            return got if got >= 2000 else None
+
+        wait_until(saturated, 60, "the flood past the node's budget")
+        other = proven_hello(receiver.host, receiver.port, network_key)
+        assert fingerprint(other.node_id) == receiver.fingerprint
+        assert_sent(receiver, sender.send_to(good, receiver), good)
+    finally:
+        stop.set()
+        flooding.join(10)
+        for sock in flood:
+            sock.close()
+        ctx.term()
+    elapsed = time.monotonic() - started
+    counters = receiver.counters()
+    refused = sum(v for k, v in counters.items() if k.startswith("gateway.unanswered-"))
+    answered = counters["gateway.in-hello"] - refused
+    assert answered <= limits.node_burst + limits.node_rate * elapsed, (answered, elapsed)
+    assert receiver.running and counters.get("gateway.handler-errors", 0) == 0
