@@ -470,6 +470,7 @@ def test_data_port_connections_and_unread_bytes_are_bounded(
     assert grown < memory // MiB + 128, f"RSS grew {grown} MiB"
     assert closed >= 1000 - GuardLimits.per_address
     counters = receiver.counters()
+    assert counters["receiver.data-closed-over-cap"] >= 1000 - GuardLimits.per_address
     assert counters["receiver.data-closed-unread"] >= 1
     assert counters["receiver.data-closed-connections"] >= closed
     assert receiver.running
