@@ -37,11 +37,12 @@ from peercrypt.core.data_port_guard import DataPortGuard, GuardLimits, framed_si
 EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
 # Seconds between readings of the connections' counters: a connection can
 # grow what it holds by what loopback carries in that time (~1.5 GB/s here),
-# so they are read often once a quarter of the bound is held (each reading
-# costs ~20 us per connection: at most ~20% of a core with every connection).
+# so they are read often once a quarter of the bound is held. A reading costs
+# ~20 us per connection, so the interval is at least SAMPLE_COST per
+# connection (at most ~20% of a core, 51 ms with 512 connections).
 SAMPLE_INTERVAL = 0.02
 SAMPLE_INTERVAL_BUSY = 0.002
-SAMPLE_COST = 0.0001  # ... scaled by the connections once busy
+SAMPLE_COST = 0.0001
 TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received in struct tcp_info (Linux >= 4.1)
 TCP_INFO_LEN = 136
 INQ = struct.Struct("i")
@@ -74,9 +75,9 @@ class DataPortWatch:
 
     def next_sample(self) -> float:
         """Seconds until the counters should be read again."""
-        if self.guard.held * 4 <= self.guard.limits.held:
-            return SAMPLE_INTERVAL
-        return max(SAMPLE_INTERVAL_BUSY, SAMPLE_COST * self.guard.connections)
+        busy = self.guard.held * 4 > self.guard.limits.held
+        least = SAMPLE_COST * self.guard.connections
+        return max(SAMPLE_INTERVAL_BUSY if busy else SAMPLE_INTERVAL, least)
 
     def on_monitor(self, monitor: zmq.Socket[Any]) -> None:
         for _ in range(256):

