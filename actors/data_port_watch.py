@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import os
 import socket
@@ -48,8 +49,10 @@ TCP_INFO_LEN = 136
 INQ = struct.Struct("i")
 
 
+@functools.lru_cache(maxsize=1024)
 def address_of(text: str) -> str:
-    """One spelling per address, whether libzmq or the kernel gave it."""
+    """One spelling per address, whether libzmq or the kernel gave it
+    (cached: it is asked for every message taken off the data socket)."""
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -104,7 +107,9 @@ class DataPortWatch:
             peer = frames[1].get("Peer-Address")
         except zmq.ZMQError:
             return
-        size = sum(framed_size(len(f)) for f in frames[1:])
+        size = 0
+        for frame in frames[1:]:
+            size += framed_size(len(frame))
         self.guard.delivered(address_of(str(peer)), size)
 
     def sample(self) -> None:
