@@ -63,9 +63,10 @@ def address_of(text: str) -> str:
 
 
 class DataPortWatch:
-    """Watches ``sock``'s TCP connections through ``monitor`` (a PAIR
-    connected to ``sock``'s monitor) and closes what the guard names;
-    ``count(key, n)`` counts each decision."""
+    """The data socket's TCP connections, from its monitor's events
+    (:meth:`on_monitor`), the messages taken off it (:meth:`delivered`) and
+    their counters (:meth:`sample`); closes what the guard names and counts
+    each decision with ``count(key, n)``."""
 
     def __init__(self, limits: GuardLimits, count: Callable[[str, int], None]) -> None:
         self.guard = DataPortGuard(limits)
@@ -101,7 +102,7 @@ class DataPortWatch:
     def delivered(self, frames: list[zmq.Frame]) -> None:
         """A message the receiver took off the data socket (with the
         routing id the ROUTER put first, which never crossed the wire)."""
-        if not self._fds:
+        if not self._fds or len(frames) < 2:
             return
         try:
             peer = frames[1].get("Peer-Address")
