@@ -254,6 +254,11 @@ SETTINGS: tuple[Setting, ...] = (
        "Send and take chunks between two nodes of this host over TCP, not a Unix socket nor shared "
        "memory.",
        flag="--no-local-ipc"),
+    _s("shm_ring", "PEERCRYPT_SHM_RING", "bool", True,
+       "Send and take chunks between two nodes of this host through shared memory (on by "
+       "default; false turns it off, as --no-shm-ring does: configurations that turned it "
+       "on keep working).",
+       flag="--shm-ring"),
     _s("no_shm_ring", "PEERCRYPT_NO_SHM_RING", "bool", False,
        "Send and take chunks between two nodes of this host over the Unix socket, not through "
        "shared memory (either end).",

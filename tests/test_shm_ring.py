@@ -250,12 +250,19 @@ def test_the_scheduler_hears_every_report_and_demand_of_a_send_through_the_ring(
     assert sender.wait_for_counter(name, made) == made
 
 
+@pytest.mark.parametrize(
+    ("args", "env"), [(("--no-shm-ring",), None), ((), {"PEERCRYPT_SHM_RING": "false"})]
+)
 def test_a_receiver_without_the_ring_lends_none(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    args: tuple[str, ...],
+    env: dict[str, str] | None,
 ) -> None:
-    """A receiver started with ``--no-shm-ring`` lends no ring to a sender
-    that has it (the chunks go over the Unix socket)."""
-    sender, receiver = node_factory(), node_factory("--no-shm-ring")
+    """A receiver started with ``--no-shm-ring``, or with the ring's older
+    setting turned off, lends no ring to a sender that has it (the chunks go
+    over the Unix socket)."""
+    sender, receiver = node_factory(), node_factory(*args, env=env)
     path = make_file(2 * MiB + 3, name="default.bin")
     assert_sent(receiver, sender.send_to(path, receiver), path)
     sender.wait_for_counter("sender.data-ipc", 1)
@@ -275,6 +282,22 @@ def test_turned_off_by_the_receiver_no_ring_is_lent(
     for name in ("sender.data-ring", "sender.data-ring-refused"):
         assert after.get(name, 0) == c.get(name, 0)
     assert off.counters().get("receiver.rings-lent", 0) == 0
+
+
+def test_a_configuration_that_turned_the_ring_on_still_starts_and_uses_it(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The ring was off by default once, turned on by ``shm_ring = true`` in a
+    config file, ``--shm-ring`` or ``PEERCRYPT_SHM_RING=true``: each is still
+    accepted, and the ring is used."""
+    config = tmp_path / "ring.toml"
+    config.write_text("shm_ring = true\n")
+    receiver = node_factory(env={"PEERCRYPT_CONFIG": str(config)})
+    sender = node_factory("--shm-ring", env={"PEERCRYPT_SHM_RING": "true"})
+    path = make_file(2 * MiB + 7, name="old-setting.bin")
+    assert_sent(receiver, sender.send_to(path, receiver), path)
+    assert receiver.wait_for_counter("receiver.rings-lent", 1) >= 1
+    assert sender.wait_for_counter("sender.data-ring", 1) >= 1
 
 
 @pytest.mark.parametrize("args", [("--no-local-ipc",), ("--no-shm-ring",)])
