@@ -33,7 +33,12 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from peercrypt.core.data_port_guard import DataPortGuard, GuardLimits, framed_size
+from peercrypt.core.data_port_guard import (
+    DataPortGuard,
+    GuardLimits,
+    framed_size,
+    held_memory,
+)
 
 EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
 # Seconds between readings of the connections' counters: a connection can
@@ -77,6 +82,11 @@ class DataPortWatch:
     def connections(self) -> int:
         return self.guard.connections
 
+    @property
+    def watching(self) -> bool:
+        """Whether to keep sampling: a connection, or a debt, is left."""
+        return self.guard.watching
+
     def next_sample(self) -> float:
         """Seconds until the counters should be read again."""
         busy = self.guard.held * 4 > self.guard.limits.held
@@ -102,16 +112,18 @@ class DataPortWatch:
     def delivered(self, frames: list[zmq.Frame]) -> None:
         """A message the receiver took off the data socket (with the
         routing id the ROUTER put first, which never crossed the wire)."""
-        if not self._fds or len(frames) < 2:
+        if not self.guard.watching or len(frames) < 2:
             return
         try:
             peer = frames[1].get("Peer-Address")
         except zmq.ZMQError:
             return
-        size = 0
+        size = memory = 0
         for frame in frames[1:]:
-            size += framed_size(len(frame))
-        self.guard.delivered(address_of(str(peer)), size)
+            length = len(frame)
+            size += framed_size(length)
+            memory += held_memory(length)
+        self.guard.delivered(address_of(str(peer)), size, memory)
 
     def sample(self) -> None:
         reads: dict[int, int] = {}

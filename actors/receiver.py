@@ -984,13 +984,13 @@ class ReceiverActor(Actor):
 
     def _on_data_monitor(self, sock: zmq.Socket[Any]) -> None:
         self.port_watch.on_monitor(sock)
-        if self.port_timer is None and self.port_watch.connections:
+        if self.port_timer is None and self.port_watch.watching:
             self.port_timer = self.call_later(self.port_watch.next_sample(), self._sample_port)
 
     def _sample_port(self) -> None:
         self.port_timer = None
         self.port_watch.sample()
-        if self.port_watch.connections:
+        if self.port_watch.watching:
             self.port_timer = self.call_later(self.port_watch.next_sample(), self._sample_port)
 
     def _drop(self, route: bytes, kind: str) -> None:

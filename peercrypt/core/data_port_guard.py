@@ -22,13 +22,22 @@ What a connection makes the node hold is measured from outside libzmq:
 
 At each :meth:`DataPortGuard.sample`, an address's ``held`` grows by what
 its connections' reads grew by and shrinks by what was delivered from it,
-never below zero (bytes delivered late build no credit). While the held
-bytes of all addresses together exceed :attr:`GuardLimits.held`, every
-connection of the address holding the most is closed and its account
-starts again at zero: what libzmq held for them is freed when they close.
-Honest senders hold at most their credit (bounded by the receive buffer)
-plus a message in progress per connection; a sender whose connection was
-closed reconnects and resends what was not acknowledged.
+never below zero (bytes delivered late build no credit). What it costs in
+memory is ``held`` times the address's ratio of memory to wire bytes, from
+what was delivered from it lately (:func:`held_memory`: libzmq keeps every
+frame in a 64-byte slot, so a flood of empty frames costs 32 times its
+bytes on the wire; a chunk's frames cost about their size). While the
+memory held for all addresses together exceeds :attr:`GuardLimits.held`,
+every connection of the address costing the most (of those that still
+have connections and hold anything) is closed. Closing frees what libzmq
+held of an unfinished message, but whole messages it already queued stay
+until the receiver takes them: so the address keeps its account (its
+debt) after its connections are gone, until deliveries bring it to zero,
+and while that debt keeps the total over the bound, any connection that
+holds anything is closed too. Honest senders hold at most their credit
+(bounded by the receive buffer) plus a message in progress per connection;
+a sender whose connection was closed reconnects and resends what was not
+acknowledged.
 
 Connections are capped too (:meth:`DataPortGuard.accepted`): at most
 :attr:`GuardLimits.per_address` from one address (a new one beyond it is
@@ -48,7 +57,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["DataPortGuard", "GuardLimits", "framed_size", "held_limit"]
+__all__ = ["DataPortGuard", "GuardLimits", "framed_size", "held_limit", "held_memory"]
 
 Conn = int  # a connection's identity (the receiver uses its socket's inode)
 
@@ -56,6 +65,22 @@ Conn = int  # a connection's identity (the receiver uses its socket's inode)
 def framed_size(length: int) -> int:
     """Bytes a ZMTP 3 data frame of ``length`` bytes takes on the wire."""
     return length + (2 if length < 256 else 9)
+
+
+def held_memory(length: int) -> int:
+    """Bytes libzmq holds for a queued frame of ``length`` bytes: its 64-byte
+    message slot, and beyond 33 bytes (what fits in the slot) the content
+    allocated apart with its header."""
+    return 64 + (length + 64 if length > 33 else 0)
+
+
+# Weight of what was delivered before, per message delivered since: an
+# address that turns from chunks to a flood of tiny frames is charged for
+# them after some hundreds of them.
+RATIO_DECAY = 0.99
+# Samples (2-20 ms apart) without a delivery after which the debt of an
+# address without connections is forgotten.
+DEBT_SAMPLES = 50
 
 
 def held_limit(receive_buffer: int, max_message: int) -> int:
@@ -66,7 +91,7 @@ def held_limit(receive_buffer: int, max_message: int) -> int:
 
 @dataclass(frozen=True)
 class GuardLimits:
-    held: int  # bytes read from data connections and not delivered, in all
+    held: int  # memory of what was read from data connections and not delivered, in all
     connections: int = 512  # TCP data connections at once, in all
     # ... from one address: a parallel send's lanes (up to 65), and more
     per_address: int = 128
@@ -82,6 +107,9 @@ class DataPortGuard:
         self._reads: dict[Conn, int] = {}  # ... -> its reads at the last sample
         self._held: dict[str, int] = {}  # address -> bytes it holds
         self._delivered: dict[str, int] = {}  # address -> delivered since the last sample
+        # address -> decayed sums of the wire bytes and memory it delivered
+        self._ratio: dict[str, tuple[float, float]] = {}
+        self._idle: dict[str, int] = {}  # address without connections -> samples without delivery
 
     @property
     def connections(self) -> int:
@@ -89,8 +117,23 @@ class DataPortGuard:
 
     @property
     def held(self) -> int:
-        """Bytes held for all addresses at the last sample."""
-        return sum(self._held.values())
+        """Memory held for all addresses at the last sample, debts included."""
+        return sum(self.cost(a) for a in self._held)
+
+    def live(self) -> set[str]:
+        """The addresses with a connection."""
+        return set(self._address.values())
+
+    @property
+    def watching(self) -> bool:
+        """Whether any address has a connection or a debt (sample on)."""
+        return bool(self._held)
+
+    def cost(self, address: str) -> int:
+        """The memory ``address`` holds: its held bytes at its ratio."""
+        held = self._held.get(address, 0)
+        wire, memory = self._ratio.get(address, (0.0, 0.0))
+        return held if wire <= 0 else int(held * max(1.0, memory / wire))
 
     def accepted(self, conn: Conn, address: str) -> list[Conn]:
         """A new connection from ``address``: the connections to close now
@@ -113,39 +156,71 @@ class DataPortGuard:
         return [newest]
 
     def closed(self, conn: Conn) -> None:
-        """``conn`` is gone (closed by either side); unknown ones are ignored."""
-        address = self._address.pop(conn, None)
+        """``conn`` is gone (closed by either side); unknown ones are ignored.
+        Its address keeps what it holds (see the module docs)."""
+        self._address.pop(conn, None)
         self._reads.pop(conn, None)
-        if address is not None and self._count(address) == 0:
-            self._held.pop(address, None)
-            self._delivered.pop(address, None)
 
-    def delivered(self, address: str, nbytes: int) -> None:
-        """The receiver took ``nbytes`` (framed) of a message from ``address``."""
+    def delivered(self, address: str, nbytes: int, memory: int | None = None) -> None:
+        """The receiver took ``nbytes`` (framed) of a message from
+        ``address``, which libzmq held in ``memory`` bytes (default: as many)."""
         if address in self._held:
             self._delivered[address] = self._delivered.get(address, 0) + nbytes
+            wire, held = self._ratio.get(address, (0.0, 0.0))
+            self._ratio[address] = (
+                wire * RATIO_DECAY + nbytes,
+                held * RATIO_DECAY + (nbytes if memory is None else memory),
+            )
 
     def sample(self, reads: Mapping[Conn, int]) -> list[Conn]:
         """Each live connection's reads so far (one missing from ``reads``
         is taken as unchanged); the connections to close now."""
-        for address in self._held:
-            self._held[address] -= self._delivered.pop(address, 0)
         for conn, total in reads.items():
             source = self._address.get(conn)
             if source is None:
                 continue
             self._held[source] += max(0, total - self._reads[conn])
             self._reads[conn] = max(total, self._reads[conn])
-        for address, held in self._held.items():
-            self._held[address] = max(0, held)
+        live = self.live()
+        for address in list(self._held):
+            delivered = self._delivered.pop(address, 0)
+            self._held[address] = max(0, self._held[address] - delivered)
+            if address in live:
+                self._idle.pop(address, None)
+                continue
+            # A debt: whole messages libzmq queued before the close are
+            # delivered in turn; once none came for DEBT_SAMPLES samples, what
+            # is left was an unfinished message, which the close freed.
+            idle = 0 if delivered else self._idle.get(address, 0) + 1
+            if self._held[address] == 0 or idle >= DEBT_SAMPLES:
+                self._forget(address)
+            else:
+                self._idle[address] = idle
         close: list[Conn] = []
-        while self._held and self.held > self.limits.held:
-            worst = max(self._held, key=self._held.__getitem__)
+        total = self.held
+        if total <= self.limits.held:
+            return close
+        # Closing frees no debt at once (see the module docs), so every
+        # address with connections that holds anything is closed, costliest
+        # first, until the rest would fit beside the debts.
+        holding = sorted(
+            (a for a in self.live() if self._held.get(a, 0) > 0),
+            key=self.cost,
+            reverse=True,
+        )
+        for worst in holding:
             conns = [c for c, a in self._address.items() if a == worst]
             for conn in conns:
                 self.closed(conn)
             close.extend(conns)
+            total -= self.cost(worst)
+            if total <= self.limits.held:
+                break
         return close
+
+    def _forget(self, address: str) -> None:
+        for table in (self._held, self._delivered, self._ratio, self._idle):
+            table.pop(address, None)
 
     def _count(self, address: str) -> int:
         return sum(1 for a in self._address.values() if a == address)

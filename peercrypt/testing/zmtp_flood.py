@@ -190,6 +190,13 @@ class RawDataPeer:
         """Our greeting and READY (the node's greeting is left unread)."""
         self.sock.sendall(GREETING + _ready(b"DEALER"))
 
+    def handshake(self) -> None:
+        """Greet, and read the node's greeting and READY: its engine is up
+        and reading (frames that beat it there get the connection reset)."""
+        self.greet()
+        _exactly(self.sock, len(GREETING))
+        _read_command(self.sock)
+
     def send(self, data: bytes) -> bool:
         """Send ``data``; False if the node closed the connection."""
         try:
