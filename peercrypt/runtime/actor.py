@@ -78,8 +78,9 @@ DATA_AFFINITY = 2
 # (src/stream_engine_base.cpp:310)``). Any ZMTP peer can send PINGs,
 # whatever the socket's own heartbeat options, so only a queue that never
 # fills closes it. Each protocol's credit bounds what honest peers queue
-# there; nothing bounds what a hostile one does (docs/security.md, "Not
-# (yet) held").
+# there; what a hostile one queues is bounded on the receiver's data port
+# only (core/data_port_guard.py), not yet on the others (docs/security.md,
+# "Not (yet) held").
 PEER_RCVHWM = 0
 # Threads that move bulk data run this much nicer than the rest of the
 # node, so a thread answering a status or a health probe gets a core at
