@@ -254,14 +254,13 @@ SETTINGS: tuple[Setting, ...] = (
        "Send and take chunks between two nodes of this host over TCP, not a Unix socket nor shared "
        "memory.",
        flag="--no-local-ipc"),
-    _s("shm_ring", "PEERCRYPT_SHM_RING", "bool", True,
-       "Send and take chunks between two nodes of this host through shared memory (on by "
-       "default; false turns it off, as --no-shm-ring does: configurations that turned it "
-       "on keep working).",
+    _s("shm_ring", "PEERCRYPT_SHM_RING", "bool", False,
+       "Send and take chunks between two nodes of this host through shared memory (both "
+       "nodes need it; less CPU per byte for one transfer, more memory with many at once).",
        flag="--shm-ring"),
     _s("no_shm_ring", "PEERCRYPT_NO_SHM_RING", "bool", False,
        "Send and take chunks between two nodes of this host over the Unix socket, not through "
-       "shared memory (either end).",
+       "shared memory, whatever --shm-ring says (either end).",
        flag="--no-shm-ring"),
 )  # fmt: skip
 

@@ -61,7 +61,7 @@ class NodeSettings:
     # Chunks over a Unix socket between two nodes of one host (local_ipc.py).
     local_ipc: bool = True
     # ... and through a shared-memory ring (shm_ring.py), with local_ipc.
-    shm_ring: bool = True
+    shm_ring: bool = False
     control_port: int = 0
     control_file: Path | None = None  # None: DATA_DIR/control.json
     window: int = 16  # chunks in flight per transfer (receiver credit)

@@ -33,9 +33,9 @@ What either side trusts of the other:
 - A ring full of slots the receiver has not released does not stop the
   sender: that chunk goes over the socket (with its ciphertext).
 
-On by default: ``--no-shm-ring`` / ``PEERCRYPT_NO_SHM_RING=true`` (or the
-older setting ``shm_ring = false``) on either node turns it off (the chunks
-then go over the Unix socket);
+Off by default: ``--shm-ring`` / ``PEERCRYPT_SHM_RING=true`` on both nodes
+turns it on, ``--no-shm-ring`` on either keeps it off (the chunks then go
+over the Unix socket);
 ``--no-local-ipc`` / ``PEERCRYPT_NO_LOCAL_IPC=true`` turns it off with the
 Unix socket, on either side. Memory: a ring holds at most the
 transfer's credit plus :data:`SLACK` chunks, all rings of a receiving node

@@ -25,11 +25,11 @@ Two nodes of one host send chunks over the receiver's Unix socket
 (peercrypt/local_ipc.py); ``--transport tcp`` runs the nodes with it turned
 off (``PEERCRYPT_NO_LOCAL_IPC``), ``--transport both`` runs a second pair so
 (over TCP) interleaved with the first. The shared-memory ring
-(peercrypt/shm_ring.py) is on by default; ``--ring`` runs the first pair
-(and ``--tree``'s) with it off (``PEERCRYPT_NO_SHM_RING``) and one more pair
-with it on, and with ``--tree`` too one more of that tree's with it on
-(``PEERCRYPT_SHM_RING``, for trees where it was off by default: a
-before/after of the ring's path). Every pair's sends are counted by the path
+(peercrypt/shm_ring.py) is off by default; ``--ring`` runs the first pair
+(and ``--tree``'s) with it off (``PEERCRYPT_NO_SHM_RING``, for trees where
+it was on by default) and one more pair with it on (``PEERCRYPT_SHM_RING``),
+and with ``--tree`` too one more of that tree's with it on (a before/after
+of the ring's path). Every pair's sends are counted by the path
 they took and the counts printed, so
 each number says what it measured.
 
@@ -433,7 +433,7 @@ def main() -> int:
         ring: tuple[NodeProcess, NodeProcess] | None = None
         if args.ring:
             (root / "ring").mkdir()
-            ring = node_pair(root / "ring", key, here)
+            ring = node_pair(root / "ring", key, {**here, "PEERCRYPT_SHM_RING": "true"})
         tree_ring: tuple[NodeProcess, NodeProcess] | None = None
         if args.ring and args.tree:
             (root / "tree_ring").mkdir()

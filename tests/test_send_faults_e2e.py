@@ -134,7 +134,7 @@ def test_a_frozen_receiver_ends_the_send_at_its_timeout(
     the ring's descriptors) and heartbeats of a connection the sender has
     since closed still in its buffers, runs on and stores the next file."""
     timeout = 5.0
-    env = {"PEERCRYPT_NO_SHM_RING": str(not ring).lower()}
+    env = {"PEERCRYPT_SHM_RING": str(ring).lower()}
     receiver = node_factory(name="receiver", env=env)
     sender = node_factory("--max-retries", "0", name="sender", env=env)
     path = make_file(2 * SIZE, name="frozen.bin")

@@ -189,7 +189,7 @@ def test_a_ring_holds_the_credit_and_slack_within_the_budget(
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ...]]:
     """(sender, receiver, receiver with the ring turned off, network key)."""
-    with one_host_trio(tmp_path_factory.mktemp("ring")) as nodes:
+    with one_host_trio(tmp_path_factory.mktemp("ring"), {"PEERCRYPT_SHM_RING": "true"}) as nodes:
         yield nodes
 
 
@@ -216,7 +216,7 @@ def test_two_nodes_of_one_host_send_through_the_ring(
 ) -> None:
     """A receiver of its own: its counters count this transfer's chunks only."""
     sender = trio[0]
-    receiver = node_factory(network_key=trio[3])
+    receiver = node_factory("--shm-ring", network_key=trio[3])
     before = sender.counters().get("sender.data-ring", 0)
     path = make_file(5 * MiB + 17, name="through-the-ring.bin")
     assert_sent(receiver, sender.send_to(path, receiver), path)
@@ -239,7 +239,7 @@ def test_the_scheduler_hears_every_report_and_demand_of_a_send_through_the_ring(
     come after the chunks of the same step, sealed into the ring: each one
     reaches the scheduler (the flow counts what it made, the scheduler what
     it heard), none is lost behind the chunks' descriptors."""
-    sender, receiver = node_factory(), node_factory()
+    sender, receiver = node_factory("--shm-ring"), node_factory("--shm-ring")
     path = make_file(6 * MiB + 11, name="reported.bin")
     result = sender.send_to(path, receiver, *mode, "--chunk-size", str(256 * 1024))
     assert_sent(receiver, result, path)
@@ -251,7 +251,8 @@ def test_the_scheduler_hears_every_report_and_demand_of_a_send_through_the_ring(
 
 
 @pytest.mark.parametrize(
-    ("args", "env"), [(("--no-shm-ring",), None), ((), {"PEERCRYPT_SHM_RING": "false"})]
+    ("args", "env"),
+    [((), None), (("--shm-ring", "--no-shm-ring"), None), ((), {"PEERCRYPT_SHM_RING": "false"})],
 )
 def test_a_receiver_without_the_ring_lends_none(
     node_factory: Callable[..., NodeProcess],
@@ -259,10 +260,10 @@ def test_a_receiver_without_the_ring_lends_none(
     args: tuple[str, ...],
     env: dict[str, str] | None,
 ) -> None:
-    """A receiver started with ``--no-shm-ring``, or with the ring's older
-    setting turned off, lends no ring to a sender that has it (the chunks go
-    over the Unix socket)."""
-    sender, receiver = node_factory(), node_factory(*args, env=env)
+    """Off by default: a receiver started without ``--shm-ring``, with
+    ``--no-shm-ring`` (which wins), or with the setting false, lends no ring
+    to a sender that has it (the chunks go over the Unix socket)."""
+    sender, receiver = node_factory("--shm-ring"), node_factory(*args, env=env)
     path = make_file(2 * MiB + 3, name="default.bin")
     assert_sent(receiver, sender.send_to(path, receiver), path)
     sender.wait_for_counter("sender.data-ipc", 1)
@@ -287,9 +288,9 @@ def test_turned_off_by_the_receiver_no_ring_is_lent(
 def test_a_configuration_that_turned_the_ring_on_still_starts_and_uses_it(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
 ) -> None:
-    """The ring was off by default once, turned on by ``shm_ring = true`` in a
-    config file, ``--shm-ring`` or ``PEERCRYPT_SHM_RING=true``: each is still
-    accepted, and the ring is used."""
+    """The ring is turned on by ``shm_ring = true`` in a config file,
+    ``--shm-ring`` or ``PEERCRYPT_SHM_RING=true``: each is accepted, and the
+    ring is used."""
     config = tmp_path / "ring.toml"
     config.write_text("shm_ring = true\n")
     receiver = node_factory(env={"PEERCRYPT_CONFIG": str(config)})
@@ -300,14 +301,17 @@ def test_a_configuration_that_turned_the_ring_on_still_starts_and_uses_it(
     assert sender.wait_for_counter("sender.data-ring", 1) >= 1
 
 
-@pytest.mark.parametrize("args", [("--no-local-ipc",), ("--no-shm-ring",)])
+@pytest.mark.parametrize(
+    "args", [("--shm-ring", "--no-local-ipc"), (), ("--shm-ring", "--no-shm-ring")]
+)
 def test_turned_off_by_the_sender_the_ring_is_not_used(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], args: tuple[str, ...]
 ) -> None:
-    """With ``--no-local-ipc`` (over TCP), or ``--no-shm-ring`` (over the
-    Unix socket): the ring the receiver lends is not used."""
+    """With ``--no-local-ipc`` (over TCP), without ``--shm-ring`` or with
+    ``--no-shm-ring`` (over the Unix socket): the ring the receiver lends is
+    not used."""
     sender = node_factory(*args)
-    receiver = node_factory()
+    receiver = node_factory("--shm-ring")
     path = make_file(2 * MiB, name="s-off.bin")
     assert_sent(receiver, sender.send_to(path, receiver), path)
     tcp = "--no-local-ipc" in args
@@ -428,7 +432,7 @@ def test_a_replayed_descriptor_is_dropped_before_its_slot_is_copied(
     as a replay before the slot is copied out (a flood of them costs no
     copies); the transfer still completes. A receiver of its own: its
     counters count this transfer only."""
-    receiver = node_factory(network_key=trio[3])
+    receiver = node_factory("--shm-ring", network_key=trio[3])
     chunk = 64 * 1024
     content = os.urandom(3 * chunk)
     with HostileSender(trio[3], receiver.host, receiver.port) as h:
