@@ -73,13 +73,15 @@ def test_unreachable_target_is_reported_and_does_not_stall_the_others(
     dead = f"127.0.0.1:{free_port()}"
     path = make_file(2_000_000)
     result = sender.send_result(
-        path, good.host, good.port, "-m", "--to", dead, "--timeout", "3", timeout=60
+        path, good.host, good.port, "-m", "--to", dead, "--timeout", "10", timeout=60
     )
     assert result.returncode == 3, result.describe()  # unreachable
     out = json.loads(result.stdout)
     rows = {r["target"]: r for r in out["receivers"]}
     assert rows[f"{good.host}:{good.port}"]["code"] == "ok"
-    assert float(rows[f"{good.host}:{good.port}"]["seconds"]) < 3.0  # not stalled
+    # Not held for the unreachable target's 10 s timeout (about 2 s here; a
+    # loaded machine took 4.5 s, over the 3 s timeout this test had before).
+    assert float(rows[f"{good.host}:{good.port}"]["seconds"]) < 8.0
     assert rows[dead]["code"] == "unreachable"
     assert "cannot connect" in rows[dead]["error"]
     assert "connection refused" in rows[dead]["error"]  # the peer link names the cause
