@@ -856,7 +856,7 @@ class ReceiverActor(Actor):
         """A shared-memory ring for a sender of this host (peercrypt/shm_ring.py):
         as many slots as the credit and SLACK, within what the node's rings
         may hold together (its ``receive_buffer``); none where the Unix
-        socket is not offered either, with ``--no-shm-ring``, for a parallel
+        socket is not offered either, without ``--shm-ring``, for a parallel
         send (its lanes send over their sockets) or a file of one chunk."""
         if not self.ipc_host or not self.settings.shm_ring or mode == "parallel":
             return None

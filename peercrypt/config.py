@@ -258,10 +258,6 @@ SETTINGS: tuple[Setting, ...] = (
        "Send and take chunks between two nodes of this host through shared memory (both "
        "nodes need it; less CPU per byte for one transfer, more memory with many at once).",
        flag="--shm-ring"),
-    _s("no_shm_ring", "PEERCRYPT_NO_SHM_RING", "bool", False,
-       "Send and take chunks between two nodes of this host over the Unix socket, not through "
-       "shared memory, whatever --shm-ring says (either end).",
-       flag="--no-shm-ring"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

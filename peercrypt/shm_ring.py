@@ -34,8 +34,7 @@ What either side trusts of the other:
   sender: that chunk goes over the socket (with its ciphertext).
 
 Off by default: ``--shm-ring`` / ``PEERCRYPT_SHM_RING=true`` on both nodes
-turns it on, ``--no-shm-ring`` on either keeps it off (the chunks then go
-over the Unix socket);
+turns it on (without it on either, the chunks go over the Unix socket);
 ``--no-local-ipc`` / ``PEERCRYPT_NO_LOCAL_IPC=true`` turns it off with the
 Unix socket, on either side. Memory: a ring holds at most the
 transfer's credit plus :data:`SLACK` chunks, all rings of a receiving node

@@ -26,8 +26,8 @@ Two nodes of one host send chunks over the receiver's Unix socket
 off (``PEERCRYPT_NO_LOCAL_IPC``), ``--transport both`` runs a second pair so
 (over TCP) interleaved with the first. The shared-memory ring
 (peercrypt/shm_ring.py) is off by default; ``--ring`` runs the first pair
-(and ``--tree``'s) with it off (``PEERCRYPT_NO_SHM_RING``, for trees where
-it was on by default) and one more pair with it on (``PEERCRYPT_SHM_RING``),
+(and ``--tree``'s) with it off (``PEERCRYPT_SHM_RING=false``) and one more
+pair with it on (``PEERCRYPT_SHM_RING=true``),
 and with ``--tree`` too one more of that tree's with it on (a before/after
 of the ring's path). Every pair's sends are counted by the path
 they took and the counts printed, so
@@ -397,7 +397,7 @@ def main() -> int:
     parser.add_argument(
         "--ring",
         action="store_true",
-        help="the first pairs with the shared-memory ring off (--no-shm-ring), and one more "
+        help="the first pairs with the shared-memory ring off, and one more "
         "with it on (and one of --tree's), interleaved",
     )
     args = parser.parse_args()
@@ -418,7 +418,7 @@ def main() -> int:
         here = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         no_ipc = {**here, "PEERCRYPT_NO_LOCAL_IPC": "true"}
         # With --ring, the first pairs over the Unix socket, the ring's pairs with it.
-        no_ring = {"PEERCRYPT_NO_SHM_RING": "true"} if args.ring else {}
+        no_ring = {"PEERCRYPT_SHM_RING": "false"} if args.ring else {}
         sender, receiver = node_pair(
             root, key, no_ipc if args.transport == "tcp" else {**here, **no_ring}
         )

@@ -83,7 +83,6 @@ NODE_OPTIONS: dict[str, str] = {
     "no_stats": "no_stats",
     "no_local_ipc": "no_local_ipc",
     "shm_ring": "shm_ring",
-    "no_shm_ring": "no_shm_ring",
 }
 
 
@@ -157,7 +156,7 @@ def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings
         attach_allow=allow_list(eff["attach_allow"]),
         stats_enabled=not eff["no_stats"],
         local_ipc=not eff["no_local_ipc"],
-        shm_ring=eff["shm_ring"] and not eff["no_shm_ring"],
+        shm_ring=eff["shm_ring"],
         part_expiry=eff["part_expiry"],
         peer_part_quota=eff["peer_quota"],
         part_quota=eff["part_quota"],
