@@ -7,7 +7,7 @@
   not ``kill()`` must exit with code 0 on SIGTERM.
 - ``make_file(size, name=None, directory=None) -> Path``: a file of random bytes.
 - ``blake3_file(path) -> str``: hex BLAKE3 of a file.
-- ``free_port``: a loopback port with nothing listening on it.
+- ``free_port``: a loopback port that refuses connections for the whole test.
 - ``small_disk(size) -> Path``: a tmpfs of that size (a disk that fills);
   ``small_inbox``: one of 24 MiB.
 - ``small_ext4(size_bytes) -> Path``: a real ext4 of that size on a loop
@@ -49,9 +49,11 @@ _Size = TypeVar("_Size", str, int)
 
 
 @pytest.fixture
-def free_port() -> int:
-    """A loopback port with nothing listening on it (just released)."""
-    return nodes.free_port()
+def free_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test (held
+    bound, never listening, so a node another test starts cannot take it)."""
+    with nodes.dead_port() as port:
+        yield port
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeProcess, assert_stored, free_port, start_cli
+from peercrypt.testing.nodes import NodeProcess, assert_stored, dead_port, free_port, start_cli
 
 
 def _one_error_line(stderr: str, text: str) -> None:
@@ -70,11 +70,12 @@ def test_unreachable_target_is_reported_and_does_not_stall_the_others(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
 ) -> None:
     sender, good = node_factory(), node_factory()
-    dead = f"127.0.0.1:{free_port()}"
     path = make_file(2_000_000)
-    result = sender.send_result(
-        path, good.host, good.port, "-m", "--to", dead, "--timeout", "10", timeout=60
-    )
+    with dead_port() as port:
+        dead = f"127.0.0.1:{port}"
+        result = sender.send_result(
+            path, good.host, good.port, "-m", "--to", dead, "--timeout", "10", timeout=60
+        )
     assert result.returncode == 3, result.describe()  # unreachable
     out = json.loads(result.stdout)
     rows = {r["target"]: r for r in out["receivers"]}

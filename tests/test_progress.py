@@ -28,7 +28,7 @@ from peercrypt.testing.nodes import (
     NodeProcess,
     blake3_file,
     cli_env,
-    free_port,
+    dead_port,
     multicast_targets,
     random_file,
     start_cli,
@@ -257,6 +257,7 @@ def test_listings_print_tables_and_json(trio: list[NodeProcess], tmp_path: Path)
     alive = sender.cli("health-check", receiver.host, str(receiver.port), "--json")
     assert alive.returncode == 0, alive.describe()
     assert json.loads(alive.stdout)["fingerprint"] == receiver.fingerprint
-    gone = sender.cli("health-check", "127.0.0.1", str(free_port()), "--json")
+    with dead_port() as port:
+        gone = sender.cli("health-check", "127.0.0.1", str(port), "--json")
     assert gone.returncode == errors.UNREACHABLE, gone.describe()
     assert json.loads(gone.stdout)["ok"] is False and gone.stderr == ""

@@ -59,6 +59,7 @@ __all__ = [
     "assert_stored",
     "blake3_file",
     "cli_env",
+    "dead_port",
     "free_port",
     "loopback_settings",
     "multicast_targets",
@@ -141,6 +142,19 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:.1f} s waiting for {what}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def dead_port(host: str = LOCALHOST) -> Iterator[int]:
+    """A TCP port that refuses connections for as long as the block lasts.
+
+    The port stays bound (never listening), so no other process, such as a
+    node another test starts meanwhile, can take it: a connection to it is
+    refused every time (a port merely released could be a live node's by
+    the time it is dialled)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        yield s.getsockname()[1]
 
 
 def free_port(host: str = LOCALHOST) -> int:
