@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,7 @@ from peercrypt.testing.nodes import NodeProcess, blake3_file, random_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ceiling  # the sibling script
+from loopback_sshd import LoopbackSshd
 
 MiB = 2**20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -238,60 +238,28 @@ def transfer(
 
 
 class Scp:
-    """scp over loopback to root@127.0.0.1 with a throwaway key and sshd, if
-    this machine has them; ``why_not`` says why not otherwise."""
+    """scp over loopback to root@127.0.0.1 (aes256-gcm) with a throwaway key
+    and an sshd of our own, if this machine can run one; ``why_not`` says
+    why not otherwise."""
 
     def __init__(self, root: Path) -> None:
         self.why_not = ""
-        self.proc: subprocess.Popen[bytes] | None = None
-        sshd, keygen = shutil.which("sshd") or "/usr/sbin/sshd", shutil.which("ssh-keygen")
-        if not Path(sshd).exists() or keygen is None or shutil.which("scp") is None:
-            self.why_not = "no sshd/ssh-keygen/scp on this machine"
+        self.sshd: LoopbackSshd | None = None
+        try:
+            self.sshd = LoopbackSshd(root)
+        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+            self.why_not = str(exc)
             return
-        if os.geteuid() != 0:
-            self.why_not = "scp to root@127.0.0.1 needs root to run its own sshd"
-            return
-        d = root / "ssh"
-        d.mkdir(mode=0o700)
-        for name in ("host", "client"):
-            subprocess.run(
-                [keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
-            )
-        (d / "authorized").write_bytes((d / "client.pub").read_bytes())
-        (d / "authorized").chmod(0o600)
-        self.port = free_tcp_port()
-        self.proc = subprocess.Popen(
-            [sshd, "-D", "-e", "-p", str(self.port), "-h", str(d / "host"),
-             "-o", "ListenAddress=127.0.0.1", "-o", f"AuthorizedKeysFile={d / 'authorized'}",
-             "-o", "PermitRootLogin=prohibit-password", "-o", "UsePAM=no",
-             # the throwaway keys live under /tmp (or tmpfs), which is
-             # world-writable: StrictModes would refuse the authorized key
-             "-o", "StrictModes=no", "-o", f"PidFile={d / 'pid'}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.args = [
-            "scp", "-q", "-c", "aes256-gcm@openssh.com", "-P", str(self.port),
-            "-i", str(d / "client"), "-o", "StrictHostKeyChecking=no",
-            "-o", f"UserKnownHostsFile={d / 'known'}", "-o", "BatchMode=yes",
-        ]  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            probe = root / "scp-probe"
-            probe.write_bytes(b"x")
-            if self.copy(probe, root / "scp-probe.out", fsync=False) is not None:
-                return
-            time.sleep(0.2)
-        self.why_not = "sshd did not accept the throwaway key within 10 s"
-        self.close()
+        self.args = ["scp", "-q", "-c", "aes256-gcm@openssh.com", *self.sshd.scp_options]
 
-    def copy(self, src: Path, dest: Path, fsync: bool) -> float | None:
-        """Seconds of one copy (and the fsync of the copy), None if it failed."""
+    def copy(self, src: Path, dest: Path, fsync: bool) -> float:
+        """Seconds of one copy (and the fsync of the copy)."""
         started = time.perf_counter()
         proc = subprocess.run(
             [*self.args, str(src), f"root@127.0.0.1:{dest}"], capture_output=True, timeout=600
         )
         if proc.returncode != 0:
-            return None
+            raise RuntimeError(f"scp failed: {proc.stderr.decode(errors='replace').strip()}")
         if fsync:
             fd = os.open(dest, os.O_RDONLY)
             try:
@@ -303,19 +271,9 @@ class Scp:
         return seconds
 
     def close(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-def free_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        if self.sshd is not None:
+            self.sshd.stop()
+            self.sshd = None
 
 
 def ceiling(path: Path, directory: Path) -> float:
@@ -444,8 +402,6 @@ def main() -> int:
         def scp_rate(fsync: bool) -> dict[str, float]:
             assert scp is not None
             seconds = scp.copy(source, root / "scp.out", fsync)
-            if seconds is None:
-                raise RuntimeError("scp failed")
             return {"scp_fsync_mib_s" if fsync else "scp_mib_s": mib / seconds}
 
         sends: list[Any] = [

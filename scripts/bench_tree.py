@@ -29,19 +29,19 @@ import argparse
 import itertools
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeProcess, blake3_file, run_cli, wait_until
+from peercrypt.testing.nodes import NodeProcess, blake3_file, run_cli
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loopback_sshd import LoopbackSshd  # the sibling script
 
 
 def make_tree(root: Path, files: int, size: int) -> None:
@@ -51,56 +51,6 @@ def make_tree(root: Path, files: int, size: int) -> None:
         if n % per == 0:
             folder.mkdir(parents=True)
         (folder / f"f{n % per:03}.bin").write_bytes(os.urandom(size))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Sshd:
-    """An sshd on 127.0.0.1:PORT that admits one temporary key."""
-
-    def __init__(self, work: Path) -> None:
-        self.dir = work / "ssh"
-        self.dir.mkdir(mode=0o700)
-        for name in ("host", "client"):
-            subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)],
-                check=True,
-            )
-        auth = self.dir / "authorized_keys"
-        shutil.copy(self.dir / "client.pub", auth)
-        auth.chmod(0o600)
-        self.port = free_port()
-        config = self.dir / "sshd_config"
-        config.write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.dir / 'host'}\n"
-            f"AuthorizedKeysFile {auth}\nPasswordAuthentication no\nPermitRootLogin yes\n"
-            f"StrictModes no\nUsePAM no\nPidFile {self.dir / 'sshd.pid'}\n"
-            "Subsystem sftp internal-sftp\n"
-        )
-        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-        self.proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.ssh = [
-            "ssh", "-q", "-p", str(self.port), "-i", str(self.dir / "client"),
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "BatchMode=yes",
-        ]  # fmt: skip
-        wait_until(self._answers, 10, "sshd to answer")
-
-    def _answers(self) -> bool:
-        return subprocess.run([*self.ssh, "127.0.0.1", "true"], check=False).returncode == 0
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -137,10 +87,10 @@ def main() -> None:
         key = new_network_key()
         receiver = NodeProcess(data_dir=work / "receiver", network_key=key).start()
         sender = NodeProcess(data_dir=work / "sender", network_key=key).start()
-        sshd: Sshd | None = None
+        sshd: LoopbackSshd | None = None
         try:
-            sshd = Sshd(work)
-        except (OSError, subprocess.CalledProcessError, AssertionError) as exc:
+            sshd = LoopbackSshd(work)
+        except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:
             print(f"no sshd ({exc}); comparing with a local tar | tar pipe instead")
         times: dict[str, list[float]] = {}
 
@@ -177,10 +127,9 @@ def main() -> None:
             ways["tar c | ssh 'tar x; sync -f'"] = lambda: sh(
                 f"tar c -C {work} tree | {ssh} 127.0.0.1 'tar x -C {dest} && sync -f {dest}'"
             )
-            scp = ["scp", "-rq", *sshd.ssh[2:]]  # ssh's options, but -P for the port
-            scp[scp.index("-p")] = "-P"
+            scp = ["scp", "-rq", *sshd.scp_options]
             ways["scp -r"] = lambda: subprocess.run(
-                [*scp, str(src), f"127.0.0.1:{dest}/"], check=True
+                [*scp, str(src), f"root@127.0.0.1:{dest}/"], check=True
             )
         else:
             ways["tar c | tar x; sync -f (local)"] = lambda: sh(
