@@ -54,7 +54,24 @@ one stays, and lists fewer chunks than the part holds (they are sent again).
 The writer is the one place that knows which chunks are in the file, so it
 is the one that records them.
 
-Written ranges are handed to the kernel's writeback at once
+Where the part's filesystem takes ``O_DIRECT`` (ext4, not tmpfs; tried
+once per filesystem, :func:`open_direct`), the writer keeps a second
+descriptor of the part opened so, and writes each chunk's whole pages
+through it, straight from the pool's page-aligned buffers
+(:class:`BufferPool`) to the disk; the rest of a page (a file's last
+chunk) goes through the page cache, as does every chunk while a final
+check is inside its fsync (a direct write waits for the disk). No page of
+the page cache is taken for the part: on this VM, whose host takes back the
+guest's free memory, a write into a new file's pages faults in the host
+and cost the writer 1.8-2.4 CPU s per GiB instead of 0.32-0.36; written
+directly, 0.10-0.18 (docs/benchmarks.md). The final check then reads the
+part back the same way (:func:`hash_direct`: from the disk, after the
+fsync, into one reused buffer). A part may be written by both paths (a
+resumed part, a tail): the kernel keeps them coherent (a direct write or
+read first writes back and drops the page cache's copy of its range).
+Folder transfers keep the page cache (their feeder reads chunks back).
+
+Written ranges (through the page cache) are handed to the kernel's writeback at once
 (``sync_file_range(SYNC_FILE_RANGE_WRITE)`` on Linux): the disk then works
 while the network delivers, and the final fsync waits only for the tail
 instead of the whole file (on this machine that is the difference between
@@ -69,7 +86,7 @@ chunk's megabyte at once cost 0.20-0.24 CPU s per GiB of writes against
 the allocation, handled as from the write.
 
 The hash is taken once, at the end, of the part as read back after fsync
-(page cache, BLAKE3 on every core): chunks may be written in any order
+(the disk or the page cache, BLAKE3 on every core): chunks may be written in any order
 (parallel lanes, retransmissions, chunks from an earlier run on resume),
 and nothing is held in memory for the hash or hashed twice.
 
@@ -300,31 +317,89 @@ def hash_file(fd: int, size: int, progress: Callable[[int], None] | None = None)
     return hasher.digest()
 
 
+def hash_direct(fd: int, size: int, progress: Callable[[int], None] | None = None) -> bytes:
+    """:func:`hash_file` for ``fd`` opened with ``O_DIRECT``: read from the
+    disk into one reused page-aligned buffer of HASH_WINDOW bytes, so the
+    read-back takes no page-cache pages (a written file's pages would be
+    fresh ones: see :func:`open_direct`)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    with mmap.mmap(-1, HASH_WINDOW) as window:
+        view = memoryview(window)
+        try:
+            for offset in range(0, size, HASH_WINDOW):
+                length = min(HASH_WINDOW, size - offset)
+                asked = -(-length // DIRECT_ALIGN) * DIRECT_ALIGN  # a short read at the end
+                if os.preadv(fd, [view[:asked]], offset) < length:
+                    raise OSError(errno.EIO, "the part was cut short while it was checked")
+                hasher.update(view[:length])
+                if progress is not None:
+                    progress(offset + length)
+        finally:
+            view.release()
+    return hasher.digest()
+
+
+# Direct writes and reads (O_DIRECT) move whole pages at page offsets from
+# page-aligned memory (a page is a multiple of any disk's logical block).
+DIRECT_ALIGN = mmap.PAGESIZE
+
+
+def open_direct(fd: int) -> int | None:
+    """A second descriptor of ``fd``'s file opened with ``O_DIRECT``, or
+    None where its filesystem refuses that (``EINVAL``) or keeps no blocks
+    (tmpfs: nothing to gain).
+
+    Why: this VM's host takes back the guest's free memory, and a write
+    into a page-cache page the host took back faults in the host: the
+    writer's copy into a new file's pages cost 1.8-2.4 CPU s per GiB
+    instead of 0.32-0.36 (docs/benchmarks.md). Writes from the reused,
+    resident chunk buffers straight to the disk take no page-cache pages at
+    all (0.10-0.18 CPU s per GiB, either way)."""
+    if not sys.platform.startswith("linux") or not _has_blocks(fd):
+        return None
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        return None  # (EINVAL: no O_DIRECT here; no /proc: not worth more)
+
+
+def aligned(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` may be written directly: a :class:`BufferPool`
+    buffer (it starts on a page), of at least a page."""
+    if not isinstance(data, memoryview) or not isinstance(data.obj, mmap.mmap):
+        return False
+    if len(data) < DIRECT_ALIGN or data.readonly:
+        return False
+    return ctypes.addressof(ctypes.c_char.from_buffer(data)) % DIRECT_ALIGN == 0
+
+
 class BufferPool:
     """Reused chunk buffers: the actor decrypts each chunk into one
     (:meth:`take`), the writer gives it back once written (:meth:`give`).
     A fresh buffer per chunk cost an allocation and the zeroing of its
-    pages for every chunk received. At most ``max_bytes`` wait here (a
-    buffer given back beyond that is dropped), and :meth:`clear` drops them
-    all (the writer does when it closes its last open file). Either thread
-    may call any method."""
+    pages for every chunk received. Each buffer is a view of anonymous
+    mapped memory of its own, so it starts on a page: the writer can hand
+    it to the disk directly (``O_DIRECT``, :func:`aligned`). At most
+    ``max_bytes`` wait here (a buffer given back beyond that is dropped),
+    and :meth:`clear` drops them all (the writer does when it closes its
+    last open file). Either thread may call any method."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
         self._held = 0
-        self._free: dict[int, list[bytearray]] = {}
+        self._free: dict[int, list[memoryview]] = {}
         self._lock = threading.Lock()
 
-    def take(self, size: int) -> bytearray:
-        """A buffer of exactly ``size`` bytes (contents undefined)."""
+    def take(self, size: int) -> memoryview:
+        """A writable buffer of exactly ``size`` bytes (contents undefined)."""
         with self._lock:
             free = self._free.get(size)
             if free:
                 self._held -= size
                 return free.pop()
-        return bytearray(size)
+        return memoryview(mmap.mmap(-1, max(size, 1)))[:size]
 
-    def give(self, buffer: bytearray) -> None:
+    def give(self, buffer: memoryview) -> None:
         """Take ``buffer`` back (the caller no longer uses it); dropped if full."""
         size = len(buffer)
         with self._lock:
@@ -350,6 +425,7 @@ class _File:
     size: int
     written: ChunkBitmap
     allocate: bool = False  # give each chunk its blocks before writing it
+    direct: int | None = None  # the same file opened with O_DIRECT (open_direct)
     inbox: Path | None = None
     manifest: Manifest | None = None  # what to record at checkpoints
     since_checkpoint: int = 0
@@ -369,6 +445,7 @@ class _Check:
     tid: bytes
     file: _File
     fd: int
+    direct: bool = False  # fd was opened with O_DIRECT: read back with hash_direct
     detached: bool = False
 
 
@@ -491,7 +568,7 @@ class FileWriter:
         self._unannounced = 0  # results posted since the last frame (writer thread)
         self._failed: dict[bytes, _File] = {}  # failed files awaiting close() (writer thread)
         self._stopping = threading.Event()  # ends a folder being unpacked, between blocks
-        # Chunk buffers: a bytearray queued with write() comes back here once written.
+        # Chunk buffers: one queued with write() comes back here once written.
         self.buffers = BufferPool(min(max_queued, POOL_BYTES))
         # Bytes the final check of each file has covered (written by this
         # thread, read by the actor: one int per key, replaced whole).
@@ -500,6 +577,10 @@ class FileWriter:
         # queued behind a long one wait on it.
         self.check_steps = CheckSteps()
         self._fsync = os.fsync
+        # Filesystems (st_dev) where O_DIRECT was tried: whether it opened.
+        self._direct_devices: dict[int, bool] = {}
+        # Final checks inside their fsync now, detached ones too (their threads).
+        self._in_fsync: set[_Check] = set()
         self._halts: set[threading.Event] = set()  # of running feeders, set by stop()
         # Final checks (writer thread only): waiting in order, running, and
         # running though their file was closed.
@@ -541,9 +622,9 @@ class FileWriter:
         bits = held.to_bytes()
         self._queue.put(("open", tid, fd, chunk_size, size, bits, held.total, checkpoint, tree))
 
-    def write(self, tid: bytes, index: int, data: bytes | bytearray) -> bool:
+    def write(self, tid: bytes, index: int, data: bytes | memoryview) -> bool:
         """Queue a chunk; False (nothing queued) if ``max_queued`` bytes wait.
-        A bytearray is the writer's once queued: it goes back to
+        A :attr:`buffers` buffer is the writer's once queued: it goes back to
         :attr:`buffers` after the write (or when its file is gone)."""
         with self._queued_lock:
             if self._queued + len(data) > self._max_queued:
@@ -610,7 +691,7 @@ class FileWriter:
                 if op[0] == "write":
                     with self._queued_lock:
                         self._queued -= len(op[3])
-                    if isinstance(op[3], bytearray):
+                    if isinstance(op[3], memoryview):
                         self.buffers.give(op[3])
                 if result is not None:
                     self._post(result)
@@ -653,6 +734,8 @@ class FileWriter:
             _, _, fd, chunk_size, size, held, total, checkpoint, tree = op
             opened = _File(fd, chunk_size, size, ChunkBitmap.from_bytes(total, held))
             opened.allocate = _has_blocks(fd)
+            if tree is None:  # (a folder's feeder reads its chunks back from the page cache)
+                opened.direct = self._open_direct(fd)
             files[tid] = opened
             if tree is not None:
                 halt = threading.Event()
@@ -692,6 +775,8 @@ class FileWriter:
                         os.unlink(path)
             unsaved = self._checkpoint(closing) if keep else ""
             os.close(closing.fd)
+            if closing.direct is not None:
+                os.close(closing.direct)
             if not files:
                 self.buffers.clear()  # nothing is written now: no buffer is kept
             return Unsaved(tid, unsaved) if unsaved else None
@@ -704,15 +789,18 @@ class FileWriter:
             return None  # forgotten (transfer aborted) while work was queued
         if kind == "write":
             _, _, index, data = op
-            if f.allocate and not self._allocate(f.fd, index * f.chunk_size, len(data)):
+            offset = index * f.chunk_size
+            if f.allocate and not self._allocate(f.fd, offset, len(data)):
                 f.allocate = False  # this filesystem cannot: the write reserves them
-            if os.pwrite(f.fd, data, index * f.chunk_size) != len(data):
-                raise OSError(errno.ENOSPC, f"short write of chunk {index} (disk full?)")
+            done = self._write_direct(f, data, offset)
+            if done < len(data):  # the tail of a page, or all of it if not direct
+                if os.pwrite(f.fd, data[done:], offset + done) != len(data) - done:
+                    raise OSError(errno.ENOSPC, f"short write of chunk {index} (disk full?)")
+                if f.feeder is None:  # (a tree's files are what is kept: no writeback of the part)
+                    self._start_writeback(f.fd, offset + done, len(data) - done)
             f.written.add(index)
-            if f.feeder is not None:  # its files are what is kept: no writeback of the part
+            if f.feeder is not None:
                 self._feed(f)
-            else:
-                self._start_writeback(f.fd, index * f.chunk_size, len(data))
             f.since_checkpoint += 1
             if f.since_checkpoint >= checkpoint_every(f.chunk_size):
                 self._announce()  # not held across the sync
@@ -725,7 +813,8 @@ class FileWriter:
                 return WriteFailed(tid, "finish before all chunks were written")
             if f.check is not None:
                 return None  # asked before: one check per file
-            f.check = _Check(tid, f, os.dup(f.fd))
+            direct = f.direct is not None
+            f.check = _Check(tid, f, os.dup(f.direct if f.direct is not None else f.fd), direct)
             self._checks_waiting.append(f.check)
             self._start_checks()
             return None
@@ -745,6 +834,43 @@ class FileWriter:
             files.pop(tid, None)
             return None
         raise ValueError(f"unknown writer op {kind!r}")
+
+    def _open_direct(self, fd: int) -> int | None:
+        """:func:`open_direct`, tried once per filesystem (device): where one
+        file could not, no other is tried."""
+        device = os.fstat(fd).st_dev
+        if not self._direct_devices.get(device, True):
+            return None
+        direct = open_direct(fd)
+        self._direct_devices[device] = direct is not None
+        return direct
+
+    def _write_direct(self, f: _File, data: bytes | memoryview, offset: int) -> int:
+        """Write the whole pages of ``data`` at ``offset`` through ``f.direct``
+        if it can take them; how many bytes it wrote (0: none, the caller
+        writes them all through the page cache). Not while a final check
+        is inside its fsync: a direct write waits for the disk, and a disk
+        that hangs there would hold up every transfer's chunks behind the
+        one being checked; the page cache takes them meanwhile."""
+        if f.direct is None or self._in_fsync or offset % DIRECT_ALIGN or not aligned(data):
+            return 0
+        pages = len(data) - len(data) % DIRECT_ALIGN
+        try:
+            done = os.pwrite(f.direct, data[:pages], offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # Refused after all (a filesystem that accepts the flag at open
+            # but not the write): this file and its filesystem go through
+            # the page cache from now on.
+            os.close(f.direct)
+            f.direct = None
+            with contextlib.suppress(OSError):
+                self._direct_devices[os.fstat(f.fd).st_dev] = False
+            return 0
+        if done != pages:
+            raise OSError(errno.ENOSPC, "short write (disk full?)")
+        return pages
 
     # -- final checks, on threads of their own ------------------------------------
 
@@ -797,11 +923,16 @@ class FileWriter:
         note = self._check_setter(check)
         note(0)
         with self.check_steps.syncing(check):  # it reports nothing until it returns
-            self._fsync(check.fd)
+            self._in_fsync.add(check)
+            try:
+                self._fsync(check.fd)
+            finally:
+                self._in_fsync.discard(check)
         # The verdict is on what the disk holds now, not on what was
         # written: a part changed underneath us (another process, a
         # faulty disk) must not be published as verified.
-        return Finished(tid, hash_file(check.fd, f.size, note))
+        read_back = hash_direct if check.direct else hash_file
+        return Finished(tid, read_back(check.fd, f.size, note))
 
     def _checked_verdict(
         self, files: dict[bytes, _File], check: _Check, verdict: Finished | WriteFailed

@@ -642,7 +642,7 @@ def test_chunk_buffers_go_back_to_the_pool_and_not_beyond_its_bound() -> None:
 def test_the_writer_gives_written_buffers_back_and_keeps_none_when_idle(
     tmp_path: Path, writer: tuple[FileWriter, Results]
 ) -> None:
-    """A bytearray queued with write() returns to the pool once written (the
+    """A pool buffer queued with write() returns to the pool once written (the
     receiver decrypts the next chunk into it); once the writer has no file
     open, it keeps no buffer."""
     w, results = writer

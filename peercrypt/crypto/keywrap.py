@@ -73,7 +73,12 @@ class ContentSealer:
             raise OpenError("chunk failed authentication") from None
 
     def open_chunk_into(
-        self, index: int, last: bool, nonce: bytes, sealed: bytes | memoryview, out: bytearray
+        self,
+        index: int,
+        last: bool,
+        nonce: bytes,
+        sealed: bytes | memoryview,
+        out: bytearray | memoryview,
     ) -> None:
         """:meth:`open_chunk` into ``out`` (exactly the plaintext's length):
         a receiver reuses its buffers, so no chunk maps, zeroes and unmaps a

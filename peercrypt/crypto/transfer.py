@@ -145,7 +145,12 @@ class TransferKeys:
         return bytes(out)
 
     def open_chunk_into(
-        self, index: int, last: bool, nonce: bytes, sealed: bytes | memoryview, out: bytearray
+        self,
+        index: int,
+        last: bool,
+        nonce: bytes,
+        sealed: bytes | memoryview,
+        out: bytearray | memoryview,
     ) -> None:
         """:meth:`open_chunk` into ``out`` (exactly the plaintext's length;
         the receiver reuses its buffers, so no chunk allocates and zeroes
