@@ -33,8 +33,20 @@ of the ring's path). Every pair's sends are counted by the path
 they took and the counts printed, so
 each number says what it measured.
 
+Every leg (each pair's send, write+fsync, the ceiling, scp, scp+fsync, raw
+zmq, AES) starts after the same step, ``--prepare`` (scripts/leg_conditions.py;
+default ``settle``: earlier writeback done and the memory earlier legs freed
+given back to the host), so that no leg's cost depends on its place in the
+order. Each leg that writes the file records its writing side's CPU per
+GiB (the receiving node's ``pc-writer``, dd's writes, the ceiling
+receiver's ``pwrite``s, the receiving sshd and ``scp -t``) and the memory
+counters around it; each run prints them with the load average, and the
+summary gives medians per class (cheap, or 0.6 CPU s per GiB over the
+cheapest leg of its kind: pages the host took back) besides the overall
+ones.
+
     .venv/bin/python scripts/bench.py [--size 1G] [--runs 5] [--dir DIR] [--tree DIR]
-        [--nodes-only] [--transport ipc|tcp|both] [--ring]
+        [--nodes-only] [--transport ipc|tcp|both] [--ring] [--prepare settle|warm|none]
 """
 
 from __future__ import annotations
@@ -58,6 +70,7 @@ from peercrypt.testing.nodes import NodeProcess, blake3_file, random_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ceiling  # the sibling script
+import leg_conditions
 from loopback_sshd import LoopbackSshd
 
 MiB = 2**20
@@ -127,23 +140,25 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def write_limit(directory: Path, size: int) -> float:
-    """MiB/s of writing ``size`` bytes in 1 MiB blocks and fsyncing (dd conv=fsync)."""
+def write_limit(directory: Path, size: int) -> dict[str, float]:
+    """MiB/s of writing ``size`` bytes in 1 MiB blocks and fsyncing (dd
+    conv=fsync), and the CPU its writes took."""
     path = directory / "write-limit.tmp"
     block = os.urandom(MiB)
-    os.sync()  # start clean: no one else's dirty pages in the measurement
     started = time.perf_counter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         left = size
+        cpu = time.thread_time()
         while left:
             left -= os.write(fd, block[: min(left, MiB)])
+        cpu = time.thread_time() - cpu
         os.fsync(fd)
     finally:
         os.close(fd)
     seconds = time.perf_counter() - started
     path.unlink()
-    return size / MiB / seconds
+    return {"write_limit_mib_s": size / MiB / seconds, "write_cpu:write_limit_mib_s": cpu}
 
 
 def aes_gcm_single_core(size: int) -> float:
@@ -204,7 +219,6 @@ def transfer(
     sender: NodeProcess, receiver: NodeProcess, path: Path, digest: str
 ) -> dict[str, float]:
     """One ``peercrypt send`` timed as the user times it (command start to exit 0)."""
-    os.sync()
     cpu_s, cpu_r = cpu_seconds(sender.pid), cpu_seconds(receiver.pid)
     threads_s, threads_r = thread_cpu(sender.pid), thread_cpu(receiver.pid)
     switched_s, switched_r = switches(sender.pid), switches(receiver.pid)
@@ -252,8 +266,13 @@ class Scp:
             return
         self.args = ["scp", "-q", "-c", "aes256-gcm@openssh.com", *self.sshd.scp_options]
 
-    def copy(self, src: Path, dest: Path, fsync: bool) -> float:
-        """Seconds of one copy (and the fsync of the copy)."""
+    def copy(self, src: Path, dest: Path, fsync: bool) -> tuple[float, float]:
+        """Seconds of one copy (and the fsync of the copy), and the CPU seconds
+        of the receiving side (sshd's session and ``scp -t``, which sshd
+        counts as its children's once they end)."""
+        assert self.sshd is not None
+        server = self.sshd.proc.pid
+        children = children_cpu(server)
         started = time.perf_counter()
         proc = subprocess.run(
             [*self.args, str(src), f"root@127.0.0.1:{dest}"], capture_output=True, timeout=600
@@ -267,8 +286,11 @@ class Scp:
             finally:
                 os.close(fd)
         seconds = time.perf_counter() - started
+        deadline = time.monotonic() + 10  # until sshd has reaped the session
+        while has_children(server) and time.monotonic() < deadline:
+            time.sleep(0.01)
         dest.unlink()
-        return seconds
+        return seconds, children_cpu(server) - children
 
     def close(self) -> None:
         if self.sshd is not None:
@@ -276,10 +298,25 @@ class Scp:
             self.sshd = None
 
 
-def ceiling(path: Path, directory: Path) -> float:
-    """MiB/s of the bare pipeline (bench_ceiling 1x1 pwrite) into ``directory``."""
-    rate, _, _ = bench_ceiling.run_once(path, directory / "ceiling.out", 1, 1, "pwrite")
-    return rate
+def children_cpu(pid: int) -> float:
+    """CPU seconds of ``pid``'s children that ended and were waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / CLK_TCK  # cutime + cstime
+
+
+def has_children(pid: int) -> bool:
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return any((task / "children").read_text().strip() for task in tasks)
+
+
+def ceiling(path: Path, directory: Path) -> dict[str, float]:
+    """MiB/s of the bare pipeline (bench_ceiling 1x1 pwrite) into ``directory``,
+    and the CPU its receiver took in writing."""
+    rate, _, _, written = bench_ceiling.run_once(path, directory / "ceiling.out", 1, 1, "pwrite")
+    return {
+        "ceiling_mib_s": rate,
+        "write_cpu:ceiling_mib_s": written * path.stat().st_size / 2**30,
+    }
 
 
 def node_pair(
@@ -330,6 +367,48 @@ LABELS = {
 }
 
 
+def classify(runs: list[dict[str, float]]) -> None:
+    """Marks each leg of each run ``class:KEY`` 1 (expensive) or 0 (cheap) by
+    its writing side's CPU per GiB against the cheapest leg of its kind."""
+    for key in LABELS:
+        legs = [r for r in runs if f"write_cpu:{key}" in r]
+        marks = leg_conditions.classify([r[f"write_cpu:{key}"] for r in legs])
+        for r, mark in zip(legs, marks, strict=True):
+            r[f"class:{key}"] = 1.0 if mark == "expensive" else 0.0
+
+
+def by_class(runs: list[dict[str, float]], per_gib: float) -> None:
+    """Medians of the legs in each class, and ours against each other leg in
+    the runs where both fell in the same class."""
+    print(
+        "  by class (cheap: the writing side within "
+        f"{leg_conditions.EXPENSIVE_MARGIN} CPU s per GiB of its kind's cheapest leg):"
+    )
+    for key, label in LABELS.items():
+        if f"class:{key}" not in runs[0]:
+            continue
+        parts = []
+        for mark, name in ((0.0, "cheap"), (1.0, "expensive")):
+            legs = [r for r in runs if r[f"class:{key}"] == mark]
+            if not legs:
+                continue
+            text = f"{name} {statistics.median(r[key] for r in legs):.0f} MiB/s"
+            text += f" (n={len(legs)}, writing "
+            text += f"{statistics.median(r[f'write_cpu:{key}'] for r in legs) / per_gib:.2f}"
+            prefix = key.removesuffix("mib_s")
+            if f"{prefix}sender_cpu_s" in legs[0]:
+                both = [r[f"{prefix}sender_cpu_s"] + r[f"{prefix}receiver_cpu_s"] for r in legs]
+                text += f", both nodes {statistics.median(both) / per_gib:.2f} CPU s/GiB"
+            text += ")"
+            if key != "mib_s" and "class:mib_s" in runs[0]:
+                same = [r for r in legs if r["class:mib_s"] == mark]
+                if same:
+                    ratio = statistics.median(r["mib_s"] / r[key] for r in same)
+                    text += f" ours/this {ratio:.2f} (n={len(same)})"
+            parts.append(text)
+        print(f"    {label.strip():27} " + "; ".join(parts))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1G", help="file size (default 1G)")
@@ -357,6 +436,12 @@ def main() -> int:
         action="store_true",
         help="the first pairs with the shared-memory ring off, and one more "
         "with it on (and one of --tree's), interleaved",
+    )
+    parser.add_argument(
+        "--prepare",
+        choices=leg_conditions.PREPARATIONS,
+        default="settle",
+        help="the step before every leg (scripts/leg_conditions.py)",
     )
     args = parser.parse_args()
     size = parse_size(args.size)
@@ -401,38 +486,80 @@ def main() -> int:
 
         def scp_rate(fsync: bool) -> dict[str, float]:
             assert scp is not None
-            seconds = scp.copy(source, root / "scp.out", fsync)
-            return {"scp_fsync_mib_s" if fsync else "scp_mib_s": mib / seconds}
+            seconds, server_cpu = scp.copy(source, root / "scp.out", fsync)
+            key = "scp_fsync_mib_s" if fsync else "scp_mib_s"
+            return {key: mib / seconds, f"write_cpu:{key}": server_cpu}
 
+        def send(prefix: str, pair: tuple[NodeProcess, NodeProcess]) -> dict[str, float]:
+            row = other_pair(prefix, *pair, source, digest)
+            writer = row.get(f"threads:{prefix}receiver pc-writer")
+            row[f"write_cpu:{prefix}mib_s"] = (
+                writer if writer is not None else row[f"{prefix}receiver_cpu_s"]
+            )
+            return row
+
+        def leg(key: str, step: Any) -> Any:
+            """``step`` after the same preparation as every other leg, with
+            the memory counters around it."""
+
+            def run() -> dict[str, float]:
+                prepared = time.perf_counter()
+                leg_conditions.prepare(args.prepare, size)
+                prepared = time.perf_counter() - prepared
+                counters = leg_conditions.Counters()
+                row: dict[str, float] = step()
+                row.update({f"{k}:{key}": v for k, v in counters.since().items()})
+                row[f"prepare_s:{key}"] = prepared
+                return row
+
+            return run
+
+        pairs = {
+            "": (sender, receiver),
+            "tree_": others,
+            "tcp_": over_tcp,
+            "ring_": ring,
+            "tree_ring_": tree_ring,
+        }
         sends: list[Any] = [
-            lambda: transfer(sender, receiver, source, digest),
-            *([lambda: other_pair("tree_", *others, source, digest)] if others else []),
-            *([lambda: other_pair("tcp_", *over_tcp, source, digest)] if over_tcp else []),
-            *([lambda: other_pair("ring_", *ring, source, digest)] if ring else []),
-            *([lambda: other_pair("tree_ring_", *tree_ring, source, digest)] if tree_ring else []),
+            leg(f"{prefix}mib_s", lambda prefix=prefix, pair=pair: send(prefix, pair))
+            for prefix, pair in pairs.items()
+            if pair is not None
         ]
         steps: list[Any] = [
-            lambda: {"write_limit_mib_s": write_limit(root, size)},
+            leg("write_limit_mib_s", lambda: write_limit(root, size)),
             *sends,
-            lambda: {"ceiling_mib_s": ceiling(source, root)},
+            leg("ceiling_mib_s", lambda: ceiling(source, root)),
         ]
         if scp is not None and not scp.why_not:
-            steps += [lambda: scp_rate(False), lambda: scp_rate(True)]
+            steps += [leg("scp_mib_s", lambda: scp_rate(False))]
+            steps += [leg("scp_fsync_mib_s", lambda: scp_rate(True))]
         steps += [
-            lambda: {"raw_zmq_mib_s": raw_zmq(size)},
-            lambda: {"aes_gcm_mib_s": aes_gcm_single_core(size)},
+            leg("raw_zmq_mib_s", lambda: {"raw_zmq_mib_s": raw_zmq(size)}),
+            leg("aes_gcm_mib_s", lambda: {"aes_gcm_mib_s": aes_gcm_single_core(size)}),
         ]
         if args.nodes_only:
             steps = sends
+        per_gib = size / 2**30
         try:
             for run in range(args.runs):
-                row: dict[str, float] = {}
+                row: dict[str, float] = {"load": os.getloadavg()[0]}
                 for step in steps if run % 2 == 0 else steps[::-1]:  # ABC.., then ..CBA
                     row.update(step())
                 out["runs"].append(row)
-                shown = " | ".join(f"{LABELS[k].strip()} {row[k]:.0f}" for k in LABELS if k in row)
+                shown = " | ".join(
+                    f"{LABELS[k].strip()} {row[k]:.0f}"
+                    + (
+                        f" (writing {row[f'write_cpu:{k}'] / per_gib:.2f})"
+                        if f"write_cpu:{k}" in row
+                        else ""
+                    )
+                    for k in LABELS
+                    if k in row
+                )
                 print(
-                    f"run {run + 1} (MiB/s): {shown} | CPU s: sender "
+                    f"run {run + 1}, load {row['load']:.1f} (MiB/s, and the writing side's "
+                    f"CPU s per GiB): {shown} | CPU s: sender "
                     f"{row['sender_cpu_s']:.2f}, receiver {row['receiver_cpu_s']:.2f}",
                     flush=True,
                 )
@@ -448,6 +575,7 @@ def main() -> int:
                             f"receiver {row[f'{prefix}receiver_cpu_s']:.2f}",
                             flush=True,
                         )
+            classify(out["runs"])
             out["peak_rss_mib"] = {
                 "sender": peak_rss_mib(sender.pid),
                 "receiver": peak_rss_mib(receiver.pid),
@@ -492,14 +620,19 @@ def main() -> int:
         for k in LABELS
         if k in med and k != "mib_s"
     }
-    print(f"\nmedian of {args.runs} runs, {mib:.0f} MiB file, 2 node processes on loopback")
+    loads = [r["load"] for r in out["runs"]]
+    print(
+        f"\nmedian of {args.runs} runs, {mib:.0f} MiB file, 2 node processes on loopback, "
+        f"each leg after the same step (--prepare {args.prepare}); load average "
+        f"{min(loads):.1f}-{max(loads):.1f}"
+    )
     for name, taken in out["paths"].items():
         print(f"  sends of the {name} pair: {taken}")
     for k, label in LABELS.items():
         if k in med:
             ratio = "" if k == "mib_s" else f"   ours/this = {out['median_ratios'][k]:.2f}"
             print(f"  {label:27} {med[k]:8.0f} MiB/s{ratio}")
-    per_gib = size / 2**30
+    by_class(out["runs"], per_gib)
     if "tree_mib_s" in med:
         print(
             f"  --tree {args.tree}: {med['tree_mib_s']:.0f} MiB/s (CLI wall); CPU s per GiB: "

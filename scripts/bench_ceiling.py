@@ -22,8 +22,12 @@ Variants, interleaved run by run (ABCD, then DCBA, ...):
 - sink ``pwrite`` (decrypt to a buffer, ``pwrite`` it) or ``mmap`` (decrypt
   straight into a shared mapping of the file: one copy less).
 
-Printed: MiB/s (first chunk sent to receiver's fsync done) and CPU seconds
-per GiB of each process (``getrusage``), medians over the runs.
+Before every run of a variant, the same step (``--prepare``, default
+``settle``: scripts/leg_conditions.py), so that none gets cheaper or dearer
+pages for the page cache by what ran before it. Printed: MiB/s (first chunk sent to receiver's
+fsync done) and CPU seconds per GiB of each process (``getrusage``; the
+receiver's, and of it the thread CPU spent writing the file), medians over
+the runs.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ from typing import Any
 import blake3
 import zmq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import leg_conditions  # the sibling script
 
 MiB = 2**20
 CHUNK = MiB
@@ -158,6 +165,7 @@ def receiver(dest: str, size: int, threads: int, sink: str, port_out: Connection
     hasher = InOrderHasher(total) if threads > 1 else None
     inline = blake3.blake3()
     started: list[float] = []
+    written_cpu = [0.0] * threads  # each worker's thread CPU in writing (leg_conditions)
     cpu0 = cpu_seconds()
 
     def work(lane: int) -> None:
@@ -175,12 +183,15 @@ def receiver(dest: str, size: int, threads: int, sink: str, port_out: Connection
             data: Any
             if view is not None:
                 data = view[offset : offset + length]
+                before = time.thread_time()  # the decryption writes the mapping
                 aead.decrypt_into(nonce, sealed.buffer, aad, data)
             else:
                 data = aead.decrypt(nonce, sealed.buffer, aad)
+                before = time.thread_time()
                 os.pwrite(fd, data, offset)
                 # start writeback at once, as PeerCrypt's writer does (Linux)
                 _libc.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+            written_cpu[lane] += time.thread_time() - before
             if hasher is not None:
                 hasher.jobs.put((index, data))
             else:
@@ -201,13 +212,13 @@ def receiver(dest: str, size: int, threads: int, sink: str, port_out: Connection
     for s, _ in socks:
         s.close(linger=0)
     ctx.term()
-    port_out.send((digest, elapsed, cpu_seconds() - cpu0))
+    port_out.send((digest, elapsed, cpu_seconds() - cpu0, sum(written_cpu)))
 
 
 def run_once(
     path: Path, dest: Path, s_threads: int, r_threads: int, sink: str
-) -> tuple[float, float, float]:
-    """(MiB/s, sender CPU s/GiB, receiver CPU s/GiB)"""
+) -> tuple[float, float, float, float]:
+    """(MiB/s, sender CPU s/GiB, receiver CPU s/GiB, of which in writing the file)"""
     size = path.stat().st_size
     gib = size / 2**30
     mpc = mp.get_context("fork")
@@ -225,14 +236,14 @@ def run_once(
         rp.kill()
         sp.kill()
         raise RuntimeError("transfer did not finish in time")
-    r_digest, elapsed, r_cpu = r_parent.recv()
+    r_digest, elapsed, r_cpu, w_cpu = r_parent.recv()
     s_digest, s_cpu = s_parent.recv()
     rp.join(30)
     sp.join(30)
     dest.unlink()
     if r_digest != s_digest:
         raise RuntimeError("hash mismatch")
-    return size / MiB / elapsed, s_cpu / gib, r_cpu / gib
+    return size / MiB / elapsed, s_cpu / gib, r_cpu / gib, w_cpu / gib
 
 
 def main() -> int:
@@ -241,6 +252,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dest", type=Path, default=Path("/dev/shm"))
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    parser.add_argument(
+        "--prepare",
+        choices=leg_conditions.PREPARATIONS,
+        default="settle",
+        help="the step before every run of a variant (scripts/leg_conditions.py)",
+    )
     parser.add_argument(
         "--variants",
         default="1x1:pwrite,2x1:pwrite,2x2:pwrite,1x1:mmap,2x2:mmap",
@@ -252,7 +269,7 @@ def main() -> int:
         threads, sink = v.split(":")
         s_threads, r_threads = threads.split("x")
         variants.append((int(s_threads), int(r_threads), sink))
-    results: dict[tuple[int, int, str], list[tuple[float, float, float]]] = {
+    results: dict[tuple[int, int, str], list[tuple[float, float, float, float]]] = {
         v: [] for v in variants
     }
     with tempfile.TemporaryDirectory(prefix="pc-ceiling-") as tmp:
@@ -267,12 +284,13 @@ def main() -> int:
         for run in range(args.runs):
             order = variants if run % 2 == 0 else variants[::-1]
             for v in order:
-                os.sync()
+                leg_conditions.prepare(args.prepare, args.size_mib * MiB)
                 results[v].append(run_once(path, dest, *v))
-                rate, s_cpu, r_cpu = results[v][-1]
+                rate, s_cpu, r_cpu, w_cpu = results[v][-1]
                 print(
                     f"  run {run} {v[0]}x{v[1]}:{v[2]:6} {rate:7.0f} MiB/s  "
-                    f"CPU s/GiB sender {s_cpu:.2f} receiver {r_cpu:.2f}",
+                    f"CPU s/GiB sender {s_cpu:.2f} receiver {r_cpu:.2f} "
+                    f"(writing {w_cpu:.2f})",
                     flush=True,
                 )
     base = statistics.median(r[0] for r in results[variants[0]])
