@@ -210,7 +210,9 @@ def test_a_killed_receiver_is_retried_and_resumed_or_named_when_it_stays_away(
         receiver.start()
         code, info = send.result()
     assert code == 0 and info.get("ok"), (code, info, send.lines)
-    assert seen < 2.0, f"the refusal was seen {seen:.2f} s after the kill"
+    # Seen from the refused connection, not from a timeout (about 0.1 s here;
+    # the bound leaves room for a loaded machine).
+    assert seen < timeout / 2, f"the refusal was seen {seen:.2f} s after the kill"
     # Said once, however many retries it took.
     notes = [line for line in send.lines if "the receiver's port closed; retrying" in line]
     assert len(notes) == 1, send.lines
@@ -232,7 +234,9 @@ def test_a_killed_receiver_is_retried_and_resumed_or_named_when_it_stays_away(
     took = send.ended - killed
     assert code == errors.UNREACHABLE, (code, info, send.lines)
     assert "stayed closed" in str(info.get("error", "")), info
-    assert timeout * 0.9 <= took <= timeout * 1.1 + 1.0, (f"gave up {took:.2f} s after", send.lines)
+    # Not before its timeout; after it, within room for a loaded machine
+    # (5.6 s for this 4 s timeout at load 18).
+    assert timeout * 0.9 <= took <= timeout * 2 + 3.0, (f"gave up {took:.2f} s after", send.lines)
     receiver.start()  # for the fixture's clean stop
 
 
