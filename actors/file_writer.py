@@ -557,6 +557,7 @@ class FileWriter:
         self._address = address
         self._max_queued = max_queued
         self._queued = 0  # chunk bytes put in the queue and not yet applied
+        self.queued_peak = 0  # the most ``_queued`` has been (the node's status shows it)
         self._queued_lock = threading.Lock()
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="pc-writer", daemon=True)
@@ -630,6 +631,7 @@ class FileWriter:
             if self._queued + len(data) > self._max_queued:
                 return False
             self._queued += len(data)
+            self.queued_peak = max(self.queued_peak, self._queued)
         self._queue.put(("write", tid, index, data))
         return True
 

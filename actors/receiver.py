@@ -100,7 +100,7 @@ from peercrypt.core.delivered import (
 )
 from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
 from peercrypt.core.modes import MAX_LANES
-from peercrypt.core.receive_window import Arrival
+from peercrypt.core.receive_window import Arrival, allowance_bytes, node_credit
 from peercrypt.core.replay import ReplayWindow
 from peercrypt.core.resume import (
     RECLAIM_INTERVAL,
@@ -261,6 +261,7 @@ class ReceiverActor(Actor):
         self.transfers: dict[bytes, Incoming] = {}
         self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # tid -> (route?, sealed Verified)
         self.outcomes = 0  # transfers finished (stored or discarded), for "last_in"
+        self.credit_peak = 0  # the most credit its transfers held together, in bytes
         self.asking: dict[int, Asking] = {}  # request -> offer waiting for space
         self.echoes: dict[bytes, Echo] = {}  # tid -> a re-offer of a delivered file
         self.delivered = DeliveredTable()
@@ -793,7 +794,7 @@ class ReceiverActor(Actor):
         assert part is not None  # named: the manifest beside it makes it resumable
         flow = IncomingTransfer(
             total=key.total,
-            credit=self._credit(details.chunk_size, extra=1),
+            credit=self._credit(details.chunk_size, self._credit_held(), extra=1),
             idle_timeout=s.idle_timeout,
             now=self.now(),
             have=held,
@@ -817,6 +818,7 @@ class ReceiverActor(Actor):
             ident=f"in{next(self._idents)}",
         )
         self.transfers[offer.tid] = t
+        self._note_credit(self._credit_held())
         t.ring = self._lend_ring(t, details.mode)
         self.tell("stats", self._record(t, "running"))
         template = Manifest(key, offer.tid, part.name, b"", 0.0)
@@ -884,6 +886,7 @@ class ReceiverActor(Actor):
             for t in list(self.transfers.values())[:INCOMING_SHOWN]
         ]
         self.facts["incoming"] = json.dumps(incoming, ensure_ascii=False)
+        self.facts["writer_queue_peak"] = str(self.writer.queued_peak)
         super().report()
 
     def _outcome(self, t: Incoming, stored_as: str, reason: str) -> None:
@@ -942,13 +945,24 @@ class ReceiverActor(Actor):
                 log.info("%s: a part without a manifest; deleted", orphan.part)
         return plan.reuse
 
-    def _credit(self, chunk_size: int, extra: int = 0) -> int:
-        """A transfer's window: ``--window`` chunks, less if the transfers
-        running (plus ``extra`` about to start) would together exceed the
-        receive buffer. Never below one chunk."""
+    def _credit(self, chunk_size: int, others: int, current: int = 0, extra: int = 0) -> int:
+        """A transfer's window: ``--window`` chunks, less to share the
+        receive buffer with the transfers running (plus ``extra`` about to
+        start), to stay within what the others' credit (``others`` bytes)
+        leaves of it and to grow from ``current`` by at most twice
+        (core/receive_window.py, ``node_credit``)."""
         s = self.settings
-        share = s.receive_buffer // max(1, len(self.transfers) + extra)
-        return max(1, min(s.window, share // chunk_size))
+        running = len(self.transfers) + extra
+        return node_credit(s.window, chunk_size, s.receive_buffer, running, others, current)
+
+    def _credit_held(self) -> int:
+        """Bytes the running transfers may have queued together now."""
+        return sum(allowance_bytes(t.flow.window, t.chunk_size) for t in self.transfers.values())
+
+    def _note_credit(self, held: int) -> None:
+        if held > self.credit_peak:  # a fact only when it grows: rarely
+            self.credit_peak = held
+            self.facts["credit_peak"] = str(held)
 
     # -- data plane ---------------------------------------------------------------
 
@@ -1187,10 +1201,17 @@ class ReceiverActor(Actor):
         return header, sealed
 
     def _flush_acks(self) -> None:
+        held = -1  # what all of them hold: counted once, when an ack is due
         for t in self.transfers.values():
             if t.flow.ack_due:
-                ack = t.flow.ack(self._credit(t.chunk_size))
+                if held < 0:
+                    held = self._credit_held()
+                own = allowance_bytes(t.flow.window, t.chunk_size)
+                credit = self._credit(t.chunk_size, held - own, t.flow.window.window)
+                ack = t.flow.ack(credit)
                 if ack is not None:
+                    held += allowance_bytes(t.flow.window, t.chunk_size) - own
+                    self._note_credit(held)
                     cumulative, sack, window = ack
                     released = t.ring.intake.released if t.ring is not None else 0
                     ack_msg = Ack(

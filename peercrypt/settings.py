@@ -66,7 +66,8 @@ class NodeSettings:
     control_file: Path | None = None  # None: DATA_DIR/control.json
     window: int = 16  # chunks in flight per transfer (receiver credit)
     # Bytes all incoming transfers together may have in flight (queued to be
-    # written); each transfer's credit shrinks to share it, down to 1 chunk.
+    # written): each transfer's credit is its share of it and no more than
+    # the others leave, down to 1 chunk (docs/architecture.md, "Bounds").
     receive_buffer: int = 32 * MiB
     max_outgoing: int = 16  # sends running at once; more wait in line
     max_transfers: int = 64  # incoming at once

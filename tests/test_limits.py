@@ -5,6 +5,7 @@ yet), real sockets on loopback, content checked by hash."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,8 @@ def results(client: ControlClient, count: int) -> dict[int, SendResult]:
     return out
 
 
-def test_sends_beyond_max_outgoing_wait_their_turn(
-    in_process_node: Any, make_file: Callable[..., Path]
-) -> None:
-    _, receiver, rfacts = in_process_node("receiver")
-    _, sender, _ = in_process_node("sender", max_outgoing=1)
-    files = [make_file(300_000 + i, name=f"f{i}.bin") for i in range(4)]
+def send_all(sender: ControlClient, files: list[Path], rfacts: dict[str, str]) -> None:
+    """Ask ``sender`` to send each file to the receiver (request i: file i)."""
     for i, path in enumerate(files):
         sender.send(
             SendRequest(
@@ -67,6 +64,23 @@ def test_sends_beyond_max_outgoing_wait_their_turn(
                 chunk_size=CHUNK,
             )
         )
+
+
+def assert_delivered(got: dict[int, SendResult], files: list[Path], rfacts: dict[str, str]) -> None:
+    """Every file was stored by the receiver with its own content."""
+    inbox = Path(rfacts["inbox"])
+    for i, path in enumerate(files):
+        assert got[i].code == "ok", got[i].reason
+        assert blake3_file(inbox / got[i].stored_as) == blake3_file(path)
+
+
+def test_sends_beyond_max_outgoing_wait_their_turn(
+    in_process_node: Any, make_file: Callable[..., Path]
+) -> None:
+    _, receiver, rfacts = in_process_node("receiver")
+    _, sender, _ = in_process_node("sender", max_outgoing=1)
+    files = [make_file(300_000 + i, name=f"f{i}.bin") for i in range(4)]
+    send_all(sender, files, rfacts)
     sender.send(CancelRequest(request=3))  # still waiting in line: cancelled there
     got = results(sender, 4)
     assert got[3].code == "cancelled"
@@ -97,20 +111,36 @@ def test_small_receive_buffer_is_shared_and_transfers_still_complete(
     _, receiver, rfacts = in_process_node("receiver", receive_buffer=2 * CHUNK)
     _, sender, _ = in_process_node("sender")
     files = [make_file(20 * CHUNK + i, name=f"g{i}.bin") for i in range(3)]
-    for i, path in enumerate(files):
-        sender.send(
-            SendRequest(
-                request=i,
-                path=str(path),
-                host="127.0.0.1",
-                port=int(rfacts["port"]),
-                chunk_size=CHUNK,
-            )
-        )
-    got = results(sender, 3)
-    inbox = Path(rfacts["inbox"])
-    for i in range(3):
-        assert got[i].code == "ok", got[i].reason
-        assert blake3_file(inbox / got[i].stored_as) == blake3_file(files[i])
+    send_all(sender, files, rfacts)
+    assert_delivered(results(sender, 3), files, rfacts)
+    receiver.close()
+    sender.close()
+
+
+def test_the_credit_of_all_incoming_transfers_stays_within_the_receive_buffer(
+    in_process_node: Any, make_file: Callable[..., Path]
+) -> None:
+    # Six transfers start at once against a buffer of six chunks: each one's
+    # credit is bounded by what the others leave, so what they may have
+    # queued together, and the writer's queue itself, stay within the buffer
+    # plus one chunk for each transfer that started while the others held
+    # all of it (docs/architecture.md, "Bounds"). Without the node-wide
+    # bound the first would take the whole buffer, the next half of it...
+    count, buffer = 6, 6 * CHUNK
+    _, receiver, rfacts = in_process_node("receiver", receive_buffer=buffer)
+    _, sender, _ = in_process_node("sender")
+    files = [make_file(30 * CHUNK + i, name=f"h{i}.bin") for i in range(count)]
+    send_all(sender, files, rfacts)
+    assert_delivered(results(sender, count), files, rfacts)
+    bound = buffer + (count - 1) * CHUNK
+
+    def peaks() -> dict[str, str] | None:  # as reported after the last transfer ended
+        facts = receiver.status().node
+        ended = json.loads(facts.get("last_in", "{}")).get("seq") == count
+        return facts if ended and "credit_peak" in facts else None
+
+    facts = wait_until(peaks, 10.0, "the receiver's peaks")
+    assert CHUNK <= int(facts["credit_peak"]) <= bound
+    assert 0 < int(facts["writer_queue_peak"]) <= int(facts["credit_peak"])
     receiver.close()
     sender.close()

@@ -19,7 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peercrypt.core.bitmap import ChunkBitmap
-from peercrypt.core.receive_window import Arrival, ReceiveWindow
+from peercrypt.core.receive_window import (
+    INITIAL_CREDIT,
+    Arrival,
+    ReceiveWindow,
+    allowance_bytes,
+    node_credit,
+)
 from peercrypt.core.rtt import RttEstimator
 from peercrypt.core.send_window import SendWindow
 from peercrypt.testing.transfer_pump import FATES, Channel
@@ -550,20 +556,22 @@ def test_receive_window_drops_chunks_beyond_the_credit() -> None:
     assert r.over_credit == 1 and r.queued == 3
     r.on_written(0)
     assert r.on_chunk(3, False) is Arrival.NEW  # room again once one is written
-    # A shrunk credit: the old one holds for as many acks as it was chunks
-    # (what the sender had in flight under it), then the new one.
+    # A shrunk credit: the old one holds, less one for every chunk written
+    # since (what the sender can still have in flight under it).
     r.window = 1
+    assert r.allowed == 3
     assert r.on_chunk(4, False) is Arrival.OVER_CREDIT  # 3 queued = the old credit
     r.on_written(1)
-    assert r.on_chunk(4, False) is Arrival.NEW  # 3 queued again: within the old credit
+    assert r.allowed == 2 and r.queued == 2
+    assert r.on_chunk(4, False) is Arrival.OVER_CREDIT  # 2 queued: the old credit less 1
     r.on_written(2)
+    assert r.allowed == 1  # the new credit, with chunk 3 queued
+    assert r.on_chunk(4, False) is Arrival.OVER_CREDIT
     r.on_written(3)
-    r.window = 1
-    r.window = 1
-    assert r.allowed == 3  # two acks of the three
+    assert r.on_chunk(4, False) is Arrival.NEW
+    assert r.on_chunk(5, False) is Arrival.OVER_CREDIT  # chunk 4 is queued
     r.window = 1
     assert r.allowed == 1  # the old credit is forgotten
-    assert r.on_chunk(5, False) is Arrival.OVER_CREDIT  # chunk 4 is queued
     r.on_written(4)
     assert r.on_chunk(5, False) is Arrival.NEW
     r.on_dropped(5)  # the writer refused it: no longer queued
@@ -574,6 +582,10 @@ def test_receive_window_drops_chunks_beyond_the_credit() -> None:
     r.window = 2
     r.window = 1
     assert r.allowed == 8
+    for index in range(6, 9):
+        assert r.on_chunk(index, False) is Arrival.NEW
+        r.on_written(index)
+    assert r.allowed == 5  # three written since
 
 
 def test_send_window_honours_at_most_its_own_buffer() -> None:
@@ -582,3 +594,27 @@ def test_send_window_honours_at_most_its_own_buffer() -> None:
     assert len(w.next_to_send(0.0)) == 8
     w.on_ack(4, [], 4096, 0.1)
     assert w.window == 8 and len(w.next_to_send(0.2)) == 4
+
+
+def test_node_credit_shares_the_buffer_and_stays_within_what_the_others_leave() -> None:
+    mib = 1 << 20
+    # Alone: the whole window at once; beside others: INITIAL_CREDIT, then
+    # doubled per ack up to --window.
+    assert node_credit(16, mib, 32 * mib, 1, 0) == 16
+    assert node_credit(16, mib, 32 * mib, 2, 16 * mib) == INITIAL_CREDIT
+    assert node_credit(16, mib, 32 * mib, 1, 0, current=4) == 8
+    assert node_credit(16, mib, 32 * mib, 1, 0, current=8) == 16
+    assert node_credit(16, mib, 32 * mib, 1, 0, current=16) == 16
+    # Its share among the running ones, and no more than the others leave.
+    assert node_credit(16, mib, 32 * mib, 16, 0, current=16) == 2
+    assert node_credit(16, mib, 32 * mib, 2, 29 * mib, current=16) == 3
+    assert node_credit(16, mib, 32 * mib, 2, 32 * mib) == 1  # never below one chunk
+    assert node_credit(16, mib, 32 * mib, 2, 40 * mib) == 1
+
+
+def test_allowance_counts_at_most_the_chunks_left_to_write() -> None:
+    r = ReceiveWindow(3, 16)
+    assert allowance_bytes(r, 10) == 30
+    r.on_chunk(0, False)
+    r.on_written(0)
+    assert allowance_bytes(r, 10) == 20

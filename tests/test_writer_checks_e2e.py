@@ -14,6 +14,7 @@ from typing import Any
 import blake3
 
 from actors.inbox import scan
+from peercrypt.core.receive_window import INITIAL_CREDIT
 from peercrypt.testing.disk import StallingDisk
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
 from peercrypt.testing.nodes import NodeProcess, wait_until
@@ -42,7 +43,9 @@ def test_a_check_stuck_in_the_disk_does_not_hold_up_another_transfers_chunks(
 ) -> None:
     disk = stalling_disk(24 * MiB, journal=False)  # a stall hangs what must reach the disk
     receiver = node_factory("--inbox", str(disk.path), name="receiver")
-    slow_data, other_data = os.urandom(4 * CHUNK), os.urandom(8 * CHUNK)
+    # Sent at once, so each within the credit its transfer starts with (the
+    # second starts beside the first: INITIAL_CREDIT chunks).
+    slow_data, other_data = os.urandom(4 * CHUNK), os.urandom(INITIAL_CREDIT * CHUNK)
     try:
         with (
             HostileSender(network_key, receiver.host, receiver.port) as first,
