@@ -12,6 +12,12 @@ the peer's ZAP-verified key, to the actor that owns that message type;
 their answers come back as ``Outbound`` mail. Malformed or unexpected input
 is counted per kind and logged once per peer and kind; it never stops the
 gateway.
+
+What libzmq holds of the port's connections (read, not yet taken by the
+gateway: a member can send tiny messages far faster than the gateway
+refuses them) is bounded by ``--control-port-memory``, counted per address,
+beyond which the address holding most is disconnected (``closed-unread``;
+``core/port_guard.py``, ``actors/port_watch.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ import zmq
 import zmq.utils.z85
 
 import peercrypt
+from actors.port_watch import PUBLIC_PORT_SAMPLING, PortWatch
+from peercrypt.core.address import peer_address
 from peercrypt.core.answer_budget import AnswerBudget, Verdict
+from peercrypt.core.port_guard import CURVE_HANDSHAKE, GuardLimits, curve_framed_size
 from peercrypt.crypto.handshake import prove_hello
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, bound_port
@@ -77,6 +86,17 @@ class GatewayActor(Actor):
         sock.maxmsgsize = CONTROL_MAX_BYTES + 1024
         sock.rcvhwm = PEER_RCVHWM  # a finite queue lets any member abort the node
         sock.router_mandatory = False
+        # A member's links (discovery, health, a sender's offers, a
+        # session's control) are a few connections per address.
+        limits = GuardLimits(held=s.control_port_memory, connections=2048, per_address=256)
+        self.port_watch = PortWatch(
+            limits,
+            self.count,
+            framing=curve_framed_size,
+            allowance=CURVE_HANDSHAKE,
+            sampling=PUBLIC_PORT_SAMPLING,
+        )
+        self.port_watch.start(self, sock, "gateway")
         self.bind(sock, s.host, s.port or 0)
         self.facts["port"] = str(bound_port(sock))
         self.tell("discovery", LocalPort(port=bound_port(sock)))  # what it advertises
@@ -89,6 +109,7 @@ class GatewayActor(Actor):
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            self.port_watch.delivered(frames)
             route = frames[0].bytes
             if len(frames) != 2:
                 self._reject(route, "", "frames", f"{len(frames) - 1} frames")
@@ -101,8 +122,8 @@ class GatewayActor(Actor):
                 self._reject(route, peer_z85, exc.kind, exc.detail)
                 continue
             self.count(f"in-{msg.TYPE}")
+            address = peer_address(str(frame.get("Peer-Address") or ""))
             if isinstance(msg, Hello | Ping):
-                address = str(frame.get("Peer-Address") or "")
                 verdict = self.answers.ask(peer_z85.encode(), address, self.now())
                 if verdict is not Verdict.ANSWER:
                     self.count(f"unanswered-{verdict.value}")
@@ -127,7 +148,7 @@ class GatewayActor(Actor):
                     Inbound(
                         route=route,
                         peer=peer,
-                        peer_host=str(frame.get("Peer-Address") or ""),
+                        peer_host=address,
                         payload=frame.bytes,
                     ),
                 )

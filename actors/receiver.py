@@ -57,8 +57,6 @@ from typing import Any
 
 import zmq
 
-from actors.data_port_watch import EVENTS as MONITOR_EVENTS
-from actors.data_port_watch import DataPortWatch
 from actors.file_writer import (
     Detached,
     FileWriter,
@@ -82,11 +80,11 @@ from actors.inbox import (
     scan,
     sweep,
 )
+from actors.port_watch import PortWatch
 from actors.space import drop_gone_part, report_holdings
 from actors.tree_store import sweep_trees
 from peercrypt import local_ipc, shm_ring
 from peercrypt.core.bitmap import ChunkBitmap, flatten
-from peercrypt.core.data_port_guard import GuardLimits, held_limit
 from peercrypt.core.delivered import (
     JOURNAL_BYTES,
     JOURNAL_ROWS,
@@ -100,6 +98,7 @@ from peercrypt.core.delivered import (
 )
 from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
 from peercrypt.core.modes import MAX_LANES
+from peercrypt.core.port_guard import GuardLimits, held_limit
 from peercrypt.core.receive_window import Arrival, allowance_bytes, node_credit
 from peercrypt.core.replay import ReplayWindow
 from peercrypt.core.resume import (
@@ -115,7 +114,7 @@ from peercrypt.crypto.handshake import ProofError, Response, open_details, respo
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
-from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, Timer, bound_port
+from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, bound_port
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
@@ -290,18 +289,12 @@ class ReceiverActor(Actor):
         # a reconnect under the same name replaces the connection it lost.
         data.router_handover = True
         # What its TCP connections make libzmq hold is bounded from outside
-        # libzmq (core/data_port_guard.py): the monitor names each one.
+        # libzmq (core/port_guard.py): the monitor names each one.
         limits = GuardLimits(
             held=s.data_port_memory or held_limit(s.receive_buffer, data.maxmsgsize)
         )
-        self.port_watch = DataPortWatch(limits, self.count)
-        monitor = f"inproc://pc-{self.env.node_uid}/receiver-data-monitor"
-        data.monitor(monitor, MONITOR_EVENTS)
-        self.data_monitor = self.socket(zmq.PAIR)
-        self.data_monitor.rcvhwm = 0  # inproc: no event is ever dropped
-        self.data_monitor.connect(monitor)
-        self.watch(self.data_monitor, self._on_data_monitor)
-        self.port_timer: Timer | None = None
+        self.port_watch = PortWatch(limits, self.count, prefix="data-")
+        self.port_watch.start(self, data, "receiver-data")
         self.bind(data, s.host, s.data_port)
         self.data_port = bound_port(data)
         self.facts["data_port"] = str(self.data_port)
@@ -995,17 +988,6 @@ class ReceiverActor(Actor):
             else:
                 self._drop(route, "unexpected")
         self._flush_acks()
-
-    def _on_data_monitor(self, sock: zmq.Socket[Any]) -> None:
-        self.port_watch.on_monitor(sock)
-        if self.port_timer is None and self.port_watch.watching:
-            self.port_timer = self.call_later(self.port_watch.next_sample(), self._sample_port)
-
-    def _sample_port(self) -> None:
-        self.port_timer = None
-        self.port_watch.sample()
-        if self.port_watch.watching:
-            self.port_timer = self.call_later(self.port_watch.next_sample(), self._sample_port)
 
     def _drop(self, route: bytes, kind: str) -> None:
         self.count(f"data-dropped-{kind}")

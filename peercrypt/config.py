@@ -241,6 +241,10 @@ SETTINGS: tuple[Setting, ...] = (
        "beyond it the address holding most is disconnected (0: twice the receive buffer "
        "and two of the largest chunks, 96 MiB).",
        flag="--data-port-memory", low=0),
+    _s("control_port_memory", "PEERCRYPT_CONTROL_PORT_MEMORY", "int", 32 << 20,
+       "Bytes the public port's connections may have read and the node not taken, in "
+       "all; beyond it the address holding most is disconnected.",
+       flag="--control-port-memory", low=1 << 20),
     # The statistics history (docs/statistics.md).
     _s("stats_keep_days", "PEERCRYPT_STATS_KEEP_DAYS", "float", 90.0,
        "Forget recorded transfers older than this (0: never).", flag="--stats-keep-days",

@@ -87,8 +87,10 @@ class NodeSettings:
     pending_quota: int = 0
     max_chunk: int = MAX_CHUNK
     # Bytes libzmq may hold of the data port's TCP connections, read and not
-    # yet delivered (core/data_port_guard.py; 0: held_limit's default).
+    # yet delivered (core/port_guard.py; 0: held_limit's default).
     data_port_memory: int = 0
+    # ... of the public port's (the gateway's) CURVE connections.
+    control_port_memory: int = 32 << 20
     # Entries (files and folders) of one incoming folder transfer; its
     # manifest may take core.tree.manifest_limit() of it in bytes.
     tree_max_files: int = 100_000

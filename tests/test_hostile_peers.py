@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import zmq
 from actors.multicast_receiver import MAX_SESSIONS_PER_PEER
 from peercrypt.chunking import MAX_CHUNK
 from peercrypt.core.bitmap import MAX_RANGES, MAX_TRANSFER_CHUNKS, pairs
-from peercrypt.core.data_port_guard import GuardLimits
+from peercrypt.core.port_guard import GuardLimits
 from peercrypt.crypto.handshake import prove_hello
 from peercrypt.crypto.identity import KeyPair, load_or_create_identity, network_server_keys
 from peercrypt.testing.hostile import CoReceiver, member_gateway
@@ -34,6 +35,7 @@ from peercrypt.testing.nodes import (
     wait_until,
 )
 from peercrypt.testing.zmtp_flood import (
+    CurveMember,
     RawDataPeer,
     curve_flood_and_reset,
     flood_and_reset,
@@ -461,6 +463,40 @@ def test_a_member_flooding_the_gateway_with_heartbeats_cannot_abort_the_node(
         assert receiver.running, receiver.log_tail()
     good = make_file(4 * MiB)
     assert_sent(receiver, sender.send_to(good, receiver), good)
+    assert receiver.running, receiver.log_tail()
+
+
+def test_a_member_flooding_the_gateway_with_tiny_messages_costs_bounded_memory(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """A member with a fresh key floods the gateway with one-byte messages
+    (38 bytes on the wire with CURVE, a 64-byte slot each in libzmq, and
+    each one costs the gateway a decode and a refusal: libzmq reads them far
+    faster than the gateway takes them). What libzmq holds of them stays
+    near the node's bound, the flooding connection is closed, and a good
+    transfer sent meanwhile verifies (unbounded, 1.6 million such messages
+    in a minute grew a node by about 190 MiB)."""
+    memory = 16 * MiB
+    receiver = node_factory("--control-port-memory", str(memory))
+    sender = node_factory()
+    good = make_file(4 * MiB)
+    server = network_server_keys(network_key).public
+    before = rss_kib(receiver.pid, "VmRSS")
+    member = CurveMember(receiver.host, receiver.port, server, source="127.0.0.2")
+    try:
+        running = BackgroundSend(sender, good, receiver)
+        started = time.monotonic()
+        sent = member.flood(2_000_000, seconds=60.0)
+        took = time.monotonic() - started
+        assert_sent(receiver, running.join(), good)
+        grown = (rss_kib(receiver.pid) - before) // 1024
+        # The bound, plus what arrives before the gateway reads the counters
+        # again (later on a loaded machine), the good transfer's buffers.
+        assert grown < memory // MiB + 48, f"RSS grew {grown} MiB ({sent} sent in {took:.1f} s)"
+        assert member.closed_by_node(WAIT), f"still open after {sent} messages"
+    finally:
+        member.close()
+    assert receiver.wait_for_counter("gateway.closed-unread", 1, WAIT) >= 1
     assert receiver.running, receiver.log_tail()
 
 

@@ -78,6 +78,7 @@ NODE_OPTIONS: dict[str, str] = {
     "tree_max_files": "tree_max_files",
     "pending_quota": "pending_quota",
     "data_port_memory": "data_port_memory",
+    "control_port_memory": "control_port_memory",
     "stats_keep_days": "stats_keep_days",
     "stats_max_transfers": "stats_max_transfers",
     "no_stats": "no_stats",
@@ -163,6 +164,7 @@ def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings
         tree_max_files=eff["tree_max_files"],
         pending_quota=eff["pending_quota"],
         data_port_memory=eff["data_port_memory"],
+        control_port_memory=eff["control_port_memory"],
         stats_keep_days=eff["stats_keep_days"],
         stats_max_transfers=eff["stats_max_transfers"],
     )

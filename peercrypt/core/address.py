@@ -12,6 +12,9 @@ message naming the text, so callers can pass it on as the user's one line.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+
 
 def split_host_port(text: str, *, scheme: str = "") -> tuple[str, int]:
     """``HOST:PORT`` (or ``[V6]:PORT``; ``SCHEME://`` first when ``scheme``
@@ -55,3 +58,19 @@ def canonical_host(host: str) -> str:
     ``127.0.0.1``."""
     h = host.strip().strip("[]").lower()
     return "127.0.0.1" if h in ("localhost", "::1") else h
+
+
+@functools.lru_cache(maxsize=1024)
+def peer_address(text: str) -> str:
+    """One spelling per IP address, whether libzmq (a message's
+    ``Peer-Address``) or the kernel (``getpeername``) gave it: an IPv4
+    address mapped into IPv6 as the IPv4 address, IPv6 compressed; text
+    that is no IP address as it is. Cached: it is asked for every message
+    a guarded port takes (core/port_guard.py)."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.compressed

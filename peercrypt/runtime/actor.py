@@ -79,8 +79,8 @@ DATA_AFFINITY = 2
 # whatever the socket's own heartbeat options, so only a queue that never
 # fills closes it. Each protocol's credit bounds what honest peers queue
 # there; what a hostile one queues is bounded on the receiver's data port
-# only (core/data_port_guard.py), not yet on the others (docs/security.md,
-# "Not (yet) held").
+# and the gateway's public port (core/port_guard.py), not yet on the
+# connections a node makes (docs/security.md, "Not (yet) held").
 PEER_RCVHWM = 0
 # Threads that move bulk data run this much nicer than the rest of the
 # node, so a thread answering a status or a health probe gets a core at

@@ -172,6 +172,58 @@ def curve_flood_and_reset(
         sock.close()
 
 
+class CurveMember:
+    """One connection to a CURVE server (a node's gateway) as a member with
+    a fresh key, from the local address ``source`` if given: it floods
+    messages of one byte while the node reads them, and sees whether the
+    node closed it."""
+
+    def __init__(self, host: str, port: int, server_public: bytes, source: str = "") -> None:
+        self.sock = socket.create_connection(
+            (host, port), timeout=WAIT, source_address=(source, 0) if source else None
+        )
+        self.client = _CurveClient(self.sock, server_public, PrivateKey.generate())
+
+    def flood(self, messages: int, seconds: float = WAIT, block: int = 65_536) -> int:
+        """Send ``messages`` one-byte messages (sealed one by one, as the
+        node needs) for at most about ``seconds``; how many were sent
+        before the node closed the connection, or time was up."""
+        sent = 0
+        deadline = time.monotonic() + seconds
+        while sent < messages and time.monotonic() < deadline:
+            count = min(block, messages - sent)
+            data = b"".join(self.client.message(0, b"x") for _ in range(count))
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                return sent
+            sent += count
+        return sent
+
+    def closed_by_node(self, timeout: float) -> bool:
+        """Whether the node closed this connection within ``timeout`` s."""
+        return _closed_by_peer(self.sock, timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """Whether the peer closed ``sock`` within ``timeout`` s (what it sends
+    meanwhile is read and thrown away)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                return True
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return False
+
+
 def frame_header(size: int, more: bool) -> bytes:
     """The header of a long data frame of ``size`` bytes."""
     return bytes([0x02 | (0x01 if more else 0)]) + struct.pack(">Q", size)
@@ -208,15 +260,7 @@ class RawDataPeer:
     def closed_by_node(self, timeout: float) -> bool:
         """Whether the node closed this connection within ``timeout`` s
         (everything it sends is read and thrown away)."""
-        self.sock.settimeout(timeout)
-        try:
-            while self.sock.recv(65536):
-                pass
-        except TimeoutError:
-            return False
-        except OSError:
-            return True
-        return True
+        return _closed_by_peer(self.sock, timeout)
 
     def close(self) -> None:
         self.sock.close()

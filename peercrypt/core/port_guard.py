@@ -1,26 +1,37 @@
-"""Which TCP connections of a node's data port it closes, and why.
+"""Which TCP connections of a node's listening port it closes, and why.
 
-Pure: no sockets, no clock; the receiver feeds it what the kernel and
-libzmq say and closes what it returns (actors/data_port_watch.py).
+Pure: no sockets, no clock; the actor that owns the port feeds it what the
+kernel and libzmq say and closes what it returns (actors/port_watch.py).
+Two ports are guarded: the receiver's data port and the gateway's public
+port.
 
 The data port is plain TCP (the bulk is sealed per transfer, not
 CURVE-authenticated), so anyone who can reach it can connect, greet and
-send frames. libzmq reads every connection as fast as bytes come and keeps
-what it read until a whole message is there: ``ZMQ_MAXMSGSIZE`` bounds one
-frame, nothing bounds the frames of one message, and nothing bounds the
-number of connections. Without this guard one connection sending a
-multipart message that never ends, or thousands each stopping in the
-middle of a large frame, make the node hold any amount of memory.
+send frames; the public port takes any member (CURVE with the network key,
+any fresh identity). libzmq reads every connection as fast as bytes come
+(a capped receive queue lets a peer abort the process: runtime/actor.py,
+``PEER_RCVHWM``) and keeps what it read until the actor takes it:
+``ZMQ_MAXMSGSIZE`` bounds one frame, nothing bounds the frames of one
+message, the messages queued, or the number of connections. Without this
+guard one connection sending a multipart message that never ends,
+thousands each stopping in the middle of a large frame, or one sending
+tiny messages faster than the actor takes them, make the node hold any
+amount of memory.
 
 What a connection makes the node hold is measured from outside libzmq:
 
 - ``reads``: per connection, the bytes libzmq has read from it so far
   (TCP's bytes received minus what still waits in the kernel);
-- ``delivered``: per address, the bytes the receiver took off the socket
-  (each frame with its ZMTP framing). libzmq names the address a message
-  came from, never the connection, so the account is kept per address.
+- ``delivered``: per address, the bytes the actor took off the socket
+  (each frame as it crossed the wire: its ZMTP framing, and under CURVE
+  its MESSAGE command's box). libzmq names the address a message came
+  from, never the connection, so the account is kept per address.
 
-At each :meth:`DataPortGuard.sample`, an address's ``held`` grows by what
+A connection's handshake is read and never delivered: the owner gives it
+as the connection's ``allowance`` (:meth:`PortGuard.accepted`), which its
+reads must pass before they count.
+
+At each :meth:`PortGuard.sample`, an address's ``held`` grows by what
 its connections' reads grew by and shrinks by what was delivered from it,
 never below zero (bytes delivered late build no credit). What it costs in
 memory is ``held`` times the address's ratio of memory to wire bytes, from
@@ -39,7 +50,7 @@ holds anything is closed too. Honest senders hold at most their credit
 a sender whose connection was closed reconnects and resends what was not
 acknowledged.
 
-Connections are capped too (:meth:`DataPortGuard.accepted`): at most
+Connections are capped too (:meth:`PortGuard.accepted`): at most
 :attr:`GuardLimits.per_address` from one address (a new one beyond it is
 closed) and :attr:`GuardLimits.connections` in all (beyond it, the newest
 connection of the address with the most is closed), so that a flood of idle
@@ -57,7 +68,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["DataPortGuard", "GuardLimits", "framed_size", "held_limit", "held_memory"]
+__all__ = [
+    "CURVE_HANDSHAKE",
+    "GuardLimits",
+    "PortGuard",
+    "curve_framed_size",
+    "framed_size",
+    "held_limit",
+    "held_memory",
+]
 
 Conn = int  # a connection's identity (the receiver uses its socket's inode)
 
@@ -65,6 +84,18 @@ Conn = int  # a connection's identity (the receiver uses its socket's inode)
 def framed_size(length: int) -> int:
     """Bytes a ZMTP 3 data frame of ``length`` bytes takes on the wire."""
     return length + (2 if length < 256 else 9)
+
+
+def curve_framed_size(length: int) -> int:
+    """Bytes a data frame of ``length`` bytes takes on the wire under CURVE
+    (RFC 26): a MESSAGE command of its name, an 8-byte nonce and a box of
+    16 bytes of tag, a flags byte and the frame."""
+    return framed_size(length + 33)
+
+
+# What a CURVE connection's handshake takes on the wire, read and never
+# delivered: greeting 64, HELLO 202, INITIATE ~301 with a DEALER's metadata.
+CURVE_HANDSHAKE = 1024
 
 
 def held_memory(length: int) -> int:
@@ -97,7 +128,7 @@ class GuardLimits:
     per_address: int = 128
 
 
-class DataPortGuard:
+class PortGuard:
     """Accounts for the data port's TCP connections (see the module docs).
     Never raises on any input."""
 
@@ -135,15 +166,16 @@ class DataPortGuard:
         wire, memory = self._ratio.get(address, (0.0, 0.0))
         return held if wire <= 0 else int(held * max(1.0, memory / wire))
 
-    def accepted(self, conn: Conn, address: str) -> list[Conn]:
-        """A new connection from ``address``: the connections to close now
+    def accepted(self, conn: Conn, address: str, allowance: int = 0) -> list[Conn]:
+        """A new connection from ``address`` whose first ``allowance`` bytes
+        read are not counted (its handshake): the connections to close now
         (it, or the newest of the address with the most, or none)."""
         if conn in self._address:
             return []
         if self._count(address) >= self.limits.per_address:
             return [conn]
         self._address[conn] = address
-        self._reads[conn] = 0
+        self._reads[conn] = max(0, allowance)
         self._held.setdefault(address, 0)
         if len(self._address) <= self.limits.connections:
             return []

@@ -1,16 +1,18 @@
-"""The data port's guard (peercrypt/core/data_port_guard.py) in memory: caps
-on connections, and the bytes read from them and never delivered.
-tests/test_hostile_peers.py attacks a real node's data port."""
+"""The guard of a node's listening ports (peercrypt/core/port_guard.py) in
+memory: caps on connections, and the bytes read from them and never
+delivered. tests/test_hostile_peers.py attacks a real node's data port and
+gateway."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peercrypt.core.data_port_guard import (
+from peercrypt.core.port_guard import (
     DEBT_SAMPLES,
-    DataPortGuard,
     GuardLimits,
+    PortGuard,
+    curve_framed_size,
     framed_size,
     held_limit,
     held_memory,
@@ -20,7 +22,7 @@ SMALL = GuardLimits(held=1000, connections=6, per_address=3)
 
 
 def test_connections_beyond_the_cap_of_their_address_are_closed_at_once() -> None:
-    guard = DataPortGuard(SMALL)
+    guard = PortGuard(SMALL)
     assert [guard.accepted(c, "a") for c in (1, 2, 3)] == [[], [], []]
     assert guard.accepted(4, "a") == [4]
     assert guard.connections == 3
@@ -29,7 +31,7 @@ def test_connections_beyond_the_cap_of_their_address_are_closed_at_once() -> Non
 
 
 def test_beyond_the_cap_in_all_the_address_with_the_most_loses_its_newest() -> None:
-    guard = DataPortGuard(SMALL)
+    guard = PortGuard(SMALL)
     for conn, address in [(1, "a"), (2, "a"), (3, "a"), (4, "b"), (5, "c"), (6, "d")]:
         assert guard.accepted(conn, address) == []
     assert guard.accepted(7, "e") == [3]  # "a" has the most: its newest goes
@@ -39,7 +41,7 @@ def test_beyond_the_cap_in_all_the_address_with_the_most_loses_its_newest() -> N
 
 
 def test_bytes_read_and_not_delivered_close_the_address_holding_most() -> None:
-    guard = DataPortGuard(SMALL)
+    guard = PortGuard(SMALL)
     guard.accepted(1, "honest")
     guard.accepted(2, "hoarder")
     guard.accepted(3, "hoarder")
@@ -53,8 +55,20 @@ def test_bytes_read_and_not_delivered_close_the_address_holding_most() -> None:
     assert guard.sample({1: 10_000}) == [1]  # honest's reads stopped being delivered
 
 
+def test_a_connections_handshake_within_its_allowance_holds_nothing() -> None:
+    guard = PortGuard(SMALL)
+    guard.accepted(1, "member", allowance=567)  # a CURVE handshake, never delivered
+    assert guard.sample({1: 567}) == [] and guard.held == 0
+    # A one-byte message and a 300-byte one, as CURVE boxes on the wire.
+    wire = curve_framed_size(1) + curve_framed_size(300)
+    assert wire == 36 + 342
+    guard.delivered("member", wire)
+    assert guard.sample({1: 567 + wire}) == [] and guard.held == 0
+    assert guard.sample({1: 567 + wire + 1200}) == [1]  # read beyond it, never delivered
+
+
 def test_deliveries_build_no_credit_and_a_new_address_starts_at_zero() -> None:
-    guard = DataPortGuard(SMALL)
+    guard = PortGuard(SMALL)
     guard.accepted(1, "a")
     guard.delivered("a", 10_000)  # read before the first sample: clamped
     assert guard.sample({1: 0}) == []
@@ -72,7 +86,7 @@ def test_a_closed_address_keeps_its_debt_until_delivered_or_idle() -> None:
     queued: until the receiver has taken them, the address's debt counts,
     and connections that hold anything are closed while it keeps the total
     over the bound; a debt nothing is delivered from is forgotten."""
-    guard = DataPortGuard(SMALL)
+    guard = PortGuard(SMALL)
     guard.accepted(1, "flood")
     assert guard.sample({1: 1500}) == [1]
     assert guard.held == 1500 and guard.watching
@@ -98,7 +112,7 @@ def test_tiny_frames_are_charged_at_what_libzmq_holds_for_them() -> None:
     """libzmq keeps each frame in a 64-byte slot: a flood of 1-byte frames
     (3 bytes on the wire) costs 21 times its wire bytes, a chunk about its
     size. Counted by wire bytes, the tiny flood below would fit."""
-    guard = DataPortGuard(GuardLimits(held=64_000))
+    guard = PortGuard(GuardLimits(held=64_000))
     guard.accepted(1, "chunks")
     guard.accepted(2, "tiny")
     chunk = 2**20
@@ -127,7 +141,7 @@ def test_the_default_bound_covers_the_credit_and_two_messages() -> None:
     )
 )
 def test_after_every_sample_the_bounds_hold(steps: list[tuple[str, int, str, int]]) -> None:
-    guard = DataPortGuard(SMALL)
+    guard = PortGuard(SMALL)
     reads: dict[int, int] = {}
     for action, conn, address, n in steps:
         if action == "accept":

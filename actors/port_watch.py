@@ -1,8 +1,9 @@
-"""The receiver's data port seen from the kernel: its TCP connections, what
-libzmq read from each, and closing the ones the guard names.
+"""A listening port seen from the kernel: its TCP connections, what libzmq
+read from each, and closing the ones the guard names.
 
-Part of the receiver actor, not an actor of its own: a thin shell over
-:class:`~peercrypt.core.data_port_guard.DataPortGuard` (which says why).
+Part of the actor that owns the port (the receiver's data port, the
+gateway's public port), not an actor of its own: a thin shell over
+:class:`~peercrypt.core.port_guard.PortGuard` (which says why).
 
 libzmq gives a bound socket no handle on its connections, only the file
 descriptor of each in its monitor's events (accepted, disconnected). The
@@ -20,63 +21,115 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
-import ipaddress
 import os
 import socket
 import stat
 import struct
 import termios
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from peercrypt.core.data_port_guard import (
-    DataPortGuard,
+from peercrypt.core.address import peer_address
+from peercrypt.core.port_guard import (
     GuardLimits,
+    PortGuard,
     framed_size,
     held_memory,
 )
 
+if TYPE_CHECKING:
+    from peercrypt.runtime.actor import Actor, Timer
+
 EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
-# Seconds between readings of the connections' counters: a connection can
-# grow what it holds by what loopback carries in that time (~1.5 GB/s here),
-# so they are read often once a quarter of the bound is held. A reading costs
-# ~20 us per connection, so the interval is at least SAMPLE_COST per
-# connection (at most ~20% of a core, 51 ms with 512 connections).
-SAMPLE_INTERVAL = 0.02
-SAMPLE_INTERVAL_BUSY = 0.002
-SAMPLE_COST = 0.0001
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Seconds between readings of the connections' counters: a connection
+    can grow what it holds by what it delivers in that time, so they are
+    read often (``busy``) once a quarter of the bound is held, and at
+    ``idle`` after a reading that found nothing read since the one before
+    and nothing held. A reading costs ~15-20 us of CPU per connection, so
+    the interval is at least ``cost`` per connection."""
+
+    interval: float
+    busy: float
+    cost: float
+    idle: float
+
+
+# The data port: loopback carries ~1.5 GB/s of chunks; at most ~20% of a
+# core (51 ms with 512 connections). Its connections live while transfers run.
+DATA_PORT_SAMPLING = Sampling(interval=0.02, busy=0.002, cost=0.0001, idle=0.02)
+# The public port: CURVE, which libzmq opens at ~0.2 GiB/s at most, and
+# members' connections that live as long as they do (several per member),
+# so it is read less often: at most ~2% of a core under a flood, and
+# members that say nothing cost ~15 us a connection every 0.2 s.
+PUBLIC_PORT_SAMPLING = Sampling(interval=0.05, busy=0.005, cost=0.001, idle=0.2)
 TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received in struct tcp_info (Linux >= 4.1)
 TCP_INFO_LEN = 136
 INQ = struct.Struct("i")
 
 
-@functools.lru_cache(maxsize=1024)
-def address_of(text: str) -> str:
-    """One spelling per address, whether libzmq or the kernel gave it
-    (cached: it is asked for every message taken off the data socket)."""
-    try:
-        ip = ipaddress.ip_address(text)
-    except ValueError:
-        return text
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.compressed
-
-
-class DataPortWatch:
-    """The data socket's TCP connections, from its monitor's events
+class PortWatch:
+    """A bound socket's TCP connections, from its monitor's events
     (:meth:`on_monitor`), the messages taken off it (:meth:`delivered`) and
     their counters (:meth:`sample`); closes what the guard names and counts
-    each decision with ``count(key, n)``."""
+    each decision with ``count(prefix + key, n)``. ``framing`` is what a
+    frame of a length takes on the wire, ``allowance`` what a connection's
+    handshake takes (never delivered)."""
 
-    def __init__(self, limits: GuardLimits, count: Callable[[str, int], None]) -> None:
-        self.guard = DataPortGuard(limits)
-        self.count = count
+    def __init__(
+        self,
+        limits: GuardLimits,
+        count: Callable[[str, int], None],
+        *,
+        prefix: str = "",
+        framing: Callable[[int], int] = framed_size,
+        allowance: int = 0,
+        sampling: Sampling = DATA_PORT_SAMPLING,
+    ) -> None:
+        self.guard = PortGuard(limits)
+        self._count = count
+        self.prefix = prefix
+        self.framing = framing
+        self.allowance = allowance
+        self.sampling = sampling
         self._fds: dict[int, int] = {}  # inode -> libzmq's descriptor of it
+        self._actor: Actor | None = None
+        self._timer: Timer | None = None
+        self._last_reads: dict[int, int] = {}  # at the last reading
+        self._quiet = False  # the last reading found nothing read since the one before
+
+    def start(self, actor: Actor, sock: zmq.Socket[Any], name: str) -> None:
+        """Watch ``sock`` (before it binds) from ``actor``'s loop: its
+        monitor's events, and the counters read as :meth:`next_sample` says
+        while a connection or a debt is left. ``name`` names the monitor."""
+        address = f"inproc://pc-{actor.env.node_uid}/{name}-monitor"
+        sock.monitor(address, EVENTS)
+        monitor = actor.socket(zmq.PAIR)
+        monitor.rcvhwm = 0  # inproc: no event is ever dropped
+        monitor.connect(address)
+        self._actor = actor
+        actor.watch(monitor, self._on_monitor)
+
+    def _on_monitor(self, monitor: zmq.Socket[Any]) -> None:
+        self.on_monitor(monitor)
+        if self._actor is not None and self._timer is None and self.watching:
+            self._timer = self._actor.call_later(self.next_sample(), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.sample()
+        if self._actor is not None and self.watching:
+            self._timer = self._actor.call_later(self.next_sample(), self._on_timer)
+
+    def count(self, key: str, n: int) -> None:
+        self._count(self.prefix + key, n)
 
     @property
     def connections(self) -> int:
@@ -89,9 +142,12 @@ class DataPortWatch:
 
     def next_sample(self) -> float:
         """Seconds until the counters should be read again."""
-        busy = self.guard.held * 4 > self.guard.limits.held
-        least = SAMPLE_COST * self.guard.connections
-        return max(SAMPLE_INTERVAL_BUSY if busy else SAMPLE_INTERVAL, least)
+        held = self.guard.held
+        least = self.sampling.cost * self.guard.connections
+        if held * 4 > self.guard.limits.held:
+            return max(self.sampling.busy, least)
+        quiet = held == 0 and self._quiet
+        return max(self.sampling.idle if quiet else self.sampling.interval, least)
 
     def on_monitor(self, monitor: zmq.Socket[Any]) -> None:
         for _ in range(256):
@@ -110,8 +166,8 @@ class DataPortWatch:
                     self.guard.closed(inode)
 
     def delivered(self, frames: list[zmq.Frame]) -> None:
-        """A message the receiver took off the data socket (with the
-        routing id the ROUTER put first, which never crossed the wire)."""
+        """A message the owner took off the socket (with the routing id the
+        ROUTER put first, which never crossed the wire)."""
         if not self.guard.watching or len(frames) < 2:
             return
         try:
@@ -121,9 +177,9 @@ class DataPortWatch:
         size = memory = 0
         for frame in frames[1:]:
             length = len(frame)
-            size += framed_size(length)
+            size += self.framing(length)
             memory += held_memory(length)
-        self.guard.delivered(address_of(str(peer)), size, memory)
+        self.guard.delivered(peer_address(str(peer)), size, memory)
 
     def sample(self) -> None:
         reads: dict[int, int] = {}
@@ -141,9 +197,11 @@ class DataPortWatch:
                 if len(info) >= TCPI_BYTES_RECEIVED + 8:
                     received = struct.unpack_from("<Q", info, TCPI_BYTES_RECEIVED)[0]
                     reads[inode] = received - waiting
+        self._quiet = reads == self._last_reads
+        self._last_reads = reads
         close = self.guard.sample(reads)
         if close:
-            self.count("data-closed-unread", len(close))
+            self.count("closed-unread", len(close))
             self._close(close)
 
     def _accepted(self, fd: int) -> None:
@@ -161,13 +219,13 @@ class DataPortWatch:
             except OSError:
                 return
         self._fds[st.st_ino] = fd
-        close = self.guard.accepted(st.st_ino, address_of(peer))
+        close = self.guard.accepted(st.st_ino, peer_address(peer), self.allowance)
         if close:
-            self.count("data-closed-over-cap", len(close))
+            self.count("closed-over-cap", len(close))
             self._close(close)
 
     def _close(self, inodes: list[int]) -> None:
-        self.count("data-closed-connections", len(inodes))
+        self.count("closed-connections", len(inodes))
         for inode in inodes:
             fd = self._fds.pop(inode, None)
             if fd is None:
