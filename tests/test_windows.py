@@ -618,3 +618,56 @@ def test_allowance_counts_at_most_the_chunks_left_to_write() -> None:
     r.on_chunk(0, False)
     r.on_written(0)
     assert allowance_bytes(r, 10) == 20
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    total=st.integers(1, 80),
+    first=st.integers(1, 16),
+    credits=st.lists(st.integers(1, 16), min_size=1, max_size=60),
+    delays=st.lists(st.floats(0.001, 0.05), min_size=1, max_size=40),
+    write_delay=st.floats(0.0005, 0.03),
+)
+def test_an_honest_sender_is_never_over_a_credit_that_shrinks_and_grows(
+    total: int, first: int, credits: list[int], delays: list[float], write_delay: float
+) -> None:
+    # The receiver advertises a new credit in every ack (shrinking and
+    # growing as other transfers come and go); a sender that keeps to what
+    # it was told, over a channel that loses and reorders nothing (one data
+    # connection: TCP), never has a chunk dropped as over the credit. So the
+    # old credit a shrink leaves the sender is exactly what the receiver
+    # still allows (less one chunk per chunk written since).
+    sender = SendWindow(total, RttEstimator(initial_rto=60.0, min_rto=60.0))
+    receiver = ReceiveWindow(total, first)
+    sender.on_accept([], receiver.window)
+    events: list[tuple[float, int, str, int, tuple[int, list[tuple[int, int]], int] | None]] = []
+    seq = itertools.count()
+    data_free = ack_free = 0.0  # in order on each direction: FIFO arrival times
+    now = 0.0
+    acks = itertools.cycle(credits)
+    delay = itertools.cycle(delays)
+
+    def pump() -> None:
+        nonlocal data_free
+        for index in sender.next_to_send(now):
+            data_free = max(data_free, now + next(delay))
+            heapq.heappush(events, (data_free, next(seq), "chunk", index, None))
+
+    pump()
+    while events and not sender.done:
+        now, _, kind, index, ack = heapq.heappop(events)
+        if kind == "chunk":
+            arrival = receiver.on_chunk(index, index == total - 1)
+            assert arrival is not Arrival.OVER_CREDIT, (index, receiver.queued, receiver.allowed)
+            if arrival is Arrival.NEW:
+                heapq.heappush(events, (now + write_delay, next(seq), "written", index, None))
+        elif kind == "written":
+            receiver.on_written(index)
+            receiver.window = next(acks)
+            ack_free = max(ack_free, now + next(delay))
+            heapq.heappush(events, (ack_free, next(seq), "ack", 0, receiver.ack_fields()))
+        else:
+            assert ack is not None
+            sender.on_ack(*ack, now)
+        pump()
+    assert sender.done and receiver.complete and receiver.over_credit == 0
