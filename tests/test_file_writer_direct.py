@@ -133,10 +133,16 @@ def disk(tmp_path: Path) -> Path:
     "size", [0, 1, 4095, 4096, 4097, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 4096 * 3 + 17]
 )
 def test_files_of_awkward_sizes_go_to_the_disk_directly_but_their_tails(
-    disk: Path, harness: Harness, pwrites: list[tuple[bool, int, int]], size: int
+    disk: Path,
+    harness: Harness,
+    pwrites: list[tuple[bool, int, int]],
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
 ) -> None:
     """Whole pages direct, the last partial page through the page cache;
-    the read-back (direct too) hashes to the content, which the file holds."""
+    the read-back (direct too, 16 KiB windows read ahead of the hash) hashes
+    to the content, which the file holds."""
+    monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
     data = os.urandom(size)
     fd = new_part(disk, size)
     try:
