@@ -20,7 +20,7 @@ leg starts from the same step, ``prepare``:
    been given back before any leg starts, as it has been when a user sends
    a file after a pause. ``warm`` instead touches and releases the leg's
    size plus a quarter of anonymous memory just before it (tried: the
-   reporter gives that memory back within seconds, the touch costs 1.1-2.4
+   reporter gives that memory back within seconds, the touch costs 1.0-2.4
    CPU s per GiB itself, and it made no leg cheaper); ``none`` does only
    step 1.
 
