@@ -59,6 +59,7 @@ import zmq
 from actors import udp_multicast
 from actors.file_chunks import read_chunk
 from actors.peer_link import Link
+from actors.port_watch import PortWatch
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk
 from peercrypt.core import fragments
@@ -78,6 +79,7 @@ from peercrypt.core.multicast_outgoing import (
     TargetLost,
 )
 from peercrypt.core.outgoing import HashFile
+from peercrypt.core.port_guard import NULL_HANDSHAKE, GuardLimits
 from peercrypt.core.tree import TreeError
 from peercrypt.crypto.chunk_signature import (
     RECEIVER_KEY_BYTES,
@@ -92,7 +94,7 @@ from peercrypt.crypto.keywrap import ContentSealer, new_content_key
 from peercrypt.crypto.keywrap import wrap as wrap_key
 from peercrypt.crypto.known_peers import KnownPeersFile, explain, pin_of
 from peercrypt.errors import ResultCode
-from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, Timer, bound_port
+from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, SetupError, Timer, bound_port
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
@@ -129,6 +131,9 @@ log = logging.getLogger("peercrypt.msender")
 
 PUB_HWM = 256  # messages queued per subscriber before the PUB drops
 REPAIR_HWM = 64
+# What the publishing port's connections may make libzmq hold, read and not
+# yet taken (honest subscribers send two subscriptions a session).
+PUB_MEMORY = 4 << 20
 REFUSALS_UNREACHABLE = 5
 
 
@@ -240,6 +245,15 @@ class MulticastSenderActor(Actor):
         # (verbose), so publishing waits until the joined receivers subscribed.
         pub = self.socket(zmq.XPUB)
         pub.sndhwm = PUB_HWM
+        # Anyone who reaches the port may connect as a subscriber (plain
+        # ZMTP) and send "subscriptions": a capped queue lets it abort the
+        # node (runtime/actor.py, PEER_RCVHWM), so what it makes libzmq hold
+        # is bounded from outside (core/port_guard.py; sub-closed-*).
+        pub.rcvhwm = PEER_RCVHWM
+        self.pub_watch = PortWatch(
+            GuardLimits(held=PUB_MEMORY), self.count, prefix="sub-", allowance=NULL_HANDSHAKE
+        )
+        self.pub_watch.start(self, pub, "msender-pub")
         # Manual: a subscription takes effect only when we apply it, which we
         # do for a joined receiver's token alone - any other connection gets
         # nothing queued (docs/multicast.md, "Keys").
@@ -253,9 +267,11 @@ class MulticastSenderActor(Actor):
     def _on_subscription(self, sock: zmq.Socket[Any]) -> None:
         for _ in range(256):
             try:
-                event = sock.recv(zmq.NOBLOCK)
+                frame = sock.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            self.pub_watch.delivered([frame], first=0)
+            event = frame.bytes
             if event[:1] != b"\x01":
                 continue  # unsubscriptions: the connection is gone or stale
             sid, token = event[1:17], event[17:]

@@ -165,17 +165,17 @@ class PortWatch:
                     del self._fds[inode]
                     self.guard.closed(inode)
 
-    def delivered(self, frames: list[zmq.Frame]) -> None:
-        """A message the owner took off the socket (with the routing id the
-        ROUTER put first, which never crossed the wire)."""
-        if not self.guard.watching or len(frames) < 2:
+    def delivered(self, frames: list[zmq.Frame], first: int = 1) -> None:
+        """A message the owner took off the socket: its frames from
+        ``first`` on crossed the wire (before it, a ROUTER's routing id)."""
+        if not self.guard.watching or len(frames) <= first:
             return
         try:
-            peer = frames[1].get("Peer-Address")
+            peer = frames[first].get("Peer-Address")
         except zmq.ZMQError:
             return
         size = memory = 0
-        for frame in frames[1:]:
+        for frame in frames[first:]:
             length = len(frame)
             size += self.framing(length)
             memory += held_memory(length)

@@ -70,6 +70,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "CURVE_HANDSHAKE",
+    "NULL_HANDSHAKE",
     "GuardLimits",
     "PortGuard",
     "curve_framed_size",
@@ -93,6 +94,9 @@ def curve_framed_size(length: int) -> int:
     return framed_size(length + 33)
 
 
+# What a plain ZMTP connection's handshake takes on the wire, read and never
+# delivered: greeting 64, READY ~40 with its socket type.
+NULL_HANDSHAKE = 128
 # What a CURVE connection's handshake takes on the wire, read and never
 # delivered: greeting 64, HELLO 202, INITIATE ~301 with a DEALER's metadata.
 CURVE_HANDSHAKE = 1024

@@ -57,14 +57,20 @@ def _flood(messages: int, ping_every: int) -> bytes:
 
 
 def flood_and_reset(
-    host: str, port: int, messages: int = 50_000, ping_every: int = 3, timeout: float = WAIT
+    host: str,
+    port: int,
+    messages: int = 50_000,
+    ping_every: int = 3,
+    timeout: float = WAIT,
+    socket_type: bytes = b"DEALER",
 ) -> None:
-    """Connect to the ROUTER at ``host:port`` as a DEALER, send ``messages``
-    tiny messages with PINGs among them as fast as the peer takes them, and
-    reset the connection."""
+    """Connect to the socket at ``host:port`` (a ROUTER; as ``SUB``, to a
+    PUB or XPUB, whose subscriptions are such messages) as a
+    ``socket_type``, send ``messages`` tiny messages with PINGs among them
+    as fast as the peer takes them, and reset the connection."""
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
-        sock.sendall(GREETING + _ready(b"DEALER"))
+        sock.sendall(GREETING + _ready(socket_type))
         # The peer's greeting and READY: its engine is up and reading (a
         # flood and reset that beat it there would test nothing).
         _exactly(sock, len(GREETING))
@@ -231,16 +237,20 @@ def frame_header(size: int, more: bool) -> bytes:
 
 class RawDataPeer:
     """One TCP connection to a data port, greeted by hand as a DEALER (NULL
-    mechanism), from the local address ``source`` if given."""
+    mechanism; or as ``socket_type``), from the local address ``source`` if
+    given."""
 
-    def __init__(self, host: str, port: int, source: str = "") -> None:
+    def __init__(
+        self, host: str, port: int, source: str = "", socket_type: bytes = b"DEALER"
+    ) -> None:
         self.sock = socket.create_connection(
             (host, port), timeout=WAIT, source_address=(source, 0) if source else None
         )
+        self.socket_type = socket_type
 
     def greet(self) -> None:
         """Our greeting and READY (the node's greeting is left unread)."""
-        self.sock.sendall(GREETING + _ready(b"DEALER"))
+        self.sock.sendall(GREETING + _ready(self.socket_type))
 
     def handshake(self) -> None:
         """Greet, and read the node's greeting and READY: its engine is up
