@@ -849,17 +849,18 @@ class ReceiverActor(Actor):
 
     def _lend_ring(self, t: Incoming, mode: str) -> shm_ring.ReceiverRing | None:
         """A shared-memory ring for a sender of this host (peercrypt/shm_ring.py):
-        as many slots as the credit and SLACK, within what the node's rings
-        may hold together (its ``receive_buffer``); none where the Unix
+        as many slots as the credit and SLACK (at most RING_SLOTS), within
+        what the node's rings may hold together (a quarter of its
+        ``receive_buffer``); none where the Unix
         socket is not offered either, without ``--shm-ring``, for a parallel
         send (its lanes send over their sockets) or a file of one chunk."""
         if not self.ipc_host or not self.settings.shm_ring or mode == "parallel":
             return None
-        held = sum(o.ring.size for o in self.transfers.values() if o.ring is not None)
+        held = sum(o.ring.intake.slots * o.chunk_size for o in self.transfers.values() if o.ring)
         slots = shm_ring.ring_slots(
             min(t.flow.window.window, t.flow.total),
-            t.chunk_size + TAG_BYTES,
-            self.settings.receive_buffer - held,
+            t.chunk_size,
+            shm_ring.node_budget(self.settings.receive_buffer) - held,
         )
         if not slots:
             return None
@@ -1185,17 +1186,22 @@ class ReceiverActor(Actor):
     def _flush_acks(self) -> None:
         held = -1  # what all of them hold: counted once, when an ack is due
         for t in self.transfers.values():
-            if t.flow.ack_due:
+            ring = t.ring
+            # Slots copied out go back to the sender at once, not with the
+            # ack of their write: a ring needs to cover the copy, not the
+            # writer's queue (peercrypt/shm_ring.py).
+            release = ring is not None and ring.release_due
+            if t.flow.ack_due or release:
                 if held < 0:
                     held = self._credit_held()
                 own = allowance_bytes(t.flow.window, t.chunk_size)
                 credit = self._credit(t.chunk_size, held - own, t.flow.window.window)
-                ack = t.flow.ack(credit)
+                ack = t.flow.ack(credit, force=release)
                 if ack is not None:
                     held += allowance_bytes(t.flow.window, t.chunk_size) - own
                     self._note_credit(held)
                     cumulative, sack, window = ack
-                    released = t.ring.intake.released if t.ring is not None else 0
+                    released = ring.told() if ring is not None else 0
                     ack_msg = Ack(
                         cumulative=cumulative, sack=flatten(sack), window=window, released=released
                     )

@@ -1032,6 +1032,8 @@ class SenderActor(Actor):
                     self._send_slotted(t)
                 return
             self.count("data-ring-full")  # every slot unreleased: over the socket
+            if t.slotted:  # after the descriptors of the chunks sealed before it:
+                self._send_slotted(t)  # out of order, it would look like their loss
         ring = self.sealed.ring(t.chunk_size + TAG_BYTES)
         buffer = ring.take()
         if buffer is None:  # every buffer is still being sent: a new one

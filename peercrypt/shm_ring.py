@@ -12,8 +12,13 @@ the same host tag. The sender seals each chunk straight into a free slot
 (peercrypt/core/slot_ring.py) and sends over its data connection only a
 :class:`~peercrypt.wire.messages.SlotHeader` (the chunk's header and the
 slot's sequence number), those of the chunks sealed in one go as the frames
-of one message (at most :data:`MAX_BATCH`); the Ack that follows frees the
-slots.
+of one message (at most :data:`MAX_BATCH`); the receiver gives the slots
+back as soon as it has copied them out (an Ack's ``released``: one goes for
+that alone after a read of its data socket that copied any), not once the
+chunks are written, so a ring of a few slots keeps up with a credit of
+many. A chunk sealed for want of a slot goes over the socket after the
+descriptors of the chunks sealed before it (ahead of them, the receiver
+would ack it first and the sender take theirs for lost).
 
 What either side trusts of the other:
 
@@ -36,10 +41,13 @@ What either side trusts of the other:
 Off by default: ``--shm-ring`` / ``PEERCRYPT_SHM_RING=true`` on both nodes
 turns it on (without it on either, the chunks go over the Unix socket);
 ``--no-local-ipc`` / ``PEERCRYPT_NO_LOCAL_IPC=true`` turns it off with the
-Unix socket, on either side. Memory: a ring holds at most the
-transfer's credit plus :data:`SLACK` chunks, all rings of a receiving node
-together at most its ``receive_buffer``; only single-lane transfers use one
-(parallel lanes send over their sockets).
+Unix socket, on either side. Memory: a ring holds at most
+:data:`RING_SLOTS` chunks (fewer for a file of fewer chunks), all rings of a
+receiving node together at most a quarter of its ``receive_buffer`` (8 MiB
+of chunks by default: one ring; a transfer beyond it sends over the
+socket); its pages count in the RSS of both nodes, and once in their PSS
+together. Only single-lane transfers use one (parallel lanes send over
+their sockets).
 """
 
 from __future__ import annotations
@@ -53,23 +61,42 @@ import stat
 
 from peercrypt.core.slot_ring import MAX_SLOTS as MAX_SLOTS
 from peercrypt.core.slot_ring import SlotIntake, SlotRing
+from peercrypt.crypto.transfer import TAG_BYTES
 
 PREFIX = "peercrypt-ring-"
 TOKEN_BYTES = 16
 MAX_PATH = 48
-SLACK = 4  # slots beyond the credit: acks free them late (after the write)
+SLACK = 4  # slots beyond the credit (a file of a few chunks needs no more)
+# Slots of one ring at most: slots go back to the sender as soon as they are
+# copied out (an Ack after each read of the data socket that copied any,
+# before the chunks are written), so a ring covers the copy, not the credit;
+# chunks beyond it go over the socket.
+RING_SLOTS = 8
 MAX_BATCH = 64  # descriptors in one message
 MAX_RING_BYTES = 256 * 1024 * 1024
 _PATH = re.compile(r"/proc/[1-9][0-9]{0,9}/fd/[0-9]{1,9}")
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 
 
-def ring_slots(credit: int, slot_size: int, budget: int) -> int:
-    """Slots of a new ring: the transfer's credit plus :data:`SLACK`, as many
-    as ``budget`` bytes hold; 0 (no ring) when fewer than two fit."""
-    if slot_size < 1:
+def node_budget(receive_buffer: int) -> int:
+    """Chunk bytes all the rings a receiving node lends may hold together:
+    a quarter of its receive buffer (8 MiB by default: one ring of 1 MiB
+    chunks). A ring's pages count in the RSS of both nodes, on top of the
+    chunks its credit holds in the receiver's own buffers."""
+    return receive_buffer // 4
+
+
+def ring_slots(credit: int, chunk_size: int, budget: int) -> int:
+    """Slots of a new ring for chunks of ``chunk_size`` bytes (and a tag
+    each): the transfer's credit plus :data:`SLACK`, at most
+    :data:`RING_SLOTS`, as many chunks as ``budget`` bytes hold; 0 (no ring)
+    when fewer than two fit."""
+    if chunk_size < 1:
         return 0
-    slots = min(credit + SLACK, MAX_SLOTS, budget // slot_size, MAX_RING_BYTES // slot_size)
+    slot_size = chunk_size + TAG_BYTES
+    slots = min(
+        credit + SLACK, RING_SLOTS, MAX_SLOTS, budget // chunk_size, MAX_RING_BYTES // slot_size
+    )
     return slots if slots >= 2 else 0
 
 
@@ -82,6 +109,7 @@ class ReceiverRing:
         self.size = slots * slot_size
         self.taken = 0  # chunks that came through it and authenticated
         self.copied = 0  # slots copied out (a replayed nonce's never is)
+        self._told = 0  # ``released`` as the sender was last told it
         self.token = os.urandom(TOKEN_BYTES)
         self._fd = os.memfd_create(PREFIX + self.token.hex(), os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
@@ -93,6 +121,18 @@ class ReceiverRing:
             raise
         self._view = memoryview(self._map)
         self.path = f"/proc/{os.getpid()}/fd/{self._fd}"
+
+    @property
+    def release_due(self) -> bool:
+        """Slots were copied out since the sender last heard: tell it now (an
+        Ack, once per read of the data socket), not only once those chunks
+        are written."""
+        return self.intake.released > self._told
+
+    def told(self) -> int:
+        """``released`` for an Ack about to go (and so known to the sender)."""
+        self._told = self.intake.released
+        return self._told
 
     def copy_out(self, offset: int, out: memoryview) -> None:
         """Copy ``len(out)`` bytes of the slot at ``offset`` (checked by the

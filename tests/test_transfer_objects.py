@@ -583,6 +583,24 @@ def test_written_chunks_are_acked_every_few_and_at_once_when_none_waits() -> Non
     assert small.ack(7) == (2, [], 7)
 
 
+def test_a_forced_ack_goes_now_due_or_not_and_a_held_one_stays_due() -> None:
+    """The receiver forces an ack to give back shared-memory ring slots: it
+    goes with what is written so far, even when none is due or one is held
+    back; a chunk written after it is acked as before."""
+    r = IncomingTransfer(total=8, credit=16, idle_timeout=30.0, now=0.0)
+    assert r.ack(16) is None
+    assert r.ack(16, force=True) == (0, [], 16)  # nothing written: still an ack
+    for i in range(3):
+        r.on_chunk(i, False, 0.0)
+    r.on_written(0)
+    assert r.ack(16) is None and r.ack_due  # held back: more are coming
+    assert r.ack(16, force=True) == (1, [], 16)
+    assert not r.ack_due
+    r.on_written(1)
+    r.on_written(2)  # none waits: at once
+    assert r.ack(16) == (3, [], 16)
+
+
 def test_incoming_hash_mismatch_and_write_error_discard_and_notify() -> None:
     r = IncomingTransfer(total=1, credit=1, idle_timeout=30.0, now=0.0)
     r.on_chunk(0, True, 0.0)

@@ -23,7 +23,8 @@ comes too early is answered with an ack at once (the sender learns what is
 missing); written chunks are acked once every :data:`ACK_EVERY` of them
 (fewer with a small credit: a quarter of it, at least one), and at once when
 no other chunk of the transfer is waiting to be written (so an ack is never
-held back by a chunk that is not coming); a chunk beyond the credit is
+held back by a chunk that is not coming), and whenever the receiver forces
+one (it has shared-memory ring slots to give back); a chunk beyond the credit is
 dropped (OVER_CREDIT) and neither acked nor counted as activity; the file is
 finished once, on the first Done that names the right chunk count after
 every chunk is written; a transfer that makes no progress (no new chunk, no
@@ -215,15 +216,18 @@ class IncomingTransfer:
         out, self._outputs = self._outputs, []
         return out
 
-    def ack(self, credit: int) -> tuple[int, list[tuple[int, int]], int] | None:
+    def ack(
+        self, credit: int, force: bool = False
+    ) -> tuple[int, list[tuple[int, int]], int] | None:
         """The Ack to send now with ``credit`` chunks of window, if one is
         due: at once for a duplicate or an early Done, else once enough
         chunks are written or none is waiting to be (see the module docs).
-        ``ack_due`` stays set while one is held back."""
-        if not self.ack_due or self.ended:
+        ``ack_due`` stays set while one is held back. ``force``: now, due or
+        not (the receiver has slots of a shared-memory ring to give back)."""
+        if self.ended or not (self.ack_due or force):
             return None
         every = max(1, min(ACK_EVERY, self.window.window // 4))
-        if not self._ack_now and self._unacked < every and self.window.queued:
+        if not force and not self._ack_now and self._unacked < every and self.window.queued:
             return None
         self.ack_due = self._ack_now = False
         self._unacked = 0

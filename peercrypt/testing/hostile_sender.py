@@ -68,6 +68,7 @@ class HostileTransfer:
         self.tid = offer.tid
         self.total = max(1, -(-details.size // details.chunk_size))
         self.data = self.connect(ctx, lane=0)
+        self._unread: list[codec.Message] = []  # came with one wait_for returned
         # The Accept, and the key exchange's secrets (for its host tag).
         self.accept: Accept | None = None
         self.secrets: SessionSecrets | None = None
@@ -142,8 +143,8 @@ class HostileTransfer:
     def replies(self, timeout: float = 0.0) -> list[codec.Message]:
         """The sealed messages the receiver sent so far (waiting up to
         ``timeout`` for the first); frames that do not open are skipped."""
-        out: list[codec.Message] = []
-        wait_ms = int(timeout * 1000)
+        out, self._unread = self._unread, []
+        wait_ms = 0 if out else int(timeout * 1000)
         while self.data.poll(wait_ms):
             wait_ms = 0
             frames = self.data.recv_multipart()
@@ -160,8 +161,10 @@ class HostileTransfer:
         """The first sealed reply of type ``cls``; TimeoutError if none came."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            for msg in self.replies(min(left, 0.2)):
+            got = self.replies(min(left, 0.2))
+            for n, msg in enumerate(got):
                 if isinstance(msg, cls):
+                    self._unread = got[n + 1 :]  # for the next call, in order
                     return msg
         raise TimeoutError(f"no {cls.TYPE} from the receiver within {timeout} s")
 

@@ -223,7 +223,9 @@ class Ack(Message):
     """Receiver -> sender: every chunk below ``cumulative`` is written, plus
     the ranges in ``sack`` ([start, end) pairs); ``window`` is the credit.
     ``released``: every slot of the shared-memory ring below this sequence
-    number was copied out (peercrypt/core/slot_ring.py; 0 without a ring)."""
+    number was copied out (peercrypt/core/slot_ring.py; 0 without a ring);
+    an Ack goes for that alone after a read of the data socket that copied
+    slots out, so it may repeat the other fields."""
 
     TYPE = "ack"
     cumulative: int = field(metadata=bounded(MAX_CHUNKS))
