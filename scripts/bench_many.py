@@ -19,7 +19,9 @@ Measured per run (every run is printed):
 - **retransmitted** fraction: chunks sent twice / chunks. Goal: <= 1%.
 - **peak RSS** of each node during the load (VmHWM, reset before it
   through ``/proc/PID/clear_refs``). Goal: <= 150 MiB (16 transfers in
-  flight each way).
+  flight each way). Beside it the peaks of RSS, PSS, USS and shared-memory
+  PSS read from ``/proc/PID/smaps_rollup`` every 0.1 s: a shared-memory
+  ring's pages count whole in the RSS of both nodes that map it.
 - **control plane under load**: while the sends run, one thread times
   ``status`` round trips to a node's control socket, another health checks
   of one node from another (the CLI's ``health-check``: control socket,
@@ -37,10 +39,14 @@ Measured per run (every run is printed):
 of an older commit: ``git archive main | tar -x -C DIR``) and alternates
 the runs between the two sets (this code's first in odd runs, the tree's in
 even ones), so both are measured in the same minutes of a shared machine;
-the medians and pooled samples are printed for each set.
+the medians and pooled samples are printed for each set. ``--node-args``
+go to every node, unless ``--tree-node-args`` names the tree's (e.g.
+``--node-args=--shm-ring --tree-node-args=``: the ring on this code's nodes
+only).
 
     .venv/bin/python scripts/bench_many.py [--runs 3] [--size 16M] [--per-node 16]
         [--dir DIR] [--strangers] [--checks N] [--tree DIR] [--json FILE]
+        [--node-args=ARGS] [--tree-node-args=ARGS]
 """
 
 from __future__ import annotations
@@ -130,6 +136,35 @@ def per_gib(before: dict[str, float], after: dict[str, float], gib: float) -> di
     readings, largest first (those under 0.01 s left out)."""
     spent = {name: (after[name] - before.get(name, 0.0)) / gib for name in after}
     return {k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """RSS, PSS and USS of process ``pid`` now (``/proc/PID/smaps_rollup``,
+    KiB): shared pages (a shared-memory ring's) count whole in the RSS of
+    every process that maps them, in its PSS divided among them, in no USS."""
+    out = {"rss": 0, "pss": 0, "uss": 0, "shmem": 0}
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss", "Private_Clean", "Private_Dirty", "Pss_Shmem"):
+            kib = int(rest.split()[0])
+            name = {"Rss": "rss", "Pss": "pss", "Pss_Shmem": "shmem"}.get(key, "uss")
+            out[name] += kib
+    return out
+
+
+def sample_memory(pids: list[int], stop: threading.Event, peaks: list[dict[str, int]]) -> None:
+    """Each process's peak RSS, PSS, USS and shared-memory PSS, read every
+    0.1 s until ``stop`` (the kernel keeps a peak of the RSS only)."""
+    while True:
+        for peak, pid in zip(peaks, pids, strict=True):
+            for key, kib in memory_kib(pid).items():
+                peak[key] = max(peak.get(key, 0), kib)
+        if stop.wait(0.1):
+            return
 
 
 def reset_peak_rss(pid: int) -> None:
@@ -307,6 +342,11 @@ def one_run(
     load = Latencies()
     stop = threading.Event()
     prober = threading.Thread(target=probe, args=(nodes, stop, load), daemon=True)
+    peaks: list[dict[str, int]] = [{} for _ in nodes]
+    sampler = threading.Thread(
+        target=sample_memory, args=([n.pid for n in nodes], stop, peaks), daemon=True
+    )
+    sampler.start()
     started = time.perf_counter()
     senders = [
         threading.Thread(
@@ -322,7 +362,9 @@ def one_run(
     elapsed = time.perf_counter() - started
     stop.set()
     prober.join(60)
+    sampler.join(60)
     rss = [peak_rss_mib(node.pid) for node in nodes]
+    sampled = {k: [p.get(k, 0) / 1024 for p in peaks] for k in ("rss", "pss", "uss", "shmem")}
     cpu = sum(cpu_seconds(node.pid) for node in nodes) - cpu_before
     threads_after = thread_cpu([node.pid for node in nodes])
     load_average = max(load_average, os.getloadavg()[0])
@@ -380,6 +422,7 @@ def one_run(
         "counters": counters,
         "chunks": chunks,
         "peak_rss_mib": rss,
+        "peak_sampled_mib": sampled,
         "status_ms": [1000 * pct(load.status, 0.5), 1000 * pct(load.status, 0.99)],
         "check_ms": [1000 * pct(load.check, 0.5), 1000 * pct(load.check, 0.99)],
         "probe_rtt_ms": [1000 * pct(load.check_rtt, 0.5), 1000 * pct(load.check_rtt, 0.99)],
@@ -419,6 +462,15 @@ def one_run(
         f"       one alone, before / after the load: {before.rate:.1f} / {after.rate:.1f} "
         f"MiB/s (node span), {before.wall_rate:.1f} / {after.wall_rate:.1f} MiB/s request "
         f"to result, the nodes' CPU {before.cpu_per_gib:.2f} / {after.cpu_per_gib:.2f} s per GiB",
+        flush=True,
+    )
+    print(
+        "       peaks sampled every 0.1 s (MiB, node 0 / 1 / 2 / 3): "
+        + "; ".join(
+            f"{k.upper() if k != 'shmem' else 'shared-memory PSS'} "
+            + " / ".join(f"{v:.0f}" for v in sampled[k])
+            for k in ("rss", "pss", "uss", "shmem")
+        ),
         flush=True,
     )
     print(f"       CPU s per GiB by thread, one alone: {before.split}", flush=True)
@@ -473,6 +525,11 @@ def summary(rows: list[dict[str, Any]], title: str) -> None:
     print(f"  retransmitted           {100 * med('retransmitted'):.2f}%  (goal <= 1%)")
     worst = max(max(r["peak_rss_mib"]) for r in rows)
     print(f"  peak RSS, worst node    {worst:.0f} MiB  (goal <= 150)")
+    each = ", ".join(f"{max(r['peak_rss_mib']):.0f}" for r in rows)
+    print(f"  peak RSS, worst node per run: {each} MiB")
+    for key in ("pss", "uss"):
+        each = ", ".join(f"{max(r['peak_sampled_mib'][key]):.0f}" for r in rows)
+        print(f"  peak {key.upper()}, worst node per run (sampled): {each} MiB")
     print(f"  status p99 under load   {med('status_ms', 1):.1f} ms  (goal <= 50)")
     print(f"  health check p99        {med('check_ms', 1):.1f} ms  (goal <= 50)")
     each = ", ".join(f"{r['check_ms'][1]:.1f}" for r in rows)
@@ -502,6 +559,11 @@ def main() -> int:
     parser.add_argument("--single-size", default="256M")
     parser.add_argument("--dir", default=None, help="where nodes, files and inboxes live")
     parser.add_argument("--node-args", default="", help="extra options of every node")
+    parser.add_argument(
+        "--tree-node-args",
+        default=None,
+        help="extra options of the --tree nodes instead of --node-args (e.g. the ring on one side)",
+    )
     parser.add_argument(
         "--strangers", action="store_true", help="the nodes do not join one network"
     )
@@ -535,8 +597,13 @@ def main() -> int:
             if args.tree:
                 tree_env = {"PYTHONPATH": str(Path(args.tree).resolve())}
                 (root / "tree").mkdir()
+                tree_extra = extra
+                if args.tree_node_args is not None:
+                    tree_extra = tuple(args.tree_node_args.split())
                 clusters.append(
-                    start_cluster(root / "tree", key, args.nodes, extra, args.strangers, tree_env)
+                    start_cluster(
+                        root / "tree", key, args.nodes, tree_extra, args.strangers, tree_env
+                    )
                 )
             if args.checks:
                 check_cost(nodes, args.checks)
