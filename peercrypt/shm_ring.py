@@ -45,9 +45,9 @@ Unix socket, on either side. Memory: a ring holds at most
 :data:`RING_SLOTS` chunks (fewer for a file of fewer chunks), all rings of a
 receiving node together at most a quarter of its ``receive_buffer`` (8 MiB
 of chunks by default: one ring; a transfer beyond it sends over the
-socket); its pages count in the RSS of both nodes, and once in their PSS
-together. Only single-lane transfers use one (parallel lanes send over
-their sockets).
+socket), and a sending node writes into one ring at a time; its pages
+count in the RSS of both nodes, and once in their PSS together. Only
+single-lane transfers use one (parallel lanes send over their sockets).
 """
 
 from __future__ import annotations

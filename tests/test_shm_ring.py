@@ -27,6 +27,7 @@ from peercrypt import local_ipc, shm_ring
 from peercrypt.crypto.transfer import TAG_BYTES
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import (
+    BackgroundSend,
     NodeProcess,
     assert_sent,
     blake3_file,
@@ -246,6 +247,30 @@ def test_chunks_beyond_a_full_ring_follow_the_descriptors_sealed_before_them(
     stats = result[1]["stats"]
     assert (stats["retransmits"], stats["fast_retransmits"]) == (0, 0), stats
     assert receiver.wait_for_counter("receiver.ring-chunks", 8) >= 8
+
+
+def test_a_sender_writes_into_one_ring_at_a_time(
+    trio: tuple[Any, ...],
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    """A ring's pages count in the RSS of the node that writes into it too:
+    while one of its sends uses a ring, a send to another receiver of the
+    host goes over the Unix socket, though that receiver lends one."""
+    sender, _, _, key = trio
+    first, second = (node_factory("--shm-ring", network_key=key) for _ in range(2))
+    c = sender.counters()
+    slow = make_file(24 * MiB, name="paced-through-a-ring.bin")
+    other = make_file(3 * MiB + 5, name="beside-it.bin")
+    paced = BackgroundSend(sender, slow, first, "--mode", "token-bucket", "-r", str(8 * MiB))
+    sender.wait_for_counter("sender.data-ring", c.get("sender.data-ring", 0) + 1)
+    assert_sent(second, sender.send_to(other, second), other)
+    assert_sent(first, paced.join(), slow)
+    after = sender.counters()
+    assert after.get("sender.data-ring-busy", 0) == c.get("sender.data-ring-busy", 0) + 1
+    assert after.get("sender.data-ring", 0) == c.get("sender.data-ring", 0) + 1
+    assert second.counters().get("receiver.rings-lent") == 1  # lent, not taken
+    assert second.counters().get("receiver.ring-chunks", 0) == 0
 
 
 def test_slots_copied_out_are_given_back_before_they_are_written() -> None:
