@@ -147,7 +147,7 @@ def test_rate_of_a_running_transfer_changes_live(
     pair: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path]
 ) -> None:
     sender, receiver = pair
-    source = make_file(6 * MiB)
+    source = make_file(12 * MiB)
     args = ["send", source, receiver.host, str(receiver.port), "--json", "-r", str(512 * KiB)]
     with start_cli(*args, data_dir=sender.data_dir) as cli:
         try:
@@ -174,8 +174,9 @@ def test_rate_of_a_running_transfer_changes_live(
             cli.kill()
     result = json.loads(out)
     delivered(cli.returncode, result, source, receiver)
-    # At 512 KiB/s the whole file would take ~11 s.
-    assert result["seconds"] < 7.0, result
+    # At 512 KiB/s the whole file would take ~23 s; changed, the rest takes a
+    # fraction of a second after the CLI calls before it (up to 7 s at load 20).
+    assert result["seconds"] < 16.0, result
 
 
 def test_node_max_rate_caps_outgoing(
