@@ -580,12 +580,23 @@ class CheckSteps:
 class FileWriter:
     """``nice``: the thread runs DATA_NICE nicer than the node (as the other
     threads that move bulk data do); False: at the node's priority (the
-    multicast receiver's: its pace is the pace of the whole session)."""
+    multicast receiver's: its pace is the pace of the whole session).
+    ``direct``: False never opens a part with O_DIRECT (``--no-direct-writes``):
+    every chunk goes through the page cache and the check reads it back from
+    there."""
 
     def __init__(
-        self, context: zmq.Context[Any], address: str, max_queued: int, *, nice: bool = True
+        self,
+        context: zmq.Context[Any],
+        address: str,
+        max_queued: int,
+        *,
+        nice: bool = True,
+        direct: bool = True,
     ) -> None:
         self._nice = nice
+        self._direct = direct
+        self.direct_bytes = 0  # written with O_DIRECT so far (writer thread; in the status)
         self._context = context
         self._address = address
         self._max_queued = max_queued
@@ -873,6 +884,8 @@ class FileWriter:
     def _open_direct(self, fd: int) -> int | None:
         """:func:`open_direct`, tried once per filesystem (device): where one
         file could not, no other is tried."""
+        if not self._direct:
+            return None
         device = os.fstat(fd).st_dev
         if not self._direct_devices.get(device, True):
             return None
@@ -905,6 +918,7 @@ class FileWriter:
             return 0
         if done != pages:
             raise OSError(errno.ENOSPC, "short write (disk full?)")
+        self.direct_bytes += pages
         return pages
 
     # -- final checks, on threads of their own ------------------------------------

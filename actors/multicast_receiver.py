@@ -264,7 +264,9 @@ class MulticastReceiverActor(Actor):
         # written point it reports is what moves the sender's window, so a
         # writer waiting for a core holds back the session for every
         # receiver (docs/multicast.md, "The datagram path").
-        self.writer = FileWriter(self.env.context, address, max_queued, nice=False)
+        self.writer = FileWriter(
+            self.env.context, address, max_queued, nice=False, direct=self.settings.direct_writes
+        )
         self.writer.start()
         running = lambda: bool(self.sessions)  # noqa: E731
         self.call_every_while(ACK_INTERVAL, self._on_timers, running)

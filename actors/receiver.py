@@ -307,7 +307,9 @@ class ReceiverActor(Actor):
         self.watch(self.writer_results, self._on_writer)
         # Credit keeps the queue near receive_buffer (twice it while credits
         # shrink); the writer refuses chunks beyond that whatever peers do.
-        self.writer = FileWriter(self.env.context, address, 2 * s.receive_buffer + s.max_chunk)
+        self.writer = FileWriter(
+            self.env.context, address, 2 * s.receive_buffer + s.max_chunk, direct=s.direct_writes
+        )
         self.writer.start()
         running = lambda: bool(self.transfers)  # noqa: E731
         self.call_every_while(1.0, self._expire_idle, lambda: bool(self.transfers or self.echoes))
@@ -881,6 +883,9 @@ class ReceiverActor(Actor):
         ]
         self.facts["incoming"] = json.dumps(incoming, ensure_ascii=False)
         self.facts["writer_queue_peak"] = str(self.writer.queued_peak)
+        direct = self.writer.direct_bytes  # bytes written with O_DIRECT (--direct-writes)
+        if direct != self.counters.get("direct-bytes", 0):
+            self.counters["direct-bytes"] = direct
         super().report()
 
     def _outcome(self, t: Incoming, stored_as: str, reason: str) -> None:

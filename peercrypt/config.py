@@ -262,6 +262,11 @@ SETTINGS: tuple[Setting, ...] = (
        "Send and take chunks between two nodes of this host through shared memory (both "
        "nodes need it; less CPU per byte for one transfer, more memory with many at once).",
        flag="--shm-ring"),
+    _s("direct_writes", "PEERCRYPT_DIRECT_WRITES", "bool", True,
+       "Write received chunks to the disk directly (O_DIRECT) where the inbox's filesystem "
+       "takes it, and read the file back from the disk for its check (less CPU where page "
+       "cache pages are dear; slower where they are cheap). Off: through the page cache.",
+       flag="--direct-writes/--no-direct-writes"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

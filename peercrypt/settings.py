@@ -62,6 +62,9 @@ class NodeSettings:
     local_ipc: bool = True
     # ... and through a shared-memory ring (shm_ring.py), with local_ipc.
     shm_ring: bool = False
+    # The writer writes chunks with O_DIRECT where the inbox's filesystem
+    # takes it (actors/file_writer.py); off: through the page cache.
+    direct_writes: bool = True
     control_port: int = 0
     control_file: Path | None = None  # None: DATA_DIR/control.json
     window: int = 16  # chunks in flight per transfer (receiver credit)

@@ -31,7 +31,10 @@ pair with it on (``PEERCRYPT_SHM_RING=true``),
 and with ``--tree`` too one more of that tree's with it on (a before/after
 of the ring's path). Every pair's sends are counted by the path
 they took and the counts printed, so
-each number says what it measured.
+each number says what it measured. ``--node-args`` go to every node,
+unless ``--tree-node-args`` names the ``--tree`` nodes' (e.g. the writer's
+``O_DIRECT`` on and off in one run, this code as both trees:
+``--tree "$PWD" --nodes-only --tree-node-args=--no-direct-writes``).
 
 Every leg (each pair's send, write+fsync, the ceiling, scp, scp+fsync, raw
 zmq, AES) starts after the same step, ``--prepare`` (scripts/leg_conditions.py;
@@ -47,6 +50,7 @@ ones.
 
     .venv/bin/python scripts/bench.py [--size 1G] [--runs 5] [--dir DIR] [--tree DIR]
         [--nodes-only] [--transport ipc|tcp|both] [--ring] [--prepare settle|warm|none]
+        [--node-args=ARGS] [--tree-node-args=ARGS]
 """
 
 from __future__ import annotations
@@ -320,10 +324,10 @@ def ceiling(path: Path, directory: Path) -> dict[str, float]:
 
 
 def node_pair(
-    root: Path, key: str, env: dict[str, str] | None = None
+    root: Path, key: str, env: dict[str, str] | None = None, extra: tuple[str, ...] = ()
 ) -> tuple[NodeProcess, NodeProcess]:
-    sender = NodeProcess(root / "sender", network_key=key, env=env).start()
-    receiver = NodeProcess(root / "receiver", network_key=key, env=env).start()
+    sender = NodeProcess(root / "sender", network_key=key, env=env, extra_args=extra).start()
+    receiver = NodeProcess(root / "receiver", network_key=key, env=env, extra_args=extra).start()
     return sender, receiver
 
 
@@ -437,6 +441,13 @@ def main() -> int:
         help="the first pairs with the shared-memory ring off, and one more "
         "with it on (and one of --tree's), interleaved",
     )
+    parser.add_argument("--node-args", default="", help="extra options of every node")
+    parser.add_argument(
+        "--tree-node-args",
+        default=None,
+        help="extra options of the --tree nodes instead of --node-args (e.g. "
+        "--no-direct-writes on one side)",
+    )
     parser.add_argument(
         "--prepare",
         choices=leg_conditions.PREPARATIONS,
@@ -462,26 +473,31 @@ def main() -> int:
         no_ipc = {**here, "PEERCRYPT_NO_LOCAL_IPC": "true"}
         # With --ring, the first pairs over the Unix socket, the ring's pairs with it.
         no_ring = {"PEERCRYPT_SHM_RING": "false"} if args.ring else {}
+        extra = tuple(args.node_args.split())
+        tree_extra = extra if args.tree_node_args is None else tuple(args.tree_node_args.split())
         sender, receiver = node_pair(
-            root, key, no_ipc if args.transport == "tcp" else {**here, **no_ring}
+            root, key, no_ipc if args.transport == "tcp" else {**here, **no_ring}, extra
         )
         others: tuple[NodeProcess, NodeProcess] | None = None
         if args.tree:
             (root / "tree").mkdir()
-            others = node_pair(root / "tree", key, {"PYTHONPATH": args.tree, **no_ring})
+            others = node_pair(root / "tree", key, {"PYTHONPATH": args.tree, **no_ring}, tree_extra)
         over_tcp: tuple[NodeProcess, NodeProcess] | None = None
         if args.transport == "both":
             (root / "tcp").mkdir()
-            over_tcp = node_pair(root / "tcp", key, no_ipc)
+            over_tcp = node_pair(root / "tcp", key, no_ipc, extra)
         ring: tuple[NodeProcess, NodeProcess] | None = None
         if args.ring:
             (root / "ring").mkdir()
-            ring = node_pair(root / "ring", key, {**here, "PEERCRYPT_SHM_RING": "true"})
+            ring = node_pair(root / "ring", key, {**here, "PEERCRYPT_SHM_RING": "true"}, extra)
         tree_ring: tuple[NodeProcess, NodeProcess] | None = None
         if args.ring and args.tree:
             (root / "tree_ring").mkdir()
             tree_ring = node_pair(
-                root / "tree_ring", key, {"PYTHONPATH": args.tree, "PEERCRYPT_SHM_RING": "true"}
+                root / "tree_ring",
+                key,
+                {"PYTHONPATH": args.tree, "PEERCRYPT_SHM_RING": "true"},
+                tree_extra,
             )
 
         def scp_rate(fsync: bool) -> dict[str, float]:

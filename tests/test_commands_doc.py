@@ -48,8 +48,8 @@ def table(text: str) -> dict[str, str]:
 
 
 def default_of(param: click.Option) -> str:
-    if param.is_flag:
-        return "off"
+    if param.is_flag:  # "on" for a setting on by default (its --no- flag turns it off)
+        return param.show_default if isinstance(param.show_default, str) else "off"
     default = param.show_default if isinstance(param.show_default, str) else param.default
     return "-" if default is click.core.UNSET or default in (None, ()) else str(default)
 

@@ -191,6 +191,28 @@ def test_the_commented_config_parses_and_sets_nothing() -> None:
         assert eff[s.name] == s.default, s.name
 
 
+def test_direct_writes_is_on_unless_a_layer_turns_it_off() -> None:
+    """``direct_writes`` (the writer's O_DIRECT): on by default; each layer
+    may turn it off, and the one above turn it on again."""
+    assert (_resolve()["direct_writes"], _resolve().sources["direct_writes"]) == (True, "default")
+    var = "PEERCRYPT_DIRECT_WRITES"
+    layers: list[tuple[dict[str, Any], str]] = [
+        ({"file": {"direct_writes": False}}, "config file /etc/pc.toml"),
+        ({"dotenv": {var: "off"}}, ".env /w/.env"),
+        ({"environ": {var: "0"}}, "environment"),
+        ({"flags": {"direct_writes": False}}, "flag"),
+    ]
+    for layer, source in layers:
+        eff = _resolve(**layer)
+        assert (eff["direct_writes"], eff.sources["direct_writes"]) == (False, source)
+    eff = _resolve(file={"direct_writes": False}, environ={var: "yes"})
+    assert (eff["direct_writes"], eff.sources["direct_writes"]) == (True, "environment")
+    eff = _resolve(environ={var: "false"}, flags={"direct_writes": True})
+    assert (eff["direct_writes"], eff.sources["direct_writes"]) == (True, "flag")
+    with pytest.raises(config.ConfigError, match=f"{var}='sometimes'"):
+        _resolve(environ={var: "sometimes"})
+
+
 # -- the real CLI -----------------------------------------------------------------------
 
 
@@ -234,6 +256,20 @@ def test_config_show_across_all_five_layers(tmp_path: Path) -> None:
         "source": f"config file {other}",
         "variable": "MAX_RETRIES",
     }
+
+
+def test_config_show_takes_both_direct_writes_flags(tmp_path: Path) -> None:
+    """``--no-direct-writes`` over a config file that leaves it on, and
+    ``--direct-writes`` over a variable that turns it off."""
+    (tmp_path / "dd").mkdir()
+    (tmp_path / "dd" / "config.toml").write_text("direct_writes = true\n")
+    assert _show(tmp_path)["direct_writes"]["source"].startswith("config file")
+    off = _show(tmp_path, "--no-direct-writes")["direct_writes"]
+    assert (off["value"], off["source"]) == (False, "flag")
+    env = {"PEERCRYPT_DIRECT_WRITES": "false"}
+    assert _show(tmp_path, env=env)["direct_writes"]["value"] is False
+    on = _show(tmp_path, "--direct-writes", env=env)["direct_writes"]
+    assert (on["value"], on["source"]) == (True, "flag")
 
 
 def test_config_show_never_prints_the_key(tmp_path: Path, network_key: str) -> None:

@@ -3,7 +3,8 @@ whole pages of each chunk go from the pool's page-aligned buffers straight
 to the disk, the tail of a page through the page cache, and the verdict's
 read-back reads the disk the same way. Content is checked by hash for files
 of awkward sizes, for parts continued by the other path (resume), and on a
-disk that fills; tmpfs keeps today's buffered path."""
+disk that fills; tmpfs keeps today's buffered path. A node turned off
+(``--no-direct-writes``) writes nothing directly."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from actors.file_writer import (
     hash_direct,
 )
 from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.testing.nodes import NodeProcess, blake3_file
 
 CHUNK = 64 * 1024
 WAIT = 10.0  # s; every wait below is bounded
@@ -291,3 +293,39 @@ def test_a_disk_that_fills_under_direct_writes_fails_as_full_keeping_what_was_wr
         h.writer.close(b"t", keep=False)
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("how", ["on by default", "--no-direct-writes", "environment", "config"])
+def test_a_node_writes_directly_unless_told_not_to(
+    ext4_inbox: Path,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    tmp_path: Path,
+    how: str,
+) -> None:
+    """Into an inbox on ext4 a node writes the chunks' whole pages with
+    O_DIRECT (counter ``receiver.direct-bytes``); turned off (the flag, its
+    variable or the config file key) it writes none so, and the received file
+    holds the content either way."""
+    config = tmp_path / "direct.toml"
+    config.write_text("direct_writes = false\n")
+    args, env = {
+        "on by default": ((), None),
+        "--no-direct-writes": (("--no-direct-writes",), None),
+        "environment": ((), {"PEERCRYPT_DIRECT_WRITES": "false"}),
+        "config": ((), {"PEERCRYPT_CONFIG": str(config)}),
+    }[how]
+    receiver = node_factory("--inbox", str(ext4_inbox), *args, env=env, name="receiver")
+    sender = node_factory(name="sender")
+    size = 4 * 1024 * 1024 + 3 * DIRECT_ALIGN + 17
+    path = make_file(size, name="direct.bin")
+    result = sender.send_result(path, "127.0.0.1", receiver.port, timeout=60)
+    assert result.returncode == 0, result.describe()
+    assert blake3_file(ext4_inbox / result.json["stored_as"]) == blake3_file(path)
+    # The report that counts the file received has the writer's bytes too.
+    receiver.wait_for_counter("receiver.received", 1)
+    direct = receiver.counters().get("receiver.direct-bytes", 0)
+    if how == "on by default":
+        assert direct == size - size % DIRECT_ALIGN  # every whole page; the tail buffered
+    else:
+        assert direct == 0

@@ -136,8 +136,8 @@ def setting_option(name: str, param: str | None = None) -> Callable[[F], F]:
         )
     elif s.kind == "float":
         kw["type"] = click.FloatRange(s.low, s.high)
-    elif s.kind == "bool":
-        kw.update(is_flag=True, show_default=False)
+    elif s.kind == "bool":  # a setting on by default has its --no- flag too
+        kw.update(is_flag=True, show_default="on" if s.default else False)
     elif s.kind == "choice":
         kw["type"] = click.Choice(s.choices, case_sensitive=False)
     elif s.kind == "list":

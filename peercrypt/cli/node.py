@@ -84,6 +84,7 @@ NODE_OPTIONS: dict[str, str] = {
     "no_stats": "no_stats",
     "no_local_ipc": "no_local_ipc",
     "shm_ring": "shm_ring",
+    "direct_writes": "direct_writes",
 }
 
 
@@ -158,6 +159,7 @@ def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings
         stats_enabled=not eff["no_stats"],
         local_ipc=not eff["no_local_ipc"],
         shm_ring=eff["shm_ring"],
+        direct_writes=eff["direct_writes"],
         part_expiry=eff["part_expiry"],
         peer_part_quota=eff["peer_quota"],
         part_quota=eff["part_quota"],
