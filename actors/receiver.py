@@ -956,7 +956,10 @@ class ReceiverActor(Actor):
 
     def _credit_held(self) -> int:
         """Bytes the running transfers may have queued together now."""
-        return sum(allowance_bytes(t.flow.window, t.chunk_size) for t in self.transfers.values())
+        now = self.now()
+        return sum(
+            allowance_bytes(t.flow.window, t.chunk_size, now) for t in self.transfers.values()
+        )
 
     def _note_credit(self, held: int) -> None:
         if held > self.credit_peak:  # a fact only when it grows: rarely
@@ -1190,6 +1193,7 @@ class ReceiverActor(Actor):
 
     def _flush_acks(self) -> None:
         held = -1  # what all of them hold: counted once, when an ack is due
+        now = self.now()
         for t in self.transfers.values():
             ring = t.ring
             # Slots copied out go back to the sender at once, not with the
@@ -1199,11 +1203,11 @@ class ReceiverActor(Actor):
             if t.flow.ack_due or release:
                 if held < 0:
                     held = self._credit_held()
-                own = allowance_bytes(t.flow.window, t.chunk_size)
+                own = allowance_bytes(t.flow.window, t.chunk_size, now)
                 credit = self._credit(t.chunk_size, held - own, t.flow.window.window)
-                ack = t.flow.ack(credit, force=release)
+                ack = t.flow.ack(credit, now, force=release)
                 if ack is not None:
-                    held += allowance_bytes(t.flow.window, t.chunk_size) - own
+                    held += allowance_bytes(t.flow.window, t.chunk_size, now) - own
                     self._note_credit(held)
                     cumulative, sack, window = ack
                     released = ring.told() if ring is not None else 0

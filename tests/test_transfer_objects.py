@@ -531,16 +531,16 @@ def test_cancel_after_the_end_changes_nothing() -> None:
 def test_incoming_writes_new_chunks_acks_duplicates_and_stores_on_a_matching_hash() -> None:
     r = IncomingTransfer(total=2, credit=4, idle_timeout=30.0, now=0.0)
     assert r.on_chunk(0, False, 0.1) is Arrival.NEW
-    assert r.ack(4) is None  # nothing written yet
+    assert r.ack(4, 0.0) is None  # nothing written yet
     assert r.on_chunk(0, False, 0.1) is Arrival.DUPLICATE
-    assert r.ack(4) == (0, [], 4)
+    assert r.ack(4, 0.0) == (0, [], 4)
     assert r.on_chunk(1, False, 0.1) is Arrival.INVALID
     assert r.on_chunk(1, True, 0.1) is Arrival.NEW
     r.on_written(1)
-    assert r.ack(3) == (0, [(1, 2)], 3)
+    assert r.ack(3, 0.0) == (0, [(1, 2)], 3)
     r.on_done(b"h" * 32, 2, 0.2)  # too early: an ack says what is missing
     assert r.poll() == []
-    assert r.ack(3) == (0, [(1, 2)], 3)
+    assert r.ack(3, 0.0) == (0, [(1, 2)], 3)
     r.on_written(0)
     r.on_done(b"h" * 32, 2, 0.3)
     r.on_done(b"h" * 32, 2, 0.3)
@@ -560,27 +560,27 @@ def test_written_chunks_are_acked_every_few_and_at_once_when_none_waits() -> Non
         assert r.on_chunk(i, False, 0.0) is Arrival.NEW
     for i in range(ACK_EVERY - 1):
         r.on_written(i)
-        assert r.ack(16) is None and r.ack_due  # more are coming
+        assert r.ack(16, 0.0) is None and r.ack_due  # more are coming
     r.on_written(ACK_EVERY - 1)
-    assert r.ack(16) == (ACK_EVERY, [], 16)
+    assert r.ack(16, 0.0) == (ACK_EVERY, [], 16)
     r.on_written(ACK_EVERY)
-    assert r.ack(16) is None
+    assert r.ack(16, 0.0) is None
     assert r.on_chunk(0, False, 0.0) is Arrival.DUPLICATE  # answered at once
-    assert r.ack(16) == (ACK_EVERY + 1, [], 16)
+    assert r.ack(16, 0.0) == (ACK_EVERY + 1, [], 16)
     r.on_written(ACK_EVERY + 1)  # the last one queued: none waits now
-    assert r.ack(16) == (ACK_EVERY + 2, [], 16)
+    assert r.ack(16, 0.0) == (ACK_EVERY + 2, [], 16)
     r.on_chunk(6, False, 0.0)
     r.on_chunk(7, False, 0.0)
     r.on_written(6)
     r.on_done(b"h" * 32, 12, 0.0)  # too early: answered at once
-    assert r.ack(16) == (7, [], 16)
+    assert r.ack(16, 0.0) == (7, [], 16)
     small = IncomingTransfer(total=4, credit=2, idle_timeout=30.0, now=0.0)
     small.on_chunk(0, False, 0.0)
     small.on_chunk(1, False, 0.0)
     small.on_written(0)
-    assert small.ack(2) == (1, [], 2)  # a credit of 2: every chunk
+    assert small.ack(2, 0.0) == (1, [], 2)  # a credit of 2: every chunk
     small.on_written(1)
-    assert small.ack(7) == (2, [], 7)
+    assert small.ack(7, 0.0) == (2, [], 7)
 
 
 def test_a_forced_ack_goes_now_due_or_not_and_a_held_one_stays_due() -> None:
@@ -588,17 +588,17 @@ def test_a_forced_ack_goes_now_due_or_not_and_a_held_one_stays_due() -> None:
     goes with what is written so far, even when none is due or one is held
     back; a chunk written after it is acked as before."""
     r = IncomingTransfer(total=8, credit=16, idle_timeout=30.0, now=0.0)
-    assert r.ack(16) is None
-    assert r.ack(16, force=True) == (0, [], 16)  # nothing written: still an ack
+    assert r.ack(16, 0.0) is None
+    assert r.ack(16, 0.0, force=True) == (0, [], 16)  # nothing written: still an ack
     for i in range(3):
         r.on_chunk(i, False, 0.0)
     r.on_written(0)
-    assert r.ack(16) is None and r.ack_due  # held back: more are coming
-    assert r.ack(16, force=True) == (1, [], 16)
+    assert r.ack(16, 0.0) is None and r.ack_due  # held back: more are coming
+    assert r.ack(16, 0.0, force=True) == (1, [], 16)
     assert not r.ack_due
     r.on_written(1)
     r.on_written(2)  # none waits: at once
-    assert r.ack(16) == (3, [], 16)
+    assert r.ack(16, 0.0) == (3, [], 16)
 
 
 def test_incoming_hash_mismatch_and_write_error_discard_and_notify() -> None:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.receive_window import (
+    CREDIT_GRACE,
     INITIAL_CREDIT,
     Arrival,
     ReceiveWindow,
@@ -85,7 +86,7 @@ def simulate(
         if events and (deadline is None or events[0][0] <= deadline):
             now, _, kind, index, ack = heapq.heappop(events)
             if kind == "chunk":
-                arrival = receiver.on_chunk(index, index == total - 1)
+                arrival = receiver.on_chunk(index, index == total - 1, now)
                 assert arrival is not Arrival.INVALID
                 if arrival is Arrival.NEW:
                     writes[index] += 1
@@ -497,22 +498,22 @@ def test_next_deadline_none_when_idle() -> None:
 
 def test_receive_window_classifies_chunks() -> None:
     r = ReceiveWindow(3, 4)
-    assert r.on_chunk(0, False) is Arrival.NEW
+    assert r.on_chunk(0, False, 0.0) is Arrival.NEW
     assert r.queued == 1
-    assert r.on_chunk(0, False) is Arrival.DUPLICATE  # queued, not written yet
+    assert r.on_chunk(0, False, 0.0) is Arrival.DUPLICATE  # queued, not written yet
     r.on_written(0)
     assert r.queued == 0
-    assert r.on_chunk(0, False) is Arrival.DUPLICATE
+    assert r.on_chunk(0, False, 0.0) is Arrival.DUPLICATE
     assert r.duplicates == 2
-    assert r.on_chunk(2, False) is Arrival.INVALID  # the last chunk must say so
-    assert r.on_chunk(1, True) is Arrival.INVALID
-    assert r.on_chunk(3, True) is Arrival.INVALID
-    assert r.on_chunk(-1, False) is Arrival.INVALID
-    assert r.on_chunk(2, True) is Arrival.NEW
+    assert r.on_chunk(2, False, 0.0) is Arrival.INVALID  # the last chunk must say so
+    assert r.on_chunk(1, True, 0.0) is Arrival.INVALID
+    assert r.on_chunk(3, True, 0.0) is Arrival.INVALID
+    assert r.on_chunk(-1, False, 0.0) is Arrival.INVALID
+    assert r.on_chunk(2, True, 0.0) is Arrival.NEW
     r.on_written(2)
     assert r.ack_fields() == (1, [(2, 3)], 4)
     assert not r.complete
-    assert r.on_chunk(1, False) is Arrival.NEW
+    assert r.on_chunk(1, False, 0.0) is Arrival.NEW
     r.on_written(1)
     assert r.ack_fields() == (3, [], 4)
     assert r.complete
@@ -521,7 +522,7 @@ def test_receive_window_classifies_chunks() -> None:
 def test_only_written_chunks_are_acknowledged() -> None:
     r = ReceiveWindow(4, 4)
     for i in range(3):
-        assert r.on_chunk(i, False) is Arrival.NEW
+        assert r.on_chunk(i, False, 0.0) is Arrival.NEW
     assert r.ack_fields() == (0, [], 4)
     r.on_written(1)
     assert r.ack_fields() == (0, [(1, 2)], 4)
@@ -530,7 +531,7 @@ def test_only_written_chunks_are_acknowledged() -> None:
 def test_sack_is_bounded() -> None:
     r = ReceiveWindow(400, 8)
     for i in range(1, 400, 2):
-        r.on_chunk(i, i == 399)
+        r.on_chunk(i, i == 399, 0.0)
         r.on_written(i)
     cumulative, sack, _ = r.ack_fields()
     assert cumulative == 0
@@ -546,46 +547,64 @@ def test_receive_window_validation() -> None:
     held = ChunkBitmap(3)
     held.add(0)
     r = ReceiveWindow(3, 1, have=held)
-    assert r.on_chunk(0, False) is Arrival.DUPLICATE
+    assert r.on_chunk(0, False, 0.0) is Arrival.DUPLICATE
     assert r.ack_fields()[0] == 1
 
 
 def test_receive_window_drops_chunks_beyond_the_credit() -> None:
     r = ReceiveWindow(100, 3)
-    assert [r.on_chunk(i, False) for i in range(4)] == [Arrival.NEW] * 3 + [Arrival.OVER_CREDIT]
+    arrivals = [r.on_chunk(i, False, 0.0) for i in range(4)]
+    assert arrivals == [Arrival.NEW] * 3 + [Arrival.OVER_CREDIT]
     assert r.over_credit == 1 and r.queued == 3
     r.on_written(0)
-    assert r.on_chunk(3, False) is Arrival.NEW  # room again once one is written
+    assert r.on_chunk(3, False, 0.0) is Arrival.NEW  # room again once one is written
     # A shrunk credit: the old one holds, less one for every chunk written
     # since (what the sender can still have in flight under it).
-    r.window = 1
-    assert r.allowed == 3
-    assert r.on_chunk(4, False) is Arrival.OVER_CREDIT  # 3 queued = the old credit
+    r.advertise(1, 0.0)
+    assert r.allowed(0.0) == 3
+    assert r.on_chunk(4, False, 0.0) is Arrival.OVER_CREDIT  # 3 queued = the old credit
     r.on_written(1)
-    assert r.allowed == 2 and r.queued == 2
-    assert r.on_chunk(4, False) is Arrival.OVER_CREDIT  # 2 queued: the old credit less 1
+    assert r.allowed(0.0) == 2 and r.queued == 2
+    assert r.on_chunk(4, False, 0.0) is Arrival.OVER_CREDIT  # 2 queued: the old credit less 1
     r.on_written(2)
-    assert r.allowed == 1  # the new credit, with chunk 3 queued
-    assert r.on_chunk(4, False) is Arrival.OVER_CREDIT
+    assert r.allowed(0.0) == 1  # the new credit, with chunk 3 queued
+    assert r.on_chunk(4, False, 0.0) is Arrival.OVER_CREDIT
     r.on_written(3)
-    assert r.on_chunk(4, False) is Arrival.NEW
-    assert r.on_chunk(5, False) is Arrival.OVER_CREDIT  # chunk 4 is queued
-    r.window = 1
-    assert r.allowed == 1  # the old credit is forgotten
+    assert r.on_chunk(4, False, 0.0) is Arrival.NEW
+    assert r.on_chunk(5, False, 0.0) is Arrival.OVER_CREDIT  # chunk 4 is queued
+    r.advertise(1, 0.0)
+    assert r.allowed(0.0) == 1  # the old credit is forgotten
     r.on_written(4)
-    assert r.on_chunk(5, False) is Arrival.NEW
+    assert r.on_chunk(5, False, 0.0) is Arrival.NEW
     r.on_dropped(5)  # the writer refused it: no longer queued
     assert r.queued == 0 and 5 not in r.written
     # Growth applies at once; a shrink in a grace keeps the largest credit.
-    r.window = 8
-    assert r.allowed == 8
-    r.window = 2
-    r.window = 1
-    assert r.allowed == 8
+    r.advertise(8, 0.0)
+    assert r.allowed(0.0) == 8
+    r.advertise(2, 0.0)
+    r.advertise(1, 0.0)
+    assert r.allowed(0.0) == 8
     for index in range(6, 9):
-        assert r.on_chunk(index, False) is Arrival.NEW
+        assert r.on_chunk(index, False, 0.0) is Arrival.NEW
         r.on_written(index)
-    assert r.allowed == 5  # three written since
+    assert r.allowed(0.0) == 5  # three written since
+
+
+def test_the_old_credit_expires_a_grace_after_the_shrink_or_its_last_chunk() -> None:
+    r = ReceiveWindow(100, 8)
+    for index in range(8):
+        assert r.on_chunk(index, False, 0.0) is Arrival.NEW
+    r.on_written(0)  # after a long stall of the writer: the grace counts from the ack
+    r.advertise(2, 10.0)
+    assert r.allowed(10.0 + CREDIT_GRACE) == 8
+    assert r.on_chunk(8, False, 11.0) is Arrival.NEW  # sent under the old credit
+    assert r.allowed(11.0 + CREDIT_GRACE) == 8  # more of it may follow
+    assert r.allowed(11.0 + CREDIT_GRACE + 0.01) == 2  # expired
+    assert r.on_chunk(9, False, 11.0 + CREDIT_GRACE + 0.01) is Arrival.OVER_CREDIT
+    r.on_written(1)  # it stays expired: a later chunk does not bring it back
+    r.advertise(2, 20.0)
+    assert r.allowed(20.0) == 2
+    assert allowance_bytes(r, 10, 20.0) == 20
 
 
 def test_send_window_honours_at_most_its_own_buffer() -> None:
@@ -614,10 +633,57 @@ def test_node_credit_shares_the_buffer_and_stays_within_what_the_others_leave() 
 
 def test_allowance_counts_at_most_the_chunks_left_to_write() -> None:
     r = ReceiveWindow(3, 16)
-    assert allowance_bytes(r, 10) == 30
-    r.on_chunk(0, False)
+    assert allowance_bytes(r, 10, 0.0) == 30
+    r.on_chunk(0, False, 0.0)
     r.on_written(0)
-    assert allowance_bytes(r, 10) == 20
+    assert allowance_bytes(r, 10, 0.0) == 20
+
+
+def test_a_trickling_transfer_does_not_hold_a_new_one_at_one_chunk() -> None:
+    # Two transfers grew to the whole window (16 chunks each: the 32 MiB
+    # buffer) and then trickle, a chunk every 29 s (which keeps them from
+    # timing out). A third one starts with one chunk, as they hold all of
+    # the buffer; it acks every chunk (one round trip, 50 ms). Each
+    # trickler's next ack shrinks its credit to its share (10 chunks); what
+    # is left of its old credit must expire within CREDIT_GRACE of it, so
+    # the new transfer reaches its share soon after, not one chunk of the
+    # old credit per 29 s.
+    mib, buffer, window = 1 << 20, 32 << 20, 16
+    slow = [ReceiveWindow(1000, window) for _ in range(2)]
+    for r in slow:
+        for index in range(window):
+            assert r.on_chunk(index, False, 0.0) is Arrival.NEW
+            r.on_written(index)
+        r.advertise(window, 0.0)
+    flows = [*slow]
+
+    def credit(r: ReceiveWindow | None, now: float) -> int:
+        others = sum(allowance_bytes(o, mib, now) for o in flows if o is not r)
+        running = len(flows) + (r is None)
+        return node_credit(window, mib, buffer, running, others, r.window if r else 0)
+
+    fresh = ReceiveWindow(100_000, credit(None, 0.1))
+    assert fresh.window == 1
+    flows.append(fresh)
+    shrunk_at = 29.0
+    for r in slow:  # each trickler's next chunk: written, acked with its share
+        assert r.on_chunk(window, False, shrunk_at) is Arrival.NEW
+        r.on_written(window)
+        r.advertise(credit(r, shrunk_at), shrunk_at)
+        assert r.window == 10
+    now, index, reached = 0.1, 0, None
+    while now < 60.0 and reached is None:  # the fresh one: a chunk a round trip
+        for _ in range(fresh.window):
+            assert fresh.on_chunk(index, False, now) is Arrival.NEW
+            fresh.on_written(index)
+            index += 1
+        fresh.advertise(credit(fresh, now), now)
+        if fresh.window == buffer // 3 // mib:
+            reached = now
+        now += 0.05
+    assert reached is not None and reached < shrunk_at + CREDIT_GRACE + 0.5, reached
+    # Within the buffer all the same (plus one chunk per transfer at most).
+    assert sum(allowance_bytes(o, mib, reached) for o in flows) <= buffer + 3 * mib
 
 
 @settings(max_examples=80, deadline=None)
@@ -636,7 +702,9 @@ def test_an_honest_sender_is_never_over_a_credit_that_shrinks_and_grows(
     # it was told, over a channel that loses and reorders nothing (one data
     # connection: TCP), never has a chunk dropped as over the credit. So the
     # old credit a shrink leaves the sender is exactly what the receiver
-    # still allows (less one chunk per chunk written since).
+    # still allows (less one chunk per chunk written since). Its delays (a
+    # round trip and a write) are well within CREDIT_GRACE, after which the
+    # old credit expires: a chunk of it later than that is dropped and resent.
     sender = SendWindow(total, RttEstimator(initial_rto=60.0, min_rto=60.0))
     receiver = ReceiveWindow(total, first)
     sender.on_accept([], receiver.window)
@@ -657,13 +725,14 @@ def test_an_honest_sender_is_never_over_a_credit_that_shrinks_and_grows(
     while events and not sender.done:
         now, _, kind, index, ack = heapq.heappop(events)
         if kind == "chunk":
-            arrival = receiver.on_chunk(index, index == total - 1)
-            assert arrival is not Arrival.OVER_CREDIT, (index, receiver.queued, receiver.allowed)
+            arrival = receiver.on_chunk(index, index == total - 1, now)
+            held = (index, receiver.queued, receiver.allowed(now))
+            assert arrival is not Arrival.OVER_CREDIT, held
             if arrival is Arrival.NEW:
                 heapq.heappush(events, (now + write_delay, next(seq), "written", index, None))
         elif kind == "written":
             receiver.on_written(index)
-            receiver.window = next(acks)
+            receiver.advertise(next(acks), now)
             ack_free = max(ack_free, now + next(delay))
             heapq.heappush(events, (ack_free, next(seq), "ack", 0, receiver.ack_fields()))
         else:

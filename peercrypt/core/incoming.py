@@ -121,7 +121,7 @@ class IncomingTransfer:
         (index outside the file or wrong last flag; ignored)."""
         if self.ended:
             return Arrival.DUPLICATE
-        arrival = self.window.on_chunk(index, last)
+        arrival = self.window.on_chunk(index, last, now)
         if arrival is Arrival.NEW:
             self.last_activity = now
         elif arrival is Arrival.DUPLICATE:
@@ -217,9 +217,9 @@ class IncomingTransfer:
         return out
 
     def ack(
-        self, credit: int, force: bool = False
+        self, credit: int, now: float, force: bool = False
     ) -> tuple[int, list[tuple[int, int]], int] | None:
-        """The Ack to send now with ``credit`` chunks of window, if one is
+        """The Ack to send at ``now`` with ``credit`` chunks of window, if one is
         due: at once for a duplicate or an early Done, else once enough
         chunks are written or none is waiting to be (see the module docs).
         ``ack_due`` stays set while one is held back. ``force``: now, due or
@@ -231,7 +231,7 @@ class IncomingTransfer:
             return None
         self.ack_due = self._ack_now = False
         self._unacked = 0
-        self.window.window = max(1, credit)
+        self.window.advertise(max(1, credit), now)
         return self.window.ack_fields()
 
     def next_timer(self) -> float | None:

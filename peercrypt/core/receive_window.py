@@ -14,7 +14,17 @@ transfers starting at once shrink every credit). That is exact for an
 honest sender whose acks arrive in order: the ack that shrank the credit
 acknowledged every chunk written until then, so the chunks sent under the
 old credit and not yet written are at most the old credit less those
-written since, and each later ack carries the new one.
+written since, and each later ack carries the new one. What is left of the
+old credit also expires :data:`CREDIT_GRACE` seconds after the ack that
+shrank it, or after the last new chunk if one came later: the sender has
+sent every chunk of the old credit by the time it hears of the new one, so
+they arrive within about a round trip, and while they come the old credit
+runs down one chunk per chunk written. Without it a transfer that grew and
+then trickles (a chunk now and then keeps it from timing out) would keep
+its old credit, and every other transfer of the node, charged for it, one
+chunk. A chunk of the old credit later than that (a round trip or a stall
+longer than the grace) is dropped as over the credit and the sender resends
+it. Time is passed in (``now``); nothing here reads a clock.
 """
 
 from __future__ import annotations
@@ -31,6 +41,12 @@ class Arrival(enum.Enum):
     OVER_CREDIT = "over-credit"  # more chunks queued than the credit allows: drop
 
 
+# Seconds the old credit is still allowed after an ack that shrank it (or
+# after the last new chunk that came under it): many round trips on a LAN or
+# a WAN, and more than the stalls of a loaded machine's actors.
+CREDIT_GRACE = 2.0
+
+
 class ReceiveWindow:
     def __init__(self, total: int, window: int, have: ChunkBitmap | None = None) -> None:
         if window < 1:
@@ -41,6 +57,7 @@ class ReceiveWindow:
         if self.written.total != total:
             raise ValueError("held bitmap does not match the file")
         self._queued: set[int] = set()
+        self._since = 0.0  # the shrinking ack, or the last new chunk after it
         self.duplicates = 0
         self.over_credit = 0
 
@@ -49,21 +66,26 @@ class ReceiveWindow:
         """The credit advertised in acks, in chunks (set once per ack sent)."""
         return self._window
 
-    @window.setter
-    def window(self, value: int) -> None:
-        if value < 1:
+    def advertise(self, window: int, now: float) -> None:
+        """Set the credit of the ack sent at ``now``."""
+        if window < 1:
             raise ValueError("window must be >= 1")
         # The old credit's chunks may still be coming (see the module docs).
+        self._expire(now)
         self._allowed = max(self._allowed, self._window)
-        self._window = value
+        self._window = window
+        if self._allowed > window:
+            self._since = now
 
-    @property
-    def allowed(self) -> int:
-        """Chunks that may be queued now: the window, or what is left of a
-        larger one advertised before (see the module docs)."""
+    def allowed(self, now: float) -> int:
+        """Chunks that may be queued at ``now``: the window, or what is left
+        of a larger one advertised before, until it expires (see the module
+        docs)."""
+        if now - self._since > CREDIT_GRACE:
+            return self._window
         return max(self._window, self._allowed)
 
-    def on_chunk(self, index: int, last: bool) -> Arrival:
+    def on_chunk(self, index: int, last: bool, now: float) -> Arrival:
         """Classify an authenticated chunk (the AAD already bound ``last``;
         this checks it against the offered size)."""
         if not 0 <= index < self.total or last != (index == self.total - 1):
@@ -71,11 +93,18 @@ class ReceiveWindow:
         if index in self.written or index in self._queued:
             self.duplicates += 1
             return Arrival.DUPLICATE
-        if len(self._queued) >= self.allowed:
+        self._expire(now)
+        if len(self._queued) >= self.allowed(now):
             self.over_credit += 1
             return Arrival.OVER_CREDIT
         self._queued.add(index)
+        if self._allowed > self._window:
+            self._since = now  # more of the old credit may follow it
         return Arrival.NEW
+
+    def _expire(self, now: float) -> None:
+        if now - self._since > CREDIT_GRACE:
+            self._allowed = self._window
 
     def on_dropped(self, index: int) -> None:
         """A queued chunk was dropped before it was written."""
@@ -132,7 +161,7 @@ def node_credit(
     return max(1, min(window, grown, share // chunk_size, free // chunk_size))
 
 
-def allowance_bytes(window: ReceiveWindow, chunk_size: int) -> int:
-    """Bytes a transfer may have queued now: its allowance, but no more than
-    the chunks it has left to write."""
-    return min(window.allowed, window.total - window.written.count) * chunk_size
+def allowance_bytes(window: ReceiveWindow, chunk_size: int, now: float) -> int:
+    """Bytes a transfer may have queued at ``now``: its allowance, but no
+    more than the chunks it has left to write."""
+    return min(window.allowed(now), window.total - window.written.count) * chunk_size

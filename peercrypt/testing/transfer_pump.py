@@ -225,7 +225,7 @@ def pump_transfer(
                 over(acks, "verified", out.digest)
             elif isinstance(out, Abandon) and out.notify:
                 over(acks, "failed", (out.code, out.reason))
-        ack = receiver.ack(credit)
+        ack = receiver.ack(credit, now)
         if ack is not None:
             over(acks, "ack", ack)
 
