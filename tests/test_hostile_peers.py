@@ -560,9 +560,9 @@ def test_data_port_connections_and_unread_bytes_are_bounded(
             peers.append(peer)
             peer.greet()
             peer.send(frame_header(MAX_CHUNK, more=True) + partial)
-        # Every connection counted before the next attack: the endless one's
-        # debt then closes the 128 kept ones too, which would let connections
-        # whose accept the node had not seen yet in under the cap.
+        # Every connection counted before the next attack. The 128 kept ones
+        # stay (8 MiB, within their share of the bound, whatever the endless
+        # one's debt): a debt closes only its own address's connections.
         over = 1000 - GuardLimits.per_address
         receiver.wait_for_counter("receiver.data-closed-over-cap", over, WAIT)
         endless = RawDataPeer(receiver.host, receiver.data_port, source="127.0.0.3")
@@ -574,7 +574,13 @@ def test_data_port_connections_and_unread_bytes_are_bounded(
         assert endless.closed_by_node(WAIT), f"still open after {sent} MiB"
         assert_sent(receiver, sender.send_to(good, receiver), good)
         peak = rss_kib(receiver.pid)
-        closed = sum(peer.closed_by_node(0.01) for peer in peers)
+        # A busy machine may show a close later than 10 ms: look again at
+        # those still open while more than the cap are.
+        kept = [peer for peer in peers if not peer.closed_by_node(0.01)]
+        deadline = time.monotonic() + WAIT
+        while len(kept) > GuardLimits.per_address and time.monotonic() < deadline:
+            kept = [peer for peer in kept if not peer.closed_by_node(0.01)]
+        closed = len(peers) - len(kept)
     finally:
         for peer in peers:
             peer.close()

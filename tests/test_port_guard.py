@@ -5,6 +5,8 @@ gateway."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -84,22 +86,25 @@ def test_deliveries_build_no_credit_and_a_new_address_starts_at_zero() -> None:
 def test_a_closed_address_keeps_its_debt_until_delivered_or_idle() -> None:
     """Closing frees an unfinished message but not the whole ones libzmq
     queued: until the receiver has taken them, the address's debt counts,
-    and connections that hold anything are closed while it keeps the total
-    over the bound; a debt nothing is delivered from is forgotten."""
+    and while it keeps the total over the bound, a connection is closed
+    only for holding more than its share; a debt nothing is delivered from
+    is forgotten."""
     guard = PortGuard(SMALL)
     guard.accepted(1, "flood")
     assert guard.sample({1: 1500}) == [1]
-    assert guard.held == 1500 and guard.watching
+    assert guard.held == 1500 and guard.debts == 1500 and guard.watching
     guard.accepted(2, "b")
     guard.accepted(3, "c")
-    assert guard.sample({2: 10, 3: 0}) == [2]  # b holds something, c nothing
-    assert guard.held == 1510 and guard.live() == {"c"}
+    assert guard.sample({2: 10, 3: 0}) == []  # b holds little, c nothing
+    assert guard.held == 1510 and guard.debts == 1500
+    assert guard.sample({2: 1010, 3: 0}) == [2]  # b holds more than the bound
+    assert guard.held == 2510 and guard.debts == 2510 and guard.live() == {"c"}
     guard.delivered("flood", 600)
-    assert guard.sample({3: 0}) == [] and guard.held == 910
+    assert guard.sample({3: 0}) == [] and guard.held == 1910
     for _ in range(DEBT_SAMPLES - 1):
         guard.delivered("flood", 1)
         guard.sample({3: 0})
-    assert guard.held == 900 - (DEBT_SAMPLES - 1)  # b's 10 idle: forgotten
+    assert guard.held == 900 - (DEBT_SAMPLES - 1)  # b's 1010 idle: forgotten
     for _ in range(DEBT_SAMPLES):
         guard.sample({3: 0})
     assert guard.held == 0 and guard.live() == {"c"}
@@ -129,32 +134,97 @@ def test_the_default_bound_covers_the_credit_and_two_messages() -> None:
     assert framed_size(255) == 257 and framed_size(256) == 265
 
 
-@given(
-    st.lists(
+Step = tuple[str, int, str, int]
+
+
+def any_steps(conns: int, most: int, size: int) -> st.SearchStrategy[list[Step]]:
+    """What peers do: connections ``0..conns`` from three addresses, reads
+    and deliveries of up to ``most`` bytes, samples."""
+    return st.lists(
         st.tuples(
             st.sampled_from(["accept", "close", "read", "deliver", "sample"]),
-            st.integers(0, 15),
+            st.integers(0, conns),
             st.sampled_from(["a", "b", "c"]),
-            st.integers(0, 700),
+            st.integers(0, most),
         ),
-        max_size=80,
+        max_size=size,
     )
-)
-def test_after_every_sample_the_bounds_hold(steps: list[tuple[str, int, str, int]]) -> None:
-    guard = PortGuard(SMALL)
-    reads: dict[int, int] = {}
+
+
+def play(
+    guard: PortGuard, steps: list[Step], reads: dict[int, int]
+) -> Iterator[tuple[str, list[int]]]:
+    """Plays ``steps`` on ``guard``, yielding each accept or sample and
+    what the guard closes at it."""
     for action, conn, address, n in steps:
         if action == "accept":
-            for gone in guard.accepted(conn, address):
-                reads.pop(gone, None)
+            closed = guard.accepted(conn, address)
         elif action == "close":
             guard.closed(conn)
+            continue
         elif action == "read":
             reads[conn] = reads.get(conn, 0) + n
+            continue
         elif action == "deliver":
             guard.delivered(address, n)
+            continue
         else:
-            guard.sample(reads)
-            # Within the bound, or nothing left to close: the rest is debt.
-            assert guard.held <= SMALL.held or all(guard.cost(a) == 0 for a in guard.live())
+            closed = guard.sample(reads)
+        for gone in closed:
+            reads.pop(gone, None)
+        yield action, closed
+
+
+@given(any_steps(15, 700, 80))
+def test_after_every_sample_the_bounds_hold(steps: list[Step]) -> None:
+    guard = PortGuard(SMALL)
+    for action, _ in play(guard, steps, {}):
+        if action == "sample":  # within the bound beside the debts of those without connections
+            assert guard.held - guard.debts <= SMALL.held
         assert guard.connections <= SMALL.connections
+
+
+def test_a_debtor_reconnecting_gets_only_itself_closed() -> None:
+    """An address whose debt can never be delivered (an unfinished frame
+    the close freed) and that opens a new idle connection every 20 samples:
+    its debt still ages, and while it keeps the total over the bound only
+    its own connections are closed, never an honest one holding a little."""
+    guard = PortGuard(SMALL)
+    guard.accepted(1, "attacker")
+    assert guard.sample({1: 5000}) == [1]  # its debt: 5000, never delivered
+    guard.accepted(2, "honest")
+    reads = {2: 100}  # its heartbeats: read, never delivered
+    attacker, honest_closed, attacker_closed = 0, 0, 0
+    for step in range(2000):
+        if step % 20 == 0:
+            attacker = 3 + step
+            guard.accepted(attacker, "attacker", allowance=128)
+            reads[attacker] = 128
+        for gone in guard.sample(reads):
+            reads.pop(gone)
+            if gone == attacker:
+                attacker_closed += 1
+            else:  # it reconnects
+                honest_closed += 1
+                guard.accepted(-step, "honest")
+                reads[-step] = 0  # its 100 stay on its address's account
+        if step == DEBT_SAMPLES:
+            assert guard.held == 100  # the debt aged out despite the reconnects
+    assert honest_closed == 0
+    assert attacker_closed == 3  # its connections while its debt was there
+
+
+@given(any_steps(4, 3000, 120), st.integers(1, SMALL.held // 4))
+def test_an_address_within_its_share_without_debt_is_never_closed(
+    steps: list[Step], holds: int
+) -> None:
+    """Whatever three other addresses do (debts over the bound included),
+    one holding at most a quarter of the bound (its share among four) and
+    owing nothing keeps its connection."""
+    guard = PortGuard(GuardLimits(held=SMALL.held, connections=100, per_address=100))
+    honest = 99
+    assert guard.accepted(honest, "honest") == []
+    reads = {honest: holds}  # e.g. its heartbeats, never delivered
+    for _, closed in play(guard, steps, reads):
+        assert honest not in closed
+    assert honest not in guard.sample(reads)

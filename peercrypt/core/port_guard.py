@@ -37,18 +37,24 @@ never below zero (bytes delivered late build no credit). What it costs in
 memory is ``held`` times the address's ratio of memory to wire bytes, from
 what was delivered from it lately (:func:`held_memory`: libzmq keeps every
 frame in a 64-byte slot, so a flood of empty frames costs 32 times its
-bytes on the wire; a chunk's frames cost about their size). While the
-memory held for all addresses together exceeds :attr:`GuardLimits.held`,
-every connection of the address costing the most (of those that still
-have connections and hold anything) is closed. Closing frees what libzmq
-held of an unfinished message, but whole messages it already queued stay
-until the receiver takes them: so the address keeps its account (its
-debt) after its connections are gone, until deliveries bring it to zero,
-and while that debt keeps the total over the bound, any connection that
-holds anything is closed too. Honest senders hold at most their credit
-(bounded by the receive buffer) plus a message in progress per connection;
-a sender whose connection was closed reconnects and resends what was not
-acknowledged.
+bytes on the wire; a chunk's frames cost about their size). Closing frees
+what libzmq held of an unfinished message, but whole messages it already
+queued stay until the receiver takes them: so when an address's last
+connection goes, what it holds becomes its debt, which deliveries from it
+pay first; a debt is forgotten once nothing was delivered from the address
+for ``DEBT_SAMPLES`` samples (what is left was an unfinished message, which
+the close freed), whether or not the address connected again meanwhile.
+While the memory held for all addresses together exceeds
+:attr:`GuardLimits.held`, every connection of the address costing the most
+(its debt included) is closed, costliest first, until the rest fits, but
+only of addresses costing more than their share: the bound divided by the
+number of addresses with connections that hold anything. An address within
+its share is never closed: debts (one's own beyond the share closes its new
+connections) cannot get others closed, and what the addresses with
+connections hold stays within the bound beside the debts of those without.
+Honest senders hold at most their credit (bounded by the receive buffer)
+plus a message in progress per connection; a sender whose connection was
+closed reconnects and resends what was not acknowledged.
 
 Connections are capped too (:meth:`PortGuard.accepted`): at most
 :attr:`GuardLimits.per_address` from one address (a new one beyond it is
@@ -113,8 +119,8 @@ def held_memory(length: int) -> int:
 # address that turns from chunks to a flood of tiny frames is charged for
 # them after some hundreds of them.
 RATIO_DECAY = 0.99
-# Samples (2-20 ms apart) without a delivery after which the debt of an
-# address without connections is forgotten.
+# Samples (2-20 ms apart) without a delivery from an address after which its
+# debt is forgotten, whether or not it has connected again.
 DEBT_SAMPLES = 50
 
 
@@ -144,7 +150,9 @@ class PortGuard:
         self._delivered: dict[str, int] = {}  # address -> delivered since the last sample
         # address -> decayed sums of the wire bytes and memory it delivered
         self._ratio: dict[str, tuple[float, float]] = {}
-        self._idle: dict[str, int] = {}  # address without connections -> samples without delivery
+        # address -> what it held when its last connection went, not delivered since
+        self._debt: dict[str, int] = {}
+        self._idle: dict[str, int] = {}  # address with a debt -> samples without delivery
 
     @property
     def connections(self) -> int:
@@ -154,6 +162,12 @@ class PortGuard:
     def held(self) -> int:
         """Memory held for all addresses at the last sample, debts included."""
         return sum(self.cost(a) for a in self._held)
+
+    @property
+    def debts(self) -> int:
+        """Memory held for the addresses without a connection (their debts)."""
+        live = self.live()
+        return sum(self.cost(a) for a in self._held if a not in live)
 
     def live(self) -> set[str]:
         """The addresses with a connection."""
@@ -194,8 +208,11 @@ class PortGuard:
     def closed(self, conn: Conn) -> None:
         """``conn`` is gone (closed by either side); unknown ones are ignored.
         Its address keeps what it holds (see the module docs)."""
-        self._address.pop(conn, None)
+        address = self._address.pop(conn, None)
         self._reads.pop(conn, None)
+        if address is not None and self._held.get(address, 0) > 0 and self._count(address) == 0:
+            self._debt[address] = self._held[address]
+            self._idle.setdefault(address, 0)  # a new debt does not renew an old one
 
     def delivered(self, address: str, nbytes: int, memory: int | None = None) -> None:
         """The receiver took ``nbytes`` (framed) of a message from
@@ -220,42 +237,51 @@ class PortGuard:
         live = self.live()
         for address in list(self._held):
             delivered = self._delivered.pop(address, 0)
-            self._held[address] = max(0, self._held[address] - delivered)
-            if address in live:
-                self._idle.pop(address, None)
-                continue
+            held = self._held[address] = max(0, self._held[address] - delivered)
             # A debt: whole messages libzmq queued before the close are
-            # delivered in turn; once none came for DEBT_SAMPLES samples, what
-            # is left was an unfinished message, which the close freed.
+            # delivered in turn (they pay it first); once none came for
+            # DEBT_SAMPLES samples, what is left was an unfinished message,
+            # which the close freed. A new connection does not stop the count.
+            debt = min(held, max(0, self._debt.get(address, 0) - delivered))
             idle = 0 if delivered else self._idle.get(address, 0) + 1
-            if self._held[address] == 0 or idle >= DEBT_SAMPLES:
-                self._forget(address)
-            else:
+            if debt and idle >= DEBT_SAMPLES:
+                held = self._held[address] = held - debt
+                debt = 0
+            if debt:
+                self._debt[address] = debt
                 self._idle[address] = idle
+            else:
+                self._debt.pop(address, None)
+                self._idle.pop(address, None)
+            if address not in live and held == 0:
+                self._forget(address)
         close: list[Conn] = []
         total = self.held
         if total <= self.limits.held:
             return close
-        # Closing frees no debt at once (see the module docs), so every
-        # address with connections that holds anything is closed, costliest
-        # first, until the rest would fit beside the debts.
-        holding = sorted(
-            (a for a in self.live() if self._held.get(a, 0) > 0),
-            key=self.cost,
-            reverse=True,
-        )
-        for worst in holding:
+        # Closing frees no debt at once (see the module docs): an address is
+        # closed only for costing more than its share of the bound, debt
+        # included, costliest first, until the rest fits.
+        holding = [a for a in live if self._held.get(a, 0) > 0]
+        share = self.limits.held // max(1, len(holding))
+        for worst in sorted(holding, key=self.cost, reverse=True):
+            if self.cost(worst) <= share:
+                break
+            total -= self.cost(worst) - self._debt_cost(worst)
             conns = [c for c, a in self._address.items() if a == worst]
             for conn in conns:
                 self.closed(conn)
             close.extend(conns)
-            total -= self.cost(worst)
             if total <= self.limits.held:
                 break
         return close
 
+    def _debt_cost(self, address: str) -> int:
+        debt = self._debt.get(address, 0)
+        return 0 if debt == 0 else self.cost(address) * debt // max(1, self._held[address])
+
     def _forget(self, address: str) -> None:
-        for table in (self._held, self._delivered, self._ratio, self._idle):
+        for table in (self._held, self._delivered, self._ratio, self._debt, self._idle):
             table.pop(address, None)
 
     def _count(self, address: str) -> int:
