@@ -87,7 +87,8 @@ chunk's megabyte at once cost 0.20-0.24 CPU s per GiB of writes against
 the allocation, handled as from the write.
 
 The hash is taken once, at the end, of the part as read back after fsync
-(the disk or the page cache, BLAKE3 on every core): chunks may be written in any order
+(from the page cache with BLAKE3 on every core, or from the disk on one
+core while a thread reads ahead): chunks may be written in any order
 (parallel lanes, retransmissions, chunks from an earlier run on resume),
 and nothing is held in memory for the hash or hashed twice.
 
@@ -124,6 +125,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,7 +226,7 @@ WriterResult = Written | Finished | WriteFailed | Unsaved | Unpacked | TreeFaile
 # work is queued; with none queued, at once): the receivers' ack cadence.
 ANNOUNCE_EVERY = ACK_EVERY
 FAILED_MEMORY = 1024  # failed files remembered until their close()
-MAX_CHECKS = 2  # final checks running at once (each hashes on every core)
+MAX_CHECKS = 2  # final checks running at once (from the page cache, each on every core)
 MAX_DETACHED_CHECKS = 4  # threads of closed files' checks still running (a hung fsync)
 
 
@@ -387,13 +389,17 @@ def open_direct(fd: int) -> int | None:
     writer's copy into a new file's pages cost 1.8-2.4 CPU s per GiB
     instead of 0.32-0.36 (docs/benchmarks.md). Writes from the reused,
     resident chunk buffers straight to the disk take no page-cache pages at
-    all (0.10-0.18 CPU s per GiB, either way)."""
+    all (0.10-0.18 CPU s per GiB, either way).
+    Raises ``OSError`` for any other failure to open it (no descriptor
+    left, no /proc): a passing one, that says nothing of the filesystem."""
     if not sys.platform.startswith("linux") or not _has_blocks(fd):
         return None
     try:
         return os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
-    except OSError:
-        return None  # (EINVAL: no O_DIRECT here; no /proc: not worth more)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return None  # no O_DIRECT on this filesystem
+        raise
 
 
 def aligned(data: bytes | bytearray | memoryview) -> bool:
@@ -404,6 +410,12 @@ def aligned(data: bytes | bytearray | memoryview) -> bool:
     if len(data) < DIRECT_ALIGN or data.readonly:
         return False
     return ctypes.addressof(ctypes.c_char.from_buffer(data)) % DIRECT_ALIGN == 0
+
+
+# Chunk buffers that are mappings of their own, alive at once, at most (a
+# quarter of the kernel's default map entries per process); beyond, a
+# buffer is the heap's and its chunk goes through the page cache.
+MAX_MAPPED = 16384
 
 
 class BufferPool:
@@ -422,15 +434,37 @@ class BufferPool:
         self._held = 0
         self._free: dict[int, list[memoryview]] = {}
         self._lock = threading.Lock()
+        self._mapped = 0
+        self._mapped_lock = threading.Lock()
 
     def take(self, size: int) -> memoryview:
-        """A writable buffer of exactly ``size`` bytes (contents undefined)."""
+        """A writable buffer of exactly ``size`` bytes (contents undefined):
+        a mapping of its own while fewer than MAX_MAPPED live, else one of
+        the heap's (written through the page cache). Each mapping takes one
+        of the kernel's map entries (vm.max_map_count, 65530 by default),
+        and the sender picks the chunk size: 4 KiB chunks within a large
+        receive buffer would otherwise run the process out of them."""
         with self._lock:
             free = self._free.get(size)
             if free:
                 self._held -= size
                 return free.pop()
-        return memoryview(mmap.mmap(-1, max(size, 1)))[:size]
+        with self._mapped_lock:
+            if size == 0 or self._mapped >= MAX_MAPPED:
+                return memoryview(bytearray(size))
+            self._mapped += 1
+        mapping = mmap.mmap(-1, size)
+        weakref.finalize(mapping, self._unmapped)
+        return memoryview(mapping)
+
+    def _unmapped(self) -> None:
+        with self._mapped_lock:  # (never held while a mapping is dropped)
+            self._mapped -= 1
+
+    @property
+    def mapped(self) -> int:
+        """Buffers of this pool's that are mappings of their own, alive now."""
+        return self._mapped
 
     def give(self, buffer: memoryview) -> None:
         """Take ``buffer`` back (the caller no longer uses it); dropped if full."""
@@ -727,13 +761,13 @@ class FileWriter:
                 except OSError as exc:
                     f = files.pop(tid, None)
                     result = WriteFailed(tid, exc.strerror or str(exc))
-                    if f is not None and len(self._failed) < FAILED_MEMORY:
-                        self._failed[tid] = f  # its fd is closed by close()
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT) and f is not None:
                         result = WriteFailed(tid, exc.strerror or str(exc), no_space=True)
                         unsaved = self._checkpoint(f)
                         if unsaved:
                             self._notes.append(Unsaved(tid, unsaved))
+                    if f is not None:
+                        self._remember_failed(tid, f)  # (after its checkpoint: it may close f)
                 if op[0] == "write":
                     with self._queued_lock:
                         self._queued -= len(op[3])
@@ -889,7 +923,10 @@ class FileWriter:
         device = os.fstat(fd).st_dev
         if not self._direct_devices.get(device, True):
             return None
-        direct = open_direct(fd)
+        try:
+            direct = open_direct(fd)
+        except OSError:
+            return None  # (this file through the page cache; the next one tries again)
         self._direct_devices[device] = direct is not None
         return direct
 
@@ -999,9 +1036,21 @@ class FileWriter:
         f.check = None  # (its fd is closed: nothing of it is left to detach)
         if isinstance(verdict, WriteFailed):  # as any failed file: closed by close()
             files.pop(check.tid, None)
-            if len(self._failed) < FAILED_MEMORY:
-                self._failed[check.tid] = f
+            self._remember_failed(check.tid, f)
         return verdict
+
+    def _remember_failed(self, tid: bytes, f: _File) -> None:
+        """Keep failed ``f`` for its close(), or, with FAILED_MEMORY failed
+        files kept already, close its descriptors now (its close() then
+        finds nothing): never a descriptor left open for good."""
+        if len(self._failed) < FAILED_MEMORY:
+            self._failed[tid] = f
+            return
+        self._detach(f)
+        self._drop_feeder(f)
+        os.close(f.fd)
+        if f.direct is not None:
+            os.close(f.direct)
 
     def _detach(self, f: _File) -> None:
         """``f`` is closed: its check, if any, no longer speaks for it (one

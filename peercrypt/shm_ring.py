@@ -61,7 +61,10 @@ import stat
 
 from peercrypt.core.slot_ring import MAX_SLOTS as MAX_SLOTS
 from peercrypt.core.slot_ring import SlotIntake, SlotRing
-from peercrypt.crypto.transfer import TAG_BYTES
+
+# The tag each sealed chunk carries (peercrypt.crypto.transfer.TAG_BYTES,
+# not imported: `peercrypt send` imports this module and no key library).
+TAG_BYTES = 16
 
 PREFIX = "peercrypt-ring-"
 TOKEN_BYTES = 16

@@ -9,9 +9,11 @@ disk that fills; tmpfs keeps today's buffered path. A node turned off
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import queue
+import resource
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -329,3 +331,87 @@ def test_a_node_writes_directly_unless_told_not_to(
         assert direct == size - size % DIRECT_ALIGN  # every whole page; the tail buffered
     else:
         assert direct == 0
+
+
+def test_a_failed_file_past_the_ones_kept_has_its_descriptors_closed(
+    small_ext4: Callable[[int], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With FAILED_MEMORY failed files kept already, the next one's part and
+    direct descriptors are closed when it fails, not left open for good."""
+    monkeypatch.setattr(file_writer, "FAILED_MEMORY", 0)
+    where = small_ext4(4 * 1024 * 1024)
+    data = os.urandom(96 * CHUNK)  # 6 MiB on a 4 MiB disk
+    fd = new_part(where, len(data))
+    before = set(os.listdir("/proc/self/fd"))
+    h = Harness()
+    try:
+        pieces = chunks_of(data)
+        h.writer.open(b"t", fd, CHUNK, len(data), ChunkBitmap(len(pieces)))
+        for index, piece in enumerate(pieces):
+            result = h.write(b"t", index, piece)
+            if not isinstance(result, Written):
+                break
+        assert isinstance(result, WriteFailed) and result.no_space, result
+        with pytest.raises(OSError) as closed:
+            os.fstat(fd)
+        assert closed.value.errno == errno.EBADF
+        # Nothing else of the file's left open (its direct descriptor).
+        left = set(os.listdir("/proc/self/fd")) - before
+        assert not any(
+            os.readlink(f"/proc/self/fd/{n}").startswith(str(where))
+            for n in left
+            if os.path.exists(f"/proc/self/fd/{n}")
+        ), left
+        h.writer.close(b"t", keep=False)  # finds nothing: no second close
+        h.writer.finish(b"x")  # (the writer still answers)
+    finally:
+        h.close()
+
+
+def test_a_passing_failure_to_open_directly_leaves_the_filesystem_direct(
+    disk: Path, harness: Harness
+) -> None:
+    """Out of descriptors (EMFILE) when the direct descriptor is opened: that
+    file goes through the page cache, and the next file on the same
+    filesystem is opened directly again (only EINVAL marks a filesystem)."""
+    first = new_part(disk, CHUNK)
+    second = os.open(disk / "second", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        lowest_free = os.dup(0)
+        os.close(lowest_free)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new one
+        with pytest.raises(OSError) as full:
+            file_writer.open_direct(first)
+        assert full.value.errno == errno.EMFILE
+        assert harness.writer._open_direct(first) is None
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    direct = harness.writer._open_direct(second)
+    try:
+        assert direct is not None
+        assert fcntl.fcntl(direct, fcntl.F_GETFL) & os.O_DIRECT
+    finally:
+        for fd in (first, second, direct):
+            if fd is not None:
+                os.close(fd)
+
+
+def test_chunk_buffers_beyond_the_mapped_ones_come_from_the_heap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At most MAX_MAPPED buffers are mappings of their own at once (each
+    takes a kernel map entry); beyond, a buffer is the heap's, and a mapping
+    dropped makes room for the next."""
+    monkeypatch.setattr(file_writer, "MAX_MAPPED", 3)
+    pool = file_writer.BufferPool(0)  # keeps nothing given back
+    held = [pool.take(DIRECT_ALIGN) for _ in range(3)]
+    assert all(file_writer.aligned(b) for b in held) and pool.mapped == 3
+    extra = pool.take(DIRECT_ALIGN)
+    assert isinstance(extra.obj, bytearray) and not file_writer.aligned(extra)
+    assert len(extra) == DIRECT_ALIGN
+    pool.give(held.pop())  # dropped (the pool keeps nothing): its mapping goes
+    assert pool.mapped == 2
+    again = pool.take(DIRECT_ALIGN)
+    assert file_writer.aligned(again) and pool.mapped == 3
+    assert len(pool.take(0)) == 0 and pool.mapped == 3

@@ -589,3 +589,9 @@ def test_the_rings_of_many_offers_stay_within_a_quarter_of_the_receive_buffer(
         for t in h.transfers:
             t.abandon()
     wait_until(lambda: rings(receiver) == [], WAIT, "the rings closed with their transfers")
+
+
+def test_the_ring_sizes_slots_for_the_tag_the_transfer_keys_seal_with() -> None:
+    """shm_ring keeps its own copy of the tag's length (the CLI that imports
+    it loads no key library): it is the one the chunks are sealed with."""
+    assert shm_ring.TAG_BYTES == TAG_BYTES
