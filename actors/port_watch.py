@@ -176,9 +176,9 @@ class PortWatch:
             return
         size = memory = 0
         for frame in frames[first:]:
-            length = len(frame)
-            size += self.framing(length)
-            memory += held_memory(length)
+            wire = self.framing(len(frame))
+            size += wire
+            memory += held_memory(len(frame), wire)
         self.guard.delivered(peer_address(str(peer)), size, memory)
 
     def sample(self) -> None:

@@ -98,7 +98,7 @@ from peercrypt.core.delivered import (
 )
 from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
 from peercrypt.core.modes import MAX_LANES
-from peercrypt.core.port_guard import GuardLimits, held_limit
+from peercrypt.core.port_guard import DATA_HANDSHAKE, GuardLimits, held_limit
 from peercrypt.core.receive_window import Arrival, allowance_bytes, node_credit
 from peercrypt.core.replay import ReplayWindow
 from peercrypt.core.resume import (
@@ -293,7 +293,7 @@ class ReceiverActor(Actor):
         limits = GuardLimits(
             held=s.data_port_memory or held_limit(s.receive_buffer, data.maxmsgsize)
         )
-        self.port_watch = PortWatch(limits, self.count, prefix="data-")
+        self.port_watch = PortWatch(limits, self.count, prefix="data-", allowance=DATA_HANDSHAKE)
         self.port_watch.start(self, data, "receiver-data")
         self.bind(data, s.host, s.data_port)
         self.data_port = bound_port(data)

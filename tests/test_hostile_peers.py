@@ -47,6 +47,9 @@ from peercrypt.wire.multicast_messages import McAnnounce, McJoin, McRefuse
 
 WAIT = 30.0
 MiB = 1 << 20
+# RSS a node may grow beyond its port's configured bound under a flood (each
+# test says what it is made of).
+GATEWAY_SLACK_MIB = 16
 
 
 def accepted(t: HostileTransfer | Refused) -> HostileTransfer:
@@ -453,7 +456,11 @@ def test_tiny_message_floods_cost_bounded_memory_round_after_round(
     good = make_file(4 * MiB)
     assert_sent(receiver, sender.send_to(good, receiver), good)
     grown = (rss_kib(receiver.pid) - before) // 1024
-    assert grown < memory // MiB + 128, f"RSS grew {grown} MiB"
+    # The slack: what arrives before the receiver reads the counters again (a
+    # MiB sent is 22 MiB in libzmq; 20 ms before a quarter of the bound is
+    # held, 2 ms after, later on a loaded machine: 29-35 MiB grown in all
+    # here at load 8-11), the good transfer's chunks, the allocator's own.
+    assert grown < memory // MiB + 64, f"RSS grew {grown} MiB"
     assert receiver.wait_for_counter("receiver.data-closed-unread", 3, WAIT) >= 3
     assert receiver.running, receiver.log_tail()
 
@@ -478,13 +485,14 @@ def test_a_member_flooding_the_gateway_with_tiny_messages_costs_bounded_memory(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
 ) -> None:
     """A member with a fresh key floods the gateway with one-byte messages
-    (38 bytes on the wire with CURVE, a 64-byte slot each in libzmq, and
-    each one costs the gateway a decode and a refusal: libzmq reads them far
-    faster than the gateway takes them). What libzmq holds of them stays
-    near the node's bound, the flooding connection is closed, and a good
-    transfer sent meanwhile verifies (unbounded, 1.6 million such messages
-    in a minute grew a node by about 190 MiB)."""
-    memory = 16 * MiB
+    (36 bytes on the wire with CURVE, about 145 bytes of the node's memory
+    each while libzmq holds them, and each one costs the gateway a decode
+    and a refusal: libzmq reads them far faster than the gateway takes
+    them). The node's RSS grows by at most the bound plus a slack, the
+    flooding connection is closed, and a good transfer sent meanwhile
+    verifies (unbounded, 1.6 million such messages in a minute grew a node
+    by about 190 MiB; charged 64 bytes each, the node grew twice the bound)."""
+    memory = 32 * MiB
     receiver = node_factory("--control-port-memory", str(memory))
     sender = node_factory()
     good = make_file(4 * MiB)
@@ -498,9 +506,13 @@ def test_a_member_flooding_the_gateway_with_tiny_messages_costs_bounded_memory(
         took = time.monotonic() - started
         assert_sent(receiver, running.join(), good)
         grown = (rss_kib(receiver.pid) - before) // 1024
-        # The bound, plus what arrives before the gateway reads the counters
-        # again (later on a loaded machine), the good transfer's buffers.
-        assert grown < memory // MiB + 48, f"RSS grew {grown} MiB ({sent} sent in {took:.1f} s)"
+        # The slack: the good transfer's chunks (4 MiB, in the socket and the
+        # writer's queue), what arrives before the gateway reads the counters
+        # again (~70,000 messages a second here, 10 MiB a second: 5 ms once a
+        # quarter is held, later on a loaded machine), the allocator's own.
+        assert grown < memory // MiB + GATEWAY_SLACK_MIB, (
+            f"RSS grew {grown} MiB ({sent} sent in {took:.1f} s)"
+        )
         assert member.closed_by_node(WAIT), f"still open after {sent} messages"
     finally:
         member.close()

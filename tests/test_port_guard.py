@@ -129,6 +129,30 @@ def test_tiny_frames_are_charged_at_what_libzmq_holds_for_them() -> None:
     assert 63_900 < guard.cost("tiny") <= 3000 * 64 // 3
 
 
+# RSS per queued message measured by scripts/bench_queue_memory.py (a ROUTER
+# that never receives, 300,000 messages or 256 MiB of them per size;
+# docs/benchmarks.md): frame length -> (plain ZMTP, CURVE) bytes.
+MEASURED = {
+    1: (64, 145),
+    32: (64, 206),
+    33: (142, 207),
+    100: (259, 309),
+    1024: (1784, 1844),
+    4096: (8303, 8306),
+    8150: (8294, 12381),
+    65536: (65651, 65697),
+}
+
+
+def test_the_charge_covers_what_libzmq_was_measured_to_hold() -> None:
+    """Charged at least what a queued frame was measured to cost (so the
+    configured bound is what the node holds), at most twice it."""
+    for length, (plain, curve) in MEASURED.items():
+        assert plain <= held_memory(length) <= 2 * plain, length
+        charged = held_memory(length, curve_framed_size(length))
+        assert curve <= charged <= 2 * curve, length
+
+
 def test_the_default_bound_covers_the_credit_and_two_messages() -> None:
     assert held_limit(32 << 20, 16 << 20) == 96 << 20
     assert framed_size(255) == 257 and framed_size(256) == 265

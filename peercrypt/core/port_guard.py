@@ -35,9 +35,10 @@ At each :meth:`PortGuard.sample`, an address's ``held`` grows by what
 its connections' reads grew by and shrinks by what was delivered from it,
 never below zero (bytes delivered late build no credit). What it costs in
 memory is ``held`` times the address's ratio of memory to wire bytes, from
-what was delivered from it lately (:func:`held_memory`: libzmq keeps every
-frame in a 64-byte slot, so a flood of empty frames costs 32 times its
-bytes on the wire; a chunk's frames cost about their size). Closing frees
+what was delivered from it lately (:func:`held_memory`, measured: libzmq
+keeps every frame in a 64-byte slot, so a flood of one-byte frames costs 21
+times its bytes on the wire, 4 times under CURVE, where each box stays in
+the engine's read buffer; a chunk's frames cost about their size). Closing frees
 what libzmq held of an unfinished message, but whole messages it already
 queued stay until the receiver takes them: so when an address's last
 connection goes, what it holds becomes its debt, which deliveries from it
@@ -76,6 +77,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "CURVE_HANDSHAKE",
+    "DATA_HANDSHAKE",
+    "ENGINE_BUFFER",
     "NULL_HANDSHAKE",
     "GuardLimits",
     "PortGuard",
@@ -103,16 +106,40 @@ def curve_framed_size(length: int) -> int:
 # What a plain ZMTP connection's handshake takes on the wire, read and never
 # delivered: greeting 64, READY ~40 with its socket type.
 NULL_HANDSHAKE = 128
+# ... a sender's data connection: greeting 64, READY 63 with a DEALER's type
+# and its 20-byte routing id (actors/data_pipes.py), room for a few PINGs.
+DATA_HANDSHAKE = 192
 # What a CURVE connection's handshake takes on the wire, read and never
 # delivered: greeting 64, HELLO 202, INITIATE ~301 with a DEALER's metadata.
 CURVE_HANDSHAKE = 1024
 
 
-def held_memory(length: int) -> int:
-    """Bytes libzmq holds for a queued frame of ``length`` bytes: its 64-byte
-    message slot, and beyond 33 bytes (what fits in the slot) the content
-    allocated apart with its header."""
-    return 64 + (length + 64 if length > 33 else 0)
+# The engine's read buffer (libzmq's ZMQ_IN_BATCH_SIZE): a frame that fits
+# in it is kept there, not copied out (below).
+ENGINE_BUFFER = 8192
+
+
+def held_memory(length: int, wire: int | None = None) -> int:
+    """Bytes of RSS libzmq holds for a queued frame of ``length`` bytes that
+    took ``wire`` bytes on the wire (default: plain ZMTP,
+    :func:`framed_size`); an over-approximation of what
+    ``scripts/bench_queue_memory.py`` measures, docs/benchmarks.md.
+
+    Every frame has a 64-byte message slot. A frame whose body fits in the
+    engine's 8 KiB read buffer is kept in that buffer (zero copy) until every
+    frame read into it is taken, so it pins about twice its wire bytes (the
+    buffer's reference counters, and the message straddling its end copied
+    apart: a 4 KiB frame holds a whole buffer), unless it is under 33 bytes
+    (copied into its slot, plain ZMTP only; under CURVE the box is what
+    stays in the buffer, plus the opened frame: 145 bytes for one byte).
+    A larger frame is allocated on its own, with its header."""
+    wire = framed_size(length) if wire is None else wire
+    if wire > ENGINE_BUFFER:
+        return length + 192
+    body = wire - (2 if wire < 258 else 9)
+    if body < 33:
+        return 64
+    return 128 + 2 * wire
 
 
 # Weight of what was delivered before, per message delivered since: an
