@@ -16,8 +16,9 @@ gateway.
 What libzmq holds of the port's connections (read, not yet taken by the
 gateway: a member can send tiny messages far faster than the gateway
 refuses them) is bounded by ``--control-port-memory``, counted per address,
-beyond which the address holding most is disconnected (``closed-unread``;
-``core/port_guard.py``, ``actors/port_watch.py``).
+beyond which the addresses costing more than their share of it are
+disconnected, the costliest first (``closed-unread``; ``core/port_guard.py``,
+``actors/port_watch.py``).
 """
 
 from __future__ import annotations
