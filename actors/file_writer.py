@@ -971,6 +971,10 @@ class FileWriter:
         ):
             check = self._checks_waiting.popleft()
             self._checks_running.add(check)
+            # Counted as in its fsync from now, on this thread: a chunk taken
+            # after this must not be written directly before the check's own
+            # thread has run (a disk stuck in that fsync would hold it).
+            self._in_fsync.add(check)
             runner = threading.Thread(target=self._check, args=(check,), daemon=True)
             runner.name = "pc-check"
             runner.start()
@@ -991,6 +995,7 @@ class FileWriter:
             log.debug("the final check's failure", exc_info=True)
             verdict = WriteFailed(check.tid, f"the final check failed unexpectedly ({what})")
         finally:
+            self._in_fsync.discard(check)  # (one that ended before its fsync)
             try:
                 os.close(check.fd)
             finally:  # whatever happened, the writer gets the check's place back
@@ -1009,8 +1014,7 @@ class FileWriter:
         note = self._check_setter(check)
         note(0)
         with self.check_steps.syncing(check):  # it reports nothing until it returns
-            self._in_fsync.add(check)
-            try:
+            try:  # (in _in_fsync since it started)
                 self._fsync(check.fd)
             finally:
                 self._in_fsync.discard(check)
