@@ -119,6 +119,21 @@ def new_part(directory: Path, size: int) -> int:
     return fd
 
 
+def fill(h: Harness, fd: int, data: bytes) -> tuple[WriteFailed, list[int]]:
+    """Write ``data`` chunk by chunk, in order, into a part too large for its
+    disk: the failure that ended it, and the chunks written before it."""
+    pieces = chunks_of(data)
+    h.writer.open(b"t", fd, CHUNK, len(data), ChunkBitmap(len(pieces)))
+    written: list[int] = []
+    for index, piece in enumerate(pieces):
+        result = h.write(b"t", index, piece)
+        if not isinstance(result, Written):
+            assert isinstance(result, WriteFailed), result
+            return result, written
+        written.append(index)
+    raise AssertionError("every chunk was written: the disk did not fill")
+
+
 @pytest.fixture
 def disk(tmp_path: Path) -> Path:
     """A directory whose filesystem takes O_DIRECT (skipped where none does)."""
@@ -277,16 +292,10 @@ def test_a_disk_that_fills_under_direct_writes_fails_as_full_keeping_what_was_wr
     if file_writer.open_direct(fd) is None:
         pytest.skip("this ext4 takes no O_DIRECT")
     h = Harness()
-    written: list[int] = []
     try:
         pieces = chunks_of(data)
-        h.writer.open(b"t", fd, CHUNK, len(data), ChunkBitmap(len(pieces)))
-        for index, piece in enumerate(pieces):
-            result = h.write(b"t", index, piece)
-            if not isinstance(result, Written):
-                break
-            written.append(index)
-        assert isinstance(result, WriteFailed) and result.no_space, result
+        result, written = fill(h, fd, data)
+        assert result.no_space, result
         assert "space" in result.text.lower(), result.text
         assert 0 < len(written) < len(pieces)
         assert all(d for d, _, _ in pwrites)  # (page multiples: all direct)
@@ -345,13 +354,8 @@ def test_a_failed_file_past_the_ones_kept_has_its_descriptors_closed(
     before = set(os.listdir("/proc/self/fd"))
     h = Harness()
     try:
-        pieces = chunks_of(data)
-        h.writer.open(b"t", fd, CHUNK, len(data), ChunkBitmap(len(pieces)))
-        for index, piece in enumerate(pieces):
-            result = h.write(b"t", index, piece)
-            if not isinstance(result, Written):
-                break
-        assert isinstance(result, WriteFailed) and result.no_space, result
+        result, _ = fill(h, fd, data)
+        assert result.no_space, result
         with pytest.raises(OSError) as closed:
             os.fstat(fd)
         assert closed.value.errno == errno.EBADF
