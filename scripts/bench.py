@@ -421,7 +421,10 @@ def main() -> int:
     parser.add_argument("--rss-sizes", default="", help="e.g. 256M,2G: peak RSS per file size")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     parser.add_argument(
-        "--tree", default=None, help="also send between nodes run from this source tree"
+        "--tree",
+        type=os.path.abspath,
+        default=None,
+        help="also send between nodes run from this source tree",
     )
     parser.add_argument(
         "--nodes-only",

@@ -45,7 +45,9 @@ def timed(argv: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> t
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--tree", action="append", default=[], help="another source tree")
+    parser.add_argument(
+        "--tree", type=os.path.abspath, action="append", default=[], help="another source tree"
+    )
     args = parser.parse_args()
     here = str(Path(__file__).resolve().parent.parent)
     trees = [here, *args.tree]

@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0)
     parser.add_argument(
         "--tree",
+        type=os.path.abspath,
         action="append",
         default=[],
         help="run a node from this source tree too (PYTHONPATH), measured in the same window",

@@ -571,7 +571,10 @@ def main() -> int:
         "--checks", type=int, default=0, help="time this many checks alone first (CPU per check)"
     )
     parser.add_argument(
-        "--tree", default=None, help="also run nodes from this source tree, runs alternating"
+        "--tree",
+        type=os.path.abspath,
+        default=None,
+        help="also run nodes from this source tree, runs alternating",
     )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

@@ -189,7 +189,10 @@ def main() -> int:
     parser.add_argument("--no-uncapped", action="store_true")
     parser.add_argument("--no-capped", action="store_true")
     parser.add_argument(
-        "--tree", default=None, help="also the uncapped path between nodes run from this tree"
+        "--tree",
+        type=os.path.abspath,
+        default=None,
+        help="also the uncapped path between nodes run from this tree",
     )
     parser.add_argument("--json", default=None)
     parser.add_argument("--node-args", default="", help="extra options of the receiving nodes")

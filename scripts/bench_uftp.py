@@ -363,7 +363,9 @@ def main() -> None:
         "--threads", action="store_true", help="print CPU per thread (sender, one receiver)"
     )
     ap.add_argument(
-        "--tree", help="also run our systems from this source tree (an older export), alternated"
+        "--tree",
+        type=os.path.abspath,
+        help="also run our systems from this source tree (an older export), alternated",
     )
     args = ap.parse_args()
     systems = [s for s in args.systems.split(",") if s]
