@@ -14,7 +14,8 @@ raw pyzmq tcp throughput and single-core AES-256-GCM. Prints every run, then
 medians of ``--runs`` (>= 5) runs, CPU seconds per GiB of both nodes (and of
 each node's threads, by the names the node gives them: ``pc-receiver``,
 ``pc-writer``, ZeroMQ's ``ZMQbg/IO/1``...; ``NAME+`` is the threads NAME
-started, such as BLAKE3's workers) and peak RSS. ``--rss-sizes 256M,2G``
+started, such as BLAKE3's workers; ``ended:NAMES`` the threads that ended
+before the sample, such as the final check's ``pc-check``) and peak RSS. ``--rss-sizes 256M,2G``
 also checks that a node's peak RSS does not grow with file size. ``--json
 FILE`` writes all numbers. ``--tree DIR`` also sends between two nodes run
 from that source tree (an export of an older commit), interleaved: a
@@ -56,12 +57,14 @@ ones.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -121,12 +124,20 @@ def switches(pid: int) -> int:
     return total
 
 
-def per_thread(before: dict[int, tuple[str, float]], pid: int) -> dict[str, float]:
+def per_thread(
+    before: dict[int, tuple[str, float]], pid: int, process_before: float, seen: dict[int, str]
+) -> dict[str, float]:
     """CPU seconds per thread name since ``before``. The node names its
     threads (pc-receiver, pc-writer...); a thread that another started
     without a name of its own (BLAKE3's workers, pyzmq's garbage collector)
-    carries its starter's name and is counted as "NAME+"."""
+    carries its starter's name and is counted as "NAME+". Threads that
+    ended meanwhile (the final check's ``pc-check``, gone before this
+    sample) are counted together as "ended:NAMES": the process's CPU since
+    ``process_before`` (which keeps its ended threads' time) less that of
+    the threads alive now; NAMES are those ``seen`` (tid -> name, by a
+    :class:`ThreadNames` watching meanwhile) of the threads now gone."""
     now = thread_cpu(pid)
+    process = cpu_seconds(pid) - process_before
     owner: dict[str, int] = {}
     for tid, (comm, _) in sorted(now.items()):
         owner.setdefault(comm, tid)
@@ -134,7 +145,37 @@ def per_thread(before: dict[int, tuple[str, float]], pid: int) -> dict[str, floa
     for tid, (comm, seconds) in now.items():
         name = comm if owner[comm] == tid else f"{comm}+"
         spent[name] = spent.get(name, 0.0) + seconds - before.get(tid, (comm, 0.0))[1]
+    gone = sorted({name for tid, name in seen.items() if tid not in now})
+    spent[f"ended:{'/'.join(gone) or '?'}"] = process - sum(spent.values())
     return {k: v for k, v in spent.items() if v >= 0.005}
+
+
+class ThreadNames:
+    """The names of ``pid``'s threads, seen every ``every`` seconds on a
+    thread of its own while in a ``with`` block (tid -> name): what a
+    thread that ended before the end was called."""
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        self.pid, self.every = pid, every
+        self.seen: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                for tid, (comm, _) in thread_cpu(self.pid).items():
+                    self.seen[tid] = comm
+            if self._stop.wait(self.every):
+                return
+
+    def __enter__(self) -> ThreadNames:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -226,9 +267,10 @@ def transfer(
     cpu_s, cpu_r = cpu_seconds(sender.pid), cpu_seconds(receiver.pid)
     threads_s, threads_r = thread_cpu(sender.pid), thread_cpu(receiver.pid)
     switched_s, switched_r = switches(sender.pid), switches(receiver.pid)
-    started = time.perf_counter()
-    code, result = sender.send_to(path, receiver, "--no-progress", timeout=600)
-    wall = time.perf_counter() - started
+    with ThreadNames(sender.pid) as names_s, ThreadNames(receiver.pid) as names_r:
+        started = time.perf_counter()
+        code, result = sender.send_to(path, receiver, "--no-progress", timeout=600)
+        wall = time.perf_counter() - started
     if code != 0 or not result.get("ok") or result.get("blake3") not in (None, digest):
         raise RuntimeError(f"transfer failed: {result}")
     cpu = {
@@ -238,8 +280,14 @@ def transfer(
         "receiver_switches": switches(receiver.pid) - switched_r,
     }
     threads = {
-        **{f"threads:sender {k}": v for k, v in per_thread(threads_s, sender.pid).items()},
-        **{f"threads:receiver {k}": v for k, v in per_thread(threads_r, receiver.pid).items()},
+        **{
+            f"threads:sender {k}": v
+            for k, v in per_thread(threads_s, sender.pid, cpu_s, names_s.seen).items()
+        },
+        **{
+            f"threads:receiver {k}": v
+            for k, v in per_thread(threads_r, receiver.pid, cpu_r, names_r.seen).items()
+        },
     }
     stored = receiver.inbox / result["stored_as"]
     if blake3_file(stored) != digest:
