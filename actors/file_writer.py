@@ -667,6 +667,13 @@ class FileWriter:
         self._checks_running: set[_Check] = set()
         self._checks_detached: set[_Check] = set()
 
+    def report_direct(self, counters: dict[str, int]) -> None:
+        """Put :attr:`direct_bytes` in an actor's counters as ``direct-bytes``
+        (each receiver calls it before it reports; set only when it moved)."""
+        direct = self.direct_bytes
+        if direct != counters.get("direct-bytes", 0):
+            counters["direct-bytes"] = direct
+
     @property
     def checks_moved(self) -> int:
         """Steps of every final check so far (:class:`CheckSteps`): any

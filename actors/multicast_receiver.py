@@ -277,6 +277,12 @@ class MulticastReceiverActor(Actor):
         self.call_every(RECLAIM_INTERVAL, self._reclaim)
         self._report_space()
 
+    def report(self) -> None:
+        # Counter ``direct-bytes``: what the writer wrote with O_DIRECT
+        # (--direct-writes), as the unicast receiver reports its writer's.
+        self.writer.report_direct(self.counters)
+        super().report()
+
     def _report_space(self) -> None:
         """Tell the space ledger, from scratch, what this receiver holds: the
         multicast parts kept on disk and the sessions running."""

@@ -883,9 +883,7 @@ class ReceiverActor(Actor):
         ]
         self.facts["incoming"] = json.dumps(incoming, ensure_ascii=False)
         self.facts["writer_queue_peak"] = str(self.writer.queued_peak)
-        direct = self.writer.direct_bytes  # bytes written with O_DIRECT (--direct-writes)
-        if direct != self.counters.get("direct-bytes", 0):
-            self.counters["direct-bytes"] = direct
+        self.writer.report_direct(self.counters)  # bytes written with O_DIRECT (--direct-writes)
         super().report()
 
     def _outcome(self, t: Incoming, stored_as: str, reason: str) -> None:

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import queue
+import random
 import resource
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from actors.file_writer import (
     hash_direct,
 )
 from peercrypt.core.bitmap import ChunkBitmap
-from peercrypt.testing.nodes import NodeProcess, blake3_file
+from peercrypt.testing.nodes import NodeProcess, blake3_file, free_port
 
 CHUNK = 64 * 1024
 WAIT = 10.0  # s; every wait below is bounded
@@ -340,6 +341,40 @@ def test_a_node_writes_directly_unless_told_not_to(
         assert direct == size - size % DIRECT_ALIGN  # every whole page; the tail buffered
     else:
         assert direct == 0
+
+
+@pytest.mark.parametrize(
+    "transport, direct", [("pub", True), ("udp", True), ("udp", False)], ids=["pub", "udp", "off"]
+)
+def test_the_multicast_receiver_reports_its_direct_writes(
+    ext4_inbox: Path,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    transport: str,
+    direct: bool,
+) -> None:
+    """A multicast session into an inbox on ext4 (over PUB/SUB or a UDP
+    group) writes every whole page of its chunks with O_DIRECT, counted as
+    ``mreceiver.direct-bytes`` (the unicast receiver's ``receiver.direct-bytes``);
+    with ``--no-direct-writes`` none. The file holds the content either way."""
+    args = () if direct else ("--no-direct-writes",)
+    receiver = node_factory("--inbox", str(ext4_inbox), *args, name="receiver")
+    group = f"239.255.{random.randrange(1, 255)}.{random.randrange(1, 255)}:{free_port()}"
+    udp = ("--multicast-group", group, "--multicast-ttl", "0") if transport == "udp" else ()
+    sender = node_factory(*udp, name="sender")
+    size = 3 * 1024 * 1024 + 5 * DIRECT_ALIGN + 17  # 4 chunks, the last ends mid-page
+    path = make_file(size, name="direct-mc.bin")
+    code, result = sender.send(
+        path, receiver.host, receiver.port, "-m", "--chunk-size", str(1024 * 1024), timeout=60
+    )
+    assert code == 0, result
+    assert result["stats"]["udp"] == (transport == "udp")
+    stored = ext4_inbox / result["receivers"][0]["stored_as"]
+    assert blake3_file(stored) == blake3_file(path)
+    # The report that counts the session received has the writer's bytes too.
+    receiver.wait_for_counter("mreceiver.received", 1)
+    written = receiver.counters().get("mreceiver.direct-bytes", 0)
+    assert written == (size - size % DIRECT_ALIGN if direct else 0)
 
 
 def test_a_failed_file_past_the_ones_kept_has_its_descriptors_closed(
