@@ -598,8 +598,11 @@ def test_data_port_connections_and_unread_bytes_are_bounded(
             peer.close()
     grown = (peak - before) // 1024
     # The bound, plus what arrives while the receiver reads the counters (a
-    # loaded machine delays it), the good transfer's buffers, the allocator's slack.
-    assert grown < memory // MiB + 128, f"RSS grew {grown} MiB"
+    # loaded machine delays it: at load 13, with another copy of the suite
+    # running, 139 MiB over the bound was seen once), the good transfer's
+    # buffers, the allocator's slack. Unguarded, the endless peer alone
+    # makes the node hold its whole GiB.
+    assert grown < memory // MiB + 192, f"RSS grew {grown} MiB"
     assert closed >= 1000 - GuardLimits.per_address
     # (A node's counters reach its status a little after the fact.)
     assert receiver.wait_for_counter("receiver.data-closed-unread", 1, WAIT) >= 1
