@@ -66,7 +66,8 @@ guest's free memory, a write into a new file's pages faults in the host
 and cost the writer 1.8-2.4 CPU s per GiB instead of 0.32-0.36; written
 directly, 0.10-0.18 (docs/benchmarks.md). The final check then reads the
 part back the same way (:func:`hash_direct`: from the disk, after the
-fsync, into two reused buffers, one read while the other is hashed). A
+fsync, into four reused buffers, three read at once while the fourth is
+hashed: the disk's queue never runs dry between reads). A
 part may be written by both paths (a resumed part, a tail): the kernel
 keeps them coherent (a direct write or read first writes back and drops
 the page cache's copy of its range).
@@ -88,7 +89,7 @@ the allocation, handled as from the write.
 
 The hash is taken once, at the end, of the part as read back after fsync
 (from the page cache with BLAKE3 on every core, or from the disk on one
-core while a thread reads ahead): chunks may be written in any order
+core while three threads read ahead): chunks may be written in any order
 (parallel lanes, retransmissions, chunks from an earlier run on resume),
 and nothing is held in memory for the hash or hashed twice.
 
@@ -127,6 +128,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -320,55 +322,86 @@ def hash_file(fd: int, size: int, progress: Callable[[int], None] | None = None)
     return hasher.digest()
 
 
+# Reads of the direct read-back in flight at once (each into a window of its
+# own, HASH_WINDOW bytes): one at a time left this disk idle between each
+# read's end and the next one's start (~800 MB/s); with more, its queue
+# never runs dry (docs/benchmarks.md, "The final check's read-back").
+READS_IN_FLIGHT = 3
+
+
 def hash_direct(fd: int, size: int, progress: Callable[[int], None] | None = None) -> bytes:
     """:func:`hash_file` for ``fd`` opened with ``O_DIRECT``: read from the
-    disk into two reused page-aligned buffers of HASH_WINDOW bytes, so the
-    read-back takes no page-cache pages (a written file's pages would be
-    fresh ones: see :func:`open_direct`). A thread of its own reads the next
-    window while this one hashes the last, on one core: the disk sets the
-    pace (~800 MB/s here), and BLAKE3's workers on every core, idle during
-    each read, cost ten thousand context switches per GiB."""
+    disk into READS_IN_FLIGHT + 1 reused page-aligned windows of HASH_WINDOW
+    bytes, so the read-back takes no page-cache pages (a written file's
+    pages would be fresh ones: see :func:`open_direct`). READS_IN_FLIGHT
+    threads of their own read the next windows, in order, while this one
+    hashes the oldest read, on one core: the disk sets the pace, and
+    BLAKE3's workers on every core, idle during each read, cost ten
+    thousand context switches per GiB."""
     hasher = blake3.blake3()
-    windows = [mmap.mmap(-1, HASH_WINDOW) for _ in range(2)]
-    free: queue.SimpleQueue[int] = queue.SimpleQueue()  # windows to read into; -1: stop
-    full: queue.SimpleQueue[tuple[int, int] | Exception] = queue.SimpleQueue()
+    windows = [mmap.mmap(-1, HASH_WINDOW) for _ in range(READS_IN_FLIGHT + 1)]
     offsets = range(0, size, HASH_WINDOW)
 
-    def read() -> None:
-        try:
-            for offset in offsets:
-                if (slot := free.get()) < 0:
-                    return
-                length = min(HASH_WINDOW, size - offset)
-                asked = -(-length // DIRECT_ALIGN) * DIRECT_ALIGN  # a short read at the end
-                with memoryview(windows[slot]) as view:
-                    got = os.preadv(fd, [view[:asked]], offset)
-                if got < length:
-                    raise OSError(errno.EIO, "the part was cut short while it was checked")
-                full.put((slot, length))
-        except Exception as exc:  # raised in the check's thread, whatever it is
-            full.put(exc)
+    def read(offset: int, window: mmap.mmap) -> int:
+        length = min(HASH_WINDOW, size - offset)
+        asked = -(-length // DIRECT_ALIGN) * DIRECT_ALIGN  # a short read at the end
+        with memoryview(window) as view:
+            got = os.preadv(fd, [view[:asked]], offset)
+        if got < length:
+            raise OSError(errno.EIO, "the part was cut short while it was checked")
+        return length
 
-    for slot in range(len(windows)):
-        free.put(slot)
-    reader = threading.Thread(target=read, name="pc-check", daemon=True)
-    reader.start()
+    # Jobs for the readers, in order (None: stop), each answered on its Future.
+    jobs: queue.SimpleQueue[tuple[Future[int], int, mmap.mmap] | None] = queue.SimpleQueue()
+
+    def reader() -> None:
+        while (job := jobs.get()) is not None:
+            pending, offset, window = job
+            if pending.set_running_or_notify_cancel():
+                try:
+                    pending.set_result(read(offset, window))
+                except Exception as exc:  # raised in the check's thread, whatever it is
+                    pending.set_exception(exc)
+
+    def submit(offset: int, window: mmap.mmap) -> tuple[Future[int], mmap.mmap]:
+        pending: Future[int] = Future()
+        jobs.put((pending, offset, window))
+        return pending, window
+
+    # Daemons, as the check's thread: a read stuck in a disk that never
+    # answers must not hold up the node's exit. (They inherit the check's
+    # name, pc-check, as the system shows it, and its nice value.)
+    readers: list[threading.Thread] = []
+    for _ in range(min(READS_IN_FLIGHT, len(offsets))):
+        readers.append(threading.Thread(target=reader, name="pc-check", daemon=True))
+        readers[-1].start()
+    reads: collections.deque[tuple[Future[int], mmap.mmap]] = collections.deque()
     try:
+        ahead = iter(offsets)
+        for window in windows[:-1]:  # the last one is read into while one is hashed
+            if (offset := next(ahead, None)) is None:
+                break
+            reads.append(submit(offset, window))
+        spare = windows[-1]
         done = 0
-        for _ in offsets:
-            item = full.get()
-            if isinstance(item, Exception):
-                raise item
-            slot, length = item
-            with memoryview(windows[slot]) as view:
+        while reads:
+            pending, window = reads.popleft()
+            length = pending.result()
+            if (offset := next(ahead, None)) is not None:  # read into the spare meanwhile
+                reads.append(submit(offset, spare))
+            with memoryview(window) as view:
                 hasher.update(view[:length])
-            free.put(slot)
+            spare = window
             done += length
             if progress is not None:
                 progress(done)
     finally:
-        free.put(-1)  # a reader waiting for a window stops
-        reader.join()
+        for pending, _ in reads:
+            pending.cancel()  # (one not started yet is skipped)
+        for _ in readers:
+            jobs.put(None)
+        for thread in readers:
+            thread.join()  # no window is unmapped under a read
         for window in windows:
             window.close()
     return hasher.digest()

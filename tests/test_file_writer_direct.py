@@ -15,6 +15,7 @@ import os
 import queue
 import random
 import resource
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -254,6 +255,65 @@ def test_a_direct_read_back_of_a_part_cut_short_fails(disk: Path) -> None:
         os.ftruncate(fd, CHUNK + 10)
         with pytest.raises(OSError, match="cut short"):
             hash_direct(direct, len(data))
+    finally:
+        os.close(direct)
+        os.close(fd)
+
+
+def _readers_alive() -> int:
+    return sum(t.name == "pc-check" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("slow", [0, 1, 2])
+def test_the_direct_read_back_hashes_in_order_whichever_read_ends_first(
+    disk: Path, monkeypatch: pytest.MonkeyPatch, slow: int
+) -> None:
+    """READS_IN_FLIGHT reads run at once, each into a window of its own:
+    with every third read held back (so those after it end first), the
+    verdict is still the content's, hashed in file order, and no window is
+    read into while it is hashed. Its reader threads are gone after it."""
+    monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
+    monkeypatch.setattr(file_writer, "READS_IN_FLIGHT", 3)
+    data = os.urandom(40 * 4 * DIRECT_ALIGN + 123)
+    fd = new_part(disk, len(data))
+    os.pwrite(fd, data, 0)
+    os.fsync(fd)
+    direct = file_writer.open_direct(fd)
+    assert direct is not None
+    real_preadv = os.preadv
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if (offset // (4 * DIRECT_ALIGN)) % 3 == slow:
+            time.sleep(0.01)  # (the later reads in flight end first)
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(file_writer.os, "preadv", preadv)
+    before = _readers_alive()
+    try:
+        assert hash_direct(direct, len(data)) == blake3.blake3(data).digest()
+        assert _readers_alive() == before
+    finally:
+        os.close(direct)
+        os.close(fd)
+
+
+def test_a_failed_direct_read_back_leaves_no_reader_behind(
+    disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that fails (the part cut short) fails the hash, and its reader
+    threads end with it: none is left for each check that failed."""
+    monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
+    data = os.urandom(12 * 4 * DIRECT_ALIGN)
+    fd = new_part(disk, len(data))
+    os.pwrite(fd, data, 0)
+    direct = file_writer.open_direct(fd)
+    assert direct is not None
+    before = _readers_alive()
+    try:
+        os.ftruncate(fd, 5 * 4 * DIRECT_ALIGN + 10)
+        with pytest.raises(OSError, match="cut short"):
+            hash_direct(direct, len(data))
+        assert _readers_alive() == before
     finally:
         os.close(direct)
         os.close(fd)
