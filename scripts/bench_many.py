@@ -380,6 +380,7 @@ def one_run(
 
     after = send_alone(nodes, single)
     single_rate = (before.rate + after.rate) / 2
+    single_cores = sum(one.cpu_per_gib * one.wall_rate / 1024 for one in (before, after)) / 2
     failed = [f for f in flows if f.result is None or f.result.code != "ok"]
     if failed:
         first = failed[0].result
@@ -441,6 +442,9 @@ def one_run(
         "single_threads_cpu_s_per_gib": before.split,
         "single_wall_mib_s": (before.wall_rate + after.wall_rate) / 2,
         "load_average": load_average,
+        # The ratio's two factors: cores the nodes kept busy (CPU s / wall s)
+        # and CPU per GiB, 64 at once against one alone (see the summary).
+        "cores_busy": [cpu / elapsed, single_cores],
     }
     print(
         f"{label}run {run}: {len(flows)} sends, {total / MiB:.0f} MiB in {elapsed:.2f} s: "
@@ -471,6 +475,12 @@ def one_run(
             + " / ".join(f"{v:.0f}" for v in sampled[k])
             for k in ("rss", "pss", "uss", "shmem")
         ),
+        flush=True,
+    )
+    print(
+        f"       cores busy (the nodes' CPU s / wall s): 64 at once {cpu / elapsed:.2f}, one alone "
+        f"{single_cores:.2f}; CPU per GiB one alone / 64 at once "
+        f"{row['single_cpu_s_per_gib'] / row['nodes_cpu_s_per_gib']:.2f}",
         flush=True,
     )
     print(f"       CPU s per GiB by thread, one alone: {before.split}", flush=True)
@@ -547,6 +557,18 @@ def summary(rows: list[dict[str, Any]], title: str) -> None:
     print(
         f"  the nodes' CPU per GiB  {med('nodes_cpu_s_per_gib'):.2f} s (64 at once) against "
         f"{med('single_cpu_s_per_gib'):.2f} s (one alone)"
+    )
+    # aggregate / one alone = (cores busy, many / one) x (CPU per GiB, one / many),
+    # up to the one alone's rate being its node span, not its wall time: on
+    # a machine whose other users leave this session about the cores one
+    # transfer alone keeps busy, the ratio is the CPU per GiB's.
+    cores = [r["cores_busy"][0] / r["cores_busy"][1] for r in rows]
+    cpu = [r["single_cpu_s_per_gib"] / r["nodes_cpu_s_per_gib"] for r in rows]
+    print(
+        f"  its two factors         cores busy 64 at once / one alone "
+        f"{statistics.median(cores):.2f} (runs {', '.join(f'{c:.2f}' for c in cores)}); "
+        f"CPU per GiB one alone / 64 at once {statistics.median(cpu):.2f} "
+        f"(runs {', '.join(f'{c:.2f}' for c in cpu)})"
     )
 
 
