@@ -96,7 +96,13 @@ from peercrypt.core.delivered import (
     forget_row,
     journal_row,
 )
-from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer, Store
+from peercrypt.core.incoming import (
+    WINDOW_UPDATE_AFTER,
+    Abandon,
+    FinishFile,
+    IncomingTransfer,
+    Store,
+)
 from peercrypt.core.modes import MAX_LANES
 from peercrypt.core.port_guard import DATA_HANDSHAKE, GuardLimits, held_limit
 from peercrypt.core.receive_window import Arrival, allowance_bytes, node_credit
@@ -314,6 +320,7 @@ class ReceiverActor(Actor):
         running = lambda: bool(self.transfers)  # noqa: E731
         self.call_every_while(1.0, self._expire_idle, lambda: bool(self.transfers or self.echoes))
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
+        self.call_every_while(WINDOW_UPDATE_AFTER, self._update_windows, running)
         self._load_delivered()
         self.call_every_while(1.0, self._expire_asks, lambda: bool(self.asking))
         self._reclaim()
@@ -814,6 +821,7 @@ class ReceiverActor(Actor):
         )
         self.transfers[offer.tid] = t
         self._note_credit(self._credit_held())
+        self._update_windows()  # the others' share of the buffer shrank
         t.ring = self._lend_ring(t, details.mode)
         self.tell("stats", self._record(t, "running"))
         template = Manifest(key, offer.tid, part.name, b"", 0.0)
@@ -1201,18 +1209,42 @@ class ReceiverActor(Actor):
             if t.flow.ack_due or release:
                 if held < 0:
                     held = self._credit_held()
-                own = allowance_bytes(t.flow.window, t.chunk_size, now)
-                credit = self._credit(t.chunk_size, held - own, t.flow.window.window)
-                ack = t.flow.ack(credit, now, force=release)
-                if ack is not None:
-                    held += allowance_bytes(t.flow.window, t.chunk_size, now) - own
-                    self._note_credit(held)
-                    cumulative, sack, window = ack
-                    released = ring.told() if ring is not None else 0
-                    ack_msg = Ack(
-                        cumulative=cumulative, sack=flatten(sack), window=window, released=released
-                    )
-                    self._send_sealed(t, ack_msg)
+                held = self._ack(t, held, now, force=release)
+
+    def _update_windows(self) -> None:
+        """Window updates: every transfer whose credit changed since its
+        last ack and that has not acked for a while is told its new credit
+        (core/incoming.py), so a transfer that trickles gives back the
+        node's buffer it no longer has a share of, and one whose share grew
+        hears of it. Run when a transfer starts, and every
+        ``WINDOW_UPDATE_AFTER`` seconds while any runs."""
+        held, now = self._credit_held(), self.now()
+        for t in self.transfers.values():
+            if t.route is not None:  # none before its first chunk: nowhere to send it
+                held = self._ack(t, held, now, update=True)
+
+    def _ack(
+        self, t: Incoming, held: int, now: float, force: bool = False, update: bool = False
+    ) -> int:
+        """Send ``t`` its ack if one is due (``update``: its window update
+        if one is due), with the credit the others' allowances (of ``held``
+        bytes, all transfers' together) leave it; what they all hold after."""
+        own = allowance_bytes(t.flow.window, t.chunk_size, now)
+        credit = self._credit(t.chunk_size, held - own, t.flow.window.window)
+        flow = t.flow
+        ack = flow.window_update(credit, now) if update else flow.ack(credit, now, force=force)
+        if ack is None:
+            return held
+        held += allowance_bytes(t.flow.window, t.chunk_size, now) - own
+        self._note_credit(held)
+        if update:
+            self.count("window-updates")
+        cumulative, sack, window = ack
+        ring = t.ring
+        released = ring.told() if ring is not None else 0
+        ack_msg = Ack(cumulative=cumulative, sack=flatten(sack), window=window, released=released)
+        self._send_sealed(t, ack_msg)
+        return held
 
     def _drive(self, t: Incoming) -> None:
         """Do what the transfer asks for."""

@@ -12,13 +12,15 @@ import heapq
 import itertools
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.incoming import WINDOW_UPDATE_AFTER, IncomingTransfer
 from peercrypt.core.receive_window import (
     CREDIT_GRACE,
     INITIAL_CREDIT,
@@ -686,11 +688,68 @@ def test_a_trickling_transfer_does_not_hold_a_new_one_at_one_chunk() -> None:
     assert sum(allowance_bytes(o, mib, reached) for o in flows) <= buffer + 3 * mib
 
 
+Fields = tuple[int, list[tuple[int, int]], int]  # an ack's cumulative, ranges, credit
+# A file's chunks, its first credit, the credits of later acks (in turn).
+TOTALS = st.integers(1, 80)
+FIRST_CREDITS = st.integers(1, 16)
+CREDITS = st.lists(st.integers(1, 16), min_size=1, max_size=60)
+
+
+def pump_lossless(
+    sender: SendWindow,
+    delays: list[float],
+    write_delay: float,
+    on_chunk: Callable[[int, float], Arrival],
+    on_written: Callable[[int, float], Fields | None],
+    updates: list[float] | None = None,
+    on_update: Callable[[float], Fields | None] | None = None,
+) -> None:
+    """Chunks and acks over one connection that loses and reorders nothing
+    (TCP: FIFO arrival times each way, ``delays`` in turn), each NEW chunk
+    written ``write_delay`` after it came, until the sender is done; the
+    receiver's ``on_written`` (and ``on_update`` at the times ``updates``)
+    may answer with an ack."""
+    events: list[tuple[float, int, str, int, Fields | None]] = []
+    seq = itertools.count()
+    data_free = ack_free = 0.0
+    now = 0.0
+    delay = itertools.cycle(delays)
+    for at in updates or []:
+        heapq.heappush(events, (at, next(seq), "update", 0, None))
+
+    def pump() -> None:
+        nonlocal data_free
+        for index in sender.next_to_send(now):
+            data_free = max(data_free, now + next(delay))
+            heapq.heappush(events, (data_free, next(seq), "chunk", index, None))
+
+    def reply(fields: Fields | None) -> None:
+        nonlocal ack_free
+        if fields is not None:
+            ack_free = max(ack_free, now + next(delay))
+            heapq.heappush(events, (ack_free, next(seq), "ack", 0, fields))
+
+    pump()
+    while events and not sender.done:
+        now, _, kind, index, ack = heapq.heappop(events)
+        if kind == "chunk":
+            if on_chunk(index, now) is Arrival.NEW:
+                heapq.heappush(events, (now + write_delay, next(seq), "written", index, None))
+        elif kind == "written":
+            reply(on_written(index, now))
+        elif kind == "update":
+            reply(on_update(now) if on_update else None)
+        else:
+            assert ack is not None
+            sender.on_ack(*ack, now)
+        pump()
+
+
 @settings(max_examples=80, deadline=None)
 @given(
-    total=st.integers(1, 80),
-    first=st.integers(1, 16),
-    credits=st.lists(st.integers(1, 16), min_size=1, max_size=60),
+    total=TOTALS,
+    first=FIRST_CREDITS,
+    credits=CREDITS,
     delays=st.lists(st.floats(0.001, 0.05), min_size=1, max_size=40),
     write_delay=st.floats(0.0005, 0.03),
 )
@@ -708,35 +767,155 @@ def test_an_honest_sender_is_never_over_a_credit_that_shrinks_and_grows(
     sender = SendWindow(total, RttEstimator(initial_rto=60.0, min_rto=60.0))
     receiver = ReceiveWindow(total, first)
     sender.on_accept([], receiver.window)
-    events: list[tuple[float, int, str, int, tuple[int, list[tuple[int, int]], int] | None]] = []
-    seq = itertools.count()
-    data_free = ack_free = 0.0  # in order on each direction: FIFO arrival times
-    now = 0.0
     acks = itertools.cycle(credits)
-    delay = itertools.cycle(delays)
 
-    def pump() -> None:
-        nonlocal data_free
-        for index in sender.next_to_send(now):
-            data_free = max(data_free, now + next(delay))
-            heapq.heappush(events, (data_free, next(seq), "chunk", index, None))
+    def on_chunk(index: int, now: float) -> Arrival:
+        arrival = receiver.on_chunk(index, index == total - 1, now)
+        held = (index, receiver.queued, receiver.allowed(now))
+        assert arrival is not Arrival.OVER_CREDIT, held
+        return arrival
 
-    pump()
-    while events and not sender.done:
-        now, _, kind, index, ack = heapq.heappop(events)
-        if kind == "chunk":
-            arrival = receiver.on_chunk(index, index == total - 1, now)
-            held = (index, receiver.queued, receiver.allowed(now))
-            assert arrival is not Arrival.OVER_CREDIT, held
-            if arrival is Arrival.NEW:
-                heapq.heappush(events, (now + write_delay, next(seq), "written", index, None))
-        elif kind == "written":
-            receiver.on_written(index)
-            receiver.advertise(next(acks), now)
-            ack_free = max(ack_free, now + next(delay))
-            heapq.heappush(events, (ack_free, next(seq), "ack", 0, receiver.ack_fields()))
-        else:
-            assert ack is not None
-            sender.on_ack(*ack, now)
-        pump()
+    def on_written(index: int, now: float) -> Fields:
+        receiver.on_written(index)
+        receiver.advertise(next(acks), now)
+        return receiver.ack_fields()
+
+    pump_lossless(sender, delays, write_delay, on_chunk, on_written)
     assert sender.done and receiver.complete and receiver.over_credit == 0
+
+
+def test_a_window_update_goes_only_with_a_changed_credit_after_a_quiet_spell() -> None:
+    flow = IncomingTransfer(total=6, credit=8, idle_timeout=30.0, now=0.0)
+    for index in range(3):
+        assert flow.on_chunk(index, False, 0.1) is Arrival.NEW
+        flow.on_written(index)
+    assert flow.ack(8, 0.2) == (3, [], 8)
+    assert flow.window_update(8, 5.0) is None  # the credit it was told
+    assert flow.window_update(2, 0.2 + WINDOW_UPDATE_AFTER / 2) is None  # it acked just now
+    # Nothing new acknowledged, only the credit: the old one is still
+    # allowed (the sender may have sent under it) until its grace ends.
+    assert flow.window_update(2, 1.0) == (3, [], 2)
+    assert flow.window.allowed(1.0) == 8 and flow.window.allowed(1.0 + CREDIT_GRACE + 0.1) == 2
+    assert flow.window_update(4, 1.0 + WINDOW_UPDATE_AFTER / 2) is None  # one just went
+    assert flow.window_update(4, 2.0) == (3, [], 4)  # grown
+    assert flow.on_chunk(3, False, 2.1) is Arrival.NEW
+    flow.on_written(3)
+    assert flow.window_update(1, 9.0) is None  # an ack is due: it carries the credit
+    assert flow.ack(1, 9.0) == (4, [], 1)
+    for index in (4, 5):
+        assert flow.on_chunk(index, index == 5, 9.1) is Arrival.NEW
+        flow.on_written(index)
+    flow.on_done(b"d" * 32, 6, 9.2)
+    assert flow.ack(1, 9.2) == (6, [], 1)
+    assert flow.window_update(4, 20.0) is None  # finishing: no more chunks to take
+    assert flow.window_updates == 2
+
+
+def test_a_window_update_is_no_duplicate_ack_for_the_sender() -> None:
+    # The same cumulative index and ranges again, with another credit, any
+    # number of times: no chunk is presumed lost, the timer is not
+    # restarted (it acknowledges nothing), and the new credit applies.
+    w = SendWindow(100, RttEstimator(initial_rto=1.0))
+    w.on_accept([], 8)
+    assert w.next_to_send(0.0) == list(range(8))
+    w.on_ack(0, [(1, 3)], 8, 0.1)  # chunk 0 late, 1 and 2 written
+    deadline = w.next_deadline()
+    for k, credit in enumerate([2, 12, 3, 3, 16, 1, 9, 9, 9, 9]):
+        w.on_ack(0, [(1, 3)], credit, 0.2 + 0.01 * k)
+        assert w.window == credit and w.next_deadline() == deadline
+    assert (w.retransmits, w.fast_retransmits, w.timeouts) == (0, 0, 0)
+    assert w.next_to_send(0.4) == [8, 9, 10]  # 9 allowed, 6 in flight
+    assert w.peak_window == 16
+    # Whereas three chunks sent after chunk 0 and acked do mark it lost.
+    w.on_ack(0, [(1, 6)], 9, 0.5)
+    assert w.fast_retransmits == 1
+
+
+def test_window_updates_shrink_a_trickler_so_a_new_transfer_reaches_its_share() -> None:
+    # As in test_a_trickling_transfer_does_not_hold_a_new_one_at_one_chunk,
+    # two trickling transfers hold the whole buffer and their next chunks
+    # come at 29 s; now the receiver sends window updates when the new one
+    # starts and every WINDOW_UPDATE_AFTER seconds (as actors/receiver.py
+    # does): the new one reaches its share a grace after it started, long
+    # before the tricklers' next chunks.
+    mib, buffer, window = 1 << 20, 32 << 20, 16
+    slow = [IncomingTransfer(total=1000, credit=window, idle_timeout=30.0, now=0.0) for _ in "ab"]
+    for flow in slow:
+        for index in range(window):
+            assert flow.on_chunk(index, False, 0.0) is Arrival.NEW
+            flow.on_written(index)
+        assert flow.ack(window, 0.0) is not None
+    flows = [*slow]
+
+    def credit(flow: IncomingTransfer | None, now: float) -> int:
+        others = sum(allowance_bytes(o.window, mib, now) for o in flows if o is not flow)
+        current = flow.window.window if flow else 0
+        return node_credit(window, mib, buffer, len(flows) + (flow is None), others, current)
+
+    fresh = IncomingTransfer(total=100_000, credit=credit(None, 1.0), idle_timeout=30.0, now=1.0)
+    assert fresh.window.window == 1
+    flows.append(fresh)
+    now, index, reached, tick = 1.0, 0, None, 1.0
+    while now < 29.0 and reached is None:
+        if now >= tick:  # the receiver's window updates, at the start and on its timer
+            for flow in slow:
+                flow.window_update(credit(flow, now), now)
+            tick += WINDOW_UPDATE_AFTER
+        for _ in range(fresh.window.window):  # the new one: its credit each round trip
+            assert fresh.on_chunk(index, False, now) is Arrival.NEW
+            fresh.on_written(index)
+            index += 1
+        assert fresh.ack(credit(fresh, now), now) is not None
+        if fresh.window.window == buffer // 3 // mib:
+            reached = now
+        now += 0.05
+    assert [flow.window.window for flow in slow] == [10, 10]
+    assert reached is not None and reached < 1.0 + CREDIT_GRACE + 1.0, reached
+    assert sum(allowance_bytes(o.window, mib, reached) for o in flows) <= buffer + 3 * mib
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    total=TOTALS,
+    first=FIRST_CREDITS,
+    credits=CREDITS,
+    # Round trips long against WINDOW_UPDATE_AFTER, so updates do go out
+    # (each is in its grace: within CREDIT_GRACE the old credit holds).
+    delays=st.lists(st.floats(0.01, 0.6), min_size=1, max_size=40),
+    updates=st.lists(st.floats(0.0, 10.0), min_size=1, max_size=20),
+    write_delay=st.floats(0.0005, 0.3),
+)
+def test_window_updates_cost_an_honest_sender_no_resend_and_no_drop(
+    total: int,
+    first: int,
+    credits: list[int],
+    delays: list[float],
+    updates: list[float],
+    write_delay: float,
+) -> None:
+    # Acks and window updates with credits that shrink and grow, over one
+    # connection that loses and reorders nothing (TCP): the sender never
+    # takes an update for a loss (nothing resent, however often the same
+    # cumulative index comes back) and never goes over the credit.
+    sender = SendWindow(total, RttEstimator(initial_rto=60.0, min_rto=60.0))
+    flow = IncomingTransfer(total=total, credit=first, idle_timeout=600.0, now=0.0)
+    sender.on_accept([], flow.window.window)
+    acks = itertools.cycle(credits)
+
+    def on_chunk(index: int, now: float) -> Arrival:
+        arrival = flow.on_chunk(index, index == total - 1, now)
+        assert arrival is Arrival.NEW, (index, flow.window.queued, flow.window.allowed(now))
+        return arrival
+
+    def on_written(index: int, now: float) -> Fields | None:
+        flow.on_written(index)
+        return flow.ack(next(acks), now)
+
+    def on_update(now: float) -> Fields | None:
+        return flow.window_update(next(acks), now)
+
+    pump_lossless(sender, delays, write_delay, on_chunk, on_written, updates, on_update)
+    assert sender.done and flow.window.complete
+    assert (sender.retransmits, sender.fast_retransmits, sender.timeouts) == (0, 0, 0)
+    assert flow.window.over_credit == 0 and flow.window.duplicates == 0
+    note(f"{flow.window_updates} window updates")

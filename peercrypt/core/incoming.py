@@ -24,7 +24,12 @@ missing); written chunks are acked once every :data:`ACK_EVERY` of them
 (fewer with a small credit: a quarter of it, at least one), and at once when
 no other chunk of the transfer is waiting to be written (so an ack is never
 held back by a chunk that is not coming), and whenever the receiver forces
-one (it has shared-memory ring slots to give back); a chunk beyond the credit is
+one (it has shared-memory ring slots to give back); a *window update*
+(:meth:`window_update`) is an ack that acknowledges nothing new and only
+carries a changed credit, sent when the transfer has not acked for
+:data:`WINDOW_UPDATE_AFTER` seconds: a transfer that trickles (a chunk every
+few seconds) would otherwise keep the credit it had before others started
+until its next chunk, and with it the node's buffer they need; a chunk beyond the credit is
 dropped (OVER_CREDIT) and neither acked nor counted as activity; the file is
 finished once, on the first Done that names the right chunk count after
 every chunk is written; a transfer that makes no progress (no new chunk, no
@@ -59,6 +64,11 @@ from peercrypt.errors import ResultCode
 # each ack wakes both nodes' threads (the receiver's, both ZeroMQ I/O
 # threads, the sender's), which cost more per chunk than the ack's bytes.
 ACK_EVERY = 4
+
+# Seconds without an ack after which a changed credit goes out on its own
+# (a window update): a transfer that acks more often carries its new credit
+# in its next ack anyway, for nothing.
+WINDOW_UPDATE_AFTER = 0.5
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,8 @@ class IncomingTransfer:
     ended: bool = field(default=False, init=False)
     ack_due: bool = field(default=False, init=False)
     checked: int = field(default=0, init=False)  # how far the final check got (on_checked)
+    acked_at: float = field(init=False)  # when the last ack (or window update) went
+    window_updates: int = field(default=0, init=False)
     _ack_now: bool = field(default=False, init=False)  # a duplicate or an early Done
     _unacked: int = field(default=0, init=False)  # chunks written since the last ack
     _expected_digest: bytes = field(default=b"", init=False)
@@ -111,7 +123,7 @@ class IncomingTransfer:
 
     def __post_init__(self) -> None:
         self.window = ReceiveWindow(self.total, self.credit, self.have)
-        self.last_activity = self.now
+        self.last_activity = self.acked_at = self.now
 
     # -- inputs -----------------------------------------------------------------
 
@@ -231,7 +243,27 @@ class IncomingTransfer:
             return None
         self.ack_due = self._ack_now = False
         self._unacked = 0
+        self.acked_at = now
         self.window.advertise(max(1, credit), now)
+        return self.window.ack_fields()
+
+    def window_update(
+        self, credit: int, now: float
+    ) -> tuple[int, list[tuple[int, int]], int] | None:
+        """The Ack to send at ``now`` to tell the sender its credit is now
+        ``credit`` chunks, though nothing new is written: only if that is
+        not the credit it was last told, no ack is due (it will carry the
+        credit), the transfer has not acked for :data:`WINDOW_UPDATE_AFTER`
+        seconds and is still taking chunks. Its cumulative index and ranges
+        are the last ack's, or larger: it acknowledges nothing unwritten."""
+        credit = max(1, credit)
+        if self.ended or self.finishing or self.ack_due or credit == self.window.window:
+            return None
+        if now - self.acked_at < WINDOW_UPDATE_AFTER:
+            return None
+        self.acked_at = now
+        self.window_updates += 1
+        self.window.advertise(credit, now)
         return self.window.ack_fields()
 
     def next_timer(self) -> float | None:

@@ -379,6 +379,7 @@ class OutgoingTransfer(GrantedFlow):
             "timeouts": w.timeouts,
             "spurious_timeouts": w.spurious_timeouts,
             "fast_retransmits": w.fast_retransmits,
+            "peak_credit": w.peak_window,
             "rto": round(rtt.rto, 6),
             "resumed_chunks": self.resumed,
             "accept_seconds": round(self.accept_seconds, 6),

@@ -85,6 +85,7 @@ class SendWindow:
         self.rtt = rtt or RttEstimator(initial_rto=INITIAL_RTO)
         self.dupthresh = dupthresh
         self.window = 0
+        self.peak_window = 0  # the largest credit the receiver gave
         self.limit: int | None = None  # a sender-side cap below the credit (AIMD)
         self._next_new = 0
         self._in_flight: dict[int, _InFlight] = {}
@@ -108,11 +109,16 @@ class SendWindow:
         """The receiver took the offer, already holding ``have``."""
         self.acked.add_ranges(have)
         self.window = max(1, min(window, self.max_window))
+        self.peak_window = max(self.peak_window, self.window)
 
     def on_ack(self, cumulative: int, sack: list[tuple[int, int]], window: int, now: float) -> int:
         """Apply an ack; returns how many chunks it newly acknowledged. Costs
-        O(ranges + chunks in flight), whatever the file's size."""
+        O(ranges + chunks in flight), whatever the file's size. An ack that
+        acknowledges nothing new (a window update: only the credit changed,
+        or a repeated ack) is no evidence of loss: losses are inferred from
+        what was acked in send order, never from how often an ack repeats."""
         self.window = max(1, min(window, self.max_window))
+        self.peak_window = max(self.peak_window, self.window)
         newly = self.acked.add_ranges([(0, min(cumulative, self.total)), *sack])
         if newly:
             newest: _InFlight | None = None  # one RTT sample per ack, as TCP takes
