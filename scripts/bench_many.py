@@ -52,6 +52,7 @@ only).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -67,6 +68,7 @@ from peercrypt.chunking import DEFAULT_CHUNK
 from peercrypt.client import ControlClient
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.nodes import NodeProcess, blake3_file, parse_size, random_file
+from peercrypt.wire.local_messages import Progress
 from peercrypt.wire.messages import SendRequest, SendResult
 from peercrypt.wire.network_messages import CheckRequest, CheckResult
 
@@ -82,6 +84,8 @@ class Flow:
     request: int = 0
     result: SendResult | None = None
     done_at: float = 0.0  # perf_counter when its result came
+    # (perf_counter, bytes the receiver has written) from its Progress, 0.1 s apart
+    progress: list[tuple[float, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -195,6 +199,25 @@ def run_sends(node: NodeProcess, nodes: list[NodeProcess], flows: list[Flow]) ->
             if isinstance(reply, SendResult) and reply.request in by_request:
                 by_request[reply.request].result = reply
                 by_request[reply.request].done_at = time.perf_counter()
+            elif isinstance(reply, Progress) and reply.request in by_request:
+                flow = by_request[reply.request]
+                flow.progress.append((time.perf_counter(), reply.done_bytes))
+
+
+def timeline(flows: list[Flow], started: float, elapsed: float, step: float = 0.5) -> list[float]:
+    """The bytes written of all ``flows`` together every ``step`` s from
+    ``started`` (a flow's last Progress before then, all of it once its
+    result came), as MiB/s over each step: where the aggregate is lost, in
+    the ramp, the tail or throughout."""
+
+    def done(flow: Flow, at: float) -> int:
+        if flow.result is not None and flow.done_at <= at:
+            return flow.result.size
+        return max((b for t, b in flow.progress if t <= at), default=0)
+
+    marks = [started + step * k for k in range(1, int(elapsed / step) + 2)]
+    totals = [0] + [sum(done(f, at) for f in flows) for at in marks]
+    return [(b - a) / MiB / step for a, b in itertools.pairwise(totals)]
 
 
 def probe(nodes: list[NodeProcess], stop: threading.Event, out: Latencies) -> None:
@@ -402,6 +425,7 @@ def one_run(
         sack += int(f.result.stats.get("fast_retransmits", 0))
         rates.append(f.result.size / MiB / f.result.seconds)
     aggregate = total / MiB / elapsed
+    rates_by_step = timeline(flows, started, elapsed)
     many_split = per_gib(threads_before, threads_after, total / 2**30)
     # When the flows started (their result less their own span) and ended,
     # from the first request: a late start or a long tail costs aggregate.
@@ -445,6 +469,7 @@ def one_run(
         # The ratio's two factors: cores the nodes kept busy (CPU s / wall s)
         # and CPU per GiB, 64 at once against one alone (see the summary).
         "cores_busy": [cpu / elapsed, single_cores],
+        "timeline_mib_s": [round(v, 1) for v in rates_by_step],
     }
     print(
         f"{label}run {run}: {len(flows)} sends, {total / MiB:.0f} MiB in {elapsed:.2f} s: "
@@ -481,6 +506,12 @@ def one_run(
         f"       cores busy (the nodes' CPU s / wall s): 64 at once {cpu / elapsed:.2f}, one alone "
         f"{single_cores:.2f}; CPU per GiB one alone / 64 at once "
         f"{row['single_cpu_s_per_gib'] / row['nodes_cpu_s_per_gib']:.2f}",
+        flush=True,
+    )
+    peak = max(rates_by_step, default=0.0)
+    print(
+        f"       written by all, MiB/s per 0.5 s: {' '.join(f'{v:.0f}' for v in rates_by_step)}; "
+        f"the run's aggregate {aggregate / max(peak, 1e-9):.2f} of its best 0.5 s ({peak:.0f})",
         flush=True,
     )
     print(f"       CPU s per GiB by thread, one alone: {before.split}", flush=True)
