@@ -223,9 +223,11 @@ class Bench:
                 inbox = self.shm / f"{prefix}inbox{i}"
                 inboxes.append(inbox)
                 extra += ("--inbox", str(inbox))
+            # 60 s to start (not the tests' 15): 8 nodes start one after
+            # the other on a machine that may be loaded by others.
             node = NodeProcess(
                 self.shm / f"{prefix}node{i}", network_key=key, extra_args=extra,
-                host=host.ip, netns=host.ns, env=env,
+                host=host.ip, netns=host.ns, env=env, start_timeout=60.0,
             )  # fmt: skip
             nodes.append(node.start())
         return nodes, inboxes
