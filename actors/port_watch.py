@@ -1,16 +1,26 @@
-"""A listening port seen from the kernel: its TCP connections, what libzmq
-read from each, and closing the ones the guard names.
+"""A socket's TCP connections seen from the kernel: what libzmq read from
+each, and closing the ones the guard names.
 
-Part of the actor that owns the port (the receiver's data port, the
-gateway's public port), not an actor of its own: a thin shell over
-:class:`~peercrypt.core.port_guard.PortGuard` (which says why).
+Part of the actor that owns the sockets, not an actor of its own: a thin
+shell over :class:`~peercrypt.core.port_guard.PortGuard` (which says why).
+Two kinds are watched: a listening port's connections (the receiver's data
+port, the gateway's public port, a multicast sender's publishing port:
+:meth:`PortWatch.start` monitors the socket), and connections the node
+dials out (the sender's data connections to a receiver's data port): each
+such socket has a monitor of its own, whose owner passes the watch its
+events (:meth:`PortWatch.on_event`, naming the socket by an ``owner``), and
+is told when the guard closed one (``on_closed``): libzmq would connect
+again at once, so the owner gives up on that socket instead.
 
-libzmq gives a bound socket no handle on its connections, only the file
-descriptor of each in its monitor's events (accepted, disconnected). The
-watch records each TCP connection by its socket's inode (unique while the
-socket lives, so a descriptor number closed and reused meanwhile is never
-mistaken for it), reads TCP's counters through a duplicate of the
-descriptor, and closes a connection with ``shutdown()`` on such a
+libzmq gives a socket no handle on its connections, only the file
+descriptor of each in its monitor's events (accepted or connected,
+disconnected). The watch records each TCP connection by its socket's inode
+(unique while the socket lives, so a descriptor number closed and reused
+meanwhile is never mistaken for it; a disconnect, which names a descriptor,
+forgets only the connection of the socket whose monitor reported it, since
+another socket's newer connection may already have that number), reads
+TCP's counters through a duplicate of
+the descriptor, and closes a connection with ``shutdown()`` on such a
 duplicate, checked to be the same socket: libzmq then sees the connection
 end as if the peer had closed it, and frees what it held for it. libzmq's
 own descriptor is never closed here. Unix-socket connections (the local
@@ -26,7 +36,7 @@ import socket
 import stat
 import struct
 import termios
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +55,8 @@ if TYPE_CHECKING:
     from peercrypt.runtime.actor import Actor, Timer
 
 EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
+# What a dialled socket's monitor passes on (:meth:`PortWatch.on_event`).
+DIAL_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
 
 
 @dataclass(frozen=True)
@@ -92,14 +104,18 @@ class PortWatch:
         framing: Callable[[int], int] = framed_size,
         allowance: int = 0,
         sampling: Sampling = DATA_PORT_SAMPLING,
+        on_closed: Callable[[Hashable], None] | None = None,
     ) -> None:
         self.guard = PortGuard(limits)
+        self.on_closed = on_closed  # a dialled socket's owner, told the guard closed it
         self._count = count
         self.prefix = prefix
         self.framing = framing
         self.allowance = allowance
         self.sampling = sampling
         self._fds: dict[int, int] = {}  # inode -> libzmq's descriptor of it
+        self._owner: dict[int, Hashable] = {}  # inode of a dialled connection -> its socket's owner
+        self._dialled: dict[Hashable, str] = {}  # owner -> the address its connection reached
         self._actor: Actor | None = None
         self._timer: Timer | None = None
         self._last_reads: dict[int, int] = {}  # at the last reading
@@ -117,8 +133,16 @@ class PortWatch:
         self._actor = actor
         actor.watch(monitor, self._on_monitor)
 
+    def attach(self, actor: Actor) -> None:
+        """Sample from ``actor``'s loop: the connections come from
+        :meth:`on_event` (dialled sockets' monitors)."""
+        self._actor = actor
+
     def _on_monitor(self, monitor: zmq.Socket[Any]) -> None:
         self.on_monitor(monitor)
+        self._arm()
+
+    def _arm(self) -> None:
         if self._actor is not None and self._timer is None and self.watching:
             self._timer = self._actor.call_later(self.next_sample(), self._on_timer)
 
@@ -155,15 +179,54 @@ class PortWatch:
                 event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 return
-            fd = int(event["value"])
-            if event["event"] == zmq.EVENT_ACCEPTED:
-                if bytes(event["endpoint"]).startswith(b"tcp://"):
-                    self._accepted(fd)
-            else:  # disconnected or closed: that descriptor's socket is gone
-                gone = [inode for inode, d in self._fds.items() if d == fd]
-                for inode in gone:
-                    del self._fds[inode]
-                    self.guard.closed(inode)
+            self.on_event(event)
+
+    def on_event(
+        self, event: Mapping[str, Any], owner: Hashable = None, allowance: int | None = None
+    ) -> None:
+        """One monitor event: a connection accepted (or, of the dialled
+        socket ``owner``, connected; its handshake takes ``allowance``
+        bytes, default the watch's), or one gone (disconnected, closed)."""
+        fd = int(event["value"])
+        if event["event"] in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
+            if bytes(event["endpoint"]).startswith(b"tcp://"):
+                self._accepted(fd, owner, self.allowance if allowance is None else allowance)
+                self._arm()
+        elif event["event"] in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+            # That descriptor's connection is gone. One monitor's events come
+            # in the order libzmq made them (it reports a disconnect before
+            # it closes the descriptor), so the connection of that socket
+            # recorded last under that number is the one; another socket's
+            # connection may already have the number (its monitor was read
+            # first) and stays.
+            for inode in [
+                i for i, d in self._fds.items() if d == fd and self._owner.get(i) == owner
+            ]:
+                self._forget(inode)
+
+    def delivered_to(self, owner: Hashable, lengths: Iterable[int]) -> None:
+        """A message of frames of ``lengths`` bytes the owner of the dialled
+        socket ``owner`` took off it."""
+        address = self._dialled.get(owner)
+        if address is None or not self.guard.watching:
+            return
+        size = memory = 0
+        for length in lengths:
+            wire = self.framing(length)
+            size += wire
+            memory += held_memory(length, wire)
+        self.guard.delivered(address, size, memory)
+
+    def forget_owner(self, owner: Hashable) -> None:
+        """The dialled socket ``owner`` is closed: its connection goes."""
+        for inode in [i for i, o in self._owner.items() if o == owner]:
+            self._forget(inode)
+        self._dialled.pop(owner, None)
+
+    def _forget(self, inode: int) -> None:
+        self._fds.pop(inode, None)
+        self._owner.pop(inode, None)
+        self.guard.closed(inode)
 
     def delivered(self, frames: list[zmq.Frame], first: int = 1) -> None:
         """A message the owner took off the socket: its frames from
@@ -186,8 +249,7 @@ class PortWatch:
         for inode, fd in list(self._fds.items()):
             with self._same_socket(inode, fd) as dup:
                 if dup is None:
-                    del self._fds[inode]
-                    self.guard.closed(inode)
+                    self._forget(inode)
                     continue
                 try:
                     info = dup.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
@@ -204,7 +266,7 @@ class PortWatch:
             self.count("closed-unread", len(close))
             self._close(close)
 
-    def _accepted(self, fd: int) -> None:
+    def _accepted(self, fd: int, owner: Hashable, allowance: int) -> None:
         try:
             st = os.fstat(fd)
         except OSError:
@@ -219,21 +281,32 @@ class PortWatch:
             except OSError:
                 return
         self._fds[st.st_ino] = fd
-        close = self.guard.accepted(st.st_ino, peer_address(peer), self.allowance)
+        if owner is not None:
+            self._owner[st.st_ino] = owner
+            self._dialled[owner] = peer_address(peer)
+        close = self.guard.accepted(st.st_ino, peer_address(peer), allowance)
         if close:
             self.count("closed-over-cap", len(close))
             self._close(close)
 
     def _close(self, inodes: list[int]) -> None:
         self.count("closed-connections", len(inodes))
+        owners: list[Hashable] = []
         for inode in inodes:
             fd = self._fds.pop(inode, None)
+            owner = self._owner.pop(inode, None)
+            if owner is not None and owner not in owners:
+                owners.append(owner)
             if fd is None:
                 continue
             with self._same_socket(inode, fd) as dup:
                 if dup is not None:
                     with contextlib.suppress(OSError):
                         dup.shutdown(socket.SHUT_RDWR)
+        for owner in owners:
+            self._dialled.pop(owner, None)
+            if self.on_closed is not None:
+                self.on_closed(owner)
 
     @contextlib.contextmanager
     def _same_socket(self, inode: int, fd: int) -> Any:

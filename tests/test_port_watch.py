@@ -1,0 +1,96 @@
+"""The watch's bookkeeping of connections against real TCP sockets
+(actors/port_watch.py): which connection a monitor's event names when
+descriptor numbers are reused."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import zmq
+
+from actors.port_watch import PortWatch
+from peercrypt.core.port_guard import GuardLimits
+
+
+@contextmanager
+def listener() -> Iterator[socket.socket]:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(10)
+        yield server
+
+
+def connected(server: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """A client connected to ``server`` and the server's side of it."""
+    client = socket.create_connection(server.getsockname(), timeout=10)
+    accepted, _ = server.accept()
+    return client, accepted
+
+
+def reuse(number: int, sock: socket.socket) -> None:
+    """Descriptor ``number`` (its socket closed by it) is ``sock`` now, as
+    when the kernel gives a freed number to the next connection."""
+    os.dup2(sock.fileno(), number)
+
+
+def event(kind: int, fd: int) -> dict[str, Any]:
+    return {"event": kind, "value": fd, "endpoint": b"tcp://127.0.0.1:1"}
+
+
+def test_a_late_disconnect_forgets_only_the_connection_of_its_own_socket() -> None:
+    """Two dialled sockets, each with a monitor: the first one's connection
+    ends and its descriptor's number is taken at once by the second one's
+    new connection, whose connect event is read first (another monitor). The
+    first one's late disconnect, naming that number, forgets the first
+    connection and leaves the second watched (forgotten by number, both went:
+    every byte the second read from then on was charged to no one)."""
+    watch = PortWatch(GuardLimits(held=1 << 30), lambda key, n: None)
+    with listener() as server:
+        first, first_peer = connected(server)
+        number = first.detach()
+        watch.on_event(event(zmq.EVENT_CONNECTED, number), owner="first")
+        assert watch.connections == 1
+        second, second_peer = connected(server)
+        try:
+            reuse(number, second)
+            watch.on_event(event(zmq.EVENT_CONNECTED, number), owner="second")
+            assert watch.connections == 2
+            watch.on_event(event(zmq.EVENT_DISCONNECTED, number), owner="first")
+            assert watch.connections == 1, "the second socket's connection was forgotten"
+            watch.sample()
+            assert watch.connections == 1
+            watch.on_event(event(zmq.EVENT_DISCONNECTED, number), owner="second")
+            assert watch.connections == 0
+        finally:
+            os.close(number)
+            for s in (second, first_peer, second_peer):
+                s.close()
+
+
+def test_one_monitor_in_order_forgets_the_old_connection_and_keeps_the_new() -> None:
+    """One listening socket's monitor: libzmq reports a disconnect before it
+    closes the descriptor, so its events name a reused number only after the
+    old connection's disconnect; the new connection stays watched."""
+    watch = PortWatch(GuardLimits(held=1 << 30), lambda key, n: None)
+    with listener() as server:
+        client, old = connected(server)
+        number = old.detach()
+        watch.on_event(event(zmq.EVENT_ACCEPTED, number))
+        watch.on_event(event(zmq.EVENT_DISCONNECTED, number))
+        assert watch.connections == 0
+        other, new = connected(server)
+        try:
+            reuse(number, new)
+            watch.on_event(event(zmq.EVENT_ACCEPTED, number))
+            assert watch.connections == 1
+            watch.sample()
+            assert watch.connections == 1
+        finally:
+            os.close(number)
+            for s in (client, other, new):
+                s.close()
