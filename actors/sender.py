@@ -84,6 +84,7 @@ from actors.data_pipes import DataPipe, PipeKey, new_route_id
 from actors.file_chunks import Stream, read_chunk
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, crew_size
 from actors.peer_link import ConnectProbe, Link, connect_cause
+from actors.port_watch import DIAL_EVENTS, PortWatch
 from actors.sealed_buffers import SealedPool
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk
@@ -102,6 +103,7 @@ from peercrypt.core.outgoing import (
     SendChunk,
     SendDone,
 )
+from peercrypt.core.port_guard import NULL_HANDSHAKE, GuardLimits, held_limit
 from peercrypt.core.reach import Reach
 from peercrypt.core.resume import SAMPLE_BYTES, sample_offsets, source_tag
 from peercrypt.core.sampling import sample_due
@@ -159,6 +161,8 @@ POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
 DATA_MAXRT_MS = 2000  # unacknowledged data for this long drops the data connection
 DATA_HEARTBEAT_MS = 500  # ZMTP pings on the data connection, dropped unanswered after 4
 DATA_RECONNECT_MS = 100  # pause before reconnecting, no backoff
+DATA_MAXMSGSIZE = 64 * 1024  # a reply's frame at most
+FLOODED = "the receiver sent more than this node holds unread; its data connection was closed"
 DATA_CONNECT_MS = 500  # a connect attempt that takes longer is retried afresh
 HASH_CATCH_UP = 4  # held chunks hashed per chunk sent, on a resume
 HASH_STEP = 64 * 1024 * 1024  # bytes hashed per turn of the loop when the rest is due
@@ -293,10 +297,27 @@ class SenderActor(Actor):
         self.sealed = SealedPool()
         # The data connections in use, shared by the transfers to one receiver.
         self.pipes: dict[PipeKey, DataPipe] = {}
+        # What receivers make libzmq read ahead on them (never capped:
+        # PEER_RCVHWM), bounded as the data port bounds senders
+        # (core/port_guard.py): a receiver whose replies pass the bound
+        # unread has its connection closed and the transfers on it fail.
+        limits = GuardLimits(
+            held=settings.data_port_memory or held_limit(settings.receive_buffer, DATA_MAXMSGSIZE),
+            connections=1 << 16,
+            per_address=1 << 16,
+        )
+        self.data_watch = PortWatch(
+            limits,
+            self.count,
+            prefix="data-",
+            allowance=NULL_HANDSHAKE,
+            on_closed=self._on_data_flood,
+        )
         self.ticks = 0  # progress reports so far (which transfers are sampled)
 
     def setup(self) -> None:
         self.host_id = local_ipc.host_id() if self.settings.local_ipc else ""
+        self.data_watch.attach(self)
         self.call_every_while(
             PROGRESS_INTERVAL,
             self._progress,
@@ -799,7 +820,7 @@ class SenderActor(Actor):
         # per chunk sent) are read as they come (PEER_RCVHWM).
         data.sndhwm = DATA_SNDHWM * max(1, self.settings.max_outgoing)
         data.rcvhwm = PEER_RCVHWM
-        data.maxmsgsize = 64 * 1024
+        data.maxmsgsize = DATA_MAXMSGSIZE
         data.setsockopt(zmq.TCP_MAXRT, DATA_MAXRT_MS)
         data.heartbeat_ivl = DATA_HEARTBEAT_MS
         data.heartbeat_timeout = 4 * DATA_HEARTBEAT_MS
@@ -810,7 +831,7 @@ class SenderActor(Actor):
         data.monitor(
             address_url,
             zmq.EVENT_HANDSHAKE_SUCCEEDED
-            | zmq.EVENT_DISCONNECTED
+            | DIAL_EVENTS
             | zmq.EVENT_CONNECT_RETRIED
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
@@ -841,6 +862,7 @@ class SenderActor(Actor):
             self.call_later(CLOSE_GRACE, functools.partial(self._close_pipe, pipe))
 
     def _close_pipe(self, pipe: DataPipe) -> None:
+        self.data_watch.forget_owner(pipe.route)
         with contextlib.suppress(zmq.ZMQError):
             pipe.sock.disable_monitor()
         self.close_socket(pipe.monitor)
@@ -947,9 +969,14 @@ class SenderActor(Actor):
     def _on_data_monitor(self, pipe: DataPipe, sock: zmq.Socket[Any]) -> None:
         while True:
             try:
-                event = recv_monitor_message(sock, zmq.NOBLOCK)["event"]
+                message = recv_monitor_message(sock, zmq.NOBLOCK)
             except zmq.Again:
                 break
+            event = message["event"]
+            if event in (zmq.EVENT_CONNECTED, zmq.EVENT_DISCONNECTED):
+                self.data_watch.on_event(message, owner=pipe.route)
+            if event == zmq.EVENT_CONNECTED:
+                continue
             if pipe.url != pipe.tcp_url and event != zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._ipc_to_tcp(pipe)
             if event == zmq.EVENT_DISCONNECTED:
@@ -969,6 +996,23 @@ class SenderActor(Actor):
                         self._drive(t)
             elif event == zmq.EVENT_CONNECT_RETRIED and pipe.broken and pipe.probe is None:
                 self._probe_data(pipe)
+
+    def _on_data_flood(self, route: Any) -> None:
+        """The watch closed the data connection ``route`` names: its receiver
+        sent more than the node holds unread (a receiver sends at most an
+        ack per chunk). Its transfers fail and the socket is closed now (not
+        reconnected, and what libzmq queued of it is freed)."""
+        pipe = next((p for p in self.pipes.values() if p.route == route), None)
+        if pipe is None:
+            return
+        del self.pipes[pipe.key]
+        if pipe.probe is not None:
+            pipe.probe.close()
+            pipe.probe = None
+        for t in list(pipe.users.values()):
+            if t.tid in self.transfers:
+                self._end(t, ResultCode.PROTOCOL, FLOODED)
+        self._close_pipe(pipe)
 
     def _probe_data(self, pipe: DataPipe) -> None:
         """The data connection does not come back: a killed receiver (its
@@ -1141,6 +1185,7 @@ class SenderActor(Actor):
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            self.data_watch.delivered_to(pipe.route, map(len, frames))
             try:
                 if len(frames) != 2:
                     raise codec.DecodeError("frames", str(len(frames)))

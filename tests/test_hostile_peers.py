@@ -24,7 +24,11 @@ from peercrypt.core.bitmap import MAX_RANGES, MAX_TRANSFER_CHUNKS, pairs
 from peercrypt.core.port_guard import GuardLimits
 from peercrypt.crypto.handshake import prove_hello
 from peercrypt.crypto.identity import KeyPair, load_or_create_identity, network_server_keys
-from peercrypt.testing.hostile import CoReceiver, member_gateway
+from peercrypt.testing.hostile import (
+    CoReceiver,
+    FloodingReceiver,
+    member_gateway,
+)
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import (
     BackgroundSend,
@@ -39,6 +43,7 @@ from peercrypt.testing.zmtp_flood import (
     RawDataPeer,
     curve_flood_and_reset,
     flood_and_reset,
+    flood_until_closed,
     frame_header,
 )
 from peercrypt.wire import codec
@@ -63,22 +68,6 @@ def rss_kib(pid: int, field: str = "VmHWM") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} for {pid}")
-
-
-def flood_until_closed(peer: RawDataPeer, megabytes: int = 64) -> int | None:
-    """Handshake, then one-byte messages (3 bytes on the wire each) in
-    blocks of a MiB until the node closes ``peer`` or ``megabytes`` were
-    sent (22 million messages for 64); the MiB sent before the node closed
-    it, None if it did not."""
-    block = b"\x00\x01x" * (MiB // 3)  # 349,525 messages of one byte
-    try:
-        peer.handshake()
-        sent = 0
-        while sent < megabytes and peer.send(block):
-            sent += 1
-        return sent if peer.closed_by_node(WAIT) else None
-    finally:
-        peer.close()
 
 
 def acks(t: HostileTransfer, sock: zmq.Socket[Any], timeout: float) -> list[Ack]:
@@ -609,3 +598,40 @@ def test_data_port_connections_and_unread_bytes_are_bounded(
     assert receiver.wait_for_counter("receiver.data-closed-connections", closed, WAIT) >= closed
     assert receiver.counters()["receiver.data-closed-over-cap"] >= 1000 - GuardLimits.per_address
     assert receiver.running
+
+
+def test_a_receiver_flooding_the_senders_data_connection_costs_bounded_memory(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """A member answers an offer as a receiver and floods the data
+    connection the sender makes to it with one-byte messages (3 bytes on the
+    wire, a 64-byte slot each in libzmq, which reads them ahead without a
+    cap). The sender closes that connection once what it holds unread passes
+    its bound, its send fails saying why (not retried: an honest receiver
+    sends at most an ack per chunk), the sender's RSS grows by at most the
+    bound plus a slack (unbounded, 32 MiB of such a flood grows a node by
+    about 700 MiB), and a good file it sends next verifies."""
+    memory = 16 * MiB
+    sender = node_factory("--data-port-memory", str(memory))
+    receiver = node_factory()
+    identity = load_or_create_identity(sender.data_dir).public
+    hostile = FloodingReceiver(network_key, identity, megabytes=32)
+    before = rss_kib(sender.pid, "VmRSS")
+    try:
+        answer = sender.cli("send", str(make_file(4 * MiB)), "127.0.0.1", str(hostile.port))
+        flooded = wait_until(lambda: list(hostile.flooded), WAIT, "the flood's end")
+    finally:
+        hostile.close()
+    grown = (rss_kib(sender.pid) - before) // 1024
+    # The slack: what arrives before the sender reads the counters again (a
+    # MiB sent is 22 MiB in libzmq; 20 ms before a quarter of the bound is
+    # held, 2 ms after, later on a loaded machine: 24-40 MiB grown in all
+    # here at load 14), the file's chunks and the allocator's own.
+    assert grown < memory // MiB + 64, f"RSS grew {grown} MiB ({flooded} MiB flooded)"
+    assert flooded[0] is not None, "the sender kept reading 32 MiB of flood"
+    assert answer.returncode != 0
+    assert "holds unread" in answer.stdout + answer.stderr, answer.describe()
+    assert sender.wait_for_counter("sender.data-closed-unread", 1, WAIT) >= 1
+    good = make_file(4 * MiB)
+    assert_sent(receiver, sender.send_to(good, receiver), good)
+    assert sender.counters().get("sender.handler-errors", 0) == 0

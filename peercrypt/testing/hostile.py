@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,8 +48,9 @@ from peercrypt.crypto.handshake import (
 )
 from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.crypto.keywrap import ContentSealer, unwrap
+from peercrypt.testing.zmtp_flood import RawDataPeer, flood_until_closed
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Hello, HelloReply
+from peercrypt.wire.messages import Accept, Hello, HelloReply, Offer
 from peercrypt.wire.multicast_messages import (
     McAck,
     McAnnounce,
@@ -305,4 +307,93 @@ class CoReceiver:
         self._thread.join(5)
         self.router.close(0)
         self.sink.close(0)
+        self.ctx.term()
+
+
+def next_request(router: zmq.Socket[Any], identity: KeyPair) -> tuple[bytes, Any] | None:
+    """The next message on a member's gateway ``router`` (one is waiting): a
+    hello is answered, proving ``identity`` (None); anything else that
+    decodes is returned with its route."""
+    route, payload = router.recv_multipart()[:2]
+    try:
+        msg = codec.decode(payload)
+    except codec.DecodeError:
+        return None
+    if not isinstance(msg, Hello):
+        return route, msg
+    proof = prove_hello(identity, msg.challenge, "0")
+    reply = HelloReply(node_id=identity.public, version="0", proof=proof)
+    router.send_multipart([route, codec.encode(reply)])
+    return None
+
+
+class FloodingReceiver:
+    """A hostile unicast receiver: a member's gateway that proves its own
+    fresh identity (as a receiver must) and accepts every offer from the
+    sender whose identity key is ``sender``, naming a data port of its own;
+    each data connection the sender makes there is flooded with one-byte
+    messages (3 bytes on the wire, a 64-byte slot each in the sender's
+    libzmq) in blocks of a MiB until the sender closes it or ``megabytes``
+    were sent. :attr:`flooded` holds, per connection, the MiB sent before the
+    sender closed it (None: it did not)."""
+
+    def __init__(self, network_key: str, sender: bytes, megabytes: int = 32) -> None:
+        self.sender, self.megabytes = sender, megabytes
+        self.identity = KeyPair.generate()
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.router, self.port = member_gateway(self.ctx, network_key)
+        self.data = socket.create_server((LOCALHOST, 0))
+        self.data.settimeout(0.05)
+        self.data_port = self.data.getsockname()[1]
+        self.flooded: list[int | None] = []
+        self.stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._gateway, daemon=True),
+            threading.Thread(target=self._data, daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _gateway(self) -> None:
+        while not self.stop.is_set():
+            if not self.router.poll(50):
+                continue
+            request = next_request(self.router, self.identity)
+            if request is None:
+                continue
+            route, msg = request
+            if isinstance(msg, Offer):
+                answer = respond(msg.tid, self.identity, self.sender, msg.eph_pub)
+                reply = Accept(
+                    tid=msg.tid,
+                    eph_pub=answer.eph_pub,
+                    static_pub=answer.static_pub,
+                    proof=answer.proof,
+                    data_host=LOCALHOST,
+                    data_port=self.data_port,
+                    window=16,
+                    have=[],
+                )
+                self.router.send_multipart([route, codec.encode(reply)])
+
+    def _data(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.data.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                sent = flood_until_closed(RawDataPeer.accepted(conn), self.megabytes)
+            except OSError:
+                sent = None
+            self.flooded.append(sent)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(15)
+        self.data.close()
+        self.router.close(0)
         self.ctx.term()

@@ -248,6 +248,15 @@ class RawDataPeer:
         )
         self.socket_type = socket_type
 
+    @classmethod
+    def accepted(cls, sock: socket.socket, socket_type: bytes = b"ROUTER") -> RawDataPeer:
+        """A connection a node made to a port of ours, greeted by hand as
+        ``socket_type`` (what a data port is)."""
+        peer = cls.__new__(cls)
+        sock.settimeout(WAIT)
+        peer.sock, peer.socket_type = sock, socket_type
+        return peer
+
     def greet(self) -> None:
         """Our greeting and READY (the node's greeting is left unread)."""
         self.sock.sendall(GREETING + _ready(self.socket_type))
@@ -274,3 +283,22 @@ class RawDataPeer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+MiB = 1 << 20
+
+
+def flood_until_closed(peer: RawDataPeer, megabytes: int = 64) -> int | None:
+    """Handshake, then one-byte messages (3 bytes on the wire each) in
+    blocks of a MiB until the node closes ``peer`` or ``megabytes`` were
+    sent (22 million messages for 64); the MiB sent before the node closed
+    it, None if it did not."""
+    block = b"\x00\x01x" * (MiB // 3)  # 349,525 messages of one byte
+    try:
+        peer.handshake()
+        sent = 0
+        while sent < megabytes and peer.send(block):
+            sent += 1
+        return sent if peer.closed_by_node(WAIT) else None
+    finally:
+        peer.close()
