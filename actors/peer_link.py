@@ -7,6 +7,14 @@ monitor, when asked for, turns ZeroMQ's connection events into one clear
 failure: cannot connect (and why), a failed CURVE handshake (wrong network
 key, or not a PeerCrypt node), or a ZAP denial (not on the peer's allow-list).
 
+What the peer makes libzmq read ahead on a link (never capped:
+``PEER_RCVHWM``) is bounded as the gateway bounds members: every link of an
+actor is watched by one :class:`~actors.port_watch.PortWatch` (its bound
+``--control-port-memory``; counters ``link-closed-unread`` ...). A link the
+watch closed is disconnected, not left to libzmq's immediate reconnect, and
+connects again after a pause that doubles while the peer keeps flooding
+(:class:`~peercrypt.core.redial.Redial`).
+
 ZeroMQ reports a failed connect only as "retried", without the reason, so a
 monitored link that fails to connect makes one plain non-blocking TCP connect
 of its own to the same address and names what the kernel answers (see
@@ -28,13 +36,17 @@ import functools
 import itertools
 import os
 import socket
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from actors.port_watch import DIAL_EVENTS, PUBLIC_PORT_SAMPLING, PortWatch
 from peercrypt.core.address import split_host_port
+from peercrypt.core.port_guard import CURVE_HANDSHAKE, GuardLimits, curve_framed_size
+from peercrypt.core.redial import Redial
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import PEER_RCVHWM, Actor
 from peercrypt.settings import NodeSettings
@@ -50,6 +62,8 @@ MONITOR_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _link_ids = itertools.count()
+# Each actor's links and the one watch over them (see the module docs).
+_WATCHES: weakref.WeakKeyDictionary[Actor, PortWatch] = weakref.WeakKeyDictionary()
 # Seconds between checks of a running connect probe: one whose TCP connect
 # completed but that never became readable (the peer accepted and is silent)
 # is dropped, so the link can be diagnosed again; one still connecting is
@@ -141,6 +155,31 @@ class ConnectProbe:
         return True
 
 
+def link_watch(actor: Actor, settings: NodeSettings) -> PortWatch:
+    """The watch over ``actor``'s links (made at its first link)."""
+    watch = _WATCHES.get(actor)
+    if watch is None:
+        limits = GuardLimits(
+            held=settings.control_port_memory, connections=1 << 16, per_address=1 << 16
+        )
+        watch = _WATCHES[actor] = PortWatch(
+            limits,
+            actor.count,
+            prefix="link-",
+            framing=curve_framed_size,
+            allowance=CURVE_HANDSHAKE,
+            sampling=PUBLIC_PORT_SAMPLING,
+            on_closed=_flooded,
+        )
+        watch.attach(actor)
+    return watch
+
+
+def _flooded(owner: Hashable) -> None:
+    if isinstance(owner, Link):
+        owner.flooded()
+
+
 class Link:
     """A CURVE DEALER from ``actor`` to a peer's public port.
 
@@ -187,6 +226,10 @@ class Link:
         self.cause = ""  # why a connect failed, once the probe knows
         self.probe: ConnectProbe | None = None
         self.created = actor.now()
+        self.monitored = monitored
+        self.watch = link_watch(actor, settings)
+        self.redial = Redial()
+        self.paused = False  # disconnected by the watch, until the redial
         sock = self.sock = actor.socket(zmq.DEALER)
         sock.curve_serverkey = settings.server_keys.z85_public
         sock.curve_publickey = settings.identity.z85_public
@@ -198,13 +241,12 @@ class Link:
         sock.rcvhwm = PEER_RCVHWM  # replies to our requests; a cap lets the peer abort us
         if not monitored or keep_trying:
             sock.immediate = True
-        self.monitor: zmq.Socket[Any] | None = None
-        if monitored:
-            address = f"inproc://pc-{actor.env.node_uid}/{actor.name}-link/{next(_link_ids)}"
-            sock.monitor(address, MONITOR_EVENTS)
-            self.monitor = actor.socket(zmq.PAIR)
-            self.monitor.connect(address)
-            actor.watch(self.monitor, self._on_monitor)
+        address = f"inproc://pc-{actor.env.node_uid}/{actor.name}-link/{next(_link_ids)}"
+        sock.monitor(address, MONITOR_EVENTS if monitored else DIAL_EVENTS)
+        self.monitor: zmq.Socket[Any] | None = actor.socket(zmq.PAIR)
+        self.monitor.rcvhwm = 0  # inproc: no event is ever dropped
+        self.monitor.connect(address)
+        actor.watch(self.monitor, self._on_monitor)
         actor.watch(sock, self._on_readable)
         try:
             sock.connect(url)
@@ -231,6 +273,7 @@ class Link:
                 data = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self.watch.delivered_to(self, (len(data),))
             try:
                 msg = codec.decode(data)
             except codec.DecodeError as exc:
@@ -241,9 +284,14 @@ class Link:
     def _on_monitor(self, _sock: object = None) -> None:
         while not self.closed and self.monitor is not None:
             try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
+                message = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            event = message["event"]
+            if event in (zmq.EVENT_CONNECTED, zmq.EVENT_DISCONNECTED):
+                self.watch.on_event(message, owner=self)
+            if not self.monitored:
+                continue
             peer = address_of(self.url)
             if event == zmq.EVENT_CONNECTED:
                 self.connected = True
@@ -278,6 +326,25 @@ class Link:
                     ResultCode.HANDSHAKE,
                     f"handshake with {peer} failed: wrong network key, or not a PeerCrypt node",
                 )
+
+    def flooded(self) -> None:
+        """The watch closed the connection for what the peer made the node
+        hold unread: disconnect (libzmq would connect again at once) and
+        connect again after the redial's pause."""
+        if self.closed or self.paused:
+            return
+        self.paused = True
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disconnect(self.url)
+        self.actor.call_later(self.redial.closed(self.actor.now()), self._connect_again)
+
+    def _connect_again(self) -> None:
+        if self.closed or not self.paused:
+            return
+        self.paused = False
+        self.redial.connected(self.actor.now())
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.connect(self.url)
 
     def _diagnose(self) -> None:
         """Find out why connecting fails: one non-blocking TCP connect."""
@@ -334,7 +401,7 @@ class Link:
         peer = address_of(self.url)
         if not self.connected:
             return ResultCode.UNREACHABLE, f"cannot connect to {peer}: {self.cause or TIMED_OUT}"
-        if self.monitor is not None and not self.handshaken:
+        if self.monitored and not self.handshaken:
             return (
                 ResultCode.TIMEOUT,
                 f"{peer} accepted the connection but did not complete the handshake",
@@ -346,6 +413,7 @@ class Link:
             return
         self.closed = True
         self._close_probe()
+        self.watch.forget_owner(self)
         if self.monitor is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self.sock.disable_monitor()

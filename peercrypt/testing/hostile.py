@@ -397,3 +397,44 @@ class FloodingReceiver:
         self.data.close()
         self.router.close(0)
         self.ctx.term()
+
+
+class FloodingGateway:
+    """A hostile member's gateway: it proves its own fresh identity to a
+    hello (as any member does) and answers anything else a node sends it on
+    a link (an offer, a probe, gossip) with up to ``messages`` one-byte
+    messages, as fast as libzmq takes them (never a full send queue: what
+    the node does not read waits here)."""
+
+    def __init__(self, network_key: str, messages: int = 5_000_000) -> None:
+        self.messages = messages
+        self.identity = KeyPair.generate()
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.router, self.port = member_gateway(self.ctx, network_key)
+        self.router.sndhwm = 0
+        self.sent = 0
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        flooding: bytes | None = None
+        while not self.stop.is_set():
+            if flooding is not None and self.sent < self.messages:
+                for _ in range(10_000):
+                    self.router.send(flooding, zmq.SNDMORE)
+                    self.router.send(b"x")
+                self.sent += 10_000
+                if not self.router.poll(0):
+                    continue
+            elif not self.router.poll(50):
+                continue
+            request = next_request(self.router, self.identity)
+            if request is not None:
+                flooding = request[0]
+
+    def close(self) -> None:
+        self.stop.set()
+        self._thread.join(15)
+        self.router.close(0)
+        self.ctx.term()
