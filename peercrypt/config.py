@@ -239,12 +239,15 @@ SETTINGS: tuple[Setting, ...] = (
     _s("data_port_memory", "PEERCRYPT_DATA_PORT_MEMORY", "int", 0,
        "Bytes the data port's TCP connections may have read and not delivered, in all; "
        "beyond it the addresses holding more than their share are disconnected, "
-       "costliest first (0: twice the receive buffer and two of the largest chunks, 96 MiB).",
+       "costliest first (0: twice the receive buffer and two of the largest chunks, 96 MiB). "
+       "The sender's data connections have a bound of the same size (beyond it a "
+       "receiver's connection is closed and its transfers fail).",
        flag="--data-port-memory", low=0),
     _s("control_port_memory", "PEERCRYPT_CONTROL_PORT_MEMORY", "int", 32 << 20,
        "Bytes the public port's connections may have read and the node not taken, in "
        "all; beyond it the addresses holding more than their share are disconnected, "
-       "costliest first.",
+       "costliest first. Each actor's links to other nodes have a bound of the same "
+       "size (beyond it a link pauses, 1 s doubling to 60 s).",
        flag="--control-port-memory", low=1 << 20),
     # The statistics history (docs/statistics.md).
     _s("stats_keep_days", "PEERCRYPT_STATS_KEEP_DAYS", "float", 90.0,
