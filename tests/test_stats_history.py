@@ -22,6 +22,7 @@ from typing import Any
 import pexpect
 import pytest
 
+from peercrypt.chunking import DEFAULT_CHUNK
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.history.db import (
     SAMPLE_COLUMNS,
@@ -139,6 +140,22 @@ def recorded(
             inbox[row["session"], row["peer"]] = node.inbox
             received.append(row)
     return Recorded(sender, r1, r2, source, sent, received, inbox)
+
+
+def test_a_send_without_chunk_size_cuts_4_mib_chunks(recorded: Recorded) -> None:
+    """The default chunk is 4 MiB (peercrypt/chunking.py: a chunk's fixed
+    costs paid a quarter as often as with 1 MiB): 8 MiB + 5 bytes go as
+    two whole chunks and one of 5 bytes, both sides say so, and the file
+    stored is the source."""
+    row = next(r for r in recorded.sent if r["mode"] == "normal")
+    other = next(
+        r for r in recorded.received if r["session"] == row["session"] and r["side"] == "receive"
+    )
+    assert row["chunk_size"] == DEFAULT_CHUNK
+    assert (row["chunk_size"], row["chunks"]) == (4 * MiB, 3)
+    assert (other["chunk_size"], other["chunks"]) == (4 * MiB, 3)
+    stored = recorded.inbox[row["session"], other["peer"]] / other["file"]
+    assert blake3_file(stored) == blake3_file(recorded.source)
 
 
 def test_every_mode_and_both_sides_fill_one_schema(recorded: Recorded) -> None:
