@@ -528,6 +528,24 @@ def one_run(
         f"{len(load.status)} + {len(load.check)} samples",
         flush=True,
     )
+    accepts = sorted(f.result.stats.get("accept_seconds", 0.0) for f in flows if f.result)
+    print(
+        f"       offer to accept: {accepts[len(accepts) // 2]:.2f} s median, "
+        f"{accepts[-1]:.2f} s at most",
+        flush=True,
+    )
+    # The last to end hold the aggregate's tail: who they are and what slowed them.
+    last = sorted((f for f in flows if f.result is not None), key=lambda f: f.done_at)[-3:]
+    for f in last:
+        assert f.result is not None
+        st = f.result.stats
+        keys = ("timeouts", "spurious_timeouts", "peak_credit", "srtt", "rto", "accept_seconds")
+        print(
+            f"       ended late: node {f.sender} -> {f.receiver} at {f.done_at - started:.2f} s "
+            f"after {f.result.seconds:.2f} s of its own; "
+            + ", ".join(f"{k} {st[k]:g}" for k in keys if k in st),
+            flush=True,
+        )
     if counters:
         print(f"       node counters (all runs so far): {counters}", flush=True)
     return row
