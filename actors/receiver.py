@@ -105,7 +105,7 @@ from peercrypt.core.incoming import (
 )
 from peercrypt.core.modes import MAX_LANES
 from peercrypt.core.port_guard import DATA_HANDSHAKE, GuardLimits, held_limit
-from peercrypt.core.receive_window import Arrival, allowance_bytes, node_credit
+from peercrypt.core.receive_window import Arrival, allowance_bytes, node_credit, receiving
 from peercrypt.core.replay import ReplayWindow
 from peercrypt.core.resume import (
     RECLAIM_INTERVAL,
@@ -952,12 +952,12 @@ class ReceiverActor(Actor):
 
     def _credit(self, chunk_size: int, others: int, current: int = 0, extra: int = 0) -> int:
         """A transfer's window: ``--window`` chunks, less to share the
-        receive buffer with the transfers running (plus ``extra`` about to
-        start), to stay within what the others' credit (``others`` bytes)
+        receive buffer with the transfers that have chunks left to write
+        (plus ``extra`` about to start), to stay within what the others' credit (``others`` bytes)
         leaves of it and to grow from ``current`` by at most twice
         (core/receive_window.py, ``node_credit``)."""
         s = self.settings
-        running = len(self.transfers) + extra
+        running = receiving(t.flow.window for t in self.transfers.values()) + extra
         return node_credit(s.window, chunk_size, s.receive_buffer, running, others, current)
 
     def _credit_held(self) -> int:

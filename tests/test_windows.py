@@ -28,6 +28,7 @@ from peercrypt.core.receive_window import (
     ReceiveWindow,
     allowance_bytes,
     node_credit,
+    receiving,
 )
 from peercrypt.core.rtt import RttEstimator
 from peercrypt.core.send_window import SendWindow
@@ -919,3 +920,25 @@ def test_window_updates_cost_an_honest_sender_no_resend_and_no_drop(
     assert (sender.retransmits, sender.fast_retransmits, sender.timeouts) == (0, 0, 0)
     assert flow.window.over_credit == 0 and flow.window.duplicates == 0
     note(f"{flow.window_updates} window updates")
+
+
+def test_transfers_with_every_chunk_written_need_no_share_of_the_buffer() -> None:
+    # 16 transfers of a node got 2 chunks each (the 32 MiB buffer); 15 have
+    # every chunk written and wait for their final checks. The last one's
+    # credit grows at each of its acks to the whole window, as if it were
+    # alone: counted among 16, it would stay at 2 chunks to its end.
+    mib, buffer, window = 1 << 20, 32 << 20, 16
+    flows = [ReceiveWindow(8, 2) for _ in range(16)]
+    for r in flows[:15]:
+        for index in range(8):
+            assert r.on_chunk(index, index == 7, 0.0) is Arrival.NEW
+            r.on_written(index)
+        assert r.complete
+    assert receiving(flows) == 1
+    assert node_credit(window, mib, buffer, len(flows), 0, current=2) == 2
+    others = sum(allowance_bytes(r, mib, 1.0) for r in flows[:15])
+    assert others == 0
+    credits = [2]
+    while credits[-1] < window and len(credits) < 10:
+        credits.append(node_credit(window, mib, buffer, receiving(flows), others, credits[-1]))
+    assert credits == [2, 4, 8, 16]

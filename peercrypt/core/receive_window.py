@@ -30,6 +30,7 @@ it. Time is passed in (``now``); nothing here reads a clock.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 from peercrypt.core.bitmap import MAX_RANGES, ChunkBitmap
 
@@ -159,6 +160,15 @@ def node_credit(
     else:  # a new transfer: the whole window if it is the only one
         grown = window if running <= 1 else INITIAL_CREDIT
     return max(1, min(window, grown, share // chunk_size, free // chunk_size))
+
+
+def receiving(windows: Iterable[ReceiveWindow]) -> int:
+    """How many of a node's transfers share its buffer (``running`` of
+    :func:`node_credit`): those with chunks left to write. One that has
+    all of its chunks (its final check may queue behind others' for
+    seconds) holds none of the buffer and needs no share: counted, it would
+    keep the last transfers at the share of them all until it ends."""
+    return sum(1 for w in windows if not w.complete)
 
 
 def allowance_bytes(window: ReceiveWindow, chunk_size: int, now: float) -> int:
