@@ -120,7 +120,10 @@ def test_multicast_parts_count_against_the_quotas(
     """Two sessions from one sender, each within the quota but not both:
     the second is refused while the first runs (before, each was checked
     against the free space alone), and the first still verifies."""
-    sender = node_factory("--max-rate", str(1 * MiB))  # the first runs ~2 s
+    # The first runs paced at 128 KiB/s (16 s) until the second was refused,
+    # then uncapped: at 1 MiB/s a loaded machine started the second send
+    # after the first was stored, and it was (rightly) admitted.
+    sender = node_factory("--max-rate", str(128 * 1024))
     target = node_factory(quota, str(limit))
     first = make_file(2 * MiB, name="first.bin")
     second = make_file(2 * MiB, name="second.bin")
@@ -131,6 +134,8 @@ def test_multicast_parts_count_against_the_quotas(
     ) as proc:  # fmt: skip
         wait_until(lambda: scan(target.inbox, multicast=True).kept, 20, "the first session's part")
         code, refused = sender.send(second, target.host, target.port, "-m", "--timeout", "10")
+        lifted = sender.cli("max-rate", "0")
+        assert lifted.returncode == 0, lifted.describe()
         result = json_success(proc, sender)
     assert code != 0, refused
     row = refused["receivers"][0]
