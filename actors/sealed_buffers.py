@@ -32,6 +32,12 @@ import zmq
 # MiB against 121-170 (scripts/bench_many.py, docs/benchmarks.md).
 MAX_BYTES = 4 * 1024 * 1024
 MAX_BUFFERS = 64
+# But at least two, whatever the chunk: with one (a chunk of 4 MiB or more
+# against MAX_BYTES), the next chunk found it still queued and was sealed
+# into a new, zeroed object 71-80 times in 257 (a 1 GiB send in 4 MiB
+# chunks; memset and page faults 5% of the sending thread in perf); with
+# two, 7-12 times (docs/benchmarks.md, 2026-12-02 21:30-22:27).
+MIN_BUFFERS = 2
 # Buffer sizes (chunk sizes) a pool keeps rings for; the least recently used
 # one is dropped for a new size (ZeroMQ holds what it still sends itself).
 MAX_SIZES = 2
@@ -42,7 +48,7 @@ class SealedBuffers:
 
     def __init__(self, size: int, max_bytes: int = MAX_BYTES) -> None:
         self.size = size
-        self.limit = max(1, min(MAX_BUFFERS, max_bytes // max(1, size)))
+        self.limit = max(MIN_BUFFERS, min(MAX_BUFFERS, max_bytes // max(1, size)))
         # Oldest send first (ZeroMQ lets go of one connection's in the order they
         # were sent), but for one still queued that take() moved to the back.
         self._ring: deque[tuple[bytearray, zmq.MessageTracker | None]] = deque()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import zmq
 
-from actors.sealed_buffers import MAX_SIZES, SealedBuffers, SealedPool
+from actors.sealed_buffers import MAX_BYTES, MAX_SIZES, MIN_BUFFERS, SealedBuffers, SealedPool
 
 SIZE = 128 * 1024  # above pyzmq's copy threshold: sent without a copy
 
@@ -44,7 +44,36 @@ def test_a_buffer_whose_send_did_not_happen_is_free() -> None:
     assert buffer is not None
     pool.sent(buffer, None)
     assert pool.take() is buffer
-    assert SealedBuffers(10, max_bytes=0).limit == 1  # one at least, whatever the bound
+    assert SealedBuffers(10, max_bytes=0).limit == MIN_BUFFERS == 2  # whatever the bound
+
+
+def test_a_chunk_larger_than_the_bound_still_gets_a_second_buffer() -> None:
+    """A 4 MiB chunk (and its tag) is over the ring's MAX_BYTES: with one
+    buffer the next chunk always found it still queued and was sealed into
+    a new object; the second is taken while ZeroMQ still reads the first."""
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    size = 4 * 1024 * 1024 + 16
+    try:
+        push.bind("inproc://sealed-large")
+        pull.connect("inproc://sealed-large")
+        pool = SealedBuffers(size)
+        assert size > MAX_BYTES and pool.limit == 2
+        first = pool.take()
+        assert first is not None
+        first[:] = b"a" * size
+        pool.sent(first, push.send(first, copy=False, track=True))
+        second = pool.take()  # the first is still in ZeroMQ's queue
+        assert second is not None and second is not first and len(second) == size
+        second[:] = b"b" * size
+        pool.sent(second, push.send(second, copy=False, track=True))
+        assert pool.take() is None
+        assert pull.recv() == b"a" * size
+        assert pull.recv() == b"b" * size
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
 
 
 def test_one_pool_bounds_the_buffers_of_every_transfer_together() -> None:
