@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from actors import udp_multicast
 from actors.file_writer import (
@@ -92,6 +93,7 @@ from actors.inbox import (
     scan,
     sweep,
 )
+from actors.port_watch import DIAL_EVENTS, PortWatch
 from actors.space import drop_gone_part, report_holdings
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
@@ -103,6 +105,8 @@ from peercrypt.core.multicast_incoming import (
     MulticastIncoming,
     SendAck,
 )
+from peercrypt.core.port_guard import NULL_HANDSHAKE, GuardLimits, held_limit
+from peercrypt.core.redial import Redial
 from peercrypt.core.resume import RECLAIM_INTERVAL, Manifest, ResumeKey, plan_resume
 from peercrypt.core.tree import offer_refusal
 from peercrypt.crypto.chunk_signature import (
@@ -123,7 +127,7 @@ from peercrypt.crypto.handshake import (
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, unwrap
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError
-from peercrypt.runtime.actor import Actor, ActorEnv, SetupError, bound_port
+from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, SetupError, bound_port
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import MAX_NAME, Inbound, Outbound
@@ -157,10 +161,11 @@ log = logging.getLogger("peercrypt.mreceiver")
 
 QUEUE_CHUNKS = 128  # authenticated chunks waiting for the writer, per session
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
-SUB_HWM = 256  # messages the SUB socket queues (beyond: the PUB drops, NAK repairs)
-# Messages the repair socket queues per connection before we see them
-# (beyond: the sender's queue holds them, or it drops and the NAK repeats).
-REPAIR_HWM = 16
+# The SUB sockets and the repair port read without a cap (PEER_RCVHWM: with
+# one, a publisher or a repair sender could abort the node, docs/security.md);
+# what they hold unread is bounded from outside libzmq (core/port_guard.py).
+_sub_ids = itertools.count()
+_repair_ids = itertools.count()
 MAX_SESSIONS = 16
 # Of those, from one proven identity (CURVE key) and from one address (fresh
 # identities cost nothing).
@@ -196,6 +201,9 @@ class Session:
     wraps: dict[int, SessionSecrets] = field(default_factory=dict)
     sealer: ContentSealer | None = None
     sub: zmq.Socket[Any] | None = None
+    sub_monitor: zmq.Socket[Any] | None = None  # its connections, for the watch
+    sub_paused: bool = False  # disconnected by the watch, until the redial
+    redial: Redial = field(default_factory=Redial)
     queued: int = 0
     # UDP/IP multicast (docs/multicast.md, "Transports").
     # Its socket and receiving thread (datagrams -> chunks, once the key is known).
@@ -251,6 +259,20 @@ class MulticastReceiverActor(Actor):
         s = self.settings
         s.inbox.mkdir(parents=True, exist_ok=True, mode=s.inbox_mode)
         self.repair: zmq.Socket[Any] | None = None
+        # What publishers (the SUBs) and repair senders (the repair port)
+        # make libzmq hold unread, each bounded as the data port is.
+        limits = GuardLimits(held=s.data_port_memory or held_limit(s.receive_buffer, self._frame()))
+        self.sub_watch = PortWatch(
+            limits,
+            self.count,
+            prefix="sub-",
+            allowance=NULL_HANDSHAKE,
+            on_closed=self._on_sub_flood,
+        )
+        self.sub_watch.attach(self)
+        self.repair_watch = PortWatch(
+            limits, self.count, prefix="repair-", allowance=NULL_HANDSHAKE
+        )
         low, high = s.multicast_repair_ports
         self._bind_repair(low, high)
         address = f"inproc://pc-{self.env.node_uid}/mreceiver-writer"
@@ -309,8 +331,9 @@ class MulticastReceiverActor(Actor):
         """Bind the unicast repair socket to the first free port in [low, high]
         (0, 0: any free port). Raises SetupError when none is free."""
         sock = self.socket(zmq.PULL)
-        sock.maxmsgsize = self.settings.max_chunk + TAG_BYTES + 1024
-        sock.rcvhwm = REPAIR_HWM
+        sock.maxmsgsize = self._frame()
+        sock.rcvhwm = PEER_RCVHWM
+        self.repair_watch.start(self, sock, f"mreceiver-repair{next(_repair_ids)}")
         # Admission before buffering: the ZAP handler lets a connection in only
         # from the address of a sender of a running session (REPAIR_DOMAIN),
         # so no one else's frames are read ahead at all.
@@ -332,6 +355,10 @@ class MulticastReceiverActor(Actor):
         self.repair_port = bound_port(sock)
         self.facts["multicast_repair_port"] = str(self.repair_port)
         self.watch(sock, self._on_data)
+
+    def _frame(self) -> int:
+        """The largest frame a publisher or repair sender may send."""
+        return self.settings.max_chunk + TAG_BYTES + 1024
 
     def teardown(self) -> None:
         # Kept (with a last checkpoint): a restarted node rejoins its sessions.
@@ -669,8 +696,14 @@ class MulticastReceiverActor(Actor):
             sess.udp.start(self._intake(sess, key), sess.tracker.received)
         if sess.sub is None and sess.udp is None and sess.pub_endpoint:
             sub = sess.sub = self.socket(zmq.SUB)
-            sub.rcvhwm = SUB_HWM
-            sub.maxmsgsize = self.settings.max_chunk + TAG_BYTES + 1024
+            sub.rcvhwm = PEER_RCVHWM
+            sub.maxmsgsize = self._frame()
+            address = f"inproc://pc-{self.env.node_uid}/mreceiver-sub/{next(_sub_ids)}"
+            sub.monitor(address, DIAL_EVENTS)
+            monitor = sess.sub_monitor = self.socket(zmq.PAIR)
+            monitor.rcvhwm = 0  # inproc: no event is ever dropped
+            monitor.connect(address)
+            self.watch(monitor, functools.partial(self._on_sub_monitor, sess))
             # The token (for the sender, which applies only subscriptions that
             # carry a joined receiver's) and the id (our own filter).
             sub.setsockopt(zmq.SUBSCRIBE, k.sid + subscription_token(sess.receiver_key))
@@ -680,6 +713,37 @@ class MulticastReceiverActor(Actor):
         sess.flow.on_key(self.now())
         self._drive(sess)
         return None
+
+    def _on_sub_monitor(self, sess: Session, monitor: zmq.Socket[Any]) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.sub_watch.on_event(event, owner=sess.tid)
+
+    def _on_sub_flood(self, tid: Any) -> None:
+        """The watch closed a session's SUB connection: its publisher sent
+        more than the node holds unread (a publisher faster than the
+        receiver, or a flood). libzmq would connect again at once: the SUB
+        is disconnected for a pause (core/redial.py); what the publisher
+        sends meanwhile is missed, NAKed and repaired."""
+        sess = self.sessions.get(tid)
+        if sess is None or sess.sub is None or sess.sub_paused:
+            return
+        sess.sub_paused = True
+        with contextlib.suppress(zmq.ZMQError):
+            sess.sub.disconnect(sess.pub_endpoint)
+        delay = sess.redial.closed(self.now())
+        self.call_later(delay, functools.partial(self._sub_again, sess))
+
+    def _sub_again(self, sess: Session) -> None:
+        if self.sessions.get(sess.tid) is not sess or sess.sub is None or not sess.sub_paused:
+            return
+        sess.sub_paused = False
+        sess.redial.connected(self.now())
+        with contextlib.suppress(zmq.ZMQError):
+            sess.sub.connect(sess.pub_endpoint)
 
     def _intake(self, sess: Session, key: bytes) -> fragments.Intake:
         """The reassembly of the session's datagrams (for its receiving thread)."""
@@ -727,8 +791,11 @@ class MulticastReceiverActor(Actor):
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            if subscribed:
+            if owner is not None:
+                self.sub_watch.delivered_to(owner.tid, map(len, frames))
                 frames = frames[1:]  # the topic (session id) frame
+            else:
+                self.repair_watch.delivered(frames, first=0)
             if len(frames) != 3:  # header, sealed chunk, signature
                 self.count("data-dropped-frames")
                 continue
@@ -1005,8 +1072,14 @@ class MulticastReceiverActor(Actor):
             del self.sessions[sess.tid]
         self._tell_repair_senders()
         if sess.sub is not None:
+            self.sub_watch.forget_owner(sess.tid)
+            with contextlib.suppress(zmq.ZMQError):
+                sess.sub.disable_monitor()
             self.close_socket(sess.sub)
             sess.sub = None
+        if sess.sub_monitor is not None:
+            self.close_socket(sess.sub_monitor)
+            sess.sub_monitor = None
         if sess.udp is not None:
             self.unwatch(sess.udp.fileno())
             sess.udp.close()

@@ -9,6 +9,7 @@ the same time still stored a file with the right hash.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from peercrypt.testing.zmtp_flood import (
     RawDataPeer,
     curve_flood_and_reset,
     flood_and_reset,
+    flood_and_reset_on,
     flood_until_closed,
     frame_header,
 )
@@ -423,6 +425,64 @@ def test_tiny_frames_heartbeats_and_a_reset_cannot_abort_the_receiver(
     good = make_file(4 * MiB)
     assert_sent(receiver, sender.send_to(good, receiver), good)
     assert dropped >= 1
+    assert receiver.running, receiver.log_tail()
+
+
+def test_a_publisher_flooding_a_multicast_receivers_sub_with_heartbeats_cannot_abort_it(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """The same attack from a multicast session's sender, on the SUB socket
+    the receiver connects to the publishing port its announce names, and on
+    the receiver's repair port: a
+    member announces a session of its own, gives the key, and on each
+    connection the SUB makes there floods one-byte messages under the
+    session's topic with PINGs among them, then resets it (the SUB connects
+    again; with the SUB's receive queue at 256, as before, the node aborted
+    at the first; so did it with the repair port's at 16). Then one-byte
+    messages under the topic without end on the SUB's next connection:
+    closed after 8-9 MiB, the node grown 17-18 MiB at load 9-15 (the SUB
+    reads without a cap now; unguarded, 32 MiB of it grew the node 106
+    MiB), and the SUB connects again after a pause. The receiver keeps
+    running and a real multicast from another node still stores a file that
+    verifies."""
+    memory = 16 * MiB
+    receiver, sender = node_factory("--data-port-memory", str(memory)), node_factory()
+    to = load_or_create_identity(receiver.data_dir).public
+    hostile = CoReceiver(network_key)
+    publishing = socket.create_server(("127.0.0.1", 0))
+    publishing.settimeout(WAIT)
+    try:
+        sid = hostile.publish_to(receiver.host, receiver.port, to, publishing.getsockname()[1])
+        for _ in range(5):
+            try:
+                sub, _ = publishing.accept()  # the receiver's SUB, connecting (again)
+            except TimeoutError:
+                raise AssertionError(f"no SUB came: {receiver.log_tail()}") from None
+            flood_and_reset_on(sub, socket_type=b"PUB", topic=sid)
+            assert receiver.running, receiver.log_tail()
+        # Its repair port, which admits the sender of a running session (its
+        # queue was 16 messages).
+        repair = int(receiver.status()["multicast_repair_port"])
+        for _ in range(5):
+            flood_and_reset(receiver.host, repair, socket_type=b"PUSH")
+            assert receiver.running, receiver.log_tail()
+        before = rss_kib(receiver.pid, "VmRSS")
+        peer = RawDataPeer.accepted(publishing.accept()[0], b"PUB")
+        sent = flood_until_closed(peer, 64, topic=sid)
+        grown = (rss_kib(receiver.pid) - before) // 1024
+        publishing.accept()[0].close()  # it comes back after its pause
+    finally:
+        publishing.close()
+        hostile.close()
+    # The slack as for the data port's floods (what arrives between two
+    # readings of the counters).
+    assert grown < memory // MiB + 64, f"RSS grew {grown} MiB"
+    assert sent is not None, "still open after 64 MiB"
+    assert receiver.wait_for_counter("mreceiver.sub-closed-unread", 1, WAIT) >= 1
+    good = make_file(4 * MiB)
+    code, result = sender.send(good, receiver.host, receiver.port, "-m")
+    assert code == 0, result
+    assert_stored(receiver, result, blake3_file(good))
     assert receiver.running, receiver.log_tail()
 
 

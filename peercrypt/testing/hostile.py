@@ -47,7 +47,8 @@ from peercrypt.crypto.handshake import (
     respond,
 )
 from peercrypt.crypto.identity import KeyPair, network_server_keys
-from peercrypt.crypto.keywrap import ContentSealer, unwrap
+from peercrypt.crypto.keywrap import ContentSealer, new_content_key, unwrap
+from peercrypt.crypto.keywrap import wrap as wrap_key
 from peercrypt.testing.zmtp_flood import RawDataPeer, flood_until_closed
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Accept, Hello, HelloReply, Offer
@@ -107,6 +108,7 @@ class CoReceiver:
         self.sessions: dict[bytes, Joined] = {}
         self.first = threading.Event()
         self._wraps: dict[tuple[bytes, int], SessionSecrets] = {}
+        self._links: list[zmq.Socket[Any]] = []  # to nodes it publishes to
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -255,17 +257,51 @@ class CoReceiver:
 
     # -- as a sender ----------------------------------------------------------------
 
-    def announce(self, host: str, port: int, messages: list[McAnnounce]) -> list[Any]:
-        """Announce sessions of its own to a node (as a sender would, signed
-        by its own identity); the decoded answers that came within 2 s."""
+    def _dealer(self, host: str, port: int) -> zmq.Socket[Any]:
+        """A link of its own identity to a node's public port."""
         dealer = self.ctx.socket(zmq.DEALER)
         dealer.linger = 0
         dealer.curve_serverkey = self.server_public
         dealer.curve_publickey = self.identity.z85_public
         dealer.curve_secretkey = self.identity.z85_secret
+        dealer.connect(f"tcp://{host}:{port}")
+        return dealer
+
+    def publish_to(self, host: str, port: int, to: bytes, pub_port: int) -> bytes:
+        """Announce a session of its own to the node whose identity key is
+        ``to``, published at ``pub_port`` (the caller's), and give it the
+        content key once it joins: the node's SUB then connects there. The
+        session's id (the topic the node subscribes to). The link stays
+        open until :meth:`close`."""
+        sid, wrap = os.urandom(16), Initiator(self.identity)
+        details = wrap.seal_details(sid, to, codec.encode(McDetails(name="pub.bin", size=1 << 20)))
+        dealer = self._dealer(host, port)
+        self._links.append(dealer)
+        announce = McAnnounce(
+            sid=sid,
+            details=details,
+            chunk_size=64 * 1024,
+            eph_pub=wrap.public,
+            pub_host="",
+            pub_port=pub_port,
+            signer=self.signer.public,
+        )
+        dealer.send(codec.encode(announce))
+        if not dealer.poll(10_000):
+            raise TimeoutError("the node did not answer the announce")
+        join = codec.decode(dealer.recv())
+        assert isinstance(join, McJoin), join
+        secrets = wrap.finish(sid, join.static_pub, join.eph_pub, join.proof)
+        wrapped = wrap_key(secrets, sid, new_content_key())
+        dealer.send(codec.encode(McKey(sid=sid, wrapped=wrapped, attempt=join.attempt)))
+        return sid
+
+    def announce(self, host: str, port: int, messages: list[McAnnounce]) -> list[Any]:
+        """Announce sessions of its own to a node (as a sender would, signed
+        by its own identity); the decoded answers that came within 2 s."""
+        dealer = self._dealer(host, port)
         answers: list[Any] = []
         try:
-            dealer.connect(f"tcp://{host}:{port}")
             for msg in messages:
                 dealer.send(codec.encode(msg))
             while len(answers) < len(messages) and dealer.poll(2000):
@@ -305,6 +341,8 @@ class CoReceiver:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        for link in self._links:
+            link.close(0)
         self.router.close(0)
         self.sink.close(0)
         self.ctx.term()

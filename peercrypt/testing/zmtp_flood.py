@@ -49,10 +49,15 @@ def _ready(socket_type: bytes) -> bytes:
     return _command(b"READY", prop)
 
 
-def _flood(messages: int, ping_every: int) -> bytes:
-    """``messages`` one-byte messages with a PING after every ``ping_every``."""
-    one = b"\x00\x01x"  # a last frame, one byte long
-    block = one * ping_every + PING
+def _tiny(topic: bytes = b"") -> bytes:
+    """A message of one byte after ``topic``, one last frame."""
+    return bytes([0x00, len(topic) + 1]) + topic + b"x"
+
+
+def _flood(messages: int, ping_every: int, topic: bytes = b"") -> bytes:
+    """``messages`` messages of one byte after ``topic`` with a PING after
+    every ``ping_every``."""
+    block = _tiny(topic) * ping_every + PING
     return block * (messages // ping_every)
 
 
@@ -69,6 +74,21 @@ def flood_and_reset(
     ``socket_type``, send ``messages`` tiny messages with PINGs among them
     as fast as the peer takes them, and reset the connection."""
     sock = socket.create_connection((host, port), timeout=timeout)
+    flood_and_reset_on(sock, messages, ping_every, timeout, socket_type)
+
+
+def flood_and_reset_on(
+    sock: socket.socket,
+    messages: int = 50_000,
+    ping_every: int = 3,
+    timeout: float = WAIT,
+    socket_type: bytes = b"DEALER",
+    topic: bytes = b"",
+) -> None:
+    """:func:`flood_and_reset` on a connection made already (one a node
+    made to us: as ``PUB``, to its SUB, each message after ``topic``, which
+    its subscription takes)."""
+    sock.settimeout(timeout)
     try:
         sock.sendall(GREETING + _ready(socket_type))
         # The peer's greeting and READY: its engine is up and reading (a
@@ -76,7 +96,7 @@ def flood_and_reset(
         _exactly(sock, len(GREETING))
         _read_command(sock)
         deadline = time.monotonic() + timeout
-        data = memoryview(_flood(messages, ping_every))
+        data = memoryview(_flood(messages, ping_every, topic))
         while data and time.monotonic() < deadline:
             sent = sock.send(data[: 1 << 16])
             data = data[sent:]
@@ -288,12 +308,13 @@ class RawDataPeer:
 MiB = 1 << 20
 
 
-def flood_until_closed(peer: RawDataPeer, megabytes: int = 64) -> int | None:
-    """Handshake, then one-byte messages (3 bytes on the wire each) in
-    blocks of a MiB until the node closes ``peer`` or ``megabytes`` were
-    sent (22 million messages for 64); the MiB sent before the node closed
-    it, None if it did not."""
-    block = b"\x00\x01x" * (MiB // 3)  # 349,525 messages of one byte
+def flood_until_closed(peer: RawDataPeer, megabytes: int = 64, topic: bytes = b"") -> int | None:
+    """Handshake, then one-byte messages (3 bytes on the wire each; after
+    ``topic``, which a SUB's subscription takes) in blocks of a MiB until the
+    node closes ``peer`` or ``megabytes`` were sent (22 million messages for
+    64); the MiB sent before the node closed it, None if it did not."""
+    one = _tiny(topic)
+    block = one * (MiB // len(one))  # 349,525 messages of one byte
     try:
         peer.handshake()
         sent = 0
