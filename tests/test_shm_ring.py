@@ -209,6 +209,12 @@ def rings(node: NodeProcess) -> list[int]:
     return sorted(sizes.values())
 
 
+# Chunks of 1 MiB, as the counts below say (6 chunks; a ring of 8 slots):
+# the default's 4 MiB chunks get a ring of 2 slots from the 8 MiB the
+# node's rings may hold (shm_ring.node_budget).
+MIB_CHUNKS = ("--chunk-size", str(MiB))
+
+
 def test_two_nodes_of_one_host_send_through_the_ring(
     trio: tuple[Any, ...],
     node_factory: Callable[..., NodeProcess],
@@ -219,7 +225,7 @@ def test_two_nodes_of_one_host_send_through_the_ring(
     receiver = node_factory("--shm-ring", network_key=trio[3])
     before = sender.counters().get("sender.data-ring", 0)
     path = make_file(5 * MiB + 17, name="through-the-ring.bin")
-    assert_sent(receiver, sender.send_to(path, receiver), path)
+    assert_sent(receiver, sender.send_to(path, receiver, *MIB_CHUNKS), path)
     sender.wait_for_counter("sender.data-ring", before + 1)
     # Every chunk came through a slot, copied out and authenticated.
     assert receiver.wait_for_counter("receiver.ring-chunks", 6) == 6
@@ -241,7 +247,7 @@ def test_chunks_beyond_a_full_ring_follow_the_descriptors_sealed_before_them(
     receiver = node_factory("--shm-ring", network_key=trio[3])
     full = sender.counters().get("sender.data-ring-full", 0)
     path = make_file(24 * MiB + 1, name="beyond-the-ring.bin")
-    result = sender.send_to(path, receiver)
+    result = sender.send_to(path, receiver, *MIB_CHUNKS)
     assert_sent(receiver, result, path)
     assert sender.wait_for_counter("sender.data-ring-full", full + 1) > full
     stats = result[1]["stats"]
