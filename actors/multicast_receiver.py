@@ -176,7 +176,7 @@ COMPLETED_MEMORY = 256
 HEADER_MAX_BYTES = 512
 WRAP_MEMORY = 4  # announce attempts whose derived secrets we keep
 # Bytes of chunks being reassembled from datagrams, per session (at least 2
-# chunks): 16 chunks of 1 MiB.
+# chunks): 15 chunks of 1 MiB (each with its tag and signature).
 PENDING_BYTES = 16 * 1024 * 1024
 # An announce waits this long for the space ledger's verdict, then is
 # forgotten (the sender announces again).
