@@ -18,7 +18,7 @@ import zmq
 
 from actors.link import LinkActor
 from peercrypt.node import ATTACHABLE_ACTORS, attachable_factory
-from peercrypt.runtime.actor import IO_THREADS, ActorEnv
+from peercrypt.runtime.actor import ActorEnv, node_context
 from peercrypt.runtime.memory import limit_malloc_arenas
 from peercrypt.runtime.supervisor import Supervisor
 from peercrypt.settings import NodeSettings
@@ -36,7 +36,7 @@ class AttachedActor:
         self.kind = kind
         self.refused = ""  # why a node refused the attachment (then the process should end)
         self.refused_event = threading.Event()
-        self.context: zmq.Context[Any] = zmq.Context(io_threads=IO_THREADS)
+        self.context: zmq.Context[Any] = node_context()
         self.env = ActorEnv(context=self.context, node_uid=uuid.uuid4().hex[:12])
         self.supervisor = Supervisor(
             self.env,

@@ -28,7 +28,7 @@ from actors.scheduler import SchedulerActor
 from actors.sender import SenderActor
 from actors.space import SpaceActor
 from actors.stats import StatsActor
-from peercrypt.runtime.actor import IO_THREADS, Actor, ActorEnv
+from peercrypt.runtime.actor import Actor, ActorEnv, node_context
 from peercrypt.runtime.memory import limit_malloc_arenas
 from peercrypt.runtime.supervisor import ActorFactory, Supervisor
 from peercrypt.settings import ATTACHABLE_KINDS, NodeSettings
@@ -57,7 +57,7 @@ class Node:
         limit_malloc_arenas()
         self.settings = settings
         self.token = new_token()
-        self.context: zmq.Context[Any] = zmq.Context(io_threads=IO_THREADS)
+        self.context: zmq.Context[Any] = node_context()
         self.env = ActorEnv(context=self.context, node_uid=uuid.uuid4().hex[:12])
         s = settings
         factories: list[tuple[str, ActorFactory]] = [

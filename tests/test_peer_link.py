@@ -13,7 +13,7 @@ import zmq
 
 from actors.peer_link import PROBE_LIMIT, Link
 from peercrypt.crypto.identity import KeyPair, network_server_keys
-from peercrypt.runtime.actor import Actor, ActorEnv
+from peercrypt.runtime.actor import Actor, ActorEnv, node_context
 from peercrypt.runtime.supervisor import Supervisor
 from peercrypt.settings import NodeSettings
 from peercrypt.testing.nodes import wait_until
@@ -92,3 +92,61 @@ def test_a_probe_of_a_peer_that_accepts_and_never_speaks_ends(tmp_path: Path) ->
     assert seen[:4] == ["probing", "ended (no cause)", "probing", "ended (no cause)"], seen
     assert took >= 2 * PROBE_LIMIT
     assert len(accepted) >= 3  # ZeroMQ's own connection and both probes
+
+
+class Linker(Actor):
+    """Makes ``count`` links to ``url`` in one actor, as health and
+    discovery keep one to every member; records how many it made, or the
+    error that stopped it."""
+
+    name = "linker"
+    REPORT_TO = None
+
+    def __init__(
+        self, env: ActorEnv, settings: NodeSettings, url: str, count: int, made: list[object]
+    ) -> None:
+        super().__init__(env)
+        self.settings, self.url, self.count_, self.made = settings, url, count, made
+        self.links: list[Link] = []
+
+    def setup(self) -> None:
+        try:
+            for _ in range(self.count_):
+                self.links.append(Link(self, self.settings, self.url, lambda _m: None))
+        except zmq.ZMQError as exc:
+            self.made.append(exc)
+        self.made.append(len(self.links))
+
+    def teardown(self) -> None:
+        for link in self.links:
+            link.close()
+
+
+def test_a_node_context_holds_a_link_to_every_member_for_health_and_discovery(
+    tmp_path: Path,
+) -> None:
+    """Health and discovery each keep a link to every member (at most
+    ``max_members``); each link is three ZeroMQ sockets (its DEALER and its
+    monitor's two PAIRs, which its port guard reads). A node's context makes
+    them all, on top of what the node's other actors open: with libzmq's
+    default of 1023 sockets the 341st link failed ("Too many open files")."""
+    settings = NodeSettings(
+        data_dir=tmp_path,
+        inbox=tmp_path / "inbox",
+        identity=KeyPair.from_seed(bytes(32)),
+        server_keys=network_server_keys(None),
+    )
+    closed = socket.create_server(("127.0.0.1", 0))
+    url = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()  # nothing listens: the links keep trying, as to a member that is down
+    count = 2 * settings.max_members + 64  # and room for an idle node's own ~65 sockets
+    made: list[object] = []
+    env = ActorEnv(context=node_context(), node_uid=f"t{time.monotonic_ns()}")
+    sup = Supervisor(env, [("linker", lambda e: Linker(e, settings, url, count, made))])
+    sup.start()
+    try:
+        wait_until(lambda: isinstance(made[-1:] and made[-1], int) or None, DEADLINE, "the links")
+    finally:
+        assert sup.stop() is True
+        env.context.term()
+    assert made == [count], made

@@ -32,6 +32,7 @@ import itertools
 import logging
 import math
 import os
+import resource
 import sys
 import threading
 import time
@@ -67,6 +68,30 @@ CRASHED = b"CRASHED"
 IO_THREADS = 2
 CONTROL_AFFINITY = 1
 DATA_AFFINITY = 2
+# ZeroMQ sockets of a node's context at most (libzmq's default: 1023). Each
+# link to another node is three (its DEALER and its monitor's two PAIRs, read
+# by its port guard: actors/peer_link.py), and health and discovery each keep
+# one to every member (max_members, 256): 1536, besides the ~65 of an idle
+# node and what sends and multicast sessions open.
+MAX_SOCKETS = 4096
+
+
+def node_context() -> zmq.Context[Any]:
+    """A node's (or attached actor's) ZeroMQ context: :data:`IO_THREADS`
+    I/O threads, room for :data:`MAX_SOCKETS` sockets, and the process's
+    soft limit of open files raised to match (each socket holds a descriptor
+    for its mailbox, each connection one more), within the hard limit."""
+    context: zmq.Context[Any] = zmq.Context(io_threads=IO_THREADS)
+    context.set(zmq.MAX_SOCKETS, MAX_SOCKETS)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * MAX_SOCKETS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        top = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, top), hard))
+    return context
+
+
 # The receive queue of a socket that reads another node's ZMTP: never full,
 # so libzmq never stops reading a connection. libzmq 4.3.5 (the one pyzmq
 # bundles, up to 27.3; its master is no different) aborts the process when a
