@@ -12,11 +12,14 @@ from pathlib import Path
 import zmq
 
 from actors.peer_link import PROBE_LIMIT, Link
-from peercrypt.crypto.identity import KeyPair, network_server_keys
+from peercrypt.core.redial import REDIAL_INITIAL
+from peercrypt.crypto.identity import KeyPair, network_server_keys, new_network_key
 from peercrypt.runtime.actor import Actor, ActorEnv, node_context
 from peercrypt.runtime.supervisor import Supervisor
 from peercrypt.settings import NodeSettings
+from peercrypt.testing.hostile import FloodingGateway
 from peercrypt.testing.nodes import wait_until
+from peercrypt.wire.messages import Ping
 
 DEADLINE = 10.0
 
@@ -150,3 +153,72 @@ def test_a_node_context_holds_a_link_to_every_member_for_health_and_discovery(
         assert sup.stop() is True
         env.context.term()
     assert made == [count], made
+
+
+class Flooded(Actor):
+    """Links to a member that floods the link; records every 20 ms whether
+    the link's watch has a connection (after one was closed for the flood)."""
+
+    name = "flooded"
+    REPORT_TO = None
+
+    def __init__(
+        self, env: ActorEnv, settings: NodeSettings, url: str, seen: list[tuple[float, int]]
+    ) -> None:
+        super().__init__(env)
+        self.settings, self.url, self.seen = settings, url, seen
+
+    def setup(self) -> None:
+        self.link = Link(self, self.settings, self.url, lambda _m: None)
+        self.sent = False
+        self.call_every(0.02, self._look)
+
+    def _look(self) -> None:
+        if not self.sent:  # (not before the link is connected: immediate)
+            self.sent = self.link.send(Ping(seq=1)) > 0
+        self.seen.append((time.monotonic(), self.link.watch.connections))
+
+    def teardown(self) -> None:
+        self.link.close()
+
+
+def test_a_link_closed_for_a_flood_connects_again_only_after_a_pause(tmp_path: Path) -> None:
+    """A member floods a link the node dialled: the link's watch closes the
+    connection, and the link connects again only after the redial's pause
+    (1 s: core/redial.py), not at once as libzmq would (100 ms). The bound
+    checked is a lower one (a loaded machine only makes the pause longer)."""
+    key = new_network_key()
+    settings = NodeSettings(
+        data_dir=tmp_path,
+        inbox=tmp_path / "inbox",
+        identity=KeyPair.from_seed(bytes(32)),
+        server_keys=network_server_keys(key),
+        control_port_memory=1 << 20,
+    )
+    hostile = FloodingGateway(key, messages=2_000_000)
+    seen: list[tuple[float, int]] = []
+    env = ActorEnv(context=node_context(), node_uid=f"t{time.monotonic_ns()}")
+    url = f"tcp://127.0.0.1:{hostile.port}"
+    sup = Supervisor(env, [("flooded", lambda e: Flooded(e, settings, url, seen))])
+    sup.start()
+
+    def gap() -> float | None:
+        """Seconds without a connection after the first one closed, once a
+        connection came again."""
+        states = list(seen)
+        first = next((i for i, (_, n) in enumerate(states) if n), None)
+        if first is None:
+            return None
+        gone = next((i for i in range(first, len(states)) if not states[i][1]), None)
+        if gone is None:
+            return None
+        back = next((i for i in range(gone, len(states)) if states[i][1]), None)
+        return None if back is None else states[back][0] - states[gone - 1][0]
+
+    try:
+        pause = wait_until(gap, 4 * DEADLINE, "the link to close and connect again")
+    finally:
+        assert sup.stop() is True
+        env.context.term()
+        hostile.close()
+    assert pause >= 0.9 * REDIAL_INITIAL, f"connected again {pause:.2f} s after the close"
