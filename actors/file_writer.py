@@ -371,12 +371,13 @@ def hash_direct(fd: int, size: int, progress: Callable[[int], None] | None = Non
     # Daemons, as the check's thread: a read stuck in a disk that never
     # answers must not hold up the node's exit. (They inherit the check's
     # name, pc-check, as the system shows it, and its nice value.)
-    readers: list[threading.Thread] = []
-    for _ in range(min(READS_IN_FLIGHT, len(offsets))):
-        readers.append(threading.Thread(target=reader, name="pc-check", daemon=True))
-        readers[-1].start()
+    readers: list[threading.Thread] = []  # started ones only: each is stopped below
     reads: collections.deque[tuple[Future[int], mmap.mmap]] = collections.deque()
     try:
+        for _ in range(min(READS_IN_FLIGHT, len(offsets))):
+            thread = threading.Thread(target=reader, name="pc-check", daemon=True)
+            thread.start()  # (may fail: out of threads)
+            readers.append(thread)
         ahead = iter(offsets)
         for window in windows[:-1]:  # the last one is read into while one is hashed
             if (offset := next(ahead, None)) is None:

@@ -297,17 +297,24 @@ def test_the_direct_read_back_hashes_in_order_whichever_read_ends_first(
         os.close(fd)
 
 
-def test_a_failed_direct_read_back_leaves_no_reader_behind(
-    disk: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A read that fails (the part cut short) fails the hash, and its reader
-    threads end with it: none is left for each check that failed."""
+def small_direct_part(disk: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, int, int]:
+    """A part of 12 read-back windows (made 16 KiB here) written with random
+    content: the content, the part's descriptor and an O_DIRECT one of it."""
     monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
     data = os.urandom(12 * 4 * DIRECT_ALIGN)
     fd = new_part(disk, len(data))
     os.pwrite(fd, data, 0)
     direct = file_writer.open_direct(fd)
     assert direct is not None
+    return data, fd, direct
+
+
+def test_a_failed_direct_read_back_leaves_no_reader_behind(
+    disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that fails (the part cut short) fails the hash, and its reader
+    threads end with it: none is left for each check that failed."""
+    data, fd, direct = small_direct_part(disk, monkeypatch)
     before = _readers_alive()
     try:
         os.ftruncate(fd, 5 * 4 * DIRECT_ALIGN + 10)
@@ -514,3 +521,29 @@ def test_chunk_buffers_beyond_the_mapped_ones_come_from_the_heap(
     again = pool.take(DIRECT_ALIGN)
     assert file_writer.aligned(again) and pool.mapped == 3
     assert len(pool.take(0)) == 0 and pool.mapped == 3
+
+
+def test_a_reader_that_cannot_start_leaves_none_of_the_others_behind(
+    disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second of the read-back's reader threads cannot start (the
+    process is out of threads): the hash fails with that error, and the
+    reader started before it ends with it, not left waiting for jobs."""
+    data, fd, direct = small_direct_part(disk, monkeypatch)
+    started: list[threading.Thread] = []
+
+    class OneThread(threading.Thread):
+        def start(self) -> None:
+            if started:
+                raise RuntimeError("can't start new thread")
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(file_writer.threading, "Thread", OneThread)
+    try:
+        with pytest.raises(RuntimeError, match="can't start"):
+            hash_direct(direct, len(data))
+        assert started and not started[0].is_alive(), "a reader was left waiting"
+    finally:
+        os.close(direct)
+        os.close(fd)
