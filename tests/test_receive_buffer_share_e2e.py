@@ -1,0 +1,95 @@
+"""Only the transfers with chunks left to write share a node's receive
+buffer, with real node processes (docs/architecture.md, "Bounds"; the
+receiver's ``_credit``, ``receiving()`` in core/receive_window.py).
+
+Seven transfers of a member have every chunk written and wait for their
+final checks (their sender holds back its Done). An eighth, still
+receiving, gets the credit the 32 MiB buffer has room for: the whole
+window (16 chunks of 1 MiB), in its Accept and its acks, as if it were
+alone; counted among all eight it would get their share, 4 chunks. Every
+file then verifies by hash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import blake3
+import pytest
+
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
+from peercrypt.testing.nodes import NodeProcess, wait_until
+from peercrypt.wire.messages import Ack, Verified
+
+pytestmark = pytest.mark.timeout(180)
+
+KiB, MiB = 1 << 10, 1 << 20
+WINDOW = 16  # the receiver's --window (its default)
+CHUNK = 1 * MiB  # the receiving transfer's: 32 MiB of buffer is 32 of them
+WAITING = 7  # within max_transfers_per_peer (8) for one member
+SHARE_OF_ALL = 32 * MiB // (WAITING + 1) // CHUNK  # 4 chunks
+WAIT = 60.0  # loose: a loaded machine (2 cores shared)
+
+
+def _written(receiver: NodeProcess) -> int:
+    """How many of the node's incoming transfers have every byte written."""
+    rows: list[list[Any]] = json.loads(receiver.status().get("incoming", "[]"))
+    return sum(1 for row in rows if int(row[2]) == int(row[1]))
+
+
+def _send_within_credit(t: HostileTransfer, data: bytes) -> list[int]:
+    """Send every chunk of ``data``, never more than the credit ahead of
+    what the receiver acked written; the credits it granted (the Accept's,
+    then each ack's)."""
+    assert t.accept is not None
+    credits, cumulative, sent = [t.accept.window], 0, 0
+    deadline = time.monotonic() + WAIT
+    while cumulative < t.total:
+        while sent < min(t.total, cumulative + credits[-1]):
+            t.send_chunk(sent, data[sent * CHUNK : (sent + 1) * CHUNK])
+            sent += 1
+        assert time.monotonic() < deadline, f"acked {cumulative} of {t.total} chunks"
+        for msg in t.replies(0.5):
+            if isinstance(msg, Ack):
+                credits.append(msg.window)
+                cumulative = max(cumulative, msg.cumulative)
+    return credits
+
+
+def test_a_receiving_transfer_gets_the_buffer_those_waiting_for_their_checks_do_not_need(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    receiver = node_factory(name="receiver")
+    small = [os.urandom(64 * KiB) for _ in range(WAITING)]  # one chunk each
+    data = os.urandom(3 * WINDOW * CHUNK)
+    with (
+        HostileSender(network_key, receiver.host, receiver.port) as waiting,
+        HostileSender(network_key, receiver.host, receiver.port) as member,
+    ):
+        held: list[HostileTransfer] = []
+        for n, body in enumerate(small):
+            t = waiting.offer(f"waiting{n}.bin", len(body), 64 * KiB)
+            assert isinstance(t, HostileTransfer), t
+            t.send_chunk(0, body)  # and no Done yet: its final check waits
+            held.append(t)
+        wait_until(
+            lambda: _written(receiver) == WAITING or None, WAIT, "every waiting chunk written"
+        )
+        t = member.offer("receiving.bin", len(data), CHUNK)
+        assert isinstance(t, HostileTransfer), t
+        credits = _send_within_credit(t, data)
+        verdict = t.done_until(blake3.blake3(data).digest(), (Verified,), WAIT)
+        assert isinstance(verdict, Verified), verdict
+        # The seven waiting hold none of the buffer: the whole window at
+        # once (alone, a transfer starts with it), never cut to their share.
+        assert credits[0] == WINDOW and min(credits) == WINDOW > SHARE_OF_ALL, credits
+        for h, body in zip(held, small, strict=True):
+            answer = h.done_until(blake3.blake3(body).digest(), (Verified,), WAIT)
+            assert isinstance(answer, Verified), answer
+    assert (receiver.inbox / "receiving.bin").read_bytes() == data
+    for n, body in enumerate(small):
+        assert (receiver.inbox / f"waiting{n}.bin").read_bytes() == body
