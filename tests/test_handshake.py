@@ -69,8 +69,8 @@ def test_keys_match_a_plain_x25519_hkdf_computation_on_both_sides() -> None:
     side's own secrets, with no code from the module under test."""
     s_i, s_r, tid = node(), node(), os.urandom(16)
     init = Initiator(s_i)
-    e_i_secret = init._secret
-    assert e_i_secret is not None
+    assert init._secret is not None
+    e_i_secret = init._secret.secret
     e_r = KeyPair.generate()
     answer = respond(tid, s_r, s_i.public, init.public, ephemeral=e_r)
     secrets = init.finish(tid, s_r.public, answer.eph_pub, answer.proof)

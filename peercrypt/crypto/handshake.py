@@ -57,7 +57,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -96,12 +96,10 @@ class Response:
     secrets: SessionSecrets
 
 
-def _dh(secret: bytes, public: bytes) -> bytes:
+def _dh(own: KeyPair, public: bytes) -> bytes:
     if len(public) != KEY_BYTES:
         raise ValueError("a public key must be 32 bytes")
-    shared = X25519PrivateKey.from_private_bytes(secret).exchange(
-        X25519PublicKey.from_public_bytes(public)
-    )
+    shared = own.private_key().exchange(X25519PublicKey.from_public_bytes(public))
     if shared == bytes(32):  # a low-order point: no contribution from the peer
         raise ValueError("degenerate peer key")
     return shared
@@ -140,17 +138,12 @@ def open_details(
     """Responder side: open what an initiator sealed to our static key.
     Raises ProofError if it was not sealed to us (or was altered), ValueError
     for a malformed or degenerate key."""
-    ikm = _dh(own.secret, initiator_eph) + _dh(own.secret, initiator_static)
+    ikm = _dh(own, initiator_eph) + _dh(own, initiator_static)
     aead, h = _details_key(context, ikm, initiator_static, own.public, initiator_eph)
     try:
         return aead.decrypt(bytes(12), sealed, h)
     except InvalidTag:
         raise ProofError("these details were not sealed to this node's key") from None
-
-
-def _fresh() -> tuple[bytes, bytes]:
-    pair = KeyPair.generate()
-    return pair.secret, pair.public
 
 
 def respond(
@@ -164,12 +157,8 @@ def respond(
     (CURVE) proved. ``ephemeral`` is fresh unless a test passes one. Raises
     ValueError for a malformed or degenerate key."""
     pair = ephemeral if ephemeral is not None else KeyPair.generate()
-    e_secret, e_pub = pair.secret, pair.public
-    ikm = (
-        _dh(e_secret, initiator_eph)
-        + _dh(own.secret, initiator_eph)
-        + _dh(e_secret, initiator_static)
-    )
+    e_pub = pair.public
+    ikm = _dh(pair, initiator_eph) + _dh(own, initiator_eph) + _dh(pair, initiator_static)
     h = transcript_hash(context, initiator_static, own.public, initiator_eph, e_pub)
     secrets, confirm = _schedule(context, ikm, h)
     return Response(e_pub, own.public, _proof(confirm, h), secrets)
@@ -181,8 +170,8 @@ class Initiator:
 
     def __init__(self, own: KeyPair) -> None:
         self._own = own
-        self._secret: bytes | None
-        self._secret, self.public = _fresh()
+        self._secret: KeyPair | None = KeyPair.generate()
+        self.public = self._secret.public
 
     def seal_details(self, context: bytes, responder_static: bytes, details: bytes) -> bytes:
         """Seal ``details`` so that only the holder of ``responder_static``'s
@@ -190,7 +179,7 @@ class Initiator:
         malformed or degenerate key."""
         if self._secret is None:
             raise RuntimeError("this ephemeral key was already used")
-        ikm = _dh(self._secret, responder_static) + _dh(self._own.secret, responder_static)
+        ikm = _dh(self._secret, responder_static) + _dh(self._own, responder_static)
         aead, h = _details_key(context, ikm, self._own.public, responder_static, self.public)
         return aead.encrypt(bytes(12), details, h)
 
@@ -206,7 +195,7 @@ class Initiator:
         ikm = (
             _dh(secret, responder_eph)
             + _dh(secret, responder_static)
-            + _dh(self._own.secret, responder_eph)
+            + _dh(self._own, responder_eph)
         )
         h = transcript_hash(context, self._own.public, responder_static, self.public, responder_eph)
         secrets, confirm = _schedule(context, ikm, h)
@@ -230,14 +219,15 @@ def prove_hello(own: KeyPair, challenge: bytes, version: str, offer_key: bytes =
     """A node's answer to a hello challenge (an ephemeral public key).
     ``offer_key``: the key that opens offers to this node when its receiver
     runs attached elsewhere (b"": its own), vouched for by the same proof."""
-    return _hello_mac(_dh(own.secret, challenge), challenge, own.public, version, offer_key)
+    return _hello_mac(_dh(own, challenge), challenge, own.public, version, offer_key)
 
 
 class HelloChallenge:
     """A challenger's ephemeral key for one hello."""
 
     def __init__(self) -> None:
-        self._secret, self.public = _fresh()
+        self._secret = KeyPair.generate()
+        self.public = self._secret.public
 
     def verify(self, static: bytes, version: str, proof: bytes, offer_key: bytes = b"") -> None:
         """Raises ProofError unless ``proof`` was made by the owner of

@@ -24,11 +24,15 @@ import contextlib
 import hashlib
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 import zmq.utils.z85
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 # cryptography's and PyNaCl's key classes are imported where a key is made:
 # a command that only names fingerprints (send through a running node) does
@@ -46,11 +50,17 @@ class IdentityError(Exception):
 @dataclass(frozen=True)
 class KeyPair:
     """A raw X25519 key pair (32-byte secret and public). A node identity also
-    keeps the Ed25519 ``seed`` it was derived from (else empty)."""
+    keeps the Ed25519 ``seed`` it was derived from (else empty).
+
+    The secret's key object (:meth:`private_key`) is made once per pair and
+    kept with it: making one from the raw secret computes the public key
+    again (a scalar multiplication, about as dear as the exchange itself),
+    and an exchange (crypto/handshake.py) runs six per side per transfer."""
 
     secret: bytes
     public: bytes
     seed: bytes = b""
+    _private: X25519PrivateKey | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_seed(cls, seed: bytes) -> KeyPair:
@@ -59,7 +69,7 @@ class KeyPair:
 
         signing = SigningKey(seed)
         pair = cls.from_secret(signing.to_curve25519_private_key().encode())
-        return cls(secret=pair.secret, public=pair.public, seed=seed)
+        return cls(secret=pair.secret, public=pair.public, seed=seed, _private=pair._private)
 
     @property
     def node_id(self) -> bytes:
@@ -71,24 +81,28 @@ class KeyPair:
     @classmethod
     def from_secret(cls, secret: bytes) -> KeyPair:
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-        private = X25519PrivateKey.from_private_bytes(secret)
-        public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return cls(secret=secret, public=public)
+        return cls._of(X25519PrivateKey.from_private_bytes(secret))
 
     @classmethod
     def generate(cls) -> KeyPair:
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-        from cryptography.hazmat.primitives.serialization import (
-            Encoding,
-            NoEncryption,
-            PrivateFormat,
-        )
 
-        private = X25519PrivateKey.generate()
-        secret = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        return cls.from_secret(secret)
+        return cls._of(X25519PrivateKey.generate())
+
+    @classmethod
+    def _of(cls, private: X25519PrivateKey) -> KeyPair:
+        public = private.public_key().public_bytes_raw()
+        return cls(secret=private.private_bytes_raw(), public=public, _private=private)
+
+    def private_key(self) -> X25519PrivateKey:
+        """The secret as a key object for :meth:`X25519PrivateKey.exchange`."""
+        if self._private is None:  # (a pair built from its two halves)
+            from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+            object.__setattr__(self, "_private", X25519PrivateKey.from_private_bytes(self.secret))
+        assert self._private is not None
+        return self._private
 
     @property
     def z85_secret(self) -> bytes:
