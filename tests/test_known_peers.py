@@ -105,6 +105,17 @@ def test_the_file_records_first_contact_and_refuses_a_change(tmp_path: Path) -> 
     assert "10.0.0.1:1" not in store.load()
 
 
+def test_a_key_members_vouch_for_is_recorded_at_first_contact(tmp_path: Path) -> None:
+    """Known from members' signed records only, the key goes into the file
+    (the check skips writing only a key the file already has there)."""
+    store = KnownPeersFile(tmp_path)
+    one = fp()
+    assert store.check("localhost", 9000, one, members_here=[one]).verdict is Verdict.KNOWN
+    assert store.load() == {A: one}
+    assert store.check("localhost", 9000, one).verdict is Verdict.KNOWN  # now from the file
+    assert store.load() == {A: one}
+
+
 def test_concurrent_writers_lose_no_entry(tmp_path: Path) -> None:
     stores = [KnownPeersFile(tmp_path) for _ in range(4)]
     keys = {f"10.0.0.{i}:{j}": fp() for i in range(4) for j in range(25)}

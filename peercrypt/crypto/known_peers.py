@@ -190,8 +190,12 @@ class KnownPeersFile:
         """:func:`decide` against the file; a first contact is recorded.
         An unwritable file does not stop a transfer (the check still holds)."""
         address = normalise_address(host, port)
-        decision = decide(self.load(), address, proven, expect, members_here)
-        if decision.verdict in (Verdict.NEW, Verdict.KNOWN) and not expect:
+        known = self.load()
+        decision = decide(known, address, proven, expect, members_here)
+        # (A key the file already has here is not written again: no lock, no
+        # second read, once per send to a known peer.)
+        recorded = known.get(address) == proven
+        if decision.verdict in (Verdict.NEW, Verdict.KNOWN) and not expect and not recorded:
             with contextlib.suppress(OSError):
                 self.set(address, proven, replace=False)
         return decision
