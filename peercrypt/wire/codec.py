@@ -169,14 +169,21 @@ def _clipper(tp: Any, meta: typing.Mapping[str, Any]) -> _Clip:
     return lambda v: v
 
 
-def clip_fields(msg: Message) -> dict[str, Any]:
-    """The fields of ``msg``, each mapped into its wire bound."""
+def clip_fields(msg: Message, strict: bool = False) -> dict[str, Any]:
+    """The fields of ``msg``, each mapped into its wire bound. ``strict``:
+    raise ValueError for a field that is out of bounds even so (a value of
+    the wrong type, bytes under their minimum length). A value within its
+    bounds is checked once: only a clipped one is checked again."""
     cls = type(msg)
     checks, clips = field_checks(cls), _CLIPS[cls]
     fields = {}
     for name, ok in checks.items():
         value = getattr(msg, name)
-        fields[name] = value if ok(value) else clips[name](value)
+        if not ok(value):
+            value = clips[name](value)
+            if strict and not ok(value):
+                raise ValueError(f"{cls.TYPE}.{name} out of bounds: {value!r:.80}")
+        fields[name] = value
     return fields
 
 
@@ -236,11 +243,7 @@ def encode(msg: Message) -> bytes:
     bytes field under its minimum length, or a message that still exceeds
     MAX_MESSAGE_BYTES (bugs on our side: we never send what we would refuse)."""
     cls = type(msg)
-    checks = field_checks(cls)
-    fields = clip_fields(msg)
-    for name, ok in checks.items():
-        if not ok(fields[name]):
-            raise ValueError(f"{cls.TYPE}.{name} out of bounds: {fields[name]!r:.80}")
+    fields = clip_fields(msg, strict=True)
     data: bytes = msgpack.packb([VERSION, cls.TYPE, fields], use_bin_type=True)
     if len(data) > MAX_MESSAGE_BYTES:
         raise ValueError(f"{cls.TYPE} encodes to {len(data)} bytes > {MAX_MESSAGE_BYTES}")
