@@ -55,6 +55,24 @@ class Refusal(Exception):
         self.reason = reason
 
 
+def offered_chunks(settings: NodeSettings, chunk_size: int, min_chunk: int) -> tuple[int, int]:
+    """The chunk sizes an offer allows (``OfferDetails``: ``min_chunk`` to
+    ``chunk_size``; ``min_chunk`` 0: ``chunk_size`` alone) that this node
+    takes: (low, high), ``high`` within ``--max-chunk``. Raise
+    :class:`Refusal` for a range that is empty or starts outside the chunk
+    bounds (a size above ``--max-chunk`` alone is refused by
+    :func:`check_offer`)."""
+    if not min_chunk:
+        return chunk_size, chunk_size
+    if not MIN_CHUNK <= min_chunk <= min(chunk_size, settings.max_chunk):
+        raise Refusal(
+            "bad-offer",
+            f"chunk sizes must be within {MIN_CHUNK}..{settings.max_chunk} bytes, "
+            f"the smallest first (offered {min_chunk}..{chunk_size})",
+        )
+    return min_chunk, min(chunk_size, settings.max_chunk)
+
+
 def check_offer(settings: NodeSettings, name: str, chunk_size: int, size: int) -> str:
     """The sanitised name, or raise :class:`Refusal` (chunk size and count, name)."""
     if not MIN_CHUNK <= chunk_size <= settings.max_chunk:

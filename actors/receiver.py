@@ -44,6 +44,7 @@ without a resume (at start and every ``RECLAIM_INTERVAL``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import itertools
 import json
@@ -74,6 +75,7 @@ from actors.inbox import (
     create_part,
     discard_part,
     manifest_name,
+    offered_chunks,
     open_part,
     publish,
     remove_part,
@@ -105,7 +107,13 @@ from peercrypt.core.incoming import (
 )
 from peercrypt.core.modes import MAX_LANES
 from peercrypt.core.port_guard import DATA_HANDSHAKE, GuardLimits, held_limit
-from peercrypt.core.receive_window import Arrival, allowance_bytes, node_credit, receiving
+from peercrypt.core.receive_window import (
+    Arrival,
+    allowance_bytes,
+    choose_chunk,
+    node_credit,
+    receiving,
+)
 from peercrypt.core.replay import ReplayWindow
 from peercrypt.core.resume import (
     RECLAIM_INTERVAL,
@@ -457,11 +465,11 @@ class ReceiverActor(Actor):
         prior: Delivery,
         answer: Response,
         mode: str,
-        total: int,
+        key: ResumeKey,
     ) -> Accept:
-        """Accept a re-offer of a delivered file holding every chunk (``total``,
-        in the chunks this offer cuts): the sender sends none, hashes its file
-        and sends Done (:meth:`_on_echo`)."""
+        """Accept a re-offer of a delivered file holding every chunk (of
+        ``key``'s chunk size, chosen for this offer): the sender sends none,
+        hashes its file and sends Done (:meth:`_on_echo`)."""
         keys = TransferKeys.for_receiver(offer.tid, answer.secrets)
         echo = Echo(offer.tid, keys, prior, self.now(), peer, host, mode=mode, wall=time.time())
         self.echoes[offer.tid] = echo
@@ -480,9 +488,10 @@ class ReceiverActor(Actor):
             data_host=self.settings.advertise_data_host,
             data_port=self.settings.advertise_data_port or self.data_port,
             window=1,
-            have=[0, total],
+            have=[0, key.total],
             data_ipc=str(self.ipc_path or ""),
             host_tag=local_ipc.host_tag(self.ipc_host, offer.tid, answer.secrets),
+            chunk_size=key.chunk_size,
         )
 
     def _on_echo(self, echo: Echo, route: bytes, h: SealedHeader, payload: memoryview) -> None:
@@ -686,7 +695,14 @@ class ReceiverActor(Actor):
         if details.hash_alg != "blake3":
             return refuse("unsupported", f"hash {details.hash_alg[:16]!r} not supported")
         try:
-            name = check_offer(s, details.name, details.chunk_size, details.size)
+            low, high = offered_chunks(s, details.chunk_size, details.min_chunk)
+            # Chosen by the load now (a kept part of another allowed size, below,
+            # is continued in its own): see choose_chunk.
+            running = receiving(t.flow.window for t in self.transfers.values())
+            chunk = choose_chunk(
+                low, high, details.size, s.receive_buffer, running + len(waiting) + 1
+            )
+            name = check_offer(s, details.name, chunk, details.size)
         except Refusal as exc:
             return refuse(exc.code, exc.reason)
         shape = offer_refusal(details.tree, details.files, details.size, s.tree_max_files)
@@ -698,10 +714,10 @@ class ReceiverActor(Actor):
             answer = respond(offer.tid, s.identity, peer, offer.eph_pub)
         except ValueError:
             return refuse("bad-offer", "invalid ephemeral or identity key")
-        key = ResumeKey(peer, name, details.size, details.chunk_size, details.source)
-        if any(a.key == key for a in waiting):
+        key = ResumeKey(peer, name, details.size, chunk, details.source)
+        if any(a.key.same_version(key) for a in waiting):
             return refuse("busy", "an earlier offer of this file from you is being admitted")
-        if any(t.key == key and t.flow.finishing for t in self.transfers.values()):
+        if any(t.key.same_version(key) and t.flow.finishing for t in self.transfers.values()):
             # Taking it over would drop a transfer about to be stored, and
             # starting afresh would store the file twice: its result decides.
             return refuse(
@@ -713,11 +729,13 @@ class ReceiverActor(Actor):
         if not tree_bytes:
             prior = self._delivered_before(key)
             if prior is not None:
-                return self._echo(offer, peer, host, prior, answer, details.mode, key.total)
+                return self._echo(offer, peer, host, prior, answer, details.mode, key)
         try:
-            reuse = self._resumable(key)
+            reuse = self._resumable(dataclasses.replace(key, chunk_size=high), low)
         except OSError as exc:
             return refuse("io", f"cannot read the inbox: {exc.strerror}")
+        if reuse is not None:  # continued in its own chunks (within the offer's)
+            key = reuse.key
         request = next(self._requests)
         self.asking[request] = Asking(
             offer, peer, host, route, details, name, key, answer, reuse, tree_bytes, self.now()
@@ -796,7 +814,7 @@ class ReceiverActor(Actor):
         assert part is not None  # named: the manifest beside it makes it resumable
         flow = IncomingTransfer(
             total=key.total,
-            credit=self._credit(details.chunk_size, self._credit_held(), extra=1),
+            credit=self._credit(key.chunk_size, self._credit_held(), extra=1),
             idle_timeout=s.idle_timeout,
             now=self.now(),
             have=held,
@@ -807,7 +825,7 @@ class ReceiverActor(Actor):
             host=host,
             name=name,
             size=details.size,
-            chunk_size=details.chunk_size,
+            chunk_size=key.chunk_size,
             keys=keys,
             key=key,
             flow=flow,
@@ -840,7 +858,7 @@ class ReceiverActor(Actor):
             self.count("resumed")
             self.count("resumed-bytes", held_bytes)
             log.info("%s: resuming, %d of %d bytes already held", name, held_bytes, t.size)
-        log.debug("accepted %s (%d bytes, chunks of %d)", name, details.size, details.chunk_size)
+        log.debug("accepted %s (%d bytes, chunks of %d)", name, details.size, key.chunk_size)
         return Accept(
             tid=offer.tid,
             eph_pub=answer.eph_pub,
@@ -855,6 +873,7 @@ class ReceiverActor(Actor):
             data_ring=t.ring.path if t.ring is not None else "",
             ring_token=t.ring.token if t.ring is not None else b"",
             ring_slots=t.ring.intake.slots if t.ring is not None else 0,
+            chunk_size=key.chunk_size,
         )
 
     def _lend_ring(self, t: Incoming, mode: str) -> shm_ring.ReceiverRing | None:
@@ -906,12 +925,13 @@ class ReceiverActor(Actor):
         }
         self.facts["last_in"] = json.dumps(outcome, ensure_ascii=False)
 
-    def _take_over(self, key: ResumeKey) -> Manifest | None:
-        """A running transfer of the very same file from the same sender is
+    def _take_over(self, key: ResumeKey, low: int) -> Manifest | None:
+        """A running transfer of the very same file from the same sender (in
+        chunks the offer allows: ``low`` up to ``key.chunk_size``) is
         one whose sender restarted (a new offer means it forgot the old one):
         end it, keeping its part, and continue it from what is written."""
         for t in list(self.transfers.values()):
-            if t.key == key and not t.flow.finishing:
+            if key.continues(t.key, low) and not t.flow.finishing:
                 held = Manifest(key, t.tid, t.part.name, t.flow.written.to_bytes(), time.time())
                 log.info("%s: offered again by its sender; the old transfer ends", t.name)
                 self.count("taken-over")
@@ -919,13 +939,14 @@ class ReceiverActor(Actor):
                 return held
         return None
 
-    def _resumable(self, key: ResumeKey) -> Manifest | None:
-        """The kept part this offer continues, if any; kept unicast parts of
+    def _resumable(self, key: ResumeKey, low: int) -> Manifest | None:
+        """The kept part this offer continues (in chunks from ``low`` bytes up
+        to ``key.chunk_size``), if any; kept unicast parts of
         another version of the same file (same sender and name) are deleted.
         Multicast parts are never looked at: the mreceiver may be writing
         one of the same file from the same sender right now."""
         inbox = self.settings.inbox
-        running = self._take_over(key)
+        running = self._take_over(key, low)
         found = scan(inbox, prefix=f".{key.name}.", multicast=False)
         kept = [m for m in found.manifests if running is None or m.part != running.part]
         if running is not None:
@@ -934,7 +955,7 @@ class ReceiverActor(Actor):
         # for the space ledger (their verdict opens them).
         in_use = [t.part.name for t in self.transfers.values()]
         in_use += [a.reuse.part for a in self.asking.values() if a.reuse is not None]
-        plan = plan_resume(key, kept, in_use)
+        plan = plan_resume(key, kept, in_use, low)
         for old in plan.obsolete:
             remove_part(inbox, old.part)
             self.tell("space", SpaceForget(part=old.part))

@@ -521,21 +521,29 @@ class SenderActor(Actor):
                 os.close(fd)
             return fail(ResultCode.LOCAL, str(exc))
         tid = os.urandom(16)
+        # The scheduler says whether the node's live cap paces this send; a
+        # scheduler attached from elsewhere may have a cap this node does not
+        # know: start paced and let its FlowPacing say otherwise.
+        capped = (
+            req.node_capped
+            if req.node_capped is not None
+            else self.settings.max_rate > 0 or "scheduler" in self.settings.remote_actors
+        )
+        # A range (the receiver chooses) only as asked, and not for a paced
+        # flow: it is cut in the smallest (within its bucket), as its rate
+        # checks assume (core/modes.py, paced_chunk_seconds).
+        flexible = bool(req.min_chunk) and policy.mode != "token-bucket" and not capped
+        asked = req.min_chunk if req.min_chunk and not flexible else req.chunk_size
+        chunk_size = policy.chunk_size_for(asked, req.timeout)
         flow = OutgoingTransfer(
             policy=policy,
             size=size,
-            chunk_size=policy.chunk_size_for(req.chunk_size, req.timeout),
+            chunk_size=chunk_size,
+            min_chunk=min(req.min_chunk, chunk_size) if flexible else 0,
             timeout=req.timeout,
             now=self.now(),
             peer=f"{req.host}:{req.port}",
-            # The scheduler says whether the node's live cap paces this send; a
-            # scheduler attached from elsewhere may have a cap this node does not
-            # know: start paced and let its FlowPacing say otherwise.
-            node_capped=(
-                req.node_capped
-                if req.node_capped is not None
-                else self.settings.max_rate > 0 or "scheduler" in self.settings.remote_actors
-            ),
+            node_capped=capped,
         )
         t = Outgoing(
             request=req,
@@ -549,6 +557,7 @@ class SenderActor(Actor):
                 name=os.path.basename(req.path),
                 size=size,
                 chunk_size=flow.chunk_size,
+                min_chunk=flow.min_chunk,
                 hash_alg="blake3",
                 mode=policy.mode,
                 source=source,
@@ -739,9 +748,16 @@ class SenderActor(Actor):
             return self._end(t, ResultCode.IMPOSTOR, reason)
         except ValueError as exc:
             return self._end(t, ResultCode.PROTOCOL, f"{t.peer} sent an invalid accept: {exc}")
+        flow = t.flow
+        if not flow.allows_chunk(accept.chunk_size):
+            offered = f"{flow.min_chunk or flow.chunk_size}..{flow.chunk_size}"
+            reason = (
+                f"{t.peer} sent an invalid accept: chunks of {accept.chunk_size} bytes, "
+                f"outside the {offered} offered"
+            )
+            return self._end(t, ResultCode.PROTOCOL, reason)
         t.proven = fingerprint(accept.static_pub)
         t.keys = TransferKeys.for_sender(t.tid, secrets)
-        flow = t.flow
         host = accept.data_host or t.request.host
         tcp_url = f"tcp://{join_host_port(host, accept.data_port)}"
         ipc = None
@@ -749,7 +765,7 @@ class SenderActor(Actor):
         if accept.data_ipc and mine:
             ipc = local_ipc.usable_target(accept.data_ipc, accept.host_tag, mine)
         flow.host_local = ipc is not None  # lanes add nothing on this host's socket
-        flow.on_accept(have, accept.window, self.now())
+        flow.on_accept(have, accept.window, self.now(), accept.chunk_size)
         ring = bool(accept.data_ring and mine and self.settings.shm_ring and flow.lanes == 1)
         if ring and any(o.ring is not None for o in self.transfers.values()):
             # One ring at a time: its pages count in this node's RSS too.

@@ -64,10 +64,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peercrypt.chunking import DEFAULT_CHUNK
+import msgpack
+
+from peercrypt.chunking import DEFAULT_CHUNK, DEFAULT_MAX_CHUNK, DEFAULT_MIN_CHUNK
 from peercrypt.client import ControlClient
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.nodes import NodeProcess, blake3_file, parse_size, random_file
+from peercrypt.wire import codec
 from peercrypt.wire.local_messages import Progress
 from peercrypt.wire.messages import SendRequest, SendResult
 from peercrypt.wire.network_messages import CheckRequest, CheckResult
@@ -175,6 +178,24 @@ def reset_peak_rss(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := current RSS
 
 
+# Nodes of a --tree from before SendRequest.min_chunk (their codec refuses
+# the field): sends to them name DEFAULT_CHUNK alone, their default then.
+LEGACY: set[Path] = set()
+
+
+def send_request(client: ControlClient, node: NodeProcess, **fields: Any) -> None:
+    """A SendRequest as the CLI sends one naming no chunk size (the
+    receiver chooses), in the form ``node``'s code takes."""
+    if node.data_dir not in LEGACY:
+        request = SendRequest(chunk_size=DEFAULT_MAX_CHUNK, min_chunk=DEFAULT_MIN_CHUNK, **fields)
+        return client.send(request)
+    version, kind, values = msgpack.unpackb(
+        codec.encode(SendRequest(chunk_size=DEFAULT_CHUNK, **fields))
+    )
+    del values["min_chunk"]
+    client.sock.send_multipart([client.token, msgpack.packb([version, kind, values])])
+
+
 def run_sends(node: NodeProcess, nodes: list[NodeProcess], flows: list[Flow]) -> None:
     """Hand ``flows`` to ``node`` at once, then collect their results."""
     with ControlClient.for_data_dir(node.data_dir) as client:
@@ -183,15 +204,14 @@ def run_sends(node: NodeProcess, nodes: list[NodeProcess], flows: list[Flow]) ->
             flow.request = client.next_id()
             by_request[flow.request] = flow
             target = nodes[flow.receiver]
-            client.send(
-                SendRequest(
-                    request=flow.request,
-                    path=str(flow.path),
-                    host=target.host,
-                    port=target.port,
-                    chunk_size=DEFAULT_CHUNK,
-                    timeout=60.0,
-                )
+            send_request(
+                client,
+                node,
+                request=flow.request,
+                path=str(flow.path),
+                host=target.host,
+                port=target.port,
+                timeout=60.0,
             )
         deadline = time.monotonic() + SEND_TIMEOUT
         while any(f.result is None for f in flows) and time.monotonic() < deadline:
@@ -316,15 +336,14 @@ def send_alone(nodes: list[NodeProcess], single: Path) -> Single:
     started = time.perf_counter()
     with ControlClient.for_data_dir(nodes[0].data_dir) as client:
         request = client.next_id()
-        client.send(
-            SendRequest(
-                request=request,
-                path=str(single),
-                host=nodes[1].host,
-                port=nodes[1].port,
-                chunk_size=DEFAULT_CHUNK,
-                timeout=60.0,
-            )
+        send_request(
+            client,
+            nodes[0],
+            request=request,
+            path=str(single),
+            host=nodes[1].host,
+            port=nodes[1].port,
+            timeout=60.0,
         )
         while True:
             reply = client.receive(SEND_TIMEOUT)
@@ -679,6 +698,9 @@ def main() -> int:
                         root / "tree", key, args.nodes, tree_extra, args.strangers, tree_env
                     )
                 )
+                sent = Path(args.tree, "peercrypt/wire/local_messages.py").read_text()
+                if "min_chunk" not in sent:
+                    LEGACY.update(node.data_dir for node in clusters[-1])
             if args.checks:
                 check_cost(nodes, args.checks)
             print(

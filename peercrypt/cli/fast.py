@@ -39,7 +39,7 @@ from pathlib import Path
 
 from peercrypt import config_sources as sources
 from peercrypt import errors
-from peercrypt.chunking import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
+from peercrypt.chunking import DEFAULT_MAX_CHUNK, DEFAULT_MIN_CHUNK, MAX_CHUNK, MIN_CHUNK
 
 FIRST_REPLY = 2.0  # seconds the node has to take a request (as for `status`)
 MIN_TIMEOUT, MAX_TIMEOUT, DEFAULT_TIMEOUT = 0.1, 3600, 10.0  # send --timeout (seconds)
@@ -190,7 +190,9 @@ def _send(line: Line, data_dir: Path) -> int | None:
     timeout = _number(
         line.values.get("--timeout", str(DEFAULT_TIMEOUT)), float, MIN_TIMEOUT, MAX_TIMEOUT
     )
-    chunk = _number(line.values.get("--chunk-size", str(DEFAULT_CHUNK)), int, MIN_CHUNK, MAX_CHUNK)
+    # No --chunk-size: the receiver chooses within the default range.
+    named = line.values.get("--chunk-size")
+    chunk = _number(named or str(DEFAULT_MAX_CHUNK), int, MIN_CHUNK, MAX_CHUNK)
     lanes = _number(line.values.get("--threads"), int, 1, 64)
     if port is None or timeout is None or chunk is None:
         return None
@@ -232,6 +234,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
                 host=host,
                 port=int(port),
                 chunk_size=int(chunk),
+                min_chunk=0 if named is not None else DEFAULT_MIN_CHUNK,
                 timeout=timeout,
                 force="--force" in line.flags,
                 expect=expect,

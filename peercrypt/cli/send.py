@@ -11,7 +11,14 @@ from typing import Any, NoReturn
 
 import click
 
-from peercrypt.chunking import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
+from peercrypt.chunking import (
+    DEFAULT_CHUNK,
+    DEFAULT_MAX_CHUNK,
+    DEFAULT_MIN_CHUNK,
+    MAX_CHUNK,
+    MIN_CHUNK,
+    MiB,
+)
 from peercrypt.cli import modes
 from peercrypt.cli.common import (
     UserError,
@@ -69,9 +76,11 @@ class SendCommand(click.Command):
 @click.option(
     "--chunk-size",
     type=click.IntRange(MIN_CHUNK, MAX_CHUNK),
-    default=DEFAULT_CHUNK,
-    show_default=True,
-    help="Bytes per chunk.",
+    default=None,
+    help=(
+        f"Bytes per chunk. Default: the receiver chooses {DEFAULT_MIN_CHUNK // MiB}-"
+        f"{DEFAULT_MAX_CHUNK // MiB} MiB by its load ({DEFAULT_CHUNK // MiB} MiB for multicast)."
+    ),
 )
 @click.option(
     "--timeout",
@@ -120,7 +129,7 @@ def send(
     as_json: bool,
     no_progress: bool,
     progress: bool,
-    chunk_size: int,
+    chunk_size: int | None,
     timeout: float,
     network_key: str | None,
     open_network: bool,
@@ -186,7 +195,7 @@ def send(
                 targets=targets,
                 as_json=as_json,
                 show=wanted(as_json, no_progress, progress),
-                chunk_size=chunk_size,
+                chunk_size=chunk_size or DEFAULT_CHUNK,
                 timeout=timeout,
                 group=group,
                 expect=pins,
@@ -199,7 +208,8 @@ def send(
                 more=[str(p) for p in paths[1:]],
                 host=host,
                 port=port,
-                chunk_size=chunk_size,
+                chunk_size=chunk_size or DEFAULT_MAX_CHUNK,
+                min_chunk=0 if chunk_size else DEFAULT_MIN_CHUNK,
                 timeout=timeout,
                 force=force,
                 expect=pins[0] if pins else "",

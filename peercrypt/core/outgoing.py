@@ -120,7 +120,9 @@ Output = SendChunk | HashFile | SendDone | RequestGrant | ReportCongestion | Fin
 
 @dataclass
 class OutgoingTransfer(GrantedFlow):
-    """One file of ``size`` bytes in chunks of ``chunk_size`` to ``peer``.
+    """One file of ``size`` bytes in chunks of ``chunk_size`` to ``peer``,
+    or of a smaller size down to ``min_chunk`` that the receiver chooses in
+    its accept (0: ``chunk_size`` only).
 
     ``timeout``: seconds the offer may wait for an answer, and the longest
     time without newly acked chunks. ``paced``: the node has a rate cap (the
@@ -133,6 +135,7 @@ class OutgoingTransfer(GrantedFlow):
     chunk_size: int
     timeout: float
     now: float
+    min_chunk: int = 0
     peer: str = "the receiver"
     node_capped: bool = False
     # The receiver is on this host and its Unix socket is used (set before
@@ -208,11 +211,27 @@ class OutgoingTransfer(GrantedFlow):
         if self.phase is Phase.OFFERED:
             self.deadline = when
 
-    def on_accept(self, have: list[tuple[int, int]], credit: int, now: float) -> None:
+    def allows_chunk(self, chunk_size: int) -> bool:
+        """Whether a receiver may choose chunks of ``chunk_size`` bytes (0:
+        the offered size): from ``min_chunk`` to the offered size, and no
+        other (a receiver's absurd choice must not size this node's buffers)."""
+        if chunk_size in (0, self.chunk_size):
+            return True
+        return 0 < self.min_chunk <= chunk_size <= self.chunk_size
+
+    def on_accept(
+        self, have: list[tuple[int, int]], credit: int, now: float, chunk_size: int = 0
+    ) -> None:
         """The receiver took the offer, already holding ``have`` and granting
-        ``credit`` chunks in flight."""
+        ``credit`` chunks in flight, in chunks of ``chunk_size`` bytes (0: the
+        offered size; one :meth:`allows_chunk`)."""
         if self.phase is not Phase.OFFERED:
             return
+        if not self.allows_chunk(chunk_size):
+            raise ValueError(f"chunk size {chunk_size} was not offered")
+        if chunk_size:
+            self.chunk_size = chunk_size
+            self.total = -(-self.size // chunk_size)
         p = self.policy
         # Lanes are separate connections: their chunks arrive out of order by
         # up to the whole window, which SACK loss detection would take for

@@ -175,3 +175,34 @@ def allowance_bytes(window: ReceiveWindow, chunk_size: int, now: float) -> int:
     """Bytes a transfer may have queued at ``now``: its allowance, but no
     more than the chunks it has left to write."""
     return min(window.allowed(now), window.total - window.written.count) * chunk_size
+
+
+# A receiver chooses the chunk of a transfer whose offer allows a range
+# (OfferDetails.min_chunk) so that the transfer's share of the node's receive
+# buffer holds at least this many of them: a credit is never below one chunk,
+# so chunks larger than a share would hold more than the buffer (4 MiB chunks
+# for each of 16 transfers: 64 MiB of credit against a 32 MiB buffer), and a
+# credit of one chunk leaves a transfer waiting for each ack in turn.
+CHUNKS_PER_SHARE = 2
+
+
+def choose_chunk(low: int, high: int, size: int, buffer: int, running: int) -> int:
+    """The chunk size for an offer of chunks of ``low`` to ``high`` bytes
+    (``low`` <= ``high``) of a ``size``-byte file, to a node whose receive
+    ``buffer`` is shared by ``running`` transfers (this one included): the
+    largest of ``high``, ``high`` / 2, ``high`` / 4 ... (never below ``low``)
+    whose :data:`CHUNKS_PER_SHARE` fit the transfer's share, else ``low``.
+    Not larger than it takes to hold the file in one chunk: a small file gets
+    the smallest of those sizes that holds it whole (a transfer's allowance
+    is counted in whole chunks)."""
+    share = buffer // max(1, running)
+    sizes = []
+    c = high
+    while c > low:
+        sizes.append(c)
+        c //= 2
+    sizes.append(low)
+    whole = [c for c in sizes if c >= size]
+    if whole:  # one chunk holds the file: the smallest such
+        return whole[-1]
+    return next((c for c in sizes if c * CHUNKS_PER_SHARE <= share), low)

@@ -136,6 +136,15 @@ class ResumeKey:
         """Same sender and same name: the same file, perhaps another version."""
         return self.peer == other.peer and self.name == other.name
 
+    def same_version(self, other: ResumeKey) -> bool:
+        """The same version of the same file, whatever its chunk size."""
+        return self.same_file(other) and (self.size, self.source) == (other.size, other.source)
+
+    def continues(self, other: ResumeKey, low: int) -> bool:
+        """An offer of this key, allowing chunks of ``low`` bytes up to its
+        ``chunk_size``, may continue a part laid out as ``other``."""
+        return self.same_version(other) and low <= other.chunk_size <= self.chunk_size
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -238,10 +247,16 @@ class ResumePlan:
     obsolete: tuple[Manifest, ...]
 
 
-def plan_resume(key: ResumeKey, kept: Iterable[Manifest], in_use: Iterable[str] = ()) -> ResumePlan:
+def plan_resume(
+    key: ResumeKey, kept: Iterable[Manifest], in_use: Iterable[str] = (), low: int = 0
+) -> ResumePlan:
     """Decide what an offer with ``key`` continues. ``kept`` are the inbox's
     manifests; ``in_use`` the part names of running transfers (never reused
-    nor deleted: two sends of one file at once each get their own part)."""
+    nor deleted: two sends of one file at once each get their own part).
+    ``low``: the offer allows chunks from ``low`` bytes up to
+    ``key.chunk_size`` (0: that size only), so a part laid out in any of them
+    continues (the chunk size of the one chosen is the transfer's); a part of
+    the same version in chunks outside them is obsolete like another version."""
     busy = set(in_use)
     reuse: Manifest | None = None
     reuse_count = -1
@@ -249,7 +264,7 @@ def plan_resume(key: ResumeKey, kept: Iterable[Manifest], in_use: Iterable[str] 
     for m in kept:
         if m.part in busy or not m.key.same_file(key):
             continue
-        if m.key != key:
+        if not key.continues(m.key, low or key.chunk_size):
             obsolete.append(m)
             continue
         count = m.held().count

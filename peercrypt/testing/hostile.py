@@ -373,10 +373,15 @@ class FloodingReceiver:
     messages (3 bytes on the wire, a 64-byte slot each in the sender's
     libzmq) in blocks of a MiB until the sender closes it or ``megabytes``
     were sent. :attr:`flooded` holds, per connection, the MiB sent before the
-    sender closed it (None: it did not)."""
+    sender closed it (None: it did not). ``chunk_size``: the chunk its
+    accepts choose (0: the offer's), any the codec lets through;
+    :attr:`offers` counts the offers it accepted."""
 
-    def __init__(self, network_key: str, sender: bytes, megabytes: int = 32) -> None:
-        self.sender, self.megabytes = sender, megabytes
+    def __init__(
+        self, network_key: str, sender: bytes, megabytes: int = 32, chunk_size: int = 0
+    ) -> None:
+        self.sender, self.megabytes, self.chunk_size = sender, megabytes, chunk_size
+        self.offers = 0
         self.identity = KeyPair.generate()
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.router, self.port = member_gateway(self.ctx, network_key)
@@ -411,8 +416,10 @@ class FloodingReceiver:
                     data_port=self.data_port,
                     window=16,
                     have=[],
+                    chunk_size=self.chunk_size,
                 )
                 self.router.send_multipart([route, codec.encode(reply)])
+                self.offers += 1
 
     def _data(self) -> None:
         while not self.stop.is_set():

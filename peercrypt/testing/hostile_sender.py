@@ -18,6 +18,7 @@ wait has a timeout.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -221,16 +222,20 @@ class HostileSender:
         source: bytes | None = None,
         tree: int = 0,
         files: int = 0,
+        min_chunk: int = 0,
     ) -> HostileTransfer | Refused:
         """Offer a file (or a folder whose manifest is the first ``tree``
         bytes); the accepted transfer or the refusal. ``source``: the offer's
-        source tag (random by default: a file never offered before)."""
+        source tag (random by default: a file never offered before);
+        ``min_chunk``: the smallest chunk the receiver may choose (0:
+        ``chunk_size`` only; the transfer then cuts the accept's choice)."""
         key = self.hello(timeout)
         eph = Initiator(self.identity)
         details = OfferDetails(
             name=name,
             size=size,
             chunk_size=chunk_size,
+            min_chunk=min_chunk,
             hash_alg="blake3",
             source=source or os.urandom(32),
             tree=tree,
@@ -254,7 +259,9 @@ class HostileSender:
             keys = TransferKeys.for_sender(offer.tid, secrets)
             host = answer.data_host or self.host
             url = self.url(host, answer.data_port)
-            transfer = HostileTransfer(self.ctx, url, offer, details, keys)
+            # Cut as the receiver chose (its Accept), as a real sender does.
+            cut = dataclasses.replace(details, chunk_size=answer.chunk_size or details.chunk_size)
+            transfer = HostileTransfer(self.ctx, url, offer, cut, keys)
             transfer.accept, transfer.secrets = answer, secrets
             self.transfers.append(transfer)
             return transfer

@@ -44,6 +44,9 @@ class SendRequest(Message):
     host: str = field(metadata=bounded(255, 1))
     port: int = port()
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
+    # The smallest chunk the receiver may choose instead (0: ``chunk_size``
+    # only, as ``send --chunk-size`` asks): OfferDetails.min_chunk.
+    min_chunk: int = field(default=0, metadata=bounded(64 * 1024 * 1024))
     timeout: float = 10.0
     # The transfer's policy (see peercrypt.core.modes); None: the node's default.
     mode: str | None = field(default=None, metadata=bounded(32))

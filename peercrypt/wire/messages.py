@@ -105,12 +105,15 @@ class OfferDetails(Message):
     """What an :class:`Offer` offers, sealed inside it. ``source``
     identifies the version of the file (:func:`~peercrypt.core.resume.source_tag`):
     with the sender's proven identity, name and size it lets the receiver
-    continue a kept part."""
+    continue a kept part. ``chunk_size``: the largest chunk the sender
+    cuts; ``min_chunk`` the smallest (0: ``chunk_size`` only). The receiver
+    chooses one in between (``Accept.chunk_size``)."""
 
     TYPE = "offer-details"
     name: str = field(metadata=bounded(MAX_NAME, 1))
     size: int = counter()
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 1))
+    min_chunk: int = field(default=0, metadata=bounded(64 * 1024 * 1024))
     hash_alg: str = field(metadata=bounded(16, 1))
     mode: str = field(default="", metadata=bounded(32))  # for the receiver's statistics
     source: bytes = field(metadata=bounded(HASH_BYTES, HASH_BYTES))
@@ -135,7 +138,10 @@ class Accept(Message):
     (peercrypt/local_ipc.py). ``data_ring``, ``ring_token`` and
     ``ring_slots`` (optional, under the same host tag): a ring of chunk
     slots in shared memory such a sender may seal its chunks into
-    (peercrypt/shm_ring.py)."""
+    (peercrypt/shm_ring.py). ``chunk_size``: the chunk the receiver chose
+    within what the offer allows (its ``min_chunk`` to its ``chunk_size``;
+    0: the offer's ``chunk_size``); ``window`` and ``have`` count chunks of
+    it. A sender fails the transfer on any other value."""
 
     TYPE = "accept"
     tid: bytes = fixed(TID_BYTES)
@@ -151,6 +157,7 @@ class Accept(Message):
     data_ring: str = field(default="", metadata=bounded(MAX_RING_PATH))
     ring_token: bytes = field(default=b"", metadata=bounded(RING_TOKEN_BYTES))
     ring_slots: int = field(default=0, metadata=bounded(MAX_RING_SLOTS))
+    chunk_size: int = field(default=0, metadata=bounded(64 * 1024 * 1024))
 
 
 @message

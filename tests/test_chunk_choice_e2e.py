@@ -1,0 +1,212 @@
+"""The chunk size the receiver chooses, with real node processes: a send
+that names none is cut as the receiver chose by its load; a part kept in
+chunks the offer allows is continued in them, one in chunks outside them is
+restarted cleanly; ``send --chunk-size`` is honoured; a member choosing or
+offering absurd chunk sizes gets a clean refusal or a failed send, never a
+crashed actor or a buffer of its choosing. Every stored file is checked by
+its BLAKE3 hash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import blake3
+import pytest
+
+from actors.inbox import load_manifest, manifest_name, scan
+from peercrypt.chunking import DEFAULT_MAX_CHUNK, DEFAULT_MIN_CHUNK, MAX_CHUNK, MiB
+from peercrypt.crypto.identity import load_or_create_identity
+from peercrypt.testing.hostile import FloodingReceiver
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    assert_sent,
+    blake3_file,
+    start_cli,
+    wait_until,
+)
+from peercrypt.wire.messages import Refuse, Verified
+
+WAIT = 60.0
+
+
+def _send_json(sender: NodeProcess, path: Path, receiver: NodeProcess, *extra: str) -> dict:
+    code, result = sender.send_to(path, receiver, *extra, timeout=120)
+    assert_sent(receiver, (code, result), path)
+    return result
+
+
+def _background(
+    sender: NodeProcess, path: Path, receiver: NodeProcess, *extra: str
+) -> subprocess.Popen[str]:
+    return start_cli(
+        "send", str(path), receiver.host, str(receiver.port), "--json", *extra,
+        data_dir=sender.data_dir,
+    )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """Ctrl-C: the node cancels the send (no retry extends a kept part)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+def _held(inbox: Path) -> tuple[int, int]:
+    """(chunk size, chunks held) of the one kept part's manifest; (0, 0) if none."""
+    found = scan(inbox)
+    if not found.manifests:
+        return 0, 0
+    (m,) = found.manifests
+    manifest = load_manifest(inbox, manifest_name(m.part))
+    return manifest.key.chunk_size, manifest.held().count
+
+
+@pytest.mark.timeout(300)
+def test_the_receiver_chooses_smaller_chunks_while_others_receive(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """Alone, a send naming no chunk size is cut in 4 MiB chunks; with four
+    slow transfers receiving (their share of the 32 MiB buffer: 6.4 MiB
+    each with it), in 2 MiB (two of them fit its share, two of 4 MiB do
+    not); `--chunk-size` is honoured beside them all the same."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    alone = make_file(9 * MiB, name="alone.bin")
+    result = _send_json(sender, alone, receiver)
+    assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MAX_CHUNK, 3)
+    # Four transfers that stay receiving: 64 KiB/s each (their own rate, so
+    # their chunks are fixed: 64 KiB), 16 MiB each (minutes at that rate).
+    slow = [
+        _background(sender, make_file(16 * MiB, name=f"slow{i}.bin"), receiver,
+                    "--chunk-size", str(64 * 1024), "-r", str(64 * 1024), "--timeout", "120")
+        for i in range(4)
+    ]  # fmt: skip
+    try:
+        wait_until(
+            lambda: receiver.counters().get("receiver.accepted", 0) >= 5, WAIT, "4 slow transfers"
+        )
+        busy = make_file(9 * MiB, name="busy.bin")
+        result = _send_json(sender, busy, receiver)
+        assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (2 * MiB, 5)
+        fixed = make_file(9 * MiB, name="fixed.bin")
+        result = _send_json(sender, fixed, receiver, "--chunk-size", str(4 * MiB))
+        assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (4 * MiB, 3)
+        assert all(p.poll() is None for p in slow), "a slow transfer ended early"
+    finally:
+        for proc in slow:
+            _stop(proc)
+
+
+@pytest.mark.timeout(300)
+def test_a_part_kept_in_offered_chunks_resumes_in_them_and_another_restarts(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A part written in 1 MiB chunks (send --chunk-size, the receiver
+    killed after a checkpoint) is continued by a send naming no chunk size
+    (it allows 1..4 MiB) in 1 MiB chunks, from what its manifest held; one
+    written in 64 KiB chunks (outside them) is deleted and the file sent
+    again whole, in the receiver's choice."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    for chunk, resumes in ((MiB, True), (64 * 1024, False)):
+        path = make_file(48 * MiB, name=f"kept{chunk}.bin")
+        # -r paces it (a kill after a checkpoint), -b keeps its chunks whole.
+        rate = ("-r", str(8 * MiB), "-b", str(MiB))
+        proc = _background(sender, path, receiver, "--chunk-size", str(chunk), *rate)
+        try:
+            wait_until(
+                lambda p=proc: _held(receiver.inbox)[1] > 0 or p.poll() is not None,
+                WAIT,
+                "a checkpoint",
+            )
+            receiver.kill()
+        finally:
+            _stop(proc)
+        kept_chunk, held = _held(receiver.inbox)
+        assert (kept_chunk, held > 0) == (chunk, True), (kept_chunk, held)
+        receiver.start()
+        obsolete = receiver.counters().get("receiver.parts-obsolete", 0)
+        stats = _send_json(sender, path, receiver)["stats"]
+        if resumes:
+            assert (stats["chunk_size"], stats["resumed_chunks"]) == (MiB, held)
+            assert stats["sent_chunks"] - stats["retransmits"] == 48 - held, stats
+        else:
+            assert (stats["chunk_size"], stats["resumed_chunks"]) == (DEFAULT_MAX_CHUNK, 0)
+            assert receiver.counters().get("receiver.parts-obsolete", 0) == obsolete + 1
+        assert scan(receiver.inbox).manifests == []
+
+
+def test_a_member_offering_absurd_chunk_sizes_is_refused(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """Ranges that are empty or start outside the chunk bounds are refused
+    (bad-offer); a range reaching beyond the receiver's largest chunk gets
+    that largest (--max-chunk, 16 MiB here: its data port takes no more),
+    and the file cut in it verifies. The receiver's actors go on."""
+    receiver, sender = node_factory(), node_factory()
+    data = os.urandom(20 * MiB)
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        for low, high in ((1, 4 * MiB), (4 * MiB, MiB), (32 * MiB, 64 * MiB), (4095, 4095)):
+            refused = h.offer("odd.bin", len(data), high, min_chunk=low)
+            assert isinstance(refused, Refused) and isinstance(refused.answer, Refuse), (low, high)
+            assert refused.answer.code == "bad-offer", refused.answer
+        t = h.offer("wide.bin", len(data), 64 * MiB, min_chunk=DEFAULT_MIN_CHUNK)
+        assert isinstance(t, HostileTransfer), t
+        assert t.accept is not None and t.accept.chunk_size == MAX_CHUNK
+        verified = t.send_stream(data)
+        assert isinstance(verified, Verified), verified
+        assert verified.digest == blake3.blake3(data).digest()
+        assert blake3_file(receiver.inbox / verified.stored_as) == verified.digest.hex()
+    good = make_file(4 * MiB)
+    assert_sent(receiver, sender.send_to(good, receiver), good)
+    counters = receiver.counters()
+    assert counters.get("receiver.refused-bad-offer") == 4
+    assert counters.get("receiver.handler-errors", 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "chosen"),
+    [
+        ((), 4096),  # below the 1 MiB the send allows
+        ((), 64 * MiB),  # above its 4 MiB
+        (("--chunk-size", str(2 * MiB)), MiB),  # not the one size asked for
+    ],
+)
+def test_a_receiver_choosing_chunks_not_offered_fails_the_send_cleanly(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    network_key: str,
+    extra: tuple[str, ...],
+    chosen: int,
+) -> None:
+    """A member accepting with a chunk size the offer did not allow: the
+    send fails at once saying so (one line, non-zero exit), before any data
+    connection (no buffer of that size is made), and the sender's next send
+    verifies."""
+    sender, receiver = node_factory(), node_factory()
+    identity = load_or_create_identity(sender.data_dir).public
+    hostile = FloodingReceiver(network_key, identity, megabytes=1, chunk_size=chosen)
+    try:
+        answer = sender.cli(
+            "send", str(make_file(8 * MiB)), "127.0.0.1", str(hostile.port), *extra, timeout=WAIT
+        )
+        assert hostile.offers == 1
+        assert hostile.flooded == [], "the sender opened a data connection"
+    finally:
+        hostile.close()
+    assert answer.returncode != 0, answer.describe()
+    lines = [line for line in answer.stderr.splitlines() if "error" in line]
+    assert len(lines) == 1 and f"chunks of {chosen} bytes" in lines[0], answer.describe()
+    assert "Traceback" not in answer.stderr
+    good = make_file(4 * MiB)
+    assert_sent(receiver, sender.send_to(good, receiver), good)
+    assert sender.counters().get("sender.handler-errors", 0) == 0
