@@ -16,7 +16,12 @@ from actors.inbox import Refusal, offered_chunks
 from peercrypt.chunking import DEFAULT_MAX_CHUNK, DEFAULT_MIN_CHUNK, MAX_CHUNK, MIN_CHUNK, MiB
 from peercrypt.core.modes import Policy
 from peercrypt.core.outgoing import OutgoingTransfer, SendChunk
-from peercrypt.core.receive_window import CHUNKS_PER_SHARE, choose_chunk, node_credit
+from peercrypt.core.receive_window import (
+    CHUNKS_PER_SHARE,
+    MIN_FILE_CHUNKS,
+    choose_chunk,
+    node_credit,
+)
 from peercrypt.core.resume import Manifest, ResumeKey, plan_resume
 from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.settings import NodeSettings
@@ -39,25 +44,25 @@ def ranges(draw: st.DrawFn) -> tuple[int, int]:
     st.integers(MIN_CHUNK, 256 * MiB),
     st.integers(1, 64),
 )
-def test_the_choice_is_offered_and_fits_the_share_whenever_an_offered_size_does(
+def test_the_choice_is_offered_and_fits_the_share_and_the_file_whenever_one_does(
     offered: tuple[int, int], size: int, buffer: int, running: int
 ) -> None:
     """Within the offer, always; a share of the buffer holds CHUNKS_PER_SHARE
-    of it unless not even the smallest offered fits (then the smallest), or
-    the file is one chunk; no larger offered size (halving from the top)
-    would have fit; a file one chunk holds gets the smallest such chunk."""
+    of it and the file MIN_FILE_CHUNKS of it, unless not even the smallest
+    offered fits (then the smallest); no larger offered size (halving from
+    the top) would have fit."""
     low, high = offered
     chunk = choose_chunk(low, high, size, buffer, running)
     assert low <= chunk <= high
     candidates = {high >> k for k in range(64) if high >> k > low} | {low}
     assert chunk in candidates
-    share = buffer // running
-    if size <= high:
-        assert chunk == min(c for c in candidates if c >= size)
-        return
+
+    def fits(c: int) -> bool:
+        return c * CHUNKS_PER_SHARE <= buffer // running and c * MIN_FILE_CHUNKS <= size
+
     if chunk != low:
-        assert chunk * CHUNKS_PER_SHARE <= share  # (the guarding line)
-    assert all(c * CHUNKS_PER_SHARE > share for c in candidates if c > chunk)
+        assert fits(chunk)  # (the guarding line)
+    assert not any(fits(c) for c in candidates if c > chunk)
 
 
 @given(ranges(), st.integers(MAX_CHUNK, 2**40), st.integers(1, 63))
@@ -96,10 +101,13 @@ def test_the_default_range_by_load(running: int, chunk: int, credit: int) -> Non
     assert got_credit * got <= max(share, got)
 
 
-def test_a_small_file_takes_the_smallest_offered_chunk_that_holds_it() -> None:
-    assert choose_chunk(MiB, 4 * MiB, 1000, BUFFER, 1) == MiB
-    assert choose_chunk(MiB, 4 * MiB, 3 * MiB, BUFFER, 1) == 4 * MiB
-    assert choose_chunk(MiB, 4 * MiB, 0, BUFFER, 1) == MiB
+def test_a_file_of_few_chunks_takes_the_smallest_offered() -> None:
+    """Alone on the node: 4 MiB chunks from 128 MiB (32 of them) up, 2 MiB
+    from 64 MiB, 1 MiB below (and for a file of one chunk or none)."""
+    for size, chunk in ((1 << 40, 4 * MiB), (128 * MiB, 4 * MiB), (128 * MiB - 1, 2 * MiB)):
+        assert choose_chunk(MiB, 4 * MiB, size, BUFFER, 1) == chunk
+    for size in (64 * MiB - 1, 32 * MiB, 3 * MiB, 1000, 0):
+        assert choose_chunk(MiB, 4 * MiB, size, BUFFER, 1) == MiB
 
 
 def settings(max_chunk: int = MAX_CHUNK) -> NodeSettings:

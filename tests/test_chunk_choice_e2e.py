@@ -29,7 +29,7 @@ from peercrypt.testing.nodes import (
     start_cli,
     wait_until,
 )
-from peercrypt.wire.messages import Refuse, Verified
+from peercrypt.wire.messages import Ack, Refuse, Verified
 
 WAIT = 60.0
 
@@ -74,15 +74,19 @@ def _held(inbox: Path) -> tuple[int, int]:
 def test_the_receiver_chooses_smaller_chunks_while_others_receive(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
-    """Alone, a send naming no chunk size is cut in 4 MiB chunks; with four
-    slow transfers receiving (their share of the 32 MiB buffer: 6.4 MiB
-    each with it), in 2 MiB (two of them fit its share, two of 4 MiB do
-    not); `--chunk-size` is honoured beside them all the same."""
+    """Alone, a send of 128 MiB naming no chunk size is cut in 4 MiB chunks
+    (a file of 32 of them); with four slow transfers receiving (a share of
+    the 32 MiB buffer: 6.4 MiB each with it), in 2 MiB (two of them fit its
+    share, two of 4 MiB do not); a file of fewer than 32 chunks of 2 MiB in
+    1 MiB; `--chunk-size` is honoured beside them all the same."""
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
-    alone = make_file(9 * MiB, name="alone.bin")
+    alone = make_file(128 * MiB, name="alone.bin")
     result = _send_json(sender, alone, receiver)
-    assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MAX_CHUNK, 3)
+    assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MAX_CHUNK, 32)
+    small = make_file(64 * MiB - 1, name="small.bin")
+    result = _send_json(sender, small, receiver)
+    assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MIN_CHUNK, 64)
     # Four transfers that stay receiving: 64 KiB/s each (their own rate, so
     # their chunks are fixed: 64 KiB), 16 MiB each (minutes at that rate).
     slow = [
@@ -92,11 +96,11 @@ def test_the_receiver_chooses_smaller_chunks_while_others_receive(
     ]  # fmt: skip
     try:
         wait_until(
-            lambda: receiver.counters().get("receiver.accepted", 0) >= 5, WAIT, "4 slow transfers"
+            lambda: receiver.counters().get("receiver.accepted", 0) >= 6, WAIT, "4 slow transfers"
         )
-        busy = make_file(9 * MiB, name="busy.bin")
+        busy = make_file(128 * MiB, name="busy.bin")
         result = _send_json(sender, busy, receiver)
-        assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (2 * MiB, 5)
+        assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (2 * MiB, 64)
         fixed = make_file(9 * MiB, name="fixed.bin")
         result = _send_json(sender, fixed, receiver, "--chunk-size", str(4 * MiB))
         assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (4 * MiB, 3)
@@ -110,15 +114,16 @@ def test_the_receiver_chooses_smaller_chunks_while_others_receive(
 def test_a_part_kept_in_offered_chunks_resumes_in_them_and_another_restarts(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
-    """A part written in 1 MiB chunks (send --chunk-size, the receiver
-    killed after a checkpoint) is continued by a send naming no chunk size
-    (it allows 1..4 MiB) in 1 MiB chunks, from what its manifest held; one
-    written in 64 KiB chunks (outside them) is deleted and the file sent
-    again whole, in the receiver's choice."""
+    """A part of a 128 MiB file written in 1 MiB chunks (send --chunk-size,
+    the receiver killed after a checkpoint) is continued by a send naming no
+    chunk size (it allows 1..4 MiB; alone, the receiver would choose 4 MiB)
+    in 1 MiB chunks, from what its manifest held; one written in 64 KiB
+    chunks (outside them) is deleted and the file sent again whole, in the
+    receiver's choice."""
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
     for chunk, resumes in ((MiB, True), (64 * 1024, False)):
-        path = make_file(48 * MiB, name=f"kept{chunk}.bin")
+        path = make_file(128 * MiB, name=f"kept{chunk}.bin")
         # -r paces it (a kill after a checkpoint), -b keeps its chunks whole.
         rate = ("-r", str(8 * MiB), "-b", str(MiB))
         proc = _background(sender, path, receiver, "--chunk-size", str(chunk), *rate)
@@ -138,7 +143,7 @@ def test_a_part_kept_in_offered_chunks_resumes_in_them_and_another_restarts(
         stats = _send_json(sender, path, receiver)["stats"]
         if resumes:
             assert (stats["chunk_size"], stats["resumed_chunks"]) == (MiB, held)
-            assert stats["sent_chunks"] - stats["retransmits"] == 48 - held, stats
+            assert stats["sent_chunks"] - stats["retransmits"] == 128 - held, stats
         else:
             assert (stats["chunk_size"], stats["resumed_chunks"]) == (DEFAULT_MAX_CHUNK, 0)
             assert receiver.counters().get("receiver.parts-obsolete", 0) == obsolete + 1
@@ -150,22 +155,31 @@ def test_a_member_offering_absurd_chunk_sizes_is_refused(
 ) -> None:
     """Ranges that are empty or start outside the chunk bounds are refused
     (bad-offer); a range reaching beyond the receiver's largest chunk gets
-    that largest (--max-chunk, 16 MiB here: its data port takes no more),
-    and the file cut in it verifies. The receiver's actors go on."""
+    at most that largest (--max-chunk, 16 MiB here: its data port takes no
+    more, and one such chunk is written and acked); a file offered in a
+    range is cut as the receiver chose (1 MiB for 12 MiB) and verifies. The receiver's actors
+    go on."""
     receiver, sender = node_factory(), node_factory()
-    data = os.urandom(20 * MiB)
     with HostileSender(network_key, receiver.host, receiver.port) as h:
         for low, high in ((1, 4 * MiB), (4 * MiB, MiB), (32 * MiB, 64 * MiB), (4095, 4095)):
-            refused = h.offer("odd.bin", len(data), high, min_chunk=low)
+            refused = h.offer("odd.bin", 64 * MiB, high, min_chunk=low)
             assert isinstance(refused, Refused) and isinstance(refused.answer, Refuse), (low, high)
             assert refused.answer.code == "bad-offer", refused.answer
-        t = h.offer("wide.bin", len(data), 64 * MiB, min_chunk=DEFAULT_MIN_CHUNK)
+        data = os.urandom(12 * MiB)  # within the window: alone, 16 chunks
+        t = h.offer("ranged.bin", len(data), DEFAULT_MAX_CHUNK, min_chunk=DEFAULT_MIN_CHUNK)
         assert isinstance(t, HostileTransfer), t
-        assert t.accept is not None and t.accept.chunk_size == MAX_CHUNK
+        assert t.accept is not None and t.accept.chunk_size == DEFAULT_MIN_CHUNK
         verified = t.send_stream(data)
         assert isinstance(verified, Verified), verified
         assert verified.digest == blake3.blake3(data).digest()
         assert blake3_file(receiver.inbox / verified.stored_as) == verified.digest.hex()
+        # 32 chunks of the largest (the file rule), sparse: one is sent.
+        wide = h.offer("wide.bin", 32 * MAX_CHUNK, 64 * MiB, min_chunk=DEFAULT_MIN_CHUNK)
+        assert isinstance(wide, HostileTransfer), wide
+        assert wide.accept is not None and wide.accept.chunk_size == MAX_CHUNK
+        wide.send_chunk(0, os.urandom(MAX_CHUNK))
+        assert wide.wait_for(Ack).cumulative == 1
+        wide.abandon()
     good = make_file(4 * MiB)
     assert_sent(receiver, sender.send_to(good, receiver), good)
     counters = receiver.counters()

@@ -22,7 +22,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from peercrypt.chunking import DEFAULT_MAX_CHUNK
+from peercrypt.chunking import DEFAULT_MIN_CHUNK
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.history.db import (
     SAMPLE_COLUMNS,
@@ -144,18 +144,18 @@ def recorded(
 
 def test_a_send_without_chunk_size_cuts_the_receivers_choice(recorded: Recorded) -> None:
     """A send that names no chunk size offers DEFAULT_MIN_CHUNK to
-    DEFAULT_MAX_CHUNK (peercrypt/chunking.py) and a receiver with nothing
-    else to receive chooses the largest (core/receive_window.py,
-    choose_chunk): the file is cut in those, the last one short, both sides
-    say so, and the file stored is the source."""
+    DEFAULT_MAX_CHUNK (peercrypt/chunking.py) and the receiver cuts a file
+    of fewer than 32 chunks of the larger sizes in the smallest
+    (core/receive_window.py, choose_chunk): the file is cut in those, the
+    last one short, both sides say so, and the file stored is the source."""
     row = next(r for r in recorded.sent if r["mode"] == "normal")
     other = next(
         r for r in recorded.received if r["session"] == row["session"] and r["side"] == "receive"
     )
-    chunks = -(-recorded.source.stat().st_size // DEFAULT_MAX_CHUNK)
+    chunks = -(-recorded.source.stat().st_size // DEFAULT_MIN_CHUNK)
     assert chunks > 2
-    assert (row["chunk_size"], row["chunks"]) == (DEFAULT_MAX_CHUNK, chunks)
-    assert (other["chunk_size"], other["chunks"]) == (DEFAULT_MAX_CHUNK, chunks)
+    assert (row["chunk_size"], row["chunks"]) == (DEFAULT_MIN_CHUNK, chunks)
+    assert (other["chunk_size"], other["chunks"]) == (DEFAULT_MIN_CHUNK, chunks)
     stored = recorded.inbox[row["session"], other["peer"]] / other["file"]
     assert blake3_file(stored) == blake3_file(recorded.source)
 

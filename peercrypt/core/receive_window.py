@@ -184,6 +184,15 @@ def allowance_bytes(window: ReceiveWindow, chunk_size: int, now: float) -> int:
 # for each of 16 transfers: 64 MiB of credit against a 32 MiB buffer), and a
 # credit of one chunk leaves a transfer waiting for each ack in turn.
 CHUNKS_PER_SHARE = 2
+# ... and only for a file of at least this many of them. Larger chunks save
+# per-chunk work (one send: 0.3 CPU s per GiB on both nodes from 1 to 4 MiB),
+# nothing of note for a file of a few dozen chunks, while they make its
+# credit coarser, and a transfer keeps its chunk size when others start
+# beside it: with 64 sends of 32 MiB at once among 4 nodes, the few that
+# started on an idle node in 4 MiB chunks each held a credit of twice their
+# share to their end (Jain 0.69 and 0.83 against 0.97 and 0.94 in 1 MiB
+# chunks; docs/benchmarks.md).
+MIN_FILE_CHUNKS = 32
 
 
 def choose_chunk(low: int, high: int, size: int, buffer: int, running: int) -> int:
@@ -191,18 +200,12 @@ def choose_chunk(low: int, high: int, size: int, buffer: int, running: int) -> i
     (``low`` <= ``high``) of a ``size``-byte file, to a node whose receive
     ``buffer`` is shared by ``running`` transfers (this one included): the
     largest of ``high``, ``high`` / 2, ``high`` / 4 ... (never below ``low``)
-    whose :data:`CHUNKS_PER_SHARE` fit the transfer's share, else ``low``.
-    Not larger than it takes to hold the file in one chunk: a small file gets
-    the smallest of those sizes that holds it whole (a transfer's allowance
-    is counted in whole chunks)."""
+    whose :data:`CHUNKS_PER_SHARE` fit the transfer's share and of which the
+    file has at least :data:`MIN_FILE_CHUNKS`, else ``low``."""
     share = buffer // max(1, running)
-    sizes = []
     c = high
     while c > low:
-        sizes.append(c)
+        if c * CHUNKS_PER_SHARE <= share and c * MIN_FILE_CHUNKS <= size:
+            return c
         c //= 2
-    sizes.append(low)
-    whole = [c for c in sizes if c >= size]
-    if whole:  # one chunk holds the file: the smallest such
-        return whole[-1]
-    return next((c for c in sizes if c * CHUNKS_PER_SHARE <= share), low)
+    return low
