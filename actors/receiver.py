@@ -130,7 +130,7 @@ from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, bound_port
 from peercrypt.settings import NodeSettings
-from peercrypt.wire import codec
+from peercrypt.wire import codec, columns
 from peercrypt.wire.messages import (
     Accept,
     Ack,
@@ -157,6 +157,7 @@ from peercrypt.wire.space_messages import (
     SpaceReserve,
     SpaceVerdict,
     SpaceWritten,
+    SpaceWrittens,
 )
 from peercrypt.wire.stats_messages import StatsRecord, StatsSample, batches
 from peercrypt.wire.text import printable
@@ -1500,12 +1501,13 @@ class ReceiverActor(Actor):
         statistics sample (with many running, each every few ticks:
         :func:`~peercrypt.core.sampling.sample_due`)."""
         samples: list[StatsSample] = []
+        moved: list[SpaceWritten] = []
         self.ticks += 1
         for t in self.transfers.values():
             written = self._written(t)
             if written != t.reported:  # its reservation shrinks as it writes
                 t.reported = written
-                self.tell("space", SpaceWritten(owner=self.name, tid=t.tid, written=written))
+                moved.append(SpaceWritten(owner=self.name, tid=t.tid, written=written))
             if not sample_due(t.tid[0], self.ticks, len(self.transfers)):
                 continue
             if not t.who:
@@ -1520,6 +1522,8 @@ class ReceiverActor(Actor):
                     credit=t.flow.window.window,
                 )
             )
+        for writes in columns.batches(moved, SpaceWrittens):  # one message, not one each
+            self.tell("space", writes)
         for batch in batches(samples):
             self.tell("stats", batch)
 

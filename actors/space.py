@@ -9,7 +9,8 @@ quotas count both kinds. Messages (``peercrypt/wire/space_messages.py``):
 - ``SpaceReserve`` -> the free space measured now, :meth:`SpaceLedger.reserve`
   (admission, pending-bytes quota and the reservation in one step), the kept
   parts that give way deleted, ``SpaceVerdict`` to the asker.
-- ``SpaceWritten``, ``SpaceRelease``: a transfer's progress and its end (kept
+- ``SpaceWritten`` (``SpaceWrittens``: those of one tick, one message),
+  ``SpaceRelease``: a transfer's progress and its end (kept
   for a resume or not); a release that matches no reservation is counted
   (``release-unknown``) and changes nothing.
 - ``SpaceCancel``: an ask its receiver stopped waiting for; its reservation,
@@ -32,7 +33,7 @@ from actors.inbox import free_space, remove_part, scan
 from peercrypt.core.space import Quotas, SpaceLedger
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
-from peercrypt.wire import codec
+from peercrypt.wire import codec, columns
 from peercrypt.wire.space_messages import (
     SpaceCancel,
     SpaceForget,
@@ -43,6 +44,7 @@ from peercrypt.wire.space_messages import (
     SpaceRunning,
     SpaceVerdict,
     SpaceWritten,
+    SpaceWrittens,
 )
 
 log = logging.getLogger("peercrypt.space")
@@ -141,6 +143,12 @@ class SpaceActor(Actor):
             self._reserve(msg)
         elif isinstance(msg, SpaceWritten):
             ledger.written(_entry(msg.owner, msg.tid), msg.written)
+        elif isinstance(msg, SpaceWrittens):
+            each, dropped = columns.unpack(msg, SpaceWritten)
+            if dropped:
+                self.count("written-malformed", dropped)
+            for w in each:
+                ledger.written(_entry(w.owner, w.tid), w.written)
         elif isinstance(msg, SpaceRelease):
             entry = _entry(msg.owner, msg.tid)
             if not ledger.stop(entry, msg.keep, time.time(), msg.part, msg.written):

@@ -60,7 +60,7 @@ from peercrypt.wire.messages import (
     Verifying,
 )
 from peercrypt.wire.multicast_messages import McAnnounce, McDetails, McJoin, McRefuse
-from peercrypt.wire.space_messages import SpaceCancel, SpaceReserve, SpaceVerdict
+from peercrypt.wire.space_messages import SpaceCancel, SpaceReserve, SpaceVerdict, SpaceWrittens
 from peercrypt.wire.stats_messages import StatsRecord
 
 SENDER_SEED = b"s" * 32
@@ -677,6 +677,55 @@ def test_a_final_check_that_stops_moving_ends_and_frees_the_slot_and_space(
             sock.close(linger=0)
 
 
+def _started(
+    env: ActorEnv, settings: NodeSettings
+) -> tuple[ReceiverActor, SpaceActor, tuple[Mail, Mail]]:
+    """A receiver, set up (its writer runs), and a space actor; the mail
+    each one tells recorded."""
+    receiver = ReceiverActor(env, settings)
+    space = SpaceActor(env, settings)
+    mail = record(receiver), record(space)
+    receiver.setup()
+    return receiver, space, mail
+
+
+def test_a_tick_tells_the_ledger_what_every_transfer_wrote_in_one_message(
+    node: tuple[ActorEnv, NodeSettings, FakeClock],
+) -> None:
+    """At a progress tick the receiver tells the space actor the bytes on
+    disk of every transfer that wrote since the last tick, all in one
+    ``SpaceWrittens`` (not a message per transfer and tick), and each
+    reservation shrinks by what its transfer wrote; a tick with nothing new
+    tells nothing."""
+    env, settings, _ = node
+    receiver, space, mail = _started(env, settings)
+    sockets: list[zmq.Socket[bytes]] = []
+    try:
+        sizes: dict[bytes, int] = {}
+        for name, size in (("a.bin", 3 * CHUNK - 100), ("b.bin", 2 * CHUNK)):
+            key = ResumeKey(SENDER.public, name, size, CHUNK, os.urandom(32))
+            data: zmq.Socket[bytes] = env.context.socket(zmq.DEALER)
+            data.linger = 0
+            sockets.append(data)
+            tid, _ = _written(receiver, space, mail, key, os.urandom(size), data)
+            sizes[tid] = size
+        assert space.ledger.promised == sum(sizes.values())
+        receiver._report_progress()
+        [writes] = take(mail[0], "space")
+        assert isinstance(writes, SpaceWrittens)
+        assert dict(zip(writes.tid, writes.written, strict=True)) == sizes
+        space.on_mail(writes)
+        assert space.ledger.promised == 0
+        receiver._report_progress()
+        assert take(mail[0], "space") == []
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
+        receiver.teardown()
+        for sock in receiver._sockets:
+            sock.close(linger=0)
+
+
 def test_a_final_check_queued_behind_one_that_moves_waits_for_it(
     node: tuple[ActorEnv, NodeSettings, FakeClock],
 ) -> None:
@@ -687,10 +736,7 @@ def test_a_final_check_queued_behind_one_that_moves_waits_for_it(
     "timeout" while the writer moves. Once the writer stops moving, both
     end so."""
     env, settings, clock = node
-    receiver = ReceiverActor(env, settings)
-    space = SpaceActor(env, settings)
-    mail = record(receiver), record(space)
-    receiver.setup()
+    receiver, space, mail = _started(env, settings)
     socks: list[zmq.Socket[bytes]] = []
     unclosed: list[int] = []
     try:

@@ -10,7 +10,10 @@ wrapped in ``Inbound``).
   the part ``resume`` named had given way meanwhile (to the other
   receiver's ask); the transfer was admitted as a new one and must start a
   new part.
-- ``SpaceWritten``: ``written`` bytes of ``tid`` are on disk now.
+- ``SpaceWritten``: ``written`` bytes of ``tid`` are on disk now;
+  ``SpaceWrittens``: those of every transfer that wrote since the
+  receiver's last tick, as one message of columns
+  (:mod:`peercrypt.wire.columns`), not one per transfer and tick.
 - Every id is the ``owner``'s own: a unicast transfer and a multicast session
   (ids chosen by peers) may share one without touching each other's
   reservation, and neither receiver can release the other's.
@@ -34,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peercrypt.wire.codec import Message, bounded, message
+from peercrypt.wire.columns import column
 from peercrypt.wire.fields import counter, reason
 
 OWNER = 32  # an actor's name
@@ -80,6 +84,15 @@ class SpaceWritten(Message):
     owner: str = field(metadata=_owner())
     tid: bytes = field(metadata=bounded(TID, 1))
     written: int = counter()
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class SpaceWrittens(Message):
+    TYPE = "space-writtens"
+    owner: list[str] = column(SpaceWritten, "owner")
+    tid: list[bytes] = column(SpaceWritten, "tid")
+    written: list[int] = column(SpaceWritten, "written")
 
 
 @message
