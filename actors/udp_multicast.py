@@ -35,6 +35,7 @@ import struct
 import sys
 import termios
 import threading
+from array import array
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -336,6 +337,11 @@ _RESULT = struct.Struct(
 _CMSG = struct.Struct("=iii")  # cmsg_level, cmsg_type (after cmsg_len), data (aligned to 8)
 _CMSG_AT = ctypes.sizeof(ctypes.c_size_t)
 _CMSG_DATA = socket.CMSG_LEN(0)
+_IOVEC = ctypes.sizeof(_Iovec)
+# Reads straight into a chunk (BatchReader, "landing"): the iovecs are
+# written as 8-byte words (base, length), and each message's iov pointer too.
+_LANDING = _IOVEC == 16 and _Iovec.len.offset == 8 and _Msghdr.iov.offset % 8 == 0 and _HDR % 8 == 0
+CHUNK_IOVECS = 8  # chunk buffers whose iovecs a reader keeps (the reassembler reuses ~6)
 
 
 class BatchReader:
@@ -373,37 +379,181 @@ class BatchReader:
         self._keep.append(headers)
         self.address = ctypes.addressof(headers)
         self.pristine = bytes(self.raw)  # the control lengths, before the kernel's writes
+        self.per = per
+        # Reads straight into a chunk: per chunk buffer (by address and
+        # length, no reference kept) an iovec of all its whole GSO batches,
+        # each batch's headers into `heads` at its fragments' numbers and a
+        # spare slot of its own; a message's iov pointer is set to one of them.
+        self.words = memoryview(self.raw).cast("Q")  # the mmsghdrs, as 8-byte words
+        self.heads = bytearray()
+        self.spares = bytearray(len(self.buffers.spares))
+        self.chunk_iovs: collections.OrderedDict[tuple[int, int], ctypes.Array[_Iovec]] = (
+            collections.OrderedDict()
+        )
+        self.landed = 0  # messages the kernel put straight into their chunk
 
-    def _address(self, view: memoryview) -> int:
+    def _address(self, view: memoryview, keep: bool = True) -> int:
         block = (ctypes.c_char * len(view)).from_buffer(view)
-        self._keep.append(block)
+        if keep:
+            self._keep.append(block)
         return ctypes.addressof(block)
 
-    def read(self) -> list[fragments.Scattered | tuple[bytes, int] | fragments.FragmentError]:
+    def _result(self, m: int) -> tuple[int, int, int]:
+        """Message ``m`` of the last read: its flags, its length and its GRO
+        segment size (0: one datagram)."""
+        clen, flags, n = _RESULT.unpack_from(self.raw, m * _HDR + _Msghdr.controllen.offset)
+        if clen >= _CMSG_DATA + 4:
+            level, kind, size = _CMSG.unpack_from(self.control, m * GRO_CMSG_SPACE + _CMSG_AT)
+            if level == SOL_UDP and kind == UDP_GRO:
+                return flags, n, size
+        return flags, n, 0
+
+    def _landed(self, landing: fragments.Landing, read: int) -> int:
+        """After a read whose first ``read`` messages went into ``landing``'s
+        chunk: how many of them, from the first, came full with datagrams of
+        the session's size (they stay where they are, for
+        :meth:`_landed_run`); every later one is moved out to the read's own
+        buffers (header, payload and spare slots) as if read there."""
+        batch, frag = self.buffers.batch, self.buffers.frag
+        datagram, full = self.buffers.datagram, self.buffers.full
+        whole = 0
+        while whole < read:
+            flags, n, size = self._result(whole)
+            if flags & MSG_TRUNC or n != full or not (size == datagram or size == batch == 1):
+                break
+            whole += 1
+        head, bufs = fragments.HEADER_BYTES, self.buffers
+        chunk = memoryview(landing.pending.buf)
+        spare = len(self.spares) // self.messages
+        for m in range(whole, read):
+            slot = landing.number // batch + m  # the chunk's batch it was read into
+            number = slot * batch
+            bufs.heads[m * batch * head : (m + 1) * batch * head] = self.heads[
+                number * head : (number + batch) * head
+            ]
+            bufs.payloads[m * batch * frag : (m + 1) * batch * frag] = chunk[
+                number * frag : (number + batch) * frag
+            ]
+            s = slot % self.messages * spare
+            bufs.spares[m * spare : (m + 1) * spare] = self.spares[s : s + spare]
+        self.landed += whole
+        return whole
+
+    def _landed_run(self, landing: fragments.Landing, whole: int) -> fragments.Scattered:
+        """The first ``whole`` messages, read full into ``landing``'s chunk:
+        their headers lie in :attr:`heads` at their fragments' numbers; the
+        read's own payload slots are where they go if they are not the
+        chunk's."""
+        bufs = self.buffers
+        count = whole * bufs.batch
+        head = fragments.HEADER_BYTES
+        heads = memoryview(self.heads)[landing.number * head : (landing.number + count) * head]
+        return fragments.Scattered(
+            heads,
+            bufs.payloads,
+            bufs.frag,
+            count,
+            bufs.datagram,
+            fragments.Landing(landing.index, landing.pending, landing.number, count),
+        )
+
+    def _chunk_iov(self, buf: bytearray) -> int:
+        """The address of ``buf``'s iovec: GSO batch ``s`` of it (fragments
+        ``s * batch``..) at ``s * per`` entries, as a message's own iovec
+        would be (header, payload per datagram, then a spare slot)."""
+        block = (ctypes.c_char * len(buf)).from_buffer(buf)
+        base = ctypes.addressof(block)
+        del block  # no reference kept: the chunk's pending entry holds it
+        key = (base, len(buf))
+        iov = self.chunk_iovs.get(key)
+        if iov is not None:
+            self.chunk_iovs.move_to_end(key)
+            return ctypes.addressof(iov)
+        batch, frag, per = self.buffers.batch, self.buffers.frag, self.per
+        slots = len(buf) // frag // batch  # whole batches of whole fragments
+        head = fragments.HEADER_BYTES
+        if len(self.heads) < slots * batch * head:
+            self.heads = bytearray(slots * batch * head)  # addresses change: iovecs anew
+            self.chunk_iovs.clear()
+        heads = self._address(memoryview(self.heads), keep=False)
+        spares = self._address(memoryview(self.spares), keep=False)
+        spare = len(self.spares) // self.messages
+        words = array("Q", bytes(16 * slots * per))
+        for b in range(slots):
+            o, first = 2 * b * per, b * batch
+            words[o : o + 4 * batch : 4] = array(
+                "Q", range(heads + first * head, heads + (first + batch) * head, head)
+            )
+            words[o + 1 : o + 4 * batch : 4] = array("Q", [head]) * batch
+            words[o + 2 : o + 4 * batch : 4] = array(
+                "Q", range(base + first * frag, base + (first + batch) * frag, frag)
+            )
+            words[o + 3 : o + 4 * batch : 4] = array("Q", [frag]) * batch
+            if per > 2 * batch:
+                words[o + 4 * batch] = spares + (b % self.messages) * spare
+                words[o + 4 * batch + 1] = spare
+        iov = (_Iovec * (slots * per)).from_buffer(words)
+        self.chunk_iovs[key] = iov
+        while len(self.chunk_iovs) > CHUNK_IOVECS:
+            self.chunk_iovs.popitem(last=False)
+        return ctypes.addressof(iov)
+
+    def read(
+        self, landing: fragments.Landing | None = None
+    ) -> list[fragments.Scattered | tuple[bytes, int] | fragments.FragmentError]:
         """What one ``recvmmsg`` got (see :meth:`fragments.BatchBuffers.split`;
         a datagram larger than any of ours as ``FragmentError("oversize")``).
         The views are into buffers the next read reuses. Raises
         ``BlockingIOError`` when nothing is queued, other ``OSError`` as the
-        socket does."""
+        socket does.
+
+        ``landing`` (:meth:`fragments.Reassembler.landing`, at a GSO batch's
+        first fragment): the first messages are read straight into that
+        chunk, one whole batch of its missing fragments each (the kernel's
+        copy is the only one). Those that came full with datagrams of the
+        session's size lead the result as one :class:`fragments.Scattered`
+        carrying the landing: they count as placed only if their headers are
+        exactly the sender's for those fragments, else they are moved out
+        first (:meth:`fragments.Intake.feed_scattered`). Any other message
+        read into the chunk is moved out to its own buffers here, before
+        anything else sees it. A fragment the chunk holds is never written
+        over, and its places stay missing until their own fragments come."""
         assert RECVMMSG is not None
         raw = self.raw
         raw[:] = self.pristine
-        got = RECVMMSG(self.fileno, self.address, self.messages, MSG_DONTWAIT, None)
+        batch = self.buffers.batch
+        aimed = 0
+        # Between chunks (no landing) one message: the chunk it starts is
+        # then being assembled, and the next read lands in it. With a
+        # landing, its batches and one more (the chunk's short last one):
+        # the next chunk's first batch is read once that one is complete.
+        messages = 1 if landing is None else self.messages
+        if landing is not None and _LANDING and landing.number % batch == 0:
+            aimed = min(landing.count // batch, self.messages)
+            messages = min(aimed + 1, self.messages)
+        if aimed:
+            assert landing is not None
+            size = self.per * _IOVEC
+            start = self._chunk_iov(landing.pending.buf) + landing.number // batch * size
+            stride, at = _HDR // 8, _Msghdr.iov.offset // 8
+            self.words[at : aimed * stride : stride] = array(
+                "Q", range(start, start + aimed * size, size)
+            )
+        got = RECVMMSG(self.fileno, self.address, messages, MSG_DONTWAIT, None)
         if got < 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code))
         out: list[fragments.Scattered | tuple[bytes, int] | fragments.FragmentError] = []
         reads: list[tuple[int, int]] = []
         first = 0
-        control, unpack, cmsg = self.control, _RESULT.unpack_from, _CMSG.unpack_from
-        at = _Msghdr.controllen.offset
-        for m in range(got):
-            clen, flags, n = unpack(raw, m * _HDR + at)
-            size = 0
-            if clen >= _CMSG_DATA + 4:
-                level, kind, value = cmsg(control, m * GRO_CMSG_SPACE + _CMSG_AT)
-                if level == SOL_UDP and kind == UDP_GRO:
-                    size = value
+        if aimed:
+            assert landing is not None
+            whole = self._landed(landing, min(aimed, got))
+            if whole:
+                out.append(self._landed_run(landing, whole))
+            first = whole
+        for m in range(first, got):
+            flags, n, size = self._result(m)
             if flags & MSG_TRUNC or (size == 0 and n > fragments.MAX_DATAGRAM):
                 out += self.buffers.split(reads, first)
                 out.append(fragments.FragmentError("oversize"))
@@ -628,7 +778,10 @@ class GroupReceiver:
         while self._spare:
             asm.recycle(self._spare.popleft())
         if self.batch is not None:
-            for read in self.batch.read():
+            # The rest of the chunk being received most likely comes next:
+            # whole GSO batches of it are read straight into its buffer.
+            landing = asm.landing(self.batch.messages * self.batch.buffers.batch)
+            for read in self.batch.read(landing):
                 if isinstance(read, fragments.FragmentError):
                     self._drop(f"datagram-dropped-{read.kind}")
                 else:

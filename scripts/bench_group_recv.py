@@ -64,7 +64,7 @@ def thread_cpu(tid: int) -> float:
     return int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0]) / 1e9
 
 
-def run(mtu: int, chunks: int, rate: int, path: str) -> tuple[float, int, float]:
+def run(mtu: int, chunks: int, rate: int, path: str) -> tuple[float, int, float, float]:
     """(reading thread's CPU s, chunks completed, datagrams per system call)."""
     datagram = mtu - 28
     frag = datagram - fragments.HEADER_BYTES
@@ -81,9 +81,11 @@ def run(mtu: int, chunks: int, rate: int, path: str) -> tuple[float, int, float]
     if rx.batch is not None:
         read = rx.batch.read
 
-        def counted() -> list[fragments.Scattered | tuple[bytes, int] | fragments.FragmentError]:
+        def counted(
+            landing: fragments.Landing | None = None,
+        ) -> list[fragments.Scattered | tuple[bytes, int] | fragments.FragmentError]:
             calls[0] += 1
-            return read()
+            return read(landing)
 
         rx.batch.read = counted  # type: ignore[method-assign]
     else:
@@ -119,8 +121,8 @@ def run(mtu: int, chunks: int, rate: int, path: str) -> tuple[float, int, float]
     finally:
         sender.wait(60)
         rx.close()
-    per_call = sum(fragments.fragment_count(BLOB, frag) for _ in range(got)) / max(calls[0], 1)
-    return cpu, got, per_call
+    total = sum(fragments.fragment_count(BLOB, frag) for _ in range(got))
+    return cpu, got, total / max(calls[0], 1), asm.landed / max(total, 1)
 
 
 def main() -> None:
@@ -137,11 +139,12 @@ def main() -> None:
     for mtu in (int(m) for m in args.mtu.split(",")):
         for n in range(args.runs):
             for path in args.paths.split(","):
-                cpu, got, per_call = run(mtu, args.size_mib, args.rate_mib, path)
+                cpu, got, per_call, landed = run(mtu, args.size_mib, args.rate_mib, path)
                 print(
                     f"MTU {mtu} run {n + 1} {path:8}: reading thread "
                     f"{cpu * 256 / max(got, 1):.3f} CPU s per 256 MiB, {got}/{args.size_mib} "
-                    f"chunks, {per_call:.1f} datagrams per system call, load "
+                    f"chunks, {per_call:.1f} datagrams per system call, {landed:.0%} placed "
+                    f"where the kernel put them, load "
                     f"{os.getloadavg()[0]:.1f}",
                     flush=True,
                 )

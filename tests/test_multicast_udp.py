@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import random
+import select
 import signal
 import socket
 import struct
@@ -766,3 +767,160 @@ def test_an_unexpected_error_in_the_receiving_thread_does_not_spin_a_core(
     gaps = [b - a for a, b in itertools.pairwise(calls[:6])]
     # Nothing was sent to the socket, so each wait lasts its whole timeout.
     assert min(gaps) >= 0.9 * udp_multicast.ERROR_WAIT_MS / 1000, gaps
+
+
+class _Landing:
+    """A session's group socket on loopback read by hand with ``recvmmsg``
+    (no receiving thread), each read aimed where the reassembly says the
+    next datagrams belong, and a sender of GSO batches of 7 datagrams (the
+    batch at MTU 9000)."""
+
+    FRAG = 8907  # MTU 9000 less the IP, UDP and fragment headers: 7 per 64 KiB
+
+    def __init__(self, chunks: int, chunk_len: int) -> None:
+        self.key = fragments.header_key(os.urandom(32))
+        self.group = fragments.parse_group(_group())
+        self.rx = udp_multicast.GroupReceiver(
+            self.group[0], self.group[1], "127.0.0.1", 8 * MiB, self.FRAG
+        )
+        assert self.rx.batch is not None and self.rx.batch.buffers.batch == 7
+        self.reader = self.rx.batch
+        self.asm = fragments.Reassembler(chunks, lambda i: chunk_len, self.FRAG, max_pending=chunks)
+        self.intake = fragments.Intake(SID_UDP, self.key, self.asm)
+        self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        self.tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+        self.tx.setsockopt(
+            udp_multicast.SOL_UDP, udp_multicast.UDP_SEGMENT, self.FRAG + fragments.HEADER_BYTES
+        )
+        self.chunks: dict[int, bytes] = {}
+        self.refused: list[str] = []
+
+    def batches(self, index: int, blob: bytes) -> list[bytes]:
+        """The chunk's datagrams as its sender's GSO batches (7 a send)."""
+        last = index == self.asm.total - 1
+        size = len(blob)
+        grams = [
+            fragments.header(SID_UDP, index, last, b"n" * 12, size, o, key=self.key) + blob[o:e]
+            for o, e in fragments.split(size, self.FRAG)
+        ]
+        return [b"".join(grams[k : k + 7]) for k in range(0, len(grams), 7)]
+
+    def send(self, *batches: bytes) -> None:
+        for b in batches:
+            self.tx.sendto(b, self.group)
+
+    def read(self) -> None:
+        """One ``recvmmsg`` as the receiving thread makes it, into the reassembly."""
+        poller = select.poll()
+        poller.register(self.rx.sock.fileno(), select.POLLIN)
+        assert poller.poll(10_000), "no datagram came"
+        landing = self.asm.landing(self.reader.messages * 7)
+        for got in self.reader.read(landing):
+            if isinstance(got, fragments.FragmentError):
+                self.refused.append(got.kind)
+                continue
+            if isinstance(got, fragments.Scattered):
+                events = self.intake.feed_scattered(got, set())
+            else:
+                events = self.intake.feed(memoryview(got[0]), got[1], set())
+            for e in events:
+                if isinstance(e, fragments.FragmentError):
+                    self.refused.append(e.kind)
+                else:
+                    self.chunks[e.index] = bytes(e.blob)
+
+    def read_until(self, done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10
+        while not done():
+            assert time.monotonic() < deadline, "the reads did not get there"
+            self.read()
+
+    def close(self) -> None:
+        self.rx.close()
+        self.tx.close()
+
+
+@pytest.fixture
+def landing_inbox() -> Iterator[Callable[[int, int], _Landing]]:
+    if udp_multicast.RECVMMSG is None or not udp_multicast._LANDING:
+        pytest.skip("no recvmmsg in this C library")
+    made: list[_Landing] = []
+
+    def make(chunks: int, chunk_len: int) -> _Landing:
+        made.append(_Landing(chunks, chunk_len))
+        return made[-1]
+
+    yield make
+    for box in made:
+        box.close()
+
+
+def test_a_chunks_gso_batches_read_several_at_a_time_land_in_its_buffer(
+    landing_inbox: Callable[[int, int], _Landing],
+) -> None:
+    """Once a chunk's first batch is in, ``recvmmsg`` reads its next whole
+    batches straight into its buffer (the kernel's copy is the only one):
+    every chunk exact, and all but its first and last batch taken where
+    they lay."""
+    chunk_len = 28 * _Landing.FRAG + 100  # batches of 7, 7, 7, 7 and the short last one
+    box = landing_inbox(2, chunk_len)
+    blobs = [os.urandom(chunk_len) for _ in range(2)]
+    for i, blob in enumerate(blobs):
+        first, *rest = box.batches(i, blob)
+        box.send(first)
+        box.read_until(lambda i=i: box.asm.next == (i, 7))  # type: ignore[misc]
+        box.send(*rest)
+        box.read_until(lambda i=i: i in box.chunks)  # type: ignore[misc]
+    assert box.chunks == dict(enumerate(blobs))
+    assert box.refused == []
+    assert box.asm.landed == 2 * 21  # batches 1-3 of each chunk
+    assert box.reader.landed == 2 * 3
+
+
+def test_a_message_read_into_the_chunk_that_is_not_its_own_is_moved_out_first(
+    landing_inbox: Callable[[int, int], _Landing],
+) -> None:
+    """A read aimed at chunk 0 gets one of its batches, then a datagram that
+    is not ours, then the first batch of chunk 1 (read into chunk 0's buffer
+    too): chunk 1's bytes are moved out before they are checked, so chunk 1
+    is exact, and chunk 0 keeps those places missing until its own come."""
+    chunk_len = 28 * _Landing.FRAG + 100
+    box = landing_inbox(2, chunk_len)
+    blobs = [os.urandom(chunk_len) for _ in range(2)]
+    zero, one = box.batches(0, blobs[0]), box.batches(1, blobs[1])
+    box.send(zero[0])
+    box.read_until(lambda: box.asm.next == (0, 7))
+    box.send(zero[1], b"x" * 100, one[0])
+    box.read_until(lambda: 1 in box.asm.pending)
+    assert box.refused == ["magic"]
+    assert box.asm.pending[0].missing == set(range(14, 29))
+    box.send(*one[1:], *zero[2:])
+    box.read_until(lambda: len(box.chunks) == 2)
+    assert box.chunks == dict(enumerate(blobs))
+
+
+def test_no_read_lands_on_fragments_a_chunk_already_holds(
+    landing_inbox: Callable[[int, int], _Landing],
+) -> None:
+    """Reads land a whole GSO batch at a time, so only where the chunk's
+    next missing fragment starts a batch: with fragments 0-5 held (a batch
+    of 6 came), a copy of them carrying other bytes (a member spoiling the
+    group: the headers are right) is not read over them - the first copy
+    wins - and the chunk is exact."""
+    chunk_len = 28 * _Landing.FRAG + 100
+    box = landing_inbox(1, chunk_len)
+    blob = os.urandom(chunk_len)
+    grams = [
+        fragments.header(SID_UDP, 0, True, b"n" * 12, chunk_len, o, key=box.key) + blob[o:e]
+        for o, e in fragments.split(chunk_len, _Landing.FRAG)
+    ]
+    box.send(b"".join(grams[:6]))
+    box.read_until(lambda: box.asm.next == (0, 6))
+    head = fragments.HEADER_BYTES
+    spoiled = b"".join(g[:head] + os.urandom(len(g) - head) for g in grams[:6])
+    box.send(spoiled)
+    box.read_until(lambda: box.reader.landed == 0 and not box.rx.backlog())
+    box.send(*(b"".join(grams[k : k + 7]) for k in range(6, len(grams), 7)))
+    box.read_until(lambda: 0 in box.chunks)
+    assert box.chunks == {0: blob}
