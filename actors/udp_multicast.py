@@ -341,7 +341,10 @@ _IOVEC = ctypes.sizeof(_Iovec)
 # Reads straight into a chunk (BatchReader, "landing"): the iovecs are
 # written as 8-byte words (base, length), and each message's iov pointer too.
 _LANDING = _IOVEC == 16 and _Iovec.len.offset == 8 and _Msghdr.iov.offset % 8 == 0 and _HDR % 8 == 0
-CHUNK_IOVECS = 8  # chunk buffers whose iovecs a reader keeps (the reassembler reuses ~6)
+# Chunk buffers whose iovecs a reader keeps (the reassembler reuses ~6), and
+# at most so many bytes of them (one per 16 MiB chunk at MTU 1500 is 386 KiB).
+CHUNK_IOVECS = 8
+CHUNK_IOVEC_BYTES = 1024 * 1024
 
 
 class BatchReader:
@@ -457,7 +460,7 @@ class BatchReader:
             fragments.Landing(landing.index, landing.pending, landing.number, count),
         )
 
-    def _chunk_iov(self, buf: bytearray) -> int:
+    def _chunk_iov(self, buf: bytearray | memoryview) -> int:
         """The address of ``buf``'s iovec: GSO batch ``s`` of it (fragments
         ``s * batch``..) at ``s * per`` entries, as a message's own iovec
         would be (header, payload per datagram, then a spare slot)."""
@@ -494,8 +497,12 @@ class BatchReader:
                 words[o + 4 * batch + 1] = spare
         iov = (_Iovec * (slots * per)).from_buffer(words)
         self.chunk_iovs[key] = iov
-        while len(self.chunk_iovs) > CHUNK_IOVECS:
+        kept = len(self.chunk_iovs) * ctypes.sizeof(iov)  # (one session: one chunk size)
+        while len(self.chunk_iovs) > 1 and (
+            len(self.chunk_iovs) > CHUNK_IOVECS or kept > CHUNK_IOVEC_BYTES
+        ):
             self.chunk_iovs.popitem(last=False)
+            kept -= ctypes.sizeof(iov)
         return ctypes.addressof(iov)
 
     def read(

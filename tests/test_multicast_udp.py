@@ -5,6 +5,7 @@ TTL 0 through the loopback interface: nothing leaves this host."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import json
 import os
@@ -924,3 +925,27 @@ def test_no_read_lands_on_fragments_a_chunk_already_holds(
     box.send(*(b"".join(grams[k : k + 7]) for k in range(6, len(grams), 7)))
     box.read_until(lambda: 0 in box.chunks)
     assert box.chunks == {0: blob}
+
+
+@pytest.mark.parametrize("frag, chunk", [(8907, MiB + 80), (1407, 16 * MiB + 80)])
+def test_the_iovecs_kept_for_chunk_buffers_are_bounded(frag: int, chunk: int) -> None:
+    """A reader keeps the iovec of a chunk buffer for the next reads into it,
+    for at most 8 buffers and about 1 MiB of them (with 16 MiB chunks at MTU
+    1500 one is 386 KiB), whatever the number of buffers it read into."""
+    if udp_multicast.RECVMMSG is None or not udp_multicast._LANDING:
+        pytest.skip("no recvmmsg in this C library")
+    group = fragments.parse_group(_group())
+    rx = udp_multicast.GroupReceiver(group[0], group[1], "127.0.0.1", MiB, frag)
+    try:
+        reader = rx.batch
+        assert reader is not None
+        whole = bytearray(chunk + 20 * 4096)
+        for k in range(20):  # 20 buffers of the chunk's length at 20 addresses
+            reader._chunk_iov(memoryview(whole)[k * 4096 : k * 4096 + chunk])
+        kept = list(reader.chunk_iovs.values())
+        assert 1 <= len(kept) <= udp_multicast.CHUNK_IOVECS
+        assert sum(ctypes.sizeof(iov) for iov in kept) <= max(
+            udp_multicast.CHUNK_IOVEC_BYTES, ctypes.sizeof(kept[0])
+        )
+    finally:
+        rx.close()
