@@ -152,6 +152,16 @@ def rcvbuf_errors(host: netns.Host) -> int:
     return int(values[names.index("RcvbufErrors")])
 
 
+def refusals(nodes: list[NodeProcess]) -> dict[str, int]:
+    """The receivers' counters of what they refused (datagrams, chunks), summed."""
+    out: dict[str, int] = {}
+    for node in nodes:
+        for name, value in node.counters().items():
+            if "dropped" in name:
+                out[name] = out.get(name, 0) + value
+    return out
+
+
 def set_mtu(net: netns.TestNetwork, hosts: list[netns.Host], mtu: int) -> None:
     for h in hosts:
         for ns, dev in ((net.switch_ns, h.switch_port), (h.ns, h.iface)):
@@ -256,6 +266,7 @@ class Bench:
         tx = tx_bytes(self.hosts[0])
         receiving = [cpu_seconds(r.pid) for r in nodes[1:]]
         overflows = sum(rcvbuf_errors(h) for h in self.hosts[1:])
+        refused = refusals(nodes[1:])
         samplers = [ThreadSampler(sender.pid), ThreadSampler(first.pid)]
         code, result = sender.send(
             self.source, first.host, first.port, "-m", *to, "--no-progress",
@@ -278,6 +289,13 @@ class Bench:
             "link_x": tx / self.size,
             "repairs": int(stats["repairs_published"]) + int(stats["repairs_unicast"]),
             "rcvbuf_errors": overflows,  # datagrams the receivers' kernels dropped
+            # what the receivers' nodes refused (counters reported every 0.5 s:
+            # the last half second may be missing)
+            "refused": {
+                k: v - refused.get(k, 0)
+                for k, v in refusals(nodes[1:]).items()
+                if v != refused.get(k, 0)
+            },
             "datagram_bytes": int(stats.get("datagram_bytes", 0)),
             "gso_batch": int(stats.get("gso_batch", 0)),
             # CPU s (and s waiting for a core) per thread: the sender, the first receiver
@@ -335,6 +353,8 @@ def describe(system: str, row: dict[str, Any], threads: bool = False) -> str:
         extra += f", repairs {row['repairs']}"
     if row.get("rcvbuf_errors"):
         extra += f" (receive buffers overflowed: {row['rcvbuf_errors']} datagrams)"
+    if row.get("refused"):
+        extra += f", receivers refused {row['refused']}"
     if threads and "sender_threads" in row:
         extra += f"\n    sender threads (CPU s, waiting s): {row['sender_threads']}"
         extra += f"\n    a receiver's threads: {row['receiver_threads']}"
