@@ -422,7 +422,11 @@ class BatchReader:
         whole = 0
         while whole < read:
             flags, n, size = self._result(whole)
-            if flags & MSG_TRUNC or n != full or not (size == datagram or size == batch == 1):
+            if (
+                flags & MSG_TRUNC
+                or n != full
+                or not (size == datagram or (size == 0 and batch == 1))
+            ):
                 break
             whole += 1
         head, bufs = fragments.HEADER_BYTES, self.buffers

@@ -774,26 +774,30 @@ class _Landing:
     """A session's group socket on loopback read by hand with ``recvmmsg``
     (no receiving thread), each read aimed where the reassembly says the
     next datagrams belong, and a sender of GSO batches of 7 datagrams (the
-    batch at MTU 9000)."""
+    batch at MTU 9000; with ``frag`` 64935, datagrams of 65000 bytes one
+    per send, as without GSO or on loopback)."""
 
     FRAG = 8907  # MTU 9000 less the IP, UDP and fragment headers: 7 per 64 KiB
 
-    def __init__(self, chunks: int, chunk_len: int) -> None:
+    def __init__(self, chunks: int, chunk_len: int, frag: int = FRAG) -> None:
+        self.FRAG = frag
+        self.per = 7 if frag == _Landing.FRAG else 1
         self.key = fragments.header_key(os.urandom(32))
         self.group = fragments.parse_group(_group())
         self.rx = udp_multicast.GroupReceiver(
             self.group[0], self.group[1], "127.0.0.1", 8 * MiB, self.FRAG
         )
-        assert self.rx.batch is not None and self.rx.batch.buffers.batch == 7
+        assert self.rx.batch is not None and self.rx.batch.buffers.batch == self.per
         self.reader = self.rx.batch
         self.asm = fragments.Reassembler(chunks, lambda i: chunk_len, self.FRAG, max_pending=chunks)
         self.intake = fragments.Intake(SID_UDP, self.key, self.asm)
         self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
         self.tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
-        self.tx.setsockopt(
-            udp_multicast.SOL_UDP, udp_multicast.UDP_SEGMENT, self.FRAG + fragments.HEADER_BYTES
-        )
+        if self.per > 1:
+            self.tx.setsockopt(
+                udp_multicast.SOL_UDP, udp_multicast.UDP_SEGMENT, frag + fragments.HEADER_BYTES
+            )
         self.chunks: dict[int, bytes] = {}
         self.refused: list[str] = []
 
@@ -805,7 +809,7 @@ class _Landing:
             fragments.header(SID_UDP, index, last, b"n" * 12, size, o, key=self.key) + blob[o:e]
             for o, e in fragments.split(size, self.FRAG)
         ]
-        return [b"".join(grams[k : k + 7]) for k in range(0, len(grams), 7)]
+        return [b"".join(grams[k : k + self.per]) for k in range(0, len(grams), self.per)]
 
     def send(self, *batches: bytes) -> None:
         for b in batches:
@@ -816,7 +820,7 @@ class _Landing:
         poller = select.poll()
         poller.register(self.rx.sock.fileno(), select.POLLIN)
         assert poller.poll(10_000), "no datagram came"
-        landing = self.asm.landing(self.reader.messages * 7)
+        landing = self.asm.landing(self.reader.messages * self.per)
         for got in self.reader.read(landing):
             if isinstance(got, fragments.FragmentError):
                 self.refused.append(got.kind)
@@ -843,13 +847,13 @@ class _Landing:
 
 
 @pytest.fixture
-def landing_inbox() -> Iterator[Callable[[int, int], _Landing]]:
+def landing_inbox() -> Iterator[Callable[..., _Landing]]:
     if udp_multicast.RECVMMSG is None or not udp_multicast._LANDING:
         pytest.skip("no recvmmsg in this C library")
     made: list[_Landing] = []
 
-    def make(chunks: int, chunk_len: int) -> _Landing:
-        made.append(_Landing(chunks, chunk_len))
+    def make(chunks: int, chunk_len: int, frag: int = _Landing.FRAG) -> _Landing:
+        made.append(_Landing(chunks, chunk_len, frag))
         return made[-1]
 
     yield make
@@ -858,7 +862,7 @@ def landing_inbox() -> Iterator[Callable[[int, int], _Landing]]:
 
 
 def test_a_chunks_gso_batches_read_several_at_a_time_land_in_its_buffer(
-    landing_inbox: Callable[[int, int], _Landing],
+    landing_inbox: Callable[..., _Landing],
 ) -> None:
     """Once a chunk's first batch is in, ``recvmmsg`` reads its next whole
     batches straight into its buffer (the kernel's copy is the only one):
@@ -880,7 +884,7 @@ def test_a_chunks_gso_batches_read_several_at_a_time_land_in_its_buffer(
 
 
 def test_a_message_read_into_the_chunk_that_is_not_its_own_is_moved_out_first(
-    landing_inbox: Callable[[int, int], _Landing],
+    landing_inbox: Callable[..., _Landing],
 ) -> None:
     """A read aimed at chunk 0 gets one of its batches, then a datagram that
     is not ours, then the first batch of chunk 1 (read into chunk 0's buffer
@@ -902,7 +906,7 @@ def test_a_message_read_into_the_chunk_that_is_not_its_own_is_moved_out_first(
 
 
 def test_no_read_lands_on_fragments_a_chunk_already_holds(
-    landing_inbox: Callable[[int, int], _Landing],
+    landing_inbox: Callable[..., _Landing],
 ) -> None:
     """Reads land a whole GSO batch at a time, so only where the chunk's
     next missing fragment starts a batch: with fragments 0-5 held (a batch
@@ -949,3 +953,22 @@ def test_the_iovecs_kept_for_chunk_buffers_are_bounded(frag: int, chunk: int) ->
         )
     finally:
         rx.close()
+
+
+def test_datagrams_one_per_send_land_in_the_chunk_too(
+    landing_inbox: Callable[..., _Landing],
+) -> None:
+    """Without GSO (or on loopback) a session's datagrams are 65000 bytes,
+    one per read buffer: once a chunk's first one is in, the next land in
+    its buffer as well, and the chunk is exact."""
+    frag = 65000 - fragments.HEADER_BYTES
+    chunk_len = 6 * frag + 100
+    box = landing_inbox(1, chunk_len, frag)
+    blob = os.urandom(chunk_len)
+    first, *rest = box.batches(0, blob)
+    box.send(first)
+    box.read_until(lambda: box.asm.next == (0, 1))
+    box.send(*rest)
+    box.read_until(lambda: 0 in box.chunks)
+    assert box.chunks == {0: blob}
+    assert box.asm.landed == 5  # all but the first and the short last one
