@@ -33,7 +33,9 @@ Measured per run (every run is printed):
   probe connection; ``--strangers``: they do not, and each check rides on
   the connection the previous one opened (kept for 30 s).
 - **CPU per GiB** of the four nodes together (``/proc/PID/stat``), for the
-  one transfer alone and for the many, and the load average.
+  one transfer alone and for the many, and the load average; and the
+  many's CPU per send (``--size 64K``: what a send costs beyond its bytes,
+  the offer, handshakes, files, records and the load's probes).
 
 ``--tree DIR`` also starts four nodes run from that source tree (an export
 of an older commit: ``git archive main | tar -x -C DIR``) and alternates
@@ -477,6 +479,7 @@ def one_run(
         "idle_check_ms": [1000 * pct(idle.check, 0.5), 1000 * pct(idle.check, 0.99)],
         "seconds": elapsed,
         "nodes_cpu_s_per_gib": cpu / (total / 2**30),
+        "nodes_cpu_ms_per_send": 1000 * cpu / len(flows),
         "starts_s": [starts[0], starts[len(starts) // 2], starts[-1]],
         "ends_s": [ends[0], ends[len(ends) // 2], ends[-1]],
         "single_before_after_mib_s": [before.rate, after.rate],
@@ -497,7 +500,8 @@ def one_run(
         f"resent {resent}/{chunks} = {100 * resent / max(1, chunks):.2f}% "
         f"({timeouts} timeouts, {sack} by SACK); "
         f"peak RSS {' / '.join(f'{r:.0f}' for r in rss)} MiB; "
-        f"the nodes' CPU {cpu / (total / 2**30):.2f} s per GiB; load average {load_average:.1f}",
+        f"the nodes' CPU {cpu / (total / 2**30):.2f} s per GiB "
+        f"({1000 * cpu / len(flows):.1f} ms per send); load average {load_average:.1f}",
         flush=True,
     )
     print(
