@@ -143,7 +143,7 @@ from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.incoming import ACK_EVERY
 from peercrypt.core.resume import Manifest, checkpoint_every
 from peercrypt.core.tree import TreeError
-from peercrypt.runtime.actor import name_native_thread, yield_to_control_plane
+from peercrypt.runtime.actor import name_native_thread, readable, yield_to_control_plane
 
 log = logging.getLogger("peercrypt.writer")
 
@@ -838,16 +838,12 @@ class FileWriter:
         """The actor's side (its thread, ``sock`` the PAIR it bound): every
         frame waiting, then every result posted (a frame announces one or
         more; a result found early leaves its frame to find none)."""
-        while True:
-            try:
-                sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-        while True:
-            try:
-                yield self.results.get_nowait()
-            except queue.Empty:
-                return
+        # (Asked, not tried: a refused recv and an empty get cost an
+        # exception each, at every wake-up. This thread is the only taker.)
+        while readable(sock):
+            sock.recv(zmq.NOBLOCK)
+        while not self.results.empty():
+            yield self.results.get_nowait()
 
     def _apply(self, files: dict[bytes, _File], op: tuple[Any, ...]) -> WriterResult | None:
         kind, tid = op[0], op[1]

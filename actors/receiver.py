@@ -128,7 +128,7 @@ from peercrypt.crypto.handshake import ProofError, Response, open_details, respo
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
-from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, bound_port
+from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, bound_port, readable
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec, columns
 from peercrypt.wire.messages import (
@@ -1000,31 +1000,37 @@ class ReceiverActor(Actor):
         for _ in range(64):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            except zmq.Again:  # (the poller said one waits: rare)
                 break
-            self.port_watch.delivered(frames)
-            route = frames[0].bytes
-            if not 2 <= len(frames) <= shm_ring.MAX_BATCH + 1:
-                self._drop(route, "frames")
-                continue
-            try:
-                header = codec.decode(frames[1].buffer, HEADER_MAX_BYTES)
-            except codec.DecodeError as exc:
-                self._drop(route, exc.kind)
-                continue
-            if isinstance(header, SlotHeader):  # descriptors only, one per frame
-                self._on_slots(route, header, frames[2:])
-                continue
-            if len(frames) != 3:
-                self._drop(route, "frames")
-                continue
-            if isinstance(header, ChunkHeader):
-                self._on_chunk(route, header, frames[2].buffer)
-            elif isinstance(header, SealedHeader):
-                self._on_sealed(route, header, frames[2].buffer)
-            else:
-                self._drop(route, "unexpected")
+            self._on_message(frames)
+            if not readable(sock):  # the batch ends here, not in a refused recv
+                break
         self._flush_acks()
+
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        """One message of the data socket: a chunk, a sealed message or descriptors."""
+        self.port_watch.delivered(frames)
+        route = frames[0].bytes
+        if not 2 <= len(frames) <= shm_ring.MAX_BATCH + 1:
+            self._drop(route, "frames")
+            return
+        try:
+            header = codec.decode(frames[1].buffer, HEADER_MAX_BYTES)
+        except codec.DecodeError as exc:
+            self._drop(route, exc.kind)
+            return
+        if isinstance(header, SlotHeader):  # descriptors only, one per frame
+            self._on_slots(route, header, frames[2:])
+            return
+        if len(frames) != 3:
+            self._drop(route, "frames")
+            return
+        if isinstance(header, ChunkHeader):
+            self._on_chunk(route, header, frames[2].buffer)
+        elif isinstance(header, SealedHeader):
+            self._on_sealed(route, header, frames[2].buffer)
+        else:
+            self._drop(route, "unexpected")
 
     def _drop(self, route: bytes, kind: str) -> None:
         self.count(f"data-dropped-{kind}")
