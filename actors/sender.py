@@ -166,6 +166,9 @@ FLOODED = "the receiver sent more than this node holds unread; its data connecti
 DATA_CONNECT_MS = 500  # a connect attempt that takes longer is retried afresh
 HASH_CATCH_UP = 4  # held chunks hashed per chunk sent, on a resume
 HASH_STEP = 64 * 1024 * 1024  # bytes hashed per turn of the loop when the rest is due
+# Modes whose sends are cut in the smallest chunk a request allows, not in
+# the receiver's choice (see _start).
+FIXED_CHUNK_MODES = ("token-bucket", "aimd")
 CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
 DATA_BATCH = 1024  # replies taken from one data connection per turn of the loop
 RETRY_INITIAL = 1.0  # seconds before the first automatic retry (full jitter, doubling)
@@ -529,10 +532,12 @@ class SenderActor(Actor):
             if req.node_capped is not None
             else self.settings.max_rate > 0 or "scheduler" in self.settings.remote_actors
         )
-        # A range (the receiver chooses) only as asked, and not for a paced
-        # flow: it is cut in the smallest (within its bucket), as its rate
-        # checks assume (core/modes.py, paced_chunk_seconds).
-        flexible = bool(req.min_chunk) and policy.mode != "token-bucket" and not capped
+        # A range (the receiver chooses) only as asked, and only for a flow
+        # the receiver's credit governs: a paced one is cut in the smallest
+        # (within its bucket), as its rate checks assume (core/modes.py,
+        # paced_chunk_seconds), and so is an aimd one, whose window in bytes
+        # (4 MiB to start) would hold one 4 MiB chunk.
+        flexible = bool(req.min_chunk) and policy.mode not in FIXED_CHUNK_MODES and not capped
         asked = req.min_chunk if req.min_chunk and not flexible else req.chunk_size
         chunk_size = policy.chunk_size_for(asked, req.timeout)
         flow = OutgoingTransfer(

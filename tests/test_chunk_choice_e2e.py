@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,12 +79,17 @@ def test_the_receiver_chooses_smaller_chunks_while_others_receive(
     (a file of 32 of them); with four slow transfers receiving (a share of
     the 32 MiB buffer: 6.4 MiB each with it), in 2 MiB (two of them fit its
     share, two of 4 MiB do not); a file of fewer than 32 chunks of 2 MiB in
-    1 MiB; `--chunk-size` is honoured beside them all the same."""
+    1 MiB, and an aimd send in 1 MiB; `--chunk-size` is honoured beside
+    them all the same."""
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
     alone = make_file(128 * MiB, name="alone.bin")
     result = _send_json(sender, alone, receiver)
     assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MAX_CHUNK, 32)
+    # aimd: its window in bytes (4 MiB to start) governs, not the credit.
+    os.utime(alone, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new version
+    result = _send_json(sender, alone, receiver, "--mode", "aimd")
+    assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MIN_CHUNK, 128)
     small = make_file(64 * MiB - 1, name="small.bin")
     result = _send_json(sender, small, receiver)
     assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MIN_CHUNK, 64)
