@@ -256,8 +256,13 @@ def _writeback_starter() -> Callable[[int, int, int], None]:
     return lambda fd, offset, length: None
 
 
-# Chunk buffers kept for reuse at most (docs/architecture.md, "Bounds"): a
-# transfer's chunks cycle through a few while the writer keeps up.
+# Chunk buffers kept for reuse at most by default (docs/architecture.md,
+# "Bounds"): a transfer's chunks cycle through a few while the writer keeps
+# up. The unicast receiver keeps its receive buffer's worth (``pool_bytes``):
+# what its credit lets be in flight, 8 chunks of 4 MiB, of which 16 MiB
+# kept only 4, and every fifth chunk or so was decrypted into a new
+# mapping (its pages faulted in and zeroed: 0.12-0.15 CPU s per GiB of
+# the receiving thread, docs/benchmarks.md).
 POOL_BYTES = 16 * 1024 * 1024
 
 
@@ -661,6 +666,7 @@ class FileWriter:
         *,
         nice: bool = True,
         direct: bool = True,
+        pool_bytes: int = POOL_BYTES,
     ) -> None:
         self._nice = nice
         self._direct = direct
@@ -682,7 +688,7 @@ class FileWriter:
         self._failed: dict[bytes, _File] = {}  # failed files awaiting close() (writer thread)
         self._stopping = threading.Event()  # ends a folder being unpacked, between blocks
         # Chunk buffers: one queued with write() comes back here once written.
-        self.buffers = BufferPool(min(max_queued, POOL_BYTES))
+        self.buffers = BufferPool(min(max_queued, pool_bytes))
         # Bytes the final check of each file has covered (written by this
         # thread, read by the actor: one int per key, replaced whole).
         self._checked: dict[bytes, int] = {}

@@ -59,6 +59,7 @@ from typing import Any
 import zmq
 
 from actors.file_writer import (
+    POOL_BYTES,
     Detached,
     FileWriter,
     Finished,
@@ -183,6 +184,14 @@ CANCEL_ANSWER_EVERY = 0.5  # seconds between answers to a cancelled transfer's f
 SPACE_VERDICT_TIMEOUT = 5.0
 DELIVERED_FILE = "delivered.msgpack"  # in the data directory (core/delivered.py)
 DELIVERED_JOURNAL = "delivered.journal"  # rows since that snapshot
+
+
+def writer_bounds(s: NodeSettings) -> tuple[int, int]:
+    """The writer's queue bound and its buffer pool's. Credit keeps the queue
+    near the receive buffer (twice it while credits shrink); the writer
+    refuses chunks beyond that whatever peers do. Its pool keeps as many
+    buffers for reuse as the credit lets be in flight (8 chunks of 4 MiB)."""
+    return 2 * s.receive_buffer + s.max_chunk, max(POOL_BYTES, s.receive_buffer)
 
 
 @dataclass
@@ -320,10 +329,9 @@ class ReceiverActor(Actor):
         self.writer_results = self.socket(zmq.PAIR)
         self.writer_results.bind(address)
         self.watch(self.writer_results, self._on_writer)
-        # Credit keeps the queue near receive_buffer (twice it while credits
-        # shrink); the writer refuses chunks beyond that whatever peers do.
+        queued, pooled = writer_bounds(s)
         self.writer = FileWriter(
-            self.env.context, address, 2 * s.receive_buffer + s.max_chunk, direct=s.direct_writes
+            self.env.context, address, queued, direct=s.direct_writes, pool_bytes=pooled
         )
         self.writer.start()
         running = lambda: bool(self.transfers)  # noqa: E731

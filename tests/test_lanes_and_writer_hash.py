@@ -43,12 +43,15 @@ from actors.file_writer import (
 )
 from actors.inbox import create_part, load_manifest, manifest_name
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, _OrderedHash, crew_size
+from actors.receiver import writer_bounds
 from actors.tree_source import build_tree
 from actors.tree_store import hidden_name
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.incoming import Abandon, FinishFile, IncomingTransfer
 from peercrypt.core.resume import CHECKPOINT_CHUNKS, Manifest, ResumeKey
+from peercrypt.crypto.identity import KeyPair
 from peercrypt.crypto.transfer import TransferKeys
+from peercrypt.settings import NodeSettings
 from peercrypt.testing.nodes import wait_until
 
 CHUNK = 4096
@@ -637,6 +640,50 @@ def test_chunk_buffers_go_back_to_the_pool_and_not_beyond_its_bound() -> None:
     assert len(pool.take(CHUNK // 2)) == CHUNK // 2  # another size: a new one
     pool.clear()
     assert pool.held_bytes == 0
+
+
+def test_the_receivers_writer_keeps_a_whole_credit_of_4_mib_buffers(tmp_path: Path) -> None:
+    """The unicast receiver's writer (its bounds from the receiver's own
+    settings) takes back every buffer of a full credit of 4 MiB chunks (the
+    receive buffer, 8 of them queued at once) and decrypting the next 8
+    maps no new one: with 16 MiB kept, half were dropped and mapped again
+    (their pages faulted in and zeroed) every time the queue filled."""
+    keys = KeyPair.generate()
+    settings = NodeSettings(data_dir=tmp_path, inbox=tmp_path, identity=keys, server_keys=keys)
+    queued, pooled = writer_bounds(settings)
+    chunk = 4 * 1024 * 1024
+    count = settings.receive_buffer // chunk
+    ctx: zmq.Context[Any] = zmq.Context()
+    address = f"inproc://test-writer-pool-{os.getpid()}-{time.monotonic_ns()}"
+    results = ctx.socket(zmq.PAIR)
+    results.linger = 0
+    results.bind(address)
+    w = FileWriter(ctx, address, queued, pool_bytes=pooled)  # not started: nothing drains
+    found = Results(w, results)
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        data = os.urandom(2 * count * chunk)
+        w.open(b"t", fd, chunk, len(data), ChunkBitmap(2 * count))
+        first: list[memoryview] = []
+        for start in (0, count):  # a whole credit queued at once, twice
+            for i in range(start, start + count):
+                buffer = w.buffers.take(chunk)
+                if start:  # the second credit's buffers are the first's
+                    assert any(buffer is b for b in first), f"chunk {i}: a new buffer"
+                else:
+                    first.append(buffer)
+                buffer[:] = data[i * chunk : (i + 1) * chunk]
+                assert w.write(b"t", i, buffer)
+            if not start:
+                w.start()  # the whole first credit is queued before any is written
+            assert {_index(_next(found)) for _ in range(count)} == set(range(start, start + count))
+            wait_until(lambda: w.buffers.held_bytes == count * chunk, WAIT, "all given back")
+        assert blake3.blake3(os.pread(fd, len(data), 0)).digest() == blake3.blake3(data).digest()
+    finally:
+        w.stop()
+        os.close(fd)
+        results.close(linger=0)
+        ctx.term()
 
 
 def test_the_writer_gives_written_buffers_back_and_keeps_none_when_idle(
