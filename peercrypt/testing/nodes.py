@@ -78,6 +78,8 @@ POLL_INTERVAL = 0.05
 LOCALHOST = "127.0.0.1"
 # Extra seconds for a status query through the CLI in a namespace (start-up of Python).
 NETNS_CLI_OVERHEAD = 5.0
+# What a node prints once it listens (peercrypt/cli/node.py, run_node).
+ANNOUNCEMENT = b" listening on "
 # Environment variables of the CLI that must not leak from the caller's shell.
 _CLI_ENV_VARS = (*config.VARIABLES, config_sources.DATA_DIR_ENV, config_sources.CONFIG_ENV)
 
@@ -442,6 +444,7 @@ class NodeProcess:
     killed: bool = field(default=False, init=False)
     _signalled: int | None = field(default=None, init=False, repr=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _log_start: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -495,6 +498,7 @@ class NodeProcess:
         self.facts = {}
         self._close_log()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop/kill)
+        self._log_start = self._log.tell()
         if self.network_key is not None:
             fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -528,6 +532,8 @@ class NodeProcess:
             raise NodeStartError(
                 f"node in {self.data_dir} exited with {code} while starting\n{self.log_tail()}"
             )
+        if self.netns is not None and not self._announced():
+            return None  # each status query in a namespace is a Python process: ask once it can be
         try:
             status = self._query_status(timeout=1.0)
         except NodeUnavailable:
@@ -538,6 +544,13 @@ class NodeProcess:
         if all(fact in status for fact in self.ready_facts):
             return status
         return None
+
+    def _announced(self) -> bool:
+        """The node printed its "listening on" line since this start (after
+        its control socket answered with its ports, or gave up waiting)."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            return ANNOUNCEMENT in log.read()
 
     def _query_status(self, timeout: float) -> dict[str, Any]:
         if self.netns is not None:
