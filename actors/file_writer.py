@@ -256,13 +256,13 @@ def _writeback_starter() -> Callable[[int, int, int], None]:
     return lambda fd, offset, length: None
 
 
-# Chunk buffers kept for reuse at most by default (docs/architecture.md,
-# "Bounds"): a transfer's chunks cycle through a few while the writer keeps
-# up. The unicast receiver keeps its receive buffer's worth (``pool_bytes``):
-# what its credit lets be in flight, 8 chunks of 4 MiB, of which 16 MiB
-# kept only 4, and every fifth chunk or so was decrypted into a new
-# mapping (its pages faulted in and zeroed: 0.12-0.15 CPU s per GiB of
-# the receiving thread, docs/benchmarks.md).
+# Chunk buffers kept for reuse, with those in flight, at most by default
+# (docs/architecture.md, "Bounds"): a transfer's chunks cycle through a few
+# while the writer keeps up. The unicast receiver's bound is its receive
+# buffer (``pool_bytes``): what its credit lets be in flight, 8 chunks of
+# 4 MiB, of which 16 MiB kept only 4, and every fifth chunk or so was
+# decrypted into a new mapping (its pages faulted in and zeroed: 0.05-0.08
+# CPU s per GiB of the receiving thread, docs/benchmarks.md).
 POOL_BYTES = 16 * 1024 * 1024
 
 
@@ -464,13 +464,15 @@ class BufferPool:
     pages for every chunk received. Each buffer is a view of anonymous
     mapped memory of its own, so it starts on a page: the writer can hand
     it to the disk directly (``O_DIRECT``, :func:`aligned`). At most
-    ``max_bytes`` wait here (a buffer given back beyond that is dropped),
-    and :meth:`clear` drops them all (the writer does when it closes its
+    ``max_bytes`` wait here, fewer while buffers are out: those kept and
+    those taken together stay within ``max_bytes`` (a buffer given back
+    beyond that is dropped), and :meth:`clear` drops them all (the writer does when it closes its
     last open file). Either thread may call any method."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
         self._held = 0
+        self._out = 0  # bytes taken and not given back yet (in flight)
         self._free: dict[int, list[memoryview]] = {}
         self._lock = threading.Lock()
         self._mapped = 0
@@ -484,10 +486,16 @@ class BufferPool:
         and the sender picks the chunk size: 4 KiB chunks within a large
         receive buffer would otherwise run the process out of them."""
         with self._lock:
+            self._out += size
             free = self._free.get(size)
             if free:
                 self._held -= size
                 return free.pop()
+            # Kept buffers of other sizes give way to this one in flight.
+            for kept, buffers in self._free.items():
+                while buffers and self._held + self._out > self._max_bytes:
+                    buffers.pop()
+                    self._held -= kept
         with self._mapped_lock:
             if size == 0 or self._mapped >= MAX_MAPPED:
                 return memoryview(bytearray(size))
@@ -506,10 +514,14 @@ class BufferPool:
         return self._mapped
 
     def give(self, buffer: memoryview) -> None:
-        """Take ``buffer`` back (the caller no longer uses it); dropped if full."""
+        """Take ``buffer`` back (the caller no longer uses it); dropped if
+        the pool's buffers, kept and in flight together, would exceed its
+        bound: what it keeps never adds to a peak of chunks in flight up to
+        the bound (idle buffers of another chunk size included)."""
         size = len(buffer)
         with self._lock:
-            if self._held + size > self._max_bytes:
+            self._out -= size
+            if self._held + max(0, self._out) + size > self._max_bytes:
                 return
             self._held += size
             self._free.setdefault(size, []).append(buffer)

@@ -686,6 +686,31 @@ def test_the_receivers_writer_keeps_a_whole_credit_of_4_mib_buffers(tmp_path: Pa
         ctx.term()
 
 
+def test_kept_buffers_and_those_in_flight_stay_within_the_pools_bound() -> None:
+    """Buffers kept for reuse never add to chunks in flight beyond the
+    pool's bound: one given back while others are out is kept only within
+    it, and kept buffers of another size give way to new ones taken."""
+    pool = BufferPool(4 * CHUNK)
+    small = [pool.take(CHUNK) for _ in range(5)]  # more in flight than the bound
+    pool.give(small.pop())  # 4 still out: not kept
+    assert pool.held_bytes == 0
+    for b in small:
+        pool.give(b)
+    assert pool.held_bytes == 4 * CHUNK  # nothing else out: all kept
+    del small, b
+    large = [pool.take(2 * CHUNK) for _ in range(2)]  # 4 chunks' worth in flight
+    assert pool.held_bytes == 0  # the small ones gave way
+    pool.give(large.pop())  # one still out: kept, 2 + 2 within 4
+    assert pool.held_bytes == 2 * CHUNK
+    out = [pool.take(CHUNK) for _ in range(2)]  # 2 + 2 in flight: the kept one gives way
+    assert pool.held_bytes == 0
+    pool.give(large.pop())  # 2 still out: kept
+    assert pool.held_bytes == 2 * CHUNK
+    for b in out:
+        pool.give(b)
+    assert pool.held_bytes == 4 * CHUNK
+
+
 def test_the_writer_gives_written_buffers_back_and_keeps_none_when_idle(
     tmp_path: Path, writer: tuple[FileWriter, Results]
 ) -> None:
