@@ -941,7 +941,8 @@ class ReceiverActor(Actor):
         end it, keeping its part, and continue it from what is written."""
         for t in list(self.transfers.values()):
             if key.continues(t.key, low) and not t.flow.finishing:
-                held = Manifest(key, t.tid, t.part.name, t.flow.written.to_bytes(), time.time())
+                # In its own chunks (its bitmap counts them), not the offer's largest.
+                held = Manifest(t.key, t.tid, t.part.name, t.flow.written.to_bytes(), time.time())
                 log.info("%s: offered again by its sender; the old transfer ends", t.name)
                 self.count("taken-over")
                 self._close(t, keep_part=True)

@@ -538,7 +538,11 @@ class SenderActor(Actor):
         # paced_chunk_seconds), and so is an aimd one, whose window in bytes
         # (4 MiB to start) would hold one 4 MiB chunk.
         flexible = bool(req.min_chunk) and policy.mode not in FIXED_CHUNK_MODES and not capped
-        asked = req.min_chunk if req.min_chunk and not flexible else req.chunk_size
+        # Not flexible: the smallest, or the scheduler's size when it cut
+        # below it (a share of the node's cap moves a chunk in time).
+        asked = (
+            min(req.min_chunk, req.chunk_size) if req.min_chunk and not flexible else req.chunk_size
+        )
         chunk_size = policy.chunk_size_for(asked, req.timeout)
         flow = OutgoingTransfer(
             policy=policy,

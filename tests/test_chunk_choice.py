@@ -209,3 +209,22 @@ def test_an_offer_of_a_range_continues_a_part_in_any_size_of_it() -> None:
     fixed = plan_resume(offer, [one], low=0)  # send --chunk-size 4194304
     assert (fixed.reuse, fixed.obsolete) == (None, (one,))
     assert plan_resume(key(4 * MiB), [kept(4 * MiB, "e")]).reuse is not None
+
+
+def written(chunk: int, part: str, chunks: int) -> Manifest:
+    """A kept part of the 40 MiB file in ``chunk``-byte chunks holding its
+    first ``chunks``."""
+    k = key(chunk)
+    bits = bytearray((k.total + 7) // 8)
+    for i in range(chunks):
+        bits[i // 8] |= 1 << (i % 8)
+    return Manifest(k, b"t" * 16, part, bytes(bits), 1.0)
+
+
+def test_of_two_kept_parts_in_other_chunk_sizes_the_one_holding_more_bytes_continues() -> None:
+    """Ten 1 MiB chunks are fewer bytes than eight of 4 MiB: counting chunks
+    would continue the 10 MiB part and send 22 MiB again."""
+    small, large = written(MiB, "a", 10), written(4 * MiB, "b", 8)
+    assert (small.held_bytes(), large.held_bytes()) == (10 * MiB, 32 * MiB)
+    for kept_parts in ([small, large], [large, small]):
+        assert plan_resume(key(4 * MiB), kept_parts, low=MiB).reuse == large

@@ -156,6 +156,51 @@ def test_a_part_kept_in_offered_chunks_resumes_in_them_and_another_restarts(
         assert scan(receiver.inbox).manifests == []
 
 
+@pytest.mark.timeout(300)
+def test_a_running_transfer_offered_again_continues_in_its_own_chunks(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A transfer running in 1 MiB chunks (send --chunk-size, paced) whose
+    file its sender offers again naming no chunk size (1..4 MiB; alone, the
+    receiver would choose 4 MiB) is taken over: ended, and continued from
+    what it wrote, in its own 1 MiB chunks. Its bitmap counts those: read as
+    one of 4 MiB chunks it was the wrong length (the offer went unanswered)
+    or, for a small file, claimed chunks never written."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(128 * MiB, name="again.bin")
+    rate = ("-r", str(8 * MiB), "-b", str(MiB))
+    first = _background(sender, path, receiver, "--chunk-size", str(MiB), *rate)
+    try:
+        wait_until(
+            lambda: _held(receiver.inbox)[1] > 0 or first.poll() is not None, WAIT, "a checkpoint"
+        )
+        assert first.poll() is None, "the first send ended before its checkpoint"
+        taken = receiver.counters().get("receiver.taken-over", 0)
+        stats = _send_json(sender, path, receiver)["stats"]
+    finally:
+        _stop(first)
+    assert receiver.counters().get("receiver.taken-over", 0) == taken + 1
+    assert (stats["chunk_size"], stats["resumed_chunks"] > 0) == (MiB, True), stats
+    assert stats["sent_chunks"] - stats["retransmits"] == 128 - stats["resumed_chunks"], stats
+    assert scan(receiver.inbox).manifests == []
+
+
+def test_under_a_low_node_cap_a_send_naming_no_chunk_size_is_cut_as_the_cap_allows(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A node capped at 200 KB/s moves a paced chunk within 5 s: the
+    scheduler cuts a send's chunks to 1,000,000 bytes, below the 1 MiB a
+    send naming no chunk size offers at least, and the send is cut so
+    (in 1 MiB it would take 5.2 s a chunk; at 20 KB/s 52 s, beyond the
+    receiver's 30 s idle limit)."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory("--max-rate", "200000", name="sender")
+    path = make_file(1_500_000, name="capped.bin")
+    stats = _send_json(sender, path, receiver)["stats"]
+    assert (stats["chunk_size"], stats["chunks"]) == (1_000_000, 2), stats
+
+
 def test_a_member_offering_absurd_chunk_sizes_is_refused(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
 ) -> None:

@@ -267,7 +267,7 @@ def plan_resume(
         if not key.continues(m.key, low or key.chunk_size):
             obsolete.append(m)
             continue
-        count = m.held().count
+        count = m.held_bytes()  # bytes: kept parts may differ in chunk size
         newer = reuse is not None and m.updated > reuse.updated
         if count > reuse_count or (count == reuse_count and newer):
             reuse, reuse_count = m, count
