@@ -1,7 +1,8 @@
 """Client side of a node's control socket (used by the CLI and tests).
 
 Finds the node from ``DATA_DIR/control.json``, checks its pid is alive, and
-speaks ``[token, request]`` frames to the control actor over loopback.
+speaks ``[token, request]`` frames to the control actor over loopback (a
+``DEALER`` spoken by :mod:`peercrypt.zmtp`, without pyzmq).
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import zmq
 
 from peercrypt.control_file import CONTROL_FILE
 from peercrypt.wire import codec
 from peercrypt.wire.local_messages import ErrorReply, StatusReply, StatusRequest
+from peercrypt.zmtp import Dealer
 
 
 class NodeUnavailable(Exception):
@@ -28,14 +27,16 @@ class ControlClient:
     def __init__(self, endpoint: str, token: str, pid: int | None = None) -> None:
         """``pid``: the node's process, to tell a dead node from a slow one."""
         self.pid = pid
-        self.context: zmq.Context[Any] = zmq.Context()
-        self.sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.connect(endpoint)
+        host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+        if not endpoint.startswith("tcp://") or not port.isdigit():
+            raise NodeUnavailable(f"no control endpoint in {endpoint!r:.80}")
+        self.sock = Dealer(host, int(port))
         self.token = token.encode()
         self._ids = itertools.count(1)
         self.last_status: StatusReply | None = None  # the latest reply of status()
-        self.linger = 0  # milliseconds what is still queued may take to leave at close()
+        # milliseconds what is still queued may take to leave at close() (no
+        # effect: what send() took is with the kernel, which delivers it)
+        self.linger = 0
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> ControlClient:
@@ -75,13 +76,14 @@ class ControlClient:
         return next(self._ids)
 
     def send(self, msg: codec.Message) -> None:
-        self.sock.send_multipart([self.token, codec.encode(msg)])
+        self.sock.send([self.token, codec.encode(msg)])
 
     def receive(self, timeout: float) -> codec.Message:
         """Next reply. Raises NodeUnavailable on timeout."""
-        if not self.sock.poll(int(timeout * 1000)):
+        data = self.sock.recv(timeout)
+        if data is None:
             raise NodeUnavailable("the node did not answer")
-        return codec.decode(self.sock.recv())
+        return codec.decode(data)
 
     def replies(self, timeout: float) -> Iterator[codec.Message]:
         while True:
@@ -99,8 +101,7 @@ class ControlClient:
         return reply
 
     def close(self) -> None:
-        self.sock.close(linger=self.linger)
-        self.context.term()
+        self.sock.close()
 
     def __enter__(self) -> ControlClient:
         return self

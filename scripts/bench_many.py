@@ -195,7 +195,7 @@ def send_request(client: ControlClient, node: NodeProcess, **fields: Any) -> Non
         codec.encode(SendRequest(chunk_size=DEFAULT_CHUNK, **fields))
     )
     del values["min_chunk"]
-    client.sock.send_multipart([client.token, msgpack.packb([version, kind, values])])
+    client.sock.send([client.token, msgpack.packb([version, kind, values])])
 
 
 def run_sends(node: NodeProcess, nodes: list[NodeProcess], flows: list[Flow]) -> None:

@@ -265,7 +265,8 @@ def test_the_fast_path_loads_no_click_and_only_the_local_messages(
 ) -> None:
     """A send and a status through a running node build the few messages of
     the control socket (wire/local_messages.py), not the node's seventy, and
-    load neither click, the settings table nor a key library."""
+    load neither click, the settings table, a key library nor pyzmq (the
+    control socket is spoken by peercrypt/zmtp.py)."""
     sender, receiver = pair
     f = random_file(tmp_path / "f.bin", 1024)
     for argv in (
@@ -278,7 +279,9 @@ def test_the_fast_path_loads_no_click_and_only_the_local_messages(
         heavy = {
             m
             for m in modules
-            if m.startswith(("click", "cryptography", "nacl", "peercrypt.cli.app", "tomllib"))
+            if m.startswith(
+                ("click", "cryptography", "nacl", "peercrypt.cli.app", "tomllib", "zmq")
+            )
             or m in ("peercrypt.wire.messages", "peercrypt.config", "peercrypt.settings")
         }
         assert heavy == set(), argv

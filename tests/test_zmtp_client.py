@@ -1,0 +1,128 @@
+"""The CLI's hand-spoken DEALER (peercrypt/zmtp.py) against a real libzmq
+ROUTER: messages both ways (short and long frames, several frames), a
+command from the ROUTER's side skipped, a lost connection made again, a
+frame over the bound refused, no node at all."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from peercrypt import zmtp
+
+WAIT = 10.0  # seconds; generous, the machine may be loaded
+
+
+@pytest.fixture
+def router() -> Iterator[tuple[zmq.Socket[Any], int]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    sock.rcvtimeo = int(WAIT * 1000)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    yield sock, port
+    sock.close()
+    ctx.term()
+
+
+def test_messages_both_ways(router: tuple[zmq.Socket[Any], int]) -> None:
+    sock, port = router
+    dealer = zmtp.Dealer("127.0.0.1", port)
+    try:
+        long = bytes(range(256)) * 300  # a long frame (8-byte size)
+        dealer.send([b"token", long, b""])
+        route, *frames = sock.recv_multipart()
+        assert frames == [b"token", long, b""]
+        sock.send_multipart([route, b"short", long])
+        assert dealer.recv(WAIT) == b"short"
+        assert dealer.recv(WAIT) == long
+        started = time.monotonic()
+        assert dealer.recv(0.2) is None  # nothing more: waits its timeout
+        assert time.monotonic() - started >= 0.19
+    finally:
+        dealer.close()
+
+
+def test_a_lost_connection_is_made_again() -> None:
+    """The node's socket goes away and comes back on the same port (as a
+    restarting node's would): the next recv connects again and what is
+    sent then arrives."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    first = ctx.socket(zmq.ROUTER)
+    first.linger = 0
+    port = first.bind_to_random_port("tcp://127.0.0.1")
+    dealer = zmtp.Dealer("127.0.0.1", port)
+    second = None
+    try:
+        assert dealer.ready
+        first.close()
+        assert dealer.recv(0.3) is None
+        second = ctx.socket(zmq.ROUTER)
+        second.linger = 0
+        second.rcvtimeo = int(WAIT * 1000)
+        second.bind(f"tcp://127.0.0.1:{port}")
+        assert dealer.recv(0.5) is None  # connected again meanwhile
+        assert dealer.sock is not None and dealer.ready
+        dealer.send([b"again"])
+        route, frame = second.recv_multipart()
+        assert frame == b"again"
+        second.send_multipart([route, b"answer"])
+        assert dealer.recv(WAIT) == b"answer"
+    finally:
+        dealer.close()
+        if second is not None:
+            second.close()
+        ctx.term()
+
+
+def test_a_frame_over_the_bound_ends_the_connection() -> None:
+    """A peer that greets and then announces a frame over MAX_FRAME: the
+    connection is dropped, nothing returned, no memory taken for it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(WAIT)
+    port = listener.getsockname()[1]
+    ready = b"\x05READY\x0bSocket-Type\x00\x00\x00\x06ROUTER"
+    dealer = None
+    try:
+        conn = None
+
+        def serve() -> None:
+            nonlocal conn
+            conn, _ = listener.accept()
+            conn.sendall(zmtp.GREETING + bytes([0x04, len(ready)]) + ready)
+
+        server = threading.Thread(target=serve)
+        server.start()
+        dealer = zmtp.Dealer("127.0.0.1", port)
+        server.join(WAIT)
+        assert conn is not None and dealer.ready
+        conn.sendall(b"\x02" + (zmtp.MAX_FRAME + 1).to_bytes(8, "big") + b"x" * 1000)
+        assert dealer.recv(0.5) is None
+        conn.settimeout(WAIT)
+        seen = b""
+        while chunk := conn.recv(4096):  # until the dealer closed it
+            seen += chunk
+        assert seen == zmtp.GREETING + zmtp.READY
+        assert len(dealer.buffer) < 4096  # what it held of that frame: one read at most
+        conn.close()
+    finally:
+        if dealer is not None:
+            dealer.close()
+        listener.close()
+
+
+def test_no_node() -> None:
+    """Nothing listens: no connection, sends dropped, recv times out."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    dealer = zmtp.Dealer("127.0.0.1", port)
+    assert dealer.sock is None
+    dealer.send([b"lost"])
+    assert dealer.recv(0.3) is None
+    dealer.close()
