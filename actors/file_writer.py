@@ -20,7 +20,10 @@ checkpoint's sync:
 - :class:`Finished` ``(tid, digest)``  (after fsync; the digest of the file
   as read back from disk, so what is verified is what is stored)
 - :class:`WriteFailed` ``(tid, text, no_space)``  (``no_space``: the disk is
-  full; the part is checkpointed)
+  full; the part is checkpointed). Any error in a file's work fails that
+  file, an unexpected one (a fault of ours, logged by its type) too: the
+  writer goes on with the others, and a queued chunk's buffer always
+  goes back to :attr:`FileWriter.buffers`.
 - :class:`Unsaved` ``(tid, text)``  (a manifest could not be written)
 - :class:`Unpacked` ``(tid, stored)`` / :class:`TreeFailed` ``(tid, text,
   bad)``: a verified folder transfer was (or was not) stored as its tree
@@ -467,7 +470,12 @@ class BufferPool:
     ``max_bytes`` wait here, fewer while buffers are out: those kept and
     those taken together stay within ``max_bytes`` (a buffer given back
     beyond that is dropped), and :meth:`clear` drops them all (the writer does when it closes its
-    last open file). Either thread may call any method."""
+    last open file). Either thread may call any method. Every buffer taken
+    is given back once, on every path (:attr:`out_bytes` returns to 0): the
+    writer gives a queued one back whatever became of its chunk (written, a
+    full disk, an I/O error, its file failed or closed, a fault of ours),
+    and the receivers every one they do not hand to :meth:`FileWriter.write`,
+    in a ``finally``."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
@@ -496,11 +504,20 @@ class BufferPool:
                 while buffers and self._held + self._out > self._max_bytes:
                     buffers.pop()
                     self._held -= kept
-        with self._mapped_lock:
-            if size == 0 or self._mapped >= MAX_MAPPED:
-                return memoryview(bytearray(size))
-            self._mapped += 1
-        mapping = mmap.mmap(-1, size)
+        try:
+            with self._mapped_lock:
+                if size == 0 or self._mapped >= MAX_MAPPED:
+                    return memoryview(bytearray(size))
+                self._mapped += 1
+            try:
+                mapping = mmap.mmap(-1, size)
+            except BaseException:
+                self._unmapped()
+                raise
+        except BaseException:  # (no memory for it: ENOMEM, MemoryError) not out after all
+            with self._lock:
+                self._out -= size
+            raise
         weakref.finalize(mapping, self._unmapped)
         return memoryview(mapping)
 
@@ -534,6 +551,12 @@ class BufferPool:
     @property
     def held_bytes(self) -> int:
         return self._held
+
+    @property
+    def out_bytes(self) -> int:
+        """Bytes taken and not given back yet: 0 whenever no chunk is in
+        flight (a buffer never given back would shrink what is kept for good)."""
+        return self._out
 
 
 @dataclass
@@ -812,33 +835,52 @@ class FileWriter:
                 op = self._queue.get()
                 if op is None:
                     return
-                tid = op[1]
                 if op[0] != "write":
                     self._announce()  # what was posted never waits behind other work
                 try:
-                    result = self._apply(files, op)
-                except OSError as exc:
-                    f = files.pop(tid, None)
-                    result = WriteFailed(tid, exc.strerror or str(exc))
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and f is not None:
-                        result = WriteFailed(tid, exc.strerror or str(exc), no_space=True)
-                        unsaved = self._checkpoint(f)
-                        if unsaved:
-                            self._notes.append(Unsaved(tid, unsaved))
-                    if f is not None:
-                        self._remember_failed(tid, f)  # (after its checkpoint: it may close f)
-                if op[0] == "write":
-                    with self._queued_lock:
-                        self._queued -= len(op[3])
-                    if isinstance(op[3], memoryview):
-                        self.buffers.give(op[3])
-                if result is not None:
-                    self._post(result)
-                while self._notes:
-                    self._post(self._notes.pop(0))
+                    self._do(files, op)
+                finally:  # whatever happened to it, a chunk's queue place and buffer come back
+                    if op[0] == "write":
+                        with self._queued_lock:
+                            self._queued -= len(op[3])
+                        if isinstance(op[3], memoryview):
+                            self.buffers.give(op[3])
         finally:
             self._out = None
             out.close(linger=0)
+
+    def _do(self, files: dict[bytes, _File], op: tuple[Any, ...]) -> None:
+        """Apply ``op`` and post its results. An error fails the op's file
+        (kept for its close()); one of ours too (logged by its type): the
+        writer goes on with every other file."""
+        tid = op[1]
+        try:
+            result = self._apply(files, op)
+        except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            result = self._fail(files, tid, exc.strerror or str(exc), full)
+        except Exception as exc:
+            what = type(exc).__name__
+            log.error("writing a file failed unexpectedly (%s)", what)
+            log.debug("the writer's failure", exc_info=True)
+            result = self._fail(files, tid, f"writing failed unexpectedly ({what})", False)
+        if result is not None:
+            self._post(result)
+        while self._notes:
+            self._post(self._notes.pop(0))
+
+    def _fail(self, files: dict[bytes, _File], tid: bytes, text: str, full: bool) -> WriteFailed:
+        """``tid``'s file failed: kept for its close(); on a full disk with
+        a checkpoint of what it holds first (its part is kept for a resume)."""
+        f = files.pop(tid, None)
+        if f is None:
+            return WriteFailed(tid, text)
+        if full:
+            unsaved = self._checkpoint(f)
+            if unsaved:
+                self._notes.append(Unsaved(tid, unsaved))
+        self._remember_failed(tid, f)  # (after its checkpoint: it may close f)
+        return WriteFailed(tid, text, no_space=full)
 
     def _post(self, result: WriterResult) -> None:
         self.results.put(result)  # before its frame: a frame always finds it

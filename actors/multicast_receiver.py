@@ -303,6 +303,7 @@ class MulticastReceiverActor(Actor):
         # Counter ``direct-bytes``: what the writer wrote with O_DIRECT
         # (--direct-writes), as the unicast receiver reports its writer's.
         self.writer.report_direct(self.counters)
+        self.facts["multicast_decrypt_buffers_out"] = str(self.writer.buffers.out_bytes)
         super().report()
 
     def _report_space(self) -> None:
@@ -895,23 +896,27 @@ class MulticastReceiverActor(Actor):
         # Opened into one of the writer's reused buffers (it gives it back
         # once written): a fresh plaintext per chunk cost mapping, zeroing
         # (twice) and unmapping a MiB (docs/multicast.md, "The datagram path").
+        # Every way out but a queued write (an exception too) gives it back here.
         pool = self.writer.buffers
         plaintext = pool.take(len(payload) - TAG_BYTES)
+        queued = False
         try:
-            sess.sealer.open_chunk_into(index, last, nonce, payload, plaintext)
-        except OpenError:
-            pool.give(plaintext)
-            self.count("data-dropped-auth")
-            return
-        if repair and sess.udp is not None:
-            sess.udp.forget(index)  # it came whole: stop assembling it
-        if not sess.flow.on_chunk(index, self.now()):
-            pool.give(plaintext)
-            return
-        if self.writer.write(sess.tid, index, plaintext):
+            try:
+                sess.sealer.open_chunk_into(index, last, nonce, payload, plaintext)
+            except OpenError:
+                self.count("data-dropped-auth")
+                return
+            if repair and sess.udp is not None:
+                sess.udp.forget(index)  # it came whole: stop assembling it
+            if not sess.flow.on_chunk(index, self.now()):
+                return
+            queued = self.writer.write(sess.tid, index, plaintext)
+        finally:
+            if not queued:
+                pool.give(plaintext)
+        if queued:
             sess.queued += 1
         else:  # missing again: NAKed and repaired, never counted as held
-            pool.give(plaintext)
             sess.flow.on_write_refused(index)
             self.count("data-dropped-writer-full")
 

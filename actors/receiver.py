@@ -919,6 +919,8 @@ class ReceiverActor(Actor):
         ]
         self.facts["incoming"] = json.dumps(incoming, ensure_ascii=False)
         self.facts["writer_queue_peak"] = str(self.writer.queued_peak)
+        # Decrypt buffers taken and not given back (0 whenever no chunk is in flight).
+        self.facts["decrypt_buffers_out"] = str(self.writer.buffers.out_bytes)
         self.writer.report_direct(self.counters)  # bytes written with O_DIRECT (--direct-writes)
         super().report()
 
@@ -1127,20 +1129,25 @@ class ReceiverActor(Actor):
             self._drop(route, "replay")
             return False
         # Decrypted into a reused buffer, which the writer gives back once
-        # written; every other way out gives it back here.
-        plaintext = self.writer.buffers.take(expected - TAG_BYTES)
+        # written; every other way out (an exception too) gives it back here.
+        pool = self.writer.buffers
+        plaintext = pool.take(expected - TAG_BYTES)
+        queued = False
         try:
-            t.keys.open_chunk_into(h.index, h.last, h.nonce, payload, plaintext)
-        except OpenError:
-            self.writer.buffers.give(plaintext)
-            self._drop(route, "auth")
-            return False
-        t.replay.accept(h.nonce)
-        t.route = route
-        arrival = t.flow.on_chunk(h.index, h.last, self.now())
-        if arrival is Arrival.NEW and self.writer.write(t.tid, h.index, plaintext):
+            try:
+                t.keys.open_chunk_into(h.index, h.last, h.nonce, payload, plaintext)
+            except OpenError:
+                self._drop(route, "auth")
+                return False
+            t.replay.accept(h.nonce)
+            t.route = route
+            arrival = t.flow.on_chunk(h.index, h.last, self.now())
+            queued = arrival is Arrival.NEW and self.writer.write(t.tid, h.index, plaintext)
+        finally:
+            if not queued:
+                pool.give(plaintext)
+        if queued:
             return True
-        self.writer.buffers.give(plaintext)
         if arrival is Arrival.NEW:
             t.flow.on_write_refused(h.index)
             self._drop(route, "writer-full")

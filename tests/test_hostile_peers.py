@@ -151,6 +151,9 @@ def test_a_forged_chunk_changes_nothing_and_never_reaches_the_file(
         assert isinstance(answer, Verified) and answer.digest == digest, answer
         assert blake3_file(receiver.inbox / answer.stored_as) == digest.hex()
     assert receiver.counters()["receiver.data-dropped-auth"] == 1  # the real chunks all opened
+    # The buffer the forged chunk was decrypted into went back to the pool with the others'.
+    out = lambda: receiver.status().get("decrypt_buffers_out") == "0" or None  # noqa: E731
+    wait_until(out, WAIT, "the receiver's decrypt buffers all given back")
     assert receiver.running
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import queue
 import select
@@ -543,6 +544,83 @@ def test_disk_full_keeps_the_part_and_what_it_holds(
         for a, b in held.ranges():
             for i in range(a, b):
                 assert os.pread(part.fileno(), CHUNK, i * CHUNK) == data[i]
+
+
+def _pooled(w: FileWriter, data: bytes) -> memoryview:
+    """``data`` in a buffer taken from the writer's pool, as a receiver decrypts into."""
+    buffer = w.buffers.take(len(data))
+    buffer[:] = data
+    return buffer
+
+
+def test_every_decrypt_buffer_comes_back_when_the_disk_fills_or_fails(
+    small_disk: Callable[[str], Path],
+    tmp_path: Path,
+    writer: tuple[FileWriter, Results],
+) -> None:
+    """Each buffer a receiver takes from the writer's pool and queues comes
+    back whatever becomes of its chunk: written, refused by a disk that
+    fills (a real tmpfs), queued for a file that failed already, failed by
+    an I/O error, or by a fault of ours (after which the writer still
+    writes). One never given back would shrink the pool for good, and what
+    is kept with it (held + out within the bound)."""
+    w, results = writer
+    disk = small_disk("512k")
+    total = 200  # 800 KiB into 512 KiB
+    _open(w, disk, total * CHUNK)
+    for index in range(total):  # queued at once: those after the failure find it failed
+        assert w.write(b"t", index, _pooled(w, os.urandom(CHUNK)))
+    while not isinstance(result := _next(results), WriteFailed):
+        assert isinstance(result, (Written, Unsaved)), result
+    assert result.no_space, result
+    wait_until(lambda: w.buffers.out_bytes == 0, WAIT, "every buffer back after a full disk")
+    w.close(b"t", keep=False)
+
+    faults: list[BaseException] = [OSError(errno.EIO, "Input/output error"), KeyError("ours")]
+
+    def failing(fd: int, offset: int, length: int) -> bool:
+        raise faults.pop(0)
+
+    failed = {b"e": "Input/output error", b"k": "writing failed unexpectedly (KeyError)"}
+    for tid, text in failed.items():
+        w._allocate = failing  # what the writer calls before each chunk's write
+        fd = os.open(tmp_path / tid.decode(), os.O_RDWR | os.O_CREAT, 0o600)
+        w.open(tid, fd, CHUNK, 2 * CHUNK, ChunkBitmap(2))
+        for index in range(2):
+            assert w.write(tid, index, _pooled(w, os.urandom(CHUNK)))
+        while (result := _next(results)).tid == b"t":
+            assert isinstance(result, Unsaved)  # the full disk's last checkpoint did not fit
+        assert result == WriteFailed(tid, text), text
+        wait_until(lambda: w.buffers.out_bytes == 0, WAIT, f"every buffer back after {text}")
+        w.close(tid, keep=False)
+    w._allocate = lambda fd, offset, length: True  # the writer lives on: the next file is written
+    fd = os.open(tmp_path / "ok", os.O_RDWR | os.O_CREAT, 0o600)
+    data = os.urandom(CHUNK)
+    w.open(b"ok", fd, CHUNK, CHUNK, ChunkBitmap(1))
+    assert w.write(b"ok", 0, _pooled(w, data))
+    assert _next(results) == Written(b"ok", 0)
+    assert w.buffers.out_bytes == 0 and os.pread(fd, CHUNK, 0) == data
+    w.close(b"ok", keep=False)
+
+
+def test_a_buffer_the_pool_could_not_make_is_not_counted_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No memory for a new mapping (ENOMEM from mmap): take() raises, and
+    the pool counts nothing out for it."""
+    pool = BufferPool(4 * CHUNK)
+    kept = pool.take(CHUNK)
+
+    def no_memory(*args: Any, **kwargs: Any) -> mmap.mmap:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(file_writer.mmap, "mmap", no_memory)
+    with pytest.raises(OSError):
+        pool.take(2 * CHUNK)
+    assert (pool.out_bytes, pool.mapped) == (CHUNK, 1)
+    monkeypatch.undo()
+    pool.give(kept)
+    assert (pool.out_bytes, pool.held_bytes) == (0, CHUNK)
 
 
 def test_each_chunk_gets_its_blocks_before_it_is_written_where_a_disk_has_blocks(

@@ -221,6 +221,9 @@ def test_disk_full_mid_transfer_then_resume(
     assert "Traceback" not in err
     kept = _held(small_inbox)
     assert kept > 0 and len(_parts(small_inbox)) == 1
+    # Every decrypt buffer the failed transfer took came back to the pool.
+    out = lambda: receiver.status().get("decrypt_buffers_out") == "0" or None  # noqa: E731
+    wait_until(out, 30, "the receiver's decrypt buffers all given back")
     # The node keeps serving: a small file arrives whole, then the rest resumes.
     filler.unlink()
     small = make_file(3 * CHUNK + 5, name="small.bin")
