@@ -168,6 +168,9 @@ class ControlActor(Actor):
                 continue
             try:
                 msg = codec.decode(frames[2])
+            except codec.VersionMismatch as exc:  # a command of another release
+                sock.send_multipart([route, codec.mismatch_reply(exc.theirs)])
+                continue
             except codec.DecodeError as exc:
                 sock.send_multipart(
                     [route, codec.encode(ErrorReply(code="bad-request", reason=str(exc)[:200]))]

@@ -520,7 +520,7 @@ class DiscoveryActor(Actor):
         if join.request not in self.joins or join.link is None:
             return
         code, detail = join.link.failure, join.link.detail
-        if code in (ResultCode.HANDSHAKE, ResultCode.NOT_ADMITTED):
+        if code in (ResultCode.HANDSHAKE, ResultCode.NOT_ADMITTED, ResultCode.PROTOCOL):
             self._end_join(join, code, detail)
             return
         join.last = (code, detail)

@@ -53,6 +53,7 @@ from peercrypt.wire.messages import (
 )
 from peercrypt.wire.network_messages import Gossip, LocalPort
 
+MISMATCHED_MEMORY = 1024  # peers of another protocol version remembered as logged
 CONTROL_MAX_BYTES = MAX_WRAPPED  # so that it can be handed on in Inbound mail
 # Which actor owns which control-plane message type.
 ROUTES: dict[type[codec.Message], str] = {
@@ -75,6 +76,8 @@ class GatewayActor(Actor):
         self.settings = settings
         self.offer_key = b""  # an attached receiver's key (actors/attach.py)
         self.answers = AnswerBudget(self.now())
+        # Peers of another protocol version already logged (peer, address, version).
+        self.mismatched: set[tuple[str, str, int]] = set()
 
     def setup(self) -> None:
         s = self.settings
@@ -119,6 +122,9 @@ class GatewayActor(Actor):
             peer_z85 = str(frame.get("User-Id") or "")
             try:
                 msg = codec.decode(frame.buffer, CONTROL_MAX_BYTES)
+            except codec.VersionMismatch as exc:
+                self._other_version(route, peer_z85, frame, exc.theirs)
+                continue
             except codec.DecodeError as exc:
                 self._reject(route, peer_z85, exc.kind, exc.detail)
                 continue
@@ -155,6 +161,20 @@ class GatewayActor(Actor):
                 )
             else:
                 self._reject(route, peer_z85, "unexpected", msg.TYPE)
+
+    def _other_version(self, route: bytes, peer: str, frame: zmq.Frame, theirs: int) -> None:
+        """A node of another protocol version: one line here, and an answer
+        in its own version's envelope that says both (docs/security.md,
+        "Protocol versions"), whatever it asked."""
+        self.count("rejected-version")
+        address = peer_address(str(frame.get("Peer-Address") or ""))
+        if (peer, address, theirs) not in self.mismatched:  # once per peer: it gossips on
+            if len(self.mismatched) >= MISMATCHED_MEMORY:
+                self.mismatched.clear()
+            self.mismatched.add((peer, address, theirs))
+            who = fingerprint(zmq.utils.z85.decode(peer)) if peer else "unknown peer"
+            self.log_limited("gateway: %s", codec.mismatch_text(f"{who} at {address}", theirs))
+        self.router.send_multipart([route, codec.mismatch_reply(theirs)])
 
     def _reject(self, route: bytes, peer: str, kind: str, detail: str) -> None:
         self.count(f"rejected-{kind}")

@@ -595,7 +595,7 @@ class HealthActor(Actor):
         if check.request.request not in self.checks or check.link is None:
             return
         code, detail = check.link.failure, check.link.detail
-        if code in (ResultCode.HANDSHAKE, ResultCode.NOT_ADMITTED):
+        if code in (ResultCode.HANDSHAKE, ResultCode.NOT_ADMITTED, ResultCode.PROTOCOL):
             self._finish(check, code, detail)  # definitive: retrying cannot help
             return
         check.last = (code, detail)

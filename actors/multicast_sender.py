@@ -562,7 +562,8 @@ class MulticastSenderActor(Actor):
         self._drive(sess)
 
     def _on_link_failure(self, sess: Session, t: Target) -> None:
-        """CURVE failed: a wrong network key, or not admitted by the target."""
+        """CURVE failed (a wrong network key, not admitted by the target), or
+        the target speaks another protocol version."""
         if sess.sid in self.sessions:
             sess.flow.fail_target(t.name, t.link.failure, t.link.detail, self.now())
             self._drive(sess)

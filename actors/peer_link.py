@@ -224,6 +224,7 @@ class Link:
         self.handshakes = 0  # completed, one per connection (a reconnect adds one)
         self.closed = False
         self.cause = ""  # why a connect failed, once the probe knows
+        self.mismatch = 0  # the other protocol version the peer answered in, once logged
         self.probe: ConnectProbe | None = None
         self.created = actor.now()
         self.monitored = monitored
@@ -276,10 +277,31 @@ class Link:
             self.watch.delivered_to(self, (len(data),))
             try:
                 msg = codec.decode(data)
+            except codec.VersionMismatch as exc:  # it answered in its own version
+                self._other_version(exc.theirs)
+                continue
             except codec.DecodeError as exc:
                 self.actor.count(f"reply-{exc.kind}")
                 continue
+            theirs = codec.mismatch_of(msg)
+            if theirs is not None:  # it met ours and answered in our envelope
+                self._other_version(theirs)
+                continue
             self.on_message(msg)
+
+    def _other_version(self, theirs: int) -> None:
+        """The peer speaks another protocol version: logged once; a monitored
+        link (a send's, a check's, a multicast target's) fails with that line
+        (docs/security.md, "Protocol versions"). A member's persistent link
+        goes on: the peer may be upgraded."""
+        self.actor.count("reply-version")
+        if self.mismatch == theirs:
+            return
+        self.mismatch = theirs
+        text = codec.mismatch_text(address_of(self.url), theirs)
+        self.actor.log_limited("%s", text)
+        if self.monitored:
+            self._fail(ResultCode.PROTOCOL, text)
 
     def _on_monitor(self, _sock: object = None) -> None:
         while not self.closed and self.monitor is not None:

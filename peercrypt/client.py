@@ -83,7 +83,18 @@ class ControlClient:
         data = self.sock.recv(timeout)
         if data is None:
             raise NodeUnavailable("the node did not answer")
-        return codec.decode(data)
+        try:
+            reply = codec.decode(data)
+        except codec.VersionMismatch as exc:
+            theirs: int | None = exc.theirs
+        else:
+            theirs = codec.mismatch_of(reply)
+            if theirs is None:
+                return reply
+        raise NodeUnavailable(
+            f"the node runs another release (protocol {theirs}, this command "
+            f"{codec.VERSION}): restart it with this one"
+        )
 
     def replies(self, timeout: float) -> Iterator[codec.Message]:
         while True:

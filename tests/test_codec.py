@@ -307,14 +307,34 @@ def test_oversize_frame() -> None:
     assert kind_of(b"\x90" * (codec.MAX_MESSAGE_BYTES + 1)) == "oversize"
 
 
-@pytest.mark.parametrize("version", [0, 2, -1, "1", None, True, [1], 2**64 - 1, -(2**63)])
+@pytest.mark.parametrize(
+    "version", [0, VERSION - 1, VERSION + 1, -1, "1", None, True, [1], 2**64 - 1, -(2**63)]
+)
 def test_wrong_version(version: object) -> None:
     assert kind_of(pack([version, "ping", {"seq": 1}])) in ("version", "malformed")
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None, True])
+@pytest.mark.parametrize("version", [0, VERSION - 1, VERSION + 1, "1", None, True])
 def test_wrong_version_kind_is_version(version: object) -> None:
     assert kind_of(pack([version, "ping", {"seq": 1}])) == "version"
+
+
+@pytest.mark.parametrize("version", [1, VERSION + 1, codec.MAX_PEER_VERSION])
+def test_another_version_is_told_apart_from_garbage(version: int) -> None:
+    """A version a node of another release may speak is a VersionMismatch
+    naming it; an answer in its envelope is an ``error`` that decodes in it,
+    whose code names this node's version."""
+    with pytest.raises(codec.VersionMismatch) as raised:
+        decode(pack([version, "ping", {"seq": 1}]))
+    assert raised.value.theirs == version and raised.value.kind == "version"
+    reply = msgpack.unpackb(codec.mismatch_reply(version), raw=False)
+    assert reply[:2] == [version, "error"] and reply[2]["code"] == f"protocol-{VERSION}"
+    assert decode(pack([VERSION, *reply[1:]])).TYPE == "error"  # what its codec reads
+    theirs = decode(pack([VERSION, "error", {"code": f"protocol-{version}", "reason": ""}]))
+    assert codec.mismatch_of(theirs) == version
+    for code in ("protocol-x", "protocol-", "protocol-²", "protocol-1234567890", "version"):
+        other = decode(pack([VERSION, "error", {"code": code, "reason": ""}]))
+        assert codec.mismatch_of(other) is None, code
 
 
 def test_float_version_is_rejected() -> None:
@@ -566,3 +586,44 @@ def test_a_name_that_is_not_utf8_is_sent_with_its_odd_bytes_replaced() -> None:
     back = decode(encode(messages.ErrorReply(code="io", reason=f"cannot read {name}")))
     assert isinstance(back, messages.ErrorReply)
     assert back.reason == "cannot read caf?-?.bin"
+
+
+# The messages that cross between nodes (control plane, data plane, multicast,
+# gossip, attached actors): what two nodes of one protocol version must agree on.
+BETWEEN_NODES = (
+    "hello", "hello-reply", "ping", "pong", "offer", "offer-details", "accept", "refuse",
+    "chunk", "slot", "sealed", "attach", "ack", "done", "verifying", "verified", "failed",
+    "error", "gossip", "gossip-reply", "mc-announce", "mc-details", "mc-join", "mc-refuse",
+    "mc-key", "mc-ack", "mc-status", "mc-done", "mc-chunk", "attach-hello", "attach-reply",
+    "actor-mail", "attach-beat",
+)  # fmt: skip
+# The schema of BETWEEN_NODES under each protocol version (docs/security.md,
+# "Protocol versions"): a change a node of the previous version would refuse
+# comes with a new codec.VERSION and its schema here.
+SCHEMAS = {2: "a335511fe5c0"}
+
+
+def _schema() -> str:
+    import hashlib
+
+    parts = []
+    for type_name in BETWEEN_NODES:
+        cls = REGISTRY[type_name]
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            meta = sorted((k, repr(v)) for k, v in f.metadata.items())
+            parts.append(f"{type_name}.{f.name}:{hints[f.name]}:{meta}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def test_the_messages_between_nodes_change_only_with_the_protocol_version() -> None:
+    """A field added, removed, retyped or bounded otherwise in a message two
+    nodes exchange makes the older node refuse it (its codec is strict):
+    such a change needs the next codec.VERSION, so that a mixed pair meets
+    the version's one clear error at its first contact, not an obscure
+    refusal later (OfferDetails.min_chunk and Accept.chunk_size came
+    without it)."""
+    assert _schema() == SCHEMAS.get(VERSION), (
+        f"the messages between nodes changed ({_schema()}): bump codec.VERSION, "
+        "record the new schema in SCHEMAS and say what changed in docs/security.md"
+    )

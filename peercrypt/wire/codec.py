@@ -7,6 +7,12 @@ Design rules:
   a value of the wrong type or out of its declared bounds, or a frame over the
   size limit is a :class:`DecodeError` that names its *kind*, so callers can
   count and log it once per peer and kind. Decoding never raises anything else.
+- The version is the protocol's (:data:`VERSION`): nodes interoperate only on
+  the same one. The envelope and the ``error`` message (``ErrorReply``: code,
+  reason) never change, so a node meeting another version answers in that
+  version's envelope (:func:`mismatch_reply`) and each side says, in one line,
+  which versions met (:class:`VersionMismatch`, :func:`mismatch_of`,
+  :func:`mismatch_text`; docs/security.md, "Protocol versions").
 - Bulk chunk bytes never travel inside msgpack: they are a frame of their own.
 - Encoding clips: the field metadata that bounds what we accept also bounds
   what we write. A string, list or map over its bound is cut, an int is
@@ -27,7 +33,18 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
 
-VERSION = 1
+# The protocol version every message carries. Any change to a message that
+# a node of the previous version would refuse or misread (a field added,
+# removed, retyped or bounded tighter) comes with the next number; the
+# schema digest in tests/test_codec.py fails until it does.
+# 1: up to the receiver's choice of chunk size; 2: OfferDetails.min_chunk and
+# Accept.chunk_size (the receiver chooses the chunk size).
+VERSION = 2
+# Versions a peer may name that this node answers in their own envelope (any
+# other is dropped as malformed): the first, and a few thousand ahead.
+MAX_PEER_VERSION = 4096
+# ErrorReply.code of a node that met another version: this prefix, then its own.
+MISMATCH_CODE = "protocol-"
 # Default upper bound of one encoded message; sockets may pass a smaller one.
 MAX_MESSAGE_BYTES = 64 * 1024
 # Default bounds of variable-size fields, overridable per field by metadata.
@@ -43,6 +60,49 @@ class DecodeError(ValueError):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
+
+
+class VersionMismatch(DecodeError):
+    """A well-formed envelope of another protocol version, ``theirs`` (kind
+    ``version``): the peer runs another release."""
+
+    def __init__(self, theirs: int) -> None:
+        super().__init__("version", f"protocol {theirs}, this node {VERSION}")
+        self.theirs = theirs
+
+
+def mismatch_text(peer: str, theirs: int) -> str:
+    """The one line either side of a mixed-version pair shows."""
+    return (
+        f"{peer} speaks protocol {theirs}, this node {VERSION}: nodes interoperate "
+        "only on the same protocol version (run the same release on both)"
+    )
+
+
+def mismatch_reply(theirs: int) -> bytes:
+    """An ``error`` message in protocol ``theirs``'s envelope, which any
+    version decodes: its code names this node's version (:func:`mismatch_of`),
+    its reason says both, for a node too old to read the code."""
+    reason = (
+        f"this node speaks protocol {VERSION}, yours {theirs}: nodes interoperate "
+        "only on the same protocol version (run the same release on both)"
+    )
+    fields = {"code": f"{MISMATCH_CODE}{VERSION}", "reason": reason}
+    data: bytes = msgpack.packb([theirs, "error", fields], use_bin_type=True)
+    return data
+
+
+def mismatch_of(msg: Message) -> int | None:
+    """The version a peer's ``error`` reply says it speaks (it met ours and
+    answered in our envelope: :func:`mismatch_reply`), else None."""
+    if getattr(msg, "TYPE", "") != "error":
+        return None
+    code = str(getattr(msg, "code", ""))
+    number = code.removeprefix(MISMATCH_CODE)
+    if number == code or not (number.isascii() and number.isdigit()) or len(number) > 9:
+        return None
+    theirs = int(number)
+    return theirs if theirs != VERSION else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,8 +331,10 @@ def decode(data: bytes | memoryview, max_bytes: int = MAX_MESSAGE_BYTES) -> Mess
     if not (isinstance(obj, list) and len(obj) == 3):
         raise DecodeError("malformed", "envelope is not [version, type, fields]")
     version, type_name, fields = obj
-    if type(version) is not int or version != VERSION:
+    if type(version) is not int or not 1 <= version <= MAX_PEER_VERSION:
         raise DecodeError("version", f"unsupported version {version!r:.20}")
+    if version != VERSION:
+        raise VersionMismatch(version)
     if not isinstance(type_name, str):
         raise DecodeError("unknown-type", f"{type_name!r:.40}")
     cls = _REGISTRY.get(type_name)

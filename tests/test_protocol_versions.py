@@ -1,0 +1,203 @@
+"""Nodes of different protocol versions (docs/security.md, "Protocol
+versions"): every message carries the version; a node meeting another one
+answers in that version's envelope with an ``error`` that names both, and
+the node that asked ends its send, check or join with one line naming both
+(code ``protocol``). Real nodes, and crafted peers that speak another
+version on the network's key with a fresh identity."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.crypto.identity import KeyPair, network_server_keys
+from peercrypt.testing.member_port import MemberPort
+from peercrypt.testing.nodes import LOCALHOST, NodeProcess, wait_until
+from peercrypt.wire import codec
+from peercrypt.wire.local_messages import StatusRequest
+
+WAIT = 10.0  # s; every wait below is bounded
+OURS = codec.VERSION
+
+
+def _envelope(version: Any, type_name: str, fields: dict[str, Any]) -> bytes:
+    data: bytes = msgpack.packb([version, type_name, fields], use_bin_type=True)
+    return data
+
+
+class _Member:
+    """A member of the network (its key, a fresh identity) with a DEALER to a node."""
+
+    def __init__(self, node: NodeProcess, network_key: str) -> None:
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        me = KeyPair.generate()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.curve_serverkey = network_server_keys(network_key).z85_public
+        self.sock.curve_publickey, self.sock.curve_secretkey = me.z85_public, me.z85_secret
+        self.sock.connect(f"tcp://{node.host}:{node.port}")
+
+    def ask(self, frame: bytes) -> list[Any]:
+        """Send ``frame``; the reply's envelope as msgpack reads it (any version)."""
+        self.sock.send(frame)
+        assert self.sock.poll(int(WAIT * 1000)), "no reply within the timeout"
+        reply: list[Any] = msgpack.unpackb(self.sock.recv(), raw=False)
+        return reply
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def test_a_node_answers_a_peer_of_another_version_in_that_versions_envelope(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """What an older node sends first (a hello, in protocol 1) and whatever a
+    newer one sends (an offer in protocol 3) get an ``error`` in their own
+    envelope, which their codec reads, naming both versions; the node logs
+    one line per peer and version, and a version no node speaks (not an
+    int, out of range) is dropped as malformed, in the node's own envelope.
+    Nothing of it stops the node."""
+    node = node_factory()
+    member = _Member(node, network_key)
+    try:
+        hello = {"challenge": os.urandom(32)}
+        for _ in range(3):  # an old node asks again: one line in the log
+            version, type_name, fields = member.ask(_envelope(1, "hello", hello))
+            assert (version, type_name, fields["code"]) == (1, "error", f"protocol-{OURS}")
+            assert fields["reason"].startswith(f"this node speaks protocol {OURS}, yours 1:")
+        offer = {"tid": os.urandom(16), "eph_pub": os.urandom(32), "details": os.urandom(64)}
+        version, type_name, fields = member.ask(_envelope(OURS + 1, "offer", offer))
+        assert (version, type_name, fields["code"]) == (OURS + 1, "error", f"protocol-{OURS}")
+        assert f"yours {OURS + 1}:" in fields["reason"]
+        for bad in ("2", -1, 0, 2**40, None, 1.0):
+            reply = member.ask(_envelope(bad, "hello", hello))
+            assert reply[:2] == [OURS, "error"] and reply[2]["code"] == "version", (bad, reply)
+        assert node.wait_for_counter("gateway.rejected-version", 10) == 10  # and the 6 above
+        assert node.status()  # the gateway answers on
+        wanted = f"speaks protocol 1, this node {OURS}"
+        wait_until(lambda: wanted in node.log_text(), WAIT, "the line in the node's log")
+        assert node.log_text().count(wanted) == 1, node.log_tail()
+        assert f"speaks protocol {OURS + 1}, this node {OURS}" in node.log_text()
+    finally:
+        member.close()
+
+
+@pytest.fixture
+def other_version(network_key: str) -> Iterator[Callable[[list[Any]], int]]:
+    """``other_version(reply) -> port``: a crafted peer on the network's key
+    answering every message with the envelope ``reply`` (stopped at the end)."""
+    ports: list[MemberPort] = []
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def serve(port: MemberPort, frame: bytes) -> None:
+        while not stop.is_set():
+            if port.router in port.poll(50):
+                route = port.router.recv_multipart()[0]
+                port.router.send_multipart([route, frame])
+
+    def start(reply: list[Any]) -> int:
+        port = MemberPort(network_key)
+        ports.append(port)
+        frame = msgpack.packb(reply, use_bin_type=True)
+        thread = threading.Thread(target=serve, args=(port, frame), daemon=True)
+        thread.start()
+        threads.append(thread)
+        return port.port
+
+    yield start
+    stop.set()
+    for thread in threads:
+        thread.join(WAIT)
+    for port in ports:
+        port.close()
+
+
+def test_a_send_and_a_check_to_a_node_of_another_version_fail_naming_both(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    other_version: Callable[[list[Any]], int],
+) -> None:
+    """An older node answers a newer one's hello in its own envelope (its
+    gateway refuses the version); a newer node, by the rule, in ours with
+    its version in the code: either way the send and the health check end
+    at once with one line naming both versions (code ``protocol``), and
+    nothing is offered."""
+    node = node_factory()
+    path = make_file(4096)
+    older = other_version([1, "error", {"code": "version", "reason": "rejected: version"}])
+    newer = other_version(
+        [OURS, "error", {"code": f"protocol-{OURS + 1}", "reason": "another release"}]
+    )
+    for port, theirs in ((older, 1), (newer, OURS + 1)):
+        wanted = (
+            f"{LOCALHOST}:{port} speaks protocol {theirs}, this node {OURS}: "
+            "nodes interoperate only on the same protocol version"
+        )
+        sent = node.send_result(path, LOCALHOST, port, "--timeout", "30")
+        assert sent.returncode != 0, sent.describe()
+        assert sent.json["code"] == "protocol", sent.describe()
+        assert sent.json["error"].startswith(wanted), sent.describe()
+        checked = node.cli("health-check", LOCALHOST, str(port), "--json")
+        assert checked.returncode != 0, checked.describe()
+        assert checked.json["code"] == "protocol", checked.describe()
+        assert checked.json["error"].startswith(wanted), checked.describe()
+        assert checked.json["attempts"] == 1, checked.describe()  # definitive: not retried
+    assert node.counters().get("sender.offers", 0) == 0  # nothing was offered
+    assert node.status()
+
+
+def test_a_command_and_a_node_of_different_releases_say_so(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """The control socket carries the version too: a command of an older
+    release gets an ``error`` in its own envelope naming both versions, and
+    a command meeting a node of another release (answering in its own
+    envelope, or in ours by the rule) says to restart the node."""
+    node = node_factory()
+    client = ControlClient.for_data_dir(node.data_dir)
+    try:
+        client.sock.send([client.token, _envelope(1, "status-request", {"request": 1})])
+        reply = client.sock.recv(WAIT)
+        assert reply is not None, "no reply from the node"
+        version, type_name, fields = msgpack.unpackb(reply, raw=False)
+        assert (version, type_name, fields["code"]) == (1, "error", f"protocol-{OURS}")
+        assert node.status()
+    finally:
+        client.close()
+    ctx: zmq.Context[Any] = zmq.Context()
+    fake = ctx.socket(zmq.ROUTER)  # a node of another release, on its control socket
+    fake.linger = 0
+    port = fake.bind_to_random_port(f"tcp://{LOCALHOST}")
+    replies = (
+        [OURS + 1, "status-reply", {}],
+        [OURS, "error", {"code": f"protocol-{OURS + 1}", "reason": "another release"}],
+    )
+    try:
+        for reply in replies:
+            command = ControlClient(f"tcp://{LOCALHOST}:{port}", "token")
+            try:
+                command.send(StatusRequest(request=1))
+                assert fake.poll(int(WAIT * 1000)), "no request from the command"
+                route = fake.recv_multipart()[0]
+                fake.send_multipart([route, msgpack.packb(reply, use_bin_type=True)])
+                with pytest.raises(NodeUnavailable) as raised:
+                    command.receive(WAIT)
+                assert str(raised.value) == (
+                    f"the node runs another release (protocol {OURS + 1}, this command {OURS}): "
+                    "restart it with this one"
+                )
+            finally:
+                command.close()
+    finally:
+        fake.close()
+        ctx.term()
