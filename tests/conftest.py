@@ -23,6 +23,7 @@ from __future__ import annotations
 import compileall
 import contextlib
 import itertools
+import json
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -65,6 +66,30 @@ def pytest_configure(config: pytest.Config) -> None:
     # The compiled methods of the dataclasses, kept beside the bytecode
     # (peercrypt/dataclass_cache.py): about 0.1 CPU s of every node's start.
     dataclass_cache.build()
+
+
+DURATIONS = Path(__file__).with_name("durations.json")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest test files first (``tests/durations.json``: seconds of one
+    worker per file, from a whole run; ``scripts/test_durations.py`` writes
+    it), each file's tests in the order pytest-randomly gave them.
+
+    ``scripts/test.sh`` keeps each file on one worker (``--dist loadfile``)
+    and hands files out in this order (``--no-loadscope-reorder``): a long
+    file taken last kept one worker busy while the others had nothing left.
+    A file not in the table counts as an average one; the table only orders
+    the files, no test depends on it."""
+    try:
+        table: dict[str, float] = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        return
+    default = sum(table.values()) / max(len(table), 1)
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        first.setdefault(item.path.name, index)
+    items.sort(key=lambda item: (-table.get(item.path.name, default), first[item.path.name]))
 
 
 _DEFAULT = object()
