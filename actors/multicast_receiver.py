@@ -259,6 +259,7 @@ class MulticastReceiverActor(Actor):
         s = self.settings
         s.inbox.mkdir(parents=True, exist_ok=True, mode=s.inbox_mode)
         self.repair: zmq.Socket[Any] | None = None
+        self.repair_monitor: zmq.Socket[Any] | None = None  # the repair socket's PortWatch monitor
         # What publishers (the SUBs) and repair senders (the repair port)
         # make libzmq hold unread, each bounded as the data port is.
         limits = GuardLimits(held=s.data_port_memory or held_limit(s.receive_buffer, self._frame()))
@@ -334,7 +335,7 @@ class MulticastReceiverActor(Actor):
         sock = self.socket(zmq.PULL)
         sock.maxmsgsize = self._frame()
         sock.rcvhwm = PEER_RCVHWM
-        self.repair_watch.start(self, sock, f"mreceiver-repair{next(_repair_ids)}")
+        monitor = self.repair_watch.start(self, sock, f"mreceiver-repair{next(_repair_ids)}")
         # Admission before buffering: the ZAP handler lets a connection in only
         # from the address of a sender of a running session (REPAIR_DOMAIN),
         # so no one else's frames are read ahead at all.
@@ -346,16 +347,25 @@ class MulticastReceiverActor(Actor):
                 self.bind(sock, self.settings.host, port)
             except SetupError as exc:
                 if port == ports[-1]:
-                    self.close_socket(sock)
+                    self._close_repair(sock, monitor, bound=False)
                     raise SetupError(f"no free repair port in {low}-{high} ({exc})") from None
                 continue
             break
-        if self.repair is not None:
-            self.close_socket(self.repair)
-        self.repair = sock
+        if self.repair is not None and self.repair_monitor is not None:
+            self._close_repair(self.repair, self.repair_monitor)
+        self.repair, self.repair_monitor = sock, monitor
         self.repair_port = bound_port(sock)
         self.facts["multicast_repair_port"] = str(self.repair_port)
         self.watch(sock, self._on_data)
+
+    def _close_repair(
+        self, sock: zmq.Socket[Any], monitor: zmq.Socket[Any], bound: bool = True
+    ) -> None:
+        """Close a repair socket and its monitor (``bound``: the one in use;
+        else one that found no free port). A monitor left open was a socket,
+        a descriptor and a watched handler for the node's lifetime per re-bind."""
+        self.repair_watch.stop(sock, monitor, bound)
+        self.close_socket(sock)
 
     def _frame(self) -> int:
         """The largest frame a publisher or repair sender may send."""

@@ -121,10 +121,12 @@ class PortWatch:
         self._last_reads: dict[int, int] = {}  # at the last reading
         self._quiet = False  # the last reading found nothing read since the one before
 
-    def start(self, actor: Actor, sock: zmq.Socket[Any], name: str) -> None:
+    def start(self, actor: Actor, sock: zmq.Socket[Any], name: str) -> zmq.Socket[Any]:
         """Watch ``sock`` (before it binds) from ``actor``'s loop: its
         monitor's events, and the counters read as :meth:`next_sample` says
-        while a connection or a debt is left. ``name`` names the monitor."""
+        while a connection or a debt is left. ``name`` names the monitor.
+        Returns the monitor's socket: hand it to :meth:`stop` when ``sock``
+        closes before the actor does (a socket bound anew)."""
         address = f"inproc://pc-{actor.env.node_uid}/{name}-monitor"
         sock.monitor(address, EVENTS)
         monitor = actor.socket(zmq.PAIR)
@@ -132,6 +134,22 @@ class PortWatch:
         monitor.connect(address)
         self._actor = actor
         actor.watch(monitor, self._on_monitor)
+        return monitor
+
+    def stop(self, sock: zmq.Socket[Any], monitor: zmq.Socket[Any], bound: bool = True) -> None:
+        """``sock``, watched since :meth:`start` returned ``monitor``, is
+        closing: close its monitor too (each is a socket of the actor's, and
+        its descriptor, until the actor stops). ``bound``: it was the one
+        bound socket this watch watched, whose connections are forgotten
+        (closed with it; their events may never be read); False: it never
+        bound (no connection of its own)."""
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disable_monitor()
+        if self._actor is not None:
+            self._actor.close_socket(monitor)
+        if bound:
+            for inode in [i for i in self._fds if self._owner.get(i) is None]:
+                self._forget(inode)
 
     def attach(self, actor: Actor) -> None:
         """Sample from ``actor``'s loop: the connections come from
