@@ -29,8 +29,9 @@ counter) as a multiple of the file size, and each receiving process's CPU
 seconds (our node, UFTP's ``uftpd``), the datagrams the receivers' kernels
 dropped for a full receive buffer during our runs (``RcvbufErrors``, printed
 when not 0); with ``--threads``, ours also per
-thread (CPU seconds and seconds waiting for a core, from
-``/proc/PID/task/*/schedstat``) of the sender and the first receiver.
+thread (CPU seconds, seconds waiting for a core and minor page faults, from
+``/proc/PID/task/*/schedstat`` and ``stat``) of the sender and the first
+receiver.
 Every received file is compared
 with the source by BLAKE3 after the run (ours also verify it themselves).
 
@@ -87,17 +88,19 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
-def thread_times(pid: int) -> dict[int, tuple[str, float, float]]:
+def thread_times(pid: int) -> dict[int, tuple[str, float, float, int]]:
     """Per thread of a process: (name, seconds on a CPU, seconds waiting for
-    one) so far, from ``/proc/PID/task/*/schedstat``."""
-    out: dict[int, tuple[str, float, float]] = {}
+    one, minor page faults) so far, from ``/proc/PID/task/*/schedstat`` and
+    ``stat``."""
+    out: dict[int, tuple[str, float, float, int]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
             ran, waited = (task / "schedstat").read_text().split()[:2]
-        except (OSError, ValueError):
+            faults = int((task / "stat").read_text().rsplit(")", 1)[1].split()[7])
+        except (OSError, ValueError, IndexError):
             continue  # the thread ended meanwhile
-        out[int(task.name)] = (name, int(ran) / 1e9, int(waited) / 1e9)
+        out[int(task.name)] = (name, int(ran) / 1e9, int(waited) / 1e9, faults)
     return out
 
 
@@ -119,7 +122,7 @@ class ThreadSampler:
         while not self.done.wait(0.02):
             self.seen.update(thread_times(self.pid))
 
-    def stop(self) -> dict[str, tuple[float, float]]:
+    def stop(self) -> dict[str, tuple[float, float, int]]:
         self.done.set()
         self.thread.join()
         self.seen.update(thread_times(self.pid))
@@ -127,15 +130,21 @@ class ThreadSampler:
 
 
 def thread_delta(
-    before: dict[int, tuple[str, float, float]], after: dict[int, tuple[str, float, float]]
-) -> dict[str, tuple[float, float]]:
-    """CPU and run-queue seconds per thread name between two snapshots
-    (threads of one name summed; threads started meanwhile counted whole)."""
-    out: dict[str, tuple[float, float]] = {}
-    for tid, (name, ran, waited) in after.items():
-        _, ran0, waited0 = before.get(tid, (name, 0.0, 0.0))
-        cpu, wait = out.get(name, (0.0, 0.0))
-        out[name] = (round(cpu + ran - ran0, 3), round(wait + waited - waited0, 3))
+    before: dict[int, tuple[str, float, float, int]],
+    after: dict[int, tuple[str, float, float, int]],
+) -> dict[str, tuple[float, float, int]]:
+    """CPU and run-queue seconds and minor faults per thread name between two
+    snapshots (threads of one name summed; threads started meanwhile counted
+    whole)."""
+    out: dict[str, tuple[float, float, int]] = {}
+    for tid, (name, ran, waited, faults) in after.items():
+        _, ran0, waited0, faults0 = before.get(tid, (name, 0.0, 0.0, 0))
+        cpu, wait, flt = out.get(name, (0.0, 0.0, 0))
+        out[name] = (
+            round(cpu + ran - ran0, 3),
+            round(wait + waited - waited0, 3),
+            flt + faults - faults0,
+        )
     return {k: v for k, v in sorted(out.items(), key=lambda kv: -kv[1][0]) if v[0] >= 0.005}
 
 
@@ -356,7 +365,7 @@ def describe(system: str, row: dict[str, Any], threads: bool = False) -> str:
     if row.get("refused"):
         extra += f", receivers refused {row['refused']}"
     if threads and "sender_threads" in row:
-        extra += f"\n    sender threads (CPU s, waiting s): {row['sender_threads']}"
+        extra += f"\n    sender threads (CPU s, waiting s, minor faults): {row['sender_threads']}"
         extra += f"\n    a receiver's threads: {row['receiver_threads']}"
     return (
         f"{system:5}: per-receiver {row['goodput_mib_s']} MiB/s, sender CPU "
@@ -382,7 +391,9 @@ def main() -> None:
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--json", type=Path)
     ap.add_argument(
-        "--threads", action="store_true", help="print CPU per thread (sender, one receiver)"
+        "--threads",
+        action="store_true",
+        help="print CPU, run-queue wait and minor faults per thread (sender, one receiver)",
     )
     ap.add_argument(
         "--tree",
