@@ -55,9 +55,12 @@ def _cache_path(module: str) -> str | None:
 def _read(path: str) -> dict[str, CodeType]:
     try:
         with open(path, "rb") as f:
-            if f.read(len(_HEADER)) != _HEADER:
-                return {}
-            table = marshal.load(f)
+            data = f.read()
+        if not data.startswith(_HEADER):
+            return {}
+        # loads, not load(f): load reads a file a few bytes at a time (through
+        # readinto), which took longer than the compiling it saves.
+        table = marshal.loads(memoryview(data)[len(_HEADER) :])
     except (OSError, EOFError, ValueError, TypeError):
         return {}
     if not isinstance(table, dict):
