@@ -304,29 +304,37 @@ def _has_blocks(fd: int) -> bool:
     return f_type not in MEMORY_FILESYSTEMS
 
 
-# The read-back maps this much of the file at a time: mapped pages count in
-# the node's RSS, which must not grow with the file's size. 4 MiB costs the
-# same CPU per GiB as 16 (BLAKE3 still spreads it over the cores; 0.12 s per
-# 256 MiB of tmpfs either way) and 12 MiB less at the node's peak.
+# The read-back reads this much of the file at a time, into one reused
+# buffer: its pages count in the node's RSS, which must not grow with the
+# file's size. 4 MiB costs the same CPU per GiB as 16 (BLAKE3 still spreads
+# it over the cores) and 12 MiB less at the node's peak.
 HASH_WINDOW = 4 * 1024 * 1024  # with 16 transfers in flight too (docs/architecture.md)
 
 
 def hash_file(fd: int, size: int, progress: Callable[[int], None] | None = None) -> bytes:
     """BLAKE3 of the first ``size`` bytes of ``fd``, read back from the file
-    (page cache; hashed on every core), HASH_WINDOW bytes mapped at a time;
-    ``progress(bytes hashed so far)`` after each."""
+    (page cache; hashed on every core), HASH_WINDOW bytes at a time into one
+    reused buffer; ``progress(bytes hashed so far)`` after each.
+
+    Read, not mapped: a mapped page past the file's end faults with SIGBUS,
+    which kills the whole node (every actor, every transfer), and no check
+    before a window can tell the file will not be cut short (another
+    process, a local ``truncate``) while the window is hashed. A read of a
+    file cut short is short: this check fails with EIO, as a failed write
+    fails its file, and the node goes on."""
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    for offset in range(0, size, HASH_WINDOW):
-        length = min(HASH_WINDOW, size - offset)
-        # A mapped page past the file's end faults with SIGBUS, which would
-        # kill the node: a part cut short underneath us (another process)
-        # fails this check instead. (Reading with pread cost 1.5x the CPU.)
-        if os.fstat(fd).st_size < offset + length:
-            raise OSError(errno.EIO, "the part was cut short while it was checked")
-        with mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=offset) as view:
-            hasher.update(view)
-        if progress is not None:
-            progress(offset + length)
+    with mmap.mmap(-1, max(1, min(HASH_WINDOW, size))) as window, memoryview(window) as view:
+        for offset in range(0, size, HASH_WINDOW):
+            length = min(HASH_WINDOW, size - offset)
+            got = 0
+            while got < length:  # (a read may return less than asked: read on)
+                n = os.preadv(fd, [view[got:length]], offset + got)
+                if n == 0:
+                    raise OSError(errno.EIO, "the part was cut short while it was checked")
+                got += n
+            hasher.update(view[:length])
+            if progress is not None:
+                progress(offset + length)
     return hasher.digest()
 
 
@@ -1083,7 +1091,7 @@ class FileWriter:
         verdict: Finished | WriteFailed = WriteFailed(check.tid, "the final check did not end")
         try:
             verdict = self._verdict(check)
-        except (OSError, ValueError) as exc:  # (mmap: ValueError) the file failed
+        except (OSError, ValueError) as exc:  # the file failed
             full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)  # kept, as a write's
             verdict = WriteFailed(check.tid, getattr(exc, "strerror", None) or str(exc), full)
         except Exception as exc:  # a fault of ours: the file fails, the check's place is freed

@@ -376,6 +376,14 @@ def test_a_part_cut_short_underneath_fails_the_check_and_the_process_lives(
         "except OSError as exc:\n"
         "    print('failed:', exc.strerror, seen)\n"
     )
+    assert _in_a_process(script, part) == (
+        f"failed: the part was cut short while it was checked [{CHUNK}]"
+    )
+
+
+def _in_a_process(script: str, part: Path) -> str:
+    """What ``script`` (given ``part``) prints, run in a process of its own
+    that must live (a SIGBUS shows as the code -7)."""
     done = subprocess.run(
         [sys.executable, "-c", script, str(part)],
         capture_output=True,
@@ -383,8 +391,47 @@ def test_a_part_cut_short_underneath_fails_the_check_and_the_process_lives(
         timeout=60,
         cwd=Path(file_writer.__file__).parent.parent,
     )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"failed: the part was cut short while it was checked [{CHUNK}]"
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    return done.stdout.strip()
+
+
+def test_a_part_cut_short_while_a_window_is_hashed_fails_the_check_and_the_process_lives(
+    tmp_path: Path,
+) -> None:
+    """The part truncated (by another process, a local ``truncate``) while
+    the read-back hashes a window, not between windows: a window mapped
+    from the file would fault (SIGBUS: the node and every transfer dead);
+    read into the check's own buffer, it hashes what was read and the next
+    read, short, fails the check. In a process of its own, as above."""
+    window = 4 * CHUNK
+    data = os.urandom(3 * window)
+    part = tmp_path / "part"
+    part.write_bytes(data)
+    script = (
+        "import os, sys, blake3\n"
+        "import actors.file_writer as fw\n"
+        f"fw.HASH_WINDOW = {window}\n"
+        "Real = blake3.blake3\n"
+        "class Cutting:\n"
+        "    AUTO = Real.AUTO\n"
+        "    def __init__(self, **kwargs):\n"
+        "        self.real, self.updates = Real(**kwargs), 0\n"
+        "    def update(self, data):\n"
+        "        self.updates += 1\n"
+        "        if self.updates == 1:\n"
+        "            os.truncate(sys.argv[1], 100)  # while the first window is hashed\n"
+        "        self.real.update(data)\n"
+        "    def digest(self):\n"
+        "        return self.real.digest()\n"
+        "fw.blake3.blake3 = Cutting\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+        "try:\n"
+        f"    fw.hash_file(fd, {len(data)})\n"
+        "except OSError as exc:\n"
+        "    print('failed:', exc.strerror)\n"
+    )
+    assert _in_a_process(script, part) == "failed: the part was cut short while it was checked"
+    assert part.stat().st_size == 100
 
 
 def test_writer_refuses_to_finish_an_incomplete_part(
