@@ -261,12 +261,21 @@ def _writeback_starter() -> Callable[[int, int, int], None]:
 
 # Chunk buffers kept for reuse, with those in flight, at most by default
 # (docs/architecture.md, "Bounds"): a transfer's chunks cycle through a few
-# while the writer keeps up. The unicast receiver's bound is its receive
-# buffer (``pool_bytes``): what its credit lets be in flight, 8 chunks of
+# while the writer keeps up. Both receivers' bound is the receive buffer
+# (:func:`pool_bytes`): what the unicast credit lets be in flight, 8 chunks of
 # 4 MiB, of which 16 MiB kept only 4, and every fifth chunk or so was
 # decrypted into a new mapping (its pages faulted in and zeroed: 0.05-0.08
 # CPU s per GiB of the receiving thread, docs/benchmarks.md).
 POOL_BYTES = 16 * 1024 * 1024
+
+
+def pool_bytes(receive_buffer: int) -> int:
+    """The decrypt buffer pool's bound of either receiver (unicast and
+    multicast alike): the node's receive buffer, what it sets aside for
+    chunks coming in (the unicast credit lets that much be in flight: 8
+    chunks of 4 MiB by default), at least POOL_BYTES. What the pool keeps
+    never adds to a peak of chunks in flight up to it (:class:`BufferPool`)."""
+    return max(POOL_BYTES, receive_buffer)
 
 
 def _block_allocator() -> Callable[[int, int, int], bool]:

@@ -80,6 +80,7 @@ from actors.file_writer import (
     TreeSpec,
     Unpacked,
     Written,
+    pool_bytes,
 )
 from actors.inbox import (
     Refusal,
@@ -280,15 +281,18 @@ class MulticastReceiverActor(Actor):
         self.writer_results = self.socket(zmq.PAIR)
         self.writer_results.bind(address)
         self.watch(self.writer_results, self._on_writer)
-        # Each session queues at most QUEUE_CHUNKS chunks (checked before this
-        # bound), so the writer's own bound is never what drops a chunk here.
-        max_queued = MAX_SESSIONS * QUEUE_CHUNKS * self.settings.max_chunk
         # At the node's priority, unlike the unicast receiver's writer: the
         # written point it reports is what moves the sender's window, so a
         # writer waiting for a core holds back the session for every
         # receiver (docs/multicast.md, "The datagram path").
+        queued, pooled = writer_bounds(self.settings)
         self.writer = FileWriter(
-            self.env.context, address, max_queued, nice=False, direct=self.settings.direct_writes
+            self.env.context,
+            address,
+            queued,
+            nice=False,
+            direct=self.settings.direct_writes,
+            pool_bytes=pooled,
         )
         self.writer.start()
         running = lambda: bool(self.sessions)  # noqa: E731
@@ -1145,6 +1149,16 @@ class MulticastReceiverActor(Actor):
             self.listeners.pop(next(iter(self.listeners)))
         self.listeners[msg.request] = msg.count
         self.tell("control", McListening(request=msg.request, repair_port=self.repair_port))
+
+
+def writer_bounds(s: NodeSettings) -> tuple[int, int]:
+    """The writer's queue bound and its buffer pool's. Each session queues at
+    most QUEUE_CHUNKS chunks (checked before the writer's bound, which is so
+    never what drops a chunk here); the pool's is the unicast receiver's,
+    the receive buffer (:func:`~actors.file_writer.pool_bytes`): 16 MiB kept
+    4 chunks of 4 MiB, and a session of 4 MiB chunks decrypted every fifth or
+    so into a new mapping."""
+    return MAX_SESSIONS * QUEUE_CHUNKS * s.max_chunk, pool_bytes(s.receive_buffer)
 
 
 def _who(peer: bytes) -> str:

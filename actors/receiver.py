@@ -59,7 +59,6 @@ from typing import Any
 import zmq
 
 from actors.file_writer import (
-    POOL_BYTES,
     Detached,
     FileWriter,
     Finished,
@@ -69,6 +68,7 @@ from actors.file_writer import (
     Unsaved,
     WriteFailed,
     Written,
+    pool_bytes,
 )
 from actors.inbox import (
     Refusal,
@@ -191,7 +191,7 @@ def writer_bounds(s: NodeSettings) -> tuple[int, int]:
     near the receive buffer (twice it while credits shrink); the writer
     refuses chunks beyond that whatever peers do. Its pool keeps as many
     buffers for reuse as the credit lets be in flight (8 chunks of 4 MiB)."""
-    return 2 * s.receive_buffer + s.max_chunk, max(POOL_BYTES, s.receive_buffer)
+    return 2 * s.receive_buffer + s.max_chunk, pool_bytes(s.receive_buffer)
 
 
 @dataclass

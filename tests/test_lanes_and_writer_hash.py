@@ -44,6 +44,7 @@ from actors.file_writer import (
 )
 from actors.inbox import create_part, load_manifest, manifest_name
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, _OrderedHash, crew_size
+from actors.multicast_receiver import writer_bounds as multicast_writer_bounds
 from actors.receiver import writer_bounds
 from actors.tree_source import build_tree
 from actors.tree_store import hidden_name
@@ -767,15 +768,19 @@ def test_chunk_buffers_go_back_to_the_pool_and_not_beyond_its_bound() -> None:
     assert pool.held_bytes == 0
 
 
-def test_the_receivers_writer_keeps_a_whole_credit_of_4_mib_buffers(tmp_path: Path) -> None:
-    """The unicast receiver's writer (its bounds from the receiver's own
-    settings) takes back every buffer of a full credit of 4 MiB chunks (the
-    receive buffer, 8 of them queued at once) and decrypting the next 8
-    maps no new one: with 16 MiB kept, half were dropped and mapped again
-    (their pages faulted in and zeroed) every time the queue filled."""
+@pytest.mark.parametrize("bounds", [writer_bounds, multicast_writer_bounds])
+def test_the_receivers_writer_keeps_a_whole_credit_of_4_mib_buffers(
+    tmp_path: Path, bounds: Callable[[NodeSettings], tuple[int, int]]
+) -> None:
+    """The unicast and the multicast receiver's writer (their bounds from the
+    node's own settings) take back every buffer of a receive buffer's worth
+    of 4 MiB chunks (8 of them queued at once) and decrypting the next 8
+    maps no new one: with 16 MiB kept (the multicast receiver's before),
+    half were dropped and mapped again (their pages faulted in and zeroed)
+    every time the queue filled."""
     keys = KeyPair.generate()
     settings = NodeSettings(data_dir=tmp_path, inbox=tmp_path, identity=keys, server_keys=keys)
-    queued, pooled = writer_bounds(settings)
+    queued, pooled = bounds(settings)
     chunk = 4 * 1024 * 1024
     count = settings.receive_buffer // chunk
     ctx: zmq.Context[Any] = zmq.Context()
