@@ -271,3 +271,30 @@ def test_with_many_running_each_transfer_is_sampled_every_few_ticks(
         sum(sample_due(o, tick, running, per_tick) for o in range(running)) for tick in range(every)
     ]
     assert max(per) <= per_tick and sum(per) == running
+
+
+def test_the_count_limit_stays_exact_as_transfers_end(tmp_path: Path) -> None:
+    """Pruned at every end (as the stats actor does), the history keeps
+    exactly the newest N ended transfers: also when an ended transfer is
+    written again (its end counted twice) and after rows went from outside
+    (another connection) without this writer knowing."""
+    w = HistoryWriter(tmp_path / "h.sqlite")
+    keep = Retention(days=0, max_transfers=4)
+
+    def end(i: int) -> set[str]:
+        w.upsert(row(f"t{i}", started=float(i)))
+        w.upsert(row(f"t{i}", started=float(i), result="ok"))
+        w.upsert(row(f"t{i}", started=float(i), result="ok"))  # the same end again
+        w.prune(keep, 100.0)
+        return {r["session"] for r in list_transfers(open_reader(w.path))}
+
+    w.upsert(row("running", started=0.0))
+    for i in range(12):
+        assert end(i) == {f"t{j}" for j in range(max(0, i - 3), i + 1)} | {"running"}, i
+    other = sqlite3.connect(w.path)
+    other.execute("DELETE FROM transfers WHERE session IN ('t9', 't10')")
+    other.commit()
+    other.close()
+    assert end(12) == {"t8", "t11", "t12", "running"}
+    assert end(13) == {"t8", "t11", "t12", "t13", "running"}
+    assert end(14) == {"t11", "t12", "t13", "t14", "running"}

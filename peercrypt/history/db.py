@@ -125,6 +125,9 @@ class HistoryWriter:
         self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.path = path
         self._in_tx = False
+        # At least the number of ended transfers in the table (None: not
+        # counted yet): the count limit needs no scan while it is under it.
+        self._ended: int | None = None
 
     @property
     def in_transaction(self) -> bool:
@@ -143,6 +146,7 @@ class HistoryWriter:
                 self.conn.execute("COMMIT")
             except sqlite3.Error:
                 self.conn.rollback()
+                self._ended = None  # what was deleted may be back: count again
                 raise
 
     def close(self) -> None:
@@ -176,6 +180,8 @@ class HistoryWriter:
             values,
         )
         (ident,) = cur.fetchone()
+        if values["result"] != "running" and self._ended is not None:
+            self._ended += 1  # one more at most (it may have ended before)
         return int(ident)
 
     def add_points(self, transfer: int, points: Iterable[Point]) -> None:
@@ -190,7 +196,14 @@ class HistoryWriter:
 
     def prune(self, retention: Retention, now: float) -> int:
         """Apply the retention settings; returns the transfers removed.
-        Running transfers are never removed."""
+        Running transfers are never removed.
+
+        Both deletions walk the index on ``started`` (the oldest rows first):
+        the count limit is checked against an upper bound of the ended
+        transfers kept since the last count, and counted again only once
+        that bound passes the limit. (Deleting all but the newest N by
+        ``NOT IN`` sorted the whole table on every transfer's end: 2.4 ms with
+        500 rows, 18-29 ms with 3,400, in the stats actor at every end.)"""
         self.begin()
         removed = 0
         if retention.days > 0:
@@ -199,14 +212,22 @@ class HistoryWriter:
                 (now - retention.days * 86400,),
             )
             removed += cur.rowcount
+            if self._ended is not None:
+                self._ended -= cur.rowcount
         if retention.max_transfers > 0:
-            cur = self.conn.execute(
-                "DELETE FROM transfers WHERE result != 'running' AND id NOT IN "
-                "(SELECT id FROM transfers WHERE result != 'running' "
-                "ORDER BY started DESC, id DESC LIMIT ?)",
-                (retention.max_transfers,),
-            )
-            removed += cur.rowcount
+            if self._ended is None or self._ended > retention.max_transfers:
+                (self._ended,) = self.conn.execute(
+                    "SELECT COUNT(*) FROM transfers WHERE result != 'running'"
+                ).fetchone()
+            excess = self._ended - retention.max_transfers
+            if excess > 0:
+                cur = self.conn.execute(
+                    "DELETE FROM transfers WHERE id IN (SELECT id FROM transfers "
+                    "WHERE result != 'running' ORDER BY started ASC, id ASC LIMIT ?)",
+                    (excess,),
+                )
+                removed += cur.rowcount
+                self._ended -= cur.rowcount
         self.commit()
         return removed
 
