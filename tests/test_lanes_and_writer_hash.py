@@ -870,8 +870,9 @@ def test_the_writer_gives_written_buffers_back_and_keeps_none_when_idle(
 def test_the_read_back_hash_maps_the_file_a_window_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
-    """The verdict's read-back maps HASH_WINDOW bytes at a time (mapped
-    pages count in RSS); the windows hash to the whole file's BLAKE3."""
+    """The verdict's read-back reads HASH_WINDOW bytes at a time into one
+    buffer (its pages count in RSS); the windows hash to the whole file's
+    BLAKE3."""
     import actors.file_writer as file_writer
 
     monkeypatch.setattr(file_writer, "HASH_WINDOW", 65536)  # a multiple of the page size
