@@ -75,11 +75,16 @@ def _code(txt: str) -> CodeType:
     if module not in _loaded:
         path = _cache_path(module)
         _loaded[module] = _read(path) if path else {}
-    code = _loaded[module].get(txt)
+    used = _used.setdefault(module, {})
+    code = used.get(txt)
     if code is None:
-        code = compile(txt, "<string>", "exec")  # as exec(txt) compiles it
-        _missed.add(module)
-    _used.setdefault(module, {})[txt] = code
+        # Taken out of what was read: the table does not stay in memory
+        # beside the functions made from it (only texts no class asked for).
+        code = _loaded[module].pop(txt, None)
+        if code is None:
+            code = compile(txt, "<string>", "exec")  # as exec(txt) compiles it
+            _missed.add(module)
+        used[txt] = code
     return code
 
 
