@@ -142,7 +142,7 @@ class ControlActor(Actor):
                 stored_as="",
             )
             with contextlib.suppress(zmq.ZMQError):
-                self.api.send_multipart([route, codec.encode(stopped)], zmq.NOBLOCK)
+                self.api.send_multipart([route, _local(stopped)], zmq.NOBLOCK)
         self.pending.clear()
         try:
             if json.loads(self.control_file.read_text()).get("pid") == os.getpid():
@@ -162,25 +162,25 @@ class ControlActor(Actor):
                 sock.send_multipart(
                     [
                         route,
-                        codec.encode(ErrorReply(code="unauthorised", reason="wrong control token")),
+                        _local(ErrorReply(code="unauthorised", reason="wrong control token")),
                     ]
                 )
                 continue
             try:
-                msg = codec.decode(frames[2])
+                msg = codec.decode(frames[2], version=codec.LOCAL_VERSION)
             except codec.VersionMismatch as exc:  # a command of another release
-                sock.send_multipart([route, codec.mismatch_reply(exc.theirs)])
+                sock.send_multipart([route, codec.mismatch_reply(exc.theirs, codec.LOCAL_VERSION)])
                 continue
             except codec.DecodeError as exc:
                 sock.send_multipart(
-                    [route, codec.encode(ErrorReply(code="bad-request", reason=str(exc)[:200]))]
+                    [route, _local(ErrorReply(code="bad-request", reason=str(exc)[:200]))]
                 )
                 continue
             self._on_request(route, msg)
 
     def _on_request(self, route: bytes, msg: codec.Message) -> None:
         if isinstance(msg, StatusRequest):
-            self.api.send_multipart([route, codec.encode(self._status(msg.request))])
+            self.api.send_multipart([route, _local(self._status(msg.request))])
         elif isinstance(msg, CancelRequest):
             for ours, (client, theirs) in self.pending.items():
                 if client == route and theirs == msg.request:
@@ -199,11 +199,11 @@ class ControlActor(Actor):
             self.tell("msender", CancelRequest(request=msg.transfer))
             text = f"cancelling transfer {msg.transfer} (if it is running)"
             answer = SettingReply(request=msg.request, ok=True, text=text)
-            self.api.send_multipart([route, codec.encode(answer)])
+            self.api.send_multipart([route, _local(answer)])
         elif type(msg) in ROUTES:
             if len(self.pending) >= MAX_PENDING:
                 reply = ErrorReply(code="busy", reason="too many requests in progress")
-                self.api.send_multipart([route, codec.encode(reply)])
+                self.api.send_multipart([route, _local(reply)])
                 return
             ours = self.next_id
             self.next_id += 1
@@ -214,7 +214,7 @@ class ControlActor(Actor):
                 self.tell(ROUTES[type(msg)], _with_request(msg, ours))
         else:
             reply = ErrorReply(code="bad-request", reason=f"unexpected {msg.TYPE}")
-            self.api.send_multipart([route, codec.encode(reply)])
+            self.api.send_multipart([route, _local(reply)])
 
     def _status(self, request: int) -> StatusReply:
         s = self.settings
@@ -258,7 +258,7 @@ class ControlActor(Actor):
                 digest=b"",
                 stored_as="",
             )
-            self.api.send_multipart([route, codec.encode(failed)])
+            self.api.send_multipart([route, _local(failed)])
 
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, Announce):
@@ -295,7 +295,7 @@ class ControlActor(Actor):
         route, theirs = entry
         if REPLIES[type(msg)]:
             del self.pending[request]
-        self.api.send_multipart([route, codec.encode(_with_request(msg, theirs))])
+        self.api.send_multipart([route, _local(_with_request(msg, theirs))])
 
     # -- whom members' records place at a send's addresses (actors/health.py) ------
 
@@ -329,7 +329,7 @@ class ControlActor(Actor):
             return
         route, theirs = entry
         result = _mc.McSendResult(request=theirs, code=code, reason=reason, size=0, digest=b"")
-        self.api.send_multipart([route, codec.encode(result)])
+        self.api.send_multipart([route, _local(result)])
 
     def _refuse_send(self, req: SendRequest, code: str, reason: str) -> None:
         entry = self.pending.pop(req.request, None)
@@ -339,7 +339,7 @@ class ControlActor(Actor):
         result = SendResult(
             request=theirs, code=code, reason=reason[:512], size=0, digest=b"", stored_as=""
         )
-        self.api.send_multipart([route, codec.encode(result)])
+        self.api.send_multipart([route, _local(result)])
 
 
 def write_control_file(path: Path, endpoint: str, token: str) -> None:
@@ -353,3 +353,8 @@ def write_control_file(path: Path, endpoint: str, token: str) -> None:
 
 def new_token() -> str:
     return secrets.token_hex(32)
+
+
+def _local(msg: codec.Message) -> bytes:
+    """``msg`` as the control socket carries it (codec.LOCAL_VERSION)."""
+    return codec.encode(msg, codec.LOCAL_VERSION)

@@ -76,7 +76,7 @@ class ControlClient:
         return next(self._ids)
 
     def send(self, msg: codec.Message) -> None:
-        self.sock.send([self.token, codec.encode(msg)])
+        self.sock.send([self.token, codec.encode(msg, codec.LOCAL_VERSION)])
 
     def receive(self, timeout: float) -> codec.Message:
         """Next reply. Raises NodeUnavailable on timeout."""
@@ -84,16 +84,16 @@ class ControlClient:
         if data is None:
             raise NodeUnavailable("the node did not answer")
         try:
-            reply = codec.decode(data)
+            reply = codec.decode(data, version=codec.LOCAL_VERSION)
         except codec.VersionMismatch as exc:
             theirs: int | None = exc.theirs
         else:
-            theirs = codec.mismatch_of(reply)
+            theirs = codec.mismatch_of(reply, codec.LOCAL_VERSION)
             if theirs is None:
                 return reply
         raise NodeUnavailable(
-            f"the node runs another release (protocol {theirs}, this command "
-            f"{codec.VERSION}): restart it with this one"
+            f"the node runs another release (control protocol {theirs}, this command "
+            f"{codec.LOCAL_VERSION}): restart it with this one"
         )
 
     def replies(self, timeout: float) -> Iterator[codec.Message]:

@@ -192,7 +192,7 @@ def send_request(client: ControlClient, node: NodeProcess, **fields: Any) -> Non
         request = SendRequest(chunk_size=DEFAULT_MAX_CHUNK, min_chunk=DEFAULT_MIN_CHUNK, **fields)
         return client.send(request)
     version, kind, values = msgpack.unpackb(
-        codec.encode(SendRequest(chunk_size=DEFAULT_CHUNK, **fields))
+        codec.encode(SendRequest(chunk_size=DEFAULT_CHUNK, **fields), codec.LOCAL_VERSION)
     )
     del values["min_chunk"]
     client.sock.send([client.token, msgpack.packb([version, kind, values])])

@@ -159,18 +159,27 @@ def test_a_send_and_a_check_to_a_node_of_another_version_fail_naming_both(
 def test_a_command_and_a_node_of_different_releases_say_so(
     node_factory: Callable[..., NodeProcess],
 ) -> None:
-    """The control socket carries the version too: a command of an older
-    release gets an ``error`` in its own envelope naming both versions, and
-    a command meeting a node of another release (answering in its own
-    envelope, or in ours by the rule) says to restart the node."""
+    """The control socket keeps an envelope version of its own
+    (codec.LOCAL_VERSION, 1), not the protocol's: a command of this release
+    still asks a node of the release before (as the benchmarks' --tree
+    nodes are asked) and the reverse. A command of a release whose control
+    envelope differs gets an ``error`` in its own envelope naming both, and
+    a command meeting such a node (answering in its own envelope, or in
+    ours by the rule) says to restart the node."""
     node = node_factory()
     client = ControlClient.for_data_dir(node.data_dir)
+    local = codec.LOCAL_VERSION
     try:
-        client.sock.send([client.token, _envelope(1, "status-request", {"request": 1})])
+        status = _envelope(local, "status-request", {"request": 1})
+        client.sock.send([client.token, status])  # as a command of the release before does
+        reply = client.sock.recv(WAIT)
+        assert reply is not None, "no reply from the node"
+        assert msgpack.unpackb(reply, raw=False)[:2] == [local, "status-reply"]
+        client.sock.send([client.token, _envelope(local + 1, "status-request", {"request": 2})])
         reply = client.sock.recv(WAIT)
         assert reply is not None, "no reply from the node"
         version, type_name, fields = msgpack.unpackb(reply, raw=False)
-        assert (version, type_name, fields["code"]) == (1, "error", f"protocol-{OURS}")
+        assert (version, type_name, fields["code"]) == (local + 1, "error", f"protocol-{local}")
         assert node.status()
     finally:
         client.close()
@@ -179,22 +188,23 @@ def test_a_command_and_a_node_of_different_releases_say_so(
     fake.linger = 0
     port = fake.bind_to_random_port(f"tcp://{LOCALHOST}")
     replies = (
-        [OURS + 1, "status-reply", {}],
-        [OURS, "error", {"code": f"protocol-{OURS + 1}", "reason": "another release"}],
+        [local + 1, "status-reply", {}],
+        [local, "error", {"code": f"protocol-{local + 1}", "reason": "another release"}],
     )
     try:
-        for reply in replies:
+        for answer in replies:
             command = ControlClient(f"tcp://{LOCALHOST}:{port}", "token")
             try:
                 command.send(StatusRequest(request=1))
                 assert fake.poll(int(WAIT * 1000)), "no request from the command"
-                route = fake.recv_multipart()[0]
-                fake.send_multipart([route, msgpack.packb(reply, use_bin_type=True)])
+                route, _, request = fake.recv_multipart()
+                assert msgpack.unpackb(request, raw=False)[0] == local
+                fake.send_multipart([route, msgpack.packb(answer, use_bin_type=True)])
                 with pytest.raises(NodeUnavailable) as raised:
                     command.receive(WAIT)
                 assert str(raised.value) == (
-                    f"the node runs another release (protocol {OURS + 1}, this command {OURS}): "
-                    "restart it with this one"
+                    f"the node runs another release (control protocol {local + 1}, "
+                    f"this command {local}): restart it with this one"
                 )
             finally:
                 command.close()

@@ -34,6 +34,7 @@ from peercrypt.wire.messages import (
 )
 
 MiB = 1024 * 1024
+LOCAL = codec.LOCAL_VERSION  # the control socket's envelope
 CHUNK = 64 * 1024
 SIZE = 16 * MiB  # two of them do not fit the 24 MiB inbox
 WAIT = 30.0
@@ -159,10 +160,10 @@ def test_no_peer_can_cancel_an_incoming_transfer(
             sock.linger = 0
             sock.connect(endpoint)
             sock.send_multipart(
-                [b"0" * 64, codec.encode(CancelIncoming(request=3, transfer=ident))]
+                [b"0" * 64, codec.encode(CancelIncoming(request=3, transfer=ident), LOCAL)]
             )
             assert sock.poll(int(WAIT * 1000)), "no answer from the control socket"
-            answer = codec.decode(sock.recv())
+            answer = codec.decode(sock.recv(), version=LOCAL)
             assert isinstance(answer, ErrorReply) and answer.code == "unauthorised", answer
             sock.close()
         finally:
