@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from peercrypt.core.wfq import (
@@ -402,6 +402,10 @@ def test_tiny_budgets_can_exceed_one_byte_but_stay_bounded() -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(budgets=st.lists(st.integers(min_value=1, max_value=100_000), min_size=200, max_size=300))
+# Found by random search: 199 one-byte grants and one of 74 give the normal
+# flow 45 bytes of 273, 0.5 byte (1.1%) under its 45.5: a share within the
+# documented bound of n - 1 bytes, but not within 1% of so small a total.
+@example(budgets=[1] * 199 + [74])
 def test_shares_within_one_percent_of_1_2_3(budgets: list[int]) -> None:
     fs = three_flows()
     for f in ("n", "h", "x"):
@@ -413,7 +417,9 @@ def test_shares_within_one_percent_of_1_2_3(budgets: list[int]) -> None:
     whole = sum(totals.values())
     assert whole == sum(budgets)
     for f, w in (("n", 1), ("h", 2), ("x", 3)):
-        assert totals[f] / whole == pytest.approx(w / 6, rel=0.01)
+        # 1% of its share, or the scheduler's bound of n - 1 = 2 bytes where
+        # the total is too small for 1% to be a whole byte.
+        assert abs(totals[f] - whole * w / 6) <= max(0.01 * whole * w / 6, 2)
 
 
 @settings(max_examples=60, deadline=None)
