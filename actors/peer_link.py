@@ -222,7 +222,6 @@ class Link:
         self.connected = False
         self.handshaken = False  # once, ever (it stays so across reconnects)
         self.handshakes = 0  # completed, one per connection (a reconnect adds one)
-        self.disconnects = 0  # connections lost (monitored links)
         self.closed = False
         self.cause = ""  # why a connect failed, once the probe knows
         self.mismatch = 0  # the other protocol version the peer answered in, once logged
@@ -313,8 +312,6 @@ class Link:
             event = message["event"]
             if event in (zmq.EVENT_CONNECTED, zmq.EVENT_DISCONNECTED):
                 self.watch.on_event(message, owner=self)
-            if event == zmq.EVENT_DISCONNECTED:
-                self.disconnects += 1
             if not self.monitored:
                 continue
             peer = address_of(self.url)
@@ -444,96 +441,3 @@ class Link:
                 self.sock.disable_monitor()
             self.actor.close_socket(self.monitor)
         self.actor.close_socket(self.sock)
-
-
-class IdleLinks:
-    """Links whose conversation ended cleanly (a send's hello and offer,
-    answered by the accept), kept open for the next send to the same
-    address instead of a new connection: no TCP connect, CURVE handshake,
-    admission check, monitor or port-guard setup of its own (about a
-    quarter of a 1 KiB send's time in the node). Each link carries one
-    send's conversation at a time, as before: replies name no send but an
-    offer's, so two sends never share one at once. A link waits at most
-    ``idle`` seconds, ``per_address`` per address and ``limit`` in all
-    (more are closed); one that failed, lost its connection (its monitor's
-    events read first) or got any message while idle is closed, not kept.
-    """
-
-    def __init__(
-        self,
-        actor: Actor,
-        idle: float,
-        per_address: int,
-        limit: int,
-    ) -> None:
-        self.actor = actor
-        self.idle, self.per_address, self.limit = idle, per_address, limit
-        self.links: dict[str, list[Link]] = {}
-        self.parked_at: dict[Link, float] = {}
-        self.count = 0
-
-    def park(self, link: Link) -> None:
-        """Keep ``link`` for a later :meth:`take` (or close it)."""
-        kept = self.links.setdefault(link.url, [])
-        if not self._usable(link) or len(kept) >= self.per_address or self.count >= self.limit:
-            link.close()
-            if not kept:
-                del self.links[link.url]
-            return
-        link.on_message = functools.partial(self._unexpected, link)
-        link.on_failure = functools.partial(self._drop, link)
-        kept.append(link)
-        self.count += 1
-        at = self.parked_at[link] = self.actor.now()
-        self.actor.call_later(self.idle, functools.partial(self._expire, link, at))
-
-    def take(self, url: str) -> Link | None:
-        """A usable idle link to ``url`` (the one parked last), or None."""
-        kept = self.links.get(url, [])
-        while kept:
-            link = kept.pop()
-            self.count -= 1
-            del self.parked_at[link]
-            if not kept:
-                del self.links[url]
-            if self._usable(link):
-                link.on_failure = None
-                return link
-            link.close()
-        return None
-
-    def _usable(self, link: Link) -> bool:
-        link._on_monitor()  # what happened to its connection meanwhile
-        return (
-            not link.closed
-            and not link.failure
-            and not link.paused
-            and link.handshaken
-            and not link.disconnects
-        )
-
-    def _unexpected(self, link: Link, _msg: codec.Message) -> None:
-        self.actor.count("idle-link-messages")
-        self._drop(link)
-
-    def _drop(self, link: Link) -> None:
-        kept = self.links.get(link.url, [])
-        if link in kept:
-            kept.remove(link)
-            self.count -= 1
-            del self.parked_at[link]
-            if not kept:
-                del self.links[link.url]
-        link.close()
-
-    def _expire(self, link: Link, at: float) -> None:
-        if self.parked_at.get(link) == at:  # still idle since then
-            self._drop(link)
-
-    def close(self) -> None:
-        for kept in self.links.values():
-            for link in kept:
-                link.close()
-        self.links.clear()
-        self.parked_at.clear()
-        self.count = 0

@@ -5,9 +5,7 @@ I/O and a :class:`~peercrypt.core.outgoing.OutgoingTransfer` decides (what
 to send, when, the end):
 
 1. A CURVE DEALER to the peer's public port carries a Hello, then the
-   Offer (the connection an earlier send to the address left idle after its
-   accept, if there is one: :class:`~actors.peer_link.IdleLinks`); a socket
-   monitor tells *why* nothing came back: connection
+   Offer; a socket monitor tells *why* nothing came back: connection
    refused, handshake failed (wrong network key), or not admitted. The
    hello is the pre-send check: an unreachable peer is tried again
    (:class:`~peercrypt.core.reach.Reach`: backoff pauses within the send's
@@ -85,7 +83,7 @@ from zmq.utils.monitor import recv_monitor_message
 from actors.data_pipes import DataPipe, PipeKey, new_route_id
 from actors.file_chunks import Stream, read_chunk
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, crew_size
-from actors.peer_link import ConnectProbe, IdleLinks, Link, connect_cause
+from actors.peer_link import ConnectProbe, Link, connect_cause
 from actors.port_watch import DIAL_EVENTS, PortWatch
 from actors.sealed_buffers import SealedPool
 from actors.tree_source import TreeSource
@@ -172,11 +170,6 @@ HASH_STEP = 64 * 1024 * 1024  # bytes hashed per turn of the loop when the rest 
 # the receiver's choice (see _start).
 FIXED_CHUNK_MODES = ("token-bucket", "aimd")
 CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
-# A control connection whose send was accepted waits this long for the next
-# send to its address; at most this many per address and in all.
-IDLE_LINK_SECONDS = 10.0
-IDLE_LINKS_PER_PEER = 4
-IDLE_LINKS = 64
 DATA_BATCH = 1024  # replies taken from one data connection per turn of the loop
 RETRY_INITIAL = 1.0  # seconds before the first automatic retry (full jitter, doubling)
 CLOSED_RETRY_INITIAL = 0.25  # the same while the receiver's port refuses (at most 2 s)
@@ -324,9 +317,6 @@ class SenderActor(Actor):
             on_closed=self._on_data_flood,
         )
         self.ticks = 0  # progress reports so far (which transfers are sampled)
-        # Control connections whose send was accepted, for the next send to
-        # the same address (actors/peer_link.py).
-        self.idle_links = IdleLinks(self, IDLE_LINK_SECONDS, IDLE_LINKS_PER_PEER, IDLE_LINKS)
 
     def setup(self) -> None:
         self.host_id = local_ipc.host_id() if self.settings.local_ipc else ""
@@ -338,7 +328,6 @@ class SenderActor(Actor):
         )
 
     def teardown(self) -> None:
-        self.idle_links.close()
         waiting, self.waiting = self.waiting, deque()
         for req in waiting:
             self.tell("control", _result(req.request, ResultCode.CANCELLED, "the node is stopping"))
@@ -607,17 +596,14 @@ class SenderActor(Actor):
         check, on the connection the offer then takes: no connection and no
         round trip of its own)."""
         req = t.request
-        url = f"tcp://{join_host_port(req.host, req.port)}"
-        on_message = functools.partial(self._on_control, t)
-        on_failure = functools.partial(self._on_link_failure, t)
-        t.link = self.idle_links.take(url)
-        if t.link is not None:
-            t.link.on_message, t.link.on_failure = on_message, on_failure
-            self.count("control-links-reused")
-        else:
-            t.link = Link(
-                self, self.settings, url, on_message, monitored=True, on_failure=on_failure
-            )
+        t.link = Link(
+            self,
+            self.settings,
+            f"tcp://{join_host_port(req.host, req.port)}",
+            functools.partial(self._on_control, t),
+            monitored=True,
+            on_failure=functools.partial(self._on_link_failure, t),
+        )
         if t.link.failure:
             return self._end(t, t.link.failure, t.link.detail)
         t.challenge = HelloChallenge()
@@ -834,11 +820,9 @@ class SenderActor(Actor):
             t.crew = LaneCrew(t.keys, t.source, t.size, t.chunk_size, workers, skip=held)
             self.watch(t.crew.wake_fd, functools.partial(self._on_crew, t))
         self.tell("scheduler", self._flow_start(t))
-        # The control connection's job for this send is done: the next send
-        # to the address may take it.
+        # The control connection's job is done.
         if t.link is not None:
-            self.idle_links.park(t.link)
-            t.link = None
+            t.link.close()
         self._drive(t)
 
     def _pipe(
