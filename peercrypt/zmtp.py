@@ -20,6 +20,7 @@ the connection.
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import struct
@@ -120,7 +121,11 @@ class Dealer:
         """Read what the node sent within ``timeout`` seconds into frames
         (False: nothing came). Raises Closed or OSError."""
         assert self.sock is not None
-        if timeout <= 0 or not select.select([self.sock], [], [], timeout)[0]:
+        # poll, not select: select refuses a descriptor of 1024 or more (a
+        # shell or a library user with many files open).
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        if timeout <= 0 or not poller.poll(math.ceil(timeout * 1000)):
             if not self.ready:
                 raise Closed("the node did not greet")
             return False

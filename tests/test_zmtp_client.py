@@ -126,3 +126,38 @@ def test_no_node() -> None:
     dealer.send([b"lost"])
     assert dealer.recv(0.3) is None
     dealer.close()
+
+
+def test_a_descriptor_above_1024_works(router: tuple[zmq.Socket[Any], int]) -> None:
+    """A process with many files open (the shell, a library user) gets a
+    socket numbered 1024 or more; waiting on it must not fail (select()
+    refuses such a descriptor with ValueError)."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard limit of open files is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    fillers = []
+    try:
+        while True:
+            fd = os.dup(0)
+            fillers.append(fd)
+            if fd >= 1030:
+                break
+        sock, port = router
+        dealer = zmtp.Dealer("127.0.0.1", port)
+        try:
+            assert dealer.sock is not None and dealer.sock.fileno() >= 1024
+            dealer.send([b"token", b"ping"])
+            route, *frames = sock.recv_multipart()
+            assert frames == [b"token", b"ping"]
+            sock.send_multipart([route, b"pong"])
+            assert dealer.recv(WAIT) == b"pong"
+        finally:
+            dealer.close()
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
