@@ -177,19 +177,39 @@ def test_ordered_hash_needs_no_read_in_order() -> None:
 # -- the receiver's writer thread -------------------------------------------------
 
 
-@pytest.fixture
-def writer() -> Iterator[tuple[FileWriter, Results]]:
+@contextlib.contextmanager
+def _writer(queued: int, **kwargs: Any) -> Iterator[tuple[FileWriter, Results]]:
+    """A writer with its actor's PAIR socket, not started (nothing drains
+    until the test starts it); stopped and closed at the end."""
     ctx: zmq.Context[Any] = zmq.Context()
     address = f"inproc://test-writer-{os.getpid()}-{time.monotonic_ns()}"
     results = ctx.socket(zmq.PAIR)
     results.linger = 0
     results.bind(address)
-    w = FileWriter(ctx, address, 64 * 1024 * 1024)
-    w.start()
-    yield w, Results(w, results)
-    w.stop()
-    results.close(linger=0)
-    ctx.term()
+    w = FileWriter(ctx, address, queued, **kwargs)
+    try:
+        yield w, Results(w, results)
+    finally:
+        w.stop()
+        results.close(linger=0)
+        ctx.term()
+
+
+@contextlib.contextmanager
+def _part(tmp_path: Path) -> Iterator[int]:
+    """A part file open for the writer, closed at the end."""
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def writer() -> Iterator[tuple[FileWriter, Results]]:
+    with _writer(64 * 1024 * 1024) as (w, found):
+        w.start()
+        yield w, found
 
 
 @dataclass
@@ -729,15 +749,8 @@ def test_each_chunk_gets_its_blocks_before_it_is_written_where_a_disk_has_blocks
 
 
 def test_writer_refuses_chunks_beyond_its_queue_bound(tmp_path: Path) -> None:
-    ctx: zmq.Context[Any] = zmq.Context()
-    address = f"inproc://test-writer-bound-{os.getpid()}-{time.monotonic_ns()}"
-    results = ctx.socket(zmq.PAIR)
-    results.linger = 0
-    results.bind(address)
-    w = FileWriter(ctx, address, 3 * CHUNK)  # not started yet: nothing drains
-    found = Results(w, results)
-    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    # not started yet: nothing drains
+    with _part(tmp_path) as fd, _writer(3 * CHUNK) as (w, found):  # stopped before fd closes
         data = os.urandom(5 * CHUNK)
         w.open(b"t", fd, CHUNK, len(data), ChunkBitmap(5))
         chunks = [data[i * CHUNK : (i + 1) * CHUNK] for i in range(5)]
@@ -747,11 +760,6 @@ def test_writer_refuses_chunks_beyond_its_queue_bound(tmp_path: Path) -> None:
         assert w.write(b"t", 3, chunks[3]) and w.write(b"t", 4, chunks[4])
         assert {_index(_next(found)) for _ in range(2)} == {3, 4}
         assert os.pread(fd, len(data), 0) == data
-    finally:
-        w.stop()
-        os.close(fd)
-        results.close(linger=0)
-        ctx.term()
 
 
 def test_chunk_buffers_go_back_to_the_pool_and_not_beyond_its_bound() -> None:
@@ -783,15 +791,8 @@ def test_the_receivers_writer_keeps_a_whole_credit_of_4_mib_buffers(
     queued, pooled = bounds(settings)
     chunk = 4 * 1024 * 1024
     count = settings.receive_buffer // chunk
-    ctx: zmq.Context[Any] = zmq.Context()
-    address = f"inproc://test-writer-pool-{os.getpid()}-{time.monotonic_ns()}"
-    results = ctx.socket(zmq.PAIR)
-    results.linger = 0
-    results.bind(address)
-    w = FileWriter(ctx, address, queued, pool_bytes=pooled)  # not started: nothing drains
-    found = Results(w, results)
-    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    # not started: nothing drains
+    with _part(tmp_path) as fd, _writer(queued, pool_bytes=pooled) as (w, found):
         data = os.urandom(2 * count * chunk)
         w.open(b"t", fd, chunk, len(data), ChunkBitmap(2 * count))
         first: list[memoryview] = []
@@ -809,11 +810,6 @@ def test_the_receivers_writer_keeps_a_whole_credit_of_4_mib_buffers(
             assert {_index(_next(found)) for _ in range(count)} == set(range(start, start + count))
             wait_until(lambda: w.buffers.held_bytes == count * chunk, WAIT, "all given back")
         assert blake3.blake3(os.pread(fd, len(data), 0)).digest() == blake3.blake3(data).digest()
-    finally:
-        w.stop()
-        os.close(fd)
-        results.close(linger=0)
-        ctx.term()
 
 
 def test_kept_buffers_and_those_in_flight_stay_within_the_pools_bound() -> None:
