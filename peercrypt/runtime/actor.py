@@ -349,9 +349,9 @@ class Actor:
         """A socket owned by this actor (closed with LINGER 0 when it stops);
         ``data_plane``: it carries bulk chunks (its own I/O thread)."""
         sock: zmq.Socket[Any] = self.env.context.socket(kind)
-        sock.linger = 0
+        sock.setsockopt(zmq.LINGER, 0)  # by number: a send opens several sockets
         if self.env.context.get(zmq.IO_THREADS) >= IO_THREADS:
-            sock.affinity = DATA_AFFINITY if data_plane else CONTROL_AFFINITY
+            sock.setsockopt(zmq.AFFINITY, DATA_AFFINITY if data_plane else CONTROL_AFFINITY)
         self._sockets.append(sock)
         return sock
 
