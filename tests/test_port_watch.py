@@ -94,3 +94,42 @@ def test_one_monitor_in_order_forgets_the_old_connection_and_keeps_the_new() -> 
             os.close(number)
             for s in (client, other, new):
                 s.close()
+
+
+def test_a_sample_reads_what_was_taken_off_each_connection() -> None:
+    """A reading charges a connection with the bytes taken off it (received
+    less those still waiting in the kernel), not with all it received."""
+    watch = PortWatch(GuardLimits(held=1 << 30), lambda key, n: None)
+    with listener() as server:
+        client, accepted = connected(server)
+        try:
+            watch.on_event(event(zmq.EVENT_ACCEPTED, accepted.fileno()))
+            client.sendall(b"x" * 5000)
+            taken = 0
+            while taken < 3000:
+                taken += len(accepted.recv(3000 - taken))
+            watch.sample()
+            assert watch.guard.held == 3000
+        finally:
+            client.close()
+            accepted.close()
+
+
+def test_a_sample_forgets_a_connection_whose_number_names_another_socket() -> None:
+    """The descriptor's number now names another socket (its close was not
+    reported yet): the reading does not take that socket's counters for the
+    connection's, it forgets the connection."""
+    watch = PortWatch(GuardLimits(held=1 << 30), lambda key, n: None)
+    with listener() as server:
+        client, old = connected(server)
+        number = old.detach()
+        watch.on_event(event(zmq.EVENT_ACCEPTED, number))
+        other, new = connected(server)
+        try:
+            reuse(number, new)
+            watch.sample()
+            assert watch.connections == 0
+        finally:
+            os.close(number)
+            for s in (client, other, new):
+                s.close()
