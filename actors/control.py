@@ -191,12 +191,10 @@ class ControlActor(Actor):
                     if placing is not None:
                         self._refuse_multicast(ours, ResultCode.CANCELLED, "cancelled")
                         break
-                    self.tell("sender", CancelRequest(request=ours))
-                    self.tell("msender", CancelRequest(request=ours))
+                    self._cancel(ours)
         elif isinstance(msg, CancelTransfer):
             # Ids in `transfers` are ours: the sender and msender know them.
-            self.tell("sender", CancelRequest(request=msg.transfer))
-            self.tell("msender", CancelRequest(request=msg.transfer))
+            self._cancel(msg.transfer)
             text = f"cancelling transfer {msg.transfer} (if it is running)"
             answer = SettingReply(request=msg.request, ok=True, text=text)
             self.api.send_multipart([route, _local(answer)])
@@ -215,6 +213,21 @@ class ControlActor(Actor):
         else:
             reply = ErrorReply(code="bad-request", reason=f"unexpected {msg.TYPE}")
             self.api.send_multipart([route, _local(reply)])
+
+    def _cancel(self, ours: int) -> None:
+        """Cancel send ``ours`` wherever it is past its placing. A send goes
+        to the sender through the scheduler (``ROUTES``), so a cancel told
+        the sender directly can arrive before its own request, which the
+        sender then would not know, and the send would go on as if never
+        cancelled. The same cancel therefore also follows the request's path:
+        mailboxes deliver in order and the scheduler forwards in order, so
+        it reaches the sender after the request. The direct one still stops a
+        running send when the scheduler is attached from elsewhere and
+        gone; the sender ignores a cancel for a request it does not hold, so
+        the second of the two changes nothing."""
+        self.tell("sender", CancelRequest(request=ours))
+        self.tell("scheduler", CancelRequest(request=ours))
+        self.tell("msender", CancelRequest(request=ours))  # multicasts come straight
 
     def _status(self, request: int) -> StatusReply:
         s = self.settings

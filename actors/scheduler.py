@@ -1,7 +1,9 @@
 """Scheduler actor: every flow decision of the node.
 
 - Resolves each send's policy (mode and parameters) from the node's live
-  defaults and the send's own overrides, then hands it to the sender.
+  defaults and the send's own overrides, then hands it to the sender;
+  a cancel of the send is passed on the same way, so it cannot overtake
+  its request (control.py, ``_cancel``).
 - Paces flows that need it (token-bucket mode, any flow while the node has a
   ``--max-rate``, qos priorities): the sender reports what each could send
   now (``FlowDemand``), the scheduler answers with byte grants
@@ -44,6 +46,7 @@ from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
+    CancelRequest,
     FlowDemand,
     FlowEnd,
     FlowGrant,
@@ -120,6 +123,8 @@ class SchedulerActor(Actor):
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, SendRequest):
             self._resolve(msg)
+        elif isinstance(msg, CancelRequest):  # behind its request (control.py, _cancel)
+            self.tell("sender", msg)
         elif isinstance(msg, FlowStart):
             self.flows[msg.request] = msg
             self._pace(msg)

@@ -6,16 +6,23 @@ yet), real sockets on loopback, content checked by hash."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
+from actors.control import ControlActor
+from actors.scheduler import SchedulerActor
 from peercrypt.client import ControlClient
 from peercrypt.node import Node
+from peercrypt.runtime.actor import ActorEnv
 from peercrypt.testing.nodes import blake3_file, loopback_settings, wait_until
+from peercrypt.wire import codec
 from peercrypt.wire.messages import CancelRequest, SendRequest, SendResult
+from peercrypt.wire.network_messages import MembersAtReply, MembersAtRequest
 
 CHUNK = 64 * 1024
 
@@ -52,12 +59,14 @@ def results(client: ControlClient, count: int) -> dict[int, SendResult]:
     return out
 
 
-def send_all(sender: ControlClient, files: list[Path], rfacts: dict[str, str]) -> None:
-    """Ask ``sender`` to send each file to the receiver (request i: file i)."""
+def send_all(
+    sender: ControlClient, files: list[Path], rfacts: dict[str, str], first: int = 0
+) -> None:
+    """Ask ``sender`` to send each file to the receiver (request first + i: file i)."""
     for i, path in enumerate(files):
         sender.send(
             SendRequest(
-                request=i,
+                request=first + i,
                 path=str(path),
                 host="127.0.0.1",
                 port=int(rfacts["port"]),
@@ -74,33 +83,85 @@ def assert_delivered(got: dict[int, SendResult], files: list[Path], rfacts: dict
         assert blake3_file(inbox / got[i].stored_as) == blake3_file(path)
 
 
+def counter(client: ControlClient, name: str) -> int:
+    return dict(client.status().counters).get(name, 0)
+
+
 def test_sends_beyond_max_outgoing_wait_their_turn(
-    in_process_node: Any, make_file: Callable[..., Path]
+    in_process_node: Any, make_file: Callable[..., Path], free_port: int, tmp_path: Path
 ) -> None:
     _, receiver, rfacts = in_process_node("receiver")
-    _, sender, _ = in_process_node("sender", max_outgoing=1)
+    # Send 0 goes to a port that refuses: its pre-send check retries (as
+    # often as it likes, within its 600 s) and holds the only slot until the
+    # test cancels it, so 1, 2 and 3 wait in line however slow the machine.
+    _, sender, _ = in_process_node("sender", max_outgoing=1, max_retries=1_000_000)
+    watch = ControlClient.for_data_dir(tmp_path / "sender")  # status apart from the results
     files = [make_file(300_000 + i, name=f"f{i}.bin") for i in range(4)]
-    send_all(sender, files, rfacts)
-    sender.send(CancelRequest(request=3))  # still waiting in line: cancelled there
+    sender.send(
+        SendRequest(
+            request=0,
+            path=str(files[0]),
+            host="127.0.0.1",
+            port=free_port,
+            chunk_size=CHUNK,
+            timeout=600.0,
+        )
+    )
+    wait_until(lambda: counter(watch, "sender.hello-retries") >= 1, 30, "send 0 to retry")
+    send_all(sender, files[1:], rfacts, first=1)
+    wait_until(lambda: counter(watch, "sender.queued") == 3, 30, "sends 1 to 3 in line")
+    sender.send(CancelRequest(request=3))  # taken from the line
+    sender.send(CancelRequest(request=0))  # frees the slot: 1, then 2
     got = results(sender, 4)
-    assert got[3].code == "cancelled"
+    assert got[0].code == "cancelled" and got[3].code == "cancelled", (got[0], got[3])
     inbox = Path(rfacts["inbox"])
-    for i in range(3):
+    for i in (1, 2):
         assert got[i].code == "ok", got[i].reason
         assert got[i].digest.hex() == blake3_file(files[i])
         assert blake3_file(inbox / got[i].stored_as) == blake3_file(files[i])
     assert not (inbox / "f3.bin").exists()
-
-    def all_sent() -> dict[str, int] | None:
-        counters = dict(sender.status().counters)
-        return counters if counters.get("sender.sent") == 3 else None
-
-    counters = wait_until(all_sent, 5.0, "sender.sent == 3")
-    # Only one ran at a time: 1 and 2 waited in line (3 was cancelled before
-    # or after reaching the line, depending on its pre-send health check).
-    assert counters["sender.queued"] >= 2
+    wait_until(lambda: counter(watch, "sender.sent") == 2, 10, "sender.sent == 2")
+    assert counter(watch, "sender.queued") == 3  # 2 waited in line again while 1 ran
+    watch.close()
     receiver.close()
     sender.close()
+
+
+def test_a_cancel_never_overtakes_its_send(tmp_path: Path) -> None:
+    """The real control and scheduler actors, their mail handled by the test
+    in the worst order a loaded machine allows: the scheduler runs only
+    after the cancel. A send goes control -> scheduler -> sender, so a cancel
+    told only to the sender came first, was ignored (the sender did not hold
+    the send yet), and the send went on; the cancel must also reach the
+    sender after its send."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    mail: dict[str, list[codec.Message]] = {}
+    settings = loopback_settings(tmp_path, None)
+    env = ActorEnv(ctx, f"cancel{time.monotonic_ns()}")
+    control = ControlActor(env, settings, "token")
+    scheduler = SchedulerActor(env, settings)
+    for actor in (control, scheduler):
+        actor.tell = lambda to, msg: mail.setdefault(to, []).append(msg)  # type: ignore[method-assign,assignment]
+    control.api = ctx.socket(zmq.ROUTER)  # the client's progress goes nowhere
+    try:
+        route = b"client"
+        control._on_request(
+            route, SendRequest(request=7, path="/x", host="127.0.0.1", port=9, chunk_size=CHUNK)
+        )
+        (placing,) = mail.pop("health")  # the members at its address
+        assert isinstance(placing, MembersAtRequest)
+        control.on_mail(MembersAtReply(request=placing.request, members={}))
+        control._on_request(route, CancelRequest(request=7))  # the scheduler has not run yet
+        for msg in mail.pop("scheduler"):
+            scheduler.on_mail(msg)
+        order = [type(m).__name__ for m in mail["sender"]]
+        assert "SendRequest" in order and "CancelRequest" in order[order.index("SendRequest") :], (
+            order
+        )
+        assert all(getattr(m, "request", None) == placing.request for m in mail["sender"])
+    finally:
+        control.api.close(0)
+        ctx.term()
 
 
 def test_small_receive_buffer_is_shared_and_transfers_still_complete(
