@@ -235,6 +235,23 @@ def test_details_sealed_to_a_key_open_only_for_its_holder() -> None:
         Initiator(sender).seal_details(tid, bytes(32), b"x")
 
 
+def test_details_sealed_to_one_key_then_answered_by_another_derive_the_answerers_keys() -> None:
+    """The initiator keeps the exchange of its details' seal for the same
+    key only: details sealed to an offer key, the answer from the node's own
+    key (an attached receiver) still verifies and matches that answer; the
+    kept exchanges of long-term keys give the same keys every time, and a
+    degenerate key is refused every time (a refusal is never kept)."""
+    sender, offer_key, receiver, tid = node(), node(), node(), os.urandom(16)
+    for _ in range(2):
+        init = Initiator(sender)
+        init.seal_details(tid, offer_key.public, b"details")
+        answer = respond(tid, receiver, sender.public, init.public)
+        assert init.finish(tid, answer.static_pub, answer.eph_pub, answer.proof) == answer.secrets
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            open_details(tid, receiver, LOW_ORDER[1], Initiator(sender).public, b"x" * 32)
+
+
 # -- hello ---------------------------------------------------------------------------
 
 
