@@ -21,9 +21,18 @@ from peercrypt.testing.nodes import NodeProcess, wait_until
 INTERVAL = 0.5
 ARGS = ("--gossip-interval", "0.2", "--health-check-interval", str(INTERVAL), "--timeout", "1")
 
-pytestmark = pytest.mark.skipif(
-    not netns.available(), reason=f"network namespaces: {netns.unavailable_reason()}"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not netns.available(), reason=f"network namespaces: {netns.unavailable_reason()}"
+    ),
+    # The test's own bounds, not the suite's 120 s: four node starts (up to
+    # START_TIMEOUT, 30 s, each) and waits of 30, 30 and 45 s, whose every
+    # poll runs a `peers` command on each node (seconds each under load).
+    # At load 18 it took 125 s while going right (starts 45 s, the waits
+    # 80 s) and the suite's timeout cut it before its own waits could say
+    # what was missing.
+    pytest.mark.timeout(300),
+]
 
 
 def states(node: NodeProcess) -> dict[str, str]:
@@ -75,8 +84,12 @@ def test_partition_then_heal(tmp_path: Path, network_key: str) -> None:
                 30,
                 "each side to mark the other dead",
             )
-            # Within a side, members stay alive.
-            assert sees(left[0], [left[1]], "alive") and sees(right[0], [right[1]], "alive")
+            # Within a side, no member is declared dead (a probe answered late
+            # on a loaded machine may make one suspect for a moment: it is
+            # answering, and refutes it).
+            for side in (left, right):
+                state = states(side[0]).get(side[1].fingerprint)
+                assert state in ("alive", "suspect"), state
 
             net.heal(0, 1)
             wait_until(
