@@ -18,7 +18,8 @@ checkpoint's sync:
 
 - :class:`Written` ``(tid, index)``
 - :class:`Finished` ``(tid, digest)``  (after fsync; the digest of the file
-  as read back from disk, so what is verified is what is stored)
+  as read back from disk, so what is verified is what is stored: read as
+  it was written for a fresh part nothing else touched, below)
 - :class:`WriteFailed` ``(tid, text, no_space)``  (``no_space``: the disk is
   full; the part is checkpointed). Any error in a file's work fails that
   file, an unexpected one (a fault of ours, logged by its type) too: the
@@ -90,11 +91,24 @@ chunk's megabyte at once cost 0.20-0.24 CPU s per GiB of writes against
 0.26-0.33 (docs/benchmarks.md). A full disk then shows as ``ENOSPC`` from
 the allocation, handled as from the write.
 
-The hash is taken once, at the end, of the part as read back after fsync
-(from the page cache with BLAKE3 on every core, or from the disk on one
-core while three threads read ahead): chunks may be written in any order
-(parallel lanes, retransmissions, chunks from an earlier run on resume),
-and nothing is held in memory for the hash or hashed twice.
+The hash is of the part as read back, never of what was written, and
+nothing is held in memory for it. A part this run of the node created
+(``O_EXCL``: :meth:`FileWriter.watch`, then :meth:`FileWriter.open` with
+``fresh``) is read back as it is written: a thread of the writer's
+(``pc-check``) follows each such part's contiguous written prefix (chunks
+come in any order: parallel lanes, retransmissions) and hashes each range
+read back, the same way the final check would, so the check after the
+last chunk is the fsync and the rest of the prefix. That hash is the
+verdict only if nothing could have changed a range after it was read: no
+open of the part since the writer's own (inotify), its size and no hole
+below it (a truncate by name), no chunk written again below what was read
+(:mod:`actors.read_back`). Otherwise, and for a kept part (resume: another
+process may hold a descriptor of it from before), a folder's, or where
+inotify is missing, the hash is taken once, at the end, of the whole part
+as read back after fsync (from the page cache with BLAKE3 on every core,
+or from the disk on one core while three threads read ahead). On this
+disk that read-back was 1.1-1.4 s of wall time per GiB after the last
+chunk (docs/benchmarks.md, "The read-back as written").
 
 A folder transfer (``open(..., tree=TreeSpec)``) is different: what is kept
 is its tree, not its part. Once written, its chunks are handed in stream
@@ -121,7 +135,6 @@ import ctypes
 import ctypes.util
 import dataclasses
 import errno
-import functools
 import logging
 import mmap
 import os
@@ -141,6 +154,8 @@ import zmq
 
 from actors.file_chunks import read_chunk
 from actors.inbox import discard_part, save_manifest
+from actors.read_back import EarlyPart, Follower, Watches, filesystem, read_direct, whole
+from actors.read_back import libc as _libc
 from actors.tree_store import TreeBuilder, unpack
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.incoming import ACK_EVERY
@@ -235,17 +250,6 @@ MAX_CHECKS = 2  # final checks running at once (from the page cache, each on eve
 MAX_DETACHED_CHECKS = 4  # threads of closed files' checks still running (a hung fsync)
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """The C library, on Linux (its calls the os module lacks); else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
 def _writeback_starter() -> Callable[[int, int, int], None]:
     """``start(fd, offset, length)``: begin writeback of a range, not waiting."""
     sync_file_range = getattr(_libc(), "sync_file_range", None)
@@ -303,14 +307,10 @@ def _block_allocator() -> Callable[[int, int, int], bool]:
 def _has_blocks(fd: int) -> bool:
     """Whether ``fd``'s filesystem keeps blocks worth allocating ahead (not
     tmpfs or ramfs; unknown: yes, and the first allocation tells)."""
-    fstatfs = getattr(_libc(), "fstatfs", None)
-    if fstatfs is None:
+    if _libc() is None:
         return False
-    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type comes first
-    if fstatfs(fd, buf) != 0:
-        return True
-    f_type = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
-    return f_type not in MEMORY_FILESYSTEMS
+    f_type = filesystem(fd)
+    return f_type is None or f_type not in MEMORY_FILESYSTEMS
 
 
 # The read-back reads this much of the file at a time, into one reused
@@ -369,11 +369,8 @@ def hash_direct(fd: int, size: int, progress: Callable[[int], None] | None = Non
 
     def read(offset: int, window: mmap.mmap) -> int:
         length = min(HASH_WINDOW, size - offset)
-        asked = -(-length // DIRECT_ALIGN) * DIRECT_ALIGN  # a short read at the end
         with memoryview(window) as view:
-            got = os.preadv(fd, [view[:asked]], offset)
-        if got < length:
-            raise OSError(errno.EIO, "the part was cut short while it was checked")
+            read_direct(fd, view, offset, length, DIRECT_ALIGN)
         return length
 
     # Jobs for the readers, in order (None: stop), each answered on its Future.
@@ -592,6 +589,20 @@ class _File:
     feeder: _Feeder | None = None
     fed: int = 0
     check: _Check | None = None  # its final check, once finish() was asked
+    # A fresh part read back as it is written (actors/read_back.py), and its
+    # chunks written contiguously from the start, as the follower was told.
+    early: EarlyPart | None = None
+    prefix: int = 0
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """A part just created, as :meth:`FileWriter.watch` prepared it: its
+    ``O_DIRECT`` descriptor (None: buffered) and its watch (None: it could
+    not be watched; its final check reads it all back after the fsync)."""
+
+    direct: int | None
+    wd: int | None
 
 
 @dataclass(eq=False)
@@ -605,6 +616,7 @@ class _Check:
     fd: int
     direct: bool = False  # fd was opened with O_DIRECT: read back with hash_direct
     detached: bool = False
+    early: EarlyPart | None = None  # read back as written: the verdict if nothing changed it
 
 
 class _Feeder:
@@ -758,13 +770,29 @@ class FileWriter:
         self._checks_waiting: collections.deque[_Check] = collections.deque()
         self._checks_running: set[_Check] = set()
         self._checks_detached: set[_Check] = set()
+        # Fresh parts read back as they are written (actors/read_back.py):
+        # their watches (any thread) and the thread that reads them.
+        self._watches = Watches(_libc())
+        self._follower = Follower(HASH_WINDOW, DIRECT_ALIGN)
+        self.early_checks = 0  # verdicts from the read-back as written (checks' threads)
+        self.full_checks = 0  # verdicts from a whole read-back after the fsync
+        self._count_lock = threading.Lock()
 
-    def report_direct(self, counters: dict[str, int]) -> None:
-        """Put :attr:`direct_bytes` in an actor's counters as ``direct-bytes``
-        (each receiver calls it before it reports; set only when it moved)."""
-        direct = self.direct_bytes
-        if direct != counters.get("direct-bytes", 0):
-            counters["direct-bytes"] = direct
+    def report_counters(self, counters: dict[str, int]) -> None:
+        """Put the writer's counts in an actor's counters (each receiver
+        calls it before it reports; each set only when it moved):
+        ``direct-bytes`` (:attr:`direct_bytes`), ``checks-early`` and
+        ``checks-full`` (final checks whose verdict came from the read-back
+        as written, and from a whole read-back after the fsync), and
+        ``read-back-early-bytes`` (bytes read back as written)."""
+        for name, value in (
+            ("direct-bytes", self.direct_bytes),
+            ("checks-early", self.early_checks),
+            ("checks-full", self.full_checks),
+            ("read-back-early-bytes", self._follower.read_bytes),
+        ):
+            if value != counters.get(name, 0):
+                counters[name] = value
 
     @property
     def checks_moved(self) -> int:
@@ -778,6 +806,7 @@ class FileWriter:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._follower.stop()
         for halt in list(self._halts):
             halt.set()
         self._queue.put(None)
@@ -792,13 +821,27 @@ class FileWriter:
         held: ChunkBitmap,
         checkpoint: tuple[Path, Manifest] | None = None,
         tree: TreeSpec | None = None,
+        fresh: Fresh | None = None,
     ) -> None:
         """Start writing ``fd``; ``held`` chunks are already in the file.
         ``checkpoint``: the inbox and the manifest to keep up to date (its
         ``written`` and ``updated`` are the writer's). ``tree``: a folder
-        transfer, built under its hidden name as its chunks come in order."""
+        transfer, built under its hidden name as its chunks come in order.
+        ``fresh``: :meth:`watch` of the part, which the caller has just
+        created (not a folder's): read back as it is written
+        (actors/read_back.py)."""
         bits = held.to_bytes()
-        self._queue.put(("open", tid, fd, chunk_size, size, bits, held.total, checkpoint, tree))
+        op = ("open", tid, fd, chunk_size, size, bits, held.total, checkpoint, tree, fresh)
+        self._queue.put(op)
+
+    def watch(self, fd: int) -> Fresh:
+        """Right after the caller created a part (``O_EXCL``, in this run of
+        the node: no other process can hold a descriptor of it from
+        before), on its thread: open it for direct writes (the last open of
+        ours), then watch it for any other open (actors/read_back.py). For
+        :meth:`open`, to be called next, whatever happens."""
+        direct = self._open_direct(fd)  # (before the watch: this open is ours)
+        return Fresh(direct, self._watches.add(fd))
 
     def write(self, tid: bytes, index: int, data: bytes | memoryview) -> bool:
         """Queue a chunk; False (nothing queued) if ``max_queued`` bytes wait.
@@ -896,6 +939,7 @@ class FileWriter:
             unsaved = self._checkpoint(f)
             if unsaved:
                 self._notes.append(Unsaved(tid, unsaved))
+        self._drop_early(f)  # (a failed file is never checked)
         self._remember_failed(tid, f)  # (after its checkpoint: it may close f)
         return WriteFailed(tid, text, no_space=full)
 
@@ -925,10 +969,18 @@ class FileWriter:
     def _apply(self, files: dict[bytes, _File], op: tuple[Any, ...]) -> WriterResult | None:
         kind, tid = op[0], op[1]
         if kind == "open":
-            _, _, fd, chunk_size, size, held, total, checkpoint, tree = op
+            _, _, fd, chunk_size, size, held, total, checkpoint, tree, fresh = op
             opened = _File(fd, chunk_size, size, ChunkBitmap.from_bytes(total, held))
             opened.allocate = _has_blocks(fd)
-            if tree is None:  # (a folder's feeder reads its chunks back from the page cache)
+            if fresh is not None:  # opened directly and watched on the caller's thread
+                opened.direct = fresh.direct
+                if fresh.wd is not None:
+                    source = fresh.direct if fresh.direct is not None else fd
+                    opened.early = EarlyPart(
+                        os.dup(source), fresh.direct is not None, size, fresh.wd
+                    )
+                    self._follower.add(opened.early)
+            elif tree is None:  # (a folder's feeder reads its chunks back from the page cache)
                 opened.direct = self._open_direct(fd)
             files[tid] = opened
             if tree is not None:
@@ -955,6 +1007,7 @@ class FileWriter:
             if closing is not None:
                 self._detach(closing)
                 self._drop_feeder(closing)  # a tree not published: nothing of it stays
+                self._drop_early(closing)
             self._checked.pop(tid, None)  # (after its feeder stopped noting it)
             if closing is None:
                 return None
@@ -984,6 +1037,9 @@ class FileWriter:
         if kind == "write":
             _, _, index, data = op
             offset = index * f.chunk_size
+            if f.early is not None and offset < f.early.target:
+                # (the follower may have read it: its hash would not be of this)
+                self._follower.taint(f.early, "a chunk written again after it was read back")
             if f.allocate and not self._allocate(f.fd, offset, len(data)):
                 f.allocate = False  # this filesystem cannot: the write reserves them
             done = self._write_direct(f, data, offset)
@@ -995,6 +1051,8 @@ class FileWriter:
             f.written.add(index)
             if f.feeder is not None:
                 self._feed(f)
+            if f.early is not None:
+                self._advance(f)
             f.since_checkpoint += 1
             if f.since_checkpoint >= checkpoint_every(f.chunk_size):
                 self._announce()  # not held across the sync
@@ -1009,6 +1067,7 @@ class FileWriter:
                 return None  # asked before: one check per file
             direct = f.direct is not None
             f.check = _Check(tid, f, os.dup(f.direct if f.direct is not None else f.fd), direct)
+            f.check.early = f.early
             self._checks_waiting.append(f.check)
             self._start_checks()
             return None
@@ -1025,6 +1084,7 @@ class FileWriter:
                 return TreeFailed(tid, exc.strerror or str(exc), bad=False)
             return Unpacked(tid, tuple(stored))
         if kind == "forget":
+            self._drop_early(f)
             files.pop(tid, None)
             return None
         raise ValueError(f"unknown writer op {kind!r}")
@@ -1132,11 +1192,37 @@ class FileWriter:
                 self._fsync(check.fd)
             finally:
                 self._in_fsync.discard(check)
-        # The verdict is on what the disk holds now, not on what was
-        # written: a part changed underneath us (another process, a
-        # faulty disk) must not be published as verified.
+        # The verdict is on what the disk holds, not on what was written: a
+        # part changed underneath us (another process, a faulty disk) must
+        # not be published as verified. Read as it was written, if nothing
+        # could have changed a range after it was read (actors/read_back.py);
+        # else all of it now.
+        if check.early is not None:
+            digest = self._early_verdict(check, check.early, note)
+            if digest is not None:
+                with self._count_lock:
+                    self.early_checks += 1
+                return Finished(tid, digest)
+        with self._count_lock:
+            self.full_checks += 1
         read_back = hash_direct if check.direct else hash_file
         return Finished(tid, read_back(check.fd, f.size, note))
+
+    def _early_verdict(
+        self, check: _Check, early: EarlyPart, note: Callable[[int], None]
+    ) -> bytes | None:
+        """The hash of ``early`` as it was read back while written, once the
+        follower has read it all, if nothing could have changed a range of
+        it after it was read: no hole and its size (a truncate by name), no
+        open of it since it was watched (events read last, right before the
+        verdict); else None (the whole read-back)."""
+        if not self._follower.complete(early, note):
+            return None
+        if not whole(check.fd, early.size) or self._watches.opened(early.wd):
+            return None
+        note(early.size)
+        digest: bytes = early.hasher.digest()
+        return digest
 
     def _checked_verdict(
         self, files: dict[bytes, _File], check: _Check, verdict: Finished | WriteFailed
@@ -1166,6 +1252,7 @@ class FileWriter:
             return
         self._detach(f)
         self._drop_feeder(f)
+        self._drop_early(f)
         os.close(f.fd)
         if f.direct is not None:
             os.close(f.direct)
@@ -1216,6 +1303,24 @@ class FileWriter:
         while f.fed < total and f.fed in f.written:
             f.feeder.push(f.fed)
             f.fed += 1
+
+    def _advance(self, f: _File) -> None:
+        """Tell the follower how far ``f`` is written from its start."""
+        assert f.early is not None
+        total = f.written.total
+        start = f.prefix
+        while f.prefix < total and f.prefix in f.written:
+            f.prefix += 1
+        if f.prefix != start:
+            self._follower.advance(f.early, min(f.size, f.prefix * f.chunk_size))
+
+    def _drop_early(self, f: _File) -> None:
+        """``f`` is closed or failed: its read-back as written stops (its
+        check, if one runs, reads it all instead) and its watch goes."""
+        early, f.early = f.early, None
+        if early is not None:
+            self._follower.remove(early)
+            self._watches.remove(early.wd)
 
     def _drop_feeder(self, f: _File) -> None:
         if f.feeder is not None:

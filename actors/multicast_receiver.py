@@ -76,6 +76,7 @@ from actors.file_writer import (
     Detached,
     FileWriter,
     Finished,
+    Fresh,
     TreeFailed,
     TreeSpec,
     Unpacked,
@@ -307,7 +308,7 @@ class MulticastReceiverActor(Actor):
     def report(self) -> None:
         # Counter ``direct-bytes``: what the writer wrote with O_DIRECT
         # (--direct-writes), as the unicast receiver reports its writer's.
-        self.writer.report_direct(self.counters)
+        self.writer.report_counters(self.counters)
         self.facts["multicast_decrypt_buffers_out"] = str(self.writer.buffers.out_bytes)
         super().report()
 
@@ -563,6 +564,7 @@ class MulticastReceiverActor(Actor):
         s = self.settings
         a, env, kept, name, key = j.announce, j.env, j.kept, j.name, j.key
         held = kept.held() if kept is not None else None
+        watched: Fresh | None = None  # a new part, read back as it is written
         try:
             if kept is not None:
                 part, fd = s.inbox / kept.part, open_part(s.inbox, kept.part, a.size)
@@ -570,6 +572,8 @@ class MulticastReceiverActor(Actor):
                 # The full id plus a local random suffix: a co-receiver
                 # knowing the id cannot make us open or remove its file.
                 part, fd = create_part(s.inbox, name, a.sid.hex(), a.size, kind="mc", unique=True)
+                # (a folder's part keeps today's check: its feeder hashes it in order)
+                watched = None if j.tree else self.writer.watch(fd)
         except OSError as exc:
             raise Refusal("io", f"cannot write the inbox: {exc.strerror}") from None
         total = -(-a.size // a.chunk_size)
@@ -608,6 +612,7 @@ class MulticastReceiverActor(Actor):
             sess.tracker.written,
             (s.inbox, template),
             tree=self._tree_spec(sess) if sess.tree else None,
+            fresh=watched,
         )
         self.count("joined")
         if held is not None:

@@ -62,6 +62,7 @@ from actors.file_writer import (
     Detached,
     FileWriter,
     Finished,
+    Fresh,
     TreeFailed,
     TreeSpec,
     Unpacked,
@@ -811,12 +812,15 @@ class ReceiverActor(Actor):
         keys = TransferKeys.for_receiver(offer.tid, answer.secrets)
         held: ChunkBitmap | None = None
         part: Path | None = None
+        watched: Fresh | None = None  # a new part, read back as it is written
         try:
             if reuse is not None:
                 fd = open_part(s.inbox, reuse.part, details.size)
                 part, held = s.inbox / reuse.part, reuse.held()
             else:
                 part, fd = create_part(s.inbox, name, offer.tid.hex()[:12], details.size)
+                # (a folder's part keeps today's check: its feeder hashes it in order)
+                watched = None if details.tree else self.writer.watch(fd)
         except Refusal as exc:
             self.tell("space", SpaceRelease(owner=self.name, tid=offer.tid, keep=False))
             return self._refuse(offer.tid, peer, exc.code, exc.reason)
@@ -860,6 +864,7 @@ class ReceiverActor(Actor):
             flow.written,
             checkpoint=(s.inbox, template),
             tree=self._tree_spec(t) if t.tree else None,
+            fresh=watched,
         )
         held_bytes = t.reported = reuse.held_bytes() if reuse is not None else 0
         self.count("accepted")
@@ -921,7 +926,7 @@ class ReceiverActor(Actor):
         self.facts["writer_queue_peak"] = str(self.writer.queued_peak)
         # Decrypt buffers taken and not given back (0 whenever no chunk is in flight).
         self.facts["decrypt_buffers_out"] = str(self.writer.buffers.out_bytes)
-        self.writer.report_direct(self.counters)  # bytes written with O_DIRECT (--direct-writes)
+        self.writer.report_counters(self.counters)  # direct-bytes, checks-early...
         super().report()
 
     def _outcome(self, t: Incoming, stored_as: str, reason: str) -> None:

@@ -15,6 +15,7 @@ import os
 import queue
 import random
 import resource
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -547,3 +548,193 @@ def test_a_reader_that_cannot_start_leaves_none_of_the_others_behind(
     finally:
         os.close(direct)
         os.close(fd)
+
+
+# -- the read-back taken as a fresh part is written (actors/read_back.py) -------------
+
+
+@pytest.fixture(params=["disk", "tmpfs"])
+def fresh_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A directory on a disk (O_DIRECT, tmp_path) or on tmpfs (buffered)."""
+    if request.param == "disk":
+        yield request.getfixturevalue("disk")
+        return
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm")
+    with tempfile.TemporaryDirectory(dir=shm) as d:
+        yield Path(d)
+
+
+@contextlib.contextmanager
+def _early_harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
+    """A writer whose read-back windows are four pages (many per file)."""
+    monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
+    h = Harness()
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def _fresh(h: Harness, directory: Path, size: int) -> tuple[Path, int]:
+    """A part created as the receivers create one, opened as fresh."""
+    path = directory / "part"
+    fd = new_part(directory, size)
+    watched = h.writer.watch(fd)
+    total = -(-size // CHUNK)
+    h.writer.open(b"t", fd, CHUNK, size, ChunkBitmap(total), fresh=watched)
+    return path, fd
+
+
+def _read_back_to(h: Harness, at_least: int) -> None:
+    """Until the follower has read back ``at_least`` bytes (bounded)."""
+    follower = h.writer._follower
+    with follower._cond:
+        moved = follower._cond.wait_for(lambda: follower.read_bytes >= at_least, WAIT)
+    assert moved, f"only {follower.read_bytes} of {at_least} bytes read back"
+
+
+def _write(h: Harness, data: bytes, indices: list[int]) -> None:
+    pieces = chunks_of(data)
+    for index in indices:
+        assert h.write(b"t", index, pieces[index]) == Written(b"t", index)
+
+
+@pytest.mark.parametrize("order", ["in-order", "reversed", "shuffled"])
+def test_a_fresh_part_read_back_as_written_gives_the_content_s_hash(
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    """In order, out of order (parallel lanes): the verdict comes from the
+    read-back as written (none after the fsync) and is the content's hash."""
+    data = os.urandom(9 * CHUNK + 4096 * 3 + 17)
+    total = -(-len(data) // CHUNK)
+    indices = list(range(total))
+    if order == "reversed":
+        indices.reverse()
+    elif order == "shuffled":
+        random.shuffle(indices)
+    with _early_harness(monkeypatch) as h:
+        _, fd = _fresh(h, fresh_dir, len(data))
+        _write(h, data, indices)
+        _read_back_to(h, len(data))
+        finish(h, fd, data)
+        assert (h.writer.early_checks, h.writer.full_checks) == (1, 0)
+        h.writer.close(b"t", keep=False)
+
+
+def _tampered(
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, tamper: Callable[..., None]
+) -> None:
+    """Half the chunks written and read back, ``tamper(h, path, fd, data)``,
+    the rest written: the verdict is the hash of the part as changed (the
+    whole read-back), not the content's."""
+    data = os.urandom(12 * CHUNK)
+    with _early_harness(monkeypatch) as h:
+        path, fd = _fresh(h, fresh_dir, len(data))
+        _write(h, data, list(range(6)))
+        _read_back_to(h, 6 * CHUNK)
+        tamper(h, path, fd, data)
+        _write(h, data, list(range(6, 12)))
+        h.writer.finish(b"t")
+        result = h.next()
+        stored = os.pread(fd, len(data) + 1, 0)
+        assert stored != data
+        assert result == Finished(b"t", blake3.blake3(stored).digest())
+        assert (h.writer.early_checks, h.writer.full_checks) == (0, 1)
+        h.writer.close(b"t", keep=False)
+
+
+def test_a_part_opened_and_changed_after_it_was_read_back_is_read_back_whole(
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def change(h: Harness, path: Path, fd: int, data: bytes) -> None:
+        with open(path, "r+b") as f:  # another process would open it just so
+            f.write(bytes([data[0] ^ 0xFF]))
+
+    _tampered(fresh_dir, monkeypatch, change)
+
+
+def test_a_part_truncated_by_name_after_it_was_read_back_is_read_back_whole(
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def cut(h: Harness, path: Path, fd: int, data: bytes) -> None:
+        os.truncate(path, CHUNK // 2)  # no open: no event
+        os.truncate(path, len(data))  # its size again
+
+    _tampered(fresh_dir, monkeypatch, cut)
+
+
+def test_a_chunk_written_again_after_it_was_read_back_is_read_back_whole(
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def again(h: Harness, path: Path, fd: int, data: bytes) -> None:
+        other = bytes([data[0] ^ 0xFF]) + data[1:CHUNK]
+        assert h.write(b"t", 0, other) == Written(b"t", 0)
+
+    _tampered(fresh_dir, monkeypatch, again)
+
+
+def test_a_part_not_fresh_is_read_back_whole_after_the_fsync(
+    fresh_dir: Path, harness: Harness
+) -> None:
+    """A kept part (opened without watch()) keeps the whole read-back."""
+    data = os.urandom(5 * CHUNK + 99)
+    fd = new_part(fresh_dir, len(data))
+    write_file(harness, fd, data, list(range(6)), ChunkBitmap(6))
+    finish(harness, fd, data)
+    assert (harness.writer.early_checks, harness.writer.full_checks) == (0, 1)
+    assert not harness.writer._follower.running
+    harness.writer.close(b"t", keep=False)
+
+
+def _fds() -> dict[str, str]:
+    """This process's open descriptors of files and inotify instances, and
+    what each is (the listing's own descriptor, gone by then, and ZeroMQ's
+    eventfds and sockets, made as it needs them, left out)."""
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            what = os.readlink(f"/proc/self/fd/{fd}")
+            if what.startswith("/") or "inotify" in what:
+                found[fd] = what
+    return found
+
+
+def _checkers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "pc-check"]
+
+
+@pytest.mark.parametrize("checking", [False, True])
+def test_a_part_closed_mid_read_back_leaves_no_descriptor_and_no_thread(
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, checking: bool
+) -> None:
+    """Closed (a cancel) while it is read back, or while its final check
+    waits for the read-back: its descriptors, its watch (and the inotify
+    instance with it) and the follower's thread all go."""
+    data = os.urandom(12 * CHUNK)
+    with _early_harness(monkeypatch) as h:
+        before, threads = _fds(), _checkers()
+        _fresh(h, fresh_dir, len(data))
+        _write(h, data, list(range(6)))
+        _read_back_to(h, 6 * CHUNK)
+        follower = h.writer._follower._thread
+        assert follower is not None and follower.is_alive()
+        if checking:  # a check cannot start before every chunk is written: all
+            monkeypatch.setattr(h.writer._follower, "_next", lambda: None)  # (it stalls)
+            _write(h, data, list(range(6, 12)))
+            h.writer.finish(b"t")
+        h.writer.close(b"t", keep=False)
+        if checking:
+            assert isinstance(h.next(), file_writer.Detached)  # the check saw it closed
+        follower.join(WAIT)
+        assert not follower.is_alive()
+        assert _checkers() == threads
+        # Another file's chunk written: the close was applied before it.
+        (fresh_dir / "part").unlink()
+        other = new_part(fresh_dir, CHUNK)
+        h.writer.open(b"u", other, CHUNK, CHUNK, ChunkBitmap(1))
+        assert h.write(b"u", 0, data[:CHUNK]) == Written(b"u", 0)
+        new = {fd: what for fd, what in _fds().items() if before.get(fd) != what}
+        assert set(new.values()) == {str(fresh_dir / "part")}, new  # u's (and its direct one)
+        h.writer.close(b"u", keep=False)

@@ -5,7 +5,9 @@ disk holds it* equals the hash the sender read. Two ways to break that, each
 with real node processes:
 
 - a sender that sends the right chunks but lies in its final hash;
-- the part file changed on disk between being written and being verified.
+- the part file changed on disk between being written and being verified:
+  after the range was read back as written (opened and changed, or
+  truncated by its name), which must not let the early read stand.
 
 Each must fail the transfer and leave nothing under the final name (nor a
 part file), while a good transfer at the same time still verifies. And a
@@ -15,12 +17,16 @@ new offer of the same file while its check runs must not store it twice.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import blake3
+import pytest
 
+import actors.file_writer as file_writer
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import (
     BackgroundSend,
@@ -67,42 +73,107 @@ def test_a_sender_lying_in_its_final_hash_stores_nothing(
     assert receiver.wait_for_counter("receiver.hash-mismatch", 1) == 1
 
 
-def test_a_part_changed_on_disk_before_verification_stores_nothing(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+def _parts_of(receiver: NodeProcess, name: str) -> list[Path]:
+    """``name``'s part files, found by name (never opened: an open of a
+    part is what the receiver watches for)."""
+    prefix = f".{name}."
+    return [
+        p for p in receiver.inbox.iterdir() if p.name.startswith(prefix) and p.suffix == ".part"
+    ]
+
+
+def _changed_after_read_back(
+    receiver: NodeProcess, network_key: str, change: Callable[[Path, int], None]
 ) -> None:
-    receiver, sender, other = node_factory(), node_factory(), node_factory()
-    src = make_file(6 << 20, name="tampered.bin")
-    good = make_file(4 << 20)
-    first = src.read_bytes()[:4096]
-    # 1 MiB/s: the transfer takes about five seconds, time to change its part.
-    victim = BackgroundSend(sender, src, receiver, "-r", str(1 << 20))
-    running = BackgroundSend(other, good, receiver, "-r", str(2 << 20))
-
-    def written_part() -> Path | None:
-        for p in receiver.inbox.iterdir():
-            if p.name.startswith(".tampered.bin.") and p.name.endswith(".part"):
-                with open(p, "rb") as f:
-                    if f.read(4096) == first:  # chunk 0 is on disk
-                        return p
-        return None
-
-    part = wait_until(written_part, WAIT, "the first chunk in the part file")
-    with open(part, "r+b") as f:
-        f.write(bytes([first[0] ^ 0xFF]))
-    code, result = victim.join()
-    assert code != 0 and result["code"] == "hash-mismatch", result
-    assert leftovers(receiver, "tampered.bin") == []
-    assert_sent(receiver, running.join(), good)
+    """A part changed by ``change(part, size)`` on disk mid-transfer, once
+    its first window (chunk 0 in it) was read back as written and while all
+    that is written is read back (a truncate then cuts off only ranges read
+    already): the transfer fails its hash check and leaves nothing."""
+    window = file_writer.HASH_WINDOW
+    chunk = 1 << 20
+    content = os.urandom(3 * window)
+    with HostileSender(network_key, receiver.host, receiver.port) as sender:
+        t = sender.offer("tampered.bin", len(content), chunk)
+        assert isinstance(t, HostileTransfer), t
+        _send_all(t, content, chunk, stop=window // chunk)  # acked: written
+        receiver.wait_for_counter("receiver.read-back-early-bytes", window, WAIT)
+        (part,) = _parts_of(receiver, "tampered.bin")
+        change(part, len(content))
+        _send_all(t, content, chunk, start=window // chunk)
+        t.send_done(blake3.blake3(content).digest())  # the truth
+        failed = t.wait_for(Failed, WAIT)
+        assert failed.code == "hash-mismatch"
+    gone = lambda: leftovers(receiver, "tampered.bin") == [] or None  # noqa: E731
+    wait_until(gone, WAIT, "the part and its manifest removed")
+    assert receiver.counters().get("receiver.checks-early", 0) == 0
 
 
-def _send_all(t: HostileTransfer, content: bytes, chunk: int) -> None:
-    """Every chunk, within the receiver's credit, until all are acked."""
-    sent = acked = 0
+def test_a_part_changed_on_disk_after_it_was_read_back_stores_nothing(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """Opened (as any other process would) and its first byte changed."""
+
+    def flip(part: Path, size: int) -> None:
+        with open(part, "r+b") as f:
+            first = f.read(1)
+            f.seek(0)
+            f.write(bytes([first[0] ^ 0xFF]))
+
+    _changed_after_read_back(node_factory(), network_key, flip)
+
+
+def test_a_part_truncated_by_name_after_it_was_read_back_stores_nothing(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """Cut short by its name (no open) and grown back to its size."""
+
+    def cut(part: Path, size: int) -> None:
+        os.truncate(part, 4096)
+        os.truncate(part, size)
+
+    _changed_after_read_back(node_factory(), network_key, cut)
+
+
+@pytest.mark.parametrize("where", ["disk", "tmpfs"])
+@pytest.mark.parametrize("lanes", ["1", "4"])
+def test_a_fresh_part_is_verified_by_its_read_back_as_written(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    tmp_path: Path,
+    where: str,
+    lanes: str,
+) -> None:
+    """Sent in order or by four lanes (chunks out of order), into a disk
+    inbox (read back with O_DIRECT) or tmpfs: stored with the content's
+    hash, the verdict from the read-back as written."""
+    inbox = tmp_path / "inbox"
+    if where == "tmpfs":
+        if not Path("/dev/shm").is_dir():
+            pytest.skip("no /dev/shm")
+        inbox = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        receiver, sender = node_factory("--inbox", str(inbox)), node_factory()
+        src = make_file((24 << 20) + 12345)
+        assert_sent(receiver, sender.send(src, receiver.host, receiver.port, "-t", lanes), src)
+        assert receiver.wait_for_counter("receiver.checks-early", 1) == 1
+        assert receiver.counters().get("receiver.checks-full", 0) == 0
+    finally:
+        if where == "tmpfs":
+            shutil.rmtree(inbox, ignore_errors=True)
+
+
+def _send_all(
+    t: HostileTransfer, content: bytes, chunk: int, start: int = 0, stop: int | None = None
+) -> None:
+    """Every chunk from ``start`` (those before it acked) to ``stop`` (the
+    last by default), within the receiver's credit, until all are acked."""
+    stop = t.total if stop is None else stop
+    sent = acked = start
     window = 1
     deadline = time.monotonic() + WAIT
-    while acked < t.total:
-        assert time.monotonic() < deadline, f"only {acked} of {t.total} chunks acked"
-        while sent < min(t.total, acked + window):
+    while acked < stop:
+        assert time.monotonic() < deadline, f"only {acked} of {stop} chunks acked"
+        while sent < min(stop, acked + window):
             t.send_chunk(sent, content[sent * chunk : (sent + 1) * chunk])
             sent += 1
         for m in t.replies(0.2):

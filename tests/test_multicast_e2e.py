@@ -72,6 +72,18 @@ def test_one_to_three_identical_files_sealed_once(
     assert stats["seals_first"] == 13  # each chunk sealed once, whatever the receivers
     assert sender.wait_for_counter("msender.seals-first", 13) == 13
     assert stats["seals_repair"] == 0 and stats["published_bytes"] == 13 * 16 + path.stat().st_size
+    # Each new part was read back as it was written (multicast or unicast
+    # alike), none all over again after its fsync.
+    for r in receivers:
+        early = lambda r=r: _checks(r, "early") or None  # noqa: E731
+        assert wait_until(early, 10, "the receiver's verdict counted") == 1
+        assert _checks(r, "full") == 0
+
+
+def _checks(node: NodeProcess, kind: str) -> int:
+    """The node's final checks of ``kind`` (early, full), by either receiver."""
+    counters = node.counters()
+    return sum(counters.get(f"{actor}.checks-{kind}", 0) for actor in ("receiver", "mreceiver"))
 
 
 def _transport_args(transport: str) -> tuple[str, ...]:

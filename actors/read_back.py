@@ -1,0 +1,355 @@
+"""The final check's read-back taken while a fresh part is written.
+
+Part of the receiver's writer (:mod:`actors.file_writer`). The verdict hash
+is over the part as stored: after the last chunk, the writer fsyncs the part
+and reads it all back (1.1-1.4 s per GiB from this disk, wall time the user
+waits). For a *fresh* part (created with ``O_EXCL`` in this run of the node:
+no other process can hold a descriptor of it from before) the reading is
+done as the part is written instead, and the verdict is the hash of those
+reads only if nothing could have changed a range after it was read:
+
+- :class:`Watches`: an inotify watch on the part (Linux), added right after
+  the writer's own opens of it (the part's creation, its ``O_DIRECT``
+  reopen), so that none is expected: any ``IN_OPEN`` of its inode afterwards
+  (another process, through any name or ``/proc/PID/fd``), a lost event
+  (``IN_Q_OVERFLOW``), an event stream that cannot be read, a watch that
+  could not be added or that went away, and the final check reads the whole
+  part back after the fsync, as before. (Events are counted as "one or more"
+  on purpose: the kernel merges an event identical to the last one queued,
+  so two opens may show as one.)
+- :func:`whole`: ``truncate(2)`` by name opens nothing (it shows only as
+  ``IN_MODIFY``, which the writer's own writes cause too). A range cut off
+  and not written again is a hole (the writer writes each chunk once): the
+  part must have its size and no hole below it (``SEEK_HOLE``), on a
+  filesystem known to report holes (ext4, XFS, Btrfs, tmpfs); elsewhere,
+  the whole read-back.
+- :class:`Follower`: one thread (``pc-check``, at the checks' nice value) per
+  writer follows each fresh part's contiguous written prefix (the writer
+  tells it when that grows; chunks may come in any order), reads each new
+  range back as the final check would (``O_DIRECT`` through a duplicate of
+  the part's direct descriptor, or buffered) into one reused window of
+  :data:`~actors.file_writer.HASH_WINDOW` bytes, and feeds an incremental
+  BLAKE3 per part. The writer never waits for it; a chunk written again
+  below what was handed to it taints its part (the whole read-back then).
+
+The residual window: an open between the part's creation and its watch
+(the same actor call, microseconds) goes unseen, as does a process able to
+take the node's own descriptor without opening the file (``pidfd_getfd``,
+``ptrace``: the node's user or root, which can change the node itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import functools
+import mmap
+import os
+import struct
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+
+from peercrypt.runtime.actor import name_native_thread, yield_to_control_plane
+
+IN_OPEN = 0x20
+IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+# Filesystems (statfs f_type) whose SEEK_HOLE reports the holes a truncate
+# leaves: ext2/3/4, XFS, Btrfs, tmpfs. Elsewhere the generic SEEK_HOLE may
+# call the whole file data, which would hide a truncated range.
+HOLES_REPORTED = frozenset({0xEF53, 0x58465342, 0x9123683E, 0x01021994})
+WAIT_STEP = 1.0  # s: a final check waiting for the follower wakes this often at most
+
+
+class Watches:
+    """One inotify instance, open while at least one part is watched (a
+    user has 128 by default), shared by the writer's threads."""
+
+    def __init__(self, libc: ctypes.CDLL | None) -> None:
+        self._libc = libc
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._opened: dict[int, bool] = {}  # watch -> an open was seen (or may have been)
+
+    def add(self, fd: int) -> int | None:
+        """Watch the file open as ``fd`` for opens; its watch, or None if
+        it cannot be watched (no inotify, no instance or watch left)."""
+        if self._libc is None:
+            return None
+        with self._lock:
+            if self._fd is None:
+                ifd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+                if ifd < 0:
+                    return None
+                self._fd = ifd
+            path = f"/proc/self/fd/{fd}".encode()  # the file itself, whatever its name now
+            wd = int(self._libc.inotify_add_watch(self._fd, path, IN_OPEN))
+            if wd < 0 or wd in self._opened:  # (the same file twice: neither is ours alone)
+                if wd >= 0:
+                    self._opened[wd] = True
+                self._close_if_idle()
+                return None
+            self._opened[wd] = False
+            return wd
+
+    def opened(self, wd: int) -> bool:
+        """Whether the file of ``wd`` may have been opened since it was
+        watched (read every event queued first)."""
+        with self._lock:
+            self._drain()
+            return self._opened.get(wd, True)
+
+    def remove(self, wd: int) -> None:
+        with self._lock:
+            if self._opened.pop(wd, None) is None or self._fd is None or self._libc is None:
+                return
+            self._libc.inotify_rm_watch(self._fd, wd)  # (fails if it went with its file)
+            self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        if not self._opened and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _taint_all(self) -> None:
+        for wd in self._opened:
+            self._opened[wd] = True
+
+    def _drain(self) -> None:
+        while self._fd is not None:
+            try:
+                data = os.read(self._fd, 64 * 1024)
+            except BlockingIOError:
+                return
+            except OSError:  # unreadable: nothing can be trusted
+                self._taint_all()
+                return
+            if not data:
+                return
+            at = 0
+            while at + _EVENT.size <= len(data):
+                wd, mask, _, length = _EVENT.unpack_from(data, at)
+                at += _EVENT.size + length
+                if mask & IN_Q_OVERFLOW:
+                    self._taint_all()
+                elif wd in self._opened:  # IN_OPEN, or IN_IGNORED: its watch went away
+                    self._opened[wd] = True
+
+
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """The C library, on Linux (its calls the os module lacks); else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def filesystem(fd: int) -> int | None:
+    """The type of ``fd``'s filesystem (statfs ``f_type``); None if unknown."""
+    fstatfs = getattr(libc(), "fstatfs", None)
+    if fstatfs is None:
+        return None
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type comes first
+    if fstatfs(fd, buf) != 0:
+        return None
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def whole(fd: int, size: int) -> bool:
+    """Whether the file of ``fd`` is ``size`` bytes long with no hole below
+    that, on a filesystem whose holes are known (else False)."""
+    if os.fstat(fd).st_size != size or filesystem(fd) not in HOLES_REPORTED:
+        return False
+    if size == 0:
+        return True
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE) >= size
+    except (OSError, AttributeError):
+        return False
+
+
+@dataclass(eq=False)
+class EarlyPart:
+    """A fresh part followed by the :class:`Follower`. ``fd``: its own
+    duplicate (closed by whichever of the follower and :meth:`Follower.remove`
+    is last); ``target``: bytes written contiguously from the start (the
+    writer's); ``frontier``: bytes read back and hashed (the follower's)."""
+
+    fd: int
+    direct: bool
+    size: int
+    wd: int
+    hasher: Any = field(default_factory=blake3.blake3)
+    target: int = 0
+    frontier: int = 0
+    tainted: str = ""  # why the final check reads the whole part back instead
+    closed: bool = False
+    reading: bool = False
+    fd_open: bool = True
+
+
+class Follower:
+    """The thread that reads fresh parts back as they are written (one per
+    writer; it ends when no part is followed and starts again on the next)."""
+
+    def __init__(self, window: int, align: int) -> None:
+        self._window, self._align = window, align
+        self._cond = threading.Condition()
+        self._parts: list[EarlyPart] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.read_bytes = 0  # read back and hashed so far, all parts (the status shows it)
+
+    def add(self, part: EarlyPart) -> None:
+        with self._cond:
+            if self._stopping:
+                self._drop(part)
+                return
+            self._parts.append(part)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pc-check", daemon=True)
+                self._thread.start()
+
+    def advance(self, part: EarlyPart, target: int) -> None:
+        """The part's first ``target`` bytes are written (writer thread)."""
+        with self._cond:
+            before, part.target = part.target, target
+            if target == part.size or target // self._window > before // self._window:
+                self._cond.notify_all()
+
+    def taint(self, part: EarlyPart, why: str) -> None:
+        """No verdict from this part's read-back: it stops (writer thread)."""
+        with self._cond:
+            part.tainted = part.tainted or why
+            if not part.reading:
+                self._drop(part)
+            self._cond.notify_all()
+
+    def remove(self, part: EarlyPart) -> None:
+        """The part is closed: no more reads of it; its descriptor goes."""
+        with self._cond:
+            part.closed = True
+            if not part.reading:
+                self._drop(part)
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            for part in list(self._parts):
+                part.closed = True
+                if not part.reading:
+                    self._drop(part)
+            self._cond.notify_all()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def complete(self, part: EarlyPart, progress: Callable[[int], None]) -> bool:
+        """Wait until the whole part is read back (``progress(bytes)`` as it
+        moves); False if it will not be (tainted, closed, a read failed)."""
+        shown = -1
+        with self._cond:
+            while not (part.closed or part.tainted or part.frontier >= part.size):
+                if part.frontier != shown:
+                    shown = part.frontier
+                    progress(shown)
+                self._cond.wait(WAIT_STEP)
+            return not (part.closed or part.tainted)
+
+    def _drop(self, part: EarlyPart) -> None:
+        """(under the lock, not while it is read) Forget it, close its fd."""
+        with contextlib.suppress(ValueError):
+            self._parts.remove(part)
+        if part.fd_open:
+            part.fd_open = False
+            os.close(part.fd)
+
+    def _next(self) -> tuple[EarlyPart, int, int] | None:
+        """(under the lock) A part with a range to read, its start and length:
+        a whole window, or the rest once the part is written to its end."""
+        for i, part in enumerate(self._parts):
+            end = (
+                part.target if part.target == part.size else part.target - part.target % self._align
+            )
+            length = min(self._window, end - part.frontier)
+            if length > 0 and (length == self._window or end == part.size):
+                self._parts.append(self._parts.pop(i))  # the others' turn next
+                return part, part.frontier, length
+        return None
+
+    def _run(self) -> None:
+        name_native_thread()
+        yield_to_control_plane(bulk=True)
+        window = mmap.mmap(-1, self._window)
+        try:
+            while True:
+                with self._cond:
+                    while (job := self._next()) is None:
+                        if not self._parts or self._stopping:
+                            self._thread = None
+                            return
+                        self._cond.wait()
+                    part, start, length = job
+                    part.reading = True
+                why = ""
+                try:
+                    with memoryview(window) as view:
+                        if part.direct:
+                            read_direct(part.fd, view, start, length, self._align)
+                        else:
+                            _read_buffered(part.fd, view, start, length)
+                        part.hasher.update(view[:length])
+                except OSError as exc:
+                    why = exc.strerror or str(exc)
+                with self._cond:
+                    part.reading = False
+                    if why:
+                        part.tainted = part.tainted or why
+                    else:
+                        part.frontier = start + length
+                        self.read_bytes += length
+                    if part.closed or part.tainted or part.frontier >= part.size:
+                        self._drop(part)  # nothing more to read of it
+                    self._cond.notify_all()
+        except BaseException:  # a fault of ours: every part is read back whole at its check
+            with self._cond:
+                self._thread = None
+                for part in list(self._parts):
+                    part.tainted = part.tainted or "the read-back failed"
+                    part.reading = False
+                    self._drop(part)
+                self._cond.notify_all()
+            raise
+        finally:
+            window.close()
+
+
+def read_direct(fd: int, view: memoryview, offset: int, length: int, align: int) -> None:
+    """Read ``length`` bytes at ``offset`` of ``fd`` (opened with
+    ``O_DIRECT``: whole ``align`` blocks, a short read at the file's end)
+    into ``view``. Raises OSError (EIO if the file is shorter)."""
+    asked = -(-length // align) * align
+    if os.preadv(fd, [view[:asked]], offset) < length:
+        raise OSError(errno.EIO, "the part was cut short while it was checked")
+
+
+def _read_buffered(fd: int, view: memoryview, offset: int, length: int) -> None:
+    got = 0
+    while got < length:
+        n = os.preadv(fd, [view[got:length]], offset + got)
+        if n == 0:
+            raise OSError(errno.EIO, "the part was cut short while it was read back")
+        got += n
