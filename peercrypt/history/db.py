@@ -108,6 +108,22 @@ class Retention:
     max_transfers: int = 10_000
 
 
+# A transfer's record, written four times per send (running and the end,
+# on both sides): its statement made once, and one encoder for its two JSON
+# columns (``json.dumps`` with an option makes an encoder per call: 11% of
+# the stats actor's time with 64 sends at once). The same text as before.
+_UPSERTED = tuple(c for c in TRANSFER_COLUMNS if c != "id")
+_KEPT = ("session", "side", "peer", "started")
+_UPSERT = (
+    f"INSERT INTO transfers ({', '.join(_UPSERTED)}) "
+    f"VALUES ({', '.join(f':{c}' for c in _UPSERTED)}) "
+    "ON CONFLICT (session, side, peer) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _UPSERTED if c not in _KEPT)
+    + " RETURNING id"
+)
+_JSON = json.JSONEncoder(sort_keys=True)
+
+
 def db_path(data_dir: Path) -> Path:
     return data_dir / DB_FILE
 
@@ -167,18 +183,10 @@ class HistoryWriter:
         """Insert or update the transfer named by (session, side, peer);
         returns its id. ``started`` is kept from the first record."""
         self.begin()
-        values = {c: row[c] for c in TRANSFER_COLUMNS if c != "id"}
-        values["params"] = json.dumps(values["params"], sort_keys=True)
-        values["stats"] = json.dumps(values["stats"], sort_keys=True)
-        names = ", ".join(values)
-        marks = ", ".join(f":{c}" for c in values)
-        keep = ("session", "side", "peer", "started")
-        updates = ", ".join(f"{c} = excluded.{c}" for c in values if c not in keep)
-        cur = self.conn.execute(
-            f"INSERT INTO transfers ({names}) VALUES ({marks}) "
-            f"ON CONFLICT (session, side, peer) DO UPDATE SET {updates} RETURNING id",
-            values,
-        )
+        values = {c: row[c] for c in _UPSERTED}
+        values["params"] = _JSON.encode(values["params"])
+        values["stats"] = _JSON.encode(values["stats"])
+        cur = self.conn.execute(_UPSERT, values)
         (ident,) = cur.fetchone()
         if values["result"] != "running" and self._ended is not None:
             self._ended += 1  # one more at most (it may have ended before)
