@@ -154,7 +154,15 @@ import zmq
 
 from actors.file_chunks import read_chunk
 from actors.inbox import discard_part, save_manifest
-from actors.read_back import EarlyPart, Follower, Watches, filesystem, read_direct, whole
+from actors.read_back import (
+    EarlyPart,
+    Follower,
+    Watches,
+    filesystem,
+    read_buffered,
+    read_direct,
+    whole,
+)
 from actors.read_back import libc as _libc
 from actors.tree_store import TreeBuilder, unpack
 from peercrypt.core.bitmap import ChunkBitmap
@@ -320,10 +328,17 @@ def _has_blocks(fd: int) -> bool:
 HASH_WINDOW = 4 * 1024 * 1024  # with 16 transfers in flight too (docs/architecture.md)
 
 
-def hash_file(fd: int, size: int, progress: Callable[[int], None] | None = None) -> bytes:
+def hash_file(
+    fd: int,
+    size: int,
+    progress: Callable[[int], None] | None = None,
+    hasher: Any = None,
+    start: int = 0,
+) -> bytes:
     """BLAKE3 of the first ``size`` bytes of ``fd``, read back from the file
     (page cache; hashed on every core), HASH_WINDOW bytes at a time into one
-    reused buffer; ``progress(bytes hashed so far)`` after each.
+    reused buffer; ``progress(bytes hashed so far)`` after each. ``hasher``
+    and ``start``: go on with a hash of the first ``start`` bytes.
 
     Read, not mapped: a mapped page past the file's end faults with SIGBUS,
     which kills the whole node (every actor, every transfer), and no check
@@ -331,20 +346,17 @@ def hash_file(fd: int, size: int, progress: Callable[[int], None] | None = None)
     process, a local ``truncate``) while the window is hashed. A read of a
     file cut short is short: this check fails with EIO, as a failed write
     fails its file, and the node goes on."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    if hasher is None:
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     with mmap.mmap(-1, max(1, min(HASH_WINDOW, size))) as window, memoryview(window) as view:
-        for offset in range(0, size, HASH_WINDOW):
+        for offset in range(start, size, HASH_WINDOW):
             length = min(HASH_WINDOW, size - offset)
-            got = 0
-            while got < length:  # (a read may return less than asked: read on)
-                n = os.preadv(fd, [view[got:length]], offset + got)
-                if n == 0:
-                    raise OSError(errno.EIO, "the part was cut short while it was checked")
-                got += n
+            read_buffered(fd, view, offset, length)
             hasher.update(view[:length])
             if progress is not None:
                 progress(offset + length)
-    return hasher.digest()
+    digest: bytes = hasher.digest()
+    return digest
 
 
 # Reads of the direct read-back in flight at once (each into a window of its
@@ -354,7 +366,13 @@ def hash_file(fd: int, size: int, progress: Callable[[int], None] | None = None)
 READS_IN_FLIGHT = 3
 
 
-def hash_direct(fd: int, size: int, progress: Callable[[int], None] | None = None) -> bytes:
+def hash_direct(
+    fd: int,
+    size: int,
+    progress: Callable[[int], None] | None = None,
+    hasher: Any = None,
+    start: int = 0,
+) -> bytes:
     """:func:`hash_file` for ``fd`` opened with ``O_DIRECT``: read from the
     disk into READS_IN_FLIGHT + 1 reused page-aligned windows of HASH_WINDOW
     bytes, so the read-back takes no page-cache pages (a written file's
@@ -362,10 +380,12 @@ def hash_direct(fd: int, size: int, progress: Callable[[int], None] | None = Non
     threads of their own read the next windows, in order, while this one
     hashes the oldest read, on one core: the disk sets the pace, and
     BLAKE3's workers on every core, idle during each read, cost ten
-    thousand context switches per GiB."""
-    hasher = blake3.blake3()
+    thousand context switches per GiB. ``hasher`` and ``start`` (a multiple
+    of DIRECT_ALIGN): go on with a hash of the first ``start`` bytes."""
+    if hasher is None:
+        hasher = blake3.blake3()
     windows = [mmap.mmap(-1, HASH_WINDOW) for _ in range(READS_IN_FLIGHT + 1)]
-    offsets = range(0, size, HASH_WINDOW)
+    offsets = range(start, size, HASH_WINDOW)
 
     def read(offset: int, window: mmap.mmap) -> int:
         length = min(HASH_WINDOW, size - offset)
@@ -406,7 +426,7 @@ def hash_direct(fd: int, size: int, progress: Callable[[int], None] | None = Non
                 break
             reads.append(submit(offset, window))
         spare = windows[-1]
-        done = 0
+        done = start
         while reads:
             pending, window = reads.popleft()
             length = pending.result()
@@ -427,7 +447,8 @@ def hash_direct(fd: int, size: int, progress: Callable[[int], None] | None = Non
             thread.join()  # no window is unmapped under a read
         for window in windows:
             window.close()
-    return hasher.digest()
+    digest: bytes = hasher.digest()
+    return digest
 
 
 # Direct writes and reads (O_DIRECT) move whole pages at page offsets from
@@ -975,10 +996,13 @@ class FileWriter:
             if fresh is not None:  # opened directly and watched on the caller's thread
                 opened.direct = fresh.direct
                 if fresh.wd is not None:
+                    direct = fresh.direct is not None
                     source = fresh.direct if fresh.direct is not None else fd
-                    opened.early = EarlyPart(
-                        os.dup(source), fresh.direct is not None, size, fresh.wd
-                    )
+                    # (hashed as the whole read-back would: on one core from
+                    # the disk, on every core from the page cache)
+                    every = blake3.blake3.AUTO
+                    hasher = blake3.blake3() if direct else blake3.blake3(max_threads=every)
+                    opened.early = EarlyPart(os.dup(source), direct, size, fresh.wd, hasher)
                     self._follower.add(opened.early)
             elif tree is None:  # (a folder's feeder reads its chunks back from the page cache)
                 opened.direct = self._open_direct(fd)
@@ -1211,17 +1235,21 @@ class FileWriter:
     def _early_verdict(
         self, check: _Check, early: EarlyPart, note: Callable[[int], None]
     ) -> bytes | None:
-        """The hash of ``early`` as it was read back while written, once the
-        follower has read it all, if nothing could have changed a range of
-        it after it was read: no hole and its size (a truncate by name), no
-        open of it since it was watched (events read last, right before the
-        verdict); else None (the whole read-back)."""
-        if not self._follower.complete(early, note):
+        """The hash of ``early`` as it was read back while written (what the
+        follower has not read yet read here, after the fsync), if nothing
+        could have changed a range of it after it was read: no chunk written
+        again below what was read, no hole and its size (a truncate by
+        name), no open of it since it was watched (events read last, right
+        before the verdict); else None (the whole read-back)."""
+        start = self._follower.take(early, note)
+        if start is None:
             return None
-        if not whole(check.fd, early.size) or self._watches.opened(early.wd):
+        # The rest of it, as the whole read-back would read it (three reads in
+        # flight from the disk): the follower reads one window at a time.
+        read_back = hash_direct if check.direct else hash_file
+        digest = read_back(check.fd, early.size, note, early.hasher, start)
+        if early.tainted or not whole(check.fd, early.size) or self._watches.opened(early.wd):
             return None
-        note(early.size)
-        digest: bytes = early.hasher.digest()
         return digest
 
     def _checked_verdict(

@@ -190,7 +190,7 @@ class EarlyPart:
     direct: bool
     size: int
     wd: int
-    hasher: Any = field(default_factory=blake3.blake3)
+    hasher: Any = field(default_factory=blake3.blake3)  # (on every core for a buffered part)
     target: int = 0
     frontier: int = 0
     tainted: str = ""  # why the final check reads the whole part back instead
@@ -257,17 +257,23 @@ class Follower:
     def running(self) -> bool:
         return self._thread is not None
 
-    def complete(self, part: EarlyPart, progress: Callable[[int], None]) -> bool:
-        """Wait until the whole part is read back (``progress(bytes)`` as it
-        moves); False if it will not be (tainted, closed, a read failed)."""
+    def take(self, part: EarlyPart, progress: Callable[[int], None]) -> int | None:
+        """The part's final check takes it over (every chunk is written): no
+        more reads of it here, once the one in progress ends (``progress(bytes
+        read)`` meanwhile); how far it was read back and hashed (the check
+        reads the rest), or None if its read-back cannot decide (tainted,
+        closed, a read failed)."""
         shown = -1
         with self._cond:
-            while not (part.closed or part.tainted or part.frontier >= part.size):
-                if part.frontier != shown:
+            while part.reading and not part.closed:
+                if part.frontier != shown:  # (a step only when it moved)
                     shown = part.frontier
                     progress(shown)
                 self._cond.wait(WAIT_STEP)
-            return not (part.closed or part.tainted)
+            if part.closed or part.tainted:
+                return None
+            self._drop(part)
+            return part.frontier
 
     def _drop(self, part: EarlyPart) -> None:
         """(under the lock, not while it is read) Forget it, close its fd."""
@@ -310,7 +316,7 @@ class Follower:
                         if part.direct:
                             read_direct(part.fd, view, start, length, self._align)
                         else:
-                            _read_buffered(part.fd, view, start, length)
+                            read_buffered(part.fd, view, start, length)
                         part.hasher.update(view[:length])
                 except OSError as exc:
                     why = exc.strerror or str(exc)
@@ -346,10 +352,13 @@ def read_direct(fd: int, view: memoryview, offset: int, length: int, align: int)
         raise OSError(errno.EIO, "the part was cut short while it was checked")
 
 
-def _read_buffered(fd: int, view: memoryview, offset: int, length: int) -> None:
+def read_buffered(fd: int, view: memoryview, offset: int, length: int) -> None:
+    """Read ``length`` bytes at ``offset`` of ``fd`` into ``view`` (a read
+    may return less than asked: read on). Raises OSError (EIO if the file
+    is shorter)."""
     got = 0
     while got < length:
         n = os.preadv(fd, [view[got:length]], offset + got)
         if n == 0:
-            raise OSError(errno.EIO, "the part was cut short while it was read back")
+            raise OSError(errno.EIO, "the part was cut short while it was checked")
         got += n

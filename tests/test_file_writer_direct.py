@@ -601,12 +601,15 @@ def _write(h: Harness, data: bytes, indices: list[int]) -> None:
         assert h.write(b"t", index, pieces[index]) == Written(b"t", index)
 
 
+@pytest.mark.parametrize("caught_up", [True, False])
 @pytest.mark.parametrize("order", ["in-order", "reversed", "shuffled"])
 def test_a_fresh_part_read_back_as_written_gives_the_content_s_hash(
-    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, order: str
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, order: str, caught_up: bool
 ) -> None:
     """In order, out of order (parallel lanes): the verdict comes from the
-    read-back as written (none after the fsync) and is the content's hash."""
+    read-back as written (none after the fsync) and is the content's hash,
+    whether the read-back had caught up when the check began or the check
+    read the rest."""
     data = os.urandom(9 * CHUNK + 4096 * 3 + 17)
     total = -(-len(data) // CHUNK)
     indices = list(range(total))
@@ -617,7 +620,8 @@ def test_a_fresh_part_read_back_as_written_gives_the_content_s_hash(
     with _early_harness(monkeypatch) as h:
         _, fd = _fresh(h, fresh_dir, len(data))
         _write(h, data, indices)
-        _read_back_to(h, len(data))
+        if caught_up:
+            _read_back_to(h, len(data))
         finish(h, fd, data)
         assert (h.writer.early_checks, h.writer.full_checks) == (1, 0)
         h.writer.close(b"t", keep=False)
@@ -723,10 +727,10 @@ def test_a_part_closed_mid_read_back_leaves_no_descriptor_and_no_thread(
         if checking:  # a check cannot start before every chunk is written: all
             monkeypatch.setattr(h.writer._follower, "_next", lambda: None)  # (it stalls)
             _write(h, data, list(range(6, 12)))
-            h.writer.finish(b"t")
+            h.writer.finish(b"t")  # (it reads the rest itself)
         h.writer.close(b"t", keep=False)
-        if checking:
-            assert isinstance(h.next(), file_writer.Detached)  # the check saw it closed
+        if checking:  # closed during the check, or right after it
+            assert isinstance(h.next(), (file_writer.Detached, Finished))
         follower.join(WAIT)
         assert not follower.is_alive()
         assert _checkers() == threads
