@@ -226,6 +226,20 @@ def run_sends(node: NodeProcess, nodes: list[NodeProcess], flows: list[Flow]) ->
                 flow.progress.append((time.perf_counter(), reply.done_bytes))
 
 
+def start_senders(nodes: list[NodeProcess], flows: list[Flow]) -> list[threading.Thread]:
+    """One thread per node handing it its ``flows`` at once (:func:`run_sends`),
+    started; the caller joins them."""
+    senders = [
+        threading.Thread(
+            target=run_sends, args=(node, nodes, [f for f in flows if f.sender == i]), daemon=True
+        )
+        for i, node in enumerate(nodes)
+    ]
+    for thread in senders:
+        thread.start()
+    return senders
+
+
 def timeline(flows: list[Flow], started: float, elapsed: float, step: float = 0.5) -> list[float]:
     """The bytes written of all ``flows`` together every ``step`` s from
     ``started`` (a flow's last Progress before then, all of it once its
@@ -392,14 +406,7 @@ def one_run(
     )
     sampler.start()
     started = time.perf_counter()
-    senders = [
-        threading.Thread(
-            target=run_sends, args=(node, nodes, [f for f in flows if f.sender == i]), daemon=True
-        )
-        for i, node in enumerate(nodes)
-    ]
-    for thread in senders:
-        thread.start()
+    senders = start_senders(nodes, flows)
     prober.start()
     for thread in senders:
         thread.join(SEND_TIMEOUT + 30)
