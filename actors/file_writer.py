@@ -741,7 +741,8 @@ class FileWriter:
     multicast receiver's: its pace is the pace of the whole session).
     ``direct``: False never opens a part with O_DIRECT (``--no-direct-writes``):
     every chunk goes through the page cache and the check reads it back from
-    there."""
+    there. ``as_written``: False never reads a part back before its final
+    check (``--no-check-as-written``): :meth:`watch` watches nothing."""
 
     def __init__(
         self,
@@ -752,8 +753,10 @@ class FileWriter:
         nice: bool = True,
         direct: bool = True,
         pool_bytes: int = POOL_BYTES,
+        as_written: bool = True,
     ) -> None:
         self._nice = nice
+        self._as_written = as_written
         self._direct = direct
         self.direct_bytes = 0  # written with O_DIRECT so far (writer thread; in the status)
         self._context = context
@@ -862,7 +865,7 @@ class FileWriter:
         ours), then watch it for any other open (actors/read_back.py). For
         :meth:`open`, to be called next, whatever happens."""
         direct = self._open_direct(fd)  # (before the watch: this open is ours)
-        return Fresh(direct, self._watches.add(fd))
+        return Fresh(direct, self._watches.add(fd) if self._as_written else None)
 
     def write(self, tid: bytes, index: int, data: bytes | memoryview) -> bool:
         """Queue a chunk; False (nothing queued) if ``max_queued`` bytes wait.

@@ -293,6 +293,7 @@ class MulticastReceiverActor(Actor):
             queued,
             nice=False,
             direct=self.settings.direct_writes,
+            as_written=self.settings.check_as_written,
             pool_bytes=pooled,
         )
         self.writer.start()

@@ -332,7 +332,12 @@ class ReceiverActor(Actor):
         self.watch(self.writer_results, self._on_writer)
         queued, pooled = writer_bounds(s)
         self.writer = FileWriter(
-            self.env.context, address, queued, direct=s.direct_writes, pool_bytes=pooled
+            self.env.context,
+            address,
+            queued,
+            direct=s.direct_writes,
+            pool_bytes=pooled,
+            as_written=s.check_as_written,
         )
         self.writer.start()
         running = lambda: bool(self.transfers)  # noqa: E731

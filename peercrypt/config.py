@@ -271,6 +271,11 @@ SETTINGS: tuple[Setting, ...] = (
        "takes it, and read the file back from the disk for its check (less CPU where page "
        "cache pages are dear; slower where they are cheap). Off: through the page cache.",
        flag="--direct-writes/--no-direct-writes"),
+    _s("check_as_written", "PEERCRYPT_CHECK_AS_WRITTEN", "bool", True,
+       "Read a new part back for its check as it is written, so the check after the last "
+       "chunk is short; the whole part is read back after all if another process opened or "
+       "truncated it. Off: always all of it after the last chunk.",
+       flag="--check-as-written/--no-check-as-written"),
 )  # fmt: skip
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

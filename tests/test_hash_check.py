@@ -162,6 +162,18 @@ def test_a_fresh_part_is_verified_by_its_read_back_as_written(
             shutil.rmtree(inbox, ignore_errors=True)
 
 
+def test_with_the_check_as_written_off_a_fresh_part_is_read_back_after_its_fsync(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """``--no-check-as-written``: the whole part read back after the last
+    chunk, as before."""
+    receiver, sender = node_factory("--no-check-as-written"), node_factory()
+    src = make_file((8 << 20) + 5)
+    assert_sent(receiver, sender.send(src, receiver.host, receiver.port), src)
+    assert receiver.wait_for_counter("receiver.checks-full", 1) == 1
+    assert receiver.counters().get("receiver.checks-early", 0) == 0
+
+
 def _send_all(
     t: HostileTransfer, content: bytes, chunk: int, start: int = 0, stop: int | None = None
 ) -> None:

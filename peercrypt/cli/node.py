@@ -85,6 +85,7 @@ NODE_OPTIONS: dict[str, str] = {
     "no_local_ipc": "no_local_ipc",
     "shm_ring": "shm_ring",
     "direct_writes": "direct_writes",
+    "check_as_written": "check_as_written",
 }
 
 
@@ -160,6 +161,7 @@ def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings
         local_ipc=not eff["no_local_ipc"],
         shm_ring=eff["shm_ring"],
         direct_writes=eff["direct_writes"],
+        check_as_written=eff["check_as_written"],
         part_expiry=eff["part_expiry"],
         peer_part_quota=eff["peer_quota"],
         part_quota=eff["part_quota"],
