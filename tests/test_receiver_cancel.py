@@ -7,6 +7,7 @@ disk; an unknown id is one error line; only the node's own user can cancel
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -228,3 +229,51 @@ def test_a_transfer_whose_final_check_is_stuck_in_the_disk_is_cancelled_at_once(
         stalling_inbox.resume()  # before the nodes stop: a hung disk holds them
     wait_until(lambda: not list(inbox.iterdir()), WAIT, "the part removed")
     assert receiver.counters().get("receiver.received", 0) == 0
+
+
+def _held_by(pid: int, inbox: Path) -> list[str]:
+    """What node ``pid`` holds open of the inbox's files, and its inotify
+    instances (the watches on new parts)."""
+    held = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            what = os.readlink(fd)
+        except FileNotFoundError:  # (closed meanwhile)
+            continue
+        if what.startswith(str(inbox)) or "inotify" in what:
+            held.append(what)
+    return held
+
+
+def _threads(pid: int, name: str) -> int:
+    count = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            count += (task / "comm").read_text().strip() == name
+    return count
+
+
+def test_a_transfer_cancelled_while_it_is_read_back_leaves_no_descriptor_or_thread(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """Cancelled once its new part's first window was read back as written
+    (the follower's thread, its descriptors and the watch are in use): the
+    node holds nothing of the part afterwards, no inotify instance and no
+    pc-check thread."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory("--max-rate", str(2 * MiB))  # ~8 s
+    assert receiver.pid is not None
+    one = make_file(SIZE, name="one.bin")
+    with cli_running(*_send(one, receiver), data_dir=sender.data_dir) as proc:
+        ident = wait_until(lambda: _listed(receiver, "one.bin"), WAIT, "one.bin listed")
+        receiver.wait_for_counter("receiver.read-back-early-bytes", 4 * MiB, WAIT)
+        assert _held_by(receiver.pid, receiver.inbox), "the part is not held open"
+        assert _threads(receiver.pid, "pc-check") >= 1, "no read-back thread"
+        cancel = receiver.cli("cancel", ident)
+        assert cancel.returncode == 0, cancel.describe()
+        code, result = _ended(proc)
+    assert code == 1 and result["code"] == "cancelled", result
+    pid = receiver.pid
+    wait_until(lambda: not _held_by(pid, receiver.inbox) or None, WAIT, "the part let go")
+    wait_until(lambda: _threads(pid, "pc-check") == 0 or None, WAIT, "the read-back thread gone")
+    assert _dot_files(receiver.inbox) == []
