@@ -1247,6 +1247,7 @@ class FileWriter:
         start = self._follower.take(early, note)
         if start is None:
             return None
+        note(start)
         # The rest of it, as the whole read-back would read it (three reads in
         # flight from the disk): the follower reads one window at a time.
         read_back = hash_direct if check.direct else hash_file

@@ -22,7 +22,8 @@ reads only if nothing could have changed a range after it was read:
   and not written again is a hole (the writer writes each chunk once): the
   part must have its size and no hole below it (``SEEK_HOLE``), on a
   filesystem known to report holes (ext4, XFS, Btrfs, tmpfs); elsewhere,
-  the whole read-back.
+  the whole read-back. (That list has no network filesystem either, whose
+  other clients' opens no inotify watch here would see.)
 - :class:`Follower`: one thread (``pc-check``, at the checks' nice value) per
   writer follows each fresh part's contiguous written prefix (the writer
   tells it when that grows; chunks may come in any order), reads each new
