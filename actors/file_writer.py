@@ -94,7 +94,9 @@ the allocation, handled as from the write.
 The hash is of the part as read back, never of what was written, and
 nothing is held in memory for it. A part this run of the node created
 (``O_EXCL``: :meth:`FileWriter.watch`, then :meth:`FileWriter.open` with
-``fresh``) is read back as it is written: a thread of the writer's
+``fresh``) and writes through the page cache (tmpfs, ``--no-direct-writes``;
+not a part written with ``O_DIRECT``: see :meth:`FileWriter.watch`) is read
+back as it is written: a thread of the writer's
 (``pc-check``) follows each such part's contiguous written prefix (chunks
 come in any order: parallel lanes, retransmissions) and hashes each range
 read back, the same way the final check would, so the check after the
@@ -102,13 +104,14 @@ last chunk is the fsync and the rest of the prefix. That hash is the
 verdict only if nothing could have changed a range after it was read: no
 open of the part since the writer's own (inotify), its size and no hole
 below it (a truncate by name), no chunk written again below what was read
-(:mod:`actors.read_back`). Otherwise, and for a kept part (resume: another
-process may hold a descriptor of it from before), a folder's, or where
-inotify is missing, the hash is taken once, at the end, of the whole part
-as read back after fsync (from the page cache with BLAKE3 on every core,
-or from the disk on one core while three threads read ahead). On this
-disk that read-back was 1.1-1.4 s of wall time per GiB after the last
-chunk (docs/benchmarks.md, "The read-back as written").
+(:mod:`actors.read_back`). Otherwise, and for a part written directly, a
+kept part (resume: another process may hold a descriptor of it from
+before), a folder's, or where inotify is missing, the hash is taken once,
+at the end, of the whole part as read back after fsync (from the page
+cache with BLAKE3 on every core, or from the disk on one core while three
+threads read ahead: 1.1-1.4 s of wall time per GiB after the last chunk
+on this disk, which reading it back as written did not win back:
+docs/benchmarks.md, "The read-back as written").
 
 A folder transfer (``open(..., tree=TreeSpec)``) is different: what is kept
 is its tree, not its part. Once written, its chunks are handed in stream
@@ -863,9 +866,18 @@ class FileWriter:
         the node: no other process can hold a descriptor of it from
         before), on its thread: open it for direct writes (the last open of
         ours), then watch it for any other open (actors/read_back.py). For
-        :meth:`open`, to be called next, whatever happens."""
+        :meth:`open`, to be called next, whatever happens.
+
+        A part written with ``O_DIRECT`` is not watched: its final check
+        reads it all back after the fsync. On ext4 a direct write that
+        extends the file waits for every direct read of it in flight, so
+        reading a part back while it is written cut this disk's direct
+        writes from 820-1020 to 320-410 MiB/s, and the 1 GiB send was no
+        faster for the tail it saved (docs/benchmarks.md, "The read-back
+        as written")."""
         direct = self._open_direct(fd)  # (before the watch: this open is ours)
-        return Fresh(direct, self._watches.add(fd) if self._as_written else None)
+        watched = direct is None and self._as_written
+        return Fresh(direct, self._watches.add(fd) if watched else None)
 
     def write(self, tid: bytes, index: int, data: bytes | memoryview) -> bool:
         """Queue a chunk; False (nothing queued) if ``max_queued`` bytes wait.

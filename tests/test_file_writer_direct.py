@@ -46,13 +46,13 @@ WAIT = 10.0  # s; every wait below is bounded
 class Harness:
     """A started writer and the actor's side of it (its PAIR socket)."""
 
-    def __init__(self) -> None:
+    def __init__(self, direct: bool = True) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()
         address = f"inproc://test-direct-{os.getpid()}-{time.monotonic_ns()}"
         self.sock = self.ctx.socket(zmq.PAIR)
         self.sock.linger = 0
         self.sock.bind(address)
-        self.writer = FileWriter(self.ctx, address, 64 * 1024 * 1024)
+        self.writer = FileWriter(self.ctx, address, 64 * 1024 * 1024, direct=direct)
         self.writer.start()
 
     def next(self) -> WriterResult:
@@ -568,9 +568,11 @@ def fresh_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _early_harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    """A writer whose read-back windows are four pages (many per file)."""
+    """A writer whose read-back windows are four pages (many per file),
+    writing through the page cache (a part written with O_DIRECT is read
+    back only after its fsync: test_a_part_written_directly_...)."""
     monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
-    h = Harness()
+    h = Harness(direct=False)
     try:
         yield h
     finally:
@@ -677,6 +679,27 @@ def test_a_chunk_written_again_after_it_was_read_back_is_read_back_whole(
         assert h.write(b"t", 0, other) == Written(b"t", 0)
 
     _tampered(fresh_dir, monkeypatch, again)
+
+
+def test_a_part_written_directly_is_read_back_whole_after_the_fsync(
+    disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh part on a filesystem that takes O_DIRECT, written directly:
+    not watched, not read back as written (a direct read in flight holds up
+    each extending direct write), read back whole after its fsync."""
+    monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
+    data = os.urandom(9 * CHUNK + 17)
+    h = Harness()
+    try:
+        _, fd = _fresh(h, disk, len(data))
+        _write(h, data, list(range(10)))
+        assert h.writer.direct_bytes > 0  # (written directly indeed)
+        finish(h, fd, data)
+        assert (h.writer.early_checks, h.writer.full_checks) == (0, 1)
+        assert h.writer._follower.read_bytes == 0 and not h.writer._follower.running
+        h.writer.close(b"t", keep=False)
+    finally:
+        h.close()
 
 
 def test_a_part_not_fresh_is_read_back_whole_after_the_fsync(

@@ -119,7 +119,7 @@ def test_a_part_changed_on_disk_after_it_was_read_back_stores_nothing(
             f.seek(0)
             f.write(bytes([first[0] ^ 0xFF]))
 
-    _changed_after_read_back(node_factory(), network_key, flip)
+    _changed_after_read_back(node_factory("--no-direct-writes"), network_key, flip)
 
 
 def test_a_part_truncated_by_name_after_it_was_read_back_stores_nothing(
@@ -131,10 +131,10 @@ def test_a_part_truncated_by_name_after_it_was_read_back_stores_nothing(
         os.truncate(part, 4096)
         os.truncate(part, size)
 
-    _changed_after_read_back(node_factory(), network_key, cut)
+    _changed_after_read_back(node_factory("--no-direct-writes"), network_key, cut)
 
 
-@pytest.mark.parametrize("where", ["disk", "tmpfs"])
+@pytest.mark.parametrize("where", ["disk", "disk-buffered", "tmpfs"])
 @pytest.mark.parametrize("lanes", ["1", "4"])
 def test_a_fresh_part_is_verified_by_its_read_back_as_written(
     node_factory: Callable[..., NodeProcess],
@@ -143,20 +143,29 @@ def test_a_fresh_part_is_verified_by_its_read_back_as_written(
     where: str,
     lanes: str,
 ) -> None:
-    """Sent in order or by four lanes (chunks out of order), into a disk
-    inbox (read back with O_DIRECT) or tmpfs: stored with the content's
-    hash, the verdict from the read-back as written."""
+    """Sent in order or by four lanes (chunks out of order), into tmpfs or
+    a disk inbox written through the page cache (``--no-direct-writes``):
+    stored with the content's hash, the verdict from the read-back as
+    written. Into a disk inbox written with O_DIRECT (the default where the
+    filesystem takes it): read back whole after the fsync instead."""
     inbox = tmp_path / "inbox"
     if where == "tmpfs":
         if not Path("/dev/shm").is_dir():
             pytest.skip("no /dev/shm")
         inbox = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    extra = ("--no-direct-writes",) if where == "disk-buffered" else ()
     try:
-        receiver, sender = node_factory("--inbox", str(inbox)), node_factory()
+        receiver, sender = node_factory("--inbox", str(inbox), *extra), node_factory()
         src = make_file((24 << 20) + 12345)
         assert_sent(receiver, sender.send(src, receiver.host, receiver.port, "-t", lanes), src)
-        assert receiver.wait_for_counter("receiver.checks-early", 1) == 1
-        assert receiver.counters().get("receiver.checks-full", 0) == 0
+        early, full = (0, 1) if where == "disk" else (1, 0)
+        kind = "full" if where == "disk" else "early"
+        assert receiver.wait_for_counter(f"receiver.checks-{kind}", 1) == 1
+        counters = receiver.counters()
+        assert counters.get("receiver.checks-early", 0) == early
+        assert counters.get("receiver.checks-full", 0) == full
+        if where == "disk":
+            assert counters.get("receiver.direct-bytes", 0) > 0  # (written directly indeed)
     finally:
         if where == "tmpfs":
             shutil.rmtree(inbox, ignore_errors=True)
