@@ -9,10 +9,13 @@ part of ``--size`` random bytes into ``--dir`` in chunks of ``--chunk``
 them), then finishes it. Printed per run with the load average: the writing
 phase's MiB/s, the tail (finish to verdict), and the process's CPU seconds
 per GiB (user+sys, all threads); then the medians. Every digest must be the
-content's.
+content's. Where ``--dir``'s filesystem takes ``O_DIRECT`` the writer
+writes the part directly and a fresh part too is read back whole after its
+fsync (``FileWriter.watch``): ``--no-direct`` writes through the page cache
+(as ``--no-direct-writes``), where a fresh part is read back as written.
 
     .venv/bin/python scripts/bench_check_tail.py [--size 1G] [--runs 3] [--dir /tmp]
-        [--chunk 4M] [--rate 400M]
+        [--chunk 4M] [--rate 400M] [--no-direct]
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ from peercrypt.testing.nodes import parse_size
 WAIT = 600.0
 
 
-def run(directory: Path, data: bytes, chunk: int, rate: float, fresh: bool) -> tuple[float, ...]:
+def run(
+    directory: Path, data: bytes, chunk: int, rate: float, fresh: bool, direct: bool = True
+) -> tuple[float, ...]:
     ctx: zmq.Context[Any] = zmq.Context()
     address = f"inproc://tail-{time.monotonic_ns()}"
     sock = ctx.socket(zmq.PAIR)
     sock.bind(address)
-    writer = FileWriter(ctx, address, 64 << 20)
+    writer = FileWriter(ctx, address, 64 << 20, direct=direct)
     writer.start()
 
     def result() -> Any:
@@ -112,6 +117,7 @@ def main() -> int:
     parser.add_argument("--dir", default="/tmp")
     parser.add_argument("--chunk", default="4M")
     parser.add_argument("--rate", default="400M", help="bytes per second at most (0: no cap)")
+    parser.add_argument("--no-direct", action="store_true", help="write through the page cache")
     args = parser.parse_args()
     size, chunk, rate = parse_size(args.size), parse_size(args.chunk), parse_size(args.rate)
     data = os.urandom(size)
@@ -119,7 +125,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         for n in range(args.runs):
             for name in ("fresh", "kept") if n % 2 == 0 else ("kept", "fresh"):
-                mibs, tail, cpu, early = run(Path(d), data, chunk, rate, name == "fresh")
+                mibs, tail, cpu, early = run(
+                    Path(d), data, chunk, rate, name == "fresh", not args.no_direct
+                )
                 seen[name].append((mibs, tail, cpu))
                 load = os.getloadavg()[0]
                 print(
