@@ -162,6 +162,7 @@ from actors.read_back import (
     Follower,
     Watches,
     filesystem,
+    holes_seen,
     read_buffered,
     read_direct,
     whole,
@@ -876,7 +877,7 @@ class FileWriter:
         faster for the tail it saved (docs/benchmarks.md, "The read-back
         as written")."""
         direct = self._open_direct(fd)  # (before the watch: this open is ours)
-        watched = direct is None and self._as_written
+        watched = direct is None and self._as_written and holes_seen(fd)
         return Fresh(direct, self._watches.add(fd) if watched else None)
 
     def write(self, tid: bytes, index: int, data: bytes | memoryview) -> bool:
@@ -1013,12 +1014,17 @@ class FileWriter:
                 if fresh.wd is not None:
                     direct = fresh.direct is not None
                     source = fresh.direct if fresh.direct is not None else fd
-                    # (hashed as the whole read-back would: on one core from
-                    # the disk, on every core from the page cache)
-                    every = blake3.blake3.AUTO
-                    hasher = blake3.blake3() if direct else blake3.blake3(max_threads=every)
-                    opened.early = EarlyPart(os.dup(source), direct, size, fresh.wd, hasher)
-                    self._follower.add(opened.early)
+                    # (on one core, whatever the source: every core made no
+                    # difference for tmpfs parts, and BLAKE3's pool of
+                    # workers would outlive the follower's thread)
+                    hasher = blake3.blake3()
+                    try:
+                        copy = os.dup(source)
+                    except OSError:  # (no descriptor left: the whole read-back, unwatched)
+                        self._watches.remove(fresh.wd)
+                    else:
+                        opened.early = EarlyPart(copy, direct, size, fresh.wd, hasher)
+                        self._follower.add(opened.early)
             elif tree is None:  # (a folder's feeder reads its chunks back from the page cache)
                 opened.direct = self._open_direct(fd)
             files[tid] = opened

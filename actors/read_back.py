@@ -21,9 +21,16 @@ reads only if nothing could have changed a range after it was read:
   ``IN_MODIFY``, which the writer's own writes cause too). A range cut off
   and not written again is a hole (the writer writes each chunk once): the
   part must have its size and no hole below it (``SEEK_HOLE``), on a
-  filesystem known to report holes (ext4, XFS, Btrfs, tmpfs); elsewhere,
-  the whole read-back. (That list has no network filesystem either, whose
-  other clients' opens no inotify watch here would see.)
+  filesystem known to report holes (ext4, XFS, Btrfs, tmpfs) and seen to
+  report the fresh part's (:func:`holes_seen`); elsewhere, the whole
+  read-back. A cut inside a block zeroes the rest of that block but leaves
+  it allocated (no hole), so the follower never reads closer than two
+  windows (8 MiB) to what is written from the start, nor the file's last
+  8 MiB (the final check reads those after the fsync): a cut below what
+  was read then frees at least one whole block (4 KiB, a 2 MiB huge page)
+  that is written and never written again, a hole. (That list has no
+  network filesystem either, whose other clients' opens no inotify watch
+  here would see.)
 - :class:`Follower`: one thread (``pc-check``, at the checks' nice value) per
   writer follows each fresh part's contiguous written prefix (the writer
   tells it when that grows; chunks may come in any order), reads each new
@@ -180,6 +187,21 @@ def whole(fd: int, size: int) -> bool:
         return False
 
 
+def holes_seen(fd: int) -> bool:
+    """Whether the filesystem of ``fd`` (a part just created and sized
+    with ``ftruncate``, nothing written yet) shows it as the hole it is:
+    where ``SEEK_HOLE`` calls the whole file data (the generic one, ext2's
+    own driver under ext2's magic number), :func:`whole` could not see a
+    range a truncate cut, and the part is not read back as written."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return False  # (nothing to read back as written)
+    try:
+        return os.lseek(fd, 0, os.SEEK_HOLE) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 @dataclass(eq=False)
 class EarlyPart:
     """A fresh part followed by the :class:`Follower`. ``fd``: its own
@@ -204,8 +226,11 @@ class Follower:
     """The thread that reads fresh parts back as they are written (one per
     writer; it ends when no part is followed and starts again on the next)."""
 
-    def __init__(self, window: int, align: int) -> None:
+    def __init__(self, window: int, align: int, lag: int | None = None) -> None:
         self._window, self._align = window, align
+        # Never read closer than this to the written end (the file's end
+        # included: the final check reads those bytes after the fsync).
+        self._lag = 2 * window if lag is None else lag
         self._cond = threading.Condition()
         self._parts: list[EarlyPart] = []
         self._thread: threading.Thread | None = None
@@ -285,23 +310,23 @@ class Follower:
             os.close(part.fd)
 
     def _next(self) -> tuple[EarlyPart, int, int] | None:
-        """(under the lock) A part with a range to read, its start and length:
-        a whole window, or the rest once the part is written to its end."""
+        """(under the lock) A part with a whole window to read, its start and
+        length: one that ends at least :attr:`_lag` bytes below what is
+        written from the start (:func:`whole`: why)."""
         for i, part in enumerate(self._parts):
-            end = (
-                part.target if part.target == part.size else part.target - part.target % self._align
-            )
-            length = min(self._window, end - part.frontier)
-            if length > 0 and (length == self._window or end == part.size):
+            end = part.target - self._lag
+            end -= end % self._align
+            if end - part.frontier >= self._window:
                 self._parts.append(self._parts.pop(i))  # the others' turn next
-                return part, part.frontier, length
+                return part, part.frontier, self._window
         return None
 
     def _run(self) -> None:
         name_native_thread()
         yield_to_control_plane(bulk=True)
-        window = mmap.mmap(-1, self._window)
+        window: mmap.mmap | None = None
         try:
+            window = buffer = mmap.mmap(-1, self._window)
             while True:
                 with self._cond:
                     while (job := self._next()) is None:
@@ -313,7 +338,7 @@ class Follower:
                     part.reading = True
                 why = ""
                 try:
-                    with memoryview(window) as view:
+                    with memoryview(buffer) as view:
                         if part.direct:
                             read_direct(part.fd, view, start, length, self._align)
                         else:
@@ -341,7 +366,8 @@ class Follower:
                 self._cond.notify_all()
             raise
         finally:
-            window.close()
+            if window is not None:
+                window.close()
 
 
 def read_direct(fd: int, view: memoryview, offset: int, length: int, align: int) -> None:

@@ -589,6 +589,14 @@ def _fresh(h: Harness, directory: Path, size: int) -> tuple[Path, int]:
     return path, fd
 
 
+def _reachable(h: Harness, written: int) -> int:
+    """How far the follower reads a part written ``written`` bytes from its
+    start: whole windows, never within its lag of the written end."""
+    follower = h.writer._follower
+    end = written - follower._lag
+    return max(0, end - end % follower._window)
+
+
 def _read_back_to(h: Harness, at_least: int) -> None:
     """Until the follower has read back ``at_least`` bytes (bounded)."""
     follower = h.writer._follower
@@ -623,7 +631,7 @@ def test_a_fresh_part_read_back_as_written_gives_the_content_s_hash(
         _, fd = _fresh(h, fresh_dir, len(data))
         _write(h, data, indices)
         if caught_up:
-            _read_back_to(h, len(data))
+            _read_back_to(h, _reachable(h, len(data)))
         finish(h, fd, data)
         assert (h.writer.early_checks, h.writer.full_checks) == (1, 0)
         h.writer.close(b"t", keep=False)
@@ -639,7 +647,7 @@ def _tampered(
     with _early_harness(monkeypatch) as h:
         path, fd = _fresh(h, fresh_dir, len(data))
         _write(h, data, list(range(6)))
-        _read_back_to(h, 6 * CHUNK)
+        _read_back_to(h, _reachable(h, 6 * CHUNK))
         tamper(h, path, fd, data)
         _write(h, data, list(range(6, 12)))
         h.writer.finish(b"t")
@@ -667,6 +675,22 @@ def test_a_part_truncated_by_name_after_it_was_read_back_is_read_back_whole(
     def cut(h: Harness, path: Path, fd: int, data: bytes) -> None:
         os.truncate(path, CHUNK // 2)  # no open: no event
         os.truncate(path, len(data))  # its size again
+
+    _tampered(fresh_dir, monkeypatch, cut)
+
+
+def test_a_part_cut_inside_a_block_just_below_what_was_read_is_read_back_whole(
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cut one byte below what was read back zeroes the rest of its block
+    without a hole there; the follower's lag leaves a written block above it
+    that the cut frees for good (a hole), so the early hash does not stand."""
+
+    def cut(h: Harness, path: Path, fd: int, data: bytes) -> None:
+        read = h.writer._follower.read_bytes
+        assert read > 0
+        os.truncate(path, read - 1)  # no open: no event
+        os.truncate(path, len(data))
 
     _tampered(fresh_dir, monkeypatch, cut)
 
@@ -700,6 +724,29 @@ def test_a_part_written_directly_is_read_back_whole_after_the_fsync(
         h.writer.close(b"t", keep=False)
     finally:
         h.close()
+
+
+def test_a_part_whose_filesystem_shows_no_hole_is_not_watched(
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new part shows as the hole it is where SEEK_HOLE reports holes;
+    where the filesystem calls it all data (the generic SEEK_HOLE: a file
+    written out stands for one here), a truncate could not be seen, so it
+    is not watched (its check reads it all after the fsync)."""
+    with _early_harness(monkeypatch) as h:
+        sparse = new_part(fresh_dir, 8 * CHUNK)
+        try:
+            fresh = h.writer.watch(sparse)
+            assert fresh.wd is not None
+            h.writer._watches.remove(fresh.wd)
+        finally:
+            os.close(sparse)
+        written = os.open(fresh_dir / "written", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(written, os.urandom(8 * CHUNK))
+            assert h.writer.watch(written).wd is None
+        finally:
+            os.close(written)
 
 
 def test_a_part_not_fresh_is_read_back_whole_after_the_fsync(
@@ -744,7 +791,7 @@ def test_a_part_closed_mid_read_back_leaves_no_descriptor_and_no_thread(
         before, threads = _fds(), _checkers()
         _fresh(h, fresh_dir, len(data))
         _write(h, data, list(range(6)))
-        _read_back_to(h, 6 * CHUNK)
+        _read_back_to(h, _reachable(h, 6 * CHUNK))
         follower = h.writer._follower._thread
         assert follower is not None and follower.is_alive()
         if checking:  # a check cannot start before every chunk is written: all

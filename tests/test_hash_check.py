@@ -86,20 +86,20 @@ def _changed_after_read_back(
     receiver: NodeProcess, network_key: str, change: Callable[[Path, int], None]
 ) -> None:
     """A part changed by ``change(part, size)`` on disk mid-transfer, once
-    its first window (chunk 0 in it) was read back as written and while all
-    that is written is read back (a truncate then cuts off only ranges read
-    already): the transfer fails its hash check and leaves nothing."""
+    its first window (chunk 0 in it) was read back as written (the follower
+    stays two windows behind what is written): the transfer fails its hash
+    check and leaves nothing."""
     window = file_writer.HASH_WINDOW
     chunk = 1 << 20
-    content = os.urandom(3 * window)
+    content = os.urandom(4 * window)
     with HostileSender(network_key, receiver.host, receiver.port) as sender:
         t = sender.offer("tampered.bin", len(content), chunk)
         assert isinstance(t, HostileTransfer), t
-        _send_all(t, content, chunk, stop=window // chunk)  # acked: written
+        _send_all(t, content, chunk, stop=3 * window // chunk)  # acked: written
         receiver.wait_for_counter("receiver.read-back-early-bytes", window, WAIT)
         (part,) = _parts_of(receiver, "tampered.bin")
         change(part, len(content))
-        _send_all(t, content, chunk, start=window // chunk)
+        _send_all(t, content, chunk, start=3 * window // chunk)
         t.send_done(blake3.blake3(content).digest())  # the truth
         failed = t.wait_for(Failed, WAIT)
         assert failed.code == "hash-mismatch"

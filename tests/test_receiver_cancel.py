@@ -257,10 +257,11 @@ def test_a_transfer_cancelled_while_it_is_read_back_leaves_no_descriptor_or_thre
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
     """Cancelled once its new part's first window was read back as written
-    (the follower's thread, its descriptors and the watch are in use): the
-    node holds nothing of the part afterwards, no inotify instance and no
-    pc-check thread."""
-    receiver = node_factory(name="receiver")
+    (the follower's thread, its descriptors and the watch are in use; the
+    part written through the page cache: one written with O_DIRECT is read
+    back only after its fsync): the node holds nothing of the part
+    afterwards, no inotify instance and no pc-check thread."""
+    receiver = node_factory("--no-direct-writes", name="receiver")
     sender = node_factory("--max-rate", str(2 * MiB))  # ~8 s
     assert receiver.pid is not None
     one = make_file(SIZE, name="one.bin")
