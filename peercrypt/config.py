@@ -272,9 +272,10 @@ SETTINGS: tuple[Setting, ...] = (
        "cache pages are dear; slower where they are cheap). Off: through the page cache.",
        flag="--direct-writes/--no-direct-writes"),
     _s("check_as_written", "PEERCRYPT_CHECK_AS_WRITTEN", "bool", True,
-       "Read a new part back for its check as it is written, so the check after the last "
-       "chunk is short; the whole part is read back after all if another process opened or "
-       "truncated it. Off: always all of it after the last chunk.",
+       "Read a new part written through the page cache (tmpfs, --no-direct-writes; not one "
+       "written with O_DIRECT) back for its check as it is written, so the check after the "
+       "last chunk is short; the whole part is read back after all if another process opened "
+       "or truncated it. Off: always all of it after the last chunk.",
        flag="--check-as-written/--no-check-as-written"),
 )  # fmt: skip
 
