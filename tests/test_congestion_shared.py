@@ -76,7 +76,7 @@ def results(
     out = []
     for p, f in zip(procs, files, strict=True):
         stdout, stderr = p.communicate(timeout=180)
-        assert p.returncode == 0, stderr
+        assert p.returncode == 0, (stdout, stderr)
         result = json.loads(stdout)
         assert result["code"] == "ok"
         stored = receiver.inbox / result["stored_as"]
