@@ -158,9 +158,11 @@ import zmq
 from actors.file_chunks import read_chunk
 from actors.inbox import discard_part, save_manifest
 from actors.read_back import (
+    AsWritten,
     EarlyPart,
     Follower,
     Watches,
+    cut_unit,
     filesystem,
     holes_seen,
     read_buffered,
@@ -618,6 +620,9 @@ class _File:
     # chunks written contiguously from the start, as the follower was told.
     early: EarlyPart | None = None
     prefix: int = 0
+    # A fresh part written directly, hashed from its chunks as they are
+    # written but for what a cut by name could change (actors/read_back.py).
+    as_written: AsWritten | None = None
 
 
 @dataclass(frozen=True)
@@ -628,6 +633,7 @@ class Fresh:
 
     direct: int | None
     wd: int | None
+    unit: int | None = None  # a direct part's: hashed as written (cut_unit)
 
 
 @dataclass(eq=False)
@@ -642,6 +648,7 @@ class _Check:
     direct: bool = False  # fd was opened with O_DIRECT: read back with hash_direct
     detached: bool = False
     early: EarlyPart | None = None  # read back as written: the verdict if nothing changed it
+    as_written: AsWritten | None = None  # hashed as written: the verdict if nothing changed it
 
 
 class _Feeder:
@@ -802,6 +809,9 @@ class FileWriter:
         # their watches (any thread) and the thread that reads them.
         self._watches = Watches(_libc())
         self._follower = Follower(HASH_WINDOW, DIRECT_ALIGN)
+        self._cut_units: dict[int, int | None] = {}  # st_dev -> cut_unit() there
+        self._window: mmap.mmap | None = None  # reads back of hashed-as-written parts
+        self.as_written_read = 0  # bytes they read back (writer thread)
         self.early_checks = 0  # verdicts from the read-back as written (checks' threads)
         self.full_checks = 0  # verdicts from a whole read-back after the fsync
         self._count_lock = threading.Lock()
@@ -817,7 +827,7 @@ class FileWriter:
             ("direct-bytes", self.direct_bytes),
             ("checks-early", self.early_checks),
             ("checks-full", self.full_checks),
-            ("read-back-early-bytes", self._follower.read_bytes),
+            ("read-back-early-bytes", self._follower.read_bytes + self.as_written_read),
         ):
             if value != counters.get(name, 0):
                 counters[name] = value
@@ -869,16 +879,27 @@ class FileWriter:
         ours), then watch it for any other open (actors/read_back.py). For
         :meth:`open`, to be called next, whatever happens.
 
-        A part written with ``O_DIRECT`` is not watched: its final check
-        reads it all back after the fsync. On ext4 a direct write that
-        extends the file waits for every direct read of it in flight, so
-        reading a part back while it is written cut this disk's direct
-        writes from 820-1020 to 320-410 MiB/s, and the 1 GiB send was no
-        faster for the tail it saved (docs/benchmarks.md, "The read-back
-        as written")."""
+        A part written with ``O_DIRECT`` is not read back while it is
+        written: reading behind the writes cut this disk's direct writes
+        from 820-1020 to 320-430 MiB/s, whether the reads were direct or
+        not (docs/benchmarks.md, "The read-back as written"). It is hashed
+        from its chunks as they are written instead, but for what a cut by
+        name could change (:class:`~actors.read_back.AsWritten`), where
+        that can be told (:func:`~actors.read_back.cut_unit`)."""
         direct = self._open_direct(fd)  # (before the watch: this open is ours)
-        watched = direct is None and self._as_written and holes_seen(fd)
-        return Fresh(direct, self._watches.add(fd) if watched else None)
+        if not self._as_written or not holes_seen(fd):
+            return Fresh(direct, None)
+        wd = self._watches.add(fd)
+        if direct is None or wd is None:
+            return Fresh(direct, wd)
+        device = os.fstat(fd).st_dev  # (probed after the watch: not this part)
+        if device not in self._cut_units:
+            self._cut_units[device] = cut_unit(fd, direct)
+        unit = self._cut_units[device]
+        if unit is None:
+            self._watches.remove(wd)
+            return Fresh(direct, None)
+        return Fresh(direct, wd, unit)
 
     def write(self, tid: bytes, index: int, data: bytes | memoryview) -> bool:
         """Queue a chunk; False (nothing queued) if ``max_queued`` bytes wait.
@@ -945,6 +966,12 @@ class FileWriter:
         finally:
             self._out = None
             out.close(linger=0)
+            for f in files.values():  # (the actor closes the parts themselves)
+                if f.as_written is not None:
+                    f.as_written.close()
+            if self._window is not None:
+                self._window.close()
+                self._window = None
 
     def _do(self, files: dict[bytes, _File], op: tuple[Any, ...]) -> None:
         """Apply ``op`` and post its results. An error fails the op's file
@@ -1011,19 +1038,28 @@ class FileWriter:
             opened.allocate = _has_blocks(fd)
             if fresh is not None:  # opened directly and watched on the caller's thread
                 opened.direct = fresh.direct
-                if fresh.wd is not None:
-                    direct = fresh.direct is not None
-                    source = fresh.direct if fresh.direct is not None else fd
-                    # (on one core, whatever the source: every core made no
-                    # difference for tmpfs parts, and BLAKE3's pool of
-                    # workers would outlive the follower's thread)
+                if fresh.wd is not None and fresh.direct is not None:
+                    unit = fresh.unit
+                    if unit is None or chunk_size % unit:
+                        self._watches.remove(fresh.wd)
+                    else:
+                        try:
+                            copy = os.dup(fresh.direct)
+                        except OSError:  # (no descriptor left: the whole read-back)
+                            self._watches.remove(fresh.wd)
+                        else:
+                            opened.as_written = AsWritten(copy, True, size, fresh.wd, unit)
+                elif fresh.wd is not None:  # written through the page cache: followed
+                    # (on one core: every core made no difference for tmpfs
+                    # parts, and BLAKE3's pool of workers would outlive the
+                    # follower's thread)
                     hasher = blake3.blake3()
                     try:
-                        copy = os.dup(source)
+                        copy = os.dup(fd)
                     except OSError:  # (no descriptor left: the whole read-back, unwatched)
                         self._watches.remove(fresh.wd)
                     else:
-                        opened.early = EarlyPart(copy, direct, size, fresh.wd, hasher)
+                        opened.early = EarlyPart(copy, False, size, fresh.wd, hasher)
                         self._follower.add(opened.early)
             elif tree is None:  # (a folder's feeder reads its chunks back from the page cache)
                 opened.direct = self._open_direct(fd)
@@ -1082,6 +1118,7 @@ class FileWriter:
         if kind == "write":
             _, _, index, data = op
             offset = index * f.chunk_size
+            contiguous = min(f.size, f.prefix * f.chunk_size)
             if f.early is not None and offset < f.early.target:
                 # (the follower may have read it: its hash would not be of this)
                 self._follower.taint(f.early, "a chunk written again after it was read back")
@@ -1096,7 +1133,12 @@ class FileWriter:
             f.written.add(index)
             if f.feeder is not None:
                 self._feed(f)
-            if f.early is not None:
+            if f.as_written is not None:
+                before = f.as_written.read_bytes
+                with memoryview(self._scratch()) as window:
+                    f.as_written.wrote(offset, data, contiguous, window)
+                self.as_written_read += f.as_written.read_bytes - before
+            if f.early is not None or f.as_written is not None:
                 self._advance(f)
             f.since_checkpoint += 1
             if f.since_checkpoint >= checkpoint_every(f.chunk_size):
@@ -1113,6 +1155,7 @@ class FileWriter:
             direct = f.direct is not None
             f.check = _Check(tid, f, os.dup(f.direct if f.direct is not None else f.fd), direct)
             f.check.early = f.early
+            f.check.as_written = f.as_written
             self._checks_waiting.append(f.check)
             self._start_checks()
             return None
@@ -1242,8 +1285,12 @@ class FileWriter:
         # not be published as verified. Read as it was written, if nothing
         # could have changed a range after it was read (actors/read_back.py);
         # else all of it now.
-        if check.early is not None:
-            digest = self._early_verdict(check, check.early, note)
+        if check.early is not None or check.as_written is not None:
+            if check.as_written is not None:
+                digest = self._as_written_verdict(check, check.as_written, note)
+            else:
+                assert check.early is not None
+                digest = self._early_verdict(check, check.early, note)
             if digest is not None:
                 with self._count_lock:
                     self.early_checks += 1
@@ -1271,6 +1318,25 @@ class FileWriter:
         read_back = hash_direct if check.direct else hash_file
         digest = read_back(check.fd, early.size, note, early.hasher, start)
         if early.tainted or not whole(check.fd, early.size) or self._watches.opened(early.wd):
+            return None
+        return digest
+
+    def _as_written_verdict(
+        self, check: _Check, part: AsWritten, note: Callable[[int], None]
+    ) -> bytes | None:
+        """The hash of ``part`` from its chunks as written and what was read
+        back of it (the rest read here, after the fsync), if nothing could
+        have changed it unseen: no chunk written again below what was hashed,
+        no hole and its size (a cut by name), no open of it since it was
+        watched (events read last); else None (the whole read-back). Its
+        writes are over: the writer's thread no longer touches its hash."""
+        if part.tainted:
+            return None
+        start = part.hashed
+        note(start)
+        read_back = hash_direct if check.direct else hash_file
+        digest = read_back(check.fd, part.size, note, part.hasher, start)
+        if part.tainted or not whole(check.fd, part.size) or self._watches.opened(part.wd):
             return None
         return digest
 
@@ -1355,14 +1421,19 @@ class FileWriter:
             f.fed += 1
 
     def _advance(self, f: _File) -> None:
-        """Tell the follower how far ``f`` is written from its start."""
-        assert f.early is not None
+        """How far ``f`` is written from its start (the follower is told)."""
         total = f.written.total
         start = f.prefix
         while f.prefix < total and f.prefix in f.written:
             f.prefix += 1
-        if f.prefix != start:
+        if f.prefix != start and f.early is not None:
             self._follower.advance(f.early, min(f.size, f.prefix * f.chunk_size))
+
+    def _scratch(self) -> mmap.mmap:
+        """(writer thread) The window hashed-as-written parts are read back into."""
+        if self._window is None:
+            self._window = mmap.mmap(-1, HASH_WINDOW)
+        return self._window
 
     def _drop_early(self, f: _File) -> None:
         """``f`` is closed or failed: its read-back as written stops (its
@@ -1371,6 +1442,10 @@ class FileWriter:
         if early is not None:
             self._follower.remove(early)
             self._watches.remove(early.wd)
+        written, f.as_written = f.as_written, None
+        if written is not None:
+            written.close()
+            self._watches.remove(written.wd)
 
     def _drop_feeder(self, f: _File) -> None:
         if f.feeder is not None:

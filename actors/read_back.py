@@ -370,6 +370,120 @@ class Follower:
                 window.close()
 
 
+def tail_start(offset: int, end: int, unit: int) -> int:
+    """Where the last ``unit``-block touched by a write of ``[offset, end)``
+    begins (not below ``offset``): the bytes a later cut could zero without
+    leaving a hole, while that write is the part's highest."""
+    return max(offset, (end - 1) // unit * unit)
+
+
+@dataclass(eq=False)
+class AsWritten:
+    """A fresh part hashed from its chunks as they are written (the writer's
+    thread: no read of the part runs beside its writes), except for what a
+    cut by name could change unseen.
+
+    A ``truncate(2)`` by name at any moment, to inside a block, zeroes the
+    rest of that block without a hole; every whole block above it that was
+    written is freed for good (a hole: :func:`whole` sees it, the writer
+    writes each chunk once). So a cut is unseen only inside the last block
+    of the highest write at that moment: the last ``unit`` bytes of each
+    chunk (``unit``: what such a cut leaves allocated, :func:`cut_unit`).
+    Those bytes, and chunks that came before the gap below them was filled,
+    are read back from the part only once a chunk above them is written (a
+    cut there then frees that chunk's blocks), or by the final check after
+    the fsync. ``hashed``: the part's first bytes in the hash; ``fd``: its
+    own duplicate of the part's descriptor (closed by :meth:`close`)."""
+
+    fd: int
+    direct: bool
+    size: int
+    wd: int
+    unit: int
+    hasher: Any = field(default_factory=blake3.blake3)
+    hashed: int = 0
+    tainted: str = ""  # why the final check reads the whole part back instead
+    read_bytes: int = 0  # read back from the part so far (tails, early chunks)
+    fd_open: bool = True
+
+    def wrote(
+        self, offset: int, data: memoryview | bytes, contiguous: int, window: memoryview
+    ) -> None:
+        """``data`` was just written at ``offset``; ``contiguous``: the bytes
+        written from the start before it. ``window``: a page-aligned buffer
+        for what is read back."""
+        if self.tainted:
+            return
+        if offset < self.hashed:  # (its bytes in the hash are not these)
+            self.tainted = "a chunk written again after it was hashed"
+            return
+        if offset != contiguous:
+            return  # above a gap: read back once the gap is filled, or at the check
+        try:
+            self._read_to(offset, window)
+        except OSError as exc:
+            self.tainted = exc.strerror or str(exc)
+            return
+        keep = tail_start(offset, offset + len(data), self.unit)
+        with memoryview(data) as view:
+            self.hasher.update(view[: keep - offset])
+        self.hashed = keep
+
+    def _read_to(self, stop: int, window: memoryview) -> None:
+        """Read the part back from ``hashed`` to ``stop`` into the hash."""
+        while self.hashed < stop:
+            length = min(len(window), stop - self.hashed)
+            if self.direct:
+                read_direct(self.fd, window, self.hashed, length, self.unit)
+            else:
+                read_buffered(self.fd, window, self.hashed, length)
+            self.hasher.update(window[:length])
+            self.hashed += length
+            self.read_bytes += length
+
+    def close(self) -> None:
+        if self.fd_open:
+            self.fd_open = False
+            os.close(self.fd)
+
+
+PROBE_SIZE = 1 << 20
+
+
+def cut_unit(fd: int, direct: int | None) -> int | None:
+    """How many bytes a cut inside a part's first block leaves allocated (a
+    block, a cluster, a huge page), rounded up to pages: probed on a file of
+    its own (``O_TMPFILE``) in the directory of the part open as ``fd``,
+    written as the part is (``O_DIRECT`` if ``direct`` is not None), cut
+    to one byte and sized again. None if it cannot be told (no such file,
+    no hole seen after the cut)."""
+    try:
+        directory = os.path.dirname(os.readlink(f"/proc/self/fd/{fd}"))
+        flags = os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_TMPFILE", 0)
+        if direct is not None:
+            flags |= os.O_DIRECT
+        probe = os.open(directory, flags, 0o600) if flags & getattr(os, "O_TMPFILE", 0) else -1
+    except (OSError, AttributeError):
+        return None
+    if probe < 0:
+        return None
+    try:
+        with mmap.mmap(-1, PROBE_SIZE) as buffer:
+            buffer.write(b"\xa5" * PROBE_SIZE)
+            if os.pwrite(probe, buffer, 0) != PROBE_SIZE:
+                return None
+        os.ftruncate(probe, 1)
+        os.ftruncate(probe, PROBE_SIZE)
+        kept = os.lseek(probe, 0, os.SEEK_HOLE)
+    except OSError:
+        return None
+    finally:
+        os.close(probe)
+    if not 0 < kept < PROBE_SIZE:
+        return None
+    return -(-kept // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
 def read_direct(fd: int, view: memoryview, offset: int, length: int, align: int) -> None:
     """Read ``length`` bytes at ``offset`` of ``fd`` (opened with
     ``O_DIRECT``: whole ``align`` blocks, a short read at the file's end)

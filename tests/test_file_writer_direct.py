@@ -36,6 +36,7 @@ from actors.file_writer import (
     Written,
     hash_direct,
 )
+from actors.read_back import cut_unit
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.testing.nodes import NodeProcess, blake3_file, free_port
 
@@ -553,10 +554,11 @@ def test_a_reader_that_cannot_start_leaves_none_of_the_others_behind(
 # -- the read-back taken as a fresh part is written (actors/read_back.py) -------------
 
 
-@pytest.fixture(params=["disk", "tmpfs"])
+@pytest.fixture(params=["disk", "disk-direct", "tmpfs"])
 def fresh_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    """A directory on a disk (O_DIRECT, tmp_path) or on tmpfs (buffered)."""
-    if request.param == "disk":
+    """A directory on a disk (tmp_path: written through the page cache, or
+    ``disk-direct``: with O_DIRECT, hashed as written) or on tmpfs."""
+    if request.param.startswith("disk"):
         yield request.getfixturevalue("disk")
         return
     shm = Path("/dev/shm")
@@ -566,13 +568,18 @@ def fresh_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
         yield Path(d)
 
 
+def _direct(request: pytest.FixtureRequest) -> bool:
+    """Whether the test's fresh_dir writes parts with O_DIRECT."""
+    return bool(request.node.callspec.params.get("fresh_dir") == "disk-direct")
+
+
 @contextlib.contextmanager
-def _early_harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
+def _early_harness(monkeypatch: pytest.MonkeyPatch, direct: bool = False) -> Iterator[Harness]:
     """A writer whose read-back windows are four pages (many per file),
-    writing through the page cache (a part written with O_DIRECT is read
-    back only after its fsync: test_a_part_written_directly_...)."""
+    writing through the page cache (followed: read back as written) or
+    with O_DIRECT (``direct``: hashed as written)."""
     monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
-    h = Harness(direct=False)
+    h = Harness(direct=direct)
     try:
         yield h
     finally:
@@ -598,7 +605,10 @@ def _reachable(h: Harness, written: int) -> int:
 
 
 def _read_back_to(h: Harness, at_least: int) -> None:
-    """Until the follower has read back ``at_least`` bytes (bounded)."""
+    """Until the follower has read back ``at_least`` bytes (bounded); a
+    part written directly is hashed as written, on the writer's thread."""
+    if h.writer._direct:
+        return
     follower = h.writer._follower
     with follower._cond:
         moved = follower._cond.wait_for(lambda: follower.read_bytes >= at_least, WAIT)
@@ -614,12 +624,16 @@ def _write(h: Harness, data: bytes, indices: list[int]) -> None:
 @pytest.mark.parametrize("caught_up", [True, False])
 @pytest.mark.parametrize("order", ["in-order", "reversed", "shuffled"])
 def test_a_fresh_part_read_back_as_written_gives_the_content_s_hash(
-    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, order: str, caught_up: bool
+    fresh_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    order: str,
+    caught_up: bool,
 ) -> None:
     """In order, out of order (parallel lanes): the verdict comes from the
-    read-back as written (none after the fsync) and is the content's hash,
-    whether the read-back had caught up when the check began or the check
-    read the rest."""
+    read-back (or hash) as written, none after the fsync, and is the
+    content's hash, whether the read-back had caught up when the check
+    began or the check read the rest."""
     data = os.urandom(9 * CHUNK + 4096 * 3 + 17)
     total = -(-len(data) // CHUNK)
     indices = list(range(total))
@@ -627,9 +641,14 @@ def test_a_fresh_part_read_back_as_written_gives_the_content_s_hash(
         indices.reverse()
     elif order == "shuffled":
         random.shuffle(indices)
-    with _early_harness(monkeypatch) as h:
+    with _early_harness(monkeypatch, _direct(request)) as h:
         _, fd = _fresh(h, fresh_dir, len(data))
         _write(h, data, indices)
+        if _direct(request):
+            assert h.writer.direct_bytes > 0  # (written directly indeed)
+            assert h.writer._follower.read_bytes == 0 and not h.writer._follower.running
+            if order == "in-order":  # each chunk's last page once the next one was written
+                assert h.writer.as_written_read == (total - 1) * DIRECT_ALIGN
         if caught_up:
             _read_back_to(h, _reachable(h, len(data)))
         finish(h, fd, data)
@@ -638,13 +657,18 @@ def test_a_fresh_part_read_back_as_written_gives_the_content_s_hash(
 
 
 def _tampered(
-    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, tamper: Callable[..., None]
+    fresh_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    tamper: Callable[..., None],
+    early: int = 0,
 ) -> None:
-    """Half the chunks written and read back, ``tamper(h, path, fd, data)``,
-    the rest written: the verdict is the hash of the part as changed (the
-    whole read-back), not the content's."""
+    """Half the chunks written and read back (or hashed), ``tamper(h, path,
+    fd, data)``, the rest written: the verdict is the hash of the part as
+    changed, not the content's (from the whole read-back, or ``early``:
+    1 if the read-back as written saw the change itself)."""
     data = os.urandom(12 * CHUNK)
-    with _early_harness(monkeypatch) as h:
+    with _early_harness(monkeypatch, _direct(request)) as h:
         path, fd = _fresh(h, fresh_dir, len(data))
         _write(h, data, list(range(6)))
         _read_back_to(h, _reachable(h, 6 * CHUNK))
@@ -655,75 +679,109 @@ def _tampered(
         stored = os.pread(fd, len(data) + 1, 0)
         assert stored != data
         assert result == Finished(b"t", blake3.blake3(stored).digest())
-        assert (h.writer.early_checks, h.writer.full_checks) == (0, 1)
+        assert (h.writer.early_checks, h.writer.full_checks) == (early, 1 - early)
         h.writer.close(b"t", keep=False)
 
 
 def test_a_part_opened_and_changed_after_it_was_read_back_is_read_back_whole(
-    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     def change(h: Harness, path: Path, fd: int, data: bytes) -> None:
         with open(path, "r+b") as f:  # another process would open it just so
             f.write(bytes([data[0] ^ 0xFF]))
 
-    _tampered(fresh_dir, monkeypatch, change)
+    _tampered(fresh_dir, monkeypatch, request, change)
 
 
 def test_a_part_truncated_by_name_after_it_was_read_back_is_read_back_whole(
-    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     def cut(h: Harness, path: Path, fd: int, data: bytes) -> None:
         os.truncate(path, CHUNK // 2)  # no open: no event
         os.truncate(path, len(data))  # its size again
 
-    _tampered(fresh_dir, monkeypatch, cut)
+    _tampered(fresh_dir, monkeypatch, request, cut)
 
 
 def test_a_part_cut_inside_a_block_just_below_what_was_read_is_read_back_whole(
-    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     """A cut one byte below what was read back zeroes the rest of its block
     without a hole there; the follower's lag leaves a written block above it
-    that the cut frees for good (a hole), so the early hash does not stand."""
+    that the cut frees for good (a hole), so the early hash does not stand.
+    A part hashed as written: a cut inside the last block of the highest
+    chunk written, which frees nothing written: that block is read back
+    once a chunk above it is written, zeroes by then, in the verdict."""
 
     def cut(h: Harness, path: Path, fd: int, data: bytes) -> None:
-        read = h.writer._follower.read_bytes
+        read = 6 * CHUNK if h.writer._direct else h.writer._follower.read_bytes
         assert read > 0
         os.truncate(path, read - 1)  # no open: no event
         os.truncate(path, len(data))
 
-    _tampered(fresh_dir, monkeypatch, cut)
+    _tampered(fresh_dir, monkeypatch, request, cut, early=int(_direct(request)))
 
 
 def test_a_chunk_written_again_after_it_was_read_back_is_read_back_whole(
-    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     def again(h: Harness, path: Path, fd: int, data: bytes) -> None:
         other = bytes([data[0] ^ 0xFF]) + data[1:CHUNK]
         assert h.write(b"t", 0, other) == Written(b"t", 0)
 
-    _tampered(fresh_dir, monkeypatch, again)
+    _tampered(fresh_dir, monkeypatch, request, again)
 
 
-def test_a_part_written_directly_is_read_back_whole_after_the_fsync(
-    disk: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("unit", [None, 3 * DIRECT_ALIGN])
+def test_a_part_written_directly_where_a_cut_cannot_be_told_is_read_back_whole(
+    disk: Path, monkeypatch: pytest.MonkeyPatch, unit: int | None
 ) -> None:
-    """A fresh part on a filesystem that takes O_DIRECT, written directly:
-    not watched, not read back as written (a direct read in flight holds up
-    each extending direct write), read back whole after its fsync."""
+    """A fresh part written directly on a filesystem where what a cut
+    leaves allocated cannot be told (no O_TMPFILE, no hole seen after a
+    cut: None here), or does not divide the chunk: not watched, not hashed
+    as written, read back whole after its fsync."""
     monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
+    monkeypatch.setattr(file_writer, "cut_unit", lambda fd, direct: unit)
     data = os.urandom(9 * CHUNK + 17)
     h = Harness()
     try:
+        before = _fds()
         _, fd = _fresh(h, disk, len(data))
         _write(h, data, list(range(10)))
         assert h.writer.direct_bytes > 0  # (written directly indeed)
         finish(h, fd, data)
         assert (h.writer.early_checks, h.writer.full_checks) == (0, 1)
         assert h.writer._follower.read_bytes == 0 and not h.writer._follower.running
+        assert h.writer.as_written_read == 0
+        assert not any("inotify" in what for what in set(_fds().values()) - set(before.values()))
         h.writer.close(b"t", keep=False)
     finally:
         h.close()
+
+
+def test_a_cut_s_unit_is_a_page_here_and_unknown_without_a_directory(disk: Path) -> None:
+    """cut_unit: a cut inside a block of this disk's and tmpfs's files
+    leaves that block (a page); a part whose directory is gone cannot be
+    probed."""
+    for directory in [disk, Path("/dev/shm")]:
+        fd = new_part(directory, CHUNK)
+        try:
+            direct = file_writer.open_direct(fd)
+            assert cut_unit(fd, direct) == DIRECT_ALIGN
+            if direct is not None:
+                os.close(direct)
+        finally:
+            os.close(fd)
+            (directory / "part").unlink()
+    gone = disk / "gone"
+    gone.mkdir()
+    fd = new_part(gone, CHUNK)
+    try:
+        (gone / "part").unlink()
+        gone.rmdir()
+        assert cut_unit(fd, None) is None
+    finally:
+        os.close(fd)
 
 
 def test_a_part_whose_filesystem_shows_no_hole_is_not_watched(

@@ -1,0 +1,214 @@
+"""A part hashed from its chunks as they are written (actors/read_back.py,
+:class:`AsWritten`), against a cut by name at any moment: real files on
+the disk (written with ``O_DIRECT`` as the writer does, or through the page
+cache) and on tmpfs, chunks in any order, some written again with other
+bytes, a ``truncate(2)`` by name to anywhere between two writes and back to
+the part's size. Whatever happens, a verdict the writer would take (not
+tainted, the part whole) is the hash of the bytes stored."""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import blake3
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from actors.file_writer import DIRECT_ALIGN, hash_file, open_direct
+from actors.read_back import AsWritten, cut_unit, tail_start, whole
+
+CHUNK = 16 * 1024
+CHUNKS = 8
+SIZE = CHUNKS * CHUNK - 1000  # (a last chunk short of a page)
+
+
+@pytest.fixture(scope="module", params=["disk-direct", "disk-buffered", "tmpfs"])
+def where(request: pytest.FixtureRequest) -> Iterator[tuple[Path, bool, int]]:
+    """A directory, whether parts there are written with O_DIRECT, and what
+    a cut leaves allocated there (:func:`cut_unit`)."""
+    if request.param == "tmpfs":
+        if not Path("/dev/shm").is_dir():
+            pytest.skip("no /dev/shm")
+        base = "/dev/shm"
+    else:
+        base = None
+    with tempfile.TemporaryDirectory(dir=base) as d:
+        probe = os.open(Path(d) / "probe", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            direct = open_direct(probe) if request.param == "disk-direct" else None
+            if request.param == "disk-direct" and direct is None:
+                pytest.skip(f"{d} takes no O_DIRECT here")
+            unit = cut_unit(probe, direct)
+            if direct is not None:
+                os.close(direct)
+        finally:
+            os.close(probe)
+        if unit is None or CHUNK % unit:
+            pytest.skip(f"{d}: a cut's unit {unit} does not divide {CHUNK}")
+        yield Path(d), request.param == "disk-direct", unit
+
+
+@contextlib.contextmanager
+def _part(directory: Path, direct: bool) -> Iterator[tuple[Path, int, int | None]]:
+    path = directory / "part"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.ftruncate(fd, SIZE)  # sparse, as the receiver creates it
+    dfd = open_direct(fd) if direct else None
+    try:
+        yield path, fd, dfd
+    finally:
+        if dfd is not None:
+            os.close(dfd)
+        os.close(fd)
+        path.unlink()
+
+
+def _write(fd: int, dfd: int | None, data: bytes, offset: int) -> None:
+    """As the writer: whole pages directly (from page-aligned memory), the
+    rest through the page cache."""
+    pages = len(data) - len(data) % DIRECT_ALIGN if dfd is not None else 0
+    if pages:
+        with mmap.mmap(-1, pages) as aligned:
+            aligned.write(data[:pages])
+            assert os.pwrite(dfd, aligned, offset) == pages  # type: ignore[arg-type]
+    if pages < len(data):
+        assert os.pwrite(fd, data[pages:], offset + pages) == len(data) - pages
+
+
+moments = st.integers(0, CHUNKS)
+# Where to cut: anywhere, or just below a chunk's end (inside its last block).
+cuts = st.one_of(
+    st.integers(0, SIZE),
+    st.tuples(st.integers(1, CHUNKS), st.integers(1, 2 * DIRECT_ALIGN)).map(
+        lambda t: max(0, min(SIZE, t[0] * CHUNK) - t[1])
+    ),
+)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    order=st.permutations(range(CHUNKS)),
+    cut=st.none() | st.tuples(moments, cuts),
+    again=st.none() | st.tuples(moments, st.integers(0, CHUNKS - 1)),
+    seed=st.binary(min_size=16, max_size=16),
+)
+@example(order=list(range(CHUNKS)), cut=(3, 3 * CHUNK - 100), again=None, seed=bytes(16))
+@example(order=list(range(CHUNKS)), cut=(CHUNKS, SIZE - 1), again=None, seed=bytes(16))
+@example(order=list(range(CHUNKS)), cut=None, again=(4, 1), seed=bytes(16))
+def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
+    where: tuple[Path, bool, int],
+    order: list[int],
+    cut: tuple[int, int] | None,
+    again: tuple[int, int] | None,
+    seed: bytes,
+) -> None:
+    directory, direct, unit = where
+    content = blake3.blake3(seed).digest(length=SIZE)
+    with _part(directory, direct) as (path, fd, dfd), mmap.mmap(-1, 4 * DIRECT_ALIGN) as window:
+        part = AsWritten(os.dup(dfd if dfd is not None else fd), direct, SIZE, 0, unit)
+        written: set[int] = set()
+        contiguous = 0
+
+        def write(index: int, data: bytes) -> None:
+            nonlocal contiguous
+            offset = index * CHUNK
+            _write(fd, dfd, data, offset)
+            with memoryview(window) as view:
+                part.wrote(offset, data, contiguous, view)
+            written.add(index)
+            while contiguous < SIZE and contiguous // CHUNK in written:
+                contiguous = min(SIZE, contiguous + CHUNK)
+
+        for moment, index in enumerate([*order, None]):
+            if cut is not None and cut[0] == moment:
+                os.truncate(path, cut[1])  # by name: no open
+                os.truncate(path, SIZE)
+            if again is not None and again[0] == moment and again[1] in written:
+                other = bytes(b ^ 0x5A for b in content[again[1] * CHUNK : (again[1] + 1) * CHUNK])
+                write(again[1], other)
+            if index is not None:
+                write(index, content[index * CHUNK : (index + 1) * CHUNK])
+        os.fsync(fd)
+        digest = hash_file(fd, SIZE, hasher=part.hasher, start=part.hashed)
+        part.close()
+        stored = os.pread(fd, SIZE + 1, 0)
+        if not part.tainted and whole(fd, SIZE):
+            assert digest == blake3.blake3(stored).digest()
+        if cut is None and again is None:  # nothing happened: the verdict stands
+            assert not part.tainted and whole(fd, SIZE) and stored == content
+            assert digest == blake3.blake3(content).digest()
+            # what was read back: each chunk's last block once a chunk above it is written,
+            # and chunks that came early, never the chunks hashed from their buffers
+            assert part.read_bytes < SIZE or order != sorted(order)
+
+
+def test_the_tail_start_is_the_last_block_a_write_touches() -> None:
+    assert tail_start(0, 65536, 4096) == 61440
+    assert tail_start(65536, 65536 + 100, 4096) == 65536  # (not below the write)
+    assert tail_start(65536, 2 * 65536 - 1000, 4096) == 2 * 65536 - 4096
+    assert tail_start(8192, 8193, 4096) == 8192
+
+
+def test_chunks_in_order_read_back_only_each_chunk_s_last_block(
+    where: tuple[Path, bool, int],
+) -> None:
+    """In order, what is read back as written is one block below each
+    chunk but the last (the final check reads the last one after the
+    fsync); the rest comes from the chunks as written."""
+    directory, direct, unit = where
+    content = os.urandom(SIZE)
+    with _part(directory, direct) as (_, fd, dfd), mmap.mmap(-1, 4 * DIRECT_ALIGN) as window:
+        part = AsWritten(os.dup(dfd if dfd is not None else fd), direct, SIZE, 0, unit)
+        for index in range(CHUNKS):
+            data = content[index * CHUNK : (index + 1) * CHUNK]
+            _write(fd, dfd, data, index * CHUNK)
+            with memoryview(window) as view:
+                part.wrote(index * CHUNK, data, index * CHUNK, view)
+        assert part.read_bytes == (CHUNKS - 1) * unit
+        assert part.hashed == tail_start((CHUNKS - 1) * CHUNK, SIZE, unit)
+        assert hash_file(fd, SIZE, hasher=part.hasher, start=part.hashed) == (
+            blake3.blake3(content).digest()
+        )
+        part.close()
+
+
+def test_a_chunk_written_again_below_what_was_hashed_taints_the_part(
+    where: tuple[Path, bool, int],
+) -> None:
+    directory, direct, unit = where
+    content = os.urandom(2 * CHUNK)
+    with _part(directory, direct) as (_, fd, dfd), mmap.mmap(-1, 4 * DIRECT_ALIGN) as window:
+        part = AsWritten(os.dup(dfd if dfd is not None else fd), direct, SIZE, 0, unit)
+        with memoryview(window) as view:
+            part.wrote(0, content[:CHUNK], 0, view)
+            part.wrote(CHUNK, content[CHUNK:], CHUNK, view)
+            assert not part.tainted
+            part.wrote(0, content[:CHUNK], 2 * CHUNK, view)
+        assert part.tainted == "a chunk written again after it was hashed"
+        part.close()
+
+
+def test_a_part_that_cannot_be_read_back_is_tainted(where: tuple[Path, bool, int]) -> None:
+    """A read back that fails (here: the part cut short under it, a read
+    past its end) taints the part: the final check reads it all again."""
+    directory, direct, unit = where
+    content = os.urandom(2 * CHUNK)
+    with _part(directory, direct) as (path, fd, dfd), mmap.mmap(-1, 4 * DIRECT_ALIGN) as window:
+        part = AsWritten(os.dup(dfd if dfd is not None else fd), direct, SIZE, 0, unit)
+        _write(fd, dfd, content[:CHUNK], 0)
+        with memoryview(window) as view:
+            part.wrote(0, content[:CHUNK], 0, view)
+            os.truncate(path, CHUNK - unit)
+            part.wrote(CHUNK, content[CHUNK:], CHUNK, view)
+        assert "cut short" in part.tainted
+        part.close()
