@@ -1136,7 +1136,7 @@ class FileWriter:
             if f.as_written is not None:
                 before = f.as_written.read_bytes
                 with memoryview(self._scratch()) as window:
-                    f.as_written.wrote(offset, data, contiguous, window)
+                    f.as_written.wrote(offset, data, contiguous, window, not self._in_fsync)
                 self.as_written_read += f.as_written.read_bytes - before
             if f.early is not None or f.as_written is not None:
                 self._advance(f)

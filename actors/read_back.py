@@ -407,11 +407,19 @@ class AsWritten:
     fd_open: bool = True
 
     def wrote(
-        self, offset: int, data: memoryview | bytes, contiguous: int, window: memoryview
+        self,
+        offset: int,
+        data: memoryview | bytes,
+        contiguous: int,
+        window: memoryview,
+        may_read: bool = True,
     ) -> None:
         """``data`` was just written at ``offset``; ``contiguous``: the bytes
         written from the start before it. ``window``: a page-aligned buffer
-        for what is read back."""
+        for what is read back. ``may_read``: False while the part's disk may
+        hang (a final check is inside its fsync): nothing is read back then,
+        nor hashed above what would be (the next chunk written in order, or
+        the final check, reads it)."""
         if self.tainted:
             return
         if offset < self.hashed:  # (its bytes in the hash are not these)
@@ -419,6 +427,8 @@ class AsWritten:
             return
         if offset != contiguous:
             return  # above a gap: read back once the gap is filled, or at the check
+        if self.hashed < offset and not may_read:
+            return
         try:
             self._read_to(offset, window)
         except OSError as exc:

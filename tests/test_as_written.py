@@ -101,17 +101,26 @@ cuts = st.one_of(
     cut=st.none() | st.tuples(moments, cuts),
     again=st.none() | st.tuples(moments, st.integers(0, CHUNKS - 1)),
     seed=st.binary(min_size=16, max_size=16),
+    stalled=st.sets(moments),
 )
-@example(order=list(range(CHUNKS)), cut=(3, 3 * CHUNK - 100), again=None, seed=bytes(16))
-@example(order=list(range(CHUNKS)), cut=(CHUNKS, SIZE - 1), again=None, seed=bytes(16))
-@example(order=list(range(CHUNKS)), cut=None, again=(4, 1), seed=bytes(16))
+@example(
+    order=list(range(CHUNKS)), cut=(3, 3 * CHUNK - 100), again=None, seed=bytes(16), stalled=set()
+)
+@example(
+    order=list(range(CHUNKS)), cut=(CHUNKS, SIZE - 1), again=None, seed=bytes(16), stalled=set()
+)
+@example(order=list(range(CHUNKS)), cut=None, again=(4, 1), seed=bytes(16), stalled=set())
+@example(order=list(range(CHUNKS)), cut=(3, 3 * CHUNK - 9), again=None, seed=bytes(16), stalled={3})
 def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
     where: tuple[Path, bool, int],
     order: list[int],
     cut: tuple[int, int] | None,
     again: tuple[int, int] | None,
     seed: bytes,
+    stalled: set[int],
 ) -> None:
+    """``stalled``: the moments a final check is inside its fsync (nothing
+    is read back then)."""
     directory, direct, unit = where
     content = blake3.blake3(seed).digest(length=SIZE)
     with _part(directory, direct) as (path, fd, dfd), mmap.mmap(-1, 4 * DIRECT_ALIGN) as window:
@@ -119,12 +128,12 @@ def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
         written: set[int] = set()
         contiguous = 0
 
-        def write(index: int, data: bytes) -> None:
+        def write(index: int, data: bytes, moment: int) -> None:
             nonlocal contiguous
             offset = index * CHUNK
             _write(fd, dfd, data, offset)
             with memoryview(window) as view:
-                part.wrote(offset, data, contiguous, view)
+                part.wrote(offset, data, contiguous, view, moment not in stalled)
             written.add(index)
             while contiguous < SIZE and contiguous // CHUNK in written:
                 contiguous = min(SIZE, contiguous + CHUNK)
@@ -135,9 +144,9 @@ def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
                 os.truncate(path, SIZE)
             if again is not None and again[0] == moment and again[1] in written:
                 other = bytes(b ^ 0x5A for b in content[again[1] * CHUNK : (again[1] + 1) * CHUNK])
-                write(again[1], other)
+                write(again[1], other, moment)
             if index is not None:
-                write(index, content[index * CHUNK : (index + 1) * CHUNK])
+                write(index, content[index * CHUNK : (index + 1) * CHUNK], moment)
         os.fsync(fd)
         digest = hash_file(fd, SIZE, hasher=part.hasher, start=part.hashed)
         part.close()
