@@ -879,24 +879,26 @@ class FileWriter:
         ours), then watch it for any other open (actors/read_back.py). For
         :meth:`open`, to be called next, whatever happens.
 
-        A part written with ``O_DIRECT`` is not read back while it is
-        written: reading behind the writes cut this disk's direct writes
-        from 820-1020 to 320-430 MiB/s, whether the reads were direct or
-        not (docs/benchmarks.md, "The read-back as written"). It is hashed
-        from its chunks as they are written instead, but for what a cut by
-        name could change (:class:`~actors.read_back.AsWritten`), where
-        that can be told (:func:`~actors.read_back.cut_unit`)."""
+        The part is hashed from its chunks as they are written, but for
+        what a cut by name could change (:class:`~actors.read_back.AsWritten`),
+        where that can be told (:func:`~actors.read_back.cut_unit`); else, if
+        it is written through the page cache, it is read back as written
+        (:class:`~actors.read_back.Follower`). A part written with
+        ``O_DIRECT`` is never read back while it is written: reading behind
+        the writes cut this disk's direct writes from 820-1020 to 320-430
+        MiB/s, whether the reads were direct or not (docs/benchmarks.md,
+        "The read-back as written")."""
         direct = self._open_direct(fd)  # (before the watch: this open is ours)
         if not self._as_written or not holes_seen(fd):
             return Fresh(direct, None)
         wd = self._watches.add(fd)
-        if direct is None or wd is None:
-            return Fresh(direct, wd)
+        if wd is None:
+            return Fresh(direct, None)
         device = os.fstat(fd).st_dev  # (probed after the watch: not this part)
         if device not in self._cut_units:
             self._cut_units[device] = cut_unit(fd, direct)
         unit = self._cut_units[device]
-        if unit is None:
+        if unit is None and direct is not None:
             self._watches.remove(wd)
             return Fresh(direct, None)
         return Fresh(direct, wd, unit)
@@ -1038,18 +1040,19 @@ class FileWriter:
             opened.allocate = _has_blocks(fd)
             if fresh is not None:  # opened directly and watched on the caller's thread
                 opened.direct = fresh.direct
-                if fresh.wd is not None and fresh.direct is not None:
-                    unit = fresh.unit
-                    if unit is None or chunk_size % unit:
+                direct = fresh.direct is not None
+                if fresh.wd is None:
+                    pass  # (not watched: the whole read-back)
+                elif fresh.unit is not None and chunk_size % fresh.unit == 0:
+                    try:
+                        copy = os.dup(fresh.direct if fresh.direct is not None else fd)
+                    except OSError:  # (no descriptor left: the whole read-back, unwatched)
                         self._watches.remove(fresh.wd)
                     else:
-                        try:
-                            copy = os.dup(fresh.direct)
-                        except OSError:  # (no descriptor left: the whole read-back)
-                            self._watches.remove(fresh.wd)
-                        else:
-                            opened.as_written = AsWritten(copy, True, size, fresh.wd, unit)
-                elif fresh.wd is not None:  # written through the page cache: followed
+                        opened.as_written = AsWritten(copy, direct, size, fresh.wd, fresh.unit)
+                elif direct:  # (never read back while written directly)
+                    self._watches.remove(fresh.wd)
+                else:  # written through the page cache: followed
                     # (on one core: every core made no difference for tmpfs
                     # parts, and BLAKE3's pool of workers would outlive the
                     # follower's thread)

@@ -466,7 +466,9 @@ def cut_unit(fd: int, direct: int | None) -> int | None:
     its own (``O_TMPFILE``) in the directory of the part open as ``fd``,
     written as the part is (``O_DIRECT`` if ``direct`` is not None), cut
     to one byte and sized again. None if it cannot be told (no such file,
-    no hole seen after the cut)."""
+    no hole seen after the cut). On a tmpfs that may keep files in huge
+    pages, at least a huge page: a cut inside one zeroes the rest of it
+    when the page cannot be split, which the probe's page may have been."""
     try:
         directory = os.path.dirname(os.readlink(f"/proc/self/fd/{fd}"))
         flags = os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_TMPFILE", 0)
@@ -491,7 +493,43 @@ def cut_unit(fd: int, direct: int | None) -> int | None:
         os.close(probe)
     if not 0 < kept < PROBE_SIZE:
         return None
+    if filesystem(fd) == TMPFS and (huge := tmpfs_huge_page(fd)):
+        kept = max(kept, huge)
     return -(-kept // mmap.PAGESIZE) * mmap.PAGESIZE
+
+
+TMPFS = 0x01021994
+THP = "/sys/kernel/mm/transparent_hugepage"
+
+
+def tmpfs_huge_page(fd: int, thp: str = THP, mountinfo: str = "/proc/self/mountinfo") -> int:
+    """The huge page's size if the tmpfs of ``fd`` may keep files in huge
+    pages (its mount's ``huge=`` other than never, or ``force`` for all);
+    else 0."""
+    try:
+        with open(f"{thp}/shmem_enabled") as f:
+            policy = f.read()
+        with open(f"{thp}/hpage_pmd_size") as f:
+            size = int(f.read())
+    except (OSError, ValueError):
+        return 0  # (no transparent huge pages in this kernel)
+    if "[deny]" in policy:
+        return 0
+    if "[force]" in policy:
+        return size
+    device = os.fstat(fd).st_dev
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == wanted and "-" in fields:
+                    options = fields[fields.index("-") + 3 :]
+                    huge = [o for o in ",".join(options).split(",") if o.startswith("huge=")]
+                    return size if huge and huge[-1] != "huge=never" else 0
+    except OSError:
+        pass
+    return size  # (its mount not found: as if it might)
 
 
 def read_direct(fd: int, view: memoryview, offset: int, length: int, align: int) -> None:

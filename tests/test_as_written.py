@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from actors.file_writer import DIRECT_ALIGN, hash_file, open_direct
-from actors.read_back import AsWritten, cut_unit, tail_start, whole
+from actors.read_back import AsWritten, cut_unit, tail_start, tmpfs_huge_page, whole
 
 CHUNK = 16 * 1024
 CHUNKS = 8
@@ -221,3 +221,39 @@ def test_a_part_that_cannot_be_read_back_is_tainted(where: tuple[Path, bool, int
             part.wrote(CHUNK, content[CHUNK:], CHUNK, view)
         assert "cut short" in part.tainted
         part.close()
+
+
+@pytest.mark.parametrize(
+    ("policy", "options", "huge"),
+    [
+        ("always within_size advise [never] deny force", "rw,size=1024k", 0),
+        ("always within_size advise [never] deny force", "rw,size=1024k,huge=always", 2 << 20),
+        ("always within_size advise [never] deny force", "rw,huge=within_size", 2 << 20),
+        ("always within_size advise [never] deny force", "rw,huge=never", 0),
+        ("always within_size advise never deny [force]", "rw,size=1024k", 2 << 20),
+        ("always within_size advise never [deny] force", "rw,huge=always", 0),
+        ("always within_size advise [never] deny force", None, 2 << 20),  # (mount not found)
+    ],
+)
+def test_a_tmpfs_that_may_keep_huge_pages_cuts_by_huge_pages(
+    tmp_path: Path, policy: str, options: str | None, huge: int
+) -> None:
+    """tmpfs_huge_page reads the system's policy and the file's mount (here
+    written out as the kernel shows them, for the file's own device)."""
+    thp = tmp_path / "thp"
+    thp.mkdir()
+    (thp / "shmem_enabled").write_text(policy + "\n")
+    (thp / "hpage_pmd_size").write_text(f"{2 << 20}\n")
+    device = os.stat(tmp_path).st_dev
+    here = f"{os.major(device)}:{os.minor(device)}"
+    other = "0:999" if here != "0:999" else "0:998"
+    lines = [f"25 24 {other} / /elsewhere rw,relatime - tmpfs tmpfs rw,huge=always"]
+    if options is not None:
+        lines.append(f"30 25 {here} / /mnt rw,relatime shared:1 - tmpfs tmpfs {options}")
+    (tmp_path / "mountinfo").write_text("\n".join(lines) + "\n")
+    fd = os.open(tmp_path / "file", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert tmpfs_huge_page(fd, str(thp), str(tmp_path / "mountinfo")) == huge
+        assert tmpfs_huge_page(fd, str(tmp_path / "none"), str(tmp_path / "mountinfo")) == 0
+    finally:
+        os.close(fd)

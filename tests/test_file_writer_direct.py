@@ -48,6 +48,7 @@ class Harness:
     """A started writer and the actor's side of it (its PAIR socket)."""
 
     def __init__(self, direct: bool = True) -> None:
+        self.followed = False  # (set by _early_harness) fresh parts read back by the follower
         self.ctx: zmq.Context[Any] = zmq.Context()
         address = f"inproc://test-direct-{os.getpid()}-{time.monotonic_ns()}"
         self.sock = self.ctx.socket(zmq.PAIR)
@@ -554,10 +555,12 @@ def test_a_reader_that_cannot_start_leaves_none_of_the_others_behind(
 # -- the read-back taken as a fresh part is written (actors/read_back.py) -------------
 
 
-@pytest.fixture(params=["disk", "disk-direct", "tmpfs"])
+@pytest.fixture(params=["disk", "disk-direct", "tmpfs", "disk-followed", "tmpfs-followed"])
 def fresh_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     """A directory on a disk (tmp_path: written through the page cache, or
-    ``disk-direct``: with O_DIRECT, hashed as written) or on tmpfs."""
+    ``disk-direct``: with O_DIRECT) or on tmpfs; its parts hashed as
+    written, or (``-followed``: where what a cut leaves cannot be told)
+    read back as written by the follower."""
     if request.param.startswith("disk"):
         yield request.getfixturevalue("disk")
         return
@@ -573,13 +576,26 @@ def _direct(request: pytest.FixtureRequest) -> bool:
     return bool(request.node.callspec.params.get("fresh_dir") == "disk-direct")
 
 
+def _followed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test's fresh_dir has its parts read back by the follower."""
+    return str(request.node.callspec.params.get("fresh_dir")).endswith("-followed")
+
+
 @contextlib.contextmanager
-def _early_harness(monkeypatch: pytest.MonkeyPatch, direct: bool = False) -> Iterator[Harness]:
+def _early_harness(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[Harness]:
     """A writer whose read-back windows are four pages (many per file),
-    writing through the page cache (followed: read back as written) or
-    with O_DIRECT (``direct``: hashed as written)."""
+    writing as the test's fresh_dir says: with O_DIRECT or through the page
+    cache, hashed as written or followed (what a cut leaves allocated
+    unknown, as where O_TMPFILE is refused, or on tmpfs a huge page that
+    a chunk does not fill)."""
     monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
-    h = Harness(direct=direct)
+    if _followed(request):  # unknown, or a huge page larger than a chunk (tmpfs)
+        unit = None if _direct(request) or "disk" in str(request.node.callspec.id) else 2 << 20
+        monkeypatch.setattr(file_writer, "cut_unit", lambda fd, direct: unit)
+    h = Harness(direct=_direct(request))
+    h.followed = _followed(request)
     try:
         yield h
     finally:
@@ -607,7 +623,7 @@ def _reachable(h: Harness, written: int) -> int:
 def _read_back_to(h: Harness, at_least: int) -> None:
     """Until the follower has read back ``at_least`` bytes (bounded); a
     part written directly is hashed as written, on the writer's thread."""
-    if h.writer._direct:
+    if not h.followed:
         return
     follower = h.writer._follower
     with follower._cond:
@@ -641,11 +657,11 @@ def test_a_fresh_part_read_back_as_written_gives_the_content_s_hash(
         indices.reverse()
     elif order == "shuffled":
         random.shuffle(indices)
-    with _early_harness(monkeypatch, _direct(request)) as h:
+    with _early_harness(monkeypatch, request) as h:
         _, fd = _fresh(h, fresh_dir, len(data))
         _write(h, data, indices)
-        if _direct(request):
-            assert h.writer.direct_bytes > 0  # (written directly indeed)
+        assert (h.writer.direct_bytes > 0) == _direct(request)
+        if not h.followed:
             assert h.writer._follower.read_bytes == 0 and not h.writer._follower.running
             if order == "in-order":  # each chunk's last page once the next one was written
                 assert h.writer.as_written_read == (total - 1) * DIRECT_ALIGN
@@ -668,7 +684,7 @@ def _tampered(
     changed, not the content's (from the whole read-back, or ``early``:
     1 if the read-back as written saw the change itself)."""
     data = os.urandom(12 * CHUNK)
-    with _early_harness(monkeypatch, _direct(request)) as h:
+    with _early_harness(monkeypatch, request) as h:
         path, fd = _fresh(h, fresh_dir, len(data))
         _write(h, data, list(range(6)))
         _read_back_to(h, _reachable(h, 6 * CHUNK))
@@ -714,12 +730,12 @@ def test_a_part_cut_inside_a_block_just_below_what_was_read_is_read_back_whole(
     once a chunk above it is written, zeroes by then, in the verdict."""
 
     def cut(h: Harness, path: Path, fd: int, data: bytes) -> None:
-        read = 6 * CHUNK if h.writer._direct else h.writer._follower.read_bytes
+        read = h.writer._follower.read_bytes if h.followed else 6 * CHUNK
         assert read > 0
         os.truncate(path, read - 1)  # no open: no event
         os.truncate(path, len(data))
 
-    _tampered(fresh_dir, monkeypatch, request, cut, early=int(_direct(request)))
+    _tampered(fresh_dir, monkeypatch, request, cut, early=int(not _followed(request)))
 
 
 def test_a_chunk_written_again_after_it_was_read_back_is_read_back_whole(
@@ -785,13 +801,13 @@ def test_a_cut_s_unit_is_a_page_here_and_unknown_without_a_directory(disk: Path)
 
 
 def test_a_part_whose_filesystem_shows_no_hole_is_not_watched(
-    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     """A new part shows as the hole it is where SEEK_HOLE reports holes;
     where the filesystem calls it all data (the generic SEEK_HOLE: a file
     written out stands for one here), a truncate could not be seen, so it
     is not watched (its check reads it all after the fsync)."""
-    with _early_harness(monkeypatch) as h:
+    with _early_harness(monkeypatch, request) as h:
         sparse = new_part(fresh_dir, 8 * CHUNK)
         try:
             fresh = h.writer.watch(sparse)
@@ -839,28 +855,31 @@ def _checkers() -> list[threading.Thread]:
 
 @pytest.mark.parametrize("checking", [False, True])
 def test_a_part_closed_mid_read_back_leaves_no_descriptor_and_no_thread(
-    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, checking: bool
+    fresh_dir: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, checking: bool
 ) -> None:
-    """Closed (a cancel) while it is read back, or while its final check
-    waits for the read-back: its descriptors, its watch (and the inotify
-    instance with it) and the follower's thread all go."""
+    """Closed (a cancel) while it is read back (or hashed) as written, or
+    while its final check waits for the read-back or reads the rest: its
+    descriptors, its watch (and the inotify instance with it) and the
+    follower's thread all go."""
     data = os.urandom(12 * CHUNK)
-    with _early_harness(monkeypatch) as h:
+    with _early_harness(monkeypatch, request) as h:
         before, threads = _fds(), _checkers()
         _fresh(h, fresh_dir, len(data))
         _write(h, data, list(range(6)))
         _read_back_to(h, _reachable(h, 6 * CHUNK))
         follower = h.writer._follower._thread
-        assert follower is not None and follower.is_alive()
+        assert (follower is not None and follower.is_alive()) == h.followed
         if checking:  # a check cannot start before every chunk is written: all
-            monkeypatch.setattr(h.writer._follower, "_next", lambda: None)  # (it stalls)
+            if h.followed:
+                monkeypatch.setattr(h.writer._follower, "_next", lambda: None)  # (it stalls)
             _write(h, data, list(range(6, 12)))
             h.writer.finish(b"t")  # (it reads the rest itself)
         h.writer.close(b"t", keep=False)
         if checking:  # closed during the check, or right after it
             assert isinstance(h.next(), (file_writer.Detached, Finished))
-        follower.join(WAIT)
-        assert not follower.is_alive()
+        if follower is not None:
+            follower.join(WAIT)
+            assert not follower.is_alive()
         assert _checkers() == threads
         # Another file's chunk written: the close was applied before it.
         (fresh_dir / "part").unlink()
