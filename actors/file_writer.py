@@ -1139,7 +1139,8 @@ class FileWriter:
             if f.as_written is not None:
                 before = f.as_written.read_bytes
                 with memoryview(self._scratch()) as window:
-                    f.as_written.wrote(offset, data, contiguous, window, not self._in_fsync)
+                    first = done if 0 < done < len(data) else None  # (two writes)
+                    f.as_written.wrote(offset, data, contiguous, window, not self._in_fsync, first)
                 self.as_written_read += f.as_written.read_bytes - before
             if f.early is not None or f.as_written is not None:
                 self._advance(f)

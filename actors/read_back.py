@@ -413,13 +413,19 @@ class AsWritten:
         contiguous: int,
         window: memoryview,
         may_read: bool = True,
+        first: int | None = None,
     ) -> None:
         """``data`` was just written at ``offset``; ``contiguous``: the bytes
         written from the start before it. ``window``: a page-aligned buffer
         for what is read back. ``may_read``: False while the part's disk may
         hang (a final check is inside its fsync): nothing is read back then,
         nor hashed above what would be (the next chunk written in order, or
-        the final check, reads it)."""
+        the final check, reads it). ``first``: the bytes of ``data`` a first
+        write put there, if a second one wrote the rest (a last chunk's
+        whole pages directly, then the rest of a page): between the two, the
+        first one's last block was the highest written, which a cut could
+        zero unseen, so nothing of ``data`` from there on is hashed as
+        written."""
         if self.tainted:
             return
         if offset < self.hashed:  # (its bytes in the hash are not these)
@@ -434,7 +440,7 @@ class AsWritten:
         except OSError as exc:
             self.tainted = exc.strerror or str(exc)
             return
-        keep = tail_start(offset, offset + len(data), self.unit)
+        keep = tail_start(offset, offset + (first or len(data)), self.unit)
         with memoryview(data) as view:
             self.hasher.update(view[: keep - offset])
         self.hashed = keep

@@ -12,7 +12,7 @@ import contextlib
 import mmap
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import blake3
@@ -69,16 +69,22 @@ def _part(directory: Path, direct: bool) -> Iterator[tuple[Path, int, int | None
         path.unlink()
 
 
-def _write(fd: int, dfd: int | None, data: bytes, offset: int) -> None:
+def _write(
+    fd: int, dfd: int | None, data: bytes, offset: int, between: Callable[[], None] | None = None
+) -> int | None:
     """As the writer: whole pages directly (from page-aligned memory), the
-    rest through the page cache."""
+    rest through the page cache (``between`` the two writes); the bytes the
+    first of two writes wrote (None: one write)."""
     pages = len(data) - len(data) % DIRECT_ALIGN if dfd is not None else 0
     if pages:
         with mmap.mmap(-1, pages) as aligned:
             aligned.write(data[:pages])
             assert os.pwrite(dfd, aligned, offset) == pages  # type: ignore[arg-type]
     if pages < len(data):
+        if pages and between is not None:
+            between()
         assert os.pwrite(fd, data[pages:], offset + pages) == len(data) - pages
+    return pages if 0 < pages < len(data) else None
 
 
 moments = st.integers(0, CHUNKS)
@@ -98,29 +104,52 @@ cuts = st.one_of(
 )
 @given(
     order=st.permutations(range(CHUNKS)),
-    cut=st.none() | st.tuples(moments, cuts),
+    cut=st.none() | st.tuples(moments, cuts, st.booleans()),
     again=st.none() | st.tuples(moments, st.integers(0, CHUNKS - 1)),
     seed=st.binary(min_size=16, max_size=16),
     stalled=st.sets(moments),
 )
 @example(
-    order=list(range(CHUNKS)), cut=(3, 3 * CHUNK - 100), again=None, seed=bytes(16), stalled=set()
+    order=list(range(CHUNKS)),
+    cut=(3, 3 * CHUNK - 100, False),
+    again=None,
+    seed=bytes(16),
+    stalled=set(),
 )
 @example(
-    order=list(range(CHUNKS)), cut=(CHUNKS, SIZE - 1), again=None, seed=bytes(16), stalled=set()
+    order=list(range(CHUNKS)),
+    cut=(CHUNKS, SIZE - 1, False),
+    again=None,
+    seed=bytes(16),
+    stalled=set(),
 )
 @example(order=list(range(CHUNKS)), cut=None, again=(4, 1), seed=bytes(16), stalled=set())
-@example(order=list(range(CHUNKS)), cut=(3, 3 * CHUNK - 9), again=None, seed=bytes(16), stalled={3})
+@example(
+    order=list(range(CHUNKS)),
+    cut=(3, 3 * CHUNK - 9, False),
+    again=None,
+    seed=bytes(16),
+    stalled={3},
+)
+@example(  # between the last chunk's pages written directly and the rest of its last page
+    order=list(range(CHUNKS)),
+    cut=(CHUNKS - 1, SIZE - SIZE % DIRECT_ALIGN - 100, True),
+    again=None,
+    seed=bytes(16),
+    stalled=set(),
+)
 def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
     where: tuple[Path, bool, int],
     order: list[int],
-    cut: tuple[int, int] | None,
+    cut: tuple[int, int, bool] | None,
     again: tuple[int, int] | None,
     seed: bytes,
     stalled: set[int],
 ) -> None:
     """``stalled``: the moments a final check is inside its fsync (nothing
-    is read back then)."""
+    is read back then). ``cut``: when, where, and whether inside the write
+    of that moment, between its two writes (a last chunk's pages written
+    directly, then the rest of its last page)."""
     directory, direct, unit = where
     content = blake3.blake3(seed).digest(length=SIZE)
     with _part(directory, direct) as (path, fd, dfd), mmap.mmap(-1, 4 * DIRECT_ALIGN) as window:
@@ -128,20 +157,25 @@ def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
         written: set[int] = set()
         contiguous = 0
 
+        def cut_now() -> None:
+            assert cut is not None
+            os.truncate(path, cut[1])  # by name: no open
+            os.truncate(path, SIZE)
+
         def write(index: int, data: bytes, moment: int) -> None:
             nonlocal contiguous
             offset = index * CHUNK
-            _write(fd, dfd, data, offset)
+            inside = cut is not None and cut[0] == moment and cut[2]
+            first = _write(fd, dfd, data, offset, cut_now if inside else None)
             with memoryview(window) as view:
-                part.wrote(offset, data, contiguous, view, moment not in stalled)
+                part.wrote(offset, data, contiguous, view, moment not in stalled, first)
             written.add(index)
             while contiguous < SIZE and contiguous // CHUNK in written:
                 contiguous = min(SIZE, contiguous + CHUNK)
 
         for moment, index in enumerate([*order, None]):
-            if cut is not None and cut[0] == moment:
-                os.truncate(path, cut[1])  # by name: no open
-                os.truncate(path, SIZE)
+            if cut is not None and cut[0] == moment and not cut[2]:
+                cut_now()
             if again is not None and again[0] == moment and again[1] in written:
                 other = bytes(b ^ 0x5A for b in content[again[1] * CHUNK : (again[1] + 1) * CHUNK])
                 write(again[1], other, moment)

@@ -889,3 +889,51 @@ def test_a_part_closed_mid_read_back_leaves_no_descriptor_and_no_thread(
         new = {fd: what for fd, what in _fds().items() if before.get(fd) != what}
         assert set(new.values()) == {str(fresh_dir / "part")}, new  # u's (and its direct one)
         h.writer.close(b"u", keep=False)
+
+
+@pytest.mark.parametrize("order", ["in-order", "last-first"])
+def test_a_cut_between_the_direct_pages_and_the_rest_of_a_last_chunk_is_seen(
+    disk: Path, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    """The last chunk of a file whose size is not a whole number of pages
+    takes two writes: its whole pages directly, then the rest through the
+    page cache. A cut by name between the two, inside the last of those
+    pages, zeroes the rest of that page; the second write then lands above
+    it (no hole: the cut freed only what the rest was allocated, which the
+    second write takes again), so that page is not the last block of what
+    is written, yet no hash of it may come from the chunk's buffer: the
+    verdict is the hash of the part as stored."""
+    monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
+    data = os.urandom(5 * CHUNK + 3 * DIRECT_ALIGN + 17)
+    last = len(data) // CHUNK * CHUNK  # the last chunk's offset
+    pages = (len(data) - last) // DIRECT_ALIGN * DIRECT_ALIGN
+    cut_at = last + pages - 100  # inside the last page written directly
+    real = os.pwrite
+    path = disk / "part"
+    cuts: list[int] = []
+
+    def pwrite(fd: int, what: Any, offset: int) -> int:
+        done = real(fd, what, offset)
+        if offset == last and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            os.truncate(path, cut_at)  # another process, by name (no open): right then
+            cuts.append(cut_at)
+        return done
+
+    h = Harness()
+    try:
+        _, fd = _fresh(h, disk, len(data))
+        monkeypatch.setattr("os.pwrite", pwrite)
+        total = -(-len(data) // CHUNK)
+        _write(
+            h, data, list(range(total)) if order == "in-order" else [total - 1, *range(total - 1)]
+        )
+        assert cuts == [cut_at] and h.writer.direct_bytes > 0
+        h.writer.finish(b"t")
+        result = h.next()
+        stored = os.pread(fd, len(data) + 1, 0)
+        assert len(stored) == len(data) and stored != data  # (cut, and grown back by the rest)
+        assert result == Finished(b"t", blake3.blake3(stored).digest())
+        assert (h.writer.early_checks, h.writer.full_checks) == (1, 0)  # (no hole: as written)
+        h.writer.close(b"t", keep=False)
+    finally:
+        h.close()
