@@ -67,6 +67,8 @@ from peercrypt.wire.network_messages import (  # discovery and health monitoring
 log = logging.getLogger("peercrypt.control")
 
 MAX_PENDING = 1024
+CANCELLED_BY_USER = "cancelled by the user"  # as the sender and msender say it
+MAX_TRANSFER_ROWS = 1024  # TransfersReply.transfers' bound
 
 # Requests from local clients that another actor answers: type -> actor. The
 # request's ``request`` id is replaced by the control actor's own while it is
@@ -182,18 +184,11 @@ class ControlActor(Actor):
         if isinstance(msg, StatusRequest):
             self.api.send_multipart([route, _local(self._status(msg.request))])
         elif isinstance(msg, CancelRequest):
-            for ours, (client, theirs) in self.pending.items():
+            for ours, (client, theirs) in list(self.pending.items()):
                 if client == route and theirs == msg.request:
-                    placing = self.placing.pop(ours, None)
-                    if isinstance(placing, SendRequest):
-                        self._refuse_send(placing, ResultCode.CANCELLED, "cancelled")
-                        break
-                    if placing is not None:
-                        self._refuse_multicast(ours, ResultCode.CANCELLED, "cancelled")
-                        break
                     self._cancel(ours)
         elif isinstance(msg, CancelTransfer):
-            # Ids in `transfers` are ours: the sender and msender know them.
+            # Ids in `transfers` are ours: control, the sender and msender know them.
             self._cancel(msg.transfer)
             text = f"cancelling transfer {msg.transfer} (if it is running)"
             answer = SettingReply(request=msg.request, ok=True, text=text)
@@ -215,16 +210,31 @@ class ControlActor(Actor):
             self.api.send_multipart([route, _local(reply)])
 
     def _cancel(self, ours: int) -> None:
-        """Cancel send ``ours`` wherever it is past its placing. A send goes
-        to the sender through the scheduler (``ROUTES``), so a cancel told
-        the sender directly can arrive before its own request, which the
-        sender then would not know, and the send would go on as if never
-        cancelled. The same cancel therefore also follows the request's path:
-        mailboxes deliver in order and the scheduler forwards in order, so
-        it reaches the sender after the request. The direct one still stops a
-        running send when the scheduler is attached from elsewhere and
-        gone; the sender ignores a cancel for a request it does not hold, so
-        the second of the two changes nothing."""
+        """Cancel send ``ours`` wherever it is, by its client's CancelRequest
+        or by its id (CancelTransfer, ``peercrypt cancel ID``).
+
+        While it is being placed (``placing``: health has not answered, or
+        an attached health is away) only control holds it: it ends here, and
+        health's late answer is dropped. Told to the others, none of which
+        has it yet, the cancel would be lost and the send run once placed.
+
+        Past its placing, a send goes to the sender through the scheduler
+        (``ROUTES``), so a cancel told the sender directly can arrive before
+        its own request, which the sender then would not know, and the send
+        would go on as if never cancelled. The same cancel therefore also
+        follows the request's path: mailboxes deliver in order and the
+        scheduler forwards in order, so it reaches the sender after the
+        request. The direct one still stops a running send when the
+        scheduler is attached from elsewhere and gone; the sender ignores a
+        cancel for a request it does not hold, so the second of the two
+        changes nothing."""
+        placing = self.placing.pop(ours, None)
+        if isinstance(placing, SendRequest):
+            self._refuse_send(placing, ResultCode.CANCELLED, CANCELLED_BY_USER)
+            return
+        if placing is not None:
+            self._refuse_multicast(ours, ResultCode.CANCELLED, CANCELLED_BY_USER)
+            return
         self.tell("sender", CancelRequest(request=ours))
         self.tell("scheduler", CancelRequest(request=ours))
         self.tell("msender", CancelRequest(request=ours))  # multicasts come straight
@@ -276,8 +286,10 @@ class ControlActor(Actor):
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, Announce):
             self.announced[msg.actor] = msg
-        elif isinstance(msg, MembersAtReply) and msg.request in self.placing:
-            self._placed(self.placing.pop(msg.request), msg.members)
+        elif isinstance(msg, MembersAtReply):
+            placing = self.placing.pop(msg.request, None)
+            if placing is not None:  # (else cancelled while health answered: dropped)
+                self._placed(placing, msg.members)
         elif isinstance(msg, Progresses):  # one per tick: each send's Progress
             progress, dropped = columns.unpack(msg, Progress)
             self.count("progress-batches")
@@ -296,6 +308,9 @@ class ControlActor(Actor):
                 if msg.code not in local:
                     outcome = TransferOutcome(host=host, port=port, ok=msg.code == ResultCode.OK)
                     self.tell("health", outcome)
+            if isinstance(msg, TransfersReply):  # and the sends only control holds yet
+                rows = [*msg.transfers, *self._placing_rows()][:MAX_TRANSFER_ROWS]
+                msg = dataclasses.replace(msg, transfers=rows)
             self._relay(msg, request)
         else:
             super().on_mail(msg)
@@ -327,6 +342,29 @@ class ControlActor(Actor):
         else:
             addresses = req.targets
         self.tell("health", MembersAtRequest(request=req.request, addresses=addresses))
+
+    def _placing_rows(self) -> list[dict[str, str]]:
+        """``transfers`` rows (as the sender's) of the sends being placed:
+        listed, so that ``cancel ID`` finds them too."""
+        rows = []
+        for ours, req in list(self.placing.items())[:MAX_TRANSFER_ROWS]:
+            if isinstance(req, SendRequest):
+                peer, mode = join_host_port(req.host, req.port), req.mode or ""
+            else:
+                peer, mode = ", ".join(req.targets), "multicast"
+            rows.append(
+                {
+                    "id": str(ours),
+                    "file": req.path[-200:],
+                    "peer": peer[:200],
+                    "mode": mode,
+                    "state": "checking",
+                    "bytes": "0",
+                    "size": "?",
+                    "seconds": "0",
+                }
+            )
+        return rows
 
     def _placed(self, req: SendRequest | _mc.McSendRequest, members: dict[str, list[str]]) -> None:
         if isinstance(req, _mc.McSendRequest):

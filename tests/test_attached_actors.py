@@ -44,9 +44,11 @@ from peercrypt.testing import netns
 from peercrypt.testing.nodes import (
     ActorProcess,
     NodeProcess,
+    assert_stored,
     blake3_file,
     cli_env,
     free_port,
+    multicast_targets,
     random_file,
     start_cli,
     wait_until,
@@ -480,6 +482,79 @@ def test_a_member_cannot_pose_as_an_attached_actor(
     code, result = sender.send(path, "127.0.0.1", node.port)
     assert code == 0, result
     assert blake3_file(tmp_path / "disk" / result["stored_as"]) == blake3_file(path)
+
+
+def test_a_send_cancelled_while_it_is_placed_never_runs(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    processes: list[Any],
+) -> None:
+    """Control holds a send while health says whom members' records place
+    at its addresses; with the node's health attached from elsewhere and
+    not there yet, it holds it until one attaches (then places it again).
+    A multicast and a unicast send, listed as `checking` by `transfers`, are
+    cancelled there by their ids (`peercrypt cancel ID`): each ends
+    cancelled (exit 1), neither runs when health comes, while a send made
+    after it does (nothing but its file under a final name at the
+    receivers)."""
+    health = ActorProcess(tmp_path / "health", "health", [], network_key)
+    node = remote_node(tmp_path / "node", network_key, "health", health.fingerprint())
+    processes.append(node.start())
+    first, other = node_factory("--no-gossip"), node_factory("--no-gossip")
+    env = {"PEERCRYPT_NETWORK_KEY": network_key}
+    to_both = (first.host, str(first.port), "-m", *multicast_targets(other))
+    multi, uni = random_file(tmp_path / "multi.bin", MiB), random_file(tmp_path / "uni.bin", MiB)
+    sends = {
+        str(multi): start_cli(
+            "send", multi, *to_both, "--json", "--timeout", "30",
+            data_dir=node.data_dir, env=env,
+        ),
+        str(uni): start_cli(
+            "send", uni, first.host, str(first.port), "--json", "--timeout", "30",
+            data_dir=node.data_dir, env=env,
+        ),
+    }  # fmt: skip
+    try:
+
+        def placing() -> dict[str, str] | None:
+            rows = json.loads(node.cli("transfers", "--json").stdout or "[]")
+            held = {r["file"]: r["id"] for r in rows if r["state"] == "checking"}
+            return held if set(held) == set(sends) else None
+
+        ids = wait_until(placing, 30, "both sends listed as checking", interval=0.2)
+        for ident in ids.values():
+            cancel = node.cli("cancel", ident)
+            assert cancel.returncode == 0, cancel.describe()
+        # Health comes: control places what it still holds (a send the
+        # cancel missed would now run, and end "ok").
+        health.attach = [f"127.0.0.1:{node.port}"]
+        processes.append(health.start())
+        attached(node, "health", health.fingerprint())
+        results = {}
+        for path, send in sends.items():
+            out, err = send.communicate(timeout=60)
+            results[path] = (send.returncode, json.loads(out), err)
+    finally:
+        for send in sends.values():
+            if send.poll() is None:
+                send.kill()
+                send.wait(10)
+    ended = {Path(f).name: (code, r["code"], r["error"]) for f, (code, r, _) in results.items()}
+    cancelled = (errors.FAILED, "cancelled", "cancelled by the user")
+    assert ended == {"multi.bin": cancelled, "uni.bin": cancelled}, results
+    assert json.loads(node.cli("transfers", "--json").stdout or "[]") == []
+    after = random_file(tmp_path / "after.bin", MiB)
+    code, result = node.send(after, *to_both)  # placed now that health is there
+    assert code == 0, result
+    for receiver in (first, other):
+        assert_stored(receiver, result, blake3_file(after))
+        stored = sorted(p.name for p in receiver.inbox.iterdir() if not p.name.startswith("."))
+        assert stored == ["after.bin"], stored
+    counters = node.counters()
+    assert counters.get("msender.sessions") == 1, counters  # the one above only
+    ran = [k for k in counters if k == "sender.sent" or k.startswith("sender.failed-")]
+    assert not ran, counters  # the unicast one never ran either
 
 
 def _sending(node: NodeProcess) -> bool:
