@@ -1122,6 +1122,7 @@ class FileWriter:
             _, _, index, data = op
             offset = index * f.chunk_size
             contiguous = min(f.size, f.prefix * f.chunk_size)
+            again = index in f.written
             if f.early is not None and offset < f.early.target:
                 # (the follower may have read it: its hash would not be of this)
                 self._follower.taint(f.early, "a chunk written again after it was read back")
@@ -1140,7 +1141,9 @@ class FileWriter:
                 before = f.as_written.read_bytes
                 with memoryview(self._scratch()) as window:
                     first = done if 0 < done < len(data) else None  # (two writes)
-                    f.as_written.wrote(offset, data, contiguous, window, not self._in_fsync, first)
+                    f.as_written.wrote(
+                        offset, data, contiguous, window, not self._in_fsync, first, again
+                    )
                 self.as_written_read += f.as_written.read_bytes - before
             if f.early is not None or f.as_written is not None:
                 self._advance(f)

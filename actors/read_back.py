@@ -385,10 +385,12 @@ class AsWritten:
 
     A ``truncate(2)`` by name at any moment, to inside a block, zeroes the
     rest of that block without a hole; every whole block above it that was
-    written is freed for good (a hole: :func:`whole` sees it, the writer
-    writes each chunk once). So a cut is unseen only inside the last block
-    of the highest write at that moment: the last ``unit`` bytes of each
-    chunk (``unit``: what such a cut leaves allocated, :func:`cut_unit`).
+    written is freed for good (a hole: :func:`whole` sees it; a chunk
+    written again, which could fill it back, taints the part). So a cut is
+    unseen only inside the last block of the highest write at that moment:
+    the last ``unit`` bytes of each chunk (``unit``: what such a cut leaves
+    allocated, :func:`cut_unit`), and of a chunk's first write if it takes
+    two.
     Those bytes, and chunks that came before the gap below them was filled,
     are read back from the part only once a chunk above them is written (a
     cut there then frees that chunk's blocks), or by the final check after
@@ -414,6 +416,7 @@ class AsWritten:
         window: memoryview,
         may_read: bool = True,
         first: int | None = None,
+        again: bool = False,
     ) -> None:
         """``data`` was just written at ``offset``; ``contiguous``: the bytes
         written from the start before it. ``window``: a page-aligned buffer
@@ -425,11 +428,15 @@ class AsWritten:
         whole pages directly, then the rest of a page): between the two, the
         first one's last block was the highest written, which a cut could
         zero unseen, so nothing of ``data`` from there on is hashed as
-        written."""
+        written. ``again``: ``data`` was written there before: the part is
+        tainted wherever that is (below what is hashed, the hash is of other
+        bytes; above, it may fill back what a cut freed, the hole that would
+        show the cut: a cut inside the block just below what is hashed frees
+        only chunks not hashed yet when that block is a chunk's last)."""
         if self.tainted:
             return
-        if offset < self.hashed:  # (its bytes in the hash are not these)
-            self.tainted = "a chunk written again after it was hashed"
+        if again or offset < self.hashed:  # (offset < hashed: a chunk overlapping the hash)
+            self.tainted = "a chunk written again"
             return
         if offset != contiguous:
             return  # above a gap: read back once the gap is filled, or at the check

@@ -168,7 +168,9 @@ def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
             inside = cut is not None and cut[0] == moment and cut[2]
             first = _write(fd, dfd, data, offset, cut_now if inside else None)
             with memoryview(window) as view:
-                part.wrote(offset, data, contiguous, view, moment not in stalled, first)
+                part.wrote(
+                    offset, data, contiguous, view, moment not in stalled, first, index in written
+                )
             written.add(index)
             while contiguous < SIZE and contiguous // CHUNK in written:
                 contiguous = min(SIZE, contiguous + CHUNK)
@@ -237,7 +239,26 @@ def test_a_chunk_written_again_below_what_was_hashed_taints_the_part(
             part.wrote(CHUNK, content[CHUNK:], CHUNK, view)
             assert part.hashed == 2 * CHUNK - unit  # (nothing tainted it yet)
             part.wrote(0, content[:CHUNK], 2 * CHUNK, view)
-        assert part.tainted == "a chunk written again after it was hashed"
+        assert part.tainted == "a chunk written again"
+        part.close()
+
+
+def test_a_chunk_written_again_above_what_was_hashed_taints_the_part_too(
+    where: tuple[Path, bool, int],
+) -> None:
+    """A last chunk within a block: none of it is hashed as written (it is
+    all the last block of what is written). Written again, it could fill
+    back the hole a cut inside the block below left there: tainted."""
+    directory, direct, unit = where
+    content = os.urandom(CHUNK + 100)
+    with _part(directory, direct) as (_, fd, dfd), mmap.mmap(-1, 4 * DIRECT_ALIGN) as window:
+        part = AsWritten(os.dup(dfd if dfd is not None else fd), direct, SIZE, 0, unit)
+        with memoryview(window) as view:
+            part.wrote(0, content[:CHUNK], 0, view)
+            part.wrote(CHUNK, content[CHUNK:], CHUNK, view)
+            assert part.hashed == CHUNK and not part.tainted  # (the last chunk: none of it)
+            part.wrote(CHUNK, content[CHUNK:], 2 * CHUNK, view, again=True)
+        assert part.tainted == "a chunk written again"
         part.close()
 
 

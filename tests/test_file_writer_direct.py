@@ -937,3 +937,46 @@ def test_a_cut_between_the_direct_pages_and_the_rest_of_a_last_chunk_is_seen(
         h.writer.close(b"t", keep=False)
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("where", ["disk-direct", "disk", "tmpfs"])
+def test_a_chunk_written_again_that_fills_back_what_a_cut_freed_is_seen(
+    where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every chunk written in order, the last one shorter than a page: all
+    of it is the last block of what is written, so nothing of it is hashed
+    as written, and writing it read back the block below it, the last of
+    the chunk before. A cut by name inside that block zeroes the rest of it
+    (read already) and frees the last chunk's block: a hole, unless that
+    chunk is written again (a retransmission: none is hashed yet, so
+    nothing taints the part), which fills it back. Then no hole and its
+    size: the verdict must still be the hash of the part as stored."""
+    monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
+    if where == "tmpfs":
+        if not Path("/dev/shm").is_dir():
+            pytest.skip("no /dev/shm")
+        directory = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    else:
+        directory = tmp_path
+    data = os.urandom(5 * CHUNK + 100)
+    total = -(-len(data) // CHUNK)
+    h = Harness(direct=where == "disk-direct")
+    try:
+        path, fd = _fresh(h, directory, len(data))
+        _write(h, data, list(range(total)))
+        assert h.writer.as_written_read > 0  # (hashed as written indeed)
+        os.truncate(path, (total - 1) * CHUNK - 50)  # by name, inside the block read back
+        os.truncate(path, len(data))
+        _write(h, data, [total - 1])  # again: the hole it left is filled
+        h.writer.finish(b"t")
+        result = h.next()
+        stored = os.pread(fd, len(data) + 1, 0)
+        assert stored != data
+        assert result == Finished(b"t", blake3.blake3(stored).digest())
+        h.writer.close(b"t", keep=False)
+    finally:
+        h.close()
+        if where == "tmpfs":
+            with contextlib.suppress(FileNotFoundError):
+                (directory / "part").unlink()
+            directory.rmdir()
