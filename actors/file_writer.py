@@ -91,27 +91,26 @@ chunk's megabyte at once cost 0.20-0.24 CPU s per GiB of writes against
 0.26-0.33 (docs/benchmarks.md). A full disk then shows as ``ENOSPC`` from
 the allocation, handled as from the write.
 
-The hash is of the part as read back, never of what was written, and
-nothing is held in memory for it. A part this run of the node created
-(``O_EXCL``: :meth:`FileWriter.watch`, then :meth:`FileWriter.open` with
-``fresh``) and writes through the page cache (tmpfs, ``--no-direct-writes``;
-not a part written with ``O_DIRECT``: see :meth:`FileWriter.watch`) is read
-back as it is written: a thread of the writer's
-(``pc-check``) follows each such part's contiguous written prefix (chunks
-come in any order: parallel lanes, retransmissions) and hashes each range
-read back, the same way the final check would, so the check after the
-last chunk is the fsync and the rest of the prefix. That hash is the
-verdict only if nothing could have changed a range after it was read: no
-open of the part since the writer's own (inotify), its size and no hole
-below it (a truncate by name), no chunk written again below what was read
-(:mod:`actors.read_back`). Otherwise, and for a part written directly, a
-kept part (resume: another process may hold a descriptor of it from
+The hash is of the part as stored, and nothing is held in memory for it. A
+part this run of the node created (``O_EXCL``: :meth:`FileWriter.watch`,
+then :meth:`FileWriter.open` with ``fresh``) is hashed as it is written
+(:mod:`actors.read_back`): where what a truncate by name leaves allocated
+can be told and divides the chunk, from each chunk's buffer but for its
+last block, read back once a chunk above it is written
+(:class:`~actors.read_back.AsWritten`, on this thread: nothing is read
+beside the direct writes); else, through the page cache, read back by a
+thread of the writer's (``pc-check``) that follows each such part's
+contiguous written prefix (chunks come in any order: parallel lanes,
+retransmissions). The check after the last chunk is then the fsync and the
+rest. That hash is the verdict only if nothing could have changed the part
+unseen: no open of it since the writer's own (inotify), its size and no
+hole below it (a truncate by name), no chunk written again. Otherwise, and
+for a kept part (resume: another process may hold a descriptor of it from
 before), a folder's, or where inotify is missing, the hash is taken once,
 at the end, of the whole part as read back after fsync (from the page
 cache with BLAKE3 on every core, or from the disk on one core while three
 threads read ahead: 1.1-1.4 s of wall time per GiB after the last chunk
-on this disk, which reading it back as written did not win back:
-docs/benchmarks.md, "The read-back as written").
+on this disk).
 
 A folder transfer (``open(..., tree=TreeSpec)``) is different: what is kept
 is its tree, not its part. Once written, its chunks are handed in stream

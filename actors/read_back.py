@@ -39,6 +39,11 @@ reads only if nothing could have changed a range after it was read:
   :data:`~actors.file_writer.HASH_WINDOW` bytes, and feeds an incremental
   BLAKE3 per part. The writer never waits for it; a chunk written again
   below what was handed to it taints its part (the whole read-back then).
+- :class:`AsWritten`, where :func:`cut_unit` tells the block a cut leaves
+  allocated and it divides the chunk: no read behind the writes at all;
+  each chunk hashed from its buffer on the writer's thread but for its last
+  block (the one a cut could zero unseen), read back once a chunk above it
+  is written; any chunk written again taints the part.
 
 The residual window: an open between the part's creation and its watch
 (the same actor call, microseconds) goes unseen, as does a process able to
