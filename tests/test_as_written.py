@@ -55,10 +55,12 @@ def where(request: pytest.FixtureRequest) -> Iterator[tuple[Path, bool, int]]:
 
 
 @contextlib.contextmanager
-def _part(directory: Path, direct: bool) -> Iterator[tuple[Path, int, int | None]]:
+def _part(
+    directory: Path, direct: bool, size: int = SIZE
+) -> Iterator[tuple[Path, int, int | None]]:
     path = directory / "part"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    os.ftruncate(fd, SIZE)  # sparse, as the receiver creates it
+    os.ftruncate(fd, size)  # sparse, as the receiver creates it
     dfd = open_direct(fd) if direct else None
     try:
         yield path, fd, dfd
@@ -150,21 +152,84 @@ def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
     is read back then). ``cut``: when, where, and whether inside the write
     of that moment, between its two writes (a last chunk's pages written
     directly, then the rest of its last page)."""
+    _hash_as_written(where, CHUNK, SIZE, order, cut, again, seed, stalled)
+
+
+# Shapes where what is hashed as written ends at a chunk's start: chunks of
+# one block, a last chunk within a page, a last chunk whose pages written
+# directly are one.
+SHAPES = [(DIRECT_ALIGN, 7 * DIRECT_ALIGN + 100), (CHUNK, 7 * CHUNK + DIRECT_ALIGN + 17)]
+
+
+@pytest.mark.parametrize(("chunk", "size"), SHAPES)
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_a_verdict_from_the_hash_as_written_stands_where_what_is_hashed_ends_at_a_chunk(
+    where: tuple[Path, bool, int], chunk: int, size: int, data: st.DataObject
+) -> None:
+    """As above, for parts whose chunks (or last chunk) leave what is hashed
+    as written at a chunk's start: a cut just below it, then that chunk
+    written again (it could fill back the hole the cut left)."""
+    if chunk % where[2]:
+        pytest.skip(f"a cut's unit {where[2]} does not divide {chunk}")
+    chunks = -(-size // chunk)
+    moment = st.integers(0, chunks)
+    order = data.draw(st.just(list(range(chunks))) | st.permutations(range(chunks)))
+    cut = again = None
+    if data.draw(st.booleans()):
+        when = data.draw(moment)
+        # anywhere, or just below the end of the chunk written before that moment
+        below = max(0, min(size, max(0, when - 1) * chunk))
+        near = st.integers(1, 2 * DIRECT_ALIGN).map(lambda d: max(0, below - d))
+        cut = (when, data.draw(st.integers(0, size) | near), data.draw(st.booleans()))
+        if data.draw(st.booleans()):  # the chunk above the cut written again right then
+            again = (when, min(chunks - 1, cut[1] // chunk + 1))
+    if again is None:
+        again = data.draw(st.none() | st.tuples(moment, st.integers(0, chunks - 1)))
+    seed = data.draw(st.binary(min_size=16, max_size=16))
+    stalled = data.draw(st.sets(moment))
+    _hash_as_written(
+        where, chunk, size, order, cut, again, seed, stalled, same=data.draw(st.booleans())
+    )
+
+
+def _hash_as_written(
+    where: tuple[Path, bool, int],
+    chunk: int,
+    size: int,
+    order: list[int],
+    cut: tuple[int, int, bool] | None,
+    again: tuple[int, int] | None,
+    seed: bytes,
+    stalled: set[int],
+    same: bool = False,
+) -> None:
+    """Chunks of ``chunk`` bytes of a part of ``size`` written in ``order``
+    and hashed as written, ``cut`` by name at a moment, a chunk written
+    ``again`` (``same``: with the same bytes) at a moment: a verdict that
+    stands is the hash of what is stored."""
     directory, direct, unit = where
-    content = blake3.blake3(seed).digest(length=SIZE)
-    with _part(directory, direct) as (path, fd, dfd), mmap.mmap(-1, 4 * DIRECT_ALIGN) as window:
-        part = AsWritten(os.dup(dfd if dfd is not None else fd), direct, SIZE, 0, unit)
+    content = blake3.blake3(seed).digest(length=size)
+    with (
+        _part(directory, direct, size) as (path, fd, dfd),
+        mmap.mmap(-1, 4 * DIRECT_ALIGN) as window,
+    ):
+        part = AsWritten(os.dup(dfd if dfd is not None else fd), direct, size, 0, unit)
         written: set[int] = set()
         contiguous = 0
 
         def cut_now() -> None:
             assert cut is not None
             os.truncate(path, cut[1])  # by name: no open
-            os.truncate(path, SIZE)
+            os.truncate(path, size)
 
         def write(index: int, data: bytes, moment: int) -> None:
             nonlocal contiguous
-            offset = index * CHUNK
+            offset = index * chunk
             inside = cut is not None and cut[0] == moment and cut[2]
             first = _write(fd, dfd, data, offset, cut_now if inside else None)
             with memoryview(window) as view:
@@ -172,29 +237,31 @@ def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
                     offset, data, contiguous, view, moment not in stalled, first, index in written
                 )
             written.add(index)
-            while contiguous < SIZE and contiguous // CHUNK in written:
-                contiguous = min(SIZE, contiguous + CHUNK)
+            while contiguous < size and contiguous // chunk in written:
+                contiguous = min(size, contiguous + chunk)
 
         for moment, index in enumerate([*order, None]):
             if cut is not None and cut[0] == moment and not cut[2]:
                 cut_now()
             if again is not None and again[0] == moment and again[1] in written:
-                other = bytes(b ^ 0x5A for b in content[again[1] * CHUNK : (again[1] + 1) * CHUNK])
+                other = content[again[1] * chunk : (again[1] + 1) * chunk]
+                if not same:
+                    other = bytes(b ^ 0x5A for b in other)
                 write(again[1], other, moment)
             if index is not None:
-                write(index, content[index * CHUNK : (index + 1) * CHUNK], moment)
+                write(index, content[index * chunk : (index + 1) * chunk], moment)
         os.fsync(fd)
-        digest = hash_file(fd, SIZE, hasher=part.hasher, start=part.hashed)
+        digest = hash_file(fd, size, hasher=part.hasher, start=part.hashed)
         part.close()
-        stored = os.pread(fd, SIZE + 1, 0)
-        if not part.tainted and whole(fd, SIZE):
+        stored = os.pread(fd, size + 1, 0)
+        if not part.tainted and whole(fd, size):
             assert digest == blake3.blake3(stored).digest()
         if cut is None and again is None:  # nothing happened: the verdict stands
-            assert not part.tainted and whole(fd, SIZE) and stored == content
+            assert not part.tainted and whole(fd, size) and stored == content
             assert digest == blake3.blake3(content).digest()
             # what was read back: each chunk's last block once a chunk above it is written,
             # and chunks that came early, never the chunks hashed from their buffers
-            assert part.read_bytes < SIZE or order != sorted(order)
+            assert part.read_bytes < size or order != sorted(order) or chunk == unit
 
 
 def test_the_tail_start_is_the_last_block_a_write_touches() -> None:
