@@ -123,6 +123,8 @@ class ControlActor(Actor):
         self.sending: dict[int, tuple[str, int]] = {}  # sends under way: destination
         # sends and multicasts waiting for members' records at their addresses
         self.placing: dict[int, SendRequest | _mc.McSendRequest] = {}
+        # `transfers` asked of the sender and the msender: the first reply's rows
+        self.listing: dict[int, list[dict[str, str]] | None] = {}
 
     def setup(self) -> None:
         sock = self.api = self.socket(zmq.ROUTER)
@@ -205,6 +207,9 @@ class ControlActor(Actor):
                 self._place_first(cast(SendRequest | _mc.McSendRequest, _with_request(msg, ours)))
             else:
                 self.tell(ROUTES[type(msg)], _with_request(msg, ours))
+            if isinstance(msg, TransfersRequest):  # the multicasts' too: one reply of both
+                self.listing[ours] = None
+                self.tell("msender", _with_request(msg, ours))
         else:
             reply = ErrorReply(code="bad-request", reason=f"unexpected {msg.TYPE}")
             self.api.send_multipart([route, _local(reply)])
@@ -269,8 +274,16 @@ class ControlActor(Actor):
         if name == "health":
             for req in self.placing.values():
                 self._place_first(req)
+        if name == "msender":  # its part of a `transfers` may be lost: the other's then
+            for ours, rows in list(self.listing.items()):
+                if rows is None:
+                    self.listing[ours] = []
+                else:
+                    del self.listing[ours]
+                    self._relay(TransfersReply(request=ours, transfers=rows), ours)
         if name != "sender":
             return
+        self.listing.clear()
         for ours, (route, theirs) in list(self.pending.items()):
             del self.pending[ours]
             failed = SendResult(
@@ -308,8 +321,13 @@ class ControlActor(Actor):
                 if msg.code not in local:
                     outcome = TransferOutcome(host=host, port=port, ok=msg.code == ResultCode.OK)
                     self.tell("health", outcome)
-            if isinstance(msg, TransfersReply):  # and the sends only control holds yet
-                rows = [*msg.transfers, *self._placing_rows()][:MAX_TRANSFER_ROWS]
+            if isinstance(msg, TransfersReply):
+                if request in self.listing and self.listing[request] is None:
+                    self.listing[request] = msg.transfers  # the first of the two
+                    return
+                first = self.listing.pop(request, None) or []
+                # and the sends only control holds yet
+                rows = [*first, *msg.transfers, *self._placing_rows()][:MAX_TRANSFER_ROWS]
                 msg = dataclasses.replace(msg, transfers=rows)
             self._relay(msg, request)
         else:

@@ -109,6 +109,8 @@ from peercrypt.wire.messages import (
     HelloReply,
     McTargetProgress,
     Progress,
+    TransfersReply,
+    TransfersRequest,
 )
 from peercrypt.wire.multicast_messages import (
     McAck,
@@ -302,6 +304,8 @@ class MulticastSenderActor(Actor):
                     else:
                         sess.flow.on_pacing(msg.paced)
                     self._drive(sess)
+        elif isinstance(msg, TransfersRequest):  # control merges it with the sender's
+            self.tell("control", TransfersReply(request=msg.request, transfers=self._listing()))
         elif isinstance(msg, CancelRequest):
             walk = self.walking.pop(msg.request, None)
             if walk is not None:
@@ -313,6 +317,27 @@ class MulticastSenderActor(Actor):
                     self._drive(sess)
         else:
             super().on_mail(msg)
+
+    def _listing(self) -> list[dict[str, str]]:
+        """``transfers`` rows of the sessions (as the sender's of its sends),
+        so that ``cancel ID`` finds them; the phase and bytes as in ``Progress``."""
+        rows = []
+        now = self.now()
+        for sess in list(self.sessions.values())[:1000]:
+            state, done_bytes = _phase(sess)
+            rows.append(
+                {
+                    "id": str(sess.request.request),
+                    "file": sess.request.path[-200:],
+                    "peer": ", ".join(sess.request.targets)[:200],
+                    "mode": "multicast",
+                    "state": state,
+                    "bytes": str(done_bytes),
+                    "size": str(sess.size),
+                    "seconds": f"{now - sess.flow.started:.1f}",
+                }
+            )
+        return rows
 
     def _fail_request(self, req: McSendRequest, code: str, reason: str) -> None:
         self._fail_request_id(req.request, code, reason)
@@ -900,19 +925,18 @@ class MulticastSenderActor(Actor):
                     total_bytes=sess.size,
                 ),
             )
+        phase, done_bytes = _phase(sess)
         if not flow.publishing:
             self.tell(
                 "control",
-                Progress(request=request, done_bytes=0, total_bytes=sess.size, phase="offering"),
+                Progress(request=request, done_bytes=0, total_bytes=sess.size, phase=phase),
             )
             return []
-        done = flow.done_chunks()
         samples = [
             _sample(sess, t, self.now())
             for t in sess.targets.values()
             if flow.receivers[t.name].result is None
         ]
-        done_bytes = min(sess.size, done * sess.chunk_size)
         tree = sess.tree
         self.tell(
             "control",
@@ -920,7 +944,7 @@ class MulticastSenderActor(Actor):
                 request=request,
                 done_bytes=done_bytes,
                 total_bytes=sess.size,
-                phase="verifying" if done >= flow.total else "sending",
+                phase=phase,
                 done_files=tree.layout.files_done(done_bytes) if tree is not None else 0,
                 total_files=tree.files if tree is not None else 0,
             ),
@@ -997,6 +1021,15 @@ class MulticastSenderActor(Actor):
                 stats=stats,
             ),
         )
+
+
+def _phase(sess: Session) -> tuple[str, int]:
+    """What the session waits for (as ``Progress`` names it), and its bytes done."""
+    flow = sess.flow
+    if not flow.publishing:
+        return "offering", 0
+    done = flow.done_chunks()
+    return "verifying" if done >= flow.total else "sending", min(sess.size, done * sess.chunk_size)
 
 
 def _target_state(sess: Session, t: Target) -> tuple[str, int]:

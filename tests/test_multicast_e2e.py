@@ -232,6 +232,45 @@ def test_ctrl_c_cancels_the_multicast_session(
     assert sender.wait_for_counter("msender.failed-cancelled", 1) == 1
 
 
+def test_a_running_multicast_is_listed_and_cancelled_by_its_id(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """`transfers` lists a running multicast session (as a send, mode
+    multicast); `peercrypt cancel ID` ends it as a cancel of a send does:
+    code cancelled, exit 1, nothing under a final name at the receivers."""
+    sender = node_factory("--max-rate", str(4 * MiB))  # a ~4 s session to cancel
+    first = node_factory()
+    other = node_factory()
+    path = make_file(16 * MiB, name="cut.bin")
+    with start_cli(
+        "send", path, first.host, str(first.port), "-m", "--to", f"{other.host}:{other.port}",
+        "--chunk-size", str(128 * 1024), "--json", "--timeout", "30",
+        data_dir=sender.data_dir,
+    ) as proc:  # fmt: skip
+        try:
+
+            def sending() -> dict[str, str] | None:
+                rows = json.loads(sender.cli("transfers", "--json").stdout or "[]")
+                return next((r for r in rows if r["state"] == "sending"), None)
+
+            row = wait_until(sending, 30, "the session listed as sending")
+            assert (row["file"], row["mode"]) == (str(path), "multicast"), row
+            assert row["size"] == str(16 * MiB), row
+            assert row["peer"] == f"{first.host}:{first.port}, {other.host}:{other.port}", row
+            done = sender.cli("cancel", row["id"])
+            assert done.returncode == 0, done.describe()
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    result = json.loads(out)
+    assert (proc.returncode, result["code"]) == (1, "cancelled"), (result, err)
+    assert sender.wait_for_counter("msender.failed-cancelled", 1) == 1
+    assert json.loads(sender.cli("transfers", "--json").stdout) == []
+    for receiver in (first, other):
+        stored = [p.name for p in receiver.inbox.glob("*") if not p.name.startswith(".")]
+        assert stored == [], stored
+
+
 @pytest.mark.parametrize("transport", ["pub", "udp"])
 def test_node_max_rate_paces_multicast_too(
     node_factory: Callable[..., NodeProcess],
