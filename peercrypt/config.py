@@ -268,14 +268,15 @@ SETTINGS: tuple[Setting, ...] = (
        flag="--shm-ring"),
     _s("direct_writes", "PEERCRYPT_DIRECT_WRITES", "bool", True,
        "Write received chunks to the disk directly (O_DIRECT) where the inbox's filesystem "
-       "takes it, and read the file back from the disk for its check (less CPU where page "
-       "cache pages are dear; slower where they are cheap). Off: through the page cache.",
+       "takes it (less CPU where page cache pages are dear; slower where they are cheap). "
+       "Off: through the page cache.",
        flag="--direct-writes/--no-direct-writes"),
     _s("check_as_written", "PEERCRYPT_CHECK_AS_WRITTEN", "bool", True,
-       "Read a new part written through the page cache (tmpfs, --no-direct-writes; not one "
-       "written with O_DIRECT) back for its check as it is written, so the check after the "
-       "last chunk is short; the whole part is read back after all if another process opened "
-       "or truncated it. Off: always all of it after the last chunk.",
+       "Check a new part as it is written: hash each chunk as it is written and read back "
+       "only what a truncate by name could change unseen (each chunk's last block), so the "
+       "check after the last chunk is short; the whole part is read back after all if "
+       "another process opened or truncated it. Off: all of it read back after the last "
+       "chunk, from the disk itself where it was written directly.",
        flag="--check-as-written/--no-check-as-written"),
 )  # fmt: skip
 

@@ -65,8 +65,8 @@ class NodeSettings:
     # The writer writes chunks with O_DIRECT where the inbox's filesystem
     # takes it (actors/file_writer.py); off: through the page cache.
     direct_writes: bool = True
-    # A part created in this run is read back for its check as it is written
-    # (actors/read_back.py); off: all of it after the last chunk.
+    # A part created in this run is checked as it is written (hashed as
+    # written, actors/read_back.py); off: all of it read back after the last chunk.
     check_as_written: bool = True
     control_port: int = 0
     control_file: Path | None = None  # None: DATA_DIR/control.json
