@@ -1,12 +1,13 @@
-"""Direct writes with and without direct reads behind them: why a part
-written with ``O_DIRECT`` is not read back as it is written.
+"""Direct writes with and without reads behind them: why a part written
+with ``O_DIRECT`` is not read back as it is written.
 
 Writes ``--size`` bytes in 1 MiB ``O_DIRECT`` writes at increasing offsets
 into a new file in ``--dir`` (a filesystem that takes ``O_DIRECT``: not
 tmpfs), with ``fallocate`` of each chunk first (as the receiver's writer)
 or not, alone or with a thread reading the written prefix back behind the
-writes in 4 MiB ``O_DIRECT`` reads (as ``actors/read_back.py``'s follower
-would), then fsyncs it. Prints the write rate of every run and variant.
+writes in 4 MiB reads (as ``actors/read_back.py``'s follower would),
+``O_DIRECT`` or through the page cache (each window dropped from it once
+read), then fsyncs it. Prints the write rate of every run and variant.
 
     .venv/bin/python scripts/bench_read_behind.py [--size 1G] [--runs 2] [--dir /tmp]
 """
@@ -32,7 +33,9 @@ def size_arg(text: str) -> int:
     return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
 
 
-def one(directory: str, size: int, read_behind: bool, allocate: bool) -> float:
+def one(
+    directory: str, size: int, read_behind: bool, allocate: bool, buffered: bool = False
+) -> float:
     """MiB/s of the writes (fsync included)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     fd, path = tempfile.mkstemp(dir=directory)
@@ -42,7 +45,7 @@ def one(directory: str, size: int, read_behind: bool, allocate: bool) -> float:
     done = threading.Event()
 
     def reader() -> None:
-        copy = os.dup(fd)
+        copy = os.open(path, os.O_RDONLY) if buffered else os.dup(fd)
         window = mmap.mmap(-1, WINDOW)
         front = 0
         try:
@@ -51,6 +54,8 @@ def one(directory: str, size: int, read_behind: bool, allocate: bool) -> float:
                 if ahead >= WINDOW or (done.is_set() and ahead > 0):
                     n = min(WINDOW, ahead)
                     os.preadv(copy, [memoryview(window)[:n]], front)
+                    if buffered:
+                        os.posix_fadvise(copy, front, n, os.POSIX_FADV_DONTNEED)
                     front += n
                 elif done.is_set():
                     return
@@ -92,12 +97,13 @@ def main() -> int:
     args = parser.parse_args()
     for run in range(args.runs):
         line = []
-        for read_behind in (False, True):
+        for read_behind, buffered in ((False, False), (True, False), (True, True)):
             for allocate in (True, False):
-                rate = one(args.dir, args.size, read_behind, allocate)
+                rate = one(args.dir, args.size, read_behind, allocate, buffered)
                 name = ("read behind" if read_behind else "alone") + (
-                    ", fallocate" if allocate else ""
+                    " buffered" if buffered else ""
                 )
+                name += ", fallocate" if allocate else ""
                 line.append(f"{name} {rate:.0f}")
         print(f"run {run + 1}, load {os.getloadavg()[0]:.1f}: " + " | ".join(line) + " MiB/s")
     return 0
