@@ -256,20 +256,23 @@ def _threads(pid: int, name: str) -> int:
 def test_a_transfer_cancelled_while_it_is_read_back_leaves_no_descriptor_or_thread(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
-    """Cancelled once its new part's first window was read back as written
-    (the follower's thread, its descriptors and the watch are in use; the
-    part written through the page cache: one written with O_DIRECT is read
-    back only after its fsync): the node holds nothing of the part
-    afterwards, no inotify instance and no pc-check thread."""
-    receiver = node_factory("--no-direct-writes", name="receiver")
+    """Cancelled once its new part was partly hashed as written (a chunk's
+    last block read back: its descriptors and the watch are in use): the
+    node holds nothing of the part afterwards, no inotify instance and no
+    pc-check thread. (The follower's thread, where a part is read back as
+    written instead: test_file_writer_direct.py.)"""
+    receiver = node_factory(name="receiver")
     sender = node_factory("--max-rate", str(2 * MiB))  # ~8 s
     assert receiver.pid is not None
     one = make_file(SIZE, name="one.bin")
     with cli_running(*_send(one, receiver), data_dir=sender.data_dir) as proc:
         ident = wait_until(lambda: _listed(receiver, "one.bin"), WAIT, "one.bin listed")
-        receiver.wait_for_counter("receiver.read-back-early-bytes", 4 * MiB, WAIT)
+        receiver.wait_for_counter("receiver.read-back-early-bytes", 4096, WAIT)
         assert _held_by(receiver.pid, receiver.inbox), "the part is not held open"
-        assert _threads(receiver.pid, "pc-check") >= 1, "no read-back thread"
+        held = _held_by(receiver.pid, receiver.inbox)
+        assert sum("inotify" in what for what in held) == 1, f"the part is not watched: {held}"
+        # (the part itself: its own descriptor, the direct one, and the hash's)
+        assert sum(what.endswith(".part") for what in held) >= 2, held
         cancel = receiver.cli("cancel", ident)
         assert cancel.returncode == 0, cancel.describe()
         code, result = _ended(proc)
