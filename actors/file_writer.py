@@ -172,7 +172,7 @@ from actors.read_back import libc as _libc
 from actors.tree_store import TreeBuilder, unpack
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.incoming import ACK_EVERY
-from peercrypt.core.resume import Manifest, checkpoint_every
+from peercrypt.core.resume import CHECKPOINT_SPACING, Manifest, checkpoint_every
 from peercrypt.core.tree import TreeError
 from peercrypt.runtime.actor import name_native_thread, readable, yield_to_control_plane
 
@@ -610,6 +610,7 @@ class _File:
     inbox: Path | None = None
     manifest: Manifest | None = None  # what to record at checkpoints
     since_checkpoint: int = 0
+    checkpointed: float = 0.0  # time.monotonic() of its last checkpoint
     # A folder transfer: its tree built as the stream arrives (tree_store.py)
     # by its feeder, handed the chunks in order from ``fed`` on.
     feeder: _Feeder | None = None
@@ -752,7 +753,10 @@ class FileWriter:
     ``direct``: False never opens a part with O_DIRECT (``--no-direct-writes``):
     every chunk goes through the page cache and the check reads it back from
     there. ``as_written``: False never reads a part back before its final
-    check (``--no-check-as-written``): :meth:`watch` watches nothing."""
+    check (``--no-check-as-written``): :meth:`watch` watches nothing.
+    ``checkpoint_spacing``: seconds at least between a file's periodic
+    checkpoints (:func:`~peercrypt.core.resume.checkpoint_every` chunks
+    apart, and no sooner than this after the last one)."""
 
     def __init__(
         self,
@@ -764,9 +768,11 @@ class FileWriter:
         direct: bool = True,
         pool_bytes: int = POOL_BYTES,
         as_written: bool = True,
+        checkpoint_spacing: float = CHECKPOINT_SPACING,
     ) -> None:
         self._nice = nice
         self._as_written = as_written
+        self._checkpoint_spacing = checkpoint_spacing
         self._direct = direct
         self.direct_bytes = 0  # written with O_DIRECT so far (writer thread; in the status)
         self._context = context
@@ -1147,7 +1153,10 @@ class FileWriter:
             if f.early is not None or f.as_written is not None:
                 self._advance(f)
             f.since_checkpoint += 1
-            if f.since_checkpoint >= checkpoint_every(f.chunk_size):
+            if (
+                f.since_checkpoint >= checkpoint_every(f.chunk_size)
+                and time.monotonic() - f.checkpointed >= self._checkpoint_spacing
+            ):
                 self._announce()  # not held across the sync
                 unsaved = self._checkpoint(f)
                 if unsaved:
@@ -1463,6 +1472,7 @@ class FileWriter:
     def _checkpoint(f: _File) -> str:
         """Sync the part and record what it holds; "" or why that failed."""
         f.since_checkpoint = 0
+        f.checkpointed = time.monotonic()
         if f.manifest is None or f.inbox is None:
             return ""
         record = dataclasses.replace(f.manifest, written=f.written.to_bytes(), updated=time.time())

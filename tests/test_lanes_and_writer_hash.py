@@ -207,7 +207,8 @@ def _part(tmp_path: Path) -> Iterator[int]:
 
 @pytest.fixture
 def writer() -> Iterator[tuple[FileWriter, Results]]:
-    with _writer(64 * 1024 * 1024) as (w, found):
+    """(checkpoints every CHECKPOINT_CHUNKS chunks, however soon)"""
+    with _writer(64 * 1024 * 1024, checkpoint_spacing=0.0) as (w, found):
         w.start()
         yield w, found
 
@@ -538,17 +539,25 @@ def _held(inbox: Path, m: Manifest) -> int:
     return load_manifest(inbox, manifest_name(m.part)).held().count
 
 
-def test_manifest_follows_the_writes_and_closes_with_them(
-    tmp_path: Path, writer: tuple[FileWriter, Results]
+@pytest.mark.parametrize("spacing", [0.0, 3600.0])
+def test_manifest_follows_the_writes_and_closes_with_them(tmp_path: Path, spacing: float) -> None:
+    """A checkpoint every CHECKPOINT_CHUNKS chunks, but none sooner than
+    ``spacing`` after the last one (the open's)."""
+    with _writer(64 * 1024 * 1024, checkpoint_spacing=spacing) as (w, results):
+        w.start()
+        _manifest_follows_the_writes(tmp_path, w, results, spacing)
+
+
+def _manifest_follows_the_writes(
+    tmp_path: Path, w: FileWriter, results: Results, spacing: float
 ) -> None:
-    w, results = writer
     total = 2 * CHECKPOINT_CHUNKS + 5
     fd, m = _open(w, tmp_path, total * CHUNK)
     before = time.time()
     for index in range(total):
         w.write(b"t", index, bytes([index % 256]) * CHUNK)
     assert [_next(results) for _ in range(total)] == [Written(b"t", i) for i in range(total)]
-    assert _held(tmp_path, m) == 2 * CHECKPOINT_CHUNKS
+    assert _held(tmp_path, m) == (2 * CHECKPOINT_CHUNKS if spacing == 0 else 0)
     assert load_manifest(tmp_path, manifest_name(m.part)).updated >= before
     w.close(b"t", keep=True)
     # An op queued after the close has its result once the close is done.
