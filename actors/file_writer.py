@@ -633,7 +633,6 @@ class Fresh:
 
     direct: int | None
     wd: int | None
-    unit: int | None = None  # a direct part's: hashed as written (cut_unit)
 
 
 @dataclass(eq=False)
@@ -814,7 +813,7 @@ class FileWriter:
         # their watches (any thread) and the thread that reads them.
         self._watches = Watches(_libc())
         self._follower = Follower(HASH_WINDOW, DIRECT_ALIGN)
-        self._cut_units: dict[int, int | None] = {}  # st_dev -> cut_unit() there
+        self._cut_units: dict[tuple[int, bool], int | None] = {}  # (st_dev, direct): cut_unit()
         self._window: mmap.mmap | None = None  # reads back of hashed-as-written parts
         self.as_written_read = 0  # bytes they read back (writer thread)
         self.early_checks = 0  # verdicts from the read-back as written (checks' threads)
@@ -886,7 +885,8 @@ class FileWriter:
 
         The part is hashed from its chunks as they are written, but for
         what a cut by name could change (:class:`~actors.read_back.AsWritten`),
-        where that can be told (:func:`~actors.read_back.cut_unit`); else, if
+        where that can be told (:func:`~actors.read_back.cut_unit`, probed
+        on the writer's thread: :meth:`_cut_unit`); else, if
         it is written through the page cache, it is read back as written
         (:class:`~actors.read_back.Follower`). A part written with
         ``O_DIRECT`` is never read back while it is written: reading behind
@@ -896,17 +896,7 @@ class FileWriter:
         direct = self._open_direct(fd)  # (before the watch: this open is ours)
         if not self._as_written or not holes_seen(fd):
             return Fresh(direct, None)
-        wd = self._watches.add(fd)
-        if wd is None:
-            return Fresh(direct, None)
-        device = os.fstat(fd).st_dev  # (probed after the watch: not this part)
-        if device not in self._cut_units:
-            self._cut_units[device] = cut_unit(fd, direct)
-        unit = self._cut_units[device]
-        if unit is None and direct is not None:
-            self._watches.remove(wd)
-            return Fresh(direct, None)
-        return Fresh(direct, wd, unit)
+        return Fresh(direct, self._watches.add(fd))
 
     def write(self, tid: bytes, index: int, data: bytes | memoryview) -> bool:
         """Queue a chunk; False (nothing queued) if ``max_queued`` bytes wait.
@@ -1048,13 +1038,13 @@ class FileWriter:
                 direct = fresh.direct is not None
                 if fresh.wd is None:
                     pass  # (not watched: the whole read-back)
-                elif fresh.unit is not None and chunk_size % fresh.unit == 0:
+                elif (unit := self._cut_unit(fd, fresh.direct)) and chunk_size % unit == 0:
                     try:
                         copy = os.dup(fresh.direct if fresh.direct is not None else fd)
                     except OSError:  # (no descriptor left: the whole read-back, unwatched)
                         self._watches.remove(fresh.wd)
                     else:
-                        opened.as_written = AsWritten(copy, direct, size, fresh.wd, fresh.unit)
+                        opened.as_written = AsWritten(copy, direct, size, fresh.wd, unit)
                 elif direct:  # (never read back while written directly)
                     self._watches.remove(fresh.wd)
                 else:  # written through the page cache: followed
@@ -1443,6 +1433,17 @@ class FileWriter:
             f.prefix += 1
         if f.prefix != start and f.early is not None:
             self._follower.advance(f.early, min(f.size, f.prefix * f.chunk_size))
+
+    def _cut_unit(self, fd: int, direct: int | None) -> int | None:
+        """(writer thread) :func:`~actors.read_back.cut_unit` for the part
+        open as ``fd`` (after its watch: the probe's file is not this part),
+        probed once per filesystem and way of writing it. Here, not in
+        :meth:`watch`: the probe writes a MiB and cuts it, which a disk that
+        hangs would make the caller's thread (the receiver's) wait for."""
+        key = (os.fstat(fd).st_dev, direct is not None)
+        if key not in self._cut_units:
+            self._cut_units[key] = cut_unit(fd, direct)
+        return self._cut_units[key]
 
     def _scratch(self) -> mmap.mmap:
         """(writer thread) The window hashed-as-written parts are read back into."""

@@ -980,3 +980,33 @@ def test_a_chunk_written_again_that_fills_back_what_a_cut_freed_is_seen(
             with contextlib.suppress(FileNotFoundError):
                 (directory / "part").unlink()
             directory.rmdir()
+
+
+def test_the_cut_s_unit_is_probed_on_the_writer_s_thread_once_per_filesystem_and_way(
+    disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """watch() runs on the receiver's thread, which must not wait for a
+    disk: the probe (a MiB written and cut) runs on the writer's, once per
+    filesystem and way of writing (directly or through the page cache)."""
+    probes: list[tuple[str, bool]] = []
+    real = file_writer.cut_unit
+
+    def probe(fd: int, direct: int | None) -> int | None:
+        probes.append((threading.current_thread().name, direct is not None))
+        return real(fd, direct)
+
+    monkeypatch.setattr(file_writer, "cut_unit", probe)
+    data = os.urandom(3 * CHUNK + 17)
+    for way in [True, False]:
+        h = Harness(direct=way)
+        try:
+            for _ in range(2):
+                path, fd = _fresh(h, disk, len(data))
+                _write(h, data, list(range(4)))
+                finish(h, fd, data)
+                h.writer.close(b"t", keep=False)
+                path.unlink()
+            assert (h.writer.early_checks, h.writer.full_checks) == (2, 0)  # (hashed as written)
+        finally:
+            h.close()
+    assert probes == [("pc-writer", True), ("pc-writer", False)]
