@@ -166,6 +166,7 @@ from actors.read_back import (
     holes_seen,
     read_buffered,
     read_direct,
+    tail_start,
     whole,
 )
 from actors.read_back import libc as _libc
@@ -1045,6 +1046,9 @@ class FileWriter:
                         self._watches.remove(fresh.wd)
                     else:
                         opened.as_written = AsWritten(copy, direct, size, fresh.wd, unit)
+                        if direct:  # (each chunk's last block is in the page cache: read there)
+                            with contextlib.suppress(OSError):  # (else from the disk)
+                                opened.as_written.page_fd = os.dup(fd)
                 elif direct:  # (never read back while written directly)
                     self._watches.remove(fresh.wd)
                 else:  # written through the page cache: followed
@@ -1123,19 +1127,27 @@ class FileWriter:
                 self._follower.taint(f.early, "a chunk written again after it was read back")
             if f.allocate and not self._allocate(f.fd, offset, len(data)):
                 f.allocate = False  # this filesystem cannot: the write reserves them
-            done = self._write_direct(f, data, offset)
-            if done < len(data):  # the tail of a page, or all of it if not direct
-                if os.pwrite(f.fd, data[done:], offset + done) != len(data) - done:
-                    raise OSError(errno.ENOSPC, f"short write of chunk {index} (disk full?)")
-                if f.feeder is None:  # (a tree's files are what is kept: no writeback of the part)
-                    self._start_writeback(f.fd, offset + done, len(data) - done)
+            first: int | None = None
+            if f.as_written is not None and f.direct is not None:
+                # Its last block first, through the page cache: it is what
+                # is read back once a chunk above it is written (a read of
+                # the page cache, not of the disk), and written first, it
+                # is the chunk's highest block from the start (no moment
+                # when the direct write's own last block is: AsWritten).
+                split = tail_start(offset, offset + len(data), f.as_written.unit) - offset
+                self._write_buffered(f, data, offset, split, index)
+                done = self._write_direct(f, data[:split], offset)
+                self._write_buffered(f, data[:split], offset, done, index)
+            else:
+                done = self._write_direct(f, data, offset)
+                self._write_buffered(f, data, offset, done, index)
+                first = done if 0 < done < len(data) else None  # (two writes)
             f.written.add(index)
             if f.feeder is not None:
                 self._feed(f)
             if f.as_written is not None:
                 before = f.as_written.read_bytes
                 with memoryview(self._scratch()) as window:
-                    first = done if 0 < done < len(data) else None  # (two writes)
                     f.as_written.wrote(
                         offset, data, contiguous, window, not self._in_fsync, first, again
                     )
@@ -1196,6 +1208,18 @@ class FileWriter:
             return None  # (this file through the page cache; the next one tries again)
         self._direct_devices[device] = direct is not None
         return direct
+
+    def _write_buffered(
+        self, f: _File, data: bytes | memoryview, offset: int, start: int, index: int
+    ) -> None:
+        """Write ``data[start:]`` at ``offset + start`` through the page cache
+        (and start its writeback), if anything is left there."""
+        if start >= len(data):
+            return
+        if os.pwrite(f.fd, data[start:], offset + start) != len(data) - start:
+            raise OSError(errno.ENOSPC, f"short write of chunk {index} (disk full?)")
+        if f.feeder is None:  # (a tree's files are what is kept: no writeback of the part)
+            self._start_writeback(f.fd, offset + start, len(data) - start)
 
     def _write_direct(self, f: _File, data: bytes | memoryview, offset: int) -> int:
         """Write the whole pages of ``data`` at ``offset`` through ``f.direct``

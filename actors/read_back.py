@@ -412,6 +412,11 @@ class AsWritten:
     tainted: str = ""  # why the final check reads the whole part back instead
     read_bytes: int = 0  # read back from the part so far (tails, early chunks)
     fd_open: bool = True
+    # A buffered descriptor of a part written directly but for each chunk's
+    # last block, which the writer writes first through the page cache (the
+    # chunk's highest block from the start: no second write's ``first``):
+    # a read of one block, a tail, is a read of the page cache, not the disk.
+    page_fd: int | None = None
 
     def wrote(
         self,
@@ -461,7 +466,9 @@ class AsWritten:
         """Read the part back from ``hashed`` to ``stop`` into the hash."""
         while self.hashed < stop:
             length = min(len(window), stop - self.hashed)
-            if self.direct:
+            if self.page_fd is not None and stop - self.hashed <= self.unit:
+                read_buffered(self.page_fd, window, self.hashed, length)
+            elif self.direct:
                 read_direct(self.fd, window, self.hashed, length, self.unit)
             else:
                 read_buffered(self.fd, window, self.hashed, length)
@@ -473,6 +480,9 @@ class AsWritten:
         if self.fd_open:
             self.fd_open = False
             os.close(self.fd)
+        if self.page_fd is not None:
+            os.close(self.page_fd)
+            self.page_fd = None
 
 
 PROBE_SIZE = 1 << 20

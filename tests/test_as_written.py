@@ -72,21 +72,36 @@ def _part(
 
 
 def _write(
-    fd: int, dfd: int | None, data: bytes, offset: int, between: Callable[[], None] | None = None
-) -> int | None:
-    """As the writer: whole pages directly (from page-aligned memory), the
-    rest through the page cache (``between`` the two writes); the bytes the
-    first of two writes wrote (None: one write)."""
-    pages = len(data) - len(data) % DIRECT_ALIGN if dfd is not None else 0
-    if pages:
-        with mmap.mmap(-1, pages) as aligned:
-            aligned.write(data[:pages])
-            assert os.pwrite(dfd, aligned, offset) == pages  # type: ignore[arg-type]
-    if pages < len(data):
-        if pages and between is not None:
-            between()
-        assert os.pwrite(fd, data[pages:], offset + pages) == len(data) - pages
-    return pages if 0 < pages < len(data) else None
+    fd: int,
+    dfd: int | None,
+    data: bytes,
+    offset: int,
+    between: Callable[[], None] | None = None,
+    unit: int = DIRECT_ALIGN,
+) -> None:
+    """As the writer: where the part is written directly, the chunk's last
+    block first, through the page cache, then the rest directly (from
+    page-aligned memory; ``between`` the two writes); else all of it
+    through the page cache."""
+    if dfd is None:
+        assert os.pwrite(fd, data, offset) == len(data)
+        return
+    split = tail_start(offset, offset + len(data), unit) - offset
+    assert os.pwrite(fd, data[split:], offset + split) == len(data) - split
+    if between is not None:
+        between()
+    if split:
+        with mmap.mmap(-1, split) as aligned:
+            aligned.write(data[:split])
+            assert os.pwrite(dfd, aligned, offset) == split  # type: ignore[arg-type]
+
+
+def _as_written(fd: int, dfd: int | None, size: int, unit: int) -> AsWritten:
+    """As the writer opens one: reads of a tail through the page cache."""
+    part = AsWritten(os.dup(dfd if dfd is not None else fd), dfd is not None, size, 0, unit)
+    if dfd is not None:
+        part.page_fd = os.dup(fd)
+    return part
 
 
 moments = st.integers(0, CHUNKS)
@@ -133,9 +148,23 @@ cuts = st.one_of(
     seed=bytes(16),
     stalled={3},
 )
-@example(  # between the last chunk's pages written directly and the rest of its last page
+@example(  # between the last chunk's last block and the rest of it
     order=list(range(CHUNKS)),
     cut=(CHUNKS - 1, SIZE - SIZE % DIRECT_ALIGN - 100, True),
+    again=None,
+    seed=bytes(16),
+    stalled=set(),
+)
+@example(  # between a chunk's last block and the rest: inside the rest's last block
+    order=list(range(CHUNKS)),
+    cut=(3, 4 * CHUNK - DIRECT_ALIGN - 100, True),
+    again=None,
+    seed=bytes(16),
+    stalled=set(),
+)
+@example(  # between a chunk's last block and the rest: inside that last block
+    order=list(range(CHUNKS)),
+    cut=(3, 4 * CHUNK - 100, True),
     again=None,
     seed=bytes(16),
     stalled=set(),
@@ -150,8 +179,8 @@ def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
 ) -> None:
     """``stalled``: the moments a final check is inside its fsync (nothing
     is read back then). ``cut``: when, where, and whether inside the write
-    of that moment, between its two writes (a last chunk's pages written
-    directly, then the rest of its last page)."""
+    of that moment, between its two writes (a chunk of a part written
+    directly: its last block through the page cache, then the rest)."""
     _hash_as_written(where, CHUNK, SIZE, order, cut, again, seed, stalled)
 
 
@@ -218,7 +247,7 @@ def _hash_as_written(
         _part(directory, direct, size) as (path, fd, dfd),
         mmap.mmap(-1, 4 * DIRECT_ALIGN) as window,
     ):
-        part = AsWritten(os.dup(dfd if dfd is not None else fd), direct, size, 0, unit)
+        part = _as_written(fd, dfd, size, unit)
         written: set[int] = set()
         contiguous = 0
 
@@ -231,10 +260,10 @@ def _hash_as_written(
             nonlocal contiguous
             offset = index * chunk
             inside = cut is not None and cut[0] == moment and cut[2]
-            first = _write(fd, dfd, data, offset, cut_now if inside else None)
+            _write(fd, dfd, data, offset, cut_now if inside else None, unit)
             with memoryview(window) as view:
                 part.wrote(
-                    offset, data, contiguous, view, moment not in stalled, first, index in written
+                    offset, data, contiguous, view, moment not in stalled, None, index in written
                 )
             written.add(index)
             while contiguous < size and contiguous // chunk in written:
@@ -280,10 +309,10 @@ def test_chunks_in_order_read_back_only_each_chunk_s_last_block(
     directory, direct, unit = where
     content = os.urandom(SIZE)
     with _part(directory, direct) as (_, fd, dfd), mmap.mmap(-1, 4 * DIRECT_ALIGN) as window:
-        part = AsWritten(os.dup(dfd if dfd is not None else fd), direct, SIZE, 0, unit)
+        part = _as_written(fd, dfd, SIZE, unit)
         for index in range(CHUNKS):
             data = content[index * CHUNK : (index + 1) * CHUNK]
-            _write(fd, dfd, data, index * CHUNK)
+            _write(fd, dfd, data, index * CHUNK, unit=unit)
             with memoryview(window) as view:
                 part.wrote(index * CHUNK, data, index * CHUNK, view)
         assert part.read_bytes == (CHUNKS - 1) * unit
@@ -300,7 +329,7 @@ def test_a_chunk_written_again_below_what_was_hashed_taints_the_part(
     directory, direct, unit = where
     content = os.urandom(2 * CHUNK)
     with _part(directory, direct) as (_, fd, dfd), mmap.mmap(-1, 4 * DIRECT_ALIGN) as window:
-        part = AsWritten(os.dup(dfd if dfd is not None else fd), direct, SIZE, 0, unit)
+        part = _as_written(fd, dfd, SIZE, unit)
         with memoryview(window) as view:
             part.wrote(0, content[:CHUNK], 0, view)
             part.wrote(CHUNK, content[CHUNK:], CHUNK, view)
@@ -319,7 +348,7 @@ def test_a_chunk_written_again_above_what_was_hashed_taints_the_part_too(
     directory, direct, unit = where
     content = os.urandom(CHUNK + 100)
     with _part(directory, direct) as (_, fd, dfd), mmap.mmap(-1, 4 * DIRECT_ALIGN) as window:
-        part = AsWritten(os.dup(dfd if dfd is not None else fd), direct, SIZE, 0, unit)
+        part = _as_written(fd, dfd, SIZE, unit)
         with memoryview(window) as view:
             part.wrote(0, content[:CHUNK], 0, view)
             part.wrote(CHUNK, content[CHUNK:], CHUNK, view)
@@ -335,8 +364,8 @@ def test_a_part_that_cannot_be_read_back_is_tainted(where: tuple[Path, bool, int
     directory, direct, unit = where
     content = os.urandom(2 * CHUNK)
     with _part(directory, direct) as (path, fd, dfd), mmap.mmap(-1, 4 * DIRECT_ALIGN) as window:
-        part = AsWritten(os.dup(dfd if dfd is not None else fd), direct, SIZE, 0, unit)
-        _write(fd, dfd, content[:CHUNK], 0)
+        part = _as_written(fd, dfd, SIZE, unit)
+        _write(fd, dfd, content[:CHUNK], 0, unit=unit)
         with memoryview(window) as view:
             part.wrote(0, content[:CHUNK], 0, view)
             os.truncate(path, CHUNK - unit)

@@ -386,7 +386,8 @@ def test_a_node_writes_directly_unless_told_not_to(
     how: str,
 ) -> None:
     """Into an inbox on ext4 a node writes the chunks' whole pages with
-    O_DIRECT (counter ``receiver.direct-bytes``); turned off (the flag, its
+    O_DIRECT (counter ``receiver.direct-bytes``), but for each chunk's last
+    block; turned off (the flag, its
     variable or the config file key) it writes none so, and the received file
     holds the content either way."""
     config = tmp_path / "direct.toml"
@@ -408,7 +409,10 @@ def test_a_node_writes_directly_unless_told_not_to(
     receiver.wait_for_counter("receiver.received", 1)
     direct = receiver.counters().get("receiver.direct-bytes", 0)
     if how == "on by default":
-        assert direct == size - size % DIRECT_ALIGN  # every whole page; the tail buffered
+        # every whole page but each chunk's last block (hashed as written: through the
+        # page cache, read back from there) and the tail of a page
+        chunks = result.json["stats"]["chunks"]
+        assert direct == size - size % DIRECT_ALIGN - (chunks - 1) * DIRECT_ALIGN
     else:
         assert direct == 0
 
@@ -424,9 +428,10 @@ def test_the_multicast_receiver_reports_its_direct_writes(
     direct: bool,
 ) -> None:
     """A multicast session into an inbox on ext4 (over PUB/SUB or a UDP
-    group) writes every whole page of its chunks with O_DIRECT, counted as
-    ``mreceiver.direct-bytes`` (the unicast receiver's ``receiver.direct-bytes``);
-    with ``--no-direct-writes`` none. The file holds the content either way."""
+    group) writes the whole pages of its chunks but their last blocks with
+    O_DIRECT, counted as ``mreceiver.direct-bytes`` (the unicast receiver's
+    ``receiver.direct-bytes``); with ``--no-direct-writes`` none. The file
+    holds the content either way."""
     args = () if direct else ("--no-direct-writes",)
     receiver = node_factory("--inbox", str(ext4_inbox), *args, name="receiver")
     group = f"239.255.{random.randrange(1, 255)}.{random.randrange(1, 255)}:{free_port()}"
@@ -444,7 +449,8 @@ def test_the_multicast_receiver_reports_its_direct_writes(
     # The report that counts the session received has the writer's bytes too.
     receiver.wait_for_counter("mreceiver.received", 1)
     written = receiver.counters().get("mreceiver.direct-bytes", 0)
-    assert written == (size - size % DIRECT_ALIGN if direct else 0)
+    # (each chunk's last block through the page cache: hashed as written)
+    assert written == (size - size % DIRECT_ALIGN - 3 * DIRECT_ALIGN if direct else 0)
 
 
 def test_a_failed_file_past_the_ones_kept_has_its_descriptors_closed(
@@ -891,31 +897,32 @@ def test_a_part_closed_mid_read_back_leaves_no_descriptor_and_no_thread(
         h.writer.close(b"u", keep=False)
 
 
+@pytest.mark.parametrize("where", ["inside-the-last-block", "below-it"])
 @pytest.mark.parametrize("order", ["in-order", "last-first"])
-def test_a_cut_between_the_direct_pages_and_the_rest_of_a_last_chunk_is_seen(
-    disk: Path, monkeypatch: pytest.MonkeyPatch, order: str
+def test_a_cut_between_the_two_writes_of_a_last_chunk_is_seen(
+    disk: Path, monkeypatch: pytest.MonkeyPatch, order: str, where: str
 ) -> None:
-    """The last chunk of a file whose size is not a whole number of pages
-    takes two writes: its whole pages directly, then the rest through the
-    page cache. A cut by name between the two, inside the last of those
-    pages, zeroes the rest of that page; the second write then lands above
-    it (no hole: the cut freed only what the rest was allocated, which the
-    second write takes again), so that page is not the last block of what
-    is written, yet no hash of it may come from the chunk's buffer: the
-    verdict is the hash of the part as stored."""
+    """The last chunk of a file whose size is not a whole number of pages,
+    written directly, takes two writes: its last block (the rest of a page)
+    through the page cache first, then its whole pages directly. A cut by
+    name between the two (grown back to the part's size) inside that last
+    block zeroes its rest, which the final check reads back after the
+    fsync; one below it frees it (a hole: the whole read-back). Either way
+    the verdict is the hash of the part as stored."""
     monkeypatch.setattr(file_writer, "HASH_WINDOW", 4 * DIRECT_ALIGN)
     data = os.urandom(5 * CHUNK + 3 * DIRECT_ALIGN + 17)
     last = len(data) // CHUNK * CHUNK  # the last chunk's offset
     pages = (len(data) - last) // DIRECT_ALIGN * DIRECT_ALIGN
-    cut_at = last + pages - 100  # inside the last page written directly
+    cut_at = last + pages + 5 if where == "inside-the-last-block" else last + pages - 100
     real = os.pwrite
     path = disk / "part"
     cuts: list[int] = []
 
     def pwrite(fd: int, what: Any, offset: int) -> int:
         done = real(fd, what, offset)
-        if offset == last and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+        if offset == last + pages and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
             os.truncate(path, cut_at)  # another process, by name (no open): right then
+            os.truncate(path, len(data))
             cuts.append(cut_at)
         return done
 
@@ -931,9 +938,10 @@ def test_a_cut_between_the_direct_pages_and_the_rest_of_a_last_chunk_is_seen(
         h.writer.finish(b"t")
         result = h.next()
         stored = os.pread(fd, len(data) + 1, 0)
-        assert len(stored) == len(data) and stored != data  # (cut, and grown back by the rest)
+        assert len(stored) == len(data) and stored != data
         assert result == Finished(b"t", blake3.blake3(stored).digest())
-        assert (h.writer.early_checks, h.writer.full_checks) == (1, 0)  # (no hole: as written)
+        early = int(where == "inside-the-last-block")  # (else a hole: the whole read-back)
+        assert (h.writer.early_checks, h.writer.full_checks) == (early, 1 - early)
         h.writer.close(b"t", keep=False)
     finally:
         h.close()
@@ -1010,3 +1018,39 @@ def test_the_cut_s_unit_is_probed_on_the_writer_s_thread_once_per_filesystem_and
         finally:
             h.close()
     assert probes == [("pc-writer", True), ("pc-writer", False)]
+
+
+def test_a_chunk_written_directly_has_its_last_block_written_first(
+    disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part hashed as written, written directly: each chunk's last block
+    goes first (through the page cache), then the rest, so a cut by name
+    right after the direct write, inside its last block, frees that last
+    block (a hole): the verdict is the hash of what is stored. (The other
+    way round, the last block written after the cut would fill back what
+    it freed: the cut's zeroes, unseen, under the hash of the chunk's
+    bytes.)"""
+    data = os.urandom(12 * CHUNK)
+    h = Harness(direct=True)
+    try:
+        path, fd = _fresh(h, disk, len(data))
+        write_direct = h.writer._write_direct
+
+        def then_cut(f: Any, chunk: Any, offset: int) -> int:
+            done = write_direct(f, chunk, offset)
+            if offset == 6 * CHUNK:
+                os.truncate(path, 7 * CHUNK - DIRECT_ALIGN - 100)  # no open: no event
+                os.truncate(path, len(data))
+            return done
+
+        monkeypatch.setattr(h.writer, "_write_direct", then_cut)
+        _write(h, data, list(range(12)))
+        assert h.writer.direct_bytes > 0
+        h.writer.finish(b"t")
+        result = h.next()
+        stored = os.pread(fd, len(data) + 1, 0)
+        assert stored != data
+        assert result == Finished(b"t", blake3.blake3(stored).digest())
+        h.writer.close(b"t", keep=False)
+    finally:
+        h.close()
