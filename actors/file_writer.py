@@ -137,6 +137,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import errno
+import functools
 import logging
 import mmap
 import os
@@ -160,6 +161,7 @@ from actors.read_back import (
     AsWritten,
     EarlyPart,
     Follower,
+    Hashing,
     Watches,
     cut_unit,
     filesystem,
@@ -316,6 +318,12 @@ def _block_allocator() -> Callable[[int, int, int], bool]:
 
         return allocate
     return lambda fd, offset, length: False
+
+
+def _pooled(data: bytes | memoryview) -> bool:
+    """Whether a chunk's ``data`` is a buffer of the writer's pool (the
+    receivers decrypt into those), given back once written."""
+    return isinstance(data, memoryview)
 
 
 def _has_blocks(fd: int) -> bool:
@@ -814,6 +822,8 @@ class FileWriter:
         # their watches (any thread) and the thread that reads them.
         self._watches = Watches(_libc())
         self._follower = Follower(HASH_WINDOW, DIRECT_ALIGN)
+        self._hashing = Hashing(HASH_WINDOW)  # the hashes as written, off the writer's thread
+        self._handed: memoryview | bytes | None = None  # the write's buffer, the hashing's now
         self._cut_units: dict[tuple[int, bool], int | None] = {}  # (st_dev, direct): cut_unit()
         self._window: mmap.mmap | None = None  # reads back of hashed-as-written parts
         self.as_written_read = 0  # bytes they read back (writer thread)
@@ -854,6 +864,7 @@ class FileWriter:
             halt.set()
         self._queue.put(None)
         self._thread.join(5.0)
+        self._hashing.stop()  # (after the writer: the jobs it queued run first)
 
     def open(
         self,
@@ -959,8 +970,9 @@ class FileWriter:
                     if op[0] == "write":
                         with self._queued_lock:
                             self._queued -= len(op[3])
-                        if isinstance(op[3], memoryview):
+                        if _pooled(op[3]) and op[3] is not self._handed:
                             self.buffers.give(op[3])
+                        self._handed = None
         finally:
             self._out = None
             out.close(linger=0)
@@ -1049,6 +1061,7 @@ class FileWriter:
                         if direct:  # (each chunk's last block is in the page cache: read there)
                             with contextlib.suppress(OSError):  # (else from the disk)
                                 opened.as_written.page_fd = os.dup(fd)
+                        opened.as_written.jobs = self._hashing
                 elif direct:  # (never read back while written directly)
                     self._watches.remove(fresh.wd)
                 else:  # written through the page cache: followed
@@ -1147,10 +1160,14 @@ class FileWriter:
                 self._feed(f)
             if f.as_written is not None:
                 before = f.as_written.read_bytes
+                # (its hash on the hashing thread, which gives a pool buffer
+                # back once hashed: not _run's give then)
+                release = functools.partial(self.buffers.give, data) if _pooled(data) else None
                 with memoryview(self._scratch()) as window:
-                    f.as_written.wrote(
-                        offset, data, contiguous, window, not self._in_fsync, first, again
-                    )
+                    if f.as_written.wrote(
+                        offset, data, contiguous, window, not self._in_fsync, first, again, release
+                    ):
+                        self._handed = data
                 self.as_written_read += f.as_written.read_bytes - before
             if f.early is not None or f.as_written is not None:
                 self._advance(f)
@@ -1359,6 +1376,7 @@ class FileWriter:
         no hole and its size (a cut by name), no open of it since it was
         watched (events read last); else None (the whole read-back). Its
         writes are over: the writer's thread no longer touches its hash."""
+        part.settle()  # (its hash's jobs all ran)
         if part.tainted:
             return None
         start = part.hashed

@@ -60,6 +60,7 @@ import errno
 import functools
 import mmap
 import os
+import queue
 import struct
 import sys
 import threading
@@ -412,6 +413,9 @@ class AsWritten:
     tainted: str = ""  # why the final check reads the whole part back instead
     read_bytes: int = 0  # read back from the part so far (tails, early chunks)
     fd_open: bool = True
+    # The thread that hashes it (jobs queued in order, so that the writer's
+    # next write runs while this chunk is hashed); None: on the caller's.
+    jobs: Hashing | None = None
     # A buffered descriptor of a part written directly but for each chunk's
     # last block, which the writer writes first through the page cache (the
     # chunk's highest block from the start: no second write's ``first``):
@@ -427,7 +431,8 @@ class AsWritten:
         may_read: bool = True,
         first: int | None = None,
         again: bool = False,
-    ) -> None:
+        release: Callable[[], None] | None = None,
+    ) -> bool:
         """``data`` was just written at ``offset``; ``contiguous``: the bytes
         written from the start before it. ``window``: a page-aligned buffer
         for what is read back. ``may_read``: False while the part's disk may
@@ -442,47 +447,141 @@ class AsWritten:
         tainted wherever that is (below what is hashed, the hash is of other
         bytes; above, it may fill back what a cut freed, the hole that would
         show the cut: a cut inside the block just below what is hashed frees
-        only chunks not hashed yet when that block is a chunk's last)."""
+        only chunks not hashed yet when that block is a chunk's last).
+        ``release``: gives ``data``'s buffer back; True if a job of
+        :attr:`jobs` holds it now and calls it once hashed (the caller must
+        not give it back itself)."""
         if self.tainted:
-            return
+            return False
         if again or offset < self.hashed:  # (offset < hashed: a chunk overlapping the hash)
             self.tainted = "a chunk written again"
-            return
+            return False
         if offset != contiguous:
-            return  # above a gap: read back once the gap is filled, or at the check
+            return False  # above a gap: read back once the gap is filled, or at the check
         if self.hashed < offset and not may_read:
-            return
+            return False
+        keep = tail_start(offset, offset + (first or len(data)), self.unit)
+        start, self.hashed = self.hashed, keep
+        self.read_bytes += offset - start
+        if self.jobs is not None:  # (on its thread, in this order)
+            if start < offset:
+                self.jobs.put(self, functools.partial(self._read_range, start, offset))
+            if keep > offset:
+                self.jobs.put(self, functools.partial(self._hash, data, keep - offset, release))
+                return release is not None
+            return False
         try:
-            self._read_to(offset, window)
+            self._read_range(start, offset, window)
         except OSError as exc:
             self.tainted = exc.strerror or str(exc)
-            return
-        keep = tail_start(offset, offset + (first or len(data)), self.unit)
+            return False
         with memoryview(data) as view:
             self.hasher.update(view[: keep - offset])
-        self.hashed = keep
+        return False
 
-    def _read_to(self, stop: int, window: memoryview) -> None:
-        """Read the part back from ``hashed`` to ``stop`` into the hash."""
-        while self.hashed < stop:
-            length = min(len(window), stop - self.hashed)
-            if self.page_fd is not None and stop - self.hashed <= self.unit:
-                read_buffered(self.page_fd, window, self.hashed, length)
+    def _read_range(self, start: int, stop: int, window: memoryview) -> None:
+        """Read the part back from ``start`` to ``stop`` into the hash (a
+        tail through ``page_fd``: the page cache). Raises OSError."""
+        at = start
+        while at < stop:
+            length = min(len(window), stop - at)
+            if self.page_fd is not None and stop - start <= self.unit:
+                read_buffered(self.page_fd, window, at, length)
             elif self.direct:
-                read_direct(self.fd, window, self.hashed, length, self.unit)
+                read_direct(self.fd, window, at, length, self.unit)
             else:
-                read_buffered(self.fd, window, self.hashed, length)
+                read_buffered(self.fd, window, at, length)
             self.hasher.update(window[:length])
-            self.hashed += length
-            self.read_bytes += length
+            at += length
+
+    def _hash(
+        self,
+        data: memoryview | bytes,
+        length: int,
+        release: Callable[[], None] | None,
+        window: memoryview,
+    ) -> None:
+        """(the hashing thread) ``data``'s first ``length`` bytes into the
+        hash; then ``release`` its buffer."""
+        try:
+            with memoryview(data) as view:
+                self.hasher.update(view[:length])
+        finally:
+            if release is not None:
+                release()
+
+    def settle(self) -> None:
+        """(the final check) Until every job queued for it ran."""
+        if self.jobs is not None:
+            ran = threading.Event()
+            self.jobs.put(None, lambda window: ran.set())
+            while not ran.wait(WAIT_STEP):
+                pass
 
     def close(self) -> None:
+        """Close its descriptors (on its hashing thread, once every job
+        queued before ran: none reads a descriptor closed under it)."""
+        if self.jobs is not None:
+            self.jobs.put(None, lambda window: self._close())
+        else:
+            self._close()
+
+    def _close(self) -> None:
         if self.fd_open:
             self.fd_open = False
             os.close(self.fd)
         if self.page_fd is not None:
             os.close(self.page_fd)
             self.page_fd = None
+
+
+class Hashing:
+    """The thread (``pc-hash``, one per writer, started at its first job)
+    that hashes the parts hashed as written: the writer queues each chunk's
+    bytes and each read back in the order :meth:`AsWritten.wrote` decides,
+    and goes on with its next write while they are hashed (BLAKE3 and the
+    disk's wait both release the interpreter lock). A job that fails
+    taints its part (a read back: EIO) but never the thread; a chunk's
+    buffer goes back once hashed, whatever happened. :meth:`stop` runs
+    every job queued before it."""
+
+    def __init__(self, window: int) -> None:
+        self._window = window
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, part: AsWritten | None, job: Callable[[memoryview], None]) -> None:
+        """Run ``job(window)`` after every job put before (``part``: the
+        one a failed job taints)."""
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pc-hash", daemon=True)
+                self._thread.start()
+        self._jobs.put((part, job))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        name_native_thread()
+        yield_to_control_plane(bulk=True)
+        with mmap.mmap(-1, self._window) as window, memoryview(window) as view:
+            while (queued := self._jobs.get()) is not None:
+                part, job = queued
+                try:
+                    job(view)
+                except Exception as exc:  # its part is read back whole; the thread goes on
+                    if part is not None:
+                        why = exc.strerror if isinstance(exc, OSError) else ""
+                        part.tainted = part.tainted or why or "the hash as written failed"
+
+
+_Job = tuple["AsWritten | None", Callable[[memoryview], None]]
 
 
 PROBE_SIZE = 1 << 20

@@ -21,7 +21,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from actors.file_writer import DIRECT_ALIGN, hash_file, open_direct
-from actors.read_back import AsWritten, cut_unit, tail_start, tmpfs_huge_page, whole
+from actors.read_back import (
+    AsWritten,
+    Hashing,
+    cut_unit,
+    tail_start,
+    tmpfs_huge_page,
+    whole,
+)
 
 CHUNK = 16 * 1024
 CHUNKS = 8
@@ -169,8 +176,10 @@ cuts = st.one_of(
     seed=bytes(16),
     stalled=set(),
 )
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "threaded"])
 def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
     where: tuple[Path, bool, int],
+    threaded: bool,
     order: list[int],
     cut: tuple[int, int, bool] | None,
     again: tuple[int, int] | None,
@@ -181,7 +190,7 @@ def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
     is read back then). ``cut``: when, where, and whether inside the write
     of that moment, between its two writes (a chunk of a part written
     directly: its last block through the page cache, then the rest)."""
-    _hash_as_written(where, CHUNK, SIZE, order, cut, again, seed, stalled)
+    _hash_as_written(where, CHUNK, SIZE, order, cut, again, seed, stalled, threaded=threaded)
 
 
 # Shapes where what is hashed as written ends at a chunk's start: chunks of
@@ -222,7 +231,16 @@ def test_a_verdict_from_the_hash_as_written_stands_where_what_is_hashed_ends_at_
     seed = data.draw(st.binary(min_size=16, max_size=16))
     stalled = data.draw(st.sets(moment))
     _hash_as_written(
-        where, chunk, size, order, cut, again, seed, stalled, same=data.draw(st.booleans())
+        where,
+        chunk,
+        size,
+        order,
+        cut,
+        again,
+        seed,
+        stalled,
+        same=data.draw(st.booleans()),
+        threaded=data.draw(st.booleans()),
     )
 
 
@@ -236,11 +254,13 @@ def _hash_as_written(
     seed: bytes,
     stalled: set[int],
     same: bool = False,
+    threaded: bool = False,
 ) -> None:
     """Chunks of ``chunk`` bytes of a part of ``size`` written in ``order``
-    and hashed as written, ``cut`` by name at a moment, a chunk written
-    ``again`` (``same``: with the same bytes) at a moment: a verdict that
-    stands is the hash of what is stored."""
+    and hashed as written (``threaded``: on a hashing thread, as the
+    writer does), ``cut`` by name at a moment, a chunk written ``again``
+    (``same``: with the same bytes) at a moment: a verdict that stands is
+    the hash of what is stored."""
     directory, direct, unit = where
     content = blake3.blake3(seed).digest(length=size)
     with (
@@ -248,6 +268,7 @@ def _hash_as_written(
         mmap.mmap(-1, 4 * DIRECT_ALIGN) as window,
     ):
         part = _as_written(fd, dfd, size, unit)
+        part.jobs = Hashing(4 * DIRECT_ALIGN) if threaded else None
         written: set[int] = set()
         contiguous = 0
 
@@ -280,8 +301,11 @@ def _hash_as_written(
             if index is not None:
                 write(index, content[index * chunk : (index + 1) * chunk], moment)
         os.fsync(fd)
+        part.settle()
         digest = hash_file(fd, size, hasher=part.hasher, start=part.hashed)
         part.close()
+        if part.jobs is not None:
+            part.jobs.stop()
         stored = os.pread(fd, size + 1, 0)
         if not part.tainted and whole(fd, size):
             assert digest == blake3.blake3(stored).digest()

@@ -1054,3 +1054,27 @@ def test_a_chunk_written_directly_has_its_last_block_written_first(
         h.writer.close(b"t", keep=False)
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
+def test_chunks_hashed_on_the_hashing_thread_give_their_buffers_back(
+    disk: Path, direct: bool
+) -> None:
+    """Chunks in the pool's buffers (as the receivers hand them over) of a
+    part hashed as written: each buffer is the hashing thread's until its
+    chunk is hashed, then back in the pool (none left out once the verdict
+    is in); the verdict is the content's hash."""
+    data = os.urandom(9 * CHUNK + 4096 + 17)
+    h = Harness(direct=direct)
+    try:
+        _, fd = _fresh(h, disk, len(data))
+        for index, piece in enumerate(chunks_of(data)):
+            assert h.write(b"t", index, piece) == Written(b"t", index)  # (in a pool buffer)
+        finish(h, fd, data)
+        assert (h.writer.early_checks, h.writer.full_checks) == (1, 0)
+        assert h.writer.buffers.out_bytes == 0
+        assert [t.name for t in threading.enumerate()].count("pc-hash") == 1
+        h.writer.close(b"t", keep=False)
+    finally:
+        h.close()
+    assert "pc-hash" not in [t.name for t in threading.enumerate()]
