@@ -40,10 +40,15 @@ reads only if nothing could have changed a range after it was read:
   BLAKE3 per part. The writer never waits for it; a chunk written again
   below what was handed to it taints its part (the whole read-back then).
 - :class:`AsWritten`, where :func:`cut_unit` tells the block a cut leaves
-  allocated and it divides the chunk: no read behind the writes at all;
-  each chunk hashed from its buffer on the writer's thread but for its last
-  block (the one a cut could zero unseen), read back once a chunk above it
-  is written; any chunk written again taints the part.
+  allocated and it divides the chunk (the writer's choice before the
+  follower): no read behind the writes at all; each chunk hashed from its
+  buffer but for its last block (the one a cut could zero unseen), read back
+  once a chunk above it is written; any chunk written again taints the part.
+  A part written directly has each chunk's last block written first,
+  through the page cache (so that block is read back from there, and no
+  moment between the two writes leaves the direct write's last block the
+  highest). :class:`Hashing`: the thread (``pc-hash``) that does that
+  hashing and reading, in the writer's order, while the writer writes on.
 
 The residual window: an open between the part's creation and its watch
 (the same actor call, microseconds) goes unseen, as does a process able to
