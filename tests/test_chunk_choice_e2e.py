@@ -233,6 +233,8 @@ def test_a_member_offering_absurd_chunk_sizes_is_refused(
         wide.abandon()
     good = make_file(4 * MiB)
     assert_sent(receiver, sender.send_to(good, receiver), good)
+    # (an actor reports its counters at most every 0.5 s: all of this can take less)
+    assert receiver.wait_for_counter("receiver.received", 2) == 2
     counters = receiver.counters()
     assert counters.get("receiver.refused-bad-offer") == 4
     assert counters.get("receiver.handler-errors", 0) == 0
