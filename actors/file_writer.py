@@ -822,7 +822,8 @@ class FileWriter:
         # their watches (any thread) and the thread that reads them.
         self._watches = Watches(_libc())
         self._follower = Follower(HASH_WINDOW, DIRECT_ALIGN)
-        self._hashing = Hashing(HASH_WINDOW)  # the hashes as written, off the writer's thread
+        # The hashes as written, off the writer's thread (at its nice value).
+        self._hashing = Hashing(HASH_WINDOW, nice)
         self._handed: memoryview | bytes | None = None  # the write's buffer, the hashing's now
         self._cut_units: dict[tuple[int, bool], int | None] = {}  # (st_dev, direct): cut_unit()
         self._window: mmap.mmap | None = None  # reads back of hashed-as-written parts

@@ -550,8 +550,9 @@ class Hashing:
     buffer goes back once hashed, whatever happened. :meth:`stop` runs
     every job queued before it."""
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, nice: bool = True) -> None:
         self._window = window
+        self._nice = nice  # False: at the node's priority (the multicast receiver's writer)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -574,7 +575,8 @@ class Hashing:
 
     def _run(self) -> None:
         name_native_thread()
-        yield_to_control_plane(bulk=True)
+        if self._nice:
+            yield_to_control_plane(bulk=True)
         with mmap.mmap(-1, self._window) as window, memoryview(window) as view:
             while (queued := self._jobs.get()) is not None:
                 part, job = queued
