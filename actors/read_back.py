@@ -310,6 +310,7 @@ class Follower:
             if part.closed or part.tainted:
                 return None
             self._drop(part)
+            self._cond.notify_all()  # (its thread ends if that was the last part)
             return part.frontier
 
     def _drop(self, part: EarlyPart) -> None:
@@ -552,6 +553,7 @@ class Hashing:
 
     def __init__(self, window: int, nice: bool = True) -> None:
         self._window = window
+        self._stopped = False  # then every job runs on its caller's thread
         self._nice = nice  # False: at the node's priority (the multicast receiver's writer)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -561,17 +563,24 @@ class Hashing:
         """Run ``job(window)`` after every job put before (``part``: the
         one a failed job taints)."""
         with self._lock:
+            if self._stopped:  # (a check's mark, a close, after the writer stopped)
+                with mmap.mmap(-1, self._window) as window, memoryview(window) as view:
+                    job(view)
+                return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="pc-hash", daemon=True)
                 self._thread.start()
         self._jobs.put((part, job))
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Run every job queued, end the thread; later jobs run on their
+        callers' threads (under the lock: none before the queued ones)."""
         with self._lock:
+            self._stopped = True
             thread, self._thread = self._thread, None
-        if thread is not None:
-            self._jobs.put(None)
-            thread.join(timeout)
+            if thread is not None:
+                self._jobs.put(None)
+                thread.join(timeout)
 
     def _run(self) -> None:
         name_native_thread()

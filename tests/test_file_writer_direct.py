@@ -673,7 +673,11 @@ def test_a_fresh_part_read_back_as_written_gives_the_content_s_hash(
                 assert h.writer.as_written_read == (total - 1) * DIRECT_ALIGN
         if caught_up:
             _read_back_to(h, _reachable(h, len(data)))
+        follower = h.writer._follower._thread
         finish(h, fd, data)
+        if follower is not None:  # its last part taken over by the check: it ends
+            follower.join(WAIT)
+            assert not follower.is_alive()
         assert (h.writer.early_checks, h.writer.full_checks) == (1, 0)
         h.writer.close(b"t", keep=False)
 
@@ -1077,4 +1081,10 @@ def test_chunks_hashed_on_the_hashing_thread_give_their_buffers_back(
         h.writer.close(b"t", keep=False)
     finally:
         h.close()
+    assert "pc-hash" not in [t.name for t in threading.enumerate()]
+    # After the stop, a job (a close, a check's mark) runs on its caller's
+    # thread: none starts the hashing thread again.
+    ran: list[str] = []
+    h.writer._hashing.put(None, lambda window: ran.append(threading.current_thread().name))
+    assert ran == [threading.current_thread().name]
     assert "pc-hash" not in [t.name for t in threading.enumerate()]
