@@ -826,7 +826,6 @@ class FileWriter:
         self._hashing = Hashing(HASH_WINDOW, nice)
         self._handed: memoryview | bytes | None = None  # the write's buffer, the hashing's now
         self._cut_units: dict[tuple[int, bool], int | None] = {}  # (st_dev, direct): cut_unit()
-        self._window: mmap.mmap | None = None  # reads back of hashed-as-written parts
         self.as_written_read = 0  # bytes they read back (writer thread)
         self.early_checks = 0  # verdicts from the read-back as written (checks' threads)
         self.full_checks = 0  # verdicts from a whole read-back after the fsync
@@ -980,9 +979,6 @@ class FileWriter:
             for f in files.values():  # (the actor closes the parts themselves)
                 if f.as_written is not None:
                     f.as_written.close()
-            if self._window is not None:
-                self._window.close()
-                self._window = None
 
     def _do(self, files: dict[bytes, _File], op: tuple[Any, ...]) -> None:
         """Apply ``op`` and post its results. An error fails the op's file
@@ -1164,11 +1160,11 @@ class FileWriter:
                 # (its hash on the hashing thread, which gives a pool buffer
                 # back once hashed: not _run's give then)
                 release = functools.partial(self.buffers.give, data) if _pooled(data) else None
-                with memoryview(self._scratch()) as window:
-                    if f.as_written.wrote(
-                        offset, data, contiguous, window, not self._in_fsync, first, again, release
-                    ):
-                        self._handed = data
+                # (read back on the hashing thread, into its own window)
+                if f.as_written.wrote(
+                    offset, data, contiguous, None, not self._in_fsync, first, again, release
+                ):
+                    self._handed = data
                 self.as_written_read += f.as_written.read_bytes - before
             if f.early is not None or f.as_written is not None:
                 self._advance(f)
@@ -1487,12 +1483,6 @@ class FileWriter:
         if key not in self._cut_units:
             self._cut_units[key] = cut_unit(fd, direct)
         return self._cut_units[key]
-
-    def _scratch(self) -> mmap.mmap:
-        """(writer thread) The window hashed-as-written parts are read back into."""
-        if self._window is None:
-            self._window = mmap.mmap(-1, HASH_WINDOW)
-        return self._window
 
     def _drop_early(self, f: _File) -> None:
         """``f`` is closed or failed: its read-back as written stops (its

@@ -433,7 +433,7 @@ class AsWritten:
         offset: int,
         data: memoryview | bytes,
         contiguous: int,
-        window: memoryview,
+        window: memoryview | None,
         may_read: bool = True,
         first: int | None = None,
         again: bool = False,
@@ -441,10 +441,11 @@ class AsWritten:
     ) -> bool:
         """``data`` was just written at ``offset``; ``contiguous``: the bytes
         written from the start before it. ``window``: a page-aligned buffer
-        for what is read back. ``may_read``: False while the part's disk may
-        hang (a final check is inside its fsync): nothing is read back then,
-        nor hashed above what would be (the next chunk written in order, or
-        the final check, reads it). ``first``: the bytes of ``data`` a first
+        for what is read back here (None with :attr:`jobs`: its thread has
+        one). ``may_read``: False while the part's disk may hang (a final
+        check is inside its fsync): nothing is read back then, nor hashed
+        above what would be (the next chunk written in order, or the final
+        check, reads it). ``first``: the bytes of ``data`` a first
         write put there, if a second one wrote the rest (a last chunk's
         whole pages directly, then the rest of a page): between the two, the
         first one's last block was the highest written, which a cut could
@@ -476,6 +477,7 @@ class AsWritten:
                 self.jobs.put(self, functools.partial(self._hash, data, keep - offset, release))
                 return release is not None
             return False
+        assert window is not None
         try:
             self._read_range(start, offset, window)
         except OSError as exc:
