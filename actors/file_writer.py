@@ -1355,14 +1355,7 @@ class FileWriter:
         start = self._follower.take(early, note)
         if start is None:
             return None
-        note(start)
-        # The rest of it, as the whole read-back would read it (three reads in
-        # flight from the disk): the follower reads one window at a time.
-        read_back = hash_direct if check.direct else hash_file
-        digest = read_back(check.fd, early.size, note, early.hasher, start)
-        if early.tainted or not whole(check.fd, early.size) or self._watches.opened(early.wd):
-            return None
-        return digest
+        return self._rest_verdict(check, early, start, note)
 
     def _as_written_verdict(
         self, check: _Check, part: AsWritten, note: Callable[[int], None]
@@ -1376,7 +1369,19 @@ class FileWriter:
         part.settle()  # (its hash's jobs all ran)
         if part.tainted:
             return None
-        start = part.hashed
+        return self._rest_verdict(check, part, part.hashed, note)
+
+    def _rest_verdict(
+        self,
+        check: _Check,
+        part: EarlyPart | AsWritten,
+        start: int,
+        note: Callable[[int], None],
+    ) -> bytes | None:
+        """``part``'s hash once the rest of it, from ``start``, is read as
+        the whole read-back would read it (three reads in flight from the
+        disk), if it is not tainted, whole (its size, no hole) and was not
+        opened since it was watched (events read last); else None."""
         note(start)
         read_back = hash_direct if check.direct else hash_file
         digest = read_back(check.fd, part.size, note, part.hasher, start)
