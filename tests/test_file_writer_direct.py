@@ -682,6 +682,17 @@ def test_a_fresh_part_read_back_as_written_gives_the_content_s_hash(
         h.writer.close(b"t", keep=False)
 
 
+def _verdict_of_a_changed_part(h: Harness, fd: int, data: bytes) -> bytes:
+    """Its final check asked for: the part holds other bytes than ``data``
+    and the verdict is their hash (the bytes stored, returned)."""
+    h.writer.finish(b"t")
+    result = h.next()
+    stored = os.pread(fd, len(data) + 1, 0)
+    assert stored != data
+    assert result == Finished(b"t", blake3.blake3(stored).digest())
+    return stored
+
+
 def _tampered(
     fresh_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -700,11 +711,7 @@ def _tampered(
         _read_back_to(h, _reachable(h, 6 * CHUNK))
         tamper(h, path, fd, data)
         _write(h, data, list(range(6, 12)))
-        h.writer.finish(b"t")
-        result = h.next()
-        stored = os.pread(fd, len(data) + 1, 0)
-        assert stored != data
-        assert result == Finished(b"t", blake3.blake3(stored).digest())
+        _verdict_of_a_changed_part(h, fd, data)
         assert (h.writer.early_checks, h.writer.full_checks) == (early, 1 - early)
         h.writer.close(b"t", keep=False)
 
@@ -939,11 +946,7 @@ def test_a_cut_between_the_two_writes_of_a_last_chunk_is_seen(
             h, data, list(range(total)) if order == "in-order" else [total - 1, *range(total - 1)]
         )
         assert cuts == [cut_at] and h.writer.direct_bytes > 0
-        h.writer.finish(b"t")
-        result = h.next()
-        stored = os.pread(fd, len(data) + 1, 0)
-        assert len(stored) == len(data) and stored != data
-        assert result == Finished(b"t", blake3.blake3(stored).digest())
+        assert len(_verdict_of_a_changed_part(h, fd, data)) == len(data)
         early = int(where == "inside-the-last-block")  # (else a hole: the whole read-back)
         assert (h.writer.early_checks, h.writer.full_checks) == (early, 1 - early)
         h.writer.close(b"t", keep=False)
@@ -980,11 +983,7 @@ def test_a_chunk_written_again_that_fills_back_what_a_cut_freed_is_seen(
         os.truncate(path, (total - 1) * CHUNK - 50)  # by name, inside the block read back
         os.truncate(path, len(data))
         _write(h, data, [total - 1])  # again: the hole it left is filled
-        h.writer.finish(b"t")
-        result = h.next()
-        stored = os.pread(fd, len(data) + 1, 0)
-        assert stored != data
-        assert result == Finished(b"t", blake3.blake3(stored).digest())
+        _verdict_of_a_changed_part(h, fd, data)
         h.writer.close(b"t", keep=False)
     finally:
         h.close()
@@ -1050,11 +1049,7 @@ def test_a_chunk_written_directly_has_its_last_block_written_first(
         monkeypatch.setattr(h.writer, "_write_direct", then_cut)
         _write(h, data, list(range(12)))
         assert h.writer.direct_bytes > 0
-        h.writer.finish(b"t")
-        result = h.next()
-        stored = os.pread(fd, len(data) + 1, 0)
-        assert stored != data
-        assert result == Finished(b"t", blake3.blake3(stored).digest())
+        _verdict_of_a_changed_part(h, fd, data)
         h.writer.close(b"t", keep=False)
     finally:
         h.close()
