@@ -703,8 +703,9 @@ def _tampered(
     """Half the chunks written and read back (or hashed), ``tamper(h, path,
     fd, data)``, the rest written: the verdict is the hash of the part as
     changed, not the content's (from the whole read-back, or ``early``:
-    1 if the read-back as written saw the change itself)."""
-    data = os.urandom(12 * CHUNK)
+    1 if the read-back as written saw the change itself). No byte of the
+    content is zero: a cut that zeroes a single byte always changes it."""
+    data = os.urandom(12 * CHUNK).replace(b"\0", b"\1")
     with _early_harness(monkeypatch, request) as h:
         path, fd = _fresh(h, fresh_dir, len(data))
         _write(h, data, list(range(6)))
