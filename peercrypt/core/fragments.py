@@ -226,12 +226,33 @@ def parse(datagram: bytes | bytearray | memoryview) -> tuple[Fragment, memoryvie
 
 @dataclass(slots=True)
 class _Pending:
+    """A chunk being assembled. Which of its fragments it holds is one byte
+    each (1: held), so a run of them is checked and marked by C loops
+    (``find``, a slice assignment) rather than element by element in a set:
+    at 1472-byte datagrams a chunk of 1 MiB has ~750 fragments, and its set
+    cost ~70 us a chunk, the bytes ~3."""
+
     nonce: bytes
     buf: bytearray
-    missing: set[int]  # fragment numbers still to come
+    held: bytearray  # per fragment number: 1 once held, 0 while missing
+    left: int  # fragments still missing
     fields: bytes = b""  # its seal's header fields and tag (authentic: its first fragment's)
     tag: bytes = b""
     heads: bytes = b""  # the headers of all its fragments, back to back (made when first needed)
+
+    def lacks(self, numbers: range) -> bool:
+        """Whether every fragment of ``numbers`` is still missing."""
+        return self.held.find(1, numbers.start, numbers.stop) < 0
+
+    def take(self, numbers: range) -> None:
+        """Fragments ``numbers``, all missing (:meth:`lacks`), are held now."""
+        self.held[numbers.start : numbers.stop] = b"\x01" * len(numbers)
+        self.left -= len(numbers)
+
+    @property
+    def missing(self) -> set[int]:
+        """The fragment numbers still to come (for tests and logs)."""
+        return {k for k, h in enumerate(self.held) if not h}
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,13 +335,14 @@ class Reassembler:
             while len(self.pending) >= self.max_pending:
                 del self.pending[min(self.pending)]
                 self.given_up += 1
-            p = _Pending(f.nonce, self._buffer(size), set(range(count)), f.fields, f.tag)
+            p = _Pending(f.nonce, self._buffer(size), bytearray(count), count, f.fields, f.tag)
             self.pending[f.index] = p
-        if number not in p.missing:
+        if p.held[number]:
             return None  # a duplicate fragment
         p.buf[f.offset : f.offset + len(payload)] = payload
-        p.missing.discard(number)
-        if p.missing:
+        p.held[number] = 1
+        p.left -= 1
+        if p.left:
             self.next = (f.index, number + 1)
             return None
         self.next = None
@@ -340,7 +362,7 @@ class Reassembler:
         if p is None or p.nonce != first.nonce:
             return pos, None
         fields, tag, frag, size = first.fields, first.tag, self.frag, first.sealed_len
-        pack, missing, n = OFFSET.pack, p.missing, len(buf)
+        pack, held, n = OFFSET.pack, p.held, len(buf)
         following = first.offset + frag
         while pos < n and following < size:
             end = pos + step
@@ -353,11 +375,12 @@ class Reassembler:
             if length != (frag if size - following > frag else size - following):
                 break
             number = following // frag
-            if number in missing:
+            if not held[number]:
                 p.buf[following : following + length] = buf[body:end]
-                missing.discard(number)
+                held[number] = 1
+                p.left -= 1
             pos, following = end, following + frag
-            if not missing:
+            if not p.left:
                 self.next = None
                 del self.pending[first.index]
                 return pos, (p.nonce, p.buf)
@@ -387,7 +410,7 @@ class Reassembler:
             if count <= 0:
                 return k, None
         numbers = range(start // frag, start // frag + count)
-        if not p.missing.issuperset(numbers):
+        if not p.lacks(numbers):
             return k, None  # some held already: one by one (the first copy wins)
         if (first.fields, first.tag) != (p.fields, p.tag) or not self._run_is(p, got, k, numbers):
             return k, None
@@ -408,7 +431,7 @@ class Reassembler:
         if p is None:
             return None
         count = min(slots, self.expected_len(index) // self.frag - number)
-        if count <= 0 or not p.missing.issuperset(range(number, number + count)):
+        if count <= 0 or not p.lacks(range(number, number + count)):
             return None
         return Landing(index, p, number, count)
 
@@ -432,7 +455,7 @@ class Reassembler:
             self.pending.get(land.index) is not p
             or got.frag != frag
             or got.length(count - 1) != frag + HEADER_BYTES
-            or not p.missing.issuperset(numbers)
+            or not p.lacks(numbers)
             or not self._run_is(p, got, 0, numbers)
         ):
             return False, None
@@ -442,8 +465,8 @@ class Reassembler:
     def _placed(self, index: int, p: _Pending, numbers: range) -> tuple[bytes, bytearray] | None:
         """Fragments ``numbers`` of chunk ``index`` are in its buffer: the
         chunk if it is complete."""
-        p.missing.difference_update(numbers)
-        if p.missing:
+        p.take(numbers)
+        if p.left:
             self.next = (index, numbers.stop)
             return None
         self.next = None
