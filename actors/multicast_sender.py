@@ -218,7 +218,8 @@ class MulticastSenderActor(Actor):
         super().__init__(env)
         self.settings = settings
         self.sessions: dict[bytes, Session] = {}
-        self.walking: dict[int, TreeWalk] = {}  # request -> its folder being walked
+        # request -> its folder being walked, and the request
+        self.walking: dict[int, tuple[TreeWalk, McSendRequest]] = {}
         self.known_peers = KnownPeersFile(settings.data_dir)
         self.pub: zmq.Socket[Any] | None = None
         self.pub_port = 0
@@ -231,7 +232,7 @@ class MulticastSenderActor(Actor):
         self.call_every_while(0.1, self._progress, running)
 
     def teardown(self) -> None:
-        for request, walk in list(self.walking.items()):
+        for request, (walk, _) in list(self.walking.items()):
             walk.cancel()
             self._fail_request_id(request, ResultCode.CANCELLED, "the node is stopping")
         self.walking.clear()
@@ -307,9 +308,9 @@ class MulticastSenderActor(Actor):
         elif isinstance(msg, TransfersRequest):  # control merges it with the sender's
             self.tell("control", TransfersReply(request=msg.request, transfers=self._listing()))
         elif isinstance(msg, CancelRequest):
-            walk = self.walking.pop(msg.request, None)
-            if walk is not None:
-                walk.cancel()
+            walking = self.walking.pop(msg.request, None)
+            if walking is not None:
+                walking[0].cancel()
                 self._fail_request_id(msg.request, ResultCode.CANCELLED, "cancelled by the user")
             for sess in list(self.sessions.values()):
                 if sess.request.request == msg.request:
@@ -337,6 +338,8 @@ class MulticastSenderActor(Actor):
                     "seconds": f"{now - sess.flow.started:.1f}",
                 }
             )
+        for ident, (walk, req) in list(self.walking.items())[: max(0, 1000 - len(rows))]:
+            rows.append(walk.row(ident, req.path, ", ".join(req.targets), "multicast", now))
         return rows
 
     def _fail_request(self, req: McSendRequest, code: str, reason: str) -> None:
@@ -352,7 +355,8 @@ class MulticastSenderActor(Actor):
         """Walk and hash a folder or several files in a thread (as a unicast
         send does: actors/tree_source.py); :meth:`_walked` starts the session."""
         paths = [Path(p) for p in (req.path, *req.more)]
-        self.walking[req.request] = TreeWalk(self, paths, functools.partial(self._walked, req))
+        walk = TreeWalk(self, paths, functools.partial(self._walked, req), self.now())
+        self.walking[req.request] = (walk, req)
         self.tell(
             "control", Progress(request=req.request, done_bytes=0, total_bytes=0, phase="walking")
         )

@@ -425,6 +425,17 @@ class SenderActor(Actor):
             for r in list(self.waiting)[: 1000 - len(rows)]
         ]
         rows += [
+            w.job.row(
+                ident,
+                w.request.path,
+                f"{w.request.host}:{w.request.port}",
+                w.request.mode or "",
+                now,
+            )
+            for ident, w in list(self.walking.items())[: max(0, 1000 - len(rows))]
+            if w.job is not None
+        ]
+        rows += [
             {
                 "id": str(request),
                 "file": w.request.path[-200:],
@@ -456,7 +467,7 @@ class SenderActor(Actor):
         (actors/tree_source.py); :meth:`_walked` goes on with the send."""
         walk = self.walking[req.request] = Walk(req, retry)
         paths = [Path(p) for p in (req.path, *req.more)]
-        walk.job = TreeWalk(self, paths, functools.partial(self._walked, walk))
+        walk.job = TreeWalk(self, paths, functools.partial(self._walked, walk), self.now())
 
     def _drop_walk(self, walk: Walk) -> None:
         """Forget a walk: its thread stops at its next entry or hash block

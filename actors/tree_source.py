@@ -102,15 +102,27 @@ class TreeSource:
         return ""
 
 
+@dataclass
+class WalkCount:
+    """How far a walk got: files hashed and their bytes read so far. The
+    walking thread only adds; another thread reads them for display."""
+
+    files: int = 0
+    bytes: int = 0
+
+
 def build_tree(
     roots: list[Path],
     max_files: int = MAX_SOURCE_FILES,
     cancelled: threading.Event | None = None,
+    count: WalkCount | None = None,
 ) -> TreeSource:
     """Walk and hash ``roots``; raises TreeError (a name the receiver would
     refuse, two roots of one name, too many entries, ``cancelled`` set: the
-    walk stops at the next entry or hash block) or OSError."""
+    walk stops at the next entry or hash block) or OSError. ``count``, if
+    given, follows the files and bytes hashed."""
     stop = cancelled or threading.Event()
+    counted = count if count is not None else WalkCount()
     found: dict[tuple[str, ...], tuple[TreeEntry, str, tuple[int, int]]] = {}
     skipped: list[str] = []
 
@@ -140,12 +152,13 @@ def build_tree(
                 else:
                     skipped.append(child.path)
             return
-        hashed = _hash(path, stop)
+        hashed = _hash(path, stop, counted)
         if hashed is None:  # replaced by something else since the directory was read
             skipped.append(path)
             return
         digest, stamp, mode = hashed
         add(TreeEntry(Kind.FILE, rel, stamp[0], mode & 0o777, digest), path, stamp)
+        counted.files += 1
 
     for root in roots:
         name = root.name
@@ -170,10 +183,13 @@ def build_tree(
     )
 
 
-def _hash(path: str, stop: threading.Event) -> tuple[bytes, tuple[int, int], int] | None:
+def _hash(
+    path: str, stop: threading.Event, counted: WalkCount
+) -> tuple[bytes, tuple[int, int], int] | None:
     """BLAKE3 of the regular file at ``path`` (not through a symbolic link;
     a FIFO does not block the open), its (size, mtime_ns) as it was read and
-    its mode; None if it is not a regular file."""
+    its mode; None if it is not a regular file. Each block read is added to
+    ``counted.bytes``."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
@@ -189,6 +205,7 @@ def _hash(path: str, stop: threading.Event) -> tuple[bytes, tuple[int, int], int
                 raise OSError(f"{path} shrank while it was read")
             hasher.update(block)
             offset += len(block)
+            counted.bytes += len(block)
         return hasher.digest(), (st.st_size, st.st_mtime_ns), st.st_mode
     finally:
         os.close(fd)
@@ -215,19 +232,36 @@ class Walk:
         actor: _Watcher,
         paths: list[Path],
         done: Callable[[TreeSource | Exception], None],
+        now: float = 0.0,
     ) -> None:
         self.paths = paths
+        self.started = now  # the actor's clock
         self.result: TreeSource | Exception | None = None
         self.cancelled = threading.Event()
+        self.count = WalkCount()  # what ``transfers`` shows meanwhile
         self._actor, self._done = actor, done
         self._wake = os.pipe()
         self._open = True
         actor.watch(self._wake[0], self._woken)
         threading.Thread(target=self._run, name="pc-walk", daemon=True).start()
 
+    def row(self, ident: int, path: str, peer: str, mode: str, now: float) -> dict[str, str]:
+        """Its row in ``transfers`` (as a send's: ``cancel ID`` finds it):
+        state ``walking``, the bytes hashed so far, the size not yet known."""
+        return {
+            "id": str(ident),
+            "file": path[-200:],
+            "peer": peer[:200],
+            "mode": mode,
+            "state": "walking",
+            "bytes": str(self.count.bytes),
+            "size": "?",
+            "seconds": f"{now - self.started:.1f}",
+        }
+
     def _run(self) -> None:
         try:
-            self.result = build_tree(self.paths, cancelled=self.cancelled)
+            self.result = build_tree(self.paths, cancelled=self.cancelled, count=self.count)
         except (TreeError, OSError) as exc:
             self.result = exc
         try:

@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import pytest
 
 from actors.inbox import load_manifest, manifest_name, scan
+from peercrypt.cli.app import main
+from peercrypt.cli.shell import Shell
+from peercrypt.cli.stats import human_bytes
 from peercrypt.core.tree import Kind, TreeEntry, encode_manifest
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.testing.disk import StallingDisk
@@ -291,6 +295,53 @@ def test_a_folder_send_cancelled_while_hashing_stops_its_walk(
     assert os.listdir(receiver.inbox) == []  # nothing was offered
     log = sender.log_text()
     assert "Traceback" not in log and "BrokenPipe" not in log, log[-2000:]
+
+
+@pytest.mark.parametrize("multicast", [False, True], ids=["unicast", "multicast"])
+def test_a_folder_being_hashed_is_listed_and_cancelled_by_its_id(
+    tmp_path: Path, node_factory: Nodes, multicast: bool
+) -> None:
+    """While the sender reads and hashes a folder before its offer,
+    `transfers` lists it (state walking, the bytes hashed so far growing, the
+    size not known yet) and `peercrypt cancel ID` stops it: code cancelled,
+    exit 1, the walk's file closed, nothing offered."""
+    receiver, sender = node_factory(), node_factory()
+    src = tmp_path / "huge"
+    src.mkdir()
+    big = src / "sparse.bin"
+    with open(big, "wb") as fh:
+        fh.truncate(256 << 30)  # minutes of hashing, no disk
+    args = ["send", str(src), receiver.host, str(receiver.port), "--json", "--timeout", "60"]
+    if multicast:
+        args.append("-m")
+    with start_cli(*args, data_dir=sender.data_dir) as cli:
+        try:
+
+            def walking(past: int) -> dict[str, str] | None:
+                rows = json.loads(sender.cli("transfers", "--json").stdout or "[]")
+                row = next((r for r in rows if r["state"] == "walking"), None)
+                return row if row is not None and int(row["bytes"]) > past else None
+
+            row = wait_until(lambda: walking(0), WAIT, "the folder listed as walking")
+            assert (row["file"], row["size"]) == (str(src), "?"), row
+            assert row["mode"] == ("multicast" if multicast else "normal"), row
+            assert row["peer"] == f"{receiver.host}:{receiver.port}", row
+            later = wait_until(lambda: walking(int(row["bytes"])), WAIT, "more bytes hashed")
+            assert later["id"] == row["id"], (row, later)
+            # The shell's line under its prompt, from these rows (its size unknown):
+            shell = Shell(main, {"data_dir": sender.data_dir}, owns_node=False)
+            shell.view.transfers = [later]
+            assert shell.toolbar() == f"send huge {human_bytes(int(later['bytes']))} (walking)"
+            done = sender.cli("cancel", row["id"])
+            assert done.returncode == 0, done.describe()
+            out, err = cli.communicate(timeout=WAIT)
+        finally:
+            cli.kill()
+    result = json.loads(out)
+    assert (cli.returncode, result["code"]) == (1, "cancelled"), (result, err)
+    wait_until(lambda: str(big) not in open_files(sender.pid), 15.0, "the walk's file closed")
+    assert json.loads(sender.cli("transfers", "--json").stdout) == []
+    assert os.listdir(receiver.inbox) == []  # nothing was offered
 
 
 def test_the_receiver_says_it_is_verifying_before_its_verdict(

@@ -339,11 +339,13 @@ class Shell:
 
     def toolbar(self) -> str:
         """The live progress line under the prompt."""
+        from peercrypt.cli.stats import human_bytes
+
         parts = []
         for row in self.view.transfers[:3]:
-            size = int(row.get("size") or 0)
-            done = int(row.get("bytes") or 0)
-            pct = f"{100 * done // size}%" if size else "-"
+            size = int(row["size"]) if str(row.get("size")).isdigit() else 0  # "?": not known
+            done = int(row.get("bytes") or 0)  # a walk's: read and hashed so far
+            pct = f"{100 * done // size}%" if size else human_bytes(done) if done else "-"
             parts.append(f"send {Path(str(row.get('file'))).name} {pct} ({row.get('state')})")
         for name, size, done, ident in self.view.incoming[:3]:
             parts.append(f"recv {ident} {name} {100 * done // size if size else 100}%")
