@@ -264,17 +264,24 @@ def open_files(pid: int) -> list[str]:
     return sorted(found)
 
 
+def _huge_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder "huge" holding one sparse file of 256 GiB: minutes of
+    hashing before its offer, no disk. (The folder, the file.)"""
+    src = tmp_path / "huge"
+    src.mkdir()
+    big = src / "sparse.bin"
+    with open(big, "wb") as fh:
+        fh.truncate(256 << 30)
+    return src, big
+
+
 def test_a_folder_send_cancelled_while_hashing_stops_its_walk(
     tmp_path: Path, node_factory: Nodes
 ) -> None:
     """Ctrl-C while the sender hashes a huge (sparse) file: the walk stops,
     its pipe is closed at both ends, and no traceback reaches the log."""
     receiver, sender = node_factory(), node_factory()
-    src = tmp_path / "huge"
-    src.mkdir()
-    big = src / "sparse.bin"
-    with open(big, "wb") as fh:
-        fh.truncate(256 << 30)  # minutes of hashing, no disk
+    src, big = _huge_folder(tmp_path)
     before = [t for t in open_files(sender.pid) if t.startswith("pipe:")]
     args = ["send", str(src), receiver.host, str(receiver.port), "--timeout", "30"]
     with start_cli(*args, data_dir=sender.data_dir) as cli:
@@ -306,11 +313,7 @@ def test_a_folder_being_hashed_is_listed_and_cancelled_by_its_id(
     size not known yet) and `peercrypt cancel ID` stops it: code cancelled,
     exit 1, the walk's file closed, nothing offered."""
     receiver, sender = node_factory(), node_factory()
-    src = tmp_path / "huge"
-    src.mkdir()
-    big = src / "sparse.bin"
-    with open(big, "wb") as fh:
-        fh.truncate(256 << 30)  # minutes of hashing, no disk
+    src, big = _huge_folder(tmp_path)
     args = ["send", str(src), receiver.host, str(receiver.port), "--json", "--timeout", "60"]
     if multicast:
         args.append("-m")
