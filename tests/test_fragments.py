@@ -759,3 +759,27 @@ def test_no_guess_writes_over_a_fragment_already_held() -> None:
     assert refused == ["fragment-length"] and asm.pending[0].missing == {7, 8, 9}
     done, _, _ = _feed_all(intake, [(b"".join(good[7:]), step)], set(), scatter=True, land=True)
     assert done == {0: sealed}
+
+
+def test_a_run_reaching_past_the_chunk_s_last_fragment_is_never_missing() -> None:
+    """A chunk's held fragments are bytes: a run is missing only if every
+    one of its fragments is the chunk's and none is held (as a set of the
+    missing numbers said), so no run past the end is taken and counted."""
+    frag = 600
+    sealed = os.urandom(6000)  # 10 fragments
+    good = _datagrams(0, True, sealed, frag)
+    asm = Reassembler(1, lambda i: 6000, frag, max_pending=1)
+    assert _feed(asm, good[0]) is None
+    p = asm.pending[0]
+    assert p.lacks(range(1, 10)) and p.lacks(range(5, 5))
+    assert not p.lacks(range(0, 2))  # fragment 0 is held
+    assert not p.lacks(range(5, 11)) and not p.lacks(range(9, 12))  # past the last
+    for d in good[1:4]:
+        assert _feed(asm, d) is None
+    assert p.missing == set(range(4, 10)) and p.left == 6
+    assert not p.lacks(range(3, 5)) and p.lacks(range(4, 10))
+    assert _feed(asm, b"".join(good[4:5])) is None and p.left == 5
+    done = None
+    for d in good[5:]:
+        done = _feed(asm, d)
+    assert done is not None and bytes(done[1]) == sealed and 0 not in asm.pending

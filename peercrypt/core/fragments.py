@@ -241,8 +241,10 @@ class _Pending:
     heads: bytes = b""  # the headers of all its fragments, back to back (made when first needed)
 
     def lacks(self, numbers: range) -> bool:
-        """Whether every fragment of ``numbers`` is still missing."""
-        return self.held.find(1, numbers.start, numbers.stop) < 0
+        """Whether every fragment of ``numbers`` is still missing (none of
+        them beyond the chunk's last: as the set of the missing was)."""
+        held, start, stop = self.held, numbers.start, numbers.stop
+        return start >= 0 and stop <= len(held) and held.find(1, start, stop) < 0
 
     def take(self, numbers: range) -> None:
         """Fragments ``numbers``, all missing (:meth:`lacks`), are held now."""
