@@ -694,16 +694,31 @@ class NodeProcess:
         return self._query_status(timeout)
 
     def counters(self, timeout: float = 5.0) -> dict[str, int]:
-        """The node's counters (actors report them every 0.5 s)."""
+        """The node's counters (actors report them at most every 0.5 s: see
+        :meth:`counters_when`)."""
         counters: dict[str, int] = self.status(timeout)["counters"]
         return counters
 
     def wait_for_counter(self, name: str, at_least: int, timeout: float = 10.0) -> int:
         """Wait until counter ``name`` reaches ``at_least``; return its value."""
+        return self.counters_when(name, at_least, timeout)[name]
 
-        def reached() -> int | None:
-            value = self.counters().get(name, 0)
-            return value if value >= at_least else None
+    def counters_when(self, name: str, at_least: int, timeout: float = 10.0) -> dict[str, int]:
+        """Wait until counter ``name`` reaches ``at_least``; return all the
+        counters as the node showed them then.
+
+        Each actor reports its counters at most every 0.5 s, all of them in
+        one message: once ``name`` shows an event, every counter of the same
+        actor (the same prefix, ``receiver.``...) shows what that actor
+        counted up to that event. Wait on one that an action must move (a
+        file received, a send ended) before asserting another moved by so
+        much, or did not move at all: read at once, the node may still show
+        the counts from before the action, and such a check passes whatever
+        the action did."""
+
+        def reached() -> dict[str, int] | None:
+            counters = self.counters()
+            return counters if counters.get(name, 0) >= at_least else None
 
         return wait_until(reached, timeout, f"counter {name} >= {at_least}")
 
