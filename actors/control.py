@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hmac
 import json
 import logging
@@ -69,6 +70,20 @@ log = logging.getLogger("peercrypt.control")
 MAX_PENDING = 1024
 CANCELLED_BY_USER = "cancelled by the user"  # as the sender and msender say it
 MAX_TRANSFER_ROWS = 1024  # TransfersReply.transfers' bound
+# `transfers` answers with what the sender and the msender listed, or after
+# this long with the part that came (an attached sender may be away), under
+# the CLI's own wait for an answer.
+LISTING_WAIT = 2.0
+LISTERS = frozenset({"sender", "msender"})
+
+
+@dataclasses.dataclass
+class _Listing:
+    """A `transfers` asked of the sender and the msender: their rows so far."""
+
+    rows: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    answered: set[str] = dataclasses.field(default_factory=set)
+
 
 # Requests from local clients that another actor answers: type -> actor. The
 # request's ``request`` id is replaced by the control actor's own while it is
@@ -123,8 +138,8 @@ class ControlActor(Actor):
         self.sending: dict[int, tuple[str, int]] = {}  # sends under way: destination
         # sends and multicasts waiting for members' records at their addresses
         self.placing: dict[int, SendRequest | _mc.McSendRequest] = {}
-        # `transfers` asked of the sender and the msender: the first reply's rows
-        self.listing: dict[int, list[dict[str, str]] | None] = {}
+        # `transfers` asked of the sender and the msender
+        self.listing: dict[int, _Listing] = {}
 
     def setup(self) -> None:
         sock = self.api = self.socket(zmq.ROUTER)
@@ -208,8 +223,9 @@ class ControlActor(Actor):
             else:
                 self.tell(ROUTES[type(msg)], _with_request(msg, ours))
             if isinstance(msg, TransfersRequest):  # the multicasts' too: one reply of both
-                self.listing[ours] = None
+                self.listing[ours] = _Listing()
                 self.tell("msender", _with_request(msg, ours))
+                self.call_later(LISTING_WAIT, functools.partial(self._listed, ours))
         else:
             reply = ErrorReply(code="bad-request", reason=f"unexpected {msg.TYPE}")
             self.api.send_multipart([route, _local(reply)])
@@ -275,12 +291,10 @@ class ControlActor(Actor):
             for req in self.placing.values():
                 self._place_first(req)
         if name == "msender":  # its part of a `transfers` may be lost: the other's then
-            for ours, rows in list(self.listing.items()):
-                if rows is None:
-                    self.listing[ours] = []
-                else:
-                    del self.listing[ours]
-                    self._relay(TransfersReply(request=ours, transfers=rows), ours)
+            for ours, listing in list(self.listing.items()):
+                listing.answered.add(name)
+                if listing.answered >= LISTERS:
+                    self._listed(ours)
         if name != "sender":
             return
         self.listing.clear()
@@ -322,16 +336,30 @@ class ControlActor(Actor):
                     outcome = TransferOutcome(host=host, port=port, ok=msg.code == ResultCode.OK)
                     self.tell("health", outcome)
             if isinstance(msg, TransfersReply):
-                if request in self.listing and self.listing[request] is None:
-                    self.listing[request] = msg.transfers  # the first of the two
+                listing = self.listing.get(request)
+                if listing is None:  # answered without it already
                     return
-                first = self.listing.pop(request, None) or []
-                # and the sends only control holds yet
-                rows = [*first, *msg.transfers, *self._placing_rows()][:MAX_TRANSFER_ROWS]
-                msg = dataclasses.replace(msg, transfers=rows)
+                listing.rows += msg.transfers
+                listing.answered.add(msg.actor)
+                if listing.answered >= LISTERS:
+                    self._listed(request)
+                return
             self._relay(msg, request)
         else:
             super().on_mail(msg)
+
+    def _listed(self, ours: int) -> None:
+        """Answer `transfers` ``ours`` (both listed, or its wait is over):
+        the rows that came, the sends only control holds yet, and which
+        actor did not answer."""
+        listing = self.listing.pop(ours, None)
+        if listing is None:  # answered already
+            return
+        rows = [*listing.rows, *self._placing_rows()][:MAX_TRANSFER_ROWS]
+        missing = sorted(LISTERS - listing.answered)
+        if missing:
+            self.count("transfers-unanswered")
+        self._relay(TransfersReply(request=ours, transfers=rows, unanswered=missing), ours)
 
     def _relay(self, msg: codec.Message, request: int) -> None:
         """``msg`` to the client of our request id ``request`` (with theirs)."""

@@ -306,7 +306,10 @@ class MulticastSenderActor(Actor):
                         sess.flow.on_pacing(msg.paced)
                     self._drive(sess)
         elif isinstance(msg, TransfersRequest):  # control merges it with the sender's
-            self.tell("control", TransfersReply(request=msg.request, transfers=self._listing()))
+            self.tell(
+                "control",
+                TransfersReply(request=msg.request, transfers=self._listing(), actor=self.name),
+            )
         elif isinstance(msg, CancelRequest):
             walking = self.walking.pop(msg.request, None)
             if walking is not None:

@@ -363,7 +363,10 @@ class SenderActor(Actor):
                 t.flow.on_pacing(msg.paced)
                 self._drive(t)
         elif isinstance(msg, TransfersRequest):
-            self.tell("control", TransfersReply(request=msg.request, transfers=self._listing()))
+            self.tell(
+                "control",
+                TransfersReply(request=msg.request, transfers=self._listing(), actor=self.name),
+            )
         elif isinstance(msg, SendRequest):
             if self._sends() < self.settings.max_outgoing:
                 self._start(msg)

@@ -43,6 +43,7 @@ from peercrypt.history.db import db_path, list_transfers, open_reader
 from peercrypt.testing import netns
 from peercrypt.testing.nodes import (
     ActorProcess,
+    CliResult,
     NodeProcess,
     assert_stored,
     blake3_file,
@@ -232,6 +233,49 @@ def test_a_lost_attached_sender_fails_its_transfer_cleanly(
     assert node.wait_for_counter("attach.link-lost", 1) == 1  # reported within 0.5 s
     assert node.status()["remote_sender"] == "lost"
     assert not any(p.name == "slow.bin" for p in receiver.inbox.glob("*"))
+
+
+def test_transfers_answers_while_the_attached_sender_is_away(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    processes: list[Any],
+) -> None:
+    """`transfers` on a node whose sender is attached from elsewhere and not
+    there answers with what the node knows and one warning line naming the
+    sender (it waited for the command's timeout and said the node did not
+    answer); once the sender is attached, its sends are listed, no warning."""
+    receiver = node_factory("--no-gossip")
+    actor = ActorProcess(tmp_path / "sender-actor", "sender", [], network_key)
+    node = remote_node(tmp_path / "node", network_key, "sender", actor.fingerprint())
+    processes.append(node.start())
+    away = node.cli("transfers", "--json")
+    assert away.returncode == 0 and json.loads(away.stdout) == [], away.describe()
+    assert away.stderr_lines == [
+        "peercrypt: warning: the node's sender actor did not answer (attached from "
+        "elsewhere and away?): its sends are not listed"
+    ], away.describe()
+    assert node.wait_for_counter("control.transfers-unanswered", 1) == 1
+    actor.attach = [f"127.0.0.1:{node.port}"]
+    processes.append(actor.start())
+    attached(node, "sender", actor.fingerprint())
+    path = random_file(tmp_path / "slow.bin", 16 * MiB)
+    send = start_cli(
+        "send", path, "127.0.0.1", str(receiver.port), "--json", "-r", str(2 * MiB),
+        data_dir=node.data_dir, env={"PEERCRYPT_NETWORK_KEY": network_key},
+    )  # fmt: skip
+    try:
+
+        def listed() -> CliResult | None:
+            result = node.cli("transfers", "--json")
+            rows = json.loads(result.stdout or "[]")
+            return result if [r["file"] for r in rows] == [str(path)] else None
+
+        there = wait_until(listed, 20, "the attached sender's send listed", interval=0.2)
+        assert there.returncode == 0 and there.stderr_lines == [], there.describe()
+    finally:
+        send.kill()
+        send.wait(10)
 
 
 def _across_a_new_scheduler(

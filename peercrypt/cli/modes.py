@@ -347,6 +347,12 @@ def transfers(obj: dict[str, Any], as_json: bool) -> None:
     reply = _ask(obj, TransfersRequest(request=1))
     if not isinstance(reply, TransfersReply):
         raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
+    for actor in reply.unanswered:  # an attached actor away: the rest is listed
+        click.echo(
+            f"peercrypt: warning: the node's {actor} actor did not answer (attached from "
+            "elsewhere and away?): its sends are not listed",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps(reply.transfers))
         return

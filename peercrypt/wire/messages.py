@@ -475,8 +475,13 @@ class TransfersRequest(Message):
 @message
 @dataclass(frozen=True, kw_only=True)
 class TransfersReply(Message):
-    """Running sends, one map per transfer (id, file, peer, mode, bytes...)."""
+    """Running sends, one map per transfer (id, file, peer, mode, bytes...).
+    ``actor``: which actor listed them (to control); ``unanswered``: the
+    actors whose sends are missing because they did not answer in time (an
+    attached sender that is away), from control to its client."""
 
     TYPE = "transfers-reply"
     request: int = counter()
     transfers: list[dict[str, str]] = field(metadata=bounded(1024))
+    actor: str = field(default="", metadata=bounded(32))
+    unanswered: list[str] = field(default_factory=list, metadata=bounded(4))
