@@ -183,7 +183,7 @@ def test_an_identity_not_allowed_is_refused(
         f"peercrypt: error: 127.0.0.1:{node.port} refused to attach sender: "
         f"{stranger.fingerprint()} is not on this node's --attach-allow list"
     ]
-    assert node.counters().get("attach.attach-refused-not-allowed", 0) >= 1
+    assert node.wait_for_counter("attach.attach-refused-not-allowed", 1) >= 1
     # an actor the node runs itself cannot be attached either
     own = ActorProcess(
         tmp_path / "allowed", "scheduler", [f"127.0.0.1:{node.port}"], network_key
@@ -595,7 +595,7 @@ def test_a_send_cancelled_while_it_is_placed_never_runs(
         assert_stored(receiver, result, blake3_file(after))
         stored = sorted(p.name for p in receiver.inbox.iterdir() if not p.name.startswith("."))
         assert stored == ["after.bin"], stored
-    counters = node.counters()
+    counters = node.counters_when("msender.sessions", 1)
     assert counters.get("msender.sessions") == 1, counters  # the one above only
     ran = [k for k in counters if k == "sender.sent" or k.startswith("sender.failed-")]
     assert not ran, counters  # the unicast one never ran either
@@ -680,7 +680,12 @@ def test_two_nodes_share_one_scheduler_on_a_third_host(
         processes.extend([node_a.start(), node_b.start(), receiver.start(), sched.start()])
         attached(node_a, "scheduler", fp, timeout=30)
         attached(node_b, "scheduler", fp, timeout=30)
-        assert node_a.status()["max_rate"] == node_b.status()["max_rate"] == str(rate)
+        for node in (node_a, node_b):  # the scheduler's facts come after the attach's
+            wait_until(
+                lambda node=node: node.status().get("max_rate") == str(rate),
+                30,
+                "the attached scheduler's cap in the node's status",
+            )
         files = {p: random_file(tmp_path / f"{p}.bin", size) for p in ("normal", "high", "highest")}
         origin = {"normal": node_a, "highest": node_a, "high": node_b}
         sends = {

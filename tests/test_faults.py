@@ -214,12 +214,14 @@ def test_flipped_bits_are_detected(setup: Setup, tmp_path: Path) -> None:
     code, result = run_with_plan(setup, tmp_path, plan, "flip.bin", False)
     flips = setup.proxy.snapshot().upstream.flipped - before.upstream.flipped
     assert flips > 0
-    # Every mangled chunk was caught before it reached the file.
-    counters = wait_for_drops(setup, counters_before, ["receiver.data-dropped-auth"])
+    assert code == 0, f"flips are detected and retransmitted, yet the send failed: {result}"
+    # Every mangled chunk was caught before it reached the file (the report
+    # that counts the file received has its final check's verdict too).
+    keys = ["receiver.data-dropped-auth", "receiver.received"]
+    counters = wait_for_drops(setup, counters_before, keys)
     assert counters.get("receiver.hash-mismatch", 0) == counters_before.get(
         "receiver.hash-mismatch", 0
     )
-    assert code == 0, f"flips are detected and retransmitted, yet the send failed: {result}"
 
 
 def test_mixed_faults_must_succeed(setup: Setup, tmp_path: Path) -> None:

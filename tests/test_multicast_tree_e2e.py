@@ -171,7 +171,7 @@ def test_a_receiver_restarted_mid_folder_rejoins_and_ends_with_the_tree(
         assert stored(result, r) == "big"
         assert contents(r.inbox / "big") == contents(src)
         assert hidden(r.inbox) == []
-    assert nodes.two.counters().get("mreceiver.resumed", 0) >= 1
+    assert nodes.two.wait_for_counter("mreceiver.resumed", 1) >= 1
 
 
 # -- a hostile sender (a member with the network key) ------------------------------------
