@@ -290,15 +290,16 @@ class ControlActor(Actor):
         if name == "health":
             for req in self.placing.values():
                 self._place_first(req)
-        if name == "msender":  # its part of a `transfers` may be lost: the other's then
+        if name in LISTERS:  # its part of a `transfers` may be lost: it holds no send now
             for ours, listing in list(self.listing.items()):
                 listing.answered.add(name)
                 if listing.answered >= LISTERS:
                     self._listed(ours)
         if name != "sender":
             return
-        self.listing.clear()
         for ours, (route, theirs) in list(self.pending.items()):
+            if ours in self.listing:  # answered as above, by the msender's part
+                continue
             del self.pending[ours]
             failed = SendResult(
                 request=theirs,
@@ -337,9 +338,12 @@ class ControlActor(Actor):
                     self.tell("health", outcome)
             if isinstance(msg, TransfersReply):
                 listing = self.listing.get(request)
-                if listing is None:  # answered without it already
+                # Answered without it already, or a part told already or by
+                # no lister (a buggy attached sender): taken once each, bounded.
+                if listing is None or msg.actor not in LISTERS - listing.answered:
+                    self.count("transfers-replies-dropped")
                     return
-                listing.rows += msg.transfers
+                listing.rows += msg.transfers  # each part at most MAX_TRANSFER_ROWS
                 listing.answered.add(msg.actor)
                 if listing.answered >= LISTERS:
                     self._listed(request)

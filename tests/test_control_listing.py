@@ -1,0 +1,164 @@
+"""`transfers` as the control actor gathers it (actors/control.py): one
+answer per request, from the sender's and the msender's parts, whatever
+order, count or claims their replies come with. The actor runs in this
+thread with its real client socket; its clock is a fake one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from actors import control
+from actors.control import ControlActor
+from peercrypt.crypto.identity import load_or_create_identity, network_server_keys, new_network_key
+from peercrypt.runtime.actor import ActorEnv
+from peercrypt.settings import NodeSettings
+from peercrypt.testing.clock import FakeClock
+from peercrypt.wire import codec
+from peercrypt.wire.messages import TransfersReply, TransfersRequest
+
+TOKEN = "t" * 32
+
+
+@dataclass
+class Rig:
+    actor: ControlActor
+    clock: FakeClock
+    client: zmq.Socket[Any]
+    mailboxes: dict[str, zmq.Socket[Any]]
+
+    def ask(self, request: int) -> int:
+        """A `transfers` from the client: control's own id for it (as the
+        sender and the msender are asked)."""
+        self.client.send_multipart(
+            [TOKEN.encode(), codec.encode(TransfersRequest(request=request), codec.LOCAL_VERSION)]
+        )
+        assert self.actor.api.poll(5000), "control got no request"
+        self.actor._on_client(self.actor.api)
+        told = []
+        for name in ("sender", "msender"):
+            assert self.mailboxes[name].poll(5000), f"{name} was not asked"
+            msg = codec.decode(self.mailboxes[name].recv())
+            assert isinstance(msg, TransfersRequest)
+            told.append(msg.request)
+        assert told[0] == told[1]
+        return told[0]
+
+    def answers(self, wait: float = 0.3) -> list[TransfersReply]:
+        """Every answer the client got (waiting ``wait`` s for more: the
+        actor runs in this thread, so whatever it sent is there already)."""
+        got = []
+        while self.client.poll(int(wait * 1000)):
+            msg = codec.decode(self.client.recv(), version=codec.LOCAL_VERSION)
+            assert isinstance(msg, TransfersReply), msg
+            got.append(msg)
+        return got
+
+    def wait_over(self) -> None:
+        self.clock.advance(control.LISTING_WAIT + 0.1)
+        self.actor._run_timers()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    clock = FakeClock()
+    ctx: zmq.Context[Any] = zmq.Context()
+    env = ActorEnv(context=ctx, node_uid=f"cl{time.monotonic_ns()}", clock=clock)
+    mailboxes = {}
+    for name in ("sender", "msender"):
+        sock = ctx.socket(zmq.PULL)
+        sock.linger = 0
+        sock.bind(env.address(name))
+        mailboxes[name] = sock
+    settings = NodeSettings(
+        data_dir=tmp_path,
+        inbox=tmp_path / "inbox",
+        identity=load_or_create_identity(tmp_path),
+        server_keys=network_server_keys(new_network_key()),
+    )
+    actor = ControlActor(env, settings, TOKEN)
+    actor.setup()
+    client = ctx.socket(zmq.DEALER)
+    client.linger = 0
+    client.connect(actor.endpoint)
+    try:
+        yield Rig(actor, clock, client, mailboxes)
+    finally:
+        client.close(0)
+        for sock in mailboxes.values():
+            sock.close(0)
+        for sock in actor._sockets:
+            sock.close(0)
+        ctx.term()
+
+
+def _rows(who: str, n: int) -> list[dict[str, str]]:
+    return [{"id": f"{who}{k}", "file": f"/{who}/{k}"} for k in range(n)]
+
+
+def test_a_sender_s_repeated_or_misnamed_replies_are_taken_once_and_bounded(rig: Rig) -> None:
+    """A buggy (or hostile) attached sender answering a `transfers` several
+    times, or under another actor's name or none, adds its rows once: the
+    answer is the sender's first rows and the msender's, within the rows'
+    bound, and comes once."""
+    ours = rig.ask(7)
+    many = control.MAX_TRANSFER_ROWS
+    rig.actor.on_mail(TransfersReply(request=ours, transfers=_rows("s", 3), actor="sender"))
+    for name in ("sender", "", "bogus", "sender"):
+        rig.actor.on_mail(TransfersReply(request=ours, transfers=_rows("x", many), actor=name))
+    assert rig.answers(0.1) == []
+    assert len(rig.actor.listing[ours].rows) <= many  # what it holds meanwhile is bounded
+    rig.actor.on_mail(TransfersReply(request=ours, transfers=_rows("m", 2), actor="msender"))
+    rig.actor.on_mail(TransfersReply(request=ours, transfers=_rows("y", 1), actor="msender"))
+    rig.wait_over()
+    (answer,) = rig.answers()
+    assert answer.request == 7 and answer.unanswered == []
+    assert [r["id"] for r in answer.transfers] == ["s0", "s1", "s2", "m0", "m1"]
+    assert rig.actor.listing == {} and rig.actor.pending == {}
+
+
+def test_a_reply_after_the_wait_is_dropped_and_the_answer_given_once(rig: Rig) -> None:
+    """Two `transfers` at once, the sender away: each is answered once at
+    its deadline with the msender's rows and the sender named; the sender's
+    late replies answer nothing more."""
+    first, second = rig.ask(1), rig.ask(2)
+    rig.actor.on_mail(TransfersReply(request=first, transfers=_rows("m", 1), actor="msender"))
+    rig.actor.on_mail(TransfersReply(request=second, transfers=[], actor="msender"))
+    rig.wait_over()
+    answers = sorted(rig.answers(), key=lambda a: a.request)
+    assert [(a.request, a.unanswered, len(a.transfers)) for a in answers] == [
+        (1, ["sender"], 1),
+        (2, ["sender"], 0),
+    ]
+    for ours in (first, second):
+        rig.actor.on_mail(TransfersReply(request=ours, transfers=_rows("s", 1), actor="sender"))
+    rig.wait_over()
+    assert rig.answers() == []
+    assert rig.actor.listing == {} and rig.actor.pending == {}
+    assert rig.actor.counters["transfers-unanswered"] == 2
+
+
+@pytest.mark.parametrize("restarted", ["sender", "msender"])
+def test_a_lister_restarted_during_transfers_still_gives_one_answer(
+    rig: Rig, restarted: str
+) -> None:
+    """The sender or the msender restarted while a `transfers` waits for it:
+    it holds no send any more (its part is empty), so the answer is the
+    other's rows, once, and a `transfers-reply` (not a send's failure)."""
+    other = "msender" if restarted == "sender" else "sender"
+    ours = rig.ask(5)
+    rig.actor.on_actor_restarted(restarted)
+    assert rig.answers(0.1) == []
+    rig.actor.on_mail(TransfersReply(request=ours, transfers=_rows("o", 2), actor=other))
+    (answer,) = rig.answers()
+    assert answer.request == 5 and [r["id"] for r in answer.transfers] == ["o0", "o1"]
+    assert answer.unanswered == []
+    rig.actor.on_mail(TransfersReply(request=ours, transfers=_rows("late", 1), actor=restarted))
+    rig.wait_over()
+    assert rig.answers() == [] and rig.actor.listing == {} and rig.actor.pending == {}
