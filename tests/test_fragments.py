@@ -783,3 +783,123 @@ def test_a_run_reaching_past_the_chunk_s_last_fragment_is_never_missing() -> Non
     for d in good[5:]:
         done = _feed(asm, d)
     assert done is not None and bytes(done[1]) == sealed and 0 not in asm.pending
+
+
+# -- the record of the fragments held, against a model (a set of numbers) ---------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    count=st.integers(1, 40),
+    runs=st.lists(st.tuples(st.integers(-5, 50), st.integers(-5, 50)), max_size=60),
+)
+def test_the_held_record_is_a_set_of_held_numbers_whatever_the_runs(
+    count: int, runs: list[tuple[int, int]]
+) -> None:
+    """A chunk's held fragments (one byte each and a count) against a set
+    of the numbers held, for runs of any bounds (negative, empty, reversed,
+    past the chunk's last fragment), each taken when the record says it is
+    all missing, as the reassembler's callers do: a run is missing only if
+    it is within the chunk and none of it is held, and the record never
+    grows, never counts a fragment twice and is complete only when every
+    fragment is held."""
+    p = fragments._Pending(NONCE, bytearray(count * 600), bytearray(count), count)
+    held: set[int] = set()
+    for start, stop in runs:
+        numbers = range(start, stop)
+        within = start >= 0 and stop <= count
+        if numbers:
+            assert p.lacks(numbers) == (within and held.isdisjoint(numbers)), (start, stop)
+        if p.lacks(numbers):
+            p.take(numbers)
+            held.update(numbers)
+        assert len(p.held) == count
+        assert p.left == count - len(held) >= 0
+        assert p.missing == set(range(count)) - held
+
+
+_FORGED = st.sampled_from(["genuine", "forged", "cut", "long"])
+
+
+@pytest.mark.parametrize(("scatter", "land"), [(False, False), (True, False), (True, True)])
+@settings(max_examples=200, deadline=None)
+@given(
+    count=st.integers(1, 12),
+    tail=st.integers(1, 600),
+    reads=st.lists(
+        st.tuples(st.integers(-1, 14), st.lists(_FORGED, min_size=1, max_size=6)), max_size=40
+    ),
+    resealed=st.integers(0, 60),
+)
+def test_the_first_copy_of_each_fragment_wins_and_a_chunk_completes_only_when_all_held(
+    scatter: bool,
+    land: bool,
+    count: int,
+    tail: int,
+    reads: list[tuple[int, list[str]]],
+    resealed: int,
+) -> None:
+    """A co-receiver (it can make headers) sends runs of a chunk's
+    fragments from any number on (some past its last), each datagram the
+    sender's bytes, other bytes under the same header, cut short or one
+    byte long; from datagram ``resealed`` on, of a later seal (which starts
+    the chunk over). Read linearly, scattered or landed, the chunk
+    completes exactly when the model (the numbers held, the first copy of
+    each) says so, with the first copies' bytes, and is never given twice."""
+    frag = 600
+    size = (count - 1) * frag + tail
+    seals = {NONCE: os.urandom(size), b"o" * 12: os.urandom(size)}
+    whole = {n: _datagrams(0, True, s, frag, n) for n, s in seals.items()}
+    model: dict[int, bytes] = {}  # number -> the first copy's bytes, for the pending seal
+    nonce: bytes | None = None
+    completed: bytes | None = None
+    buffers: list[tuple[bytes, int]] = []
+    sent = 0
+    for first, kinds in reads:
+        run: list[bytes] = []
+        for number, kind in enumerate(kinds, first):
+            seal = b"o" * 12 if sent >= resealed else NONCE
+            sent += 1
+            offset = number * frag
+            if not 0 <= number < count:  # past the last: the header says so, refused
+                head = fragments.header(SID, 0, True, seal, size, max(offset, size), key=KEY)
+                run.append(head + bytes(frag))
+                continue
+            d = bytearray(whole[seal][number])
+            if kind == "forged":
+                d[fragments.HEADER_BYTES :] = bytes(b ^ 0xFF for b in d[fragments.HEADER_BYTES :])
+            elif kind == "cut":
+                d = d[:-1]
+            elif kind == "long":
+                d += b"x"
+            run.append(bytes(d))
+            if completed is not None or kind in ("cut", "long"):
+                continue  # held already (skipped) or refused
+            if nonce is not None and seal < nonce:
+                continue  # a copy of an earlier seal: stale
+            if seal != nonce:
+                model, nonce = {}, seal  # (started) over
+            model.setdefault(number, bytes(d[fragments.HEADER_BYTES :]))
+            if len(model) == count:
+                completed = b"".join(model[k] for k in range(count))
+        # As GRO coalesces them: equal sizes, a shorter one ends a buffer.
+        group: list[bytes] = []
+        for d in run:
+            if group and (len(d) > len(group[0]) or len(group[-1]) < len(group[0])):
+                buffers.append((b"".join(group), len(group[0]) if len(group) > 1 else 0))
+                group = []
+            group.append(d)
+        if group:
+            buffers.append((b"".join(group), len(group[0]) if len(group) > 1 else 0))
+    intake = _intake(1, lambda i: size, frag)
+    done, _, _ = _feed_all(intake, buffers, set(), scatter=scatter, land=land)
+    if completed is None:
+        assert done == {}
+        p = intake.reassembler.pending.get(0)
+        assert (set() if p is None else set(range(count)) - p.missing) == set(model)
+        if p is not None:
+            assert p.left == count - len(model)
+            for number, payload in model.items():
+                assert bytes(p.buf[number * frag : number * frag + len(payload)]) == payload
+    else:
+        assert done == {0: completed}

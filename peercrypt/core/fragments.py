@@ -242,9 +242,11 @@ class _Pending:
 
     def lacks(self, numbers: range) -> bool:
         """Whether every fragment of ``numbers`` is still missing (none of
-        them beyond the chunk's last: as the set of the missing was)."""
+        them beyond the chunk's last: as the set of the missing was). A
+        reversed range is not: its slice would count from the end and
+        :meth:`take` would cut the record short."""
         held, start, stop = self.held, numbers.start, numbers.stop
-        return start >= 0 and stop <= len(held) and held.find(1, start, stop) < 0
+        return 0 <= start <= stop <= len(held) and held.find(1, start, stop) < 0
 
     def take(self, numbers: range) -> None:
         """Fragments ``numbers``, all missing (:meth:`lacks`), are held now."""
