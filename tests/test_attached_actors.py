@@ -597,8 +597,14 @@ def test_a_send_cancelled_while_it_is_placed_never_runs(
         assert stored == ["after.bin"], stored
     counters = node.counters_when("msender.sessions", 1)
     assert counters.get("msender.sessions") == 1, counters  # the one above only
+    # The unicast one never ran either: a unicast send now, the sender's
+    # report that counts it has every send it ever ended.
+    last = random_file(tmp_path / "last.bin", 64 * 1024)
+    code, result = node.send(last, first.host, str(first.port))
+    assert code == 0, result
+    counters = node.counters_when("sender.sent", 1)
     ran = [k for k in counters if k == "sender.sent" or k.startswith("sender.failed-")]
-    assert not ran, counters  # the unicast one never ran either
+    assert ran == ["sender.sent"] and counters["sender.sent"] == 1, counters
 
 
 def _sending(node: NodeProcess) -> bool:
