@@ -4,10 +4,15 @@ down to a minimum, then the least needed columns are left out; in a pipe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
+from peercrypt.cli.app import main
 from peercrypt.cli.common import table
+from peercrypt.cli.modes import transfers_table
+from peercrypt.cli.shell import Shell
 
 HEADERS = ["id", "started", "mode", "peer", "file", "rate"]
 ROWS = [
@@ -58,3 +63,25 @@ def test_any_width_that_can_fit_is_kept(width: int) -> None:
     for line, row in zip(lines[1:], ROWS, strict=True):
         assert line.startswith(row[0] + " ")
         assert row[-1] in line  # the rate is never cut
+
+
+def test_transfers_rows_of_any_text_are_shown_never_raised() -> None:
+    """`transfers` and the shell's line under its prompt show whatever rows
+    the node's sender and msender give (one may be attached from elsewhere,
+    of another build): a count that is not one (a walk's size ``?``, a
+    superscript digit, text, a negative) shows as not known, a field
+    left out as ``-``; nothing raises."""
+    odd = [
+        {"id": "1", "state": "walking", "mode": "normal", "bytes": "2048", "size": "?",
+         "seconds": "1.0", "peer": "h:1", "file": "/a/walked"},
+        {"id": "2", "state": "sending", "bytes": "²", "size": "²", "file": "/b/odd"},
+        {"id": "3", "state": "sending", "bytes": "x", "size": "-5"},
+        {"bytes": "50", "size": "100"},
+    ]  # fmt: skip
+    lines = transfers_table(odd).splitlines()
+    assert [cells(line)[0] for line in lines] == ["ID", "1", "2", "3", "-"], lines
+    assert cells(lines[1])[3:5] == ["2048/?", "-"] and cells(lines[4])[3:5] == ["50/100", "50%"]
+    shell = Shell(main, {"data_dir": Path("/nonexistent")}, owns_node=False)
+    shell.view.transfers = odd[:3]
+    parts = ["send walked 2.0 KiB (walking)", "send odd - (sending)", "send - - (sending)"]
+    assert shell.toolbar() == "  |  ".join(parts)

@@ -294,6 +294,17 @@ def local_node(
             temporary.stop()
 
 
+def count_in(text: object) -> int:
+    """A count a transfer's row gives as text (bytes, size): 0 when it is
+    not one (a walk's size ``?``, a superscript digit, a negative, none):
+    rows come from the sender and the msender, maybe attached from
+    elsewhere and of another build."""
+    try:
+        return max(0, int(str(text)))
+    except ValueError:
+        return 0
+
+
 def terminal_width() -> int | None:
     """The terminal's columns when stdout is one, else None (a pipe, a file:
     tables keep every column and every character there)."""

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, table, terminal_width
+from peercrypt.cli.common import UserError, count_in, table, terminal_width
 from peercrypt.cli.follow import refusal
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.modes import (
@@ -359,17 +359,24 @@ def transfers(obj: dict[str, Any], as_json: bool) -> None:
     if not reply.transfers:
         click.echo("no transfers running")
         return
+    click.echo(transfers_table(reply.transfers, terminal_width()))
+    sys.stdout.flush()
+
+
+def transfers_table(transfers: list[dict[str, str]], width: int | None = None) -> str:
+    """`transfers` as a table; a field a row lacks is ``-``, a count that
+    is not one (a walk's size ``?``) no percentage."""
     rows = []
-    for row in reply.transfers:
-        size, done = row.get("size", "?"), int(row.get("bytes", "0") or 0)
-        percent = f"{100 * done // int(size)}%" if size.isdigit() and int(size) else "-"
+    for row in transfers:
+        field = {k: row.get(k) or "-" for k in ("id", "state", "mode", "peer", "file")}
+        size, done = row.get("size", "?"), count_in(row.get("bytes"))
+        percent = f"{100 * done // count_in(size)}%" if count_in(size) else "-"
         rows.append(
-            [row["id"], row["state"], row["mode"] or "-", f"{done}/{size}", percent,
-             f"{row.get('seconds', '0')}s", row["peer"], row["file"], _retry_note(row)]
+            [field["id"], field["state"], field["mode"], f"{done}/{size}", percent,
+             f"{row.get('seconds', '0')}s", field["peer"], field["file"], _retry_note(row)]
         )  # fmt: skip
     headers = ["id", "state", "mode", "bytes", "done", "time", "peer", "file", "retry"]
     if not any(r[-1] for r in rows):  # no send between retries: no such column
         headers, rows = headers[:-1], [r[:-1] for r in rows]
-    width, shrink = terminal_width(), {"file": 20, "peer": 14, "retry": 24}
-    click.echo(table(headers, rows, width=width, shrink=shrink, drop=("time", "mode")))
-    sys.stdout.flush()
+    shrink = {"file": 20, "peer": 14, "retry": 24}
+    return table(headers, rows, width=width, shrink=shrink, drop=("time", "mode"))

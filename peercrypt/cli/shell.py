@@ -37,7 +37,7 @@ from typing import Any
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError
+from peercrypt.cli.common import UserError, count_in
 from peercrypt.cli.node import node_options, node_settings, run_node
 from peercrypt.cli.receive import inbound
 from peercrypt.cli.runner import execute, unknown_command
@@ -343,10 +343,11 @@ class Shell:
 
         parts = []
         for row in self.view.transfers[:3]:
-            size = int(row["size"]) if str(row.get("size")).isdigit() else 0  # "?": not known
-            done = int(row.get("bytes") or 0)  # a walk's: read and hashed so far
+            size = count_in(row.get("size"))  # 0: not known ("?": a walk's)
+            done = count_in(row.get("bytes"))  # a walk's: read and hashed so far
             pct = f"{100 * done // size}%" if size else human_bytes(done) if done else "-"
-            parts.append(f"send {Path(str(row.get('file'))).name} {pct} ({row.get('state')})")
+            name = Path(str(row.get("file") or "-")).name
+            parts.append(f"send {name} {pct} ({row.get('state') or '-'})")
         for name, size, done, ident in self.view.incoming[:3]:
             parts.append(f"recv {ident} {name} {100 * done // size if size else 100}%")
         return "  |  ".join(parts) or f"mode {self.view.mode or '?'}; `help` lists the commands"

@@ -39,7 +39,7 @@ from rich.table import Table
 from rich.text import Text
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, fit_columns
+from peercrypt.cli.common import UserError, count_in, fit_columns
 from peercrypt.cli.follow import refusal
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.member_state import MemberState
@@ -114,7 +114,7 @@ class View:
         for row in transfers:
             key = row.get("id", "")
             seen.add(key)
-            done = _int(row.get("bytes"))
+            done = count_in(row.get("bytes"))
             meter = self.meters.get(key)
             if meter is None:
                 self.meters[key] = RateMeter(now, done)
@@ -168,13 +168,6 @@ def _incoming(text: str) -> list[tuple[str, str, int, int]]:
         return []
 
 
-def _int(text: str | None) -> int:
-    try:
-        return int(text or 0)
-    except ValueError:
-        return 0
-
-
 def human_rate(rate: float | None) -> str:
     if rate is None:
         return "-"
@@ -225,11 +218,11 @@ def shown_columns(
 def send_rows(view: View) -> list[tuple[dict[str, str], int, int]]:
     """Each running send's cells (PROGRESS: drawn as a bar), size and bytes done."""
     flows, shares = view.flows(), view.shares()
-    cap = _int(view.facts.get("max_rate"))
+    cap = count_in(view.facts.get("max_rate"))
     rows = []
     for row in view.transfers:
         ident = row.get("id", "")
-        size, done = _int(row.get("size")), _int(row.get("bytes"))
+        size, done = count_in(row.get("size")), count_in(row.get("bytes"))
         flow = flows.get(ident, {})
         meter = view.meters.get(ident)
         share = shares.get(ident)
@@ -276,7 +269,7 @@ def peer_rows(view: View) -> list[dict[str, str]]:
 
 def render(view: View, width: int) -> Group:
     facts = view.facts
-    cap = _int(facts.get("max_rate"))
+    cap = count_in(facts.get("max_rate"))
     who = Text.assemble(
         ("PeerCrypt top", "bold"),
         f"  node {facts.get('fingerprint', '?')[:19]}  pid {facts.get('pid', '?')}",
