@@ -974,3 +974,54 @@ def test_datagrams_one_per_send_land_in_the_chunk_too(
     box.read_until(lambda: 0 in box.chunks)
     assert box.chunks == {0: blob}
     assert box.asm.landed == 5  # all but the first and the short last one
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_co_receiver_s_runs_in_any_order_never_land_over_a_fragment_held(
+    landing_inbox: Callable[..., _Landing], seed: int
+) -> None:
+    """A co-receiver (it can make headers) sends a chunk's datagrams as GSO
+    batches of 1-7 from any fragment on, each the sender's bytes or other
+    bytes under the same header, read several at a time and aimed into the
+    chunk as the receiving thread does: the chunk holds the first copy of
+    each fragment (a set of the numbers held, in the order sent, is the
+    model) and completes exactly when every one came, with those bytes."""
+    rng = random.Random(seed)
+    chunk_len = 28 * _Landing.FRAG + 100  # 29 fragments, the last short
+    count = 29
+    box = landing_inbox(1, chunk_len)
+    blob = os.urandom(chunk_len)
+    first: dict[int, bytes] = {}  # fragment number -> the first copy's payload
+    sent = 0
+    while len(first) < count:
+        lowest = min(set(range(count)) - set(first))
+        start, size = rng.choice(
+            [
+                (lowest // 7 * 7, 7),  # as the sender: the next batch (read into the chunk)
+                (rng.randrange(5) * 7, 7),  # a batch again, or ahead
+                (rng.randrange(count), rng.randint(1, 7)),  # any run
+            ]
+        )
+        run = []
+        for number in range(start, min(count, start + size)):
+            o = number * _Landing.FRAG
+            payload = blob[o : o + _Landing.FRAG]
+            if rng.random() < 0.3:
+                payload = bytes(b ^ 0xA5 for b in payload)
+            gram = fragments.header(SID_UDP, 0, True, b"n" * 12, chunk_len, o, key=box.key)
+            run.append(gram + payload)
+            first.setdefault(number, payload)
+        box.send(b"".join(run))
+        sent += 1
+        if rng.random() < 0.4 or len(first) == count:  # read what came, several at a time
+            box.read()
+            box.read_until(lambda: not box.rx.backlog())
+            if len(first) < count:
+                assert box.chunks == {}, sent
+                p = box.asm.pending[0]
+                assert set(range(count)) - p.missing == set(first), sent
+                for number, payload in first.items():
+                    o = number * _Landing.FRAG
+                    assert bytes(p.buf[o : o + len(payload)]) == payload, (sent, number)
+    assert box.refused == []
+    assert box.chunks == {0: b"".join(first[k] for k in range(count))}
