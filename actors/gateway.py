@@ -115,32 +115,29 @@ class GatewayActor(Actor):
                 return
             self.port_watch.delivered(frames)
             route = frames[0].bytes
-            if len(frames) != 2:
-                self._reject(route, "", "frames", f"{len(frames) - 1} frames")
-                continue
-            frame = frames[1]
+            frame = frames[-1]  # (its message's properties: any of its frames')
             peer_z85 = str(frame.get("User-Id") or "")
+            address = peer_address(str(frame.get("Peer-Address") or ""))
+            if len(frames) != 2:
+                self._reject(route, peer_z85, address, "frames", f"{len(frames) - 1} frames")
+                continue
             try:
                 msg = codec.decode(frame.buffer, CONTROL_MAX_BYTES)
             except codec.VersionMismatch as exc:
-                self._other_version(route, peer_z85, frame, exc.theirs)
+                self._other_version(route, peer_z85, address, exc.theirs)
                 continue
             except codec.DecodeError as exc:
-                self._reject(route, peer_z85, exc.kind, exc.detail)
+                self._reject(route, peer_z85, address, exc.kind, exc.detail)
                 continue
             self.count(f"in-{msg.TYPE}")
-            address = peer_address(str(frame.get("Peer-Address") or ""))
-            if isinstance(msg, Hello | Ping):
-                verdict = self.answers.ask(peer_z85.encode(), address, self.now())
-                if verdict is not Verdict.ANSWER:
-                    self.count(f"unanswered-{verdict.value}")
-                    continue
+            if isinstance(msg, Hello | Ping) and not self._may_answer(peer_z85, address):
+                continue
             if isinstance(msg, Hello):
                 identity, version = self.settings.identity, peercrypt.__version__
                 try:
                     proof = prove_hello(identity, msg.challenge, version, self.offer_key)
                 except ValueError:
-                    self._reject(route, peer_z85, "bad-challenge", "degenerate key")
+                    self._reject(route, peer_z85, address, "bad-challenge", "degenerate key")
                     continue
                 reply: codec.Message = HelloReply(
                     node_id=identity.public, version=version, proof=proof, offer_key=self.offer_key
@@ -160,28 +157,41 @@ class GatewayActor(Actor):
                     ),
                 )
             else:
-                self._reject(route, peer_z85, "unexpected", msg.TYPE)
+                self._reject(route, peer_z85, address, "unexpected", msg.TYPE)
 
-    def _other_version(self, route: bytes, peer: str, frame: zmq.Frame, theirs: int) -> None:
+    def _may_answer(self, peer: str, address: str) -> bool:
+        """Whether the answer budget (peercrypt/core/answer_budget.py) lets
+        this question of ``peer`` at ``address`` be answered: a hello's proof,
+        a ping's pong, and the error answers to what the gateway refuses (a
+        member repeating a refused message earns no more answers than one
+        asking hellos)."""
+        verdict = self.answers.ask(peer.encode(), address, self.now())
+        if verdict is Verdict.ANSWER:
+            return True
+        self.count(f"unanswered-{verdict.value}")
+        return False
+
+    def _other_version(self, route: bytes, peer: str, address: str, theirs: int) -> None:
         """A node of another protocol version: one line here, and an answer
         in its own version's envelope that says both (docs/security.md,
-        "Protocol versions"), whatever it asked."""
+        "Protocol versions"), whatever it asked, within the answer budget."""
         self.count("rejected-version")
-        address = peer_address(str(frame.get("Peer-Address") or ""))
         if (peer, address, theirs) not in self.mismatched:  # once per peer: it gossips on
             if len(self.mismatched) >= MISMATCHED_MEMORY:
                 self.mismatched.clear()
             self.mismatched.add((peer, address, theirs))
             who = fingerprint(zmq.utils.z85.decode(peer)) if peer else "unknown peer"
             self.log_limited("gateway: %s", codec.mismatch_text(f"{who} at {address}", theirs))
-        self.router.send_multipart([route, codec.mismatch_reply(theirs)])
+        if self._may_answer(peer, address):
+            self.router.send_multipart([route, codec.mismatch_reply(theirs)])
 
-    def _reject(self, route: bytes, peer: str, kind: str, detail: str) -> None:
+    def _reject(self, route: bytes, peer: str, address: str, kind: str, detail: str) -> None:
         self.count(f"rejected-{kind}")
         who = fingerprint(zmq.utils.z85.decode(peer)) if peer else "unknown peer"
         self.log_limited("gateway: dropped %s message from %s (%s)", kind, who, detail)
-        reply = ErrorReply(code=kind[:32], reason=f"rejected: {kind}")
-        self.router.send_multipart([route, codec.encode(reply)])
+        if self._may_answer(peer, address):
+            reply = ErrorReply(code=kind[:32], reason=f"rejected: {kind}")
+            self.router.send_multipart([route, codec.encode(reply)])
 
     def on_actor_restarted(self, name: str) -> None:
         if name == "discovery":

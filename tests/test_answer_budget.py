@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import zmq
 from hypothesis import given
 from hypothesis import strategies as st
@@ -88,6 +89,18 @@ def test_the_table_of_identities_is_bounded() -> None:
     assert budget.tracked == MAX_TRACKED
 
 
+def _member(ctx: zmq.Context[Any], network_key: str, queue: int) -> zmq.Socket[Any]:
+    """A DEALER of a member (the network key, a fresh identity) whose queues
+    hold ``queue`` messages each way, not yet connected."""
+    sock = ctx.socket(zmq.DEALER)
+    me = KeyPair.generate()
+    sock.linger = 0
+    sock.sndhwm = sock.rcvhwm = queue
+    sock.curve_serverkey = network_server_keys(network_key).z85_public
+    sock.curve_publickey, sock.curve_secretkey = me.z85_public, me.z85_secret
+    return sock
+
+
 def test_a_member_flooding_hellos_and_pings_gets_its_budget_and_the_others_their_answers(
     node_factory: Callable[..., NodeProcess], network_key: str
 ) -> None:
@@ -95,12 +108,7 @@ def test_a_member_flooding_hellos_and_pings_gets_its_budget_and_the_others_their
     limits = BudgetLimits()  # the node's
     rounds = limits.peer_burst * 3 // 2  # a hello and a ping each: 3 x the burst
     ctx: zmq.Context[Any] = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    me = KeyPair.generate()
-    sock.linger = 0
-    sock.sndhwm = sock.rcvhwm = 4 * rounds
-    sock.curve_serverkey = network_server_keys(network_key).z85_public
-    sock.curve_publickey, sock.curve_secretkey = me.z85_public, me.z85_secret
+    sock = _member(ctx, network_key, 4 * rounds)
     challenge = HelloChallenge()
     try:
         sock.connect(f"tcp://{node.host}:{node.port}")
@@ -129,6 +137,47 @@ def test_a_member_flooding_hellos_and_pings_gets_its_budget_and_the_others_their
             challenge.verify(reply.node_id, reply.version, reply.proof, reply.offer_key)
             assert reply.node_id == other.node_id
         assert pongs, "no ping was answered"
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def test_a_member_repeating_refused_messages_gets_no_more_answers_than_its_budget(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """What the gateway refuses is answered too (an error naming why, a
+    peer of another protocol version its own envelope's error): a member
+    repeating such messages gets those answers within the same budget as
+    hellos (it was answered every one), and another member's hello is
+    answered meanwhile."""
+    node = node_factory()
+    limits = BudgetLimits()
+    rounds = limits.peer_burst * 3 // 2  # two refused messages each: 3 x the burst
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = _member(ctx, network_key, 4 * rounds)
+    old = msgpack.packb([1, "hello", {"challenge": bytes(32)}], use_bin_type=True)
+    try:
+        sock.connect(f"tcp://{node.host}:{node.port}")
+        started = time.monotonic()
+        for _ in range(rounds):
+            sock.send(old)  # another protocol version
+            sock.send(b"\xc1 not msgpack")  # malformed
+        other = proven_hello(node.host, node.port, network_key)
+        assert fingerprint(other.node_id) == node.fingerprint
+        node.wait_for_counter("gateway.rejected-version", rounds, timeout=60)
+        node.wait_for_counter("gateway.rejected-malformed", rounds, timeout=60)
+        elapsed = time.monotonic() - started
+        refused = node.counters().get("gateway.unanswered-over-peer", 0)
+        answered = 2 * rounds - refused
+        assert refused > 0 and answered <= limits.peer_burst + limits.peer_rate * elapsed + 1, (
+            answered,
+            elapsed,
+        )
+        for _ in range(answered):  # each an error, in the envelope the message came in
+            assert sock.poll(10_000), "fewer answers than the node counted"
+            version, kind, _fields = msgpack.unpackb(sock.recv(), raw=False)
+            assert kind == "error" and version in (1, codec.VERSION), (version, kind)
+        assert not sock.poll(500), "more answers than the node counted"
     finally:
         sock.close()
         ctx.term()
