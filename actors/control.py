@@ -72,8 +72,9 @@ CANCELLED_BY_USER = "cancelled by the user"  # as the sender and msender say it
 MAX_TRANSFER_ROWS = 1024  # TransfersReply.transfers' bound
 # `transfers` answers with what the sender and the msender listed, or after
 # this long with the part that came (an attached sender may be away), under
-# the CLI's own wait for an answer.
-LISTING_WAIT = 2.0
+# the CLI's own wait for an answer (5 s): long enough that a sender slowed by
+# a loaded host is still listed.
+LISTING_WAIT = 4.0
 LISTERS = frozenset({"sender", "msender"})
 
 
