@@ -298,10 +298,14 @@ class ControlActor(Actor):
                     self._listed(ours)
         if name != "sender":
             return
-        for ours, (route, theirs) in list(self.pending.items()):
-            if ours in self.listing:  # answered as above, by the msender's part
+        # The unicast sends handed on (a send still placed here, a setting,
+        # a check, a multicast is answered by its own actor, as before).
+        for ours in list(self.sending):
+            del self.sending[ours]
+            entry = self.pending.pop(ours, None)
+            if entry is None:
                 continue
-            del self.pending[ours]
+            route, theirs = entry
             failed = SendResult(
                 request=theirs,
                 code="internal",

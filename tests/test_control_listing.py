@@ -21,7 +21,9 @@ from peercrypt.runtime.actor import ActorEnv
 from peercrypt.settings import NodeSettings
 from peercrypt.testing.clock import FakeClock
 from peercrypt.wire import codec
-from peercrypt.wire.messages import TransfersReply, TransfersRequest
+from peercrypt.wire.local_messages import Progress, SendRequest
+from peercrypt.wire.messages import SettingReply, SettingRequest, TransfersReply, TransfersRequest
+from peercrypt.wire.network_messages import MembersAtReply, MembersAtRequest
 
 TOKEN = "t" * 32
 
@@ -71,7 +73,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     ctx: zmq.Context[Any] = zmq.Context()
     env = ActorEnv(context=ctx, node_uid=f"cl{time.monotonic_ns()}", clock=clock)
     mailboxes = {}
-    for name in ("sender", "msender"):
+    for name in ("sender", "msender", "scheduler", "health"):
         sock = ctx.socket(zmq.PULL)
         sock.linger = 0
         sock.bind(env.address(name))
@@ -162,3 +164,40 @@ def test_a_lister_restarted_during_transfers_still_gives_one_answer(
     rig.actor.on_mail(TransfersReply(request=ours, transfers=_rows("late", 1), actor=restarted))
     rig.wait_over()
     assert rig.answers() == [] and rig.actor.listing == {} and rig.actor.pending == {}
+
+
+def test_a_sender_restart_fails_the_sends_handed_to_it_and_nothing_else(rig: Rig) -> None:
+    """The sender restarted: the unicast send it was handed ends (the
+    sender crashed), while a setting waiting for the scheduler and a send
+    still being placed here get their own answers later, not a send's
+    failure (each got one before)."""
+
+    def told(name: str, kind: type[Any]) -> Any:
+        assert rig.mailboxes[name].poll(5000), f"{name} was not told"
+        msg = codec.decode(rig.mailboxes[name].recv())
+        assert isinstance(msg, kind), msg
+        return msg
+
+    def ask(msg: Any) -> None:
+        rig.client.send_multipart([TOKEN.encode(), codec.encode(msg, codec.LOCAL_VERSION)])
+        assert rig.actor.api.poll(5000), "control got no request"
+        rig.actor._on_client(rig.actor.api)
+
+    ask(SettingRequest(request=11, name="mode", value="normal"))
+    setting = told("scheduler", SettingRequest).request
+    for request in (12, 13):
+        ask(SendRequest(request=request, path="/x", host="127.0.0.1", port=9, chunk_size=4096))
+    handed = told("health", MembersAtRequest).request  # 12's; 13 stays placed
+    told("health", MembersAtRequest)
+    rig.actor.on_mail(MembersAtReply(request=handed, members={}))
+    told("scheduler", SendRequest)
+    rig.actor.on_actor_restarted("sender")
+    rig.actor.on_mail(SettingReply(request=setting, ok=True, text="mode normal"))
+    got = []
+    while rig.client.poll(300):
+        msg = codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION)
+        if not isinstance(msg, Progress):  # each send's `checking`
+            got.append((type(msg).__name__, msg.request))
+    assert got == [("SendResult", 12), ("SettingReply", 11)], got
+    assert sorted(rig.actor.pending) == [rig.actor.next_id - 1]  # 13's, still placed
+    assert isinstance(rig.actor.placing[rig.actor.next_id - 1], SendRequest)
