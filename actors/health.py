@@ -534,7 +534,14 @@ class HealthActor(Actor):
                 continue
             peer = f"{check.request.host}:{check.request.port}"
             rtt = self.now() - check.reused_at
-            self._finish(check, ResultCode.OK, f"{peer} answered", rtt, fingerprint(msg.node_id))
+            self._finish(
+                check,
+                ResultCode.OK,
+                f"{peer} answered",
+                rtt,
+                fingerprint(msg.node_id),
+                version=msg.version,
+            )
             return
         self.count("check-replies-unproven")
         for check in waiting:
@@ -578,7 +585,7 @@ class HealthActor(Actor):
             reason = f"{peer} named key {fp} but could not prove it holds it"
             self._finish(check, ResultCode.IMPOSTOR, reason)
             return
-        self._finish(check, ResultCode.OK, f"{peer} answered", rtt, fp)
+        self._finish(check, ResultCode.OK, f"{peer} answered", rtt, fp, version=msg.version)
 
     def _on_timeout(self, check: Check) -> None:
         if check.request.request not in self.checks or check.link is None:
@@ -623,6 +630,7 @@ class HealthActor(Actor):
         rtt: float = 0.0,
         fp: str = "",
         reply: bool = True,
+        version: str = "",
     ) -> None:
         req = check.request
         if self.checks.pop(req.request, None) is None:
@@ -657,5 +665,6 @@ class HealthActor(Actor):
                     rtt=rtt,
                     fingerprint=fp,
                     attempts=check.reach.attempts + int(check.reused_challenge is not None),
+                    version=version[:32],
                 ),
             )

@@ -4,13 +4,19 @@ reliability from transfers, with real node processes."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import peercrypt
 from peercrypt import errors
 from peercrypt.core.member_state import worst
-from peercrypt.crypto.identity import new_network_key
+from peercrypt.crypto.handshake import prove_hello
+from peercrypt.crypto.identity import KeyPair, fingerprint, new_network_key
+from peercrypt.testing.member_port import MemberPort
 from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
+from peercrypt.wire import codec
+from peercrypt.wire.messages import Hello, HelloReply
 
 FAST = ("--gossip-interval", "0.2", "--health-check-interval", "0.3", "--timeout", "0.5")
 
@@ -36,7 +42,10 @@ def test_health_check_command(
     b = node_factory(*FAST)
     ok = a.cli("health-check", "127.0.0.1", str(b.port), timeout=30)
     assert ok.returncode == 0, ok.describe()
-    assert f"alive 127.0.0.1:{b.port}: node {b.fingerprint}, rtt" in ok.stdout
+    shown = (
+        f"alive 127.0.0.1:{b.port}: node {b.fingerprint} (peercrypt {peercrypt.__version__}), rtt"
+    )
+    assert shown in ok.stdout, ok.describe()
     # Unreachable: exit 3, one line, after the bounded retries.
     down = a.cli("health-check", "127.0.0.1", str(free_port), timeout=30)
     assert down.returncode == errors.UNREACHABLE, down.describe()
@@ -107,3 +116,41 @@ def test_transfers_update_reliability(
     assert after["transfers_failed"] == "0"
     # Pings keep succeeding and a transfer weighs 4 pings: the score is high.
     assert float(after["reliability"]) > 0.6
+
+
+def test_a_check_shows_the_version_the_peer_proves_its_text_escaped(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """A member answering hellos with a valid proof over a version of
+    terminal control text: the check succeeds and shows that version
+    escaped, never as the raw text (in the line and in --json)."""
+    node = node_factory(*FAST)
+    me = KeyPair.generate()
+    hostile = "9.9\x1b[2J\u202egnp"
+    port = MemberPort(network_key)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if port.router in port.poll(50):
+                route, frame = port.router.recv_multipart()
+                hello = codec.decode(frame)
+                if isinstance(hello, Hello):
+                    proof = prove_hello(me, hello.challenge, hostile)
+                    reply = HelloReply(node_id=me.public, version=hostile, proof=proof)
+                    port.router.send_multipart([route, codec.encode(reply)])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        ok = node.cli("health-check", "127.0.0.1", str(port.port), timeout=30)
+        assert ok.returncode == 0, ok.describe()
+        assert "\x1b" not in ok.stdout and "\u202e" not in ok.stdout, ok.describe()
+        shown = f"node {fingerprint(me.public)} (peercrypt 9.9\\x1b[2J\\u202egnp), rtt"
+        assert shown in ok.stdout, ok.describe()
+        checked = node.cli("health-check", "127.0.0.1", str(port.port), "--json", timeout=30)
+        assert checked.json["version"] == hostile, checked.describe()  # JSON escapes it
+    finally:
+        stop.set()
+        thread.join(10)
+        port.close()

@@ -37,6 +37,8 @@ CHECKER = ("--gossip-interval", "0.2", "--health-check-interval", "2", "--timeou
 ONLY_ON_PROBES, SILENT_ON_PROBES, REPLAY = "only-on-probes", "silent-on-probes", "replay"
 ONLY_FIRST, ONCE_PER_CONNECTION = "only-first", "once-per-connection"
 
+MEMBER_VERSION = "0"  # what the crafted members answer a hello with
+
 
 class Member:
     """A member node's public port, played by the test. It answers every
@@ -101,8 +103,8 @@ class Member:
             (self.mode == SILENT_ON_PROBES) == (route in self.probe_routes)
         ):
             return None
-        proof = prove_hello(self.identity, msg.challenge, "0")
-        return HelloReply(node_id=self.identity.public, version="0", proof=proof)
+        proof = prove_hello(self.identity, msg.challenge, MEMBER_VERSION)
+        return HelloReply(node_id=self.identity.public, version=MEMBER_VERSION, proof=proof)
 
     def _run(self) -> None:
         while not self.stop.is_set():
@@ -167,7 +169,8 @@ def test_a_check_of_a_member_rides_on_its_probe_connection(
     reused = checker.counters().get("health.checks-reused", 0)
     ok = checker.cli("health-check", LOCALHOST, str(member.port))
     assert ok.returncode == 0, ok.describe()
-    assert f"alive {LOCALHOST}:{member.port}: node {member.fingerprint}, rtt" in ok.stdout
+    version = f"(peercrypt {MEMBER_VERSION})"  # the version its proof signs
+    assert f"alive {LOCALHOST}:{member.port}: node {member.fingerprint} {version}, rtt" in ok.stdout
     # Asked on the connection that carries the probes, the only one on
     # which this member answers (a fresh one, opened if that answer were
     # slow, would go unanswered).
@@ -218,7 +221,7 @@ def test_the_next_check_of_a_stranger_rides_on_the_last_checks_connection(
     for _ in range(2):
         ok = checker.cli("health-check", LOCALHOST, str(stranger.port))
         assert ok.returncode == 0, ok.describe()
-        assert f"node {stranger.fingerprint}, rtt" in ok.stdout
+        assert f"node {stranger.fingerprint} (peercrypt {MEMBER_VERSION}), rtt" in ok.stdout
     # The second hello came on the first check's connection (the only one
     # this node answers on).
     assert stranger.hellos[1] == stranger.hellos[0], stranger.hellos

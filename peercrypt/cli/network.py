@@ -44,6 +44,7 @@ from peercrypt.wire.network_messages import (
     PeersReply,
     PeersRequest,
 )
+from peercrypt.wire.text import printable
 
 # Long enough for the node's own bounded retries (max-retries x timeout).
 REPLY_TIMEOUT = 300.0
@@ -146,6 +147,7 @@ def _report_check(
                     "error": None if ok else result.reason or f"{host}:{port} is not reachable",
                     "peer": f"{host}:{port}",
                     "fingerprint": result.fingerprint or None,
+                    "version": result.version or None,
                     "rtt_ms": round(result.rtt * 1000, 3) if ok else None,
                     "attempts": result.attempts,
                 }
@@ -157,8 +159,11 @@ def _report_check(
     if result.code != ResultCode.OK:
         raise UserError(result.reason or f"{host}:{port} is not reachable", _exit(result.code))
     tries = f" (after {result.attempts} attempts)" if result.attempts > 1 else ""
+    # The version its proof signs (a peer's text: escaped).
+    version = f" (peercrypt {printable(result.version)})" if result.version else ""
     click.echo(
-        f"{verb} {host}:{port}: node {result.fingerprint}, rtt {result.rtt * 1000:.2f} ms{tries}"
+        f"{verb} {host}:{port}: node {result.fingerprint}{version}, "
+        f"rtt {result.rtt * 1000:.2f} ms{tries}"
     )
 
 

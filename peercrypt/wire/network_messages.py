@@ -212,6 +212,7 @@ class CheckResult(Message):
     rtt: float = 0.0
     fingerprint: str = field(default="", metadata=bounded(64))
     attempts: int = field(default=0, metadata=bounded(1000))
+    version: str = field(default="", metadata=bounded(32))  # the peer's, as its proof signs it
 
 
 @message
