@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+import peercrypt
 from peercrypt import errors
 from peercrypt.crypto.handshake import (
     ProofError,
@@ -313,7 +314,7 @@ def test_health_check_shows_the_proven_fingerprint_and_refuses_a_forged_hello(
     checker, victim = node_factory(), node_factory()
     ok = checker.cli("health-check", victim.host, str(victim.port))
     assert ok.returncode == 0, ok.describe()
-    assert f"node {victim.fingerprint}," in ok.stdout
+    assert f"node {victim.fingerprint} (peercrypt {peercrypt.__version__}), rtt" in ok.stdout
     imp = impostor_of(victim)
     forged = checker.cli("health-check", LOCALHOST, str(imp.port))
     assert forged.returncode == errors.NOT_ADMITTED, forged.describe()
