@@ -470,22 +470,24 @@ class AsWritten:
         keep = tail_start(offset, offset + (first or len(data)), self.unit)
         start, self.hashed = self.hashed, keep
         self.read_bytes += offset - start
-        if self.jobs is not None:  # (on its thread, in this order)
-            if start < offset:
-                self.jobs.put(self, functools.partial(self._read_range, start, offset))
-            if keep > offset:
-                self.jobs.put(self, functools.partial(self._hash, data, keep - offset, release))
-                return release is not None
-            return False
+        steps = []  # in this order: what is read back below it, then its own bytes
+        if start < offset:
+            steps.append(functools.partial(self._read_range, start, offset))
+        if keep > offset:
+            steps.append(functools.partial(self._hash, data, keep - offset, release))
+        held = keep > offset and release is not None  # (its hash step gives it back)
+        if self.jobs is not None:  # (on its thread)
+            for step in steps:
+                self.jobs.put(self, step)
+            return held
         assert window is not None
         try:
-            self._read_range(start, offset, window)
-        except OSError as exc:
+            for step in steps:
+                step(window)
+        except OSError as exc:  # (a read back: the hash step did not run)
             self.tainted = exc.strerror or str(exc)
             return False
-        with memoryview(data) as view:
-            self.hasher.update(view[: keep - offset])
-        return False
+        return held
 
     def _read_range(self, start: int, stop: int, window: memoryview) -> None:
         """Read the part back from ``start`` to ``stop`` into the hash (a
