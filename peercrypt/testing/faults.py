@@ -4,7 +4,11 @@
 connection's rate on its own, as a per-flow shaper would (parallel lanes
 are measured through it: ``scripts/bench_parallel.py``). :class:`GateProxy`,
 built on it, holds every connection until the test opens it (a node held
-back from one peer while others reach it first).
+back from one peer while others reach it first). :class:`DelayProxy`, built
+on it too, delays every byte stream by a fixed time each way through a
+bounded buffer, optionally at a capped rate shared by its connections (a
+:class:`WanLink`): a long path, which this kernel cannot emulate (no
+``netem``; ``scripts/bench_wan.py``).
 
 :class:`FaultProxy` sits between senders and a receiver's data port::
 
@@ -39,6 +43,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
@@ -542,3 +547,259 @@ class GateProxy(CappingProxy):
             if self._stop.is_set():
                 return
         super()._connect(client)
+
+
+# The most a DelayProxy reads from a socket at once: what a delay line may
+# hold beyond its bound (one read), and the granularity of its pacing.
+DELAY_READ = 256 * 1024
+
+
+class WanLink:
+    """One emulated path for :class:`DelayProxy` instances: a one-way
+    ``delay`` (seconds, each direction) and, when ``rate`` (bytes/s) is set,
+    a capacity shared by every connection of every proxy on it, each
+    direction on its own (a link, not a per-flow shaper: ``-t 4``'s four
+    connections share it as four TCP flows on one path would).
+
+    Bytes are serialized at ``rate`` one after the other (a virtual clock:
+    the time the link is busy until), then travel ``delay``. A reader is
+    held until the link is free but for ``slack`` seconds, so what queues
+    for the link is about ``slack`` x ``rate`` (a router's small queue),
+    not the proxy's whole buffer. ``delay`` may be changed between
+    transfers (it applies to bytes read from then on)."""
+
+    def __init__(self, delay: float, rate: float = 0.0, *, slack: float = 0.005) -> None:
+        if delay < 0:
+            raise ValueError("delay must be >= 0 seconds")
+        if rate < 0:
+            raise ValueError("rate must be >= 0 bytes/s (0: no cap)")
+        self.delay = delay
+        self.rate = rate
+        self.slack = slack
+        self._lock = threading.Lock()
+        self._free = {"upstream": 0.0, "downstream": 0.0}
+
+    def serialize(self, direction: Direction, n: int, now: float) -> float:
+        """Take the link for ``n`` bytes read at ``now``: when they have
+        left it (``now`` without a rate cap)."""
+        if not self.rate:
+            return now
+        with self._lock:
+            start = max(now, self._free[direction])
+            self._free[direction] = done = start + n / self.rate
+        return done
+
+    def wait_free(self, direction: Direction) -> float:
+        """Seconds a reader should wait before reading more (0: now)."""
+        if not self.rate:
+            return 0.0
+        with self._lock:
+            free = self._free[direction]
+        return max(0.0, free - self.slack - time.monotonic())
+
+
+class _DelayLine:
+    """One direction of one connection: bytes read, each with the time it
+    is due at the other side, at most ``bound`` bytes held (plus the read
+    that reached it). ``None`` is the end of the stream."""
+
+    def __init__(self, bound: int, stop: threading.Event) -> None:
+        self.bound = bound
+        self.held = 0
+        self.peak = 0
+        self.closed = False  # the writer gave up: the reader stops too
+        self._stop = stop
+        self._items: collections.deque[tuple[float, bytes | None]] = collections.deque()
+        self._cond = threading.Condition()
+
+    def put(self, due: float, data: bytes | None) -> bool:
+        """Queue ``data`` (None: the end) once the line holds less than its
+        bound; False if the proxy stops or the writer gave up meanwhile."""
+        with self._cond:
+            while self.held >= self.bound and not (self.closed or self._stop.is_set()):
+                self._cond.wait(_POLL_MS / 1000)
+            if self.closed or self._stop.is_set():
+                return False
+            self._items.append((due, data))
+            self.held += len(data or b"")
+            self.peak = max(self.peak, self.held)
+            self._cond.notify_all()
+            return True
+
+    def take(self) -> tuple[list[bytes], bool] | None:
+        """Wait for what is due: (its pieces, whether the stream ended
+        there); None when the proxy stops."""
+        with self._cond:
+            while not self._stop.is_set():
+                if self._items:
+                    wait = self._items[0][0] - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(min(wait, _POLL_MS / 1000))
+                else:
+                    self._cond.wait(_POLL_MS / 1000)
+            else:
+                return None
+            now = time.monotonic()
+            pieces: list[bytes] = []
+            while self._items and self._items[0][0] <= now:
+                _, data = self._items.popleft()
+                if data is None:
+                    return pieces, True
+                pieces.append(data)
+            return pieces, False
+
+    def release(self, n: int) -> None:
+        """``n`` bytes taken were handed on: room for the reader."""
+        with self._cond:
+            self.held -= n
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+class DelayProxy(CappingProxy):
+    """A TCP proxy that delays each byte stream by ``link.delay`` seconds
+    each way (a round trip of twice that), through a bounded buffer.
+
+    Each accepted connection gets, per direction, a reader (the socket into
+    a :class:`_DelayLine`, each read stamped with when it is due: read,
+    serialized at the link's rate if it has one, plus the delay) and a
+    writer (what is due, to the other socket). A line holds at most
+    ``buffer`` bytes (and one read of at most :data:`DELAY_READ`): a full
+    line stops its reader, and TCP's flow control pushes back on the
+    sender, so a path of ``buffer`` bytes in flight each way at most
+    (without a rate cap it carries ``buffer`` / ``delay`` bytes/s at most:
+    size it above the rate times the delay). The connection to ``backend``
+    is made 1.5 round trips after the client's (what a TCP handshake costs
+    before the server sees a connection and the client's first bytes
+    arrive); the client's bytes wait in their line meanwhile.
+
+    Client-to-backend bytes are counted per connection in
+    :attr:`forwarded` (as they are handed to the backend); each line's most
+    held in :attr:`peak_held`. Stopping shuts every socket down, wakes
+    every line and joins the threads with a bound; it cannot hang.
+    """
+
+    def __init__(
+        self,
+        backend: tuple[str, int],
+        link: WanLink,
+        *,
+        buffer: int = 64 * 2**20,
+        host: str = "127.0.0.1",
+    ) -> None:
+        if buffer < 1:
+            raise ValueError("buffer must be >= 1 byte")
+        super().__init__(backend, 1.0, host=host)
+        self.rate = 0.0  # the link paces, not CappingProxy's per-connection bucket
+        self.link = link
+        self.buffer = buffer
+        self._lines: list[_DelayLine] = []
+
+    def start(self) -> DelayProxy:
+        super().start()
+        return self
+
+    def __enter__(self) -> DelayProxy:
+        return self.start()
+
+    @property
+    def peak_held(self) -> int:
+        """The most any one line (a direction of a connection) held."""
+        with self._lock:
+            return max((line.peak for line in self._lines), default=0)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._lock:
+            lines = list(self._lines)
+        for line in lines:
+            line.close()
+        super().stop(timeout)
+
+    def _connect(self, client: socket.socket) -> None:
+        accepted = time.monotonic()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        up, down = _DelayLine(self.buffer, self._stop), _DelayLine(self.buffer, self._stop)
+        with self._lock:
+            self._sockets.append(client)
+            self._lines += [up, down]
+            slot = len(self.forwarded)
+            self.forwarded.append(0)
+        self._spawn(self._read, f"delay-in{slot}", client, up, "upstream")
+        self._spawn(self._dial, f"delay-dial{slot}", client, up, down, accepted, slot)
+
+    def _dial(
+        self,
+        client: socket.socket,
+        up: _DelayLine,
+        down: _DelayLine,
+        accepted: float,
+        slot: int,
+    ) -> None:
+        """Connect to the backend 1.5 round trips after the client did, then
+        forward both ways."""
+        if self._stop.wait(max(0.0, accepted + 3 * self.link.delay - time.monotonic())):
+            return
+        try:
+            server = socket.create_connection(self.backend, timeout=5.0)
+        except OSError:
+            up.close()
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)
+            return
+        server.settimeout(None)
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._sockets.append(server)
+        if self._stop.is_set():  # stop() may have shut the others down before this one
+            server.shutdown(socket.SHUT_RDWR)
+            return
+        self._spawn(self._read, f"delay-back{slot}", server, down, "downstream")
+        self._spawn(self._write, f"delay-down{slot}", down, client, server, -1)
+        self._write(up, server, client, slot)
+
+    def _read(self, src: socket.socket, line: _DelayLine, direction: Direction) -> None:
+        """``src`` into ``line``, each read stamped with when it is due."""
+        buf = bytearray(DELAY_READ)
+        try:
+            while not self._stop.is_set():
+                pause = self.link.wait_free(direction)
+                if pause and self._stop.wait(pause):
+                    break
+                n = src.recv_into(buf)
+                now = time.monotonic()
+                if n == 0:
+                    line.put(now + self.link.delay, None)
+                    break
+                due = self.link.serialize(direction, n, now) + self.link.delay
+                if not line.put(due, bytes(buf[:n])):
+                    break
+        except OSError:
+            line.put(time.monotonic() + self.link.delay, None)
+
+    def _write(self, line: _DelayLine, dst: socket.socket, src: socket.socket, slot: int) -> None:
+        """What is due in ``line`` to ``dst``; at the stream's end, ``dst``'s
+        writing side is shut (a half close passes as one); if ``dst`` fails,
+        both sockets are shut down (a reset)."""
+        try:
+            while (due := line.take()) is not None:
+                pieces, ended = due
+                for piece in pieces:
+                    dst.sendall(piece)
+                    line.release(len(piece))
+                    if slot >= 0:
+                        with self._lock:
+                            self.forwarded[slot] += len(piece)
+                if ended:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+        except OSError:
+            line.close()
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
