@@ -18,10 +18,12 @@ connection, and again after a reconnect), which names that very id, and
 takes the transfer's frames from that connection only from then on
 (crypto/transfer.py, "Routes"; docs/security.md).
 
-A pipe lives while a transfer uses it: the last one to leave removes it
-from the table (a later transfer connects afresh) and it is closed
-:data:`~actors.sender.CLOSE_GRACE` later, so that transfer's last Failed
-can still leave.
+A pipe lives while a transfer uses it and :data:`~actors.sender.IDLE_KEEP`
+seconds after the last one left (:attr:`DataPipe.idle`: a transfer to the
+same receiver in that time takes it, without a new connection's round
+trips); then it leaves the table (a later transfer connects afresh) and is
+closed :data:`~actors.sender.CLOSE_GRACE` later, so that transfer's last
+Failed can still leave. One that broke while idle is not taken again.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from actors.peer_link import ConnectProbe
 
 if TYPE_CHECKING:
     from actors.sender import Outgoing
+    from peercrypt.runtime.actor import Timer
 
 ROUTE_PREFIX = b"s"  # never a zero byte first (those ids are the ROUTER's own)
 ROUTE_RANDOM = 15  # random bytes of a shared connection's routing id
@@ -65,3 +68,4 @@ class DataPipe:
     users: dict[bytes, Outgoing] = field(default_factory=dict)  # transfer id -> transfer
     broken: bool = False  # dropped, not back yet
     probe: ConnectProbe | None = None  # why it does not come back
+    idle: Timer | None = None  # no transfer uses it: closes it unless one comes

@@ -222,6 +222,7 @@ class Link:
         self.connected = False
         self.handshaken = False  # once, ever (it stays so across reconnects)
         self.handshakes = 0  # completed, one per connection (a reconnect adds one)
+        self.disconnects = 0  # connections that dropped (a monitored link's)
         self.closed = False
         self.cause = ""  # why a connect failed, once the probe knows
         self.mismatch = 0  # the other protocol version the peer answered in, once logged
@@ -316,6 +317,8 @@ class Link:
             event = message["event"]
             if event in (zmq.EVENT_CONNECTED, zmq.EVENT_DISCONNECTED):
                 self.watch.on_event(message, owner=self)
+            if event == zmq.EVENT_DISCONNECTED:
+                self.disconnects += 1
             if not self.monitored:
                 continue
             peer = address_of(self.url)

@@ -27,6 +27,10 @@ to send, when, the end):
 3. When every chunk is acked: a sealed Done with the whole-file hash; the
    result is "ok" only when the receiver's sealed Verified repeats that hash.
 
+The control link and the data connections stay open :data:`IDLE_KEEP`
+seconds after the send no longer needs them: the next send to the same
+receiver takes them, without a new connection's round trips.
+
 Outages: a data connection whose data goes unacknowledged by the peer's
 kernel for :data:`DATA_MAXRT_MS` (``TCP_USER_TIMEOUT``), or whose ZMTP
 heartbeats go unanswered, is dropped and reconnected every
@@ -170,6 +174,16 @@ HASH_STEP = 64 * 1024 * 1024  # bytes hashed per turn of the loop when the rest 
 # the receiver's choice (see _start).
 FIXED_CHUNK_MODES = ("token-bucket", "aimd")
 CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
+# A send's control link and its data connections stay open this long after
+# the send no longer needs them, for the next send to the same receiver: on a
+# long path each new connection costs round trips before the first byte (TCP,
+# the ZMTP greeting, CURVE's two on a control link: 5 of a 1 MiB send's 13 at
+# any round trip; a data connection's 3). At most IDLE_LINKS links and
+# IDLE_PIPES connections wait so (beyond: closed as before); one that
+# dropped meanwhile is not taken again.
+IDLE_KEEP = 30.0
+IDLE_LINKS = 16
+IDLE_PIPES = 16
 DATA_BATCH = 1024  # replies taken from one data connection per turn of the loop
 RETRY_INITIAL = 1.0  # seconds before the first automatic retry (full jitter, doubling)
 CLOSED_RETRY_INITIAL = 0.25  # the same while the receiver's port refuses (at most 2 s)
@@ -300,6 +314,9 @@ class SenderActor(Actor):
         self.sealed = SealedPool()
         # The data connections in use, shared by the transfers to one receiver.
         self.pipes: dict[PipeKey, DataPipe] = {}
+        # Control links kept after their send's accept, by URL (IDLE_KEEP):
+        # the link, its disconnects then, the timer that closes it.
+        self.idle_links: dict[str, tuple[Link, int, Timer]] = {}
         # What receivers make libzmq read ahead on them (never capped:
         # PEER_RCVHWM), bounded as the data port bounds senders
         # (core/port_guard.py): a receiver whose replies pass the bound
@@ -343,6 +360,10 @@ class SenderActor(Actor):
             )
         for t in list(self.transfers.values()):
             self._end(t, ResultCode.CANCELLED, "the node is stopping")
+        for url in list(self.idle_links):
+            self._close_idle_link(url)
+        for pipe in [p for p in self.pipes.values() if not p.users]:
+            self._drop_idle_pipe(pipe)
 
     # -- requests -------------------------------------------------------------------
 
@@ -610,14 +631,17 @@ class SenderActor(Actor):
         check, on the connection the offer then takes: no connection and no
         round trip of its own)."""
         req = t.request
-        t.link = Link(
-            self,
-            self.settings,
-            f"tcp://{join_host_port(req.host, req.port)}",
-            functools.partial(self._on_control, t),
-            monitored=True,
-            on_failure=functools.partial(self._on_link_failure, t),
-        )
+        url = f"tcp://{join_host_port(req.host, req.port)}"
+        on_message = functools.partial(self._on_control, t)
+        on_failure = functools.partial(self._on_link_failure, t)
+        t.link = self._idle_link(url)
+        if t.link is not None:
+            t.link.on_message, t.link.on_failure = on_message, on_failure
+            self.count("links-reused")
+        else:
+            t.link = Link(
+                self, self.settings, url, on_message, monitored=True, on_failure=on_failure
+            )
         if t.link.failure:
             return self._end(t, t.link.failure, t.link.detail)
         t.challenge = HelloChallenge()
@@ -834,10 +858,49 @@ class SenderActor(Actor):
             t.crew = LaneCrew(t.keys, t.source, t.size, t.chunk_size, workers, skip=held)
             self.watch(t.crew.wake_fd, functools.partial(self._on_crew, t))
         self.tell("scheduler", self._flow_start(t))
-        # The control connection's job is done.
+        # The control connection's job is done: kept for the next send there.
         if t.link is not None:
-            t.link.close()
+            self._park_link(t.link)
+            t.link = None
         self._drive(t)
+
+    def _park_link(self, link: Link) -> None:
+        """Keep a send's control link open for :data:`IDLE_KEEP` seconds, for
+        the next send to the same address (its hello and offer then go at
+        once, without a new connection's round trips); closed instead when
+        it is not sound or :data:`IDLE_LINKS` already wait."""
+        url = link.url
+        sound = link.handshaken and not (link.failure or link.paused or link.closed)
+        if not sound or url in self.idle_links or len(self.idle_links) >= IDLE_LINKS:
+            link.close()
+            return
+        link.on_message = self._on_idle_control
+        link.on_failure = functools.partial(self._close_idle_link, url)
+        timer = self.call_later(IDLE_KEEP, functools.partial(self._close_idle_link, url))
+        self.idle_links[url] = (link, link.disconnects, timer)
+
+    def _idle_link(self, url: str) -> Link | None:
+        """A link kept to ``url`` that is still sound (not dropped since its
+        send: a peer that went away meanwhile is dialled afresh, and its
+        failure told as such), taken out of the idle ones."""
+        kept = self.idle_links.pop(url, None)
+        if kept is None:
+            return None
+        link, disconnects, timer = kept
+        timer.cancel()
+        if link.failure or link.paused or link.closed or link.disconnects != disconnects:
+            link.close()
+            return None
+        return link
+
+    def _close_idle_link(self, url: str) -> None:
+        kept = self.idle_links.pop(url, None)
+        if kept is not None:
+            kept[2].cancel()
+            kept[0].close()
+
+    def _on_idle_control(self, _msg: codec.Message) -> None:
+        self.count("control-unexpected")  # a late reply to a send that went on
 
     def _pipe(
         self, tcp_url: str, ipc: str | None, lane: int, address: tuple[str, int], receiver: str
@@ -847,7 +910,14 @@ class SenderActor(Actor):
         one its other transfers use, or a new one."""
         key = (tcp_url, ipc or "", lane, receiver)
         pipe = self.pipes.get(key)
+        if pipe is not None and not pipe.users and pipe.broken:
+            self._drop_idle_pipe(pipe)  # it dropped while idle: connect afresh
+            pipe = None
         if pipe is not None:
+            if pipe.idle is not None:
+                pipe.idle.cancel()
+                pipe.idle = None
+                self.count("data-connections-reused")
             return pipe
         data = self.socket(zmq.DEALER, data_plane=True)
         # Random, not one transfer's: each transfer names it in its own sealed
@@ -888,17 +958,33 @@ class SenderActor(Actor):
 
     def _leave_pipes(self, t: Outgoing) -> None:
         """``t`` no longer uses its connections: one it was the last user of
-        takes no new transfer and is closed after :data:`CLOSE_GRACE` (its
-        last Failed needs a moment to leave; LINGER 0 would drop it)."""
+        waits :data:`IDLE_KEEP` seconds for the next transfer to the same
+        receiver (at most :data:`IDLE_PIPES` wait; a broken one does not),
+        then takes no new transfer and is closed after :data:`CLOSE_GRACE`
+        (its last Failed needs a moment to leave; LINGER 0 would drop it)."""
         for pipe in t.pipes:
             pipe.users.pop(t.tid, None)
             if pipe.users or self.pipes.get(pipe.key) is not pipe:
                 continue
-            del self.pipes[pipe.key]
-            if pipe.probe is not None:
-                pipe.probe.close()
-                pipe.probe = None
-            self.call_later(CLOSE_GRACE, functools.partial(self._close_pipe, pipe))
+            idle = sum(1 for p in self.pipes.values() if p.idle is not None)
+            if pipe.broken or idle >= IDLE_PIPES:
+                self._drop_idle_pipe(pipe)
+                continue
+            pipe.idle = self.call_later(IDLE_KEEP, functools.partial(self._drop_idle_pipe, pipe))
+
+    def _drop_idle_pipe(self, pipe: DataPipe) -> None:
+        """Take ``pipe`` (no transfer uses it) out of the table and close it
+        after :data:`CLOSE_GRACE`."""
+        if pipe.users or self.pipes.get(pipe.key) is not pipe:
+            return
+        if pipe.idle is not None:
+            pipe.idle.cancel()
+            pipe.idle = None
+        del self.pipes[pipe.key]
+        if pipe.probe is not None:
+            pipe.probe.close()
+            pipe.probe = None
+        self.call_later(CLOSE_GRACE, functools.partial(self._close_pipe, pipe))
 
     def _close_pipe(self, pipe: DataPipe) -> None:
         self.data_watch.forget_owner(pipe.route)

@@ -1,7 +1,9 @@
 """A sender's transfers to one receiver share one data connection
 (actors/data_pipes.py), with real node processes: each transfer attaches
 to it with its own sealed Attach, a cancel of one ends only that one, and
-the connection is closed with its last transfer."""
+the connection (and the send's control link) waits a while after its last
+transfer for the next send there (actors/sender.py, ``IDLE_KEEP``), but is
+not taken again once it dropped."""
 
 from __future__ import annotations
 
@@ -47,8 +49,35 @@ def test_transfers_to_one_peer_share_a_connection_and_a_cancel_spares_the_others
         finally:
             cli.kill()
     assert not (receiver.inbox / slow.name).exists()
-    # The connection went with its last transfer: the next send makes a new one.
+    # The connection waited after its last transfer: the next send takes it.
     last = make_file(MiB + 3)
     assert_sent(receiver, sender.send_to(last, receiver), last)
-    assert sender.wait_for_counter("sender.data-connections", 2) == 2
     assert receiver.wait_for_counter("receiver.data-attached", 4) == 4
+    counters = sender.counters_when("sender.data-connections-reused", 1)
+    assert counters["sender.data-connections"] == 1
+
+
+def test_a_kept_connection_that_dropped_is_not_taken_again(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """The second send takes the first one's control link and data
+    connection; the receiver restarts at the same ports (the same identity);
+    the third send dials a new control link (the kept one dropped: a peer
+    gone for good is told as unreachable, not as silent) and arrives (its
+    data connection is the kept one if libzmq connected it again, else new)."""
+    sender, receiver = node_factory(), node_factory(name="receiver")
+    first, second, third = (make_file(MiB + n) for n in range(3))
+    assert_sent(receiver, sender.send_to(first, receiver), first)
+    assert_sent(receiver, sender.send_to(second, receiver), second)
+    counters = sender.counters_when("sender.data-connections-reused", 1)
+    assert counters["sender.links-reused"] == 1
+    assert counters["sender.data-connections"] == 1
+    ports = ("--port", str(receiver.port), "--data-port", str(receiver.data_port))
+    receiver.stop()
+    # The sender's kept link and connection see the drop (a monitor event).
+    sender.wait_for_counter("sender.data-disconnects", 1)
+    again = node_factory(*ports, name="receiver")
+    assert (again.port, again.data_port) == (receiver.port, receiver.data_port)
+    assert_sent(again, sender.send_to(third, again), third)
+    counters = sender.counters_when("sender.sent", 3)
+    assert counters["sender.links-reused"] == 1  # the dropped link was closed, not taken
