@@ -1404,7 +1404,7 @@ class ReceiverActor(Actor):
             if t is None:
                 continue
             if isinstance(result, Written):
-                t.flow.on_written(result.index)
+                t.flow.on_written(result.index, self.now())
             elif isinstance(result, Finished):
                 t.flow.on_hashed(result.digest)
             elif isinstance(result, Unsaved):

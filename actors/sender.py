@@ -24,8 +24,10 @@ to send, when, the end):
    time; in parallel mode a :class:`~actors.lanes.LaneCrew` of worker
    threads reads, seals and hashes.
    Grant requests go to the scheduler, grants come back from it.
-3. When every chunk is acked: a sealed Done with the whole-file hash; the
-   result is "ok" only when the receiver's sealed Verified repeats that hash.
+3. When every chunk has been sent once, a sealed Done with the whole-file
+   hash (the receiver finishes the file with it once every chunk is
+   written), and again when every chunk is acked; the result is "ok" only
+   when the receiver's sealed Verified repeats that hash.
 
 The control link and the data connections stay open :data:`IDLE_KEEP`
 seconds after the send no longer needs them: the next send to the same

@@ -256,22 +256,56 @@ def test_accept_then_chunks_within_credit_then_hash_done_verified() -> None:
     assert t.poll(0.1) == [SendChunk(0, False), SendChunk(1, False)]
     t.on_ack(2, [], 2, 0.2)
     assert t.acked_bytes == 2 * CHUNK
-    assert t.poll(0.2) == [SendChunk(2, True)]
+    # Every chunk went once: the hash is asked for now, and a Done goes
+    # at once (attempt 0), before the last ack.
+    assert t.poll(0.2) == [SendChunk(2, True), HashFile()]
+    assert t.poll(0.2) == []  # asked once
+    t.on_digest(b"d" * 32, 0.25)
+    assert t.poll(0.25) == [SendDone(b"d" * 32, 3, 0)]
+    assert t.phase is Phase.SENDING
+    # The last ack: the Done an older receiver waits for goes too.
     t.on_ack(3, [], 2, 0.3)
-    assert t.poll(0.3) == [HashFile()]
-    assert t.poll(0.3) == []  # asked once
-    t.on_digest(b"d" * 32, 0.35)
-    (done,) = t.poll(0.35)
+    (done,) = t.poll(0.3)
     assert done == SendDone(b"d" * 32, 3, 1)
     assert t.phase is Phase.VERIFYING
     t.on_verified(b"d" * 32, "file")
     assert t.poll(0.4) == [Finished(b"d" * 32, "file")]
 
 
+def test_a_verified_answering_the_early_done_finishes_before_the_last_ack() -> None:
+    """A receiver that held the Done sent with the last chunk may verify the
+    file before its last ack reaches the sender: the same hash finishes."""
+    t = outgoing(size=2 * CHUNK)
+    t.on_accept([], 2, 0.0)
+    assert t.poll(0.0) == [SendChunk(0, False), SendChunk(1, True), HashFile()]
+    t.on_digest(b"d" * 32, 0.0)
+    assert t.poll(0.0) == [SendDone(b"d" * 32, 2, 0)]
+    t.on_verified(b"d" * 32, "file")
+    assert t.poll(0.1) == [Finished(b"d" * 32, "file")]
+
+
+def test_the_early_done_goes_again_at_each_retransmission_timeout() -> None:
+    """A receiver may store the file on the early Done and its ack and
+    Verified be lost: it answers a Done again (from its completed
+    transfers), never a chunk, so each retransmission timeout sends the
+    Done again with the resent chunk."""
+    t = outgoing(size=CHUNK)
+    t.on_accept([], 4, 0.0)
+    assert t.poll(0.0) == [SendChunk(0, True), HashFile()]
+    t.on_digest(b"d" * 32, 0.0)
+    assert t.poll(0.0) == [SendDone(b"d" * 32, 1, 0)]
+    due = t.next_timer()
+    assert due is not None and due < 5.0  # the RTO, before the stall timeout
+    t.on_timer(due)
+    assert t.poll(due) == [SendDone(b"d" * 32, 1, 0), SendChunk(0, True)]
+    t.on_verified(b"d" * 32, "file")
+    assert t.poll(due) == [Finished(b"d" * 32, "file")]
+
+
 def test_held_ranges_are_not_sent() -> None:
     t = outgoing(size=5 * CHUNK)
     t.on_accept([(0, 2), (3, 4)], 16, 0.0)
-    assert t.poll(0.0) == [SendChunk(2, False), SendChunk(4, True)]
+    assert t.poll(0.0) == [SendChunk(2, False), SendChunk(4, True), HashFile()]
 
 
 def test_a_different_hash_in_verified_fails() -> None:
@@ -541,13 +575,47 @@ def test_incoming_writes_new_chunks_acks_duplicates_and_stores_on_a_matching_has
     r.on_done(b"h" * 32, 2, 0.2)  # too early: an ack says what is missing
     assert r.poll() == []
     assert r.ack(3, 0.0) == (0, [(1, 2)], 3)
-    r.on_written(0)
+    r.on_written(0, 0.3)  # the early Done's hash is held: the file finishes now
     r.on_done(b"h" * 32, 2, 0.3)
     r.on_done(b"h" * 32, 2, 0.3)
     assert r.poll() == [FinishFile()]  # once
     assert r.next_timer() == 0.3 + 30.0  # the final check's own bound
     r.on_hashed(b"h" * 32)
     assert r.poll() == [Store(b"h" * 32)]
+
+
+def test_a_done_before_the_last_chunk_is_held_and_finishes_the_file_once_all_are_written() -> None:
+    """A sender sends its Done right after its last chunk: the receiver acks
+    it at once (an older sender learns what is missing), holds its hash (the
+    first one's: one held, whatever comes after) and finishes the file as
+    soon as every chunk is written, a round trip before the next Done."""
+    r = IncomingTransfer(total=2, credit=4, idle_timeout=30.0, now=0.0)
+    assert r.on_chunk(0, False, 0.1) is Arrival.NEW
+    assert r.on_chunk(1, True, 0.1) is Arrival.NEW
+    r.on_written(0, 0.15)
+    r.on_done(b"h" * 32, 2, 0.2)
+    r.on_done(b"x" * 32, 2, 0.2)  # a second one does not replace it
+    r.on_done(b"y" * 32, 3, 0.2)  # nor one of another chunk count
+    assert r.poll() == []
+    assert r.ack(4, 0.2) == (1, [], 4)  # at once
+    r.on_written(1, 0.25)
+    assert r.poll() == [FinishFile()]
+    assert r.next_timer() == 0.25 + 30.0  # the final check's bound starts now
+    r.on_done(b"h" * 32, 2, 0.3)  # the Done after the last ack: answered, not again
+    assert r.poll() == []
+    r.on_hashed(b"h" * 32)
+    assert r.poll() == [Store(b"h" * 32)]
+
+
+def test_a_wrong_early_done_abandons_the_file() -> None:
+    r = IncomingTransfer(total=1, credit=4, idle_timeout=30.0, now=0.0)
+    assert r.on_chunk(0, True, 0.1) is Arrival.NEW
+    r.on_done(b"x" * 32, 1, 0.1)
+    r.on_written(0, 0.2)
+    assert r.poll() == [FinishFile()]
+    r.on_hashed(b"h" * 32)
+    (out,) = r.poll()
+    assert isinstance(out, Abandon) and out.code == "hash-mismatch"
 
 
 def test_written_chunks_are_acked_every_few_and_at_once_when_none_waits() -> None:

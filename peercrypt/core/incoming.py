@@ -32,7 +32,10 @@ few seconds) would otherwise keep the credit it had before others started
 until its next chunk, and with it the node's buffer they need; a chunk beyond the credit is
 dropped (OVER_CREDIT) and neither acked nor counted as activity; the file is
 finished once, on the first Done that names the right chunk count after
-every chunk is written; a transfer that makes no progress (no new chunk, no
+every chunk is written, or, when one came before (a sender sends one right
+after its last chunk: a round trip sooner than the one the last ack
+brings), as soon as every chunk is written, with the first such Done's
+hash (one hash held, whatever the sender sends); a transfer that makes no progress (no new chunk, no
 finishing Done) for ``idle_timeout`` seconds is dropped, keeping its part
 file for a resume: duplicates and early Dones, which cost a sender nothing,
 never keep a slot alive. The final check (fsync, the read-back hash, a
@@ -119,6 +122,7 @@ class IncomingTransfer:
     _ack_now: bool = field(default=False, init=False)  # a duplicate or an early Done
     _unacked: int = field(default=0, init=False)  # chunks written since the last ack
     _expected_digest: bytes = field(default=b"", init=False)
+    _early_digest: bytes = field(default=b"", init=False)  # a Done's before every chunk came
     _outputs: list[Output] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -145,25 +149,33 @@ class IncomingTransfer:
         queued (the sender resends it)."""
         self.window.on_dropped(index)
 
-    def on_written(self, index: int) -> None:
-        """The writer put chunk ``index`` into the part file."""
+    def on_written(self, index: int, now: float | None = None) -> None:
+        """The writer put chunk ``index`` into the part file (at ``now``: when
+        a Done came before, the final check's bound starts then)."""
         if self.ended:
             return
         self.window.on_written(index)
         self.ack_due = True
         self._unacked += 1
+        if self._early_digest and self.window.complete and not self.finishing:
+            self._finish(self._early_digest, self.last_activity if now is None else now)
 
     def on_done(self, digest: bytes, chunks: int, now: float) -> None:
         """The sender's (authenticated) Done with its whole-file hash."""
         if self.ended:
             return
         if not self.window.complete or chunks != self.total:
+            if chunks == self.total and not self._early_digest:
+                self._early_digest = digest  # finished with once every chunk is written
             self.ack_due = self._ack_now = True  # tell the sender what is still missing
         elif not self.finishing:
-            self.last_activity = now
-            self.finishing = True
-            self._expected_digest = digest
-            self._outputs.append(FinishFile())
+            self._finish(digest, now)
+
+    def _finish(self, digest: bytes, now: float) -> None:
+        self.last_activity = now
+        self.finishing = True
+        self._expected_digest = digest
+        self._outputs.append(FinishFile())
 
     def on_checked(self, moved: int, now: float) -> None:
         """How far the final check has got (any measure that moves with it):

@@ -32,7 +32,12 @@ flight at once),
 ``verifying`` (Done sent, and resent with backoff while unanswered, until
 the receiver's Verified repeats the hash; a receiver still checking answers
 each Done with Verifying; one left unanswered for ``timeout`` seconds fails
-the transfer, so the timeout is kept here too),
+the transfer, so the timeout is kept here too). One Done also goes as soon
+as every chunk has been sent once and the hash is known (``early_done``):
+a receiver holds it until every chunk is written and finishes the file
+then, a round trip before the Done that the last ack would bring (an
+older receiver answers it with an ack and waits for that one, which
+still goes),
 ``ended``.
 """
 
@@ -76,7 +81,8 @@ class HashFile:
 
 @dataclass(frozen=True)
 class SendDone:
-    """Send (or resend: ``attempt`` > 1) the sealed Done."""
+    """Send (or resend: ``attempt`` > 1) the sealed Done; ``attempt`` 0: the
+    one that goes right after the last chunk, before they are all acked."""
 
     digest: bytes
     chunks: int
@@ -161,6 +167,7 @@ class OutgoingTransfer(GrantedFlow):
     grants: Allowance = field(default_factory=Allowance, init=False)
     digest: bytes = field(default=b"", init=False)
     done_sent: int = field(default=0, init=False)
+    early_done: bool = field(default=False, init=False)  # a Done went before the last ack
     last_progress: float = field(init=False)
     resumed: int = field(default=0, init=False)  # chunks the receiver already held
     accept_seconds: float = field(default=0.0, init=False)  # offer to accept (the resume check)
@@ -275,12 +282,16 @@ class OutgoingTransfer(GrantedFlow):
         self.digest = digest
         if self.phase is Phase.VERIFYING and not self.done_sent:
             self._send_done(now)
+        elif self.phase is Phase.SENDING and not self.early_done:
+            self.early_done = True  # every chunk went: the receiver holds it until written
+            self._outputs.append(SendDone(digest, self.total, 0))
 
     def on_verified(self, digest: bytes, stored_as: str) -> None:
         """The receiver's Verified."""
         if self.phase is Phase.ENDED:
             return
-        if self.done_sent and hmac.compare_digest(digest, self.digest):
+        sent = self.done_sent or self.early_done
+        if sent and hmac.compare_digest(digest, self.digest):
             self._end(Finished(self.digest, stored_as))
         else:
             self._end(Failed(ResultCode.VERIFY, "the receiver stored a different hash"))
@@ -330,6 +341,10 @@ class OutgoingTransfer(GrantedFlow):
             w.on_timer(now)
             if self.congestion_managed:
                 self._report[3] += w.timeouts - timeouts
+            if self.early_done and w.timeouts > timeouts:
+                # The receiver may have stored the file on the early Done and
+                # its Verified be lost: it answers a Done again, never a chunk.
+                self._outputs.append(SendDone(self.digest, self.total, 0))
         elif self.phase is Phase.VERIFYING and self._done_due is not None and now >= self._done_due:
             self._done_due = None
             self._send_done(now)
@@ -465,6 +480,10 @@ class OutgoingTransfer(GrantedFlow):
             self.phase = Phase.VERIFYING
             self._send_done(now)
             return
+        if w.sent_all and not self._hash_asked:
+            # The hash now, so that a Done goes with the last chunk.
+            self._hash_asked = True
+            self._outputs.append(HashFile())
         if self.paced:
             request = self.grants.demand(w.room() * self.chunk_size - self.allowance)
             if request is not None:

@@ -269,6 +269,11 @@ class SendWindow:
         return self._timer_start + self.rtt.rto
 
     @property
+    def sent_all(self) -> bool:
+        """Every chunk not held went at least once and none is presumed lost."""
+        return self._next_new >= self.total and not self._lost
+
+    @property
     def in_flight(self) -> int:
         return len(self._in_flight)
 

@@ -253,7 +253,7 @@ def pump_transfer(
             elif kind == "written":
                 index, body = value
                 stored[index * chunk : index * chunk + len(body)] = body
-                receiver.on_written(index)
+                receiver.on_written(index, now)
             elif kind == "hashed":
                 receiver.on_hashed(blake3.blake3(bytes(stored)).digest())
             elif kind == "done":
