@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeProcess, blake3_file, random_file
+from peercrypt.testing.nodes import NodeProcess, blake3_file, compile_tree, random_file
 
 
 def timed(argv: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> tuple[float, float]:
@@ -64,19 +64,7 @@ def main() -> int:
         ] = []
         try:
             for i, tree in enumerate(trees):
-                # bytecode as an installed package has it (this may run with
-                # PYTHONDONTWRITEBYTECODE, and then every command would compile)
-                subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "compileall",
-                        "-q",
-                        f"{tree}/peercrypt",
-                        f"{tree}/actors",
-                    ],
-                    check=True,
-                )
+                compile_tree(tree)  # bytecode as an installed package has it
                 env = {"PYTHONPATH": tree}
                 s = NodeProcess(root / f"s{i}", network_key=key, env=env).start()
                 nodes.append(s)

@@ -48,7 +48,6 @@ import os
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -62,6 +61,7 @@ from peercrypt.testing.nodes import (
     LOCALHOST,
     NodeProcess,
     blake3_file,
+    compile_tree,
     free_port,
     parse_size,
     random_file,
@@ -216,10 +216,7 @@ def main() -> int:
         here = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         trees = [here["PYTHONPATH"], *([str(Path(args.tree).resolve())] if args.tree else [])]
         for tree in trees:
-            subprocess.run(
-                [sys.executable, "-m", "compileall", "-q", f"{tree}/peercrypt", f"{tree}/actors"],
-                check=True,
-            )
+            compile_tree(tree)
         data_port = free_port()
         proxy = CappingProxy((LOCALHOST, data_port), cap).start()
         sender = NodeProcess(root / "sender", key, env=here)

@@ -187,6 +187,27 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
+def compile_tree(tree: Path | str) -> None:
+    """Byte-compile a source tree's ``peercrypt`` and ``actors`` and build
+    the compiled methods of its dataclasses (peercrypt/dataclass_cache.py),
+    as an installed package has them, before a benchmark runs processes from
+    it: under ``PYTHONDONTWRITEBYTECODE`` nothing else writes them, and every
+    command would compile what it imports again (an export of older code for
+    an A/B run has none at all). A tree without the cache builds no cache."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", f"{tree}/peercrypt", f"{tree}/actors"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        [sys.executable, "-c", "from peercrypt.dataclass_cache import build; build()"],
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        cwd=tree,
+        capture_output=True,
+        check=False,
+    )
+
+
 def random_file(path: Path, size: int) -> Path:
     """Write ``size`` bytes of random content to ``path`` in 1 MiB blocks
     (benchmarks: one random block repeated, then a random tail)."""
