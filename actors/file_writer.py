@@ -10,11 +10,13 @@ actor as typed results on :attr:`FileWriter.results`, announced by empty
 frames on an inproc PAIR socket this thread owns (the actor watches it and,
 at each wake-up, takes every result there: :meth:`FileWriter.take_results`).
 A frame follows every result but :class:`Written`, whose frame waits while
-more work is queued, up to :data:`ANNOUNCE_EVERY` of them (the actor acks a
-transfer's written chunks once every ``ACK_EVERY`` of them, or once none
+more work is queued, up to :data:`ANNOUNCE_EVERY` of them or ``announce_bytes``
+of chunks written (the actor acks a transfer's written chunks once every
+``ACK_EVERY`` of them, or a quarter of its credit if less, or once none
 waits: a wake-up per chunk only to note one written cost both threads a
-context switch per chunk), and never waits across another kind of work or a
-checkpoint's sync:
+context switch per chunk; a frame held for four 4 MiB chunks held the ack
+that two of them make due, and the sender's credit with it), and never
+waits across another kind of work or a checkpoint's sync:
 
 - :class:`Written` ``(tid, index)``
 - :class:`Finished` ``(tid, digest)``  (after fsync; the digest of the file
@@ -261,6 +263,10 @@ WriterResult = Written | Finished | WriteFailed | Unsaved | Unpacked | TreeFaile
 # Written results posted at most before a frame announces them (while more
 # work is queued; with none queued, at once): the receivers' ack cadence.
 ANNOUNCE_EVERY = ACK_EVERY
+# Bytes of chunks written before a frame announces them, whatever their
+# number (FileWriter's ``announce_bytes``; the receivers pass a quarter of
+# the receive buffer, the credit's quarter at which they ack).
+ANNOUNCE_BYTES = 8 << 20
 FAILED_MEMORY = 1024  # failed files remembered until their close()
 MAX_CHECKS = 2  # final checks running at once (from the page cache, each on every core)
 MAX_DETACHED_CHECKS = 4  # threads of closed files' checks still running (a hung fsync)
@@ -764,7 +770,9 @@ class FileWriter:
     check (``--no-check-as-written``): :meth:`watch` watches nothing.
     ``checkpoint_spacing``: seconds at least between a file's periodic
     checkpoints (:func:`~peercrypt.core.resume.checkpoint_every` chunks
-    apart, and no sooner than this after the last one)."""
+    apart, and no sooner than this after the last one). ``announce_bytes``:
+    chunks written that the actor hears of at once, however few (the
+    bytes a transfer acks at: see the module's docs)."""
 
     def __init__(
         self,
@@ -777,8 +785,10 @@ class FileWriter:
         pool_bytes: int = POOL_BYTES,
         as_written: bool = True,
         checkpoint_spacing: float = CHECKPOINT_SPACING,
+        announce_bytes: int = ANNOUNCE_BYTES,
     ) -> None:
         self._nice = nice
+        self._announce_bytes = announce_bytes
         self._as_written = as_written
         self._checkpoint_spacing = checkpoint_spacing
         self._direct = direct
@@ -797,6 +807,7 @@ class FileWriter:
         self.results: queue.SimpleQueue[WriterResult] = queue.SimpleQueue()
         self._out: zmq.Socket[Any] | None = None  # the frames' socket (writer thread)
         self._unannounced = 0  # results posted since the last frame (writer thread)
+        self._unannounced_bytes = 0  # of the chunks those Written results wrote
         self._failed: dict[bytes, _File] = {}  # failed files awaiting close() (writer thread)
         self._stopping = threading.Event()  # ends a folder being unpacked, between blocks
         # Chunk buffers: one queued with write() comes back here once written.
@@ -1017,13 +1028,17 @@ class FileWriter:
     def _post(self, result: WriterResult) -> None:
         self.results.put(result)  # before its frame: a frame always finds it
         self._unannounced += 1
-        if not isinstance(result, Written) or self._unannounced >= ANNOUNCE_EVERY:
+        if (
+            not isinstance(result, Written)
+            or self._unannounced >= ANNOUNCE_EVERY
+            or self._unannounced_bytes >= self._announce_bytes
+        ):
             self._announce()
 
     def _announce(self) -> None:
         """One frame for the results posted since the last one, if any."""
         if self._unannounced and self._out is not None:
-            self._unannounced = 0
+            self._unannounced = self._unannounced_bytes = 0
             self._out.send(b"")
 
     def take_results(self, sock: zmq.Socket[Any]) -> Iterator[WriterResult]:
@@ -1177,6 +1192,7 @@ class FileWriter:
                 unsaved = self._checkpoint(f)
                 if unsaved:
                     self._notes.append(Unsaved(tid, unsaved))
+            self._unannounced_bytes += len(data)
             return Written(tid, index)
         if kind == "finish":
             if not f.written.complete:

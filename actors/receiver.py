@@ -338,6 +338,7 @@ class ReceiverActor(Actor):
             direct=s.direct_writes,
             pool_bytes=pooled,
             as_written=s.check_as_written,
+            announce_bytes=s.receive_buffer // 4,
         )
         self.writer.start()
         running = lambda: bool(self.transfers)  # noqa: E731

@@ -492,6 +492,43 @@ def test_writer_fails_a_short_write(
         os.close(fd)
 
 
+@pytest.mark.parametrize("announce_bytes", [2 * CHUNK, 2 * CHUNK - 1])
+def test_the_writer_announces_written_chunks_once_they_cover_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, announce_bytes: int
+) -> None:
+    """While more chunks wait to be written, the actor still hears of the
+    ones written once they cover ``announce_bytes`` (the bytes its
+    transfers ack at), not only after ANNOUNCE_EVERY of them: the third
+    write is held, two more chunks are queued behind it, and a frame must
+    come for the first two."""
+    held, release = threading.Event(), threading.Event()
+    real_pwrite = os.pwrite
+
+    def pwrite(fd_: int, data: Any, offset: int) -> int:
+        if offset == 2 * CHUNK:
+            held.set()
+            release.wait(3 * WAIT)  # (past the wait for the frame below)
+        return real_pwrite(fd_, data, offset)
+
+    monkeypatch.setattr("os.pwrite", pwrite)
+    kwargs = {"announce_bytes": announce_bytes, "direct": False, "as_written": False}
+    with _writer(64 * CHUNK, **kwargs) as (w, results), _part(tmp_path) as fd:
+        assert file_writer.ANNOUNCE_EVERY > 2  # (else this is not what the frame shows)
+        w.open(TID, fd, CHUNK, 5 * CHUNK, ChunkBitmap(5))
+        for index in range(5):
+            assert w.write(TID, index, os.urandom(CHUNK))
+        w.start()
+        try:
+            assert held.wait(WAIT)
+            assert results.sock.poll(int(WAIT * 1000)), "no frame while chunks wait"
+            results.sock.recv()
+            assert [_index(_next(results)) for _ in range(2)] == [0, 1]
+        finally:
+            release.set()
+        assert sorted(_index(_next(results)) for _ in range(3)) == [2, 3, 4]
+        w.close(TID, keep=False)
+
+
 def test_crew_posts_the_digest_once(tmp_path: Path) -> None:
     """A one-chunk file: the lane that hashes it and the start-up job race
     for the digest; exactly one of them may post it."""
