@@ -18,7 +18,7 @@ from peercrypt.core.modes import (
     derive_windows,
     describe_congestion,
 )
-from peercrypt.core.outgoing import OutgoingTransfer, RequestGrant, SendChunk
+from peercrypt.core.outgoing import HashFile, OutgoingTransfer, RequestGrant, SendChunk
 
 kb = st.integers(min_value=1, max_value=1 << 20)
 maybe = st.none() | kb
@@ -95,7 +95,7 @@ def test_the_last_partial_chunk_costs_its_real_size() -> None:
     t.on_grant(chunk)
     assert t.poll(0.0) == [SendChunk(0, False), RequestGrant(chunk)]
     t.on_grant(100)  # exactly what the last chunk holds
-    assert t.poll(0.0) == [SendChunk(1, True)]
+    assert t.poll(0.0) == [SendChunk(1, True), HashFile()]  # all sent: the hash, for the Done
     assert t.allowance == 0
 
 
