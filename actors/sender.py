@@ -184,6 +184,11 @@ CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
 # IDLE_PIPES connections wait so (beyond: closed as before); one that
 # dropped meanwhile is not taken again.
 IDLE_KEEP = 30.0
+# ZMTP pings on a send's control link (and on it while kept): a receiver whose
+# host went silent (no FIN, no RST) drops the connection after 4 unanswered,
+# so a kept link to it is not taken (its disconnect is counted) and one taken
+# just before fails as unreachable, with the cause, not after the --timeout.
+CONTROL_HEARTBEAT_MS = 500
 IDLE_LINKS = 16
 IDLE_PIPES = 16
 DATA_BATCH = 1024  # replies taken from one data connection per turn of the loop
@@ -642,7 +647,13 @@ class SenderActor(Actor):
             self.count("links-reused")
         else:
             t.link = Link(
-                self, self.settings, url, on_message, monitored=True, on_failure=on_failure
+                self,
+                self.settings,
+                url,
+                on_message,
+                monitored=True,
+                on_failure=on_failure,
+                heartbeat_ms=CONTROL_HEARTBEAT_MS,
             )
         if t.link.failure:
             return self._end(t, t.link.failure, t.link.detail)
