@@ -308,6 +308,11 @@ def test_stale_then_foreign_socket_fall_back_to_tcp(
     assert_sent(receiver, sender.send_to(path, receiver), path)
     assert sends(sender, ("sender.data-tcp", 1)) == (1, 1, 0)
 
+    # A sender that dials afresh: it keeps its connections a while after a
+    # send (actors/sender.py, IDLE_KEEP), and the kept one to this receiver's
+    # socket, connected before the path was replaced, would be taken again.
+    sender.stop()
+    sender.start()
     sock_path.unlink()
     impostor = listening(sock_path)
     impostor.setblocking(True)
@@ -325,7 +330,7 @@ def test_stale_then_foreign_socket_fall_back_to_tcp(
         path = make_file(2 * 1024 * 1024 + 3, name="c.bin")
         assert_sent(receiver, sender.send_to(path, receiver), path)
         ipc, tcp, fallbacks = sends(sender, ("sender.data-ipc-fallbacks", 1))
-        assert (ipc, tcp) == (2, 1) and fallbacks >= 1
+        assert (ipc, tcp) == (1, 0) and fallbacks >= 1  # counted since the restart
     finally:
         stop.set()
         thread.join(5)
