@@ -346,6 +346,10 @@ def _has_blocks(fd: int) -> bool:
 # file's size. 4 MiB costs the same CPU per GiB as 16 (BLAKE3 still spreads
 # it over the cores) and 12 MiB less at the node's peak.
 HASH_WINDOW = 4 * 1024 * 1024  # with 16 transfers in flight too (docs/architecture.md)
+# Bytes of written chunks that may wait for the hashing thread in their
+# buffers (read_back.Hashing's ``hold``; the receivers pass half the receive
+# buffer): one further behind is read back from the part instead.
+HASH_HOLD = 16 * 1024 * 1024
 
 
 def hash_file(
@@ -772,7 +776,10 @@ class FileWriter:
     checkpoints (:func:`~peercrypt.core.resume.checkpoint_every` chunks
     apart, and no sooner than this after the last one). ``announce_bytes``:
     chunks written that the actor hears of at once, however few (the
-    bytes a transfer acks at: see the module's docs)."""
+    bytes a transfer acks at: see the module's docs). ``hash_hold``: bytes
+    of written chunks that may wait in their buffers for the hashing thread
+    (:class:`~actors.read_back.Hashing`; beyond, a chunk is read back from
+    its part instead, counted ``hash-deferred-chunks``)."""
 
     def __init__(
         self,
@@ -786,6 +793,7 @@ class FileWriter:
         as_written: bool = True,
         checkpoint_spacing: float = CHECKPOINT_SPACING,
         announce_bytes: int = ANNOUNCE_BYTES,
+        hash_hold: int = HASH_HOLD,
     ) -> None:
         self._nice = nice
         self._announce_bytes = announce_bytes
@@ -834,7 +842,7 @@ class FileWriter:
         self._watches = Watches(_libc())
         self._follower = Follower(HASH_WINDOW, DIRECT_ALIGN)
         # The hashes as written, off the writer's thread (at its nice value).
-        self._hashing = Hashing(HASH_WINDOW, nice)
+        self._hashing = Hashing(HASH_WINDOW, nice, hash_hold)
         self._handed: memoryview | bytes | None = None  # the write's buffer, the hashing's now
         self._cut_units: dict[tuple[int, bool], int | None] = {}  # (st_dev, direct): cut_unit()
         self.as_written_read = 0  # bytes they read back (writer thread)
@@ -854,6 +862,7 @@ class FileWriter:
             ("checks-early", self.early_checks),
             ("checks-full", self.full_checks),
             ("read-back-early-bytes", self._follower.read_bytes + self.as_written_read),
+            ("hash-deferred-chunks", self._hashing.deferred),
         ):
             if value != counters.get(name, 0):
                 counters[name] = value

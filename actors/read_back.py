@@ -468,13 +468,19 @@ class AsWritten:
         if self.hashed < offset and not may_read:
             return False
         keep = tail_start(offset, offset + (first or len(data)), self.unit)
+        held_bytes = 0  # what its hash step holds of the jobs' bound (Hashing.hold)
+        if keep > offset and self.jobs is not None:
+            if self.jobs.reserve(len(data)):
+                held_bytes = len(data)
+            else:  # the thread is that far behind: read back with what comes above it
+                keep = offset
         start, self.hashed = self.hashed, keep
         self.read_bytes += offset - start
         steps = []  # in this order: what is read back below it, then its own bytes
         if start < offset:
             steps.append(functools.partial(self._read_range, start, offset))
         if keep > offset:
-            steps.append(functools.partial(self._hash, data, keep - offset, release))
+            steps.append(functools.partial(self._hash, data, keep - offset, release, held_bytes))
         held = keep > offset and release is not None  # (its hash step gives it back)
         if self.jobs is not None:  # (on its thread)
             for step in steps:
@@ -509,16 +515,20 @@ class AsWritten:
         data: memoryview | bytes,
         length: int,
         release: Callable[[], None] | None,
+        held: int,
         window: memoryview,
     ) -> None:
         """(the hashing thread) ``data``'s first ``length`` bytes into the
-        hash; then ``release`` its buffer."""
+        hash; then ``release`` its buffer, and the ``held`` bytes it took of
+        the jobs' bound."""
         try:
             with memoryview(data) as view:
                 self.hasher.update(view[:length])
         finally:
             if release is not None:
                 release()
+            if held and self.jobs is not None:
+                self.jobs.unhold(held)
 
     def settle(self) -> None:
         """(the final check) Until every job queued for it ran."""
@@ -553,10 +563,22 @@ class Hashing:
     disk's wait both release the interpreter lock). A job that fails
     taints its part (a read back: EIO) but never the thread; a chunk's
     buffer goes back once hashed, whatever happened. :meth:`stop` runs
-    every job queued before it."""
+    every job queued before it.
 
-    def __init__(self, window: int, nice: bool = True) -> None:
+    The chunks its queued jobs hold (their buffers wait to be hashed) are at
+    most ``hold`` bytes, or one chunk (:meth:`reserve`): a thread that falls
+    behind the writer (its node's cores busy, its niceness) would otherwise
+    hold every chunk written since, beyond any bound of the node. A chunk
+    refused is not hashed from its buffer but read back from the part with
+    the next chunk written above it, or by the final check (:attr:`deferred`
+    counts them)."""
+
+    def __init__(self, window: int, nice: bool = True, hold: int = 16 << 20) -> None:
         self._window = window
+        self._hold = hold
+        self._held = 0  # bytes of chunks queued jobs hold (under _held_lock)
+        self._held_lock = threading.Lock()
+        self.deferred = 0  # chunks refused (writer thread)
         self._stopped = False  # then every job runs on its caller's thread
         self._nice = nice  # False: at the node's priority (the multicast receiver's writer)
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -575,6 +597,25 @@ class Hashing:
                 self._thread = threading.Thread(target=self._run, name="pc-hash", daemon=True)
                 self._thread.start()
         self._jobs.put((part, job))
+
+    def reserve(self, size: int) -> bool:
+        """Whether a job may hold a chunk of ``size`` bytes until it ran
+        (then :meth:`unhold`): within ``hold``, or the only one held."""
+        with self._held_lock:
+            if self._held and self._held + size > self._hold:
+                self.deferred += 1
+                return False
+            self._held += size
+            return True
+
+    def unhold(self, size: int) -> None:
+        with self._held_lock:
+            self._held -= size
+
+    @property
+    def held(self) -> int:
+        """Bytes of chunks its queued jobs hold."""
+        return self._held
 
     def stop(self, timeout: float = 5.0) -> None:
         """Run every job queued, end the thread; later jobs run on their

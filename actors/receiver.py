@@ -339,6 +339,7 @@ class ReceiverActor(Actor):
             pool_bytes=pooled,
             as_written=s.check_as_written,
             announce_bytes=s.receive_buffer // 4,
+            hash_hold=s.receive_buffer // 2,
         )
         self.writer.start()
         running = lambda: bool(self.transfers)  # noqa: E731

@@ -9,9 +9,11 @@ tainted, the part whole) is the hash of the bytes stored."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -176,10 +178,15 @@ cuts = st.one_of(
     seed=bytes(16),
     stalled=set(),
 )
-@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "threaded"])
+@pytest.mark.parametrize(
+    ("threaded", "hold"),
+    [(False, None), (True, None), (True, CHUNK)],
+    ids=["inline", "threaded", "threaded-one-held"],
+)
 def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
     where: tuple[Path, bool, int],
     threaded: bool,
+    hold: int | None,
     order: list[int],
     cut: tuple[int, int, bool] | None,
     again: tuple[int, int] | None,
@@ -189,8 +196,12 @@ def test_a_verdict_from_the_hash_as_written_is_the_hash_of_what_is_stored(
     """``stalled``: the moments a final check is inside its fsync (nothing
     is read back then). ``cut``: when, where, and whether inside the write
     of that moment, between its two writes (a chunk of a part written
-    directly: its last block through the page cache, then the rest)."""
-    _hash_as_written(where, CHUNK, SIZE, order, cut, again, seed, stalled, threaded=threaded)
+    directly: its last block through the page cache, then the rest).
+    ``hold``: the hashing thread's bound (one chunk: a chunk written while
+    the one before waits to be hashed is read back instead)."""
+    _hash_as_written(
+        where, CHUNK, SIZE, order, cut, again, seed, stalled, threaded=threaded, hold=hold
+    )
 
 
 # Shapes where what is hashed as written ends at a chunk's start: chunks of
@@ -255,6 +266,7 @@ def _hash_as_written(
     stalled: set[int],
     same: bool = False,
     threaded: bool = False,
+    hold: int | None = None,
 ) -> None:
     """Chunks of ``chunk`` bytes of a part of ``size`` written in ``order``
     and hashed as written (``threaded``: on a hashing thread, as the
@@ -268,7 +280,8 @@ def _hash_as_written(
         mmap.mmap(-1, 4 * DIRECT_ALIGN) as window,
     ):
         part = _as_written(fd, dfd, size, unit)
-        part.jobs = Hashing(4 * DIRECT_ALIGN) if threaded else None
+        jobs = Hashing(4 * DIRECT_ALIGN, hold=hold) if hold else Hashing(4 * DIRECT_ALIGN)
+        part.jobs = jobs if threaded else None
         written: set[int] = set()
         contiguous = 0
 
@@ -315,6 +328,44 @@ def _hash_as_written(
             # what was read back: each chunk's last block once a chunk above it is written,
             # and chunks that came early, never the chunks hashed from their buffers
             assert part.read_bytes < size or order != sorted(order) or chunk == unit
+
+
+def test_a_hashing_thread_behind_holds_no_more_chunks_than_its_bound(
+    where: tuple[Path, bool, int],
+) -> None:
+    """A hashing thread held up (its node's cores busy) holds at most its
+    bound of written chunks in their buffers (here two; without the bound,
+    every chunk written since): the others are read back from the part with
+    the chunk above them, and the verdict is still the hash of the part."""
+    directory, direct, unit = where
+    content = os.urandom(SIZE)
+    jobs = Hashing(4 * DIRECT_ALIGN, hold=2 * CHUNK)
+    go = threading.Event()
+    jobs.put(None, lambda window: go.wait(30))  # the thread is busy until told
+    released: list[int] = []
+    with _part(directory, direct) as (_, fd, dfd):
+        part = _as_written(fd, dfd, SIZE, unit)
+        part.jobs = jobs
+        try:
+            for index in range(CHUNKS):
+                data = content[index * CHUNK : (index + 1) * CHUNK]
+                _write(fd, dfd, data, index * CHUNK, unit=unit)
+                part.wrote(
+                    index * CHUNK, data, index * CHUNK, None,
+                    release=functools.partial(released.append, index),
+                )  # fmt: skip
+                assert jobs.held <= 2 * CHUNK, (index, jobs.held)
+            assert jobs.deferred == CHUNKS - 2
+        finally:
+            go.set()
+        os.fsync(fd)
+        part.settle()
+        assert jobs.held == 0 and sorted(released) == [0, 1]
+        assert part.read_bytes >= (CHUNKS - 3) * CHUNK  # the deferred ones, read back
+        digest = hash_file(fd, SIZE, hasher=part.hasher, start=part.hashed)
+        part.close()
+        jobs.stop()
+    assert not part.tainted and digest == blake3.blake3(content).digest()
 
 
 def test_the_tail_start_is_the_last_block_a_write_touches() -> None:
