@@ -307,6 +307,27 @@ def test_expect_pins_the_receivers_fingerprint(
     assert bad.returncode == errors.USAGE and "--expect" in bad.stderr_lines[-1]
 
 
+def test_a_kept_control_link_taken_again_proves_and_checks_the_receiver_afresh(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """The second send takes the first one's control link, kept after its
+    accept (actors/sender.py, ``IDLE_KEEP``): it still asks a hello of its
+    own (a new challenge, proven again) and decides trust again, so a
+    ``--expect`` of another key refuses it and nothing is sent."""
+    sender, receiver = node_factory(), node_factory()
+    first = make_file(100 * KiB, name="first.bin")
+    assert_sent(receiver, sender.send(first, receiver.host, receiver.port), first)
+    second = make_file(100 * KiB + 1, name="second.bin")
+    wrong = fingerprint(KeyPair.generate().public)
+    code, result = sender.send(second, receiver.host, receiver.port, "--expect", wrong)
+    assert code == errors.NOT_ADMITTED and result["code"] == "untrusted", result
+    assert wrong in result["error"] and receiver.fingerprint in result["error"]
+    counters = sender.counters_when("sender.hellos", 2)
+    assert counters["sender.links-reused"] == 1  # the kept link, not a new one
+    assert counters["sender.offers"] == 1  # the refused send offered nothing
+    assert not (receiver.inbox / second.name).exists()
+
+
 def test_health_check_shows_the_proven_fingerprint_and_refuses_a_forged_hello(
     node_factory: Callable[..., NodeProcess],
     impostor_of: Callable[[NodeProcess], Impostor],
