@@ -244,7 +244,9 @@ class Ack(Message):
 @message
 @dataclass(frozen=True, kw_only=True)
 class Done(Message):
-    """Sender -> receiver: all chunks acknowledged; the whole-file hash."""
+    """Sender -> receiver: the whole-file hash, once every chunk was sent (right
+    after the last one: held until every chunk is written) and again once all
+    are acknowledged."""
 
     TYPE = "done"
     digest: bytes = field(metadata=bounded(HASH_BYTES, HASH_BYTES))
