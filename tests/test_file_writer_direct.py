@@ -904,6 +904,11 @@ def test_a_part_closed_mid_read_back_leaves_no_descriptor_and_no_thread(
         other = new_part(fresh_dir, CHUNK)
         h.writer.open(b"u", other, CHUNK, CHUNK, ChunkBitmap(1))
         assert h.write(b"u", 0, data[:CHUNK]) == Written(b"u", 0)
+        # t's descriptors close on the hashing thread, after its jobs queued before
+        # (AsWritten.close): wait for those, then nothing of t may be left.
+        drained = threading.Event()
+        h.writer._hashing.put(None, lambda window: drained.set())
+        assert drained.wait(WAIT)
         new = {fd: what for fd, what in _fds().items() if before.get(fd) != what}
         assert set(new.values()) == {str(fresh_dir / "part")}, new  # u's (and its direct one)
         h.writer.close(b"u", keep=False)
