@@ -196,6 +196,11 @@ SETTINGS: tuple[Setting, ...] = (
        "Port of the bootstrap member (0: none).", flag="--bootstrap-port", low=0, high=65535),
     _s("window", "PEERCRYPT_WINDOW", "int", 16, "Chunks in flight per incoming transfer.",
        flag="--window", low=1, high=4096),
+    _s("receive_buffer", "PEERCRYPT_RECEIVE_BUFFER", "int", 32 << 20,
+       "Bytes of chunks in flight to this node, all incoming transfers together (their "
+       "credit); the writer's queue, the decrypt buffers and the data port's bound follow "
+       "it. One transfer moves at most this much per round trip.",
+       flag="--receive-buffer", low=4 << 20, high=1 << 30, unit="bytes"),
     _s("max_rate", "PEERCRYPT_MAX_RATE", "int", 0,
        "Cap of all outgoing transfers together (0: none).", flag="--max-rate", low=0,
        unit="bytes/s"),

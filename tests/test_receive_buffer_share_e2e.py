@@ -93,3 +93,27 @@ def test_a_receiving_transfer_gets_the_buffer_those_waiting_for_their_checks_do_
     assert (receiver.inbox / "receiving.bin").read_bytes() == data
     for n, body in enumerate(small):
         assert (receiver.inbox / f"waiting{n}.bin").read_bytes() == body
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_the_receive_buffer_is_what_the_user_sets(
+    node_factory: Callable[..., NodeProcess], network_key: str, how: str
+) -> None:
+    """``--receive-buffer`` (or ``PEERCRYPT_RECEIVE_BUFFER``) is the credit
+    of a transfer alone (below the window): 12 MiB is 12 chunks of 1 MiB
+    where the default 32 MiB gives the whole window (16), in the Accept and
+    every ack; the file verifies by hash."""
+    buffer = 12 * MiB
+    if how == "flag":
+        receiver = node_factory("--receive-buffer", str(buffer), name="receiver")
+    else:
+        receiver = node_factory(name="receiver", env={"PEERCRYPT_RECEIVE_BUFFER": str(buffer)})
+    data = os.urandom(2 * WINDOW * CHUNK)
+    with HostileSender(network_key, receiver.host, receiver.port) as member:
+        t = member.offer("set.bin", len(data), CHUNK)
+        assert isinstance(t, HostileTransfer), t
+        credits = _send_within_credit(t, data)
+        verdict = t.done_until(blake3.blake3(data).digest(), (Verified,), WAIT)
+        assert isinstance(verdict, Verified), verdict
+    assert credits[0] == buffer // CHUNK == max(credits) < WINDOW, credits
+    assert (receiver.inbox / "set.bin").read_bytes() == data

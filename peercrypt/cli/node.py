@@ -67,6 +67,7 @@ NODE_OPTIONS: dict[str, str] = {
     "max_retries": "max_retries",
     "connection_timeout": "connect_timeout",
     "window": "window",
+    "receive_buffer": "receive_buffer",
     "multicast_group": "multicast_group",
     "multicast_ttl": "multicast_ttl",
     "multicast_datagram": "multicast_datagram",
@@ -141,6 +142,7 @@ def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings
         data_port=eff["data_port"],
         advertise_data_port=eff["advertise_data_port"],
         window=eff["window"],
+        receive_buffer=eff["receive_buffer"],
         policy=policy,
         max_rate=eff["max_rate"],
         bootstrap=((eff["bootstrap_host"], eff["bootstrap_port"]),)
