@@ -184,13 +184,13 @@ CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
 # IDLE_PIPES connections wait so (beyond: closed as before); one that
 # dropped meanwhile is not taken again.
 IDLE_KEEP = 30.0
+IDLE_LINKS = 16
+IDLE_PIPES = 16
 # ZMTP pings on a send's control link (and on it while kept): a receiver whose
 # host went silent (no FIN, no RST) drops the connection after 4 unanswered,
 # so a kept link to it is not taken (its disconnect is counted) and one taken
 # just before fails as unreachable, with the cause, not after the --timeout.
 CONTROL_HEARTBEAT_MS = 500
-IDLE_LINKS = 16
-IDLE_PIPES = 16
 DATA_BATCH = 1024  # replies taken from one data connection per turn of the loop
 RETRY_INITIAL = 1.0  # seconds before the first automatic retry (full jitter, doubling)
 CLOSED_RETRY_INITIAL = 0.25  # the same while the receiver's port refuses (at most 2 s)
