@@ -69,9 +69,6 @@ _WATCHES: weakref.WeakKeyDictionary[Actor, PortWatch] = weakref.WeakKeyDictionar
 # is dropped, so the link can be diagnosed again; one still connecting is
 # left to the kernel's own connect timeout.
 PROBE_LIMIT = 1.0
-# A link with heartbeats (``heartbeat_ms``) drops its connection after this
-# many of their intervals without a word from the peer.
-HEARTBEATS_MISSED = 4
 
 
 _CAUSES = {
@@ -198,10 +195,6 @@ class Link:
     counts failed connects since it last was - and nothing queues while it
     is not connected. ``on_state`` is called after every change of
     :attr:`connected` or :attr:`handshaken`.
-
-    ``heartbeat_ms``: ZMTP pings every that many milliseconds, and the
-    connection dropped after :data:`HEARTBEATS_MISSED` of them unanswered
-    (a peer whose host went silent: no FIN, no RST); 0: none.
     """
 
     def __init__(
@@ -216,7 +209,6 @@ class Link:
         keep_trying: bool = False,
         on_state: Callable[[], None] | None = None,
         sndhwm: int = 64,
-        heartbeat_ms: int = 0,
     ) -> None:
         self.actor = actor
         self.url = url
@@ -255,9 +247,6 @@ class Link:
         option(zmq.RCVHWM, PEER_RCVHWM)  # replies to our requests; a cap lets the peer abort us
         if not monitored or keep_trying:
             option(zmq.IMMEDIATE, 1)
-        if heartbeat_ms:  # a peer gone silent (no FIN, no RST) drops the connection
-            option(zmq.HEARTBEAT_IVL, heartbeat_ms)
-            option(zmq.HEARTBEAT_TIMEOUT, HEARTBEATS_MISSED * heartbeat_ms)
         address = f"inproc://pc-{actor.env.node_uid}/{actor.name}-link/{next(_link_ids)}"
         sock.monitor(address, MONITOR_EVENTS if monitored else DIAL_EVENTS)
         self.monitor: zmq.Socket[Any] | None = actor.socket(zmq.PAIR)

@@ -186,11 +186,6 @@ CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
 IDLE_KEEP = 30.0
 IDLE_LINKS = 16
 IDLE_PIPES = 16
-# ZMTP pings on a send's control link (and on it while kept): a receiver whose
-# host went silent (no FIN, no RST) drops the connection after 4 unanswered,
-# so a kept link to it is not taken (its disconnect is counted) and one taken
-# just before fails as unreachable, with the cause, not after the --timeout.
-CONTROL_HEARTBEAT_MS = 500
 DATA_BATCH = 1024  # replies taken from one data connection per turn of the loop
 RETRY_INITIAL = 1.0  # seconds before the first automatic retry (full jitter, doubling)
 CLOSED_RETRY_INITIAL = 0.25  # the same while the receiver's port refuses (at most 2 s)
@@ -248,6 +243,7 @@ class Outgoing:
     eph: Initiator
     details: OfferDetails
     link: Link | None = None
+    link_kept: bool = False  # its link was kept from a send before (IDLE_KEEP)
     # The receiver's identity key, proven by a hello before the offer is
     # sealed to it; the accept must prove the same key.
     receiver_key: bytes = b""
@@ -633,15 +629,17 @@ class SenderActor(Actor):
         if t.tid in self.transfers:
             self._drive(t)
 
-    def _hello(self, t: Outgoing) -> None:
+    def _hello(self, t: Outgoing, fresh: bool = False) -> None:
         """Connect and ask the peer to prove its identity key (the pre-send
         check, on the connection the offer then takes: no connection and no
-        round trip of its own)."""
+        round trip of its own); on a link kept from a send before unless
+        ``fresh``."""
         req = t.request
         url = f"tcp://{join_host_port(req.host, req.port)}"
         on_message = functools.partial(self._on_control, t)
         on_failure = functools.partial(self._on_link_failure, t)
-        t.link = self._idle_link(url)
+        t.link = None if fresh else self._idle_link(url)
+        t.link_kept = t.link is not None
         if t.link is not None:
             t.link.on_message, t.link.on_failure = on_message, on_failure
             self.count("links-reused")
@@ -653,7 +651,6 @@ class SenderActor(Actor):
                 on_message,
                 monitored=True,
                 on_failure=on_failure,
-                heartbeat_ms=CONTROL_HEARTBEAT_MS,
             )
         if t.link.failure:
             return self._end(t, t.link.failure, t.link.detail)
@@ -672,6 +669,15 @@ class SenderActor(Actor):
         to the offer's own deadline (the host is up)."""
         if t.tid not in self.transfers or t.link is not link or t.challenge is None:
             return
+        if t.link_kept:
+            # Silence on a link kept from a send before says nothing of the
+            # host (it may have gone silent while the link was kept: no FIN,
+            # no RST): the check asks again on a connection of its own, which
+            # tells an unreachable host from one that is up but slow.
+            self.count("kept-links-unanswered")
+            link.close()
+            t.challenge = None
+            return self._hello(t, fresh=True)
         code, reason = link.timeout_reason(wait)
         if code != ResultCode.TIMEOUT:
             return self._not_reached(t, code, reason)

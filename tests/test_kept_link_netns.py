@@ -1,8 +1,10 @@
 """A control link kept after a send (``IDLE_KEEP``, actors/sender.py) to a
 receiver whose host then goes silent (its link unplugged at the switch: no
 FIN, no RST, its packets dropped) is not taken for a live one: the next
-send there fails as unreachable, naming the cause, as a send on a fresh
-connection does, not after its whole ``--timeout`` as "did not answer"."""
+send's pre-send check, unanswered on it, asks again on a connection of its
+own, so the send fails as unreachable, naming the cause, as a send on a
+fresh connection does, not after its whole ``--timeout`` as "did not
+answer"."""
 
 from __future__ import annotations
 
