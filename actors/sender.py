@@ -617,17 +617,21 @@ class SenderActor(Actor):
         self.transfers[tid] = t
         self.tell("stats", self._record(t, "running"))
         if retry is None:
-            t.reach = Reach(
-                connect_timeout=self.settings.connect_timeout,
-                max_retries=self.settings.max_retries,
-                budget=req.timeout,
-                now=self.now(),
-                rng=self.rng,
-            )
+            t.reach = self._reach(req)
             flow.offer_due(None)  # the check times its attempts; the offer gets its own
         self._hello(t)
         if t.tid in self.transfers:
             self._drive(t)
+
+    def _reach(self, req: SendRequest) -> Reach:
+        """The pre-send check's attempts, from now."""
+        return Reach(
+            connect_timeout=self.settings.connect_timeout,
+            max_retries=self.settings.max_retries,
+            budget=req.timeout,
+            now=self.now(),
+            rng=self.rng,
+        )
 
     def _hello(self, t: Outgoing, fresh: bool = False) -> None:
         """Connect and ask the peer to prove its identity key (the pre-send
@@ -673,10 +677,13 @@ class SenderActor(Actor):
             # Silence on a link kept from a send before says nothing of the
             # host (it may have gone silent while the link was kept: no FIN,
             # no RST): the check asks again on a connection of its own, which
-            # tells an unreachable host from one that is up but slow.
+            # tells an unreachable host from one that is up but slow, with
+            # attempts of its own (the check's whole budget again: what a
+            # send without a kept link would have had).
             self.count("kept-links-unanswered")
             link.close()
             t.challenge = None
+            t.reach = self._reach(t.request)
             return self._hello(t, fresh=True)
         code, reason = link.timeout_reason(wait)
         if code != ResultCode.TIMEOUT:
