@@ -9,6 +9,7 @@ however loaded the machine); how close to it a path comes is for
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 import time
@@ -179,8 +180,8 @@ def test_stop_cannot_hang() -> None:
         for c in clients:
             try:
                 pushed += c.send(block)
-            except BlockingIOError:
-                time.sleep(0.01)
+            except BlockingIOError:  # full: wait until it takes more (or the deadline)
+                select.select([], [c], [], 0.1)
     assert stuck.peak_held >= 256 * 1024  # its line is full: the writer is blocked
     for proxy in (slow, stuck):
         started = time.monotonic()
