@@ -160,6 +160,7 @@ import zmq
 from actors.file_chunks import read_chunk
 from actors.inbox import discard_part, save_manifest
 from actors.read_back import (
+    HASH_HOLD,
     AsWritten,
     EarlyPart,
     Follower,
@@ -346,10 +347,6 @@ def _has_blocks(fd: int) -> bool:
 # file's size. 4 MiB costs the same CPU per GiB as 16 (BLAKE3 still spreads
 # it over the cores) and 12 MiB less at the node's peak.
 HASH_WINDOW = 4 * 1024 * 1024  # with 16 transfers in flight too (docs/architecture.md)
-# Bytes of written chunks that may wait for the hashing thread in their
-# buffers (read_back.Hashing's ``hold``; the receivers pass half the receive
-# buffer): one further behind is read back from the part instead.
-HASH_HOLD = 16 * 1024 * 1024
 
 
 def hash_file(

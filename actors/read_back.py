@@ -468,7 +468,7 @@ class AsWritten:
         if self.hashed < offset and not may_read:
             return False
         keep = tail_start(offset, offset + (first or len(data)), self.unit)
-        held_bytes = 0  # what its hash step holds of the jobs' bound (Hashing.hold)
+        held_bytes = 0  # what its hash step holds of the jobs' bound (Hashing.reserve)
         if keep > offset and self.jobs is not None:
             if self.jobs.reserve(len(data)):
                 held_bytes = len(data)
@@ -555,6 +555,12 @@ class AsWritten:
             self.page_fd = None
 
 
+# Bytes of written chunks that may wait for the hashing thread in their
+# buffers (Hashing's ``hold``; the receivers pass half the receive buffer):
+# one further behind is read back from the part instead.
+HASH_HOLD = 16 * 1024 * 1024
+
+
 class Hashing:
     """The thread (``pc-hash``, one per writer, started at its first job)
     that hashes the parts hashed as written: the writer queues each chunk's
@@ -573,7 +579,7 @@ class Hashing:
     the next chunk written above it, or by the final check (:attr:`deferred`
     counts them)."""
 
-    def __init__(self, window: int, nice: bool = True, hold: int = 16 << 20) -> None:
+    def __init__(self, window: int, nice: bool = True, hold: int = HASH_HOLD) -> None:
         self._window = window
         self._hold = hold
         self._held = 0  # bytes of chunks queued jobs hold (under _held_lock)
