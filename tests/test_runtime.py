@@ -4,6 +4,7 @@ timers, crash -> restart with backoff, stop that cannot hang."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -23,6 +24,7 @@ from peercrypt.runtime.actor import (
     DATA_NICE,
     IO_THREADS,
     LOG_BURST,
+    TIMERS_COMPACT_MIN,
     Actor,
     ActorEnv,
     ActorFault,
@@ -581,3 +583,25 @@ def test_each_actor_thread_and_the_writer_carry_their_names_in_proc() -> None:
         writer.stop()
         results.close(linger=0)
         stop(sup)
+
+
+def test_cancelled_timers_do_not_pile_up_in_the_heap() -> None:
+    """A kept connection arms a 30 s timer at every send and cancels it at
+    the next: the cancelled ones must not stay in the heap until due."""
+    clock = FakeClock()
+    actor = Worker(ActorEnv(context=zmq.Context(), node_uid="heap", clock=clock))
+    fired: list[int] = []
+    live = [actor.call_later(1.0 + i, functools.partial(fired.append, i)) for i in range(10)]
+    for _ in range(10_000):
+        actor.call_later(30.0, lambda: fired.append(-1)).cancel()
+        # Bounded: the live ones, and cancelled ones no more than the live
+        # ones or TIMERS_COMPACT_MIN (+1: the one that triggers the rebuild).
+        assert len(actor._timers) <= 2 * len(live) + TIMERS_COMPACT_MIN + 1
+    live[3].cancel()  # a cancelled live one stays cancelled through a rebuild
+    for _ in range(1000):
+        actor.call_later(30.0, lambda: fired.append(-1)).cancel()
+    for _ in range(40):
+        clock.advance(1.0)
+        actor.step()
+    assert fired == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert actor._timers == [] and actor._timers_cancelled == 0

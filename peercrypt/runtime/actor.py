@@ -59,6 +59,9 @@ TERM = b"$TERM"
 RESTARTED = b"$RESTARTED:"
 STOPPED = b"STOPPED"
 CRASHED = b"CRASHED"
+# Cancelled timers an actor's heap may hold before it is rebuilt (when they
+# are also more than half of it: Actor._timer_cancelled).
+TIMERS_COMPACT_MIN = 64
 
 # ZeroMQ I/O threads of a node's context (``ZMQ_AFFINITY`` bitmasks): bulk
 # data sockets get the second, everything else the first, so a control
@@ -189,9 +192,16 @@ class Timer:
     seq: int
     callback: Callable[[], None] = field(compare=False)
     cancelled: bool = field(default=False, compare=False)
+    # The actor whose heap holds it, until it is taken out: a cancel is counted
+    # there (see Actor._timer_cancelled).
+    owner: Actor | None = field(default=None, compare=False, repr=False)
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
+        if self.owner is not None:
+            self.owner._timer_cancelled()
 
 
 class Watched(dict[str, Any]):
@@ -306,6 +316,7 @@ class Actor:
         self._handlers: dict[Any, Callable[[Any], None]] = {}
         self._poller = zmq.Poller()
         self._timers: list[Timer] = []
+        self._timers_cancelled = 0  # cancelled ones still in the heap
         self._seq = itertools.count()
         self._outboxes: dict[str, zmq.Socket[Any]] = {}
         self._repeats: list[Repeat] = []
@@ -375,8 +386,36 @@ class Actor:
         sock.close(linger=0)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(self.now() + max(0.0, delay), next(self._seq), callback)
+        timer = Timer(self.now() + max(0.0, delay), next(self._seq), callback, owner=self)
         heapq.heappush(self._timers, timer)
+        return timer
+
+    def _timer_cancelled(self) -> None:
+        """A timer in the heap was cancelled. It stays there until it comes
+        to the top (a 30 s one for 30 s), so an actor that arms and cancels
+        many (a kept connection's, at every send) would grow its heap without
+        bound: once more than half of it (and more than
+        :data:`TIMERS_COMPACT_MIN`) is cancelled, the heap is rebuilt from
+        the live ones (as asyncio does)."""
+        self._timers_cancelled += 1
+        cancelled = self._timers_cancelled
+        if cancelled <= TIMERS_COMPACT_MIN or 2 * cancelled <= len(self._timers):
+            return
+        live = []
+        for timer in self._timers:
+            if timer.cancelled:
+                timer.owner = None
+            else:
+                live.append(timer)
+        heapq.heapify(live)
+        self._timers[:] = live  # in place: the loop may be iterating over it
+        self._timers_cancelled = 0
+
+    def _pop_timer(self) -> Timer:
+        timer = heapq.heappop(self._timers)
+        timer.owner = None
+        if timer.cancelled:
+            self._timers_cancelled -= 1
         return timer
 
     def call_every(self, interval: float, callback: Callable[[], None]) -> Timer:
@@ -521,7 +560,7 @@ class Actor:
     def _run_timers(self) -> None:
         now = self.now()
         while self._timers and self._timers[0].due <= now:
-            timer = heapq.heappop(self._timers)
+            timer = self._pop_timer()
             if not timer.cancelled:
                 self.contain(getattr(timer.callback, "__name__", "timer"), timer.callback)
 
@@ -531,7 +570,7 @@ class Actor:
         clock (a test's fake one) may be advanced from outside, so the loop
         looks again every second."""
         while self._timers and self._timers[0].cancelled:
-            heapq.heappop(self._timers)
+            self._pop_timer()
         cap = None if self.env.clock is time.monotonic else 1000
         if not self._timers:
             return cap
