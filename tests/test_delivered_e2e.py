@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -135,6 +136,14 @@ def test_a_file_delivered_during_an_outage_is_not_stored_twice(
         assert after["ok"] and after["stored_as"] == "report.bin", after
         assert after["stats"]["sent_chunks"] == 0, after["stats"]
         assert _stored(receiver.inbox) == ["report.bin"]
+        # What the user reads: no rate of bytes that never crossed.
+        plain = sender.cli("send", path, "127.0.0.1", str(receiver.port), timeout=60)
+        assert plain.returncode == 0, plain.stderr
+        assert re.fullmatch(
+            rf"sent report\.bin \({SIZE} bytes\) to 127\.0\.0\.1:{receiver.port} as report\.bin"
+            rf" in [0-9.]+ s \(the receiver had it all: nothing sent\), blake3 {digest} verified\n",
+            plain.stdout,
+        ), plain.stdout
 
         # Another identity offering the very same file learns nothing from the
         # table: its offer is a transfer of its own, every chunk moves.

@@ -28,6 +28,21 @@ def tree_counts(stats: dict[str, float], as_json: bool) -> tuple[int, int]:
     return files, skipped
 
 
+def how_fast(result: SendResult, rate: float) -> str:
+    """The rate of a verified send, and what of the file the receiver held
+    already (a resume, or a file delivered before: no chunk sent), whose
+    bytes did not cross and are not in the rate."""
+    chunks = int(result.stats.get("chunks", 0))
+    held = int(result.stats.get("resumed_chunks", 0))
+    if not chunks or not held:
+        return f"{rate:.1f} MiB/s"
+    if held >= chunks:
+        return "the receiver had it all: nothing sent"
+    moved = result.size * (chunks - held) / chunks / 2**20
+    sent = moved / result.seconds if result.seconds > 0 else 0.0
+    return f"resumed, {100 * held // chunks}% was there; {sent:.1f} MiB/s"
+
+
 def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> int:
     """Show a unicast send's result; its exit code."""
     ok = result.code == ResultCode.OK
@@ -64,7 +79,8 @@ def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) 
         )
         echo(
             f"sent {what} to {host}:{port} as {result.stored_as} "
-            f"in {result.seconds:.2f} s ({rate:.1f} MiB/s), blake3 {result.digest.hex()} verified"
+            f"in {result.seconds:.2f} s ({how_fast(result, rate)}), "
+            f"blake3 {result.digest.hex()} verified"
         )
     else:
         echo(f"peercrypt: error: {result.reason}", err=True)

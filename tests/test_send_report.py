@@ -1,0 +1,60 @@
+"""The line a verified send prints: its rate counts only the bytes that
+crossed, and it says what the receiver held already (a resume, or a file
+delivered before)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from peercrypt.cli.send_report import report
+from peercrypt.errors import ResultCode
+from peercrypt.wire.local_messages import SendResult
+
+MiB = 1 << 20
+DIGEST = bytes(range(32))
+
+
+def _result(chunks: int, held: int, size: int = 64 * MiB, seconds: float = 2.0) -> SendResult:
+    stats = {"chunks": float(chunks), "resumed_chunks": float(held)} if chunks else {}
+    return SendResult(
+        request=1,
+        code=ResultCode.OK,
+        reason="",
+        size=size,
+        digest=DIGEST,
+        stored_as="a.bin",
+        seconds=seconds,
+        stats=stats,
+    )
+
+
+@pytest.mark.parametrize(
+    ("chunks", "held", "shown"),
+    [
+        (0, 0, "32.0 MiB/s"),  # no statistics: the whole file over the time
+        (64, 0, "32.0 MiB/s"),
+        (64, 16, "resumed, 25% was there; 24.0 MiB/s"),  # 48 MiB crossed in 2 s
+        (64, 63, "resumed, 98% was there; 0.5 MiB/s"),
+        (64, 64, "the receiver had it all: nothing sent"),
+    ],
+)
+def test_a_verified_send_shows_the_rate_of_what_crossed(
+    capsys: pytest.CaptureFixture[str], chunks: int, held: int, shown: str
+) -> None:
+    assert report(_result(chunks, held), Path("a.bin"), "h", 7, as_json=False) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        f"sent a.bin ({64 * MiB} bytes) to h:7 as a.bin in 2.00 s ({shown}), "
+        f"blake3 {DIGEST.hex()} verified\n"
+    )
+
+
+def test_a_resumed_send_s_json_keeps_the_whole_file_s_rate(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert report(_result(64, 16), Path("a.bin"), "h", 7, as_json=True) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["mib_per_s"], shown["stats"]["resumed_chunks"]) == (32.0, 16.0)
