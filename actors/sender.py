@@ -205,6 +205,8 @@ class Retries:
     closed_since: float | None = None  # the last progress before the port refused
     attempt: int = 1  # of the send, the first one 1
     done_bytes: int = 0  # the most any attempt had acknowledged (the receiver keeps them)
+    started: float = 0.0  # the first attempt's start: the send's time counts from it
+    held: float = 0.0  # the share of the file the receiver held at the first accept
 
 
 @dataclass
@@ -873,6 +875,8 @@ class SenderActor(Actor):
                 Backoff(
                     CLOSED_RETRY_INITIAL, max_delay=CLOSED_RETRY_MAX, max_retries=None, rng=self.rng
                 ),
+                started=flow.started,
+                held=flow.resumed / flow.total if flow.total else 1.0,
             )
         t.retry.closed_since = None  # the receiver is back
         t.retry.closed.reset()
@@ -1478,7 +1482,8 @@ class SenderActor(Actor):
                 size=t.size,
                 digest=flow.digest if code == ResultCode.OK else b"",
                 stored_as=stored_as,
-                seconds=self.now() - flow.started,
+                # The whole send's, every attempt's (a retry's flow starts anew).
+                seconds=self.now() - (flow.started if t.retry is None else t.retry.started),
                 retransmits=flow.retransmits,
                 mode=flow.policy.mode,
                 stats=self._result_stats(t),
@@ -1585,6 +1590,9 @@ class SenderActor(Actor):
     @staticmethod
     def _result_stats(t: Outgoing) -> dict[str, float]:
         stats = t.flow.stats()
+        if t.retry is not None:  # what the send's first accept found held, its attempts
+            stats["held_share"] = t.retry.held
+            stats["attempts"] = float(t.retry.attempt)
         if t.tree is not None:
             stats["files"] = float(t.tree.files)
             stats["skipped"] = float(len(t.tree.skipped))

@@ -224,6 +224,10 @@ def test_a_killed_receiver_is_retried_and_resumed_or_named_when_it_stays_away(
     mine = [r for r in rows if r["side"] == "send" and r["file"] == str(path)]
     assert [r["result"] for r in mine][-1] == "ok", mine
     assert len(mine) >= 2 and all("retrying" in r["reason"] for r in mine[:-1]), mine
+    # The result is the whole send's: its attempts, its time over all of them
+    # (the pauses between too), what its first accept found held (nothing).
+    assert (stats["attempts"], stats["held_share"]) == (len(mine), 0.0), stats
+    assert float(info["seconds"]) >= sum(float(r["duration"]) for r in mine), (info, mine)
 
     # It stays away: the send fails naming the closed port once --timeout passed.
     timeout = 4.0

@@ -4,12 +4,13 @@ delivered before)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from peercrypt.cli.send_report import report
+from peercrypt.cli.send_report import how_fast, report
 from peercrypt.errors import ResultCode
 from peercrypt.wire.local_messages import SendResult
 
@@ -58,3 +59,14 @@ def test_a_resumed_send_s_json_keeps_the_whole_file_s_rate(
     assert report(_result(64, 16), Path("a.bin"), "h", 7, as_json=True) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["mib_per_s"], shown["stats"]["resumed_chunks"]) == (32.0, 16.0)
+
+
+def test_a_retried_send_shows_its_attempts_and_what_the_first_found() -> None:
+    """The rate over every attempt of what the first one did not find held
+    (the later attempts' resumes are this send's own bytes)."""
+    result = _result(64, 40)  # the last attempt found 40 chunks: its own first attempt's
+    stats = {**result.stats, "held_share": 0.25, "attempts": 3.0}
+    retried = dataclasses.replace(result, stats=stats)
+    assert how_fast(retried, 32.0) == "resumed, 25% was there; 24.0 MiB/s, 3 attempts"
+    fresh = dataclasses.replace(result, stats={**stats, "held_share": 0.0})
+    assert how_fast(fresh, 32.0) == "32.0 MiB/s, 3 attempts"

@@ -29,18 +29,22 @@ def tree_counts(stats: dict[str, float], as_json: bool) -> tuple[int, int]:
 
 
 def how_fast(result: SendResult, rate: float) -> str:
-    """The rate of a verified send, and what of the file the receiver held
-    already (a resume, or a file delivered before: no chunk sent), whose
-    bytes did not cross and are not in the rate."""
-    chunks = int(result.stats.get("chunks", 0))
-    held = int(result.stats.get("resumed_chunks", 0))
-    if not chunks or not held:
-        return f"{rate:.1f} MiB/s"
-    if held >= chunks:
-        return "the receiver had it all: nothing sent"
-    moved = result.size * (chunks - held) / chunks / 2**20
+    """The rate of a verified send over its whole time (every attempt), and
+    what of the file the receiver held when it first accepted (a resume, or
+    a file delivered before: no chunk sent), whose bytes did not cross and
+    are not in the rate."""
+    stats = result.stats
+    chunks = stats.get("chunks", 0)
+    held = stats.get("held_share", stats.get("resumed_chunks", 0) / chunks if chunks else 0.0)
+    attempts = int(stats.get("attempts", 1))
+    tries = f", {attempts} attempts" if attempts > 1 else ""
+    if held >= 1:
+        return f"the receiver had it all: nothing sent{tries}"
+    if held <= 0:
+        return f"{rate:.1f} MiB/s{tries}"
+    moved = result.size * (1 - held) / 2**20
     sent = moved / result.seconds if result.seconds > 0 else 0.0
-    return f"resumed, {100 * held // chunks}% was there; {sent:.1f} MiB/s"
+    return f"resumed, {int(100 * held)}% was there; {sent:.1f} MiB/s{tries}"
 
 
 def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> int:
