@@ -89,6 +89,7 @@ from actors.space import drop_gone_part, report_holdings
 from actors.tree_store import sweep_trees
 from peercrypt import local_ipc, shm_ring
 from peercrypt.core.bitmap import ChunkBitmap, flatten
+from peercrypt.core.completed import CompletedMemory
 from peercrypt.core.delivered import (
     JOURNAL_BYTES,
     JOURNAL_ROWS,
@@ -176,7 +177,7 @@ DATA_SNDHWM = 4096
 # (a sender uses one per lane: parallel mode's at most 64).
 ATTACH_MAX_BYTES = 256
 MAX_ATTACHED = MAX_LANES
-COMPLETED_MEMORY = 256  # finished transfers remembered to re-answer a repeated Done
+CANCELLED_MEMORY = 256  # cancelled transfers remembered to answer their frames
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
 INCOMING_SHOWN = 8  # incoming transfers listed in the status facts
 CANCEL_ANSWER_EVERY = 0.5  # seconds between answers to a cancelled transfer's frames
@@ -283,7 +284,10 @@ class ReceiverActor(Actor):
         super().__init__(env)
         self.settings = settings
         self.transfers: dict[bytes, Incoming] = {}
-        self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # tid -> (route?, sealed Verified)
+        # tid -> the sealed Verified (header, payload), to answer a repeated Done
+        self.completed: CompletedMemory[tuple[bytes, bytes]] = CompletedMemory(
+            settings.completed_memory
+        )
         self.outcomes = 0  # transfers finished (stored or discarded), for "last_in"
         self.credit_peak = 0  # the most credit its transfers held together, in bytes
         self.asking: dict[int, Asking] = {}  # request -> offer waiting for space
@@ -294,7 +298,7 @@ class ReceiverActor(Actor):
         self._snapshot_failed: int | None = None
         self._requests = itertools.count(1)
         self._idents = itertools.count(1)  # of incoming transfers, for the user
-        self.cancelled: dict[bytes, Cancelled] = {}  # tid -> (bounded: COMPLETED_MEMORY)
+        self.cancelled: dict[bytes, Cancelled] = {}  # tid -> (bounded: CANCELLED_MEMORY)
         self.ticks = 0  # progress reports so far (which transfers are sampled)
         self.ring_copy = bytearray()  # a shared-memory ring's slot, copied out
 
@@ -569,9 +573,10 @@ class ReceiverActor(Actor):
         )
 
     def _remember(self, tid: bytes, sent: tuple[bytes, bytes]) -> None:
-        if len(self.completed) >= COMPLETED_MEMORY:
-            self.completed.pop(next(iter(self.completed)))
-        self.completed[tid] = sent
+        evicted = self.completed.evicted
+        self.completed.remember(tid, sent, self.now())
+        if self.completed.evicted > evicted:  # its sender finds out by offering again
+            self.count("completed-forgotten-early")
 
     def on_actor_restarted(self, name: str) -> None:
         if name == "space":  # its ledger is empty: tell it again what is here
@@ -619,6 +624,7 @@ class ReceiverActor(Actor):
 
     def _reclaim(self) -> None:
         """Delete leftovers whose resume did not come within ``part_expiry``."""
+        self.completed.expire(self.now())
         in_use = [t.part.name for t in self.transfers.values()]
         s = self.settings
         try:  # only unicast parts; the mreceiver sweeps its own
@@ -977,6 +983,7 @@ class ReceiverActor(Actor):
             kept.append(running)
         # Parts in use: running transfers' and those chosen by offers waiting
         # for the space ledger (their verdict opens them).
+        self.completed.expire(self.now())
         in_use = [t.part.name for t in self.transfers.values()]
         in_use += [a.reuse.part for a in self.asking.values() if a.reuse is not None]
         plan = plan_resume(key, kept, in_use, low)
@@ -1170,7 +1177,7 @@ class ReceiverActor(Actor):
     def _on_sealed(self, route: bytes, h: SealedHeader, payload: memoryview) -> None:
         t = self.transfers.get(h.tid)
         if t is None:
-            done = self.completed.get(h.tid)
+            done = self.completed.get(h.tid, self.now())
             echo = self.echoes.get(h.tid)
             if done is not None:  # our Verified was lost: answer the repeated Done again
                 self.data.send_multipart([route, done[0], done[1]])
@@ -1346,7 +1353,7 @@ class ReceiverActor(Actor):
         if out.notify:
             self._send_sealed(t, Failed(code=out.code, reason=out.reason))
         if out.code == ResultCode.CANCELLED:
-            if len(self.cancelled) >= COMPLETED_MEMORY:
+            if len(self.cancelled) >= CANCELLED_MEMORY:
                 self.cancelled.pop(next(iter(self.cancelled)))
             failed = Failed(code=out.code, reason=out.reason)
             told = self.now() if t.route is not None else float("-inf")

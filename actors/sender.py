@@ -1460,13 +1460,23 @@ class SenderActor(Actor):
             self.sealed.clear()
         self.count("sent" if code == ResultCode.OK else f"failed-{code}")
         # Retried: a failure of the network (the data connection broke, or a
-        # retry's offer found no peer), not a peer that answers but stalls.
-        network = t.broken or flow.window is None
+        # retry's offer found no peer), not a peer that answers but stalls;
+        # or a Done that went unanswered: the receiver may have stored the
+        # file and forgotten the transfer (its memory of finished ones is
+        # bounded: core/completed.py), so the file is offered again, and its
+        # table of delivered files answers with the earlier verdict, sealed
+        # under the new transfer's keys (or the part is resumed).
+        unanswered = code == ResultCode.TIMEOUT and flow.done_went
+        network = t.broken or flow.window is None or unanswered
         retried = False
         if code in RETRY_CODES and network and t.retry is not None:
             final = self._retry(t, code, reason)
             retried = final is None
             code, reason = final or (code, reason)
+            if retried and unanswered:
+                self.count("offers-after-done")
+        if unanswered and not retried:
+            reason += "; it may have stored the file: send it again to find out"
         # Every attempt has its row in the history; a retry's says so.
         self.tell("stats", self._record(t, code, reason + ("; retrying" if retried else "")))
         while self.waiting and self._sends() < self.settings.max_outgoing:

@@ -201,6 +201,10 @@ SETTINGS: tuple[Setting, ...] = (
        "credit); the writer's queue, the decrypt buffers and the data port's bound follow "
        "it. One transfer moves at most this much per round trip.",
        flag="--receive-buffer", low=4 << 20, high=1 << 30, unit="bytes"),
+    _s("completed_memory", "PEERCRYPT_COMPLETED_MEMORY", "int", 4096,
+       "Finished incoming transfers remembered (up to an hour) to answer a sender whose "
+       "confirmation was lost; beyond it the sender finds out by offering the file again.",
+       flag="--completed-memory", low=1, high=1 << 20),
     _s("max_rate", "PEERCRYPT_MAX_RATE", "int", 0,
        "Cap of all outgoing transfers together (0: none).", flag="--max-rate", low=0,
        unit="bytes/s"),

@@ -79,6 +79,9 @@ class NodeSettings:
     max_transfers: int = 64  # incoming at once
     max_transfers_per_peer: int = 8  # per proven identity (CURVE key)
     max_transfers_per_host: int = 16  # per address: fresh identities cost nothing
+    # Finished transfers remembered (about an hour: core/completed.py) to
+    # answer a sender's repeated Done when the Verified was lost.
+    completed_memory: int = 4096
     # An incoming transfer with no new chunk this long is dropped (a paced
     # sender keeps its chunks within it: core/modes.py, paced_chunk_seconds).
     idle_timeout: float = RECEIVER_IDLE

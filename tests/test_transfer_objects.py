@@ -302,6 +302,17 @@ def test_the_early_done_goes_again_at_each_retransmission_timeout() -> None:
     assert t.poll(due) == [Finished(b"d" * 32, "file")]
 
 
+def test_a_done_went_once_the_early_done_or_a_done_was_sent() -> None:
+    """What tells the sender a Done unanswered at its timeout may hide a
+    stored file (actors/sender.py offers it again)."""
+    t = outgoing(size=CHUNK)
+    t.on_accept([], 4, 0.0)
+    assert t.poll(0.0) == [SendChunk(0, True), HashFile()]
+    assert not t.done_went
+    t.on_digest(b"d" * 32, 0.0)
+    assert t.poll(0.0) == [SendDone(b"d" * 32, 1, 0)] and t.done_went
+
+
 def test_held_ranges_are_not_sent() -> None:
     t = outgoing(size=5 * CHUNK)
     t.on_accept([(0, 2), (3, 4)], 16, 0.0)

@@ -68,6 +68,7 @@ NODE_OPTIONS: dict[str, str] = {
     "connection_timeout": "connect_timeout",
     "window": "window",
     "receive_buffer": "receive_buffer",
+    "completed_memory": "completed_memory",
     "multicast_group": "multicast_group",
     "multicast_ttl": "multicast_ttl",
     "multicast_datagram": "multicast_datagram",
@@ -143,6 +144,7 @@ def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings
         advertise_data_port=eff["advertise_data_port"],
         window=eff["window"],
         receive_buffer=eff["receive_buffer"],
+        completed_memory=eff["completed_memory"],
         policy=policy,
         max_rate=eff["max_rate"],
         bootstrap=((eff["bootstrap_host"], eff["bootstrap_port"]),)

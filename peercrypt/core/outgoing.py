@@ -380,6 +380,12 @@ class OutgoingTransfer(GrantedFlow):
         return self.phase is Phase.ENDED
 
     @property
+    def done_went(self) -> bool:
+        """A Done went (the early one with the last chunk, or after the last
+        ack): the receiver may have stored the file, whatever it answered."""
+        return bool(self.done_sent or self.early_done)
+
+    @property
     def waiting_for(self) -> str:
         """What the user waits for, as progress names it (wire ``Progress``):
         ``offering`` (the receiver's accept), ``sending``, ``hashing`` (every

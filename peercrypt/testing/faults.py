@@ -63,6 +63,10 @@ log = logging.getLogger("peercrypt.testing.faults")
 Direction = Literal["upstream", "downstream"]
 # Called in the proxy thread with each message as received, before any fault.
 Observer = Callable[[Direction, list[bytes]], None]
+# Called in the proxy thread with each message and the client it comes from
+# or goes to, after the observer: True drops it (a fault chosen by the test,
+# counted as dropped), whatever the plan.
+DropIf = Callable[[Direction, bytes, list[bytes]], bool]
 
 _POLL_MS = 50
 
@@ -169,12 +173,14 @@ class FaultProxy:
         host: str = "127.0.0.1",
         port: int = 0,
         observer: Observer | None = None,
+        drop_if: DropIf | None = None,
     ) -> None:
         self.backend = backend
         self.plan = plan or FaultPlan.clean()
         self.host = host
         self._want_port = port
         self.observer = observer
+        self.drop_if = drop_if
         self.port = 0
         self.counts = FaultCounts()
         self._lock = threading.Lock()
@@ -307,7 +313,8 @@ class FaultProxy:
             with self._lock:
                 faults = self.plan.for_direction(direction)
                 rng = self._rng
-            if rng.random() < faults.drop:
+            chosen = self.drop_if is not None and self.drop_if(direction, client, frames)
+            if chosen or rng.random() < faults.drop:
                 self._count(direction, "dropped")
                 return
             if rng.random() < faults.flip:

@@ -1,0 +1,115 @@
+"""A send whose Verified was lost after the receiver forgot the transfer
+(its memory of finished transfers is bounded: core/completed.py) still ends
+in success with the file's hash: the sender's repeated Done goes unanswered,
+so it offers the file again, and the receiver's table of delivered files
+answers with the earlier verdict, sealed under the new transfer's keys. No
+second copy is written.
+
+Real processes: a receiver behind a :class:`FaultProxy` that drops every
+reply to the sender's data connections until the test lets them through, a
+sender node, and a member (:class:`HostileSender`, in process) whose
+transfer, finished meanwhile, pushes the first one out of a one-entry memory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import blake3
+import pytest
+
+from peercrypt.testing.faults import Direction, FaultProxy
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
+from peercrypt.testing.nodes import BackgroundSend, NodeProcess, blake3_file, free_port, wait_until
+from peercrypt.wire.messages import Verified
+
+KiB = 1024
+CHUNK = 64 * KiB
+WAIT = 60.0  # generous: a loaded machine; every wait ends on its event
+
+
+class Gate:
+    """Drops the replies to the clients it saw while ``collecting``, while
+    ``blocking``; counts what it dropped."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.victims: set[bytes] = set()
+        self.collecting = True
+        self.blocking = True
+        self.dropped = 0
+
+    def __call__(self, direction: Direction, client: bytes, frames: list[bytes]) -> bool:
+        with self.lock:
+            if direction == "upstream":
+                if self.collecting:
+                    self.victims.add(client)
+                return False
+            if self.blocking and client in self.victims:
+                self.dropped += 1
+                return True
+            return False
+
+
+@pytest.fixture
+def gate() -> Gate:
+    return Gate()
+
+
+@pytest.fixture
+def proxy(gate: Gate) -> Iterator[tuple[FaultProxy, int]]:
+    """The proxy, in front of the receiver's data port (the second)."""
+    data_port = free_port()
+    proxy = FaultProxy(f"tcp://127.0.0.1:{data_port}", drop_if=gate).start()
+    yield proxy, data_port
+    assert proxy.stop(), "the fault proxy thread did not stop"
+    assert proxy.error is None, proxy.error
+
+
+def test_a_lost_verified_after_the_receiver_forgot_the_transfer_still_ends_in_success(
+    node_factory: Callable[..., NodeProcess],
+    network_key: str,
+    proxy: tuple[FaultProxy, int],
+    gate: Gate,
+    tmp_path: Path,
+) -> None:
+    front, data_port = proxy
+    receiver = node_factory(
+        "--completed-memory", "1",
+        "--data-port", str(data_port), "--advertise-data-port", str(front.port),
+        name="receiver",
+    )  # fmt: skip
+    # Its timeout (2 s) passes while the replies are held back, perhaps
+    # more than once on a loaded machine: retries enough for that.
+    sender = node_factory("--max-retries", "8", name="sender")
+    path = tmp_path / "kept.bin"
+    path.write_bytes(os.urandom(3 * CHUNK + 1000))
+    digest = blake3_file(path)
+    send = BackgroundSend(sender, path, receiver, "--chunk-size", str(CHUNK), "--timeout", "2")
+    stored = receiver.inbox / "kept.bin"
+    # The receiver stored it and verified it; its Verified went nowhere.
+    wait_until(lambda: (stored.exists() and gate.dropped > 0) or None, WAIT, "the file stored")
+    assert blake3_file(stored) == digest
+    with gate.lock:
+        gate.collecting = False
+    # Another transfer finishes: the receiver's one-entry memory forgets the first.
+    data = os.urandom(CHUNK)
+    with HostileSender(network_key, receiver.host, receiver.port) as member:
+        other = member.offer("other.bin", len(data), CHUNK)
+        assert isinstance(other, HostileTransfer), other
+        verdict = other.send_stream(data, WAIT)
+        assert isinstance(verdict, Verified) and verdict.digest == blake3.blake3(data).digest()
+    receiver.wait_for_counter("receiver.completed-forgotten-early", 1, WAIT)
+    with gate.lock:
+        gate.blocking = False
+    code, result = send.join(WAIT * 2)
+    assert code == 0, (result, receiver.log_tail(), sender.log_tail())
+    assert result["blake3"] == digest and result["stored_as"] == "kept.bin", result
+    assert sender.counters().get("sender.offers-after-done", 0) >= 1
+    # Answered from the table of delivered files: not written a second time.
+    files = sorted(p.name for p in receiver.inbox.iterdir() if not p.name.startswith("."))
+    assert files == ["kept.bin", "other.bin"], files
+    assert blake3_file(stored) == digest
