@@ -359,6 +359,15 @@ class Link:
                     f"handshake with {peer} failed: wrong network key, or not a PeerCrypt node",
                 )
 
+    def up(self) -> bool:
+        """Connected now, handshaken, not failed, paused or closed. The
+        monitor's pending events are taken first: a drop libzmq already saw
+        counts, even if the loop has not read its event yet."""
+        self._on_monitor()
+        return (
+            self.connected and self.handshaken and not (self.failure or self.paused or self.closed)
+        )
+
     def flooded(self) -> None:
         """The watch closed the connection for what the peer made the node
         hold unread: disconnect (libzmq would connect again at once) and

@@ -181,8 +181,9 @@ CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
 # long path each new connection costs round trips before the first byte (TCP,
 # the ZMTP greeting, CURVE's two on a control link: 5 of a 1 MiB send's 13 at
 # any round trip; a data connection's 3). At most IDLE_LINKS links and
-# IDLE_PIPES connections wait so (beyond: closed as before); one that
-# dropped meanwhile is not taken again.
+# IDLE_PIPES connections wait so (beyond: closed as before). A link is kept
+# only if connected at its send's accept, and closed as soon as it drops (it
+# would not be taken again); a connection is taken again only once back.
 IDLE_KEEP = 30.0
 IDLE_LINKS = 16
 IDLE_PIPES = 16
@@ -898,30 +899,46 @@ class SenderActor(Actor):
         """Keep a send's control link open for :data:`IDLE_KEEP` seconds, for
         the next send to the same address (its hello and offer then go at
         once, without a new connection's round trips); closed instead when
-        it is not sound or :data:`IDLE_LINKS` already wait."""
+        it is not connected now (one that dropped just before the accept:
+        libzmq would only redial it) or :data:`IDLE_LINKS` already wait.
+        One that drops while kept is closed at once (it would not be taken
+        again)."""
         url = link.url
-        sound = link.handshaken and not (link.failure or link.paused or link.closed)
-        if not sound or url in self.idle_links or len(self.idle_links) >= IDLE_LINKS:
+        if not link.up():
+            self.count("links-down-not-kept")
+            link.close()
+            return
+        if url in self.idle_links or len(self.idle_links) >= IDLE_LINKS:
             link.close()
             return
         link.on_message = self._on_idle_control
         link.on_failure = functools.partial(self._close_idle_link, url)
+        link.on_state = functools.partial(self._on_idle_link_state, link)
         timer = self.call_later(IDLE_KEEP, functools.partial(self._close_idle_link, url))
         self.idle_links[url] = (link, link.disconnects, timer)
+        self.count("links-kept")
 
     def _idle_link(self, url: str) -> Link | None:
-        """A link kept to ``url`` that is still sound (not dropped since its
-        send: a peer that went away meanwhile is dialled afresh, and its
-        failure told as such), taken out of the idle ones."""
+        """A link kept to ``url`` that is still sound (connected now and
+        not dropped since its send, even if it came back: a peer that went
+        away meanwhile is dialled afresh, and its failure told as such),
+        taken out of the idle ones."""
         kept = self.idle_links.pop(url, None)
         if kept is None:
             return None
         link, disconnects, timer = kept
         timer.cancel()
-        if link.failure or link.paused or link.closed or link.disconnects != disconnects:
+        if not link.up() or link.disconnects != disconnects:
             link.close()
             return None
+        link.on_state = None
         return link
+
+    def _on_idle_link_state(self, link: Link) -> None:
+        kept = self.idle_links.get(link.url)
+        if kept is not None and kept[0] is link and not link.connected:
+            self.count("kept-links-dropped")
+            self._close_idle_link(link.url)
 
     def _close_idle_link(self, url: str) -> None:
         kept = self.idle_links.pop(url, None)

@@ -29,7 +29,7 @@ from peercrypt.crypto.handshake import (
     respond,
 )
 from peercrypt.crypto.identity import KeyPair, fingerprint, network_server_keys
-from peercrypt.testing.member_port import MemberPort, proven_hello
+from peercrypt.testing.member_port import MemberPort, member_message, proven_hello
 from peercrypt.testing.nodes import (
     LOCALHOST,
     BackgroundSend,
@@ -122,14 +122,12 @@ class Impostor:
                 if sock is self.data:
                     self.data_bytes += sum(len(f.bytes) for f in frames[1:])
                     continue
-                route, frame = frames[0].bytes, frames[-1]
-                peer = zmq.utils.z85.decode(str(frame.get("User-Id")))
-                try:
-                    msg = codec.decode(frame.bytes)
-                except codec.DecodeError:
+                got = member_message(frames)
+                if got is None:
                     continue
+                route, peer, msg = got
                 self.seen.append(msg.TYPE)
-                self.raw.append(frame.bytes)
+                self.raw.append(frames[-1].bytes)
                 self.routes.append(route)
                 reply = self._answer(msg, peer)
                 if reply is not None:

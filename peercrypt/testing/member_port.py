@@ -45,6 +45,18 @@ def proven_hello(host: str, port: int, network_key: str) -> HelloReply:
         ctx.term()
 
 
+def member_message(frames: list[zmq.Frame]) -> tuple[bytes, bytes, codec.Message] | None:
+    """What a :class:`MemberPort`'s router received (``recv_multipart(copy=False)``):
+    the connection's routing id, the peer's CURVE key and the message; None
+    if it does not decode."""
+    route, frame = frames[0].bytes, frames[-1]
+    peer = zmq.utils.z85.decode(str(frame.get("User-Id")))
+    try:
+        return route, peer, codec.decode(frame.bytes)
+    except codec.DecodeError:
+        return None
+
+
 class MemberPort:
     def __init__(self, network_key: str, port: int = 0, domain: bytes = b"member") -> None:
         """Listen on ``port`` (0: any free one; :attr:`port` says which)."""
