@@ -23,7 +23,9 @@ seconds after the last one left (:attr:`DataPipe.idle`: a transfer to the
 same receiver in that time takes it, without a new connection's round
 trips); then it leaves the table (a later transfer connects afresh) and is
 closed :data:`~actors.sender.CLOSE_GRACE` later, so that transfer's last
-Failed can still leave. One that broke while idle is not taken again.
+Failed can still leave. One that breaks while idle is closed at once
+(libzmq would redial it every :data:`~actors.sender.DATA_RECONNECT_MS`
+until then, for nothing).
 """
 
 from __future__ import annotations

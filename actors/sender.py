@@ -182,11 +182,21 @@ CLOSE_GRACE = 0.5  # seconds a last Failed has to leave before the sockets close
 # the ZMTP greeting, CURVE's two on a control link: 5 of a 1 MiB send's 13 at
 # any round trip; a data connection's 3). At most IDLE_LINKS links and
 # IDLE_PIPES connections wait so (beyond: closed as before). A link is kept
-# only if connected at its send's accept, and closed as soon as it drops (it
-# would not be taken again); a connection is taken again only once back.
+# only if connected at its send's accept; a link or a connection that drops
+# while kept is closed at once (it would not be taken again).
 IDLE_KEEP = 30.0
 IDLE_LINKS = 16
 IDLE_PIPES = 16
+# What a kept data connection's monitor reports when it broke (then it is
+# closed at once: SenderActor._on_data_monitor).
+IDLE_BREAKS = frozenset(
+    {
+        zmq.EVENT_DISCONNECTED,
+        zmq.EVENT_CONNECT_RETRIED,
+        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+    }
+)
 DATA_BATCH = 1024  # replies taken from one data connection per turn of the loop
 RETRY_INITIAL = 1.0  # seconds before the first automatic retry (full jitter, doubling)
 CLOSED_RETRY_INITIAL = 0.25  # the same while the receiver's port refuses (at most 2 s)
@@ -1019,9 +1029,9 @@ class SenderActor(Actor):
                 continue
             pipe.idle = self.call_later(IDLE_KEEP, functools.partial(self._drop_idle_pipe, pipe))
 
-    def _drop_idle_pipe(self, pipe: DataPipe) -> None:
+    def _drop_idle_pipe(self, pipe: DataPipe, grace: bool = True) -> None:
         """Take ``pipe`` (no transfer uses it) out of the table and close it
-        after :data:`CLOSE_GRACE`."""
+        after :data:`CLOSE_GRACE` (at once without ``grace``)."""
         if pipe.users or self.pipes.get(pipe.key) is not pipe:
             return
         if pipe.idle is not None:
@@ -1031,7 +1041,10 @@ class SenderActor(Actor):
         if pipe.probe is not None:
             pipe.probe.close()
             pipe.probe = None
-        self.call_later(CLOSE_GRACE, functools.partial(self._close_pipe, pipe))
+        if grace:
+            self.call_later(CLOSE_GRACE, functools.partial(self._close_pipe, pipe))
+        else:
+            self._close_pipe(pipe)
 
     def _close_pipe(self, pipe: DataPipe) -> None:
         self.data_watch.forget_owner(pipe.route)
@@ -1149,6 +1162,15 @@ class SenderActor(Actor):
                 self.data_watch.on_event(message, owner=pipe.route)
             if event == zmq.EVENT_CONNECTED:
                 continue
+            if pipe.idle is not None and event in IDLE_BREAKS:
+                # It broke while no transfer uses it: closed now, not
+                # redialled every DATA_RECONNECT_MS until IDLE_KEEP (nothing
+                # of a transfer waits on it).
+                if event == zmq.EVENT_DISCONNECTED:
+                    self.count("data-disconnects")
+                self.count("data-idle-dropped")
+                self._drop_idle_pipe(pipe, grace=False)
+                return
             if pipe.url != pipe.tcp_url and event != zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._ipc_to_tcp(pipe)
             if event == zmq.EVENT_DISCONNECTED:

@@ -84,3 +84,28 @@ def test_a_kept_connection_that_dropped_is_not_taken_again(
     assert_sent(again, sender.send_to(third, again), third)
     counters = sender.counters_when("sender.sent", 3)
     assert counters["sender.links-reused"] == 1  # the dropped link was closed, not taken
+
+
+def test_a_kept_connection_that_broke_is_closed_at_once(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """The receiver is killed after a send: the sender's kept data
+    connection sees it break and is closed then, not redialled every
+    DATA_RECONNECT_MS until IDLE_KEEP (30 s); the next send, to the
+    receiver restarted at the same ports, connects afresh and arrives."""
+    sender, receiver = node_factory(), node_factory(name="receiver")
+    first, second = make_file(MiB + 1), make_file(MiB + 2)
+    assert_sent(receiver, sender.send_to(first, receiver), first)
+    ports = ("--port", str(receiver.port), "--data-port", str(receiver.data_port))
+    receiver.kill()
+    # Well before IDLE_KEEP (10 s, not less: a loaded machine); without the
+    # close the counter never moves.
+    counters = sender.counters_when("sender.data-idle-dropped", 1, timeout=10.0)
+    assert counters["sender.data-connections"] == 1
+    assert "sender.data-reconnects" not in counters  # it was not redialled
+    again = node_factory(*ports, name="receiver")
+    assert (again.port, again.data_port) == (receiver.port, receiver.data_port)
+    assert_sent(again, sender.send_to(second, again), second)
+    counters = sender.counters_when("sender.sent", 2)
+    assert counters["sender.data-connections"] == 2  # a new one, not the kept one
+    assert "sender.data-connections-reused" not in counters
