@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peercrypt import sizes
 from peercrypt.config_sources import ConfigError as ConfigError  # raised by resolve()
 from peercrypt.core.fragments import DEFAULT_FRAGMENT, HEADER_BYTES, MAX_DATAGRAM, MIN_FRAGMENT
 from peercrypt.core.modes import (
@@ -75,7 +76,9 @@ class Setting:
 
     name: str
     env: str
-    kind: str  # "int", "float", "bool", "str", "choice", "list", "secret"
+    # "int", "float", "bool", "str", "choice", "list", "secret"; "size" (bytes)
+    # and "rate" (bytes/s) take suffixes (peercrypt/sizes.py)
+    kind: str
     default: Any
     help: str
     flag: str = ""  # the node's command-line flag ("" : none)
@@ -92,6 +95,8 @@ class Setting:
             return "one of " + ", ".join(self.choices)
         if self.kind == "bool":
             return "true or false (also 1/0, yes/no, on/off)"
+        if self.kind in ("size", "rate"):
+            return sizes.accepted(self.low, self.high, rate=self.kind == "rate")
         if self.kind in ("int", "float"):
             number = "an integer" if self.kind == "int" else "a number"
             if self.high is None:
@@ -112,6 +117,13 @@ class Setting:
             if text in _FALSE:
                 return False
             raise ConfigError(f"expected {self.accepted()}")
+        if self.kind in ("size", "rate"):
+            if isinstance(value, float) and value.is_integer():  # TOML: 4e6
+                value = int(value)
+            try:
+                return sizes.checked(value, self.low, self.high, rate=self.kind == "rate")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.kind in ("int", "float"):
             if isinstance(value, bool):
                 raise ConfigError(f"expected {self.accepted()}")
@@ -196,18 +208,17 @@ SETTINGS: tuple[Setting, ...] = (
        "Port of the bootstrap member (0: none).", flag="--bootstrap-port", low=0, high=65535),
     _s("window", "PEERCRYPT_WINDOW", "int", 16, "Chunks in flight per incoming transfer.",
        flag="--window", low=1, high=4096),
-    _s("receive_buffer", "PEERCRYPT_RECEIVE_BUFFER", "int", 32 << 20,
+    _s("receive_buffer", "PEERCRYPT_RECEIVE_BUFFER", "size", 32 << 20,
        "Bytes of chunks in flight to this node, all incoming transfers together (their "
        "credit); the writer's queue, the decrypt buffers and the data port's bound follow "
        "it. One transfer moves at most this much per round trip.",
-       flag="--receive-buffer", low=4 << 20, high=1 << 30, unit="bytes"),
+       flag="--receive-buffer", low=4 << 20, high=1 << 30),
     _s("completed_memory", "PEERCRYPT_COMPLETED_MEMORY", "int", 4096,
        "Finished incoming transfers remembered (up to an hour) to answer a sender whose "
        "confirmation was lost; beyond it the sender finds out by offering the file again.",
        flag="--completed-memory", low=1, high=1 << 20),
-    _s("max_rate", "PEERCRYPT_MAX_RATE", "int", 0,
-       "Cap of all outgoing transfers together (0: none).", flag="--max-rate", low=0,
-       unit="bytes/s"),
+    _s("max_rate", "PEERCRYPT_MAX_RATE", "rate", 0,
+       "Cap of all outgoing transfers together, bytes/s (0: none).", flag="--max-rate", low=0),
     _s("multicast_group", "PEERCRYPT_MULTICAST_GROUP", "str", "",
        "Send multicast sessions as UDP datagrams to this IPv4 group GROUP:PORT "
        "(e.g. 239.255.80.67:7480; empty: over PUB/SUB).",
@@ -215,11 +226,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("multicast_ttl", "PEERCRYPT_MULTICAST_TTL", "int", 1,
        "Router hops multicast datagrams may cross (1: this link only).",
        flag="--multicast-ttl", low=0, high=255),
-    _s("multicast_datagram", "PEERCRYPT_MULTICAST_DATAGRAM", "int",
+    _s("multicast_datagram", "PEERCRYPT_MULTICAST_DATAGRAM", "size",
        DEFAULT_FRAGMENT + HEADER_BYTES,
        "Largest multicast datagram; with UDP GSO the interface MTU caps it (no IP fragments).",
-       flag="--multicast-datagram", low=MIN_FRAGMENT + HEADER_BYTES, high=MAX_DATAGRAM,
-       unit="bytes"),
+       flag="--multicast-datagram", low=MIN_FRAGMENT + HEADER_BYTES, high=MAX_DATAGRAM),
     # Actors attached across hosts (docs/architecture.md, "Attached actors").
     _s("remote_actors", "PEERCRYPT_REMOTE_ACTORS", "list", (),
        "Actors not run here: a `peercrypt actor NAME --attach` process runs each.",
@@ -231,28 +241,28 @@ SETTINGS: tuple[Setting, ...] = (
     _s("part_expiry", "PEERCRYPT_PART_EXPIRY", "float", 86400.0,
        "Seconds a part of an interrupted transfer waits for its resume.",
        flag="--part-expiry", low=1, unit="s"),
-    _s("peer_quota", "PEERCRYPT_PEER_QUOTA", "int", 0,
+    _s("peer_quota", "PEERCRYPT_PEER_QUOTA", "size", 0,
        "Bytes of parts (running and kept) one sender may have here (0: no quota).",
        flag="--peer-quota", low=0),
-    _s("part_quota", "PEERCRYPT_PART_QUOTA", "int", 0,
+    _s("part_quota", "PEERCRYPT_PART_QUOTA", "size", 0,
        "Bytes of parts all senders together may have here (0: no quota).",
        flag="--part-quota", low=0),
     # Folders and many files in one transfer (docs/commands.md, "send").
     _s("tree_max_files", "PEERCRYPT_TREE_MAX_FILES", "int", 100_000,
        "Files and folders one incoming folder transfer may hold (its manifest: "
        "at most 256 bytes each).", flag="--tree-max-files", low=1),
-    _s("pending_quota", "PEERCRYPT_PENDING_QUOTA", "int", 0,
+    _s("pending_quota", "PEERCRYPT_PENDING_QUOTA", "size", 0,
        "Bytes one sender identity, and one address, may have still to write here "
        "(0: no quota).",
        flag="--pending-quota", low=0),
-    _s("data_port_memory", "PEERCRYPT_DATA_PORT_MEMORY", "int", 0,
+    _s("data_port_memory", "PEERCRYPT_DATA_PORT_MEMORY", "size", 0,
        "Bytes the data port's TCP connections may have read and not delivered, in all; "
        "beyond it the addresses holding more than their share are disconnected, "
        "costliest first (0: twice the receive buffer and two of the largest chunks, 96 MiB). "
        "The sender's data connections have a bound of the same size (beyond it a "
        "receiver's connection is closed and its transfers fail).",
        flag="--data-port-memory", low=0),
-    _s("control_port_memory", "PEERCRYPT_CONTROL_PORT_MEMORY", "int", 32 << 20,
+    _s("control_port_memory", "PEERCRYPT_CONTROL_PORT_MEMORY", "size", 32 << 20,
        "Bytes the public port's connections may have read and the node not taken, in "
        "all; beyond it the addresses holding more than their share are disconnected, "
        "costliest first. Each actor's links to other nodes have a bound of the same "

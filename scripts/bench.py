@@ -74,6 +74,7 @@ import zmq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from peercrypt.crypto.identity import new_network_key
+from peercrypt.sizes import parse_size
 from peercrypt.testing.nodes import NodeProcess, blake3_file, compile_tree, random_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,14 +84,6 @@ from loopback_sshd import LoopbackSshd
 
 MiB = 2**20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 2**10, "M": 2**20, "G": 2**30}
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 def cpu_seconds(pid: int) -> float:

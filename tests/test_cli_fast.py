@@ -185,6 +185,7 @@ def test_values_click_refuses_are_left_to_it(tmp_path: Path) -> None:
         ["--json"],
         ["--no-progress"],
         ["--json", "--timeout", "5", "--chunk-size", "65536", "--force"],
+        ["--json", "--chunk-size", "64K"],  # a size with a suffix, as click reads it
         ["--json", "-t", "4"],
         ["--no-progress", "--threads=3"],
     ],

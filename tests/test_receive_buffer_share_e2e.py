@@ -8,6 +8,9 @@ receiving, gets the credit the 32 MiB buffer has room for: the whole
 window (16 chunks of 1 MiB), in its Accept and its acks, as if it were
 alone; counted among all eight it would get their share, 4 chunks. Every
 file then verifies by hash.
+
+The buffer is what the user sets, with or without a suffix (flag,
+variable, config key): the credit of a transfer alone.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import blake3
@@ -95,25 +99,45 @@ def test_a_receiving_transfer_gets_the_buffer_those_waiting_for_their_checks_do_
         assert (receiver.inbox / f"waiting{n}.bin").read_bytes() == body
 
 
-@pytest.mark.parametrize("how", ["flag", "env"])
-def test_the_receive_buffer_is_what_the_user_sets(
-    node_factory: Callable[..., NodeProcess], network_key: str, how: str
-) -> None:
-    """``--receive-buffer`` (or ``PEERCRYPT_RECEIVE_BUFFER``) is the credit
-    of a transfer alone (below the window): 12 MiB is 12 chunks of 1 MiB
-    where the default 32 MiB gives the whole window (16), in the Accept and
-    every ack; the file verifies by hash."""
-    buffer = 12 * MiB
-    if how == "flag":
-        receiver = node_factory("--receive-buffer", str(buffer), name="receiver")
-    else:
-        receiver = node_factory(name="receiver", env={"PEERCRYPT_RECEIVE_BUFFER": str(buffer)})
+def _credits_of_one_transfer(network_key: str, host: str, port: int, inbox: Path) -> list[int]:
+    """The credits a receiver grants one transfer alone of 1 MiB chunks (its
+    Accept's, then each ack's); the file stored, by content."""
     data = os.urandom(2 * WINDOW * CHUNK)
-    with HostileSender(network_key, receiver.host, receiver.port) as member:
+    with HostileSender(network_key, host, port) as member:
         t = member.offer("set.bin", len(data), CHUNK)
         assert isinstance(t, HostileTransfer), t
         credits = _send_within_credit(t, data)
         verdict = t.done_until(blake3.blake3(data).digest(), (Verified,), WAIT)
         assert isinstance(verdict, Verified), verdict
+    assert (inbox / "set.bin").read_bytes() == data
+    return credits
+
+
+# (how, the value given, the bytes it means): suffixes as a user writes them.
+GIVEN = [("flag", "12", 12 * MiB), ("flag", "12M", 12 * MiB), ("env", "12MiB", 12 * MiB),
+         ("config", "12MB", 12_000_000)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("how", "text", "buffer"), GIVEN, ids=[f"{g[0]}-{g[1]}" for g in GIVEN])
+def test_the_receive_buffer_is_what_the_user_sets(
+    node_factory: Callable[..., NodeProcess], network_key: str, how: str, text: str, buffer: int
+) -> None:
+    """``--receive-buffer`` (or ``PEERCRYPT_RECEIVE_BUFFER``, or the config
+    file's ``receive_buffer``) is the credit of a transfer alone (below the
+    window): 12 MiB is 12 chunks of 1 MiB (12 MB 11) where the default
+    32 MiB gives the whole window (16), in the Accept and every ack; the
+    file verifies by hash. A plain number is bytes (``12`` is 12 MiB here:
+    the flag's value is 12 * MiB written out)."""
+    if text == "12":
+        text = str(buffer)
+    if how == "flag":
+        receiver = node_factory("--receive-buffer", text, name="receiver")
+    elif how == "env":
+        receiver = node_factory(name="receiver", env={"PEERCRYPT_RECEIVE_BUFFER": text})
+    else:
+        receiver = node_factory(name="receiver", start=False)
+        receiver.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (receiver.data_dir / "config.toml").write_text(f'receive_buffer = "{text}"\n')
+        receiver.start()
+    credits = _credits_of_one_transfer(network_key, receiver.host, receiver.port, receiver.inbox)
     assert credits[0] == buffer // CHUNK == max(credits) < WINDOW, credits
-    assert (receiver.inbox / "set.bin").read_bytes() == data

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import click
 import zmq
 
-from peercrypt import config, errors
+from peercrypt import config, errors, sizes
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.crypto.identity import (
     IdentityError,
@@ -120,6 +120,31 @@ def allow_list(values: tuple[str, ...]) -> frozenset[str]:
         raise UserError(str(exc)) from None
 
 
+class ByteSize(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
+    """A byte count (``rate``: bytes per second) as :mod:`peercrypt.sizes`
+    reads it (``512``, ``64K``, ``1.5M``, ``2GiB``, ``10MB``; a rate also
+    ``100M/s``) within [low, high]. A bad value is click's usage error
+    (exit 2), one line: the option, the value, why, the range in human units."""
+
+    def __init__(self, low: float | None = None, high: float | None = None, rate: bool = False):
+        self.low, self.high, self.rate = low, high, rate
+        self.name = "rate" if rate else "size"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self.name.upper()
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return sizes.checked(value, self.low, self.high, rate=self.rate)
+        except ValueError as exc:
+            self.fail(f"{str(value)!r}: {exc}", param, ctx)
+
+
+# What a size option's help adds.
+SIZE_HELP = "Takes suffixes: 64K, 1.5M, 2GiB (1024); 10MB (1000)."
+RATE_HELP = "Takes suffixes: 64K, 1.5M, 2GiB (1024); 10MB (1000); /s optional."
+
+
 def setting_option(name: str, param: str | None = None) -> Callable[[F], F]:
     """The click option of a setting of :data:`peercrypt.config.SETTINGS`.
 
@@ -136,13 +161,17 @@ def setting_option(name: str, param: str | None = None) -> Callable[[F], F]:
         )
     elif s.kind == "float":
         kw["type"] = click.FloatRange(s.low, s.high)
+    elif s.kind in ("size", "rate"):
+        kw["type"] = ByteSize(s.low, s.high, rate=s.kind == "rate")
     elif s.kind == "bool":  # a setting on by default has its --no- flag too
         kw.update(is_flag=True, show_default="on" if s.default else False)
     elif s.kind == "choice":
         kw["type"] = click.Choice(s.choices, case_sensitive=False)
     elif s.kind == "list":
         kw.update(multiple=True, show_default=False)
-    if s.unit:
+    if s.kind in ("size", "rate"):
+        kw["help"] = f"{s.help} {RATE_HELP if s.kind == 'rate' else SIZE_HELP} [env {s.env}]"
+    elif s.unit:
         kw["help"] = f"{s.help} Unit: {s.unit}. [env {s.env}]"
     return click.option(s.flag, param or name, **kw)
 

@@ -8,7 +8,7 @@ command would do with them:
 
     [--data-dir DIR] status [--json] [--data-dir DIR]
     [--data-dir DIR] send FILE... HOST PORT [--json] [--no-progress] [--progress]
-        [--timeout S] [--chunk-size N] [--force] [--expect FINGERPRINT] [--data-dir DIR]
+        [--timeout S] [--chunk-size SIZE] [--force] [--expect FINGERPRINT] [--data-dir DIR]
         [-t N | --threads N]
 
 (options in any order among the arguments, ``--name=value`` or ``--name
@@ -34,12 +34,14 @@ which may start a temporary node, runs instead).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from peercrypt import config_sources as sources
 from peercrypt import errors
 from peercrypt.chunking import DEFAULT_MAX_CHUNK, DEFAULT_MIN_CHUNK, MAX_CHUNK, MIN_CHUNK
+from peercrypt.sizes import parse_size
 
 FIRST_REPLY = 2.0  # seconds the node has to take a request (as for `status`)
 MIN_TIMEOUT, MAX_TIMEOUT, DEFAULT_TIMEOUT = 0.1, 3600, 10.0  # send --timeout (seconds)
@@ -170,7 +172,7 @@ def _status(line: Line, data_dir: Path) -> int | None:
 
 
 def _number(
-    text: str | None, kind: type[int] | type[float], low: float, high: float
+    text: str | None, kind: Callable[[str], float], low: float, high: float
 ) -> float | None:
     """``text`` converted as click converts it, if within [low, high]."""
     if text is None:
@@ -192,7 +194,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
     )
     # No --chunk-size: the receiver chooses within the default range.
     named = line.values.get("--chunk-size")
-    chunk = _number(named or str(DEFAULT_MAX_CHUNK), int, MIN_CHUNK, MAX_CHUNK)
+    chunk = _number(named or str(DEFAULT_MAX_CHUNK), parse_size, MIN_CHUNK, MAX_CHUNK)
     lanes = _number(line.values.get("--threads"), int, 1, 64)
     if port is None or timeout is None or chunk is None:
         return None

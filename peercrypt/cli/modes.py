@@ -14,7 +14,15 @@ from typing import Any, TypeVar
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, count_in, table, terminal_width
+from peercrypt.cli.common import (
+    RATE_HELP,
+    SIZE_HELP,
+    ByteSize,
+    UserError,
+    count_in,
+    table,
+    terminal_width,
+)
 from peercrypt.cli.follow import refusal
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.modes import (
@@ -61,15 +69,16 @@ def send_policy_options(func: F) -> F:
             "-b",
             "--bucket",
             "burst",
-            type=click.IntRange(1),
-            help="token-bucket: bucket size in bytes (default: 50 ms at -r, at least 4096).",
+            type=ByteSize(1),
+            help="token-bucket: bucket size in bytes (default: 50 ms at -r, at least 4096). "
+            + SIZE_HELP,
         ),
         click.option(
             "-r",
             "--rate",
             "rate",
-            type=click.IntRange(1),
-            help="token-bucket: rate in bytes per second.",
+            type=ByteSize(1, rate=True),
+            help="token-bucket: rate in bytes per second. " + RATE_HELP,
         ),
         click.option("-w", "window_kb", type=click.IntRange(1), help="aimd: initial window, KB."),
         click.option(
@@ -231,7 +240,7 @@ def set_mode(obj: dict[str, Any], mode: str) -> None:
 
 
 @click.command("rate")
-@click.argument("bytes_per_sec", type=click.IntRange(0))
+@click.argument("bytes_per_sec", metavar="BYTES_PER_SEC", type=ByteSize(0, rate=True))
 @click.option(
     "--transfer",
     type=click.IntRange(1),
@@ -240,7 +249,10 @@ def set_mode(obj: dict[str, Any], mode: str) -> None:
 )
 @click.pass_obj
 def rate(obj: dict[str, Any], bytes_per_sec: int, transfer: int | None) -> None:
-    """Change the rate of running transfers live (0: unlimited)."""
+    """Change the rate of running transfers live (0: unlimited).
+
+    BYTES_PER_SEC takes suffixes: 512, 64K, 1.5M, 2GiB (1024); 10MB (1000); /s optional.
+    """
     _setting(obj, "rate", str(bytes_per_sec), transfer or 0)
 
 
@@ -296,10 +308,13 @@ def _cancel_send(obj: dict[str, Any], transfer: int) -> None:
 
 
 @click.command("max-rate")
-@click.argument("bytes_per_sec", type=click.IntRange(0))
+@click.argument("bytes_per_sec", metavar="BYTES_PER_SEC", type=ByteSize(0, rate=True))
 @click.pass_obj
 def max_rate(obj: dict[str, Any], bytes_per_sec: int) -> None:
-    """Cap all outgoing transfers of the node together (0: no cap), live."""
+    """Cap all outgoing transfers of the node together (0: no cap), live.
+
+    BYTES_PER_SEC takes suffixes: 512, 64K, 1.5M, 2GiB (1024); 10MB (1000); /s optional.
+    """
     _setting(obj, "max-rate", str(bytes_per_sec))
 
 

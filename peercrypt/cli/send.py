@@ -21,6 +21,8 @@ from peercrypt.chunking import (
 )
 from peercrypt.cli import modes
 from peercrypt.cli.common import (
+    SIZE_HELP,
+    ByteSize,
     UserError,
     check_resolvable,
     local_node,
@@ -75,11 +77,12 @@ class SendCommand(click.Command):
 )
 @click.option(
     "--chunk-size",
-    type=click.IntRange(MIN_CHUNK, MAX_CHUNK),
+    type=ByteSize(MIN_CHUNK, MAX_CHUNK),
     default=None,
     help=(
         f"Bytes per chunk. Default: the receiver chooses {DEFAULT_MIN_CHUNK // MiB}-"
-        f"{DEFAULT_MAX_CHUNK // MiB} MiB by its load ({DEFAULT_CHUNK // MiB} MiB for multicast)."
+        f"{DEFAULT_MAX_CHUNK // MiB} MiB by its load ({DEFAULT_CHUNK // MiB} MiB for multicast). "
+        + SIZE_HELP
     ),
 )
 @click.option(

@@ -44,6 +44,7 @@ from peercrypt.crypto.identity import (
     new_network_key,
 )
 from peercrypt.settings import NodeSettings
+from peercrypt.sizes import parse_size
 
 __all__ = [
     "SEND_MODE_ARGS",
@@ -176,15 +177,6 @@ def blake3_file(path: Path | str, block: int = 1 << 20) -> str:
             hasher.update(data)
     digest: str = hasher.hexdigest()
     return digest
-
-
-def parse_size(text: str) -> int:
-    """``"1G"``, ``"256M"``, ``"64KiB"``, ``"1000"`` -> bytes (binary units)."""
-    units = {"K": 2**10, "M": 2**20, "G": 2**30}
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 def compile_tree(tree: Path | str) -> None:

@@ -1,0 +1,290 @@
+"""Human sizes and rates (peercrypt/sizes.py) wherever a user gives a byte
+count or a byte rate: the parser (property-tested), the click options and
+arguments (one line, exit 2, naming the option, the value and the range in
+human units), the configuration layers, and a real node taking a variable
+and a config key with a suffix (its ``status --json``)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peercrypt import config, errors
+from peercrypt.cli.app import main
+from peercrypt.cli.runner import execute
+from peercrypt.sizes import accepted, checked, human, parse_size
+from peercrypt.testing.nodes import NodeProcess, run_cli
+
+BINARY = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+SUFFIXES = {
+    **{"": 1, "B": 1},
+    **{p + tail: n for p, n in BINARY.items() for tail in ("", "i", "iB")},
+    **{p.lower() + tail: n for p, n in BINARY.items() for tail in ("", "i", "iB", "IB")},
+    **{p + "B": 1000 ** (i + 1) for i, p in enumerate(BINARY)},
+    **{p.lower() + "B": 1000 ** (i + 1) for i, p in enumerate(BINARY)},
+}
+
+
+# -- the parser ---------------------------------------------------------------------------
+
+
+@given(st.integers(0, 10**12), st.sampled_from(sorted(SUFFIXES)), st.sampled_from(["", " "]))
+def test_a_whole_number_with_any_suffix_parses_to_its_bytes(n: int, unit: str, gap: str) -> None:
+    assert parse_size(f"{n}{gap}{unit}") == n * SUFFIXES[unit]
+    assert parse_size(f"{n}{gap}{unit}/s", rate=True) == n * SUFFIXES[unit]
+
+
+@given(
+    st.integers(0, 10**9), st.integers(0, 999), st.sampled_from(sorted(set(SUFFIXES) - {"", "B"}))
+)
+def test_a_fraction_with_a_unit_is_rounded_down_to_a_whole_byte(
+    whole: int, thousandths: int, unit: str
+) -> None:
+    text = f"{whole}.{thousandths:03d}{unit}"
+    assert parse_size(text) == (whole * 1000 + thousandths) * SUFFIXES[unit] // 1000
+
+
+@given(st.integers(0, 1 << 50), st.booleans())
+def test_what_human_prints_reads_back(n: int, rate: bool) -> None:
+    assert parse_size(human(n, rate=rate), rate=rate) == n
+
+
+@given(st.integers(1, 10**12))
+def test_a_negative_is_refused(n: int) -> None:
+    with pytest.raises(ValueError, match=r"^negative$"):
+        parse_size(f"-{n}K")
+
+
+@given(
+    st.text().filter(
+        lambda t: (
+            not t.strip()
+            or t.strip()[0] not in "+.0123456789"
+            or any(c.isalpha() and c.lower() not in "kmgtib" for c in t)
+        )
+    )
+)
+def test_junk_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text, rate=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "empty"),
+        ("  ", "empty"),
+        ("-1", "negative"),
+        ("3X", "unknown unit 'X' (K, M, G, T, KiB, MiB, GiB, TiB: 1024; KB, MB, GB, TB: 1000)"),
+        ("3KX", "unknown unit 'KX' (K, M, G, T, KiB, MiB, GiB, TiB: 1024; KB, MB, GB, TB: 1000)"),
+        ("10Mb", "'Mb': b is bits, bytes are B (MB, MiB)"),
+        ("64kib", "'kib': b is bits, bytes are B (KB, KiB)"),
+        ("1.5", "a fraction of a byte"),
+        ("1e6", "not a number of bytes (e.g. 512, 64K, 1.5M, 2GiB)"),
+        ("0x10", "not a number of bytes (e.g. 512, 64K, 1.5M, 2GiB)"),
+        ("5M/s", "a rate (/s), not a size"),
+        ("9" * 80, "not a number of bytes (e.g. 512, 64K, 1.5M, 2GiB)"),
+    ],
+)
+def test_what_is_refused_says_why(text: str, why: str) -> None:
+    with pytest.raises(ValueError) as err:
+        parse_size(text)
+    assert str(err.value) == why
+
+
+def test_plain_integers_mean_bytes_as_the_old_tool_s_did() -> None:
+    """`-b 1024 -r 512` of the old tool's README."""
+    assert (parse_size("1024"), parse_size("512", rate=True), parse_size(1024)) == (1024, 512, 1024)
+    assert parse_size("1_000") == 1000  # as int() (click's IntRange) read it
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "rate", "text"),
+    [
+        (4 << 20, 1 << 30, False, "a size in 4MiB..1GiB"),
+        (1, None, True, "a rate >= 1B/s"),
+        (0, None, True, "a rate >= 0B/s"),
+        (577, 65507, False, "a size in 577B..65507B"),
+        (200_000, None, False, "a size >= 200KB"),
+    ],
+)
+def test_ranges_read_in_human_units(low: int, high: int | None, rate: bool, text: str) -> None:
+    assert accepted(low, high, rate=rate) == text
+
+
+def test_the_range_check_names_the_value_read() -> None:
+    with pytest.raises(ValueError) as err:
+        checked("3M", 4 << 20, 1 << 30)
+    assert str(err.value) == "out of range (3MiB); expected a size in 4MiB..1GiB"
+    with pytest.raises(ValueError) as err:
+        checked("0", 1, None, rate=True)
+    assert str(err.value) == "zero; expected a rate >= 1B/s"
+    assert checked("4M", 4 << 20, 1 << 30) == checked(4 << 20, 4 << 20, 1 << 30) == 4 << 20
+
+
+# -- the configuration layers ------------------------------------------------------------
+
+
+def _resolve(
+    environ: dict[str, str] | None = None, file: dict[str, object] | None = None
+) -> config.Effective:
+    return config.resolve(
+        {}, config=file or {}, config_path=Path("/etc/pc.toml"), dotenv={},
+        dotenv_path=Path("/w/.env"), environ=environ or {},
+    )  # fmt: skip
+
+
+SIZE_SETTINGS = [s for s in config.SETTINGS if s.kind in ("size", "rate")]
+
+
+def test_every_byte_setting_takes_sizes() -> None:
+    names = {s.name for s in SIZE_SETTINGS}
+    assert names >= {"receive_buffer", "max_rate", "peer_quota", "part_quota", "pending_quota",
+                     "data_port_memory", "control_port_memory", "multicast_datagram"}  # fmt: skip
+
+
+@pytest.mark.parametrize("setting", SIZE_SETTINGS, ids=[s.env for s in SIZE_SETTINGS])
+def test_a_size_setting_takes_suffixes_in_every_layer(setting: config.Setting) -> None:
+    value = int(setting.high) if setting.high is not None else 64 << 20
+    text = human(value)
+    assert _resolve(environ={setting.env: text})[setting.name] == value
+    assert _resolve(file={setting.name: text})[setting.name] == value
+    assert _resolve(file={setting.name: value})[setting.name] == value  # a TOML integer
+    with pytest.raises(config.ConfigError) as err:
+        _resolve(environ={setting.env: "12X"})
+    assert str(err.value) == (
+        f"{setting.env}='12X': unknown unit 'X' (K, M, G, T, KiB, MiB, GiB, TiB: 1024; "
+        f"KB, MB, GB, TB: 1000); expected {setting.accepted()}"
+    )
+    with pytest.raises(config.ConfigError, match=rf"^/etc/pc\.toml: {setting.name}=-1: negative"):
+        _resolve(file={setting.name: -1})
+
+
+def test_the_receive_buffer_s_range_is_in_human_units() -> None:
+    with pytest.raises(config.ConfigError) as err:
+        _resolve(environ={"PEERCRYPT_RECEIVE_BUFFER": "3M"})
+    assert str(err.value) == (
+        "PEERCRYPT_RECEIVE_BUFFER='3M': out of range (3MiB); expected a size in 4MiB..1GiB"
+    )
+
+
+# -- the command line --------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Callable[..., tuple[int, list[str]]]]:
+    """Run a command line in this process (nothing starts: every case is
+    refused while its options are read); its exit code and stderr lines."""
+    monkeypatch.chdir(tmp_path)  # no .env of the caller's
+    for name in config.VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+    def run(*args: str) -> tuple[int, list[str]]:
+        code = execute(main, ["--data-dir", str(tmp_path / "dd"), *args])
+        return code, capsys.readouterr().err.splitlines()
+
+    yield run
+
+
+ERR = "peercrypt: error: "
+RANGE_BUFFER = "expected a size in 4MiB..1GiB"
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["node", "--receive-buffer", "3X"],
+         "node: Invalid value for '--receive-buffer': '3X': unknown unit 'X' (K, M, G, T, KiB, "
+         f"MiB, GiB, TiB: 1024; KB, MB, GB, TB: 1000); {RANGE_BUFFER}"),
+        (["node", "--receive-buffer", "-4M"],
+         f"node: Invalid value for '--receive-buffer': '-4M': negative; {RANGE_BUFFER}"),
+        (["node", "--receive-buffer", "0"],
+         f"node: Invalid value for '--receive-buffer': '0': zero; {RANGE_BUFFER}"),
+        (["node", "--receive-buffer", "2G"],
+         f"node: Invalid value for '--receive-buffer': '2G': out of range (2GiB); {RANGE_BUFFER}"),
+        (["node", "--receive-buffer", ""],
+         f"node: Invalid value for '--receive-buffer': '': empty; {RANGE_BUFFER}"),
+        (["send", "f", "h", "1", "--chunk-size", "1K"],
+         "send: Invalid value for '--chunk-size': '1K': out of range (1KiB); "
+         "expected a size in 4KiB..16MiB"),
+        (["send", "f", "h", "1", "-r", "0"],
+         "send: Invalid value for '-r' / '--rate': '0': zero; expected a rate >= 1B/s"),
+        (["send", "f", "h", "1", "-b", "10Mb"],
+         "send: Invalid value for '-b' / '--bucket': '10Mb': 'Mb': b is bits, bytes are B "
+         "(MB, MiB); expected a size >= 1B"),
+        (["rate", "--", "-1"],
+         "rate: Invalid value for 'BYTES_PER_SEC': '-1': negative; expected a rate >= 0B/s"),
+        (["max-rate", "fast"],
+         "max-rate: Invalid value for 'BYTES_PER_SEC': 'fast': not a number of bytes "
+         "(e.g. 512, 64K, 1.5M, 2GiB); expected a rate >= 0B/s"),
+        (["node", "--max-rate", "1.5"],
+         "node: Invalid value for '--max-rate': '1.5': a fraction of a byte; "
+         "expected a rate >= 0B/s"),
+        (["node", "--multicast-datagram", "64KiB"],
+         "node: Invalid value for '--multicast-datagram': '64KiB': out of range (64KiB); "
+         "expected a size in 577B..65507B"),
+    ],
+    ids=["bad-suffix", "negative", "zero", "too-large", "empty", "chunk-too-small",
+         "zero-rate", "bits", "negative-argument", "junk-argument", "fraction", "datagram",
+         ],
+)  # fmt: skip
+def test_a_bad_size_is_one_line_naming_option_value_and_range(
+    cli: Callable[..., tuple[int, list[str]]], tmp_path: Path, args: list[str], line: str
+) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    code, lines = cli(*args)
+    assert (code, lines) == (errors.USAGE, [ERR + line])
+
+
+def test_the_entry_point_says_the_same_in_one_line(tmp_path: Path) -> None:
+    """The real command (a process): one line, exit 2, no traceback."""
+    result = run_cli("node", "--receive-buffer", "3M", data_dir=tmp_path / "dd", cwd=tmp_path)
+    assert result.returncode == errors.USAGE, result.describe()
+    assert result.stderr_lines == [
+        f"{ERR}node: Invalid value for '--receive-buffer': '3M': out of range (3MiB); "
+        f"{RANGE_BUFFER}"
+    ], result.describe()
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("node", ["--receive-buffer", "--max-rate", "--peer-quota", "--control-port-memory"]),
+        ("send", ["--chunk-size", "--bucket", "--rate"]),
+        ("actor", ["--max-rate"]),
+        ("rate", ["BYTES_PER_SEC"]),
+        ("max-rate", ["BYTES_PER_SEC"]),
+    ],
+)
+def test_help_says_sizes_take_suffixes(
+    cli: Callable[..., tuple[int, list[str]]],
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    options: list[str],
+) -> None:
+    assert execute(main, [command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    for option in options:  # its help, before the next [env ...] or [default ...]
+        assert re.search(rf"{option}(?: SIZE| RATE)? [^\[]*?[Tt]akes suffixes", text), option
+
+
+def test_sizes_take_effect_on_a_real_node(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    """A variable with a suffix (and /s), then a config key with one: the
+    node's status shows the bytes per second they name."""
+    node = node_factory(env={"PEERCRYPT_MAX_RATE": "1.5M/s"}, name="env")
+    assert node.status()["max_rate"] == str(1536 * 1024)
+    node.stop()
+    configured = node_factory(name="file", start=False)
+    configured.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (configured.data_dir / "config.toml").write_text('max_rate = "2MB"\n')
+    configured.start()
+    assert configured.status()["max_rate"] == "2000000"
