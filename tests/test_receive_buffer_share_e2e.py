@@ -10,7 +10,8 @@ alone; counted among all eight it would get their share, 4 chunks. Every
 file then verifies by hash.
 
 The buffer is what the user sets, with or without a suffix (flag,
-variable, config key): the credit of a transfer alone.
+variable, config key), on a node and on an attached receiver actor
+(``peercrypt actor receiver --attach``): the credit of a transfer alone.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import blake3
 import pytest
 
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
-from peercrypt.testing.nodes import NodeProcess, wait_until
+from peercrypt.testing.nodes import ActorProcess, NodeProcess, wait_until
 from peercrypt.wire.messages import Ack, Verified
 
 pytestmark = pytest.mark.timeout(180)
@@ -141,3 +142,42 @@ def test_the_receive_buffer_is_what_the_user_sets(
         receiver.start()
     credits = _credits_of_one_transfer(network_key, receiver.host, receiver.port, receiver.inbox)
     assert credits[0] == buffer // CHUNK == max(credits) < WINDOW, credits
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_an_attached_receiver_takes_the_receive_buffer_it_is_given(
+    tmp_path: Path, network_key: str, how: str
+) -> None:
+    """``peercrypt actor receiver --attach ... --receive-buffer 12M`` (or
+    ``PEERCRYPT_RECEIVE_BUFFER=12MiB`` in its environment): the attached
+    receiver grants a transfer alone 12 chunks of 1 MiB, not the default
+    buffer's whole window (16); the file lands in its inbox, by content."""
+    storage = ActorProcess(tmp_path / "storage", "receiver", [], network_key)
+    fingerprint = storage.fingerprint()
+    gateway = NodeProcess(
+        data_dir=tmp_path / "gateway",
+        network_key=network_key,
+        extra_args=("--remote-actor", "receiver", "--attach-allow", fingerprint, "--no-gossip"),
+        ready_facts=("port",),
+    )  # fmt: skip
+    disk = tmp_path / "disk"
+    try:
+        gateway.start()
+        storage.attach = [f"127.0.0.1:{gateway.port}"]
+        storage.extra_args = ("--host", "127.0.0.1", "--inbox", str(disk))
+        if how == "flag":
+            storage.extra_args = (*storage.extra_args, "--receive-buffer", "12M")
+        else:
+            storage.env = {"PEERCRYPT_RECEIVE_BUFFER": "12MiB"}
+        storage.start()
+        wait_until(
+            lambda: gateway.status().get("remote_receiver") == f"attached {fingerprint}",
+            WAIT,
+            "the receiver actor to attach",
+            interval=0.2,
+        )
+        credits = _credits_of_one_transfer(network_key, "127.0.0.1", gateway.port, disk)
+        assert credits[0] == 12 * MiB // CHUNK == max(credits) < WINDOW, credits
+    finally:
+        codes = (storage.stop(), gateway.stop())
+    assert codes == (0, 0), storage.log_text()

@@ -230,10 +230,12 @@ RANGE_BUFFER = "expected a size in 4MiB..1GiB"
         (["node", "--multicast-datagram", "64KiB"],
          "node: Invalid value for '--multicast-datagram': '64KiB': out of range (64KiB); "
          "expected a size in 577B..65507B"),
+        (["actor", "receiver", "--attach", "h:1", "--receive-buffer", "1M"],
+         f"actor: Invalid value for '--receive-buffer': '1M': out of range (1MiB); {RANGE_BUFFER}"),
     ],
     ids=["bad-suffix", "negative", "zero", "too-large", "empty", "chunk-too-small",
          "zero-rate", "bits", "negative-argument", "junk-argument", "fraction", "datagram",
-         ],
+         "actor"],
 )  # fmt: skip
 def test_a_bad_size_is_one_line_naming_option_value_and_range(
     cli: Callable[..., tuple[int, list[str]]], tmp_path: Path, args: list[str], line: str
@@ -258,7 +260,7 @@ def test_the_entry_point_says_the_same_in_one_line(tmp_path: Path) -> None:
     [
         ("node", ["--receive-buffer", "--max-rate", "--peer-quota", "--control-port-memory"]),
         ("send", ["--chunk-size", "--bucket", "--rate"]),
-        ("actor", ["--max-rate"]),
+        ("actor", ["--receive-buffer", "--max-rate"]),
         ("rate", ["BYTES_PER_SEC"]),
         ("max-rate", ["BYTES_PER_SEC"]),
     ],

@@ -41,6 +41,7 @@ ACTOR_SETTINGS = {
     "aimd_min_window": "aimd_min_window",
     "aimd_max_window": "aimd_max_window",
     "parallel_threads": "parallel_threads",
+    "receive_buffer": "receive_buffer",
 }
 
 
@@ -78,6 +79,7 @@ ACTOR_SETTINGS = {
 @setting_option("aimd_min_window")
 @setting_option("aimd_max_window")
 @setting_option("parallel_threads")
+@setting_option("receive_buffer")
 @click.pass_context
 def actor(
     ctx: click.Context,
@@ -122,6 +124,7 @@ def actor(
         advertise_data_host=advertise_data_host or address_towards(nodes[0][0]) or "",
         policy=policy,
         max_rate=eff["max_rate"],
+        receive_buffer=eff["receive_buffer"],
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

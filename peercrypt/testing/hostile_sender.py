@@ -200,13 +200,14 @@ class HostileSender:
 
     def hello(self, timeout: float = WAIT) -> bytes:
         """The receiver's identity key, proven by a hello (what a real
-        sender's pre-send check learns); offers are sealed to it."""
+        sender's pre-send check learns); offers are sealed to it (or to the
+        key its proof vouches for: a receiver attached to the node)."""
         if not self.receiver_key:
             challenge = HelloChallenge()
             reply = self._ask(Hello(challenge=challenge.public), timeout)
             assert isinstance(reply, HelloReply), reply
-            challenge.verify(reply.node_id, reply.version, reply.proof)
-            self.receiver_key = reply.node_id
+            challenge.verify(reply.node_id, reply.version, reply.proof, reply.offer_key)
+            self.receiver_key = reply.offer_key or reply.node_id
         return self.receiver_key
 
     def url(self, host: str, port: int) -> str:

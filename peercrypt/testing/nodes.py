@@ -845,6 +845,7 @@ class ActorProcess:
     network_key: str
     extra_args: Sequence[str] = ()
     netns: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more variables for the process
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -874,7 +875,7 @@ class ActorProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=cli_env({"PEERCRYPT_NETWORK_KEY": self.network_key}),
+            env=cli_env({"PEERCRYPT_NETWORK_KEY": self.network_key, **self.env}),
         )
         return self
 
