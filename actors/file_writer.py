@@ -541,6 +541,7 @@ class BufferPool:
         self._lock = threading.Lock()
         self._mapped = 0
         self._mapped_lock = threading.Lock()
+        self.maps = 0  # mappings made so far (each a new buffer's pages faulted in and zeroed)
 
     def take(self, size: int) -> memoryview:
         """A writable buffer of exactly ``size`` bytes (contents undefined):
@@ -565,6 +566,7 @@ class BufferPool:
                 if size == 0 or self._mapped >= MAX_MAPPED:
                     return memoryview(bytearray(size))
                 self._mapped += 1
+                self.maps += 1
             try:
                 mapping = mmap.mmap(-1, size)
             except BaseException:
@@ -853,13 +855,16 @@ class FileWriter:
         ``direct-bytes`` (:attr:`direct_bytes`), ``checks-early`` and
         ``checks-full`` (final checks whose verdict came from the read-back
         as written, and from a whole read-back after the fsync), and
-        ``read-back-early-bytes`` (bytes read back as written)."""
+        ``read-back-early-bytes`` (bytes read back as written),
+        ``hash-deferred-chunks`` and ``decrypt-buffers-mapped`` (decrypt
+        buffers mapped anew: not taken from the pool)."""
         for name, value in (
             ("direct-bytes", self.direct_bytes),
             ("checks-early", self.early_checks),
             ("checks-full", self.full_checks),
             ("read-back-early-bytes", self._follower.read_bytes + self.as_written_read),
             ("hash-deferred-chunks", self._hashing.deferred),
+            ("decrypt-buffers-mapped", self.buffers.maps),
         ):
             if value != counters.get(name, 0):
                 counters[name] = value

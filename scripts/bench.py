@@ -258,6 +258,7 @@ def transfer(
     sender: NodeProcess, receiver: NodeProcess, path: Path, digest: str
 ) -> dict[str, float]:
     """One ``peercrypt send`` timed as the user times it (command start to exit 0)."""
+    mapped = receiver.counters().get("receiver.decrypt-buffers-mapped", 0)
     cpu_s, cpu_r = cpu_seconds(sender.pid), cpu_seconds(receiver.pid)
     threads_s, threads_r = thread_cpu(sender.pid), thread_cpu(receiver.pid)
     switched_s, switched_r = switches(sender.pid), switches(receiver.pid)
@@ -283,6 +284,8 @@ def transfer(
             for k, v in per_thread(threads_r, receiver.pid, cpu_r, names_r.seen).items()
         },
     }
+    time.sleep(0.6)  # the node's counters reach its status every 0.5 s
+    cpu["decrypt_maps"] = receiver.counters().get("receiver.decrypt-buffers-mapped", 0) - mapped
     stored = receiver.inbox / result["stored_as"]
     if blake3_file(stored) != digest:
         raise RuntimeError(f"{stored} differs from the source")
@@ -623,7 +626,8 @@ def main() -> int:
                 print(
                     f"run {run + 1}, load {row['load']:.1f} (MiB/s, and the writing side's "
                     f"CPU s per GiB): {shown} | CPU s: sender "
-                    f"{row['sender_cpu_s']:.2f}, receiver {row['receiver_cpu_s']:.2f}",
+                    f"{row['sender_cpu_s']:.2f}, receiver {row['receiver_cpu_s']:.2f}, "
+                    f"decrypt buffers mapped {row['decrypt_maps']:.0f}",
                     flush=True,
                 )
                 for prefix, name in (
@@ -635,7 +639,8 @@ def main() -> int:
                     if f"{prefix}sender_cpu_s" in row:
                         print(
                             f"  {name} CPU s: sender {row[f'{prefix}sender_cpu_s']:.2f}, "
-                            f"receiver {row[f'{prefix}receiver_cpu_s']:.2f}",
+                            f"receiver {row[f'{prefix}receiver_cpu_s']:.2f}, "
+                            f"decrypt buffers mapped {row[f'{prefix}decrypt_maps']:.0f}",
                             flush=True,
                         )
             classify(out["runs"])
@@ -713,7 +718,8 @@ def main() -> int:
             print(
                 f"  CPU s per GiB{name}: sender {med[f'{prefix}sender_cpu_s'] / per_gib:.2f}, "
                 f"receiver {med[f'{prefix}receiver_cpu_s'] / per_gib:.2f}, both "
-                f"{(med[f'{prefix}sender_cpu_s'] + med[f'{prefix}receiver_cpu_s']) / per_gib:.2f}"
+                f"{(med[f'{prefix}sender_cpu_s'] + med[f'{prefix}receiver_cpu_s']) / per_gib:.2f}; "
+                f"decrypt buffers mapped per GiB {med[f'{prefix}decrypt_maps'] / per_gib:.0f}"
             )
     for prefix in ("", "tree_", "tcp_", "ring_", "tree_ring_"):
         if f"{prefix}sender_switches" in med:
