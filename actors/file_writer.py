@@ -288,21 +288,23 @@ def _writeback_starter() -> Callable[[int, int, int], None]:
 
 # Chunk buffers kept for reuse, with those in flight, at most by default
 # (docs/architecture.md, "Bounds"): a transfer's chunks cycle through a few
-# while the writer keeps up. Both receivers' bound is the receive buffer
-# (:func:`pool_bytes`): what the unicast credit lets be in flight, 8 chunks of
-# 4 MiB, of which 16 MiB kept only 4, and every fifth chunk or so was
-# decrypted into a new mapping (its pages faulted in and zeroed: 0.05-0.08
-# CPU s per GiB of the receiving thread, docs/benchmarks.md).
+# while the writer keeps up. Both receivers' bound is what their pipeline
+# holds between decryption and the hash (:func:`pool_bytes`).
 POOL_BYTES = 16 * 1024 * 1024
 
 
-def pool_bytes(receive_buffer: int) -> int:
+def pool_bytes(receive_buffer: int, hash_hold: int) -> int:
     """The decrypt buffer pool's bound of either receiver (unicast and
-    multicast alike): the node's receive buffer, what it sets aside for
-    chunks coming in (the unicast credit lets that much be in flight: 8
-    chunks of 4 MiB by default), at least POOL_BYTES. What the pool keeps
-    never adds to a peak of chunks in flight up to it (:class:`BufferPool`)."""
-    return max(POOL_BYTES, receive_buffer)
+    multicast alike): what its bounded pipeline holds from decryption to the
+    hash, the receive buffer (the chunks in flight under the credit, queued
+    to be written: 8 of 4 MiB by default) and ``hash_hold`` (written chunks
+    whose buffers wait for the hash as written: :class:`Hashing`), at least
+    POOL_BYTES. With the receive buffer alone (32 MiB) the chunks waiting
+    for the hash pushed those in flight out of it: 24-34 of the 256 chunks
+    of a 1 GiB send were decrypted into new mappings, their pages faulted in
+    and zeroed (docs/benchmarks.md). What the pool keeps never adds to a
+    peak of chunks in flight up to it (:class:`BufferPool`)."""
+    return max(POOL_BYTES, receive_buffer + hash_hold)
 
 
 def _block_allocator() -> Callable[[int, int, int], bool]:

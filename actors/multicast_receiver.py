@@ -96,6 +96,7 @@ from actors.inbox import (
     sweep,
 )
 from actors.port_watch import DIAL_EVENTS, PortWatch
+from actors.read_back import HASH_HOLD
 from actors.space import drop_gone_part, report_holdings
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
@@ -1160,11 +1161,12 @@ class MulticastReceiverActor(Actor):
 def writer_bounds(s: NodeSettings) -> tuple[int, int]:
     """The writer's queue bound and its buffer pool's. Each session queues at
     most QUEUE_CHUNKS chunks (checked before the writer's bound, which is so
-    never what drops a chunk here); the pool's is the unicast receiver's,
-    the receive buffer (:func:`~actors.file_writer.pool_bytes`): 16 MiB kept
-    4 chunks of 4 MiB, and a session of 4 MiB chunks decrypted every fifth or
-    so into a new mapping."""
-    return MAX_SESSIONS * QUEUE_CHUNKS * s.max_chunk, pool_bytes(s.receive_buffer)
+    never what drops a chunk here); the pool's is as the unicast receiver's
+    (:func:`~actors.file_writer.pool_bytes`), the receive buffer and what
+    its writer's hash as written holds (HASH_HOLD): 16 MiB kept 4 chunks of
+    4 MiB, and a session of 4 MiB chunks decrypted every fifth or so into a
+    new mapping."""
+    return MAX_SESSIONS * QUEUE_CHUNKS * s.max_chunk, pool_bytes(s.receive_buffer, HASH_HOLD)
 
 
 def _who(peer: bytes) -> str:

@@ -188,12 +188,19 @@ DELIVERED_FILE = "delivered.msgpack"  # in the data directory (core/delivered.py
 DELIVERED_JOURNAL = "delivered.journal"  # rows since that snapshot
 
 
+def hash_hold(s: NodeSettings) -> int:
+    """Bytes of written chunks that may wait in their buffers for the hash
+    as written (half the receive buffer: actors/read_back.py, ``Hashing``)."""
+    return s.receive_buffer // 2
+
+
 def writer_bounds(s: NodeSettings) -> tuple[int, int]:
     """The writer's queue bound and its buffer pool's. Credit keeps the queue
     near the receive buffer (twice it while credits shrink); the writer
     refuses chunks beyond that whatever peers do. Its pool keeps as many
-    buffers for reuse as the credit lets be in flight (8 chunks of 4 MiB)."""
-    return 2 * s.receive_buffer + s.max_chunk, pool_bytes(s.receive_buffer)
+    buffers for reuse as the credit lets be in flight (8 chunks of 4 MiB)
+    and the hash as written may hold (4 more)."""
+    return 2 * s.receive_buffer + s.max_chunk, pool_bytes(s.receive_buffer, hash_hold(s))
 
 
 @dataclass
@@ -343,7 +350,7 @@ class ReceiverActor(Actor):
             pool_bytes=pooled,
             as_written=s.check_as_written,
             announce_bytes=s.receive_buffer // 4,
-            hash_hold=s.receive_buffer // 2,
+            hash_hold=hash_hold(s),
         )
         self.writer.start()
         running = lambda: bool(self.transfers)  # noqa: E731

@@ -647,6 +647,14 @@ def main() -> int:
             out["peak_rss_mib"] = {
                 "sender": peak_rss_mib(sender.pid),
                 "receiver": peak_rss_mib(receiver.pid),
+                **(
+                    {
+                        "tree_sender": peak_rss_mib(others[0].pid),
+                        "tree_receiver": peak_rss_mib(others[1].pid),
+                    }
+                    if others
+                    else {}
+                ),
             }
             out["paths"] = {"ours": paths_taken(sender)}
             if over_tcp:
@@ -752,6 +760,11 @@ def main() -> int:
             )
     rss = out["peak_rss_mib"]
     print(f"  peak RSS: sender {rss['sender']:.0f} MiB, receiver {rss['receiver']:.0f} MiB")
+    if "tree_sender" in rss:
+        print(
+            f"  peak RSS of --tree: sender {rss['tree_sender']:.0f} MiB, "
+            f"receiver {rss['tree_receiver']:.0f} MiB"
+        )
     for row in rss_rows:
         print(
             f"  peak RSS with a {row['size']} file: sender {row['sender']:.0f} MiB, "

@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import actors.file_writer as file_writer
+import actors.read_back as read_back
 from actors.file_writer import (
     BufferPool,
     CheckSteps,
@@ -823,20 +824,26 @@ def test_chunk_buffers_go_back_to_the_pool_and_not_beyond_its_bound() -> None:
 
 
 @pytest.mark.parametrize("bounds", [writer_bounds, multicast_writer_bounds])
-def test_the_receivers_writer_keeps_a_whole_credit_of_4_mib_buffers(
+def test_the_receivers_writer_keeps_what_its_pipeline_holds_of_4_mib_buffers(
     tmp_path: Path, bounds: Callable[[NodeSettings], tuple[int, int]]
 ) -> None:
     """The unicast and the multicast receiver's writer (their bounds from the
-    node's own settings) take back every buffer of a receive buffer's worth
-    of 4 MiB chunks (8 of them queued at once) and decrypting the next 8
-    maps no new one: with 16 MiB kept (the multicast receiver's before),
-    half were dropped and mapped again (their pages faulted in and zeroed)
-    every time the queue filled."""
+    node's own settings) take back every buffer of what their pipeline holds
+    from decryption to the hash, the receive buffer's worth of 4 MiB chunks
+    and the hash as written's (12 of them, queued at once), and decrypting
+    the next 12 maps no new one: with the receive buffer alone kept (32 MiB,
+    before), the chunks waiting for their hash pushed those in flight out
+    (24-34 new mappings per GiB); with 16 MiB (the multicast receiver's
+    before that), half were dropped and mapped again every time."""
     keys = KeyPair.generate()
     settings = NodeSettings(data_dir=tmp_path, inbox=tmp_path, identity=keys, server_keys=keys)
     queued, pooled = bounds(settings)
     chunk = 4 * 1024 * 1024
-    count = settings.receive_buffer // chunk
+    # The chunks in flight under the credit, and those waiting for their
+    # hash (the multicast receiver's HASH_HOLD, the unicast's half the
+    # receive buffer: the same 16 MiB by default).
+    count = (settings.receive_buffer + read_back.HASH_HOLD) // chunk
+    assert count == 12
     # not started: nothing drains
     with _part(tmp_path) as fd, _writer(queued, pool_bytes=pooled) as (w, found):
         data = os.urandom(2 * count * chunk)
@@ -855,7 +862,37 @@ def test_the_receivers_writer_keeps_a_whole_credit_of_4_mib_buffers(
                 w.start()  # the whole first credit is queued before any is written
             assert {_index(_next(found)) for _ in range(count)} == set(range(start, start + count))
             wait_until(lambda: w.buffers.held_bytes == count * chunk, WAIT, "all given back")
+        assert w.buffers.maps == count  # the first round's only
         assert blake3.blake3(os.pread(fd, len(data), 0)).digest() == blake3.blake3(data).digest()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    bound=st.integers(1, 12),
+    steps=st.lists(st.tuples(st.booleans(), st.integers(1, 3), st.integers(0, 20)), max_size=80),
+)
+def test_what_the_pool_keeps_never_exceeds_its_bound(
+    bound: int, steps: list[tuple[bool, int, int]]
+) -> None:
+    """Whatever is taken and given back in any order and size: the pool
+    keeps at most its bound, and what it keeps with what is out together
+    stay within it (kept buffers never add to a peak of chunks in flight);
+    every byte taken and given back is counted out and back."""
+    unit = 4096
+    pool = BufferPool(bound * unit)
+    out: list[memoryview] = []
+    for take, size, pick in steps:
+        if take or not out:
+            out.append(pool.take(size * unit))
+        else:
+            pool.give(out.pop(pick % len(out)))
+        held, taken = pool.held_bytes, pool.out_bytes
+        assert taken == sum(len(b) for b in out)
+        assert held <= bound * unit
+        assert held == 0 or held + taken <= bound * unit, (held, taken)
+    for b in out:
+        pool.give(b)
+    assert pool.out_bytes == 0 and pool.held_bytes <= bound * unit
 
 
 def test_kept_buffers_and_those_in_flight_stay_within_the_pools_bound() -> None:
