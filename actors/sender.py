@@ -1505,7 +1505,7 @@ class SenderActor(Actor):
         # bounded: core/completed.py), so the file is offered again, and its
         # table of delivered files answers with the earlier verdict, sealed
         # under the new transfer's keys (or the part is resumed).
-        unanswered = code == ResultCode.TIMEOUT and flow.done_went
+        unanswered = code == ResultCode.TIMEOUT and flow.unanswered
         network = t.broken or flow.window is None or unanswered
         retried = False
         if code in RETRY_CODES and network and t.retry is not None:

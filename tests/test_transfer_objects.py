@@ -302,15 +302,51 @@ def test_the_early_done_goes_again_at_each_retransmission_timeout() -> None:
     assert t.poll(due) == [Finished(b"d" * 32, "file")]
 
 
-def test_a_done_went_once_the_early_done_or_a_done_was_sent() -> None:
-    """What tells the sender a Done unanswered at its timeout may hide a
-    stored file (actors/sender.py offers it again)."""
+def run_timers_to_the_end(t: OutgoingTransfer) -> None:
+    """Nothing answers: its timers run until it ends (a bounded number)."""
+    for _ in range(1000):
+        due = t.next_timer()
+        assert due is not None
+        t.on_timer(due)
+        t.poll(due)
+        if t.ended:
+            return
+    raise AssertionError("the transfer did not end")
+
+
+def test_a_stall_after_the_early_done_ends_unanswered() -> None:
+    """What tells the sender its own timeout may hide a stored file
+    (actors/sender.py offers it again): the last chunk and the early Done
+    went and nothing answered for ``timeout``."""
     t = outgoing(size=CHUNK)
     t.on_accept([], 4, 0.0)
     assert t.poll(0.0) == [SendChunk(0, True), HashFile()]
-    assert not t.done_went
     t.on_digest(b"d" * 32, 0.0)
-    assert t.poll(0.0) == [SendDone(b"d" * 32, 1, 0)] and t.done_went
+    t.poll(0.0)
+    run_timers_to_the_end(t)
+    assert t.unanswered
+
+
+def test_a_done_unanswered_after_the_last_ack_ends_unanswered() -> None:
+    t = one_chunk_acked_and_hashed()
+    t.poll(0.1)
+    run_timers_to_the_end(t)
+    assert t.unanswered
+
+
+def test_a_stall_before_the_done_or_the_receivers_failure_is_not_unanswered() -> None:
+    """Chunks unacked before any Done, or the receiver's own Failed (a
+    check that timed out): the receiver did not store the file, or said so."""
+    t = outgoing(size=2 * CHUNK)
+    t.on_accept([], 1, 0.0)
+    t.poll(0.0)
+    run_timers_to_the_end(t)
+    assert not t.unanswered
+    t = one_chunk_acked_and_hashed()
+    t.poll(0.1)
+    t.on_failed("timeout", "the check made no progress")
+    (out,) = t.poll(0.2)
+    assert isinstance(out, Failed) and out.code == "timeout" and not t.unanswered
 
 
 def test_held_ranges_are_not_sent() -> None:

@@ -168,6 +168,9 @@ class OutgoingTransfer(GrantedFlow):
     digest: bytes = field(default=b"", init=False)
     done_sent: int = field(default=0, init=False)
     early_done: bool = field(default=False, init=False)  # a Done went before the last ack
+    # Ended by its own timeout with a Done gone unanswered: the receiver may
+    # have stored the file (and forgotten the transfer), not said it failed.
+    unanswered: bool = field(default=False, init=False)
     last_progress: float = field(init=False)
     resumed: int = field(default=0, init=False)  # chunks the receiver already held
     accept_seconds: float = field(default=0.0, init=False)  # offer to accept (the resume check)
@@ -335,6 +338,7 @@ class OutgoingTransfer(GrantedFlow):
             if not w.in_flight:
                 return
             if now >= self.last_progress + self.timeout:  # the very sum next_timer gives
+                self.unanswered = self.early_done
                 self._end(Failed(ResultCode.TIMEOUT, f"{self.peer} stopped acknowledging"))
                 return
             timeouts = w.timeouts
@@ -378,12 +382,6 @@ class OutgoingTransfer(GrantedFlow):
     @property
     def ended(self) -> bool:
         return self.phase is Phase.ENDED
-
-    @property
-    def done_went(self) -> bool:
-        """A Done went (the early one with the last chunk, or after the last
-        ack): the receiver may have stored the file, whatever it answered."""
-        return bool(self.done_sent or self.early_done)
 
     @property
     def waiting_for(self) -> str:
@@ -518,6 +516,7 @@ class OutgoingTransfer(GrantedFlow):
                 self._outputs.append(HashFile())
             return
         if self._answer_due is not None and now >= self._answer_due:
+            self.unanswered = True
             self._end(
                 Failed(
                     ResultCode.TIMEOUT,
