@@ -9,7 +9,8 @@ The receiver then answers each repeated Done with the same sealed Verified,
 kept here by transfer id. A sender repeats its Done for at most its
 ``--timeout`` (:data:`~peercrypt.cli.fast.MAX_TIMEOUT` at most) after the
 last answer it heard, so an entry is kept ``keep`` seconds (at least that
-long) and then forgotten: an idle node holds none. The count is bounded too
+long) and then forgotten (:meth:`expire`: the receiver calls it at each
+remember and at its inbox sweep, every 10 minutes). The count is bounded too
 (``limit``, the node's ``completed_memory`` setting): more transfers
 finished within ``keep`` than that forget the oldest first, and their
 senders find out by offering the file again (``actors/sender.py``: a Done
@@ -17,8 +18,9 @@ unanswered for the sender's timeout is offered again; the receiver's table
 of delivered files answers it with the earlier verdict, sealed under the new
 transfer's keys, or the file is sent again). Memory: ``limit`` entries of
 the tid (16 bytes), the sealed Verified (its header and the hash and stored
-name sealed: about 150 bytes, a folder's stored names up to about 1.1 KiB)
-and the time.
+name sealed) and the time: about 460 bytes with Python's objects for a
+short name, up to about 4.5 KiB for a folder's stored names (1024
+characters; docs/architecture.md, "Bounds").
 """
 
 from __future__ import annotations
