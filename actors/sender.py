@@ -115,7 +115,7 @@ from peercrypt.core.resume import SAMPLE_BYTES, sample_offsets, source_tag
 from peercrypt.core.sampling import sample_due
 from peercrypt.core.tree import TreeError
 from peercrypt.core.tree import source_tag as tree_source_tag
-from peercrypt.crypto.handshake import HelloChallenge, Initiator, ProofError
+from peercrypt.crypto.handshake import HELLO_MEMORY, HelloChallenge, Initiator, ProofError
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.known_peers import KnownPeersFile, explain
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
@@ -244,6 +244,16 @@ class Walk:
 
 
 @dataclass
+class KeptLink:
+    """A send's control link kept for the next send to its address (IDLE_KEEP)."""
+
+    link: Link
+    disconnects: int  # its disconnects when it was kept
+    timer: Timer  # closes it
+    answered: deque[bytes]  # the proofs of the hello replies taken on it
+
+
+@dataclass
 class Outgoing:
     """The I/O side of one transfer; every decision is ``flow``'s."""
 
@@ -261,6 +271,9 @@ class Outgoing:
     # sealed to it; the accept must prove the same key.
     receiver_key: bytes = b""
     challenge: HelloChallenge | None = None  # our hello, until its reply proves a key
+    # The proofs of the hello replies taken on its link, by this send and the
+    # sends it was kept for before: one of them again is a replay (stale).
+    answered: deque[bytes] = field(default_factory=lambda: deque(maxlen=HELLO_MEMORY))
     # The pre-send check of a first attempt (a retry's offer goes to a peer
     # that accepted before): its connection attempts and the timer of the current one.
     reach: Reach | None = None
@@ -330,9 +343,8 @@ class SenderActor(Actor):
         self.sealed = SealedPool()
         # The data connections in use, shared by the transfers to one receiver.
         self.pipes: dict[PipeKey, DataPipe] = {}
-        # Control links kept after their send's accept, by URL (IDLE_KEEP):
-        # the link, its disconnects then, the timer that closes it.
-        self.idle_links: dict[str, tuple[Link, int, Timer]] = {}
+        # Control links kept after their send's accept, by URL (IDLE_KEEP).
+        self.idle_links: dict[str, KeptLink] = {}
         # What receivers make libzmq read ahead on them (never capped:
         # PEER_RCVHWM), bounded as the data port bounds senders
         # (core/port_guard.py): a receiver whose replies pass the bound
@@ -655,12 +667,14 @@ class SenderActor(Actor):
         url = f"tcp://{join_host_port(req.host, req.port)}"
         on_message = functools.partial(self._on_control, t)
         on_failure = functools.partial(self._on_link_failure, t)
-        t.link = None if fresh else self._idle_link(url)
-        t.link_kept = t.link is not None
-        if t.link is not None:
+        kept = None if fresh else self._idle_link(url)
+        t.link_kept = kept is not None
+        if kept is not None:
+            t.link, t.answered = kept.link, kept.answered
             t.link.on_message, t.link.on_failure = on_message, on_failure
             self.count("links-reused")
         else:
+            t.answered = deque(maxlen=HELLO_MEMORY)
             t.link = Link(
                 self,
                 self.settings,
@@ -787,6 +801,11 @@ class SenderActor(Actor):
         if t.tid not in self.transfers or t.flow.phase is not Phase.OFFERED:
             return
         if isinstance(msg, HelloReply) and t.challenge is not None:
+            if msg.proof in t.answered:
+                # A replay of a reply taken before on this (kept) link, sent
+                # again by the peer: not this hello's answer, which may follow.
+                self.count("hellos-stale")
+                return
             challenge, t.challenge = t.challenge, None
             if t.reach_timer is not None:
                 t.reach_timer.cancel()
@@ -802,6 +821,7 @@ class SenderActor(Actor):
                         "nothing was sent"
                     )
                 return self._end(t, ResultCode.IMPOSTOR, reason)
+            t.answered.append(msg.proof)
             self._offer(t, msg.node_id, msg.offer_key)
         elif isinstance(msg, Accept) and msg.tid == t.tid and t.receiver_key:
             self._on_accept(t, msg)
@@ -901,11 +921,11 @@ class SenderActor(Actor):
         self.tell("scheduler", self._flow_start(t))
         # The control connection's job is done: kept for the next send there.
         if t.link is not None:
-            self._park_link(t.link)
+            self._park_link(t.link, t.answered)
             t.link = None
         self._drive(t)
 
-    def _park_link(self, link: Link) -> None:
+    def _park_link(self, link: Link, answered: deque[bytes]) -> None:
         """Keep a send's control link open for :data:`IDLE_KEEP` seconds, for
         the next send to the same address (its hello and offer then go at
         once, without a new connection's round trips); closed instead when
@@ -925,10 +945,10 @@ class SenderActor(Actor):
         link.on_failure = functools.partial(self._close_idle_link, url)
         link.on_state = functools.partial(self._on_idle_link_state, link)
         timer = self.call_later(IDLE_KEEP, functools.partial(self._close_idle_link, url))
-        self.idle_links[url] = (link, link.disconnects, timer)
+        self.idle_links[url] = KeptLink(link, link.disconnects, timer, answered)
         self.count("links-kept")
 
-    def _idle_link(self, url: str) -> Link | None:
+    def _idle_link(self, url: str) -> KeptLink | None:
         """A link kept to ``url`` that is still sound (connected now and
         not dropped since its send, even if it came back: a peer that went
         away meanwhile is dialled afresh, and its failure told as such),
@@ -936,25 +956,25 @@ class SenderActor(Actor):
         kept = self.idle_links.pop(url, None)
         if kept is None:
             return None
-        link, disconnects, timer = kept
-        timer.cancel()
-        if not link.up() or link.disconnects != disconnects:
+        kept.timer.cancel()
+        link = kept.link
+        if not link.up() or link.disconnects != kept.disconnects:
             link.close()
             return None
         link.on_state = None
-        return link
+        return kept
 
     def _on_idle_link_state(self, link: Link) -> None:
         kept = self.idle_links.get(link.url)
-        if kept is not None and kept[0] is link and not link.connected:
+        if kept is not None and kept.link is link and not link.connected:
             self.count("kept-links-dropped")
             self._close_idle_link(link.url)
 
     def _close_idle_link(self, url: str) -> None:
         kept = self.idle_links.pop(url, None)
         if kept is not None:
-            kept[2].cancel()
-            kept[0].close()
+            kept.timer.cancel()
+            kept.link.close()
 
     def _on_idle_control(self, _msg: codec.Message) -> None:
         self.count("control-unexpected")  # a late reply to a send that went on

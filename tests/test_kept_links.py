@@ -16,8 +16,17 @@ from typing import Any
 
 import pytest
 
-from peercrypt.testing.hostile_link import DroppingReceiver
-from peercrypt.testing.nodes import LOCALHOST, NodeProcess, dead_port, wait_until
+from peercrypt.crypto.identity import load_or_create_identity
+from peercrypt.testing.hostile_link import DroppingReceiver, KeptLinkRelay
+from peercrypt.testing.nodes import (
+    LOCALHOST,
+    NodeProcess,
+    assert_sent,
+    dead_port,
+    wait_until,
+)
+from peercrypt.wire import codec
+from peercrypt.wire.messages import Accept, ErrorReply, HelloReply, Refuse, Verified
 
 KiB = 1024
 CLOSE_WAIT = "08"  # a TCP socket's state in /proc/net/tcp: the peer closed its end
@@ -76,3 +85,61 @@ def test_a_link_that_dropped_before_the_accept_is_not_kept(
         peer.go.set()
         sending.join(60)
         peer.close()
+
+
+@pytest.fixture
+def relay_to(network_key: str) -> Iterator[Callable[[NodeProcess, NodeProcess], KeptLinkRelay]]:
+    made: list[KeptLinkRelay] = []
+
+    def make(receiver: NodeProcess, sender: NodeProcess) -> KeptLinkRelay:
+        identity = load_or_create_identity(sender.data_dir)  # the test's own node's
+        made.append(KeptLinkRelay(network_key, receiver.address, identity))
+        return made[-1]
+
+    yield make
+    for relay in made:
+        relay.close()
+
+
+def test_what_a_receiver_says_on_a_kept_link_is_never_the_next_sends_answer(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    relay_to: Callable[[NodeProcess, NodeProcess], KeptLinkRelay],
+) -> None:
+    """The receiver's side of the kept link (a relay in front of a real
+    node) says, after the first send went on, what no send asked for:
+    garbage, the first send's accept, hello reply and verdict again, a
+    refusal and an error. The sender counts them and goes on; the second
+    send takes the kept link and gets all of them again right after its
+    hello, before the node's answer: it still proves the node afresh (a
+    hello of its own, answered by the node), takes none of them as its
+    answer (a replayed hello reply is stale, not an impostor's) and arrives,
+    verified by its hash."""
+    sender, receiver = node_factory(), node_factory()
+    relay = relay_to(receiver, sender)
+    first, second = make_file(256 * KiB + 1), make_file(256 * KiB + 2)
+    done = sender.send(first, LOCALHOST, relay.port)
+    assert_sent(receiver, done, first)
+    assert sender.wait_for_counter("sender.links-kept", 1) == 1
+    hello_reply = relay.answers(HelloReply)[0]
+    accept = relay.answers(Accept)[0]
+    tid = codec.decode_as(accept, Accept).tid
+    stale = [
+        b"\xc1 not msgpack",
+        hello_reply,
+        accept,
+        codec.encode(Refuse(tid=tid, code="busy", reason="late")),
+        codec.encode(Verified(digest=bytes(32), stored_as=first.name)),
+    ]
+    relay.inject([*stale, codec.encode(ErrorReply(code="late", reason="late"))])
+    counters = sender.counters_when("sender.control-unexpected", 5)
+    assert sum(v for k, v in counters.items() if k.startswith("sender.reply-")) == 1, counters
+    relay.before_next_answer(stale)
+    assert_sent(receiver, sender.send(second, LOCALHOST, relay.port), second)
+    counters = sender.counters_when("sender.sent", 2)
+    assert counters["sender.links-reused"] == 1  # the kept link took them all
+    assert counters["sender.hellos-stale"] == 1
+    assert counters["sender.control-unexpected"] == 5 + 3  # all but the garbage and the replay
+    assert relay.hellos == 2 and len(relay.answers(HelloReply)) == 2  # the node proved it again
+    second_reply = codec.decode_as(relay.answers(HelloReply)[1], HelloReply)
+    assert second_reply.proof != codec.decode_as(hello_reply, HelloReply).proof

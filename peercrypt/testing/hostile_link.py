@@ -5,6 +5,14 @@
   identity that proves its own key to a hello and accepts the offer, then
   closes its port at once: the sender reads the accept of a link that is no
   longer connected.
+- :class:`KeptLinkRelay`: the receiver's side of the sender's control link,
+  in front of a real receiver node. It relays each control message both ways
+  (to the node with the sender's own identity, which the test reads from the
+  sender's data dir: the node's accept proves itself to the key of the
+  connection it came on), so sends through it arrive and verify; and it
+  says on the sender's connection whatever the test gives it, at once
+  (:meth:`KeptLinkRelay.inject`) or when the next hello arrives, before the
+  node's answer (:meth:`KeptLinkRelay.before_next_answer`).
 
 Everything goes to 127.0.0.1; every wait has a timeout.
 """
@@ -12,10 +20,14 @@ Everything goes to 127.0.0.1; every wait has a timeout.
 from __future__ import annotations
 
 import os
+import queue
 import threading
+from typing import Any
+
+import zmq
 
 from peercrypt.crypto.handshake import prove_hello, respond
-from peercrypt.crypto.identity import KeyPair
+from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.testing.member_port import MemberPort, member_message
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Accept, Hello, HelloReply, Offer
@@ -78,3 +90,73 @@ class DroppingReceiver:
         if not self.port_.router.closed:
             self.port_.router.close()
         self.port_.ctx.term()
+
+
+class KeptLinkRelay:
+    """See the module docs. :attr:`from_sender` and :attr:`from_node` hold
+    every frame as it came (the node's answers in order)."""
+
+    def __init__(self, network_key: str, node: tuple[str, int], sender: KeyPair) -> None:
+        self.port_ = MemberPort(network_key, 0, b"relay")
+        self.port = self.port_.port
+        up = self.upstream = self.port_.ctx.socket(zmq.DEALER)
+        up.linger = 0
+        up.curve_serverkey = network_server_keys(network_key).z85_public
+        up.curve_publickey, up.curve_secretkey = sender.z85_public, sender.z85_secret
+        up.connect(f"tcp://{node[0]}:{node[1]}")
+        self.port_.poller.register(up, zmq.POLLIN)
+        self.from_sender: list[bytes] = []
+        self.from_node: list[bytes] = []
+        self.hellos = 0
+        self.route = b""  # the sender's connection (its routing id here)
+        self.outbox: queue.Queue[list[bytes]] = queue.Queue()
+        self.on_hello: list[bytes] = []  # said before the node's answer to the next hello
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def inject(self, frames: list[bytes]) -> None:
+        """Say ``frames`` on the sender's connection now (in this order)."""
+        self.outbox.put(frames)
+
+    def before_next_answer(self, frames: list[bytes]) -> None:
+        """Say ``frames`` on the sender's connection as soon as its next
+        hello arrives, before passing that hello on to the node."""
+        with self.lock:
+            self.on_hello = list(frames)
+
+    def _say(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.port_.router.send_multipart([self.route, frame])
+
+    def _run(self) -> None:
+        router = self.port_.router
+        while not self.stop.is_set():
+            while self.route and not self.outbox.empty():
+                self._say(self.outbox.get_nowait())
+            for sock in self.port_.poll(POLL_MS):
+                if sock is self.upstream:
+                    data = sock.recv()
+                    self.from_node.append(data)
+                    router.send_multipart([self.route, data])
+                    continue
+                route, data = router.recv_multipart()
+                self.route = route
+                self.from_sender.append(data)
+                if codec.decode(data).TYPE == Hello.TYPE:
+                    self.hellos += 1
+                    with self.lock:
+                        early, self.on_hello = self.on_hello, []
+                    self._say(early)
+                self.upstream.send(data)
+
+    def answers(self, kind: type[Any]) -> list[bytes]:
+        """The node's answers of message type ``kind``, as they came."""
+        return [raw for raw in self.from_node if codec.decode(raw).TYPE == kind.TYPE]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.upstream.close()
+        self.port_.close()
