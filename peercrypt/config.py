@@ -43,7 +43,7 @@ from peercrypt.core.modes import (
     check_paced_rate,
     derive_windows,
 )
-from peercrypt.settings import DEFAULT_PORT
+from peercrypt.settings import ATTACHABLE_KINDS, DEFAULT_PORT
 
 NODE_MODES = (*MODES, "multicast")
 # The variables of the tool our users come from; each is a setting's variable.
@@ -87,6 +87,9 @@ class Setting:
     choices: tuple[str, ...] = ()
     unit: str = ""
     aliases: tuple[str, ...] = ()  # other variables read for it (older names)
+    # The attachable actors that read it: `peercrypt actor KIND` takes it
+    # (flag, variable, config key) as the node does; () : node-wide only.
+    actors: tuple[str, ...] = ()
 
     def accepted(self) -> str:
         """What values are valid, for error messages and docs."""
@@ -156,50 +159,62 @@ def _s(name: str, env: str, kind: str, default: Any, help: str, **kw: Any) -> Se
     return Setting(name=name, env=env, kind=kind, default=default, help=help, **kw)
 
 
+# Which attached actors read a setting (docs/architecture.md, "Attached actors").
+_RECV, _SEND, _SCHED = ("receiver",), ("sender",), ("scheduler",)
+_GOSSIP, _HEALTH, _ALL = ("discovery",), ("health",), ATTACHABLE_KINDS
+_DATA = ("receiver", "sender")  # the two ends of the data plane
+_RATE = ("scheduler", "sender")  # the cap: the scheduler's; paced sends: the sender's
+_TRIES = ("sender", "discovery", "health")  # they reach peers themselves
+
 # The one table. Order: the old tool's variables first, then the rest.
 SETTINGS: tuple[Setting, ...] = (
     _s("mode", "DEFAULT_MODE", "choice", "normal", "Default transfer mode.",
-       flag="--mode", choices=NODE_MODES),
+       flag="--mode", choices=NODE_MODES, actors=_SCHED),
     _s("gossip_interval", "GOSSIP_INTERVAL", "float", 5.0, "Seconds between gossip rounds.",
-       flag="--gossip-interval", low=0.01, high=3600, unit="s"),
+       flag="--gossip-interval", low=0.01, high=3600, unit="s", actors=_GOSSIP),
     _s("disable_gossip", "DISABLE_GOSSIP", "bool", False, "Start with gossip disabled.",
-       flag="--no-gossip"),
+       flag="--no-gossip", actors=_GOSSIP),
     _s("aimd_window", "AIMD_WINDOW", "int", AIMD_WINDOW_KB,
        "AIMD initial congestion window (missing bounds are derived from it).",
-       flag="--aimd-window", low=1, high=MAX_WINDOW_KB, unit="KB"),
+       flag="--aimd-window", low=1, high=MAX_WINDOW_KB, unit="KB",
+       actors=_SCHED),
     _s("aimd_min_window", "AIMD_MIN_WINDOW", "int", AIMD_MIN_WINDOW_KB,
-       "AIMD minimum window.", flag="--aimd-min-window", low=1, high=MAX_WINDOW_KB, unit="KB"),
+       "AIMD minimum window.", flag="--aimd-min-window", low=1, high=MAX_WINDOW_KB, unit="KB",
+       actors=_SCHED),
     _s("aimd_max_window", "AIMD_MAX_WINDOW", "int", AIMD_MAX_WINDOW_KB,
-       "AIMD maximum window.", flag="--aimd-max-window", low=1, high=MAX_WINDOW_KB, unit="KB"),
+       "AIMD maximum window.", flag="--aimd-max-window", low=1, high=MAX_WINDOW_KB, unit="KB",
+       actors=_SCHED),
     _s("parallel_threads", "PARALLEL_THREADS", "int", PARALLEL_LANES,
        "Default lanes (connections and crypto workers) of parallel mode.",
-       flag="--parallel-threads", low=1, high=MAX_LANES),
+       flag="--parallel-threads", low=1, high=MAX_LANES, actors=_SCHED),
     _s("max_retries", "MAX_RETRIES", "int", 3, "Retries of a network operation.",
-       flag="--max-retries", low=0, high=100),
+       flag="--max-retries", low=0, high=100, actors=_TRIES),
     _s("connection_timeout", "CONNECTION_TIMEOUT", "float", 3.0,
-       "Seconds one attempt waits for a peer.", flag="--timeout", low=0.05, high=600, unit="s"),
+       "Seconds one attempt waits for a peer.", flag="--timeout", low=0.05, high=600, unit="s",
+       actors=_TRIES),
     _s("health_check_interval", "HEALTH_CHECK_INTERVAL", "float", 10.0,
        "Seconds between health checks of every member.",
-       flag="--health-check-interval", low=0.01, high=3600, unit="s"),
-    _s("host", "PEERCRYPT_HOST", "str", "0.0.0.0", "Address to bind.", flag="--host"),
+       flag="--health-check-interval", low=0.01, high=3600, unit="s", actors=_HEALTH),
+    _s("host", "PEERCRYPT_HOST", "str", "0.0.0.0", "Address to bind.", flag="--host", actors=_RECV),
     _s("port", "PEERCRYPT_PORT", "int", DEFAULT_PORT,
        "The node's public port (0: any free port).", flag="--port", low=0, high=65535),
     _s("data_port", "PEERCRYPT_DATA_PORT", "int", 0,
        "Port of the data plane (0: any free port; advertised to senders).",
-       flag="--data-port", low=0, high=65535),
+       flag="--data-port", low=0, high=65535, actors=_RECV),
     _s("advertise_data_port", "PEERCRYPT_ADVERTISE_DATA_PORT", "int", 0,
        "Data port to advertise instead of the bound one (NAT, proxies; 0: the bound one).",
-       flag="--advertise-data-port", low=0, high=65535),
+       flag="--advertise-data-port", low=0, high=65535, actors=_RECV),
     _s("advertise_host", "PEERCRYPT_ADVERTISE_HOST", "str", "",
        "Address members should use for this node (empty: --host, or for 0.0.0.0 the "
        "address of the interface that routes to the bootstrap member).",
        flag="--advertise-host"),
     _s("inbox", "PEERCRYPT_INBOX", "str", "",
-       "Where received files go (empty: DATA_DIR/inbox).", flag="--inbox"),
+       "Where received files go (empty: DATA_DIR/inbox).", flag="--inbox", actors=_RECV),
     _s("network_key", "PEERCRYPT_NETWORK_KEY", "secret", "",
-       "Shared secret of your network (`peercrypt keygen` makes one).", flag="--network-key"),
+       "Shared secret of your network (`peercrypt keygen` makes one).", flag="--network-key",
+       actors=_ALL),
     _s("open", "PEERCRYPT_OPEN", "bool", False,
-       "Admit any node (encrypted, unauthenticated).", flag="--open"),
+       "Admit any node (encrypted, unauthenticated).", flag="--open", actors=_ALL),
     _s("allow", "PEERCRYPT_ALLOW", "list", (),
        "Admit only these node fingerprints (empty: every member).", flag="--allow"),
     _s("bootstrap_host", "PEERCRYPT_BOOTSTRAP_HOST", "str", "",
@@ -207,18 +222,31 @@ SETTINGS: tuple[Setting, ...] = (
     _s("bootstrap_port", "PEERCRYPT_BOOTSTRAP_PORT", "int", 0,
        "Port of the bootstrap member (0: none).", flag="--bootstrap-port", low=0, high=65535),
     _s("window", "PEERCRYPT_WINDOW", "int", 16, "Chunks in flight per incoming transfer.",
-       flag="--window", low=1, high=4096),
+       flag="--window", low=1, high=4096, actors=_RECV),
     _s("receive_buffer", "PEERCRYPT_RECEIVE_BUFFER", "size", 32 << 20,
        "Bytes of chunks in flight to this node, all incoming transfers together (their "
        "credit); the writer's queue, the decrypt buffers and the data port's bound follow "
        "it. One transfer moves at most this much per round trip.",
-       flag="--receive-buffer", low=4 << 20, high=1 << 30),
+       flag="--receive-buffer", low=4 << 20, high=1 << 30, actors=_DATA),
     _s("completed_memory", "PEERCRYPT_COMPLETED_MEMORY", "int", 4096,
        "Finished incoming transfers remembered (up to an hour) to answer a sender whose "
        "confirmation was lost; beyond it the sender finds out by offering the file again.",
-       flag="--completed-memory", low=1, high=1 << 20),
+       flag="--completed-memory", low=1, high=1 << 20, actors=_RECV),
+    _s("max_transfers", "PEERCRYPT_MAX_TRANSFERS", "int", 64,
+       "Incoming transfers running at once; beyond it an offer is refused (busy).",
+       flag="--max-transfers", low=1, high=4096, actors=_RECV),
+    _s("max_transfers_per_peer", "PEERCRYPT_MAX_TRANSFERS_PER_PEER", "int", 8,
+       "Incoming transfers running at once from one sender identity.",
+       flag="--max-transfers-per-peer", low=1, high=4096, actors=_RECV),
+    _s("max_transfers_per_host", "PEERCRYPT_MAX_TRANSFERS_PER_HOST", "int", 16,
+       "Incoming transfers running at once from one address (identities cost nothing).",
+       flag="--max-transfers-per-host", low=1, high=4096, actors=_RECV),
+    _s("max_outgoing", "PEERCRYPT_MAX_OUTGOING", "int", 16,
+       "Sends running at once; more wait in line.",
+       flag="--max-outgoing", low=1, high=1024, actors=_SEND),
     _s("max_rate", "PEERCRYPT_MAX_RATE", "rate", 0,
-       "Cap of all outgoing transfers together, bytes/s (0: none).", flag="--max-rate", low=0),
+       "Cap of all outgoing transfers together, bytes/s (0: none).", flag="--max-rate",
+       low=0, actors=_RATE),
     _s("multicast_group", "PEERCRYPT_MULTICAST_GROUP", "str", "",
        "Send multicast sessions as UDP datagrams to this IPv4 group GROUP:PORT "
        "(e.g. 239.255.80.67:7480; empty: over PUB/SUB).",
@@ -240,7 +268,7 @@ SETTINGS: tuple[Setting, ...] = (
     # Resume (docs/resume.md): how long kept parts wait, byte quotas of parts.
     _s("part_expiry", "PEERCRYPT_PART_EXPIRY", "float", 86400.0,
        "Seconds a part of an interrupted transfer waits for its resume.",
-       flag="--part-expiry", low=1, unit="s"),
+       flag="--part-expiry", low=1, unit="s", actors=_RECV),
     _s("peer_quota", "PEERCRYPT_PEER_QUOTA", "size", 0,
        "Bytes of parts (running and kept) one sender may have here (0: no quota).",
        flag="--peer-quota", low=0),
@@ -250,7 +278,7 @@ SETTINGS: tuple[Setting, ...] = (
     # Folders and many files in one transfer (docs/commands.md, "send").
     _s("tree_max_files", "PEERCRYPT_TREE_MAX_FILES", "int", 100_000,
        "Files and folders one incoming folder transfer may hold (its manifest: "
-       "at most 256 bytes each).", flag="--tree-max-files", low=1),
+       "at most 256 bytes each).", flag="--tree-max-files", low=1, actors=_RECV),
     _s("pending_quota", "PEERCRYPT_PENDING_QUOTA", "size", 0,
        "Bytes one sender identity, and one address, may have still to write here "
        "(0: no quota).",
@@ -261,13 +289,13 @@ SETTINGS: tuple[Setting, ...] = (
        "costliest first (0: twice the receive buffer and two of the largest chunks, 96 MiB). "
        "The sender's data connections have a bound of the same size (beyond it a "
        "receiver's connection is closed and its transfers fail).",
-       flag="--data-port-memory", low=0),
+       flag="--data-port-memory", low=0, actors=_DATA),
     _s("control_port_memory", "PEERCRYPT_CONTROL_PORT_MEMORY", "size", 32 << 20,
        "Bytes the public port's connections may have read and the node not taken, in "
        "all; beyond it the addresses holding more than their share are disconnected, "
        "costliest first. Each actor's links to other nodes have a bound of the same "
        "size (beyond it a link pauses, 1 s doubling to 60 s).",
-       flag="--control-port-memory", low=1 << 20),
+       flag="--control-port-memory", low=1 << 20, actors=_ALL),
     # The statistics history (docs/statistics.md).
     _s("stats_keep_days", "PEERCRYPT_STATS_KEEP_DAYS", "float", 90.0,
        "Forget recorded transfers older than this (0: never).", flag="--stats-keep-days",
@@ -280,26 +308,35 @@ SETTINGS: tuple[Setting, ...] = (
     _s("no_local_ipc", "PEERCRYPT_NO_LOCAL_IPC", "bool", False,
        "Send and take chunks between two nodes of this host over TCP, not a Unix socket nor shared "
        "memory.",
-       flag="--no-local-ipc"),
+       flag="--no-local-ipc", actors=_DATA),
     _s("shm_ring", "PEERCRYPT_SHM_RING", "bool", False,
        "Send and take chunks between two nodes of this host through shared memory (both "
        "nodes need it; less CPU per byte for one transfer, more memory with many at once).",
-       flag="--shm-ring"),
+       flag="--shm-ring", actors=_DATA),
     _s("direct_writes", "PEERCRYPT_DIRECT_WRITES", "bool", True,
        "Write received chunks to the disk directly (O_DIRECT) where the inbox's filesystem "
        "takes it (less CPU where page cache pages are dear; slower where they are cheap). "
        "Off: through the page cache.",
-       flag="--direct-writes/--no-direct-writes"),
+       flag="--direct-writes/--no-direct-writes", actors=_RECV),
     _s("check_as_written", "PEERCRYPT_CHECK_AS_WRITTEN", "bool", True,
        "Check a new part as it is written: hash each chunk as it is written and read back "
        "only what a truncate by name could change unseen (each chunk's last block), so the "
        "check after the last chunk is short; the whole part is read back after all if "
        "another process opened or truncated it. Off: all of it read back after the last "
        "chunk, from the disk itself where it was written directly.",
-       flag="--check-as-written/--no-check-as-written"),
+       flag="--check-as-written/--no-check-as-written", actors=_RECV),
 )  # fmt: skip
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+assert all(set(s.actors) <= set(ATTACHABLE_KINDS) for s in SETTINGS)
+
+
+def actor_settings(kind: str) -> tuple[str, ...]:
+    """The settings the attachable actor ``kind`` reads, in the table's order:
+    what ``peercrypt actor KIND`` takes."""
+    return tuple(s.name for s in SETTINGS if kind in s.actors)
+
+
 # Every variable a user may set (the old tool's, PEERCRYPT_*, and older aliases).
 VARIABLES: dict[str, Setting] = {
     **{s.env: s for s in SETTINGS},

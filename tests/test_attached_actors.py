@@ -278,6 +278,50 @@ def test_transfers_answers_while_the_attached_sender_is_away(
         send.wait(10)
 
 
+def test_an_attached_sender_takes_the_nodes_sending_settings(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    processes: list[Any],
+) -> None:
+    """`peercrypt actor sender --attach ... --max-outgoing 1` (the node's
+    option): of two sends asked of it at once, one runs and the other waits
+    in line (`transfers` lists it "waiting"), as a node's sender with
+    --max-outgoing 1 does (with the default, 16, both run); both then land,
+    by hash."""
+    receiver = node_factory("--no-gossip")
+    actor = ActorProcess(tmp_path / "sender-actor", "sender", [], network_key)
+    node = remote_node(tmp_path / "node", network_key, "sender", actor.fingerprint())
+    processes.append(node.start())
+    actor.attach = [f"127.0.0.1:{node.port}"]
+    actor.extra_args = ("--max-outgoing", "1")
+    processes.append(actor.start())
+    attached(node, "sender", actor.fingerprint())
+    paths = [random_file(tmp_path / f"paced{n}.bin", 3 * MiB) for n in range(2)]
+    env = {"PEERCRYPT_NETWORK_KEY": network_key}
+    argv = ("127.0.0.1", str(receiver.port), "--json", "-r", str(MiB))
+    sends = [start_cli("send", path, *argv, data_dir=node.data_dir, env=env) for path in paths]
+    try:
+
+        def both_listed() -> list[str] | None:
+            rows = json.loads(node.cli("transfers", "--json").stdout or "[]")
+            return sorted(r["state"] for r in rows) if len(rows) == 2 else None
+
+        states = wait_until(both_listed, 30, "both sends listed", interval=0.1)
+        assert states.count("waiting") == 1, states
+        stored = []
+        for send in sends:
+            out, _ = send.communicate(timeout=120)  # loose: 3 s each paced, a loaded machine
+            result = json.loads(out)
+            assert send.returncode == 0, result
+            stored.append(blake3_file(receiver.inbox / result["stored_as"]))
+        assert stored == [blake3_file(p) for p in paths]
+    finally:
+        for send in sends:
+            send.kill()
+            send.wait(10)
+
+
 def _across_a_new_scheduler(
     tmp_path: Path,
     network_key: str,

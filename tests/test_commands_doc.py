@@ -78,6 +78,13 @@ def test_options_and_defaults_match(name: str) -> None:
     if name in TAKES_NODE_OPTIONS:
         options = [p for p in options if p.name not in NODE_OPTIONS.values()]
         assert "every option of [`node`]" in sections()[name]
+    if name.startswith("actor "):  # the node's options it takes: listed, not tabled
+        taken = [p for p in options if p.name in NODE_OPTIONS.values()]
+        listed = sections()[name].split("The options of [`node`](#node) it takes")[1]
+        listed = listed.split("\n\n")[0]
+        assert set(re.findall(r"`(-[^`]+)`", listed)) == {"/".join(p.opts + p.secondary_opts)
+                                                         for p in taken}  # fmt: skip
+        options = [p for p in options if p not in taken]
     expected = {flag: default_of(p) for p in options for flag in p.opts + p.secondary_opts}
     assert rows == expected
 

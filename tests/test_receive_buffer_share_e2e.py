@@ -12,21 +12,24 @@ file then verifies by hash.
 The buffer is what the user sets, with or without a suffix (flag,
 variable, config key), on a node and on an attached receiver actor
 (``peercrypt actor receiver --attach``): the credit of a transfer alone.
+An attached receiver takes the node's other receiving settings the same
+way (``--window``, ``max_transfers_per_peer``...).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import blake3
 import pytest
 
-from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import ActorProcess, NodeProcess, wait_until
 from peercrypt.wire.messages import Ack, Verified
 
@@ -144,15 +147,15 @@ def test_the_receive_buffer_is_what_the_user_sets(
     assert credits[0] == buffer // CHUNK == max(credits) < WINDOW, credits
 
 
-@pytest.mark.parametrize("how", ["flag", "env"])
-def test_an_attached_receiver_takes_the_receive_buffer_it_is_given(
-    tmp_path: Path, network_key: str, how: str
-) -> None:
-    """``peercrypt actor receiver --attach ... --receive-buffer 12M`` (or
-    ``PEERCRYPT_RECEIVE_BUFFER=12MiB`` in its environment): the attached
-    receiver grants a transfer alone 12 chunks of 1 MiB, not the default
-    buffer's whole window (16); the file lands in its inbox, by content."""
-    storage = ActorProcess(tmp_path / "storage", "receiver", [], network_key)
+@contextlib.contextmanager
+def _attached_receiver(
+    tmp_path: Path, network_key: str, args: tuple[str, ...], env: dict[str, str] | None = None
+) -> Iterator[tuple[int, Path]]:
+    """A gateway whose receiver is ``peercrypt actor receiver --attach ...
+    ARGS`` (``env`` in its environment; a config file may wait in its data
+    dir, tmp_path/storage): the gateway's port and the actor's inbox, once
+    attached. Both exit 0 at the end."""
+    storage = ActorProcess(tmp_path / "storage", "receiver", [], network_key, env=env or {})
     fingerprint = storage.fingerprint()
     gateway = NodeProcess(
         data_dir=tmp_path / "gateway",
@@ -164,11 +167,7 @@ def test_an_attached_receiver_takes_the_receive_buffer_it_is_given(
     try:
         gateway.start()
         storage.attach = [f"127.0.0.1:{gateway.port}"]
-        storage.extra_args = ("--host", "127.0.0.1", "--inbox", str(disk))
-        if how == "flag":
-            storage.extra_args = (*storage.extra_args, "--receive-buffer", "12M")
-        else:
-            storage.env = {"PEERCRYPT_RECEIVE_BUFFER": "12MiB"}
+        storage.extra_args = ("--host", "127.0.0.1", "--inbox", str(disk), *args)
         storage.start()
         wait_until(
             lambda: gateway.status().get("remote_receiver") == f"attached {fingerprint}",
@@ -176,8 +175,51 @@ def test_an_attached_receiver_takes_the_receive_buffer_it_is_given(
             "the receiver actor to attach",
             interval=0.2,
         )
-        credits = _credits_of_one_transfer(network_key, "127.0.0.1", gateway.port, disk)
-        assert credits[0] == 12 * MiB // CHUNK == max(credits) < WINDOW, credits
+        yield gateway.port, disk
     finally:
         codes = (storage.stop(), gateway.stop())
     assert codes == (0, 0), storage.log_text()
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_an_attached_receiver_takes_the_receive_buffer_it_is_given(
+    tmp_path: Path, network_key: str, how: str
+) -> None:
+    """``peercrypt actor receiver --attach ... --receive-buffer 12M`` (or
+    ``PEERCRYPT_RECEIVE_BUFFER=12MiB`` in its environment): the attached
+    receiver grants a transfer alone 12 chunks of 1 MiB, not the default
+    buffer's whole window (16); the file lands in its inbox, by content."""
+    flag = ("--receive-buffer", "12M") if how == "flag" else ()
+    env = {"PEERCRYPT_RECEIVE_BUFFER": "12MiB"} if how == "env" else {}
+    with _attached_receiver(tmp_path, network_key, flag, env) as (port, disk):
+        credits = _credits_of_one_transfer(network_key, "127.0.0.1", port, disk)
+    assert credits[0] == 12 * MiB // CHUNK == max(credits) < WINDOW, credits
+
+
+def test_an_attached_receiver_takes_the_nodes_receiving_settings(
+    tmp_path: Path, network_key: str
+) -> None:
+    """An attached receiver takes the node's receiving settings, from every
+    layer: ``--window 5`` on its command line grants a transfer alone 5
+    chunks (not 16), in its Accept and every ack; ``max_transfers_per_peer
+    = 1`` in its config file refuses a member's second transfer while its
+    first runs (busy), as a node would. The first lands by content."""
+    storage = tmp_path / "storage"
+    storage.mkdir(mode=0o700)
+    (storage / "config.toml").write_text("max_transfers_per_peer = 1\n")
+    data = os.urandom(3 * 5 * CHUNK)
+    with (
+        _attached_receiver(tmp_path, network_key, ("--window", "5")) as (port, disk),
+        HostileSender(network_key, "127.0.0.1", port) as member,
+    ):
+        first = member.offer("first.bin", len(data), CHUNK)
+        assert isinstance(first, HostileTransfer), first
+        second = member.offer("second.bin", len(data), CHUNK)
+        assert isinstance(second, Refused), second
+        assert "too many transfers from you (max 1)" in str(second.answer), second
+        credits = _send_within_credit(first, data)
+        verdict = first.done_until(blake3.blake3(data).digest(), (Verified,), WAIT)
+        assert isinstance(verdict, Verified), verdict
+    assert credits[0] == 5 == max(credits), credits
+    assert (disk / "first.bin").read_bytes() == data
+    assert not (disk / "second.bin").exists()

@@ -231,7 +231,8 @@ RANGE_BUFFER = "expected a size in 4MiB..1GiB"
          "node: Invalid value for '--multicast-datagram': '64KiB': out of range (64KiB); "
          "expected a size in 577B..65507B"),
         (["actor", "receiver", "--attach", "h:1", "--receive-buffer", "1M"],
-         f"actor: Invalid value for '--receive-buffer': '1M': out of range (1MiB); {RANGE_BUFFER}"),
+         f"actor receiver: Invalid value for '--receive-buffer': '1M': out of range (1MiB); "
+         f"{RANGE_BUFFER}"),
     ],
     ids=["bad-suffix", "negative", "zero", "too-large", "empty", "chunk-too-small",
          "zero-rate", "bits", "negative-argument", "junk-argument", "fraction", "datagram",
@@ -260,7 +261,7 @@ def test_the_entry_point_says_the_same_in_one_line(tmp_path: Path) -> None:
     [
         ("node", ["--receive-buffer", "--max-rate", "--peer-quota", "--control-port-memory"]),
         ("send", ["--chunk-size", "--bucket", "--rate"]),
-        ("actor", ["--receive-buffer", "--max-rate"]),
+        ("actor sender", ["--receive-buffer", "--max-rate"]),
         ("rate", ["BYTES_PER_SEC"]),
         ("max-rate", ["BYTES_PER_SEC"]),
     ],
@@ -271,7 +272,7 @@ def test_help_says_sizes_take_suffixes(
     command: str,
     options: list[str],
 ) -> None:
-    assert execute(main, [command, "--help"]) == 0
+    assert execute(main, [*command.split(), "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())  # unwrapped
     for option in options:  # its help, before the next [env ...] or [default ...]
         assert re.search(rf"{option}(?: SIZE| RATE)? [^\[]*?[Tt]akes suffixes", text), option

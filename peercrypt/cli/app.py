@@ -101,7 +101,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "actor": (
         "actor",
         "actor",
-        "Run the node's actor KIND here, attached to the node at --attach.",
+        "Run one of the node's actors here, attached to the node at --attach.",
     ),
     "stats": (
         "stats",

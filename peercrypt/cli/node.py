@@ -6,6 +6,7 @@ import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,10 @@ NODE_OPTIONS: dict[str, str] = {
     "window": "window",
     "receive_buffer": "receive_buffer",
     "completed_memory": "completed_memory",
+    "max_transfers": "max_transfers",
+    "max_transfers_per_peer": "max_transfers_per_peer",
+    "max_transfers_per_host": "max_transfers_per_host",
+    "max_outgoing": "max_outgoing",
     "multicast_group": "multicast_group",
     "multicast_ttl": "multicast_ttl",
     "multicast_datagram": "multicast_datagram",
@@ -91,92 +96,121 @@ NODE_OPTIONS: dict[str, str] = {
 }
 
 
-def node_options(func: F) -> F:
-    """Every node setting as a flag (``node`` and ``start`` share them)."""
-    for name, param in reversed(NODE_OPTIONS.items()):
-        func = setting_option(name, param)(func)
-    return key_file_option(func)
+def setting_options(names: Collection[str]) -> Callable[[F], F]:
+    """The flags of the settings ``names`` (in the node's order), and
+    ``--network-key-file`` with the network key: ``node``'s, ``start``'s and
+    each ``actor KIND``'s options."""
+
+    def decorate(func: F) -> F:
+        for name, param in reversed(NODE_OPTIONS.items()):
+            if name in names:
+                func = setting_option(name, param)(func)
+        return key_file_option(func) if "network_key" in names else func
+
+    return decorate
+
+
+# Every node setting as a flag (``node`` and ``start`` share them).
+node_options = setting_options(NODE_OPTIONS)
+
+# Settings whose NodeSettings field has another name, or is their negation.
+_RENAMED = {
+    "peer_quota": "peer_part_quota",
+    "connection_timeout": "connect_timeout",
+    "health_check_interval": "health_interval",
+}
+_NEGATED = {"disable_gossip": "gossip_enabled", "no_stats": "stats_enabled",
+            "no_local_ipc": "local_ipc"}  # fmt: skip
+_POLICY = {"mode", "aimd_window", "aimd_min_window", "aimd_max_window", "parallel_threads"}
+# Settings made into fields below, not as they are.
+_BUILT = {
+    *_POLICY,
+    "bootstrap_host",
+    "bootstrap_port",
+    "multicast_group",
+    "multicast_datagram",
+    "remote_actors",
+    "inbox",
+    "network_key",
+    "open",
+    "allow",
+    "attach_allow",
+}
 
 
 def node_settings(obj: dict[str, Any], ctx: click.Context) -> tuple[NodeSettings, config.Effective]:
     """The node's settings from every layer; UserError naming what is invalid."""
     eff = effective(obj, given_flags(ctx, NODE_OPTIONS))
-    if bool(eff["bootstrap_host"]) != bool(eff["bootstrap_port"]):
-        raise UserError(
-            "--bootstrap-host and --bootstrap-port go together "
-            "(PEERCRYPT_BOOTSTRAP_HOST, PEERCRYPT_BOOTSTRAP_PORT)"
-        )
-    multicast_group = eff["multicast_group"]
-    if multicast_group:
+    return settings_from(obj, eff, NODE_OPTIONS), eff
+
+
+def settings_from(
+    obj: dict[str, Any], eff: config.Effective, names: Collection[str], **fixed: Any
+) -> NodeSettings:
+    """NodeSettings from the resolved settings ``names`` (the rest: NodeSettings'
+    defaults) and the fields ``fixed``: the node's (every setting), an attached
+    actor's (those its kind reads, peercrypt/cli/actor.py). UserError naming
+    what is invalid."""
+    taken = set(names)
+    fields: dict[str, Any] = {}
+    if taken & {"bootstrap_host", "bootstrap_port"}:
+        if bool(eff["bootstrap_host"]) != bool(eff["bootstrap_port"]):
+            raise UserError(
+                "--bootstrap-host and --bootstrap-port go together "
+                "(PEERCRYPT_BOOTSTRAP_HOST, PEERCRYPT_BOOTSTRAP_PORT)"
+            )
+        if eff["bootstrap_host"]:
+            fields["bootstrap"] = ((eff["bootstrap_host"], eff["bootstrap_port"]),)
+    if "multicast_group" in taken and eff["multicast_group"]:
         try:
-            group, group_port = parse_group(multicast_group)
+            group, group_port = parse_group(eff["multicast_group"])
         except ValueError as exc:
             raise UserError(f"--multicast-group: {exc}", errors.USAGE) from None
-        multicast_group = f"{group}:{group_port}"
-    try:
-        policy = config.node_policy(eff)
-    except config.ConfigError as exc:
-        raise UserError(str(exc)) from None
-    remote_actors = tuple(dict.fromkeys(eff["remote_actors"]))
-    unknown = sorted(set(remote_actors) - set(ATTACHABLE_KINDS))
-    if unknown:
-        raise UserError(
-            f"--remote-actor {', '.join(unknown)}: not an attachable actor "
-            f"(choose from {', '.join(sorted(ATTACHABLE_KINDS))})"
-        )
+        fields["multicast_group"] = f"{group}:{group_port}"
+    if "multicast_datagram" in taken:
+        fields["multicast_fragment"] = eff["multicast_datagram"] - HEADER_BYTES
+    if taken & {*_POLICY, "max_rate"}:  # the rate cap is checked with the policy
+        try:
+            policy = config.node_policy(eff)
+        except config.ConfigError as exc:
+            raise UserError(str(exc)) from None
+        if taken & _POLICY:
+            fields["policy"] = policy
+    if "remote_actors" in taken:
+        remote_actors = tuple(dict.fromkeys(eff["remote_actors"]))
+        unknown = sorted(set(remote_actors) - set(ATTACHABLE_KINDS))
+        if unknown:
+            raise UserError(
+                f"--remote-actor {', '.join(unknown)}: not an attachable actor "
+                f"(choose from {', '.join(sorted(ATTACHABLE_KINDS))})"
+            )
+        fields["remote_actors"] = remote_actors
     data_dir: Path = obj["data_dir"]
-    inbox = Path(eff["inbox"]).expanduser() if eff["inbox"] else data_dir / "inbox"
-    # Received files: what the umask allows, owner-only in an inbox the user named.
-    file_mode, inbox_mode = private_modes() if eff["inbox"] else default_modes()
+    fields["inbox"] = data_dir / "inbox"
+    if "inbox" in taken:
+        if eff["inbox"]:
+            fields["inbox"] = Path(eff["inbox"]).expanduser()
+        # Received files: what the umask allows, owner-only in an inbox the user named.
+        fields["file_mode"], fields["inbox_mode"] = (
+            private_modes() if eff["inbox"] else default_modes()
+        )
+    for name in taken - _BUILT:
+        if name in _NEGATED:
+            fields[_NEGATED[name]] = not eff[name]
+        else:
+            fields[_RENAMED.get(name, name)] = eff[name]
     warn_key_in_argv()
-    settings = NodeSettings(
+    identity = load_identity(data_dir)
+    keys = server_keys(eff["network_key"] or None, eff["open"])
+    for name in taken & {"allow", "attach_allow"}:
+        fields[name] = allow_list(eff[name])
+    return NodeSettings(
         data_dir=data_dir,
-        inbox=inbox,
-        file_mode=file_mode,
-        inbox_mode=inbox_mode,
-        identity=load_identity(data_dir),
-        server_keys=server_keys(eff["network_key"] or None, eff["open"]),
+        identity=identity,
+        server_keys=keys,
         open_network=eff["open"],
-        allow=allow_list(eff["allow"]),
-        host=eff["host"],
-        port=eff["port"],
-        data_port=eff["data_port"],
-        advertise_data_port=eff["advertise_data_port"],
-        window=eff["window"],
-        receive_buffer=eff["receive_buffer"],
-        completed_memory=eff["completed_memory"],
-        policy=policy,
-        max_rate=eff["max_rate"],
-        bootstrap=((eff["bootstrap_host"], eff["bootstrap_port"]),)
-        if eff["bootstrap_host"]
-        else (),
-        advertise_host=eff["advertise_host"],
-        gossip_enabled=not eff["disable_gossip"],
-        gossip_interval=eff["gossip_interval"],
-        health_interval=eff["health_check_interval"],
-        max_retries=eff["max_retries"],
-        connect_timeout=eff["connection_timeout"],
-        multicast_group=multicast_group,
-        multicast_ttl=eff["multicast_ttl"],
-        multicast_fragment=eff["multicast_datagram"] - HEADER_BYTES,
-        remote_actors=remote_actors,
-        attach_allow=allow_list(eff["attach_allow"]),
-        stats_enabled=not eff["no_stats"],
-        local_ipc=not eff["no_local_ipc"],
-        shm_ring=eff["shm_ring"],
-        direct_writes=eff["direct_writes"],
-        check_as_written=eff["check_as_written"],
-        part_expiry=eff["part_expiry"],
-        peer_part_quota=eff["peer_quota"],
-        part_quota=eff["part_quota"],
-        tree_max_files=eff["tree_max_files"],
-        pending_quota=eff["pending_quota"],
-        data_port_memory=eff["data_port_memory"],
-        control_port_memory=eff["control_port_memory"],
-        stats_keep_days=eff["stats_keep_days"],
-        stats_max_transfers=eff["stats_max_transfers"],
+        **{**fields, **fixed},
     )
-    return settings, eff
 
 
 def run_node(obj: dict[str, Any], settings: NodeSettings, quiet_logs: bool = False) -> Node:
