@@ -506,7 +506,15 @@ def test_tiny_message_floods_cost_bounded_memory_round_after_round(
     receiver, sender = node_factory("--data-port-memory", str(memory)), node_factory()
     before = rss_kib(receiver.pid, "VmRSS")
     for round_ in range(3):
-        sent = flood_until_closed(RawDataPeer(receiver.host, receiver.data_port, "127.0.0.2"))
+        peer = RawDataPeer(receiver.host, receiver.data_port, "127.0.0.2")
+        try:
+            sent = flood_until_closed(peer)
+        except ConnectionError:  # closed in its handshake: the round before's debt
+            # (the receiver has not yet taken what libzmq queued from the
+            # address, on a loaded machine) is over its share, so its new
+            # connection goes at once, before any flood: the guard at work.
+            assert round_ > 0, "the first connection was closed in its handshake"
+            sent = 0
         assert sent is not None, f"round {round_}: still open after 64 MiB"
         assert receiver.running, receiver.log_tail()
     good = make_file(4 * MiB)
