@@ -19,6 +19,9 @@ from a node is decoded (strictly) and handed to KIND.
   requests itself, so requests are renumbered on the way in and restored on
   the way out (:class:`peercrypt.core.request_map.RequestMap`). Mail with no
   known request (status announcements) goes to every attached node.
+- Actors KIND takes along (``local``: a receiver's space ledger) run in this
+  process; the link does not stand in for them, and keeps their status
+  reports here (the node's actor of that name has its own).
 """
 
 from __future__ import annotations
@@ -71,10 +74,12 @@ class LinkActor(Actor):
         actor: str,
         nodes: list[tuple[str, int]],
         on_refused: Callable[[str], None] | None = None,
+        local: tuple[str, ...] = (),
     ) -> None:
         super().__init__(env)
         self.settings = settings
         self.actor = actor
+        self.local = local  # actors of this process besides ``actor`` (not stood in for)
         self.targets = nodes
         self.on_refused = on_refused
         self.nodes: list[_Node] = []
@@ -90,7 +95,7 @@ class LinkActor(Actor):
             link = Link(self, self.settings, url, functools.partial(self._from_node, index))
             self.nodes.append(_Node(where=f"{host}:{port}", link=link))
         for name in NODE_ACTORS:
-            if name == self.actor:
+            if name == self.actor or name in self.local:
                 continue
             box = self.socket(zmq.PULL)
             box.rcvhwm = 100_000
@@ -152,6 +157,8 @@ class LinkActor(Actor):
     def _route(self, dest: str, msg: codec.Message) -> None:
         if isinstance(msg, Announce) and msg.actor == self.actor:
             self.last_report = msg
+        elif isinstance(msg, Announce) and msg.actor in self.local:
+            return  # the node's own actor of that name reports its facts
         request = getattr(msg, "request", None)
         if len(self.nodes) > 1 and isinstance(request, int):
             found = self.requests.outward(request)

@@ -1,7 +1,8 @@
 """One actor of a node, run as its own process and attached to the node(s).
 
 ``peercrypt actor KIND --attach HOST:PORT`` builds an :class:`AttachedActor`:
-the actor KIND and a ``link`` actor (:mod:`actors.link`) under one
+the actor KIND, the actors it takes along (``COMPANIONS``: a receiver's
+space ledger) and a ``link`` actor (:mod:`actors.link`) under one
 supervisor, in their own ZeroMQ context. The link stands in for the node's
 other actors; the node stands a proxy in for KIND (:mod:`actors.attach`).
 Like :class:`peercrypt.node.Node`: ``start()`` returns once both said READY,
@@ -17,7 +18,7 @@ from typing import Any
 import zmq
 
 from actors.link import LinkActor
-from peercrypt.node import ATTACHABLE_ACTORS, attachable_factory
+from peercrypt.node import ATTACHABLE_ACTORS, COMPANIONS, attachable_factory
 from peercrypt.runtime.actor import ActorEnv, node_context
 from peercrypt.runtime.memory import limit_malloc_arenas
 from peercrypt.runtime.supervisor import Supervisor
@@ -38,10 +39,17 @@ class AttachedActor:
         self.refused_event = threading.Event()
         self.context: zmq.Context[Any] = node_context()
         self.env = ActorEnv(context=self.context, node_uid=uuid.uuid4().hex[:12])
+        companions = COMPANIONS.get(kind, ())
         self.supervisor = Supervisor(
             self.env,
             [
-                ("link", lambda env: LinkActor(env, settings, kind, nodes, self._on_refused)),
+                (
+                    "link",
+                    lambda env: LinkActor(
+                        env, settings, kind, nodes, self._on_refused, local=companions
+                    ),
+                ),
+                *((name, attachable_factory(name, settings)) for name in companions),
                 (kind, attachable_factory(kind, settings)),
             ],
         )

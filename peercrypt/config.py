@@ -271,10 +271,10 @@ SETTINGS: tuple[Setting, ...] = (
        flag="--part-expiry", low=1, unit="s", actors=_RECV),
     _s("peer_quota", "PEERCRYPT_PEER_QUOTA", "size", 0,
        "Bytes of parts (running and kept) one sender may have here (0: no quota).",
-       flag="--peer-quota", low=0),
+       flag="--peer-quota", low=0, actors=_RECV),
     _s("part_quota", "PEERCRYPT_PART_QUOTA", "size", 0,
        "Bytes of parts all senders together may have here (0: no quota).",
-       flag="--part-quota", low=0),
+       flag="--part-quota", low=0, actors=_RECV),
     # Folders and many files in one transfer (docs/commands.md, "send").
     _s("tree_max_files", "PEERCRYPT_TREE_MAX_FILES", "int", 100_000,
        "Files and folders one incoming folder transfer may hold (its manifest: "
@@ -282,7 +282,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("pending_quota", "PEERCRYPT_PENDING_QUOTA", "size", 0,
        "Bytes one sender identity, and one address, may have still to write here "
        "(0: no quota).",
-       flag="--pending-quota", low=0),
+       flag="--pending-quota", low=0, actors=_RECV),
     _s("data_port_memory", "PEERCRYPT_DATA_PORT_MEMORY", "size", 0,
        "Bytes the data port's TCP connections may have read and not delivered, in all; "
        "beyond it the addresses holding more than their share are disconnected, "

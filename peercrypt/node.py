@@ -46,9 +46,17 @@ ATTACHABLE_ACTORS: dict[str, type[Actor]] = {
 assert tuple(ATTACHABLE_ACTORS) == ATTACHABLE_KINDS
 
 
+# Actors an attached actor takes along into its own process, in the order
+# they start before it: an attached receiver's space ledger checks the free
+# space and the quotas of its own inbox, on its host (not the node's).
+COMPANIONS: dict[str, tuple[str, ...]] = {"receiver": ("space",)}
+_COMPANION_ACTORS: dict[str, type[Actor]] = {"space": SpaceActor}
+
+
 def attachable_factory(name: str, settings: NodeSettings) -> ActorFactory:
-    """Makes the node's actor ``name`` (one of :data:`ATTACHABLE_ACTORS`)."""
-    cls: Any = ATTACHABLE_ACTORS[name]
+    """Makes the node's actor ``name`` (one of :data:`ATTACHABLE_ACTORS`, or a
+    companion of one: :data:`COMPANIONS`)."""
+    cls: Any = ATTACHABLE_ACTORS.get(name) or _COMPANION_ACTORS[name]
     return lambda env: cls(env, settings)
 
 

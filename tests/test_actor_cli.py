@@ -21,15 +21,15 @@ from peercrypt.settings import ATTACHABLE_KINDS
 RECEIVING = {"--window", "--receive-buffer", "--completed-memory", "--max-transfers",
              "--max-transfers-per-peer", "--max-transfers-per-host", "--part-expiry",
              "--data-port-memory", "--tree-max-files", "--inbox", "--data-port", "--host",
-             "--direct-writes", "--check-as-written"}  # fmt: skip
+             "--direct-writes", "--check-as-written", "--peer-quota", "--part-quota",
+             "--pending-quota"}  # fmt: skip
 # ... and the sending settings an attached sender must take.
 SENDING = {"--max-outgoing", "--max-retries", "--timeout", "--max-rate", "--receive-buffer",
            "--data-port-memory"}  # fmt: skip
 # Settings of the node as a whole, no actor's to take (its ports, membership,
-# admission, quotas of its one space ledger, statistics, multicast).
+# admission, statistics, multicast).
 NODE_WIDE = {"--port", "--advertise-host", "--allow", "--bootstrap-host", "--remote-actor",
-             "--attach-allow", "--peer-quota", "--part-quota", "--pending-quota",
-             "--stats-keep-days", "--no-stats", "--multicast-group"}  # fmt: skip
+             "--attach-allow", "--stats-keep-days", "--no-stats", "--multicast-group"}  # fmt: skip
 
 
 @pytest.fixture

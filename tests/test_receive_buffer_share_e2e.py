@@ -223,3 +223,29 @@ def test_an_attached_receiver_takes_the_nodes_receiving_settings(
     assert credits[0] == 5 == max(credits), credits
     assert (disk / "first.bin").read_bytes() == data
     assert not (disk / "second.bin").exists()
+
+
+def test_an_attached_receivers_space_and_quotas_are_its_hosts(
+    tmp_path: Path, network_key: str
+) -> None:
+    """An attached receiver takes its space ledger along: ``--part-quota
+    2M`` given to it (``PEERCRYPT_PART_QUOTA`` in its environment) refuses
+    an offer of 3 MiB as over the quota, while one of 1 MiB lands in its
+    inbox by content. Before, the node's ledger judged its offers: the node's quotas and the
+    free space of the node's inbox, on another host."""
+    data = os.urandom(1 * MiB)
+    env = {"PEERCRYPT_PART_QUOTA": "2M"}
+    with (
+        _attached_receiver(tmp_path, network_key, (), env) as (port, disk),
+        HostileSender(network_key, "127.0.0.1", port) as member,
+    ):
+        big = member.offer("big.bin", 3 * MiB, CHUNK)
+        assert isinstance(big, Refused), big
+        assert "over the node's quota of parts (2097152 bytes)" in str(big.answer), big
+        small = member.offer("small.bin", len(data), CHUNK)
+        assert isinstance(small, HostileTransfer), small
+        _send_within_credit(small, data)
+        verdict = small.done_until(blake3.blake3(data).digest(), (Verified,), WAIT)
+        assert isinstance(verdict, Verified), verdict
+    assert (disk / "small.bin").read_bytes() == data
+    assert not (disk / "big.bin").exists()
