@@ -6,6 +6,8 @@ case ends while the options are read."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,8 +16,9 @@ import pytest
 
 from peercrypt import config, errors
 from peercrypt.cli.app import main
+from peercrypt.cli.node import fields_made
 from peercrypt.cli.runner import execute
-from peercrypt.settings import ATTACHABLE_KINDS
+from peercrypt.settings import ATTACHABLE_KINDS, NodeSettings
 
 # The node's receiving settings a storage host's receiver must take.
 RECEIVING = {"--window", "--receive-buffer", "--completed-memory", "--max-transfers",
@@ -109,3 +112,67 @@ def test_a_setting_of_another_kind_is_refused(
     code, _, lines = cli("actor", "sender", "--attach", "127.0.0.1:1", "--window", "4")
     assert code == errors.USAGE and len(lines) == 1, lines
     assert "--window" in lines[0], lines
+
+
+# The modules of each kind's actor (with what they import of actors/), and
+# the companions it takes along (peercrypt/node.py, COMPANIONS).
+ACTOR_MODULES = {
+    "receiver": ("receiver", "space"),
+    "sender": ("sender",),
+    "scheduler": ("scheduler",),
+    "discovery": ("discovery",),
+    "health": ("health",),
+}
+# Settings an actor reads that are the node's as a whole, known and left out:
+# the scheduler's whereabouts (a sender's fallback: the scheduler says),
+# the node's membership address and bootstrap (an attached discovery runs
+# with its own identity, not the node's: docs/architecture.md).
+NODE_WIDE_READ = {
+    "sender": {"remote_actors"},
+    "discovery": {"host", "advertise_host", "bootstrap_host", "bootstrap_port"},
+}
+ACTORS = Path(__file__).resolve().parent.parent / "actors"
+
+
+def _closure(modules: tuple[str, ...]) -> set[str]:
+    """The modules and every actors/ module they import, transitively."""
+    todo, seen = list(modules), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((ACTORS / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("actors."):
+                todo.append(node.module.removeprefix("actors."))  # type: ignore[union-attr]
+    return seen
+
+
+def _settings_read(modules: set[str]) -> set[str]:
+    """Attributes read of ``settings``, ``s`` or ``self.settings`` in the modules."""
+    read = set()
+    for name in modules:
+        for node in ast.walk(ast.parse((ACTORS / f"{name}.py").read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            value = node.value
+            if (isinstance(value, ast.Name) and value.id in ("settings", "s")) or (
+                isinstance(value, ast.Attribute) and value.attr == "settings"
+            ):
+                read.add(node.attr)
+    return read
+
+
+@pytest.mark.parametrize("kind", ATTACHABLE_KINDS)
+def test_every_setting_an_actor_reads_is_tagged_for_it(kind: str) -> None:
+    """What the actor KIND (and what it takes along) reads of NodeSettings,
+    read from its source: each field a node setting makes is tagged for
+    KIND, so `actor KIND` takes it; a new one read and not tagged fails here."""
+    fields = {f.name for f in dataclasses.fields(NodeSettings)}
+    read = _settings_read(_closure(ACTOR_MODULES[kind])) & fields
+    made_by = {made: name for name in config.BY_NAME for made in fields_made(name)}
+    needed = {made_by[f] for f in read if f in made_by} - NODE_WIDE_READ.get(kind, set())
+    assert needed <= set(config.actor_settings(kind)), sorted(
+        needed - set(config.actor_settings(kind))
+    )
+    assert "receive_buffer" in needed or kind not in ("receiver", "sender")  # the scan sees

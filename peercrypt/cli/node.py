@@ -122,6 +122,24 @@ _RENAMED = {
 _NEGATED = {"disable_gossip": "gossip_enabled", "no_stats": "stats_enabled",
             "no_local_ipc": "local_ipc"}  # fmt: skip
 _POLICY = {"mode", "aimd_window", "aimd_min_window", "aimd_max_window", "parallel_threads"}
+# The NodeSettings fields a setting makes (settings_from), where not its own name.
+_MAKES = {
+    **{name: ("policy",) for name in _POLICY},
+    "bootstrap_host": ("bootstrap",),
+    "bootstrap_port": ("bootstrap",),
+    "multicast_datagram": ("multicast_fragment",),
+    "inbox": ("inbox", "file_mode", "inbox_mode"),
+    "network_key": ("server_keys",),
+    "open": ("open_network", "server_keys"),
+    **{name: (made,) for name, made in {**_RENAMED, **_NEGATED}.items()},
+}
+
+
+def fields_made(name: str) -> tuple[str, ...]:
+    """The NodeSettings fields setting ``name`` makes (what an actor reads of it)."""
+    return _MAKES.get(name, (name,))
+
+
 # Settings made into fields below, not as they are.
 _BUILT = {
     *_POLICY,
