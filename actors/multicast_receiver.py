@@ -101,6 +101,7 @@ from actors.space import drop_gone_part, report_holdings
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
 from peercrypt.core.bitmap import flatten
+from peercrypt.core.completed import CompletedMemory
 from peercrypt.core.multicast import GapTracker, session_resume_key, session_tid
 from peercrypt.core.multicast_incoming import (
     ACK_INTERVAL,
@@ -175,7 +176,6 @@ MAX_SESSIONS = 16
 MAX_SESSIONS_PER_PEER = 4
 MAX_SESSIONS_PER_HOST = 8
 MAX_LISTENERS = 16
-COMPLETED_MEMORY = 256
 HEADER_MAX_BYTES = 512
 WRAP_MEMORY = 4  # announce attempts whose derived secrets we keep
 # Bytes of chunks being reassembled from datagrams, per session (at least 2
@@ -251,7 +251,8 @@ class MulticastReceiverActor(Actor):
         # Keyed by session_tid(proven sender, session id): a co-receiver knows
         # the id, so it may announce it too - as a session of its own.
         self.sessions: dict[bytes, Session] = {}
-        self.completed: dict[bytes, tuple[bytes, bytes]] = {}  # tid -> (route, McDone)
+        # tid -> its McDone, to answer the sender again (an hour, at most completed_memory)
+        self.completed: CompletedMemory[bytes] = CompletedMemory(settings.completed_memory)
         self.listeners: dict[int, int] = {}  # request -> sessions still to report (0: all)
         # Multicast parts, running and kept, are in the node's one space
         # ledger with unicast ones (actors/space.py; docs/multicast.md, "Part files").
@@ -422,9 +423,9 @@ class MulticastReceiverActor(Actor):
             return self._refused(a.sid, env.peer, code, reason)
 
         tid = session_tid(env.peer, a.sid)  # its session, whoever else uses the id
-        done = self.completed.get(tid)
+        done = self.completed.get(tid, self.now())
         if done is not None:
-            return codec.decode(done[1])
+            return codec.decode(done)
         # The sender's identity is its CURVE client key; we prove ours in the join.
         try:
             answer = respond(a.sid, self.settings.identity, env.peer, a.eph_pub)
@@ -781,9 +782,9 @@ class MulticastReceiverActor(Actor):
 
     def _on_status(self, st: McStatus, env: Inbound) -> codec.Message | None:
         tid = session_tid(env.peer, st.sid)
-        done = self.completed.get(tid)
+        done = self.completed.get(tid, self.now())
         if done is not None:
-            return codec.decode(done[1])
+            return codec.decode(done)
         sess = self.sessions.get(tid)
         if sess is None:
             return McRefuse(sid=st.sid, code="unknown-session", reason="no such session here")
@@ -1045,9 +1046,7 @@ class MulticastReceiverActor(Actor):
         msg = McDone(sid=sess.sid, ok=ok, digest=digest, stored_as=stored, reason=reason)
         payload = codec.encode(msg)
         self.tell("gateway", Outbound(route=sess.route, payload=payload))
-        if len(self.completed) >= COMPLETED_MEMORY:
-            self.completed.pop(next(iter(self.completed)))
-        self.completed[sess.tid] = (sess.route, payload)
+        self.completed.remember(sess.tid, payload, self.now())
         self._report(sess, stored, ok=ok, reason=reason)
         self._close(sess, keep_part=False)
 
