@@ -25,7 +25,8 @@ trips); then it leaves the table (a later transfer connects afresh) and is
 closed :data:`~actors.sender.CLOSE_GRACE` later, so that transfer's last
 Failed can still leave. One that breaks while idle is closed at once
 (libzmq would redial it every :data:`~actors.sender.DATA_RECONNECT_MS`
-until then, for nothing).
+until then, for nothing), and a transfer takes one only after its pending
+monitor events are read (a break the loop has not read yet closes it then).
 """
 
 from __future__ import annotations

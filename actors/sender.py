@@ -987,6 +987,11 @@ class SenderActor(Actor):
         one its other transfers use, or a new one."""
         key = (tcp_url, ipc or "", lane, receiver)
         pipe = self.pipes.get(key)
+        if pipe is not None and pipe.idle is not None:
+            # Its monitor's pending events first (as Link.up): a break libzmq
+            # already saw closes it now, not after a transfer took it.
+            self._on_data_monitor(pipe, pipe.monitor)
+            pipe = self.pipes.get(key)
         if pipe is not None and not pipe.users and pipe.broken:
             self._drop_idle_pipe(pipe)  # it dropped while idle: connect afresh
             pipe = None
