@@ -165,6 +165,17 @@ def test_a_size_setting_takes_suffixes_in_every_layer(setting: config.Setting) -
         _resolve(file={setting.name: -1})
 
 
+def test_a_toml_float_is_a_size_only_when_whole() -> None:
+    """TOML reads ``4e6`` as a float: a whole one is that many bytes, as a
+    plain integer is; a fraction of a byte is refused, as from a variable;
+    a whole float too large for the range says so (not 'not a number')."""
+    assert _resolve(file={"receive_buffer": 8e6})["receive_buffer"] == 8_000_000
+    with pytest.raises(config.ConfigError, match=r"=4194304\.5: a fraction of a byte"):
+        _resolve(file={"receive_buffer": 4194304.5})
+    with pytest.raises(config.ConfigError, match=r"receive_buffer=1e\+20: out of range"):
+        _resolve(file={"receive_buffer": 1e20})
+
+
 def test_the_receive_buffer_s_range_is_in_human_units() -> None:
     with pytest.raises(config.ConfigError) as err:
         _resolve(environ={"PEERCRYPT_RECEIVE_BUFFER": "3M"})
