@@ -235,6 +235,19 @@ class Incoming:
     who: str = ""  # the sender's fingerprint, as its statistics samples name it
 
 
+@dataclass(slots=True)
+class Remembered:
+    """A finished transfer's sealed Verified, kept to answer its sender's
+    repeated Done (``ReceiverActor.completed``), and when it was last so
+    answered: at most every ``CANCEL_ANSWER_EVERY`` (a sender repeats its
+    Done a second apart at the least; the frames are not opened, so one
+    that goes on costs one reply per interval, not one per frame)."""
+
+    header: bytes
+    payload: bytes
+    answered: float = float("-inf")
+
+
 @dataclass
 class Cancelled:
     """A transfer the receiving node's user cancelled: its frames that still
@@ -291,10 +304,8 @@ class ReceiverActor(Actor):
         super().__init__(env)
         self.settings = settings
         self.transfers: dict[bytes, Incoming] = {}
-        # tid -> the sealed Verified (header, payload), to answer a repeated Done
-        self.completed: CompletedMemory[tuple[bytes, bytes]] = CompletedMemory(
-            settings.completed_memory
-        )
+        # tid -> the sealed Verified, to answer a repeated Done
+        self.completed: CompletedMemory[Remembered] = CompletedMemory(settings.completed_memory)
         self.outcomes = 0  # transfers finished (stored or discarded), for "last_in"
         self.credit_peak = 0  # the most credit its transfers held together, in bytes
         self.asking: dict[int, Asking] = {}  # request -> offer waiting for space
@@ -581,7 +592,7 @@ class ReceiverActor(Actor):
 
     def _remember(self, tid: bytes, sent: tuple[bytes, bytes]) -> None:
         evicted = self.completed.evicted
-        self.completed.remember(tid, sent, self.now())
+        self.completed.remember(tid, Remembered(*sent), self.now())
         if self.completed.evicted > evicted:  # its sender finds out by offering again
             self.count("completed-forgotten-early")
 
@@ -1187,7 +1198,7 @@ class ReceiverActor(Actor):
             done = self.completed.get(h.tid, self.now())
             echo = self.echoes.get(h.tid)
             if done is not None:  # our Verified was lost: answer the repeated Done again
-                self.data.send_multipart([route, done[0], done[1]])
+                self._answer_finished(route, done)
             elif echo is not None:
                 self._on_echo(echo, route, h, payload)
             elif h.tid in self.cancelled:
@@ -1393,6 +1404,16 @@ class ReceiverActor(Actor):
         kept = "its part is kept for a resume" if msg.keep else "its part is deleted"
         text = f"cancelled incoming transfer {t.ident} ({t.name} from {who}); {kept}"
         return SettingReply(request=msg.request, ok=True, text=text)
+
+    def _answer_finished(self, route: bytes, done: Remembered) -> None:
+        """A frame of a finished transfer: its Verified again, at most
+        every ``CANCEL_ANSWER_EVERY`` (:class:`Remembered`)."""
+        now = self.now()
+        if now - done.answered < CANCEL_ANSWER_EVERY:
+            self._drop(route, "finished")
+            return
+        done.answered = now
+        self.data.send_multipart([route, done.header, done.payload])
 
     def _answer_cancelled(self, route: bytes, tid: bytes) -> None:
         """A frame of a transfer this node's user cancelled: the Failed

@@ -20,6 +20,7 @@ import blake3
 import zmq
 
 from actors.multicast_receiver import MAX_SESSIONS_PER_PEER
+from actors.receiver import CANCEL_ANSWER_EVERY
 from peercrypt.chunking import MAX_CHUNK
 from peercrypt.core.bitmap import MAX_RANGES, MAX_TRANSFER_CHUNKS, pairs
 from peercrypt.core.port_guard import GuardLimits
@@ -120,6 +121,48 @@ def test_a_replayed_chunk_cannot_redirect_acks(
         assert any(a.cumulative == 3 for a in acks(t, lane, WAIT))
         thief.close(0)
         lane.close(0)
+    assert_sent(receiver, running.join(), good)
+
+
+def test_a_finished_transfers_dones_get_answers_at_a_bounded_rate(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """A member repeats the Done of its finished transfer as fast as it can:
+    the receiver answers it from its memory of finished transfers (its
+    Verified again) at most every CANCEL_ANSWER_EVERY, not once per frame;
+    the rest are dropped and counted."""
+    receiver, sender = node_factory(), node_factory()
+    good = make_file(4 * MiB)
+    running = BackgroundSend(sender, good, receiver, "-r", str(2 * MiB))
+    chunk, burst = 64 * 1024, 200
+    content = os.urandom(chunk)
+    digest = blake3.blake3(content).digest()
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        t = accepted(h.offer("finished.bin", len(content), chunk))
+        verdict = t.send_stream(content, WAIT)
+        assert isinstance(verdict, Verified) and verdict.digest == digest, verdict
+        # Dones, a reply looked for after each (up to 10 ms), until at least
+        # `burst` went and one was answered (an answer to a Done sent before
+        # may have taken the interval the first ones came in).
+        started = time.monotonic()
+        sent = answers = 0
+        while sent < burst or not answers:
+            assert time.monotonic() - started < WAIT, "no repeated Done was answered"
+            t.send_done(digest)
+            sent += 1
+            answers += sum(isinstance(m, Verified) for m in t.replies(0.01))
+
+        def settled() -> bool | None:
+            nonlocal answers
+            answers += sum(isinstance(m, Verified) for m in t.replies(0.1))
+            dropped = receiver.counters().get("receiver.data-dropped-finished", 0)
+            return answers + dropped >= sent or None
+
+        wait_until(settled, WAIT, "every Done answered or dropped")
+        elapsed = time.monotonic() - started
+    # One answer per interval (and one to a Done sent before these):
+    # without the bound every one of them is answered.
+    assert answers <= 2 + elapsed / CANCEL_ANSWER_EVERY < sent / 2, (answers, sent, elapsed)
     assert_sent(receiver, running.join(), good)
 
 
