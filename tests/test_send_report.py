@@ -39,6 +39,7 @@ def _result(chunks: int, held: int, size: int = 64 * MiB, seconds: float = 2.0) 
         (64, 0, "32.0 MiB/s"),
         (64, 16, "resumed, 25% was there; 24.0 MiB/s"),  # 48 MiB crossed in 2 s
         (64, 63, "resumed, 98% was there; 0.5 MiB/s"),
+        (1024, 1, "resumed, 1% was there; 32.0 MiB/s"),  # 0.1%: not "0% was there"
         (64, 64, "the receiver had it all: nothing sent"),
     ],
 )

@@ -44,7 +44,8 @@ def how_fast(result: SendResult, rate: float) -> str:
         return f"{rate:.1f} MiB/s{tries}"
     moved = result.size * (1 - held) / 2**20
     sent = moved / result.seconds if result.seconds > 0 else 0.0
-    return f"resumed, {int(100 * held)}% was there; {sent:.1f} MiB/s{tries}"
+    share = max(1, int(100 * held))  # held, if a little: not "0% was there"
+    return f"resumed, {share}% was there; {sent:.1f} MiB/s{tries}"
 
 
 def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> int:
