@@ -199,9 +199,20 @@ def _receive(
             client.status(timeout=2.0)
             request = client.next_id()
             client.send(McListen(request=request, low=low, high=high, count=count))
-            deadline = time.monotonic() + timeout if timeout else None
+            # --timeout counts from the node's answer that it listens (a loaded
+            # node may take longer than a short --timeout to bind and say so);
+            # that answer itself is waited for READY_WAIT s at most.
+            asked = time.monotonic()
+            deadline: float | None = None
+            ready = False
             while True:
-                left = deadline - time.monotonic() if deadline is not None else 1.0
+                now = time.monotonic()
+                if not ready and now - asked > READY_WAIT:
+                    raise UserError(
+                        f"the node did not say it listens within {READY_WAIT:g} s",
+                        errors.FAILED,
+                    )
+                left = deadline - now if deadline is not None else 1.0
                 if left <= 0:
                     raise UserError(
                         f"timed out after {timeout:g} s ({received} of {count or '?'} sessions)",
@@ -216,6 +227,9 @@ def _receive(
                 if isinstance(msg, McListening):
                     if msg.code != ResultCode.OK:
                         raise UserError(msg.reason, errors.USAGE)
+                    ready = True
+                    if timeout:
+                        deadline = time.monotonic() + timeout
                     if as_json:
                         click.echo(json.dumps({"ready": True, "repair_port": msg.repair_port}))
                     else:
@@ -258,6 +272,7 @@ def _print_received(msg: McReceived, as_json: bool) -> None:
         click.echo(f"peercrypt: error: {msg.name}: {msg.reason}", err=True)
 
 
+READY_WAIT = 10.0  # seconds for the node to say it listens (it binds the repair port)
 _RANGE_HELP = (
     "PORT-RANGE (PORT or LOW-HIGH): where this node's unicast repair socket listens "
     "(repairs for one receiver and catch-up of a slow or late one come there)."
@@ -274,7 +289,7 @@ def _receive_command(name: str, hidden: bool) -> click.Command:
         "--timeout",
         type=click.FloatRange(0),
         default=0.0,
-        help="Give up after S seconds (0: never).",
+        help="Give up S seconds after the node listens (0: never).",
     )
     @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
     @click.pass_obj
