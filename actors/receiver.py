@@ -238,13 +238,17 @@ class Incoming:
 @dataclass(slots=True)
 class Remembered:
     """A finished transfer's sealed Verified, kept to answer its sender's
-    repeated Done (``ReceiverActor.completed``), and when it was last so
-    answered: at most every ``CANCEL_ANSWER_EVERY`` (a sender repeats its
-    Done a second apart at the least; the frames are not opened, so one
-    that goes on costs one reply per interval, not one per frame)."""
+    repeated Done (``ReceiverActor.completed``) on the transfer's own
+    connections (``routes``: those it attached and the one its Done came
+    on), and when it was last so answered: at most every
+    ``CANCEL_ANSWER_EVERY`` (a sender repeats its Done a second apart at the
+    least; the frames are not opened, so one that goes on costs one reply
+    per interval, not one per frame, and another connection naming its id,
+    the data port being plain TCP, neither gets it nor takes its turn)."""
 
     header: bytes
     payload: bytes
+    routes: frozenset[bytes]
     answered: float = float("-inf")
 
 
@@ -561,7 +565,7 @@ class ReceiverActor(Actor):
         header = codec.encode(SealedHeader(tid=echo.tid, nonce=nonce))
         self.data.send_multipart([route, header, sealed])
         if isinstance(reply, Verified):
-            self._remember(echo.tid, (header, sealed))
+            self._remember(echo.tid, (header, sealed), echo.routes | {route})
             self.tell("stats", self._echo_record(echo, ResultCode.OK))
         elif isinstance(reply, Failed):
             self.tell("stats", self._echo_record(echo, reply.code, reply.reason))
@@ -590,9 +594,9 @@ class ReceiverActor(Actor):
             params={"delivered_before": d.stored_as[:256]},
         )
 
-    def _remember(self, tid: bytes, sent: tuple[bytes, bytes]) -> None:
+    def _remember(self, tid: bytes, sent: tuple[bytes, bytes], routes: set[bytes]) -> None:
         evicted = self.completed.evicted
-        self.completed.remember(tid, Remembered(*sent), self.now())
+        self.completed.remember(tid, Remembered(*sent, frozenset(routes)), self.now())
         if self.completed.evicted > evicted:  # its sender finds out by offering again
             self.count("completed-forgotten-early")
 
@@ -1408,6 +1412,9 @@ class ReceiverActor(Actor):
     def _answer_finished(self, route: bytes, done: Remembered) -> None:
         """A frame of a finished transfer: its Verified again, at most
         every ``CANCEL_ANSWER_EVERY`` (:class:`Remembered`)."""
+        if route not in done.routes:
+            self._drop(route, "route")
+            return
         now = self.now()
         if now - done.answered < CANCEL_ANSWER_EVERY:
             self._drop(route, "finished")
@@ -1505,7 +1512,7 @@ class ReceiverActor(Actor):
         )
         sent = self._send_sealed(t, Verified(digest=digest, stored_as=stored))
         if sent is not None:
-            self._remember(t.tid, sent)
+            self._remember(t.tid, sent, t.routes | ({t.route} if t.route else set()))
 
     # -- bookkeeping -------------------------------------------------------------
 

@@ -51,7 +51,16 @@ from peercrypt.testing.zmtp_flood import (
     frame_header,
 )
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Ack, Hello, HelloReply, Offer, Refuse, SealedHeader, Verified
+from peercrypt.wire.messages import (
+    Ack,
+    Done,
+    Hello,
+    HelloReply,
+    Offer,
+    Refuse,
+    SealedHeader,
+    Verified,
+)
 from peercrypt.wire.multicast_messages import McAnnounce, McJoin, McRefuse
 
 WAIT = 30.0
@@ -130,7 +139,9 @@ def test_a_finished_transfers_dones_get_answers_at_a_bounded_rate(
     """A member repeats the Done of its finished transfer as fast as it can:
     the receiver answers it from its memory of finished transfers (its
     Verified again) at most every CANCEL_ANSWER_EVERY, not once per frame;
-    the rest are dropped and counted."""
+    the rest are dropped and counted. The same Done from another connection
+    (the data port is plain TCP: the id can be seen) gets nothing and takes
+    no turn."""
     receiver, sender = node_factory(), node_factory()
     good = make_file(4 * MiB)
     running = BackgroundSend(sender, good, receiver, "-r", str(2 * MiB))
@@ -141,6 +152,11 @@ def test_a_finished_transfers_dones_get_answers_at_a_bounded_rate(
         t = accepted(h.offer("finished.bin", len(content), chunk))
         verdict = t.send_stream(content, WAIT)
         assert isinstance(verdict, Verified) and verdict.digest == digest, verdict
+        thief = t.connect(h.ctx)  # someone else's connection
+        for _ in range(3):
+            nonce, sealed = t.keys.seal_message(codec.encode(Done(digest=digest, chunks=1)))
+            thief.send_multipart([codec.encode(SealedHeader(tid=t.tid, nonce=nonce)), sealed])
+        receiver.wait_for_counter("receiver.data-dropped-route", 3, WAIT)
         # Dones, a reply looked for after each (up to 10 ms), until at least
         # `burst` went and one was answered (an answer to a Done sent before
         # may have taken the interval the first ones came in).
@@ -160,6 +176,8 @@ def test_a_finished_transfers_dones_get_answers_at_a_bounded_rate(
 
         wait_until(settled, WAIT, "every Done answered or dropped")
         elapsed = time.monotonic() - started
+        assert not thief.poll(0), "a connection not the transfer's got an answer"
+        thief.close(0)
     # One answer per interval (and one to a Done sent before these):
     # without the bound every one of them is answered.
     assert answers <= 2 + elapsed / CANCEL_ANSWER_EVERY < sent / 2, (answers, sent, elapsed)
