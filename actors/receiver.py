@@ -219,6 +219,7 @@ class Incoming:
     part: Path
     fd: int
     route: bytes | None = None
+    done_route: bytes = b""  # the connection its last Done came on (where it repeats it)
     # The sender's shared data connections this transfer attached to (its
     # own Attach, sealed, named each one), besides its own route ids.
     routes: set[bytes] = field(default_factory=set)
@@ -238,9 +239,9 @@ class Incoming:
 @dataclass(slots=True)
 class Remembered:
     """A finished transfer's sealed Verified, kept to answer its sender's
-    repeated Done (``ReceiverActor.completed``) on the transfer's own
-    connections (``routes``: those it attached and the one its Done came
-    on), and when it was last so answered: at most every
+    repeated Done (``ReceiverActor.completed``) on the connection its Done
+    came on (``route``: a sender sends it on its first lane, and a
+    reconnect keeps the routing id), and when it was last so answered: at most every
     ``CANCEL_ANSWER_EVERY`` (a sender repeats its Done a second apart at the
     least; the frames are not opened, so one that goes on costs one reply
     per interval, not one per frame, and another connection naming its id,
@@ -248,7 +249,7 @@ class Remembered:
 
     header: bytes
     payload: bytes
-    routes: frozenset[bytes]
+    route: bytes
     answered: float = float("-inf")
 
 
@@ -565,7 +566,7 @@ class ReceiverActor(Actor):
         header = codec.encode(SealedHeader(tid=echo.tid, nonce=nonce))
         self.data.send_multipart([route, header, sealed])
         if isinstance(reply, Verified):
-            self._remember(echo.tid, (header, sealed), echo.routes | {route})
+            self._remember(echo.tid, (header, sealed), route)
             self.tell("stats", self._echo_record(echo, ResultCode.OK))
         elif isinstance(reply, Failed):
             self.tell("stats", self._echo_record(echo, reply.code, reply.reason))
@@ -594,9 +595,9 @@ class ReceiverActor(Actor):
             params={"delivered_before": d.stored_as[:256]},
         )
 
-    def _remember(self, tid: bytes, sent: tuple[bytes, bytes], routes: set[bytes]) -> None:
+    def _remember(self, tid: bytes, sent: tuple[bytes, bytes], route: bytes) -> None:
         evicted = self.completed.evicted
-        self.completed.remember(tid, Remembered(*sent, frozenset(routes)), self.now())
+        self.completed.remember(tid, Remembered(*sent, route), self.now())
         if self.completed.evicted > evicted:  # its sender finds out by offering again
             self.count("completed-forgotten-early")
 
@@ -1215,6 +1216,7 @@ class ReceiverActor(Actor):
             return
         t.route = route
         if isinstance(msg, Done):
+            t.done_route = route
             t.flow.on_done(msg.digest, msg.chunks, self.now())
         elif isinstance(msg, Failed):
             t.flow.on_sender_failed(printable(msg.reason), self.now())
@@ -1412,7 +1414,7 @@ class ReceiverActor(Actor):
     def _answer_finished(self, route: bytes, done: Remembered) -> None:
         """A frame of a finished transfer: its Verified again, at most
         every ``CANCEL_ANSWER_EVERY`` (:class:`Remembered`)."""
-        if route not in done.routes:
+        if route != done.route:
             self._drop(route, "route")
             return
         now = self.now()
@@ -1512,7 +1514,7 @@ class ReceiverActor(Actor):
         )
         sent = self._send_sealed(t, Verified(digest=digest, stored_as=stored))
         if sent is not None:
-            self._remember(t.tid, sent, t.routes | ({t.route} if t.route else set()))
+            self._remember(t.tid, sent, t.done_route)
 
     # -- bookkeeping -------------------------------------------------------------
 

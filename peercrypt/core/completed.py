@@ -18,9 +18,10 @@ unanswered for the sender's timeout is offered again; the receiver's table
 of delivered files answers it with the earlier verdict, sealed under the new
 transfer's keys, or the file is sent again). Memory: ``limit`` entries of
 the tid (16 bytes), the sealed Verified (its header and the hash and stored
-name sealed) and the time: about 460 bytes with Python's objects for a
-short name, up to about 4.5 KiB for a folder's stored names (1024
-characters; docs/architecture.md, "Bounds").
+name sealed), the time and the routing id the Done came on (the receiver's
+:class:`~actors.receiver.Remembered`): about 520 bytes with Python's objects
+for a short name, up to about 4.8 KiB for a folder's stored names (1024
+characters) and a routing id of 255 bytes (docs/architecture.md, "Bounds").
 """
 
 from __future__ import annotations
