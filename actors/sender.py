@@ -1530,8 +1530,10 @@ class SenderActor(Actor):
         # bounded: core/completed.py), so the file is offered again, and its
         # table of delivered files answers with the earlier verdict, sealed
         # under the new transfer's keys (or the part is resumed).
+        # Not a folder: the table does not hold folders, so an offer again
+        # would store a second copy (DIR.1) of one stored already.
         unanswered = code == ResultCode.TIMEOUT and flow.unanswered
-        network = t.broken or flow.window is None or unanswered
+        network = t.broken or flow.window is None or (unanswered and t.tree is None)
         retried = False
         if code in RETRY_CODES and network and t.retry is not None:
             final = self._retry(t, code, reason)
@@ -1539,7 +1541,12 @@ class SenderActor(Actor):
             code, reason = final or (code, reason)
             if retried and unanswered:
                 self.count("offers-after-done")
-        if unanswered and not retried:
+        if unanswered and not retried and t.tree is not None:
+            reason += (
+                "; it may have stored the folder: look in its inbox before sending it again "
+                "(sent again, it is stored as a second copy)"
+            )
+        elif unanswered and not retried:
             reason += "; it may have stored the file: send it again to find out"
         # Every attempt has its row in the history; a retry's says so.
         self.tell("stats", self._record(t, code, reason + ("; retrying" if retried else "")))

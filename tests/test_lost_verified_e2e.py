@@ -113,3 +113,51 @@ def test_a_lost_verified_after_the_receiver_forgot_the_transfer_still_ends_in_su
     files = sorted(p.name for p in receiver.inbox.iterdir() if not p.name.startswith("."))
     assert files == ["kept.bin", "other.bin"], files
     assert blake3_file(stored) == digest
+
+
+def test_a_folder_whose_verified_was_lost_is_not_offered_again(
+    node_factory: Callable[..., NodeProcess],
+    network_key: str,
+    proxy: tuple[FaultProxy, int],
+    gate: Gate,
+    tmp_path: Path,
+) -> None:
+    """The table of delivered files holds no folders: offered again, a
+    folder the receiver stored would be stored a second time (``DIR.1``). So
+    a folder's send whose Done went unanswered fails saying where to look,
+    and nothing is offered again."""
+    front, data_port = proxy
+    receiver = node_factory(
+        "--completed-memory", "1",
+        "--data-port", str(data_port), "--advertise-data-port", str(front.port),
+        name="receiver",
+    )  # fmt: skip
+    sender = node_factory("--max-retries", "8", name="sender")
+    album = tmp_path / "album"
+    album.mkdir()
+    contents = {name: os.urandom(CHUNK + 100 * i) for i, name in enumerate(["a.bin", "b.bin"])}
+    for name, data in contents.items():
+        (album / name).write_bytes(data)
+    send = BackgroundSend(sender, album, receiver, "--chunk-size", str(CHUNK), "--timeout", "2")
+    stored = receiver.inbox / "album"
+    wait_until(lambda: (stored.is_dir() and gate.dropped > 0) or None, WAIT, "the folder stored")
+    with gate.lock:
+        gate.collecting = False
+    data = os.urandom(CHUNK)
+    with HostileSender(network_key, receiver.host, receiver.port) as member:
+        other = member.offer("other.bin", len(data), CHUNK)
+        assert isinstance(other, HostileTransfer), other
+        verdict = other.send_stream(data, WAIT)
+        assert isinstance(verdict, Verified) and verdict.digest == blake3.blake3(data).digest()
+    receiver.wait_for_counter("receiver.completed-forgotten-early", 1, WAIT)
+    with gate.lock:
+        gate.blocking = False
+    code, result = send.join(WAIT * 2)
+    assert code != 0 and result["code"] == "timeout", result
+    assert "it may have stored the folder: look in its inbox" in result["error"], result
+    assert sender.counters().get("sender.offers-after-done", 0) == 0
+    # Stored once, whole: no second copy.
+    files = sorted(p.name for p in receiver.inbox.iterdir() if not p.name.startswith("."))
+    assert files == ["album", "other.bin"], files
+    for name, data in contents.items():
+        assert blake3_file(stored / name) == blake3.blake3(data).hexdigest()
