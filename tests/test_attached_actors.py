@@ -297,7 +297,9 @@ def test_an_attached_sender_takes_the_nodes_sending_settings(
     actor.extra_args = ("--max-outgoing", "1")
     processes.append(actor.start())
     attached(node, "sender", actor.fingerprint())
-    paths = [random_file(tmp_path / f"paced{n}.bin", 3 * MiB) for n in range(2)]
+    # 8 s each paced: the second CLI start (slow on a loaded machine) comes
+    # while the first still runs, so both are listed at one moment.
+    paths = [random_file(tmp_path / f"paced{n}.bin", 8 * MiB) for n in range(2)]
     env = {"PEERCRYPT_NETWORK_KEY": network_key}
     argv = ("127.0.0.1", str(receiver.port), "--json", "-r", str(MiB))
     sends = [start_cli("send", path, *argv, data_dir=node.data_dir, env=env) for path in paths]
@@ -311,7 +313,7 @@ def test_an_attached_sender_takes_the_nodes_sending_settings(
         assert states.count("waiting") == 1, states
         stored = []
         for send in sends:
-            out, _ = send.communicate(timeout=120)  # loose: 3 s each paced, a loaded machine
+            out, _ = send.communicate(timeout=120)  # loose: 8 s each paced, a loaded machine
             result = json.loads(out)
             assert send.returncode == 0, result
             stored.append(blake3_file(receiver.inbox / result["stored_as"]))
