@@ -22,7 +22,7 @@ from peercrypt.node import ATTACHABLE_ACTORS, COMPANIONS, attachable_factory
 from peercrypt.runtime.actor import ActorEnv, node_context
 from peercrypt.runtime.memory import limit_malloc_arenas
 from peercrypt.runtime.supervisor import Supervisor
-from peercrypt.settings import NodeSettings
+from peercrypt.settings import IN_NODE_ONLY, NodeSettings
 
 __all__ = ["AttachedActor"]
 
@@ -31,6 +31,8 @@ class AttachedActor:
     def __init__(self, kind: str, settings: NodeSettings, nodes: list[tuple[str, int]]) -> None:
         if kind not in ATTACHABLE_ACTORS:
             raise ValueError(f"not an attachable actor: {kind!r}")
+        if kind in IN_NODE_ONLY:
+            raise ValueError(IN_NODE_ONLY[kind])
         if not nodes:
             raise ValueError("attach to at least one node")
         limit_malloc_arenas()

@@ -31,7 +31,7 @@ from actors.stats import StatsActor
 from peercrypt.runtime.actor import Actor, ActorEnv, node_context
 from peercrypt.runtime.memory import limit_malloc_arenas
 from peercrypt.runtime.supervisor import ActorFactory, Supervisor
-from peercrypt.settings import ATTACHABLE_KINDS, NodeSettings
+from peercrypt.settings import ATTACHABLE_KINDS, IN_NODE_ONLY, NodeSettings
 
 log = logging.getLogger("peercrypt.node")
 
@@ -62,6 +62,9 @@ def attachable_factory(name: str, settings: NodeSettings) -> ActorFactory:
 
 class Node:
     def __init__(self, settings: NodeSettings) -> None:
+        for name in settings.remote_actors:
+            if name in IN_NODE_ONLY:
+                raise ValueError(IN_NODE_ONLY[name])
         limit_malloc_arenas()
         self.settings = settings
         self.token = new_token()

@@ -23,6 +23,14 @@ DEFAULT_PORT = 7400
 # The actors that may also run as their own process (`peercrypt actor KIND`);
 # peercrypt.node maps each to its class (named here so the CLI need not import them).
 ATTACHABLE_KINDS = ("sender", "receiver", "scheduler", "discovery", "health")
+# Kinds that must run in the node after all, with the one line saying why: the
+# membership record names the node's address and identity and is signed with
+# the node's identity key, which never leaves the node (docs/architecture.md,
+# "Attached actors"). Their `actor KIND` and `--remote-actor KIND` are refused.
+IN_NODE_ONLY = {
+    "discovery": "discovery must run in the node: it signs the node's membership record "
+    "with the node's identity key, which never leaves the node",
+}
 
 
 def process_umask() -> int:

@@ -125,8 +125,8 @@ ACTOR_MODULES = {
 }
 # Settings an actor reads that are the node's as a whole, known and left out:
 # the scheduler's whereabouts (a sender's fallback: the scheduler says),
-# the node's membership address and bootstrap (an attached discovery runs
-# with its own identity, not the node's: docs/architecture.md).
+# the node's membership address and bootstrap (discovery cannot be attached:
+# it signs with the node's identity key; docs/architecture.md).
 NODE_WIDE_READ = {
     "sender": {"remote_actors"},
     "discovery": {"host", "advertise_host", "bootstrap_host", "bootstrap_port"},

@@ -4,7 +4,9 @@ On loopback (real processes):
 - A receiver attached to a node stores what is sent to the node, in its own
   inbox (the node's stays empty), with the sent file's BLAKE3.
 - Admission: an identity not on the node's --attach-allow is refused (exit 4,
-  one line); so is an actor the node runs itself.
+  one line); so is an actor the node runs itself. Discovery cannot be
+  attached at all (it signs with the node's identity key): the node and
+  `actor discovery` refuse it, exit 2, one line.
 - Supervision: a lost attached sender (killed) fails the send in flight
   cleanly, and while none is attached a send fails at once; an offer to a
   node whose receiver is not attached is answered with an error at once.
@@ -194,6 +196,50 @@ def test_an_identity_not_allowed_is_refused(
     assert "Traceback" not in own.log_text() + stranger.log_text()
 
 
+DISCOVERY_IN_NODE = (
+    "discovery must run in the node: it signs the node's membership record "
+    "with the node's identity key, which never leaves the node"
+)
+
+
+def test_discovery_cannot_be_attached(
+    tmp_path: Path, network_key: str, processes: list[Any]
+) -> None:
+    """An attached discovery would gossip the node's address under its own
+    process's identity (and signature): members would hold a record whose
+    key is not the node's. So a node refuses `--remote-actor discovery`, and
+    `actor discovery` refuses to run: one line each, exit 2, before anything
+    is bound or attached."""
+    actor = ActorProcess(tmp_path / "actor", "discovery", [], network_key)
+    node_cli = start_cli(
+        "node", "--port", "0", "--host", "127.0.0.1", "--remote-actor", "discovery",
+        "--attach-allow", actor.fingerprint(),
+        data_dir=tmp_path / "refused", env={"PEERCRYPT_NETWORK_KEY": network_key},
+    )  # fmt: skip
+    try:
+        out, err = node_cli.communicate(timeout=30)  # loose: a loaded machine's start
+    finally:
+        if node_cli.poll() is None:
+            node_cli.kill()
+            node_cli.communicate(timeout=10)
+    assert (node_cli.returncode, out, err.splitlines()) == (
+        errors.USAGE,
+        "",
+        [f"peercrypt: error: --remote-actor discovery: {DISCOVERY_IN_NODE}"],
+    )
+    # A node that runs its own discovery (and lets health be attached): the
+    # discovery actor is refused before it tries to attach, not by the node.
+    node = remote_node(tmp_path / "node", network_key, "health", actor.fingerprint())
+    processes.append(node.start())
+    actor = ActorProcess(tmp_path / "actor", "discovery", [f"127.0.0.1:{node.port}"], network_key)
+    processes.append(actor.start())
+    assert actor.proc is not None and actor.proc.wait(30) == errors.USAGE
+    assert [ln for ln in actor.log_text().splitlines() if not ln.startswith("peercrypt actor")] == [
+        f"peercrypt: error: actor discovery: {DISCOVERY_IN_NODE}"
+    ]
+    assert not [name for name in node.counters() if name.startswith("attach.")]
+
+
 def test_a_lost_attached_sender_fails_its_transfer_cleanly(
     tmp_path: Path,
     network_key: str,
@@ -208,7 +254,7 @@ def test_a_lost_attached_sender_fails_its_transfer_cleanly(
     # Nothing attached: the send fails at once, naming why.
     code, result = node.send(path, "127.0.0.1", receiver.port, "--timeout", "5")
     assert code != 0 and "no sender actor is attached" in str(result.get("error")), result
-    actor.attach = [f"127.0.0.1:{node.port}"]
+    actor = ActorProcess(tmp_path / "actor", "discovery", [f"127.0.0.1:{node.port}"], network_key)
     processes.append(actor.start())
     attached(node, "sender", actor.fingerprint())
     send = start_cli(
@@ -256,7 +302,7 @@ def test_transfers_answers_while_the_attached_sender_is_away(
         "elsewhere and away?): its sends are not listed"
     ], away.describe()
     assert node.wait_for_counter("control.transfers-unanswered", 1) == 1
-    actor.attach = [f"127.0.0.1:{node.port}"]
+    actor = ActorProcess(tmp_path / "actor", "discovery", [f"127.0.0.1:{node.port}"], network_key)
     processes.append(actor.start())
     attached(node, "sender", actor.fingerprint())
     path = random_file(tmp_path / "slow.bin", 16 * MiB)

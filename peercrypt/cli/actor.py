@@ -25,7 +25,7 @@ from peercrypt.cli.common import UserError, effective, given_flags, start_node
 from peercrypt.cli.node import NODE_OPTIONS, setting_options, settings_from
 from peercrypt.core.address import split_host_port
 from peercrypt.crypto.identity import fingerprint
-from peercrypt.settings import ATTACHABLE_KINDS
+from peercrypt.settings import ATTACHABLE_KINDS, IN_NODE_ONLY
 
 # What each kind is for, in its --help.
 ROLES = {
@@ -58,6 +58,8 @@ def _attached(kind: str) -> click.Command:
 
     @click.pass_context
     def run(ctx: click.Context, /, attach: tuple[str, ...], **params: Any) -> None:
+        if kind in IN_NODE_ONLY:
+            raise UserError(f"actor {kind}: {IN_NODE_ONLY[kind]}")
         try:
             nodes = [split_host_port(a) for a in attach]
         except ValueError as exc:
@@ -106,10 +108,15 @@ def _attached(kind: str) -> click.Command:
         metavar="HOST:PORT",
         help="The node to attach to (its public port); repeat to serve several nodes.",
     )(command)
+    about = (
+        f"Refused (exit 2): {IN_NODE_ONLY[kind]}; a node refuses `--remote-actor {kind}` too."
+        if kind in IN_NODE_ONLY
+        else f"Run the node's {kind} actor here (it {ROLES[kind]}), attached to the node at "
+        "--attach."
+    )
     return click.command(
         kind,
-        help=f"Run the node's {kind} actor here (it {ROLES[kind]}), attached to the node at "
-        "--attach.\n\nIt takes the node's settings the "
+        help=f"{about}\n\nIt takes the node's settings the "
         f"{kind} reads, as `node` does (flag, variable, config key); the others are the "
         "node's. Runs until SIGINT/SIGTERM (exit 0); exit 4 if a node refuses it.",
     )(command)

@@ -35,6 +35,7 @@ from peercrypt.core.fragments import (
 from peercrypt.crypto.identity import fingerprint, new_network_key
 from peercrypt.settings import (
     ATTACHABLE_KINDS,
+    IN_NODE_ONLY,
     NodeSettings,
     default_modes,
     private_modes,
@@ -200,8 +201,11 @@ def settings_from(
         if unknown:
             raise UserError(
                 f"--remote-actor {', '.join(unknown)}: not an attachable actor "
-                f"(choose from {', '.join(sorted(ATTACHABLE_KINDS))})"
+                f"(choose from {', '.join(sorted(set(ATTACHABLE_KINDS) - set(IN_NODE_ONLY)))})"
             )
+        for kind in remote_actors:
+            if kind in IN_NODE_ONLY:
+                raise UserError(f"--remote-actor {kind}: {IN_NODE_ONLY[kind]}")
         fields["remote_actors"] = remote_actors
     data_dir: Path = obj["data_dir"]
     fields["inbox"] = data_dir / "inbox"
