@@ -8,6 +8,7 @@ actors until a stop is requested (SIGINT/SIGTERM in the CLI).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import uuid
@@ -15,33 +16,27 @@ from typing import Any
 
 import zmq
 
-from actors.admission import AdmissionActor
-from actors.attach import AttachActor, proxy_for
 from actors.control import ControlActor, new_token
-from actors.discovery import DiscoveryActor
-from actors.gateway import GatewayActor
 from actors.health import HealthActor
-from actors.multicast_receiver import MulticastReceiverActor
 from actors.multicast_sender import MulticastSenderActor
-from actors.receiver import ReceiverActor
 from actors.scheduler import SchedulerActor
 from actors.sender import SenderActor
-from actors.space import SpaceActor
 from actors.stats import StatsActor
-from peercrypt.runtime.actor import Actor, ActorEnv, node_context
+from peercrypt.runtime.actor import ActorEnv, node_context
 from peercrypt.runtime.memory import limit_malloc_arenas
 from peercrypt.runtime.supervisor import ActorFactory, Supervisor
 from peercrypt.settings import ATTACHABLE_KINDS, IN_NODE_ONLY, NodeSettings
 
 log = logging.getLogger("peercrypt.node")
 
-# The actors that may also run as their own process (`peercrypt actor NAME`).
-ATTACHABLE_ACTORS: dict[str, type[Actor]] = {
-    "sender": SenderActor,
-    "receiver": ReceiverActor,
-    "scheduler": SchedulerActor,
-    "discovery": DiscoveryActor,
-    "health": HealthActor,
+# The actors that may also run as their own process (`peercrypt actor NAME`):
+# module and class, imported when made (see `_actor_class`).
+ATTACHABLE_ACTORS: dict[str, str] = {
+    "sender": "actors.sender:SenderActor",
+    "receiver": "actors.receiver:ReceiverActor",
+    "scheduler": "actors.scheduler:SchedulerActor",
+    "discovery": "actors.discovery:DiscoveryActor",
+    "health": "actors.health:HealthActor",
 }
 assert tuple(ATTACHABLE_ACTORS) == ATTACHABLE_KINDS
 
@@ -50,13 +45,22 @@ assert tuple(ATTACHABLE_ACTORS) == ATTACHABLE_KINDS
 # they start before it: an attached receiver's space ledger checks the free
 # space and the quotas of its own inbox, on its host (not the node's).
 COMPANIONS: dict[str, tuple[str, ...]] = {"receiver": ("space",)}
-_COMPANION_ACTORS: dict[str, type[Actor]] = {"space": SpaceActor}
+_COMPANION_ACTORS: dict[str, str] = {"space": "actors.space:SpaceActor"}
+
+
+def _actor_class(where: str) -> Any:
+    """The class at ``module:Class``. The receiving side's actors (receiver,
+    gateway, gossip, multicast receiver...) are imported only by a node that
+    receives: a temporary send-only node (`peercrypt send` with no node
+    running) skips their imports, about half of its start."""
+    module, name = where.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def attachable_factory(name: str, settings: NodeSettings) -> ActorFactory:
     """Makes the node's actor ``name`` (one of :data:`ATTACHABLE_ACTORS`, or a
     companion of one: :data:`COMPANIONS`)."""
-    cls: Any = ATTACHABLE_ACTORS.get(name) or _COMPANION_ACTORS[name]
+    cls = _actor_class(ATTACHABLE_ACTORS.get(name) or _COMPANION_ACTORS[name])
     return lambda env: cls(env, settings)
 
 
@@ -80,15 +84,7 @@ class Node:
             ("stats", lambda env: StatsActor(env, s)),  # the statistics history
         ]
         if s.port is not None:
-            factories += [
-                ("admission", lambda env: AdmissionActor(env, s.allow)),
-                ("space", lambda env: SpaceActor(env, s)),  # the inbox's one space ledger
-                ("receiver", lambda env: ReceiverActor(env, s)),
-                ("gateway", lambda env: GatewayActor(env, s)),
-                ("discovery", lambda env: DiscoveryActor(env, s)),  # gossip membership
-                ("mreceiver", lambda env: MulticastReceiverActor(env, s)),  # docs/multicast.md
-                ("attach", lambda env: AttachActor(env, s)),  # actors attached across hosts
-            ]
+            factories += _receiving_factories(s)
         # An actor attached from elsewhere is stood in for by a proxy of its name.
         factories = [
             (name, _proxy_factory(name) if name in s.remote_actors else factory)
@@ -131,6 +127,30 @@ class Node:
         self.stop()
 
 
+def _receiving_factories(s: NodeSettings) -> list[tuple[str, ActorFactory]]:
+    """The actors of a node that listens (``s.port`` set), imported here: a
+    temporary send-only node never imports them (see `_actor_class`)."""
+    from actors.admission import AdmissionActor
+    from actors.attach import AttachActor
+    from actors.discovery import DiscoveryActor
+    from actors.gateway import GatewayActor
+    from actors.multicast_receiver import MulticastReceiverActor
+    from actors.receiver import ReceiverActor
+    from actors.space import SpaceActor
+
+    return [
+        ("admission", lambda env: AdmissionActor(env, s.allow)),
+        ("space", lambda env: SpaceActor(env, s)),  # the inbox's one space ledger
+        ("receiver", lambda env: ReceiverActor(env, s)),
+        ("gateway", lambda env: GatewayActor(env, s)),
+        ("discovery", lambda env: DiscoveryActor(env, s)),  # gossip membership
+        ("mreceiver", lambda env: MulticastReceiverActor(env, s)),  # docs/multicast.md
+        ("attach", lambda env: AttachActor(env, s)),  # actors attached across hosts
+    ]
+
+
 def _proxy_factory(name: str) -> ActorFactory:
+    from actors.attach import proxy_for
+
     cls = proxy_for(name)
     return lambda env: cls(env)

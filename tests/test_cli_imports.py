@@ -115,3 +115,26 @@ def test_status_of_a_running_node_loads_no_key_library(tmp_path: Path) -> None:
         or m in ("peercrypt.config", "peercrypt.settings", "peercrypt.wire.messages")
     }
     assert heavy == set()
+
+
+def test_a_temporary_node_loads_no_receiving_actor(tmp_path: Path) -> None:
+    """`send` with no node running starts a temporary send-only node in the
+    process: it imports the sender and none of the actors of a node that
+    listens (receiver, gateway, gossip, multicast receiver...: about a tenth of
+    a one-off send's time). Port 9 on loopback: nothing listens there, the
+    send fails at its pre-send check, after the node started."""
+    payload = tmp_path / "one.bin"
+    payload.write_bytes(b"x" * 1024)
+    code, modules, _out = imported(tmp_path, "send", str(payload), "127.0.0.1", "9", "--open")
+    assert code not in (0, None)  # refused: nothing listens
+    assert {"actors.sender", "actors.scheduler", "peercrypt.node"} <= modules
+    receiving = {
+        "actors.admission",
+        "actors.attach",
+        "actors.discovery",
+        "actors.gateway",
+        "actors.multicast_receiver",
+        "actors.receiver",
+        "actors.space",
+    }
+    assert receiving & modules == set()
