@@ -254,7 +254,7 @@ def test_a_lost_attached_sender_fails_its_transfer_cleanly(
     # Nothing attached: the send fails at once, naming why.
     code, result = node.send(path, "127.0.0.1", receiver.port, "--timeout", "5")
     assert code != 0 and "no sender actor is attached" in str(result.get("error")), result
-    actor = ActorProcess(tmp_path / "actor", "discovery", [f"127.0.0.1:{node.port}"], network_key)
+    actor.attach = [f"127.0.0.1:{node.port}"]
     processes.append(actor.start())
     attached(node, "sender", actor.fingerprint())
     send = start_cli(
@@ -302,7 +302,7 @@ def test_transfers_answers_while_the_attached_sender_is_away(
         "elsewhere and away?): its sends are not listed"
     ], away.describe()
     assert node.wait_for_counter("control.transfers-unanswered", 1) == 1
-    actor = ActorProcess(tmp_path / "actor", "discovery", [f"127.0.0.1:{node.port}"], network_key)
+    actor.attach = [f"127.0.0.1:{node.port}"]
     processes.append(actor.start())
     attached(node, "sender", actor.fingerprint())
     path = random_file(tmp_path / "slow.bin", 16 * MiB)
