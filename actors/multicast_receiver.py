@@ -69,7 +69,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from actors import udp_multicast
 from actors.file_writer import (
@@ -95,7 +94,7 @@ from actors.inbox import (
     scan,
     sweep,
 )
-from actors.port_watch import DIAL_EVENTS, PortWatch
+from actors.port_watch import DIAL_EVENTS, PortWatch, recv_monitor_message
 from actors.read_back import HASH_HOLD
 from actors.space import drop_gone_part, report_holdings
 from peercrypt.core import fragments

@@ -41,9 +41,8 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
-from actors.port_watch import DIAL_EVENTS, PUBLIC_PORT_SAMPLING, PortWatch
+from actors.port_watch import DIAL_EVENTS, PUBLIC_PORT_SAMPLING, PortWatch, recv_monitor_message
 from peercrypt.core.address import split_host_port
 from peercrypt.core.port_guard import CURVE_HANDSHAKE, GuardLimits, curve_framed_size
 from peercrypt.core.redial import Redial

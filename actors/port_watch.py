@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from peercrypt.core.address import peer_address
 from peercrypt.core.port_guard import (
@@ -57,6 +56,23 @@ if TYPE_CHECKING:
 EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
 # What a dialled socket's monitor passes on (:meth:`PortWatch.on_event`).
 DIAL_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+
+
+def parse_monitor_message(frames: list[bytes]) -> dict[str, Any]:
+    """One event of a ZeroMQ socket monitor: ``event``, ``value`` and
+    ``endpoint``, as pyzmq's ``zmq.utils.monitor`` parses it. That module
+    imports ``zmq.asyncio`` and so asyncio (~25 ms of every process's start,
+    a one-off `peercrypt send`'s temporary node included); nothing here is
+    asynchronous."""
+    if len(frames) != 2 or len(frames[0]) != 6:
+        raise RuntimeError(f"Invalid event message format: {frames}")
+    event_id, value = struct.unpack("=hi", frames[0])
+    return {"event": zmq.Event(event_id), "value": zmq.Event(value), "endpoint": frames[1]}
+
+
+def recv_monitor_message(socket: zmq.Socket[Any], flags: int = 0) -> dict[str, Any]:
+    """The next event of the monitor ``socket`` (raises zmq.Again with NOBLOCK)."""
+    return parse_monitor_message(socket.recv_multipart(flags))
 
 
 @dataclass(frozen=True)

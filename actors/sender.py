@@ -84,13 +84,12 @@ from typing import Any
 
 import blake3
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from actors.data_pipes import DataPipe, PipeKey, new_route_id
 from actors.file_chunks import Stream, read_chunk
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, crew_size
 from actors.peer_link import ConnectProbe, Link, connect_cause
-from actors.port_watch import DIAL_EVENTS, PortWatch
+from actors.port_watch import DIAL_EVENTS, PortWatch, recv_monitor_message
 from actors.sealed_buffers import SealedPool
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk

@@ -121,7 +121,7 @@ def test_a_temporary_node_loads_no_receiving_actor(tmp_path: Path) -> None:
     """`send` with no node running starts a temporary send-only node in the
     process: it imports the sender and none of the actors of a node that
     listens (receiver, gateway, gossip, multicast receiver...: about a tenth of
-    a one-off send's time). Port 9 on loopback: nothing listens there, the
+    a one-off send's time), nor asyncio. Port 9 on loopback: nothing listens there, the
     send fails at its pre-send check, after the node started."""
     payload = tmp_path / "one.bin"
     payload.write_bytes(b"x" * 1024)
@@ -138,3 +138,6 @@ def test_a_temporary_node_loads_no_receiving_actor(tmp_path: Path) -> None:
         "actors.space",
     }
     assert receiving & modules == set()
+    # pyzmq's zmq.utils.monitor imports asyncio: the actors parse monitor
+    # events themselves (actors/port_watch.py)
+    assert {m for m in modules if m.startswith(("asyncio", "zmq.asyncio", "ssl"))} == set()
