@@ -26,7 +26,7 @@ from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.crypto.identity import (
     IdentityError,
     load_or_create_identity,
-    network_server_keys,
+    network_server_keys_later,
     normalise_fingerprint,
 )
 from peercrypt.settings import NodeSettings
@@ -59,6 +59,12 @@ def server_keys(network_key: str | None, open_network: bool) -> Any:
     (warned about: argv is visible to every local user), else
     ``--network-key-file``, else the settings' layers (PEERCRYPT_NETWORK_KEY),
     else a prompt when stdin is a terminal."""
+    return server_keys_later(network_key, open_network)()
+
+
+def server_keys_later(network_key: str | None, open_network: bool) -> Callable[[], Any]:
+    """:func:`server_keys`, the key found and checked now (UserError), its
+    derivation run in a thread meanwhile: the returned call waits for it."""
     ctx = click.get_current_context(silent=True)
     in_argv = ctx is not None and given(ctx, "network_key")
     from_file = ctx.meta.get("network_key_file") if ctx is not None else None
@@ -77,7 +83,7 @@ def server_keys(network_key: str | None, open_network: bool) -> Any:
             "`peercrypt keygen` makes one), or --open for an unauthenticated local try"
         )
     try:
-        return network_server_keys(None if open_network else network_key)
+        return network_server_keys_later(None if open_network else network_key)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -303,18 +309,21 @@ def local_node(
 
     with tempfile.TemporaryDirectory(prefix="peercrypt-") as tmp:
         control_file = Path(tmp) / "control.json"
+        identity = load_identity(data_dir)
+        keys = server_keys_later(settings_["network_key"] or None, settings_["open"])
+        # The actors, only when no node runs: imported while the key's scrypt runs.
+        from peercrypt.node import Node
+
         settings = NodeSettings(
             data_dir=data_dir,
             inbox=data_dir / "inbox",
-            identity=load_identity(data_dir),
-            server_keys=server_keys(settings_["network_key"] or None, settings_["open"]),
+            identity=identity,
+            server_keys=keys(),
             open_network=settings_["open"],
             policy=policy,
             port=None,
             control_file=control_file,
         )
-        from peercrypt.node import Node  # the actors: only when no node runs
-
         temporary = start_node(Node(settings), "loopback")
         try:
             with ControlClient.from_file(control_file, data_dir) as client:

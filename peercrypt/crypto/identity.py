@@ -25,6 +25,7 @@ import functools
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -220,11 +221,37 @@ def network_server_keys(network_key: str | None) -> KeyPair:
     """The CURVE server key pair of a network (``None``: the open network).
     Raises ValueError for an empty, short or damaged key."""
     if network_key is None:
-        secret = hashlib.sha256(_OPEN_NETWORK).digest()
-    else:
-        salt, password = network_salt_and_secret(network_key)
-        secret = hashlib.scrypt(password, salt=salt, n=2**14, r=8, p=1, dklen=32)
-    return KeyPair.from_secret(secret)
+        return KeyPair.from_secret(hashlib.sha256(_OPEN_NETWORK).digest())
+    return KeyPair.from_secret(_scrypt(*network_salt_and_secret(network_key)))
+
+
+def network_server_keys_later(network_key: str | None) -> Callable[[], KeyPair]:
+    """:func:`network_server_keys` begun in a thread: the key is checked now
+    (ValueError), its scrypt (~50 ms of CPU, which OpenSSL runs without the
+    GIL) runs meanwhile, and the returned call waits for it. A caller does
+    other work in between: `peercrypt send`'s temporary node imports its
+    actors. The secret stays in this process's memory, as with the call."""
+    if network_key is None:
+        pair = network_server_keys(None)
+        return lambda: pair
+    salt, password = network_salt_and_secret(network_key)
+    secret: list[bytes] = []
+    thread = threading.Thread(
+        target=lambda: secret.append(_scrypt(salt, password)), name="pc-network-key", daemon=True
+    )
+    thread.start()
+
+    def pair_when_derived() -> KeyPair:
+        thread.join()
+        if not secret:  # (the thread failed: MemoryError...) derived here, raising here
+            return KeyPair.from_secret(_scrypt(salt, password))
+        return KeyPair.from_secret(secret[0])
+
+    return pair_when_derived
+
+
+def _scrypt(salt: bytes, password: bytes) -> bytes:
+    return hashlib.scrypt(password, salt=salt, n=2**14, r=8, p=1, dklen=32)
 
 
 def new_network_key() -> str:
