@@ -1,7 +1,8 @@
 """Fixed costs as the user times them: ``peercrypt --help``, ``peercrypt
 status`` against a running node, and a 1 KiB ``peercrypt send`` between two
 running nodes (command start to exit 0 with the receiver's verified hash),
-plain and with ``-t 4`` (a parallel send).
+plain and with ``-t 4`` (a parallel send), and a 1 KiB send from a data dir
+where no node runs (the command starts a temporary node: a one-off send).
 
     .venv/bin/python scripts/bench_fixed.py [--runs 7] [--tree OTHER_CHECKOUT ...]
 
@@ -57,7 +58,8 @@ def main() -> int:
         root = Path(tmp)
         os.chdir(root)  # `python -m` puts the working directory first on sys.path
         small = random_file(root / "small.bin", 1024)
-        digest = blake3_file(small)
+        lone = random_file(root / "lone.bin", 1024)  # its own file: not "had it all"
+        digests = {p.name: blake3_file(p) for p in (small, lone)}
         nodes: list[NodeProcess] = []
         setups: list[
             tuple[str, dict[str, tuple[list[str], tuple[int, ...]]], dict[str, str], NodeProcess]
@@ -73,6 +75,7 @@ def main() -> int:
                 cli = [sys.executable, "-m", "peercrypt", "--data-dir", str(s.data_dir)]
                 full_env = {**os.environ, "PYTHONPATH": tree}
                 full_env.pop("PEERCRYPT_DATA_DIR", None)
+                full_env["PEERCRYPT_NETWORK_KEY"] = key  # the temporary node's, never in argv
                 commands: dict[str, tuple[list[str], tuple[int, ...]]] = {
                     "--help": ([*cli, "--help"], (0,)),
                     "status": ([*cli, "status"], (0,)),
@@ -82,6 +85,19 @@ def main() -> int:
                     ),
                     "send -t 4": (
                         [*cli, "send", str(small), "127.0.0.1", str(r.port), "--json", "-t", "4"],
+                        (0,),
+                    ),
+                    # No node runs for this data dir (its identity made by run 1).
+                    "send, no node": (
+                        [
+                            *cli[:-1],
+                            str(root / f"lone{i}"),
+                            "send",
+                            str(lone),
+                            "127.0.0.1",
+                            str(r.port),
+                            "--json",
+                        ],
                         (0,),
                     ),
                 }
@@ -97,8 +113,11 @@ def main() -> int:
                         seconds, cpu = timed(argv, env, ok)
                         results[(tree, name)].append((seconds, cpu))
                         line.append(f"{name} {seconds:.3f} s ({cpu:.3f} CPU s)")
+                    stored_names = sorted(p.name for p in r.inbox.iterdir())
+                    if stored_names != sorted(digests):
+                        raise RuntimeError(f"the receiver stored {stored_names}")
                     for stored in r.inbox.iterdir():
-                        if blake3_file(stored) != digest:
+                        if blake3_file(stored) != digests[stored.name]:
                             raise RuntimeError(f"{stored} differs from the source")
                         stored.unlink()
                     print(f"run {run + 1} {tree}: " + ", ".join(line), flush=True)
@@ -109,7 +128,7 @@ def main() -> int:
     for (tree, name), values in results.items():
         wall = statistics.median(v[0] for v in values)
         cpu = statistics.median(v[1] for v in values)
-        print(f"  {tree:28} {name:12} {wall:.3f} s  {cpu:.3f} CPU s")
+        print(f"  {tree:28} {name:13} {wall:.3f} s  {cpu:.3f} CPU s")
     return 0
 
 
