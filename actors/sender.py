@@ -906,7 +906,7 @@ class SenderActor(Actor):
                     CLOSED_RETRY_INITIAL, max_delay=CLOSED_RETRY_MAX, max_retries=None, rng=self.rng
                 ),
                 started=flow.started,
-                held=flow.resumed / flow.total if flow.total else 1.0,
+                held=flow.resumed / flow.total if flow.total else 0.0,  # empty: none held
             )
         t.retry.closed_since = None  # the receiver is back
         t.retry.closed.reset()

@@ -86,7 +86,7 @@ def main() -> int:
             ("bob", "carol", "photo.raw"),
             ("carol", "alice", "note.txt"),
             ("alice", "carol", "empty.txt"),
-            ("alice", "bob", "dataset.bin"),  # same name again: stored as dataset.1.bin
+            ("alice", "bob", "dataset.bin"),  # the same file again: bob has it, nothing moves
             ("visitor", "carol", "photo.raw"),  # no node running: a temporary one sends
         ]
         print(f"\n  {'from':8} {'to':6} {'file':12} {'bytes':>10} {'MiB/s':>7}  stored as, check")
@@ -114,9 +114,12 @@ def main() -> int:
             )
             failures += not verified
             check = "blake3 verified" if verified else f"MISMATCH {outcome.get('error') or ''}"
+            # A file the receiver has already (delivered before): no rate, nothing moved.
+            stats = outcome.get("stats") or {}
+            rate = "had it" if stats.get("held_share", 0) >= 1 else outcome.get("mib_per_s", 0)
             print(
                 f"  {sender:8} {receiver:6} {fname:12} {path.stat().st_size:>10} "
-                f"{outcome.get('mib_per_s', 0):>7}  {outcome.get('stored_as')}, {check}"
+                f"{rate:>7}  {outcome.get('stored_as')}, {check}"
             )
         failures += multicast(nodes, source / "dataset.bin")
         status = nodes["bob"].cli("status")

@@ -329,3 +329,22 @@ def test_a_send_with_progress_draws_the_commands_bar(
     assert out.startswith("sent bar.bin (3000 bytes)") and out.endswith("verified\n")
     assert re.search(r"bar\.bin: +\d+%", "\n".join(err)), err
     assert "tqdm" in modules and "click" not in modules
+
+
+def test_an_empty_file_s_line_says_nothing_of_a_file_held(
+    pair: tuple[NodeProcess, NodeProcess], tmp_path: Path
+) -> None:
+    """An empty file has no chunk for the receiver to hold: its first send
+    is not 'the receiver had it all' (a share of nothing held is none)."""
+    sender, receiver = pair
+    f = tmp_path / "nothing.txt"
+    f.write_bytes(b"")
+    code, out, err, _ = peercrypt(
+        "entry", sender.data_dir, "send", str(f), LOCALHOST, str(receiver.port)
+    )
+    assert code == 0, (out, err)
+    assert re.fullmatch(
+        rf"sent {re.escape(f.name)} \(0 bytes\) to {LOCALHOST}:{receiver.port} as \S+ in [0-9.]+ s "
+        rf"\(0\.0 MiB/s\), blake3 {blake3_file(f)} verified\n",
+        out,
+    ), out
