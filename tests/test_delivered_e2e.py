@@ -139,6 +139,17 @@ def test_a_file_delivered_during_an_outage_is_not_stored_twice(
         assert after["ok"] and after["stored_as"] == "report.bin", after
         assert after["stats"]["sent_chunks"] == 0, after["stats"]
         assert _stored(receiver.inbox) == ["report.bin"]
+        # Its history row too: nothing moved, the file held already.
+        rows = json.loads(sender.cli("stats", "list", "--json").stdout)
+        last = max(r["id"] for r in rows if r["side"] == "send" and r["result"] == "ok")
+        shown = sender.cli("stats", "show", str(last)).stdout
+        assert re.search(
+            r"^moved +0 B in [0-9.]+ s, had it \(1.0 MiB held already\)$", shown, re.M
+        ), shown
+        listed = sender.cli("stats", "list").stdout.splitlines()
+        assert re.search(r" had it +ok$", next(x for x in listed if x.startswith(f"{last} "))), (
+            listed
+        )
         # What the user reads: no rate of bytes that never crossed.
         plain = sender.cli("send", path, "127.0.0.1", str(receiver.port), timeout=60)
         assert plain.returncode == 0, plain.stderr

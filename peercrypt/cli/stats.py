@@ -92,10 +92,32 @@ def _when(started: float) -> str:
     return dt.datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _held(row: dict[str, Any]) -> int:
+    """Bytes of the file the receiver held when the transfer began (a
+    resume, or a file delivered before), by the sender's count of chunks:
+    they did not cross in this transfer."""
+    stats = row["stats"]
+    chunks, resumed = stats.get("chunks", 0), stats.get("resumed_chunks", 0)
+    if chunks <= 0 or resumed <= 0:
+        return 0
+    held: int = min(row["bytes"], int(row["size"] * resumed / chunks))
+    return held
+
+
 def _rate(row: dict[str, Any]) -> str:
-    if row["duration"] <= 0 or not row["bytes"]:
+    """The rate of the bytes that crossed: 'had it' when none did."""
+    moved = row["bytes"] - _held(row)
+    if _held(row) and moved <= 0:
+        return "had it"
+    if row["duration"] <= 0 or moved <= 0:
         return "-"
-    return f"{row['bytes'] / row['duration'] / MiB:.1f} MiB/s"
+    return f"{moved / row['duration'] / MiB:.1f} MiB/s"
+
+
+def _moved(row: dict[str, Any]) -> str:
+    held = _held(row)
+    text = f"{human_bytes(row['bytes'] - held)} in {row['duration']:.3f} s, {_rate(row)}"
+    return text + (f" ({human_bytes(held)} held already)" if held else "")
 
 
 def _filter_options(func: Any) -> Any:
@@ -190,7 +212,7 @@ def stats_show(obj: dict[str, Any], ident: int, as_json: bool) -> None:
             f"{human_bytes(row['size'])} ({row['size']} bytes, "
             f"{row['chunks']} chunks of {human_bytes(row['chunk_size'])})",
         ),
-        ("moved", f"{human_bytes(row['bytes'])} in {row['duration']:.3f} s, {_rate(row)}"),
+        ("moved", _moved(row)),
         ("started", _when(row["started"])),
         ("result", row["result"] + (f": {row['reason']}" if row["reason"] else "")),
         ("retransmits", str(row["retransmits"])),
