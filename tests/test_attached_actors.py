@@ -352,8 +352,11 @@ def test_an_attached_sender_takes_the_nodes_sending_settings(
     try:
 
         def both_listed() -> list[str] | None:
+            """Both sends' states once both reached the sender (the node's
+            control lists a send it still places, its check, as 'checking')."""
             rows = json.loads(node.cli("transfers", "--json").stdout or "[]")
-            return sorted(r["state"] for r in rows) if len(rows) == 2 else None
+            states = sorted(r["state"] for r in rows)
+            return states if len(rows) == 2 and "checking" not in states else None
 
         states = wait_until(both_listed, 30, "both sends listed", interval=0.1)
         assert states.count("waiting") == 1, states
