@@ -69,33 +69,26 @@ def proxy(gate: Gate) -> Iterator[tuple[FaultProxy, int]]:
     assert proxy.error is None, proxy.error
 
 
-def test_a_lost_verified_after_the_receiver_forgot_the_transfer_still_ends_in_success(
-    node_factory: Callable[..., NodeProcess],
-    network_key: str,
-    proxy: tuple[FaultProxy, int],
-    gate: Gate,
-    tmp_path: Path,
-) -> None:
+def _receiver_and_sender(
+    node_factory: Callable[..., NodeProcess], proxy: tuple[FaultProxy, int]
+) -> tuple[NodeProcess, NodeProcess]:
+    """A receiver that remembers one finished transfer, its data port
+    behind the proxy; a sender with retries for a loaded machine (its
+    timeout, 2 s, may pass more than once while the replies are held back)."""
     front, data_port = proxy
     receiver = node_factory(
         "--completed-memory", "1",
         "--data-port", str(data_port), "--advertise-data-port", str(front.port),
         name="receiver",
     )  # fmt: skip
-    # Its timeout (2 s) passes while the replies are held back, perhaps
-    # more than once on a loaded machine: retries enough for that.
-    sender = node_factory("--max-retries", "8", name="sender")
-    path = tmp_path / "kept.bin"
-    path.write_bytes(os.urandom(3 * CHUNK + 1000))
-    digest = blake3_file(path)
-    send = BackgroundSend(sender, path, receiver, "--chunk-size", str(CHUNK), "--timeout", "2")
-    stored = receiver.inbox / "kept.bin"
-    # The receiver stored it and verified it; its Verified went nowhere.
-    wait_until(lambda: (stored.exists() and gate.dropped > 0) or None, WAIT, "the file stored")
-    assert blake3_file(stored) == digest
+    return receiver, node_factory("--max-retries", "8", name="sender")
+
+
+def _forget_then_answer(receiver: NodeProcess, gate: Gate, network_key: str) -> None:
+    """Another transfer (a member's) finishes: the receiver's one-entry
+    memory forgets the first; then its replies go through again."""
     with gate.lock:
         gate.collecting = False
-    # Another transfer finishes: the receiver's one-entry memory forgets the first.
     data = os.urandom(CHUNK)
     with HostileSender(network_key, receiver.host, receiver.port) as member:
         other = member.offer("other.bin", len(data), CHUNK)
@@ -105,6 +98,26 @@ def test_a_lost_verified_after_the_receiver_forgot_the_transfer_still_ends_in_su
     receiver.wait_for_counter("receiver.completed-forgotten-early", 1, WAIT)
     with gate.lock:
         gate.blocking = False
+
+
+def test_a_lost_verified_after_the_receiver_forgot_the_transfer_still_ends_in_success(
+    node_factory: Callable[..., NodeProcess],
+    network_key: str,
+    proxy: tuple[FaultProxy, int],
+    gate: Gate,
+    tmp_path: Path,
+) -> None:
+    receiver, sender = _receiver_and_sender(node_factory, proxy)
+    path = tmp_path / "kept.bin"
+    path.write_bytes(os.urandom(3 * CHUNK + 1000))
+    digest = blake3_file(path)
+    send = BackgroundSend(sender, path, receiver, "--chunk-size", str(CHUNK), "--timeout", "2")
+    stored = receiver.inbox / "kept.bin"
+    # The receiver stored it and verified it; its Verified went nowhere.
+    wait_until(lambda: (stored.exists() and gate.dropped > 0) or None, WAIT, "the file stored")
+    assert blake3_file(stored) == digest
+    # Another transfer finishes: the receiver's one-entry memory forgets the first.
+    _forget_then_answer(receiver, gate, network_key)
     code, result = send.join(WAIT * 2)
     assert code == 0, (result, receiver.log_tail(), sender.log_tail())
     assert result["blake3"] == digest and result["stored_as"] == "kept.bin", result
@@ -126,13 +139,7 @@ def test_a_folder_whose_verified_was_lost_is_not_offered_again(
     folder the receiver stored would be stored a second time (``DIR.1``). So
     a folder's send whose Done went unanswered fails saying where to look,
     and nothing is offered again."""
-    front, data_port = proxy
-    receiver = node_factory(
-        "--completed-memory", "1",
-        "--data-port", str(data_port), "--advertise-data-port", str(front.port),
-        name="receiver",
-    )  # fmt: skip
-    sender = node_factory("--max-retries", "8", name="sender")
+    receiver, sender = _receiver_and_sender(node_factory, proxy)
     album = tmp_path / "album"
     album.mkdir()
     contents = {name: os.urandom(CHUNK + 100 * i) for i, name in enumerate(["a.bin", "b.bin"])}
@@ -141,17 +148,7 @@ def test_a_folder_whose_verified_was_lost_is_not_offered_again(
     send = BackgroundSend(sender, album, receiver, "--chunk-size", str(CHUNK), "--timeout", "2")
     stored = receiver.inbox / "album"
     wait_until(lambda: (stored.is_dir() and gate.dropped > 0) or None, WAIT, "the folder stored")
-    with gate.lock:
-        gate.collecting = False
-    data = os.urandom(CHUNK)
-    with HostileSender(network_key, receiver.host, receiver.port) as member:
-        other = member.offer("other.bin", len(data), CHUNK)
-        assert isinstance(other, HostileTransfer), other
-        verdict = other.send_stream(data, WAIT)
-        assert isinstance(verdict, Verified) and verdict.digest == blake3.blake3(data).digest()
-    receiver.wait_for_counter("receiver.completed-forgotten-early", 1, WAIT)
-    with gate.lock:
-        gate.blocking = False
+    _forget_then_answer(receiver, gate, network_key)
     code, result = send.join(WAIT * 2)
     assert code != 0 and result["code"] == "timeout", result
     assert "it may have stored the folder: look in its inbox" in result["error"], result
