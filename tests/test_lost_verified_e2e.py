@@ -9,6 +9,9 @@ Real processes: a receiver behind a :class:`FaultProxy` that drops every
 reply to the sender's data connections until the test lets them through, a
 sender node, and a member (:class:`HostileSender`, in process) whose
 transfer, finished meanwhile, pushes the first one out of a one-entry memory.
+
+A multicast receiver keeps its finished sessions the same way: the last
+test speaks as the sending node (its identity key) and asks again.
 """
 
 from __future__ import annotations
@@ -21,10 +24,21 @@ from pathlib import Path
 import blake3
 import pytest
 
+from peercrypt.crypto.identity import load_or_create_identity
+from peercrypt.history.db import db_path, list_transfers, open_reader
 from peercrypt.testing.faults import Direction, FaultProxy
+from peercrypt.testing.hostile import CoReceiver
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
-from peercrypt.testing.nodes import BackgroundSend, NodeProcess, blake3_file, free_port, wait_until
+from peercrypt.testing.nodes import (
+    BackgroundSend,
+    NodeProcess,
+    assert_stored,
+    blake3_file,
+    free_port,
+    wait_until,
+)
 from peercrypt.wire.messages import Verified
+from peercrypt.wire.multicast_messages import McDone, McRefuse, McStatus
 
 KiB = 1024
 CHUNK = 64 * KiB
@@ -158,3 +172,55 @@ def test_a_folder_whose_verified_was_lost_is_not_offered_again(
     assert files == ["album", "other.bin"], files
     for name, data in contents.items():
         assert blake3_file(stored / name) == blake3.blake3(data).hexdigest()
+
+
+def _session_of(sender: NodeProcess) -> bytes:
+    """The id of the sender's one finished multicast session (its history)."""
+
+    def row() -> dict[str, object] | None:
+        if not db_path(sender.data_dir).exists():
+            return None
+        with open_reader(db_path(sender.data_dir)) as conn:
+            rows = [r for r in list_transfers(conn) if r["side"] == "send"]
+        return rows[0] if rows and rows[0]["result"] != "running" else None
+
+    return bytes.fromhex(str(wait_until(row, WAIT, "the sender's history row")["session"]))
+
+
+def test_a_multicast_senders_repeated_status_gets_the_same_done_again(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """A multicast receiver that stored a session answers the sender's next
+    status or announce of it (its McDone was lost on the way) with the same
+    verdict, from its memory of finished sessions: nothing joined or written
+    again. Only the session's own sender gets it: the session is keyed by
+    the sender's proven identity, so a member naming the id learns nothing."""
+    receiver, sender = node_factory(), node_factory()
+    path = make_file(256 * KiB)
+    sent = sender.cli("send", str(path), receiver.host, str(receiver.port), "-m", "--json")
+    assert sent.returncode == 0, sent.describe()
+    assert_stored(receiver, sent.json, blake3_file(path))
+    stored = next(r["stored_as"] for r in sent.json["receivers"])
+    sid = _session_of(sender)
+    inbox_before = sorted(p.name for p in receiver.inbox.iterdir())
+
+    # The sending node's own identity (the test reads its key file), on a
+    # link of its own: what the sender's repeated status looks like.
+    as_sender = CoReceiver(network_key, identity=load_or_create_identity(sender.data_dir))
+    member = CoReceiver(network_key)  # a fresh identity that names the same id
+    try:
+        again = McStatus(sid=sid, horizon=4, digest=blake3.blake3(path.read_bytes()).digest())
+        answers = as_sender.ask(receiver.host, receiver.port, [again])
+        to = load_or_create_identity(receiver.data_dir).public
+        reannounce = as_sender.sealed_announce(to, sid, path.name, path.stat().st_size, CHUNK)
+        answers += as_sender.ask(receiver.host, receiver.port, [reannounce])
+        stranger = member.ask(receiver.host, receiver.port, [again])
+    finally:
+        as_sender.close()
+        member.close()
+    want = McDone(sid=sid, ok=True, digest=bytes.fromhex(blake3_file(path)), stored_as=stored)
+    assert answers == [want, want], answers
+    assert len(stranger) == 1 and isinstance(stranger[0], McRefuse), stranger
+    assert stranger[0].code == "unknown-session", stranger
+    assert sorted(p.name for p in receiver.inbox.iterdir()) == inbox_before
+    assert blake3_file(receiver.inbox / stored) == blake3_file(path)

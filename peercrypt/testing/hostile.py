@@ -31,6 +31,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,13 +92,19 @@ class CoReceiver:
     """A hostile member's node: joins sessions, then forges for the others."""
 
     def __init__(
-        self, network_key: str, verify_forever: bool = False, late_hello: bool = False
+        self,
+        network_key: str,
+        verify_forever: bool = False,
+        late_hello: bool = False,
+        identity: KeyPair | None = None,
     ) -> None:
+        """``identity``: one to use (a node's, loaded from its data
+        directory: the test then speaks as that node); a fresh one if None."""
         self.verify_forever = verify_forever
         self.late_hello = late_hello
         self._held: list[tuple[bytes, Hello]] = []  # hellos not answered yet (late_hello)
         self._acking: list[tuple[bytes, McAck]] = []  # (route, ack) sent every 0.5 s
-        self.identity = KeyPair.from_seed(os.urandom(32))
+        self.identity = identity or KeyPair.from_seed(os.urandom(32))
         self.signer = ChunkSigner(self.identity.seed)
         self.server_public = network_server_keys(network_key).z85_public
         self.ctx = zmq.Context()
@@ -299,6 +306,11 @@ class CoReceiver:
     def announce(self, host: str, port: int, messages: list[McAnnounce]) -> list[Any]:
         """Announce sessions of its own to a node (as a sender would, signed
         by its own identity); the decoded answers that came within 2 s."""
+        return self.ask(host, port, messages)
+
+    def ask(self, host: str, port: int, messages: Sequence[codec.Message]) -> list[Any]:
+        """Send messages to a node's public port over a new link of its own
+        identity, as a sender would; the decoded answers that came within 2 s."""
         dealer = self._dealer(host, port)
         answers: list[Any] = []
         try:
