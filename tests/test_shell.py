@@ -132,11 +132,16 @@ def test_start_runs_every_command_of_the_shell(
     pty.expect(re.escape(f"{host}:{port}") + r": +\d+%")
     pty.expect(re.escape(f"{host}:{port}: verified, stored as {few.name}"))
     pty.expect(PROMPT_RE)
-    pty.run(f"send {source} {host} {port}", f"checking {host}:{port}", r"\[1\] sending in the")
+    # A shell's habit, `&`: a send backgrounds anyway; another command says it cannot.
+    pty.run("status &", r"peercrypt: error: `status` runs in the foreground \(no `&`\)")
+    pty.run(f"send {source} {host} {port} &", f"checking {host}:{port}", r"\[1\] sending in the")
     out = pty.run("transfers", "ID +STATE")
     assert source.name in out, out
     pty.run("jobs", r"\[1\] running")
-    pty.run("jobs --json", r'\[\{"id": 1, "state": "running", "exit": null, "line": "send ')
+    pty.run(
+        "jobs --json",
+        r'\[\{"id": 1, "state": "running", "exit": null, "line": "send [^"]* ' + port + '"',
+    )  # the line as typed, without its `&`
     pty.expect(r"\[1\] done, exit 0")
     stored = [p for p in peer.inbox.iterdir() if p.name == source.name]
     assert stored and blake3_file(stored[0]) == blake3_file(source)
@@ -296,6 +301,9 @@ def test_a_script_on_stdin_runs_every_line_and_its_exit_says_if_all_succeeded(
         "'normal', 'token-bucket', 'aimd', 'qos', 'parallel', 'multicast'"
     ]
     assert "default mode is now normal" in bad.stdout  # the lines after still ran
+    amp = _script(node.data_dir, [f"send {source} {peer.host} {peer.port} &"], tmp_path)
+    assert amp.returncode == errors.USAGE, amp.stderr
+    assert amp.stderr.strip() == "peercrypt: error: no `&` in a script: each line runs to its end"
     quits = _script(node.data_dir, ["quit", "set-mode warp"], tmp_path)
     assert quits.returncode == 0 and not quits.stderr
 

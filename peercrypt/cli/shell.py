@@ -130,6 +130,14 @@ class Shell:
             return self._error(f"cannot read that line: {exc}")
         if not words:
             return errors.OK
+        if words[-1] == "&":  # a habit of shells: `send` backgrounds anyway
+            if not self.interactive:
+                return self._error("no `&` in a script: each line runs to its end")
+            if words[0] != "send":
+                only = "only `send` runs in the background"
+                return self._error(f"`{words[0]}` runs in the foreground (no `&`): {only}")
+            words = words[:-1]
+            line = line.rstrip().removesuffix("&").rstrip()
         name, rest = words[0], words[1:]
         if name in ("quit", "exit"):
             return None
