@@ -23,6 +23,7 @@ import pexpect
 import pytest
 
 from peercrypt.chunking import DEFAULT_MIN_CHUNK
+from peercrypt.cli.stats import recorded_text
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.history.db import (
     SAMPLE_COLUMNS,
@@ -322,6 +323,36 @@ def test_list_and_show_print_what_was_recorded(recorded: Recorded) -> None:
     assert fields["file"].strip() == str(recorded.source)
     full = json.loads(sender.cli("stats", "show", str(ident), "--json").stdout)
     assert full == next(r for r in recorded.sent if r["id"] == ident)
+    stat = {
+        line.split()[1]: line.split(None, 2)[2]
+        for line in shown.stdout.splitlines()
+        if line.startswith("stat ")
+    }
+    chunk = int(full["stats"]["chunk_size"])
+    assert stat["chunk_size"] == recorded_text("chunk_size", chunk) and "(" in stat["chunk_size"]
+    assert stat["sent_chunks"] == str(int(full["stats"]["sent_chunks"]))  # a count: no '.0'
+    assert stat["srtt"].endswith(" ms"), stat
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "text"),
+    [
+        ("chunk_size", 1048576.0, "1.0 MiB (1048576 bytes)"),
+        ("sent_bytes", 209715200.0, "200.0 MiB (209715200 bytes)"),
+        ("window_bytes", 512.0, "512 bytes"),
+        ("burst", 0, "0 bytes"),
+        ("rate", 20971520, "20.0 MiB/s"),
+        ("rate", 0.0, "0 (no limit)"),
+        ("srtt", 0.006982, "6.98 ms"),
+        ("accept_seconds", 1.5, "1.500 s"),
+        ("held_share", 0.56, "56%"),
+        ("scheduler_reports", 1742.0, "1742"),
+        ("rttvar_ratio", 0.25, "0.25"),
+        ("priority", "high", "high"),
+    ],
+)
+def test_recorded_numbers_show_in_their_units(key: str, value: object, text: str) -> None:
+    assert recorded_text(key, value) == text
 
 
 def test_list_on_an_80_column_terminal_fits_it(recorded: Recorded) -> None:

@@ -64,6 +64,31 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+SECONDS = frozenset({"srtt", "rttvar", "rto"})  # the RTT estimator's, in seconds
+
+
+def recorded_text(key: str, value: object) -> str:
+    """A transfer's recorded parameter or statistic in the unit its name
+    says: bytes (``*_bytes``, ``chunk_size``, ``burst``) as a size with the
+    exact count, a ``rate`` per second (0: no limit), seconds (``*_seconds``,
+    the RTT's) in ms below one, a ``*_share`` in percent, a whole count
+    without a decimal point; anything else as recorded."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if key.endswith("_bytes") or key in ("chunk_size", "burst"):
+        exact = f"{value:.0f} bytes"
+        return exact if abs(value) < 1024 else f"{human_bytes(value)} ({exact})"
+    if key == "rate" or key.endswith("_rate"):
+        return f"{human_bytes(value)}/s" if value else "0 (no limit)"
+    if key.endswith("_seconds") or key in SECONDS:
+        return f"{value * 1000:.2f} ms" if abs(value) < 1 else f"{value:.3f} s"
+    if key.endswith("_share"):
+        return f"{value:.0%}"
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}"
+
+
 @contextmanager
 def _history(obj: dict[str, Any]) -> Iterator[sqlite3.Connection]:
     try:
@@ -217,8 +242,8 @@ def stats_show(obj: dict[str, Any], ident: int, as_json: bool) -> None:
         ("result", row["result"] + (f": {row['reason']}" if row["reason"] else "")),
         ("retransmits", str(row["retransmits"])),
     ]
-    lines += [(f"param {k}", str(v)) for k, v in sorted(row["params"].items())]
-    lines += [(f"stat {k}", f"{v:g}") for k, v in sorted(row["stats"].items())]
+    lines += [(f"param {k}", recorded_text(k, v)) for k, v in sorted(row["params"].items())]
+    lines += [(f"stat {k}", recorded_text(k, v)) for k, v in sorted(row["stats"].items())]
     if samples:
         peak = max(s["throughput"] for s in samples)
         rtts = [s["rtt"] for s in samples if s["rtt"] > 0]
