@@ -3,6 +3,7 @@ property-tested) and the SQLite store (writer, read-only reader, retention)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import sqlite3
 from pathlib import Path
@@ -23,7 +24,7 @@ from peercrypt.history.db import (
     open_reader,
 )
 from peercrypt.history.export import ExportError, parse_csv, parse_json, to_csv, to_json
-from peercrypt.history.plot import plot
+from peercrypt.history.plot import plot, smoothed
 
 
 def row(session: str, **over: object) -> dict[str, object]:
@@ -298,3 +299,33 @@ def test_the_count_limit_stays_exact_as_transfers_end(tmp_path: Path) -> None:
     assert end(12) == {"t8", "t11", "t12", "running"}
     assert end(13) == {"t8", "t11", "t12", "t13", "running"}
     assert end(14) == {"t11", "t12", "t13", "t14", "running"}
+
+
+@given(
+    steps=st.lists(st.floats(0.01, 1.0), min_size=1, max_size=60),
+    rate=st.floats(0.0, 1e4),
+    span=st.floats(0.05, 5.0),
+)
+def test_the_smoothed_throughput_of_a_steady_rate_is_that_rate(
+    steps: list[float], rate: float, span: float
+) -> None:
+    t = list(itertools.accumulate(steps))
+    assert smoothed(t, [rate] * len(t), span) == pytest.approx([rate] * len(t))
+    # A window longer than the transfer: the bytes so far over the time so far.
+    varied = [rate * (i % 3) for i in range(len(t))]
+    assert smoothed(t, varied, t[-1] + 1)[-1] == pytest.approx(
+        sum(r * d for r, d in zip(varied, steps, strict=True)) / t[-1]
+    )
+
+
+def test_the_smoothed_throughput_hides_whole_chunk_steps() -> None:
+    """1 MiB chunks sampled every 0.1 s at 20 MiB/s: 1, 2 or 3 chunks a
+    sample (10, 20, 30 MiB/s); over half a second, 20 within a chunk's share."""
+    rates = [20.0, 30.0, 10.0, 20.0, 20.0, 30.0, 10.0, 20.0, 30.0, 10.0] * 3
+    t = [round(0.1 * (i + 1), 6) for i in range(len(rates))]
+    assert all(abs(v - 20.0) <= 4.0 for v in smoothed(t, rates)[5:])
+    assert max(rates) - min(rates) == 20.0  # what the steps show
+    # It follows a change within its half second: 10 for 2 s, then 30.
+    t = [round(0.1 * (i + 1), 6) for i in range(40)]
+    after = smoothed(t, [10.0] * 20 + [30.0] * 20)
+    assert after[19] == pytest.approx(10.0) and after[-1] == pytest.approx(30.0)

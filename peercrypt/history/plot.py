@@ -1,7 +1,8 @@
 """Plots of recorded transfers (``peercrypt stats plot``).
 
 Panels on one shared time axis (seconds since each transfer started):
-throughput (MiB/s), the flow limit (the AIMD window in KiB, or the rate in
+throughput (MiB/s: over the last half second, the samples themselves as
+faint steps), the flow limit (the AIMD window in KiB, or the rate in
 MiB/s for paced transfers, or the receiver's credit in chunks when neither
 applies; no panel when a transfer recorded none of them: a line at 0 would
 read as a limit of 0), and the smoothed RTT (ms). With several transfers (``--compare``)
@@ -46,6 +47,30 @@ def limit_series(row: dict[str, Any]) -> tuple[str, list[float]] | None:
     return None
 
 
+SMOOTH_SECONDS = 0.5  # the throughput line's window (the samples' steps stay, faint)
+
+
+def smoothed(t: list[float], rates: list[float], span: float = SMOOTH_SECONDS) -> list[float]:
+    """The throughput at each sample time ``t[i]`` averaged over the ``span``
+    seconds before it (or since the start, if less): the bytes of the
+    samples in that window over its length. Each rate covers the time since
+    the previous sample (the first, since 0). A sample counts whole chunks
+    of its interval, so at 0.1 s intervals 1 MiB chunks make steps of 10
+    MiB/s around a steady 20 that this line does not have."""
+    out: list[float] = []
+    edges = [0.0, *t]
+    amounts = [r * max(0.0, b - a) for r, a, b in zip(rates, edges[:-1], t, strict=True)]
+    first, total = 0, 0.0
+    for i, now in enumerate(t):
+        total += amounts[i]
+        while first < i and edges[first + 1] <= now - span:  # whole samples out of the window
+            total -= amounts[first]
+            first += 1
+        covered = now - edges[first]
+        out.append(total / covered if covered > 0 else rates[i])
+    return out
+
+
 def _label(row: dict[str, Any]) -> str:
     name = os.path.basename(row["file"]) or row["file"]
     return f"#{row['id']} {row['mode']} {row['side']} {name}"[:60]
@@ -78,16 +103,11 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
         t = [s["t"] for s in samples]
         label = _label(row)
         marker = "." if len(t) < 40 else None
-        # Each throughput value covers the time since the previous point.
-        (line,) = thr.step(
-            [0.0, *t],
-            [samples[0]["throughput"] / MiB if samples else 0.0]
-            + [s["throughput"] / MiB for s in samples],
-            where="pre",
-            label=label,
-            linewidth=1.4,
-        )
+        rates = [s["throughput"] / MiB for s in samples]
+        (line,) = thr.plot(t, smoothed(t, rates), label=label, linewidth=1.6)
         colour = line.get_color()
+        # Each sample covers the time since the previous one: faint steps.
+        thr.step([0.0, *t], rates[:1] + rates, where="pre", color=colour, linewidth=0.8, alpha=0.3)
         if limit is not None:
             kind, values = limit
             panel[kind].plot(t, values, color=colour, linewidth=1.4, marker=marker)
