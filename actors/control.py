@@ -68,6 +68,7 @@ from peercrypt.wire.network_messages import (  # discovery and health monitoring
 log = logging.getLogger("peercrypt.control")
 
 MAX_PENDING = 1024
+OTHER_IDS = 1 << 40  # ids of requests that are not sends start here (sends: from 1)
 CANCELLED_BY_USER = "cancelled by the user"  # as the sender and msender say it
 MAX_TRANSFER_ROWS = 1024  # TransfersReply.transfers' bound
 # `transfers` answers with what the sender and the msender listed, or after
@@ -135,7 +136,11 @@ class ControlActor(Actor):
         self.token = token.encode()
         self.announced: dict[str, Announce] = {}
         self.pending: dict[int, tuple[bytes, int]] = {}  # our id -> (client route, their id)
-        self.next_id = 1
+        # Ids of ours: a send's is the one `transfers`, `top` and `cancel ID`
+        # show, counted on its own from 1 (every `transfers` a view polls is
+        # a request too: sends were numbered 724, 734 after a dozen).
+        self.next_send = 1
+        self.next_other = OTHER_IDS
         self.sending: dict[int, tuple[str, int]] = {}  # sends under way: destination
         # sends and multicasts waiting for members' records at their addresses
         self.placing: dict[int, SendRequest | _mc.McSendRequest] = {}
@@ -216,8 +221,10 @@ class ControlActor(Actor):
                 reply = ErrorReply(code="busy", reason="too many requests in progress")
                 self.api.send_multipart([route, _local(reply)])
                 return
-            ours = self.next_id
-            self.next_id += 1
+            if isinstance(msg, SendRequest | _mc.McSendRequest):
+                ours, self.next_send = self.next_send, self.next_send + 1
+            else:
+                ours, self.next_other = self.next_other, self.next_other + 1
             self.pending[ours] = (route, cast(Any, msg).request)
             if isinstance(msg, SendRequest | _mc.McSendRequest):  # whom records place there
                 self._place_first(cast(SendRequest | _mc.McSendRequest, _with_request(msg, ours)))

@@ -23,6 +23,7 @@ from peercrypt.testing.clock import FakeClock
 from peercrypt.wire import codec
 from peercrypt.wire.local_messages import Progress, SendRequest
 from peercrypt.wire.messages import SettingReply, SettingRequest, TransfersReply, TransfersRequest
+from peercrypt.wire.multicast_messages import McSendRequest
 from peercrypt.wire.network_messages import MembersAtReply, MembersAtRequest
 
 TOKEN = "t" * 32
@@ -199,5 +200,26 @@ def test_a_sender_restart_fails_the_sends_handed_to_it_and_nothing_else(rig: Rig
         if not isinstance(msg, Progress):  # each send's `checking`
             got.append((type(msg).__name__, msg.request))
     assert got == [("SendResult", 12), ("SettingReply", 11)], got
-    assert sorted(rig.actor.pending) == [rig.actor.next_id - 1]  # 13's, still placed
-    assert isinstance(rig.actor.placing[rig.actor.next_id - 1], SendRequest)
+    assert sorted(rig.actor.pending) == [rig.actor.next_send - 1]  # 13's, still placed
+    assert isinstance(rig.actor.placing[rig.actor.next_send - 1], SendRequest)
+
+
+def test_sends_are_numbered_from_one_whatever_else_was_asked(rig: Rig) -> None:
+    """A send's id (what `transfers`, `top` and `cancel ID` show) counts
+    sends only: the `transfers` a live view polls and the settings asked
+    meanwhile take ids of their own, never one a send shows."""
+    others = [rig.ask(k) for k in range(5)]  # a view's polls
+    for msg in (
+        SettingRequest(request=40, name="mode", value="normal"),
+        SendRequest(request=41, path="/x", host="127.0.0.1", port=9, chunk_size=4096),
+        McSendRequest(request=42, path="/y", targets=["127.0.0.1:9"], chunk_size=4096),
+        SendRequest(request=43, path="/z", host="127.0.0.1", port=9, chunk_size=4096),
+    ):
+        rig.client.send_multipart([TOKEN.encode(), codec.encode(msg, codec.LOCAL_VERSION)])
+        assert rig.actor.api.poll(5000), "control got no request"
+        rig.actor._on_client(rig.actor.api)
+    placed = []
+    while rig.mailboxes["health"].poll(1000) and len(placed) < 3:
+        placed.append(codec.decode(rig.mailboxes["health"].recv()))
+    assert [m.request for m in placed] == [1, 2, 3]
+    assert min(others) > 3 and len(set(others)) == len(others)
