@@ -234,6 +234,7 @@ class Incoming:
     ring: shm_ring.ReceiverRing | None = None  # lent to a sender of this host
     ident: str = ""  # what the user names it by (``status``, ``top``, ``cancel``): in1, in2...
     who: str = ""  # the sender's fingerprint, as its statistics samples name it
+    held: int = 0  # bytes its kept part held when it began (a resume): they did not cross
 
 
 @dataclass(slots=True)
@@ -593,6 +594,7 @@ class ReceiverActor(Actor):
             result=result[:32],
             reason=reason[:512],
             params={"delivered_before": d.stored_as[:256]},
+            stats={"held_bytes": d.key.size if ok else 0},
         )
 
     def _remember(self, tid: bytes, sent: tuple[bytes, bytes], route: bytes) -> None:
@@ -885,6 +887,7 @@ class ReceiverActor(Actor):
             tree=details.tree,
             files=details.files,
             ident=f"in{next(self._idents)}",
+            held=reuse.held_bytes() if reuse is not None else 0,
         )
         self.transfers[offer.tid] = t
         self._note_credit(self._credit_held())
@@ -902,12 +905,12 @@ class ReceiverActor(Actor):
             tree=self._tree_spec(t) if t.tree else None,
             fresh=watched,
         )
-        held_bytes = t.reported = reuse.held_bytes() if reuse is not None else 0
+        t.reported = t.held
         self.count("accepted")
         if reuse is not None:
             self.count("resumed")
-            self.count("resumed-bytes", held_bytes)
-            log.info("%s: resuming, %d of %d bytes already held", name, held_bytes, t.size)
+            self.count("resumed-bytes", t.held)
+            log.info("%s: resuming, %d of %d bytes already held", name, t.held, t.size)
         log.debug("accepted %s (%d bytes, chunks of %d)", name, details.size, key.chunk_size)
         return Accept(
             tid=offer.tid,
@@ -1572,6 +1575,7 @@ class ReceiverActor(Actor):
             result=result[:32],
             reason=reason[:512],
             params={"files": str(t.files)} if t.tree else {},
+            stats={"held_bytes": t.held},
         )
 
     def _report_progress(self) -> None:

@@ -122,6 +122,10 @@ def test_a_file_delivered_during_an_outage_is_not_stored_twice(
         assert [(r["bytes"], r["params"]["delivered_before"]) for r in echo] == [
             (SIZE, "report.bin")
         ], rows
+        shown = receiver.cli("stats", "show", str(echo[0]["id"])).stdout
+        assert re.search(
+            r"^moved +0 B in [0-9.]+ s, had it \(1.0 MiB held already\)$", shown, re.M
+        ), shown
         # Sent again with other chunks (as a send capped by -r cuts them): the
         # same file, answered from the table too, all its chunks held.
         cut = _send(sender, path, receiver.port, "--chunk-size", str(CHUNK // 2))

@@ -17,6 +17,7 @@ from peercrypt.history.db import (
     HistoryError,
     HistoryWriter,
     Retention,
+    db_path,
     get_samples,
     get_transfer,
     get_transfers,
@@ -25,6 +26,7 @@ from peercrypt.history.db import (
 )
 from peercrypt.history.export import ExportError, parse_csv, parse_json, to_csv, to_json
 from peercrypt.history.plot import plot, smoothed
+from peercrypt.testing.nodes import run_cli
 
 
 def row(session: str, **over: object) -> dict[str, object]:
@@ -329,3 +331,33 @@ def test_the_smoothed_throughput_hides_whole_chunk_steps() -> None:
     t = [round(0.1 * (i + 1), 6) for i in range(40)]
     after = smoothed(t, [10.0] * 20 + [30.0] * 20)
     assert after[19] == pytest.approx(10.0) and after[-1] == pytest.approx(30.0)
+
+
+def test_a_receiving_row_is_rated_by_what_crossed_and_an_old_one_still_reads(
+    tmp_path: Path,
+) -> None:
+    """A receiving side's row records the bytes it held when it began
+    (``stats.held_bytes``); a row recorded before it did counts none."""
+    mib = 1024 * 1024
+    w = HistoryWriter(db_path(tmp_path))
+    done = {"side": "receive", "result": "ok", "size": 8 * mib, "bytes": 8 * mib, "duration": 2.0}
+    old = w.upsert(row("aa", **done))
+    resumed = w.upsert(row("bb", **done, stats={"held_bytes": 6 * mib}))
+    had = w.upsert(row("cc", **done, stats={"held_bytes": 8 * mib}))
+    w.commit()
+    moved = {}
+    for ident in (old, resumed, had):
+        shown = run_cli("stats", "show", str(ident), data_dir=tmp_path)
+        assert shown.returncode == 0, shown.describe()
+        line = next(x for x in shown.stdout.splitlines() if x.startswith("moved "))
+        moved[ident] = " ".join(line.split())
+    assert moved == {
+        old: "moved 8.0 MiB in 2.000 s, 4.0 MiB/s",
+        resumed: "moved 2.0 MiB in 2.000 s, 1.0 MiB/s (6.0 MiB held already)",
+        had: "moved 0 B in 2.000 s, had it (8.0 MiB held already)",
+    }
+    rates = [
+        line.split()[-3:-1]
+        for line in run_cli("stats", "list", data_dir=tmp_path).stdout.splitlines()[1:]
+    ]
+    assert rates == [["4.0", "MiB/s"], ["1.0", "MiB/s"], ["had", "it"]], rates

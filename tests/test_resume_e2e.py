@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -31,6 +32,7 @@ SIZE = 16 * 1024 * 1024  # 256 chunks; a checkpoint every 64
 TOTAL = SIZE // CHUNK
 SLOW = ("-r", str(12 * 1024 * 1024))  # ~1.3 s for the file: room to kill mid-way
 ROUNDS = 10  # per side: 20 kills in all
+MiB = 1024 * 1024
 
 
 def _parts(inbox: Path) -> list[str]:
@@ -289,3 +291,47 @@ def test_a_part_without_a_manifest_goes_with_the_next_offer_of_its_name(
     assert not orphan.exists()
     assert _parts(receiver.inbox) == []
     assert receiver.wait_for_counter("receiver.parts-orphaned", 1) == 1
+
+
+def _history_row(node: NodeProcess, side: str, file: str) -> dict[str, Any]:
+    """The node's finished ``side`` row of ``file`` (the stats actor commits
+    every second: waited for)."""
+
+    def found() -> dict[str, Any] | None:
+        listed = node.cli("stats", "list", "--json")
+        rows = json.loads(listed.stdout) if listed.returncode == 0 else []
+        ok = [r for r in rows if r["side"] == side and r["file"] == file and r["result"] == "ok"]
+        return ok[-1] if ok else None
+
+    return wait_until(found, 20, f"the {side} row of {file}")
+
+
+def test_the_receivers_history_rates_only_what_crossed_in_a_resume(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A resumed transfer's receiving row counts the bytes its kept part
+    held as held, not moved: `stats show` and `stats list` rate the rest."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(SIZE, name="resumed.bin")
+    with _background_send(sender, path, receiver) as proc:
+        _wait_for_checkpoint(receiver.inbox, proc)
+        receiver.kill()
+        proc.send_signal(signal.SIGINT)  # no retry of the node's own extends the part
+        proc.wait(30)
+    held = _held(receiver.inbox) * CHUNK
+    assert 0 < held < SIZE
+    receiver.start()
+    info = _resend_ok(sender, path, receiver)
+    assert info["stats"]["resumed_chunks"] * CHUNK == held, info["stats"]
+    row = _history_row(receiver, "receive", info["stored_as"])
+    shown = receiver.cli("stats", "show", str(row["id"])).stdout
+    rate = f"{(SIZE - held) / row['duration'] / MiB:.1f} MiB/s"
+    moved = f"{(SIZE - held) / MiB:.1f} MiB in {row['duration']:.3f} s, {rate}"
+    already = f"({held / MiB:.1f} MiB held already)"
+    assert re.search(rf"^moved +{re.escape(moved)} {re.escape(already)}$", shown, re.M), shown
+    listed = receiver.cli("stats", "list").stdout.splitlines()
+    (line,) = [x for x in listed if x.startswith(f"{row['id']} ")]
+    assert re.search(rf" {re.escape(rate)} +ok$", line), line
+    # The row's bytes stay the file's, as exported; what it held is its own count.
+    assert row["bytes"] == SIZE and row["stats"]["held_bytes"] == held, row

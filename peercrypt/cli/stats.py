@@ -119,14 +119,17 @@ def _when(started: float) -> str:
 
 def _held(row: dict[str, Any]) -> int:
     """Bytes of the file the receiver held when the transfer began (a
-    resume, or a file delivered before), by the sender's count of chunks:
-    they did not cross in this transfer."""
+    resume, or a file delivered before): they did not cross in this
+    transfer. A receiving side's row records them (``stats.held_bytes``), a
+    sender's by its count of chunks the receiver said it held; a receiving
+    row recorded before ``held_bytes`` was counts none."""
     stats = row["stats"]
-    chunks, resumed = stats.get("chunks", 0), stats.get("resumed_chunks", 0)
-    if chunks <= 0 or resumed <= 0:
-        return 0
-    held: int = min(row["bytes"], int(row["size"] * resumed / chunks))
-    return held
+    if "held_bytes" in stats:
+        held = int(stats["held_bytes"])
+    else:
+        chunks, resumed = stats.get("chunks", 0), stats.get("resumed_chunks", 0)
+        held = int(row["size"] * resumed / chunks) if chunks > 0 and resumed > 0 else 0
+    return max(0, min(int(row["bytes"]), held))
 
 
 def _rate(row: dict[str, Any]) -> str:
