@@ -44,6 +44,7 @@ from peercrypt.core.modes import (
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
+from peercrypt.sizes import readable
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     CancelRequest,
@@ -346,7 +347,9 @@ class SchedulerActor(Actor):
             self.planner.set_node_rate(rate, self._node_burst(rate), now)
             for flow in list(self.flows.values()):
                 self._pace(flow)
-            return f"node rate cap {'removed' if rate == 0 else f'is now {rate} bytes/s'}"
+            if rate == 0:
+                return "node rate cap removed"
+            return f"node rate cap is now {readable(rate, rate=True)}"
         if name == "rate":
             rate = _non_negative(value, "rate")
             check_paced_rate(rate, "rate")
@@ -363,7 +366,8 @@ class SchedulerActor(Actor):
                 self._pace(flow)
                 if request in self.planner.flows():
                     self.planner.set_rate(request, rate, burst, now)
-            return f"rate of {len(targets)} transfer(s) is now {rate} bytes/s"
+            cap = readable(rate, rate=True) if rate else "unlimited"
+            return f"rate of {len(targets)} transfer(s) is now {cap}"
         if name == "lanes":
             self.defaults = with_overrides(self.defaults, lanes=int(value))
             return f"default parallel lanes: {value}"

@@ -90,6 +90,19 @@ def human(n: int, *, rate: bool = False) -> str:
     return text + ("/s" if rate else "")
 
 
+def readable(n: float, *, rate: bool = False) -> str:
+    """``n`` bytes (bytes/s if ``rate``) to read at a glance, to one decimal
+    in the largest binary unit under 1024 of it: ``512 B``, ``16.0 MiB``,
+    ``1.5 GiB/s``. What the CLI prints back; :func:`human` is the exact form
+    a user can type again (``1536MiB/s``)."""
+    per = "/s" if rate else ""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.0f} B{per}" if unit == "B" else f"{n:.1f} {unit}{per}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def accepted(low: float | None, high: float | None, *, rate: bool = False) -> str:
     """The range in human units: ``a size in 4MiB..1GiB``, ``a rate >= 1B/s``."""
     noun = "a rate" if rate else "a size"

@@ -168,7 +168,7 @@ def test_rate_of_a_running_transfer_changes_live(
             )
             changed = sender.cli("rate", str(64 * MiB))
             assert changed.returncode == 0, changed.describe()
-            assert "1 transfer(s)" in changed.stdout
+            assert changed.stdout == "rate of 1 transfer(s) is now 64.0 MiB/s\n", changed.stdout
             out, _ = cli.communicate(timeout=30)
         finally:
             cli.kill()
@@ -189,7 +189,8 @@ def test_node_max_rate_caps_outgoing(
     delivered(code, result, source, receiver)
     assert result["seconds"] >= 1.2, result  # (4 MiB - a bucket of 1 chunk) at 2 MiB/s
     lifted = sender.cli("max-rate", "0")
-    assert lifted.returncode == 0 and "removed" in lifted.stdout, lifted.describe()
+    assert lifted.returncode == 0, lifted.describe()
+    assert lifted.stdout == "node rate cap removed\n", lifted.stdout
     # 16 MiB would take at least 7.5 s at the old cap; unpaced it takes a
     # fraction of a second (a margin a loaded machine does not eat).
     bigger = make_file(16 * MiB)
@@ -205,6 +206,7 @@ def test_a_live_max_rate_paces_sends_that_start_afterwards(
     source = make_file(4 * MiB)
     capped = sender.cli("max-rate", str(2 * MiB))
     assert capped.returncode == 0, capped.describe()
+    assert capped.stdout == "node rate cap is now 2.0 MiB/s\n", capped.stdout
     code, result = sender.send_to(source, receiver)
     delivered(code, result, source, receiver)
     assert result["seconds"] >= 1.2, result  # (4 MiB - a bucket of 1 chunk) at 2 MiB/s

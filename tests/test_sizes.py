@@ -6,6 +6,7 @@ and a config key with a suffix (its ``status --json``)."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,8 +18,8 @@ from hypothesis import strategies as st
 from peercrypt import config, errors
 from peercrypt.cli.app import main
 from peercrypt.cli.runner import execute
-from peercrypt.sizes import accepted, checked, human, parse_size
-from peercrypt.testing.nodes import NodeProcess, run_cli
+from peercrypt.sizes import accepted, checked, human, parse_size, readable
+from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
 
 BINARY = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 SUFFIXES = {
@@ -296,9 +297,33 @@ def test_sizes_take_effect_on_a_real_node(
     node's status shows the bytes per second they name."""
     node = node_factory(env={"PEERCRYPT_MAX_RATE": "1.5M/s"}, name="env")
     assert node.status()["max_rate"] == str(1536 * 1024)
+    # Printed back in human units; --json keeps the bytes per second.
+    assert "  max_rate: 1.5 MiB/s" in node.cli("status").stdout.splitlines()
+    capped = node.cli("max-rate", "1610612736")
+    assert capped.stdout == "node rate cap is now 1.5 GiB/s\n", capped.describe()
+
+    def cap(*json_: str) -> str:
+        lines = node.cli("status", *json_).stdout.splitlines()
+        if json_:
+            return str(json.loads(lines[0])["max_rate"])
+        return next((x for x in lines if x.startswith("  max_rate: ")), "")
+
+    wait_until(lambda: cap("--json") == "1610612736", 10, "the new cap in status --json")
+    assert node.cli("max-rate", "0").stdout == "node rate cap removed\n"
+    wait_until(lambda: cap() == "  max_rate: none", 10, "no cap in status")
     node.stop()
     configured = node_factory(name="file", start=False)
     configured.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     (configured.data_dir / "config.toml").write_text('max_rate = "2MB"\n')
     configured.start()
     assert configured.status()["max_rate"] == "2000000"
+
+
+def test_readable_prints_one_decimal_in_the_largest_unit() -> None:
+    """What the CLI prints back (max-rate, status, stats): at a glance, not
+    to be typed again (that is :func:`human`)."""
+    assert readable(1610612736, rate=True) == "1.5 GiB/s"
+    assert readable(5_000_000, rate=True) == "4.8 MiB/s"
+    assert [readable(n) for n in (0, 512, 1023, 1024, 1 << 50, 3 << 60)] == [
+        "0 B", "512 B", "1023 B", "1.0 KiB", "1.0 PiB", "3072.0 PiB"
+    ]  # fmt: skip

@@ -116,11 +116,11 @@ def test_top_shows_changes_and_cancels_a_running_transfer(
                 screen.expect(r"\d+% of 64\.0 MiB")
                 screen.expect(r"\d\.\d MiB/s +\d+:\d\d")  # a measured rate and an ETA
                 top.send("+")
-                screen.expect(re.escape(f"rate of 1 transfer(s) is now {4 * MiB} bytes/s"))
+                screen.expect(re.escape("rate of 1 transfer(s) is now 4.0 MiB/s"))
                 wait_for_rate(sender, ident, 4 * MiB)
                 top.send("-")
                 top.send("-")
-                screen.expect(re.escape(f"is now {MiB} bytes/s"))
+                screen.expect(re.escape("is now 1.0 MiB/s"))
                 wait_for_rate(sender, ident, MiB)
                 top.send("c")
                 screen.expect(re.escape(f"cancel transfer {ident}? y/n"))

@@ -19,9 +19,9 @@ import pytest
 from actors.inbox import load_manifest, manifest_name, scan
 from peercrypt.cli.app import main
 from peercrypt.cli.shell import Shell
-from peercrypt.cli.stats import human_bytes
 from peercrypt.core.tree import Kind, TreeEntry, encode_manifest
 from peercrypt.crypto.identity import fingerprint
+from peercrypt.sizes import readable
 from peercrypt.testing.disk import StallingDisk
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
 from peercrypt.testing.nodes import NodeProcess, cli_env, start_cli, wait_until
@@ -334,7 +334,7 @@ def test_a_folder_being_hashed_is_listed_and_cancelled_by_its_id(
             # The shell's line under its prompt, from these rows (its size unknown):
             shell = Shell(main, {"data_dir": sender.data_dir}, owns_node=False)
             shell.view.transfers = [later]
-            assert shell.toolbar() == f"send huge {human_bytes(int(later['bytes']))} (walking)"
+            assert shell.toolbar() == f"send huge {readable(int(later['bytes']))} (walking)"
             done = sender.cli("cancel", row["id"])
             assert done.returncode == 0, done.describe()
             out, err = cli.communicate(timeout=WAIT)

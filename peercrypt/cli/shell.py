@@ -347,13 +347,13 @@ class Shell:
 
     def toolbar(self) -> str:
         """The live progress line under the prompt."""
-        from peercrypt.cli.stats import human_bytes
+        from peercrypt.sizes import readable
 
         parts = []
         for row in self.view.transfers[:3]:
             size = count_in(row.get("size"))  # 0: not known ("?": a walk's)
             done = count_in(row.get("bytes"))  # a walk's: read and hashed so far
-            pct = f"{100 * done // size}%" if size else human_bytes(done) if done else "-"
+            pct = f"{100 * done // size}%" if size else readable(done) if done else "-"
             name = Path(str(row.get("file") or "-")).name
             parts.append(f"send {name} {pct} ({row.get('state') or '-'})")
         for name, size, done, ident in self.view.incoming[:3]:

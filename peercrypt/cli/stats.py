@@ -31,6 +31,7 @@ from peercrypt.history.db import (
     list_transfers,
     open_reader,
 )
+from peercrypt.sizes import readable
 
 MiB = 1024 * 1024
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -56,14 +57,6 @@ def since_from(text: str, now: float) -> float:
         ) from None
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
 SECONDS = frozenset({"srtt", "rttvar", "rto"})  # the RTT estimator's, in seconds
 
 
@@ -77,9 +70,9 @@ def recorded_text(key: str, value: object) -> str:
         return str(value)
     if key.endswith("_bytes") or key in ("chunk_size", "burst"):
         exact = f"{value:.0f} bytes"
-        return exact if abs(value) < 1024 else f"{human_bytes(value)} ({exact})"
+        return exact if abs(value) < 1024 else f"{readable(value)} ({exact})"
     if key == "rate" or key.endswith("_rate"):
-        return f"{human_bytes(value)}/s" if value else "0 (no limit)"
+        return readable(value, rate=True) if value else "0 (no limit)"
     if key.endswith("_seconds") or key in SECONDS:
         return f"{value * 1000:.2f} ms" if abs(value) < 1 else f"{value:.3f} s"
     if key.endswith("_share"):
@@ -144,8 +137,8 @@ def _rate(row: dict[str, Any]) -> str:
 
 def _moved(row: dict[str, Any]) -> str:
     held = _held(row)
-    text = f"{human_bytes(row['bytes'] - held)} in {row['duration']:.3f} s, {_rate(row)}"
-    return text + (f" ({human_bytes(held)} held already)" if held else "")
+    text = f"{readable(row['bytes'] - held)} in {row['duration']:.3f} s, {_rate(row)}"
+    return text + (f" ({readable(held)} held already)" if held else "")
 
 
 def _filter_options(func: Any) -> Any:
@@ -203,7 +196,7 @@ def stats_list(
                     r["mode"] or "-",
                     r["peer"][:39],
                     os.path.basename(r["file"])[:40],
-                    human_bytes(r["size"]),
+                    readable(r["size"]),
                     f"{r['duration']:.2f}s",
                     _rate(r),
                     r["result"],
@@ -237,8 +230,8 @@ def stats_show(obj: dict[str, Any], ident: int, as_json: bool) -> None:
         ("file", row["file"]),
         (
             "size",
-            f"{human_bytes(row['size'])} ({row['size']} bytes, "
-            f"{row['chunks']} chunks of {human_bytes(row['chunk_size'])})",
+            f"{readable(row['size'])} ({row['size']} bytes, "
+            f"{row['chunks']} chunks of {readable(row['chunk_size'])})",
         ),
         ("moved", _moved(row)),
         ("started", _when(row["started"])),

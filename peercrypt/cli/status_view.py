@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from peercrypt.cli.echo import echo
+from peercrypt.sizes import readable
 from peercrypt.wire.local_messages import StatusReply
 
 
@@ -59,4 +60,9 @@ def _incoming(text: str) -> str:
         return text
 
 
-_VIEWS = {"last_in": _last_in, "incoming": _incoming}
+def _max_rate(text: str) -> str:
+    """The node's rate cap in human units (``--json`` keeps the bytes/s)."""
+    return readable(int(text), rate=True) if text.isdigit() and int(text) else "none"
+
+
+_VIEWS = {"last_in": _last_in, "incoming": _incoming, "max_rate": _max_rate}
