@@ -431,6 +431,8 @@ def _checked(s: Setting, value: Any, name: str) -> Any:
         return s.parse(value)
     except ConfigError as exc:
         shown = "(hidden)" if s.kind == "secret" else f"{value!r}"
+        if s.kind in ("size", "rate") and isinstance(value, str):
+            shown = sizes.shown(value)
         raise ConfigError(f"{name}={shown}: {exc}") from None
 
 

@@ -49,7 +49,8 @@ def parse_size(text: str | int, *, rate: bool = False) -> int:
 
     ValueError, its message without the value (``negative``, ``unknown
     unit 'X' (...)``), for anything else: empty, negative, junk, a unit
-    that is not one, a fraction of a byte, ``/s`` on a size.
+    that is not one, a fraction of a byte, ``/s`` on a size, more than
+    64 characters (``too long``: the regular expression never sees it).
     """
     if isinstance(text, bool):
         raise ValueError("not a number")
@@ -62,7 +63,9 @@ def parse_size(text: str | int, *, rate: bool = False) -> int:
         raise ValueError("empty")
     if stripped.startswith("-"):
         raise ValueError("negative")
-    match = _NUMBER.fullmatch(stripped.removeprefix("+")) if len(stripped) <= _LONGEST else None
+    if len(stripped) > _LONGEST:
+        raise ValueError(f"too long ({len(stripped)} characters, at most {_LONGEST})")
+    match = _NUMBER.fullmatch(stripped.removeprefix("+"))
     if match is None:
         raise ValueError("not a number of bytes (e.g. 512, 64K, 1.5M, 2GiB)")
     if match["per"] and not rate:
@@ -88,6 +91,13 @@ def human(n: int, *, rate: bool = False) -> str:
                 text = f"{n // 1000**power}{letter.upper()}B"
                 break
     return text + ("/s" if rate else "")
+
+
+def shown(value: object) -> str:
+    """``value`` quoted for an error line; a text too long to be a size (the
+    error says how long) by its start only, so the line stays readable."""
+    text = str(value)
+    return repr(text) if len(text) <= _LONGEST else f"{text[:16]!r}..."
 
 
 def readable(n: float, *, rate: bool = False) -> str:

@@ -89,7 +89,8 @@ def test_junk_is_refused(text: str) -> None:
         ("1e6", "not a number of bytes (e.g. 512, 64K, 1.5M, 2GiB)"),
         ("0x10", "not a number of bytes (e.g. 512, 64K, 1.5M, 2GiB)"),
         ("5M/s", "a rate (/s), not a size"),
-        ("9" * 80, "not a number of bytes (e.g. 512, 64K, 1.5M, 2GiB)"),
+        ("9" * 65, "too long (65 characters, at most 64)"),
+        ("1" + " " * 70 + "K", "too long (72 characters, at most 64)"),
     ],
 )
 def test_what_is_refused_says_why(text: str, why: str) -> None:
@@ -177,6 +178,18 @@ def test_a_toml_float_is_a_size_only_when_whole() -> None:
         _resolve(file={"receive_buffer": 1e20})
 
 
+def test_a_value_too_long_for_a_size_says_so_from_every_layer() -> None:
+    """Its own reason, not 'not a number of bytes'; the line shows its start."""
+    long = "64" + "0" * 63
+    why = "too long (65 characters, at most 64); expected a size in 4MiB..1GiB"
+    with pytest.raises(config.ConfigError) as err:
+        _resolve(environ={"PEERCRYPT_RECEIVE_BUFFER": long})
+    assert str(err.value) == f"PEERCRYPT_RECEIVE_BUFFER='6400000000000000'...: {why}"
+    with pytest.raises(config.ConfigError) as err:
+        _resolve(file={"receive_buffer": long})
+    assert str(err.value) == f"/etc/pc.toml: receive_buffer='6400000000000000'...: {why}"
+
+
 def test_the_receive_buffer_s_range_is_in_human_units() -> None:
     with pytest.raises(config.ConfigError) as err:
         _resolve(environ={"PEERCRYPT_RECEIVE_BUFFER": "3M"})
@@ -236,6 +249,9 @@ RANGE_BUFFER = "expected a size in 4MiB..1GiB"
         (["max-rate", "fast"],
          "max-rate: Invalid value for 'BYTES_PER_SEC': 'fast': not a number of bytes "
          "(e.g. 512, 64K, 1.5M, 2GiB); expected a rate >= 0B/s"),
+        (["max-rate", "1" * 100],
+         "max-rate: Invalid value for 'BYTES_PER_SEC': '1111111111111111'...: too long "
+         "(100 characters, at most 64); expected a rate >= 0B/s"),
         (["node", "--max-rate", "1.5"],
          "node: Invalid value for '--max-rate': '1.5': a fraction of a byte; "
          "expected a rate >= 0B/s"),
@@ -247,7 +263,8 @@ RANGE_BUFFER = "expected a size in 4MiB..1GiB"
          f"{RANGE_BUFFER}"),
     ],
     ids=["bad-suffix", "negative", "zero", "too-large", "empty", "chunk-too-small",
-         "zero-rate", "bits", "negative-argument", "junk-argument", "fraction", "datagram",
+         "zero-rate", "bits", "negative-argument", "junk-argument", "too-long", "fraction",
+         "datagram",
          "actor"],
 )  # fmt: skip
 def test_a_bad_size_is_one_line_naming_option_value_and_range(
@@ -260,6 +277,12 @@ def test_a_bad_size_is_one_line_naming_option_value_and_range(
 
 def test_the_entry_point_says_the_same_in_one_line(tmp_path: Path) -> None:
     """The real command (a process): one line, exit 2, no traceback."""
+    long = run_cli("max-rate", "9" * 65, data_dir=tmp_path / "dd", cwd=tmp_path)
+    assert long.returncode == errors.USAGE, long.describe()
+    assert long.stderr_lines == [
+        f"{ERR}max-rate: Invalid value for 'BYTES_PER_SEC': '9999999999999999'...: too long "
+        "(65 characters, at most 64); expected a rate >= 0B/s"
+    ], long.describe()
     result = run_cli("node", "--receive-buffer", "3M", data_dir=tmp_path / "dd", cwd=tmp_path)
     assert result.returncode == errors.USAGE, result.describe()
     assert result.stderr_lines == [

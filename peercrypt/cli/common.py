@@ -143,7 +143,7 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]  # (generic from clic
         try:
             return sizes.checked(value, self.low, self.high, rate=self.rate)
         except ValueError as exc:
-            self.fail(f"{str(value)!r}: {exc}", param, ctx)
+            self.fail(f"{sizes.shown(value)}: {exc}", param, ctx)
 
 
 # What a size option's help adds.
