@@ -35,6 +35,7 @@ from peercrypt.core.modes import (
     AIMD_MIN_WINDOW_KB,
     AIMD_WINDOW_KB,
     MAX_LANES,
+    MAX_RATE,
     MAX_WINDOW_KB,
     MODES,
     PARALLEL_LANES,
@@ -43,7 +44,7 @@ from peercrypt.core.modes import (
     check_paced_rate,
     derive_windows,
 )
-from peercrypt.settings import ATTACHABLE_KINDS, DEFAULT_PORT
+from peercrypt.settings import ATTACHABLE_KINDS, DEFAULT_PORT, MAX_PORT_MEMORY, MAX_QUOTA
 
 NODE_MODES = (*MODES, "multicast")
 # The variables of the tool our users come from; each is a setting's variable.
@@ -246,7 +247,7 @@ SETTINGS: tuple[Setting, ...] = (
        flag="--max-outgoing", low=1, high=1024, actors=_SEND),
     _s("max_rate", "PEERCRYPT_MAX_RATE", "rate", 0,
        "Cap of all outgoing transfers together, bytes/s (0: none).", flag="--max-rate",
-       low=0, actors=_RATE),
+       low=0, high=MAX_RATE, actors=_RATE),
     _s("multicast_group", "PEERCRYPT_MULTICAST_GROUP", "str", "",
        "Send multicast sessions as UDP datagrams to this IPv4 group GROUP:PORT "
        "(e.g. 239.255.80.67:7480; empty: over PUB/SUB).",
@@ -271,10 +272,10 @@ SETTINGS: tuple[Setting, ...] = (
        flag="--part-expiry", low=1, unit="s", actors=_RECV),
     _s("peer_quota", "PEERCRYPT_PEER_QUOTA", "size", 0,
        "Bytes of parts (running and kept) one sender may have here (0: no quota).",
-       flag="--peer-quota", low=0, actors=_RECV),
+       flag="--peer-quota", low=0, high=MAX_QUOTA, actors=_RECV),
     _s("part_quota", "PEERCRYPT_PART_QUOTA", "size", 0,
        "Bytes of parts all senders together may have here (0: no quota).",
-       flag="--part-quota", low=0, actors=_RECV),
+       flag="--part-quota", low=0, high=MAX_QUOTA, actors=_RECV),
     # Folders and many files in one transfer (docs/commands.md, "send").
     _s("tree_max_files", "PEERCRYPT_TREE_MAX_FILES", "int", 100_000,
        "Files and folders one incoming folder transfer may hold (its manifest: "
@@ -282,20 +283,20 @@ SETTINGS: tuple[Setting, ...] = (
     _s("pending_quota", "PEERCRYPT_PENDING_QUOTA", "size", 0,
        "Bytes one sender identity, and one address, may have still to write here "
        "(0: no quota).",
-       flag="--pending-quota", low=0, actors=_RECV),
+       flag="--pending-quota", low=0, high=MAX_QUOTA, actors=_RECV),
     _s("data_port_memory", "PEERCRYPT_DATA_PORT_MEMORY", "size", 0,
        "Bytes the data port's TCP connections may have read and not delivered, in all; "
        "beyond it the addresses holding more than their share are disconnected, "
        "costliest first (0: twice the receive buffer and two of the largest chunks, 96 MiB). "
        "The sender's data connections have a bound of the same size (beyond it a "
        "receiver's connection is closed and its transfers fail).",
-       flag="--data-port-memory", low=0, actors=_DATA),
+       flag="--data-port-memory", low=0, high=MAX_PORT_MEMORY, actors=_DATA),
     _s("control_port_memory", "PEERCRYPT_CONTROL_PORT_MEMORY", "size", 32 << 20,
        "Bytes the public port's connections may have read and the node not taken, in "
        "all; beyond it the addresses holding more than their share are disconnected, "
        "costliest first. Each actor's links to other nodes have a bound of the same "
        "size (beyond it a link pauses, 1 s doubling to 60 s).",
-       flag="--control-port-memory", low=1 << 20, actors=_ALL),
+       flag="--control-port-memory", low=1 << 20, high=MAX_PORT_MEMORY, actors=_ALL),
     # The statistics history (docs/statistics.md).
     _s("stats_keep_days", "PEERCRYPT_STATS_KEEP_DAYS", "float", 90.0,
        "Forget recorded transfers older than this (0: never).", flag="--stats-keep-days",

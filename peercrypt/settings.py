@@ -33,6 +33,19 @@ IN_NODE_ONLY = {
 }
 
 
+# Upper bounds of the byte settings that had none (peercrypt/config.py
+# SETTINGS): a value past them bounds nothing, and is more likely a typo (a
+# P for a T) than a wish; 0 still means "none" or "the default".
+# Quotas of parts and of bytes still to write (--peer-quota, --part-quota,
+# --pending-quota): 1 PiB, beyond the largest disk an inbox sits on.
+MAX_QUOTA = 1 << 50
+# Bytes a port's connections may hold in memory (--data-port-memory,
+# --control-port-memory): 64 GiB, more memory than this kind of host has,
+# and far above the data port's own bound at the largest receive buffer
+# (1 GiB: twice it and two of the largest chunks, about 2 GiB).
+MAX_PORT_MEMORY = 64 << 30
+
+
 def process_umask() -> int:
     """The process's umask (read by setting and restoring it)."""
     mask = os.umask(0o077)

@@ -150,6 +150,18 @@ def test_every_byte_setting_takes_sizes() -> None:
                      "data_port_memory", "control_port_memory", "multicast_datagram"}  # fmt: skip
 
 
+def test_every_byte_setting_has_a_documented_maximum() -> None:
+    """A quota of 10 EiB or a cap of 100 PiB/s bounds nothing and is more
+    likely a typo: each byte setting has a highest value (settings.py,
+    core/modes.py say why), as docs/commands.md's table shows."""
+    highs = {s.name: s.high for s in SIZE_SETTINGS}
+    assert highs == {
+        "receive_buffer": 1 << 30, "max_rate": 1 << 40, "multicast_datagram": 65507,
+        "peer_quota": 1 << 50, "part_quota": 1 << 50, "pending_quota": 1 << 50,
+        "data_port_memory": 64 << 30, "control_port_memory": 64 << 30,
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize("setting", SIZE_SETTINGS, ids=[s.env for s in SIZE_SETTINGS])
 def test_a_size_setting_takes_suffixes_in_every_layer(setting: config.Setting) -> None:
     value = int(setting.high) if setting.high is not None else 64 << 20
@@ -165,6 +177,28 @@ def test_a_size_setting_takes_suffixes_in_every_layer(setting: config.Setting) -
     )
     with pytest.raises(config.ConfigError, match=rf"^/etc/pc\.toml: {setting.name}=-1: negative"):
         _resolve(file={setting.name: -1})
+    # Past its maximum: out of range, from a variable and from the file.
+    over, rate = human(value * 2), setting.kind == "rate"
+    why = f"out of range ({human(value * 2, rate=rate)}); expected {setting.accepted()}"
+    with pytest.raises(config.ConfigError) as err:
+        _resolve(environ={setting.env: over})
+    assert str(err.value) == f"{setting.env}='{over}': {why}"
+    with pytest.raises(config.ConfigError) as err:
+        _resolve(file={setting.name: value * 2})  # a TOML integer
+    assert str(err.value) == f"/etc/pc.toml: {setting.name}={value * 2}: {why}"
+
+
+@pytest.mark.parametrize("setting", SIZE_SETTINGS, ids=[s.env for s in SIZE_SETTINGS])
+def test_a_size_flag_past_its_maximum_is_one_line(
+    cli: Callable[..., tuple[int, list[str]]], setting: config.Setting
+) -> None:
+    assert setting.high is not None
+    over, rate = int(setting.high) * 2, setting.kind == "rate"
+    assert cli("node", setting.flag, human(over)) == (
+        errors.USAGE,
+        [f"{ERR}node: Invalid value for '{setting.flag}': '{human(over)}': out of range "
+         f"({human(over, rate=rate)}); expected {setting.accepted()}"],
+    )  # fmt: skip
 
 
 def test_a_toml_float_is_a_size_only_when_whole() -> None:
@@ -248,13 +282,13 @@ RANGE_BUFFER = "expected a size in 4MiB..1GiB"
          "rate: Invalid value for 'BYTES_PER_SEC': '-1': negative; expected a rate >= 0B/s"),
         (["max-rate", "fast"],
          "max-rate: Invalid value for 'BYTES_PER_SEC': 'fast': not a number of bytes "
-         "(e.g. 512, 64K, 1.5M, 2GiB); expected a rate >= 0B/s"),
+         "(e.g. 512, 64K, 1.5M, 2GiB); expected a rate in 0B/s..1TiB/s"),
         (["max-rate", "1" * 100],
          "max-rate: Invalid value for 'BYTES_PER_SEC': '1111111111111111'...: too long "
-         "(100 characters, at most 64); expected a rate >= 0B/s"),
+         "(100 characters, at most 64); expected a rate in 0B/s..1TiB/s"),
         (["node", "--max-rate", "1.5"],
          "node: Invalid value for '--max-rate': '1.5': a fraction of a byte; "
-         "expected a rate >= 0B/s"),
+         "expected a rate in 0B/s..1TiB/s"),
         (["node", "--multicast-datagram", "64KiB"],
          "node: Invalid value for '--multicast-datagram': '64KiB': out of range (64KiB); "
          "expected a size in 577B..65507B"),
@@ -281,7 +315,7 @@ def test_the_entry_point_says_the_same_in_one_line(tmp_path: Path) -> None:
     assert long.returncode == errors.USAGE, long.describe()
     assert long.stderr_lines == [
         f"{ERR}max-rate: Invalid value for 'BYTES_PER_SEC': '9999999999999999'...: too long "
-        "(65 characters, at most 64); expected a rate >= 0B/s"
+        "(65 characters, at most 64); expected a rate in 0B/s..1TiB/s"
     ], long.describe()
     result = run_cli("node", "--receive-buffer", "3M", data_dir=tmp_path / "dd", cwd=tmp_path)
     assert result.returncode == errors.USAGE, result.describe()

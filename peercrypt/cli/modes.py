@@ -28,6 +28,7 @@ from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.modes import (
     ALL_MODES,
     CONGESTION_KEYS,
+    MAX_RATE,
     PolicyError,
     parse_priority,
 )
@@ -308,7 +309,7 @@ def _cancel_send(obj: dict[str, Any], transfer: int) -> None:
 
 
 @click.command("max-rate")
-@click.argument("bytes_per_sec", metavar="BYTES_PER_SEC", type=ByteSize(0, rate=True))
+@click.argument("bytes_per_sec", metavar="BYTES_PER_SEC", type=ByteSize(0, MAX_RATE, rate=True))
 @click.pass_obj
 def max_rate(obj: dict[str, Any], bytes_per_sec: int) -> None:
     """Cap all outgoing transfers of the node together (0: no cap), live.

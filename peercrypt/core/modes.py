@@ -41,6 +41,10 @@ ACK_THRESHOLD = 3
 PARALLEL_LANES = 4
 MAX_LANES = 64
 MAX_WINDOW_KB = 1024 * 1024  # 1 GiB: beyond any path's bandwidth-delay product
+# The highest node rate cap (--max-rate, `max-rate`): 1 TiB/s, about 8.8 Tbit/s,
+# above any one host's links (800 Gbit/s is 93 GiB/s); a cap above it caps
+# nothing and is more likely a typo (a T for a G) than a wish.
+MAX_RATE = 1 << 40
 # The token bucket when -b is not given: 50 ms at the rate, at least one
 # smallest chunk. Small, so that a capped send's rate holds over any second
 # of it, not just on average (the scheduler's 5 ms ticks drain it in time).
