@@ -75,6 +75,7 @@ LOST_AFTER = 3.0  # a link silent this long is lost
 class _Link:
     route: bytes  # the gateway's routing id of the attached process
     peer: str  # its fingerprint (CURVE-proven)
+    host: str  # its address, as the gateway saw it
     last_heard: float
     seq: int = 0
 
@@ -113,7 +114,7 @@ class AttachActor(Actor):
             return
         peer = fingerprint(inbound.peer) if len(inbound.peer) == 32 else ""
         if isinstance(msg, AttachHello):
-            self._hello(inbound.route, peer, msg.actor)
+            self._hello(inbound.route, peer, inbound.peer_host, msg.actor)
             link = self.links.get("receiver")
             if msg.actor == "receiver" and link is not None and link.route == inbound.route:
                 self._offer_key(inbound.peer)
@@ -133,7 +134,7 @@ class AttachActor(Actor):
         else:
             self.count("link-unexpected")
 
-    def _hello(self, route: bytes, peer: str, actor: str) -> None:
+    def _hello(self, route: bytes, peer: str, host: str, actor: str) -> None:
         s = self.settings
         if actor not in s.remote_actors:
             code, reason = "not-remote", f"this node runs its own {actor!r} actor"
@@ -153,12 +154,13 @@ class AttachActor(Actor):
         if old is None or old.route != route:
             log.info("attach: %s attached as the node's %s actor", peer, actor)
             self.count("attached")
-        self.links[actor] = _Link(route=route, peer=peer, last_heard=self.now())
+        self.links[actor] = _Link(route=route, peer=peer, host=host, last_heard=self.now())
         self.facts[f"remote_{actor}"] = f"attached {peer}"
         if old is None:
             # A fresh actor: restart the proxy so every actor hears "restarted"
             # now that it is reachable (e.g. senders re-announce their flows).
-            self.tell(actor, LinkChanged(actor=actor))
+            why = f"now runs attached from {host} ({peer})"
+            self.tell(actor, LinkChanged(actor=actor, why=why))
 
     def _deliver(self, actor: str, mail: ActorMail) -> None:
         if mail.dest not in NODE_ACTORS or mail.dest == actor:
@@ -219,7 +221,8 @@ class AttachActor(Actor):
         log.warning("attach: lost the %s actor attached from %s (%s)", actor, link.peer, why)
         self.count("link-lost")
         self.facts[f"remote_{actor}"] = "lost"
-        self.tell(actor, LinkChanged(actor=actor))
+        why = f"lost its attachment from {link.host} ({why})"
+        self.tell(actor, LinkChanged(actor=actor, why=why))
         if actor == "receiver":
             self._offer_key(b"")
 
@@ -245,7 +248,7 @@ class RemoteActorProxy(Actor):
 
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, LinkChanged):
-            self.stop()
+            self.restart(msg.why or "changed its attachment")
             return
         payload = codec.encode(msg)
         if len(payload) > MAX_MAIL:

@@ -144,6 +144,10 @@ def test_an_attached_receiver_stores_in_its_own_inbox(
     storage.extra_args = ("--host", "127.0.0.1", "--inbox", str(tmp_path / "disk"))
     processes.append(storage.start())
     attached(gateway, "receiver", storage.fingerprint())
+    # The node restarts the receiver's stand-in on purpose: news, not a crash.
+    news = f"actor receiver now runs attached from 127.0.0.1 ({storage.fingerprint()}); restarting"
+    wait_until(lambda: news in gateway.log_text(), 10, "the attach in the node's log")
+    assert "stopped unexpectedly" not in gateway.log_text(), gateway.log_tail()
     sender = node_factory("--no-gossip")
     path = random_file(tmp_path / "f.bin", 5 * MiB + 3)
     code, result = sender.send(path, "127.0.0.1", gateway.port)
@@ -278,6 +282,12 @@ def test_a_lost_attached_sender_fails_its_transfer_cleanly(
     assert result["ok"] is False and "the sender crashed; try again" in result["error"]
     assert node.wait_for_counter("attach.link-lost", 1) == 1  # reported within 0.5 s
     assert node.status()["remote_sender"] == "lost"
+    # The loss is the warning; the stand-in's restart that follows is news.
+    news = "actor sender lost its attachment from 127.0.0.1 (silent for 3 s); restarting"
+    wait_until(lambda: news in node.log_text(), 10, "the stand-in's restart in the node's log")
+    log = node.log_text()
+    assert f"attach: lost the sender actor attached from {actor.fingerprint()}" in log, log
+    assert "stopped unexpectedly" not in log, log
     assert not any(p.name == "slow.bin" for p in receiver.inbox.glob("*"))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 import threading
@@ -52,7 +53,8 @@ def _no_unexpected_mail() -> Iterator[None]:
 
 class Recorder(Actor):
     """Answers Ping with Pong to ``reply_to``; gives up its state on
-    Ping(seq=666) (ActorFault) and trips over a bug on Ping(seq=667)."""
+    Ping(seq=666) (ActorFault), trips over a bug on Ping(seq=667) and stops
+    to be restarted on purpose on Ping(seq=665)."""
 
     name = "recorder"
     REPORT_TO = None
@@ -70,6 +72,9 @@ class Recorder(Actor):
             raise ActorFault("asked to crash")
         if msg.seq == 667:
             raise RuntimeError("a bug met by one message")
+        if msg.seq == 665:
+            self.restart("was asked to start afresh")
+            return
         self.log.append(msg.seq)
         self.tell(self.reply_to, Pong(seq=msg.seq))
 
@@ -175,6 +180,15 @@ def crashing_pair(env: ActorEnv, got: list[int], seen: list[int]) -> Supervisor:
     )
 
 
+def polled_until_restarted(sup: Supervisor, got: list[int]) -> None:
+    """After the first Pong, poll ``sup`` until it restarted the recorder."""
+    wait_for(lambda: got == [1])
+    deadline = time.monotonic() + DEADLINE
+    while sup.restarts["recorder"] == 0:
+        assert time.monotonic() < deadline, "recorder was not restarted"
+        sup.poll(0.05)
+
+
 def test_crashed_actor_is_restarted_and_node_keeps_serving() -> None:
     env = make_env()
     got: list[int] = []
@@ -182,12 +196,8 @@ def test_crashed_actor_is_restarted_and_node_keeps_serving() -> None:
     sup = crashing_pair(env, got, seen)
     sup.start()
     try:
-        wait_for(lambda: got == [1])
         # The recorder crashes on 666; the supervisor restarts it after backoff.
-        deadline = time.monotonic() + DEADLINE
-        while sup.restarts["recorder"] == 0:
-            assert time.monotonic() < deadline, "recorder was not restarted"
-            sup.poll(0.05)
+        polled_until_restarted(sup, got)
         # The restarted recorder serves new mail (sent from a fresh socket).
         ctx = env.context
         push = ctx.socket(zmq.PUSH)
@@ -202,6 +212,30 @@ def test_crashed_actor_is_restarted_and_node_keeps_serving() -> None:
         assert seen == [1, 5]
     finally:
         stop(sup)
+
+
+@pytest.mark.parametrize(("seq", "level", "line"), [
+    (665, logging.INFO, "actor recorder was asked to start afresh; restarting it in 0.1 s"),
+    (666, logging.WARNING, "actor recorder crashed; restarting in 0.1 s"),
+])  # fmt: skip
+def test_a_restart_on_purpose_is_news_and_a_crash_a_warning(
+    caplog: pytest.LogCaptureFixture, seq: int, level: int, line: str
+) -> None:
+    """An actor that stops to be started again (a proxy whose actor now runs
+    attached) is restarted as a crashed one is, logged at INFO with its
+    reason: only a crash (or an unexpected stop) is a warning."""
+    env = make_env()
+    got: list[int] = []
+    seen: list[int] = []
+    sup = ping_pair(env, [1, seq], got, seen)
+    caplog.set_level(logging.INFO, logger="peercrypt.supervisor")
+    sup.start()
+    try:
+        polled_until_restarted(sup, got)
+    finally:
+        stop(sup)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "peercrypt.supervisor"]
+    assert said == [(level, line)], said
 
 
 def test_run_until_sleeps_until_news_restarts_when_due_and_ends_on_wake() -> None:

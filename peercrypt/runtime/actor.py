@@ -7,7 +7,9 @@ only then says ``READY`` on the pipe. ``$TERM`` on the pipe makes it leave its
 loop. Whatever happens (a clean stop or an exception), the shim closes all the
 actor's sockets with LINGER 0 and reports ``STOPPED`` or ``CRASHED`` on the
 pipe, so the supervisor can always join it and the context can always be
-terminated.
+terminated; an actor that stops to be started again on purpose
+(:meth:`Actor.restart`) reports ``RESTART:<why>`` instead, which the
+supervisor logs as the news it is, not as a failure.
 
 Actors share no state: they talk only in encoded messages, through
 :meth:`Actor.tell` to another actor's mailbox, or over their network sockets.
@@ -59,6 +61,8 @@ TERM = b"$TERM"
 RESTARTED = b"$RESTARTED:"
 STOPPED = b"STOPPED"
 CRASHED = b"CRASHED"
+# Stopped on purpose to be started again (Actor.restart): RESTART:<why>.
+RESTART = b"RESTART:"
 # Cancelled timers an actor's heap may hold before it is rebuilt (when they
 # are also more than half of it: Actor._timer_cancelled).
 TIMERS_COMPACT_MIN = 64
@@ -321,6 +325,7 @@ class Actor:
         self._outboxes: dict[str, zmq.Socket[Any]] = {}
         self._repeats: list[Repeat] = []
         self._running = False
+        self._restart_why = ""  # set by restart(): the stop is on purpose
         # Change them by item (``[k] = v``, ``del``): that is what marks them changed.
         self.counters: Watched = Watched()
         self._log_bucket = TokenBucket(LOG_RATE, LOG_BURST, time.monotonic())
@@ -536,6 +541,14 @@ class Actor:
         """Leave the loop after the current step (from inside the actor)."""
         self._running = False
 
+    def restart(self, why: str) -> None:
+        """Leave the loop to be started again, on purpose (from inside the
+        actor): the supervisor restarts it and tells every actor, as after
+        a crash, and logs ``why`` (``now runs attached from ...``) as news,
+        not the warning of an actor that stopped unexpectedly."""
+        self._restart_why = why
+        self.stop()
+
     # -- the loop (runs in the actor's thread) ----------------------------------
 
     def _on_mailbox(self, sock: zmq.Socket[Any]) -> None:
@@ -638,6 +651,8 @@ class Actor:
             for sock in self._sockets:
                 sock.close(linger=0)
             self._sockets.clear()
+            if status == STOPPED and self._restart_why:
+                status = RESTART + self._restart_why.encode()
             with contextlib.suppress(zmq.ZMQError):
                 pipe.send(status, zmq.NOBLOCK)
             pipe.close(linger=0)

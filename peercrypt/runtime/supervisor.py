@@ -4,7 +4,10 @@
   READY (bounded); a failure stops the ones already started and raises.
 - :meth:`Supervisor.poll` (called from the node's main loop) notices a
   ``CRASHED`` actor and restarts it with exponential backoff (0.1 s doubling
-  to 10 s; reset after 30 s of healthy running). The node stays up.
+  to 10 s; reset after 30 s of healthy running). The node stays up. An
+  actor that stopped on purpose to be restarted (``RESTART:<why>``: a proxy
+  whose actor now runs attached) is restarted the same way, logged at INFO
+  with its reason instead of the warning.
 - :meth:`Supervisor.run_until` is that loop. It sleeps until an actor's news,
   a restart falling due or :meth:`Supervisor.wake` (from any thread, or a
   signal through :func:`signal.set_wakeup_fd`): an idle node's main thread
@@ -30,7 +33,16 @@ from typing import Any
 import zmq
 
 from peercrypt.core.backoff import Backoff
-from peercrypt.runtime.actor import CRASHED, FAILED, READY, RESTARTED, TERM, Actor, ActorEnv
+from peercrypt.runtime.actor import (
+    CRASHED,
+    FAILED,
+    READY,
+    RESTART,
+    RESTARTED,
+    TERM,
+    Actor,
+    ActorEnv,
+)
 
 log = logging.getLogger("peercrypt.supervisor")
 
@@ -202,12 +214,16 @@ class Supervisor:
                     slot.backoff.reset()
                 delay = slot.backoff.next_delay() or BACKOFF_MAX  # unlimited: never None
                 slot.restart_at = now + delay
-                log.warning(
-                    "actor %s %s; restarting in %.1f s",
-                    slot.name,
-                    "crashed" if status == CRASHED else "stopped unexpectedly",
-                    delay,
-                )
+                if status.startswith(RESTART):  # on purpose (Actor.restart): news, not a fault
+                    why = status[len(RESTART) :].decode(errors="replace")
+                    log.info("actor %s %s; restarting it in %.1f s", slot.name, why, delay)
+                else:
+                    log.warning(
+                        "actor %s %s; restarting in %.1f s",
+                        slot.name,
+                        "crashed" if status == CRASHED else "stopped unexpectedly",
+                        delay,
+                    )
             if slot.restart_at is not None and now >= slot.restart_at and not self._stopped:
                 slot.restart_at = None
                 slot.restarts += 1

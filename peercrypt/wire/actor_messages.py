@@ -66,8 +66,12 @@ class AttachBeat(Message):
 @message
 @dataclass(frozen=True, kw_only=True)
 class LinkChanged(Message):
+    """attach -> a proxy: its actor attached or was lost; the proxy restarts
+    (``why``: what its restart's log line says)."""
+
     TYPE = "link-changed"
     actor: str = field(metadata=bounded(ACTOR_NAME, 1))
+    why: str = field(default="", metadata=bounded(512))
 
 
 @message
