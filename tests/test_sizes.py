@@ -133,10 +133,12 @@ def test_the_range_check_names_the_value_read() -> None:
 
 
 def _resolve(
-    environ: dict[str, str] | None = None, file: dict[str, object] | None = None
+    environ: dict[str, str] | None = None,
+    file: dict[str, object] | None = None,
+    dotenv: dict[str, str] | None = None,
 ) -> config.Effective:
     return config.resolve(
-        {}, config=file or {}, config_path=Path("/etc/pc.toml"), dotenv={},
+        {}, config=file or {}, config_path=Path("/etc/pc.toml"), dotenv=dotenv or {},
         dotenv_path=Path("/w/.env"), environ=environ or {},
     )  # fmt: skip
 
@@ -177,12 +179,15 @@ def test_a_size_setting_takes_suffixes_in_every_layer(setting: config.Setting) -
     )
     with pytest.raises(config.ConfigError, match=rf"^/etc/pc\.toml: {setting.name}=-1: negative"):
         _resolve(file={setting.name: -1})
-    # Past its maximum: out of range, from a variable and from the file.
+    # Past its maximum: out of range, from a variable, .env and the file.
     over, rate = human(value * 2), setting.kind == "rate"
     why = f"out of range ({human(value * 2, rate=rate)}); expected {setting.accepted()}"
     with pytest.raises(config.ConfigError) as err:
         _resolve(environ={setting.env: over})
     assert str(err.value) == f"{setting.env}='{over}': {why}"
+    with pytest.raises(config.ConfigError) as err:
+        _resolve(dotenv={setting.env: over})
+    assert str(err.value) == f"/w/.env: {setting.env}='{over}': {why}"
     with pytest.raises(config.ConfigError) as err:
         _resolve(file={setting.name: value * 2})  # a TOML integer
     assert str(err.value) == f"/etc/pc.toml: {setting.name}={value * 2}: {why}"
