@@ -124,6 +124,18 @@ def test_click_usage_errors(
     assert "valid float range" not in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("group", [[], ["stats"], ["config"], ["actor"]])
+def test_a_command_group_alone_prints_its_help(tmp_path: Path, group: list[str]) -> None:
+    """`peercrypt` or `peercrypt stats` alone is asking for the commands:
+    the help on stdout, exit 0 (it printed the whole help on stderr as one
+    `peercrypt: error: usage: ...`, exit 2)."""
+    result = run_cli(*group, data_dir=tmp_path / "dd" if group else None)
+    assert result.returncode == 0, result.describe()
+    assert result.stderr == ""
+    assert result.stdout.startswith(f"Usage: {' '.join(['peercrypt', *group])} [OPTIONS] COMMAND")
+    assert "\nCommands:\n" in result.stdout
+
+
 @pytest.mark.parametrize("command", ["send", "node"])
 def test_no_network_key_and_no_open(tmp_path: Path, source: Path, command: str) -> None:
     args = (

@@ -77,6 +77,11 @@ def execute(group: click.Group, args: list[str], prog_name: str = "peercrypt") -
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # `peercrypt` or `peercrypt stats` alone: the help asked for, not an error
+        # (click's message is the whole help, which read as `error: usage: ...`).
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        return errors.OK
     except click.UsageError as exc:
         click.echo(usage_line(exc), err=True)
         return exc.exit_code
