@@ -68,6 +68,7 @@ from peercrypt.wire.network_messages import (  # discovery and health monitoring
 log = logging.getLogger("peercrypt.control")
 
 MAX_PENDING = 1024
+QUIET_BEAT = 5.0  # seconds between the Progress a quiet send's client still gets
 OTHER_IDS = 1 << 40  # ids of requests that are not sends start here (sends: from 1)
 CANCELLED_BY_USER = "cancelled by the user"  # as the sender and msender say it
 MAX_TRANSFER_ROWS = 1024  # TransfersReply.transfers' bound
@@ -141,6 +142,11 @@ class ControlActor(Actor):
         # a request too: sends were numbered 724, 734 after a dozen).
         self.next_send = 1
         self.next_other = OTHER_IDS
+        # Sends whose client shows no progress (`send --json`, `--no-progress`,
+        # the shell's background sends): our id -> (when one was last relayed,
+        # its note). They get a Progress with a new note, or every QUIET_BEAT s
+        # (the client's sign that the node is alive), not every tick.
+        self.quiet: dict[int, tuple[float, str]] = {}
         self.sending: dict[int, tuple[str, int]] = {}  # sends under way: destination
         # sends and multicasts waiting for members' records at their addresses
         self.placing: dict[int, SendRequest | _mc.McSendRequest] = {}
@@ -226,6 +232,8 @@ class ControlActor(Actor):
             else:
                 ours, self.next_other = self.next_other, self.next_other + 1
             self.pending[ours] = (route, cast(Any, msg).request)
+            if isinstance(msg, SendRequest) and msg.quiet:
+                self.quiet[ours] = (self.now(), "")
             if isinstance(msg, SendRequest | _mc.McSendRequest):  # whom records place there
                 self._place_first(cast(SendRequest | _mc.McSendRequest, _with_request(msg, ours)))
             else:
@@ -309,7 +317,7 @@ class ControlActor(Actor):
         # a check, a multicast is answered by its own actor, as before).
         for ours in list(self.sending):
             del self.sending[ours]
-            entry = self.pending.pop(ours, None)
+            entry = self._forget(ours)
             if entry is None:
                 continue
             route, theirs = entry
@@ -336,7 +344,14 @@ class ControlActor(Actor):
             self.count("progress-relayed", len(progress))
             if dropped:
                 self.count("progress-malformed", dropped)
+            now = self.now()
             for p in progress:
+                beat = self.quiet.get(p.request)
+                if beat is not None:
+                    if p.note == beat[1] and now - beat[0] < QUIET_BEAT:
+                        self.count("progress-held")
+                        continue
+                    self.quiet[p.request] = (now, p.note)
                 self._relay(p, p.request)
         elif type(msg) in REPLIES:
             request: int = cast(Any, msg).request
@@ -377,6 +392,11 @@ class ControlActor(Actor):
             self.count("transfers-unanswered")
         self._relay(TransfersReply(request=ours, transfers=rows, unanswered=missing), ours)
 
+    def _forget(self, ours: int) -> tuple[bytes, int] | None:
+        """Request ``ours`` is answered: its client's route and id, if it was pending."""
+        self.quiet.pop(ours, None)
+        return self.pending.pop(ours, None)
+
     def _relay(self, msg: codec.Message, request: int) -> None:
         """``msg`` to the client of our request id ``request`` (with theirs)."""
         entry = self.pending.get(request)
@@ -384,7 +404,7 @@ class ControlActor(Actor):
             return
         route, theirs = entry
         if REPLIES[type(msg)]:
-            del self.pending[request]
+            self._forget(request)
         self.api.send_multipart([route, _local(_with_request(msg, theirs))])
 
     # -- whom members' records place at a send's addresses (actors/health.py) ------
@@ -437,7 +457,7 @@ class ControlActor(Actor):
         self.tell(ROUTES[SendRequest], dataclasses.replace(req, members=here))
 
     def _refuse_multicast(self, ours: int, code: str, reason: str) -> None:
-        entry = self.pending.pop(ours, None)
+        entry = self._forget(ours)
         if entry is None:
             return
         route, theirs = entry
@@ -445,7 +465,7 @@ class ControlActor(Actor):
         self.api.send_multipart([route, _local(result)])
 
     def _refuse_send(self, req: SendRequest, code: str, reason: str) -> None:
-        entry = self.pending.pop(req.request, None)
+        entry = self._forget(req.request)
         if entry is None:
             return
         route, theirs = entry

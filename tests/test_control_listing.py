@@ -20,8 +20,8 @@ from peercrypt.crypto.identity import load_or_create_identity, network_server_ke
 from peercrypt.runtime.actor import ActorEnv
 from peercrypt.settings import NodeSettings
 from peercrypt.testing.clock import FakeClock
-from peercrypt.wire import codec
-from peercrypt.wire.local_messages import Progress, SendRequest
+from peercrypt.wire import codec, columns
+from peercrypt.wire.local_messages import Progress, Progresses, SendRequest
 from peercrypt.wire.messages import SettingReply, SettingRequest, TransfersReply, TransfersRequest
 from peercrypt.wire.multicast_messages import McSendRequest
 from peercrypt.wire.network_messages import MembersAtReply, MembersAtRequest
@@ -223,3 +223,41 @@ def test_sends_are_numbered_from_one_whatever_else_was_asked(rig: Rig) -> None:
         placed.append(codec.decode(rig.mailboxes["health"].recv()))
     assert [m.request for m in placed] == [1, 2, 3]
     assert min(others) > 3 and len(set(others)) == len(others)
+
+
+def test_a_quiet_sends_client_gets_notes_and_a_beat_not_every_tick(rig: Rig) -> None:
+    """A send whose client shows no progress (`send --json`) gets a Progress
+    only with a new note or every QUIET_BEAT seconds (its sign the node is
+    alive); a send whose client draws a bar gets every tick's."""
+    for request, quiet in ((51, True), (52, False)):
+        msg = SendRequest(
+            request=request, path="/q", host="127.0.0.1", port=9, chunk_size=4096, quiet=quiet
+        )
+        rig.client.send_multipart([TOKEN.encode(), codec.encode(msg, codec.LOCAL_VERSION)])
+        assert rig.actor.api.poll(5000), "control got no request"
+        rig.actor._on_client(rig.actor.api)
+    ours = {51: rig.actor.next_send - 2, 52: rig.actor.next_send - 1}
+    while rig.client.poll(50):  # each send's `checking` while it is placed
+        rig.client.recv()
+    got: dict[int, list[str]] = {51: [], 52: []}
+
+    def tick(note: str = "") -> None:
+        rig.clock.advance(0.1)
+        reports = [Progress(request=ours[r], done_bytes=1, total_bytes=9, note=note) for r in ours]
+        for batch in columns.batches(reports, Progresses):
+            rig.actor.on_mail(batch)
+        while rig.client.poll(50):
+            p = codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION)
+            if isinstance(p, Progress) and p.request in got:
+                got[p.request].append(p.note)
+
+    ticks = int(control.QUIET_BEAT / 0.1) + 5  # one beat and a little
+    for _ in range(ticks):
+        tick()
+    tick("the receiver's port closed; retrying")
+    tick("the receiver's port closed; retrying")  # the same note: not again
+    assert len(got[52]) == ticks + 2  # every tick
+    assert got[51] == ["", "the receiver's port closed; retrying"], got[51]
+    rig.clock.advance(control.QUIET_BEAT)
+    tick("the receiver's port closed; retrying")
+    assert len(got[51]) == 3  # the beat, though nothing changed

@@ -226,6 +226,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
         client = ControlClient.for_data_dir(data_dir)
     except NodeUnavailable:
         return None  # the command runs a temporary node
+    show = wanted(as_json, "--no-progress" in line.flags, "--progress" in line.flags)
     with client:
         request = client.next_id()
         client.send(
@@ -243,6 +244,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
                 # -t alone selects parallel mode (peercrypt.cli.modes.select_mode).
                 mode="parallel" if lanes is not None else None,
                 lanes=int(lanes) if lanes is not None else None,
+                quiet=not show,
             )
         )
         try:
@@ -260,7 +262,6 @@ def _send(line: Line, data_dir: Path) -> int | None:
             result = first
         else:
             try:
-                show = wanted(as_json, "--no-progress" in line.flags, "--progress" in line.flags)
                 view = progress_view(paths, show)
                 result = follow(client, request, paths[0], SendResult, timeout, view=view)
             except errors.CommandError as exc:  # as the command says it

@@ -204,6 +204,7 @@ def send(
                 expect=pins,
             )
         request = client.next_id()
+        show = wanted(as_json, no_progress, progress)
         client.send(
             SendRequest(
                 request=request,
@@ -216,10 +217,11 @@ def send(
                 timeout=timeout,
                 force=force,
                 expect=pins[0] if pins else "",
+                quiet=not show,
                 **overrides,
             )
         )
-        view = progress_view(paths, wanted(as_json, no_progress, progress))
+        view = progress_view(paths, show)
         result = follow(client, request, path, SendResult, timeout, view=view)
     _report(result, path, host, port, as_json)
 

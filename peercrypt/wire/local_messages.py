@@ -71,6 +71,10 @@ class SendRequest(Message):
     # Fingerprints members' own signed records list at HOST:PORT (the control
     # actor asks health; crypto/known_peers.py decides with them).
     members: list[str] = field(default_factory=list, metadata=bounded(16))
+    # Its client shows no progress (--json, --no-progress, no terminal): the
+    # node relays a Progress only with a new note, or every few seconds as a
+    # sign that it is alive (actors/control.py, QUIET_BEAT), not every tick.
+    quiet: bool = False
 
 
 @message
