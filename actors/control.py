@@ -232,7 +232,7 @@ class ControlActor(Actor):
             else:
                 ours, self.next_other = self.next_other, self.next_other + 1
             self.pending[ours] = (route, cast(Any, msg).request)
-            if isinstance(msg, SendRequest) and msg.quiet:
+            if isinstance(msg, SendRequest | _mc.McSendRequest) and msg.quiet:
                 self.quiet[ours] = (self.now(), "")
             if isinstance(msg, SendRequest | _mc.McSendRequest):  # whom records place there
                 self._place_first(cast(SendRequest | _mc.McSendRequest, _with_request(msg, ours)))
@@ -344,14 +344,7 @@ class ControlActor(Actor):
             self.count("progress-relayed", len(progress))
             if dropped:
                 self.count("progress-malformed", dropped)
-            now = self.now()
             for p in progress:
-                beat = self.quiet.get(p.request)
-                if beat is not None:
-                    if p.note == beat[1] and now - beat[0] < QUIET_BEAT:
-                        self.count("progress-held")
-                        continue
-                    self.quiet[p.request] = (now, p.note)
                 self._relay(p, p.request)
         elif type(msg) in REPLIES:
             request: int = cast(Any, msg).request
@@ -397,10 +390,28 @@ class ControlActor(Actor):
         self.quiet.pop(ours, None)
         return self.pending.pop(ours, None)
 
+    def _held(self, msg: codec.Message, request: int) -> bool:
+        """Whether the quiet send ``request``'s client does without ``msg``:
+        a McTargetProgress always (it draws nothing), a Progress unless its
+        note is new or QUIET_BEAT seconds passed since the last one it got."""
+        if isinstance(msg, McTargetProgress):
+            return True
+        if not isinstance(msg, Progress):
+            return False
+        now = self.now()
+        last, note = self.quiet[request]
+        if msg.note == note and now - last < QUIET_BEAT:
+            return True
+        self.quiet[request] = (now, msg.note)
+        return False
+
     def _relay(self, msg: codec.Message, request: int) -> None:
         """``msg`` to the client of our request id ``request`` (with theirs)."""
         entry = self.pending.get(request)
         if entry is None:
+            return
+        if request in self.quiet and self._held(msg, request):
+            self.count("progress-held")
             return
         route, theirs = entry
         if REPLIES[type(msg)]:

@@ -21,9 +21,9 @@ from peercrypt.runtime.actor import ActorEnv
 from peercrypt.settings import NodeSettings
 from peercrypt.testing.clock import FakeClock
 from peercrypt.wire import codec, columns
-from peercrypt.wire.local_messages import Progress, Progresses, SendRequest
+from peercrypt.wire.local_messages import McTargetProgress, Progress, Progresses, SendRequest
 from peercrypt.wire.messages import SettingReply, SettingRequest, TransfersReply, TransfersRequest
-from peercrypt.wire.multicast_messages import McSendRequest
+from peercrypt.wire.multicast_messages import McSendRequest, McTargetResult
 from peercrypt.wire.network_messages import MembersAtReply, MembersAtRequest
 
 TOKEN = "t" * 32
@@ -261,3 +261,29 @@ def test_a_quiet_sends_client_gets_notes_and_a_beat_not_every_tick(rig: Rig) -> 
     rig.clock.advance(control.QUIET_BEAT)
     tick("the receiver's port closed; retrying")
     assert len(got[51]) == 3  # the beat, though nothing changed
+
+
+def test_a_quiet_multicasts_client_gets_no_receiver_progress(rig: Rig) -> None:
+    """A multicast whose client draws nothing gets no McTargetProgress (each
+    receiver's McTargetResult still comes) and its Progress as a quiet
+    send's: a beat every QUIET_BEAT seconds."""
+    msg = McSendRequest(request=61, path="/m", targets=["127.0.0.1:9"], chunk_size=4096, quiet=True)
+    rig.client.send_multipart([TOKEN.encode(), codec.encode(msg, codec.LOCAL_VERSION)])
+    assert rig.actor.api.poll(5000), "control got no request"
+    rig.actor._on_client(rig.actor.api)
+    ours = rig.actor.next_send - 1
+    got: list[str] = []
+    for _ in range(int(control.QUIET_BEAT / 0.1) + 5):
+        rig.clock.advance(0.1)
+        for m in (
+            McTargetProgress(request=ours, target="127.0.0.1:9", state="sending",
+                             done_bytes=1, total_bytes=9),
+            Progress(request=ours, done_bytes=1, total_bytes=9),
+        ):  # fmt: skip
+            rig.actor.on_mail(m)
+    rig.actor.on_mail(
+        McTargetResult(request=ours, target="127.0.0.1:9", code="ok", stored_as="m", reason="")
+    )
+    while rig.client.poll(100):
+        got.append(type(codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION)).__name__)
+    assert got == ["Progress", "McTargetResult"], got

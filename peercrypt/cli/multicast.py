@@ -121,6 +121,7 @@ def multicast_send(
             timeout=timeout,
             group=group,
             expect=expect,
+            quiet=not show,
         )
     )
     result = follow(

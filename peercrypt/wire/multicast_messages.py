@@ -199,6 +199,9 @@ class McSendRequest(Message):
     # Target -> fingerprints members' own signed records list there (the
     # control actor fills it in from health; crypto/known_peers.py decides with it).
     members: dict[str, list[str]] = field(default_factory=dict, metadata=bounded(MAX_TARGETS))
+    # Its client shows no progress: as SendRequest.quiet (no McTargetProgress
+    # at all; each receiver's result still comes as it happens).
+    quiet: bool = False
 
 
 @message
