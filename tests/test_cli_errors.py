@@ -136,6 +136,12 @@ def test_a_command_group_alone_prints_its_help(tmp_path: Path, group: list[str])
     assert "\nCommands:\n" in result.stdout
 
 
+def test_options_and_no_command_say_where_the_commands_are(tmp_path: Path) -> None:
+    bare = run_cli(data_dir=tmp_path / "dd")
+    assert bare.returncode == errors.USAGE, bare.describe()
+    assert bare.stderr == "peercrypt: error: missing command; `peercrypt --help` lists them\n"
+
+
 @pytest.mark.parametrize("command", ["send", "node"])
 def test_no_network_key_and_no_open(tmp_path: Path, source: Path, command: str) -> None:
     args = (

@@ -53,6 +53,9 @@ def usage_line(exc: click.ClickException) -> str:
         assert ctx is not None and isinstance(ctx.command, click.Group)
         wrong = re.match(r"No such command '(.*?)'", message)
         message = unknown_command(wrong[1] if wrong else "", ctx.command.list_commands(ctx))
+    elif message == "Missing command" and isinstance(ctx and ctx.command, click.Group):
+        assert ctx is not None
+        message = f"missing command; `{ctx.command_path} --help` lists them"
     elif (
         isinstance(exc, click.UsageError)
         and ctx is not None
