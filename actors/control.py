@@ -16,6 +16,7 @@ import functools
 import hmac
 import json
 import logging
+import math
 import os
 import secrets
 from pathlib import Path
@@ -233,7 +234,9 @@ class ControlActor(Actor):
                 ours, self.next_other = self.next_other, self.next_other + 1
             self.pending[ours] = (route, cast(Any, msg).request)
             if isinstance(msg, SendRequest | _mc.McSendRequest) and msg.quiet:
-                self.quiet[ours] = (self.now(), "")
+                # Its first Progress goes at once: the command's sign that the
+                # node took the request (`send` gives a node 2 s to answer).
+                self.quiet[ours] = (-math.inf, "")
             if isinstance(msg, SendRequest | _mc.McSendRequest):  # whom records place there
                 self._place_first(cast(SendRequest | _mc.McSendRequest, _with_request(msg, ours)))
             else:

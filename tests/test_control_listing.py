@@ -237,8 +237,10 @@ def test_a_quiet_sends_client_gets_notes_and_a_beat_not_every_tick(rig: Rig) -> 
         assert rig.actor.api.poll(5000), "control got no request"
         rig.actor._on_client(rig.actor.api)
     ours = {51: rig.actor.next_send - 2, 52: rig.actor.next_send - 1}
-    while rig.client.poll(50):  # each send's `checking` while it is placed
-        rig.client.recv()
+    first = []  # each send's `checking` while it is placed: a quiet one's too,
+    while rig.client.poll(50):  # the command's sign that the node took it
+        first.append(codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION))
+    assert sorted(p.request for p in first if isinstance(p, Progress)) == [51, 52], first
     got: dict[int, list[str]] = {51: [], 52: []}
 
     def tick(note: str = "") -> None:
@@ -266,7 +268,7 @@ def test_a_quiet_sends_client_gets_notes_and_a_beat_not_every_tick(rig: Rig) -> 
 def test_a_quiet_multicasts_client_gets_no_receiver_progress(rig: Rig) -> None:
     """A multicast whose client draws nothing gets no McTargetProgress (each
     receiver's McTargetResult still comes) and its Progress as a quiet
-    send's: a beat every QUIET_BEAT seconds."""
+    send's: the first, then a beat every QUIET_BEAT seconds."""
     msg = McSendRequest(request=61, path="/m", targets=["127.0.0.1:9"], chunk_size=4096, quiet=True)
     rig.client.send_multipart([TOKEN.encode(), codec.encode(msg, codec.LOCAL_VERSION)])
     assert rig.actor.api.poll(5000), "control got no request"
@@ -286,4 +288,4 @@ def test_a_quiet_multicasts_client_gets_no_receiver_progress(rig: Rig) -> None:
     )
     while rig.client.poll(100):
         got.append(type(codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION)).__name__)
-    assert got == ["Progress", "McTargetResult"], got
+    assert got == ["Progress", "Progress", "McTargetResult"], got  # the first, a beat
