@@ -108,6 +108,7 @@ def test_start_runs_every_command_of_the_shell(
     pty.run("peers --json", r"\[")
     pty.run("transfers", "no transfers running")
     pty.run("rate 0", r"rate of 0 transfer\(s\) is now unlimited")
+    pty.run("max-rate", "node rate cap: none")
     # A wrong command or option: one line saying what is valid; the shell goes on.
     out = pty.run("sned", r"peercrypt: error: no such command 'sned' \(did you mean 'send'\?\)")
     assert "commands: " in out and "Traceback" not in out
@@ -121,6 +122,7 @@ def test_start_runs_every_command_of_the_shell(
     # A background send, paced so it lasts, while the prompt answers.
     source = make_file(3 * 1024 * 1024)
     pty.run("max-rate 1.5M", r"node rate cap is now 1\.5 MiB/s")
+    pty.run("max-rate", r"node rate cap: 1\.5 MiB/s")
     # Multicast in the foreground (it may ask for more targets), with a line per receiver.
     few = make_file(1024 * 1024)
     pty.child.sendline(f"send {few} {host} {port} -m")

@@ -371,8 +371,11 @@ def test_sizes_take_effect_on_a_real_node(
         return next((x for x in lines if x.startswith("  max_rate: ")), "")
 
     wait_until(lambda: cap("--json") == "1610612736", 10, "the new cap in status --json")
+    shown = node.cli("max-rate")  # no value: the cap, not a usage error
+    assert (shown.returncode, shown.stdout) == (0, "node rate cap: 1.5 GiB/s\n"), shown.describe()
     assert node.cli("max-rate", "0").stdout == "node rate cap removed\n"
     wait_until(lambda: cap() == "  max_rate: none", 10, "no cap in status")
+    assert node.cli("max-rate").stdout == "node rate cap: none\n"
     node.stop()
     configured = node_factory(name="file", start=False)
     configured.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -52,7 +52,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "max-rate": (
         "modes",
         "max_rate",
-        "Cap all outgoing transfers of the node together (0: no cap), live.",
+        "Show or set the cap of all outgoing transfers of the node together (0: no cap), live.",
     ),
     "congestion": (
         "modes",

@@ -151,6 +151,14 @@ SIZE_HELP = "Takes suffixes: 64K, 1.5M, 2GiB (1024); 10MB (1000)."
 RATE_HELP = "Takes suffixes: 64K, 1.5M, 2GiB (1024); 10MB (1000); /s optional."
 
 
+class OptionalArgument(click.Argument):
+    """An argument that may be left out: ``[NAME]`` (its metavar) in the
+    usage line, but ``NAME`` in the error about its value."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        return f"'{(self.name or '').upper()}'"
+
+
 def setting_option(name: str, param: str | None = None) -> Callable[[F], F]:
     """The click option of a setting of :data:`peercrypt.config.SETTINGS`.
 

@@ -18,12 +18,14 @@ from peercrypt.cli.common import (
     RATE_HELP,
     SIZE_HELP,
     ByteSize,
+    OptionalArgument,
     UserError,
     count_in,
     table,
     terminal_width,
 )
 from peercrypt.cli.follow import refusal
+from peercrypt.cli.status_view import rate_cap
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.modes import (
     ALL_MODES,
@@ -309,14 +311,31 @@ def _cancel_send(obj: dict[str, Any], transfer: int) -> None:
 
 
 @click.command("max-rate")
-@click.argument("bytes_per_sec", metavar="BYTES_PER_SEC", type=ByteSize(0, MAX_RATE, rate=True))
+@click.argument(
+    "bytes_per_sec",
+    cls=OptionalArgument,
+    metavar="[BYTES_PER_SEC]",
+    required=False,
+    type=ByteSize(0, MAX_RATE, rate=True),
+)
 @click.pass_obj
-def max_rate(obj: dict[str, Any], bytes_per_sec: int) -> None:
-    """Cap all outgoing transfers of the node together (0: no cap), live.
+def max_rate(obj: dict[str, Any], bytes_per_sec: int | None) -> None:
+    """Show or set the cap of all outgoing transfers of the node together (0: no cap), live.
 
     BYTES_PER_SEC takes suffixes: 512, 64K, 1.5M, 2GiB (1024); 10MB (1000); /s optional.
     """
-    _setting(obj, "max-rate", str(bytes_per_sec))
+    if bytes_per_sec is not None:
+        _setting(obj, "max-rate", str(bytes_per_sec))
+        return
+    click.echo(f"node rate cap: {rate_cap(_node_fact(obj, 'max_rate', ''))}")
+
+
+def _node_fact(obj: dict[str, Any], key: str, default: str) -> str:
+    """One fact of the node's status (a live setting's current value)."""
+    reply = _ask(obj, StatusRequest(request=1))
+    if not isinstance(reply, StatusReply):
+        raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
+    return str(reply.node.get(key, default))
 
 
 @click.command("congestion")
@@ -339,10 +358,7 @@ def congestion(obj: dict[str, Any], pairs: tuple[str, ...], as_json: bool) -> No
         _setting(obj, "congestion", " ".join(f"{k}={v}" for k, v in words), quiet=as_json)
         if not as_json:
             return
-    reply = _ask(obj, StatusRequest(request=1))
-    if not isinstance(reply, StatusReply):
-        raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
-    fact = reply.node.get("aimd", "unknown")
+    fact = _node_fact(obj, "aimd", "unknown")
     click.echo(json.dumps(_aimd_json(fact)) if as_json else f"congestion: {fact}")
 
 

@@ -60,9 +60,9 @@ def _incoming(text: str) -> str:
         return text
 
 
-def _max_rate(text: str) -> str:
+def rate_cap(text: str) -> str:
     """The node's rate cap in human units (``--json`` keeps the bytes/s)."""
     return readable(int(text), rate=True) if text.isdigit() and int(text) else "none"
 
 
-_VIEWS = {"last_in": _last_in, "incoming": _incoming, "max_rate": _max_rate}
+_VIEWS = {"last_in": _last_in, "incoming": _incoming, "max_rate": rate_cap}
