@@ -871,6 +871,8 @@ class SenderActor(Actor):
             ipc = local_ipc.usable_target(accept.data_ipc, accept.host_tag, mine)
         flow.host_local = ipc is not None  # lanes add nothing on this host's socket
         flow.on_accept(have, accept.window, self.now(), accept.chunk_size)
+        if flow.resumed:  # the history's series counts only the bytes that cross
+            self.tell("stats", self._record(t, "running"))
         ring = bool(accept.data_ring and mine and self.settings.shm_ring and flow.lanes == 1)
         if ring and any(o.ring is not None for o in self.transfers.values()):
             # One ring at a time: its pages count in this node's RSS too.

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from peercrypt.core.sampling import Point, SeriesSampler
-from peercrypt.history.db import HistoryWriter, Retention, db_path
+from peercrypt.history.db import HistoryWriter, Retention, db_path, held_bytes
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
@@ -134,7 +134,9 @@ class StatsActor(Actor):
         entry = self.open.get(key)
         if r.result == "running":
             if entry is None and len(self.open) < MAX_OPEN:
-                self.open[key] = (ident, SeriesSampler())
+                entry = self.open[key] = (ident, SeriesSampler())
+            if entry is not None:  # a resume: what the receiver held did not cross
+                entry[1].hold(held_bytes({"size": r.size, "bytes": r.done_bytes, "stats": r.stats}))
             return
         self.open.pop(key, None)
         last = self.last.pop(key, None)

@@ -306,14 +306,11 @@ def _history_row(node: NodeProcess, side: str, file: str) -> dict[str, Any]:
     return wait_until(found, 20, f"the {side} row of {file}")
 
 
-def test_the_receivers_history_rates_only_what_crossed_in_a_resume(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
-) -> None:
-    """A resumed transfer's receiving row counts the bytes its kept part
-    held as held, not moved: `stats show` and `stats list` rate the rest."""
-    receiver = node_factory(name="receiver")
-    sender = node_factory(name="sender")
-    path = make_file(SIZE, name="resumed.bin")
+def _resume_a_killed_receivers_transfer(
+    sender: NodeProcess, receiver: NodeProcess, path: Path
+) -> tuple[int, dict[str, Any]]:
+    """Kill the receiver after a checkpoint, restart it and send again: the
+    bytes its kept part held, and the resend's outcome."""
     with _background_send(sender, path, receiver) as proc:
         _wait_for_checkpoint(receiver.inbox, proc)
         receiver.kill()
@@ -324,6 +321,18 @@ def test_the_receivers_history_rates_only_what_crossed_in_a_resume(
     receiver.start()
     info = _resend_ok(sender, path, receiver)
     assert info["stats"]["resumed_chunks"] * CHUNK == held, info["stats"]
+    return held, info
+
+
+def test_the_receivers_history_rates_only_what_crossed_in_a_resume(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A resumed transfer's receiving row counts the bytes its kept part
+    held as held, not moved: `stats show` and `stats list` rate the rest."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(SIZE, name="resumed.bin")
+    held, info = _resume_a_killed_receivers_transfer(sender, receiver, path)
     row = _history_row(receiver, "receive", info["stored_as"])
     shown = receiver.cli("stats", "show", str(row["id"])).stdout
     rate = f"{(SIZE - held) / row['duration'] / MiB:.1f} MiB/s"
@@ -335,3 +344,27 @@ def test_the_receivers_history_rates_only_what_crossed_in_a_resume(
     assert re.search(rf" {re.escape(rate)} +ok$", line), line
     # The row's bytes stay the file's, as exported; what it held is its own count.
     assert row["bytes"] == SIZE and row["stats"]["held_bytes"] == held, row
+
+
+def test_a_resumes_time_series_adds_up_to_what_crossed_on_both_sides(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """The samples of a resumed transfer, sending and receiving side: their
+    throughput over time adds up to the bytes that crossed (within a chunk:
+    the receiver counts whole chunks written), not to the whole file (the
+    first sample would hold the kept part, a spike in `stats plot`)."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(SIZE, name="series.bin")
+    held, info = _resume_a_killed_receivers_transfer(sender, receiver, path)
+    for node, side, file in (
+        (receiver, "receive", info["stored_as"]),
+        (sender, "send", str(path)),
+    ):
+        row = _history_row(node, side, file)
+        shown = node.cli("stats", "show", str(row["id"]), "--json")
+        samples = json.loads(shown.stdout)["samples"]
+        before = [0.0] + [s["t"] for s in samples[:-1]]
+        moved = sum(s["throughput"] * (s["t"] - b) for s, b in zip(samples, before, strict=True))
+        assert samples and samples[-1]["bytes"] == SIZE, (side, samples)
+        assert abs(moved - (SIZE - held)) <= CHUNK, (side, moved, SIZE - held, samples[:3])

@@ -28,6 +28,7 @@ from peercrypt.history.db import (
     get_samples,
     get_transfer,
     get_transfers,
+    held_bytes,
     list_transfers,
     open_reader,
 )
@@ -110,25 +111,10 @@ def _when(started: float) -> str:
     return dt.datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _held(row: dict[str, Any]) -> int:
-    """Bytes of the file the receiver held when the transfer began (a
-    resume, or a file delivered before): they did not cross in this
-    transfer. A receiving side's row records them (``stats.held_bytes``), a
-    sender's by its count of chunks the receiver said it held; a receiving
-    row recorded before ``held_bytes`` was counts none."""
-    stats = row["stats"]
-    if "held_bytes" in stats:
-        held = int(stats["held_bytes"])
-    else:
-        chunks, resumed = stats.get("chunks", 0), stats.get("resumed_chunks", 0)
-        held = int(row["size"] * resumed / chunks) if chunks > 0 and resumed > 0 else 0
-    return max(0, min(int(row["bytes"]), held))
-
-
 def _rate(row: dict[str, Any]) -> str:
     """The rate of the bytes that crossed: 'had it' when none did."""
-    moved = row["bytes"] - _held(row)
-    if _held(row) and moved <= 0:
+    moved = row["bytes"] - held_bytes(row)
+    if held_bytes(row) and moved <= 0:
         return "had it"
     if row["duration"] <= 0 or moved <= 0:
         return "-"
@@ -136,7 +122,7 @@ def _rate(row: dict[str, Any]) -> str:
 
 
 def _moved(row: dict[str, Any]) -> str:
-    held = _held(row)
+    held = held_bytes(row)
     text = f"{readable(row['bytes'] - held)} in {row['duration']:.3f} s, {_rate(row)}"
     return text + (f" ({readable(held)} held already)" if held else "")
 

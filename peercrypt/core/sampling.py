@@ -11,7 +11,9 @@ The kept points are final (the store appends them as they come, so a crash
 loses at most the unflushed tail); thinning never rewrites what was kept.
 
 Throughput is the bytes done between two kept points over the time between
-them, so the series integrates back to the bytes moved.
+them, so the series integrates back to the bytes moved. Bytes the transfer
+had before it began (a resume: :meth:`SeriesSampler.hold`) did not move in
+it: the points' ``bytes`` count them, their throughput does not.
 
 Pure: ``t`` (seconds since the transfer started) is passed in; nothing reads
 a clock.
@@ -61,6 +63,12 @@ class SeriesSampler:
         # The series is anchored at the transfer's start: 0 bytes at t = 0.
         self._last_t = 0.0
         self._last_bytes = 0
+
+    def hold(self, nbytes: int) -> None:
+        """The transfer began with ``nbytes`` already done (a resume's held
+        part, known once it is accepted): the next point's throughput counts
+        only the bytes done beyond them (those that crossed)."""
+        self._last_bytes = max(self._last_bytes, nbytes)
 
     def offer(
         self,

@@ -124,6 +124,22 @@ _UPSERT = (
 _JSON = json.JSONEncoder(sort_keys=True)
 
 
+def held_bytes(row: dict[str, Any]) -> int:
+    """Bytes of the file the receiver held when the transfer began (a
+    resume, or a file delivered before): they did not cross in this
+    transfer. A receiving side's row records them (``stats.held_bytes``), a
+    sender's by its count of chunks the receiver said it held; a receiving
+    row recorded before ``held_bytes`` was counts none. ``row``: ``size``,
+    ``bytes`` (done) and ``stats``."""
+    stats = row["stats"]
+    if "held_bytes" in stats:
+        held = int(stats["held_bytes"])
+    else:
+        chunks, resumed = stats.get("chunks", 0), stats.get("resumed_chunks", 0)
+        held = int(row["size"] * resumed / chunks) if chunks > 0 and resumed > 0 else 0
+    return max(0, min(int(row["bytes"]), held))
+
+
 def db_path(data_dir: Path) -> Path:
     return data_dir / DB_FILE
 
