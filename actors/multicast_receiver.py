@@ -218,6 +218,7 @@ class Session:
     tree: int = 0  # a folder or several files: its manifest's bytes (peercrypt/core/tree.py)
     files: int = 0
     reported: int = 0  # bytes written, as the space ledger last heard
+    held: int = 0  # bytes its kept part held when it began (a resume): they did not cross
 
     @property
     def tracker(self) -> GapTracker:
@@ -598,9 +599,10 @@ class MulticastReceiverActor(Actor):
             started=now,
             tree=j.tree,
             files=j.files,
+            held=kept.held_bytes() if kept is not None else 0,
         )
         self.sessions[j.tid] = sess
-        sess.reported = kept.held_bytes() if kept is not None else 0
+        sess.reported = sess.held
         self._tell_repair_senders()
         self.tell("stats", _record(sess, self.now(), "running"))
         if a.group:
@@ -1195,6 +1197,7 @@ def _record(
             "transport": "udp" if sess.udp is not None else "pubsub",
             **({"files": str(sess.files)} if sess.tree else {}),
         },
+        stats={"held_bytes": sess.held},
     )
 
 

@@ -4,6 +4,8 @@ node processes."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,27 @@ def test_a_killed_receiver_rejoins_and_gets_only_what_it_lacks(
     assert result["stats"]["seals_first"] == total  # the sender read and sealed once
     # Nothing is left behind: the part and its manifest went with the verdict.
     assert [p.name for p in victim.inbox.iterdir() if p.name.startswith(".")] == []
+    # Its history rates the bytes that crossed: what the part held did not.
+    held_bytes = kept.held_bytes()
+    row = _received_row(victim)
+    assert row["stats"].get("held_bytes") == held_bytes, row
+    shown = victim.cli("stats", "show", str(row["id"])).stdout
+    already = f"({held_bytes / MiB:.1f} MiB held already)"
+    moved = f"{(8 * MiB + 5 - held_bytes) / MiB:.1f} MiB in"
+    assert re.search(rf"^moved +{re.escape(moved)} .* {re.escape(already)}$", shown, re.M), shown
+
+
+def _received_row(node: NodeProcess) -> dict[str, Any]:
+    """The node's one verified receiving row (the stats actor commits every
+    second: waited for)."""
+
+    def found() -> dict[str, Any] | None:
+        listed = node.cli("stats", "list", "--json")
+        rows = json.loads(listed.stdout) if listed.returncode == 0 else []
+        ok = [r for r in rows if r["side"] == "receive" and r["result"] == "ok"]
+        return ok[0] if len(ok) == 1 else None
+
+    return wait_until(found, 20, "the receiving row")
 
 
 def test_a_unicast_send_of_the_same_file_leaves_the_running_multicast_part_alone(
