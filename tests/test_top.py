@@ -230,6 +230,34 @@ def test_top_fits_an_80_column_terminal() -> None:
     assert "token-bucket" in wide and "high" in wide and "100%" in wide and "━" in wide
 
 
+def test_top_says_sizes_and_rates_as_the_other_commands_do() -> None:
+    """In the largest binary unit, as `max-rate`, `status` and `stats` say
+    them ('1.5 GiB/s', not '1536.0 MiB/s'): no cell wider than before, and
+    the screen still fits 80 columns whole."""
+    from peercrypt.cli.top import View
+
+    view = View()
+    facts = {"fingerprint": "n47j-hxbx-u2u5-g37e-v3th", "pid": "17867", "mode": "normal"}
+    facts["max_rate"] = str(1536 * MiB)
+    facts["flows"] = json.dumps([{"id": 5, "priority": 2, "rate": 512 * 1024}])
+    facts["incoming"] = json.dumps([["small.txt", 1000, 500, "in7"]])
+    send = {"id": "5", "file": "/data/big.iso", "peer": "127.0.0.1:7400", "mode": "token-bucket"}
+    send.update(size=str(6 * 1024 * MiB), bytes="0", state="sending")
+    view.update(0.0, facts, [send], [])
+    view.update(2.0, facts, [{**send, "bytes": str(3 * 1024 * MiB)}], [])  # 1.5 GiB/s
+    for width in (80, 170):
+        lines = _render(view, width)
+        assert all(len(line) <= width for line in lines), lines
+        assert not any("…" in line for line in lines), "\n".join(lines)
+        assert "node cap 1.5 GiB/s  receiving" in lines[1 if width == 80 else 0], lines
+        row = next(line for line in lines if "big.iso" in line)
+        assert "50% of 6.0 GiB" in row and " 1.5 GiB/s " in row, row
+        if width == 170:
+            assert " 512.0 KiB/s " in row, row  # its own cap
+        (small,) = [line.split() for line in lines if "small.txt" in line]
+        assert small == ["in7", "small.txt", "50%", "of", "1000", "B"], lines
+
+
 def test_top_lists_incoming_transfers_with_the_ids_cancel_takes() -> None:
     """The receiver's incoming transfers show under "Receiving" with their
     ids; up/down moves from the sends into them (what `c` then cancels)."""

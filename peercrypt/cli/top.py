@@ -41,8 +41,10 @@ from rich.text import Text
 from peercrypt import errors
 from peercrypt.cli.common import UserError, count_in, fit_columns
 from peercrypt.cli.follow import refusal
+from peercrypt.cli.status_view import rate_cap
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.member_state import MemberState
+from peercrypt.sizes import readable
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     CancelIncoming,
@@ -57,7 +59,6 @@ from peercrypt.wire.messages import (
 )
 from peercrypt.wire.network_messages import PeersReply, PeersRequest
 
-MiB = 1024 * 1024
 SMOOTHING = 0.5  # weight of the newest measurement in a transfer's rate
 PRIORITY_NAMES = {1: "normal", 2: "high", 3: "highest"}
 
@@ -168,14 +169,9 @@ def _incoming(text: str) -> list[tuple[str, str, int, int]]:
         return []
 
 
-def human_rate(rate: float | None) -> str:
-    if rate is None:
-        return "-"
-    return f"{rate / MiB:.1f} MiB/s" if rate >= MiB / 10 else f"{rate / 1024:.0f} KiB/s"
-
-
-def human_size(n: int) -> str:
-    return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n / 1024:.0f} KiB"
+def _rate(rate: float | None) -> str:
+    """A rate as every command shows one (``1.5 GiB/s``: at most 12 cells)."""
+    return "-" if rate is None else readable(rate, rate=True)
 
 
 def human_eta(seconds: float | None) -> str:
@@ -234,11 +230,11 @@ def send_rows(view: View) -> list[tuple[dict[str, str], int, int]]:
                     "PEER": row.get("peer", "")[:24],
                     "MODE": row.get("mode", ""),
                     "PRIO": PRIORITY_NAMES.get(int(flow.get("priority", 0) or 0), "-"),
-                    "CAP": human_rate(flow["rate"]) if flow.get("rate") else "-",
+                    "CAP": _rate(flow["rate"]) if flow.get("rate") else "-",
                     "SHARE": f"{share:.0%}" if share is not None and cap else "-",
                     "PROGRESS": "",
-                    "DONE": f"{100 * done / size:.0f}% of {human_size(size)}" if size else "-",
-                    "RATE": human_rate(meter.rate if meter else None),
+                    "DONE": f"{100 * done / size:.0f}% of {readable(size)}" if size else "-",
+                    "RATE": _rate(meter.rate if meter else None),
                     "ETA": human_eta(meter.eta(size - done) if meter and size else None),
                     "STATE": row.get("state", ""),
                 },
@@ -269,7 +265,6 @@ def peer_rows(view: View) -> list[dict[str, str]]:
 
 def render(view: View, width: int) -> Group:
     facts = view.facts
-    cap = count_in(facts.get("max_rate"))
     who = Text.assemble(
         ("PeerCrypt top", "bold"),
         f"  node {facts.get('fingerprint', '?')[:19]}  pid {facts.get('pid', '?')}",
@@ -278,7 +273,7 @@ def render(view: View, width: int) -> Group:
         ("mode ", "dim"),
         facts.get("mode", "?"),
         ("  node cap ", "dim"),
-        human_rate(cap) if cap else "none",
+        rate_cap(str(facts.get("max_rate", ""))),  # as `status` and `max-rate` say it
         ("  receiving ", "dim"),
         facts.get("active", "0"),
         "  ",
@@ -311,7 +306,7 @@ def render(view: View, width: int) -> Group:
         receiving.add_column(name, justify="right" if name == "DONE" else "left", no_wrap=True)
     first = len(view.transfers)
     for i, (ident, name, size, done) in enumerate(view.incoming):
-        share = f"{100 * done / size:.0f}% of {human_size(size)}" if size else "-"
+        share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
         picked = "reverse" if first + i == view.selected else None
         receiving.add_row(ident, os.path.basename(name)[:40], share, style=picked)
     listed = peer_rows(view)
