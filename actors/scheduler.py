@@ -37,6 +37,7 @@ from peercrypt.core.modes import (
     check_flow_rate,
     check_node_share,
     check_paced_rate,
+    check_rate_range,
     default_burst,
     describe_congestion,
     with_overrides,
@@ -341,7 +342,7 @@ class SchedulerActor(Actor):
             self.defaults = with_overrides(self.defaults, mode=value)
             return f"default mode is now {value}"
         if name == "max-rate":
-            rate = _non_negative(value, "max-rate")
+            rate = _rate_value(value, "max-rate")
             check_paced_rate(rate, "max-rate")  # below it, every send is dropped as idle
             check_node_share(rate, self._shares(), f"max-rate {rate}")
             self.planner.set_node_rate(rate, self._node_burst(rate), now)
@@ -351,7 +352,7 @@ class SchedulerActor(Actor):
                 return "node rate cap removed"
             return f"node rate cap is now {readable(rate, rate=True)}"
         if name == "rate":
-            rate = _non_negative(value, "rate")
+            rate = _rate_value(value, "rate")
             check_paced_rate(rate, "rate")
             if req.transfer and req.transfer not in self.flows:
                 raise PolicyError(f"no running transfer {req.transfer}")
@@ -383,11 +384,11 @@ class SchedulerActor(Actor):
         raise PolicyError(f"unknown setting {name!r}")
 
 
-def _non_negative(value: str, what: str) -> int:
+def _rate_value(value: str, what: str) -> int:
+    """A live rate from the control socket, within 0..MAX_RATE as the CLI's."""
     try:
         number = int(value)
     except ValueError:
         raise PolicyError(f"{what} must be a whole number of bytes per second") from None
-    if number < 0:
-        raise PolicyError(f"{what} must be >= 0")
+    check_rate_range(number, what)
     return number

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from actors.scheduler import SchedulerActor
 from peercrypt.core.grants import DEMAND_SECONDS, GrantPlanner
 from peercrypt.core.modes import (
     BURST_SECONDS,
+    MAX_RATE,
     MIN_PACED_RATE,
     RECEIVER_IDLE,
     Policy,
@@ -202,6 +204,9 @@ def test_policy_validation_names_the_parameter() -> None:
         with_overrides(Policy(), mode="warp")
     with pytest.raises(PolicyError, match="-t"):
         with_overrides(Policy(), lanes=0)
+    with pytest.raises(PolicyError, match=re.escape("expected a rate in 0B/s..1TiB/s")):
+        with_overrides(Policy(), mode="token-bucket", rate=MAX_RATE + 1)
+    assert with_overrides(Policy(), mode="token-bucket", rate=MAX_RATE).rate == MAX_RATE
     policy = with_overrides(Policy(mode="aimd"), rate=None, window_kb=512)
     assert (policy.mode, policy.window_kb, policy.max_window_kb) == ("aimd", 512, 16384)
 

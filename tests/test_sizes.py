@@ -18,8 +18,12 @@ from hypothesis import strategies as st
 from peercrypt import config, errors
 from peercrypt.cli.app import main
 from peercrypt.cli.runner import execute
+from peercrypt.client import ControlClient
+from peercrypt.core.modes import MAX_RATE
 from peercrypt.sizes import accepted, checked, human, parse_size, readable
 from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
+from peercrypt.wire import codec
+from peercrypt.wire.messages import SendRequest, SendResult, SettingReply, SettingRequest
 
 BINARY = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 SUFFIXES = {
@@ -279,12 +283,19 @@ RANGE_BUFFER = "expected a size in 4MiB..1GiB"
          "send: Invalid value for '--chunk-size': '1K': out of range (1KiB); "
          "expected a size in 4KiB..16MiB"),
         (["send", "f", "h", "1", "-r", "0"],
-         "send: Invalid value for '-r' / '--rate': '0': zero; expected a rate >= 1B/s"),
+         "send: Invalid value for '-r' / '--rate': '0': zero; expected a rate in 1B/s..1TiB/s"),
+        (["send", "f", "h", "1", "-r", "1025G"],
+         "send: Invalid value for '-r' / '--rate': '1025G': out of range (1025GiB/s); "
+         "expected a rate in 1B/s..1TiB/s"),
         (["send", "f", "h", "1", "-b", "10Mb"],
          "send: Invalid value for '-b' / '--bucket': '10Mb': 'Mb': b is bits, bytes are B "
          "(MB, MiB); expected a size >= 1B"),
         (["rate", "--", "-1"],
-         "rate: Invalid value for 'BYTES_PER_SEC': '-1': negative; expected a rate >= 0B/s"),
+         "rate: Invalid value for 'BYTES_PER_SEC': '-1': negative; "
+         "expected a rate in 0B/s..1TiB/s"),
+        (["rate", "2T"],
+         "rate: Invalid value for 'BYTES_PER_SEC': '2T': out of range (2TiB/s); "
+         "expected a rate in 0B/s..1TiB/s"),
         (["max-rate", "fast"],
          "max-rate: Invalid value for 'BYTES_PER_SEC': 'fast': not a number of bytes "
          "(e.g. 512, 64K, 1.5M, 2GiB); expected a rate in 0B/s..1TiB/s"),
@@ -302,7 +313,8 @@ RANGE_BUFFER = "expected a size in 4MiB..1GiB"
          f"{RANGE_BUFFER}"),
     ],
     ids=["bad-suffix", "negative", "zero", "too-large", "empty", "chunk-too-small",
-         "zero-rate", "bits", "negative-argument", "junk-argument", "too-long", "fraction",
+         "zero-rate", "rate-too-large", "bits", "negative-argument", "live-rate-too-large",
+         "junk-argument", "too-long", "fraction",
          "datagram",
          "actor"],
 )  # fmt: skip
@@ -392,3 +404,41 @@ def test_readable_prints_one_decimal_in_the_largest_unit() -> None:
     assert [readable(n) for n in (0, 512, 1023, 1024, 1 << 50, 3 << 60)] == [
         "0 B", "512 B", "1023 B", "1.0 KiB", "1.0 PiB", "3072.0 PiB"
     ]  # fmt: skip
+
+
+def test_the_node_refuses_a_rate_past_the_maximum_from_its_control_socket(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A local client that bypasses the CLI: a live max-rate or rate past
+    1 TiB/s, or a send at such a rate, is refused by the node in one line,
+    as the CLI refuses it; the maximum itself is taken."""
+    node = node_factory()
+    over, path = MAX_RATE + 1, make_file(4096)
+    expected = f"{over}: out of range (1099511627777B/s); expected a rate in 0B/s..1TiB/s"
+    with ControlClient.for_data_dir(node.data_dir) as client:
+
+        def ask(msg: codec.Message, answer: type = SettingReply) -> codec.Message:
+            client.send(msg)  # a send's progress comes before its result
+            return wait_until(
+                lambda: next((m for m in [client.receive(10.0)] if isinstance(m, answer)), None),
+                20,
+                f"the answer to {msg.TYPE}",
+            )
+
+        for request, name in enumerate(("max-rate", "rate"), 1):
+            reply = ask(SettingRequest(request=request, name=name, value=str(over)))
+            assert isinstance(reply, SettingReply) and not reply.ok, reply
+            assert reply.text == f"{name} {expected}", reply
+        taken = ask(SettingRequest(request=3, name="max-rate", value=str(MAX_RATE)))
+        assert isinstance(taken, SettingReply) and taken.ok, taken
+        assert taken.text == "node rate cap is now 1.0 TiB/s"
+        sent = ask(
+            SendRequest(
+                request=4, path=str(path), host="127.0.0.1", port=node.port, chunk_size=65536,
+                mode="token-bucket", rate=over,
+            ),
+            SendResult,
+        )  # fmt: skip
+        assert isinstance(sent, SendResult) and sent.code == "local", sent
+        assert sent.reason == f"-r {expected}", sent
+    assert node.status()["max_rate"] == str(MAX_RATE)

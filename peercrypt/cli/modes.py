@@ -80,7 +80,7 @@ def send_policy_options(func: F) -> F:
             "-r",
             "--rate",
             "rate",
-            type=ByteSize(1, rate=True),
+            type=ByteSize(1, MAX_RATE, rate=True),
             help="token-bucket: rate in bytes per second. " + RATE_HELP,
         ),
         click.option("-w", "window_kb", type=click.IntRange(1), help="aimd: initial window, KB."),
@@ -243,7 +243,7 @@ def set_mode(obj: dict[str, Any], mode: str) -> None:
 
 
 @click.command("rate")
-@click.argument("bytes_per_sec", metavar="BYTES_PER_SEC", type=ByteSize(0, rate=True))
+@click.argument("bytes_per_sec", metavar="BYTES_PER_SEC", type=ByteSize(0, MAX_RATE, rate=True))
 @click.option(
     "--transfer",
     type=click.IntRange(1),

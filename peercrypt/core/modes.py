@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from peercrypt.chunking import MIN_CHUNK
+from peercrypt.sizes import checked
 
 MODES = ("normal", "token-bucket", "aimd", "qos", "parallel")  # unicast
 ALL_MODES = (*MODES, "multicast")
@@ -98,6 +99,7 @@ class Policy:
             raise PolicyError("token-bucket mode needs -r BYTES_PER_SEC > 0")
         if self.rate < 0 or self.burst < 0:
             raise PolicyError("rate and bucket size must be >= 0 bytes")
+        check_rate_range(self.rate, "-r")
         if not 0 < self.min_window_kb <= self.window_kb <= self.max_window_kb:
             raise PolicyError(
                 "AIMD windows must satisfy 0 < -min-w <= -w <= -max-w "
@@ -183,6 +185,18 @@ def lowest_rate(size: int, seconds: float) -> int:
 # (``rate``): the smallest chunk within a paced chunk's time of the
 # receiver's idle limit. Below it every send would be dropped as idle.
 MIN_PACED_RATE = lowest_rate(MIN_CHUNK, PACED_CHUNK_SHARE * RECEIVER_IDLE)
+
+
+def check_rate_range(rate: int, what: str) -> None:
+    """Raise PolicyError, in the CLI's words, for a rate (``rate``, ``send
+    -r``, ``max-rate``) past :data:`MAX_RATE` or below 0: the node checks
+    what comes on its control socket too (a local client may bypass the
+    CLI), e.g. ``max-rate 2199023255552: out of range (2TiB/s); expected a
+    rate in 0B/s..1TiB/s``."""
+    try:
+        checked(rate, 0, MAX_RATE, rate=True)
+    except ValueError as exc:
+        raise PolicyError(f"{what} {rate}: {exc}") from None
 
 
 def check_paced_rate(rate: int, what: str) -> None:
