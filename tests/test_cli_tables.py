@@ -80,7 +80,9 @@ def test_transfers_rows_of_any_text_are_shown_never_raised() -> None:
     ]  # fmt: skip
     lines = transfers_table(odd).splitlines()
     assert [cells(line)[0] for line in lines] == ["ID", "1", "2", "3", "-"], lines
-    assert cells(lines[1])[3:5] == ["2048/?", "-"] and cells(lines[4])[3:5] == ["50/100", "50%"]
+    assert cells(lines[1])[3:5] == ["2.0 KiB/?", "-"]
+    assert cells(lines[3])[3:5] == ["0 B/-5", "-"]
+    assert cells(lines[4])[3:5] == ["50 B/100 B", "50%"]
     shell = Shell(main, {"data_dir": Path("/nonexistent")}, owns_node=False)
     shell.view.transfers = odd[:3]
     parts = ["send walked 2.0 KiB (walking)", "send odd - (sending)", "send - - (sending)"]

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from peercrypt.cli.status_view import incoming_text
 from peercrypt.testing.nodes import NodeProcess, wait_until
 
 
@@ -38,3 +39,13 @@ def test_status_text_says_the_last_transfer_and_skips_empty_facts(
     empty = [key for key, value in facts.items() if value in ("", "{}", "[]")]
     assert empty, facts  # there are empty facts, and the text left them out
     assert not [line for line in lines if line.split(":")[0].strip() in empty]
+
+
+def test_incoming_transfers_are_shown_in_human_sizes() -> None:
+    """`status`'s incoming line: each transfer's id, name and sizes to read
+    at a glance (it said '(30408704 of 314572800 bytes)'); a fact it cannot
+    read is shown as it is."""
+    rows = json.dumps([["r1.bin", 300 << 20, 29 << 20, "in1"], ["b.bin", 512, 0, "in2"]])
+    assert incoming_text(rows) == "in1 r1.bin (29.0 MiB of 300.0 MiB); in2 b.bin (0 B of 512 B)"
+    assert incoming_text('[["x", "?", 1, "in3"]]') == '[["x", "?", 1, "in3"]]'
+    assert incoming_text("not json") == "not json"

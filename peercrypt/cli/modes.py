@@ -34,6 +34,7 @@ from peercrypt.core.modes import (
     PolicyError,
     parse_priority,
 )
+from peercrypt.sizes import readable
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     CancelIncoming,
@@ -403,8 +404,9 @@ def transfers_table(transfers: list[dict[str, str]], width: int | None = None) -
         field = {k: row.get(k) or "-" for k in ("id", "state", "mode", "peer", "file")}
         size, done = row.get("size", "?"), count_in(row.get("bytes"))
         percent = f"{100 * done // count_in(size)}%" if count_in(size) else "-"
+        total = readable(count_in(size)) if count_in(size) or size == "0" else size
         rows.append(
-            [field["id"], field["state"], field["mode"], f"{done}/{size}", percent,
+            [field["id"], field["state"], field["mode"], f"{readable(done)}/{total}", percent,
              f"{row.get('seconds', '0')}s", field["peer"], field["file"], _retry_note(row)]
         )  # fmt: skip
     headers = ["id", "state", "mode", "bytes", "done", "time", "peer", "file", "retry"]

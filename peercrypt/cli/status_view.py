@@ -51,11 +51,11 @@ def _last_in(text: str) -> str:
     return describe_outcome(last) if isinstance(last, dict) else text
 
 
-def _incoming(text: str) -> str:
+def incoming_text(text: str) -> str:
     """The receiver's running transfers, each with the id `cancel` takes."""
     try:
         rows = json.loads(text)
-        return "; ".join(f"{r[3]} {r[0]} ({r[2]} of {r[1]} bytes)" for r in rows)
+        return "; ".join(f"{r[3]} {r[0]} ({readable(r[2])} of {readable(r[1])})" for r in rows)
     except (ValueError, TypeError, IndexError, KeyError):
         return text
 
@@ -65,4 +65,4 @@ def rate_cap(text: str) -> str:
     return readable(int(text), rate=True) if text.isdigit() and int(text) else "none"
 
 
-_VIEWS = {"last_in": _last_in, "incoming": _incoming, "max_rate": rate_cap}
+_VIEWS = {"last_in": _last_in, "incoming": incoming_text, "max_rate": rate_cap}
