@@ -25,6 +25,7 @@ import pytest
 
 from actors.inbox import load_manifest, manifest_name, scan
 from peercrypt import errors
+from peercrypt.sizes import readable
 from peercrypt.testing.nodes import NodeProcess, blake3_file, start_cli, wait_until
 
 CHUNK = 64 * 1024
@@ -335,7 +336,7 @@ def test_the_receivers_history_rates_only_what_crossed_in_a_resume(
     held, info = _resume_a_killed_receivers_transfer(sender, receiver, path)
     row = _history_row(receiver, "receive", info["stored_as"])
     shown = receiver.cli("stats", "show", str(row["id"])).stdout
-    rate = f"{(SIZE - held) / row['duration'] / MiB:.1f} MiB/s"
+    rate = readable((SIZE - held) / row["duration"], rate=True)
     moved = f"{(SIZE - held) / MiB:.1f} MiB in {row['duration']:.3f} s, {rate}"
     already = f"({held / MiB:.1f} MiB held already)"
     assert re.search(rf"^moved +{re.escape(moved)} {re.escape(already)}$", shown, re.M), shown

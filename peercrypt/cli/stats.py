@@ -34,7 +34,6 @@ from peercrypt.history.db import (
 )
 from peercrypt.sizes import readable
 
-MiB = 1024 * 1024
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -118,7 +117,7 @@ def _rate(row: dict[str, Any]) -> str:
         return "had it"
     if row["duration"] <= 0 or moved <= 0:
         return "-"
-    return f"{moved / row['duration'] / MiB:.1f} MiB/s"
+    return readable(moved / row["duration"], rate=True)
 
 
 def _moved(row: dict[str, Any]) -> str:
@@ -232,7 +231,7 @@ def stats_show(obj: dict[str, Any], ident: int, as_json: bool) -> None:
         lines.append(
             (
                 "samples",
-                f"{len(samples)} over {samples[-1]['t']:.2f} s, peak {peak / MiB:.1f} MiB/s",
+                f"{len(samples)} over {samples[-1]['t']:.2f} s, peak {readable(peak, rate=True)}",
             )
         )
         if rtts:
