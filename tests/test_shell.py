@@ -17,7 +17,7 @@ import pytest
 
 from peercrypt import errors
 from peercrypt.cli.shell import PROMPT
-from peercrypt.testing.nodes import NodeProcess, blake3_file, cli_env, run_cli
+from peercrypt.testing.nodes import NodeProcess, blake3_file, cli_env, run_cli, start_cli
 
 WAIT = 60  # seconds any one expected output may take under load
 PROMPT_RE = re.escape(PROMPT.rstrip())  # the terminal moves the cursor for the space
@@ -171,6 +171,28 @@ def test_incoming_transfers_are_announced_and_receive_waits_for_one(
     pty.expect(PROMPT_RE)
     stored = data_dir / "inbox" / second.name
     assert blake3_file(stored) == blake3_file(second)
+    pty.leave()
+
+
+def test_a_file_coming_in_is_announced_with_its_size_and_the_id_cancel_takes(
+    started: tuple[Pty, Path],
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    pty, data_dir = started
+    peer = node_factory()
+    path = make_file(3 * 1024 * 1024 // 2, name="slides.pdf")
+    send = start_cli(
+        "send", path, "127.0.0.1", str(_port(data_dir)), "-r", "512K", "--json",
+        data_dir=peer.data_dir,
+    )  # fmt: skip
+    try:
+        pty.expect(r"incoming slides\.pdf \(1\.5 MiB; `cancel in\d+` stops it\)")
+        pty.expect(r"received slides\.pdf \(1572864 bytes\) as slides\.pdf, verified")
+        assert send.wait(timeout=WAIT) == 0
+    finally:
+        send.kill()
+    assert blake3_file(data_dir / "inbox" / "slides.pdf") == blake3_file(path)
     pty.leave()
 
 

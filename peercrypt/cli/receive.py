@@ -22,6 +22,7 @@ from peercrypt import errors
 from peercrypt.cli.common import UserError
 from peercrypt.cli.status_view import describe_outcome
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.sizes import readable
 
 POLL = 0.25  # seconds between status requests
 
@@ -81,7 +82,8 @@ def wait_for_next(client: ControlClient, timeout: float, quiet: bool) -> dict[st
                     if bar is not None:
                         bar.close()
                     shown = name
-                    click.echo(f"incoming {name} ({size} bytes; {_cancel_hint(ident)})", err=True)
+                    hint = _cancel_hint(ident)
+                    click.echo(f"incoming {name} ({readable(size)}; {hint})", err=True)
                     bar = tqdm(
                         total=size,
                         unit="B",

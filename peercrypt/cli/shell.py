@@ -302,6 +302,8 @@ class Shell:
     def watch(self, announce: Callable[[str], None]) -> None:
         """Until the shell stops: refresh :attr:`view` and announce incoming
         transfers and their outcomes."""
+        from peercrypt.sizes import readable
+
         seen_seq: int | None = None
         seen_incoming: set[str] = set()
         client: ControlClient | None = None
@@ -315,7 +317,7 @@ class Shell:
                 quiet = self.watch_quiet.is_set()
                 for name, size, _, ident in now.incoming:
                     if name not in seen_incoming and not quiet:
-                        announce(f"incoming {name} ({size} bytes; `cancel {ident}` stops it)")
+                        announce(f"incoming {name} ({readable(size)}; `cancel {ident}` stops it)")
                 seen_incoming = names
                 if seen_seq is not None and now.seq > seen_seq and not quiet:
                     announce(describe_outcome(now.last))
