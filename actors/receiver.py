@@ -1526,6 +1526,8 @@ class ReceiverActor(Actor):
         writer after its queued work if ``by_writer``), its fd closed by the
         writer, its space released."""
         self.transfers.pop(t.tid, None)
+        if not self.transfers:
+            self.trim_when_idle(lambda: not self.transfers)
         if t.ring is not None:
             self.count("ring-chunks", t.ring.taken)
             self.count("ring-copies", t.ring.copied)

@@ -1500,6 +1500,8 @@ class SenderActor(Actor):
     def _end(self, t: Outgoing, code: str, reason: str, stored_as: str = "") -> None:
         log.debug("send %d to %s ends: %s %s", t.request.request, t.flow.peer, code, reason)
         self.transfers.pop(t.tid, None)
+        if not self.transfers:
+            self.trim_when_idle(lambda: not self.transfers)
         flow = t.flow
         flow.fail(code, reason)  # no-op when the transfer already ended itself
         if t.timer is not None:

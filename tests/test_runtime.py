@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -384,6 +385,46 @@ def test_malloc_arena_cap_applies_on_linux() -> None:
     from peercrypt.runtime.memory import limit_malloc_arenas
 
     assert limit_malloc_arenas() is sys.platform.startswith("linux")
+
+
+# A fresh interpreter's heap as a node's is after a load: 1 MiB chunk buffers
+# (on the heap, as limit_malloc_arenas keeps them) between small objects that
+# stay; the buffers freed. Prints RssAnon in KiB: loaded, freed, trimmed.
+_TRIMMED_HEAP = """
+from pathlib import Path
+from peercrypt.runtime.memory import limit_malloc_arenas, trim
+
+def anon():
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(x.split()[1]) for x in status if x.startswith("RssAnon:"))
+
+assert limit_malloc_arenas()
+kept, buffers = [], []
+for _ in range(160):
+    buffer = bytearray(1 << 20)
+    buffer[:: 1 << 12] = b"x" * 256  # every page touched: resident
+    buffers.append(buffer)
+    kept.append(bytes(1000))  # malloc's (pymalloc takes <= 512): pins the heap
+loaded = anon()
+del buffers, buffer
+freed = anon()
+print(loaded, freed, trim(), anon())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_trim_gives_the_pages_of_freed_chunk_buffers_back() -> None:
+    """Freed chunk buffers pinned behind small objects stay resident until
+    trimmed; :func:`trim` returns their pages (a fresh process: this one's
+    heap has holes of its own)."""
+    run = subprocess.run(
+        [sys.executable, "-c", _TRIMMED_HEAP], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    loaded, freed, released, trimmed = run.stdout.split()
+    mib = 1024
+    assert int(freed) > int(loaded) - 20 * mib, run.stdout  # free, yet resident
+    assert released == "True" and int(trimmed) < int(freed) - 120 * mib, run.stdout
 
 
 class Sleeper(Actor):

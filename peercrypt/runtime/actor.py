@@ -46,6 +46,7 @@ import zmq
 
 from peercrypt.core.address import join_host_port
 from peercrypt.core.token_bucket import TokenBucket
+from peercrypt.runtime import memory
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Announce
 from peercrypt.wire.text import printable
@@ -330,6 +331,7 @@ class Actor:
         self.counters: Watched = Watched()
         self._log_bucket = TokenBucket(LOG_RATE, LOG_BURST, time.monotonic())
         self._faults_logged: set[tuple[str, str]] = set()
+        self._trim: Timer | None = None  # a heap trim due once idle (trim_when_idle)
         self.facts: Watched = Watched()
 
     # -- hooks ------------------------------------------------------------------
@@ -503,6 +505,21 @@ class Actor:
         self.counters[key] = self.counters.get(key, 0) + n
         if decisions.isEnabledFor(logging.DEBUG):
             decisions.debug("%s: %s%s", self.name, key, f" +{n}" if n != 1 else "")
+
+    def trim_when_idle(self, idle: Callable[[], bool]) -> None:
+        """The last of this actor's transfers ended: if ``idle()`` still holds
+        :data:`~peercrypt.runtime.memory.TRIM_AFTER` s later, the heap's free
+        pages go back to the system (:func:`~peercrypt.runtime.memory.trim`;
+        counted ``heap-trimmed``), not between sends that follow each other."""
+        if self._trim is not None:
+            return
+
+        def due() -> None:
+            self._trim = None
+            if idle() and memory.trim():
+                self.count("heap-trimmed")
+
+        self._trim = self.call_later(memory.TRIM_AFTER, due)
 
     def log_limited(self, fmt: str, *args: object, level: int = logging.WARNING) -> None:
         """Log a warning unless this actor has logged too many lately (a token
