@@ -75,7 +75,7 @@ def normal(out: str) -> str:
     out = re.sub(
         r'"(seconds|mib_per_s|srtt|rttvar|rto|accept_seconds)": [0-9.e-]+', r'"\1": T', out
     )
-    out = re.sub(r"in [0-9.]+ s \([0-9.]+ MiB/s\)", "in T s (R MiB/s)", out)
+    out = re.sub(r"in [0-9.]+ s \([0-9.]+ (K|M|G)?i?B/s\)", "in T s (R MiB/s)", out)
     return re.sub(r"(f\.bin|f\.\d+\.bin)", "STORED", out)
 
 
@@ -345,6 +345,6 @@ def test_an_empty_file_s_line_says_nothing_of_a_file_held(
     assert code == 0, (out, err)
     assert re.fullmatch(
         rf"sent {re.escape(f.name)} \(0 bytes\) to {LOCALHOST}:{receiver.port} as \S+ in [0-9.]+ s "
-        rf"\(0\.0 MiB/s\), blake3 {blake3_file(f)} verified\n",
+        rf"\(0 B/s\), blake3 {blake3_file(f)} verified\n",
         out,
     ), out

@@ -38,7 +38,7 @@ def _result(chunks: int, held: int, size: int = 64 * MiB, seconds: float = 2.0) 
         (0, 0, "32.0 MiB/s"),  # no statistics: the whole file over the time
         (64, 0, "32.0 MiB/s"),
         (64, 16, "resumed, 25% was there; 24.0 MiB/s"),  # 48 MiB crossed in 2 s
-        (64, 63, "resumed, 98% was there; 0.5 MiB/s"),
+        (64, 63, "resumed, 98% was there; 512.0 KiB/s"),
         (1024, 1, "resumed, 1% was there; 32.0 MiB/s"),  # 0.1%: not "0% was there"
         (64, 64, "the receiver had it all: nothing sent"),
     ],
@@ -52,6 +52,20 @@ def test_a_verified_send_shows_the_rate_of_what_crossed(
         f"sent a.bin ({64 * MiB} bytes) to h:7 as a.bin in 2.00 s ({shown}), "
         f"blake3 {DIGEST.hex()} verified\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("mib_per_s", "shown"),
+    [
+        (1024 / 0.09 / MiB, "11.1 KiB/s"),
+        (0.0, "0 B/s"),
+        (1536.0, "1.5 GiB/s"),
+        (27.25, "27.2 MiB/s"),
+    ],
+)
+def test_a_send_s_rate_reads_in_its_own_unit(mib_per_s: float, shown: str) -> None:
+    """A 1 KiB send is not '(0.0 MiB/s)', a fast one not '(1536.0 MiB/s)'."""
+    assert how_fast(_result(64, 0), mib_per_s) == shown
 
 
 def test_a_resumed_send_s_json_keeps_the_whole_file_s_rate(

@@ -13,6 +13,7 @@ from pathlib import Path
 from peercrypt import errors
 from peercrypt.cli.echo import echo
 from peercrypt.errors import ResultCode
+from peercrypt.sizes import readable
 from peercrypt.wire.local_messages import SendResult
 
 
@@ -32,7 +33,8 @@ def how_fast(result: SendResult, rate: float) -> str:
     """The rate of a verified send over its whole time (every attempt), and
     what of the file the receiver held when it first accepted (a resume, or
     a file delivered before: no chunk sent), whose bytes did not cross and
-    are not in the rate."""
+    are not in the rate. ``rate`` in MiB/s (``--json``'s ``mib_per_s``); shown
+    in the unit it reads best in (``11.2 KiB/s``, ``1.2 GiB/s``)."""
     stats = result.stats
     chunks = stats.get("chunks", 0)
     held = stats.get("held_share", stats.get("resumed_chunks", 0) / chunks if chunks else 0.0)
@@ -41,11 +43,11 @@ def how_fast(result: SendResult, rate: float) -> str:
     if held >= 1:
         return f"the receiver had it all: nothing sent{tries}"
     if held <= 0:
-        return f"{rate:.1f} MiB/s{tries}"
-    moved = result.size * (1 - held) / 2**20
+        return f"{readable(rate * 2**20, rate=True)}{tries}"
+    moved = result.size * (1 - held)
     sent = moved / result.seconds if result.seconds > 0 else 0.0
     share = max(1, int(100 * held))  # held, if a little: not "0% was there"
-    return f"resumed, {share}% was there; {sent:.1f} MiB/s{tries}"
+    return f"resumed, {share}% was there; {readable(sent, rate=True)}{tries}"
 
 
 def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> int:
