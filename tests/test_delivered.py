@@ -4,15 +4,23 @@ survives a restart (a snapshot and its journal) whatever is on disk."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peercrypt.core.delivered import (
+    MAX_TOPS_BYTES,
+    MAX_TREE_ENTRIES,
+    TREE_DIGEST_BYTES,
     DeliveredTable,
     Delivery,
     FileStamp,
+    StampRow,
+    TreeStamp,
     forget_row,
     journal_row,
+    tree_stamp,
 )
 from peercrypt.core.resume import ResumeKey
 
@@ -20,20 +28,25 @@ A, B = b"a" * 32, b"b" * 32
 SOURCE = b"s" * 32
 
 
-def _delivery(peer: bytes = A, name: str = "f.bin", stored: str = "f.bin", n: int = 0) -> Delivery:
+def _delivery(
+    peer: bytes = A, name: str = "f.bin", stored: str = "f.bin", n: int = 0, tree: bool = False
+) -> Delivery:
     key = ResumeKey(peer, name, 1000 + n, 64, SOURCE)
-    return Delivery(key, stored, bytes([n % 256]) * 32, FileStamp(1, 100 + n, 1000 + n, 5), 1.0)
+    stamp: FileStamp | TreeStamp = FileStamp(1, 100 + n, 1000 + n, 5)
+    if tree:  # a folder stored as ``stored``
+        stamp = TreeStamp((stored,), 1 + n, bytes([n % 256]) * TREE_DIGEST_BYTES)
+    return Delivery(key, stored, bytes([n % 256]) * 32, stamp, 1.0)
 
 
 def test_a_repeat_is_found_while_the_stored_file_is_unchanged() -> None:
     table = DeliveredTable()
     d = _delivery()
     table.record(d)
-    assert table.lookup(d.key, {"f.bin": d.stamp}.get) == d
+    assert table.lookup(d.key, _files_of(d)) == d
     # Another identity offering the very same file learns nothing: no match.
     other = ResumeKey(B, d.key.name, d.key.size, d.key.chunk_size, d.key.source)
-    assert table.lookup(other, {"f.bin": d.stamp}.get) is None
-    assert table.lookup(d.key, {"f.bin": d.stamp}.get) == d
+    assert table.lookup(other, _files_of(d)) is None
+    assert table.lookup(d.key, _files_of(d)) == d
 
 
 def test_a_repeat_with_another_chunk_size_is_the_same_file() -> None:
@@ -44,7 +57,7 @@ def test_a_repeat_with_another_chunk_size_is_the_same_file() -> None:
     table.record(d)
     other = ResumeKey(A, d.key.name, d.key.size, d.key.chunk_size * 4, d.key.source)
     assert other in table
-    assert table.lookup(other, {"f.bin": d.stamp}.get) == d
+    assert table.lookup(other, _files_of(d)) == d
     assert table.forget(other) and len(table) == 0
 
 
@@ -74,7 +87,7 @@ def test_the_table_is_bounded_and_keeps_the_latest(ns: list[int], capacity: int)
             latest.append(n)
     for n in latest[:capacity]:
         d = _delivery(name=f"f{n}", stored=f"f{n}", n=n)
-        assert table.lookup(d.key, {d.stored_as: d.stamp}.get) == d
+        assert table.lookup(d.key, _files_of(d)) == d
 
 
 @settings(deadline=None)
@@ -94,10 +107,10 @@ def test_a_member_delivering_many_files_pushes_out_only_its_own(
         table.record(_delivery(peer=B, name=f"b{n}", stored=f"b{n}", n=n))
         assert len(table) <= capacity
     for d in honest:
-        assert table.lookup(d.key, {d.stored_as: d.stamp}.get) == d
+        assert table.lookup(d.key, _files_of(d)) == d
     # The flooder keeps its latest deliveries in the room left.
     newest = _delivery(peer=B, name=f"b{flood - 1}", stored=f"b{flood - 1}", n=flood - 1)
-    assert table.lookup(newest.key, {newest.stored_as: newest.stamp}.get) == newest
+    assert table.lookup(newest.key, _files_of(newest)) == newest
 
 
 @settings(deadline=None)
@@ -105,7 +118,7 @@ def test_a_member_delivering_many_files_pushes_out_only_its_own(
 def test_a_restart_keeps_the_table(ns: list[int]) -> None:
     table = DeliveredTable(8)
     for n in ns:
-        table.record(_delivery(name=f"f{n}", stored=f"g{n}", n=n))
+        table.record(_delivery(name=f"f{n}", stored=f"g{n}", n=n, tree=n % 2 == 0))
     again = DeliveredTable.decode(table.encode(), 8)
     assert again.encode() == table.encode()
 
@@ -133,7 +146,7 @@ changes = st.lists(
 def _apply(table: DeliveredTable, change: tuple[bool, int, bytes]) -> bytes:
     """Make ``change`` to ``table``; its journal row."""
     record, n, peer = change
-    d = _delivery(peer=peer, name=f"f{n}", stored=f"g{n}", n=n)
+    d = _delivery(peer=peer, name=f"f{n}", stored=f"g{n}", n=n, tree=n % 3 == 0)
     if record:
         table.record(d)
         return journal_row(d)
@@ -178,3 +191,125 @@ def test_a_journal_cut_short_keeps_every_whole_row_before_the_cut(
     garbage = data.draw(st.sampled_from([b"\xc1", b"\x92\x07\xc0", b"\x00" * 3, b"\x91\x01"]))
     tail = garbage + b"".join(rows[k:])
     assert DeliveredTable.decode(b"", 8, b"".join(rows[:k]) + tail).encode() == states[k]
+
+
+# -- folders -------------------------------------------------------------------------
+
+
+def _rows(n: int, top: str = "album") -> list[StampRow]:
+    """A stored folder ``top`` of ``n - 1`` files, as its walk gives it."""
+    return [((top,), 0o40755, 1, 10, 4096, 7)] + [
+        ((top, f"f{i}"), 0o100644, 1, 11 + i, i, 100 + i) for i in range(n - 1)
+    ]
+
+
+def test_a_folder_is_found_while_every_entry_in_it_is_unchanged() -> None:
+    stamp = tree_stamp(["album"], _rows(5))
+    assert stamp is not None and stamp.stored_as == "album" and stamp.entries == 5
+    key = ResumeKey(A, "album", 5000, 64, SOURCE)
+    d = Delivery(key, stamp.stored_as, b"h" * 32, stamp, 1.0)
+    table = DeliveredTable()
+    table.record(d)
+    no_file = _no_file  # a folder's entry never asks for a file's stamp
+    assert table.lookup(key, no_file, lambda tops: stamp) == d
+    # Another identity, the very same folder: nothing.
+    other = ResumeKey(B, "album", 5000, 64, SOURCE)
+    assert table.lookup(other, no_file, lambda tops: stamp) is None
+    # A file of it written to (its mtime): a fresh transfer, the entry forgotten.
+    rows = _rows(5)
+    rows[3] = (*rows[3][:5], rows[3][5] + 1)
+    edited = tree_stamp(["album"], rows)
+    assert edited is not None and edited != stamp
+    assert table.lookup(key, no_file, lambda tops: edited) is None
+    assert len(table) == 0
+    # Gone (or no longer one the table remembers).
+    table.record(d)
+    assert table.lookup(key, no_file, lambda tops: None) is None
+    assert len(table) == 0
+    # A lookup that knows no folders (the default) never answers one.
+    table.record(d)
+    assert table.lookup(key, no_file) is None
+
+
+@settings(deadline=None)
+@given(st.integers(2, 30), st.data())
+def test_any_change_to_a_stored_folder_changes_its_stamp(n: int, data: st.DataObject) -> None:
+    """One field of one entry changed, an entry added, removed or moved: not
+    the stamp it had."""
+    rows = _rows(n)
+    before = tree_stamp(["album"], rows)
+    assert before is not None and before == tree_stamp(["album"], list(rows))
+    changed = list(rows)
+    i = data.draw(st.integers(0, n - 1))
+    how = data.draw(st.sampled_from(["field", "add", "remove", "swap", "rename"]))
+    if how == "field":
+        f = data.draw(st.integers(1, 5))
+        row = list(changed[i])
+        row[f] = int(row[f]) + data.draw(st.integers(1, 2**40))  # type: ignore[call-overload]
+        changed[i] = tuple(row)  # type: ignore[assignment]
+    elif how == "add":
+        changed.insert(i + 1, (("album", "zz"), 0o100644, 1, 99, 0, 0))
+    elif how == "remove":
+        del changed[max(1, i)]
+    elif how == "swap" and n > 2:
+        j = 1 + (i % (n - 2))
+        changed[j], changed[j + 1] = changed[j + 1], changed[j]
+    else:
+        changed[i] = ((*changed[i][0][:-1], changed[i][0][-1] + "x"), *changed[i][1:])
+    if changed != rows:
+        assert tree_stamp(["album"], changed) != before
+
+
+def test_a_folder_past_the_bound_is_not_remembered_and_not_walked_further() -> None:
+    assert tree_stamp(["album"], _rows(MAX_TREE_ENTRIES)) is not None
+    assert tree_stamp(["album"], _rows(MAX_TREE_ENTRIES + 1)) is None
+    taken = 0
+
+    def endless() -> Iterator[StampRow]:
+        nonlocal taken
+        while True:
+            taken += 1
+            yield (("album", str(taken)), 0o100644, 1, taken, 0, 0)
+
+    assert tree_stamp(["album"], endless()) is None
+    assert taken == MAX_TREE_ENTRIES + 1
+    # Nothing under it, or names no inbox entry can have, or too long together.
+    assert tree_stamp(["album"], []) is None
+    for tops in ([], ["a/b"], [".."], ["x" * 600, "y" * 600]):
+        assert tree_stamp(tops, _rows(3)) is None
+    assert tree_stamp(["x" * (MAX_TOPS_BYTES - 3), "y"], _rows(3)) is not None
+    assert tree_stamp(["é" * (MAX_TOPS_BYTES // 2 + 1)], _rows(3)) is None  # bytes, not characters
+
+
+def test_a_folders_row_that_does_not_hold_together_is_skipped() -> None:
+    good = _delivery(name="album", stored="album", tree=True)
+    table = DeliveredTable()
+    table.record(good)
+    for stored, stamp in (
+        ("album", TreeStamp(("other",), 1, b"d" * TREE_DIGEST_BYTES)),  # not the names stored
+        ("album", TreeStamp(("album",), MAX_TREE_ENTRIES + 1, b"d" * TREE_DIGEST_BYTES)),
+        ("album", TreeStamp(("album",), 1, b"d" * (TREE_DIGEST_BYTES - 1))),
+        ("album, ..", TreeStamp(("album", ".."), 1, b"d" * TREE_DIGEST_BYTES)),
+    ):
+        bad = Delivery(ResumeKey(B, "album", 1, 64, SOURCE), stored, b"h" * 32, stamp, 1.0)
+        table.record(bad)
+        assert len(DeliveredTable.decode(table.encode())) == 1, stamp
+        table.forget(bad.key)
+    found = DeliveredTable.decode(table.encode()).lookup(good.key, _no_file, _tree_of(good))
+    assert found == good
+
+
+def _no_file(name: str) -> FileStamp | None:
+    raise AssertionError(f"a folder's entry asked for a file's stamp ({name})")
+
+
+def _files_of(*ds: Delivery) -> Callable[[str], FileStamp | None]:
+    """What the inbox holds: the files of ``ds``, unchanged."""
+    held = {d.stored_as: d.stamp for d in ds if isinstance(d.stamp, FileStamp)}
+    return held.get
+
+
+def _tree_of(*ds: Delivery) -> Callable[[tuple[str, ...]], TreeStamp | None]:
+    """What the inbox holds: the folders of ``ds``, unchanged."""
+    held = {d.stamp.tops: d.stamp for d in ds if isinstance(d.stamp, TreeStamp)}
+    return held.get

@@ -43,16 +43,32 @@ push out an old entry early: the worst a lost entry costs is a second copy
 of that file, never a wrong answer (every answer checks the file's stamp
 and its sender's hash).
 
+Folders (a tree transfer: several files and folders stored under their
+top-level names) are remembered the same way, keyed alike (the offer's
+source tag of a tree is a keyed hash of its manifest: every path, size,
+mode and content hash), with a :class:`TreeStamp` in place of the file's
+stamp: the top-level names the tree got and one hash over the stamp of
+every entry under them (path, mode, device, inode, size, mtime), in path
+order. So an entry stays small whatever the folder holds, and any file
+written, added, removed or renamed in the stored folder since makes the
+offer a fresh transfer. Checking it walks the stored folder (at every
+re-offer and again before the answer), so a folder of more than
+:data:`MAX_TREE_ENTRIES` entries, or with top-level names longer than
+:data:`MAX_TOPS_BYTES` together, is simply not remembered (:func:`tree_stamp`
+returns None): sent again, it is stored as a second copy, as before.
+
 Pure: no file is opened here; the caller passes the stamps it measured.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import blake3
 import msgpack
 
 from peercrypt.core.resume import ResumeKey
@@ -65,6 +81,15 @@ JOURNAL_ROWS = CAPACITY  # rows appended before a new snapshot
 JOURNAL_BYTES = 512 * 1024  # or this many bytes of them
 MAX_JOURNAL_BYTES = 2 * JOURNAL_BYTES  # read at most (a row is < 16 KiB)
 _RECORD, _FORGET = 1, 0
+# Entries (files and folders) of a stored folder the table remembers: each
+# re-offer walks them twice (its lookup, its answer), in the receiver's loop.
+MAX_TREE_ENTRIES = 1024
+# UTF-8 bytes of a stored folder's top-level names together (", "-joined):
+# its row holds them twice (the names and the text of its Verified), so 256
+# such rows stay well within MAX_TABLE_BYTES.
+MAX_TOPS_BYTES = 1024
+TREE_DIGEST_BYTES = 32
+_TREE_CONTEXT = "peercrypt 2026-12 delivered tree stamp"
 
 
 @dataclass(frozen=True)
@@ -78,11 +103,57 @@ class FileStamp:
 
 
 @dataclass(frozen=True)
+class TreeStamp:
+    """What identifies a stored folder on disk, and whether it changed: the
+    names its top-level entries got in the inbox, how many entries it held
+    and the hash of their stamps (:func:`tree_stamp`)."""
+
+    tops: tuple[str, ...]
+    entries: int
+    digest: bytes
+
+    @property
+    def stored_as(self) -> str:
+        """The names as a folder's Verified gives them."""
+        return ", ".join(self.tops)
+
+
+# One entry under a stored folder's top-level names, as ``lstat`` gives it:
+# its path components, st_mode, st_dev, st_ino, st_size, st_mtime_ns.
+StampRow = tuple[tuple[str, ...], int, int, int, int, int]
+
+
+def tree_stamp(tops: Sequence[str], rows: Iterable[StampRow]) -> TreeStamp | None:
+    """The stamp of the folder stored under ``tops`` whose entries (every one,
+    in the order the caller walks them) are ``rows``; None if it is not one
+    the table remembers (more than :data:`MAX_TREE_ENTRIES` entries, or
+    names beyond :data:`MAX_TOPS_BYTES`). Reads at most one row past the bound."""
+    if not tops or not _valid_tops(tuple(tops)):
+        return None
+    h = blake3.blake3(derive_key_context=_TREE_CONTEXT)
+    count = 0
+    for row in itertools.islice(rows, MAX_TREE_ENTRIES + 1):
+        count += 1
+        path, mode, dev, ino, size, mtime_ns = row
+        h.update(msgpack.packb([list(path), mode, dev, ino, size, mtime_ns]))
+    if count > MAX_TREE_ENTRIES or count == 0:
+        return None
+    return TreeStamp(tuple(tops), count, h.digest())
+
+
+def _valid_tops(tops: tuple[str, ...]) -> bool:
+    return (
+        all(t and "/" not in t and "\x00" not in t and t not in (".", "..") for t in tops)
+        and 0 < len(", ".join(tops).encode("utf-8", "surrogatepass")) <= MAX_TOPS_BYTES
+    )
+
+
+@dataclass(frozen=True)
 class Delivery:
     key: ResumeKey
-    stored_as: str  # in the inbox (one path component)
-    digest: bytes  # the whole-file hash verified when it was stored
-    stamp: FileStamp
+    stored_as: str  # in the inbox (one path component; a folder's: its names, ", ")
+    digest: bytes  # the whole-file (whole-stream) hash verified when it was stored
+    stamp: FileStamp | TreeStamp
     when: float  # wall clock
 
 
@@ -131,16 +202,21 @@ class DeliveredTable:
         return self._entries.pop(_file_key(key), None) is not None
 
     def lookup(
-        self, key: ResumeKey, stamp_of: Callable[[str], FileStamp | None]
+        self,
+        key: ResumeKey,
+        stamp_of: Callable[[str], FileStamp | None],
+        tree_stamp_of: Callable[[tuple[str, ...]], TreeStamp | None] = lambda tops: None,
     ) -> Delivery | None:
         """The delivery an offer of ``key`` repeats, if its file is still the
         one stored (``stamp_of(name)``: the file's stamp now, None if it is
-        gone or not a regular file). A file gone or changed: the entry is
-        forgotten and None returned (a fresh transfer)."""
+        gone or not a regular file; a folder's, ``tree_stamp_of(tops)``:
+        None if one is gone or it is no longer one the table remembers). A
+        file or folder gone or changed: the entry is forgotten and None
+        returned (a fresh transfer)."""
         found = self._entries.get(_file_key(key))
         if found is None:
             return None
-        if stamp_of(found.stored_as) != found.stamp:
+        if not unchanged(found, stamp_of, tree_stamp_of):
             del self._entries[_file_key(key)]
             return None
         return found
@@ -190,6 +266,17 @@ class DeliveredTable:
             return
 
 
+def unchanged(
+    d: Delivery,
+    stamp_of: Callable[[str], FileStamp | None],
+    tree_stamp_of: Callable[[tuple[str, ...]], TreeStamp | None],
+) -> bool:
+    """``d``'s file (or folder) is still the very one stored."""
+    if isinstance(d.stamp, TreeStamp):
+        return tree_stamp_of(d.stamp.tops) == d.stamp
+    return stamp_of(d.stored_as) == d.stamp
+
+
 def journal_row(delivery: Delivery) -> bytes:
     """The journal row that records ``delivery``."""
     packed: bytes = msgpack.packb([_RECORD, _encode(delivery)], use_bin_type=True)
@@ -204,6 +291,12 @@ def forget_row(key: ResumeKey) -> bytes:
 
 
 def _encode(d: Delivery) -> list[object]:
+    t = d.stamp
+    stamp = (
+        [list(t.tops), t.entries, t.digest]
+        if isinstance(t, TreeStamp)
+        else [t.dev, t.ino, t.size, t.mtime_ns]
+    )
     return [
         d.key.peer,
         d.key.name,
@@ -212,7 +305,7 @@ def _encode(d: Delivery) -> list[object]:
         d.key.source,
         d.stored_as,
         d.digest,
-        [d.stamp.dev, d.stamp.ino, d.stamp.size, d.stamp.mtime_ns],
+        stamp,
         d.when,
     ]
 
@@ -247,10 +340,34 @@ def _row(row: object) -> Delivery | None:
         and stored not in (".", "..")
         and isinstance(digest, bytes)
         and len(digest) <= 64
-        and isinstance(stamp, list)
-        and len(stamp) == 4
-        and all(isinstance(n, int) for n in stamp)
         and isinstance(when, float | int)
     ):
         return None
-    return Delivery(key, stored, digest, FileStamp(*stamp), float(when))
+    found = _stamp(stamp)
+    if found is None or (isinstance(found, TreeStamp) and found.stored_as != stored):
+        return None
+    return Delivery(key, stored, digest, found, float(when))
+
+
+def _stamp(row: object) -> FileStamp | TreeStamp | None:
+    """A file's stamp (4 integers) or a folder's (its names, count, hash)."""
+    if not isinstance(row, list):
+        return None
+    if len(row) == 4 and all(isinstance(n, int) for n in row):
+        return FileStamp(*row)
+    if len(row) != 3:
+        return None
+    tops, entries, digest = row
+    if not (
+        isinstance(tops, list)
+        and tops
+        and len(tops) <= MAX_TOPS_BYTES
+        and all(isinstance(t, str) for t in tops)
+        and _valid_tops(tuple(tops))
+        and isinstance(entries, int)
+        and 0 < entries <= MAX_TREE_ENTRIES
+        and isinstance(digest, bytes)
+        and len(digest) == TREE_DIGEST_BYTES
+    ):
+        return None
+    return TreeStamp(tuple(tops), entries, digest)
