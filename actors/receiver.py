@@ -33,7 +33,9 @@ size, chunk size and source tag; the file under its stored name unchanged:
 :mod:`peercrypt.core.delivered`) is not written again: the Accept says every
 chunk is held, and the sender's Done is answered with the earlier verdict
 (Verified with the name it was stored under) if its hash is the one verified
-then. The table is bounded and kept in the data directory
+then. A folder likewise, while every entry under its stored names is
+unchanged (and it has at most ``MAX_TREE_ENTRIES`` of them; a larger one is
+not remembered). The table is bounded and kept in the data directory
 (``delivered.msgpack``).
 
 Anything that does not authenticate or decode is counted and dropped.
@@ -86,7 +88,7 @@ from actors.inbox import (
 )
 from actors.port_watch import PortWatch
 from actors.space import drop_gone_part, report_holdings
-from actors.tree_store import sweep_trees
+from actors.tree_store import stamp_tree, sweep_trees
 from peercrypt import local_ipc, shm_ring
 from peercrypt.core.bitmap import ChunkBitmap, flatten
 from peercrypt.core.completed import CompletedMemory
@@ -98,8 +100,10 @@ from peercrypt.core.delivered import (
     DeliveredTable,
     Delivery,
     FileStamp,
+    TreeStamp,
     forget_row,
     journal_row,
+    unchanged,
 )
 from peercrypt.core.incoming import (
     WINDOW_UPDATE_AFTER,
@@ -283,6 +287,7 @@ class Echo:
     replay: ReplayWindow = field(default_factory=ReplayWindow)
     mode: str = ""  # as the sender said, and when (for the statistics history)
     wall: float = 0.0
+    files: int = 0  # a folder's, as its offer said
 
 
 @dataclass
@@ -492,14 +497,24 @@ class ReceiverActor(Actor):
             return None
         return FileStamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _delivered_before(self, key: ResumeKey) -> Delivery | None:
-        """The delivery an offer of ``key`` repeats, if its file is still the
-        one stored; an entry whose file is gone or changed is forgotten, in
-        the journal too (a restart must not bring it back)."""
+    def _tree_stamp(self, tops: tuple[str, ...]) -> TreeStamp | None:
+        """The folder stored in the inbox under ``tops`` as it is now."""
+        return stamp_tree(self.settings.inbox, tops)
+
+    def _unchanged(self, d: Delivery) -> bool:
+        return unchanged(d, self._stamp, self._tree_stamp)
+
+    def _delivered_before(self, key: ResumeKey, tree: bool = False) -> Delivery | None:
+        """The delivery an offer of ``key`` repeats (a folder's if ``tree``),
+        if its file or folder is still the one stored; an entry whose file
+        or folder is gone or changed is forgotten, in the journal too (a
+        restart must not bring it back)."""
         known = key in self.delivered
-        prior = self.delivered.lookup(key, self._stamp)
+        prior = self.delivered.lookup(key, self._stamp, self._tree_stamp)
         if prior is None and known:
             self._note_delivered(forget_row(key))
+        if prior is not None and isinstance(prior.stamp, TreeStamp) != tree:
+            return None  # a file's tag offered for a folder (or back): not that one
         return prior
 
     def _echo(
@@ -511,12 +526,15 @@ class ReceiverActor(Actor):
         answer: Response,
         mode: str,
         key: ResumeKey,
+        files: int = 0,
     ) -> Accept:
         """Accept a re-offer of a delivered file holding every chunk (of
         ``key``'s chunk size, chosen for this offer): the sender sends none,
         hashes its file and sends Done (:meth:`_on_echo`)."""
         keys = TransferKeys.for_receiver(offer.tid, answer.secrets)
-        echo = Echo(offer.tid, keys, prior, self.now(), peer, host, mode=mode, wall=time.time())
+        echo = Echo(
+            offer.tid, keys, prior, self.now(), peer, host, mode=mode, wall=time.time(), files=files
+        )
         self.echoes[offer.tid] = echo
         self.count("delivered-before")
         log.info(
@@ -552,10 +570,10 @@ class ReceiverActor(Actor):
         if isinstance(msg, Failed):  # the sender gave up: a row of its own
             self.tell("stats", self._echo_record(echo, msg.code, msg.reason))
             return
-        if hmac.compare_digest(msg.digest, d.digest) and self._stamp(d.stored_as) == d.stamp:
+        if hmac.compare_digest(msg.digest, d.digest) and self._unchanged(d):
             reply: codec.Message = Verified(digest=d.digest, stored_as=d.stored_as)
             self.count("delivered-before-verified")
-        else:  # another content under the same tag, or the file changed since
+        else:  # another content under the same tag, or the file (folder) changed since
             self.delivered.forget(d.key)
             self._note_delivered(forget_row(d.key))
             reply = Failed(
@@ -593,7 +611,10 @@ class ReceiverActor(Actor):
             duration=self.now() - echo.since,
             result=result[:32],
             reason=reason[:512],
-            params={"delivered_before": d.stored_as[:256]},
+            params={
+                "delivered_before": d.stored_as[:256],
+                **({"files": str(echo.files)} if echo.files else {}),
+            },
             stats={"held_bytes": d.key.size if ok else 0},
         )
 
@@ -774,10 +795,10 @@ class ReceiverActor(Actor):
                 "its result decides (send again only if it fails)",
             )
         tree_bytes = details.size if details.tree or details.files else 0  # built beside its part
-        if not tree_bytes:
-            prior = self._delivered_before(key)
-            if prior is not None:
-                return self._echo(offer, peer, host, prior, answer, details.mode, key)
+        prior = self._delivered_before(key, tree=bool(tree_bytes))
+        if prior is not None:
+            files = details.files if tree_bytes else 0
+            return self._echo(offer, peer, host, prior, answer, details.mode, key, files)
         try:
             reuse = self._resumable(dataclasses.replace(key, chunk_size=high), low)
         except OSError as exc:
@@ -1460,7 +1481,7 @@ class ReceiverActor(Actor):
                 self.log_limited("cannot record %s for resume: %s", t.name, result.text)
                 continue
             elif isinstance(result, Unpacked):
-                self._stored(t, t.digest, ", ".join(result.stored)[:1024])
+                self._stored_tree(t, result.stored)
                 continue
             elif isinstance(result, TreeFailed):
                 self._tree_failed(t, result)
@@ -1492,6 +1513,18 @@ class ReceiverActor(Actor):
             self.delivered.record(delivery)
             self._note_delivered(journal_row(delivery))
         self._stored(t, digest, stored)
+
+    def _stored_tree(self, t: Incoming, tops: tuple[str, ...]) -> None:
+        """``t``'s folder is in the inbox under ``tops``: remembered (if not
+        too large for the table) so a re-offer is answered with this verdict."""
+        stamp = self._tree_stamp(tops)
+        if stamp is not None:
+            delivery = Delivery(t.key, stamp.stored_as, t.digest, stamp, time.time())
+            self.delivered.record(delivery)
+            self._note_delivered(journal_row(delivery))
+        else:
+            self.count("trees-not-remembered")
+        self._stored(t, t.digest, ", ".join(tops)[:1024])
 
     def _tree_failed(self, t: Incoming, result: TreeFailed) -> None:
         """The verified stream did not make a tree: a wrong manifest or a file

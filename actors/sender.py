@@ -1533,8 +1533,9 @@ class SenderActor(Actor):
         # bounded: core/completed.py), so the file is offered again, and its
         # table of delivered files answers with the earlier verdict, sealed
         # under the new transfer's keys (or the part is resumed).
-        # Not a folder: the table does not hold folders, so an offer again
-        # would store a second copy (DIR.1) of one stored already.
+        # Not a folder: the table holds a folder only up to MAX_TREE_ENTRIES
+        # entries (core/delivered.py), and this side cannot tell whether it
+        # holds this one; an offer again would then store a second copy (DIR.1).
         unanswered = code == ResultCode.TIMEOUT and flow.unanswered
         network = t.broken or flow.window is None or (unanswered and t.tree is None)
         retried = False

@@ -40,17 +40,21 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import itertools
 import os
 import shutil
 import stat
 import threading
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import blake3
 
+from peercrypt.core.delivered import MAX_TREE_ENTRIES, StampRow, TreeStamp, tree_stamp
 from peercrypt.core.names import candidate_names
 from peercrypt.core.tree import (
+    MAX_DEPTH,
     Kind,
     Layout,
     TreeEntry,
@@ -365,3 +369,56 @@ def sweep_trees(inbox: Path) -> list[str]:
     finally:
         os.close(inbox_fd)
     return gone
+
+
+def stamp_tree(inbox: Path, tops: Sequence[str]) -> TreeStamp | None:
+    """The stamp of the folder stored in ``inbox`` under ``tops``
+    (:func:`~peercrypt.core.delivered.tree_stamp`): None if one of them is
+    gone, it cannot be read, or it is more than the table remembers. Walks
+    at most one entry past that bound (and lists at most as many names
+    of a folder), never following a link."""
+    rows = _stamp_rows(inbox, tops, MAX_TREE_ENTRIES + 1)
+    try:
+        return tree_stamp(tops, rows)
+    except (OSError, ValueError, _TooMany):
+        return None
+    finally:
+        rows.close()
+
+
+class _TooMany(Exception):
+    """A folder lists more names than the walk's bound."""
+
+
+def _stamp_rows(inbox: Path, tops: Sequence[str], limit: int) -> Generator[StampRow, None, None]:
+    """Every entry under ``tops`` as :data:`~peercrypt.core.delivered.StampRow`,
+    in path order (each folder's names sorted, its entries right after it),
+    from ``lstat``; folders opened by descriptor, without following links.
+    A folder deeper than a tree may be, or one listing more than ``limit``
+    names, raises."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+    def entries(dir_fd: int, name: str, path: tuple[str, ...]) -> Iterator[StampRow]:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        yield path, st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+        if not stat.S_ISDIR(st.st_mode):
+            return
+        if len(path) > MAX_DEPTH:
+            raise _TooMany(f"deeper than {MAX_DEPTH}")
+        fd = os.open(name, flags, dir_fd=dir_fd)
+        try:
+            with os.scandir(fd) as listing:
+                names = sorted(e.name for e in itertools.islice(listing, limit + 1))
+            if len(names) > limit:
+                raise _TooMany(f"more than {limit} names")
+            for child in names:
+                yield from entries(fd, child, (*path, child))
+        finally:
+            os.close(fd)
+
+    inbox_fd = os.open(inbox, flags)
+    try:
+        for top in tops:
+            yield from entries(inbox_fd, top, (top,))
+    finally:
+        os.close(inbox_fd)

@@ -149,10 +149,11 @@ def test_a_folder_whose_verified_was_lost_is_not_offered_again(
     gate: Gate,
     tmp_path: Path,
 ) -> None:
-    """The table of delivered files holds no folders: offered again, a
-    folder the receiver stored would be stored a second time (``DIR.1``). So
-    a folder's send whose Done went unanswered fails saying where to look,
-    and nothing is offered again."""
+    """The table of delivered files holds a folder only up to its bound (a
+    sender cannot tell whether the receiver remembered this one): offered
+    again, a folder it did not remember would be stored a second time
+    (``DIR.1``). So a folder's send whose Done went unanswered fails saying
+    where to look, and nothing is offered again."""
     receiver, sender = _receiver_and_sender(node_factory, proxy)
     album = tmp_path / "album"
     album.mkdir()

@@ -9,6 +9,7 @@ import errno
 import os
 import threading
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -18,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.tree_source import build_tree
-from actors.tree_store import TreeBuilder, hidden_name, sweep_trees, unpack
+from actors.tree_store import TreeBuilder, hidden_name, stamp_tree, sweep_trees, unpack
+from peercrypt.core.delivered import MAX_TREE_ENTRIES
 from peercrypt.core.tree import (
     MAX_DEPTH,
     Kind,
@@ -448,3 +450,52 @@ def test_bytes_after_the_entries_are_refused() -> None:
     data = encode_manifest(GOOD) + b"\x00"
     with pytest.raises(TreeError, match="after"):
         decode_manifest(data, 100, stream_size(GOOD) + 1)
+
+
+def test_a_stored_folders_stamp_changes_with_any_entry_and_follows_no_link(
+    tmp_path: Path,
+) -> None:
+    """What the table of delivered folders compares (actors/tree_store.py,
+    stamp_tree): the same until an entry anywhere under the stored names is
+    written, added, removed, renamed or has its mode changed; None once one
+    of them is gone or the folder holds more than the table walks."""
+    inbox = tmp_path / "inbox"
+    (inbox / "album" / "sub").mkdir(parents=True)
+    (inbox / "album" / "sub" / "a").write_bytes(b"a")
+    (inbox / "album" / "b").write_bytes(b"b")
+    (inbox / "note").write_bytes(b"n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big").write_bytes(b"x")
+    (inbox / "album" / "link").symlink_to(outside)  # a link is an entry, not followed
+
+    stamp = stamp_tree(inbox, ["album", "note"])
+    assert stamp is not None and stamp.tops == ("album", "note") and stamp.entries == 6
+    assert stamp_tree(inbox, ["album", "note"]) == stamp
+    (outside / "more").write_bytes(b"beyond the link")
+    assert stamp_tree(inbox, ["album", "note"]) == stamp
+    assert stamp_tree(inbox, ["note", "album"]) != stamp  # other names, other order
+
+    def changes(change: Callable[[], object]) -> None:
+        before = stamp_tree(inbox, ["album", "note"])
+        change()
+        assert stamp_tree(inbox, ["album", "note"]) != before
+
+    ns = 10**9
+    changes(lambda: os.utime(inbox / "album" / "sub" / "a", ns=(5 * ns, 5 * ns)))
+    changes(lambda: (inbox / "album" / "sub" / "c").write_bytes(b""))
+    changes(lambda: (inbox / "album" / "sub" / "c").unlink())
+    changes(lambda: os.rename(inbox / "album" / "b", inbox / "album" / "b2"))
+    changes(lambda: os.chmod(inbox / "album" / "b2", 0o600))
+    changes(lambda: (inbox / "note").write_bytes(b"m"))
+    # Gone: none.
+    os.unlink(inbox / "note")
+    assert stamp_tree(inbox, ["album", "note"]) is None
+    # More than the table walks: none (and the walk stops there).
+    many = inbox / "many"
+    many.mkdir()
+    for i in range(MAX_TREE_ENTRIES - 1):
+        (many / str(i)).write_bytes(b"")
+    assert stamp_tree(inbox, ["many"]) is not None  # the folder and its files
+    (many / "one more").write_bytes(b"")
+    assert stamp_tree(inbox, ["many"]) is None

@@ -55,15 +55,20 @@ def test_a_folder_arrives_whole_and_a_second_one_beside_it(
         p.read_bytes() for p in inbox.rglob("*") if p.is_file()
     )
 
-    # The same folder again: the top folder is renamed, the first untouched;
-    # the warning about the links is one line on stderr.
+    # The folder again with a file more (the same one again is had already,
+    # tests/test_delivered_tree_e2e.py): the top folder is renamed, the first
+    # untouched; the warning about the links is one line on stderr.
+    (src / "more.txt").write_bytes(b"more")
     again = sender.cli("send", src, receiver.host, str(receiver.port), "--no-progress")
     assert again.returncode == 0, again.describe()
-    assert "as photos.1 " in again.stdout and "3 files" in again.stdout
+    assert "as photos.1 " in again.stdout and "4 files" in again.stdout
     assert again.stderr_lines == [
         "peercrypt: warning: 2 symbolic link(s) or special file(s) were not sent"
     ]
-    assert contents(inbox / "photos.1") == expected
+    assert contents(inbox / "photos.1") == {
+        **expected,
+        "more.txt": blake3.blake3(b"more").hexdigest(),
+    }
     assert contents(inbox / "photos") == expected
     assert sorted(os.listdir(inbox)) == ["photos", "photos.1"]  # no part, no hidden tree left
 
@@ -96,7 +101,7 @@ def test_a_folder_arrives_whole_and_a_second_one_beside_it(
             done = [r for r in rows if r["side"] == side and r["result"] == "ok"]
             return sorted(r["params"].get("files") for r in done) if len(done) == 4 else None
 
-        assert wait_until(counts, WAIT, f"4 {side} rows") == ["1", "3", "3", "3"]
+        assert wait_until(counts, WAIT, f"4 {side} rows") == ["1", "3", "3", "4"]
 
 
 def test_ten_thousand_files_in_one_transfer(tmp_path: Path, node_factory: Nodes) -> None:
