@@ -45,13 +45,20 @@ import os
 import shutil
 import stat
 import threading
+import time
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import blake3
 
-from peercrypt.core.delivered import MAX_TREE_ENTRIES, StampRow, TreeStamp, tree_stamp
+from peercrypt.core.delivered import (
+    MAX_TREE_ENTRIES,
+    TREE_STAMP_SECONDS,
+    StampRow,
+    TreeStamp,
+    tree_stamp,
+)
 from peercrypt.core.names import candidate_names
 from peercrypt.core.tree import (
     MAX_DEPTH,
@@ -371,52 +378,67 @@ def sweep_trees(inbox: Path) -> list[str]:
     return gone
 
 
-def stamp_tree(inbox: Path, tops: Sequence[str]) -> TreeStamp | None:
+def stamp_tree(
+    inbox: Path, tops: Sequence[str], seconds: float = TREE_STAMP_SECONDS
+) -> TreeStamp | None:
     """The stamp of the folder stored in ``inbox`` under ``tops``
     (:func:`~peercrypt.core.delivered.tree_stamp`): None if one of them is
-    gone, it cannot be read, or it is more than the table remembers. Walks
-    at most one entry past that bound (and lists at most as many names
-    of a folder), never following a link."""
-    rows = _stamp_rows(inbox, tops, MAX_TREE_ENTRIES + 1)
+    gone, it cannot be read, it is more than the table remembers, or walking
+    it takes longer than ``seconds`` (a slow disk: the receiver's loop waits
+    on it). Lists and stats at most one entry past that bound in all, never
+    following a link."""
+    rows = _stamp_rows(inbox, tops, MAX_TREE_ENTRIES, time.monotonic() + seconds)
     try:
         return tree_stamp(tops, rows)
-    except (OSError, ValueError, _TooMany):
+    except (OSError, ValueError, _Unstamped):
         return None
     finally:
         rows.close()
 
 
-class _TooMany(Exception):
-    """A folder lists more names than the walk's bound."""
+class _Unstamped(Exception):
+    """The walk stopped: too many names, too deep, too slow, or a folder
+    replaced while it was read."""
 
 
-def _stamp_rows(inbox: Path, tops: Sequence[str], limit: int) -> Generator[StampRow, None, None]:
+def _stamp_rows(
+    inbox: Path, tops: Sequence[str], limit: int, deadline: float
+) -> Generator[StampRow, None, None]:
     """Every entry under ``tops`` as :data:`~peercrypt.core.delivered.StampRow`,
     in path order (each folder's names sorted, its entries right after it),
-    from ``lstat``; folders opened by descriptor, without following links.
-    A folder deeper than a tree may be, or one listing more than ``limit``
-    names, raises."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    from ``lstat``; folders opened by descriptor, without following links,
+    and checked to be the very ones stat'ed. More than ``limit`` entries
+    listed in all, a folder deeper than a tree may be, or the clock past
+    ``deadline`` raises."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    listed = len(tops)  # entries named so far: the walk reads no more than limit + 1
 
     def entries(dir_fd: int, name: str, path: tuple[str, ...]) -> Iterator[StampRow]:
+        nonlocal listed
+        if time.monotonic() > deadline:
+            raise _Unstamped("too slow")
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        yield path, st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+        yield path, st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
         if not stat.S_ISDIR(st.st_mode):
             return
         if len(path) > MAX_DEPTH:
-            raise _TooMany(f"deeper than {MAX_DEPTH}")
-        fd = os.open(name, flags, dir_fd=dir_fd)
+            raise _Unstamped(f"deeper than {MAX_DEPTH}")
+        fd = os.open(name, flags | os.O_NOFOLLOW, dir_fd=dir_fd)
         try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                raise _Unstamped("replaced while read")
             with os.scandir(fd) as listing:
-                names = sorted(e.name for e in itertools.islice(listing, limit + 1))
-            if len(names) > limit:
-                raise _TooMany(f"more than {limit} names")
-            for child in names:
+                names = [e.name for e in itertools.islice(listing, max(0, limit - listed + 1))]
+            listed += len(names)
+            if listed > limit:
+                raise _Unstamped(f"more than {limit} entries")
+            for child in sorted(names):
                 yield from entries(fd, child, (*path, child))
         finally:
             os.close(fd)
 
-    inbox_fd = os.open(inbox, flags)
+    inbox_fd = os.open(inbox, flags)  # the inbox itself may be a link: it is configured
     try:
         for top in tops:
             yield from entries(inbox_fd, top, (top,))

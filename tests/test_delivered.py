@@ -198,8 +198,8 @@ def test_a_journal_cut_short_keeps_every_whole_row_before_the_cut(
 
 def _rows(n: int, top: str = "album") -> list[StampRow]:
     """A stored folder ``top`` of ``n - 1`` files, as its walk gives it."""
-    return [((top,), 0o40755, 1, 10, 4096, 7)] + [
-        ((top, f"f{i}"), 0o100644, 1, 11 + i, i, 100 + i) for i in range(n - 1)
+    return [((top,), 0o40755, 1, 10, 4096, 7, 8)] + [
+        ((top, f"f{i}"), 0o100644, 1, 11 + i, i, 100 + i, 200 + i) for i in range(n - 1)
     ]
 
 
@@ -217,7 +217,7 @@ def test_a_folder_is_found_while_every_entry_in_it_is_unchanged() -> None:
     assert table.lookup(other, no_file, lambda tops: stamp) is None
     # A file of it written to (its mtime): a fresh transfer, the entry forgotten.
     rows = _rows(5)
-    rows[3] = (*rows[3][:5], rows[3][5] + 1)
+    rows[3] = (*rows[3][:5], rows[3][5] + 1, rows[3][6])
     edited = tree_stamp(["album"], rows)
     assert edited is not None and edited != stamp
     assert table.lookup(key, no_file, lambda tops: edited) is None
@@ -243,12 +243,12 @@ def test_any_change_to_a_stored_folder_changes_its_stamp(n: int, data: st.DataOb
     i = data.draw(st.integers(0, n - 1))
     how = data.draw(st.sampled_from(["field", "add", "remove", "swap", "rename"]))
     if how == "field":
-        f = data.draw(st.integers(1, 5))
+        f = data.draw(st.integers(1, 6))
         row = list(changed[i])
         row[f] = int(row[f]) + data.draw(st.integers(1, 2**40))  # type: ignore[call-overload]
         changed[i] = tuple(row)  # type: ignore[assignment]
     elif how == "add":
-        changed.insert(i + 1, (("album", "zz"), 0o100644, 1, 99, 0, 0))
+        changed.insert(i + 1, (("album", "zz"), 0o100644, 1, 99, 0, 0, 0))
     elif how == "remove":
         del changed[max(1, i)]
     elif how == "swap" and n > 2:
@@ -269,7 +269,7 @@ def test_a_folder_past_the_bound_is_not_remembered_and_not_walked_further() -> N
         nonlocal taken
         while True:
             taken += 1
-            yield (("album", str(taken)), 0o100644, 1, taken, 0, 0)
+            yield (("album", str(taken)), 0o100644, 1, taken, 0, 0, 0)
 
     assert tree_stamp(["album"], endless()) is None
     assert taken == MAX_TREE_ENTRIES + 1

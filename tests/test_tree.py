@@ -499,3 +499,72 @@ def test_a_stored_folders_stamp_changes_with_any_entry_and_follows_no_link(
     assert stamp_tree(inbox, ["many"]) is not None  # the folder and its files
     (many / "one more").write_bytes(b"")
     assert stamp_tree(inbox, ["many"]) is None
+
+
+def test_a_stored_file_written_to_with_its_mtime_put_back_changes_the_stamp(
+    tmp_path: Path,
+) -> None:
+    """Its ctime, which no one can set, is in the stamp: new bytes under the
+    same size and mtime are not the folder stored."""
+    inbox = tmp_path / "inbox"
+    (inbox / "album").mkdir(parents=True)
+    photo = inbox / "album" / "photo"
+    photo.write_bytes(b"a" * 100)
+    before = os.lstat(photo)
+    stamp = stamp_tree(inbox, ["album"])
+    assert stamp is not None
+    with open(photo, "r+b") as f:
+        f.write(b"b")
+    os.utime(photo, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.lstat(photo)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+    assert stamp_tree(inbox, ["album"]) != stamp
+
+
+def test_a_stored_folders_stamp_through_a_linked_inbox(tmp_path: Path) -> None:
+    """The inbox itself may be a link (it is configured, not received): its
+    folders are stamped as they are; a link inside it is still not followed."""
+    inbox = tmp_path / "inbox"
+    (inbox / "album").mkdir(parents=True)
+    (inbox / "album" / "a").write_bytes(b"a")
+    linked = tmp_path / "linked"
+    linked.symlink_to(inbox)
+    stamp = stamp_tree(linked, ["album"])
+    assert stamp is not None and stamp == stamp_tree(inbox, ["album"]) and stamp.entries == 2
+    (inbox / "alias").symlink_to(inbox / "album")
+    alias = stamp_tree(linked, ["alias"])
+    assert alias is not None and alias.entries == 1  # the link, not the folder behind it
+
+
+def test_a_slow_walk_of_a_stored_folder_gives_no_stamp(tmp_path: Path) -> None:
+    """Past its time (a slow disk), the walk stops: no stamp, so a re-offer
+    is a fresh transfer rather than a wait in the receiver's loop."""
+    inbox = tmp_path / "inbox"
+    (inbox / "album").mkdir(parents=True)
+    (inbox / "album" / "a").write_bytes(b"a")
+    assert stamp_tree(inbox, ["album"]) is not None
+    assert stamp_tree(inbox, ["album"], seconds=-1.0) is None
+
+
+def test_a_grown_stored_folder_is_walked_in_bounded_memory(tmp_path: Path) -> None:
+    """A stored folder grown deep, every level holding nearly the bound of
+    names: the walk lists at most one name past the bound in all (not per
+    folder), so it stops early, holding a few thousand names at most."""
+    inbox = tmp_path / "inbox"
+    level = inbox / "album"
+    for _ in range(20):
+        level.mkdir(parents=True)
+        for i in range(MAX_TREE_ENTRIES - 24):
+            (level / f"f{i:04}-{'x' * 40}").touch()
+        level = level / "0"  # sorted first: the walk goes down before the files
+    tracemalloc.start()
+    try:
+        assert stamp_tree(inbox, ["album"], seconds=60.0) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, peak

@@ -48,9 +48,11 @@ top-level names) are remembered the same way, keyed alike (the offer's
 source tag of a tree is a keyed hash of its manifest: every path, size,
 mode and content hash), with a :class:`TreeStamp` in place of the file's
 stamp: the top-level names the tree got and one hash over the stamp of
-every entry under them (path, mode, device, inode, size, mtime), in path
-order. So an entry stays small whatever the folder holds, and any file
-written, added, removed or renamed in the stored folder since makes the
+every entry under them (path, mode, device, inode, size, mtime, ctime),
+in path order (ctime too, unlike a file's stamp: nothing of the receiver's
+own touches a stored folder's entries once it is stamped). So an entry stays
+small whatever the folder holds, and any file written (even with its mtime
+put back), added, removed or renamed in the stored folder since makes the
 offer a fresh transfer. Checking it walks the stored folder (at every
 re-offer and again before the answer), so a folder of more than
 :data:`MAX_TREE_ENTRIES` entries, or with top-level names longer than
@@ -88,6 +90,9 @@ MAX_TREE_ENTRIES = 1024
 # its row holds them twice (the names and the text of its Verified), so 256
 # such rows stay well within MAX_TABLE_BYTES.
 MAX_TOPS_BYTES = 1024
+# Seconds one walk of a stored folder may take (a cold cache, a slow or
+# network disk): past it, the folder counts as changed (a fresh transfer).
+TREE_STAMP_SECONDS = 0.25
 TREE_DIGEST_BYTES = 32
 _TREE_CONTEXT = "peercrypt 2026-12 delivered tree stamp"
 
@@ -119,8 +124,10 @@ class TreeStamp:
 
 
 # One entry under a stored folder's top-level names, as ``lstat`` gives it:
-# its path components, st_mode, st_dev, st_ino, st_size, st_mtime_ns.
-StampRow = tuple[tuple[str, ...], int, int, int, int, int]
+# its path components, st_mode, st_dev, st_ino, st_size, st_mtime_ns and
+# st_ctime_ns (which no one can set: a file written to and its mtime put
+# back still changes it).
+StampRow = tuple[tuple[str, ...], int, int, int, int, int, int]
 
 
 def tree_stamp(tops: Sequence[str], rows: Iterable[StampRow]) -> TreeStamp | None:
@@ -134,8 +141,8 @@ def tree_stamp(tops: Sequence[str], rows: Iterable[StampRow]) -> TreeStamp | Non
     count = 0
     for row in itertools.islice(rows, MAX_TREE_ENTRIES + 1):
         count += 1
-        path, mode, dev, ino, size, mtime_ns = row
-        h.update(msgpack.packb([list(path), mode, dev, ino, size, mtime_ns]))
+        path, *numbers = row
+        h.update(msgpack.packb([list(path), *numbers]))
     if count > MAX_TREE_ENTRIES or count == 0:
         return None
     return TreeStamp(tuple(tops), count, h.digest())
