@@ -101,6 +101,7 @@ from peercrypt.core.delivered import (
     Delivery,
     FileStamp,
     TreeStamp,
+    WalkBudget,
     forget_row,
     journal_row,
     unchanged,
@@ -322,6 +323,7 @@ class ReceiverActor(Actor):
         self.asking: dict[int, Asking] = {}  # request -> offer waiting for space
         self.echoes: dict[bytes, Echo] = {}  # tid -> a re-offer of a delivered file
         self.delivered = DeliveredTable()
+        self.tree_walks = WalkBudget(time.monotonic())  # stored folders' walks, in the loop
         self._journal = (0, 0)  # rows and bytes in the journal of deliveries
         self._changes = 0  # of the table, and at which one a snapshot last failed
         self._snapshot_failed: int | None = None
@@ -498,8 +500,14 @@ class ReceiverActor(Actor):
         return FileStamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _tree_stamp(self, tops: tuple[str, ...]) -> TreeStamp | None:
-        """The folder stored in the inbox under ``tops`` as it is now."""
-        return stamp_tree(self.settings.inbox, tops)
+        """The folder stored in the inbox under ``tops`` as it is now (its
+        walk charged to the budget of walks)."""
+        began = time.monotonic()
+        try:
+            return stamp_tree(self.settings.inbox, tops)
+        finally:
+            ended = time.monotonic()
+            self.tree_walks.charge(ended - began, ended)
 
     def _unchanged(self, d: Delivery) -> bool:
         return unchanged(d, self._stamp, self._tree_stamp)
@@ -510,6 +518,9 @@ class ReceiverActor(Actor):
         or folder is gone or changed is forgotten, in the journal too (a
         restart must not bring it back)."""
         known = key in self.delivered
+        if tree and known and not self.tree_walks.allows(time.monotonic()):
+            self.count("trees-walks-over-budget")  # not looked up: a fresh transfer
+            return None
         prior = self.delivered.lookup(key, self._stamp, self._tree_stamp)
         if prior is None and known:
             self._note_delivered(forget_row(key))

@@ -18,6 +18,7 @@ from peercrypt.core.delivered import (
     FileStamp,
     StampRow,
     TreeStamp,
+    WalkBudget,
     forget_row,
     journal_row,
     tree_stamp,
@@ -313,3 +314,31 @@ def _tree_of(*ds: Delivery) -> Callable[[tuple[str, ...]], TreeStamp | None]:
     """What the inbox holds: the folders of ``ds``, unchanged."""
     held = {d.stamp.tops: d.stamp for d in ds if isinstance(d.stamp, TreeStamp)}
     return held.get
+
+
+def test_walks_of_stored_folders_take_at_most_their_share_of_the_loop() -> None:
+    """Every walk is charged in full; once the saved-up time is spent, walks
+    are let through only as the share of each second refills it (a member
+    re-offering its folder in a loop gets fresh transfers, not the receiver's
+    loop)."""
+    budget = WalkBudget(0.0, share=0.1, burst=1.0)
+    assert budget.allows(0.0)
+    budget.charge(0.6, 0.0)
+    assert budget.allows(0.0)
+    budget.charge(0.6, 0.0)  # more than is left: a debt of 0.2 s
+    assert not budget.allows(0.0)
+    assert not budget.allows(1.99)  # 0.199 s of it refilled
+    assert budget.allows(2.01)
+    # Walks of 4 ms, each as soon as it is let through: the share, long run.
+    now, spent = 2.01, 0.0
+    while now < 100.0:
+        if budget.allows(now):
+            budget.charge(0.004, now)
+            spent += 0.004
+        now += 0.001
+    assert spent <= 0.1 * (now - 2.01) + 0.004 + 1e-9, (spent, now)
+    assert spent >= 0.1 * (now - 2.01) - 0.01, (spent, now)
+    # Idle, it saves up no more than its burst.
+    now += 1000.0
+    budget.charge(1.0, now)
+    assert not budget.allows(now)

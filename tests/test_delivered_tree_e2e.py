@@ -298,3 +298,50 @@ def test_a_stored_folder_changed_after_the_re_offer_is_not_vouched_for(
         assert isinstance(answer, Failed) and answer.code == "hash-mismatch", answer
     assert receiver.counters().get("receiver.delivered-before-verified", 0) == 0
     assert _listing(receiver.inbox) == ["album"]
+
+
+def test_re_offers_of_a_folder_walk_it_within_a_share_of_the_receivers_time(
+    tmp_path: Path, node_factory: Nodes, network_key: str
+) -> None:
+    """A member re-offering its own remembered folder again and again makes
+    the receiver walk it each time (a stat per entry, in its loop): past the
+    budget of walks (TREE_WALK_SHARE of its time, once the saved-up second is
+    spent) a re-offer is not looked up, so it is a fresh transfer; the entry
+    stays, and a re-offer is had again once the budget refilled."""
+    receiver = node_factory(name="receiver")
+    album = tmp_path / "album"
+    album.mkdir()
+    for i in range(MAX_TREE_ENTRIES - 1):  # and the folder: as many as remembered
+        (album / f"f{i:04}").write_bytes(b"")
+    tree = build_tree([album])
+    stream = tree.pread(tree.total_size, 0)
+    digest = blake3.blake3(stream).digest()
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        first = _offer(h, tree)
+        assert isinstance(first, HostileTransfer), first
+        verdict = first.send_stream(stream)
+        assert isinstance(verdict, Verified) and verdict.stored_as == "album", verdict
+
+        def re_offer() -> bool:
+            """True if had, False if a fresh transfer (then left)."""
+            again = _offer(h, tree)
+            assert isinstance(again, HostileTransfer) and again.accept is not None, again
+            if again.accept.have == []:
+                again.abandon()
+                again.close()
+                return False
+            assert again.accept.have == [0, again.total], again.accept
+            try:
+                answer = again.done_until(digest, (Verified, Failed))
+            finally:
+                again.close()  # the receiver holds only so many connections
+            assert isinstance(answer, Verified) and answer.stored_as == "album", answer
+            return True
+
+        had = wait_until(lambda: None if re_offer() else True, 150, "a re-offer over budget", 0.0)
+        assert had is True
+        assert receiver.wait_for_counter("receiver.trees-walks-over-budget", 1) >= 1
+        assert wait_until(lambda: re_offer() or None, 30, "a re-offer had again", 0.0) is True
+    assert receiver.counters().get("receiver.delivered-before-mismatch", 0) == 0
+    # The fresh transfer left keeps its part (to resume), no second copy.
+    assert [n for n in _listing(receiver.inbox) if not n.startswith(".")] == ["album"]

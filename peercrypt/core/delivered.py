@@ -91,8 +91,18 @@ MAX_TREE_ENTRIES = 1024
 # such rows stay well within MAX_TABLE_BYTES.
 MAX_TOPS_BYTES = 1024
 # Seconds one walk of a stored folder may take (a cold cache, a slow or
-# network disk): past it, the folder counts as changed (a fresh transfer).
-TREE_STAMP_SECONDS = 0.25
+# network disk): past it, the folder counts as changed (a fresh transfer). A
+# walk takes ~4 ms; well above it, since a loaded machine stalls a walk for
+# 0.25 s at times (then a Done is answered hash-mismatch); WalkBudget keeps
+# slow walks from adding up.
+TREE_STAMP_SECONDS = 1.0
+# Of the receiver's loop, what walks of stored folders may take in the long
+# run (a share of each second) and at once: a member re-offering its own
+# remembered folder again and again costs the receiver a walk or two each
+# time (its handshake costs it far less), so past this a folder's re-offer
+# is not looked up (a fresh transfer, as for a folder not remembered).
+TREE_WALK_SHARE = 0.1
+TREE_WALK_BURST_SECONDS = 1.0
 TREE_DIGEST_BYTES = 32
 _TREE_CONTEXT = "peercrypt 2026-12 delivered tree stamp"
 
@@ -153,6 +163,38 @@ def _valid_tops(tops: tuple[str, ...]) -> bool:
         all(t and "/" not in t and "\x00" not in t and t not in (".", "..") for t in tops)
         and 0 < len(", ".join(tops).encode("utf-8", "surrogatepass")) <= MAX_TOPS_BYTES
     )
+
+
+class WalkBudget:
+    """The time walks of stored folders may still take (:data:`TREE_WALK_SHARE`
+    of each second, at most :data:`TREE_WALK_BURST_SECONDS` saved up). Every
+    walk is charged, in full (a walk that overdraws leaves a debt); only a
+    re-offer's lookup asks first (its Done's walk then follows), so walks
+    take at most the burst, the share of the time and two walks more."""
+
+    def __init__(
+        self,
+        now: float,
+        share: float = TREE_WALK_SHARE,
+        burst: float = TREE_WALK_BURST_SECONDS,
+    ) -> None:
+        self._share, self._burst = share, burst
+        self._left, self._last = burst, now
+
+    def _refill(self, now: float) -> None:
+        if now > self._last:
+            self._left = min(self._burst, self._left + (now - self._last) * self._share)
+            self._last = now
+
+    def allows(self, now: float) -> bool:
+        """A re-offer's walk may start: some of the budget is left."""
+        self._refill(now)
+        return self._left > 0
+
+    def charge(self, seconds: float, now: float) -> None:
+        """A walk took ``seconds``."""
+        self._refill(now)
+        self._left -= max(0.0, seconds)
 
 
 @dataclass(frozen=True)
