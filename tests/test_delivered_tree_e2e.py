@@ -55,6 +55,22 @@ def _offer(h: HostileSender, tree: TreeSource) -> HostileTransfer | Refused:
     return h.offer("album", size, CHUNK, source=source, tree=len(tree.manifest), files=files)
 
 
+def _album_stream(root: Path) -> tuple[Path, TreeSource, bytes]:
+    """:func:`_album`, the tree a sender builds of it and its whole stream."""
+    album = _album(root)
+    tree = build_tree([album])
+    return album, tree, tree.pread(tree.total_size, 0)
+
+
+def _store(h: HostileSender, tree: TreeSource, stream: bytes) -> None:
+    """``tree`` (whose whole stream is ``stream``) stored as ``album``."""
+    first = _offer(h, tree)
+    assert isinstance(first, HostileTransfer), first
+    verdict = first.send_stream(stream)
+    assert isinstance(verdict, Verified) and verdict.stored_as == "album", verdict
+    first.close()
+
+
 def _listing(inbox: Path) -> list[str]:
     """Everything in the inbox, hidden parts and trees too."""
     return sorted(os.listdir(inbox))
@@ -345,3 +361,54 @@ def test_re_offers_of_a_folder_walk_it_within_a_share_of_the_receivers_time(
     assert receiver.counters().get("receiver.delivered-before-mismatch", 0) == 0
     # The fresh transfer left keeps its part (to resume), no second copy.
     assert [n for n in _listing(receiver.inbox) if not n.startswith(".")] == ["album"]
+
+
+def test_a_file_offered_under_a_stored_folders_key_is_a_file_of_its_own(
+    tmp_path: Path, node_factory: Nodes, network_key: str
+) -> None:
+    """The sender of a folder offers a plain file under the folder's very key
+    (name, size, source tag: a sender picks its tag): the folder's entry does
+    not answer it (nor would a file's a folder's offer), so its bytes are
+    stored as a file of their own: never a folder's verdict for a file."""
+    receiver = node_factory(name="receiver")
+    album, tree, stream = _album_stream(tmp_path)
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        _store(h, tree, stream)
+
+        plain = h.offer("album", tree.total_size, CHUNK, source=source_tag(tree.manifest))
+        assert isinstance(plain, HostileTransfer) and plain.accept is not None, plain
+        assert plain.accept.have == [], plain.accept
+        verdict = plain.send_stream(stream)
+        assert isinstance(verdict, Verified) and verdict.stored_as == "album.1", verdict
+        plain.close()
+    assert (receiver.inbox / "album.1").read_bytes() == stream
+    assert contents(receiver.inbox / "album") == contents(album)
+    assert _listing(receiver.inbox) == ["album", "album.1"]
+
+
+def test_a_folders_re_offer_is_had_only_against_the_whole_streams_hash(
+    tmp_path: Path, node_factory: Nodes, network_key: str
+) -> None:
+    """The stored copy unchanged is not enough: the Done of a re-offer must
+    carry the hash of the whole stream (manifest and every file) verified
+    when it was stored; another is hash-mismatch, and the entry is gone."""
+    receiver = node_factory(name="receiver")
+    album, tree, stream = _album_stream(tmp_path)
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        _store(h, tree, stream)
+
+        lying = _offer(h, tree)
+        assert isinstance(lying, HostileTransfer) and lying.accept is not None, lying
+        assert lying.accept.have == [0, lying.total], lying.accept
+        other = blake3.blake3(stream[:-1] + b"\x00").digest()
+        answer = lying.done_until(other, (Verified, Failed))
+        assert isinstance(answer, Failed) and answer.code == "hash-mismatch", answer
+        lying.close()
+
+        after = _offer(h, tree)  # forgotten: a fresh transfer
+        assert isinstance(after, HostileTransfer) and after.accept is not None, after
+        assert after.accept.have == [], after.accept
+        after.abandon()
+        after.close()
+    assert receiver.counters().get("receiver.delivered-before-verified", 0) == 0
+    assert contents(receiver.inbox / "album") == contents(album)
