@@ -35,8 +35,9 @@ chunk is held, and the sender's Done is answered with the earlier verdict
 (Verified with the name it was stored under) if its hash is the one verified
 then. A folder likewise, while every entry under its stored names is
 unchanged (and it has at most ``MAX_TREE_ENTRIES`` of them; a larger one is
-not remembered). The table is bounded and kept in the data directory
-(``delivered.msgpack``).
+not remembered); checking that walks it in this loop, so walks are bounded
+each (``TREE_STAMP_SECONDS``) and together (``WalkBudget``). The table is
+bounded and kept in the data directory (``delivered.msgpack``).
 
 Anything that does not authenticate or decode is counted and dropped.
 Leftovers of interrupted transfers are deleted once ``part_expiry`` passes
