@@ -273,6 +273,16 @@ class Cancelled:
     answered: float = float("-inf")
 
 
+def _mismatch(d: Delivery) -> str:
+    """Why a re-offer of ``d`` is not answered with its earlier verdict."""
+    if isinstance(d.stamp, TreeStamp):  # its walk may also have run out of time
+        return (
+            f"the folder differs from the one delivered as {d.stored_as}, or that copy "
+            "changed or could not be checked in time; send it again"
+        )
+    return f"the file differs from the one delivered as {d.stored_as}; send it again"
+
+
 @dataclass
 class Echo:
     """An offer of a file already delivered: it is answered with the earlier
@@ -590,7 +600,7 @@ class ReceiverActor(Actor):
             self._note_delivered(forget_row(d.key))
             reply = Failed(
                 code="hash-mismatch",
-                reason=f"the file differs from the one delivered as {d.stored_as}; send it again",
+                reason=_mismatch(d),
             )
             self.count("delivered-before-mismatch")
         nonce, sealed = echo.keys.seal_message(codec.encode(reply))

@@ -312,6 +312,10 @@ def test_a_stored_folder_changed_after_the_re_offer_is_not_vouched_for(
             f.write(b"#!")  # the same bytes: only its mtime says it was written
         answer = again.done_until(blake3.blake3(stream).digest(), (Verified, Failed))
         assert isinstance(answer, Failed) and answer.code == "hash-mismatch", answer
+        assert answer.reason == (
+            "the folder differs from the one delivered as album, or that copy changed"
+            " or could not be checked in time; send it again"
+        )
     assert receiver.counters().get("receiver.delivered-before-verified", 0) == 0
     assert _listing(receiver.inbox) == ["album"]
 
