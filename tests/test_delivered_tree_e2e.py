@@ -152,6 +152,14 @@ def test_a_folder_sent_again_unchanged_is_not_stored_twice(
     after = _send(sender, album, receiver)
     _had_it(after, "album")
     assert after["blake3"] == first["blake3"]
+    # The sender's history row: nothing moved, the whole stream held already.
+    sent = json.loads(sender.cli("stats", "list", "--json").stdout)
+    last = max(r["id"] for r in sent if r["side"] == "send" and r["result"] == "ok")
+    shown = sender.cli("stats", "show", str(last)).stdout
+    kib = f"{first['size'] / 1024:.1f} KiB"
+    assert re.search(rf"^moved +0 B in [0-9.]+ s, had it \({kib} held already\)$", shown, re.M), (
+        shown
+    )
     assert _listing(inbox) == ["album"]
     assert contents(inbox / "album") == expected
 
