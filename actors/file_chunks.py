@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+from peercrypt.core.resume import SAMPLE_BYTES, sample_offsets, source_tag
+
 
 class Stream(Protocol):
     """Something read like a file: ``pread(length, offset)``."""
@@ -37,3 +39,11 @@ def read_chunk(fd: int | Stream, index: int, chunk_size: int, size: int) -> byte
     if len(data) != length:
         raise OSError(f"file shrank while it was read (chunk {index})")
     return data
+
+
+def version_tag(fd: int, st: os.stat_result) -> bytes:
+    """The source tag of the file version open as ``fd`` (``st``: its
+    ``fstat``), as a unicast offer and a multicast announce carry it
+    (:func:`peercrypt.core.resume.source_tag`). Raises OSError."""
+    samples = [os.pread(fd, SAMPLE_BYTES, offset) for offset in sample_offsets(st.st_size)]
+    return source_tag(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, samples)

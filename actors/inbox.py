@@ -40,6 +40,7 @@ from pathlib import Path
 
 from peercrypt.chunking import MIN_CHUNK
 from peercrypt.core.bitmap import MAX_TRANSFER_CHUNKS
+from peercrypt.core.delivered import FileStamp
 from peercrypt.core.names import UnsafeName, candidate_names, inbox_name
 from peercrypt.core.resume import MAX_MANIFEST_BYTES, KeptPart, Manifest, ManifestError, expired
 from peercrypt.errors import ResultCode
@@ -186,6 +187,19 @@ def _link_fd(fd: int, part: Path | None, target: Path) -> None:
     if (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
         raise Refusal(ResultCode.IO, "the part file was replaced")
     os.link(part, target, follow_symlinks=False)
+
+
+def stamp(inbox: Path, name: str) -> FileStamp | None:
+    """The inbox file ``name`` as it is now, to tell whether a delivered file
+    is still the one stored (core/delivered.py); None: gone, or not a
+    regular file."""
+    try:
+        st = os.lstat(inbox / name)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return FileStamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def fsync_dir(path: Path) -> None:

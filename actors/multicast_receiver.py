@@ -49,6 +49,16 @@ without it (the sender ended it, or it went silent); one left by a node that
 never came back is reclaimed after ``--part-expiry`` like a unicast part, by
 this actor (the unicast receiver never touches a ``.mc.part``).
 
+A file this node stored from a session (one plain file) is remembered
+(:class:`~peercrypt.core.delivered.DeliveredTable`, keyed as a unicast
+delivery: the proven sender, the name, size and the source tag the sealed
+``McFileDetails`` carried). The same sender announcing the same version
+again, while the stored file is unchanged, is answered ``McHeld`` (with this
+node's proof, as a join) instead of a join: nothing is written; once the
+sender's ``McStatus`` carries the whole-file hash, the answer is ``McDone``
+with the earlier name if it is the hash verified then, else a failure (and
+the entry is forgotten: the next send is a fresh transfer).
+
 Memory: chunks queued to the writer are bounded (``QUEUE_CHUNKS``; beyond it
 a chunk is dropped and NAKed later); the SUB high-water mark is bounded;
 nothing depends on the file size.
@@ -92,6 +102,7 @@ from actors.inbox import (
     publish,
     remove_part,
     scan,
+    stamp,
     sweep,
 )
 from actors.port_watch import DIAL_EVENTS, PortWatch, recv_monitor_message
@@ -101,6 +112,7 @@ from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
 from peercrypt.core.bitmap import flatten
 from peercrypt.core.completed import CompletedMemory
+from peercrypt.core.delivered import DeliveredTable, Delivery
 from peercrypt.core.multicast import GapTracker, session_resume_key, session_tid
 from peercrypt.core.multicast_incoming import (
     ACK_INTERVAL,
@@ -135,11 +147,14 @@ from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import MAX_NAME, Inbound, Outbound
 from peercrypt.wire.multicast_messages import (
+    LEGACY_REFUSAL,
     McAck,
     McAnnounce,
     McChunk,
     McDetails,
     McDone,
+    McFileDetails,
+    McHeld,
     McJoin,
     McKey,
     McListen,
@@ -219,6 +234,7 @@ class Session:
     files: int = 0
     reported: int = 0  # bytes written, as the space ledger last heard
     held: int = 0  # bytes its kept part held when it began (a resume): they did not cross
+    source: bytes = b""  # the file version's source tag (McFileDetails); b"": none
 
     @property
     def tracker(self) -> GapTracker:
@@ -240,6 +256,26 @@ class Joining:
     since: float
     tree: int = 0  # a folder or several files: its manifest's bytes
     files: int = 0
+    source: bytes = b""
+
+
+@dataclass
+class Holding:
+    """An announce of a file this node delivered before (same proven sender,
+    name, size and source tag; the stored file unchanged): it waits for the
+    sender's whole-file hash, then answers with the earlier verdict. The
+    sender's status comes every 0.5 s meanwhile; without one for the idle
+    timeout it is forgotten."""
+
+    tid: bytes
+    sid: bytes
+    peer: bytes
+    host: str
+    route: bytes
+    delivery: Delivery
+    since: float
+    chunk_size: int
+    wall: float = field(default_factory=time.time)
 
 
 class MulticastReceiverActor(Actor):
@@ -258,6 +294,10 @@ class MulticastReceiverActor(Actor):
         # ledger with unicast ones (actors/space.py; docs/multicast.md, "Part files").
         self.joining: dict[int, Joining] = {}  # request -> announce waiting for space
         self._requests = itertools.count(1)
+        # Files stored from sessions (one plain file each), and the announces
+        # of one of them again, waiting for the sender's hash (tid -> ...).
+        self.delivered = DeliveredTable()
+        self.holding: dict[bytes, Holding] = {}
 
     def setup(self) -> None:
         s = self.settings
@@ -303,7 +343,9 @@ class MulticastReceiverActor(Actor):
         self.call_every_while(ACK_INTERVAL, self._on_timers, running)
         self.call_every_while(1.0, self._count_sessions, running)
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
-        self.call_every_while(1.0, self._expire_joins, lambda: bool(self.joining))
+        self.call_every_while(
+            1.0, self._expire_joins, lambda: bool(self.joining) or bool(self.holding)
+        )
         self._reclaim()
         self.call_every(RECLAIM_INTERVAL, self._reclaim)
         self._report_space()
@@ -434,29 +476,41 @@ class MulticastReceiverActor(Actor):
         if a.details:  # name and size sealed to the key this node proved in a hello
             try:
                 plain = open_details(a.sid, self.settings.identity, env.peer, a.eph_pub, a.details)
-                d = codec.decode_as(plain, McDetails)
+                d = codec.decode(plain)
             except ProofError:
                 return refuse("wrong-receiver", "the announce was not sealed to this node's key")
             except (ValueError, codec.DecodeError):
-                return refuse("protocol", "malformed sealed details")
+                return refuse("protocol", LEGACY_REFUSAL)
+            if isinstance(d, McDetails):
+                tree, files, source = d.tree, d.files, b""
+            elif isinstance(d, McFileDetails):  # one file, and its version's tag
+                tree, files, source = 0, 0, d.source
+            else:
+                return refuse("protocol", LEGACY_REFUSAL)
             a = dataclasses.replace(a, name=d.name, size=d.size, details=b"")
-            tree, files = d.tree, d.files
         else:  # our senders always seal: a name in clear is no one's to trust
             return refuse(
                 "unsealed", "the announce's name and size must be sealed to this node's key"
             )
         sess = self.sessions.get(tid)
+        holding = self.holding.get(tid)
+        if holding is not None:  # a re-announce: the same answer, for this attempt
+            holding.route = env.route
+            return _held(a, answer)
         if sess is None:
             if any(j.tid == tid for j in self.joining.values()):
                 return None  # the space ledger's verdict answers it
             s = self.settings
             joining = list(self.joining.values())
-            if len(self.sessions) + len(joining) >= MAX_SESSIONS:
+            held = list(self.holding.values())
+            if len(self.sessions) + len(joining) + len(held) >= MAX_SESSIONS:
                 return refuse("busy", f"receiver busy ({MAX_SESSIONS} multicast sessions)")
             peers = [x.peer for x in self.sessions.values()] + [j.env.peer for j in joining]
+            peers += [h.peer for h in held]
             if peers.count(env.peer) >= MAX_SESSIONS_PER_PEER:
                 return refuse("busy", f"too many sessions from you (max {MAX_SESSIONS_PER_PEER})")
             hosts = [x.host for x in self.sessions.values()] + [j.env.peer_host for j in joining]
+            hosts += [h.host for h in held]
             if hosts.count(env.peer_host) >= MAX_SESSIONS_PER_HOST:
                 limit = MAX_SESSIONS_PER_HOST
                 return refuse("busy", f"too many sessions from {env.peer_host} (max {limit})")
@@ -479,6 +533,11 @@ class MulticastReceiverActor(Actor):
             tree_bytes = a.size if tree else 0  # built beside its part
             try:
                 name = check_offer(s, a.name, a.chunk_size, a.size)
+                if source:  # this very version from this proven sender, stored before?
+                    version = ResumeKey(env.peer, name, a.size, a.chunk_size, source)
+                    prior = self.delivered.lookup(version, lambda n: stamp(s.inbox, n))
+                    if prior is not None:
+                        return self._hold(a, env, tid, answer, prior)
                 key = session_resume_key(env.peer, name, a.size, a.chunk_size, a.sid)
                 kept = self._kept(key)
             except Refusal as exc:
@@ -487,7 +546,7 @@ class MulticastReceiverActor(Actor):
                 return refuse("io", f"cannot read the inbox: {exc.strerror}")
             request = next(self._requests)
             self.joining[request] = Joining(
-                a, env, tid, answer, verifier, name, key, kept, self.now(), tree, files
+                a, env, tid, answer, verifier, name, key, kept, self.now(), tree, files, source
             )
             # Space, quotas of parts and of bytes still to come, for
             # multicast and unicast together (kept parts may give way).
@@ -507,6 +566,54 @@ class MulticastReceiverActor(Actor):
             )
             return None
         return self._joined(sess, a, env, answer)
+
+    def _hold(
+        self, a: McAnnounce, env: Inbound, tid: bytes, answer: Response, prior: Delivery
+    ) -> McHeld:
+        """Answer an announce of a file delivered before: nothing is written;
+        the verdict waits for the sender's whole-file hash (:meth:`_on_held_status`)."""
+        self.holding[tid] = Holding(
+            tid, a.sid, env.peer, env.peer_host, env.route, prior, self.now(), a.chunk_size
+        )
+        self.count("delivered-before")
+        log.info(
+            "%s from %s: delivered before as %s; not written again",
+            prior.key.name,
+            _who(env.peer),
+            prior.stored_as,
+        )
+        return _held(a, answer)
+
+    def _on_held_status(self, h: Holding, st: McStatus) -> codec.Message | None:
+        """The sender's status to an announce this node held: once it carries
+        the whole-file hash, the earlier verdict if the hash is the one
+        verified then and the file is still the one stored; else a failure,
+        and the entry is forgotten (the next send is a fresh transfer)."""
+        d = h.delivery
+        if st.end:
+            del self.holding[h.tid]
+            self.count("delivered-before-ended")
+            return None
+        if not st.digest:  # the sender is still at work (publishing to others)
+            h.since = self.now()
+            return None
+        del self.holding[h.tid]
+        current = stamp(self.settings.inbox, d.stored_as)
+        ok = hmac.compare_digest(st.digest, d.digest) and current == d.stamp
+        if ok:
+            done = McDone(sid=h.sid, ok=True, digest=d.digest, stored_as=d.stored_as)
+            self.count("delivered-before-verified")
+            reason = ""
+        else:
+            self.delivered.forget(d.key)
+            reason = f"the file differs from the one stored as {d.stored_as}; send it again"
+            done = McDone(sid=h.sid, ok=False, digest=b"", stored_as="", reason=reason)
+            self.count("delivered-before-mismatch")
+        payload = codec.encode(done)
+        self.completed.remember(h.tid, payload, self.now())
+        self.tell("stats", _held_record(h, self.now(), ok, reason))
+        self._tell_listeners(d.key.name, d.stored_as if ok else "", d.key.size, ok, reason, ok)
+        return done
 
     def _on_verdict(self, v: SpaceVerdict) -> None:
         j = self.joining.get(v.request)
@@ -539,6 +646,10 @@ class MulticastReceiverActor(Actor):
 
     def _expire_joins(self) -> None:
         now = self.now()
+        for tid, h in list(self.holding.items()):  # a sender that never sent its hash
+            if now - h.since >= self.settings.idle_timeout:
+                del self.holding[tid]
+                self.count("delivered-before-expired")
         for request, j in list(self.joining.items()):
             if now - j.since >= SPACE_VERDICT_TIMEOUT:
                 del self.joining[request]
@@ -601,6 +712,7 @@ class MulticastReceiverActor(Actor):
             files=j.files,
             held=kept.held_bytes() if kept is not None else 0,
         )
+        sess.source = j.source
         self.sessions[j.tid] = sess
         sess.reported = sess.held
         self._tell_repair_senders()
@@ -786,6 +898,10 @@ class MulticastReceiverActor(Actor):
         done = self.completed.get(tid, self.now())
         if done is not None:
             return codec.decode(done)
+        holding = self.holding.get(tid)
+        if holding is not None:
+            holding.route = env.route
+            return self._on_held_status(holding, st)
         sess = self.sessions.get(tid)
         if sess is None:
             return McRefuse(sid=st.sid, code="unknown-session", reason="no such session here")
@@ -1041,6 +1157,10 @@ class MulticastReceiverActor(Actor):
         self.count("received")
         self.count("received-bytes", sess.size)
         log.info("received %s (%d bytes) by multicast from %s", stored, sess.size, _who(sess.peer))
+        now = stamp(self.settings.inbox, stored)
+        if sess.source and not sess.tree and now is not None:  # answered McHeld next time
+            key = ResumeKey(sess.peer, sess.name, sess.size, sess.chunk_size, sess.source)
+            self.delivered.record(Delivery(key, stored, digest, now, time.time()))
         self._done(sess, ok=True, digest=digest, stored=stored, reason="")
 
     def _done(self, sess: Session, *, ok: bool, digest: bytes, stored: str, reason: str) -> None:
@@ -1064,16 +1184,23 @@ class MulticastReceiverActor(Actor):
 
     def _report(self, sess: Session, stored: str, *, ok: bool, reason: str) -> None:
         self.tell("stats", _record(sess, self.now(), "ok" if ok else "failed", reason, stored))
+        self._tell_listeners(sess.name, stored, sess.size, ok, reason)
+
+    def _tell_listeners(
+        self, name: str, stored: str, size: int, ok: bool, reason: str, held: bool = False
+    ) -> None:
+        """A session ended: to each ``multicast-receive`` waiting for it."""
         for request, left in list(self.listeners.items()):
             self.tell(
                 "control",
                 McReceived(
                     request=request,
-                    name=sess.name,
+                    name=name,
                     stored_as=stored,
-                    size=sess.size,
+                    size=size,
                     ok=ok,
                     reason=reason[:500],
+                    held=held,
                 ),
             )
             if left == 1:
@@ -1198,6 +1325,42 @@ def _record(
             **({"files": str(sess.files)} if sess.tree else {}),
         },
         stats={"held_bytes": sess.held},
+    )
+
+
+def _held(a: McAnnounce, answer: Response) -> McHeld:
+    """This node holds the announced file: proven as in a join."""
+    return McHeld(
+        sid=a.sid,
+        eph_pub=answer.eph_pub,
+        static_pub=answer.static_pub,
+        proof=answer.proof,
+        attempt=a.attempt,
+    )
+
+
+def _held_record(h: Holding, now: float, ok: bool, reason: str) -> StatsRecord:
+    """An announce answered from the table of deliveries, as the history keeps
+    it: nothing moved (``params.delivered_before`` names the copy, and its
+    ``held_bytes`` are the whole file), as a unicast re-offer's."""
+    d = h.delivery
+    return StatsRecord(
+        session=h.sid.hex(),
+        side="receive",
+        peer=_who(h.peer),
+        peer_fingerprint=fingerprint(h.peer) if h.peer else "",
+        mode="multicast",
+        file=d.stored_as if ok else d.key.name,
+        size=d.key.size,
+        done_bytes=d.key.size if ok else 0,
+        chunk_size=h.chunk_size,
+        chunks=-(-d.key.size // h.chunk_size) if h.chunk_size else 0,
+        started=h.wall,
+        duration=now - h.since,
+        result="ok" if ok else "failed",
+        reason=reason[:512],
+        params={"delivered_before": d.stored_as[:256]},
+        stats={"held_bytes": d.key.size if ok else 0},
     )
 
 

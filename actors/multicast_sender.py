@@ -57,7 +57,7 @@ import blake3
 import zmq
 
 from actors import udp_multicast
-from actors.file_chunks import read_chunk
+from actors.file_chunks import read_chunk, version_tag
 from actors.peer_link import Link
 from actors.port_watch import PortWatch
 from actors.tree_source import TreeSource
@@ -70,6 +70,7 @@ from peercrypt.core.grants import RequestGrant
 from peercrypt.core.multicast import JOINING, LOST, Repair
 from peercrypt.core.multicast_outgoing import (
     Announce,
+    HashAll,
     MulticastOutgoing,
     Publish,
     SendStatus,
@@ -88,7 +89,14 @@ from peercrypt.crypto.chunk_signature import (
     repair_tag,
     subscription_token,
 )
-from peercrypt.crypto.handshake import IMPOSTOR, PROVEN, HelloRound, Initiator, ProofError
+from peercrypt.crypto.handshake import (
+    IMPOSTOR,
+    PROVEN,
+    HelloRound,
+    Initiator,
+    ProofError,
+    SessionSecrets,
+)
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, new_content_key
 from peercrypt.crypto.keywrap import wrap as wrap_key
@@ -113,11 +121,14 @@ from peercrypt.wire.messages import (
     TransfersRequest,
 )
 from peercrypt.wire.multicast_messages import (
+    LEGACY_REFUSAL,
     McAck,
     McAnnounce,
     McChunk,
     McDetails,
     McDone,
+    McFileDetails,
+    McHeld,
     McJoin,
     McKey,
     McRefuse,
@@ -162,6 +173,9 @@ class Target:
     hellos: HelloRound = field(default_factory=HelloRound)
     hello_key: bytes = b""
     asked_on: int = 0  # the link's handshake (connection) the last hello at once went on
+    # It refused McFileDetails as malformed (a node of an older release): it
+    # is announced plain McDetails, without the file's source tag.
+    legacy: bool = False
 
 
 @dataclass
@@ -197,6 +211,9 @@ class Session:
     backlog: deque[list[Any]] = field(default_factory=deque)
     wall: float = field(default_factory=time.time)  # when it started, for the history
     tree: TreeSource | None = None  # a folder or several files, read as one stream (fd -1)
+    # The file version's source tag (core/resume.py), sealed in each announce:
+    # a receiver that stored this very version from us answers McHeld. b"": a tree.
+    version: bytes = b""
 
     @property
     def source(self) -> int | TreeSource:
@@ -427,6 +444,17 @@ class MulticastSenderActor(Actor):
                     req, ResultCode.LOCAL, f"{req.path} is not a regular file"
                 )
             size, mtime_ns = st.st_size, st.st_mtime_ns
+        version = b""
+        if tree is None:
+            try:
+                version = version_tag(fd, st)
+            except OSError as exc:
+                os.close(fd)
+                if udp is not None:
+                    udp.close()
+                return self._fail_request(
+                    req, ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}"
+                )
         sid = os.urandom(16)
         key = new_content_key()
         now = self.now()
@@ -458,6 +486,7 @@ class MulticastSenderActor(Actor):
             udp=udp,
             header_key=fragments.header_key(key),
             tree=tree,
+            version=version,
         )
         self.sessions[sid] = sess
         self.count("sessions")
@@ -534,14 +563,17 @@ class MulticastSenderActor(Actor):
         wrap = Initiator(self.settings.identity)
         try:
             tree = sess.tree
-            details = codec.encode(
-                McDetails(
+            plain: codec.Message
+            if sess.version and not t.legacy:
+                plain = McFileDetails(name=sess.name, size=sess.size, source=sess.version)
+            else:
+                plain = McDetails(
                     name=sess.name,
                     size=sess.size,
                     tree=len(tree.manifest) if tree is not None else 0,
                     files=tree.files if tree is not None else 0,
                 )
-            )
+            details = codec.encode(plain)
             sealed = wrap.seal_details(sess.sid, t.hello_key, details)
         except ValueError:
             reason = f"{t.name} proved an invalid key"
@@ -631,6 +663,8 @@ class MulticastSenderActor(Actor):
             self._on_hello(sess, t, msg)
         elif isinstance(msg, McJoin) and msg.sid == sess.sid:
             self._on_join(sess, t, msg)
+        elif isinstance(msg, McHeld) and msg.sid == sess.sid:
+            self._on_held(sess, t, msg)
         elif isinstance(msg, McDone) and msg.sid == sess.sid:
             stored, reason = printable(msg.stored_as), printable(msg.reason)
             flow.on_done(t.name, msg.ok, msg.digest, stored, reason, now)
@@ -639,6 +673,12 @@ class MulticastSenderActor(Actor):
                 flow.on_unknown(t.name)
             elif msg.code == "try-again":  # its space check came too late: the next
                 self.count("announce-try-again")  # announce (until it joins) asks anew
+            elif msg.code == "protocol" and msg.reason == LEGACY_REFUSAL and not t.legacy:
+                # A receiver of an older release does not know McFileDetails:
+                # it gets the details it knows (and no "had it" answer).
+                t.legacy = True
+                self.count("announce-legacy")
+                self._announce(sess, t)
             elif msg.code == "wrong-receiver":  # not the key that proved itself in the hello
                 who = fingerprint(t.hello_key)
                 reason = f"{t.name} cannot read an announce sealed to {who}; no key sent"
@@ -654,26 +694,12 @@ class MulticastSenderActor(Actor):
         self._drive(sess)
 
     def _on_join(self, sess: Session, t: Target, j: McJoin) -> None:
-        wrap = t.wraps.pop(j.attempt, None)
-        if wrap is None:
-            self.count("join-stale")
-            return
-        now = self.now()
         # The content key goes only to a receiver that proved its identity
         # and is the one this node trusts at that address.
-        try:
-            secrets = wrap.finish(sess.sid, j.static_pub, j.eph_pub, j.proof)
-        except ProofError:
-            who = fingerprint(j.static_pub)
-            reason = f"{t.name} could not prove it holds the key it named ({who}); no key sent"
-            return sess.flow.fail_target(t.name, ResultCode.IMPOSTOR, reason, now)
-        except ValueError:
-            reason = f"{t.name} sent an invalid key"
-            return sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, now)
-        # Trusted like a unicast receiver: a pin, the known-peers file, members' records.
-        why = self._trust(sess, t, j.static_pub)
-        if why:
-            return sess.flow.fail_target(t.name, ResultCode.UNTRUSTED, why, now)
+        secrets = self._proven(sess, t, j.attempt, j)
+        if secrets is None:
+            return
+        now = self.now()
         if len(j.repair_key) != RECEIVER_KEY_BYTES:
             reason = f"{t.name} sent no receiver key"
             return sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, now)
@@ -692,6 +718,44 @@ class MulticastSenderActor(Actor):
         if sess.flow.on_join(t.name, now):
             self.count("joins")
 
+    def _proven(
+        self, sess: Session, t: Target, attempt: int, answer: McJoin | McHeld
+    ) -> SessionSecrets | None:
+        """The secrets of ``t``'s answer to announce ``attempt`` if it proves
+        its identity and is the node trusted at its address; else None (the
+        target failed, or the answer is stale)."""
+        wrap = t.wraps.pop(attempt, None)
+        if wrap is None:
+            self.count("join-stale")
+            return None
+        now = self.now()
+        try:
+            secrets = wrap.finish(sess.sid, answer.static_pub, answer.eph_pub, answer.proof)
+        except ProofError:
+            who = fingerprint(answer.static_pub)
+            reason = f"{t.name} could not prove it holds the key it named ({who}); no key sent"
+            sess.flow.fail_target(t.name, ResultCode.IMPOSTOR, reason, now)
+            return None
+        except ValueError:
+            reason = f"{t.name} sent an invalid key"
+            sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, now)
+            return None
+        # Trusted like a unicast receiver: a pin, the known-peers file, members' records.
+        why = self._trust(sess, t, answer.static_pub)
+        if why:
+            sess.flow.fail_target(t.name, ResultCode.UNTRUSTED, why, now)
+            return None
+        return secrets
+
+    def _on_held(self, sess: Session, t: Target, h: McHeld) -> None:
+        """``t`` holds the file (this version, from us): no key, no chunks;
+        it gets the whole-file hash and answers with its verdict."""
+        if self._proven(sess, t, h.attempt, h) is None:
+            return
+        t.proven = fingerprint(h.static_pub)
+        self.count("held")
+        sess.flow.on_held(t.name, self.now())
+
     def _report_target(self, sess: Session, t: Target, end: TargetEnded) -> None:
         self.tell("stats", _record(sess, t, self.now()))
         self.tell(
@@ -703,6 +767,7 @@ class MulticastSenderActor(Actor):
                 reason=end.reason[:500],
                 stored_as=end.stored_as,
                 seconds=end.seconds,
+                held=end.held,
             ),
         )
 
@@ -760,6 +825,8 @@ class MulticastSenderActor(Actor):
             self.tell("scheduler", FlowDemand(request=sess.request.request, nbytes=out.nbytes))
         elif isinstance(out, HashFile):
             self._hash_done(sess)
+        elif isinstance(out, HashAll):
+            self._hash_all(sess, out.start)
         elif isinstance(out, StartPublishing):
             self._start_publishing(sess, out.paced)
         elif isinstance(out, TargetLost):
@@ -791,7 +858,15 @@ class MulticastSenderActor(Actor):
             reason = f"{changed if sess.tree else sess.request.path} changed while sending"
             sess.flow.fail(ResultCode.LOCAL, reason, self.now())
         else:
-            sess.flow.on_digest(sess.hasher.digest())
+            sess.flow.on_digest(sess.hasher.digest(), self.now())
+
+    def _hash_all(self, sess: Session, start: int) -> None:
+        """Every target left holds the file: read and hash what publishing
+        did not read (all of it when nothing was published); they wait for
+        the hash."""
+        for index in range(start, sess.total):
+            sess.hasher.update(self._read(sess, index))
+        self._hash_done(sess)
 
     # -- publishing -------------------------------------------------------------------
 
@@ -799,7 +874,7 @@ class MulticastSenderActor(Actor):
         self.tell("scheduler", self._flow_start(sess, paced))
         for t in sess.targets.values():
             r = sess.flow.receivers[t.name]
-            if not r.joined and r.result is None and not t.noticed:
+            if not r.joined and not r.held and r.result is None and not t.noticed:
                 t.noticed = True
                 self._notice(sess, t, "not joined", f"{t.name} has not joined")
 
@@ -993,6 +1068,8 @@ class MulticastSenderActor(Actor):
             "repairs_unicast": plan.repairs_unicast,
             "demotions": plan.demotions,
             "window_decreases": plan.decreases,
+            # receivers that had the file (McHeld): nothing stored again
+            "held": sum(1 for r in sess.flow.receivers.values() if r.result and r.result.held),
             "window": plan.window,
             "udp": 1.0 if sess.group else 0.0,
             "datagrams": sess.datagrams,
@@ -1012,6 +1089,7 @@ class MulticastSenderActor(Actor):
                 "error": (end.reason if end else reason)[:300],
                 "stored_as": end.stored_as if end else "",
                 "seconds": f"{end.seconds if end else 0.0:.3f}",
+                "held": "1" if end and end.held else "0",
             }
             for t, end in zip(sess.targets.values(), ends, strict=True)
         ]
@@ -1080,7 +1158,11 @@ def _record(sess: Session, t: Target, now: float) -> StatsRecord:
             "transport": "udp" if sess.group else "pubsub",
             **({"files": str(sess.tree.files)} if sess.tree is not None else {}),
         },
-        stats={"demoted": 1.0 if m and m.demoted else 0.0},
+        stats={
+            "demoted": 1.0 if m and m.demoted else 0.0,
+            # It had the file (McHeld): none of its bytes crossed.
+            **({"held_bytes": float(sess.size)} if end is not None and end.held else {}),
+        },
     )
 
 

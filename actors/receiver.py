@@ -53,7 +53,6 @@ import itertools
 import json
 import logging
 import os
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +84,7 @@ from actors.inbox import (
     publish,
     remove_part,
     scan,
+    stamp,
     sweep,
 )
 from actors.port_watch import PortWatch
@@ -502,13 +502,7 @@ class ReceiverActor(Actor):
 
     def _stamp(self, name: str) -> FileStamp | None:
         """The inbox file ``name`` as it is now (None: gone, or not a regular file)."""
-        try:
-            st = os.lstat(self.settings.inbox / name)
-        except (OSError, ValueError):
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return FileStamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return stamp(self.settings.inbox, name)
 
     def _tree_stamp(self, tops: tuple[str, ...]) -> TreeStamp | None:
         """The folder stored in the inbox under ``tops`` as it is now (its

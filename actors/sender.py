@@ -86,7 +86,7 @@ import blake3
 import zmq
 
 from actors.data_pipes import DataPipe, PipeKey, new_route_id
-from actors.file_chunks import Stream, read_chunk
+from actors.file_chunks import Stream, read_chunk, version_tag
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, crew_size
 from actors.peer_link import ConnectProbe, Link, connect_cause
 from actors.port_watch import DIAL_EVENTS, PortWatch, recv_monitor_message
@@ -110,7 +110,6 @@ from peercrypt.core.outgoing import (
 )
 from peercrypt.core.port_guard import NULL_HANDSHAKE, GuardLimits, held_limit
 from peercrypt.core.reach import Reach
-from peercrypt.core.resume import SAMPLE_BYTES, sample_offsets, source_tag
 from peercrypt.core.sampling import sample_due
 from peercrypt.core.tree import TreeError
 from peercrypt.core.tree import source_tag as tree_source_tag
@@ -572,12 +571,10 @@ class SenderActor(Actor):
                 os.close(fd)
                 return fail(ResultCode.LOCAL, f"{req.path} is not a regular file")
             try:
-                offsets = sample_offsets(st.st_size)
-                samples = [os.pread(fd, SAMPLE_BYTES, offset) for offset in offsets]
+                source = version_tag(fd, st)
             except OSError as exc:
                 os.close(fd)
                 return fail(ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}")
-            source = source_tag(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, samples)
             size, mtime_ns = st.st_size, st.st_mtime_ns
         try:  # a rate too low for even the smallest chunk: refused before the offer
             policy.check_pace(size, req.timeout)

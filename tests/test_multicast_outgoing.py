@@ -119,7 +119,7 @@ def _verifying(
     sends its verdict (None: never, as a hostile member). Returns when the
     session ended (or ``until``) and everything it output."""
     now, ack_due = 0.0, 0.0
-    sess.on_digest(b"d" * 32)
+    sess.on_digest(b"d" * 32, 0.0)
     while now < until and not sess.ended:
         now = round(now + 0.05, 2)
         if done_at is not None and now >= done_at:

@@ -144,6 +144,8 @@ def _target_result(as_json: bool, msg: Message) -> None:
         echo(f"peercrypt: note: {msg.reason}")
     elif as_json:
         pass
+    elif msg.code == ResultCode.OK and msg.held:
+        echo(f"  {msg.target}: had it, stored as {msg.stored_as} (nothing sent)")
     elif msg.code == ResultCode.OK:
         echo(f"  {msg.target}: verified, stored as {msg.stored_as}")
     else:
@@ -169,16 +171,18 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
                     "mib_per_s": round(rate, 1),
                     "files": files or None,
                     "skipped": skipped if files else None,
-                    "receivers": result.results,
+                    "receivers": [{**r, "held": r.get("held") == "1"} for r in result.results],
                     "stats": result.stats,
                 }
             )
         )
     elif ok:
+        held = int(result.stats.get("held", 0))
+        had = f"; {held} of them had it" if held else ""
         click.echo(
             f"sent {path.name} ({f'{files} files, ' if files else ''}{result.size} bytes) "
             f"to {len(result.results)} receivers by "
-            f"multicast in {result.seconds:.2f} s ({rate:.1f} MiB/s each), "
+            f"multicast in {result.seconds:.2f} s ({rate:.1f} MiB/s each{had}), "
             f"blake3 {result.digest.hex()} verified by all"
         )
     else:
@@ -264,9 +268,12 @@ def _print_received(msg: McReceived, as_json: bool) -> None:
                     "stored_as": msg.stored_as or None,
                     "size": msg.size,
                     "error": msg.reason or None,
+                    "held": msg.held,
                 }
             )
         )
+    elif msg.ok and msg.held:
+        click.echo(f"had {msg.name} ({msg.size} bytes) already as {msg.stored_as}, verified")
     elif msg.ok:
         click.echo(f"received {msg.name} ({msg.size} bytes) as {msg.stored_as}, verified")
     else:

@@ -61,6 +61,9 @@ UNICAST = "unicast"
 LOST = "lost"
 DONE = "done"
 FAILED = "failed"
+# It holds this very file already (its McHeld): it neither joins nor sets the
+# pace, and waits for the whole-file hash to answer with its verdict.
+HELD = "held"
 LIVE = (MULTICAST, UNICAST)
 
 

@@ -9,7 +9,7 @@ scheduler's byte grants (a node ``--max-rate``), the status each receiver
 is told, the whole-file hash and every target's result. It never touches a
 socket, a file or a clock:
 
-- Inputs: :meth:`on_connection`, :meth:`on_join`, :meth:`on_subscribed`,
+- Inputs: :meth:`on_connection`, :meth:`on_join`, :meth:`on_held`, :meth:`on_subscribed`,
   :meth:`on_ack`, :meth:`on_unknown`, :meth:`on_done`, :meth:`on_grant`,
   :meth:`on_pacing`, :meth:`on_digest`, :meth:`on_timer`,
   :meth:`fail_target`, :meth:`fail` -- with ``now`` where time matters.
@@ -19,13 +19,24 @@ socket, a file or a clock:
   :class:`~peercrypt.core.multicast.Repair`, :class:`SendStatus`,
   :class:`~peercrypt.core.outgoing.HashFile` (every chunk was read: finish
   the hash if the file did not change, then :meth:`on_digest`),
+  :class:`HashAll` (nothing is published, every target had the file: hash
+  it whole, then :meth:`on_digest`),
   :class:`~peercrypt.core.grants.RequestGrant` (as a unicast transfer's),
   :class:`TargetLost`,
   :class:`TargetEnded` (once per target) and at most once
   :class:`SessionEnded`; :meth:`next_timer` says when :meth:`on_timer` is
   due.
 
-Phases: *joining* (publishing starts once every target joined or failed
+Targets that already hold the file (:meth:`on_held`: the receiver stored
+this file version from this sender before, unchanged) neither join nor set
+the pace: they get a :class:`SendStatus` every ``ANNOUNCE_INTERVAL`` (so
+they know the session goes on) and, once the whole-file hash is known, one
+with it at once and again until they answer;
+and their :meth:`on_done` is checked against it as any receiver's; one that
+does not answer within ``timeout`` of the hash fails. Their result says
+``held``.
+
+Phases: *joining* (publishing starts once every target joined, held or failed
 and every joined one is ready - subscribed to the PUB socket, or acked its
 key over a UDP group - or after ``join_wait`` seconds with one joined, or at
 ``timeout`` whatever happened), *publishing*, *ended*.
@@ -46,7 +57,16 @@ import hmac
 from dataclasses import dataclass, field
 
 from peercrypt.core.grants import Allowance, GrantedFlow, RequestGrant
-from peercrypt.core.multicast import DONE, FAILED, JOINING, LOST, Member, Repair, SessionPlan
+from peercrypt.core.multicast import (
+    DONE,
+    FAILED,
+    HELD,
+    JOINING,
+    LOST,
+    Member,
+    Repair,
+    SessionPlan,
+)
 from peercrypt.core.outgoing import HashFile
 from peercrypt.errors import ResultCode
 
@@ -130,6 +150,17 @@ class TargetEnded:
     seconds: float
     tell: bool
     alone: bool = True
+    held: bool = False  # it had the file: nothing was stored again
+
+
+@dataclass(frozen=True)
+class HashAll:
+    """Every target still in the session holds the file (none joined, or
+    every one that joined has ended): read and hash the chunks from
+    ``start`` on (the ones before were hashed as they were published), then
+    :meth:`MulticastOutgoing.on_digest` if the file did not change."""
+
+    start: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,6 +178,7 @@ Output = (
     | Repair
     | SendStatus
     | HashFile
+    | HashAll
     | RequestGrant
     | TargetLost
     | TargetEnded
@@ -180,6 +212,8 @@ class Receiver:
     status_at: float = float("-inf")  # when the last status went to it
     status_digest: bool = False  # whether one carried the whole-file hash
     status_ack_every: int = 0  # the ack interval it was last told
+    held: bool = False  # it holds the file already (McHeld): waits for the hash
+    held_due: float = float("inf")  # when it fails if it has not answered by then
 
 
 @dataclass
@@ -266,8 +300,26 @@ class MulticastOutgoing(GrantedFlow):
         if fresh:
             self.plan.join(target, now)
         r.joined = True
+        r.held = False
         self._maybe_start(now)
         return fresh
+
+    def on_held(self, target: str, now: float) -> None:
+        """``target`` holds the file already (its answer to an announce that
+        carried the file's source tag, from the key proven in the hello): it
+        takes no part in publishing and gets the whole-file hash once it is
+        known; its verdict is checked as any receiver's (:meth:`on_done`).
+        A target that joined or has a result is not changed."""
+        r = self.receivers.get(target)
+        if r is None or r.result is not None or r.joined or r.held:
+            return
+        r.held = True
+        member = self.plan.members.get(target)
+        if member is not None:
+            member.state = HELD
+        if self.digest:
+            self._tell_held(now)
+        self._maybe_start(now)
 
     def on_subscribed(self, target: str, now: float) -> None:
         """``target``'s subscription to the PUB socket took effect."""
@@ -282,7 +334,7 @@ class MulticastOutgoing(GrantedFlow):
         member = self.plan.members.get(target)
         if r is None or r.result is not None or member is None:
             return
-        if member.state in (DONE, FAILED, JOINING):
+        if member.state in (DONE, FAILED, JOINING, HELD):
             return
         plan = self.plan
         plan.on_ack(target, cumulative, naks, now)
@@ -305,7 +357,11 @@ class MulticastOutgoing(GrantedFlow):
         r = self.receivers.get(target)
         if r is None or r.result is not None:
             return
-        r.joined = False
+        r.joined = r.held = False
+        r.held_due = float("inf")
+        member = self.plan.members.get(target)
+        if member is not None and member.state == HELD:
+            member.state = JOINING  # announced again: it joins, or holds it again
         self.plan.end(target, LOST)
         self._outputs.append(Announce(target))
 
@@ -319,7 +375,9 @@ class MulticastOutgoing(GrantedFlow):
             return self.fail_target(
                 target, ResultCode.VERIFY, f"{target} stored a different hash", now
             )
-        self._end_target(target, ResultCode.OK, "", stored_as, now)
+        r = self.receivers.get(target)
+        held = r is not None and r.held
+        self._end_target(target, ResultCode.OK, "", stored_as, now, held=held)
 
     def fail_target(self, target: str, code: str, reason: str, now: float) -> None:
         """``target`` failed (a refusal, a failed proof, untrusted, ...)."""
@@ -329,9 +387,11 @@ class MulticastOutgoing(GrantedFlow):
         """The actor sent ``nbytes`` of queued datagrams (paced UDP)."""
         self.grants.spend(nbytes)
 
-    def on_digest(self, digest: bytes) -> None:
+    def on_digest(self, digest: bytes, now: float) -> None:
+        """The whole-file hash (its targets holding the file are told it)."""
         if not self.digest:
             self.digest = digest
+            self._tell_held(now)
 
     def fail(self, code: str, reason: str, now: float) -> None:
         """End the session now (cancelled, the node stops, a local error):
@@ -351,19 +411,27 @@ class MulticastOutgoing(GrantedFlow):
         if now >= self._announce_due:
             self._announce_due = now + ANNOUNCE_INTERVAL
             for r in self.receivers.values():
-                if r.result is None and not r.joined:
+                if r.result is None and not r.joined and not r.held:
                     self._outputs.append(Announce(r.name))
+                elif r.result is None and r.held:  # the hash (again), or "still at it"
+                    self._outputs.append(SendStatus(r.name, 0, self.digest, 0))
         if now < self._tick_due:
             return
         self._tick_due = now + TICK
+        for r in list(self.receivers.values()):
+            if r.result is None and r.held and now >= r.held_due:
+                reason = f"{r.name} had the file but gave no verdict on its hash"
+                self._end_target(r.name, ResultCode.TIMEOUT, reason, "", now)
+        if self.ended:
+            return
         if not self.publishing:
             if now - self.started >= self.timeout:
                 for r in list(self.receivers.values()):
-                    if r.result is None and not r.joined:
+                    if r.result is None and not r.joined and not r.held:
                         code = ResultCode.TIMEOUT if r.handshaken else ResultCode.UNREACHABLE
                         self._end_target(r.name, code, self._not_joined(r), "", now)
                 if not self.ended:
-                    self._start()
+                    self._begin()
             elif now - self.started >= self.join_wait and any(
                 r.joined for r in self.receivers.values()
             ):
@@ -395,6 +463,11 @@ class MulticastOutgoing(GrantedFlow):
             if self.plan.published == self.total and not self.digest and not self._hash_asked:
                 self._hash_asked = True
                 self._outputs.append(HashFile())
+            elif self._only_held() and not self.digest and not self._hash_asked:
+                # Every one that joined has ended: nothing more is published
+                # for them, and those holding the file wait for the hash.
+                self._hash_asked = True
+                self._outputs.append(HashAll(self.plan.published))
         out, self._outputs = self._outputs, []
         return out
 
@@ -429,7 +502,9 @@ class MulticastOutgoing(GrantedFlow):
     def done_chunks(self) -> int:
         """The lowest written point among members still in the session."""
         live = [
-            m.cumulative for m in self.plan.members.values() if m.state not in (FAILED, JOINING)
+            m.cumulative
+            for m in self.plan.members.values()
+            if m.state not in (FAILED, JOINING, HELD)
         ]
         return min(live) if live else 0
 
@@ -439,22 +514,47 @@ class MulticastOutgoing(GrantedFlow):
     # -- internals --------------------------------------------------------------
 
     def _maybe_start(self, now: float) -> None:
-        """Publish once every target joined (or failed) and is ready."""
+        """Publish once every target joined (or held the file, or failed) and
+        every joined one is ready; with none joined and one holding the
+        file, only hash it."""
         rs = self.receivers.values()
         joined = sum(1 for r in rs if r.joined)
         ready = sum(1 for r in rs if r.ready)
         if (
             not self.publishing
             and not self.ended
-            and joined
-            and all(r.joined or r.result is not None for r in rs)
+            and (joined or any(r.held for r in rs))
+            and all(r.joined or r.held or r.result is not None for r in rs)
             and ready >= joined
         ):
+            self._begin()
+
+    def _begin(self) -> None:
+        """Publish if a target joined; else, if one holds the file, hash it."""
+        if any(r.joined and r.result is None for r in self.receivers.values()):
             self._start()
+        elif any(r.held and r.result is None for r in self.receivers.values()):
+            if not self._hash_asked and not self.digest:
+                self._hash_asked = True
+                self._outputs.append(HashAll())
+        else:
+            self._start()  # nobody left: as before (the session ends with its targets)
 
     def _start(self) -> None:
         self.publishing = True
         self._outputs.append(StartPublishing(self.paced))
+
+    def _only_held(self) -> bool:
+        """Targets without a result are all holding the file (one at least)."""
+        open_ = [r for r in self.receivers.values() if r.result is None]
+        return bool(open_) and all(r.held for r in open_)
+
+    def _tell_held(self, now: float) -> None:
+        """The hash is known: tell it to every target holding the file."""
+        for r in self.receivers.values():
+            if r.result is None and r.held and r.held_due == float("inf"):
+                r.held_due = now + self.timeout
+                self._outputs.append(SendStatus(r.name, 0, self.digest, 0))
 
     def _step(self, now: float) -> None:
         plan = self.plan
@@ -514,13 +614,21 @@ class MulticastOutgoing(GrantedFlow):
             self._outputs.append(request)
 
     def _end_target(
-        self, target: str, code: str, reason: str, stored_as: str, now: float, alone: bool = True
+        self,
+        target: str,
+        code: str,
+        reason: str,
+        stored_as: str,
+        now: float,
+        alone: bool = True,
+        held: bool = False,
     ) -> None:
         r = self.receivers.get(target)
         if r is None or r.result is not None:
             return
-        tell = r.joined and code != ResultCode.OK
-        r.result = TargetEnded(target, code, reason, stored_as, now - self.started, tell, alone)
+        tell = (r.joined or r.held) and code != ResultCode.OK
+        seconds = now - self.started
+        r.result = TargetEnded(target, code, reason, stored_as, seconds, tell, alone, held)
         self.plan.end(target, DONE if code == ResultCode.OK else FAILED, reason)
         self._outputs.append(r.result)
         results = [x.result for x in self.receivers.values()]

@@ -17,6 +17,9 @@ receiver:
 - ``CoReceiver(key, verify_forever=True)``: towards the sender, it acks every
   chunk of each session it joins for ever (as a receiver verifying does)
   and never sends its verdict;
+- ``CoReceiver(key, legacy=True)``: not hostile, only old - it refuses
+  sealed details it does not know (``McFileDetails``) as a node of an
+  older release does, and joins with the plain ``McDetails`` it gets next;
 - ``CoReceiver(key, late_hello=True)``: not hostile, only slow - it holds
   its (genuine) answer to a hello until the sender asks again, then answers
   both, in order: the first answer is to a challenge no longer current.
@@ -54,13 +57,16 @@ from peercrypt.testing.zmtp_flood import RawDataPeer, flood_until_closed
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Accept, Hello, HelloReply, Offer
 from peercrypt.wire.multicast_messages import (
+    LEGACY_REFUSAL,
     McAck,
     McAnnounce,
     McChunk,
     McDetails,
     McDone,
+    McFileDetails,
     McJoin,
     McKey,
+    McRefuse,
 )
 
 LOCALHOST = "127.0.0.1"
@@ -85,6 +91,7 @@ class Joined:
 
     announce: McAnnounce
     key: bytes = b""
+    source: bytes = b""  # the file version's source tag, if its details carried one
     ready: threading.Event = field(default_factory=threading.Event)
 
 
@@ -97,11 +104,14 @@ class CoReceiver:
         verify_forever: bool = False,
         late_hello: bool = False,
         identity: KeyPair | None = None,
+        legacy: bool = False,
     ) -> None:
         """``identity``: one to use (a node's, loaded from its data
         directory: the test then speaks as that node); a fresh one if None."""
         self.verify_forever = verify_forever
         self.late_hello = late_hello
+        self.legacy = legacy
+        self.legacy_refusals = 0
         self._held: list[tuple[bytes, Hello]] = []  # hellos not answered yet (late_hello)
         self._acking: list[tuple[bytes, McAck]] = []  # (route, ack) sent every 0.5 s
         self.identity = identity or KeyPair.from_seed(os.urandom(32))
@@ -162,11 +172,21 @@ class CoReceiver:
             # It joins honestly, under its own identity (it is invited): the
             # sender's identity key is the X25519 form of the announced signer.
             sender = VerifyKey(msg.signer).to_curve25519_public_key().encode()
+            source = b""
             if msg.details:  # sealed to the key it proved: it reads name and size
                 plain = open_details(msg.sid, self.identity, sender, msg.eph_pub, msg.details)
-                d = codec.decode_as(plain, McDetails)
+                d = codec.decode(plain)
+                if isinstance(d, McFileDetails) and self.legacy:
+                    self.legacy_refusals += 1
+                    self._reply(
+                        route, McRefuse(sid=msg.sid, code="protocol", reason=LEGACY_REFUSAL)
+                    )
+                    return
+                if not isinstance(d, McDetails | McFileDetails):
+                    return
+                source = d.source if isinstance(d, McFileDetails) else b""
                 msg = dataclasses.replace(msg, name=d.name, size=d.size, details=b"")
-            joined = self.sessions.setdefault(msg.sid, Joined(msg))
+            joined = self.sessions.setdefault(msg.sid, Joined(msg, source=source))
             if joined.key:
                 return
             answer = respond(msg.sid, self.identity, sender, msg.eph_pub)
@@ -334,12 +354,16 @@ class CoReceiver:
         )
 
     def sealed_announce(
-        self, to: bytes, sid: bytes, name: str, size: int, chunk_size: int
+        self, to: bytes, sid: bytes, name: str, size: int, chunk_size: int, source: bytes = b""
     ) -> McAnnounce:
         """An announce of a session of its own (PUB port 1), signed by its
-        own identity, its name and size sealed to the receiver key ``to``."""
+        own identity, its name and size sealed to the receiver key ``to``
+        (with ``source``: as McFileDetails, naming that file version)."""
         wrap = Initiator(self.identity)
-        details = wrap.seal_details(sid, to, codec.encode(McDetails(name=name, size=size)))
+        plain: codec.Message = McDetails(name=name, size=size)
+        if source:
+            plain = McFileDetails(name=name, size=size, source=source)
+        details = wrap.seal_details(sid, to, codec.encode(plain))
         return McAnnounce(
             sid=sid,
             details=details,

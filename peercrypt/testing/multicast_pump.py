@@ -190,7 +190,7 @@ def pump_session(
                 elif isinstance(out, SendStatus):
                     down_to(names.index(out.target), "status", (out.horizon, out.digest, out))
                 elif isinstance(out, HashFile):
-                    sess.on_digest(hasher.digest())
+                    sess.on_digest(hasher.digest(), now)
                 elif isinstance(out, RequestGrant):
                     if not asked:
                         at(now + GRANT_TICK, "grant", -1)

@@ -29,8 +29,12 @@ from peercrypt.wire.messages import (
 )
 
 SID_BYTES = 16
+SOURCE_BYTES = 32  # core/resume.py SOURCE_BYTES
 WRAPPED_BYTES = NONCE_BYTES + KEY_BYTES + 16  # nonce || AES-GCM(content key) || tag
 MAX_TARGETS = 64
+# What a receiver answers (McRefuse ``protocol``) to sealed details it cannot
+# decode: from a node of an older release, to McFileDetails.
+LEGACY_REFUSAL = "malformed sealed details"
 
 
 def _count() -> Any:
@@ -83,6 +87,42 @@ class McDetails(Message):
     # ``tree`` bytes are its manifest of ``files`` files; 0: one plain file.
     tree: int = counter(default=0)
     files: int = counter(default=0)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McFileDetails(Message):
+    """:class:`McDetails` of one plain file plus ``source``, the sender's
+    source tag of the file's version (core/resume.py ``source_tag``), sealed
+    inside the announce like them: a receiver that stored this very version
+    from this proven sender, unchanged since, answers :class:`McHeld`
+    instead of joining. A receiver that does not know this type refuses the
+    announce (``protocol``, "malformed sealed details"); the sender then
+    announces to it again with plain :class:`McDetails`."""
+
+    TYPE = "mc-file-details"
+    name: str = field(metadata=bounded(MAX_NAME, 1))
+    size: int = counter()
+    source: bytes = field(metadata=bounded(SOURCE_BYTES, SOURCE_BYTES))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class McHeld(Message):
+    """Receiver -> sender: I hold the file this announce's sealed source tag
+    names, verified and unchanged; send me the whole-file hash
+    (``McStatus.digest``) and I answer :class:`McDone` with the name it is
+    stored under if it is the hash I verified then. ``attempt`` echoes the
+    announce's; the receiver proves its identity as in :class:`McJoin`
+    (crypto/handshake.py), so only the node the sender trusts at that
+    address can claim to hold the file."""
+
+    TYPE = "mc-held"
+    sid: bytes = fixed(SID_BYTES)
+    eph_pub: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
+    static_pub: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
+    proof: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
+    attempt: int = field(default=0, metadata=bounded(2**31))
 
 
 @message
@@ -216,6 +256,7 @@ class McTargetResult(Message):
     reason: str = reason()
     stored_as: str = field(default="", metadata=bounded(MAX_NAME))
     seconds: float = 0.0
+    held: bool = False  # it had the file already (nothing stored again)
 
 
 @message
@@ -268,6 +309,7 @@ class McReceived(Message):
     size: int = counter()
     ok: bool
     reason: str = reason(default="")
+    held: bool = False  # this node had the file already: nothing was stored again
 
 
 @message
