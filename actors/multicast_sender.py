@@ -16,7 +16,13 @@ Per session (``McSendRequest`` from the control actor):
    reported at once, unreachable ones after the timeout; publishing starts
    when every target joined or failed, or after ``JOIN_WAIT`` s (2) with at least
    one joined; a target that joins later catches up by repairs, and the
-   announce is repeated to it until it joins or the timeout passes.
+   announce is repeated to it until it joins or the timeout passes. The
+   sealed details of one file carry its source tag (``McFileDetails``): a
+   target that stored this very version from this node answers ``McHeld``
+   (with its proof, checked and trusted as a join) and only gets the
+   whole-file hash to answer with its verdict (docs/multicast.md, "Sending
+   again"); a target that refuses ``McFileDetails`` as malformed (an older
+   release) is announced plain ``McDetails``.
 2. Each chunk is read once, hashed (BLAKE3, in order) and sealed once with the
    content key, and published once on the PUB socket (topic = session id) or,
    with a multicast group, sent once to the group as UDP datagrams; paced by
