@@ -50,7 +50,8 @@ never came back is reclaimed after ``--part-expiry`` like a unicast part, by
 this actor (the unicast receiver never touches a ``.mc.part``).
 
 A file this node stored from a session (one plain file) is remembered
-(:class:`~peercrypt.core.delivered.DeliveredTable`, keyed as a unicast
+(:class:`~peercrypt.core.delivered.DeliveredTable`, kept in the data
+directory as ``multicast-delivered.msgpack`` and its journal, keyed as a unicast
 delivery: the proven sender, the name, size and the source tag the sealed
 ``McFileDetails`` carried). The same sender announcing the same version
 again, while the stored file is unchanged, is answered ``McHeld`` (with this
@@ -81,6 +82,7 @@ from typing import Any
 import zmq
 
 from actors import udp_multicast
+from actors.delivered_store import DeliveredStore
 from actors.file_writer import (
     Detached,
     FileWriter,
@@ -112,7 +114,7 @@ from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
 from peercrypt.core.bitmap import flatten
 from peercrypt.core.completed import CompletedMemory
-from peercrypt.core.delivered import DeliveredTable, Delivery
+from peercrypt.core.delivered import Delivery
 from peercrypt.core.multicast import GapTracker, session_resume_key, session_tid
 from peercrypt.core.multicast_incoming import (
     ACK_INTERVAL,
@@ -198,6 +200,10 @@ PENDING_BYTES = 16 * 1024 * 1024
 # An announce waits this long for the space ledger's verdict, then is
 # forgotten (the sender announces again).
 SPACE_VERDICT_TIMEOUT = 5.0
+# Files stored from sessions, in the data directory (core/delivered.py); the
+# unicast receiver keeps its own (delivered.msgpack).
+DELIVERED_FILE = "multicast-delivered.msgpack"
+DELIVERED_JOURNAL = "multicast-delivered.journal"  # rows since that snapshot
 
 
 @dataclass
@@ -296,7 +302,7 @@ class MulticastReceiverActor(Actor):
         self._requests = itertools.count(1)
         # Files stored from sessions (one plain file each), and the announces
         # of one of them again, waiting for the sender's hash (tid -> ...).
-        self.delivered = DeliveredTable()
+        self.delivered = DeliveredStore(self, settings.data_dir, DELIVERED_FILE, DELIVERED_JOURNAL)
         self.holding: dict[bytes, Holding] = {}
 
     def setup(self) -> None:
@@ -348,6 +354,7 @@ class MulticastReceiverActor(Actor):
         )
         self._reclaim()
         self.call_every(RECLAIM_INTERVAL, self._reclaim)
+        self.delivered.load()
         self._report_space()
 
     def report(self) -> None:

@@ -60,6 +60,7 @@ from typing import Any
 
 import zmq
 
+from actors.delivered_store import DeliveredStore
 from actors.file_writer import (
     Detached,
     FileWriter,
@@ -94,17 +95,11 @@ from peercrypt import local_ipc, shm_ring
 from peercrypt.core.bitmap import ChunkBitmap, flatten
 from peercrypt.core.completed import CompletedMemory
 from peercrypt.core.delivered import (
-    JOURNAL_BYTES,
-    JOURNAL_ROWS,
-    MAX_JOURNAL_BYTES,
-    MAX_TABLE_BYTES,
     DeliveredTable,
     Delivery,
     FileStamp,
     TreeStamp,
     WalkBudget,
-    forget_row,
-    journal_row,
     unchanged,
 )
 from peercrypt.core.incoming import (
@@ -333,11 +328,8 @@ class ReceiverActor(Actor):
         self.credit_peak = 0  # the most credit its transfers held together, in bytes
         self.asking: dict[int, Asking] = {}  # request -> offer waiting for space
         self.echoes: dict[bytes, Echo] = {}  # tid -> a re-offer of a delivered file
-        self.delivered = DeliveredTable()
+        self.store = DeliveredStore(self, settings.data_dir, DELIVERED_FILE, DELIVERED_JOURNAL)
         self.tree_walks = WalkBudget(time.monotonic())  # stored folders' walks, in the loop
-        self._journal = (0, 0)  # rows and bytes in the journal of deliveries
-        self._changes = 0  # of the table, and at which one a snapshot last failed
-        self._snapshot_failed: int | None = None
         self._requests = itertools.count(1)
         self._idents = itertools.count(1)  # of incoming transfers, for the user
         self.cancelled: dict[bytes, Cancelled] = {}  # tid -> (bounded: CANCELLED_MEMORY)
@@ -409,96 +401,17 @@ class ReceiverActor(Actor):
     # -- files delivered before ------------------------------------------------------
 
     @property
-    def _delivered_path(self) -> Path:
-        return self.settings.data_dir / DELIVERED_FILE
-
-    @property
-    def _journal_path(self) -> Path:
-        return self.settings.data_dir / DELIVERED_JOURNAL
-
-    def _read(self, path: Path, limit: int) -> bytes:
-        try:
-            with open(path, "rb") as f:
-                return f.read(limit)
-        except FileNotFoundError:
-            return b""
-        except OSError as exc:
-            self.log_limited("cannot read %s: %s", path, exc)
-            return b""
+    def delivered(self) -> DeliveredTable:
+        return self.store.table
 
     def _load_delivered(self) -> None:
-        snapshot = self._read(self._delivered_path, MAX_TABLE_BYTES + 1)
-        journal = self._read(self._journal_path, MAX_JOURNAL_BYTES)
-        self.delivered = DeliveredTable.decode(snapshot, journal=journal)
-        if journal:  # a fresh snapshot: rows are appended to a whole journal only
-            self._save_delivered()
+        self.store.load()
 
     def _note_delivered(self, row: bytes) -> None:
-        """Persist one change of the table: a row appended to the journal
-        (no fsync: a killed process loses nothing, a power cut at worst the
-        last rows, each costing a second copy of a file); a new snapshot once
-        the journal is long, or if it cannot be appended to. A snapshot that
-        cannot be written (a full disk) leaves the row to the journal, and
-        the next is tried only ``JOURNAL_ROWS`` changes later: each try
-        rewrites the whole table, which the journal is there to avoid."""
-        self._changes += 1
-        rows, size = self._journal
-        if (rows >= JOURNAL_ROWS or size >= JOURNAL_BYTES) and self._snapshot():
-            return
-        if size + len(row) > MAX_JOURNAL_BYTES or not self._append(row):
-            self._snapshot()
-            return
-        self._journal = (rows + 1, size + len(row))
-
-    def _snapshot(self) -> bool:
-        """A new snapshot, unless one failed fewer than ``JOURNAL_ROWS`` changes ago."""
-        failed = self._snapshot_failed
-        if failed is not None and self._changes - failed < JOURNAL_ROWS:
-            return False
-        if self._save_delivered():
-            self._snapshot_failed = None
-            return True
-        self._snapshot_failed = self._changes
-        self.count("delivered-snapshot-failed")
-        return False
-
-    def _append(self, row: bytes) -> bool:
-        """Append ``row`` to the journal, whole (a row cut short is where a
-        replay stops: it is not counted as appended)."""
-        path = self._journal_path
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-            try:
-                written = os.write(fd, row)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            self.log_limited("cannot append to %s: %s", path, exc)
-            return False
-        return written == len(row)
+        self.store.note(row)
 
     def _save_delivered(self) -> bool:
-        """A new snapshot of the whole table, atomically (a crash leaves the
-        old one or the new one), then an empty journal; False if it failed."""
-        path = self._delivered_path
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                data = memoryview(self.delivered.encode())
-                while data:
-                    data = data[os.write(fd, data) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._journal_path)
-        except OSError as exc:
-            self.log_limited("cannot save %s: %s", path, exc)
-            return False
-        self._journal = (0, 0)
-        return True
+        return self.store.save()
 
     def _stamp(self, name: str) -> FileStamp | None:
         """The inbox file ``name`` as it is now (None: gone, or not a regular file)."""
@@ -526,9 +439,7 @@ class ReceiverActor(Actor):
         if tree and known and not self.tree_walks.allows(time.monotonic()):
             self.count("trees-walks-over-budget")  # not looked up: a fresh transfer
             return None
-        prior = self.delivered.lookup(key, self._stamp, self._tree_stamp)
-        if prior is None and known:
-            self._note_delivered(forget_row(key))
+        prior = self.store.lookup(key, self._stamp, self._tree_stamp)
         if prior is not None and isinstance(prior.stamp, TreeStamp) != tree:
             return None  # a file's tag offered for a folder (or back): not that one
         return prior
@@ -590,8 +501,7 @@ class ReceiverActor(Actor):
             reply: codec.Message = Verified(digest=d.digest, stored_as=d.stored_as)
             self.count("delivered-before-verified")
         else:  # another content under the same tag, or the file (folder) changed since
-            self.delivered.forget(d.key)
-            self._note_delivered(forget_row(d.key))
+            self.store.forget(d.key)
             reply = Failed(
                 code="hash-mismatch",
                 reason=_mismatch(d),
@@ -1526,8 +1436,7 @@ class ReceiverActor(Actor):
             return
         if stamp is not None:  # a re-offer of it is answered with this verdict
             delivery = Delivery(t.key, stored, digest, stamp, time.time())
-            self.delivered.record(delivery)
-            self._note_delivered(journal_row(delivery))
+            self.store.record(delivery)
         self._stored(t, digest, stored)
 
     def _stored_tree(self, t: Incoming, tops: tuple[str, ...]) -> None:
@@ -1536,8 +1445,7 @@ class ReceiverActor(Actor):
         stamp = self._tree_stamp(tops)
         if stamp is not None:
             delivery = Delivery(t.key, stamp.stored_as, t.digest, stamp, time.time())
-            self.delivered.record(delivery)
-            self._note_delivered(journal_row(delivery))
+            self.store.record(delivery)
         else:
             self.count("trees-not-remembered")
         self._stored(t, t.digest, ", ".join(tops)[:1024])
