@@ -154,6 +154,9 @@ REPAIR_HWM = 64
 # yet taken (honest subscribers send two subscriptions a session).
 PUB_MEMORY = 4 << 20
 REFUSALS_UNREACHABLE = 5
+# Bytes of the file hashed per turn of the loop when its targets all hold it
+# (HashAll: nothing is published, the hash is all they wait for).
+HASH_STEP = 32 * 1024 * 1024
 
 
 @dataclass
@@ -217,6 +220,7 @@ class Session:
     backlog: deque[list[Any]] = field(default_factory=deque)
     wall: float = field(default_factory=time.time)  # when it started, for the history
     tree: TreeSource | None = None  # a folder or several files, read as one stream (fd -1)
+    hashing: int | None = None  # the next chunk _hash_step reads (HashAll), if running
     # The file version's source tag (core/resume.py), sealed in each announce:
     # a receiver that stored this very version from us answers McHeld. b"": a tree.
     version: bytes = b""
@@ -868,11 +872,34 @@ class MulticastSenderActor(Actor):
 
     def _hash_all(self, sess: Session, start: int) -> None:
         """Every target left holds the file: read and hash what publishing
-        did not read (all of it when nothing was published); they wait for
-        the hash."""
-        for index in range(start, sess.total):
-            sess.hasher.update(self._read(sess, index))
+        did not read (all of it when nothing was published), ``HASH_STEP``
+        bytes per turn of the loop so the actor's other sessions go on; they
+        wait for the hash."""
+        sess.hashing = start
+        self.call_later(0, functools.partial(self._hash_step, sess))
+
+    def _hash_step(self, sess: Session) -> None:
+        start = sess.hashing
+        if sess.sid not in self.sessions or start is None:
+            return
+        end = min(sess.total, start + max(1, HASH_STEP // sess.chunk_size))
+        try:
+            for index in range(start, end):
+                sess.hasher.update(self._read(sess, index))
+        except OSError as exc:
+            sess.hashing = None
+            sess.flow.fail(
+                ResultCode.LOCAL, f"reading {sess.request.path} failed: {exc}", self.now()
+            )
+            self._drive(sess)
+            return
+        if end < sess.total:
+            sess.hashing = end
+            self.call_later(0, functools.partial(self._hash_step, sess))
+            return
+        sess.hashing = None
         self._hash_done(sess)
+        self._drive(sess)
 
     # -- publishing -------------------------------------------------------------------
 
@@ -979,7 +1006,8 @@ class MulticastSenderActor(Actor):
     def _publish_next(self, sess: Session, index: int) -> None:
         """Read, hash (in order) and seal the next new chunk, and publish it."""
         data = self._read(sess, index)
-        sess.hasher.update(data)
+        if sess.hashing is None:  # else the hash reads it (a target came back meanwhile)
+            sess.hasher.update(data)
         nonce, frames = self._frames(sess, index, data)
         sess.seals_first += 1
         self.count("seals-first")

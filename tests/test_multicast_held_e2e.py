@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from actors.multicast_sender import HASH_STEP
 from peercrypt.crypto.identity import load_or_create_identity
 from peercrypt.testing.hostile import CoReceiver
 from peercrypt.testing.nodes import (
@@ -142,7 +143,8 @@ def test_a_receiver_lacking_it_gets_it_while_another_had_it(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
     """... also after the one that had it was killed (-9) and restarted: its
-    table of deliveries is in its data directory."""
+    table of deliveries is in its data directory; its ``multicast-receive``
+    says it had it."""
     port = free_port()
     sender, had, lacks = (
         node_factory(),
@@ -154,8 +156,21 @@ def test_a_receiver_lacking_it_gets_it_while_another_had_it(
     assert _send(sender, path, had)[0] == 0
     had.kill()
     had = node_factory("--port", str(port), name="had")
-    code, result = _send(sender, path, had, lacks)
+    listen = start_cli(
+        "multicast-receive", "--count", "1", "--timeout", "60", data_dir=had.data_dir
+    )
+    try:
+        assert listen.stderr is not None  # where it says it is ready
+        assert listen.stderr.readline().startswith("ready for multicast sessions")
+        code, result = _send(sender, path, had, lacks)
+        out, err = listen.communicate(timeout=30)
+    finally:
+        if listen.poll() is None:
+            listen.kill()
+            listen.communicate()
     assert code == 0, result
+    assert listen.returncode == 0, err
+    assert out.splitlines() == [f"had mc.bin ({SIZE} bytes) already as mc.bin, verified"]
     assert (_row(result, had)["held"], _row(result, had)["stored_as"]) == (True, "mc.bin")
     assert (_row(result, lacks)["held"], _row(result, lacks)["stored_as"]) == (False, "mc.bin")
     assert result["stats"]["seals_first"] == CHUNKS and result["stats"]["held"] == 1
@@ -267,3 +282,22 @@ def test_a_receiver_that_does_not_know_the_source_tag_still_joins(
         old.close()
     assert _row(result, honest)["held"] is True, (result, send.err)
     assert sender.wait_for_counter("msender.announce-legacy", 1) == 1
+
+
+def test_a_file_larger_than_a_hash_step_is_hashed_whole_for_its_holder(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """No target joins: the sender hashes the file in steps of HASH_STEP
+    between its other work; the holder's verdict is on the whole file."""
+    sender, receiver = node_factory(), node_factory()
+    path = make_file(HASH_STEP + 3 * CHUNK + 5, name="big.bin")
+    digest = blake3_file(path)
+    assert _send(sender, path, receiver)[0] == 0
+    code, result = _send(sender, path, receiver)
+    assert code == 0, result
+    assert result["blake3"] == digest and result["stats"]["seals_first"] == 0
+    assert (_row(result, receiver)["held"], _row(result, receiver)["stored_as"]) == (
+        True,
+        "big.bin",
+    )
+    assert _inbox(receiver) == {"big.bin": digest}
