@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -139,18 +140,18 @@ def test_the_same_file_again_is_stored_once_and_reported_as_had(
     assert sum(1 for x in sent if x["stats"].get("held_bytes") == SIZE) == 6, sent
 
 
+@pytest.mark.parametrize("group", [False, True])
 def test_a_receiver_lacking_it_gets_it_while_another_had_it(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], group: bool
 ) -> None:
     """... also after the one that had it was killed (-9) and restarted: its
     table of deliveries is in its data directory; its ``multicast-receive``
     says it had it."""
     port = free_port()
-    sender, had, lacks = (
-        node_factory(),
-        node_factory("--port", str(port), name="had"),
-        node_factory(),
-    )
+    # over PUB/SUB, or a UDP group on this host (TTL 0)
+    where = f"239.255.{random.randrange(1, 255)}.{random.randrange(1, 255)}:{free_port()}"
+    sender = node_factory(*(("--multicast-group", where, "--multicast-ttl", "0") if group else ()))
+    had, lacks = node_factory("--port", str(port), name="had"), node_factory()
     path = make_file(SIZE, name="mc.bin")
     digest = blake3_file(path)
     assert _send(sender, path, had)[0] == 0
@@ -174,6 +175,7 @@ def test_a_receiver_lacking_it_gets_it_while_another_had_it(
     assert (_row(result, had)["held"], _row(result, had)["stored_as"]) == (True, "mc.bin")
     assert (_row(result, lacks)["held"], _row(result, lacks)["stored_as"]) == (False, "mc.bin")
     assert result["stats"]["seals_first"] == CHUNKS and result["stats"]["held"] == 1
+    assert result["stats"]["udp"] == (1.0 if group else 0.0)
     assert _inbox(had) == _inbox(lacks) == {"mc.bin": digest}
     assert had.wait_for_counter("mreceiver.delivered-before-verified", 1) == 1
     assert had.counters().get("mreceiver.chunks-written") is None  # nothing since its restart
