@@ -279,8 +279,9 @@ class Holding:
     host: str
     route: bytes
     delivery: Delivery
-    since: float
+    since: float  # its announce, then the sender's last status
     chunk_size: int
+    began: float = 0.0  # its announce (the actor's clock)
     wall: float = field(default_factory=time.time)
 
 
@@ -579,8 +580,9 @@ class MulticastReceiverActor(Actor):
     ) -> McHeld:
         """Answer an announce of a file delivered before: nothing is written;
         the verdict waits for the sender's whole-file hash (:meth:`_on_held_status`)."""
+        now = self.now()
         self.holding[tid] = Holding(
-            tid, a.sid, env.peer, env.peer_host, env.route, prior, self.now(), a.chunk_size
+            tid, a.sid, env.peer, env.peer_host, env.route, prior, now, a.chunk_size, now
         )
         self.count("delivered-before")
         log.info(
@@ -1363,7 +1365,7 @@ def _held_record(h: Holding, now: float, ok: bool, reason: str) -> StatsRecord:
         chunk_size=h.chunk_size,
         chunks=-(-d.key.size // h.chunk_size) if h.chunk_size else 0,
         started=h.wall,
-        duration=now - h.since,
+        duration=now - h.began,
         result="ok" if ok else "failed",
         reason=reason[:512],
         params={"delivered_before": d.stored_as[:256]},
