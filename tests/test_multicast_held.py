@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from peercrypt.core.multicast import HELD
 from peercrypt.core.multicast_outgoing import (
     ANNOUNCE_INTERVAL,
+    JOIN_WAIT,
     HashAll,
     MulticastOutgoing,
     Output,
@@ -194,3 +195,23 @@ def test_a_holder_gets_the_hash_when_the_one_receiving_fails_midway() -> None:
     ends = _of(sess.poll(0.3), TargetEnded)
     assert [(e.target, e.held) for e in ends] == [("b", True)]
     assert sess.ended
+
+
+def test_the_hash_is_not_held_back_by_a_target_that_failed_or_never_answers() -> None:
+    """The other target fails after the holder answered: the file is hashed
+    at once (not at the timeout); one that never answers holds it back only
+    for the join wait."""
+    sess = _session(["b", "c"], timeout=30.0)
+    sess.on_held("b", 0.0)
+    assert not _of(sess.poll(0.0), HashAll)
+    sess.fail_target("c", "untrusted", "c: another key", 0.1)
+    assert _of(sess.poll(0.1), HashAll) == [HashAll()]
+    late = _session(["b", "c"], timeout=30.0)
+    late.on_held("b", 0.0)
+    out: list[Output] = []
+    now = 0.0
+    while not _of(out, HashAll) and now < 30.0:
+        now = round(now + 0.05, 2)
+        late.on_timer(now)
+        out += late.poll(now)
+    assert _of(out, HashAll) and now <= JOIN_WAIT + 0.1, now

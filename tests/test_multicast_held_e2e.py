@@ -303,3 +303,31 @@ def test_a_file_larger_than_a_hash_step_is_hashed_whole_for_its_holder(
         "big.bin",
     )
     assert _inbox(receiver) == {"big.bin": digest}
+
+
+def test_a_member_claiming_to_hold_it_under_another_key_is_not_had(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    network_key: str,
+) -> None:
+    """A member at a target's address answers the announce with ``McHeld``
+    proven with another identity than the one it proved in the hello (one
+    whose receiver might hold the file): the sender checks that proof and
+    the trust at the address as for a join, so the target fails at once,
+    never "had it"; the honest receiver had it."""
+    sender, honest = node_factory(), node_factory()
+    path = make_file(SIZE, name="mc.bin")
+    assert _send(sender, path, honest)[0] == 0
+    other = load_or_create_identity(honest.data_dir)  # the honest one's key, say
+    member = CoReceiver(network_key, held_as=other)
+    try:
+        with _WithMember(sender, path, honest, member.port) as send:
+            result = send.wait()
+        assert member.held_claims >= 1
+    finally:
+        member.close()
+    row = next(r for r in result["receivers"] if r["target"] == f"127.0.0.1:{member.port}")
+    assert row["code"] in ("untrusted", "impostor") and row["held"] is False, row
+    assert _row(result, honest)["held"] is True, result
+    assert result["code"] == row["code"], result
+    assert result["seconds"] < 10, result  # the hash did not wait for --timeout (30 s)

@@ -436,6 +436,10 @@ class MulticastOutgoing(GrantedFlow):
                 r.joined for r in self.receivers.values()
             ):
                 self._start()
+            elif now - self.started >= self.join_wait and any(
+                r.held and r.result is None for r in self.receivers.values()
+            ):
+                self._begin()  # hash for those holding it; the others may still join
             return
         for name, state in self.plan.tick(now):
             r = self.receivers[name]
@@ -533,12 +537,13 @@ class MulticastOutgoing(GrantedFlow):
         """Publish if a target joined; else, if one holds the file, hash it."""
         if any(r.joined and r.result is None for r in self.receivers.values()):
             self._start()
-        elif any(r.held and r.result is None for r in self.receivers.values()):
-            if not self._hash_asked and not self.digest:
-                self._hash_asked = True
-                self._outputs.append(HashAll())
-        else:
-            self._start()  # nobody left: as before (the session ends with its targets)
+        elif (
+            not self._hash_asked
+            and not self.digest
+            and any(r.held and r.result is None for r in self.receivers.values())
+        ):
+            self._hash_asked = True
+            self._outputs.append(HashAll())
 
     def _start(self) -> None:
         self.publishing = True
@@ -642,6 +647,8 @@ class MulticastOutgoing(GrantedFlow):
                 self._finish(
                     first.code, f"{ok} of {len(self.receivers)} receivers verified; {first.reason}"
                 )
+        if alone and not self.publishing:  # the others may all be in (or hold the file)
+            self._maybe_start(now)
 
     def _finish(self, code: str, reason: str) -> None:
         if not self.ended:

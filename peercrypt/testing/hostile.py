@@ -20,6 +20,9 @@ receiver:
 - ``CoReceiver(key, legacy=True)``: not hostile, only old - it refuses
   sealed details it does not know (``McFileDetails``) as a node of an
   older release does, and joins with the plain ``McDetails`` it gets next;
+- ``CoReceiver(key, held_as=other)``: to a file's announce it answers
+  ``McHeld`` (it holds the file, it claims) proven with the identity
+  ``other`` - not the one it proved in the hello;
 - ``CoReceiver(key, late_hello=True)``: not hostile, only slow - it holds
   its (genuine) answer to a hello until the sender asks again, then answers
   both, in order: the first answer is to a challenge no longer current.
@@ -64,6 +67,7 @@ from peercrypt.wire.multicast_messages import (
     McDetails,
     McDone,
     McFileDetails,
+    McHeld,
     McJoin,
     McKey,
     McRefuse,
@@ -105,12 +109,15 @@ class CoReceiver:
         late_hello: bool = False,
         identity: KeyPair | None = None,
         legacy: bool = False,
+        held_as: KeyPair | None = None,
     ) -> None:
         """``identity``: one to use (a node's, loaded from its data
         directory: the test then speaks as that node); a fresh one if None."""
         self.verify_forever = verify_forever
         self.late_hello = late_hello
         self.legacy = legacy
+        self.held_as = held_as
+        self.held_claims = 0
         self.legacy_refusals = 0
         self._held: list[tuple[bytes, Hello]] = []  # hellos not answered yet (late_hello)
         self._acking: list[tuple[bytes, McAck]] = []  # (route, ack) sent every 0.5 s
@@ -188,6 +195,13 @@ class CoReceiver:
                 msg = dataclasses.replace(msg, name=d.name, size=d.size, details=b"")
             joined = self.sessions.setdefault(msg.sid, Joined(msg, source=source))
             if joined.key:
+                return
+            if self.held_as is not None and source:
+                claim = respond(msg.sid, self.held_as, sender, msg.eph_pub)
+                self.held_claims += 1
+                eph, key, proof = claim.eph_pub, claim.static_pub, claim.proof
+                held = McHeld(sid=msg.sid, eph_pub=eph, static_pub=key, proof=proof)
+                self._reply(route, dataclasses.replace(held, attempt=msg.attempt))
                 return
             answer = respond(msg.sid, self.identity, sender, msg.eph_pub)
             self._wraps[(msg.sid, msg.attempt)] = answer.secrets
