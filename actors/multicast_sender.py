@@ -762,6 +762,9 @@ class MulticastSenderActor(Actor):
         it gets the whole-file hash and answers with its verdict."""
         if self._proven(sess, t, h.attempt, h) is None:
             return
+        if not sess.version or t.legacy:  # its announce named no file version
+            reason = f"{t.name} claimed to hold a file it was not told the version of"
+            return sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, self.now())
         t.proven = fingerprint(h.static_pub)
         self.count("held")
         sess.flow.on_held(t.name, self.now())

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from actors.multicast_sender import HASH_STEP
-from peercrypt.crypto.identity import load_or_create_identity
+from peercrypt.crypto.identity import KeyPair, load_or_create_identity
 from peercrypt.testing.hostile import CoReceiver
 from peercrypt.testing.nodes import (
     NodeProcess,
@@ -331,3 +331,28 @@ def test_a_member_claiming_to_hold_it_under_another_key_is_not_had(
     assert _row(result, honest)["held"] is True, result
     assert result["code"] == row["code"], result
     assert result["seconds"] < 10, result  # the hash did not wait for --timeout (30 s)
+
+
+def test_a_held_claim_to_an_announce_without_a_source_tag_is_not_had(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    network_key: str,
+) -> None:
+    """A member that refuses ``McFileDetails`` (as an older release) and then
+    answers the plain ``McDetails`` with ``McHeld``, proven with its own
+    (trusted) identity, claims a file version it was never told: the sender
+    fails it (``protocol``) instead of asking it for a verdict."""
+    sender, honest = node_factory(), node_factory()
+    path = make_file(SIZE, name="mc.bin")
+    assert _send(sender, path, honest)[0] == 0
+    own = KeyPair.from_seed(os.urandom(32))
+    member = CoReceiver(network_key, identity=own, legacy=True, held_as=own, held_blind=True)
+    try:
+        with _WithMember(sender, path, honest, member.port) as send:
+            result = send.wait()
+        assert member.legacy_refusals == 1 and member.held_claims >= 1
+    finally:
+        member.close()
+    row = next(r for r in result["receivers"] if r["target"] == f"127.0.0.1:{member.port}")
+    assert (row["code"], row["held"]) == ("protocol", False), row
+    assert _row(result, honest)["held"] is True, result

@@ -23,6 +23,8 @@ receiver:
 - ``CoReceiver(key, held_as=other)``: to a file's announce it answers
   ``McHeld`` (it holds the file, it claims) proven with the identity
   ``other`` - not the one it proved in the hello;
+- ``CoReceiver(key, held_as=other, held_blind=True)``: the same, to an
+  announce without a source tag too (plain ``McDetails``);
 - ``CoReceiver(key, late_hello=True)``: not hostile, only slow - it holds
   its (genuine) answer to a hello until the sender asks again, then answers
   both, in order: the first answer is to a challenge no longer current.
@@ -110,6 +112,7 @@ class CoReceiver:
         identity: KeyPair | None = None,
         legacy: bool = False,
         held_as: KeyPair | None = None,
+        held_blind: bool = False,
     ) -> None:
         """``identity``: one to use (a node's, loaded from its data
         directory: the test then speaks as that node); a fresh one if None."""
@@ -117,6 +120,7 @@ class CoReceiver:
         self.late_hello = late_hello
         self.legacy = legacy
         self.held_as = held_as
+        self.held_blind = held_blind
         self.held_claims = 0
         self.legacy_refusals = 0
         self._held: list[tuple[bytes, Hello]] = []  # hellos not answered yet (late_hello)
@@ -196,7 +200,7 @@ class CoReceiver:
             joined = self.sessions.setdefault(msg.sid, Joined(msg, source=source))
             if joined.key:
                 return
-            if self.held_as is not None and source:
+            if self.held_as is not None and (source or self.held_blind):
                 claim = respond(msg.sid, self.held_as, sender, msg.eph_pub)
                 self.held_claims += 1
                 eph, key, proof = claim.eph_pub, claim.static_pub, claim.proof
