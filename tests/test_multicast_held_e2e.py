@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from actors.multicast_sender import HASH_STEP
+from peercrypt.core.resume import SAMPLE_BYTES, sample_offsets
 from peercrypt.crypto.identity import KeyPair, load_or_create_identity
 from peercrypt.testing.hostile import CoReceiver
 from peercrypt.testing.nodes import (
@@ -356,3 +357,36 @@ def test_a_held_claim_to_an_announce_without_a_source_tag_is_not_had(
     row = next(r for r in result["receivers"] if r["target"] == f"127.0.0.1:{member.port}")
     assert (row["code"], row["held"]) == ("protocol", False), row
     assert _row(result, honest)["held"] is True, result
+
+
+def test_a_file_changed_under_the_same_source_tag_is_not_had(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """The sender's file changed between its samples with its mtime put back:
+    the same source tag, so the receiver answers McHeld, but the whole-file
+    hash is not the one it verified: it answers a failure and forgets the
+    entry (the next send is a fresh transfer), never "had it"."""
+    sender, receiver = node_factory(), node_factory()
+    path = make_file(SIZE, name="mc.bin")
+    v1 = blake3_file(path)
+    assert _send(sender, path, receiver)[0] == 0
+    before = os.stat(path)
+    offset = SAMPLE_BYTES + 100
+    assert not any(o <= offset < o + SAMPLE_BYTES for o in sample_offsets(SIZE))
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        old = f.read(1)
+        f.seek(offset)
+        f.write(bytes([old[0] ^ 0xFF]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    v2 = blake3_file(path)
+    code, result = _send(sender, path, receiver)
+    row = _row(result, receiver)
+    assert code != 0 and (row["code"], row["held"]) == ("failed", False), result
+    assert "the file differs from the one stored as mc.bin" in row["error"], row
+    assert receiver.wait_for_counter("mreceiver.delivered-before-mismatch", 1) == 1
+    assert _inbox(receiver) == {"mc.bin": v1}
+    code, result = _send(sender, path, receiver)
+    row = _row(result, receiver)
+    assert code == 0 and (row["held"], row["stored_as"]) == (False, "mc.1.bin"), result
+    assert _inbox(receiver) == {"mc.bin": v1, "mc.1.bin": v2}
