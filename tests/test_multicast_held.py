@@ -215,3 +215,21 @@ def test_the_hash_is_not_held_back_by_a_target_that_failed_or_never_answers() ->
         late.on_timer(now)
         out += late.poll(now)
     assert _of(out, HashAll) and now <= JOIN_WAIT + 0.1, now
+
+
+def test_publishing_starts_once_when_the_last_silent_target_fails_at_the_timeout() -> None:
+    """A ``--timeout`` shorter than the join wait: the silent target fails at
+    the timeout, which starts publishing for the one that joined; the
+    timeout's own start does not start it a second time."""
+    sess = _session(["a", "b"], timeout=JOIN_WAIT / 2)
+    sess.on_join("a", 0.0)
+    sess.on_subscribed("a", 0.0)
+    out = sess.poll(0.0)
+    now = 0.0
+    while now < JOIN_WAIT + 1.0:
+        now = round(now + 0.05, 2)
+        sess.on_timer(now)
+        out += sess.poll(now)
+    assert len(_of(out, StartPublishing)) == 1, out
+    ended = _of(out, TargetEnded)[0]
+    assert (ended.target, ended.code) == ("b", "timeout"), ended

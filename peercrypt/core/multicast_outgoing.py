@@ -546,6 +546,8 @@ class MulticastOutgoing(GrantedFlow):
             self._outputs.append(HashAll())
 
     def _start(self) -> None:
+        if self.publishing:  # a target that failed at the timeout may have started it
+            return
         self.publishing = True
         self._outputs.append(StartPublishing(self.paced))
 
