@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,13 @@ def test_mode_multicast_with_targets_and_text_report(
     assert "verified by all" in result.stdout
     for r in (a, b):
         assert blake3_file(r.inbox / path.name) == blake3_file(path)
+    # A small file's rate in the unit it reads in, not '(0.0 MiB/s each)'.
+    tiny = make_file(1000)
+    result = sender.cli("send", tiny, a.host, str(a.port), "-m", "--to", f"{b.host}:{b.port}")
+    assert result.returncode == 0, result.describe()
+    assert re.search(r"by multicast in [0-9.]+ s \((\d+ B|\d+\.\d KiB)/s each\)", result.stdout), (
+        result.stdout
+    )
     # -dual: exactly two targets
     code, out = sender.send(path, a.host, a.port, "-dual", "--to", f"{b.host}:{b.port}")
     assert code == 0 and [r["code"] for r in out["receivers"]] == ["ok", "ok"], out

@@ -28,6 +28,7 @@ from peercrypt.cli.send_report import tree_counts
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.errors import ResultCode
+from peercrypt.sizes import readable
 from peercrypt.wire.codec import Message
 from peercrypt.wire.messages import ErrorReply
 from peercrypt.wire.multicast_messages import (
@@ -182,7 +183,7 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
         click.echo(
             f"sent {path.name} ({f'{files} files, ' if files else ''}{result.size} bytes) "
             f"to {len(result.results)} receivers by "
-            f"multicast in {result.seconds:.2f} s ({rate:.1f} MiB/s each{had}), "
+            f"multicast in {result.seconds:.2f} s ({readable(rate * 2**20, rate=True)} each{had}), "
             f"blake3 {result.digest.hex()} verified by all"
         )
     else:
