@@ -143,12 +143,20 @@ def main() -> int:
 
 
 def multicast(nodes: dict[str, NodeProcess], path: Path) -> int:
-    """alice -> bob and carol at once over a UDP multicast group; 0 if both verified."""
-    bob, carol = nodes["bob"], nodes["carol"]
+    """alice -> bob and carol at once over a UDP multicast group, then the
+    same again (both had it: nothing sent); 0 if every result verified."""
     group = f"239.255.80.67:{free_port()}"
+    return _multicast_once(nodes, path, group, again=False) + _multicast_once(
+        nodes, path, group, again=True
+    )
+
+
+def _multicast_once(nodes: dict[str, NodeProcess], path: Path, group: str, again: bool) -> int:
+    bob, carol = nodes["bob"], nodes["carol"]
     print(
         f"\n  $ peercrypt --data-dir alice send {path.name} 127.0.0.1 {bob.port} "
         f"-m --to 127.0.0.1:{carol.port} --group {group}"
+        + ("   # the same file again" if again else "")
     )
     result = nodes["alice"].cli(
         "send", path, "127.0.0.1", str(bob.port), "-m", "--to", f"127.0.0.1:{carol.port}",
@@ -162,15 +170,21 @@ def multicast(nodes: dict[str, NodeProcess], path: Path) -> int:
     for row, node in zip(outcome.get("receivers", []), (bob, carol), strict=False):
         stored = node.inbox / str(row.get("stored_as"))
         verified = row.get("code") == "ok" and stored.is_file() and digest(stored) == digest(path)
+        verified = verified and bool(row.get("held")) == again  # the second time: had it
         problems += not verified
         check = "blake3 verified" if verified else f"MISMATCH {row.get('error') or ''}"
-        print(f"  alice -> {row.get('target')}: {row.get('stored_as')}, {check}")
+        had = " (had it: nothing sent)" if row.get("held") else ""
+        print(f"  alice -> {row.get('target')}: {row.get('stored_as')}{had}, {check}")
     stats = outcome.get("stats", {})
-    print(
-        f"  one stream for both: {outcome.get('mib_per_s', 0)} MiB/s each, "
-        f"{int(stats.get('datagrams', 0))} datagrams, {int(stats.get('seals_first', 0))} chunks "
-        f"sealed once{'' if not problems else ', FAILED: ' + str(outcome.get('error'))}"
-    )
+    failed = "" if not problems else ", FAILED: " + str(outcome.get("error"))
+    if again:
+        print(f"  both had it: {int(stats.get('datagrams', 0))} datagrams sent{failed}")
+    else:
+        print(
+            f"  one stream for both: {outcome.get('mib_per_s', 0)} MiB/s each, "
+            f"{int(stats.get('datagrams', 0))} datagrams, {int(stats.get('seals_first', 0))} "
+            f"chunks sealed once{failed}"
+        )
     return problems
 
 
