@@ -103,6 +103,8 @@ def test_the_view_names_each_phase_and_its_bytes(monkeypatch: pytest.MonkeyPatch
     # The receiver's final check: its bytes and rate, not seconds waited.
     assert re.search(r"75%.*3\.00M/4\.00M \[[^]]*B/s, receiver verifying\]", text), text
     assert "receiver verifying 0 s" not in text
+    # Rates in binary units, labelled so (tqdm divides by 1024 either way).
+    assert "iB/s" in text and not re.search(r"\d[kMGT]B/s", text), text
 
     def target(name: str, state: str, done: int) -> McTargetProgress:
         return McTargetProgress(

@@ -83,7 +83,7 @@ class ProgressView:
     def _new_bar(self, desc: str, total: int | None, position: int) -> Any:
         return self._tqdm(
             total=total,
-            unit="B",
+            unit="iB",  # the rate in binary units (MiB/s), as the result line
             unit_scale=True,
             unit_divisor=1024,
             file=sys.stderr,

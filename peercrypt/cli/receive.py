@@ -86,7 +86,7 @@ def wait_for_next(client: ControlClient, timeout: float, quiet: bool) -> dict[st
                     click.echo(f"incoming {name} ({readable(size)}; {hint})", err=True)
                     bar = tqdm(
                         total=size,
-                        unit="B",
+                        unit="iB",  # the rate in binary units (MiB/s), as the result line
                         unit_scale=True,
                         unit_divisor=1024,
                         file=sys.stderr,
