@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,7 +129,11 @@ def test_the_same_file_again_is_stored_once_and_reported_as_had(
     for r in receivers:
         assert f"  {r.host}:{r.port}: had it, stored as mc.bin (nothing sent)" in notes
     (summary,) = text.stdout.splitlines()
-    assert "3 of them had it" in summary and f"blake3 {digest} verified by all" in summary
+    assert re.fullmatch(
+        rf"sent mc\.bin \({SIZE} bytes\) to 3 receivers by multicast in [0-9.]+ s "
+        rf"\(all 3 had it: nothing sent\), blake3 {digest} verified by all",
+        summary,
+    ), summary
     for r in receivers:
         assert _inbox(r) == {"mc.bin": digest}
         rows = _history(r, "receive")

@@ -178,12 +178,15 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
             )
         )
     elif ok:
-        held = int(result.stats.get("held", 0))
-        had = f"; {held} of them had it" if held else ""
+        held, count = int(result.stats.get("held", 0)), len(result.results)
+        if held and held >= count:  # no rate: nothing crossed (as send's "had it all")
+            how = f"all {count} had it: nothing sent"
+        else:
+            had = f"; {held} of them had it" if held else ""
+            how = f"{readable(rate * 2**20, rate=True)} each{had}"
         click.echo(
             f"sent {path.name} ({f'{files} files, ' if files else ''}{result.size} bytes) "
-            f"to {len(result.results)} receivers by "
-            f"multicast in {result.seconds:.2f} s ({readable(rate * 2**20, rate=True)} each{had}), "
+            f"to {count} receivers by multicast in {result.seconds:.2f} s ({how}), "
             f"blake3 {result.digest.hex()} verified by all"
         )
     else:
