@@ -56,6 +56,11 @@ def sends(
             receiver.host,
             str(receiver.port),
             "--json",
+            # A flow through a lossy proxy on a loaded 2-core host can go
+            # 10 s (the default) without an ack after backed-off RTOs; this
+            # test is about the shared window, not that limit.
+            "--timeout",
+            "60",
             *args,
             data_dir=sender.data_dir,
             env=sender.env,

@@ -73,13 +73,13 @@ def test_a_link_that_dropped_before_the_accept_is_not_kept(
         try:
             peer.go.set()
             assert peer.dropped.wait(10)
-            wait_until(lambda: peer_closed(peer.port), 10, "the sender's end to see the close")
+            wait_until(lambda: peer_closed(peer.port), 30, "the sender's end to see the close")
         finally:
             os.kill(sender.pid, signal.SIGCONT)
         sending.join(60)
         code, result = results[0]
         assert code != 0 and not result["ok"], result  # its data port is closed
-        counters = sender.counters_when("sender.links-down-not-kept", 1)
+        counters = sender.counters_when("sender.links-down-not-kept", 1, timeout=30)
         assert counters.get("sender.links-kept", 0) == 0, counters
     finally:
         peer.go.set()
