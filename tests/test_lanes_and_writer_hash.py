@@ -513,8 +513,10 @@ def test_the_writer_announces_written_chunks_once_they_cover_its_bytes(
 
     monkeypatch.setattr("os.pwrite", pwrite)
     kwargs = {"announce_bytes": announce_bytes, "direct": False, "as_written": False}
-    with _writer(64 * CHUNK, **kwargs) as (w, results), _part(tmp_path) as fd:
+    with _writer(64 * CHUNK, **kwargs) as (w, results):
         assert file_writer.ANNOUNCE_EVERY > 2  # (else this is not what the frame shows)
+        # (the writer's close closes fd: no _part, whose close would race it)
+        fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
         w.open(TID, fd, CHUNK, 5 * CHUNK, ChunkBitmap(5))
         for index in range(5):
             assert w.write(TID, index, os.urandom(CHUNK))
