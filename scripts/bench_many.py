@@ -41,12 +41,17 @@ Measured per run (every run is printed):
 of an older commit: ``git archive main | tar -x -C DIR``) and alternates
 the runs between the two sets (this code's first in odd runs, the tree's in
 even ones), so both are measured in the same minutes of a shared machine;
-the medians and pooled samples are printed for each set. ``--node-args``
+the medians and pooled samples are printed for each set. ``--warmup N``
+(default 1) first runs the whole load N times on each set, printed as
+``warm-up`` runs and left out of the medians: the first load after the
+source files were made and the nodes started ran in a slow phase of this
+host in every set measured (docs/benchmarks.md, "Acks while chunks wait
+for the writer"), and with ``--tree`` it was always this code's. ``--node-args``
 go to every node, unless ``--tree-node-args`` names the tree's (e.g.
 ``--node-args=--shm-ring --tree-node-args=``: the ring on this code's nodes
 only).
 
-    .venv/bin/python scripts/bench_many.py [--runs 3] [--size 16M] [--per-node 16]
+    .venv/bin/python scripts/bench_many.py [--runs 3] [--warmup 1] [--size 16M] [--per-node 16]
         [--dir DIR] [--strangers] [--checks N] [--tree DIR] [--json FILE]
         [--node-args=ARGS] [--tree-node-args=ARGS]
 """
@@ -654,6 +659,9 @@ def summary(rows: list[dict[str, Any]], title: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="loads run first on each set, not counted"
+    )
     parser.add_argument("--size", default="16M", help="size of each of the many files")
     parser.add_argument("--per-node", type=int, default=16, help="sends each node starts")
     parser.add_argument("--nodes", type=int, default=4)
@@ -720,6 +728,9 @@ def main() -> int:
                 + (f"; and as many from {args.tree}, runs alternating" if args.tree else ""),
                 flush=True,
             )
+            for warmup in range(1, args.warmup + 1):  # printed, not counted
+                for cluster, label in zip(clusters, ("warm-up ", "tree warm-up "), strict=False):
+                    one_run(warmup, cluster, files, single, label)
             for run in range(1, args.runs + 1):
                 sides = [(nodes, rows, "")]
                 if args.tree:
