@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -160,13 +161,36 @@ def dead_port(host: str = LOCALHOST) -> Iterator[int]:
         yield s.getsockname()[1]
 
 
+# Ports free_port() picks from: below the kernel's ephemeral range, which
+# every connect() without a bind draws its local port from.
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+FREE_PORTS = 8192
+
+
 def free_port(host: str = LOCALHOST) -> int:
-    """A TCP port with nothing listening on it (bound and released just now;
-    another process could take it in between, which tests accept)."""
-    with socket.socket() as s:
+    """A TCP port with nothing bound to it now, for a node the test starts
+    next. Picked at random below the kernel's ephemeral range: a port bound
+    and released by ``bind(0)`` is an ephemeral one, and any outgoing
+    connection of any process (the suite's nodes make many) could take it
+    before the node binds it ("Address already in use"); below the range
+    only another explicit bind can, as another test's pick (1 in thousands)."""
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.SystemRandom()
+    for _ in range(64):
+        port = rng.randrange(max(1024, low - FREE_PORTS), low)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue  # taken: another
+            return port
+    with socket.socket() as s:  # (the range below is full: as before)
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
-    return port
+        found: int = s.getsockname()[1]
+    return found
 
 
 def blake3_file(path: Path | str, block: int = 1 << 20) -> str:
