@@ -975,24 +975,14 @@ class ReceiverActor(Actor):
                 log.info("%s: a part without a manifest; deleted", orphan.part)
         return plan.reuse
 
-    def _credit(
-        self,
-        chunk_size: int,
-        others: int,
-        current: int = 0,
-        extra: int = 0,
-        running: int | None = None,
-    ) -> int:
+    def _credit(self, chunk_size: int, others: int, current: int = 0, extra: int = 0) -> int:
         """A transfer's window: ``--window`` chunks, less to share the
         receive buffer with the transfers that have chunks left to write
-        (plus ``extra`` about to start; ``running``: their count, if the
-        caller has it), to stay within what the others' credit (``others``
-        bytes) leaves of it and to grow from ``current`` by at most twice
+        (plus ``extra`` about to start), to stay within what the others' credit (``others`` bytes)
+        leaves of it and to grow from ``current`` by at most twice
         (core/receive_window.py, ``node_credit``)."""
         s = self.settings
-        if running is None:
-            running = receiving(t.flow.window for t in self.transfers.values())
-        running += extra
+        running = receiving(t.flow.window for t in self.transfers.values()) + extra
         return node_credit(s.window, chunk_size, s.receive_buffer, running, others, current)
 
     def _credit_held(self) -> int:
@@ -1268,30 +1258,19 @@ class ReceiverActor(Actor):
         anyway (the sender's retransmission timer restarts on it). Run when
         a transfer starts, and every ``STILL_WRITING_AFTER`` / 2 seconds
         while any runs."""
-        now = self.now()
-        due = [t for t in self.transfers.values() if t.route is not None and t.flow.update_due(now)]
-        if not due:  # (the common case, every tick: no walk of all the transfers)
-            return
-        held = self._credit_held()
-        running = receiving(t.flow.window for t in self.transfers.values())
-        for t in due:  # (a route: none before its first chunk, nowhere to send it)
-            held = self._ack(t, held, now, update=True, running=running)
+        held, now = self._credit_held(), self.now()
+        for t in self.transfers.values():
+            if t.route is not None:  # none before its first chunk: nowhere to send it
+                held = self._ack(t, held, now, update=True)
 
     def _ack(
-        self,
-        t: Incoming,
-        held: int,
-        now: float,
-        force: bool = False,
-        update: bool = False,
-        running: int | None = None,
+        self, t: Incoming, held: int, now: float, force: bool = False, update: bool = False
     ) -> int:
         """Send ``t`` its ack if one is due (``update``: its window update
         if one is due), with the credit the others' allowances (of ``held``
-        bytes, all transfers' together) leave it; what they all hold after.
-        ``running``: the transfers that share the buffer, if counted."""
+        bytes, all transfers' together) leave it; what they all hold after."""
         own = allowance_bytes(t.flow.window, t.chunk_size, now)
-        credit = self._credit(t.chunk_size, held - own, t.flow.window.window, running=running)
+        credit = self._credit(t.chunk_size, held - own, t.flow.window.window)
         flow = t.flow
         waiting = flow.still_writing
         ack = flow.window_update(credit, now) if update else flow.ack(credit, now, force=force)

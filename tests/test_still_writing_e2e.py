@@ -46,10 +46,10 @@ def test_a_stalled_disk_costs_no_resend(
     sender = node_factory(name="sender")
     path = make_file(32 * MiB, name="stalled.bin")
     results: list[tuple[int, dict[str, Any]]] = []
-    # A paced send (8 MiB/s: four seconds), so that the disk stalls mid-way.
+    # A paced send (16 MiB/s: two seconds), so that the disk stalls mid-way.
     sending = threading.Thread(
         target=lambda: results.append(
-            sender.send(path, LOCALHOST, receiver.port, "-r", "8M", "--timeout", "60")
+            sender.send(path, LOCALHOST, receiver.port, "-r", "16M", "--timeout", "60")
         )
     )
     sending.start()

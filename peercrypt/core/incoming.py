@@ -26,8 +26,7 @@ no other chunk of the transfer is waiting to be written (so an ack is never
 held back by a chunk that is not coming), and whenever the receiver forces
 one (it has shared-memory ring slots to give back), and when chunks wait
 to be written and none was acked for :data:`STILL_WRITING_AFTER` seconds
-(the sender's retransmission timer restarts on an ack of nothing new that
-keeps the credit); a *window update*
+(the sender's retransmission timer restarts on any ack); a *window update*
 (:meth:`window_update`) is an ack that acknowledges nothing new and only
 carries a changed credit, sent when the transfer has not acked for
 :data:`WINDOW_UPDATE_AFTER` seconds: a transfer that trickles (a chunk every
@@ -79,10 +78,8 @@ WINDOW_UPDATE_AFTER = 0.5
 # writer stalled by the disk, or busy with other transfers' chunks), after
 # which an ack goes anyway: the sender's retransmission timer (0.2 s at
 # least, actors/sender.py's RttEstimator) restarts on it instead of taking
-# chunks that arrived for lost (core/send_window.py: an ack of nothing new
-# with the credit unchanged; a window update, sent only while nothing waits
-# for the writer, does not restart it). A sender that predates it takes it
-# for a window update.
+# chunks that arrived for lost (core/send_window.py). A sender that predates
+# it takes it for a window update.
 STILL_WRITING_AFTER = 0.1
 
 
@@ -272,17 +269,6 @@ class IncomingTransfer:
         self.window.advertise(max(1, credit), now)
         return self.window.ack_fields()
 
-    def update_due(self, now: float) -> bool:
-        """Whether :meth:`window_update` may send anything at ``now`` (cheap:
-        a receiver asks every transfer every tick, before working out any
-        credit)."""
-        if self.ended or self.finishing:
-            return False
-        quiet = now - self.acked_at
-        return quiet >= WINDOW_UPDATE_AFTER or (
-            self.window.queued > 0 and quiet >= STILL_WRITING_AFTER
-        )
-
     def window_update(
         self, credit: int, now: float
     ) -> tuple[int, list[tuple[int, int]], int] | None:
@@ -290,11 +276,8 @@ class IncomingTransfer:
         ``credit`` chunks, though nothing new is written: only if that is
         not the credit it was last told, no ack is due (it will carry the
         credit), the transfer has not acked for :data:`WINDOW_UPDATE_AFTER`
-        seconds and is still taking chunks. Or, whatever the credit, when
-        chunks that came wait for the writer and nothing was acked for
-        :data:`STILL_WRITING_AFTER` seconds: an ack then, with what was
-        written. Its cumulative index and ranges are the last ack's, or
-        larger: it acknowledges nothing unwritten."""
+        seconds and is still taking chunks. Its cumulative index and ranges
+        are the last ack's, or larger: it acknowledges nothing unwritten."""
         credit = max(1, credit)
         if self.ended or self.finishing:
             return None
