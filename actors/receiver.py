@@ -103,7 +103,7 @@ from peercrypt.core.delivered import (
     unchanged,
 )
 from peercrypt.core.incoming import (
-    STILL_WRITING_AFTER,
+    WINDOW_UPDATE_AFTER,
     Abandon,
     FinishFile,
     IncomingTransfer,
@@ -383,7 +383,7 @@ class ReceiverActor(Actor):
         running = lambda: bool(self.transfers)  # noqa: E731
         self.call_every_while(1.0, self._expire_idle, lambda: bool(self.transfers or self.echoes))
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
-        self.call_every_while(STILL_WRITING_AFTER / 2, self._update_windows, running)
+        self.call_every_while(WINDOW_UPDATE_AFTER, self._update_windows, running)
         self._load_delivered()
         self.call_every_while(1.0, self._expire_asks, lambda: bool(self.asking))
         self._reclaim()
@@ -1253,11 +1253,8 @@ class ReceiverActor(Actor):
         last ack and that has not acked for a while is told its new credit
         (core/incoming.py), so a transfer that trickles gives back the
         node's buffer it no longer has a share of, and one whose share grew
-        hears of it; and every transfer whose chunks wait for the writer
-        and that has not acked for ``STILL_WRITING_AFTER`` seconds acks
-        anyway (the sender's retransmission timer restarts on it). Run when
-        a transfer starts, and every ``STILL_WRITING_AFTER`` / 2 seconds
-        while any runs."""
+        hears of it. Run when a transfer starts, and every
+        ``WINDOW_UPDATE_AFTER`` seconds while any runs."""
         held, now = self._credit_held(), self.now()
         for t in self.transfers.values():
             if t.route is not None:  # none before its first chunk: nowhere to send it
@@ -1272,15 +1269,12 @@ class ReceiverActor(Actor):
         own = allowance_bytes(t.flow.window, t.chunk_size, now)
         credit = self._credit(t.chunk_size, held - own, t.flow.window.window)
         flow = t.flow
-        waiting = flow.still_writing
         ack = flow.window_update(credit, now) if update else flow.ack(credit, now, force=force)
         if ack is None:
             return held
         held += allowance_bytes(t.flow.window, t.chunk_size, now) - own
         self._note_credit(held)
-        if flow.still_writing > waiting:
-            self.count("acks-still-writing")
-        elif update:
+        if update:
             self.count("window-updates")
         cumulative, sack, window = ack
         ring = t.ring

@@ -21,10 +21,7 @@ Rules:
   timer runs while a chunk is in flight and not yet presumed lost; it starts
   when a chunk goes out with none pending (5.1), restarts whenever an ack
   acknowledges something new (5.3: the path is alive, whatever else is
-  late; here also on an ack of nothing new: the receiver sends one while
-  chunks that came wait for its writer, so a stalled disk or a writer busy
-  with other transfers does not pass for loss) and stops when nothing is
-  pending (5.2). When it expires, only the
+  late) and stops when nothing is pending (5.2). When it expires, only the
   *oldest* pending chunk (by send order) is presumed lost and resent (5.4),
   the RTO doubles (5.5) and the timer restarts (5.6). The rest stay in
   flight: they are presumed lost only on evidence: SACK (above), or, in the
@@ -149,12 +146,6 @@ class SendWindow:
                 self.rtt.spurious_timeout(max(0.0, late))
             # RFC 6298 5.2/5.3: stop the timer, or restart it for what is pending.
             self._timer_start = now if self._has_pending() else None
-        elif self._timer_start is not None:
-            # An ack of nothing new (a window update, or chunks that came
-            # and wait for a busy writer: core/incoming.py) still says the
-            # receiver is there and taking the transfer: its chunks are
-            # late, not lost, so the timer restarts as on an ack of new ones.
-            self._timer_start = now
         self._detect_sack_losses()
         return newly
 
