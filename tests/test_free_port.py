@@ -21,8 +21,8 @@ def test_a_free_port_is_bindable_and_below_the_ephemeral_range() -> None:
 
 
 def test_a_free_port_is_never_one_that_is_bound() -> None:
-    """Every port of the range but one held: the pick is that one, or (the
-    range all but full) none of the held ones."""
+    """Every free port of the range held: the pick is none of them (it falls
+    back to one the kernel gives)."""
     held = []
     try:
         low = int(EPHEMERAL_RANGE.read_text().split()[0])
