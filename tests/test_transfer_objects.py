@@ -565,6 +565,38 @@ def test_paced_flow_sends_only_granted_bytes_and_asks_for_more() -> None:
     ]
 
 
+@pytest.mark.parametrize("mode", ["aimd", "token-bucket"])
+def test_a_paced_flow_over_a_shrunk_window_asks_for_its_expirys_resend(mode: str) -> None:
+    """A paced flow (a node cap) has 8 chunks in flight when its window
+    shrinks to one chunk (aimd: its share, after the other flows' losses;
+    else the receiver's credit) and the acks stop. At the expiry it asks for
+    the resend's bytes, and the resend goes as soon as they are granted. It
+    asked for nothing (its window had no room), so the resend waited for one
+    more expiry per chunk in flight: four aimd flows through a lossy proxy
+    under a node cap saw one stop for a minute."""
+    t = outgoing(size=20 * CHUNK, policy=POLICIES[mode], node_capped=True)
+    t.on_accept([], 8, 0.0)
+    t.on_window(8 * CHUNK, 8 * CHUNK, 0, 0.0)
+    assert t.poll(0.0) == [RequestGrant(8 * CHUNK)]
+    t.on_grant(8 * CHUNK)
+    sent = [o.index for o in t.poll(0.0) if isinstance(o, SendChunk)]
+    assert sent == list(range(8))
+    if mode == "aimd":
+        t.on_window(CHUNK, 3 * CHUNK, 1, 0.1)
+    else:
+        t.on_ack(0, [], 1, 0.1)  # nothing new: only the credit shrank
+    assert t.poll(0.1) == [] and t.allowance == 0
+    expiry = t.next_timer()
+    assert expiry is not None and expiry < t.timeout
+    t.on_timer(expiry)
+    assert [o for o in t.poll(expiry) if isinstance(o, (SendChunk, RequestGrant))] == [
+        RequestGrant(CHUNK)
+    ]
+    t.on_grant(CHUNK)
+    assert [o for o in t.poll(expiry) if isinstance(o, SendChunk)] == [SendChunk(0, False)]
+    assert t.window is not None and t.window.retransmits == 1
+
+
 def test_modes_shape_lanes_rate_and_loss_detection() -> None:
     par = outgoing(policy=Policy(mode="parallel", lanes=5))
     assert par.lanes == 5 and par.sealing_workers

@@ -231,6 +231,34 @@ def test_rto_timeout_resends_only_the_oldest_chunk_and_backs_off() -> None:
     assert w.next_deadline() == pytest.approx(7.0)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    credit=st.integers(1, 32),
+    shrunk=st.integers(1, 32),
+    limit=st.one_of(st.none(), st.integers(1, 32)),
+    expiries=st.integers(1, 6),
+)
+def test_an_expirys_resend_always_has_room(
+    credit: int, shrunk: int, limit: int | None, expiries: int
+) -> None:
+    """After any expiry, whatever the credit and the sender's limit shrank
+    to below what is in flight, room() counts the resend, so a paced sender
+    asks for its bytes, and one chunk's allowance sends it (room() said 0
+    and a paced flow waited for an expiry per chunk in flight)."""
+    w, first = started(64, credit)
+    w.on_ack(0, [], shrunk, 0.5)  # nothing new: only the credit changed
+    w.limit = limit
+    now = 0.5
+    for _ in range(expiries):
+        deadline = w.next_deadline()
+        assert deadline is not None
+        now = deadline
+        w.on_timer(now)
+        assert w.room() >= 1
+        resent = w.next_to_send(now, limit=1)
+        assert len(resent) == 1 and resent[0] in first
+
+
 def test_an_ack_of_anything_new_restarts_the_timer() -> None:
     w, first = started(4, 4)
     assert first == [0, 1, 2, 3]

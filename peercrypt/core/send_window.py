@@ -242,10 +242,18 @@ class SendWindow:
         return None
 
     def room(self) -> int:
-        """How many chunks could be sent now (credit and limit permitting)."""
+        """How many chunks could be sent now (credit and limit permitting),
+        at least one while an expiry's resend waits: it goes whatever the
+        credit (:meth:`next_to_send`), and a paced sender asks for the bytes
+        of what this counts (counted 0, a paced flow whose credit or share
+        shrank below what it has in flight asked for nothing, and its resend
+        waited for one more expiry per chunk in flight: a minute and more)."""
         allowed = self.window if self.limit is None else max(1, min(self.window, self.limit))
         pending = len(self._lost) + max(0, self.total - self._next_new)
-        return max(0, min(allowed - (len(self._in_flight) - len(self._lost)), pending))
+        room = max(0, min(allowed - (len(self._in_flight) - len(self._lost)), pending))
+        if self._probe is not None and self._probe in self._lost:
+            return max(1, room)
+        return room
 
     def _mark_sent(self, index: int, now: float, resent: bool) -> None:
         if self._timer_start is None or not self._has_pending():
