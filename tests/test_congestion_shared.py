@@ -47,7 +47,11 @@ def congestion(node: NodeProcess) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def sends(
-    sender: NodeProcess, receiver: NodeProcess, files: list[Path], extra: list[list[str]]
+    sender: NodeProcess,
+    receiver: NodeProcess,
+    files: list[Path],
+    extra: list[list[str]],
+    timeout: float = 60.0,
 ) -> Iterator[list[subprocess.Popen[str]]]:
     procs = [
         start_cli(
@@ -60,7 +64,7 @@ def sends(
             # 10 s (the default) without an ack after backed-off RTOs; this
             # test is about the shared window, not that limit.
             "--timeout",
-            "60",
+            str(timeout),
             *args,
             data_dir=sender.data_dir,
             env=sender.env,
@@ -174,3 +178,38 @@ def test_priorities_share_the_peer_window_one_two_three(
     unit = peer["window"] / 6
     for weight, share in by_weight.items():
         assert abs(share - weight * unit) <= 0.1 * weight * unit, (weight, share, peer)
+
+
+def test_an_aimd_send_under_a_node_cap_goes_on_after_an_outage_of_its_path(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """The path drops every chunk until the flow's share has shrunk below
+    what it has in flight (its timeouts halve the peer's window): once the
+    path is back, the expiry's resend goes as soon as it is granted and the
+    send finishes within its 10 s --timeout. It asked for no grant there
+    (its window had no room), so the resend waited for one more doubled
+    expiry per chunk in flight, and the send failed 'stopped acknowledging'."""
+    data_port = free_port()
+    with FaultProxy(f"tcp://127.0.0.1:{data_port}", FaultPlan.clean()) as proxy:
+        receiver = node_factory(
+            "--data-port", str(data_port), "--advertise-data-port", str(proxy.port)
+        )
+        sender = node_factory("--max-rate", str(RATE))
+        f = make_file(24 * MiB)  # 3 s at the node's cap
+        one_mib = ["--mode", "aimd", "--chunk-size", str(CHUNK), "-w", "1024", "-max-w", "1024"]
+        with sends(sender, receiver, [f], [one_mib], timeout=10.0) as procs:
+            wait_until(lambda: proxy.snapshot().upstream.sent >= 32, 30.0, "chunks through")
+            proxy.set_plan(FaultPlan(upstream=DirectionFaults(drop=1.0)))
+
+            def shrunk_below_in_flight() -> dict[str, Any] | None:
+                for peer in congestion(sender).values():
+                    for flow in peer["flows"].values():
+                        if flow["in_flight"] >= flow["share"] + 4 * CHUNK:
+                            return dict(flow)
+                return None
+
+            flow = wait_until(shrunk_below_in_flight, 30.0, "the share below what is in flight")
+            proxy.set_plan(FaultPlan.clean())
+            (done,) = results(procs, [f], receiver)
+    assert proxy.snapshot().upstream.dropped >= 4, flow
+    assert done["stats"]["timeouts"] >= 1 and done["stats"]["window_decreases"] >= 1
