@@ -103,7 +103,7 @@ from peercrypt.core.delivered import (
     unchanged,
 )
 from peercrypt.core.incoming import (
-    WINDOW_UPDATE_AFTER,
+    STILL_WRITING_AFTER,
     Abandon,
     FinishFile,
     IncomingTransfer,
@@ -383,7 +383,7 @@ class ReceiverActor(Actor):
         running = lambda: bool(self.transfers)  # noqa: E731
         self.call_every_while(1.0, self._expire_idle, lambda: bool(self.transfers or self.echoes))
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
-        self.call_every_while(WINDOW_UPDATE_AFTER, self._update_windows, running)
+        self.call_every_while(STILL_WRITING_AFTER / 2, self._update_windows, running)
         self._load_delivered()
         self.call_every_while(1.0, self._expire_asks, lambda: bool(self.asking))
         self._reclaim()
@@ -975,14 +975,24 @@ class ReceiverActor(Actor):
                 log.info("%s: a part without a manifest; deleted", orphan.part)
         return plan.reuse
 
-    def _credit(self, chunk_size: int, others: int, current: int = 0, extra: int = 0) -> int:
+    def _credit(
+        self,
+        chunk_size: int,
+        others: int,
+        current: int = 0,
+        extra: int = 0,
+        running: int | None = None,
+    ) -> int:
         """A transfer's window: ``--window`` chunks, less to share the
         receive buffer with the transfers that have chunks left to write
-        (plus ``extra`` about to start), to stay within what the others' credit (``others`` bytes)
-        leaves of it and to grow from ``current`` by at most twice
+        (plus ``extra`` about to start; ``running``: their count, if the
+        caller has it), to stay within what the others' credit (``others``
+        bytes) leaves of it and to grow from ``current`` by at most twice
         (core/receive_window.py, ``node_credit``)."""
         s = self.settings
-        running = receiving(t.flow.window for t in self.transfers.values()) + extra
+        if running is None:
+            running = receiving(t.flow.window for t in self.transfers.values())
+        running += extra
         return node_credit(s.window, chunk_size, s.receive_buffer, running, others, current)
 
     def _credit_held(self) -> int:
@@ -1253,28 +1263,45 @@ class ReceiverActor(Actor):
         last ack and that has not acked for a while is told its new credit
         (core/incoming.py), so a transfer that trickles gives back the
         node's buffer it no longer has a share of, and one whose share grew
-        hears of it. Run when a transfer starts, and every
-        ``WINDOW_UPDATE_AFTER`` seconds while any runs."""
-        held, now = self._credit_held(), self.now()
-        for t in self.transfers.values():
-            if t.route is not None:  # none before its first chunk: nowhere to send it
-                held = self._ack(t, held, now, update=True)
+        hears of it; and every transfer whose chunks wait for the writer
+        and that has not acked for ``STILL_WRITING_AFTER`` seconds acks
+        anyway (the sender's retransmission timer restarts on it). Run when
+        a transfer starts, and every ``STILL_WRITING_AFTER`` / 2 seconds
+        while any runs."""
+        now = self.now()
+        due = [t for t in self.transfers.values() if t.route is not None and t.flow.update_due(now)]
+        if not due:  # (the common case, every tick: no walk of all the transfers)
+            return
+        held = self._credit_held()
+        running = receiving(t.flow.window for t in self.transfers.values())
+        for t in due:  # (a route: none before its first chunk, nowhere to send it)
+            held = self._ack(t, held, now, update=True, running=running)
 
     def _ack(
-        self, t: Incoming, held: int, now: float, force: bool = False, update: bool = False
+        self,
+        t: Incoming,
+        held: int,
+        now: float,
+        force: bool = False,
+        update: bool = False,
+        running: int | None = None,
     ) -> int:
         """Send ``t`` its ack if one is due (``update``: its window update
         if one is due), with the credit the others' allowances (of ``held``
-        bytes, all transfers' together) leave it; what they all hold after."""
+        bytes, all transfers' together) leave it; what they all hold after.
+        ``running``: the transfers that share the buffer, if counted."""
         own = allowance_bytes(t.flow.window, t.chunk_size, now)
-        credit = self._credit(t.chunk_size, held - own, t.flow.window.window)
+        credit = self._credit(t.chunk_size, held - own, t.flow.window.window, running=running)
         flow = t.flow
+        waiting = flow.still_writing
         ack = flow.window_update(credit, now) if update else flow.ack(credit, now, force=force)
         if ack is None:
             return held
         held += allowance_bytes(t.flow.window, t.chunk_size, now) - own
         self._note_credit(held)
-        if update:
+        if flow.still_writing > waiting:
+            self.count("acks-still-writing")
+        elif update:
             self.count("window-updates")
         cumulative, sack, window = ack
         ring = t.ring

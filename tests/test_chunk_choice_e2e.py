@@ -30,7 +30,7 @@ from peercrypt.testing.nodes import (
     start_cli,
     wait_until,
 )
-from peercrypt.wire.messages import Ack, Refuse, Verified
+from peercrypt.wire.messages import Refuse, Verified
 
 WAIT = 60.0
 
@@ -230,7 +230,7 @@ def test_a_member_offering_absurd_chunk_sizes_is_refused(
         assert isinstance(wide, HostileTransfer), wide
         assert wide.accept is not None and wide.accept.chunk_size == MAX_CHUNK
         wide.send_chunk(0, os.urandom(MAX_CHUNK))
-        assert wide.wait_for(Ack).cumulative == 1
+        assert wide.acked(1).cumulative == 1
         wide.abandon()
     good = make_file(4 * MiB)
     assert_sent(receiver, sender.send_to(good, receiver), good)

@@ -431,10 +431,7 @@ def describe(t: HostileTransfer, ring: shm_ring.SenderRing, index: int, data: by
 
 
 def acked(t: HostileTransfer, cumulative: int) -> Ack:
-    while True:
-        ack = t.wait_for(Ack, WAIT)
-        if ack.cumulative >= cumulative:
-            return ack
+    return t.acked(cumulative, WAIT)
 
 
 def test_a_slot_rewritten_around_its_descriptor_never_reaches_the_file(

@@ -20,7 +20,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from peercrypt.core.bitmap import ChunkBitmap
-from peercrypt.core.incoming import WINDOW_UPDATE_AFTER, IncomingTransfer
+from peercrypt.core.incoming import STILL_WRITING_AFTER, WINDOW_UPDATE_AFTER, IncomingTransfer
 from peercrypt.core.receive_window import (
     CREDIT_GRACE,
     INITIAL_CREDIT,
@@ -840,18 +840,129 @@ def test_a_window_update_goes_only_with_a_changed_credit_after_a_quiet_spell() -
     assert flow.window_updates == 2
 
 
+def test_chunks_waiting_for_the_writer_are_acked_after_a_quiet_spell() -> None:
+    """A writer that stalls (a disk, other transfers' chunks before these):
+    the chunks that came are acked anyway every STILL_WRITING_AFTER, with
+    whatever was written and the same credit, so the sender's timer does
+    not take them for lost; nothing such once none waits."""
+    flow = IncomingTransfer(total=10, credit=8, idle_timeout=30.0, now=0.0)
+    for index in range(4):
+        assert flow.on_chunk(index, False, 0.01) is Arrival.NEW
+    flow.on_written(0)
+    assert flow.ack(8, 0.02) is None  # held back: more of it wait to be written
+    assert flow.window_update(8, STILL_WRITING_AFTER / 2) is None  # not quiet long enough
+    assert flow.window_update(8, STILL_WRITING_AFTER) == (1, [], 8)  # the written one with it
+    assert flow.window_update(8, STILL_WRITING_AFTER * 1.5) is None  # one just went
+    assert flow.window_update(8, STILL_WRITING_AFTER * 2) == (1, [], 8)  # still stalled
+    assert (flow.still_writing, flow.window_updates) == (2, 0)
+    for index in range(1, 4):
+        flow.on_written(index)
+    assert flow.ack(8, 0.3) == (4, [], 8)
+    assert flow.window_update(8, 5.0) is None  # nothing waits: nothing to say
+    assert flow.still_writing == 2
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    rtts=st.lists(st.floats(0.0005, 0.05), min_size=1, max_size=30),
+    stall=st.floats(5.0, 60.0),  # past any RTO those round trips give (<= 4.5 s)
+    gap=st.floats(0.01, STILL_WRITING_AFTER * 1.5),
+)
+def test_a_writer_stall_acked_as_still_writing_costs_no_resend(
+    rtts: list[float], stall: float, gap: float
+) -> None:
+    """However long the receiver's writer stalls and whatever RTO the
+    transfer's round trips gave, acks of nothing new every ``gap`` (what
+    the receiver sends while its chunks wait: at most 1.5 STILL_WRITING_AFTER
+    apart, under the 0.2 s least RTO) keep the timer from firing; the same
+    stall in silence fires it."""
+
+    def run(acked_while_stalled: bool) -> SendWindow:
+        w = SendWindow(10_000, RttEstimator(initial_rto=3.0))
+        w.on_accept([], 8)
+        now, cumulative = 0.0, 0
+        w.next_to_send(now)
+        for rtt in rtts:  # one chunk acked per round trip, the window kept full
+            now += rtt
+            cumulative += 1
+            w.on_ack(cumulative, [], 8, now)
+            w.next_to_send(now)
+        end = now + stall
+        while now < end:
+            deadline = w.next_deadline()
+            beat = now + gap if acked_while_stalled else end
+            if deadline is not None and deadline <= beat:
+                now = deadline
+                w.on_timer(now)
+            else:
+                now = beat
+                if acked_while_stalled:
+                    w.on_ack(cumulative, [], 8, now)
+        return w
+
+    w = run(acked_while_stalled=True)
+    assert (w.timeouts, w.retransmits) == (0, 0)
+    assert run(acked_while_stalled=False).timeouts >= 1
+
+
+def test_window_updates_do_not_hold_back_the_resend_of_a_lost_last_chunk() -> None:
+    """The last chunk is lost (a proxy, the receiver's full queue); nothing
+    waits at the receiver, whose credit changes every 0.5 s (others start
+    and end): those window updates, under the RTO (1.8 s here), must not
+    keep restarting the timer. The expiry resends the chunk."""
+    w = SendWindow(4, RttEstimator(initial_rto=3.0))
+    w.on_accept([], 4)
+    assert w.next_to_send(0.0) == [0, 1, 2, 3]
+    w.on_ack(3, [], 4, 0.6)  # 0-2 written, a round trip of 0.6 s; 3 never comes
+    assert w.rtt.rto > 1.0
+    credits = itertools.cycle([2, 4])
+    now, resent = 0.6, []
+    while now < 30.0 and not resent:
+        deadline = w.next_deadline()
+        assert deadline is not None
+        if deadline <= now + 0.5:
+            now = deadline
+            w.on_timer(now)
+            resent = w.next_to_send(now)
+        else:
+            now += 0.5
+            w.on_ack(3, [], next(credits), now)
+    assert resent == [3] and now < 0.6 + w.rtt.rto, now
+
+
+def test_acks_that_repeat_a_shrunk_credit_do_not_extend_the_old_ones_grace() -> None:
+    """The acks a stalled writer's transfer sends every STILL_WRITING_AFTER
+    repeat its credit: the old, larger one still expires CREDIT_GRACE
+    after the ack that shrank it (else a stall would keep it charged to the
+    node's buffer as long as it lasts)."""
+    window = ReceiveWindow(100, 8)
+    window.advertise(2, 1.0)  # shrunk: the old 8 still allowed for a while
+    assert window.allowed(1.0) == 8
+    for k in range(1, 20):
+        window.advertise(2, 1.0 + 0.1 * k)  # the same credit, again and again
+    assert window.allowed(1.0 + CREDIT_GRACE - 0.1) == 8
+    assert window.allowed(1.0 + CREDIT_GRACE + 0.1) == 2
+
+
 def test_a_window_update_is_no_duplicate_ack_for_the_sender() -> None:
     # The same cumulative index and ranges again, with another credit, any
-    # number of times: no chunk is presumed lost, the timer is not
-    # restarted (it acknowledges nothing), and the new credit applies.
+    # number of times: no chunk is presumed lost, the new credit applies,
+    # and the timer is not restarted (a window update goes only while
+    # nothing waits for the receiver's writer: what it does not acknowledge
+    # may be lost); the same ack with the credit unchanged restarts it (the
+    # receiver's chunks wait for its writer: late, not lost).
     w = SendWindow(100, RttEstimator(initial_rto=1.0))
     w.on_accept([], 8)
     assert w.next_to_send(0.0) == list(range(8))
     w.on_ack(0, [(1, 3)], 8, 0.1)  # chunk 0 late, 1 and 2 written
     deadline = w.next_deadline()
-    for k, credit in enumerate([2, 12, 3, 3, 16, 1, 9, 9, 9, 9]):
+    for k, credit in enumerate([2, 12, 3, 16, 1, 9]):
         w.on_ack(0, [(1, 3)], credit, 0.2 + 0.01 * k)
         assert w.window == credit and w.next_deadline() == deadline
+    for k in range(4):
+        now = 0.3 + 0.01 * k
+        w.on_ack(0, [(1, 3)], 9, now)
+        assert w.window == 9 and w.next_deadline() == pytest.approx(now + w.rtt.rto)
     assert (w.retransmits, w.fast_retransmits, w.timeouts) == (0, 0, 0)
     assert w.next_to_send(0.4) == [8, 9, 10]  # 9 allowed, 6 in flight
     assert w.peak_window == 16

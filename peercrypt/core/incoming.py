@@ -24,7 +24,10 @@ missing); written chunks are acked once every :data:`ACK_EVERY` of them
 (fewer with a small credit: a quarter of it, at least one), and at once when
 no other chunk of the transfer is waiting to be written (so an ack is never
 held back by a chunk that is not coming), and whenever the receiver forces
-one (it has shared-memory ring slots to give back); a *window update*
+one (it has shared-memory ring slots to give back), and when chunks wait
+to be written and none was acked for :data:`STILL_WRITING_AFTER` seconds
+(the sender's retransmission timer restarts on an ack of nothing new that
+keeps the credit); a *window update*
 (:meth:`window_update`) is an ack that acknowledges nothing new and only
 carries a changed credit, sent when the transfer has not acked for
 :data:`WINDOW_UPDATE_AFTER` seconds: a transfer that trickles (a chunk every
@@ -72,6 +75,15 @@ ACK_EVERY = 4
 # (a window update): a transfer that acks more often carries its new credit
 # in its next ack anyway, for nothing.
 WINDOW_UPDATE_AFTER = 0.5
+# Seconds without an ack, while chunks that came wait for the writer (a
+# writer stalled by the disk, or busy with other transfers' chunks), after
+# which an ack goes anyway: the sender's retransmission timer (0.2 s at
+# least, actors/sender.py's RttEstimator) restarts on it instead of taking
+# chunks that arrived for lost (core/send_window.py: an ack of nothing new
+# with the credit unchanged; a window update, sent only while nothing waits
+# for the writer, does not restart it). A sender that predates it takes it
+# for a window update.
+STILL_WRITING_AFTER = 0.1
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,7 @@ class IncomingTransfer:
     checked: int = field(default=0, init=False)  # how far the final check got (on_checked)
     acked_at: float = field(init=False)  # when the last ack (or window update) went
     window_updates: int = field(default=0, init=False)
+    still_writing: int = field(default=0, init=False)  # acks that said chunks wait to be written
     _ack_now: bool = field(default=False, init=False)  # a duplicate or an early Done
     _unacked: int = field(default=0, init=False)  # chunks written since the last ack
     _expected_digest: bytes = field(default=b"", init=False)
@@ -259,6 +272,17 @@ class IncomingTransfer:
         self.window.advertise(max(1, credit), now)
         return self.window.ack_fields()
 
+    def update_due(self, now: float) -> bool:
+        """Whether :meth:`window_update` may send anything at ``now`` (cheap:
+        a receiver asks every transfer every tick, before working out any
+        credit)."""
+        if self.ended or self.finishing:
+            return False
+        quiet = now - self.acked_at
+        return quiet >= WINDOW_UPDATE_AFTER or (
+            self.window.queued > 0 and quiet >= STILL_WRITING_AFTER
+        )
+
     def window_update(
         self, credit: int, now: float
     ) -> tuple[int, list[tuple[int, int]], int] | None:
@@ -266,10 +290,22 @@ class IncomingTransfer:
         ``credit`` chunks, though nothing new is written: only if that is
         not the credit it was last told, no ack is due (it will carry the
         credit), the transfer has not acked for :data:`WINDOW_UPDATE_AFTER`
-        seconds and is still taking chunks. Its cumulative index and ranges
-        are the last ack's, or larger: it acknowledges nothing unwritten."""
+        seconds and is still taking chunks. Or, whatever the credit, when
+        chunks that came wait for the writer and nothing was acked for
+        :data:`STILL_WRITING_AFTER` seconds: an ack then, with what was
+        written. Its cumulative index and ranges are the last ack's, or
+        larger: it acknowledges nothing unwritten."""
         credit = max(1, credit)
-        if self.ended or self.finishing or self.ack_due or credit == self.window.window:
+        if self.ended or self.finishing:
+            return None
+        if self.window.queued and now - self.acked_at >= STILL_WRITING_AFTER:
+            # Chunks came and wait for the writer, and nothing was acked for
+            # a while: the sender hears that the transfer is alive before
+            # its retransmission timer takes them for lost (whatever was
+            # written meanwhile goes with it).
+            self.still_writing += 1
+            return self.ack(credit, now, force=True)
+        if self.ack_due or credit == self.window.window:
             return None
         if now - self.acked_at < WINDOW_UPDATE_AFTER:
             return None

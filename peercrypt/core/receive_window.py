@@ -73,10 +73,11 @@ class ReceiveWindow:
             raise ValueError("window must be >= 1")
         # The old credit's chunks may still be coming (see the module docs).
         self._expire(now)
+        shrinks = window < self._window
         self._allowed = max(self._allowed, self._window)
         self._window = window
-        if self._allowed > window:
-            self._since = now
+        if shrinks and self._allowed > window:
+            self._since = now  # (an ack that only repeats the credit does not: a stall's acks)
 
     def allowed(self, now: float) -> int:
         """Chunks that may be queued at ``now``: the window, or what is left

@@ -21,7 +21,11 @@ Rules:
   timer runs while a chunk is in flight and not yet presumed lost; it starts
   when a chunk goes out with none pending (5.1), restarts whenever an ack
   acknowledges something new (5.3: the path is alive, whatever else is
-  late) and stops when nothing is pending (5.2). When it expires, only the
+  late; here also on an ack of nothing new with the credit unchanged: the
+  receiver sends one while chunks that came wait for its writer, so a
+  stalled disk or a writer busy with other transfers does not pass for
+  loss; a window update, a changed credit sent only while nothing waits,
+  does not restart it) and stops when nothing is pending (5.2). When it expires, only the
   *oldest* pending chunk (by send order) is presumed lost and resent (5.4),
   the RTO doubles (5.5) and the timer restarts (5.6). The rest stay in
   flight: they are presumed lost only on evidence: SACK (above), or, in the
@@ -93,6 +97,7 @@ class SendWindow:
         self._order = 0
         self._highest_acked_order = -1
         self._timer_start: float | None = None  # the RTO timer runs since (None: stopped)
+        self._credit = 0  # the credit the receiver's last accept or ack gave, as it gave it
         # After an expiry (F-RTO, RFC 5682, in spirit): the last send order
         # before it, and whether a resend has been acked since.
         self._probe_order: int | None = None
@@ -110,6 +115,7 @@ class SendWindow:
         self.acked.add_ranges(have)
         self.window = max(1, min(window, self.max_window))
         self.peak_window = max(self.peak_window, self.window)
+        self._credit = window
 
     def on_ack(self, cumulative: int, sack: list[tuple[int, int]], window: int, now: float) -> int:
         """Apply an ack; returns how many chunks it newly acknowledged. Costs
@@ -119,6 +125,7 @@ class SendWindow:
         what was acked in send order, never from how often an ack repeats."""
         self.window = max(1, min(window, self.max_window))
         self.peak_window = max(self.peak_window, self.window)
+        same_credit, self._credit = window == self._credit, window
         newly = self.acked.add_ranges([(0, min(cumulative, self.total)), *sack])
         if newly:
             newest: _InFlight | None = None  # one RTT sample per ack, as TCP takes
@@ -146,6 +153,15 @@ class SendWindow:
                 self.rtt.spurious_timeout(max(0.0, late))
             # RFC 6298 5.2/5.3: stop the timer, or restart it for what is pending.
             self._timer_start = now if self._has_pending() else None
+        elif self._timer_start is not None and same_credit:
+            # An ack of nothing new with the credit unchanged: chunks that
+            # came wait for a busy writer (core/incoming.py acks them every
+            # STILL_WRITING_AFTER), or the answer to a duplicate: the
+            # receiver is there and taking the transfer, its chunks are late,
+            # so the timer restarts as on an ack of new ones. Not on a window
+            # update (a changed credit, sent only while nothing waits for
+            # the writer): the chunks it does not acknowledge may be lost.
+            self._timer_start = now
         self._detect_sack_losses()
         return newly
 

@@ -33,6 +33,7 @@ from peercrypt.crypto.transfer import OpenError, TransferKeys
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     Accept,
+    Ack,
     ChunkHeader,
     Done,
     Failed,
@@ -168,6 +169,16 @@ class HostileTransfer:
                     self._unread = got[n + 1 :]  # for the next call, in order
                     return msg
         raise TimeoutError(f"no {cls.TYPE} from the receiver within {timeout} s")
+
+    def acked(self, cumulative: int, timeout: float = WAIT) -> Ack:
+        """The first Ack that acknowledges every chunk below ``cumulative``
+        (earlier ones are skipped: the receiver also acks while chunks wait
+        for its writer, with what was written so far)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ack = self.wait_for(Ack, max(0.0, deadline - time.monotonic()))
+            if ack.cumulative >= cumulative:
+                return ack
 
     def close(self) -> None:
         self.data.close(0)
