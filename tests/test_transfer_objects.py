@@ -565,6 +565,35 @@ def test_paced_flow_sends_only_granted_bytes_and_asks_for_more() -> None:
     ]
 
 
+def test_a_receiver_acking_nothing_new_for_ever_fails_the_send_at_its_timeout() -> None:
+    """A hostile receiver (or a disk frozen for good) acks every 0.1 s and
+    never anything new: each ack restarts the retransmission timer (its
+    chunks are late, not lost), but only new chunks are progress, so the
+    send fails 'stopped acknowledging' --timeout after its last progress,
+    not later."""
+    t = outgoing(size=10 * CHUNK)
+    t.on_accept([], 4, 0.0)
+    assert [o.index for o in t.poll(0.0) if isinstance(o, SendChunk)] == [0, 1, 2, 3]
+    t.on_ack(1, [], 4, 0.05)  # progress at 0.05
+    t.poll(0.05)
+    now, ended = 0.05, None
+    while ended is None and now < 60.0:
+        now = round(now + 0.1, 6)
+        due = t.next_timer()
+        assert due is not None
+        if due <= now:
+            t.on_timer(due)
+            ended = next((o for o in t.poll(due) if isinstance(o, Failed)), None)
+            if ended is not None:
+                now = due
+                break
+        t.on_ack(1, [], 4, now)  # the same cumulative ack, the same credit
+        t.poll(now)
+    assert isinstance(ended, Failed) and "stopped acknowledging" in ended.reason
+    assert now == pytest.approx(0.05 + t.timeout)
+    assert t.window is not None and t.window.timeouts == 0  # no resend on the way
+
+
 @pytest.mark.parametrize("mode", ["aimd", "token-bucket"])
 def test_a_paced_flow_over_a_shrunk_window_asks_for_its_expirys_resend(mode: str) -> None:
     """A paced flow (a node cap) has 8 chunks in flight when its window
