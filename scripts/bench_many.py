@@ -28,7 +28,9 @@ Measured per run (every run is printed):
   CURVE probe, answer); p50/p99 of each (goal p99 <= 50 ms), next to the
   same measured idle before the load; at the end, every run's samples
   pooled (p50/p90/p99, the share over 50 ms; the JSON keeps them all:
-  ``check_samples_ms``, ``status_samples_ms``). The nodes form one network (nodes
+  ``check_samples_ms``, ``status_samples_ms``). A pair of probes every
+  ``--probe-gap`` seconds (0.02 by default: ~40 a second, whose CPU on
+  the nodes and in this script the transfers lose). The nodes form one network (nodes
   1..3 join node 0), so node 0 probes node 1 and its checks ride on that
   probe connection; ``--strangers``: they do not, and each check rides on
   the connection the previous one opened (kept for 30 s).
@@ -52,7 +54,7 @@ go to every node, unless ``--tree-node-args`` names the tree's (e.g.
 only).
 
     .venv/bin/python scripts/bench_many.py [--runs 3] [--warmup 1] [--size 16M] [--per-node 16]
-        [--dir DIR] [--strangers] [--checks N] [--tree DIR] [--json FILE]
+        [--dir DIR] [--strangers] [--checks N] [--tree DIR] [--probe-gap S] [--json FILE]
         [--node-args=ARGS] [--tree-node-args=ARGS]
 """
 
@@ -261,9 +263,16 @@ def timeline(flows: list[Flow], started: float, elapsed: float, step: float = 0.
     return [(b - a) / MiB / step for a, b in itertools.pairwise(totals)]
 
 
-def probe(nodes: list[NodeProcess], stop: threading.Event, out: Latencies) -> None:
+# Seconds between two pairs of control-plane probes under the load (a
+# status and a health check, each waiting for its answer): ~40 pairs a
+# second on this machine, the nodes' and this script's CPU for them
+# taken from the transfers' (--probe-gap).
+PROBE_GAP = 0.02
+
+
+def probe(nodes: list[NodeProcess], stop: threading.Event, out: Latencies, gap: float) -> None:
     """Status round trips to node 0 and health checks of node 1 by node 0,
-    alternating, until ``stop``."""
+    alternating, ``gap`` seconds between two pairs, until ``stop``."""
     target = nodes[1]
     with ControlClient.for_data_dir(nodes[0].data_dir) as client:
         while not stop.is_set():
@@ -280,7 +289,7 @@ def probe(nodes: list[NodeProcess], stop: threading.Event, out: Latencies) -> No
             out.check.append(time.perf_counter() - started)
             if reply.code == "ok":
                 out.check_rtt.append(reply.rtt)
-            stop.wait(0.02)
+            stop.wait(gap)
 
 
 def check_cost(nodes: list[NodeProcess], count: int) -> None:
@@ -385,7 +394,12 @@ def send_alone(nodes: list[NodeProcess], single: Path) -> Single:
 
 
 def one_run(
-    run: int, nodes: list[NodeProcess], files: list[list[Path]], single: Path, label: str = ""
+    run: int,
+    nodes: list[NodeProcess],
+    files: list[list[Path]],
+    single: Path,
+    label: str = "",
+    probe_gap: float = PROBE_GAP,
 ) -> dict[str, Any]:
     # One transfer alone before and after the load: the reference goodput
     # (the node's own span), the mean of both (the machine's load drifts).
@@ -404,7 +418,7 @@ def one_run(
     load_average = os.getloadavg()[0]
     load = Latencies()
     stop = threading.Event()
-    prober = threading.Thread(target=probe, args=(nodes, stop, load), daemon=True)
+    prober = threading.Thread(target=probe, args=(nodes, stop, load, probe_gap), daemon=True)
     peaks: list[dict[str, int]] = [{} for _ in nodes]
     sampler = threading.Thread(
         target=sample_memory, args=([n.pid for n in nodes], stop, peaks), daemon=True
@@ -685,6 +699,12 @@ def main() -> int:
         default=None,
         help="also run nodes from this source tree, runs alternating",
     )
+    parser.add_argument(
+        "--probe-gap",
+        type=float,
+        default=PROBE_GAP,
+        help="seconds between two pairs of control-plane probes under the load",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     size = parse_size(args.size)
@@ -730,7 +750,7 @@ def main() -> int:
             )
             for warmup in range(1, args.warmup + 1):  # printed, not counted
                 for cluster, label in zip(clusters, ("warm-up ", "tree warm-up "), strict=False):
-                    one_run(warmup, cluster, files, single, label)
+                    one_run(warmup, cluster, files, single, label, args.probe_gap)
             for run in range(1, args.runs + 1):
                 sides = [(nodes, rows, "")]
                 if args.tree:
@@ -738,7 +758,7 @@ def main() -> int:
                     if run % 2 == 0:
                         sides.reverse()
                 for cluster, out, label in sides:
-                    out.append(one_run(run, cluster, files, single, label))
+                    out.append(one_run(run, cluster, files, single, label, args.probe_gap))
         finally:
             for cluster in clusters:
                 for node in cluster:
