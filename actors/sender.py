@@ -1302,6 +1302,7 @@ class SenderActor(Actor):
         ring = self.sealed.ring(t.chunk_size + TAG_BYTES)
         buffer = ring.take()
         if buffer is None:  # every buffer is still being sent: a new one
+            self.count("sealed-unpooled")
             nonce, sealed = t.keys.seal_chunk(index, last, chunk)
             self._put_chunk(t, index, last, nonce, sealed)
             return

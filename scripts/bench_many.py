@@ -444,7 +444,7 @@ def one_run(
             words: tuple[str, ...] = ("disconnect", "reconnect", "dropped", "credit", "check-re")
             # Data connections opened and transfers attached to them (one per
             # receiver and lane, shared), samples the history took.
-            words += ("data-connections", "data-attached", "stats.samples")
+            words += ("data-connections", "data-attached", "stats.samples", "sealed-unpooled")
             if any(word in name for word in words):
                 counters[name] = counters.get(name, 0) + value
 
