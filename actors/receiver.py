@@ -273,9 +273,9 @@ def _mismatch(d: Delivery) -> str:
     if isinstance(d.stamp, TreeStamp):  # its walk may also have run out of time
         return (
             f"the folder differs from the one delivered as {d.stored_as}, or that copy "
-            "changed or could not be checked in time; send it again"
+            "changed or could not be checked in time"
         )
-    return f"the file differs from the one delivered as {d.stored_as}; send it again"
+    return f"the file differs from the one delivered as {d.stored_as}, or that copy changed"
 
 
 @dataclass
@@ -502,10 +502,7 @@ class ReceiverActor(Actor):
             self.count("delivered-before-verified")
         else:  # another content under the same tag, or the file (folder) changed since
             self.store.forget(d.key)
-            reply = Failed(
-                code="hash-mismatch",
-                reason=_mismatch(d),
-            )
+            reply = Failed(code=ResultCode.HASH_MISMATCH, reason=_mismatch(d))
             self.count("delivered-before-mismatch")
         nonce, sealed = echo.keys.seal_message(codec.encode(reply))
         header = codec.encode(SealedHeader(tid=echo.tid, nonce=nonce))

@@ -216,6 +216,7 @@ class Retries:
     done_bytes: int = 0  # the most any attempt had acknowledged (the receiver keeps them)
     started: float = 0.0  # the first attempt's start: the send's time counts from it
     held: float = 0.0  # the share of the file the receiver held at the first accept
+    whole: bool = False  # offered again whole after a mismatch of what the receiver held
 
 
 @dataclass
@@ -1543,6 +1544,25 @@ class SenderActor(Actor):
             code, reason = final or (code, reason)
             if retried and unanswered:
                 self.count("offers-after-done")
+        if (
+            not retried
+            and code == ResultCode.HASH_MISMATCH
+            and flow.resumed > 0
+            and t.retry is not None
+            and not t.retry.whole
+        ):
+            # The receiver held chunks at its accept (a part kept from an
+            # earlier attempt, or a copy it had delivered: then nothing was
+            # sent) and the whole file's hash differed: what it held is what
+            # differs (the file changed since, that copy was written to, or
+            # its check ran out of time), and it discarded or forgot it.
+            # Offered again at once, the file goes whole. Once per send: a
+            # receiver that always answers so costs one offer more.
+            t.retry.whole = True
+            t.retry.held = 0.0
+            retried = self._retry(t, code, reason, at_once=True) is None
+            if retried:
+                self.count("sent-whole-after-mismatch")
         if unanswered and not retried and t.tree is not None:
             reason += (
                 "; it may have stored the folder: look in its inbox before sending it again "
@@ -1574,16 +1594,23 @@ class SenderActor(Actor):
             ),
         )
 
-    def _retry(self, t: Outgoing, code: str, reason: str) -> tuple[str, str] | None:
+    def _retry(
+        self, t: Outgoing, code: str, reason: str, at_once: bool = False
+    ) -> tuple[str, str] | None:
         """Offer the file again after a backoff pause (the receiver resumes
         it): None; or the send's final (code, reason) when the retries are
         used up. A receiver whose port refuses is retried sooner (0.25 s
         doubling to 2 s) but only until ``--timeout`` has passed since the
-        transfer last moved; then the send fails saying so."""
+        transfer last moved; then the send fails saying so. ``at_once``: no
+        pause and no retry used up (the receiver answered; the file goes
+        whole)."""
         retry, request = t.retry, t.request
         assert retry is not None
         now = self.now()
-        if t.port_closed:
+        if at_once:
+            delay = 0.0
+            note = f"{reason}; sending all of it again"
+        elif t.port_closed:
             if retry.closed_since is None:
                 moved = t.flow.window is not None  # else: this attempt's offer was refused
                 retry.closed_since = t.flow.last_progress if moved else now
@@ -1604,13 +1631,14 @@ class SenderActor(Actor):
             note = f"{t.peer}: {reason}; retrying"
         self.count("retries")
         retry.attempt += 1
-        retry.done_bytes = max(retry.done_bytes, t.flow.acked_bytes)
+        done = 0 if at_once else t.flow.acked_bytes  # (what the receiver held is gone)
+        retry.done_bytes = done if at_once else max(retry.done_bytes, done)
         log.info("%s: %s in %.1f s (attempt %d)", request.path, note, delay, retry.attempt)
         self.tell(
             t.requester,
             Progress(
                 request=request.request,
-                done_bytes=t.flow.acked_bytes,
+                done_bytes=done,
                 total_bytes=t.size,
                 note=note,
                 phase="retrying",

@@ -34,6 +34,9 @@ class ResultCode(enum.StrEnum):
     REFUSED = "refused"
     TIMEOUT = "timeout"
     VERIFY = "verify"  # the stored file's hash differs
+    # The receiver's whole-file hash (or its check of a copy it held) differs
+    # from the sender's: it stored nothing (a kept part is discarded).
+    HASH_MISMATCH = "hash-mismatch"
     IO = "io"  # the receiver cannot write
     NO_SPACE = "no-space"  # the receiver's disk filled mid-transfer (its part is kept)
     ABORTED = "aborted"  # the other side gave up

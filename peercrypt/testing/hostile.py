@@ -29,7 +29,11 @@ receiver:
   its (genuine) answer to a hello until the sender asks again, then answers
   both, in order: the first answer is to a challenge no longer current.
 
-Everything it does goes to 127.0.0.1; every wait has a timeout.
+Hostile unicast receivers live here too: :class:`FloodingReceiver` (floods
+the sender's data connection) and :class:`MismatchingReceiver` (claims to
+hold every file, answers every Done with a mismatch).
+
+Everything they do goes to 127.0.0.1; every wait has a timeout.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from peercrypt.core import fragments
 from peercrypt.crypto.chunk_signature import ChunkSigner
 from peercrypt.crypto.handshake import (
     Initiator,
+    Response,
     SessionSecrets,
     open_details,
     prove_hello,
@@ -58,9 +63,19 @@ from peercrypt.crypto.handshake import (
 from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.crypto.keywrap import ContentSealer, new_content_key, unwrap
 from peercrypt.crypto.keywrap import wrap as wrap_key
+from peercrypt.crypto.transfer import TransferKeys
 from peercrypt.testing.zmtp_flood import RawDataPeer, flood_until_closed
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Accept, Hello, HelloReply, Offer
+from peercrypt.wire.messages import (
+    Accept,
+    Done,
+    Failed,
+    Hello,
+    HelloReply,
+    Offer,
+    OfferDetails,
+    SealedHeader,
+)
 from peercrypt.wire.multicast_messages import (
     LEGACY_REFUSAL,
     McAck,
@@ -419,35 +434,25 @@ def next_request(router: zmq.Socket[Any], identity: KeyPair) -> tuple[bytes, Any
     return None
 
 
-class FloodingReceiver:
-    """A hostile unicast receiver: a member's gateway that proves its own
-    fresh identity (as a receiver must) and accepts every offer from the
-    sender whose identity key is ``sender``, naming a data port of its own;
-    each data connection the sender makes there is flooded with one-byte
-    messages (3 bytes on the wire, a 64-byte slot each in the sender's
-    libzmq) in blocks of a MiB until the sender closes it or ``megabytes``
-    were sent. :attr:`flooded` holds, per connection, the MiB sent before the
-    sender closed it (None: it did not). ``chunk_size``: the chunk its
-    accepts choose (0: the offer's), any the codec lets through;
-    :attr:`offers` counts the offers it accepted."""
+class _Receiver:
+    """A member's gateway that proves its own fresh identity (as a receiver
+    must) and accepts every offer from the sender whose identity key is
+    ``sender`` (:meth:`_accept` answers it), with a thread of its own for
+    the data port the accepts name (:meth:`_data`). :attr:`offers` counts
+    the offers accepted."""
 
-    def __init__(
-        self, network_key: str, sender: bytes, megabytes: int = 32, chunk_size: int = 0
-    ) -> None:
-        self.sender, self.megabytes, self.chunk_size = sender, megabytes, chunk_size
+    def __init__(self, network_key: str, sender: bytes) -> None:
+        self.sender = sender
         self.offers = 0
         self.identity = KeyPair.generate()
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.router, self.port = member_gateway(self.ctx, network_key)
-        self.data = socket.create_server((LOCALHOST, 0))
-        self.data.settimeout(0.05)
-        self.data_port = self.data.getsockname()[1]
-        self.flooded: list[int | None] = []
+        self.data_port = 0  # set by the subclass before _start()
         self.stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._gateway, daemon=True),
-            threading.Thread(target=self._data, daemon=True),
-        ]
+        self._threads = [threading.Thread(target=self._gateway, daemon=True)]
+
+    def _start(self) -> None:
+        self._threads.append(threading.Thread(target=self._data, daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -460,20 +465,65 @@ class FloodingReceiver:
                 continue
             route, msg = request
             if isinstance(msg, Offer):
-                answer = respond(msg.tid, self.identity, self.sender, msg.eph_pub)
-                reply = Accept(
-                    tid=msg.tid,
-                    eph_pub=answer.eph_pub,
-                    static_pub=answer.static_pub,
-                    proof=answer.proof,
-                    data_host=LOCALHOST,
-                    data_port=self.data_port,
-                    window=16,
-                    have=[],
-                    chunk_size=self.chunk_size,
-                )
+                reply = self._accept(msg, respond(msg.tid, self.identity, self.sender, msg.eph_pub))
                 self.router.send_multipart([route, codec.encode(reply)])
                 self.offers += 1
+
+    def _accept(self, offer: Offer, answer: Response) -> Accept:
+        window, have, chunk_size = self._terms(offer, answer)
+        return Accept(
+            tid=offer.tid,
+            eph_pub=answer.eph_pub,
+            static_pub=answer.static_pub,
+            proof=answer.proof,
+            data_host=LOCALHOST,
+            data_port=self.data_port,
+            window=window,
+            have=have,
+            chunk_size=chunk_size,
+        )
+
+    def _terms(self, offer: Offer, answer: Response) -> tuple[int, list[int], int]:
+        """The accept's credit, held ranges and chunk size (0: the offer's)."""
+        raise NotImplementedError
+
+    def _data(self) -> None:
+        raise NotImplementedError
+
+    def _close_data(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(15)
+        self._close_data()
+        self.router.close(0)
+        self.ctx.term()
+
+
+class FloodingReceiver(_Receiver):
+    """A hostile unicast receiver (:class:`_Receiver`) naming a data port of
+    its own; each data connection the sender makes there is flooded with
+    one-byte messages (3 bytes on the wire, a 64-byte slot each in the
+    sender's libzmq) in blocks of a MiB until the sender closes it or
+    ``megabytes`` were sent. :attr:`flooded` holds, per connection, the MiB
+    sent before the sender closed it (None: it did not). ``chunk_size``: the
+    chunk its accepts choose (0: the offer's), any the codec lets through."""
+
+    def __init__(
+        self, network_key: str, sender: bytes, megabytes: int = 32, chunk_size: int = 0
+    ) -> None:
+        super().__init__(network_key, sender)
+        self.megabytes, self.chunk_size = megabytes, chunk_size
+        self.data = socket.create_server((LOCALHOST, 0))
+        self.data.settimeout(0.05)
+        self.data_port = self.data.getsockname()[1]
+        self.flooded: list[int | None] = []
+        self._start()
+
+    def _terms(self, offer: Offer, answer: Response) -> tuple[int, list[int], int]:
+        return 16, [], self.chunk_size
 
     def _data(self) -> None:
         while not self.stop.is_set():
@@ -489,13 +539,59 @@ class FloodingReceiver:
                 sent = None
             self.flooded.append(sent)
 
-    def close(self) -> None:
-        self.stop.set()
-        for thread in self._threads:
-            thread.join(15)
+    def _close_data(self) -> None:
         self.data.close()
-        self.router.close(0)
-        self.ctx.term()
+
+
+class MismatchingReceiver(_Receiver):
+    """A hostile unicast receiver (:class:`_Receiver`) whose accepts claim
+    to hold the whole file already (as a receiver that had delivered it
+    does), and which answers every Done on its data port with
+    ``Failed(hash-mismatch)``, offer after offer. :attr:`dones` counts the
+    Dones it answered."""
+
+    def __init__(self, network_key: str, sender: bytes) -> None:
+        super().__init__(network_key, sender)
+        self.dones = 0
+        self.data = self.ctx.socket(zmq.ROUTER)
+        self.data_port = self.data.bind_to_random_port(f"tcp://{LOCALHOST}")
+        self._keys: dict[bytes, TransferKeys] = {}
+        self._lock = threading.Lock()
+        self._start()
+
+    def _terms(self, offer: Offer, answer: Response) -> tuple[int, list[int], int]:
+        plain = open_details(offer.tid, self.identity, self.sender, offer.eph_pub, offer.details)
+        details = codec.decode(plain)
+        assert isinstance(details, OfferDetails)
+        with self._lock:
+            self._keys[offer.tid] = TransferKeys.for_receiver(offer.tid, answer.secrets)
+        return 1, [0, -(-details.size // details.chunk_size)], 0
+
+    def _data(self) -> None:
+        while not self.stop.is_set():
+            if not self.data.poll(50):
+                continue
+            frames = self.data.recv_multipart()
+            if len(frames) != 3:
+                continue
+            route, head, payload = frames
+            try:
+                header = codec.decode(head)
+            except codec.DecodeError:
+                continue
+            with self._lock:
+                keys = self._keys.get(getattr(header, "tid", b""))
+            if keys is None or not isinstance(header, SealedHeader):
+                continue
+            if isinstance(codec.decode(keys.open_message(header.nonce, payload)), Done):
+                self.dones += 1
+                failed = Failed(code="hash-mismatch", reason="the copy held changed")
+                nonce, sealed = keys.seal_message(codec.encode(failed))
+                reply = codec.encode(SealedHeader(tid=header.tid, nonce=nonce))
+                self.data.send_multipart([route, reply, sealed])
+
+    def _close_data(self) -> None:
+        self.data.close(0)
 
 
 class FloodingGateway:
