@@ -133,6 +133,26 @@ def test_a_holder_that_restarted_is_announced_again_and_may_join() -> None:
     assert not sess.receivers["b"].held
 
 
+def test_a_holders_verdict_after_it_was_announced_again_is_still_had_it() -> None:
+    """A holder restarts (unknown session: announced again) and its verdict
+    on the hash it was told before the restart comes in before any answer to
+    the new announce: it stored nothing new, so its result says it had the
+    file (it said received). Once it joins instead, a verdict is a receipt."""
+    sess = _session(["b", "c"])
+    for t in ("b", "c"):
+        sess.on_held(t, 0.0)
+    sess.poll(0.0)
+    sess.on_digest(DIGEST, 0.1)
+    sess.poll(0.1)
+    sess.on_unknown("b")
+    sess.on_unknown("c")
+    sess.on_done("b", True, DIGEST, "mc.bin", "", 0.2)
+    assert sess.on_join("c", 0.3)
+    sess.on_done("c", True, DIGEST, "mc.1.bin", "", 0.4)
+    ends = _of(sess.poll(0.4), TargetEnded)
+    assert [(e.target, e.held) for e in ends] == [("b", True), ("c", False)]
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     plan=st.lists(

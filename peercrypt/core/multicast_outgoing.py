@@ -214,6 +214,9 @@ class Receiver:
     status_ack_every: int = 0  # the ack interval it was last told
     held: bool = False  # it holds the file already (McHeld): waits for the hash
     held_due: float = float("inf")  # when it fails if it has not answered by then
+    # It said it held the file and has not joined since (a restart announces
+    # again and clears ``held``): a verdict from it stored nothing new.
+    had: bool = False
 
 
 @dataclass
@@ -300,7 +303,7 @@ class MulticastOutgoing(GrantedFlow):
         if fresh:
             self.plan.join(target, now)
         r.joined = True
-        r.held = False
+        r.held = r.had = False
         self._maybe_start(now)
         return fresh
 
@@ -313,7 +316,7 @@ class MulticastOutgoing(GrantedFlow):
         r = self.receivers.get(target)
         if r is None or r.result is not None or r.joined or r.held:
             return
-        r.held = True
+        r.held = r.had = True
         member = self.plan.members.get(target)
         if member is not None:
             member.state = HELD
@@ -376,7 +379,7 @@ class MulticastOutgoing(GrantedFlow):
                 target, ResultCode.VERIFY, f"{target} stored a different hash", now
             )
         r = self.receivers.get(target)
-        held = r is not None and r.held
+        held = r is not None and (r.held or r.had)
         self._end_target(target, ResultCode.OK, "", stored_as, now, held=held)
 
     def fail_target(self, target: str, code: str, reason: str, now: float) -> None:
