@@ -273,7 +273,7 @@ def _mismatch(d: Delivery) -> str:
     if isinstance(d.stamp, TreeStamp):  # its walk may also have run out of time
         return (
             f"the folder differs from the one delivered as {d.stored_as}, or that copy "
-            "changed or could not be checked in time"
+            "changed or could not be checked in time; sent again, it is stored as a second copy"
         )
     return f"the file differs from the one delivered as {d.stored_as}, or that copy changed"
 
@@ -1267,7 +1267,7 @@ class ReceiverActor(Actor):
         while any runs."""
         now = self.now()
         due = [t for t in self.transfers.values() if t.route is not None and t.flow.update_due(now)]
-        if not due:  # (the common case, every tick: no walk of all the transfers)
+        if not due:  # (the common case: one cheap look at each transfer, nothing more)
             return
         held = self._credit_held()
         running = receiving(t.flow.window for t in self.transfers.values())

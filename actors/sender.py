@@ -1544,20 +1544,25 @@ class SenderActor(Actor):
             code, reason = final or (code, reason)
             if retried and unanswered:
                 self.count("offers-after-done")
+        # A folder's copy it had delivered: the folder's source tag covers
+        # every file's content, so what differs is the receiver's copy (or its
+        # walk ran out of time): a second copy is the user's call.
+        echoed_folder = t.tree is not None and flow.resumed == flow.total
         if (
             not retried
             and code == ResultCode.HASH_MISMATCH
             and flow.resumed > 0
+            and not echoed_folder
             and t.retry is not None
             and not t.retry.whole
         ):
             # The receiver held chunks at its accept (a part kept from an
-            # earlier attempt, or a copy it had delivered: then nothing was
+            # earlier attempt, or a file it had delivered: then nothing was
             # sent) and the whole file's hash differed: what it held is what
-            # differs (the file changed since, that copy was written to, or
-            # its check ran out of time), and it discarded or forgot it.
-            # Offered again at once, the file goes whole. Once per send: a
-            # receiver that always answers so costs one offer more.
+            # differs (the file changed since where its source tag does not
+            # look, or that copy was written to), and it discarded or forgot
+            # it. Offered again at once, the file goes whole. Once per send:
+            # a receiver that always answers so costs one offer more.
             t.retry.whole = True
             t.retry.held = 0.0
             retried = self._retry(t, code, reason, at_once=True) is None

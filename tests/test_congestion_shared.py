@@ -80,12 +80,22 @@ def sends(
 
 
 def results(
-    procs: list[subprocess.Popen[str]], files: list[Path], receiver: NodeProcess
+    procs: list[subprocess.Popen[str]],
+    files: list[Path],
+    receiver: NodeProcess,
+    sender: NodeProcess | None = None,
 ) -> list[Any]:
     out = []
     for p, f in zip(procs, files, strict=True):
         stdout, stderr = p.communicate(timeout=180)
-        assert p.returncode == 0, (stdout, stderr)
+        if p.returncode != 0:  # the whole of what the send says, and the sender's log
+            failed = json.loads(stdout) if stdout.strip().startswith("{") else {}
+            lines = [f"{k}={v}" for k, v in failed.items() if k not in ("stats", "window_history")]
+            lines.append(f"stats={failed.get('stats')}")
+            lines.append(f"window_history={failed.get('window_history')}")
+            if sender is not None:
+                lines.append(sender.log_tail(80))
+            raise AssertionError("\n".join([*lines, stderr]))
         result = json.loads(stdout)
         assert result["code"] == "ok"
         stored = receiver.inbox / result["stored_as"]
@@ -101,7 +111,7 @@ def test_four_aimd_transfers_to_one_peer_share_one_window(
         # One flow of the same total first: the four together should look like it.
         whole = make_file(64 * MiB)
         with sends(sender, receiver, [whole], [AIMD]) as procs:
-            (single,) = results(procs, [whole], receiver)
+            (single,) = results(procs, [whole], receiver, sender)
         files = [make_file(16 * MiB) for _ in range(4)]
         with sends(sender, receiver, files, [AIMD] * 4) as procs:
 
@@ -119,7 +129,7 @@ def test_four_aimd_transfers_to_one_peer_share_one_window(
                 if state is None:
                     break
                 samples.append(state)
-            done = results(procs, files, receiver)
+            done = results(procs, files, receiver, sender)
     for peer in samples:
         # One window for the peer, within one flow's bounds, divided among the four.
         assert 256 * KiB <= peer["window"] <= 4096 * KiB
@@ -172,7 +182,7 @@ def test_priorities_share_the_peer_window_one_two_three(
             assert answer.returncode == 0, answer.describe()
             assert "running windows:" in answer.stdout
             assert "flows)" in answer.stdout
-            results(procs, files, receiver)
+            results(procs, files, receiver, sender)
     by_weight = {f["weight"]: f["share"] for f in peer["flows"].values()}
     assert sorted(by_weight) == [1, 2, 3]
     unit = peer["window"] / 6
@@ -210,6 +220,6 @@ def test_an_aimd_send_under_a_node_cap_goes_on_after_an_outage_of_its_path(
 
             flow = wait_until(shrunk_below_in_flight, 30.0, "the share below what is in flight")
             proxy.set_plan(FaultPlan.clean())
-            (done,) = results(procs, [f], receiver)
+            (done,) = results(procs, [f], receiver, sender)
     assert proxy.snapshot().upstream.dropped >= 4, flow
     assert done["stats"]["timeouts"] >= 1 and done["stats"]["window_decreases"] >= 1

@@ -322,7 +322,7 @@ def test_a_stored_folder_changed_after_the_re_offer_is_not_vouched_for(
         assert isinstance(answer, Failed) and answer.code == "hash-mismatch", answer
         assert answer.reason == (
             "the folder differs from the one delivered as album, or that copy changed"
-            " or could not be checked in time"
+            " or could not be checked in time; sent again, it is stored as a second copy"
         )
     assert receiver.counters().get("receiver.delivered-before-verified", 0) == 0
     assert _listing(receiver.inbox) == ["album"]

@@ -2,33 +2,51 @@
 and then found the whole file's hash different, goes again whole, at once
 and once, with real node processes.
 
-The honest case: a file delivered before is changed by its sender where the
-offer's source tag does not look (not a sampled block; size, inode and
-mtime as they were): offered again, the receiver takes it for the copy it
-delivered (nothing sent), the sender's Done shows another hash, the receiver
-forgets that copy and answers a mismatch, and the sender offers the file
-again: it goes whole and is stored beside the old copy. The hostile case: a
+The honest cases: a file is changed by its sender where the offer's source
+tag does not look (not a sampled block; size, inode and mtime as they
+were), after it was delivered (offered again, the receiver takes it for the
+copy it delivered, nothing is sent, and the Done shows another hash) or
+while a part of it is kept (the rest is sent, and the whole hash differs):
+the receiver forgets the copy or deletes the part and answers a mismatch,
+and the sender offers the file again: it goes whole. The hostile case: a
 member that claims to hold every file and answers every Done with a mismatch
-costs the sender one offer more, not a loop."""
+costs the sender one offer more, not a loop. Not sent again: a mismatch of a
+file the receiver held nothing of, and a folder it had delivered (there the
+receiver's copy is what differs: a second copy is the user's call)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pytest
 
 from peercrypt.crypto.identity import load_or_create_identity
 from peercrypt.testing.hostile import MismatchingReceiver
-from peercrypt.testing.nodes import NodeProcess, blake3_file
+from peercrypt.testing.nodes import NodeProcess, blake3_file, cli_running, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
 SIZE = 1024 * 1024 + 7
 CHUNK = 64 * 1024
 CHANGED_AT = 100_000  # not one of the tag's samples (the start, the middle, the end)
+
+
+def _change_behind_the_tag(path: Path) -> str:
+    """Write other bytes where the source tag does not look, keep the inode
+    and put the mtime back; the file's new BLAKE3."""
+    st = os.stat(path)
+    old = blake3_file(path)
+    with open(path, "r+b") as f:
+        f.seek(CHANGED_AT)
+        f.write(os.urandom(4096))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_ino == st.st_ino and blake3_file(path) != old
+    return blake3_file(path)
 
 
 def test_a_file_changed_behind_its_tag_goes_whole_when_the_receiver_finds_it_differs(
@@ -41,13 +59,7 @@ def test_a_file_changed_behind_its_tag_goes_whole_when_the_receiver_finds_it_dif
     code, first = sender.send(path, receiver.host, receiver.port, "--chunk-size", str(CHUNK))
     assert code == 0 and first["stored_as"] == "report.bin", first
 
-    st = os.stat(path)
-    with open(path, "r+b") as f:
-        f.seek(CHANGED_AT)
-        f.write(os.urandom(4096))
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert os.stat(path).st_ino == st.st_ino and blake3_file(path) != old
-    new = blake3_file(path)
+    new = _change_behind_the_tag(path)
 
     code, again = sender.send(path, receiver.host, receiver.port, "--chunk-size", str(CHUNK))
     assert code == 0, again
@@ -77,3 +89,66 @@ def test_a_receiver_answering_every_done_with_a_mismatch_costs_one_offer_more(
     assert "failed the transfer: the copy held changed" in answer.stderr, answer.describe()
     assert (hostile.offers, hostile.dones) == (2, 2)
     assert sender.wait_for_counter("sender.sent-whole-after-mismatch", 1) == 1
+
+
+def _incoming_written(receiver: NodeProcess, name: str) -> str | None:
+    """The id of ``name``'s incoming transfer once it has written 2 MiB."""
+    rows: list[list[Any]] = json.loads(receiver.status().get("incoming", "[]"))
+    for row in rows:
+        if row[0] == name and int(row[2]) >= 2 * 1024 * 1024:
+            return str(row[3])
+    return None
+
+
+def test_a_kept_part_of_a_file_changed_behind_its_tag_is_dropped_and_the_file_goes_whole(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    receiver = node_factory()
+    sender = node_factory("--max-rate", str(2 * 1024 * 1024))  # ~8 s for the file
+    path = tmp_path / "one.bin"
+    path.write_bytes(os.urandom(16 * 1024 * 1024))
+    send = ["send", str(path), receiver.host, str(receiver.port), "--json"]
+    with cli_running(*send, "--chunk-size", str(CHUNK), data_dir=sender.data_dir) as proc:
+        ident = wait_until(lambda: _incoming_written(receiver, "one.bin"), 60, "2 MiB written")
+        cancel = receiver.cli("cancel", ident, "--keep")
+        assert cancel.returncode == 0, cancel.describe()
+        out, _ = proc.communicate(timeout=60)
+    assert json.loads(out)["code"] == "cancelled", out
+    assert sender.cli("max-rate", "0").returncode == 0
+    new = _change_behind_the_tag(path)  # in a chunk the kept part holds
+
+    code, again = sender.send(path, receiver.host, receiver.port, "--chunk-size", str(CHUNK))
+    assert code == 0, again
+    assert again["stored_as"] == "one.bin" and blake3_file(receiver.inbox / "one.bin") == new
+    assert (again["stats"]["attempts"], again["stats"]["held_share"]) == (2.0, 0.0), again
+    assert again["stats"]["sent_chunks"] == again["stats"]["chunks"], again
+    assert receiver.wait_for_counter("receiver.hash-mismatch", 1) == 1
+    assert sender.wait_for_counter("sender.sent-whole-after-mismatch", 1) == 1
+
+
+@pytest.mark.parametrize("what", ["a file it held nothing of", "a folder it had delivered"])
+def test_a_mismatch_that_is_not_about_what_the_receiver_held_is_not_sent_again(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path, network_key: str, what: str
+) -> None:
+    sender = node_factory()
+    folder = what.startswith("a folder")
+    hostile = MismatchingReceiver(
+        network_key, load_or_create_identity(sender.data_dir).public, holds=folder
+    )
+    if folder:
+        path = tmp_path / "album"
+        path.mkdir()
+        for name in ("a.txt", "b.txt"):
+            (path / name).write_bytes(os.urandom(1000))
+    else:
+        path = tmp_path / "small.bin"
+        path.write_bytes(os.urandom(1000))  # one chunk: its Done goes with it, unacked
+    try:
+        answer = sender.cli("send", path, "127.0.0.1", str(hostile.port), timeout=60)
+    finally:
+        hostile.close()
+    assert answer.returncode != 0, answer.describe()
+    assert "failed the transfer: the copy held changed" in answer.stderr, answer.describe()
+    assert (hostile.offers, hostile.dones) == (1, 1)
+    counters = sender.counters_when("sender.failed-hash-mismatch", 1)
+    assert counters.get("sender.sent-whole-after-mismatch", 0) == 0

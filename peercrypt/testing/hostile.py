@@ -548,10 +548,13 @@ class MismatchingReceiver(_Receiver):
     to hold the whole file already (as a receiver that had delivered it
     does), and which answers every Done on its data port with
     ``Failed(hash-mismatch)``, offer after offer. :attr:`dones` counts the
-    Dones it answered."""
+    Dones it answered. ``holds=False``: its accepts claim nothing held (the
+    sender sends every chunk, acked by nobody; a one-chunk file's Done goes
+    with its chunk)."""
 
-    def __init__(self, network_key: str, sender: bytes) -> None:
+    def __init__(self, network_key: str, sender: bytes, holds: bool = True) -> None:
         super().__init__(network_key, sender)
+        self.holds = holds
         self.dones = 0
         self.data = self.ctx.socket(zmq.ROUTER)
         self.data_port = self.data.bind_to_random_port(f"tcp://{LOCALHOST}")
@@ -565,7 +568,7 @@ class MismatchingReceiver(_Receiver):
         assert isinstance(details, OfferDetails)
         with self._lock:
             self._keys[offer.tid] = TransferKeys.for_receiver(offer.tid, answer.secrets)
-        return 1, [0, -(-details.size // details.chunk_size)], 0
+        return 1, [0, -(-details.size // details.chunk_size)] if self.holds else [], 0
 
     def _data(self) -> None:
         while not self.stop.is_set():
