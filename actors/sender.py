@@ -103,6 +103,7 @@ from peercrypt.core.outgoing import (
     HashFile,
     OutgoingTransfer,
     Phase,
+    Reattach,
     ReportCongestion,
     RequestGrant,
     SendChunk,
@@ -1128,6 +1129,10 @@ class SenderActor(Actor):
                         self._hash_file(t)
                     elif isinstance(out, SendDone):
                         self._send_sealed(t, Done(digest=out.digest, chunks=out.chunks))
+                    elif isinstance(out, Reattach):
+                        self.count("reattached")
+                        for pipe in t.pipes:
+                            self._send_sealed(t, Attach(route=pipe.route), pipe.sock)
                     elif isinstance(out, ReportCongestion):
                         report = FlowReport(
                             request=t.request.request,

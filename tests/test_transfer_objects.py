@@ -27,6 +27,7 @@ from peercrypt.core.outgoing import (
     HashFile,
     OutgoingTransfer,
     Phase,
+    Reattach,
     RequestGrant,
     SendChunk,
     SendDone,
@@ -288,7 +289,8 @@ def test_the_early_done_goes_again_at_each_retransmission_timeout() -> None:
     """A receiver may store the file on the early Done and its ack and
     Verified be lost: it answers a Done again (from its completed
     transfers), never a chunk, so each retransmission timeout sends the
-    Done again with the resent chunk."""
+    Done again with the resent chunk (after the transfer's Attach again:
+    one lost would leave every chunk on its connection dropped)."""
     t = outgoing(size=CHUNK)
     t.on_accept([], 4, 0.0)
     assert t.poll(0.0) == [SendChunk(0, True), HashFile()]
@@ -297,9 +299,30 @@ def test_the_early_done_goes_again_at_each_retransmission_timeout() -> None:
     due = t.next_timer()
     assert due is not None and due < 5.0  # the RTO, before the stall timeout
     t.on_timer(due)
-    assert t.poll(due) == [SendDone(b"d" * 32, 1, 0), SendChunk(0, True)]
+    assert t.poll(due) == [Reattach(), SendDone(b"d" * 32, 1, 0), SendChunk(0, True)]
     t.on_verified(b"d" * 32, "file")
     assert t.poll(due) == [Finished(b"d" * 32, "file")]
+
+
+def test_each_retransmission_timeout_and_nothing_else_says_the_attach_again() -> None:
+    """A receiver that never got the transfer's Attach (a path that drops
+    messages) drops every chunk on that connection and acks none: each
+    expiry says the Attach again, before its resend, and nothing else does
+    (an ack, a grant, a timer before the deadline)."""
+    t = OutgoingTransfer(policy=Policy(), size=8 * CHUNK, chunk_size=CHUNK, timeout=60.0, now=0.0)
+    t.on_accept([], 4, 0.0)
+    assert Reattach() not in t.poll(0.0)
+    for expiry in range(1, 4):
+        due = t.next_timer()
+        assert due is not None
+        t.on_timer(due - 1e-3)
+        assert Reattach() not in t.poll(due - 1e-3)
+        t.on_timer(due)
+        out = t.poll(due)
+        assert out[0] == Reattach() and out.count(Reattach()) == 1, out
+        assert [o for o in out if isinstance(o, SendChunk)] == [SendChunk(expiry - 1, False)]
+    t.on_ack(4, [], 4, 30.0)
+    assert Reattach() not in t.poll(30.0)
 
 
 def run_timers_to_the_end(t: OutgoingTransfer) -> None:

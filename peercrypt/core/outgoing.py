@@ -13,7 +13,7 @@ a thread, a file or a clock (aioquic's ``QuicConnection`` is the model):
   where time matters.
 - Outputs: :meth:`poll` returns what to do now, in order, as typed values
   (:class:`SendChunk`, :class:`HashFile`, :class:`SendDone`,
-  :class:`RequestGrant`, and at most once :class:`Finished` or
+  :class:`Reattach`, :class:`RequestGrant`, and at most once :class:`Finished` or
   :class:`Failed`); :meth:`next_timer` says when :meth:`on_timer` is due.
 
 The actor around it reads, hashes, seals and sends what :meth:`poll` asks
@@ -90,6 +90,16 @@ class SendDone:
 
 
 @dataclass(frozen=True)
+class Reattach:
+    """A retransmission timeout: say again, on each of the transfer's data
+    connections, that its frames come there (its sealed ``Attach``), before
+    the resend. A receiver drops a transfer's chunks on a connection it was
+    not told of, and an Attach was said once per connection (and again when
+    it came back): one lost on a path that drops messages left every chunk on
+    that connection unacknowledged until ``--timeout``."""
+
+
+@dataclass(frozen=True)
 class ReportCongestion:
     """Tell the congestion manager (the scheduler) what this flow saw since
     the last report: ``sent`` new bytes, ``acked`` bytes newly acked,
@@ -121,7 +131,9 @@ class Failed:
     offer_expired: bool = False
 
 
-Output = SendChunk | HashFile | SendDone | RequestGrant | ReportCongestion | Finished | Failed
+Output = (
+    SendChunk | HashFile | SendDone | Reattach | RequestGrant | ReportCongestion | Finished | Failed
+)
 
 
 @dataclass
@@ -343,6 +355,8 @@ class OutgoingTransfer(GrantedFlow):
                 return
             timeouts = w.timeouts
             w.on_timer(now)
+            if w.timeouts > timeouts:
+                self._outputs.append(Reattach())
             if self.congestion_managed:
                 self._report[3] += w.timeouts - timeouts
             if self.early_done and w.timeouts > timeouts:

@@ -37,6 +37,7 @@ from peercrypt.core.outgoing import (
     Finished,
     HashFile,
     OutgoingTransfer,
+    Reattach,
     ReportCongestion,
     RequestGrant,
     SendChunk,
@@ -199,6 +200,8 @@ def pump_transfer(
                         0, out.sent, out.acked, out.losses, out.timeouts, out.in_flight, now
                     )
                     tell_windows()
+                elif isinstance(out, Reattach):
+                    pass  # (a channel per lane, no shared connection: nothing to say)
                 elif isinstance(out, RequestGrant):
                     planner.demand(0, out.nbytes)
                     if tick_at is None:
