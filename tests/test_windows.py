@@ -862,6 +862,21 @@ def test_chunks_waiting_for_the_writer_are_acked_after_a_quiet_spell() -> None:
     assert flow.still_writing == 2
 
 
+def test_a_still_writing_ack_keeps_the_credit_or_shrinks_it_never_grows_it() -> None:
+    """The sender restarts its retransmission timer only on an ack of nothing
+    new that keeps the credit: an ack while chunks wait for the writer
+    carries the credit the sender was told even when the share would now
+    grow (growth waits for the next ack of written chunks); a smaller one
+    is still told."""
+    flow = IncomingTransfer(total=20, credit=4, idle_timeout=30.0, now=0.0)
+    assert flow.on_chunk(0, False, 0.01) is Arrival.NEW
+    assert flow.window_update(16, STILL_WRITING_AFTER) == (0, [], 4)  # not 16
+    assert flow.window_update(2, STILL_WRITING_AFTER * 2) == (0, [], 2)  # a shrink goes
+    assert flow.window_update(16, STILL_WRITING_AFTER * 3) == (0, [], 2)
+    flow.on_written(0)
+    assert flow.ack(16, 0.5) == (1, [], 16)  # an ack of written chunks grows it
+
+
 @settings(deadline=None, max_examples=200)
 @given(
     rtts=st.lists(st.floats(0.0005, 0.05), min_size=1, max_size=30),

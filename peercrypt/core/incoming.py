@@ -302,9 +302,12 @@ class IncomingTransfer:
             # Chunks came and wait for the writer, and nothing was acked for
             # a while: the sender hears that the transfer is alive before
             # its retransmission timer takes them for lost (whatever was
-            # written meanwhile goes with it).
+            # written meanwhile goes with it). With the credit it was told,
+            # or less, never more: the sender restarts its timer only on an
+            # ack that keeps the credit (a grown one waits for the next ack
+            # of written chunks; the writer is behind anyway).
             self.still_writing += 1
-            return self.ack(credit, now, force=True)
+            return self.ack(min(credit, self.window.window), now, force=True)
         if self.ack_due or credit == self.window.window:
             return None
         if now - self.acked_at < WINDOW_UPDATE_AFTER:

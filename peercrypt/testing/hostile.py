@@ -63,7 +63,7 @@ from peercrypt.crypto.handshake import (
 from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.crypto.keywrap import ContentSealer, new_content_key, unwrap
 from peercrypt.crypto.keywrap import wrap as wrap_key
-from peercrypt.crypto.transfer import TransferKeys
+from peercrypt.crypto.transfer import OpenError, TransferKeys
 from peercrypt.testing.zmtp_flood import RawDataPeer, flood_until_closed
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
@@ -586,7 +586,11 @@ class MismatchingReceiver(_Receiver):
                 keys = self._keys.get(getattr(header, "tid", b""))
             if keys is None or not isinstance(header, SealedHeader):
                 continue
-            if isinstance(codec.decode(keys.open_message(header.nonce, payload)), Done):
+            try:
+                msg = codec.decode(keys.open_message(header.nonce, payload))
+            except (OpenError, codec.DecodeError):
+                continue
+            if isinstance(msg, Done):
                 self.dones += 1
                 failed = Failed(code="hash-mismatch", reason="the copy held changed")
                 nonce, sealed = keys.seal_message(codec.encode(failed))
