@@ -218,6 +218,7 @@ class Retries:
     started: float = 0.0  # the first attempt's start: the send's time counts from it
     held: float = 0.0  # the share of the file the receiver held at the first accept
     whole: bool = False  # offered again whole after a mismatch of what the receiver held
+    held_again: bool = False  # the next accept's held share replaces ``held`` (that offer's)
 
 
 @dataclass
@@ -909,6 +910,9 @@ class SenderActor(Actor):
                 started=flow.started,
                 held=flow.resumed / flow.total if flow.total else 0.0,  # empty: none held
             )
+        elif t.retry.held_again:  # the accept of the offer that sends it whole
+            t.retry.held_again = False
+            t.retry.held = flow.resumed / flow.total if flow.total else 0.0
         t.retry.closed_since = None  # the receiver is back
         t.retry.closed.reset()
         t.data = t.pipes[0].sock
@@ -1568,7 +1572,7 @@ class SenderActor(Actor):
             # look, or that copy was written to), and it discarded or forgot
             # it. Offered again at once, the file goes whole. Once per send:
             # a receiver that always answers so costs one offer more.
-            t.retry.whole = True
+            t.retry.whole = t.retry.held_again = True
             t.retry.held = 0.0
             retried = self._retry(t, code, reason, at_once=True) is None
             if retried:

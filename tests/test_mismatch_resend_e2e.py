@@ -82,12 +82,15 @@ def test_a_receiver_answering_every_done_with_a_mismatch_costs_one_offer_more(
     path = tmp_path / "a.bin"
     path.write_bytes(os.urandom(SIZE))
     try:
-        answer = sender.cli("send", path, "127.0.0.1", str(hostile.port), timeout=60)
+        answer = sender.send_result(path, "127.0.0.1", hostile.port, timeout=60)
     finally:
         hostile.close()
     assert answer.returncode != 0, answer.describe()
-    assert "failed the transfer: the copy held changed" in answer.stderr, answer.describe()
+    assert "failed the transfer: the copy held changed" in answer.json["error"], answer.describe()
     assert (hostile.offers, hostile.dones) == (2, 2)
+    # What the offer that was to send it whole found held: all of it, again.
+    stats = answer.json["stats"]
+    assert (stats["attempts"], stats["held_share"]) == (2.0, 1.0), stats
     assert sender.wait_for_counter("sender.sent-whole-after-mismatch", 1) == 1
 
 
