@@ -290,11 +290,12 @@ class IncomingTransfer:
         ``credit`` chunks, though nothing new is written: only if that is
         not the credit it was last told, no ack is due (it will carry the
         credit), the transfer has not acked for :data:`WINDOW_UPDATE_AFTER`
-        seconds and is still taking chunks. Or, whatever the credit, when
-        chunks that came wait for the writer and nothing was acked for
-        :data:`STILL_WRITING_AFTER` seconds: an ack then, with what was
-        written. Its cumulative index and ranges are the last ack's, or
-        larger: it acknowledges nothing unwritten."""
+        seconds and is still taking chunks. Or, when chunks that came wait
+        for the writer and nothing was acked for :data:`STILL_WRITING_AFTER`
+        seconds: an ack then, with what was written and the credit last told
+        (a smaller ``credit`` instead, never a larger one). Its cumulative
+        index and ranges are the last ack's, or larger: it acknowledges
+        nothing unwritten."""
         credit = max(1, credit)
         if self.ended or self.finishing:
             return None
