@@ -38,6 +38,7 @@ Everything they do goes to 127.0.0.1; every wait has a timeout.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import os
 import socket
@@ -434,7 +435,7 @@ def next_request(router: zmq.Socket[Any], identity: KeyPair) -> tuple[bytes, Any
     return None
 
 
-class _Receiver:
+class _Receiver(abc.ABC):
     """A member's gateway that proves its own fresh identity (as a receiver
     must) and accepts every offer from the sender whose identity key is
     ``sender`` (:meth:`_accept` answers it), with a thread of its own for
@@ -483,15 +484,17 @@ class _Receiver:
             chunk_size=chunk_size,
         )
 
+    @abc.abstractmethod
     def _terms(self, offer: Offer, answer: Response) -> tuple[int, list[int], int]:
         """The accept's credit, held ranges and chunk size (0: the offer's)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _data(self) -> None:
-        raise NotImplementedError
+        """The data port's thread: until :attr:`stop`."""
 
+    @abc.abstractmethod
     def _close_data(self) -> None:
-        raise NotImplementedError
+        """Close the data port (its thread has ended)."""
 
     def close(self) -> None:
         self.stop.set()
