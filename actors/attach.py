@@ -22,10 +22,15 @@ on another host (:mod:`actors.link` is its end of the link).
   the control actor fails the sends in flight ("the sender crashed; try
   again"), the scheduler forgets their flows. The same happens when an
   actor attaches (again): the sender re-announces its running flows to a
-  scheduler that comes back, and they go on. While nothing is attached,
-  mail to NAME is dropped and counted; a peer's request (an offer) gets an
-  error reply and a local send request a failed result at once, so nobody
-  waits for an actor that is not there.
+  scheduler that comes back, and they go on. An actor that attaches is
+  NAME only once that restart is done (the status says ``attached`` then):
+  a request handed to it before, which the restart would fail while the
+  attached process runs it, is refused instead, as while nothing is
+  attached; other mail goes through (what the restart makes the node's
+  actors say again). While nothing is attached, mail to NAME is dropped
+  and counted; a peer's request (an offer) gets an error reply and a local
+  send request a failed result at once, so nobody waits for an actor that
+  is not there.
 """
 
 from __future__ import annotations
@@ -78,6 +83,9 @@ class _Link:
     host: str  # its address, as the gateway saw it
     last_heard: float
     seq: int = 0
+    # Whether the proxy has restarted since it attached (see the module
+    # docs): until then a request for it is refused, not handed on.
+    ready: bool = False
 
 
 class AttachActor(Actor):
@@ -151,14 +159,17 @@ class AttachActor(Actor):
         old = self.links.get(actor)
         if old is not None and old.route != route:
             self._lose(actor, "replaced by a new attachment")
-        if old is None or old.route != route:
-            log.info("attach: %s attached as the node's %s actor", peer, actor)
-            self.count("attached")
+        if old is not None and old.route == route:
+            old.last_heard = self.now()  # (the same process saying hello again)
+            return
+        log.info("attach: %s attached as the node's %s actor", peer, actor)
+        self.count("attached")
         self.links[actor] = _Link(route=route, peer=peer, host=host, last_heard=self.now())
-        self.facts[f"remote_{actor}"] = f"attached {peer}"
+        self.facts[f"remote_{actor}"] = f"attaching {peer}"
         if old is None:
             # A fresh actor: restart the proxy so every actor hears "restarted"
             # now that it is reachable (e.g. senders re-announce their flows).
+            # (One replacing another: the loss above restarts it.)
             why = f"now runs attached from {host} ({peer})"
             self.tell(actor, LinkChanged(actor=actor, why=why))
 
@@ -181,19 +192,25 @@ class AttachActor(Actor):
             self.count("mail-not-attached")
             self._refuse_unattached(mail)
             return
+        if not link.ready and self._refuse_unattached(mail):
+            self.count("request-while-attaching")
+            return
         self.tell("gateway", Outbound(route=link.route, payload=codec.encode(mail)))
 
-    def _refuse_unattached(self, mail: ActorMail) -> None:
+    def _refuse_unattached(self, mail: ActorMail) -> bool:
+        """Answer a request for an actor that is not attached (yet) with an
+        error; whether ``mail`` was one."""
         try:
             inner = codec.decode(mail.payload)
         except codec.DecodeError:
-            return
+            return False
         if isinstance(inner, Inbound):  # a peer's request: answer, do not leave it hanging
             reply = ErrorReply(
                 code="unavailable", reason=f"this node's {mail.dest} is not attached"
             )
             self.tell("gateway", Outbound(route=inner.route, payload=codec.encode(reply)))
-        elif isinstance(inner, SendRequest):
+            return True
+        if isinstance(inner, SendRequest):
             self.tell(
                 "control",
                 SendResult(
@@ -205,6 +222,8 @@ class AttachActor(Actor):
                     stored_as="",
                 ),
             )
+            return True
+        return False
 
     # -- liveness -------------------------------------------------------------------------
 
@@ -236,6 +255,10 @@ class AttachActor(Actor):
     def on_actor_restarted(self, name: str) -> None:
         if name == "gateway" and self.offer_key:
             self.tell("gateway", OfferKey(key=self.offer_key))
+        link = self.links.get(name)
+        if link is not None and not link.ready:  # its proxy restarted: it is the actor now
+            link.ready = True
+            self.facts[f"remote_{name}"] = f"attached {link.peer}"
 
 
 class RemoteActorProxy(Actor):

@@ -47,6 +47,7 @@ from peercrypt.testing.nodes import (
     ActorProcess,
     CliResult,
     NodeProcess,
+    WaitTimeout,
     assert_stored,
     blake3_file,
     cli_env,
@@ -266,7 +267,7 @@ def test_a_lost_attached_sender_fails_its_transfer_cleanly(
         data_dir=node.data_dir, env={"PEERCRYPT_NETWORK_KEY": network_key},
     )  # fmt: skip
     try:
-        wait_until(lambda: _sending(node), 20, "the send to run", interval=0.2)
+        _wait_sending(node, send, actor)
         killed_at = time.monotonic()
         assert actor.proc is not None
         actor.proc.kill()  # the attached process dies without a word
@@ -715,6 +716,32 @@ def test_a_send_cancelled_while_it_is_placed_never_runs(
 def _sending(node: NodeProcess) -> bool:
     rows = json.loads(node.cli("transfers", "--json").stdout or "[]")
     return any(row["state"] == "sending" and int(row["bytes"]) > 0 for row in rows)
+
+
+def _wait_sending(node: NodeProcess, send: subprocess.Popen[str], *actors: ActorProcess) -> None:
+    """Wait until ``node`` lists the send of the CLI process ``send`` as
+    sending with bytes sent; if the send ends first, or the wait times out,
+    fail with what it printed and the logs of the node and ``actors``."""
+
+    def ended_or_sending() -> str | None:
+        if send.poll() is not None:
+            return "ended"
+        return "sending" if _sending(node) else None
+
+    try:
+        state = wait_until(ended_or_sending, 20, "the send to run", interval=0.2)
+    except WaitTimeout:
+        state = "not sending after 20 s"
+    if state == "sending":
+        return
+    if send.poll() is None:
+        send.kill()
+    out, err = send.communicate(timeout=10)
+    logs = "\n".join(f"--- {a.kind}:\n{a.log_text()[-4000:]}" for a in actors)
+    pytest.fail(
+        f"the send {state} (exit {send.returncode}): {out!r} {err!r}\n"
+        f"--- node:\n{node.log_text()[-4000:]}\n{logs}"
+    )
 
 
 # -- namespaces ----------------------------------------------------------------------------
