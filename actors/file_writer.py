@@ -988,15 +988,7 @@ class FileWriter:
                     return
                 if op[0] != "write":
                     self._announce()  # what was posted never waits behind other work
-                try:
-                    self._do(files, op)
-                finally:  # whatever happened to it, a chunk's queue place and buffer come back
-                    if op[0] == "write":
-                        with self._queued_lock:
-                            self._queued -= len(op[3])
-                        if _pooled(op[3]) and op[3] is not self._handed:
-                            self.buffers.give(op[3])
-                        self._handed = None
+                self._do(files, op)
         finally:
             self._out = None
             out.close(linger=0)
@@ -1019,10 +1011,25 @@ class FileWriter:
             log.error("writing a file failed unexpectedly (%s)", what)
             log.debug("the writer's failure", exc_info=True)
             result = self._fail(files, tid, f"writing failed unexpectedly ({what})", False)
+        finally:  # whatever happened to it, a chunk's queue place and buffer come back
+            if op[0] == "write":
+                self._done_with(op[3])
         if result is not None:
             self._post(result)
         while self._notes:
             self._post(self._notes.pop(0))
+
+    def _done_with(self, data: bytes | memoryview) -> None:
+        """A queued chunk's place in the queue and its buffer come back:
+        before its result is posted, so that the actor, which gives the
+        sender more credit once it hears of the write, never queues the
+        chunks of that credit while this one still counts (the queue would
+        pass its bound: docs/architecture.md, "Bounds")."""
+        with self._queued_lock:
+            self._queued -= len(data)
+        if isinstance(data, memoryview) and data is not self._handed:  # (_pooled)
+            self.buffers.give(data)
+        self._handed = None
 
     def _fail(self, files: dict[bytes, _File], tid: bytes, text: str, full: bool) -> WriteFailed:
         """``tid``'s file failed: kept for its close(); on a full disk with

@@ -532,6 +532,34 @@ def test_the_writer_announces_written_chunks_once_they_cover_its_bytes(
         w.close(TID, keep=False)
 
 
+def test_a_written_chunk_leaves_the_queue_before_the_actor_hears_of_it(tmp_path: Path) -> None:
+    """The actor gives the sender more credit once it hears of a write, and
+    queues the chunks that credit brings: a queue place still held by the
+    chunk it heard of would let the writer's queue pass its bound (the
+    receiver's credit budget: docs/architecture.md, "Bounds"). So the queue
+    place comes back before the result is posted: with a queue of two chunks
+    full, a third is taken the moment the first one's result is out."""
+    with _writer(2 * CHUNK, direct=False, as_written=False) as (w, results):
+        taken: list[tuple[int, bool]] = []
+
+        class Posted(queue.SimpleQueue):  # type: ignore[type-arg]
+            def put(self, item: WriterResult, *args: Any, **kwargs: Any) -> None:
+                if isinstance(item, Written) and item.index == 0:  # as the actor would, at once
+                    taken.append((item.index, w.write(TID, 2, os.urandom(CHUNK))))
+                super().put(item, *args, **kwargs)
+
+        w.results = Posted()  # (not started: nothing posted yet)
+        fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+        w.open(TID, fd, CHUNK, 3 * CHUNK, ChunkBitmap(3))
+        assert w.write(TID, 0, os.urandom(CHUNK)) and w.write(TID, 1, os.urandom(CHUNK))
+        assert not w.write(TID, 2, os.urandom(CHUNK))  # (full: the bound holds)
+        w.start()
+        assert _index(_next(results)) == 0
+        assert taken == [(0, True)]  # (False: the queue was still full)
+        assert sorted(_index(_next(results)) for _ in range(2)) == [1, 2]
+        w.close(TID, keep=False)
+
+
 def test_crew_posts_the_digest_once(tmp_path: Path) -> None:
     """A one-chunk file: the lane that hashes it and the start-up job race
     for the digest; exactly one of them may post it."""

@@ -635,6 +635,10 @@ def test_the_old_credit_expires_a_grace_after_the_shrink_or_its_last_chunk() -> 
     r.on_written(1)  # it stays expired: a later chunk does not bring it back
     r.advertise(2, 20.0)
     assert r.allowed(20.0) == 2
+    # Its chunks still queued hold the buffer all the same, until written.
+    assert r.queued == 7 and allowance_bytes(r, 10, 20.0) == 70
+    for index in range(2, 8):
+        r.on_written(index)
     assert allowance_bytes(r, 10, 20.0) == 20
 
 
@@ -668,6 +672,32 @@ def test_allowance_counts_at_most_the_chunks_left_to_write() -> None:
     r.on_chunk(0, False, 0.0)
     r.on_written(0)
     assert allowance_bytes(r, 10, 0.0) == 20
+
+
+def test_chunks_queued_past_their_credits_grace_still_hold_the_buffer() -> None:
+    # A transfer alone takes the whole buffer (8 chunks) and sends all of
+    # them; the writer stalls. A second transfer starts: the first one's
+    # credit shrinks to its share, and the grace of its old credit runs out
+    # while its 8 chunks still wait for the writer. Those 8 chunks are in
+    # the writer's queue all the same: the second one gets no more than one
+    # chunk, so what is queued stays within the buffer plus one chunk per
+    # transfer (the bound the receiver's status reports against).
+    chunk, buffer, window = 10, 80, 8
+    first = ReceiveWindow(100, node_credit(window, chunk, buffer, 1, 0))
+    assert first.window == 8
+    for index in range(8):
+        assert first.on_chunk(index, False, 0.0) is Arrival.NEW
+    first.advertise(node_credit(window, chunk, buffer, 2, 0, current=8), 1.0)
+    assert first.window == 4
+    later = 1.0 + CREDIT_GRACE + 1.0
+    assert first.allowed(later) == 4 and first.queued == 8
+    assert allowance_bytes(first, chunk, later) == 80
+    second = ReceiveWindow(100, node_credit(window, chunk, buffer, 2, 80))
+    assert second.window == 1
+    queued = first.queued
+    for index in range(8):  # the second one's sender tries for more
+        queued += second.on_chunk(index, False, later) is Arrival.NEW
+    assert queued * chunk <= buffer + 1 * chunk
 
 
 def test_a_trickling_transfer_does_not_hold_a_new_one_at_one_chunk() -> None:

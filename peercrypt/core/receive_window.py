@@ -173,9 +173,15 @@ def receiving(windows: Iterable[ReceiveWindow]) -> int:
 
 
 def allowance_bytes(window: ReceiveWindow, chunk_size: int, now: float) -> int:
-    """Bytes a transfer may have queued at ``now``: its allowance, but no
-    more than the chunks it has left to write."""
-    return min(window.allowed(now), window.total - window.written.count) * chunk_size
+    """Bytes of the node's buffer a transfer holds at ``now``: what it may
+    have queued, its allowance (but no more than the chunks it has left to
+    write), or what it has queued if that is more. Chunks queued under an
+    old credit whose grace ran out (a writer stalled for longer than
+    :data:`CREDIT_GRACE`) still wait in the writer's queue: counted only by
+    the credit, their bytes would be granted to the others again, and the
+    queue would pass the buffer plus one chunk per transfer."""
+    allowed = min(window.allowed(now), window.total - window.written.count)
+    return max(allowed, window.queued) * chunk_size
 
 
 # A receiver chooses the chunk of a transfer whose offer allows a range
