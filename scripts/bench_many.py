@@ -326,7 +326,7 @@ def check_cost(nodes: list[NodeProcess], count: int) -> None:
 def idle_latencies(nodes: list[NodeProcess], seconds: float) -> Latencies:
     out = Latencies()
     stop = threading.Event()
-    thread = threading.Thread(target=probe, args=(nodes, stop, out), daemon=True)
+    thread = threading.Thread(target=probe, args=(nodes, stop, out, PROBE_GAP), daemon=True)
     thread.start()
     stop.wait(seconds)
     stop.set()
@@ -445,6 +445,7 @@ def one_run(
             # Data connections opened and transfers attached to them (one per
             # receiver and lane, shared), samples the history took.
             words += ("data-connections", "data-attached", "stats.samples", "sealed-unpooled")
+            words += ("direct-bytes",)  # (the writers' O_DIRECT share)
             if any(word in name for word in words):
                 counters[name] = counters.get(name, 0) + value
 

@@ -172,6 +172,35 @@ def test_a_snapshot_and_its_journal_are_the_live_table(
 
 
 @settings(deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 12), st.sampled_from([A, B, b"c" * 32]))),
+    st.integers(1, 8),
+)
+def test_eviction_is_the_oldest_entry_of_the_identity_holding_most(
+    steps: list[tuple[bool, int, bytes]], capacity: int
+) -> None:
+    """Against a model that counts the whole table at each eviction (what
+    the table kept counts as entries come and go): the same entries, in the
+    same order, after any records and forgets."""
+    table = DeliveredTable(capacity)
+    model: list[tuple[bytes, str]] = []  # (identity, file), oldest first
+    for record, n, peer in steps:
+        _apply(table, (record, n, peer))
+        entry = (peer, f"f{n}")
+        if entry in model:
+            model.remove(entry)
+        if not record:
+            continue
+        model.append(entry)
+        while len(model) > capacity:
+            counts = {p: sum(1 for q, _ in model if q == p) for p, _ in model}
+            most = max(counts.values())
+            model.remove(next(e for e in model if counts[e[0]] == most))
+    kept = [(d.key.peer, d.key.name) for d in table.entries()]
+    assert kept == model
+
+
+@settings(deadline=None)
 @given(changes, st.data())
 def test_a_journal_cut_short_keeps_every_whole_row_before_the_cut(
     steps: list[tuple[bool, int, bytes]], data: st.DataObject

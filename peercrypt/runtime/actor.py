@@ -29,6 +29,7 @@ peer text in those lines is escaped (:func:`peercrypt.wire.text.printable`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -144,9 +145,17 @@ def name_native_thread() -> None:
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
         name = threading.current_thread().name.encode("utf-8", "replace")[:15]
-        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+        _libc().prctl(_PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+
+
+@functools.cache
+def _libc() -> Any:
+    """The C library, loaded once, not for every thread started (a final
+    check starts two)."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def yield_to_control_plane(bulk: bool = False) -> None:
