@@ -1564,6 +1564,7 @@ class SenderActor(Actor):
             and not echoed_folder
             and t.retry is not None
             and not t.retry.whole
+            and self.settings.max_retries > 0
         ):
             # The receiver held chunks at its accept (a part kept from an
             # earlier attempt, or a file it had delivered: then nothing was
@@ -1571,7 +1572,9 @@ class SenderActor(Actor):
             # differs (the file changed since where its source tag does not
             # look, or that copy was written to), and it discarded or forgot
             # it. Offered again at once, the file goes whole. Once per send:
-            # a receiver that always answers so costs one offer more.
+            # a receiver that always answers so costs one offer more. Not on
+            # a node whose retries are off (--max-retries 0): the user sends
+            # it again.
             t.retry.whole = t.retry.held_again = True
             t.retry.held = 0.0
             retried = self._retry(t, code, reason, at_once=True) is None

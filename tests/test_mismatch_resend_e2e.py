@@ -27,7 +27,7 @@ import pytest
 
 from peercrypt.crypto.identity import load_or_create_identity
 from peercrypt.testing.hostile import MismatchingReceiver
-from peercrypt.testing.nodes import NodeProcess, blake3_file, cli_running, wait_until
+from peercrypt.testing.nodes import CliResult, NodeProcess, blake3_file, cli_running, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -74,10 +74,12 @@ def test_a_file_changed_behind_its_tag_goes_whole_when_the_receiver_finds_it_dif
     assert sender.wait_for_counter("sender.sent-whole-after-mismatch", 1) == 1
 
 
-def test_a_receiver_answering_every_done_with_a_mismatch_costs_one_offer_more(
-    node_factory: Callable[..., NodeProcess], tmp_path: Path, network_key: str
-) -> None:
-    sender = node_factory()
+def _against_a_mismatching_receiver(
+    sender: NodeProcess, network_key: str, tmp_path: Path
+) -> tuple[CliResult, MismatchingReceiver]:
+    """``sender`` sends a file to a member that claims to hold every file and
+    answers every Done with a mismatch; the failed send's result, and that
+    member (closed)."""
     hostile = MismatchingReceiver(network_key, load_or_create_identity(sender.data_dir).public)
     path = tmp_path / "a.bin"
     path.write_bytes(os.urandom(SIZE))
@@ -87,11 +89,31 @@ def test_a_receiver_answering_every_done_with_a_mismatch_costs_one_offer_more(
         hostile.close()
     assert answer.returncode != 0, answer.describe()
     assert "failed the transfer: the copy held changed" in answer.json["error"], answer.describe()
+    return answer, hostile
+
+
+def test_a_receiver_answering_every_done_with_a_mismatch_costs_one_offer_more(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path, network_key: str
+) -> None:
+    sender = node_factory()
+    answer, hostile = _against_a_mismatching_receiver(sender, network_key, tmp_path)
     assert (hostile.offers, hostile.dones) == (2, 2)
     # What the offer that was to send it whole found held: all of it, again.
     stats = answer.json["stats"]
     assert (stats["attempts"], stats["held_share"]) == (2.0, 1.0), stats
     assert sender.wait_for_counter("sender.sent-whole-after-mismatch", 1) == 1
+
+
+def test_with_retries_off_a_mismatch_is_not_offered_again(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path, network_key: str
+) -> None:
+    """`--max-retries 0`: no offer more of any kind; the send fails with the
+    mismatch and its advice, after one attempt."""
+    sender = node_factory("--max-retries", "0")
+    answer, hostile = _against_a_mismatching_receiver(sender, network_key, tmp_path)
+    assert (hostile.offers, hostile.dones) == (1, 1)
+    assert answer.json["stats"]["attempts"] == 1.0, answer.json["stats"]
+    assert "sender.sent-whole-after-mismatch" not in sender.counters()
 
 
 def _incoming_written(receiver: NodeProcess, name: str) -> str | None:
