@@ -162,7 +162,7 @@ class AttachActor(Actor):
         if old is not None and old.route == route:
             old.last_heard = self.now()  # (the same process saying hello again)
             return
-        log.info("attach: %s attached as the node's %s actor", peer, actor)
+        log.info("attach: %s attaching as the node's %s actor", peer, actor)
         self.count("attached")
         self.links[actor] = _Link(route=route, peer=peer, host=host, last_heard=self.now())
         self.facts[f"remote_{actor}"] = f"attaching {peer}"
@@ -259,6 +259,7 @@ class AttachActor(Actor):
         if link is not None and not link.ready:  # its proxy restarted: it is the actor now
             link.ready = True
             self.facts[f"remote_{name}"] = f"attached {link.peer}"
+            log.info("attach: %s attached as the node's %s actor", link.peer, name)
 
 
 class RemoteActorProxy(Actor):
