@@ -24,13 +24,18 @@ on another host (:mod:`actors.link` is its end of the link).
   actor attaches (again): the sender re-announces its running flows to a
   scheduler that comes back, and they go on. An actor that attaches is
   NAME only once that restart is done (the status says ``attached`` then):
-  a request handed to it before, which the restart would fail while the
+  the proxy that stops says ``ProxyStopped`` last (after all it handed
+  on), and every actor, attach too, hears that it restarted. A send
+  request handed on before, which the restart would fail (the control
+  actor fails the sends in flight when the sender restarts) while the
   attached process runs it, is refused instead, as while nothing is
-  attached; other mail goes through (what the restart makes the node's
-  actors say again). While nothing is attached, mail to NAME is dropped
-  and counted; a peer's request (an offer) gets an error reply and a local
-  send request a failed result at once, so nobody waits for an actor that
-  is not there.
+  attached; other mail goes through (nothing else is failed by the
+  restart, and what the restart makes the node's actors say again may come
+  first). A link still attaching after ``ATTACHING_AGAIN_AFTER`` seconds
+  (a restart that was lost) asks for the restart again. While nothing is
+  attached, mail to NAME is dropped and counted; a peer's request (an
+  offer) gets an error reply and a local send request a failed result at
+  once, so nobody waits for an actor that is not there.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from peercrypt.wire.actor_messages import (
     AttachReply,
     LinkChanged,
     OfferKey,
+    ProxyStopped,
 )
 from peercrypt.wire.messages import ErrorReply, Inbound, Outbound, SendRequest, SendResult
 
@@ -74,6 +80,9 @@ NODE_ACTORS = (
 )
 BEAT = 0.5  # seconds between beats on a link, both ways
 LOST_AFTER = 3.0  # a link silent this long is lost
+# A link still attaching this long asks for its proxy's restart again (the
+# supervisor's restart delay grows to 10 s for a proxy restarted often).
+ATTACHING_AGAIN_AFTER = 15.0
 
 
 @dataclass
@@ -84,8 +93,12 @@ class _Link:
     last_heard: float
     seq: int = 0
     # Whether the proxy has restarted since it attached (see the module
-    # docs): until then a request for it is refused, not handed on.
+    # docs): until then a send request for it is refused, not handed on.
     ready: bool = False
+    restart: int = 0  # the LinkChanged it waits for (its seq)
+    asked: float = 0.0  # when that was told
+    stopped: bool = False  # that restart's proxy said ProxyStopped
+    restarted: bool = False  # a restart of the proxy was told since
 
 
 class AttachActor(Actor):
@@ -98,6 +111,7 @@ class AttachActor(Actor):
         self.settings = settings
         self.links: dict[str, _Link] = {}
         self.offer_key = b""  # the attached receiver's identity key
+        self.restarts = 0  # LinkChanged told so far (their seq)
 
     def setup(self) -> None:
         for actor in self.settings.remote_actors:
@@ -109,6 +123,11 @@ class AttachActor(Actor):
             self._from_link(msg)
         elif isinstance(msg, ActorMail):
             self._to_link(msg)
+        elif isinstance(msg, ProxyStopped):
+            link = self.links.get(msg.actor)
+            if link is not None and not link.ready and msg.seq == link.restart:
+                link.stopped = True
+                self._ready(msg.actor, link)
         else:
             super().on_mail(msg)
 
@@ -157,21 +176,38 @@ class AttachActor(Actor):
             self.log_limited("attach: refused %s as %s: %s", peer, actor, code)
             return
         old = self.links.get(actor)
-        if old is not None and old.route != route:
-            self._lose(actor, "replaced by a new attachment")
         if old is not None and old.route == route:
             old.last_heard = self.now()  # (the same process saying hello again)
             return
+        # The proxy restarts so every actor hears "restarted" now that the
+        # actor is reachable (e.g. senders re-announce their flows); one
+        # replacing another: the loss restarts it.
+        if old is not None:
+            restart = self._lose(actor, "replaced by a new attachment")
+        else:
+            restart = self._restart_proxy(actor, f"now runs attached from {host} ({peer})")
         log.info("attach: %s attaching as the node's %s actor", peer, actor)
         self.count("attached")
-        self.links[actor] = _Link(route=route, peer=peer, host=host, last_heard=self.now())
+        self.links[actor] = _Link(
+            route=route, peer=peer, host=host, last_heard=self.now(), restart=restart,
+            asked=self.now(),
+        )  # fmt: skip
         self.facts[f"remote_{actor}"] = f"attaching {peer}"
-        if old is None:
-            # A fresh actor: restart the proxy so every actor hears "restarted"
-            # now that it is reachable (e.g. senders re-announce their flows).
-            # (One replacing another: the loss above restarts it.)
-            why = f"now runs attached from {host} ({peer})"
-            self.tell(actor, LinkChanged(actor=actor, why=why))
+
+    def _restart_proxy(self, actor: str, why: str) -> int:
+        """Tell ``actor``'s proxy to restart; the LinkChanged's seq."""
+        self.restarts += 1
+        self.tell(actor, LinkChanged(actor=actor, why=why, seq=self.restarts))
+        return self.restarts
+
+    def _ready(self, actor: str, link: _Link) -> None:
+        """``link``'s actor is the node's once the restart it asked for is
+        done: its proxy stopped (after all it handed on) and every actor
+        heard that it restarted."""
+        if link.stopped and link.restarted:
+            link.ready = True
+            self.facts[f"remote_{actor}"] = f"attached {link.peer}"
+            log.info("attach: %s attached as the node's %s actor", link.peer, actor)
 
     def _deliver(self, actor: str, mail: ActorMail) -> None:
         if mail.dest not in NODE_ACTORS or mail.dest == actor:
@@ -192,7 +228,7 @@ class AttachActor(Actor):
             self.count("mail-not-attached")
             self._refuse_unattached(mail)
             return
-        if not link.ready and self._refuse_unattached(mail):
+        if not link.ready and _is_send(mail) and self._refuse_unattached(mail):
             self.count("request-while-attaching")
             return
         self.tell("gateway", Outbound(route=link.route, payload=codec.encode(mail)))
@@ -232,18 +268,27 @@ class AttachActor(Actor):
         for actor, link in list(self.links.items()):
             if now - link.last_heard > LOST_AFTER:
                 self._lose(actor, f"silent for {LOST_AFTER:g} s")
+            elif not link.ready and now - link.asked > ATTACHING_AGAIN_AFTER:
+                # The restart it waits for did not come (its LinkChanged was
+                # lost): ask again, and wait for that one.
+                self.count("attach-restart-again")
+                why = f"now runs attached from {link.host} ({link.peer})"
+                link.restart, link.asked = self._restart_proxy(actor, why), now
+                link.stopped = link.restarted = False
 
-    def _lose(self, actor: str, why: str) -> None:
+    def _lose(self, actor: str, why: str) -> int:
+        """``actor``'s link is lost (if it has one); the seq of the proxy's
+        restart it asks for (0: none)."""
         link = self.links.pop(actor, None)
         if link is None:
-            return
+            return 0
         log.warning("attach: lost the %s actor attached from %s (%s)", actor, link.peer, why)
         self.count("link-lost")
         self.facts[f"remote_{actor}"] = "lost"
-        why = f"lost its attachment from {link.host} ({why})"
-        self.tell(actor, LinkChanged(actor=actor, why=why))
+        restart = self._restart_proxy(actor, f"lost its attachment from {link.host} ({why})")
         if actor == "receiver":
             self._offer_key(b"")
+        return restart
 
     def _offer_key(self, key: bytes) -> None:
         """Offers to this node are opened by the attached receiver: hello
@@ -256,10 +301,9 @@ class AttachActor(Actor):
         if name == "gateway" and self.offer_key:
             self.tell("gateway", OfferKey(key=self.offer_key))
         link = self.links.get(name)
-        if link is not None and not link.ready:  # its proxy restarted: it is the actor now
-            link.ready = True
-            self.facts[f"remote_{name}"] = f"attached {link.peer}"
-            log.info("attach: %s attached as the node's %s actor", link.peer, name)
+        if link is not None and not link.ready:  # (before its ProxyStopped is read, or after)
+            link.restarted = True
+            self._ready(name, link)
 
 
 class RemoteActorProxy(Actor):
@@ -270,8 +314,16 @@ class RemoteActorProxy(Actor):
 
     REPORT_TO = None  # the attached actor reports for itself
 
+    def setup(self) -> None:
+        self.stopped_for = 0  # the LinkChanged that stops it
+
+    def teardown(self) -> None:
+        # Last, after all it handed on (the same socket): see the module docs.
+        self.tell("attach", ProxyStopped(actor=self.name, seq=self.stopped_for))
+
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, LinkChanged):
+            self.stopped_for = msg.seq
             self.restart(msg.why or "changed its attachment")
             return
         payload = codec.encode(msg)
@@ -279,6 +331,15 @@ class RemoteActorProxy(Actor):
             self.count("mail-too-large")
             return
         self.tell("attach", ActorMail(dest=self.name, payload=payload))
+
+
+def _is_send(mail: ActorMail) -> bool:
+    """Whether ``mail`` is a send request (what a restart of the sender's
+    proxy fails: the control actor fails the sends in flight)."""
+    try:
+        return isinstance(codec.decode(mail.payload), SendRequest)
+    except codec.DecodeError:
+        return False
 
 
 def proxy_for(name: str) -> type[RemoteActorProxy]:

@@ -152,7 +152,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import blake3
 import zmq
@@ -1027,8 +1027,8 @@ class FileWriter:
         pass its bound: docs/architecture.md, "Bounds")."""
         with self._queued_lock:
             self._queued -= len(data)
-        if isinstance(data, memoryview) and data is not self._handed:  # (_pooled)
-            self.buffers.give(data)
+        if _pooled(data) and data is not self._handed:
+            self.buffers.give(cast(memoryview, data))
         self._handed = None
 
     def _fail(self, files: dict[bytes, _File], tid: bytes, text: str, full: bool) -> WriteFailed:

@@ -993,7 +993,9 @@ class ReceiverActor(Actor):
         return node_credit(s.window, chunk_size, s.receive_buffer, running, others, current)
 
     def _credit_held(self) -> int:
-        """Bytes the running transfers may have queued together now."""
+        """Bytes of the receive buffer the running transfers hold together
+        now (``allowance_bytes``: each one's credit, or what it has queued
+        if more)."""
         now = self.now()
         return sum(
             allowance_bytes(t.flow.window, t.chunk_size, now) for t in self.transfers.values()

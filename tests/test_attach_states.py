@@ -1,10 +1,11 @@
 """The node's end of an attached actor (actors/attach.py) between its hello
-and its proxy's restart: the status says ``attaching``, a request handed to
-it is refused as while nothing is attached (the restart would fail it while
-the attached process runs it), other mail goes through; once the proxy has
-restarted it is the node's actor. The actor runs in this thread with real
-sockets (the gateway's, the control's and the proxy's mailboxes bound here);
-its clock is a fake one."""
+and the end of its proxy's restart: the status says ``attaching``, a send
+request handed to it is refused as while nothing is attached (the restart
+would fail it while the attached process runs it), other mail goes through;
+once the proxy that stopped has said so (after all it handed on) and every
+actor heard of the restart, it is the node's actor; a restart that never
+came is asked for again. The actor runs in this thread with real sockets
+(the mailboxes it tells bound here); its clock is a fake one."""
 
 from __future__ import annotations
 
@@ -17,15 +18,21 @@ from typing import Any
 import pytest
 import zmq
 
-from actors.attach import AttachActor
+from actors.attach import ATTACHING_AGAIN_AFTER, AttachActor, proxy_for
 from peercrypt.crypto.identity import fingerprint, new_network_key
 from peercrypt.runtime.actor import ActorEnv
 from peercrypt.testing.clock import FakeClock
 from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec
-from peercrypt.wire.actor_messages import ActorMail, AttachHello, AttachReply, LinkChanged
+from peercrypt.wire.actor_messages import (
+    ActorMail,
+    AttachHello,
+    AttachReply,
+    LinkChanged,
+    ProxyStopped,
+)
 from peercrypt.wire.local_messages import SendRequest, SendResult
-from peercrypt.wire.messages import ErrorReply, FlowGrant, Inbound, Outbound
+from peercrypt.wire.messages import FlowGrant, Inbound, Outbound
 
 ROUTE = b"\x00route-of-the-attached-process"
 PEER = bytes(range(32))  # its CURVE key, as the gateway proved it
@@ -34,6 +41,7 @@ PEER = bytes(range(32))  # its CURVE key, as the gateway proved it
 @dataclass
 class Rig:
     actor: AttachActor
+    clock: FakeClock
     mailboxes: dict[str, zmq.Socket[Any]]
 
     def told(self, name: str, wait: float = 0.2) -> list[codec.Message]:
@@ -61,9 +69,10 @@ class Rig:
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     ctx: zmq.Context[Any] = zmq.Context()
-    env = ActorEnv(context=ctx, node_uid=f"at{time.monotonic_ns()}", clock=FakeClock())
+    clock = FakeClock()
+    env = ActorEnv(context=ctx, node_uid=f"at{time.monotonic_ns()}", clock=clock)
     mailboxes = {}
-    for name in ("gateway", "control", "sender"):
+    for name in ("gateway", "control", "sender", "attach"):
         sock = ctx.socket(zmq.PULL)
         sock.linger = 0
         sock.bind(env.address(name))
@@ -77,7 +86,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     actor = AttachActor(env, settings)
     actor.setup()
     try:
-        yield Rig(actor, mailboxes)
+        yield Rig(actor, clock, mailboxes)
     finally:
         for sock in mailboxes.values():
             sock.close(0)
@@ -100,12 +109,12 @@ def _outbound(msgs: list[codec.Message]) -> list[codec.Message]:
     return inner
 
 
-def test_a_request_before_the_proxy_restarted_is_refused_not_handed_on(rig: Rig) -> None:
+def test_a_send_before_the_proxy_restarted_is_refused_not_handed_on(rig: Rig) -> None:
     assert rig.status() == "waiting"
     rig.hello()
     assert _outbound(rig.told("gateway")) == [AttachReply(actor="sender", code="ok", reason="")]
     restart = rig.told("sender")
-    assert len(restart) == 1 and isinstance(restart[0], LinkChanged)
+    assert len(restart) == 1 and isinstance(restart[0], LinkChanged) and restart[0].seq > 0
     assert rig.status() == f"attaching {fingerprint(PEER)}"
     # A send handed on now would be failed by the restart ("the sender
     # crashed") while the attached process runs it: refused, as before.
@@ -113,31 +122,86 @@ def test_a_request_before_the_proxy_restarted_is_refused_not_handed_on(rig: Rig)
     refused = rig.told("control")
     assert len(refused) == 1 and isinstance(refused[0], SendResult), refused
     assert refused[0].request == 5 and "no sender actor is attached" in refused[0].reason
-    # A peer's request: an error reply to the peer, nothing to the process.
+    assert _outbound(rig.told("gateway")) == []
+    # Anything else goes through: a peer's request (the restart fails
+    # nothing of it), what the restart makes the actors say again.
     offer = Inbound(route=b"\x00a-peer", peer=PEER, peer_host="10.0.0.3", payload=b"x")
-    rig.to_sender(offer)
-    answered = rig.told("gateway")
-    assert len(answered) == 1 and isinstance(answered[0], Outbound)
-    assert answered[0].route == b"\x00a-peer"
-    assert isinstance(codec.decode(answered[0].payload), ErrorReply)
-    # Anything else goes through (what the restart makes the actors say again).
     grant = FlowGrant(request=1, nbytes=1 << 20)
+    rig.to_sender(offer)
     rig.to_sender(grant)
-    assert _outbound(rig.told("gateway")) == [grant]
-    assert rig.actor.counters["request-while-attaching"] == 2
-    # The proxy restarted: the attached process is the node's sender.
+    assert _outbound(rig.told("gateway")) == [offer, grant]
+    assert rig.actor.counters["request-while-attaching"] == 1
+    # Every actor heard that the proxy restarted, and then (or before) the
+    # stopped proxy's last word came, after all it had handed on: ready.
     rig.actor.on_actor_restarted("sender")
+    assert rig.status() == f"attaching {fingerprint(PEER)}"
+    rig.to_sender(_send(6))  # (what the old proxy handed on before it stopped)
+    assert [m.request for m in rig.told("control") if isinstance(m, SendResult)] == [6]
+    rig.actor.on_mail(ProxyStopped(actor="sender", seq=restart[0].seq))
     assert rig.status() == f"attached {fingerprint(PEER)}"
-    rig.to_sender(_send(6))
-    assert _outbound(rig.told("gateway")) == [_send(6)]
+    rig.to_sender(_send(7))
+    assert _outbound(rig.told("gateway")) == [_send(7)]
     assert rig.told("control") == []
+
+
+def test_only_the_restart_it_asked_for_makes_the_actor_attached(rig: Rig) -> None:
+    """A proxy that stopped for another reason (a crash: seq 0) or for an
+    earlier restart says so in its ProxyStopped: not the one this link waits
+    for, in either order with the restart's news."""
+    rig.hello()
+    (restart,) = rig.told("sender")
+    assert isinstance(restart, LinkChanged)
+    rig.actor.on_mail(ProxyStopped(actor="sender", seq=0))
+    rig.actor.on_actor_restarted("sender")
+    rig.actor.on_mail(ProxyStopped(actor="sender", seq=restart.seq - 1))
+    assert rig.status() == f"attaching {fingerprint(PEER)}"
+    rig.actor.on_mail(ProxyStopped(actor="sender", seq=restart.seq))
+    assert rig.status() == f"attached {fingerprint(PEER)}"
+
+
+def test_a_restart_that_never_came_is_asked_for_again(rig: Rig) -> None:
+    rig.hello()
+    (first,) = rig.told("sender")
+    assert isinstance(first, LinkChanged)
+    rig.clock.advance(ATTACHING_AGAIN_AFTER + 1)
+    rig.hello()  # (the process's beats keep the link; its hello again changes nothing)
+    rig.actor._beat()
+    (again,) = rig.told("sender")
+    assert isinstance(again, LinkChanged) and again.seq > first.seq
+    rig.actor.on_mail(ProxyStopped(actor="sender", seq=first.seq))  # (a late one)
+    rig.actor.on_actor_restarted("sender")
+    assert rig.status() == f"attaching {fingerprint(PEER)}"
+    rig.actor.on_mail(ProxyStopped(actor="sender", seq=again.seq))
+    assert rig.status() == f"attached {fingerprint(PEER)}"
+
+
+def test_the_proxy_says_which_restart_stopped_it_last(rig: Rig) -> None:
+    """The proxy's ProxyStopped goes out in its teardown, after the mail it
+    handed on, on the same socket, and names the LinkChanged that stopped it."""
+    proxy = proxy_for("sender")(rig.actor.env)
+    proxy.setup()
+    try:
+        proxy.on_mail(FlowGrant(request=3, nbytes=1))
+        proxy.on_mail(LinkChanged(actor="sender", why="test", seq=41))
+        proxy.teardown()
+        attach = rig.mailboxes["attach"]
+        got = []
+        while attach.poll(200):
+            got.append(codec.decode(attach.recv()))
+        assert [type(m) for m in got] == [ActorMail, ProxyStopped]
+        assert got[1] == ProxyStopped(actor="sender", seq=41)
+    finally:
+        for sock in proxy._sockets:
+            sock.close(0)
 
 
 def test_the_same_process_saying_hello_again_changes_nothing(rig: Rig) -> None:
     rig.hello()
     rig.told("gateway")
-    rig.told("sender")
+    (restart,) = rig.told("sender")
+    assert isinstance(restart, LinkChanged)
     rig.actor.on_actor_restarted("sender")
+    rig.actor.on_mail(ProxyStopped(actor="sender", seq=restart.seq))
     rig.hello()  # (its hello again, on the same connection)
     assert _outbound(rig.told("gateway")) == [AttachReply(actor="sender", code="ok", reason="")]
     assert rig.told("sender") == []  # no restart

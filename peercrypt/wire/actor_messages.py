@@ -72,6 +72,19 @@ class LinkChanged(Message):
     TYPE = "link-changed"
     actor: str = field(metadata=bounded(ACTOR_NAME, 1))
     why: str = field(default="", metadata=bounded(512))
+    seq: int = counter(0)  # which of attach's restarts this is (ProxyStopped names it)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class ProxyStopped(Message):
+    """A proxy -> attach, the last thing it says before it stops: after all
+    the mail it handed on, so attach knows that none of it is still coming.
+    ``seq``: the LinkChanged that stopped it (0: something else did)."""
+
+    TYPE = "proxy-stopped"
+    actor: str = field(metadata=bounded(ACTOR_NAME, 1))
+    seq: int = counter(0)
 
 
 @message
