@@ -98,7 +98,7 @@ class _Link:
     restart: int = 0  # the LinkChanged it waits for (its seq)
     asked: float = 0.0  # when that was told
     stopped: bool = False  # that restart's proxy said ProxyStopped
-    restarted: bool = False  # a restart of the proxy was told since
+    restarted: bool = False  # every actor was told since that the proxy restarted
 
 
 class AttachActor(Actor):
@@ -313,9 +313,7 @@ class RemoteActorProxy(Actor):
     as after a crash."""
 
     REPORT_TO = None  # the attached actor reports for itself
-
-    def setup(self) -> None:
-        self.stopped_for = 0  # the LinkChanged that stops it
+    stopped_for = 0  # the LinkChanged that stops it (its seq; 0: none)
 
     def teardown(self) -> None:
         # Last, after all it handed on (the same socket): see the module docs.
