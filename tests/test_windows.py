@@ -692,7 +692,9 @@ def test_chunks_queued_past_their_credits_grace_still_hold_the_buffer() -> None:
     later = 1.0 + CREDIT_GRACE + 1.0
     assert first.allowed(later) == 4 and first.queued == 8
     assert allowance_bytes(first, chunk, later) == 80
-    second = ReceiveWindow(100, node_credit(window, chunk, buffer, 2, 80))
+    second = ReceiveWindow(
+        100, node_credit(window, chunk, buffer, 2, allowance_bytes(first, chunk, later))
+    )
     assert second.window == 1
     queued = first.queued
     for index in range(8):  # the second one's sender tries for more
