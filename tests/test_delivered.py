@@ -171,25 +171,36 @@ def test_a_snapshot_and_its_journal_are_the_live_table(
     assert DeliveredTable.decode(snapshot, capacity, journal).encode() == live.encode()
 
 
-@settings(deadline=None)
+@settings(deadline=None, max_examples=400)
 @given(
-    st.lists(st.tuples(st.booleans(), st.integers(0, 12), st.sampled_from([A, B, b"c" * 32]))),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["record", "forget", "gone"]),
+            st.integers(0, 12),
+            st.sampled_from([A, B, b"c" * 32]),
+        )
+    ),
     st.integers(1, 8),
 )
 def test_eviction_is_the_oldest_entry_of_the_identity_holding_most(
-    steps: list[tuple[bool, int, bytes]], capacity: int
+    steps: list[tuple[str, int, bytes]], capacity: int
 ) -> None:
     """Against a model that counts the whole table at each eviction (what
     the table kept counts as entries come and go): the same entries, in the
-    same order, after any records and forgets."""
+    same order, after any records, forgets and lookups of a stored copy that
+    is gone (which forget its entry)."""
     table = DeliveredTable(capacity)
     model: list[tuple[bytes, str]] = []  # (identity, file), oldest first
-    for record, n, peer in steps:
-        _apply(table, (record, n, peer))
+    for kind, n, peer in steps:
+        if kind == "gone":
+            d = _delivery(peer=peer, name=f"f{n}", stored=f"g{n}", n=n, tree=n % 3 == 0)
+            assert table.lookup(d.key, lambda name: None) is None
+        else:
+            _apply(table, (kind == "record", n, peer))
         entry = (peer, f"f{n}")
         if entry in model:
             model.remove(entry)
-        if not record:
+        if kind != "record":
             continue
         model.append(entry)
         while len(model) > capacity:
