@@ -9,7 +9,6 @@ came is asked for again. The actor runs in this thread with real sockets
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,8 @@ import zmq
 
 from actors.attach import ATTACHING_AGAIN_AFTER, AttachActor, proxy_for
 from peercrypt.crypto.identity import fingerprint, new_network_key
-from peercrypt.runtime.actor import ActorEnv
 from peercrypt.testing.clock import FakeClock
+from peercrypt.testing.in_thread import actor_env
 from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec
 from peercrypt.wire.actor_messages import (
@@ -68,31 +67,16 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    ctx: zmq.Context[Any] = zmq.Context()
-    clock = FakeClock()
-    env = ActorEnv(context=ctx, node_uid=f"at{time.monotonic_ns()}", clock=clock)
-    mailboxes = {}
-    for name in ("gateway", "control", "sender", "attach"):
-        sock = ctx.socket(zmq.PULL)
-        sock.linger = 0
-        sock.bind(env.address(name))
-        mailboxes[name] = sock
-    settings = loopback_settings(
-        tmp_path,
-        new_network_key(),
-        remote_actors=("sender",),
-        attach_allow=frozenset({fingerprint(PEER)}),
-    )
-    actor = AttachActor(env, settings)
-    actor.setup()
-    try:
+    with actor_env(("gateway", "control", "sender", "attach")) as (env, clock, mailboxes):
+        settings = loopback_settings(
+            tmp_path,
+            new_network_key(),
+            remote_actors=("sender",),
+            attach_allow=frozenset({fingerprint(PEER)}),
+        )
+        actor = AttachActor(env, settings)
+        actor.setup()
         yield Rig(actor, clock, mailboxes)
-    finally:
-        for sock in mailboxes.values():
-            sock.close(0)
-        for sock in actor._sockets:
-            sock.close(0)
-        ctx.term()
 
 
 def _send(request: int) -> SendRequest:

@@ -5,7 +5,6 @@ thread with its real client socket; its clock is a fake one."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,9 @@ import zmq
 from actors import control
 from actors.control import ControlActor
 from peercrypt.crypto.identity import load_or_create_identity, network_server_keys, new_network_key
-from peercrypt.runtime.actor import ActorEnv
 from peercrypt.settings import NodeSettings
 from peercrypt.testing.clock import FakeClock
+from peercrypt.testing.in_thread import actor_env
 from peercrypt.wire import codec, columns
 from peercrypt.wire.local_messages import McTargetProgress, Progress, Progresses, SendRequest
 from peercrypt.wire.messages import SettingReply, SettingRequest, TransfersReply, TransfersRequest
@@ -70,35 +69,19 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    clock = FakeClock()
-    ctx: zmq.Context[Any] = zmq.Context()
-    env = ActorEnv(context=ctx, node_uid=f"cl{time.monotonic_ns()}", clock=clock)
-    mailboxes = {}
-    for name in ("sender", "msender", "scheduler", "health"):
-        sock = ctx.socket(zmq.PULL)
-        sock.linger = 0
-        sock.bind(env.address(name))
-        mailboxes[name] = sock
-    settings = NodeSettings(
-        data_dir=tmp_path,
-        inbox=tmp_path / "inbox",
-        identity=load_or_create_identity(tmp_path),
-        server_keys=network_server_keys(new_network_key()),
-    )
-    actor = ControlActor(env, settings, TOKEN)
-    actor.setup()
-    client = ctx.socket(zmq.DEALER)
-    client.linger = 0
-    client.connect(actor.endpoint)
-    try:
+    with actor_env(("sender", "msender", "scheduler", "health")) as (env, clock, mailboxes):
+        settings = NodeSettings(
+            data_dir=tmp_path,
+            inbox=tmp_path / "inbox",
+            identity=load_or_create_identity(tmp_path),
+            server_keys=network_server_keys(new_network_key()),
+        )
+        actor = ControlActor(env, settings, TOKEN)
+        actor.setup()
+        client = env.context.socket(zmq.DEALER)
+        client.linger = 0
+        client.connect(actor.endpoint)
         yield Rig(actor, clock, client, mailboxes)
-    finally:
-        client.close(0)
-        for sock in mailboxes.values():
-            sock.close(0)
-        for sock in actor._sockets:
-            sock.close(0)
-        ctx.term()
 
 
 def _rows(who: str, n: int) -> list[dict[str, str]]:
