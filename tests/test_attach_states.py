@@ -192,3 +192,21 @@ def test_the_same_process_saying_hello_again_changes_nothing(rig: Rig) -> None:
     assert rig.status() == f"attached {fingerprint(PEER)}"
     rig.to_sender(_send(7))
     assert _outbound(rig.told("gateway")) == [_send(7)]
+
+
+def test_the_attached_process_cannot_say_its_proxy_stopped(rig: Rig) -> None:
+    """Mail from the link goes to the node's actors only: an attached process
+    (or a member posing as one) that addresses the attach actor itself with
+    the proxy's last word does not make itself the node's actor early."""
+    rig.hello()
+    (restart,) = rig.told("sender")
+    assert isinstance(restart, LinkChanged)
+    forged = ProxyStopped(actor="sender", seq=restart.seq)
+    mail = ActorMail(dest="attach", payload=codec.encode(forged))
+    rig.actor.on_mail(
+        Inbound(route=ROUTE, peer=PEER, peer_host="10.0.0.2", payload=codec.encode(mail))
+    )
+    rig.actor.on_actor_restarted("sender")
+    assert rig.status() == f"attaching {fingerprint(PEER)}"
+    assert rig.actor.counters["link-bad-dest"] == 1
+    assert rig.told("attach") == []
