@@ -419,7 +419,11 @@ class ControlActor(Actor):
         route, theirs = entry
         if REPLIES[type(msg)]:
             self._forget(request)
-        self.api.send_multipart([route, _local(_with_request(msg, theirs))])
+        if isinstance(msg, Progress):  # with the id `transfers` and `cancel ID` know it by
+            out: codec.Message = dataclasses.replace(msg, request=theirs, transfer=request)
+        else:
+            out = _with_request(msg, theirs)
+        self.api.send_multipart([route, _local(out)])
 
     # -- whom members' records place at a send's addresses (actors/health.py) ------
 

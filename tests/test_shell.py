@@ -142,7 +142,9 @@ def test_start_runs_every_command_of_the_shell(
     pty.run("jobs", r"\[1\] running")
     pty.run(
         "jobs --json",
-        r'\[\{"id": 1, "state": "running", "exit": null, "line": "send [^"]* ' + port + '"',
+        r'\[\{"id": 1, "state": "running", "exit": null, "transfer": \d+, "line": "send [^"]* '
+        + port
+        + '"',
     )  # the line as typed, without its `&`
     pty.expect(r"\[1\] done, exit 0")
     stored = [p for p in peer.inbox.iterdir() if p.name == source.name]
@@ -396,4 +398,43 @@ def test_cancel_stops_a_background_send(
     pty.run("jobs", r"\[1\] exit 1")
     assert not (peer.inbox / source.name).exists()
     assert run_cli("status", data_dir=data_dir).returncode == 0  # the node goes on
+    assert pty.leave() == 0
+
+
+def test_a_background_send_is_cancelled_by_its_transfer_id_or_by_its_job(
+    started: tuple[Pty, Path],
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    """A job's number counts the shell's sends, the transfer ID the node's
+    (`transfers`, `cancel ID`): a send from outside the shell makes them
+    differ, and the shell names each job's ID and takes `cancel %JOB`."""
+    pty, data_dir = started
+    peer = node_factory()
+    small = make_file(10 * 1024)
+    outside = run_cli("send", small, peer.host, str(peer.port), "--json", data_dir=data_dir)
+    assert outside.returncode == 0, outside.stderr  # transfer 1, from outside the shell
+    pty.run("max-rate 200000", "node rate cap")
+    first, second = make_file(4 * 1024 * 1024), make_file(4 * 1024 * 1024)
+    out = pty.run(f"send {first} {peer.host} {peer.port}", r"\[1\] sending in the background")
+    said = re.search(r"as transfer (\d+) \(`cancel (\d+)` or `cancel %1` stops it\)", out)
+    assert said and said.group(1) == said.group(2) == "2", out
+    out = pty.run(f"send {second} {peer.host} {peer.port}", r"\[2\] sending in the background")
+    assert "as transfer 3 (`cancel 3` or `cancel %2` stops it)" in out, out
+    out = pty.run("jobs", r"\[2\] running")
+    assert re.search(r"\[1\] running +transfer 2 +send ", out), out
+    assert re.search(r"\[2\] running +transfer 3 +send ", out), out
+    listed = pty.run("jobs --json", r"\]")
+    assert '"transfer": 2' in listed and '"transfer": 3' in listed, listed
+    pty.run("cancel %9", r"peercrypt: error: no job %9 \(`jobs` lists this shell's sends\)")
+    pty.run("cancel %1", "")
+    pty.expect(r"\[1\] done, exit 1")
+    out = pty.run("transfers --json", r"\]")
+    ids = re.findall(r'"id": "?(\d+)', out)
+    assert ids == ["3"], out  # the second send runs on
+    pty.run("cancel %1", r"peercrypt: error: job %1 has ended \(exit 1\): nothing to cancel")
+    pty.run("cancel 3", "")
+    pty.expect(r"\[2\] done, exit 1")
+    assert not (peer.inbox / first.name).exists() and not (peer.inbox / second.name).exists()
+    assert blake3_file(peer.inbox / small.name) == blake3_file(small)
     assert pty.leave() == 0

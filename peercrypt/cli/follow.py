@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,12 @@ from peercrypt.wire.local_messages import (
 )
 
 R = TypeVar("R", bound=Message)
+
+# Told the send's id in the node (``transfers``, ``cancel ID``) once its
+# first progress names it: ``listener.on_transfer(id)``, if the thread that
+# follows the send set one (the shell's background jobs: each runs the send
+# command in a thread of its own).
+listener = threading.local()
 
 
 def follow(
@@ -87,6 +94,8 @@ def _await_result(
         if isinstance(msg, result_type):
             return msg
         if isinstance(msg, Progress):
+            if msg.transfer and (told := getattr(listener, "on_transfer", None)) is not None:
+                told(msg.transfer)
             if view is not None:
                 view.on_progress(msg)
             if msg.note and msg.note != said:  # e.g. the receiver's port closed; retrying

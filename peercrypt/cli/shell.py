@@ -37,6 +37,7 @@ from typing import Any
 import click
 
 from peercrypt import errors
+from peercrypt.cli import follow
 from peercrypt.cli.common import UserError, count_in
 from peercrypt.cli.node import node_options, node_settings, run_node
 from peercrypt.cli.receive import inbound
@@ -50,13 +51,16 @@ from peercrypt.wire.network_messages import CheckRequest, CheckResult, PeersRepl
 HISTORY_FILE = "shell_history"  # in the data dir
 PROMPT = "peercrypt> "
 WATCH_EVERY = 0.5  # seconds between the watcher's looks at the node
+# Seconds a background send's first line waits for the send's id in the node
+# (its first progress names it, a few milliseconds after the request).
+ID_WAIT = 2.0
 # Shell-only commands (everything else is a command of the CLI).
 SHELL_COMMANDS = {
     "help": "The commands, and the node's status; `help COMMAND` for one command.",
     "quit": "Leave the shell (`start`: and stop its node).",
     "exit": "Leave the shell (`start`: and stop its node).",
-    "jobs": "The background sends and how they ended (`transfers` and `cancel ID` stop one; "
-    "`jobs --json`: a JSON list).",
+    "jobs": "The background sends, their transfer IDs and how they ended (`cancel ID` or "
+    "`cancel %JOB` stops one; `jobs --json`: a JSON list).",
 }
 # Commands that only make sense outside a running shell.
 NOT_IN_SHELL = {"start", "shell", "node"}
@@ -81,10 +85,19 @@ class Job:
     line: str
     thread: threading.Thread | None = None
     code: int | None = None  # None while running
+    # The send's id in the node (`transfers`, `cancel ID`): not the job's
+    # number, which counts this shell's sends only. 0 until its first progress.
+    transfer: int = 0
+    settled: threading.Event = field(default_factory=threading.Event)  # id known, or ended
 
     @property
     def running(self) -> bool:
         return self.code is None
+
+    def learned(self, transfer: int) -> None:
+        if not self.transfer:
+            self.transfer = transfer
+        self.settled.set()
 
 
 @dataclass
@@ -147,6 +160,11 @@ class Shell:
             if rest not in ([], ["--json"]):
                 return self._error("`jobs` takes no argument but --json")
             return self._jobs(as_json=bool(rest))
+        if name == "cancel" and rest and rest[0].startswith("%"):
+            transfer = self._job_transfer(rest[0])
+            if transfer is None:
+                return errors.USAGE
+            words = [name, str(transfer), *rest[1:]]
         if name in NOT_IN_SHELL:
             return self._error(f"`{name}` is not a shell command (the shell runs on its node)")
         if name not in command_names(self):  # the shell's commands, not the CLI's
@@ -208,7 +226,7 @@ class Shell:
         if as_json:
             rows = [
                 {"id": j.number, "state": "running" if j.running else "done", "exit": j.code,
-                 "line": j.line}
+                 "transfer": j.transfer or None, "line": j.line}
                 for j in self.jobs
             ]  # fmt: skip
             click.echo(json.dumps(rows))
@@ -217,8 +235,26 @@ class Shell:
             click.echo("no background sends")
         for job in self.jobs:
             state = "running" if job.running else f"exit {job.code}"
-            click.echo(f"[{job.number}] {state:8} {job.line}")
+            transfer = f"transfer {job.transfer}" if job.transfer else "transfer -"
+            click.echo(f"[{job.number}] {state:8} {transfer:12} {job.line}")
         return errors.OK
+
+    def _job_transfer(self, spec: str) -> int | None:
+        """The transfer ID of the running job ``%N`` (for ``cancel``), or
+        None after saying why not."""
+        number = spec[1:]
+        job = None
+        if number.isdigit() and 1 <= int(number) <= len(self.jobs):
+            job = self.jobs[int(number) - 1]
+        if job is None:
+            self._error(f"no job {spec[:20]} (`jobs` lists this shell's sends)")
+        elif not job.running:
+            self._error(f"job {spec} has ended (exit {job.code}): nothing to cancel")
+        elif not job.transfer:
+            self._error(f"job {spec} has no transfer ID yet; try again in a moment")
+        else:
+            return job.transfer
+        return None
 
     # -- sends in the background --------------------------------------------------------
 
@@ -249,14 +285,24 @@ class Shell:
         )
         self.jobs.append(job)
         job.thread.start()
-        click.echo(f"[{job.number}] sending in the background (`jobs`; `cancel ID` stops it)")
+        job.settled.wait(ID_WAIT)
+        if job.transfer:
+            click.echo(
+                f"[{job.number}] sending in the background as transfer {job.transfer} "
+                f"(`cancel {job.transfer}` or `cancel %{job.number}` stops it)"
+            )
+        elif job.running:
+            click.echo(f"[{job.number}] sending in the background (`jobs`; `cancel %{job.number}`)")
         return errors.OK
 
     def _run_job(self, job: Job, args: list[str]) -> None:
+        follow.listener.on_transfer = job.learned
         try:
             job.code = execute(self.group, [*self.global_args(), *args])
         except KeyboardInterrupt:  # cancelled before the send started following
             job.code = 130
+        finally:
+            job.settled.set()
         if job.code != errors.OK:
             self.failures.append(job.code)
         click.echo(f"[{job.number}] done, exit {job.code}: {job.line}")

@@ -98,7 +98,9 @@ class Progress(Message):
     hash: ``done_bytes`` hashed), ``verifying`` (the receiver checks the
     hash; ``done_bytes`` = ``total_bytes``). ``note``: what it is doing
     about a problem (e.g. the receiver's port closed; retrying), shown once
-    to the user."""
+    to the user. ``transfer``: the send's id in the node (the one
+    ``transfers``, ``top`` and ``cancel ID`` use; the client's own request id
+    is another), set by the control actor on its way to the client."""
 
     TYPE = "progress"
     request: int = counter()
@@ -108,6 +110,7 @@ class Progress(Message):
     done_files: int = counter(default=0)  # a folder or several files: files fully acked
     total_files: int = counter(default=0)
     phase: str = field(default="sending", metadata=bounded(16))
+    transfer: int = counter(default=0)
 
 
 @message
@@ -126,6 +129,7 @@ class Progresses(Message):
     done_files: list[int] = column(Progress, "done_files")
     total_files: list[int] = column(Progress, "total_files")
     phase: list[str] = column(Progress, "phase")
+    transfer: list[int] = column(Progress, "transfer")  # 0 from the sender: control sets it
 
 
 PHASES = (
