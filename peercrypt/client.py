@@ -23,6 +23,12 @@ class NodeUnavailable(Exception):
     """No node answers on this data directory's control socket."""
 
 
+class AnotherRelease(NodeUnavailable):
+    """The node answers in a form this command cannot read: it runs
+    another release (the package was updated while it ran). Waiting does
+    not help: a command stops at once with this one line."""
+
+
 class ControlClient:
     def __init__(self, endpoint: str, token: str, pid: int | None = None) -> None:
         """``pid``: the node's process, to tell a dead node from a slow one."""
@@ -84,14 +90,19 @@ class ControlClient:
         if data is None:
             raise NodeUnavailable("the node did not answer")
         try:
-            reply = codec.decode(data, version=codec.LOCAL_VERSION)
+            reply = codec.decode(data, version=codec.LOCAL_VERSION, lenient=True)
         except codec.VersionMismatch as exc:
             theirs: int | None = exc.theirs
+        except codec.DecodeError as exc:
+            raise AnotherRelease(
+                f"cannot read the node's reply ({exc.kind}: {exc.detail}): it runs another "
+                "release of PeerCrypt than this command; restart it with this one"
+            ) from None
         else:
             theirs = codec.mismatch_of(reply, codec.LOCAL_VERSION)
             if theirs is None:
                 return reply
-        raise NodeUnavailable(
+        raise AnotherRelease(
             f"the node runs another release (control protocol {theirs}, this command "
             f"{codec.LOCAL_VERSION}): restart it with this one"
         )

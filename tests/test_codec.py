@@ -638,3 +638,33 @@ def test_the_messages_between_nodes_change_only_with_the_protocol_version() -> N
         f"a message added within version {VERSION} changed ({_schema(added)}): "
         "a node that knows it refuses the other form"
     )
+
+
+def test_only_a_lenient_decode_takes_a_field_less_or_more_and_it_checks_what_is_there() -> None:
+    """A command reading its node's replies (``lenient``) takes a message of
+    the release before or after it: a missing field that has a default, an
+    unknown one left out. Everything else, a peer's message above all,
+    stays strict; and a lenient decode still checks every value present and
+    refuses a missing field that has no default."""
+    from peercrypt.wire.local_messages import Progress
+
+    local = codec.LOCAL_VERSION
+    fields = {"request": 3, "done_bytes": 5, "total_bytes": 9, "note": "", "done_files": 0,
+              "total_files": 0, "phase": "sending"}  # fmt: skip
+    older = msgpack.packb([local, "progress", fields])  # no `transfer`
+    newer = msgpack.packb([local, "progress", {**fields, "transfer": 2, "later": "x"}])
+    assert decode(older, version=local, lenient=True) == Progress(
+        request=3, done_bytes=5, total_bytes=9, transfer=0
+    )
+    assert decode(newer, version=local, lenient=True) == Progress(
+        request=3, done_bytes=5, total_bytes=9, transfer=2
+    )
+    for frame in (older, newer):
+        with pytest.raises(DecodeError, match="fields"):
+            decode(frame, version=local)
+    required = {k: v for k, v in fields.items() if k != "done_bytes"}
+    with pytest.raises(DecodeError, match=r"missing \['done_bytes'\]"):
+        decode(msgpack.packb([local, "progress", required]), version=local, lenient=True)
+    wrong = {**fields, "done_bytes": "five"}
+    with pytest.raises(DecodeError, match="field-type"):
+        decode(msgpack.packb([local, "progress", wrong]), version=local, lenient=True)

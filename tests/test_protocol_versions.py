@@ -7,6 +7,7 @@ version on the network's key with a fresh identity."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -17,12 +18,12 @@ import msgpack
 import pytest
 import zmq
 
-from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
 from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.testing.member_port import MemberPort
-from peercrypt.testing.nodes import LOCALHOST, NodeProcess, wait_until
+from peercrypt.testing.nodes import LOCALHOST, NodeProcess, start_cli, wait_until
 from peercrypt.wire import codec
-from peercrypt.wire.local_messages import StatusRequest
+from peercrypt.wire.local_messages import Progress, StatusRequest
 
 WAIT = 10.0  # s; every wait below is bounded
 OURS = codec.VERSION
@@ -212,3 +213,90 @@ def test_a_command_and_a_node_of_different_releases_say_so(
     finally:
         fake.close()
         ctx.term()
+
+
+class _FakeControl:
+    """A control socket answering as a node of another release would: a
+    ROUTER on loopback, found through ``DATA_DIR/control.json`` (this test's
+    pid stands for the node's)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        port = self.sock.bind_to_random_port(f"tcp://{LOCALHOST}")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        info = {"endpoint": f"tcp://{LOCALHOST}:{port}", "token": "t0ken", "pid": os.getpid()}
+        (data_dir / "control.json").write_text(json.dumps(info))
+        os.chmod(data_dir / "control.json", 0o600)
+
+    def next(self) -> tuple[bytes, str, dict[str, Any]]:
+        """The next request: (route, its type, its fields)."""
+        assert self.sock.poll(int(WAIT * 1000)), "no request from the command"
+        route, token, frame = self.sock.recv_multipart()
+        assert token == b"t0ken"
+        _, type_name, fields = msgpack.unpackb(frame, raw=False)
+        return route, type_name, fields
+
+    def answer(self, route: bytes, type_name: str, fields: dict[str, Any]) -> None:
+        self.sock.send_multipart([route, _envelope(codec.LOCAL_VERSION, type_name, fields)])
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def _progress(request: int, **changes: Any) -> dict[str, Any]:
+    fields = {
+        "request": request, "done_bytes": 0, "total_bytes": 10, "note": "", "done_files": 0,
+        "total_files": 0, "phase": "offering", "transfer": 4,
+    }  # fmt: skip
+    fields.update(changes)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def test_a_command_reads_a_reply_with_a_field_less_or_more_and_stops_at_one_it_cannot(
+    tmp_path: Path,
+) -> None:
+    """The package updated while its node ran: the node's replies lack a
+    field this release added (its default), or carry one it does not know
+    (left out), and are read; one that lacks a field without a default is
+    one line and exit 1 at once (no traceback, no waiting out the send's
+    silence), and the send is cancelled in the node."""
+    fake = _FakeControl(tmp_path / "data")
+    source = tmp_path / "f.bin"
+    source.write_bytes(os.urandom(10))
+    try:
+        command = ControlClient.for_data_dir(tmp_path / "data")
+        try:
+            command.send(StatusRequest(request=1))
+            route, type_name, _ = fake.next()
+            assert type_name == "status-request"
+            fake.answer(route, "progress", _progress(1, transfer=None, from_later_on=[1, 2]))
+            read = command.receive(WAIT)
+            assert read == Progress(request=1, total_bytes=10, done_bytes=0, phase="offering")
+            fake.answer(route, "progress", _progress(1, done_bytes=None))
+            with pytest.raises(AnotherRelease, match=r"cannot read the node's reply \(fields: "):
+                command.receive(WAIT)
+        finally:
+            command.close()
+        cli = start_cli("send", source, LOCALHOST, "7400", data_dir=tmp_path / "data")
+        try:
+            route, type_name, fields = fake.next()
+            assert type_name == "send-request", type_name
+            request = fields["request"]
+            fake.answer(route, "progress", _progress(request, transfer=None, extra="x"))
+            fake.answer(route, "progress", _progress(request, phase=None, done_bytes=None))
+            _, type_name, fields = fake.next()
+            assert (type_name, fields["request"]) == ("cancel-request", request)
+            out, err = cli.communicate(timeout=WAIT)
+        finally:
+            cli.kill()
+            cli.communicate(timeout=WAIT)
+    finally:
+        fake.close()
+    assert cli.returncode == 1, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("peercrypt: error: cannot read the node's reply (fields: "), err
+    assert lines[0].endswith("restart it with this one (the transfer was cancelled)"), err

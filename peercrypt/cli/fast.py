@@ -218,7 +218,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
     from peercrypt.cli.follow import follow
     from peercrypt.cli.progress import progress_view, wanted
     from peercrypt.cli.send_report import report
-    from peercrypt.client import ControlClient, NodeUnavailable
+    from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
     from peercrypt.errors import ResultCode
     from peercrypt.wire.local_messages import CancelRequest, ErrorReply, SendRequest, SendResult
 
@@ -252,6 +252,9 @@ def _send(line: Line, data_dir: Path) -> int | None:
         except (NodeUnavailable, KeyboardInterrupt) as exc:
             client.send(CancelRequest(request=request))  # should it arrive after all
             client.linger = int(FIRST_REPLY * 1000)
+            if isinstance(exc, AnotherRelease):  # the click command would not read it either
+                _error(str(exc))
+                return errors.FAILED
             if isinstance(exc, NodeUnavailable):
                 return None
             _error("interrupted; the transfer was cancelled")

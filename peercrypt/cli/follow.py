@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from peercrypt import errors
-from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
 from peercrypt.errors import CommandError as Stop
 from peercrypt.wire.codec import Message
 from peercrypt.wire.local_messages import (
@@ -53,7 +53,9 @@ def follow(
 
     Other replies to the request go to ``on_other``. Ctrl-C cancels the
     request in the node (exit 130). Raises CommandError when the node stops,
-    or after ``timeout`` + 30 s of silence (it reports progress every 0.1 s).
+    or after ``timeout`` + 30 s of silence (it reports progress every 0.1 s),
+    or at once, cancelling the request, when a reply cannot be read (the
+    node runs another release).
     """
     try:  # from here on (the request is already sent), Ctrl-C cancels it
         return _await_result(client, request, view, result_type, timeout + 30.0, on_other)
@@ -62,6 +64,9 @@ def follow(
         with contextlib.suppress(NodeUnavailable, Stop):
             _await_result(client, request, view, result_type, 5.0, on_other)
         raise Stop("interrupted; the transfer was cancelled", 130) from None
+    except AnotherRelease as exc:  # this command cannot follow it: nor would the next
+        client.send(CancelRequest(request=request))
+        raise Stop(f"{exc} (the transfer was cancelled)", errors.FAILED) from None
     finally:
         if view is not None:
             view.close()
@@ -80,6 +85,8 @@ def _await_result(
     while True:
         try:
             msg = client.receive(min(1.0, silence))
+        except AnotherRelease:  # waiting does not help (follow cancels the request)
+            raise
         except NodeUnavailable:
             if not client.node_alive():
                 raise Stop("the local node stopped", errors.FAILED) from None

@@ -318,10 +318,21 @@ def encode(msg: Message, version: int = VERSION) -> bytes:
 
 
 def decode(
-    data: bytes | memoryview, max_bytes: int = MAX_MESSAGE_BYTES, version: int = VERSION
+    data: bytes | memoryview,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    version: int = VERSION,
+    *,
+    lenient: bool = False,
 ) -> Message:
     """Decode one message of ``version``'s envelope (LOCAL_VERSION on the
-    control socket), strictly. Raises only :class:`DecodeError`."""
+    control socket), strictly. Raises only :class:`DecodeError`.
+
+    ``lenient`` (a command reading its own node's replies, never a peer's
+    message nor a request to the node): a field the message lacks takes its
+    default if it has one, and a field this release does not know is left
+    out; every value present is checked as strictly. So a command reads a
+    node of the release before or after it (updated while the node ran)
+    wherever the fields it needs are there."""
     if len(data) > max_bytes:
         raise DecodeError("oversize", f"{len(data)} bytes > {max_bytes}")
     try:
@@ -355,6 +366,9 @@ def decode(
     if not isinstance(fields, dict):
         raise DecodeError("malformed", "fields is not a map")
     checks = field_checks(cls)
+    if lenient and fields.keys() != checks.keys():
+        fields = {k: v for k, v in fields.items() if k in checks}
+        fields.update(_defaults(cls, checks.keys() - fields.keys()))
     if fields.keys() != checks.keys():
         missing = sorted(checks.keys() - fields.keys())
         extra = sorted(str(k) for k in fields.keys() - checks.keys())
@@ -363,6 +377,19 @@ def decode(
         if not ok(fields[name]):
             raise DecodeError("field-type", f"{type_name}.{name}")
     return cls(**fields)
+
+
+def _defaults(cls: type[Message], missing: typing.Iterable[str]) -> dict[str, Any]:
+    """The defaults of ``cls``'s fields ``missing`` that have one."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in missing:
+            continue
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def decode_as(data: bytes | memoryview, cls: type[M], max_bytes: int = MAX_MESSAGE_BYTES) -> M:
