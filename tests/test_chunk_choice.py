@@ -102,11 +102,12 @@ def test_the_default_range_by_load(running: int, chunk: int, credit: int) -> Non
 
 
 def test_a_file_of_few_chunks_takes_the_smallest_offered() -> None:
-    """Alone on the node: 4 MiB chunks from 128 MiB (32 of them) up, 2 MiB
-    from 64 MiB, 1 MiB below (and for a file of one chunk or none)."""
-    for size, chunk in ((1 << 40, 4 * MiB), (128 * MiB, 4 * MiB), (128 * MiB - 1, 2 * MiB)):
+    """Alone on the node: 4 MiB chunks from 512 MiB (128 of them) up, 2 MiB
+    from 256 MiB, 1 MiB below (and for a file of one chunk or none)."""
+    for size, chunk in ((1 << 40, 4 * MiB), (512 * MiB, 4 * MiB), (512 * MiB - 1, 2 * MiB)):
         assert choose_chunk(MiB, 4 * MiB, size, BUFFER, 1) == chunk
-    for size in (64 * MiB - 1, 32 * MiB, 3 * MiB, 1000, 0):
+    assert choose_chunk(MiB, 4 * MiB, 256 * MiB, BUFFER, 1) == 2 * MiB
+    for size in (256 * MiB - 1, 128 * MiB, 32 * MiB, 3 * MiB, 1000, 0):
         assert choose_chunk(MiB, 4 * MiB, size, BUFFER, 1) == MiB
 
 

@@ -146,7 +146,7 @@ def recorded(
 def test_a_send_without_chunk_size_cuts_the_receivers_choice(recorded: Recorded) -> None:
     """A send that names no chunk size offers DEFAULT_MIN_CHUNK to
     DEFAULT_MAX_CHUNK (peercrypt/chunking.py) and the receiver cuts a file
-    of fewer than 32 chunks of the larger sizes in the smallest
+    of fewer than 128 chunks of the larger sizes in the smallest
     (core/receive_window.py, choose_chunk): the file is cut in those, the
     last one short, both sides say so, and the file stored is the source."""
     row = next(r for r in recorded.sent if r["mode"] == "normal")

@@ -192,14 +192,17 @@ def allowance_bytes(window: ReceiveWindow, chunk_size: int, now: float) -> int:
 # credit of one chunk leaves a transfer waiting for each ack in turn.
 CHUNKS_PER_SHARE = 2
 # ... and only for a file of at least this many of them. Larger chunks save
-# per-chunk work (one send: 0.3 CPU s per GiB on both nodes from 1 to 4 MiB),
-# nothing of note for a file of a few dozen chunks, while they make its
-# credit coarser, and a transfer keeps its chunk size when others start
-# beside it: with 64 sends of 32 MiB at once among 4 nodes, the few that
-# started on an idle node in 4 MiB chunks each held a credit of twice their
-# share to their end (Jain 0.69 and 0.83 against 0.97 and 0.94 in 1 MiB
-# chunks; docs/benchmarks.md).
-MIN_FILE_CHUNKS = 32
+# per-chunk work (one send of 1 GiB: 0.3 CPU s per GiB on both nodes from 1
+# to 4 MiB), nothing of note for a file of a hundred chunks or so (one send
+# of 128 MiB alone went as fast in 1 MiB chunks as in 4), while they make
+# its credit coarser, and a transfer keeps its chunk size when others start
+# beside it: with 64 sends at once among 4 nodes, the few that started on
+# an idle node in larger chunks each held a credit of one chunk, more than
+# their share, to their end (32 MiB files in 4 MiB chunks: Jain 0.69 and
+# 0.83 against 0.97 and 0.94 in 1 MiB; 128 MiB files in 4 MiB chunks while
+# this was 32: Jain 0.91 and a node's peak RSS 164-182 MiB, against 0.996
+# and 133-143 MiB in 1 MiB chunks at the same throughput; docs/benchmarks.md).
+MIN_FILE_CHUNKS = 128
 
 
 def choose_chunk(low: int, high: int, size: int, buffer: int, running: int) -> int:
