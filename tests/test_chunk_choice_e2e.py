@@ -71,21 +71,34 @@ def _held(inbox: Path) -> tuple[int, int]:
     return manifest.key.chunk_size, manifest.held().count
 
 
+def _chosen(h: HostileSender, name: str, size: int) -> int:
+    """The chunk size the receiver chooses for an offer of ``size`` bytes in
+    the range a send naming none allows (the offer is then abandoned: no
+    data moves)."""
+    t = h.offer(name, size, DEFAULT_MAX_CHUNK, min_chunk=DEFAULT_MIN_CHUNK)
+    assert isinstance(t, HostileTransfer) and t.accept is not None, t
+    t.abandon()
+    return t.accept.chunk_size
+
+
 @pytest.mark.timeout(300)
 def test_the_receiver_chooses_smaller_chunks_while_others_receive(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
 ) -> None:
-    """Alone, a send of 128 MiB naming no chunk size is cut in 4 MiB chunks
-    (a file of 32 of them); with four slow transfers receiving (a share of
-    the 32 MiB buffer: 6.4 MiB each with it), in 2 MiB (two of them fit its
-    share, two of 4 MiB do not); a file of fewer than 32 chunks of 2 MiB in
-    1 MiB, and an aimd send in 1 MiB; `--chunk-size` is honoured beside
-    them all the same."""
+    """Alone, an offer of 512 MiB in the range a send naming no chunk size
+    allows is cut in 4 MiB chunks (a file of 128 of them); with four slow
+    transfers receiving (a share of the 32 MiB buffer: 6.4 MiB each with
+    it, or 5.3 with the first offer not yet gone), in 2 MiB (two of them fit
+    its share, two of 4 MiB do not). Real sends: a file of fewer than 128
+    chunks of 2 MiB in 1 MiB, alone and by aimd; `--chunk-size` is honoured
+    beside the slow ones all the same."""
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        assert _chosen(h, "alone.bin", 512 * MiB) == DEFAULT_MAX_CHUNK
     alone = make_file(128 * MiB, name="alone.bin")
     result = _send_json(sender, alone, receiver)
-    assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MAX_CHUNK, 32)
+    assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MIN_CHUNK, 128)
     # aimd: its window in bytes (4 MiB to start) governs, not the credit.
     os.utime(alone, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new version
     result = _send_json(sender, alone, receiver, "--mode", "aimd")
@@ -102,11 +115,10 @@ def test_the_receiver_chooses_smaller_chunks_while_others_receive(
     ]  # fmt: skip
     try:
         wait_until(
-            lambda: receiver.counters().get("receiver.accepted", 0) >= 6, WAIT, "4 slow transfers"
+            lambda: receiver.counters().get("receiver.accepted", 0) >= 8, WAIT, "4 slow transfers"
         )
-        busy = make_file(128 * MiB, name="busy.bin")
-        result = _send_json(sender, busy, receiver)
-        assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (2 * MiB, 64)
+        with HostileSender(network_key, receiver.host, receiver.port) as h:
+            assert _chosen(h, "busy.bin", 512 * MiB) == 2 * MiB
         fixed = make_file(9 * MiB, name="fixed.bin")
         result = _send_json(sender, fixed, receiver, "--chunk-size", str(4 * MiB))
         assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (4 * MiB, 3)
@@ -120,16 +132,16 @@ def test_the_receiver_chooses_smaller_chunks_while_others_receive(
 def test_a_part_kept_in_offered_chunks_resumes_in_them_and_another_restarts(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
-    """A part of a 128 MiB file written in 1 MiB chunks (send --chunk-size,
+    """A part of a 256 MiB file written in 1 MiB chunks (send --chunk-size,
     the receiver killed after a checkpoint) is continued by a send naming no
-    chunk size (it allows 1..4 MiB; alone, the receiver would choose 4 MiB)
+    chunk size (it allows 1..4 MiB; alone, the receiver would choose 2 MiB)
     in 1 MiB chunks, from what its manifest held; one written in 64 KiB
     chunks (outside them) is deleted and the file sent again whole, in the
     receiver's choice."""
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
     for chunk, resumes in ((MiB, True), (64 * 1024, False)):
-        path = make_file(128 * MiB, name=f"kept{chunk}.bin")
+        path = make_file(256 * MiB, name=f"kept{chunk}.bin")
         # -r paces it (a kill after a checkpoint), -b keeps its chunks whole.
         rate = ("-r", str(8 * MiB), "-b", str(MiB))
         proc = _background(sender, path, receiver, "--chunk-size", str(chunk), *rate)
@@ -149,9 +161,9 @@ def test_a_part_kept_in_offered_chunks_resumes_in_them_and_another_restarts(
         stats = _send_json(sender, path, receiver)["stats"]
         if resumes:
             assert (stats["chunk_size"], stats["resumed_chunks"]) == (MiB, held)
-            assert stats["sent_chunks"] - stats["retransmits"] == 128 - held, stats
+            assert stats["sent_chunks"] - stats["retransmits"] == 256 - held, stats
         else:
-            assert (stats["chunk_size"], stats["resumed_chunks"]) == (DEFAULT_MAX_CHUNK, 0)
+            assert (stats["chunk_size"], stats["resumed_chunks"]) == (2 * MiB, 0)
             obsoleted = receiver.wait_for_counter("receiver.parts-obsolete", obsolete + 1)
             assert obsoleted == obsolete + 1
         assert scan(receiver.inbox).manifests == []
@@ -163,13 +175,13 @@ def test_a_running_transfer_offered_again_continues_in_its_own_chunks(
 ) -> None:
     """A transfer running in 1 MiB chunks (send --chunk-size, paced) whose
     file its sender offers again naming no chunk size (1..4 MiB; alone, the
-    receiver would choose 4 MiB) is taken over: ended, and continued from
+    receiver would choose 2 MiB) is taken over: ended, and continued from
     what it wrote, in its own 1 MiB chunks. Its bitmap counts those: read as
     one of 4 MiB chunks it was the wrong length (the offer went unanswered)
     or, for a small file, claimed chunks never written."""
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
-    path = make_file(128 * MiB, name="again.bin")
+    path = make_file(256 * MiB, name="again.bin")
     rate = ("-r", str(8 * MiB), "-b", str(MiB))
     first = _background(sender, path, receiver, "--chunk-size", str(MiB), *rate)
     try:
@@ -183,7 +195,7 @@ def test_a_running_transfer_offered_again_continues_in_its_own_chunks(
         _stop(first)
     assert receiver.wait_for_counter("receiver.taken-over", taken + 1) == taken + 1
     assert (stats["chunk_size"], stats["resumed_chunks"] > 0) == (MiB, True), stats
-    assert stats["sent_chunks"] - stats["retransmits"] == 128 - stats["resumed_chunks"], stats
+    assert stats["sent_chunks"] - stats["retransmits"] == 256 - stats["resumed_chunks"], stats
     assert scan(receiver.inbox).manifests == []
 
 
@@ -225,8 +237,8 @@ def test_a_member_offering_absurd_chunk_sizes_is_refused(
         assert isinstance(verified, Verified), verified
         assert verified.digest == blake3.blake3(data).digest()
         assert blake3_file(receiver.inbox / verified.stored_as) == verified.digest.hex()
-        # 32 chunks of the largest (the file rule), sparse: one is sent.
-        wide = h.offer("wide.bin", 32 * MAX_CHUNK, 64 * MiB, min_chunk=DEFAULT_MIN_CHUNK)
+        # 128 chunks of the largest (the file rule), sparse: one is sent.
+        wide = h.offer("wide.bin", 128 * MAX_CHUNK, 64 * MiB, min_chunk=DEFAULT_MIN_CHUNK)
         assert isinstance(wide, HostileTransfer), wide
         assert wide.accept is not None and wide.accept.chunk_size == MAX_CHUNK
         wide.send_chunk(0, os.urandom(MAX_CHUNK))
