@@ -353,31 +353,45 @@ def test_a_folder_being_hashed_is_listed_and_cancelled_by_its_id(
 
 
 def test_the_receiver_says_it_is_verifying_before_its_verdict(
-    node_factory: Nodes, network_key: str
+    stalling_disk: Callable[..., StallingDisk], node_factory: Nodes, network_key: str
 ) -> None:
     """Each Done that finds the receiver checking gets a sealed verifying
-    (what keeps a real sender waiting through a long check), then the verdict."""
-    receiver = node_factory()
+    (what keeps a real sender waiting through a long check), then the
+    verdict. The check is held in a disk that stopped answering: a check of
+    a small folder on a fast disk can end before the first Done is read."""
+    disk = stalling_disk(24 * 1024 * 1024)
+    receiver = node_factory("--inbox", str(disk.path), name="receiver")
     x = b"verify me" * 1000
     manifest = encode_manifest([d("v"), f("v", "x.bin", data=x)])
-    with HostileSender(network_key, receiver.host, receiver.port) as h:
-        t = offer_tree(h, manifest, x, 1)
-        for index in range(t.total):
-            t.send_chunk(index, (manifest + x)[index * 64 * 1024 : (index + 1) * 64 * 1024])
-        digest = blake3.blake3(manifest + x).digest()
-        seen: list[Any] = []
-        deadline = time.monotonic() + WAIT
-        while not any(isinstance(m, Verified | Failed) for m in seen):
-            assert time.monotonic() < deadline, seen
-            t.send_done(digest)
-            seen += [m for m in t.replies(0.2) if not isinstance(m, Ack)]
+    digest = blake3.blake3(manifest + x).digest()
+    seen: list[Any] = []
+    try:
+        with HostileSender(network_key, receiver.host, receiver.port) as h:
+            t = offer_tree(h, manifest, x, 1)
+            for index in range(t.total):
+                t.send_chunk(index, (manifest + x)[index * 64 * 1024 : (index + 1) * 64 * 1024])
+            t.acked(t.total)  # every chunk written: what is left is the check
+            disk.stall()
+            deadline = time.monotonic() + WAIT
+            while sum(isinstance(m, Verifying) for m in seen) < 2:  # one per Done while held
+                assert time.monotonic() < deadline, seen
+                assert not any(isinstance(m, Verified | Failed) for m in seen), seen
+                t.send_done(digest)
+                seen += [m for m in t.replies(0.2) if not isinstance(m, Ack)]
+            disk.resume()
+            while not any(isinstance(m, Verified | Failed) for m in seen):
+                assert time.monotonic() < deadline, seen
+                t.send_done(digest)
+                seen += [m for m in t.replies(0.2) if not isinstance(m, Ack)]
+    finally:
+        disk.resume()  # before the node stops: a hung disk holds it
     kinds = [type(m) for m in seen]
     assert Verifying in kinds and kinds[-1] is Verified, seen
     assert kinds.index(Verifying) < kinds.index(Verified)
     assert next(m for m in seen if isinstance(m, Verifying)).chunks == t.total
     checked = [m.done_bytes for m in seen if isinstance(m, Verifying)]
     assert checked == sorted(checked) and checked[-1] <= len(manifest + x), checked
-    assert (receiver.inbox / "v" / "x.bin").read_bytes() == x
+    assert (disk.path / "v" / "x.bin").read_bytes() == x
 
 
 def test_a_folder_verified_and_being_stored_cannot_be_cancelled_and_is_stored(
