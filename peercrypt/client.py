@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from peercrypt import errors
 from peercrypt.control_file import CONTROL_FILE
 from peercrypt.wire import codec
 from peercrypt.wire.local_messages import ErrorReply, StatusReply, StatusRequest
@@ -23,10 +24,14 @@ class NodeUnavailable(Exception):
     """No node answers on this data directory's control socket."""
 
 
-class AnotherRelease(NodeUnavailable):
+class AnotherRelease(errors.CommandError):
     """The node answers in a form this command cannot read: it runs
-    another release (the package was updated while it ran). Waiting does
-    not help: a command stops at once with this one line."""
+    another release (the package was updated while it ran). Not a node
+    that is down (no NodeUnavailable: waiting or a temporary node of one's
+    own would not help): a command stops at once with this one line."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line, errors.FAILED)
 
 
 class ControlClient:

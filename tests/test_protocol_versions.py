@@ -18,7 +18,7 @@ import msgpack
 import pytest
 import zmq
 
-from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
+from peercrypt.client import AnotherRelease, ControlClient
 from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.testing.member_port import MemberPort
 from peercrypt.testing.nodes import LOCALHOST, NodeProcess, start_cli, wait_until
@@ -202,7 +202,7 @@ def test_a_command_and_a_node_of_different_releases_say_so(
                 route, _, request = fake.recv_multipart()
                 assert msgpack.unpackb(request, raw=False)[0] == local
                 fake.send_multipart([route, msgpack.packb(answer, use_bin_type=True)])
-                with pytest.raises(NodeUnavailable) as raised:
+                with pytest.raises(AnotherRelease) as raised:  # not "down": no retry
                     command.receive(WAIT)
                 assert str(raised.value) == (
                     f"the node runs another release (control protocol {local + 1}, "

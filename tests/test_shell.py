@@ -49,6 +49,12 @@ class Pty:
             out += self.expect(pattern)
         return out + self.expect(PROMPT_RE)
 
+    def run_until(self, line: str, pattern: str) -> None:
+        """Type ``line`` and wait for its prompt and for ``pattern``, which a
+        background job may print before the prompt comes back or after."""
+        if not re.search(pattern, self.run(line)):
+            self.expect(pattern)
+
     def leave(self) -> int:
         self.child.sendeof()
         self.child.expect(pexpect.EOF, timeout=WAIT)
@@ -393,8 +399,7 @@ def test_cancel_stops_a_background_send(
     out = pty.run("transfers --json", r'"id": "?\d+')
     transfer = re.search(r'"id": "?(\d+)', out)
     assert transfer, out
-    pty.run(f"cancel {transfer.group(1)}", "")
-    pty.expect(r"\[1\] done, exit 1")
+    pty.run_until(f"cancel {transfer.group(1)}", r"\[1\] done, exit 1")
     pty.run("jobs", r"\[1\] exit 1")
     assert not (peer.inbox / source.name).exists()
     assert run_cli("status", data_dir=data_dir).returncode == 0  # the node goes on
@@ -427,14 +432,13 @@ def test_a_background_send_is_cancelled_by_its_transfer_id_or_by_its_job(
     listed = pty.run("jobs --json", r"\]")
     assert '"transfer": 2' in listed and '"transfer": 3' in listed, listed
     pty.run("cancel %9", r"peercrypt: error: no job %9 \(`jobs` lists this shell's sends\)")
-    pty.run("cancel %1", "")
-    pty.expect(r"\[1\] done, exit 1")
+    pty.run("cancel %\u00b2", r"peercrypt: error: no job %\u00b2 ")  # a digit, not ASCII
+    pty.run_until("cancel %1", r"\[1\] done, exit 1")
     out = pty.run("transfers --json", r"\]")
     ids = re.findall(r'"id": "?(\d+)', out)
     assert ids == ["3"], out  # the second send runs on
     pty.run("cancel %1", r"peercrypt: error: job %1 has ended \(exit 1\): nothing to cancel")
-    pty.run("cancel 3", "")
-    pty.expect(r"\[2\] done, exit 1")
+    pty.run_until("cancel 3", r"\[2\] done, exit 1")
     assert not (peer.inbox / first.name).exists() and not (peer.inbox / second.name).exists()
     assert blake3_file(peer.inbox / small.name) == blake3_file(small)
     assert pty.leave() == 0

@@ -148,6 +148,9 @@ def run(argv: list[str]) -> int | None:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+    except errors.CommandError as exc:  # e.g. a node of another release: its one line
+        _error(str(exc))
+        return exc.exit_code
 
 
 def _error(text: str) -> None:
@@ -249,12 +252,12 @@ def _send(line: Line, data_dir: Path) -> int | None:
         )
         try:
             first = client.receive(FIRST_REPLY)
-        except (NodeUnavailable, KeyboardInterrupt) as exc:
+        except (NodeUnavailable, AnotherRelease, KeyboardInterrupt) as exc:
             client.send(CancelRequest(request=request))  # should it arrive after all
             client.linger = int(FIRST_REPLY * 1000)
             if isinstance(exc, AnotherRelease):  # the click command would not read it either
-                _error(str(exc))
-                return errors.FAILED
+                _error(f"{exc} (the transfer was cancelled)")
+                return exc.exit_code
             if isinstance(exc, NodeUnavailable):
                 return None
             _error("interrupted; the transfer was cancelled")

@@ -85,8 +85,6 @@ def _await_result(
     while True:
         try:
             msg = client.receive(min(1.0, silence))
-        except AnotherRelease:  # waiting does not help (follow cancels the request)
-            raise
         except NodeUnavailable:
             if not client.node_alive():
                 raise Stop("the local node stopped", errors.FAILED) from None

@@ -43,7 +43,7 @@ from peercrypt.cli.node import node_options, node_settings, run_node
 from peercrypt.cli.receive import inbound
 from peercrypt.cli.runner import execute, unknown_command
 from peercrypt.cli.status_view import describe_outcome
-from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
 from peercrypt.core.modes import ALL_MODES, CONGESTION_KEYS
 from peercrypt.wire.messages import TransfersReply, TransfersRequest
 from peercrypt.wire.network_messages import CheckRequest, CheckResult, PeersReply, PeersRequest
@@ -136,7 +136,15 @@ class Shell:
         return args
 
     def run_line(self, line: str) -> int | None:
-        """Run one line; its exit code, or None to leave the shell."""
+        """Run one line; its exit code, or None to leave the shell. A line
+        the shell's own code cannot end (the node runs another release: a
+        reply it cannot read) is one error line too; the shell goes on."""
+        try:
+            return self._run_line(line)
+        except errors.CommandError as exc:
+            return self._error(str(exc), exc.exit_code)
+
+    def _run_line(self, line: str) -> int | None:
         try:
             words = shlex.split(line, comments=True)
         except ValueError as exc:
@@ -160,11 +168,11 @@ class Shell:
             if rest not in ([], ["--json"]):
                 return self._error("`jobs` takes no argument but --json")
             return self._jobs(as_json=bool(rest))
-        if name == "cancel" and rest and rest[0].startswith("%"):
-            transfer = self._job_transfer(rest[0])
-            if transfer is None:
+        if name == "cancel" and any(w.startswith("%") for w in rest):
+            mapped = [self._job_transfer(w) if w.startswith("%") else w for w in rest]
+            if None in mapped:
                 return errors.USAGE
-            words = [name, str(transfer), *rest[1:]]
+            words = [name, *(str(w) for w in mapped)]
         if name in NOT_IN_SHELL:
             return self._error(f"`{name}` is not a shell command (the shell runs on its node)")
         if name not in command_names(self):  # the shell's commands, not the CLI's
@@ -244,7 +252,12 @@ class Shell:
         None after saying why not."""
         number = spec[1:]
         job = None
-        if number.isdigit() and 1 <= int(number) <= len(self.jobs):
+        if (
+            number.isascii()
+            and number.isdigit()
+            and len(number) <= 9
+            and 1 <= int(number) <= len(self.jobs)
+        ):
             job = self.jobs[int(number) - 1]
         if job is None:
             self._error(f"no job {spec[:20]} (`jobs` lists this shell's sends)")
@@ -380,6 +393,9 @@ class Shell:
                 if client is not None:
                     client.close()
                 client = None
+            except AnotherRelease as exc:  # nothing to watch that this shell can read
+                announce(f"peercrypt: error: {exc}")
+                break
             self.stop.wait(WATCH_EVERY)
         if client is not None:
             client.close()

@@ -31,6 +31,14 @@ def names(item: type[Message]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(item))
 
 
+def shared(item: type[Message], batch: type[Message]) -> tuple[str, ...]:
+    """``item``'s fields that ``batch`` has a column of: an item field it
+    has none of (one set further on, ``Progress.transfer``) takes its
+    default when unpacked."""
+    columns = set(names(batch))
+    return tuple(c for c in names(item) if c in columns)
+
+
 def column(item: type[Message], name: str) -> Any:
     """The batch's field for ``item``'s field ``name``: a list of at most
     ``MAX_BATCH`` values, each within that field's bounds (the codec checks
@@ -41,7 +49,7 @@ def column(item: type[Message], name: str) -> Any:
 
 def batches(items: Sequence[M], batch: type[B]) -> Iterator[B]:
     """``items`` as few ``batch`` messages as fit the bounds (none for none)."""
-    cols = names(type(items[0])) if items else ()
+    cols = shared(type(items[0]), batch) if items else ()
     rows: list[M] = []
     size = 0
     for item in items:
@@ -69,7 +77,7 @@ def unpack(batch: Message, item: type[M]) -> tuple[list[M], int]:
     """The items of a decoded ``batch`` (the codec checked each value
     against ``item``'s bounds), and how many were dropped: all of them if
     its columns differ in length."""
-    cols = names(item)
+    cols = shared(item, type(batch))
     columns = [getattr(batch, c) for c in cols]
     n = len(columns[0])
     if any(len(col) != n for col in columns):

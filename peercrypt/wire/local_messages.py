@@ -129,7 +129,7 @@ class Progresses(Message):
     done_files: list[int] = column(Progress, "done_files")
     total_files: list[int] = column(Progress, "total_files")
     phase: list[str] = column(Progress, "phase")
-    transfer: list[int] = column(Progress, "transfer")  # 0 from the sender: control sets it
+    # (no ``transfer``: control sets it on each Progress it relays)
 
 
 PHASES = (
