@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,10 +98,13 @@ def test_the_receiver_chooses_smaller_chunks_while_others_receive(
     alone = make_file(128 * MiB, name="alone.bin")
     result = _send_json(sender, alone, receiver)
     assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MIN_CHUNK, 128)
-    # aimd: its window in bytes (4 MiB to start) governs, not the credit.
-    os.utime(alone, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new version
-    result = _send_json(sender, alone, receiver, "--mode", "aimd")
-    assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MIN_CHUNK, 128)
+    # aimd: its window in bytes (4 MiB to start) governs, not the credit: it
+    # offers the smallest only, where the receiver would choose 4 MiB.
+    sparse = alone.with_name("aimd.bin")
+    with open(sparse, "xb") as f:
+        f.truncate(512 * MiB)
+    result = _send_json(sender, sparse, receiver, "--mode", "aimd")
+    assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MIN_CHUNK, 512)
     small = make_file(64 * MiB - 1, name="small.bin")
     result = _send_json(sender, small, receiver)
     assert (result["stats"]["chunk_size"], result["stats"]["chunks"]) == (DEFAULT_MIN_CHUNK, 64)

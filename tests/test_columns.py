@@ -125,12 +125,16 @@ def test_every_sends_progress_of_a_tick_in_one_message() -> None:
     ]
     progress.append(Progress(request=99, done_bytes=0, total_bytes=0, phase="waiting"))
     progress.append(Progress(request=100, done_bytes=5, total_bytes=9, note="n" * 600))
+    progress.append(Progress(request=101, done_bytes=7, total_bytes=9, done_files=2, total_files=3))
     (batch,) = columns.batches(progress, Progresses)
     received = codec.decode_as(codec.encode(batch), Progresses)
     # each as control would have decoded it alone (the note clipped to its bound)
     alone = [codec.decode_as(codec.encode(p), Progress) for p in progress]
     assert columns.unpack(received, Progress) == (alone, 0)
-    assert len(alone[-1].note) < 600
+    assert len(alone[-2].note) < 600
+    # A field control sets on its way (the send's id in the node) has no column.
+    assert "transfer" not in columns.names(Progresses)
+    assert {p.transfer for p in columns.unpack(received, Progress)[0]} == {0}
     fields = codec.clip_fields(received)
     with pytest.raises(codec.DecodeError):  # a phase over its bound of 16
         codec.decode(raw("progresses", {**fields, "phase": ["x" * 17] * len(progress)}))

@@ -300,3 +300,43 @@ def test_a_command_reads_a_reply_with_a_field_less_or_more_and_stops_at_one_it_c
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("peercrypt: error: cannot read the node's reply (fields: "), err
     assert lines[0].endswith("restart it with this one (the transfer was cancelled)"), err
+
+
+def test_a_node_whose_replies_cannot_be_read_is_one_line_for_every_command(
+    tmp_path: Path,
+) -> None:
+    """Not a node that is down: no temporary node of the command's own (a
+    send the fast path leaves to the click command, `-r`), no retry, no
+    traceback, the shell included: one line naming the cause, exit 1."""
+    fake = _FakeControl(tmp_path / "data")
+    stop = threading.Event()
+
+    def answer_all() -> None:  # every request: a reply lacking required fields
+        while not stop.is_set():
+            if fake.sock.poll(50):
+                route, _, frame = fake.sock.recv_multipart()
+                request = msgpack.unpackb(frame, raw=False)[2].get("request", 1)
+                fake.answer(route, "progress", {"request": request})
+
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"x")
+    answering = threading.Thread(target=answer_all, daemon=True)
+    answering.start()
+    try:
+        for args in (
+            ["status"],
+            ["send", str(source), LOCALHOST, "7400", "-r", "100000"],
+            ["shell"],  # (it asks the node at its start)
+        ):
+            cli = start_cli(*args, data_dir=tmp_path / "data")
+            try:
+                out, err = cli.communicate(timeout=WAIT)
+            finally:
+                cli.kill()
+            assert cli.returncode == 1, (args, out, err)
+            assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (args, err)
+            assert err.startswith("peercrypt: error: cannot read the node's reply (fields: "), err
+    finally:
+        stop.set()
+        answering.join(timeout=WAIT)
+        fake.close()

@@ -223,6 +223,8 @@ class Shell:
                 facts = client.status().node
         except NodeUnavailable as exc:
             return f"node: not running ({exc})"
+        except AnotherRelease as exc:
+            return f"node: running, but {exc}"
         running = sum(1 for j in self.jobs if j.running)
         return (
             f"node {facts.get('fingerprint')} on port {facts.get('port')}: default mode "
@@ -405,7 +407,7 @@ class Shell:
         try:
             with ControlClient.for_data_dir(self.data_dir) as client:
                 rows = _ask(client, PeersRequest, PeersReply, "peers")
-        except NodeUnavailable:
+        except (NodeUnavailable, AnotherRelease):  # (Tab must not raise)
             return self.view.peers
         return [str(p.get("address")) for p in rows if p.get("address")]
 

@@ -34,8 +34,12 @@ def names(item: type[Message]) -> tuple[str, ...]:
 def shared(item: type[Message], batch: type[Message]) -> tuple[str, ...]:
     """``item``'s fields that ``batch`` has a column of: an item field it
     has none of (one set further on, ``Progress.transfer``) takes its
-    default when unpacked."""
+    default when unpacked. Every column must be an item field (a column
+    named wrong would otherwise be dropped unseen)."""
     columns = set(names(batch))
+    stray = columns - set(names(item))
+    if stray:
+        raise TypeError(f"{batch.__name__} has columns {item.__name__} has no field of: {stray}")
     return tuple(c for c in names(item) if c in columns)
 
 
