@@ -340,3 +340,30 @@ def test_a_node_whose_replies_cannot_be_read_is_one_line_for_every_command(
         stop.set()
         answering.join(timeout=WAIT)
         fake.close()
+
+
+def test_the_shells_watcher_says_once_that_it_cannot_read_the_node_and_keeps_looking(
+    tmp_path: Path,
+) -> None:
+    """The node under a running shell restarted on another release: its
+    watcher says so once (not every half second) and keeps asking, so that
+    a node restarted on the shell's release is watched again."""
+    from peercrypt.cli.app import main
+    from peercrypt.cli.shell import WATCH_EVERY, Shell
+
+    fake = _FakeControl(tmp_path / "data")
+    shell = Shell(main, {"data_dir": tmp_path / "data"}, owns_node=False)
+    said: list[str] = []
+    watcher = threading.Thread(target=shell.watch, args=(said.append,), daemon=True)
+    watcher.start()
+    try:
+        for _ in range(3):  # three looks, each answered with a reply it cannot read
+            route, type_name, fields = fake.next()
+            assert type_name == "status-request"
+            fake.answer(route, "progress", {"request": fields["request"]})
+    finally:
+        shell.stop.set()
+        watcher.join(timeout=WAIT + WATCH_EVERY)
+        fake.close()
+    assert not watcher.is_alive()
+    assert len(said) == 1 and said[0].startswith("peercrypt: error: cannot read the node's reply")

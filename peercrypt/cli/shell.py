@@ -368,6 +368,7 @@ class Shell:
         seen_seq: int | None = None
         seen_incoming: set[str] = set()
         client: ControlClient | None = None
+        unreadable = False  # the node's last answer could not be read (another release)
         while not self.stop.is_set():
             try:
                 if client is None:
@@ -395,9 +396,15 @@ class Shell:
                 if client is not None:
                     client.close()
                 client = None
-            except AnotherRelease as exc:  # nothing to watch that this shell can read
-                announce(f"peercrypt: error: {exc}")
-                break
+            except AnotherRelease as exc:  # said once; read again once the node is restarted
+                if not unreadable:
+                    announce(f"peercrypt: error: {exc}")
+                unreadable = True
+                if client is not None:
+                    client.close()
+                client = None
+            else:
+                unreadable = False
             self.stop.wait(WATCH_EVERY)
         if client is not None:
             client.close()
