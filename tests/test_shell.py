@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -56,8 +57,20 @@ class Pty:
             self.expect(pattern)
 
     def leave(self) -> int:
-        self.child.sendeof()
-        self.child.expect(pexpect.EOF, timeout=WAIT)
+        """Ctrl-D at the prompt. Typed while a command still ends (a wait for
+        the prompt can match the typed line's own echo), the terminal is not
+        in the prompt's raw mode and the line discipline takes the Ctrl-D
+        as an empty read nobody makes: it is lost. So it is typed again
+        every few seconds until the shell ends (WAIT in all)."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            self.child.sendeof()
+            try:
+                self.child.expect(pexpect.EOF, timeout=min(5.0, deadline - time.monotonic()))
+                break
+            except pexpect.TIMEOUT:
+                if time.monotonic() >= deadline:
+                    raise
         self.child.close()
         return int(self.child.exitstatus or 0)
 
