@@ -36,11 +36,19 @@ def shared(item: type[Message], batch: type[Message]) -> tuple[str, ...]:
     has none of (one set further on, ``Progress.transfer``) takes its
     default when unpacked. Every column must be an item field (a column
     named wrong would otherwise be dropped unseen)."""
-    columns = set(names(batch))
-    stray = columns - set(names(item))
-    if stray:
-        raise TypeError(f"{batch.__name__} has columns {item.__name__} has no field of: {stray}")
-    return tuple(c for c in names(item) if c in columns)
+    found = _SHARED.get((item, batch))
+    if found is None:  # (two fixed types: worked out once, not every tick)
+        columns = set(names(batch))
+        stray = columns - set(names(item))
+        if stray:
+            raise TypeError(
+                f"{batch.__name__} has columns {item.__name__} has no field of: {stray}"
+            )
+        found = _SHARED[item, batch] = tuple(c for c in names(item) if c in columns)
+    return found
+
+
+_SHARED: dict[tuple[type[Message], type[Message]], tuple[str, ...]] = {}
 
 
 def column(item: type[Message], name: str) -> Any:
