@@ -19,7 +19,12 @@ import pytest
 import zmq
 
 from peercrypt.client import AnotherRelease, ControlClient
-from peercrypt.crypto.identity import KeyPair, network_server_keys
+from peercrypt.crypto.identity import (
+    KeyPair,
+    fingerprint,
+    load_or_create_identity,
+    network_server_keys,
+)
 from peercrypt.testing.member_port import MemberPort
 from peercrypt.testing.nodes import LOCALHOST, NodeProcess, start_cli, wait_until
 from peercrypt.wire import codec
@@ -336,6 +341,19 @@ def test_a_node_whose_replies_cannot_be_read_is_one_line_for_every_command(
             assert cli.returncode == 1, (args, out, err)
             assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (args, err)
             assert err.startswith("peercrypt: error: cannot read the node's reply (fields: "), err
+        # A script asking for JSON gets JSON, as when no node runs: it runs,
+        # what it says cannot be read (and this data dir's fingerprint).
+        cli = start_cli("status", "--json", data_dir=tmp_path / "data")
+        try:
+            out, err = cli.communicate(timeout=WAIT)
+        finally:
+            cli.kill()
+        assert cli.returncode == 1 and not err, (out, err)
+        answer = json.loads(out)
+        assert answer["running"] is True, answer
+        assert answer["reason"].startswith("cannot read the node's reply (fields: "), answer
+        own = load_or_create_identity(tmp_path / "data").public  # (the command made it)
+        assert answer["fingerprint"] == fingerprint(own), answer
     finally:
         stop.set()
         answering.join(timeout=WAIT)

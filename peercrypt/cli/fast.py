@@ -163,13 +163,17 @@ def _status(line: Line, data_dir: Path) -> int | None:
     if line.args:
         return None
     from peercrypt.cli.status_view import show
-    from peercrypt.client import ControlClient, NodeUnavailable
+    from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
 
     try:
         with ControlClient.for_data_dir(data_dir) as client:
             reply = client.status()
     except NodeUnavailable:
         return None  # the command says why, with this data dir's fingerprint
+    except AnotherRelease:
+        if "--json" in line.flags:
+            return None  # the command answers in JSON, with the fingerprint
+        raise
     show(reply, "--json" in line.flags)
     return errors.OK
 
