@@ -185,6 +185,11 @@ CANCEL_ANSWER_EVERY = 0.5  # seconds between answers to a cancelled transfer's f
 # An offer waits this long for the space ledger's verdict (actors/space.py),
 # then is refused "busy" (the sender retries).
 SPACE_VERDICT_TIMEOUT = 5.0
+# An offer granted its space waits at most this long for room for one of its
+# chunks in the receive buffer (the credit the others hold: see _room_for),
+# then is accepted all the same with a credit of one chunk (an accept's
+# least): well within a sender's wait for the accept (its --timeout).
+ROOM_WAIT = 1.0
 DELIVERED_FILE = "delivered.msgpack"  # in the data directory (core/delivered.py)
 DELIVERED_JOURNAL = "delivered.journal"  # rows since that snapshot
 
@@ -312,6 +317,8 @@ class Asking:
     reuse: Manifest | None
     tree_bytes: int
     since: float
+    room_since: float = -1.0  # space granted then: waits for room in the receive buffer
+    fresh: bool = False  # (the ledger's verdict: see _accept)
 
 
 class ReceiverActor(Actor):
@@ -326,7 +333,8 @@ class ReceiverActor(Actor):
         self.completed: CompletedMemory[Remembered] = CompletedMemory(settings.completed_memory)
         self.outcomes = 0  # transfers finished (stored or discarded), for "last_in"
         self.credit_peak = 0  # the most credit its transfers held together, in bytes
-        self.asking: dict[int, Asking] = {}  # request -> offer waiting for space
+        self.asking: dict[int, Asking] = {}  # request -> offer waiting for space (or room)
+        self._admitting = False
         self.echoes: dict[bytes, Echo] = {}  # tid -> a re-offer of a delivered file
         self.store = DeliveredStore(self, settings.data_dir, DELIVERED_FILE, DELIVERED_JOURNAL)
         self.tree_walks = WalkBudget(time.monotonic())  # stored folders' walks, in the loop
@@ -759,6 +767,12 @@ class ReceiverActor(Actor):
             if v.ok:
                 self.tell("space", SpaceCancel(owner=self.name, tid=v.tid, request=v.request))
             return
+        if v.ok and not self._room_for(asked.key.chunk_size, self.now()):
+            # Accepted now, it would hold a chunk of credit the buffer has not
+            # got: it waits for room, its space held (_admit_waiting).
+            asked.room_since, asked.fresh = self.now(), v.fresh
+            self.count("offers-waited-for-room")
+            return
         del self.asking[v.request]
         if v.ok:
             reply: codec.Message = self._accept(asked, fresh=v.fresh)
@@ -766,10 +780,46 @@ class ReceiverActor(Actor):
             reply = self._refuse(v.tid, asked.peer, v.code or "io", v.reason)
         self._answer(asked.route, reply)
 
+    def _parked(self) -> list[tuple[int, Asking]]:
+        """Offers granted their space and waiting for room, oldest first."""
+        parked = [(r, a) for r, a in self.asking.items() if a.room_since >= 0]
+        parked.sort(key=lambda item: item[1].room_since)
+        return parked
+
+    def _room_for(self, chunk_size: int, since: float) -> bool:
+        """Whether one more chunk of credit fits the receive buffer beside
+        what the running transfers hold and one chunk for each transfer
+        waiting its turn and each offer waiting for room since before
+        ``since`` (or nothing is held: a chunk larger than the buffer)."""
+        held = self._credit_held()
+        held += sum(t.chunk_size for t in self._waiting() if t.flow.waited_at < since)
+        held += sum(a.key.chunk_size for _, a in self._parked() if a.room_since < since)
+        return held == 0 or held + chunk_size <= self.settings.receive_buffer
+
+    def _admit_waiting(self) -> None:
+        """Accept the offers waiting for room, the oldest first, while there
+        is room for a chunk of each, and any that waited ``ROOM_WAIT``."""
+        if self._admitting:  # (an accept updates the others' windows, which comes here)
+            return
+        self._admitting = True
+        try:
+            now = self.now()
+            for request, asked in self._parked():
+                late = now - asked.room_since >= ROOM_WAIT
+                if not (late or self._room_for(asked.key.chunk_size, asked.room_since)):
+                    break
+                del self.asking[request]
+                if late:
+                    self.count("offers-accepted-without-room")
+                self._answer(asked.route, self._accept(asked, fresh=asked.fresh))
+        finally:
+            self._admitting = False
+
     def _expire_asks(self) -> None:
         now = self.now()
+        self._admit_waiting()
         for request, asked in list(self.asking.items()):
-            if now - asked.since >= SPACE_VERDICT_TIMEOUT:
+            if asked.room_since < 0 and now - asked.since >= SPACE_VERDICT_TIMEOUT:
                 del self.asking[request]
                 # Whatever the ledger grants this ask now is cancelled as soon
                 # as it is granted (the mail is handled in order), so the
@@ -813,6 +863,9 @@ class ReceiverActor(Actor):
             idle_timeout=s.idle_timeout,
             now=self.now(),
             have=held,
+            # Lanes' acks go on whichever connection came last: out of order,
+            # so such a transfer's credit stays at one chunk at least.
+            ordered=details.mode != "parallel",
         )
         t = Incoming(
             tid=offer.tid,
@@ -979,6 +1032,7 @@ class ReceiverActor(Actor):
         current: int = 0,
         extra: int = 0,
         running: int | None = None,
+        floor: int = 1,
     ) -> int:
         """A transfer's window: ``--window`` chunks, less to share the
         receive buffer with the transfers that have chunks left to write
@@ -988,9 +1042,9 @@ class ReceiverActor(Actor):
         (core/receive_window.py, ``node_credit``)."""
         s = self.settings
         if running is None:
-            running = receiving(t.flow.window for t in self.transfers.values())
+            running = self._sharing()
         running += extra
-        return node_credit(s.window, chunk_size, s.receive_buffer, running, others, current)
+        return node_credit(s.window, chunk_size, s.receive_buffer, running, others, current, floor)
 
     def _credit_held(self) -> int:
         """Bytes of the receive buffer the running transfers hold together
@@ -1246,6 +1300,7 @@ class ReceiverActor(Actor):
     def _flush_acks(self) -> None:
         held = -1  # what all of them hold: counted once, when an ack is due
         now = self.now()
+        waiting: list[Incoming] | None = None  # (those waiting their turn: looked for once)
         for t in self.transfers.values():
             ring = t.ring
             # Slots copied out go back to the sender at once, not with the
@@ -1254,8 +1309,12 @@ class ReceiverActor(Actor):
             release = ring is not None and ring.release_due
             if t.flow.ack_due or release:
                 if held < 0:
-                    held = self._credit_held()
-                held = self._ack(t, held, now, force=release)
+                    held, waiting = self._credit_held(), self._waiting()
+                held = self._ack(t, held, now, force=release, waiting=waiting)
+        if held >= 0 and (waiting or any(t.flow.waiting for t in self.transfers.values())):
+            self._grant_waiting(held, now)  # acks that shrank may have made room
+        if held >= 0 and self.asking:
+            self._admit_waiting()  # (after the running ones' turns)
 
     def _update_windows(self) -> None:
         """Window updates: every transfer whose credit changed since its
@@ -1268,13 +1327,55 @@ class ReceiverActor(Actor):
         a transfer starts, and every ``STILL_WRITING_AFTER`` / 2 seconds
         while any runs."""
         now = self.now()
+        if self.asking:
+            self._admit_waiting()
         due = [t for t in self.transfers.values() if t.route is not None and t.flow.update_due(now)]
         if not due:  # (the common case: one cheap look at each transfer, nothing more)
             return
         held = self._credit_held()
-        running = receiving(t.flow.window for t in self.transfers.values())
+        running = self._sharing()
+        waiting = self._waiting()
+        due.sort(key=lambda t: t.flow.waited_at if t.flow.waiting else -1.0)  # the longest first
         for t in due:  # (a route: none before its first chunk, nowhere to send it)
-            held = self._ack(t, held, now, update=True, running=running)
+            held = self._ack(t, held, now, update=True, running=running, waiting=waiting)
+
+    def _grant_waiting(self, held: int, now: float) -> None:
+        """Give the transfers waiting their turn (a credit of 0: the others
+        held the buffer) what the buffer now has room for, the longest
+        waiting first, at once (core/incoming.py, ``window_update``)."""
+        waiting = self._waiting()
+        for t in waiting:
+            if t.flow.waiting:  # (not given its turn by then)
+                held = self._ack(t, held, now, update=True, waiting=waiting)
+
+    def _sharing(self) -> int:
+        """How many share the receive buffer: the transfers with chunks left
+        to write (``receiving``) and the offers waiting for room."""
+        running = receiving(t.flow.window for t in self.transfers.values())
+        return running + sum(1 for a in self.asking.values() if a.room_since >= 0)
+
+    def _waiting(self) -> list[Incoming]:
+        """The transfers waiting their turn, the longest waiting first."""
+        waiting = [t for t in self.transfers.values() if t.flow.waiting and t.route is not None]
+        waiting.sort(key=lambda t: t.flow.waited_at)
+        return waiting
+
+    def _kept_for_waiting(self, t: Incoming, waiting: list[Incoming]) -> int:
+        """Bytes of the buffer kept for the transfers that wait their turn
+        and the offers that wait for room ahead of ``t`` (every one, if ``t``
+        does not wait): one chunk each, so a transfer whose ack comes while
+        others wait leaves them the room it frees, and each gets its turn
+        (core/receive_window.py, ``node_credit``)."""
+        mine = t.flow.waited_at if t.flow.waiting else float("inf")
+        kept = sum(
+            o.chunk_size
+            for o in waiting
+            if o is not t and o.flow.waiting and o.flow.waited_at < mine
+        )
+        # ... and for the offers waiting for room (in the same order)
+        return kept + sum(
+            a.key.chunk_size for a in self.asking.values() if 0 <= a.room_since < mine
+        )
 
     def _ack(
         self,
@@ -1284,21 +1385,30 @@ class ReceiverActor(Actor):
         force: bool = False,
         update: bool = False,
         running: int | None = None,
+        waiting: list[Incoming] | None = None,
     ) -> int:
         """Send ``t`` its ack if one is due (``update``: its window update
         if one is due), with the credit the others' allowances (of ``held``
-        bytes, all transfers' together) leave it; what they all hold after.
-        ``running``: the transfers that share the buffer, if counted."""
+        bytes, all transfers' together) and the transfers waiting their turn
+        ahead of it (``waiting``, if looked for) leave it; what they all hold
+        after. ``running``: the transfers that share the buffer, if counted."""
         own = allowance_bytes(t.flow.window, t.chunk_size, now)
-        credit = self._credit(t.chunk_size, held - own, t.flow.window.window, running=running)
         flow = t.flow
-        waiting = flow.still_writing
+        if waiting is None:
+            waiting = self._waiting()
+        others = held - own + self._kept_for_waiting(t, waiting)
+        credit = self._credit(
+            t.chunk_size, others, flow.window.window, running=running, floor=flow.floor
+        )
+        still_writing, told_to_wait = flow.still_writing, flow.waiting
         ack = flow.window_update(credit, now) if update else flow.ack(credit, now, force=force)
         if ack is None:
             return held
+        if told_to_wait != flow.waiting:
+            self.count("credit-turns" if told_to_wait else "credit-waits")
         held += allowance_bytes(t.flow.window, t.chunk_size, now) - own
         self._note_credit(held)
-        if flow.still_writing > waiting:
+        if flow.still_writing > still_writing:
             self.count("acks-still-writing")
         elif update:
             self.count("window-updates")

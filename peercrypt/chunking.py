@@ -7,11 +7,13 @@ MiB = 1024 * 1024
 # DEFAULT_MIN_CHUNK to DEFAULT_MAX_CHUNK and its receiver chooses one by its
 # load (core/receive_window.py, choose_chunk): 4 MiB chunks cost one transfer
 # less (the same two nodes, 1 GiB interleaved: sending node 1.30 against 1.61
-# CPU s per GiB, receiving node 1.48 against 1.89), but a receiver's credit is
-# never below one chunk, so 4 MiB for every one of 16 transfers in flight
-# each way took the busiest of 4 nodes to 176-182 MiB against 120-125 (goal
-# 150): docs/benchmarks.md, 2026-12-02 22:05-22:27 UTC. The receiver gives
-# large chunks where its buffer holds several of them for the transfer.
+# CPU s per GiB, receiving node 1.48 against 1.89), but 4 MiB for every one
+# of 16 transfers in flight each way took the busiest of 4 nodes to 176-182
+# MiB against 120-125 (goal 150) while a receiver's credit was never below
+# one chunk (docs/benchmarks.md, 2026-12-02 22:05-22:27 UTC; 156-169 since
+# transfers wait their turn within the buffer, "A transfer waits its turn").
+# The receiver gives large chunks where its buffer holds several of them for
+# the transfer.
 DEFAULT_MAX_CHUNK = 4 * MiB
 DEFAULT_MIN_CHUNK = 1 * MiB
 # A multicast session's chunk (one size for every receiver) and the chunk of

@@ -439,6 +439,10 @@ def one_run(
     threads_after = thread_cpu([node.pid for node in nodes])
     load_average = max(load_average, os.getloadavg()[0])
     counters: dict[str, int] = {}
+    # The most each node's incoming transfers held of its receive buffer
+    # (their credit; its writer's queue), since the node started.
+    credit_peaks = [int(node.status().get("credit_peak", 0)) >> 20 for node in nodes]
+    queue_peaks = [int(node.status().get("writer_queue_peak", 0)) >> 20 for node in nodes]
     for node in nodes:
         for name, value in node.counters().items():
             words: tuple[str, ...] = ("disconnect", "reconnect", "dropped", "credit", "check-re")
@@ -446,6 +450,8 @@ def one_run(
             # receiver and lane, shared), samples the history took.
             words += ("data-connections", "data-attached", "stats.samples", "sealed-unpooled")
             words += ("direct-bytes",)  # (the writers' O_DIRECT share)
+            words += ("credit-waits", "credit-turns")  # (transfers that waited their turn)
+            words += ("offers-waited", "offers-accepted-without")  # (... and offers: for room)
             if any(word in name for word in words):
                 counters[name] = counters.get(name, 0) + value
 
@@ -495,6 +501,8 @@ def one_run(
         "counters": counters,
         "chunks": chunks,
         "peak_rss_mib": rss,
+        "credit_peak_mib": credit_peaks,
+        "writer_queue_peak_mib": queue_peaks,
         "peak_sampled_mib": sampled,
         "status_ms": [1000 * pct(load.status, 0.5), 1000 * pct(load.status, 0.99)],
         "check_ms": [1000 * pct(load.check, 0.5), 1000 * pct(load.check, 0.99)],
@@ -596,6 +604,13 @@ def one_run(
             + ", ".join(f"{k} {st[k]:g}" for k in keys if k in st),
             flush=True,
         )
+    print(
+        "       the most each node's incoming transfers held (MiB, since it started): credit "
+        + " / ".join(map(str, row["credit_peak_mib"]))
+        + ", writer's queue "
+        + " / ".join(map(str, row["writer_queue_peak_mib"])),
+        flush=True,
+    )
     if counters:
         print(f"       node counters (all runs so far): {counters}", flush=True)
     return row

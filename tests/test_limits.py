@@ -5,6 +5,7 @@ yet), real sockets on loopback, content checked by hash."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ import zmq
 
 from actors.control import ControlActor
 from actors.scheduler import SchedulerActor
-from peercrypt.client import ControlClient
+from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.node import Node
 from peercrypt.runtime.actor import ActorEnv
 from peercrypt.testing.nodes import blake3_file, loopback_settings, wait_until
@@ -81,6 +82,18 @@ def assert_delivered(got: dict[int, SendResult], files: list[Path], rfacts: dict
     for i, path in enumerate(files):
         assert got[i].code == "ok", got[i].reason
         assert blake3_file(inbox / got[i].stored_as) == blake3_file(path)
+
+
+def peaks(receiver: ControlClient, count: int) -> dict[str, str]:
+    """The receiver's facts once its ``count``-th transfer ended (its peaks
+    as reported after it: ``credit_peak``, ``writer_queue_peak``)."""
+
+    def ended() -> dict[str, str] | None:
+        facts = receiver.status().node
+        done = json.loads(facts.get("last_in", "{}")).get("seq") == count
+        return facts if done and "credit_peak" in facts else None
+
+    return wait_until(ended, 10.0, "the receiver's peaks")
 
 
 def counter(client: ControlClient, name: str) -> int:
@@ -182,26 +195,79 @@ def test_the_credit_of_all_incoming_transfers_stays_within_the_receive_buffer(
     in_process_node: Any, make_file: Callable[..., Path]
 ) -> None:
     # Six transfers start at once against a buffer of six chunks: each one's
-    # credit is bounded by what the others leave, so what they may have
+    # credit is bounded by what the others leave, and an offer for whose
+    # first chunk they leave no room waits for it before its accept (at most
+    # ROOM_WAIT, then it is accepted with one chunk), so what they may have
     # queued together, and the writer's queue itself, stay within the buffer
-    # plus one chunk for each transfer that started while the others held
-    # all of it (docs/architecture.md, "Bounds"). Without the node-wide
-    # bound the first would take the whole buffer, the next half of it...
+    # plus one chunk for each offer accepted without room (none on a machine
+    # that is not stalled for a second; docs/architecture.md, "Bounds").
+    # Without the node-wide bound the first would take the whole buffer, the
+    # next half of it...; without the wait for room each transfer accepted
+    # while the others held all of it held one chunk more.
     count, buffer = 6, 6 * CHUNK
     _, receiver, rfacts = in_process_node("receiver", receive_buffer=buffer)
     _, sender, _ = in_process_node("sender")
     files = [make_file(30 * CHUNK + i, name=f"h{i}.bin") for i in range(count)]
     send_all(sender, files, rfacts)
     assert_delivered(results(sender, count), files, rfacts)
-    bound = buffer + (count - 1) * CHUNK
 
-    def peaks() -> dict[str, str] | None:  # as reported after the last transfer ended
-        facts = receiver.status().node
-        ended = json.loads(facts.get("last_in", "{}")).get("seq") == count
-        return facts if ended and "credit_peak" in facts else None
-
-    facts = wait_until(peaks, 10.0, "the receiver's peaks")
-    assert CHUNK <= int(facts["credit_peak"]) <= bound
+    facts = peaks(receiver, count)
+    counters = dict(receiver.status().counters)
+    assert counters.get("receiver.offers-waited-for-room", 0) > 0, counters
+    late = counters.get("receiver.offers-accepted-without-room", 0)
+    assert CHUNK <= int(facts["credit_peak"]) <= buffer + late * CHUNK, (facts, counters)
     assert 0 < int(facts["writer_queue_peak"]) <= int(facts["credit_peak"])
     receiver.close()
     sender.close()
+
+
+def test_transfers_wait_their_turn_rather_than_hold_more_than_the_receive_buffer(
+    in_process_node: Any, make_file: Callable[..., Path]
+) -> None:
+    # A buffer of three chunks and six paced transfers, started one after
+    # another (each once the one before has bytes written): a credit of one
+    # chunk each would be six chunks held. A transfer for whose next chunk
+    # the others leave no room is told to wait (a credit of 0), and gets its
+    # turn when a chunk of another is written: what they hold together stays
+    # within the buffer plus the one chunk of the transfer just accepted,
+    # every file verifies, and no honest sender's chunk is dropped as over
+    # its credit (docs/architecture.md, "Bounds").
+    count, buffer = 6, 3 * CHUNK
+    _, receiver, rfacts = in_process_node("receiver", receive_buffer=buffer)
+    _, sender, _ = in_process_node("sender")
+    files = [make_file(160 * CHUNK + i, name=f"t{i}.bin") for i in range(count)]
+    got: dict[int, SendResult] = {}
+
+    def started(size: int) -> bool:
+        with contextlib.suppress(NodeUnavailable):  # (nothing to read yet)
+            msg = sender.receive(0.01)
+            if isinstance(msg, SendResult):
+                got[msg.request] = msg
+        rows: list[list[Any]] = json.loads(receiver.status().node.get("incoming", "[]"))
+        return any(int(row[1]) == size and int(row[2]) > 0 for row in rows)
+
+    for i, path in enumerate(files):
+        sender.send(
+            SendRequest(
+                request=i,
+                path=str(path),
+                host="127.0.0.1",
+                port=int(rfacts["port"]),
+                chunk_size=CHUNK,
+                mode="token-bucket",
+                rate=4 << 20,
+            )
+        )
+        size = path.stat().st_size
+        wait_until(
+            lambda i=i, size=size: i in got or started(size), 30.0, f"transfer {i}'s first chunk"
+        )
+    while len(got) < count:
+        got.update(results(sender, 1))
+    assert_delivered(got, files, rfacts)
+
+    facts = peaks(receiver, count)
+    assert CHUNK <= int(facts["credit_peak"]) <= buffer + CHUNK
+    counters = dict(receiver.status().counters)
+    assert counters.get("receiver.credit-turns", 0) > 0, counters
+    assert counters.get("receiver.data-dropped-over-credit", 0) == 0, counters

@@ -940,3 +940,27 @@ def test_incoming_disk_full_keeps_the_part_and_tells_the_sender() -> None:
     (out,) = r.poll()
     assert isinstance(out, Abandon) and out.code == "no-space"
     assert out.keep_part and out.notify and "disk is full" in out.reason
+
+
+def test_a_send_told_to_wait_its_turn_waits_while_told_so_and_no_longer() -> None:
+    """A credit of 0 (the receiver's buffer is taken): nothing goes, and the
+    stall clock runs from the receiver's last word, not from the last chunk
+    acked: each repeat of the 0 (a receiver says it every second) keeps the
+    send alive, a receiver silent for the timeout ends it."""
+    t = outgoing(size=4 * CHUNK)
+    t.on_accept([], 1, 0.0)
+    assert [type(o).__name__ for o in t.poll(0.0)] == ["SendChunk"]
+    t.on_ack(1, [], 0, 0.1)  # written; wait your turn
+    assert [o for o in t.poll(0.1) if not isinstance(o, HashFile)] == []
+    for now in (1.1, 2.1, 3.1, 4.1, 5.1, 6.1, 7.1):  # told again: alive past its 5 s timeout
+        t.on_ack(1, [], 0, now)
+        assert t.next_timer() == pytest.approx(now + 5.0)
+        t.on_timer(now)
+        assert [o for o in t.poll(now) if not isinstance(o, HashFile)] == []
+    t.on_ack(1, [], 2, 7.5)  # its turn
+    sent = [o for o in t.poll(7.5) if isinstance(o, SendChunk)]
+    assert [o.index for o in sent] == [1, 2]
+    t.on_ack(3, [], 0, 7.6)  # and wait again; then the receiver goes silent
+    failed, now = _failed_by(t, 20.0, 7.6)
+    assert failed is not None and "stopped acknowledging" in failed.reason
+    assert now == pytest.approx(7.6 + 5.0)

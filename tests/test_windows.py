@@ -20,7 +20,12 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from peercrypt.core.bitmap import ChunkBitmap
-from peercrypt.core.incoming import STILL_WRITING_AFTER, WINDOW_UPDATE_AFTER, IncomingTransfer
+from peercrypt.core.incoming import (
+    STILL_WRITING_AFTER,
+    WAITING_REPEAT,
+    WINDOW_UPDATE_AFTER,
+    IncomingTransfer,
+)
 from peercrypt.core.receive_window import (
     CREDIT_GRACE,
     INITIAL_CREDIT,
@@ -56,7 +61,7 @@ def simulate(
 ) -> Result:
     """Pump a SendWindow and a ReceiveWindow into each other until the sender is done."""
     sender = SendWindow(total, RttEstimator(initial_rto=0.2, min_rto=0.05))
-    receiver = ReceiveWindow(total, window)
+    receiver = ReceiveWindow(total, window, ordered=False)  # acks reordered too
     sender.on_accept([], receiver.window)
     AckFields = tuple[int, list[tuple[int, int]], int]
     # (time, seq, kind, chunk index, ack contents as they were when the ack was sent)
@@ -499,14 +504,26 @@ def test_accept_with_held_ranges_skips_them() -> None:
     assert w.done
 
 
-def test_window_is_at_least_one() -> None:
+def test_an_accept_gives_one_chunk_at_least_and_an_ack_of_no_credit_stops_new_chunks() -> None:
     w = SendWindow(5)
     w.on_accept([], 0)
     assert w.window == 1
     assert w.next_to_send(0.0) == [0]
-    w.on_ack(1, [], 0, 0.1)
-    assert w.window == 1
-    assert w.next_to_send(0.1) == [1]
+    w.on_ack(1, [], 0, 0.1)  # the receiver's buffer is taken: wait for its next ack
+    assert w.window == 0 and w.waiting
+    w.limit = 4  # (a congestion window does not make room either)
+    assert w.next_to_send(0.1) == [] and w.room() == 0
+    assert w.next_deadline() is None  # nothing in flight: no retransmission timer
+    w.on_ack(1, [], 2, 0.2)
+    assert not w.waiting and w.next_to_send(0.2) == [1, 2]
+    # Told to wait with chunks in flight: they stay in flight (acked later),
+    # and an expiry's resend still goes, whatever the credit.
+    w.on_ack(1, [], 0, 0.3)
+    assert w.next_to_send(0.3) == [] and w.in_flight == 2
+    deadline = w.next_deadline()
+    assert deadline is not None
+    w.on_timer(deadline)
+    assert w.next_to_send(deadline) == [1]
 
 
 def test_ack_beyond_the_file_is_clipped() -> None:
@@ -583,7 +600,7 @@ def test_receive_window_validation() -> None:
 
 
 def test_receive_window_drops_chunks_beyond_the_credit() -> None:
-    r = ReceiveWindow(100, 3)
+    r = ReceiveWindow(100, 3, ordered=False)  # (acks that may be reordered: lanes)
     arrivals = [r.on_chunk(i, False, 0.0) for i in range(4)]
     assert arrivals == [Arrival.NEW] * 3 + [Arrival.OVER_CREDIT]
     assert r.over_credit == 1 and r.queued == 3
@@ -625,21 +642,23 @@ def test_the_old_credit_expires_a_grace_after_the_shrink_or_its_last_chunk() -> 
     r = ReceiveWindow(100, 8)
     for index in range(8):
         assert r.on_chunk(index, False, 0.0) is Arrival.NEW
-    r.on_written(0)  # after a long stall of the writer: the grace counts from the ack
+    r.on_written(0)
+    r.advertise(8, 5.0)  # chunk 0 acked: the sender may send chunk 8
+    r.on_written(1)  # after a long stall of the writer: the grace counts from the ack
     r.advertise(2, 10.0)
-    assert r.allowed(10.0 + CREDIT_GRACE) == 8
+    assert r.allowed(10.0 + CREDIT_GRACE) == 7  # 2..8: what can still be coming
     assert r.on_chunk(8, False, 11.0) is Arrival.NEW  # sent under the old credit
-    assert r.allowed(11.0 + CREDIT_GRACE) == 8  # more of it may follow
+    assert r.allowed(11.0 + CREDIT_GRACE) == 7  # more of it may follow
     assert r.allowed(11.0 + CREDIT_GRACE + 0.01) == 2  # expired
     assert r.on_chunk(9, False, 11.0 + CREDIT_GRACE + 0.01) is Arrival.OVER_CREDIT
-    r.on_written(1)  # it stays expired: a later chunk does not bring it back
+    r.on_written(2)  # it stays expired: a later chunk does not bring it back
     r.advertise(2, 20.0)
     assert r.allowed(20.0) == 2
     # Its chunks still queued hold the buffer all the same, until written.
-    assert r.queued == 7 and allowance_bytes(r, 10, 20.0) == 70
-    for index in range(2, 8):
+    assert r.queued == 6 and allowance_bytes(r, 10, 20.0) == 60
+    for index in range(3, 9):
         r.on_written(index)
-    assert allowance_bytes(r, 10, 20.0) == 20
+    assert allowance_bytes(r, 10, 20.0) == 0  # all written since the ack: none can come
 
 
 def test_send_window_honours_at_most_its_own_buffer() -> None:
@@ -804,6 +823,42 @@ def pump_lossless(
             assert ack is not None
             sender.on_ack(*ack, now)
         pump()
+
+
+def pump_honest(
+    total: int,
+    first: int,
+    credits: list[int],
+    delays: list[float],
+    write_delay: float,
+    updates: list[float],
+) -> tuple[SendWindow, IncomingTransfer]:
+    """An honest sender and a receiving transfer over one connection that
+    loses and reorders nothing, the receiver's acks and window updates
+    giving ``credits`` in turn (its first ``first``), until the sender is
+    done: every chunk came within its credit, nothing was resent."""
+    sender = SendWindow(total, RttEstimator(initial_rto=60.0, min_rto=60.0))
+    flow = IncomingTransfer(total=total, credit=first, idle_timeout=6000.0, now=0.0)
+    sender.on_accept([], flow.window.window)
+    acks = itertools.cycle(credits)
+
+    def on_chunk(index: int, now: float) -> Arrival:
+        arrival = flow.on_chunk(index, index == total - 1, now)
+        assert arrival is Arrival.NEW, (index, flow.window.queued, flow.window.allowed(now))
+        return arrival
+
+    def on_written(index: int, now: float) -> Fields | None:
+        flow.on_written(index)
+        return flow.ack(next(acks), now)
+
+    def on_update(now: float) -> Fields | None:
+        return flow.window_update(next(acks), now)
+
+    pump_lossless(sender, delays, write_delay, on_chunk, on_written, updates, on_update)
+    assert sender.done and flow.window.complete
+    assert (sender.retransmits, sender.fast_retransmits, sender.timeouts) == (0, 0, 0)
+    assert flow.window.over_credit == 0 and flow.window.duplicates == 0
+    return sender, flow
 
 
 @settings(max_examples=80, deadline=None)
@@ -1084,27 +1139,7 @@ def test_window_updates_cost_an_honest_sender_no_resend_and_no_drop(
     # connection that loses and reorders nothing (TCP): the sender never
     # takes an update for a loss (nothing resent, however often the same
     # cumulative index comes back) and never goes over the credit.
-    sender = SendWindow(total, RttEstimator(initial_rto=60.0, min_rto=60.0))
-    flow = IncomingTransfer(total=total, credit=first, idle_timeout=600.0, now=0.0)
-    sender.on_accept([], flow.window.window)
-    acks = itertools.cycle(credits)
-
-    def on_chunk(index: int, now: float) -> Arrival:
-        arrival = flow.on_chunk(index, index == total - 1, now)
-        assert arrival is Arrival.NEW, (index, flow.window.queued, flow.window.allowed(now))
-        return arrival
-
-    def on_written(index: int, now: float) -> Fields | None:
-        flow.on_written(index)
-        return flow.ack(next(acks), now)
-
-    def on_update(now: float) -> Fields | None:
-        return flow.window_update(next(acks), now)
-
-    pump_lossless(sender, delays, write_delay, on_chunk, on_written, updates, on_update)
-    assert sender.done and flow.window.complete
-    assert (sender.retransmits, sender.fast_retransmits, sender.timeouts) == (0, 0, 0)
-    assert flow.window.over_credit == 0 and flow.window.duplicates == 0
+    _, flow = pump_honest(total, first, credits, delays, write_delay, updates)
     note(f"{flow.window_updates} window updates")
 
 
@@ -1119,6 +1154,7 @@ def test_transfers_with_every_chunk_written_need_no_share_of_the_buffer() -> Non
         for index in range(8):
             assert r.on_chunk(index, index == 7, 0.0) is Arrival.NEW
             r.on_written(index)
+            r.advertise(2, 0.0)  # its ack
         assert r.complete
     assert receiving(flows) == 1
     assert node_credit(window, mib, buffer, len(flows), 0, current=2) == 2
@@ -1128,3 +1164,105 @@ def test_transfers_with_every_chunk_written_need_no_share_of_the_buffer() -> Non
     while credits[-1] < window and len(credits) < 10:
         credits.append(node_credit(window, mib, buffer, receiving(flows), others, credits[-1]))
     assert credits == [2, 4, 8, 16]
+
+
+# ---- a credit of 0: a transfer waits its turn --------------------------------------------
+
+
+def test_node_credit_gives_0_only_when_others_leave_no_room_for_a_chunk() -> None:
+    mib = 1 << 20
+    # 16 transfers, 4 MiB chunks, a 32 MiB buffer: a share of 2 MiB is less
+    # than a chunk, yet one chunk while there is room for one.
+    assert node_credit(16, 4 * mib, 32 * mib, 16, 28 * mib, current=1, floor=0) == 1
+    assert node_credit(16, 4 * mib, 32 * mib, 16, 29 * mib, current=1, floor=0) == 0
+    assert node_credit(16, 4 * mib, 32 * mib, 16, 29 * mib, current=1) == 1  # floor 1: as before
+    # Nobody holds anything: one chunk even if it is larger than the buffer
+    # (a transfer alone never waits for ever).
+    assert node_credit(16, 4 * mib, 2 * mib, 1, 0, floor=0) == 1
+    assert node_credit(16, 4 * mib, 2 * mib, 2, 1, floor=0) == 0
+
+
+def test_a_transfer_told_to_wait_does_not_expire_and_hears_its_turn_at_once() -> None:
+    flow = IncomingTransfer(total=10, credit=1, idle_timeout=5.0, now=0.0)
+    assert flow.on_chunk(0, False, 0.0) is Arrival.NEW
+    flow.on_written(0)
+    fields = flow.ack(0, 0.1)  # the others hold the buffer
+    assert fields is not None and fields[2] == 0
+    assert flow.waiting and flow.waited_at == 0.1 and flow.update_due(0.1)
+    # Nothing can be coming under the credit of 1 it had: its chunk is
+    # written and acked. It holds none of the buffer at once.
+    assert allowance_bytes(flow.window, 10, 0.1) == 0
+    flow.on_timer(60.0)  # the receiver holds it back, not its sender
+    assert not flow.ended and flow.poll() == []
+    assert flow.window_update(0, 0.5) is None  # still waiting: said again later
+    again = flow.window_update(0, 60.0 + WAITING_REPEAT)
+    assert again is not None and again[2] == 0
+    turn = flow.window_update(2, 60.5 + WAITING_REPEAT)  # room: at once
+    assert turn is not None and turn[:2] == (1, []) and turn[2] == 2 and not flow.waiting
+    # From its turn on, its sender's silence counts again.
+    flow.on_timer(66.0 + WAITING_REPEAT)
+    assert flow.ended and [type(out).__name__ for out in flow.poll()] == ["Abandon"]
+
+
+def test_lanes_are_never_told_0() -> None:
+    # Their acks go on whichever connection came last: out of order, so no
+    # tight count of what can still be coming; one chunk at least.
+    flow = IncomingTransfer(total=10, credit=1, idle_timeout=5.0, now=0.0, ordered=False)
+    flow.on_chunk(0, False, 0.0)
+    flow.on_written(0)
+    fields = flow.ack(0, 0.1)
+    assert fields is not None and fields[2] == 1 and not flow.waiting
+    with pytest.raises(ValueError):
+        flow.window.advertise(0, 0.2)
+
+
+def test_a_sender_of_an_older_release_reading_0_as_1_loses_nothing() -> None:
+    # Receivers before this one never gave less than one chunk, and their
+    # senders read 0 as 1: such a sender sends one chunk while told to wait.
+    # It is taken (its credit of one, as before), and the transfer is never
+    # told 0 again.
+    old = SendWindow(5)
+    old.on_accept([], 1)
+    flow = IncomingTransfer(total=5, credit=1, idle_timeout=5.0, now=0.0)
+    now, over = 0.0, 0
+    while not old.done and now < 10.0:
+        for index in old.next_to_send(now):
+            arrival = flow.on_chunk(index, index == 4, now)
+            over += arrival is Arrival.OVER_CREDIT
+            if arrival is Arrival.NEW:
+                flow.on_written(index)
+        fields = flow.ack(0, now)  # the others always hold the buffer
+        if fields is not None:
+            cumulative, sack, credit = fields
+            old.on_ack(cumulative, sack, max(1, credit), now)  # as the older release reads it
+        now += 0.1
+    assert old.done and flow.window.complete
+    assert over == 0 and flow.window.over_credit == 0 and old.retransmits == 0
+    assert flow.floor == 1 and flow.window.window == 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    total=TOTALS,
+    first=FIRST_CREDITS,
+    credits=st.lists(st.integers(0, 16), min_size=1, max_size=60).filter(any),
+    delays=st.lists(st.floats(0.01, 0.6), min_size=1, max_size=40),
+    write_delay=st.floats(0.0005, 0.3),
+    tick=st.floats(0.05, 0.5),
+)
+def test_an_honest_sender_told_to_wait_and_then_not_is_never_dropped_nor_resends(
+    total: int,
+    first: int,
+    credits: list[int],
+    delays: list[float],
+    write_delay: float,
+    tick: float,
+) -> None:
+    # Acks and window updates whose credits go to 0 and back (a receiver
+    # whose buffer the other transfers take and give back), over one
+    # connection that loses and reorders nothing: the sender sends nothing
+    # while told 0, never goes over a credit, resends nothing, and ends.
+    updates = [tick * k for k in range(1, 20_000)]  # the receiver's timer, until it ends
+    _, flow = pump_honest(total, first, credits, delays, write_delay, updates)
+    assert flow.floor == 0  # never taken for an older sender
+    note(f"{flow.window_updates} window updates")

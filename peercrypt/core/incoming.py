@@ -32,7 +32,16 @@ keeps the credit); a *window update*
 carries a changed credit, sent when the transfer has not acked for
 :data:`WINDOW_UPDATE_AFTER` seconds: a transfer that trickles (a chunk every
 few seconds) would otherwise keep the credit it had before others started
-until its next chunk, and with it the node's buffer they need; a chunk beyond the credit is
+until its next chunk, and with it the node's buffer they need; a credit
+of 0 (the receiver's other transfers leave no room for its next chunk;
+only where acks reach the sender in order, ``ordered``) makes the transfer
+*wait its turn*: its turn (a credit again) goes in a window update at
+once, while it waits it is told so again every :data:`WAITING_REPEAT`
+seconds (the sender's stall clock runs on that) and its idle timeout does
+not run (the receiver holds it back, not its sender); a chunk that comes
+while it waits with nothing queued is a sender's of an older release,
+which reads 0 as 1: it is taken, and the transfer is never told 0 again
+(``floor``); a chunk beyond the credit is
 dropped (OVER_CREDIT) and neither acked nor counted as activity; the file is
 finished once, on the first Done that names the right chunk count after
 every chunk is written, or, when one came before (a sender sends one right
@@ -84,6 +93,10 @@ WINDOW_UPDATE_AFTER = 0.5
 # for the writer, does not restart it). A sender that predates it takes it
 # for a window update.
 STILL_WRITING_AFTER = 0.1
+# Seconds between the acks that tell a transfer waiting its turn (a credit of
+# 0) that it still waits: the sender's stall clock runs on them (it fails a
+# transfer whose receiver said nothing for its --timeout).
+WAITING_REPEAT = 1.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,7 @@ class IncomingTransfer:
     idle_timeout: float
     now: float
     have: ChunkBitmap | None = None
+    ordered: bool = True  # one connection: acks reach the sender in order (credit 0 allowed)
 
     window: ReceiveWindow = field(init=False)
     last_activity: float = field(init=False)
@@ -132,6 +146,8 @@ class IncomingTransfer:
     acked_at: float = field(init=False)  # when the last ack (or window update) went
     window_updates: int = field(default=0, init=False)
     still_writing: int = field(default=0, init=False)  # acks that said chunks wait to be written
+    waited_at: float = field(default=0.0, init=False)  # when it was last told to wait its turn
+    zero_ok: bool = field(default=True, init=False)  # its sender waits on a credit of 0
     _ack_now: bool = field(default=False, init=False)  # a duplicate or an early Done
     _unacked: int = field(default=0, init=False)  # chunks written since the last ack
     _expected_digest: bytes = field(default=b"", init=False)
@@ -139,7 +155,7 @@ class IncomingTransfer:
     _outputs: list[Output] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        self.window = ReceiveWindow(self.total, self.credit, self.have)
+        self.window = ReceiveWindow(self.total, self.credit, self.have, self.ordered)
         self.last_activity = self.acked_at = self.now
 
     # -- inputs -----------------------------------------------------------------
@@ -151,6 +167,15 @@ class IncomingTransfer:
         if self.ended:
             return Arrival.DUPLICATE
         arrival = self.window.on_chunk(index, last, now)
+        if arrival is Arrival.OVER_CREDIT and self.waiting and not self.window.queued:
+            # A sender of an older release reads a credit of 0 as 1 (as did
+            # every receiver before: never below one chunk): its chunk is
+            # taken, and this transfer is never told 0 again.
+            self.zero_ok = False
+            self.window.allow_one(now)
+            self.window.over_credit -= 1  # (taken after all)
+            arrival = self.window.on_chunk(index, last, now)
+            self.ack_due = self._ack_now = True  # its credit of one, at once
         if arrival is Arrival.NEW:
             self.last_activity = now
         elif arrival is Arrival.DUPLICATE:
@@ -238,6 +263,9 @@ class IncomingTransfer:
         due = self.next_timer()
         if due is None or now <= due:
             return
+        if self.waiting and not self.finishing:
+            self.last_activity = now  # the receiver holds it back, not the sender
+            return
         if self.finishing:  # the sender waits for the verdict: tell it
             reason = (
                 "the receiver's final check of the file made no progress "
@@ -269,8 +297,27 @@ class IncomingTransfer:
         self.ack_due = self._ack_now = False
         self._unacked = 0
         self.acked_at = now
-        self.window.advertise(max(1, credit), now)
+        self._advertise(credit, now)
         return self.window.ack_fields()
+
+    @property
+    def floor(self) -> int:
+        """The least credit an ack gives: 0 where acks come in order (a
+        transfer may wait its turn), else 1 (core/receive_window.py)."""
+        return 0 if self.ordered and self.zero_ok else 1
+
+    @property
+    def waiting(self) -> bool:
+        """Told to wait its turn (a credit of 0), with chunks left to write."""
+        return self.window.window == 0 and not self.window.complete and not self.ended
+
+    def _advertise(self, credit: int, now: float) -> None:
+        credit = max(self.floor, credit)
+        if self.window.window == 0 and credit > 0:
+            self.last_activity = now  # its turn: the idle clock starts again
+        elif self.window.window > 0 and credit == 0:
+            self.waited_at = now
+        self.window.advertise(credit, now)
 
     def update_due(self, now: float) -> bool:
         """Whether :meth:`window_update` may send anything at ``now`` (cheap:
@@ -279,8 +326,10 @@ class IncomingTransfer:
         if self.ended or self.finishing:
             return False
         quiet = now - self.acked_at
-        return quiet >= WINDOW_UPDATE_AFTER or (
-            self.window.queued > 0 and quiet >= STILL_WRITING_AFTER
+        return (
+            quiet >= WINDOW_UPDATE_AFTER
+            or (self.window.queued > 0 and quiet >= STILL_WRITING_AFTER)
+            or self.waiting
         )
 
     def window_update(
@@ -296,9 +345,16 @@ class IncomingTransfer:
         (a smaller ``credit`` instead, never a larger one). Its cumulative
         index and ranges are the last ack's, or larger: it acknowledges
         nothing unwritten."""
-        credit = max(1, credit)
+        credit = max(self.floor, credit)
         if self.ended or self.finishing:
             return None
+        if self.waiting and not self.window.queued:
+            # Its turn (a credit at last) goes at once; while it still waits,
+            # an ack now and then says so (the sender's stall clock).
+            if credit == 0 and now - self.acked_at < WAITING_REPEAT:
+                return None
+            self.window_updates += 1
+            return self.ack(credit, now, force=True)
         if self.window.queued and now - self.acked_at >= STILL_WRITING_AFTER:
             # Chunks came and wait for the writer, and nothing was acked for
             # a while: the sender hears that the transfer is alive before
@@ -315,7 +371,7 @@ class IncomingTransfer:
             return None
         self.acked_at = now
         self.window_updates += 1
-        self.window.advertise(credit, now)
+        self._advertise(credit, now)
         return self.window.ack_fields()
 
     def next_timer(self) -> float | None:

@@ -23,8 +23,9 @@ has no branch on the mode.
 
 Phases: ``offered`` (until the accept or ``deadline``), ``sending`` (chunks
 under credit, congestion window and grants; fails when nothing was newly
-acked for ``timeout`` seconds while chunks are in flight, on a timer of its
-own, so the timeout is kept whatever the retransmission backoff; that clock
+acked for ``timeout`` seconds while chunks are in flight (or, told to wait
+its turn by a credit of 0, nothing came from the receiver for as long), on a
+timer of its own, so the timeout is kept whatever the retransmission backoff; that clock
 starts afresh when a chunk goes out with none in flight: a sender holding
 its chunks back for its own pacing (grants) is not a silent receiver; a
 re-established data connection (:meth:`on_reconnect`) resends what was in
@@ -276,7 +277,9 @@ class OutgoingTransfer(GrantedFlow):
         if w is None or self.phase is Phase.ENDED:
             return
         sack_losses, acked = w.fast_retransmits, self.acked_bytes
-        if w.on_ack(cumulative, sack, credit, now):
+        if w.on_ack(cumulative, sack, credit, now) or (w.waiting and not w.in_flight):
+            # (waiting its turn at the receiver, told so again: the
+            # receiver is there; the stall clock runs from its last word)
             self.last_progress = now
         if self.congestion_managed:
             self._report[1] += self.acked_bytes - acked
@@ -347,7 +350,7 @@ class OutgoingTransfer(GrantedFlow):
         elif self.phase is Phase.SENDING:
             w = self.window
             assert w is not None
-            if not w.in_flight:
+            if not w.in_flight and not w.waiting:
                 return
             if now >= self.last_progress + self.timeout:  # the very sum next_timer gives
                 self.unanswered = self.early_done
@@ -383,7 +386,7 @@ class OutgoingTransfer(GrantedFlow):
             return self.deadline
         if self.phase is Phase.SENDING and self.window is not None:
             due = self.window.next_deadline()
-            if not self.window.in_flight:
+            if not self.window.in_flight and not self.window.waiting:
                 return due
             # The stall clock runs while anything is in flight, even chunks
             # presumed lost whose resend waits for a grant.

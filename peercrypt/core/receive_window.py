@@ -6,24 +6,34 @@ promise that the bytes are in the ``.part`` file. The advertised window is
 the credit: the sender may have at most ``window`` chunks unacked, and the
 receiver enforces it. A new chunk arriving while as many are queued as the
 credit allows is OVER_CREDIT: dropped, not queued, so a sender ignoring the
-protocol cannot grow the receiver's queues. After the credit shrinks, the
-old (larger) one is still allowed, less one chunk for every chunk written
-since: the sender may have had that many in flight under it before it heard
-of the new one, and dropping them would only make it resend them (many
-transfers starting at once shrink every credit). That is exact for an
-honest sender whose acks arrive in order: the ack that shrank the credit
-acknowledged every chunk written until then, so the chunks sent under the
-old credit and not yet written are at most the old credit less those
-written since, and each later ack carries the new one. What is left of the
-old credit also expires :data:`CREDIT_GRACE` seconds after the ack that
-shrank it, or after the last new chunk if one came later: the sender has
-sent every chunk of the old credit by the time it hears of the new one, so
-they arrive within about a round trip, and while they come the old credit
-runs down one chunk per chunk written. Without it a transfer that grew and
-then trickles (a chunk now and then keeps it from timing out) would keep
-its old credit, and every other transfer of the node, charged for it, one
-chunk. A chunk of the old credit later than that (a round trip or a stall
-longer than the grace) is dropped as over the credit and the sender resends
+protocol cannot grow the receiver's queues.
+
+How many chunks may be queued: what an honest sender can still have coming.
+It counts as in flight (sent, not acked) at most the credit of the last ack
+it read; every chunk written since that ack was sent is one of those (the
+sender learns of it only with a later ack). So at most the largest of the
+credits told, each less the chunks written since it was told, can be coming,
+whichever of those acks the sender has read: the window keeps that count
+(``allowed``), raised to the credit of each ack sent and lowered by one for
+each chunk written. It is exact when acks reach the sender in the order
+they were sent (``ordered``: a transfer's one connection, TCP), and lets a
+credit of 0 mean at once "nothing more is coming": a transfer whose buffer
+the others need waits its turn holding nothing. Where acks may overtake
+each other (parallel mode's lanes: each ack goes on the connection the last
+chunk came on) a sender may act on an older, larger credit after a newer
+ack's chunks are counted, so the count is looser there: after the credit
+shrinks, the old (larger) one is still allowed, less one chunk for every
+chunk written since, and a credit is never 0 (many transfers starting at
+once shrink every credit; dropping what an honest sender sent under the old
+one would only make it resend them). Either way the old credit also
+expires :data:`CREDIT_GRACE` seconds after the ack that shrank it, or after
+the last new chunk if one came later: the sender has sent every chunk of
+the old credit by the time it hears of the new one, so they arrive within
+about a round trip. Without it a transfer that grew and then trickles (a
+chunk now and then keeps it from timing out) would keep its old credit, and
+every other transfer of the node, charged for it, one chunk. A chunk of the
+old credit later than that (a round trip or a stall longer than the grace)
+is dropped as over the credit and the sender resends
 it. Time is passed in (``now``); nothing here reads a clock.
 """
 
@@ -49,10 +59,13 @@ CREDIT_GRACE = 2.0
 
 
 class ReceiveWindow:
-    def __init__(self, total: int, window: int, have: ChunkBitmap | None = None) -> None:
+    def __init__(
+        self, total: int, window: int, have: ChunkBitmap | None = None, ordered: bool = True
+    ) -> None:
         if window < 1:
             raise ValueError("window must be >= 1")
         self.total = total
+        self.ordered = ordered  # acks reach the sender in the order sent (one connection)
         self._window = self._allowed = window
         self.written = have if have is not None else ChunkBitmap(total)
         if self.written.total != total:
@@ -68,13 +81,14 @@ class ReceiveWindow:
         return self._window
 
     def advertise(self, window: int, now: float) -> None:
-        """Set the credit of the ack sent at ``now``."""
-        if window < 1:
-            raise ValueError("window must be >= 1")
-        # The old credit's chunks may still be coming (see the module docs).
+        """Set the credit of the ack sent at ``now`` (0: nothing more until a
+        later ack grants some; an accept's credit is at least 1)."""
+        if window < 0 or (window == 0 and not self.ordered):
+            raise ValueError("window must be >= 0 (>= 1 unless ordered)")
+        # The chunks still coming under an older credit (see the module docs).
         self._expire(now)
         shrinks = window < self._window
-        self._allowed = max(self._allowed, self._window)
+        self._allowed = max(self._allowed, window if self.ordered else self._window)
         self._window = window
         if shrinks and self._allowed > window:
             self._since = now  # (an ack that only repeats the credit does not: a stall's acks)
@@ -83,9 +97,15 @@ class ReceiveWindow:
         """Chunks that may be queued at ``now``: the window, or what is left
         of a larger one advertised before, until it expires (see the module
         docs)."""
+        if not self.ordered:
+            return (
+                self._window
+                if now - self._since > CREDIT_GRACE
+                else max(self._window, self._allowed)
+            )
         if now - self._since > CREDIT_GRACE:
-            return self._window
-        return max(self._window, self._allowed)
+            return min(self._window, self._allowed)
+        return self._allowed
 
     def on_chunk(self, index: int, last: bool, now: float) -> Arrival:
         """Classify an authenticated chunk (the AAD already bound ``last``;
@@ -104,17 +124,23 @@ class ReceiveWindow:
             self._since = now  # more of the old credit may follow it
         return Arrival.NEW
 
+    def allow_one(self, now: float) -> None:
+        """Take one chunk more than the credit told: a sender of an older
+        release reads a credit of 0 as 1 (core/incoming.py)."""
+        self._expire(now)
+        self._allowed = max(self._allowed, len(self._queued) + 1)
+
     def _expire(self, now: float) -> None:
         if now - self._since > CREDIT_GRACE:
-            self._allowed = self._window
+            self._allowed = min(self._allowed, self._window) if self.ordered else self._window
 
     def on_dropped(self, index: int) -> None:
         """A queued chunk was dropped before it was written."""
         self._queued.discard(index)
 
     def on_written(self, index: int) -> None:
-        if index in self._queued and self._allowed > self._window:
-            self._allowed -= 1  # one fewer of the old credit's chunks can be coming
+        if index in self._queued and self._allowed > (0 if self.ordered else self._window):
+            self._allowed -= 1  # one fewer of the chunks a credit told can be coming
         self._queued.discard(index)
         self.written.add(index)
 
@@ -143,24 +169,35 @@ INITIAL_CREDIT = 4
 
 
 def node_credit(
-    window: int, chunk_size: int, buffer: int, running: int, others: int, current: int = 0
+    window: int,
+    chunk_size: int,
+    buffer: int,
+    running: int,
+    others: int,
+    current: int = 0,
+    floor: int = 1,
 ) -> int:
     """A transfer's credit in chunks: at most ``window``, its fair share of
     the node's receive ``buffer`` among ``running`` transfers (itself
-    included), twice its ``current`` credit (a new transfer: 0, it gets
-    :data:`INITIAL_CREDIT` unless it is the only one), and what the other
-    transfers' allowances (``others`` bytes: see :func:`allowance_bytes`)
-    leave of the buffer; never below one chunk. So the allowances of all of
-    a node's transfers together stay within the buffer plus one chunk per
-    transfer at most (a transfer that starts while the others hold all of
-    it gets one chunk until their credit shrinks)."""
+    included; at least one chunk, however large), twice its ``current``
+    credit (a new transfer: 0, it gets :data:`INITIAL_CREDIT` unless it is
+    the only one), and what the other transfers' allowances (``others``
+    bytes: see :func:`allowance_bytes`, and what the receiver keeps for
+    transfers waiting their turn) leave of the buffer; never below
+    ``floor``. With ``floor`` 1 the allowances of all of a node's transfers
+    together stay within the buffer plus one chunk per transfer at most (a
+    transfer that starts while the others hold all of it gets one chunk
+    until their credit shrinks); with ``floor`` 0 within the buffer: a
+    transfer for whose next chunk the others leave no room waits (credit 0)
+    until a later ack or window update gives it some."""
     share = buffer // max(1, running)
     free = max(0, buffer - others)
     if current:
         grown = max(INITIAL_CREDIT, 2 * current)
     else:  # a new transfer: the whole window if it is the only one
         grown = window if running <= 1 else INITIAL_CREDIT
-    return max(1, min(window, grown, share // chunk_size, free // chunk_size))
+    room = free // chunk_size or (1 if others <= 0 else 0)  # (a chunk larger than the buffer)
+    return max(floor, min(window, grown, max(1, share // chunk_size), room))
 
 
 def receiving(windows: Iterable[ReceiveWindow]) -> int:
@@ -186,10 +223,11 @@ def allowance_bytes(window: ReceiveWindow, chunk_size: int, now: float) -> int:
 
 # A receiver chooses the chunk of a transfer whose offer allows a range
 # (OfferDetails.min_chunk) so that the transfer's share of the node's receive
-# buffer holds at least this many of them: a credit is never below one chunk,
-# so chunks larger than a share would hold more than the buffer (4 MiB chunks
-# for each of 16 transfers: 64 MiB of credit against a 32 MiB buffer), and a
-# credit of one chunk leaves a transfer waiting for each ack in turn.
+# buffer holds at least this many of them: chunks larger than a share make
+# the transfers take turns a chunk at a time (a credit of 0 while the others
+# hold the buffer; before, a credit was never below one chunk, and 4 MiB
+# chunks for each of 16 transfers held 64 MiB against a 32 MiB buffer), and
+# a credit of one chunk leaves a transfer waiting for each ack in turn.
 CHUNKS_PER_SHARE = 2
 # ... and only for a file of at least this many of them. Larger chunks save
 # per-chunk work (one send of 1 GiB: 0.3 CPU s per GiB on both nodes from 1

@@ -9,7 +9,9 @@ Rules:
 - Credit: at most ``window`` chunks are in flight (sent, not yet acked). The
   receiver sizes the window to its write queue, so its memory is bounded by
   window x chunk size whatever the file size, and no ZeroMQ high-water mark
-  ever has to drop anything. The sender honours at most ``max_window`` of
+  ever has to drop anything. A credit of 0 (the receiver's buffer is
+  taken by other transfers) stops new chunks until an ack gives some. The
+  sender honours at most ``max_window`` of
   it (its own buffer), so a receiver advertising a huge credit and reading
   nothing cannot make the sender queue more.
 - Loss by SACK (QUIC's packet threshold, RFC 9002 6.1.1): a chunk in flight
@@ -123,7 +125,9 @@ class SendWindow:
         acknowledges nothing new (a window update: only the credit changed,
         or a repeated ack) is no evidence of loss: losses are inferred from
         what was acked in send order, never from how often an ack repeats."""
-        self.window = max(1, min(window, self.max_window))
+        # (0: the receiver's buffer is taken; wait for its next ack. A
+        # receiver of an older release never gives 0.)
+        self.window = min(window, self.max_window)
         self.peak_window = max(self.peak_window, self.window)
         same_credit, self._credit = window == self._credit, window
         newly = self.acked.add_ranges([(0, min(cumulative, self.total)), *sack])
@@ -213,7 +217,7 @@ class SendWindow:
     def next_to_send(self, now: float, limit: int | None = None) -> list[int]:
         """Chunks to send now (marking them in flight), retransmissions first."""
         out: list[int] = []
-        allowed = self.window if self.limit is None else max(1, min(self.window, self.limit))
+        allowed = self._allowed()
         budget = allowed - (len(self._in_flight) - len(self._lost))
         if limit is not None:
             budget = min(budget, limit)
@@ -264,12 +268,25 @@ class SendWindow:
         of what this counts (counted 0, a paced flow whose credit or share
         shrank below what it has in flight asked for nothing, and its resend
         waited for one more expiry per chunk in flight: a minute and more)."""
-        allowed = self.window if self.limit is None else max(1, min(self.window, self.limit))
+        allowed = self._allowed()
         pending = len(self._lost) + max(0, self.total - self._next_new)
         room = max(0, min(allowed - (len(self._in_flight) - len(self._lost)), pending))
         if self._probe is not None and self._probe in self._lost:
             return max(1, room)
         return room
+
+    def _allowed(self) -> int:
+        """Chunks that may be in flight: the credit, under the limit (at
+        least one chunk while there is credit)."""
+        if self.limit is None or self.window == 0:
+            return self.window
+        return max(1, min(self.window, self.limit))
+
+    @property
+    def waiting(self) -> bool:
+        """The receiver gave no credit (its buffer is taken): nothing goes
+        but an expiry's resend until an ack gives some."""
+        return self.window == 0
 
     def _mark_sent(self, index: int, now: float, resent: bool) -> None:
         if self._timer_start is None or not self._has_pending():
