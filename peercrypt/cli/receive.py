@@ -117,6 +117,11 @@ def wait_for_next(client: ControlClient, timeout: float, quiet: bool) -> dict[st
 def receive(obj: dict[str, Any], timeout: float, as_json: bool, no_progress: bool) -> None:
     """Wait for the next incoming transfer; show its progress and result (exit 1: failed)."""
     data_dir: Path = obj["data_dir"]
+    # Imported before "waiting" is said: a Ctrl-C that lands inside an import
+    # can be raised in the import system's cleanup, where Python prints it and
+    # drops it (the command would go on waiting; seen in the shell's test).
+    import tqdm  # noqa: F401
+
     try:
         with ControlClient.for_data_dir(data_dir) as client:
             client.status(timeout=2.0)
