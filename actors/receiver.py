@@ -321,6 +321,16 @@ class Asking:
     fresh: bool = False  # (the ledger's verdict: see _accept)
 
 
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """Bytes of the receive buffer kept for the transfers waiting their turn
+    and the offers waiting for room: ``kept`` in all, ``ahead`` of each
+    waiting transfer (by id) what is kept for those ahead of it."""
+
+    kept: int
+    ahead: dict[bytes, int]
+
+
 class ReceiverActor(Actor):
     name = "receiver"
     data_plane = True
@@ -859,7 +869,8 @@ class ReceiverActor(Actor):
         assert part is not None  # named: the manifest beside it makes it resumable
         flow = IncomingTransfer(
             total=key.total,
-            credit=self._credit(key.chunk_size, self._credit_held(), extra=1),
+            # (beside what is kept for those waiting: this one goes last)
+            credit=self._credit(key.chunk_size, self._credit_held() + self._line().kept, extra=1),
             idle_timeout=s.idle_timeout,
             now=self.now(),
             have=held,
@@ -1300,7 +1311,7 @@ class ReceiverActor(Actor):
     def _flush_acks(self) -> None:
         held = -1  # what all of them hold: counted once, when an ack is due
         now = self.now()
-        waiting: list[Incoming] | None = None  # (those waiting their turn: looked for once)
+        line: _Line | None = None  # (those waiting their turn: looked for once)
         for t in self.transfers.values():
             ring = t.ring
             # Slots copied out go back to the sender at once, not with the
@@ -1309,9 +1320,9 @@ class ReceiverActor(Actor):
             release = ring is not None and ring.release_due
             if t.flow.ack_due or release:
                 if held < 0:
-                    held, waiting = self._credit_held(), self._waiting()
-                held = self._ack(t, held, now, force=release, waiting=waiting)
-        if held >= 0 and (waiting or any(t.flow.waiting for t in self.transfers.values())):
+                    held, line = self._credit_held(), self._line()
+                held = self._ack(t, held, now, force=release, line=line)
+        if held >= 0 and any(t.flow.waiting for t in self.transfers.values()):
             self._grant_waiting(held, now)  # acks that shrank may have made room
         if held >= 0 and self.asking:
             self._admit_waiting()  # (after the running ones' turns)
@@ -1334,19 +1345,19 @@ class ReceiverActor(Actor):
             return
         held = self._credit_held()
         running = self._sharing()
-        waiting = self._waiting()
+        line = self._line()
         due.sort(key=lambda t: t.flow.waited_at if t.flow.waiting else -1.0)  # the longest first
         for t in due:  # (a route: none before its first chunk, nowhere to send it)
-            held = self._ack(t, held, now, update=True, running=running, waiting=waiting)
+            held = self._ack(t, held, now, update=True, running=running, line=line)
 
     def _grant_waiting(self, held: int, now: float) -> None:
         """Give the transfers waiting their turn (a credit of 0: the others
         held the buffer) what the buffer now has room for, the longest
         waiting first, at once (core/incoming.py, ``window_update``)."""
-        waiting = self._waiting()
-        for t in waiting:
+        line = self._line()
+        for t in self._waiting():
             if t.flow.waiting:  # (not given its turn by then)
-                held = self._ack(t, held, now, update=True, waiting=waiting)
+                held = self._ack(t, held, now, update=True, line=line)
 
     def _sharing(self) -> int:
         """How many share the receive buffer: the transfers with chunks left
@@ -1360,22 +1371,24 @@ class ReceiverActor(Actor):
         waiting.sort(key=lambda t: t.flow.waited_at)
         return waiting
 
-    def _kept_for_waiting(self, t: Incoming, waiting: list[Incoming]) -> int:
-        """Bytes of the buffer kept for the transfers that wait their turn
-        and the offers that wait for room ahead of ``t`` (every one, if ``t``
-        does not wait): one chunk each, so a transfer whose ack comes while
-        others wait leaves them the room it frees, and each gets its turn
-        (core/receive_window.py, ``node_credit``)."""
-        mine = t.flow.waited_at if t.flow.waiting else float("inf")
-        kept = sum(
-            o.chunk_size
-            for o in waiting
-            if o is not t and o.flow.waiting and o.flow.waited_at < mine
-        )
-        # ... and for the offers waiting for room (in the same order)
-        return kept + sum(
-            a.key.chunk_size for a in self.asking.values() if 0 <= a.room_since < mine
-        )
+    def _line(self) -> _Line:
+        """The transfers waiting their turn and the offers waiting for room,
+        in one line, the longest waiting first: the bytes of the buffer kept
+        for them (one chunk each), in all and ahead of each waiting transfer.
+        A transfer whose ack comes while others wait leaves them the room it
+        frees, and each gets its turn (core/receive_window.py, ``node_credit``)."""
+        line: list[tuple[float, int, Incoming | None]] = [
+            (t.flow.waited_at, t.chunk_size, t) for t in self._waiting()
+        ]
+        line += [(a.room_since, a.key.chunk_size, None) for _, a in self._parked()]
+        line.sort(key=lambda item: item[0])
+        ahead: dict[bytes, int] = {}
+        kept = 0
+        for _, chunk, t in line:
+            if t is not None:
+                ahead[t.tid] = kept
+            kept += chunk
+        return _Line(kept, ahead)
 
     def _ack(
         self,
@@ -1385,27 +1398,31 @@ class ReceiverActor(Actor):
         force: bool = False,
         update: bool = False,
         running: int | None = None,
-        waiting: list[Incoming] | None = None,
+        line: _Line | None = None,
     ) -> int:
         """Send ``t`` its ack if one is due (``update``: its window update
         if one is due), with the credit the others' allowances (of ``held``
-        bytes, all transfers' together) and the transfers waiting their turn
-        ahead of it (``waiting``, if looked for) leave it; what they all hold
-        after. ``running``: the transfers that share the buffer, if counted."""
+        bytes, all transfers' together) and those waiting their turn ahead of
+        it (``line``, if looked for) leave it; what they all hold after.
+        ``running``: the transfers that share the buffer, if counted."""
         own = allowance_bytes(t.flow.window, t.chunk_size, now)
         flow = t.flow
-        if waiting is None:
-            waiting = self._waiting()
-        others = held - own + self._kept_for_waiting(t, waiting)
+        if line is None:
+            line = self._line()
+        # Kept for those waiting ahead of it (for all of them if it does not wait).
+        others = held - own + line.ahead.get(t.tid, line.kept)
         credit = self._credit(
             t.chunk_size, others, flow.window.window, running=running, floor=flow.floor
         )
         still_writing, told_to_wait = flow.still_writing, flow.waiting
+        too_long = flow.waited_too_long
         ack = flow.window_update(credit, now) if update else flow.ack(credit, now, force=force)
         if ack is None:
             return held
         if told_to_wait != flow.waiting:
             self.count("credit-turns" if told_to_wait else "credit-waits")
+        if flow.waited_too_long and not too_long:
+            self.count("credit-waits-too-long")  # one chunk at least from now on
         held += allowance_bytes(t.flow.window, t.chunk_size, now) - own
         self._note_credit(held)
         if flow.still_writing > still_writing:

@@ -964,3 +964,20 @@ def test_a_send_told_to_wait_its_turn_waits_while_told_so_and_no_longer() -> Non
     failed, now = _failed_by(t, 20.0, 7.6)
     assert failed is not None and "stopped acknowledging" in failed.reason
     assert now == pytest.approx(7.6 + 5.0)
+
+
+def test_a_send_told_to_wait_with_chunks_in_flight_waits_while_told_so() -> None:
+    """Chunks in flight (lost on a connection that broke: resent only once
+    it has credit again) while told to wait: the receiver's repeats of the 0
+    keep the send alive all the same."""
+    t = outgoing(size=8 * CHUNK)
+    t.on_accept([], 4, 0.0)
+    assert len([o for o in t.poll(0.0) if isinstance(o, SendChunk)]) == 4
+    t.on_ack(2, [], 0, 0.1)  # two written; wait your turn (two still in flight)
+    t.on_reconnect(0.2)  # those two are presumed lost
+    for now in (1.2, 2.2, 3.2, 4.2, 5.2, 6.2, 7.2):
+        t.on_ack(2, [], 0, now)
+        t.on_timer(now)
+        assert [o for o in t.poll(now) if isinstance(o, (SendChunk, Failed))] == []
+    t.on_ack(2, [], 2, 7.5)  # its turn: the two lost ones go first
+    assert [o.index for o in t.poll(7.5) if isinstance(o, SendChunk)] == [2, 3]

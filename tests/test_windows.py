@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.incoming import (
     STILL_WRITING_AFTER,
+    WAIT_LIMIT,
     WAITING_REPEAT,
     WINDOW_UPDATE_AFTER,
     IncomingTransfer,
@@ -1195,13 +1196,59 @@ def test_a_transfer_told_to_wait_does_not_expire_and_hears_its_turn_at_once() ->
     flow.on_timer(60.0)  # the receiver holds it back, not its sender
     assert not flow.ended and flow.poll() == []
     assert flow.window_update(0, 0.5) is None  # still waiting: said again later
-    again = flow.window_update(0, 60.0 + WAITING_REPEAT)
+    again = flow.window_update(0, 0.1 + WAITING_REPEAT)
     assert again is not None and again[2] == 0
-    turn = flow.window_update(2, 60.5 + WAITING_REPEAT)  # room: at once
+    turn = flow.window_update(2, 1.5)  # room: at once
     assert turn is not None and turn[:2] == (1, []) and turn[2] == 2 and not flow.waiting
-    # From its turn on, its sender's silence counts again.
-    flow.on_timer(66.0 + WAITING_REPEAT)
+    # From its turn on, its sender's silence counts again, from where the
+    # wait stopped it (idle 0.1 s before it).
+    flow.on_timer(6.3)
+    assert not flow.ended
+    flow.on_timer(6.5)
     assert flow.ended and [type(out).__name__ for out in flow.poll()] == ["Abandon"]
+
+
+def test_a_transfer_waits_its_turn_at_most_wait_limit_then_keeps_a_chunk() -> None:
+    # Transfers that keep a chunk whatever the others need (lanes, older
+    # senders), trickling, could hold the buffer for good: one told to wait
+    # for WAIT_LIMIT gets a chunk then, and is never told 0 again.
+    flow = IncomingTransfer(total=10, credit=1, idle_timeout=30.0, now=0.0)
+    flow.on_chunk(0, False, 0.0)
+    flow.on_written(0)
+    assert flow.ack(0, 0.0) is not None and flow.waiting
+    for now in (WAITING_REPEAT, 2 * WAITING_REPEAT - 0.01):  # (still within the limit)
+        again = flow.window_update(0, now)
+        assert again is None or again[2] == 0
+    assert flow.waiting and not flow.waited_too_long
+    turn = flow.window_update(0, WAIT_LIMIT)  # the others still hold it all
+    assert turn is not None and turn[2] == 1 and not flow.waiting and flow.waited_too_long
+    flow.on_chunk(1, False, WAIT_LIMIT + 0.1)
+    flow.on_written(1)
+    after = flow.ack(0, WAIT_LIMIT + 0.2)
+    assert after is not None and after[2] == 1 and flow.floor == 1
+
+
+def test_a_silent_sender_expires_whatever_its_turns() -> None:
+    # Waiting stops its idle clock, a turn starts it again where it stopped:
+    # a sender that went silent (crashed) is dropped after idle_timeout
+    # seconds of turns it did not use, however often it is told to wait.
+    flow = IncomingTransfer(total=10, credit=1, idle_timeout=3.0, now=0.0)
+    flow.on_chunk(0, False, 0.0)
+    flow.on_written(0)
+    assert flow.ack(0, 0.5) is not None  # idle 0.5 s when told to wait
+    now = 0.5
+    while not flow.ended and now < 100.0:
+        now += 1.0  # a second of waiting, then a turn of 0.5 s it does not use
+        assert flow.window_update(1, now) is not None and not flow.waiting
+        flow.on_timer(now + 0.5)
+        if not flow.ended:
+            assert flow.ack(0, now + 0.5, force=True) is not None and flow.waiting
+            flow.on_timer(now + 0.9)  # (waiting: no expiry)
+            assert not flow.ended
+        now += 0.5
+    # 0.5 s, then 6 turns of 0.5 s unused: 3.5 s idle, the first past its 3 s
+    assert flow.ended and now == pytest.approx(9.5)
+    assert [type(out).__name__ for out in flow.poll()] == ["Abandon"]
 
 
 def test_lanes_are_never_told_0() -> None:
@@ -1223,9 +1270,10 @@ def test_a_sender_of_an_older_release_reading_0_as_1_loses_nothing() -> None:
     # told 0 again.
     old = SendWindow(5)
     old.on_accept([], 1)
-    flow = IncomingTransfer(total=5, credit=1, idle_timeout=5.0, now=0.0)
-    now, over = 0.0, 0
-    while not old.done and now < 10.0:
+    # (on a monotonic clock far from 0: the count's grace long over)
+    now, over = 5000.0, 0
+    flow = IncomingTransfer(total=5, credit=1, idle_timeout=5.0, now=now)
+    while not old.done and now < 5010.0:
         for index in old.next_to_send(now):
             arrival = flow.on_chunk(index, index == 4, now)
             over += arrival is Arrival.OVER_CREDIT

@@ -37,8 +37,12 @@ of 0 (the receiver's other transfers leave no room for its next chunk;
 only where acks reach the sender in order, ``ordered``) makes the transfer
 *wait its turn*: its turn (a credit again) goes in a window update at
 once, while it waits it is told so again every :data:`WAITING_REPEAT`
-seconds (the sender's stall clock runs on that) and its idle timeout does
-not run (the receiver holds it back, not its sender); a chunk that comes
+seconds (the sender's stall clock runs on that) and its idle clock stops
+(the receiver holds it back, not its sender: at its turn the clock goes on
+from where it stopped, so a sender silent through its turns still expires),
+and one that has waited :data:`WAIT_LIMIT` seconds gets a chunk and is never
+told 0 again (those that keep a chunk whatever the others need, parallel
+mode's lanes, older senders, cannot hold it back for good); a chunk that comes
 while it waits with nothing queued is a sender's of an older release,
 which reads 0 as 1: it is taken, and the transfer is never told 0 again
 (``floor``); a chunk beyond the credit is
@@ -97,6 +101,11 @@ STILL_WRITING_AFTER = 0.1
 # 0) that it still waits: the sender's stall clock runs on them (it fails a
 # transfer whose receiver said nothing for its --timeout).
 WAITING_REPEAT = 1.0
+# Seconds a transfer waits its turn at most: one that has waited this long is
+# never told 0 again (one chunk at least, as before credits could be 0), so
+# transfers that keep a chunk whatever the others need (parallel mode's
+# lanes, senders of older releases) cannot hold the others back for good.
+WAIT_LIMIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,7 @@ class IncomingTransfer:
     still_writing: int = field(default=0, init=False)  # acks that said chunks wait to be written
     waited_at: float = field(default=0.0, init=False)  # when it was last told to wait its turn
     zero_ok: bool = field(default=True, init=False)  # its sender waits on a credit of 0
+    waited_too_long: bool = field(default=False, init=False)  # for WAIT_LIMIT
     _ack_now: bool = field(default=False, init=False)  # a duplicate or an early Done
     _unacked: int = field(default=0, init=False)  # chunks written since the last ack
     _expected_digest: bytes = field(default=b"", init=False)
@@ -260,11 +270,10 @@ class IncomingTransfer:
         self._end(Abandon(ResultCode.NO_SPACE, f"the receiver's disk is full ({text})", True, True))
 
     def on_timer(self, now: float) -> None:
+        if self.waiting and not self.finishing:
+            return  # the receiver holds it back, not its sender (its clock stops)
         due = self.next_timer()
         if due is None or now <= due:
-            return
-        if self.waiting and not self.finishing:
-            self.last_activity = now  # the receiver holds it back, not the sender
             return
         if self.finishing:  # the sender waits for the verdict: tell it
             reason = (
@@ -312,9 +321,14 @@ class IncomingTransfer:
         return self.window.window == 0 and not self.window.complete and not self.ended
 
     def _advertise(self, credit: int, now: float) -> None:
+        if self.waiting and now - self.waited_at >= WAIT_LIMIT:
+            self.zero_ok = False  # it waited long enough: one chunk at least from now on
+            self.waited_too_long = True
         credit = max(self.floor, credit)
         if self.window.window == 0 and credit > 0:
-            self.last_activity = now  # its turn: the idle clock starts again
+            # Its turn: the idle clock goes on from where the wait stopped it
+            # (a sender silent through its turns still expires).
+            self.last_activity = now - max(0.0, self.waited_at - self.last_activity)
         elif self.window.window > 0 and credit == 0:
             self.waited_at = now
         self.window.advertise(credit, now)
@@ -350,8 +364,10 @@ class IncomingTransfer:
             return None
         if self.waiting and not self.window.queued:
             # Its turn (a credit at last) goes at once; while it still waits,
-            # an ack now and then says so (the sender's stall clock).
-            if credit == 0 and now - self.acked_at < WAITING_REPEAT:
+            # an ack now and then says so (the sender's stall clock), and
+            # after WAIT_LIMIT its turn goes whatever the credit (_advertise).
+            quiet = now - self.acked_at < WAITING_REPEAT
+            if credit == 0 and quiet and now - self.waited_at < WAIT_LIMIT:
                 return None
             self.window_updates += 1
             return self.ack(credit, now, force=True)

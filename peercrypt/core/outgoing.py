@@ -277,7 +277,7 @@ class OutgoingTransfer(GrantedFlow):
         if w is None or self.phase is Phase.ENDED:
             return
         sack_losses, acked = w.fast_retransmits, self.acked_bytes
-        if w.on_ack(cumulative, sack, credit, now) or (w.waiting and not w.in_flight):
+        if w.on_ack(cumulative, sack, credit, now) or w.waiting:
             # (waiting its turn at the receiver, told so again: the
             # receiver is there; the stall clock runs from its last word)
             self.last_progress = now

@@ -125,9 +125,10 @@ class ReceiveWindow:
         return Arrival.NEW
 
     def allow_one(self, now: float) -> None:
-        """Take one chunk more than the credit told: a sender of an older
-        release reads a credit of 0 as 1 (core/incoming.py)."""
+        """Take the credit of 0 told for one: a sender of an older release
+        reads it so (core/incoming.py)."""
         self._expire(now)
+        self._window = max(self._window, 1)
         self._allowed = max(self._allowed, len(self._queued) + 1)
 
     def _expire(self, now: float) -> None:
