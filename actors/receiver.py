@@ -1354,10 +1354,10 @@ class ReceiverActor(Actor):
         """Give the transfers waiting their turn (a credit of 0: the others
         held the buffer) what the buffer now has room for, the longest
         waiting first, at once (core/incoming.py, ``window_update``)."""
-        line = self._line()
+        line, running = self._line(), self._sharing()
         for t in self._waiting():
             if t.flow.waiting:  # (not given its turn by then)
-                held = self._ack(t, held, now, update=True, line=line)
+                held = self._ack(t, held, now, update=True, running=running, line=line)
 
     def _sharing(self) -> int:
         """How many share the receive buffer: the transfers with chunks left

@@ -10,7 +10,7 @@ MiB = 1024 * 1024
 # CPU s per GiB, receiving node 1.48 against 1.89), but 4 MiB for every one
 # of 16 transfers in flight each way took the busiest of 4 nodes to 176-182
 # MiB against 120-125 (goal 150) while a receiver's credit was never below
-# one chunk (docs/benchmarks.md, 2026-12-02 22:05-22:27 UTC; 156-169 since
+# one chunk (docs/benchmarks.md, 2026-12-02 22:05-22:27 UTC; 154-169 since
 # transfers wait their turn within the buffer, "A transfer waits its turn").
 # The receiver gives large chunks where its buffer holds several of them for
 # the transfer.

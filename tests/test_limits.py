@@ -213,8 +213,9 @@ def test_the_credit_of_all_incoming_transfers_stays_within_the_receive_buffer(
 
     facts = peaks(receiver, count)
     counters = dict(receiver.status().counters)
-    assert counters.get("receiver.offers-waited-for-room", 0) > 0, counters
     late = counters.get("receiver.offers-accepted-without-room", 0)
+    # Offers waited, and room came for them before their second was out.
+    assert counters.get("receiver.offers-waited-for-room", 0) > late, counters
     assert CHUNK <= int(facts["credit_peak"]) <= buffer + late * CHUNK, (facts, counters)
     assert 0 < int(facts["writer_queue_peak"]) <= int(facts["credit_peak"])
     receiver.close()

@@ -981,3 +981,24 @@ def test_a_send_told_to_wait_with_chunks_in_flight_waits_while_told_so() -> None
         assert [o for o in t.poll(now) if isinstance(o, (SendChunk, Failed))] == []
     t.on_ack(2, [], 2, 7.5)  # its turn: the two lost ones go first
     assert [o.index for o in t.poll(7.5) if isinstance(o, SendChunk)] == [2, 3]
+
+
+def test_a_send_told_to_wait_lets_its_receiver_be_silent_3_s_whatever_its_timeout() -> None:
+    """A receiver repeats its 0 every second: a send with a shorter
+    ``--timeout`` still waits its turn (3 s of silence at least)."""
+    t = OutgoingTransfer(policy=Policy(), size=4 * CHUNK, chunk_size=CHUNK, timeout=0.5, now=0.0)
+    t.on_accept([], 1, 0.0)
+    t.poll(0.0)
+    t.on_ack(1, [], 0, 0.1)
+    for now in (1.1, 2.1, 3.1):
+        t.on_ack(1, [], 0, now)
+        t.on_timer(now + 0.99)
+        assert not [o for o in t.poll(now + 0.99) if isinstance(o, Failed)]
+    failed, now = _failed_by(t, 20.0, 3.1)
+    assert failed is not None and now == pytest.approx(3.1 + 3.0)
+    # Not told to wait: its own timeout, as before.
+    u = OutgoingTransfer(policy=Policy(), size=4 * CHUNK, chunk_size=CHUNK, timeout=0.5, now=0.0)
+    u.on_accept([], 1, 0.0)
+    u.poll(0.0)
+    failed, now = _failed_by(u, 20.0, 0.0)
+    assert failed is not None and now == pytest.approx(0.5)

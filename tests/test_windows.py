@@ -1229,26 +1229,52 @@ def test_a_transfer_waits_its_turn_at_most_wait_limit_then_keeps_a_chunk() -> No
 
 
 def test_a_silent_sender_expires_whatever_its_turns() -> None:
-    # Waiting stops its idle clock, a turn starts it again where it stopped:
-    # a sender that went silent (crashed) is dropped after idle_timeout
-    # seconds of turns it did not use, however often it is told to wait.
+    # Waiting stops the idle clock only if the sender used its last turn
+    # (then the clock goes on from there at the next): a sender that went
+    # silent (crashed) is dropped after idle_timeout seconds, the waits
+    # after its unused turns counted, however often it is told to wait.
     flow = IncomingTransfer(total=10, credit=1, idle_timeout=3.0, now=0.0)
     flow.on_chunk(0, False, 0.0)
     flow.on_written(0)
     assert flow.ack(0, 0.5) is not None  # idle 0.5 s when told to wait
-    now = 0.5
-    while not flow.ended and now < 100.0:
-        now += 1.0  # a second of waiting, then a turn of 0.5 s it does not use
-        assert flow.window_update(1, now) is not None and not flow.waiting
-        flow.on_timer(now + 0.5)
-        if not flow.ended:
-            assert flow.ack(0, now + 0.5, force=True) is not None and flow.waiting
-            flow.on_timer(now + 0.9)  # (waiting: no expiry)
-            assert not flow.ended
+    flow.on_timer(1.4)  # it used its turn: the wait stops its clock
+    assert not flow.ended
+    turn = flow.window_update(1, 1.5)  # its turn; the clock goes on: idle 0.5 s
+    assert turn is not None and not flow.waiting
+    now = 1.5
+    while not flow.ended and now < 100.0:  # 0.5 s of turn, 1 s of waiting, unused
         now += 0.5
-    # 0.5 s, then 6 turns of 0.5 s unused: 3.5 s idle, the first past its 3 s
-    assert flow.ended and now == pytest.approx(9.5)
+        flow.on_timer(now)
+        if flow.ended:
+            break
+        assert flow.ack(0, now, force=True) is not None and flow.waiting
+        now += 1.0
+        flow.on_timer(now)
+        if not flow.ended:
+            assert flow.window_update(1, now) is not None and not flow.waiting
+    # idle 0.5 + 0.5 + 1 + 0.5 + 1 > 3 s: within the second wait after its turn
+    assert flow.ended and now == pytest.approx(4.5)
     assert [type(out).__name__ for out in flow.poll()] == ["Abandon"]
+
+
+def test_a_turn_no_chunk_used_is_told_again() -> None:
+    # The ack that gave a waiting transfer its turn may be lost with a
+    # connection that broke: its sender would wait for it until its timeout.
+    # A turn no chunk has used is told again every WAITING_REPEAT seconds.
+    flow = IncomingTransfer(total=10, credit=1, idle_timeout=30.0, now=0.0)
+    flow.on_chunk(0, False, 0.0)
+    flow.on_written(0)
+    assert flow.ack(0, 0.0) is not None and flow.waiting
+    turn = flow.window_update(2, 0.5)
+    assert turn is not None and turn[2] == 2
+    assert flow.window_update(2, 0.5 + WAITING_REPEAT / 2) is None
+    assert flow.update_due(0.5 + WAITING_REPEAT)
+    again = flow.window_update(2, 0.5 + WAITING_REPEAT)
+    assert again is not None and again[2] == 2
+    flow.on_chunk(1, False, 2.0)  # used: no more repeats
+    flow.on_written(1)
+    assert flow.ack(2, 2.0) is not None
+    assert flow.window_update(2, 2.0 + WAITING_REPEAT) is None  # (its credit unchanged)
 
 
 def test_lanes_are_never_told_0() -> None:
@@ -1312,5 +1338,5 @@ def test_an_honest_sender_told_to_wait_and_then_not_is_never_dropped_nor_resends
     # while told 0, never goes over a credit, resends nothing, and ends.
     updates = [tick * k for k in range(1, 20_000)]  # the receiver's timer, until it ends
     _, flow = pump_honest(total, first, credits, delays, write_delay, updates)
-    assert flow.floor == 0  # never taken for an older sender
+    assert not flow.taken_for_older  # (it may have waited WAIT_LIMIT: then floor 1)
     note(f"{flow.window_updates} window updates")

@@ -36,16 +36,20 @@ until its next chunk, and with it the node's buffer they need; a credit
 of 0 (the receiver's other transfers leave no room for its next chunk;
 only where acks reach the sender in order, ``ordered``) makes the transfer
 *wait its turn*: its turn (a credit again) goes in a window update at
-once, while it waits it is told so again every :data:`WAITING_REPEAT`
-seconds (the sender's stall clock runs on that) and its idle clock stops
-(the receiver holds it back, not its sender: at its turn the clock goes on
-from where it stopped, so a sender silent through its turns still expires),
+once (with nothing of it queued), while it waits it is told so again every
+:data:`WAITING_REPEAT` seconds (the sender's stall clock runs on that) and
+its idle clock stops if its sender used its last turn (the receiver holds
+it back, not its sender: at its turn the clock goes on from where it
+stopped; a sender silent through its turns expires as if never told to wait),
 and one that has waited :data:`WAIT_LIMIT` seconds gets a chunk and is never
 told 0 again (those that keep a chunk whatever the others need, parallel
-mode's lanes, older senders, cannot hold it back for good); a chunk that comes
+mode's lanes, older senders, cannot hold it back for good); a turn no chunk
+has used yet is told again every :data:`WAITING_REPEAT` seconds (the ack
+that gave it may be lost with a connection that broke); a chunk that comes
 while it waits with nothing queued is a sender's of an older release,
-which reads 0 as 1: it is taken, and the transfer is never told 0 again
-(``floor``); a chunk beyond the credit is
+which reads 0 as 1 (or a current sender's chunk late past the count's
+grace): it is taken, and the transfer is never told 0 again (``floor``);
+a chunk beyond the credit is
 dropped (OVER_CREDIT) and neither acked nor counted as activity; the file is
 finished once, on the first Done that names the right chunk count after
 every chunk is written, or, when one came before (a sender sends one right
@@ -158,6 +162,10 @@ class IncomingTransfer:
     waited_at: float = field(default=0.0, init=False)  # when it was last told to wait its turn
     zero_ok: bool = field(default=True, init=False)  # its sender waits on a credit of 0
     waited_too_long: bool = field(default=False, init=False)  # for WAIT_LIMIT
+    taken_for_older: bool = field(default=False, init=False)  # a chunk came over a 0
+    _turn_at: float | None = field(default=None, init=False)  # a turn no chunk has used yet
+    _sent_since_turn: bool = field(default=True, init=False)  # a chunk came since the last turn
+    _paused: bool = field(default=False, init=False)  # its idle clock stopped while it waits
     _ack_now: bool = field(default=False, init=False)  # a duplicate or an early Done
     _unacked: int = field(default=0, init=False)  # chunks written since the last ack
     _expected_digest: bytes = field(default=b"", init=False)
@@ -181,13 +189,18 @@ class IncomingTransfer:
             # A sender of an older release reads a credit of 0 as 1 (as did
             # every receiver before: never below one chunk): its chunk is
             # taken, and this transfer is never told 0 again.
+            # (A current sender's chunk late past the count's grace looks
+            # the same: that transfer, too, keeps a chunk from then on.)
             self.zero_ok = False
+            self.taken_for_older = True
             self.window.allow_one(now)
             self.window.over_credit -= 1  # (taken after all)
             arrival = self.window.on_chunk(index, last, now)
             self.ack_due = self._ack_now = True  # its credit of one, at once
         if arrival is Arrival.NEW:
             self.last_activity = now
+            self._turn_at = None  # its turn used (or none given)
+            self._sent_since_turn = True
         elif arrival is Arrival.DUPLICATE:
             self.ack_due = self._ack_now = True
         return arrival
@@ -270,7 +283,7 @@ class IncomingTransfer:
         self._end(Abandon(ResultCode.NO_SPACE, f"the receiver's disk is full ({text})", True, True))
 
     def on_timer(self, now: float) -> None:
-        if self.waiting and not self.finishing:
+        if self.waiting and self._paused and not self.finishing:
             return  # the receiver holds it back, not its sender (its clock stops)
         due = self.next_timer()
         if due is None or now <= due:
@@ -326,11 +339,15 @@ class IncomingTransfer:
             self.waited_too_long = True
         credit = max(self.floor, credit)
         if self.window.window == 0 and credit > 0:
-            # Its turn: the idle clock goes on from where the wait stopped it
-            # (a sender silent through its turns still expires).
-            self.last_activity = now - max(0.0, self.waited_at - self.last_activity)
+            # Its turn: a stopped idle clock goes on from where the wait
+            # stopped it; the turn is told again until a chunk comes.
+            if self._paused:
+                self.last_activity = now - max(0.0, self.waited_at - self.last_activity)
+            self._turn_at, self._sent_since_turn, self._paused = now, False, False
         elif self.window.window > 0 and credit == 0:
-            self.waited_at = now
+            # Told to wait: its idle clock stops if its sender used its last
+            # turn (a sender silent through its turns still expires).
+            self.waited_at, self._paused = now, self._sent_since_turn
         self.window.advertise(credit, now)
 
     def update_due(self, now: float) -> bool:
@@ -344,6 +361,7 @@ class IncomingTransfer:
             quiet >= WINDOW_UPDATE_AFTER
             or (self.window.queued > 0 and quiet >= STILL_WRITING_AFTER)
             or self.waiting
+            or (self._turn_at is not None and quiet >= WAITING_REPEAT)
         )
 
     def window_update(
@@ -369,6 +387,17 @@ class IncomingTransfer:
             quiet = now - self.acked_at < WAITING_REPEAT
             if credit == 0 and quiet and now - self.waited_at < WAIT_LIMIT:
                 return None
+            self.window_updates += 1
+            return self.ack(credit, now, force=True)
+        if (
+            self._turn_at is not None
+            and not self.window.queued
+            and now - self.acked_at >= WAITING_REPEAT
+        ):
+            # A turn no chunk has used: told again (the ack that gave it may
+            # be lost with a connection that broke, and then the sender
+            # would wait for it until its timeout), with what the buffer has
+            # for it now (0 again, maybe).
             self.window_updates += 1
             return self.ack(credit, now, force=True)
         if self.window.queued and now - self.acked_at >= STILL_WRITING_AFTER:

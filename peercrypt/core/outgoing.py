@@ -55,6 +55,9 @@ from peercrypt.core.modes import Policy
 from peercrypt.core.send_window import SEND_BUFFER, SendWindow
 from peercrypt.errors import ResultCode
 
+# Seconds a send told to wait its turn lets its receiver be silent at least,
+# whatever its --timeout (the receiver repeats the 0 every second).
+WAITING_SILENCE = 3.0
 HISTORY_SAMPLES = 512  # congestion window samples kept for the result
 HISTORY_INTERVAL = 0.05  # seconds between growth samples (decreases always)
 REPORT_INTERVAL = 0.01  # seconds between congestion reports (losses: at once)
@@ -352,7 +355,7 @@ class OutgoingTransfer(GrantedFlow):
             assert w is not None
             if not w.in_flight and not w.waiting:
                 return
-            if now >= self.last_progress + self.timeout:  # the very sum next_timer gives
+            if now >= self.last_progress + self._stall(w):  # the very sum next_timer gives
                 self.unanswered = self.early_done
                 self._end(Failed(ResultCode.TIMEOUT, f"{self.peer} stopped acknowledging"))
                 return
@@ -390,11 +393,17 @@ class OutgoingTransfer(GrantedFlow):
                 return due
             # The stall clock runs while anything is in flight, even chunks
             # presumed lost whose resend waits for a grant.
-            stall = self.last_progress + self.timeout
+            stall = self.last_progress + self._stall(self.window)
             return stall if due is None else min(due, stall)
         if self.phase is Phase.VERIFYING:
             return self._done_due
         return None
+
+    def _stall(self, w: SendWindow) -> float:
+        """Seconds of the receiver's silence that end the send: its
+        ``timeout``; told to wait its turn, at least 3 s (the receiver says
+        it again every second: core/incoming.py, ``WAITING_REPEAT``)."""
+        return max(self.timeout, WAITING_SILENCE) if w.waiting else self.timeout
 
     @property
     def ended(self) -> bool:
