@@ -331,12 +331,14 @@ def test_throwaway_identities_cannot_take_every_slot(
     refused = 0
     try:
         # Nine fresh identities from another address, eight offers each: 72,
-        # more than the receiver's 64 slots in all.
+        # more than the receiver's 64 slots in all. (Of 64 MiB each: the 16
+        # accepted reserve 1 GiB of the disk; of 1 GiB each they needed 16,
+        # and two were refused for space in a run on a fuller disk.)
         for _ in range(9):
             h = HostileSender(network_key, receiver.host, receiver.port, source="127.0.0.2")
             held.append(h)
             for k in range(8):
-                answer = h.offer(f"slot{k}.bin", 1 << 30, MiB)
+                answer = h.offer(f"slot{k}.bin", 64 * MiB, MiB)
                 refused += isinstance(answer, Refused)
         assert refused == 72 - 16  # at most 16 transfers per address
         assert_sent(receiver, sender.send_to(good, receiver), good)
