@@ -441,8 +441,9 @@ def one_run(
     counters: dict[str, int] = {}
     # The most each node's incoming transfers held of its receive buffer
     # (their credit; its writer's queue), since the node started.
-    credit_peaks = [int(node.status().get("credit_peak", 0)) >> 20 for node in nodes]
-    queue_peaks = [int(node.status().get("writer_queue_peak", 0)) >> 20 for node in nodes]
+    facts = [node.status() for node in nodes]
+    credit_peaks = [int(f.get("credit_peak", 0)) >> 20 for f in facts]
+    queue_peaks = [int(f.get("writer_queue_peak", 0)) >> 20 for f in facts]
     for node in nodes:
         for name, value in node.counters().items():
             words: tuple[str, ...] = ("disconnect", "reconnect", "dropped", "credit", "check-re")
@@ -450,8 +451,7 @@ def one_run(
             # receiver and lane, shared), samples the history took.
             words += ("data-connections", "data-attached", "stats.samples", "sealed-unpooled")
             words += ("direct-bytes",)  # (the writers' O_DIRECT share)
-            words += ("credit-waits", "credit-turns")  # (transfers that waited their turn)
-            words += ("offers-waited", "offers-accepted-without")  # (... and offers: for room)
+            words += ("offers-waited", "offers-accepted-without")  # (offers that waited for room)
             if any(word in name for word in words):
                 counters[name] = counters.get(name, 0) + value
 

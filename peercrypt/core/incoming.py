@@ -160,11 +160,9 @@ class IncomingTransfer:
     window_updates: int = field(default=0, init=False)
     still_writing: int = field(default=0, init=False)  # acks that said chunks wait to be written
     waited_at: float = field(default=0.0, init=False)  # when it was last told to wait its turn
-    zero_ok: bool = field(default=True, init=False)  # its sender waits on a credit of 0
     waited_too_long: bool = field(default=False, init=False)  # for WAIT_LIMIT
     taken_for_older: bool = field(default=False, init=False)  # a chunk came over a 0
-    _turn_at: float | None = field(default=None, init=False)  # a turn no chunk has used yet
-    _sent_since_turn: bool = field(default=True, init=False)  # a chunk came since the last turn
+    _turn_unused: bool = field(default=False, init=False)  # a turn no chunk has used yet
     _paused: bool = field(default=False, init=False)  # its idle clock stopped while it waits
     _ack_now: bool = field(default=False, init=False)  # a duplicate or an early Done
     _unacked: int = field(default=0, init=False)  # chunks written since the last ack
@@ -191,7 +189,6 @@ class IncomingTransfer:
             # taken, and this transfer is never told 0 again.
             # (A current sender's chunk late past the count's grace looks
             # the same: that transfer, too, keeps a chunk from then on.)
-            self.zero_ok = False
             self.taken_for_older = True
             self.window.allow_one(now)
             self.window.over_credit -= 1  # (taken after all)
@@ -199,8 +196,7 @@ class IncomingTransfer:
             self.ack_due = self._ack_now = True  # its credit of one, at once
         if arrival is Arrival.NEW:
             self.last_activity = now
-            self._turn_at = None  # its turn used (or none given)
-            self._sent_since_turn = True
+            self._turn_unused = False
         elif arrival is Arrival.DUPLICATE:
             self.ack_due = self._ack_now = True
         return arrival
@@ -326,7 +322,8 @@ class IncomingTransfer:
     def floor(self) -> int:
         """The least credit an ack gives: 0 where acks come in order (a
         transfer may wait its turn), else 1 (core/receive_window.py)."""
-        return 0 if self.ordered and self.zero_ok else 1
+        zero_ok = not (self.waited_too_long or self.taken_for_older)
+        return 0 if self.ordered and zero_ok else 1
 
     @property
     def waiting(self) -> bool:
@@ -335,19 +332,18 @@ class IncomingTransfer:
 
     def _advertise(self, credit: int, now: float) -> None:
         if self.waiting and now - self.waited_at >= WAIT_LIMIT:
-            self.zero_ok = False  # it waited long enough: one chunk at least from now on
-            self.waited_too_long = True
+            self.waited_too_long = True  # one chunk at least from now on
         credit = max(self.floor, credit)
         if self.window.window == 0 and credit > 0:
             # Its turn: a stopped idle clock goes on from where the wait
             # stopped it; the turn is told again until a chunk comes.
             if self._paused:
                 self.last_activity = now - max(0.0, self.waited_at - self.last_activity)
-            self._turn_at, self._sent_since_turn, self._paused = now, False, False
+            self._turn_unused, self._paused = True, False
         elif self.window.window > 0 and credit == 0:
             # Told to wait: its idle clock stops if its sender used its last
             # turn (a sender silent through its turns still expires).
-            self.waited_at, self._paused = now, self._sent_since_turn
+            self.waited_at, self._paused = now, not self._turn_unused
         self.window.advertise(credit, now)
 
     def update_due(self, now: float) -> bool:
@@ -361,7 +357,7 @@ class IncomingTransfer:
             quiet >= WINDOW_UPDATE_AFTER
             or (self.window.queued > 0 and quiet >= STILL_WRITING_AFTER)
             or self.waiting
-            or (self._turn_at is not None and quiet >= WAITING_REPEAT)
+            or (self._turn_unused and quiet >= WAITING_REPEAT)
         )
 
     def window_update(
@@ -389,11 +385,7 @@ class IncomingTransfer:
                 return None
             self.window_updates += 1
             return self.ack(credit, now, force=True)
-        if (
-            self._turn_at is not None
-            and not self.window.queued
-            and now - self.acked_at >= WAITING_REPEAT
-        ):
+        if self._turn_unused and not self.window.queued and now - self.acked_at >= WAITING_REPEAT:
             # A turn no chunk has used: told again (the ack that gave it may
             # be lost with a connection that broke, and then the sender
             # would wait for it until its timeout), with what the buffer has
