@@ -350,6 +350,7 @@ class MulticastReceiverActor(Actor):
         self.call_every_while(ACK_INTERVAL, self._on_timers, running)
         self.call_every_while(1.0, self._count_sessions, running)
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
+        self.trim_while_busy(running)
         self.call_every_while(
             1.0, self._expire_joins, lambda: bool(self.joining) or bool(self.holding)
         )
@@ -1232,6 +1233,8 @@ class MulticastReceiverActor(Actor):
     def _close(self, sess: Session, keep_part: bool) -> None:
         if self.sessions.get(sess.tid) is sess:
             del self.sessions[sess.tid]
+            if not self.sessions:
+                self.trim_when_idle(lambda: not self.sessions)
         self._tell_repair_senders()
         if sess.sub is not None:
             self.sub_watch.forget_owner(sess.tid)

@@ -257,6 +257,7 @@ class MulticastSenderActor(Actor):
             self.facts["multicast_group"] = self.settings.multicast_group
         running = lambda: bool(self.sessions)  # noqa: E731
         self.call_every_while(0.1, self._progress, running)
+        self.trim_while_busy(running)
 
     def teardown(self) -> None:
         for request, (walk, _) in list(self.walking.items()):
@@ -1077,6 +1078,8 @@ class MulticastSenderActor(Actor):
         and file, and report."""
         if self.sessions.pop(sess.sid, None) is None:
             return
+        if not self.sessions:
+            self.trim_when_idle(lambda: not self.sessions)
         if sess.flow.publishing:
             self.tell("scheduler", FlowEnd(request=sess.request.request))
         if sess.timer is not None:

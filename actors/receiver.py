@@ -402,6 +402,7 @@ class ReceiverActor(Actor):
         self.call_every_while(1.0, self._expire_idle, lambda: bool(self.transfers or self.echoes))
         self.call_every_while(STATS_INTERVAL, self._report_progress, running)
         self.call_every_while(STILL_WRITING_AFTER / 2, self._update_windows, running)
+        self.trim_while_busy(running)
         self._load_delivered()
         self.call_every_while(1.0, self._expire_asks, lambda: bool(self.asking))
         self._reclaim()

@@ -372,6 +372,7 @@ class SenderActor(Actor):
             self._progress,
             lambda: bool(self.transfers or self.retrying or self.walking),
         )
+        self.trim_while_busy(lambda: bool(self.transfers))
 
     def teardown(self) -> None:
         waiting, self.waiting = self.waiting, deque()

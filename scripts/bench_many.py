@@ -451,6 +451,8 @@ def one_run(
             # receiver and lane, shared), samples the history took.
             words += ("data-connections", "data-attached", "stats.samples", "sealed-unpooled")
             words += ("direct-bytes",)  # (the writers' O_DIRECT share)
+            words += ("heap-tr",)  # (the heap's trims while loaded and idle)
+            words += ("hash-deferred", "decrypt-buffers-mapped")  # (the decrypt pool's misses)
             words += ("offers-waited", "offers-accepted-without")  # (offers that waited for room)
             if any(word in name for word in words):
                 counters[name] = counters.get(name, 0) + value

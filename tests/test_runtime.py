@@ -32,6 +32,7 @@ from peercrypt.runtime.actor import (
     ActorFault,
     yield_to_control_plane,
 )
+from peercrypt.runtime.memory import TrimClock
 from peercrypt.runtime.supervisor import StartError, Supervisor
 from peercrypt.testing.clock import FakeClock
 from peercrypt.testing.nodes import free_port, wait_until
@@ -680,3 +681,59 @@ def test_cancelled_timers_do_not_pile_up_in_the_heap() -> None:
         actor.step()
     assert fired == [0, 1, 2, 4, 5, 6, 7, 8, 9]
     assert actor._timers == [] and actor._timers_cancelled == 0
+
+
+def test_a_trim_clock_gives_one_turn_per_interval_whoever_asks() -> None:
+    clock = FakeClock()
+    turns = TrimClock(every=1.0, clock=clock)
+    assert turns.due()
+    assert not turns.due()  # another actor, the same instant
+    clock.advance(0.75)
+    assert not turns.due()
+    clock.advance(0.25)
+    assert turns.due()
+    clock.advance(0.5)
+    assert not turns.due()
+    clock.advance(20.0)
+    assert turns.due()  # after a quiet spell, at once
+
+
+class Trimmer(Worker):
+    name = "trimmer"
+
+    def __init__(self, env: ActorEnv, turns: TrimClock) -> None:
+        super().__init__(env)
+        self.trims = self.trim_while_busy(self.busy, turns)
+
+
+def test_loaded_actors_trim_the_heap_once_a_second_between_them_and_never_idle() -> None:
+    """A node's sender and receiver both trim while their transfers run: one
+    trim a second in all (the heap is the process's), none while idle (an idle
+    node has no timer for it)."""
+    clock = FakeClock()
+    turns = TrimClock(every=1.0, clock=clock)
+    actors = [
+        Trimmer(ActorEnv(context=zmq.Context(), node_uid=f"trim{i}", clock=clock), turns)
+        for i in range(2)
+    ]
+
+    def run(seconds: float) -> None:
+        for _ in range(round(seconds / 0.125)):  # (an exact step: no drift)
+            clock.advance(0.125)
+            for actor in actors:
+                actor.step()
+
+    run(5.0)  # idle
+    assert all("heap-trims-busy" not in a.counters for a in actors)
+    assert all(a.trims.timer is None for a in actors)
+    for actor in actors:
+        actor.work = 1
+        actor.step()
+    run(5.0)
+    trims = [a.counters.get("heap-trims-busy", 0) for a in actors]
+    assert sum(trims) == 5, trims
+    for actor in actors:
+        actor.work = 0
+    run(5.0)  # one more run each to see the work ended, then no timer
+    assert sum(a.counters.get("heap-trims-busy", 0) for a in actors) == 5
+    assert all(a.trims.timer is None for a in actors)

@@ -530,6 +530,25 @@ class Actor:
 
         self._trim = self.call_later(memory.TRIM_AFTER, due)
 
+    def trim_while_busy(
+        self, busy: Callable[[], bool], turns: memory.TrimClock | None = None
+    ) -> Repeat:
+        """While ``busy()`` (transfers run), the heap's free pages go back
+        every :data:`~peercrypt.runtime.memory.TRIM_EVERY` s, once in the
+        process whichever actor's turn it is (``turns``: the process's
+        :data:`~peercrypt.runtime.memory.busy_trims`; counted
+        ``heap-trims-busy``, and ``heap-trimmed-busy`` when pages went back);
+        idle, no timer."""
+        clock = memory.busy_trims if turns is None else turns
+
+        def due() -> None:
+            if busy() and clock.due():
+                self.count("heap-trims-busy")
+                if memory.trim():
+                    self.count("heap-trimmed-busy")
+
+        return self.call_every_while(memory.TRIM_EVERY, due, busy)
+
     def log_limited(self, fmt: str, *args: object, level: int = logging.WARNING) -> None:
         """Log a warning unless this actor has logged too many lately (a token
         bucket: LOG_BURST, then LOG_RATE per second); suppressed lines are
