@@ -513,18 +513,55 @@ def aligned(data: bytes | bytearray | memoryview) -> bool:
 
 
 # Chunk buffers that are mappings of their own, alive at once, at most (a
-# quarter of the kernel's default map entries per process); beyond, a
-# buffer is the heap's and its chunk goes through the page cache.
+# quarter of the kernel's default map entries per process; one of 2 MiB or
+# more may take three, its advised part apart from its slack, but the
+# credit keeps those to a few dozen); beyond, a buffer is the heap's and its
+# chunk goes through the page cache.
 MAX_MAPPED = 16384
+
+
+# A chunk buffer of this size or more is laid on huge pages where the system
+# gives them (:func:`_mapped`).
+HUGE_PAGE = 2 * 1024 * 1024
+_PRIVATE = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
+
+
+def _mapped(size: int) -> tuple[mmap.mmap, int]:
+    """A fresh private anonymous mapping for a chunk buffer of ``size``
+    bytes, and where in it the buffer starts: on a page, and for a buffer of
+    HUGE_PAGE or more on a HUGE_PAGE boundary (the mapping a huge page less
+    a page larger, the slack never touched), asked to be backed by
+    transparent huge pages (``MADV_HUGEPAGE``: this kernel gives them only
+    where asked). A 4 MiB chunk then lies on two pages instead of 1024: its
+    ``O_DIRECT`` write pins two pages, decrypting and hashing it walk fewer
+    pages, its first touch faults twice (with this kernel's ``defrag``
+    setting it may compact memory for them first: only a fresh mapping, a
+    few per GiB). Measured, one 1 GiB send in 4 MiB chunks alternated with
+    the code before, then with the roles swapped: medians 1020 and 1003
+    MiB/s CLI wall against 984 and 823, faster in 11 of 12 pairs, the
+    writer's CPU per GiB 0.06 against 0.10 (docs/benchmarks.md, "Chunk
+    buffers on huge pages"). Where there are none (``never``, or no 2 MiB
+    block free), the same buffer on small pages."""
+    if not _PRIVATE:  # (not POSIX)
+        return mmap.mmap(-1, size), 0
+    if size < HUGE_PAGE or _MADV_HUGEPAGE is None:
+        return mmap.mmap(-1, size, flags=_PRIVATE), 0
+    mapping = mmap.mmap(-1, size + HUGE_PAGE - mmap.PAGESIZE, flags=_PRIVATE)
+    start = -ctypes.addressof(ctypes.c_char.from_buffer(mapping)) % HUGE_PAGE
+    with contextlib.suppress(OSError):  # (a kernel without them: small pages)
+        mapping.madvise(_MADV_HUGEPAGE, start, size)
+    return mapping, start
 
 
 class BufferPool:
     """Reused chunk buffers: the actor decrypts each chunk into one
     (:meth:`take`), the writer gives it back once written (:meth:`give`).
     A fresh buffer per chunk cost an allocation and the zeroing of its
-    pages for every chunk received. Each buffer is a view of anonymous
-    mapped memory of its own, so it starts on a page: the writer can hand
-    it to the disk directly (``O_DIRECT``, :func:`aligned`). At most
+    pages for every chunk received. Each buffer is a view of private
+    anonymous mapped memory of its own, so it starts on a page (one of 2 MiB
+    or more on huge pages where the system gives them: :func:`_mapped`): the
+    writer can hand it to the disk directly (``O_DIRECT``, :func:`aligned`). At most
     ``max_bytes`` wait here, fewer while buffers are out: those kept and
     those taken together stay within ``max_bytes`` (a buffer given back
     beyond that is dropped), and :meth:`clear` drops them all (the writer does when it closes its
@@ -570,7 +607,7 @@ class BufferPool:
                 self._mapped += 1
                 self.maps += 1
             try:
-                mapping = mmap.mmap(-1, size)
+                mapping, start = _mapped(size)
             except BaseException:
                 self._unmapped()
                 raise
@@ -579,7 +616,7 @@ class BufferPool:
                 self._out -= size
             raise
         weakref.finalize(mapping, self._unmapped)
-        return memoryview(mapping)
+        return memoryview(mapping)[start : start + size]
 
     def _unmapped(self) -> None:
         with self._mapped_lock:  # (never held while a mapping is dropped)

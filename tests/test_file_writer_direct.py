@@ -532,6 +532,56 @@ def test_chunk_buffers_beyond_the_mapped_ones_come_from_the_heap(
     assert len(pool.take(0)) == 0 and pool.mapped == 3
 
 
+def _vma_of(view: memoryview) -> dict[str, str]:
+    """The fields of this process's mapping (``/proc/self/smaps``) that holds ``view``."""
+    import ctypes
+
+    address = ctypes.addressof(ctypes.c_char.from_buffer(view))
+    fields: dict[str, str] = {}
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0] if line else ""
+        if "-" in head and ":" not in head:  # a mapping's first line: its address range
+            low, high = (int(x, 16) for x in head.split("-"))
+            inside = low <= address < high
+        elif inside and ":" in head:
+            fields[head.rstrip(":")] = line.split(":", 1)[1].strip()
+    return fields
+
+
+@pytest.mark.skipif(
+    not Path("/sys/kernel/mm/transparent_hugepage/enabled").exists()
+    or "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text(),
+    reason="transparent huge pages off (or not Linux)",
+)
+def test_chunk_buffers_of_huge_page_size_are_laid_on_huge_pages() -> None:
+    """A 4 MiB chunk buffer starts on a 2 MiB boundary, in a private mapping
+    asked to be backed by huge pages (eligible in smaps: where the kernel
+    gives them only if asked, only because it was); a 1 MiB one on a page,
+    exactly as long as asked, and written directly all the same."""
+    import ctypes
+
+    MiB = 1024 * 1024
+    pool = file_writer.BufferPool(64 * MiB)
+    big = pool.take(4 * MiB)
+    assert len(big) == 4 * MiB and file_writer.aligned(big)
+    assert ctypes.addressof(ctypes.c_char.from_buffer(big)) % file_writer.HUGE_PAGE == 0
+    big[:] = b"\x5a" * (4 * MiB)  # written whole, read back whole
+    assert bytes(big[-3:]) == b"ZZZ" and bytes(big[:1]) == b"Z"
+    vma = _vma_of(big)
+    status = Path("/proc/self/status").read_text()
+    if "THPeligible" not in vma or "THP_enabled:\t0" in status:
+        pytest.skip("this kernel does not say, or huge pages are off for this process")
+    assert vma["THPeligible"] == "1", vma
+    assert "sh" not in vma.get("VmFlags", "").split(), vma  # private, not shared memory
+    small = pool.take(MiB)
+    assert len(small) == MiB and file_writer.aligned(small)
+    pool.give(big)
+    pool.give(small)
+    assert pool.take(4 * MiB) is big  # kept and reused, not mapped again
+    assert pool.maps == 2
+
+
 def test_a_reader_that_cannot_start_leaves_none_of_the_others_behind(
     disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
