@@ -22,6 +22,7 @@ from peercrypt.core.grants import DEMAND_SECONDS
 from peercrypt.core.incoming import ACK_EVERY, Abandon, FinishFile, IncomingTransfer, Store
 from peercrypt.core.modes import BURST_SECONDS, RECEIVER_IDLE, Policy
 from peercrypt.core.outgoing import (
+    WAITING_LIMIT,
     Failed,
     Finished,
     HashFile,
@@ -954,7 +955,7 @@ def test_a_send_told_to_wait_its_turn_waits_while_told_so_and_no_longer() -> Non
     assert [o for o in t.poll(0.1) if not isinstance(o, HashFile)] == []
     for now in (1.1, 2.1, 3.1, 4.1, 5.1, 6.1, 7.1):  # told again: alive past its 5 s timeout
         t.on_ack(1, [], 0, now)
-        assert t.next_timer() == pytest.approx(now + 5.0)
+        assert t.next_timer() == pytest.approx(min(now + 5.0, 0.1 + WAITING_LIMIT))
         t.on_timer(now)
         assert [o for o in t.poll(now) if not isinstance(o, HashFile)] == []
     t.on_ack(1, [], 2, 7.5)  # its turn
@@ -981,6 +982,69 @@ def test_a_send_told_to_wait_with_chunks_in_flight_waits_while_told_so() -> None
         assert [o for o in t.poll(now) if isinstance(o, (SendChunk, Failed))] == []
     t.on_ack(2, [], 2, 7.5)  # its turn: the two lost ones go first
     assert [o.index for o in t.poll(7.5) if isinstance(o, SendChunk)] == [2, 3]
+
+
+def _told_to_wait(t: OutgoingTransfer, since: float, until: float) -> tuple[Failed | None, float]:
+    """The receiver says 0 every second from ``since`` (the first) while
+    ``now`` < ``until``, the transfer's timers running: its failure (None:
+    none) and when."""
+    now = since
+    while now < until:
+        t.on_ack(t.window.acked.count if t.window else 0, [], 0, now)
+        failed, when = _failed_by(t, min(now + 1.0, until) - 1e-9, now)
+        if failed is not None:
+            return failed, when
+        now += 1.0
+    return None, now
+
+
+def test_a_send_told_to_wait_without_a_break_fails_after_its_timeout_10_s_at_least() -> None:
+    """A receiver of this release gives a turn to a transfer that has waited
+    2 s: one repeating 0 without a break (a member posing as a receiver)
+    holds the send for its ``--timeout`` (10 s at least), no longer."""
+    assert WAITING_LIMIT == 10.0
+    for timeout, limit in ((5.0, 10.0), (0.5, 10.0), (30.0, 30.0)):
+        t = OutgoingTransfer(
+            policy=Policy(), size=4 * CHUNK, chunk_size=CHUNK, timeout=timeout, now=0.0
+        )
+        t.on_accept([], 1, 0.0)
+        t.poll(0.0)
+        failed, when = _told_to_wait(t, 0.1, 100.0)
+        assert failed is not None and failed.code == "timeout" and t.ended
+        assert when == pytest.approx(0.1 + limit)
+        assert failed.reason == f"the receiver kept the send waiting its turn for {limit:.0f} s"
+
+
+@settings(max_examples=60, deadline=None)
+@given(waits=st.lists(st.floats(min_value=0.0, max_value=30.0), min_size=1, max_size=8))
+def test_a_send_fails_for_waiting_only_when_one_unbroken_wait_reaches_the_limit(
+    waits: list[float],
+) -> None:
+    """Waits of any length, each ended by a turn of one chunk, the receiver
+    saying 0 every second meanwhile: the send fails if and only if one wait
+    reaches :data:`WAITING_LIMIT` (the turns between reset it; waits do not
+    add up), and then in that wait, with every chunk before it sent once."""
+    t = OutgoingTransfer(policy=Policy(), size=16 * CHUNK, chunk_size=CHUNK, timeout=5.0, now=0.0)
+    t.on_accept([], 1, 0.0)
+    sent = [o.index for o in t.poll(0.0) if isinstance(o, SendChunk)]
+    now = 0.1
+    for wait in waits:
+        failed, _ = _told_to_wait(t, now, now + wait)
+        if wait >= WAITING_LIMIT + 1.0:
+            assert failed is not None and "waiting its turn" in failed.reason
+            assert sent == list(range(len(sent)))
+            return
+        if failed is not None:  # (a wait within a second of the limit may reach it)
+            assert wait >= WAITING_LIMIT - 1.0
+            return
+        now += wait
+        t.on_ack(len(sent), [], 1, now)  # its turn: one chunk
+        sent += [o.index for o in t.poll(now) if isinstance(o, SendChunk)]
+        t.on_ack(len(sent), [], 0, now + 0.05)  # written; wait again
+        now += 0.1
+        if len(sent) == 16:
+            return
+    assert not t.ended and sent == list(range(len(sent)))
 
 
 def test_a_send_told_to_wait_lets_its_receiver_be_silent_3_s_whatever_its_timeout() -> None:

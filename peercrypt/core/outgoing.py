@@ -24,8 +24,9 @@ has no branch on the mode.
 Phases: ``offered`` (until the accept or ``deadline``), ``sending`` (chunks
 under credit, congestion window and grants; fails when nothing was newly
 acked for ``timeout`` seconds while chunks are in flight (or, told to wait
-its turn by a credit of 0, nothing came from the receiver for as long), on a
-timer of its own, so the timeout is kept whatever the retransmission backoff; that clock
+its turn by a credit of 0, nothing came from the receiver for as long, or it
+said 0 without a break for as long, 10 s at least), on a timer of its own,
+so the timeout is kept whatever the retransmission backoff; that clock
 starts afresh when a chunk goes out with none in flight: a sender holding
 its chunks back for its own pacing (grants) is not a silent receiver; a
 re-established data connection (:meth:`on_reconnect`) resends what was in
@@ -58,6 +59,13 @@ from peercrypt.errors import ResultCode
 # Seconds a send told to wait its turn lets its receiver be silent at least,
 # whatever its --timeout (the receiver repeats the 0 every second).
 WAITING_SILENCE = 3.0
+# Seconds a send lets its receiver keep it waiting its turn without a break
+# (a credit of 0, said again every second) at least; at most its --timeout
+# when that is longer. A receiver of this release gives a chunk to a
+# transfer that has waited 2 s (WAIT_LIMIT, core/incoming.py) and never
+# tells it 0 again: one that says 0 for longer is not taking turns, it holds
+# the send open (as any member with the network key could pose as a receiver).
+WAITING_LIMIT = 10.0
 HISTORY_SAMPLES = 512  # congestion window samples kept for the result
 HISTORY_INTERVAL = 0.05  # seconds between growth samples (decreases always)
 REPORT_INTERVAL = 0.01  # seconds between congestion reports (losses: at once)
@@ -188,6 +196,7 @@ class OutgoingTransfer(GrantedFlow):
     # have stored the file (and forgotten the transfer), not said it failed.
     unanswered: bool = field(default=False, init=False)
     last_progress: float = field(init=False)
+    waiting_since: float | None = field(default=None, init=False)  # told 0 without a break since
     resumed: int = field(default=0, init=False)  # chunks the receiver already held
     accept_seconds: float = field(default=0.0, init=False)  # offer to accept (the resume check)
     chunks_sent: int = field(default=0, init=False)  # sends, retransmissions included
@@ -284,6 +293,10 @@ class OutgoingTransfer(GrantedFlow):
             # (waiting its turn at the receiver, told so again: the
             # receiver is there; the stall clock runs from its last word)
             self.last_progress = now
+        if not w.waiting:
+            self.waiting_since = None
+        elif self.waiting_since is None:
+            self.waiting_since = now
         if self.congestion_managed:
             self._report[1] += self.acked_bytes - acked
             self._report[2] += w.fast_retransmits - sack_losses
@@ -359,6 +372,14 @@ class OutgoingTransfer(GrantedFlow):
                 self.unanswered = self.early_done
                 self._end(Failed(ResultCode.TIMEOUT, f"{self.peer} stopped acknowledging"))
                 return
+            held = self._held_until(w)
+            if held is not None and now >= held:
+                # (not unanswered: a receiver saying 0 is there, it did not
+                # store the file and forget the transfer; not offered again)
+                waited = now - (self.waiting_since or now)
+                reason = f"{self.peer} kept the send waiting its turn for {waited:.0f} s"
+                self._end(Failed(ResultCode.TIMEOUT, reason))
+                return
             timeouts = w.timeouts
             w.on_timer(now)
             if w.timeouts > timeouts:
@@ -394,6 +415,9 @@ class OutgoingTransfer(GrantedFlow):
             # The stall clock runs while anything is in flight, even chunks
             # presumed lost whose resend waits for a grant.
             stall = self.last_progress + self._stall(self.window)
+            held = self._held_until(self.window)
+            if held is not None:
+                stall = min(stall, held)
             return stall if due is None else min(due, stall)
         if self.phase is Phase.VERIFYING:
             return self._done_due
@@ -404,6 +428,14 @@ class OutgoingTransfer(GrantedFlow):
         ``timeout``; told to wait its turn, at least 3 s (the receiver says
         it again every second: core/incoming.py, ``WAITING_REPEAT``)."""
         return max(self.timeout, WAITING_SILENCE) if w.waiting else self.timeout
+
+    def _held_until(self, w: SendWindow) -> float | None:
+        """When a wait for its turn that has not ended by then ends the send
+        (None: not waiting): its ``timeout`` after the first 0 of an
+        unbroken run of them, :data:`WAITING_LIMIT` at least."""
+        if not w.waiting or self.waiting_since is None:
+            return None
+        return self.waiting_since + max(self.timeout, WAITING_LIMIT)
 
     @property
     def ended(self) -> bool:

@@ -30,8 +30,10 @@ receiver:
   both, in order: the first answer is to a challenge no longer current.
 
 Hostile unicast receivers live here too: :class:`FloodingReceiver` (floods
-the sender's data connection) and :class:`MismatchingReceiver` (claims to
-hold every file, answers every Done with a mismatch).
+the sender's data connection), :class:`MismatchingReceiver` (claims to
+hold every file, answers every Done with a mismatch) and
+:class:`WaitingReceiver` (takes one chunk, then tells the send to wait its
+turn for ever).
 
 Everything they do goes to 127.0.0.1; every wait has a timeout.
 """
@@ -69,6 +71,8 @@ from peercrypt.testing.zmtp_flood import RawDataPeer, flood_until_closed
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     Accept,
+    Ack,
+    ChunkHeader,
     Done,
     Failed,
     Hello,
@@ -546,7 +550,49 @@ class FloodingReceiver(_Receiver):
         self.data.close()
 
 
-class MismatchingReceiver(_Receiver):
+class _DataRouter(_Receiver):
+    """A hostile receiver (:class:`_Receiver`) whose data port is a ROUTER
+    of its own, as a node's is; it keeps each accepted transfer's keys
+    (:meth:`_keep_keys`) to open what comes and seal what it answers."""
+
+    def __init__(self, network_key: str, sender: bytes) -> None:
+        super().__init__(network_key, sender)
+        self.data = self.ctx.socket(zmq.ROUTER)
+        self.data_port = self.data.bind_to_random_port(f"tcp://{LOCALHOST}")
+        self._keys: dict[bytes, TransferKeys] = {}
+        self._lock = threading.Lock()
+
+    def _keep_keys(self, offer: Offer, answer: Response) -> None:
+        with self._lock:
+            self._keys[offer.tid] = TransferKeys.for_receiver(offer.tid, answer.secrets)
+
+    def _next(self) -> tuple[bytes, Any, bytes, TransferKeys] | None:
+        """The next message of a transfer it accepted, within 50 ms: its
+        route, header, last frame and the transfer's keys (None: none came,
+        or one it drops)."""
+        if not self.data.poll(50):
+            return None
+        frames = self.data.recv_multipart()
+        if len(frames) != 3:
+            return None
+        route, head, payload = frames
+        try:
+            header = codec.decode(head)
+        except codec.DecodeError:
+            return None
+        with self._lock:
+            keys = self._keys.get(getattr(header, "tid", b""))
+        return None if keys is None else (route, header, payload, keys)
+
+    def _answer(self, route: bytes, tid: bytes, keys: TransferKeys, msg: codec.Message) -> None:
+        nonce, sealed = keys.seal_message(codec.encode(msg))
+        self.data.send_multipart([route, codec.encode(SealedHeader(tid=tid, nonce=nonce)), sealed])
+
+    def _close_data(self) -> None:
+        self.data.close(0)
+
+
+class MismatchingReceiver(_DataRouter):
     """A hostile unicast receiver (:class:`_Receiver`) whose accepts claim
     to hold the whole file already (as a receiver that had delivered it
     does), and which answers every Done on its data port with
@@ -559,35 +605,22 @@ class MismatchingReceiver(_Receiver):
         super().__init__(network_key, sender)
         self.holds = holds
         self.dones = 0
-        self.data = self.ctx.socket(zmq.ROUTER)
-        self.data_port = self.data.bind_to_random_port(f"tcp://{LOCALHOST}")
-        self._keys: dict[bytes, TransferKeys] = {}
-        self._lock = threading.Lock()
         self._start()
 
     def _terms(self, offer: Offer, answer: Response) -> tuple[int, list[int], int]:
         plain = open_details(offer.tid, self.identity, self.sender, offer.eph_pub, offer.details)
         details = codec.decode(plain)
         assert isinstance(details, OfferDetails)
-        with self._lock:
-            self._keys[offer.tid] = TransferKeys.for_receiver(offer.tid, answer.secrets)
+        self._keep_keys(offer, answer)
         return 1, [0, -(-details.size // details.chunk_size)] if self.holds else [], 0
 
     def _data(self) -> None:
         while not self.stop.is_set():
-            if not self.data.poll(50):
+            came = self._next()
+            if came is None:
                 continue
-            frames = self.data.recv_multipart()
-            if len(frames) != 3:
-                continue
-            route, head, payload = frames
-            try:
-                header = codec.decode(head)
-            except codec.DecodeError:
-                continue
-            with self._lock:
-                keys = self._keys.get(getattr(header, "tid", b""))
-            if keys is None or not isinstance(header, SealedHeader):
+            route, header, payload, keys = came
+            if not isinstance(header, SealedHeader):
                 continue
             try:
                 msg = codec.decode(keys.open_message(header.nonce, payload))
@@ -596,12 +629,49 @@ class MismatchingReceiver(_Receiver):
             if isinstance(msg, Done):
                 self.dones += 1
                 failed = Failed(code="hash-mismatch", reason="the copy held changed")
-                nonce, sealed = keys.seal_message(codec.encode(failed))
-                reply = codec.encode(SealedHeader(tid=header.tid, nonce=nonce))
-                self.data.send_multipart([route, reply, sealed])
+                self._answer(route, header.tid, keys, failed)
 
-    def _close_data(self) -> None:
-        self.data.close(0)
+
+class WaitingReceiver(_DataRouter):
+    """A hostile unicast receiver (:class:`_Receiver`) that accepts with a
+    credit of one chunk, acks that chunk with a credit of 0 (wait your turn,
+    as an honest receiver whose buffer is taken says) and says 0 again every
+    second for ever, never giving the turn an honest receiver gives within
+    2 s. :attr:`chunks` counts the chunks that came, :attr:`waits` the acks
+    of 0 it sent."""
+
+    def __init__(self, network_key: str, sender: bytes) -> None:
+        super().__init__(network_key, sender)
+        self.chunks = 0
+        self.waits = 0
+        self._told: dict[bytes, tuple[bytes, int]] = {}  # tid: (route, cumulative)
+        self._start()
+
+    def _terms(self, offer: Offer, answer: Response) -> tuple[int, list[int], int]:
+        self._keep_keys(offer, answer)
+        return 1, [], 0
+
+    def _wait_your_turn(self, tid: bytes, route: bytes, cumulative: int) -> None:
+        with self._lock:
+            keys = self._keys[tid]
+        self._answer(route, tid, keys, Ack(cumulative=cumulative, sack=[], window=0))
+        self.waits += 1
+
+    def _data(self) -> None:
+        again = time.monotonic() + 1.0
+        while not self.stop.is_set():
+            if time.monotonic() >= again:
+                again = time.monotonic() + 1.0
+                for tid, (route, cumulative) in list(self._told.items()):
+                    self._wait_your_turn(tid, route, cumulative)
+            came = self._next()
+            if came is None or not isinstance(came[1], ChunkHeader):
+                continue
+            route, header = came[0], came[1]
+            self.chunks += 1
+            cumulative = max(header.index + 1, self._told.get(header.tid, (b"", 0))[1])
+            self._told[header.tid] = (route, cumulative)
+            self._wait_your_turn(header.tid, route, cumulative)
 
 
 class FloodingGateway:
