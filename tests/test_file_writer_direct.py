@@ -582,6 +582,50 @@ def test_chunk_buffers_of_huge_page_size_are_laid_on_huge_pages() -> None:
     assert pool.maps == 2
 
 
+@pytest.mark.skipif(
+    not Path("/sys/kernel/mm/transparent_hugepage/enabled").exists()
+    or "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text(),
+    reason="transparent huge pages off (or not Linux)",
+)
+def test_chunk_buffers_of_1_mib_share_a_huge_page_and_one_dropped_gives_its_pages_back() -> None:
+    """Two 1 MiB chunk buffers share one huge page: the first taken maps it
+    (on a 2 MiB boundary, eligible for a huge page) and the pool keeps the
+    other half, which the next take returns without mapping again. A half
+    the pool drops (here for a buffer of another size) gives its pages back
+    at once (read again, it is zeros), the other half untouched; a pool with
+    no room for the second half maps the first alone."""
+    import ctypes
+
+    MiB = 1024 * 1024
+
+    def address(view: memoryview) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+    pool = file_writer.BufferPool(2 * MiB)
+    first = pool.take(MiB)
+    assert pool.held_bytes == MiB and pool.out_bytes == MiB  # its other half, kept
+    second = pool.take(MiB)
+    assert second.obj is first.obj and pool.maps == 1 and pool.held_bytes == 0
+    assert address(first) % file_writer.HUGE_PAGE == 0
+    assert address(second) == address(first) + MiB
+    assert file_writer.aligned(first) and file_writer.aligned(second)
+    first[:] = b"\x5a" * MiB
+    second[:] = b"\xa5" * MiB
+    vma = _vma_of(first)
+    if "THPeligible" in vma and "THP_enabled:\t0" not in Path("/proc/self/status").read_text():
+        assert vma["THPeligible"] == "1", vma
+    pool.give(second)  # kept: 1 MiB out, 1 MiB kept, the bound
+    assert pool.held_bytes == MiB
+    other = pool.take(MiB // 2)  # another size: the kept half gives way
+    assert pool.held_bytes == 0
+    assert bytes(second[:4096]) == bytes(4096) and bytes(second[-1:]) == b"\0"  # given back
+    assert bytes(first[:1]) == b"\x5a" and bytes(first[-1:]) == b"\x5a"  # still there
+    pool.give(first)
+    pool.give(other)
+    alone = file_writer.BufferPool(MiB).take(MiB)  # no room for a second half
+    assert len(alone.obj) == MiB  # type: ignore[arg-type]
+
+
 def test_a_reader_that_cannot_start_leaves_none_of_the_others_behind(
     disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
