@@ -955,7 +955,7 @@ def test_a_send_told_to_wait_its_turn_waits_while_told_so_and_no_longer() -> Non
     assert [o for o in t.poll(0.1) if not isinstance(o, HashFile)] == []
     for now in (1.1, 2.1, 3.1, 4.1, 5.1, 6.1, 7.1):  # told again: alive past its 5 s timeout
         t.on_ack(1, [], 0, now)
-        assert t.next_timer() == pytest.approx(min(now + 5.0, 0.1 + WAITING_LIMIT))
+        assert t.next_timer() == pytest.approx(now + 5.0)
         t.on_timer(now)
         assert [o for o in t.poll(now) if not isinstance(o, HashFile)] == []
     t.on_ack(1, [], 2, 7.5)  # its turn
@@ -984,18 +984,30 @@ def test_a_send_told_to_wait_with_chunks_in_flight_waits_while_told_so() -> None
     assert [o.index for o in t.poll(7.5) if isinstance(o, SendChunk)] == [2, 3]
 
 
-def _told_to_wait(t: OutgoingTransfer, since: float, until: float) -> tuple[Failed | None, float]:
+def _told_to_wait(
+    t: OutgoingTransfer, since: float, until: float, cumulative: int | None = None
+) -> tuple[Failed | None, float]:
     """The receiver says 0 every second from ``since`` (the first) while
-    ``now`` < ``until``, the transfer's timers running: its failure (None:
-    none) and when."""
+    ``now`` < ``until`` (acking ``cumulative`` chunks: None, those acked
+    already), the transfer's timers running: its failure (None: none) and
+    when."""
     now = since
     while now < until:
-        t.on_ack(t.window.acked.count if t.window else 0, [], 0, now)
+        acked = t.window.acked.count if t.window else 0
+        t.on_ack(acked if cumulative is None else cumulative, [], 0, now)
         failed, when = _failed_by(t, min(now + 1.0, until) - 1e-9, now)
         if failed is not None:
             return failed, when
         now += 1.0
     return None, now
+
+
+def _sending(timeout: float = 5.0, size: int = 16 * CHUNK) -> OutgoingTransfer:
+    """A transfer accepted with a credit of one chunk at 0, that chunk sent."""
+    t = OutgoingTransfer(policy=Policy(), size=size, chunk_size=CHUNK, timeout=timeout, now=0.0)
+    t.on_accept([], 1, 0.0)
+    assert [o.index for o in t.poll(0.0) if isinstance(o, SendChunk)] == [0]
+    return t
 
 
 def test_a_send_told_to_wait_without_a_break_fails_after_its_timeout_10_s_at_least() -> None:
@@ -1004,44 +1016,108 @@ def test_a_send_told_to_wait_without_a_break_fails_after_its_timeout_10_s_at_lea
     holds the send for its ``--timeout`` (10 s at least), no longer."""
     assert WAITING_LIMIT == 10.0
     for timeout, limit in ((5.0, 10.0), (0.5, 10.0), (30.0, 30.0)):
-        t = OutgoingTransfer(
-            policy=Policy(), size=4 * CHUNK, chunk_size=CHUNK, timeout=timeout, now=0.0
-        )
-        t.on_accept([], 1, 0.0)
-        t.poll(0.0)
-        failed, when = _told_to_wait(t, 0.1, 100.0)
+        t = _sending(timeout)
+        failed, when = _told_to_wait(t, 0.1, 100.0, cumulative=1)
         assert failed is not None and failed.code == "timeout" and t.ended
         assert when == pytest.approx(0.1 + limit)
         assert failed.reason == f"the receiver kept the send waiting its turn for {limit:.0f} s"
 
 
+def test_a_receiver_that_said_0_and_went_silent_ends_the_send_for_its_silence() -> None:
+    """Told 0 a few times, then nothing: with a ``--timeout`` of 10 s or
+    more the silence ends the send ("stopped acknowledging", as a receiver
+    gone silent), not the waiting limit, which would come first."""
+    t = _sending(timeout=30.0)
+    assert _told_to_wait(t, 0.1, 5.0, cumulative=1)[0] is None  # 0 at 0.1 .. 4.1
+    failed, when = _failed_by(t, 100.0, 5.0)
+    assert failed is not None and failed.reason == "the receiver stopped acknowledging"
+    assert when == pytest.approx(4.1 + 30.0)
+
+
+def test_a_turn_taken_back_at_once_or_whose_chunk_is_never_acked_does_not_end_a_wait() -> None:
+    """A wait ends with a chunk written (newly acked), not with a credit: a
+    receiver giving a turn and taking it back in the next ack, or giving
+    real turns and never acking their chunks, still holds the send for
+    the limit only."""
+    t = _sending()
+    now = 0.1
+    for _ in range(5):  # 0 for 9 s, a credit of 1 and at once 0 again
+        failed, when = _told_to_wait(t, now, now + 9.0, cumulative=1)
+        if failed is not None:
+            break
+        now += 9.0
+        t.on_ack(1, [], 1, now)
+        t.on_ack(1, [], 0, now)
+        t.poll(now)
+    assert failed is not None and "waiting its turn" in failed.reason
+    assert when == pytest.approx(0.1 + WAITING_LIMIT)
+    t = _sending()
+    now, sent = 0.1, [0]
+    for _ in range(5):  # 0 for 9 s, then a real turn whose chunk is never acked
+        failed, when = _told_to_wait(t, now, now + 9.0, cumulative=1)
+        if failed is not None:
+            break
+        now += 9.0
+        t.on_ack(1, [], 1, now)
+        sent += [o.index for o in t.poll(now) if isinstance(o, SendChunk)]
+    assert failed is not None and "waiting its turn" in failed.reason
+    assert when == pytest.approx(0.1 + WAITING_LIMIT) and sent == [0, 1]
+
+
+def test_a_paced_send_holding_its_turn_back_is_not_held_by_its_receiver() -> None:
+    """A turn a paced send cannot use yet (no granted bytes), nothing of it
+    in flight: the wait after it starts afresh, so a receiver that takes
+    such turns back (others need the room) does not fail a send that
+    waits for its own pacing."""
+    t = OutgoingTransfer(
+        policy=Policy(), size=16 * CHUNK, chunk_size=CHUNK, timeout=5.0, now=0.0, node_capped=True
+    )
+    t.on_accept([], 1, 0.0)
+    t.on_grant(CHUNK)
+    assert [o.index for o in t.poll(0.0) if isinstance(o, SendChunk)] == [0]
+    now = 0.1
+    for _ in range(4):  # 0 for 8 s, a turn it cannot use, 0 again: 32 s in all
+        failed, _ = _told_to_wait(t, now, now + 8.0, cumulative=1)
+        assert failed is None
+        now += 8.0
+        t.on_ack(1, [], 1, now)
+        assert not [o for o in t.poll(now) if isinstance(o, SendChunk)]
+    t.on_grant(CHUNK)  # its bytes: the next turn is used
+    t.on_ack(1, [], 1, now + 0.5)
+    assert [o.index for o in t.poll(now + 0.5) if isinstance(o, SendChunk)] == [1]
+
+
 @settings(max_examples=60, deadline=None)
-@given(waits=st.lists(st.floats(min_value=0.0, max_value=30.0), min_size=1, max_size=8))
+@given(
+    waits=st.lists(
+        st.floats(min_value=0.0, max_value=30.0).filter(lambda w: abs(w - WAITING_LIMIT) > 1e-3),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_a_send_fails_for_waiting_only_when_one_unbroken_wait_reaches_the_limit(
     waits: list[float],
 ) -> None:
-    """Waits of any length, each ended by a turn of one chunk, the receiver
-    saying 0 every second meanwhile: the send fails if and only if one wait
-    reaches :data:`WAITING_LIMIT` (the turns between reset it; waits do not
-    add up), and then in that wait, with every chunk before it sent once."""
-    t = OutgoingTransfer(policy=Policy(), size=16 * CHUNK, chunk_size=CHUNK, timeout=5.0, now=0.0)
-    t.on_accept([], 1, 0.0)
-    sent = [o.index for o in t.poll(0.0) if isinstance(o, SendChunk)]
-    now = 0.1
+    """Waits of any length, each from a chunk acked with a credit of 0 to
+    a turn of one chunk, the receiver saying 0 every second meanwhile: the
+    send fails if and only if one wait is longer than
+    :data:`WAITING_LIMIT` (the chunks written between reset it; waits do
+    not add up), then exactly the limit after that wait began, every chunk
+    before it sent once."""
+    t = _sending()
+    now, sent = 0.1, [0]
     for wait in waits:
-        failed, _ = _told_to_wait(t, now, now + wait)
-        if wait >= WAITING_LIMIT + 1.0:
+        failed, when = _told_to_wait(t, now, now + wait, cumulative=len(sent))
+        if wait > WAITING_LIMIT:
             assert failed is not None and "waiting its turn" in failed.reason
+            assert when == pytest.approx(now + WAITING_LIMIT)
             assert sent == list(range(len(sent)))
             return
-        if failed is not None:  # (a wait within a second of the limit may reach it)
-            assert wait >= WAITING_LIMIT - 1.0
-            return
+        assert failed is None
         now += wait
         t.on_ack(len(sent), [], 1, now)  # its turn: one chunk
         sent += [o.index for o in t.poll(now) if isinstance(o, SendChunk)]
-        t.on_ack(len(sent), [], 0, now + 0.05)  # written; wait again
-        now += 0.1
+        now += 0.05
         if len(sent) == 16:
             return
     assert not t.ended and sent == list(range(len(sent)))

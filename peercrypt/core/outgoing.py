@@ -25,7 +25,8 @@ Phases: ``offered`` (until the accept or ``deadline``), ``sending`` (chunks
 under credit, congestion window and grants; fails when nothing was newly
 acked for ``timeout`` seconds while chunks are in flight (or, told to wait
 its turn by a credit of 0, nothing came from the receiver for as long, or it
-said 0 without a break for as long, 10 s at least), on a timer of its own,
+said 0 for as long, 10 s at least, with no chunk newly acked), on a timer of
+its own,
 so the timeout is kept whatever the retransmission backoff; that clock
 starts afresh when a chunk goes out with none in flight: a sender holding
 its chunks back for its own pacing (grants) is not a silent receiver; a
@@ -59,12 +60,14 @@ from peercrypt.errors import ResultCode
 # Seconds a send told to wait its turn lets its receiver be silent at least,
 # whatever its --timeout (the receiver repeats the 0 every second).
 WAITING_SILENCE = 3.0
-# Seconds a send lets its receiver keep it waiting its turn without a break
-# (a credit of 0, said again every second) at least; at most its --timeout
-# when that is longer. A receiver of this release gives a chunk to a
-# transfer that has waited 2 s (WAIT_LIMIT, core/incoming.py) and never
-# tells it 0 again: one that says 0 for longer is not taking turns, it holds
-# the send open (as any member with the network key could pose as a receiver).
+# Seconds a send lets its receiver keep it waiting its turn (a credit of 0,
+# said again every second) with no chunk newly acked, at least; its
+# --timeout when that is longer. A receiver of this release gives a chunk
+# to a transfer that has waited 2 s (WAIT_LIMIT, core/incoming.py) and
+# never tells it 0 again: one that says 0 for longer is not taking turns, it
+# holds the send open (as any member with the network key could pose as a
+# receiver). A credit alone ends no wait: a turn given and taken back at
+# once, or one whose chunk is never acked, would.
 WAITING_LIMIT = 10.0
 HISTORY_SAMPLES = 512  # congestion window samples kept for the result
 HISTORY_INTERVAL = 0.05  # seconds between growth samples (decreases always)
@@ -289,13 +292,17 @@ class OutgoingTransfer(GrantedFlow):
         if w is None or self.phase is Phase.ENDED:
             return
         sack_losses, acked = w.fast_retransmits, self.acked_bytes
-        if w.on_ack(cumulative, sack, credit, now) or w.waiting:
+        newly = w.on_ack(cumulative, sack, credit, now)
+        if newly or w.waiting:
             # (waiting its turn at the receiver, told so again: the
             # receiver is there; the stall clock runs from its last word)
             self.last_progress = now
-        if not w.waiting:
+        # A wait ends with a chunk written, not with a credit alone: a turn
+        # given and taken back at once, or whose chunk is never acked, is
+        # the same wait (as a member posing as a receiver could play it).
+        if newly:
             self.waiting_since = None
-        elif self.waiting_since is None:
+        if w.waiting and self.waiting_since is None:
             self.waiting_since = now
         if self.congestion_managed:
             self._report[1] += self.acked_bytes - acked
@@ -376,8 +383,8 @@ class OutgoingTransfer(GrantedFlow):
             if held is not None and now >= held:
                 # (not unanswered: a receiver saying 0 is there, it did not
                 # store the file and forget the transfer; not offered again)
-                waited = now - (self.waiting_since or now)
-                reason = f"{self.peer} kept the send waiting its turn for {waited:.0f} s"
+                limit = self._waiting_limit()
+                reason = f"{self.peer} kept the send waiting its turn for {limit:.0f} s"
                 self._end(Failed(ResultCode.TIMEOUT, reason))
                 return
             timeouts = w.timeouts
@@ -429,13 +436,20 @@ class OutgoingTransfer(GrantedFlow):
         it again every second: core/incoming.py, ``WAITING_REPEAT``)."""
         return max(self.timeout, WAITING_SILENCE) if w.waiting else self.timeout
 
+    def _waiting_limit(self) -> float:
+        return max(self.timeout, WAITING_LIMIT)
+
     def _held_until(self, w: SendWindow) -> float | None:
         """When a wait for its turn that has not ended by then ends the send
-        (None: not waiting): its ``timeout`` after the first 0 of an
-        unbroken run of them, :data:`WAITING_LIMIT` at least."""
+        (None: not waiting, or no such end): :meth:`_waiting_limit` after
+        the first 0 since a chunk was last newly acked, if the receiver said
+        0 within :data:`WAITING_SILENCE` before it; a receiver silent
+        longer by then ends the send for its silence instead (the stall
+        clock: "stopped acknowledging", which may offer it again)."""
         if not w.waiting or self.waiting_since is None:
             return None
-        return self.waiting_since + max(self.timeout, WAITING_LIMIT)
+        held = self.waiting_since + self._waiting_limit()
+        return held if self.last_progress > held - WAITING_SILENCE else None
 
     @property
     def ended(self) -> bool:
@@ -523,6 +537,10 @@ class OutgoingTransfer(GrantedFlow):
             up = w.next_up()
             if up is not None and self.allowance >= self.chunk_len(up):
                 limit = 1
+        if limit == 0 and w.in_flight == 0 and w.room() > 0:
+            # A turn held back for its own pacing, nothing of it unacked:
+            # the send is not held by its receiver, a wait after it is anew.
+            self.waiting_since = None
         resends, idle = w.retransmits, w.in_flight == 0
         indices = w.next_to_send(now, limit)
         resends = w.retransmits - resends  # they come first
