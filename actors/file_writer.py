@@ -562,20 +562,34 @@ def _mapped(size: int) -> tuple[mmap.mmap, int]:
 # in 1 MiB chunks, 0.25 s per GiB against 0.04-0.08 for one send in 2 MiB
 # chunks on huge pages; 0.08 against 0.04 s per GiB of 1 MiB direct writes
 # alone, docs/benchmarks.md). One the pool drops gives its pages back at
-# once (MADV_DONTNEED), so what it keeps and what is out still bound the
-# memory, not the huge pages they came from.
+# once and is kept off huge pages from then on (:meth:`BufferPool._release`),
+# so what the pool keeps and what is out bound the resident memory, not the
+# huge pages they came from (the kernel frees the rest of a split huge page
+# when memory runs short: its deferred split).
 MIN_SHARED = 256 * 1024
 _MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+_MADV_NOHUGEPAGE = getattr(mmap, "MADV_NOHUGEPAGE", None)
+
+
+@functools.cache
+def _huge_pages() -> bool:
+    """Whether this system may give transparent huge pages where asked."""
+    try:
+        enabled = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+    return "[never]" not in enabled
 
 
 def _sharing(size: int) -> int:
     """How many buffers of ``size`` bytes one huge page holds where they
-    share one (:data:`MIN_SHARED`), else 1."""
-    if _MADV_HUGEPAGE is None or _MADV_DONTNEED is None or not _PRIVATE:
-        return 1
+    share one (:data:`MIN_SHARED`), else 1 (also where the system gives no
+    huge pages: sharing would only cost map entries)."""
     if size < MIN_SHARED or size >= HUGE_PAGE or HUGE_PAGE % size:
         return 1
-    return HUGE_PAGE // size
+    if None in (_MADV_HUGEPAGE, _MADV_DONTNEED, _MADV_NOHUGEPAGE) or not _PRIVATE:
+        return 1
+    return HUGE_PAGE // size if _huge_pages() else 1
 
 
 def _address(buffer: memoryview | mmap.mmap) -> int:
@@ -678,11 +692,16 @@ class BufferPool:
     def _release(self, buffer: memoryview) -> None:
         """A buffer no longer kept nor out: one sharing a huge page with
         others gives its pages back now (its mapping goes with the last of
-        them); any other's mapping goes with it."""
+        them); any other's mapping goes with it. Its range is first taken
+        out of the huge page's advice (``MADV_NOHUGEPAGE``): the kernel
+        would otherwise put a whole huge page back under it within seconds
+        (khugepaged) while the pool counts only its siblings, and a sibling
+        not touched yet gets small pages."""
         mapping = buffer.obj
         if isinstance(mapping, mmap.mmap) and mapping in self._shared:
             offset = _address(buffer) - _address(mapping)
             with contextlib.suppress(OSError, ValueError):
+                mapping.madvise(cast(int, _MADV_NOHUGEPAGE), offset, len(buffer))
                 mapping.madvise(cast(int, _MADV_DONTNEED), offset, len(buffer))
 
     def _unmapped(self) -> None:

@@ -7,7 +7,9 @@ fills, a small tmpfs the test mounts, keeps the part and its manifest)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import itertools
 import mmap
 import os
 import queue
@@ -913,15 +915,36 @@ def test_what_the_pool_keeps_never_exceeds_its_bound(
     the first taken only where they fit."""
     pool = BufferPool(bound * unit)
     out: list[memoryview] = []
-    for take, size, pick in steps:
+    marks: list[int] = []
+    for n, (take, size, pick) in enumerate(steps):
         if take or not out:
-            out.append(pool.take(size * unit))
+            buffer = pool.take(size * unit)
+            mark = n % 251 + 1
+            buffer[:1], buffer[len(buffer) // 2 : len(buffer) // 2 + 1], buffer[-1:] = (
+                bytes([mark]),
+                bytes([mark]),
+                bytes([mark]),
+            )
+            out.append(buffer)
+            marks.append(mark)
         else:
-            pool.give(out.pop(pick % len(out)))
+            i = pick % len(out)
+            pool.give(out.pop(i))
+            marks.pop(i)
         held, taken = pool.held_bytes, pool.out_bytes
         assert taken == sum(len(b) for b in out)
         assert held <= bound * unit
         assert held == 0 or held + taken <= bound * unit, (held, taken)
+        # Buffers out never overlap, and none is given back or zeroed while out.
+        for b, mark in zip(out, marks, strict=True):
+            middle = b[len(b) // 2 : len(b) // 2 + 1]
+            assert (bytes(b[:1]), bytes(middle), bytes(b[-1:])) == (bytes([mark]),) * 3
+        spans = sorted(
+            (ctypes.addressof(ctypes.c_char.from_buffer(b)), len(b))
+            for b in out
+            if isinstance(b.obj, mmap.mmap)
+        )
+        assert all(a + n_ <= b_ for (a, n_), (b_, _) in itertools.pairwise(spans)), spans
     for b in out:
         pool.give(b)
     assert pool.out_bytes == 0 and pool.held_bytes <= bound * unit
