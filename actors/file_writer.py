@@ -628,6 +628,7 @@ class BufferPool:
         # Mappings whose huge page several buffers share: one of them dropped
         # gives its pages back at once (its mapping lives on with the others).
         self._shared: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
+        self._clears = 0  # clear() calls so far (a take's siblings are not kept past one)
 
     def take(self, size: int) -> memoryview:
         """A writable buffer of exactly ``size`` bytes (contents undefined):
@@ -653,6 +654,7 @@ class BufferPool:
             sharing = _sharing(size)
             if self._held + self._out + (sharing - 1) * size > self._max_bytes:
                 sharing = 1
+            clears = self._clears
         for buffer in dropped:
             self._release(buffer)
         dropped.clear()
@@ -680,7 +682,7 @@ class BufferPool:
         with self._lock:
             free = self._free.setdefault(size, [])
             for other in others:  # (what was given back meanwhile may leave less room)
-                if self._held + self._out + size <= self._max_bytes:
+                if self._clears == clears and self._held + self._out + size <= self._max_bytes:
                     free.append(other)
                     self._held += size
                 else:
@@ -733,6 +735,7 @@ class BufferPool:
             dropped = [b for buffers in self._free.values() for b in buffers]
             self._free.clear()
             self._held = 0
+            self._clears += 1
         for buffer in dropped:
             self._release(buffer)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import queue
 import random
@@ -630,6 +631,34 @@ def test_chunk_buffers_of_1_mib_share_a_huge_page_and_one_dropped_gives_its_page
     pool.give(other)
     alone = file_writer.BufferPool(MiB).take(MiB)  # no room for a second half
     assert len(alone.obj) == MiB  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(
+    not Path("/sys/kernel/mm/transparent_hugepage/enabled").exists()
+    or "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text(),
+    reason="transparent huge pages off (or not Linux)",
+)
+def test_a_clear_while_a_shared_page_is_mapped_keeps_none_of_its_other_pieces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer closing its last file clears the pool: the other pieces
+    of a huge page being mapped for a buffer taken meanwhile are not kept
+    past that clear (none is kept once the writer has no file open)."""
+    MiB = 1024 * 1024
+    pool = file_writer.BufferPool(8 * MiB)
+    real = file_writer._mapped
+
+    def mapped_while_cleared(size: int) -> tuple[mmap.mmap, int]:
+        pool.clear()  # (the writer's thread, between the take's two steps)
+        return real(size)
+
+    monkeypatch.setattr(file_writer, "_mapped", mapped_while_cleared)
+    taken = pool.take(MiB)
+    assert len(taken) == MiB and file_writer.aligned(taken)
+    assert (pool.held_bytes, pool.out_bytes) == (0, MiB)
+    monkeypatch.undo()
+    again = pool.take(MiB)  # a new page: nothing of the first was kept
+    assert pool.maps == 2 and again.obj is not taken.obj
 
 
 def test_a_reader_that_cannot_start_leaves_none_of_the_others_behind(

@@ -26,8 +26,7 @@ under credit, congestion window and grants; fails when nothing was newly
 acked for ``timeout`` seconds while chunks are in flight (or, told to wait
 its turn by a credit of 0, nothing came from the receiver for as long, or it
 said 0 for as long, 10 s at least, with no chunk newly acked), on a timer of
-its own,
-so the timeout is kept whatever the retransmission backoff; that clock
+its own, so the timeout is kept whatever the retransmission backoff; that clock
 starts afresh when a chunk goes out with none in flight: a sender holding
 its chunks back for its own pacing (grants) is not a silent receiver; a
 re-established data connection (:meth:`on_reconnect`) resends what was in
@@ -199,7 +198,7 @@ class OutgoingTransfer(GrantedFlow):
     # have stored the file (and forgotten the transfer), not said it failed.
     unanswered: bool = field(default=False, init=False)
     last_progress: float = field(init=False)
-    waiting_since: float | None = field(default=None, init=False)  # told 0 without a break since
+    waiting_since: float | None = field(default=None, init=False)  # told 0, none acked since
     resumed: int = field(default=0, init=False)  # chunks the receiver already held
     accept_seconds: float = field(default=0.0, init=False)  # offer to accept (the resume check)
     chunks_sent: int = field(default=0, init=False)  # sends, retransmissions included
