@@ -554,57 +554,13 @@ def _mapped(size: int) -> tuple[mmap.mmap, int]:
     return mapping, start
 
 
-# Chunk buffers of this size or more, smaller than a huge page and dividing
-# it (256 KiB, 512 KiB, 1 MiB: the default chunk, every file's under 256
-# MiB, and 16 transfers' sharing a node), share a huge page, HUGE_PAGE //
-# size of them (:meth:`BufferPool.take`): on small pages an O_DIRECT write
-# of 1 MiB pins 256 pages one by one (the writer's CPU at 64 sends at once
-# in 1 MiB chunks, 0.25 s per GiB against 0.04-0.08 for one send in 2 MiB
-# chunks on huge pages; 0.08 against 0.04 s per GiB of 1 MiB direct writes
-# alone, docs/benchmarks.md). One the pool drops gives its pages back at
-# once and is kept off huge pages from then on (:meth:`BufferPool._release`),
-# so what the pool keeps and what is out bound the resident memory, not the
-# huge pages they came from (the kernel frees the rest of a split huge page
-# when memory runs short: its deferred split).
-MIN_SHARED = 256 * 1024
-_MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
-_MADV_NOHUGEPAGE = getattr(mmap, "MADV_NOHUGEPAGE", None)
-
-
-@functools.cache
-def _huge_pages() -> bool:
-    """Whether this system may give transparent huge pages where asked."""
-    try:
-        enabled = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return False
-    return "[never]" not in enabled
-
-
-def _sharing(size: int) -> int:
-    """How many buffers of ``size`` bytes one huge page holds where they
-    share one (:data:`MIN_SHARED`), else 1 (also where the system gives no
-    huge pages: sharing would only cost map entries)."""
-    if size < MIN_SHARED or size >= HUGE_PAGE or HUGE_PAGE % size:
-        return 1
-    if None in (_MADV_HUGEPAGE, _MADV_DONTNEED, _MADV_NOHUGEPAGE) or not _PRIVATE:
-        return 1
-    return HUGE_PAGE // size if _huge_pages() else 1
-
-
-def _address(buffer: memoryview | mmap.mmap) -> int:
-    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-
-
 class BufferPool:
     """Reused chunk buffers: the actor decrypts each chunk into one
     (:meth:`take`), the writer gives it back once written (:meth:`give`).
     A fresh buffer per chunk cost an allocation and the zeroing of its
     pages for every chunk received. Each buffer is a view of private
-    anonymous mapped memory, so it starts on a page (one of 2 MiB or more on
-    huge pages where the system gives them: :func:`_mapped`; those of 256
-    KiB to 1 MiB that divide one share a huge page: the first taken maps it
-    and the pool keeps the others, where they fit within its bound): the
+    anonymous mapped memory of its own, so it starts on a page (one of 2 MiB
+    or more on huge pages where the system gives them: :func:`_mapped`): the
     writer can hand it to the disk directly (``O_DIRECT``, :func:`aligned`). At most
     ``max_bytes`` wait here, fewer while buffers are out: those kept and
     those taken together stay within ``max_bytes`` (a buffer given back
@@ -625,10 +581,6 @@ class BufferPool:
         self._mapped = 0
         self._mapped_lock = threading.Lock()
         self.maps = 0  # mappings made so far (each a new buffer's pages faulted in and zeroed)
-        # Mappings whose huge page several buffers share: one of them dropped
-        # gives its pages back at once (its mapping lives on with the others).
-        self._shared: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
-        self._clears = 0  # clear() calls so far (a take's siblings are not kept past one)
 
     def take(self, size: int) -> memoryview:
         """A writable buffer of exactly ``size`` bytes (contents undefined):
@@ -637,7 +589,6 @@ class BufferPool:
         of the kernel's map entries (vm.max_map_count, 65530 by default),
         and the sender picks the chunk size: 4 KiB chunks within a large
         receive buffer would otherwise run the process out of them."""
-        dropped: list[memoryview] = []
         with self._lock:
             self._out += size
             free = self._free.get(size)
@@ -647,17 +598,8 @@ class BufferPool:
             # Kept buffers of other sizes give way to this one in flight.
             for kept, buffers in self._free.items():
                 while buffers and self._held + self._out > self._max_bytes:
-                    dropped.append(buffers.pop())
+                    buffers.pop()
                     self._held -= kept
-            # Those that would share its huge page are kept with it, if they
-            # fit within the bound beside all that is out and kept.
-            sharing = _sharing(size)
-            if self._held + self._out + (sharing - 1) * size > self._max_bytes:
-                sharing = 1
-            clears = self._clears
-        for buffer in dropped:
-            self._release(buffer)
-        dropped.clear()
         try:
             with self._mapped_lock:
                 if size == 0 or self._mapped >= MAX_MAPPED:
@@ -665,7 +607,7 @@ class BufferPool:
                 self._mapped += 1
                 self.maps += 1
             try:
-                mapping, start = _mapped(HUGE_PAGE if sharing > 1 else size)
+                mapping, start = _mapped(size)
             except BaseException:
                 self._unmapped()
                 raise
@@ -674,37 +616,7 @@ class BufferPool:
                 self._out -= size
             raise
         weakref.finalize(mapping, self._unmapped)
-        view = memoryview(mapping)
-        if sharing == 1:
-            return view[start : start + size]
-        self._shared.add(mapping)
-        others = [view[start + i * size : start + (i + 1) * size] for i in range(1, sharing)]
-        with self._lock:
-            free = self._free.setdefault(size, [])
-            for other in others:  # (what was given back meanwhile may leave less room)
-                if self._clears == clears and self._held + self._out + size <= self._max_bytes:
-                    free.append(other)
-                    self._held += size
-                else:
-                    dropped.append(other)
-        for buffer in dropped:
-            self._release(buffer)
-        return view[start : start + size]
-
-    def _release(self, buffer: memoryview) -> None:
-        """A buffer no longer kept nor out: one sharing a huge page with
-        others gives its pages back now (its mapping goes with the last of
-        them); any other's mapping goes with it. Its range is first taken
-        out of the huge page's advice (``MADV_NOHUGEPAGE``): the kernel
-        would otherwise put a whole huge page back under it within seconds
-        (khugepaged) while the pool counts only its siblings, and a sibling
-        not touched yet gets small pages."""
-        mapping = buffer.obj
-        if isinstance(mapping, mmap.mmap) and mapping in self._shared:
-            offset = _address(buffer) - _address(mapping)
-            with contextlib.suppress(OSError, ValueError):
-                mapping.madvise(cast(int, _MADV_NOHUGEPAGE), offset, len(buffer))
-                mapping.madvise(cast(int, _MADV_DONTNEED), offset, len(buffer))
+        return memoryview(mapping)[start : start + size]
 
     def _unmapped(self) -> None:
         with self._mapped_lock:  # (never held while a mapping is dropped)
@@ -723,21 +635,15 @@ class BufferPool:
         size = len(buffer)
         with self._lock:
             self._out -= size
-            keep = self._held + max(0, self._out) + size <= self._max_bytes
-            if keep:
-                self._held += size
-                self._free.setdefault(size, []).append(buffer)
-        if not keep:
-            self._release(buffer)
+            if self._held + max(0, self._out) + size > self._max_bytes:
+                return
+            self._held += size
+            self._free.setdefault(size, []).append(buffer)
 
     def clear(self) -> None:
         with self._lock:
-            dropped = [b for buffers in self._free.values() for b in buffers]
             self._free.clear()
             self._held = 0
-            self._clears += 1
-        for buffer in dropped:
-            self._release(buffer)
 
     @property
     def held_bytes(self) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import mmap
 import os
 import queue
 import random
@@ -581,84 +580,6 @@ def test_chunk_buffers_of_huge_page_size_are_laid_on_huge_pages() -> None:
     pool.give(small)
     assert pool.take(4 * MiB) is big  # kept and reused, not mapped again
     assert pool.maps == 2
-
-
-@pytest.mark.skipif(
-    not Path("/sys/kernel/mm/transparent_hugepage/enabled").exists()
-    or "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text(),
-    reason="transparent huge pages off (or not Linux)",
-)
-def test_chunk_buffers_of_1_mib_share_a_huge_page_and_one_dropped_gives_its_pages_back() -> None:
-    """Two 1 MiB chunk buffers share one huge page: the first taken maps it
-    (on a 2 MiB boundary, eligible for a huge page) and the pool keeps the
-    other half, which the next take returns without mapping again. A half
-    the pool drops (here for a buffer of another size) gives its pages back
-    at once (read again, it is zeros) and is advised off huge pages, the
-    other half untouched; a pool with no room for the second half maps the
-    first alone."""
-    import ctypes
-
-    MiB = 1024 * 1024
-
-    def address(view: memoryview) -> int:
-        return ctypes.addressof(ctypes.c_char.from_buffer(view))
-
-    pool = file_writer.BufferPool(2 * MiB)
-    first = pool.take(MiB)
-    assert pool.held_bytes == MiB and pool.out_bytes == MiB  # its other half, kept
-    second = pool.take(MiB)
-    assert second.obj is first.obj and pool.maps == 1 and pool.held_bytes == 0
-    assert address(first) % file_writer.HUGE_PAGE == 0
-    assert address(second) == address(first) + MiB
-    assert file_writer.aligned(first) and file_writer.aligned(second)
-    first[:] = b"\x5a" * MiB
-    second[:] = b"\xa5" * MiB
-    vma = _vma_of(first)
-    if "THPeligible" in vma and "THP_enabled:\t0" not in Path("/proc/self/status").read_text():
-        assert vma["THPeligible"] == "1", vma
-    pool.give(second)  # kept: 1 MiB out, 1 MiB kept, the bound
-    assert pool.held_bytes == MiB
-    other = pool.take(MiB // 2)  # another size: the kept half gives way
-    assert pool.held_bytes == 0
-    assert bytes(second[:4096]) == bytes(4096) and bytes(second[-1:]) == b"\0"  # given back
-    assert bytes(first[:1]) == b"\x5a" and bytes(first[-1:]) == b"\x5a"  # still there
-    # ... and kept off huge pages (the kernel would put one back under it
-    # within seconds, 2 MiB resident where the pool counts 1), the other half
-    # still advised.
-    assert "nh" in _vma_of(second).get("VmFlags", "").split(), _vma_of(second)
-    assert "hg" in _vma_of(first).get("VmFlags", "").split(), _vma_of(first)
-    pool.give(first)
-    pool.give(other)
-    alone = file_writer.BufferPool(MiB).take(MiB)  # no room for a second half
-    assert len(alone.obj) == MiB  # type: ignore[arg-type]
-
-
-@pytest.mark.skipif(
-    not Path("/sys/kernel/mm/transparent_hugepage/enabled").exists()
-    or "[never]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text(),
-    reason="transparent huge pages off (or not Linux)",
-)
-def test_a_clear_while_a_shared_page_is_mapped_keeps_none_of_its_other_pieces(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The writer closing its last file clears the pool: the other pieces
-    of a huge page being mapped for a buffer taken meanwhile are not kept
-    past that clear (none is kept once the writer has no file open)."""
-    MiB = 1024 * 1024
-    pool = file_writer.BufferPool(8 * MiB)
-    real = file_writer._mapped
-
-    def mapped_while_cleared(size: int) -> tuple[mmap.mmap, int]:
-        pool.clear()  # (the writer's thread, between the take's two steps)
-        return real(size)
-
-    monkeypatch.setattr(file_writer, "_mapped", mapped_while_cleared)
-    taken = pool.take(MiB)
-    assert len(taken) == MiB and file_writer.aligned(taken)
-    assert (pool.held_bytes, pool.out_bytes) == (0, MiB)
-    monkeypatch.undo()
-    again = pool.take(MiB)  # a new page: nothing of the first was kept
-    assert pool.maps == 2 and again.obj is not taken.obj
 
 
 def test_a_reader_that_cannot_start_leaves_none_of_the_others_behind(

@@ -900,7 +900,7 @@ def test_the_receivers_writer_keeps_what_its_pipeline_holds_of_4_mib_buffers(
 
 @settings(max_examples=300, deadline=None)
 @given(
-    unit=st.sampled_from([4096, file_writer.MIN_SHARED]),
+    unit=st.sampled_from([4096, 256 * 1024]),
     bound=st.integers(1, 12),
     steps=st.lists(st.tuples(st.booleans(), st.integers(1, 3), st.integers(0, 20)), max_size=80),
 )
@@ -910,9 +910,8 @@ def test_what_the_pool_keeps_never_exceeds_its_bound(
     """Whatever is taken and given back in any order and size: the pool
     keeps at most its bound, and what it keeps with what is out together
     stay within it (kept buffers never add to a peak of chunks in flight);
-    every byte taken and given back is counted out and back. Units of 256
-    KiB: buffers of 256 and 512 KiB share huge pages, the others kept with
-    the first taken only where they fit."""
+    every byte taken and given back is counted out and back; buffers out
+    never overlap and keep their bytes (units of 4 KiB and of 256 KiB)."""
     pool = BufferPool(bound * unit)
     out: list[memoryview] = []
     marks: list[int] = []

@@ -1064,6 +1064,23 @@ def test_a_turn_taken_back_at_once_or_whose_chunk_is_never_acked_does_not_end_a_
     assert when == pytest.approx(0.1 + WAITING_LIMIT) and sent == [0, 1]
 
 
+def test_acks_of_chunks_never_sent_do_not_end_a_wait() -> None:
+    """A receiver acking chunks the sender never sent (one at a time, by
+    SACK, while saying 0) has written nothing of what was sent: the wait
+    goes on, and the send fails at the limit."""
+    t = _sending()
+    t.on_ack(1, [], 0, 0.1)  # chunk 0 written; wait your turn
+    now, claimed = 0.1, 2
+    failed = None
+    while failed is None and now < 60.0:
+        now += 1.0
+        t.on_ack(1, [(claimed, claimed + 1)], 0, now)  # "written": never sent
+        claimed += 1
+        failed, when = _failed_by(t, now + 1.0 - 1e-9, now)
+    assert failed is not None and "waiting its turn" in failed.reason
+    assert when == pytest.approx(0.1 + WAITING_LIMIT)
+
+
 def test_a_paced_send_holding_its_turn_back_is_not_held_by_its_receiver() -> None:
     """A turn a paced send cannot use yet (no granted bytes), nothing of it
     in flight: the wait after it starts afresh, so a receiver that takes

@@ -1228,6 +1228,28 @@ def test_a_transfer_waits_its_turn_at_most_wait_limit_then_keeps_a_chunk() -> No
     assert after is not None and after[2] == 1 and flow.floor == 1
 
 
+def test_turns_taken_back_unused_count_toward_the_wait_limit() -> None:
+    """Turns given and taken back before a chunk used them (the others need
+    the room again; the acks that gave them may be lost) do not restart the
+    wait: WAIT_LIMIT counts from the first 0 since the transfer last took a
+    chunk, so it gets a chunk for good then (its sender fails a send told 0
+    for 10 s with no chunk written: an honest receiver must never do that)."""
+    flow = IncomingTransfer(total=10, credit=1, idle_timeout=30.0, now=0.0)
+    flow.on_chunk(0, False, 0.0)
+    flow.on_written(0)
+    assert flow.ack(0, 0.0) is not None and flow.waiting
+    turn = flow.window_update(1, 0.2)  # a turn, taken back unused when next due
+    assert turn is not None and turn[2] == 1 and not flow.waiting
+    now, back = 0.2, None
+    while back is None and now < WAIT_LIMIT - 0.2:
+        now = round(now + 0.05, 2)
+        back = flow.window_update(0, now)
+    assert back is not None and back[2] == 0 and flow.waiting, (now, back)
+    assert now < WAIT_LIMIT and not flow.waited_too_long
+    later = flow.window_update(0, WAIT_LIMIT + 0.01)  # 2 s since its last chunk
+    assert later is not None and later[2] == 1 and flow.waited_too_long and flow.floor == 1
+
+
 def test_a_silent_sender_expires_whatever_its_turns() -> None:
     # Waiting stops the idle clock only if the sender used its last turn
     # (then the clock goes on from there at the next): a sender that went
@@ -1247,11 +1269,15 @@ def test_a_silent_sender_expires_whatever_its_turns() -> None:
         flow.on_timer(now)
         if flow.ended:
             break
-        assert flow.ack(0, now, force=True) is not None and flow.waiting
+        # (told 0 at first; 2 s of waits since its last chunk, the unused
+        # turns between them counted, and it keeps a chunk from then on)
+        assert flow.ack(0, now, force=True) is not None
+        assert flow.waiting or flow.waited_too_long
         now += 1.0
         flow.on_timer(now)
         if not flow.ended:
-            assert flow.window_update(1, now) is not None and not flow.waiting
+            flow.window_update(1, now)
+            assert not flow.waiting
     # idle 0.5 + 0.5 + 1 + 0.5 + 1 > 3 s: within the second wait after its turn
     assert flow.ended and now == pytest.approx(4.5)
     assert [type(out).__name__ for out in flow.poll()] == ["Abandon"]

@@ -342,8 +342,13 @@ class IncomingTransfer:
             self._turn_unused, self._paused = True, False
         elif self.window.window > 0 and credit == 0:
             # Told to wait: its idle clock stops if its sender used its last
-            # turn (a sender silent through its turns still expires).
-            self.waited_at, self._paused = now, not self._turn_unused
+            # turn (a sender silent through its turns still expires). A turn
+            # taken back unused goes on with the wait it broke: WAIT_LIMIT
+            # counts from the first 0 since the transfer last took a chunk
+            # (what its sender's limit counts, core/outgoing.py).
+            if not self._turn_unused:
+                self.waited_at = now
+            self._paused = not self._turn_unused
         self.window.advertise(credit, now)
 
     def update_due(self, now: float) -> bool:

@@ -25,7 +25,7 @@ Phases: ``offered`` (until the accept or ``deadline``), ``sending`` (chunks
 under credit, congestion window and grants; fails when nothing was newly
 acked for ``timeout`` seconds while chunks are in flight (or, told to wait
 its turn by a credit of 0, nothing came from the receiver for as long, or it
-said 0 for as long, 10 s at least, with no chunk newly acked), on a timer of
+said 0 for as long, 10 s at least, with no chunk it sent acked), on a timer of
 its own, so the timeout is kept whatever the retransmission backoff; that clock
 starts afresh when a chunk goes out with none in flight: a sender holding
 its chunks back for its own pacing (grants) is not a silent receiver; a
@@ -60,13 +60,14 @@ from peercrypt.errors import ResultCode
 # whatever its --timeout (the receiver repeats the 0 every second).
 WAITING_SILENCE = 3.0
 # Seconds a send lets its receiver keep it waiting its turn (a credit of 0,
-# said again every second) with no chunk newly acked, at least; its
+# said again every second) with no chunk it sent newly acked, at least; its
 # --timeout when that is longer. A receiver of this release gives a chunk
-# to a transfer that has waited 2 s (WAIT_LIMIT, core/incoming.py) and
-# never tells it 0 again: one that says 0 for longer is not taking turns, it
-# holds the send open (as any member with the network key could pose as a
-# receiver). A credit alone ends no wait: a turn given and taken back at
-# once, or one whose chunk is never acked, would.
+# to a transfer that has waited 2 s since it last took one (WAIT_LIMIT,
+# core/incoming.py) and never tells it 0 again: one that says 0 for longer
+# is not taking turns, it holds the send open (as any member with the
+# network key could pose as a receiver). A credit alone ends no wait (a turn
+# given and taken back at once, or one whose chunk is never acked, would),
+# nor an ack of chunks never sent.
 WAITING_LIMIT = 10.0
 HISTORY_SAMPLES = 512  # congestion window samples kept for the result
 HISTORY_INTERVAL = 0.05  # seconds between growth samples (decreases always)
@@ -290,7 +291,7 @@ class OutgoingTransfer(GrantedFlow):
         w = self.window
         if w is None or self.phase is Phase.ENDED:
             return
-        sack_losses, acked = w.fast_retransmits, self.acked_bytes
+        sack_losses, acked, flying = w.fast_retransmits, self.acked_bytes, w.in_flight
         newly = w.on_ack(cumulative, sack, credit, now)
         if newly or w.waiting:
             # (waiting its turn at the receiver, told so again: the
@@ -298,8 +299,9 @@ class OutgoingTransfer(GrantedFlow):
             self.last_progress = now
         # A wait ends with a chunk written, not with a credit alone: a turn
         # given and taken back at once, or whose chunk is never acked, is
-        # the same wait (as a member posing as a receiver could play it).
-        if newly:
+        # the same wait (as a member posing as a receiver could play it);
+        # nor with acks of chunks never sent (an honest receiver has none).
+        if w.in_flight < flying:
             self.waiting_since = None
         if w.waiting and self.waiting_since is None:
             self.waiting_since = now
