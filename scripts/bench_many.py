@@ -38,6 +38,10 @@ Measured per run (every run is printed):
   one transfer alone and for the many, and the load average; and the
   many's CPU per send (``--size 64K``: what a send costs beyond its bytes,
   the offer, handshakes, files, records and the load's probes).
+- **context switches per GiB** by thread name (thousands, voluntary and
+  involuntary together, ``/proc/PID/task/*/status``), one alone and all at
+  once: each is a wake-up (a message handed between actors, an ack, a lock)
+  or a preemption.
 
 ``--tree DIR`` also starts four nodes run from that source tree (an export
 of an older commit: ``git archive main | tar -x -C DIR``) and alternates
@@ -144,6 +148,23 @@ def thread_cpu(pids: list[int]) -> dict[str, float]:
             except OSError:
                 continue  # a thread that ended meanwhile
             out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def thread_switches(pids: list[int]) -> dict[str, float]:
+    """Context switches so far per thread name (voluntary and involuntary
+    together), summed over the processes ``pids``: each is a wake-up (a
+    message handed between actors, a lock waited for) or a preemption."""
+    out: dict[str, float] = {}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip().rstrip("0123456789")
+                lines = (task / "status").read_text().splitlines()
+            except OSError:
+                continue
+            n = sum(int(line.split()[1]) for line in lines if "ctxt_switches" in line)
+            out[name] = out.get(name, 0.0) + n
     return out
 
 
@@ -358,11 +379,13 @@ class Single:
     wall_rate: float  # MiB/s from the request to the result
     cpu_per_gib: float  # the nodes' CPU seconds per GiB
     split: dict[str, float]  # the same by thread
+    switches: dict[str, float]  # context switches per GiB (thousands) by thread
 
 
 def send_alone(nodes: list[NodeProcess], single: Path) -> Single:
     cpu = sum(cpu_seconds(node.pid) for node in nodes)
     threads = thread_cpu([node.pid for node in nodes])
+    switches = thread_switches([node.pid for node in nodes])
     started = time.perf_counter()
     with ControlClient.for_data_dir(nodes[0].data_dir) as client:
         request = client.next_id()
@@ -390,6 +413,7 @@ def send_alone(nodes: list[NodeProcess], single: Path) -> Single:
         reply.size / MiB / wall,
         cpu / gib,
         per_gib(threads, thread_cpu([n.pid for n in nodes]), gib),
+        per_gib(switches, thread_switches([n.pid for n in nodes]), gib * 1000),
     )
 
 
@@ -415,6 +439,7 @@ def one_run(
         reset_peak_rss(node.pid)
     cpu_before = sum(cpu_seconds(node.pid) for node in nodes)
     threads_before = thread_cpu([node.pid for node in nodes])
+    switches_before = thread_switches([node.pid for node in nodes])
     load_average = os.getloadavg()[0]
     load = Latencies()
     stop = threading.Event()
@@ -437,6 +462,7 @@ def one_run(
     sampled = {k: [p.get(k, 0) / 1024 for p in peaks] for k in ("rss", "pss", "uss", "shmem")}
     cpu = sum(cpu_seconds(node.pid) for node in nodes) - cpu_before
     threads_after = thread_cpu([node.pid for node in nodes])
+    switches_after = thread_switches([node.pid for node in nodes])
     load_average = max(load_average, os.getloadavg()[0])
     counters: dict[str, int] = {}
     # The most each node's incoming transfers held of its receive buffer
@@ -483,6 +509,7 @@ def one_run(
     aggregate = total / MiB / elapsed
     rates_by_step = timeline(flows, started, elapsed)
     many_split = per_gib(threads_before, threads_after, total / 2**30)
+    many_switches = per_gib(switches_before, switches_after, total / 2**30 * 1000)
     # When the flows started (their result less their own span) and ended,
     # from the first request: a late start or a long tail costs aggregate.
     ends = sorted(f.done_at - started for f in flows)
@@ -523,6 +550,8 @@ def one_run(
         "single_cpu_s_per_gib": (before.cpu_per_gib + after.cpu_per_gib) / 2,
         "threads_cpu_s_per_gib": many_split,
         "single_threads_cpu_s_per_gib": before.split,
+        "threads_kswitches_per_gib": many_switches,
+        "single_threads_kswitches_per_gib": before.switches,
         "single_wall_mib_s": (before.wall_rate + after.wall_rate) / 2,
         "load_average": load_average,
         # The ratio's two factors: cores the nodes kept busy (CPU s / wall s)
@@ -576,6 +605,8 @@ def one_run(
     )
     print(f"       CPU s per GiB by thread, one alone: {before.split}", flush=True)
     print(f"       CPU s per GiB by thread, all at once: {many_split}", flush=True)
+    print(f"       k switches per GiB by thread, one alone: {before.switches}", flush=True)
+    print(f"       k switches per GiB by thread, all at once: {many_switches}", flush=True)
 
     def ms(values: list[float], q: float) -> str:
         return f"{1000 * pct(values, q):.1f}"
