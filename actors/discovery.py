@@ -13,8 +13,10 @@
 - Received gossip (``Gossip`` through the gateway) is accepted only if the
   sender's admitted CURVE key is the one derived from the ``origin`` it
   claims; every record is then checked by the table (size, structure,
-  signature, staleness, capacity) and each rejection is counted
-  (``discovery.rejected-REASON``).
+  staleness, capacity, then the signature of one that would change it) and
+  each rejection is counted (``discovery.rejected-REASON``). The gateway
+  hands on a member's gossip within a budget of bytes and no more than a
+  bound not yet taken (``core/answer_budget.py``, ``core/mail_credit.py``).
 - ``join HOST PORT`` and the bootstrap seeds use a fresh, monitored
   connection with retries (exponential backoff with full jitter, at most
   ``--max-retries``, each attempt waiting ``--timeout``).

@@ -8,7 +8,11 @@ and for the node (``peercrypt/core/answer_budget.py``: a question beyond it
 is dropped unanswered and counted, ``unanswered-over-peer``,
 ``unanswered-over-address``, ``unanswered-over-node``),
 and hands every other control message, with
-the peer's ZAP-verified key, to the actor that owns that message type;
+the peer's ZAP-verified key, to the actor that owns that message type
+(gossip within a budget of bytes per identity, address and node, and no
+more than ``core/mail_credit.py``'s bound of bytes not yet taken by that
+actor: beyond either it is dropped and counted, ``gossip-over-peer`` ...,
+``inbound-dropped-ACTOR``);
 their answers come back as ``Outbound`` mail. Malformed or unexpected input
 is counted per kind and logged once per peer and kind; it never stops the
 gateway.
@@ -31,7 +35,8 @@ import zmq.utils.z85
 import peercrypt
 from actors.port_watch import PUBLIC_PORT_SAMPLING, PortWatch
 from peercrypt.core.address import peer_address
-from peercrypt.core.answer_budget import AnswerBudget, Verdict
+from peercrypt.core.answer_budget import GOSSIP_LIMITS, AnswerBudget, Verdict
+from peercrypt.core.mail_credit import MailCredit
 from peercrypt.core.port_guard import CURVE_HANDSHAKE, GuardLimits, curve_framed_size
 from peercrypt.crypto.handshake import prove_hello
 from peercrypt.crypto.identity import fingerprint
@@ -46,6 +51,7 @@ from peercrypt.wire.messages import (
     Hello,
     HelloReply,
     Inbound,
+    InboundTaken,
     Offer,
     Outbound,
     Ping,
@@ -76,6 +82,8 @@ class GatewayActor(Actor):
         self.settings = settings
         self.offer_key = b""  # an attached receiver's key (actors/attach.py)
         self.answers = AnswerBudget(self.now())
+        self.gossip = AnswerBudget(self.now(), GOSSIP_LIMITS)  # bytes of gossip taken
+        self.mail = MailCredit()  # bytes handed to each actor, not yet taken
         # Peers of another protocol version already logged (peer, address, version).
         self.mismatched: set[tuple[str, str, int]] = set()
 
@@ -146,9 +154,12 @@ class GatewayActor(Actor):
             elif isinstance(msg, Ping):
                 sock.send_multipart([route, codec.encode(Pong(seq=msg.seq))])
             elif type(msg) in ROUTES:
+                dest = ROUTES[type(msg)]
+                if not self._may_hand_on(msg, dest, len(frame), peer_z85, address):
+                    continue
                 peer = zmq.utils.z85.decode(peer_z85) if peer_z85 else b""
                 self.tell(
-                    ROUTES[type(msg)],
+                    dest,
                     Inbound(
                         route=route,
                         peer=peer,
@@ -170,6 +181,26 @@ class GatewayActor(Actor):
             return True
         self.count(f"unanswered-{verdict.value}")
         return False
+
+    def _may_hand_on(
+        self, msg: codec.Message, dest: str, size: int, peer: str, address: str
+    ) -> bool:
+        """Whether a peer's message of ``size`` bytes goes on to ``dest``:
+        gossip within its budget of bytes per identity, address and node
+        (core/answer_budget.py's ``GOSSIP_LIMITS``), and any message only
+        while what ``dest`` has not yet taken stays within its bound
+        (core/mail_credit.py). Else it is dropped, as a lost message is."""
+        now = self.now()
+        if isinstance(msg, Gossip):
+            verdict = self.gossip.ask(peer.encode(), address, now, size)
+            if verdict is not Verdict.ANSWER:
+                self.count(f"gossip-{verdict.value}")
+                return False
+        if not self.mail.may_send(dest, size, now):
+            self.count(f"inbound-dropped-{dest}")
+            self.log_limited("gateway: %s is behind on peers' messages; dropping them", dest)
+            return False
+        return True
 
     def _other_version(self, route: bytes, peer: str, address: str, theirs: int) -> None:
         """A node of another protocol version: one line here, and an answer
@@ -194,12 +225,15 @@ class GatewayActor(Actor):
             self.router.send_multipart([route, codec.encode(reply)])
 
     def on_actor_restarted(self, name: str) -> None:
+        self.mail.restarted(name)
         if name == "discovery":
             self.tell("discovery", LocalPort(port=bound_port(self.router)))
 
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, Outbound):
             self.router.send_multipart([msg.route, msg.payload])
+        elif isinstance(msg, InboundTaken):
+            self.mail.taken(msg.actor, msg.taken, self.now())
         elif isinstance(msg, _am.OfferKey):
             self.offer_key = msg.key
         else:

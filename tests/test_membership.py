@@ -496,8 +496,56 @@ def test_tampered_bytes_never_change_the_table(
     wire[idx] ^= flip
     res = t.merge([bytes(wire)], now=1.0)
     assert res.changed == ()
-    assert [r.reason for r in res.rejected] == [RejectReason.BAD_SIGNATURE]
     assert state_of(t) == before
+    # A record that would change nothing is rejected before its signature is
+    # checked (stale, a newcomer to a full table, a claim ahead of us); one
+    # that would change the table (or make us refute) fails on its signature.
+    clean = table()
+    clean.merge(batch, now=0.0)
+    would = clean.merge([victim], now=1.0)
+    reasons = [r.reason for r in res.rejected]
+    if would.changed or would.refute_needed:
+        assert reasons == [RejectReason.BAD_SIGNATURE]
+    else:
+        assert reasons in (
+            [RejectReason.BAD_SIGNATURE],
+            [RejectReason.STALE],
+            [RejectReason.TOO_MANY_MEMBERS],
+            [RejectReason.CLAIM_AHEAD],
+        )
+
+
+def test_records_that_change_nothing_cost_no_signature_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A member replaying records (its own or others') costs the table their
+    parsing only: duplicates, stale records and newcomers to a full table
+    are rejected before any Ed25519 verification; a record that changes the
+    table is verified once."""
+    verified: list[bytes] = []
+    real = MemberRecord.verify
+
+    def counting(rec: MemberRecord) -> bool:
+        verified.append(rec.node_id)
+        return real(rec)
+
+    monkeypatch.setattr(MemberRecord, "verify", counting)
+    t = table(max_members=3)  # ourselves and two members
+    fresh = [alive(0, 5).to_wire(), alive(1, 5).to_wire()]
+    assert len(t.merge(fresh, now=0.0).changed) == 2
+    assert verified == [IDS[0], IDS[1]]
+    verified.clear()
+    replay = fresh * 50 + [alive(0, 4).to_wire(), claim(2, 1, 4, SUSPECT).to_wire()]
+    replay += [alive(3, 1).to_wire(), alive(4, 9).to_wire()]  # the table is full
+    res = t.merge(replay, now=1.0)
+    assert res.changed == () and verified == []
+    assert res.duplicates == 100
+    assert sorted(r.reason.value for r in res.rejected) == [
+        "stale", "stale", "too_many_members", "too_many_members"
+    ]  # fmt: skip
+    newer = alive(0, 6)
+    assert t.merge([newer.to_wire()], now=2.0).changed == (newer,)
+    assert verified == [IDS[0]]
 
 
 # ------------------------------------------------- claims cannot outrun their subject
@@ -537,3 +585,18 @@ def test_refute_never_overflows() -> None:
     kept = t.refute(now=0.0)
     assert kept == t.local_record() and kept.incarnation == 0
     assert t.needs_refute is False
+
+
+def test_a_forged_claim_about_us_asks_no_refutation() -> None:
+    """A claim about this node that would make it refute is checked for its
+    signature first: forged, it changes nothing (no refutation, no threat)."""
+    t = table()
+    wire = bytearray(
+        MemberRecord.create(KEYS[0], SELF_ID, t.local_record().incarnation, SUSPECT).to_wire()
+    )
+    wire[-1] ^= 1
+    res = t.merge([bytes(wire)], now=1.0)
+    assert [r.reason for r in res.rejected] == [RejectReason.BAD_SIGNATURE]
+    assert not res.refute_needed and not t.needs_refute
+    genuine = MemberRecord.create(KEYS[0], SELF_ID, t.local_record().incarnation, SUSPECT)
+    assert t.merge([genuine.to_wire()], now=2.0).refute_needed and t.needs_refute

@@ -42,7 +42,7 @@ from typing import Any
 
 from peercrypt.core.token_bucket import TokenBucket
 
-__all__ = ["MAX_TRACKED", "AnswerBudget", "BudgetLimits", "Verdict"]
+__all__ = ["GOSSIP_LIMITS", "MAX_TRACKED", "AnswerBudget", "BudgetLimits", "Verdict"]
 
 MAX_TRACKED = 1024  # identities whose buckets are kept
 
@@ -66,6 +66,22 @@ class BudgetLimits:
     node_burst: int = 2048
 
 
+# The same three budgets in bytes, for the gossip a node takes from members
+# (each record of it parsed, a new one's Ed25519 signature checked: about
+# 60 us; a member with the network key can push gossip far faster than
+# that): per identity, per address, for the node. Honest gossip is a few
+# KiB a round per member (its recent records and a digest; 32 KiB of
+# records at most in a reply), a round every --gossip-interval.
+GOSSIP_LIMITS = BudgetLimits(
+    peer_rate=128 * 1024,
+    peer_burst=512 * 1024,
+    address_rate=256 * 1024,
+    address_burst=1024 * 1024,
+    node_rate=256 * 1024,
+    node_burst=1024 * 1024,
+)
+
+
 class AnswerBudget:
     """Decides whether a question from identity ``peer`` at ``address`` at
     ``now`` is answered (see the module docs). Never raises on any key,
@@ -77,14 +93,18 @@ class AnswerBudget:
         self._addresses: OrderedDict[str, TokenBucket] = OrderedDict()
         self._node = TokenBucket(self.limits.node_rate, self.limits.node_burst, now)
 
-    def ask(self, peer: bytes, address: str, now: float) -> Verdict:
+    def ask(self, peer: bytes, address: str, now: float, cost: int = 1) -> Verdict:
+        """The verdict on a question costing ``cost`` (an answer; for a budget
+        of bytes, its size: at most the smallest burst)."""
         lim = self.limits
-        if not _bucket(self._peers, peer, lim.peer_rate, lim.peer_burst, now).consume(1, now):
+        cost = max(0, min(cost, lim.peer_burst, lim.address_burst, lim.node_burst))
+        by_peer = _bucket(self._peers, peer, lim.peer_rate, lim.peer_burst, now)
+        if not by_peer.consume(cost, now):
             return Verdict.OVER_PEER
         by_address = _bucket(self._addresses, address, lim.address_rate, lim.address_burst, now)
-        if not by_address.consume(1, now):
+        if not by_address.consume(cost, now):
             return Verdict.OVER_ADDRESS
-        if not self._node.consume(1, now):
+        if not self._node.consume(cost, now):
             return Verdict.OVER_NODE
         return Verdict.ANSWER
 

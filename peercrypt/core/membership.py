@@ -491,9 +491,11 @@ class MembershipTable:
 
         Each input is checked in this order: size (wire bytes above
         ``max_record_bytes`` -> OVERSIZE, before parsing), structure
-        (MALFORMED), signature (BAD_SIGNATURE), subject is us (ABOUT_SELF or
-        STALE), tombstone or older than held (STALE), capacity for a new node
-        (TOO_MANY_MEMBERS).  Never raises for bad input; every rejection is
+        (MALFORMED), subject is us (CLAIM_AHEAD or STALE), tombstone or older
+        than held (STALE), capacity for a new node (TOO_MANY_MEMBERS), a
+        duplicate (no change), and only then the signature (BAD_SIGNATURE;
+        ABOUT_SELF after it): a record that would change nothing costs no
+        Ed25519 verification.  Never raises for bad input; every rejection is
         reported and counted in :attr:`rejection_counts`.
         """
         changed: list[MemberRecord] = []
@@ -526,30 +528,24 @@ class MembershipTable:
             size = len(rec.to_wire())
             if size > self.max_record_bytes:
                 return Rejection(rec, RejectReason.OVERSIZE, f"{size} bytes")
-        if not rec.verify():
-            return Rejection(rec, RejectReason.BAD_SIGNATURE)
+        # Every check that needs no signature comes first: a record that would
+        # change nothing (a duplicate, a stale one, a newcomer to a full table)
+        # is rejected without an Ed25519 verification, so a member replaying
+        # the same records costs the table no more than parsing them.
         if rec.node_id == self._self_id:
             return self._merge_about_self(rec)
         tomb = self._tombstones.get(rec.node_id)
-        if tomb is not None:
-            if rec.precedence[:2] <= tomb[0]:
-                return Rejection(rec, RejectReason.STALE, "forgotten member (tombstone)")
-            del self._tombstones[rec.node_id]
+        if tomb is not None and rec.precedence[:2] <= tomb[0]:
+            return Rejection(rec, RejectReason.STALE, "forgotten member (tombstone)")
         entry = self._entries.get(rec.node_id)
         if entry is None:
             if len(self) >= self.max_members:
                 return Rejection(rec, RejectReason.TOO_MANY_MEMBERS)
-            own, claim = (rec, None) if rec.state in SELF_SIGNED_STATES else (None, rec)
-            self._entries[rec.node_id] = _Entry(own, claim, now)
-            return rec
-        if rec.state in SELF_SIGNED_STATES:
+        elif rec.state in SELF_SIGNED_STATES:
             if rec == entry.own:
                 return None
             if entry.own is not None and entry.own.supersedes(rec):
                 return Rejection(rec, RejectReason.STALE, "older than held self-record")
-            entry.own = rec
-            if entry.claim is not None and rec.supersedes(entry.claim):
-                entry.claim = None
         else:
             if rec == entry.claim or rec == entry.own:
                 return None
@@ -558,6 +554,19 @@ class MembershipTable:
             held = [r for r in (entry.own, entry.claim) if r is not None]
             if not all(rec.supersedes(r) for r in held):
                 return Rejection(rec, RejectReason.STALE, "not newer than held record")
+        if not rec.verify():
+            return Rejection(rec, RejectReason.BAD_SIGNATURE)
+        if tomb is not None:
+            del self._tombstones[rec.node_id]
+        if entry is None:
+            own, claim = (rec, None) if rec.state in SELF_SIGNED_STATES else (None, rec)
+            self._entries[rec.node_id] = _Entry(own, claim, now)
+            return rec
+        if rec.state in SELF_SIGNED_STATES:
+            entry.own = rec
+            if entry.claim is not None and rec.supersedes(entry.claim):
+                entry.claim = None
+        else:
             entry.claim = rec
         entry.updated_at = now
         return rec
@@ -569,6 +578,8 @@ class MembershipTable:
             return Rejection(rec, RejectReason.CLAIM_AHEAD, f"{rec.state} at {rec.incarnation}")
         if not rec.supersedes(self._local):
             return Rejection(rec, RejectReason.STALE, "older than our own record")
+        if not rec.verify():
+            return Rejection(rec, RejectReason.BAD_SIGNATURE)
         if self._threat is None or rec.supersedes(self._threat):
             self._threat = rec
         return Rejection(rec, RejectReason.ABOUT_SELF, f"{rec.state} at {rec.incarnation}")

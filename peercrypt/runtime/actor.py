@@ -49,7 +49,7 @@ from peercrypt.core.address import join_host_port
 from peercrypt.core.token_bucket import TokenBucket
 from peercrypt.runtime import memory
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Announce
+from peercrypt.wire.messages import Announce, Inbound, InboundTaken
 from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.actor")
@@ -341,6 +341,7 @@ class Actor:
         self._log_bucket = TokenBucket(LOG_RATE, LOG_BURST, time.monotonic())
         self._faults_logged: set[tuple[str, str]] = set()
         self._trim: Timer | None = None  # a heap trim due once idle (trim_when_idle)
+        self._inbound_taken = 0  # bytes of peers' messages taken (Inbound payloads)
         self.facts: Watched = Watched()
 
     # -- hooks ------------------------------------------------------------------
@@ -601,19 +602,29 @@ class Actor:
 
     def drain_mail(self, sock: zmq.Socket[Any], handler: Callable[[codec.Message], None]) -> None:
         """Decode up to DRAIN_BATCH messages waiting on a mailbox-like PULL
-        socket and hand each to ``handler`` (contained); bad mail is counted."""
-        for _ in range(DRAIN_BATCH):
-            try:
-                data = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = codec.decode(data)
-            except codec.DecodeError as exc:
-                self.count(f"mail-decode-{exc.kind}")
-                self.log_limited("%s: bad mail: %s", self.name, str(exc))
-                continue
-            self.contain("mail", handler, msg)
+        socket and hand each to ``handler`` (contained); bad mail is counted.
+        Peers' messages taken (``Inbound``) are reported to the gateway
+        (``InboundTaken``: core/mail_credit.py)."""
+        taken = 0
+        try:
+            for _ in range(DRAIN_BATCH):
+                try:
+                    data = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                try:
+                    msg = codec.decode(data)
+                except codec.DecodeError as exc:
+                    self.count(f"mail-decode-{exc.kind}")
+                    self.log_limited("%s: bad mail: %s", self.name, str(exc))
+                    continue
+                if type(msg) is Inbound:
+                    taken += len(msg.payload)
+                self.contain("mail", handler, msg)
+        finally:
+            if taken:  # the gateway hands on at most a bound not yet taken
+                self._inbound_taken += taken
+                self.tell("gateway", InboundTaken(actor=self.name, taken=self._inbound_taken))
 
     def _run_timers(self) -> None:
         now = self.now()

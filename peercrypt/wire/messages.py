@@ -329,6 +329,19 @@ class Inbound(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class InboundTaken(Message):
+    """Actor -> gateway: the bytes of ``Inbound`` payloads this actor has taken
+    from its mailbox since it started (a running total, after each batch):
+    the gateway hands an actor at most a bound of them not yet taken
+    (``peercrypt/core/mail_credit.py``)."""
+
+    TYPE = "inbound-taken"
+    actor: str = field(metadata=bounded(32, 1))
+    taken: int = counter()
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class Outbound(Message):
     """Actor -> gateway: answer a peer through its routing id."""
 

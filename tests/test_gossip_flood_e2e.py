@@ -1,0 +1,94 @@
+"""A member flooding a real node's public port with gossip (the network key,
+a fresh identity, the same pre-signed records over and over): the node takes
+only its gossip budget of bytes from it (core/answer_budget.py's
+``GOSSIP_LIMITS``), its memory does not grow with the flood, records that
+change nothing cost no signature check, and it goes on serving sends."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+from nacl.signing import SigningKey
+
+from peercrypt.core.answer_budget import GOSSIP_LIMITS
+from peercrypt.core.member_state import MemberState
+from peercrypt.core.membership import MemberRecord
+from peercrypt.crypto.identity import KeyPair, network_server_keys
+from peercrypt.testing.nodes import NodeProcess, assert_sent, random_file
+from peercrypt.wire import codec
+from peercrypt.wire.messages import MAX_WRAPPED
+from peercrypt.wire.network_messages import Gossip
+
+MESSAGES = 1500  # of ~63 KiB each: ~95 MB
+
+
+def _vm(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {key} for {pid}")
+
+
+def _flood_message(me: KeyPair) -> bytes:
+    """One Gossip from ``me`` with as many valid records of fresh identities
+    as fit in a control message."""
+    records = [
+        MemberRecord.create(
+            key, bytes(key.verify_key), 0, MemberState.ALIVE, {"control": "tcp://127.0.0.1:9"}
+        ).to_wire()
+        for key in (SigningKey(os.urandom(32)) for _ in range(400))
+    ]
+    count = len(records)
+    while True:
+        try:
+            data = codec.encode(Gossip(origin=me.node_id, records=records[:count], digest=[]))
+        except ValueError:  # larger than a message
+            data = b""
+        if data and len(data) <= MAX_WRAPPED - 256:
+            return data
+        count -= 8
+
+
+def test_a_gossip_flood_gets_its_budget_and_costs_no_memory(
+    node_factory: Callable[..., NodeProcess], network_key: str, tmp_path: Path
+) -> None:
+    node = node_factory()
+    sender = node_factory()
+    pid = node.pid
+    before = _vm(pid, "VmRSS")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM from here
+    me = KeyPair.from_seed(os.urandom(32))  # an identity: gossip names it as origin
+    data = _flood_message(me)
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.linger = 0
+        sock.sndhwm = 64
+        sock.curve_serverkey = network_server_keys(network_key).z85_public
+        sock.curve_publickey, sock.curve_secretkey = me.z85_public, me.z85_secret
+        sock.connect(f"tcp://{node.host}:{node.port}")
+        started = time.monotonic()
+        for _ in range(MESSAGES):
+            assert sock.poll(30_000, zmq.POLLOUT), "the node stopped reading its port"
+            sock.send(data)
+        node.wait_for_counter("gateway.in-gossip", MESSAGES, timeout=120)
+        elapsed = time.monotonic() - started
+        counters = node.counters()
+    finally:
+        sock.close()
+        ctx.term()
+    budgeted = GOSSIP_LIMITS.peer_burst + GOSSIP_LIMITS.peer_rate * elapsed
+    handed_on = MESSAGES - counters.get("gateway.gossip-over-peer", 0)
+    assert handed_on <= budgeted / len(data) + 1, (handed_on, elapsed)
+    assert counters.get("discovery.gossip-received", 0) <= handed_on
+    # The flood went through the port (and its CURVE) but not into memory.
+    grown = _vm(pid, "VmHWM") - before
+    assert grown < 96 * 2**20, f"the node's RSS grew by {grown >> 20} MiB"
+    # It goes on serving: an honest send, verified.
+    path = random_file(tmp_path / "after.bin", 1 << 20)
+    assert_sent(node, sender.send_to(path, node), path)
