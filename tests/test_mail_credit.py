@@ -88,7 +88,9 @@ def test_gossip_is_budgeted_in_bytes_per_identity_and_for_the_node() -> None:
     assert taken * size <= GOSSIP_LIMITS.peer_burst < (taken + 1) * size
     other = budget.ask(b"honest", "10.0.0.8", 0.0, 2048)
     assert other is Verdict.ANSWER  # its own budget, and the node's has room
-    later = sum(budget.ask(b"flooder", "10.0.0.9", 10.0, size) is Verdict.ANSWER for _ in range(100))
+    later = sum(
+        budget.ask(b"flooder", "10.0.0.9", 10.0, size) is Verdict.ANSWER for _ in range(100)
+    )
     assert later * size <= GOSSIP_LIMITS.peer_burst
 
 
