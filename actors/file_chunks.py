@@ -11,6 +11,7 @@ stream, :class:`~actors.tree_source.TreeSource`).
 from __future__ import annotations
 
 import os
+import stat
 from typing import Protocol
 
 from peercrypt.core.resume import SAMPLE_BYTES, sample_offsets, source_tag
@@ -20,6 +21,25 @@ class Stream(Protocol):
     """Something read like a file: ``pread(length, offset)``."""
 
     def pread(self, length: int, offset: int) -> bytes: ...
+
+
+def open_source(path: str) -> tuple[int, os.stat_result]:
+    """A file to send, opened for reading, and its ``fstat``. Opened without
+    blocking (``O_NONBLOCK``: a FIFO's open would wait for a writer, holding
+    the actor and every send behind it) and without becoming a terminal's;
+    raises :class:`NotRegularFile` for anything
+    but a regular file (a FIFO, a device, a socket), closed again."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotRegularFile(f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd, st
+
+
+class NotRegularFile(Exception):
+    """What :func:`open_source` opened is not a regular file."""
 
 
 def chunk_length(index: int, chunk_size: int, size: int) -> int:

@@ -52,7 +52,6 @@ import functools
 import hmac
 import logging
 import os
-import stat
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -63,7 +62,7 @@ import blake3
 import zmq
 
 from actors import udp_multicast
-from actors.file_chunks import read_chunk, version_tag
+from actors.file_chunks import NotRegularFile, open_source, read_chunk, version_tag
 from actors.peer_link import Link
 from actors.port_watch import PortWatch
 from actors.tree_source import TreeSource
@@ -439,21 +438,14 @@ class MulticastSenderActor(Actor):
             fd, size, mtime_ns = -1, tree.total_size, 0
         else:
             try:
-                fd = os.open(req.path, os.O_RDONLY)
-            except OSError as exc:
+                fd, st = open_source(req.path)
+            except (NotRegularFile, OSError) as exc:
                 if udp is not None:
                     udp.close()
-                return self._fail_request(
-                    req, ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}"
-                )
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                os.close(fd)
-                if udp is not None:
-                    udp.close()
-                return self._fail_request(
-                    req, ResultCode.LOCAL, f"{req.path} is not a regular file"
-                )
+                if isinstance(exc, NotRegularFile):
+                    return self._fail_request(req, ResultCode.LOCAL, str(exc))
+                why = f"cannot read {req.path}: {exc.strerror}"
+                return self._fail_request(req, ResultCode.LOCAL, why)
             size, mtime_ns = st.st_size, st.st_mtime_ns
         version = b""
         if tree is None:

@@ -86,7 +86,7 @@ import blake3
 import zmq
 
 from actors.data_pipes import DataPipe, PipeKey, new_route_id
-from actors.file_chunks import Stream, read_chunk, version_tag
+from actors.file_chunks import NotRegularFile, Stream, open_source, read_chunk, version_tag
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, crew_size
 from actors.peer_link import ConnectProbe, Link, connect_cause
 from actors.port_watch import DIAL_EVENTS, PortWatch, recv_monitor_message
@@ -567,13 +567,11 @@ class SenderActor(Actor):
             fd, size, mtime_ns = -1, tree.total_size, 0
         else:
             try:
-                fd = os.open(req.path, os.O_RDONLY)
+                fd, st = open_source(req.path)
+            except NotRegularFile as exc:
+                return fail(ResultCode.LOCAL, str(exc))
             except OSError as exc:
                 return fail(ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}")
-            st = os.fstat(fd)
-            if not _is_regular(st.st_mode):
-                os.close(fd)
-                return fail(ResultCode.LOCAL, f"{req.path} is not a regular file")
             try:
                 source = version_tag(fd, st)
             except OSError as exc:
@@ -1746,9 +1744,3 @@ def _result(request: int, code: str, reason: str) -> SendResult:
     return SendResult(
         request=request, code=code, reason=reason[:500], size=0, digest=b"", stored_as=""
     )
-
-
-def _is_regular(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)

@@ -76,7 +76,7 @@ class TreeSource:
             within = offset - start
             take = min(length, size - within)
             if take > 0:
-                fd = os.open(self.paths[i], os.O_RDONLY | os.O_NOFOLLOW)
+                fd = os.open(self.paths[i], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
                 try:
                     data = os.pread(fd, take, within)
                 finally:
