@@ -87,3 +87,20 @@ def test_transfers_rows_of_any_text_are_shown_never_raised() -> None:
     shell.view.transfers = odd[:3]
     parts = ["send walked 2.0 KiB (walking)", "send odd - (sending)", "send - - (sending)"]
     assert shell.toolbar() == "  |  ".join(parts)
+
+
+@given(st.integers(20, 200), st.booleans())
+def test_transfers_fit_any_width_with_or_without_the_retry_column(width: int, retry: bool) -> None:
+    """A running send without a retry (no RETRY column: the table left it
+    out) on a narrow terminal: fitted, never a KeyError ('retry' was in the
+    columns to narrow whether or not the table had it)."""
+    row = {"id": "7", "state": "sending", "mode": "token-bucket", "bytes": "86769664",
+           "size": "314572800", "seconds": "16.6", "peer": "127.0.0.1:48200",
+           "file": "/tmp/explore/data/files/u300.bin"}  # fmt: skip
+    if retry:
+        row.update({"state": "retrying", "retry": "3", "retry_in": "2.0"})
+    lines = transfers_table([row], width).splitlines()
+    assert cells(lines[0])[0] == "ID" and cells(lines[1])[0] == "7"
+    if not retry:
+        assert "RETRY" not in lines[0]
+    assert "FILE" in lines[0] and "BYTES" in lines[0]

@@ -367,7 +367,8 @@ def fit_columns(
     (two cells between columns; None: no limit): the columns of ``shrink``
     are narrowed, down to their minimum there, then the columns of ``drop``
     are left out in that order until the rest fit; room left over goes back
-    to the narrowed ones, first first. ``natural``: each column's widest cell."""
+    to the narrowed ones, first first. ``natural``: each column's widest cell
+    (a column of ``shrink`` or ``drop`` it lacks is none of this table's)."""
     widths = dict(natural)
 
     def total() -> int:
@@ -375,13 +376,14 @@ def fit_columns(
 
     if width is None or total() <= width:
         return widths
-    for name, least in (shrink or {}).items():
+    shrink = {name: least for name, least in (shrink or {}).items() if name in natural}
+    for name, least in shrink.items():
         widths[name] = min(natural[name], least)
     for name in drop:
         if total() <= width:
             break
         del widths[name]
-    for name in shrink or {}:
+    for name in shrink:
         if name in widths:
             widths[name] += max(0, min(width - total(), natural[name] - widths[name]))
     return widths
