@@ -10,6 +10,7 @@ non-zero exit code (see :mod:`peercrypt.errors`); tracebacks only with
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import socket
 import sys
@@ -174,7 +175,7 @@ def setting_option(name: str, param: str | None = None) -> Callable[[F], F]:
             None if s.low is None else int(s.low), None if s.high is None else int(s.high)
         )
     elif s.kind == "float":
-        kw["type"] = click.FloatRange(s.low, s.high)
+        kw["type"] = FiniteRange(s.low, s.high)
     elif s.kind in ("size", "rate"):
         kw["type"] = ByteSize(s.low, s.high, rate=s.kind == "rate")
     elif s.kind == "bool":  # a setting on by default has its --no- flag too
@@ -338,6 +339,18 @@ def local_node(
                 yield client
         finally:
             temporary.stop()
+
+
+class FiniteRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and ``inf`` (which
+    pass its bounds: every comparison with ``nan`` is false, so a ``--timeout
+    nan`` made every later wait end at once or never)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def count_in(text: object) -> int:

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, check_resolvable
+from peercrypt.cli.common import FiniteRange, UserError, check_resolvable
 from peercrypt.cli.follow import follow, refusal
 from peercrypt.cli.progress import echo, progress_view
 from peercrypt.cli.send_report import tree_counts
@@ -299,7 +299,7 @@ def _receive_command(name: str, hidden: bool) -> click.Command:
     @click.option("--count", type=click.IntRange(0), default=0, help="Stop after N sessions.")
     @click.option(
         "--timeout",
-        type=click.FloatRange(0),
+        type=FiniteRange(0),
         default=0.0,
         help="Give up S seconds after the node listens (0: never).",
     )

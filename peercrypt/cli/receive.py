@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError
+from peercrypt.cli.common import FiniteRange, UserError
 from peercrypt.cli.status_view import describe_outcome
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.sizes import readable
@@ -106,7 +106,7 @@ def wait_for_next(client: ControlClient, timeout: float, quiet: bool) -> dict[st
 @click.command("receive")
 @click.option(
     "--timeout",
-    type=click.FloatRange(0),
+    type=FiniteRange(0),
     default=0.0,
     show_default=True,
     help="Give up after this many seconds (0: wait for ever).",

@@ -23,6 +23,7 @@ from peercrypt.cli import modes
 from peercrypt.cli.common import (
     SIZE_HELP,
     ByteSize,
+    FiniteRange,
     UserError,
     check_resolvable,
     local_node,
@@ -87,7 +88,7 @@ class SendCommand(click.Command):
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(MIN_TIMEOUT, MAX_TIMEOUT),
+    type=FiniteRange(MIN_TIMEOUT, MAX_TIMEOUT),
     default=DEFAULT_TIMEOUT,
     show_default=True,
     help="Seconds to wait for the peer before giving up.",

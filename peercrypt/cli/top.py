@@ -39,7 +39,7 @@ from rich.table import Table
 from rich.text import Text
 
 from peercrypt import errors
-from peercrypt.cli.common import UserError, count_in, fit_columns
+from peercrypt.cli.common import FiniteRange, UserError, count_in, fit_columns
 from peercrypt.cli.follow import refusal
 from peercrypt.cli.status_view import rate_cap
 from peercrypt.client import ControlClient, NodeUnavailable
@@ -437,7 +437,7 @@ def _act(view: View, link: NodeLink, key: str) -> bool:
 @click.command("top")
 @click.option(
     "--interval",
-    type=click.FloatRange(0.2, 60),
+    type=FiniteRange(0.2, 60),
     default=1.0,
     show_default=True,
     help="Seconds between refreshes.",
