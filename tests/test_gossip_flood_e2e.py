@@ -19,7 +19,7 @@ from peercrypt.core.answer_budget import GOSSIP_LIMITS
 from peercrypt.core.member_state import MemberState
 from peercrypt.core.membership import MemberRecord
 from peercrypt.crypto.identity import KeyPair, network_server_keys
-from peercrypt.testing.nodes import NodeProcess, assert_sent, random_file
+from peercrypt.testing.nodes import NodeProcess, assert_sent, random_file, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import MAX_WRAPPED
 from peercrypt.wire.network_messages import Gossip
@@ -32,6 +32,11 @@ def _vm(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no {key} for {pid}")
+
+
+def _read_all_or_closed(counters: dict[str, int]) -> bool | None:
+    read = counters.get("gateway.in-gossip", 0) >= MESSAGES
+    return read or counters.get("gateway.closed-unread", 0) > 0 or None
 
 
 def _flood_message(me: KeyPair) -> bytes:
@@ -76,14 +81,21 @@ def test_a_gossip_flood_gets_its_budget_and_costs_no_memory(
         for _ in range(MESSAGES):
             assert sock.poll(30_000, zmq.POLLOUT), "the node stopped reading its port"
             sock.send(data)
-        node.wait_for_counter("gateway.in-gossip", MESSAGES, timeout=120)
-        elapsed = time.monotonic() - started
+        # All read, or the port's guard closed the flooding connection (on a
+        # loaded machine the gateway reads slower than the flood comes: what
+        # libzmq held unread passed --control-port-memory).
+        wait_until(lambda: _read_all_or_closed(node.counters()), 120, "the flood to be read or cut")
         counters = node.counters()
+        elapsed = time.monotonic() - started
     finally:
         sock.close()
         ctx.term()
+    read = counters.get("gateway.in-gossip", 0)
+    refused = counters.get("gateway.gossip-over-peer", 0)
+    assert read >= 100 and refused > 0, counters
+    # At any moment, what went on to discovery is within the budget so far.
     budgeted = GOSSIP_LIMITS.peer_burst + GOSSIP_LIMITS.peer_rate * elapsed
-    handed_on = MESSAGES - counters.get("gateway.gossip-over-peer", 0)
+    handed_on = read - refused - counters.get("gateway.inbound-dropped-discovery", 0)
     assert handed_on <= budgeted / len(data) + 1, (handed_on, elapsed)
     assert counters.get("discovery.gossip-received", 0) <= handed_on
     # The flood went through the port (and its CURVE) but not into memory.
