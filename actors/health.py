@@ -2,8 +2,26 @@
 
 Periodic probes. Every ``--health-check-interval`` (I) the actor sends a
 ``Ping`` to every member discovery told it about (``MemberUpdate``), over one
-persistent CURVE DEALER per member, and waits for the ``Pong`` for the
+persistent CURVE DEALER per address (the members whose records name one
+address share it: a member with the network key can sign records of as many
+fresh identities at another node's address as it likes, and one connection
+each would be cut by that node's cap of connections per address, the
+node's sends to it with them), and waits for the ``Pong`` for the
 failure detector's probe timeout (the peer's RTO clamped to [50 ms, I/2]).
+
+Who answers at an address is proven, not taken from the records: on each
+connection (a reconnect is a new one) the first probe round also sends a
+``Hello`` with a fresh challenge, and the ``HelloReply`` that proves it names
+the identity answering there (``health.proofs``). A ``Pong`` counts for a
+member only if the connection's proof names that member; for the others
+whose records name the address it counts for none (``pongs-unproven``), so
+they fail their probes and become suspect, then dead. A member proven once
+at its address stays proven there (until its record names another address):
+only such a member's record is a claim on the address that a send's
+first contact checks (``MembersAtRequest``, crypto/known_peers.py), so
+records of fresh identities at an honest node's address (never proven: it
+answers with its own key) refuse no send to it (``proofs-of-another``
+counts the members a proof showed elsewhere).
 Outcomes feed :class:`~peercrypt.core.suspicion.FailureDetector` (SWIM +
 Lifeguard suspicion, ``suspicion_mult`` 1.0) and the peer's
 :class:`~peercrypt.core.reliability.ReliabilityScore`. Verdict changes go to
@@ -97,6 +115,20 @@ KEEP_FOR = 30.0  # seconds a kept connection stays after its last use
 
 
 @dataclass
+class Probe:
+    """Health's one connection to an address, shared by the members whose
+    records name it, and who proved to answer there (see the module docs)."""
+
+    link: Link
+    members: set[bytes] = field(default_factory=set)
+    current: bytes | None = None  # the (X25519) key the connection's proof names
+    generation: int = -1  # the connection (its disconnects so far) that proof holds for
+    challenge: HelloChallenge | None = None  # asked, not yet answered
+    asked: float = 0.0
+    asked_generation: int = 0
+
+
+@dataclass
 class Member:
     node_id: bytes
     url: str
@@ -111,6 +143,15 @@ class Member:
     transfers_failed: int = 0
     told_alive: float = 0.0
     answered: float | None = None  # when it last answered a probe (a Pong)
+    proven: bool = False  # its identity answered a hello at ``url`` (see the module docs)
+
+    @functools.cached_property
+    def key(self) -> bytes:
+        """Its X25519 key: what a hello's answer names."""
+        try:
+            return x25519_public_key(self.node_id)
+        except ValueError:
+            return b""
 
     @property
     def fingerprint(self) -> str:
@@ -159,6 +200,7 @@ class HealthActor(Actor):
         self.members: dict[bytes, Member] = {}
         self.checks: dict[int, Check] = {}
         self.kept: dict[str, Kept] = {}  # by URL, the least recently used first
+        self.probes: dict[str, Probe] = {}  # by URL: the members' probe connections
         self.seq = itertools.count(1)
         self.rng = random.Random()
 
@@ -194,7 +236,8 @@ class HealthActor(Actor):
             super().on_mail(msg)
 
     def _members_at(self, msg: MembersAtRequest) -> dict[str, list[str]]:
-        """Whom members' own signed records place at each address."""
+        """Whom members' own signed records place at each address, counting
+        only those proven to answer there (a record alone is a claim)."""
         found: dict[str, list[str]] = {}
         for address in msg.addresses:
             try:
@@ -202,7 +245,9 @@ class HealthActor(Actor):
             except ValueError:
                 continue
             here = [
-                m.fingerprint for m in self.members.values() if same_host_port(m.url, host, port)
+                m.fingerprint
+                for m in self.members.values()
+                if m.proven and same_host_port(m.url, host, port)
             ]
             if here:
                 found[address] = here[:MAX_MEMBERS_AT]
@@ -224,12 +269,12 @@ class HealthActor(Actor):
             self.detector.add_peer(msg.node_id, self.now())
             self.count("members-added")
             # Connect now, so the first probe finds the link established.
-            m.link = Link(self, self.settings, m.url, functools.partial(self._on_reply, m.node_id))
+            self._attach(m)
         revived = msg.incarnation > m.incarnation and msg.state == MemberState.ALIVE
         m.state, m.incarnation = msg.state, msg.incarnation
         if msg.url and msg.url != m.url:
-            m.url = msg.url
             self._drop_link(m)
+            m.url, m.proven = msg.url, False
             revived = True
         if revived:
             # A new incarnation (refuted or restarted): probe it now, not at backoff.
@@ -245,13 +290,42 @@ class HealthActor(Actor):
             self.detector.remove_peer(node_id)
         self.facts["health_peers"] = str(len(self.members))
 
+    def _attach(self, m: Member) -> None:
+        """Share (or open) the probe connection to ``m``'s address."""
+        probe = self.probes.get(m.url)
+        if probe is None:
+            link = Link(self, self.settings, m.url, functools.partial(self._on_reply, m.url))
+            probe = self.probes[m.url] = Probe(link)
+            self.facts["probe_connections"] = str(len(self.probes))
+        probe.members.add(m.node_id)
+        m.link = probe.link
+
     def _drop_link(self, m: Member) -> None:
-        if m.link is not None:
-            self._abandon(m.link)
-            m.link.close()
-            m.link = None
+        """``m`` no longer uses its address's probe connection (closed once
+        no member uses it)."""
+        probe = self.probes.get(m.url)
+        if probe is not None and m.link is probe.link:
+            probe.members.discard(m.node_id)
+            if not probe.members:
+                self._drop_probe(m.url)
+        m.link = None
         m.pending.clear()
         m.answered = None
+
+    def _drop_probe(self, url: str) -> None:
+        """Close the probe connection to ``url``, for every member using it."""
+        probe = self.probes.pop(url, None)
+        if probe is None:
+            return
+        for node_id in probe.members:
+            m = self.members.get(node_id)
+            if m is not None and m.link is probe.link:
+                m.link = None
+                m.pending.clear()
+                m.answered = None
+        self._abandon(probe.link)
+        probe.link.close()
+        self.facts["probe_connections"] = str(len(self.probes))
 
     def _on_transfer(self, msg: TransferOutcome) -> None:
         for m in self.members.values():
@@ -292,7 +366,9 @@ class HealthActor(Actor):
 
     def _probe(self, m: Member, now: float) -> None:
         if m.link is None:
-            m.link = Link(self, self.settings, m.url, functools.partial(self._on_reply, m.node_id))
+            self._attach(m)
+        assert m.link is not None
+        self._prove(self.probes[m.url], now)
         seq = next(self.seq)
         while len(m.pending) >= MAX_PENDING_PROBES:
             del m.pending[min(m.pending)]
@@ -304,18 +380,69 @@ class HealthActor(Actor):
         timeout = self.detector.probe_timeout(m.node_id)
         self.call_later(timeout, functools.partial(self._probe_timeout, m.node_id, seq))
 
-    def _on_reply(self, node_id: bytes, msg: codec.Message) -> None:
-        m = self.members.get(node_id)
-        if m is not None and isinstance(msg, HelloReply):
-            if m.link is not None:
-                self._on_reused_reply(m.link, msg)
+    def _prove(self, probe: Probe, now: float) -> None:
+        """Ask who answers on ``probe``'s connection, if no proof holds for
+        it (a new connection, or a reconnect) and none was asked lately."""
+        generation = probe.link.generation()
+        if probe.generation == generation:
             return
-        if m is None or not isinstance(msg, Pong):
+        if probe.challenge is not None and now - probe.asked < self.interval:
+            return
+        challenge = HelloChallenge()
+        if probe.link.send(Hello(challenge=challenge.public)):
+            probe.challenge, probe.asked, probe.asked_generation = challenge, now, generation
+            self.count("proofs-asked")
+
+    def _on_reply(self, url: str, msg: codec.Message) -> None:
+        probe = self.probes.get(url)
+        if probe is None:
             self.count("replies-unexpected")
+            return
+        if isinstance(msg, HelloReply):
+            if not self._proof(url, probe, msg):
+                self._on_reused_reply(probe.link, msg)  # a check's (or junk)
+            return
+        if not isinstance(msg, Pong):
+            self.count("replies-unexpected")
+            return
+        for node_id in probe.members:
+            m = self.members.get(node_id)
+            if m is not None and msg.seq in m.pending:
+                self._on_pong(m, probe, msg)
+                return
+
+    def _proof(self, url: str, probe: Probe, msg: HelloReply) -> bool:
+        """Whether ``msg`` answers the probe's own challenge (then it names
+        who answers on the connection)."""
+        if probe.challenge is None:
+            return False
+        try:
+            probe.challenge.verify(msg.node_id, msg.version, msg.proof, msg.offer_key)
+        except ProofError:
+            return False
+        probe.challenge = None
+        probe.current, probe.generation = msg.node_id, probe.asked_generation
+        self.count("proofs")
+        for node_id in probe.members:
+            m = self.members.get(node_id)
+            if m is None:
+                continue
+            if m.key == msg.node_id:
+                m.proven = True
+            elif not m.proven:
+                self.count("proofs-of-another")
+        return True
+
+    def _on_pong(self, m: Member, probe: Probe, msg: Pong) -> None:
+        if probe.current != m.key or probe.generation != probe.link.generation():
+            # Another identity answers at its address (or none proved yet on
+            # this connection): the probe goes unanswered for this member.
+            self.count("pongs-unproven")
             return
         entry = m.pending.pop(msg.seq, None)
         if entry is None:
             return
+        node_id = m.node_id
         now = self.now()
         sent, failed = entry
         m.answered = now
@@ -384,6 +511,7 @@ class HealthActor(Actor):
                 "incarnation": str(m.incarnation),
                 "transfers_ok": str(m.transfers_ok),
                 "transfers_failed": str(m.transfers_failed),
+                "proven": "yes" if m.proven else "no",
             }
             rows.append((-m.score.value, m.fingerprint, row))
         rows.sort(key=lambda r: (r[0], r[1]))
@@ -415,7 +543,7 @@ class HealthActor(Actor):
         if req.reconnect:
             for m in self.members.values():
                 if same_host_port(m.url, req.host, req.port):
-                    self._drop_link(m)
+                    self._drop_probe(m.url)
                     m.retry, m.next_retry = None, 0.0
             self._drop_kept(url)
         else:

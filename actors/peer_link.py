@@ -358,6 +358,12 @@ class Link:
                     f"handshake with {peer} failed: wrong network key, or not a PeerCrypt node",
                 )
 
+    def generation(self) -> int:
+        """Which connection this is: the drops seen so far (the monitor's
+        pending events taken first), so a reconnect is a new one."""
+        self._on_monitor()
+        return self.disconnects
+
     def up(self) -> bool:
         """Connected now, handshaken, not failed, paused or closed. The
         monitor's pending events are taken first: a drop libzmq already saw

@@ -487,8 +487,9 @@ def test_members_signed_records_refuse_another_key_at_their_address(
     network_key: str,
 ) -> None:
     """First contact with an address a member's signed record gives (learnt by
-    gossip, no known-peers entry): a fresh identity answering there is
-    refused, for a send and for each multicast receiver, naming both keys."""
+    gossip, the member proven there, no known-peers entry): a fresh identity
+    answering there is refused, for a send and for each multicast receiver,
+    naming both keys."""
     gossip = ("--gossip-interval", "0.2", "--health-check-interval", "0.3")
     sender = node_factory(*gossip)
     member = node_factory(*gossip, "--bootstrap-host", LOCALHOST, "--bootstrap-port",
@@ -498,11 +499,15 @@ def test_members_signed_records_refuse_another_key_at_their_address(
     def listed() -> bool:
         peers = sender.cli("peers", "--json", timeout=30)
         return peers.returncode == 0 and any(
-            row["id"] == member.fingerprint and row["address"] == f"{LOCALHOST}:{member.port}"
+            row["id"] == member.fingerprint
+            and row["address"] == f"{LOCALHOST}:{member.port}"
+            and row["proven"] == "yes"
             for row in json.loads(peers.stdout)
         )
 
-    wait_until(listed, 30, "the sender to hold the member's signed record")
+    # Its signed record, and its identity proven at that address by the
+    # sender's health (a record alone is a claim: actors/health.py).
+    wait_until(listed, 30, "the sender to hold the member's record, proven at its address")
     port, member_fp = member.port, member.fingerprint
     member.kill()  # gone without a word: its record stays
     squatter = Impostor(network_key, b"", port=port)

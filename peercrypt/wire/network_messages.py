@@ -155,7 +155,8 @@ class PeersRequest(Message):
 @dataclass(frozen=True, kw_only=True)
 class PeersReply(Message):
     """One map per peer: id, address, state, rtt_ms, failures, reliability,
-    last_seen (seconds ago), incarnation, transfers_ok, transfers_failed."""
+    last_seen (seconds ago), incarnation, transfers_ok, transfers_failed,
+    proven (``yes``: its identity answered at that address)."""
 
     TYPE = "peers-reply"
     request: int = field(metadata=_request())
