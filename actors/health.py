@@ -194,8 +194,12 @@ class HealthActor(Actor):
         super().__init__(env)
         self.settings = settings
         self.interval = settings.health_interval
+        # A probe waits 50 ms at least, at most half the interval: below an
+        # interval of 0.1 s (the settings allow 0.01) the floor is that half.
         self.detector: FailureDetector[bytes] = FailureDetector(
-            self.interval, suspicion_mult=SUSPICION_MULT
+            self.interval,
+            suspicion_mult=SUSPICION_MULT,
+            min_probe_timeout=min(0.05, self.interval / 2),
         )
         self.members: dict[bytes, Member] = {}
         self.checks: dict[int, Check] = {}

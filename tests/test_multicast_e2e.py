@@ -310,6 +310,33 @@ def test_node_max_rate_paces_multicast_too(
     assert result["seconds"] < 6.0, result
 
 
+@pytest.mark.parametrize("transport", ["pub", "udp"])
+def test_a_cap_set_while_the_node_runs_paces_its_next_multicast_from_the_start(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    blake3_file: Any,
+    transport: str,
+) -> None:
+    """A node started without a cap and capped live (`max-rate`): its next
+    session waits for the scheduler's word before publishing (it used to
+    start unpaced: 20 MiB went in 0.09 s under a 2 MB/s cap)."""
+    sender = node_factory(*_transport_args(transport))
+    receivers = [node_factory() for _ in range(2)]
+    capped = sender.cli("max-rate", str(2 * MiB))
+    assert capped.returncode == 0, capped.describe()
+    path = make_file(5 * MiB)
+    first, second = receivers
+    code, result = sender.send(
+        path, first.host, first.port, "-m", *multicast_targets(second),
+        "--chunk-size", str(256 * 1024),
+    )  # fmt: skip
+    assert code == 0, result
+    for r in receivers:
+        assert_stored(r, result, blake3_file(path))
+    # (5 MiB - a 0.2 MiB bucket) at 2 MiB/s is ~2.4 s; unpaced it takes ~0.1 s.
+    assert result["seconds"] >= 1.8, result
+
+
 def test_a_stopped_receiver_does_not_hold_back_the_others_and_catches_up(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], blake3_file: Any
 ) -> None:
