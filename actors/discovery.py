@@ -36,7 +36,7 @@ import zmq
 from nacl.signing import SigningKey
 
 from actors.peer_link import Link, address_towards
-from peercrypt.core.address import join_host_port
+from peercrypt.core.address import endpoint_key, join_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.member_state import MemberState
 from peercrypt.core.membership import (
@@ -72,6 +72,9 @@ log = logging.getLogger("peercrypt.discovery")
 PUSH_RECENT = 4  # records pushed unasked in each exchange (ours first)
 RECORD_BUDGET = 32 * 1024  # bytes of records in one message
 MAX_JOINS = 16
+# Exchanges not yet answered on one member's link that count: a reply beyond
+# them is dropped unread (a peer that never answers leaves no more owed).
+MAX_ASKED = 4
 LEAVE_WAIT = 0.5  # seconds the shutdown waits for members to take our "left"
 MIN_INTERVAL = 0.01
 MAX_INTERVAL = 3600.0
@@ -125,7 +128,8 @@ class DiscoveryActor(Actor):
         self.enabled = settings.gossip_enabled
         self.interval = settings.gossip_interval
         self.table: MembershipTable | None = None
-        self.links: dict[str, Link] = {}  # member url -> persistent link
+        self.links: dict[str, Link] = {}  # member endpoint (endpoint_key) -> persistent link
+        self.asked: dict[str, int] = {}  # member url -> exchanges not yet answered
         self.joins: dict[int, Join] = {}
         self.waiting: list[JoinRequest] = []  # joins asked before the port is known
         self.scores: dict[bytes, float] = {}
@@ -260,9 +264,10 @@ class DiscoveryActor(Actor):
         for node_id in self.table.expire(self.now()):
             self.tell("health", MemberGone(node_id=node_id))
             self.count("expired")
-        known = {self._url_of(n) for n in self.table.peers()}
-        for url in [u for u in self.links if u not in known]:
-            self.links.pop(url).close()
+        known = {endpoint_key(self._url_of(n)) for n in self.table.peers()}
+        for key in [k for k in self.links if k not in known]:
+            self.links.pop(key).close()
+            self.asked.pop(key, None)
         self._facts()
 
     def _round(self) -> None:
@@ -298,9 +303,12 @@ class DiscoveryActor(Actor):
         url = self._url_of(node_id)
         if not url:
             return None
-        link = self.links.get(url)
+        key = endpoint_key(url)  # one link per endpoint, however records spell it
+        link = self.links.get(key)
         if link is None:
-            link = self.links[url] = Link(self, self.settings, url, self._on_reply)
+            link = self.links[key] = Link(
+                self, self.settings, url, functools.partial(self._on_member_reply, key)
+            )
         return link
 
     def _push(self, records: list[MemberRecord], reply: bool) -> Gossip:
@@ -326,15 +334,18 @@ class DiscoveryActor(Actor):
         if link is None:
             return
         recent = self.table.records(max_count=PUSH_RECENT, max_bytes=RECORD_BUDGET)
-        self._send(link, self._push(recent, reply=True))
+        if self._send(link, self._push(recent, reply=True)):
+            key = endpoint_key(self._url_of(node_id))
+            self.asked[key] = min(MAX_ASKED, self.asked.get(key, 0) + 1)
 
-    def _send(self, link: Link, msg: codec.Message) -> None:
+    def _send(self, link: Link, msg: codec.Message) -> bool:
         sent = link.send(msg)
         if sent:
             self.count("gossip-sent")
             self.count("gossip-bytes-out", sent)
         else:
             self.count("gossip-not-connected")
+        return bool(sent)
 
     # -- incoming gossip -------------------------------------------------------------
 
@@ -375,6 +386,17 @@ class DiscoveryActor(Actor):
             self.tell("gateway", Outbound(route=msg.route, payload=data))
             self.count("gossip-bytes-out", len(data))
 
+    def _on_member_reply(self, key: str, msg: codec.Message) -> None:
+        """A reply on a member's link: taken only as the answer to an
+        exchange this node asked there (the gateway's budget does not see
+        these links: a member answering without being asked, as fast as it
+        writes, would have its records parsed and checked without end)."""
+        if self.asked.get(key, 0) <= 0:
+            self.count("gossip-replies-unasked")
+            return
+        self.asked[key] -= 1
+        self._on_reply(msg)
+
     def _on_reply(self, msg: codec.Message) -> None:
         if self.table is None or not isinstance(msg, GossipReply):
             self.count("gossip-unexpected")
@@ -389,7 +411,7 @@ class DiscoveryActor(Actor):
         missing = self.table.records_for(digest, max_bytes=RECORD_BUDGET)
         member = self.table.member(msg.origin)
         url = member.endpoints.get("control", "") if member is not None else ""
-        link = self.links.get(url) if url else None
+        link = self.links.get(endpoint_key(url)) if url else None
         if missing and link is not None:
             self._send(link, self._push(missing, reply=False))
 

@@ -36,7 +36,7 @@ import peercrypt
 from actors.port_watch import PUBLIC_PORT_SAMPLING, PortWatch
 from peercrypt.core.address import peer_address
 from peercrypt.core.answer_budget import GOSSIP_LIMITS, AnswerBudget, Verdict
-from peercrypt.core.mail_credit import MailCredit
+from peercrypt.core.mail_credit import MailCredit, inbound_cost
 from peercrypt.core.port_guard import CURVE_HANDSHAKE, GuardLimits, curve_framed_size
 from peercrypt.crypto.handshake import prove_hello
 from peercrypt.crypto.identity import fingerprint
@@ -155,7 +155,9 @@ class GatewayActor(Actor):
                 sock.send_multipart([route, codec.encode(Pong(seq=msg.seq))])
             elif type(msg) in ROUTES:
                 dest = ROUTES[type(msg)]
-                if not self._may_hand_on(msg, dest, len(frame), peer_z85, address):
+                payload = frame.bytes
+                cost = inbound_cost(payload, route)
+                if not self._may_hand_on(msg, dest, cost, peer_z85, address):
                     continue
                 peer = zmq.utils.z85.decode(peer_z85) if peer_z85 else b""
                 self.tell(
@@ -164,7 +166,7 @@ class GatewayActor(Actor):
                         route=route,
                         peer=peer,
                         peer_host=address,
-                        payload=frame.bytes,
+                        payload=payload,
                     ),
                 )
             else:

@@ -3,19 +3,22 @@
 Periodic probes. Every ``--health-check-interval`` (I) the actor sends a
 ``Ping`` to every member discovery told it about (``MemberUpdate``), over one
 persistent CURVE DEALER per address (the members whose records name one
-address share it: a member with the network key can sign records of as many
-fresh identities at another node's address as it likes, and one connection
-each would be cut by that node's cap of connections per address, the
-node's sends to it with them), and waits for the ``Pong`` for the
-failure detector's probe timeout (the peer's RTO clamped to [50 ms, I/2]).
+address, however they spell it, share it: ``endpoint_key``; a member with
+the network key can sign records of as many fresh identities at another
+node's address as it likes, and one connection each would be cut by that
+node's cap of connections per address, the node's sends to it with them),
+and waits for the ``Pong`` for the failure detector's probe timeout (the
+peer's RTO clamped to [50 ms, I/2]).
 
 Who answers at an address is proven, not taken from the records: on each
 connection (a reconnect is a new one) the first probe round also sends a
 ``Hello`` with a fresh challenge, and the ``HelloReply`` that proves it names
 the identity answering there (``health.proofs``). A ``Pong`` counts for a
-member only if the connection's proof names that member; for the others
-whose records name the address it counts for none (``pongs-unproven``), so
-they fail their probes and become suspect, then dead. A member proven once
+member only if the connection's proof names that member (before the proof,
+for none: ``pongs-unproven``); once a proof holds, only the member it names
+is pinged, and the others whose records name the address fail their probes
+unpinged (``probes-elsewhere``: one ping a round per address, whatever the
+records), so they become suspect, then dead. A member proven once
 at its address stays proven there (until its record names another address):
 only such a member's record is a claim on the address that a send's
 first contact checks (``MembersAtRequest``, crypto/known_peers.py), so
@@ -71,7 +74,7 @@ import random
 from dataclasses import dataclass, field
 
 from actors.peer_link import Link, address_of
-from peercrypt.core.address import join_host_port, same_host_port, split_host_port
+from peercrypt.core.address import endpoint_key, join_host_port, same_host_port, split_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.member_state import MemberState, worst
 from peercrypt.core.membership import x25519_public_key
@@ -204,7 +207,9 @@ class HealthActor(Actor):
         self.members: dict[bytes, Member] = {}
         self.checks: dict[int, Check] = {}
         self.kept: dict[str, Kept] = {}  # by URL, the least recently used first
-        self.probes: dict[str, Probe] = {}  # by URL: the members' probe connections
+        # The members' probe connections, by endpoint (endpoint_key: one per
+        # address however a record spells it, ``127.1`` or a port's zeros).
+        self.probes: dict[str, Probe] = {}
         self.seq = itertools.count(1)
         self.rng = random.Random()
 
@@ -296,10 +301,11 @@ class HealthActor(Actor):
 
     def _attach(self, m: Member) -> None:
         """Share (or open) the probe connection to ``m``'s address."""
-        probe = self.probes.get(m.url)
+        key = endpoint_key(m.url)
+        probe = self.probes.get(key)
         if probe is None:
-            link = Link(self, self.settings, m.url, functools.partial(self._on_reply, m.url))
-            probe = self.probes[m.url] = Probe(link)
+            link = Link(self, self.settings, m.url, functools.partial(self._on_reply, key))
+            probe = self.probes[key] = Probe(link)
             self.facts["probe_connections"] = str(len(self.probes))
         probe.members.add(m.node_id)
         m.link = probe.link
@@ -307,7 +313,7 @@ class HealthActor(Actor):
     def _drop_link(self, m: Member) -> None:
         """``m`` no longer uses its address's probe connection (closed once
         no member uses it)."""
-        probe = self.probes.get(m.url)
+        probe = self.probes.get(endpoint_key(m.url))
         if probe is not None and m.link is probe.link:
             probe.members.discard(m.node_id)
             if not probe.members:
@@ -318,7 +324,7 @@ class HealthActor(Actor):
 
     def _drop_probe(self, url: str) -> None:
         """Close the probe connection to ``url``, for every member using it."""
-        probe = self.probes.pop(url, None)
+        probe = self.probes.pop(endpoint_key(url), None)
         if probe is None:
             return
         for node_id in probe.members:
@@ -372,7 +378,16 @@ class HealthActor(Actor):
         if m.link is None:
             self._attach(m)
         assert m.link is not None
-        self._prove(self.probes[m.url], now)
+        probe = self.probes[endpoint_key(m.url)]
+        self._prove(probe, now)
+        if probe.generation == probe.link.generation() and probe.current != m.key:
+            # Someone else answers there: no ping (only the member the proof
+            # names gets one, so members at one address cost the target one
+            # ping a round, however many records name it); a failed probe.
+            self.count("probes-elsewhere")
+            m.score.record_ping(False)
+            self._transition(self.detector.on_probe_failed(m.node_id, now))
+            return
         seq = next(self.seq)
         while len(m.pending) >= MAX_PENDING_PROBES:
             del m.pending[min(m.pending)]
@@ -397,13 +412,13 @@ class HealthActor(Actor):
             probe.challenge, probe.asked, probe.asked_generation = challenge, now, generation
             self.count("proofs-asked")
 
-    def _on_reply(self, url: str, msg: codec.Message) -> None:
-        probe = self.probes.get(url)
+    def _on_reply(self, key: str, msg: codec.Message) -> None:
+        probe = self.probes.get(key)
         if probe is None:
             self.count("replies-unexpected")
             return
         if isinstance(msg, HelloReply):
-            if not self._proof(url, probe, msg):
+            if not self._proof(probe, msg):
                 self._on_reused_reply(probe.link, msg)  # a check's (or junk)
             return
         if not isinstance(msg, Pong):
@@ -415,7 +430,7 @@ class HealthActor(Actor):
                 self._on_pong(m, probe, msg)
                 return
 
-    def _proof(self, url: str, probe: Probe, msg: HelloReply) -> bool:
+    def _proof(self, probe: Probe, msg: HelloReply) -> bool:
         """Whether ``msg`` answers the probe's own challenge (then it names
         who answers on the connection)."""
         if probe.challenge is None:
@@ -449,7 +464,7 @@ class HealthActor(Actor):
         node_id = m.node_id
         now = self.now()
         sent, failed = entry
-        m.answered = now
+        m.answered, m.proven = now, True  # (the connection's proof names it)
         self.count("pongs" if not failed else "pongs-late")
         m.score.record_ping(True)
         m.retry, m.next_retry = None, 0.0

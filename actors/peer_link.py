@@ -222,6 +222,7 @@ class Link:
         self.handshaken = False  # once, ever (it stays so across reconnects)
         self.handshakes = 0  # completed, one per connection (a reconnect adds one)
         self.disconnects = 0  # connections that dropped (a monitored link's)
+        self.connects = 0  # connections made (a reconnect adds one, a redial too)
         self.closed = False
         self.cause = ""  # why a connect failed, once the probe knows
         self.mismatch = 0  # the other protocol version the peer answered in, once logged
@@ -318,6 +319,8 @@ class Link:
                 self.watch.on_event(message, owner=self)
             if event == zmq.EVENT_DISCONNECTED:
                 self.disconnects += 1
+            if event == zmq.EVENT_CONNECTED:
+                self.connects += 1
             if not self.monitored:
                 continue
             peer = address_of(self.url)
@@ -359,10 +362,11 @@ class Link:
                 )
 
     def generation(self) -> int:
-        """Which connection this is: the drops seen so far (the monitor's
-        pending events taken first), so a reconnect is a new one."""
+        """Which connection this is: the connections made so far (the
+        monitor's pending events taken first), so a reconnect is a new one
+        (a redial after :meth:`flooded` too: it emits no drop)."""
         self._on_monitor()
-        return self.disconnects
+        return self.connects
 
     def up(self) -> bool:
         """Connected now, handshaken, not failed, paused or closed. The

@@ -40,7 +40,9 @@ class AttachedActor:
         self.refused = ""  # why a node refused the attachment (then the process should end)
         self.refused_event = threading.Event()
         self.context: zmq.Context[Any] = node_context()
-        self.env = ActorEnv(context=self.context, node_uid=uuid.uuid4().hex[:12])
+        self.env = ActorEnv(
+            context=self.context, node_uid=uuid.uuid4().hex[:12], reports_inbound=False
+        )
         companions = COMPANIONS.get(kind, ())
         self.supervisor = Supervisor(
             self.env,

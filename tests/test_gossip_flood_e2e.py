@@ -19,10 +19,11 @@ from peercrypt.core.answer_budget import GOSSIP_LIMITS
 from peercrypt.core.member_state import MemberState
 from peercrypt.core.membership import MemberRecord
 from peercrypt.crypto.identity import KeyPair, network_server_keys
-from peercrypt.testing.nodes import NodeProcess, assert_sent, random_file, wait_until
+from peercrypt.testing.member_port import MemberPort
+from peercrypt.testing.nodes import LOCALHOST, NodeProcess, assert_sent, random_file, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import MAX_WRAPPED
-from peercrypt.wire.network_messages import Gossip
+from peercrypt.wire.network_messages import Gossip, GossipReply
 
 MESSAGES = 1500  # of ~63 KiB each: ~95 MB
 
@@ -104,3 +105,62 @@ def test_a_gossip_flood_gets_its_budget_and_costs_no_memory(
     # It goes on serving: an honest send, verified.
     path = random_file(tmp_path / "after.bin", 1 << 20)
     assert_sent(node, sender.send_to(path, node), path)
+
+
+def test_gossip_replies_nobody_asked_for_are_dropped_unread(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """A member the node gossips with answers on the node's own link (where
+    the gateway's budget does not look) with replies nobody asked for, as
+    fast as it writes, full of records that would change the table: only
+    the answers to exchanges the node asked are read (their records checked);
+    the rest are dropped unread (each used to cost a signature check per
+    record: 15k a second)."""
+    node = node_factory("--gossip-interval", "0.2")
+    seed = os.urandom(32)
+    me, signer = KeyPair.from_seed(seed), SigningKey(seed)
+    port = MemberPort(network_key)
+    forged = []
+    for _ in range(20):  # new members, each signature broken: checked, then refused
+        key = SigningKey(os.urandom(32))
+        wire = bytearray(
+            MemberRecord.create(
+                key, bytes(key.verify_key), 0, MemberState.ALIVE, {"control": "tcp://127.0.0.1:9"}
+            ).to_wire()
+        )
+        wire[-1] ^= 1
+        forged.append(bytes(wire))
+    replies = 300
+    dealer: zmq.Socket[Any] | None = None
+    try:
+        record = MemberRecord.create(
+            signer, me.node_id, 0, MemberState.ALIVE, {"control": f"tcp://{LOCALHOST}:{port.port}"}
+        )
+        dealer = port.ctx.socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.curve_serverkey = network_server_keys(network_key).z85_public
+        dealer.curve_publickey, dealer.curve_secretkey = me.z85_public, me.z85_secret
+        dealer.connect(f"tcp://{node.host}:{node.port}")
+        dealer.send(codec.encode(Gossip(origin=me.node_id, records=[record.to_wire()], digest=[])))
+        route = b""
+        deadline = time.monotonic() + 30
+        while not route:  # the node's first exchange with us, on its own link
+            assert time.monotonic() < deadline, "the node never gossiped with the member"
+            for _sock in port.poll(100):
+                frames = port.router.recv_multipart()
+                msg = codec.decode(frames[-1])
+                if isinstance(msg, Gossip) and msg.reply:
+                    route = frames[0]
+        junk = codec.encode(GossipReply(origin=me.node_id, records=forged, digest=[]))
+        for _ in range(replies):
+            port.router.send_multipart([route, junk])
+        node.wait_for_counter("discovery.gossip-replies-unasked", replies - 8, timeout=60)
+        counters = node.counters()
+    finally:
+        if dealer is not None:
+            dealer.close()  # (before its context ends)
+        port.close()
+    # The exchanges it asked: a fanout of 3 a round at most, and MAX_ASKED owed.
+    asked = 3 * counters.get("discovery.rounds", 0) + 4
+    checked = counters.get("discovery.rejected-bad_signature", 0)
+    assert checked <= len(forged) * asked, (checked, asked)

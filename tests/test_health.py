@@ -154,3 +154,16 @@ def test_a_check_shows_the_version_the_peer_proves_its_text_escaped(
         stop.set()
         thread.join(10)
         port.close()
+
+
+def test_a_health_interval_under_a_tenth_of_a_second_starts_and_probes(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """The settings allow --health-check-interval down to 0.01 s; below 0.1 s
+    the probe timeout's floor (50 ms) passed half the interval and the node
+    never started, saying nothing until it was stopped (found by use)."""
+    a = node_factory("--health-check-interval", "0.02", "--gossip-interval", "0.2")
+    node_factory(
+        "--gossip-interval", "0.2", "--bootstrap-host", a.host, "--bootstrap-port", str(a.port)
+    )
+    a.wait_for_counter("health.pongs", 5, timeout=30)

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from peercrypt.core.answer_budget import GOSSIP_LIMITS, AnswerBudget, Verdict
-from peercrypt.core.mail_credit import MailCredit
+from peercrypt.core.mail_credit import MailCredit, inbound_cost
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.runtime.supervisor import Supervisor
 from peercrypt.testing.nodes import wait_until
@@ -95,14 +95,19 @@ def test_gossip_is_budgeted_in_bytes_per_identity_and_for_the_node() -> None:
 
 
 class Gateway(Actor):
-    """Hands ``count`` Inbound messages to ``taker`` and keeps the reports."""
+    """Hands ``sizes`` Inbound messages to ``taker`` and keeps the reports;
+    the first one of them restarts once it heard ``restart_at``."""
 
     name = "gateway"
     REPORT_TO = None
 
-    def __init__(self, env: ActorEnv, sizes: list[int], reports: list[int]) -> None:
+    def __init__(
+        self, env: ActorEnv, sizes: list[int], reports: list[int], lives: list[int], restart_at: int
+    ) -> None:
         super().__init__(env)
-        self.sizes, self.reports = sizes, reports
+        self.sizes, self.reports, self.restart_at = sizes, reports, restart_at
+        lives.append(len(lives))
+        self.life = lives[-1]
 
     def setup(self) -> None:
         self.call_later(0.01, self._fire)
@@ -115,6 +120,8 @@ class Gateway(Actor):
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, InboundTaken) and msg.actor == "taker":
             self.reports.append(msg.taken)
+            if self.life == 0 and msg.taken == self.restart_at:
+                self.restart("a test's")
 
 
 class Taker(Actor):
@@ -130,24 +137,33 @@ class Taker(Actor):
             self.seen.append(len(msg.payload))
 
 
-def test_an_actor_reports_the_bytes_of_peers_messages_it_took() -> None:
+def test_an_actor_reports_the_bytes_of_peers_messages_it_took_from_each_gateway() -> None:
+    """Running totals of what each message counts (payload, routing id and
+    the overhead), after each batch; a gateway that restarts (its count
+    starts at 0) gets totals from 0 again."""
     sizes = [100, 5000, 1, 60_000] * 50
+    batch = sum(inbound_cost(b"x" * n, b"r") for n in sizes)
     reports: list[int] = []
     seen: list[int] = []
+    lives: list[int] = []
     ctx: zmq.Context[Any] = zmq.Context()
     env = ActorEnv(context=ctx, node_uid=f"t{time.monotonic_ns()}")
     sup = Supervisor(
         env,
         [
             ("taker", lambda e: Taker(e, seen)),
-            ("gateway", lambda e: Gateway(e, sizes, reports)),
+            ("gateway", lambda e: Gateway(e, sizes, reports, lives, batch)),
         ],
     )
     sup.start()
+    sup.run_in_background()  # restarts the gateway when it asks
     try:
-        wait_until(lambda: (reports and reports[-1] == sum(sizes)) or None, 10.0, "the reports")
-        assert seen == sizes
-        assert reports == sorted(reports) and len(reports) <= len(sizes)
+        wait_until(lambda: len(seen) == 2 * len(sizes) or None, 10.0, "both batches taken")
+        wait_until(lambda: reports.count(batch) == 2 or None, 10.0, "the second gateway's total")
+        first = reports[: reports.index(batch) + 1]
+        second = reports[len(first) :]
+        assert first == sorted(first) and second == sorted(second), reports
+        assert max(reports) == batch and len(lives) == 2  # from 0 again, not 2 x batch
     finally:
         assert sup.stop() is True
         ctx.term()

@@ -364,6 +364,31 @@ def test_actor_failing_setup_raises_start_error_and_cleans_up() -> None:
     assert threading.active_count() == before
 
 
+class BadConstructor(Actor):
+    name = "bad"
+    REPORT_TO = None
+
+    def __init__(self, env: ActorEnv) -> None:
+        raise ValueError("need 0 < min_probe_timeout <= max_probe_timeout")
+
+
+def test_an_actor_whose_constructor_fails_fails_the_start_and_the_context_ends() -> None:
+    """The error reaches the caller and the node's context can end (the
+    start's pipe to that actor used to stay open: the node hung in its
+    context's term, saying nothing, until it was killed)."""
+    env = make_env()
+    sup = Supervisor(env, [("recorder", lambda e: Recorder(e, "x", [])), ("bad", BadConstructor)])
+    ended = threading.Event()
+    try:
+        sup.start()
+    except ValueError as exc:  # ended while the error is in hand, as the node does
+        assert "min_probe_timeout" in str(exc)
+        threading.Thread(target=lambda: (env.context.term(), ended.set()), daemon=True).start()
+        assert ended.wait(DEADLINE), "the context did not end"
+    else:
+        raise AssertionError("the start did not fail")
+
+
 def test_start_stop_many_times_leaves_no_threads() -> None:
     before = {t.ident for t in threading.enumerate()}
     for _ in range(20):

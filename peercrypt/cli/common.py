@@ -395,7 +395,7 @@ def fit_columns(
     for name in drop:
         if total() <= width:
             break
-        del widths[name]
+        widths.pop(name, None)
     for name in shrink:
         if name in widths:
             widths[name] += max(0, min(width - total(), natural[name] - widths[name]))

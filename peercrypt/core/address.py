@@ -54,10 +54,36 @@ def same_host_port(text: str, host: str, port: int) -> bool:
 
 
 def canonical_host(host: str) -> str:
-    """One spelling per host: lower case, no brackets, loopback names as
+    """One spelling per host: lower case, no brackets, no trailing dot, an
+    IP address in its one form (``127.1``, ``0x7f.0.0.1`` and ``2130706433``
+    are ``127.0.0.1``, as the resolver dials them), loopback names as
     ``127.0.0.1``."""
-    h = host.strip().strip("[]").lower()
-    return "127.0.0.1" if h in ("localhost", "::1") else h
+    h = host.strip().strip("[]").lower().rstrip(".")
+    if h in ("localhost", "::1"):
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(h))
+    except ValueError:
+        pass
+    if h and all(c in "0123456789abcdefx." for c in h):  # the C resolver's IPv4 forms
+        import socket
+
+        try:
+            return socket.inet_ntoa(socket.inet_aton(h))
+        except OSError:
+            pass
+    return h
+
+
+def endpoint_key(url: str) -> str:
+    """One text per endpoint however it is spelt (``tcp://HOST:PORT``, the
+    port's leading zeros, the host's forms: :func:`canonical_host`); the
+    text itself if it does not parse."""
+    try:
+        host, port = split_host_port(url.removeprefix("tcp://"))
+    except ValueError:
+        return url
+    return join_host_port(canonical_host(host), port)
 
 
 @functools.lru_cache(maxsize=1024)

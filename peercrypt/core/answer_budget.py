@@ -77,8 +77,8 @@ GOSSIP_LIMITS = BudgetLimits(
     peer_burst=512 * 1024,
     address_rate=256 * 1024,
     address_burst=1024 * 1024,
-    node_rate=256 * 1024,
-    node_burst=1024 * 1024,
+    node_rate=1024 * 1024,  # four addresses' worth: one cannot take it all
+    node_burst=4 * 1024 * 1024,
 )
 
 

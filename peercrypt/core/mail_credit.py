@@ -20,7 +20,9 @@ A report can be lost (an attached actor's link that broke, a proxy that
 dropped the mail while nothing was attached): an actor whose bytes reach the
 limit and that has reported nothing for ``stale_after`` seconds is taken to
 have taken them all. An actor that restarts starts from 0 on both sides
-(:meth:`MailCredit.restarted`). An attached actor's proxy and the actor
+(:meth:`MailCredit.restarted`), and so does every actor's report when the
+gateway restarts. Each message counts its payload, routing id and
+:data:`INBOUND_OVERHEAD` (:func:`inbound_cost`). An attached actor's proxy and the actor
 itself both report under its name: the larger total counts.
 """
 
@@ -28,10 +30,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["INBOUND_MAIL_BYTES", "STALE_AFTER", "MailCredit"]
+__all__ = ["INBOUND_MAIL_BYTES", "INBOUND_OVERHEAD", "STALE_AFTER", "MailCredit", "inbound_cost"]
 
 INBOUND_MAIL_BYTES = 4 * 1024 * 1024  # in flight towards one actor at most
 STALE_AFTER = 10.0  # seconds over the limit without a report: taken as lost
+# What a message costs beyond its payload and routing id: the Inbound's
+# fields and encoding (~130 bytes), libzmq's message (~100): a member's
+# tiny messages count at what they hold, not at their own few bytes.
+INBOUND_OVERHEAD = 256
+
+
+def inbound_cost(payload: bytes, route: bytes) -> int:
+    """What a peer's message handed to an actor counts against its bound,
+    on both sides (the gateway's charge, the actor's report)."""
+    return len(payload) + len(route) + INBOUND_OVERHEAD
 
 
 @dataclass

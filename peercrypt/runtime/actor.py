@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 import zmq
 
 from peercrypt.core.address import join_host_port
+from peercrypt.core.mail_credit import inbound_cost
 from peercrypt.core.token_bucket import TokenBucket
 from peercrypt.runtime import memory
 from peercrypt.wire import codec
@@ -194,6 +195,10 @@ class ActorEnv:
     node_uid: str
     addresses: dict[str, str] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
+    # Whether actors report the peers' messages they took to the gateway
+    # (core/mail_credit.py): not in an attached actor's process, whose node
+    # counts them at the proxy that hands them on to the link.
+    reports_inbound: bool = True
 
     def address(self, name: str) -> str:
         """The mailbox URL of actor ``name`` (inproc:// unless configured)."""
@@ -619,10 +624,10 @@ class Actor:
                     self.log_limited("%s: bad mail: %s", self.name, str(exc))
                     continue
                 if type(msg) is Inbound:
-                    taken += len(msg.payload)
+                    taken += inbound_cost(msg.payload, msg.route)
                 self.contain("mail", handler, msg)
         finally:
-            if taken:  # the gateway hands on at most a bound not yet taken
+            if taken and self.env.reports_inbound:  # the gateway's bound (mail_credit)
                 self._inbound_taken += taken
                 self.tell("gateway", InboundTaken(actor=self.name, taken=self._inbound_taken))
 
@@ -688,6 +693,8 @@ class Actor:
                         self._forget_outbox(other)
                         if other == self.REPORT_TO:
                             self.facts.changed = True  # it lost what we told it
+                        if other == "gateway":  # its count of what it handed us starts at 0
+                            self._inbound_taken = 0
                         self.on_actor_restarted(other)
                 for sock in list(events):
                     handler = self._handlers.get(sock)

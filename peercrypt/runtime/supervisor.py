@@ -115,7 +115,11 @@ class Supervisor:
         pipe: zmq.Socket[Any] = self.env.context.socket(zmq.PAIR)
         pipe.linger = 0
         pipe.bind(address)
-        actor = slot.factory(self.env)
+        try:
+            actor = slot.factory(self.env)
+        except BaseException:  # (an open socket would hold the context's term for ever)
+            pipe.close(linger=0)
+            raise
         thread = threading.Thread(
             target=actor.run, args=(address,), name=f"pc-{slot.name}", daemon=True
         )
