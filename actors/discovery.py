@@ -129,7 +129,7 @@ class DiscoveryActor(Actor):
         self.interval = settings.gossip_interval
         self.table: MembershipTable | None = None
         self.links: dict[str, Link] = {}  # member endpoint (endpoint_key) -> persistent link
-        self.asked: dict[str, int] = {}  # member url -> exchanges not yet answered
+        self.asked: dict[str, int] = {}  # member endpoint -> exchanges not yet answered
         self.joins: dict[int, Join] = {}
         self.waiting: list[JoinRequest] = []  # joins asked before the port is known
         self.scores: dict[bytes, float] = {}
@@ -306,8 +306,8 @@ class DiscoveryActor(Actor):
         key = endpoint_key(url)  # one link per endpoint, however records spell it
         link = self.links.get(key)
         if link is None:
-            link = self.links[key] = Link(
-                self, self.settings, url, functools.partial(self._on_member_reply, key)
+            link = self.links[key] = Link(  # dialled as the key: every spelling dials alike
+                self, self.settings, f"tcp://{key}", functools.partial(self._on_member_reply, key)
             )
         return link
 

@@ -122,13 +122,14 @@ class Probe:
     """Health's one connection to an address, shared by the members whose
     records name it, and who proved to answer there (see the module docs)."""
 
-    link: Link
+    link: Link | None  # None: closed, a duplicate (see _duplicates)
     members: set[bytes] = field(default_factory=set)
     current: bytes | None = None  # the (X25519) key the connection's proof names
     generation: int = -1  # the connection (its disconnects so far) that proof holds for
     challenge: HelloChallenge | None = None  # asked, not yet answered
     asked: float = 0.0
     asked_generation: int = 0
+    unproven_since: float = 0.0  # asked first on the current connection
 
 
 @dataclass
@@ -299,22 +300,26 @@ class HealthActor(Actor):
             self.detector.remove_peer(node_id)
         self.facts["health_peers"] = str(len(self.members))
 
-    def _attach(self, m: Member) -> None:
+    def _attach(self, m: Member) -> Probe:
         """Share (or open) the probe connection to ``m``'s address."""
         key = endpoint_key(m.url)
         probe = self.probes.get(key)
         if probe is None:
-            link = Link(self, self.settings, m.url, functools.partial(self._on_reply, key))
+            # Dialled as the key, whatever spelling the first record used
+            # (every spelling the key folds dials alike).
+            url = f"tcp://{key}"
+            link = Link(self, self.settings, url, functools.partial(self._on_reply, key))
             probe = self.probes[key] = Probe(link)
             self.facts["probe_connections"] = str(len(self.probes))
         probe.members.add(m.node_id)
         m.link = probe.link
+        return probe
 
     def _drop_link(self, m: Member) -> None:
         """``m`` no longer uses its address's probe connection (closed once
         no member uses it)."""
         probe = self.probes.get(endpoint_key(m.url))
-        if probe is not None and m.link is probe.link:
+        if probe is not None and m.node_id in probe.members:
             probe.members.discard(m.node_id)
             if not probe.members:
                 self._drop_probe(m.url)
@@ -327,15 +332,21 @@ class HealthActor(Actor):
         probe = self.probes.pop(endpoint_key(url), None)
         if probe is None:
             return
+        self._close(probe)
+        self.facts["probe_connections"] = str(len(self.probes))
+
+    def _close(self, probe: Probe) -> None:
+        """Close ``probe``'s connection (its members have none meanwhile)."""
         for node_id in probe.members:
             m = self.members.get(node_id)
-            if m is not None and m.link is probe.link:
+            if m is not None:
                 m.link = None
                 m.pending.clear()
                 m.answered = None
-        self._abandon(probe.link)
-        probe.link.close()
-        self.facts["probe_connections"] = str(len(self.probes))
+        if probe.link is not None:
+            self._abandon(probe.link)
+            probe.link.close()
+            probe.link = None
 
     def _on_transfer(self, msg: TransferOutcome) -> None:
         for m in self.members.values():
@@ -375,10 +386,16 @@ class HealthActor(Actor):
             )
 
     def _probe(self, m: Member, now: float) -> None:
-        if m.link is None:
-            self._attach(m)
+        probe = self._attach(m)
+        if probe.link is None:
+            # Another address's connection proved the identity this one
+            # does (two spellings of one node: a host name and an address,
+            # a loopback alias): closed, its members fail unpinged.
+            self.count("probes-duplicate")
+            m.score.record_ping(False)
+            self._transition(self.detector.on_probe_failed(m.node_id, now))
+            return
         assert m.link is not None
-        probe = self.probes[endpoint_key(m.url)]
         self._prove(probe, now)
         if probe.generation == probe.link.generation() and probe.current != m.key:
             # Someone else answers there: no ping (only the member the proof
@@ -401,24 +418,33 @@ class HealthActor(Actor):
 
     def _prove(self, probe: Probe, now: float) -> None:
         """Ask who answers on ``probe``'s connection, if no proof holds for
-        it (a new connection, or a reconnect) and none was asked lately."""
+        it (a new connection, or a reconnect) and none was asked on it lately."""
+        assert probe.link is not None
         generation = probe.link.generation()
         if probe.generation == generation:
             return
-        if probe.challenge is not None and now - probe.asked < self.interval:
+        recent = now - probe.asked < self.interval
+        if probe.challenge is not None and recent and probe.asked_generation == generation:
             return
         challenge = HelloChallenge()
         if probe.link.send(Hello(challenge=challenge.public)):
+            # (the connection it went on: a handshake completing meanwhile
+            # makes the proof hold for the one after, asked again then)
+            generation = probe.link.generation()
+            if generation != probe.asked_generation or probe.challenge is None:
+                probe.unproven_since = now
             probe.challenge, probe.asked, probe.asked_generation = challenge, now, generation
             self.count("proofs-asked")
 
     def _on_reply(self, key: str, msg: codec.Message) -> None:
         probe = self.probes.get(key)
-        if probe is None:
+        if probe is None or probe.link is None:
             self.count("replies-unexpected")
             return
         if isinstance(msg, HelloReply):
-            if not self._proof(probe, msg):
+            if self._proof(probe, msg):
+                self._duplicates(probe)
+            else:
                 self._on_reused_reply(probe.link, msg)  # a check's (or junk)
             return
         if not isinstance(msg, Pong):
@@ -452,10 +478,45 @@ class HealthActor(Actor):
                 self.count("proofs-of-another")
         return True
 
+    def _duplicates(self, probe: Probe) -> None:
+        """Close a second connection that proved the identity another
+        one did (a member signing records of fresh identities at one node's
+        host name, its address and loopback aliases would have this node
+        dial it once per spelling: the node's cap per address then cuts the
+        sends): the one with a member of that identity stays."""
+        for other in self.probes.values():
+            if other is probe or other.link is None or other.current != probe.current:
+                continue
+
+            def holds(p: Probe) -> bool:
+                return any(
+                    (m := self.members.get(i)) is not None and m.key == probe.current
+                    for i in p.members
+                )
+
+            self._close(other if holds(probe) and not holds(other) else probe)
+            self.count("probe-duplicates-closed")
+            self.facts["probe_connections"] = str(
+                sum(1 for p in self.probes.values() if p.link is not None)
+            )
+            return
+
     def _on_pong(self, m: Member, probe: Probe, msg: Pong) -> None:
-        if probe.current != m.key or probe.generation != probe.link.generation():
-            # Another identity answers at its address (or none proved yet on
-            # this connection): the probe goes unanswered for this member.
+        assert probe.link is not None
+        if probe.generation != probe.link.generation():
+            # No proof yet on this connection (a new one): no verdict, as for
+            # a ping that could not be sent yet, for two intervals; then the
+            # probe goes unanswered (a target that answers pings, never the
+            # hello, is not taken for alive).
+            if self.now() - probe.unproven_since < 2 * self.interval + 1.0:
+                m.pending.pop(msg.seq, None)
+                self.count("pongs-before-proof")
+            else:
+                self.count("pongs-unproven")
+            return
+        if probe.current != m.key:
+            # Another identity answers at its address: the probe goes
+            # unanswered for this member.
             self.count("pongs-unproven")
             return
         entry = m.pending.pop(msg.seq, None)

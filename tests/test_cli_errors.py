@@ -441,22 +441,37 @@ def blackhole() -> Iterator[int]:
         yield s.getsockname()[1]
 
 
-def test_ctrl_c_cancels_the_send(
-    node_factory: Callable[..., NodeProcess], source: Path, blackhole: int
+@pytest.mark.parametrize(
+    ("sig", "code", "words"),
+    [
+        (signal.SIGINT, 130, "interrupted"),
+        (signal.SIGTERM, 143, "SIGTERM"),  # a `kill`, a `timeout`
+        (signal.SIGHUP, 129, "SIGHUP"),  # the terminal closed
+    ],
+)
+def test_ctrl_c_or_the_end_of_the_command_cancels_the_send(
+    node_factory: Callable[..., NodeProcess],
+    source: Path,
+    blackhole: int,
+    sig: signal.Signals,
+    code: int,
+    words: str,
 ) -> None:
-    """SIGINT to `send` cancels the transfer in the node (exit 130, one line)."""
+    """SIGINT to `send` cancels the transfer in the node (exit 130, one
+    line); so do SIGTERM and SIGHUP (exit 128 + the signal), which ended
+    the command and left the node sending what nobody followed."""
     sender = node_factory()
     args = ["send", str(source), "127.0.0.1", str(blackhole), "--timeout", "30"]
     with start_cli(*args, data_dir=sender.data_dir) as cli:
         try:
             # The send is in progress: no check answered, so its sender asks who is there.
             sender.wait_for_counter("sender.hellos", 1)
-            cli.send_signal(signal.SIGINT)
+            cli.send_signal(sig)
             stdout, stderr = cli.communicate(timeout=15)
         finally:
             cli.kill()
     result = CliResult(tuple(args), cli.returncode, stdout, stderr, 0.0)
-    assert_error(result, 130, "interrupted", "cancelled")
+    assert_error(result, code, words, "cancelled")
     assert sender.wait_for_counter("sender.failed-cancelled", 1) == 1
     assert sender.status()["pid"] == str(sender.pid)  # the node itself carries on
 

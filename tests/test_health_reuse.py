@@ -153,8 +153,8 @@ def member_of(checker: NodeProcess) -> Iterator[Callable[..., Member]]:
         if not join:
             return member
         # Its pongs count once its probe connection proved its identity; a
-        # member that cannot prove it (REPLAY) answers pings for no one.
-        answered = "health.pongs-unproven" if mode == REPLAY else "health.pongs"
+        # member that cannot prove it (REPLAY) answers pings for no verdict.
+        answered = "health.pongs-before-proof" if mode == REPLAY else "health.pongs"
         pongs = checker.counters().get(answered, 0)
         member.join(checker)
         checker.wait_for_counter(answered, pongs + 1, timeout=15)

@@ -381,12 +381,53 @@ def test_an_actor_whose_constructor_fails_fails_the_start_and_the_context_ends()
     ended = threading.Event()
     try:
         sup.start()
-    except ValueError as exc:  # ended while the error is in hand, as the node does
-        assert "min_probe_timeout" in str(exc)
+    except StartError as exc:  # ended while the error is in hand, as the node does
+        assert "actor bad: need 0 < min_probe_timeout" in str(exc)
         threading.Thread(target=lambda: (env.context.term(), ended.set()), daemon=True).start()
         assert ended.wait(DEADLINE), "the context did not end"
     else:
         raise AssertionError("the start did not fail")
+
+
+class Fragile(Recorder):
+    name = "fragile"
+
+
+def test_a_restart_whose_constructor_fails_leaves_the_supervisor_restarting_others() -> None:
+    """An actor that crashed and cannot be made again (its constructor
+    raises) is retried later; the supervisor goes on (the error escaped its
+    loop, and no actor was ever restarted again)."""
+    env = make_env()
+    made: list[int] = []
+
+    def fragile(e: ActorEnv) -> Actor:
+        made.append(1)
+        if len(made) > 1:
+            raise ValueError("a setting it cannot take")
+        return Fragile(e, "recorder", [])
+
+    sup = Supervisor(
+        env, [("recorder", lambda e: Recorder(e, "fragile", [])), ("fragile", fragile)]
+    )
+    sup.start()
+    push = env.context.socket(zmq.PUSH)
+    push.linger = 0
+    try:
+        push.connect(env.address("fragile"))
+        push.send(codec.encode(Ping(seq=666)))  # it crashes; its restart fails
+        deadline = time.monotonic() + DEADLINE
+        while len(made) < 2:
+            assert time.monotonic() < deadline, "no restart was tried"
+            sup.poll(0.05)
+        push.disconnect(env.address("fragile"))
+        push.connect(env.address("recorder"))
+        push.send(codec.encode(Ping(seq=666)))  # another crash: still restarted
+        while sup.restarts["recorder"] < 1:
+            assert time.monotonic() < deadline, "the supervisor restarts no other actor"
+            sup.poll(0.05)
+    finally:
+        push.close()
+        stop(sup)
 
 
 def test_start_stop_many_times_leaves_no_threads() -> None:

@@ -6,6 +6,7 @@ Every wait has a deadline (pexpect's timeout); content is checked by hash.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -18,7 +19,14 @@ import pytest
 
 from peercrypt import errors
 from peercrypt.cli.shell import PROMPT
-from peercrypt.testing.nodes import NodeProcess, blake3_file, cli_env, run_cli, start_cli
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    blake3_file,
+    cli_env,
+    run_cli,
+    start_cli,
+    wait_until,
+)
 
 WAIT = 60  # seconds any one expected output may take under load
 PROMPT_RE = re.escape(PROMPT.rstrip())  # the terminal moves the cursor for the space
@@ -186,12 +194,21 @@ def test_incoming_transfers_are_announced_and_receive_waits_for_one(
     pty.expect(f"received {re.escape(first.name)} \\(102400 bytes\\) as .*, verified")
     pty.child.sendline("receive")
     pty.expect("waiting for the next incoming transfer")
-    second = make_file(200 * 1024)
-    assert peer.send(second, "127.0.0.1", port)[0] == 0
-    pty.expect(f"received {re.escape(second.name)} \\(204800 bytes\\) as .*, verified")
+    second = make_file(1024 * 1024)
+    assert peer.send(second, "127.0.0.1", port, "-r", "512K")[0] == 0  # ~2 s: seen coming
+    # `receive` tells it and its progress itself (it used to run with no
+    # progress, the prompt's toolbar not shown meanwhile), then its result once.
+    pty.expect(f"incoming {re.escape(second.name)} \\(1.0 MiB; `peercrypt cancel in\\d+`")
+    pty.expect(f"received {re.escape(second.name)} \\(1048576 bytes\\) as .*, verified")
     pty.expect(PROMPT_RE)
     stored = data_dir / "inbox" / second.name
     assert blake3_file(stored) == blake3_file(second)
+    # The watcher, quiet meanwhile, does not tell it again: the next file's
+    # news is the next thing said.
+    third = make_file(10 * 1024)
+    assert peer.send(third, "127.0.0.1", port)[0] == 0
+    out = pty.expect(f"received {re.escape(third.name)} ")
+    assert second.name not in out, out
     pty.leave()
 
 
@@ -455,3 +472,33 @@ def test_a_background_send_is_cancelled_by_its_transfer_id_or_by_its_job(
     assert not (peer.inbox / first.name).exists() and not (peer.inbox / second.name).exists()
     assert blake3_file(peer.inbox / small.name) == blake3_file(small)
     assert pty.leave() == 0
+
+
+def test_news_while_top_has_the_screen_is_told_once_it_ends(
+    started: tuple[Pty, Path],
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    """A background send that ends while `top` runs in the shell: its line
+    (and the watcher's news) is told when `top` ends, not written into its
+    screen and lost with it (found by use)."""
+    pty, data_dir = started
+    peer = node_factory()
+    path = make_file(1024 * 1024)
+    pty.run(f"send {path} 127.0.0.1 {peer.port} -r 1M &", r"\[1\] sending in the background")
+    pty.child.sendline("top")
+    pty.expect("(?i)send")  # its screen
+
+    def sent() -> bool | None:
+        listed = run_cli("stats", "list", "--json", data_dir=data_dir)
+        rows = json.loads(listed.stdout or "[]")
+        return any(r.get("result") == "ok" and r.get("side") == "send" for r in rows) or None
+
+    wait_until(sent, WAIT, "the send's end, recorded")  # (its line follows at once)
+    assert blake3_file(peer.inbox / path.name) == blake3_file(path)
+    pty.child.send("q")
+    out = pty.expect(r"\[1\] done, exit 0")
+    # After `top` left its alternate screen (where a line is lost with it).
+    assert "\x1b[?1049l" in out, repr(out[-400:])
+    pty.expect(PROMPT_RE)
+    pty.leave()

@@ -222,7 +222,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
     names = [p.name for p in paths]
     if len(set(names)) != len(names) or not _resolvable(host, int(port)):
         return None
-    from peercrypt.cli.follow import follow
+    from peercrypt.cli.follow import ended_text, ending_signals_cancel, follow
     from peercrypt.cli.progress import progress_view, wanted
     from peercrypt.cli.send_report import report
     from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
@@ -255,7 +255,8 @@ def _send(line: Line, data_dir: Path) -> int | None:
             )
         )
         try:
-            first = client.receive(FIRST_REPLY)
+            with ending_signals_cancel():
+                first = client.receive(FIRST_REPLY)
         except (NodeUnavailable, AnotherRelease, KeyboardInterrupt) as exc:
             client.send(CancelRequest(request=request))  # should it arrive after all
             client.linger = int(FIRST_REPLY * 1000)
@@ -264,8 +265,9 @@ def _send(line: Line, data_dir: Path) -> int | None:
                 return exc.exit_code
             if isinstance(exc, NodeUnavailable):
                 return None
-            _error("interrupted; the transfer was cancelled")
-            return 130
+            text, code = ended_text(exc)
+            _error(text)
+            return code
         if isinstance(first, ErrorReply):  # it did not take the request
             return None
         if isinstance(first, SendResult) and first.request == request:

@@ -9,10 +9,11 @@ without a result is a :class:`~peercrypt.errors.CommandError` (one line).
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +38,14 @@ R = TypeVar("R", bound=Message)
 listener = threading.local()
 
 
+def ended_text(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """The line and exit code of a send cancelled by ``exc`` (Ctrl-C, or a
+    SIGTERM or SIGHUP: :class:`Ended`)."""
+    if isinstance(exc, Ended):
+        return f"{signal.Signals(exc.signum).name}: the transfer was cancelled", 128 + exc.signum
+    return "interrupted; the transfer was cancelled", 130
+
+
 def follow(
     client: ControlClient,
     request: int,
@@ -58,18 +67,48 @@ def follow(
     node runs another release).
     """
     try:  # from here on (the request is already sent), Ctrl-C cancels it
-        return _await_result(client, request, view, result_type, timeout + 30.0, on_other)
-    except KeyboardInterrupt:
+        with ending_signals_cancel():
+            return _await_result(client, request, view, result_type, timeout + 30.0, on_other)
+    except KeyboardInterrupt as exc:
         client.send(CancelRequest(request=request))
         with contextlib.suppress(NodeUnavailable, Stop):
             _await_result(client, request, view, result_type, 5.0, on_other)
-        raise Stop("interrupted; the transfer was cancelled", 130) from None
+        raise Stop(*ended_text(exc)) from None  # the terminal closed, a `kill`: as Ctrl-C
     except AnotherRelease as exc:  # this command cannot follow it: nor would the next
         client.send(CancelRequest(request=request))
         raise Stop(f"{exc} (the transfer was cancelled)", errors.FAILED) from None
     finally:
         if view is not None:
             view.close()
+
+
+class Ended(KeyboardInterrupt):
+    """SIGTERM or SIGHUP while a command follows its send: it cancels the
+    send as Ctrl-C does (else the node went on with a transfer nobody
+    followed, its result seen by no one)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def ending_signals_cancel() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Ended` meanwhile (in the main thread
+    only: a shell's background send follows in a thread of its own)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def end(signum: int, _frame: object) -> None:
+        raise Ended(signum)
+
+    previous = {sig: signal.signal(sig, end) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _await_result(

@@ -122,6 +122,15 @@ class Shell:
         self.view = NodeView()
         self.stop = threading.Event()
         self.watch_quiet = threading.Event()  # a foreground `receive` reports instead
+        # Set as a `receive` ends: the watcher's next look takes what it finds
+        # as seen (the command said it), so its outcome is not told twice.
+        self.watch_resync = threading.Event()
+        # Lines of other threads (the watcher's news, a background send's
+        # end) while a full-screen command has the terminal (`top`): told
+        # once it ends, instead of lost in its screen.
+        self.screen_busy = False
+        self.held: list[str] = []
+        self._held_lock = threading.Lock()
         self.failures: list[int] = []
         self.interactive = sys.stdin.isatty()
 
@@ -180,13 +189,33 @@ class Shell:
         if name == "send" and self.interactive and not _wants_help(rest):
             return self._send(words, line)
         if name == "receive" and self.interactive:
-            # The progress line under the prompt shows it; the watcher stays quiet.
+            # It tells the transfer and shows its progress itself (the prompt
+            # and its toolbar are not shown meanwhile); the watcher stays quiet.
             self.watch_quiet.set()
             try:
-                return execute(self.group, [*self.global_args(), *words, "--no-progress"])
+                return execute(self.group, [*self.global_args(), *words])
             finally:
+                self.watch_resync.set()
                 self.watch_quiet.clear()
+        if name == "top" and self.interactive:
+            with self._held_lock:
+                self.screen_busy = True
+            try:
+                return execute(self.group, [*self.global_args(), *words])
+            finally:
+                with self._held_lock:
+                    self.screen_busy, held, self.held = False, self.held, []
+                for text in held:
+                    click.echo(text)
         return execute(self.group, [*self.global_args(), *words])
+
+    def say(self, text: str) -> None:
+        """A line from another thread: held while `top` has the screen."""
+        with self._held_lock:
+            if self.screen_busy:
+                self.held.append(text)
+                return
+        print(text, flush=True)
 
     def _error(self, text: str, code: int = errors.USAGE) -> int:
         click.echo(f"peercrypt: error: {text}", err=True)
@@ -320,7 +349,7 @@ class Shell:
             job.settled.set()
         if job.code != errors.OK:
             self.failures.append(job.code)
-        click.echo(f"[{job.number}] done, exit {job.code}: {job.line}")
+        self.say(f"[{job.number}] done, exit {job.code}: {job.line}")
 
     def _check(self, host: str, port: int) -> bool | None:
         """The pre-send health check: False (reachable), True (proceed anyway)
@@ -377,6 +406,9 @@ class Shell:
                 now = inbound(facts)
                 names = {name for name, _, _, _ in now.incoming}
                 quiet = self.watch_quiet.is_set()
+                if self.watch_resync.is_set():  # a `receive` told it: taken as seen
+                    self.watch_resync.clear()
+                    quiet = True
                 for name, size, _, ident in now.incoming:
                     if name not in seen_incoming and not quiet:
                         announce(f"incoming {name} ({readable(size)}; `cancel {ident}` stops it)")
@@ -463,7 +495,7 @@ class Shell:
             bottom_toolbar=self.toolbar,
             refresh_interval=WATCH_EVERY,
         )
-        watcher = threading.Thread(target=self.watch, args=(_announce,), daemon=True)
+        watcher = threading.Thread(target=self.watch, args=(self.say,), daemon=True)
         watcher.start()
         click.echo("type `help` for the commands, Ctrl-D to leave")
         try:
@@ -494,10 +526,6 @@ class Shell:
         if running:
             click.echo(f"{len(running)} background sends still running in the node", err=True)
         return errors.OK
-
-
-def _announce(text: str) -> None:
-    print(text, flush=True)
 
 
 def _wants_help(words: list[str]) -> bool:

@@ -12,6 +12,7 @@ message naming the text, so callers can pass it on as the user's one line.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 
@@ -54,36 +55,33 @@ def same_host_port(text: str, host: str, port: int) -> bool:
 
 
 def canonical_host(host: str) -> str:
-    """One spelling per host: lower case, no brackets, no trailing dot, an
-    IP address in its one form (``127.1``, ``0x7f.0.0.1`` and ``2130706433``
-    are ``127.0.0.1``, as the resolver dials them), loopback names as
+    """One spelling per host: lower case, no brackets, loopback names as
     ``127.0.0.1``."""
-    h = host.strip().strip("[]").lower().rstrip(".")
-    if h in ("localhost", "::1"):
-        return "127.0.0.1"
-    try:
-        return str(ipaddress.ip_address(h))
-    except ValueError:
-        pass
-    if h and all(c in "0123456789abcdefx." for c in h):  # the C resolver's IPv4 forms
-        import socket
-
-        try:
-            return socket.inet_ntoa(socket.inet_aton(h))
-        except OSError:
-            pass
-    return h
+    h = host.strip().strip("[]").lower()
+    return "127.0.0.1" if h in ("localhost", "::1") else h
 
 
 def endpoint_key(url: str) -> str:
-    """One text per endpoint however it is spelt (``tcp://HOST:PORT``, the
-    port's leading zeros, the host's forms: :func:`canonical_host`); the
-    text itself if it does not parse."""
+    """``HOST:PORT`` of ``tcp://HOST:PORT`` in one spelling that dials the
+    same endpoint (the port without leading zeros, an IP address in its one
+    form: ``127.1``, ``0x7f.0.0.1`` and ``2130706433`` are ``127.0.0.1``, as
+    the C resolver reads them; a name in lower case, as DNS does); the text
+    itself if it does not parse. Dial ``tcp://`` + the key, not the text it
+    came from: every spelling it folds dials alike."""
     try:
         host, port = split_host_port(url.removeprefix("tcp://"))
     except ValueError:
         return url
-    return join_host_port(canonical_host(host), port)
+    h = host.strip().lower()
+    try:
+        h = str(ipaddress.ip_address(h))
+    except ValueError:
+        if h and all(c in "0123456789abcdefx." for c in h) and not h.endswith("."):
+            import socket
+
+            with contextlib.suppress(OSError):
+                h = socket.inet_ntoa(socket.inet_aton(h))
+    return join_host_port(h, port)
 
 
 @functools.lru_cache(maxsize=1024)

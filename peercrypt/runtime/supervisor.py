@@ -117,8 +117,10 @@ class Supervisor:
         pipe.bind(address)
         try:
             actor = slot.factory(self.env)
-        except BaseException:  # (an open socket would hold the context's term for ever)
+        except BaseException as exc:  # (an open socket would hold the context's term for ever)
             pipe.close(linger=0)
+            if isinstance(exc, Exception):  # a start error, at start or at a restart
+                raise StartError(f"actor {slot.name}: {exc}", user_error=True) from exc
             raise
         thread = threading.Thread(
             target=actor.run, args=(address,), name=f"pc-{slot.name}", daemon=True
