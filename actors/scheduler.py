@@ -163,6 +163,11 @@ class SchedulerActor(Actor):
         overrides = {name: getattr(req, name) for name in _POLICY_FIELDS}
         code = ResultCode.LOCAL
         try:
+            if req.mode is None and self.defaults.mode == "token-bucket" and not req.rate:
+                raise PolicyError(
+                    "the node's default mode is token-bucket, which needs a rate: give "
+                    "-r BYTES_PER_SEC (or --mode normal)"
+                )
             policy = with_overrides(self.defaults, **overrides)
             if policy.mode == "multicast":  # the CLI sends these to the multicast sender
                 if req.mode is None:  # the node's default: the CLI sends it as a multicast
@@ -339,7 +344,7 @@ class SchedulerActor(Actor):
     def _apply(self, req: SettingRequest) -> str:
         name, value, now = req.name, req.value.strip(), self.now()
         if name == "mode":
-            self.defaults = with_overrides(self.defaults, mode=value)
+            self.defaults = with_overrides(self.defaults, as_defaults=True, mode=value)
             return f"default mode is now {value}"
         if name == "max-rate":
             rate = _rate_value(value, "max-rate")
@@ -370,7 +375,7 @@ class SchedulerActor(Actor):
             cap = readable(rate, rate=True) if rate else "unlimited"
             return f"rate of {len(targets)} transfer(s) is now {cap}"
         if name == "lanes":
-            self.defaults = with_overrides(self.defaults, lanes=int(value))
+            self.defaults = with_overrides(self.defaults, as_defaults=True, lanes=int(value))
             return f"default parallel lanes: {value}"
         if name == "congestion" or name.startswith("congestion."):
             # "congestion.KEY" = VALUE, or "congestion" = "KEY=VALUE KEY=VALUE ..."

@@ -477,7 +477,7 @@ def node_policy(eff: Effective) -> Policy:
     )
     try:
         check_paced_rate(eff["max_rate"], _named("max_rate", eff))
-        return policy.validated()
+        return policy.validated(defaults=True)  # its token-bucket: each send's -r
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
 

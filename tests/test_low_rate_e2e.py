@@ -179,3 +179,28 @@ def test_a_send_whose_share_of_the_cap_would_be_too_low_is_refused_up_front(
     ), line
     assert "use max-rate 548 or more" in line, line
     assert not (receiver.inbox / "second.bin").exists()
+
+
+def test_the_old_tools_token_bucket_example_delivers_with_the_default_timeout(
+    nodes: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """`send file.txt host port -b 1024 -r 512` (the old tool's README): a
+    4 KiB chunk takes 8 s at 512 B/s, more than half the default 10 s
+    timeout, and was refused; without --timeout the send's timeout is now
+    long enough for its smallest chunk (up to the receiver's idle limit).
+    A --timeout the user gives is kept (and the send refused as before)."""
+    sender, receiver = nodes
+    source = make_file(CHUNK + 1024, name="file.txt")
+    given = sender.cli(
+        "send", source, receiver.host, str(receiver.port), "-b", "1024", "-r", "512",
+        "--timeout", "10",
+    )  # fmt: skip
+    assert given.returncode == errors.USAGE, given.describe()
+    assert "-r 512 is too low" in given.stderr, given.describe()
+    done = sender.cli(
+        "send", source, receiver.host, str(receiver.port), "-b", "1024", "-r", "512", "--json"
+    )
+    assert done.returncode == 0, done.describe()
+    stored = receiver.inbox / done.json["stored_as"]
+    assert blake3_file(stored) == blake3_file(source)
+    stored.unlink()

@@ -419,7 +419,9 @@ def test_a_restart_whose_constructor_fails_leaves_the_supervisor_restarting_othe
         while len(made) < 2:
             assert time.monotonic() < deadline, "no restart was tried"
             sup.poll(0.05)
-        push.disconnect(env.address("fragile"))
+        push.close()
+        push = env.context.socket(zmq.PUSH)
+        push.linger = 0
         push.connect(env.address("recorder"))
         push.send(codec.encode(Ping(seq=666)))  # another crash: still restarted
         while sup.restarts["recorder"] < 1:

@@ -349,6 +349,13 @@ def test_list_and_show_print_what_was_recorded(recorded: Recorded) -> None:
         ("scheduler_reports", 1742.0, "1742"),
         ("rttvar_ratio", 0.25, "0.25"),
         ("priority", "high", "high"),
+        # Parameters are recorded as the sender gave them: text (found by use:
+        # `param rate 10485760` beside `stat rate 10.0 MiB/s`).
+        ("rate", "10485760", "10.0 MiB/s"),
+        ("burst", "0", "0 bytes"),
+        ("chunk_size", "1048576", "1.0 MiB (1048576 bytes)"),
+        ("delivered_before", "report 2.pdf", "report 2.pdf"),
+        ("delivered_before", "nan", "nan"),
     ],
 )
 def test_recorded_numbers_show_in_their_units(key: str, value: object, text: str) -> None:

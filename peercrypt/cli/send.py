@@ -5,11 +5,13 @@ as one transfer (peercrypt/core/tree.py)."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from click.core import ParameterSource
 
 from peercrypt.chunking import (
     DEFAULT_CHUNK,
@@ -35,6 +37,7 @@ from peercrypt.cli.follow import follow
 from peercrypt.cli.progress import progress_view, wanted
 from peercrypt.cli.send_report import report
 from peercrypt.core.fragments import parse_group
+from peercrypt.core.modes import PACED_CHUNK_SHARE, RECEIVER_IDLE
 from peercrypt.crypto.identity import normalise_fingerprint
 from peercrypt.wire.local_messages import SendRequest, SendResult
 
@@ -91,7 +94,10 @@ class SendCommand(click.Command):
     type=FiniteRange(MIN_TIMEOUT, MAX_TIMEOUT),
     default=DEFAULT_TIMEOUT,
     show_default=True,
-    help="Seconds to wait for the peer before giving up.",
+    help=(
+        "Seconds to wait for the peer before giving up; by default, with -r, long enough "
+        "for a chunk at that rate (up to 30 s)."
+    ),
 )
 @network_key_option
 @open_option
@@ -176,6 +182,8 @@ def send(
     if group and mode not in (None, "multicast"):
         raise UserError("--group is for multicast (-m, -dual, --to or --mode multicast)")
     overrides = modes.send_overrides(policy_options, mode)
+    if click.get_current_context().get_parameter_source("timeout") is ParameterSource.DEFAULT:
+        timeout = paced_timeout(timeout, overrides.get("rate"), files)
     check_resolvable(host, port)
     paths = [f.resolve() for f in files]
     path = paths[0]
@@ -225,6 +233,26 @@ def send(
         view = progress_view(paths, show)
         result = follow(client, request, path, SendResult, timeout, view=view)
     _report(result, path, host, port, as_json)
+
+
+def paced_timeout(timeout: float, rate: int | None, files: tuple[Path, ...]) -> float:
+    """The default ``--timeout``, longer where a rate of the send's own (``-r``)
+    needs it: a paced chunk must move within half of it (core/modes.py,
+    ``paced_chunk_seconds``), so the old tool's example ``-b 1024 -r 512``
+    (a 4 KiB chunk in 8 s) was refused with the default 10 s. Up to the
+    receiver's idle limit: a rate slower than that is refused as before,
+    naming the rate to use."""
+    if not rate or rate <= 0:
+        return timeout
+    try:
+        size = sum(f.stat().st_size for f in files if f.is_file())
+    except OSError:
+        return timeout
+    smallest = min(MIN_CHUNK, max(1, size))
+    needed = smallest / rate / PACED_CHUNK_SHARE * 1.05
+    if needed <= timeout or needed > RECEIVER_IDLE:
+        return timeout
+    return float(math.ceil(needed))
 
 
 def _multicast() -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 import sqlite3
@@ -66,6 +67,14 @@ def recorded_text(key: str, value: object) -> str:
     exact count, a ``rate`` per second (0: no limit), seconds (``*_seconds``,
     the RTT's) in ms below one, a ``*_share`` in percent, a whole count
     without a decimal point; anything else as recorded."""
+    if isinstance(value, str):  # a parameter as the sender recorded it: text
+        text = value
+        try:
+            value = int(text) if text.lstrip("-").isdigit() else float(text)
+        except ValueError:
+            return text
+        if not math.isfinite(value):
+            return text
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     if key.endswith("_bytes") or key in ("chunk_size", "burst"):

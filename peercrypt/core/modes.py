@@ -91,11 +91,13 @@ class Policy:
     priority: int = 1
     lanes: int = PARALLEL_LANES
 
-    def validated(self) -> Policy:
-        """Return self, or raise PolicyError naming the bad parameter."""
+    def validated(self, defaults: bool = False) -> Policy:
+        """Return self, or raise PolicyError naming the bad parameter.
+        ``defaults``: a node's default policy, whose token-bucket mode may
+        have no rate (each send in it gives its own: ``-r``)."""
         if self.mode not in ALL_MODES:
             raise PolicyError(f"unknown mode {self.mode!r}; choose one of {', '.join(ALL_MODES)}")
-        if self.mode == "token-bucket" and self.rate <= 0:
+        if self.mode == "token-bucket" and self.rate <= 0 and not defaults:
             raise PolicyError("token-bucket mode needs -r BYTES_PER_SEC > 0")
         if self.rate < 0 or self.burst < 0:
             raise PolicyError("rate and bucket size must be >= 0 bytes")
@@ -311,8 +313,9 @@ def parse_priority(text: str) -> int:
     raise PolicyError(f"invalid priority {text!r}: use normal, high, highest or 1-3")
 
 
-def with_overrides(defaults: Policy, **overrides: object) -> Policy:
-    """``defaults`` with the given non-None fields replaced, validated. AIMD
+def with_overrides(defaults: Policy, *, as_defaults: bool = False, **overrides: object) -> Policy:
+    """``defaults`` with the given non-None fields replaced, validated (as a
+    node's defaults with ``as_defaults``: :meth:`Policy.validated`). AIMD
     window bounds not given follow the ones given (:func:`derive_windows`)."""
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(given) - {f.name for f in dataclasses.fields(Policy)}
@@ -327,7 +330,7 @@ def with_overrides(defaults: Policy, **overrides: object) -> Policy:
             hi if isinstance(hi, int) else None,
             (defaults.window_kb, defaults.min_window_kb, defaults.max_window_kb),
         )
-    return dataclasses.replace(defaults, **given).validated()  # type: ignore[arg-type]
+    return dataclasses.replace(defaults, **given).validated(as_defaults)  # type: ignore[arg-type]
 
 
 def derive_windows(
@@ -412,7 +415,12 @@ def apply_congestion(policy: Policy, pairs: list[tuple[str, ...]]) -> Policy:
         (policy.window_kb, policy.min_window_kb, policy.max_window_kb),
     )
     return with_overrides(
-        policy, window_kb=window, min_window_kb=low, max_window_kb=high, **changes
+        policy,
+        as_defaults=True,
+        window_kb=window,
+        min_window_kb=low,
+        max_window_kb=high,
+        **changes,
     )
 
 
