@@ -130,6 +130,7 @@ class Probe:
     asked: float = 0.0
     asked_generation: int = 0
     unproven_since: float = 0.0  # asked first on the current connection
+    closed_at: float = 0.0  # when it was closed as a duplicate (reopened later)
 
 
 @dataclass
@@ -286,6 +287,9 @@ class HealthActor(Actor):
             self._drop_link(m)
             m.url, m.proven = msg.url, False
             revived = True
+            probe = self.probes.get(endpoint_key(m.url))
+            if probe is not None and probe.link is None:  # (its own, not a duplicate's)
+                probe.closed_at = float("-inf")
         if revived:
             # A new incarnation (refuted or restarted): probe it now, not at backoff.
             m.retry, m.next_retry = None, 0.0
@@ -310,7 +314,7 @@ class HealthActor(Actor):
             url = f"tcp://{key}"
             link = Link(self, self.settings, url, functools.partial(self._on_reply, key))
             probe = self.probes[key] = Probe(link)
-            self.facts["probe_connections"] = str(len(self.probes))
+            self._count_probes()
         probe.members.add(m.node_id)
         m.link = probe.link
         return probe
@@ -333,7 +337,26 @@ class HealthActor(Actor):
         if probe is None:
             return
         self._close(probe)
-        self.facts["probe_connections"] = str(len(self.probes))
+        self._count_probes()
+
+    def _reopen(self, probe: Probe, key: str) -> None:
+        """A duplicate's connection opened again (after DEAD_RETRY_MAX
+        intervals, or for a member that came to its address): proven anew,
+        it stays if it names another identity than the open ones."""
+        probe.link = Link(
+            self, self.settings, f"tcp://{key}", functools.partial(self._on_reply, key)
+        )
+        probe.current, probe.generation, probe.challenge = None, -1, None
+        for node_id in probe.members:
+            if (m := self.members.get(node_id)) is not None:
+                m.link = probe.link
+        self.count("probes-reopened")
+        self._count_probes()
+
+    def _count_probes(self) -> None:
+        self.facts["probe_connections"] = str(
+            sum(1 for p in self.probes.values() if p.link is not None)
+        )
 
     def _close(self, probe: Probe) -> None:
         """Close ``probe``'s connection (its members have none meanwhile)."""
@@ -347,6 +370,7 @@ class HealthActor(Actor):
             self._abandon(probe.link)
             probe.link.close()
             probe.link = None
+        probe.closed_at = self.now()
 
     def _on_transfer(self, msg: TransferOutcome) -> None:
         for m in self.members.values():
@@ -387,6 +411,8 @@ class HealthActor(Actor):
 
     def _probe(self, m: Member, now: float) -> None:
         probe = self._attach(m)
+        if probe.link is None and now - probe.closed_at >= self.interval * DEAD_RETRY_MAX:
+            self._reopen(probe, endpoint_key(m.url))  # who answers there may have changed
         if probe.link is None:
             # Another address's connection proved the identity this one
             # does (two spellings of one node: a host name and an address,
@@ -487,6 +513,8 @@ class HealthActor(Actor):
         for other in self.probes.values():
             if other is probe or other.link is None or other.current != probe.current:
                 continue
+            if other.generation != other.link.generation():
+                continue  # its proof is of a connection that is gone
 
             def holds(p: Probe) -> bool:
                 return any(
@@ -496,9 +524,7 @@ class HealthActor(Actor):
 
             self._close(other if holds(probe) and not holds(other) else probe)
             self.count("probe-duplicates-closed")
-            self.facts["probe_connections"] = str(
-                sum(1 for p in self.probes.values() if p.link is not None)
-            )
+            self._count_probes()
             return
 
     def _on_pong(self, m: Member, probe: Probe, msg: Pong) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +20,14 @@ import pytest
 
 from peercrypt import errors
 from peercrypt.crypto.identity import load_or_create_identity, new_network_key
-from peercrypt.testing.nodes import CliResult, NodeProcess, blake3_file, run_cli, start_cli
+from peercrypt.testing.nodes import (
+    CliResult,
+    NodeProcess,
+    blake3_file,
+    cli_env,
+    run_cli,
+    start_cli,
+)
 
 NODE_CMD_TIMEOUT = 20.0  # a `node` command that should fail but runs is killed after this
 
@@ -491,3 +500,68 @@ def test_a_request_the_node_cannot_read_says_the_versions_differ() -> None:
     )
     busy = refusal(ErrorReply(code="busy", reason="too many requests in progress"))
     assert busy == "the local node refused: too many requests in progress"
+
+
+def _cli(
+    args: list[str], data_dir: Path, ignore_hup: bool = False, stdin: int | None = None
+) -> subprocess.Popen[str]:
+    """``peercrypt ARGS`` as :func:`start_cli` starts it, SIGHUP ignored
+    (as `nohup` starts a command) if asked, stdin a pipe if asked."""
+
+    def preexec() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if ignore_hup:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "peercrypt", "--data-dir", str(data_dir), *args],
+        stdin=subprocess.DEVNULL if stdin is None else stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(None),
+        preexec_fn=preexec,
+    )
+
+
+def test_a_send_under_nohup_goes_on_when_its_terminal_closes(
+    node_factory: Callable[..., NodeProcess], source: Path, blackhole: int
+) -> None:
+    """SIGHUP ignored by whoever started `send` (`nohup`) stays ignored: the
+    send goes on (the cancel on SIGHUP is for a command the terminal ends)."""
+    sender = node_factory()
+    args = ["send", str(source), "127.0.0.1", str(blackhole), "--timeout", "30"]
+    cli = _cli(args, sender.data_dir, ignore_hup=True)
+    try:
+        sender.wait_for_counter("sender.hellos", 1)
+        cli.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            cli.wait(timeout=2.0)  # still following its send
+        cli.send_signal(signal.SIGINT)
+        stdout, stderr = cli.communicate(timeout=15)
+    finally:
+        cli.kill()
+    assert_error(CliResult(tuple(args), cli.returncode, stdout, stderr, 0.0), 130, "interrupted")
+
+
+def test_a_shell_whose_send_sigterm_cancelled_ends(
+    node_factory: Callable[..., NodeProcess], source: Path, blackhole: int
+) -> None:
+    """SIGTERM while a shell's foreground send runs: the send is cancelled
+    and the shell ends with 143 (it printed the line and went on with the
+    next one, the signal swallowed)."""
+    sender = node_factory()
+    script = f"send {source} 127.0.0.1 {blackhole} --timeout 30\nstatus\n"
+    cli = _cli(["shell"], sender.data_dir, stdin=subprocess.PIPE)
+    try:
+        assert cli.stdin is not None
+        cli.stdin.write(script)
+        cli.stdin.flush()  # (left open: communicate ends it)
+        sender.wait_for_counter("sender.hellos", 1)
+        cli.send_signal(signal.SIGTERM)
+        stdout, stderr = cli.communicate(timeout=15)
+    finally:
+        cli.kill()
+    assert cli.returncode == 143, (stdout, stderr)
+    assert "SIGTERM: the transfer was cancelled" in stderr, stderr
+    assert "node: running" not in stdout, stdout  # the next line did not run

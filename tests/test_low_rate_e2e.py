@@ -204,3 +204,13 @@ def test_the_old_tools_token_bucket_example_delivers_with_the_default_timeout(
     stored = receiver.inbox / done.json["stored_as"]
     assert blake3_file(stored) == blake3_file(source)
     stored.unlink()
+    # A folder the same (its size is its walk's: counted as a chunk at least).
+    folder = source.parent / "notes"
+    folder.mkdir()
+    (folder / "file.txt").write_bytes(source.read_bytes())
+    tree = sender.cli(
+        "send", folder, receiver.host, str(receiver.port), "-b", "1024", "-r", "512", "--json"
+    )
+    assert tree.returncode == 0, tree.describe()
+    copy = receiver.inbox / tree.json["stored_as"] / "file.txt"
+    assert blake3_file(copy) == blake3_file(source)

@@ -356,6 +356,8 @@ def test_list_and_show_print_what_was_recorded(recorded: Recorded) -> None:
         ("chunk_size", "1048576", "1.0 MiB (1048576 bytes)"),
         ("delivered_before", "report 2.pdf", "report 2.pdf"),
         ("delivered_before", "nan", "nan"),
+        ("delivered_before", "007", "007"),  # a name that looks like a number stays
+        ("delivered_before", "1e3", "1e3"),
     ],
 )
 def test_recorded_numbers_show_in_their_units(key: str, value: object, text: str) -> None:

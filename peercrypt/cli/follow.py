@@ -68,12 +68,14 @@ def follow(
     """
     try:  # from here on (the request is already sent), Ctrl-C cancels it
         with ending_signals_cancel():
-            return _await_result(client, request, view, result_type, timeout + 30.0, on_other)
-    except KeyboardInterrupt as exc:
-        client.send(CancelRequest(request=request))
-        with contextlib.suppress(NodeUnavailable, Stop):
-            _await_result(client, request, view, result_type, 5.0, on_other)
-        raise Stop(*ended_text(exc)) from None  # the terminal closed, a `kill`: as Ctrl-C
+            try:
+                return _await_result(client, request, view, result_type, timeout + 30.0, on_other)
+            except KeyboardInterrupt as exc:
+                client.send(CancelRequest(request=request))
+                with contextlib.suppress(NodeUnavailable, Stop, KeyboardInterrupt):
+                    _await_result(client, request, view, result_type, 5.0, on_other)
+                # the terminal closed, a `kill`: as Ctrl-C
+                raise Stop(*ended_text(exc)) from None
     except AnotherRelease as exc:  # this command cannot follow it: nor would the next
         client.send(CancelRequest(request=request))
         raise Stop(f"{exc} (the transfer was cancelled)", errors.FAILED) from None
@@ -103,7 +105,13 @@ def ending_signals_cancel() -> Iterator[None]:
     def end(signum: int, _frame: object) -> None:
         raise Ended(signum)
 
-    previous = {sig: signal.signal(sig, end) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # Only where the signal would end the command: one ignored (`nohup`)
+    # or handled by whoever started it stays so.
+    previous = {
+        sig: signal.signal(sig, end)
+        for sig in (signal.SIGTERM, signal.SIGHUP)
+        if signal.getsignal(sig) is signal.SIG_DFL
+    }
     try:
         yield
     finally:

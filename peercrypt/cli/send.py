@@ -244,15 +244,15 @@ def paced_timeout(timeout: float, rate: int | None, files: tuple[Path, ...]) -> 
     naming the rate to use."""
     if not rate or rate <= 0:
         return timeout
-    try:
-        size = sum(f.stat().st_size for f in files if f.is_file())
+    try:  # (a folder: a chunk at least, its files' sizes are the walk's)
+        size = sum(f.stat().st_size if f.is_file() else MIN_CHUNK for f in files)
     except OSError:
         return timeout
     smallest = min(MIN_CHUNK, max(1, size))
-    needed = smallest / rate / PACED_CHUNK_SHARE * 1.05
-    if needed <= timeout or needed > RECEIVER_IDLE:
+    moves = smallest / rate  # seconds for the smallest chunk at that rate
+    if moves <= timeout * PACED_CHUNK_SHARE or moves > RECEIVER_IDLE * PACED_CHUNK_SHARE:
         return timeout
-    return float(math.ceil(needed))
+    return min(RECEIVER_IDLE, max(timeout, float(math.ceil(moves / PACED_CHUNK_SHARE * 1.05))))
 
 
 def _multicast() -> Any:

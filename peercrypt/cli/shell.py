@@ -480,6 +480,8 @@ class Shell:
                 break
             if code != errors.OK:
                 self.failures.append(code)
+            if code in ENDED:  # a SIGTERM or SIGHUP cancelled the line's send: the end
+                break
         return self.failures[0] if self.failures else errors.OK
 
     def _run_prompt(self) -> int:
@@ -498,6 +500,7 @@ class Shell:
         watcher = threading.Thread(target=self.watch, args=(self.say,), daemon=True)
         watcher.start()
         click.echo("type `help` for the commands, Ctrl-D to leave")
+        ended = errors.OK
         try:
             while True:
                 try:
@@ -519,13 +522,21 @@ class Shell:
                     click.echo("", err=True)
                 if code is None:
                     break
+                if code in ENDED:  # a SIGTERM or SIGHUP cancelled the line's send: the end
+                    ended = code
+                    break
         finally:
             self.stop.set()
             watcher.join(timeout=5.0)
         running = [j for j in self.jobs if j.running]
         if running:
             click.echo(f"{len(running)} background sends still running in the node", err=True)
-        return errors.OK
+        return ended
+
+
+# What a followed send exits with when SIGTERM or SIGHUP cancelled it
+# (peercrypt/cli/follow.py): the shell ends too, as the signal asked.
+ENDED = frozenset({128 + signal.SIGTERM, 128 + signal.SIGHUP})
 
 
 def _wants_help(words: list[str]) -> bool:

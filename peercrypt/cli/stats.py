@@ -73,8 +73,8 @@ def recorded_text(key: str, value: object) -> str:
             value = int(text) if text.lstrip("-").isdigit() else float(text)
         except ValueError:
             return text
-        if not math.isfinite(value):
-            return text
+        if not math.isfinite(value) or str(value) != text:
+            return text  # (a name that looks like a number: "007", "1e3")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     if key.endswith("_bytes") or key in ("chunk_size", "burst"):
