@@ -22,8 +22,9 @@ limit and that has reported nothing for ``stale_after`` seconds is taken to
 have taken them all. An actor that restarts starts from 0 on both sides
 (:meth:`MailCredit.restarted`), and so does every actor's report when the
 gateway restarts. Each message counts its payload, routing id and
-:data:`INBOUND_OVERHEAD` (:func:`inbound_cost`). An attached actor's proxy and the actor
-itself both report under its name: the larger total counts.
+:data:`INBOUND_OVERHEAD` (:func:`inbound_cost`). An attached actor's proxy
+reports for it (its own process does not: ``ActorEnv.reports_inbound``);
+should two reports under one name differ, the larger total counts.
 """
 
 from __future__ import annotations
