@@ -28,3 +28,18 @@ def test_a_fifo_or_device_is_refused_at_once_and_the_next_send_goes(
         assert "is not a regular file" in result.json.get("error", ""), result.json
     path = random_file(tmp_path / "after.bin", 256 * 1024)
     assert_sent(receiver, sender.send_to(path, receiver), path)
+
+
+def test_a_file_name_with_escapes_is_shown_escaped_in_the_result_line(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    """The sent line names the local file: a name holding a terminal's escape
+    sequence (one that sets the window's title) is shown escaped, not played
+    (found by use)."""
+    receiver, sender = node_factory(), node_factory()
+    name = "evil\x1b]0;pwn\x07name.txt"
+    path = random_file(tmp_path / name, 4096)
+    done = sender.cli("send", path, receiver.host, str(receiver.port))
+    assert done.returncode == 0, done.describe()
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout, repr(done.stdout)
+    assert "sent evil\\x1b]0;pwn\\x07name.txt (4096 bytes)" in done.stdout, done.stdout

@@ -41,6 +41,7 @@ from peercrypt.wire.multicast_messages import (
     McSendResult,
     McTargetResult,
 )
+from peercrypt.wire.text import printable
 
 
 def parse_target(text: str) -> str:
@@ -185,7 +186,8 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
             had = f"; {held} of them had it" if held else ""
             how = f"{readable(rate * 2**20, rate=True)} each{had}"
         click.echo(
-            f"sent {path.name} ({f'{files} files, ' if files else ''}{result.size} bytes) "
+            f"sent {printable(path.name)} ({f'{files} files, ' if files else ''}"
+            f"{result.size} bytes) "
             f"to {count} receivers by multicast in {result.seconds:.2f} s ({how}), "
             f"blake3 {result.digest.hex()} verified by all"
         )

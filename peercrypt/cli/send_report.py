@@ -15,6 +15,7 @@ from peercrypt.cli.echo import echo
 from peercrypt.errors import ResultCode
 from peercrypt.sizes import readable
 from peercrypt.wire.local_messages import SendResult
+from peercrypt.wire.text import printable
 
 
 def tree_counts(stats: dict[str, float], as_json: bool) -> tuple[int, int]:
@@ -79,10 +80,11 @@ def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) 
             )
         )
     elif ok:
+        name = printable(path.name)  # the user's own, but a name may hold escapes
         what = (
-            f"{path.name} ({files} files, {result.size} bytes)"
+            f"{name} ({files} files, {result.size} bytes)"
             if files
-            else (f"{path.name} ({result.size} bytes)")
+            else (f"{name} ({result.size} bytes)")
         )
         echo(
             f"sent {what} to {host}:{port} as {result.stored_as} "
