@@ -417,9 +417,7 @@ class HealthActor(Actor):
             # Another address's connection proved the identity this one
             # does (two spellings of one node: a host name and an address,
             # a loopback alias): closed, its members fail unpinged.
-            self.count("probes-duplicate")
-            m.score.record_ping(False)
-            self._transition(self.detector.on_probe_failed(m.node_id, now))
+            self._fail_unpinged(m, now, "probes-duplicate")
             return
         assert m.link is not None
         self._prove(probe, now)
@@ -427,9 +425,7 @@ class HealthActor(Actor):
             # Someone else answers there: no ping (only the member the proof
             # names gets one, so members at one address cost the target one
             # ping a round, however many records name it); a failed probe.
-            self.count("probes-elsewhere")
-            m.score.record_ping(False)
-            self._transition(self.detector.on_probe_failed(m.node_id, now))
+            self._fail_unpinged(m, now, "probes-elsewhere")
             return
         seq = next(self.seq)
         while len(m.pending) >= MAX_PENDING_PROBES:
@@ -441,6 +437,13 @@ class HealthActor(Actor):
         self.count("pings")
         timeout = self.detector.probe_timeout(m.node_id)
         self.call_later(timeout, functools.partial(self._probe_timeout, m.node_id, seq))
+
+    def _fail_unpinged(self, m: Member, now: float, why: str) -> None:
+        """A probe of ``m`` failed without a ping (its address answers as
+        someone else, or is another's connection)."""
+        self.count(why)
+        m.score.record_ping(False)
+        self._transition(self.detector.on_probe_failed(m.node_id, now))
 
     def _prove(self, probe: Probe, now: float) -> None:
         """Ask who answers on ``probe``'s connection, if no proof holds for
