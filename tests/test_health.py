@@ -4,6 +4,7 @@ reliability from transfers, with real node processes."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,18 @@ def test_health_check_command(
     assert down.returncode == errors.UNREACHABLE, down.describe()
     assert f"cannot connect to 127.0.0.1:{free_port}" in error_line(down)
     assert down.seconds < 15
+    # A listener that takes the connection and never answers is as
+    # unreachable a node: exit 3 (it was 1, a failed transfer's), one line.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        hung_port = str(silent.getsockname()[1])
+        hung = a.cli("health-check", "127.0.0.1", hung_port, timeout=30)
+        hung_json = a.cli("health-check", "127.0.0.1", hung_port, "--json", timeout=30)
+    assert hung.returncode == errors.UNREACHABLE, hung.describe()
+    assert "accepted the connection but did not complete the handshake" in error_line(hung)
+    assert hung_json.returncode == errors.UNREACHABLE, hung_json.describe()
+    assert hung_json.json["code"] == "timeout", hung_json.describe()
     # Without a running node a temporary one checks; a wrong key is exit 4.
     wrong = run_cli(
         "health-check", "127.0.0.1", str(b.port), "--network-key", new_network_key(),

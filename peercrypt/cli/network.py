@@ -134,6 +134,13 @@ def _exit(code: str) -> int:
     return errors.FAILED if code == ResultCode.LOCAL else errors.exit_code(code)
 
 
+def _check_exit(code: str) -> int:
+    """A check's exit status: a peer that took the connection but never
+    answered as a node (a silent listener, a node hung) is as unreachable as
+    one that refused it (3), not a failed transfer (1)."""
+    return errors.UNREACHABLE if code == ResultCode.TIMEOUT else _exit(code)
+
+
 def _report_check(
     result: CheckResult, host: str, port: int, verb: str, as_json: bool = False
 ) -> None:
@@ -154,10 +161,12 @@ def _report_check(
             )
         )
         if not ok:
-            sys.exit(_exit(result.code))
+            sys.exit(_check_exit(result.code))
         return
     if result.code != ResultCode.OK:
-        raise UserError(result.reason or f"{host}:{port} is not reachable", _exit(result.code))
+        raise UserError(
+            result.reason or f"{host}:{port} is not reachable", _check_exit(result.code)
+        )
     tries = f" (after {result.attempts} attempts)" if result.attempts > 1 else ""
     # The version its proof signs (a peer's text: escaped).
     version = f" (peercrypt {printable(result.version)})" if result.version else ""
