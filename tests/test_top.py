@@ -89,7 +89,7 @@ def test_top_shows_changes_and_cancels_a_running_transfer(
 
             def sending() -> str | None:
                 rows = json.loads(sender.cli("transfers", "--json").stdout)
-                return next((r["id"] for r in rows if r["state"] == "sending"), None)
+                return next((str(r["id"]) for r in rows if r["state"] == "sending"), None)
 
             ident = wait_until(sending, 15.0, "the send to start")
             listed = sender.cli("transfers")
@@ -151,6 +151,22 @@ def test_top_without_a_node_is_one_line(tmp_path: Path) -> None:
     ]
 
 
+def test_top_into_a_pipe_prints_one_view_and_exits(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """Not on a terminal (a pipe, a file) top prints one view, plain text,
+    and exits 0; it used to wait for keys for ever and print nothing."""
+    node = node_factory()
+    result = node.cli("top", "--interval", "0.2", timeout=30)
+    assert result.returncode == 0, result.describe()
+    lines = [line.rstrip() for line in result.stdout.splitlines()]
+    assert lines[0].startswith("PeerCrypt top  node ") and node.fingerprint[:19] in lines[0], lines
+    assert "Sends" in lines and "Peers" in lines, lines
+    assert "\x1b" not in result.stdout, result.stdout  # no terminal's escape sequences
+    assert "q quit" not in result.stdout, result.stdout  # no keys to tell
+    assert result.stderr == "", result.describe()
+
+
 def test_cancel_stops_a_running_send_by_its_id(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
@@ -162,7 +178,7 @@ def test_cancel_stops_a_running_send_by_its_id(
 
             def sending() -> str | None:
                 rows = json.loads(sender.cli("transfers", "--json").stdout)
-                return next((r["id"] for r in rows if r["state"] == "sending"), None)
+                return next((str(r["id"]) for r in rows if r["state"] == "sending"), None)
 
             ident = wait_until(sending, 15.0, "the send to start")
             unknown = sender.cli("cancel", str(int(ident) + 1000))

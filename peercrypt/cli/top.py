@@ -263,7 +263,7 @@ def peer_rows(view: View) -> list[dict[str, str]]:
     return rows
 
 
-def render(view: View, width: int) -> Group:
+def render(view: View, width: int, keys: bool = True) -> Group:
     facts = view.facts
     who = Text.assemble(
         ("PeerCrypt top", "bold"),
@@ -319,11 +319,13 @@ def render(view: View, width: int) -> Group:
         peers.add_row(*(Text(row[n], style=colour) if n == "STATE" else row[n] for n in shown))
     if not listed:
         peers.add_row(Text("no peers known", style="dim"))
-    keys = "up/down select   +/- double/halve rate   c cancel   q quit"
+    line = "up/down select   +/- double/halve rate   c cancel   q quit"
     if view.confirm_cancel:
-        keys = f"cancel transfer {view.selected_id()}? y/n"
-    footer = Text.assemble((keys, "bold"), "   ", view.message[: max(0, width - len(keys) - 3)])
+        line = f"cancel transfer {view.selected_id()}? y/n"
     shown_in: list[Table | Text] = [receiving, Text("")] if view.incoming else []
+    if not keys:  # printed once, not live: no keys to tell
+        return Group(head, Text(""), transfers, Text(""), *shown_in, peers)
+    footer = Text.assemble((line, "bold"), "   ", view.message[: max(0, width - len(line) - 3)])
     return Group(head, Text(""), transfers, Text(""), *shown_in, peers, Text(""), footer)
 
 
@@ -444,7 +446,10 @@ def _act(view: View, link: NodeLink, key: str) -> bool:
 )
 @click.pass_obj
 def top(obj: dict[str, Any], interval: float) -> None:
-    """A live view of the node: sends, peers, the scheduler's shares and caps."""
+    """A live view of the node: sends, peers, the scheduler's shares and caps.
+
+    Into a pipe or a file (not a terminal) it prints one view, its rates
+    over one interval, and exits."""
     data_dir: Path = obj["data_dir"]
     try:
         link = NodeLink(data_dir)
@@ -454,6 +459,16 @@ def top(obj: dict[str, Any], interval: float) -> None:
     view = View()
     view.update(time.monotonic(), *first)
     console = Console()
+    if not console.is_terminal:
+        try:
+            time.sleep(interval)  # the rates: what changed over one interval
+            view.update(time.monotonic(), *link.snapshot())
+        except NodeUnavailable as exc:
+            raise UserError(f"{exc}; top stopped", errors.FAILED) from None
+        finally:
+            link.close()
+        console.print(render(view, console.width, keys=False))
+        return
     try:
         with (
             _keys_unbuffered() as fd,
