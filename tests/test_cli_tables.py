@@ -4,6 +4,7 @@ down to a minimum, then the least needed columns are left out; in a pipe
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from hypothesis import given
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from peercrypt.cli.app import main
 from peercrypt.cli.common import table
-from peercrypt.cli.modes import transfers_table
+from peercrypt.cli.modes import json_row, transfers_table
 from peercrypt.cli.shell import Shell
 
 HEADERS = ["id", "started", "mode", "peer", "file", "rate"]
@@ -104,3 +105,25 @@ def test_transfers_fit_any_width_with_or_without_the_retry_column(width: int, re
     if not retry:
         assert "RETRY" not in lines[0]
     assert "FILE" in lines[0] and "BYTES" in lines[0]
+
+
+def test_transfers_json_gives_numbers_and_null_for_what_is_not_one() -> None:
+    """`transfers --json`: counts as integers and seconds as numbers (the
+    node's rows carry text); a count not known (a walk's ``?``) or not one
+    (a superscript digit, a negative, another build's text) and seconds that
+    are not finite are null; text fields stay as given."""
+    rows = [
+        {"id": "1", "state": "walking", "bytes": "2048", "size": "?", "seconds": "1.5",
+         "file": "/a/walked"},
+        {"id": "2", "state": "retrying", "bytes": "²", "size": "-5", "attempt": "3",
+         "next_in": "0.7", "error": "connection refused"},
+        {"id": "x", "seconds": "nan", "next_in": "-1", "bytes": "12"},
+    ]  # fmt: skip
+    assert [json_row(r) for r in rows] == [
+        {"id": 1, "state": "walking", "bytes": 2048, "size": None, "seconds": 1.5,
+         "file": "/a/walked"},
+        {"id": 2, "state": "retrying", "bytes": None, "size": None, "attempt": 3,
+         "next_in": 0.7, "error": "connection refused"},
+        {"id": None, "seconds": None, "next_in": None, "bytes": 12},
+    ]  # fmt: skip
+    assert json.loads(json.dumps([json_row(r) for r in rows]))[1]["attempt"] == 3

@@ -246,8 +246,8 @@ def test_listings_print_tables_and_json(trio: list[NodeProcess], tmp_path: Path)
         assert line.split()[1:3] == ["sending", "token-bucket"] and line.endswith(str(source))
         rows = json.loads(sender.cli("transfers", "--json").stdout)
         assert [(r["id"], r["file"], r["size"]) for r in rows] == [
-            (line.split()[0], str(source), str(64 * MiB))
-        ]
+            (int(line.split()[0]), str(source), 64 * MiB)
+        ]  # counts as JSON numbers
         assert sender.cli("cancel", line.split()[0]).returncode == 0
         out, _ = cli.communicate(timeout=60)
     finally:

@@ -5,6 +5,7 @@ live commands ``set-mode``, ``rate``, ``max-rate``, ``congestion`` and
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -387,13 +388,36 @@ def transfers(obj: dict[str, Any], as_json: bool) -> None:
             err=True,
         )
     if as_json:
-        click.echo(json.dumps(reply.transfers))
+        click.echo(json.dumps([json_row(row) for row in reply.transfers]))
         return
     if not reply.transfers:
         click.echo("no transfers running")
         return
     click.echo(transfers_table(reply.transfers, terminal_width()))
     sys.stdout.flush()
+
+
+_COUNTS = ("id", "bytes", "size", "attempt")
+_SECONDS = ("seconds", "next_in")
+
+
+def json_row(row: dict[str, str]) -> dict[str, object]:
+    """A `transfers` row for `--json`: counts as integers and seconds as
+    numbers (the node's rows carry text); one that is not known yet (a
+    walk's size ``?``) or not a number (another build's row) is null."""
+    shown: dict[str, object] = dict(row)
+    for key in _COUNTS:
+        if key in row:
+            text = row[key]
+            shown[key] = int(text) if text.isascii() and text.isdigit() else None
+    for key in _SECONDS:
+        if key in row:
+            try:
+                value = float(row[key])
+            except ValueError:
+                value = math.nan
+            shown[key] = value if math.isfinite(value) and value >= 0 else None
+    return shown
 
 
 def transfers_table(transfers: list[dict[str, str]], width: int | None = None) -> str:
