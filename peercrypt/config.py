@@ -21,6 +21,7 @@ accepted; nothing starts. Pure apart from reading the two files.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -137,6 +138,8 @@ class Setting:
                 )
             except ValueError:
                 raise ConfigError(f"expected {self.accepted()}") from None
+            if number in (math.inf, -math.inf):  # a range without a high bound took it
+                raise ConfigError(f"expected {self.accepted()} (not infinite)")
             if number != number or (self.low is not None and number < self.low):
                 raise ConfigError(f"expected {self.accepted()}")
             if self.high is not None and number > self.high:

@@ -7,6 +7,7 @@ Pure tests of :mod:`peercrypt.config`, then the real CLI (``config show``,
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,23 @@ def test_an_invalid_variable_names_itself_its_value_and_the_range(
         _resolve(dotenv={setting.env: value})
     with pytest.raises(config.ConfigError, match=rf"pc\.toml: {setting.name}="):
         _resolve(file={setting.name: value})
+
+
+FLOATS = [s for s in config.SETTINGS if s.kind == "float"]
+
+
+@pytest.mark.parametrize("setting", FLOATS, ids=[s.env for s in FLOATS])
+def test_a_number_setting_refuses_what_is_not_finite(setting: config.Setting) -> None:
+    """``inf`` (and ``nan``) from a variable, a .env or a TOML float: refused
+    in one line as the flag refuses them, whether or not the range has a high
+    bound (``PEERCRYPT_PART_EXPIRY=inf`` was taken)."""
+    for text in ("inf", "-inf", "nan", "Infinity"):
+        with pytest.raises(config.ConfigError) as err:
+            _resolve(environ={setting.env: text})
+        assert str(err.value).startswith(f"{setting.env}={text!r}: expected "), err.value
+        assert setting.accepted() in str(err.value)
+    with pytest.raises(config.ConfigError, match=rf"pc\.toml: {setting.name}=inf: expected "):
+        _resolve(file={setting.name: math.inf})  # TOML's `inf`
 
 
 @pytest.mark.parametrize(
