@@ -1000,7 +1000,13 @@ class ReceiverActor(Actor):
                 held = Manifest(t.key, t.tid, t.part.name, t.flow.written.to_bytes(), time.time())
                 log.info("%s: offered again by its sender; the old transfer ends", t.name)
                 self.count("taken-over")
+                reason = "the same file was offered again from your node; the newer send goes on"
+                self.tell("stats", self._record(t, ResultCode.ABORTED, reason))
                 self._close(t, keep_part=True)
+                # A sender that restarted does not hear it; one that did not
+                # (the file sent twice at once, from a sender that cannot tell)
+                # ends this send now instead of waiting out its acks.
+                self._send_sealed(t, Failed(code=ResultCode.ABORTED, reason=reason))
                 return held
         return None
 

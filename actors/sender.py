@@ -94,7 +94,7 @@ from actors.sealed_buffers import SealedPool
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk
 from peercrypt import local_ipc, shm_ring
-from peercrypt.core.address import join_host_port
+from peercrypt.core.address import canonical_host, endpoint_key, join_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
@@ -578,6 +578,15 @@ class SenderActor(Actor):
                 os.close(fd)
                 return fail(ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}")
             size, mtime_ns = st.st_size, st.st_mtime_ns
+        twin = self._sending_already(req, source)
+        if twin is not None:
+            if fd >= 0:
+                os.close(fd)
+            return fail(
+                ResultCode.LOCAL,
+                f"already sending {req.path} to {join_host_port(req.host, req.port)} "
+                f"(transfer {twin}): wait for it, or `peercrypt cancel {twin}` first",
+            )
         try:  # a rate too low for even the smallest chunk: refused before the offer
             policy.check_pace(size, req.timeout)
         except PolicyError as exc:
@@ -645,6 +654,27 @@ class SenderActor(Actor):
         self._hello(t)
         if t.tid in self.transfers:
             self._drive(t)
+
+    def _sending_already(self, req: SendRequest, source: bytes) -> int | None:
+        """The id of a send of the same file (its source tag: the same
+        version, whatever the path's spelling) to the same address that is
+        running or between two attempts. A second one would not make a second
+        copy: the receiver takes it for the first's sender restarted and
+        ends the first (docs/resume.md), so it is refused here."""
+
+        def key(other: SendRequest) -> str:  # localhost, 127.1: one address
+            host = canonical_host(other.host)
+            return endpoint_key(f"tcp://{join_host_port(host, other.port)}")
+
+        target, name = key(req), os.path.basename(req.path)
+        for t in self.transfers.values():
+            if (t.details.source, t.details.name) == (source, name) and key(t.request) == target:
+                return t.request.request
+        path = os.path.realpath(req.path)
+        for request, w in self.retrying.items():
+            if key(w.request) == target and os.path.realpath(w.request.path) == path:
+                return request
+        return None
 
     def _reach(self, req: SendRequest) -> Reach:
         """The pre-send check's attempts, from now."""

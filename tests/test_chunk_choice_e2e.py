@@ -9,6 +9,7 @@ its BLAKE3 hash."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -180,9 +181,15 @@ def test_a_running_transfer_offered_again_continues_in_its_own_chunks(
     receiver would choose 2 MiB) is taken over: ended, and continued from
     what it wrote, in its own 1 MiB chunks. Its bitmap counts those: read as
     one of 4 MiB chunks it was the wrong length (the offer went unanswered)
-    or, for a small file, claimed chunks never written."""
+    or, for a small file, claimed chunks never written. The second offer
+    comes from another process with the sender's identity (its node
+    restarted; the node itself refuses a second send of a running file)."""
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
+    twin = node_factory(name="twin", start=False)
+    twin.data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(sender.data_dir / "identity.key", twin.data_dir / "identity.key")
+    twin.start()
     path = make_file(256 * MiB, name="again.bin")
     rate = ("-r", str(8 * MiB), "-b", str(MiB))
     first = _background(sender, path, receiver, "--chunk-size", str(MiB), *rate)
@@ -192,7 +199,7 @@ def test_a_running_transfer_offered_again_continues_in_its_own_chunks(
         )
         assert first.poll() is None, "the first send ended before its checkpoint"
         taken = receiver.counters().get("receiver.taken-over", 0)
-        stats = _send_json(sender, path, receiver)["stats"]
+        stats = _send_json(twin, path, receiver)["stats"]
     finally:
         _stop(first)
     assert receiver.wait_for_counter("receiver.taken-over", taken + 1) == taken + 1

@@ -1,0 +1,124 @@
+"""The same file sent twice at once to the same receiver, with real nodes.
+
+A receiver takes a new offer of a file that one of its transfers from the
+same (proven) sender is still receiving for that sender restarted: the old
+transfer ends and the new one continues from what it wrote
+(docs/resume.md). So a second send of a running file would not make a
+second copy: from one node it is refused at once, naming the first, which
+goes on. From two processes holding one identity (a sender restarted while
+its old process still runs, or one that reached the receiver under a name
+it cannot fold), the receiver tells the older send that it ended, and why;
+that send used to wait out its acks and fail as "stopped acknowledging"."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from peercrypt import errors
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    assert_sent,
+    blake3_file,
+    start_cli,
+    wait_until,
+)
+
+MiB = 1024 * 1024
+WAIT = 60.0
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _background(
+    sender: NodeProcess, path: Path, host: str, port: int, *extra: str
+) -> subprocess.Popen[str]:
+    return start_cli(
+        "send", str(path), host, str(port), "--json", *extra, data_dir=sender.data_dir
+    )  # fmt: skip
+
+
+def _running_id(sender: NodeProcess, acked: int = 0) -> int | None:
+    """The id of the send running with more than ``acked`` bytes acked."""
+    rows = json.loads(sender.cli("transfers", "--json").stdout or "[]")
+    return next((r["id"] for r in rows if r["state"] == "sending" and r["bytes"] > acked), None)
+
+
+def _ended(proc: subprocess.Popen[str]) -> tuple[int, dict]:
+    out, err = proc.communicate(timeout=WAIT)
+    lines = [x for x in out.splitlines() if x.strip()]
+    assert lines, f"no result (exit {proc.returncode}): {err}"
+    return proc.returncode, json.loads(lines[-1])
+
+
+def test_a_second_send_of_a_running_file_is_refused_naming_the_first(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(32 * MiB, name="twice.bin")
+    first = _background(sender, path, receiver.host, receiver.port, "-r", str(2 * MiB))
+    try:
+        ident = wait_until(lambda: _running_id(sender), WAIT, "the first send running")
+        # The same address under another spelling, and the same file under
+        # another path (a link): the same send.
+        link = path.parent / "link-to-twice.bin"
+        link.symlink_to(path)
+        for target, source in (("localhost", path), (receiver.host, link)):
+            second = sender.cli("send", str(source), target, str(receiver.port))
+            assert second.returncode == errors.USAGE, second.describe()
+            assert second.stderr_lines == [
+                f"peercrypt: error: already sending {path} to {target}:{receiver.port} "
+                f"(transfer {ident}): wait for it, or `peercrypt cancel {ident}` first"
+            ], second.describe()
+        assert sender.cli("rate", "0", "--transfer", str(ident)).returncode == 0
+        assert_sent(receiver, _ended(first), path)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate(timeout=WAIT)
+    assert receiver.counters().get("receiver.taken-over", 0) == 0
+    # Once the first ended, the same file is no longer refused: the
+    # receiver had it all.
+    code, again = sender.send_to(path, receiver, timeout=WAIT)
+    assert code == 0 and again["stored_as"] == "twice.bin", again
+
+
+def test_an_older_send_from_the_same_identity_is_told_it_ended(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    twin = node_factory(name="twin", start=False)  # the sender's identity, another process
+    twin.data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(sender.data_dir / "identity.key", twin.data_dir / "identity.key")
+    twin.start()
+    assert twin.fingerprint == sender.fingerprint
+    path = make_file(32 * MiB, name="restarted.bin")
+    # In 1 MiB chunks, which an offer naming no chunk size continues (a paced
+    # send's own would be cut smaller: a part the twin's offer does not take).
+    paced = ("--chunk-size", str(MiB), "-r", str(2 * MiB), "-b", str(MiB))
+    first = _background(sender, path, receiver.host, receiver.port, *paced)
+    try:
+        wait_until(lambda: _running_id(sender, 2 * MiB), WAIT, "the first send's chunks written")
+        taken = receiver.counters().get("receiver.taken-over", 0)
+        code, result = twin.send_to(path, receiver, timeout=WAIT)
+        assert_sent(receiver, (code, result), path)
+        assert result["stats"]["resumed_chunks"] > 0, result  # from what the first wrote
+        old_code, old = _ended(first)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate(timeout=WAIT)
+    assert receiver.counters().get("receiver.taken-over", 0) == taken + 1
+    assert old_code == 1, old
+    assert old["code"] == "aborted", old
+    assert "offered again from your node; the newer send goes on" in old["error"], old
+    stored = [p.name for p in receiver.inbox.iterdir() if not p.name.startswith(".")]
+    assert stored == ["restarted.bin"], stored
+    assert blake3_file(receiver.inbox / "restarted.bin") == blake3_file(path)
