@@ -330,7 +330,7 @@ class MulticastSenderActor(Actor):
                     if isinstance(msg, FlowGrant):
                         sess.flow.on_grant(msg.nbytes)
                     else:
-                        sess.flow.on_pacing(msg.paced)
+                        sess.flow.on_pacing(msg.paced, msg.rate)
                     self._drive(sess)
         elif isinstance(msg, TransfersRequest):  # control merges it with the sender's
             self.tell(
@@ -1209,6 +1209,7 @@ def _sample(sess: Session, t: Target, now: float) -> StatsSample:
         t=now - sess.flow.started,
         done_bytes=min(sess.size, (m.cumulative if m else 0) * sess.chunk_size),
         window=sess.flow.plan.window * sess.chunk_size,
+        rate=sess.flow.own_rate(0),  # a live `rate` of the session
     )
 
 

@@ -411,7 +411,7 @@ class SenderActor(Actor):
         elif isinstance(msg, FlowPacing):
             t = self._by_request(msg.request)
             if t is not None:
-                t.flow.on_pacing(msg.paced)
+                t.flow.on_pacing(msg.paced, msg.rate)
                 self._drive(t)
         elif isinstance(msg, TransfersRequest):
             self.tell(
@@ -1764,7 +1764,7 @@ class SenderActor(Actor):
             t=self.now() - flow.started,
             done_bytes=flow.acked_bytes,
             window=flow.share or 0,  # aimd: this flow's share of its peer's window
-            rate=flow.policy.rate if flow.policy.mode == "token-bucket" else 0,
+            rate=flow.own_rate(flow.policy.rate if flow.policy.mode == "token-bucket" else 0),
             rtt=(flow.window.rtt.srtt or 0.0) if flow.window is not None else 0.0,
             credit=flow.window.window if flow.window is not None else 0,
         )

@@ -178,6 +178,20 @@ def test_rate_of_a_running_transfer_changes_live(
     # fraction of a second after the CLI calls before it (up to 7 s at load 20).
     assert result["seconds"] < 16.0, result
 
+    # The history records the rate as it was changed: samples at 512 KiB/s,
+    # the end at 64 MiB/s (every sample kept the rate at the start).
+    def sent_record() -> dict[str, Any] | None:
+        listed = json.loads(sender.cli("stats", "list", "--json").stdout)
+        mine = (r for r in listed if r["side"] == "send" and r["file"] == str(source))
+        return next((r for r in mine if r["result"] == "ok"), None)
+
+    record = wait_until(sent_record, 20.0, "the sender's record of the send")
+    shown = sender.cli("stats", "show", str(record["id"]), "--json")
+    assert shown.returncode == 0, shown.describe()
+    rates = [s["rate"] for s in json.loads(shown.stdout)["samples"]]
+    assert rates[0] == 512 * KiB and rates[-1] == 64 * MiB, rates
+    assert json.loads(shown.stdout)["stats"]["rate"] == 64 * MiB, shown.stdout
+
 
 def test_node_max_rate_caps_outgoing(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]

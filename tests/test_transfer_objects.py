@@ -589,6 +589,26 @@ def test_paced_flow_sends_only_granted_bytes_and_asks_for_more() -> None:
     ]
 
 
+def test_a_live_rate_is_the_rate_a_flow_reports() -> None:
+    """The scheduler's word on the flow's own rate (a live `rate`) is what
+    its statistics say from then on; pacing news without one keeps it; an
+    unpaced flow given a rate reports it, and a rate of 0 none."""
+    t = outgoing(policy=Policy(mode="token-bucket", rate=10**6))
+    t.on_accept([], 8, 0.0)  # (statistics from the accept on)
+    assert t.own_rate(10**6) == 10**6 and t.stats()["rate"] == 10**6
+    t.on_pacing(True, 4 * 10**6)
+    assert t.stats()["rate"] == 4 * 10**6
+    t.on_pacing(True)  # the node's cap changed, not this flow's rate
+    assert t.stats()["rate"] == 4 * 10**6
+    t.on_pacing(False, 0)
+    assert "rate" not in t.stats()
+    plain = outgoing()
+    plain.on_accept([], 8, 0.0)
+    assert "rate" not in plain.stats()
+    plain.on_pacing(True, 2 * 10**6)
+    assert plain.stats()["rate"] == 2 * 10**6
+
+
 def test_a_receiver_acking_nothing_new_for_ever_fails_the_send_at_its_timeout() -> None:
     """A hostile receiver (or a disk frozen for good) acks every 0.1 s and
     never anything new: each ack restarts the retransmission timer (its

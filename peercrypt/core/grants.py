@@ -57,14 +57,19 @@ class Allowance:
     paced: bool = False
     nbytes: int = 0
     pending: bool = False
+    # The flow's own rate as the scheduler last changed it live (0: none);
+    # None: as the send started.
+    rate: int | None = None
 
     def on_grant(self, nbytes: int) -> None:
         self.nbytes += nbytes
         self.pending = False
 
-    def on_pacing(self, paced: bool) -> None:
+    def on_pacing(self, paced: bool, rate: int | None = None) -> None:
         self.paced = paced
         self.pending = False
+        if rate is not None:
+            self.rate = rate
 
     def spend(self, nbytes: int) -> None:
         self.nbytes -= nbytes
@@ -88,9 +93,15 @@ class GrantedFlow:
         """The scheduler granted ``nbytes`` more."""
         self.grants.on_grant(nbytes)
 
-    def on_pacing(self, paced: bool) -> None:
-        """The scheduler decided whether this flow waits for grants."""
-        self.grants.on_pacing(paced)
+    def on_pacing(self, paced: bool, rate: int | None = None) -> None:
+        """The scheduler decided whether this flow waits for grants, and
+        (``rate`` not None) changed the flow's own rate live."""
+        self.grants.on_pacing(paced, rate)
+
+    def own_rate(self, started: int) -> int:
+        """The flow's own rate now: the last one set live, else ``started``
+        (what the send started with; 0: none)."""
+        return started if self.grants.rate is None else self.grants.rate
 
     @property
     def paced(self) -> bool:

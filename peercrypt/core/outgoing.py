@@ -509,8 +509,9 @@ class OutgoingTransfer(GrantedFlow):
             stats["window_decreases"] = self.peer_decreases
             stats["congestion_timeouts"] = self.timeouts
             stats["dupack_retransmits"] = self.losses
-        if self.policy.mode == "token-bucket":
-            stats["rate"] = self.policy.rate
+        rate = self.own_rate(self.policy.rate if self.policy.mode == "token-bucket" else 0)
+        if rate:  # its own rate, live if the rate was changed
+            stats["rate"] = rate
         return stats
 
     def window_history(self) -> list[int]:
