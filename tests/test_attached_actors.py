@@ -669,7 +669,7 @@ def test_a_send_cancelled_while_it_is_placed_never_runs(
 
         def placing() -> dict[str, str] | None:
             rows = json.loads(node.cli("transfers", "--json").stdout or "[]")
-            held = {r["file"]: r["id"] for r in rows if r["state"] == "checking"}
+            held = {r["file"]: str(r["id"]) for r in rows if r["state"] == "checking"}
             return held if set(held) == set(sends) else None
 
         ids = wait_until(placing, 30, "both sends listed as checking", interval=0.2)

@@ -254,15 +254,15 @@ def test_a_running_multicast_is_listed_and_cancelled_by_its_id(
     ) as proc:  # fmt: skip
         try:
 
-            def sending() -> dict[str, str] | None:
+            def sending() -> dict[str, Any] | None:
                 rows = json.loads(sender.cli("transfers", "--json").stdout or "[]")
                 return next((r for r in rows if r["state"] == "sending"), None)
 
             row = wait_until(sending, 30, "the session listed as sending")
             assert (row["file"], row["mode"]) == (str(path), "multicast"), row
-            assert row["size"] == str(16 * MiB), row
+            assert row["size"] == 16 * MiB, row
             assert row["peer"] == f"{first.host}:{first.port}, {other.host}:{other.port}", row
-            done = sender.cli("cancel", row["id"])
+            done = sender.cli("cancel", str(row["id"]))
             assert done.returncode == 0, done.describe()
             out, err = proc.communicate(timeout=30)
         finally:

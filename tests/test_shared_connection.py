@@ -33,7 +33,7 @@ def test_transfers_to_one_peer_share_a_connection_and_a_cancel_spares_the_others
 
             def sending() -> str | None:
                 rows = json.loads(sender.cli("transfers", "--json").stdout)
-                return next((r["id"] for r in rows if r["state"] == "sending"), None)
+                return next((str(r["id"]) for r in rows if r["state"] == "sending"), None)
 
             ident = wait_until(sending, 15.0, "the first send to start")
             files = [make_file(4 * MiB + 5), make_file(3 * MiB + 1)]

@@ -340,7 +340,7 @@ def test_a_folder_being_hashed_is_listed_and_cancelled_by_its_id(
             shell = Shell(main, {"data_dir": sender.data_dir}, owns_node=False)
             shell.view.transfers = [later]
             assert shell.toolbar() == f"send huge {readable(int(later['bytes']))} (walking)"
-            done = sender.cli("cancel", row["id"])
+            done = sender.cli("cancel", str(row["id"]))
             assert done.returncode == 0, done.describe()
             out, err = cli.communicate(timeout=WAIT)
         finally:
