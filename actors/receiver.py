@@ -1000,13 +1000,14 @@ class ReceiverActor(Actor):
                 held = Manifest(t.key, t.tid, t.part.name, t.flow.written.to_bytes(), time.time())
                 log.info("%s: offered again by its sender; the old transfer ends", t.name)
                 self.count("taken-over")
-                reason = "the same file was offered again from your node; the newer send goes on"
-                self.tell("stats", self._record(t, ResultCode.ABORTED, reason))
+                ended = "its sender offered the same file again; a newer offer continues it"
+                self.tell("stats", self._record(t, ResultCode.ABORTED, ended))
                 self._close(t, keep_part=True)
                 # A sender that restarted does not hear it; one that did not
                 # (the file sent twice at once, from a sender that cannot tell)
                 # ends this send now instead of waiting out its acks.
-                self._send_sealed(t, Failed(code=ResultCode.ABORTED, reason=reason))
+                told = "your node offered this file again; the newer offer continues it"
+                self._send_sealed(t, Failed(code=ResultCode.ABORTED, reason=told))
                 return held
         return None
 

@@ -233,6 +233,8 @@ class Retrying:
     size: int
     done_bytes: int
     mode: str
+    source: bytes  # what it sends: its source tag and name (``_sending_already``)
+    name: str
 
 
 @dataclass
@@ -656,11 +658,13 @@ class SenderActor(Actor):
             self._drive(t)
 
     def _sending_already(self, req: SendRequest, source: bytes) -> int | None:
-        """The id of a send of the same file (its source tag: the same
-        version, whatever the path's spelling) to the same address that is
-        running or between two attempts. A second one would not make a second
-        copy: the receiver takes it for the first's sender restarted and
-        ends the first (docs/resume.md), so it is refused here."""
+        """The id of a send of the same file (its source tag and name: the
+        same version, whatever the path's spelling; a folder's or several
+        files' tag covers them all) to the same address that is running or
+        between two attempts. The receiver would take the second for the
+        first's sender restarted and end the first (docs/resume.md), or,
+        in chunks the first's part cannot continue, store a second copy:
+        refused here either way."""
 
         def key(other: SendRequest) -> str:  # localhost, 127.1: one address
             host = canonical_host(other.host)
@@ -670,9 +674,8 @@ class SenderActor(Actor):
         for t in self.transfers.values():
             if (t.details.source, t.details.name) == (source, name) and key(t.request) == target:
                 return t.request.request
-        path = os.path.realpath(req.path)
         for request, w in self.retrying.items():
-            if key(w.request) == target and os.path.realpath(w.request.path) == path:
+            if (w.source, w.name) == (source, name) and key(w.request) == target:
                 return request
         return None
 
@@ -1710,6 +1713,8 @@ class SenderActor(Actor):
             size=t.size,
             done_bytes=retry.done_bytes,
             mode=t.flow.policy.mode,
+            source=t.details.source,
+            name=t.details.name,
         )
         return None
 

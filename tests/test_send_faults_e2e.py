@@ -336,6 +336,13 @@ def test_transfers_lists_a_send_between_retries(
     with _receiver_killed_mid_send(sender, receiver, path, port, timeout=60) as (send, _):
         row = wait_until(retrying, 30, "the send listed between two attempts")
         shown = wait_until(retry_line, 30, "the table showing the send between two attempts")
+        # The same file sent again meanwhile is refused, naming the one retried.
+        again = sender.cli("send", str(path), "localhost", str(port))
+        assert again.returncode == errors.USAGE, again.describe()
+        assert again.stderr_lines == [
+            f"peercrypt: error: already sending {path} to localhost:{port} (transfer "
+            f"{row['id']}): wait for it, or `peercrypt cancel {row['id']}` first"
+        ], again.describe()
         assert send.proc.poll() is None  # still under way
     assert row["file"] == str(path) and row["peer"] == f"127.0.0.1:{port}", row
     assert isinstance(row["attempt"], int) and row["attempt"] >= 2, row
