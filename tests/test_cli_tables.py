@@ -88,6 +88,13 @@ def test_transfers_rows_of_any_text_are_shown_never_raised() -> None:
     shell.view.transfers = odd[:3]
     parts = ["send walked 2.0 KiB (walking)", "send odd - (sending)", "send - - (sending)"]
     assert shell.toolbar() == "  |  ".join(parts)
+    # More than three sends, or incoming transfers: how many more, not shown.
+    shell.view.transfers = odd[:3] * 2
+    assert shell.toolbar() == "  |  ".join([*parts, "+3 more (`top`)"])
+    shell.view.transfers = odd[:1]
+    shell.view.incoming = [("in.bin", 100, 50, f"in{i}") for i in range(3)]
+    shell.view.incoming_count = 11  # the node lists the first few
+    assert shell.toolbar().endswith("  |  recv in2 in.bin 50%  |  +8 more (`top`)")
 
 
 @given(st.integers(20, 200), st.booleans())

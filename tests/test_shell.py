@@ -436,6 +436,26 @@ def test_cancel_stops_a_background_send(
     assert pty.leave() == 0
 
 
+def test_leaving_start_says_its_background_sends_end_with_its_node(
+    started: tuple[Pty, Path],
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    """`start` owns its node: leaving it with a send running says the send
+    ends with the node (it said the send still ran in the node, which then
+    stopped)."""
+    pty, _ = started
+    peer = node_factory()
+    source = make_file(4 * 1024 * 1024)
+    pty.run("max-rate 200000", "node rate cap")
+    pty.run(f"send {source} {peer.host} {peer.port}", r"\[1\] sending in the background")
+    assert pty.leave() == 0
+    said = str(pty.child.before)
+    assert "1 background sends end with the node" in said, said
+    assert "still running" not in said, said
+    assert not (peer.inbox / source.name).exists()
+
+
 def test_a_background_send_is_cancelled_by_its_transfer_id_or_by_its_job(
     started: tuple[Pty, Path],
     node_factory: Callable[..., NodeProcess],

@@ -106,6 +106,7 @@ class NodeView:
 
     transfers: list[dict[str, Any]] = field(default_factory=list)
     incoming: list[tuple[str, int, int, str]] = field(default_factory=list)
+    incoming_count: int = 0  # all of them (``incoming`` lists the first few)
     peers: list[str] = field(default_factory=list)  # "host:port" of known members
     mode: str = ""
 
@@ -417,6 +418,7 @@ class Shell:
                     announce(describe_outcome(now.last))
                 seen_seq = now.seq
                 self.view.incoming = now.incoming
+                self.view.incoming_count = count_in(facts.get("active"))
                 self.view.mode = facts.get("mode", "")
                 self.view.transfers = _ask(client, TransfersRequest, TransfersReply, "transfers")
                 self.view.peers = [
@@ -463,6 +465,10 @@ class Shell:
             parts.append(f"send {name} {pct} ({row.get('state') or '-'})")
         for name, size, done, ident in self.view.incoming[:3]:
             parts.append(f"recv {ident} {name} {100 * done // size if size else 100}%")
+        incoming = max(self.view.incoming_count, len(self.view.incoming))
+        hidden = max(0, len(self.view.transfers) - 3) + max(0, incoming - 3)
+        if hidden:  # `transfers` lists the sends, `top` both
+            parts.append(f"+{hidden} more (`top`)")
         return "  |  ".join(parts) or f"mode {self.view.mode or '?'}; `help` lists the commands"
 
     # -- the loops ----------------------------------------------------------------------
@@ -529,7 +535,9 @@ class Shell:
             self.stop.set()
             watcher.join(timeout=5.0)
         running = [j for j in self.jobs if j.running]
-        if running:
+        if running and self.owns_node:  # `start`: its node stops now, and they with it
+            click.echo(f"{len(running)} background sends end with the node", err=True)
+        elif running:
             click.echo(f"{len(running)} background sends still running in the node", err=True)
         return ended
 
