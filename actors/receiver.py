@@ -742,10 +742,10 @@ class ReceiverActor(Actor):
             files = details.files if tree_bytes else 0
             return self._echo(offer, peer, host, prior, answer, details.mode, key, files)
         try:
-            reuse = self._resumable(dataclasses.replace(key, chunk_size=high), low)
+            reuse = self._resumable(dataclasses.replace(key, chunk_size=high), low, chunk)
         except OSError as exc:
             return refuse("io", f"cannot read the inbox: {exc.strerror}")
-        if reuse is not None:  # continued in its own chunks (within the offer's)
+        if reuse is not None:  # in its own chunks if the offer allows them, else in ``chunk``
             key = reuse.key
         request = next(self._requests)
         self.asking[request] = Asking(
@@ -1011,9 +1011,10 @@ class ReceiverActor(Actor):
                 return held
         return None
 
-    def _resumable(self, key: ResumeKey, low: int) -> Manifest | None:
+    def _resumable(self, key: ResumeKey, low: int, chosen: int) -> Manifest | None:
         """The kept part this offer continues (in chunks from ``low`` bytes up
-        to ``key.chunk_size``), if any; kept unicast parts of
+        to ``key.chunk_size``, or rechunked to ``chosen``, the receiver's
+        choice among them), if any; kept unicast parts of
         another version of the same file (same sender and name) are deleted.
         Multicast parts are never looked at: the mreceiver may be writing
         one of the same file from the same sender right now."""
@@ -1028,12 +1029,16 @@ class ReceiverActor(Actor):
         self.completed.expire(self.now())
         in_use = [t.part.name for t in self.transfers.values()]
         in_use += [a.reuse.part for a in self.asking.values() if a.reuse is not None]
-        plan = plan_resume(key, kept, in_use, low)
+        plan = plan_resume(key, kept, in_use, low, chosen)
         for old in plan.obsolete:
             remove_part(inbox, old.part)
             self.tell("space", SpaceForget(part=old.part))
             self.count("parts-obsolete")
-            log.info("%s: the sender's file changed; the kept part restarts", key.name)
+            if old.key.same_version(key):
+                log.info("%s: the kept part holds no whole chunk of %d bytes; it restarts",
+                         key.name, chosen)  # fmt: skip
+            else:
+                log.info("%s: the sender's file changed; the kept part restarts", key.name)
         # A part without a manifest (a node killed between creating it and its
         # first checkpoint) can never be resumed: it goes now, not at expiry.
         spared = {*in_use, *(k.part for k in kept)}

@@ -20,6 +20,7 @@ import pytest
 
 from actors.inbox import load_manifest, manifest_name, scan
 from peercrypt.chunking import DEFAULT_MAX_CHUNK, DEFAULT_MIN_CHUNK, MAX_CHUNK, MiB
+from peercrypt.core.resume import rechunked
 from peercrypt.crypto.identity import load_or_create_identity
 from peercrypt.testing.hostile import FloodingReceiver
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
@@ -132,15 +133,16 @@ def test_the_receiver_chooses_smaller_chunks_while_others_receive(
 
 
 @pytest.mark.timeout(300)
-def test_a_part_kept_in_offered_chunks_resumes_in_them_and_another_restarts(
+def test_a_part_kept_in_offered_chunks_resumes_in_them_and_another_in_the_receivers(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
     """A part of a 256 MiB file written in 1 MiB chunks (send --chunk-size,
     the receiver killed after a checkpoint) is continued by a send naming no
     chunk size (it allows 1..4 MiB; alone, the receiver would choose 2 MiB)
     in 1 MiB chunks, from what its manifest held; one written in 64 KiB
-    chunks (outside them) is deleted and the file sent again whole, in the
-    receiver's choice."""
+    chunks (outside them: a paced send's, say) continues in the receiver's
+    choice, from the whole 2 MiB chunks its held bytes make (it was deleted
+    and the file sent again whole)."""
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
     for chunk, resumes in ((MiB, True), (64 * 1024, False)):
@@ -159,17 +161,53 @@ def test_a_part_kept_in_offered_chunks_resumes_in_them_and_another_restarts(
             _stop(proc)
         kept_chunk, held = _held(receiver.inbox)
         assert (kept_chunk, held > 0) == (chunk, True), (kept_chunk, held)
+        (m,) = scan(receiver.inbox).manifests
+        as_chosen = rechunked(load_manifest(receiver.inbox, manifest_name(m.part)), 2 * MiB)
         receiver.start()
-        obsolete = receiver.counters().get("receiver.parts-obsolete", 0)
         stats = _send_json(sender, path, receiver)["stats"]
         if resumes:
             assert (stats["chunk_size"], stats["resumed_chunks"]) == (MiB, held)
             assert stats["sent_chunks"] - stats["retransmits"] == 256 - held, stats
-        else:
-            assert (stats["chunk_size"], stats["resumed_chunks"]) == (2 * MiB, 0)
-            obsoleted = receiver.wait_for_counter("receiver.parts-obsolete", obsolete + 1)
-            assert obsoleted == obsolete + 1
+        else:  # a checkpoint every 64 chunks (4 MiB): at least two whole ones
+            again = as_chosen.held().count
+            assert again >= 2 and again * 2 * MiB <= held * chunk, (again, held)
+            assert (stats["chunk_size"], stats["resumed_chunks"]) == (2 * MiB, again), stats
+            assert stats["sent_chunks"] - stats["retransmits"] == 128 - again, stats
+        counted = receiver.counters_when("receiver.received", 1)
+        assert counted.get("receiver.parts-obsolete", 0) == 0, counted
         assert scan(receiver.inbox).manifests == []
+
+
+@pytest.mark.timeout(300)
+def test_a_paced_send_stopped_resumes_when_sent_again_unpaced(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """The user's case: a send capped with -r (its chunks cut small for
+    the rate) stopped with Ctrl-C, then sent again without a cap: the
+    receiver continues its kept part in the chunks it chooses now, from the
+    whole ones its held bytes make, and the file verifies (the part was
+    deleted as an older layout and everything sent again)."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(64 * MiB, name="capped-then-not.bin")
+    proc = _background(sender, path, receiver, "-r", str(8 * MiB))
+    try:
+        wait_until(
+            lambda: _held(receiver.inbox)[1] * _held(receiver.inbox)[0] >= 8 * MiB
+            or proc.poll() is not None,
+            WAIT,
+            "8 MiB held at a checkpoint",
+        )
+        assert proc.poll() is None, "the paced send ended before it was stopped"
+    finally:
+        _stop(proc)
+    kept_chunk, held = _held(receiver.inbox)
+    assert kept_chunk < MiB and held * kept_chunk >= 8 * MiB, (kept_chunk, held)
+    result = _send_json(sender, path, receiver)
+    stats = result["stats"]
+    assert stats["chunk_size"] >= MiB and stats["resumed_chunks"] > 0, stats
+    assert stats["resumed_chunks"] * stats["chunk_size"] <= held * kept_chunk, stats
+    assert scan(receiver.inbox).manifests == []
 
 
 @pytest.mark.timeout(300)

@@ -8,7 +8,7 @@ import dataclasses
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peercrypt.core.bitmap import MAX_RANGES, ChunkBitmap
@@ -21,6 +21,7 @@ from peercrypt.core.resume import (
     accept_ranges,
     expired,
     plan_resume,
+    rechunked,
     sample_offsets,
     source_tag,
 )
@@ -204,3 +205,58 @@ def test_expired_spares_running_and_recent_parts() -> None:
     ]
     gone = expired(kept, now=1000.0, expiry=200.0, in_use=["running"])
     assert [k.part for k in gone] == ["old", "orphan", "lost-part"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=st.integers(0, 5000),
+    old=st.integers(1, 700),
+    new=st.integers(1, 700),
+    data=st.data(),
+)
+def test_rechunked_holds_exactly_the_new_chunks_whose_bytes_were_held(
+    size: int, old: int, new: int, data: st.DataObject
+) -> None:
+    """A new chunk is held iff every byte of it lies in an old chunk held:
+    never a byte the part does not hold (it would be skipped, then fail the
+    final hash), and nothing held thrown away but the edges of a run."""
+    k = ResumeKey(ALICE, "f.bin", size, old, b"s" * 32)
+    held = ChunkBitmap(k.total)
+    for index in data.draw(st.sets(st.integers(0, max(0, k.total - 1)))) if k.total else ():
+        held.add(index)
+    again = rechunked(Manifest(k, b"t" * 16, "p", held.to_bytes(), 1.0), new)
+    assert again.key == dataclasses.replace(k, chunk_size=new)
+    assert (again.part, again.tid, again.updated) == ("p", b"t" * 16, 1.0)
+    got = again.held()
+    for j in range(again.key.total):
+        first, end = j * new, min((j + 1) * new, size)
+        covered = all(i in held for i in range(first // old, -(-end // old)))
+        assert (j in got) == covered, (j, first, end)
+
+
+def test_a_part_in_chunks_the_offer_does_not_allow_continues_rechunked() -> None:
+    """A paced send's part in 100 KiB chunks, sent again unpaced (the offer
+    allows 1..4 MiB, the receiver chose 2 MiB): its held bytes continue as
+    whole 2 MiB chunks; one holding no whole chunk of them is obsolete."""
+    k = ResumeKey(ALICE, "f.bin", 10_000_000, 100_000, b"s" * 32)
+    prefix = ChunkBitmap(k.total)
+    prefix.add_range(0, 45)  # 4.5 MB: two whole 2 MiB chunks
+    part = Manifest(k, b"t" * 16, "paced", prefix.to_bytes(), 1.0)
+    offer = dataclasses.replace(k, chunk_size=4 * 1024 * 1024)
+    plan = plan_resume(offer, [part], low=1024 * 1024, chosen=2 * 1024 * 1024)
+    assert plan.obsolete == () and plan.reuse is not None
+    assert plan.reuse.key.chunk_size == 2 * 1024 * 1024
+    assert plan.reuse.held().ranges() == [(0, 2)]
+    few = ChunkBitmap(k.total)
+    few.add_range(0, 20)  # 2.0 MB: not one whole 2 MiB chunk
+    scant = Manifest(k, b"t" * 16, "scant", few.to_bytes(), 1.0)
+    plan = plan_resume(offer, [scant], low=1024 * 1024, chosen=2 * 1024 * 1024)
+    assert (plan.reuse, plan.obsolete) == (None, (scant,))
+    # Without the receiver's choice (as before): obsolete.
+    assert plan_resume(offer, [part], low=1024 * 1024).obsolete == (part,)
+    # Another version is never continued, whatever its chunks.
+    other = Manifest(
+        dataclasses.replace(k, source=b"o" * 32), b"t" * 16, "o", prefix.to_bytes(), 1.0
+    )
+    plan = plan_resume(offer, [other], low=1024 * 1024, chosen=2 * 1024 * 1024)
+    assert (plan.reuse, plan.obsolete) == (None, (other,))

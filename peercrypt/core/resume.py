@@ -45,10 +45,13 @@ docs/benchmarks.md.
 What the receiver answers
 -------------------------
 :func:`plan_resume` picks the part to continue (same key, not in use by a
-running transfer, the most chunks held) and lists the *obsolete* ones: the
-same peer and name with another size, chunk size or source, i.e. an older
-version of the file; they are deleted, so a changed source restarts cleanly
-and leaves nothing behind. The Accept carries the held chunks as ranges
+running transfer, the most bytes held) and lists the *obsolete* ones: the
+same peer and name with another size or source, i.e. an older version of
+the file; they are deleted, so a changed source restarts cleanly and leaves
+nothing behind. A part of the same version in chunks the offer does not
+allow (a paced send's small ones, sent again unpaced) continues in the
+chunk size the receiver chose: its held bytes as whole chunks of that size
+(:func:`rechunked`). The Accept carries the held chunks as ranges
 (at most :data:`~peercrypt.core.bitmap.MAX_RANGES`; anything beyond is
 simply sent again).
 
@@ -63,6 +66,7 @@ reclaim sooner (:mod:`peercrypt.core.space`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -253,16 +257,43 @@ class ResumePlan:
     obsolete: tuple[Manifest, ...]
 
 
+def rechunked(m: Manifest, chunk_size: int) -> Manifest:
+    """``m`` laid out in chunks of ``chunk_size``: a chunk is held iff every
+    byte of it lies in chunks ``m`` holds. The part holds the file's bytes at
+    their offsets whatever the chunk size that wrote them, and a chunk
+    written again in another size is the same bytes of the same version (the
+    final hash checks it), so the manifest on disk stays true meanwhile."""
+    old = m.key
+    if chunk_size == old.chunk_size:
+        return m
+    key = dataclasses.replace(old, chunk_size=chunk_size)
+    held = ChunkBitmap(key.total)
+    for start, end in m.held().ranges():  # runs of held chunks, as bytes
+        low, high = start * old.chunk_size, min(end * old.chunk_size, old.size)
+        first = -(-low // chunk_size)  # the first new chunk starting in the run
+        last = key.total if high == old.size else high // chunk_size  # past the last inside it
+        if first < last:
+            held.add_range(first, last)
+    return Manifest(key, m.tid, m.part, held.to_bytes(), m.updated)
+
+
 def plan_resume(
-    key: ResumeKey, kept: Iterable[Manifest], in_use: Iterable[str] = (), low: int = 0
+    key: ResumeKey,
+    kept: Iterable[Manifest],
+    in_use: Iterable[str] = (),
+    low: int = 0,
+    chosen: int = 0,
 ) -> ResumePlan:
     """Decide what an offer with ``key`` continues. ``kept`` are the inbox's
     manifests; ``in_use`` the part names of running transfers (never reused
     nor deleted: two sends of one file at once each get their own part).
     ``low``: the offer allows chunks from ``low`` bytes up to
     ``key.chunk_size`` (0: that size only), so a part laid out in any of them
-    continues (the chunk size of the one chosen is the transfer's); a part of
-    the same version in chunks outside them is obsolete like another version."""
+    continues (the chunk size of the one chosen is the transfer's). A part
+    of the same version in chunks outside them continues :func:`rechunked`
+    to ``chosen`` (the receiver's choice in the offer's range) if it holds a
+    whole chunk of that size (0: none is; it is obsolete like another
+    version)."""
     busy = set(in_use)
     reuse: Manifest | None = None
     reuse_count = -1
@@ -271,8 +302,11 @@ def plan_resume(
         if m.part in busy or not m.key.same_file(key):
             continue
         if not key.continues(m.key, low or key.chunk_size):
-            obsolete.append(m)
-            continue
+            again = rechunked(m, chosen) if chosen and m.key.same_version(key) else None
+            if again is None or not again.held().count:
+                obsolete.append(m)
+                continue
+            m = again
         count = m.held_bytes()  # bytes: kept parts may differ in chunk size
         newer = reuse is not None and m.updated > reuse.updated
         if count > reuse_count or (count == reuse_count and newer):
