@@ -72,6 +72,7 @@ from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.fragments import parse_group
 from peercrypt.core.grants import RequestGrant
+from peercrypt.core.modes import default_burst
 from peercrypt.core.multicast import JOINING, LOST, Repair
 from peercrypt.core.multicast_outgoing import (
     Announce,
@@ -117,6 +118,7 @@ from peercrypt.wire.messages import (
     FlowEnd,
     FlowGrant,
     FlowPacing,
+    FlowRate,
     FlowStart,
     Hello,
     HelloReply,
@@ -324,13 +326,17 @@ class MulticastSenderActor(Actor):
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, McSendRequest):
             self._start(msg)
+        elif isinstance(msg, FlowRate):
+            for sess in list(self.sessions.values()):
+                if sess.request.request == msg.request:
+                    sess.flow.on_rate(msg.rate)
         elif isinstance(msg, FlowGrant | FlowPacing):
             for sess in list(self.sessions.values()):
                 if sess.request.request == msg.request:
                     if isinstance(msg, FlowGrant):
                         sess.flow.on_grant(msg.nbytes)
                     else:
-                        sess.flow.on_pacing(msg.paced, msg.rate)
+                        sess.flow.on_pacing(msg.paced)
                     self._drive(sess)
         elif isinstance(msg, TransfersRequest):  # control merges it with the sender's
             self.tell(
@@ -912,8 +918,16 @@ class MulticastSenderActor(Actor):
     def _flow_start(self, sess: Session, paced: bool) -> FlowStart:
         # No chunk size: its receivers are kept alive by its status, not by
         # its chunks, so no share is too small for its chunks.
+        # Its own rate only if one was set live (a restarted scheduler keeps it).
+        rate = sess.flow.own_rate(0)
+        burst = default_burst(rate) if rate else 0
         return FlowStart(
-            request=sess.request.request, priority=1, rate=0, burst=0, paced=paced, owner=self.name
+            request=sess.request.request,
+            priority=1,
+            rate=rate,
+            burst=burst,
+            paced=paced,
+            owner=self.name,
         )
 
     def on_actor_restarted(self, name: str) -> None:
@@ -1196,6 +1210,8 @@ def _record(sess: Session, t: Target, now: float) -> StatsRecord:
             "demoted": 1.0 if m and m.demoted else 0.0,
             # It had the file (McHeld): none of its bytes crossed.
             **({"held_bytes": float(sess.size)} if end is not None and end.held else {}),
+            # A rate set live for the session, the last one (as a send's).
+            **({"rate": float(rate)} if (rate := sess.flow.own_rate(0)) else {}),
         },
     )
 

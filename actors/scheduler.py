@@ -53,6 +53,7 @@ from peercrypt.wire.messages import (
     FlowEnd,
     FlowGrant,
     FlowPacing,
+    FlowRate,
     FlowReport,
     FlowStart,
     FlowWindow,
@@ -292,10 +293,9 @@ class SchedulerActor(Actor):
                 self.congestion.remove(request)
         self._tell_windows()  # the peers' other flows get the freed share
 
-    def _pace(self, flow: FlowStart, rate_changed: bool = False) -> None:
+    def _pace(self, flow: FlowStart) -> None:
         """Pace a flow iff it has its own rate or the node has a cap; tell the
-        sender when that differs from what it assumed, or its own rate
-        changed (its samples record the rate)."""
+        sender when that differs from what it assumed."""
         paced = flow.rate > 0 or self.planner.node_rate > 0
         known = flow.request in self.planner.flows()
         if paced and not known:
@@ -305,9 +305,7 @@ class SchedulerActor(Actor):
         if paced != flow.paced:
             log.debug("flow %d: %s", flow.request, "paced" if paced else "unpaced")
             self.flows[flow.request] = dataclasses.replace(flow, paced=paced)
-        if paced != flow.paced or rate_changed:
-            rate = flow.rate if rate_changed else None
-            self.tell(flow.owner, FlowPacing(request=flow.request, paced=paced, rate=rate))
+            self.tell(flow.owner, FlowPacing(request=flow.request, paced=paced))
 
     def _arm(self) -> None:
         if self.ticker is None:
@@ -372,7 +370,9 @@ class SchedulerActor(Actor):
                 flow = self.flows[request] = dataclasses.replace(
                     self.flows[request], rate=rate, burst=burst
                 )
-                self._pace(flow, rate_changed=True)
+                self._pace(flow)
+                # Its samples record the rate: the sender learns it.
+                self.tell(flow.owner, FlowRate(request=request, rate=rate))
                 if request in self.planner.flows():
                     self.planner.set_rate(request, rate, burst, now)
             cap = readable(rate, rate=True) if rate else "unlimited"

@@ -135,6 +135,7 @@ from peercrypt.wire.messages import (
     FlowEnd,
     FlowGrant,
     FlowPacing,
+    FlowRate,
     FlowReport,
     FlowStart,
     FlowWindow,
@@ -413,8 +414,12 @@ class SenderActor(Actor):
         elif isinstance(msg, FlowPacing):
             t = self._by_request(msg.request)
             if t is not None:
-                t.flow.on_pacing(msg.paced, msg.rate)
+                t.flow.on_pacing(msg.paced)
                 self._drive(t)
+        elif isinstance(msg, FlowRate):
+            t = self._by_request(msg.request)
+            if t is not None:
+                t.flow.on_rate(msg.rate)
         elif isinstance(msg, TransfersRequest):
             self.tell(
                 "control",

@@ -193,8 +193,10 @@ def test_a_paced_send_stopped_resumes_when_sent_again_unpaced(
     proc = _background(sender, path, receiver, "-r", str(8 * MiB))
     try:
         wait_until(
-            lambda: _held(receiver.inbox)[1] * _held(receiver.inbox)[0] >= 8 * MiB
-            or proc.poll() is not None,
+            lambda: (
+                _held(receiver.inbox)[1] * _held(receiver.inbox)[0] >= 8 * MiB
+                or proc.poll() is not None
+            ),
             WAIT,
             "8 MiB held at a checkpoint",
         )

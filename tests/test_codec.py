@@ -640,6 +640,32 @@ def test_the_messages_between_nodes_change_only_with_the_protocol_version() -> N
     )
 
 
+# The schema of every other message: the mail between a node's actors, which
+# crosses inside actor-mail to an actor attached from another process, maybe
+# of the build before (docs/architecture.md, "Attached actors").
+ACTOR_MAIL_SCHEMA = "b49da777ddff"
+
+
+def test_the_mail_between_actors_changes_only_on_purpose() -> None:
+    """An actor attached from another build decodes its mail strictly: a
+    field added to a message it knows makes it drop that message (a new
+    `rate` field of FlowPacing stalled a send whose cap was lifted). A new
+    message type is dropped as unknown instead: prefer one. Either way,
+    record the new schema here."""
+    import importlib
+
+    for module in ("actor", "local", "multicast", "network", "space", "stats", ""):
+        importlib.import_module(f"peercrypt.wire.{module}_messages".replace("._", "."))
+    # The wire's own modules only (a test may register messages of its own).
+    wire = [t for t, cls in REGISTRY.items() if cls.__module__.startswith("peercrypt.wire.")]
+    others = tuple(sorted(t for t in wire if t not in BETWEEN_NODES))
+    assert _schema(others) == ACTOR_MAIL_SCHEMA, (
+        f"the mail between actors changed ({_schema(others)}): an attached actor of the "
+        "previous build refuses a changed message; add a message type rather than a field "
+        "where you can, and record the new schema in ACTOR_MAIL_SCHEMA"
+    )
+
+
 def test_only_a_lenient_decode_takes_a_field_less_or_more_and_it_checks_what_is_there() -> None:
     """A command reading its node's replies (``lenient``) takes a message of
     the release before or after it: a missing field that has a default, an

@@ -36,7 +36,7 @@ from peercrypt.runtime.actor import ActorEnv
 from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec
 from peercrypt.wire.local_messages import SendRequest, SendResult
-from peercrypt.wire.messages import FlowStart, SettingReply, SettingRequest
+from peercrypt.wire.messages import FlowRate, FlowStart, SettingReply, SettingRequest
 
 MiB = 1 << 20
 CHUNK = 64 * 1024
@@ -433,10 +433,14 @@ def test_the_scheduler_refuses_what_would_starve_a_running_send(tmp_path: Path) 
         low = setting("max-rate", "69000")
         assert not low.ok and low.text.startswith("max-rate 69000 leaves transfer 1 69000 B/s")
         assert scheduler.planner.node_rate == 200_000  # unchanged
+        told.clear()
         slow = setting("rate", "50000", transfer=1)
         assert not slow.ok and slow.text.startswith("rate 50000 is too low for transfer 1:")
         assert scheduler.flows[1].rate == 0
+        assert not any(isinstance(msg, FlowRate) for _, msg in told)  # refused: nothing told
         assert setting("rate", "70000", transfer=1).ok
+        # The sender learns the flow's own rate (its statistics record it).
+        assert ("sender", FlowRate(request=1, rate=70000)) in told, told
 
         def send(request: int, priority: str) -> codec.Message:
             told.clear()

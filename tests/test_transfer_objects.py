@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from peercrypt.core.congestion_manager import CongestionManager
 from peercrypt.core.grants import DEMAND_SECONDS
 from peercrypt.core.incoming import ACK_EVERY, Abandon, FinishFile, IncomingTransfer, Store
-from peercrypt.core.modes import BURST_SECONDS, RECEIVER_IDLE, Policy
+from peercrypt.core.modes import BURST_SECONDS, RECEIVER_IDLE, Policy, default_burst
 from peercrypt.core.outgoing import (
     WAITING_LIMIT,
     Failed,
@@ -589,23 +589,28 @@ def test_paced_flow_sends_only_granted_bytes_and_asks_for_more() -> None:
     ]
 
 
-def test_a_live_rate_is_the_rate_a_flow_reports() -> None:
+def test_a_live_rate_is_the_rate_a_flow_reports_and_asks_for_again() -> None:
     """The scheduler's word on the flow's own rate (a live `rate`) is what
-    its statistics say from then on; pacing news without one keeps it; an
-    unpaced flow given a rate reports it, and a rate of 0 none."""
+    its statistics say from then on, and what it announces to a restarted
+    scheduler (its bucket: the rate with the default burst); pacing news
+    keeps it; an unpaced flow given a rate reports it, and a rate of 0 none.
+    The word does not touch the flow's demand (a second one at once)."""
     t = outgoing(policy=Policy(mode="token-bucket", rate=10**6))
     t.on_accept([], 8, 0.0)  # (statistics from the accept on)
     assert t.own_rate(10**6) == 10**6 and t.stats()["rate"] == 10**6
-    t.on_pacing(True, 4 * 10**6)
+    assert t.poll(0.0) == [RequestGrant(8 * CHUNK)]
+    t.on_rate(4 * 10**6)
+    assert t.poll(0.0) == []  # still one demand outstanding
     assert t.stats()["rate"] == 4 * 10**6
+    assert t.flow_rate == (4 * 10**6, default_burst(4 * 10**6))
     t.on_pacing(True)  # the node's cap changed, not this flow's rate
     assert t.stats()["rate"] == 4 * 10**6
-    t.on_pacing(False, 0)
-    assert "rate" not in t.stats()
+    t.on_rate(0)
+    assert "rate" not in t.stats() and t.flow_rate == (0, 0)
     plain = outgoing()
     plain.on_accept([], 8, 0.0)
-    assert "rate" not in plain.stats()
-    plain.on_pacing(True, 2 * 10**6)
+    assert "rate" not in plain.stats() and plain.flow_rate == (0, 0)
+    plain.on_rate(2 * 10**6)
     assert plain.stats()["rate"] == 2 * 10**6
 
 

@@ -65,11 +65,9 @@ class Allowance:
         self.nbytes += nbytes
         self.pending = False
 
-    def on_pacing(self, paced: bool, rate: int | None = None) -> None:
+    def on_pacing(self, paced: bool) -> None:
         self.paced = paced
         self.pending = False
-        if rate is not None:
-            self.rate = rate
 
     def spend(self, nbytes: int) -> None:
         self.nbytes -= nbytes
@@ -93,10 +91,15 @@ class GrantedFlow:
         """The scheduler granted ``nbytes`` more."""
         self.grants.on_grant(nbytes)
 
-    def on_pacing(self, paced: bool, rate: int | None = None) -> None:
-        """The scheduler decided whether this flow waits for grants, and
-        (``rate`` not None) changed the flow's own rate live."""
-        self.grants.on_pacing(paced, rate)
+    def on_pacing(self, paced: bool) -> None:
+        """The scheduler decided whether this flow waits for grants."""
+        self.grants.on_pacing(paced)
+
+    def on_rate(self, rate: int) -> None:
+        """The flow's own rate was changed live (0: none): what its
+        statistics say from now, and what it asks for again if the
+        scheduler restarts."""
+        self.grants.rate = rate
 
     def own_rate(self, started: int) -> int:
         """The flow's own rate now: the last one set live, else ``started``

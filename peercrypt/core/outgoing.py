@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 from peercrypt.core.grants import Allowance, GrantedFlow
 from peercrypt.core.grants import RequestGrant as RequestGrant
-from peercrypt.core.modes import Policy
+from peercrypt.core.modes import Policy, default_burst
 from peercrypt.core.send_window import SEND_BUFFER, SendWindow
 from peercrypt.errors import ResultCode
 
@@ -235,7 +235,12 @@ class OutgoingTransfer(GrantedFlow):
 
     @property
     def flow_rate(self) -> tuple[int, int]:
-        """(rate, burst) of the flow's own token bucket; (0, 0): none."""
+        """(rate, burst) of the flow's own token bucket; (0, 0): none. A rate
+        set live (:meth:`on_rate`) is the bucket's now, with the burst the
+        scheduler gave it (a restarted scheduler is told this)."""
+        live = self.grants.rate
+        if live is not None:
+            return (live, default_burst(live)) if live else (0, 0)
         if self.policy.mode != "token-bucket":
             return 0, 0
         return self.policy.rate, self.policy.burst_for(self.chunk_size)

@@ -20,7 +20,7 @@ from peercrypt.shm_ring import MAX_PATH as MAX_RING_PATH
 from peercrypt.shm_ring import MAX_SLOTS as MAX_RING_SLOTS
 from peercrypt.shm_ring import TOKEN_BYTES as RING_TOKEN_BYTES
 from peercrypt.wire.codec import MAX_MESSAGE_BYTES, Message, bounded, message
-from peercrypt.wire.fields import MAX_COUNTER, code, counter, fixed, port, ranges, reason
+from peercrypt.wire.fields import code, counter, fixed, port, ranges, reason
 from peercrypt.wire.local_messages import HASH_BYTES as HASH_BYTES
 from peercrypt.wire.local_messages import MAX_NAME as MAX_NAME
 from peercrypt.wire.local_messages import MAX_STATUS_COUNTERS as MAX_STATUS_COUNTERS
@@ -449,13 +449,24 @@ class FlowEnd(Message):
 @dataclass(frozen=True, kw_only=True)
 class FlowPacing(Message):
     """Scheduler -> sender: from now on the flow waits for grants (or not),
-    e.g. after a live ``max-rate``; ``rate``: the flow's own rate from now
-    (a live ``rate``; 0: none), None if it did not change."""
+    e.g. after a live ``max-rate``."""
 
     TYPE = "flow-pacing"
     request: int = counter()
     paced: bool = False
-    rate: int | None = field(default=None, metadata=bounded(MAX_COUNTER))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class FlowRate(Message):
+    """Scheduler -> sender: the flow's own rate from now (a live ``rate``;
+    0: none), for its statistics. A message of its own: an actor attached
+    from an older build drops it as unknown (its mail is decoded strictly, so
+    a new field of FlowPacing would have cost it the pacing itself)."""
+
+    TYPE = "flow-rate"
+    request: int = counter()
+    rate: int = counter()
 
 
 @message
