@@ -451,7 +451,7 @@ def test_leaving_start_says_its_background_sends_end_with_its_node(
     pty.run(f"send {source} {peer.host} {peer.port}", r"\[1\] sending in the background")
     assert pty.leave() == 0
     said = str(pty.child.before)
-    assert "1 background sends end with the node" in said, said
+    assert "1 background send ends with the node" in said, said
     assert "still running" not in said, said
     assert not (peer.inbox / source.name).exists()
 

@@ -159,7 +159,8 @@ def test_top_into_a_pipe_prints_one_view_and_exits(
     node = node_factory()
     result = node.cli("top", "--interval", "0.2", timeout=30)
     assert result.returncode == 0, result.describe()
-    lines = [line.rstrip() for line in result.stdout.splitlines()]
+    lines = result.stdout.splitlines()
+    assert all(line == line.rstrip() for line in lines), lines  # no line padded
     assert lines[0].startswith("PeerCrypt top  node ") and node.fingerprint[:19] in lines[0], lines
     assert "Sends" in lines and "Peers" in lines, lines
     assert "\x1b" not in result.stdout, result.stdout  # no terminal's escape sequences

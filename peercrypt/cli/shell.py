@@ -536,15 +536,20 @@ class Shell:
             watcher.join(timeout=5.0)
         running = [j for j in self.jobs if j.running]
         if running and self.owns_node:  # `start`: its node stops now, and they with it
-            click.echo(f"{len(running)} background sends end with the node", err=True)
+            ends = "ends" if len(running) == 1 else "end"
+            click.echo(f"{_sends(len(running))} {ends} with the node", err=True)
         elif running:
-            click.echo(f"{len(running)} background sends still running in the node", err=True)
+            click.echo(f"{_sends(len(running))} still running in the node", err=True)
         return ended
 
 
 # What a followed send exits with when SIGTERM or SIGHUP cancelled it
 # (peercrypt/cli/follow.py): the shell ends too, as the signal asked.
 ENDED = frozenset({128 + signal.SIGTERM, 128 + signal.SIGHUP})
+
+
+def _sends(count: int) -> str:
+    return f"{count} background send{'' if count == 1 else 's'}"
 
 
 def _wants_help(words: list[str]) -> bool:

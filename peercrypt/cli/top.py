@@ -19,6 +19,7 @@ inN``); ``q`` (or Ctrl-C) quits.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import select
@@ -287,7 +288,7 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     # fitted to it too, or the headers beside it are cut to "…".
     fitted = [c for c, _, _ in rows] or [dict.fromkeys(SEND_COLUMNS, "") | {"FILE": NO_SENDS}]
     shown, bar_width = shown_columns(SEND_COLUMNS, fitted, SEND_DROP, width)
-    transfers = Table(title="Sends", title_justify="left", expand=True, box=None, pad_edge=False)
+    transfers = Table(title="Sends", title_justify="left", expand=keys, box=None, pad_edge=False)
     for name in shown:
         justify = "right" if name in RIGHT else "left"
         transfers.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
@@ -300,7 +301,7 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     if not rows:
         transfers.add_row("", Text(NO_SENDS, style="dim"))
     receiving = Table(
-        title="Receiving", title_justify="left", expand=True, box=None, pad_edge=False
+        title="Receiving", title_justify="left", expand=keys, box=None, pad_edge=False
     )
     for name in ("ID", "FILE", "DONE"):
         receiving.add_column(name, justify="right" if name == "DONE" else "left", no_wrap=True)
@@ -311,7 +312,7 @@ def render(view: View, width: int, keys: bool = True) -> Group:
         receiving.add_row(ident, os.path.basename(name)[:40], share, style=picked)
     listed = peer_rows(view)
     shown, _ = shown_columns(PEER_COLUMNS, listed, PEER_DROP, width)
-    peers = Table(title="Peers", title_justify="left", expand=True, box=None, pad_edge=False)
+    peers = Table(title="Peers", title_justify="left", expand=keys, box=None, pad_edge=False)
     for name in shown:
         peers.add_column(name, no_wrap=True)
     for row in listed:
@@ -436,6 +437,9 @@ def _act(view: View, link: NodeLink, key: str) -> bool:
     return True
 
 
+PIPE_WIDTH = 10_000  # columns a view printed into a pipe may take
+
+
 @click.command("top")
 @click.option(
     "--interval",
@@ -467,7 +471,11 @@ def top(obj: dict[str, Any], interval: float) -> None:
             raise UserError(f"{exc}; top stopped", errors.FAILED) from None
         finally:
             link.close()
-        console.print(render(view, console.width, keys=False))
+        # Every column whole, no line padded (a pipe has no width to fit).
+        wide = Console(width=PIPE_WIDTH, file=io.StringIO())
+        wide.print(render(view, PIPE_WIDTH, keys=False))
+        text = wide.file.getvalue()  # type: ignore[attr-defined]
+        click.echo("\n".join(line.rstrip() for line in text.splitlines()))
         return
     try:
         with (
