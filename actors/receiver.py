@@ -989,13 +989,14 @@ class ReceiverActor(Actor):
         }
         self.facts["last_in"] = json.dumps(outcome, ensure_ascii=False)
 
-    def _take_over(self, key: ResumeKey, low: int) -> Manifest | None:
+    def _take_over(self, key: ResumeKey) -> Manifest | None:
         """A running transfer of the very same file from the same sender (in
-        chunks the offer allows: ``low`` up to ``key.chunk_size``) is
-        one whose sender restarted (a new offer means it forgot the old one):
-        end it, keeping its part, and continue it from what is written."""
+        any chunks: the plan continues it in its own if the offer allows
+        them, else rechunked) is one whose sender restarted (a new offer
+        means it forgot the old one): end it, keeping its part, and continue
+        it from what is written."""
         for t in list(self.transfers.values()):
-            if key.continues(t.key, low) and not t.flow.finishing:
+            if key.same_version(t.key) and not t.flow.finishing:
                 # In its own chunks (its bitmap counts them), not the offer's largest.
                 held = Manifest(t.key, t.tid, t.part.name, t.flow.written.to_bytes(), time.time())
                 log.info("%s: offered again by its sender; the old transfer ends", t.name)
@@ -1015,11 +1016,12 @@ class ReceiverActor(Actor):
         """The kept part this offer continues (in chunks from ``low`` bytes up
         to ``key.chunk_size``, or rechunked to ``chosen``, the receiver's
         choice among them), if any; kept unicast parts of
-        another version of the same file (same sender and name) are deleted.
+        another version of the same file (same sender and name), or in
+        other chunks holding no whole one of ``chosen``, are deleted.
         Multicast parts are never looked at: the mreceiver may be writing
         one of the same file from the same sender right now."""
         inbox = self.settings.inbox
-        running = self._take_over(key, low)
+        running = self._take_over(key)
         found = scan(inbox, prefix=f".{key.name}.", multicast=False)
         kept = [m for m in found.manifests if running is None or m.part != running.part]
         if running is not None:

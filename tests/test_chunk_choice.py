@@ -199,16 +199,21 @@ def kept(chunk: int, part: str, source: bytes = b"s" * 32) -> Manifest:
 def test_an_offer_of_a_range_continues_a_part_in_any_size_of_it() -> None:
     """A part written in 1 MiB chunks (an older send, or one chosen under
     load) continues in them when the offer allows 1..4 MiB; one in chunks
-    outside the range, or of another version, is obsolete (deleted, the
-    file sent again from nothing), as one of another fixed size always was."""
+    outside the range holding no whole chunk of the receiver's choice, or of
+    another version, is obsolete (deleted, the file sent again from
+    nothing); one holding some continues rechunked (core/resume.py)."""
     offer = key(4 * MiB)
     one, eight, small = kept(MiB, "a"), kept(8 * MiB, "b"), kept(64 * 1024, "c")
     other = kept(MiB, "d", source=b"x" * 32)
-    plan = plan_resume(offer, [one, eight, small, other], low=MiB)
+    plan = plan_resume(offer, [one, eight, small, other], low=MiB, chosen=2 * MiB)
     assert plan.reuse == one
-    assert set(plan.obsolete) == {eight, small, other}
-    fixed = plan_resume(offer, [one], low=0)  # send --chunk-size 4194304
+    assert set(plan.obsolete) == {eight, small, other}  # (these hold nothing)
+    fixed = plan_resume(offer, [one], low=0, chosen=4 * MiB)  # send --chunk-size 4194304
     assert (fixed.reuse, fixed.obsolete) == (None, (one,))
+    full = written(8 * MiB, "f", 2)  # 16 MiB held: four whole 4 MiB chunks
+    again = plan_resume(offer, [full], low=0, chosen=4 * MiB).reuse
+    assert again is not None and again.key.chunk_size == 4 * MiB
+    assert again.held().ranges() == [(0, 4)]
     assert plan_resume(key(4 * MiB), [kept(4 * MiB, "e")]).reuse is not None
 
 

@@ -1,7 +1,7 @@
 """The chunk size the receiver chooses, with real node processes: a send
 that names none is cut as the receiver chose by its load; a part kept in
-chunks the offer allows is continued in them, one in chunks outside them is
-restarted cleanly; ``send --chunk-size`` is honoured; a member choosing or
+chunks the offer allows is continued in them, one in chunks outside them in
+the receiver's choice; ``send --chunk-size`` is honoured; a member choosing or
 offering absurd chunk sizes gets a clean refusal or a failed send, never a
 crashed actor or a buffer of its choosing. Every stored file is checked by
 its BLAKE3 hash."""

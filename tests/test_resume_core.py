@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from peercrypt.core.bitmap import MAX_RANGES, ChunkBitmap
 from peercrypt.core.resume import (
+    MAX_RECHUNK_RUNS,
     SAMPLE_BYTES,
     KeptPart,
     Manifest,
@@ -232,6 +233,21 @@ def test_rechunked_holds_exactly_the_new_chunks_whose_bytes_were_held(
         first, end = j * new, min((j + 1) * new, size)
         covered = all(i in held for i in range(first // old, -(-end // old)))
         assert (j in got) == covered, (j, first, end)
+
+
+def test_rechunking_walks_a_bounded_number_of_runs() -> None:
+    """Every other chunk held (a run each): only the lowest
+    MAX_RECHUNK_RUNS runs are converted; the rest is sent again. Unbounded,
+    a member offering one file in turn in two chunk sizes made the
+    receiver's thread walk millions of runs each time."""
+    total = 4 * MAX_RECHUNK_RUNS
+    k = ResumeKey(ALICE, "f.bin", total * 4096, 4096, b"s" * 32)
+    held = ChunkBitmap(total)
+    for index in range(0, total, 2):
+        held.add(index)
+    again = rechunked(Manifest(k, b"t" * 16, "p", held.to_bytes(), 1.0), 2048)
+    assert again.held().count == 2 * MAX_RECHUNK_RUNS  # two halves of each of the first runs
+    assert again.held().ranges()[-1] == (4 * MAX_RECHUNK_RUNS - 4, 4 * MAX_RECHUNK_RUNS - 2)
 
 
 def test_a_part_in_chunks_the_offer_does_not_allow_continues_rechunked() -> None:

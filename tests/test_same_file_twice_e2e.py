@@ -90,9 +90,14 @@ def test_a_second_send_of_a_running_file_is_refused_naming_the_first(
     assert code == 0 and again["stored_as"] == "twice.bin", again
 
 
+@pytest.mark.parametrize("chunks", ["offered", "paced"])
 def test_an_older_send_from_the_same_identity_is_told_it_ended(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], chunks: str
 ) -> None:
+    """The twin's offer takes the running transfer over and continues it:
+    in its own 1 MiB chunks (which an offer naming no chunk size allows), or
+    rechunked from a paced send's small ones (a new part, and a second
+    copy of the file, before)."""
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
     twin = node_factory(name="twin", start=False)  # the sender's identity, another process
@@ -101,12 +106,12 @@ def test_an_older_send_from_the_same_identity_is_told_it_ended(
     twin.start()
     assert twin.fingerprint == sender.fingerprint
     path = make_file(32 * MiB, name="restarted.bin")
-    # In 1 MiB chunks, which an offer naming no chunk size continues (a paced
-    # send's own would be cut smaller: a part the twin's offer does not take).
-    paced = ("--chunk-size", str(MiB), "-r", str(2 * MiB), "-b", str(MiB))
+    paced: tuple[str, ...] = ("-r", str(2 * MiB))  # cut in chunks of a tenth of a MiB
+    if chunks == "offered":
+        paced = ("--chunk-size", str(MiB), *paced, "-b", str(MiB))
     first = _background(sender, path, receiver.host, receiver.port, *paced)
-    try:
-        wait_until(lambda: _running_id(sender, 2 * MiB), WAIT, "the first send's chunks written")
+    try:  # (8 MiB: two whole chunks of the receiver's largest choice)
+        wait_until(lambda: _running_id(sender, 8 * MiB), WAIT, "the first send's chunks written")
         taken = receiver.counters().get("receiver.taken-over", 0)
         code, result = twin.send_to(path, receiver, timeout=WAIT)
         assert_sent(receiver, (code, result), path)

@@ -13,8 +13,11 @@ A part file may be continued only by an offer that agrees on all of:
   receiver's gateway authenticated), never a claim inside the offer; a
   member with the network key and another identity cannot append to, or
   learn the progress of, someone else's part;
-- ``name`` (sanitised), ``size`` and ``chunk_size``: the part's layout;
+- ``name`` (sanitised) and ``size``;
 - ``source``: the sender's :func:`source_tag` of the file being sent.
+
+The part's ``chunk_size`` decides only how it continues: in its own chunks
+if the offer allows them, else :func:`rechunked` to the receiver's choice.
 
 ``source`` is BLAKE3 (keyed by a fixed context string) over the file's
 ``(size, mtime_ns, inode, device)`` and three 4 KiB samples (start, middle,
@@ -251,15 +254,25 @@ class Manifest:
 @dataclass(frozen=True)
 class ResumePlan:
     """``reuse``: the kept part to continue (None: start a new one);
-    ``obsolete``: kept parts of an older version of the same file, to delete."""
+    ``obsolete``: kept parts to delete: of an older version of the same file,
+    or in chunks the offer does not allow holding no whole chunk of the
+    receiver's choice."""
 
     reuse: Manifest | None
     obsolete: tuple[Manifest, ...]
 
 
+# Runs of held chunks a conversion walks (the lowest): the walk is Python on
+# the receiver's thread, and a sender offering one file in turn in two chunk
+# sizes must not make it walk millions each time. An Accept names at most
+# MAX_RANGES runs anyway; chunks beyond are sent again.
+MAX_RECHUNK_RUNS = 4096
+
+
 def rechunked(m: Manifest, chunk_size: int) -> Manifest:
     """``m`` laid out in chunks of ``chunk_size``: a chunk is held iff every
-    byte of it lies in chunks ``m`` holds. The part holds the file's bytes at
+    byte of it lies in chunks ``m`` holds (in its lowest
+    :data:`MAX_RECHUNK_RUNS` runs of held chunks). The part holds the file's bytes at
     their offsets whatever the chunk size that wrote them, and a chunk
     written again in another size is the same bytes of the same version (the
     final hash checks it), so the manifest on disk stays true meanwhile."""
@@ -268,7 +281,7 @@ def rechunked(m: Manifest, chunk_size: int) -> Manifest:
         return m
     key = dataclasses.replace(old, chunk_size=chunk_size)
     held = ChunkBitmap(key.total)
-    for start, end in m.held().ranges():  # runs of held chunks, as bytes
+    for start, end in m.held().ranges(0, MAX_RECHUNK_RUNS):  # runs of held chunks, as bytes
         low, high = start * old.chunk_size, min(end * old.chunk_size, old.size)
         first = -(-low // chunk_size)  # the first new chunk starting in the run
         last = key.total if high == old.size else high // chunk_size  # past the last inside it
