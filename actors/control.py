@@ -354,8 +354,14 @@ class ControlActor(Actor):
             if isinstance(msg, SendResult) and request in self.sending:
                 host, port = self.sending.pop(request)
                 # A send refused for a local reason (bad options) or cancelled
-                # says nothing about the peer.
-                local = (ResultCode.CANCELLED, ResultCode.LOCAL, ResultCode.MULTICAST_DEFAULT)
+                # says nothing about the peer; nor does a peer's refusal of
+                # the file (busy, a quota, its policy): it answered at once.
+                local = (
+                    ResultCode.CANCELLED,
+                    ResultCode.LOCAL,
+                    ResultCode.MULTICAST_DEFAULT,
+                    ResultCode.REFUSED,
+                )
                 if msg.code not in local:
                     outcome = TransferOutcome(host=host, port=port, ok=msg.code == ResultCode.OK)
                     self.tell("health", outcome)

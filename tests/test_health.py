@@ -115,8 +115,14 @@ def test_pre_send_check_and_force(
 def test_transfers_update_reliability(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
+    """A verified send raises the receiver's score; one it refuses (here
+    over its quota of parts) says nothing of its reliability: it answered
+    at once (a refusal used to count as a failed transfer)."""
     a = node_factory(*FAST)
-    b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+    b = node_factory(
+        *FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port),
+        "--peer-quota", "1000000",
+    )  # fmt: skip
 
     def row() -> dict[str, str] | None:
         rows = json.loads(a.cli("peers", "--json").stdout)
@@ -127,6 +133,12 @@ def test_transfers_update_reliability(
     assert code == 0, result
     after = wait_until(lambda: (r := row()) and r["transfers_ok"] == "1" and r, 10, "scored")
     assert after["transfers_failed"] == "0"
+    refused = a.send_to(make_file(2_000_000), b)
+    assert refused[0] == errors.REFUSED, refused
+    code, result = a.send_to(make_file(100_000), b)  # told after the refusal
+    assert code == 0, result
+    after = wait_until(lambda: (r := row()) and r["transfers_ok"] == "2" and r, 10, "scored")
+    assert after["transfers_failed"] == "0", after
     # Pings keep succeeding and a transfer weighs 4 pings: the score is high.
     assert float(after["reliability"]) > 0.6
 
