@@ -72,6 +72,7 @@ import dataclasses
 import functools
 import hmac
 import itertools
+import json
 import logging
 import os
 import time
@@ -364,6 +365,15 @@ class MulticastReceiverActor(Actor):
         # (--direct-writes), as the unicast receiver reports its writer's.
         self.writer.report_counters(self.counters)
         self.facts["multicast_decrypt_buffers_out"] = str(self.writer.buffers.out_bytes)
+        # What `top` shows under "Receiving" (a few, names cut short): a
+        # session's name, size, bytes written and sender.
+        self.facts["incoming_multicast"] = json.dumps(
+            [
+                [s.name[:48], s.size, _written(s), fingerprint(s.peer)[:19]]
+                for s in list(self.sessions.values())  # at most MAX_SESSIONS
+            ],
+            ensure_ascii=False,
+        )
         super().report()
 
     def _report_space(self) -> None:

@@ -262,6 +262,15 @@ def test_a_running_multicast_is_listed_and_cancelled_by_its_id(
             assert (row["file"], row["mode"]) == (str(path), "multicast"), row
             assert row["size"] == 16 * MiB, row
             assert row["peer"] == f"{first.host}:{first.port}, {other.host}:{other.port}", row
+
+            # A receiving node's `top` shows the session coming in, with its
+            # sender (it showed nothing of a multicast).
+            def shown() -> str | None:
+                out = first.cli("top", "--interval", "0.2").stdout
+                return out if "cut.bin" in out else None
+
+            line = next(x for x in wait_until(shown, 30, "top").splitlines() if "cut.bin" in x)
+            assert line.split()[0] == "multicast" and sender.fingerprint[:19] in line, line
             done = sender.cli("cancel", str(row["id"]))
             assert done.returncode == 0, done.describe()
             out, err = proc.communicate(timeout=30)

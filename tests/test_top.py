@@ -296,6 +296,18 @@ def test_top_lists_incoming_transfers_with_the_ids_cancel_takes() -> None:
     assert lines[heading + 2].split() == ["in7", "big.iso", "25%", "of", "200.0", "MiB"], lines
     view.update(1.0, {**facts, "incoming": "[]"}, [send], [])  # it ended
     assert "Receiving" not in _render(view, 80) and view.selected_id() == "5"
+    # A multicast session coming in shows there too, with its sender; it is
+    # not one `c` cancels here, so up/down passes it by.
+    coming = [["film.mkv", 400 * MiB, 100 * MiB, "n47j-hxbx-u2u5-g37e-v3th"]]
+    multicast = {**facts, "incoming": "[]", "incoming_multicast": json.dumps(coming)}
+    view.update(2.0, multicast, [send], [])
+    lines = _render(view, 80)
+    heading = lines.index("Receiving")
+    assert lines[heading + 1].split() == ["ID", "FILE", "DONE", "FROM"], lines
+    assert lines[heading + 2].split() == [
+        "multicast", "film.mkv", "25%", "of", "400.0", "MiB", "n47j-hxbx-u2u5-g37e"
+    ], lines  # fmt: skip
+    assert view.selectable() == ["5"]
 
 
 def test_top_without_sends_keeps_its_headers_whole_at_80_columns() -> None:

@@ -99,6 +99,8 @@ class View:
     facts: dict[str, str] = field(default_factory=dict)
     transfers: list[dict[str, str]] = field(default_factory=list)
     incoming: list[tuple[str, str, int, int]] = field(default_factory=list)  # id, name, size, done
+    # Multicast sessions coming in: sender, name, size, done (not cancelled here).
+    sessions: list[tuple[str, str, int, int]] = field(default_factory=list)
     peers: list[dict[str, str]] = field(default_factory=list)
     selected: int = 0
     message: str = ""
@@ -125,6 +127,7 @@ class View:
         for key in set(self.meters) - seen:
             del self.meters[key]
         self.incoming = _incoming(facts.get("incoming", "[]"))
+        self.sessions = _incoming(facts.get("incoming_multicast", "[]"))
         self.selected = max(0, min(self.selected, len(self.selectable()) - 1))
 
     def selectable(self) -> list[str]:
@@ -163,7 +166,8 @@ _STATE_COLOUR: dict[str, str] = {
 
 
 def _incoming(text: str) -> list[tuple[str, str, int, int]]:
-    """The receiver's ``incoming`` fact: (id, name, size, bytes written) each."""
+    """The receiver's ``incoming`` fact: (id, name, size, bytes written) each;
+    the mreceiver's ``incoming_multicast``: (sender, name, size, written)."""
     try:
         return [(str(r[3]), str(r[0]), int(r[1]), int(r[2])) for r in json.loads(text)]
     except (ValueError, TypeError, IndexError, KeyError):
@@ -303,13 +307,17 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     receiving = Table(
         title="Receiving", title_justify="left", expand=keys, box=None, pad_edge=False
     )
-    for name in ("ID", "FILE", "DONE"):
+    columns = ("ID", "FILE", "DONE", "FROM") if view.sessions else ("ID", "FILE", "DONE")
+    for name in columns:
         receiving.add_column(name, justify="right" if name == "DONE" else "left", no_wrap=True)
     first = len(view.transfers)
     for i, (ident, name, size, done) in enumerate(view.incoming):
         share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
         picked = "reverse" if first + i == view.selected else None
         receiving.add_row(ident, os.path.basename(name)[:40], share, style=picked)
+    for sender, name, size, done in view.sessions:  # multicast: not selectable
+        share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
+        receiving.add_row("multicast", os.path.basename(name)[:40], share, sender[:19])
     listed = peer_rows(view)
     shown, _ = shown_columns(PEER_COLUMNS, listed, PEER_DROP, width)
     peers = Table(title="Peers", title_justify="left", expand=keys, box=None, pad_edge=False)
@@ -323,7 +331,8 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     line = "up/down select   +/- double/halve rate   c cancel   q quit"
     if view.confirm_cancel:
         line = f"cancel transfer {view.selected_id()}? y/n"
-    shown_in: list[Table | Text] = [receiving, Text("")] if view.incoming else []
+    coming = view.incoming or view.sessions
+    shown_in: list[Table | Text] = [receiving, Text("")] if coming else []
     if not keys:  # printed once, not live: no keys to tell
         return Group(head, Text(""), transfers, Text(""), *shown_in, peers)
     footer = Text.assemble((line, "bold"), "   ", view.message[: max(0, width - len(line) - 3)])
