@@ -125,6 +125,7 @@ from peercrypt.core.resume import (
     ResumeKey,
     accept_ranges,
     plan_resume,
+    rechunked,
 )
 from peercrypt.core.sampling import sample_due
 from peercrypt.core.tree import offer_refusal
@@ -989,27 +990,34 @@ class ReceiverActor(Actor):
         }
         self.facts["last_in"] = json.dumps(outcome, ensure_ascii=False)
 
-    def _take_over(self, key: ResumeKey) -> Manifest | None:
+    def _take_over(self, key: ResumeKey, low: int, chosen: int) -> tuple[Manifest, bool] | None:
         """A running transfer of the very same file from the same sender (in
-        any chunks: the plan continues it in its own if the offer allows
-        them, else rechunked) is one whose sender restarted (a new offer
-        means it forgot the old one): end it, keeping its part, and continue
-        it from what is written."""
+        any chunks) is one whose sender restarted (a new offer means it
+        forgot the old one): end it, and continue its part from what is
+        written, in its own chunks if the offer allows them (``low`` up to
+        ``key.chunk_size``), else rechunked to ``chosen``. A part holding no
+        whole chunk of that is discarded by the writer after its queued work
+        (deleted here, the writer would still write its last checkpoint).
+        Its manifest as held now, and whether it continues."""
         for t in list(self.transfers.values()):
             if key.same_version(t.key) and not t.flow.finishing:
                 # In its own chunks (its bitmap counts them), not the offer's largest.
                 held = Manifest(t.key, t.tid, t.part.name, t.flow.written.to_bytes(), time.time())
+                usable = key.continues(t.key, low or key.chunk_size) or bool(
+                    rechunked(held, chosen).held().count
+                )
                 log.info("%s: offered again by its sender; the old transfer ends", t.name)
                 self.count("taken-over")
-                ended = "its sender offered the same file again; a newer offer continues it"
+                how = "continues it" if usable else "starts it afresh"
+                ended = f"its sender offered the same file again; a newer offer {how}"
                 self.tell("stats", self._record(t, ResultCode.ABORTED, ended))
-                self._close(t, keep_part=True)
+                self._close(t, keep_part=usable, by_writer=not usable)
                 # A sender that restarted does not hear it; one that did not
                 # (the file sent twice at once, from a sender that cannot tell)
                 # ends this send now instead of waiting out its acks.
-                told = "your node offered this file again; the newer offer continues it"
+                told = f"your node offered this file again; the newer offer {how}"
                 self._send_sealed(t, Failed(code=ResultCode.ABORTED, reason=told))
-                return held
+                return held, usable
         return None
 
     def _resumable(self, key: ResumeKey, low: int, chosen: int) -> Manifest | None:
@@ -1021,11 +1029,14 @@ class ReceiverActor(Actor):
         Multicast parts are never looked at: the mreceiver may be writing
         one of the same file from the same sender right now."""
         inbox = self.settings.inbox
-        running = self._take_over(key)
+        taken = self._take_over(key, low, chosen)
         found = scan(inbox, prefix=f".{key.name}.", multicast=False)
-        kept = [m for m in found.manifests if running is None or m.part != running.part]
-        if running is not None:
-            kept.append(running)
+        # A part taken over is what it holds now, not its last checkpoint;
+        # one the writer discards is none of the plan's (nor an orphan).
+        gone = taken[0].part if taken is not None else ""
+        kept = [m for m in found.manifests if m.part != gone]
+        if taken is not None and taken[1]:
+            kept.append(taken[0])
         # Parts in use: running transfers' and those chosen by offers waiting
         # for the space ledger (their verdict opens them).
         self.completed.expire(self.now())
@@ -1043,7 +1054,7 @@ class ReceiverActor(Actor):
                 log.info("%s: the sender's file changed; the kept part restarts", key.name)
         # A part without a manifest (a node killed between creating it and its
         # first checkpoint) can never be resumed: it goes now, not at expiry.
-        spared = {*in_use, *(k.part for k in kept)}
+        spared = {*in_use, *(k.part for k in kept), gone}
         for orphan in found.kept:
             if orphan.manifest is None and orphan.has_part and orphan.part not in spared:
                 remove_part(inbox, orphan.part)

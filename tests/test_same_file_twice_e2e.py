@@ -90,14 +90,17 @@ def test_a_second_send_of_a_running_file_is_refused_naming_the_first(
     assert code == 0 and again["stored_as"] == "twice.bin", again
 
 
-@pytest.mark.parametrize("chunks", ["offered", "paced"])
+@pytest.mark.parametrize("chunks", ["offered", "paced", "scant"])
 def test_an_older_send_from_the_same_identity_is_told_it_ended(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], chunks: str
 ) -> None:
     """The twin's offer takes the running transfer over and continues it:
     in its own 1 MiB chunks (which an offer naming no chunk size allows), or
     rechunked from a paced send's small ones (a new part, and a second
-    copy of the file, before)."""
+    copy of the file, before); one holding no whole chunk of the receiver's
+    choice ("scant") is discarded and the file sent afresh, leaving nothing
+    behind (the part was deleted while the writer still had it, which then
+    wrote its manifest for a part that was gone)."""
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
     twin = node_factory(name="twin", start=False)  # the sender's identity, another process
@@ -109,13 +112,17 @@ def test_an_older_send_from_the_same_identity_is_told_it_ended(
     paced: tuple[str, ...] = ("-r", str(2 * MiB))  # cut in chunks of a tenth of a MiB
     if chunks == "offered":
         paced = ("--chunk-size", str(MiB), *paced, "-b", str(MiB))
+    held = 8 * MiB  # two whole chunks of the receiver's largest choice
+    if chunks == "scant":  # a few small chunks: not one of 1 MiB
+        paced, held = ("-r", str(128 * 1024)), 0
     first = _background(sender, path, receiver.host, receiver.port, *paced)
-    try:  # (8 MiB: two whole chunks of the receiver's largest choice)
-        wait_until(lambda: _running_id(sender, 8 * MiB), WAIT, "the first send's chunks written")
+    try:
+        wait_until(lambda: _running_id(sender, held), WAIT, "the first send's chunks written")
         taken = receiver.counters().get("receiver.taken-over", 0)
         code, result = twin.send_to(path, receiver, timeout=WAIT)
         assert_sent(receiver, (code, result), path)
-        assert result["stats"]["resumed_chunks"] > 0, result  # from what the first wrote
+        resumed = result["stats"]["resumed_chunks"]
+        assert (resumed > 0) == (chunks != "scant"), result  # from what the first wrote
         old_code, old = _ended(first)
     finally:
         if first.poll() is None:
@@ -124,7 +131,11 @@ def test_an_older_send_from_the_same_identity_is_told_it_ended(
     assert receiver.wait_for_counter("receiver.taken-over", taken + 1) == taken + 1
     assert old_code == 1, old
     assert old["code"] == "aborted", old
-    assert "your node offered this file again; the newer offer continues it" in old["error"], old
+    how = "starts it afresh" if chunks == "scant" else "continues it"
+    assert f"your node offered this file again; the newer offer {how}" in old["error"], old
     stored = [p.name for p in receiver.inbox.iterdir() if not p.name.startswith(".")]
     assert stored == ["restarted.bin"], stored
+    # Nothing left behind: no part, no manifest (once the writer closed the
+    # old part: the twin's send ended after it).
+    assert [p.name for p in receiver.inbox.iterdir() if p.name.startswith(".")] == []
     assert blake3_file(receiver.inbox / "restarted.bin") == blake3_file(path)

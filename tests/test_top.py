@@ -301,13 +301,37 @@ def test_top_lists_incoming_transfers_with_the_ids_cancel_takes() -> None:
     coming = [["film.mkv", 400 * MiB, 100 * MiB, "n47j-hxbx-u2u5-g37e-v3th"]]
     multicast = {**facts, "incoming": "[]", "incoming_multicast": json.dumps(coming)}
     view.update(2.0, multicast, [send], [])
-    lines = _render(view, 80)
+    lines = _render(view, 120)
     heading = lines.index("Receiving")
     assert lines[heading + 1].split() == ["ID", "FILE", "DONE", "FROM"], lines
     assert lines[heading + 2].split() == [
         "multicast", "film.mkv", "25%", "of", "400.0", "MiB", "n47j-hxbx-u2u5-g37e"
     ], lines  # fmt: skip
     assert view.selectable() == ["5"]
+    lines = _render(view, 80)  # its sender left out: nothing cut
+    heading = lines.index("Receiving")
+    assert lines[heading + 1].split() == ["ID", "FILE", "DONE"], lines
+    assert lines[heading + 2].split() == ["multicast", "film.mkv", "25%", "of", "400.0", "MiB"]
+
+
+def test_top_shows_peers_text_as_it_is_never_as_markup() -> None:
+    """File names and peers' text are shown literally: rich markup in them
+    (a hostile sender's "[link=...]" made a hyperlink on the receiving
+    user's terminal; "[x]" hid part of a name) is not interpreted."""
+    from peercrypt.cli.top import View
+
+    view = View()
+    facts = {"fingerprint": "n47j-hxbx-u2u5-g37e-v3th", "pid": "1", "mode": "normal"}
+    facts["incoming"] = json.dumps([["[link=mailto:a@b.c]in.pdf", 100, 50, "in2"]])
+    facts["incoming_multicast"] = json.dumps([["[on red]mc.bin", 100, 50, "[bold]who"]])
+    send = {"id": "5", "file": "/d/[2024] report.pdf", "peer": "[i]h:1", "state": "sending"}
+    send.update(size="100", bytes="50", mode="normal")
+    peer = {"id": "[blink]abc", "address": "[link=https:e.vil]x:1", "state": "alive"}
+    view.update(0.0, facts, [send], [peer])
+    shown = "\n".join(_render(view, 200))
+    for text in ("[link=mailto:a@b.c]in.pdf", "[on red]mc.bin", "[bold]who", "[2024] report.pdf",
+                 "[i]h:1", "[blink]abc", "[link=https:e.vil]x:1"):  # fmt: skip
+        assert text in shown, (text, shown)
 
 
 def test_top_without_sends_keeps_its_headers_whole_at_80_columns() -> None:

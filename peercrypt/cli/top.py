@@ -299,7 +299,7 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     for i, (cells, size, done) in enumerate(rows):
         bar = ProgressBar(total=max(size, 1), completed=done, width=bar_width)
         transfers.add_row(
-            *(bar if name == "PROGRESS" else cells[name] for name in shown),
+            *(bar if name == "PROGRESS" else Text(cells[name]) for name in shown),
             style="reverse" if i == view.selected else None,
         )
     if not rows:
@@ -307,17 +307,20 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     receiving = Table(
         title="Receiving", title_justify="left", expand=keys, box=None, pad_edge=False
     )
-    columns = ("ID", "FILE", "DONE", "FROM") if view.sessions else ("ID", "FILE", "DONE")
+    # A multicast session's sender where it fits (at 80 columns nothing is cut).
+    wide = bool(view.sessions) and width >= WIDE_RECEIVING
+    columns = ("ID", "FILE", "DONE", "FROM") if wide else ("ID", "FILE", "DONE")
     for name in columns:
         receiving.add_column(name, justify="right" if name == "DONE" else "left", no_wrap=True)
     first = len(view.transfers)
     for i, (ident, name, size, done) in enumerate(view.incoming):
         share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
         picked = "reverse" if first + i == view.selected else None
-        receiving.add_row(ident, os.path.basename(name)[:40], share, style=picked)
+        receiving.add_row(Text(ident), Text(os.path.basename(name)[:40]), share, style=picked)
     for sender, name, size, done in view.sessions:  # multicast: not selectable
         share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
-        receiving.add_row("multicast", os.path.basename(name)[:40], share, sender[:19])
+        texts = [Text("multicast"), Text(os.path.basename(name)[:40]), Text(share)]
+        receiving.add_row(*texts, *([Text(sender[:19])] if wide else []))
     listed = peer_rows(view)
     shown, _ = shown_columns(PEER_COLUMNS, listed, PEER_DROP, width)
     peers = Table(title="Peers", title_justify="left", expand=keys, box=None, pad_edge=False)
@@ -325,7 +328,8 @@ def render(view: View, width: int, keys: bool = True) -> Group:
         peers.add_column(name, no_wrap=True)
     for row in listed:
         colour = _STATE_COLOUR.get(row["STATE"], "")
-        peers.add_row(*(Text(row[n], style=colour) if n == "STATE" else row[n] for n in shown))
+        # Text, not markup: a peer's text ("[link=...]" in a name) shows as it is.
+        peers.add_row(*(Text(row[n], style=colour if n == "STATE" else "") for n in shown))
     if not listed:
         peers.add_row(Text("no peers known", style="dim"))
     line = "up/down select   +/- double/halve rate   c cancel   q quit"
@@ -447,6 +451,7 @@ def _act(view: View, link: NodeLink, key: str) -> bool:
 
 
 PIPE_WIDTH = 10_000  # columns a view printed into a pipe may take
+WIDE_RECEIVING = 100  # columns from which Receiving shows a multicast's sender
 
 
 @click.command("top")
