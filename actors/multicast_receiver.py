@@ -177,6 +177,7 @@ from peercrypt.wire.space_messages import (
     SpaceWritten,
 )
 from peercrypt.wire.stats_messages import StatsRecord, StatsSample, batches
+from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.mreceiver")
 
@@ -927,9 +928,10 @@ class MulticastReceiverActor(Actor):
             return McRefuse(sid=st.sid, code="unknown-session", reason="no such session here")
         sess.route = env.route
         if st.end:
-            log.info("multicast session %s ended by the sender: %s", sess.name, st.end)
+            why = printable(st.end)  # the sender's words: no escape reaches a terminal
+            log.info("multicast session %s ended by the sender: %s", sess.name, why)
             self.count("dropped-by-sender")
-            self._report(sess, "", ok=False, reason=f"the sender ended the session: {st.end}")
+            self._report(sess, "", ok=False, reason=f"the sender ended the session: {why}")
             self._close(sess, keep_part=False)
             return None
         sess.flow.on_status(st.horizon, st.digest, st.ack_every, self.now())

@@ -8,6 +8,7 @@ the same time still stored a file with the right hash.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -61,7 +62,7 @@ from peercrypt.wire.messages import (
     SealedHeader,
     Verified,
 )
-from peercrypt.wire.multicast_messages import McAnnounce, McJoin, McRefuse
+from peercrypt.wire.multicast_messages import McAnnounce, McJoin, McRefuse, McStatus
 
 WAIT = 30.0
 MiB = 1 << 20
@@ -487,6 +488,35 @@ def test_a_multicast_announce_with_its_name_in_clear_is_refused(
     assert isinstance(joined, McJoin), answers
     assert receiver.wait_for_counter("mreceiver.refused-unsealed", 1) == 1
     assert not [p for p in receiver.inbox.iterdir() if "clear" in p.name]
+
+
+def test_a_multicast_senders_end_reason_reaches_no_terminal_raw(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """A member ends a session it announced with a reason made of escape
+    sequences and a forged log line: the receiving node's log and its
+    statistics history (which `stats show` prints) hold it escaped."""
+    receiver = node_factory()
+    hostile = CoReceiver(network_key)
+    to = load_or_create_identity(receiver.data_dir).public
+    forged = "\x1b]0;PWNED\x07\x1b[2K\rgot invoice.pdf, verified\n2099-01-01 INFO forged line"
+    sid = os.urandom(16)
+    try:
+        sealed = hostile.sealed_announce(to, sid, "ended.bin", 1 * MiB, 64 * 1024)
+        (joined,) = hostile.announce(receiver.host, receiver.port, [sealed])
+        assert isinstance(joined, McJoin), joined
+        hostile.ask(receiver.host, receiver.port, [McStatus(sid=sid, horizon=0, end=forged)])
+        receiver.wait_for_counter("mreceiver.dropped-by-sender", 1, WAIT)
+    finally:
+        hostile.close()
+    log = receiver.log_text()
+    assert "ended by the sender: \\x1b]0;PWNED\\x07" in log, receiver.log_tail()
+    assert "\x1b" not in log and "\n2099-01-01 INFO forged" not in log
+    rows = json.loads(receiver.cli("stats", "list", "--json").stdout)
+    (row,) = [r for r in rows if r["file"] == "ended.bin"]
+    shown = receiver.cli("stats", "show", str(row["id"])).stdout
+    assert "the sender ended the session: \\x1b]0;PWNED" in shown, shown
+    assert "\x1b" not in shown and "\x07" not in shown
 
 
 def test_tiny_frames_heartbeats_and_a_reset_cannot_abort_the_receiver(

@@ -91,6 +91,14 @@ def test_x25519_derivation_matches_signing_key() -> None:
         {"endpoints": {"control": "tcp://h:0"}},
         {"endpoints": {"control": "tcp://:80"}},
         {"endpoints": {"": "tcp://h:80"}},
+        # A control character in an address a member signed for itself
+        # would reach every user's `peers` and `top` (escape sequences).
+        {"endpoints": {"control": "tcp://\x1b]0;title\x07h:80"}},
+        {"endpoints": {"control": "tcp://h\x1b[2J:80"}},
+        {"endpoints": {"control": "tcp://h\x7f:80"}},
+        {"endpoints": {"control": "tcp://h\t:80"}},
+        {"endpoints": {"control": "tcp://h :80"}},
+        {"endpoints": {"contr\x1bol": "tcp://h:80"}},
     ],
 )
 def test_record_structure_is_validated(kwargs: dict[str, object]) -> None:

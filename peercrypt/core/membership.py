@@ -125,13 +125,20 @@ def x25519_public_key(node_id: bytes) -> bytes:
         raise ValueError("node_id is not a valid Ed25519 public key") from exc
 
 
+def _visible_ascii(text: str) -> bool:
+    return bool(text) and text.isascii() and text.isprintable() and " " not in text
+
+
 def _check_endpoint(name: object, url: object) -> None:
-    if not isinstance(name, str) or not name:
-        raise ValueError("endpoint name must be a non-empty string")
+    # Printable ASCII without blanks only: the address is shown to users
+    # (`peers`, `top`, the shell), and a control character in it would reach
+    # their terminals from a record its subject alone signed.
+    if not isinstance(name, str) or not _visible_ascii(name):
+        raise ValueError("endpoint name must be a non-empty string of visible ASCII")
     if not isinstance(url, str) or not url.isascii() or not url.startswith("tcp://"):
         raise ValueError(f"endpoint {name!r} must be a 'tcp://host:port' string")
-    if any(ch.isspace() for ch in url):
-        raise ValueError(f"endpoint {name!r} contains whitespace")
+    if not _visible_ascii(url):
+        raise ValueError(f"endpoint {name!r} holds a blank or a control character")
     try:
         split_host_port(url, scheme="tcp")
     except ValueError:
