@@ -30,6 +30,7 @@ from typing import Any
 
 from peercrypt import sizes
 from peercrypt.config_sources import ConfigError as ConfigError  # raised by resolve()
+from peercrypt.core.address import visible_ascii
 from peercrypt.core.fragments import DEFAULT_FRAGMENT, HEADER_BYTES, MAX_DATAGRAM, MIN_FRAGMENT
 from peercrypt.core.modes import (
     AIMD_MAX_WINDOW_KB,
@@ -78,7 +79,7 @@ class Setting:
 
     name: str
     env: str
-    # "int", "float", "bool", "str", "choice", "list", "secret"; "size" (bytes)
+    # "int", "float", "bool", "str", "host", "choice", "list", "secret"; "size" (bytes)
     # and "rate" (bytes/s) take suffixes (peercrypt/sizes.py)
     kind: str
     default: Any
@@ -109,6 +110,8 @@ class Setting:
             return f"{number} in {_bound(self.low)}..{_bound(self.high)}{unit}"
         if self.kind == "list":
             return "a comma-separated list"
+        if self.kind == "host":
+            return "a host name or address (visible ASCII, no blank)"
         return "text"
 
     def parse(self, value: Any) -> Any:
@@ -156,6 +159,8 @@ class Setting:
             return tuple(v.strip() for v in str(value).split(",") if v.strip())
         if not isinstance(value, str):
             raise ConfigError("expected text")
+        if self.kind == "host" and value and not visible_ascii(value):
+            raise ConfigError(f"expected {self.accepted()}")
         return value
 
 
@@ -199,7 +204,8 @@ SETTINGS: tuple[Setting, ...] = (
     _s("health_check_interval", "HEALTH_CHECK_INTERVAL", "float", 10.0,
        "Seconds between health checks of every member.",
        flag="--health-check-interval", low=0.01, high=3600, unit="s", actors=_HEALTH),
-    _s("host", "PEERCRYPT_HOST", "str", "0.0.0.0", "Address to bind.", flag="--host", actors=_RECV),
+    _s("host", "PEERCRYPT_HOST", "host", "0.0.0.0", "Address to bind.", flag="--host",
+       actors=_RECV),
     _s("port", "PEERCRYPT_PORT", "int", DEFAULT_PORT,
        "The node's public port (0: any free port).", flag="--port", low=0, high=65535),
     _s("data_port", "PEERCRYPT_DATA_PORT", "int", 0,
@@ -208,7 +214,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("advertise_data_port", "PEERCRYPT_ADVERTISE_DATA_PORT", "int", 0,
        "Data port to advertise instead of the bound one (NAT, proxies; 0: the bound one).",
        flag="--advertise-data-port", low=0, high=65535, actors=_RECV),
-    _s("advertise_host", "PEERCRYPT_ADVERTISE_HOST", "str", "",
+    _s("advertise_host", "PEERCRYPT_ADVERTISE_HOST", "host", "",
        "Address members should use for this node (empty: --host, or for 0.0.0.0 the "
        "address of the interface that routes to the bootstrap member).",
        flag="--advertise-host"),
@@ -221,7 +227,7 @@ SETTINGS: tuple[Setting, ...] = (
        "Admit any node (encrypted, unauthenticated).", flag="--open", actors=_ALL),
     _s("allow", "PEERCRYPT_ALLOW", "list", (),
        "Admit only these node fingerprints (empty: every member).", flag="--allow"),
-    _s("bootstrap_host", "PEERCRYPT_BOOTSTRAP_HOST", "str", "",
+    _s("bootstrap_host", "PEERCRYPT_BOOTSTRAP_HOST", "host", "",
        "Join the network through this member.", flag="--bootstrap-host"),
     _s("bootstrap_port", "PEERCRYPT_BOOTSTRAP_PORT", "int", 0,
        "Port of the bootstrap member (0: none).", flag="--bootstrap-port", low=0, high=65535),

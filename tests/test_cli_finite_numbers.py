@@ -33,3 +33,14 @@ def test_nan_and_inf_are_refused_in_one_line(tmp_path: Path, args: tuple[str, ..
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("peercrypt: error:"), lines
     assert "nan" in lines[0] or "inf" in lines[0], lines
+
+
+@pytest.mark.parametrize("flag", ["--advertise-host", "--bootstrap-host", "--host"])
+def test_a_host_with_a_control_character_is_refused_in_one_line(tmp_path: Path, flag: str) -> None:
+    """It would go into the node's signed record: refused, escaped, exit 2."""
+    result = run_cli("node", flag, "ho\x1b[2Jst", data_dir=tmp_path / "dd", timeout=30)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("peercrypt: error:"), lines
+    assert "'ho\\x1b[2Jst' is not a host name or address" in lines[0], lines
+    assert "\x1b" not in result.stderr

@@ -119,6 +119,28 @@ def test_a_number_setting_refuses_what_is_not_finite(setting: config.Setting) ->
         _resolve(file={setting.name: math.inf})  # TOML's `inf`
 
 
+HOSTS = [s for s in config.SETTINGS if s.kind == "host"]
+
+
+@pytest.mark.parametrize("setting", HOSTS, ids=[s.env for s in HOSTS])
+def test_a_host_setting_refuses_blanks_and_control_characters(setting: config.Setting) -> None:
+    """A host goes into this node's signed record, which other members show
+    their users (and refuse as malformed with a control character in it):
+    refused in one line from a variable, a .env or TOML; names and
+    addresses pass."""
+    for text in ("a\x1b[2Jb", "ho st", "\x07", "h\u202eost", "tab\there"):
+        with pytest.raises(config.ConfigError) as err:
+            _resolve(environ={setting.env: text})
+        assert str(err.value).startswith(f"{setting.env}={text!r}: expected a host"), err.value
+        with pytest.raises(config.ConfigError, match=rf"pc\.toml: {setting.name}="):
+            _resolve(file={setting.name: text})
+        with pytest.raises(config.ConfigError, match=rf"\.env: {setting.env}="):
+            _resolve(dotenv={setting.env: text})
+    for text in ("", "example.org", "::1", "10.0.0.1", "node-1.lan"):
+        assert _resolve(environ={setting.env: text}).values[setting.name] == text
+    assert {s.name for s in HOSTS} == {"host", "advertise_host", "bootstrap_host"}
+
+
 @pytest.mark.parametrize(
     ("env", "words"),
     [

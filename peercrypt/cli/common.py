@@ -24,6 +24,7 @@ import zmq
 
 from peercrypt import config, errors, sizes
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.address import visible_ascii
 from peercrypt.crypto.identity import (
     IdentityError,
     load_or_create_identity,
@@ -31,6 +32,7 @@ from peercrypt.crypto.identity import (
     normalise_fingerprint,
 )
 from peercrypt.settings import NodeSettings
+from peercrypt.wire.text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -184,6 +186,8 @@ def setting_option(name: str, param: str | None = None) -> Callable[[F], F]:
         kw["type"] = click.Choice(s.choices, case_sensitive=False)
     elif s.kind == "list":
         kw.update(multiple=True, show_default=False)
+    elif s.kind == "host":
+        kw["type"] = HostText()
     if s.kind in ("size", "rate"):
         kw["help"] = f"{s.help} {RATE_HELP if s.kind == 'rate' else SIZE_HELP} [env {s.env}]"
     elif s.unit:
@@ -351,6 +355,19 @@ class FiniteRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return number
+
+
+class HostText(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
+    """A host name or address: visible ASCII without a blank (it goes into
+    this node's signed member record, which others show to their users)."""
+
+    name = "host"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        if text and not visible_ascii(text):
+            self.fail(f"'{printable(text)}' is not a host name or address", param, ctx)
+        return text
 
 
 def count_in(text: object) -> int:

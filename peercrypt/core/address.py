@@ -17,6 +17,13 @@ import functools
 import ipaddress
 
 
+def visible_ascii(text: str) -> bool:
+    """Is ``text`` non-empty printable ASCII without a blank? (What a host,
+    a port's text or an endpoint may hold: it is shown to users, and a
+    control character would reach their terminals.)"""
+    return bool(text) and text.isascii() and text.isprintable() and " " not in text
+
+
 def split_host_port(text: str, *, scheme: str = "") -> tuple[str, int]:
     """``HOST:PORT`` (or ``[V6]:PORT``; ``SCHEME://`` first when ``scheme``
     is given) -> ``(host, port)``, host without brackets or surrounding

@@ -93,7 +93,7 @@ from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from peercrypt.core.address import split_host_port
+from peercrypt.core.address import split_host_port, visible_ascii
 from peercrypt.core.member_state import MemberState
 
 DOMAIN = b"peercrypt/member-record/v1"
@@ -125,19 +125,15 @@ def x25519_public_key(node_id: bytes) -> bytes:
         raise ValueError("node_id is not a valid Ed25519 public key") from exc
 
 
-def _visible_ascii(text: str) -> bool:
-    return bool(text) and text.isascii() and text.isprintable() and " " not in text
-
-
 def _check_endpoint(name: object, url: object) -> None:
     # Printable ASCII without blanks only: the address is shown to users
     # (`peers`, `top`, the shell), and a control character in it would reach
     # their terminals from a record its subject alone signed.
-    if not isinstance(name, str) or not _visible_ascii(name):
+    if not isinstance(name, str) or not visible_ascii(name):
         raise ValueError("endpoint name must be a non-empty string of visible ASCII")
     if not isinstance(url, str) or not url.isascii() or not url.startswith("tcp://"):
         raise ValueError(f"endpoint {name!r} must be a 'tcp://host:port' string")
-    if not _visible_ascii(url):
+    if not visible_ascii(url):
         raise ValueError(f"endpoint {name!r} holds a blank or a control character")
     try:
         split_host_port(url, scheme="tcp")
