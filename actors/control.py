@@ -129,6 +129,11 @@ def _with_request(msg: codec.Message, request: int) -> codec.Message:
     return replaced
 
 
+def _by_id(row: dict[str, str]) -> tuple[int, str]:
+    ident = str(row.get("id", ""))
+    return (int(ident), "") if ident.isascii() and ident.isdigit() else (1 << 62, ident)
+
+
 class ControlActor(Actor):
     name = "control"
 
@@ -388,7 +393,9 @@ class ControlActor(Actor):
         listing = self.listing.pop(ours, None)
         if listing is None:  # answered already
             return
-        rows = [*listing.rows, *self._placing_rows()][:MAX_TRANSFER_ROWS]
+        # In the order of their ids: the sender's and the msender's answers
+        # come in either order, and `top` and the shell list rows as given.
+        rows = sorted([*listing.rows, *self._placing_rows()], key=_by_id)[:MAX_TRANSFER_ROWS]
         missing = sorted(LISTERS - listing.answered)
         if missing:
             self.count("transfers-unanswered")

@@ -387,3 +387,70 @@ def test_top_on_the_receiving_node_cancels_an_incoming_transfer(
         15.0,
         "the part removed",
     )
+
+
+def test_the_selection_and_a_cancels_question_follow_the_transfer_not_its_row() -> None:
+    """Rows that come in another order (or one that ended above) keep the
+    selected transfer selected; `c` asks about the transfer selected when
+    it was pressed, whatever moved before `y`; the node's answer gets a line
+    of its own (beside the keys, 80 columns cut it to a few letters)."""
+    from peercrypt.cli.top import View, _act
+
+    def row(ident: str) -> dict[str, str]:
+        base = {"id": ident, "file": f"/d/f{ident}.bin", "peer": "127.0.0.1:7400"}
+        return {**base, "mode": "normal", "size": str(MiB), "bytes": "0", "state": "sending"}
+
+    facts = {"fingerprint": "n47j-hxbx-u2u5-g37e-v3th", "pid": "1", "mode": "normal"}
+    view = View()
+    view.update(0.0, facts, [row("12"), row("13")], [])
+    assert _act(view, None, "down") and view.selected_id() == "13"  # type: ignore[arg-type]
+    view.update(1.0, facts, [row("13"), row("12")], [])
+    assert view.selected_id() == "13" and view.selected == 0
+    assert _act(view, None, "c") and view.confirm_cancel == "13"  # type: ignore[arg-type]
+    view.update(2.0, facts, [row("11"), row("12"), row("13")], [])
+    assert view.selected_id() == "13"
+    assert "cancel transfer 13? y/n" in _render(view, 80)
+    view.update(3.0, facts, [row("12")], [])  # it ended: the question is still about it
+    assert "cancel transfer 13? y/n" in _render(view, 80)
+    view.confirm_cancel = None
+    view.message = "the rate of transfer 12 is now 2.0 MiB/s (it was 1.0 MiB/s)"
+    lines = _render(view, 80)
+    assert lines[-2].startswith("up/down select") and lines[-1] == view.message, lines
+
+
+def test_transfers_lists_sends_in_the_order_of_their_ids(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A multicast send between two unicast ones: the sender and the
+    msender answer `transfers` apart, and their rows came in the order the
+    answers did (`top`'s rows swapped under the selection)."""
+    sender = node_factory("--max-rate", "1M")
+    a, b = node_factory(), node_factory()
+    files = [make_file(64 * MiB, name=f"o{i}.bin") for i in range(3)]
+    procs = [
+        start_cli("send", files[0], a.host, str(a.port), "-r", "300K", data_dir=sender.data_dir),
+        start_cli(
+            "send",
+            files[1],
+            a.host,
+            str(a.port),
+            "-m",
+            "--to",
+            f"{b.host}:{b.port}",
+            data_dir=sender.data_dir,
+        ),
+        start_cli("send", files[2], b.host, str(b.port), "-r", "300K", data_dir=sender.data_dir),
+    ]
+    try:
+
+        def listed() -> list[int] | None:
+            rows = json.loads(sender.cli("transfers", "--json").stdout)
+            return [r["id"] for r in rows] if len(rows) == 3 else None
+
+        for _ in range(4):
+            ids = wait_until(listed, 30, "three sends listed")
+            assert ids == sorted(ids), ids
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=30)

@@ -104,7 +104,7 @@ class View:
     peers: list[dict[str, str]] = field(default_factory=list)
     selected: int = 0
     message: str = ""
-    confirm_cancel: bool = False
+    confirm_cancel: str | None = None  # the id `c` asked about, till y/n
 
     def update(
         self,
@@ -113,6 +113,7 @@ class View:
         transfers: list[dict[str, str]],
         peers: list[dict[str, str]],
     ) -> None:
+        kept = self.selected_id()  # the selection follows its transfer, not its row
         self.facts, self.transfers, self.peers = facts, transfers, peers
         seen = set()
         for row in transfers:
@@ -128,7 +129,11 @@ class View:
             del self.meters[key]
         self.incoming = _incoming(facts.get("incoming", "[]"))
         self.sessions = _incoming(facts.get("incoming_multicast", "[]"))
-        self.selected = max(0, min(self.selected, len(self.selectable()) - 1))
+        ids = self.selectable()
+        if kept in ids:
+            self.selected = ids.index(kept)
+        else:
+            self.selected = max(0, min(self.selected, len(ids) - 1))
 
     def selectable(self) -> list[str]:
         """The ids up/down moves through: the sends, then the incoming."""
@@ -333,14 +338,16 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     if not listed:
         peers.add_row(Text("no peers known", style="dim"))
     line = "up/down select   +/- double/halve rate   c cancel   q quit"
-    if view.confirm_cancel:
-        line = f"cancel transfer {view.selected_id()}? y/n"
+    if view.confirm_cancel is not None:
+        line = f"cancel transfer {view.confirm_cancel}? y/n"
     coming = view.incoming or view.sessions
     shown_in: list[Table | Text] = [receiving, Text("")] if coming else []
     if not keys:  # printed once, not live: no keys to tell
         return Group(head, Text(""), transfers, Text(""), *shown_in, peers)
-    footer = Text.assemble((line, "bold"), "   ", view.message[: max(0, width - len(line) - 3)])
-    return Group(head, Text(""), transfers, Text(""), *shown_in, peers, Text(""), footer)
+    # The node's answer on a line of its own (beside the keys, a narrow
+    # terminal cut it to nothing, or before the id it named).
+    footer = [Text(line, style="bold")] + ([Text(view.message)] if view.message else [])
+    return Group(head, Text(""), transfers, Text(""), *shown_in, peers, Text(""), *footer)
 
 
 # -- the terminal and the node ------------------------------------------------------------
@@ -418,12 +425,12 @@ def _read_keys(fd: int | None, timeout: float) -> list[str]:
 def _act(view: View, link: NodeLink, key: str) -> bool:
     """Handle one key; False to quit."""
     ident = view.selected_id()
-    if view.confirm_cancel:
-        view.confirm_cancel = False
-        if key in ("y", "Y") and ident is not None and ident.isdigit():
+    if view.confirm_cancel is not None:
+        ident, view.confirm_cancel = view.confirm_cancel, None  # the one asked about
+        if key in ("y", "Y") and ident.isdigit():
             request = CancelTransfer(request=link.client.next_id(), transfer=int(ident))
             view.message = link.setting(request)
-        elif key in ("y", "Y") and ident is not None:
+        elif key in ("y", "Y"):
             incoming = CancelIncoming(request=link.client.next_id(), transfer=ident)
             view.message = link.setting(incoming)
         else:
@@ -436,7 +443,7 @@ def _act(view: View, link: NodeLink, key: str) -> bool:
     elif key in ("down", "j"):
         view.selected = min(max(0, len(view.selectable()) - 1), view.selected + 1)
     elif key in ("c", "C") and ident is not None:
-        view.confirm_cancel = True
+        view.confirm_cancel = ident
     elif key in ("+", "-") and ident is not None and ident.isdigit():
         base = float(view.flows().get(ident, {}).get("rate") or view.rate_of(ident) or 0)
         if base <= 0:
