@@ -585,13 +585,17 @@ class SenderActor(Actor):
                 os.close(fd)
                 return fail(ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}")
             size, mtime_ns = st.st_size, st.st_mtime_ns
-        twin = self._sending_already(req, source)
-        if twin is not None:
+        running = self._sending_already(req, source)
+        if running is not None:
             if fd >= 0:
                 os.close(fd)
+            twin, first = running
+            # Named as the running send was given: a hard link elsewhere is
+            # the same file under another path.
+            same = "" if first == req.path else f" (the same file as {req.path})"
             return fail(
                 ResultCode.LOCAL,
-                f"already sending {req.path} to {join_host_port(req.host, req.port)} "
+                f"already sending {first}{same} to {join_host_port(req.host, req.port)} "
                 f"(transfer {twin}): wait for it, or `peercrypt cancel {twin}` first",
             )
         try:  # a rate too low for even the smallest chunk: refused before the offer
@@ -662,8 +666,8 @@ class SenderActor(Actor):
         if t.tid in self.transfers:
             self._drive(t)
 
-    def _sending_already(self, req: SendRequest, source: bytes) -> int | None:
-        """The id of a send of the same file (its source tag and name: the
+    def _sending_already(self, req: SendRequest, source: bytes) -> tuple[int, str] | None:
+        """The id and path of a send of the same file (its source tag and name: the
         same version, whatever the path's spelling; a folder's or several
         files' tag covers them all) to the same address that is running or
         between two attempts. The receiver would take the second for the
@@ -678,10 +682,10 @@ class SenderActor(Actor):
         target, name = key(req), os.path.basename(req.path)
         for t in self.transfers.values():
             if (t.details.source, t.details.name) == (source, name) and key(t.request) == target:
-                return t.request.request
+                return t.request.request, t.request.path
         for request, w in self.retrying.items():
             if (w.source, w.name) == (source, name) and key(w.request) == target:
-                return request
+                return request, w.request.path
         return None
 
     def _reach(self, req: SendRequest) -> Reach:

@@ -13,6 +13,7 @@ that send used to wait out its acks and fail as "stopped acknowledging"."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -76,6 +77,19 @@ def test_a_second_send_of_a_running_file_is_refused_naming_the_first(
                 f"peercrypt: error: already sending {path} to {target}:{receiver.port} "
                 f"(transfer {ident}): wait for it, or `peercrypt cancel {ident}` first"
             ], second.describe()
+        # A hard link of the same name in another folder: named as the
+        # running send was given, and as this one was (it named this path
+        # as the running one's).
+        (path.parent / "elsewhere").mkdir()
+        hard = path.parent / "elsewhere" / path.name
+        os.link(path, hard)
+        second = sender.cli("send", str(hard), receiver.host, str(receiver.port))
+        assert second.returncode == errors.USAGE, second.describe()
+        assert second.stderr_lines == [
+            f"peercrypt: error: already sending {path} (the same file as {hard}) to "
+            f"{receiver.host}:{receiver.port} (transfer {ident}): wait for it, or "
+            f"`peercrypt cancel {ident}` first"
+        ], second.describe()
         assert sender.cli("rate", "0", "--transfer", str(ident)).returncode == 0
         assert_sent(receiver, _ended(first), path)
     finally:
