@@ -34,8 +34,21 @@ def open_source(path: str) -> tuple[int, os.stat_result]:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise NotRegularFile(f"{path} is not a regular file")
+    if not_empty_as_it_says(fd, st):
+        os.close(fd)
+        raise NotRegularFile(f"{path} {SIZE_UNTOLD}")
     os.set_blocking(fd, True)
     return fd, st
+
+
+SIZE_UNTOLD = "does not tell its size (a /proc or /sys file?): copy it to a file and send that"
+
+
+def not_empty_as_it_says(fd: int, st: os.stat_result) -> bool:
+    """Whether a file whose ``fstat`` says it is empty holds bytes (the
+    kernel's files in /proc: their size is 0, their text made when read);
+    sent as it says, it arrived empty and verified."""
+    return st.st_size == 0 and bool(os.pread(fd, 1, 0))
 
 
 class NotRegularFile(Exception):

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import blake3
 
+from actors.file_chunks import not_empty_as_it_says
 from peercrypt.core.tree import (
     MAX_DEPTH,
     Kind,
@@ -188,12 +189,14 @@ def _hash(
 ) -> tuple[bytes, tuple[int, int], int] | None:
     """BLAKE3 of the regular file at ``path`` (not through a symbolic link;
     a FIFO does not block the open), its (size, mtime_ns) as it was read and
-    its mode; None if it is not a regular file. Each block read is added to
+    its mode; None if it is not a regular file (or one of /proc, whose size
+    says nothing). Each block read is added to
     ``counted.bytes``."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        # Skipped as special files are: a file of /proc says it is empty.
+        if not stat.S_ISREG(st.st_mode) or not_empty_as_it_says(fd, st):
             return None
         hasher = blake3.blake3()
         offset = 0

@@ -43,3 +43,41 @@ def test_a_file_name_with_escapes_is_shown_escaped_in_the_result_line(
     assert done.returncode == 0, done.describe()
     assert "\x1b" not in done.stdout and "\x07" not in done.stdout, repr(done.stdout)
     assert "sent evil\\x1b]0;pwn\\x07name.txt (4096 bytes)" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("multicast", [False, True])
+def test_a_file_of_proc_is_refused_and_an_empty_file_still_goes(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path, multicast: bool
+) -> None:
+    """A file of /proc says its size is 0 and holds text made as it is read:
+    sent as it says, it arrived empty and verified (exit 0). Refused in one
+    line; a file that is empty goes as before."""
+    receiver, other, sender = node_factory(), node_factory(), node_factory()
+    extra = ("-m", "--to", f"{other.host}:{other.port}") if multicast else ()
+    proc = Path("/proc/version")
+    assert proc.stat().st_size == 0 and proc.read_bytes()
+    result = sender.send_result(proc, receiver.host, receiver.port, *extra, timeout=30)
+    assert result.returncode != 0, result.json
+    assert result.json.get("error", "") == (
+        "/proc/version does not tell its size (a /proc or /sys file?): "
+        "copy it to a file and send that"
+    ), result.json
+    assert not (receiver.inbox / "version").exists()
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    assert_sent(receiver, sender.send_to(empty, receiver), empty)
+    assert (receiver.inbox / "empty.bin").read_bytes() == b""
+
+
+def test_a_folder_of_proc_files_skips_them(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """In a folder they are skipped (and said so), as special files are."""
+    receiver, sender = node_factory(), node_factory()
+    folder = Path("/proc/sys/kernel/random")
+    result = sender.send_result(folder, receiver.host, receiver.port, timeout=60)
+    assert result.returncode == 0, result.json
+    stats = result.json["stats"]
+    assert stats["files"] == 0 and stats["skipped"] >= 3, stats
+    assert (receiver.inbox / "random").is_dir()
+    assert list((receiver.inbox / "random").iterdir()) == []
