@@ -454,3 +454,29 @@ def test_transfers_lists_sends_in_the_order_of_their_ids(
         for proc in procs:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_top_into_a_pipe_cuts_no_cell_and_counts_multicast_sessions_received() -> None:
+    """Into a pipe every cell is whole (a multicast send's receivers, long
+    names and a peer's fingerprint were cut to the terminal's widths); the
+    header's `receiving` counts the multicast sessions coming in too."""
+    from rich.console import Console
+
+    from peercrypt.cli.top import PIPE_WIDTH, View, render
+
+    name = "a-rather-long-file-name-for-a-terminal-column-0123456789.bin"
+    peers = "127.0.0.1:17402, 127.0.0.1:17403, 127.0.0.1:17404"
+    fp = "n47j-hxbx-u2u5-g37e-v3th-aaaa-bbbb-cccc"
+    facts = {"fingerprint": fp, "pid": "1", "mode": "normal", "active": "1"}
+    facts["incoming"] = json.dumps([[name, MiB, 0, "in3"]])
+    facts["incoming_multicast"] = json.dumps([[name, MiB, 0, fp]])
+    send = {"id": "5", "file": f"/d/{name}", "peer": peers, "mode": "multicast"}
+    send.update(size=str(MiB), bytes="0", state="sending")
+    view = View()
+    view.update(0.0, facts, [send], [{"id": fp, "address": "127.0.0.1:17402"}])
+    out = Console(width=PIPE_WIDTH, file=io.StringIO(), color_system=None)
+    out.print(render(view, PIPE_WIDTH, keys=False))
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert peers in text and text.count(name) == 3 and text.count(fp) >= 3, text
+    assert "receiving 2" in text, text
+    assert "receiving 2" in "\n".join(_render(view, 80))  # on a terminal too

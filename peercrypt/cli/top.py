@@ -221,8 +221,14 @@ def shown_columns(
     return list(widths), widths.get("PROGRESS", BAR)
 
 
-def send_rows(view: View) -> list[tuple[dict[str, str], int, int]]:
-    """Each running send's cells (PROGRESS: drawn as a bar), size and bytes done."""
+def _cut(text: str, limit: int, keys: bool) -> str:
+    """``text`` within ``limit`` characters on a terminal; whole into a pipe."""
+    return text[:limit] if keys else text
+
+
+def send_rows(view: View, keys: bool = True) -> list[tuple[dict[str, str], int, int]]:
+    """Each running send's cells (PROGRESS: drawn as a bar), size and bytes
+    done; names and peers cut on a terminal (``keys``), whole into a pipe."""
     flows, shares = view.flows(), view.shares()
     cap = count_in(view.facts.get("max_rate"))
     rows = []
@@ -236,8 +242,8 @@ def send_rows(view: View) -> list[tuple[dict[str, str], int, int]]:
             (
                 {
                     "ID": ident,
-                    "FILE": os.path.basename(row.get("file", ""))[:28],
-                    "PEER": row.get("peer", "")[:24],
+                    "FILE": _cut(os.path.basename(row.get("file", "")), 28, keys),
+                    "PEER": _cut(row.get("peer", ""), 24, keys),
                     "MODE": row.get("mode", ""),
                     "PRIO": PRIORITY_NAMES.get(int(flow.get("priority", 0) or 0), "-"),
                     "CAP": _rate(flow["rate"]) if flow.get("rate") else "-",
@@ -255,13 +261,13 @@ def send_rows(view: View) -> list[tuple[dict[str, str], int, int]]:
     return rows
 
 
-def peer_rows(view: View) -> list[dict[str, str]]:
+def peer_rows(view: View, keys: bool = True) -> list[dict[str, str]]:
     rows = []
     for p in view.peers[:50]:
         rtt = p.get("rtt_ms", "")
         rows.append(
             {
-                "ID": p.get("id", "")[:19],
+                "ID": _cut(p.get("id", ""), 19, keys),
                 "ADDRESS": p.get("address", ""),
                 "STATE": p.get("state", ""),
                 "RTT": f"{rtt} ms" if rtt else "-",
@@ -277,7 +283,7 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     facts = view.facts
     who = Text.assemble(
         ("PeerCrypt top", "bold"),
-        f"  node {facts.get('fingerprint', '?')[:19]}  pid {facts.get('pid', '?')}",
+        f"  node {_cut(facts.get('fingerprint', '?'), 19, keys)}  pid {facts.get('pid', '?')}",
     )
     what = Text.assemble(
         ("mode ", "dim"),
@@ -285,14 +291,14 @@ def render(view: View, width: int, keys: bool = True) -> Group:
         ("  node cap ", "dim"),
         rate_cap(str(facts.get("max_rate", ""))),  # as `status` and `max-rate` say it
         ("  receiving ", "dim"),
-        facts.get("active", "0"),
+        str(count_in(facts.get("active")) + len(view.sessions)),  # multicast sessions too
         "  ",
         (time.strftime("%H:%M:%S"), "dim"),
     )
     # one line if it fits, else two (never a value broken across lines)
     one_line = who.cell_len + 2 + what.cell_len <= width
     head = Text.assemble(who, "  " if one_line else "\n", what)
-    rows = send_rows(view)
+    rows = send_rows(view, keys)
     # With no send the placeholder line is the FILE cell: the columns are
     # fitted to it too, or the headers beside it are cut to "…".
     fitted = [c for c, _, _ in rows] or [dict.fromkeys(SEND_COLUMNS, "") | {"FILE": NO_SENDS}]
@@ -321,12 +327,13 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     for i, (ident, name, size, done) in enumerate(view.incoming):
         share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
         picked = "reverse" if first + i == view.selected else None
-        receiving.add_row(Text(ident), Text(os.path.basename(name)[:40]), share, style=picked)
+        shown_name = _cut(os.path.basename(name), 40, keys)
+        receiving.add_row(Text(ident), Text(shown_name), share, style=picked)
     for sender, name, size, done in view.sessions:  # multicast: not selectable
         share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
-        texts = [Text("multicast"), Text(os.path.basename(name)[:40]), Text(share)]
-        receiving.add_row(*texts, *([Text(sender[:19])] if wide else []))
-    listed = peer_rows(view)
+        texts = [Text("multicast"), Text(_cut(os.path.basename(name), 40, keys)), Text(share)]
+        receiving.add_row(*texts, *([Text(_cut(sender, 19, keys))] if wide else []))
+    listed = peer_rows(view, keys)
     shown, _ = shown_columns(PEER_COLUMNS, listed, PEER_DROP, width)
     peers = Table(title="Peers", title_justify="left", expand=keys, box=None, pad_edge=False)
     for name in shown:
