@@ -49,3 +49,13 @@ def test_incoming_transfers_are_shown_in_human_sizes() -> None:
     assert incoming_text(rows) == "in1 r1.bin (29.0 MiB of 300.0 MiB); in2 b.bin (0 B of 512 B)"
     assert incoming_text('[["x", "?", 1, "in3"]]') == '[["x", "?", 1, "in3"]]'
     assert incoming_text("not json") == "not json"
+
+
+def test_status_says_multicast_sessions_coming_in_in_words() -> None:
+    """As the unicast ones: name, progress and sender (it printed the
+    fact's JSON); a fact it cannot read is shown as it came."""
+    from peercrypt.cli.status_view import incoming_multicast_text
+
+    fact = json.dumps([["mc.bin", 30 * 1024 * 1024, 18 * 1024 * 1024, "aty4-4roe-k7p3-n4d6"]])
+    assert incoming_multicast_text(fact) == "mc.bin (18.0 MiB of 30.0 MiB) from aty4-4roe-k7p3-n4d6"
+    assert incoming_multicast_text("[[1]]") == "[[1]]"

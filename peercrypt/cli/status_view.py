@@ -60,9 +60,23 @@ def incoming_text(text: str) -> str:
         return text
 
 
+def incoming_multicast_text(text: str) -> str:
+    """The multicast sessions coming in: name, progress and sender each."""
+    try:
+        rows = json.loads(text)
+        return "; ".join(f"{r[0]} ({readable(r[2])} of {readable(r[1])}) from {r[3]}" for r in rows)
+    except (ValueError, TypeError, IndexError, KeyError):
+        return text
+
+
 def rate_cap(text: str) -> str:
     """The node's rate cap in human units (``--json`` keeps the bytes/s)."""
     return readable(int(text), rate=True) if text.isdigit() and int(text) else "none"
 
 
-_VIEWS = {"last_in": _last_in, "incoming": incoming_text, "max_rate": rate_cap}
+_VIEWS = {
+    "last_in": _last_in,
+    "incoming": incoming_text,
+    "incoming_multicast": incoming_multicast_text,
+    "max_rate": rate_cap,
+}
