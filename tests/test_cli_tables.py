@@ -87,14 +87,27 @@ def test_transfers_rows_of_any_text_are_shown_never_raised() -> None:
     shell = Shell(main, {"data_dir": Path("/nonexistent")}, owns_node=False)
     shell.view.transfers = odd[:3]
     parts = ["send walked 2.0 KiB (walking)", "send odd - (sending)", "send - - (sending)"]
-    assert shell.toolbar() == "  |  ".join(parts)
+    assert shell.toolbar(200) == "  |  ".join(parts)
     # More than three sends, or incoming transfers: how many more, not shown.
     shell.view.transfers = odd[:3] * 2
-    assert shell.toolbar() == "  |  ".join([*parts, "+3 more (`top`)"])
+    assert shell.toolbar(200) == "  |  ".join([*parts, "+3 more (`top`)"])
     shell.view.transfers = odd[:1]
     shell.view.incoming = [("in.bin", 100, 50, f"in{i}") for i in range(3)]
     shell.view.incoming_count = 11  # the node lists the first few
-    assert shell.toolbar().endswith("  |  recv in2 in.bin 50%  |  +8 more (`top`)")
+    assert shell.toolbar(200).endswith("  |  recv in2 in.bin 50%  |  +8 more (`top`)")
+    # At 80 columns what does not fit is counted too (the count came last
+    # and was the first thing cut), a long name shortened in its middle.
+    long = {"id": "9", "state": "sending", "bytes": "1", "size": "3"}
+    shell.view.transfers = [{**long, "file": f"/d/{'m' * 30}{i}.bin"} for i in range(5)]
+    shell.view.incoming, shell.view.incoming_count = [], 0
+    line = shell.toolbar(80)
+    assert len(line) <= 80 and line.endswith("  |  +4 more (`top`)"), line
+    assert line.startswith(f"send {'m' * 11}…{'m' * 7}0.bin 33% (sending)"), line
+    for width in range(20, 200, 7):  # never wider than the terminal, unless one part is
+        line = shell.toolbar(width)
+        first = line.split("  |  ")[0]
+        assert len(line) <= max(width, len(first) + len("  |  +4 more (`top`)")), (width, line)
+        assert line.endswith("more (`top`)"), line
 
 
 @given(st.integers(20, 200), st.booleans())

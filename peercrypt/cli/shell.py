@@ -111,6 +111,14 @@ class NodeView:
     mode: str = ""
 
 
+def _short(name: str, limit: int = 24) -> str:
+    """A file name within ``limit`` characters on the toolbar ("…" in its middle)."""
+    if len(name) <= limit:
+        return name
+    half = (limit - 1) // 2
+    return f"{name[:half]}…{name[-(limit - 1 - half) :]}"
+
+
 class Shell:
     """One prompt on one node (the data dir's)."""
 
@@ -452,24 +460,34 @@ class Shell:
             return self.view.peers
         return [str(p.get("address")) for p in rows if p.get("address")]
 
-    def toolbar(self) -> str:
-        """The live progress line under the prompt."""
+    def toolbar(self, width: int | None = None) -> str:
+        """The live progress line under the prompt, within ``width`` columns
+        (the terminal's): what does not fit is counted in "+N more"."""
         from peercrypt.sizes import readable
 
+        width = width or shutil.get_terminal_size().columns
         parts = []
         for row in self.view.transfers[:3]:
             size = count_in(row.get("size"))  # 0: not known ("?": a walk's)
             done = count_in(row.get("bytes"))  # a walk's: read and hashed so far
             pct = f"{100 * done // size}%" if size else readable(done) if done else "-"
-            name = Path(str(row.get("file") or "-")).name
+            name = _short(Path(str(row.get("file") or "-")).name)
             parts.append(f"send {name} {pct} ({row.get('state') or '-'})")
         for name, size, done, ident in self.view.incoming[:3]:
-            parts.append(f"recv {ident} {name} {100 * done // size if size else 100}%")
+            parts.append(f"recv {ident} {_short(name)} {100 * done // size if size else 100}%")
         incoming = max(self.view.incoming_count, len(self.view.incoming))
         hidden = max(0, len(self.view.transfers) - 3) + max(0, incoming - 3)
+        shown: list[str] = []
+        for i, part in enumerate(parts):  # as many as fit beside the count of the rest
+            rest = hidden + len(parts) - i - 1
+            line = "  |  ".join([*shown, part, *([f"+{rest} more (`top`)"] if rest else [])])
+            if shown and len(line) > width:
+                hidden += len(parts) - i
+                break
+            shown.append(part)
         if hidden:  # `transfers` lists the sends, `top` both
-            parts.append(f"+{hidden} more (`top`)")
-        return "  |  ".join(parts) or f"mode {self.view.mode or '?'}; `help` lists the commands"
+            shown.append(f"+{hidden} more (`top`)")
+        return "  |  ".join(shown) or f"mode {self.view.mode or '?'}; `help` lists the commands"
 
     # -- the loops ----------------------------------------------------------------------
 
