@@ -424,3 +424,22 @@ def test_the_help_names_the_variables_of_the_table() -> None:
     names = {p.name: p.help or "" for p in main.params}
     assert f"[env {config_sources.DATA_DIR_ENV}]" in names["data_dir"]
     assert f"[env {config_sources.CONFIG_ENV}]" in names["config_file"]
+
+
+def test_config_show_takes_the_network_key_file_as_the_node_does(tmp_path: Path) -> None:
+    """Shown as set, from the flag, never its value (it said "not set")."""
+    key = tmp_path / "key.txt"
+    key.write_text("s3cr3t-network-key-for-the-test\n")
+    key.chmod(0o600)
+    rows = _show(tmp_path, "--network-key-file", str(key))
+    assert rows["network_key"] == {
+        "value": "(set)",
+        "source": "flag",
+        "variable": "PEERCRYPT_NETWORK_KEY",
+    }
+    assert _show(tmp_path)["network_key"]["value"] == "(not set)"
+    shown = run_cli("config", "show", "--network-key-file", str(key), data_dir=tmp_path / "dd")
+    assert shown.returncode == 0 and "s3cr3t" not in shown.stdout + shown.stderr
+    assert [line.split()[:3] for line in shown.stdout.splitlines() if "network_key" in line] == [
+        ["network_key", "(set)", "flag"]
+    ], shown.stdout

@@ -30,7 +30,10 @@ def show(ctx: click.Context, /, as_json: bool, **_: Any) -> None:
     as (set) or (not set), never their value.
     """
     obj: dict[str, Any] = ctx.obj
-    eff = effective(obj, given_flags(ctx, NODE_OPTIONS))
+    flags = given_flags(ctx, NODE_OPTIONS)
+    if ctx.meta.get("network_key_file"):  # the key as the node would read it (shown as set)
+        flags["network_key"] = ctx.meta["network_key_file"]
+    eff = effective(obj, flags)
     if as_json:
         rows: dict[str, Any] = {
             s.name: {
