@@ -219,7 +219,8 @@ SETTINGS: tuple[Setting, ...] = (
        "address of the interface that routes to the bootstrap member).",
        flag="--advertise-host"),
     _s("inbox", "PEERCRYPT_INBOX", "str", "",
-       "Where received files go (empty: DATA_DIR/inbox).", flag="--inbox", actors=_RECV),
+       "Where received files go (empty: DATA_DIR/inbox, files as the umask allows; a folder "
+       "named here gets files readable by the owner only).", flag="--inbox", actors=_RECV),
     _s("network_key", "PEERCRYPT_NETWORK_KEY", "secret", "",
        "Shared secret of your network (`peercrypt keygen` makes one).", flag="--network-key",
        actors=_ALL),
