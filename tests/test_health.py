@@ -3,6 +3,7 @@ reliability from transfers, with real node processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -64,6 +65,30 @@ def test_health_check_command(
     assert "accepted the connection but did not complete the handshake" in error_line(hung)
     assert hung_json.returncode == errors.UNREACHABLE, hung_json.describe()
     assert hung_json.json["code"] == "timeout", hung_json.describe()
+    # A listener of another protocol (an SSH server: it speaks first) breaks
+    # the handshake as a wrong key does: exit 4, one line that says both.
+    with socket.socket() as ssh:
+        ssh.bind(("127.0.0.1", 0))
+        ssh.listen()
+        ssh.settimeout(30)
+        stop = threading.Event()
+
+        def banner() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    conn, _ = ssh.accept()
+                    with conn:
+                        conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+                        conn.settimeout(2)
+                        with contextlib.suppress(OSError):
+                            conn.recv(1024)
+
+        server = threading.Thread(target=banner, daemon=True)
+        server.start()
+        other = a.cli("health-check", "127.0.0.1", str(ssh.getsockname()[1]), timeout=30)
+        stop.set()
+    assert other.returncode == errors.NOT_ADMITTED, other.describe()
+    assert "wrong network key, or not a PeerCrypt node" in error_line(other), other.describe()
     # Without a running node a temporary one checks; a wrong key is exit 4.
     wrong = run_cli(
         "health-check", "127.0.0.1", str(b.port), "--network-key", new_network_key(),
