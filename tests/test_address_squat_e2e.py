@@ -93,7 +93,7 @@ def test_fake_members_at_a_members_address_cost_one_connection_and_no_send(
     victim = node_factory(*fast, "--bootstrap-host", LOCALHOST, "--bootstrap-port", str(node.port))
     wait_until(
         lambda: (
-            any(r["id"] == victim.fingerprint and r.get("proven") == "yes" for r in _peers(node))
+            any(r["id"] == victim.fingerprint and r.get("proven") is True for r in _peers(node))
             or None
         ),
         30,
@@ -115,7 +115,7 @@ def test_fake_members_at_a_members_address_cost_one_connection_and_no_send(
     assert _connections(node.pid, victim.port) <= 3
     rows = _peers(node)  # the victim and the fakes, each spelling its address its way
     assert len(rows) == FAKES + 1
-    assert {r["id"] for r in rows if r.get("proven") == "yes"} == {victim.fingerprint}
+    assert {r["id"] for r in rows if r.get("proven") is True} == {victim.fingerprint}
     wait_until(
         lambda: (
             all(r["health"] != "alive" for r in _peers(node) if r["id"] != victim.fingerprint)
@@ -146,5 +146,5 @@ def test_fake_records_at_a_strangers_address_do_not_refuse_a_send_to_it(
     node.wait_for_counter("health.proofs-of-another", 3, timeout=30)
     assert node.counters().get("health.proofs", 0) >= 1
     # (the stranger may have become a member since, by the send: proven then)
-    proven = {r["id"] for r in _peers(node) if r["proven"] == "yes"}
+    proven = {r["id"] for r in _peers(node) if r["proven"] is True}
     assert proven <= {stranger.fingerprint}, proven

@@ -155,8 +155,11 @@ def test_transitive_join_and_real_endpoints(node_factory: Callable[..., NodeProc
         assert row["state"] == "alive"
         assert 0.0 <= float(row["reliability"]) <= 1.0
         assert float(row["rtt_ms"]) > 0
-        assert row["failures"] == "0"
+        assert row["failures"] == 0 and row["total_failures"] == 0
         assert float(row["last_seen"]) < 5
+        # Numbers as numbers, `proven` a boolean (they were the node's text).
+        assert isinstance(row["rtt_ms"], float) and isinstance(row["incarnation"], int), row
+        assert row["proven"] in (True, False), row
     text = c.cli("list-peers", timeout=30)
     assert text.returncode == 0, text.describe()
     assert "RELIABILITY" in text.stdout and f"127.0.0.1:{a.port}" in text.stdout

@@ -156,14 +156,14 @@ def test_transfers_update_reliability(
     wait_until(row, 15, "A to know B")
     code, result = a.send_to(make_file(200_000), b)
     assert code == 0, result
-    after = wait_until(lambda: (r := row()) and r["transfers_ok"] == "1" and r, 10, "scored")
-    assert after["transfers_failed"] == "0"
+    after = wait_until(lambda: (r := row()) and r["transfers_ok"] == 1 and r, 10, "scored")
+    assert after["transfers_failed"] == 0
     refused = a.send_to(make_file(2_000_000), b)
     assert refused[0] == errors.REFUSED, refused
     code, result = a.send_to(make_file(100_000), b)  # told after the refusal
     assert code == 0, result
-    after = wait_until(lambda: (r := row()) and r["transfers_ok"] == "2" and r, 10, "scored")
-    assert after["transfers_failed"] == "0", after
+    after = wait_until(lambda: (r := row()) and r["transfers_ok"] == 2 and r, 10, "scored")
+    assert after["transfers_failed"] == 0, after
     # Pings keep succeeding and a transfer weighs 4 pings: the score is high.
     assert float(after["reliability"]) > 0.6
 

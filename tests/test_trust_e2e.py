@@ -501,7 +501,7 @@ def test_members_signed_records_refuse_another_key_at_their_address(
         return peers.returncode == 0 and any(
             row["id"] == member.fingerprint
             and row["address"] == f"{LOCALHOST}:{member.port}"
-            and row["proven"] == "yes"
+            and row["proven"] is True
             for row in json.loads(peers.stdout)
         )
 

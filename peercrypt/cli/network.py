@@ -10,6 +10,7 @@ failed), 2 usage, 3 unreachable, 4 not admitted.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -84,7 +85,7 @@ def _ask(obj: dict[str, Any], msg: codec.Message, want: type[Any], timeout: floa
 def _peers(obj: dict[str, Any], as_json: bool) -> None:
     reply: PeersReply = _ask(obj, PeersRequest(request=1), PeersReply, 10.0)
     if as_json:
-        click.echo(json.dumps(reply.peers))
+        click.echo(json.dumps([peer_json(row) for row in reply.peers]))
         return
     if not reply.peers:
         click.echo("no peers known (join one with `peercrypt join HOST PORT`)")
@@ -97,6 +98,32 @@ def _peers(obj: dict[str, Any], as_json: bool) -> None:
         rows.append(cells)
     width, drop = terminal_width(), ("failures", "last_seen")
     click.echo(table(list(COLUMNS), rows, width=width, shrink={"id": 19}, drop=drop))
+
+
+_PEER_COUNTS = ("failures", "total_failures", "incarnation", "transfers_ok", "transfers_failed")
+_PEER_NUMBERS = ("rtt_ms", "rttvar_ms", "reliability", "last_seen")
+
+
+def peer_json(row: dict[str, str]) -> dict[str, object]:
+    """A `peers` row for `--json`: counts as integers, measures as numbers,
+    ``proven`` as a boolean (the node's rows carry text); one not known yet
+    (no RTT before the first answer) or not a number (another build's) is
+    null."""
+    shown: dict[str, object] = dict(row)
+    for key in _PEER_COUNTS:
+        if key in row:
+            text = row[key]
+            shown[key] = int(text) if text.isascii() and text.isdigit() else None
+    for key in _PEER_NUMBERS:
+        if key in row:
+            try:
+                value = float(row[key])
+            except ValueError:
+                value = math.nan
+            shown[key] = value if math.isfinite(value) and value >= 0 else None
+    if "proven" in row:
+        shown["proven"] = {"yes": True, "no": False}.get(row["proven"])
+    return shown
 
 
 @click.command("peers")
