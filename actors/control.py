@@ -360,12 +360,15 @@ class ControlActor(Actor):
                 host, port = self.sending.pop(request)
                 # A send refused for a local reason (bad options) or cancelled
                 # says nothing about the peer; nor does a peer's refusal of
-                # the file (busy, a quota, its policy): it answered at once.
+                # the file (busy, a quota, its policy): it answered at once;
+                # nor its word that a newer offer of this node's own took the
+                # transfer over (aborted: a restart of ours, or a twin).
                 local = (
                     ResultCode.CANCELLED,
                     ResultCode.LOCAL,
                     ResultCode.MULTICAST_DEFAULT,
                     ResultCode.REFUSED,
+                    ResultCode.ABORTED,
                 )
                 if msg.code not in local:
                     outcome = TransferOutcome(host=host, port=port, ok=msg.code == ResultCode.OK)

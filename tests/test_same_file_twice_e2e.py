@@ -18,6 +18,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,13 +117,21 @@ def test_an_older_send_from_the_same_identity_is_told_it_ended(
     behind (the part was deleted while the writer still had it, which then
     wrote its manifest for a part that was gone)."""
     receiver = node_factory(name="receiver")
-    sender = node_factory(name="sender")
+    sender = node_factory(
+        "--bootstrap-host", receiver.host, "--bootstrap-port", str(receiver.port), name="sender"
+    )  # a member: the takeover must not count against the receiver's score
     twin = node_factory(name="twin", start=False)  # the sender's identity, another process
     twin.data_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(sender.data_dir / "identity.key", twin.data_dir / "identity.key")
     twin.start()
     assert twin.fingerprint == sender.fingerprint
     path = make_file(32 * MiB, name="restarted.bin")
+
+    def scored() -> dict[str, Any] | None:
+        rows = json.loads(sender.cli("peers", "--json").stdout)
+        return next((r for r in rows if r["id"] == receiver.fingerprint), None)
+
+    wait_until(scored, WAIT, "the sender to know the receiver")
     paced: tuple[str, ...] = ("-r", str(2 * MiB))  # cut in chunks of a tenth of a MiB
     if chunks == "offered":
         paced = ("--chunk-size", str(MiB), *paced, "-b", str(MiB))
@@ -153,3 +162,9 @@ def test_an_older_send_from_the_same_identity_is_told_it_ended(
     # old part: the twin's send ended after it).
     assert [p.name for p in receiver.inbox.iterdir() if p.name.startswith(".")] == []
     assert blake3_file(receiver.inbox / "restarted.bin") == blake3_file(path)
+    # The receiver answered as it should: its score took no failed transfer
+    # (the sender's control has told health the outcome by the time the
+    # send's result is out; a second send's success orders it).
+    assert sender.send_to(make_file(4096, name="after.bin"), receiver)[0] == 0
+    row = wait_until(lambda: (r := scored()) and r["transfers_ok"] == 1 and r, WAIT, "scored")
+    assert row["transfers_failed"] == 0, row
