@@ -299,6 +299,7 @@ class MulticastReceiverActor(Actor):
         # tid -> its McDone, to answer the sender again (an hour, at most completed_memory)
         self.completed: CompletedMemory[bytes] = CompletedMemory(settings.completed_memory)
         self.listeners: dict[int, int] = {}  # request -> sessions still to report (0: all)
+        self.outcomes = 0  # sessions ended, for "last_multicast_in" (the shell announces it)
         # Multicast parts, running and kept, are in the node's one space
         # ledger with unicast ones (actors/space.py; docs/multicast.md, "Part files").
         self.joining: dict[int, Joining] = {}  # request -> announce waiting for space
@@ -1211,7 +1212,19 @@ class MulticastReceiverActor(Actor):
     def _tell_listeners(
         self, name: str, stored: str, size: int, ok: bool, reason: str, held: bool = False
     ) -> None:
-        """A session ended: to each ``multicast-receive`` waiting for it."""
+        """A session ended: to each ``multicast-receive`` waiting for it, and
+        as the latest outcome among the facts (what the shell announces)."""
+        self.outcomes += 1
+        outcome = {
+            "seq": self.outcomes,
+            "name": name[:80],
+            "size": size,
+            "stored_as": stored[:200],
+            "ok": ok,
+            "reason": reason[:200],
+            "held": held,
+        }
+        self.facts["last_multicast_in"] = json.dumps(outcome, ensure_ascii=False)
         for request, left in list(self.listeners.items()):
             self.tell(
                 "control",

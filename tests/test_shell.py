@@ -234,6 +234,33 @@ def test_a_file_coming_in_is_announced_with_its_size_and_the_id_cancel_takes(
     pty.leave()
 
 
+def test_a_multicast_session_coming_in_is_announced_and_its_outcome(
+    started: tuple[Pty, Path],
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    """As a unicast transfer is (the shell said nothing of a multicast)."""
+    pty, data_dir = started
+    peer, other = node_factory("--max-rate", "512K"), node_factory()  # ~3 s: seen coming
+    path = make_file(3 * 1024 * 1024 // 2, name="mc-slides.pdf")
+    send = start_cli(
+        "send", path, "127.0.0.1", str(_port(data_dir)), "-m", "--to",
+        f"{other.host}:{other.port}", "--json", data_dir=peer.data_dir,
+    )  # fmt: skip
+    try:
+        pty.expect(
+            rf"incoming mc-slides\.pdf \(1\.5 MiB\) by multicast from {peer.fingerprint[:19]}"
+        )
+        pty.expect(
+            r"received mc-slides\.pdf \(1572864 bytes\) as mc-slides\.pdf, verified \(multicast\)"
+        )
+        assert send.wait(timeout=WAIT) == 0
+    finally:
+        send.kill()
+    assert blake3_file(data_dir / "inbox" / "mc-slides.pdf") == blake3_file(path)
+    pty.leave()
+
+
 def test_ctrl_c_cancels_the_command_not_the_node(started: tuple[Pty, Path]) -> None:
     pty, _ = started
     pty.child.sendline("receive")

@@ -57,6 +57,22 @@ def inbound(facts: dict[str, str]) -> Inbound:
     return Inbound(incoming, last if isinstance(last, dict) else {})
 
 
+def inbound_multicast(facts: dict[str, str]) -> tuple[list[tuple[str, int, str]], dict[str, Any]]:
+    """The multicast sessions coming in (name, size, sender) and the latest
+    one's outcome (seq, name, size, stored_as, ok, reason, held), from the
+    mreceiver's facts (tolerates their absence, or another build's)."""
+    try:
+        rows = json.loads(facts.get("incoming_multicast", "[]"))
+        sessions = [(str(r[0]), int(r[1]), str(r[3])) for r in rows]
+    except (ValueError, TypeError, IndexError):
+        sessions = []
+    try:
+        last = json.loads(facts.get("last_multicast_in", "{}"))
+    except ValueError:
+        last = {}
+    return sessions, last if isinstance(last, dict) and isinstance(last.get("seq"), int) else {}
+
+
 def wait_for_next(client: ControlClient, timeout: float, quiet: bool) -> dict[str, Any]:
     """Block until the node finishes its next incoming transfer; return the outcome.
 
@@ -115,7 +131,9 @@ def wait_for_next(client: ControlClient, timeout: float, quiet: bool) -> dict[st
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_obj
 def receive(obj: dict[str, Any], timeout: float, as_json: bool, no_progress: bool) -> None:
-    """Wait for the next incoming transfer; show its progress and result (exit 1: failed)."""
+    """Wait for the next incoming transfer; show its progress and result (exit 1: failed).
+
+    Unicast transfers; `multicast-receive` waits for multicast sessions."""
     data_dir: Path = obj["data_dir"]
     # Imported before "waiting" is said: a Ctrl-C that lands inside an import
     # can be raised in the import system's cleanup, where Python prints it and

@@ -40,7 +40,7 @@ from peercrypt import errors
 from peercrypt.cli import follow
 from peercrypt.cli.common import UserError, count_in
 from peercrypt.cli.node import node_options, node_settings, run_node
-from peercrypt.cli.receive import inbound
+from peercrypt.cli.receive import inbound, inbound_multicast
 from peercrypt.cli.runner import execute, unknown_command
 from peercrypt.cli.status_view import describe_outcome
 from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
@@ -405,6 +405,8 @@ class Shell:
 
         seen_seq: int | None = None
         seen_incoming: set[str] = set()
+        seen_mc_seq: int | None = None  # multicast sessions: their own outcome and list
+        seen_sessions: set[tuple[str, str]] = set()
         client: ControlClient | None = None
         unreadable = False  # the node's last answer could not be read (another release)
         while not self.stop.is_set():
@@ -425,6 +427,15 @@ class Shell:
                 if seen_seq is not None and now.seq > seen_seq and not quiet:
                     announce(describe_outcome(now.last))
                 seen_seq = now.seq
+                sessions, mc_last = inbound_multicast(facts)
+                for name, size, sender in sessions:
+                    if (name, sender) not in seen_sessions and not quiet:
+                        announce(f"incoming {name} ({readable(size)}) by multicast from {sender}")
+                seen_sessions = {(name, sender) for name, _, sender in sessions}
+                mc_seq = int(mc_last.get("seq", 0))
+                if seen_mc_seq is not None and mc_seq > seen_mc_seq and not quiet:
+                    announce(f"{describe_outcome(mc_last)} (multicast)")
+                seen_mc_seq = mc_seq
                 self.view.incoming = now.incoming
                 self.view.incoming_count = count_in(facts.get("active"))
                 self.view.mode = facts.get("mode", "")
