@@ -77,11 +77,14 @@ class Node:
         s = settings
         factories: list[tuple[str, ActorFactory]] = [
             ("control", lambda env: ControlActor(env, s, self.token)),
+            # The statistics history (docs/statistics.md): started second so
+            # it stops next to last, after every actor that records into it
+            # (the sender's teardown ends its sends with their final records).
+            ("stats", lambda env: StatsActor(env, s)),
             ("scheduler", lambda env: SchedulerActor(env, s)),
             ("sender", lambda env: SenderActor(env, s)),
             ("health", lambda env: HealthActor(env, s)),  # pre-send checks, probes
             ("msender", lambda env: MulticastSenderActor(env, s)),  # docs/multicast.md
-            ("stats", lambda env: StatsActor(env, s)),  # the statistics history
         ]
         if s.port is not None:
             factories += _receiving_factories(s)
