@@ -25,7 +25,7 @@ from peercrypt.history.db import (
     open_reader,
 )
 from peercrypt.history.export import ExportError, parse_csv, parse_json, to_csv, to_json
-from peercrypt.history.plot import plot, smoothed
+from peercrypt.history.plot import NO_LIMIT_NOTE, limit_series, plot, smoothed
 from peercrypt.testing.nodes import run_cli
 
 
@@ -255,6 +255,32 @@ def test_plots_are_valid_png_and_svg(tmp_path: Path) -> None:
         plot(rows, tmp_path / "x.jpg")
     with pytest.raises(ValueError, match="no samples"):
         plot([{**rows[0], "samples": []}], tmp_path / "empty.png")
+
+
+def test_a_rate_cap_lifted_live_is_a_gap_not_a_limit_of_zero(tmp_path: Path) -> None:
+    """A paced send whose cap a live ``rate 0`` lifted (0: no limit) records
+    rate 0 from then on: the rate panel leaves those times out, and says
+    so, instead of drawing a cap of 0 MiB/s under ~90 MiB/s."""
+    import matplotlib
+
+    MiB = 1024 * 1024
+    rates = [8.0 * MiB, 8.0 * MiB, 0.0, 0.0, 16.0 * MiB]
+    samples = [
+        {"t": 0.1 * (i + 1), "bytes": (i + 1) * MiB, "throughput": 90.0 * MiB, "window": 0,
+         "rate": rate, "rtt": 0.001, "credit": 16}
+        for i, rate in enumerate(rates)
+    ]  # fmt: skip
+    lifted = {"id": 1, "mode": "token-bucket", "side": "send", "file": "/x/a.bin",
+              "size": 5 * MiB, "duration": 0.5, "result": "ok", "samples": samples}  # fmt: skip
+    label, values = limit_series(lifted) or ("", [])
+    assert label == "rate limit (MiB/s)"
+    assert values[:2] == [8.0, 8.0] and values[4] == 16.0
+    assert all(math.isnan(v) for v in values[2:4]), values
+    capped = {**lifted, "id": 2, "samples": [{**s, "rate": 8.0 * MiB} for s in samples]}
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as text
+        drawn = plot([lifted], tmp_path / "lifted.svg").read_text()
+        kept = plot([capped], tmp_path / "capped.svg").read_text()
+    assert NO_LIMIT_NOTE in drawn and NO_LIMIT_NOTE not in kept
 
 
 @given(

@@ -5,8 +5,10 @@ throughput (MiB/s: over the last half second, the samples themselves as
 faint steps), the flow limit (the AIMD window in KiB, or the rate in
 MiB/s for paced transfers, or the receiver's credit in chunks when neither
 applies; no panel when a transfer recorded none of them: a line at 0 would
-read as a limit of 0), and the smoothed RTT (ms). With several transfers (``--compare``)
-every panel overlays them, one colour each, labelled by id, mode and side;
+read as a limit of 0; a gap, and the panel saying so, where a paced
+transfer had no cap for a while: a live ``rate 0``), and the smoothed RTT
+(ms). With several transfers (``--compare``) every panel overlays them, one
+colour each, labelled by id, mode and side;
 limits in different units get a panel each, never one axis.
 
 matplotlib is an optional extra (``pip install 'peercrypt[plot]'``); without
@@ -16,6 +18,7 @@ format follows the output name's suffix (.png or .svg).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -30,20 +33,26 @@ class PlotUnavailable(RuntimeError):
 
 
 LIMITS = (
-    # (label, sample column, scale): the first a transfer has non-zero values for.
-    ("AIMD window (KiB)", "window", 1 / 1024),
-    ("rate limit (MiB/s)", "rate", 1 / MiB),
-    ("receiver credit (chunks)", "credit", 1.0),
+    # (label, sample column, scale, whether 0 means no limit at that point):
+    # the first a transfer has non-zero values for. A rate of 0 is no cap (a
+    # live `rate 0` lifts it); a credit of 0 is a receiver holding the send.
+    ("AIMD window (KiB)", "window", 1 / 1024, False),
+    ("rate limit (MiB/s)", "rate", 1 / MiB, True),
+    ("receiver credit (chunks)", "credit", 1.0, False),
 )
+NO_LIMIT_NOTE = "gaps: no cap"
 
 
 def limit_series(row: dict[str, Any]) -> tuple[str, list[float]] | None:
     """The flow-limit panel of one transfer: its label and values; None if
-    it recorded no limit (every sample 0)."""
+    it recorded no limit (every sample 0). A point without a limit (a rate
+    of 0) is NaN: drawn as a gap, not as a limit of 0."""
     samples = row["samples"]
-    for label, column, scale in LIMITS:
+    for label, column, scale, zero_is_none in LIMITS:
         if any(s[column] for s in samples):
-            return label, [s[column] * scale for s in samples]
+            return label, [
+                math.nan if zero_is_none and not s[column] else s[column] * scale for s in samples
+            ]
     return None
 
 
@@ -92,12 +101,13 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
         raise PlotUnavailable(f"plotting needs matplotlib: {INSTALL_HINT}") from None
 
     limits = [limit_series(row) for row in rows]
-    kinds = [label for label, _, _ in LIMITS if any(k and k[0] == label for k in limits)]
+    kinds = [label for label, _, _, _ in LIMITS if any(k and k[0] == label for k in limits)]
     fig, axes = plt.subplots(
         2 + len(kinds), 1, sharex=True, figsize=(10, 2.6 * (2 + len(kinds))), layout="constrained"
     )
     thr, rtt = axes[0], axes[-1]
     panel = dict(zip(kinds, axes[1:-1], strict=True))
+    uncapped: set[str] = set()  # panels with times without a limit (gaps)
     for row, limit in zip(rows, limits, strict=True):
         samples = row["samples"]
         t = [s["t"] for s in samples]
@@ -111,6 +121,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
         if limit is not None:
             kind, values = limit
             panel[kind].plot(t, values, color=colour, linewidth=1.4, marker=marker)
+            if any(math.isnan(v) for v in values):
+                uncapped.add(kind)
         with_rtt = [(x, s["rtt"] * 1000) for x, s in zip(t, samples, strict=True) if s["rtt"] > 0]
         if with_rtt:
             xs, ys = zip(*with_rtt, strict=True)
@@ -128,6 +140,9 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     thr.set_ylabel("throughput (MiB/s)")
     for kind, ax in panel.items():
         ax.set_ylabel(kind)
+        if kind in uncapped:
+            ax.text(0.99, 0.95, NO_LIMIT_NOTE, ha="right", va="top", transform=ax.transAxes,
+                    color="grey")  # fmt: skip
     rtt.set_ylabel("smoothed RTT (ms)")
     if not rtt.has_data():
         rtt.text(0.5, 0.5, "no RTT recorded (the receiving side measures none)", ha="center",
