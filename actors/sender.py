@@ -56,7 +56,8 @@ a refusal (a killed receiver) ends the attempt at once, and the offer is
 retried sooner (0.25 s doubling to 2 s) until ``--timeout`` has passed since
 the transfer last moved; the requester is told once ("the receiver's port
 closed; retrying"). Retries wait in line under ``max_outgoing`` like new
-sends, and every attempt writes its row to the statistics history. A sender that gives
+sends; the send has one row in the statistics history, which every attempt
+updates (its result is the send's). A sender that gives
 up or is cancelled tells the receiver (a sealed Failed, given
 :data:`CLOSE_GRACE` to leave before the socket closes), which frees its slot
 and keeps the part.
@@ -220,6 +221,12 @@ class Retries:
     held: float = 0.0  # the share of the file the receiver held at the first accept
     whole: bool = False  # offered again whole after a mismatch of what the receiver held
     held_again: bool = False  # the next accept's held share replaces ``held`` (that offer's)
+    # The send's one row in the statistics history, which every attempt
+    # updates: named by the first attempt's transfer id, begun at its start.
+    session: str = ""
+    wall: float = 0.0
+    record: StatsRecord | None = None  # the row as last told (kept between attempts)
+    retransmits: int = 0  # chunks the attempts before this one resent
 
 
 @dataclass
@@ -236,6 +243,7 @@ class Retrying:
     mode: str
     source: bytes  # what it sends: its source tag and name (``_sending_already``)
     name: str
+    retry: Retries  # what the next attempt carries (the send's start, its history row)
 
 
 @dataclass
@@ -378,19 +386,17 @@ class SenderActor(Actor):
         self.trim_while_busy(lambda: bool(self.transfers))
 
     def teardown(self) -> None:
+        stopping = "the node is stopping"
         waiting, self.waiting = self.waiting, deque()
         for req in waiting:
-            self.tell("control", _result(req.request, ResultCode.CANCELLED, "the node is stopping"))
-        for request, pause in list(self.retrying.items()):
+            self._end_unstarted(req.request, self.carried.pop(req.request, None), stopping)
+        retrying, self.retrying = self.retrying, {}
+        for request, pause in retrying.items():
             pause.timer.cancel()
-            self.tell("control", _result(request, ResultCode.CANCELLED, "the node is stopping"))
-        self.retrying.clear()
+            self._end_unstarted(request, pause.retry, stopping)
         for walk in list(self.walking.values()):
             self._drop_walk(walk)
-            self.tell(
-                "control",
-                _result(walk.request.request, ResultCode.CANCELLED, "the node is stopping"),
-            )
+            self._end_unstarted(walk.request.request, walk.retry, stopping)
         for t in list(self.transfers.values()):
             self._end(t, ResultCode.CANCELLED, "the node is stopping")
         for url in list(self.idle_links):
@@ -435,24 +441,18 @@ class SenderActor(Actor):
             for t in list(self.transfers.values()):
                 if t.request.request == msg.request:
                     self._end(t, ResultCode.CANCELLED, "cancelled by the user")
+            cancelled = "cancelled by the user"
             for req in [r for r in self.waiting if r.request == msg.request]:
                 self.waiting.remove(req)
-                self.carried.pop(req.request, None)
-                self.tell(
-                    "control", _result(req.request, ResultCode.CANCELLED, "cancelled by the user")
-                )
+                self._end_unstarted(req.request, self.carried.pop(req.request, None), cancelled)
             walk = self.walking.get(msg.request)
             if walk is not None:
                 self._drop_walk(walk)
-                self.tell(
-                    "control", _result(msg.request, ResultCode.CANCELLED, "cancelled by the user")
-                )
+                self._end_unstarted(msg.request, walk.retry, cancelled)
             pause = self.retrying.pop(msg.request, None)
             if pause is not None:
                 pause.timer.cancel()
-                self.tell(
-                    "control", _result(msg.request, ResultCode.CANCELLED, "cancelled by the user")
-                )
+                self._end_unstarted(msg.request, pause.retry, cancelled)
         else:
             super().on_mail(msg)
 
@@ -469,7 +469,7 @@ class SenderActor(Actor):
                     "state": self._phase(t)[0],
                     "bytes": str(t.flow.acked_bytes),
                     "size": str(t.size),
-                    "seconds": f"{now - t.flow.started:.1f}",
+                    "seconds": f"{now - self._send_started(t):.1f}",
                 }
             )
         rows += [
@@ -505,7 +505,7 @@ class SenderActor(Actor):
                 "state": "retrying",
                 "bytes": str(w.done_bytes),
                 "size": str(w.size),
-                "seconds": "0",
+                "seconds": f"{now - w.retry.started:.1f}",  # the send's, every attempt's
                 "attempt": str(w.attempt),
                 "next_in": f"{max(0.0, w.due - now):.1f}",
                 "error": w.error[:200],
@@ -950,6 +950,8 @@ class SenderActor(Actor):
                 ),
                 started=flow.started,
                 held=flow.resumed / flow.total if flow.total else 0.0,  # empty: none held
+                session=t.tid.hex(),
+                wall=t.wall,
             )
         elif t.retry.held_again:  # the accept of the offer that sends it whole
             t.retry.held_again = False
@@ -1553,6 +1555,9 @@ class SenderActor(Actor):
             self.trim_when_idle(lambda: not self.transfers)
         flow = t.flow
         flow.fail(code, reason)  # no-op when the transfer already ended itself
+        # The send's row as this attempt leaves it (before a retry counts
+        # the next attempt); its result and reason are set below.
+        record = self._record(t, code, reason)
         if t.timer is not None:
             t.timer.cancel()
         if t.reach_timer is not None:
@@ -1628,8 +1633,16 @@ class SenderActor(Actor):
             )
         elif unanswered and not retried:
             reason += "; it may have stored the file: send it again to find out"
-        # Every attempt has its row in the history; a retry's says so.
-        self.tell("stats", self._record(t, code, reason + ("; retrying" if retried else "")))
+        # One row per send: an attempt retried leaves it running, saying why.
+        record = dataclasses.replace(
+            record,
+            result="running" if retried else code[:32],
+            reason=(f"{reason}; retrying" if retried else reason)[:512],
+        )
+        if t.retry is not None:
+            t.retry.record = record
+            t.retry.retransmits += flow.retransmits
+        self.tell("stats", record)
         while self.waiting and self._sends() < self.settings.max_outgoing:
             self._start(self.waiting.popleft())
         if retried:
@@ -1724,32 +1737,99 @@ class SenderActor(Actor):
             mode=t.flow.policy.mode,
             source=t.details.source,
             name=t.details.name,
+            retry=retry,
         )
         return None
 
+    def _end_unstarted(self, request: int, retry: Retries | None, reason: str) -> None:
+        """Cancel a send that has no attempt running (waiting in line, its
+        folder being walked, or between two attempts: ``retry`` then). A
+        send that had attempts ends its history row, and its result says
+        what they did: the file's size, its mode, its time since it began."""
+        code = ResultCode.CANCELLED
+        if retry is None or retry.record is None:
+            self.tell("control", _result(request, code, reason))
+            return
+        seconds = self.now() - retry.started
+        made = retry.attempt - 1  # ``attempt``: the one to come
+        stats = {**retry.record.stats, "held_share": retry.held, "attempts": float(made)}
+        record = dataclasses.replace(
+            retry.record, duration=seconds, result=code, reason=reason[:512], stats=stats
+        )
+        self.tell("stats", record)
+        self.tell(
+            "control",
+            SendResult(
+                request=request,
+                code=code,
+                reason=reason[:500],
+                size=record.size,
+                digest=b"",
+                stored_as="",
+                seconds=seconds,
+                retransmits=retry.retransmits,
+                mode=record.mode,
+                stats=stats,
+            ),
+        )
+
     # -- the statistics history ---------------------------------------------------
 
+    def _send_started(self, t: Outgoing) -> float:
+        """When the send began (actor clock): its first attempt's start."""
+        return t.flow.started if t.retry is None else t.retry.started
+
+    @staticmethod
+    def _session(t: Outgoing) -> str:
+        """The send's row in the history: its first attempt's transfer id."""
+        return t.retry.session if t.retry is not None else t.tid.hex()
+
     def _record(self, t: Outgoing, result: str, reason: str = "") -> StatsRecord:
-        flow = t.flow
-        return StatsRecord(
-            session=t.tid.hex(),
-            side="send",
-            peer=t.peer[-300:],
-            peer_fingerprint=t.proven,
-            mode=flow.policy.mode,
-            file=t.request.path[-1024:],
-            size=t.size,
-            done_bytes=flow.acked_bytes,
-            chunk_size=t.chunk_size,
-            chunks=flow.total,
-            started=t.wall,
-            duration=self.now() - flow.started,
-            result=result[:32],
-            reason=reason[:512],
-            retransmits=flow.retransmits,
-            params=self._params(t),
-            stats=flow.stats(),
-        )
+        """The send's one row in the history, as of this attempt: every
+        attempt of a send updates the row of its first (its session), its
+        time counts from the send's start, its bytes are the most any
+        attempt had acknowledged, and what the receiver held is what the
+        first accept found (those bytes did not cross in this send)."""
+        flow, retry = t.flow, t.retry
+        duration = self.now() - self._send_started(t)
+        if retry is not None and flow.window is None and retry.record is not None:
+            # An attempt not accepted (yet): the row as the last one left it.
+            record = dataclasses.replace(
+                retry.record,
+                duration=duration,
+                result=result[:32],
+                reason=reason[:512],
+                stats={**retry.record.stats, "attempts": float(retry.attempt)},
+            )
+        else:
+            stats, done, retransmits = flow.stats(), flow.acked_bytes, flow.retransmits
+            if retry is not None:
+                stats["resumed_chunks"] = round(retry.held * flow.total)
+                stats["attempts"] = float(retry.attempt)
+                done = max(done, retry.done_bytes)
+                retransmits += retry.retransmits
+            record = StatsRecord(
+                session=self._session(t),
+                side="send",
+                peer=t.peer[-300:],
+                peer_fingerprint=t.proven,
+                mode=flow.policy.mode,
+                file=t.request.path[-1024:],
+                size=t.size,
+                done_bytes=done,
+                chunk_size=t.chunk_size,
+                chunks=flow.total,
+                started=retry.wall if retry is not None else t.wall,
+                duration=duration,
+                result=result[:32],
+                reason=reason[:512],
+                retransmits=retransmits,
+                params=self._params(t),
+                stats=stats,
+            )
+        if retry is not None:
+            retry.record = record
+        return record
 
     @staticmethod
     def _params(t: Outgoing) -> dict[str, str]:
@@ -1772,10 +1852,10 @@ class SenderActor(Actor):
     def _sample(self, t: Outgoing) -> StatsSample:
         flow = t.flow
         return StatsSample(
-            session=t.tid.hex(),
+            session=self._session(t),
             side="send",
             peer=t.peer[-300:],
-            t=self.now() - flow.started,
+            t=self.now() - self._send_started(t),  # on the send's row: since the send began
             done_bytes=flow.acked_bytes,
             window=flow.share or 0,  # aimd: this flow's share of its peer's window
             rate=flow.own_rate(flow.policy.rate if flow.policy.mode == "token-bucket" else 0),

@@ -11,6 +11,8 @@ processes on loopback:
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,21 @@ from typing import Any
 import pytest
 
 from peercrypt.history.db import db_path, list_transfers, open_reader
-from peercrypt.testing.nodes import NodeProcess, start_cli
+from peercrypt.testing.nodes import NodeProcess, free_port, start_cli, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
 MiB = 1024 * 1024
+CHUNK = 16 * 1024
+RATE = 2 * MiB  # 4 s for the file: the receiver is killed mid-way
+
+
+def listed(node: NodeProcess, state: str) -> dict[str, Any] | None:
+    """The node's first send in ``state`` in ``transfers --json``, if any."""
+    shown = node.cli("transfers", "--json")
+    assert shown.returncode == 0, shown.describe()
+    rows = [r for r in json.loads(shown.stdout) if r["state"] == state]
+    return rows[0] if rows else None
 
 
 def send_rows(node: NodeProcess) -> list[dict[str, Any]]:
@@ -57,3 +69,55 @@ def test_a_node_stopped_mid_send_records_the_sends_end_with_what_moved(
     assert row["duration"] > 0.5, row
     log = sender.log_path.read_text(errors="replace")
     assert "mailbox of" not in log, log
+
+
+def test_a_send_retried_and_then_cancelled_is_one_row_with_its_end(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A receiver killed mid-send: the sender retries (its port refuses,
+    every 0.25 s doubling to 2 s), the user cancels between two attempts.
+    The history has one row for the send: cancelled, with the bytes moved
+    and the time since the send began; ``transfers`` counted that time
+    while it retried; the send's result names its size and mode."""
+    port = free_port()
+    receiver = node_factory("--port", str(port), name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(8 * MiB)
+    began = time.monotonic()
+    args = ["send", path, "127.0.0.1", str(port), "--json", "--force", "--chunk-size", str(CHUNK),
+            "--timeout", "60", "-r", str(RATE), "-b", str(CHUNK)]  # fmt: skip
+    with start_cli(*args, data_dir=sender.data_dir, env=sender.env) as cli:
+        try:
+            moving = wait_until(
+                lambda: (r := listed(sender, "sending")) and int(r["bytes"]) >= MiB and r,
+                30,
+                "a MiB acknowledged",
+            )
+            receiver.kill()
+            killed = time.monotonic()
+            # Several attempts failed since (each a row of its own before).
+            sender.wait_for_counter("sender.retries", 4, timeout=30)
+            pause = wait_until(lambda: listed(sender, "retrying"), 30, "the send between attempts")
+            seen = time.monotonic()
+            sender.cli("cancel", str(moving["id"]))
+            out, _ = cli.communicate(timeout=30)
+        finally:
+            cli.kill()
+    # transfers: the send's time, not the attempt's 0
+    assert killed - began <= pause["seconds"] <= seen - began + 0.2, (pause, killed - began)
+    assert pause["bytes"] >= moving["bytes"], (pause, moving)
+    result = json.loads(out)
+    assert (result["code"], result["error"]) == ("cancelled", "cancelled by the user"), result
+    assert (result["size"], result["mode"]) == (8 * MiB, "token-bucket"), result
+    assert result["seconds"] >= pause["seconds"], (result, pause)
+    assert result["stats"]["attempts"] >= 4, result
+    (row,) = send_rows(sender)
+    assert (row["result"], row["reason"]) == ("cancelled", "cancelled by the user"), row
+    assert (row["size"], row["mode"], row["file"]) == (8 * MiB, "token-bucket", str(path)), row
+    assert pause["bytes"] <= row["bytes"] < 8 * MiB, (row, pause)
+    assert pause["seconds"] <= row["duration"] <= result["seconds"] + 0.2, (row, result)
+    assert row["stats"]["attempts"] == result["stats"]["attempts"], (row, result)
+    # The stats CLI shows it as one transfer that moved what it moved.
+    shown = sender.cli("stats", "show", str(row["id"]))
+    assert shown.returncode == 0 and "cancelled" in shown.stdout, shown.describe()
+    receiver.start()  # for the fixture's clean stop
