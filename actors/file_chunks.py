@@ -41,14 +41,20 @@ def open_source(path: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-SIZE_UNTOLD = "does not tell its size (a /proc or /sys file?): copy it to a file and send that"
+SIZE_UNTOLD = "does not tell its size (a file of /proc?): copy it to a file and send that"
 
 
 def not_empty_as_it_says(fd: int, st: os.stat_result) -> bool:
-    """Whether a file whose ``fstat`` says it is empty holds bytes (the
-    kernel's files in /proc: their size is 0, their text made when read);
-    sent as it says, it arrived empty and verified."""
-    return st.st_size == 0 and bool(os.pread(fd, 1, 0))
+    """Whether a file whose ``fstat`` says it is empty holds bytes, or
+    cannot be read to tell (the kernel's files in /proc: their size is 0,
+    their text made when read; some refuse a read: EIO, EINVAL); sent as it
+    says, it arrived empty and verified."""
+    if st.st_size != 0:
+        return False
+    try:
+        return bool(os.pread(fd, 1, 0))
+    except OSError:
+        return True
 
 
 class NotRegularFile(Exception):

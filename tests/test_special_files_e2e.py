@@ -59,8 +59,7 @@ def test_a_file_of_proc_is_refused_and_an_empty_file_still_goes(
     result = sender.send_result(proc, receiver.host, receiver.port, *extra, timeout=30)
     assert result.returncode != 0, result.json
     assert result.json.get("error", "") == (
-        "/proc/version does not tell its size (a /proc or /sys file?): "
-        "copy it to a file and send that"
+        "/proc/version does not tell its size (a file of /proc?): copy it to a file and send that"
     ), result.json
     assert not (receiver.inbox / "version").exists()
     empty = tmp_path / "empty.bin"
@@ -81,3 +80,18 @@ def test_a_folder_of_proc_files_skips_them(
     assert stats["files"] == 0 and stats["skipped"] >= 3, stats
     assert (receiver.inbox / "random").is_dir()
     assert list((receiver.inbox / "random").iterdir()) == []
+
+
+def test_a_zero_size_file_that_refuses_a_read_is_refused_and_leaks_nothing() -> None:
+    """/proc/self/mem answers a read at 0 with EIO: refused like the others,
+    its descriptor closed (the check's read raised past the close)."""
+    from actors.file_chunks import NotRegularFile, open_source
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = fds()
+    for path in ("/proc/self/mem", "/proc/version"):
+        with pytest.raises(NotRegularFile, match="does not tell its size"):
+            open_source(path)
+    assert fds() == before
