@@ -1225,6 +1225,10 @@ class MulticastReceiverActor(Actor):
             "held": held,
         }
         self.facts["last_multicast_in"] = json.dumps(outcome, ensure_ascii=False)
+        # Reported now, ahead of the listeners' word: whoever the word ends
+        # (the shell's `multicast-receive`) then finds the outcome among the
+        # facts, taken as told (a session ends now and then: no flood).
+        self.report()
         for request, left in list(self.listeners.items()):
             self.tell(
                 "control",

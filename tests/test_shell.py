@@ -258,6 +258,33 @@ def test_a_multicast_session_coming_in_is_announced_and_its_outcome(
     finally:
         send.kill()
     assert blake3_file(data_dir / "inbox" / "mc-slides.pdf") == blake3_file(path)
+    # `multicast-receive` in the shell tells its session itself: the watcher
+    # is quiet meanwhile and does not tell it after (it told it twice).
+    pty.child.sendline("multicast-receive --count 1")
+    pty.expect("multicast-receive|waiting|listen")  # the command runs
+    second = make_file(1024 * 1024, name="mc-second.bin")
+    again = start_cli(
+        "send", second, "127.0.0.1", str(_port(data_dir)), "-m", "--to",
+        f"{other.host}:{other.port}", "--json", data_dir=peer.data_dir,
+    )  # fmt: skip
+    try:
+        told = pty.expect(r"received mc-second\.bin \(1048576 bytes\) as mc-second\.bin, verified")
+        told += pty.expect(PROMPT_RE)
+        assert again.wait(timeout=WAIT) == 0
+    finally:
+        again.kill()
+    assert "by multicast from" not in told and "(multicast)" not in told, told
+    third = make_file(64 * 1024, name="mc-third.bin")
+    assert (
+        peer.send(third, "127.0.0.1", _port(data_dir), "-m", "--to", f"{other.host}:{other.port}")[
+            0
+        ]
+        == 0
+    )
+    later = pty.expect(
+        r"received mc-third\.bin \(65536 bytes\) as mc-third\.bin, verified \(multicast\)"
+    )
+    assert "mc-second" not in later, later
     pty.leave()
 
 

@@ -59,3 +59,13 @@ def test_status_says_multicast_sessions_coming_in_in_words() -> None:
     fact = json.dumps([["mc.bin", 30 * 1024 * 1024, 18 * 1024 * 1024, "aty4-4roe-k7p3-n4d6"]])
     assert incoming_multicast_text(fact) == "mc.bin (18.0 MiB of 30.0 MiB) from aty4-4roe-k7p3-n4d6"
     assert incoming_multicast_text("[[1]]") == "[[1]]"
+
+
+def test_status_says_the_last_multicast_session_in_words() -> None:
+    """Its latest outcome as the unicast one's (it printed the JSON)."""
+    from peercrypt.cli.status_view import _VIEWS
+
+    last = {"seq": 2, "name": "mc.bin", "size": 9, "stored_as": "mc.1.bin", "ok": True}
+    assert _VIEWS["last_multicast_in"](json.dumps(last)) == (
+        "received mc.bin (9 bytes) as mc.1.bin, verified"
+    )

@@ -197,9 +197,10 @@ class Shell:
             return self._error(unknown_command(name, command_names(self)))
         if name == "send" and self.interactive and not _wants_help(rest):
             return self._send(words, line)
-        if name == "receive" and self.interactive:
+        if name in ("receive", "multicast-receive", "mreceive") and self.interactive:
             # It tells the transfer and shows its progress itself (the prompt
-            # and its toolbar are not shown meanwhile); the watcher stays quiet.
+            # and its toolbar are not shown meanwhile); the watcher stays quiet
+            # (and takes what came meanwhile as told: a session's outcome too).
             self.watch_quiet.set()
             try:
                 return execute(self.group, [*self.global_args(), *words])

@@ -76,6 +76,7 @@ def rate_cap(text: str) -> str:
 
 _VIEWS = {
     "last_in": _last_in,
+    "last_multicast_in": _last_in,
     "incoming": incoming_text,
     "incoming_multicast": incoming_multicast_text,
     "max_rate": rate_cap,
