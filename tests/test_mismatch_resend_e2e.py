@@ -177,3 +177,28 @@ def test_a_mismatch_that_is_not_about_what_the_receiver_held_is_not_sent_again(
     assert (hostile.offers, hostile.dones) == (1, 1)
     counters = sender.counters_when("sender.failed-hash-mismatch", 1)
     assert counters.get("sender.sent-whole-after-mismatch", 0) == 0
+
+
+@pytest.mark.parametrize("code", ["ok", "\x1b]0;owned\x07"])
+def test_a_receiver_failing_a_send_with_ok_or_escapes_fails_it_as_the_protocol_broken(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path, network_key: str, code: str
+) -> None:
+    """A member that claims to hold the file and answers the Done with a
+    Failed whose code is "ok" (or escape sequences): the send ended as sent
+    and verified with no hash checked (or showed its code raw in `stats
+    list` and the counters). Now it fails as the protocol broken."""
+    sender = node_factory()
+    hostile = MismatchingReceiver(
+        network_key, load_or_create_identity(sender.data_dir).public, code=code
+    )
+    path = tmp_path / "a.bin"
+    path.write_bytes(os.urandom(SIZE))
+    try:
+        answer = sender.send_result(path, "127.0.0.1", hostile.port, timeout=60)
+    finally:
+        hostile.close()
+    assert answer.returncode != 0 and answer.json["code"] == "protocol", answer.describe()
+    assert not answer.json["ok"] and not answer.json.get("digest"), answer.describe()
+    listed = sender.cli("stats", "list")
+    assert "\x1b" not in listed.stdout and " protocol" in listed.stdout, listed.stdout
+    assert sender.wait_for_counter("sender.failed-protocol", 1) >= 1

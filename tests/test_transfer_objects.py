@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import blake3
 import pytest
@@ -1184,3 +1185,23 @@ def test_a_send_told_to_wait_lets_its_receiver_be_silent_3_s_whatever_its_timeou
     u.poll(0.0)
     failed, now = _failed_by(u, 20.0, 0.0)
     assert failed is not None and now == pytest.approx(0.5)
+
+
+@given(st.text(max_size=40))
+def test_a_receivers_failure_code_is_a_word_never_ok(code: str) -> None:
+    """What a Failed's code may end a send with: the peer's word when it is
+    one a code can be (shown raw in `stats list`, counted as failed-CODE),
+    never "ok" (which ended the send as verified with no hash checked),
+    else "protocol"."""
+    t = one_chunk_acked_and_hashed()
+    t.poll(0.1)
+    t.on_failed(code, "whatever it says")
+    (out,) = t.poll(0.2)
+    assert isinstance(out, Failed)
+    word = re.fullmatch(r"[a-z][a-z0-9-]{0,31}", code) is not None
+    assert out.code == (code if word and code != "ok" else "protocol"), (code, out.code)
+    for bad in ("ok", "OK", "\x1b[2J", "x" * 33, "", "hash mismatch"):
+        t = one_chunk_acked_and_hashed()
+        t.poll(0.1)
+        t.on_failed(bad, "")
+        assert t.poll(0.2)[0].code == "protocol", bad

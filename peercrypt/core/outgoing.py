@@ -74,6 +74,17 @@ HISTORY_INTERVAL = 0.05  # seconds between growth samples (decreases always)
 REPORT_INTERVAL = 0.01  # seconds between congestion reports (losses: at once)
 
 
+def failure_word(code: str) -> bool:
+    """Whether a peer's failure code is a word a code can be: 1-32 of
+    ``a-z``, ``0-9`` and ``-``, a letter first (it is shown and counted)."""
+    return (
+        0 < len(code) <= 32
+        and code[0].isascii()
+        and code[0].islower()
+        and all(ch.isascii() and (ch.islower() or ch.isdigit() or ch == "-") for ch in code)
+    )
+
+
 class Phase(enum.Enum):
     OFFERED = "offered"
     SENDING = "sending"
@@ -354,7 +365,12 @@ class OutgoingTransfer(GrantedFlow):
             self._done_due = now + max(1.0, self.window.rtt.rto * 2)
 
     def on_failed(self, code: str, reason: str) -> None:
-        """The receiver gave up (its Failed)."""
+        """The receiver gave up (its Failed). Its code is its claim: one of
+        a failure's words (lower case, digits, dashes), never "ok" (a Failed
+        that says ok would end the send as verified, no hash checked);
+        anything else is the protocol broken."""
+        if code == ResultCode.OK or not failure_word(code):
+            code = ResultCode.PROTOCOL
         self.fail(code, f"{self.peer} failed the transfer: {reason}")
 
     def on_reconnect(self, now: float) -> None:

@@ -596,14 +596,17 @@ class MismatchingReceiver(_DataRouter):
     """A hostile unicast receiver (:class:`_Receiver`) whose accepts claim
     to hold the whole file already (as a receiver that had delivered it
     does), and which answers every Done on its data port with
-    ``Failed(hash-mismatch)``, offer after offer. :attr:`dones` counts the
+    ``Failed(hash-mismatch)`` (or ``code``), offer after offer. :attr:`dones` counts the
     Dones it answered. ``holds=False``: its accepts claim nothing held (the
     sender sends every chunk, acked by nobody; a one-chunk file's Done goes
     with its chunk)."""
 
-    def __init__(self, network_key: str, sender: bytes, holds: bool = True) -> None:
+    def __init__(
+        self, network_key: str, sender: bytes, holds: bool = True, code: str = "hash-mismatch"
+    ) -> None:
         super().__init__(network_key, sender)
         self.holds = holds
+        self.code = code  # what its Failed says (any text the codec lets through)
         self.dones = 0
         self._start()
 
@@ -628,7 +631,7 @@ class MismatchingReceiver(_DataRouter):
                 continue
             if isinstance(msg, Done):
                 self.dones += 1
-                failed = Failed(code="hash-mismatch", reason="the copy held changed")
+                failed = Failed(code=self.code, reason="the copy held changed")
                 self._answer(route, header.tid, keys, failed)
 
 
