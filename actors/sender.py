@@ -98,6 +98,7 @@ from peercrypt import local_ipc, shm_ring
 from peercrypt.core.address import canonical_host, endpoint_key, join_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
+from peercrypt.core.busy_wait import BusyWait, not_now
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
 from peercrypt.core.outgoing import (
     Finished,
@@ -230,6 +231,19 @@ class Retries:
 
 
 @dataclass
+class Busy:
+    """A send the receiver refused "not now": its wait (core/busy_wait.py)
+    and, until an offer of it is accepted (then :class:`Retries` carries
+    it), its one row in the statistics history: its first offer's."""
+
+    wait: BusyWait
+    session: str  # the first offer's transfer id
+    wall: float  # its start, Unix seconds
+    started: float  # the same on the actor clock: the send's time counts from it
+    record: StatsRecord | None = None  # the row as last told
+
+
+@dataclass
 class Retrying:
     """A send between two attempts (what ``transfers`` lists)."""
 
@@ -243,7 +257,10 @@ class Retrying:
     mode: str
     source: bytes  # what it sends: its source tag and name (``_sending_already``)
     name: str
-    retry: Retries  # what the next attempt carries (the send's start, its history row)
+    started: float  # the send's start (actor clock): its first offer's
+    retry: Retries | None  # what the next attempt carries (None: never accepted)
+    # Set while it waits for a busy receiver's slot (listed as ``waiting``).
+    busy: Busy | None = None
 
 
 @dataclass
@@ -253,6 +270,7 @@ class Walk:
     request: SendRequest
     retry: Retries | None  # carried to the attempt after the walk
     job: TreeWalk | None = None
+    busy: Busy | None = None  # its wait for a busy receiver, carried too
 
 
 @dataclass
@@ -315,6 +333,8 @@ class Outgoing:
     checked: int = 0  # bytes the receiver's final check covered (its Verifying)
     ring: shm_ring.SenderRing | None = None  # the receiver's shared-memory ring
     slotted: list[bytes] = field(default_factory=list)  # descriptors not sent yet
+    busy: Busy | None = None  # the receiver said "not now" before (carried)
+    not_now: str = ""  # the receiver's reason, when it refused this offer "not now"
 
     @property
     def source(self) -> int | Stream:
@@ -348,6 +368,7 @@ class SenderActor(Actor):
         self.waiting: deque[SendRequest] = deque()  # beyond max_outgoing, in order
         self.retrying: dict[int, Retrying] = {}  # request -> its next attempt
         self.carried: dict[int, Retries] = {}  # retries queued in ``waiting``
+        self.carried_busy: dict[int, Busy] = {}  # busy waits queued in ``waiting``
         self.walking: dict[int, Walk] = {}  # request -> its folder being walked
         self.rng = random.Random()
         self.known_peers = KnownPeersFile(settings.data_dir)
@@ -389,14 +410,18 @@ class SenderActor(Actor):
         stopping = "the node is stopping"
         waiting, self.waiting = self.waiting, deque()
         for req in waiting:
-            self._end_unstarted(req.request, self.carried.pop(req.request, None), stopping)
+            retry, busy = (
+                self.carried.pop(req.request, None),
+                self.carried_busy.pop(req.request, None),
+            )
+            self._end_unstarted(req.request, retry, stopping, busy)
         retrying, self.retrying = self.retrying, {}
         for request, pause in retrying.items():
             pause.timer.cancel()
-            self._end_unstarted(request, pause.retry, stopping)
+            self._end_unstarted(request, pause.retry, stopping, pause.busy)
         for walk in list(self.walking.values()):
             self._drop_walk(walk)
-            self._end_unstarted(walk.request.request, walk.retry, stopping)
+            self._end_unstarted(walk.request.request, walk.retry, stopping, walk.busy)
         for t in list(self.transfers.values()):
             self._end(t, ResultCode.CANCELLED, "the node is stopping")
         for url in list(self.idle_links):
@@ -444,15 +469,20 @@ class SenderActor(Actor):
             cancelled = "cancelled by the user"
             for req in [r for r in self.waiting if r.request == msg.request]:
                 self.waiting.remove(req)
-                self._end_unstarted(req.request, self.carried.pop(req.request, None), cancelled)
+                self._end_unstarted(
+                    req.request,
+                    self.carried.pop(req.request, None),
+                    cancelled,
+                    self.carried_busy.pop(req.request, None),
+                )
             walk = self.walking.get(msg.request)
             if walk is not None:
                 self._drop_walk(walk)
-                self._end_unstarted(msg.request, walk.retry, cancelled)
+                self._end_unstarted(msg.request, walk.retry, cancelled, walk.busy)
             pause = self.retrying.pop(msg.request, None)
             if pause is not None:
                 pause.timer.cancel()
-                self._end_unstarted(msg.request, pause.retry, cancelled)
+                self._end_unstarted(msg.request, pause.retry, cancelled, pause.busy)
         else:
             super().on_mail(msg)
 
@@ -502,10 +532,11 @@ class SenderActor(Actor):
                 "file": w.request.path[-200:],
                 "peer": f"{w.request.host}:{w.request.port}",
                 "mode": w.mode,
-                "state": "retrying",
+                # (a busy receiver's slot: ``error`` says why, ``next_in`` when it offers)
+                "state": "retrying" if w.busy is None else "waiting",
                 "bytes": str(w.done_bytes),
                 "size": str(w.size),
-                "seconds": f"{now - w.retry.started:.1f}",  # the send's, every attempt's
+                "seconds": f"{now - w.started:.1f}",  # the send's, every attempt's
                 "attempt": str(w.attempt),
                 "next_in": f"{max(0.0, w.due - now):.1f}",
                 "error": w.error[:200],
@@ -523,10 +554,10 @@ class SenderActor(Actor):
     def _sends(self) -> int:
         return len(self.transfers) + len(self.walking)
 
-    def _walk(self, req: SendRequest, retry: Retries | None) -> None:
+    def _walk(self, req: SendRequest, retry: Retries | None, busy: Busy | None) -> None:
         """Walk and hash a folder or several files in a thread
         (actors/tree_source.py); :meth:`_walked` goes on with the send."""
-        walk = self.walking[req.request] = Walk(req, retry)
+        walk = self.walking[req.request] = Walk(req, retry, busy=busy)
         paths = [Path(p) for p in (req.path, *req.more)]
         walk.job = TreeWalk(self, paths, functools.partial(self._walked, walk), self.now())
 
@@ -546,6 +577,8 @@ class SenderActor(Actor):
         if isinstance(result, TreeSource):
             if walk.retry is not None:
                 self.carried[req.request] = walk.retry
+            if walk.busy is not None:
+                self.carried_busy[req.request] = walk.busy
             self._start(req, result)
             return
         if isinstance(result, TreeError):
@@ -559,6 +592,7 @@ class SenderActor(Actor):
 
     def _start(self, req: SendRequest, tree: TreeSource | None = None) -> None:
         retry = self.carried.pop(req.request, None)
+        busy = self.carried_busy.pop(req.request, None)
 
         def fail(code: str, reason: str) -> None:
             self.tell("control", _result(req.request, code, reason))
@@ -568,7 +602,7 @@ class SenderActor(Actor):
         except PolicyError as exc:
             return fail(ResultCode.LOCAL, str(exc))
         if tree is None and (req.more or os.path.isdir(req.path)):
-            return self._walk(req, retry)
+            return self._walk(req, retry, busy)
         if tree is not None:
             source = tree_source_tag(tree.manifest)
             fd, size, mtime_ns = -1, tree.total_size, 0
@@ -656,6 +690,7 @@ class SenderActor(Actor):
             ),
             retry=retry,
             tree=tree,
+            busy=busy,
         )
         self.transfers[tid] = t
         self.tell("stats", self._record(t, "running"))
@@ -674,17 +709,12 @@ class SenderActor(Actor):
         first's sender restarted and end the first (docs/resume.md), or,
         in chunks the first's part cannot continue, store a second copy:
         refused here either way."""
-
-        def key(other: SendRequest) -> str:  # localhost, 127.1: one address
-            host = canonical_host(other.host)
-            return endpoint_key(f"tcp://{join_host_port(host, other.port)}")
-
-        target, name = key(req), os.path.basename(req.path)
+        target, same = _address(req), (source, os.path.basename(req.path))
         for t in self.transfers.values():
-            if (t.details.source, t.details.name) == (source, name) and key(t.request) == target:
+            if (t.details.source, t.details.name) == same and _address(t.request) == target:
                 return t.request.request, t.request.path
-        for request, w in self.retrying.items():
-            if (w.source, w.name) == (source, name) and key(w.request) == target:
+        for request, w in self.retrying.items():  # between attempts, or waiting: busy
+            if (w.source, w.name) == same and _address(w.request) == target:
                 return request, w.request.path
         return None
 
@@ -870,6 +900,8 @@ class SenderActor(Actor):
             reason = f"{t.peer} cannot read an offer sealed to {who}; nothing was sent"
             self._end(t, ResultCode.IMPOSTOR, reason)
         elif isinstance(msg, Refuse) and msg.tid == t.tid:
+            if not_now(msg.code):  # busy: the send waits for a slot there (_end)
+                t.not_now = printable(msg.reason) or msg.code
             self._end(t, ResultCode.REFUSED, f"{t.peer} refused: {printable(msg.reason)}")
         elif isinstance(msg, ErrorReply):
             self._end(
@@ -948,10 +980,12 @@ class SenderActor(Actor):
                 Backoff(
                     CLOSED_RETRY_INITIAL, max_delay=CLOSED_RETRY_MAX, max_retries=None, rng=self.rng
                 ),
-                started=flow.started,
+                # (a send that waited for a busy receiver began at its first offer)
+                started=self._send_started(t),
                 held=flow.resumed / flow.total if flow.total else 0.0,  # empty: none held
-                session=t.tid.hex(),
-                wall=t.wall,
+                session=self._session(t),
+                wall=t.busy.wall if t.busy is not None else t.wall,
+                record=t.busy.record if t.busy is not None else None,
             )
         elif t.retry.held_again:  # the accept of the offer that sends it whole
             t.retry.held_again = False
@@ -1523,7 +1557,7 @@ class SenderActor(Actor):
             if t.flow.window is not None and sample_due(t.tid[0], self.ticks, running):
                 samples.append(self._sample(t))
         idle = [(r.request, "waiting") for r in self.waiting]
-        idle += [(request, "retrying") for request in self.retrying]
+        idle += [(r, "retrying" if w.busy is None else "waiting") for r, w in self.retrying.items()]
         idle += [(request, "walking") for request in self.walking]
         for request, phase in idle:
             progress.setdefault("control", []).append(
@@ -1633,16 +1667,27 @@ class SenderActor(Actor):
             )
         elif unanswered and not retried:
             reason += "; it may have stored the file: send it again to find out"
-        # One row per send: an attempt retried leaves it running, saying why.
+        waited = bool(t.not_now) and not retried
+        if waited:
+            gave_up = self._wait_busy(t)
+            retried = gave_up is None
+            reason = gave_up or reason
+        # One row per send: an attempt retried, or refused by a busy receiver
+        # the send waits for, leaves it running, saying why.
+        then = "waiting" if waited else "retrying"
         record = dataclasses.replace(
             record,
             result="running" if retried else code[:32],
-            reason=(f"{reason}; retrying" if retried else reason)[:512],
+            reason=(f"{reason}; {then}" if retried else reason)[:512],
         )
+        row = self._row(t)  # (never accepted: the busy wait's, its first offer's)
+        if row is not None:
+            row.record = record
         if t.retry is not None:
-            t.retry.record = record
             t.retry.retransmits += flow.retransmits
         self.tell("stats", record)
+        if t.keys is not None:  # it held a slot at the receiver: the next in line there offers
+            self._wake_busy(t.request)
         while self.waiting and self._sends() < self.settings.max_outgoing:
             self._start(self.waiting.popleft())
         if retried:
@@ -1657,7 +1702,7 @@ class SenderActor(Actor):
                 digest=flow.digest if code == ResultCode.OK else b"",
                 stored_as=stored_as,
                 # The whole send's, every attempt's (a retry's flow starts anew).
-                seconds=self.now() - (flow.started if t.retry is None else t.retry.started),
+                seconds=self.now() - self._send_started(t),
                 retransmits=flow.retransmits,
                 mode=flow.policy.mode,
                 stats=self._result_stats(t),
@@ -1737,24 +1782,31 @@ class SenderActor(Actor):
             mode=t.flow.policy.mode,
             source=t.details.source,
             name=t.details.name,
+            started=retry.started,
             retry=retry,
         )
         return None
 
-    def _end_unstarted(self, request: int, retry: Retries | None, reason: str) -> None:
+    def _end_unstarted(
+        self, request: int, retry: Retries | None, reason: str, busy: Busy | None = None
+    ) -> None:
         """Cancel a send that has no attempt running (waiting in line, its
-        folder being walked, or between two attempts: ``retry`` then). A
-        send that had attempts ends its history row, and its result says
-        what they did: the file's size, its mode, its time since it began."""
+        folder being walked, between two attempts: ``retry`` then, or
+        waiting for a busy receiver: ``busy``). A send that had attempts or
+        offers ends its history row, and its result says what they did: the
+        file's size, its mode, its time since it began."""
         code = ResultCode.CANCELLED
-        if retry is None or retry.record is None:
+        row: Retries | Busy | None = retry if retry is not None else busy
+        if row is None or row.record is None:
             self.tell("control", _result(request, code, reason))
             return
-        seconds = self.now() - retry.started
-        made = retry.attempt - 1  # ``attempt``: the one to come
-        stats = {**retry.record.stats, "held_share": retry.held, "attempts": float(made)}
+        seconds = self.now() - row.started
+        stats = dict(row.record.stats)
+        if retry is not None:
+            made = retry.attempt - 1  # ``attempt``: the one to come
+            stats.update(held_share=retry.held, attempts=float(made))
         record = dataclasses.replace(
-            retry.record, duration=seconds, result=code, reason=reason[:512], stats=stats
+            row.record, duration=seconds, result=code, reason=reason[:512], stats=stats
         )
         self.tell("stats", record)
         self.tell(
@@ -1767,39 +1819,123 @@ class SenderActor(Actor):
                 digest=b"",
                 stored_as="",
                 seconds=seconds,
-                retransmits=retry.retransmits,
+                retransmits=retry.retransmits if retry is not None else 0,
                 mode=record.mode,
                 stats=stats,
             ),
         )
 
+    def _wait_busy(self, t: Outgoing) -> str | None:
+        """The receiver refused ``t``'s offer "not now" (its limits of
+        transfers at once are taken): the send waits, listed as ``waiting``,
+        and offers again when a send of this node to that receiver ends
+        (:meth:`_wake_busy`) or its pause is over (core/busy_wait.py);
+        None. Or the send's final reason, once it was refused so for
+        ``--timeout`` with none of this node's sends running there."""
+        request = t.request
+        now = self.now()
+        if t.busy is None:  # the send's row so far is this offer's (or its Retries')
+            wait = BusyWait(timeout=request.timeout, rng=self.rng)
+            wall = t.retry.wall if t.retry is not None else t.wall
+            t.busy = Busy(wait, self._session(t), wall, self._send_started(t))
+        wait = t.busy.wait
+        here = _address(request)
+        ours = any(
+            o.keys is not None and _address(o.request) == here for o in self.transfers.values()
+        )
+        pause = wait.refused(now, ours)
+        if pause is None:
+            self.count("busy-gave-up")
+            return (
+                f"{t.peer} refused: {t.not_now}; still busy after --timeout "
+                f"{request.timeout:g} s with no send of this node running there"
+            )
+        self.count("busy-waits")
+        note = f"{t.peer} is busy ({t.not_now}); the send waits and offers again"
+        log.info("%s: %s in %.1f s at most", request.path, note, pause)
+        self.tell(
+            t.requester,
+            Progress(request=request.request, done_bytes=0, total_bytes=t.size, note=note,
+                     phase="waiting"),
+        )  # fmt: skip
+        self.retrying[request.request] = Retrying(
+            timer=self.call_later(pause, functools.partial(self._busy_again, request.request)),
+            request=request,
+            attempt=t.retry.attempt if t.retry is not None else 1,
+            due=now + pause,
+            error=f"{t.peer} is busy: {t.not_now}",
+            size=t.size,
+            done_bytes=t.retry.done_bytes if t.retry is not None else 0,
+            mode=t.flow.policy.mode,
+            source=t.details.source,
+            name=t.details.name,
+            started=t.busy.started,
+            retry=t.retry,
+            busy=t.busy,
+        )
+        return None
+
+    def _wake_busy(self, ended: SendRequest) -> None:
+        """A send to ``ended``'s receiver that held a slot there ended: the
+        send that has waited longest for a slot there offers now."""
+        here = _address(ended)
+        for request, w in self.retrying.items():
+            if w.busy is not None and _address(w.request) == here:
+                self.count("busy-woken")
+                return self._busy_again(request)
+
+    def _busy_again(self, request: int) -> None:
+        """Offer a send that waited for a busy receiver again (now, or in
+        line for one of this node's own slots)."""
+        w = self.retrying.get(request)
+        if w is None or w.busy is None:
+            return
+        del self.retrying[request]
+        w.timer.cancel()
+        if w.retry is not None:
+            self.carried[request] = w.retry
+        self.carried_busy[request] = w.busy
+        if self._sends() < self.settings.max_outgoing:
+            self._start(w.request)
+        else:
+            self.waiting.append(w.request)
+            self.count("queued")
+
     # -- the statistics history ---------------------------------------------------
 
-    def _send_started(self, t: Outgoing) -> float:
-        """When the send began (actor clock): its first attempt's start."""
-        return t.flow.started if t.retry is None else t.retry.started
-
     @staticmethod
-    def _session(t: Outgoing) -> str:
-        """The send's row in the history: its first attempt's transfer id."""
-        return t.retry.session if t.retry is not None else t.tid.hex()
+    def _row(t: Outgoing) -> Retries | Busy | None:
+        """What carries the send's history row from one offer to the next:
+        its retries once an offer was accepted, its busy wait before."""
+        return t.retry if t.retry is not None else t.busy
+
+    def _send_started(self, t: Outgoing) -> float:
+        """When the send began (actor clock): its first offer's start."""
+        row = self._row(t)
+        return t.flow.started if row is None else row.started
+
+    def _session(self, t: Outgoing) -> str:
+        """The send's row in the history: its first offer's transfer id."""
+        row = self._row(t)
+        return t.tid.hex() if row is None else row.session
 
     def _record(self, t: Outgoing, result: str, reason: str = "") -> StatsRecord:
         """The send's one row in the history, as of this attempt: every
         attempt of a send updates the row of its first (its session), its
         time counts from the send's start, its bytes are the most any
         attempt had acknowledged, and what the receiver held is what the
-        first accept found (those bytes did not cross in this send)."""
-        flow, retry = t.flow, t.retry
+        first accept found (those bytes did not cross in this send). A send
+        that waits for a busy receiver is the same send: its offers update
+        the row too."""
+        flow, retry, row = t.flow, t.retry, self._row(t)
         duration = self.now() - self._send_started(t)
-        if retry is not None and flow.window is None and retry.record is not None:
+        if row is not None and flow.window is None and row.record is not None:
             # An attempt not accepted (yet): the row as the last one left it.
+            stats = dict(row.record.stats)
+            if retry is not None:
+                stats["attempts"] = float(retry.attempt)
             record = dataclasses.replace(
-                retry.record,
-                duration=duration,
-                result=result[:32],
-                reason=reason[:512],
-                stats={**retry.record.stats, "attempts": float(retry.attempt)},
+                row.record, duration=duration, result=result[:32], reason=reason[:512], stats=stats
             )
         else:
             stats, done, retransmits = flow.stats(), flow.acked_bytes, flow.retransmits
@@ -1819,7 +1955,7 @@ class SenderActor(Actor):
                 done_bytes=done,
                 chunk_size=t.chunk_size,
                 chunks=flow.total,
-                started=retry.wall if retry is not None else t.wall,
+                started=row.wall if row is not None else t.wall,
                 duration=duration,
                 result=result[:32],
                 reason=reason[:512],
@@ -1827,8 +1963,8 @@ class SenderActor(Actor):
                 params=self._params(t),
                 stats=stats,
             )
-        if retry is not None:
-            retry.record = record
+        if row is not None:
+            row.record = record
         return record
 
     @staticmethod
@@ -1862,6 +1998,13 @@ class SenderActor(Actor):
             rtt=(flow.window.rtt.srtt or 0.0) if flow.window is not None else 0.0,
             credit=flow.window.window if flow.window is not None else 0,
         )
+
+
+def _address(req: SendRequest) -> str:
+    """The receiver ``req`` goes to, one key for every spelling that dials
+    the same endpoint (localhost, 127.1)."""
+    host = canonical_host(req.host)
+    return endpoint_key(f"tcp://{join_host_port(host, req.port)}")
 
 
 def _result(request: int, code: str, reason: str) -> SendResult:

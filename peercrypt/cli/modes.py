@@ -365,7 +365,11 @@ def congestion(obj: dict[str, Any], pairs: tuple[str, ...], as_json: bool) -> No
 
 
 def _retry_note(row: dict[str, str]) -> str:
-    """A send between retries: the attempt to come, when, and why the last failed."""
+    """A send between retries: the attempt to come, when, and why the last
+    failed; a send waiting for a busy receiver's slot: when it offers again
+    at the latest, and the receiver's words."""
+    if row.get("state") == "waiting" and row.get("error"):
+        return f"offer in {row.get('next_in', '?')}s: {row['error']}"
     if row.get("state") != "retrying":
         return ""
     note = f"attempt {row.get('attempt', '?')} in {row.get('next_in', '?')}s"
