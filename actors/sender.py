@@ -57,7 +57,13 @@ retried sooner (0.25 s doubling to 2 s) until ``--timeout`` has passed since
 the transfer last moved; the requester is told once ("the receiver's port
 closed; retrying"). Retries wait in line under ``max_outgoing`` like new
 sends; the send has one row in the statistics history, which every attempt
-updates (its result is the send's). A sender that gives
+updates (its result is the send's). An offer
+the receiver refuses as busy (its limits of transfers at once: the only
+refusal that says "not now") is not an end either: the send waits in line
+for that receiver and offers again when one of this node's sends there ends
+or after a pause, bounded by ``--timeout`` while none of them runs
+(:class:`~peercrypt.core.busy_wait.BusyWait`); its offers update the same
+row. A sender that gives
 up or is cancelled tells the receiver (a sealed Failed, given
 :data:`CLOSE_GRACE` to leave before the socket closes), which frees its slot
 and keeps the part.
