@@ -7,13 +7,15 @@ processes on loopback; peercrypt/core/busy_wait.py has the rules):
 - a receiver kept busy by another sender's transfer is waited out for the
   send's ``--timeout`` only, with a few offers, then the send fails with
   the refusal (exit 5) while that other transfer goes on;
-- a send waiting for a busy receiver is cancelled at once by ``cancel ID``;
+- a send waiting for a busy receiver is cancelled at once by ``cancel ID``
+  and by Ctrl-C;
 - a final refusal (over the sender's quota of parts) still fails at once.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -68,7 +70,7 @@ def test_sends_beyond_the_receivers_limit_wait_their_turn_and_all_arrive(
 ) -> None:
     receiver = node_factory("--max-transfers-per-peer", "1")
     sender = node_factory()
-    files = [make_file(SMALL + i) for i in range(3)]
+    files = [make_file(2 * SMALL + i) for i in range(3)]  # 2 s each: a while in line
     with ExitStack() as stack:
         procs = [
             stack.enter_context(send_cli(sender, f, receiver, "-r", RATE, "--timeout", "5"))
@@ -133,8 +135,9 @@ def test_a_receiver_busy_with_another_senders_transfer_is_waited_out_for_the_tim
     assert not (receiver.inbox / small.name).exists()
 
 
+@pytest.mark.parametrize("how", ["cancel", "ctrl-c"])
 def test_a_send_waiting_for_a_busy_receiver_is_cancelled_at_once(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], how: str
 ) -> None:
     receiver = node_factory("--max-transfers-per-peer", "1")
     sender = node_factory()
@@ -152,15 +155,26 @@ def test_a_send_waiting_for_a_busy_receiver_is_cancelled_at_once(
                 "a send waiting for the receiver's slot",
             )
             assert row["file"].endswith(second.name), row
-            cancelled = sender.cli("cancel", str(row["id"]))
-            assert cancelled.returncode == 0, cancelled.describe()
+            if how == "cancel":
+                cancelled = sender.cli("cancel", str(row["id"]))
+                assert cancelled.returncode == 0, cancelled.describe()
+            else:
+                waiting.send_signal(signal.SIGINT)
             out, err = waiting.communicate(timeout=10)
-        assert waiting.returncode == errors.FAILED, (out, err)
-        assert json.loads(out)["error"] == "cancelled by the user", (out, err)
+        if how == "cancel":
+            assert waiting.returncode == errors.FAILED, (out, err)
+            assert json.loads(out)["error"] == "cancelled by the user", (out, err)
+        else:
+            assert waiting.returncode == 130, (out, err)
+        wait_until(
+            lambda: all(r["id"] != row["id"] for r in rows(sender)),
+            10,
+            "the waiting send to be gone from the node's list",
+        )
         assert running.poll() is None  # the other send was not touched
         done = json_success(running, sender)
     assert blake3_file(receiver.inbox / done["stored_as"]) == blake3_file(first)
-    assert not any(r["id"] == row["id"] for r in rows(sender))
+    assert not (receiver.inbox / second.name).exists()
 
 
 def test_a_final_refusal_still_fails_at_once(
