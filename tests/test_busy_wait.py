@@ -60,14 +60,15 @@ def test_alone_it_gives_up_once_the_timeout_passed_and_offers_a_bounded_number_o
     # Every pause but the last (cut to the deadline) is at least half its
     # ceiling: the ceilings double from PAUSE_INITIAL, so the offers are a
     # few doublings plus the timeout over half the largest pause.
-    cap = min(timeout, PAUSE_MAX)
-    doublings = max(0, math.ceil(math.log2(cap / min(PAUSE_INITIAL, cap))))
+    cap = max(PAUSE_INITIAL, min(timeout, PAUSE_MAX))
+    doublings = math.ceil(math.log2(cap / PAUSE_INITIAL))
     assert len(made) <= doublings + 2 + timeout / (cap / 2)
+    assert all(pause >= PAUSE_INITIAL / 2 for _, pause in made[:-1])
 
 
 @PROPS
 @given(
-    timeout=st.floats(0.5, 60),
+    timeout=st.floats(0.1, 60),
     ours_for=st.floats(0, 3600),
     seed=st.integers(0, 2**32),
 )
@@ -81,7 +82,13 @@ def test_while_a_send_of_ours_runs_there_the_timeout_waits_and_starts_after_it(
     # It gave up exactly --timeout after the first refusal with none of ours running.
     assert end == pytest.approx((alone[0] if alone else end) + timeout)
     assert end >= 100.0 + ours_for + timeout - 1e-6
-    assert all(pause <= min(timeout, PAUSE_MAX) for _, pause in made)
+    running = [pause for when, pause in made if when < 100.0 + ours_for]
+    # While ours runs there is no deadline, and the pauses never shrink
+    # with a small --timeout (send's least: 0.1 s): no spin, however long.
+    assert all(
+        PAUSE_INITIAL / 2 <= p <= max(PAUSE_INITIAL, min(timeout, PAUSE_MAX)) for p in running
+    )
+    assert len(running) <= 2 + ours_for / (PAUSE_INITIAL / 2)
 
 
 def test_pauses_grow_from_the_initial_one_to_the_cap_and_never_near_zero() -> None:

@@ -24,10 +24,12 @@ a send refused "not now" waits instead of failing:
   first such refusal: one that comes ``timeout`` after it ends the wait
   (:meth:`BusyWait.refused` returns None), and no pause goes past it.
 - Pauses: :data:`PAUSE_INITIAL` doubling to at most ``timeout`` (and
-  :data:`PAUSE_MAX`), each drawn from the upper half of its ceiling
-  ("equal jitter"): waiting sends spread out, and, unlike full jitter, no
-  pause is ever near zero, so a receiver that always says busy costs at
-  most a handful of offers per ``timeout``, never a spin.
+  :data:`PAUSE_MAX`; never less than :data:`PAUSE_INITIAL`, whatever the
+  timeout), each drawn from the upper half of its ceiling ("equal
+  jitter"): waiting sends spread out, and, unlike full jitter, no pause is
+  ever near zero, so a receiver that always says busy costs at most a
+  handful of offers per ``timeout``, never a spin. Only the last pause
+  before the deadline is cut short, to end at it.
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ class BusyWait:
 
     def __init__(self, *, timeout: float, rng: random.Random) -> None:
         self.timeout = timeout
-        self.max_pause = max(min(timeout, PAUSE_MAX), 0.01)
-        self.ceiling = min(PAUSE_INITIAL, self.max_pause)
+        # (a tiny --timeout bounds the wait alone, not the pauses while a
+        # send of ours runs there: those would be a spin)
+        self.max_pause = max(min(timeout, PAUSE_MAX), PAUSE_INITIAL)
+        self.ceiling = PAUSE_INITIAL
         self.rng = rng
         self.refusals = 0
         # Since when it has been refused with no send of this node to that
