@@ -147,3 +147,31 @@ def test_transfers_json_gives_numbers_and_null_for_what_is_not_one() -> None:
         {"id": None, "seconds": None, "next_in": None, "bytes": 12},
     ]  # fmt: skip
     assert json.loads(json.dumps([json_row(r) for r in rows]))[1]["attempt"] == 3
+
+
+def test_a_send_waiting_for_a_busy_receiver_shows_when_it_offers_and_why() -> None:
+    """`transfers`: a send waiting for a busy receiver's slot says in the
+    RETRY column when it offers again at the latest and the receiver's
+    words; one waiting for this node's own slot (no error) says nothing
+    there, and with no such row the column is left out."""
+    busy = {
+        "id": "9",
+        "state": "waiting",
+        "mode": "normal",
+        "bytes": "0",
+        "size": "1024",
+        "seconds": "0",
+        "peer": "10.0.0.5:7400",
+        "file": "/f9.bin",
+        "attempt": "1",
+        "next_in": "1.6",
+        "error": "10.0.0.5:7400 is busy: too many transfers from you (max 8)",
+    }
+    queued = {"id": "10", "state": "waiting", "mode": "normal", "bytes": "0", "size": "?",
+              "seconds": "0", "peer": "10.0.0.5:7400", "file": "/f10.bin"}  # fmt: skip
+    lines = transfers_table([busy, queued], 400).splitlines()
+    assert "RETRY" in lines[0]
+    note = "offer in 1.6s: 10.0.0.5:7400 is busy: too many transfers from you (max 8)"
+    assert lines[1].rstrip().endswith(note), lines
+    assert lines[2].rstrip().endswith("/f10.bin"), lines
+    assert "RETRY" not in transfers_table([queued], 400).splitlines()[0]
