@@ -7,8 +7,10 @@ processes on loopback; peercrypt/core/busy_wait.py has the rules):
 - a receiver kept busy by another sender's transfer is waited out for the
   send's ``--timeout`` only, with a few offers, then the send fails with
   the refusal (exit 5) while that other transfer goes on;
-- a send waiting for a busy receiver is cancelled at once by ``cancel ID``
-  and by Ctrl-C;
+- a send waiting for a busy receiver is cancelled at once by ``cancel ID``,
+  by Ctrl-C and by the node's stop;
+- a busy wait is part of its send: the send keeps one history row, left
+  running with the receiver's words while it waits, ending with its result;
 - a final refusal (over the sender's quota of parts) still fails at once.
 """
 
@@ -65,6 +67,16 @@ def waiting_for_busy(node: NodeProcess, words: str) -> dict[str, Any] | None:
     return None
 
 
+def history_row(node: NodeProcess, path: Path, result: str) -> dict[str, Any] | None:
+    """The node's one history row of its send of ``path``, once its result
+    is ``result`` (a send has one row, however many offers it made)."""
+    listed = node.cli("stats", "list", "--json")
+    assert listed.returncode == 0, listed.describe()
+    found = [r for r in json.loads(listed.stdout) if r["side"] == "send" and r["file"] == str(path)]
+    assert len(found) <= 1, found
+    return found[0] if found and found[0]["result"] == result else None
+
+
 def test_sends_beyond_the_receivers_limit_wait_their_turn_and_all_arrive(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
@@ -97,6 +109,19 @@ def test_sends_beyond_the_receivers_limit_wait_their_turn_and_all_arrive(
     assert counters.get("sender.busy-gave-up", 0) == 0, counters
     assert counters["sender.failed-refused"] == counters["sender.busy-waits"], counters
     receiver.wait_for_counter("receiver.refused-busy", counters["sender.busy-waits"])
+
+    # A busy wait is part of its send: one history row per send, which its
+    # refused offers updated (none has a row of its own), each ending "ok".
+    def ended_rows() -> list[dict[str, Any]] | None:
+        listed = sender.cli("stats", "list", "--json")
+        assert listed.returncode == 0, listed.describe()
+        sends = [r for r in json.loads(listed.stdout) if r["side"] == "send"]
+        done = [r for r in sends if r["result"] == "ok"]
+        return sends if len(done) == len(files) else None
+
+    sends = wait_until(ended_rows, 30, "the three sends' rows ended")
+    assert sorted(r["file"] for r in sends) == sorted(map(str, files)), sends
+    assert [(r["result"], r["reason"]) for r in sends] == [("ok", "")] * 3, sends
 
 
 def test_a_receiver_busy_with_another_senders_transfer_is_waited_out_for_the_timeout_only(
@@ -155,6 +180,17 @@ def test_a_send_waiting_for_a_busy_receiver_is_cancelled_at_once(
                 "a send waiting for the receiver's slot",
             )
             assert row["file"].endswith(second.name), row
+            # Its one history row stays running with the receiver's words.
+            waited = wait_until(
+                lambda: (
+                    (r := history_row(sender, second, "running"))
+                    and r["reason"].endswith("; waiting")
+                    and r
+                ),
+                10,
+                "the waiting send's history row",
+            )
+            assert "too many transfers from you" in waited["reason"], waited
             if how == "cancel":
                 cancelled = sender.cli("cancel", str(row["id"]))
                 assert cancelled.returncode == 0, cancelled.describe()
@@ -171,6 +207,12 @@ def test_a_send_waiting_for_a_busy_receiver_is_cancelled_at_once(
             10,
             "the waiting send to be gone from the node's list",
         )
+        ended = wait_until(
+            lambda: history_row(sender, second, "cancelled"),
+            10,
+            "the waiting send's history row to end",
+        )
+        assert ended["session"] == waited["session"], (ended, waited)
         assert running.poll() is None  # the other send was not touched
         done = json_success(running, sender)
     assert blake3_file(receiver.inbox / done["stored_as"]) == blake3_file(first)
@@ -189,3 +231,53 @@ def test_a_final_refusal_still_fails_at_once(
     assert refused.seconds < 15, refused.seconds  # no wait for its --timeout
     counters = sender.counters_when("sender.failed-refused", 1)
     assert counters.get("sender.busy-waits", 0) == 0, counters
+
+
+def test_a_node_stopped_while_a_send_waits_for_a_busy_receiver_ends_its_row(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A waiting send has no transfer running: the node's stop ends it and
+    its one history row (left running with the receiver's words). While it
+    waits, the same file is not sent to that receiver a second time."""
+    receiver = node_factory("--max-transfers-per-peer", "1")
+    sender = node_factory()
+    first, second = make_file(8 * SMALL), make_file(SMALL)
+    with send_cli(sender, first, receiver, "-r", RATE) as running:
+        wait_until(
+            lambda: any(r["state"] == "sending" for r in rows(sender)) or None,
+            30,
+            "the first send to run",
+        )
+        with send_cli(sender, second, receiver, "-r", RATE) as waiting:
+            wait_until(
+                lambda: waiting_for_busy(sender, "too many transfers from you"),
+                30,
+                "a send waiting for the receiver's slot",
+            )
+            wait_until(
+                lambda: (
+                    (r := history_row(sender, second, "running"))
+                    and r["reason"].endswith("; waiting")
+                ),
+                10,
+                "the waiting send's history row",
+            )
+            # The same file again to that receiver: refused, naming the
+            # waiting send (the receiver would take it for that one).
+            row = waiting_for_busy(sender, "too many transfers from you")
+            assert row is not None, rows(sender)
+            again = sender.cli("send", str(second), receiver.host, str(receiver.port))
+            assert again.returncode == errors.USAGE, again.describe()
+            assert again.stderr_lines == [
+                f"peercrypt: error: already sending {second} to {receiver.host}:{receiver.port} "
+                f"(transfer {row['id']}): wait for it, or `peercrypt cancel {row['id']}` first"
+            ], again.describe()
+            assert sender.stop() == 0
+            out, err = waiting.communicate(timeout=30)
+        running.communicate(timeout=30)
+    result = json.loads(out)
+    assert (result["code"], result["error"]) == ("cancelled", "the node is stopping"), (out, err)
+    assert result["size"] == SMALL, result
+    row = history_row(sender, second, "cancelled")
+    assert row is not None and row["reason"] == "the node is stopping", row
+    assert row["duration"] <= result["seconds"] + 0.2, (row, result)
