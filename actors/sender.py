@@ -592,7 +592,8 @@ class SenderActor(Actor):
         else:
             what = getattr(result, "filename", None) or req.path
             reason = f"cannot read {what}: {getattr(result, 'strerror', None) or result}"
-        self.tell("control", _result(req.request, ResultCode.LOCAL, reason))
+        # (a retry's walk: the send's history row ends with it)
+        self._end_unstarted(req.request, walk.retry, reason, walk.busy, code=ResultCode.LOCAL)
         while self.waiting and self._sends() < self.settings.max_outgoing:
             self._start(self.waiting.popleft())
 
@@ -601,7 +602,10 @@ class SenderActor(Actor):
         busy = self.carried_busy.pop(req.request, None)
 
         def fail(code: str, reason: str) -> None:
-            self.tell("control", _result(req.request, code, reason))
+            # A retry's or a busy wait's next offer that cannot start (the
+            # file gone, the same file sent meanwhile): the send ends here,
+            # and its history row with it (it stayed `running`).
+            self._end_unstarted(req.request, retry, reason, busy, code=code)
 
         try:
             policy = with_overrides(Policy(), **{n: getattr(req, n) for n in POLICY_FIELDS})
@@ -1709,7 +1713,8 @@ class SenderActor(Actor):
                 stored_as=stored_as,
                 # The whole send's, every attempt's (a retry's flow starts anew).
                 seconds=self.now() - self._send_started(t),
-                retransmits=flow.retransmits,
+                # every attempt's, as its history row counts them
+                retransmits=flow.retransmits if t.retry is None else t.retry.retransmits,
                 mode=flow.policy.mode,
                 stats=self._result_stats(t),
                 window_history=flow.window_history(),
@@ -1794,14 +1799,19 @@ class SenderActor(Actor):
         return None
 
     def _end_unstarted(
-        self, request: int, retry: Retries | None, reason: str, busy: Busy | None = None
+        self,
+        request: int,
+        retry: Retries | None,
+        reason: str,
+        busy: Busy | None = None,
+        code: str = ResultCode.CANCELLED,
     ) -> None:
-        """Cancel a send that has no attempt running (waiting in line, its
-        folder being walked, between two attempts: ``retry`` then, or
-        waiting for a busy receiver: ``busy``). A send that had attempts or
-        offers ends its history row, and its result says what they did: the
-        file's size, its mode, its time since it began."""
-        code = ResultCode.CANCELLED
+        """End (cancel, or fail with ``code`` before its next offer) a send
+        that has no attempt running (waiting in line, its folder being
+        walked, between two attempts: ``retry`` then, or waiting for a busy
+        receiver: ``busy``). A send that had attempts or offers ends its
+        history row, and its result says what they did: the file's size,
+        its mode, its time since it began."""
         row: Retries | Busy | None = retry if retry is not None else busy
         if row is None or row.record is None:
             self.tell("control", _result(request, code, reason))

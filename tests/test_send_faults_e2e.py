@@ -231,6 +231,7 @@ def test_a_killed_receiver_is_retried_and_resumed_or_named_when_it_stays_away(
     assert stats["attempts"] >= 2 and stats["held_share"] == 0.0, stats
     assert row["stats"]["attempts"] == stats["attempts"], (row, stats)
     assert row["stats"]["resumed_chunks"] == 0, row  # all of it crossed in this send
+    assert info["retransmits"] == row["retransmits"], (info, row)  # every attempt's, both
     # (the result says its seconds to the millisecond, the row to the microsecond)
     assert -0.001 <= float(info["seconds"]) - float(row["duration"]) < 0.5, (info, row)
     # Its series goes on after the outage (the gap): the resumed attempt's

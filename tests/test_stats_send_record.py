@@ -161,3 +161,42 @@ def test_a_node_stopped_while_a_send_waits_to_retry_records_its_end(
     assert row["duration"] >= pause["seconds"] - ROUNDED, (row, pause)
     assert "mailbox of" not in sender.log_path.read_text(errors="replace")
     receiver.start()  # for the fixture's clean stop
+
+
+def test_a_retry_whose_file_is_gone_ends_the_sends_row_with_its_failure(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """Between two attempts the file is deleted: the next attempt cannot
+    start, the send fails (`local`, cannot read) and its one row says so
+    (it stayed `running` for good, and the result had no size)."""
+    port = free_port()
+    receiver = node_factory("--port", str(port), name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(8 * MiB)
+    args = ["send", path, "127.0.0.1", str(port), "--json", "--force", "--chunk-size", str(CHUNK),
+            "--timeout", "60", "-r", str(RATE), "-b", str(CHUNK)]  # fmt: skip
+    with start_cli(*args, data_dir=sender.data_dir, env=sender.env) as cli:
+        try:
+            wait_until(
+                lambda: (r := listed(sender, "sending")) and int(r["bytes"]) >= MiB and r,
+                30,
+                "a MiB acknowledged",
+            )
+            receiver.kill()
+            wait_until(lambda: listed(sender, "retrying"), 30, "the send between attempts")
+            path.unlink()
+            out, _ = cli.communicate(timeout=30)
+        finally:
+            cli.kill()
+    result = json.loads(out)
+    assert result["code"] == "local" and "cannot read" in result["error"], result
+    assert (result["size"], result["mode"]) == (8 * MiB, "token-bucket"), result
+    row = wait_until(
+        lambda: (rows := send_rows(sender)) and rows[0]["result"] != "running" and rows,
+        15,
+        "the row ended",
+    )[0]
+    assert len(send_rows(sender)) == 1
+    assert row["result"] == "local" and "cannot read" in row["reason"], row
+    assert MiB <= row["bytes"] < 8 * MiB, row
+    receiver.start()  # for the fixture's clean stop
