@@ -105,7 +105,8 @@ def test_a_sender_s_repeated_or_misnamed_replies_are_taken_once_and_bounded(rig:
     rig.wait_over()
     (answer,) = rig.answers()
     assert answer.request == 7 and answer.unanswered == []
-    assert [r["id"] for r in answer.transfers] == ["s0", "s1", "s2", "m0", "m1"]
+    # (in the order of their ids, whichever answered first)
+    assert [r["id"] for r in answer.transfers] == ["m0", "m1", "s0", "s1", "s2"]
     assert rig.actor.listing == {} and rig.actor.pending == {}
 
 
