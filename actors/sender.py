@@ -508,19 +508,7 @@ class SenderActor(Actor):
                     "seconds": f"{now - self._send_started(t):.1f}",
                 }
             )
-        rows += [
-            {
-                "id": str(r.request),
-                "file": r.path[-200:],
-                "peer": f"{r.host}:{r.port}",
-                "mode": r.mode or "",
-                "state": "waiting",
-                "bytes": "0",
-                "size": "?",
-                "seconds": "0",
-            }
-            for r in list(self.waiting)[: 1000 - len(rows)]
-        ]
+        rows += [self._waiting_row(r, now) for r in list(self.waiting)[: 1000 - len(rows)]]
         rows += [
             w.job.row(
                 ident,
@@ -550,6 +538,31 @@ class SenderActor(Actor):
             for request, w in list(self.retrying.items())[: max(0, 1000 - len(rows))]
         ]
         return rows
+
+    def _waiting_row(self, r: SendRequest, now: float) -> dict[str, str]:
+        """A send waiting for one of this node's slots; a retry or a busy
+        wait's next offer in line says what the send did so far (its row)."""
+        row = {
+            "id": str(r.request),
+            "file": r.path[-200:],
+            "peer": f"{r.host}:{r.port}",
+            "mode": r.mode or "",
+            "state": "waiting",
+            "bytes": "0",
+            "size": "?",
+            "seconds": "0",
+        }
+        carried: Retries | Busy | None = self.carried.get(r.request)
+        if carried is None:
+            carried = self.carried_busy.get(r.request)
+        if carried is not None:
+            row["seconds"] = f"{now - carried.started:.1f}"
+            if carried.record is not None:
+                done = carried.record.done_bytes
+                if isinstance(carried, Retries):
+                    done = max(done, carried.done_bytes)
+                row.update(bytes=str(done), size=str(carried.record.size), mode=carried.record.mode)
+        return row
 
     def _by_request(self, request: int) -> Outgoing | None:
         for t in self.transfers.values():

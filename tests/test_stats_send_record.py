@@ -200,3 +200,50 @@ def test_a_retry_whose_file_is_gone_ends_the_sends_row_with_its_failure(
     assert row["result"] == "local" and "cannot read" in row["reason"], row
     assert MiB <= row["bytes"] < 8 * MiB, row
     receiver.start()  # for the fixture's clean stop
+
+
+def test_a_retry_in_line_for_a_slot_is_listed_with_what_its_send_did(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A retry whose pause is over while this node's one slot is taken
+    waits in line: `transfers` lists it with its send's bytes, size, mode
+    and time (it said 0 bytes of ?, 0 s)."""
+    port = free_port()
+    receiver = node_factory("--port", str(port), name="receiver")
+    other = node_factory(name="other")
+    sender = node_factory("--max-outgoing", "1", name="sender")
+    path, long = make_file(8 * MiB), make_file(64 * MiB, name="long.bin")
+    args = ["send", path, "127.0.0.1", str(port), "--json", "--force", "--chunk-size", str(CHUNK),
+            "--timeout", "60", "-r", str(RATE), "-b", str(CHUNK)]  # fmt: skip
+    with start_cli(*args, data_dir=sender.data_dir, env=sender.env) as first:
+        try:
+            moving = wait_until(
+                lambda: (r := listed(sender, "sending")) and int(r["bytes"]) >= MiB and r,
+                30,
+                "a MiB acknowledged",
+            )
+            receiver.kill()
+            wait_until(lambda: listed(sender, "retrying"), 30, "the send between attempts")
+            slot = start_cli(
+                "send", long, other.host, str(other.port), "--json", "-r", str(RATE),
+                data_dir=sender.data_dir, env=sender.env,
+            )  # fmt: skip
+            try:
+
+                def in_line() -> dict[str, Any] | None:
+                    rows = json.loads(sender.cli("transfers", "--json").stdout)
+                    return next(
+                        (r for r in rows if r["id"] == moving["id"] and r["state"] == "waiting"),
+                        None,
+                    )
+
+                row = wait_until(in_line, 30, "the retry in line behind the other send")
+                assert (row["size"], row["mode"]) == (8 * MiB, "token-bucket"), row
+                assert row["bytes"] >= moving["bytes"] and row["seconds"] > 0.5, (row, moving)
+            finally:
+                slot.kill()
+                slot.wait(timeout=30)
+        finally:
+            first.kill()
+            first.wait(timeout=30)
+    receiver.start()  # for the fixture's clean stop
