@@ -375,6 +375,9 @@ class SenderActor(Actor):
         self.retrying: dict[int, Retrying] = {}  # request -> its next attempt
         self.carried: dict[int, Retries] = {}  # retries queued in ``waiting``
         self.carried_busy: dict[int, Busy] = {}  # busy waits queued in ``waiting``
+        # What a retry or a busy wait queued in ``waiting`` sends (its source
+        # tag and name): a second send of that file is refused meanwhile too.
+        self.queued_as: dict[int, tuple[bytes, str]] = {}
         self.walking: dict[int, Walk] = {}  # request -> its folder being walked
         self.rng = random.Random()
         self.known_peers = KnownPeersFile(settings.data_dir)
@@ -415,6 +418,7 @@ class SenderActor(Actor):
     def teardown(self) -> None:
         stopping = "the node is stopping"
         waiting, self.waiting = self.waiting, deque()
+        self.queued_as.clear()
         for req in waiting:
             retry, busy = (
                 self.carried.pop(req.request, None),
@@ -475,6 +479,7 @@ class SenderActor(Actor):
             cancelled = "cancelled by the user"
             for req in [r for r in self.waiting if r.request == msg.request]:
                 self.waiting.remove(req)
+                self.queued_as.pop(req.request, None)
                 self._end_unstarted(
                     req.request,
                     self.carried.pop(req.request, None),
@@ -611,6 +616,7 @@ class SenderActor(Actor):
             self._start(self.waiting.popleft())
 
     def _start(self, req: SendRequest, tree: TreeSource | None = None) -> None:
+        self.queued_as.pop(req.request, None)
         retry = self.carried.pop(req.request, None)
         busy = self.carried_busy.pop(req.request, None)
 
@@ -739,6 +745,9 @@ class SenderActor(Actor):
         for request, w in self.retrying.items():  # between attempts, or waiting: busy
             if (w.source, w.name) == same and _address(w.request) == target:
                 return request, w.request.path
+        for r in self.waiting:  # such a one in line for one of this node's slots
+            if self.queued_as.get(r.request) == same and _address(r) == target:
+                return r.request, r.path
         return None
 
     def _reach(self, req: SendRequest) -> Reach:
@@ -1786,13 +1795,15 @@ class SenderActor(Actor):
         )
 
         def again() -> None:
-            if self.retrying.pop(request.request, None) is None:
+            pause = self.retrying.pop(request.request, None)
+            if pause is None:
                 return
             self.carried[request.request] = retry
             if len(self.transfers) < self.settings.max_outgoing:
                 self._start(request)
             else:  # the scheduler's limit holds for retries too
                 self.waiting.append(request)
+                self.queued_as[request.request] = (pause.source, pause.name)
                 self.count("queued")
 
         self.retrying[request.request] = Retrying(
@@ -1928,6 +1939,7 @@ class SenderActor(Actor):
             self._start(w.request)
         else:
             self.waiting.append(w.request)
+            self.queued_as[request] = (w.source, w.name)
             self.count("queued")
 
     # -- the statistics history ---------------------------------------------------

@@ -240,6 +240,7 @@ def test_a_retry_in_line_for_a_slot_is_listed_with_what_its_send_did(
                 row = wait_until(in_line, 30, "the retry in line behind the other send")
                 assert (row["size"], row["mode"]) == (8 * MiB, "token-bucket"), row
                 assert row["bytes"] >= moving["bytes"] and row["seconds"] > 0.5, (row, moving)
+
             finally:
                 slot.kill()
                 slot.wait(timeout=30)
