@@ -110,6 +110,7 @@ from peercrypt.core.incoming import (
     Store,
 )
 from peercrypt.core.modes import MAX_LANES
+from peercrypt.core.outgoing import peer_failure
 from peercrypt.core.port_guard import DATA_HANDSHAKE, GuardLimits, held_limit
 from peercrypt.core.receive_window import (
     Arrival,
@@ -515,7 +516,10 @@ class ReceiverActor(Actor):
         del self.echoes[echo.tid]
         d = echo.delivery
         if isinstance(msg, Failed):  # the sender gave up: a row of its own
-            self.tell("stats", self._echo_record(echo, msg.code, msg.reason))
+            # (its words, escaped; a code that says ok is no ok: the row
+            # would name the stored copy as received)
+            code, reason = peer_failure(msg.code), printable(msg.reason)
+            self.tell("stats", self._echo_record(echo, code, reason))
             return
         if hmac.compare_digest(msg.digest, d.digest) and self._unchanged(d):
             reply: codec.Message = Verified(digest=d.digest, stored_as=d.stored_as)

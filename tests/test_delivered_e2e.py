@@ -213,3 +213,35 @@ def test_re_offers_of_a_delivered_file_count_against_the_transfer_limits(
         held[0].send_done(blake3.blake3(content).digest())
         assert held[0].wait_for(Verified).stored_as == "mine.bin"
     assert _stored(receiver.inbox) == ["mine.bin"]
+
+
+def test_a_senders_failure_of_a_reoffer_answered_from_the_table_is_recorded_as_its_words(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """A member sends a file, offers it again (answered from the table of
+    delivered files) and gives up with a Failed whose code says "ok" and
+    whose reason holds escape sequences: the receiver's history row is no
+    "ok" naming its stored copy, and nothing in it reaches a terminal raw."""
+    from peercrypt.wire.messages import Failed
+
+    receiver = node_factory()
+    data = os.urandom(3 * 64 * 1024)
+    source = os.urandom(32)
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        first = h.offer("echoed.bin", len(data), 64 * 1024, source=source)
+        assert isinstance(first, HostileTransfer), first
+        assert isinstance(first.send_stream(data), Verified)
+        again = h.offer("echoed.bin", len(data), 64 * 1024, source=source)
+        assert isinstance(again, HostileTransfer), again
+        receiver.wait_for_counter("receiver.delivered-before", 1)
+        again.send_sealed(Failed(code="ok", reason="\x1b]0;owned\x07\x1b[2J gave up"))
+
+        def echo_row() -> dict[str, Any] | None:
+            rows = json.loads(receiver.cli("stats", "list", "--json").stdout)
+            return rows[-1] if len(rows) == 2 else None
+
+        row = wait_until(echo_row, 30, "the re-offer's row")
+    assert row["result"] == "protocol" and row["bytes"] == 0, row
+    shown = receiver.cli("stats", "show", str(row["id"]))
+    assert shown.returncode == 0 and "\x1b" not in shown.stdout, shown.describe()
+    assert "\\x1b]0;owned" in shown.stdout, shown.stdout

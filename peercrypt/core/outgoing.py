@@ -74,6 +74,12 @@ HISTORY_INTERVAL = 0.05  # seconds between growth samples (decreases always)
 REPORT_INTERVAL = 0.01  # seconds between congestion reports (losses: at once)
 
 
+def peer_failure(code: str) -> str:
+    """A peer's Failed code as taken: its word, or ``protocol`` for "ok"
+    (a failure that says ok) or for text no code can be."""
+    return ResultCode.PROTOCOL if code == ResultCode.OK or not failure_word(code) else code
+
+
 def failure_word(code: str) -> bool:
     """Whether a peer's failure code is a word a code can be: 1-32 of
     ``a-z``, ``0-9`` and ``-``, a letter first (it is shown and counted)."""
@@ -369,9 +375,7 @@ class OutgoingTransfer(GrantedFlow):
         a failure's words (lower case, digits, dashes), never "ok" (a Failed
         that says ok would end the send as verified, no hash checked);
         anything else is the protocol broken."""
-        if code == ResultCode.OK or not failure_word(code):
-            code = ResultCode.PROTOCOL
-        self.fail(code, f"{self.peer} failed the transfer: {reason}")
+        self.fail(peer_failure(code), f"{self.peer} failed the transfer: {reason}")
 
     def on_reconnect(self, now: float) -> None:
         """The data connection came back after a break (an outage, a
