@@ -247,6 +247,9 @@ class Busy:
     wall: float  # its start, Unix seconds
     started: float  # the same on the actor clock: the send's time counts from it
     record: StatsRecord | None = None  # the row as last told
+    # A folder's walked tree: the next offer takes it while no file of it
+    # changed (size, mtime), instead of reading and hashing it all again.
+    tree: TreeSource | None = None
 
 
 @dataclass
@@ -582,6 +585,7 @@ class SenderActor(Actor):
         """Walk and hash a folder or several files in a thread
         (actors/tree_source.py); :meth:`_walked` goes on with the send."""
         walk = self.walking[req.request] = Walk(req, retry, busy=busy)
+        self.count("walks")
         paths = [Path(p) for p in (req.path, *req.more)]
         walk.job = TreeWalk(self, paths, functools.partial(self._walked, walk), self.now())
 
@@ -1879,6 +1883,7 @@ class SenderActor(Actor):
             wall = t.retry.wall if t.retry is not None else t.wall
             t.busy = Busy(wait, self._session(t), wall, self._send_started(t))
         wait = t.busy.wait
+        t.busy.tree = t.tree  # (a folder: its next offer takes it, unchanged)
         here = _address(request)
         ours = any(
             o.keys is not None and _address(o.request) == here for o in self.transfers.values()
@@ -1935,8 +1940,13 @@ class SenderActor(Actor):
         if w.retry is not None:
             self.carried[request] = w.retry
         self.carried_busy[request] = w.busy
+        tree, w.busy.tree = w.busy.tree, None
+        if tree is not None and tree.changed():
+            tree = None  # a file of it changed since its walk: walked again
         if self._sends() < self.settings.max_outgoing:
-            self._start(w.request)
+            if tree is not None:
+                self.count("busy-tree-reused")
+            self._start(w.request, tree)
         else:
             self.waiting.append(w.request)
             self.queued_as[request] = (w.source, w.name)

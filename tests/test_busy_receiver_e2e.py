@@ -281,3 +281,36 @@ def test_a_node_stopped_while_a_send_waits_for_a_busy_receiver_ends_its_row(
     row = history_row(sender, second, "cancelled")
     assert row is not None and row["reason"] == "the node is stopping", row
     assert row["duration"] <= result["seconds"] + 0.2, (row, result)
+
+
+def test_a_folder_waiting_for_a_busy_receiver_is_walked_once(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Its next offers take the tree walked for the first while no file of
+    it changed: each offer read and hashed the whole folder again (and held
+    one of this node's slots meanwhile)."""
+    receiver = node_factory("--max-transfers-per-peer", "1")
+    sender = node_factory()
+    first = make_file(4 * SMALL)  # 4 s at RATE: the folder waits meanwhile
+    folder = tmp_path / "album"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"photo{i}.jpg").write_bytes(bytes([i]) * (SMALL + i))
+    with send_cli(sender, first, receiver, "-r", RATE, "--timeout", "10") as slow:
+        wait_until(lambda: rows(sender) and rows(sender)[0]["state"] == "sending", 30, "sending")
+        with send_cli(sender, folder, receiver, "--timeout", "10") as album:
+            wait_until(
+                lambda: sender.counters().get("sender.busy-waits", 0) >= 2,
+                30,
+                "the folder refused busy twice",
+            )
+            out, err = album.communicate(timeout=60)
+        assert album.returncode == 0, (out, err)
+        assert slow.wait(timeout=60) == 0
+    result = json.loads(out)
+    for i in range(3):
+        stored = receiver.inbox / result["stored_as"] / f"photo{i}.jpg"
+        assert blake3_file(stored) == blake3_file(folder / f"photo{i}.jpg")
+    counters = sender.counters()
+    assert counters["sender.walks"] == 1, counters
+    assert counters.get("sender.busy-tree-reused", 0) >= 2, counters
