@@ -370,6 +370,27 @@ class HostText(click.ParamType):  # type: ignore[type-arg]  # (generic from clic
         return text
 
 
+def typed_row(
+    row: dict[str, str], counts: tuple[str, ...], numbers: tuple[str, ...]
+) -> dict[str, object]:
+    """A node's row of text for `--json`: ``counts`` as integers, ``numbers``
+    as non-negative finite floats; a value that is neither (not known yet,
+    another build's) is null. The other fields as they are."""
+    shown: dict[str, object] = dict(row)
+    for key in counts:
+        if key in row:
+            text = row[key]
+            shown[key] = int(text) if text.isascii() and text.isdigit() else None
+    for key in numbers:
+        if key in row:
+            try:
+                value = float(row[key])
+            except ValueError:
+                value = math.nan
+            shown[key] = value if math.isfinite(value) and value >= 0 else None
+    return shown
+
+
 def count_in(text: object) -> int:
     """A count a transfer's row gives as text (bytes, size): 0 when it is
     not one (a walk's size ``?``, a superscript digit, a negative, none):

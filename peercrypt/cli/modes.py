@@ -5,7 +5,6 @@ live commands ``set-mode``, ``rate``, ``max-rate``, ``congestion`` and
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from peercrypt.cli.common import (
     count_in,
     table,
     terminal_width,
+    typed_row,
 )
 from peercrypt.cli.follow import refusal
 from peercrypt.cli.status_view import rate_cap
@@ -409,19 +409,7 @@ def json_row(row: dict[str, str]) -> dict[str, object]:
     """A `transfers` row for `--json`: counts as integers and seconds as
     numbers (the node's rows carry text); one that is not known yet (a
     walk's size ``?``) or not a number (another build's row) is null."""
-    shown: dict[str, object] = dict(row)
-    for key in _COUNTS:
-        if key in row:
-            text = row[key]
-            shown[key] = int(text) if text.isascii() and text.isdigit() else None
-    for key in _SECONDS:
-        if key in row:
-            try:
-                value = float(row[key])
-            except ValueError:
-                value = math.nan
-            shown[key] = value if math.isfinite(value) and value >= 0 else None
-    return shown
+    return typed_row(row, _COUNTS, _SECONDS)
 
 
 def transfers_table(transfers: list[dict[str, str]], width: int | None = None) -> str:

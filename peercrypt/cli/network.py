@@ -10,7 +10,6 @@ failed), 2 usage, 3 unreachable, 4 not admitted.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from peercrypt.cli.common import (
     open_option,
     table,
     terminal_width,
+    typed_row,
 )
 from peercrypt.cli.follow import refusal
 from peercrypt.client import ControlClient, NodeUnavailable
@@ -109,18 +109,7 @@ def peer_json(row: dict[str, str]) -> dict[str, object]:
     ``proven`` as a boolean (the node's rows carry text); one not known yet
     (no RTT before the first answer) or not a number (another build's) is
     null."""
-    shown: dict[str, object] = dict(row)
-    for key in _PEER_COUNTS:
-        if key in row:
-            text = row[key]
-            shown[key] = int(text) if text.isascii() and text.isdigit() else None
-    for key in _PEER_NUMBERS:
-        if key in row:
-            try:
-                value = float(row[key])
-            except ValueError:
-                value = math.nan
-            shown[key] = value if math.isfinite(value) and value >= 0 else None
+    shown = typed_row(row, _PEER_COUNTS, _PEER_NUMBERS)
     if "proven" in row:
         shown["proven"] = {"yes": True, "no": False}.get(row["proven"])
     return shown
