@@ -62,6 +62,10 @@ FAILED = b"FAILED:"
 TERM = b"$TERM"
 # Supervisor -> actors: actor NAME was restarted, reconnect to its mailbox.
 RESTARTED = b"$RESTARTED:"
+# Supervisor -> actors when the node stops, answered with the same word: mail
+# to an actor that has stopped is now expected to be lost (its loss is
+# counted, not warned of: the scheduler's last word to a sender that ended).
+STOPPING = b"$STOPPING"
 STOPPED = b"STOPPED"
 CRASHED = b"CRASHED"
 # Stopped on purpose to be started again (Actor.restart): RESTART:<why>.
@@ -338,6 +342,7 @@ class Actor:
         self._timers_cancelled = 0  # cancelled ones still in the heap
         self._seq = itertools.count()
         self._outboxes: dict[str, zmq.Socket[Any]] = {}
+        self._node_stopping = False  # told STOPPING by the supervisor
         self._repeats: list[Repeat] = []
         self._running = False
         self._restart_why = ""  # set by restart(): the stop is on purpose
@@ -485,7 +490,8 @@ class Actor:
             out.send(codec.encode(msg), zmq.NOBLOCK)
         except zmq.Again:
             self.count("mail-dropped")
-            self.log_limited("%s: mailbox of %s is full", self.name, actor)
+            if not self._node_stopping:
+                self.log_limited("%s: mailbox of %s is full", self.name, actor)
 
     def report(self) -> None:
         """Publish facts and counters to the status owner (see REPORT_TO) if
@@ -696,6 +702,9 @@ class Actor:
                         if other == "gateway":  # its count of what it handed us starts at 0
                             self._inbound_taken = 0
                         self.on_actor_restarted(other)
+                    elif command == STOPPING:
+                        self._node_stopping = True
+                        pipe.send(STOPPING, zmq.NOBLOCK)
                 for sock in list(events):
                     handler = self._handlers.get(sock)
                     if handler is not None:

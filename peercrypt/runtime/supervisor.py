@@ -39,6 +39,7 @@ from peercrypt.runtime.actor import (
     READY,
     RESTART,
     RESTARTED,
+    STOPPING,
     TERM,
     Actor,
     ActorEnv,
@@ -47,6 +48,7 @@ from peercrypt.runtime.actor import (
 log = logging.getLogger("peercrypt.supervisor")
 
 START_TIMEOUT = 10.0
+STOPPING_WAIT = 2.0  # for every actor to hear that the node stops
 STOP_TIMEOUT = 5.0
 LOOP_END_TIMEOUT = START_TIMEOUT + 2 * STOP_TIMEOUT
 BACKOFF_MIN = 0.1
@@ -197,6 +199,34 @@ class Supervisor:
         self._loop = None
         return True
 
+    def _tell_stopping(self) -> None:
+        """Tell every actor the node stops and wait (at most STOPPING_WAIT s)
+        until each has heard it, so none warns of mail lost to an actor that
+        is stopped before it. An actor that ends meanwhile is left to the
+        joins of :meth:`stop`."""
+        poller = zmq.Poller()
+        pending: dict[zmq.Socket[Any], _Slot] = {}
+        for slot in self._slots:
+            if slot.pipe is None:
+                continue
+            try:
+                slot.pipe.send(STOPPING, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                continue
+            poller.register(slot.pipe, zmq.POLLIN)
+            pending[slot.pipe] = slot
+        deadline = time.monotonic() + STOPPING_WAIT
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                late = ", ".join(slot.name for slot in pending.values())
+                log.debug("stopping: %s did not answer", late)
+                return
+            for pipe in dict(poller.poll(math.ceil(left * 1000))):
+                pipe.recv()  # the answer, or its end's status: either way it heard
+                poller.unregister(pipe)
+                del pending[pipe]
+
     def poll(self, timeout: float | None) -> None:
         """Wait up to ``timeout`` s (None: no bound) for actor news or a wake;
         restart crashed actors. The wait ends early when a restart is due."""
@@ -249,6 +279,7 @@ class Supervisor:
         Returns True if all threads ended, so the context may be terminated."""
         if not self._end_background_loop():
             return False  # its sockets are not to be shared: leave them to it
+        self._tell_stopping()
         clean = True
         deadline = time.monotonic() + STOP_TIMEOUT
         for slot in reversed(self._slots):
