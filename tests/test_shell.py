@@ -13,12 +13,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
 
 from peercrypt import errors
-from peercrypt.cli.shell import PROMPT
+from peercrypt.cli.receive import inbound
+from peercrypt.cli.shell import PROMPT, Told
+from peercrypt.client import ControlClient
 from peercrypt.testing.nodes import (
     NodeProcess,
     blake3_file,
@@ -104,6 +107,38 @@ def started(tmp_path: Path, network_key: str) -> Iterator[tuple[Pty, Path]]:
 def _port(data_dir: Path) -> int:
     out = run_cli("status", "--json", data_dir=data_dir)
     return int(out.json["port"])
+
+
+def test_the_watcher_tells_what_ends_after_a_receive_and_not_what_it_told(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """`receive` hands the watcher the node's facts as it ends: a transfer
+    that ends after it, before the watcher's next look, is told (the
+    watcher used to take its next look as told, whatever it held)."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+
+    def facts_after(seq: int) -> dict[str, Any]:
+        def ended() -> dict[str, Any] | None:
+            facts = client.status().node
+            return facts if inbound(facts).seq > seq else None
+
+        with ControlClient.for_data_dir(receiver.data_dir) as client:
+            return wait_until(ended, 30, "the receiver's outcome")
+
+    told = Told()
+    with ControlClient.for_data_dir(receiver.data_dir) as client:
+        start = client.status().node
+    assert told.news(start) == []  # the past is not news
+    first, second = make_file(10 * 1024), make_file(20 * 1024)
+    assert sender.send_to(first, receiver)[0] == 0
+    at_end = facts_after(inbound(start).seq)  # as `receive` ends, having told it
+    told.told(at_end)
+    assert told.news(at_end) == []  # `receive` told it: not told again
+    assert sender.send_to(second, receiver)[0] == 0
+    lines = told.news(facts_after(inbound(at_end).seq))
+    assert len(lines) == 1 and lines[0].startswith(f"received {second.name} (20480 bytes)"), lines
+    assert first.name not in " ".join(lines)
 
 
 def test_start_runs_every_command_of_the_shell(

@@ -119,6 +119,48 @@ def _short(name: str, limit: int = 24) -> str:
     return f"{name[:half]}…{name[-(limit - 1 - half) :]}"
 
 
+class Told:
+    """What the shell has told of the node's incoming transfers: each look at
+    the node's facts gives the news since the last (an incoming transfer, a
+    transfer's outcome, a multicast session and its outcome)."""
+
+    def __init__(self) -> None:
+        self.seq: int | None = None  # None: nothing looked at yet (no news of the past)
+        self.incoming: set[str] = set()
+        self.mc_seq: int | None = None  # multicast sessions: their own outcome and list
+        self.sessions: set[tuple[str, str]] = set()
+
+    def news(self, facts: dict[str, Any], quiet: bool = False) -> list[str]:
+        """The lines to tell of ``facts`` (none if ``quiet``: taken as told)."""
+        from peercrypt.sizes import readable
+
+        lines: list[str] = []
+        now = inbound(facts)
+        for name, size, _, ident in now.incoming:
+            if name not in self.incoming:
+                lines.append(f"incoming {name} ({readable(size)}; `cancel {ident}` stops it)")
+        if self.seq is not None and now.seq > self.seq:
+            lines.append(describe_outcome(now.last))
+        sessions, mc_last = inbound_multicast(facts)
+        for name, size, sender in sessions:
+            if (name, sender) not in self.sessions:
+                lines.append(f"incoming {name} ({readable(size)}) by multicast from {sender}")
+        mc_seq = int(mc_last.get("seq", 0))
+        if self.mc_seq is not None and mc_seq > self.mc_seq:
+            lines.append(f"{describe_outcome(mc_last)} (multicast)")
+        self.told(facts)
+        return [] if quiet else lines
+
+    def told(self, facts: dict[str, Any]) -> None:
+        """Take ``facts`` as told (a `receive` told the user of them)."""
+        now = inbound(facts)
+        self.incoming = {name for name, _, _, _ in now.incoming}
+        self.seq = now.seq
+        sessions, mc_last = inbound_multicast(facts)
+        self.sessions = {(name, sender) for name, _, sender in sessions}
+        self.mc_seq = int(mc_last.get("seq", 0))
+
+
 class Shell:
     """One prompt on one node (the data dir's)."""
 
@@ -131,9 +173,12 @@ class Shell:
         self.view = NodeView()
         self.stop = threading.Event()
         self.watch_quiet = threading.Event()  # a foreground `receive` reports instead
-        # Set as a `receive` ends: the watcher's next look takes what it finds
-        # as seen (the command said it), so its outcome is not told twice.
-        self.watch_resync = threading.Event()
+        # Set as a `receive` ends: the node's facts then, taken by the watcher
+        # as told (the command said them), so its outcome is not told twice
+        # and what ends after it is told; {} if the node did not answer (the
+        # watcher's next look is taken as told). Under _baseline_lock.
+        self._watch_baseline: dict[str, Any] | None = None
+        self._baseline_lock = threading.Lock()
         # Lines of other threads (the watcher's news, a background send's
         # end) while a full-screen command has the terminal (`top`): told
         # once it ends, instead of lost in its screen.
@@ -205,8 +250,8 @@ class Shell:
             try:
                 return execute(self.group, [*self.global_args(), *words])
             finally:
-                self.watch_resync.set()
-                self.watch_quiet.clear()
+                self._told_until_now()
+                self.watch_quiet.clear()  # after the baseline: see watch()
         if name == "top" and self.interactive:
             with self._held_lock:
                 self.screen_busy = True
@@ -399,44 +444,49 @@ class Shell:
 
     # -- watching the node --------------------------------------------------------------
 
+    def _told_until_now(self) -> None:
+        """Give the watcher the node's facts now as told (a `receive` just
+        told the user what came), asked here so a transfer ending after this
+        (one sent once the prompt is back) is compared with them and told."""
+        facts: dict[str, Any] = {}
+        try:
+            with ControlClient.for_data_dir(self.data_dir) as client:
+                facts = client.status().node
+        except (NodeUnavailable, AnotherRelease):
+            pass  # the watcher's next look stands in for it
+        with self._baseline_lock:
+            self._watch_baseline = facts
+
+    def _take_baseline(self) -> dict[str, Any] | None:
+        with self._baseline_lock:
+            baseline, self._watch_baseline = self._watch_baseline, None
+        return baseline
+
     def watch(self, announce: Callable[[str], None]) -> None:
         """Until the shell stops: refresh :attr:`view` and announce incoming
         transfers and their outcomes."""
-        from peercrypt.sizes import readable
-
-        seen_seq: int | None = None
-        seen_incoming: set[str] = set()
-        seen_mc_seq: int | None = None  # multicast sessions: their own outcome and list
-        seen_sessions: set[tuple[str, str]] = set()
+        told = Told()
+        resync = False  # a `receive` ended when the node did not answer: the next look is told
         client: ControlClient | None = None
         unreadable = False  # the node's last answer could not be read (another release)
         while not self.stop.is_set():
+            # Quiet first, then the baseline: a `receive` sets its baseline
+            # before it clears quiet, so a look that is not quiet has it.
+            quiet = self.watch_quiet.is_set()
+            baseline = self._take_baseline()
+            if baseline:  # what `receive` told: compared with from here on
+                told.told(baseline)
+                quiet = resync = False
+            elif baseline is not None:
+                resync = True
             try:
                 if client is None:
                     client = ControlClient.for_data_dir(self.data_dir)
                 facts = client.status().node
+                for line in told.news(facts, quiet=quiet or resync):
+                    announce(line)
+                resync = False
                 now = inbound(facts)
-                names = {name for name, _, _, _ in now.incoming}
-                quiet = self.watch_quiet.is_set()
-                if self.watch_resync.is_set():  # a `receive` told it: taken as seen
-                    self.watch_resync.clear()
-                    quiet = True
-                for name, size, _, ident in now.incoming:
-                    if name not in seen_incoming and not quiet:
-                        announce(f"incoming {name} ({readable(size)}; `cancel {ident}` stops it)")
-                seen_incoming = names
-                if seen_seq is not None and now.seq > seen_seq and not quiet:
-                    announce(describe_outcome(now.last))
-                seen_seq = now.seq
-                sessions, mc_last = inbound_multicast(facts)
-                for name, size, sender in sessions:
-                    if (name, sender) not in seen_sessions and not quiet:
-                        announce(f"incoming {name} ({readable(size)}) by multicast from {sender}")
-                seen_sessions = {(name, sender) for name, _, sender in sessions}
-                mc_seq = int(mc_last.get("seq", 0))
-                if seen_mc_seq is not None and mc_seq > seen_mc_seq and not quiet:
-                    announce(f"{describe_outcome(mc_last)} (multicast)")
-                seen_mc_seq = mc_seq
                 self.view.incoming = now.incoming
                 self.view.incoming_count = count_in(facts.get("active"))
                 self.view.mode = facts.get("mode", "")
