@@ -691,14 +691,14 @@ class ReceiverActor(Actor):
         ]
         if len(held) >= s.max_transfers:
             return refuse("busy", f"receiver busy ({s.max_transfers} transfers running)")
+        # At a limit of the sender's own (below), an offer taking over one of
+        # its running transfers (its node restarted) may still come in.
         peers = [x.peer for x in held]
-        if peers.count(peer) >= s.max_transfers_per_peer:
-            return refuse("busy", f"too many transfers from you (max {s.max_transfers_per_peer})")
+        at_peer_limit = peers.count(peer) >= s.max_transfers_per_peer
         # Identities cost nothing to make: the address is bounded too.
         hosts = [x.host for x in held]
-        if hosts.count(host) >= s.max_transfers_per_host:
-            limit = s.max_transfers_per_host
-            return refuse("busy", f"too many transfers from {host} (max {limit})")
+        at_host_limit = hosts.count(host) >= s.max_transfers_per_host
+
         # What is offered was sealed to our identity key: only we can read it
         # (a member answering at our address sees neither name nor size).
         try:
@@ -724,13 +724,28 @@ class ReceiverActor(Actor):
         shape = offer_refusal(details.tree, details.files, details.size, s.tree_max_files)
         if shape is not None:
             return refuse(*shape)
+        key = ResumeKey(peer, name, details.size, chunk, details.source)
+        # One it takes over (_take_over) frees the slot it needs.
+        taken = next(
+            (
+                t
+                for t in self.transfers.values()
+                if t.key.same_version(key) and not t.flow.finishing
+            ),
+            None,
+        )
+        if at_peer_limit and taken is None:
+            limit = s.max_transfers_per_peer
+            return refuse("busy", f"too many transfers from you (max {limit})")
+        if at_host_limit and (taken is None or taken.host != host):
+            limit = s.max_transfers_per_host
+            return refuse("busy", f"too many transfers from {host} (max {limit})")
         # ``peer`` is the sender's identity key, proven by CURVE (ZAP's
         # User-Id); the answer proves ours and mixes both into the keys.
         try:
             answer = respond(offer.tid, s.identity, peer, offer.eph_pub)
         except ValueError:
             return refuse("bad-offer", "invalid ephemeral or identity key")
-        key = ResumeKey(peer, name, details.size, chunk, details.source)
         if any(a.key.same_version(key) for a in waiting):
             return refuse("busy", "an earlier offer of this file from you is being admitted")
         if any(t.key.same_version(key) and t.flow.finishing for t in self.transfers.values()):

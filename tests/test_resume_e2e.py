@@ -157,6 +157,27 @@ def test_kill_9_at_random_points_then_resume(
     assert resumed_any, f"seed {seed}: no round was killed after a checkpoint"
 
 
+def test_a_restarted_sender_at_its_limit_takes_its_transfer_over(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A sender whose node restarted offers its file again while the
+    receiver still runs the old transfer, which holds the one slot the
+    sender may have there: the offer takes that transfer over (it was
+    refused `busy` until the old one gave up, 30 s later)."""
+    receiver = node_factory("--max-transfers-per-peer", "1", name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(SIZE)
+    _kill_after_a_checkpoint(sender, path, receiver, sender)
+    held = _held(receiver.inbox)
+    assert 0 < held < TOTAL
+    sender.start()
+    info = _resend_ok(sender, path, receiver)
+    assert info["stats"]["resumed_chunks"] >= held
+    counters = receiver.counters()
+    assert counters.get("receiver.taken-over") == 1, counters
+    assert "receiver.refused-busy" not in counters, counters
+
+
 def test_changed_source_restarts_cleanly(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
