@@ -68,7 +68,7 @@ from actors.port_watch import PortWatch
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk
 from peercrypt.core import fragments
-from peercrypt.core.address import join_host_port, split_host_port
+from peercrypt.core.address import canonical_host, endpoint_key, join_host_port, split_host_port
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.fragments import parse_group
 from peercrypt.core.grants import RequestGrant
@@ -88,6 +88,7 @@ from peercrypt.core.multicast_outgoing import (
 from peercrypt.core.outgoing import HashFile
 from peercrypt.core.port_guard import NULL_HANDSHAKE, GuardLimits
 from peercrypt.core.tree import TreeError
+from peercrypt.core.tree import source_tag as tree_source_tag
 from peercrypt.crypto.chunk_signature import (
     RECEIVER_KEY_BYTES,
     TOKEN_BYTES,
@@ -225,6 +226,9 @@ class Session:
     # The file version's source tag (core/resume.py), sealed in each announce:
     # a receiver that stored this very version from us answers McHeld. b"": a tree.
     version: bytes = b""
+    # What a second send of the same files is known by: their source tag (a
+    # tree's covers them all) and name (_sending_already).
+    same_as: tuple[bytes, str] = (b"", "")
 
     @property
     def source(self) -> int | TreeSource:
@@ -378,6 +382,24 @@ class MulticastSenderActor(Actor):
             rows.append(walk.row(ident, req.path, ", ".join(req.targets), "multicast", now))
         return rows
 
+    def _sending_already(self, req: McSendRequest, same_as: tuple[bytes, str]) -> str | None:
+        """Why ``req`` is refused if a session of this node sends the same
+        files (the same version, whatever the path's spelling) to one of its
+        receivers: each receiver would store them twice. None if none does."""
+        for sess in self.sessions.values():
+            if sess.same_as != same_as:
+                continue
+            theirs = {_target_key(t) for t in sess.request.targets}
+            both = [t for t in req.targets if _target_key(t) in theirs]
+            if both:
+                first, twin = sess.request.path, sess.request.request
+                same = "" if first == req.path else f" (the same file as {req.path})"
+                return (
+                    f"already sending {first}{same} by multicast to {both[0]} "
+                    f"(transfer {twin}): wait for it, or `peercrypt cancel {twin}` first"
+                )
+        return None
+
     def _fail_request(self, req: McSendRequest, code: str, reason: str) -> None:
         self._fail_request_id(req.request, code, reason)
 
@@ -464,6 +486,17 @@ class MulticastSenderActor(Actor):
                 return self._fail_request(
                     req, ResultCode.LOCAL, f"cannot read {req.path}: {exc.strerror}"
                 )
+        same_as = (
+            tree_source_tag(tree.manifest) if tree is not None else version,
+            os.path.basename(req.path),
+        )
+        running = self._sending_already(req, same_as)
+        if running is not None:
+            if fd >= 0:
+                os.close(fd)
+            if udp is not None:
+                udp.close()
+            return self._fail_request(req, ResultCode.LOCAL, running)
         sid = os.urandom(16)
         key = new_content_key()
         now = self.now()
@@ -498,6 +531,7 @@ class MulticastSenderActor(Actor):
             header_key=fragments.header_key(key),
             tree=tree,
             version=version,
+            same_as=same_as,
         )
         self.sessions[sid] = sess
         self.count("sessions")
@@ -1227,6 +1261,12 @@ def _sample(sess: Session, t: Target, now: float) -> StatsSample:
         window=sess.flow.plan.window * sess.chunk_size,
         rate=sess.flow.own_rate(0),  # a live `rate` of the session
     )
+
+
+def _target_key(text: str) -> str:
+    """One key for every spelling of a target that dials the same endpoint."""
+    host, port = split_host_port(text)
+    return endpoint_key(f"tcp://{join_host_port(canonical_host(host), port)}")
 
 
 def _valid_target(text: str) -> bool:

@@ -105,6 +105,51 @@ def test_a_second_send_of_a_running_file_is_refused_naming_the_first(
     assert code == 0 and again["stored_as"] == "twice.bin", again
 
 
+def test_a_second_multicast_of_a_running_file_is_refused_naming_the_first(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A multicast session has no offer to take over: each receiver stored
+    a second session of the same file as a second copy (`twice.1.bin`)."""
+    receiver = node_factory(name="receiver")
+    other = node_factory(name="other")
+    sender = node_factory("--max-rate", str(4 * MiB), name="sender")  # the first runs ~4 s
+    path = make_file(16 * MiB, name="twice.bin")
+    first = _background(
+        sender, path, receiver.host, receiver.port, "-m", "--to", f"{other.host}:{other.port}"
+    )
+    try:
+
+        def running() -> int | None:
+            rows = json.loads(sender.cli("transfers", "--json").stdout or "[]")
+            return next((int(r["id"]) for r in rows if r["mode"] == "multicast"), None)
+
+        ident = wait_until(running, WAIT, "the first session running")
+        (path.parent / "elsewhere").mkdir()
+        link = path.parent / "elsewhere" / path.name
+        os.link(path, link)
+        # To one receiver of the first (another spelling of its address),
+        # from another path to the same file (a hard link).
+        second = sender.cli("send", str(link), "localhost", str(other.port), "-m")
+        assert second.returncode == errors.USAGE, second.describe()
+        assert second.stderr_lines == [
+            f"peercrypt: error: already sending {path} (the same file as {link}) by "
+            f"multicast to localhost:{other.port} (transfer {ident}): wait for it, or "
+            f"`peercrypt cancel {ident}` first"
+        ], second.describe()
+        code, result = _ended(first)
+        assert code == 0 and result["ok"], result
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate(timeout=WAIT)
+    for node in (receiver, other):  # one copy each
+        assert sorted(p.name for p in node.inbox.iterdir()) == ["twice.bin"]
+        assert blake3_file(node.inbox / "twice.bin") == blake3_file(path)
+    # Once it ended, the same file goes again (the receivers hold it).
+    code, again = sender.send(path, receiver.host, receiver.port, "-m", timeout=WAIT)
+    assert code == 0 and again["ok"], again
+
+
 @pytest.mark.parametrize("chunks", ["offered", "paced", "scant"])
 def test_an_older_send_from_the_same_identity_is_told_it_ended(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], chunks: str
