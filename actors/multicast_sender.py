@@ -68,7 +68,7 @@ from actors.port_watch import PortWatch
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk
 from peercrypt.core import fragments
-from peercrypt.core.address import canonical_host, endpoint_key, join_host_port, split_host_port
+from peercrypt.core.address import dialled, join_host_port, split_host_port
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.fragments import parse_group
 from peercrypt.core.grants import RequestGrant
@@ -1265,8 +1265,7 @@ def _sample(sess: Session, t: Target, now: float) -> StatsSample:
 
 def _target_key(text: str) -> str:
     """One key for every spelling of a target that dials the same endpoint."""
-    host, port = split_host_port(text)
-    return endpoint_key(f"tcp://{join_host_port(canonical_host(host), port)}")
+    return dialled(*split_host_port(text))
 
 
 def _valid_target(text: str) -> bool:

@@ -101,7 +101,7 @@ from actors.sealed_buffers import SealedPool
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk
 from peercrypt import local_ipc, shm_ring
-from peercrypt.core.address import canonical_host, endpoint_key, join_host_port
+from peercrypt.core.address import dialled, join_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
 from peercrypt.core.busy_wait import BusyWait, not_now
@@ -2054,8 +2054,7 @@ class SenderActor(Actor):
 def _address(req: SendRequest) -> str:
     """The receiver ``req`` goes to, one key for every spelling that dials
     the same endpoint (localhost, 127.1)."""
-    host = canonical_host(req.host)
-    return endpoint_key(f"tcp://{join_host_port(host, req.port)}")
+    return dialled(req.host, req.port)
 
 
 def _result(request: int, code: str, reason: str) -> SendResult:

@@ -68,6 +68,13 @@ def canonical_host(host: str) -> str:
     return "127.0.0.1" if h in ("localhost", "::1") else h
 
 
+def dialled(host: str, port: int) -> str:
+    """The :func:`endpoint_key` of ``host`` and ``port``, ``localhost`` and
+    ``::1`` folded into ``127.0.0.1`` first: one key per receiver, however
+    a user spells it."""
+    return endpoint_key(f"tcp://{join_host_port(canonical_host(host), port)}")
+
+
 def endpoint_key(url: str) -> str:
     """``HOST:PORT`` of ``tcp://HOST:PORT`` in one spelling that dials the
     same endpoint (the port without leading zeros, an IP address in its one
