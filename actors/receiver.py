@@ -734,12 +734,18 @@ class ReceiverActor(Actor):
             ),
             None,
         )
-        if at_peer_limit and taken is None:
-            limit = s.max_transfers_per_peer
-            return refuse("busy", f"too many transfers from you (max {limit})")
-        if at_host_limit and (taken is None or taken.host != host):
+
+        def over_limit() -> Refuse:
+            if at_peer_limit:
+                limit = s.max_transfers_per_peer
+                return refuse("busy", f"too many transfers from you (max {limit})")
             limit = s.max_transfers_per_host
             return refuse("busy", f"too many transfers from {host} (max {limit})")
+
+        if (at_peer_limit and taken is None) or (
+            at_host_limit and (taken is None or taken.host != host)
+        ):
+            return over_limit()
         # ``peer`` is the sender's identity key, proven by CURVE (ZAP's
         # User-Id); the answer proves ours and mixes both into the keys.
         try:
@@ -758,6 +764,10 @@ class ReceiverActor(Actor):
             )
         tree_bytes = details.size if details.tree or details.files else 0  # built beside its part
         prior = self._delivered_before(key, tree=bool(tree_bytes))
+        if prior is not None and (at_peer_limit or at_host_limit):
+            # Answered from the table, it would take no transfer over: a slot
+            # more, past the limit that let it in only for a takeover.
+            return over_limit()
         if prior is not None:
             files = details.files if tree_bytes else 0
             return self._echo(offer, peer, host, prior, answer, details.mode, key, files)

@@ -542,6 +542,46 @@ def test_a_re_offer_of_a_delivered_file_its_sender_does_not_finish_is_a_row_in_t
             sock.close(linger=0)
 
 
+def test_at_its_limit_a_sender_gets_no_slot_beyond_its_running_transfers_own(
+    node: tuple[ActorEnv, NodeSettings, FakeClock],
+) -> None:
+    """At the sender's limit only an offer taking over its running transfer
+    of the same file comes in. One answered from the table of deliveries
+    instead (the same file delivered before, while a transfer of it runs:
+    offered once as a folder of that name) takes nothing over: refused
+    `busy`, else each such re-offer was a slot more, past both limits."""
+    env, settings, _clock = node
+    settings = dataclasses.replace(settings, max_transfers_per_peer=1, max_transfers_per_host=1)
+    key = ResumeKey(SENDER.public, "late.bin", 1000, CHUNK, b"x" * 32)
+    receiver, space = ReceiverActor(env, settings), SpaceActor(env, settings)
+    from_receiver, from_space = record(receiver), record(space)
+    receiver.setup()
+    try:
+        for m in take(from_receiver, "space"):
+            space.on_mail(m)
+        running = os.urandom(16)
+        receiver.on_mail(_inbound(_offer(running, settings.identity.public, key)))
+        for m in take(from_receiver, "space"):
+            space.on_mail(m)
+        for m in take(from_space, "receiver"):
+            receiver.on_mail(m)
+        (accept,) = take(from_receiver, "gateway")
+        assert isinstance(codec.decode(accept.payload), Accept)
+        # The same file, delivered too.
+        (settings.inbox / key.name).write_bytes(b"d" * key.size)
+        stamp = receiver._stamp(key.name)
+        receiver.delivered.record(Delivery(key, key.name, b"h" * 32, stamp, time.time()))
+        for _ in range(3):
+            receiver.on_mail(_inbound(_offer(os.urandom(16), settings.identity.public, key)))
+        replies = [codec.decode(m.payload) for m in take(from_receiver, "gateway")]
+        assert [(type(r), getattr(r, "code", "")) for r in replies] == [(Refuse, "busy")] * 3
+        assert receiver.echoes == {} and list(receiver.transfers) == [running]
+    finally:
+        receiver.teardown()
+        for sock in (*receiver._sockets, *space._sockets):
+            sock.close(linger=0)
+
+
 def _sealed_until(
     sock: zmq.Socket[bytes], keys: TransferKeys, cls: type[codec.M]
 ) -> list[codec.Message]:
