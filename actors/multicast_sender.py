@@ -384,12 +384,15 @@ class MulticastSenderActor(Actor):
 
     def _sending_already(self, req: McSendRequest, same_as: tuple[bytes, str]) -> str | None:
         """Why ``req`` is refused if a session of this node sends the same
-        files (the same version, whatever the path's spelling) to one of its
-        receivers: each receiver would store them twice. None if none does."""
+        files (the same version, whatever the path's spelling) to a receiver
+        it has not ended with: that receiver would store them twice. None if
+        none does."""
         for sess in self.sessions.values():
             if sess.same_as != same_as:
                 continue
-            theirs = {_target_key(t) for t in sess.request.targets}
+            theirs = {  # those it still sends to (one that ended may be sent again)
+                _target_key(name) for name, r in sess.flow.receivers.items() if r.result is None
+            }
             both = [t for t in req.targets if _target_key(t) in theirs]
             if both:
                 first, twin = sess.request.path, sess.request.request

@@ -112,11 +112,13 @@ def test_a_second_multicast_of_a_running_file_is_refused_naming_the_first(
     a second session of the same file as a second copy (`twice.1.bin`)."""
     receiver = node_factory(name="receiver")
     other = node_factory(name="other")
-    sender = node_factory("--max-rate", str(4 * MiB), name="sender")  # the first runs ~4 s
-    path = make_file(16 * MiB, name="twice.bin")
+    small = node_factory("--peer-quota", str(MiB), name="small")  # refuses it: ends at once
+    sender = node_factory("--max-rate", str(4 * MiB), name="sender")  # the first runs ~6 s
+    path = make_file(24 * MiB, name="twice.bin")
     first = _background(
-        sender, path, receiver.host, receiver.port, "-m", "--to", f"{other.host}:{other.port}"
-    )
+        sender, path, receiver.host, receiver.port, "-m",
+        "--to", f"{other.host}:{other.port}", "--to", f"{small.host}:{small.port}",
+    )  # fmt: skip
     try:
 
         def running() -> int | None:
@@ -136,8 +138,24 @@ def test_a_second_multicast_of_a_running_file_is_refused_naming_the_first(
             f"multicast to localhost:{other.port} (transfer {ident}): wait for it, or "
             f"`peercrypt cancel {ident}` first"
         ], second.describe()
+
+        # A receiver the session has ended with may be sent it again (here
+        # refused by that receiver again, for its quota, not by the node).
+        def not_ours() -> Any:
+            again = sender.cli("send", str(path), small.host, str(small.port), "-m")
+            return None if "already sending" in again.stderr else again
+
+        again = wait_until(not_ours, WAIT, "the refused receiver free of the session")
+        assert first.poll() is None, "the session ended first: this showed nothing"
+        assert again.returncode != 0 and "quota" in again.stderr, again.describe()
         code, result = _ended(first)
-        assert code == 0 and result["ok"], result
+        assert code != 0 and not result["ok"], result  # one receiver refused it
+        codes = {r["target"]: r["code"] for r in result["receivers"]}
+        assert codes == {
+            f"{receiver.host}:{receiver.port}": "ok",
+            f"{other.host}:{other.port}": "ok",
+            f"{small.host}:{small.port}": "refused",
+        }, result
     finally:
         if first.poll() is None:
             first.kill()
