@@ -10,17 +10,19 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pexpect
 import pytest
 
 from peercrypt import errors
+from peercrypt.cli import shell as shell_module
+from peercrypt.cli.app import main as cli
 from peercrypt.cli.receive import inbound
-from peercrypt.cli.shell import PROMPT, Told
+from peercrypt.cli.shell import PROMPT, Shell
 from peercrypt.client import ControlClient
 from peercrypt.testing.nodes import (
     NodeProcess,
@@ -110,35 +112,71 @@ def _port(data_dir: Path) -> int:
 
 
 def test_the_watcher_tells_what_ends_after_a_receive_and_not_what_it_told(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """`receive` hands the watcher the node's facts as it ends: a transfer
-    that ends after it, before the watcher's next look, is told (the
-    watcher used to take its next look as told, whatever it held)."""
+    """The shell's watcher (its thread, against a real node): a `receive`
+    hands it the node's facts as it ends; the watcher does not tell again
+    what `receive` told, and tells a transfer that ends after it even
+    before its next look (it used to take that look as told, whatever it
+    held). Its looks here are only those it is woken for."""
+    monkeypatch.setattr(shell_module, "WATCH_EVERY", 3600.0)
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
+    shell = Shell(cli, {"data_dir": receiver.data_dir}, owns_node=False)
+    said: list[str] = []
+    watcher = threading.Thread(target=shell.watch, args=(said.append,), daemon=True)
 
-    def facts_after(seq: int) -> dict[str, Any]:
-        def ended() -> dict[str, Any] | None:
-            facts = client.status().node
-            return facts if inbound(facts).seq > seq else None
+    def looked(n: int) -> None:
+        wait_until(lambda: shell.looks >= n or None, 30, f"the watcher's look {n}")
 
+    def outcome_after(seq: int) -> int:
         with ControlClient.for_data_dir(receiver.data_dir) as client:
-            return wait_until(ended, 30, "the receiver's outcome")
+            return wait_until(
+                lambda: n if (n := inbound(client.status().node).seq) > seq else None,
+                30,
+                "the receiver's outcome",
+            )
 
-    told = Told()
-    with ControlClient.for_data_dir(receiver.data_dir) as client:
-        start = client.status().node
-    assert told.news(start) == []  # the past is not news
-    first, second = make_file(10 * 1024), make_file(20 * 1024)
-    assert sender.send_to(first, receiver)[0] == 0
-    at_end = facts_after(inbound(start).seq)  # as `receive` ends, having told it
-    told.told(at_end)
-    assert told.news(at_end) == []  # `receive` told it: not told again
-    assert sender.send_to(second, receiver)[0] == 0
-    lines = told.news(facts_after(inbound(at_end).seq))
-    assert len(lines) == 1 and lines[0].startswith(f"received {second.name} (20480 bytes)"), lines
-    assert first.name not in " ".join(lines)
+    watcher.start()
+    try:
+        looked(1)
+        first, second, third, fourth = (make_file(n * 1024) for n in (10, 20, 30, 40))
+        # A `receive` tells the first; the second ends before the watcher's
+        # next look (it was busy): told then, the first not again.
+        shell.watch_quiet.set()
+        assert sender.send_to(first, receiver)[0] == 0
+        seq = outcome_after(0)
+        shell._told_until_now()  # as `receive` ends...
+        shell.watch_quiet.clear()  # ...with no look meanwhile
+        assert sender.send_to(second, receiver)[0] == 0
+        seq = outcome_after(seq)
+        shell.watch_wake.set()
+        looked(2)
+        assert len(said) == 1 and said[0].startswith(f"received {second.name} (20480 bytes)"), said
+        # A `receive` that ends wakes the watcher, which says nothing of
+        # what it told.
+        shell.watch_quiet.set()
+        assert sender.send_to(third, receiver)[0] == 0
+        seq = outcome_after(seq)
+        shell.receive_ended()
+        looked(3)
+        assert len(said) == 1, said
+        # One `receive` ends and the next begins before the watcher looks:
+        # it stays quiet (the next one tells it).
+        shell.watch_quiet.set()
+        shell._told_until_now()
+        assert sender.send_to(fourth, receiver)[0] == 0
+        outcome_after(seq)
+        shell.watch_wake.set()
+        looked(4)
+        assert len(said) == 1, said
+    finally:
+        shell.stop.set()
+        shell.watch_wake.set()
+        watcher.join(10)
+    assert not watcher.is_alive()
 
 
 def test_start_runs_every_command_of_the_shell(

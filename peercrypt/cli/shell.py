@@ -179,6 +179,8 @@ class Shell:
         # watcher's next look is taken as told). Under _baseline_lock.
         self._watch_baseline: dict[str, Any] | None = None
         self._baseline_lock = threading.Lock()
+        self.watch_wake = threading.Event()  # look now (a `receive` ended, the shell stops)
+        self.looks = 0  # the watcher's looks at the node so far
         # Lines of other threads (the watcher's news, a background send's
         # end) while a full-screen command has the terminal (`top`): told
         # once it ends, instead of lost in its screen.
@@ -250,8 +252,7 @@ class Shell:
             try:
                 return execute(self.group, [*self.global_args(), *words])
             finally:
-                self._told_until_now()
-                self.watch_quiet.clear()  # after the baseline: see watch()
+                self.receive_ended()
         if name == "top" and self.interactive:
             with self._held_lock:
                 self.screen_busy = True
@@ -444,6 +445,15 @@ class Shell:
 
     # -- watching the node --------------------------------------------------------------
 
+    def receive_ended(self) -> None:
+        """A foreground `receive` ended: what it told is the watcher's
+        baseline, then the watcher speaks again, at once."""
+        try:
+            self._told_until_now()
+        finally:  # (a Ctrl-C meanwhile must not leave the watcher silent)
+            self.watch_quiet.clear()  # after the baseline: see watch()
+            self.watch_wake.set()
+
     def _told_until_now(self) -> None:
         """Give the watcher the node's facts now as told (a `receive` just
         told the user what came), asked here so a transfer ending after this
@@ -472,11 +482,13 @@ class Shell:
         while not self.stop.is_set():
             # Quiet first, then the baseline: a `receive` sets its baseline
             # before it clears quiet, so a look that is not quiet has it.
+            self.watch_wake.clear()
             quiet = self.watch_quiet.is_set()
             baseline = self._take_baseline()
             if baseline:  # what `receive` told: compared with from here on
                 told.told(baseline)
-                quiet = resync = False
+                resync = False
+                quiet = self.watch_quiet.is_set()  # unless another `receive` began since
             elif baseline is not None:
                 resync = True
             try:
@@ -509,7 +521,8 @@ class Shell:
                 client = None
             else:
                 unreadable = False
-            self.stop.wait(WATCH_EVERY)
+            self.looks += 1
+            self.watch_wake.wait(WATCH_EVERY)
         if client is not None:
             client.close()
 
@@ -613,6 +626,7 @@ class Shell:
                     break
         finally:
             self.stop.set()
+            self.watch_wake.set()
             watcher.join(timeout=5.0)
         running = [j for j in self.jobs if j.running]
         if running and self.owns_node:  # `start`: its node stops now, and they with it
