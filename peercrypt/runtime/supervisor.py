@@ -12,9 +12,12 @@
   a restart falling due or :meth:`Supervisor.wake` (from any thread, or a
   signal through :func:`signal.set_wakeup_fd`): an idle node's main thread
   never wakes up just to look.
-- :meth:`Supervisor.stop` sends ``$TERM`` to every actor, joins the threads
-  (bounded), and only then terminates the context: every socket is closed by
-  its own thread first, so the node's ``term()`` cannot hang.
+- :meth:`Supervisor.stop` first tells every actor ``$STOPPING`` and waits
+  (bounded) for each to answer it (mail to an actor already stopped is then
+  lost by design: counted, not warned of), then sends ``$TERM`` to one actor
+  at a time, the last started first, joins the threads (bounded), and only
+  then terminates the context: every socket is closed by its own thread
+  first, so the node's ``term()`` cannot hang.
 """
 
 from __future__ import annotations
