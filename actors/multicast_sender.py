@@ -1165,6 +1165,7 @@ class MulticastSenderActor(Actor):
         }
         if sess.tree is not None:
             stats["files"] = float(sess.tree.files)
+            stats["file_bytes"] = float(sess.tree.file_bytes)
             stats["skipped"] = float(len(sess.tree.skipped))
         ends = [sess.flow.receivers[t.name].result for t in sess.targets.values()]
         results = [

@@ -2033,6 +2033,7 @@ class SenderActor(Actor):
             stats["attempts"] = float(t.retry.attempt)
         if t.tree is not None:
             stats["files"] = float(t.tree.files)
+            stats["file_bytes"] = float(t.tree.file_bytes)
             stats["skipped"] = float(len(t.tree.skipped))
         return stats
 

@@ -62,6 +62,12 @@ class TreeSource:
     def files(self) -> int:
         return self.layout.files
 
+    @property
+    def file_bytes(self) -> int:
+        """The files' bytes: the stream less its manifest (the listing of
+        names and sizes that goes first)."""
+        return sum(size for size, _ in self.stamps)
+
     def pread(self, length: int, offset: int) -> bytes:
         """``length`` bytes of the stream at ``offset`` (short only past its end).
         Raises OSError when a file is shorter than when it was hashed."""

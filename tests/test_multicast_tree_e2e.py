@@ -95,6 +95,8 @@ def test_a_folder_by_multicast_arrives_whole_at_both_receivers(
     out = sent.json
     assert out["files"] == 3 and out["skipped"] == 1, out
     assert out["stats"]["files"] == 3
+    in_files = sum(p.stat().st_size for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    assert out["file_bytes"] == in_files < out["size"], out
     for r in receivers:
         assert stored(out, r) == "album"
         assert contents(r.inbox / "album") == expected

@@ -24,7 +24,7 @@ from peercrypt import errors
 from peercrypt.cli.common import FiniteRange, UserError, check_resolvable
 from peercrypt.cli.follow import follow, refusal
 from peercrypt.cli.progress import echo, progress_view
-from peercrypt.cli.send_report import tree_counts
+from peercrypt.cli.send_report import file_bytes, tree_counts
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.errors import ResultCode
@@ -172,6 +172,7 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
                     "seconds": round(result.seconds, 3),
                     "mib_per_s": round(rate, 1),
                     "files": files or None,
+                    "file_bytes": file_bytes(result.stats, result.size) if files else None,
                     "skipped": skipped if files else None,
                     "receivers": [{**r, "held": r.get("held") == "1"} for r in result.results],
                     "stats": result.stats,
@@ -187,7 +188,7 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
             how = f"{readable(rate * 2**20, rate=True)} each{had}"
         click.echo(
             f"sent {printable(path.name)} ({f'{files} files, ' if files else ''}"
-            f"{result.size} bytes) "
+            f"{file_bytes(result.stats, result.size) if files else result.size} bytes) "
             f"to {count} receivers by multicast in {result.seconds:.2f} s ({how}), "
             f"blake3 {result.digest.hex()} verified by all"
         )

@@ -30,6 +30,13 @@ def tree_counts(stats: dict[str, float], as_json: bool) -> tuple[int, int]:
     return files, skipped
 
 
+def file_bytes(stats: dict[str, float], size: int) -> int:
+    """A folder's (or several files') bytes: what ``size``, the bytes of
+    the stream sent, holds beyond its listing of names (another build's
+    result without them: ``size``)."""
+    return int(stats.get("file_bytes", size))
+
+
 def how_fast(result: SendResult, rate: float) -> str:
     """The rate of a verified send over its whole time (every attempt), and
     what of the file the receiver held when it first accepted (a resume, or
@@ -71,6 +78,7 @@ def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) 
                     "seconds": round(result.seconds, 3),
                     "mib_per_s": round(rate, 1),
                     "files": files or None,
+                    "file_bytes": file_bytes(result.stats, result.size) if files else None,
                     "skipped": skipped if files else None,
                     "retransmits": result.retransmits,
                     "mode": result.mode or None,
@@ -82,7 +90,7 @@ def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) 
     elif ok:
         name = printable(path.name)  # the user's own, but a name may hold escapes
         what = (
-            f"{name} ({files} files, {result.size} bytes)"
+            f"{name} ({files} files, {file_bytes(result.stats, result.size)} bytes)"
             if files
             else (f"{name} ({result.size} bytes)")
         )
