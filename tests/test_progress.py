@@ -116,6 +116,37 @@ def test_the_view_names_each_phase_and_its_bytes(monkeypatch: pytest.MonkeyPatch
     assert re.search(r"b:2: +0%.*0.00/4.00M.*unicast", receivers), receivers
 
 
+def test_a_resumed_phase_counts_its_rate_from_what_was_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A send that goes on after a retry, the receiver holding 34% of it:
+    its bar goes from 40% to 34% without showing 0% on the way, and its
+    rate counts only what moves from there (a resume showed 34 MiB/s
+    under a 20 MiB/s cap)."""
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    view = progress.ProgressView("file.bin", 100 * MiB)
+
+    def at(phase: str, done: int) -> None:
+        view.on_progress(
+            Progress(request=1, done_bytes=done * MiB, total_bytes=100 * MiB, phase=phase)
+        )
+
+    try:
+        at("sending", 40)
+        mark = len(err.getvalue())
+        at("retrying", 40)
+        at("offering", 40)
+        at("sending", 34)
+        assert (view.bar.initial, view.bar.n) == (34 * MiB, 34 * MiB)
+        at("sending", 35)
+        assert view.bar.format_dict["initial"] == 34 * MiB  # the rate's start
+    finally:
+        view.close()
+    after = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", err.getvalue()[mark:])
+    assert "34%" in after and not re.search(r"(?<!\d)0%", after), after
+
+
 def test_progress_is_wanted_on_a_terminal_or_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
     assert not progress.wanted(as_json=False, no_progress=False, progress=False)

@@ -80,9 +80,10 @@ class ProgressView:
         self.targets: dict[str, Any] = {}
         _open_views.append(self)
 
-    def _new_bar(self, desc: str, total: int | None, position: int) -> Any:
+    def _new_bar(self, desc: str, total: int | None, position: int, initial: int = 0) -> Any:
         return self._tqdm(
             total=total,
+            initial=initial,
             unit="iB",  # the rate in binary units (MiB/s), as the result line
             unit_scale=True,
             unit_divisor=1024,
@@ -98,7 +99,12 @@ class ProgressView:
         if msg.phase != self.phase:
             self.phase, self.phase_since = msg.phase, time.monotonic()
             if msg.phase in COUNTED:
-                bar.reset(total=msg.total_bytes or bar.total)  # rate and ETA per phase
+                # Rate and ETA per phase, of what moves in it: a new bar
+                # from what the receiver held (a resume's bytes are no
+                # speed, and the bar never shows 0 on its way there).
+                total = msg.total_bytes or bar.total
+                bar.close()
+                bar = self.bar = self._new_bar(self.name, total, 0, initial=msg.done_bytes)
         text = PHASE_TEXT.get(msg.phase, msg.phase)
         if msg.phase not in COUNTED:
             text = f"{text} {time.monotonic() - self.phase_since:.0f} s"
