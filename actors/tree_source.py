@@ -40,6 +40,7 @@ from peercrypt.core.tree import (
     check_entries,
     encode_manifest,
     sort_entries,
+    unsendable,
 )
 
 MAX_SOURCE_FILES = 1_000_000  # entries one send may walk (the receiver's limit is usually lower)
@@ -146,7 +147,10 @@ def build_tree(
         try:
             check_component(rel[-1])
         except TreeError:
-            raise TreeError(f"{path!r}: the name cannot be sent as it is") from None
+            why = unsendable(rel[-1])
+            raise TreeError(
+                f"{path!r}: the name cannot be sent as it is ({why}): rename it"
+            ) from None
         if is_dir:
             add(TreeEntry(Kind.DIR, rel, 0, os.stat(path).st_mode & 0o777), path)
             with os.scandir(path) as it:

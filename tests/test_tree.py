@@ -27,12 +27,41 @@ from peercrypt.core.tree import (
     Layout,
     TreeEntry,
     TreeError,
+    check_component,
     decode_manifest,
     encode_manifest,
     manifest_limit,
     received_mode,
     sort_entries,
+    unsendable,
 )
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("L" * 201, "201 bytes long, over 200"),
+    ("é" * 101, "202 bytes long, over 200"),
+    ("..", "not a name a receiver can store"),
+    ("a\\b", "it holds / or \\"),
+    (" lead", "it starts or ends with a space"),
+    ("new\nline", "it holds a control character"),
+    ("tab\there", "it holds a control character"),
+])  # fmt: skip
+def test_a_name_a_folder_cannot_send_is_refused_with_its_reason(name: str, why: str) -> None:
+    """A folder's member is sent under its own name or not at all (a name
+    changed on the way could meet another); the user is told why."""
+    with pytest.raises(TreeError):
+        check_component(name)
+    assert unsendable(name) == why
+
+
+@given(st.text(max_size=60))
+def test_a_name_refused_for_a_character_is_told_which(name: str) -> None:
+    """Whatever the name: refused for a character, the reason names it."""
+    with contextlib.suppress(TreeError):
+        check_component(name)
+        return
+    if not name.isprintable() and len(name.encode("utf-8", "surrogateescape")) <= 200:
+        assert unsendable(name) == "it holds a control character"
 
 
 def f(*path: str, data: bytes = b"x", mode: int = 0o644) -> TreeEntry:

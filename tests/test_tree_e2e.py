@@ -134,7 +134,11 @@ def test_cli_refuses_what_it_cannot_send_as_one(tmp_path: Path, node_factory: No
     (tmp_path / "a" / "bad\nname").write_bytes(b"3")
     bad = sender.cli("send", tmp_path / "a", "127.0.0.1", str(sender.port), "--force")
     assert bad.returncode == 2, bad.describe()
-    assert len(bad.stderr_lines) == 1 and "the name cannot be sent as it is" in bad.stderr
+    odd = str(tmp_path / "a" / "bad\nname")
+    assert bad.stderr_lines == [
+        f"peercrypt: error: cannot send {tmp_path / 'a'}: {odd!r}: "
+        "the name cannot be sent as it is (it holds a control character): rename it"
+    ], bad.describe()
 
 
 # -- a hostile sender (a member with the network key) ------------------------------------

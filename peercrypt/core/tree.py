@@ -128,6 +128,22 @@ def check_component(name: str) -> str:
     return name
 
 
+def unsendable(name: str) -> str:
+    """Why :func:`check_component` refuses ``name``, in words for its user."""
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_NAME_BYTES:
+        return f"{size} bytes long, over {MAX_NAME_BYTES}"
+    if name in ("", ".", ".."):
+        return "not a name a receiver can store"
+    if not name.isprintable():
+        return "it holds a control character"
+    if "/" in name or "\\" in name:
+        return "it holds / or \\"
+    if name.strip() != name:
+        return "it starts or ends with a space"
+    return "the receiver would have to change it"
+
+
 def check_entries(entries: Sequence[TreeEntry], max_files: int) -> None:
     """Every rule of the module docstring but the byte limit; TreeError."""
     if len(entries) > max_files:
