@@ -151,14 +151,19 @@ def test_the_reader_cannot_write_and_names_what_is_wrong(tmp_path: Path) -> None
 
 def test_running_rows_of_a_previous_run_become_interrupted(tmp_path: Path) -> None:
     w = HistoryWriter(tmp_path / "h.sqlite")
-    w.upsert(row("aa"))
-    w.upsert(row("bb", result="ok"))
+    running = w.upsert(row("aa"))
+    w.add_points(running, [Point(0.5, 1000, 2000.0), Point(3.02, 7000, 2300.0)])
+    ended = w.upsert(row("bb", result="ok", bytes=100, duration=1.5))
+    w.add_points(ended, [Point(2.0, 5000, 1.0)])  # an ended row keeps its own record
     w.commit()
     w.conn.close()  # as if killed: no clean close
     again = HistoryWriter(tmp_path / "h.sqlite")
     assert again.mark_interrupted() == 1
-    results = {r["session"]: r["result"] for r in list_transfers(open_reader(again.path))}
-    assert results == {"aa": "interrupted", "bb": "ok"}
+    rows = {r["session"]: r for r in list_transfers(open_reader(again.path))}
+    assert {k: r["result"] for k, r in rows.items()} == {"aa": "interrupted", "bb": "ok"}
+    # What it moved and for how long, from its samples (its record was its start's).
+    assert (rows["aa"]["bytes"], rows["aa"]["duration"]) == (7000, 3.02)
+    assert (rows["bb"]["bytes"], rows["bb"]["duration"]) == (100, 1.5)
 
 
 def test_retention_by_age_and_count_never_removes_running(tmp_path: Path) -> None:

@@ -186,11 +186,18 @@ class HistoryWriter:
         self.conn.close()
 
     def mark_interrupted(self) -> int:
-        """Transfers still "running" from a previous run of the node."""
+        """Transfers still "running" from a previous run of the node; what
+        they moved and for how long, as far as their samples tell (their
+        records said only what was known at their start)."""
         self.begin()
         cur = self.conn.execute(
             "UPDATE transfers SET result = 'interrupted', "
-            "reason = 'the node stopped before the transfer ended' WHERE result = 'running'"
+            "reason = 'the node stopped before the transfer ended', "
+            "bytes = MAX(bytes, COALESCE("
+            "(SELECT MAX(s.bytes) FROM samples s WHERE s.transfer = transfers.id), 0)), "
+            "duration = MAX(duration, COALESCE("
+            "(SELECT MAX(s.t) FROM samples s WHERE s.transfer = transfers.id), 0)) "
+            "WHERE result = 'running'"
         )
         self.commit()
         return cur.rowcount
