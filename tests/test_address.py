@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peercrypt.core.address import join_host_port, same_host_port, split_host_port
+from peercrypt.core.address import dialled, join_host_port, same_host_port, split_host_port
 from peercrypt.core.fragments import parse_group
 from peercrypt.core.membership import _check_endpoint
 
@@ -99,3 +99,24 @@ def test_member_endpoints_use_the_same_parser(host: str, port: int) -> None:
     else:
         with pytest.raises(ValueError, match="1 <= port <= 65535"):
             _check_endpoint("public", url)
+
+
+@pytest.mark.parametrize("host", [
+    "localhost", "LOCALHOST.", "127.0.0.1", "127.1", "0x7f.0.0.1", "2130706433",
+    "::1", "0::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1", " 127.0.0.1 ",
+])  # fmt: skip
+def test_every_spelling_of_the_loopback_is_one_receiver(host: str) -> None:
+    """The same-file checks key receivers so: a second send of a running
+    file under another spelling of its receiver stored a second copy."""
+    assert dialled(host, 7400) == dialled("127.0.0.1", 7400) == "127.0.0.1:7400"
+
+
+@given(st.ip_addresses(v=4).map(str), ports)
+def test_an_ipv4_address_mapped_into_ipv6_is_the_address(ip: str, port: int) -> None:
+    assert dialled(f"::ffff:{ip}", port) == dialled(ip, port)
+
+
+def test_other_hosts_keep_one_spelling_each() -> None:
+    assert dialled("Example.COM", 80) == "example.com:80"
+    assert dialled("fe80:0::1", 80) == dialled("FE80::1", 80) == "[fe80::1]:80"
+    assert dialled("10.0.0.5", 80) != dialled("10.0.0.6", 80)

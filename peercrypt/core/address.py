@@ -69,10 +69,14 @@ def canonical_host(host: str) -> str:
 
 
 def dialled(host: str, port: int) -> str:
-    """The :func:`endpoint_key` of ``host`` and ``port``, ``localhost`` and
-    ``::1`` folded into ``127.0.0.1`` first: one key per receiver, however
-    a user spells it."""
-    return endpoint_key(f"tcp://{join_host_port(canonical_host(host), port)}")
+    """The :func:`endpoint_key` of ``host`` and ``port`` with its address
+    in one form (an IPv4 address mapped into IPv6 as itself) and then
+    ``localhost`` and the IPv6 loopback, however written (``[0::1]``),
+    folded into ``127.0.0.1``: one key per receiver, however a user spells
+    it (a name other than ``localhost`` is not resolved)."""
+    key_host, key_port = split_host_port(endpoint_key(f"tcp://{join_host_port(host, port)}"))
+    h = peer_address(key_host).rstrip(".") or key_host
+    return join_host_port(canonical_host(h), key_port)
 
 
 def endpoint_key(url: str) -> str:
