@@ -199,7 +199,12 @@ def test_list_filters(tmp_path: Path) -> None:
     assert sessions(mode="aimd") == ["a"]
     assert sessions(failed=True) == ["b"]
     assert sessions(peer="10.0.0.2:7400") == ["b"]
+    assert sessions(peer="127.0.0.1:7400") == ["a"]  # row(): its peer
+    assert sessions(peer="localhost:7400") == ["a"]  # another spelling of it
+    assert sessions(peer="[::1]:7400") == ["a"]
+    assert sessions(peer="localhost:7401") == []
     assert sessions(peer="abcd") == ["c"]
+    assert sessions(peer="abcd-efgh") == ["c"]  # no address: as it is
     assert sessions(since=15.0) == ["b", "c"]
     assert sessions(limit=2) == ["b", "c"]
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peercrypt.core.address import dialled, split_host_port
 from peercrypt.core.sampling import Point
 
 DB_FILE = "stats.sqlite"
@@ -299,8 +300,13 @@ def list_transfers(
     prefix; ``failed`` keeps results other than "ok" and "running"."""
     where, args = ["started >= ?"], list[object]([since])
     if peer:
-        where.append("(peer = ? OR (peer_fingerprint != '' AND peer_fingerprint LIKE ? || '%'))")
-        args += [peer, peer]
+        # An address in any spelling of the same endpoint (localhost, 127.1).
+        conn.create_function("receiver_key", 1, _receiver_key, deterministic=True)
+        where.append(
+            "(receiver_key(peer) = ?"
+            " OR (peer_fingerprint != '' AND peer_fingerprint LIKE ? || '%'))"
+        )
+        args += [_receiver_key(peer), peer]
     if mode:
         where.append("mode = ?")
         args.append(mode)
@@ -310,6 +316,15 @@ def list_transfers(
     if limit > 0:
         sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY id"
     return [_row(r) for r in conn.execute(sql, args)]
+
+
+def _receiver_key(text: str) -> str:
+    """``HOST:PORT`` as one key per endpoint (core/address.py ``dialled``);
+    other text as it is."""
+    try:
+        return dialled(*split_host_port(text))
+    except ValueError:
+        return text
 
 
 def get_transfer(conn: sqlite3.Connection, ident: int) -> dict[str, Any]:
