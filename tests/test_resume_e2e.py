@@ -179,6 +179,28 @@ def test_a_restarted_sender_at_its_limit_takes_its_transfer_over(
     assert "receiver.refused-busy" not in counters, counters
 
 
+def test_ctrl_c_of_a_send_under_way_says_sending_again_resumes_and_it_does(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """Ctrl-C cancels the send; "cancelled" alone made a user think what had
+    crossed was lost: the line says the receiver keeps it, and it does."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    path = make_file(SIZE)
+    with _background_send(sender, path, receiver) as proc:
+        _wait_for_checkpoint(receiver.inbox, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == (
+        "peercrypt: error: interrupted; the transfer was cancelled "
+        "(the receiver keeps what arrived: sending it again resumes)"
+    ), err
+    held = _held(receiver.inbox)
+    assert held > 0
+    assert _resend_ok(sender, path, receiver)["stats"]["resumed_chunks"] >= held
+
+
 def test_changed_source_restarts_cleanly(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:

@@ -38,12 +38,20 @@ R = TypeVar("R", bound=Message)
 listener = threading.local()
 
 
-def ended_text(exc: KeyboardInterrupt) -> tuple[str, int]:
+KEPT = " (the receiver keeps what arrived: sending it again resumes)"
+ACCEPTED = frozenset({"sending", "hashing", "verifying"})  # phases of a send the receiver took
+
+
+def ended_text(exc: KeyboardInterrupt, kept: bool = False) -> tuple[str, int]:
     """The line and exit code of a send cancelled by ``exc`` (Ctrl-C, or a
-    SIGTERM or SIGHUP: :class:`Ended`)."""
+    SIGTERM or SIGHUP: :class:`Ended`); ``kept``: a unicast send under way,
+    whose receiver keeps its part (docs/resume.md), which "cancelled" alone
+    made a user think lost."""
+    tail = KEPT if kept else ""
     if isinstance(exc, Ended):
-        return f"{signal.Signals(exc.signum).name}: the transfer was cancelled", 128 + exc.signum
-    return "interrupted; the transfer was cancelled", 130
+        signame = signal.Signals(exc.signum).name
+        return f"{signame}: the transfer was cancelled{tail}", 128 + exc.signum
+    return f"interrupted; the transfer was cancelled{tail}", 130
 
 
 def follow(
@@ -66,16 +74,27 @@ def follow(
     or at once, cancelling the request, when a reply cannot be read (the
     node runs another release).
     """
+    phases: set[str] = set()  # the Progress phases seen
     try:  # from here on (the request is already sent), Ctrl-C cancels it
         with ending_signals_cancel():
             try:
-                return _await_result(client, request, view, result_type, timeout + 30.0, on_other)
+                return _await_result(
+                    client, request, view, result_type, timeout + 30.0, on_other, phases
+                )
             except KeyboardInterrupt as exc:
                 client.send(CancelRequest(request=request))
+                last: Message | None = None
                 with contextlib.suppress(NodeUnavailable, Stop, KeyboardInterrupt):
-                    _await_result(client, request, view, result_type, 5.0, on_other)
+                    last = _await_result(client, request, view, result_type, 5.0, on_other)
                 # the terminal closed, a `kill`: as Ctrl-C
-                raise Stop(*ended_text(exc)) from None
+                # Accepted: the receiver has a part (a multicast session's: its own);
+                # seen in its progress, or in the cancelled send's flow (no progress
+                # with --json).
+                accepted = bool(phases & ACCEPTED) or (
+                    isinstance(last, SendResult) and bool(last.stats.get("chunks"))
+                )
+                kept = result_type is SendResult and accepted
+                raise Stop(*ended_text(exc, kept)) from None
     except AnotherRelease as exc:  # this command cannot follow it: nor would the next
         client.send(CancelRequest(request=request))
         raise Stop(f"{exc} (the transfer was cancelled)", errors.FAILED) from None
@@ -126,6 +145,7 @@ def _await_result(
     result_type: type[R],
     silence: float,
     on_other: Callable[[Message], None] | None,
+    phases: set[str] | None = None,
 ) -> R:
     quiet_since = time.monotonic()
     said = ""
@@ -146,6 +166,8 @@ def _await_result(
         if isinstance(msg, result_type):
             return msg
         if isinstance(msg, Progress):
+            if phases is not None:
+                phases.add(msg.phase)
             if msg.transfer and (told := getattr(listener, "on_transfer", None)) is not None:
                 told(msg.transfer)
             if view is not None:
