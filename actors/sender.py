@@ -171,6 +171,7 @@ log = logging.getLogger("peercrypt.sender")
 DATA_SNDHWM = 8192
 
 PROGRESS_INTERVAL = 0.1
+SOURCE_CHECK_TICKS = 10  # a running send's source is checked for changes every 10 ticks (1 s)
 POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
 DATA_MAXRT_MS = 2000  # unacknowledged data for this long drops the data connection
 DATA_HEARTBEAT_MS = 500  # ZMTP pings on the data connection, dropped unanswered after 4
@@ -1578,6 +1579,13 @@ class SenderActor(Actor):
         progress: dict[str, list[Progress]] = {}
         self.ticks += 1
         running = sum(1 for t in self.transfers.values() if t.flow.window is not None)
+        if self.ticks % SOURCE_CHECK_TICKS == 0:
+            for t in [t for t in self.transfers.values() if self._source_changed(t)]:
+                # Failed now, not after every chunk crossed (its hash would not
+                # match): a file rewritten in place (`dd conv=notrunc`) kept its size.
+                t.flow.fail(ResultCode.LOCAL, f"{t.request.path} changed while it was being sent")
+                self.count("source-changed")
+                self._drive(t)
         for t in self.transfers.values():
             phase, done = self._phase(t)
             progress.setdefault(t.requester, []).append(
@@ -1604,6 +1612,18 @@ class SenderActor(Actor):
                 self.tell(requester, batch)
         for stats in batches(samples):
             self.tell("stats", stats)
+
+    @staticmethod
+    def _source_changed(t: Outgoing) -> bool:
+        """A single file being sent whose size or mtime is not the one its
+        send began with (a folder's files are checked at its end)."""
+        if t.fd < 0 or t.flow.window is None or t.flow.waiting_for != "sending":
+            return False
+        try:
+            st = os.fstat(t.fd)
+        except OSError:
+            return False  # its reads say so
+        return (st.st_size, st.st_mtime_ns) != (t.size, t.mtime_ns)
 
     def _phase(self, t: Outgoing) -> tuple[str, int]:
         """What the transfer waits for (see :class:`Progress`), and its bytes done."""

@@ -168,6 +168,32 @@ def test_a_frozen_receiver_ends_the_send_at_its_timeout(
     assert receiver.running, receiver.log_tail()
 
 
+def test_a_source_rewritten_in_place_mid_send_fails_within_a_second(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A write into the file being sent, its size unchanged (`dd
+    conv=notrunc`): the send fails once the node sees the change (it checks
+    once a second), not after every chunk crossed (95 of 95.4 MiB did)."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory("--max-retries", "0", name="sender")
+    path = make_file(SIZE, name="rewritten.bin")
+    send = Send(sender, path, receiver.port, 30.0, rate=RATE // 4)  # 8 s for the file
+    try:
+        wait_until(lambda: _written(receiver) > 0 or None, 30, "the first chunks")
+        with open(path, "r+b") as fh:
+            fh.seek(1000)
+            fh.write(b"\0" * 10)
+        code, info = send.result()
+    finally:
+        send.kill()
+    assert code == errors.USAGE, (code, info, send.lines)
+    assert info["error"] == f"{path} changed while it was being sent", info
+    assert info["stats"]["sent_bytes"] < SIZE, info["stats"]  # not at its end
+    counters = sender.counters_when("sender.source-changed", 1)
+    assert counters["sender.source-changed"] == 1, counters
+    assert not (receiver.inbox / path.name).exists()
+
+
 def test_a_source_cut_short_mid_send_fails_the_send_and_the_node_sends_on(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
