@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from peercrypt import config, config_sources, errors
-from peercrypt.testing.nodes import CliResult, run_cli
+from peercrypt.testing.nodes import CliResult, NodeProcess, assert_sent, run_cli
 
 
 def _resolve(
@@ -443,3 +444,31 @@ def test_config_show_takes_the_network_key_file_as_the_node_does(tmp_path: Path)
     assert [line.split()[:3] for line in shown.stdout.splitlines() if "network_key" in line] == [
         ["network_key", "(set)", "flag"]
     ], shown.stdout
+
+
+def test_keygen_writes_an_owner_only_key_that_nodes_take_and_never_replaces_one(
+    tmp_path: Path,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    """`keygen > key` made a file others could read, which the node then
+    refused: `keygen -o` writes it owner-only, as --network-key-file wants."""
+    key = tmp_path / "net.key"
+    made = run_cli("keygen", "-o", str(key), data_dir=tmp_path / "dd")
+    assert made.returncode == 0 and made.stdout == "", made.describe()
+    assert made.stderr_lines == [f"network key written to {key} (owner-only)"]
+    assert key.stat().st_mode & 0o777 == 0o600
+    text = key.read_text()
+    assert text.startswith("pcn1.") and text.endswith("\n") and text.count("\n") == 1
+    again = run_cli("keygen", "-o", str(key), data_dir=tmp_path / "dd")
+    assert again.returncode == errors.USAGE
+    assert again.stderr_lines == [f"peercrypt: error: {key} exists: not replaced"]
+    assert key.read_text() == text  # the key in use is kept
+    nowhere = run_cli("keygen", "-o", str(tmp_path / "no" / "such" / "k"), data_dir=tmp_path)
+    assert nowhere.returncode == errors.USAGE and len(nowhere.stderr_lines) == 1
+    assert nowhere.stderr_lines[0].startswith("peercrypt: error: cannot create ")
+    # Two nodes of that key: one network.
+    receiver = node_factory("--network-key-file", str(key), network_key=None)
+    sender = node_factory("--network-key-file", str(key), network_key=None)
+    path = make_file(100_000)
+    assert_sent(receiver, sender.send_to(path, receiver), path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Collection
@@ -280,6 +281,26 @@ def node(ctx: click.Context, /, **_: Any) -> None:
 
 
 @click.command()
-def keygen() -> None:
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write it to this new file, readable by you alone (as --network-key-file "
+    "wants it), instead of printing it; an existing file is not replaced.",
+)
+def keygen(output: Path | None) -> None:
     """Print a new random network key (it carries its network's own salt)."""
-    click.echo(new_network_key())
+    key = new_network_key()
+    if output is None:
+        click.echo(key)
+        return
+    try:  # created owner-only, never an existing file (a key there may be in use)
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UserError(f"{output} exists: not replaced", errors.USAGE) from None
+    except OSError as exc:
+        raise UserError(f"cannot create {output}: {exc.strerror}", errors.USAGE) from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    click.echo(f"network key written to {output} (owner-only)", err=True)
