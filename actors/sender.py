@@ -1615,9 +1615,10 @@ class SenderActor(Actor):
 
     @staticmethod
     def _source_changed(t: Outgoing) -> bool:
-        """A single file being sent whose size or mtime is not the one its
-        send began with (a folder's files are checked at its end)."""
-        if t.fd < 0 or t.flow.window is None or t.flow.waiting_for != "sending":
+        """A single file being sent (or read back for the hash of what a
+        resume found held) whose size or mtime is not the one its send began
+        with (a folder's files are checked at its end)."""
+        if t.fd < 0 or t.flow.window is None or t.flow.waiting_for not in ("sending", "hashing"):
             return False
         try:
             st = os.fstat(t.fd)

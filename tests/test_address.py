@@ -103,7 +103,7 @@ def test_member_endpoints_use_the_same_parser(host: str, port: int) -> None:
 
 @pytest.mark.parametrize("host", [
     "localhost", "LOCALHOST.", "127.0.0.1", "127.1", "0x7f.0.0.1", "2130706433",
-    "::1", "0::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1", " 127.0.0.1 ",
+    "::1", "0::1", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1", " 127.0.0.1 ", "127.1.",
 ])  # fmt: skip
 def test_every_spelling_of_the_loopback_is_one_receiver(host: str) -> None:
     """The same-file checks key receivers so: a second send of a running

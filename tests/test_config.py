@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import resource
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import Any
 import pytest
 
 from peercrypt import config, config_sources, errors
-from peercrypt.testing.nodes import CliResult, NodeProcess, assert_sent, run_cli
+from peercrypt.testing.nodes import CliResult, NodeProcess, assert_sent, cli_env, run_cli
 
 
 def _resolve(
@@ -467,6 +470,20 @@ def test_keygen_writes_an_owner_only_key_that_nodes_take_and_never_replaces_one(
     nowhere = run_cli("keygen", "-o", str(tmp_path / "no" / "such" / "k"), data_dir=tmp_path)
     assert nowhere.returncode == errors.USAGE and len(nowhere.stderr_lines) == 1
     assert nowhere.stderr_lines[0].startswith("peercrypt: error: cannot create ")
+    # A disk that takes no byte (a file size limit of 0: EFBIG): one line,
+    # and no empty file left behind that the next try would refuse.
+    full = tmp_path / "full.key"
+    argv = [sys.executable, "-m", "peercrypt", "--data-dir", str(tmp_path / "dd")]
+    limited = subprocess.run(
+        [*argv, "keygen", "-o", str(full)],
+        capture_output=True, text=True, timeout=60, env=cli_env(None),
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)),
+    )  # fmt: skip
+    assert limited.returncode == errors.USAGE, limited
+    assert limited.stderr.splitlines() == [
+        f"peercrypt: error: cannot write {full}: File too large"
+    ], limited.stderr
+    assert not full.exists()
     # Two nodes of that key: one network.
     receiver = node_factory("--network-key-file", str(key), network_key=None)
     sender = node_factory("--network-key-file", str(key), network_key=None)

@@ -16,11 +16,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import pexpect
 import pytest
 
 from peercrypt import errors
 from peercrypt.cli import progress
+from peercrypt.cli.follow import follow
+from peercrypt.client import ControlClient
 from peercrypt.core.modes import Policy
 from peercrypt.core.outgoing import HashFile, OutgoingTransfer, SendChunk, SendDone
 from peercrypt.crypto.identity import new_network_key
@@ -34,6 +37,7 @@ from peercrypt.testing.nodes import (
     start_cli,
     wait_until,
 )
+from peercrypt.wire.local_messages import SendRequest, SendResult
 from peercrypt.wire.messages import McTargetProgress, Progress
 
 CHUNK = 4096
@@ -190,6 +194,36 @@ class Stderr:
 
     def wait_for(self, text: str) -> None:
         wait_until(lambda: text in self.text, 30.0, f"{text!r} on stderr")
+
+
+def test_a_send_that_ends_verified_before_its_cancel_is_a_success(
+    trio: list[NodeProcess], tmp_path: Path
+) -> None:
+    """Ctrl-C as the send ends: its verified result, already on its way,
+    is what the command reports (it said "cancelled", exit 130, of a file
+    stored and verified). The Ctrl-C comes from the view (raised as the
+    terminal would, while the view draws), once the node counted the send."""
+    sender, receiver, _ = trio
+    source = random_file(tmp_path / "late-cancel.bin", 64 * 1024)
+    before = sender.counters().get("sender.sent", 0)
+
+    class CtrlCAfterTheEnd(progress.ProgressView):
+        def on_progress(self, msg: Progress) -> None:
+            sender.wait_for_counter("sender.sent", before + 1, timeout=30)
+            raise KeyboardInterrupt
+
+    with ControlClient.for_data_dir(sender.data_dir) as client:
+        request = client.next_id()
+        client.send(
+            SendRequest(
+                request=request, path=str(source), host=receiver.host, port=receiver.port,
+                chunk_size=65536, timeout=30.0, quiet=False,
+            )
+        )  # fmt: skip
+        view = CtrlCAfterTheEnd(source.name, source.stat().st_size)
+        result = follow(client, request, source, SendResult, 30.0, view=view)
+    assert result.code == "ok" and result.digest == blake3.blake3(source.read_bytes()).digest()
+    assert blake3_file(receiver.inbox / result.stored_as) == blake3_file(source)
 
 
 def test_a_send_shows_the_phases_it_waits_in(trio: list[NodeProcess], tmp_path: Path) -> None:

@@ -119,6 +119,20 @@ def test_ten_thousand_files_in_one_transfer(tmp_path: Path, node_factory: Nodes)
     assert contents(receiver.inbox / "many") == contents(src)
 
 
+def test_a_folder_of_no_file_says_so_and_its_bytes(tmp_path: Path, node_factory: Nodes) -> None:
+    """Its line counts the files' bytes, 0, not its listing's."""
+    receiver, sender = node_factory(), node_factory()
+    (tmp_path / "hollow" / "inner").mkdir(parents=True)
+    out = sender.send_result(tmp_path / "hollow", receiver.host, receiver.port)
+    assert out.returncode == 0, out.describe()
+    assert (out.json["file_bytes"], out.json["stats"]["files"]) == (0, 0.0), out.json
+    assert out.json["size"] > 0  # the listing of the folders crossed
+    assert (receiver.inbox / "hollow" / "inner").is_dir()
+    plain = sender.cli("send", tmp_path / "hollow", receiver.host, str(receiver.port))
+    assert plain.returncode == 0, plain.describe()
+    assert plain.stdout.startswith("sent hollow (0 files, 0 bytes) to "), plain.stdout
+
+
 def test_cli_refuses_what_it_cannot_send_as_one(tmp_path: Path, node_factory: Nodes) -> None:
     sender = node_factory()
     (tmp_path / "a").mkdir()
@@ -137,7 +151,7 @@ def test_cli_refuses_what_it_cannot_send_as_one(tmp_path: Path, node_factory: No
     odd = str(tmp_path / "a" / "bad\nname")
     assert bad.stderr_lines == [
         f"peercrypt: error: cannot send {tmp_path / 'a'}: {odd!r}: "
-        "the name cannot be sent as it is (it holds a control character): rename it"
+        "the name cannot be sent as it is (it holds an invisible or control character): rename it"
     ], bad.describe()
 
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from peercrypt import errors
 from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
 from peercrypt.errors import CommandError as Stop
+from peercrypt.errors import ResultCode
 from peercrypt.wire.codec import Message
 from peercrypt.wire.local_messages import (
     CancelRequest,
@@ -86,12 +87,15 @@ def follow(
                 last: Message | None = None
                 with contextlib.suppress(NodeUnavailable, Stop, KeyboardInterrupt):
                     last = _await_result(client, request, view, result_type, 5.0, on_other)
+                if isinstance(last, result_type) and getattr(last, "code", "") == ResultCode.OK:
+                    return last  # it ended, verified, before the cancel came: so it is said
                 # the terminal closed, a `kill`: as Ctrl-C
                 # Accepted: the receiver has a part (a multicast session's: its own);
-                # seen in its progress, or in the cancelled send's flow (no progress
-                # with --json).
+                # seen in its progress, or in the cancelled send's result (no
+                # progress with --json): its flow, or a retry's first accept.
                 accepted = bool(phases & ACCEPTED) or (
-                    isinstance(last, SendResult) and bool(last.stats.get("chunks"))
+                    isinstance(last, SendResult)
+                    and bool(last.stats.get("chunks") or "held_share" in last.stats)
                 )
                 kept = result_type is SendResult and accepted
                 raise Stop(*ended_text(exc, kept)) from None

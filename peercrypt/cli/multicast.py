@@ -158,6 +158,7 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
     ok = result.code == ResultCode.OK
     rate = result.size / result.seconds / 2**20 if result.seconds > 0 else 0.0
     files, skipped = tree_counts(result.stats, as_json)
+    tree = "files" in result.stats  # a folder (perhaps of no file) or several files
     if as_json:
         click.echo(
             json.dumps(
@@ -172,7 +173,7 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
                     "seconds": round(result.seconds, 3),
                     "mib_per_s": round(rate, 1),
                     "files": files or None,
-                    "file_bytes": file_bytes(result.stats, result.size) if files else None,
+                    "file_bytes": file_bytes(result.stats, result.size) if tree else None,
                     "skipped": skipped if files else None,
                     "receivers": [{**r, "held": r.get("held") == "1"} for r in result.results],
                     "stats": result.stats,
@@ -187,8 +188,8 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
             had = f"; {held} of them had it" if held else ""
             how = f"{readable(rate * 2**20, rate=True)} each{had}"
         click.echo(
-            f"sent {printable(path.name)} ({f'{files} files, ' if files else ''}"
-            f"{file_bytes(result.stats, result.size) if files else result.size} bytes) "
+            f"sent {printable(path.name)} ({f'{files} files, ' if tree else ''}"
+            f"{file_bytes(result.stats, result.size) if tree else result.size} bytes) "
             f"to {count} receivers by multicast in {result.seconds:.2f} s ({how}), "
             f"blake3 {result.digest.hex()} verified by all"
         )

@@ -301,6 +301,11 @@ def keygen(output: Path | None) -> None:
         raise UserError(f"{output} exists: not replaced", errors.USAGE) from None
     except OSError as exc:
         raise UserError(f"cannot create {output}: {exc.strerror}", errors.USAGE) from None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+    except OSError as exc:  # a full disk: no empty file left to be refused as existing
+        with contextlib.suppress(OSError):
+            os.unlink(output)
+        raise UserError(f"cannot write {output}: {exc.strerror}", errors.USAGE) from None
     click.echo(f"network key written to {output} (owner-only)", err=True)

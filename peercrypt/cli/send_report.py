@@ -63,6 +63,7 @@ def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) 
     ok = result.code == ResultCode.OK
     rate = result.size / result.seconds / 2**20 if ok and result.seconds > 0 else 0.0
     files, skipped = tree_counts(result.stats, as_json)
+    tree = "files" in result.stats  # a folder (perhaps of no file) or several files
     if as_json:
         echo(
             json.dumps(
@@ -78,7 +79,7 @@ def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) 
                     "seconds": round(result.seconds, 3),
                     "mib_per_s": round(rate, 1),
                     "files": files or None,
-                    "file_bytes": file_bytes(result.stats, result.size) if files else None,
+                    "file_bytes": file_bytes(result.stats, result.size) if tree else None,
                     "skipped": skipped if files else None,
                     "retransmits": result.retransmits,
                     "mode": result.mode or None,
@@ -91,7 +92,7 @@ def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) 
         name = printable(path.name)  # the user's own, but a name may hold escapes
         what = (
             f"{name} ({files} files, {file_bytes(result.stats, result.size)} bytes)"
-            if files
+            if tree
             else (f"{name} ({result.size} bytes)")
         )
         echo(

@@ -74,8 +74,10 @@ def dialled(host: str, port: int) -> str:
     ``localhost`` and the IPv6 loopback, however written (``[0::1]``),
     folded into ``127.0.0.1``: one key per receiver, however a user spells
     it (a name other than ``localhost`` is not resolved)."""
-    key_host, key_port = split_host_port(endpoint_key(f"tcp://{join_host_port(host, port)}"))
-    h = peer_address(key_host).rstrip(".") or key_host
+    name = host.strip()
+    name = name[:-1] if name.endswith(".") and not name.endswith("..") else name  # `localhost.`
+    key_host, key_port = split_host_port(endpoint_key(f"tcp://{join_host_port(name, port)}"))
+    h = peer_address(key_host)
     return join_host_port(canonical_host(h), key_port)
 
 

@@ -135,8 +135,10 @@ def unsendable(name: str) -> str:
         return f"{size} bytes long, over {MAX_NAME_BYTES}"
     if name in ("", ".", ".."):
         return "not a name a receiver can store"
+    if any("\udc80" <= c <= "\udcff" for c in name):
+        return "it holds a byte that is not UTF-8"
     if not name.isprintable():
-        return "it holds a control character"
+        return "it holds an invisible or control character"
     if "/" in name or "\\" in name:
         return "it holds / or \\"
     if name.strip() != name:
