@@ -80,6 +80,20 @@ def read_chunk(fd: int | Stream, index: int, chunk_size: int, size: int) -> byte
     return data
 
 
+SOURCE_CHECK_EVERY = 1.0  # seconds between looks at a running send's file for a change
+
+
+def changed_since(fd: int, size: int, mtime_ns: int) -> bool:
+    """The file open as ``fd`` is no longer ``size`` bytes last written at
+    ``mtime_ns`` (what its send began with): written to, cut or grown. A
+    failed ``fstat`` says nothing (the reads will)."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) != (size, mtime_ns)
+
+
 def version_tag(fd: int, st: os.stat_result) -> bytes:
     """The source tag of the file version open as ``fd`` (``st``: its
     ``fstat``), as a unicast offer and a multicast announce carry it

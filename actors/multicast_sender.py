@@ -62,7 +62,14 @@ import blake3
 import zmq
 
 from actors import udp_multicast
-from actors.file_chunks import NotRegularFile, open_source, read_chunk, version_tag
+from actors.file_chunks import (
+    SOURCE_CHECK_EVERY,
+    NotRegularFile,
+    changed_since,
+    open_source,
+    read_chunk,
+    version_tag,
+)
 from actors.peer_link import Link
 from actors.port_watch import PortWatch
 from actors.tree_source import TreeSource
@@ -159,6 +166,8 @@ REFUSALS_UNREACHABLE = 5
 # Bytes of the file hashed per turn of the loop when its targets all hold it
 # (HashAll: nothing is published, the hash is all they wait for).
 HASH_STEP = 32 * 1024 * 1024
+PROGRESS_INTERVAL = 0.1  # seconds between a session's Progress (and its samples)
+SOURCE_CHECK_TICKS = round(SOURCE_CHECK_EVERY / PROGRESS_INTERVAL)
 
 
 @dataclass
@@ -256,12 +265,13 @@ class MulticastSenderActor(Actor):
         self.pub: zmq.Socket[Any] | None = None
         self.pub_port = 0
         self.signer = ChunkSigner(settings.identity.seed)
+        self.ticks = 0  # progress reports so far (every SOURCE_CHECK_TICKS-th looks at files)
 
     def setup(self) -> None:
         if self.settings.multicast_group:
             self.facts["multicast_group"] = self.settings.multicast_group
         running = lambda: bool(self.sessions)  # noqa: E731
-        self.call_every_while(0.1, self._progress, running)
+        self.call_every_while(PROGRESS_INTERVAL, self._progress, running)
         self.trim_while_busy(running)
 
     def teardown(self) -> None:
@@ -903,8 +913,7 @@ class MulticastSenderActor(Actor):
         if sess.tree is not None:
             changed = sess.tree.changed()
         else:
-            st = os.fstat(sess.fd)
-            changed = "" if (st.st_size, st.st_mtime_ns) == (sess.size, sess.mtime_ns) else "x"
+            changed = "x" if changed_since(sess.fd, sess.size, sess.mtime_ns) else ""
         if changed:
             reason = f"{changed if sess.tree else sess.request.path} changed while sending"
             sess.flow.fail(ResultCode.LOCAL, reason, self.now())
@@ -1063,8 +1072,17 @@ class MulticastSenderActor(Actor):
         self._publish(sess, index, nonce, frames)
 
     def _progress(self) -> None:
+        self.ticks += 1
+        if self.ticks % SOURCE_CHECK_TICKS == 0:
+            for sess in [s for s in self.sessions.values() if _source_changed(s)]:
+                # Failed now, not once every chunk was read (a rewrite in place
+                # keeps the size: only the end's check saw it).
+                reason = f"{sess.request.path} changed while sending"
+                sess.flow.fail(ResultCode.LOCAL, reason, self.now())
+                self.count("source-changed")
+                self._drive(sess)
         samples: list[StatsSample] = []
-        for sess in self.sessions.values():
+        for sess in list(self.sessions.values()):
             samples += self._report_progress(sess)
         self._send_samples(samples)
 
@@ -1265,6 +1283,12 @@ def _sample(sess: Session, t: Target, now: float) -> StatsSample:
         window=sess.flow.plan.window * sess.chunk_size,
         rate=sess.flow.own_rate(0),  # a live `rate` of the session
     )
+
+
+def _source_changed(sess: Session) -> bool:
+    """A session's one file whose size or mtime is not the one it began
+    with (a folder's files are checked once all are read)."""
+    return sess.fd >= 0 and not sess.flow.ended and changed_since(sess.fd, sess.size, sess.mtime_ns)
 
 
 def _target_key(text: str) -> str:

@@ -93,7 +93,15 @@ import blake3
 import zmq
 
 from actors.data_pipes import DataPipe, PipeKey, new_route_id
-from actors.file_chunks import NotRegularFile, Stream, open_source, read_chunk, version_tag
+from actors.file_chunks import (
+    SOURCE_CHECK_EVERY,
+    NotRegularFile,
+    Stream,
+    changed_since,
+    open_source,
+    read_chunk,
+    version_tag,
+)
 from actors.lanes import ChunkSealed, FileHashed, LaneCrew, crew_size
 from actors.peer_link import ConnectProbe, Link, connect_cause
 from actors.port_watch import DIAL_EVENTS, PortWatch, recv_monitor_message
@@ -171,7 +179,7 @@ log = logging.getLogger("peercrypt.sender")
 DATA_SNDHWM = 8192
 
 PROGRESS_INTERVAL = 0.1
-SOURCE_CHECK_TICKS = 10  # a running send's source is checked for changes every 10 ticks (1 s)
+SOURCE_CHECK_TICKS = round(SOURCE_CHECK_EVERY / PROGRESS_INTERVAL)
 POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(Policy))
 DATA_MAXRT_MS = 2000  # unacknowledged data for this long drops the data connection
 DATA_HEARTBEAT_MS = 500  # ZMTP pings on the data connection, dropped unanswered after 4
@@ -1465,11 +1473,9 @@ class SenderActor(Actor):
             if changed:
                 t.flow.fail(ResultCode.LOCAL, f"{changed} changed while it was being sent")
                 return
-        else:
-            st = os.fstat(t.fd)
-            if (st.st_size, st.st_mtime_ns) != (t.size, t.mtime_ns):
-                t.flow.fail(ResultCode.LOCAL, f"{t.request.path} changed while it was being sent")
-                return
+        elif changed_since(t.fd, t.size, t.mtime_ns):
+            t.flow.fail(ResultCode.LOCAL, f"{t.request.path} changed while it was being sent")
+            return
         if t.crew is not None:
             return  # the lanes' hash result calls on_digest
         self._hash_more(t)
@@ -1620,11 +1626,7 @@ class SenderActor(Actor):
         with (a folder's files are checked at its end)."""
         if t.fd < 0 or t.flow.window is None or t.flow.waiting_for not in ("sending", "hashing"):
             return False
-        try:
-            st = os.fstat(t.fd)
-        except OSError:
-            return False  # its reads say so
-        return (st.st_size, st.st_mtime_ns) != (t.size, t.mtime_ns)
+        return changed_since(t.fd, t.size, t.mtime_ns)
 
     def _phase(self, t: Outgoing) -> tuple[str, int]:
         """What the transfer waits for (see :class:`Progress`), and its bytes done."""

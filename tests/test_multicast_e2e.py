@@ -361,3 +361,34 @@ def test_a_stopped_receiver_does_not_hold_back_the_others_and_catches_up(
         assert_stored(r, result, digest)
     assert result["stats"]["seals_first"] == result["stats"]["chunks"] == 1024
     assert result["stats"]["seals_repair"] > 0  # the thawed one was finished by repairs
+
+
+def test_a_file_rewritten_while_multicast_fails_its_session_within_a_second(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A write into the file a session publishes, its size unchanged: the
+    session fails once the node sees it (it looks once a second), not when
+    every chunk was read; no receiver stores anything."""
+    receiver = node_factory(name="receiver")
+    sender = node_factory("--max-rate", str(2 * MiB), name="sender")  # 8 s for the file
+    path = make_file(16 * MiB, name="moving.bin")
+    proc = start_cli(
+        "send", str(path), receiver.host, str(receiver.port), "-m", "--json",
+        data_dir=sender.data_dir,
+    )  # fmt: skip
+    try:
+        sender.wait_for_counter("msender.sessions", 1, timeout=30)
+        with open(path, "r+b") as fh:
+            fh.seek(1000)
+            fh.write(b"\0" * 10)
+        out, _err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    result = json.loads(out)
+    assert not result["ok"] and result["code"] == "local", result
+    assert f"{path} changed while sending" in result["error"], result
+    counters = sender.counters_when("msender.source-changed", 1)
+    assert counters["msender.source-changed"] == 1, counters
+    assert not (receiver.inbox / path.name).exists()
