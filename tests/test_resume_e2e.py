@@ -187,10 +187,19 @@ def test_ctrl_c_of_a_send_under_way_says_sending_again_resumes_and_it_does(
     receiver = node_factory(name="receiver")
     sender = node_factory(name="sender")
     path = make_file(SIZE)
-    with _background_send(sender, path, receiver) as proc:
+    proc = start_cli(
+        "send", str(path), "127.0.0.1", str(receiver.port), "--json",
+        "--chunk-size", str(CHUNK), "-r", str(2 * MiB),  # 8 s: the Ctrl-C lands mid-way
+        data_dir=sender.data_dir,
+    )  # fmt: skip
+    try:
         _wait_for_checkpoint(receiver.inbox, proc)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert err.splitlines()[-1] == (
         "peercrypt: error: interrupted; the transfer was cancelled "
