@@ -14,9 +14,8 @@ from pathlib import Path
 import zmq
 
 from actors.sender import SenderActor
-from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.runtime.actor import ActorEnv
-from peercrypt.settings import NodeSettings
+from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire.local_messages import SendRequest
 
 
@@ -25,13 +24,7 @@ def _request(request: int, path: str, host: str, port: int) -> SendRequest:
 
 
 def test_a_retry_in_line_is_a_send_of_its_file(tmp_path: Path) -> None:
-    settings = NodeSettings(
-        data_dir=tmp_path,
-        inbox=tmp_path / "inbox",
-        identity=KeyPair.from_seed(bytes(32)),
-        server_keys=network_server_keys(None),
-        local_ipc=False,
-    )
+    settings = loopback_settings(tmp_path, None, local_ipc=False)
     context = zmq.Context()
     actor = SenderActor(ActorEnv(context=context, node_uid=f"t{time.monotonic_ns()}"), settings)
     try:

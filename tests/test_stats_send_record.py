@@ -38,6 +38,21 @@ def listed(node: NodeProcess, state: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+def _paced_send(path: Path, port: int) -> list[Any]:
+    """A send's arguments, paced so that it runs for seconds."""
+    return ["send", path, "127.0.0.1", str(port), "--json", "--force", "--chunk-size", str(CHUNK),
+            "--timeout", "60", "-r", str(RATE), "-b", str(CHUNK)]  # fmt: skip
+
+
+def _a_mib_moved(sender: NodeProcess) -> dict[str, Any]:
+    """The sender's send in ``transfers`` once a MiB of it is acknowledged."""
+    return wait_until(
+        lambda: (r := listed(sender, "sending")) and int(r["bytes"]) >= MiB and r,
+        30,
+        "a MiB acknowledged",
+    )
+
+
 def send_rows(node: NodeProcess) -> list[dict[str, Any]]:
     """The node's sending rows, oldest first (none before its history exists)."""
     if not db_path(node.data_dir).exists():
@@ -85,15 +100,10 @@ def test_a_send_retried_and_then_cancelled_is_one_row_with_its_end(
     sender = node_factory(name="sender")
     path = make_file(8 * MiB)
     began = time.monotonic()
-    args = ["send", path, "127.0.0.1", str(port), "--json", "--force", "--chunk-size", str(CHUNK),
-            "--timeout", "60", "-r", str(RATE), "-b", str(CHUNK)]  # fmt: skip
+    args = _paced_send(path, port)
     with start_cli(*args, data_dir=sender.data_dir, env=sender.env) as cli:
         try:
-            moving = wait_until(
-                lambda: (r := listed(sender, "sending")) and int(r["bytes"]) >= MiB and r,
-                30,
-                "a MiB acknowledged",
-            )
+            moving = _a_mib_moved(sender)
             receiver.kill()
             killed = time.monotonic()
             # Several attempts failed since (each a row of its own before).
@@ -134,15 +144,10 @@ def test_a_node_stopped_while_a_send_waits_to_retry_records_its_end(
     receiver = node_factory("--port", str(port), name="receiver")
     sender = node_factory(name="sender")
     path = make_file(8 * MiB)
-    args = ["send", path, "127.0.0.1", str(port), "--json", "--force", "--chunk-size", str(CHUNK),
-            "--timeout", "60", "-r", str(RATE), "-b", str(CHUNK)]  # fmt: skip
+    args = _paced_send(path, port)
     with start_cli(*args, data_dir=sender.data_dir, env=sender.env) as cli:
         try:
-            wait_until(
-                lambda: (r := listed(sender, "sending")) and int(r["bytes"]) >= MiB,
-                30,
-                "a MiB acknowledged",
-            )
+            _a_mib_moved(sender)
             receiver.kill()
             # The pauses grow (0.25 s doubling to 2 s) and the attempts take
             # a moment each: after a few, the stop most likely falls between two.
@@ -173,15 +178,10 @@ def test_a_retry_whose_file_is_gone_ends_the_sends_row_with_its_failure(
     receiver = node_factory("--port", str(port), name="receiver")
     sender = node_factory(name="sender")
     path = make_file(8 * MiB)
-    args = ["send", path, "127.0.0.1", str(port), "--json", "--force", "--chunk-size", str(CHUNK),
-            "--timeout", "60", "-r", str(RATE), "-b", str(CHUNK)]  # fmt: skip
+    args = _paced_send(path, port)
     with start_cli(*args, data_dir=sender.data_dir, env=sender.env) as cli:
         try:
-            wait_until(
-                lambda: (r := listed(sender, "sending")) and int(r["bytes"]) >= MiB and r,
-                30,
-                "a MiB acknowledged",
-            )
+            _a_mib_moved(sender)
             receiver.kill()
             wait_until(lambda: listed(sender, "retrying"), 30, "the send between attempts")
             path.unlink()
@@ -213,15 +213,10 @@ def test_a_retry_in_line_for_a_slot_is_listed_with_what_its_send_did(
     other = node_factory(name="other")
     sender = node_factory("--max-outgoing", "1", name="sender")
     path, long = make_file(8 * MiB), make_file(64 * MiB, name="long.bin")
-    args = ["send", path, "127.0.0.1", str(port), "--json", "--force", "--chunk-size", str(CHUNK),
-            "--timeout", "60", "-r", str(RATE), "-b", str(CHUNK)]  # fmt: skip
+    args = _paced_send(path, port)
     with start_cli(*args, data_dir=sender.data_dir, env=sender.env) as first:
         try:
-            moving = wait_until(
-                lambda: (r := listed(sender, "sending")) and int(r["bytes"]) >= MiB and r,
-                30,
-                "a MiB acknowledged",
-            )
+            moving = _a_mib_moved(sender)
             receiver.kill()
             wait_until(lambda: listed(sender, "retrying"), 30, "the send between attempts")
             slot = start_cli(
