@@ -40,7 +40,7 @@ from peercrypt import errors
 from peercrypt.cli import follow
 from peercrypt.cli.common import UserError, count_in
 from peercrypt.cli.node import node_options, node_settings, run_node
-from peercrypt.cli.receive import inbound, inbound_multicast
+from peercrypt.cli.receive import Inbound, inbound, inbound_multicast
 from peercrypt.cli.runner import execute, unknown_command
 from peercrypt.cli.status_view import describe_outcome
 from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
@@ -148,17 +148,19 @@ class Told:
         mc_seq = int(mc_last.get("seq", 0))
         if self.mc_seq is not None and mc_seq > self.mc_seq:
             lines.append(f"{describe_outcome(mc_last)} (multicast)")
-        self.told(facts)
+        self._take(now, sessions, mc_seq)
         return [] if quiet else lines
 
     def told(self, facts: dict[str, Any]) -> None:
         """Take ``facts`` as told (a `receive` told the user of them)."""
-        now = inbound(facts)
+        sessions, mc_last = inbound_multicast(facts)
+        self._take(inbound(facts), sessions, int(mc_last.get("seq", 0)))
+
+    def _take(self, now: Inbound, sessions: list[tuple[str, int, str]], mc_seq: int) -> None:
         self.incoming = {name for name, _, _, _ in now.incoming}
         self.seq = now.seq
-        sessions, mc_last = inbound_multicast(facts)
         self.sessions = {(name, sender) for name, _, sender in sessions}
-        self.mc_seq = int(mc_last.get("seq", 0))
+        self.mc_seq = mc_seq
 
 
 class Shell:
