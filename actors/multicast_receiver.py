@@ -123,6 +123,7 @@ from peercrypt.core.multicast_incoming import (
     MulticastIncoming,
     SendAck,
 )
+from peercrypt.core.names import INCOMING_NAME, shortened
 from peercrypt.core.port_guard import NULL_HANDSHAKE, GuardLimits, held_limit
 from peercrypt.core.redial import Redial
 from peercrypt.core.resume import RECLAIM_INTERVAL, Manifest, ResumeKey, plan_resume
@@ -371,7 +372,7 @@ class MulticastReceiverActor(Actor):
         # session's name, size, bytes written and sender.
         self.facts["incoming_multicast"] = json.dumps(
             [
-                [s.name[:48], s.size, _written(s), fingerprint(s.peer)[:19]]
+                [shortened(s.name, INCOMING_NAME), s.size, _written(s), fingerprint(s.peer)[:19]]
                 for s in list(self.sessions.values())  # at most MAX_SESSIONS
             ],
             ensure_ascii=False,

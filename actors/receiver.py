@@ -110,6 +110,7 @@ from peercrypt.core.incoming import (
     Store,
 )
 from peercrypt.core.modes import MAX_LANES
+from peercrypt.core.names import INCOMING_NAME, shortened
 from peercrypt.core.outgoing import peer_failure
 from peercrypt.core.port_guard import DATA_HANDSHAKE, GuardLimits, held_limit
 from peercrypt.core.receive_window import (
@@ -997,7 +998,12 @@ class ReceiverActor(Actor):
         # What `receive` and the shell show: the transfers coming in (a few,
         # names cut short) and, in "last_in", the latest outcome.
         incoming = [
-            [t.name[:48], t.size, min(t.size, t.flow.written.count * t.chunk_size), t.ident]
+            [
+                shortened(t.name, INCOMING_NAME),
+                t.size,
+                min(t.size, t.flow.written.count * t.chunk_size),
+                t.ident,
+            ]
             for t in list(self.transfers.values())[:INCOMING_SHOWN]
         ]
         self.facts["incoming"] = json.dumps(incoming, ensure_ascii=False)

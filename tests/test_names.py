@@ -13,6 +13,7 @@ from peercrypt.core.names import (
     UnsafeName,
     candidate_names,
     sanitise,
+    shortened,
 )
 
 
@@ -166,3 +167,15 @@ def test_candidate_names_of_sanitised_names_stay_in_the_inbox() -> None:
     assert "/" not in chosen
     assert chosen.endswith(".12.txt")
     assert len(chosen.encode()) <= 255  # fits any common file system
+
+
+@given(name=st.text(min_size=0, max_size=120), limit=st.integers(2, 80))
+def test_a_shortened_name_keeps_its_start_and_end_within_the_limit(name: str, limit: int) -> None:
+    shown = shortened(name, limit)
+    if len(name) <= limit:
+        assert shown == name
+        return
+    assert len(shown) == limit and shown.count("…") >= 1
+    head, _, tail = shown.partition("…")
+    assert name.startswith(head) and name.endswith(tail) and len(head) + len(tail) == limit - 1
+    assert abs(len(head) - len(tail)) <= 1

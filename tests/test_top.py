@@ -314,6 +314,41 @@ def test_top_lists_incoming_transfers_with_the_ids_cancel_takes() -> None:
     assert lines[heading + 2].split() == ["multicast", "film.mkv", "25%", "of", "400.0", "MiB"]
 
 
+def test_long_names_sharing_a_start_stay_told_apart() -> None:
+    """Four sends and four incoming transfers whose names differ only at
+    their end: each row shows its own name (cut in its middle), and a wide
+    terminal shows more of it (all of a name that fits)."""
+    from peercrypt.cli.top import View
+    from peercrypt.core.names import INCOMING_NAME, shortened
+
+    names = [f"a_really_long_file_name_for_testing_columns_number_{i}.dat" for i in range(1, 5)]
+    view = View()
+    facts = {"fingerprint": "n47j-hxbx-u2u5-g37e-v3th", "pid": "17867", "mode": "normal"}
+    facts["incoming"] = json.dumps(
+        [[shortened(n, INCOMING_NAME), MiB, 0, f"in{i}"] for i, n in enumerate(names, 9)]
+    )
+    sends = [
+        {"id": str(i), "file": f"/data/{n}", "peer": "127.0.0.1:7400", "mode": "normal",
+         "size": str(MiB), "bytes": "0", "state": "sending"}
+        for i, n in enumerate(names, 1)
+    ]  # fmt: skip
+    view.update(0.0, facts, sends, [])
+    for width in (80, 160):
+        lines = _render(view, width)
+        assert all(len(line) <= width for line in lines), lines
+        heading = lines.index("Receiving")
+        ids = [["1"], ["2"], ["3"], ["4"]]
+        sent = [line.split()[1] for line in lines[:heading] if line.split()[:1] in ids]
+        came = [line.split()[1] for line in lines[heading:] if line.startswith("in")]
+        for shown in (sent, came):
+            assert len(shown) == 4 and len(set(shown)) == 4, lines
+            for i, one in enumerate(shown, 1):
+                assert one.startswith("a_really") and one.endswith(f"_{i}.dat"), shown
+        if width == 160:
+            assert sent == names, lines  # 56 characters: whole at 160 columns
+            assert came == [shortened(n, INCOMING_NAME) for n in names], lines
+
+
 def test_top_shows_peers_text_as_it_is_never_as_markup() -> None:
     """File names and peers' text are shown literally: rich markup in them
     (a hostile sender's "[link=...]" made a hyperlink on the receiving

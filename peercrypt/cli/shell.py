@@ -45,6 +45,7 @@ from peercrypt.cli.runner import execute, unknown_command
 from peercrypt.cli.status_view import describe_outcome
 from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
 from peercrypt.core.modes import ALL_MODES, CONGESTION_KEYS
+from peercrypt.core.names import shortened
 from peercrypt.wire.messages import TransfersReply, TransfersRequest
 from peercrypt.wire.network_messages import CheckRequest, CheckResult, PeersReply, PeersRequest
 
@@ -111,12 +112,7 @@ class NodeView:
     mode: str = ""
 
 
-def _short(name: str, limit: int = 24) -> str:
-    """A file name within ``limit`` characters on the toolbar ("…" in its middle)."""
-    if len(name) <= limit:
-        return name
-    half = (limit - 1) // 2
-    return f"{name[:half]}…{name[-(limit - 1 - half) :]}"
+TOOLBAR_NAME = 24  # characters of a file name on the toolbar
 
 
 class Told:
@@ -548,10 +544,11 @@ class Shell:
             size = count_in(row.get("size"))  # 0: not known ("?": a walk's)
             done = count_in(row.get("bytes"))  # a walk's: read and hashed so far
             pct = f"{100 * done // size}%" if size else readable(done) if done else "-"
-            name = _short(Path(str(row.get("file") or "-")).name)
+            name = shortened(Path(str(row.get("file") or "-")).name, TOOLBAR_NAME)
             parts.append(f"send {name} {pct} ({row.get('state') or '-'})")
         for name, size, done, ident in self.view.incoming[:3]:
-            parts.append(f"recv {ident} {_short(name)} {100 * done // size if size else 100}%")
+            pct = f"{100 * done // size if size else 100}%"
+            parts.append(f"recv {ident} {shortened(name, TOOLBAR_NAME)} {pct}")
         incoming = max(self.view.incoming_count, len(self.view.incoming))
         hidden = max(0, len(self.view.transfers) - 3) + max(0, incoming - 3)
         shown: list[str] = []

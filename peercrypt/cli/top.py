@@ -45,6 +45,7 @@ from peercrypt.cli.follow import refusal
 from peercrypt.cli.status_view import rate_cap
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.member_state import MemberState
+from peercrypt.core.names import shortened
 from peercrypt.sizes import readable
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
@@ -226,9 +227,27 @@ def _cut(text: str, limit: int, keys: bool) -> str:
     return text[:limit] if keys else text
 
 
-def send_rows(view: View, keys: bool = True) -> list[tuple[dict[str, str], int, int]]:
+def _name(path: str, limit: int, keys: bool) -> str:
+    """A file's name within ``limit`` characters on a terminal, cut in its
+    middle (core/names.py); whole into a pipe. (Ids and fingerprints are cut
+    at their end: their start is what commands take.)"""
+    name = os.path.basename(path)
+    return shortened(name, limit) if keys else name
+
+
+def name_room(width: int, least: int) -> int:
+    """Characters of a file name in a column: ``least`` up to 120 columns,
+    and what a wider terminal has beyond them, up to 32 more (names are cut
+    in their middle, "…": what tells them apart is often at their end)."""
+    return least + max(0, min(32, width - 120))
+
+
+def send_rows(
+    view: View, keys: bool = True, file_room: int = 28
+) -> list[tuple[dict[str, str], int, int]]:
     """Each running send's cells (PROGRESS: drawn as a bar), size and bytes
-    done; names and peers cut on a terminal (``keys``), whole into a pipe."""
+    done; names (within ``file_room``) and peers cut on a terminal
+    (``keys``), whole into a pipe."""
     flows, shares = view.flows(), view.shares()
     cap = count_in(view.facts.get("max_rate"))
     rows = []
@@ -242,7 +261,7 @@ def send_rows(view: View, keys: bool = True) -> list[tuple[dict[str, str], int, 
             (
                 {
                     "ID": ident,
-                    "FILE": _cut(os.path.basename(row.get("file", "")), 28, keys),
+                    "FILE": _name(row.get("file", ""), file_room, keys),
                     "PEER": _cut(row.get("peer", ""), 24, keys),
                     "MODE": row.get("mode", ""),
                     "PRIO": PRIORITY_NAMES.get(int(flow.get("priority", 0) or 0), "-"),
@@ -298,7 +317,7 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     # one line if it fits, else two (never a value broken across lines)
     one_line = who.cell_len + 2 + what.cell_len <= width
     head = Text.assemble(who, "  " if one_line else "\n", what)
-    rows = send_rows(view, keys)
+    rows = send_rows(view, keys, name_room(width, 28))
     # With no send the placeholder line is the FILE cell: the columns are
     # fitted to it too, or the headers beside it are cut to "…".
     fitted = [c for c, _, _ in rows] or [dict.fromkeys(SEND_COLUMNS, "") | {"FILE": NO_SENDS}]
@@ -327,11 +346,12 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     for i, (ident, name, size, done) in enumerate(view.incoming):
         share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
         picked = "reverse" if first + i == view.selected else None
-        shown_name = _cut(os.path.basename(name), 40, keys)
+        shown_name = _name(name, name_room(width, 40), keys)
         receiving.add_row(Text(ident), Text(shown_name), share, style=picked)
     for sender, name, size, done in view.sessions:  # multicast: not selectable
         share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
-        texts = [Text("multicast"), Text(_cut(os.path.basename(name), 40, keys)), Text(share)]
+        shown_name = _name(name, name_room(width, 40), keys)
+        texts = [Text("multicast"), Text(shown_name), Text(share)]
         receiving.add_row(*texts, *([Text(_cut(sender, 19, keys))] if wide else []))
     listed = peer_rows(view, keys)
     shown, _ = shown_columns(PEER_COLUMNS, listed, PEER_DROP, width)
@@ -480,8 +500,9 @@ WIDE_RECEIVING = 100  # columns from which Receiving shows a multicast's sender
 def top(obj: dict[str, Any], interval: float) -> None:
     """A live view of the node: sends, peers, the scheduler's shares and caps.
 
-    Into a pipe or a file (not a terminal) it prints one view, its rates
-    over one interval, and exits."""
+    `q` or Ctrl-C ends it (exit 0: a view left, nothing interrupted). Into
+    a pipe or a file (not a terminal) it prints one view, its rates over
+    one interval, and exits."""
     data_dir: Path = obj["data_dir"]
     try:
         link = NodeLink(data_dir)

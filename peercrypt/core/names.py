@@ -66,3 +66,20 @@ def candidate_names(name: str, limit: int = 10_000) -> Iterator[str]:
         stem, ext = name, ""
     for n in range(1, limit):
         yield f"{stem}.{n}.{ext}" if ext else f"{stem}.{n}"
+
+
+# Characters of an incoming transfer's name in a node's status facts (what
+# `status`, `receive`, the shell and `top` show of it).
+INCOMING_NAME = 48
+
+
+def shortened(name: str, limit: int) -> str:
+    """``name`` within ``limit`` characters for a line or a column, cut in
+    its middle ("…"): its start and its end (a number, an extension) are
+    what tell names apart; "a_really_long_name_" for four files told none."""
+    if len(name) <= limit:
+        return name
+    if limit < 2:
+        return name[:limit]
+    head = (limit - 1) // 2
+    return f"{name[:head]}…{name[len(name) - (limit - 1 - head) :]}"
