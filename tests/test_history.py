@@ -25,8 +25,18 @@ from peercrypt.history.db import (
     open_reader,
 )
 from peercrypt.history.export import ExportError, parse_csv, parse_json, to_csv, to_json
-from peercrypt.history.plot import NO_LIMIT_NOTE, limit_series, plot, smoothed
+from peercrypt.history.plot import (
+    NO_LIMIT_NOTE,
+    SMOOTH_MAX,
+    SMOOTH_SECONDS,
+    limit_series,
+    plot,
+    smooth_span,
+    smoothed,
+)
 from peercrypt.testing.nodes import run_cli
+
+MiB = 1024 * 1024
 
 
 def row(session: str, **over: object) -> dict[str, object]:
@@ -149,21 +159,47 @@ def test_the_reader_cannot_write_and_names_what_is_wrong(tmp_path: Path) -> None
         open_reader(tmp_path / "junk.sqlite")
 
 
-def test_running_rows_of_a_previous_run_become_interrupted(tmp_path: Path) -> None:
-    w = HistoryWriter(tmp_path / "h.sqlite")
+def running_and_ended(path: Path, last: float) -> tuple[HistoryWriter, int, int]:
+    """A history with a running row ("aa": 7000 bytes at ``last`` s in its
+    samples, 0 in its record) and an ended one ("bb": 100 bytes in 1.5 s,
+    whose later sample says more: an ended row keeps its own record)."""
+    w = HistoryWriter(path)
     running = w.upsert(row("aa"))
-    w.add_points(running, [Point(0.5, 1000, 2000.0), Point(3.02, 7000, 2300.0)])
-    ended = w.upsert(row("bb", result="ok", bytes=100, duration=1.5))
-    w.add_points(ended, [Point(2.0, 5000, 1.0)])  # an ended row keeps its own record
+    w.add_points(running, [Point(0.5, 1000, 2000.0), Point(last, 7000, 2300.0)])
+    ended = w.upsert(row("bb", result="cancelled", bytes=100, duration=1.5))
+    w.add_points(ended, [Point(2.0, 5000, 1.0)])
+    return w, running, ended
+
+
+def test_running_rows_of_a_previous_run_become_interrupted(tmp_path: Path) -> None:
+    w, _, _ = running_and_ended(tmp_path / "h.sqlite", 3.02)
     w.commit()
     w.conn.close()  # as if killed: no clean close
     again = HistoryWriter(tmp_path / "h.sqlite")
     assert again.mark_interrupted() == 1
     rows = {r["session"]: r for r in list_transfers(open_reader(again.path))}
-    assert {k: r["result"] for k, r in rows.items()} == {"aa": "interrupted", "bb": "ok"}
+    assert {k: r["result"] for k, r in rows.items()} == {"aa": "interrupted", "bb": "cancelled"}
     # What it moved and for how long, from its samples (its record was its start's).
     assert (rows["aa"]["bytes"], rows["aa"]["duration"]) == (7000, 3.02)
     assert (rows["bb"]["bytes"], rows["bb"]["duration"]) == (100, 1.5)
+
+
+def test_a_running_row_reads_what_its_samples_moved_so_far(tmp_path: Path) -> None:
+    # Its record is its start's (0 bytes, 0 s); `stats list`, `show` and
+    # `plot` read what it has moved so far and for how long from its samples.
+    w, running, ended = running_and_ended(tmp_path / "h.sqlite", 35.79)
+    quiet = w.upsert(row("cc"))  # running, no sample yet
+    w.commit()
+    conn = open_reader(w.path)
+    rows = {r["session"]: r for r in list_transfers(conn)}
+    assert (rows["aa"]["bytes"], rows["aa"]["duration"]) == (7000, 35.79)
+    assert (rows["bb"]["bytes"], rows["bb"]["duration"]) == (100, 1.5)
+    assert (rows["cc"]["bytes"], rows["cc"]["duration"]) == (0, 0.0)
+    assert rows["aa"]["result"] == "running"
+    shown = get_transfer(conn, running)
+    assert (shown["bytes"], shown["duration"]) == (7000, 35.79)
+    assert list_transfers(conn, limit=1)[0]["id"] == quiet
+    assert [r["bytes"] for r in get_transfers(conn, [running, ended])] == [7000, 100]
 
 
 def test_retention_by_age_and_count_never_removes_running(tmp_path: Path) -> None:
@@ -291,6 +327,48 @@ def test_a_rate_cap_lifted_live_is_a_gap_not_a_limit_of_zero(tmp_path: Path) -> 
         drawn = plot([lifted], tmp_path / "lifted.svg").read_text()
         kept = plot([capped], tmp_path / "capped.svg").read_text()
     assert NO_LIMIT_NOTE in drawn and NO_LIMIT_NOTE not in kept
+
+
+def test_a_slow_send_in_large_chunks_is_drawn_in_kib_s_as_its_rate_not_as_spikes(
+    tmp_path: Path,
+) -> None:
+    """1 MiB chunks under a 100 KiB/s cap: a sample every 0.1 s, one chunk
+    acked every ~10 s (10 MiB/s in that sample, 0 in the others). The line
+    is averaged over four chunks' time (not half a second: spikes of 2 MiB/s
+    over zero), rates are in KiB/s (not 0.0977 MiB/s), and the title of a
+    send cancelled at 5 of 6 MiB says so (not "6.0 MiB in ...")."""
+    import matplotlib
+
+    cap = 100 * 1024
+    samples = []
+    for i in range(1, 601):
+        t = round(0.1 * i, 1)
+        chunks = int(t * cap // MiB)
+        acked = chunks > int((t - 0.1) * cap // MiB)
+        samples.append(
+            {"t": t, "bytes": chunks * MiB, "throughput": 10.0 * MiB if acked else 0.0,
+             "window": 0, "rate": float(cap), "rtt": 0.002, "credit": 4}
+        )  # fmt: skip
+    row = {"id": 3, "mode": "token-bucket", "side": "send", "file": "/x/ga.bin",
+           "size": 6 * MiB, "bytes": 5 * MiB, "chunk_size": MiB, "duration": 60.0,
+           "result": "cancelled", "samples": samples}  # fmt: skip
+    span = smooth_span(row)
+    assert span == SMOOTH_MAX, span  # four chunks at 5 MiB in 60 s: 48 s, at most 30
+    t = [s["t"] for s in samples]
+    rates = [s["throughput"] / 1024 for s in samples]
+    late = [v for x, v in zip(t, smoothed(t, rates, span), strict=True) if x > span]
+    assert late and max(late) < 3 * cap / 1024, max(late)  # KiB/s, near the cap
+    assert max(smoothed(t, rates, SMOOTH_SECONDS)) > 1000  # what half a second drew
+    label, values = limit_series(row, ("KiB/s", 1024)) or ("", [])
+    assert label == "rate limit (KiB/s)" and values[0] == 100.0
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as text
+        drawn = plot([row], tmp_path / "slow.svg").read_text()
+    assert "5.0 of 6.0 MiB in 60.00 s, cancelled" in drawn
+    assert "throughput (KiB/s)" in drawn and "rate limit (KiB/s)" in drawn
+    assert "MiB/s" not in drawn
+    done = {**row, "bytes": 6 * MiB, "result": "ok"}
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        assert "ga.bin: 6.0 MiB in 60.00 s, ok" in plot([done], tmp_path / "ok.svg").read_text()
 
 
 @given(

@@ -305,6 +305,7 @@ def test_list_and_show_print_what_was_recorded(recorded: Recorded) -> None:
     assert [r["id"] for r in as_json] == [r["id"] for r in recorded.sent]
     aimd = json.loads(sender.cli("stats", "list", "--mode", "aimd", "--json").stdout)
     assert [r["mode"] for r in aimd] == ["aimd"]
+    assert json.loads(sender.cli("stats", "list", "--mode", "AIMD", "--json").stdout) == aimd
     peer = f"{recorded.r2.host}:{recorded.r2.port}"
     to_r2 = json.loads(sender.cli("stats", "list", "--peer", peer, "--json").stdout)
     assert [(r["mode"], r["peer"]) for r in to_r2] == [("multicast", peer)]
@@ -479,6 +480,8 @@ def test_plot_without_matplotlib_says_how_to_install_it(recorded: Recorded, tmp_
     [
         (["stats", "show", "999"], "no transfer 999 in the statistics history"),
         (["stats", "list", "--since", "yesterday"], "invalid --since 'yesterday'"),
+        (["stats", "list", "--mode", "token_bucket"], "unknown mode 'token_bucket': one of"),
+        (["stats", "export", "--mode", "bogus"], "unknown mode 'bogus': one of normal,"),
         (["stats", "plot", "1", "2"], "several IDs need --compare"),
         (["stats", "plot", "--compare", "1"], "--compare needs at least two IDs"),
         (["stats", "plot", "1", "-o", "x.jpg"], "must end in .png or .svg"),

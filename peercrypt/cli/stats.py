@@ -22,6 +22,8 @@ import click
 
 from peercrypt import errors
 from peercrypt.cli.common import UserError, table, terminal_width
+from peercrypt.core.modes import ALL_MODES
+from peercrypt.core.names import shortened
 from peercrypt.history import export as history_export
 from peercrypt.history.db import (
     HistoryError,
@@ -112,7 +114,9 @@ def _filters(peer: str, mode: str, since: str | None, failed: bool) -> dict[str,
         start = since_from(since, time.time()) if since else 0.0
     except ValueError as exc:
         raise _error(str(exc)) from None
-    return {"peer": peer, "mode": mode, "since": start, "failed": failed}
+    if mode and mode.lower() not in ALL_MODES:  # (a typo listed nothing, as if none matched)
+        raise _error(f"unknown mode {mode!r}: one of {', '.join(ALL_MODES)}")
+    return {"peer": peer, "mode": mode.lower(), "since": start, "failed": failed}
 
 
 def _when(started: float) -> str:
@@ -139,7 +143,11 @@ def _filter_options(func: Any) -> Any:
     for option in reversed(
         [
             click.option("--peer", default="", help="HOST:PORT or a fingerprint (prefix)."),
-            click.option("--mode", default="", help="normal, token-bucket, aimd, qos, ..."),
+            click.option(
+                "--mode",
+                default="",
+                help=f"One of {', '.join(ALL_MODES)} (any case; another is an error).",
+            ),
             click.option("--since", default=None, help="A span (30m, 2h, 7d) or a date."),
             click.option("--failed", is_flag=True, help="Only transfers that did not succeed."),
         ]
@@ -168,8 +176,9 @@ def stats_list(
     as_json: bool,
 ) -> None:
     """List recorded transfers, oldest first."""
+    filters = _filters(peer, mode, since, failed)
     with _history(obj) as conn:
-        rows = list_transfers(conn, **_filters(peer, mode, since, failed), limit=limit)
+        rows = list_transfers(conn, **filters, limit=limit)
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -189,7 +198,7 @@ def stats_list(
                     r["side"],
                     r["mode"] or "-",
                     r["peer"][:39],
-                    os.path.basename(r["file"])[:40],
+                    shortened(os.path.basename(r["file"]), 40),
                     readable(r["size"]),
                     f"{r['duration']:.2f}s",
                     _rate(r),
@@ -288,11 +297,12 @@ def stats_export(
     """
     if samples and fmt != "csv":
         raise _error("--samples applies to --format csv (JSON always holds the samples)")
+    filters = _filters(peer, mode, since, failed)
     with _history(obj) as conn:
         if idents:
             rows = get_transfers(conn, list(idents))
         else:
-            chosen = list_transfers(conn, **_filters(peer, mode, since, failed))
+            chosen = list_transfers(conn, **filters)
             rows = get_transfers(conn, [r["id"] for r in chosen]) if chosen else []
     if fmt == "json":
         text = history_export.to_json(rows)

@@ -280,6 +280,21 @@ def open_reader(path: Path) -> sqlite3.Connection:
     return conn
 
 
+# A running transfer's row records what was known when it started (and at
+# each attempt); what it has moved so far and for how long are its samples'
+# (statistics.md: the duration "until now while running"), as an
+# interrupted one's are once marked (:meth:`HistoryWriter.mark_interrupted`).
+_SO_FAR = {
+    column: (
+        f"CASE WHEN result = 'running' THEN MAX({column}, COALESCE("
+        f"(SELECT MAX(s.{sample}) FROM samples s WHERE s.transfer = transfers.id), 0)) "
+        f"ELSE {column} END AS {column}"
+    )
+    for column, sample in (("bytes", "bytes"), ("duration", "t"))
+}
+_SELECT = "SELECT " + ", ".join(_SO_FAR.get(c, c) for c in TRANSFER_COLUMNS) + " FROM transfers"
+
+
 def _row(r: sqlite3.Row) -> dict[str, Any]:
     row = {c: r[c] for c in TRANSFER_COLUMNS}
     row["params"] = json.loads(row["params"])
@@ -312,7 +327,7 @@ def list_transfers(
         args.append(mode)
     if failed:
         where.append("result NOT IN ('ok', 'running')")
-    sql = f"SELECT * FROM transfers WHERE {' AND '.join(where)} ORDER BY id"
+    sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY id"
     if limit > 0:
         sql = f"SELECT * FROM ({sql} DESC LIMIT {int(limit)}) ORDER BY id"
     return [_row(r) for r in conn.execute(sql, args)]
@@ -328,7 +343,7 @@ def _receiver_key(text: str) -> str:
 
 
 def get_transfer(conn: sqlite3.Connection, ident: int) -> dict[str, Any]:
-    r = conn.execute("SELECT * FROM transfers WHERE id = ?", (ident,)).fetchone()
+    r = conn.execute(f"{_SELECT} WHERE id = ?", (ident,)).fetchone()
     if r is None:
         raise HistoryError(f"no transfer {ident} in the statistics history")
     return _row(r)

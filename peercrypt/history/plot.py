@@ -1,9 +1,12 @@
 """Plots of recorded transfers (``peercrypt stats plot``).
 
 Panels on one shared time axis (seconds since each transfer started):
-throughput (MiB/s: over the last half second, the samples themselves as
-faint steps), the flow limit (the AIMD window in KiB, or the rate in
-MiB/s for paced transfers, or the receiver's credit in chunks when neither
+throughput (MiB/s, or KiB/s where no transfer drawn reached 1 MiB/s: over
+the last half second, or over four chunks' time at the transfer's average
+rate if longer, so a slow send in large chunks is not drawn as spikes over
+zero; the samples themselves as faint steps), the flow limit (the AIMD
+window in KiB, or the rate in the throughput's unit for paced transfers,
+or the receiver's credit in chunks when neither
 applies; no panel when a transfer recorded none of them: a line at 0 would
 read as a limit of 0; a gap, and the panel saying so, where a paced
 transfer had no cap for a while: a live ``rate 0``), and the smoothed RTT
@@ -23,6 +26,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from peercrypt.core.names import shortened
+
 INSTALL_HINT = "pip install 'peercrypt[plot]'"
 FORMATS = (".png", ".svg")
 MiB = 1024 * 1024
@@ -32,23 +37,44 @@ class PlotUnavailable(RuntimeError):
     """matplotlib cannot be imported."""
 
 
+KiB = 1024
+RATE = "rate limit"
 LIMITS = (
     # (label, sample column, scale, whether 0 means no limit at that point):
     # the first a transfer has non-zero values for. A rate of 0 is no cap (a
     # live `rate 0` lifts it); a credit of 0 is a receiver holding the send.
-    ("AIMD window (KiB)", "window", 1 / 1024, False),
-    ("rate limit (MiB/s)", "rate", 1 / MiB, True),
+    # The rate's unit and scale are the throughput's (:func:`rate_unit`).
+    ("AIMD window (KiB)", "window", 1 / KiB, False),
+    (RATE, "rate", 0.0, True),
     ("receiver credit (chunks)", "credit", 1.0, False),
 )
 NO_LIMIT_NOTE = "gaps: no cap"
 
 
-def limit_series(row: dict[str, Any]) -> tuple[str, list[float]] | None:
-    """The flow-limit panel of one transfer: its label and values; None if
-    it recorded no limit (every sample 0). A point without a limit (a rate
-    of 0) is NaN: drawn as a gap, not as a limit of 0."""
+def rate_unit(peak: float) -> tuple[str, int]:
+    """The unit rates are drawn in: MiB/s, or KiB/s where the highest of
+    them (bytes/s: the throughput lines' and the rate caps') is under 1
+    MiB/s (a 100 KiB/s cap read 0.0977 MiB/s)."""
+    return ("MiB/s", MiB) if peak >= MiB else ("KiB/s", KiB)
+
+
+# The throughput axis ends this much above its lines (and caps) when the
+# samples' own steps rise higher: a slow send's chunk in one 0.1 s sample
+# (10 MiB/s under a 300 KiB/s cap) flattened every line to the floor.
+HEADROOM = 1.25
+CLIPPED_NOTE = "faint steps cut at the top"
+
+
+def limit_series(
+    row: dict[str, Any], unit: tuple[str, int] = ("MiB/s", MiB)
+) -> tuple[str, list[float]] | None:
+    """The flow-limit panel of one transfer: its label and values (a rate in
+    ``unit``); None if it recorded no limit (every sample 0). A point without
+    a limit (a rate of 0) is NaN: drawn as a gap, not as a limit of 0."""
     samples = row["samples"]
     for label, column, scale, zero_is_none in LIMITS:
+        if label == RATE:
+            label, scale = f"{RATE} ({unit[0]})", 1 / unit[1]
         if any(s[column] for s in samples):
             return label, [
                 math.nan if zero_is_none and not s[column] else s[column] * scale for s in samples
@@ -57,6 +83,23 @@ def limit_series(row: dict[str, Any]) -> tuple[str, list[float]] | None:
 
 
 SMOOTH_SECONDS = 0.5  # the throughput line's window (the samples' steps stay, faint)
+SMOOTH_MAX = 30.0  # seconds: the longest window (a trickle in large chunks)
+SMOOTH_CHUNKS = 4  # a slow transfer's window: its chunks' time at its average rate
+
+
+def smooth_span(row: dict[str, Any]) -> float:
+    """The throughput line's window for ``row``: :data:`SMOOTH_SECONDS`, or
+    the time :data:`SMOOTH_CHUNKS` of its chunks take at its average rate if
+    longer (at most :data:`SMOOTH_MAX`). A sample counts the chunks acked in
+    its interval: 1 MiB chunks under a 300 KiB/s cap are a chunk every 3.4
+    s, which half a second's average drew as spikes of 10 MiB/s over zero
+    (over two chunks' time the line still swung by half as a third chunk
+    came into the window and went)."""
+    moved = float(row.get("bytes", 0))
+    seconds, chunk = float(row.get("duration", 0.0)), float(row.get("chunk_size", 0))
+    if moved <= 0 or seconds <= 0 or chunk <= 0:
+        return SMOOTH_SECONDS
+    return max(SMOOTH_SECONDS, min(SMOOTH_MAX, SMOOTH_CHUNKS * chunk / (moved / seconds)))
 
 
 def smoothed(t: list[float], rates: list[float], span: float = SMOOTH_SECONDS) -> list[float]:
@@ -81,8 +124,16 @@ def smoothed(t: list[float], rates: list[float], span: float = SMOOTH_SECONDS) -
 
 
 def _label(row: dict[str, Any]) -> str:
-    name = os.path.basename(row["file"]) or row["file"]
-    return f"#{row['id']} {row['mode']} {row['side']} {name}"[:60]
+    head = f"#{row['id']} {row['mode']} {row['side']} "
+    return head + shortened(os.path.basename(row["file"]) or row["file"], max(16, 60 - len(head)))
+
+
+def _title(row: dict[str, Any]) -> str:
+    """One transfer's title: what it moved of its size (the whole size only
+    when it moved it all), in how long, and how it ended."""
+    size, moved = row["size"] / MiB, row.get("bytes", row["size"]) / MiB
+    amount = f"{size:.1f} MiB" if moved >= size else f"{moved:.1f} of {size:.1f} MiB"
+    return f"{_label(row)}: {amount} in {row['duration']:.2f} s, {row['result']}"
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> Path:
@@ -100,21 +151,30 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     except ImportError:
         raise PlotUnavailable(f"plotting needs matplotlib: {INSTALL_HINT}") from None
 
-    limits = [limit_series(row) for row in rows]
-    kinds = [label for label, _, _, _ in LIMITS if any(k and k[0] == label for k in limits)]
+    lines: list[tuple[list[float], list[float], float]] = []  # t, bytes/s, span
+    for row in rows:
+        t = [s["t"] for s in row["samples"]]
+        span = smooth_span(row)
+        lines.append((t, smoothed(t, [s["throughput"] for s in row["samples"]], span), span))
+    drawn = max((max(v, default=0.0) for _, v, _ in lines), default=0.0)
+    caps = max((s["rate"] for row in rows for s in row["samples"]), default=0.0)
+    steps = max((s["throughput"] for row in rows for s in row["samples"]), default=0.0)
+    unit, per = rate_unit(max(drawn, caps))
+    limits = [limit_series(row, (unit, per)) for row in rows]
+    labels = [f"{RATE} ({unit})" if label == RATE else label for label, _, _, _ in LIMITS]
+    kinds = [label for label in labels if any(k and k[0] == label for k in limits)]
     fig, axes = plt.subplots(
         2 + len(kinds), 1, sharex=True, figsize=(10, 2.6 * (2 + len(kinds))), layout="constrained"
     )
     thr, rtt = axes[0], axes[-1]
     panel = dict(zip(kinds, axes[1:-1], strict=True))
     uncapped: set[str] = set()  # panels with times without a limit (gaps)
-    for row, limit in zip(rows, limits, strict=True):
+    for row, limit, (t, averaged, _) in zip(rows, limits, lines, strict=True):
         samples = row["samples"]
-        t = [s["t"] for s in samples]
         label = _label(row)
         marker = "." if len(t) < 40 else None
-        rates = [s["throughput"] / MiB for s in samples]
-        (line,) = thr.plot(t, smoothed(t, rates), label=label, linewidth=1.6)
+        rates = [s["throughput"] / per for s in samples]
+        (line,) = thr.plot(t, [v / per for v in averaged], label=label, linewidth=1.6)
         colour = line.get_color()
         # Each sample covers the time since the previous one: faint steps.
         thr.step([0.0, *t], rates[:1] + rates, where="pre", color=colour, linewidth=0.8, alpha=0.3)
@@ -129,15 +189,15 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
             rtt.plot(xs, ys, color=colour, linewidth=1.4, marker=marker)
     if len(rows) == 1:
         row = rows[0]
-        fig.suptitle(
-            f"{_label(row)}: {row['size'] / MiB:.1f} MiB in {row['duration']:.2f} s, "
-            f"{row['result']}",
-            fontsize=11,
-        )
+        fig.suptitle(_title(row), fontsize=11)
     else:
         fig.suptitle(f"{len(rows)} transfers compared", fontsize=11)
         fig.legend(loc="outside lower center", fontsize=8, ncols=min(3, len(rows)))
-    thr.set_ylabel("throughput (MiB/s)")
+    thr.set_ylabel(f"throughput ({unit})")
+    low, high = min(span for _, _, span in lines), max(span for _, _, span in lines)
+    window = f"{low:.1f} s" if high - low < 0.05 else f"{low:.1f}-{high:.1f} s (per transfer)"
+    thr.set_title(f"lines: over the last {window}; faint steps: each sample", fontsize=8,
+                  loc="left", color="grey")  # fmt: skip
     for kind, ax in panel.items():
         ax.set_ylabel(kind)
         if kind in uncapped:
@@ -150,8 +210,15 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
     rtt.set_xlabel("seconds since the transfer started")
     for ax in axes:
         ax.grid(True, alpha=0.3)
-        ax.set_ylim(bottom=0)
+        # From 0, with room above the highest point (a window held at its
+        # most ran along the frame).
+        ax.set_ylim(0, max(ax.get_ylim()[1], 1e-9) * 1.1)
         ax.set_xlim(left=0)
+    top = HEADROOM * max(drawn, caps) / per
+    if top > 0 and steps / per > top:
+        thr.set_ylim(0, top)
+        thr.text(0.99, 0.95, CLIPPED_NOTE, ha="right", va="top", transform=thr.transAxes,
+                 color="grey")  # fmt: skip
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
