@@ -1170,9 +1170,13 @@ class ReceiverActor(Actor):
         else:
             self._drop(route, "unexpected")
 
-    def _drop(self, route: bytes, kind: str) -> None:
+    def _drop(self, route: bytes, kind: str, warn: bool = True) -> None:
+        """Count a frame dropped; ``warn``: and say so (rate-limited). The
+        frames of a transfer this node ended (its user cancelled it, it
+        finished) that were on their way are expected: counted only."""
         self.count(f"data-dropped-{kind}")
-        self.log_limited("receiver: dropped %s frame from a data peer", kind)
+        if warn:
+            self.log_limited("receiver: dropped %s frame from a data peer", kind)
 
     def _chunk_of(self, route: bytes, h: ChunkHeader | SlotHeader) -> tuple[Incoming, int] | None:
         """The transfer a chunk's header names, and the length its sealed
@@ -1583,7 +1587,7 @@ class ReceiverActor(Actor):
             return
         now = self.now()
         if now - done.answered < CANCEL_ANSWER_EVERY:
-            self._drop(route, "finished")
+            self._drop(route, "finished", warn=False)
             return
         done.answered = now
         self.data.send_multipart([route, done.header, done.payload])
@@ -1596,8 +1600,11 @@ class ReceiverActor(Actor):
         c = self.cancelled[tid]
         now = self.now()
         own = route in c.routes or c.keys.owns_route(route)
-        if not own or now - c.answered < CANCEL_ANSWER_EVERY:
-            self._drop(route, "cancelled")
+        if not own:
+            self._drop(route, "cancelled")  # another connection naming it
+            return
+        if now - c.answered < CANCEL_ANSWER_EVERY:
+            self._drop(route, "cancelled", warn=False)
             return
         c.answered = now
         nonce, sealed = c.keys.seal_message(codec.encode(c.failed))

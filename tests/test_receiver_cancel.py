@@ -96,6 +96,9 @@ def test_the_receiving_user_cancels_an_incoming_transfer_and_its_space_is_free_a
     assert "the receiving node's user cancelled the transfer" in result["error"], result
     wait_until(lambda: not _incoming(receiver) or None, WAIT, "the transfer unlisted")
     assert receiver.wait_for_counter("receiver.cancelled", 1) == 1
+    # The chunks still on their way are expected after the user's cancel:
+    # counted, answered now and then, never a warning on the user's terminal.
+    assert "dropped cancelled frame" not in receiver.log_text(), receiver.log_tail()
     kept = scan(small_inbox).manifests
     if keep:  # its part and manifest stay for a resume
         assert [m.key.name for m in kept] == ["one.bin"], kept
