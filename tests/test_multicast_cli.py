@@ -31,7 +31,7 @@ def _one_error_line(stderr: str, text: str) -> None:
         (["--to", "nonsense"], "invalid target 'nonsense'"),
         (["-m", "--to", "h:99999"], "invalid target"),
         (["-m", "-r", "1000"], "options of more than one mode: -r (token-bucket), -m (multicast)"),
-        (["--mode", "aimd", "--to", "h:1"], "--to is a multicast option, not for --mode aimd"),
+        (["--mode", "aimd", "--to", "h:1"], "--to is an option of multicast, not for --mode aimd"),
         (["-m", "--force"], "--force does not apply to multicast"),
         (["-m", "--group", "10.1.2.3:7480"], "--group: 10.1.2.3 is not a multicast address"),
         (["-m", "--group", "239.1.2.3"], "--group: multicast group must be GROUP:PORT"),
@@ -215,3 +215,50 @@ def test_binding_the_repair_port_anew_leaves_no_socket_behind(
     # (0-4 seen under load), none per re-bind.
     assert after - before < 8, (before, after)
     listen(ports[0])  # the repair port still binds and answers
+
+
+def scripted(answers: list[str]) -> tuple[Callable[[str], str], list[str], list[str]]:
+    """An ``ask`` answering ``answers`` in turn (failing past them), and the
+    questions asked and the lines said."""
+    asked: list[str] = []
+    said: list[str] = []
+
+    def ask(question: str) -> str:
+        asked.append(question)
+        assert answers, f"asked once more: {question}"
+        return answers.pop(0)
+
+    return ask, asked, said
+
+
+def test_dual_asks_for_the_second_target_only_and_takes_host_port_as_typed() -> None:
+    from peercrypt.cli.multicast import ask_targets
+
+    ask, asked, said = scripted(["127.0.0.1 7401", "127.0.0.1:7402"])
+    assert ask_targets(["127.0.0.1:7400"], True, ask, said.append) == [
+        "127.0.0.1:7400",
+        "127.0.0.1:7401",
+    ]
+    assert asked == ["the second target HOST:PORT"], asked  # once: two is all -dual takes
+    # The first one again, or a typo: said, and asked again.
+    ask, asked, said = scripted(["127.0.0.1:7400", "nonsense", "::1 7401"])
+    assert ask_targets(["127.0.0.1:7400"], True, ask, said.append)[1] == "[::1]:7401"
+    assert said == [
+        "127.0.0.1:7400 is a target already; try again",
+        "invalid target 'nonsense': expected HOST:PORT (port 1-65535); try again",
+    ], said
+    # -m: more until an empty answer.
+    ask, asked, said = scripted(["h1:1", "h2 2", ""])
+    assert ask_targets(["h0:7400"], False, ask, said.append) == ["h0:7400", "h1:1", "h2:2"]
+    assert asked == ["another target HOST:PORT (empty to start)"] * 3
+
+
+def test_m_without_a_terminal_says_no_other_target_was_asked(
+    make_file: Callable[..., Path], node_factory: Callable[..., NodeProcess]
+) -> None:
+    sender, receiver = node_factory(), node_factory()
+    source = make_file(64 * 1024)
+    result = sender.cli("send", source, receiver.host, str(receiver.port), "-m")
+    assert result.returncode == 0, result.describe()
+    assert "no other target asked: stdin is not a terminal; --to adds them" in result.stderr
+    assert "to 1 receiver by multicast" in result.stdout, result.stdout

@@ -15,6 +15,7 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -63,29 +64,51 @@ def parse_port_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def _ask_targets() -> list[str]:
-    out: list[str] = []
-    while len(out) < MAX_TARGETS:
-        text = click.prompt(
-            "another target HOST:PORT (empty to start)",
-            default="",
-            show_default=False,
-            err=True,
-        )
-        if not text.strip():
+def typed_target(text: str) -> str:
+    """A target typed at the prompt: ``HOST:PORT``, or ``HOST PORT`` as the
+    command line names the first one; UserError if invalid."""
+    words = text.split()
+    if len(words) == 2 and words[1].isdigit():
+        text = join_host_port(words[0].strip("[]"), int(words[1]))
+    return parse_target(text)
+
+
+def ask_targets(
+    first: list[str], dual: bool, ask: Callable[[str], str], say: Callable[[str], None]
+) -> list[str]:
+    """``first`` and the targets the user types (``ask`` a question, the
+    answer back): for ``-dual`` the second and no more, else more until an
+    empty answer (or :data:`MAX_TARGETS`). A typo, or a target named
+    already, is said (``say``) and asked again."""
+    out = list(first)
+    while len(out) < (2 if dual else MAX_TARGETS):
+        question = "the second target" if dual else "another target"
+        text = ask(f"{question} HOST:PORT" + ("" if dual else " (empty to start)")).strip()
+        if not text:
             break
         try:
-            out.append(parse_target(text))
+            target = typed_target(text)
         except UserError as exc:  # a typo at the prompt: ask again, the send goes on
-            click.echo(f"{exc.message}; try again", err=True)
+            say(f"{exc.message}; try again")
+            continue
+        if target in out:
+            say(f"{target} is a target already; try again")
+            continue
+        out.append(target)
     return out
 
 
+def _prompt(question: str) -> str:
+    return str(click.prompt(question, default="", show_default=False, err=True))
+
+
 def targets(host: str, port: int, to: tuple[str, ...], multi: bool, dual: bool) -> list[str]:
-    targets = [parse_target(f"{host}:{port}")] + [parse_target(t) for t in to]
-    if (multi or dual) and not to and sys.stdin.isatty():
-        targets += _ask_targets()
-    targets = list(dict.fromkeys(targets))
+    targets = list(dict.fromkeys([parse_target(f"{host}:{port}")] + [parse_target(t) for t in to]))
+    if (multi or dual) and not to:
+        if sys.stdin.isatty():
+            targets = ask_targets(targets, dual, _prompt, functools.partial(click.echo, err=True))
+        elif multi:  # nothing asked: said, not silently one receiver
+            click.echo("(no other target asked: stdin is not a terminal; --to adds them)", err=True)
     if dual and len(targets) != 2:
         raise UserError(f"-dual needs exactly two different targets (got {len(targets)})")
     if len(targets) > MAX_TARGETS:
@@ -190,7 +213,8 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
         click.echo(
             f"sent {printable(path.name)} ({f'{files} files, ' if tree else ''}"
             f"{file_bytes(result.stats, result.size) if tree else result.size} bytes) "
-            f"to {count} receivers by multicast in {result.seconds:.2f} s ({how}), "
+            f"to {count} receiver{'s' if count != 1 else ''} by multicast in "
+            f"{result.seconds:.2f} s ({how}), "
             f"blake3 {result.digest.hex()} verified by all"
         )
     else:
