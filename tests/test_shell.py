@@ -526,6 +526,11 @@ def test_receive_as_a_command(
     waited = run_cli("receive", "--timeout", "1", data_dir=node.data_dir)
     assert waited.returncode == errors.FAILED
     assert waited.stderr_lines[-1] == "peercrypt: error: nothing received within 1 s"
+    # --json prints its one object whatever the outcome (and the error line).
+    waited = run_cli("receive", "--timeout", "1", "--json", data_dir=node.data_dir)
+    assert waited.returncode == errors.FAILED
+    assert json.loads(waited.stdout) == {"ok": False, "error": "nothing received within 1 s"}
+    assert waited.stderr_lines == ["peercrypt: error: nothing received within 1 s"]
     source = make_file(10 * 1024)
     pty = Pty(["--data-dir", str(node.data_dir), "receive", "--timeout", "60"], tmp_path)
     try:

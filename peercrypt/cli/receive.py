@@ -119,6 +119,14 @@ def wait_for_next(client: ControlClient, timeout: float, quiet: bool) -> dict[st
             bar.close()
 
 
+def _said(as_json: bool, exc: UserError) -> UserError:
+    """``exc``, its outcome first printed as the JSON object ``--json``
+    promises (``ok`` false and the error; its line still goes to stderr)."""
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": exc.message}))
+    return exc
+
+
 @click.command("receive")
 @click.option(
     "--timeout",
@@ -149,7 +157,10 @@ def receive(obj: dict[str, Any], timeout: float, as_json: bool, no_progress: boo
                 )
             last = wait_for_next(client, timeout, quiet=as_json or no_progress)
     except NodeUnavailable as exc:
-        raise UserError(f"{exc} (start one with `peercrypt node`)", errors.FAILED) from None
+        error = UserError(f"{exc} (start one with `peercrypt node`)", errors.FAILED)
+        raise _said(as_json, error) from None
+    except UserError as exc:  # nothing received in time, the node stopped
+        raise _said(as_json, exc) from None
     if as_json:
         click.echo(json.dumps(last))
     elif last.get("ok"):
