@@ -868,7 +868,7 @@ class SenderActor(Actor):
                 reason = f"{reason}; `send --force` tries anyway"
             return self._end(t, code, reason)
         self.count("forced-sends")
-        log.warning("sending to %s despite: %s", t.peer, reason)
+        log.info("sending to %s despite: %s", t.peer, reason)  # (the user asked: --force)
         t.reach, t.challenge = None, None  # the check is over
         if t.reach_timer is not None:
             t.reach_timer.cancel()

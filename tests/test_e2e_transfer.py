@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from peercrypt import errors
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.nodes import NodeProcess, blake3_file, run_cli, wait_until
 
@@ -319,3 +320,19 @@ def test_send_through_running_node_notes_that_the_key_flag_is_not_used(
         "peercrypt: note: sending through the running node, on its network "
         "(--network-key/--open apply only when no node runs)",
     ]
+
+
+def test_a_forced_send_through_a_temporary_node_says_one_error_line(
+    make_file: Callable[..., Path], tmp_path: Path, free_port: int
+) -> None:
+    """`send --force` to a closed port, no node running: the temporary
+    node's choice to go ahead is its log's (info), not a warning line on the
+    user's terminal before the error."""
+    source = make_file(10 * KiB)
+    result = run_cli(
+        "send", source, "127.0.0.1", str(free_port), "--force", "--timeout", "2",
+        data_dir=tmp_path / "no-node", env={"PEERCRYPT_NETWORK_KEY": new_network_key()},
+    )  # fmt: skip
+    assert result.returncode == errors.UNREACHABLE, result.describe()
+    assert len(result.stderr_lines) == 1, result.describe()
+    assert result.stderr_lines[0].startswith("peercrypt: error: "), result.describe()
