@@ -71,7 +71,11 @@ class StatsActor(Actor):
             self.writer = None
             return
         if interrupted:
-            log.info("%d transfers were interrupted by the last stop", interrupted)
+            log.info(
+                "%d transfer%s interrupted by the last stop",
+                interrupted,
+                " was" if interrupted == 1 else "s were",
+            )
         self.facts["history"] = str(path)
         self._prune()
         writer = self.writer

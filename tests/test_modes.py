@@ -301,8 +301,8 @@ def test_a_modes_own_options_select_it(
             "options of more than one mode: -b (token-bucket), -t (parallel)",
         ),
         (["-w", "32", "-r", "100"], "options of more than one mode: -r (token-bucket), -w (aimd)"),
-        (["--mode", "qos", "-t", "2"], "-t is a parallel option, not for --mode qos"),
-        (["--mode", "aimd", "-b", "9", "-no-dupack"], "-b is a token-bucket option"),
+        (["--mode", "qos", "-t", "2"], "-t is an option of parallel, not for --mode qos"),
+        (["--mode", "aimd", "-b", "9", "-no-dupack"], "-b is an option of token-bucket"),
     ],
 )
 def test_options_of_two_modes_get_one_error(

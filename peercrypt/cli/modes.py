@@ -166,7 +166,7 @@ def select_mode(mode: str | None, options: dict[str, Any]) -> str | None:
         given = [flag_mode for flag_mode in given if flag_mode not in weighs]
     if mode is not None:
         mode = mode.lower()
-        wrong = [f"{flag} is a {owner} option" for flag, owner in given if owner != mode]
+        wrong = [f"{flag} is an option of {owner}" for flag, owner in given if owner != mode]
         if wrong:
             raise UserError(f"{'; '.join(wrong)}, not for --mode {mode}")
         return mode
