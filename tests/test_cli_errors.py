@@ -106,6 +106,7 @@ def test_a_mistyped_command_suggests_the_nearest(
         (["send", "{file}"], ["send: expected FILE... HOST PORT", "peercrypt send big.iso"]),
         (["send", "{file}", "127.0.0.1"], ["send: expected FILE... HOST PORT"]),
         (["send"], ["send: expected FILE... HOST PORT"]),
+        (["set-mode"], ["set-mode: missing argument 'MODE'; choose from normal, token-bucket,"]),
     ],
     ids=[
         "missing-file",
@@ -119,6 +120,7 @@ def test_a_mistyped_command_suggests_the_nearest(
         "no-host-port",
         "no-port",
         "nothing",
+        "choice-missing",
     ],
 )
 def test_click_usage_errors(

@@ -40,6 +40,9 @@ def unknown_command(name: str, names: list[str]) -> str:
 def usage_line(exc: click.ClickException) -> str:
     """A click error as one line that says what is valid."""
     message = exc.format_message().rstrip(".")
+    # click lists a choice's values a line each ("Choose from:\n\tnormal,\n\t...")
+    message = re.sub(r"\.?\s*\n\s*", " ", message).replace("Choose from: ", "choose from ")
+    message = re.sub(r"\. [Cc]hoose from ", "; choose from ", message)
     # click names a range type where the value is not even a number
     message = message.replace("not a valid integer range", "not a valid integer")
     message = message.replace("not a valid float range", "not a valid number")
