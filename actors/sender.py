@@ -1792,9 +1792,13 @@ class SenderActor(Actor):
                 retry.closed_since = t.flow.last_progress if moved else now
             left = retry.closed_since + request.timeout - now
             if left <= 0:
+                # What arrived before the port closed is kept (docs/resume.md):
+                # "stayed closed" alone made a user think it lost.
+                arrived = max(retry.done_bytes, t.flow.acked_bytes)
+                kept = "; it keeps what arrived: sending again resumes" if arrived else ""
                 return ResultCode.UNREACHABLE, (
                     f"the receiver's port at {t.peer} stayed closed ({REFUSED}) "
-                    f"for --timeout {request.timeout:g} s"
+                    f"for --timeout {request.timeout:g} s{kept}"
                 )
             closed_delay = retry.closed.next_delay()  # never None: no retry limit
             delay = min(left, CLOSED_RETRY_MAX if closed_delay is None else closed_delay)

@@ -277,6 +277,8 @@ def test_a_killed_receiver_is_retried_and_resumed_or_named_when_it_stays_away(
     took = send.ended - killed
     assert code == errors.UNREACHABLE, (code, info, send.lines)
     assert "stayed closed" in str(info.get("error", "")), info
+    # What arrived before the kill is kept, and the error says so.
+    assert str(info["error"]).endswith("; it keeps what arrived: sending again resumes"), info
     # Not at the refusal but after its timeout, which counts from the
     # transfer's last progress: on a loaded machine that can come well before
     # the kill (3.45 s after the kill for this 4 s timeout at load 8: the last
