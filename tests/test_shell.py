@@ -371,6 +371,12 @@ def test_ctrl_c_cancels_the_command_not_the_node(started: tuple[Pty, Path]) -> N
     pty.run("status", "node: running")
     pty.child.sendintr()  # at the prompt: clears the line
     pty.run("status", "node: running")
+    # `config show` at start's prompt shows this node: its flags as given.
+    out = pty.run("config show --json", r"\}")
+    shown = json.loads(out[out.index("{") : out.rindex("}") + 1])
+    assert shown["host"]["value"] == "127.0.0.1" and shown["host"]["source"] == "flag", shown
+    assert shown["gossip_interval"]["value"] == 0.5, shown
+    assert shown["network_key"]["value"] == "(set)", shown
     assert pty.leave() == 0
 
 

@@ -13,6 +13,21 @@ from peercrypt import config
 from peercrypt.cli.common import UserError, effective, given_flags, table, terminal_width
 from peercrypt.cli.node import NODE_OPTIONS, node_options
 
+# The flags this process's node started with, where it runs one with a
+# prompt on it (`start`): that prompt's `config show` shows that node, whose
+# flags count as given (it showed the defaults its flags had changed: host
+# 0.0.0.0, port 7400, no network key).
+STARTED_WITH: dict[str, Any] = {}
+
+
+def node_flags(ctx: click.Context) -> dict[str, Any]:
+    """The setting flags given to ``ctx``'s command (`node`, `start`,
+    `config show`), the key of ``--network-key-file`` among them."""
+    flags = given_flags(ctx, NODE_OPTIONS)
+    if ctx.meta.get("network_key_file"):  # the key as the node would read it (shown as set)
+        flags["network_key"] = ctx.meta["network_key_file"]
+    return flags
+
 
 @click.group("config")
 def config_group() -> None:
@@ -26,14 +41,13 @@ def config_group() -> None:
 def show(ctx: click.Context, /, as_json: bool, **_: Any) -> None:
     """The settings a node would start with here, and where each came from.
 
-    Takes the node's flags too, to show what they change. Secrets are shown
-    as (set) or (not set), never their value.
+    Takes the node's flags too, to show what they change; at the prompt of
+    `start`, that node's flags count as given. Secrets are shown as (set) or
+    (not set), never their value. (What was changed live, `max-rate`,
+    `set-mode`, `congestion`: `status`.)
     """
     obj: dict[str, Any] = ctx.obj
-    flags = given_flags(ctx, NODE_OPTIONS)
-    if ctx.meta.get("network_key_file"):  # the key as the node would read it (shown as set)
-        flags["network_key"] = ctx.meta["network_key_file"]
-    eff = effective(obj, flags)
+    eff = effective(obj, {**STARTED_WITH, **node_flags(ctx)})
     if as_json:
         rows: dict[str, Any] = {
             s.name: {

@@ -37,7 +37,7 @@ from typing import Any
 import click
 
 from peercrypt import errors
-from peercrypt.cli import follow
+from peercrypt.cli import configure, follow
 from peercrypt.cli.common import UserError, count_in
 from peercrypt.cli.node import node_options, node_settings, run_node
 from peercrypt.cli.receive import Inbound, inbound, inbound_multicast
@@ -780,6 +780,7 @@ def start_command(ctx: click.Context, /, **_: Any) -> None:
     """
     settings, _eff = node_settings(ctx.obj, ctx)
     running = run_node(ctx.obj, settings, quiet_logs=True)  # the prompt stays readable
+    configure.STARTED_WITH.update(configure.node_flags(ctx))  # its prompt's `config show`
     # The prompt has the main thread: crashed actors are restarted from another.
     running.supervisor.run_in_background()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(errors.OK))
