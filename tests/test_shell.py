@@ -579,15 +579,19 @@ def test_leaving_start_says_its_background_sends_end_with_its_node(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],
 ) -> None:
-    """`start` owns its node: leaving it with a send running says the send
-    ends with the node (it said the send still ran in the node, which then
-    stopped)."""
+    """`start` owns its node: leaving it with a send running asks first
+    (quit ended it unasked), and says the send ends with the node (it said
+    the send still ran in the node, which then stopped)."""
     pty, _ = started
     peer = node_factory()
     source = make_file(4 * 1024 * 1024)
     pty.run("max-rate 200000", "node rate cap")
     pty.run(f"send {source} {peer.host} {peer.port}", r"\[1\] sending in the background")
-    assert pty.leave() == 0
+    pty.child.sendline("quit")
+    pty.expect(re.escape("1 background send ends with the node: leave anyway? [y/N]"))
+    pty.run("n")  # stays
+    pty.run("jobs", r"\[1\] running")
+    assert pty.leave() == 0  # Ctrl-D, and Ctrl-D at the question: leaves
     said = str(pty.child.before)
     assert "1 background send ends with the node" in said, said
     assert "still running" not in said, said

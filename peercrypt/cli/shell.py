@@ -58,8 +58,9 @@ ID_WAIT = 2.0
 # Shell-only commands (everything else is a command of the CLI).
 SHELL_COMMANDS = {
     "help": "The commands, and the node's status; `help COMMAND` for one command.",
-    "quit": "Leave the shell (`start`: and stop its node).",
-    "exit": "Leave the shell (`start`: and stop its node).",
+    "quit": "Leave the shell (`start`: and stop its node, asking first while background sends "
+    "run).",
+    "exit": "Leave the shell (as `quit`).",
     "jobs": "The background sends, their transfer IDs and how they ended (`cancel ID` or "
     "`cancel %JOB` stops one; `jobs --json`: a JSON list).",
 }
@@ -609,7 +610,9 @@ class Shell:
                 except KeyboardInterrupt:
                     continue  # Ctrl-C at the prompt clears the line
                 except EOFError:
-                    break
+                    if self._may_leave():
+                        break
+                    continue
                 try:
                     code = self.run_line(line)
                 except KeyboardInterrupt:
@@ -619,7 +622,9 @@ class Shell:
                     code = 130
                     click.echo("", err=True)
                 if code is None:
-                    break
+                    if self._may_leave():
+                        break
+                    continue
                 if code in ENDED:  # a SIGTERM or SIGHUP cancelled the line's send: the end
                     ended = code
                     break
@@ -634,6 +639,20 @@ class Shell:
         elif running:
             click.echo(f"{_sends(len(running))} still running in the node", err=True)
         return ended
+
+    def _may_leave(self) -> bool:
+        """Whether to leave the prompt of `start` now: asked when background
+        sends would end with its node (quit and Ctrl-D ended them unasked);
+        Ctrl-C or Ctrl-D at the question leaves."""
+        running = [j for j in self.jobs if j.running]
+        if not (running and self.owns_node):
+            return True
+        ends = "ends" if len(running) == 1 else "end"
+        question = f"{_sends(len(running))} {ends} with the node: leave anyway?"
+        try:
+            return click.confirm(question, default=False, err=True)
+        except click.Abort:
+            return True
 
 
 # What a followed send exits with when SIGTERM or SIGHUP cancelled it
