@@ -515,3 +515,31 @@ def test_top_into_a_pipe_cuts_no_cell_and_counts_multicast_sessions_received() -
     assert peers in text and text.count(name) == 3 and text.count(fp) >= 3, text
     assert "receiving 2" in text, text
     assert "receiving 2" in "\n".join(_render(view, 80))  # on a terminal too
+
+
+def test_a_rate_read_in_steps_is_its_average_and_a_steady_one_follows_a_change() -> None:
+    """1 MiB chunks under a 300 KiB/s cap move a step every 3.4 s: top read
+    each refresh's own rate (514 KiB/s, 16, 0 by turns); over its steps'
+    time it stays near 300. A steady rate reads exact, and a doubled one
+    shows within two refreshes."""
+    from peercrypt.cli.top import RateMeter
+
+    cap = 300 * 1024
+    meter = RateMeter(0.0, 0)
+    rates = []
+    for second in range(1, 61):
+        meter.update(float(second), int(second * cap // MiB) * MiB)  # whole chunks so far
+        rates.append(meter.rate or 0.0)
+    late = rates[20:]
+    assert min(late) > 0.7 * cap and max(late) < 1.35 * cap, [round(r / 1024) for r in late]
+    steady = RateMeter(0.0, 0)
+    done = 0
+    for second in range(1, 11):
+        done += 100 * MiB
+        steady.update(float(second), done)
+    assert steady.rate == 100 * MiB
+    for second in range(11, 13):
+        done += 200 * MiB
+        steady.update(float(second), done)
+    assert steady.rate == 200 * MiB
+    assert steady.eta(400 * MiB) == 2.0

@@ -27,6 +27,7 @@ import sys
 import termios
 import time
 import tty
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,14 @@ from peercrypt.wire.messages import (
 )
 from peercrypt.wire.network_messages import PeersReply, PeersRequest
 
-SMOOTHING = 0.5  # weight of the newest measurement in a transfer's rate
+# A transfer's rate is what it moved over the last RATE_SPAN seconds, or,
+# where its bytes move in steps further apart than the readings (a chunk of
+# 1 MiB every 3.4 s under a 300 KiB/s cap), over RATE_STEPS of those steps'
+# time (at most RATE_SPAN_MAX): each reading's own rate read 514 KiB/s,
+# 16 and 0 by turns for a send held to 300 KiB/s.
+RATE_SPAN = 2.0
+RATE_STEPS = 4
+RATE_SPAN_MAX = 30.0
 PRIORITY_NAMES = {1: "normal", 2: "high", 3: "highest"}
 
 
@@ -70,21 +78,42 @@ PRIORITY_NAMES = {1: "normal", 2: "high", 3: "highest"}
 
 @dataclass
 class RateMeter:
-    """A transfer's rate from successive (time, bytes) readings, smoothed."""
+    """A transfer's rate from successive (time, bytes) readings: what it
+    moved over a window of them (:data:`RATE_SPAN`, longer for a transfer
+    whose bytes move in steps further apart than the readings)."""
 
     at: float
     done: int
     rate: float | None = None
+    readings: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        self.readings.append((self.at, self.done))
 
     def update(self, now: float, done: int) -> None:
-        elapsed = now - self.at
-        if elapsed <= 0:
+        if now <= self.readings[-1][0]:
             return
-        measured = max(0, done - self.done) / elapsed
-        self.rate = (
-            measured if self.rate is None else (SMOOTHING * measured + (1 - SMOOTHING) * self.rate)
-        )
+        self.readings.append((now, done))
+        while len(self.readings) > 2 and now - self.readings[1][0] >= RATE_SPAN_MAX:
+            self.readings.popleft()
+        span = min(RATE_SPAN_MAX, max(RATE_SPAN, RATE_STEPS * self._step_gap()))
+        start = next((r for r in reversed(self.readings) if now - r[0] >= span), self.readings[0])
+        self.rate = max(0, done - start[1]) / (now - start[0])
         self.at, self.done = now, done
+
+    def _step_gap(self) -> float:
+        """The mean time between the readings that saw bytes move, where
+        that is longer than between readings (bytes moving in steps); 0
+        where they move at every reading or nearly; the whole history's span
+        while fewer than two moved (a trickle not yet seen to step)."""
+        points = list(self.readings)
+        pairs = zip(points[1:], points[:-1], strict=True)
+        moved = [t for (t, done), (_, before) in pairs if done > before]
+        if len(moved) < 2:
+            return 0.0 if len(points) < 3 else points[-1][0] - points[0][0]
+        every = (points[-1][0] - points[0][0]) / (len(points) - 1)
+        gap = (moved[-1] - moved[0]) / (len(moved) - 1)
+        return gap if gap > 1.5 * every else 0.0
 
     def eta(self, left: int) -> float | None:
         if left <= 0:
