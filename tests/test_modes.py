@@ -147,6 +147,12 @@ def test_rate_of_a_running_transfer_changes_live(
     pair: tuple[NodeProcess, NodeProcess], make_file: Callable[..., Path]
 ) -> None:
     sender, receiver = pair
+    # With no send running there is nothing to change: said, not "rate of 0 transfer(s)".
+    idle = sender.cli("rate", "50K")
+    assert idle.returncode != 0 and idle.stdout == "", idle.describe()
+    assert idle.stderr_lines == [
+        "peercrypt: error: no send is running (`max-rate` caps the node's sends)"
+    ], idle.describe()
     source = make_file(12 * MiB)
     args = ["send", source, receiver.host, str(receiver.port), "--json", "-r", str(512 * KiB)]
     with start_cli(*args, data_dir=sender.data_dir) as cli:
@@ -160,12 +166,17 @@ def test_rate_of_a_running_transfer_changes_live(
             assert rows[0]["mode"] == "token-bucket"
             # Too slow for one of its chunks per half the receiver's idle
             # limit (the receiver would drop it as idle): refused, unchanged.
-            slow = sender.cli("rate", "1000")
-            assert slow.returncode != 0 and slow.stdout == "", slow.describe()
-            [line] = slow.stderr_lines
-            assert line.startswith(
-                f"peercrypt: error: rate 1000 is too low for transfer {rows[0]['id']}: its chunks ("
-            )
+            # Below even the smallest chunk's rate, the send's own chunks name
+            # the rate that does (the smallest chunk's 274 B/s would not).
+            for too_low in ("1000", "100"):
+                slow = sender.cli("rate", too_low)
+                assert slow.returncode != 0 and slow.stdout == "", slow.describe()
+                [line] = slow.stderr_lines
+                assert line.startswith(
+                    f"peercrypt: error: rate {too_low} is too low for transfer {rows[0]['id']}: "
+                    "its chunks ("
+                ), line
+                assert "use 274 or more" not in line, line
             changed = sender.cli("rate", str(64 * MiB))
             assert changed.returncode == 0, changed.describe()
             assert changed.stdout == "rate of 1 transfer(s) is now 64.0 MiB/s\n", changed.stdout

@@ -207,7 +207,7 @@ def test_start_runs_every_command_of_the_shell(
     assert f"{host}:{port}" in out, out
     pty.run("peers --json", r"\[")
     pty.run("transfers", "no transfers running")
-    pty.run("rate 0", r"rate of 0 transfer\(s\) is now unlimited")
+    pty.run("rate 0", re.escape("no send is running (`max-rate` caps the node's sends)"))
     pty.run("max-rate", "node rate cap: none")
     # A wrong command or option: one line saying what is valid; the shell goes on.
     out = pty.run("sned", r"peercrypt: error: no such command 'sned' \(did you mean 'send'\?\)")
