@@ -523,6 +523,13 @@ def test_help_fits_80_columns_and_an_unknown_command_lists_the_shells(
     assert {"help", "jobs", "quit", "exit", "send", "mreceive"} <= set(commands), commands
     assert not {"node", "start", "shell"} & set(commands), commands
     assert "default mode is now qos" in result.stdout  # the next line still ran
+    # `help NAME` of a command the shell does not have says so (it showed `start`'s help).
+    for name in ("start", "nonexist"):
+        asked = _script(node.data_dir, [f"help {name}"], tmp_path)
+        assert asked.returncode == errors.USAGE, asked.stderr
+        error = asked.stderr.strip().splitlines()
+        assert len(error) == 1 and "commands: " in error[0], error
+        assert not {"node", "start", "shell"} & set(error[0].split("commands: ", 1)[1].split(", "))
 
 
 def test_receive_as_a_command(

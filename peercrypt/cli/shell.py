@@ -283,6 +283,8 @@ class Shell:
             if rest[0] in SHELL_COMMANDS:
                 click.echo(f"{rest[0]}: {SHELL_COMMANDS[rest[0]]}")
                 return errors.OK
+            if rest[0] not in command_names(self):  # the shell's commands, not the CLI's
+                return self._error(unknown_command(rest[0], command_names(self)))
             return execute(self.group, [*self.global_args(), *rest, "--help"])
         ctx = click.Context(self.group, info_name="peercrypt")
         width = shutil.get_terminal_size().columns
@@ -327,10 +329,11 @@ class Shell:
             return errors.OK
         if not self.jobs:
             click.echo("no background sends")
+        width = len(f"[{len(self.jobs)}]")  # the numbers' column, [10] as wide as [1]
         for job in self.jobs:
             state = "running" if job.running else f"exit {job.code}"
             transfer = f"transfer {job.transfer}" if job.transfer else "transfer -"
-            click.echo(f"[{job.number}] {state:8} {transfer:12} {job.line}")
+            click.echo(f"{f'[{job.number}]':{width}} {state:8} {transfer:12} {job.line}")
         return errors.OK
 
     def _job_transfer(self, spec: str) -> int | None:
