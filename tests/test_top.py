@@ -543,3 +543,19 @@ def test_a_rate_read_in_steps_is_its_average_and_a_steady_one_follows_a_change()
         steady.update(float(second), done)
     assert steady.rate == 200 * MiB
     assert steady.eta(400 * MiB) == 2.0
+
+
+def test_the_answer_to_a_key_goes_after_a_while() -> None:
+    from peercrypt.cli.top import MESSAGE_SECONDS, View
+
+    view = View()
+    view.update(0.0, {}, [], [])
+    view.message = "cancelling transfer 3 (if it is running)"
+    view.update(1.0, {}, [], [])
+    view.update(MESSAGE_SECONDS, {}, [], [])
+    assert view.message.startswith("cancelling transfer 3")  # shown at 1.0: not yet
+    view.update(1.0 + MESSAGE_SECONDS, {}, [], [])
+    assert view.message == ""
+    view.message = "rate of 1 transfer(s) is now 4.0 MiB/s"  # a new one starts again
+    view.update(20.0, {}, [], [])
+    assert view.message

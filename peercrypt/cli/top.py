@@ -68,6 +68,7 @@ from peercrypt.wire.network_messages import PeersReply, PeersRequest
 # time (at most RATE_SPAN_MAX): each reading's own rate read 514 KiB/s,
 # 16 and 0 by turns for a send held to 300 KiB/s.
 RATE_SPAN = 2.0
+MESSAGE_SECONDS = 10.0  # how long the node's answer to a key stays under the keys
 RATE_STEPS = 4
 RATE_SPAN_MAX = 30.0
 PRIORITY_NAMES = {1: "normal", 2: "high", 3: "highest"}
@@ -133,7 +134,8 @@ class View:
     sessions: list[tuple[str, str, int, int]] = field(default_factory=list)
     peers: list[dict[str, str]] = field(default_factory=list)
     selected: int = 0
-    message: str = ""
+    message: str = ""  # the node's answer to a key, shown for MESSAGE_SECONDS
+    message_since: tuple[str, float] = ("", 0.0)  # the message and when it was first shown
     confirm_cancel: str | None = None  # the id `c` asked about, till y/n
 
     def update(
@@ -143,6 +145,10 @@ class View:
         transfers: list[dict[str, str]],
         peers: list[dict[str, str]],
     ) -> None:
+        if self.message != self.message_since[0]:
+            self.message_since = (self.message, now)
+        elif self.message and now - self.message_since[1] >= MESSAGE_SECONDS:
+            self.message = ""  # (it stayed for minutes: "cancelling transfer 3")
         kept = self.selected_id()  # the selection follows its transfer, not its row
         self.facts, self.transfers, self.peers = facts, transfers, peers
         seen = set()
