@@ -265,12 +265,12 @@ def test_a_terminal_gets_a_bar_and_json_gets_none(trio: list[NodeProcess], tmp_p
     sender, receiver, _ = trio
     source = random_file(tmp_path / "on a tty.bin", 2 * MiB)
 
-    def on_tty(*extra: str) -> str:
+    def on_tty(*extra: str, size: tuple[int, int] = (24, 160)) -> str:
         child = pexpect.spawn(
             sys.executable,
             ["-m", "peercrypt", "--data-dir", str(sender.data_dir), "send", str(source),
              receiver.host, str(receiver.port), "-r", str(2 * MiB), *extra],
-            env=cli_env(sender.env), encoding="utf-8", timeout=60, dimensions=(24, 160),
+            env=cli_env(sender.env), encoding="utf-8", timeout=60, dimensions=size,
         )  # fmt: skip
         child.expect(pexpect.EOF)
         child.close()
@@ -278,6 +278,11 @@ def test_a_terminal_gets_a_bar_and_json_gets_none(trio: list[NodeProcess], tmp_p
         return str(child.before)
 
     drawn = on_tty()
+    assert re.search(r"on a tty\.bin: +\d+%.*/2\.00M", drawn), drawn
+    # A terminal that says it is 0 x 0 (a serial console, some containers'):
+    # a bar of 80 columns, not none.
+    (receiver.inbox / source.name).unlink()  # (else the receiver has it: no bar)
+    drawn = on_tty(size=(0, 0))
     assert re.search(r"on a tty\.bin: +\d+%.*/2\.00M", drawn), drawn
     quiet = on_tty("--json")
     assert quiet.strip().startswith("{") and "%" not in quiet and "\r" not in quiet.strip(), quiet

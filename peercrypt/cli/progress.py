@@ -10,6 +10,7 @@ drawn (its import is a tenth of a 1 KiB send).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,19 @@ def progress_view(paths: list[Path], show: bool) -> ProgressView | None:
     return ProgressView(f"{first.name}{more}", None)
 
 
+def _width() -> dict[str, Any]:
+    """tqdm's size: the terminal's, followed as it changes; 80 x 24 on one
+    that says it has no size (a serial console's, some containers' 0 x 0:
+    tqdm drew no bar at all there, every bar below its 0 rows)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return {"dynamic_ncols": True}  # (not a terminal: tqdm's own choice)
+    if size.columns > 0 and size.lines > 0:
+        return {"dynamic_ncols": True}
+    return {"ncols": size.columns or 80, "nrows": size.lines or 24}
+
+
 class ProgressView:
     """The bars of one send; fed the node's Progress (and, for multicast,
     McTargetProgress) messages."""
@@ -91,7 +105,7 @@ class ProgressView:
             desc=desc,
             position=position,
             leave=False,
-            dynamic_ncols=True,
+            **_width(),
         )
 
     def on_progress(self, msg: Progress) -> None:
