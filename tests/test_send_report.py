@@ -46,7 +46,7 @@ def _result(chunks: int, held: int, size: int = 64 * MiB, seconds: float = 2.0) 
 def test_a_verified_send_shows_the_rate_of_what_crossed(
     capsys: pytest.CaptureFixture[str], chunks: int, held: int, shown: str
 ) -> None:
-    assert report(_result(chunks, held), Path("a.bin"), "h", 7, as_json=False) == 0
+    assert report(_result(chunks, held), [Path("a.bin")], "h", 7, as_json=False) == 0
     out = capsys.readouterr().out
     assert out == (
         f"sent a.bin ({64 * MiB} bytes) to h:7 as a.bin in 2.00 s ({shown}), "
@@ -71,7 +71,7 @@ def test_a_send_s_rate_reads_in_its_own_unit(mib_per_s: float, shown: str) -> No
 def test_a_resumed_send_s_json_keeps_the_whole_file_s_rate(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert report(_result(64, 16), Path("a.bin"), "h", 7, as_json=True) == 0
+    assert report(_result(64, 16), [Path("a.bin")], "h", 7, as_json=True) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["mib_per_s"], shown["stats"]["resumed_chunks"]) == (32.0, 16.0)
 
@@ -85,3 +85,24 @@ def test_a_retried_send_shows_its_attempts_and_what_the_first_found() -> None:
     assert how_fast(retried, 32.0) == "resumed, 25% was there; 24.0 MiB/s, 3 attempts"
     fresh = dataclasses.replace(result, stats={**stats, "held_share": 0.0})
     assert how_fast(fresh, 32.0) == "32.0 MiB/s, 3 attempts"
+
+
+@pytest.mark.parametrize(
+    ("names", "shown"),
+    [
+        (["p1.bin", "p2.bin", "p3.bin"], "p1.bin, p2.bin, p3.bin"),
+        (
+            ["tiny.txt", "small5k.bin", "dir1", "more", "last"],
+            "tiny.txt, small5k.bin, dir1 +2 more",
+        ),
+    ],
+)
+def test_several_files_sent_are_named_not_only_the_first(
+    capsys: pytest.CaptureFixture[str], names: list[str], shown: str
+) -> None:
+    """`send p1.bin p2.bin p3.bin` said `sent p1.bin (3 files, ...)`."""
+    result = dataclasses.replace(
+        _result(64, 0), stats={"files": 3.0, "file_bytes": 3000.0}, stored_as="p1.bin, p2.bin"
+    )
+    assert report(result, [Path(n) for n in names], "h", 7, as_json=False) == 0
+    assert capsys.readouterr().out.startswith(f"sent {shown} (3 files, 3000 bytes) to h:7 as ")

@@ -281,7 +281,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
                 return exc.exit_code
     if result.code == ResultCode.MULTICAST_DEFAULT:
         return None  # the command asks the node for its mode and sends a multicast
-    return report(result, paths[0], host, int(port), as_json)
+    return report(result, paths, host, int(port), as_json)
 
 
 def _resolvable(host: str, port: int) -> bool:

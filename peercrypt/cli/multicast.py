@@ -25,7 +25,7 @@ from peercrypt import errors
 from peercrypt.cli.common import FiniteRange, UserError, check_resolvable
 from peercrypt.cli.follow import follow, refusal
 from peercrypt.cli.progress import echo, progress_view
-from peercrypt.cli.send_report import file_bytes, tree_counts
+from peercrypt.cli.send_report import file_bytes, sent_names, tree_counts
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.address import join_host_port, split_host_port
 from peercrypt.errors import ResultCode
@@ -42,7 +42,6 @@ from peercrypt.wire.multicast_messages import (
     McSendResult,
     McTargetResult,
 )
-from peercrypt.wire.text import printable
 
 
 def parse_target(text: str) -> str:
@@ -158,7 +157,7 @@ def multicast_send(
         view=progress_view(paths, show),
         on_other=functools.partial(_target_result, as_json),
     )
-    _report(result, path, as_json)
+    _report(result, paths, as_json)
 
 
 def _target_result(as_json: bool, msg: Message) -> None:
@@ -177,7 +176,8 @@ def _target_result(as_json: bool, msg: Message) -> None:
         echo(f"  {msg.target}: failed ({msg.code}): {msg.reason}")
 
 
-def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
+def _report(result: McSendResult, paths: list[Path], as_json: bool) -> NoReturn:
+    path = paths[0]
     ok = result.code == ResultCode.OK
     rate = result.size / result.seconds / 2**20 if result.seconds > 0 else 0.0
     files, skipped = tree_counts(result.stats, as_json)
@@ -211,7 +211,7 @@ def _report(result: McSendResult, path: Path, as_json: bool) -> NoReturn:
             had = f"; {held} of them had it" if held else ""
             how = f"{readable(rate * 2**20, rate=True)} each{had}"
         click.echo(
-            f"sent {printable(path.name)} ({f'{files} files, ' if tree else ''}"
+            f"sent {sent_names(paths)} ({f'{files} files, ' if tree else ''}"
             f"{file_bytes(result.stats, result.size) if tree else result.size} bytes) "
             f"to {count} receiver{'s' if count != 1 else ''} by multicast in "
             f"{result.seconds:.2f} s ({how}), "

@@ -232,7 +232,7 @@ def send(
         )
         view = progress_view(paths, show)
         result = follow(client, request, path, SendResult, timeout, view=view)
-    _report(result, path, host, port, as_json)
+    _report(result, paths, host, port, as_json)
 
 
 def paced_timeout(timeout: float, rate: int | None, files: tuple[Path, ...]) -> float:
@@ -262,5 +262,5 @@ def _multicast() -> Any:
     return multicast
 
 
-def _report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> NoReturn:
-    sys.exit(report(result, path, host, port, as_json))
+def _report(result: SendResult, paths: list[Path], host: str, port: int, as_json: bool) -> NoReturn:
+    sys.exit(report(result, paths, host, port, as_json))

@@ -58,8 +58,20 @@ def how_fast(result: SendResult, rate: float) -> str:
     return f"resumed, {share}% was there; {readable(sent, rate=True)}{tries}"
 
 
-def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) -> int:
+NAMED = 3  # the names a result line lists of the files and folders sent (then "+N more")
+
+
+def sent_names(paths: list[Path]) -> str:
+    """What a result line names of what was sent: every path's name, or the
+    first :data:`NAMED` and how many more (`send a b c` said only "a")."""
+    names = [printable(p.name) for p in paths]  # the user's own, but a name may hold escapes
+    more = f" +{len(names) - NAMED} more" if len(names) > NAMED else ""
+    return ", ".join(names[:NAMED]) + more
+
+
+def report(result: SendResult, paths: list[Path], host: str, port: int, as_json: bool) -> int:
     """Show a unicast send's result; its exit code."""
+    path = paths[0]
     ok = result.code == ResultCode.OK
     rate = result.size / result.seconds / 2**20 if ok and result.seconds > 0 else 0.0
     files, skipped = tree_counts(result.stats, as_json)
@@ -89,7 +101,7 @@ def report(result: SendResult, path: Path, host: str, port: int, as_json: bool) 
             )
         )
     elif ok:
-        name = printable(path.name)  # the user's own, but a name may hold escapes
+        name = sent_names(paths)
         what = (
             f"{name} ({files} files, {file_bytes(result.stats, result.size)} bytes)"
             if tree
