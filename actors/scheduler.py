@@ -362,13 +362,13 @@ class SchedulerActor(Actor):
             if req.transfer and req.transfer not in self.flows:
                 raise PolicyError(f"no running transfer {req.transfer}")
             targets = [req.transfer] if req.transfer else list(self.flows)
-            if not targets:  # (it said "rate of 0 transfer(s) is now ...")
-                raise PolicyError("no send is running (`max-rate` caps the node's sends)")
             # The largest chunk first: the rate named is the one that does for all
             # (the smallest chunk's named 274 B/s under sends of 1 MiB chunks).
             for request in sorted(targets, key=lambda r: -self.flows[r].chunk_size):
                 check_flow_rate(rate, request, self.flows[request].chunk_size)
-            check_paced_rate(rate, "rate")
+            check_paced_rate(rate, "rate")  # (no send: a rate no send could take)
+            if not targets:  # (it said "rate of 0 transfer(s) is now ...")
+                raise PolicyError("no send is running (`max-rate` caps the node's sends)")
             for request in targets:
                 burst = default_burst(rate)  # what a send's -r alone gets
                 flow = self.flows[request] = dataclasses.replace(

@@ -103,11 +103,8 @@ def _prompt(question: str) -> str:
 
 def targets(host: str, port: int, to: tuple[str, ...], multi: bool, dual: bool) -> list[str]:
     targets = list(dict.fromkeys([parse_target(f"{host}:{port}")] + [parse_target(t) for t in to]))
-    if (multi or dual) and not to:
-        if sys.stdin.isatty():
-            targets = ask_targets(targets, dual, _prompt, functools.partial(click.echo, err=True))
-        elif multi:  # nothing asked: said, not silently one receiver
-            click.echo("(no other target asked: stdin is not a terminal; --to adds them)", err=True)
+    if (multi or dual) and not to and sys.stdin.isatty():
+        targets = ask_targets(targets, dual, _prompt, functools.partial(click.echo, err=True))
     if dual and len(targets) != 2:
         raise UserError(f"-dual needs exactly two different targets (got {len(targets)})")
     if len(targets) > MAX_TARGETS:
