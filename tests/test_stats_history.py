@@ -341,7 +341,7 @@ def test_list_and_show_print_what_was_recorded(recorded: Recorded) -> None:
         ("chunk_size", 1048576.0, "1.0 MiB (1048576 bytes)"),
         ("sent_bytes", 209715200.0, "200.0 MiB (209715200 bytes)"),
         ("window_bytes", 512.0, "512 bytes"),
-        ("burst", 0, "0 bytes"),
+        ("burst", 0, "0 (the default: 50 ms of the rate, 4096 bytes at least)"),
         ("rate", 20971520, "20.0 MiB/s"),
         ("rate", 0.0, "0 (no limit)"),
         ("srtt", 0.006982, "6.98 ms"),
@@ -353,7 +353,7 @@ def test_list_and_show_print_what_was_recorded(recorded: Recorded) -> None:
         # Parameters are recorded as the sender gave them: text (found by use:
         # `param rate 10485760` beside `stat rate 10.0 MiB/s`).
         ("rate", "10485760", "10.0 MiB/s"),
-        ("burst", "0", "0 bytes"),
+        ("burst", "0", "0 (the default: 50 ms of the rate, 4096 bytes at least)"),
         ("chunk_size", "1048576", "1.0 MiB (1048576 bytes)"),
         ("delivered_before", "report 2.pdf", "report 2.pdf"),
         ("delivered_before", "nan", "nan"),

@@ -22,7 +22,7 @@ import click
 
 from peercrypt import errors
 from peercrypt.cli.common import UserError, table, terminal_width
-from peercrypt.core.modes import ALL_MODES
+from peercrypt.core.modes import ALL_MODES, BURST_SECONDS, MIN_BURST
 from peercrypt.core.names import shortened
 from peercrypt.history import export as history_export
 from peercrypt.history.db import (
@@ -79,6 +79,9 @@ def recorded_text(key: str, value: object) -> str:
             return text  # (a name that looks like a number: "007", "1e3")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
+    if key == "burst" and value == 0:  # none given: the bucket is the rate's own
+        at_least = f"{MIN_BURST} bytes at least"
+        return f"0 (the default: {BURST_SECONDS * 1000:.0f} ms of the rate, {at_least})"
     if key.endswith("_bytes") or key in ("chunk_size", "burst"):
         exact = f"{value:.0f} bytes"
         return exact if abs(value) < 1024 else f"{readable(value)} ({exact})"
