@@ -344,9 +344,22 @@ def test_long_names_sharing_a_start_stay_told_apart() -> None:
             assert len(shown) == 4 and len(set(shown)) == 4, lines
             for i, one in enumerate(shown, 1):
                 assert one.startswith("a_really") and one.endswith(f"_{i}.dat"), shown
+                assert one.count("…") <= 1, shown  # the node's cut, not cut again
         if width == 160:
             assert sent == names, lines  # 56 characters: whole at 160 columns
             assert came == [shortened(n, INCOMING_NAME) for n in names], lines
+    # A long name never costs a column to act on: with each width, the
+    # columns shown are those names of 28 characters would leave.
+    short = View()
+    named = [{**send, "file": f"/data/{'n' * 22}_{i}.dat"} for i, send in enumerate(sends)]
+    short.update(0.0, facts, named, [])  # names of 28 characters, the least room
+
+    def send_header(lines: list[str]) -> list[str]:
+        return lines[lines.index("Sends") + 1].split()
+
+    for width in range(80, 200, 5):
+        header, expected = send_header(_render(view, width)), send_header(_render(short, width))
+        assert header == expected, (width, header, expected)
 
 
 def test_top_shows_peers_text_as_it_is_never_as_markup() -> None:
@@ -550,12 +563,20 @@ def test_the_answer_to_a_key_goes_after_a_while() -> None:
 
     view = View()
     view.update(0.0, {}, [], [])
-    view.message = "cancelling transfer 3 (if it is running)"
+    view.say("not cancelled")
     view.update(1.0, {}, [], [])
     view.update(MESSAGE_SECONDS, {}, [], [])
-    assert view.message.startswith("cancelling transfer 3")  # shown at 1.0: not yet
+    assert view.message == "not cancelled"  # shown at 1.0: not yet
     view.update(1.0 + MESSAGE_SECONDS, {}, [], [])
     assert view.message == ""
-    view.message = "rate of 1 transfer(s) is now 4.0 MiB/s"  # a new one starts again
-    view.update(20.0, {}, [], [])
-    assert view.message
+    view.say("not cancelled")  # the same answer again, later: shown anew
+    view.update(30.0, {}, [], [])
+    view.update(31.0, {}, [], [])
+    assert view.message == "not cancelled"
+    view.update(35.0, {}, [], [])
+    view.say("not cancelled")  # and again within its time: its time starts again
+    view.update(36.0, {}, [], [])
+    view.update(44.0, {}, [], [])
+    assert view.message == "not cancelled"
+    view.update(46.0, {}, [], [])
+    assert view.message == ""

@@ -46,7 +46,7 @@ from peercrypt.cli.follow import refusal
 from peercrypt.cli.status_view import rate_cap
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.member_state import MemberState
-from peercrypt.core.names import shortened
+from peercrypt.core.names import INCOMING_NAME, shortened
 from peercrypt.sizes import readable
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
@@ -134,8 +134,8 @@ class View:
     sessions: list[tuple[str, str, int, int]] = field(default_factory=list)
     peers: list[dict[str, str]] = field(default_factory=list)
     selected: int = 0
-    message: str = ""  # the node's answer to a key, shown for MESSAGE_SECONDS
-    message_since: tuple[str, float] = ("", 0.0)  # the message and when it was first shown
+    message: str = ""  # the node's answer to a key (:meth:`say`), shown for MESSAGE_SECONDS
+    message_since: float | None = None  # when it was first shown (None: not yet)
     confirm_cancel: str | None = None  # the id `c` asked about, till y/n
 
     def update(
@@ -145,10 +145,11 @@ class View:
         transfers: list[dict[str, str]],
         peers: list[dict[str, str]],
     ) -> None:
-        if self.message != self.message_since[0]:
-            self.message_since = (self.message, now)
-        elif self.message and now - self.message_since[1] >= MESSAGE_SECONDS:
+        if self.message and self.message_since is None:
+            self.message_since = now
+        elif self.message_since is not None and now - self.message_since >= MESSAGE_SECONDS:
             self.message = ""  # (it stayed for minutes: "cancelling transfer 3")
+            self.message_since = None
         kept = self.selected_id()  # the selection follows its transfer, not its row
         self.facts, self.transfers, self.peers = facts, transfers, peers
         seen = set()
@@ -193,6 +194,11 @@ class View:
     def rate_of(self, ident: str) -> float | None:
         meter = self.meters.get(ident)
         return meter.rate if meter else None
+
+    def say(self, text: str) -> None:
+        """Show ``text`` under the keys from the next refresh on, for
+        :data:`MESSAGE_SECONDS` (the same text again shows anew)."""
+        self.message, self.message_since = text, None
 
     def selected_id(self) -> str | None:
         ids = self.selectable()
@@ -255,6 +261,12 @@ def shown_columns(
     shrink = {"PROGRESS": BAR // 2} if "PROGRESS" in names else {}
     widths = fit_columns(natural, width, shrink, drop)
     return list(widths), widths.get("PROGRESS", BAR)
+
+
+def _least_shown(view: View, keys: bool, width: int) -> list[str]:
+    """The send columns shown at ``width`` with names of 28 characters."""
+    fitted = [c for c, _, _ in send_rows(view, keys, 28)]
+    return shown_columns(SEND_COLUMNS, fitted, SEND_DROP, width)[0] if fitted else []
 
 
 def _cut(text: str, limit: int, keys: bool) -> str:
@@ -352,11 +364,17 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     # one line if it fits, else two (never a value broken across lines)
     one_line = who.cell_len + 2 + what.cell_len <= width
     head = Text.assemble(who, "  " if one_line else "\n", what)
-    rows = send_rows(view, keys, name_room(width, 28))
-    # With no send the placeholder line is the FILE cell: the columns are
-    # fitted to it too, or the headers beside it are cut to "…".
-    fitted = [c for c, _, _ in rows] or [dict.fromkeys(SEND_COLUMNS, "") | {"FILE": NO_SENDS}]
-    shown, bar_width = shown_columns(SEND_COLUMNS, fitted, SEND_DROP, width)
+    # More of a long name only where every column shown at 28 still fits
+    # (up to 32 more characters took columns to act on: MODE, CAP, SHARE).
+    least = _least_shown(view, keys, width)
+    for room in (name_room(width, 28), 28):
+        rows = send_rows(view, keys, room)
+        # With no send the placeholder line is the FILE cell: the columns are
+        # fitted to it too, or the headers beside it are cut to "…".
+        fitted = [c for c, _, _ in rows] or [dict.fromkeys(SEND_COLUMNS, "") | {"FILE": NO_SENDS}]
+        shown, bar_width = shown_columns(SEND_COLUMNS, fitted, SEND_DROP, width)
+        if len(shown) >= len(least):
+            break
     transfers = Table(title="Sends", title_justify="left", expand=keys, box=None, pad_edge=False)
     for name in shown:
         justify = "right" if name in RIGHT else "left"
@@ -381,11 +399,11 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     for i, (ident, name, size, done) in enumerate(view.incoming):
         share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
         picked = "reverse" if first + i == view.selected else None
-        shown_name = _name(name, name_room(width, 40), keys)
+        shown_name = _name(name, INCOMING_NAME, keys)
         receiving.add_row(Text(ident), Text(shown_name), share, style=picked)
     for sender, name, size, done in view.sessions:  # multicast: not selectable
         share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
-        shown_name = _name(name, name_room(width, 40), keys)
+        shown_name = _name(name, INCOMING_NAME, keys)
         texts = [Text("multicast"), Text(shown_name), Text(share)]
         receiving.add_row(*texts, *([Text(_cut(sender, 19, keys))] if wide else []))
     listed = peer_rows(view, keys)
@@ -491,12 +509,12 @@ def _act(view: View, link: NodeLink, key: str) -> bool:
         ident, view.confirm_cancel = view.confirm_cancel, None  # the one asked about
         if key in ("y", "Y") and ident.isdigit():
             request = CancelTransfer(request=link.client.next_id(), transfer=int(ident))
-            view.message = link.setting(request)
+            view.say(link.setting(request))
         elif key in ("y", "Y"):
             incoming = CancelIncoming(request=link.client.next_id(), transfer=ident)
-            view.message = link.setting(incoming)
+            view.say(link.setting(incoming))
         else:
-            view.message = "not cancelled"
+            view.say("not cancelled")
         return True
     if key in ("q", "Q", "\x03"):
         return False
@@ -509,13 +527,13 @@ def _act(view: View, link: NodeLink, key: str) -> bool:
     elif key in ("+", "-") and ident is not None and ident.isdigit():
         base = float(view.flows().get(ident, {}).get("rate") or view.rate_of(ident) or 0)
         if base <= 0:
-            view.message = f"transfer {ident} has no rate yet; wait a refresh"
+            view.say(f"transfer {ident} has no rate yet; wait a refresh")
             return True
         rate = int(base * 2 if key == "+" else base / 2)
         change = SettingRequest(
             request=link.client.next_id(), name="rate", value=str(rate), transfer=int(ident)
         )
-        view.message = link.setting(change)
+        view.say(link.setting(change))
     return True
 
 
