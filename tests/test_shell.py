@@ -542,7 +542,7 @@ def test_receive_as_a_command(
     # --json prints its one object whatever the outcome (and the error line).
     waited = run_cli("receive", "--timeout", "1", "--json", data_dir=node.data_dir)
     assert waited.returncode == errors.FAILED
-    assert json.loads(waited.stdout) == {"ok": False, "error": "nothing received within 1 s"}
+    assert json.loads(waited.stdout) == {"ok": False, "reason": "nothing received within 1 s"}
     assert waited.stderr_lines == ["peercrypt: error: nothing received within 1 s"]
     source = make_file(10 * 1024)
     pty = Pty(["--data-dir", str(node.data_dir), "receive", "--timeout", "60"], tmp_path)
@@ -591,15 +591,21 @@ def test_leaving_start_says_its_background_sends_end_with_its_node(
     the send still ran in the node, which then stopped)."""
     pty, _ = started
     peer = node_factory()
-    source = make_file(4 * 1024 * 1024)
+    source = make_file(8 * 1024 * 1024)  # ~40 s at the cap: running throughout
     pty.run("max-rate 200000", "node rate cap")
     pty.run(f"send {source} {peer.host} {peer.port}", r"\[1\] sending in the background")
+    question = re.escape("1 background send ends with the node: leave anyway? [y/N]")
     pty.child.sendline("quit")
-    pty.expect(re.escape("1 background send ends with the node: leave anyway? [y/N]"))
+    pty.expect(question)
     pty.run("n")  # stays
     pty.run("jobs", r"\[1\] running")
-    assert pty.leave() == 0  # Ctrl-D, and Ctrl-D at the question: leaves
+    pty.child.sendeof()  # Ctrl-D asks too
+    pty.expect(question)
+    pty.child.sendline("y")
+    pty.child.expect(pexpect.EOF, timeout=WAIT)
     said = str(pty.child.before)
+    pty.child.close()
+    assert pty.child.exitstatus == 0, said
     assert "1 background send ends with the node" in said, said
     assert "still running" not in said, said
     assert not (peer.inbox / source.name).exists()
@@ -671,3 +677,25 @@ def test_news_while_top_has_the_screen_is_told_once_it_ends(
     assert "\x1b[?1049l" in out, repr(out[-400:])
     pty.expect(PROMPT_RE)
     pty.leave()
+
+
+def test_config_show_at_starts_prompt_knows_a_key_typed_at_its_question(
+    tmp_path: Path, network_key: str
+) -> None:
+    data_dir = tmp_path / "typed"
+    pty = Pty(
+        ["--data-dir", str(data_dir), "start", "--host", "127.0.0.1", "--port", "0"], tmp_path
+    )
+    try:
+        pty.expect("network key")
+        pty.child.sendline(network_key)  # hidden: not echoed
+        pty.expect("listening on")
+        pty.expect(PROMPT_RE)
+        out = pty.run("config show --json", r"\}")
+        shown = json.loads(out[out.index("{") : out.rindex("}") + 1])
+        assert shown["network_key"]["value"] == "(set)", shown
+        assert network_key not in out
+        assert pty.leave() == 0
+    finally:
+        if pty.child.isalive():
+            pty.child.terminate(force=True)

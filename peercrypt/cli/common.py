@@ -80,6 +80,8 @@ def server_keys_later(network_key: str | None, open_network: bool) -> Callable[[
         )
     if not open_network and not network_key and sys.stdin.isatty():
         network_key = click.prompt("network key", hide_input=True, err=True)
+        if ctx is not None:  # (`start`'s prompt: `config show` says it is set)
+            ctx.meta["network_key_typed"] = network_key
     if not open_network and not network_key:
         raise UserError(
             "no network key: pass --network-key-file (or set PEERCRYPT_NETWORK_KEY; "

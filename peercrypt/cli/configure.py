@@ -22,10 +22,13 @@ STARTED_WITH: dict[str, Any] = {}
 
 def node_flags(ctx: click.Context) -> dict[str, Any]:
     """The setting flags given to ``ctx``'s command (`node`, `start`,
-    `config show`), the key of ``--network-key-file`` among them."""
+    `config show`), the key of ``--network-key-file`` (or typed at its
+    question) among them."""
     flags = given_flags(ctx, NODE_OPTIONS)
-    if ctx.meta.get("network_key_file"):  # the key as the node would read it (shown as set)
-        flags["network_key"] = ctx.meta["network_key_file"]
+    # The key as the node read it (shown as set): from --network-key-file, or typed.
+    key = ctx.meta.get("network_key_file") or ctx.meta.get("network_key_typed")
+    if key:
+        flags["network_key"] = key
     return flags
 
 

@@ -66,7 +66,7 @@ def progress_view(paths: list[Path], show: bool) -> ProgressView | None:
     return ProgressView(f"{first.name}{more}", None)
 
 
-def _width() -> dict[str, Any]:
+def bar_size() -> dict[str, Any]:
     """tqdm's size: the terminal's, followed as it changes; 80 x 24 on one
     that says it has no size (a serial console's, some containers' 0 x 0:
     tqdm drew no bar at all there, every bar below its 0 rows)."""
@@ -105,7 +105,7 @@ class ProgressView:
             desc=desc,
             position=position,
             leave=False,
-            **_width(),
+            **bar_size(),
         )
 
     def on_progress(self, msg: Progress) -> None:

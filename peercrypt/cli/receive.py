@@ -20,6 +20,7 @@ import click
 
 from peercrypt import errors
 from peercrypt.cli.common import FiniteRange, UserError
+from peercrypt.cli.progress import bar_size
 from peercrypt.cli.status_view import describe_outcome
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.sizes import readable
@@ -109,6 +110,7 @@ def wait_for_next(client: ControlClient, timeout: float, quiet: bool) -> dict[st
                         disable=not sys.stderr.isatty(),
                         desc=name,
                         leave=False,
+                        **bar_size(),
                     )
                 bar.update(done - bar.n)
             if deadline is not None and time.monotonic() > deadline:
@@ -121,9 +123,10 @@ def wait_for_next(client: ControlClient, timeout: float, quiet: bool) -> dict[st
 
 def _said(as_json: bool, exc: UserError) -> UserError:
     """``exc``, its outcome first printed as the JSON object ``--json``
-    promises (``ok`` false and the error; its line still goes to stderr)."""
+    promises (``ok`` false and its ``reason``, the key a failed transfer's
+    outcome has; the error line still goes to stderr)."""
     if as_json:
-        click.echo(json.dumps({"ok": False, "error": exc.message}))
+        click.echo(json.dumps({"ok": False, "reason": exc.message}))
     return exc
 
 

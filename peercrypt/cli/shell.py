@@ -802,6 +802,7 @@ def start_command(ctx: click.Context, /, **_: Any) -> None:
     """
     settings, _eff = node_settings(ctx.obj, ctx)
     running = run_node(ctx.obj, settings, quiet_logs=True)  # the prompt stays readable
+    configure.STARTED_WITH.clear()  # (one node a process; a test may start another)
     configure.STARTED_WITH.update(configure.node_flags(ctx))  # its prompt's `config show`
     # The prompt has the main thread: crashed actors are restarted from another.
     running.supervisor.run_in_background()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from peercrypt.core.names import shortened
+from peercrypt.history.db import held_bytes
 
 INSTALL_HINT = "pip install 'peercrypt[plot]'"
 FORMATS = (".png", ".svg")
@@ -95,7 +96,7 @@ def smooth_span(row: dict[str, Any]) -> float:
     s, which half a second's average drew as spikes of 10 MiB/s over zero
     (over two chunks' time the line still swung by half as a third chunk
     came into the window and went)."""
-    moved = float(row.get("bytes", 0))
+    moved = float(row.get("bytes", 0) - (held_bytes(row) if "stats" in row else 0))
     seconds, chunk = float(row.get("duration", 0.0)), float(row.get("chunk_size", 0))
     if moved <= 0 or seconds <= 0 or chunk <= 0:
         return SMOOTH_SECONDS
