@@ -68,9 +68,9 @@ from peercrypt.wire.network_messages import PeersReply, PeersRequest
 # time (at most RATE_SPAN_MAX): each reading's own rate read 514 KiB/s,
 # 16 and 0 by turns for a send held to 300 KiB/s.
 RATE_SPAN = 2.0
-MESSAGE_SECONDS = 10.0  # how long the node's answer to a key stays under the keys
 RATE_STEPS = 4
 RATE_SPAN_MAX = 30.0
+MESSAGE_SECONDS = 10.0  # how long the node's answer to a key stays under the keys
 PRIORITY_NAMES = {1: "normal", 2: "high", 3: "highest"}
 
 
