@@ -391,13 +391,15 @@ def test_top_without_sends_keeps_its_headers_whole_at_80_columns() -> None:
     view.update(
         0.0, {"fingerprint": "n47j-hxbx-u2u5-g37e-v3th", "pid": "1", "mode": "normal"}, [], []
     )
-    for width in (80, 100, 170):
+    for width in (50, 60, 80, 100, 170):
         lines = _render(view, width)
         assert all(len(line) <= width for line in lines), lines
+        # (no peer either: its placeholder fitted too, "ADDRE…" and "ST…" at 50)
         assert not any("…" in line for line in lines), "\n".join(lines)
         header = lines[lines.index("Sends") + 1].split()
         assert header[:2] == ["ID", "FILE"] and "DONE" in header and "RATE" in header, header
         assert any(line.split() == ["no", "sends", "running"] for line in lines), lines
+        assert any(line.split() == ["no", "peers", "known"] for line in lines), lines
 
 
 def test_top_on_the_receiving_node_cancels_an_incoming_transfer(

@@ -246,6 +246,7 @@ RIGHT = frozenset({"ID", "CAP", "SHARE", "DONE", "RATE", "ETA"})
 PEER_COLUMNS = ("ID", "ADDRESS", "STATE", "RTT", "RELIABILITY", "FAILURES", "LAST SEEN")
 PEER_DROP = ("FAILURES", "RELIABILITY", "LAST SEEN", "RTT")
 NO_SENDS = "no sends running"
+NO_PEERS = "no peers known"
 BAR = 20  # the progress bar's width (cells), down to BAR // 2 before it is left out
 
 
@@ -407,7 +408,10 @@ def render(view: View, width: int, keys: bool = True) -> Group:
         texts = [Text("multicast"), Text(shown_name), Text(share)]
         receiving.add_row(*texts, *([Text(_cut(sender, 19, keys))] if wide else []))
     listed = peer_rows(view, keys)
-    shown, _ = shown_columns(PEER_COLUMNS, listed, PEER_DROP, width)
+    # With no peer its placeholder is the ID cell: fitted to it too, as the
+    # sends' (at 50 columns the headers were cut to "ADDRE…", "ST…").
+    fitted = listed or [dict.fromkeys(PEER_COLUMNS, "") | {"ID": NO_PEERS}]
+    shown, _ = shown_columns(PEER_COLUMNS, fitted, PEER_DROP, width)
     peers = Table(title="Peers", title_justify="left", expand=keys, box=None, pad_edge=False)
     for name in shown:
         peers.add_column(name, no_wrap=True)
@@ -416,7 +420,7 @@ def render(view: View, width: int, keys: bool = True) -> Group:
         # Text, not markup: a peer's text ("[link=...]" in a name) shows as it is.
         peers.add_row(*(Text(row[n], style=colour if n == "STATE" else "") for n in shown))
     if not listed:
-        peers.add_row(Text("no peers known", style="dim"))
+        peers.add_row(Text(NO_PEERS, style="dim"))
     line = "up/down select   +/- double/halve rate   c cancel   q quit"
     if view.confirm_cancel is not None:
         line = f"cancel transfer {view.confirm_cancel}? y/n"
