@@ -264,7 +264,13 @@ class DiscoveryActor(Actor):
         for node_id in self.table.expire(self.now()):
             self.tell("health", MemberGone(node_id=node_id))
             self.count("expired")
-        known = {endpoint_key(self._url_of(n)) for n in self.table.peers()}
+        # A dead member's link stays until the member is forgotten: a node
+        # that comes back (restarted on its address) answers health's probes,
+        # and the exchange that tells it the claim to refute goes on this link
+        # (closed at every tick, each exchange went out on a fresh link not yet
+        # connected, and was dropped: a restarted seed stayed dead everywhere).
+        kept = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD)
+        known = {endpoint_key(self._url_of(n)) for n in self.table.peers(kept)}
         for key in [k for k in self.links if k not in known]:
             self.links.pop(key).close()
             self.asked.pop(key, None)

@@ -456,3 +456,31 @@ def test_a_dead_claim_at_the_largest_incarnation_kills_no_one(
     src.write_bytes(os.urandom(200_000))
     code, result = b.send_to(src, a)
     assert code == 0 and (a.inbox / result["stored_as"]).read_bytes() == src.read_bytes()
+
+
+def test_a_seed_restarted_on_its_port_without_a_bootstrap_is_alive_everywhere_again(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """The node the others joined through is killed and restarted on its
+    address with no bootstrap of its own: it knows no one, so only the
+    others' exchanges can tell it the claim to refute. They closed their
+    link to a dead member at every expiry tick, so each exchange went out on
+    a fresh link not yet connected and was dropped: it stayed dead
+    everywhere (though it answered their health probes) and alone."""
+    from peercrypt.testing.nodes import free_port
+
+    args = ("--gossip-interval", "0.2", "--health-check-interval", "0.5", "--timeout", "1")
+    port = free_port()
+    seed = node_factory(*args, "--port", str(port), name="seed")
+    boot = ("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(port))
+    trio = [seed, node_factory(*args, *boot), node_factory(*args, *boot)]
+    wait_until(lambda: knows_all(trio), 60, "three nodes to know each other")
+    seed.kill()
+
+    def seed_dead() -> bool:
+        return all(peer_table(n).get(seed.fingerprint, {}).get("state") == "dead" for n in trio[1:])
+
+    wait_until(seed_dead, 60, "the others to mark the killed seed dead")
+    seed.start()
+    assert seed.port == port
+    wait_until(lambda: knows_all(trio), 60, "the restarted seed alive everywhere, knowing them")
