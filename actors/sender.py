@@ -1280,7 +1280,9 @@ class SenderActor(Actor):
                             code, reason = t.link.timeout_reason(t.request.timeout)
                         return self._end(t, code, reason)
             except OSError as exc:
-                return self._end(t, ResultCode.LOCAL, f"reading {t.request.path} failed: {exc}")
+                return self._end(
+                    t, ResultCode.LOCAL, f"reading {t.request.path} failed: {exc.strerror or exc}"
+                )
             if t.slotted:
                 self._send_slotted(t)
         if t.timer is not None:
@@ -1499,7 +1501,9 @@ class SenderActor(Actor):
         try:
             self._hash_more(t)
         except OSError as exc:
-            return self._end(t, ResultCode.LOCAL, f"reading {t.request.path} failed: {exc}")
+            return self._end(
+                t, ResultCode.LOCAL, f"reading {t.request.path} failed: {exc.strerror or exc}"
+            )
         self._drive(t)
 
     def _on_crew(self, t: Outgoing, _fd: object = None) -> None:

@@ -570,3 +570,35 @@ def test_a_shell_whose_send_sigterm_cancelled_ends(
     assert cli.returncode == 143, (stdout, stderr)
     assert "SIGTERM: the transfer was cancelled" in stderr, stderr
     assert "node: running" not in stdout, stdout  # the next line did not run
+
+
+def test_what_a_user_gets_wrong_in_a_send_line_is_named(tmp_path: Path) -> None:
+    """Two files of one name (which one), a path that is not UTF-8 (it was
+    handed on with a '?' for its byte and said "No such file"), HOST:PORT as
+    one word (the folder before it taken for the host), a .env that does not
+    parse (exit 1 with no word of where)."""
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "same.txt").write_text(d)
+    odd = os.fsencode(tmp_path) + b"/bad\xffdir"
+    os.mkdir(odd)
+    with open(odd + b"/ok.txt", "wb") as f:
+        f.write(b"ok")
+    data = tmp_path / "dd"
+    twice = run_cli("send", tmp_path / "d1/same.txt", tmp_path / "d2/same.txt", "127.0.0.1", "9",
+                    data_dir=data)  # fmt: skip
+    assert_error(twice, errors.USAGE, "the same name, 'same.txt'")
+    bad = run_cli("send", os.fsdecode(odd + b"/ok.txt"), "127.0.0.1", "9", data_dir=data)
+    assert_error(bad, errors.USAGE, "bad\\xffdir/ok.txt is not UTF-8", "rename it")
+    joined = run_cli("send", tmp_path / "d1/same.txt", tmp_path / "d2", "127.0.0.1:7400",
+                     data_dir=data)  # fmt: skip
+    assert_error(joined, errors.USAGE, "expected FILE... HOST PORT", "two words")
+    (tmp_path / ".env").write_text('MULTI="line1\nline2"\n')
+    env = subprocess.run(
+        [sys.executable, "-m", "peercrypt", "--data-dir", str(data), "status"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert env.returncode == errors.USAGE, env.stderr
+    lines = env.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("peercrypt: error: "), lines
+    assert ".env:2: expected KEY=VALUE" in lines[0] and "working directory" in lines[0], lines

@@ -272,8 +272,8 @@ def invocation(
     dotenv_path = cwd / sources.ENV_FILE
     try:
         dotenv = sources.read_env_file(dotenv_path)
-    except sources.ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    except sources.ConfigError as exc:  # a usage error, as a bad value in any layer (exit 2)
+        raise click.UsageError(f"{exc} (the .env of the working directory)") from None
     resolved_dir = sources.data_dir_from(data_dir, environ, dotenv, sources.default_data_dir())
     config_path, required = sources.config_path_from(config_file, environ, dotenv, resolved_dir)
     return {

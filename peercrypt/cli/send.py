@@ -6,6 +6,7 @@ as one transfer (peercrypt/core/tree.py)."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -40,6 +41,7 @@ from peercrypt.core.fragments import parse_group
 from peercrypt.core.modes import PACED_CHUNK_SHARE, RECEIVER_IDLE
 from peercrypt.crypto.identity import normalise_fingerprint
 from peercrypt.wire.local_messages import SendRequest, SendResult
+from peercrypt.wire.text import printable
 
 SEND_USAGE = (
     "expected FILE... HOST PORT: what to send (files or folders), then the receiving "
@@ -53,11 +55,19 @@ class SendCommand(click.Command):
     FILE... takes what is left after HOST PORT)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # (click's parser takes its words from the list)
         try:
             return super().parse_args(ctx, args)
         except click.MissingParameter as exc:
             if exc.param is not None and exc.param.name in ("files", "host", "port"):
                 raise click.UsageError(SEND_USAGE, ctx) from None
+            raise
+        except click.BadParameter as exc:
+            # `send F 127.0.0.1:7400`: the folder was taken for the host and
+            # "HOST:PORT" for the port ("'127.0.0.1:7400' is not a valid integer").
+            last = given[-1] if given else ""
+            if exc.param is not None and exc.param.name == "port" and ":" in last:
+                raise click.UsageError(f"{SEND_USAGE} (HOST and PORT are two words)", ctx) from None
             raise
 
 
@@ -188,8 +198,20 @@ def send(
     paths = [f.resolve() for f in files]
     path = paths[0]
     names = [p.name for p in paths]
-    if len(set(names)) != len(names):
-        raise UserError("two of the files to send have the same name")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # (it said "two of the files to send have the same name", not which)
+        raise UserError(
+            f"two of the files to send have the same name, {printable(twice[0])!r}: "
+            "the receiver stores each under its name; send them one by one"
+        )
+    for p in paths:
+        try:
+            str(p).encode("utf-8")
+        except UnicodeEncodeError:  # (the node was handed a '?' for the byte: "No such file")
+            raise UserError(
+                f"{os.fsencode(p).decode('utf-8', 'backslashreplace')} is not UTF-8 (a byte "
+                "of its path is not a character): rename it"
+            ) from None
     # Targets first: a wrong one is a usage error whatever the node.
     targets = _multicast().targets(host, port, to, multi, dual) if mode == "multicast" else []
     with local_node(obj, network_key, open_network) as client:
