@@ -1280,9 +1280,7 @@ class SenderActor(Actor):
                             code, reason = t.link.timeout_reason(t.request.timeout)
                         return self._end(t, code, reason)
             except OSError as exc:
-                return self._end(
-                    t, ResultCode.LOCAL, f"reading {t.request.path} failed: {exc.strerror or exc}"
-                )
+                return self._end(t, ResultCode.LOCAL, _read_failed(t.request.path, exc))
             if t.slotted:
                 self._send_slotted(t)
         if t.timer is not None:
@@ -1501,9 +1499,7 @@ class SenderActor(Actor):
         try:
             self._hash_more(t)
         except OSError as exc:
-            return self._end(
-                t, ResultCode.LOCAL, f"reading {t.request.path} failed: {exc.strerror or exc}"
-            )
+            return self._end(t, ResultCode.LOCAL, _read_failed(t.request.path, exc))
         self._drive(t)
 
     def _on_crew(self, t: Outgoing, _fd: object = None) -> None:
@@ -2093,3 +2089,12 @@ def _result(request: int, code: str, reason: str) -> SendResult:
     return SendResult(
         request=request, code=code, reason=reason[:500], size=0, digest=b"", stored_as=""
     )
+
+
+def _read_failed(path: str, exc: OSError) -> str:
+    """A send's read error as one line: the system's words and the file
+    (a folder's file, when it is another than the path sent), not Python's
+    "[Errno 2] No such file or directory: '...'"."""
+    why = exc.strerror or str(exc)
+    named = exc.filename if isinstance(exc.filename, str) and exc.filename != path else ""
+    return f"reading {path} failed: {why}" + (f" ({named})" if named else "")

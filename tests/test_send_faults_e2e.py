@@ -392,3 +392,22 @@ def test_transfers_lists_a_send_between_retries(
     (line,) = [x for x in shown.splitlines() if "retrying" in x]
     assert "between.bin" in line and "attempt " in line and f"127.0.0.1:{port}" in line, shown
     receiver.start()  # for the fixture's clean stop
+
+
+def test_a_read_error_is_said_in_the_systems_words_with_the_file() -> None:
+    """Not Python's "[Errno 2] No such file or directory: '.../f3'" (a
+    folder's file deleted mid-send), and the file named when it is not the
+    path sent."""
+    from actors.sender import _read_failed
+
+    gone = FileNotFoundError(2, "No such file or directory", "/src/tree/f3")
+    assert _read_failed("/src/tree", gone) == (
+        "reading /src/tree failed: No such file or directory (/src/tree/f3)"
+    )
+    assert _read_failed("/src/tree/f3", gone) == (
+        "reading /src/tree/f3 failed: No such file or directory"
+    )
+    short = OSError("file shrank while it was read (chunk 3)")
+    assert _read_failed("/a.bin", short) == (
+        "reading /a.bin failed: file shrank while it was read (chunk 3)"
+    )
