@@ -75,6 +75,9 @@ MAX_JOINS = 16
 # Exchanges not yet answered on one member's link that count: a reply beyond
 # them is dropped unread (a peer that never answers leaves no more owed).
 MAX_ASKED = 4
+# Seconds a member held dead here keeps its link after health last saw it
+# answer (the exchanges that tell it the claim go on it: _expire).
+REVIVE_KEEP = 30.0
 LEAVE_WAIT = 0.5  # seconds the shutdown waits for members to take our "left"
 MIN_INTERVAL = 0.01
 MAX_INTERVAL = 3600.0
@@ -130,6 +133,10 @@ class DiscoveryActor(Actor):
         self.table: MembershipTable | None = None
         self.links: dict[str, Link] = {}  # member endpoint (endpoint_key) -> persistent link
         self.asked: dict[str, int] = {}  # member endpoint -> exchanges not yet answered
+        # Members held suspect or dead here that health saw answer (a node come
+        # back), and when: their links stay open for the exchanges that tell
+        # them the claim to refute (at most one entry per member).
+        self.reviving: dict[bytes, float] = {}
         self.joins: dict[int, Join] = {}
         self.waiting: list[JoinRequest] = []  # joins asked before the port is known
         self.scores: dict[bytes, float] = {}
@@ -264,13 +271,18 @@ class DiscoveryActor(Actor):
         for node_id in self.table.expire(self.now()):
             self.tell("health", MemberGone(node_id=node_id))
             self.count("expired")
-        # A dead member's link stays until the member is forgotten: a node
-        # that comes back (restarted on its address) answers health's probes,
-        # and the exchange that tells it the claim to refute goes on this link
-        # (closed at every tick, each exchange went out on a fresh link not yet
-        # connected, and was dropped: a restarted seed stayed dead everywhere).
-        kept = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD)
-        known = {endpoint_key(self._url_of(n)) for n in self.table.peers(kept)}
+        # A dead member that health sees answer (a node restarted on its
+        # address) keeps its link for REVIVE_KEEP: the exchanges that tell it
+        # the claim to refute go on it. (Closed at every tick, each went out on
+        # a fresh link not yet connected and was dropped: a restarted seed that
+        # knew no one stayed dead everywhere.) Members that never answer (a
+        # squatter's fake records at a member's address) keep none.
+        now = self.now()
+        live = self.table.peers()
+        for node_id, seen in list(self.reviving.items()):
+            if now - seen > REVIVE_KEEP or node_id in live or node_id not in self.table:
+                del self.reviving[node_id]
+        known = {endpoint_key(self._url_of(n)) for n in [*live, *self.reviving]}
         for key in [k for k in self.links if k not in known]:
             self.links.pop(key).close()
             self.asked.pop(key, None)
@@ -471,7 +483,9 @@ class DiscoveryActor(Actor):
                 log.warning("discovery: member %s declared dead", msg.node_id.hex()[:16])
         elif msg.state == MemberState.ALIVE:
             # It answers our probes although it is suspect/dead here: talk to it
-            # directly so it learns the claim and refutes it.
+            # directly so it learns the claim and refutes it (its link kept
+            # meanwhile: _expire).
+            self.reviving[msg.node_id] = now
             self._exchange(msg.node_id)
             self.count("revive-exchanges")
         if claim is not None:

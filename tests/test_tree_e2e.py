@@ -139,12 +139,16 @@ def test_cli_refuses_what_it_cannot_send_as_one(tmp_path: Path, node_factory: No
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "x").write_bytes(b"1")
     (tmp_path / "b" / "x").write_bytes(b"2")
+    twice = (
+        "peercrypt: error: two of the files to send have the same name, 'x': "
+        "the receiver stores each under its name; send them one by one"
+    )
     same = sender.cli("send", tmp_path / "a" / "x", tmp_path / "b" / "x", "127.0.0.1", "9")
     assert same.returncode == 2
-    assert same.stderr_lines == ["peercrypt: error: two of the files to send have the same name"]
+    assert same.stderr_lines == [twice]
     multi = sender.cli("send", tmp_path / "a" / "x", tmp_path / "b" / "x", "127.0.0.1", "9", "-m")
     assert multi.returncode == 2  # by multicast too
-    assert multi.stderr_lines == ["peercrypt: error: two of the files to send have the same name"]
+    assert multi.stderr_lines == [twice]
     (tmp_path / "a" / "bad\nname").write_bytes(b"3")
     bad = sender.cli("send", tmp_path / "a", "127.0.0.1", str(sender.port), "--force")
     assert bad.returncode == 2, bad.describe()
