@@ -572,7 +572,9 @@ def test_a_shell_whose_send_sigterm_cancelled_ends(
     assert "node: running" not in stdout, stdout  # the next line did not run
 
 
-def test_what_a_user_gets_wrong_in_a_send_line_is_named(tmp_path: Path) -> None:
+def test_what_a_user_gets_wrong_in_a_send_line_is_named(
+    tmp_path: Path, node_factory: Callable[..., NodeProcess]
+) -> None:
     """Two files of one name (which one), a path that is not UTF-8 (it was
     handed on with a '?' for its byte and said "No such file"), HOST:PORT as
     one word (the folder before it taken for the host), a .env that does not
@@ -588,8 +590,9 @@ def test_what_a_user_gets_wrong_in_a_send_line_is_named(tmp_path: Path) -> None:
     twice = run_cli("send", tmp_path / "d1/same.txt", tmp_path / "d2/same.txt", "127.0.0.1", "9",
                     data_dir=data)  # fmt: skip
     assert_error(twice, errors.USAGE, "the same name, 'same.txt'")
-    bad = run_cli("send", os.fsdecode(odd + b"/ok.txt"), "127.0.0.1", "9", data_dir=data)
-    assert_error(bad, errors.USAGE, "bad\\xffdir/ok.txt is not UTF-8", "rename it")
+    for where in (data, node_factory().data_dir):  # a temporary node's send, a running one's
+        bad = run_cli("send", os.fsdecode(odd + b"/ok.txt"), "127.0.0.1", "9", data_dir=where)
+        assert_error(bad, errors.USAGE, "bad\\xffdir/ok.txt is not UTF-8", "rename it")
     joined = run_cli("send", tmp_path / "d1/same.txt", tmp_path / "d2", "127.0.0.1:7400",
                      data_dir=data)  # fmt: skip
     assert_error(joined, errors.USAGE, "expected FILE... HOST PORT", "two words")

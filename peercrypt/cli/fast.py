@@ -222,6 +222,10 @@ def _send(line: Line, data_dir: Path) -> int | None:
     names = [p.name for p in paths]
     if len(set(names)) != len(names) or not _resolvable(host, int(port)):
         return None
+    try:  # a path that is not UTF-8: the command says so (the node would get a '?')
+        [str(p).encode("utf-8") for p in paths]
+    except UnicodeEncodeError:
+        return None
     from peercrypt.cli.follow import ended_text, ending_signals_cancel, follow
     from peercrypt.cli.progress import progress_view, wanted
     from peercrypt.cli.send_report import report
