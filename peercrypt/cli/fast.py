@@ -222,9 +222,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
     names = [p.name for p in paths]
     if len(set(names)) != len(names) or not _resolvable(host, int(port)):
         return None
-    try:  # a path that is not UTF-8: the command says so (the node would get a '?')
-        [str(p).encode("utf-8") for p in paths]
-    except UnicodeEncodeError:
+    if not_utf8(paths) is not None:  # the command says so (the node would get a '?')
         return None
     from peercrypt.cli.follow import ended_text, ending_signals_cancel, follow
     from peercrypt.cli.progress import progress_view, wanted
@@ -286,6 +284,18 @@ def _send(line: Line, data_dir: Path) -> int | None:
     if result.code == ResultCode.MULTICAST_DEFAULT:
         return None  # the command asks the node for its mode and sends a multicast
     return report(result, paths, host, int(port), as_json)
+
+
+def not_utf8(paths: list[Path]) -> Path | None:
+    """The first of ``paths`` that is not UTF-8 (a byte of it is no
+    character: handed on, the node would read a '?' and say "No such
+    file"), or None."""
+    for path in paths:
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+    return None
 
 
 def _resolvable(host: str, port: int) -> bool:

@@ -33,7 +33,7 @@ from peercrypt.cli.common import (
     network_key_option,
     open_option,
 )
-from peercrypt.cli.fast import DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT
+from peercrypt.cli.fast import DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT, not_utf8
 from peercrypt.cli.follow import follow
 from peercrypt.cli.progress import progress_view, wanted
 from peercrypt.cli.send_report import report
@@ -204,14 +204,12 @@ def send(
             f"two of the files to send have the same name, {printable(twice[0])!r}: "
             "the receiver stores each under its name; send them one by one"
         )
-    for p in paths:
-        try:
-            str(p).encode("utf-8")
-        except UnicodeEncodeError:  # (the node was handed a '?' for the byte: "No such file")
-            raise UserError(
-                f"{os.fsencode(p).decode('utf-8', 'backslashreplace')} is not UTF-8 (a byte "
-                "of its path is not a character): rename it"
-            ) from None
+    odd = not_utf8(paths)
+    if odd is not None:  # (the node was handed a '?' for the byte: "No such file")
+        raise UserError(
+            f"{os.fsencode(odd).decode('utf-8', 'backslashreplace')} is not UTF-8 (a byte "
+            "of its path is not a character): rename it"
+        )
     # Targets first: a wrong one is a usage error whatever the node.
     targets = _multicast().targets(host, port, to, multi, dual) if mode == "multicast" else []
     with local_node(obj, network_key, open_network) as client:

@@ -29,7 +29,7 @@ import time
 import tty
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +83,13 @@ class RateMeter:
     moved over a window of them (:data:`RATE_SPAN`, longer for a transfer
     whose bytes move in steps further apart than the readings)."""
 
-    at: float
-    done: int
+    at: InitVar[float]  # the first reading's time and bytes
+    done: InitVar[int]
     rate: float | None = None
     readings: deque[tuple[float, int]] = field(default_factory=deque)
 
-    def __post_init__(self) -> None:
-        self.readings.append((self.at, self.done))
+    def __post_init__(self, at: float, done: int) -> None:
+        self.readings.append((at, done))
 
     def update(self, now: float, done: int) -> None:
         if now <= self.readings[-1][0]:
@@ -100,7 +100,6 @@ class RateMeter:
         span = min(RATE_SPAN_MAX, max(RATE_SPAN, RATE_STEPS * self._step_gap()))
         start = next((r for r in reversed(self.readings) if now - r[0] >= span), self.readings[0])
         self.rate = max(0, done - start[1]) / (now - start[0])
-        self.at, self.done = now, done
 
     def _step_gap(self) -> float:
         """The mean time between the readings that saw bytes move, where
@@ -264,10 +263,17 @@ def shown_columns(
     return list(widths), widths.get("PROGRESS", BAR)
 
 
-def _least_shown(view: View, keys: bool, width: int) -> list[str]:
-    """The send columns shown at ``width`` with names of 28 characters."""
-    fitted = [c for c, _, _ in send_rows(view, keys, 28)]
-    return shown_columns(SEND_COLUMNS, fitted, SEND_DROP, width)[0] if fitted else []
+def _send_table(
+    view: View, keys: bool, room: int, width: int
+) -> tuple[list[tuple[dict[str, str], int, int]], list[str], int]:
+    """The sends' rows with names within ``room``, the columns of them that
+    fit ``width`` and the bar's width."""
+    rows = send_rows(view, keys, room)
+    # With no send the placeholder line is the FILE cell: the columns are
+    # fitted to it too, or the headers beside it are cut to "…".
+    fitted = [c for c, _, _ in rows] or [dict.fromkeys(SEND_COLUMNS, "") | {"FILE": NO_SENDS}]
+    shown, bar_width = shown_columns(SEND_COLUMNS, fitted, SEND_DROP, width)
+    return rows, shown, bar_width
 
 
 def _cut(text: str, limit: int, keys: bool) -> str:
@@ -365,17 +371,13 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     # one line if it fits, else two (never a value broken across lines)
     one_line = who.cell_len + 2 + what.cell_len <= width
     head = Text.assemble(who, "  " if one_line else "\n", what)
-    # More of a long name only where every column shown at 28 still fits
-    # (up to 32 more characters took columns to act on: MODE, CAP, SHARE).
-    least = _least_shown(view, keys, width)
-    for room in (name_room(width, 28), 28):
-        rows = send_rows(view, keys, room)
-        # With no send the placeholder line is the FILE cell: the columns are
-        # fitted to it too, or the headers beside it are cut to "…".
-        fitted = [c for c, _, _ in rows] or [dict.fromkeys(SEND_COLUMNS, "") | {"FILE": NO_SENDS}]
-        shown, bar_width = shown_columns(SEND_COLUMNS, fitted, SEND_DROP, width)
-        if len(shown) >= len(least):
-            break
+    rows, shown, bar_width = _send_table(view, keys, 28, width)
+    if name_room(width, 28) > 28:
+        # More of a long name only where every column shown at 28 still fits
+        # (up to 32 more characters took columns to act on: MODE, CAP, SHARE).
+        wider = _send_table(view, keys, name_room(width, 28), width)
+        if len(wider[1]) >= len(shown):
+            rows, shown, bar_width = wider
     transfers = Table(title="Sends", title_justify="left", expand=keys, box=None, pad_edge=False)
     for name in shown:
         justify = "right" if name in RIGHT else "left"
