@@ -45,6 +45,7 @@ from peercrypt.core.membership import (
     MembershipTable,
     x25519_public_key,
 )
+from peercrypt.core.names import shortened
 from peercrypt.core.reliability import DEFAULT_PRIOR, weighted_choice
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
@@ -607,7 +608,9 @@ class DiscoveryActor(Actor):
             members = len(self.table) if self.table is not None else 1
             self.tell(
                 join.requester,
-                JoinResult(request=join.request, code=code, reason=reason[:512], members=members),
+                JoinResult(
+                    request=join.request, code=code, reason=shortened(reason, 512), members=members
+                ),
             )
 
 

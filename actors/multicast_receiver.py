@@ -1222,7 +1222,7 @@ class MulticastReceiverActor(Actor):
             "size": size,
             "stored_as": stored[:200],
             "ok": ok,
-            "reason": reason[:200],
+            "reason": shortened(reason, 200),
             "held": held,
         }
         self.facts["last_multicast_in"] = json.dumps(outcome, ensure_ascii=False)
@@ -1239,7 +1239,7 @@ class MulticastReceiverActor(Actor):
                     stored_as=stored,
                     size=size,
                     ok=ok,
-                    reason=reason[:500],
+                    reason=shortened(reason, 500),
                     held=held,
                 ),
             )
@@ -1360,7 +1360,7 @@ def _record(
         started=sess.wall,
         duration=now - sess.started,
         result=result,
-        reason=reason[:512],
+        reason=shortened(reason, 512),
         retransmits=sess.tracker.naked,
         params={
             "transport": "udp" if sess.udp is not None else "pubsub",
@@ -1400,7 +1400,7 @@ def _held_record(h: Holding, now: float, ok: bool, reason: str) -> StatsRecord:
         started=h.wall,
         duration=now - h.began,
         result="ok" if ok else "failed",
-        reason=reason[:512],
+        reason=shortened(reason, 512),
         params={"delivered_before": d.stored_as[:256]},
         stats={"held_bytes": d.key.size if ok else 0},
     )

@@ -92,6 +92,7 @@ from peercrypt.core.multicast_outgoing import (
     TargetEnded,
     TargetLost,
 )
+from peercrypt.core.names import shortened
 from peercrypt.core.outgoing import HashFile
 from peercrypt.core.port_guard import NULL_HANDSHAKE, GuardLimits
 from peercrypt.core.tree import TreeError
@@ -419,7 +420,9 @@ class MulticastSenderActor(Actor):
     def _fail_request_id(self, request: int, code: str, reason: str) -> None:
         self.tell(
             "control",
-            McSendResult(request=request, code=code, reason=reason[:500], size=0, digest=b""),
+            McSendResult(
+                request=request, code=code, reason=shortened(reason, 500), size=0, digest=b""
+            ),
         )
 
     def _walk(self, req: McSendRequest) -> None:
@@ -825,7 +828,7 @@ class MulticastSenderActor(Actor):
                 request=sess.request.request,
                 target=t.name,
                 code=end.code[:32],
-                reason=end.reason[:500],
+                reason=shortened(end.reason, 500),
                 stored_as=end.stored_as,
                 seconds=end.seconds,
                 held=end.held,
@@ -896,7 +899,7 @@ class MulticastSenderActor(Actor):
         elif isinstance(out, TargetEnded):
             t = sess.targets[out.target]
             if out.tell:
-                end = McStatus(sid=sess.sid, horizon=0, end=out.reason[:500] or out.code)
+                end = McStatus(sid=sess.sid, horizon=0, end=shortened(out.reason, 500) or out.code)
                 self._send_ctl(t, end)
             if out.alone:
                 if out.code != ResultCode.OK:
@@ -1202,7 +1205,7 @@ class MulticastSenderActor(Actor):
             McSendResult(
                 request=sess.request.request,
                 code=code[:32],
-                reason=reason[:500],
+                reason=shortened(reason, 500),
                 size=sess.size,
                 digest=sess.flow.digest if code == ResultCode.OK else b"",
                 seconds=self.now() - sess.flow.started,
@@ -1255,7 +1258,7 @@ def _record(sess: Session, t: Target, now: float) -> StatsRecord:
         started=sess.wall,
         duration=end.seconds if end else now - sess.flow.started,
         result=code[:32],
-        reason=reason[:512],
+        reason=shortened(reason, 512),
         retransmits=m.naked if m else 0,
         params={
             "receivers": str(len(sess.targets)),

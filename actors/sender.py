@@ -114,6 +114,7 @@ from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
 from peercrypt.core.busy_wait import BusyWait, not_now
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
+from peercrypt.core.names import shortened
 from peercrypt.core.outgoing import (
     Finished,
     HashFile,
@@ -1657,7 +1658,7 @@ class SenderActor(Actor):
             t.reach_timer.cancel()
         if code != ResultCode.OK and t.keys is not None and t.data is not None:
             with contextlib.suppress(zmq.ZMQError):
-                self._send_sealed(t, Failed(code=ResultCode.ABORTED, reason=reason[:200]))
+                self._send_sealed(t, Failed(code=ResultCode.ABORTED, reason=shortened(reason, 200)))
         if t.crew is not None:
             self.unwatch(t.crew.wake_fd)
             t.crew.stop()
@@ -1756,7 +1757,7 @@ class SenderActor(Actor):
             SendResult(
                 request=t.request.request,
                 code=code[:32],
-                reason=reason[:500],
+                reason=shortened(reason, 500),
                 size=t.size,
                 digest=flow.digest if code == ResultCode.OK else b"",
                 stored_as=stored_as,
@@ -1877,7 +1878,7 @@ class SenderActor(Actor):
             made = retry.attempt - 1  # ``attempt``: the one to come
             stats.update(held_share=retry.held, attempts=float(made))
         record = dataclasses.replace(
-            row.record, duration=seconds, result=code, reason=reason[:512], stats=stats
+            row.record, duration=seconds, result=code, reason=shortened(reason, 512), stats=stats
         )
         self.tell("stats", record)
         self.tell(
@@ -1885,7 +1886,7 @@ class SenderActor(Actor):
             SendResult(
                 request=request,
                 code=code,
-                reason=reason[:500],
+                reason=shortened(reason, 500),
                 size=record.size,
                 digest=b"",
                 stored_as="",
@@ -2013,7 +2014,11 @@ class SenderActor(Actor):
             if retry is not None:
                 stats["attempts"] = float(retry.attempt)
             record = dataclasses.replace(
-                row.record, duration=duration, result=result[:32], reason=reason[:512], stats=stats
+                row.record,
+                duration=duration,
+                result=result[:32],
+                reason=shortened(reason, 512),
+                stats=stats,
             )
         else:
             stats, done, retransmits = flow.stats(), flow.acked_bytes, flow.retransmits
@@ -2036,7 +2041,7 @@ class SenderActor(Actor):
                 started=row.wall if row is not None else t.wall,
                 duration=duration,
                 result=result[:32],
-                reason=reason[:512],
+                reason=shortened(reason, 512),
                 retransmits=retransmits,
                 params=self._params(t),
                 stats=stats,
@@ -2087,7 +2092,7 @@ def _address(req: SendRequest) -> str:
 
 def _result(request: int, code: str, reason: str) -> SendResult:
     return SendResult(
-        request=request, code=code, reason=reason[:500], size=0, digest=b"", stored_as=""
+        request=request, code=code, reason=shortened(reason, 500), size=0, digest=b"", stored_as=""
     )
 
 

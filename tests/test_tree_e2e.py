@@ -157,6 +157,15 @@ def test_cli_refuses_what_it_cannot_send_as_one(tmp_path: Path, node_factory: No
         f"peercrypt: error: cannot send {tmp_path / 'a'}: {odd!r}: "
         "the name cannot be sent as it is (it holds an invisible or control character): rename it"
     ], bad.describe()
+    # Too deep, under a long path: the reason is kept, the path loses its middle.
+    deep = tmp_path / "deep"
+    deep.joinpath(*[f"level_directory_{n}" for n in range(1, 121)]).mkdir(parents=True)
+    too_deep = sender.cli("send", deep, "127.0.0.1", str(sender.port), "--force")
+    assert too_deep.returncode == 2, too_deep.describe()
+    (line,) = too_deep.stderr_lines
+    assert line.startswith(f"peercrypt: error: cannot send {deep}: {deep}/level_directory_1/")
+    assert line.endswith("/level_directory_64: deeper than 64 levels"), line
+    assert "…" in line and len(line) <= len("peercrypt: error: ") + 500
 
 
 # -- a hostile sender (a member with the network key) ------------------------------------

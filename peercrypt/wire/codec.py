@@ -15,7 +15,8 @@ Design rules:
   :func:`mismatch_text`; docs/security.md, "Protocol versions").
 - Bulk chunk bytes never travel inside msgpack: they are a frame of their own.
 - Encoding clips: the field metadata that bounds what we accept also bounds
-  what we write. A string, list or map over its bound is cut, an int is
+  what we write. A string, list or map over its bound is cut (a reason in
+  its middle, so that its end is kept), an int is
   clamped, a string under its minimum is padded with ``?``. This is the one
   place a node maps what it writes (a refusal reason quoting a peer's name, a
   URL from a gossip record) to the wire bound, so no field a peer influences
@@ -32,6 +33,8 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, Union
 
 import msgpack
+
+from peercrypt.core.names import shortened
 
 # The protocol version every message carries. Any change to a message that
 # a node of the previous version would refuse or misread (a field added,
@@ -132,6 +135,13 @@ def bounded(maximum: int, minimum: int = 0) -> dict[str, int]:
     return {"max": maximum, "min": minimum}
 
 
+def bounded_text(maximum: int) -> dict[str, int]:
+    """Field metadata of a text for people (a reason): encoding clips a long
+    one in its middle, not at its end, so that what ends it is kept: "cannot
+    send PATH: deeper than 64 levels" with a long PATH lost its reason."""
+    return {"max": maximum, "min": 0, "middle": 1}
+
+
 def bounded_list(maximum: int, item: typing.Mapping[str, Any]) -> dict[str, Any]:
     """Field metadata of a list: its length, and each item's bounds (the
     metadata of another message's field: a column of those)."""
@@ -216,6 +226,8 @@ def _clipper(tp: Any, meta: typing.Mapping[str, Any]) -> _Clip:
         )
     if tp is str:
         hi = meta.get("max", DEFAULT_MAX_STR)
+        if meta.get("middle"):
+            return lambda v: _as_utf8(shortened(v, hi)) if isinstance(v, str) else v
         return lambda v: (_as_utf8(v[:hi]) + "?" * (lo - len(v))) if isinstance(v, str) else v
     if tp is bytes:
         hi = meta.get("max", DEFAULT_MAX_BYTES)

@@ -11,7 +11,7 @@ from dataclasses import field
 from typing import Any
 
 from peercrypt.core.bitmap import MAX_RANGES
-from peercrypt.wire.codec import bounded
+from peercrypt.wire.codec import bounded, bounded_text
 
 MAX_COUNTER = 2**62  # request ids, byte counts, sizes
 MAX_REASON = 512  # characters of a human-readable reason
@@ -35,10 +35,11 @@ def code() -> Any:
 
 
 def reason(default: str | None = None) -> Any:
-    """A human-readable reason, at most :data:`MAX_REASON` characters."""
+    """A human-readable reason, at most :data:`MAX_REASON` characters (a
+    longer one loses its middle)."""
     if default is None:
-        return field(metadata=bounded(MAX_REASON))
-    return field(default=default, metadata=bounded(MAX_REASON))
+        return field(metadata=bounded_text(MAX_REASON))
+    return field(default=default, metadata=bounded_text(MAX_REASON))
 
 
 def port() -> Any:
