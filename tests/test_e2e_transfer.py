@@ -276,10 +276,11 @@ def test_status_counters_reflect_transfers(
     assert before.returncode == 0, before.describe()
     facts = before.json
     assert facts["running"] is True
-    assert facts["port"] == str(receiver.port)
-    assert facts["data_port"] == str(receiver.data_port)
+    # Numbers as numbers, the lists and maps a node keeps as themselves.
+    assert facts["port"] == receiver.port and facts["data_port"] == receiver.data_port
     assert facts["fingerprint"] == receiver.fingerprint
-    assert facts["pid"] == str(receiver.pid)
+    assert facts["pid"] == receiver.pid
+    assert facts["incoming"] == [] and facts["congestion"] == {} and facts["mode"] == "normal"
     assert facts["counters"].get("receiver.received", 0) == 0
 
     sources = [make_file(40 * KiB), make_file(70 * KiB + 1)]
@@ -295,6 +296,9 @@ def test_status_counters_reflect_transfers(
 
     counters = wait_until(settled, 10.0, "receiver.received == 2")
     assert counters["receiver.received-bytes"] == total
+    last = receiver.cli("status", "--json").json["last_in"]
+    assert last["ok"] is True and last["stored_as"] == sources[-1].name, last
+    assert last["size"] == sources[-1].stat().st_size, last
     assert counters["receiver.accepted"] == 2
     # Another actor's report: the sender's connection admitted once (the
     # second send took the first one's kept link: no second admission).

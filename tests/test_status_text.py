@@ -22,7 +22,7 @@ def test_status_text_says_the_last_transfer_and_skips_empty_facts(
     wait_until(
         lambda: (
             "last_in" in (facts := json.loads(receiver.cli("status", "--json").stdout))
-            and json.loads(facts["last_in"]).get("stored_as") == result["stored_as"]
+            and facts["last_in"].get("stored_as") == result["stored_as"]
         ),
         15.0,
         "the receiver's last_in fact",
@@ -35,8 +35,8 @@ def test_status_text_says_the_last_transfer_and_skips_empty_facts(
     ), shown.stdout
     assert not [line for line in lines if line.endswith((": {}", ": []", ": "))], shown.stdout
     facts = json.loads(receiver.cli("status", "--json").stdout)
-    assert json.loads(facts["last_in"])["stored_as"] == result["stored_as"]
-    empty = [key for key, value in facts.items() if value in ("", "{}", "[]")]
+    assert facts["last_in"]["stored_as"] == result["stored_as"]
+    empty = [key for key, value in facts.items() if value in ("", {}, [])]
     assert empty, facts  # there are empty facts, and the text left them out
     assert not [line for line in lines if line.split(":")[0].strip() in empty]
 
@@ -69,3 +69,16 @@ def test_status_says_the_last_multicast_session_in_words() -> None:
     assert _VIEWS["last_multicast_in"](json.dumps(last)) == (
         "received mc.bin (9 bytes) as mc.1.bin, verified"
     )
+
+
+def test_status_json_gives_numbers_lists_and_maps_as_themselves() -> None:
+    """`status --json` (scripts read it with jq): a fact that is a number is
+    one, one the node keeps as JSON is that list or map, the rest stays text
+    (a version, an id with leading zeros, JSON that does not parse)."""
+    from peercrypt.cli.status_view import typed
+
+    assert [typed(v) for v in ("4242", "0", "-3", "0.7", "12.50")] == [4242, 0, -3, 0.7, 12.5]
+    assert typed('[["a.bin", 10, 2, "in1"]]') == [["a.bin", 10, 2, "in1"]]
+    assert typed('{"ok": true}') == {"ok": True} and typed("{}") == {}
+    for text in ("0.1.0", "007", "1e3", "", "on", "[not json", "w=4096 min=256", " 5"):
+        assert typed(text) == text

@@ -8,6 +8,7 @@ the ``status`` command (:mod:`peercrypt.cli.status`) both show it with this.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from peercrypt.cli.echo import echo
@@ -19,7 +20,8 @@ def show(reply: StatusReply, as_json: bool) -> None:
     """Print ``reply`` on stdout. The fingerprint is the one the node
     reports: it loaded this data dir's identity (no key is made here)."""
     if as_json:
-        lines = [json.dumps({"running": True, **reply.node, "counters": reply.counters})]
+        facts = {key: typed(value) for key, value in reply.node.items()}
+        lines = [json.dumps({"running": True, **facts, "counters": reply.counters})]
     else:
         fp = reply.node.get("fingerprint", "")
         lines = [f"fingerprint {fp}", f"node: running (pid {reply.node.get('pid')})"]
@@ -31,6 +33,24 @@ def show(reply: StatusReply, as_json: bool) -> None:
             lines.append(f"  {key}: {shown}")
         lines += [f"  {key} = {reply.counters[key]}" for key in sorted(reply.counters)]
     echo("\n".join(lines))
+
+
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?")
+
+
+def typed(fact: str) -> Any:
+    """A node's fact (text on the wire) as ``status --json`` gives it: a
+    number as a number, a list or map the node wrote as JSON as itself, the
+    rest as text (``"pid": 4242``, ``"flows": [...]``, ``"mode": "aimd"``)."""
+    number = _NUMBER.fullmatch(fact)
+    if number:
+        return float(fact) if number.group(1) else int(fact)
+    if fact[:1] in ("[", "{"):
+        try:
+            return json.loads(fact)
+        except ValueError:
+            return fact
+    return fact
 
 
 def describe_outcome(last: dict[str, Any]) -> str:

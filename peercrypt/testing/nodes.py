@@ -608,7 +608,14 @@ class NodeProcess:
         if result.returncode != 0 or not status.get("running"):
             reason = status.get("reason") or result.stderr.strip() or f"exit {result.returncode}"
             raise NodeUnavailable(f"node in {self.data_dir} (netns {self.netns}): {reason}")
-        return status
+        # The facts as the node reports them (text), as on loopback: the CLI
+        # gives numbers, lists and maps as themselves.
+        return {
+            key: value
+            if key in ("running", "counters") or isinstance(value, str)
+            else json.dumps(value, ensure_ascii=False)
+            for key, value in status.items()
+        }
 
     @property
     def running(self) -> bool:
@@ -724,7 +731,8 @@ class NodeProcess:
         return self.facts[key]
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
-        """The node's status like ``status --json`` (with ``counters``).
+        """The node's facts as it reports them (text: ``status --json`` gives
+        numbers, lists and maps as themselves), ``running`` and ``counters``.
 
         Raises ``peercrypt.client.NodeUnavailable`` if the node does not answer.
         """
