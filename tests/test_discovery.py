@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -399,6 +400,29 @@ def test_join_unreachable(node_factory: Callable[..., NodeProcess], free_port: i
     assert result.seconds < 20
     node.wait_for_counter("discovery.joins-failed", 1, timeout=5)
     assert node.wait_for_counter("discovery.join-attempts", 3) == 3  # 1 + 2 retries
+
+
+def test_join_and_health_check_exit_3_at_a_silent_listener(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """A listener that takes the connection and never answers is as
+    unreachable a peer for `join` as for `health-check`: exit 3 from both
+    (join exited 1, a failed transfer's code), one line each."""
+    node = node_factory(*FAST, "--max-retries", "1")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = str(silent.getsockname()[1])
+        joined = node.cli("join", "127.0.0.1", port, timeout=60)
+        checked = node.cli("health-check", "127.0.0.1", port, timeout=60)
+    said = f"127.0.0.1:{port} accepted the connection but did not complete the handshake"
+    assert joined.returncode == errors.UNREACHABLE, joined.describe()
+    assert error_line(joined) == f"peercrypt: error: cannot join through 127.0.0.1:{port}: {said}"
+    assert checked.returncode == errors.UNREACHABLE, checked.describe()
+    assert error_line(checked) == f"peercrypt: error: {said}"
+    # Both gave up within their bounded attempts (--timeout 0.5, 1 retry).
+    assert joined.seconds < 15 and checked.seconds < 15
+    assert node.wait_for_counter("discovery.join-attempts", 2) == 2
 
 
 def test_a_dead_claim_at_the_largest_incarnation_kills_no_one(

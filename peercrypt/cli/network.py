@@ -4,7 +4,8 @@
 and ``gossip`` talk to the running node of the data directory;
 ``health-check`` falls back to a temporary send-only node like ``send``.
 Exit codes follow :mod:`peercrypt.errors`: 0 ok, 1 no node running (or it
-failed), 2 usage, 3 unreachable, 4 not admitted.
+failed), 2 usage, 3 unreachable (the peer refused the connection, or took it
+and never answered as a node), 4 not admitted.
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ def join(obj: dict[str, Any], host: str, port: int) -> None:
         obj, JoinRequest(request=1, host=host, port=port), JoinResult, REPLY_TIMEOUT
     )
     if result.code != ResultCode.OK:
-        raise UserError(f"cannot join through {host}:{port}: {result.reason}", _exit(result.code))
+        raise UserError(
+            f"cannot join through {host}:{port}: {result.reason}", _peer_exit(result.code)
+        )
     click.echo(f"joined through {host}:{port}; {result.members} members known so far")
 
 
@@ -150,10 +153,11 @@ def _exit(code: str) -> int:
     return errors.FAILED if code == ResultCode.LOCAL else errors.exit_code(code)
 
 
-def _check_exit(code: str) -> int:
-    """A check's exit status: a peer that took the connection but never
-    answered as a node (a silent listener, a node hung) is as unreachable as
-    one that refused it (3), not a failed transfer (1)."""
+def _peer_exit(code: str) -> int:
+    """The exit status of a command that asks a peer (``join``,
+    ``health-check``, ``reconnect``): a peer that took the connection but
+    never answered as a node (a silent listener, a node hung) is as
+    unreachable as one that refused it (3), not a failed transfer (1)."""
     return errors.UNREACHABLE if code == ResultCode.TIMEOUT else _exit(code)
 
 
@@ -177,12 +181,10 @@ def _report_check(
             )
         )
         if not ok:
-            sys.exit(_check_exit(result.code))
+            sys.exit(_peer_exit(result.code))
         return
     if result.code != ResultCode.OK:
-        raise UserError(
-            result.reason or f"{host}:{port} is not reachable", _check_exit(result.code)
-        )
+        raise UserError(result.reason or f"{host}:{port} is not reachable", _peer_exit(result.code))
     tries = f" (after {result.attempts} attempts)" if result.attempts > 1 else ""
     # The version its proof signs (a peer's text: escaped).
     version = f" (peercrypt {printable(result.version)})" if result.version else ""
