@@ -605,14 +605,19 @@ class HealthActor(Actor):
             st = self.detector.status(m.node_id)
             state = worst(m.state, st.health)
             seen = "" if st.last_seen is None else f"{max(0.0, now - st.last_seen):.1f}"
+            # A dead member's last RTT is no measure of it now: not known
+            # ("-", null) until it answers again (its last answer: last_seen).
+            measured = state not in (MemberState.DEAD, MemberState.LEFT)
             row = {
                 "id": m.fingerprint,
                 "address": address_of(m.url),
                 "state": state,
                 "membership": m.state,
                 "health": str(st.health),
-                "rtt_ms": "" if st.srtt is None else f"{st.srtt * 1000:.2f}",
-                "rttvar_ms": "" if st.rttvar is None else f"{st.rttvar * 1000:.2f}",
+                "rtt_ms": f"{st.srtt * 1000:.2f}" if measured and st.srtt is not None else "",
+                "rttvar_ms": (
+                    f"{st.rttvar * 1000:.2f}" if measured and st.rttvar is not None else ""
+                ),
                 "failures": str(st.failures),
                 "total_failures": str(st.total_failures),
                 "reliability": f"{m.score.value:.3f}",

@@ -116,6 +116,31 @@ def test_reconnect_command(node_factory: Callable[..., NodeProcess], free_port: 
     assert "cannot connect" in error_line(failed)
 
 
+def test_a_dead_member_shows_no_rtt(node_factory: Callable[..., NodeProcess]) -> None:
+    """A dead member's last RTT is not shown as if measured now: `peers`
+    and `top` show "-", `peers --json` null (they showed the last one)."""
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+
+    def row(state: str) -> dict[str, object] | None:
+        rows = json.loads(a.cli("peers", "--json").stdout)
+        found = next((r for r in rows if r["id"] == b.fingerprint), None)
+        return found if found is not None and found["state"] == state else None
+
+    alive = wait_until(lambda: (r := row("alive")) and r["rtt_ms"] is not None and r, 15, "RTT")
+    assert isinstance(alive["rtt_ms"], float) and isinstance(alive["rttvar_ms"], float)
+    b.kill()
+    dead = wait_until(lambda: row("dead"), 15, "A to find B dead")
+    assert dead["rtt_ms"] is None and dead["rttvar_ms"] is None, dead
+    assert isinstance(dead["last_seen"], float)  # its last answer is still told
+    address = f"127.0.0.1:{b.port}"
+    for command in ("peers", "top"):  # (wide: no column left out)
+        shown = run_cli(command, data_dir=a.data_dir, env={"COLUMNS": "200"}, timeout=30)
+        assert shown.returncode == 0, shown.describe()
+        line = next(x for x in shown.stdout.splitlines() if address in x).split()
+        assert line[1:4] == [address, "dead", "-"], shown.stdout
+
+
 def test_pre_send_check_and_force(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], free_port: int
 ) -> None:
