@@ -249,13 +249,28 @@ class DiscoveryActor(Actor):
         self.facts["gossip"] = "on" if self.enabled else "off"
         self.facts["gossip_interval"] = f"{self.interval:g}"
         self._schedule_round()
-        members = len(self.table) if self.table is not None else 1
+        members, live, gone = self._counts()
         self.tell(
             "control",
             GossipState(
-                request=msg.request, enabled=self.enabled, interval=self.interval, members=members
+                request=msg.request,
+                enabled=self.enabled,
+                interval=self.interval,
+                members=members,
+                live=live,
+                gone=gone,
             ),
         )
+
+    def _counts(self) -> tuple[int, int, int]:
+        """The records held (this node's included), the other members alive
+        or suspect, and those dead or left: a member that left is held (and
+        gossiped) until it expires, but is no peer (`peers` lists none)."""
+        if self.table is None:
+            return 1, 0, 0
+        others = [m.state for m in self.table.members() if m.node_id != self.table.self_id]
+        live = sum(1 for s in others if s in (MemberState.ALIVE, MemberState.SUSPECT))
+        return len(self.table), live, len(others) - live
 
     # -- gossip rounds -------------------------------------------------------------
 
@@ -605,11 +620,16 @@ class DiscoveryActor(Actor):
                 reason,
             )
         if join.requester is not None:
-            members = len(self.table) if self.table is not None else 1
+            members, live, gone = self._counts()
             self.tell(
                 join.requester,
                 JoinResult(
-                    request=join.request, code=code, reason=shortened(reason, 512), members=members
+                    request=join.request,
+                    code=code,
+                    reason=shortened(reason, 512),
+                    members=members,
+                    live=live,
+                    gone=gone,
                 ),
             )
 

@@ -332,7 +332,9 @@ def test_join_and_gossip_commands(node_factory: Callable[..., NodeProcess]) -> N
     assert peer_table(a) == {} and peer_table(b) == {}
     joined = b.cli("join", "127.0.0.1", str(a.port), timeout=60)
     assert joined.returncode == 0, joined.describe()
-    assert "joined through" in joined.stdout and "2 members" in joined.stdout
+    assert joined.stdout == f"joined through 127.0.0.1:{a.port}; 1 live peer so far\n", (
+        joined.describe()
+    )
     wait_until(lambda: knows_all([a, b]), 10, "A and B to know each other after join")
     assert b.counters().get("discovery.rounds", 0) == 0
 
@@ -349,6 +351,40 @@ def test_join_and_gossip_commands(node_factory: Callable[..., NodeProcess]) -> N
     off = b.cli("gossip", "off", timeout=30)
     assert "gossip off" in off.stdout, off.describe()
     wait_until(lambda: b.status()["gossip"] == "off", 5, "gossip off in status")
+
+
+def test_gossip_and_join_count_live_peers_and_the_gone_apart(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """A member that left is no live peer: `gossip` and `join` count the
+    peers `peers` lists as live, and the gone apart (they said "4 members
+    known" of three live nodes, this one included, and one that had left)."""
+    a = node_factory(*FAST)
+    b, c, d = start_many(
+        node_factory, 3, *FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port)
+    )
+    wait_until(lambda: knows_all([a, b, c, d]), 30, "all four to know each other")
+    assert d.stop() == 0  # a clean stop: it signs "left" and tells the others
+    address = f"127.0.0.1:{d.port}"
+
+    def state() -> dict[str, Any] | None:
+        shown = b.cli("gossip", "--json", timeout=30)
+        assert shown.returncode == 0, shown.describe()
+        return shown.json if shown.json["gone_peers"] == 1 else None
+
+    assert wait_until(state, 15, "B to hold D as gone") == {
+        "enabled": True, "interval": 0.2, "members": 4, "live_peers": 2, "gone_peers": 1,
+    }  # fmt: skip
+    listed = json.loads(b.cli("peers", "--json", timeout=30).stdout)
+    assert sorted(row["id"] for row in listed) == sorted([a.fingerprint, c.fingerprint])
+    assert all(row["state"] == "alive" and row["address"] != address for row in listed)
+    shown = b.cli("gossip", timeout=30)
+    assert shown.stdout == "gossip on, every 0.2 s, 2 live peers, 1 gone (left or dead)\n"
+    joined = b.cli("join", "127.0.0.1", str(c.port), timeout=60)
+    assert joined.returncode == 0, joined.describe()
+    assert joined.stdout == (
+        f"joined through 127.0.0.1:{c.port}; 2 live peers, 1 gone (left or dead) so far\n"
+    )
 
 
 def test_no_gossip_env_and_option_errors(

@@ -146,7 +146,16 @@ def join(obj: dict[str, Any], host: str, port: int) -> None:
         raise UserError(
             f"cannot join through {host}:{port}: {result.reason}", _peer_exit(result.code)
         )
-    click.echo(f"joined through {host}:{port}; {result.members} members known so far")
+    click.echo(f"joined through {host}:{port}; {_peer_count(result.live, result.gone)} so far")
+
+
+def _peer_count(live: int, gone: int) -> str:
+    """The members `join` and `gossip` count, as `peers` lists them: the
+    other members alive (or suspect), then those gone (dead or left: held
+    until they expire, but `peers` lists none that left). Not the records
+    held: those count this node and the gone as if they were members."""
+    line = f"{live} live peer{'' if live == 1 else 's'}"
+    return f"{line}, {gone} gone (left or dead)" if gone else line
 
 
 def _exit(code: str) -> int:
@@ -254,12 +263,18 @@ def gossip(obj: dict[str, Any], action: str | None, value: str | None, as_json: 
     if mode == "interval" and abs(state.interval - interval) > 1e-9:
         raise UserError(f"the node refused the interval {interval:g}", errors.USAGE)
     if as_json:
-        shown = {"enabled": state.enabled, "interval": state.interval, "members": state.members}
+        shown = {
+            "enabled": state.enabled,
+            "interval": state.interval,
+            "members": state.members,
+            "live_peers": state.live,
+            "gone_peers": state.gone,
+        }
         click.echo(json.dumps(shown))
         return
     click.echo(
         f"gossip {'on' if state.enabled else 'off'}, every {state.interval:g} s, "
-        f"{state.members} members known"
+        f"{_peer_count(state.live, state.gone)}"
     )
 
 

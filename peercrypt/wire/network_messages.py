@@ -175,13 +175,18 @@ class JoinRequest(Message):
 @message
 @dataclass(frozen=True, kw_only=True)
 class JoinResult(Message):
-    """``code`` "ok" or a failure code (see :mod:`peercrypt.errors`)."""
+    """``code`` "ok" or a failure code (see :mod:`peercrypt.errors`).
+    ``members``: the records held, this node's and gone members' included;
+    ``live``: the other members alive or suspect, ``gone``: those dead or
+    left (kept until they expire)."""
 
     TYPE = "join-result"
     request: int = field(metadata=_request())
     code: str = code()
     reason: str = reason()
     members: int = field(default=0, metadata=bounded(2**31))
+    live: int = field(default=0, metadata=bounded(2**31))
+    gone: int = field(default=0, metadata=bounded(2**31))
 
 
 @message
@@ -266,8 +271,12 @@ class GossipControl(Message):
 @message
 @dataclass(frozen=True, kw_only=True)
 class GossipState(Message):
+    """Gossip's state; the members counted as in :class:`JoinResult`."""
+
     TYPE = "gossip-state"
     request: int = field(metadata=_request())
     enabled: bool = True
     interval: float = 0.0
     members: int = field(default=0, metadata=bounded(2**31))
+    live: int = field(default=0, metadata=bounded(2**31))
+    gone: int = field(default=0, metadata=bounded(2**31))
