@@ -175,9 +175,11 @@ def build_tree(
         name = root.name
         if (name,) in found:
             raise TreeError(f"two sources are named {name!r}")
-        st = os.stat(root)  # a root named through a link is taken as named
+        # A root named through a link is taken as named: the link's name,
+        # its target's content (read there: a file is read not through a link).
+        st = os.stat(root)
         if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-            visit(str(root), (name,), stat.S_ISDIR(st.st_mode))
+            visit(os.path.realpath(root), (name,), stat.S_ISDIR(st.st_mode))
         else:
             skipped.append(str(root))
     entries = sort_entries(e for e, _, _ in found.values())

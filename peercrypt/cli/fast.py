@@ -34,7 +34,7 @@ which may start a temporary node, runs instead).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,7 +218,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
             expect = normalise_fingerprint(line.values["--expect"])
         except ValueError:
             return None
-    paths = [Path(f).resolve() for f in files]
+    paths = source_paths(files)
     names = [p.name for p in paths]
     if len(set(names)) != len(names) or not _resolvable(host, int(port)):
         return None
@@ -284,6 +284,21 @@ def _send(line: Line, data_dir: Path) -> int | None:
     if result.code == ResultCode.MULTICAST_DEFAULT:
         return None  # the command asks the node for its mode and sends a multicast
     return report(result, paths, host, int(port), as_json)
+
+
+def source_paths(files: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """The paths a send hands its node: absolute, the links among their
+    folders resolved, but one named through a symbolic link keeps the
+    link's name (its content read through it), as `scp link.bin host:`
+    stores `link.bin`: resolved, it arrived under its target's name."""
+    paths = []
+    for f in files:
+        path = Path(f)
+        if path.is_symlink():
+            paths.append(path.absolute().parent.resolve() / path.name)
+        else:
+            paths.append(path.resolve())
+    return paths
 
 
 def not_utf8(paths: list[Path]) -> Path | None:

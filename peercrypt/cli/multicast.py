@@ -23,6 +23,7 @@ import click
 
 from peercrypt import errors
 from peercrypt.cli.common import FiniteRange, UserError, check_resolvable
+from peercrypt.cli.fast import source_paths
 from peercrypt.cli.follow import follow, refusal
 from peercrypt.cli.progress import echo, progress_view
 from peercrypt.cli.send_report import file_bytes, sent_names, tree_counts
@@ -129,7 +130,7 @@ def multicast_send(
 ) -> NoReturn:
     """Hand ``files`` (a file, a folder, or several: one session) to the
     node's multicast sender and report each receiver."""
-    paths = [f.resolve() for f in files]
+    paths = source_paths(files)
     path = paths[0]
     request = client.next_id()
     client.send(

@@ -33,7 +33,13 @@ from peercrypt.cli.common import (
     network_key_option,
     open_option,
 )
-from peercrypt.cli.fast import DEFAULT_TIMEOUT, MAX_TIMEOUT, MIN_TIMEOUT, not_utf8
+from peercrypt.cli.fast import (
+    DEFAULT_TIMEOUT,
+    MAX_TIMEOUT,
+    MIN_TIMEOUT,
+    not_utf8,
+    source_paths,
+)
 from peercrypt.cli.follow import follow
 from peercrypt.cli.progress import progress_view, wanted
 from peercrypt.cli.send_report import report
@@ -195,7 +201,7 @@ def send(
     if click.get_current_context().get_parameter_source("timeout") is ParameterSource.DEFAULT:
         timeout = paced_timeout(timeout, overrides.get("rate"), files)
     check_resolvable(host, port)
-    paths = [f.resolve() for f in files]
+    paths = source_paths(files)
     path = paths[0]
     names = [p.name for p in paths]
     twice = sorted({n for n in names if names.count(n) > 1})

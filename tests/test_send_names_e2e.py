@@ -1,0 +1,67 @@
+"""What a send names on the receiver, with real node processes: a file or
+folder named through a symbolic link arrives under the link's name (its
+target's content)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from peercrypt.testing.nodes import NodeProcess, blake3_file, multicast_targets
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_link_named_to_send_arrives_under_its_own_name(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`send link.bin` stores link.bin with its target's content, as `scp`
+    does (it stored target.bin): unicast, multicast, and as one of several
+    files or a folder named through a link; a link inside a folder is still
+    not sent (counted as skipped)."""
+    a, b, c = (node_factory() for _ in range(3))
+    data = tmp_path / "data"
+    data.mkdir()
+    target = make_file(300_000, "target.bin", directory=data)
+    link = tmp_path / "link.bin"
+    link.symlink_to(os.path.join("data", "target.bin"))  # relative, as `ln -s` makes it
+    digest, sha = blake3_file(target), sha256_file(target)
+
+    code, one = a.send_to(link, b)
+    assert code == 0, one
+    assert one["stored_as"] == "link.bin" and one["file"] == str(link), one
+    assert one["blake3"] == digest
+    assert sha256_file(b.inbox / "link.bin") == sha
+    assert not (b.inbox / "target.bin").exists()
+
+    code, multi = a.send(link, "127.0.0.1", b.port, "-m", *multicast_targets(c), timeout=120)
+    assert code == 0, multi
+    for receiver in (b, c):
+        row = next(r for r in multi["receivers"] if r["target"] == f"127.0.0.1:{receiver.port}")
+        stored = "link.1.bin" if receiver is b else "link.bin"  # b holds one from unicast
+        assert (row["code"], row["stored_as"]) == ("ok", stored), multi
+        assert blake3_file(receiver.inbox / stored) == digest
+        assert sha256_file(receiver.inbox / stored) == sha
+
+    # Among several files, and a folder named through a link (its own link
+    # inside is not followed: skipped, as docs/architecture.md says).
+    other = make_file(5_000, "other.bin", directory=data)
+    (data / "inner").symlink_to("target.bin")
+    folder = tmp_path / "folder-link"
+    folder.symlink_to("data")
+    result = a.cli(
+        "send", str(link), str(other), str(folder), "127.0.0.1", str(c.port), "--json",
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.describe()
+    tree = result.json
+    assert tree["skipped"] == 1, tree
+    assert tree["stored_as"] == "folder-link, link.1.bin, other.bin", tree
+    assert sha256_file(c.inbox / "link.1.bin") == sha
+    assert sha256_file(c.inbox / "folder-link" / "target.bin") == sha
+    assert blake3_file(c.inbox / "other.bin") == blake3_file(other)
+    assert sorted(os.listdir(c.inbox / "folder-link")) == ["other.bin", "target.bin"]
