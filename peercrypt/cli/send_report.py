@@ -8,6 +8,9 @@ Light on purpose (no click): the fast path of ``send``
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 from pathlib import Path
 
 from peercrypt import errors
@@ -37,6 +40,13 @@ def file_bytes(stats: dict[str, float], size: int) -> int:
     return int(stats.get("file_bytes", size))
 
 
+def held_share(stats: dict[str, float]) -> float:
+    """What of the file (or folder) the receiver held when it first
+    accepted: 1.0, it had it all and nothing was sent."""
+    chunks = stats.get("chunks", 0)
+    return stats.get("held_share", stats.get("resumed_chunks", 0) / chunks if chunks else 0.0)
+
+
 def how_fast(result: SendResult, rate: float) -> str:
     """The rate of a verified send over its whole time (every attempt), and
     what of the file the receiver held when it first accepted (a resume, or
@@ -44,8 +54,7 @@ def how_fast(result: SendResult, rate: float) -> str:
     are not in the rate. ``rate`` in MiB/s (``--json``'s ``mib_per_s``); shown
     in the unit it reads best in (``11.2 KiB/s``, ``1.2 GiB/s``)."""
     stats = result.stats
-    chunks = stats.get("chunks", 0)
-    held = stats.get("held_share", stats.get("resumed_chunks", 0) / chunks if chunks else 0.0)
+    held = held_share(stats)
     attempts = int(stats.get("attempts", 1))
     tries = f", {attempts} attempts" if attempts > 1 else ""
     if held >= 1:
@@ -67,6 +76,62 @@ def sent_names(paths: list[Path]) -> str:
     names = [printable(p.name) for p in paths]  # the user's own, but a name may hold escapes
     more = f" +{len(names) - NAMED} more" if len(names) > NAMED else ""
     return ", ".join(names[:NAMED]) + more
+
+
+def stored_names(stored_as: str, paths: list[Path]) -> dict[str, str]:
+    """Each top-level name of a folder or several files sent -> the name
+    the receiver stored it as, read from its one ``stored_as`` (its names
+    joined by ", " in the order of the tree: sorted) where a clash made
+    ``NAME.1`` or ``stem.1.ext`` (core/names.py, ``candidate_names``); {}
+    if that does not read so (cut short, another build's names)."""
+    names = sorted(printable(p.name) for p in paths)  # (the receiver's names come escaped)
+    parts = []
+    for name in names:
+        stem, dot, ext = name.rpartition(".")
+        if not dot or not stem:
+            stem, ext = name, ""
+        renamed = re.escape(stem) + r"\.[1-9][0-9]*" + (re.escape("." + ext) if ext else "")
+        parts.append(f"({re.escape(name)}|{renamed})")
+    found = re.fullmatch(", ".join(parts), stored_as)
+    return dict(zip(names, found.groups(), strict=True)) if found else {}
+
+
+def _bytes(path: Path) -> int | None:
+    """A file's bytes, or those of a folder's files (symbolic links not
+    followed, as the send walks it); None if it cannot be read now."""
+    try:
+        if not path.is_dir():
+            return path.stat().st_size
+        total = 0
+        for top, _, files in os.walk(path):
+            for name in files:
+                st = os.lstat(os.path.join(top, name))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+        return total
+    except OSError:
+        return None
+
+
+def sources(result: SendResult, paths: list[Path]) -> list[dict[str, object]]:
+    """``--json``'s ``sources`` of a folder or several files: one object
+    per FILE named, in the order given: its ``name``, ``path``, ``kind``,
+    ``bytes``, ``stored_as`` (null unless verified), ``verified``, and
+    ``held`` (the receiver had it: nothing sent)."""
+    ok = result.code == ResultCode.OK
+    stored = stored_names(result.stored_as, paths) if ok else {}
+    held = ok and held_share(result.stats) >= 1
+    return [
+        {
+            "name": p.name,
+            "path": str(p),
+            "kind": "folder" if p.is_dir() else "file",
+            "bytes": _bytes(p),
+            "stored_as": stored.get(printable(p.name)),
+            "verified": ok,
+            "held": held,
+        }
+        for p in paths
+    ]
 
 
 def report(result: SendResult, paths: list[Path], host: str, port: int, as_json: bool) -> int:
@@ -93,6 +158,7 @@ def report(result: SendResult, paths: list[Path], host: str, port: int, as_json:
                     "files": files or None,
                     "file_bytes": file_bytes(result.stats, result.size) if tree else None,
                     "skipped": skipped if files else None,
+                    **({"sources": sources(result, paths)} if tree else {}),
                     "retransmits": result.retransmits,
                     "mode": result.mode or None,
                     "stats": result.stats,
