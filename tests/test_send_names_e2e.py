@@ -74,7 +74,7 @@ def test_a_link_named_to_send_arrives_under_its_own_name(
 
 SINGLE_KEYS = {
     "ok", "code", "error", "file", "peer", "size", "blake3", "stored_as", "seconds",
-    "mib_per_s", "files", "file_bytes", "skipped", "retransmits", "mode", "stats",
+    "mib_per_s", "held_share", "files", "file_bytes", "skipped", "retransmits", "mode", "stats",
     "window_history",
 }  # fmt: skip
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from peercrypt.cli.send_report import how_fast, report
+from peercrypt.cli.send_report import how_fast, moved_rate, report
 from peercrypt.errors import ResultCode
 from peercrypt.wire.local_messages import SendResult
 
@@ -68,12 +68,19 @@ def test_a_send_s_rate_reads_in_its_own_unit(mib_per_s: float, shown: str) -> No
     assert how_fast(_result(64, 0), mib_per_s) == shown
 
 
-def test_a_resumed_send_s_json_keeps_the_whole_file_s_rate(
-    capsys: pytest.CaptureFixture[str],
+@pytest.mark.parametrize(
+    ("chunks", "held", "rate", "share"),
+    [(64, 0, 32.0, 0.0), (64, 16, 24.0, 0.25), (64, 64, 0.0, 1.0), (0, 0, 32.0, 0.0)],
+)
+def test_a_send_s_json_gives_the_rate_of_what_crossed_and_what_was_held(
+    capsys: pytest.CaptureFixture[str], chunks: int, held: int, rate: float, share: float
 ) -> None:
-    assert report(_result(64, 16), [Path("a.bin")], "h", 7, as_json=True) == 0
+    """As the line says it: a file the receiver had is no 1208 MiB/s send
+    (its whole size over the 0.04 s of asking); the held share beside it."""
+    assert report(_result(chunks, held), [Path("a.bin")], "h", 7, as_json=True) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert (shown["mib_per_s"], shown["stats"]["resumed_chunks"]) == (32.0, 16.0)
+    assert (shown["mib_per_s"], shown["held_share"]) == (rate, share)
+    assert shown["size"] == 64 * MiB and shown["seconds"] == 2.0
 
 
 def test_a_retried_send_shows_its_attempts_and_what_the_first_found() -> None:
@@ -82,9 +89,11 @@ def test_a_retried_send_shows_its_attempts_and_what_the_first_found() -> None:
     result = _result(64, 40)  # the last attempt found 40 chunks: its own first attempt's
     stats = {**result.stats, "held_share": 0.25, "attempts": 3.0}
     retried = dataclasses.replace(result, stats=stats)
-    assert how_fast(retried, 32.0) == "resumed, 25% was there; 24.0 MiB/s, 3 attempts"
+    assert (
+        how_fast(retried, moved_rate(retried)) == "resumed, 25% was there; 24.0 MiB/s, 3 attempts"
+    )
     fresh = dataclasses.replace(result, stats={**stats, "held_share": 0.0})
-    assert how_fast(fresh, 32.0) == "32.0 MiB/s, 3 attempts"
+    assert how_fast(fresh, moved_rate(fresh)) == "32.0 MiB/s, 3 attempts"
 
 
 @pytest.mark.parametrize(

@@ -51,8 +51,8 @@ def how_fast(result: SendResult, rate: float) -> str:
     """The rate of a verified send over its whole time (every attempt), and
     what of the file the receiver held when it first accepted (a resume, or
     a file delivered before: no chunk sent), whose bytes did not cross and
-    are not in the rate. ``rate`` in MiB/s (``--json``'s ``mib_per_s``); shown
-    in the unit it reads best in (``11.2 KiB/s``, ``1.2 GiB/s``)."""
+    are not in the rate (``rate``, MiB/s: :func:`moved_rate`, ``--json``'s
+    ``mib_per_s``); shown in the unit it reads best in (``11.2 KiB/s``)."""
     stats = result.stats
     held = held_share(stats)
     attempts = int(stats.get("attempts", 1))
@@ -61,10 +61,18 @@ def how_fast(result: SendResult, rate: float) -> str:
         return f"the receiver had it all: nothing sent{tries}"
     if held <= 0:
         return f"{readable(rate * 2**20, rate=True)}{tries}"
-    moved = result.size * (1 - held)
-    sent = moved / result.seconds if result.seconds > 0 else 0.0
     share = max(1, int(100 * held))  # held, if a little: not "0% was there"
-    return f"resumed, {share}% was there; {readable(sent, rate=True)}{tries}"
+    return f"resumed, {share}% was there; {readable(rate * 2**20, rate=True)}{tries}"
+
+
+def moved_rate(result: SendResult) -> float:
+    """MiB/s of what crossed over the send's whole time: the bytes the
+    receiver held already (a resume, a file it had: 0) are not in it, as
+    the result line says (``--json``'s ``mib_per_s`` said 1208.5 of a file
+    the receiver had, nothing sent)."""
+    if result.code != ResultCode.OK or result.seconds <= 0:
+        return 0.0
+    return result.size * (1 - min(1.0, held_share(result.stats))) / result.seconds / 2**20
 
 
 NAMED = 3  # the names a result line lists of the files and folders sent (then "+N more")
@@ -138,7 +146,7 @@ def report(result: SendResult, paths: list[Path], host: str, port: int, as_json:
     """Show a unicast send's result; its exit code."""
     path = paths[0]
     ok = result.code == ResultCode.OK
-    rate = result.size / result.seconds / 2**20 if ok and result.seconds > 0 else 0.0
+    rate = moved_rate(result)
     files, skipped = tree_counts(result.stats, as_json)
     tree = "files" in result.stats  # a folder (perhaps of no file) or several files
     if as_json:
@@ -155,6 +163,7 @@ def report(result: SendResult, paths: list[Path], host: str, port: int, as_json:
                     "stored_as": result.stored_as or None,
                     "seconds": round(result.seconds, 3),
                     "mib_per_s": round(rate, 1),
+                    "held_share": round(held_share(result.stats), 4) if ok else None,
                     "files": files or None,
                     "file_bytes": file_bytes(result.stats, result.size) if tree else None,
                     "skipped": skipped if files else None,
