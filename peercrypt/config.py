@@ -79,8 +79,9 @@ class Setting:
 
     name: str
     env: str
-    # "int", "float", "bool", "str", "host", "choice", "list", "secret"; "size" (bytes)
-    # and "rate" (bytes/s) take suffixes (peercrypt/sizes.py)
+    # "int", "float", "bool", "str", "host", "choice", "list", "fingerprints" (a list of
+    # node fingerprints), "secret"; "size" (bytes) and "rate" (bytes/s) take suffixes
+    # (peercrypt/sizes.py)
     kind: str
     default: Any
     help: str
@@ -110,6 +111,8 @@ class Setting:
             return f"{number} in {_bound(self.low)}..{_bound(self.high)}{unit}"
         if self.kind == "list":
             return "a comma-separated list"
+        if self.kind == "fingerprints":
+            return "a comma-separated list of node fingerprints (`peercrypt status` shows one)"
         if self.kind == "host":
             return "a host name or address (visible ASCII, no blank)"
         return "text"
@@ -157,6 +160,14 @@ class Setting:
             if isinstance(value, list | tuple):
                 return tuple(str(v).strip() for v in value if str(v).strip())
             return tuple(v.strip() for v in str(value).split(",") if v.strip())
+        if self.kind == "fingerprints":  # checked here, not where the node first reads them
+            from peercrypt.crypto.identity import normalise_fingerprint
+
+            items = value if isinstance(value, list | tuple) else str(value).split(",")
+            try:
+                return tuple(normalise_fingerprint(str(v)) for v in items if str(v).strip())
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if not isinstance(value, str):
             raise ConfigError("expected text")
         if self.kind == "host" and value and not visible_ascii(value):
@@ -226,7 +237,7 @@ SETTINGS: tuple[Setting, ...] = (
        actors=_ALL),
     _s("open", "PEERCRYPT_OPEN", "bool", False,
        "Admit any node (encrypted, unauthenticated).", flag="--open", actors=_ALL),
-    _s("allow", "PEERCRYPT_ALLOW", "list", (),
+    _s("allow", "PEERCRYPT_ALLOW", "fingerprints", (),
        "Admit only these node fingerprints (empty: every member).", flag="--allow"),
     _s("bootstrap_host", "PEERCRYPT_BOOTSTRAP_HOST", "host", "",
        "Join the network through this member.", flag="--bootstrap-host"),
@@ -273,7 +284,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("remote_actors", "PEERCRYPT_REMOTE_ACTORS", "list", (),
        "Actors not run here: a `peercrypt actor NAME --attach` process runs each.",
        flag="--remote-actor"),
-    _s("attach_allow", "PEERCRYPT_ATTACH_ALLOW", "list", (),
+    _s("attach_allow", "PEERCRYPT_ATTACH_ALLOW", "fingerprints", (),
        "Identities (fingerprints) allowed to attach as this node's remote actors.",
        flag="--attach-allow"),
     # Resume (docs/resume.md): how long kept parts wait, byte quotas of parts.

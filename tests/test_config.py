@@ -489,3 +489,45 @@ def test_keygen_writes_an_owner_only_key_that_nodes_take_and_never_replaces_one(
     sender = node_factory("--network-key-file", str(key), network_key=None)
     path = make_file(100_000)
     assert_sent(receiver, sender.send_to(path, receiver), path)
+
+
+# -- fingerprints -----------------------------------------------------------------------
+
+FINGERPRINT = "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-4567"
+
+
+def test_an_allow_list_is_checked_with_the_settings_naming_where(tmp_path: Path) -> None:
+    """Not a fingerprint in --allow (or --attach-allow), its variable, the
+    .env or the config file: one line naming the setting, exit 2, as every
+    other invalid setting (the node refused it later, without its name)."""
+    data_dir = tmp_path / "dd"
+    flag = run_cli("config", "show", "--allow", "abc", data_dir=data_dir, cwd=tmp_path)
+    _assert_one_error(
+        flag, errors.USAGE, "config show: Invalid value for '--allow': not a PeerCrypt "
+        "fingerprint: 'abc'"
+    )  # fmt: skip
+    both = run_cli("node", "--attach-allow", "xyz", "--open", data_dir=data_dir, cwd=tmp_path)
+    _assert_one_error(both, errors.USAGE, "Invalid value for '--attach-allow'", "'xyz'")
+    env = run_cli(
+        "config", "show", data_dir=data_dir, cwd=tmp_path,
+        env={"PEERCRYPT_ALLOW": f"{FINGERPRINT},abc"},
+    )  # fmt: skip
+    assert _assert_one_error(env, errors.USAGE) == (
+        f"peercrypt: error: PEERCRYPT_ALLOW='{FINGERPRINT},abc': not a PeerCrypt fingerprint: 'abc'"
+    )
+    (tmp_path / ".env").write_text("PEERCRYPT_ATTACH_ALLOW=abc\n")
+    dotenv = run_cli("node", "--open", "--port", "0", data_dir=data_dir, cwd=tmp_path)
+    _assert_one_error(dotenv, errors.USAGE, f"{tmp_path / '.env'}: PEERCRYPT_ATTACH_ALLOW='abc'")
+    (tmp_path / ".env").unlink()
+    data_dir.mkdir()
+    (data_dir / "config.toml").write_text('allow = ["abc"]\n')
+    file = run_cli("config", "show", data_dir=data_dir, cwd=tmp_path)
+    _assert_one_error(file, errors.USAGE, "config.toml: allow=['abc']: not a PeerCrypt")
+    assert not (data_dir / "control.json").exists()
+    # Any case, with or without dashes: shown as `peercrypt status` shows it.
+    (data_dir / "config.toml").write_text(f'allow = ["{FINGERPRINT.replace("-", "").upper()}"]\n')
+    rows = _show(tmp_path, "--attach-allow", FINGERPRINT.upper())
+    assert rows["allow"]["value"] == [FINGERPRINT]
+    assert rows["attach_allow"] == {
+        "value": [FINGERPRINT], "source": "flag", "variable": "PEERCRYPT_ATTACH_ALLOW"
+    }  # fmt: skip

@@ -156,6 +156,23 @@ SIZE_HELP = "Takes suffixes: 64K, 1.5M, 2GiB (1024); 10MB (1000)."
 RATE_HELP = "Takes suffixes: 64K, 1.5M, 2GiB (1024); 10MB (1000); /s optional."
 
 
+class Fingerprint(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
+    """A node's fingerprint, with or without dashes, any case; normalised.
+    Another text is click's usage error naming the option (exit 2), as a
+    variable or .env naming one is the settings' (peercrypt/config.py)."""
+
+    name = "fingerprint"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "FINGERPRINT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return normalise_fingerprint(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class OptionalArgument(click.Argument):
     """An argument that may be left out: ``[NAME]`` (its metavar) in the
     usage line, but ``NAME`` in the error about its value."""
@@ -188,6 +205,8 @@ def setting_option(name: str, param: str | None = None) -> Callable[[F], F]:
         kw["type"] = click.Choice(s.choices, case_sensitive=False)
     elif s.kind == "list":
         kw.update(multiple=True, show_default=False)
+    elif s.kind == "fingerprints":
+        kw.update(multiple=True, show_default=False, type=Fingerprint())
     elif s.kind == "host":
         kw["type"] = HostText()
     if s.kind in ("size", "rate"):
