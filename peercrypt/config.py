@@ -193,7 +193,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("gossip_interval", "GOSSIP_INTERVAL", "float", 5.0, "Seconds between gossip rounds.",
        flag="--gossip-interval", low=0.01, high=3600, unit="s", actors=_GOSSIP),
     _s("disable_gossip", "DISABLE_GOSSIP", "bool", False, "Start with gossip disabled.",
-       flag="--no-gossip", actors=_GOSSIP),
+       flag="--no-gossip/--gossip", actors=_GOSSIP),
     _s("aimd_window", "AIMD_WINDOW", "int", AIMD_WINDOW_KB,
        "AIMD initial congestion window (missing bounds are derived from it).",
        flag="--aimd-window", low=1, high=MAX_WINDOW_KB, unit="KB",
@@ -236,7 +236,7 @@ SETTINGS: tuple[Setting, ...] = (
        "Shared secret of your network (`peercrypt keygen` makes one).", flag="--network-key",
        actors=_ALL),
     _s("open", "PEERCRYPT_OPEN", "bool", False,
-       "Admit any node (encrypted, unauthenticated).", flag="--open", actors=_ALL),
+       "Admit any node (encrypted, unauthenticated).", flag="--open/--no-open", actors=_ALL),
     _s("allow", "PEERCRYPT_ALLOW", "fingerprints", (),
        "Admit only these node fingerprints (empty: every member).", flag="--allow"),
     _s("bootstrap_host", "PEERCRYPT_BOOTSTRAP_HOST", "host", "",
@@ -326,15 +326,15 @@ SETTINGS: tuple[Setting, ...] = (
        "Keep at most this many recorded transfers, the newest (0: no limit).",
        flag="--stats-max-transfers", low=0),
     _s("no_stats", "PEERCRYPT_NO_STATS", "bool", False, "Record no statistics history.",
-       flag="--no-stats"),
+       flag="--no-stats/--stats"),
     _s("no_local_ipc", "PEERCRYPT_NO_LOCAL_IPC", "bool", False,
        "Send and take chunks between two nodes of this host over TCP, not a Unix socket nor shared "
        "memory.",
-       flag="--no-local-ipc", actors=_DATA),
+       flag="--no-local-ipc/--local-ipc", actors=_DATA),
     _s("shm_ring", "PEERCRYPT_SHM_RING", "bool", False,
        "Send and take chunks between two nodes of this host through shared memory (both "
        "nodes need it; less CPU per byte for one transfer, more memory with many at once).",
-       flag="--shm-ring", actors=_DATA),
+       flag="--shm-ring/--no-shm-ring", actors=_DATA),
     _s("direct_writes", "PEERCRYPT_DIRECT_WRITES", "bool", True,
        "Write received chunks to the disk directly (O_DIRECT) where the inbox's filesystem "
        "takes it (less CPU where page cache pages are dear; slower where they are cheap). "

@@ -491,7 +491,7 @@ def test_keygen_writes_an_owner_only_key_that_nodes_take_and_never_replaces_one(
     assert_sent(receiver, sender.send_to(path, receiver), path)
 
 
-# -- fingerprints -----------------------------------------------------------------------
+# -- fingerprints, and flags that undo the layers below ---------------------------------
 
 FINGERPRINT = "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-4567"
 
@@ -531,3 +531,69 @@ def test_an_allow_list_is_checked_with_the_settings_naming_where(tmp_path: Path)
     assert rows["attach_allow"] == {
         "value": [FINGERPRINT], "source": "flag", "variable": "PEERCRYPT_ATTACH_ALLOW"
     }  # fmt: skip
+
+
+def test_every_yes_or_no_setting_has_a_flag_each_way() -> None:
+    """A flag undoes what a lower layer turned on (or off): each boolean
+    setting has both, and the old spellings (`--no-gossip`, `--open`) stay."""
+    import click
+
+    from peercrypt.cli.node import NODE_OPTIONS, node
+
+    params = {p.name: p for p in node.params if isinstance(p, click.Option)}
+    for s in config.SETTINGS:
+        if s.kind != "bool":
+            continue
+        param = params[NODE_OPTIONS[s.name]]
+        assert param.secondary_opts, s.name
+        assert "/".join(param.opts + param.secondary_opts) == s.flag
+    old = {"disable_gossip": "--no-gossip", "open": "--open", "no_stats": "--no-stats"}
+    for name, spelled in old.items():
+        assert params[NODE_OPTIONS[name]].opts == [spelled]
+
+
+@pytest.mark.parametrize(
+    ("line", "flag", "name", "value"),
+    [
+        ("DISABLE_GOSSIP=true", "--gossip", "disable_gossip", False),
+        ("DISABLE_GOSSIP=false", "--no-gossip", "disable_gossip", True),
+        ("PEERCRYPT_NO_STATS=yes", "--stats", "no_stats", False),
+        ("PEERCRYPT_NO_LOCAL_IPC=1", "--local-ipc", "no_local_ipc", False),
+        ("PEERCRYPT_SHM_RING=on", "--no-shm-ring", "shm_ring", False),
+        ("PEERCRYPT_OPEN=true", "--no-open", "open", False),
+    ],
+)
+def test_a_flag_wins_over_the_dotenv_either_way(
+    tmp_path: Path, line: str, flag: str, name: str, value: bool
+) -> None:
+    (tmp_path / ".env").write_text(line + "\n")
+    below = _show(tmp_path)[name]
+    assert (below["value"], below["source"]) == (not value, f".env {tmp_path / '.env'}")
+    assert _show(tmp_path, flag)[name] == {
+        "value": value, "source": "flag", "variable": config.BY_NAME[name].env
+    }  # fmt: skip
+    text = run_cli("config", "show", flag, data_dir=tmp_path / "dd", cwd=tmp_path)
+    row = next(r for r in text.stdout.splitlines() if r.startswith(f"{name} "))
+    assert row.split()[1:3] == [str(value).lower(), "flag"]
+
+
+def test_send_no_open_undoes_an_open_environment(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    """A temporary node's `--no-open` over PEERCRYPT_OPEN=true: it joins the
+    receiver's network with the key of the environment (it said "--open and
+    a network key exclude each other")."""
+    receiver = node_factory()
+    path = make_file(50_000)
+    env = {"PEERCRYPT_OPEN": "true", "PEERCRYPT_NETWORK_KEY": network_key}
+    args = ("send", path, receiver.host, str(receiver.port), "--json")
+    refused = run_cli(*args, data_dir=tmp_path / "t1", env=env)
+    _assert_one_error(
+        refused, errors.USAGE, "--open and a network key exclude each other", "--no-open"
+    )
+    sent = run_cli(*args, "--no-open", data_dir=tmp_path / "t2", env=env)
+    assert sent.returncode == 0, sent.describe()
+    assert_sent(receiver, (sent.returncode, json.loads(sent.stdout)), path)

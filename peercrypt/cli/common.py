@@ -76,7 +76,7 @@ def server_keys_later(network_key: str | None, open_network: bool) -> Callable[[
     if open_network and network_key:
         raise UserError(
             "--open and a network key exclude each other (unset PEERCRYPT_NETWORK_KEY "
-            "or PEERCRYPT_OPEN, see `peercrypt config show`)"
+            "or PEERCRYPT_OPEN, or pass --no-open; see `peercrypt config show`)"
         )
     if not open_network and not network_key and sys.stdin.isatty():
         network_key = click.prompt("network key", hide_input=True, err=True)
@@ -309,10 +309,14 @@ def local_node(
 ) -> Iterator[ControlClient]:
     """The running node of this data dir, or a temporary send-only node.
 
-    ``network_key``/``open_network`` are the command-line values (None/False:
-    not given; the temporary node then takes them from the settings layers).
+    ``network_key``/``open_network`` are the command-line values (``None``,
+    and ``open_network`` unless ``--open`` or ``--no-open`` was given: the
+    temporary node takes them from the settings layers).
     """
     warn_key_in_argv()
+    ctx = click.get_current_context(silent=True)
+    # --open and --no-open: the flag wins over the layers below; neither: they decide.
+    open_flag = open_network if ctx is not None and given(ctx, "open_network") else None
     data_dir: Path = obj["data_dir"]
     try:
         client = ControlClient.for_data_dir(data_dir)
@@ -324,7 +328,7 @@ def local_node(
     except NodeUnavailable:
         pass
     else:
-        if network_key is not None or open_network:
+        if network_key is not None or open_flag is not None:
             click.echo(
                 "peercrypt: note: sending through the running node, on its network "
                 "(--network-key/--open apply only when no node runs)",
@@ -333,7 +337,7 @@ def local_node(
         with client:
             yield client
         return
-    flags: dict[str, Any] = {"network_key": network_key, "open": open_network or None}
+    flags: dict[str, Any] = {"network_key": network_key, "open": open_flag}
     settings_ = effective(obj, flags)
     try:
         policy = config.node_policy(settings_)
