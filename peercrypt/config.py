@@ -21,6 +21,7 @@ accepted; nothing starts. Pure apart from reading the two files.
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from peercrypt import sizes
+from peercrypt.config_sources import CONFIG_ENV, DATA_DIR_ENV, PREFIX
 from peercrypt.config_sources import ConfigError as ConfigError  # raised by resolve()
 from peercrypt.core.address import visible_ascii
 from peercrypt.core.fragments import DEFAULT_FRAGMENT, HEADER_BYTES, MAX_DATAGRAM, MIN_FRAGMENT
@@ -364,6 +366,68 @@ VARIABLES: dict[str, Setting] = {
     **{s.env: s for s in SETTINGS},
     **{alias: s for s in SETTINGS for alias in s.aliases},
 }
+
+
+# Our variables that name no setting: where the settings are (config_sources)
+# and the container entrypoint's (docker/entrypoint.sh).
+OTHER_VARIABLES = (DATA_DIR_ENV, CONFIG_ENV, "PEERCRYPT_NETWORK_KEY_FILE", "PEERCRYPT_INBOX_ROOT")
+
+
+def unknown_variable(name: str, *, bare_too: bool) -> str | None:
+    """Why variable ``name`` looks like a mistake, in words (``unknown variable
+    PEERCRYPT_GOSIP_INTERVAL (ignored); did you mean GOSSIP_INTERVAL?``), or
+    None. A ``PEERCRYPT_*`` name is ours, so one we do not read is a typo (or
+    a setting of another release); the closest name we read is suggested.
+    A name without the prefix may be another program's (docker compose reads
+    the same .env, a shell holds everyone's): with ``bare_too`` it counts
+    only as a slip inside the name of an old variable (``GOSIP_INTERVAL``,
+    ``PARALLEL_THREAD``: a letter missing, doubled, swapped or wrong), never
+    as a word added at either end (``DEFAULT_MODEL`` is some other
+    program's); without, never."""
+    if name in VARIABLES or name in OTHER_VARIABLES:
+        return None
+    if name.startswith(PREFIX):
+        # The old tool's names have no prefix: PEERCRYPT_GOSSIP_INTERVAL means
+        # GOSSIP_INTERVAL; a setting's key names it too (PEERCRYPT_MODE: DEFAULT_MODE).
+        ours = {s.name.upper(): s.env for s in SETTINGS}
+        ours.update({v.removeprefix(PREFIX): v for v in (*VARIABLES, *OTHER_VARIABLES)})
+        close = difflib.get_close_matches(name.removeprefix(PREFIX), ours, n=1, cutoff=0.75)
+        hint = f"; did you mean {ours[close[0]]}?" if close else ""
+        return f"unknown variable {name} (ignored){hint}"
+    if not bare_too:
+        return None
+    old = [
+        v
+        for v in VARIABLES
+        if not v.startswith(PREFIX)
+        and abs(len(v) - len(name)) <= 1
+        and not name.startswith(v)
+        and not name.endswith(v)
+    ]
+    close = difflib.get_close_matches(name, old, n=1, cutoff=0.9)
+    return f"unknown variable {name} (ignored); did you mean {close[0]}?" if close else None
+
+
+def layer_warnings(
+    dotenv: Mapping[str, str],
+    dotenv_lines: Mapping[str, int],
+    dotenv_path: Path,
+    environ: Mapping[str, str],
+) -> list[str]:
+    """What a command says about its .env and environment before it runs, a
+    line each (without ``peercrypt: warning: ``): each variable that looks
+    like a mistake (:func:`unknown_variable`), where it is (``PATH:LINE``,
+    ``environment``). Nothing of a variable's value is in a line."""
+    out: list[str] = []
+    for key in sorted(dotenv, key=lambda k: dotenv_lines.get(k, 0)):
+        why = unknown_variable(key, bare_too=True)
+        if why:
+            out.append(f"{dotenv_path}:{dotenv_lines.get(key, 0)}: {why}")
+    for key in sorted(environ):
+        why = unknown_variable(key, bare_too=False)
+        if why:
+            out.append(f"environment: {why}")
+    return out
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 CONFIG_FILE = "config.toml"  # in the data dir
 ENV_FILE = ".env"  # in the working directory
+PREFIX = "PEERCRYPT_"  # every variable of ours but the old tool's
 CONFIG_ENV = "PEERCRYPT_CONFIG"
 DATA_DIR_ENV = "PEERCRYPT_DATA_DIR"
 
@@ -24,11 +25,18 @@ class ConfigError(ValueError):
 def read_env_file(path: Path) -> dict[str, str]:
     """``KEY=VALUE`` lines as compose reads them: ``#`` comments, optional
     ``export``, optional matching quotes around the value."""
+    return parse_env_file(path)[0]
+
+
+def parse_env_file(path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """:func:`read_env_file`'s values, and the line each key was last set on
+    (what a warning about a key names)."""
     out: dict[str, str] = {}
+    lines: dict[str, int] = {}
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return out
+        return out, lines
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     for number, raw in enumerate(text.splitlines(), 1):
@@ -45,8 +53,8 @@ def read_env_file(path: Path) -> dict[str, str]:
             value = value[1:-1]
         elif " #" in value:
             value = value.split(" #", 1)[0].rstrip()
-        out[key] = value
-    return out
+        out[key], lines[key] = value, number
+    return out, lines
 
 
 def default_data_dir() -> Path:

@@ -491,6 +491,112 @@ def test_keygen_writes_an_owner_only_key_that_nodes_take_and_never_replaces_one(
     assert_sent(receiver, sender.send_to(path, receiver), path)
 
 
+# -- what the layers hold that no setting reads -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "bare_too", "expected"),
+    [
+        ("PEERCRYPT_GOSIP_INTERVAL", False, "did you mean GOSSIP_INTERVAL?"),
+        ("PEERCRYPT_GOSSIP_INTERVAL", False, "did you mean GOSSIP_INTERVAL?"),
+        ("PEERCRYPT_DATADIR", False, "did you mean PEERCRYPT_DATA_DIR?"),
+        ("PEERCRYPT_ALOW", True, "did you mean PEERCRYPT_ALLOW?"),
+        ("PEERCRYPT_MODE", False, "did you mean DEFAULT_MODE?"),
+        ("PEERCRYPT_FOO", False, ""),
+        ("GOSIP_INTERVAL", True, "did you mean GOSSIP_INTERVAL?"),
+        ("PARALLEL_THREAD", True, "did you mean PARALLEL_THREADS?"),
+        ("DISABLE_GOSIPP", True, "did you mean DISABLE_GOSSIP?"),
+    ],
+)
+def test_an_unknown_variable_of_ours_is_named_with_the_closest_known_one(
+    name: str, bare_too: bool, expected: str
+) -> None:
+    hint = f"; {expected}" if expected else ""
+    assert config.unknown_variable(name, bare_too=bare_too) == (
+        f"unknown variable {name} (ignored){hint}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "bare_too"),
+    [
+        *[(v, True) for v in config.VARIABLES],
+        *[(v, True) for v in config.OTHER_VARIABLES],  # the data dir's, the container's
+        ("GOSIP_INTERVAL", False),  # a bare name in the environment: anybody's
+        ("DEFAULT_MODEL", True),  # a word added: another program's
+        ("MAX_RETRIES_TOTAL", True),
+        ("COMPOSE_PROJECT_NAME", True),
+        ("HOSTNAME", True),
+        ("TIMEOUT", True),
+        ("peercrypt_gossip_interval", True),
+    ],
+)
+def test_known_and_other_programs_variables_are_no_mistake(name: str, bare_too: bool) -> None:
+    assert config.unknown_variable(name, bare_too=bare_too) is None
+
+
+def _env_warnings(result: CliResult) -> list[str]:
+    return [line for line in result.stderr_lines if line.startswith("peercrypt: warning: ")]
+
+
+def test_unknown_variables_are_warned_of_once_on_stderr_naming_where(tmp_path: Path) -> None:
+    """A typo of ours in .env (file and line) or the environment: one
+    warning line each on stderr, once per command (the data dir given after
+    the command resolves the layers again), and ``--json`` stays JSON. The
+    .env's other programs' variables are left alone."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "COMPOSE_PROJECT_NAME=cluster\nPEERCRYPT_GOSIP_INTERVAL=2\nDEFAULT_MODE=aimd\n"
+        "# a comment\nGOSIP_INTERVAL=3\nDEFAULT_MODEL=gpt\n"
+    )
+    env = {"PEERCRYPT_WINDOWS": "8", "PEERCRYPT_PORT": "7411", "GOSIP_INTERVAL": "4"}
+    result = run_cli(
+        "config", "show", "--json", "--data-dir", tmp_path / "dd", env=env, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.describe()
+    rows = json.loads(result.stdout)
+    assert rows["gossip_interval"]["value"] == 5.0 and rows["mode"]["value"] == "aimd"
+    assert rows["port"]["value"] == 7411
+    assert result.stderr_lines == [
+        f"peercrypt: warning: {dotenv}:2: unknown variable PEERCRYPT_GOSIP_INTERVAL "
+        "(ignored); did you mean GOSSIP_INTERVAL?",
+        f"peercrypt: warning: {dotenv}:5: unknown variable GOSIP_INTERVAL (ignored); "
+        "did you mean GOSSIP_INTERVAL?",
+        "peercrypt: warning: environment: unknown variable PEERCRYPT_WINDOWS (ignored); "
+        "did you mean PEERCRYPT_WINDOW?",
+    ]
+    # A command that reads no setting says it too; one that fails still says it first.
+    status = run_cli("status", data_dir=tmp_path / "dd", env=env, cwd=tmp_path)
+    assert status.returncode == errors.FAILED
+    assert _env_warnings(status) == result.stderr_lines
+    dotenv.write_text("DEFAULT_MODE=aimd\nCOMPOSE_PROJECT_NAME=cluster\n")
+    clean = run_cli("config", "show", "--json", data_dir=tmp_path / "dd", cwd=tmp_path)
+    assert clean.returncode == 0 and clean.stderr == "", clean.describe()
+
+
+def test_a_shell_warns_once_not_at_every_line(
+    tmp_path: Path, node_factory: Callable[..., NodeProcess]
+) -> None:
+    node = node_factory()
+    (tmp_path / ".env").write_text("PEERCRYPT_MAX_OUTGONG=4\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "peercrypt", "--data-dir", str(node.data_dir), "shell"],
+        input="config show --json\nconfig show --json\n",
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+        env=cli_env({"PEERCRYPT_FOO": "1"}),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["max_outgoing"]["value"] for line in proc.stdout.splitlines()] == [
+        16,
+        16,
+    ]
+    assert proc.stderr.splitlines() == [
+        f"peercrypt: warning: {tmp_path / '.env'}:1: unknown variable PEERCRYPT_MAX_OUTGONG "
+        "(ignored); did you mean PEERCRYPT_MAX_OUTGOING?",
+        "peercrypt: warning: environment: unknown variable PEERCRYPT_FOO (ignored)",
+    ]
+
+
 # -- fingerprints, and flags that undo the layers below ---------------------------------
 
 FINGERPRINT = "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-4567"

@@ -251,6 +251,7 @@ class LazyGroup(click.Group):
 def main(ctx: click.Context, data_dir: Path | None, config_file: Path | None, debug: bool) -> None:
     """PeerCrypt: encrypted peer-to-peer file transfer."""
     ctx.obj = invocation(data_dir, config_file, debug, os.environ, Path.cwd())
+    warn_of_layers(ctx.obj)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -271,7 +272,7 @@ def invocation(
 
     dotenv_path = cwd / sources.ENV_FILE
     try:
-        dotenv = sources.read_env_file(dotenv_path)
+        dotenv, dotenv_lines = sources.parse_env_file(dotenv_path)
     except sources.ConfigError as exc:  # a usage error, as a bad value in any layer (exit 2)
         raise click.UsageError(f"{exc} (the .env of the working directory)") from None
     resolved_dir = sources.data_dir_from(data_dir, environ, dotenv, sources.default_data_dir())
@@ -283,9 +284,33 @@ def invocation(
         "config_path": config_path,
         "config_required": required,
         "dotenv": dotenv,
+        "dotenv_lines": dotenv_lines,
         "dotenv_path": dotenv_path,
         "environ": dict(environ),
     }
+
+
+# The warnings already printed by this process: a shell runs each of its
+# lines through the group, and says each once, as a command does.
+_WARNED: set[str] = set()
+
+
+def warn_of_layers(obj: dict[str, Any]) -> None:
+    """One line on stderr for each variable of the .env and the environment
+    that looks like a mistake (:func:`peercrypt.config.layer_warnings`),
+    each once per process. Stdout is left alone (``--json``)."""
+    from peercrypt import config_sources as sources
+
+    environ: dict[str, str] = obj["environ"]
+    if not obj["dotenv"] and not any(k.startswith(sources.PREFIX) for k in environ):
+        return  # nothing to look at: the settings table is not imported
+    from peercrypt import config
+
+    lines = config.layer_warnings(obj["dotenv"], obj["dotenv_lines"], obj["dotenv_path"], environ)
+    for line in lines:
+        if line not in _WARNED:
+            _WARNED.add(line)
+            click.echo(f"peercrypt: warning: {line}", err=True)
 
 
 def node_settings_of(

@@ -298,11 +298,17 @@ _TERMINAL_SIZE = frozenset({"COLUMNS", "LINES"})
 
 def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a CLI subprocess: this process's environment minus
-    ``PEERCRYPT_*`` settings that would change the command, plus ``env``.
+    the settings' variables that would change the command and every other
+    ``PEERCRYPT_*``, plus ``env``.
     ``COLUMNS``/``LINES`` go too (a test runner's worker sets them to 80x24):
     a command in a pseudo-terminal must see the terminal's own size."""
     result = {
-        k: v for k, v in os.environ.items() if k not in _CLI_ENV_VARS and k not in _TERMINAL_SIZE
+        k: v
+        for k, v in os.environ.items()
+        # (any other PEERCRYPT_* would add a warning line to the command's stderr)
+        if k not in _CLI_ENV_VARS
+        and k not in _TERMINAL_SIZE
+        and not k.startswith(config_sources.PREFIX)
     }
     result["PYTHONUNBUFFERED"] = "1"
     if env:
