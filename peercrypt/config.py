@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -417,7 +418,10 @@ def layer_warnings(
     """What a command says about its .env and environment before it runs, a
     line each (without ``peercrypt: warning: ``): each variable that looks
     like a mistake (:func:`unknown_variable`), where it is (``PATH:LINE``,
-    ``environment``). Nothing of a variable's value is in a line."""
+    ``environment``); and a .env holding a secret that other users may read
+    (a key file so is refused; a .env is docker compose's too, made with the
+    umask, and its other settings are no secret, so it is warned of).
+    Nothing of a variable's value is in a line."""
     out: list[str] = []
     for key in sorted(dotenv, key=lambda k: dotenv_lines.get(k, 0)):
         why = unknown_variable(key, bare_too=True)
@@ -427,6 +431,17 @@ def layer_warnings(
         why = unknown_variable(key, bare_too=False)
         if why:
             out.append(f"environment: {why}")
+    held = [v for s in SETTINGS if s.kind == "secret" for v in (s.env, *s.aliases) if dotenv.get(v)]
+    if held:
+        try:
+            mode = os.stat(dotenv_path).st_mode & 0o777
+        except OSError:
+            mode = 0
+        if mode & 0o077:
+            out.append(
+                f"{dotenv_path} holds {held[0]} and is accessible by other users "
+                f"(mode {mode:o}); run: chmod 600 {dotenv_path}"
+            )
     return out
 
 

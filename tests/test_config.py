@@ -597,6 +597,33 @@ def test_a_shell_warns_once_not_at_every_line(
     ]
 
 
+def test_a_dotenv_holding_the_key_that_others_may_read_is_warned_of(
+    tmp_path: Path, network_key: str
+) -> None:
+    """As a key file is refused (mode & 077), but warned of: the .env is
+    docker compose's too, made with the umask. Mode bits, not access: the
+    tests run as root, who reads any file."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"DEFAULT_MODE=qos\nPEERCRYPT_NETWORK_KEY={network_key}\n")
+    for mode in (0o644, 0o640, 0o604):
+        dotenv.chmod(mode)
+        result = run_cli("config", "show", "--json", data_dir=tmp_path / "dd", cwd=tmp_path)
+        assert result.returncode == 0, result.describe()
+        assert json.loads(result.stdout)["network_key"]["value"] == "(set)"
+        assert result.stderr_lines == [
+            f"peercrypt: warning: {dotenv} holds PEERCRYPT_NETWORK_KEY and is accessible by "
+            f"other users (mode {mode:o}); run: chmod 600 {dotenv}"
+        ]
+        assert network_key not in result.stderr
+    dotenv.chmod(0o600)
+    private = run_cli("config", "show", data_dir=tmp_path / "dd", cwd=tmp_path)
+    assert private.returncode == 0 and private.stderr == "", private.describe()
+    dotenv.write_text("DEFAULT_MODE=qos\nPEERCRYPT_NETWORK_KEY=\n")  # no key in it
+    dotenv.chmod(0o644)
+    empty = run_cli("config", "show", data_dir=tmp_path / "dd", cwd=tmp_path)
+    assert empty.returncode == 0 and empty.stderr == "", empty.describe()
+
+
 # -- fingerprints, and flags that undo the layers below ---------------------------------
 
 FINGERPRINT = "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-4567"

@@ -297,8 +297,9 @@ _WARNED: set[str] = set()
 
 def warn_of_layers(obj: dict[str, Any]) -> None:
     """One line on stderr for each variable of the .env and the environment
-    that looks like a mistake (:func:`peercrypt.config.layer_warnings`),
-    each once per process. Stdout is left alone (``--json``)."""
+    that looks like a mistake, and for a .env that others may read holding
+    the network key (:func:`peercrypt.config.layer_warnings`); each once per
+    process. Stdout is left alone (``--json``)."""
     from peercrypt import config_sources as sources
 
     environ: dict[str, str] = obj["environ"]
