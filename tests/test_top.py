@@ -248,6 +248,53 @@ def test_top_fits_an_80_column_terminal() -> None:
     assert "token-bucket" in wide and "high" in wide and "100%" in wide and "━" in wide
 
 
+def test_top_keeps_its_columns_in_place_as_values_gain_and_lose_digits() -> None:
+    """Two refreshes whose numbers have other digit counts (a rate from
+    512.0 KiB/s to 10.0 MiB/s, 0% to 10%, an RTT of 10.91 ms to 9.5 ms,
+    last seen 12.3 s to 0.4 s ago) draw every column where it was: the
+    columns were fitted to each refresh's cells and, the table filling the
+    terminal, all of them moved sideways as one gained or lost a digit.
+    Numbers are right-aligned under their headers."""
+    from peercrypt.cli.top import View
+
+    facts = {"fingerprint": "n47j-hxbx-u2u5-g37e-v3th", "pid": "17867", "mode": "normal"}
+    facts["max_rate"] = str(40 * MiB)
+    facts["flows"] = json.dumps([{"id": 5, "priority": 2, "rate": 20 * MiB}])
+    send = {"id": "5", "file": "/data/zero.bin", "peer": "127.0.0.1:7400", "mode": "token-bucket"}
+    send.update(size=str(200 * MiB), state="sending")
+    peer = {"id": "zqkg-x7q5-3amw-tscq-abr6-6cvz", "address": "127.0.0.1:7400", "state": "alive"}
+    peer.update(reliability="0.595", failures="0")
+    for width in (80, 150):
+        view = View()
+        view.update(0.0, facts, [{**send, "bytes": "0"}], [peer])
+        slow = {**peer, "rtt_ms": "10.91", "last_seen": "12.3"}
+        view.update(2.0, facts, [{**send, "bytes": str(MiB)}], [slow])  # 512.0 KiB/s
+        before = _render(view, width)
+        fast = {**peer, "rtt_ms": "9.5", "last_seen": "0.4"}
+        view.update(4.0, facts, [{**send, "bytes": str(21 * MiB)}], [fast])  # 10.0 MiB/s
+        after = _render(view, width)
+        shown = []
+        for lines, cells in (
+            (before, ["0% of 200.0 MiB", "512.0 KiB/s", "6:38", "10.91 ms", "12.3s ago"]),
+            (after, ["10% of 200.0 MiB", "10.0 MiB/s", "0:18", "9.5 ms", "0.4s ago"]),
+        ):
+            sends = lines[lines.index("Sends") + 1]
+            peers = lines[lines.index("Peers") + 1]
+            row = next(line for line in lines if "zero.bin" in line)
+            known = next(line for line in lines if line.startswith("zqkg"))
+            for line, header, name, cell in (
+                (row, sends, "DONE", cells[0]),
+                (row, sends, "RATE", cells[1]),
+                (row, sends, "ETA", cells[2]),
+                (known, peers, "RTT", cells[3]),
+                (known, peers, "LAST SEEN", cells[4]),
+            ):  # right-aligned: the cell ends where its header does
+                end = header.index(name) + len(name)
+                assert line[:end].endswith(f" {cell}"), (width, name, header, line)
+            shown.append((sends, peers, row.index("zero.bin"), row.index("127.0.0.1:7400")))
+        assert shown[0] == shown[1], (width, "\n".join(before), "\n".join(after))
+
+
 def test_top_says_sizes_and_rates_as_the_other_commands_do() -> None:
     """In the largest binary unit, as `max-rate`, `status` and `stats` say
     them ('1.5 GiB/s', not '1536.0 MiB/s'): no cell wider than before, and

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.cells import cell_len
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -136,6 +137,8 @@ class View:
     message: str = ""  # the node's answer to a key (:meth:`say`), shown for MESSAGE_SECONDS
     message_since: float | None = None  # when it was first shown (None: not yet)
     confirm_cancel: str | None = None  # the id `c` asked about, till y/n
+    # Each table's columns as wide as they have been (:class:`SteadyWidths`).
+    widths: dict[str, SteadyWidths] = field(default_factory=dict)
 
     def update(
         self,
@@ -204,6 +207,35 @@ class View:
         return ids[self.selected] if ids else None
 
 
+@dataclass
+class SteadyWidths:
+    """A table's column widths over a view's life: each as wide as its
+    widest cell so far, while the terminal keeps its width and the table
+    has rows. Fitted to each refresh's cells alone, a column grew and
+    shrank as a rate or a percentage gained or lost a digit, and the
+    columns beside it (the table fills the terminal: all of them) moved
+    sideways with it at every refresh."""
+
+    terminal: int = 0  # the width they were seen at
+    widest: dict[str, int] = field(default_factory=dict)
+
+    def natural(self, terminal: int, cells: dict[str, int]) -> dict[str, int]:
+        """``cells`` (each column's widest cell now, in order), each at
+        least as wide as its column has been at this terminal width."""
+        if terminal != self.terminal:  # (a resize fits the columns anew)
+            self.terminal, self.widest = terminal, {}
+        return {name: max(width, self.widest.get(name, 0)) for name, width in cells.items()}
+
+    def keep(self, widths: dict[str, int]) -> None:
+        """Remember ``widths`` as shown (from :meth:`natural`)."""
+        self.widest.update(widths)
+
+    def forget(self) -> None:
+        """The table has no rows: the next ones are fitted anew (a long
+        name that ended keeps no column from a narrow terminal)."""
+        self.widest = {}
+
+
 _STATE_COLOUR: dict[str, str] = {
     MemberState.ALIVE: "green",
     MemberState.SUSPECT: "yellow",
@@ -220,8 +252,12 @@ def _incoming(text: str) -> list[tuple[str, str, int, int]]:
         return []
 
 
+RATE_CELLS = 12  # the widest rate: "1023.9 KiB/s"
+
+
 def _rate(rate: float | None) -> str:
-    """A rate as every command shows one (``1.5 GiB/s``: at most 12 cells)."""
+    """A rate as every command shows one (``1.5 GiB/s``: at most
+    :data:`RATE_CELLS` cells)."""
     return "-" if rate is None else readable(rate, rate=True)
 
 
@@ -241,39 +277,62 @@ SEND_COLUMNS = (
     "STATE",
 )  # fmt: skip
 SEND_DROP = ("PRIO", "SHARE", "CAP", "MODE", "STATE", "PROGRESS", "PEER")
-RIGHT = frozenset({"ID", "CAP", "SHARE", "DONE", "RATE", "ETA"})
+RIGHT = frozenset({"ID", "CAP", "SHARE", "DONE", "RATE", "ETA"})  # numbers: their digits align
 PEER_COLUMNS = ("ID", "ADDRESS", "STATE", "RTT", "RELIABILITY", "FAILURES", "LAST SEEN")
 PEER_DROP = ("FAILURES", "RELIABILITY", "LAST SEEN", "RTT")
+PEER_RIGHT = frozenset({"RTT", "RELIABILITY", "FAILURES", "LAST SEEN"})
 NO_SENDS = "no sends running"
 NO_PEERS = "no peers known"
 BAR = 20  # the progress bar's width (cells), down to BAR // 2 before it is left out
 
 
-def shown_columns(
-    names: tuple[str, ...], rows: list[dict[str, str]], drop: tuple[str, ...], width: int
-) -> tuple[list[str], int]:
-    """The columns that fit ``width`` (:func:`~peercrypt.cli.common.fit_columns`:
-    the bar halved first, then ``drop`` left out in order; no cell is cut)
-    and the bar's width. ``rows`` map a column to its text."""
-    natural = {
-        n: max([len(n)] + [BAR if n == "PROGRESS" else len(r[n]) for r in rows]) for n in names
+def natural_widths(
+    names: tuple[str, ...], rows: list[dict[str, str]], least: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Each column's widest cell of ``rows`` (a map of column to text), its
+    header's at least, and ``least``'s where that is wider (PROGRESS: a
+    bar of :data:`BAR`)."""
+    least = least or {}
+    return {
+        n: max(
+            [cell_len(n), least.get(n, 0)]
+            + [BAR if n == "PROGRESS" else cell_len(r[n]) for r in rows]
+        )
+        for n in names
     }
-    shrink = {"PROGRESS": BAR // 2} if "PROGRESS" in names else {}
-    widths = fit_columns(natural, width, shrink, drop)
-    return list(widths), widths.get("PROGRESS", BAR)
+
+
+def shown_columns(natural: dict[str, int], drop: tuple[str, ...], width: int) -> dict[str, int]:
+    """The columns that fit ``width`` and their widths
+    (:func:`~peercrypt.cli.common.fit_columns`: the bar halved first, then
+    ``drop`` left out in order; no cell is cut)."""
+    shrink = {"PROGRESS": BAR // 2} if "PROGRESS" in natural else {}
+    return fit_columns(natural, width, shrink, drop)
 
 
 def _send_table(
     view: View, keys: bool, room: int, width: int
-) -> tuple[list[tuple[dict[str, str], int, int]], list[str], int]:
+) -> tuple[list[tuple[dict[str, str], int, int]], dict[str, int], dict[str, int]]:
     """The sends' rows with names within ``room``, the columns of them that
-    fit ``width`` and the bar's width."""
+    fit ``width`` with their widths (PROGRESS: the bar's), and every
+    column's natural width (as wide as it has been: :class:`SteadyWidths`)."""
     rows = send_rows(view, keys, room)
     # With no send the placeholder line is the FILE cell: the columns are
     # fitted to it too, or the headers beside it are cut to "…".
     fitted = [c for c, _, _ in rows] or [dict.fromkeys(SEND_COLUMNS, "") | {"FILE": NO_SENDS}]
-    shown, bar_width = shown_columns(SEND_COLUMNS, fitted, SEND_DROP, width)
-    return rows, shown, bar_width
+    # As wide as they will be: a send's DONE at "100% of", its measured
+    # rate (one near 1 MiB/s read "1023.9 KiB/s" and "1.0 MiB/s" by turns).
+    done = max((cell_len(done_text(size, size)) for _, size, _ in rows), default=0)
+    least = {"DONE": done, "RATE": RATE_CELLS} if rows else {}
+    natural = natural_widths(SEND_COLUMNS, fitted, least)
+    if rows:
+        natural = view.widths.setdefault("Sends", SteadyWidths()).natural(width, natural)
+    return rows, shown_columns(natural, SEND_DROP, width), natural
+
+
+def done_text(size: int, done: int) -> str:
+    """What of ``size`` is done: ``45% of 200.0 MiB`` (``-``: no size)."""
+    return f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
 
 
 def _cut(text: str, limit: int, keys: bool) -> str:
@@ -322,7 +381,7 @@ def send_rows(
                     "CAP": _rate(flow["rate"]) if flow.get("rate") else "-",
                     "SHARE": f"{share:.0%}" if share is not None and cap else "-",
                     "PROGRESS": "",
-                    "DONE": f"{100 * done / size:.0f}% of {readable(size)}" if size else "-",
+                    "DONE": done_text(size, done),
                     "RATE": _rate(meter.rate if meter else None),
                     "ETA": human_eta(meter.eta(size - done) if meter and size else None),
                     "STATE": row.get("state", ""),
@@ -352,6 +411,38 @@ def peer_rows(view: View, keys: bool = True) -> list[dict[str, str]]:
     return rows
 
 
+def _receiving_table(view: View, keys: bool, width: int) -> Table:
+    """The incoming transfers (selectable: after the sends) and the
+    multicast sessions coming in, each column as wide as it has been."""
+    # A multicast session's sender where it fits (at 80 columns nothing is cut).
+    wide = bool(view.sessions) and width >= WIDE_RECEIVING
+    columns = ("ID", "FILE", "DONE", "FROM") if wide else ("ID", "FILE", "DONE")
+    first = len(view.transfers)
+    rows: list[tuple[dict[str, str], str | None]] = []
+    for i, (ident, name, size, done) in enumerate(view.incoming):
+        picked = "reverse" if first + i == view.selected else None
+        cells = {"ID": ident, "FILE": _name(name, INCOMING_NAME, keys)}
+        rows.append((cells | {"DONE": done_text(size, done), "FROM": ""}, picked))
+    for sender, name, size, done in view.sessions:  # multicast: not selectable
+        cells = {"ID": "multicast", "FILE": _name(name, INCOMING_NAME, keys)}
+        rows.append((cells | {"DONE": done_text(size, done), "FROM": _cut(sender, 19, keys)}, None))
+    every = view.incoming + view.sessions
+    done = max((cell_len(done_text(size, size)) for _, _, size, _ in every), default=0)
+    steady = view.widths.setdefault("Receiving", SteadyWidths())
+    natural = steady.natural(width, natural_widths(columns, [c for c, _ in rows], {"DONE": done}))
+    if rows:
+        steady.keep(natural)
+    else:
+        steady.forget()
+    table = Table(title="Receiving", title_justify="left", expand=keys, box=None, pad_edge=False)
+    for name in columns:
+        justify = "right" if name == "DONE" else "left"
+        table.add_column(name, justify=justify, no_wrap=True, width=natural[name])  # type: ignore[arg-type]
+    for cells, picked in rows:
+        table.add_row(*(Text(cells[name]) for name in columns), style=picked)
+    return table
+
+
 def render(view: View, width: int, keys: bool = True) -> Group:
     facts = view.facts
     who = Text.assemble(
@@ -371,52 +462,47 @@ def render(view: View, width: int, keys: bool = True) -> Group:
     # one line if it fits, else two (never a value broken across lines)
     one_line = who.cell_len + 2 + what.cell_len <= width
     head = Text.assemble(who, "  " if one_line else "\n", what)
-    rows, shown, bar_width = _send_table(view, keys, 28, width)
+    rows, shown, natural = _send_table(view, keys, 28, width)
     if name_room(width, 28) > 28:
         # More of a long name only where every column shown at 28 still fits
         # (up to 32 more characters took columns to act on: MODE, CAP, SHARE).
         wider = _send_table(view, keys, name_room(width, 28), width)
         if len(wider[1]) >= len(shown):
-            rows, shown, bar_width = wider
+            rows, shown, natural = wider
+    sends = view.widths.setdefault("Sends", SteadyWidths())
+    if rows:
+        sends.keep(natural)
+    else:
+        sends.forget()
     transfers = Table(title="Sends", title_justify="left", expand=keys, box=None, pad_edge=False)
-    for name in shown:
+    for name, cells in shown.items():
         justify = "right" if name in RIGHT else "left"
-        transfers.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for i, (cells, size, done) in enumerate(rows):
-        bar = ProgressBar(total=max(size, 1), completed=done, width=bar_width)
+        # (a width of its own: rich would fit it to this refresh's cells)
+        transfers.add_column(name, justify=justify, no_wrap=True, width=cells)  # type: ignore[arg-type]
+    for i, (texts, size, done) in enumerate(rows):
+        bar = ProgressBar(total=max(size, 1), completed=done, width=shown.get("PROGRESS", BAR))
         transfers.add_row(
-            *(bar if name == "PROGRESS" else Text(cells[name]) for name in shown),
+            *(bar if name == "PROGRESS" else Text(texts[name]) for name in shown),
             style="reverse" if i == view.selected else None,
         )
     if not rows:
         transfers.add_row("", Text(NO_SENDS, style="dim"))
-    receiving = Table(
-        title="Receiving", title_justify="left", expand=keys, box=None, pad_edge=False
-    )
-    # A multicast session's sender where it fits (at 80 columns nothing is cut).
-    wide = bool(view.sessions) and width >= WIDE_RECEIVING
-    columns = ("ID", "FILE", "DONE", "FROM") if wide else ("ID", "FILE", "DONE")
-    for name in columns:
-        receiving.add_column(name, justify="right" if name == "DONE" else "left", no_wrap=True)
-    first = len(view.transfers)
-    for i, (ident, name, size, done) in enumerate(view.incoming):
-        share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
-        picked = "reverse" if first + i == view.selected else None
-        shown_name = _name(name, INCOMING_NAME, keys)
-        receiving.add_row(Text(ident), Text(shown_name), share, style=picked)
-    for sender, name, size, done in view.sessions:  # multicast: not selectable
-        share = f"{100 * done / size:.0f}% of {readable(size)}" if size else "-"
-        shown_name = _name(name, INCOMING_NAME, keys)
-        texts = [Text("multicast"), Text(shown_name), Text(share)]
-        receiving.add_row(*texts, *([Text(_cut(sender, 19, keys))] if wide else []))
+    receiving = _receiving_table(view, keys, width)
     listed = peer_rows(view, keys)
     # With no peer its placeholder is the ID cell: fitted to it too, as the
     # sends' (at 50 columns the headers were cut to "ADDRE…", "ST…").
     fitted = listed or [dict.fromkeys(PEER_COLUMNS, "") | {"ID": NO_PEERS}]
-    shown, _ = shown_columns(PEER_COLUMNS, fitted, PEER_DROP, width)
+    known = view.widths.setdefault("Peers", SteadyWidths())
+    natural = known.natural(width, natural_widths(PEER_COLUMNS, fitted))
+    if listed:
+        known.keep(natural)
+    else:
+        known.forget()
     peers = Table(title="Peers", title_justify="left", expand=keys, box=None, pad_edge=False)
-    for name in shown:
-        peers.add_column(name, no_wrap=True)
+    shown = shown_columns(natural, PEER_DROP, width)
+    for name, cells in shown.items():
+        justify = "right" if name in PEER_RIGHT else "left"
+        peers.add_column(name, justify=justify, no_wrap=True, width=cells)  # type: ignore[arg-type]
     for row in listed:
         colour = _STATE_COLOUR.get(row["STATE"], "")
         # Text, not markup: a peer's text ("[link=...]" in a name) shows as it is.
