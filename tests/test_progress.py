@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+import termios
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,6 +304,43 @@ def test_multicast_shows_each_receiver(trio: list[NodeProcess], tmp_path: Path) 
         line = re.escape(f"{r.host}:{r.port}")
         assert re.search(line + r": +\d+%.*/8\.00M", result.stderr), result.stderr
         assert f"{r.host}:{r.port}: verified, stored as" in result.stderr
+
+
+def test_ctrl_c_on_a_multicast_send_leaves_no_echo_beside_its_bars(
+    trio: list[NodeProcess], tmp_path: Path
+) -> None:
+    """Ctrl-C in a terminal while a multicast send draws its bars: the
+    terminal echoes no "^C" (its "^" stayed at the end of the session's
+    bar, which the "C" wrapped below and which was then never cleared),
+    the bars are cleared and the one line says it was interrupted; the
+    terminal echoes control characters again once the command ended."""
+    sender, r1, r2 = trio
+    source = random_file(tmp_path / "interrupted.bin", 32 * MiB)
+    assert sender.cli("max-rate", str(MiB)).returncode == 0  # half a minute: interrupted
+    try:
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "peercrypt", "--data-dir", str(sender.data_dir), "send", str(source),
+             r1.host, str(r1.port), "-m", *multicast_targets(r2)],
+            env=cli_env(sender.env), encoding="utf-8", timeout=30, dimensions=(24, 100),
+        )  # fmt: skip
+        try:
+            assert termios.tcgetattr(child.child_fd)[3] & termios.ECHOCTL  # (as by default)
+            child.expect(r"interrupted\.bin: +\d+%.*multicast\]")  # every bar drawn
+            child.sendintr()
+            child.expect(pexpect.EOF)
+            shown = str(child.before)
+            echoes = termios.tcgetattr(child.child_fd)[3] & termios.ECHOCTL
+        finally:
+            child.close(force=True)
+    finally:
+        assert sender.cli("max-rate", "0").returncode == 0
+    assert child.exitstatus == 130, shown
+    assert "^C" not in shown, repr(shown[-400:])
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", shown)
+    last = text.replace("\r\n", "\n").split("\n")[-2]  # (the output ends with a newline)
+    assert last.split("\r")[-1] == "peercrypt: error: interrupted; the transfer was cancelled"
+    assert echoes, "the terminal was left not echoing control characters"
 
 
 def test_listings_print_tables_and_json(trio: list[NodeProcess], tmp_path: Path) -> None:

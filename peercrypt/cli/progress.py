@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -79,14 +80,62 @@ def bar_size() -> dict[str, Any]:
     return {"ncols": size.columns or 80, "nrows": size.lines or 24}
 
 
+def hide_control_echo(fd: int) -> list[Any] | None:
+    """Stop the terminal at ``fd`` echoing control characters while bars
+    are drawn on it; its settings to restore (None: nothing changed).
+
+    Its ``^C`` at a Ctrl-C went after the bar, which fills the line: the
+    ``C`` wrapped to the next line, so the bars were cleared one line too
+    low, and the last bar stayed on the screen with a ``^`` at its end
+    above the "interrupted" line. Only a terminal's foreground process
+    changes it (one in the background would be stopped, SIGTTOU)."""
+    try:
+        if not os.isatty(fd) or os.tcgetpgrp(fd) != os.getpgrp():
+            return None
+        saved = termios.tcgetattr(fd)
+    except (OSError, termios.error):
+        return None
+    if not saved[3] & termios.ECHOCTL:
+        return None
+    quiet = list(saved)
+    quiet[3] = saved[3] & ~termios.ECHOCTL
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except (OSError, termios.error):
+        return None
+    return saved
+
+
+def restore_echo(fd: int, saved: list[Any] | None) -> None:
+    """The terminal's settings of :func:`hide_control_echo` back (after
+    what was written to it; not from the background, as there)."""
+    if saved is None:
+        return
+    try:
+        if os.tcgetpgrp(fd) == os.getpgrp():
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+    except (OSError, termios.error):
+        pass
+
+
+def _stderr_fd() -> int:
+    try:
+        return sys.stderr.fileno()
+    except (OSError, ValueError, AttributeError):  # (replaced by an object without one)
+        return -1
+
+
 class ProgressView:
     """The bars of one send; fed the node's Progress (and, for multicast,
-    McTargetProgress) messages."""
+    McTargetProgress) messages. Until :meth:`close` the terminal does not
+    echo control characters (:func:`hide_control_echo`)."""
 
     def __init__(self, name: str, total: int | None) -> None:
         from tqdm import tqdm
 
         self._tqdm = tqdm
+        self._fd = _stderr_fd()
+        self._echo = hide_control_echo(self._fd) if self._fd >= 0 else None
         self.name = name
         self.phase = ""
         self.phase_since = time.monotonic()
@@ -147,7 +196,18 @@ class ProgressView:
         bar.refresh()
 
     def close(self) -> None:
-        for bar in [*self.targets.values(), self.bar]:
-            bar.close()
-        if self in _open_views:
-            _open_views.remove(self)
+        try:
+            for bar in [*self.targets.values(), self.bar]:
+                bar.close()
+        finally:
+            if self in _open_views:
+                _open_views.remove(self)
+            if self._fd >= 0 and os.isatty(self._fd):
+                # The next line from the start of this one: the session's bar
+                # puts the cursor there as it closes, but a Ctrl-C as it was
+                # replaced (a new phase) left it closed, and the cursor at
+                # the end of the line the last receiver's bar cleared.
+                sys.stderr.write("\r")
+                sys.stderr.flush()
+            restore_echo(self._fd, self._echo)
+            self._echo = None
