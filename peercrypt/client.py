@@ -86,6 +86,11 @@ class ControlClient:
     def next_id(self) -> int:
         return next(self._ids)
 
+    @property
+    def waiting(self) -> bool:
+        """True while :meth:`receive` only waits: nothing of a reply is read yet."""
+        return self.sock.waiting
+
     def send(self, msg: codec.Message) -> None:
         self.sock.send([self.token, codec.encode(msg, codec.LOCAL_VERSION)])
 

@@ -59,6 +59,11 @@ class Dealer:
         self.ready = False  # and its READY
         self.frames: list[bytes] = []  # received, not yet returned
         self.next_attempt = 0.0
+        # True while it only waits (for the node's bytes, or to connect
+        # again): an exception raised then (a Ctrl-C) loses nothing the node
+        # sent. A command that follows a send interrupts it only then
+        # (peercrypt/cli/follow.py): raised as a reply was read, the reply was lost.
+        self.waiting = False
         self._connect()
 
     def _connect(self, timeout: float = HANDSHAKE) -> None:
@@ -106,7 +111,11 @@ class Dealer:
                     return None
                 wait = self.next_attempt - time.monotonic()
                 if wait > 0:
-                    time.sleep(min(wait, left))
+                    self.waiting = True
+                    try:
+                        time.sleep(min(wait, left))
+                    finally:
+                        self.waiting = False
                     continue
                 self._connect(min(HANDSHAKE, left))
                 continue
@@ -125,7 +134,12 @@ class Dealer:
         # shell or a library user with many files open).
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
-        if timeout <= 0 or not poller.poll(math.ceil(timeout * 1000)):
+        self.waiting = True
+        try:
+            ready = timeout > 0 and bool(poller.poll(math.ceil(timeout * 1000)))
+        finally:
+            self.waiting = False
+        if not ready:
             if not self.ready:
                 raise Closed("the node did not greet")
             return False

@@ -14,6 +14,7 @@ import signal
 import sys
 import termios
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from peercrypt.testing.nodes import (
     start_cli,
     wait_until,
 )
+from peercrypt.wire.codec import Message
 from peercrypt.wire.local_messages import SendRequest, SendResult
 from peercrypt.wire.messages import McTargetProgress, Progress
 
@@ -230,6 +232,113 @@ def test_a_send_that_ends_verified_before_its_cancel_is_a_success(
         result = follow(client, request, source, SendResult, 30.0, view=view)
     assert result.code == "ok" and result.digest == blake3.blake3(source.read_bytes()).digest()
     assert blake3_file(receiver.inbox / result.stored_as) == blake3_file(source)
+
+
+def test_a_verdict_read_as_ctrl_c_comes_is_what_the_send_reports(
+    trio: list[NodeProcess], tmp_path: Path
+) -> None:
+    """Ctrl-C just as the receiver's verdict has been read off the control
+    socket, before the command handled it: the send reports it verified.
+    Raised there, the interrupt lost the verdict (the node sends it once):
+    the command cancelled a send already ended, waited 5 s for a result
+    that had come, and said "interrupted; the transfer was cancelled",
+    exit 130, of a file stored and verified. The signal is sent here by the
+    client that read the verdict, so it comes at that very point."""
+    sender, receiver, _ = trio
+    source = random_file(tmp_path / "verdict-read.bin", 64 * 1024)
+
+    class CtrlCAsTheVerdictIsRead(ControlClient):
+        def receive(self, timeout: float) -> Message:
+            msg = super().receive(timeout)
+            if isinstance(msg, SendResult):
+                os.kill(os.getpid(), signal.SIGINT)  # handled here (os.kill checks at once)
+            return msg
+
+    with CtrlCAsTheVerdictIsRead.for_data_dir(sender.data_dir) as client:
+        request = client.next_id()
+        client.send(
+            SendRequest(
+                request=request, path=str(source), host=receiver.host, port=receiver.port,
+                chunk_size=65536, timeout=30.0, quiet=True,
+            )
+        )  # fmt: skip
+        result = follow(client, request, source, SendResult, 30.0)
+    assert result.code == "ok" and result.digest == blake3.blake3(source.read_bytes()).digest()
+    assert blake3_file(receiver.inbox / result.stored_as) == blake3_file(source)
+
+
+def test_ctrl_c_while_waiting_cancels_and_a_node_that_does_not_answer_is_said(
+    trio: list[NodeProcess], tmp_path: Path
+) -> None:
+    """Ctrl-C while the command waits for the node cancels at once (it is
+    held only while a reply is read); where the node answers the cancel
+    with nothing (here: stopped), the line says what is known, not
+    "cancelled"; a second Ctrl-C stops waiting for the answer and says so."""
+    sender, receiver, _ = trio
+    source = random_file(tmp_path / "unanswered.bin", 8 * MiB)
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def ctrl_c() -> None:  # to the main thread: its wait is interrupted, as at a terminal
+        signal.pthread_kill(main, signal.SIGINT)
+
+    def follow_until(stop_node: bool, second: bool) -> errors.CommandError:
+        class Interrupting(progress.ProgressView):
+            timers: list[threading.Timer] = []
+
+            def on_progress(self, msg: Progress) -> None:
+                super().on_progress(msg)
+                if msg.phase == "sending" and not self.timers:
+                    if stop_node:
+                        os.kill(sender.pid, signal.SIGSTOP)
+                    self.timers += [threading.Timer(0.2, ctrl_c)]
+                    if second:
+                        self.timers += [threading.Timer(1.5, ctrl_c)]
+                    for timer in self.timers:
+                        timer.start()
+
+        with ControlClient.for_data_dir(sender.data_dir) as client:
+            request = client.next_id()
+            client.send(
+                SendRequest(
+                    request=request, path=str(source), host=receiver.host,
+                    port=receiver.port, chunk_size=65536, timeout=30.0, quiet=False,
+                    mode="token-bucket", rate=MiB, burst=65536,
+                )
+            )  # fmt: skip
+            view = Interrupting(source.name, source.stat().st_size)
+            try:
+                follow(client, request, source, SendResult, 30.0, view=view)
+            except errors.CommandError as exc:
+                return exc
+            finally:
+                for timer in view.timers:
+                    timer.join(10)
+                if stop_node:
+                    os.kill(sender.pid, signal.SIGCONT)
+        raise AssertionError("the send was not interrupted")
+
+    started = time.monotonic()
+    cancelled = follow_until(stop_node=False, second=False)
+    assert time.monotonic() - started < 10  # (8 s at the rate)
+    assert (str(cancelled), cancelled.exit_code) == (
+        "interrupted; the transfer was cancelled (the receiver keeps what arrived: "
+        "sending it again resumes)",
+        130,
+    )
+    unanswered = follow_until(stop_node=True, second=False)
+    assert (str(unanswered), unanswered.exit_code) == (
+        "interrupted; the transfer was told to cancel, but the node did not answer within "
+        "5 s (`peercrypt transfers` shows whether it still runs)",
+        130,
+    )
+    not_waited = follow_until(stop_node=True, second=True)
+    assert (str(not_waited), not_waited.exit_code) == (
+        "interrupted; the transfer was told to cancel (its answer not waited for: "
+        "`peercrypt transfers` shows whether it still runs)",
+        130,
+    )
+    wait_until(lambda: sender.cli("transfers").stdout == "no transfers running\n", 30, "the end")
 
 
 def test_a_send_shows_the_phases_it_waits_in(trio: list[NodeProcess], tmp_path: Path) -> None:

@@ -40,19 +40,32 @@ listener = threading.local()
 
 
 KEPT = " (the receiver keeps what arrived: sending it again resumes)"
+CANCEL_WAIT = 5.0  # seconds a cancelled send's result is waited for
+# What is known of a send whose cancel the node did not answer, or whose
+# answer a second Ctrl-C did not wait for.
+UNCONFIRMED = (
+    f"the transfer was told to cancel, but the node did not answer within {CANCEL_WAIT:g} s "
+    "(`peercrypt transfers` shows whether it still runs)"
+)
+NOT_WAITED = (
+    "the transfer was told to cancel (its answer not waited for: "
+    "`peercrypt transfers` shows whether it still runs)"
+)
 ACCEPTED = frozenset({"sending", "hashing", "verifying"})  # phases of a send the receiver took
 
 
-def ended_text(exc: KeyboardInterrupt, kept: bool = False) -> tuple[str, int]:
+def ended_text(
+    exc: KeyboardInterrupt, kept: bool = False, unconfirmed: str = ""
+) -> tuple[str, int]:
     """The line and exit code of a send cancelled by ``exc`` (Ctrl-C, or a
     SIGTERM or SIGHUP: :class:`Ended`); ``kept``: a unicast send under way,
     whose receiver keeps its part (docs/resume.md), which "cancelled" alone
-    made a user think lost."""
-    tail = KEPT if kept else ""
+    made a user think lost; ``unconfirmed``: what is known instead of
+    "cancelled" when the node did not say how the send ended."""
+    said = unconfirmed or f"the transfer was cancelled{KEPT if kept else ''}"
     if isinstance(exc, Ended):
-        signame = signal.Signals(exc.signum).name
-        return f"{signame}: the transfer was cancelled{tail}", 128 + exc.signum
-    return f"interrupted; the transfer was cancelled{tail}", 130
+        return f"{signal.Signals(exc.signum).name}: {said}", 128 + exc.signum
+    return f"interrupted; {said}", 130
 
 
 def follow(
@@ -77,16 +90,26 @@ def follow(
     """
     phases: set[str] = set()  # the Progress phases seen
     try:  # from here on (the request is already sent), Ctrl-C cancels it
-        with ending_signals_cancel():
+        with ending_signals_cancel(client) as interrupts:
             try:
                 return _await_result(
-                    client, request, view, result_type, timeout + 30.0, on_other, phases
-                )
+                    client, request, view, result_type, timeout + 30.0, on_other, phases,
+                    interrupts,
+                )  # fmt: skip
             except KeyboardInterrupt as exc:
                 client.send(CancelRequest(request=request))
                 last: Message | None = None
-                with contextlib.suppress(NodeUnavailable, Stop, KeyboardInterrupt):
-                    last = _await_result(client, request, view, result_type, 5.0, on_other)
+                try:
+                    last = _await_result(
+                        client, request, view, result_type, CANCEL_WAIT, on_other,
+                        interrupts=interrupts,
+                    )  # fmt: skip
+                except Unanswered:  # neither the cancel's result nor a verdict came
+                    raise Stop(*ended_text(exc, unconfirmed=UNCONFIRMED)) from None
+                except KeyboardInterrupt:  # Ctrl-C again: not waited for
+                    raise Stop(*ended_text(exc, unconfirmed=NOT_WAITED)) from None
+                except Stop:  # the node stopped (and the send with it), or refused
+                    pass
                 if isinstance(last, result_type) and getattr(last, "code", "") == ResultCode.OK:
                     return last  # it ended, verified, before the cancel came: so it is said
                 # the terminal closed, a `kill`: as Ctrl-C
@@ -107,6 +130,10 @@ def follow(
             view.close()
 
 
+class Unanswered(Stop):
+    """The node sent nothing for the request for longer than it may."""
+
+
 class Ended(KeyboardInterrupt):
     """SIGTERM or SIGHUP while a command follows its send: it cancels the
     send as Ctrl-C does (else the node went on with a transfer nobody
@@ -117,26 +144,55 @@ class Ended(KeyboardInterrupt):
         self.signum = signum
 
 
+class Interrupts:
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP while the main thread follows a
+    request: raised at once while ``client`` waits for the node's next
+    reply (nothing of it read yet), else held, and raised by :meth:`check`
+    where no reply is in hand. Raised anywhere, one that came as the
+    send's verdict was being read lost it: the command then waited for a
+    result the node had already sent, and said "interrupted; the transfer
+    was cancelled" (exit 130) of a file its receiver verified."""
+
+    def __init__(self, client: ControlClient | None) -> None:
+        self.client = client
+        self.held: KeyboardInterrupt | None = None
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        exc = KeyboardInterrupt() if signum == signal.SIGINT else Ended(signum)
+        if self.client is None or self.client.waiting:
+            raise exc
+        self.held = self.held or exc
+
+    def check(self) -> None:
+        """Raise the interrupt held, if one is."""
+        held, self.held = self.held, None
+        if held is not None:
+            raise held
+
+
 @contextlib.contextmanager
-def ending_signals_cancel() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`Ended` meanwhile (in the main thread
-    only: a shell's background send follows in a thread of its own)."""
+def ending_signals_cancel(client: ControlClient | None = None) -> Iterator[Interrupts]:
+    """SIGTERM and SIGHUP raise :class:`Ended` meanwhile, Ctrl-C
+    KeyboardInterrupt as ever; with ``client``, only while it waits for a
+    reply (:class:`Interrupts`). In the main thread only: a shell's
+    background send follows in a thread of its own."""
+    interrupts = Interrupts(client)
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield interrupts
         return
-
-    def end(signum: int, _frame: object) -> None:
-        raise Ended(signum)
-
     # Only where the signal would end the command: one ignored (`nohup`)
     # or handled by whoever started it stays so.
     previous = {
-        sig: signal.signal(sig, end)
-        for sig in (signal.SIGTERM, signal.SIGHUP)
-        if signal.getsignal(sig) is signal.SIG_DFL
+        sig: signal.signal(sig, interrupts.on_signal)
+        for sig, default in (
+            (signal.SIGINT, signal.default_int_handler),
+            (signal.SIGTERM, signal.SIG_DFL),
+            (signal.SIGHUP, signal.SIG_DFL),
+        )
+        if signal.getsignal(sig) is default
     }
     try:
-        yield
+        yield interrupts
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -150,10 +206,13 @@ def _await_result(
     silence: float,
     on_other: Callable[[Message], None] | None,
     phases: set[str] | None = None,
+    interrupts: Interrupts | None = None,
 ) -> R:
     quiet_since = time.monotonic()
     said = ""
     while True:
+        if interrupts is not None:
+            interrupts.check()  # (one held while the last reply was read and shown)
         try:
             msg = client.receive(min(1.0, silence))
         except NodeUnavailable:
@@ -161,7 +220,7 @@ def _await_result(
                 raise Stop("the local node stopped", errors.FAILED) from None
             if time.monotonic() - quiet_since < silence:
                 continue
-            raise Stop("the local node stopped answering", errors.FAILED) from None
+            raise Unanswered("the local node stopped answering", errors.FAILED) from None
         quiet_since = time.monotonic()
         if isinstance(msg, ErrorReply):
             raise Stop(refusal(msg), errors.FAILED)
