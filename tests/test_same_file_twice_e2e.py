@@ -67,30 +67,27 @@ def test_a_second_send_of_a_running_file_is_refused_naming_the_first(
     first = _background(sender, path, receiver.host, receiver.port, "-r", str(2 * MiB))
     try:
         ident = wait_until(lambda: _running_id(sender), WAIT, "the first send running")
-        # The same address under another spelling, and the same file under
-        # another path (a link): the same send.
-        link = path.parent / "link-to-twice.bin"
-        link.symlink_to(path)
-        for target, source in (("localhost", path), (receiver.host, link)):
-            second = sender.cli("send", str(source), target, str(receiver.port))
-            assert second.returncode == errors.USAGE, second.describe()
-            assert second.stderr_lines == [
-                f"peercrypt: error: already sending {path} to {target}:{receiver.port} "
-                f"(transfer {ident}): wait for it, or `peercrypt cancel {ident}` first"
-            ], second.describe()
-        # A hard link of the same name in another folder: named as the
-        # running send was given, and as this one was (it named this path
-        # as the running one's).
-        (path.parent / "elsewhere").mkdir()
-        hard = path.parent / "elsewhere" / path.name
-        os.link(path, hard)
-        second = sender.cli("send", str(hard), receiver.host, str(receiver.port))
+        # The same address under another spelling: the same send.
+        second = sender.cli("send", str(path), "localhost", str(receiver.port))
         assert second.returncode == errors.USAGE, second.describe()
         assert second.stderr_lines == [
-            f"peercrypt: error: already sending {path} (the same file as {hard}) to "
-            f"{receiver.host}:{receiver.port} (transfer {ident}): wait for it, or "
-            f"`peercrypt cancel {ident}` first"
+            f"peercrypt: error: already sending {path} to localhost:{receiver.port} "
+            f"(transfer {ident}): wait for it, or `peercrypt cancel {ident}` first"
         ], second.describe()
+        # The same file of the same name under another path, a hard link or a
+        # symbolic one (sent under its own name, the link's: here the same):
+        # named as the running send was given, and as this one was.
+        for folder, make in (("elsewhere", os.link), ("linked", os.symlink)):
+            (path.parent / folder).mkdir()
+            other = path.parent / folder / path.name
+            make(path, other)
+            second = sender.cli("send", str(other), receiver.host, str(receiver.port))
+            assert second.returncode == errors.USAGE, second.describe()
+            assert second.stderr_lines == [
+                f"peercrypt: error: already sending {path} (the same file as {other}) to "
+                f"{receiver.host}:{receiver.port} (transfer {ident}): wait for it, or "
+                f"`peercrypt cancel {ident}` first"
+            ], second.describe()
         assert sender.cli("rate", "0", "--transfer", str(ident)).returncode == 0
         assert_sent(receiver, _ended(first), path)
     finally:
