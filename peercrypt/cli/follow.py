@@ -146,28 +146,57 @@ class Ended(KeyboardInterrupt):
 
 class Interrupts:
     """Ctrl-C (SIGINT), SIGTERM and SIGHUP while the main thread follows a
-    request: raised at once while ``client`` waits for the node's next
-    reply (nothing of it read yet), else held, and raised by :meth:`check`
-    where no reply is in hand. Raised anywhere, one that came as the
-    send's verdict was being read lost it: the command then waited for a
-    result the node had already sent, and said "interrupted; the transfer
-    was cancelled" (exit 130) of a file its receiver verified."""
+    request: raised at once, but for while a reply is taken (:meth:`taking`:
+    from the socket's answer to the poll until the reply is in the
+    command's hands, and its result returned), where one is held and raised
+    right after (:meth:`check`). Raised there, one that came as the send's
+    verdict was being read lost it: the command then waited for a result
+    the node had already sent, and said "interrupted; the transfer was
+    cancelled" (exit 130) of a file its receiver verified. Raised at once
+    elsewhere: a write that blocks (a full pipe) is interrupted as before.
+
+    One still held when the result is returned: a Ctrl-C is dropped if the
+    send was verified (that is said), else it and a SIGTERM or SIGHUP are
+    delivered again once the handlers are put back
+    (:func:`ending_signals_cancel`): the command ends as interrupted, a
+    shell as killed."""
 
     def __init__(self, client: ControlClient | None) -> None:
         self.client = client
         self.held: KeyboardInterrupt | None = None
+        self.taking_reply = False
+        self.verified = False  # the result returned is a verified send's
 
     def on_signal(self, signum: int, _frame: object) -> None:
         exc = KeyboardInterrupt() if signum == signal.SIGINT else Ended(signum)
-        if self.client is None or self.client.waiting:
+        if not self.taking_reply or self.client is None or self.client.waiting:
             raise exc
         self.held = self.held or exc
+
+    @contextlib.contextmanager
+    def taking(self) -> Iterator[None]:
+        """While a reply is taken: signals held unless the client only waits."""
+        self.taking_reply = True
+        try:
+            yield
+        finally:
+            self.taking_reply = False
 
     def check(self) -> None:
         """Raise the interrupt held, if one is."""
         held, self.held = self.held, None
         if held is not None:
             raise held
+
+    def deliver_held(self, ending: bool) -> None:
+        """After the handlers are back: the signal held and not raised
+        (it came as the result was taken), again; but a Ctrl-C of a send
+        verified (said as verified: its file is there), or of a command
+        already ``ending`` by an exception (its own words)."""
+        held, self.held = self.held, None
+        if held is None or (not isinstance(held, Ended) and (self.verified or ending)):
+            return
+        signal.raise_signal(held.signum if isinstance(held, Ended) else signal.SIGINT)
 
 
 @contextlib.contextmanager
@@ -191,11 +220,16 @@ def ending_signals_cancel(client: ControlClient | None = None) -> Iterator[Inter
         )
         if signal.getsignal(sig) is default
     }
+    ending = False
     try:
         yield interrupts
+    except BaseException:
+        ending = True
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        interrupts.deliver_held(ending)
 
 
 def _await_result(
@@ -210,12 +244,20 @@ def _await_result(
 ) -> R:
     quiet_since = time.monotonic()
     said = ""
+    taking = interrupts.taking if interrupts is not None else contextlib.nullcontext
     while True:
+        with taking():
+            try:
+                msg: Message | None = client.receive(min(1.0, silence))
+            except NodeUnavailable:
+                msg = None
+            if isinstance(msg, result_type) and getattr(msg, "request", None) == request:
+                if interrupts is not None:
+                    interrupts.verified = getattr(msg, "code", "") == ResultCode.OK
+                return msg  # (a signal held meanwhile: see Interrupts)
         if interrupts is not None:
-            interrupts.check()  # (one held while the last reply was read and shown)
-        try:
-            msg = client.receive(min(1.0, silence))
-        except NodeUnavailable:
+            interrupts.check()  # (one held while this reply was taken)
+        if msg is None:
             if not client.node_alive():
                 raise Stop("the local node stopped", errors.FAILED) from None
             if time.monotonic() - quiet_since < silence:
@@ -226,8 +268,6 @@ def _await_result(
             raise Stop(refusal(msg), errors.FAILED)
         if getattr(msg, "request", None) != request:
             continue
-        if isinstance(msg, result_type):
-            return msg
         if isinstance(msg, Progress):
             if phases is not None:
                 phases.add(msg.phase)

@@ -10,6 +10,7 @@ drawn (its import is a tenth of a 1 KiB send).
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import termios
@@ -35,6 +36,7 @@ PHASE_TEXT = {
 COUNTED = {"sending", "hashing", "verifying"}
 
 _open_views: list[ProgressView] = []
+_at_exit: list[Any] = []  # the exit hook, once registered
 
 
 def wanted(as_json: bool, no_progress: bool, progress: bool) -> bool:
@@ -107,15 +109,26 @@ def hide_control_echo(fd: int) -> list[Any] | None:
 
 
 def restore_echo(fd: int, saved: list[Any] | None) -> None:
-    """The terminal's settings of :func:`hide_control_echo` back (after
-    what was written to it; not from the background, as there)."""
+    """The echo of control characters :func:`hide_control_echo` turned off
+    back on (after what was written to the terminal; not from the
+    background, as there). Only that: whatever else changed the terminal
+    since (a shell's prompt) is left as it is now."""
     if saved is None:
         return
     try:
         if os.tcgetpgrp(fd) == os.getpgrp():
-            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+            now = termios.tcgetattr(fd)
+            now[3] |= termios.ECHOCTL
+            termios.tcsetattr(fd, termios.TCSADRAIN, now)
     except (OSError, termios.error):
         pass
+
+
+def _restore_at_exit() -> None:
+    """A command ending with bars not closed (a Ctrl-C as they were made,
+    before the send was followed): the terminal's echo back all the same."""
+    for view in list(_open_views):
+        restore_echo(view._fd, view._echo)
 
 
 def _stderr_fd() -> int:
@@ -136,12 +149,15 @@ class ProgressView:
         self._tqdm = tqdm
         self._fd = _stderr_fd()
         self._echo = hide_control_echo(self._fd) if self._fd >= 0 else None
+        self.targets: dict[str, Any] = {}
+        self.bar: Any = None
+        _open_views.append(self)  # (before a bar: see _restore_at_exit)
+        if self._echo is not None and not _at_exit:
+            _at_exit.append(atexit.register(_restore_at_exit))
         self.name = name
         self.phase = ""
         self.phase_since = time.monotonic()
-        self.bar: Any = self._new_bar(name, total, 0)
-        self.targets: dict[str, Any] = {}
-        _open_views.append(self)
+        self.bar = self._new_bar(name, total, 0)
 
     def _new_bar(self, desc: str, total: int | None, position: int, initial: int = 0) -> Any:
         return self._tqdm(
@@ -198,16 +214,19 @@ class ProgressView:
     def close(self) -> None:
         try:
             for bar in [*self.targets.values(), self.bar]:
-                bar.close()
+                if bar is not None:
+                    bar.close()
         finally:
             if self in _open_views:
                 _open_views.remove(self)
-            if self._fd >= 0 and os.isatty(self._fd):
-                # The next line from the start of this one: the session's bar
-                # puts the cursor there as it closes, but a Ctrl-C as it was
-                # replaced (a new phase) left it closed, and the cursor at
-                # the end of the line the last receiver's bar cleared.
-                sys.stderr.write("\r")
-                sys.stderr.flush()
-            restore_echo(self._fd, self._echo)
-            self._echo = None
+            try:
+                if self._fd >= 0 and os.isatty(self._fd):
+                    # The next line from the start of this one: the session's bar
+                    # puts the cursor there as it closes, but a Ctrl-C as it was
+                    # replaced (a new phase) left it closed, and the cursor at
+                    # the end of the line the last receiver's bar cleared.
+                    sys.stderr.write("\r")
+                    sys.stderr.flush()
+            finally:
+                restore_echo(self._fd, self._echo)
+                self._echo = None
