@@ -177,9 +177,10 @@ def build_tree(
             raise TreeError(f"two sources are named {name!r}")
         # A root named through a link is taken as named: the link's name,
         # its target's content (read there: a file is read not through a link).
-        st = os.stat(root)
+        real = os.path.realpath(root)  # (resolved once: what is stat'ed is what is read)
+        st = os.stat(real)
         if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-            visit(os.path.realpath(root), (name,), stat.S_ISDIR(st.st_mode))
+            visit(real, (name,), stat.S_ISDIR(st.st_mode))
         else:
             skipped.append(str(root))
     entries = sort_entries(e for e, _, _ in found.values())

@@ -121,3 +121,17 @@ def test_send_json_of_several_files_lists_each(
     assert [(s["stored_as"], s["held"]) for s in again.json["sources"]] == [
         (s["stored_as"], True) for s in sent["sources"]
     ]
+    # A source named that is no file nor folder (a FIFO) is not sent: said
+    # so, and the others' stored names are still read.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    lone = make_file(5_000, "lone.bin")
+    mixed = a.cli("send", str(lone), str(fifo), "127.0.0.1", str(b.port), "--json", timeout=120)
+    assert mixed.returncode == 0, mixed.describe()
+    assert mixed.json["sources"] == [
+        {"name": "lone.bin", "path": str(lone), "kind": "file", "bytes": 5_000,
+         "stored_as": "lone.bin", "verified": True, "held": False},
+        {"name": "pipe", "path": str(fifo), "kind": "skipped", "bytes": None,
+         "stored_as": None, "verified": False, "held": False},
+    ]  # fmt: skip
+    assert blake3_file(b.inbox / "lone.bin") == blake3_file(lone)

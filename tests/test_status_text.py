@@ -77,8 +77,9 @@ def test_status_json_gives_numbers_lists_and_maps_as_themselves() -> None:
     (a version, an id with leading zeros, JSON that does not parse)."""
     from peercrypt.cli.status_view import typed
 
-    assert [typed(v) for v in ("4242", "0", "-3", "0.7", "12.50")] == [4242, 0, -3, 0.7, 12.5]
+    numbers = ("4242", "0", "-3", "0.7", "12.50", "1.23e+03", "5e-05")
+    assert [typed(v) for v in numbers] == [4242, 0, -3, 0.7, 12.5, 1230.0, 5e-05]
     assert typed('[["a.bin", 10, 2, "in1"]]') == [["a.bin", 10, 2, "in1"]]
     assert typed('{"ok": true}') == {"ok": True} and typed("{}") == {}
-    for text in ("0.1.0", "007", "1e3", "", "on", "[not json", "w=4096 min=256", " 5"):
+    for text in ("0.1.0", "007", "inf", "", "on", "[not json", "w=4096 min=256", " 5"):
         assert typed(text) == text

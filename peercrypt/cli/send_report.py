@@ -120,25 +120,40 @@ def _bytes(path: Path) -> int | None:
         return None
 
 
+def _kind(path: Path) -> str:
+    """ "file", "folder", or "skipped": a named source the walk leaves out
+    as it does inside a folder (a device, a FIFO, a socket; gone)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "skipped"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return "file" if stat.S_ISREG(mode) else "skipped"
+
+
 def sources(result: SendResult, paths: list[Path]) -> list[dict[str, object]]:
     """``--json``'s ``sources`` of a folder or several files: one object
-    per FILE named, in the order given: its ``name``, ``path``, ``kind``,
-    ``bytes``, ``stored_as`` (null unless verified), ``verified``, and
-    ``held`` (the receiver had it: nothing sent)."""
+    per FILE named, in the order given: its ``name``, ``path``, ``kind``
+    (``skipped``: not sent), ``bytes``, ``stored_as`` (null unless
+    verified), ``verified``, and ``held`` (the receiver had the whole send
+    already: nothing sent; the result knows it of the whole only)."""
     ok = result.code == ResultCode.OK
-    stored = stored_names(result.stored_as, paths) if ok else {}
+    kinds = [_kind(p) for p in paths]
+    sent = [p for p, kind in zip(paths, kinds, strict=True) if kind != "skipped"]
+    stored = stored_names(result.stored_as, sent) if ok else {}
     held = ok and held_share(result.stats) >= 1
     return [
         {
             "name": p.name,
             "path": str(p),
-            "kind": "folder" if p.is_dir() else "file",
-            "bytes": _bytes(p),
-            "stored_as": stored.get(printable(p.name)),
-            "verified": ok,
-            "held": held,
+            "kind": kind,
+            "bytes": _bytes(p) if kind != "skipped" else None,
+            "stored_as": stored.get(printable(p.name)) if kind != "skipped" else None,
+            "verified": ok and kind != "skipped",
+            "held": held and kind != "skipped",
         }
-        for p in paths
+        for p, kind in zip(paths, kinds, strict=True)
     ]
 
 

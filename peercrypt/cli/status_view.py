@@ -35,7 +35,7 @@ def show(reply: StatusReply, as_json: bool) -> None:
     echo("\n".join(lines))
 
 
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?")
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
 
 def typed(fact: str) -> Any:
@@ -44,7 +44,8 @@ def typed(fact: str) -> Any:
     rest as text (``"pid": 4242``, ``"flows": [...]``, ``"mode": "aimd"``)."""
     number = _NUMBER.fullmatch(fact)
     if number:
-        return float(fact) if number.group(1) else int(fact)
+        # (a value written with :g is 1.23e+03 past 999 with 3 digits: a number too)
+        return float(fact) if number.group(1) or number.group(2) else int(fact)
     if fact[:1] in ("[", "{"):
         try:
             return json.loads(fact)
