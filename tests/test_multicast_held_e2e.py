@@ -118,6 +118,7 @@ def test_the_same_file_again_is_stored_once_and_reported_as_had(
         assert r.wait_for_counter("mreceiver.delivered-before-verified", 1) == 1
     stats = again["stats"]
     assert (stats["held"], stats["seals_first"], stats["published_bytes"]) == (3, 0, 0)
+    assert first["mib_per_s"] > 0 and again["mib_per_s"] == 0  # nothing crossed: no rate
     # Its text form: one "had it" line per receiver, and the summary.
     text = sender.cli(
         "send", path, receivers[0].host, str(receivers[0].port), "-m",

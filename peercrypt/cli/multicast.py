@@ -177,7 +177,11 @@ def _target_result(as_json: bool, msg: Message) -> None:
 def _report(result: McSendResult, paths: list[Path], as_json: bool) -> NoReturn:
     path = paths[0]
     ok = result.code == ResultCode.OK
-    rate = result.size / result.seconds / 2**20 if result.seconds > 0 else 0.0
+    held, count = int(result.stats.get("held", 0)), len(result.results)
+    # Each receiver's rate; none (0 in --json) where every receiver had it and
+    # nothing crossed, as the line says ("all 2 had it: nothing sent").
+    crossed = not (ok and held and held >= count)
+    rate = result.size / result.seconds / 2**20 if result.seconds > 0 and crossed else 0.0
     files, skipped = tree_counts(result.stats, as_json)
     tree = "files" in result.stats  # a folder (perhaps of no file) or several files
     if as_json:
@@ -202,8 +206,7 @@ def _report(result: McSendResult, paths: list[Path], as_json: bool) -> NoReturn:
             )
         )
     elif ok:
-        held, count = int(result.stats.get("held", 0)), len(result.results)
-        if held and held >= count:  # no rate: nothing crossed (as send's "had it all")
+        if not crossed:  # no rate: nothing crossed (as send's "had it all")
             how = f"all {count} had it: nothing sent"
         else:
             had = f"; {held} of them had it" if held else ""
