@@ -429,6 +429,28 @@ def test_plot_draws_a_png_and_compares(recorded: Recorded, tmp_path: Path) -> No
     assert png_size(tmp_path / f"transfer-{ids[1]}.png")[0] >= 800
 
 
+def test_last_names_the_latest_transfers(recorded: Recorded, tmp_path: Path) -> None:
+    """`last`, `last-1`... for an id (a send's result names no history id):
+    the transfers recorded last, in the order they started."""
+    sender = recorded.sender
+    with open_reader(db_path(sender.data_dir)) as conn:
+        rows = sorted(list_transfers(conn), key=lambda r: (r["started"], r["id"]))
+    newest, before = rows[-1]["id"], rows[-2]["id"]
+    for given, ident in (("last", newest), ("LAST-1", before), ("last-0", newest)):
+        shown = sender.cli("stats", "show", given, "--json")
+        assert shown.returncode == 0 and shown.json["id"] == ident, (given, shown.describe())
+    exported = sender.cli("stats", "export", "last", "last-1", str(rows[0]["id"]))
+    assert [r["id"] for r in parse_json(exported.stdout)] == [newest, before, rows[0]["id"]]
+    default = run_cli("--data-dir", sender.data_dir, "stats", "plot", "last", cwd=tmp_path)
+    assert default.stdout.strip() == f"transfer-{newest}.png"
+    assert png_size(tmp_path / f"transfer-{newest}.png")[0] >= 800
+    beyond = sender.cli("stats", "show", f"last-{len(rows)}")
+    assert (beyond.returncode, beyond.stderr_lines) == (
+        2,
+        [f"peercrypt: error: only {len(rows)} transfer(s) in the statistics history"],
+    ), beyond.describe()
+
+
 def test_a_transfer_without_a_limit_gets_no_limit_panel(tmp_path: Path) -> None:
     """A normal send that recorded no window, rate or credit (all 0) is drawn
     as throughput and RTT only; a line at 0 would read as a limit of 0."""
@@ -479,6 +501,8 @@ def test_plot_without_matplotlib_says_how_to_install_it(recorded: Recorded, tmp_
     ("args", "message"),
     [
         (["stats", "show", "999"], "no transfer 999 in the statistics history"),
+        (["stats", "show", "lst"], "'lst' is no transfer id (a number, `last` or `last-N`)"),
+        (["stats", "plot", "-1"], "no such option '-1'"),
         (["stats", "list", "--since", "yesterday"], "invalid --since 'yesterday'"),
         (["stats", "list", "--mode", "token_bucket"], "unknown mode 'token_bucket': one of"),
         (["stats", "export", "--mode", "bogus"], "unknown mode 'bogus': one of normal,"),

@@ -33,6 +33,7 @@ from peercrypt.history.db import (
     get_transfers,
     held_bytes,
     list_transfers,
+    newest_id,
     open_reader,
 )
 from peercrypt.sizes import readable
@@ -94,6 +95,32 @@ def recorded_text(key: str, value: object) -> str:
     if float(value).is_integer():
         return str(int(value))
     return f"{value:g}"
+
+
+_LAST = re.compile(r"last(?:-([0-9]+))?")
+
+
+class HistoryId(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
+    """A transfer's id in the history, or ``last`` (the one recorded last),
+    ``last-1`` (the one before it)...: kept as text until the history is
+    open (:func:`_ids`)."""
+
+    name = "id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value).strip().lower()
+        if text.isdigit() or _LAST.fullmatch(text):
+            return text
+        self.fail(f"{value!r} is no transfer id (a number, `last` or `last-N`)", param, ctx)
+
+
+def _ids(conn: sqlite3.Connection, given: tuple[str, ...]) -> list[int]:
+    """The ids ``given`` (numbers, ``last``, ``last-N``) in the history."""
+    out = []
+    for text in given:
+        last = _LAST.fullmatch(text)
+        out.append(newest_id(conn, int(last.group(1) or 0)) if last else int(text))
+    return out
 
 
 @contextmanager
@@ -217,12 +244,13 @@ def stats_list(
 
 
 @stats.command("show")
-@click.argument("ident", metavar="ID", type=int)
+@click.argument("given", metavar="ID", type=HistoryId())
 @click.option("--json", "as_json", is_flag=True, help="Print the transfer and its samples.")
 @click.pass_obj
-def stats_show(obj: dict[str, Any], ident: int, as_json: bool) -> None:
-    """Everything recorded about transfer ID."""
+def stats_show(obj: dict[str, Any], given: str, as_json: bool) -> None:
+    """Everything recorded about transfer ID (`last`: the latest, `last-1`...)."""
     with _history(obj) as conn:
+        (ident,) = _ids(conn, (given,))
         row = get_transfer(conn, ident)
         samples = get_samples(conn, ident)
     if as_json:
@@ -265,7 +293,7 @@ def stats_show(obj: dict[str, Any], ident: int, as_json: bool) -> None:
 
 
 @stats.command("export")
-@click.argument("idents", metavar="[ID]...", type=int, nargs=-1)
+@click.argument("given", metavar="[ID]...", type=HistoryId(), nargs=-1)
 @_filter_options
 @click.option(
     "--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True
@@ -283,7 +311,7 @@ def stats_show(obj: dict[str, Any], ident: int, as_json: bool) -> None:
 @click.pass_obj
 def stats_export(
     obj: dict[str, Any],
-    idents: tuple[int, ...],
+    given: tuple[str, ...],
     peer: str,
     mode: str,
     since: str | None,
@@ -302,8 +330,8 @@ def stats_export(
         raise _error("--samples applies to --format csv (JSON always holds the samples)")
     filters = _filters(peer, mode, since, failed)
     with _history(obj) as conn:
-        if idents:
-            rows = get_transfers(conn, list(idents))
+        if given:
+            rows = get_transfers(conn, _ids(conn, given))
         else:
             chosen = list_transfers(conn, **filters)
             rows = get_transfers(conn, [r["id"] for r in chosen]) if chosen else []
@@ -322,7 +350,7 @@ def stats_export(
 
 
 @stats.command("plot")
-@click.argument("idents", metavar="ID...", type=int, nargs=-1, required=True)
+@click.argument("given", metavar="ID...", type=HistoryId(), nargs=-1, required=True)
 @click.option("--compare", is_flag=True, help="Overlay several transfers in one figure.")
 @click.option(
     "-o",
@@ -333,18 +361,20 @@ def stats_export(
 )
 @click.pass_obj
 def stats_plot(
-    obj: dict[str, Any], idents: tuple[int, ...], compare: bool, output: Path | None
+    obj: dict[str, Any], given: tuple[str, ...], compare: bool, output: Path | None
 ) -> None:
-    """Throughput, window or rate, and RTT of transfer ID over time."""
+    """Throughput, window or rate, and RTT of transfer ID over time (`last`:
+    the latest)."""
     from peercrypt.history.plot import PlotUnavailable, plot
 
-    if len(idents) > 1 and not compare:
+    if len(given) > 1 and not compare:
         raise _error("several IDs need --compare (one figure overlaying them)")
-    if compare and len(idents) < 2:
+    if compare and len(given) < 2:
         raise _error("--compare needs at least two IDs")
-    out = output or Path(f"transfer-{'-'.join(map(str, idents))}.png")
     with _history(obj) as conn:
-        rows = get_transfers(conn, list(idents))
+        idents = _ids(conn, given)
+        rows = get_transfers(conn, idents)
+    out = output or Path(f"transfer-{'-'.join(map(str, idents))}.png")
     try:
         plot(rows, out)
     except PlotUnavailable as exc:

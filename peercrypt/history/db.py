@@ -349,6 +349,18 @@ def get_transfer(conn: sqlite3.Connection, ident: int) -> dict[str, Any]:
     return _row(r)
 
 
+def newest_id(conn: sqlite3.Connection, back: int = 0) -> int:
+    """The id of the transfer recorded last (``back``: so many before it)."""
+    r = conn.execute(
+        "SELECT id FROM transfers ORDER BY started DESC, id DESC LIMIT 1 OFFSET ?", (back,)
+    ).fetchone()
+    if r is None:
+        count = conn.execute("SELECT COUNT(*) FROM transfers").fetchone()[0]
+        held = f"only {count} transfer(s)" if count else "no transfer"
+        raise HistoryError(f"{held} in the statistics history")
+    return int(r[0])
+
+
 def get_samples(conn: sqlite3.Connection, ident: int) -> list[dict[str, Any]]:
     cur = conn.execute(
         f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM samples WHERE transfer = ? ORDER BY t", (ident,)
