@@ -730,3 +730,48 @@ def test_send_no_open_undoes_an_open_environment(
     sent = run_cli(*args, "--no-open", data_dir=tmp_path / "t2", env=env)
     assert sent.returncode == 0, sent.describe()
     assert_sent(receiver, (sent.returncode, json.loads(sent.stdout)), path)
+
+
+def test_a_list_option_takes_commas_as_its_variable_and_empty_undoes_it(tmp_path: Path) -> None:
+    """`--allow A,B` is what PEERCRYPT_ALLOW=A,B and `config show` say (it was
+    refused as one fingerprint), and `--allow ""` the empty list: it undoes an
+    allow-list of a lower layer, as the yes/no flags do theirs (it was refused
+    as "not a fingerprint: ''"). So for `--attach-allow` and `--remote-actor`."""
+    other = "2345-67ab-cdef-ghij-klmn-opqr-stuv-wxyz"
+    env = {"PEERCRYPT_ALLOW": FINGERPRINT, "PEERCRYPT_REMOTE_ACTORS": "health"}
+    rows = _show(tmp_path, "--allow", "", "--remote-actor", "", env=env)
+    assert rows["allow"] == {"value": [], "source": "flag", "variable": "PEERCRYPT_ALLOW"}
+    assert rows["remote_actors"]["value"] == []
+    rows = _show(
+        tmp_path, "--allow", f"{FINGERPRINT},{other.upper()}", "--allow", FINGERPRINT,
+        "--attach-allow", other, "--remote-actor", "receiver,sender",
+    )  # fmt: skip
+    assert rows["allow"]["value"] == [FINGERPRINT, other]
+    assert rows["attach_allow"]["value"] == [other]
+    assert rows["remote_actors"]["value"] == ["receiver", "sender"]
+    bad = run_cli(
+        "config", "show", "--allow", f"{FINGERPRINT},abc", data_dir=tmp_path / "dd", cwd=tmp_path
+    )
+    _assert_one_error(
+        bad, errors.USAGE, "config show: Invalid value for '--allow': not a PeerCrypt "
+        "fingerprint: 'abc'"
+    )  # fmt: skip
+
+
+def test_allow_empty_on_the_command_line_admits_every_member(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """A real node whose environment has an allow-list naming someone else
+    refuses the sender (exit 4); with `--allow ""` it admits it, and with
+    `--allow OTHER,SENDER` too."""
+    sender = node_factory()
+    path = make_file(20_000)
+    env = {"PEERCRYPT_ALLOW": FINGERPRINT}
+    listed = node_factory(env=env)
+    code, refused = sender.send_to(path, listed)
+    assert (code, refused["code"]) == (errors.NOT_ADMITTED, "not-admitted"), refused
+    listed.stop()
+    for allow in ("", f"{FINGERPRINT},{sender.facts['fingerprint']}"):
+        receiver = node_factory("--allow", allow, env=env)
+        assert_sent(receiver, sender.send_to(path, receiver), path)
+        receiver.stop()

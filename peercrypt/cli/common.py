@@ -156,21 +156,39 @@ SIZE_HELP = "Takes suffixes: 64K, 1.5M, 2GiB (1024); 10MB (1000)."
 RATE_HELP = "Takes suffixes: 64K, 1.5M, 2GiB (1024); 10MB (1000); /s optional."
 
 
-class Fingerprint(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
-    """A node's fingerprint, with or without dashes, any case; normalised.
-    Another text is click's usage error naming the option (exit 2), as a
-    variable or .env naming one is the settings' (peercrypt/config.py)."""
+class Fingerprints(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
+    """Node fingerprints, comma-separated as in the variable (``--allow A,B``,
+    what ``config show`` prints), each with or without dashes, any case;
+    normalised. Empty text is none. Another text is click's usage error
+    naming the option (exit 2), as a variable or .env naming one is the
+    settings' (peercrypt/config.py)."""
 
     name = "fingerprint"
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "FINGERPRINT"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
         try:
-            return normalise_fingerprint(str(value))
+            return tuple(normalise_fingerprint(v) for v in str(value).split(",") if v.strip())
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+def _joined(ctx: click.Context, param: click.Parameter, values: tuple[Any, ...]) -> tuple[str, ...]:
+    """A list setting's option as its variable reads it: repeated or
+    comma-separated (``--allow A,B`` is ``--allow A --allow B``), empty items
+    dropped, so that ``--allow ""`` is the empty list and undoes a list that
+    .env, the environment or the config file set."""
+    out: list[str] = []
+    for value in values:
+        items = value if isinstance(value, tuple) else str(value).split(",")
+        out += [item.strip() for item in items if item.strip()]
+    return tuple(dict.fromkeys(out))
 
 
 class OptionalArgument(click.Argument):
@@ -204,9 +222,9 @@ def setting_option(name: str, param: str | None = None) -> Callable[[F], F]:
     elif s.kind == "choice":
         kw["type"] = click.Choice(s.choices, case_sensitive=False)
     elif s.kind == "list":
-        kw.update(multiple=True, show_default=False)
+        kw.update(multiple=True, show_default=False, callback=_joined)
     elif s.kind == "fingerprints":
-        kw.update(multiple=True, show_default=False, type=Fingerprint())
+        kw.update(multiple=True, show_default=False, type=Fingerprints(), callback=_joined)
     elif s.kind == "host":
         kw["type"] = HostText()
     if s.kind in ("size", "rate"):
