@@ -66,11 +66,19 @@ def default_data_dir() -> Path:
 def data_dir_from(
     flag: Path | None, environ: Mapping[str, str], dotenv: Mapping[str, str], default: Path
 ) -> Path:
-    """The data dir: flag > environment > .env > default (it holds the config file)."""
+    """The data dir: flag > environment > .env > default (it holds the config file).
+
+    Absolute: a node started with ``--data-dir n1`` tells its inbox and
+    history to commands run from elsewhere (``status``, ``--json``)."""
     if flag is not None:
-        return flag.expanduser()
+        return absolute(flag)
     text = environ.get(DATA_DIR_ENV) or dotenv.get(DATA_DIR_ENV)
-    return Path(text).expanduser() if text else default
+    return absolute(Path(text)) if text else default
+
+
+def absolute(path: Path) -> Path:
+    """``path`` from ``~`` or the working directory, ``..`` taken out (links kept)."""
+    return Path(os.path.abspath(path.expanduser()))
 
 
 def config_path_from(

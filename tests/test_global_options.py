@@ -107,3 +107,28 @@ def test_errors_read_the_same_in_both_places(
         assert result.stderr_lines[0].startswith("peercrypt: error: "), result.describe()
         assert words in result.stderr_lines[0], result.describe()
     assert before.stderr_lines == after.stderr_lines
+
+
+def test_a_relative_data_dir_and_inbox_are_told_whole(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A node started as `--data-dir . --inbox box` (its working directory
+    the data dir) tells `status` run from elsewhere where its files are: it
+    said `inbox: box` and `history: stats.sqlite`, which a script there read
+    as its own directory's."""
+    receiver = node_factory("--data-dir", ".", "--inbox", "box")
+    assert f"inbox {receiver.data_dir / 'box'}\n" in receiver.log_text()
+    status = run_cli("status", "--json", data_dir=receiver.data_dir, cwd=tmp_path)
+    assert status.returncode == 0, status.describe()
+    facts = json.loads(status.stdout)
+    assert (facts["inbox"], facts["history"]) == (
+        str(receiver.data_dir / "box"),
+        str(receiver.data_dir / "stats.sqlite"),
+    )
+    text = run_cli("status", data_dir=receiver.data_dir, cwd=tmp_path).stdout.splitlines()
+    assert f"  inbox: {receiver.data_dir / 'box'}" in text
+    path = make_file(10_000)
+    sender = node_factory()
+    code, result = sender.send_to(path, receiver)
+    assert code == 0, result
+    assert blake3_file(receiver.data_dir / "box" / result["stored_as"]) == blake3_file(path)

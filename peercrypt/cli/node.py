@@ -29,6 +29,7 @@ from peercrypt.cli.common import (
     warn_key_in_argv,
 )
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.config_sources import absolute
 from peercrypt.core.fragments import (
     HEADER_BYTES,
     parse_group,
@@ -212,7 +213,7 @@ def settings_from(
     fields["inbox"] = data_dir / "inbox"
     if "inbox" in taken:
         if eff["inbox"]:
-            fields["inbox"] = Path(eff["inbox"]).expanduser()
+            fields["inbox"] = absolute(Path(eff["inbox"]))
         # Received files: what the umask allows, owner-only in an inbox the user named.
         fields["file_mode"], fields["inbox_mode"] = (
             private_modes() if eff["inbox"] else default_modes()
