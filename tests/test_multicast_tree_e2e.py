@@ -131,6 +131,13 @@ def test_a_folder_by_multicast_arrives_whole_at_both_receivers(
         assert hidden(r.inbox) == []
     nodes.one.wait_for_counter("mreceiver.received", 3)
 
+    # A folder of one file is "1 file" (it said "1 files").
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single" / "only.txt").write_bytes(b"only")
+    one = nodes.sender.cli("send", tmp_path / "single", *nodes.targets(), "--no-progress")
+    assert one.returncode == 0, one.describe()
+    assert one.stdout.startswith("sent single (1 file, 4 bytes) to 2 receivers by multicast in ")
+
 
 def held(inbox: Path, prefix: str) -> int:
     """Chunks the kept multicast part of ``prefix`` lists (0 while there is none)."""

@@ -115,3 +115,16 @@ def test_several_files_sent_are_named_not_only_the_first(
     )
     assert report(result, [Path(n) for n in names], "h", 7, as_json=False) == 0
     assert capsys.readouterr().out.startswith(f"sent {shown} (3 files, 3000 bytes) to h:7 as ")
+
+
+@pytest.mark.parametrize(("files", "said"), [(1, "1 file"), (3, "3 files"), (0, "0 files")])
+def test_one_file_among_the_sources_is_one_file(
+    capsys: pytest.CaptureFixture[str], files: int, said: str
+) -> None:
+    """`send link.bin fifo HOST PORT` (the FIFO skipped) said `(1 files, ...)`."""
+    result = dataclasses.replace(
+        _result(64, 0), stats={"files": float(files), "file_bytes": 3000.0 * files}
+    )
+    assert report(result, [Path("a.bin"), Path("b")], "h", 7, as_json=False) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"sent a.bin, b ({said}, {3000 * files} bytes) to h:7 as a.bin in "), out

@@ -191,6 +191,7 @@ def test_start_runs_every_command_of_the_shell(
     for name in ("send", "receive", "congestion", "gossip", "quit", "jobs", "peers"):
         assert f"  {name} " in out, out
     assert "default mode normal" in out
+    assert re.search(r"0\s+peers\s+known,\s+0\s+background\s+sends,", out), out
     pty.run("status", "node: running")
     pty.run("set-mode aimd", "default mode is now aimd")
     pty.run("set-mode multicast", "default mode is now multicast")
@@ -240,6 +241,7 @@ def test_start_runs_every_command_of_the_shell(
     out = pty.run("transfers", "ID +STATE")
     assert source.name in out, out
     pty.run("jobs", r"\[1\] running")
+    pty.run("help", r"1\s+peer\s+known,\s+1\s+background\s+send,")  # (it said "1 peers")
     pty.run(
         "jobs --json",
         r'\[\{"id": 1, "state": "running", "exit": null, "transfer": \d+, "line": "send [^"]* '
@@ -599,6 +601,7 @@ def test_leaving_start_says_its_background_sends_end_with_its_node(
     pty.expect(question)
     pty.run("n")  # stays
     pty.run("jobs", r"\[1\] running")
+    pty.run("help", r"1\s+peer\s+known,\s+1\s+background\s+send,")  # (it said "1 peers")
     pty.child.sendeof()  # Ctrl-D asks too
     pty.expect(question)
     pty.child.sendline("y")

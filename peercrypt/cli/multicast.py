@@ -211,8 +211,9 @@ def _report(result: McSendResult, paths: list[Path], as_json: bool) -> NoReturn:
         else:
             had = f"; {held} of them had it" if held else ""
             how = f"{readable(rate * 2**20, rate=True)} each{had}"
+        counted = f"{files} file{'' if files == 1 else 's'}, " if tree else ""
         click.echo(
-            f"sent {sent_names(paths)} ({f'{files} files, ' if tree else ''}"
+            f"sent {sent_names(paths)} ({counted}"
             f"{file_bytes(result.stats, result.size) if tree else result.size} bytes) "
             f"to {count} receiver{'s' if count != 1 else ''} by multicast in "
             f"{result.seconds:.2f} s ({how}), "

@@ -193,7 +193,8 @@ def report(result: SendResult, paths: list[Path], host: str, port: int, as_json:
     elif ok:
         name = sent_names(paths)
         what = (
-            f"{name} ({files} files, {file_bytes(result.stats, result.size)} bytes)"
+            f"{name} ({files} file{'' if files == 1 else 's'}, "
+            f"{file_bytes(result.stats, result.size)} bytes)"
             if tree
             else (f"{name} ({result.size} bytes)")
         )

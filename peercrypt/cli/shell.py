@@ -311,11 +311,11 @@ class Shell:
             return f"node: not running ({exc})"
         except AnotherRelease as exc:
             return f"node: running, but {exc}"
-        running = sum(1 for j in self.jobs if j.running)
+        running, peers = sum(1 for j in self.jobs if j.running), len(self.view.peers)
         return (
             f"node {facts.get('fingerprint')} on port {facts.get('port')}: default mode "
-            f"{facts.get('mode')}, {len(self.view.peers)} peers known, "
-            f"{running} background sends, inbox {facts.get('inbox')}"
+            f"{facts.get('mode')}, {peers} peer{'' if peers == 1 else 's'} known, "
+            f"{running} background send{'' if running == 1 else 's'}, inbox {facts.get('inbox')}"
         )
 
     def _jobs(self, as_json: bool = False) -> int:
