@@ -107,6 +107,9 @@ def test_a_mistyped_command_suggests_the_nearest(
         (["send", "{file}", "127.0.0.1"], ["send: expected FILE... HOST PORT"]),
         (["send"], ["send: expected FILE... HOST PORT"]),
         (["set-mode"], ["set-mode: missing argument 'MODE'; choose from normal, token-bucket,"]),
+        (["max-rate", "-5"], ["max-rate: -5: a negative number; no value here may be negative"]),
+        (["gossip", "interval", "-1.5"], ["gossip: -1.5: a negative number; no value"]),
+        (["send", "{file}", "h", "-7"], ["send: -7: a negative number; no value here may be"]),
     ],
     ids=[
         "missing-file",
@@ -121,6 +124,9 @@ def test_a_mistyped_command_suggests_the_nearest(
         "no-port",
         "nothing",
         "choice-missing",
+        "negative-rate",
+        "negative-interval",
+        "negative-port",
     ],
 )
 def test_click_usage_errors(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 
 import click
 
@@ -37,8 +38,13 @@ def unknown_command(name: str, names: list[str]) -> str:
     return f"no such command {name!r}{hint}; commands: {', '.join(names)}"
 
 
-def usage_line(exc: click.ClickException) -> str:
-    """A click error as one line that says what is valid."""
+# A negative number as a user types one: -5, -1.5, -64K, -2MB/s.
+NEGATIVE = r"-\d[\d.]*[A-Za-z]*(/s)?"
+
+
+def usage_line(exc: click.ClickException, args: Sequence[str] = ()) -> str:
+    """A click error as one line that says what is valid (``args``: the
+    command line, whose words click's message may have cut)."""
     message = exc.format_message().rstrip(".")
     # click lists a choice's values a line each ("Choose from:\n\tnormal,\n\t...")
     message = re.sub(r"\.?\s*\n\s*", " ", message).replace("Choose from: ", "choose from ")
@@ -47,7 +53,15 @@ def usage_line(exc: click.ClickException) -> str:
     message = message.replace("not a valid integer range", "not a valid integer")
     message = message.replace("not a valid float range", "not a valid number")
     ctx = getattr(exc, "ctx", None)
-    if isinstance(exc, click.NoSuchOption) and ctx is not None:
+    if isinstance(exc, click.NoSuchOption) and re.fullmatch(NEGATIVE, exc.option_name):
+        # `max-rate -5`, `gossip interval -1`: click reads a negative number as
+        # an option; no value of ours may be negative, and none is an option.
+        # (click names `-1` of `-1.5`: the word as typed)
+        name = exc.option_name
+        typed = next((a for a in args if a.startswith(name) and re.fullmatch(NEGATIVE, a)), name)
+        where = f"{ctx.command_path.split(' ', 1)[-1]}: " if ctx and ctx.parent else ""
+        message = f"{where}{typed}: a negative number; no value here may be negative"
+    elif isinstance(exc, click.NoSuchOption) and ctx is not None:
         valid = sorted(
             opt for p in ctx.command.params if isinstance(p, click.Option) for opt in p.opts
         )
@@ -89,7 +103,7 @@ def execute(group: click.Group, args: list[str], prog_name: str = "peercrypt") -
         click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
         return errors.OK
     except click.UsageError as exc:
-        click.echo(usage_line(exc), err=True)
+        click.echo(usage_line(exc, args), err=True)
         return exc.exit_code
     except click.ClickException as exc:  # UserError and the like: already one line
         click.echo(f"peercrypt: error: {exc.format_message()}", err=True)
