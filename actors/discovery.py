@@ -47,6 +47,7 @@ from peercrypt.core.membership import (
 )
 from peercrypt.core.names import shortened
 from peercrypt.core.reliability import DEFAULT_PRIOR, weighted_choice
+from peercrypt.crypto.identity import fingerprint
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer
 from peercrypt.settings import NodeSettings
@@ -496,7 +497,7 @@ class DiscoveryActor(Actor):
         elif msg.state == MemberState.DEAD:
             claim = t.mark_dead(msg.node_id, now)
             if claim is not None:
-                log.warning("discovery: member %s declared dead", msg.node_id.hex()[:16])
+                log.warning("discovery: member %s declared dead", _named(msg.node_id))
         elif msg.state == MemberState.ALIVE:
             # It answers our probes although it is suspect/dead here: talk to it
             # directly so it learns the claim and refutes it (its link kept
@@ -643,3 +644,12 @@ def _parse_digest(entries: list[bytes]) -> dict[bytes, DigestEntry] | None:
     except ValueError:
         return None
     return out
+
+
+def _named(node_id: bytes) -> str:
+    """A member as `peers` and the health actor's log name it: its fingerprint
+    (the log said 92133ac38c8546f5 where health's line before said inj6-fhwa-...)."""
+    try:
+        return fingerprint(x25519_public_key(node_id))
+    except ValueError:
+        return node_id.hex()[:16]

@@ -133,6 +133,9 @@ def test_a_dead_member_shows_no_rtt(node_factory: Callable[..., NodeProcess]) ->
     dead = wait_until(lambda: row("dead"), 15, "A to find B dead")
     assert dead["rtt_ms"] is None and dead["rttvar_ms"] is None, dead
     assert isinstance(dead["last_seen"], float)  # its last answer is still told
+    # Its log names it by the fingerprint, as health's line does (not a hex id).
+    said = f"discovery: member {b.fingerprint} declared dead"
+    wait_until(lambda: said in a.log_text(), 15, "the log to say B is dead")
     address = f"127.0.0.1:{b.port}"
     for command in ("peers", "top"):  # (wide: no column left out)
         shown = run_cli(command, data_dir=a.data_dir, env={"COLUMNS": "200"}, timeout=30)
