@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,18 @@ def test_one_file_among_the_sources_is_one_file(
     assert report(result, [Path("a.bin"), Path("b")], "h", 7, as_json=False) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"sent a.bin, b ({said}, {3000 * files} bytes) to h:7 as a.bin in "), out
+
+
+def test_a_source_left_out_is_not_named_as_sent(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`send a.bin pipe HOST PORT`: the FIFO is not sent (a warning line
+    says so), and the result line named it among what was."""
+    sent = tmp_path / "a.bin"
+    sent.write_bytes(b"x" * 3000)
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    result = dataclasses.replace(_result(64, 0), stats={"files": 1.0, "file_bytes": 3000.0})
+    assert report(result, [sent, pipe], "h", 7, as_json=False) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("sent a.bin (1 file, 3000 bytes) to h:7 as a.bin in "), out

@@ -80,7 +80,10 @@ NAMED = 3  # the names a result line lists of the files and folders sent (then "
 
 def sent_names(paths: list[Path]) -> str:
     """What a result line names of what was sent: every path's name, or the
-    first :data:`NAMED` and how many more (`send a b c` said only "a")."""
+    first :data:`NAMED` and how many more (`send a b c` said only "a"); of
+    several, not one left out (a FIFO: the warning line names how many)."""
+    if len(paths) > 1:
+        paths = [p for p in paths if _kind(p) != "skipped"] or paths
     names = [printable(p.name) for p in paths]  # the user's own, but a name may hold escapes
     more = f" +{len(names) - NAMED} more" if len(names) > NAMED else ""
     return ", ".join(names[:NAMED]) + more
