@@ -502,7 +502,7 @@ def test_plot_without_matplotlib_says_how_to_install_it(recorded: Recorded, tmp_
     [
         (["stats", "show", "999"], "no transfer 999 in the statistics history"),
         (["stats", "show", "lst"], "'lst' is no transfer id (a number, `last` or `last-N`)"),
-        (["stats", "plot", "-1"], "no such option '-1'"),
+        (["stats", "plot", "-1"], "stats plot: -1: a negative number"),
         (["stats", "list", "--since", "yesterday"], "invalid --since 'yesterday'"),
         (["stats", "list", "--mode", "token_bucket"], "unknown mode 'token_bucket': one of"),
         (["stats", "export", "--mode", "bogus"], "unknown mode 'bogus': one of normal,"),
