@@ -77,8 +77,9 @@ def data_dir_from(
 
 
 def absolute(path: Path) -> Path:
-    """``path`` from ``~`` or the working directory, ``..`` taken out (links kept)."""
-    return Path(os.path.abspath(path.expanduser()))
+    """``path`` from ``~`` or the working directory, as the system reads it:
+    ``..`` kept (taken out as text, ``link/../x`` would name another place)."""
+    return path.expanduser().absolute()
 
 
 def config_path_from(

@@ -1,26 +1,30 @@
 """How a command following its send takes Ctrl-C, SIGTERM and SIGHUP
 (peercrypt/cli/follow.py, ``Interrupts``): raised at once but while a reply
-is taken off the control socket, held there and raised right after; one
-held as the result came is delivered again once the handlers are back (a
-Ctrl-C of a verified send excepted: the verdict is said)."""
+is taken off the control socket and from the result on, where one is held:
+raised right after a reply that is no end, or kept as ``late`` once the
+handlers are back, and then a Ctrl-C is dropped (the send had ended: its
+result says how) and a SIGTERM or SIGHUP ends the command as one."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-from peercrypt.cli.follow import Ended, Interrupts, ending_signals_cancel
+from peercrypt.cli.follow import Ended, Interrupts, _with_late, ending_signals_cancel
+from peercrypt.errors import CommandError, ResultCode
+from peercrypt.wire.local_messages import SendResult
 
 
 class Client:
     """What Interrupts asks of the control client: is it only waiting."""
 
     waiting = False
+
+
+def _result(code: str) -> SendResult:
+    return SendResult(request=1, code=code, reason="", size=0, digest=b"", stored_as="")
 
 
 def test_a_signal_is_held_only_while_a_reply_is_taken() -> None:
@@ -31,66 +35,54 @@ def test_a_signal_is_held_only_while_a_reply_is_taken() -> None:
         interrupts.on_signal(signal.SIGINT, None)
     with interrupts.taking():
         interrupts.on_signal(signal.SIGINT, None)  # held: a reply is being read
-        interrupts.on_signal(signal.SIGTERM, None)  # the first one held stays
         client.waiting = True  # the poll: nothing of a reply read yet
         with pytest.raises(Ended):
             interrupts.on_signal(signal.SIGTERM, None)
         client.waiting = False
-    with pytest.raises(KeyboardInterrupt) as raised:
+        interrupts.on_signal(signal.SIGHUP, None)  # a kill outranks the Ctrl-C held
+        interrupts.on_signal(signal.SIGINT, None)  # and stays
+    with pytest.raises(Ended) as raised:
         interrupts.check()
-    assert not isinstance(raised.value, Ended)
+    assert raised.value.signum == signal.SIGHUP
     interrupts.check()  # raised once
+    interrupts.result_in_hand = True  # from the result on, held wherever
+    interrupts.on_signal(signal.SIGINT, None)
+    assert isinstance(interrupts.held, KeyboardInterrupt)
 
 
-@pytest.mark.parametrize(
-    ("verified", "ending", "raised"),
-    [(False, False, True), (True, False, False), (False, True, False)],
-)
-def test_a_ctrl_c_held_as_the_result_came_is_delivered_unless_the_send_was_verified(
-    verified: bool, ending: bool, raised: bool
-) -> None:
-    """Not lost: a held Ctrl-C with a failed result (or the fast path's
-    "multicast-default") still interrupts the command; one with the verdict
-    is dropped (the file is there, and said so), as is one of a command
-    already ending by an error of its own."""
-    caught = None
-    try:
-        with ending_signals_cancel(Client()) as interrupts:  # type: ignore[arg-type]
-            with interrupts.taking():
-                os.kill(os.getpid(), signal.SIGINT)  # (handled before os.kill returns)
-            interrupts.verified = verified
-            assert interrupts.held is not None
-            if ending:
-                raise RuntimeError("the command's own end")
-    except KeyboardInterrupt as exc:
-        caught = exc
-    except RuntimeError:
-        pass
-    assert (caught is not None) == raised
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_as_the_result_came_is_kept_and_the_handlers_are_back(signum: int) -> None:
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    with ending_signals_cancel(Client()) as interrupts:  # type: ignore[arg-type]
+        assert signal.getsignal(signal.SIGTERM) == interrupts.on_signal
+        interrupts.result_in_hand = True  # (as _await_result sets it with the result)
+        os.kill(os.getpid(), signum)  # (handled before os.kill returns: held)
+    assert {s: signal.getsignal(s) for s in before} == before
+    late = interrupts.late
+    assert isinstance(late, KeyboardInterrupt)
+    assert isinstance(late, Ended) == (signum == signal.SIGTERM)
 
 
-def test_a_sigterm_held_as_a_verified_result_came_ends_the_process_as_killed() -> None:
-    """A kill is not dropped with the verdict (a shell following a send
-    went on running): delivered again under the handler put back (here the
-    default: the process ends by the signal)."""
-    script = textwrap.dedent(
-        """
-        import os, signal
-        from peercrypt.cli.follow import ending_signals_cancel
-
-        class Client:
-            waiting = False
-
-        with ending_signals_cancel(Client()) as interrupts:
-            with interrupts.taking():
-                os.kill(os.getpid(), signal.SIGTERM)
-            interrupts.verified = True
-            print("held", flush=True)
-        print("not reached", flush=True)
-        """
+def test_what_a_late_signal_does_to_the_result() -> None:
+    """A Ctrl-C as the verdict came: the verdict (it was a 130 "cancelled" of
+    a verified file); with a failed result: that result, the node's words;
+    with "multicast-default" (no end: the command would send by multicast):
+    the Ctrl-C. A SIGTERM: the command ends as killed, saying how it ended."""
+    ok, refused = _result(ResultCode.OK), _result("refused")
+    assert _with_late(ok, KeyboardInterrupt()) is ok
+    assert _with_late(refused, KeyboardInterrupt()) is refused
+    assert _with_late(ok, None) is ok
+    with pytest.raises(KeyboardInterrupt):
+        _with_late(_result(ResultCode.MULTICAST_DEFAULT), KeyboardInterrupt())
+    with pytest.raises(CommandError) as ended:
+        _with_late(ok, Ended(signal.SIGTERM))
+    assert (str(ended.value), ended.value.exit_code) == (
+        "SIGTERM: it came as the transfer ended (verified)",
+        143,
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    with pytest.raises(CommandError) as hung_up:
+        _with_late(refused, Ended(signal.SIGHUP))
+    assert (str(hung_up.value), hung_up.value.exit_code) == (
+        "SIGHUP: it came as the transfer ended (refused)",
+        129,
     )
-    assert (done.returncode, done.stdout) == (-signal.SIGTERM, "held\n"), done

@@ -144,3 +144,23 @@ def test_a_source_left_out_is_not_named_as_sent(
     assert report(result, [sent, pipe], "h", 7, as_json=False) == 0
     out = capsys.readouterr().out
     assert out.startswith("sent a.bin (1 file, 3000 bytes) to h:7 as a.bin in "), out
+
+
+def test_a_source_gone_before_the_result_is_shown_keeps_the_others_names(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Removed (or renamed) between its send and the result's line: still
+    named as stored from the result, and the others' names are read (all
+    were null: the names matched against the result were one short)."""
+    kept = tmp_path / "a.bin"
+    kept.write_bytes(b"x" * 10)
+    gone = tmp_path / "b.bin"  # (sent, then removed)
+    result = dataclasses.replace(
+        _result(64, 0), stored_as="a.bin, b.1.bin", stats={"files": 2.0, "file_bytes": 20.0}
+    )
+    assert report(result, [kept, gone], "h", 7, as_json=True) == 0
+    shown = json.loads(capsys.readouterr().out)["sources"]
+    assert [(s["name"], s["kind"], s["bytes"], s["stored_as"], s["verified"]) for s in shown] == [
+        ("a.bin", "file", 10, "a.bin", True),
+        ("b.bin", "gone", None, "b.1.bin", True),
+    ]

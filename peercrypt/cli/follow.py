@@ -89,10 +89,12 @@ def follow(
     node runs another release).
     """
     phases: set[str] = set()  # the Progress phases seen
+    result: R | None = None
+    interrupts: Interrupts | None = None
     try:  # from here on (the request is already sent), Ctrl-C cancels it
         with ending_signals_cancel(client) as interrupts:
             try:
-                return _await_result(
+                result = _await_result(
                     client, request, view, result_type, timeout + 30.0, on_other, phases,
                     interrupts,
                 )  # fmt: skip
@@ -111,23 +113,48 @@ def follow(
                 except Stop:  # the node stopped (and the send with it), or refused
                     pass
                 if isinstance(last, result_type) and getattr(last, "code", "") == ResultCode.OK:
-                    return last  # it ended, verified, before the cancel came: so it is said
-                # the terminal closed, a `kill`: as Ctrl-C
-                # Accepted: the receiver has a part (a multicast session's: its own);
-                # seen in its progress, or in the cancelled send's result (no
-                # progress with --json): its flow, or a retry's first accept.
-                accepted = bool(phases & ACCEPTED) or (
-                    isinstance(last, SendResult)
-                    and bool(last.stats.get("chunks") or "held_share" in last.stats)
-                )
-                kept = result_type is SendResult and accepted
-                raise Stop(*ended_text(exc, kept)) from None
+                    result = last  # it ended, verified, before the cancel came: so it is said
+                else:
+                    # the terminal closed, a `kill`: as Ctrl-C
+                    # Accepted: the receiver has a part (a multicast session's: its own);
+                    # seen in its progress, or in the cancelled send's result (no
+                    # progress with --json): its flow, or a retry's first accept.
+                    accepted = bool(phases & ACCEPTED) or (
+                        isinstance(last, SendResult)
+                        and bool(last.stats.get("chunks") or "held_share" in last.stats)
+                    )
+                    kept = result_type is SendResult and accepted
+                    raise Stop(*ended_text(exc, kept)) from None
+        return _with_late(result, interrupts.late)
     except AnotherRelease as exc:  # this command cannot follow it: nor would the next
         client.send(CancelRequest(request=request))
         raise Stop(f"{exc} (the transfer was cancelled)", errors.FAILED) from None
+    except Stop as exc:  # the node's own end (a refusal): a kill that came with it still ends
+        late = interrupts.late if interrupts is not None else None
+        if isinstance(late, Ended) and exc.exit_code < 128:
+            raise Stop(f"{signal.Signals(late.signum).name}: {exc}", 128 + late.signum) from None
+        raise
     finally:
         if view is not None:
             view.close()
+
+
+def _with_late(result: R | None, late: KeyboardInterrupt | None) -> R:
+    """``result``, unless a signal came as it was taken (held, then kept
+    for here: :class:`Interrupts`). A SIGTERM or SIGHUP ends the command
+    as one (a shell too), saying how the send had ended; a Ctrl-C is
+    dropped - the send had ended, and its result says how - but where the
+    result is no end (``multicast-default``: the command would go on and
+    send by multicast)."""
+    assert result is not None
+    code = str(getattr(result, "code", ""))
+    if isinstance(late, Ended):
+        how = "verified" if code == ResultCode.OK else code
+        signame = signal.Signals(late.signum).name
+        raise Stop(f"{signame}: it came as the transfer ended ({how})", 128 + late.signum)
+    if late is not None and code == ResultCode.MULTICAST_DEFAULT:
+        raise late
+    return result
 
 
 class Unanswered(Stop):
@@ -146,32 +173,32 @@ class Ended(KeyboardInterrupt):
 
 class Interrupts:
     """Ctrl-C (SIGINT), SIGTERM and SIGHUP while the main thread follows a
-    request: raised at once, but for while a reply is taken (:meth:`taking`:
+    request: raised at once, but while a reply is taken (:meth:`taking`:
     from the socket's answer to the poll until the reply is in the
-    command's hands, and its result returned), where one is held and raised
-    right after (:meth:`check`). Raised there, one that came as the send's
-    verdict was being read lost it: the command then waited for a result
-    the node had already sent, and said "interrupted; the transfer was
-    cancelled" (exit 130) of a file its receiver verified. Raised at once
-    elsewhere: a write that blocks (a full pipe) is interrupted as before.
-
-    One still held when the result is returned: a Ctrl-C is dropped if the
-    send was verified (that is said), else it and a SIGTERM or SIGHUP are
-    delivered again once the handlers are put back
-    (:func:`ending_signals_cancel`): the command ends as interrupted, a
-    shell as killed."""
+    command's hands) and from the result on (``result_in_hand``), where one
+    is held: raised right after a reply that is no end (:meth:`check`), or
+    kept for the caller once the handlers are back (``late``:
+    :func:`_with_late`). Raised as the send's verdict was being read, one
+    lost it: the command then waited for a result the node had already
+    sent, and said "interrupted; the transfer was cancelled" (exit 130) of a
+    file its receiver verified. Raised at once elsewhere: a write that
+    blocks (a full pipe) is interrupted as before."""
 
     def __init__(self, client: ControlClient | None) -> None:
         self.client = client
         self.held: KeyboardInterrupt | None = None
         self.taking_reply = False
-        self.verified = False  # the result returned is a verified send's
+        self.result_in_hand = False  # (until the handlers are back)
+        self.late: KeyboardInterrupt | None = None  # held as the result came
 
     def on_signal(self, signum: int, _frame: object) -> None:
         exc = KeyboardInterrupt() if signum == signal.SIGINT else Ended(signum)
-        if not self.taking_reply or self.client is None or self.client.waiting:
-            raise exc
-        self.held = self.held or exc
+        waiting = self.client is not None and self.client.waiting
+        if self.result_in_hand or (self.taking_reply and not waiting):
+            if self.held is None or isinstance(exc, Ended):  # (a kill outranks a Ctrl-C)
+                self.held = exc
+            return
+        raise exc
 
     @contextlib.contextmanager
     def taking(self) -> Iterator[None]:
@@ -188,23 +215,18 @@ class Interrupts:
         if held is not None:
             raise held
 
-    def deliver_held(self, ending: bool) -> None:
-        """After the handlers are back: the signal held and not raised
-        (it came as the result was taken), again; but a Ctrl-C of a send
-        verified (said as verified: its file is there), or of a command
-        already ``ending`` by an exception (its own words)."""
-        held, self.held = self.held, None
-        if held is None or (not isinstance(held, Ended) and (self.verified or ending)):
-            return
-        signal.raise_signal(held.signum if isinstance(held, Ended) else signal.SIGINT)
+
+ENDING = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 @contextlib.contextmanager
 def ending_signals_cancel(client: ControlClient | None = None) -> Iterator[Interrupts]:
     """SIGTERM and SIGHUP raise :class:`Ended` meanwhile, Ctrl-C
-    KeyboardInterrupt as ever; with ``client``, only while it waits for a
-    reply (:class:`Interrupts`). In the main thread only: a shell's
-    background send follows in a thread of its own."""
+    KeyboardInterrupt as ever; with ``client``, held while a reply is taken
+    (:class:`Interrupts`). In the main thread only: a shell's background
+    send follows in a thread of its own. The handlers are put back with the
+    three signals blocked (one that comes meanwhile goes to the handler put
+    back), and a signal held then is kept in ``late``."""
     interrupts = Interrupts(client)
     if threading.current_thread() is not threading.main_thread():
         yield interrupts
@@ -220,16 +242,19 @@ def ending_signals_cancel(client: ControlClient | None = None) -> Iterator[Inter
         )
         if signal.getsignal(sig) is default
     }
-    ending = False
     try:
         yield interrupts
-    except BaseException:
-        ending = True
-        raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        interrupts.deliver_held(ending)
+        try:
+            interrupts.result_in_hand = True  # (held from here, as handlers go back)
+        finally:
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ENDING)
+            try:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            interrupts.late, interrupts.held = interrupts.held, None
 
 
 def _await_result(
@@ -251,11 +276,15 @@ def _await_result(
                 msg: Message | None = client.receive(min(1.0, silence))
             except NodeUnavailable:
                 msg = None
-            if isinstance(msg, result_type) and getattr(msg, "request", None) == request:
-                if interrupts is not None:
-                    interrupts.verified = getattr(msg, "code", "") == ResultCode.OK
-                return msg  # (a signal held meanwhile: see Interrupts)
-        if interrupts is not None:
+            ours = getattr(msg, "request", None) == request
+            ends = isinstance(msg, ErrorReply) or (
+                ours and isinstance(msg, result_type | SendResult)
+            )
+            if ends and interrupts is not None:
+                interrupts.result_in_hand = True  # (a signal from here on: late)
+            if ours and isinstance(msg, result_type):
+                return msg
+        if interrupts is not None and not ends:
             interrupts.check()  # (one held while this reply was taken)
         if msg is None:
             if not client.node_alive():

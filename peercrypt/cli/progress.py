@@ -148,10 +148,11 @@ class ProgressView:
 
         self._tqdm = tqdm
         self._fd = _stderr_fd()
-        self._echo = hide_control_echo(self._fd) if self._fd >= 0 else None
+        self._echo: list[Any] | None = None
         self.targets: dict[str, Any] = {}
         self.bar: Any = None
-        _open_views.append(self)  # (before a bar: see _restore_at_exit)
+        _open_views.append(self)  # (before the echo goes: see _restore_at_exit)
+        self._echo = hide_control_echo(self._fd) if self._fd >= 0 else None
         if self._echo is not None and not _at_exit:
             _at_exit.append(atexit.register(_restore_at_exit))
         self.name = name

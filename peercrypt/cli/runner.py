@@ -58,7 +58,8 @@ def usage_line(exc: click.ClickException, args: Sequence[str] = ()) -> str:
         # an option; no value of ours may be negative, and none is an option.
         # (click names `-1` of `-1.5`: the word as typed)
         name = exc.option_name
-        typed = next((a for a in args if a.startswith(name) and re.fullmatch(NEGATIVE, a)), name)
+        words = [a for a in args if a.startswith(name) and re.fullmatch(NEGATIVE, a)]
+        typed = name if name in words else next(iter(words), name)
         where = f"{ctx.command_path.split(' ', 1)[-1]}: " if ctx and ctx.parent else ""
         message = f"{where}{typed}: a negative number; no value here may be negative"
     elif isinstance(exc, click.NoSuchOption) and ctx is not None:

@@ -83,7 +83,7 @@ def sent_names(paths: list[Path]) -> str:
     first :data:`NAMED` and how many more (`send a b c` said only "a"); of
     several, not one left out (a FIFO: the warning line names how many)."""
     if len(paths) > 1:
-        paths = [p for p in paths if _kind(p) != "skipped"] or paths
+        paths = [p for p in paths if _kind(p) != "skipped"] or paths  # (a gone one is named)
     names = [printable(p.name) for p in paths]  # the user's own, but a name may hold escapes
     more = f" +{len(names) - NAMED} more" if len(names) > NAMED else ""
     return ", ".join(names[:NAMED]) + more
@@ -128,8 +128,8 @@ def _kind(path: Path) -> str:
     as it does inside a folder (a device, a FIFO, a socket; gone)."""
     try:
         mode = path.stat().st_mode
-    except OSError:
-        return "skipped"
+    except OSError:  # (gone since: it may have been sent)
+        return "gone"
     if stat.S_ISDIR(mode):
         return "folder"
     return "file" if stat.S_ISREG(mode) else "skipped"
@@ -138,13 +138,17 @@ def _kind(path: Path) -> str:
 def sources(result: SendResult, paths: list[Path]) -> list[dict[str, object]]:
     """``--json``'s ``sources`` of a folder or several files: one object
     per FILE named, in the order given: its ``name``, ``path``, ``kind``
-    (``skipped``: not sent), ``bytes``, ``stored_as`` (null unless
+    (``skipped``: not sent; ``gone``: not there as the result is shown),
+    ``bytes``, ``stored_as`` (null unless
     verified), ``verified``, and ``held`` (the receiver had the whole send
     already: nothing sent; the result knows it of the whole only)."""
     ok = result.code == ResultCode.OK
     kinds = [_kind(p) for p in paths]
     sent = [p for p, kind in zip(paths, kinds, strict=True) if kind != "skipped"]
     stored = stored_names(result.stored_as, sent) if ok else {}
+    if ok and not stored and "gone" in kinds:  # (one gone since was not sent either)
+        sent = [p for p, kind in zip(paths, kinds, strict=True) if kind not in ("skipped", "gone")]
+        stored = stored_names(result.stored_as, sent)
     held = ok and held_share(result.stats) >= 1
     return [
         {
@@ -153,7 +157,7 @@ def sources(result: SendResult, paths: list[Path]) -> list[dict[str, object]]:
             "kind": kind,
             "bytes": _bytes(p) if kind != "skipped" else None,
             "stored_as": stored.get(printable(p.name)) if kind != "skipped" else None,
-            "verified": ok and kind != "skipped",
+            "verified": ok and (kind in ("file", "folder") or printable(p.name) in stored),
             "held": held and kind != "skipped",
         }
         for p, kind in zip(paths, kinds, strict=True)

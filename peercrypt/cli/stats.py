@@ -109,7 +109,7 @@ class HistoryId(click.ParamType):  # type: ignore[type-arg]  # (generic from cli
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         text = str(value).strip().lower()
-        if text.isdigit() or _LAST.fullmatch(text):
+        if re.fullmatch(r"[0-9]{1,18}|last(-[0-9]{1,9})?", text):  # (ASCII digits, SQLite's range)
             return text
         self.fail(f"{value!r} is no transfer id (a number, `last` or `last-N`)", param, ctx)
 
