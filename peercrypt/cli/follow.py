@@ -93,13 +93,16 @@ def follow(
     interrupts: Interrupts | None = None
     try:  # from here on (the request is already sent), Ctrl-C cancels it
         with ending_signals_cancel(client) as interrupts:
-            try:
+            try:  # (the bars closed before the handlers go back: a late kill finds them closed)
                 result = _await_result(
                     client, request, view, result_type, timeout + 30.0, on_other, phases,
                     interrupts,
                 )  # fmt: skip
             except KeyboardInterrupt as exc:
-                client.send(CancelRequest(request=request))
+                try:
+                    client.send(CancelRequest(request=request))
+                except KeyboardInterrupt as again:  # (a second signal as it went)
+                    raise Stop(*ended_text(_stronger(exc, again), unconfirmed=NOT_WAITED)) from None
                 last: Message | None = None
                 try:
                     last = _await_result(
@@ -108,8 +111,8 @@ def follow(
                     )  # fmt: skip
                 except Unanswered:  # neither the cancel's result nor a verdict came
                     raise Stop(*ended_text(exc, unconfirmed=UNCONFIRMED)) from None
-                except KeyboardInterrupt:  # Ctrl-C again: not waited for
-                    raise Stop(*ended_text(exc, unconfirmed=NOT_WAITED)) from None
+                except KeyboardInterrupt as again:  # Ctrl-C again (or a kill): not waited for
+                    raise Stop(*ended_text(_stronger(exc, again), unconfirmed=NOT_WAITED)) from None
                 except Stop:  # the node stopped (and the send with it), or refused
                     pass
                 if isinstance(last, result_type) and getattr(last, "code", "") == ResultCode.OK:
@@ -125,18 +128,34 @@ def follow(
                     )
                     kept = result_type is SendResult and accepted
                     raise Stop(*ended_text(exc, kept)) from None
+            finally:
+                if view is not None:
+                    view.close()
         return _with_late(result, interrupts.late)
     except AnotherRelease as exc:  # this command cannot follow it: nor would the next
         client.send(CancelRequest(request=request))
-        raise Stop(f"{exc} (the transfer was cancelled)", errors.FAILED) from None
-    except Stop as exc:  # the node's own end (a refusal): a kill that came with it still ends
-        late = interrupts.late if interrupts is not None else None
-        if isinstance(late, Ended) and exc.exit_code < 128:
-            raise Stop(f"{signal.Signals(late.signum).name}: {exc}", 128 + late.signum) from None
-        raise
+        stop = Stop(f"{exc} (the transfer was cancelled)", errors.FAILED)
+        raise _killed(stop, interrupts) from None
+    except Stop as exc:  # the node's own end (a refusal), or a cancel's
+        raise _killed(exc, interrupts) from None
     finally:
         if view is not None:
             view.close()
+
+
+def _stronger(first: KeyboardInterrupt, then: KeyboardInterrupt) -> KeyboardInterrupt:
+    """Of two signals, the one the command ends by: a kill over a Ctrl-C."""
+    return then if isinstance(then, Ended) and not isinstance(first, Ended) else first
+
+
+def _killed(stop: Stop, interrupts: Interrupts | None) -> Stop:
+    """``stop``, or, where a SIGTERM or SIGHUP came as it was raised (held:
+    ``late``) and it is not that signal's end already, the end by that
+    signal (a shell that follows a send ends on 143 or 129 only)."""
+    late = interrupts.late if interrupts is not None else None
+    if isinstance(late, Ended) and stop.exit_code != 128 + late.signum:
+        return Stop(f"{signal.Signals(late.signum).name}: {stop}", 128 + late.signum)
+    return stop
 
 
 def _with_late(result: R | None, late: KeyboardInterrupt | None) -> R:
@@ -216,17 +235,14 @@ class Interrupts:
             raise held
 
 
-ENDING = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-
-
 @contextlib.contextmanager
 def ending_signals_cancel(client: ControlClient | None = None) -> Iterator[Interrupts]:
     """SIGTERM and SIGHUP raise :class:`Ended` meanwhile, Ctrl-C
     KeyboardInterrupt as ever; with ``client``, held while a reply is taken
     (:class:`Interrupts`). In the main thread only: a shell's background
-    send follows in a thread of its own. The handlers are put back with the
-    three signals blocked (one that comes meanwhile goes to the handler put
-    back), and a signal held then is kept in ``late``."""
+    send follows in a thread of its own. The handlers are put back SIGINT's
+    last, and a signal held then is kept in ``late`` (one that comes after
+    meets the handlers put back: the caller closes its bars before)."""
     interrupts = Interrupts(client)
     if threading.current_thread() is not threading.main_thread():
         yield interrupts
@@ -248,12 +264,11 @@ def ending_signals_cancel(client: ControlClient | None = None) -> Iterator[Inter
         try:
             interrupts.result_in_hand = True  # (held from here, as handlers go back)
         finally:
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ENDING)
-            try:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            # SIGINT's last: until then every signal is held here (none
+            # raises between two restores), and a Ctrl-C after it meets
+            # handlers all put back.
+            for sig in sorted(previous, key=lambda sig: sig == signal.SIGINT):
+                signal.signal(sig, previous[sig])
             interrupts.late, interrupts.held = interrupts.held, None
 
 

@@ -213,6 +213,9 @@ class ProgressView:
         bar.refresh()
 
     def close(self) -> None:
+        """The bars cleared and the echo back; once (a second call: nothing)."""
+        if self not in _open_views:
+            return
         try:
             for bar in [*self.targets.values(), self.bar]:
                 if bar is not None:
