@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from peercrypt.cli.follow import Ended, Interrupts, _with_late, ending_signals_cancel
+from peercrypt.cli.follow import Ended, Interrupts, ending_signals_cancel, with_late
 from peercrypt.errors import CommandError, ResultCode
 from peercrypt.wire.local_messages import SendResult
 
@@ -69,19 +69,19 @@ def test_what_a_late_signal_does_to_the_result() -> None:
     with "multicast-default" (no end: the command would send by multicast):
     the Ctrl-C. A SIGTERM: the command ends as killed, saying how it ended."""
     ok, refused = _result(ResultCode.OK), _result("refused")
-    assert _with_late(ok, KeyboardInterrupt()) is ok
-    assert _with_late(refused, KeyboardInterrupt()) is refused
-    assert _with_late(ok, None) is ok
+    assert with_late(ok, KeyboardInterrupt()) is ok
+    assert with_late(refused, KeyboardInterrupt()) is refused
+    assert with_late(ok, None) is ok
     with pytest.raises(KeyboardInterrupt):
-        _with_late(_result(ResultCode.MULTICAST_DEFAULT), KeyboardInterrupt())
+        with_late(_result(ResultCode.MULTICAST_DEFAULT), KeyboardInterrupt())
     with pytest.raises(CommandError) as ended:
-        _with_late(ok, Ended(signal.SIGTERM))
+        with_late(ok, Ended(signal.SIGTERM))
     assert (str(ended.value), ended.value.exit_code) == (
         "SIGTERM: it came as the transfer ended (verified)",
         143,
     )
     with pytest.raises(CommandError) as hung_up:
-        _with_late(refused, Ended(signal.SIGHUP))
+        with_late(refused, Ended(signal.SIGHUP))
     assert (str(hung_up.value), hung_up.value.exit_code) == (
         "SIGHUP: it came as the transfer ended (refused)",
         129,

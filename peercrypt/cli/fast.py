@@ -224,7 +224,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
         return None
     if not_utf8(paths) is not None:  # the command says so (the node would get a '?')
         return None
-    from peercrypt.cli.follow import ended_text, ending_signals_cancel, follow
+    from peercrypt.cli.follow import ended_text, ending_signals_cancel, follow, with_late
     from peercrypt.cli.progress import progress_view, wanted
     from peercrypt.cli.send_report import report
     from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
@@ -257,8 +257,13 @@ def _send(line: Line, data_dir: Path) -> int | None:
             )
         )
         try:
-            with ending_signals_cancel():
+            # (a signal as the first reply is read: held, as follow's)
+            with ending_signals_cancel(client) as interrupts, interrupts.taking():
                 first = client.receive(FIRST_REPLY)
+                ours = isinstance(first, SendResult) and first.request == request
+                interrupts.result_in_hand = ours
+            if interrupts.late is not None and not ours:
+                raise interrupts.late  # (the send goes on: cancelled below)
         except (NodeUnavailable, AnotherRelease, KeyboardInterrupt) as exc:
             client.send(CancelRequest(request=request))  # should it arrive after all
             client.linger = int(FIRST_REPLY * 1000)
@@ -272,8 +277,16 @@ def _send(line: Line, data_dir: Path) -> int | None:
             return code
         if isinstance(first, ErrorReply):  # it did not take the request
             return None
-        if isinstance(first, SendResult) and first.request == request:
-            result = first
+        if ours:
+            assert isinstance(first, SendResult)
+            try:
+                result = with_late(first, interrupts.late)
+            except errors.CommandError as exc:  # a kill as it came
+                _error(str(exc))
+                return exc.exit_code
+            except KeyboardInterrupt:  # a Ctrl-C as "multicast-default" came: nothing sent
+                _error("interrupted")
+                return 130  # (as ended_text says a Ctrl-C)
         else:
             try:
                 view = progress_view(paths, show)

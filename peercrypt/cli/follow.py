@@ -131,7 +131,7 @@ def follow(
             finally:
                 if view is not None:
                     view.close()
-        return _with_late(result, interrupts.late)
+        return with_late(result, interrupts.late)
     except AnotherRelease as exc:  # this command cannot follow it: nor would the next
         client.send(CancelRequest(request=request))
         stop = Stop(f"{exc} (the transfer was cancelled)", errors.FAILED)
@@ -158,7 +158,7 @@ def _killed(stop: Stop, interrupts: Interrupts | None) -> Stop:
     return stop
 
 
-def _with_late(result: R | None, late: KeyboardInterrupt | None) -> R:
+def with_late(result: R | None, late: KeyboardInterrupt | None) -> R:
     """``result``, unless a signal came as it was taken (held, then kept
     for here: :class:`Interrupts`). A SIGTERM or SIGHUP ends the command
     as one (a shell too), saying how the send had ended; a Ctrl-C is
