@@ -199,6 +199,23 @@ class Stderr:
         wait_until(lambda: text in self.text, 30.0, f"{text!r} on stderr")
 
 
+def _request(client: ControlClient, source: Path, receiver: NodeProcess, **extra: object) -> int:
+    """Hand the node a send of ``source`` to ``receiver``; its request id."""
+    request = client.next_id()
+    client.send(
+        SendRequest(
+            request=request, path=str(source), host=receiver.host, port=receiver.port,
+            chunk_size=65536, timeout=30.0, **extra,  # type: ignore[arg-type]
+        )
+    )  # fmt: skip
+    return request
+
+
+def _verified(result: SendResult, source: Path, receiver: NodeProcess) -> None:
+    assert result.code == "ok" and result.digest == blake3.blake3(source.read_bytes()).digest()
+    assert blake3_file(receiver.inbox / result.stored_as) == blake3_file(source)
+
+
 def test_a_send_that_ends_verified_before_its_cancel_is_a_success(
     trio: list[NodeProcess], tmp_path: Path
 ) -> None:
@@ -221,17 +238,10 @@ def test_a_send_that_ends_verified_before_its_cancel_is_a_success(
             super().on_progress(msg)
 
     with ControlClient.for_data_dir(sender.data_dir) as client:
-        request = client.next_id()
-        client.send(
-            SendRequest(
-                request=request, path=str(source), host=receiver.host, port=receiver.port,
-                chunk_size=65536, timeout=30.0, quiet=False,
-            )
-        )  # fmt: skip
+        request = _request(client, source, receiver, quiet=False)
         view = CtrlCAfterTheEnd(source.name, source.stat().st_size)
         result = follow(client, request, source, SendResult, 30.0, view=view)
-    assert result.code == "ok" and result.digest == blake3.blake3(source.read_bytes()).digest()
-    assert blake3_file(receiver.inbox / result.stored_as) == blake3_file(source)
+    _verified(result, source, receiver)
 
 
 def test_a_verdict_read_as_ctrl_c_comes_is_what_the_send_reports(
@@ -255,16 +265,9 @@ def test_a_verdict_read_as_ctrl_c_comes_is_what_the_send_reports(
             return msg
 
     with CtrlCAsTheVerdictIsRead.for_data_dir(sender.data_dir) as client:
-        request = client.next_id()
-        client.send(
-            SendRequest(
-                request=request, path=str(source), host=receiver.host, port=receiver.port,
-                chunk_size=65536, timeout=30.0, quiet=True,
-            )
-        )  # fmt: skip
+        request = _request(client, source, receiver, quiet=True)
         result = follow(client, request, source, SendResult, 30.0)
-    assert result.code == "ok" and result.digest == blake3.blake3(source.read_bytes()).digest()
-    assert blake3_file(receiver.inbox / result.stored_as) == blake3_file(source)
+    _verified(result, source, receiver)
 
 
 def test_ctrl_c_while_waiting_cancels_and_a_node_that_does_not_answer_is_said(
@@ -301,14 +304,9 @@ def test_ctrl_c_while_waiting_cancels_and_a_node_that_does_not_answer_is_said(
                         timer.start()
 
         with ControlClient.for_data_dir(sender.data_dir) as client:
-            request = client.next_id()
-            client.send(
-                SendRequest(
-                    request=request, path=str(source), host=receiver.host,
-                    port=receiver.port, chunk_size=65536, timeout=30.0, quiet=False,
-                    mode="token-bucket", rate=MiB, burst=65536,
-                )
-            )  # fmt: skip
+            request = _request(
+                client, source, receiver, quiet=False, mode="token-bucket", rate=MiB, burst=65536
+            )
             view = Interrupting(source.name, source.stat().st_size)
             following.set()
             try:

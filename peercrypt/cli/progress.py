@@ -36,7 +36,6 @@ PHASE_TEXT = {
 COUNTED = {"sending", "hashing", "verifying"}
 
 _open_views: list[ProgressView] = []
-_at_exit: list[Any] = []  # the exit hook, once registered
 
 
 def wanted(as_json: bool, no_progress: bool, progress: bool) -> bool:
@@ -131,6 +130,9 @@ def _restore_at_exit() -> None:
         restore_echo(view._fd, view._echo)
 
 
+atexit.register(_restore_at_exit)  # (nothing to do where no view is open)
+
+
 def _stderr_fd() -> int:
     try:
         return sys.stderr.fileno()
@@ -153,8 +155,6 @@ class ProgressView:
         self.bar: Any = None
         _open_views.append(self)  # (before the echo goes: see _restore_at_exit)
         self._echo = hide_control_echo(self._fd) if self._fd >= 0 else None
-        if self._echo is not None and not _at_exit:
-            _at_exit.append(atexit.register(_restore_at_exit))
         self.name = name
         self.phase = ""
         self.phase_since = time.monotonic()

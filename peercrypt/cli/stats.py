@@ -97,7 +97,8 @@ def recorded_text(key: str, value: object) -> str:
     return f"{value:g}"
 
 
-_LAST = re.compile(r"last(?:-([0-9]+))?")
+# A number (ASCII digits, within SQLite's range), or last, last-N.
+_ID = re.compile(r"[0-9]{1,18}|last(?:-([0-9]{1,9}))?")
 
 
 class HistoryId(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
@@ -109,7 +110,7 @@ class HistoryId(click.ParamType):  # type: ignore[type-arg]  # (generic from cli
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         text = str(value).strip().lower()
-        if re.fullmatch(r"[0-9]{1,18}|last(-[0-9]{1,9})?", text):  # (ASCII digits, SQLite's range)
+        if _ID.fullmatch(text):
             return text
         self.fail(f"{value!r} is no transfer id (a number, `last` or `last-N`)", param, ctx)
 
@@ -117,9 +118,12 @@ class HistoryId(click.ParamType):  # type: ignore[type-arg]  # (generic from cli
 def _ids(conn: sqlite3.Connection, given: tuple[str, ...]) -> list[int]:
     """The ids ``given`` (numbers, ``last``, ``last-N``) in the history."""
     out = []
-    for text in given:
-        last = _LAST.fullmatch(text)
-        out.append(newest_id(conn, int(last.group(1) or 0)) if last else int(text))
+    for text in given:  # (each checked by HistoryId)
+        if text.startswith("last"):
+            back = _ID.fullmatch(text)
+            out.append(newest_id(conn, int(back.group(1) or 0) if back else 0))
+        else:
+            out.append(int(text))
     return out
 
 
