@@ -376,6 +376,29 @@ def test_a_slow_send_in_large_chunks_is_drawn_in_kib_s_as_its_rate_not_as_spikes
         assert "ga.bin: 6.0 MiB in 60.00 s, ok" in plot([done], tmp_path / "ok.svg").read_text()
 
 
+def test_the_plot_of_a_send_the_receiver_had_says_so(tmp_path: Path) -> None:
+    """A file delivered before: nothing crossed, so no "50.0 MiB in 0.03 s"
+    (a send of 1.6 GiB/s) and no RTT said to be the receiving side's; a
+    resume's title says what was held already."""
+    import matplotlib
+
+    sample = {"t": 0.03, "bytes": 50 * MiB, "throughput": 0.0, "window": 0, "rate": 0.0,
+              "rtt": 0.0, "credit": 1}  # fmt: skip
+    had = {"id": 3, "mode": "normal", "side": "send", "file": "/x/big.bin", "size": 50 * MiB,
+           "bytes": 50 * MiB, "chunk_size": MiB, "duration": 0.03, "result": "ok",
+           "stats": {"chunks": 50.0, "resumed_chunks": 50.0}, "samples": [sample]}  # fmt: skip
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        drawn = plot([had], tmp_path / "had.svg").read_text()
+    assert "big.bin: had it (50.0 MiB held already), ok" in drawn
+    assert "no RTT recorded (no chunk crossed: the receiver had it)" in drawn
+    assert "in 0.03 s" not in drawn and "receiving side" not in drawn
+    resumed = {**had, "duration": 2.0, "stats": {"chunks": 50.0, "resumed_chunks": 40.0}}
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        drawn = plot([resumed], tmp_path / "resumed.svg").read_text()
+    assert "big.bin: 50.0 MiB in 2.00 s, ok (40.0 MiB held already)" in drawn
+    assert "no RTT recorded (none measured)" in drawn
+
+
 @given(
     running=st.integers(1, 200),
     per_tick=st.integers(1, 16),

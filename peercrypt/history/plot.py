@@ -96,7 +96,7 @@ def smooth_span(row: dict[str, Any]) -> float:
     s, which half a second's average drew as spikes of 10 MiB/s over zero
     (over two chunks' time the line still swung by half as a third chunk
     came into the window and went)."""
-    moved = float(row.get("bytes", 0) - (held_bytes(row) if "stats" in row else 0))
+    moved = float(row.get("bytes", 0) - _held(row))
     seconds, chunk = float(row.get("duration", 0.0)), float(row.get("chunk_size", 0))
     if moved <= 0 or seconds <= 0 or chunk <= 0:
         return SMOOTH_SECONDS
@@ -129,12 +129,29 @@ def _label(row: dict[str, Any]) -> str:
     return head + shortened(os.path.basename(row["file"]) or row["file"], max(16, 60 - len(head)))
 
 
+def _held(row: dict[str, Any]) -> int:
+    """What the receiver held already (:func:`held_bytes`; 0 of a row without statistics)."""
+    return held_bytes(row) if "stats" in row else 0
+
+
+def _had_it(row: dict[str, Any]) -> bool:
+    """Nothing crossed: the receiver had the whole file (a file delivered before)."""
+    held = _held(row)
+    return held > 0 and row.get("bytes", row["size"]) - held <= 0
+
+
 def _title(row: dict[str, Any]) -> str:
     """One transfer's title: what it moved of its size (the whole size only
-    when it moved it all), in how long, and how it ended."""
+    when it moved it all), in how long, and how it ended; what the receiver
+    held already beside it, and "had it" where nothing crossed (as `stats
+    show` says it: "50.0 MiB in 0.03 s" of a file it had read as a send)."""
     size, moved = row["size"] / MiB, row.get("bytes", row["size"]) / MiB
+    held = _held(row) / MiB
+    if _had_it(row):
+        return f"{_label(row)}: had it ({held:.1f} MiB held already), {row['result']}"
     amount = f"{size:.1f} MiB" if moved >= size else f"{moved:.1f} of {size:.1f} MiB"
-    return f"{_label(row)}: {amount} in {row['duration']:.2f} s, {row['result']}"
+    note = f" ({held:.1f} MiB held already)" if held else ""
+    return f"{_label(row)}: {amount} in {row['duration']:.2f} s, {row['result']}{note}"
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> Path:
@@ -206,8 +223,14 @@ def plot(rows: list[dict[str, Any]], out: Path) -> Path:
                     color="grey")  # fmt: skip
     rtt.set_ylabel("smoothed RTT (ms)")
     if not rtt.has_data():
-        rtt.text(0.5, 0.5, "no RTT recorded (the receiving side measures none)", ha="center",
-                 va="center", transform=rtt.transAxes, color="grey")  # fmt: skip
+        if all(r["side"] == "receive" for r in rows):
+            why = "the receiving side measures none"
+        elif all(_had_it(r) for r in rows):
+            why = "no chunk crossed: the receiver had it"
+        else:
+            why = "none measured"
+        rtt.text(0.5, 0.5, f"no RTT recorded ({why})", ha="center", va="center",
+                 transform=rtt.transAxes, color="grey")  # fmt: skip
     rtt.set_xlabel("seconds since the transfer started")
     for ax in axes:
         ax.grid(True, alpha=0.3)
