@@ -91,19 +91,19 @@ def test_what_a_late_signal_does_to_the_result() -> None:
 def test_a_kill_outranks_a_ctrl_c_in_how_the_command_ends() -> None:
     """Ctrl-C, then SIGTERM as the cancel was waited for: exit 143, which
     ends a shell too (it said 130 and the shell went on)."""
-    from peercrypt.cli.follow import _killed, _stronger
+    from peercrypt.cli.follow import _stronger, killed
 
     ctrl_c, term = KeyboardInterrupt(), Ended(signal.SIGTERM)
     assert _stronger(ctrl_c, term) is term and _stronger(term, ctrl_c) is term
     assert _stronger(ctrl_c, KeyboardInterrupt()) is ctrl_c
     interrupts = Interrupts(None)
     cancelled = CommandError("interrupted; the transfer was cancelled", 130)
-    assert _killed(cancelled, interrupts) is cancelled
+    assert killed(cancelled, interrupts) is cancelled
     interrupts.late = term
-    killed = _killed(cancelled, interrupts)
-    assert (str(killed), killed.exit_code) == (
+    ended = killed(cancelled, interrupts)
+    assert (str(ended), ended.exit_code) == (
         "SIGTERM: interrupted; the transfer was cancelled",
         143,
     )
     already = CommandError("SIGTERM: the transfer was cancelled", 143)
-    assert _killed(already, interrupts) is already
+    assert killed(already, interrupts) is already

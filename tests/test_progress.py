@@ -344,6 +344,99 @@ def test_ctrl_c_while_waiting_cancels_and_a_node_that_does_not_answer_is_said(
     wait_until(lambda: sender.cli("transfers").stdout == "no transfers running\n", 30, "the end")
 
 
+def _cancelled_and_gone(sender: NodeProcess, receiver: NodeProcess, source: Path) -> None:
+    """The node ended the send (nothing runs) and no byte of it is under its name."""
+    wait_until(lambda: sender.cli("transfers").stdout == "no transfers running\n", 30, "its end")
+    assert not (receiver.inbox / source.name).exists()
+
+
+CANCELLED = re.compile(
+    r"interrupted; the transfer was cancelled"
+    r"( \(the receiver keeps what arrived: sending it again resumes\))?"
+)
+
+
+def test_ctrl_c_as_the_fast_path_makes_its_bars_cancels_the_send(
+    trio: list[NodeProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``send``'s fast path (a node running): a Ctrl-C after the node took
+    the request, as the bars are made (tqdm's import), cancels the send in
+    the node and says so. It came between the handlers of the first reply
+    and follow's: the command said "interrupted" (exit 130) and the node
+    went on sending for no one."""
+    from peercrypt.cli import fast
+
+    sender, receiver, _ = trio
+    source = random_file(tmp_path / "fast-ctrl-c.bin", 8 * MiB)
+    made = progress.progress_view
+
+    def ctrl_c_as_made(paths: list[Path], show: bool) -> progress.ProgressView | None:
+        os.kill(os.getpid(), signal.SIGINT)  # (handled before os.kill returns)
+        return made(paths, show)
+
+    monkeypatch.setattr(progress, "progress_view", ctrl_c_as_made)
+    line = [str(source), receiver.host, str(receiver.port), "--no-progress"]
+    assert sender.cli("max-rate", "1M").returncode == 0  # 8 s: cancelled long before
+    try:
+        code = fast.run(["--data-dir", str(sender.data_dir), "send", *line])
+    finally:
+        assert sender.cli("max-rate", "0").returncode == 0
+    err = capsys.readouterr().err
+    assert code == 130 and re.fullmatch(f"peercrypt: error: {CANCELLED.pattern}\n", err), err
+    _cancelled_and_gone(sender, receiver, source)
+
+
+def test_a_followed_send_is_asked_under_the_handlers(
+    trio: list[NodeProcess], tmp_path: Path
+) -> None:
+    """``follow`` sends the request itself once its handlers are in: a
+    Ctrl-C before the request went leaves nothing to cancel (and says so,
+    not waiting 5 s for a cancel's answer); one as the bars are made
+    cancels the send sent (the click ``send`` made its bars, and sent its
+    request, before the handlers were in: a Ctrl-C there left the node
+    sending, a SIGTERM killed the command without a cancel)."""
+    from peercrypt.cli.follow import ending_signals_cancel
+
+    sender, receiver, _ = trio
+    source = random_file(tmp_path / "asked.bin", 8 * MiB)
+
+    def ask(client: ControlClient) -> SendRequest:
+        return SendRequest(
+            request=client.next_id(), path=str(source), host=receiver.host,
+            port=receiver.port, chunk_size=65536, timeout=30.0, quiet=True,
+        )  # fmt: skip
+
+    with ControlClient.for_data_dir(sender.data_dir) as client:
+        before = ask(client)
+        with ending_signals_cancel(client) as interrupts:
+            interrupts.held = KeyboardInterrupt()  # (as a caller holding one hands over)
+            with pytest.raises(errors.CommandError) as unsent:
+                follow(client, before.request, source, SendResult, 30.0, ask=before,
+                       interrupts=interrupts)  # fmt: skip
+        assert (str(unsent.value), unsent.value.exit_code) == (
+            "interrupted; nothing was sent",
+            130,
+        )
+        assert sender.cli("transfers").stdout == "no transfers running\n"
+
+        def ctrl_c_as_made() -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+
+        assert sender.cli("max-rate", "1M").returncode == 0  # 8 s: cancelled long before
+        try:
+            sent = ask(client)
+            with pytest.raises(errors.CommandError) as cancelled:
+                follow(client, sent.request, source, SendResult, 30.0, ask=sent,
+                       view=ctrl_c_as_made)  # fmt: skip
+        finally:
+            assert sender.cli("max-rate", "0").returncode == 0
+    assert CANCELLED.fullmatch(str(cancelled.value)) and cancelled.value.exit_code == 130
+    _cancelled_and_gone(sender, receiver, source)
+
+
 def test_a_send_shows_the_phases_it_waits_in(trio: list[NodeProcess], tmp_path: Path) -> None:
     sender, receiver, _ = trio
     source = random_file(tmp_path / "phases.bin", 4 * MiB)

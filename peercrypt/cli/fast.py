@@ -33,6 +33,7 @@ which may start a temporary node, runs instead).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -224,7 +225,13 @@ def _send(line: Line, data_dir: Path) -> int | None:
         return None
     if not_utf8(paths) is not None:  # the command says so (the node would get a '?')
         return None
-    from peercrypt.cli.follow import ended_text, ending_signals_cancel, follow, with_late
+    from peercrypt.cli.follow import (
+        ended_text,
+        ending_signals_cancel,
+        follow,
+        killed,
+        with_late,
+    )
     from peercrypt.cli.progress import progress_view, wanted
     from peercrypt.cli.send_report import report
     from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
@@ -256,14 +263,23 @@ def _send(line: Line, data_dir: Path) -> int | None:
                 quiet=not show,
             )
         )
+        result: SendResult | None = None
         try:
-            # (a signal as the first reply is read: held, as follow's)
-            with ending_signals_cancel(client) as interrupts, interrupts.taking():
+            with ending_signals_cancel(client) as interrupts:
+                # Held from here (but while the socket only waits) until follow
+                # takes over: a Ctrl-C between the two cancels as one in either.
+                interrupts.taking_reply = True
                 first = client.receive(FIRST_REPLY)
                 ours = isinstance(first, SendResult) and first.request == request
                 interrupts.result_in_hand = ours
-            if interrupts.late is not None and not ours:
-                raise interrupts.late  # (the send goes on: cancelled below)
+                if not ours and not isinstance(first, ErrorReply):
+                    view = functools.partial(progress_view, paths, show)
+                    result = follow(
+                        client, request, paths[0], SendResult, timeout, view=view,
+                        interrupts=interrupts,
+                    )  # fmt: skip
+            if interrupts.late is not None and isinstance(first, ErrorReply):
+                raise interrupts.late  # (the click command would send it again)
         except (NodeUnavailable, AnotherRelease, KeyboardInterrupt) as exc:
             client.send(CancelRequest(request=request))  # should it arrive after all
             client.linger = int(FIRST_REPLY * 1000)
@@ -275,28 +291,26 @@ def _send(line: Line, data_dir: Path) -> int | None:
             text, code = ended_text(exc)
             _error(text)
             return code
+        except errors.CommandError as exc:  # as the command says it
+            stop = killed(exc, interrupts)  # (a kill held as it ended: its end)
+            _error(str(stop))
+            return stop.exit_code
         if isinstance(first, ErrorReply):  # it did not take the request
             return None
         if ours:
             assert isinstance(first, SendResult)
-            try:
-                result = with_late(first, interrupts.late)
-            except errors.CommandError as exc:  # a kill as it came
-                _error(str(exc))
-                return exc.exit_code
-            except KeyboardInterrupt:  # a Ctrl-C as "multicast-default" came: nothing sent
-                _error("interrupted")
-                return 130  # (as ended_text says a Ctrl-C)
-        else:
-            try:
-                view = progress_view(paths, show)
-                result = follow(client, request, paths[0], SendResult, timeout, view=view)
-            except errors.CommandError as exc:  # as the command says it
-                _error(str(exc))
-                return exc.exit_code
-    if result.code == ResultCode.MULTICAST_DEFAULT:
+            result = first
+        try:
+            ended = with_late(result, interrupts.late)
+        except errors.CommandError as exc:  # a kill as it came
+            _error(str(exc))
+            return exc.exit_code
+        except KeyboardInterrupt:  # a Ctrl-C as "multicast-default" came: nothing sent
+            _error("interrupted")
+            return 130  # (as ended_text says a Ctrl-C)
+    if ended.code == ResultCode.MULTICAST_DEFAULT:
         return None  # the command asks the node for its mode and sends a multicast
-    return report(result, paths, host, int(port), as_json)
+    return report(ended, paths, host, int(port), as_json)
 
 
 def source_paths(files: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -77,28 +77,50 @@ def follow(
     *,
     view: Any = None,
     on_other: Callable[[Message], None] | None = None,
+    ask: Message | None = None,
+    interrupts: Interrupts | None = None,
 ) -> R:
     """Feed the progress of ``request`` to ``view`` (a
-    :class:`peercrypt.cli.progress.ProgressView`, closed at the end; None:
-    nothing shown) until its ``result_type`` arrives.
+    :class:`peercrypt.cli.progress.ProgressView`, closed at the end, or a
+    callable that makes one once the handlers are in, so that a Ctrl-C as
+    it is made - tqdm's import - cancels the send as a later one does;
+    None: nothing shown) until its ``result_type`` arrives.
 
-    Other replies to the request go to ``on_other``. Ctrl-C cancels the
-    request in the node (exit 130). Raises CommandError when the node stops,
-    or after ``timeout`` + 30 s of silence (it reports progress every 0.1 s),
-    or at once, cancelling the request, when a reply cannot be read (the
-    node runs another release).
+    ``ask``: the request itself, sent once the handlers are in (a Ctrl-C
+    before it went: nothing to cancel; sent before the handlers, a Ctrl-C
+    then left the node sending for no one). ``interrupts``: the handlers of
+    a caller that took the node's first reply under them (``send``'s fast
+    path), used as they are, a signal held by the caller raised here; that
+    caller applies :func:`with_late` and :func:`killed` once it put them
+    back. Other replies to the request go to ``on_other``. Ctrl-C cancels
+    the request in the node (exit 130). Raises CommandError when the node
+    stops, or after ``timeout`` + 30 s of silence (it reports progress
+    every 0.1 s), or at once, cancelling the request, when a reply cannot be
+    read (the node runs another release).
     """
     phases: set[str] = set()  # the Progress phases seen
     result: R | None = None
-    interrupts: Interrupts | None = None
-    try:  # from here on (the request is already sent), Ctrl-C cancels it
-        with ending_signals_cancel(client) as interrupts:
+    shown: Any = None  # the view, once made
+    handlers = ending_signals_cancel(client) if interrupts is None else _kept(interrupts)
+    try:
+        with handlers as interrupts:
+            asked = ask is None  # (known: held as it goes)
             try:  # (the bars closed before the handlers go back: a late kill finds them closed)
+                interrupts.taking_reply = False  # (a caller's hold ends: one held is raised)
+                interrupts.check()
+                if ask is not None:
+                    with interrupts.taking():
+                        client.send(ask)
+                        asked = True
+                    interrupts.check()
+                shown = view() if callable(view) else view
                 result = _await_result(
-                    client, request, view, result_type, timeout + 30.0, on_other, phases,
+                    client, request, shown, result_type, timeout + 30.0, on_other, phases,
                     interrupts,
                 )  # fmt: skip
             except KeyboardInterrupt as exc:
+                if not asked:
+                    raise Stop(*ended_text(exc, unconfirmed="nothing was sent")) from None
                 try:
                     client.send(CancelRequest(request=request))
                 except KeyboardInterrupt as again:  # (a second signal as it went)
@@ -106,7 +128,7 @@ def follow(
                 last: Message | None = None
                 try:
                     last = _await_result(
-                        client, request, view, result_type, CANCEL_WAIT, on_other,
+                        client, request, shown, result_type, CANCEL_WAIT, on_other,
                         interrupts=interrupts,
                     )  # fmt: skip
                 except Unanswered:  # neither the cancel's result nor a verdict came
@@ -129,18 +151,24 @@ def follow(
                     kept = result_type is SendResult and accepted
                     raise Stop(*ended_text(exc, kept)) from None
             finally:
-                if view is not None:
-                    view.close()
-        return with_late(result, interrupts.late)
+                if shown is not None:
+                    shown.close()
+        return with_late(result, interrupts.late)  # (a caller's handlers: no late yet)
     except AnotherRelease as exc:  # this command cannot follow it: nor would the next
         client.send(CancelRequest(request=request))
         stop = Stop(f"{exc} (the transfer was cancelled)", errors.FAILED)
-        raise _killed(stop, interrupts) from None
+        raise killed(stop, interrupts) from None
     except Stop as exc:  # the node's own end (a refusal), or a cancel's
-        raise _killed(exc, interrupts) from None
+        raise killed(exc, interrupts) from None
     finally:
-        if view is not None:
-            view.close()
+        if shown is not None:
+            shown.close()
+
+
+@contextlib.contextmanager
+def _kept(interrupts: Interrupts) -> Iterator[Interrupts]:
+    """A caller's handlers, used as they are (it puts them back)."""
+    yield interrupts
 
 
 def _stronger(first: KeyboardInterrupt, then: KeyboardInterrupt) -> KeyboardInterrupt:
@@ -148,7 +176,7 @@ def _stronger(first: KeyboardInterrupt, then: KeyboardInterrupt) -> KeyboardInte
     return then if isinstance(then, Ended) and not isinstance(first, Ended) else first
 
 
-def _killed(stop: Stop, interrupts: Interrupts | None) -> Stop:
+def killed(stop: Stop, interrupts: Interrupts | None) -> Stop:
     """``stop``, or, where a SIGTERM or SIGHUP came as it was raised (held:
     ``late``) and it is not that signal's end already, the end by that
     signal (a shell that follows a send ends on 143 or 129 only)."""
@@ -197,7 +225,7 @@ class Interrupts:
     command's hands) and from the result on (``result_in_hand``), where one
     is held: raised right after a reply that is no end (:meth:`check`), or
     kept for the caller once the handlers are back (``late``:
-    :func:`_with_late`). Raised as the send's verdict was being read, one
+    :func:`with_late`). Raised as the send's verdict was being read, one
     lost it: the command then waited for a result the node had already
     sent, and said "interrupted; the transfer was cancelled" (exit 130) of a
     file its receiver verified. Raised at once elsewhere: a write that

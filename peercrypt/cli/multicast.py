@@ -133,18 +133,16 @@ def multicast_send(
     paths = source_paths(files)
     path = paths[0]
     request = client.next_id()
-    client.send(
-        McSendRequest(
-            request=request,
-            path=str(path),
-            more=[str(p) for p in paths[1:]],
-            targets=targets,
-            chunk_size=chunk_size,
-            timeout=timeout,
-            group=group,
-            expect=expect,
-            quiet=not show,
-        )
+    ask = McSendRequest(
+        request=request,
+        path=str(path),
+        more=[str(p) for p in paths[1:]],
+        targets=targets,
+        chunk_size=chunk_size,
+        timeout=timeout,
+        group=group,
+        expect=expect,
+        quiet=not show,
     )
     result = follow(
         client,
@@ -152,7 +150,8 @@ def multicast_send(
         path,
         McSendResult,
         timeout,
-        view=progress_view(paths, show),
+        view=functools.partial(progress_view, paths, show),
+        ask=ask,
         on_other=functools.partial(_target_result, as_json),
     )
     _report(result, paths, as_json)

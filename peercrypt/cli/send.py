@@ -5,6 +5,7 @@ as one transfer (peercrypt/core/tree.py)."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -240,24 +241,22 @@ def send(
             )
         request = client.next_id()
         show = wanted(as_json, no_progress, progress)
-        client.send(
-            SendRequest(
-                request=request,
-                path=str(path),
-                more=[str(p) for p in paths[1:]],
-                host=host,
-                port=port,
-                chunk_size=chunk_size or DEFAULT_MAX_CHUNK,
-                min_chunk=0 if chunk_size else DEFAULT_MIN_CHUNK,
-                timeout=timeout,
-                force=force,
-                expect=pins[0] if pins else "",
-                quiet=not show,
-                **overrides,
-            )
+        ask = SendRequest(
+            request=request,
+            path=str(path),
+            more=[str(p) for p in paths[1:]],
+            host=host,
+            port=port,
+            chunk_size=chunk_size or DEFAULT_MAX_CHUNK,
+            min_chunk=0 if chunk_size else DEFAULT_MIN_CHUNK,
+            timeout=timeout,
+            force=force,
+            expect=pins[0] if pins else "",
+            quiet=not show,
+            **overrides,
         )
-        view = progress_view(paths, show)
-        result = follow(client, request, path, SendResult, timeout, view=view)
+        view = functools.partial(progress_view, paths, show)
+        result = follow(client, request, path, SendResult, timeout, view=view, ask=ask)
     _report(result, paths, host, port, as_json)
 
 
