@@ -1185,9 +1185,9 @@ class MulticastSenderActor(Actor):
             "gso_batch": sess.udp.batch if sess.udp else 0,
         }
         if sess.tree is not None:
-            stats["files"] = float(sess.tree.files)
-            stats["file_bytes"] = float(sess.tree.file_bytes)
-            stats["skipped"] = float(len(sess.tree.skipped))
+            stats["files"] = sess.tree.files
+            stats["file_bytes"] = sess.tree.file_bytes
+            stats["skipped"] = len(sess.tree.skipped)
         ends = [sess.flow.receivers[t.name].result for t in sess.targets.values()]
         results = [
             {

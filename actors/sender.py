@@ -2012,7 +2012,7 @@ class SenderActor(Actor):
             # An attempt not accepted (yet): the row as the last one left it.
             stats = dict(row.record.stats)
             if retry is not None:
-                stats["attempts"] = float(retry.attempt)
+                stats["attempts"] = retry.attempt
             record = dataclasses.replace(
                 row.record,
                 duration=duration,
@@ -2024,7 +2024,7 @@ class SenderActor(Actor):
             stats, done, retransmits = flow.stats(), flow.acked_bytes, flow.retransmits
             if retry is not None:
                 stats["resumed_chunks"] = round(retry.held * flow.total)
-                stats["attempts"] = float(retry.attempt)
+                stats["attempts"] = retry.attempt
                 done = max(done, retry.done_bytes)
                 retransmits += retry.retransmits
             record = StatsRecord(
@@ -2062,11 +2062,11 @@ class SenderActor(Actor):
         stats = t.flow.stats()
         if t.retry is not None:  # what the send's first accept found held, its attempts
             stats["held_share"] = t.retry.held
-            stats["attempts"] = float(t.retry.attempt)
+            stats["attempts"] = t.retry.attempt
         if t.tree is not None:
-            stats["files"] = float(t.tree.files)
-            stats["file_bytes"] = float(t.tree.file_bytes)
-            stats["skipped"] = float(len(t.tree.skipped))
+            stats["files"] = t.tree.files
+            stats["file_bytes"] = t.tree.file_bytes
+            stats["skipped"] = len(t.tree.skipped)
         return stats
 
     def _sample(self, t: Outgoing) -> StatsSample:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pexpect
+import pytest
 
 from peercrypt.testing.nodes import (
     NodeProcess,
@@ -168,6 +169,38 @@ def test_top_into_a_pipe_prints_one_view_and_exits(
     assert result.stderr == "", result.describe()
 
 
+def test_cancel_says_a_send_it_told_to_end_that_still_runs() -> None:
+    """`cancel N` waits for the node to list N no more; one still listed
+    after 5 s, or a listing an actor did not answer (an attached sender
+    away: it may still run it), is said so, exit 1, never "cancelled"."""
+    from peercrypt.cli.common import UserError
+    from peercrypt.cli.modes import await_gone
+
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def pause(seconds: float) -> None:
+        now[0] += seconds
+
+    listings = iter([({"3", "7"}, []), ({"3"}, ["msender"]), ({"3"}, [])])
+    await_gone(7, lambda: next(listings), clock=clock, pause=pause)  # gone at the third
+    assert now[0] == pytest.approx(0.1)
+    for listing, still in (
+        (({"7"}, []), "still runs"),
+        ((set(), ["sender"]), "may still run (sender did not answer)"),
+    ):
+        now[0] = 0.0
+        with pytest.raises(UserError) as told:
+            await_gone(7, lambda listing=listing: listing, clock=clock, pause=pause)
+        assert (told.value.message, told.value.exit_code) == (
+            f"transfer 7 was told to cancel but {still} after 5 s (see `peercrypt transfers`)",
+            1,
+        )
+        assert now[0] == pytest.approx(5.0, abs=0.06)
+
+
 def test_cancel_stops_a_running_send_by_its_id(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
@@ -190,7 +223,8 @@ def test_cancel_stops_a_running_send_by_its_id(
             ]
             done = sender.cli("cancel", ident)
             assert done.returncode == 0, done.describe()
-            assert done.stdout == f"cancelling transfer {ident} (if it is running)\n"
+            assert done.stdout == f"cancelled transfer {ident}\n"  # (it ran no more)
+            assert sender.cli("transfers").stdout == "no transfers running\n"
             out, _ = send.communicate(timeout=15)
             assert json.loads(out.strip().splitlines()[-1])["code"] == "cancelled"
         finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -300,16 +301,58 @@ def cancel(obj: dict[str, Any], transfer: str, keep: bool) -> None:
     _cancel_send(obj, int(ident))
 
 
+CANCEL_WAIT = 5.0  # seconds `cancel N` waits for the send to end
+
+
 def _cancel_send(obj: dict[str, Any], transfer: int) -> None:
-    listing = _ask(obj, TransfersRequest(request=1))
-    if not isinstance(listing, TransfersReply):
-        raise UserError(f"unexpected reply {listing.TYPE}", errors.FAILED)
-    if str(transfer) not in {row.get("id") for row in listing.transfers}:
+    """Cancel send ``transfer`` and say so once the node no longer runs it
+    (it said "cancelling transfer N (if it is running)" of one it had just
+    listed)."""
+    if str(transfer) not in _listed(obj)[0]:
         raise UserError(f"no running transfer {transfer} (see `peercrypt transfers`)")
     reply = _ask(obj, CancelTransfer(request=1, transfer=transfer))
     if not isinstance(reply, SettingReply):
         raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
-    click.echo(reply.text)
+    await_gone(transfer, lambda: _listed(obj))
+    click.echo(f"cancelled transfer {transfer}")
+
+
+def _listed(obj: dict[str, Any]) -> tuple[set[str], list[str]]:
+    """The ids of the sends the node lists (running or waiting), and the
+    actors that did not answer for theirs."""
+    listing = _ask(obj, TransfersRequest(request=1))
+    if not isinstance(listing, TransfersReply):
+        raise UserError(f"unexpected reply {listing.TYPE}", errors.FAILED)
+    return {str(row.get("id")) for row in listing.transfers}, list(listing.unanswered)
+
+
+def await_gone(
+    transfer: int,
+    listed: Callable[[], tuple[set[str], list[str]]],
+    wait: float = CANCEL_WAIT,
+    clock: Callable[[], float] = time.monotonic,
+    pause: Callable[[float], None] = time.sleep,
+) -> None:
+    """Return once ``listed()`` shows ``transfer`` gone, every lister having
+    answered (one that did not might still run it); after ``wait`` seconds
+    a UserError saying it still runs (exit 1)."""
+    deadline = clock() + wait
+    while True:
+        ids, unanswered = listed()
+        if str(transfer) not in ids and not unanswered:
+            return
+        if clock() >= deadline:
+            still = (
+                "still runs"
+                if str(transfer) in ids
+                else f"may still run ({', '.join(unanswered)} did not answer)"
+            )
+            raise UserError(
+                f"transfer {transfer} was told to cancel but {still} after {wait:g} s "
+                "(see `peercrypt transfers`)",
+                errors.FAILED,
+            )
+        pause(0.05)  # (the node's listing: it tells no one when a send ends)
 
 
 @click.command("max-rate")

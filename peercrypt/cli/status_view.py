@@ -35,13 +35,17 @@ def show(reply: StatusReply, as_json: bool) -> None:
     echo("\n".join(lines))
 
 
+_YES_NO = {"yes": True, "no": False}
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
 
 def typed(fact: str) -> Any:
     """A node's fact (text on the wire) as ``status --json`` gives it: a
     number as a number, a list or map the node wrote as JSON as itself, the
-    rest as text (``"pid": 4242``, ``"flows": [...]``, ``"mode": "aimd"``)."""
+    rest as text (``"pid": 4242``, ``"flows": [...]``, ``"mode": "aimd"``);
+    a yes or no as true or false (``"listening": true``)."""
+    if fact in _YES_NO:
+        return _YES_NO[fact]
     number = _NUMBER.fullmatch(fact)
     if number:
         # (a value written with :g is 1.23e+03 past 999 with 3 digits: a number too)
