@@ -36,7 +36,8 @@ import zmq
 from nacl.signing import SigningKey
 
 from actors.peer_link import Link, address_towards
-from peercrypt.core.address import endpoint_key, join_host_port
+from peercrypt import members_file
+from peercrypt.core.address import endpoint_key, join_host_port, split_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.member_state import MemberState
 from peercrypt.core.membership import (
@@ -74,6 +75,7 @@ log = logging.getLogger("peercrypt.discovery")
 PUSH_RECENT = 4  # records pushed unasked in each exchange (ours first)
 RECORD_BUDGET = 32 * 1024  # bytes of records in one message
 MAX_JOINS = 16
+REJOIN_AT_ONCE = 4  # members last seen alive joined through at a time (members_file)
 # Exchanges not yet answered on one member's link that count: a reply beyond
 # them is dropped unread (a peer that never answers leaves no more owed).
 MAX_ASKED = 4
@@ -146,6 +148,10 @@ class DiscoveryActor(Actor):
         self.round_timer: Timer | None = None
         self.next_join = -1  # ids of internal joins (seeds, reconnects) are negative
         self.seed_retry: Timer | None = None
+        # The members last seen alive, as kept in the data dir (members_file):
+        # joined through at the start and while alone, as the bootstrap seeds.
+        self.remembered = members_file.read(settings.data_dir)
+        self.kept = [join_host_port(host, port) for host, port in self.remembered]
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -168,6 +174,7 @@ class DiscoveryActor(Actor):
         self._schedule_round()
         for host, seed_port in s.bootstrap:
             self._join(JoinRequest(request=self._internal_id(), host=host, port=seed_port), None)
+        self._rejoin()
         for req in self.waiting:
             self._join(req, "control")
         self.waiting.clear()
@@ -303,7 +310,32 @@ class DiscoveryActor(Actor):
         for key in [k for k in self.links if k not in known]:
             self.links.pop(key).close()
             self.asked.pop(key, None)
+        self._remember()
         self._facts()
+
+    def _remember(self) -> None:
+        """Keep the members alive now in the data dir, if they changed (an
+        empty set is not kept: a node left alone rejoins through the last)."""
+        assert self.table is not None
+        alive = sorted(
+            {endpoint_key(self._url_of(n)) for n in self.table.peers((MemberState.ALIVE,))}
+        )
+        parsed = []
+        for key in alive:
+            try:
+                parsed.append(split_host_port(key))
+            except ValueError:  # (a record's address that does not parse: not dialled)
+                continue
+        kept = [join_host_port(host, port) for host, port in parsed]
+        if not kept or kept == self.kept:
+            return
+        self.kept, self.remembered = kept, parsed
+        try:
+            members_file.write(self.settings.data_dir, kept)
+        except OSError as exc:  # (only the rejoin after a restart is lost)
+            self.log_limited("discovery: cannot keep the members alive: %s", exc.strerror)
+        else:
+            self.count("members-kept")
 
     def _round(self) -> None:
         t = self.table
@@ -323,11 +355,30 @@ class DiscoveryActor(Actor):
         self.count("rounds")
 
     def _retry_seeds(self) -> None:
-        """Alone: (re)join through the bootstrap seeds not being tried already."""
+        """Alone: (re)join through the bootstrap seeds not being tried
+        already, and through some of the members last seen alive."""
         busy = {(j.host, j.port) for j in self.joins.values()}
         for host, port in self.settings.bootstrap:
             if (host, port) not in busy and len(self.joins) < MAX_JOINS:
                 self._join(JoinRequest(request=self._internal_id(), host=host, port=port), None)
+        self._rejoin()
+
+    def _rejoin(self) -> None:
+        """Join through up to REJOIN_AT_ONCE of the members last seen alive
+        (members_file) not tried already: a node restarted without a
+        bootstrap (the seed the others joined through) stayed alone."""
+        assert self.table is not None
+        busy = {(j.host, j.port) for j in self.joins.values()} | set(self.settings.bootstrap)
+        own = endpoint_key(self._url_of(self.table.self_id))
+        choices = [
+            (host, port)
+            for host, port in self.remembered
+            if (host, port) not in busy and endpoint_key(join_host_port(host, port)) != own
+        ]
+        for host, port in self.rng.sample(choices, min(REJOIN_AT_ONCE, len(choices))):
+            if len(self.joins) < MAX_JOINS:
+                self._join(JoinRequest(request=self._internal_id(), host=host, port=port), None)
+                self.count("rejoins")
 
     def _url_of(self, node_id: bytes) -> str:
         assert self.table is not None

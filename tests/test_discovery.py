@@ -10,6 +10,7 @@ import concurrent.futures
 import json
 import os
 import socket
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import zmq
 from nacl.signing import SigningKey
 
 from actors.discovery import advertise_host
-from peercrypt import errors
+from peercrypt import errors, members_file
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.member_state import MemberState
 from peercrypt.core.membership import (
@@ -541,6 +542,38 @@ def test_a_seed_restarted_on_its_port_without_a_bootstrap_is_alive_everywhere_ag
         return all(peer_table(n).get(seed.fingerprint, {}).get("state") == "dead" for n in trio[1:])
 
     wait_until(seed_dead, 60, "the others to mark the killed seed dead")
+    (seed.data_dir / members_file.FILE_NAME).unlink()  # it knows no one (rejoin: below)
+    seed.start()
+    assert seed.port == port
+    wait_until(lambda: knows_all(trio), 60, "the restarted seed alive everywhere, knowing them")
+
+
+def test_a_seed_stopped_and_started_again_rejoins_through_the_members_it_last_saw(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """The node the others joined through is stopped (they hold it *left*,
+    list it no more and do not probe it) and started again on its address with no
+    bootstrap of its own: it joins through the members it last saw alive,
+    kept in its data dir (peercrypt/members_file.py). It stayed alone for
+    good, and the others without it."""
+    from peercrypt.testing.nodes import free_port
+
+    args = ("--gossip-interval", "0.2", "--health-check-interval", "0.5", "--timeout", "1")
+    port = free_port()
+    seed = node_factory(*args, "--port", str(port), name="seed")
+    boot = ("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(port))
+    trio = [seed, node_factory(*args, *boot), node_factory(*args, *boot)]
+    wait_until(lambda: knows_all(trio), 60, "three nodes to know each other")
+    kept = sorted(f"127.0.0.1:{n.port}" for n in trio[1:])
+    path = seed.data_dir / members_file.FILE_NAME
+    wait_until(lambda: path.exists() and sorted(path.read_text().split()) == kept, 30, "kept")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert seed.stop() == 0
+
+    def seed_left() -> bool:  # (`peers` lists no member that left)
+        return all(seed.fingerprint not in peer_table(n) for n in trio[1:])
+
+    wait_until(seed_left, 30, "the others to hold the stopped seed left")
     seed.start()
     assert seed.port == port
     wait_until(lambda: knows_all(trio), 60, "the restarted seed alive everywhere, knowing them")

@@ -1,0 +1,64 @@
+"""The members a node last saw alive, kept in its data dir (``members``)
+so that a node restarted without a bootstrap rejoins through them.
+
+A seed (the node the others joined through, started without a bootstrap of
+its own) that was stopped and started again knew no one: the others had
+marked it left (or dead, and probed it only after a backoff of up to eight
+health intervals), so it stayed alone for good after a clean stop. Discovery
+writes the addresses of the members alive whenever that set changes (never
+an empty set: a node left alone keeps the last one), and at its start and
+whenever it is alone it joins through a few of them as through a bootstrap.
+
+One ``HOST:PORT`` per line (``[V6]:PORT``), at most :data:`MAX_LINES`; the
+file is this node's own (0600, written whole and renamed into place), and a
+line that does not parse is skipped. Deleting it forgets them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from peercrypt.core.address import split_host_port, visible_ascii
+
+FILE_NAME = "members"
+MAX_LINES = 256  # the membership's own bound (max_members)
+MAX_BYTES = 64 * 1024  # read no more: 256 lines of a long host name each fit
+
+
+def read(data_dir: Path) -> list[tuple[str, int]]:
+    """The addresses kept (none: no file, or one that cannot be read)."""
+    try:
+        with open(data_dir / FILE_NAME, "rb") as f:
+            data = f.read(MAX_BYTES)
+    except OSError:
+        return []
+    found: list[tuple[str, int]] = []
+    for line in data.decode("ascii", "replace").splitlines()[:MAX_LINES]:
+        if not visible_ascii(line):  # (a host name is ASCII: IDNA spells the rest so)
+            continue
+        try:
+            address = split_host_port(line)
+        except ValueError:
+            continue
+        if address not in found:
+            found.append(address)
+    return found
+
+
+def write(data_dir: Path, addresses: list[str]) -> None:
+    """Keep ``addresses`` (``HOST:PORT`` each), replacing what was kept.
+    Raises OSError (the caller logs it: a full disk costs the rejoin only)."""
+    path = data_dir / FILE_NAME
+    tmp = path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
+    text = "".join(f"{a}\n" for a in addresses[:MAX_LINES])
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,64 @@
+"""The members a node last saw alive, kept in its data dir
+(peercrypt/members_file.py): read back as written, bounded, and a file
+that is not what this node wrote costs nothing but the lines it spoils."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peercrypt import members_file
+
+
+def test_what_is_written_is_read_back_and_only_the_owner_may_read_it(tmp_path: Path) -> None:
+    assert members_file.read(tmp_path) == []  # (none kept yet)
+    members_file.write(tmp_path, ["10.0.0.5:7400", "[fd00::1]:7401", "node-b.lan:7402"])
+    path = tmp_path / members_file.FILE_NAME
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert members_file.read(tmp_path) == [
+        ("10.0.0.5", 7400),
+        ("fd00::1", 7401),
+        ("node-b.lan", 7402),
+    ]
+    members_file.write(tmp_path, ["10.0.0.6:7400"])  # replaced whole
+    assert members_file.read(tmp_path) == [("10.0.0.6", 7400)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [members_file.FILE_NAME]  # no temp left
+
+
+def test_a_spoiled_file_costs_only_its_spoiled_lines(tmp_path: Path) -> None:
+    path = tmp_path / members_file.FILE_NAME
+    path.write_bytes(
+        b"10.0.0.5:7400\n\xff\xfe:1\nno-port\n10.0.0.5:0\n10.0.0.5:99999\n:7400\n"
+        b"10.0.0.5:7400\n10.0.0.7: 7400\n10.0.0.8:7400"
+    )
+    assert members_file.read(tmp_path) == [("10.0.0.5", 7400), ("10.0.0.8", 7400)]
+    # Past its bounds (lines, bytes): no more is read.
+    path.write_text("".join(f"10.0.{i // 250}.{i % 250 + 1}:7400\n" for i in range(1000)))
+    assert len(members_file.read(tmp_path)) == members_file.MAX_LINES
+    path.write_bytes(b"x" * (10 * members_file.MAX_BYTES) + b"\n10.0.0.5:7400\n")
+    assert members_file.read(tmp_path) == []
+    path.unlink()
+    path.mkdir()  # (not a file: unreadable as one)
+    assert members_file.read(tmp_path) == []
+
+
+def test_a_file_that_cannot_be_written_is_said_and_leaves_no_temp(tmp_path: Path) -> None:
+    (tmp_path / members_file.FILE_NAME).mkdir()  # os.replace cannot put a file there
+    with pytest.raises(OSError):
+        members_file.write(tmp_path, ["10.0.0.5:7400"])
+    assert sorted(os.listdir(tmp_path)) == [members_file.FILE_NAME]
+
+
+@given(st.lists(st.tuples(st.from_regex(r"[a-z0-9.-]{1,30}", fullmatch=True),
+                          st.integers(1, 65535)), max_size=40, unique=True))  # fmt: skip
+def test_any_set_of_addresses_reads_back_as_written(
+    tmp_path_factory: pytest.TempPathFactory, addresses: list[tuple[str, int]]
+) -> None:
+    folder = tmp_path_factory.mktemp("kept")
+    members_file.write(folder, [f"{host}:{port}" for host, port in addresses])
+    assert members_file.read(folder) == addresses
