@@ -519,6 +519,20 @@ def test_a_dead_claim_at_the_largest_incarnation_kills_no_one(
     assert code == 0 and (a.inbox / result["stored_as"]).read_bytes() == src.read_bytes()
 
 
+def _seed_and_two(node_factory: Callable[..., NodeProcess]) -> list[NodeProcess]:
+    """A seed started without a bootstrap and two nodes that joined through
+    it, all knowing each other (fast intervals)."""
+    from peercrypt.testing.nodes import free_port
+
+    args = ("--gossip-interval", "0.2", "--health-check-interval", "0.5", "--timeout", "1")
+    port = free_port()
+    seed = node_factory(*args, "--port", str(port), name="seed")
+    boot = ("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(port))
+    trio = [seed, node_factory(*args, *boot), node_factory(*args, *boot)]
+    wait_until(lambda: knows_all(trio), 60, "three nodes to know each other")
+    return trio
+
+
 def test_a_seed_restarted_on_its_port_without_a_bootstrap_is_alive_everywhere_again(
     node_factory: Callable[..., NodeProcess],
 ) -> None:
@@ -528,14 +542,8 @@ def test_a_seed_restarted_on_its_port_without_a_bootstrap_is_alive_everywhere_ag
     link to a dead member at every expiry tick, so each exchange went out on
     a fresh link not yet connected and was dropped: it stayed dead
     everywhere (though it answered their health probes) and alone."""
-    from peercrypt.testing.nodes import free_port
-
-    args = ("--gossip-interval", "0.2", "--health-check-interval", "0.5", "--timeout", "1")
-    port = free_port()
-    seed = node_factory(*args, "--port", str(port), name="seed")
-    boot = ("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(port))
-    trio = [seed, node_factory(*args, *boot), node_factory(*args, *boot)]
-    wait_until(lambda: knows_all(trio), 60, "three nodes to know each other")
+    trio = _seed_and_two(node_factory)
+    seed, port = trio[0], trio[0].port
     seed.kill()
 
     def seed_dead() -> bool:
@@ -556,14 +564,8 @@ def test_a_seed_stopped_and_started_again_rejoins_through_the_members_it_last_sa
     bootstrap of its own: it joins through the members it last saw alive,
     kept in its data dir (peercrypt/members_file.py). It stayed alone for
     good, and the others without it."""
-    from peercrypt.testing.nodes import free_port
-
-    args = ("--gossip-interval", "0.2", "--health-check-interval", "0.5", "--timeout", "1")
-    port = free_port()
-    seed = node_factory(*args, "--port", str(port), name="seed")
-    boot = ("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(port))
-    trio = [seed, node_factory(*args, *boot), node_factory(*args, *boot)]
-    wait_until(lambda: knows_all(trio), 60, "three nodes to know each other")
+    trio = _seed_and_two(node_factory)
+    seed, port = trio[0], trio[0].port
     kept = sorted(f"127.0.0.1:{n.port}" for n in trio[1:])
     path = seed.data_dir / members_file.FILE_NAME
     wait_until(lambda: path.exists() and sorted(path.read_text().split()) == kept, 30, "kept")
