@@ -14,7 +14,7 @@ import pytest
 from peercrypt import errors
 from peercrypt.cli.app import command_tree
 from peercrypt.cli.runner import GLOBAL_OPTIONS
-from peercrypt.testing.nodes import NodeProcess, blake3_file, run_cli
+from peercrypt.testing.nodes import NodeProcess, blake3_file, run_cli, wait_until
 
 
 @pytest.mark.parametrize("name", sorted(command_tree()))
@@ -117,7 +117,8 @@ def test_a_relative_data_dir_and_inbox_are_told_whole(
     said `inbox: box` and `history: stats.sqlite`, which a script there read
     as its own directory's."""
     receiver = node_factory("--data-dir", ".", "--inbox", "box")
-    assert f"inbox {receiver.data_dir / 'box'}\n" in receiver.log_text()
+    said = f"inbox {receiver.data_dir / 'box'}\n"  # (the log is written as the node goes)
+    wait_until(lambda: said in receiver.log_text(), 30, "the node's inbox line")
     status = run_cli("status", "--json", data_dir=receiver.data_dir, cwd=tmp_path)
     assert status.returncode == 0, status.describe()
     facts = json.loads(status.stdout)
