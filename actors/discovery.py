@@ -151,7 +151,7 @@ class DiscoveryActor(Actor):
         # The members last seen alive, as kept in the data dir (members_file):
         # joined through at the start and while alone, as the bootstrap seeds.
         self.remembered = members_file.read(settings.data_dir)
-        self.kept = [join_host_port(host, port) for host, port in self.remembered]
+        self.keeper = members_file.Keeper([join_host_port(h, p) for h, p in self.remembered])
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -314,22 +314,19 @@ class DiscoveryActor(Actor):
         self._facts()
 
     def _remember(self) -> None:
-        """Keep the members alive now in the data dir, if they changed (an
-        empty set is not kept: a node left alone rejoins through the last)."""
+        """Keep the members alive now in the data dir (members_file.Keeper:
+        when they changed, never none, at most every second)."""
         assert self.table is not None
-        alive = sorted(
-            {endpoint_key(self._url_of(n)) for n in self.table.peers((MemberState.ALIVE,))}
-        )
-        parsed = []
-        for key in alive:
-            try:
-                parsed.append(split_host_port(key))
-            except ValueError:  # (a record's address that does not parse: not dialled)
+        alive = []
+        for node_id in self.table.peers((MemberState.ALIVE,)):
+            try:  # (a record's address that does not parse is not dialled)
+                alive.append(join_host_port(*split_host_port(endpoint_key(self._url_of(node_id)))))
+            except ValueError:
                 continue
-        kept = [join_host_port(host, port) for host, port in parsed]
-        if not kept or kept == self.kept:
+        kept = self.keeper.update(alive, self.now())
+        if kept is None:
             return
-        self.kept, self.remembered = kept, parsed
+        self.remembered = [split_host_port(a) for a in kept]
         try:
             members_file.write(self.settings.data_dir, kept)
         except OSError as exc:  # (only the rejoin after a restart is lost)

@@ -23,6 +23,7 @@ from pathlib import Path
 from peercrypt.core.address import split_host_port, visible_ascii
 
 FILE_NAME = "members"
+KEEP_EVERY = 1.0  # seconds between two writes at most (a churning membership)
 MAX_LINES = 256  # the membership's own bound (max_members)
 MAX_BYTES = 64 * 1024  # read no more: 256 lines of a long host name each fit
 
@@ -62,3 +63,23 @@ def write(data_dir: Path, addresses: list[str]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+class Keeper:
+    """When to write which addresses (pure: ``now`` passed in): a set
+    alive that differs from the one kept, never an empty one (a node left
+    alone keeps the last), at most every ``every`` seconds (a change within
+    them is written at a later call, if it stays)."""
+
+    def __init__(self, kept: list[str], every: float = KEEP_EVERY) -> None:
+        self.kept = list(kept)
+        self.every = every
+        self.kept_at = -float("inf")
+
+    def update(self, alive: list[str], now: float) -> list[str] | None:
+        """The addresses to write now (sorted), or None."""
+        wanted = sorted(set(alive))[:MAX_LINES]
+        if not wanted or wanted == self.kept or now - self.kept_at < self.every:
+            return None
+        self.kept, self.kept_at = wanted, now
+        return wanted

@@ -4,6 +4,7 @@ that is not what this node wrote costs nothing but the lines it spoils."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 from pathlib import Path
@@ -62,3 +63,36 @@ def test_any_set_of_addresses_reads_back_as_written(
     folder = tmp_path_factory.mktemp("kept")
     members_file.write(folder, [f"{host}:{port}" for host, port in addresses])
     assert members_file.read(folder) == addresses
+
+
+def test_the_keeper_writes_a_changed_set_never_none_and_not_twice_a_second() -> None:
+    keeper = members_file.Keeper(["10.0.0.5:7400"])  # as read at the start
+    assert keeper.update(["10.0.0.5:7400"], 0.0) is None  # (the same: no write)
+    assert keeper.update(["10.0.0.6:7400", "10.0.0.5:7400"], 0.0) == [
+        "10.0.0.5:7400",
+        "10.0.0.6:7400",
+    ]
+    assert keeper.update(["10.0.0.7:7400"], 0.5) is None  # within the second
+    assert keeper.update(["10.0.0.7:7400"], 1.0) == ["10.0.0.7:7400"]  # then, as it stayed
+    assert keeper.update([], 5.0) is None  # alone: the last set stays
+
+
+@given(st.lists(st.tuples(st.floats(0, 0.7), st.sets(st.sampled_from("abcd"), max_size=3)),
+                max_size=30))  # fmt: skip
+def test_the_keeper_never_writes_twice_within_its_interval_and_ends_on_the_last_set(
+    steps: list[tuple[float, set[str]]],
+) -> None:
+    keeper = members_file.Keeper([], every=1.0)
+    now, writes, last = 0.0, [], None
+    for gap, alive in steps:
+        now += gap
+        kept = keeper.update([f"{a}:1" for a in alive], now)
+        if kept is not None:
+            assert kept and kept == sorted(f"{a}:1" for a in alive)
+            writes.append(now)
+        last = alive or last
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(writes))
+    if last:  # a second on, the last set alive is the one kept
+        now += 1.0
+        keeper.update([f"{a}:1" for a in last], now)
+        assert keeper.kept == sorted(f"{a}:1" for a in last)
