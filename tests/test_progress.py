@@ -356,28 +356,42 @@ CANCELLED = re.compile(
 )
 
 
-def test_ctrl_c_as_the_fast_path_makes_its_bars_cancels_the_send(
+@pytest.mark.parametrize("when", ["the first reply is read", "the bars are made"])
+def test_ctrl_c_as_the_fast_path_takes_its_first_reply_cancels_the_send(
     trio: list[NodeProcess],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    when: str,
 ) -> None:
-    """``send``'s fast path (a node running): a Ctrl-C after the node took
-    the request, as the bars are made (tqdm's import), cancels the send in
-    the node and says so. It came between the handlers of the first reply
-    and follow's: the command said "interrupted" (exit 130) and the node
-    went on sending for no one."""
+    """``send``'s fast path (a node running): a Ctrl-C as the node's first
+    reply is read (held, then raised once follow takes over), or after it,
+    as the bars are made (tqdm's import), cancels the send in the node and
+    says so. The second came between the handlers of the first reply and
+    follow's: the command said "interrupted" (exit 130) and the node went
+    on sending for no one."""
     from peercrypt.cli import fast
 
     sender, receiver, _ = trio
     source = random_file(tmp_path / "fast-ctrl-c.bin", 8 * MiB)
-    made = progress.progress_view
+    made, receive = progress.progress_view, ControlClient.receive
+    read: list[Message] = []
 
     def ctrl_c_as_made(paths: list[Path], show: bool) -> progress.ProgressView | None:
         os.kill(os.getpid(), signal.SIGINT)  # (handled before os.kill returns)
         return made(paths, show)
 
-    monkeypatch.setattr(progress, "progress_view", ctrl_c_as_made)
+    def ctrl_c_as_read(client: ControlClient, timeout: float) -> Message:
+        msg = receive(client, timeout)
+        if not read:
+            read.append(msg)
+            os.kill(os.getpid(), signal.SIGINT)
+        return msg
+
+    if when == "the bars are made":
+        monkeypatch.setattr(progress, "progress_view", ctrl_c_as_made)
+    else:
+        monkeypatch.setattr(ControlClient, "receive", ctrl_c_as_read)
     line = [str(source), receiver.host, str(receiver.port), "--no-progress"]
     assert sender.cli("max-rate", "1M").returncode == 0  # 8 s: cancelled long before
     try:
@@ -434,6 +448,45 @@ def test_a_followed_send_is_asked_under_the_handlers(
         finally:
             assert sender.cli("max-rate", "0").returncode == 0
     assert CANCELLED.fullmatch(str(cancelled.value)) and cancelled.value.exit_code == 130
+    _cancelled_and_gone(sender, receiver, source)
+
+
+def test_a_second_ctrl_c_as_the_cancel_goes_does_not_stop_it(
+    trio: list[NodeProcess], tmp_path: Path
+) -> None:
+    """Ctrl-C, then Ctrl-C again just as the command tells the node to
+    cancel: the cancel goes all the same (held as it is sent, then the
+    second ends the wait for its answer). Raised there, it stopped the
+    cancel: the command said the transfer was told to cancel and the node
+    sent on."""
+    sender, receiver, _ = trio
+    source = random_file(tmp_path / "second.bin", 8 * MiB)
+
+    class CtrlCAsTheCancelGoes(ControlClient):
+        def send(self, msg: Message) -> None:
+            if type(msg).__name__ == "CancelRequest":
+                os.kill(os.getpid(), signal.SIGINT)  # the second
+            super().send(msg)
+
+    def ctrl_c() -> None:  # the first, as the bars are made
+        os.kill(os.getpid(), signal.SIGINT)
+
+    assert sender.cli("max-rate", "1M").returncode == 0  # 8 s: cancelled long before
+    try:
+        with CtrlCAsTheCancelGoes.for_data_dir(sender.data_dir) as client:
+            ask = SendRequest(
+                request=client.next_id(), path=str(source), host=receiver.host,
+                port=receiver.port, chunk_size=65536, timeout=30.0, quiet=True,
+            )  # fmt: skip
+            with pytest.raises(errors.CommandError) as ended:
+                follow(client, ask.request, source, SendResult, 30.0, ask=ask, view=ctrl_c)
+    finally:
+        assert sender.cli("max-rate", "0").returncode == 0
+    assert (str(ended.value), ended.value.exit_code) == (
+        "interrupted; the transfer was told to cancel (its answer not waited for: "
+        "`peercrypt transfers` shows whether it still runs)",
+        130,
+    )
     _cancelled_and_gone(sender, receiver, source)
 
 

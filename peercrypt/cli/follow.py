@@ -121,9 +121,11 @@ def follow(
             except KeyboardInterrupt as exc:
                 if not asked:
                     raise Stop(*ended_text(exc, unconfirmed="nothing was sent")) from None
-                try:
-                    client.send(CancelRequest(request=request))
-                except KeyboardInterrupt as again:  # (a second signal as it went)
+                try:  # (a second signal as it goes is held: the cancel goes all the same)
+                    with interrupts.taking():
+                        client.send(CancelRequest(request=request))
+                    interrupts.check()
+                except KeyboardInterrupt as again:
                     raise Stop(*ended_text(_stronger(exc, again), unconfirmed=NOT_WAITED)) from None
                 last: Message | None = None
                 try:
@@ -249,7 +251,9 @@ class Interrupts:
 
     @contextlib.contextmanager
     def taking(self) -> Iterator[None]:
-        """While a reply is taken: signals held unless the client only waits."""
+        """While a reply is taken, or a request or its cancel sent (a signal
+        then is raised once it is known to have gone): signals held unless
+        the client only waits."""
         self.taking_reply = True
         try:
             yield
