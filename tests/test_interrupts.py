@@ -33,6 +33,7 @@ def test_a_signal_is_held_only_while_a_reply_is_taken() -> None:
     # Elsewhere (a bar drawn, a line written to a pipe that may block): at once.
     with pytest.raises(KeyboardInterrupt):
         interrupts.on_signal(signal.SIGINT, None)
+    interrupts.ended_with()  # (the next are held until then: below)
     with interrupts.taking():
         interrupts.on_signal(signal.SIGINT, None)  # held: a reply is being read
         client.waiting = True  # the poll: nothing of a reply read yet
@@ -44,10 +45,38 @@ def test_a_signal_is_held_only_while_a_reply_is_taken() -> None:
     with pytest.raises(Ended) as raised:
         interrupts.check()
     assert raised.value.signum == signal.SIGHUP
-    interrupts.check()  # raised once
+    interrupts.ended_with()  # raised once
     interrupts.result_in_hand = True  # from the result on, held wherever
     interrupts.on_signal(signal.SIGINT, None)
     assert isinstance(interrupts.held, KeyboardInterrupt)
+
+
+def test_from_one_signal_raised_the_next_are_held_until_it_is_dealt_with() -> None:
+    """A second Ctrl-C just after the first (before the command sent the
+    cancel the first asks for) is held, so the cancel goes; raised, it
+    stopped the cancel, and the command said the transfer was told to."""
+    interrupts = Interrupts(Client())  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.on_signal(signal.SIGINT, None)
+    interrupts.on_signal(signal.SIGINT, None)  # held: the first is being dealt with
+    interrupts.on_signal(signal.SIGTERM, None)  # (a kill outranks it)
+    with pytest.raises(Ended) as raised:
+        interrupts.ended_with()  # the cancel sent: the one held, now
+    assert raised.value.signum == signal.SIGTERM
+    interrupts.on_signal(signal.SIGHUP, None)  # held: that one is dealt with in turn
+    with pytest.raises(Ended):
+        interrupts.ended_with()
+    interrupts.ended_with()  # (nothing held: nothing raised)
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.on_signal(signal.SIGINT, None)  # raised at once again
+    held = Interrupts(Client())  # type: ignore[arg-type]
+    held.result_in_hand = True
+    held.on_signal(signal.SIGINT, None)
+    held.result_in_hand = False
+    with pytest.raises(KeyboardInterrupt):
+        held.check()  # one held, raised: the same hold after it
+    held.on_signal(signal.SIGINT, None)
+    assert isinstance(held.held, KeyboardInterrupt)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import blake3
 import pexpect
@@ -152,6 +153,20 @@ def test_a_resumed_phase_counts_its_rate_from_what_was_held(
         view.close()
     after = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", err.getvalue()[mark:])
     assert "34%" in after and not re.search(r"(?<!\d)0%", after), after
+
+
+def test_a_view_interrupted_as_it_is_made_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C as the bars are made leaves no view open (a shell that goes
+    on would keep the terminal's echo off and draw above a dead bar)."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+
+    class CtrlCAsTheBarIsMade(progress.ProgressView):
+        def _new_bar(self, desc: str, total: int | None, position: int, initial: int = 0) -> Any:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        CtrlCAsTheBarIsMade("file.bin", MiB)
+    assert progress._open_views == []
 
 
 def test_progress_is_wanted_on_a_terminal_or_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -356,7 +371,9 @@ CANCELLED = re.compile(
 )
 
 
-@pytest.mark.parametrize("when", ["the first reply is read", "the bars are made"])
+@pytest.mark.parametrize(
+    "when", ["the request goes", "the first reply is read", "the bars are made"]
+)
 def test_ctrl_c_as_the_fast_path_takes_its_first_reply_cancels_the_send(
     trio: list[NodeProcess],
     tmp_path: Path,
@@ -364,17 +381,18 @@ def test_ctrl_c_as_the_fast_path_takes_its_first_reply_cancels_the_send(
     capsys: pytest.CaptureFixture[str],
     when: str,
 ) -> None:
-    """``send``'s fast path (a node running): a Ctrl-C as the node's first
-    reply is read (held, then raised once follow takes over), or after it,
-    as the bars are made (tqdm's import), cancels the send in the node and
-    says so. The second came between the handlers of the first reply and
-    follow's: the command said "interrupted" (exit 130) and the node went
-    on sending for no one."""
+    """``send``'s fast path (a node running): a Ctrl-C as the request goes
+    to the node, as the node's first reply is read (held, then raised once
+    follow takes over), or after it, as the bars are made (tqdm's import),
+    cancels the send in the node and says so. The first and the last came
+    outside any handler (the request went before them; the bars were made
+    between the first reply's and follow's): the command said
+    "interrupted" (exit 130) and the node went on sending for no one."""
     from peercrypt.cli import fast
 
     sender, receiver, _ = trio
     source = random_file(tmp_path / "fast-ctrl-c.bin", 8 * MiB)
-    made, receive = progress.progress_view, ControlClient.receive
+    made, receive, send = progress.progress_view, ControlClient.receive, ControlClient.send
     read: list[Message] = []
 
     def ctrl_c_as_made(paths: list[Path], show: bool) -> progress.ProgressView | None:
@@ -388,8 +406,15 @@ def test_ctrl_c_as_the_fast_path_takes_its_first_reply_cancels_the_send(
             os.kill(os.getpid(), signal.SIGINT)
         return msg
 
+    def ctrl_c_as_sent(client: ControlClient, msg: Message) -> None:
+        send(client, msg)
+        if isinstance(msg, SendRequest):
+            os.kill(os.getpid(), signal.SIGINT)
+
     if when == "the bars are made":
         monkeypatch.setattr(progress, "progress_view", ctrl_c_as_made)
+    elif when == "the request goes":
+        monkeypatch.setattr(ControlClient, "send", ctrl_c_as_sent)
     else:
         monkeypatch.setattr(ControlClient, "receive", ctrl_c_as_read)
     line = [str(source), receiver.host, str(receiver.port), "--no-progress"]

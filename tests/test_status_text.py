@@ -81,6 +81,7 @@ def test_status_json_gives_numbers_lists_and_maps_as_themselves() -> None:
     assert [typed(v) for v in numbers] == [4242, 0, -3, 0.7, 12.5, 1230.0, 5e-05]
     assert typed('[["a.bin", 10, 2, "in1"]]') == [["a.bin", 10, 2, "in1"]]
     assert typed('{"ok": true}') == {"ok": True} and typed("{}") == {}
-    assert (typed("yes"), typed("no")) == (True, False)  # ("listening": a fact, not a word)
+    assert (typed("yes", "listening"), typed("no", "listening")) == (True, False)
+    assert typed("no", "host") == "no"  # (a host of that name: text, as any other)
     for text in ("0.1.0", "007", "inf", "", "on", "[not json", "w=4096 min=256", " 5", "Yes"):
         assert typed(text) == text

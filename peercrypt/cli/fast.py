@@ -236,6 +236,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
     from peercrypt.cli.send_report import report
     from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
     from peercrypt.errors import ResultCode
+    from peercrypt.wire.codec import Message
     from peercrypt.wire.local_messages import CancelRequest, ErrorReply, SendRequest, SendResult
 
     try:
@@ -245,30 +246,33 @@ def _send(line: Line, data_dir: Path) -> int | None:
     show = wanted(as_json, "--no-progress" in line.flags, "--progress" in line.flags)
     with client:
         request = client.next_id()
-        client.send(
-            SendRequest(
-                request=request,
-                path=str(paths[0]),
-                more=[str(p) for p in paths[1:]],
-                host=host,
-                port=int(port),
-                chunk_size=int(chunk),
-                min_chunk=0 if named is not None else DEFAULT_MIN_CHUNK,
-                timeout=timeout,
-                force="--force" in line.flags,
-                expect=expect,
-                # -t alone selects parallel mode (peercrypt.cli.modes.select_mode).
-                mode="parallel" if lanes is not None else None,
-                lanes=int(lanes) if lanes is not None else None,
-                quiet=not show,
-            )
+        ask = SendRequest(
+            request=request,
+            path=str(paths[0]),
+            more=[str(p) for p in paths[1:]],
+            host=host,
+            port=int(port),
+            chunk_size=int(chunk),
+            min_chunk=0 if named is not None else DEFAULT_MIN_CHUNK,
+            timeout=timeout,
+            force="--force" in line.flags,
+            expect=expect,
+            # -t alone selects parallel mode (peercrypt.cli.modes.select_mode).
+            mode="parallel" if lanes is not None else None,
+            lanes=int(lanes) if lanes is not None else None,
+            quiet=not show,
         )
         result: SendResult | None = None
+        first: Message | None = None
+        sent = False  # (known: held as it goes)
         try:
             with ending_signals_cancel(client) as interrupts:
                 # Held from here (but while the socket only waits) until follow
-                # takes over: a Ctrl-C between the two cancels as one in either.
+                # takes over: a Ctrl-C from the request on cancels it, in
+                # either (sent before the handlers, one then left it running).
                 interrupts.taking_reply = True
+                client.send(ask)
+                sent = True
                 first = client.receive(FIRST_REPLY)
                 ours = isinstance(first, SendResult) and first.request == request
                 interrupts.result_in_hand = ours
@@ -281,6 +285,10 @@ def _send(line: Line, data_dir: Path) -> int | None:
             if interrupts.late is not None and isinstance(first, ErrorReply):
                 raise interrupts.late  # (the click command would send it again)
         except (NodeUnavailable, AnotherRelease, KeyboardInterrupt) as exc:
+            if isinstance(exc, KeyboardInterrupt) and (not sent or isinstance(first, ErrorReply)):
+                text, code = ended_text(exc, unconfirmed="nothing was sent")  # (or refused)
+                _error(text)
+                return code
             client.send(CancelRequest(request=request))  # should it arrive after all
             client.linger = int(FIRST_REPLY * 1000)
             if isinstance(exc, AnotherRelease):  # the click command would not read it either

@@ -121,10 +121,9 @@ def follow(
             except KeyboardInterrupt as exc:
                 if not asked:
                     raise Stop(*ended_text(exc, unconfirmed="nothing was sent")) from None
-                try:  # (a second signal as it goes is held: the cancel goes all the same)
-                    with interrupts.taking():
-                        client.send(CancelRequest(request=request))
-                    interrupts.check()
+                try:  # (a second signal since exc is held: the cancel goes all the same)
+                    client.send(CancelRequest(request=request))
+                    interrupts.ended_with()
                 except KeyboardInterrupt as again:
                     raise Stop(*ended_text(_stronger(exc, again), unconfirmed=NOT_WAITED)) from None
                 last: Message | None = None
@@ -231,7 +230,10 @@ class Interrupts:
     lost it: the command then waited for a result the node had already
     sent, and said "interrupted; the transfer was cancelled" (exit 130) of a
     file its receiver verified. Raised at once elsewhere: a write that
-    blocks (a full pipe) is interrupted as before."""
+    blocks (a full pipe) is interrupted as before. From one raised on
+    (``ending``), the next are held until the caller is done with it
+    (:meth:`ended_with`): a second Ctrl-C just after the first stopped the
+    cancel the first was to send."""
 
     def __init__(self, client: ControlClient | None) -> None:
         self.client = client
@@ -239,21 +241,29 @@ class Interrupts:
         self.taking_reply = False
         self.result_in_hand = False  # (until the handlers are back)
         self.late: KeyboardInterrupt | None = None  # held as the result came
+        self.ending = False  # one was raised: the next are held (ended_with)
 
     def on_signal(self, signum: int, _frame: object) -> None:
         exc = KeyboardInterrupt() if signum == signal.SIGINT else Ended(signum)
         waiting = self.client is not None and self.client.waiting
-        if self.result_in_hand or (self.taking_reply and not waiting):
+        if self.ending or self.result_in_hand or (self.taking_reply and not waiting):
             if self.held is None or isinstance(exc, Ended):  # (a kill outranks a Ctrl-C)
                 self.held = exc
             return
+        self.ending = True
         raise exc
+
+    def ended_with(self) -> None:
+        """The interrupt raised is taken care of (its cancel sent): the
+        next are raised again as before, one held meanwhile now."""
+        self.ending = False
+        self.check()
 
     @contextlib.contextmanager
     def taking(self) -> Iterator[None]:
-        """While a reply is taken, or a request or its cancel sent (a signal
-        then is raised once it is known to have gone): signals held unless
-        the client only waits."""
+        """While a reply is taken, or a request sent (a signal then is
+        raised once it is known whether it went): signals held unless the
+        client only waits."""
         self.taking_reply = True
         try:
             yield
@@ -264,6 +274,7 @@ class Interrupts:
         """Raise the interrupt held, if one is."""
         held, self.held = self.held, None
         if held is not None:
+            self.ending = True
             raise held
 
 

@@ -153,12 +153,16 @@ class ProgressView:
         self._echo: list[Any] | None = None
         self.targets: dict[str, Any] = {}
         self.bar: Any = None
-        _open_views.append(self)  # (before the echo goes: see _restore_at_exit)
-        self._echo = hide_control_echo(self._fd) if self._fd >= 0 else None
         self.name = name
         self.phase = ""
         self.phase_since = time.monotonic()
-        self.bar = self._new_bar(name, total, 0)
+        _open_views.append(self)  # (before the echo goes: see _restore_at_exit)
+        try:  # (a Ctrl-C as it is made: closed, the echo back; a shell goes on)
+            self._echo = hide_control_echo(self._fd) if self._fd >= 0 else None
+            self.bar = self._new_bar(name, total, 0)
+        except BaseException:
+            self.close()
+            raise
 
     def _new_bar(self, desc: str, total: int | None, position: int, initial: int = 0) -> Any:
         return self._tqdm(

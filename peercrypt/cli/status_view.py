@@ -20,7 +20,7 @@ def show(reply: StatusReply, as_json: bool) -> None:
     """Print ``reply`` on stdout. The fingerprint is the one the node
     reports: it loaded this data dir's identity (no key is made here)."""
     if as_json:
-        facts = {key: typed(value) for key, value in reply.node.items()}
+        facts = {key: typed(value, key) for key, value in reply.node.items()}
         lines = [json.dumps({"running": True, **facts, "counters": reply.counters})]
     else:
         fp = reply.node.get("fingerprint", "")
@@ -36,15 +36,17 @@ def show(reply: StatusReply, as_json: bool) -> None:
 
 
 _YES_NO = {"yes": True, "no": False}
+YES_NO_FACTS = frozenset({"listening"})  # the node's facts that are a yes or a no
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 
 
-def typed(fact: str) -> Any:
+def typed(fact: str, key: str = "") -> Any:
     """A node's fact (text on the wire) as ``status --json`` gives it: a
     number as a number, a list or map the node wrote as JSON as itself, the
     rest as text (``"pid": 4242``, ``"flows": [...]``, ``"mode": "aimd"``);
-    a yes or no as true or false (``"listening": true``)."""
-    if fact in _YES_NO:
+    a yes-or-no fact's yes or no as true or false (``"listening": true``;
+    not any text: a host named ``no`` stays one)."""
+    if key in YES_NO_FACTS and fact in _YES_NO:
         return _YES_NO[fact]
     number = _NUMBER.fullmatch(fact)
     if number:
