@@ -65,6 +65,7 @@ from peercrypt.wire.network_messages import (
     LocalPort,
     MemberGone,
     MemberUpdate,
+    Proven,
     Scores,
     pack_digest_entry,
     unpack_digest_entry,
@@ -76,6 +77,7 @@ PUSH_RECENT = 4  # records pushed unasked in each exchange (ours first)
 RECORD_BUDGET = 32 * 1024  # bytes of records in one message
 MAX_JOINS = 16
 REJOIN_AT_ONCE = 4  # members last seen alive joined through at a time (members_file)
+REMEMBER_MAX = 32  # members kept for that at most
 # Exchanges not yet answered on one member's link that count: a reply beyond
 # them is dropped unread (a peer that never answers leaves no more owed).
 MAX_ASKED = 4
@@ -144,6 +146,7 @@ class DiscoveryActor(Actor):
         self.joins: dict[int, Join] = {}
         self.waiting: list[JoinRequest] = []  # joins asked before the port is known
         self.scores: dict[bytes, float] = {}
+        self.proven: frozenset[bytes] = frozenset()  # answered at their address (health)
         self.rng = random.Random()
         self.round_timer: Timer | None = None
         self.next_join = -1  # ids of internal joins (seeds, reconnects) are negative
@@ -230,6 +233,8 @@ class DiscoveryActor(Actor):
             self._on_verdict(msg)
         elif isinstance(msg, Scores):
             self.scores = dict(zip(msg.node_ids, msg.values, strict=False))
+        elif isinstance(msg, Proven):
+            self.proven = frozenset(msg.node_ids)
         elif isinstance(msg, JoinRequest):
             requester = "control" if msg.request > 0 else None
             if self.table is None:
@@ -314,11 +319,16 @@ class DiscoveryActor(Actor):
         self._facts()
 
     def _remember(self) -> None:
-        """Keep the members alive now in the data dir (members_file.Keeper:
-        when they changed, never none, at most every second)."""
+        """Keep the members alive now that health proved at their address
+        (a record alone is a claim: a member may sign records of any
+        address), the REMEMBER_MAX of them it scores best, in the data dir
+        (members_file.Keeper: when they changed, never none, at most every
+        second)."""
         assert self.table is not None
+        proven = [n for n in self.table.peers((MemberState.ALIVE,)) if n in self.proven]
+        best = sorted(proven, key=lambda n: (-self.scores.get(n, DEFAULT_PRIOR), n))
         alive = []
-        for node_id in self.table.peers((MemberState.ALIVE,)):
+        for node_id in best[:REMEMBER_MAX]:
             try:  # (a record's address that does not parse is not dialled)
                 alive.append(join_host_port(*split_host_port(endpoint_key(self._url_of(node_id)))))
             except ValueError:

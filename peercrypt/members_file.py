@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 from peercrypt.core.address import split_host_port, visible_ascii
@@ -29,12 +30,23 @@ MAX_BYTES = 64 * 1024  # read no more: 256 lines of a long host name each fit
 
 
 def read(data_dir: Path) -> list[tuple[str, int]]:
-    """The addresses kept (none: no file, or one that cannot be read)."""
+    """The addresses kept (none: no file, or one that cannot be read, or
+    that is no regular file: a FIFO there hung the node's start, a symbolic
+    link is not followed)."""
     try:
-        with open(data_dir / FILE_NAME, "rb") as f:
-            data = f.read(MAX_BYTES)
+        fd = os.open(
+            data_dir / FILE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        )
     except OSError:
         return []
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []
+        data = os.read(fd, MAX_BYTES)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
     found: list[tuple[str, int]] = []
     for line in data.decode("ascii", "replace").splitlines()[:MAX_LINES]:
         if not visible_ascii(line):  # (a host name is ASCII: IDNA spells the rest so)
@@ -53,11 +65,20 @@ def write(data_dir: Path, addresses: list[str]) -> None:
     Raises OSError (the caller logs it: a full disk costs the rejoin only)."""
     path = data_dir / FILE_NAME
     tmp = path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
-    text = "".join(f"{a}\n" for a in addresses[:MAX_LINES])
+    data = memoryview("".join(f"{a}\n" for a in addresses[:MAX_LINES]).encode())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # (one left by a crash of this pid's namesake: never followed)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+        try:
+            # (no fsync: discovery's thread writes it, and a disk that stalls
+            # must not stall gossip; a crash costs at most the newest set)
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):

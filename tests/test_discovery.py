@@ -7,6 +7,7 @@ stays fast; every wait is a bounded poll of the nodes' own state.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import json
 import os
 import socket
@@ -533,6 +534,47 @@ def _seed_and_two(node_factory: Callable[..., NodeProcess]) -> list[NodeProcess]
     return trio
 
 
+def test_records_a_member_signs_for_addresses_nothing_answers_at_are_not_kept(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """A member (the network key, a fresh identity) gossips records of fresh
+    identities at addresses where none of them answers, signed alive again
+    and again: the node holds them (a record is a claim) but keeps only the
+    member its health proved at its address for the rejoin after a restart.
+    It kept every record alive, and would have dialled the member's
+    addresses at its next start instead of the network's."""
+    fast = ("--gossip-interval", "0.2", "--health-check-interval", "0.3")
+    node = node_factory(*fast)
+    boot = ("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(node.port))
+    honest = node_factory(*fast, *boot)
+    path = node.data_dir / members_file.FILE_NAME
+    kept = [f"127.0.0.1:{honest.port}"]
+    wait_until(lambda: path.exists() and path.read_text().split() == kept, 30, "the honest kept")
+    me = KeyPair.from_seed(os.urandom(32))
+    keys = [SigningKey(os.urandom(32)) for _ in range(24)]
+    urls = [f"tcp://127.0.1.{2 + i}:{40000 + i}" for i in range(len(keys))]
+    ctx, sock = _gossip_client(network_key, me)
+    try:
+        sock.connect(f"tcp://{node.host}:{node.port}")
+        rounds = node.counters().get("discovery.rounds", 0)
+        for incarnation in itertools.count(1):  # alive again at every round, for 15 rounds
+            merged = node.counters().get("discovery.records-merged", 0)
+            records = [
+                MemberRecord.create(k, bytes(k.verify_key), incarnation, MemberState.ALIVE,
+                                    {"control": u}).to_wire()
+                for k, u in zip(keys, urls, strict=True)
+            ]  # fmt: skip
+            sock.send(codec.encode(Gossip(origin=me.node_id, records=records, digest=[])))
+            node.wait_for_counter("discovery.records-merged", merged + len(keys), timeout=30)
+            node.wait_for_counter("discovery.rounds", rounds + incarnation, timeout=30)
+            if incarnation == 15:
+                break
+    finally:
+        sock.close()
+        ctx.term()
+    assert path.read_text().split() == kept
+
+
 def test_a_seed_restarted_on_its_port_without_a_bootstrap_is_alive_everywhere_again(
     node_factory: Callable[..., NodeProcess],
 ) -> None:
@@ -550,7 +592,7 @@ def test_a_seed_restarted_on_its_port_without_a_bootstrap_is_alive_everywhere_ag
         return all(peer_table(n).get(seed.fingerprint, {}).get("state") == "dead" for n in trio[1:])
 
     wait_until(seed_dead, 60, "the others to mark the killed seed dead")
-    (seed.data_dir / members_file.FILE_NAME).unlink()  # it knows no one (rejoin: below)
+    (seed.data_dir / members_file.FILE_NAME).unlink(missing_ok=True)  # it knows no one
     seed.start()
     assert seed.port == port
     wait_until(lambda: knows_all(trio), 60, "the restarted seed alive everywhere, knowing them")

@@ -48,6 +48,28 @@ def test_a_spoiled_file_costs_only_its_spoiled_lines(tmp_path: Path) -> None:
     assert members_file.read(tmp_path) == []
 
 
+def test_a_fifo_or_a_link_in_its_place_is_not_read_and_a_planted_temp_not_followed(
+    tmp_path: Path,
+) -> None:
+    """A FIFO named `members` hung the node's start (its discovery actor
+    blocked opening it); a symbolic link there, or at the temporary name
+    the file is written under, is not followed."""
+    path = tmp_path / members_file.FILE_NAME
+    os.mkfifo(path)
+    assert members_file.read(tmp_path) == []  # (at once: not opened for a writer to come)
+    path.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("10.0.0.5:7400\n")
+    path.symlink_to(elsewhere)
+    assert members_file.read(tmp_path) == []
+    path.unlink()
+    planted = tmp_path / f".{members_file.FILE_NAME}.{os.getpid()}.tmp"
+    planted.symlink_to(elsewhere)
+    members_file.write(tmp_path, ["10.0.0.6:7400"])
+    assert elsewhere.read_text() == "10.0.0.5:7400\n"  # not written through the link
+    assert members_file.read(tmp_path) == [("10.0.0.6", 7400)]
+
+
 def test_a_file_that_cannot_be_written_is_said_and_leaves_no_temp(tmp_path: Path) -> None:
     (tmp_path / members_file.FILE_NAME).mkdir()  # os.replace cannot put a file there
     with pytest.raises(OSError):

@@ -132,6 +132,19 @@ class Scores(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class Proven(Message):
+    """Health -> discovery, when it changes: the members whose identity
+    answered at their record's address (a record alone is a claim).
+    Discovery keeps only these for the rejoin after a restart
+    (peercrypt/members_file.py). A message of its own, not a field of
+    Scores: an attached actor of the build before drops it as unknown."""
+
+    TYPE = "proven"
+    node_ids: list[bytes] = field(metadata=bounded(MAX_PEERS_LISTED))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class TransferOutcome(Message):
     """Control -> health: how a send to HOST:PORT ended."""
 
