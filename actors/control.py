@@ -294,6 +294,10 @@ class ControlActor(Actor):
             "admission": "open" if s.open_network else ("allow-list" if s.allow else "network-key"),
             "host": s.host,
             "listening": "yes" if s.port is not None else "no",
+            # The settings in effect that no actor reports (the old tool's
+            # `status` showed them: `config show` tells what a node would start with).
+            "max_retries": str(s.max_retries),
+            "connection_timeout": f"{s.connect_timeout:g}",
         }
         counters: dict[str, int] = {}
         for actor, announce in sorted(self.announced.items()):

@@ -177,7 +177,8 @@ class DiscoveryActor(Actor):
         self._schedule_round()
         for host, seed_port in s.bootstrap:
             self._join(JoinRequest(request=self._internal_id(), host=host, port=seed_port), None)
-        self._rejoin()
+        if self.enabled:  # (--no-gossip: no discovery at the start; `gossip on` rejoins alone)
+            self._rejoin()
         for req in self.waiting:
             self._join(req, "control")
         self.waiting.clear()

@@ -113,6 +113,7 @@ class SchedulerActor(Actor):
 
     def _publish(self) -> None:
         self.facts["mode"] = self.defaults.mode
+        self.facts["parallel_threads"] = str(self.defaults.lanes)
         self.facts["max_rate"] = str(int(self.planner.node_rate))
         self.facts["aimd"] = (
             f"w={self.defaults.window_kb} min={self.defaults.min_window_kb} "

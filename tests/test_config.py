@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 
 from peercrypt import config, config_sources, errors
-from peercrypt.testing.nodes import CliResult, NodeProcess, assert_sent, cli_env, run_cli
+from peercrypt.testing.nodes import (
+    CliResult,
+    NodeProcess,
+    assert_sent,
+    cli_env,
+    run_cli,
+    wait_until,
+)
 
 
 def _resolve(
@@ -406,6 +413,29 @@ def test_a_node_cap_too_low_for_any_send_is_refused_naming_where_it_was_set(
     result = run_cli(*args, data_dir=data_dir, cwd=tmp_path, timeout=30)
     _assert_one_error(result, errors.USAGE, "max_rate (config file ", "1 is too low")
     assert not (data_dir / "control.json").exists()
+
+
+def test_status_shows_the_settings_the_running_node_took(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """The old tool's `status` showed the mode and configuration in effect:
+    a node started with the old variables says them (`config show` tells
+    what a node would start with here, not what the running one took)."""
+    env = {"MAX_RETRIES": "5", "CONNECTION_TIMEOUT": "4.5", "PARALLEL_THREADS": "8"}
+    node = node_factory(env={**env, "DEFAULT_MODE": "aimd"})
+    facts = wait_until(lambda: _facts_with(node, "parallel_threads"), 30, "the facts")
+    assert {k: facts[k] for k in ("mode", "max_retries", "connection_timeout")} == {
+        "mode": "aimd", "max_retries": 5, "connection_timeout": 4.5
+    }  # fmt: skip
+    assert facts["parallel_threads"] == 8
+    text = node.cli("status").stdout
+    assert "  max_retries: 5\n" in text and "  parallel_threads: 8\n" in text, text
+
+
+def _facts_with(node: NodeProcess, key: str) -> dict[str, Any] | None:
+    shown = node.cli("status", "--json")
+    facts: dict[str, Any] = json.loads(shown.stdout) if shown.returncode == 0 else {}
+    return facts if key in facts else None
 
 
 def test_config_init_writes_a_file_that_config_show_reads(tmp_path: Path) -> None:

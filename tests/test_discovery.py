@@ -618,6 +618,13 @@ def test_a_seed_stopped_and_started_again_rejoins_through_the_members_it_last_sa
         return all(seed.fingerprint not in peer_table(n) for n in trio[1:])
 
     wait_until(seed_left, 30, "the others to hold the stopped seed left")
+    # Started with --no-gossip: no discovery at its start (the old tool's flag).
+    seed.extra_args = (*seed.extra_args, "--no-gossip")
+    seed.start()
+    wait_until(lambda: _with(seed.status(), "advertise"), 30, "the seed's table")
+    assert seed.counters().get("discovery.join-attempts", 0) == 0
+    assert seed.stop() == 0
+    seed.extra_args = seed.extra_args[:-1]
     seed.start()
     assert seed.port == port
     wait_until(lambda: knows_all(trio), 60, "the restarted seed alive everywhere, knowing them")

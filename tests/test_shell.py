@@ -273,7 +273,8 @@ def test_incoming_transfers_are_announced_and_receive_waits_for_one(
     assert peer.send(second, "127.0.0.1", port, "-r", "512K")[0] == 0  # ~2 s: seen coming
     # `receive` tells it and its progress itself (it used to run with no
     # progress, the prompt's toolbar not shown meanwhile), then its result once.
-    pty.expect(f"incoming {re.escape(second.name)} \\(1.0 MiB; `peercrypt cancel in\\d+`")
+    # (the shell's own command, not `peercrypt cancel`: no command at its prompt)
+    pty.expect(f"incoming {re.escape(second.name)} \\(1.0 MiB; `cancel in\\d+`")
     pty.expect(f"received {re.escape(second.name)} \\(1048576 bytes\\) as .*, verified")
     pty.expect(PROMPT_RE)
     stored = data_dir / "inbox" / second.name

@@ -40,8 +40,13 @@ class Inbound:
         return int(self.last.get("seq", 0))
 
 
+# How a line names a command in the hints: a shell sets "" (its prompt takes
+# `cancel in4`; `peercrypt cancel in4` there is no command).
+COMMAND = "peercrypt "
+
+
 def _cancel_hint(ident: str) -> str:
-    return f"`peercrypt cancel {ident}` stops it" if ident else "receiving"
+    return f"`{COMMAND}cancel {ident}` stops it" if ident else "receiving"
 
 
 def inbound(facts: dict[str, str]) -> Inbound:

@@ -266,7 +266,8 @@ def paced_timeout(timeout: float, rate: int | None, files: tuple[Path, ...]) -> 
     ``paced_chunk_seconds``), so the old tool's example ``-b 1024 -r 512``
     (a 4 KiB chunk in 8 s) was refused with the default 10 s. Up to the
     receiver's idle limit: a rate slower than that is refused as before,
-    naming the rate to use."""
+    naming the rate to use, the lowest that this default takes (it named the
+    lowest for 10 s, "use -r 820", where -r 274 went)."""
     if not rate or rate <= 0:
         return timeout
     try:  # (a folder: a chunk at least, its files' sizes are the walk's)
@@ -275,8 +276,10 @@ def paced_timeout(timeout: float, rate: int | None, files: tuple[Path, ...]) -> 
         return timeout
     smallest = min(MIN_CHUNK, max(1, size))
     moves = smallest / rate  # seconds for the smallest chunk at that rate
-    if moves <= timeout * PACED_CHUNK_SHARE or moves > RECEIVER_IDLE * PACED_CHUNK_SHARE:
+    if moves <= timeout * PACED_CHUNK_SHARE:
         return timeout
+    if moves > RECEIVER_IDLE * PACED_CHUNK_SHARE:
+        return max(timeout, RECEIVER_IDLE)  # (refused: the rate named is this one's)
     return min(RECEIVER_IDLE, max(timeout, float(math.ceil(moves / PACED_CHUNK_SHARE * 1.05))))
 
 

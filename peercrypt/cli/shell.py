@@ -164,6 +164,9 @@ class Shell:
     """One prompt on one node (the data dir's)."""
 
     def __init__(self, group: click.Group, obj: dict[str, Any], *, owns_node: bool) -> None:
+        from peercrypt.cli import receive
+
+        receive.COMMAND = ""  # its hints name the shell's commands (`cancel in4`)
         self.group = group
         self.obj = obj
         self.data_dir: Path = obj["data_dir"]
