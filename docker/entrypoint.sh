@@ -11,6 +11,9 @@
 #                               the replicas of one service share one named
 #                               volume, each in its own directory.
 #
+# The old tool's `docker run ... peercrypt python src/cli.py OPTIONS` is
+# `peercrypt start OPTIONS` (a node and a prompt on it, as that was).
+#
 # Everything else is read by peercrypt itself (see README, "Containers").
 # `exec` leaves no shell behind: SIGTERM reaches the node, which stops
 # cleanly and exits 0.
@@ -24,6 +27,10 @@ if [ -n "${PEERCRYPT_NETWORK_KEY_FILE:-}" ] && [ -z "${PEERCRYPT_NETWORK_KEY:-}"
     export PEERCRYPT_NETWORK_KEY
 fi
 unset PEERCRYPT_NETWORK_KEY_FILE
+if [ "${1:-}" = python ] && [ "${2:-}" = src/cli.py ]; then
+    shift 2
+    set -- start "$@"
+fi
 if [ "${1:-}" = node ] && [ -n "${PEERCRYPT_INBOX_ROOT:-}" ]; then
     shift
     set -- node --inbox "$PEERCRYPT_INBOX_ROOT/${HOSTNAME:-$(hostname)}" "$@"

@@ -463,6 +463,18 @@ def test_entrypoint_runs_a_node_that_stops_cleanly_on_sigterm(
     assert health.returncode == 1  # unhealthy once stopped
 
 
+def test_entrypoint_takes_the_old_tools_command_line(container_env: dict[str, str]) -> None:
+    """`docker run -it peercrypt python src/cli.py --mode aimd` (the old
+    README's line) runs `peercrypt start --mode aimd`; it said "no such
+    command 'python'"."""
+    result = subprocess.run(
+        [str(ENTRYPOINT), "python", "src/cli.py", "--mode", "aimd", "--help"],
+        env=container_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Usage: peercrypt start "), result.stdout
+
+
 def test_entrypoint_without_a_readable_key_file_is_one_error(
     container_env: dict[str, str], tmp_path: Path
 ) -> None:
