@@ -399,7 +399,7 @@ def test_no_gossip_env_and_option_errors(
     assert facts["gossip_interval"] == "0.7"
     assert facts["health_interval"] == "0.4"
     for args, words in [
-        (("gossip", "sometimes"), "unknown gossip action"),
+        (("gossip", "sometimes"), "gossip action 'sometimes': use on, off, N or interval N"),
         (("gossip", "interval"), "needs seconds"),
         (("gossip", "interval", "0"), "within 0.01..3600"),
         (("gossip", "on", "5"), "takes no value"),

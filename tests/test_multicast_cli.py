@@ -26,7 +26,7 @@ def _one_error_line(stderr: str, text: str) -> None:
 @pytest.mark.parametrize(
     ("extra", "text"),
     [
-        (["-dual"], "-dual needs exactly two different targets (got 1)"),
+        (["-dual"], "-dual needs exactly two different targets (got 1: give the second with --to"),
         (["-dual", "--to", "h:1", "--to", "h:2"], "-dual needs exactly two"),
         (["--to", "nonsense"], "invalid target 'nonsense'"),
         (["-m", "--to", "h:99999"], "invalid target"),

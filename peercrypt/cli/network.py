@@ -291,13 +291,15 @@ def _gossip_args(action: str | None, value: str | None) -> tuple[str, float]:
         raise UserError("`gossip interval` needs seconds, e.g. `gossip interval 2`", errors.USAGE)
     if word != "interval" and value is not None:
         raise UserError(
-            f"unknown gossip action {action!r}: use on, off or interval N", errors.USAGE
+            f"unknown gossip action {action!r}: use on, off, N or interval N (seconds)",
+            errors.USAGE,
         )
     try:
         seconds = float(text or "")
     except ValueError:
         raise UserError(
-            f"unknown gossip action {action!r}: use on, off or interval N", errors.USAGE
+            f"unknown gossip action {action!r}: use on, off, N or interval N (seconds)",
+            errors.USAGE,
         ) from None
     if not 0.01 <= seconds <= 3600:
         raise UserError(
