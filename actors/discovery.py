@@ -77,7 +77,7 @@ PUSH_RECENT = 4  # records pushed unasked in each exchange (ours first)
 RECORD_BUDGET = 32 * 1024  # bytes of records in one message
 MAX_JOINS = 16
 REJOIN_AT_ONCE = 4  # members last seen alive joined through at a time (members_file)
-REMEMBER_MAX = 32  # members kept for that at most
+REMEMBER_MAX = 32  # members kept for that at most (the best scored)
 # Exchanges not yet answered on one member's link that count: a reply beyond
 # them is dropped unread (a peer that never answers leaves no more owed).
 MAX_ASKED = 4
@@ -146,7 +146,8 @@ class DiscoveryActor(Actor):
         self.joins: dict[int, Join] = {}
         self.waiting: list[JoinRequest] = []  # joins asked before the port is known
         self.scores: dict[bytes, float] = {}
-        self.proven: frozenset[bytes] = frozenset()  # answered at their address (health)
+        # Members that answered at an address (health's Proven), and where.
+        self.proven: dict[bytes, str] = {}
         self.rng = random.Random()
         self.round_timer: Timer | None = None
         self.next_join = -1  # ids of internal joins (seeds, reconnects) are negative
@@ -235,7 +236,8 @@ class DiscoveryActor(Actor):
         elif isinstance(msg, Scores):
             self.scores = dict(zip(msg.node_ids, msg.values, strict=False))
         elif isinstance(msg, Proven):
-            self.proven = frozenset(msg.node_ids)
+            urls = [endpoint_key(url) for url in msg.urls]
+            self.proven = dict(zip(msg.node_ids, urls, strict=False))
         elif isinstance(msg, JoinRequest):
             requester = "control" if msg.request > 0 else None
             if self.table is None:
@@ -326,15 +328,9 @@ class DiscoveryActor(Actor):
         (members_file.Keeper: when they changed, never none, at most every
         second)."""
         assert self.table is not None
-        proven = [n for n in self.table.peers((MemberState.ALIVE,)) if n in self.proven]
-        best = sorted(proven, key=lambda n: (-self.scores.get(n, DEFAULT_PRIOR), n))
-        alive = []
-        for node_id in best[:REMEMBER_MAX]:
-            try:  # (a record's address that does not parse is not dialled)
-                alive.append(join_host_port(*split_host_port(endpoint_key(self._url_of(node_id)))))
-            except ValueError:
-                continue
-        kept = self.keeper.update(alive, self.now())
+        alive = [(n, self._url_of(n)) for n in self.table.peers((MemberState.ALIVE,))]
+        chosen = members_file.choose(alive, self.proven, self.scores, REMEMBER_MAX, DEFAULT_PRIOR)
+        kept = self.keeper.update(chosen, self.now())
         if kept is None:
             return
         self.remembered = [split_host_port(a) for a in kept]

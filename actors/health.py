@@ -215,7 +215,6 @@ class HealthActor(Actor):
         self.probes: dict[str, Probe] = {}
         self.seq = itertools.count(1)
         self.rng = random.Random()
-        self.told_proven: list[bytes] = []  # the last Proven told discovery
 
     def setup(self) -> None:
         self.call_every(self.interval, self._round)
@@ -410,10 +409,9 @@ class HealthActor(Actor):
                 "discovery",
                 Scores(node_ids=ids, values=[self.members[i].score.value for i in ids]),
             )
-        proven = [i for i in ids if self.members[i].proven]
-        if proven != self.told_proven:
-            self.told_proven = proven
-            self.tell("discovery", Proven(node_ids=proven))
+            proven = [i for i in ids if self.members[i].proven]
+            urls = [self.members[i].url for i in proven]
+            self.tell("discovery", Proven(node_ids=proven, urls=urls))
 
     def _probe(self, m: Member, now: float) -> None:
         probe = self._attach(m)

@@ -21,7 +21,7 @@ import os
 import stat
 from pathlib import Path
 
-from peercrypt.core.address import split_host_port, visible_ascii
+from peercrypt.core.address import endpoint_key, join_host_port, split_host_port, visible_ascii
 
 FILE_NAME = "members"
 KEEP_EVERY = 1.0  # seconds between two writes at most (a churning membership)
@@ -84,6 +84,35 @@ def write(data_dir: Path, addresses: list[str]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def choose(
+    alive: list[tuple[bytes, str]],
+    proven: dict[bytes, str],
+    scores: dict[bytes, float],
+    most: int,
+    prior: float,
+) -> list[str]:
+    """The ``HOST:PORT`` of each member alive (``(id, record's url)``)
+    whose record names the address its health proved it at (``proven``: id
+    -> endpoint_key of that address: a record alone is a claim, and a
+    member proven at one address may sign a record of another), the
+    ``most`` best scored (``scores``, ``prior`` for one not scored yet)."""
+    kept = [
+        (node_id, endpoint_key(url))
+        for node_id, url in alive
+        if node_id in proven and proven[node_id] == endpoint_key(url)
+    ]
+    kept.sort(key=lambda item: (-scores.get(item[0], prior), item[0]))
+    out: list[str] = []
+    for _node_id, key in kept:
+        if len(out) == most:
+            break
+        try:  # (an address that does not parse is not dialled)
+            out.append(join_host_port(*split_host_port(key)))
+        except ValueError:
+            continue
+    return out
 
 
 class Keeper:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,36 @@ def test_from_one_signal_raised_the_next_are_held_until_it_is_dealt_with() -> No
     assert isinstance(held.held, KeyboardInterrupt)
 
 
+def test_a_signal_as_the_handlers_go_in_leaves_none_of_them_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C just as SIGINT's handler went in: the handlers go back.
+    Raised before the context's try, it left that handler in, its hold on,
+    and every later signal was held (Ctrl-C stopped nothing more in a
+    shell). One left in anyway raises as the default once its context is
+    over."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    real, fired = signal.signal, []
+
+    def ctrl_c_once_in(signum: int, handler: Any) -> Any:
+        old = real(signum, handler)
+        if signum == signal.SIGINT and not fired and handler is not before[signal.SIGINT]:
+            fired.append(signum)
+            os.kill(os.getpid(), signal.SIGINT)  # (handled before os.kill returns)
+        return old
+
+    monkeypatch.setattr(signal, "signal", ctrl_c_once_in)
+    with pytest.raises(KeyboardInterrupt), ending_signals_cancel(Client()):  # type: ignore[arg-type]
+        raise AssertionError("the body ran: the Ctrl-C did not come as the handler went in")
+    monkeypatch.undo()
+    assert fired and {s: signal.getsignal(s) for s in before} == before
+    left = Interrupts(Client())  # type: ignore[arg-type]
+    left.active = False  # (its context over)
+    left.result_in_hand = True
+    with pytest.raises(KeyboardInterrupt):
+        left.on_signal(signal.SIGINT, None)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_as_the_result_came_is_kept_and_the_handlers_are_back(signum: int) -> None:
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
@@ -120,11 +151,11 @@ def test_what_a_late_signal_does_to_the_result() -> None:
 def test_a_kill_outranks_a_ctrl_c_in_how_the_command_ends() -> None:
     """Ctrl-C, then SIGTERM as the cancel was waited for: exit 143, which
     ends a shell too (it said 130 and the shell went on)."""
-    from peercrypt.cli.follow import _stronger, killed
+    from peercrypt.cli.follow import killed, stronger
 
     ctrl_c, term = KeyboardInterrupt(), Ended(signal.SIGTERM)
-    assert _stronger(ctrl_c, term) is term and _stronger(term, ctrl_c) is term
-    assert _stronger(ctrl_c, KeyboardInterrupt()) is ctrl_c
+    assert stronger(ctrl_c, term) is term and stronger(term, ctrl_c) is term
+    assert stronger(ctrl_c, KeyboardInterrupt()) is ctrl_c
     interrupts = Interrupts(None)
     cancelled = CommandError("interrupted; the transfer was cancelled", 130)
     assert killed(cancelled, interrupts) is cancelled

@@ -115,6 +115,45 @@ def test_the_keeper_never_writes_twice_within_its_interval_and_ends_on_the_last_
         last = alive or last
     assert all(b - a >= 1.0 for a, b in itertools.pairwise(writes))
     if last:  # a second on, the last set alive is the one kept
-        now += 1.0
+        now += 1.001  # (1.0 on: 0.2 + 1.0 - 0.2 < 1.0 in floats)
         keeper.update([f"{a}:1" for a in last], now)
         assert keeper.kept == sorted(f"{a}:1" for a in last)
+
+
+def test_only_members_proven_at_the_address_their_record_names_are_chosen() -> None:
+    """A record alone is a claim: a member kept must have answered at the
+    address its record names now (one proven at its own port that signs a
+    record of another address is not kept there); the best scored first,
+    `most` of them."""
+    a, b, c, d = b"a" * 32, b"b" * 32, b"c" * 32, b"d" * 32
+    alive = [
+        (a, "tcp://10.0.0.1:7400"),
+        (b, "tcp://10.0.0.2:7400"),  # proven, its record moved since: not kept
+        (c, "tcp://10.0.0.3:07400"),  # (spelt otherwise: the same endpoint)
+        (d, "tcp://10.0.0.4:7400"),  # never proven (a fresh identity's record)
+    ]
+    proven = {a: "10.0.0.1:7400", b: "10.0.0.9:7400", c: "10.0.0.3:7400"}
+    scores = {a: 0.2, c: 0.9}
+    assert members_file.choose(alive, proven, scores, 32, 0.5) == [
+        "10.0.0.3:7400",
+        "10.0.0.1:7400",
+    ]
+    assert members_file.choose(alive, proven, scores, 1, 0.5) == ["10.0.0.3:7400"]
+    assert members_file.choose(alive, {}, scores, 32, 0.5) == []
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 3)), max_size=20),
+       st.dictionaries(st.integers(0, 9), st.integers(0, 3)), st.integers(0, 5))  # fmt: skip
+def test_what_is_chosen_is_proven_alive_and_bounded(
+    alive: list[tuple[int, int]], proven: dict[int, int], most: int
+) -> None:
+    def url(port: int) -> str:
+        return f"tcp://10.0.0.1:{7400 + port}"
+
+    members = [(bytes([n]) * 32, url(p)) for n, p in alive]
+    told = {bytes([n]) * 32: f"10.0.0.1:{7400 + p}" for n, p in proven.items()}
+    chosen = members_file.choose(members, told, {}, most, 0.5)
+    assert len(chosen) <= most
+    for address in chosen:
+        assert any(told.get(node) == address == url_.removeprefix("tcp://")
+                   for node, url_ in members)  # fmt: skip

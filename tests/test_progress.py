@@ -428,6 +428,49 @@ def test_ctrl_c_as_the_fast_path_takes_its_first_reply_cancels_the_send(
     _cancelled_and_gone(sender, receiver, source)
 
 
+def test_a_second_ctrl_c_as_the_fast_path_cancels_does_not_stop_the_cancel(
+    trio: list[NodeProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``send``'s fast path: a Ctrl-C while it waits for the node's first
+    reply, a second just as it tells the node to cancel: the cancel goes
+    (it went after the handlers were put back, and the second stopped it:
+    "interrupted", the node sending on)."""
+    from peercrypt.cli import fast
+
+    sender, receiver, _ = trio
+    source = random_file(tmp_path / "fast-second.bin", 8 * MiB)
+    receive, send = ControlClient.receive, ControlClient.send
+
+    def ctrl_c_while_waiting(client: ControlClient, timeout: float) -> Message:
+        client.sock.waiting = True  # (as in its poll: raised at once)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        finally:
+            client.sock.waiting = False
+        return receive(client, timeout)
+
+    def ctrl_c_as_the_cancel_goes(client: ControlClient, msg: Message) -> None:
+        if type(msg).__name__ == "CancelRequest":
+            os.kill(os.getpid(), signal.SIGINT)
+        send(client, msg)
+
+    monkeypatch.setattr(ControlClient, "receive", ctrl_c_while_waiting)
+    monkeypatch.setattr(ControlClient, "send", ctrl_c_as_the_cancel_goes)
+    line = [str(source), receiver.host, str(receiver.port), "--no-progress"]
+    assert sender.cli("max-rate", "1M").returncode == 0  # 8 s: cancelled long before
+    try:
+        code = fast.run(["--data-dir", str(sender.data_dir), "send", *line])
+    finally:
+        monkeypatch.undo()
+        assert sender.cli("max-rate", "0").returncode == 0
+    err = capsys.readouterr().err
+    assert (code, err) == (130, "peercrypt: error: interrupted; the transfer was cancelled\n")
+    _cancelled_and_gone(sender, receiver, source)
+
+
 def test_a_followed_send_is_asked_under_the_handlers(
     trio: list[NodeProcess], tmp_path: Path
 ) -> None:

@@ -230,6 +230,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
         ending_signals_cancel,
         follow,
         killed,
+        stronger,
         with_late,
     )
     from peercrypt.cli.progress import progress_view, wanted
@@ -264,7 +265,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
         )
         result: SendResult | None = None
         first: Message | None = None
-        sent = False  # (known: held as it goes)
+        sent = cancelled = False  # (known: held as each goes)
         try:
             with ending_signals_cancel(client) as interrupts:
                 # Held from here (but while the socket only waits) until follow
@@ -273,7 +274,14 @@ def _send(line: Line, data_dir: Path) -> int | None:
                 interrupts.taking_reply = True
                 client.send(ask)
                 sent = True
-                first = client.receive(FIRST_REPLY)
+                try:
+                    first = client.receive(FIRST_REPLY)
+                except (NodeUnavailable, AnotherRelease, KeyboardInterrupt):
+                    # Under the handlers, a second signal held from the first:
+                    # the cancel goes (put back first, one then stopped it).
+                    client.send(CancelRequest(request=request))  # should it arrive after all
+                    cancelled = True
+                    raise
                 ours = isinstance(first, SendResult) and first.request == request
                 interrupts.result_in_hand = ours
                 if not ours and not isinstance(first, ErrorReply):
@@ -289,7 +297,10 @@ def _send(line: Line, data_dir: Path) -> int | None:
                 text, code = ended_text(exc, unconfirmed="nothing was sent")  # (or refused)
                 _error(text)
                 return code
-            client.send(CancelRequest(request=request))  # should it arrive after all
+            if isinstance(exc, KeyboardInterrupt) and interrupts.late is not None:
+                exc = stronger(exc, interrupts.late)  # (a kill as the cancel went: its end)
+            if not cancelled:
+                client.send(CancelRequest(request=request))
             client.linger = int(FIRST_REPLY * 1000)
             if isinstance(exc, AnotherRelease):  # the click command would not read it either
                 _error(f"{exc} (the transfer was cancelled)")

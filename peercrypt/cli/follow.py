@@ -125,7 +125,7 @@ def follow(
                     client.send(CancelRequest(request=request))
                     interrupts.ended_with()
                 except KeyboardInterrupt as again:
-                    raise Stop(*ended_text(_stronger(exc, again), unconfirmed=NOT_WAITED)) from None
+                    raise Stop(*ended_text(stronger(exc, again), unconfirmed=NOT_WAITED)) from None
                 last: Message | None = None
                 try:
                     last = _await_result(
@@ -135,7 +135,7 @@ def follow(
                 except Unanswered:  # neither the cancel's result nor a verdict came
                     raise Stop(*ended_text(exc, unconfirmed=UNCONFIRMED)) from None
                 except KeyboardInterrupt as again:  # Ctrl-C again (or a kill): not waited for
-                    raise Stop(*ended_text(_stronger(exc, again), unconfirmed=NOT_WAITED)) from None
+                    raise Stop(*ended_text(stronger(exc, again), unconfirmed=NOT_WAITED)) from None
                 except Stop:  # the node stopped (and the send with it), or refused
                     pass
                 if isinstance(last, result_type) and getattr(last, "code", "") == ResultCode.OK:
@@ -172,7 +172,7 @@ def _kept(interrupts: Interrupts) -> Iterator[Interrupts]:
     yield interrupts
 
 
-def _stronger(first: KeyboardInterrupt, then: KeyboardInterrupt) -> KeyboardInterrupt:
+def stronger(first: KeyboardInterrupt, then: KeyboardInterrupt) -> KeyboardInterrupt:
     """Of two signals, the one the command ends by: a kill over a Ctrl-C."""
     return then if isinstance(then, Ended) and not isinstance(first, Ended) else first
 
@@ -242,9 +242,12 @@ class Interrupts:
         self.result_in_hand = False  # (until the handlers are back)
         self.late: KeyboardInterrupt | None = None  # held as the result came
         self.ending = False  # one was raised: the next are held (ended_with)
+        self.active = True  # (until its handlers are put back)
 
     def on_signal(self, signum: int, _frame: object) -> None:
         exc = KeyboardInterrupt() if signum == signal.SIGINT else Ended(signum)
+        if not self.active:
+            raise exc
         waiting = self.client is not None and self.client.waiting
         if self.ending or self.result_in_hand or (self.taking_reply and not waiting):
             if self.held is None or isinstance(exc, Ended):  # (a kill outranks a Ctrl-C)
@@ -292,16 +295,19 @@ def ending_signals_cancel(client: ControlClient | None = None) -> Iterator[Inter
         return
     # Only where the signal would end the command: one ignored (`nohup`)
     # or handled by whoever started it stays so.
-    previous = {
-        sig: signal.signal(sig, interrupts.on_signal)
+    # Each put in inside the try: one that raises as the next goes in finds
+    # the ones in put back (a handler left in, its hold on, held every
+    # signal after: Ctrl-C stopped nothing more in a shell).
+    previous: dict[signal.Signals, Any] = {}
+    try:
         for sig, default in (
             (signal.SIGINT, signal.default_int_handler),
             (signal.SIGTERM, signal.SIG_DFL),
             (signal.SIGHUP, signal.SIG_DFL),
-        )
-        if signal.getsignal(sig) is default
-    }
-    try:
+        ):
+            if signal.getsignal(sig) is default:
+                previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, interrupts.on_signal)
         yield interrupts
     finally:
         try:
@@ -310,9 +316,10 @@ def ending_signals_cancel(client: ControlClient | None = None) -> Iterator[Inter
             # SIGINT's last: until then every signal is held here (none
             # raises between two restores), and a Ctrl-C after it meets
             # handlers all put back.
-            for sig in sorted(previous, key=lambda sig: sig == signal.SIGINT):
-                signal.signal(sig, previous[sig])
+            for signum in sorted(previous, key=lambda signum: signum == signal.SIGINT):
+                signal.signal(signum, previous[signum])
             interrupts.late, interrupts.held = interrupts.held, None
+            interrupts.active = False  # (were it left in anyway: it raises as the default)
 
 
 def _await_result(

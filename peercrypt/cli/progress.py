@@ -11,6 +11,7 @@ drawn (its import is a tenth of a 1 KiB send).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import termios
@@ -81,9 +82,11 @@ def bar_size() -> dict[str, Any]:
     return {"ncols": size.columns or 80, "nrows": size.lines or 24}
 
 
-def hide_control_echo(fd: int) -> list[Any] | None:
+def hide_control_echo(fd: int, keep: Any) -> None:
     """Stop the terminal at ``fd`` echoing control characters while bars
-    are drawn on it; its settings to restore (None: nothing changed).
+    are drawn on it; its settings to restore go to ``keep`` first (a
+    callable; never called: nothing changed), so that a Ctrl-C as they
+    change loses none.
 
     Its ``^C`` at a Ctrl-C went after the bar, which fills the line: the
     ``C`` wrapped to the next line, so the bars were cleared one line too
@@ -92,19 +95,17 @@ def hide_control_echo(fd: int) -> list[Any] | None:
     changes it (one in the background would be stopped, SIGTTOU)."""
     try:
         if not os.isatty(fd) or os.tcgetpgrp(fd) != os.getpgrp():
-            return None
+            return
         saved = termios.tcgetattr(fd)
     except (OSError, termios.error):
-        return None
+        return
     if not saved[3] & termios.ECHOCTL:
-        return None
+        return
     quiet = list(saved)
     quiet[3] = saved[3] & ~termios.ECHOCTL
-    try:
+    keep(saved)
+    with contextlib.suppress(OSError, termios.error):  # (restoring then: harmless)
         termios.tcsetattr(fd, termios.TCSANOW, quiet)
-    except (OSError, termios.error):
-        return None
-    return saved
 
 
 def restore_echo(fd: int, saved: list[Any] | None) -> None:
@@ -156,13 +157,17 @@ class ProgressView:
         self.name = name
         self.phase = ""
         self.phase_since = time.monotonic()
-        _open_views.append(self)  # (before the echo goes: see _restore_at_exit)
         try:  # (a Ctrl-C as it is made: closed, the echo back; a shell goes on)
-            self._echo = hide_control_echo(self._fd) if self._fd >= 0 else None
+            _open_views.append(self)  # (before the echo goes: see _restore_at_exit)
+            if self._fd >= 0:
+                hide_control_echo(self._fd, self._keep_echo)
             self.bar = self._new_bar(name, total, 0)
         except BaseException:
             self.close()
             raise
+
+    def _keep_echo(self, saved: list[Any]) -> None:
+        self._echo = saved
 
     def _new_bar(self, desc: str, total: int | None, position: int, initial: int = 0) -> Any:
         return self._tqdm(

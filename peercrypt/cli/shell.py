@@ -164,9 +164,6 @@ class Shell:
     """One prompt on one node (the data dir's)."""
 
     def __init__(self, group: click.Group, obj: dict[str, Any], *, owns_node: bool) -> None:
-        from peercrypt.cli import receive
-
-        receive.COMMAND = ""  # its hints name the shell's commands (`cancel in4`)
         self.group = group
         self.obj = obj
         self.data_dir: Path = obj["data_dir"]
@@ -574,9 +571,15 @@ class Shell:
 
     def run(self) -> int:
         """Run until quit, Ctrl-D or the end of stdin; the exit code."""
-        if not self.interactive:
-            return self._run_script(sys.stdin)
-        return self._run_prompt()
+        from peercrypt.cli import receive
+
+        named, receive.COMMAND = receive.COMMAND, ""  # hints name its commands (`cancel in4`)
+        try:
+            if not self.interactive:
+                return self._run_script(sys.stdin)
+            return self._run_prompt()
+        finally:
+            receive.COMMAND = named
 
     def _run_script(self, lines: Iterable[str]) -> int:
         for line in lines:

@@ -133,14 +133,18 @@ class Scores(Message):
 @message
 @dataclass(frozen=True, kw_only=True)
 class Proven(Message):
-    """Health -> discovery, when it changes: the members whose identity
-    answered at their record's address (a record alone is a claim).
-    Discovery keeps only these for the rejoin after a restart
-    (peercrypt/members_file.py). A message of its own, not a field of
-    Scores: an attached actor of the build before drops it as unknown."""
+    """Health -> discovery, every round (a discovery restarted learns it
+    again): the members whose identity answered at an address, and that
+    address (``urls``, one each: a record alone is a claim, and a member
+    proven at one address may sign a record of another). Discovery keeps
+    only these, where their record still names that address, for the
+    rejoin after a restart (peercrypt/members_file.py). A message of its
+    own, not a field of Scores: an attached actor of the build before
+    drops it as unknown."""
 
     TYPE = "proven"
     node_ids: list[bytes] = field(metadata=bounded(MAX_PEERS_LISTED))
+    urls: list[str] = field(metadata=bounded(MAX_PEERS_LISTED))
 
 
 @message
