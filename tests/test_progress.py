@@ -371,6 +371,19 @@ CANCELLED = re.compile(
 )
 
 
+def _fast_send_paced(sender: NodeProcess, receiver: NodeProcess, source: Path) -> int | None:
+    """``peercrypt send SOURCE`` through send's fast path, here, the node
+    capped at 1 MiB/s meanwhile (an 8 MiB file: cancelled long before)."""
+    from peercrypt.cli import fast
+
+    line = [str(source), receiver.host, str(receiver.port), "--no-progress"]
+    assert sender.cli("max-rate", "1M").returncode == 0
+    try:
+        return fast.run(["--data-dir", str(sender.data_dir), "send", *line])
+    finally:
+        assert sender.cli("max-rate", "0").returncode == 0
+
+
 @pytest.mark.parametrize(
     "when", ["the request goes", "the first reply is read", "the bars are made"]
 )
@@ -388,8 +401,6 @@ def test_ctrl_c_as_the_fast_path_takes_its_first_reply_cancels_the_send(
     outside any handler (the request went before them; the bars were made
     between the first reply's and follow's): the command said
     "interrupted" (exit 130) and the node went on sending for no one."""
-    from peercrypt.cli import fast
-
     sender, receiver, _ = trio
     source = random_file(tmp_path / "fast-ctrl-c.bin", 8 * MiB)
     made, receive, send = progress.progress_view, ControlClient.receive, ControlClient.send
@@ -417,12 +428,7 @@ def test_ctrl_c_as_the_fast_path_takes_its_first_reply_cancels_the_send(
         monkeypatch.setattr(ControlClient, "send", ctrl_c_as_sent)
     else:
         monkeypatch.setattr(ControlClient, "receive", ctrl_c_as_read)
-    line = [str(source), receiver.host, str(receiver.port), "--no-progress"]
-    assert sender.cli("max-rate", "1M").returncode == 0  # 8 s: cancelled long before
-    try:
-        code = fast.run(["--data-dir", str(sender.data_dir), "send", *line])
-    finally:
-        assert sender.cli("max-rate", "0").returncode == 0
+    code = _fast_send_paced(sender, receiver, source)
     err = capsys.readouterr().err
     assert code == 130 and re.fullmatch(f"peercrypt: error: {CANCELLED.pattern}\n", err), err
     _cancelled_and_gone(sender, receiver, source)
@@ -438,8 +444,6 @@ def test_a_second_ctrl_c_as_the_fast_path_cancels_does_not_stop_the_cancel(
     reply, a second just as it tells the node to cancel: the cancel goes
     (it went after the handlers were put back, and the second stopped it:
     "interrupted", the node sending on)."""
-    from peercrypt.cli import fast
-
     sender, receiver, _ = trio
     source = random_file(tmp_path / "fast-second.bin", 8 * MiB)
     receive, send = ControlClient.receive, ControlClient.send
@@ -459,13 +463,7 @@ def test_a_second_ctrl_c_as_the_fast_path_cancels_does_not_stop_the_cancel(
 
     monkeypatch.setattr(ControlClient, "receive", ctrl_c_while_waiting)
     monkeypatch.setattr(ControlClient, "send", ctrl_c_as_the_cancel_goes)
-    line = [str(source), receiver.host, str(receiver.port), "--no-progress"]
-    assert sender.cli("max-rate", "1M").returncode == 0  # 8 s: cancelled long before
-    try:
-        code = fast.run(["--data-dir", str(sender.data_dir), "send", *line])
-    finally:
-        monkeypatch.undo()
-        assert sender.cli("max-rate", "0").returncode == 0
+    code = _fast_send_paced(sender, receiver, source)
     err = capsys.readouterr().err
     assert (code, err) == (130, "peercrypt: error: interrupted; the transfer was cancelled\n")
     _cancelled_and_gone(sender, receiver, source)
