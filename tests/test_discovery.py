@@ -377,9 +377,14 @@ def test_gossip_and_join_count_live_peers_and_the_gone_apart(
     assert wait_until(state, 15, "B to hold D as gone") == {
         "enabled": True, "interval": 0.2, "members": 4, "live_peers": 2, "gone_peers": 1,
     }  # fmt: skip
-    listed = json.loads(b.cli("peers", "--json", timeout=30).stdout)
-    assert sorted(row["id"] for row in listed) == sorted([a.fingerprint, c.fingerprint])
-    assert all(row["state"] == "alive" and row["address"] != address for row in listed)
+
+    def listed() -> list[dict[str, Any]] | None:  # (health learns it after discovery)
+        rows: list[dict[str, Any]] = json.loads(b.cli("peers", "--json", timeout=30).stdout)
+        live = sorted(row["id"] for row in rows)
+        return rows if live == sorted([a.fingerprint, c.fingerprint]) else None
+
+    rows = wait_until(listed, 15, "B's peers to list A and C only")
+    assert all(row["state"] == "alive" and row["address"] != address for row in rows)
     shown = b.cli("gossip", timeout=30)
     assert shown.stdout == "gossip on, every 0.2 s, 2 live peers, 1 gone (left or dead)\n"
     joined = b.cli("join", "127.0.0.1", str(c.port), timeout=60)
