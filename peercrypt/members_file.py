@@ -5,9 +5,11 @@ A seed (the node the others joined through, started without a bootstrap of
 its own) that was stopped and started again knew no one: the others had
 marked it left (or dead, and probed it only after a backoff of up to eight
 health intervals), so it stayed alone for good after a clean stop. Discovery
-writes the addresses of the members alive whenever that set changes (never
-an empty set: a node left alone keeps the last one), and at its start and
-whenever it is alone it joins through a few of them as through a bootstrap.
+writes the addresses of the members alive that health proved at the
+address their record names (:func:`choose`: a record alone is a claim)
+whenever that set changes (:class:`Keeper`: never an empty set, a node left
+alone keeps the last one), and at its start (gossip on) and whenever it is
+alone it joins through a few of them as through a bootstrap.
 
 One ``HOST:PORT`` per line (``[V6]:PORT``), at most :data:`MAX_LINES`; the
 file is this node's own (0600, written whole and renamed into place), and a
