@@ -154,8 +154,8 @@ class DiscoveryActor(Actor):
         self.seed_retry: Timer | None = None
         # The members last seen alive, as kept in the data dir (members_file):
         # joined through at the start and while alone, as the bootstrap seeds.
-        self.remembered = members_file.read(settings.data_dir)
-        self.keeper = members_file.Keeper([join_host_port(h, p) for h, p in self.remembered])
+        kept = members_file.read(settings.data_dir)
+        self.keeper = members_file.Keeper([join_host_port(h, p) for h, p in kept])
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -333,7 +333,6 @@ class DiscoveryActor(Actor):
         kept = self.keeper.update(chosen, self.now())
         if kept is None:
             return
-        self.remembered = [split_host_port(a) for a in kept]
         try:
             members_file.write(self.settings.data_dir, kept)
         except OSError as exc:  # (only the rejoin after a restart is lost)
@@ -376,7 +375,7 @@ class DiscoveryActor(Actor):
         own = endpoint_key(self._url_of(self.table.self_id))
         choices = [
             (host, port)
-            for host, port in self.remembered
+            for host, port in map(split_host_port, self.keeper.kept)
             if (host, port) not in busy and endpoint_key(join_host_port(host, port)) != own
         ]
         for host, port in self.rng.sample(choices, min(REJOIN_AT_ONCE, len(choices))):

@@ -290,11 +290,9 @@ def _send(line: Line, data_dir: Path) -> int | None:
                         client, request, paths[0], SendResult, timeout, view=view,
                         interrupts=interrupts,
                     )  # fmt: skip
-            if interrupts.late is not None and isinstance(first, ErrorReply):
-                raise interrupts.late  # (the click command would send it again)
         except (NodeUnavailable, AnotherRelease, KeyboardInterrupt) as exc:
-            if isinstance(exc, KeyboardInterrupt) and (not sent or isinstance(first, ErrorReply)):
-                text, code = ended_text(exc, unconfirmed="nothing was sent")  # (or refused)
+            if isinstance(exc, KeyboardInterrupt) and not sent:
+                text, code = ended_text(exc, unconfirmed="nothing was sent")
                 _error(text)
                 return code
             if isinstance(exc, KeyboardInterrupt) and interrupts.late is not None:
@@ -315,6 +313,10 @@ def _send(line: Line, data_dir: Path) -> int | None:
             _error(str(stop))
             return stop.exit_code
         if isinstance(first, ErrorReply):  # it did not take the request
+            if interrupts.late is not None:  # (a signal as it came: no click command after)
+                text, code = ended_text(interrupts.late, unconfirmed="nothing was sent")
+                _error(text)
+                return code
             return None
         if ours:
             assert isinstance(first, SendResult)
