@@ -659,9 +659,10 @@ def test_news_while_top_has_the_screen_is_told_once_it_ends(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],
 ) -> None:
-    """A background send that ends while `top` runs in the shell: its line
-    (and the watcher's news) is told when `top` ends, not written into its
-    screen and lost with it (found by use)."""
+    """A background send that ends while `top` runs in the shell: its lines
+    (its result, then `[1] done`; and the watcher's news) are told when
+    `top` ends, not written into its screen and lost with it (found by use:
+    the result line was lost, the `done` line came)."""
     pty, data_dir = started
     peer = node_factory()
     path = make_file(1024 * 1024)
@@ -680,6 +681,8 @@ def test_news_while_top_has_the_screen_is_told_once_it_ends(
     out = pty.expect(r"\[1\] done, exit 0")
     # After `top` left its alternate screen (where a line is lost with it).
     assert "\x1b[?1049l" in out, repr(out[-400:])
+    told = out[out.rindex("\x1b[?1049l") :]
+    assert re.search(rf"sent {re.escape(path.name)} \(1048576 bytes\) to .* verified", told), told
     pty.expect(PROMPT_RE)
     pty.leave()
 

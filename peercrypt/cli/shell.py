@@ -184,7 +184,7 @@ class Shell:
         # end) while a full-screen command has the terminal (`top`): told
         # once it ends, instead of lost in its screen.
         self.screen_busy = False
-        self.held: list[str] = []
+        self.held: list[tuple[str, bool]] = []  # (text, to stderr)
         self._held_lock = threading.Lock()
         self.failures: list[int] = []
         self.interactive = sys.stdin.isatty()
@@ -260,17 +260,22 @@ class Shell:
             finally:
                 with self._held_lock:
                     self.screen_busy, held, self.held = False, self.held, []
-                for text in held:
-                    click.echo(text)
+                for text, err in held:
+                    click.echo(text, nl=False, err=err)
         return execute(self.group, [*self.global_args(), *words])
 
     def say(self, text: str) -> None:
         """A line from another thread: held while `top` has the screen."""
+        if not self.hold(f"{text}\n", err=False):
+            print(text, flush=True)
+
+    def hold(self, text: str, err: bool) -> bool:
+        """Keep ``text`` (written by another thread than the one running
+        the line) to tell once `top` ends, if it has the screen now."""
         with self._held_lock:
             if self.screen_busy:
-                self.held.append(text)
-                return
-        print(text, flush=True)
+                self.held.append((text, err))
+            return self.screen_busy
 
     def _error(self, text: str, code: int = errors.USAGE) -> int:
         click.echo(f"peercrypt: error: {text}", err=True)
@@ -399,6 +404,7 @@ class Shell:
 
     def _run_job(self, job: Job, args: list[str]) -> None:
         follow.listener.on_transfer = job.learned
+        _background.on = True  # its lines (its result) are held while `top` runs
         try:
             job.code = execute(self.group, [*self.global_args(), *args])
         except KeyboardInterrupt:  # cancelled before the send started following
@@ -609,6 +615,8 @@ class Shell:
         watcher.start()
         click.echo("type `help` for the commands, Ctrl-D to leave")
         ended = errors.OK
+        streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Held(self, sys.stdout, False), _Held(self, sys.stderr, True)
         try:
             while True:
                 try:
@@ -638,6 +646,7 @@ class Shell:
                     ended = code
                     break
         finally:
+            sys.stdout, sys.stderr = streams
             self.stop.set()
             self.watch_wake.set()
             watcher.join(timeout=5.0)
@@ -685,6 +694,30 @@ def _ask(client: ControlClient, request: Any, reply_type: Any, attr: str) -> lis
         if isinstance(reply, reply_type):
             return list(getattr(reply, attr))
     return []
+
+
+# Set in a background send's thread: what it writes is held while `top` runs.
+_background = threading.local()
+
+
+class _Held:
+    """The prompt's stdout or stderr (beneath prompt_toolkit's own while the
+    prompt is shown): what a background send's thread writes while `top`
+    has the screen (its result line, a note) is held and told once `top`
+    ends, not written into its alternate screen and lost with it (found by
+    use: the `[N] done` line came, the result line it followed never did)."""
+
+    def __init__(self, shell: Shell, stream: Any, err: bool) -> None:
+        self._shell, self._stream, self._err = shell, stream, err
+
+    def write(self, text: Any) -> int:
+        held = isinstance(text, str) and getattr(_background, "on", False)
+        if held and self._shell.hold(text, self._err):
+            return len(text)
+        return int(self._stream.write(text))
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, encoding, fileno ...
+        return getattr(self._stream, name)
 
 
 @contextlib.contextmanager
