@@ -523,8 +523,10 @@ def test_top_on_the_receiving_node_cancels_an_incoming_transfer(
 def test_the_selection_and_a_cancels_question_follow_the_transfer_not_its_row() -> None:
     """Rows that come in another order (or one that ended above) keep the
     selected transfer selected; `c` asks about the transfer selected when
-    it was pressed, whatever moved before `y`; the node's answer gets a line
-    of its own (beside the keys, 80 columns cut it to a few letters)."""
+    it was pressed, whatever moved before `y`, and is dropped when that
+    transfer ends (found by use: it stayed under "no sends running"); the
+    node's answer gets a line of its own (beside the keys, 80 columns cut
+    it to a few letters)."""
     from peercrypt.cli.top import View, _act
 
     def row(ident: str) -> dict[str, str]:
@@ -541,9 +543,14 @@ def test_the_selection_and_a_cancels_question_follow_the_transfer_not_its_row() 
     view.update(2.0, facts, [row("11"), row("12"), row("13")], [])
     assert view.selected_id() == "13"
     assert "cancel transfer 13? y/n" in _render(view, 80)
-    view.update(3.0, facts, [row("12")], [])  # it ended: the question is still about it
+    view.update(3.0, facts, [row("12"), row("13")], [])  # 11 ended: still about 13
     assert "cancel transfer 13? y/n" in _render(view, 80)
-    view.confirm_cancel = None
+    view.update(4.0, facts, [row("12")], [])  # 13 ended: a `y` would cancel nothing
+    assert view.confirm_cancel is None
+    lines = _render(view, 80)
+    assert lines[-2].startswith("up/down select"), lines
+    assert lines[-1] == "transfer 13 ended; nothing to cancel", lines
+    assert _act(view, None, "y") and view.confirm_cancel is None  # type: ignore[arg-type]
     view.message = "the rate of transfer 12 is now 2.0 MiB/s (it was 1.0 MiB/s)"
     lines = _render(view, 80)
     assert lines[-2].startswith("up/down select") and lines[-1] == view.message, lines

@@ -173,6 +173,11 @@ class View:
             self.selected = ids.index(kept)
         else:
             self.selected = max(0, min(self.selected, len(ids) - 1))
+        if self.confirm_cancel is not None and self.confirm_cancel not in ids:
+            # It ended while asked about: a `y` now would cancel nothing
+            # (found by use: the question stayed under "no sends running").
+            self.say(f"transfer {self.confirm_cancel} ended; nothing to cancel")
+            self.confirm_cancel = None
 
     def selectable(self) -> list[str]:
         """The ids up/down moves through: the sends, then the incoming."""
