@@ -93,6 +93,36 @@ def test_a_mistyped_command_suggests_the_nearest(
 
 
 @pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["start", "--bootstrap", "h:1"],
+            "no such option '--bootstrap' (did you mean --bootstrap-host or --bootstrap-port?);"
+            " `peercrypt start --help` lists them",
+        ),
+        (
+            ["send", "f", "h", "1", "--chunk", "1M"],
+            "no such option '--chunk' (did you mean --chunk-size?);"
+            " `peercrypt send --help` lists them",
+        ),
+        (["send", "--zzzzzz"], "no such option '--zzzzzz'; peercrypt send takes --bucket, "),
+    ],
+)
+def test_a_mistyped_option_suggests_the_nearest_not_all(
+    tmp_path: Path, args: list[str], line: str
+) -> None:
+    """Found by use: `start --bootstrap` listed all 50 of `start`'s options
+    after click's suggestion; with a suggestion the line names the nearest
+    and where the rest are, without one it lists them."""
+    result = run_cli(*args, data_dir=tmp_path / "dd")
+    told = assert_error(result, errors.USAGE)
+    if "takes" in line:  # then every option follows
+        assert told.startswith(f"peercrypt: error: {line}"), told
+    else:
+        assert told == f"peercrypt: error: {line}", told
+
+
+@pytest.mark.parametrize(
     ("args", "words"),
     [
         (["send", "{missing}", "127.0.0.1", "7400", "--open"], ["does not exist"]),

@@ -63,10 +63,18 @@ def usage_line(exc: click.ClickException, args: Sequence[str] = ()) -> str:
         where = f"{ctx.command_path.split(' ', 1)[-1]}: " if ctx and ctx.parent else ""
         message = f"{where}{typed}: a negative number; no value here may be negative"
     elif isinstance(exc, click.NoSuchOption) and ctx is not None:
-        valid = sorted(
-            opt for p in ctx.command.params if isinstance(p, click.Option) for opt in p.opts
-        )
-        message = f"{message}; {ctx.command_path} takes {', '.join(valid)}"
+        near = sorted(exc.possibilities or ())
+        if near:  # as a mistyped command's: the nearest, not all (`start` takes 50)
+            hint = " or ".join(near)
+            message = (
+                f"no such option {exc.option_name!r} (did you mean {hint}?); "
+                f"`{ctx.command_path} --help` lists them"
+            )
+        else:
+            valid = sorted(
+                opt for p in ctx.command.params if isinstance(p, click.Option) for opt in p.opts
+            )
+            message = f"{message}; {ctx.command_path} takes {', '.join(valid)}"
     elif message.startswith("No such command") and isinstance(ctx and ctx.command, click.Group):
         assert ctx is not None and isinstance(ctx.command, click.Group)
         wrong = re.match(r"No such command '(.*?)'", message)
