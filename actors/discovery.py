@@ -78,6 +78,7 @@ RECORD_BUDGET = 32 * 1024  # bytes of records in one message
 MAX_JOINS = 16
 REJOIN_AT_ONCE = 4  # members last seen alive joined through at a time (members_file)
 REMEMBER_MAX = 32  # members kept for that at most (the best scored)
+MAX_JOIN_FAILING = 64  # addresses whose failed join was told (then quiet till it works)
 # Exchanges not yet answered on one member's link that count: a reply beyond
 # them is dropped unread (a peer that never answers leaves no more owed).
 MAX_ASKED = 4
@@ -144,6 +145,10 @@ class DiscoveryActor(Actor):
         # them the claim to refute (at most one entry per member).
         self.reviving: dict[bytes, float] = {}
         self.joins: dict[int, Join] = {}
+        # Where the node's own joins (its bootstrap, the members it rejoins
+        # through) last failed, and why: told once, not at every round while
+        # alone (found by use: two warnings every 5 s at the shell's prompt).
+        self.join_failing: dict[tuple[str, int], str] = {}
         self.waiting: list[JoinRequest] = []  # joins asked before the port is known
         self.scores: dict[bytes, float] = {}
         # Members that answered at an address (health's Proven), and where.
@@ -667,13 +672,8 @@ class DiscoveryActor(Actor):
             else:
                 link.close()
         self.count("joins-ok" if code == ResultCode.OK else "joins-failed")
-        if code != ResultCode.OK and join.requester is None:
-            self.log_limited(
-                "discovery: cannot join through %s:%s: %s",
-                join.host,
-                join.port,
-                reason,
-            )
+        if join.requester is None:
+            self._tell_join(join, code, reason)
         if join.requester is not None:
             members, live, gone = self._counts()
             self.tell(
@@ -687,6 +687,22 @@ class DiscoveryActor(Actor):
                     gone=gone,
                 ),
             )
+
+    def _tell_join(self, join: Join, code: str, reason: str) -> None:
+        """Log how one of the node's own joins ended: a failure once per
+        address and reason, then again only after a join there worked."""
+        where = (join.host, join.port)
+        if code == ResultCode.OK:
+            if self.join_failing.pop(where, None) is not None:
+                log.info("discovery: joined through %s:%s again", join.host, join.port)
+            return
+        if code == ResultCode.CANCELLED or self.join_failing.get(where) == reason:
+            log.debug("discovery: cannot join through %s:%s: %s", join.host, join.port, reason)
+            return
+        if len(self.join_failing) >= MAX_JOIN_FAILING:  # (addresses: the bootstrap, the kept)
+            self.join_failing.clear()
+        self.join_failing[where] = reason
+        self.log_limited("discovery: cannot join through %s:%s: %s", join.host, join.port, reason)
 
 
 def _parse_digest(entries: list[bytes]) -> dict[bytes, DigestEntry] | None:

@@ -445,6 +445,38 @@ def test_join_unreachable(node_factory: Callable[..., NodeProcess], free_port: i
     assert node.wait_for_counter("discovery.join-attempts", 3) == 3  # 1 + 2 retries
 
 
+def test_a_bootstrap_that_keeps_failing_is_told_once_then_again_once_joined(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """Alone, a node joins through its bootstrap again every round: its
+    failure is logged once, not at every round (found by use: two warnings
+    every 5 s at `start`'s prompt while a peer was down), and a join
+    through it that works is told, so the next failure there is told too."""
+    seed = node_factory(*FAST)
+    port = seed.port
+    assert seed.stop() == 0  # (started again on its port below)
+    node = node_factory(
+        *FAST, "--max-retries", "0", "--bootstrap-host", "127.0.0.1",
+        "--bootstrap-port", str(port),
+    )  # fmt: skip
+    node.wait_for_counter("discovery.joins-failed", 4, timeout=30)
+    line = f"cannot join through 127.0.0.1:{port}: cannot connect"
+    assert node.log_text().count(line) == 1, node.log_tail()
+    seed.extra_args = (*seed.extra_args, "--port", str(port))
+    seed.start()
+    assert seed.port == port
+    wait_until(
+        lambda: f"joined through 127.0.0.1:{port} again" in node.log_text(),
+        30,
+        "the join through the seed told",
+    )
+    assert seed.stop() == 0
+    wait_until(lambda: node.log_text().count(line) == 2, 60, "the failure after it told again")
+    failed = node.counters()["discovery.joins-failed"]
+    node.wait_for_counter("discovery.joins-failed", failed + 3, timeout=30)
+    assert node.log_text().count(line) == 2, node.log_tail()
+
+
 def test_join_and_health_check_exit_3_at_a_silent_listener(
     node_factory: Callable[..., NodeProcess],
 ) -> None:
