@@ -410,7 +410,7 @@ class MulticastSenderActor(Actor):
                 same = "" if first == req.path else f" (the same file as {req.path})"
                 return (
                     f"already sending {first}{same} by multicast to {both[0]} "
-                    f"(transfer {twin}): wait for it, or `peercrypt cancel {twin}` first"
+                    f"(transfer {twin}): wait for it, or cancel transfer {twin} first"
                 )
         return None
 

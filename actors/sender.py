@@ -673,7 +673,7 @@ class SenderActor(Actor):
             return fail(
                 ResultCode.LOCAL,
                 f"already sending {first}{same} to {join_host_port(req.host, req.port)} "
-                f"(transfer {twin}): wait for it, or `peercrypt cancel {twin}` first",
+                f"(transfer {twin}): wait for it, or cancel transfer {twin} first",
             )
         try:  # a rate too low for even the smallest chunk: refused before the offer
             policy.check_pace(size, req.timeout)

@@ -270,7 +270,7 @@ def test_a_node_stopped_while_a_send_waits_for_a_busy_receiver_ends_its_row(
             assert again.returncode == errors.USAGE, again.describe()
             assert again.stderr_lines == [
                 f"peercrypt: error: already sending {second} to {receiver.host}:{receiver.port} "
-                f"(transfer {row['id']}): wait for it, or `peercrypt cancel {row['id']}` first"
+                f"(transfer {row['id']}): wait for it, or cancel transfer {row['id']} first"
             ], again.describe()
             assert sender.stop() == 0
             out, err = waiting.communicate(timeout=30)

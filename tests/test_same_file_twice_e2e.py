@@ -72,7 +72,7 @@ def test_a_second_send_of_a_running_file_is_refused_naming_the_first(
         assert second.returncode == errors.USAGE, second.describe()
         assert second.stderr_lines == [
             f"peercrypt: error: already sending {path} to localhost:{receiver.port} "
-            f"(transfer {ident}): wait for it, or `peercrypt cancel {ident}` first"
+            f"(transfer {ident}): wait for it, or cancel transfer {ident} first"
         ], second.describe()
         # The same file of the same name under another path, a hard link or a
         # symbolic one (sent under its own name, the link's: here the same):
@@ -86,7 +86,7 @@ def test_a_second_send_of_a_running_file_is_refused_naming_the_first(
             assert second.stderr_lines == [
                 f"peercrypt: error: already sending {path} (the same file as {other}) to "
                 f"{receiver.host}:{receiver.port} (transfer {ident}): wait for it, or "
-                f"`peercrypt cancel {ident}` first"
+                f"cancel transfer {ident} first"
             ], second.describe()
         assert sender.cli("rate", "0", "--transfer", str(ident)).returncode == 0
         assert_sent(receiver, _ended(first), path)
@@ -133,7 +133,7 @@ def test_a_second_multicast_of_a_running_file_is_refused_naming_the_first(
         assert second.stderr_lines == [
             f"peercrypt: error: already sending {path} (the same file as {link}) by "
             f"multicast to localhost:{other.port} (transfer {ident}): wait for it, or "
-            f"`peercrypt cancel {ident}` first"
+            f"cancel transfer {ident} first"
         ], second.describe()
 
         # A receiver the session has ended with may be sent it again (here

@@ -381,7 +381,7 @@ def test_transfers_lists_a_send_between_retries(
         assert again.returncode == errors.USAGE, again.describe()
         assert again.stderr_lines == [
             f"peercrypt: error: already sending {path} to localhost:{port} (transfer "
-            f"{row['id']}): wait for it, or `peercrypt cancel {row['id']}` first"
+            f"{row['id']}): wait for it, or cancel transfer {row['id']} first"
         ], again.describe()
         assert send.proc.poll() is None  # still under way
     assert row["file"] == str(path) and row["peer"] == f"127.0.0.1:{port}", row
