@@ -428,8 +428,9 @@ class ControlActor(Actor):
         self.quiet[request] = (now, msg.note)
         return False
 
-    def _relay(self, msg: codec.Message, request: int) -> None:
-        """``msg`` to the client of our request id ``request`` (with theirs)."""
+    def _relay(self, msg: codec.Message, request: int, named: bool = True) -> None:
+        """``msg`` to the client of our request id ``request`` (with theirs);
+        a Progress ``named`` with our id (the transfer's in ``transfers``)."""
         entry = self.pending.get(request)
         if entry is None:
             return
@@ -440,7 +441,8 @@ class ControlActor(Actor):
         if REPLIES[type(msg)]:
             self._forget(request)
         if isinstance(msg, Progress):  # with the id `transfers` and `cancel ID` know it by
-            out: codec.Message = dataclasses.replace(msg, request=theirs, transfer=request)
+            named_as = request if named else 0
+            out: codec.Message = dataclasses.replace(msg, request=theirs, transfer=named_as)
         else:
             out = _with_request(msg, theirs)
         self.api.send_multipart([route, _local(out)])
@@ -455,10 +457,18 @@ class ControlActor(Actor):
         self.placing[req.request] = req
         if isinstance(req, SendRequest):
             addresses = [join_host_port(req.host, req.port)]
+            # The sign that the node took the request (a client waits 2 s for
+            # a first reply), not that it sends it: the scheduler's policy and
+            # the sender's checks may still refuse it. So it names no
+            # transfer (the shell announces a background send once one is
+            # named), and a quiet send gets the sender's first Progress at once.
             self._relay(
                 Progress(request=req.request, done_bytes=0, total_bytes=0, phase="checking"),
                 req.request,
+                named=False,
             )
+            if req.request in self.quiet:
+                self.quiet[req.request] = (-math.inf, "")
         else:
             addresses = req.targets
         self.tell("health", MembersAtRequest(request=req.request, addresses=addresses))

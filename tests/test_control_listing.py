@@ -212,7 +212,10 @@ def test_sends_are_numbered_from_one_whatever_else_was_asked(rig: Rig) -> None:
 def test_a_quiet_sends_client_gets_notes_and_a_beat_not_every_tick(rig: Rig) -> None:
     """A send whose client shows no progress (`send --json`) gets a Progress
     only with a new note or every QUIET_BEAT seconds (its sign the node is
-    alive); a send whose client draws a bar gets every tick's."""
+    alive); a send whose client draws a bar gets every tick's. Both get the
+    sender's first at once, the first that names the transfer: the one
+    control sends as it takes the request names none (the node may still
+    refuse it; the shell announces a background send by the name)."""
     for request, quiet in ((51, True), (52, False)):
         msg = SendRequest(
             request=request, path="/q", host="127.0.0.1", port=9, chunk_size=4096, quiet=quiet
@@ -225,7 +228,9 @@ def test_a_quiet_sends_client_gets_notes_and_a_beat_not_every_tick(rig: Rig) -> 
     while rig.client.poll(50):  # the command's sign that the node took it
         first.append(codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION))
     assert sorted(p.request for p in first if isinstance(p, Progress)) == [51, 52], first
+    assert [p.transfer for p in first if isinstance(p, Progress)] == [0, 0], first
     got: dict[int, list[str]] = {51: [], 52: []}
+    named: dict[int, set[int]] = {51: set(), 52: set()}
 
     def tick(note: str = "") -> None:
         rig.clock.advance(0.1)
@@ -236,6 +241,7 @@ def test_a_quiet_sends_client_gets_notes_and_a_beat_not_every_tick(rig: Rig) -> 
             p = codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION)
             if isinstance(p, Progress) and p.request in got:
                 got[p.request].append(p.note)
+                named[p.request].add(p.transfer)
 
     ticks = int(control.QUIET_BEAT / 0.1) + 5  # one beat and a little
     for _ in range(ticks):
@@ -243,10 +249,12 @@ def test_a_quiet_sends_client_gets_notes_and_a_beat_not_every_tick(rig: Rig) -> 
     tick("the receiver's port closed; retrying")
     tick("the receiver's port closed; retrying")  # the same note: not again
     assert len(got[52]) == ticks + 2  # every tick
-    assert got[51] == ["", "the receiver's port closed; retrying"], got[51]
+    # The sender's first, at once; a beat; the note.
+    assert got[51] == ["", "", "the receiver's port closed; retrying"], got[51]
+    assert named == {51: {ours[51]}, 52: {ours[52]}}, named
     rig.clock.advance(control.QUIET_BEAT)
     tick("the receiver's port closed; retrying")
-    assert len(got[51]) == 3  # the beat, though nothing changed
+    assert len(got[51]) == 4  # the beat, though nothing changed
 
 
 def test_a_quiet_multicasts_client_gets_no_receiver_progress(rig: Rig) -> None:

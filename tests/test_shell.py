@@ -179,6 +179,57 @@ def test_the_watcher_tells_what_ends_after_a_receive_and_not_what_it_told(
     assert not watcher.is_alive()
 
 
+def test_a_send_the_node_refuses_is_refused_at_the_prompt_not_announced_as_a_job(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The shell (its own code, against real nodes) backgrounds a send only
+    once the node took it: one the node refuses (its default mode
+    token-bucket and no -r; the same file already sending there) is one
+    error line and the line's non-zero status, as the one-shot `send` has
+    it, not `[1] sending in the background` and a job that ends at once.
+    The refusal's advice names what works at the prompt too (it said
+    `peercrypt cancel N`, no command there)."""
+    sender = node_factory("--mode", "token-bucket", name="sender")
+    receiver = node_factory(name="receiver")
+    path = make_file(2 * 1024 * 1024, name="refused.bin")
+    shell = Shell(cli, {"data_dir": sender.data_dir}, owns_node=False)
+    shell.interactive = True  # as at a prompt: sends go to the background
+    target = f"{receiver.host} {receiver.port}"
+    capsys.readouterr()
+    assert shell.run_line(f"send {path} {target}") == errors.USAGE
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"checking {receiver.host}:{receiver.port} ..."]
+    assert err.splitlines() == [
+        "peercrypt: error: the node's default mode is token-bucket, which needs a rate: "
+        "give -r BYTES_PER_SEC (or --mode normal)"
+    ]
+    assert shell.jobs == []
+    # With a rate it goes to the background; the same file again is refused.
+    assert shell.run_line(f"send {path} {target} -r 256K") == errors.OK
+    out, _ = capsys.readouterr()
+    said = re.search(r"^\[1\] sending in the background as transfer (\d+) ", out, re.M)
+    assert said, out
+    ident = said.group(1)
+    try:
+        assert shell.run_line(f"send {path} {target} -r 256K") == errors.USAGE
+        out, err = capsys.readouterr()
+        assert out.splitlines() == [f"checking {receiver.host}:{receiver.port} ..."]
+        assert err.splitlines() == [
+            f"peercrypt: error: already sending {path} to {receiver.host}:{receiver.port} "
+            f"(transfer {ident}): wait for it, or cancel transfer {ident} first"
+        ]
+        assert [job.number for job in shell.jobs] == [1]
+    finally:
+        shell.run_line("cancel %1")
+        job = shell.jobs[0]
+        assert job.thread is not None
+        job.thread.join(WAIT)
+    assert job.code == errors.FAILED  # cancelled
+    assert not (receiver.inbox / path.name).exists()
+
+
 def test_start_runs_every_command_of_the_shell(
     started: tuple[Pty, Path],
     node_factory: Callable[..., NodeProcess],

@@ -53,7 +53,8 @@ HISTORY_FILE = "shell_history"  # in the data dir
 PROMPT = "peercrypt> "
 WATCH_EVERY = 0.5  # seconds between the watcher's looks at the node
 # Seconds a background send's first line waits for the send's id in the node
-# (its first progress names it, a few milliseconds after the request).
+# (the first progress of the actor that took it names it, a few milliseconds
+# after the request; a send the node refuses ends first, in the foreground).
 ID_WAIT = 2.0
 # Shell-only commands (everything else is a command of the CLI).
 SHELL_COMMANDS = {
@@ -91,6 +92,10 @@ class Job:
     # number, which counts this shell's sends only. 0 until its first progress.
     transfer: int = 0
     settled: threading.Event = field(default_factory=threading.Event)  # id known, or ended
+    # Whether its first line was told: its end is told too. A send that ended
+    # before (the node refused it) was a foreground command: its own lines say it.
+    announced: bool = False
+    told: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def running(self) -> bool:
@@ -393,13 +398,24 @@ class Shell:
         self.jobs.append(job)
         job.thread.start()
         job.settled.wait(ID_WAIT)
-        if job.transfer:
-            click.echo(
-                f"[{job.number}] sending in the background as transfer {job.transfer} "
-                f"(`cancel {job.transfer}` or `cancel %{job.number}` stops it)"
-            )
-        elif job.running:
-            click.echo(f"[{job.number}] sending in the background (`jobs`; `cancel %{job.number}`)")
+        with job.told:
+            if not job.running and not job.transfer:
+                # Ended before the node named it: refused (no rate for a
+                # token-bucket default, the same file already sending...),
+                # its one error line printed. No job: the line's own status.
+                self.jobs.remove(job)
+                assert job.code is not None
+                return job.code
+            job.announced = True
+            if job.transfer:
+                click.echo(
+                    f"[{job.number}] sending in the background as transfer {job.transfer} "
+                    f"(`cancel {job.transfer}` or `cancel %{job.number}` stops it)"
+                )
+            else:
+                click.echo(
+                    f"[{job.number}] sending in the background (`jobs`; `cancel %{job.number}`)"
+                )
         return errors.OK
 
     def _run_job(self, job: Job, args: list[str]) -> None:
@@ -411,6 +427,9 @@ class Shell:
             job.code = 130
         finally:
             job.settled.set()
+        with job.told:
+            if not job.announced:
+                return
         if job.code != errors.OK:
             self.failures.append(job.code)
         self.say(f"[{job.number}] done, exit {job.code}: {job.line}")

@@ -100,7 +100,9 @@ class Progress(Message):
     about a problem (e.g. the receiver's port closed; retrying), shown once
     to the user. ``transfer``: the send's id in the node (the one
     ``transfers``, ``top`` and ``cancel ID`` use; the client's own request id
-    is another), set by the control actor on its way to the client."""
+    is another), set by the control actor on its way to the client; 0 in the
+    one control sends as it takes a send (the node's checks may still refuse
+    it), set from the first of the actor that took it on."""
 
     TYPE = "progress"
     request: int = counter()
