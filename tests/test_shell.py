@@ -6,6 +6,7 @@ Every wait has a deadline (pexpect's timeout); content is checked by hash.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -40,12 +41,23 @@ PROMPT_RE = re.escape(PROMPT.rstrip())  # the terminal moves the cursor for the 
 class Pty:
     """A ``peercrypt`` process on a pseudo-terminal."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        stderr: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``stderr``: a file the process's stderr goes to (``2>FILE``), not
+        the terminal."""
+        argv = [sys.executable, "-m", "peercrypt", *args]
+        if stderr is not None:
+            argv = ["/bin/sh", "-c", 'exec "$@" 2>"$0"', str(stderr), *argv]
         self.child = pexpect.spawn(
-            sys.executable,
-            ["-m", "peercrypt", *args],
+            argv[0],
+            argv[1:],
             cwd=str(cwd),
-            env=cli_env({"PROMPT_TOOLKIT_NO_CPR": "1"}),
+            env=cli_env({"PROMPT_TOOLKIT_NO_CPR": "1", **(env or {})}),
             encoding="utf-8",
             timeout=WAIT,
             dimensions=(40, 200),
@@ -413,6 +425,46 @@ def test_a_multicast_session_coming_in_is_announced_and_its_outcome(
     )
     assert "mc-second" not in later, later
     pty.leave()
+
+
+def test_debug_logs_sent_to_a_file_stay_off_the_prompt(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    """`start --debug 2>FILE`: the debug lines go to the file, none to the
+    terminal. Those logged while the prompt showed (the node's, a
+    background send's, prompt_toolkit's own) were drawn above the prompt:
+    the shell pointed every log handler at the prompt's stderr, which is
+    the terminal whatever the real one is."""
+    peer = node_factory()
+    source = make_file(1024 * 1024)
+    log = tmp_path / "debug.log"
+    seen = io.StringIO()
+    pty = Pty(
+        ["--data-dir", str(tmp_path / "shell"), "start", "--debug", "--host", "127.0.0.1",
+         "--port", "0"],
+        tmp_path,
+        stderr=log,
+        env={"PEERCRYPT_NETWORK_KEY": network_key},
+    )  # fmt: skip
+    pty.child.logfile_read = seen
+    try:
+        pty.expect(PROMPT_RE)  # (its "listening on" went to stderr: the file)
+        # ~2 s at this rate: the node logs what it decides while the prompt shows.
+        pty.run(f"send {source} {peer.host} {peer.port} -r 512K", r"\[1\] sending in the")
+        pty.expect(r"\[1\] done, exit 0")
+        pty.run("status", "node: running")
+        assert pty.leave() == 0
+    finally:
+        if pty.child.isalive():
+            pty.child.terminate(force=True)
+    assert blake3_file(peer.inbox / source.name) == blake3_file(source)
+    drawn = [line for line in seen.getvalue().splitlines() if " DEBUG " in line]
+    assert drawn == [], drawn[:5]
+    logged = log.read_text().splitlines()
+    assert any(" peercrypt." in line and " DEBUG " in line for line in logged), logged[:20]
 
 
 def test_ctrl_c_cancels_the_command_not_the_node(started: tuple[Pty, Path]) -> None:

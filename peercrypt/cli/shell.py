@@ -741,8 +741,15 @@ class _Held:
 
 @contextlib.contextmanager
 def _logs_to(stream: Any) -> Iterator[None]:
-    """Point the log handlers at ``stream`` (the prompt-safe stderr) meanwhile."""
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    """Point the log handlers that write to the terminal at ``stream`` (the
+    prompt-safe stderr, above the prompt) meanwhile. One writing elsewhere
+    (`start --debug 2>file`) keeps its stream: the proxy would draw its
+    lines on the terminal, at the prompt."""
+    handlers = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and _on_terminal(h.stream)
+    ]
     saved = [h.setStream(stream) for h in handlers]
     try:
         yield
@@ -750,6 +757,13 @@ def _logs_to(stream: Any) -> Iterator[None]:
         for handler, old in zip(handlers, saved, strict=True):
             if old is not None:
                 handler.setStream(old)
+
+
+def _on_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 class ShellCompleter:
