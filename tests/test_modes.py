@@ -396,8 +396,20 @@ def test_live_defaults_set_mode_and_congestion(pair: tuple[NodeProcess, NodeProc
         many = sender.cli("congestion", "max-window", "128", "window", "64", "min-window", "8")
         assert many.returncode == 0, many.describe()
         assert "w=64 min=8 max=128" in sender.status()["aimd"]
+        # Shown as the line that sets them: run back, it restores what it showed.
         shown = sender.cli("congestion")
-        assert shown.returncode == 0 and "w=64 min=8 max=128" in shown.stdout, shown.describe()
+        assert shown.returncode == 0, shown.describe()
+        line = "congestion window 64 min-window 8 max-window 128 threshold 3 timeout off dupack on"
+        assert shown.stdout.splitlines() == [line], shown.describe()
+        moved = sender.cli("congestion", "window", "512", "threshold", "5", "dupack", "off")
+        assert moved.returncode == 0, moved.describe()
+        moved_to = "w=512 min=8 max=512 KB threshold=5 timeout=off dupack=off"
+        assert moved_to in sender.status()["aimd"], sender.status()["aimd"]
+        back = sender.cli(*shown.stdout.split())
+        assert back.returncode == 0, back.describe()
+        again = sender.cli("congestion")
+        assert again.returncode == 0 and again.stdout == shown.stdout, again.describe()
+        assert "w=64 min=8 max=128 KB threshold=3 timeout=off dupack=on" in sender.status()["aimd"]
         odd = sender.cli("congestion", "window")
         assert odd.returncode == errors.USAGE and "KEY VALUE" in odd.stderr, odd.describe()
         unknown = sender.cli("congestion", "speed", "9")

@@ -259,7 +259,7 @@ def test_start_runs_every_command_of_the_shell(
     pty.run("set-mode aimd", "default mode is now aimd")
     pty.run("set-mode multicast", "default mode is now multicast")
     pty.run("set-mode normal", "default mode is now normal")
-    pty.run("congestion", r"congestion: w=\d+")
+    pty.run("congestion", r"congestion window \d+ min-window \d+ max-window \d+ threshold")
     pty.run("congestion window 32 max-window 64", "window 32 KB, min-window 32 KB, max-window 64")
     pty.run("gossip off", "gossip off")
     pty.run("gossip interval 2", "gossip on|gossip off")

@@ -237,6 +237,27 @@ def _aimd_json(fact: str) -> dict[str, Any]:
     return out
 
 
+# Each key `congestion` takes, with the name of its value in _aimd_json's.
+_CONGESTION_SHOWN = (
+    ("window", "window_kb"),
+    ("min-window", "min_window_kb"),
+    ("max-window", "max_window_kb"),
+    ("threshold", "threshold"),
+    ("timeout", "timeout"),
+    ("dupack", "dupack"),
+)
+
+
+def congestion_line(fact: str) -> str:
+    """The scheduler's "aimd" fact as the `congestion` line that sets it
+    (windows in KB, as the command takes them): shown, it can be run back."""
+    shown = _aimd_json(fact)
+    words = [f"{key} {shown[name]}" for key, name in _CONGESTION_SHOWN if name in shown]
+    if not words:  # not a fact this build reads (a node of another release)
+        return f"congestion: {fact}"
+    return " ".join(["congestion", *words])
+
+
 @click.command("set-mode")
 @click.argument("mode", type=_MODE, metavar="MODE")
 @click.pass_obj
@@ -392,6 +413,8 @@ def congestion(obj: dict[str, Any], pairs: tuple[str, ...], as_json: bool) -> No
 
     Keys: window, min-window, max-window (KB), threshold (duplicate acks),
     timeout and dupack (on|off); window bounds not given follow the others.
+    Shown as the line that sets them, e.g. `congestion window 4096 min-window
+    256 max-window 16384 threshold 3 timeout on dupack on`.
     """
     if pairs:
         if len(pairs) % 2:
@@ -404,7 +427,7 @@ def congestion(obj: dict[str, Any], pairs: tuple[str, ...], as_json: bool) -> No
         if not as_json:
             return
     fact = _node_fact(obj, "aimd", "unknown")
-    click.echo(json.dumps(_aimd_json(fact)) if as_json else f"congestion: {fact}")
+    click.echo(json.dumps(_aimd_json(fact)) if as_json else congestion_line(fact))
 
 
 def _retry_note(row: dict[str, str]) -> str:
