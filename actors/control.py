@@ -27,6 +27,7 @@ import zmq
 import peercrypt
 from peercrypt.control_file import CONTROL_FILE
 from peercrypt.core.address import join_host_port
+from peercrypt.core.cancels import CANCEL_WAIT, CANCELLED_BY_USER, CancelVerdict, SendEnds
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, bound_endpoint
@@ -36,6 +37,7 @@ from peercrypt.wire import multicast_messages as _mc
 from peercrypt.wire.messages import (
     MAX_STATUS_COUNTERS,
     Announce,
+    CancelAnswer,
     CancelIncoming,
     CancelRequest,
     CancelTransfer,
@@ -71,7 +73,6 @@ log = logging.getLogger("peercrypt.control")
 MAX_PENDING = 1024
 QUIET_BEAT = 5.0  # seconds between the Progress a quiet send's client still gets
 OTHER_IDS = 1 << 40  # ids of requests that are not sends start here (sends: from 1)
-CANCELLED_BY_USER = "cancelled by the user"  # as the sender and msender say it
 MAX_TRANSFER_ROWS = 1024  # TransfersReply.transfers' bound
 # `transfers` answers with what the sender and the msender listed, or after
 # this long with the part that came (an attached sender may be away), under
@@ -158,6 +159,9 @@ class ControlActor(Actor):
         self.placing: dict[int, SendRequest | _mc.McSendRequest] = {}
         # `transfers` asked of the sender and the msender
         self.listing: dict[int, _Listing] = {}
+        # How the last sends ended, and `cancel ID`s waiting for their send's
+        # end: each answered with it (client route, its request id).
+        self.ends: SendEnds[tuple[bytes, int]] = SendEnds()
 
     def setup(self) -> None:
         sock = self.api = self.socket(zmq.ROUTER)
@@ -223,11 +227,7 @@ class ControlActor(Actor):
                 if client == route and theirs == msg.request:
                     self._cancel(ours)
         elif isinstance(msg, CancelTransfer):
-            # Ids in `transfers` are ours: control, the sender and msender know them.
-            self._cancel(msg.transfer)
-            text = f"cancelling transfer {msg.transfer} (if it is running)"
-            answer = SettingReply(request=msg.request, ok=True, text=text)
-            self.api.send_multipart([route, _local(answer)])
+            self._cancel_transfer(route, msg)
         elif type(msg) in ROUTES:
             if len(self.pending) >= MAX_PENDING:
                 reply = ErrorReply(code="busy", reason="too many requests in progress")
@@ -253,6 +253,44 @@ class ControlActor(Actor):
         else:
             reply = ErrorReply(code="bad-request", reason=f"unexpected {msg.TYPE}")
             self.api.send_multipart([route, _local(reply)])
+
+    def _cancel_transfer(self, route: bytes, msg: CancelTransfer) -> None:
+        """``peercrypt cancel ID``: answered once the send's result came
+        (cancelled by it, or ended on its own just before), or at once for
+        one that had ended or that the node does not run; after CANCEL_WAIT
+        s without its result, as not ended. Ids in `transfers` are ours:
+        control, the sender and msender know them."""
+        ours, waiter = msg.transfer, (route, msg.request)
+        if self.ends.waiters() >= MAX_PENDING:
+            reply = ErrorReply(code="busy", reason="too many requests in progress")
+            self.api.send_multipart([route, _local(reply)])
+            return
+        running = ours < OTHER_IDS and ours in self.pending
+        verdict = self.ends.cancel(ours, waiter, running)
+        if verdict is not None:
+            self._answer_cancel(waiter, verdict)
+            return
+        self._cancel(ours)  # (a send being placed ends here: answered at once)
+        self.call_later(CANCEL_WAIT, functools.partial(self._cancel_waited, ours, waiter))
+
+    def _cancel_waited(self, ours: int, waiter: tuple[bytes, int]) -> None:
+        verdict = self.ends.expire(ours, waiter)
+        if verdict is not None:
+            self.count("cancels-unended")
+            self._answer_cancel(waiter, verdict)
+
+    def _answer_cancel(self, waiter: tuple[bytes, int], verdict: CancelVerdict) -> None:
+        route, theirs = waiter
+        answer = CancelAnswer(
+            request=theirs, outcome=verdict.outcome, code=verdict.code, reason=verdict.reason
+        )
+        self.api.send_multipart([route, _local(answer)])
+
+    def _ended(self, ours: int, code: str, reason: str) -> None:
+        """Send ``ours`` ended (its result is on its way to its client):
+        remembered, and the cancels waiting for it answered."""
+        for waiter, verdict in self.ends.ended(ours, code, reason[:512]):
+            self._answer_cancel(waiter, verdict)
 
     def _cancel(self, ours: int) -> None:
         """Cancel send ``ours`` wherever it is, by its client's CancelRequest
@@ -342,6 +380,7 @@ class ControlActor(Actor):
                 stored_as="",
             )
             self.api.send_multipart([route, _local(failed)])
+            self._ended(ours, failed.code, failed.reason)
 
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, Announce):
@@ -360,6 +399,8 @@ class ControlActor(Actor):
                 self._relay(p, p.request)
         elif type(msg) in REPLIES:
             request: int = cast(Any, msg).request
+            if isinstance(msg, SendResult | _mc.McSendResult) and request < OTHER_IDS:
+                self._ended(request, msg.code, msg.reason)
             if isinstance(msg, SendResult) and request in self.sending:
                 host, port = self.sending.pop(request)
                 # A send refused for a local reason (bad options) or cancelled
@@ -505,6 +546,7 @@ class ControlActor(Actor):
         self.tell(ROUTES[SendRequest], dataclasses.replace(req, members=here))
 
     def _refuse_multicast(self, ours: int, code: str, reason: str) -> None:
+        self._ended(ours, code, reason)
         entry = self._forget(ours)
         if entry is None:
             return
@@ -513,6 +555,7 @@ class ControlActor(Actor):
         self.api.send_multipart([route, _local(result)])
 
     def _refuse_send(self, req: SendRequest, code: str, reason: str) -> None:
+        self._ended(req.request, code, reason)
         entry = self._forget(req.request)
         if entry is None:
             return

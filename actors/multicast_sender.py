@@ -77,6 +77,7 @@ from actors.tree_source import Walk as TreeWalk
 from peercrypt.core import fragments
 from peercrypt.core.address import dialled, join_host_port, split_host_port
 from peercrypt.core.bitmap import pairs
+from peercrypt.core.cancels import CANCELLED_BY_USER
 from peercrypt.core.fragments import parse_group
 from peercrypt.core.grants import RequestGrant
 from peercrypt.core.modes import default_burst
@@ -362,10 +363,10 @@ class MulticastSenderActor(Actor):
             walking = self.walking.pop(msg.request, None)
             if walking is not None:
                 walking[0].cancel()
-                self._fail_request_id(msg.request, ResultCode.CANCELLED, "cancelled by the user")
+                self._fail_request_id(msg.request, ResultCode.CANCELLED, CANCELLED_BY_USER)
             for sess in list(self.sessions.values()):
                 if sess.request.request == msg.request:
-                    sess.flow.fail(ResultCode.CANCELLED, "cancelled by the user", self.now())
+                    sess.flow.fail(ResultCode.CANCELLED, CANCELLED_BY_USER, self.now())
                     self._drive(sess)
         else:
             super().on_mail(msg)

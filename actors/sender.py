@@ -113,6 +113,7 @@ from peercrypt.core.address import dialled, join_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
 from peercrypt.core.busy_wait import BusyWait, not_now
+from peercrypt.core.cancels import CANCELLED_BY_USER
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
 from peercrypt.core.names import shortened
 from peercrypt.core.outgoing import (
@@ -488,8 +489,8 @@ class SenderActor(Actor):
         elif isinstance(msg, CancelRequest):
             for t in list(self.transfers.values()):
                 if t.request.request == msg.request:
-                    self._end(t, ResultCode.CANCELLED, "cancelled by the user")
-            cancelled = "cancelled by the user"
+                    self._end(t, ResultCode.CANCELLED, CANCELLED_BY_USER)
+            cancelled = CANCELLED_BY_USER
             for req in [r for r in self.waiting if r.request == msg.request]:
                 self.waiting.remove(req)
                 self.queued_as.pop(req.request, None)

@@ -1,7 +1,8 @@
 """`transfers` as the control actor gathers it (actors/control.py): one
 answer per request, from the sender's and the msender's parts, whatever
-order, count or claims their replies come with. The actor runs in this
-thread with its real client socket; its clock is a fake one."""
+order, count or claims their replies come with; and `cancel ID`, answered
+with how the send ended. The actor runs in this thread with its real
+client socket; its clock is a fake one."""
 
 from __future__ import annotations
 
@@ -15,13 +16,28 @@ import zmq
 
 from actors import control
 from actors.control import ControlActor
+from peercrypt.core.cancels import CANCEL_WAIT, CANCELLED_BY_USER
 from peercrypt.crypto.identity import load_or_create_identity, network_server_keys, new_network_key
 from peercrypt.settings import NodeSettings
 from peercrypt.testing.clock import FakeClock
 from peercrypt.testing.in_thread import actor_env
 from peercrypt.wire import codec, columns
-from peercrypt.wire.local_messages import McTargetProgress, Progress, Progresses, SendRequest
-from peercrypt.wire.messages import SettingReply, SettingRequest, TransfersReply, TransfersRequest
+from peercrypt.wire.local_messages import (
+    CancelRequest,
+    McTargetProgress,
+    Progress,
+    Progresses,
+    SendRequest,
+    SendResult,
+)
+from peercrypt.wire.messages import (
+    CancelAnswer,
+    CancelTransfer,
+    SettingReply,
+    SettingRequest,
+    TransfersReply,
+    TransfersRequest,
+)
 from peercrypt.wire.multicast_messages import McSendRequest, McTargetResult
 from peercrypt.wire.network_messages import MembersAtReply, MembersAtRequest
 
@@ -281,3 +297,88 @@ def test_a_quiet_multicasts_client_gets_no_receiver_progress(rig: Rig) -> None:
     while rig.client.poll(100):
         got.append(type(codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION)).__name__)
     assert got == ["Progress", "Progress", "McTargetResult"], got  # the first, a beat
+
+
+def _result(ours: int, code: str, reason: str = "") -> SendResult:
+    return SendResult(request=ours, code=code, reason=reason, size=0, digest=b"", stored_as="")
+
+
+def test_a_cancel_is_answered_by_how_its_send_ended_even_as_the_cancel_came(rig: Rig) -> None:
+    """`cancel ID` is answered once the send's result comes: a send that
+    ended verified, or failed, on its own just as control told the sender
+    to cancel it (its result crossed the cancel: the sender ignores a cancel
+    of a send it no longer holds) is said to have ended so, never
+    "cancelled"; one the cancel stopped is "cancelled"; one whose result
+    does not come (an attached sender away) is "unended" after CANCEL_WAIT
+    s. A send ended before the cancel, and an id never run, are answered at
+    once; a send still being placed is cancelled here, at once. Control
+    answered "cancelling transfer N" at once whatever N did, and the
+    command said "cancelled transfer N" of a verified file."""
+
+    def ask(msg: Any) -> None:
+        rig.client.send_multipart([TOKEN.encode(), codec.encode(msg, codec.LOCAL_VERSION)])
+        assert rig.actor.api.poll(5000), "control got no request"
+        rig.actor._on_client(rig.actor.api)
+
+    def told(name: str) -> list[Any]:
+        got = []
+        while rig.mailboxes[name].poll(100):
+            got.append(codec.decode(rig.mailboxes[name].recv()))
+        return got
+
+    def answers() -> list[tuple[str, int, str, str]]:
+        got = []
+        while rig.client.poll(100):
+            msg = codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION)
+            if isinstance(msg, CancelAnswer):
+                got.append(("answer", msg.request, msg.outcome, msg.code))
+            elif isinstance(msg, SendResult):
+                got.append(("result", msg.request, msg.code, msg.reason))
+        return got
+
+    sends = {}
+    for request in (21, 22, 23, 24):
+        ask(SendRequest(request=request, path="/x", host="127.0.0.1", port=9, chunk_size=4096))
+        sends[request] = rig.actor.next_send - 1
+    for placed in told("health")[:3]:  # 24 stays being placed
+        rig.actor.on_mail(MembersAtReply(request=placed.request, members={}))
+    answers()  # (each send's `checking`)
+    told("scheduler")
+
+    ask(CancelTransfer(request=31, transfer=sends[21]))
+    assert told("sender") == [CancelRequest(request=sends[21])]  # told, not yet answered
+    assert answers() == []
+    rig.actor.on_mail(_result(sends[21], "ok"))  # verified: it crossed the cancel
+    assert answers() == [("answer", 31, "ended", "ok"), ("result", 21, "ok", "")]
+
+    ask(CancelTransfer(request=32, transfer=sends[22]))
+    assert answers() == []
+    rig.actor.on_mail(_result(sends[22], "unreachable", "refused"))
+    assert answers() == [("answer", 32, "ended", "unreachable"), ("result", 22, "unreachable",
+                                                                    "refused")]  # fmt: skip
+
+    ask(CancelTransfer(request=33, transfer=sends[23]))
+    rig.actor.on_mail(_result(sends[23], "cancelled", CANCELLED_BY_USER))
+    assert answers() == [("answer", 33, "cancelled", ""), ("result", 23, "cancelled",
+                                                            CANCELLED_BY_USER)]  # fmt: skip
+
+    ask(CancelTransfer(request=34, transfer=sends[24]))  # being placed: ends here, at once
+    assert answers() == [("answer", 34, "cancelled", ""), ("result", 24, "cancelled",
+                                                            CANCELLED_BY_USER)]  # fmt: skip
+
+    ask(CancelTransfer(request=35, transfer=sends[21]))  # ended before: at once
+    ask(CancelTransfer(request=36, transfer=999))  # never run
+    assert answers() == [("answer", 35, "ended", "ok"), ("answer", 36, "unknown", "")]
+
+    ask(SendRequest(request=25, path="/x", host="127.0.0.1", port=9, chunk_size=4096))
+    (placing,) = [m for m in told("health") if isinstance(m, MembersAtRequest)]
+    rig.actor.on_mail(MembersAtReply(request=placing.request, members={}))
+    answers()
+    ask(CancelTransfer(request=37, transfer=placing.request))
+    rig.clock.advance(CANCEL_WAIT - 0.1)
+    rig.actor._run_timers()
+    assert answers() == []
+    rig.clock.advance(0.2)
+    rig.actor._run_timers()
+    assert answers() == [("answer", 37, "unended", "")]
+    assert rig.actor.ends.waiting == {}

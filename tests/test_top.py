@@ -14,16 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pexpect
-import pytest
 
+from peercrypt.client import ControlClient
 from peercrypt.testing.nodes import (
     NodeProcess,
     WaitTimeout,
+    blake3_file,
     cli_env,
+    dead_port,
     run_cli,
     start_cli,
     wait_until,
 )
+from peercrypt.wire.local_messages import Progress, SendRequest, SendResult
 
 MiB = 1024 * 1024
 
@@ -130,7 +133,7 @@ def test_top_shows_changes_and_cancels_a_running_transfer(
                 screen.expect("not cancelled")
                 top.send("c")
                 top.send("y")
-                screen.expect(re.escape(f"cancelling transfer {ident}"))
+                screen.expect(re.escape(f"cancelled transfer {ident}"))
                 out, _ = send.communicate(timeout=15)
                 assert json.loads(out.strip().splitlines()[-1])["code"] == "cancelled"
                 assert send.returncode != 0
@@ -169,36 +172,50 @@ def test_top_into_a_pipe_prints_one_view_and_exits(
     assert result.stderr == "", result.describe()
 
 
-def test_cancel_says_a_send_it_told_to_end_that_still_runs() -> None:
-    """`cancel N` waits for the node to list N no more; one still listed
-    after 5 s, or a listing an actor did not answer (an attached sender
-    away: it may still run it), is said so, exit 1, never "cancelled"."""
-    from peercrypt.cli.common import UserError
-    from peercrypt.cli.modes import await_gone
+def test_cancel_of_a_send_that_had_ended_says_how_it_ended(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """`cancel N` of a send that had ended by the time the cancel came
+    says how it ended, exit 2 (as for no running send of that number),
+    never "cancelled": a verified file stays verified (`cancel` said
+    "cancelled transfer N" of it when it ended just as the cancel came)."""
+    sender, receiver = node_factory(), node_factory()
+    source = make_file(64 * 1024)
 
-    now = [0.0]
+    def sent(port: int) -> tuple[int, SendResult]:
+        """Send ``source`` to ``port`` through the node: its id and its result."""
+        with ControlClient.for_data_dir(sender.data_dir) as client:
+            request = client.next_id()
+            client.send(
+                SendRequest(
+                    request=request, path=str(source), host=receiver.host, port=port,
+                    chunk_size=65536, timeout=30.0,
+                )
+            )  # fmt: skip
+            ident = 0
+            while True:
+                msg = client.receive(60.0)
+                if isinstance(msg, Progress) and msg.transfer:
+                    ident = msg.transfer
+                if isinstance(msg, SendResult) and msg.request == request:
+                    assert ident, "no progress named the send's id"
+                    return ident, msg
 
-    def clock() -> float:
-        return now[0]
+    ident, verified = sent(receiver.port)
+    assert verified.code == "ok", verified
+    done = sender.cli("cancel", str(ident))
+    assert (done.returncode, done.stdout) == (2, ""), done.describe()
+    assert done.stderr_lines == [f"peercrypt: error: transfer {ident} had already ended (verified)"]
+    assert blake3_file(receiver.inbox / verified.stored_as) == blake3_file(source)
 
-    def pause(seconds: float) -> None:
-        now[0] += seconds
-
-    listings = iter([({"3", "7"}, []), ({"3"}, ["msender"]), ({"3"}, [])])
-    await_gone(7, lambda: next(listings), clock=clock, pause=pause)  # gone at the third
-    assert now[0] == pytest.approx(0.1)
-    for listing, still in (
-        (({"7"}, []), "still runs"),
-        ((set(), ["sender"]), "may still run (sender did not answer)"),
-    ):
-        now[0] = 0.0
-        with pytest.raises(UserError) as told:
-            await_gone(7, lambda listing=listing: listing, clock=clock, pause=pause)
-        assert (told.value.message, told.value.exit_code) == (
-            f"transfer 7 was told to cancel but {still} after 5 s (see `peercrypt transfers`)",
-            1,
-        )
-        assert now[0] == pytest.approx(5.0, abs=0.06)
+    with dead_port() as port:
+        failed_id, failed = sent(port)
+    assert failed.code != "ok" and failed.reason, failed
+    done = sender.cli("cancel", str(failed_id))
+    assert done.returncode == 2, done.describe()
+    assert done.stderr_lines == [
+        f"peercrypt: error: transfer {failed_id} had already ended (failed: {failed.reason})"
+    ]
 
 
 def test_cancel_stops_a_running_send_by_its_id(

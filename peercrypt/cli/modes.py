@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +28,7 @@ from peercrypt.cli.common import (
 from peercrypt.cli.follow import refusal
 from peercrypt.cli.status_view import rate_cap
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.cancels import CANCEL_WAIT, CancelVerdict, said
 from peercrypt.core.modes import (
     ALL_MODES,
     CONGESTION_KEYS,
@@ -39,6 +39,7 @@ from peercrypt.core.modes import (
 from peercrypt.sizes import readable
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
+    CancelAnswer,
     CancelIncoming,
     CancelTransfer,
     ErrorReply,
@@ -200,12 +201,12 @@ def send_overrides(kwargs: dict[str, Any], mode: str | None) -> dict[str, Any]:
 # -- live commands --------------------------------------------------------------
 
 
-def _ask(obj: dict[str, Any], msg: codec.Message) -> codec.Message:
+def _ask(obj: dict[str, Any], msg: codec.Message, wait: float = 5.0) -> codec.Message:
     data_dir: Path = obj["data_dir"]
     try:
         with ControlClient.for_data_dir(data_dir) as client:
             client.send(msg)
-            reply = client.receive(5.0)
+            reply = client.receive(wait)
     except NodeUnavailable as exc:
         raise UserError(f"{exc} (start one with `peercrypt node`)", errors.FAILED) from None
     if isinstance(reply, ErrorReply):
@@ -322,58 +323,16 @@ def cancel(obj: dict[str, Any], transfer: str, keep: bool) -> None:
     _cancel_send(obj, int(ident))
 
 
-CANCEL_WAIT = 5.0  # seconds `cancel N` waits for the send to end
-
-
 def _cancel_send(obj: dict[str, Any], transfer: int) -> None:
-    """Cancel send ``transfer`` and say so once the node no longer runs it
-    (it said "cancelling transfer N (if it is running)" of one it had just
-    listed)."""
-    if str(transfer) not in _listed(obj)[0]:
-        raise UserError(f"no running transfer {transfer} (see `peercrypt transfers`)")
-    reply = _ask(obj, CancelTransfer(request=1, transfer=transfer))
-    if not isinstance(reply, SettingReply):
+    """Cancel send ``transfer`` and say how it ended: the node answers once
+    it knows (peercrypt.core.cancels), within CANCEL_WAIT s."""
+    reply = _ask(obj, CancelTransfer(request=1, transfer=transfer), CANCEL_WAIT + 2.0)
+    if not isinstance(reply, CancelAnswer):
         raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
-    await_gone(transfer, lambda: _listed(obj))
-    click.echo(f"cancelled transfer {transfer}")
-
-
-def _listed(obj: dict[str, Any]) -> tuple[set[str], list[str]]:
-    """The ids of the sends the node lists (running or waiting), and the
-    actors that did not answer for theirs."""
-    listing = _ask(obj, TransfersRequest(request=1))
-    if not isinstance(listing, TransfersReply):
-        raise UserError(f"unexpected reply {listing.TYPE}", errors.FAILED)
-    return {str(row.get("id")) for row in listing.transfers}, list(listing.unanswered)
-
-
-def await_gone(
-    transfer: int,
-    listed: Callable[[], tuple[set[str], list[str]]],
-    wait: float = CANCEL_WAIT,
-    clock: Callable[[], float] = time.monotonic,
-    pause: Callable[[float], None] = time.sleep,
-) -> None:
-    """Return once ``listed()`` shows ``transfer`` gone, every lister having
-    answered (one that did not might still run it); after ``wait`` seconds
-    a UserError saying it still runs (exit 1)."""
-    deadline = clock() + wait
-    while True:
-        ids, unanswered = listed()
-        if str(transfer) not in ids and not unanswered:
-            return
-        if clock() >= deadline:
-            still = (
-                "still runs"
-                if str(transfer) in ids
-                else f"may still run ({', '.join(unanswered)} did not answer)"
-            )
-            raise UserError(
-                f"transfer {transfer} was told to cancel but {still} after {wait:g} s "
-                "(see `peercrypt transfers`)",
-                errors.FAILED,
-            )
-        pause(0.05)  # (the node's listing: it tells no one when a send ends)
+    line, code = said(transfer, CancelVerdict.told(reply.outcome, reply.code, reply.reason))
+    if code != errors.OK:
+        raise UserError(line, code)
+    click.echo(line)
 
 
 @click.command("max-rate")

@@ -46,11 +46,13 @@ from peercrypt.cli.common import FiniteRange, UserError, count_in, fit_columns
 from peercrypt.cli.follow import refusal
 from peercrypt.cli.status_view import rate_cap
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.cancels import CANCEL_WAIT, CancelVerdict, said
 from peercrypt.core.member_state import MemberState
 from peercrypt.core.names import INCOMING_NAME, shortened
 from peercrypt.sizes import readable
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
+    CancelAnswer,
     CancelIncoming,
     CancelTransfer,
     ErrorReply,
@@ -562,6 +564,18 @@ class NodeLink:
             raise NodeUnavailable("the node answered something unexpected")
         return reply.text
 
+    def cancel(self, transfer: int) -> str:
+        """Cancel send ``transfer``: how it ended, in the words of
+        ``peercrypt cancel`` (the node answers once it knows, within
+        CANCEL_WAIT s: the view waits meanwhile)."""
+        self.client.send(CancelTransfer(request=self.client.next_id(), transfer=transfer))
+        reply = self.client.receive(CANCEL_WAIT + 2.0)
+        if isinstance(reply, ErrorReply):
+            raise NodeUnavailable(refusal(reply))
+        if not isinstance(reply, CancelAnswer):
+            raise NodeUnavailable("the node answered something unexpected")
+        return said(transfer, CancelVerdict.told(reply.outcome, reply.code, reply.reason))[0]
+
     def close(self) -> None:
         self.client.close()
 
@@ -605,8 +619,7 @@ def _act(view: View, link: NodeLink, key: str) -> bool:
     if view.confirm_cancel is not None:
         ident, view.confirm_cancel = view.confirm_cancel, None  # the one asked about
         if key in ("y", "Y") and ident.isdigit():
-            request = CancelTransfer(request=link.client.next_id(), transfer=int(ident))
-            view.say(link.setting(request))
+            view.say(link.cancel(int(ident)))
         elif key in ("y", "Y"):
             incoming = CancelIncoming(request=link.client.next_id(), transfer=ident)
             view.say(link.setting(incoming))

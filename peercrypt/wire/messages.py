@@ -293,11 +293,27 @@ class Failed(Message):
 @dataclass(frozen=True, kw_only=True)
 class CancelTransfer(Message):
     """CLI -> control: cancel running send ``transfer`` (an id from
-    ``transfers``), whoever started it. Answered by a SettingReply."""
+    ``transfers``), whoever started it. Answered by a CancelAnswer once the
+    node knows how the send ended (peercrypt.core.cancels)."""
 
     TYPE = "cancel-transfer"
     request: int = counter()
     transfer: int = counter()
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class CancelAnswer(Message):
+    """Control -> CLI: how the send a CancelTransfer named ended
+    (:class:`peercrypt.core.cancels.Outcome`: cancelled, ended on its own
+    before the cancel came, not ended within the wait, unknown id); an
+    ``ended`` one's result ``code`` and ``reason``."""
+
+    TYPE = "cancel-answer"
+    request: int = counter()
+    outcome: str = field(metadata=bounded(16, 1))
+    code: str = field(default="", metadata=bounded(32))
+    reason: str = reason("")
 
 
 @message
