@@ -6,6 +6,7 @@ and the listings' tables and --json."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -259,6 +260,45 @@ def test_a_send_that_ends_verified_before_its_cancel_is_a_success(
     _verified(result, source, receiver)
 
 
+def test_a_send_that_fails_before_its_cancel_reports_its_failure(
+    trio: list[NodeProcess], tmp_path: Path
+) -> None:
+    """Ctrl-C as the send fails on its own (nothing listens at the port):
+    its failure, already on its way, is what the command reports (it said
+    "interrupted; the transfer was cancelled", exit 130). The Ctrl-C comes
+    from the view once the node counted the failure."""
+    sender, _, _ = trio
+    source = random_file(tmp_path / "late-failure.bin", 64 * 1024)
+    counter = "sender.failed-unreachable"
+    before = sender.counters().get(counter, 0)
+
+    class CtrlCAfterTheFailure(progress.ProgressView):
+        pressed = False
+
+        def on_progress(self, msg: Progress) -> None:
+            if not self.pressed:  # once: the progress still queued then draws as ever
+                self.pressed = True
+                sender.wait_for_counter(counter, before + 1, timeout=30)
+                raise KeyboardInterrupt
+            super().on_progress(msg)
+
+    with ControlClient.for_data_dir(sender.data_dir) as client, dead_port() as port:
+        request = client.next_id()
+        client.send(
+            SendRequest(
+                request=request, path=str(source), host=sender.host, port=port,
+                chunk_size=65536, timeout=30.0,
+            )
+        )  # fmt: skip
+        view = CtrlCAfterTheFailure(source.name, source.stat().st_size)
+        result = follow(client, request, source, SendResult, 30.0, view=view)
+    assert (result.code, result.reason) == (
+        "unreachable",
+        f"cannot connect to {sender.host}:{port}: connection refused: nothing listens "
+        "on that port; `send --force` tries anyway",
+    )
+
+
 def test_a_verdict_read_as_ctrl_c_comes_is_what_the_send_reports(
     trio: list[NodeProcess], tmp_path: Path
 ) -> None:
@@ -465,8 +505,90 @@ def test_a_second_ctrl_c_as_the_fast_path_cancels_does_not_stop_the_cancel(
     monkeypatch.setattr(ControlClient, "send", ctrl_c_as_the_cancel_goes)
     code = _fast_send_paced(sender, receiver, source)
     err = capsys.readouterr().err
-    assert (code, err) == (130, "peercrypt: error: interrupted; the transfer was cancelled\n")
+    # (the second, held until the cancel went, then ends the wait for its answer)
+    assert (code, err) == (
+        130,
+        "peercrypt: error: interrupted; the transfer was told to cancel (its answer not "
+        "waited for: `peercrypt transfers` shows whether it still runs)\n",
+    )
     _cancelled_and_gone(sender, receiver, source)
+
+
+@pytest.mark.parametrize("ended", ["cancelled", "verified", "failed", "unanswered"])
+def test_ctrl_c_as_the_fast_path_waits_for_its_first_reply_says_how_the_send_ended(
+    trio: list[NodeProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    ended: str,
+) -> None:
+    """``send``'s fast path: a Ctrl-C while it waits for the node's first
+    reply cancels the send and waits (5 s at most) for the node's answer,
+    which says what happened: cancelled (exit 130); a send that had ended
+    on its own meanwhile is reported as it ended (verified: exit 0; failed:
+    its failure and exit code); a node that does not answer is said so
+    (exit 130). It said "the transfer was cancelled" without waiting, of a
+    file verified too. The Ctrl-C is raised as the terminal's would be
+    while the socket waits, once the send has ended (or the node was
+    stopped) where the case asks for it."""
+    from peercrypt.cli import fast
+
+    sender, receiver, _ = trio
+    source = random_file(tmp_path / f"fast-{ended}.bin", (8 if ended == "cancelled" else 1) * MiB)
+    receive = ControlClient.receive
+    before = sender.counters()
+    pressed: list[bool] = []
+
+    def ctrl_c_while_waiting(client: ControlClient, timeout: float) -> Message:
+        if not pressed:  # the first reply's wait (those after: the cancel's answer)
+            pressed.append(True)
+            if ended == "verified":
+                sender.wait_for_counter("sender.sent", before.get("sender.sent", 0) + 1, 30)
+            elif ended == "failed":
+                failed = "sender.failed-unreachable"
+                sender.wait_for_counter(failed, before.get(failed, 0) + 1, 30)
+            elif ended == "unanswered":
+                os.kill(sender.pid, signal.SIGSTOP)
+            client.sock.waiting = True  # (as in its poll: raised at once)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            finally:
+                client.sock.waiting = False
+        return receive(client, timeout)
+
+    monkeypatch.setattr(ControlClient, "receive", ctrl_c_while_waiting)
+    with contextlib.ExitStack() as stack:
+        port = stack.enter_context(dead_port()) if ended == "failed" else receiver.port
+        if ended == "cancelled":
+            assert sender.cli("max-rate", "1M").returncode == 0  # 8 s: cancelled long before
+            stack.callback(lambda: sender.cli("max-rate", "0"))
+        if ended == "unanswered":
+            stack.callback(os.kill, sender.pid, signal.SIGCONT)
+        line = [str(source), receiver.host, str(port), "--json"]
+        code = fast.run(["--data-dir", str(sender.data_dir), "send", *line])
+    out, err = capsys.readouterr()
+    if ended in ("cancelled", "unanswered"):
+        if ended == "cancelled":
+            assert re.fullmatch(f"peercrypt: error: {CANCELLED.pattern}\n", err), err
+        else:
+            assert err == (
+                "peercrypt: error: interrupted; the transfer was told to cancel, but the node "
+                "did not answer within 5 s (`peercrypt transfers` shows whether it still runs)\n"
+            )
+        assert (code, out) == (130, "")
+        _cancelled_and_gone(sender, receiver, source)
+        return
+    result = json.loads(out)
+    if ended == "verified":
+        assert (code, err, result["code"]) == (0, "", "ok"), (out, err)
+        assert result["blake3"] == blake3_file(source)
+        assert blake3_file(receiver.inbox / result["stored_as"]) == blake3_file(source)
+    else:
+        assert (code, err, result["code"]) == (errors.UNREACHABLE, "", "unreachable"), (out, err)
+        assert result["error"] == (
+            f"cannot connect to {receiver.host}:{port}: connection refused: nothing listens "
+            "on that port; `send --force` tries anyway"
+        ), result
 
 
 def test_a_followed_send_is_asked_under_the_handlers(

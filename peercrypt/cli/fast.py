@@ -226,6 +226,7 @@ def _send(line: Line, data_dir: Path) -> int | None:
     if not_utf8(paths) is not None:  # the command says so (the node would get a '?')
         return None
     from peercrypt.cli.follow import (
+        answered_cancel,
         ended_text,
         ending_signals_cancel,
         follow,
@@ -276,9 +277,14 @@ def _send(line: Line, data_dir: Path) -> int | None:
                 sent = True
                 try:
                     first = client.receive(FIRST_REPLY)
-                except (NodeUnavailable, AnotherRelease, KeyboardInterrupt):
+                except KeyboardInterrupt as exc:
                     # Under the handlers, a second signal held from the first:
-                    # the cancel goes (put back first, one then stopped it).
+                    # the cancel goes (put back first, one then stopped it),
+                    # and the node's answer says how the send ended (it said
+                    # "cancelled" unanswered: of a send verified meanwhile too).
+                    cancelled = True
+                    first = answered_cancel(client, request, exc, interrupts, SendResult)
+                except (NodeUnavailable, AnotherRelease):
                     client.send(CancelRequest(request=request))  # should it arrive after all
                     cancelled = True
                     raise

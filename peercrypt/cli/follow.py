@@ -121,36 +121,9 @@ def follow(
             except KeyboardInterrupt as exc:
                 if not asked:
                     raise Stop(*ended_text(exc, unconfirmed="nothing was sent")) from None
-                try:  # (a second signal since exc is held: the cancel goes all the same)
-                    client.send(CancelRequest(request=request))
-                    interrupts.ended_with()
-                except KeyboardInterrupt as again:
-                    raise Stop(*ended_text(stronger(exc, again), unconfirmed=NOT_WAITED)) from None
-                last: Message | None = None
-                try:
-                    last = _await_result(
-                        client, request, shown, result_type, CANCEL_WAIT, on_other,
-                        interrupts=interrupts,
-                    )  # fmt: skip
-                except Unanswered:  # neither the cancel's result nor a verdict came
-                    raise Stop(*ended_text(exc, unconfirmed=UNCONFIRMED)) from None
-                except KeyboardInterrupt as again:  # Ctrl-C again (or a kill): not waited for
-                    raise Stop(*ended_text(stronger(exc, again), unconfirmed=NOT_WAITED)) from None
-                except Stop:  # the node stopped (and the send with it), or refused
-                    pass
-                if isinstance(last, result_type) and getattr(last, "code", "") == ResultCode.OK:
-                    result = last  # it ended, verified, before the cancel came: so it is said
-                else:
-                    # the terminal closed, a `kill`: as Ctrl-C
-                    # Accepted: the receiver has a part (a multicast session's: its own);
-                    # seen in its progress, or in the cancelled send's result (no
-                    # progress with --json): its flow, or a retry's first accept.
-                    accepted = bool(phases & ACCEPTED) or (
-                        isinstance(last, SendResult)
-                        and bool(last.stats.get("chunks") or "held_share" in last.stats)
-                    )
-                    kept = result_type is SendResult and accepted
-                    raise Stop(*ended_text(exc, kept)) from None
+                result = answered_cancel(
+                    client, request, exc, interrupts, result_type, shown, on_other, phases
+                )  # (returned: it had ended on its own before the cancel came)
             finally:
                 if shown is not None:
                     shown.close()
@@ -164,6 +137,54 @@ def follow(
     finally:
         if shown is not None:
             shown.close()
+
+
+def answered_cancel(
+    client: ControlClient,
+    request: int,
+    exc: KeyboardInterrupt,
+    interrupts: Interrupts,
+    result_type: type[R],
+    view: Any = None,
+    on_other: Callable[[Message], None] | None = None,
+    phases: set[str] | frozenset[str] = frozenset(),
+) -> R:
+    """Cancel ``request``, sent, for ``exc`` (Ctrl-C, or a kill: raised by
+    ``interrupts``, which hold the next until the cancel went), and wait
+    CANCEL_WAIT s at most for the node's answer, its result. Returned when
+    the send had ended on its own before the cancel came (verified, or
+    failed: it is what the command reports); else raises the Stop that
+    says it was cancelled (``phases``: those its progress showed, for
+    whether the receiver keeps a part), or what is known instead: no answer
+    in time, or, with a second signal, its answer not waited for."""
+    try:  # (a second signal since exc is held: the cancel goes all the same)
+        client.send(CancelRequest(request=request))
+        interrupts.ended_with()
+    except KeyboardInterrupt as again:
+        raise Stop(*ended_text(stronger(exc, again), unconfirmed=NOT_WAITED)) from None
+    last: Message | None = None
+    try:
+        last = _await_result(
+            client, request, view, result_type, CANCEL_WAIT, on_other, interrupts=interrupts
+        )
+    except Unanswered:  # neither the cancel's result nor a verdict came
+        raise Stop(*ended_text(exc, unconfirmed=UNCONFIRMED)) from None
+    except KeyboardInterrupt as again:  # Ctrl-C again (or a kill): not waited for
+        raise Stop(*ended_text(stronger(exc, again), unconfirmed=NOT_WAITED)) from None
+    except Stop:  # the node stopped (and the send with it), or refused
+        pass
+    if isinstance(last, result_type) and getattr(last, "code", "") != ResultCode.CANCELLED:
+        return last  # it ended (verified, or failed) before the cancel came: so it is said
+    # the terminal closed, a `kill`: as Ctrl-C
+    # Accepted: the receiver has a part (a multicast session's: its own);
+    # seen in its progress, or in the cancelled send's result (no
+    # progress with --json): its flow, or a retry's first accept.
+    accepted = bool(phases & ACCEPTED) or (
+        isinstance(last, SendResult)
+        and bool(last.stats.get("chunks") or "held_share" in last.stats)
+    )
+    kept = result_type is SendResult and accepted
+    raise Stop(*ended_text(exc, kept)) from None
 
 
 @contextlib.contextmanager
