@@ -10,13 +10,17 @@ against the send's ``--timeout``:
   back, the send fails naming the closed port once ``--timeout`` has passed;
 - retries keep to the sender's ``max_outgoing``;
 - a source file cut short while it is sent ends the send as a local error
-  naming it; nothing is stored under its name, and the node sends on.
+  naming it; nothing is stored under its name, and the node sends on;
+- a source file changed while it is sent, or while a resume reads back and
+  hashes what the receiver held, fails the send within a second.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import signal
 import threading
 import time
@@ -39,7 +43,7 @@ from peercrypt.testing.nodes import (
     start_cli,
     wait_until,
 )
-from peercrypt.wire.messages import SendRequest, SendResult
+from peercrypt.wire.messages import CancelRequest, Progress, SendRequest, SendResult
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -411,3 +415,96 @@ def test_a_read_error_is_said_in_the_systems_words_with_the_file() -> None:
     assert _read_failed("/a.bin", short) == (
         "reading /a.bin failed: file shrank while it was read (chunk 3)"
     )
+
+
+def test_a_source_changed_while_a_resume_hashes_what_was_held_fails_the_send(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resumed send hashes, once every chunk is acked, the chunks the
+    receiver held (phase ``hashing``); a source changed meanwhile (here its
+    mtime only: size and bytes the same) fails the send within a second,
+    "FILE changed while it was being sent", and nothing is stored under its
+    name. Unchecked in that phase, the send went on to a hash of the bytes
+    read and was verified (docs/resume.md).
+
+    The sender is an in-process node (its actors and sockets as ever) whose
+    hashing of the held chunks waits for the phase (none hashed as the rest
+    is sent), goes one chunk per turn of its loop and is held after the
+    first until the test lets it on: the send stays in
+    ``hashing`` for as long as needed, its loop (the progress ticks, the
+    check of the source) running meanwhile. It is let on once 30 ticks
+    (three checks) passed after the change without the send failing."""
+    from actors import sender as sender_actor
+
+    receiver = node_factory(name="receiver")
+    path = make_file(SIZE, name="rehashed.bin")
+    let_on = threading.Event()
+    hash_later = sender_actor.SenderActor._hash_later
+
+    def held_until_let_on(self: sender_actor.SenderActor, t: Any) -> None:
+        if let_on.is_set():
+            return hash_later(self, t)
+        self.call_later(0.05, functools.partial(self._hash_later, t))
+
+    monkeypatch.setattr(sender_actor, "HASH_STEP", CHUNK)  # a chunk per turn
+    # The held chunks all left for the hashing phase (none hashed as the rest is sent).
+    monkeypatch.setattr(sender_actor, "HASH_CATCH_UP", 0)
+    monkeypatch.setattr(sender_actor.SenderActor, "_hash_later", held_until_let_on)
+    node = Node(loopback_settings(tmp_path / "sender", network_key))
+    node.start()
+    client = ControlClient.for_data_dir(tmp_path / "sender")
+
+    def send(request: int, **extra: Any) -> None:
+        client.send(
+            SendRequest(
+                request=request, path=str(path), host="127.0.0.1", port=receiver.port,
+                chunk_size=CHUNK, timeout=30.0, force=True, quiet=False, **extra,
+            )
+        )  # fmt: skip
+
+    def result_of(request: int, seen: Callable[[Progress], None] = lambda p: None) -> SendResult:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msg = client.receive(5.0)
+            if isinstance(msg, Progress) and msg.request == request:
+                seen(msg)
+            if isinstance(msg, SendResult) and msg.request == request:
+                return msg
+        raise AssertionError(f"send {request} did not end in 60 s")
+
+    try:
+        # A first send cut once the receiver checkpointed a part of it: it keeps
+        # its part, and the resume sends the rest only (4 s at this rate: cut
+        # long before its end).
+        send(1, mode="token-bucket", rate=RATE // 2)
+        held = wait_until(lambda: _held(receiver.inbox) or None, 30, "a checkpoint")
+        client.send(CancelRequest(request=1))
+        assert result_of(1).code == "cancelled"
+        phases: list[str] = []  # the resume's, from the change on
+        changed: list[bool] = []
+
+        def seen(p: Progress) -> None:
+            if p.phase == "hashing" and not changed:
+                st = os.stat(path)
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+                changed.append(True)
+            elif changed:
+                phases.append(p.phase)
+                if len(phases) >= 30:
+                    let_on.set()
+
+        send(2)
+        resumed = result_of(2, seen)
+    finally:
+        let_on.set()
+        client.close()
+        node.stop()
+    assert changed, "the resume never reported the phase hashing"
+    assert (resumed.code, resumed.reason) == ("local", f"{path} changed while it was being sent")
+    assert set(phases) <= {"hashing"}, phases  # failed in that phase, within three checks
+    assert resumed.stats["resumed_chunks"] >= held > 0, resumed.stats
+    assert not (receiver.inbox / path.name).exists()
