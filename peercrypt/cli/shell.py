@@ -37,17 +37,18 @@ from typing import Any
 import click
 
 from peercrypt import errors
-from peercrypt.cli import configure, follow
+from peercrypt.cli import configure, follow, precheck
 from peercrypt.cli.common import UserError, count_in
 from peercrypt.cli.node import node_options, node_settings, run_node
 from peercrypt.cli.receive import Inbound, inbound, inbound_multicast
 from peercrypt.cli.runner import execute, unknown_command
 from peercrypt.cli.status_view import describe_outcome
 from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
+from peercrypt.core.address import join_host_port
 from peercrypt.core.modes import ALL_MODES, CONGESTION_KEYS
 from peercrypt.core.names import shortened
 from peercrypt.wire.messages import TransfersReply, TransfersRequest
-from peercrypt.wire.network_messages import CheckRequest, CheckResult, PeersReply, PeersRequest
+from peercrypt.wire.network_messages import PeersReply, PeersRequest
 
 HISTORY_FILE = "shell_history"  # in the data dir
 PROMPT = "peercrypt> "
@@ -438,34 +439,17 @@ class Shell:
         """The pre-send health check: False (reachable), True (proceed anyway)
         or None (abort)."""
         click.echo(f"checking {host}:{port} ...")
+        target = join_host_port(host, port)
         try:
             with ControlClient.for_data_dir(self.data_dir) as client:
-                client.send(CheckRequest(request=client.next_id(), host=host, port=port))
-                deadline = time.monotonic() + 120.0
-                while time.monotonic() < deadline:
-                    try:
-                        reply = client.receive(1.0)
-                    except NodeUnavailable:
-                        if not client.node_alive():
-                            raise
-                        continue
-                    if isinstance(reply, CheckResult):
-                        break
-                else:
-                    return False
+                reply = precheck.check_targets(client, [target]).get(target)
         except NodeUnavailable as exc:
             self._error(str(exc), errors.FAILED)
             return None
-        if reply.code == "ok":
+        if reply is None or reply.code == "ok":
             return False
         click.echo(f"the health check failed: {reply.reason or reply.code}")
-        answer = click.prompt(
-            "proceed or abort?",
-            type=click.Choice(["proceed", "abort", "p", "a"]),
-            default="abort",
-            show_choices=True,
-        )
-        if answer in ("proceed", "p"):
+        if precheck.proceed_or_abort():
             return True
         click.echo("send aborted")
         return None

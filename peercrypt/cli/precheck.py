@@ -1,0 +1,67 @@
+"""The shell's pre-send health check (cli/shell.py): the node's one-shot
+check of each target (``CheckRequest``, actors/health.py), all of them at
+once, and the question whether to send anyway when one fails.
+
+The one-shot ``send`` asks nothing: a unicast send refuses a peer its own
+pre-send check cannot reach unless ``--force`` (actors/sender.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.address import split_host_port
+from peercrypt.wire.network_messages import CheckRequest, CheckResult
+
+# Seconds a check without a budget is waited for (its attempts and pauses
+# are bounded by the node's max_retries and connect_timeout settings).
+CHECK_WAIT = 120.0
+# Seconds a check's answer may take beyond its budget (a loaded node).
+ANSWER_SLACK = 5.0
+
+
+def check_targets(
+    client: ControlClient, targets: list[str], budget: float = 0.0
+) -> dict[str, CheckResult]:
+    """Have the node check every ``HOST:PORT`` of ``targets`` at once, each
+    within ``budget`` seconds (0: its retries only); their results by target.
+
+    A target whose result has not come within the budget (and
+    :data:`ANSWER_SLACK`; :data:`CHECK_WAIT` without one) is left out: no
+    verdict, the send's own check decides. Blocks until then; raises
+    NodeUnavailable if the node's process ended meanwhile."""
+    pending: dict[int, str] = {}
+    for target in targets:
+        host, port = split_host_port(target)
+        request = client.next_id()
+        client.send(CheckRequest(request=request, host=host, port=port, budget=budget))
+        pending[request] = target
+    results: dict[str, CheckResult] = {}
+    deadline = time.monotonic() + (budget + ANSWER_SLACK if budget > 0 else CHECK_WAIT)
+    while pending and (left := deadline - time.monotonic()) > 0:
+        try:
+            reply = client.receive(min(1.0, left))
+        except NodeUnavailable:
+            if not client.node_alive():
+                raise
+            continue
+        if isinstance(reply, CheckResult) and reply.request in pending:
+            results[pending.pop(reply.request)] = reply
+    return results
+
+
+def proceed_or_abort(err: bool = False) -> bool:
+    """Ask whether to send despite a failed check (on stderr if ``err``):
+    True to proceed; abort is the default. Raises click.Abort on Ctrl-C or
+    Ctrl-D."""
+    answer = click.prompt(
+        "proceed or abort?",
+        type=click.Choice(["proceed", "abort", "p", "a"]),
+        default="abort",
+        show_choices=True,
+        err=err,
+    )
+    return answer in ("proceed", "p")
