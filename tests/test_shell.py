@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -506,6 +508,145 @@ def test_the_pre_send_check_asks_proceed_or_abort(
     pty.leave()
 
 
+def test_a_multicast_send_names_the_targets_it_cannot_reach_and_asks_once(
+    started: tuple[Pty, Path],
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    free_port: int,
+) -> None:
+    """Each target is checked first; those that fail are named with their
+    cause, and one question decides: abort sends nothing, proceed sends to
+    the others and names the left-out ones failed."""
+    pty, _ = started
+    good = node_factory()
+    source = make_file(256 * 1024)
+    here, dead = f"{good.host}:{good.port}", f"127.0.0.1:{free_port}"
+    line = f"send {source} {good.host} {good.port} -m --to {dead} --timeout 5"
+    pty.child.sendline(line)
+    out = pty.expect("proceed or abort")
+    assert "checking 2 targets ..." in out, out
+    assert f"the health check of {dead} failed: cannot connect to {dead}: connection refused" in out
+    assert f"the health check of {here}" not in out, out
+    pty.child.sendline("a")
+    out = pty.expect("send aborted") + pty.expect(PROMPT_RE)
+    assert "proceed or abort" not in out, out  # asked once
+    assert not list(good.inbox.iterdir())  # nothing sent to the reachable one either
+    pty.child.sendline(line)
+    pty.expect("proceed or abort")
+    pty.child.sendline("p")
+    pty.expect(re.escape(f"{here}: verified, stored as {source.name}"))
+    pty.expect(re.escape(f"{dead}: failed (unreachable): cannot connect to {dead}"))
+    pty.expect(re.escape(f"peercrypt: error: 1 of 2 receivers verified; cannot connect to {dead}"))
+    pty.expect(PROMPT_RE)
+    assert blake3_file(good.inbox / source.name) == blake3_file(source)
+    # Every target reachable: no question; none: one error line, nothing sent.
+    other = make_file(64 * 1024)
+    out = pty.run(
+        f"send {other} {good.host} {good.port} --mode multicast",
+        re.escape(f"checking {here} ..."),
+        re.escape(f"{here}: verified, stored as {other.name}"),
+    )
+    assert "proceed or abort" not in out and "health check of" not in out, out
+    assert blake3_file(good.inbox / other.name) == blake3_file(other)
+    out = pty.run(
+        f"send {other} 127.0.0.1 {free_port} --mode multicast",
+        re.escape(f"the health check of {dead} failed: cannot connect to {dead}"),
+        re.escape("peercrypt: error: no target passed the health check (of 1): nothing sent"),
+    )
+    assert "proceed or abort" not in out, out
+    assert pty.leave() == 0
+
+
+def test_a_multicast_send_aborted_or_sent_without_a_target_exits_3(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    free_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The exit status of the line (the prompt does not show it), against
+    real nodes: the shell's own code in this process, the answer typed on
+    its stdin."""
+    sender, good = node_factory(), node_factory()
+    shell = Shell(cli, {"data_dir": sender.data_dir}, owns_node=False)
+    shell.interactive = True  # (a terminal's: a multicast send asks)
+    source = make_file(128 * 1024)
+    here, dead = f"{good.host}:{good.port}", f"127.0.0.1:{free_port}"
+    line = f"send {source} {good.host} {good.port} -m --to {dead} --timeout 5 --json"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("abort\n"))
+    assert shell.run_line(line) == errors.UNREACHABLE
+    out, err = capsys.readouterr()
+    assert out == "", out
+    assert err.splitlines() == [
+        "checking 2 targets ...",
+        f"the health check of {dead} failed: cannot connect to {dead}: connection refused: "
+        "nothing listens on that port",
+        "proceed or abort? (proceed, abort, p, a) [abort]: send aborted",  # (the answer unechoed)
+    ], err
+    assert not list(good.inbox.iterdir())
+    monkeypatch.setattr(sys, "stdin", io.StringIO("proceed\n"))
+    assert shell.run_line(line) == errors.UNREACHABLE
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    rows = {r["target"]: r for r in result["receivers"]}
+    assert rows[here]["code"] == "ok", result
+    assert blake3_file(good.inbox / rows[here]["stored_as"]) == blake3_file(source)
+    assert rows[dead]["code"] == "unreachable" and rows[dead]["stored_as"] == "", result
+    assert rows[dead]["error"].startswith(f"cannot connect to {dead}: connection refused"), result
+    assert result["code"] == "unreachable" and not result["ok"], result
+    assert result["error"].startswith(
+        f"1 of 2 receivers verified; cannot connect to {dead}: connection refused"
+    ), result
+    assert "Traceback" not in err
+    # No target reachable: nothing to ask, one error line.
+    line = f"send {source} 127.0.0.1 {free_port} --mode multicast --json"
+    assert shell.run_line(line) == errors.UNREACHABLE
+    out, err = capsys.readouterr()
+    assert out == "", out
+    assert err.splitlines() == [
+        f"checking {dead} ...",
+        f"the health check of {dead} failed: cannot connect to {dead}: connection refused: "
+        "nothing listens on that port",
+        "peercrypt: error: no target passed the health check (of 1): nothing sent",
+    ], err
+
+
+def test_the_node_stopping_during_a_multicast_check_is_one_error_line(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The shell's node killed while the check waits for a target that takes
+    the connection and never answers: one line, exit 1, no traceback."""
+    sender, good = node_factory(), node_factory()
+    shell = Shell(cli, {"data_dir": sender.data_dir}, owns_node=False)
+    shell.interactive = True
+    monkeypatch.setattr(sys, "stdin", io.StringIO("abort\n"))
+    source = make_file(1024)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        mute = f"127.0.0.1:{silent.getsockname()[1]}"
+
+        def kill_once_dialled() -> None:  # the check's connection waits to be accepted
+            if select.select([silent], [], [], WAIT)[0]:
+                sender.kill()
+
+        killer = threading.Thread(target=kill_once_dialled, daemon=True)
+        killer.start()
+        code = shell.run_line(f"send {source} {good.host} {good.port} -m --to {mute} --timeout 30")
+        killer.join(WAIT)
+    assert code == errors.FAILED
+    out, err = capsys.readouterr()
+    assert out == "", out
+    assert err.splitlines() == [
+        "checking 2 targets ...",
+        "peercrypt: error: the local node stopped",
+    ], err
+    assert not list(good.inbox.iterdir())
+
+
 def test_completion_of_commands_options_paths_and_peers(
     started: tuple[Pty, Path],
     node_factory: Callable[..., NodeProcess],
@@ -607,6 +748,33 @@ def test_a_script_on_stdin_runs_every_line_and_its_exit_says_if_all_succeeded(
     assert amp.stderr.strip() == "peercrypt: error: no `&` in a script: each line runs to its end"
     quits = _script(node.data_dir, ["quit", "set-mode warp"], tmp_path)
     assert quits.returncode == 0 and not quits.stderr
+
+
+def test_a_script_multicast_asks_nothing_and_sends_to_the_targets_it_reaches(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    free_port: int,
+    tmp_path: Path,
+) -> None:
+    """Without a terminal the shell's send is the one-shot command's (as a
+    unicast send's, which refuses without --force): no question, the
+    unreachable target failed, exit 3."""
+    node, good = node_factory(), node_factory()
+    source = make_file(64 * 1024)
+    dead = f"127.0.0.1:{free_port}"
+    line = f"send {source} {good.host} {good.port} -m --to {dead} --timeout 2 --json"
+    result = _script(node.data_dir, [line, "abort"], tmp_path)
+    assert result.returncode == errors.UNREACHABLE, result.stderr
+    assert "proceed or abort" not in result.stdout + result.stderr
+    assert "health check of" not in result.stderr, result.stderr
+    sent = json.loads(result.stdout.splitlines()[0])
+    assert [(r["target"], r["code"]) for r in sent["receivers"]] == [
+        (f"{good.host}:{good.port}", "ok"),
+        (dead, "unreachable"),
+    ], sent
+    assert blake3_file(good.inbox / source.name) == blake3_file(source)
+    # The next line ran as a command of its own (not taken as an answer).
+    assert "peercrypt: error: no such command 'abort'" in result.stderr, result.stderr
 
 
 def test_help_fits_80_columns_and_an_unknown_command_lists_the_shells(

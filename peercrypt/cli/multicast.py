@@ -11,6 +11,7 @@ and reports the multicast sessions it receives.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -22,6 +23,7 @@ from typing import Any, NoReturn
 import click
 
 from peercrypt import errors
+from peercrypt.cli import precheck
 from peercrypt.cli.common import FiniteRange, UserError, check_resolvable
 from peercrypt.cli.fast import source_paths
 from peercrypt.cli.follow import follow, refusal
@@ -43,6 +45,7 @@ from peercrypt.wire.multicast_messages import (
     McSendResult,
     McTargetResult,
 )
+from peercrypt.wire.network_messages import CheckResult
 
 
 def parse_target(text: str) -> str:
@@ -132,9 +135,15 @@ def multicast_send(
     expect: list[str],
 ) -> NoReturn:
     """Hand ``files`` (a file, a folder, or several: one session) to the
-    node's multicast sender and report each receiver."""
+    node's multicast sender and report each receiver. In the shell on a
+    terminal (:func:`peercrypt.cli.precheck.asks`) the targets are checked
+    first, and those that fail are left out if the user says proceed."""
     paths = source_paths(files)
     path = paths[0]
+    skipped: dict[str, CheckResult] = {}
+    if precheck.asks():
+        skipped = _unreachable(client, targets, timeout)
+        targets = [t for t in targets if t not in skipped]
     request = client.next_id()
     ask = McSendRequest(
         request=request,
@@ -157,7 +166,72 @@ def multicast_send(
         ask=ask,
         on_other=functools.partial(_target_result, as_json),
     )
+    if skipped:
+        result = _with_skipped(result, skipped, as_json)
     _report(result, paths, as_json)
+
+
+def _unreachable(
+    client: ControlClient, targets: list[str], timeout: float
+) -> dict[str, CheckResult]:
+    """The pre-send check of every target at once, within the send's
+    ``timeout`` (as a unicast send's own check): the ones that failed, each
+    named with its cause, after the user said to proceed without them.
+    Exits 3 if the user aborts, or if no target passed (nothing to send)."""
+    if len(targets) == 1:
+        echo(f"checking {targets[0]} ...")
+    else:
+        echo(f"checking {len(targets)} targets ...")
+    try:
+        checked = precheck.check_targets(client, targets, budget=timeout)
+    except NodeUnavailable:
+        raise UserError("the local node stopped", errors.FAILED) from None
+    failed = {t: r for t, r in checked.items() if r.code != ResultCode.OK}
+    for target, result in failed.items():
+        echo(f"the health check of {target} failed: {result.reason or result.code}")
+    if failed and len(failed) == len(targets):
+        raise UserError(
+            f"no target passed the health check (of {len(targets)}): nothing sent",
+            errors.UNREACHABLE,
+        )
+    if failed and not precheck.proceed_or_abort(err=True):
+        echo("send aborted")
+        sys.exit(errors.UNREACHABLE)
+    return failed
+
+
+def _with_skipped(
+    result: McSendResult, skipped: dict[str, CheckResult], as_json: bool
+) -> McSendResult:
+    """``result`` with the targets left out after a failed check as failed
+    receivers (said a line each, as the others were), counted in its reason
+    and exit code."""
+    rows = [
+        {
+            "target": target,
+            "code": check.code,
+            "error": (check.reason or check.code)[:300],
+            "stored_as": "",
+            "seconds": "0.000",
+            "held": "0",
+        }
+        for target, check in skipped.items()
+    ]
+    if not as_json:
+        for row in rows:
+            echo(f"  {row['target']}: failed ({row['code']}): {row['error']}")
+    receivers = [*result.results, *rows]
+    # As the sender words it: the first receiver that failed gives the code and cause.
+    failed = [r for r in receivers if r.get("code") != ResultCode.OK]
+    first = failed[0]
+    return dataclasses.replace(
+        result,
+        code=first["code"],
+        reason=f"{len(receivers) - len(failed)} of {len(receivers)} receivers verified; "
+        + first["error"],
+        digest=b"",
+        results=receivers,
+    )
 
 
 def _target_result(as_json: bool, msg: Message) -> None:

@@ -1,14 +1,19 @@
-"""The shell's pre-send health check (cli/shell.py): the node's one-shot
-check of each target (``CheckRequest``, actors/health.py), all of them at
-once, and the question whether to send anyway when one fails.
+"""The shell's pre-send health check (cli/shell.py for a unicast send,
+cli/multicast.py for a multicast one): the node's one-shot check of each
+target (``CheckRequest``, actors/health.py), all of them at once, and the
+question whether to send anyway when one fails.
 
 The one-shot ``send`` asks nothing: a unicast send refuses a peer its own
-pre-send check cannot reach unless ``--force`` (actors/sender.py).
+pre-send check cannot reach unless ``--force`` (actors/sender.py), a
+multicast send reports such a target failed and goes on with the others.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 
 import click
 
@@ -21,6 +26,27 @@ from peercrypt.wire.network_messages import CheckRequest, CheckResult
 CHECK_WAIT = 120.0
 # Seconds a check's answer may take beyond its budget (a loaded node).
 ANSWER_SLACK = 5.0
+
+# Set in the thread that runs a shell's line on a terminal (:func:`asking`):
+# a multicast send checks its targets first and asks whether to go on
+# without the ones it cannot reach. Thread-local: a background send of the
+# shell (another thread) never asks.
+_asking = threading.local()
+
+
+@contextlib.contextmanager
+def asking() -> Iterator[None]:
+    """Meanwhile, a multicast send in this thread checks its targets and asks."""
+    _asking.on = True
+    try:
+        yield
+    finally:
+        _asking.on = False
+
+
+def asks() -> bool:
+    """Whether a multicast send in this thread checks its targets and asks."""
+    return bool(getattr(_asking, "on", False))
 
 
 def check_targets(

@@ -382,7 +382,8 @@ class Shell:
         multicast = bool(params.get("multi") or params.get("dual") or params.get("to"))
         multicast = multicast or params.get("mode") == "multicast"
         if multicast:  # may ask for targets: in the foreground, with a line per receiver
-            return execute(self.group, [*self.global_args(), *words])
+            with precheck.asking():  # and whether to go on without those it cannot reach
+                return execute(self.group, [*self.global_args(), *words])
         args = list(words)
         if not params.get("force"):
             verdict = self._check(str(params["host"]), int(params["port"]))
