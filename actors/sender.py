@@ -738,6 +738,13 @@ class SenderActor(Actor):
         )
         self.transfers[tid] = t
         self.tell("stats", self._record(t, "running"))
+        # Named at once (control gives the client the id `transfers` and
+        # `cancel` know it by): a send that ended within its first progress
+        # tick was never named, and the shell told no job of it.
+        phase, done = self._phase(t)
+        named = Progress(request=req.request, done_bytes=done, total_bytes=size, phase=phase)
+        for batch in columns.batches([named], Progresses):
+            self.tell(t.requester, batch)
         if retry is None:
             t.reach = self._reach(req)
             flow.offer_due(None)  # the check times its attempts; the offer gets its own
