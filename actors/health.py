@@ -218,8 +218,14 @@ class HealthActor(Actor):
 
     def setup(self) -> None:
         self.call_every(self.interval, self._round)
-        # the detector's clock: only while there is a member to watch
-        self.call_every_while(min(0.1, self.interval / 10), self._tick, lambda: bool(self.members))
+        # The detector's clock: only while a member is suspect (its deadline
+        # is all the clock decides); it ticked 10 times a second whenever
+        # there was a member, the most of an idle node's wake-ups.
+        self.call_every_while(
+            min(0.1, self.interval / 10),
+            self._tick,
+            lambda: self.detector.next_deadline() is not None,
+        )
         self.facts["health_interval"] = f"{self.interval:g}"
         self.facts["detection_bound"] = f"{self.detector.detection_bound():.3g}"
 

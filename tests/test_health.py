@@ -144,6 +144,40 @@ def test_a_dead_member_shows_no_rtt(node_factory: Callable[..., NodeProcess]) ->
         assert line[1:4] == [address, "dead", "-"], shown.stdout
 
 
+def _wakeups(pid: int, thread: str) -> int:
+    """How often the node's thread ``thread`` has waited so far (its
+    voluntary context switches: each is a wait for a timer or a message)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if (task / "comm").read_text().strip() == thread:
+            status = (task / "status").read_text()
+            return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    raise AssertionError(f"no thread {thread} in {pid}")
+
+
+def test_an_idle_node_wakes_its_health_actor_only_when_something_is_due(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """With a live member and nothing suspect, health's failure detector
+    has no deadline to watch: it ticked 10 times a second all the same (most
+    of an idle node's wake-ups, 0.7% of a core with one member; the goal is
+    0.2%). Now what wakes it is its rounds, their answers and its
+    connections' port watch (every 0.2 s while they are quiet)."""
+    a = node_factory()  # default intervals: a round every 10 s
+    b = node_factory("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+
+    def alive() -> bool:
+        rows = json.loads(a.cli("peers", "--json").stdout)
+        return any(r["id"] == b.fingerprint and r["state"] == "alive" for r in rows)
+
+    wait_until(alive, 30, "A to hold B alive")
+    assert a.pid is not None
+    before = _wakeups(a.pid, "pc-health")
+    threading.Event().wait(4.0)  # (a span to count in: nothing is waited for)
+    woke = _wakeups(a.pid, "pc-health") - before
+    # 4 s: the port watch's 20, a round's few; the clock alone was 40 more.
+    assert woke < 30, woke  # (20 here; 40-52 with the clock)
+
+
 def test_pre_send_check_and_force(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], free_port: int
 ) -> None:
