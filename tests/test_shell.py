@@ -914,6 +914,10 @@ def test_a_background_send_is_cancelled_by_its_transfer_id_or_by_its_job(
     assert '"transfer": 2' in listed and '"transfer": 3' in listed, listed
     pty.run("cancel %9", r"peercrypt: error: no job %9 \(`jobs` lists this shell's sends\)")
     pty.run("cancel %\u00b2", r"peercrypt: error: no job %\u00b2 ")  # a digit, not ASCII
+    # Hints name commands as typed here (the node's words too: no `peercrypt `).
+    out = pty.run("cancel in99", r"peercrypt: error: no incoming transfer in99 \(see `status`\)")
+    out += pty.run("rate --transfr 3 1M", r"`rate --help` lists them")
+    assert "`peercrypt " not in out, out
     pty.run_until("cancel %1", r"\[1\] done, exit 1")
     out = pty.run("transfers --json", r"\]")
     ids = re.findall(r'"id": "?(\d+)', out)

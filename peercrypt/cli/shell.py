@@ -709,16 +709,22 @@ class _Held:
     prompt is shown): what a background send's thread writes while `top`
     has the screen (its result line, a note) is held and told once `top`
     ends, not written into its alternate screen and lost with it (found by
-    use: the `[N] done` line came, the result line it followed never did)."""
+    use: the `[N] done` line came, the result line it followed never did).
+    A command named in a hint (`` `peercrypt status` ``, the node's words
+    too) is named as typed here, without the `peercrypt` in front."""
 
     def __init__(self, shell: Shell, stream: Any, err: bool) -> None:
         self._shell, self._stream, self._err = shell, stream, err
 
     def write(self, text: Any) -> int:
-        held = isinstance(text, str) and getattr(_background, "on", False)
-        if held and self._shell.hold(text, self._err):
-            return len(text)
-        return int(self._stream.write(text))
+        if not isinstance(text, str):
+            return int(self._stream.write(text))
+        told = len(text)
+        text = text.replace("`peercrypt ", "`")
+        if getattr(_background, "on", False) and self._shell.hold(text, self._err):
+            return told
+        self._stream.write(text)
+        return told
 
     def __getattr__(self, name: str) -> Any:  # flush, isatty, encoding, fileno ...
         return getattr(self._stream, name)
