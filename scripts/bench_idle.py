@@ -9,7 +9,12 @@ share of one core, and the threads (by name) that used it.
 
 With ``--tree DIR`` a node from that source tree (e.g. an export of an older
 commit) idles in the same window: an interleaved before/after on a shared,
-loaded machine.
+loaded machine. With ``--member`` each measured node has joined another
+(of its tree, not measured): what an idle node of a network costs, with its
+gossip rounds, health probes and the port watches of its member links (a
+node alone has none of them).
+
+    .venv/bin/python scripts/bench_idle.py --seconds 60 --member
 """
 
 from __future__ import annotations
@@ -55,6 +60,11 @@ def main() -> None:
         default=[],
         help="run a node from this source tree too (PYTHONPATH), measured in the same window",
     )
+    parser.add_argument(
+        "--member",
+        action="store_true",
+        help="each measured node joins a node of its own (not measured) first",
+    )
     args = parser.parse_args()
     here = str(Path(__file__).resolve().parent.parent)
     trees: list[str] = [here, *args.tree]
@@ -63,7 +73,14 @@ def main() -> None:
         nodes = []
         for i, tree in enumerate(trees):
             env = {"PYTHONPATH": tree}
-            node = NodeProcess(Path(tmp) / f"node{i}", open_network=True, env=env).start()
+            extra: tuple[str, ...] = ()
+            if args.member:
+                seed = NodeProcess(Path(tmp) / f"seed{i}", open_network=True, env=env).start()
+                stack.callback(seed.stop)
+                extra = ("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(seed.port))
+            node = NodeProcess(
+                Path(tmp) / f"node{i}", open_network=True, env=env, extra_args=extra
+            ).start()
             stack.callback(node.stop)
             assert node.proc is not None
             nodes.append((tree, node.proc.pid))
@@ -81,8 +98,9 @@ def main() -> None:
         elapsed = time.monotonic() - start
     for name, pid in nodes:
         used = (after[pid][0] - before[pid][0]) / TICKS
+        kind = "idle node with a member" if args.member else "idle node"
         print(
-            f"idle node ({name}): {used:.2f} CPU s in {elapsed:.1f} s"
+            f"{kind} ({name}): {used:.2f} CPU s in {elapsed:.1f} s"
             f" = {100 * used / elapsed:.2f}% of a core"
         )
         busy = sorted(
