@@ -958,6 +958,7 @@ def test_news_while_top_has_the_screen_is_told_once_it_ends(
     assert "\x1b[?1049l" in out, repr(out[-400:])
     told = out[out.rindex("\x1b[?1049l") :]
     assert re.search(rf"sent {re.escape(path.name)} \(1048576 bytes\) to .* verified", told), told
+    assert "PeerCrypt top" not in told, told  # (its last frame was drawn after it, kept)
     pty.expect(PROMPT_RE)
     pty.leave()
 

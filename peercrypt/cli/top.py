@@ -692,7 +692,18 @@ def top(obj: dict[str, Any], interval: float) -> None:
     try:
         with (
             _keys_unbuffered() as fd,
-            Live(console=console, screen=True, auto_refresh=False, transient=True) as live,
+            # Not redirecting stdout: what another thread writes (the shell's
+            # background send ending) went through rich's proxy onto the normal
+            # screen, and rich drew its last frame there after it on leaving;
+            # the shell holds such lines until `top` ends.
+            Live(
+                console=console,
+                screen=True,
+                auto_refresh=False,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            ) as live,
         ):
             live.update(render(view, console.width), refresh=True)
             due = time.monotonic() + interval
