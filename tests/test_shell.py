@@ -258,6 +258,8 @@ def test_start_runs_every_command_of_the_shell(
     assert "default mode normal" in out
     assert re.search(r"0\s+peers\s+known,\s+0\s+background\s+sends,", out), out
     pty.run("status", "node: running")
+    pty.run("clear", re.escape("\x1b[2J"))  # (a habit of shells; Ctrl-L does it too)
+    pty.run("clear x", re.escape("peercrypt: error: `clear` takes no argument"))
     pty.run("set-mode aimd", "default mode is now aimd")
     pty.run("set-mode multicast", "default mode is now multicast")
     pty.run("set-mode normal", "default mode is now normal")

@@ -63,6 +63,7 @@ SHELL_COMMANDS = {
     "quit": "Leave the shell (`start`: and stop its node, asking first while background sends "
     "run).",
     "exit": "Leave the shell (as `quit`).",
+    "clear": "Clear the screen (as Ctrl-L).",
     "jobs": "The background sends, their transfer IDs and how they ended (`cancel ID` or "
     "`cancel %JOB` stops one; `jobs --json`: a JSON list).",
 }
@@ -234,6 +235,11 @@ class Shell:
             return None
         if name == "help":
             return self._help(rest)
+        if name == "clear":
+            if rest:
+                return self._error("`clear` takes no argument")
+            click.clear()
+            return errors.OK
         if name == "jobs":
             if rest not in ([], ["--json"]):
                 return self._error("`jobs` takes no argument but --json")
