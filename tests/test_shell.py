@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import select
 import socket
@@ -600,6 +601,16 @@ def test_a_multicast_send_aborted_or_sent_without_a_target_exits_3(
         f"1 of 2 receivers verified; cannot connect to {dead}: connection refused"
     ), result
     assert "Traceback" not in err
+    # Proceeded, and the send fails as a whole: its own cause, not a left-out
+    # target's (it said "0 of 1 receivers verified; cannot connect to ...").
+    fifo = source.parent / "a-fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("proceed\n"))
+    assert shell.run_line(line.replace(str(source), str(fifo))) == errors.USAGE
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert (result["code"], result["error"]) == ("local", f"{fifo} is not a regular file"), result
+    assert [r["target"] for r in result["receivers"]] == [dead], result
     # No target reachable: nothing to ask, one error line.
     line = f"send {source} 127.0.0.1 {free_port} --mode multicast --json"
     assert shell.run_line(line) == errors.UNREACHABLE

@@ -220,6 +220,8 @@ def _with_skipped(
     if not as_json:
         for row in rows:
             echo(f"  {row['target']}: failed ({row['code']}): {row['error']}")
+    if not result.results:  # the send failed as a whole (refused, unreadable): its own cause
+        return dataclasses.replace(result, results=rows)
     receivers = [*result.results, *rows]
     # As the sender words it: the first receiver that failed gives the code and cause.
     failed = [r for r in receivers if r.get("code") != ResultCode.OK]
