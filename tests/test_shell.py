@@ -560,6 +560,40 @@ def test_a_multicast_send_names_the_targets_it_cannot_reach_and_asks_once(
     assert pty.leave() == 0
 
 
+def test_hints_on_stderr_name_shell_commands_as_typed_at_its_prompt(
+    tmp_path: Path,
+) -> None:
+    """What the shell writes through its streams: on stderr a hint names a
+    shell command without `peercrypt` (not one that is no shell command:
+    `node`, which the prompt refuses); stdout (data: `--json`, `top`'s
+    frames) is written as it came."""
+    from peercrypt.cli.shell import _Held
+
+    shell = Shell(cli, {"data_dir": tmp_path}, owns_node=False)
+    said = "no (see `peercrypt status`); start one with `peercrypt node` or `peercrypt start`\n"
+    err, out = io.StringIO(), io.StringIO()
+    assert _Held(shell, err, True).write(said) == len(said)
+    _Held(shell, out, False).write(said)
+    assert err.getvalue() == (
+        "no (see `status`); start one with `peercrypt node` or `peercrypt start`\n"
+    )
+    assert out.getvalue() == said
+
+
+def test_what_is_held_while_top_runs_is_bounded(tmp_path: Path) -> None:
+    """A busy node's news for hours under `top`: kept up to MAX_HELD writes,
+    the lines beyond counted (told as a count when `top` ends)."""
+    from peercrypt.cli.shell import MAX_HELD
+
+    shell = Shell(cli, {"data_dir": tmp_path}, owns_node=False)
+    assert not shell.hold("before\n", err=False) and shell.held == []
+    shell.screen_busy = True
+    for i in range(MAX_HELD + 5):
+        assert shell.hold(f"line {i}\n", err=False)
+    assert len(shell.held) == MAX_HELD and shell.held[-1] == (f"line {MAX_HELD - 1}\n", False)
+    assert shell.held_dropped == 5
+
+
 def test_a_multicast_send_aborted_or_sent_without_a_target_exits_3(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],
@@ -794,7 +828,7 @@ def test_help_fits_80_columns_and_an_unknown_command_lists_the_shells(
     node_factory: Callable[..., NodeProcess], tmp_path: Path
 ) -> None:
     node = node_factory()
-    result = _script(node.data_dir, ["help", "clear", "set-mode qos"], tmp_path)
+    result = _script(node.data_dir, ["help", "cls", "set-mode qos"], tmp_path)
     assert result.returncode == errors.USAGE, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("commands (`help COMMAND`"), lines
@@ -803,11 +837,11 @@ def test_help_fits_80_columns_and_an_unknown_command_lists_the_shells(
     assert {"jobs", "quit", "gossip", "health-check", "send"} <= set(listed), listed
     assert "node" not in listed and "start" not in listed
     error = result.stderr.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith("peercrypt: error: no such command 'clear'; "), (
+    assert len(error) == 1 and error[0].startswith("peercrypt: error: no such command 'cls'; "), (
         error
     )
     commands = error[0].split("commands: ", 1)[1].split(", ")
-    assert {"help", "jobs", "quit", "exit", "send", "mreceive"} <= set(commands), commands
+    assert {"help", "jobs", "quit", "exit", "clear", "send", "mreceive"} <= set(commands), commands
     assert not {"node", "start", "shell"} & set(commands), commands
     assert "default mode is now qos" in result.stdout  # the next line still ran
     # `help NAME` of a command the shell does not have says so (it showed `start`'s help).

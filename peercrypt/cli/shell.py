@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shlex
 import shutil
 import signal
@@ -57,6 +58,8 @@ WATCH_EVERY = 0.5  # seconds between the watcher's looks at the node
 # (the first progress of the actor that took it names it, a few milliseconds
 # after the request; a send the node refuses ends first, in the foreground).
 ID_WAIT = 2.0
+# Writes of other threads kept while `top` has the screen (beyond: counted).
+MAX_HELD = 1000
 # Shell-only commands (everything else is a command of the CLI).
 SHELL_COMMANDS = {
     "help": "The commands, and the node's status; `help COMMAND` for one command.",
@@ -192,6 +195,7 @@ class Shell:
         # once it ends, instead of lost in its screen.
         self.screen_busy = False
         self.held: list[tuple[str, bool]] = []  # (text, to stderr)
+        self.held_dropped = 0  # lines beyond MAX_HELD
         self._held_lock = threading.Lock()
         self.failures: list[int] = []
         self.interactive = sys.stdin.isatty()
@@ -270,10 +274,14 @@ class Shell:
             try:
                 return execute(self.group, [*self.global_args(), *words])
             finally:
+                # Told in order: a line written meanwhile waits for the lock,
+                # then goes straight to the terminal after these.
                 with self._held_lock:
-                    self.screen_busy, held, self.held = False, self.held, []
-                for text, err in held:
-                    click.echo(text, nl=False, err=err)
+                    for text, err in self.held:
+                        click.echo(text, nl=False, err=err)
+                    if self.held_dropped:
+                        click.echo(f"({self.held_dropped} more lines while `top` ran, not kept)")
+                    self.screen_busy, self.held, self.held_dropped = False, [], 0
         return execute(self.group, [*self.global_args(), *words])
 
     def say(self, text: str) -> None:
@@ -285,8 +293,10 @@ class Shell:
         """Keep ``text`` (written by another thread than the one running
         the line) to tell once `top` ends, if it has the screen now."""
         with self._held_lock:
-            if self.screen_busy:
+            if self.screen_busy and len(self.held) < MAX_HELD:
                 self.held.append((text, err))
+            elif self.screen_busy:
+                self.held_dropped += text.count("\n")
             return self.screen_busy
 
     def _error(self, text: str, code: int = errors.USAGE) -> int:
@@ -633,6 +643,8 @@ class Shell:
                     # Output of other threads goes above the prompt while it is shown;
                     # a command in the foreground has the terminal to itself.
                     with patch_stdout(raw=True), _logs_to(sys.stderr):
+                        # (the hints of a line written above the prompt too)
+                        sys.stderr = _Held(self, sys.stderr, True)
                         line = session.prompt(PROMPT)
                 except KeyboardInterrupt:
                     continue  # Ctrl-C at the prompt clears the line
@@ -708,6 +720,8 @@ def _ask(client: ControlClient, request: Any, reply_type: Any, attr: str) -> lis
 
 # Set in a background send's thread: what it writes is held while `top` runs.
 _background = threading.local()
+# `peercrypt CMD` in a hint, CMD a command of the shell (`peercrypt node` stays).
+_HINT = re.compile(rf"`peercrypt (?!(?:{'|'.join(sorted(NOT_IN_SHELL))})\b)")
 
 
 class _Held:
@@ -716,8 +730,10 @@ class _Held:
     has the screen (its result line, a note) is held and told once `top`
     ends, not written into its alternate screen and lost with it (found by
     use: the `[N] done` line came, the result line it followed never did).
-    A command named in a hint (`` `peercrypt status` ``, the node's words
-    too) is named as typed here, without the `peercrypt` in front."""
+    On stderr (errors and notes: what hints are in; stdout carries data,
+    `--json`, `top`'s frames) a command named in a hint (`` `peercrypt
+    status` ``, the node's words too) is named as typed here, without the
+    `peercrypt` in front; one that is no shell command keeps it."""
 
     def __init__(self, shell: Shell, stream: Any, err: bool) -> None:
         self._shell, self._stream, self._err = shell, stream, err
@@ -726,7 +742,8 @@ class _Held:
         if not isinstance(text, str):
             return int(self._stream.write(text))
         told = len(text)
-        text = text.replace("`peercrypt ", "`")
+        if self._err:
+            text = _HINT.sub("`", text)
         if getattr(_background, "on", False) and self._shell.hold(text, self._err):
             return told
         self._stream.write(text)
