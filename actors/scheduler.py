@@ -187,6 +187,7 @@ class SchedulerActor(Actor):
                 what = f"the node's rate cap of {node_rate} B/s shared with this send"
                 check_node_share(node_rate, flows, what, ", or send when fewer run")
         except PolicyError as exc:
+            self.count(f"refused-{code}")
             self.tell(
                 "control",
                 SendResult(

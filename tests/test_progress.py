@@ -514,7 +514,20 @@ def test_a_second_ctrl_c_as_the_fast_path_cancels_does_not_stop_the_cancel(
     _cancelled_and_gone(sender, receiver, source)
 
 
-@pytest.mark.parametrize("ended", ["cancelled", "verified", "failed", "unanswered"])
+def _stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is stopped (a SIGSTOP is delivered to
+    each as it next runs: one on the other core may still take a message)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            stat = (task / "stat").read_text()
+            states.append(stat[stat.rindex(")") + 2])
+    return bool(states) and all(state in "tT" for state in states)
+
+
+@pytest.mark.parametrize(
+    "ended", ["cancelled", "verified", "failed", "unanswered", "terminated", "multicast-default"]
+)
 def test_ctrl_c_as_the_fast_path_waits_for_its_first_reply_says_how_the_send_ended(
     trio: list[NodeProcess],
     tmp_path: Path,
@@ -530,7 +543,11 @@ def test_ctrl_c_as_the_fast_path_waits_for_its_first_reply_says_how_the_send_end
     (exit 130). It said "the transfer was cancelled" without waiting, of a
     file verified too. The Ctrl-C is raised as the terminal's would be
     while the socket waits, once the send has ended (or the node was
-    stopped) where the case asks for it."""
+    stopped) where the case asks for it. A SIGTERM there, the send verified
+    meanwhile, ends the command as a SIGTERM (143, saying how the send
+    ended: it said the send's exit 0); a Ctrl-C as the node answers that its
+    default mode is multicast is the end: nothing was sent (the command went
+    on to send by multicast)."""
     from peercrypt.cli import fast
 
     sender, receiver, _ = trio
@@ -542,16 +559,20 @@ def test_ctrl_c_as_the_fast_path_waits_for_its_first_reply_says_how_the_send_end
     def ctrl_c_while_waiting(client: ControlClient, timeout: float) -> Message:
         if not pressed:  # the first reply's wait (those after: the cancel's answer)
             pressed.append(True)
-            if ended == "verified":
+            if ended in ("verified", "terminated"):
                 sender.wait_for_counter("sender.sent", before.get("sender.sent", 0) + 1, 30)
             elif ended == "failed":
                 failed = "sender.failed-unreachable"
                 sender.wait_for_counter(failed, before.get(failed, 0) + 1, 30)
             elif ended == "unanswered":
                 os.kill(sender.pid, signal.SIGSTOP)
+                wait_until(lambda: _stopped(sender.pid), 10, "the node stopped")  # (all threads)
+            elif ended == "multicast-default":  # its answer on its way (the counter, after)
+                told = "scheduler.refused-multicast-default"
+                sender.wait_for_counter(told, before.get(told, 0) + 1, 30)
             client.sock.waiting = True  # (as in its poll: raised at once)
             try:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGTERM if ended == "terminated" else signal.SIGINT)
             finally:
                 client.sock.waiting = False
         return receive(client, timeout)
@@ -564,9 +585,22 @@ def test_ctrl_c_as_the_fast_path_waits_for_its_first_reply_says_how_the_send_end
             stack.callback(lambda: sender.cli("max-rate", "0"))
         if ended == "unanswered":
             stack.callback(os.kill, sender.pid, signal.SIGCONT)
+        if ended == "multicast-default":
+            assert sender.cli("set-mode", "multicast").returncode == 0
+            stack.callback(lambda: sender.cli("set-mode", "normal"))
         line = [str(source), receiver.host, str(port), "--json"]
         code = fast.run(["--data-dir", str(sender.data_dir), "send", *line])
     out, err = capsys.readouterr()
+    if ended == "terminated":
+        assert (code, out) == (143, ""), (out, err)
+        assert err == "peercrypt: error: SIGTERM: it came as the transfer ended (verified)\n"
+        assert blake3_file(receiver.inbox / source.name) == blake3_file(source)
+        return
+    if ended == "multicast-default":
+        assert (code, out) == (130, ""), (out, err)
+        assert err == "peercrypt: error: interrupted; nothing was sent\n", err
+        assert not (receiver.inbox / source.name).exists()
+        return
     if ended in ("cancelled", "unanswered"):
         if ended == "cancelled":
             assert re.fullmatch(f"peercrypt: error: {CANCELLED.pattern}\n", err), err

@@ -173,8 +173,13 @@ def answered_cancel(
         raise Stop(*ended_text(stronger(exc, again), unconfirmed=NOT_WAITED)) from None
     except Stop:  # the node stopped (and the send with it), or refused
         pass
-    if isinstance(last, result_type) and getattr(last, "code", "") != ResultCode.CANCELLED:
-        return last  # it ended (verified, or failed) before the cancel came: so it is said
+    code = str(getattr(last, "code", ""))
+    if code == ResultCode.MULTICAST_DEFAULT:  # no end: the command would go on by multicast
+        raise Stop(*ended_text(exc, unconfirmed="nothing was sent")) from None
+    if isinstance(last, result_type) and code != ResultCode.CANCELLED:
+        # It ended (verified, or failed) before the cancel came: so it is
+        # said; a SIGTERM or SIGHUP still ends the command as one.
+        return with_late(last, exc if isinstance(exc, Ended) else None)
     # the terminal closed, a `kill`: as Ctrl-C
     # Accepted: the receiver has a part (a multicast session's: its own);
     # seen in its progress, or in the cancelled send's result (no
