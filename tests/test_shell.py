@@ -194,6 +194,49 @@ def test_the_watcher_tells_what_ends_after_a_receive_and_not_what_it_told(
     assert not watcher.is_alive()
 
 
+def test_a_ctrl_c_as_a_background_send_is_announced_leaves_it_a_job(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C while the shell waits for the node to name a send it handed
+    on: no signal reaches the send's thread, so the send goes on; it is a
+    job, said so, and its end is told (its `[1] done` was never told, and
+    the prompt said "interrupted" of a file then sent all the same)."""
+    import dataclasses
+
+    from peercrypt.cli import shell as shell_mod
+
+    class Pressed(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            if not getattr(self, "pressed", False):
+                self.pressed = True
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    @dataclasses.dataclass
+    class Job(shell_mod.Job):
+        settled: threading.Event = dataclasses.field(default_factory=Pressed)
+
+    monkeypatch.setattr(shell_mod, "Job", Job)
+    sender, receiver = node_factory(), node_factory()
+    path = make_file(256 * 1024, name="pressed.bin")
+    shell = Shell(cli, {"data_dir": sender.data_dir}, owns_node=False)
+    shell.interactive = True
+    capsys.readouterr()
+    assert shell.run_line(f"send {path} {receiver.host} {receiver.port}") == errors.OK
+    job = shell.jobs[0]
+    assert job.thread is not None
+    job.thread.join(WAIT)
+    assert job.code == errors.OK
+    out, err = capsys.readouterr()
+    assert re.search(r"^\[1\] sending in the background", out, re.M), out
+    assert "Ctrl-C: the send goes on; `cancel %1` stops it" in err.splitlines(), err
+    assert f"[1] done, exit 0: send {path} {receiver.host} {receiver.port}" in out, out
+    assert blake3_file(receiver.inbox / path.name) == blake3_file(path)
+
+
 def test_a_send_the_node_refuses_is_refused_at_the_prompt_not_announced_as_a_job(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],

@@ -415,7 +415,11 @@ class Shell:
         )
         self.jobs.append(job)
         job.thread.start()
-        job.settled.wait(ID_WAIT)
+        interrupted = False
+        try:
+            job.settled.wait(ID_WAIT)
+        except KeyboardInterrupt:  # the send goes on (no signal reaches its thread): a job
+            interrupted = True
         with job.told:
             if not job.running and not job.transfer:
                 # Ended before the node named it: refused (no rate for a
@@ -434,6 +438,8 @@ class Shell:
                 click.echo(
                     f"[{job.number}] sending in the background (`jobs`; `cancel %{job.number}`)"
                 )
+        if interrupted:  # (the line was taken: a Ctrl-C here stops no send)
+            click.echo(f"Ctrl-C: the send goes on; `cancel %{job.number}` stops it", err=True)
         return errors.OK
 
     def _run_job(self, job: Job, args: list[str]) -> None:
