@@ -171,11 +171,13 @@ def test_an_idle_node_wakes_its_health_actor_only_when_something_is_due(
 
     wait_until(alive, 30, "A to hold B alive")
     assert a.pid is not None
-    before = _wakeups(a.pid, "pc-health")
+    threads = ("pc-health", "pc-gateway")
+    before = [_wakeups(a.pid, name) for name in threads]
     threading.Event().wait(4.0)  # (a span to count in: nothing is waited for)
-    woke = _wakeups(a.pid, "pc-health") - before
-    # 4 s: the port watch's 20, a round's few; the clock alone was 40 more.
-    assert woke < 30, woke  # (20 here; 40-52 with the clock)
+    health, gateway = (_wakeups(a.pid, n) - b for n, b in zip(threads, before, strict=True))
+    # In 4 s each has its port watch's 20 wake-ups (and waits for the
+    # interpreter's lock alike on a loaded machine); the clock was 40 more.
+    assert health < gateway + 15, (health, gateway)  # (20 and 24 here; 40-52 with the clock)
 
 
 def test_pre_send_check_and_force(
