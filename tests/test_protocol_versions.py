@@ -307,6 +307,32 @@ def test_a_command_reads_a_reply_with_a_field_less_or_more_and_stops_at_one_it_c
     assert lines[0].endswith("restart it with this one (the transfer was cancelled)"), err
 
 
+def test_cancel_takes_the_answer_of_a_node_of_the_release_before(tmp_path: Path) -> None:
+    """The package updated while its node ran: that node answers `cancel N`
+    as it did, with a setting reply, which the command says as it comes
+    (it said "unexpected reply setting-reply", exit 1, of a cancel made)."""
+    fake = _FakeControl(tmp_path / "data")
+    try:
+        for ok, text, code in (
+            (True, "cancelling transfer 4 (if it is running)", 0),
+            (False, "no running transfer 4 (see `peercrypt transfers`)", 2),
+        ):
+            cli = start_cli("cancel", "4", data_dir=tmp_path / "data")
+            try:
+                route, type_name, fields = fake.next()
+                assert (type_name, fields["transfer"]) == ("cancel-transfer", 4), fields
+                answer = {"request": fields["request"], "ok": ok, "text": text}
+                fake.answer(route, "setting-reply", answer)
+                out, err = cli.communicate(timeout=WAIT)
+            finally:
+                cli.kill()
+                cli.communicate(timeout=WAIT)
+            assert cli.returncode == code, (out, err)
+            assert (out, err) == ((f"{text}\n", "") if ok else ("", f"peercrypt: error: {text}\n"))
+    finally:
+        fake.close()
+
+
 def test_a_node_whose_replies_cannot_be_read_is_one_line_for_every_command(
     tmp_path: Path,
 ) -> None:

@@ -327,6 +327,11 @@ def _cancel_send(obj: dict[str, Any], transfer: int) -> None:
     """Cancel send ``transfer`` and say how it ended: the node answers once
     it knows (peercrypt.core.cancels), within CANCEL_WAIT s."""
     reply = _ask(obj, CancelTransfer(request=1, transfer=transfer), CANCEL_WAIT + 2.0)
+    if isinstance(reply, SettingReply):  # a node of the release before (updated under it)
+        if not reply.ok:
+            raise UserError(reply.text, errors.USAGE)
+        click.echo(reply.text)
+        return
     if not isinstance(reply, CancelAnswer):
         raise UserError(f"unexpected reply {reply.TYPE}", errors.FAILED)
     line, code = said(transfer, CancelVerdict.told(reply.outcome, reply.code, reply.reason))

@@ -572,6 +572,8 @@ class NodeLink:
         reply = self.client.receive(CANCEL_WAIT + 2.0)
         if isinstance(reply, ErrorReply):
             raise NodeUnavailable(refusal(reply))
+        if isinstance(reply, SettingReply):  # a node of the release before: its words
+            return reply.text
         if not isinstance(reply, CancelAnswer):
             raise NodeUnavailable("the node answered something unexpected")
         return said(transfer, CancelVerdict.told(reply.outcome, reply.code, reply.reason))[0]
