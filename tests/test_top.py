@@ -133,6 +133,8 @@ def test_top_shows_changes_and_cancels_a_running_transfer(
                 screen.expect("not cancelled")
                 top.send("c")
                 top.send("y")
+                # Said at once; the node's answer follows (the view waited for it).
+                screen.expect(re.escape(f"cancelling transfer {ident} ..."))
                 screen.expect(re.escape(f"cancelled transfer {ident}"))
                 out, _ = send.communicate(timeout=15)
                 assert json.loads(out.strip().splitlines()[-1])["code"] == "cancelled"

@@ -46,7 +46,7 @@ from peercrypt.cli.common import FiniteRange, UserError, count_in, fit_columns
 from peercrypt.cli.follow import refusal
 from peercrypt.cli.status_view import rate_cap
 from peercrypt.client import ControlClient, NodeUnavailable
-from peercrypt.core.cancels import CANCEL_WAIT, CancelVerdict, said
+from peercrypt.core.cancels import CancelVerdict, said
 from peercrypt.core.member_state import MemberState
 from peercrypt.core.names import INCOMING_NAME, shortened
 from peercrypt.sizes import readable
@@ -538,13 +538,43 @@ class NodeLink:
     def __init__(self, data_dir: Path, timeout: float = 3.0) -> None:
         self.client = ControlClient.for_data_dir(data_dir)
         self.timeout = timeout
+        # Cancels sent and not answered yet (request -> transfer): the node
+        # answers once the send ended, within CANCEL_WAIT s; the view does
+        # not wait (it froze up to 7 s), their answers come among the others'.
+        self.cancels: dict[int, int] = {}
+        self.answers: list[str] = []
 
     def ask(self, msg: codec.Message) -> codec.Message:
         self.client.send(msg)
-        reply = self.client.receive(self.timeout)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self.client.receive(max(0.0, deadline - time.monotonic()))
+            if not self._answered(reply):
+                break
         if isinstance(reply, ErrorReply):
             raise NodeUnavailable(refusal(reply))
         return reply
+
+    def _answered(self, reply: codec.Message) -> bool:
+        """Whether ``reply`` is the answer to a cancel sent (kept for :meth:`said`)."""
+        transfer = self.cancels.pop(int(getattr(reply, "request", 0)), None)
+        if transfer is None:
+            return False
+        if isinstance(reply, CancelAnswer):
+            verdict = CancelVerdict.told(reply.outcome, reply.code, reply.reason)
+            self.answers.append(said(transfer, verdict)[0])
+        elif isinstance(reply, SettingReply):  # a node of the release before: its words
+            self.answers.append(reply.text)
+        elif isinstance(reply, ErrorReply):
+            self.answers.append(f"cancel of transfer {transfer}: {refusal(reply)}")
+        else:
+            self.answers.append(f"cancel of transfer {transfer}: unexpected {reply.TYPE}")
+        return True
+
+    def said(self) -> list[str]:
+        """The cancels' answers that came since the last call."""
+        told, self.answers = self.answers, []
+        return told
 
     def snapshot(self) -> tuple[dict[str, str], list[dict[str, str]], list[dict[str, str]]]:
         status = self.ask(StatusRequest(request=self.client.next_id()))
@@ -565,18 +595,12 @@ class NodeLink:
         return reply.text
 
     def cancel(self, transfer: int) -> str:
-        """Cancel send ``transfer``: how it ended, in the words of
-        ``peercrypt cancel`` (the node answers once it knows, within
-        CANCEL_WAIT s: the view waits meanwhile)."""
-        self.client.send(CancelTransfer(request=self.client.next_id(), transfer=transfer))
-        reply = self.client.receive(CANCEL_WAIT + 2.0)
-        if isinstance(reply, ErrorReply):
-            raise NodeUnavailable(refusal(reply))
-        if isinstance(reply, SettingReply):  # a node of the release before: its words
-            return reply.text
-        if not isinstance(reply, CancelAnswer):
-            raise NodeUnavailable("the node answered something unexpected")
-        return said(transfer, CancelVerdict.told(reply.outcome, reply.code, reply.reason))[0]
+        """Cancel send ``transfer``; how it ended, in the words of
+        ``peercrypt cancel``, comes later (:meth:`said`)."""
+        request = self.client.next_id()
+        self.client.send(CancelTransfer(request=request, transfer=transfer))
+        self.cancels[request] = transfer
+        return f"cancelling transfer {transfer} ..."
 
     def close(self) -> None:
         self.client.close()
@@ -716,6 +740,8 @@ def top(obj: dict[str, Any], interval: float) -> None:
                     live.update(render(view, console.width), refresh=True)
                 if time.monotonic() >= due:
                     view.update(time.monotonic(), *link.snapshot())
+                    for text in link.said():
+                        view.say(text)
                     live.update(render(view, console.width), refresh=True)
                     due = time.monotonic() + interval
     except NodeUnavailable as exc:
