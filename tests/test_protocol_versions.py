@@ -25,6 +25,7 @@ from peercrypt.crypto.identity import (
     load_or_create_identity,
     network_server_keys,
 )
+from peercrypt.testing.fake_control import FakeControl
 from peercrypt.testing.member_port import MemberPort
 from peercrypt.testing.nodes import LOCALHOST, NodeProcess, start_cli, wait_until
 from peercrypt.wire import codec
@@ -220,37 +221,6 @@ def test_a_command_and_a_node_of_different_releases_say_so(
         ctx.term()
 
 
-class _FakeControl:
-    """A control socket answering as a node of another release would: a
-    ROUTER on loopback, found through ``DATA_DIR/control.json`` (this test's
-    pid stands for the node's)."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.ctx: zmq.Context[Any] = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.linger = 0
-        port = self.sock.bind_to_random_port(f"tcp://{LOCALHOST}")
-        data_dir.mkdir(parents=True, exist_ok=True)
-        info = {"endpoint": f"tcp://{LOCALHOST}:{port}", "token": "t0ken", "pid": os.getpid()}
-        (data_dir / "control.json").write_text(json.dumps(info))
-        os.chmod(data_dir / "control.json", 0o600)
-
-    def next(self) -> tuple[bytes, str, dict[str, Any]]:
-        """The next request: (route, its type, its fields)."""
-        assert self.sock.poll(int(WAIT * 1000)), "no request from the command"
-        route, token, frame = self.sock.recv_multipart()
-        assert token == b"t0ken"
-        _, type_name, fields = msgpack.unpackb(frame, raw=False)
-        return route, type_name, fields
-
-    def answer(self, route: bytes, type_name: str, fields: dict[str, Any]) -> None:
-        self.sock.send_multipart([route, _envelope(codec.LOCAL_VERSION, type_name, fields)])
-
-    def close(self) -> None:
-        self.sock.close()
-        self.ctx.term()
-
-
 def _progress(request: int, **changes: Any) -> dict[str, Any]:
     fields = {
         "request": request, "done_bytes": 0, "total_bytes": 10, "note": "", "done_files": 0,
@@ -268,7 +238,7 @@ def test_a_command_reads_a_reply_with_a_field_less_or_more_and_stops_at_one_it_c
     (left out), and are read; one that lacks a field without a default is
     one line and exit 1 at once (no traceback, no waiting out the send's
     silence), and the send is cancelled in the node."""
-    fake = _FakeControl(tmp_path / "data")
+    fake = FakeControl(tmp_path / "data")
     source = tmp_path / "f.bin"
     source.write_bytes(os.urandom(10))
     try:
@@ -311,7 +281,7 @@ def test_cancel_takes_the_answer_of_a_node_of_the_release_before(tmp_path: Path)
     """The package updated while its node ran: that node answers `cancel N`
     as it did, with a setting reply, which the command says as it comes
     (it said "unexpected reply setting-reply", exit 1, of a cancel made)."""
-    fake = _FakeControl(tmp_path / "data")
+    fake = FakeControl(tmp_path / "data")
     try:
         for ok, text, code in (
             (True, "cancelling transfer 4 (if it is running)", 0),
@@ -339,7 +309,7 @@ def test_a_node_whose_replies_cannot_be_read_is_one_line_for_every_command(
     """Not a node that is down: no temporary node of the command's own (a
     send the fast path leaves to the click command, `-r`), no retry, no
     traceback, the shell included: one line naming the cause, exit 1."""
-    fake = _FakeControl(tmp_path / "data")
+    fake = FakeControl(tmp_path / "data")
     stop = threading.Event()
 
     def answer_all() -> None:  # every request: a reply lacking required fields
@@ -395,7 +365,7 @@ def test_the_shells_watcher_says_once_that_it_cannot_read_the_node_and_keeps_loo
     from peercrypt.cli.app import main
     from peercrypt.cli.shell import WATCH_EVERY, Shell
 
-    fake = _FakeControl(tmp_path / "data")
+    fake = FakeControl(tmp_path / "data")
     shell = Shell(main, {"data_dir": tmp_path / "data"}, owns_node=False)
     said: list[str] = []
     watcher = threading.Thread(target=shell.watch, args=(said.append,), daemon=True)

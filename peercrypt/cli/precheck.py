@@ -19,7 +19,10 @@ import click
 
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.address import split_host_port
+from peercrypt.wire.local_messages import ErrorReply
 from peercrypt.wire.network_messages import CheckRequest, CheckResult
+
+BUSY = "busy"  # a check's code when health runs its most at once (actors/health.py)
 
 # Seconds a check without a budget is waited for (its attempts and pauses
 # are bounded by the node's max_retries and connect_timeout settings).
@@ -57,7 +60,9 @@ def check_targets(
 
     A target whose result has not come within the budget (and
     :data:`ANSWER_SLACK`; :data:`CHECK_WAIT` without one) is left out: no
-    verdict, the send's own check decides. Blocks until then; raises
+    verdict, the send's own check decides; so is one the node was too busy
+    to check (health's own limit on checks at once, or control's on
+    requests). Blocks until then; raises
     NodeUnavailable if the node's process ended meanwhile."""
     pending: dict[int, str] = {}
     for target in targets:
@@ -74,8 +79,12 @@ def check_targets(
             if not client.node_alive():
                 raise
             continue
+        if isinstance(reply, ErrorReply):  # the node took no more requests: no verdicts
+            break
         if isinstance(reply, CheckResult) and reply.request in pending:
-            results[pending.pop(reply.request)] = reply
+            target = pending.pop(reply.request)
+            if reply.code != BUSY:  # (health ran too many checks: says nothing of the target)
+                results[target] = reply
     return results
 
 
