@@ -122,7 +122,7 @@ def explain(decision: Decision, host: str, port: int) -> str:
     """One line for the user about a refused key, naming both fingerprints and
     what to do."""
     addr = normalise_address(host, port)
-    accept = f"peercrypt trust {host} {port} {decision.proven}"
+    accept = f"`peercrypt trust {host} {port} {decision.proven}`"
     if decision.verdict is Verdict.MISMATCH:
         return (
             f"{addr} proved key {decision.proven}, not the expected {decision.expected}; "
