@@ -22,6 +22,8 @@ import zmq
 
 import peercrypt
 from peercrypt import errors
+from peercrypt.cli.app import main as cli
+from peercrypt.cli.shell import Shell
 from peercrypt.crypto.handshake import (
     ProofError,
     open_details,
@@ -253,6 +255,7 @@ def test_a_member_naming_another_receivers_data_port_gets_a_connection_of_its_ow
 def test_a_changed_key_at_a_known_address_is_refused_until_trusted(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     sender, other = node_factory(), node_factory()
     first = node_factory()
@@ -278,10 +281,31 @@ def test_a_changed_key_at_a_known_address_is_refused_until_trusted(
     assert command in error
     assert not [p for p in squatter.inbox.iterdir() if not p.name.startswith(".")]
     assert f"{port} {old_fp}" in (sender.data_dir / "known_peers").read_text()
+    # A health check says the node is there, and that a send would be
+    # refused (it said only "alive"); the shell's pre-send check says it
+    # before the send (it announced a job that then failed so).
+    checked = sender.cli("health-check", squatter.host, str(port))
+    assert checked.returncode == errors.NOT_ADMITTED, checked.describe()
+    assert checked.stdout.startswith(f"alive {squatter.host}:{port}: node {squatter.fingerprint}")
+    assert checked.stderr_lines == [f"peercrypt: error: {error}"], checked.describe()
+    as_json = sender.cli("health-check", squatter.host, str(port), "--json")
+    assert as_json.returncode == errors.NOT_ADMITTED, as_json.describe()
+    assert json.loads(as_json.stdout)["key_changed"] == error
+    shell = Shell(cli, {"data_dir": sender.data_dir}, owns_node=False)
+    shell.interactive = True  # (a terminal's: the pre-send check runs)
+    capsys.readouterr()
+    assert shell.run_line(f"send {path} {squatter.host} {port}") == errors.NOT_ADMITTED
+    out, err = capsys.readouterr()
+    assert (out.splitlines(), err) == (
+        [f"checking {squatter.host}:{port} ..."],
+        f"peercrypt: error: {error}\n",
+    )
+    assert shell.jobs == []
     # The user accepts the change with the command the warning named.
     accepted = sender.cli(*command.split()[1:])
     assert accepted.returncode == 0, accepted.describe()
     assert old_fp in accepted.stdout
+    assert sender.cli("health-check", squatter.host, str(port)).stderr == ""
     assert_sent(squatter, sender.send(path, squatter.host, port), path)
 
 

@@ -32,7 +32,7 @@ from peercrypt.cli.common import (
 from peercrypt.cli.follow import refusal
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.crypto.identity import normalise_fingerprint
-from peercrypt.crypto.known_peers import KnownPeersFile, normalise_address
+from peercrypt.crypto.known_peers import KnownPeersFile, changed_here, normalise_address
 from peercrypt.errors import ResultCode
 from peercrypt.wire import codec
 from peercrypt.wire.messages import ErrorReply
@@ -171,8 +171,15 @@ def _peer_exit(code: str) -> int:
 
 
 def _report_check(
-    result: CheckResult, host: str, port: int, verb: str, as_json: bool = False
+    result: CheckResult, host: str, port: int, verb: str, data_dir: Path, as_json: bool = False
 ) -> None:
+    """The check's outcome; a node that answered with another key than
+    this node's known-peers file holds for the address is reachable, and
+    said so, but a send there would be refused until `peercrypt trust`:
+    exit 4 with that send's warning (it said only "alive")."""
+    changed = ""
+    if result.code == ResultCode.OK:
+        changed = changed_here(data_dir, host, port, result.fingerprint)
     if as_json:
         ok = result.code == ResultCode.OK
         click.echo(
@@ -186,11 +193,14 @@ def _report_check(
                     "version": result.version or None,
                     "rtt_ms": round(result.rtt * 1000, 3) if ok else None,
                     "attempts": result.attempts,
+                    "key_changed": changed or None,
                 }
             )
         )
         if not ok:
             sys.exit(_peer_exit(result.code))
+        if changed:
+            sys.exit(errors.NOT_ADMITTED)
         return
     if result.code != ResultCode.OK:
         raise UserError(result.reason or f"{host}:{port} is not reachable", _peer_exit(result.code))
@@ -201,6 +211,8 @@ def _report_check(
         f"{verb} {host}:{port}: node {result.fingerprint}{version}, "
         f"rtt {result.rtt * 1000:.2f} ms{tries}"
     )
+    if changed:
+        raise UserError(changed, errors.NOT_ADMITTED)
 
 
 _JSON_CHECK = click.option(
@@ -229,7 +241,7 @@ def health_check(
         result: CheckResult = _call(
             client, CheckRequest(request=1, host=host, port=port), CheckResult, REPLY_TIMEOUT
         )
-    _report_check(result, host, port, "alive", as_json)
+    _report_check(result, host, port, "alive", obj["data_dir"], as_json)
 
 
 @click.command("reconnect")
@@ -246,7 +258,7 @@ def reconnect(obj: dict[str, Any], host: str, port: int, as_json: bool) -> None:
         CheckResult,
         REPLY_TIMEOUT,
     )
-    _report_check(result, host, port, "reconnected to", as_json)
+    _report_check(result, host, port, "reconnected to", obj["data_dir"], as_json)
 
 
 @click.command("gossip")

@@ -48,6 +48,7 @@ from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
 from peercrypt.core.address import join_host_port
 from peercrypt.core.modes import ALL_MODES, CONGESTION_KEYS
 from peercrypt.core.names import shortened
+from peercrypt.crypto.known_peers import changed_here
 from peercrypt.wire.messages import TransfersReply, TransfersRequest
 from peercrypt.wire.network_messages import PeersReply, PeersRequest
 
@@ -469,6 +470,12 @@ class Shell:
         except NodeUnavailable as exc:
             self._error(str(exc), errors.FAILED)
             return None
+        if reply is not None and reply.code == "ok":
+            # Reachable, but not with the key this node knows there: the
+            # send would end on it (exit 4); said now, nothing asked.
+            changed = changed_here(self.data_dir, host, port, reply.fingerprint)
+            if changed:
+                raise errors.CommandError(changed, errors.NOT_ADMITTED)
         if reply is None or reply.code == "ok":
             return False
         click.echo(f"the health check failed: {reply.reason or reply.code}")

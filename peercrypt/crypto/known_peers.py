@@ -118,6 +118,17 @@ def pin_of(pins: Sequence[str], proven: str) -> str:
     return " or ".join(pins)
 
 
+def changed_here(data_dir: Path, host: str, port: int, proven: str) -> str:
+    """The warning a send to ``host``:``port`` would end with (:func:`explain`)
+    if the node's known-peers file holds another key there than ``proven``
+    (what a health check saw); "" if not (nothing is recorded here)."""
+    if not proven:
+        return ""
+    known = KnownPeersFile(data_dir).load()
+    decision = decide(known, normalise_address(host, port), proven)
+    return explain(decision, host, port) if decision.verdict is Verdict.CHANGED else ""
+
+
 def explain(decision: Decision, host: str, port: int) -> str:
     """One line for the user about a refused key, naming both fingerprints and
     what to do."""
