@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import click
 import pexpect
 import pytest
 
@@ -635,6 +636,29 @@ def test_what_is_held_while_top_runs_is_bounded(tmp_path: Path) -> None:
         assert shell.hold(f"line {i}\n", err=False)
     assert len(shell.held) == MAX_HELD and shell.held[-1] == (f"line {MAX_HELD - 1}\n", False)
     assert shell.held_dropped == 5
+
+
+def test_lines_are_held_no_more_after_top_even_if_telling_them_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C (or a closed terminal) as `top`'s held lines are told: the
+    shell holds nothing more after it (every later line was kept back)."""
+    shell = Shell(cli, {"data_dir": tmp_path}, owns_node=False)
+    shell.screen_busy = True
+    assert shell.hold("one\n", err=False) and shell.hold("two\n", err=True)
+    told: list[str] = []
+
+    def echo(text: str, nl: bool = True, err: bool = False) -> None:
+        told.append(text)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(click, "echo", echo)
+    with pytest.raises(KeyboardInterrupt):
+        shell.tell_held()
+    assert told == ["one\n"]
+    assert (shell.screen_busy, shell.held, shell.held_dropped) == (False, [], 0)
+    monkeypatch.undo()
+    assert not shell.hold("three\n", err=False)  # (written, not held)
 
 
 def test_a_multicast_send_aborted_or_sent_without_a_target_exits_3(

@@ -301,6 +301,15 @@ def test_a_changed_key_at_a_known_address_is_refused_until_trusted(
         f"peercrypt: error: {error}\n",
     )
     assert shell.jobs == []
+    # Pinned with --expect, the send goes (the pin has the last word, as the
+    # sender's own decision has it; the check refused it: found in review).
+    pinned = f"send {path} {squatter.host} {port} --expect {squatter.fingerprint}"
+    assert shell.run_line(pinned) == errors.OK
+    job = shell.jobs[0]
+    assert job.thread is not None
+    job.thread.join(60)
+    assert job.code == errors.OK, capsys.readouterr()
+    assert blake3_file(squatter.inbox / path.name) == blake3_file(path)
     # The user accepts the change with the command the warning named.
     accepted = sender.cli(*command.split()[1:])
     assert accepted.returncode == 0, accepted.describe()

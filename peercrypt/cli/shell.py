@@ -275,15 +275,22 @@ class Shell:
             try:
                 return execute(self.group, [*self.global_args(), *words])
             finally:
-                # Told in order: a line written meanwhile waits for the lock,
-                # then goes straight to the terminal after these.
-                with self._held_lock:
-                    for text, err in self.held:
-                        click.echo(text, nl=False, err=err)
-                    if self.held_dropped:
-                        click.echo(f"({self.held_dropped} more lines while `top` ran, not kept)")
-                    self.screen_busy, self.held, self.held_dropped = False, [], 0
+                self.tell_held()
         return execute(self.group, [*self.global_args(), *words])
+
+    def tell_held(self) -> None:
+        """`top` ended: what was held is told, in order (a line written
+        meanwhile waits for the lock, then goes straight to the terminal
+        after these), and nothing is held any more, even if telling it
+        failed (a Ctrl-C, a closed terminal)."""
+        with self._held_lock:
+            try:
+                for text, err in self.held:
+                    click.echo(text, nl=False, err=err)
+                if self.held_dropped:
+                    click.echo(f"({self.held_dropped} more lines while `top` ran, not kept)")
+            finally:
+                self.screen_busy, self.held, self.held_dropped = False, [], 0
 
     def say(self, text: str) -> None:
         """A line from another thread: held while `top` has the screen."""
@@ -403,7 +410,8 @@ class Shell:
                 return execute(self.group, [*self.global_args(), *words])
         args = list(words)
         if not params.get("force"):
-            verdict = self._check(str(params["host"]), int(params["port"]))
+            pinned = next(iter(params.get("expect") or ()), "")  # its --expect (one)
+            verdict = self._check(str(params["host"]), int(params["port"]), pinned)
             if verdict is None:
                 return errors.UNREACHABLE
             if verdict:
@@ -459,7 +467,7 @@ class Shell:
             self.failures.append(job.code)
         self.say(f"[{job.number}] done, exit {job.code}: {job.line}")
 
-    def _check(self, host: str, port: int) -> bool | None:
+    def _check(self, host: str, port: int, expect: str = "") -> bool | None:
         """The pre-send health check: False (reachable), True (proceed anyway)
         or None (abort)."""
         click.echo(f"checking {host}:{port} ...")
@@ -473,7 +481,7 @@ class Shell:
         if reply is not None and reply.code == "ok":
             # Reachable, but not with the key this node knows there: the
             # send would end on it (exit 4); said now, nothing asked.
-            changed = changed_here(self.data_dir, host, port, reply.fingerprint)
+            changed = changed_here(self.data_dir, host, port, reply.fingerprint, expect)
             if changed:
                 raise errors.CommandError(changed, errors.NOT_ADMITTED)
         if reply is None or reply.code == "ok":

@@ -118,14 +118,19 @@ def pin_of(pins: Sequence[str], proven: str) -> str:
     return " or ".join(pins)
 
 
-def changed_here(data_dir: Path, host: str, port: int, proven: str) -> str:
+def changed_here(data_dir: Path, host: str, port: int, proven: str, expect: str = "") -> str:
     """The warning a send to ``host``:``port`` would end with (:func:`explain`)
     if the node's known-peers file holds another key there than ``proven``
-    (what a health check saw); "" if not (nothing is recorded here)."""
+    (what a health check saw) and the send pins none (``expect``: its
+    ``--expect``, which has the last word); "" if not."""
     if not proven:
         return ""
+    try:
+        pinned = normalise_fingerprint(expect) if expect else ""
+    except ValueError:  # (the send says what is wrong with it)
+        return ""
     known = KnownPeersFile(data_dir).load()
-    decision = decide(known, normalise_address(host, port), proven)
+    decision = decide(known, normalise_address(host, port), proven, pinned)
     return explain(decision, host, port) if decision.verdict is Verdict.CHANGED else ""
 
 
