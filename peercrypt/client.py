@@ -42,6 +42,7 @@ class ControlClient:
         if not endpoint.startswith("tcp://") or not port.isdigit():
             raise NodeUnavailable(f"no control endpoint in {endpoint!r:.80}")
         self.sock = Dealer(host, int(port))
+        self.endpoint = endpoint
         self.token = token.encode()
         self._ids = itertools.count(1)
         self.last_status: StatusReply | None = None  # the latest reply of status()
@@ -70,6 +71,11 @@ class ControlClient:
         except PermissionError:
             pass
         return cls(endpoint, token, pid)
+
+    def sibling(self) -> ControlClient:
+        """Another connection to the same node: its replies apart from this
+        one's (an unnamed ``ErrorReply`` is then known to be of its own)."""
+        return ControlClient(self.endpoint, self.token.decode(), self.pid)
 
     def node_alive(self) -> bool:
         """False once the node's process is known to have ended."""

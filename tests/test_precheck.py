@@ -31,8 +31,9 @@ def _checked(data_dir: Path, targets: list[str], out: dict[str, CheckResult]) ->
 def test_a_target_the_node_was_too_busy_to_check_has_no_verdict(tmp_path: Path) -> None:
     """Health's `busy` says nothing of the target (it was told unreachable
     and left out of the send); control's `error` (no more requests taken)
-    ends the wait at once, with the verdicts that came (not after the
-    budget, 30 s here)."""
+    is one check without a verdict, which names none: the others are
+    waited for, and the wait ends once only refused ones are left (not
+    after the budget, 30 s here)."""
     fake = FakeControl(tmp_path / "data")
     try:
         out: dict[str, CheckResult] = {}
@@ -48,13 +49,14 @@ def test_a_target_the_node_was_too_busy_to_check_has_no_verdict(tmp_path: Path) 
 
         out.clear()
         began = time.monotonic()
-        thread = _checked(tmp_path / "data", ["a:1", "b:2"], out)
-        asked = [fake.next() for _ in range(2)]
-        route, _, fields = asked[0]
-        fake.answer(route, "check-result", _result(fields["request"], "ok"))
+        thread = _checked(tmp_path / "data", ["a:1", "b:2", "c:3"], out)
+        asked = [fake.next() for _ in range(3)]
+        route = asked[0][0]
         fake.answer(route, "error", {"code": "busy", "reason": "too many requests in progress"})
+        fake.answer(route, "check-result", _result(asked[0][2]["request"], "ok"))
+        fake.answer(route, "check-result", _result(asked[2][2]["request"], "unreachable"))
         thread.join(WAIT)
         assert not thread.is_alive() and time.monotonic() - began < WAIT
-        assert {t: r.code for t, r in out.items()} == {"a:1": "ok"}
+        assert {t: r.code for t, r in out.items()} == {"a:1": "ok", "c:3": "unreachable"}
     finally:
         fake.close()

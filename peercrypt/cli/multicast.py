@@ -183,7 +183,8 @@ def _unreachable(
     else:
         echo(f"checking {len(targets)} targets ...")
     try:
-        checked = precheck.check_targets(client, targets, budget=timeout)
+        with client.sibling() as own:  # (its replies apart from the send's)
+            checked = precheck.check_targets(own, targets, budget=timeout)
     except NodeUnavailable:
         raise UserError("the local node stopped", errors.FAILED) from None
     failed = {t: r for t, r in checked.items() if r.code != ResultCode.OK}

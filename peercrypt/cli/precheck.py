@@ -57,6 +57,9 @@ def check_targets(
 ) -> dict[str, CheckResult]:
     """Have the node check every ``HOST:PORT`` of ``targets`` at once, each
     within ``budget`` seconds (0: its retries only); their results by target.
+    ``client`` is the check's own connection (control's refusal of a
+    request names none: on a send's connection it would stand for the
+    send's).
 
     A target whose result has not come within the budget (and
     :data:`ANSWER_SLACK`; :data:`CHECK_WAIT` without one) is left out: no
@@ -71,16 +74,18 @@ def check_targets(
         client.send(CheckRequest(request=request, host=host, port=port, budget=budget))
         pending[request] = target
     results: dict[str, CheckResult] = {}
+    refused = 0  # checks control took no more of (its refusal names none)
     deadline = time.monotonic() + (budget + ANSWER_SLACK if budget > 0 else CHECK_WAIT)
-    while pending and (left := deadline - time.monotonic()) > 0:
+    while len(pending) > refused and (left := deadline - time.monotonic()) > 0:
         try:
             reply = client.receive(min(1.0, left))
         except NodeUnavailable:
             if not client.node_alive():
                 raise
             continue
-        if isinstance(reply, ErrorReply):  # the node took no more requests: no verdicts
-            break
+        if isinstance(reply, ErrorReply):  # one check refused: no verdict, nor an answer
+            refused += 1
+            continue
         if isinstance(reply, CheckResult) and reply.request in pending:
             target = pending.pop(reply.request)
             if reply.code != BUSY:  # (health ran too many checks: says nothing of the target)
