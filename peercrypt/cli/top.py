@@ -565,9 +565,7 @@ class NodeLink:
             self.answers.append(said(transfer, verdict)[0])
         elif isinstance(reply, SettingReply):  # a node of the release before: its words
             self.answers.append(reply.text)
-        elif isinstance(reply, ErrorReply):
-            self.answers.append(f"cancel of transfer {transfer}: {refusal(reply)}")
-        else:
+        else:  # (control's refusal names no request: it stops the view, as any)
             self.answers.append(f"cancel of transfer {transfer}: unexpected {reply.TYPE}")
         return True
 
@@ -740,8 +738,9 @@ def top(obj: dict[str, Any], interval: float) -> None:
                     live.update(render(view, console.width), refresh=True)
                 if time.monotonic() >= due:
                     view.update(time.monotonic(), *link.snapshot())
-                    for text in link.said():
-                        view.say(text)
+                    said = link.said()
+                    if said:  # (two answered within a refresh: both told)
+                        view.say("; ".join(said))
                     live.update(render(view, console.width), refresh=True)
                     due = time.monotonic() + interval
     except NodeUnavailable as exc:
