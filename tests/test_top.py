@@ -9,6 +9,7 @@ import io
 import json
 import re
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -689,3 +690,49 @@ def test_the_answer_to_a_key_goes_after_a_while() -> None:
     assert view.message == "not cancelled"
     view.update(46.0, {}, [], [])
     assert view.message == ""
+
+
+def test_top_takes_cancels_answers_among_its_refreshes_replies(tmp_path: Path) -> None:
+    """`top` does not wait for a cancel's answer (it froze up to 7 s on a
+    send slow to end): the answers come among the next refresh's replies,
+    each told (a crafted control socket answers two cancels, then status)."""
+    from peercrypt.cli.top import NodeLink
+    from peercrypt.testing.fake_control import FakeControl
+    from peercrypt.wire.local_messages import StatusReply, StatusRequest
+
+    fake = FakeControl(tmp_path / "data")
+    link = NodeLink(tmp_path / "data")
+    try:
+        assert link.cancel(3) == "cancelling transfer 3 ..."
+        assert link.cancel(4) == "cancelling transfer 4 ..."
+        asked = [fake.next() for _ in range(2)]
+        assert [(t, f["transfer"]) for _, t, f in asked] == [
+            ("cancel-transfer", 3),
+            ("cancel-transfer", 4),
+        ]
+        answered: list[object] = []
+        thread = threading.Thread(
+            target=lambda: answered.append(link.ask(StatusRequest(request=99))), daemon=True
+        )
+        thread.start()
+        route, type_name, fields = fake.next()
+        assert (type_name, fields["request"]) == ("status-request", 99)
+        fake.answer(
+            route, "cancel-answer", {"request": asked[1][2]["request"], "outcome": "cancelled"}
+        )
+        fake.answer(
+            route,
+            "cancel-answer",
+            {"request": asked[0][2]["request"], "outcome": "ended", "code": "ok"},
+        )
+        fake.answer(route, "status-reply", {"request": 99, "node": {}, "counters": {}})
+        thread.join(10)
+        assert [type(r) for r in answered] == [StatusReply]
+        assert link.said() == [
+            "cancelled transfer 4",
+            "transfer 3 had already ended (verified)",
+        ]
+        assert link.said() == []
+    finally:
+        link.close()
+        fake.close()
