@@ -1,9 +1,10 @@
 """The CPU an idle node uses with default intervals, from /proc.
 
 Starts one real node (``peercrypt node --port 0 --open`` on loopback, a
-temporary data dir), lets it settle, then reads the process's utime+stime
-from /proc/PID/stat at the start and the end of ``--seconds`` and prints the
-share of one core, and the threads (by name) that used it.
+temporary data dir), lets it settle, then reads the CPU time of the
+process's threads from /proc at the start and the end of
+``--seconds`` and prints the share of one core, and the threads (by name)
+that used it.
 
     .venv/bin/python scripts/bench_idle.py --seconds 60 [--tree OTHER_CHECKOUT ...]
 
@@ -38,14 +39,21 @@ def cpu_ticks(stat: str) -> tuple[str, int]:
     return name, int(fields[11]) + int(fields[12])
 
 
-def threads(pid: int) -> dict[str, int]:
-    out: dict[str, int] = {}
+def threads(pid: int) -> dict[str, tuple[int, int]]:
+    """Each thread's CPU time in ns and the times it was run: the
+    scheduler's own counts (``schedstat``), not the clock ticks of ``stat``,
+    which sample the thread running at each tick (10 ms): a thread waking a
+    few times a second for 0.3 ms is charged a tick now and then, or none.
+    The runs count its wake-ups: on this shared machine the CPU of a few
+    wake-ups a second swings by half from run to run, their number not."""
+    out: dict[str, tuple[int, int]] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            name, ticks = cpu_ticks((task / "stat").read_text())
+            name = cpu_ticks((task / "stat").read_text())[0]
+            ns, _, runs = (int(v) for v in (task / "schedstat").read_text().split()[:3])
         except (FileNotFoundError, ProcessLookupError):
             continue
-        out[f"{name}/{task.name}"] = ticks
+        out[f"{name}/{task.name}"] = (ns, runs)
     return out
 
 
@@ -97,18 +105,28 @@ def main() -> None:
         }
         elapsed = time.monotonic() - start
     for name, pid in nodes:
-        used = (after[pid][0] - before[pid][0]) / TICKS
+        ticks = (after[pid][0] - before[pid][0]) / TICKS
+        # The threads' own counts (one that ended within the span is missed:
+        # an idle node starts none), the ticks' total beside it.
+        was = before[pid][1]
+        grown = {
+            k: (ns - was.get(k, (0, 0))[0], runs - was.get(k, (0, 0))[1])
+            for k, (ns, runs) in after[pid][1].items()
+        }
+        used = sum(ns for ns, _ in grown.values()) / 1e9
+        wakes = sum(runs for _, runs in grown.values())
         kind = "idle node with a member" if args.member else "idle node"
         print(
             f"{kind} ({name}): {used:.2f} CPU s in {elapsed:.1f} s"
-            f" = {100 * used / elapsed:.2f}% of a core"
+            f" = {100 * used / elapsed:.2f}% of a core (clock ticks: {ticks:.2f} s),"
+            f" {wakes / elapsed:.1f} wake-ups a second"
         )
-        busy = sorted(
-            ((t - before[pid][1].get(k, 0), k) for k, t in after[pid][1].items()), reverse=True
-        )
-        for ticks, thread in busy[:6]:
-            if ticks:
-                print(f"  thread {thread:20} {ticks / TICKS:6.2f} CPU s")
+        busy = sorted(((ns, runs, k) for k, (ns, runs) in grown.items()), reverse=True)
+        for ns, runs, thread in busy[:6]:
+            if ns:
+                print(
+                    f"  thread {thread:20} {ns / 1e9:7.3f} CPU s {runs / elapsed:6.2f} wake-ups/s"
+                )
 
 
 if __name__ == "__main__":
