@@ -58,7 +58,14 @@ from peercrypt.wire.actor_messages import (
     OfferKey,
     ProxyStopped,
 )
-from peercrypt.wire.messages import ErrorReply, Inbound, Outbound, SendRequest, SendResult
+from peercrypt.wire.messages import (
+    Announce,
+    ErrorReply,
+    Inbound,
+    Outbound,
+    SendRequest,
+    SendResult,
+)
 
 log = logging.getLogger("peercrypt.attach")
 
@@ -98,6 +105,9 @@ class _Link:
     restart: int = 0  # the LinkChanged it waits for (its seq)
     asked: float = 0.0  # when that was told
     stopped: bool = False  # that restart's proxy said ProxyStopped
+    # Its last report to control: told again when control restarts (its
+    # process is not told of that; its unchanged report comes once a minute).
+    report: Announce | None = None
     restarted: bool = False  # every actor was told since that the proxy restarted
 
 
@@ -218,6 +228,9 @@ class AttachActor(Actor):
         except codec.DecodeError as exc:
             self.count(f"link-mail-{exc.kind}")
             return
+        link = self.links.get(actor)
+        if link is not None and isinstance(inner, Announce) and mail.dest == "control":
+            link.report = inner
         self.tell(mail.dest, inner)
 
     # -- to the attached processes ------------------------------------------------------
@@ -298,6 +311,10 @@ class AttachActor(Actor):
             self.tell("gateway", OfferKey(key=key))
 
     def on_actor_restarted(self, name: str) -> None:
+        if name == "control":  # it lost what the attached actors reported
+            for attached in self.links.values():
+                if attached.report is not None:
+                    self.tell("control", attached.report)
         if name == "gateway" and self.offer_key:
             self.tell("gateway", OfferKey(key=self.offer_key))
         link = self.links.get(name)

@@ -31,7 +31,7 @@ from peercrypt.wire.actor_messages import (
     ProxyStopped,
 )
 from peercrypt.wire.local_messages import SendRequest, SendResult
-from peercrypt.wire.messages import FlowGrant, Inbound, Outbound
+from peercrypt.wire.messages import Announce, FlowGrant, Inbound, Outbound
 
 ROUTE = b"\x00route-of-the-attached-process"
 PEER = bytes(range(32))  # its CURVE key, as the gateway proved it
@@ -210,3 +210,27 @@ def test_the_attached_process_cannot_say_its_proxy_stopped(rig: Rig) -> None:
     assert rig.status() == f"attaching {fingerprint(PEER)}"
     assert rig.actor.counters["link-bad-dest"] == 1
     assert rig.told("attach") == []
+
+
+def test_a_restarted_control_is_told_the_attached_actors_last_report_again(rig: Rig) -> None:
+    """The attached process is not told that the node's control restarted
+    (its own actors are): the node's end tells control its last report
+    again, rather than leave it out of `status` until the process's
+    unchanged report comes (once a minute)."""
+    rig.hello()
+    rig.told("gateway")
+    (restart,) = rig.told("sender")
+    rig.actor.on_actor_restarted("sender")
+    rig.actor.on_mail(ProxyStopped(actor="sender", seq=restart.seq))
+    rig.actor.on_actor_restarted("control")
+    assert rig.told("control") == []  # nothing reported yet: nothing to tell again
+    report = Announce(actor="sender", facts={"data_port": "9"}, counters={"sent": 3})
+    mail = ActorMail(dest="control", payload=codec.encode(report))
+    rig.actor.on_mail(
+        Inbound(route=ROUTE, peer=PEER, peer_host="10.0.0.2", payload=codec.encode(mail))
+    )
+    assert rig.told("control") == [report]
+    rig.actor.on_actor_restarted("control")
+    assert rig.told("control") == [report]
+    rig.actor.on_actor_restarted("stats")  # (another actor's restart: nothing to tell)
+    assert rig.told("control") == []
