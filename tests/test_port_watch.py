@@ -12,8 +12,10 @@ from typing import Any
 
 import zmq
 
-from actors.port_watch import PortWatch
+from actors.port_watch import GRID_STEP, PUBLIC_PORT_SAMPLING, PortWatch
 from peercrypt.core.port_guard import GuardLimits
+from peercrypt.runtime.actor import Actor, ActorEnv
+from peercrypt.testing.clock import FakeClock
 
 
 @contextmanager
@@ -133,3 +135,43 @@ def test_a_sample_forgets_a_connection_whose_number_names_another_socket() -> No
             os.close(number)
             for s in (client, other, new):
                 s.close()
+
+
+class Named(Actor):
+    """An actor of a name, never started: its clock is what the watch reads."""
+
+    def __init__(self, env: ActorEnv, name: str) -> None:
+        super().__init__(env)
+        self.name = name  # type: ignore[misc]
+
+
+def test_quiet_readings_of_every_actor_fall_on_one_grid_never_later_than_due() -> None:
+    """A quiet connection's next reading is due ``idle`` later; it comes at
+    the next point of a grid shared by the process's watches instead (never
+    later: that interval bounds what a flood makes the node hold unseen),
+    each actor a little after the point, so the actors' readings follow
+    each other while their caches are warm. Other delays are left alone."""
+    idle = PUBLIC_PORT_SAMPLING.idle
+    clock = FakeClock(start=1000.0)
+    context = zmq.Context()
+    try:
+        env = ActorEnv(context=context, node_uid="grid", clock=clock)
+        watches = []
+        for name in ("gateway", "discovery", "health"):
+            watch = PortWatch(
+                GuardLimits(held=1 << 20), lambda key, n: None, sampling=PUBLIC_PORT_SAMPLING
+            )
+            watch.attach(Named(env, name))
+            watches.append(watch)
+        for step in (0.0, 0.0137, 0.05, 0.1999, 0.2001, 3.3):
+            clock.advance(step)
+            due = [clock() + w._on_grid(idle) for w in watches]
+            assert all(0 < d - clock() <= idle for d in due), due
+            assert max(due) - min(due) <= 4 * GRID_STEP + 1e-9, due  # one point, in turn
+            for watch, when in zip(watches, due, strict=True):
+                points = (when - watch._grid_offset) / idle
+                assert abs(points - round(points)) < 1e-6, (when, watch._grid_offset)
+        for other in (PUBLIC_PORT_SAMPLING.interval, PUBLIC_PORT_SAMPLING.busy, 2 * idle):
+            assert watches[0]._on_grid(other) == other
+    finally:
+        context.term()
