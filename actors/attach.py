@@ -41,7 +41,7 @@ on another host (:mod:`actors.link` is its end of the link).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from peercrypt.crypto.identity import fingerprint
@@ -105,9 +105,10 @@ class _Link:
     restart: int = 0  # the LinkChanged it waits for (its seq)
     asked: float = 0.0  # when that was told
     stopped: bool = False  # that restart's proxy said ProxyStopped
-    # Its last report to control: told again when control restarts (its
-    # process is not told of that; its unchanged report comes once a minute).
-    report: Announce | None = None
+    # The last reports to control of its actor and of its process's link
+    # (by actor): told again when control restarts (its process is not told
+    # of that; its unchanged reports come once a minute).
+    reports: dict[str, Announce] = field(default_factory=dict)
     restarted: bool = False  # every actor was told since that the proxy restarted
 
 
@@ -229,8 +230,13 @@ class AttachActor(Actor):
             self.count(f"link-mail-{exc.kind}")
             return
         link = self.links.get(actor)
-        if link is not None and isinstance(inner, Announce) and mail.dest == "control":
-            link.report = inner
+        if (
+            link is not None
+            and isinstance(inner, Announce)
+            and mail.dest == "control"
+            and inner.actor in (actor, "link")
+        ):
+            link.reports[inner.actor] = inner
         self.tell(mail.dest, inner)
 
     # -- to the attached processes ------------------------------------------------------
@@ -313,8 +319,8 @@ class AttachActor(Actor):
     def on_actor_restarted(self, name: str) -> None:
         if name == "control":  # it lost what the attached actors reported
             for attached in self.links.values():
-                if attached.report is not None:
-                    self.tell("control", attached.report)
+                for report in attached.reports.values():
+                    self.tell("control", report)
         if name == "gateway" and self.offer_key:
             self.tell("gateway", OfferKey(key=self.offer_key))
         link = self.links.get(name)

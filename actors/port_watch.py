@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import socket
 import stat
 import struct
 import termios
-import zlib
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -99,7 +99,12 @@ DATA_PORT_SAMPLING = Sampling(interval=0.02, busy=0.002, cost=0.0001, idle=0.02)
 # so it is read less often: at most ~2% of a core under a flood, and
 # members that say nothing cost ~15 us a connection every 0.2 s.
 PUBLIC_PORT_SAMPLING = Sampling(interval=0.05, busy=0.005, cost=0.001, idle=0.2)
-GRID_STEP = 0.0005  # seconds between actors' readings on the grid (PortWatch._on_grid)
+GRID_STEP = 0.0005  # seconds between watches' readings on the grid (PortWatch._on_grid)
+GRID_SLOTS = 8  # ... of as many watches; the next ones take the same slots again
+GRID_MIN = (
+    1e-6  # a reading due sooner than this (a rounding error short of a point) waits for the next
+)
+_GRID_SLOTS = itertools.count()  # the process's watches, in the order they were made
 TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received in struct tcp_info (Linux >= 4.1)
 TCP_INFO_LEN = 136
 INQ = struct.Struct("i")
@@ -177,10 +182,11 @@ class PortWatch:
 
     def _set_actor(self, actor: Actor) -> None:
         self._actor = actor
-        # Readings of different actors on the grid follow each other rather
-        # than wake together (which would have them wait for the
-        # interpreter's lock): 0 to 2 ms after each point.
-        self._grid_offset = (zlib.crc32(actor.name.encode()) % 5) * GRID_STEP
+        # Readings of different watches on the grid follow each other, in
+        # the order the watches were made, rather than wake together (which
+        # has them wait for each other's interpreter lock): 0-3.5 ms after
+        # each point.
+        self._grid_offset = (next(_GRID_SLOTS) % GRID_SLOTS) * GRID_STEP
 
     def _on_monitor(self, monitor: zmq.Socket[Any]) -> None:
         self.on_monitor(monitor)
@@ -197,18 +203,22 @@ class PortWatch:
             self._timer = self._actor.call_later(self._on_grid(self.next_sample()), self._on_timer)
 
     def _on_grid(self, delay: float) -> float:
-        """``delay``, or for a quiet reading the time to the next point of a
-        grid of the clock shared by every watch of the process (``idle``
-        apart; each actor ``grid_offset`` after it): never later than the
-        interval says. Three actors of a node with a member watch its links
-        and its port; each reading alone woke a thread whose caches had gone
-        cold (~0.3 ms of CPU here), while readings that follow each other
-        within a millisecond find them warm: 0.93-1.01% of a core became
-        0.61-0.65% (docs/benchmarks.md)."""
+        """``delay``, or after a quiet reading the time to the next point of
+        a grid of the clock shared by every watch of the process (``idle``
+        apart; each watch ``_grid_offset`` after it): never later than the
+        interval says, never at once. Three actors of a
+        node with a member watch its links and its port; each reading alone
+        woke a thread whose caches had gone cold (~0.3 ms of CPU here),
+        while readings that follow each other within a millisecond find
+        them warm: 0.93-1.01% of a core became 0.61-0.65%
+        (docs/benchmarks.md)."""
         idle = self.sampling.idle
-        if self._actor is None or delay != idle:
+        if self._actor is None or delay != idle or not self._quiet or self.guard.held:
             return delay
-        return idle - (self._actor.now() - self._grid_offset) % idle
+        due = idle - (self._actor.now() - self._grid_offset) % idle
+        # On a point (or a rounding error short of one: 1001.0 % 0.2 is
+        # 0.2 - 6e-14): the next one, not at once again.
+        return due if due >= GRID_MIN else idle
 
     def count(self, key: str, n: int) -> None:
         self._count(self.prefix + key, n)

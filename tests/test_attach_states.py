@@ -225,12 +225,15 @@ def test_a_restarted_control_is_told_the_attached_actors_last_report_again(rig: 
     rig.actor.on_actor_restarted("control")
     assert rig.told("control") == []  # nothing reported yet: nothing to tell again
     report = Announce(actor="sender", facts={"data_port": "9"}, counters={"sent": 3})
-    mail = ActorMail(dest="control", payload=codec.encode(report))
-    rig.actor.on_mail(
-        Inbound(route=ROUTE, peer=PEER, peer_host="10.0.0.2", payload=codec.encode(mail))
-    )
-    assert rig.told("control") == [report]
+    link = Announce(actor="link", facts={"link_rtt_ms": "0.31"}, counters={})
+    other = Announce(actor="gateway", facts={"port": "666"}, counters={})  # not its to say
+    for told in (report, link, other):
+        mail = ActorMail(dest="control", payload=codec.encode(told))
+        rig.actor.on_mail(
+            Inbound(route=ROUTE, peer=PEER, peer_host="10.0.0.2", payload=codec.encode(mail))
+        )
+    assert rig.told("control") == [report, link, other]  # (relayed as before)
     rig.actor.on_actor_restarted("control")
-    assert rig.told("control") == [report]
+    assert rig.told("control") == [report, link]
     rig.actor.on_actor_restarted("stats")  # (another actor's restart: nothing to tell)
     assert rig.told("control") == []

@@ -339,7 +339,7 @@ class Actor:
     # lost on the way (a full mailbox). A status owner that restarted is told
     # at once (RESTARTED below); an attached actor's link sends its last
     # report on every attach. Each refresh wakes the actor and its owner: at
-    # 10 s, 2.6 of an idle node's 7.6 wake-ups a second (its 13 actors).
+    # 10 s, 2.6 of an idle node's ~8 wake-ups a second (its 13 actors).
     REPORT_REFRESH: ClassVar[float] = 60.0
     # It moves bulk data: its thread yields the CPU to the control plane's.
     data_plane: ClassVar[bool] = False
