@@ -210,7 +210,7 @@ class PortWatch:
         node with a member watch its links and its port; each reading alone
         woke a thread whose caches had gone cold (~0.3 ms of CPU here),
         while readings that follow each other within a millisecond find
-        them warm: 0.93-1.01% of a core became 0.61-0.65%
+        them warm: 0.90-1.01% of a core became 0.58-0.65%
         (docs/benchmarks.md)."""
         idle = self.sampling.idle
         if self._actor is None or delay != idle or not self._quiet or self.guard.held:
