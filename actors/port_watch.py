@@ -101,9 +101,8 @@ DATA_PORT_SAMPLING = Sampling(interval=0.02, busy=0.002, cost=0.0001, idle=0.02)
 PUBLIC_PORT_SAMPLING = Sampling(interval=0.05, busy=0.005, cost=0.001, idle=0.2)
 GRID_STEP = 0.0005  # seconds between watches' readings on the grid (PortWatch._on_grid)
 GRID_SLOTS = 8  # ... of as many watches; the next ones take the same slots again
-GRID_MIN = (
-    1e-6  # a reading due sooner than this (a rounding error short of a point) waits for the next
-)
+# A reading due sooner than this (a rounding error short of a point) waits for the next.
+GRID_MIN = 1e-6
 _GRID_SLOTS = itertools.count()  # the process's watches, in the order they were made
 TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received in struct tcp_info (Linux >= 4.1)
 TCP_INFO_LEN = 136
@@ -206,12 +205,11 @@ class PortWatch:
         """``delay``, or after a quiet reading the time to the next point of
         a grid of the clock shared by every watch of the process (``idle``
         apart; each watch ``_grid_offset`` after it): never later than the
-        interval says, never at once. Three actors of a
-        node with a member watch its links and its port; each reading alone
-        woke a thread whose caches had gone cold (~0.3 ms of CPU here),
-        while readings that follow each other within a millisecond find
-        them warm: 0.90-1.01% of a core became 0.58-0.65%
-        (docs/benchmarks.md)."""
+        interval says, never at once. Three actors of a node with a member
+        watch its links and its port; each reading alone woke a thread whose
+        caches had gone cold (~0.3 ms of CPU here), while readings that
+        follow each other within a millisecond find them warm: 0.90-1.01% of
+        a core became 0.58-0.65% (docs/benchmarks.md)."""
         idle = self.sampling.idle
         if self._actor is None or delay != idle or not self._quiet or self.guard.held:
             return delay

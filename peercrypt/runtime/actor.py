@@ -337,8 +337,9 @@ class Actor:
     # Facts and counters are reported at most every REPORT_INTERVAL while they
     # change, and again after REPORT_REFRESH when they do not: for a report
     # lost on the way (a full mailbox). A status owner that restarted is told
-    # at once (RESTARTED below); an attached actor's link sends its last
-    # report on every attach. Each refresh wakes the actor and its owner: at
+    # at once (RESTARTED below; for attached actors, by actors/attach.py), and
+    # an attached actor's link resends its last reports on every attach. Each
+    # refresh wakes the actor and its owner: at
     # 10 s, 2.6 of an idle node's ~8 wake-ups a second (its 13 actors).
     REPORT_REFRESH: ClassVar[float] = 60.0
     # It moves bulk data: its thread yields the CPU to the control plane's.
