@@ -284,13 +284,16 @@ def test_a_changed_key_at_a_known_address_is_refused_until_trusted(
     # A health check says the node is there, and that a send would be
     # refused (it said only "alive"); the shell's pre-send check says it
     # before the send (it announced a job that then failed so).
+    # (A check sends nothing: its line says what a send there would meet.)
+    would = error.replace("; nothing was sent.", "; a send there is refused.")
+    assert would != error
     checked = sender.cli("health-check", squatter.host, str(port))
     assert checked.returncode == errors.NOT_ADMITTED, checked.describe()
     assert checked.stdout.startswith(f"alive {squatter.host}:{port}: node {squatter.fingerprint}")
-    assert checked.stderr_lines == [f"peercrypt: error: {error}"], checked.describe()
+    assert checked.stderr_lines == [f"peercrypt: error: {would}"], checked.describe()
     as_json = sender.cli("health-check", squatter.host, str(port), "--json")
     assert as_json.returncode == errors.NOT_ADMITTED, as_json.describe()
-    assert json.loads(as_json.stdout)["key_changed"] == error
+    assert json.loads(as_json.stdout)["key_changed"] == would
     shell = Shell(cli, {"data_dir": sender.data_dir}, owns_node=False)
     shell.interactive = True  # (a terminal's: the pre-send check runs)
     capsys.readouterr()

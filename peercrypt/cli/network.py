@@ -179,7 +179,10 @@ def _report_check(
     exit 4 with that send's warning (it said only "alive")."""
     changed = ""
     if result.code == ResultCode.OK:
-        changed = changed_here(data_dir, host, port, result.fingerprint)
+        # (A check sends nothing: it says what a send there would meet.)
+        changed = changed_here(
+            data_dir, host, port, result.fingerprint, outcome="a send there is refused"
+        )
     if as_json:
         ok = result.code == ResultCode.OK
         click.echo(

@@ -118,8 +118,16 @@ def pin_of(pins: Sequence[str], proven: str) -> str:
     return " or ".join(pins)
 
 
-def changed_here(data_dir: Path, host: str, port: int, proven: str, expect: str = "") -> str:
-    """The warning a send to ``host``:``port`` would end with (:func:`explain`)
+def changed_here(
+    data_dir: Path,
+    host: str,
+    port: int,
+    proven: str,
+    expect: str = "",
+    outcome: str = "nothing was sent",
+) -> str:
+    """The warning a send to ``host``:``port`` would end with (:func:`explain`,
+    saying ``outcome``: a health check sent nothing, a send there is refused)
     if the node's known-peers file holds another key there than ``proven``
     (what a health check saw) and the send pins none (``expect``: its
     ``--expect``, which has the last word); "" if not."""
@@ -131,12 +139,12 @@ def changed_here(data_dir: Path, host: str, port: int, proven: str, expect: str 
         return ""
     known = KnownPeersFile(data_dir).load()
     decision = decide(known, normalise_address(host, port), proven, pinned)
-    return explain(decision, host, port) if decision.verdict is Verdict.CHANGED else ""
+    return explain(decision, host, port, outcome) if decision.verdict is Verdict.CHANGED else ""
 
 
-def explain(decision: Decision, host: str, port: int) -> str:
-    """One line for the user about a refused key, naming both fingerprints and
-    what to do."""
+def explain(decision: Decision, host: str, port: int, outcome: str = "nothing was sent") -> str:
+    """One line for the user about a refused key, naming both fingerprints,
+    ``outcome`` and what to do."""
     addr = normalise_address(host, port)
     accept = f"`peercrypt trust {host} {port} {decision.proven}`"
     if decision.verdict is Verdict.MISMATCH:
@@ -147,7 +155,7 @@ def explain(decision: Decision, host: str, port: int) -> str:
     if decision.verdict is Verdict.CHANGED:
         return (
             f"WARNING: the key at {addr} changed: known {decision.expected}, now "
-            f"{decision.proven}; nothing was sent. If the change is expected, run: {accept}"
+            f"{decision.proven}; {outcome}. If the change is expected, run: {accept}"
         )
     if decision.verdict is Verdict.CLAIMED:
         return (
