@@ -199,20 +199,20 @@ class PortWatch:
         self._timer = None
         self.sample()
         if self._actor is not None and self.watching:
-            self._timer = self._actor.call_later(self._on_grid(self.next_sample()), self._on_timer)
+            self._timer = self._actor.call_later(self.next_sample(), self._on_timer)
 
-    def _on_grid(self, delay: float) -> float:
-        """``delay``, or after a quiet reading the time to the next point of
-        a grid of the clock shared by every watch of the process (``idle``
-        apart; each watch ``_grid_offset`` after it): never later than the
-        interval says, never at once. Three actors of a node with a member
-        watch its links and its port; each reading alone woke a thread whose
-        caches had gone cold (~0.3 ms of CPU here), while readings that
-        follow each other within a millisecond find them warm: 0.90-1.01% of
-        a core became 0.58-0.65% (docs/benchmarks.md)."""
+    def _on_grid(self) -> float:
+        """Seconds to the next point of a grid of the clock shared by every
+        watch of the process (``idle`` apart; this watch ``_grid_offset``
+        after each): never more than ``idle``, never none. Three actors of a
+        node with a member watch its links and its port; each reading alone
+        woke a thread whose caches had gone cold (~0.3 ms of CPU here),
+        while readings that follow each other within a millisecond find
+        them warm: 0.90-1.01% of a core became 0.58-0.65%
+        (docs/benchmarks.md)."""
         idle = self.sampling.idle
-        if self._actor is None or delay != idle or not self._quiet or self.guard.held:
-            return delay
+        if self._actor is None:
+            return idle
         due = idle - (self._actor.now() - self._grid_offset) % idle
         # On a point (or a rounding error short of one: 1001.0 % 0.2 is
         # 0.2 - 6e-14): the next one, not at once again.
@@ -236,8 +236,9 @@ class PortWatch:
         least = self.sampling.cost * self.guard.connections
         if held * 4 > self.guard.limits.held:
             return max(self.sampling.busy, least)
-        quiet = held == 0 and self._quiet
-        return max(self.sampling.idle if quiet else self.sampling.interval, least)
+        if held == 0 and self._quiet and least < self.sampling.idle:
+            return self._on_grid()  # (quiet: on the grid, never later than idle)
+        return max(self.sampling.interval, least)
 
     def on_monitor(self, monitor: zmq.Socket[Any]) -> None:
         for _ in range(256):
