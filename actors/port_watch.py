@@ -25,19 +25,28 @@ duplicate, checked to be the same socket: libzmq then sees the connection
 end as if the peer had closed it, and frees what it held for it. libzmq's
 own descriptor is never closed here. Unix-socket connections (the local
 one, ``local_ipc``) are not watched: only users of this host reach them.
+
+A watch whose connections went quiet stops reading them: the kernel tells
+its actor of the next byte that arrives (:class:`Arrivals`, which says
+why this needs a signal), so an idle node's watches cost no wake-ups.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
-import itertools
+import functools
 import os
+import signal
 import socket
 import stat
 import struct
+import sys
 import termios
-from collections.abc import Callable, Hashable, Iterable, Mapping
+import threading
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,10 +89,11 @@ def recv_monitor_message(socket: zmq.Socket[Any], flags: int = 0) -> dict[str, A
 class Sampling:
     """Seconds between readings of the connections' counters: a connection
     can grow what it holds by what it delivers in that time, so they are
-    read often (``busy``) once a quarter of the bound is held, and at
-    ``idle`` after a reading that found nothing read since the one before
-    and nothing held. A reading costs ~15-20 us of CPU per connection, so
-    the interval is at least ``cost`` per connection."""
+    read often (``busy``) once a quarter of the bound is held. After a
+    reading that found nothing read since the one before and nothing held,
+    none until the kernel tells of an arrival (:class:`Arrivals`), or,
+    where it cannot, one ``idle`` later. A reading costs ~15-20 us of CPU
+    per connection, so the interval is at least ``cost`` per connection."""
 
     interval: float
     busy: float
@@ -96,14 +106,11 @@ class Sampling:
 DATA_PORT_SAMPLING = Sampling(interval=0.02, busy=0.002, cost=0.0001, idle=0.02)
 # The public port: CURVE, which libzmq opens at ~0.2 GiB/s at most, and
 # members' connections that live as long as they do (several per member),
-# so it is read less often: at most ~2% of a core under a flood, and
-# members that say nothing cost ~15 us a connection every 0.2 s.
+# so it is read less often: at most ~2% of a core under a flood. Members that
+# say nothing cost nothing: their connections are not read, the kernel says
+# when bytes arrive (Arrivals); where it cannot, every 0.2 s (~15 us a
+# connection and a wake-up of the actor: ~0.3 ms here).
 PUBLIC_PORT_SAMPLING = Sampling(interval=0.05, busy=0.005, cost=0.001, idle=0.2)
-GRID_STEP = 0.0005  # seconds between watches' readings on the grid (PortWatch._on_grid)
-GRID_SLOTS = 8  # ... of as many watches; the next ones take the same slots again
-# A reading due sooner than this (a rounding error short of a point) waits for the next.
-GRID_MIN = 1e-6
-_GRID_SLOTS = itertools.count()  # the process's watches, in the order they were made
 TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received in struct tcp_info (Linux >= 4.1)
 TCP_INFO_LEN = 136
 INQ = struct.Struct("i")
@@ -142,7 +149,11 @@ class PortWatch:
         self._timer: Timer | None = None
         self._last_reads: dict[int, int] = {}  # at the last reading
         self._quiet = False  # the last reading found nothing read since the one before
-        self._grid_offset = 0.0  # (set with the actor: _on_grid)
+        # Resting: connections whose arrivals the kernel tells (inode -> fd);
+        # no timer then (_rest).
+        self._listening: dict[int, int] = {}
+        self._listened: set[int] = set()  # connections ever listened to (counted once each)
+        self._woken = False  # an arrival woke it; a delivery may end the wake (_after_delivery)
 
     def start(self, actor: Actor, sock: zmq.Socket[Any], name: str) -> zmq.Socket[Any]:
         """Watch ``sock`` (before it binds) from ``actor``'s loop: its
@@ -181,11 +192,6 @@ class PortWatch:
 
     def _set_actor(self, actor: Actor) -> None:
         self._actor = actor
-        # Readings of different watches on the grid follow each other, in
-        # the order the watches were made, rather than wake together (which
-        # has them wait for each other's interpreter lock): 0-3.5 ms after
-        # each point.
-        self._grid_offset = (next(_GRID_SLOTS) % GRID_SLOTS) * GRID_STEP
 
     def _on_monitor(self, monitor: zmq.Socket[Any]) -> None:
         self.on_monitor(monitor)
@@ -197,26 +203,87 @@ class PortWatch:
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._woken = False
         self.sample()
-        if self._actor is not None and self.watching:
+        if self._actor is None or not self.watching:
+            return
+        # Resting is tried after a quiet reading (nothing read since the one
+        # before), not at every reading of a busy port: asking the kernel and
+        # undoing it costs a dozen system calls a connection.
+        if not (self._quiet and self._rest()):
+            self._stop_listening()  # (a new connection's first reading: it reads on)
             self._timer = self._actor.call_later(self.next_sample(), self._on_timer)
 
-    def _on_grid(self) -> float:
-        """Seconds to the next point of a grid of the clock shared by every
-        watch of the process (``idle`` apart; this watch ``_grid_offset``
-        after each): never more than ``idle``, never none. Three actors of a
-        node with a member watch its links and its port; each reading alone
-        woke a thread whose caches had gone cold (~0.3 ms of CPU here),
-        while readings that follow each other within a millisecond find
-        them warm: 0.90-1.01% of a core became 0.58-0.65%
-        (docs/benchmarks.md)."""
-        idle = self.sampling.idle
-        if self._actor is None:
-            return idle
-        due = idle - (self._actor.now() - self._grid_offset) % idle
-        # On a point (or a rounding error short of one: 1001.0 % 0.2 is
-        # 0.2 - 6e-14): the next one, not at once again.
-        return due if due >= GRID_MIN else idle
+    def _rest(self) -> bool:
+        """After a reading that left nothing held: have the kernel tell the
+        actor of the next byte that arrives on any connection (Arrivals),
+        read once more (a byte may have come before it was asked), and, if
+        nothing came, read no more until one does: an idle member's
+        connections cost no wake-up. Whether it rests (no timer then). A
+        flood that begins then is read first ``interval`` after its first
+        byte at most, as a busy connection's would be (_on_arrival)."""
+        if self._actor is None or self.guard.held or not self._fds:
+            return False
+        arrivals = Arrivals.of(self._actor)
+        if arrivals is None:
+            return False
+        arrivals.watches.add(self)
+        for inode, fd in self._fds.items():
+            if inode not in self._listening:
+                if not arrivals.listen(inode, fd):
+                    self._stop_listening()
+                    return False
+                self._listening[inode] = fd
+                if inode not in self._listened:
+                    self._listened.add(inode)
+                    self.count("connections-listened", 1)
+        before = self._last_reads
+        self.sample()
+        if self._last_reads != before or self.guard.held or not self._fds:
+            self._stop_listening()
+            return False
+        return True
+
+    def _stop_listening(self) -> None:
+        if not self._listening:
+            return
+        arrivals = Arrivals.of(self._actor) if self._actor is not None else None
+        if arrivals is not None:
+            for inode, fd in self._listening.items():
+                arrivals.unlisten(inode, fd)
+        self._listening.clear()
+
+    def _on_arrival(self) -> None:
+        """The kernel told the actor that bytes arrived on a connection of
+        one of its resting watches: read now (the message may be taken
+        already), and rest again if it left nothing held; else read on as
+        :meth:`next_sample` says (the message is taken before that in the
+        usual case: :meth:`_after_delivery`)."""
+        if not self._listening:
+            return  # (this watch was not resting: another's connection, or told late)
+        self._stop_listening()
+        self.sample()
+        if self._actor is None or not self.watching or self._rest():
+            return
+        self._woken = True
+        if self._timer is None:
+            self._timer = self._actor.call_later(self.next_sample(), self._on_timer)
+
+    def _after_delivery(self) -> None:
+        """A message was taken after an arrival woke the watch: what woke it
+        was most likely that message, so read once now and rest again if
+        nothing is held (one wake-up for the arrival, one for the message,
+        none for a reading after it)."""
+        self._woken = False
+        self.sample()
+        if self._actor is None or not self.watching:
+            return
+        if self._rest():
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        elif self._timer is None:
+            self._timer = self._actor.call_later(self.next_sample(), self._on_timer)
 
     def count(self, key: str, n: int) -> None:
         self._count(self.prefix + key, n)
@@ -236,8 +303,8 @@ class PortWatch:
         least = self.sampling.cost * self.guard.connections
         if held * 4 > self.guard.limits.held:
             return max(self.sampling.busy, least)
-        if held == 0 and self._quiet and least < self.sampling.idle:
-            return self._on_grid()  # (quiet: on the grid, never later than idle)
+        if held == 0 and self._quiet:
+            return max(self.sampling.idle, least)  # (where the kernel cannot tell arrivals)
         return max(self.sampling.interval, least)
 
     def on_monitor(self, monitor: zmq.Socket[Any]) -> None:
@@ -283,6 +350,8 @@ class PortWatch:
             size += wire
             memory += held_memory(length, wire)
         self.guard.delivered(address, size, memory)
+        if self._woken:
+            self._after_delivery()
 
     def forget_owner(self, owner: Hashable) -> None:
         """The dialled socket ``owner`` is closed: its connection goes."""
@@ -292,6 +361,8 @@ class PortWatch:
 
     def _forget(self, inode: int) -> None:
         self._fds.pop(inode, None)
+        self._listening.pop(inode, None)  # (gone: nothing to undo)
+        self._listened.discard(inode)
         self._owner.pop(inode, None)
         self.guard.closed(inode)
 
@@ -310,6 +381,8 @@ class PortWatch:
             size += wire
             memory += held_memory(len(frame), wire)
         self.guard.delivered(peer_address(str(peer)), size, memory)
+        if self._woken:
+            self._after_delivery()
 
     def sample(self) -> None:
         reads: dict[int, int] = {}
@@ -354,6 +427,8 @@ class PortWatch:
         owners: list[Hashable] = []
         for inode in inodes:
             fd = self._fds.pop(inode, None)
+            self._listening.pop(inode, None)  # (shut down below)
+            self._listened.discard(inode)
             owner = self._owner.pop(inode, None)
             if owner is not None and owner not in owners:
                 owners.append(owner)
@@ -370,23 +445,145 @@ class PortWatch:
 
     @contextlib.contextmanager
     def _same_socket(self, inode: int, fd: int) -> Any:
-        """A duplicate of ``fd`` if it is still the socket ``inode`` (else
-        None), closed on leaving."""
-        try:
-            copy = os.dup(fd)
-        except OSError:
-            yield None
-            return
-        try:
-            dup = socket.socket(fileno=copy)
-        except OSError:  # no longer a socket
-            os.close(copy)
-            yield None
-            return
-        try:
-            yield dup if os.fstat(dup.fileno()).st_ino == inode else None
-        finally:
-            dup.close()
+        """A socket object on a duplicate of ``fd`` if it is still the
+        socket ``inode`` (else None), closed on leaving."""
+        with _same_file(inode, fd) as copy:
+            if copy is None:
+                yield None
+                return
+            try:
+                dup = socket.socket(fileno=copy)  # (its family and type probed)
+            except OSError:
+                yield None
+                return
+            try:
+                yield dup
+            finally:
+                dup.detach()  # (the duplicate is closed once, by _same_file)
+
+
+class Arrivals:
+    """The kernel's word that bytes arrived on a connection, given to the
+    actor (the thread) that made it, however soon libzmq read them.
+
+    A reading of a connection's counters costs little; waking an idle
+    actor's thread to make it costs ~0.3 ms here, so a node with a member,
+    whose actors read their quiet connections every 0.2 s, spent ~0.5% of a
+    core on it (docs/benchmarks.md). Waiting for the bytes instead needs a
+    signal that keeps "bytes arrived" once another reader took them: a
+    socket's readiness (poll, epoll, even edge-triggered) is checked when
+    looked at, and libzmq's I/O thread reads what arrives within
+    microseconds, so the wake-up is lost. Signal-driven I/O is not checked
+    again: with ``O_ASYNC`` on a socket the kernel sends its owner a
+    ``SIGIO`` at every arrival. Its owner is this thread
+    (``F_SETOWN_EX``, ``F_OWNER_TID``: no other thread of the process ever
+    gets it), which blocks ``SIGIO`` and reads it from a ``signalfd`` the
+    actor polls: a standard signal stays pending once however many come.
+
+    ``O_ASYNC`` and the owner belong to the open file, which libzmq's
+    descriptor shares with the duplicate they are set through; libzmq never
+    uses either. Made in the actor's thread (:meth:`of`), closed when the
+    actor stops. Linux only: elsewhere :meth:`of` gives None and quiet
+    connections are read every ``Sampling.idle``."""
+
+    def __init__(self, actor: Actor) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
+        mask = bytearray(SIGSET_BYTES)
+        mask[(signal.SIGIO - 1) // 8] |= 1 << ((signal.SIGIO - 1) % 8)
+        buffer = (ctypes.c_char * SIGSET_BYTES).from_buffer(mask)
+        fd = _libc().signalfd(-1, buffer, os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "signalfd")
+        self.fd: int = fd
+        self.tid = threading.get_native_id()
+        self.owner = struct.pack("ii", F_OWNER_TID, self.tid)
+        self.watches: weakref.WeakSet[PortWatch] = weakref.WeakSet()  # resting ones it wakes
+        actor.watch(fd, self._on_ready)
+        actor.on_exit(self.close)
+
+    @classmethod
+    def of(cls, actor: Actor) -> Arrivals | None:
+        """The actor's (made at the first call, in its thread), or None where
+        the kernel cannot tell (then never tried again)."""
+        if actor not in _ARRIVALS:
+            made: Arrivals | None = None
+            if sys.platform.startswith("linux"):
+                with contextlib.suppress(OSError, AttributeError, ValueError):
+                    made = cls(actor)
+            _ARRIVALS[actor] = made
+        arrivals = _ARRIVALS[actor]
+        return arrivals if arrivals is not None and arrivals.fd >= 0 else None  # (stopped)
+
+    def listen(self, inode: int, fd: int) -> bool:
+        """Have the kernel tell of bytes arriving on connection ``fd`` (if
+        it is still the socket ``inode``): whether it will."""
+        return self._set_async(inode, fd, True)
+
+    def unlisten(self, inode: int, fd: int) -> None:
+        self._set_async(inode, fd, False)
+
+    def _set_async(self, inode: int, fd: int, on: bool) -> bool:
+        with _same_file(inode, fd) as copy:
+            if copy is None:
+                return False
+            try:
+                flags = fcntl.fcntl(copy, fcntl.F_GETFL)
+                if on:
+                    fcntl.fcntl(copy, F_SETSIG, 0)  # SIGIO itself: pending once, never queued
+                    fcntl.fcntl(copy, F_SETOWN_EX, self.owner)  # before O_ASYNC: never the process
+                    fcntl.fcntl(copy, fcntl.F_SETFL, flags | os.O_ASYNC)
+                elif flags & os.O_ASYNC:
+                    fcntl.fcntl(copy, fcntl.F_SETFL, flags & ~os.O_ASYNC)
+            except OSError:
+                return False
+            return True
+
+    def drain(self) -> bool:
+        """Whether an arrival was told since the last call."""
+        told = False
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self.fd, SIGINFO_BYTES * 8):
+                told = True
+        return told
+
+    def _on_ready(self, _fd: int) -> None:
+        if self.drain():
+            for watch in list(self.watches):
+                watch._on_arrival()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+_ARRIVALS: weakref.WeakKeyDictionary[Actor, Arrivals | None] = weakref.WeakKeyDictionary()
+F_SETSIG = 10  # fcntl(2), Linux
+F_SETOWN_EX = 15
+F_OWNER_TID = 0
+SIGSET_BYTES = 128  # glibc's sigset_t
+SIGINFO_BYTES = 128  # struct signalfd_siginfo
+
+
+@contextlib.contextmanager
+def _same_file(inode: int, fd: int) -> Iterator[int | None]:
+    """A duplicate of ``fd`` (sharing its open file) if it is still the
+    socket ``inode``, else None; closed on leaving."""
+    try:
+        copy = os.dup(fd)
+    except OSError:
+        yield None
+        return
+    try:
+        st = os.fstat(copy)
+        yield copy if st.st_ino == inode and stat.S_ISSOCK(st.st_mode) else None
+    finally:
+        os.close(copy)
+
+
+@functools.cache
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _bytes_read(inode: int, fd: int) -> int | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import pytest
 import zmq
 
 from actors.multicast_receiver import MAX_SESSIONS_PER_PEER
@@ -693,6 +694,35 @@ def test_a_member_flooding_the_gateway_with_tiny_messages_costs_bounded_memory(
     assert receiver.running, receiver.log_tail()
 
 
+def test_a_member_quiet_until_the_gateway_stops_reading_it_is_seen_when_it_floods(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """A member connects, says nothing until the gateway has stopped reading
+    its connection (the kernel is to tell of its next byte:
+    ``connections-listened``), then floods one-byte messages. The kernel's
+    word wakes the gateway at the first byte, however soon libzmq read it:
+    the connection is closed and the node's RSS grows by at most the bound
+    plus a slack (were that word lost, nothing would read the connection
+    again and the flood would go on unseen: the test fails so)."""
+    memory = 32 * MiB
+    receiver = node_factory("--control-port-memory", str(memory))
+    listened = receiver.counters().get("gateway.connections-listened", 0)
+    server = network_server_keys(network_key).public
+    member = CurveMember(receiver.host, receiver.port, server, source="127.0.0.2")
+    try:
+        receiver.wait_for_counter("gateway.connections-listened", listened + 1, WAIT)
+        before = rss_kib(receiver.pid, "VmRSS")
+        sent = member.flood(2_000_000, seconds=60.0)
+        grown = (rss_kib(receiver.pid) - before) // 1024
+        # The slack as for the flood above, less the good transfer's chunks.
+        assert grown < memory // MiB + GATEWAY_SLACK_MIB, f"RSS grew {grown} MiB ({sent} sent)"
+        assert member.closed_by_node(WAIT), f"still open after {sent} messages"
+    finally:
+        member.close()
+    assert receiver.wait_for_counter("gateway.closed-unread", 1, WAIT) >= 1
+    assert receiver.running, receiver.log_tail()
+
+
 def test_anyone_flooding_a_multicast_publisher_with_heartbeats_cannot_abort_it(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
@@ -821,8 +851,12 @@ def test_a_receiver_flooding_the_senders_data_connection_costs_bounded_memory(
     assert sender.counters_when("sender.sent", 1).get("sender.handler-errors", 0) == 0
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["at-once", "after-a-quiet-while"])
 def test_a_member_flooding_a_link_the_node_dialled_costs_bounded_memory(
-    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    network_key: str,
+    held: bool,
 ) -> None:
     """A member the node dials (here as the receiver of an offer; a member
     gossiped with or probed is met the same way) answers on that link with
@@ -830,17 +864,24 @@ def test_a_member_flooding_a_link_the_node_dialled_costs_bounded_memory(
     while libzmq holds them, read ahead without a cap). The node closes the
     link's connection once what it holds unread passes its bound and
     connects again only after a pause, its RSS grows by at most the bound
-    plus a slack, and a good file it sends meanwhile verifies."""
+    plus a slack, and a good file it sends meanwhile verifies. Whether the
+    flood comes at once or after the link was quiet long enough that the
+    node stopped reading it (``held``: the kernel is to tell of its next
+    byte)."""
     memory = 16 * MiB
     sender = node_factory("--control-port-memory", str(memory))
     receiver = node_factory()
-    hostile = FloodingGateway(network_key, messages=2_000_000)
+    hostile = FloodingGateway(network_key, messages=2_000_000, held=held)
     before = rss_kib(sender.pid, "VmRSS")
     try:
+        listened = sender.counters().get("sender.link-connections-listened", 0)
         offer = threading.Thread(
             target=sender.cli, args=("send", str(make_file(MiB)), "127.0.0.1", str(hostile.port))
         )
         offer.start()
+        if held:  # quiet until the sender stopped reading its link (the kernel tells)
+            sender.wait_for_counter("sender.link-connections-listened", listened + 1, WAIT)
+            hostile.flood.set()
         wait_until(lambda: hostile.sent >= hostile.messages or None, 120.0, "the flood")
         grown = (rss_kib(sender.pid) - before) // 1024
         # The slack as for the gateway's flood (14-31 MiB grown here at load

@@ -1,12 +1,15 @@
 """The watch's bookkeeping of connections against real TCP sockets
 (actors/port_watch.py): which connection a monitor's event names when
-descriptor numbers are reused."""
+descriptor numbers are reused; the kernel's word of bytes arriving on a
+quiet connection, and the watch's rest until it comes."""
 
 from __future__ import annotations
 
 import os
+import select
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,10 +18,8 @@ import zmq
 
 from actors.port_watch import (
     DATA_PORT_SAMPLING,
-    GRID_MIN,
-    GRID_SLOTS,
-    GRID_STEP,
     PUBLIC_PORT_SAMPLING,
+    Arrivals,
     PortWatch,
     Sampling,
 )
@@ -154,38 +155,178 @@ class Named(Actor):
         self.name = name  # type: ignore[misc]
 
 
+def in_a_thread(body: Callable[[], None]) -> None:
+    """Run ``body`` in a thread of its own, as an actor would (the kernel's
+    word of arrivals goes to the thread that asked, which blocks ``SIGIO``:
+    never the test runner's), and raise what it raised."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            body()
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the thread did not finish"
+    if failed:
+        raise failed[0]
+
+
+class Reader:
+    """libzmq's part: a thread reading a socket as soon as bytes arrive."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.read = 0
+        self.changed = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.05)
+        while not self._stop:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self.changed:
+                self.read += len(data)
+                self.changed.notify_all()
+            if not data:
+                return
+
+    def wait_for(self, total: int) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.read >= total, 10), self.read
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(10)
+
+
+def told(arrivals: Arrivals, timeout: float) -> bool:
+    readable, _, _ = select.select([arrivals.fd], [], [], timeout)
+    return bool(readable) and arrivals.drain()
+
+
+def test_the_kernel_tells_of_bytes_another_thread_read_at_once() -> None:
+    """Asked for a connection (``listen``), the kernel tells the asking
+    thread of every arrival even when another reader took the bytes before
+    anyone looked (libzmq's I/O thread does within microseconds: a socket's
+    readiness is gone by then); not once asked to stop, and never of a
+    socket that took the descriptor's number since."""
+
+    def body() -> None:
+        context = zmq.Context()
+        try:
+            actor = Named(ActorEnv(context=context, node_uid="told", clock=FakeClock()), "gateway")
+            arrivals = Arrivals.of(actor)
+            assert arrivals is not None
+            with listener() as server:
+                client, accepted = connected(server)
+                reader = Reader(accepted)
+                try:
+                    inode = os.fstat(accepted.fileno()).st_ino
+                    assert arrivals.listen(inode, accepted.fileno())
+                    assert not told(arrivals, 0)
+                    client.sendall(b"x" * 10)
+                    reader.wait_for(10)
+                    assert told(arrivals, 10), "the arrival was not told"
+                    arrivals.unlisten(inode, accepted.fileno())
+                    client.sendall(b"y" * 10)
+                    reader.wait_for(20)  # (a word of it would be pending by now)
+                    assert not told(arrivals, 0), "told after unlisten"
+                    assert not arrivals.listen(inode + 1, accepted.fileno())
+                finally:
+                    reader.stop()
+                    client.close()
+                    accepted.close()
+            arrivals.close()
+        finally:
+            context.term()
+
+    in_a_thread(body)
+
+
+def test_a_resting_watch_wakes_at_an_arrival_and_rests_again_once_it_is_taken() -> None:
+    """A reading that finds nothing new and nothing held ends in rest: no
+    timer, the kernel to tell of the next byte (the connection's first
+    reading, which found its handshake, does not). An arrival wakes it (a
+    reading: the bytes are held, so readings go on as :meth:`next_sample`
+    says); the message taken ends the wake with one more reading, and it
+    rests again without
+    waiting for its timer. Bytes that came between a reading and the asking
+    keep it from resting."""
+
+    def body() -> None:
+        context = zmq.Context()
+        clock = FakeClock(start=1000.0)
+        try:
+            actor = Named(ActorEnv(context=context, node_uid="rest", clock=clock), "discovery")
+            watch = PortWatch(
+                GuardLimits(held=1 << 20),
+                lambda key, n: None,
+                framing=lambda n: n,
+                sampling=PUBLIC_PORT_SAMPLING,
+            )
+            watch.attach(actor)
+            with listener() as server:
+                client, accepted = connected(server)
+                reader = Reader(accepted)
+                try:
+                    watch.on_event(event(zmq.EVENT_CONNECTED, accepted.fileno()), owner="link")
+                    watch._on_timer()  # (the first reading, due after the connect)
+                    assert watch._timer is not None and not watch._listening, "rested at once"
+                    watch._on_timer()  # (one that finds nothing new)
+                    assert watch._timer is None and watch._listening, "not resting"
+                    arrivals = Arrivals.of(actor)
+                    assert arrivals is not None
+                    client.sendall(b"m" * 100)
+                    reader.wait_for(100)
+                    assert told(arrivals, 10)
+                    watch._on_arrival()
+                    assert watch.guard.held == 100 and not watch._listening
+                    assert watch._timer is not None, "no reading after the arrival"
+                    due = watch._timer.due - clock()
+                    assert due == pytest.approx(PUBLIC_PORT_SAMPLING.interval)
+                    watch.delivered_to("link", [100])  # (the message taken)
+                    assert watch.guard.held == 0
+                    assert watch._timer is None and watch._listening, "not resting again"
+                    # Bytes that arrive after a reading and before the kernel
+                    # is asked are no word of it: the reading made once asked
+                    # sees them, and the watch does not rest.
+                    watch._stop_listening()
+                    watch.sample()
+                    client.sendall(b"n" * 50)
+                    reader.wait_for(150)
+                    assert not watch._rest(), "rested over bytes that came before it asked"
+                    assert watch.guard.held > 0 and not watch._listening
+                finally:
+                    reader.stop()
+                    client.close()
+                    accepted.close()
+        finally:
+            context.term()
+
+    in_a_thread(body)
+
+
 @pytest.mark.parametrize("sampling", [PUBLIC_PORT_SAMPLING, DATA_PORT_SAMPLING])
-def test_quiet_readings_of_every_watch_fall_on_one_grid_never_later_than_due(
+def test_where_the_kernel_cannot_tell_quiet_connections_are_read_every_idle(
     sampling: Sampling,
 ) -> None:
-    """After a quiet reading the next is due ``idle`` later; it comes at the
-    next point of a grid shared by the process's watches instead (never
-    later: that interval bounds what a flood makes the node hold unseen;
-    never at once, even a rounding error short of a point), each watch a
-    little after the point in turn, so their readings follow each other
-    while the caches are warm. Other readings are left alone."""
-    idle = sampling.idle
-    clock = FakeClock(start=1000.0)
-    context = zmq.Context()
-    try:
-        env = ActorEnv(context=context, node_uid="grid", clock=clock)
-        watches = []
-        for name in ("gateway", "discovery", "health", "receiver"):
-            watch = PortWatch(GuardLimits(held=1 << 20), lambda key, n: None, sampling=sampling)
-            watch.attach(Named(env, name))
-            watch._quiet = True  # (its last reading found nothing read and nothing held)
-            watches.append(watch)
-        offsets = [w._grid_offset for w in watches]
-        assert len(set(offsets)) == len(offsets), offsets  # in turn after each point
-        assert all(0 <= o <= (GRID_SLOTS - 1) * GRID_STEP for o in offsets), offsets
-        for step in (0.0, 0.0137, 1.0, 0.05, 0.0001, 0.1999, 0.2001, 3.3, 1.0):
-            clock.advance(step)
-            due = [clock() + w.next_sample() for w in watches]
-            assert all(GRID_MIN / 2 < d - clock() <= idle + 1e-9 for d in due), (clock(), due)
-            for watch, when in zip(watches, due, strict=True):
-                points = (when - watch._grid_offset) / idle
-                assert abs(points - round(points)) < 1e-6, (when, watch._grid_offset)
-        watches[0]._quiet = False  # (bytes were read since the reading before)
-        assert watches[0].next_sample() == sampling.interval  # (not on the grid)
-    finally:
-        context.term()
+    """Without an actor (nor so the kernel's word), a reading that found
+    nothing read and nothing held is followed by one ``idle`` later (that
+    interval bounds what a flood then makes the node hold unseen); any
+    other by one ``interval`` later."""
+    watch = PortWatch(GuardLimits(held=1 << 20), lambda key, n: None, sampling=sampling)
+    watch._quiet = True
+    assert watch.next_sample() == sampling.idle
+    watch._quiet = False
+    assert watch.next_sample() == sampling.interval

@@ -364,6 +364,7 @@ class Actor:
         self._faults_logged: set[tuple[str, str]] = set()
         self._trim: Timer | None = None  # a heap trim due once idle (trim_when_idle)
         self._inbound_taken = 0  # bytes of peers' messages taken (Inbound payloads)
+        self._on_exit: list[Callable[[], None]] = []  # after teardown (on_exit)
         self.facts: Watched = Watched()
 
     # -- hooks ------------------------------------------------------------------
@@ -415,6 +416,12 @@ class Actor:
         if sock in self._handlers:
             self._poller.unregister(sock)
             del self._handlers[sock]
+
+    def on_exit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the loop ends, after :meth:`teardown`, in
+        the actor's thread (to release what a helper of the actor holds that
+        is not one of its sockets, e.g. a descriptor it watches)."""
+        self._on_exit.append(callback)
 
     def close_socket(self, sock: zmq.Socket[Any]) -> None:
         if sock in self._handlers:
@@ -732,6 +739,12 @@ class Actor:
                 self.teardown()
             except Exception:
                 log.exception("actor %s: teardown failed", self.name)
+            for callback in self._on_exit:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("actor %s: release failed", self.name)
+            self._on_exit.clear()
             for sock in self._sockets:
                 sock.close(linger=0)
             self._sockets.clear()

@@ -682,10 +682,14 @@ class FloodingGateway:
     hello (as any member does) and answers anything else a node sends it on
     a link (an offer, a probe, gossip) with up to ``messages`` one-byte
     messages, as fast as libzmq takes them (never a full send queue: what
-    the node does not read waits here)."""
+    the node does not read waits here). ``held``: only once :attr:`flood`
+    is set (a member quiet for a while, then flooding)."""
 
-    def __init__(self, network_key: str, messages: int = 5_000_000) -> None:
+    def __init__(self, network_key: str, messages: int = 5_000_000, held: bool = False) -> None:
         self.messages = messages
+        self.flood = threading.Event()
+        if not held:
+            self.flood.set()
         self.identity = KeyPair.generate()
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.router, self.port = member_gateway(self.ctx, network_key)
@@ -698,7 +702,7 @@ class FloodingGateway:
     def _run(self) -> None:
         flooding: bytes | None = None
         while not self.stop.is_set():
-            if flooding is not None and self.sent < self.messages:
+            if flooding is not None and self.sent < self.messages and self.flood.is_set():
                 for _ in range(10_000):
                     self.router.send(flooding, zmq.SNDMORE)
                     self.router.send(b"x")
