@@ -111,6 +111,9 @@ DATA_PORT_SAMPLING = Sampling(interval=0.02, busy=0.002, cost=0.0001, idle=0.02)
 # when bytes arrive (Arrivals); where it cannot, every 0.2 s (~15 us a
 # connection and a wake-up of the actor: ~0.3 ms here).
 PUBLIC_PORT_SAMPLING = Sampling(interval=0.05, busy=0.005, cost=0.001, idle=0.2)
+# Asking the kernel to tell of arrivals on a connection, and undoing it,
+# cost about this many readings of it (PortWatch._rest).
+LISTEN_READINGS = 4
 TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received in struct tcp_info (Linux >= 4.1)
 TCP_INFO_LEN = 136
 INQ = struct.Struct("i")
@@ -154,6 +157,8 @@ class PortWatch:
         self._listening: dict[int, int] = {}
         self._listened: set[int] = set()  # connections ever listened to (counted once each)
         self._woken = False  # an arrival woke it; a delivery may end the wake (_after_delivery)
+        self._settle = False  # the next reading may rest whatever it finds new
+        self._next_listen = 0.0  # no rest is tried before (_rest)
 
     def start(self, actor: Actor, sock: zmq.Socket[Any], name: str) -> zmq.Socket[Any]:
         """Watch ``sock`` (before it binds) from ``actor``'s loop: its
@@ -198,35 +203,57 @@ class PortWatch:
         self._arm()
 
     def _arm(self) -> None:
-        if self._actor is not None and self._timer is None and self.watching:
-            self._timer = self._actor.call_later(self.next_sample(), self._on_timer)
+        if self._actor is not None and self.watching:
+            self._read_within(self.next_sample())
+
+    def _read_within(self, delay: float) -> None:
+        """A reading ``delay`` s from now at the latest (one due sooner stays)."""
+        assert self._actor is not None
+        if self._timer is not None:
+            if self._timer.due <= self._actor.now() + delay:
+                return
+            self._timer.cancel()
+        self._timer = self._actor.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
+        settle, self._settle = self._settle, False
         self._woken = False
         self.sample()
         if self._actor is None or not self.watching:
             return
         # Resting is tried after a quiet reading (nothing read since the one
-        # before), not at every reading of a busy port: asking the kernel and
-        # undoing it costs a dozen system calls a connection.
-        if not (self._quiet and self._rest()):
+        # before), or once a message that an arrival announced was taken
+        # (settle), not at every reading of a busy port.
+        if not ((self._quiet or settle) and self._rest()):
             self._stop_listening()  # (a new connection's first reading: it reads on)
             self._timer = self._actor.call_later(self.next_sample(), self._on_timer)
 
     def _rest(self) -> bool:
         """After a reading that left nothing held: have the kernel tell the
         actor of the next byte that arrives on any connection (Arrivals),
-        read once more (a byte may have come before it was asked), and, if
-        nothing came, read no more until one does: an idle member's
+        read once more, and, if nothing came meanwhile and nothing waits in
+        the kernel for libzmq to read (bytes that came before it asked are
+        no word of it), read no more until a byte comes: an idle member's
         connections cost no wake-up. Whether it rests (no timer then). A
-        flood that begins then is read first ``interval`` after its first
-        byte at most, as a busy connection's would be (_on_arrival)."""
+        flood that begins then is read within ``interval`` of its first
+        byte (:meth:`_on_arrival`).
+
+        Asking and undoing it cost a dozen system calls a connection, about
+        four readings: it is done at most once per ``interval``, and per
+        ``LISTEN_READINGS`` times the least interval of a reading of all the
+        connections (:meth:`next_sample`), so that messages that come one by
+        one cost at most what readings at that interval would."""
         if self._actor is None or self.guard.held or not self._fds:
+            return False
+        now = self._actor.now()
+        if now < self._next_listen:
             return False
         arrivals = Arrivals.of(self._actor)
         if arrivals is None:
             return False
+        least = self.sampling.cost * self.guard.connections
+        self._next_listen = now + max(self.sampling.interval, LISTEN_READINGS * least)
         arrivals.watches.add(self)
         for inode, fd in self._fds.items():
             if inode not in self._listening:
@@ -234,14 +261,14 @@ class PortWatch:
                     self._stop_listening()
                     return False
                 self._listening[inode] = fd
-                if inode not in self._listened:
-                    self._listened.add(inode)
-                    self.count("connections-listened", 1)
         before = self._last_reads
-        self.sample()
-        if self._last_reads != before or self.guard.held or not self._fds:
+        drained = self.sample()
+        if not drained or self._last_reads != before or self.guard.held or not self._fds:
             self._stop_listening()
             return False
+        for inode in self._listening.keys() - self._listened:
+            self._listened.add(inode)
+            self.count("connections-listened", 1)
         return True
 
     def _stop_listening(self) -> None:
@@ -255,35 +282,31 @@ class PortWatch:
 
     def _on_arrival(self) -> None:
         """The kernel told the actor that bytes arrived on a connection of
-        one of its resting watches: read now (the message may be taken
-        already), and rest again if it left nothing held; else read on as
-        :meth:`next_sample` says (the message is taken before that in the
-        usual case: :meth:`_after_delivery`)."""
+        one of its resting watches (or a full send buffer drained): read
+        now (the message may be taken already), and rest again if nothing
+        is held; else read within ``interval`` (the message is taken before
+        that in the usual case: :meth:`_after_delivery`)."""
         if not self._listening:
             return  # (this watch was not resting: another's connection, or told late)
         self._stop_listening()
         self.sample()
+        self._quiet = False  # (bytes came)
         if self._actor is None or not self.watching or self._rest():
             return
         self._woken = True
-        if self._timer is None:
-            self._timer = self._actor.call_later(self.next_sample(), self._on_timer)
+        self._read_within(self.next_sample())
 
     def _after_delivery(self) -> None:
         """A message was taken after an arrival woke the watch: what woke it
-        was most likely that message, so read once now and rest again if
-        nothing is held (one wake-up for the arrival, one for the message,
-        none for a reading after it)."""
+        was most likely that message, so read at once, after the handler
+        that took it (a reading may close a connection, which its owner's
+        handler must not see in the middle), and rest again if nothing is
+        held: one wake-up for the arrival, one for the message, none for a
+        reading after it."""
         self._woken = False
-        self.sample()
-        if self._actor is None or not self.watching:
-            return
-        if self._rest():
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-        elif self._timer is None:
-            self._timer = self._actor.call_later(self.next_sample(), self._on_timer)
+        if self._actor is not None and self.watching:
+            self._settle = True
+            self._read_within(0.0)
 
     def count(self, key: str, n: int) -> None:
         self._count(self.prefix + key, n)
@@ -384,20 +407,30 @@ class PortWatch:
         if self._woken:
             self._after_delivery()
 
-    def sample(self) -> None:
+    def sample(self) -> bool:
+        """Read every connection's counters and close what the guard names;
+        whether nothing waited in the kernel on any of them (libzmq had read
+        all that came) and every one could be read."""
         reads: dict[int, int] = {}
+        drained = True
         for inode, fd in list(self._fds.items()):
-            read = _bytes_read(inode, fd)
-            if read is None:
+            counters = _counters(inode, fd)
+            if counters is None:
                 self._forget(inode)
-            elif read >= 0:
-                reads[inode] = read
+                continue
+            received, waiting = counters
+            if received < 0:
+                drained = False
+            else:
+                reads[inode] = received - waiting
+                drained = drained and waiting == 0
         self._quiet = reads == self._last_reads
         self._last_reads = reads
         close = self.guard.sample(reads)
         if close:
             self.count("closed-unread", len(close))
             self._close(close)
+        return drained
 
     def _accepted(self, fd: int, owner: Hashable, allowance: int) -> None:
         try:
@@ -414,6 +447,7 @@ class PortWatch:
             except OSError:
                 return
         self._fds[st.st_ino] = fd
+        self._quiet = False  # (its first reading is due within interval, not idle)
         if owner is not None:
             self._owner[st.st_ino] = owner
             self._dialled[owner] = peer_address(peer)
@@ -475,7 +509,8 @@ class Arrivals:
     looked at, and libzmq's I/O thread reads what arrives within
     microseconds, so the wake-up is lost. Signal-driven I/O is not checked
     again: with ``O_ASYNC`` on a socket the kernel sends its owner a
-    ``SIGIO`` at every arrival. Its owner is this thread
+    ``SIGIO`` at every arrival (and when a send buffer that was full
+    drains: no harm, a reading finds nothing new). Its owner is this thread
     (``F_SETOWN_EX``, ``F_OWNER_TID``: no other thread of the process ever
     gets it), which blocks ``SIGIO`` and reads it from a ``signalfd`` the
     actor polls: a standard signal stays pending once however many come.
@@ -498,6 +533,7 @@ class Arrivals:
         self.tid = threading.get_native_id()
         self.owner = struct.pack("ii", F_OWNER_TID, self.tid)
         self.watches: weakref.WeakSet[PortWatch] = weakref.WeakSet()  # resting ones it wakes
+        self._actor = weakref.ref(actor)  # (a strong one would keep _ARRIVALS' entry for ever)
         actor.watch(fd, self._on_ready)
         actor.on_exit(self.close)
 
@@ -547,9 +583,10 @@ class Arrivals:
         return told
 
     def _on_ready(self, _fd: int) -> None:
-        if self.drain():
-            for watch in list(self.watches):
-                watch._on_arrival()
+        actor = self._actor()
+        if self.drain() and actor is not None:
+            for watch in list(self.watches):  # (one failing leaves the others told)
+                actor.contain("arrival", watch._on_arrival)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -586,17 +623,18 @@ def _libc() -> Any:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _bytes_read(inode: int, fd: int) -> int | None:
-    """What libzmq took off the TCP connection ``fd`` (the bytes received
-    less those still waiting), read through a duplicate of ``fd`` checked to
-    be the socket ``inode``: None if it no longer is (closed, the number
-    reused), -1 if its counters cannot be read.
+def _counters(inode: int, fd: int) -> tuple[int, int] | None:
+    """The TCP connection ``fd``'s bytes received and bytes still waiting
+    in the kernel (what libzmq took off it is their difference), read
+    through a duplicate of ``fd`` checked to be the socket ``inode``: None
+    if it no longer is (closed, the number reused), ``(-1, 0)`` if its
+    counters cannot be read.
 
-    The same checks as :meth:`PortWatch._same_socket` without its context
-    manager, and the socket object made with its family and type named (it
-    only reads options, which do not depend on them), not probed (three
-    system calls): this runs for every watched connection every
-    ``Sampling.interval``, 13 us a connection before, 7 us now."""
+    The same checks as :func:`_same_file` without its context manager, and
+    the socket object made with its family and type named (it only reads
+    options, which do not depend on them), not probed (three system calls):
+    this runs for every watched connection every ``Sampling.interval``, 13
+    us a connection before, 7 us now."""
     try:
         copy = os.dup(fd)
     except OSError:
@@ -610,12 +648,12 @@ def _bytes_read(inode: int, fd: int) -> int | None:
             info = dup.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
             waiting: int = INQ.unpack(fcntl.ioctl(copy, termios.FIONREAD, bytes(4)))[0]
         except OSError:
-            return -1
+            return -1, 0
         finally:
             dup.detach()  # the duplicate is closed below, once
     finally:
         os.close(copy)
     if len(info) < TCPI_BYTES_RECEIVED + 8:
-        return -1
+        return -1, 0
     received: int = struct.unpack_from("<Q", info, TCPI_BYTES_RECEIVED)[0]
-    return received - waiting
+    return received, waiting

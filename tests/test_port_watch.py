@@ -167,7 +167,7 @@ def in_a_thread(body: Callable[[], None]) -> None:
         except BaseException as exc:
             failed.append(exc)
 
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(60)
     assert not thread.is_alive(), "the thread did not finish"
@@ -254,67 +254,197 @@ def test_the_kernel_tells_of_bytes_another_thread_read_at_once() -> None:
     in_a_thread(body)
 
 
+class Rig:
+    """A watch of a never-started actor on a fake clock (its timers run by
+    hand, as the loop would after the handler) over one dialled TCP
+    connection (owner ``link``) whose bytes a :class:`Reader` takes, or
+    nobody (``reader=False``: they wait in the kernel)."""
+
+    def __init__(self, held: int = 1 << 20, reader: bool = True) -> None:
+        self.context = zmq.Context()
+        self.clock = FakeClock(start=1000.0)
+        env = ActorEnv(context=self.context, node_uid="rest", clock=self.clock)
+        self.actor = Named(env, "discovery")
+        self.closed: list[object] = []
+        self.watch = PortWatch(
+            GuardLimits(held=held),
+            lambda key, n: None,
+            framing=lambda n: n,
+            sampling=PUBLIC_PORT_SAMPLING,
+            on_closed=self.closed.append,
+        )
+        self.watch.attach(self.actor)
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen()
+        self.client, self.accepted = connected(self.server)
+        self.reader = Reader(self.accepted) if reader else None
+        self.watch.on_event(event(zmq.EVENT_CONNECTED, self.accepted.fileno()), owner="link")
+
+    def send(self, n: int, total: int) -> None:
+        """``n`` more bytes from the peer, ``total`` in all, taken by libzmq's part."""
+        self.client.sendall(b"m" * n)
+        if self.reader is not None:
+            self.reader.wait_for(total)
+
+    def run_timers(self, advance: float = 0.0) -> None:
+        self.clock.advance(advance)
+        self.actor._run_timers()
+
+    def rest(self) -> None:
+        """The connection's first reading, then one that finds nothing new."""
+        interval = PUBLIC_PORT_SAMPLING.interval
+        self.run_timers(interval)
+        assert not self.resting(), "rested at once"
+        assert self.due_in() == pytest.approx(interval)
+        self.run_timers(interval)
+        assert self.resting(), "not resting"
+
+    def resting(self) -> bool:
+        return self.watch._timer is None and bool(self.watch._listening)
+
+    def due_in(self) -> float:
+        assert self.watch._timer is not None, "no reading due"
+        return self.watch._timer.due - self.clock()
+
+    def close(self) -> None:
+        arrivals = Arrivals.of(self.actor)
+        if arrivals is not None:
+            arrivals.close()
+        if self.reader is not None:
+            self.reader.stop()
+        for s in (self.client, self.accepted, self.server):
+            s.close()
+        self.context.term()
+
+
+def on_a_rig(body: Callable[[Rig], None], **kwargs: Any) -> None:
+    def run() -> None:
+        rig = Rig(**kwargs)
+        try:
+            body(rig)
+        finally:
+            rig.close()
+
+    in_a_thread(run)
+
+
 def test_a_resting_watch_wakes_at_an_arrival_and_rests_again_once_it_is_taken() -> None:
     """A reading that finds nothing new and nothing held ends in rest: no
     timer, the kernel to tell of the next byte (the connection's first
     reading, which found its handshake, does not). An arrival wakes it (a
-    reading: the bytes are held, so readings go on as :meth:`next_sample`
-    says); the message taken ends the wake with one more reading, and it
-    rests again without
-    waiting for its timer. Bytes that came between a reading and the asking
-    keep it from resting."""
+    reading: the bytes are held, so the next is due within ``interval``);
+    the message taken ends the wake with one more reading, made after the
+    handler that took it, and it rests again without waiting ``interval``.
+    Bytes that came between a reading and the asking keep it from resting."""
 
-    def body() -> None:
-        context = zmq.Context()
-        clock = FakeClock(start=1000.0)
+    def body(rig: Rig) -> None:
+        watch = rig.watch
+        rig.rest()
+        arrivals = Arrivals.of(rig.actor)
+        assert arrivals is not None
+        rig.clock.advance(5.0)  # (a member's next message, seconds later)
+        rig.send(100, 100)
+        assert told(arrivals, 10)
+        watch._on_arrival()
+        assert watch.guard.held > 0 and not watch._listening
+        assert rig.due_in() == pytest.approx(PUBLIC_PORT_SAMPLING.interval)
+        rig.send(50, 150)  # (the rest of the message, read after that reading)
+        watch.delivered_to("link", [150])  # (the message taken)
+        assert rig.due_in() == 0, "no reading after the message was taken"
+        rig.run_timers()
+        assert watch.guard.held == 0
+        assert rig.resting(), "not resting again"
+        watch._stop_listening()
+        watch.sample()
+        rig.send(50, 200)
+        rig.clock.advance(1.0)  # (past the rest's own spacing)
+        assert not watch._rest(), "rested over bytes that came before it asked"
+        assert watch.guard.held > 0 and not watch._listening
+
+    on_a_rig(body)
+
+
+def test_bytes_waiting_in_the_kernel_keep_a_watch_from_resting() -> None:
+    """Bytes that arrived before the watch asked and that libzmq has not
+    read yet (its I/O thread behind on a loaded machine) will be read
+    without a word from the kernel: while any wait, the watch reads on."""
+
+    def body(rig: Rig) -> None:
+        rig.run_timers(PUBLIC_PORT_SAMPLING.interval)  # (the first reading)
+        rig.send(64 * 1024, 0)  # (nobody reads: they wait in the kernel)
+        rig.run_timers(1.0)
+        assert rig.watch._quiet and rig.watch.guard.held == 0
+        assert not rig.resting(), "rested with bytes waiting in the kernel"
+        assert rig.due_in() <= PUBLIC_PORT_SAMPLING.idle + 1e-9
+
+    on_a_rig(body, reader=False)
+
+
+def test_rests_are_spaced_so_messages_one_by_one_cost_no_more_than_readings() -> None:
+    """Asking the kernel and undoing it cost about four readings a
+    connection: a watch woken again before ``interval`` (and four times
+    the least interval of its readings) passed since it last asked reads on
+    instead of asking again, and rests at its next reading after that."""
+
+    def body(rig: Rig) -> None:
+        watch = rig.watch
+        rig.rest()
+        arrivals = Arrivals.of(rig.actor)
+        assert arrivals is not None
+        rig.send(10, 10)
+        assert told(arrivals, 10)
+        watch._on_arrival()
+        watch.delivered_to("link", [10])
+        rig.run_timers()
+        assert not rig.resting(), "asked again within interval of the last time"
+        assert rig.due_in() <= PUBLIC_PORT_SAMPLING.idle + 1e-9
+        rig.run_timers(PUBLIC_PORT_SAMPLING.idle)
+        assert rig.resting(), "not resting once the spacing passed"
+
+    on_a_rig(body)
+
+
+def test_a_connection_made_while_resting_is_read_within_interval() -> None:
+    """A new connection, and an arrival, bring the next reading within
+    ``interval`` (not ``idle``: a flood on the new one is read as soon as a
+    busy connection's)."""
+
+    def body(rig: Rig) -> None:
+        watch = rig.watch
+        rig.rest()
+        other, other_peer = connected(rig.server)
         try:
-            actor = Named(ActorEnv(context=context, node_uid="rest", clock=clock), "discovery")
-            watch = PortWatch(
-                GuardLimits(held=1 << 20),
-                lambda key, n: None,
-                framing=lambda n: n,
-                sampling=PUBLIC_PORT_SAMPLING,
-            )
-            watch.attach(actor)
-            with listener() as server:
-                client, accepted = connected(server)
-                reader = Reader(accepted)
-                try:
-                    watch.on_event(event(zmq.EVENT_CONNECTED, accepted.fileno()), owner="link")
-                    watch._on_timer()  # (the first reading, due after the connect)
-                    assert watch._timer is not None and not watch._listening, "rested at once"
-                    watch._on_timer()  # (one that finds nothing new)
-                    assert watch._timer is None and watch._listening, "not resting"
-                    arrivals = Arrivals.of(actor)
-                    assert arrivals is not None
-                    client.sendall(b"m" * 100)
-                    reader.wait_for(100)
-                    assert told(arrivals, 10)
-                    watch._on_arrival()
-                    assert watch.guard.held == 100 and not watch._listening
-                    assert watch._timer is not None, "no reading after the arrival"
-                    due = watch._timer.due - clock()
-                    assert due == pytest.approx(PUBLIC_PORT_SAMPLING.interval)
-                    watch.delivered_to("link", [100])  # (the message taken)
-                    assert watch.guard.held == 0
-                    assert watch._timer is None and watch._listening, "not resting again"
-                    # Bytes that arrive after a reading and before the kernel
-                    # is asked are no word of it: the reading made once asked
-                    # sees them, and the watch does not rest.
-                    watch._stop_listening()
-                    watch.sample()
-                    client.sendall(b"n" * 50)
-                    reader.wait_for(150)
-                    assert not watch._rest(), "rested over bytes that came before it asked"
-                    assert watch.guard.held > 0 and not watch._listening
-                finally:
-                    reader.stop()
-                    client.close()
-                    accepted.close()
+            watch.on_event(event(zmq.EVENT_CONNECTED, other_peer.fileno()), owner="other")
+            assert rig.due_in() == pytest.approx(PUBLIC_PORT_SAMPLING.interval)
         finally:
-            context.term()
+            other.close()
+            other_peer.close()
 
-    in_a_thread(body)
+    on_a_rig(body)
+
+
+def test_a_message_taken_never_closes_a_connection_inside_its_owners_handler() -> None:
+    """The reading that a message taken after an arrival brings is made
+    after the handler that took it: a connection it closes (its owner told
+    ``on_closed``, which closes its socket) is never closed under that
+    handler, which may go on reading the socket."""
+
+    def body(rig: Rig) -> None:
+        watch = rig.watch
+        rig.rest()
+        arrivals = Arrivals.of(rig.actor)
+        assert arrivals is not None
+        rig.send(10, 10)
+        assert told(arrivals, 10)
+        watch._on_arrival()
+        rig.send(8000, 8010)  # (beyond the bound, read before the next reading)
+        watch.delivered_to("link", [10])
+        assert rig.closed == [], "closed inside the handler that took the message"
+        rig.run_timers()
+        assert rig.closed == ["link"]
+
+    on_a_rig(body, held=4096)
 
 
 @pytest.mark.parametrize("sampling", [PUBLIC_PORT_SAMPLING, DATA_PORT_SAMPLING])
