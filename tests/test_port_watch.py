@@ -287,6 +287,14 @@ class Rig:
         if self.reader is not None:
             self.reader.wait_for(total)
 
+    def arrive(self, n: int, total: int) -> None:
+        """:meth:`send`, the kernel's word of it, and the actor's handling."""
+        arrivals = Arrivals.of(self.actor)
+        assert arrivals is not None
+        self.send(n, total)
+        assert told(arrivals, 10), "no word of the arrival"
+        self.watch._on_arrival()
+
     def run_timers(self, advance: float = 0.0) -> None:
         self.clock.advance(advance)
         self.actor._run_timers()
@@ -390,11 +398,7 @@ def test_rests_are_spaced_so_messages_one_by_one_cost_no_more_than_readings() ->
     def body(rig: Rig) -> None:
         watch = rig.watch
         rig.rest()
-        arrivals = Arrivals.of(rig.actor)
-        assert arrivals is not None
-        rig.send(10, 10)
-        assert told(arrivals, 10)
-        watch._on_arrival()
+        rig.arrive(10, 10)
         watch.delivered_to("link", [10])
         rig.run_timers()
         assert not rig.resting(), "asked again within interval of the last time"
@@ -433,11 +437,7 @@ def test_a_message_taken_never_closes_a_connection_inside_its_owners_handler() -
     def body(rig: Rig) -> None:
         watch = rig.watch
         rig.rest()
-        arrivals = Arrivals.of(rig.actor)
-        assert arrivals is not None
-        rig.send(10, 10)
-        assert told(arrivals, 10)
-        watch._on_arrival()
+        rig.arrive(10, 10)
         rig.send(8000, 8010)  # (beyond the bound, read before the next reading)
         watch.delivered_to("link", [10])
         assert rig.closed == [], "closed inside the handler that took the message"
