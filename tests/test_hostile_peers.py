@@ -641,11 +641,17 @@ def test_a_member_flooding_the_gateway_with_heartbeats_cannot_abort_the_node(
 ) -> None:
     """The same attack through the gateway's CURVE (a member with a fresh
     key): its messages and PINGs are sealed, the abort the same. The node
-    keeps running and still stores a good file with the right hash."""
+    keeps running and still stores a good file with the right hash.
+
+    The member floods from 127.0.0.2, as in the gateway's other flood
+    tests: what its floods leave unread is its address's debt, and a
+    member sharing that address may have its connections closed while the
+    debt is beyond the address's share (by design: the guard accounts per
+    address), which is not what this test is about."""
     receiver, sender = node_factory(), node_factory()
     server = network_server_keys(network_key).public
     for _ in range(5):
-        curve_flood_and_reset(receiver.host, receiver.port, server)
+        curve_flood_and_reset(receiver.host, receiver.port, server, source="127.0.0.2")
         assert receiver.running, receiver.log_tail()
     good = make_file(4 * MiB)
     # (its gateway may still be reading the floods' backlog: the send's

@@ -174,11 +174,15 @@ def curve_flood_and_reset(
     messages: int = 30_000,
     ping_every: int = 3,
     timeout: float = WAIT,
+    source: str = "",
 ) -> None:
     """:func:`flood_and_reset` against a CURVE server (a node's gateway),
-    as a client with a fresh key; ``server_public`` is the server's 32-byte
-    public key (what the network key gives every member)."""
-    sock = socket.create_connection((host, port), timeout=timeout)
+    as a client with a fresh key, from the local address ``source`` if
+    given; ``server_public`` is the server's 32-byte public key (what the
+    network key gives every member)."""
+    sock = socket.create_connection(
+        (host, port), timeout=timeout, source_address=(source, 0) if source else None
+    )
     try:
         client = _CurveClient(sock, server_public, PrivateKey.generate())
         block = []
