@@ -15,7 +15,10 @@ loaded machine. With ``--member`` each measured node has joined another
 gossip rounds, health probes and the port watches of its member links (a
 node alone has none of them).
 
-    .venv/bin/python scripts/bench_idle.py --seconds 60 --member
+    .venv/bin/python scripts/bench_idle.py --seconds 60 --member [--key]
+
+``--key``: the nodes share a network key (as a user's do: CURVE on every
+member connection, members proving their keys) instead of an open network.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.nodes import NodeProcess
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -73,7 +78,15 @@ def main() -> None:
         action="store_true",
         help="each measured node joins a node of its own (not measured) first",
     )
+    parser.add_argument(
+        "--key",
+        action="store_true",
+        help="a network key (CURVE, members' proofs) instead of an open network",
+    )
     args = parser.parse_args()
+    admission: dict[str, Any] = (
+        {"network_key": new_network_key()} if args.key else {"open_network": True}
+    )
     here = str(Path(__file__).resolve().parent.parent)
     trees: list[str] = [here, *args.tree]
     with tempfile.TemporaryDirectory(prefix="pc-idle-") as tmp, contextlib.ExitStack() as stack:
@@ -83,11 +96,11 @@ def main() -> None:
             env = {"PYTHONPATH": tree}
             extra: tuple[str, ...] = ()
             if args.member:
-                seed = NodeProcess(Path(tmp) / f"seed{i}", open_network=True, env=env).start()
+                seed = NodeProcess(Path(tmp) / f"seed{i}", env=env, **admission).start()
                 stack.callback(seed.stop)
                 extra = ("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(seed.port))
             node = NodeProcess(
-                Path(tmp) / f"node{i}", open_network=True, env=env, extra_args=extra
+                Path(tmp) / f"node{i}", env=env, extra_args=extra, **admission
             ).start()
             stack.callback(node.stop)
             assert node.proc is not None
