@@ -383,11 +383,16 @@ class PortWatch:
         self._dialled.pop(owner, None)
 
     def _forget(self, inode: int) -> None:
-        self._fds.pop(inode, None)
-        self._listening.pop(inode, None)  # (gone: nothing to undo)
-        self._listened.discard(inode)
-        self._owner.pop(inode, None)
+        self._untrack(inode)
         self.guard.closed(inode)
+
+    def _untrack(self, inode: int) -> tuple[int | None, Hashable]:
+        """Drop connection ``inode`` from the watch's books (listened to or
+        not: gone or being shut down, nothing to undo); its descriptor and
+        owner, if it had them."""
+        self._listening.pop(inode, None)
+        self._listened.discard(inode)
+        return self._fds.pop(inode, None), self._owner.pop(inode, None)
 
     def delivered(self, frames: list[zmq.Frame], first: int = 1) -> None:
         """A message the owner took off the socket: its frames from
@@ -460,10 +465,7 @@ class PortWatch:
         self.count("closed-connections", len(inodes))
         owners: list[Hashable] = []
         for inode in inodes:
-            fd = self._fds.pop(inode, None)
-            self._listening.pop(inode, None)  # (shut down below)
-            self._listened.discard(inode)
-            owner = self._owner.pop(inode, None)
+            fd, owner = self._untrack(inode)  # (shut down below)
             if owner is not None and owner not in owners:
                 owners.append(owner)
             if fd is None:
@@ -530,8 +532,7 @@ class Arrivals:
         if fd < 0:
             raise OSError(ctypes.get_errno(), "signalfd")
         self.fd: int = fd
-        self.tid = threading.get_native_id()
-        self.owner = struct.pack("ii", F_OWNER_TID, self.tid)
+        self.owner = struct.pack("ii", F_OWNER_TID, threading.get_native_id())  # this thread
         self.watches: weakref.WeakSet[PortWatch] = weakref.WeakSet()  # resting ones it wakes
         self._actor = weakref.ref(actor)  # (a strong one would keep _ARRIVALS' entry for ever)
         actor.watch(fd, self._on_ready)
