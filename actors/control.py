@@ -82,6 +82,46 @@ LISTING_WAIT = 4.0
 LISTERS = frozenset({"sender", "msender"})
 
 
+class ControlMemory:
+    """What the control actor numbers and remembers for the node's whole
+    life, across its own restarts (the node makes one and hands it to each
+    control it starts; only the one running uses it).
+
+    A control restarted after a crash numbered sends from 1 again while the
+    sender still ran the earlier ones: a new send could take the id of one
+    running (two rows of one id in `transfers`, `cancel N` aimed at either),
+    and a late result or progress of the earlier one was relayed to the new
+    one's client. Its other requests' ids the same. The sends' ends are kept
+    too, so that `cancel N` of a send that ended before the restart says how
+    it ended. The cancels that waited for an end are not: their clients'
+    connections went with the crashed actor's socket."""
+
+    def __init__(self) -> None:
+        self.next_send = 1
+        self.next_other = OTHER_IDS
+        self.ends: SendEnds[tuple[bytes, int]] = SendEnds()
+        self.first_send = 1  # the running control's first send id
+
+    def started(self) -> None:
+        """A control starts with this memory (the node's first, or one
+        restarted)."""
+        self.ends.waiting.clear()
+        self.first_send = self.next_send
+
+    def send_id(self) -> int:
+        ours, self.next_send = self.next_send, self.next_send + 1
+        return ours
+
+    def other_id(self) -> int:
+        ours, self.next_other = self.next_other, self.next_other + 1
+        return ours
+
+    def before_restart(self, ours: int) -> bool:
+        """Whether ``ours`` is a send an earlier control numbered: the
+        sender may still run it, though this control holds none of it."""
+        return 1 <= ours < self.first_send
+
+
 @dataclasses.dataclass
 class _Listing:
     """A `transfers` asked of the sender and the msender: their rows so far."""
@@ -138,17 +178,24 @@ def _by_id(row: dict[str, str]) -> tuple[int, str]:
 class ControlActor(Actor):
     name = "control"
 
-    def __init__(self, env: ActorEnv, settings: NodeSettings, token: str) -> None:
+    def __init__(
+        self,
+        env: ActorEnv,
+        settings: NodeSettings,
+        token: str,
+        memory: ControlMemory | None = None,
+    ) -> None:
         super().__init__(env)
+        self.memory = memory or ControlMemory()
+        self.memory.started()
         self.settings = settings
         self.token = token.encode()
         self.announced: dict[str, Announce] = {}
         self.pending: dict[int, tuple[bytes, int]] = {}  # our id -> (client route, their id)
-        # Ids of ours: a send's is the one `transfers`, `top` and `cancel ID`
-        # show, counted on its own from 1 (every `transfers` a view polls is
-        # a request too: sends were numbered 724, 734 after a dozen).
-        self.next_send = 1
-        self.next_other = OTHER_IDS
+        # Ids of ours (numbered by `memory`, across restarts): a send's is
+        # the one `transfers`, `top` and `cancel ID` show, counted on its
+        # own from 1 (every `transfers` a view polls is a request too: sends
+        # were numbered 724, 734 after a dozen).
         # Sends whose client shows no progress (`send --json`, `--no-progress`,
         # the shell's background sends): our id -> (when one was last relayed,
         # its note). They get a Progress with a new note, or every QUIET_BEAT s
@@ -161,7 +208,7 @@ class ControlActor(Actor):
         self.listing: dict[int, _Listing] = {}
         # How the last sends ended, and `cancel ID`s waiting for their send's
         # end: each answered with it (client route, its request id).
-        self.ends: SendEnds[tuple[bytes, int]] = SendEnds()
+        self.ends = self.memory.ends
 
     def setup(self) -> None:
         sock = self.api = self.socket(zmq.ROUTER)
@@ -173,11 +220,20 @@ class ControlActor(Actor):
         write_control_file(self.control_file, self.endpoint, self.token.decode())
 
     def teardown(self) -> None:
-        for route, theirs in self.pending.values():
+        for ours, (route, theirs) in self.pending.items():
+            code: str = ResultCode.CANCELLED
+            reason = "the node is stopping"
+            if self.crashed:  # the node goes on, and the sender with what it was handed
+                code, reason = "internal", "the node's control actor failed; try again"
+                if ours < OTHER_IDS and ours not in self.placing:
+                    reason = (
+                        f"the node's control actor failed; transfer {ours} goes on "
+                        "(see `peercrypt transfers`)"
+                    )
             stopped = SendResult(
                 request=theirs,
-                code=ResultCode.CANCELLED,
-                reason="the node is stopping",
+                code=code,
+                reason=reason,
                 size=0,
                 digest=b"",
                 stored_as="",
@@ -234,9 +290,9 @@ class ControlActor(Actor):
                 self.api.send_multipart([route, _local(reply)])
                 return
             if isinstance(msg, SendRequest | _mc.McSendRequest):
-                ours, self.next_send = self.next_send, self.next_send + 1
+                ours = self.memory.send_id()
             else:
-                ours, self.next_other = self.next_other, self.next_other + 1
+                ours = self.memory.other_id()
             self.pending[ours] = (route, cast(Any, msg).request)
             if isinstance(msg, SendRequest | _mc.McSendRequest) and msg.quiet:
                 # Its first Progress goes at once: the command's sign that the
@@ -265,7 +321,9 @@ class ControlActor(Actor):
             reply = ErrorReply(code="busy", reason="too many requests in progress")
             self.api.send_multipart([route, _local(reply)])
             return
-        running = ours < OTHER_IDS and ours in self.pending
+        # (A send an earlier control numbered, not known to have ended, may
+        # still run: told to cancel, as one of ours.)
+        running = ours < OTHER_IDS and (ours in self.pending or self.memory.before_restart(ours))
         verdict = self.ends.cancel(ours, waiter, running)
         if verdict is not None:
             self._answer_cancel(waiter, verdict)

@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from actors.control import ControlActor, new_token
+from actors.control import ControlActor, ControlMemory, new_token
 from actors.health import HealthActor
 from actors.multicast_sender import MulticastSenderActor
 from actors.scheduler import SchedulerActor
@@ -75,8 +75,10 @@ class Node:
         self.context: zmq.Context[Any] = node_context()
         self.env = ActorEnv(context=self.context, node_uid=uuid.uuid4().hex[:12])
         s = settings
+        # Control's numbering and its sends' ends outlive a restart of it.
+        memory = ControlMemory()
         factories: list[tuple[str, ActorFactory]] = [
-            ("control", lambda env: ControlActor(env, s, self.token)),
+            ("control", lambda env: ControlActor(env, s, self.token, memory)),
             # The statistics history (docs/statistics.md): started second so
             # it stops next to last, after every actor that records into it
             # (the sender's teardown ends its sends with their final records).

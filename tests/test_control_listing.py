@@ -18,9 +18,11 @@ from actors import control
 from actors.control import ControlActor
 from peercrypt.core.cancels import CANCEL_WAIT, CANCELLED_BY_USER
 from peercrypt.crypto.identity import load_or_create_identity, network_server_keys, new_network_key
+from peercrypt.node import Node
 from peercrypt.settings import NodeSettings
 from peercrypt.testing.clock import FakeClock
 from peercrypt.testing.in_thread import actor_env
+from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec, columns
 from peercrypt.wire.local_messages import (
     CancelRequest,
@@ -200,8 +202,8 @@ def test_a_sender_restart_fails_the_sends_handed_to_it_and_nothing_else(rig: Rig
         if not isinstance(msg, Progress):  # each send's `checking`
             got.append((type(msg).__name__, msg.request))
     assert got == [("SendResult", 12), ("SettingReply", 11)], got
-    assert sorted(rig.actor.pending) == [rig.actor.next_send - 1]  # 13's, still placed
-    assert isinstance(rig.actor.placing[rig.actor.next_send - 1], SendRequest)
+    assert sorted(rig.actor.pending) == [rig.actor.memory.next_send - 1]  # 13's, still placed
+    assert isinstance(rig.actor.placing[rig.actor.memory.next_send - 1], SendRequest)
 
 
 def test_sends_are_numbered_from_one_whatever_else_was_asked(rig: Rig) -> None:
@@ -239,7 +241,7 @@ def test_a_quiet_sends_client_gets_notes_and_a_beat_not_every_tick(rig: Rig) -> 
         rig.client.send_multipart([TOKEN.encode(), codec.encode(msg, codec.LOCAL_VERSION)])
         assert rig.actor.api.poll(5000), "control got no request"
         rig.actor._on_client(rig.actor.api)
-    ours = {51: rig.actor.next_send - 2, 52: rig.actor.next_send - 1}
+    ours = {51: rig.actor.memory.next_send - 2, 52: rig.actor.memory.next_send - 1}
     first = []  # each send's `checking` while it is placed: a quiet one's too,
     while rig.client.poll(50):  # the command's sign that the node took it
         first.append(codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION))
@@ -281,7 +283,7 @@ def test_a_quiet_multicasts_client_gets_no_receiver_progress(rig: Rig) -> None:
     rig.client.send_multipart([TOKEN.encode(), codec.encode(msg, codec.LOCAL_VERSION)])
     assert rig.actor.api.poll(5000), "control got no request"
     rig.actor._on_client(rig.actor.api)
-    ours = rig.actor.next_send - 1
+    ours = rig.actor.memory.next_send - 1
     got: list[str] = []
     for _ in range(int(control.QUIET_BEAT / 0.1) + 5):
         rig.clock.advance(0.1)
@@ -339,7 +341,7 @@ def test_a_cancel_is_answered_by_how_its_send_ended_even_as_the_cancel_came(rig:
     sends = {}
     for request in (21, 22, 23, 24):
         ask(SendRequest(request=request, path="/x", host="127.0.0.1", port=9, chunk_size=4096))
-        sends[request] = rig.actor.next_send - 1
+        sends[request] = rig.actor.memory.next_send - 1
     for placed in told("health")[:3]:  # 24 stays being placed
         rig.actor.on_mail(MembersAtReply(request=placed.request, members={}))
     answers()  # (each send's `checking`)
@@ -382,3 +384,96 @@ def test_a_cancel_is_answered_by_how_its_send_ended_even_as_the_cancel_came(rig:
     rig.actor._run_timers()
     assert answers() == [("answer", 37, "unended", "")]
     assert rig.actor.ends.waiting == {}
+
+
+def test_a_restarted_control_numbers_on_and_still_cancels_the_sends_numbered_before(
+    rig: Rig,
+) -> None:
+    """Control crashed and the node started another (the sender runs on):
+    the new one numbers sends and other requests after the last ids the
+    crashed one gave, never one the sender may still run (it numbered from
+    1 again: two sends of one id, and the earlier one's late result went
+    to the new one's client). The crashed one's clients are told their
+    send goes on, not that it was cancelled. `cancel N` of a send numbered before the
+    restart is told to the sender and answered by its result; one that
+    ended before the restart is said to have ended so, at once."""
+
+    def ask(actor: ControlActor, client: zmq.Socket[Any], msg: Any) -> None:
+        client.send_multipart([TOKEN.encode(), codec.encode(msg, codec.LOCAL_VERSION)])
+        assert actor.api.poll(5000), "control got no request"
+        actor._on_client(actor.api)
+
+    def told(name: str) -> list[Any]:
+        got = []
+        while rig.mailboxes[name].poll(100):
+            got.append(codec.decode(rig.mailboxes[name].recv()))
+        return got
+
+    def answers(client: zmq.Socket[Any]) -> list[tuple[str, int, str]]:
+        got = []
+        while client.poll(100):
+            msg = codec.decode(client.recv(), version=codec.LOCAL_VERSION)
+            if isinstance(msg, CancelAnswer):
+                got.append(("answer", msg.request, msg.outcome))
+            elif isinstance(msg, SendResult):
+                got.append(("result", msg.request, msg.code))
+        return got
+
+    first = rig.actor
+    for request in (41, 42):
+        ask(first, rig.client, SendRequest(request=request, path="/x", host="127.0.0.1", port=9,
+                                           chunk_size=4096))  # fmt: skip
+    placed = [m.request for m in told("health")]
+    assert placed == [1, 2]
+    for ours in placed:
+        first.on_mail(MembersAtReply(request=ours, members={}))
+    first.on_mail(_result(1, "ok"))  # 1 ended; 2 runs on at the sender
+    earlier_other = rig.ask(7)
+    answers(rig.client)
+    told("scheduler"), told("health")  # (the first's outcome)
+    first.crashed = True  # as the actor's loop sets it, then tears it down
+    first.teardown()
+    got = {}
+    while rig.client.poll(100):
+        msg = codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION)
+        if isinstance(msg, SendResult):
+            got[msg.request] = (msg.code, msg.reason)
+    # Not "cancelled": the sender runs on with it.
+    assert got[42] == ("internal", "the node's control actor failed; transfer 2 goes on "
+                                   "(see `peercrypt transfers`)")  # fmt: skip
+
+    second = ControlActor(first.env, first.settings, TOKEN, first.memory)  # the node's restart
+    second.setup()
+    client = first.env.context.socket(zmq.DEALER)
+    client.linger = 0
+    client.connect(second.endpoint)
+    ask(second, client, SendRequest(request=43, path="/y", host="127.0.0.1", port=9,
+                                    chunk_size=4096))  # fmt: skip
+    (placing,) = told("health")
+    assert placing.request == 3
+    ask(second, client, TransfersRequest(request=44))
+    assert {m.request for m in told("sender")} == {earlier_other + 1}
+
+    ask(second, client, CancelTransfer(request=51, transfer=2))  # numbered before the restart
+    assert CancelRequest(request=2) in told("sender")
+    assert answers(client) == []
+    second.on_mail(_result(2, "cancelled", CANCELLED_BY_USER))
+    assert answers(client) == [("answer", 51, "cancelled")]  # its result: no client of 2's here
+    ask(second, client, CancelTransfer(request=52, transfer=1))  # ended before the restart
+    ask(second, client, CancelTransfer(request=53, transfer=4))  # never numbered
+    assert answers(client) == [("answer", 52, "ended"), ("answer", 53, "unknown")]
+
+
+def test_the_node_starts_every_control_with_one_memory(tmp_path: Path) -> None:
+    """What the node restarts control with: each control its supervisor
+    makes numbers on from the one before."""
+    node = Node(loopback_settings(tmp_path, new_network_key()))
+    try:
+        (make,) = [slot.factory for slot in node.supervisor._slots if slot.name == "control"]
+        first = make(node.env)
+        assert [first.memory.send_id(), first.memory.send_id()] == [1, 2]
+        second = make(node.env)
+        assert second.memory.send_id() == 3 and second.memory.before_restart(2)
+        assert not second.memory.before_restart(3)
+    finally:
+        node.stop()

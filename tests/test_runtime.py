@@ -44,6 +44,7 @@ DEADLINE = 10.0
 # An assert inside an actor's thread would only restart the actor; actors
 # record what they did not expect here and the test thread checks it.
 UNEXPECTED: list[object] = []
+TORN_DOWN: list[bool] = []  # each Recorder's `crashed` as it was torn down
 
 
 @pytest.fixture(autouse=True)
@@ -79,6 +80,9 @@ class Recorder(Actor):
             return
         self.log.append(msg.seq)
         self.tell(self.reply_to, Pong(seq=msg.seq))
+
+    def teardown(self) -> None:
+        TORN_DOWN.append(self.crashed)
 
 
 class Pinger(Actor):
@@ -230,6 +234,7 @@ def test_a_restart_on_purpose_is_news_and_a_crash_a_warning(
     got: list[int] = []
     seen: list[int] = []
     sup = ping_pair(env, [1, seq], got, seen)
+    TORN_DOWN.clear()
     caplog.set_level(logging.INFO, logger="peercrypt.supervisor")
     sup.start()
     try:
@@ -238,6 +243,8 @@ def test_a_restart_on_purpose_is_news_and_a_crash_a_warning(
         stop(sup)
     said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "peercrypt.supervisor"]
     assert said == [(level, line)], said
+    # What its teardown knew (control tells its clients their sends go on).
+    assert TORN_DOWN[:1] == [seq == 666], TORN_DOWN
 
 
 def test_run_until_sleeps_until_news_restarts_when_due_and_ends_on_wake() -> None:

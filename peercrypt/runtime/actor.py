@@ -358,6 +358,7 @@ class Actor:
         self._repeats: list[Repeat] = []
         self._running = False
         self._restart_why = ""  # set by restart(): the stop is on purpose
+        self.crashed = False  # the loop ended by an exception (teardown's word)
         # Change them by item (``[k] = v``, ``del``): that is what marks them changed.
         self.counters: Watched = Watched()
         self._log_bucket = TokenBucket(LOG_RATE, LOG_BURST, time.monotonic())
@@ -733,6 +734,7 @@ class Actor:
                     repeat.arm()
         except Exception as exc:
             status = CRASHED
+            self.crashed = True
             log.error("actor %s crashed: %s", self.name, exc, exc_info=log.isEnabledFor(10))
         finally:
             try:
