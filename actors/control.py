@@ -30,7 +30,7 @@ from peercrypt.core.address import join_host_port
 from peercrypt.core.cancels import CANCEL_WAIT, CANCELLED_BY_USER, CancelVerdict, SendEnds
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.errors import ResultCode
-from peercrypt.runtime.actor import Actor, ActorEnv, bound_endpoint
+from peercrypt.runtime.actor import Actor, ActorEnv, Timer, bound_endpoint
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec, columns
 from peercrypt.wire import multicast_messages as _mc
@@ -51,6 +51,7 @@ from peercrypt.wire.messages import (
     SettingRequest,
     StatusReply,
     StatusRequest,
+    StatusWait,
     TransfersReply,
     TransfersRequest,
 )
@@ -80,6 +81,7 @@ MAX_TRANSFER_ROWS = 1024  # TransfersReply.transfers' bound
 # a loaded host is still listed.
 LISTING_WAIT = 4.0
 LISTERS = frozenset({"sender", "msender"})
+MAX_STATUS_WAIT = 60.0  # seconds a StatusWait is held at most
 
 
 class ControlMemory:
@@ -209,6 +211,11 @@ class ControlActor(Actor):
         # How the last sends ended, and `cancel ID`s waiting for their send's
         # end: each answered with it (client route, its request id).
         self.ends = self.memory.ends
+        # The node's news so far (StatusReply.changes), and the StatusWaits
+        # held until the next: a key of ours -> (client route, its request id,
+        # the timer that answers it unchanged).
+        self.changes = 0
+        self.status_waits: dict[int, tuple[bytes, int, Timer]] = {}
 
     def setup(self) -> None:
         sock = self.api = self.socket(zmq.ROUTER)
@@ -278,6 +285,8 @@ class ControlActor(Actor):
     def _on_request(self, route: bytes, msg: codec.Message) -> None:
         if isinstance(msg, StatusRequest):
             self.api.send_multipart([route, _local(self._status(msg.request))])
+        elif isinstance(msg, StatusWait):
+            self._status_wait(route, msg)
         elif isinstance(msg, CancelRequest):
             for ours, (client, theirs) in list(self.pending.items()):
                 if client == route and theirs == msg.request:
@@ -291,6 +300,7 @@ class ControlActor(Actor):
                 return
             if isinstance(msg, SendRequest | _mc.McSendRequest):
                 ours = self.memory.send_id()
+                self._changed()
             else:
                 ours = self.memory.other_id()
             self.pending[ours] = (route, cast(Any, msg).request)
@@ -309,6 +319,33 @@ class ControlActor(Actor):
         else:
             reply = ErrorReply(code="bad-request", reason=f"unexpected {msg.TYPE}")
             self.api.send_multipart([route, _local(reply)])
+
+    def _status_wait(self, route: bytes, msg: StatusWait) -> None:
+        """Held until the node's next news (or its wait is over), unless
+        there was news since the client's last look."""
+        wait = min(msg.wait, MAX_STATUS_WAIT) if math.isfinite(msg.wait) else 0.0
+        if msg.after != self.changes or wait <= 0 or len(self.status_waits) >= MAX_PENDING:
+            self.api.send_multipart([route, _local(self._status(msg.request))])
+            return
+        key = self.memory.other_id()
+        timer = self.call_later(wait, functools.partial(self._status_waited, key))
+        self.status_waits[key] = (route, msg.request, timer)
+        self.count("status-waits-held")
+
+    def _status_waited(self, key: int) -> None:
+        held = self.status_waits.pop(key, None)
+        if held is not None:
+            route, theirs, _ = held
+            self.api.send_multipart([route, _local(self._status(theirs))])
+
+    def _changed(self) -> None:
+        """News: a fact reported, a send taken, its progress or its end.
+        The held StatusWaits are answered."""
+        self.changes += 1
+        waits, self.status_waits = self.status_waits, {}
+        for route, theirs, timer in waits.values():
+            timer.cancel()
+            self.api.send_multipart([route, _local(self._status(theirs))])
 
     def _cancel_transfer(self, route: bytes, msg: CancelTransfer) -> None:
         """``peercrypt cancel ID``: answered once the send's result came
@@ -349,6 +386,7 @@ class ControlActor(Actor):
         remembered, and the cancels waiting for it answered."""
         for waiter, verdict in self.ends.ended(ours, code, reason[:512]):
             self._answer_cancel(waiter, verdict)
+        self._changed()
 
     def _cancel(self, ours: int) -> None:
         """Cancel send ``ours`` wherever it is, by its client's CancelRequest
@@ -408,7 +446,7 @@ class ControlActor(Actor):
                 MAX_STATUS_COUNTERS,
             )
         kept = dict(sorted(counters.items())[:MAX_STATUS_COUNTERS])
-        return StatusReply(request=request, node=node, counters=kept)
+        return StatusReply(request=request, node=node, counters=kept, changes=self.changes)
 
     def on_actor_restarted(self, name: str) -> None:
         if name == "health":
@@ -442,7 +480,10 @@ class ControlActor(Actor):
 
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, Announce):
+            before = self.announced.get(msg.actor)
             self.announced[msg.actor] = msg
+            if before is None or before.facts != msg.facts:  # (counters: not news)
+                self._changed()
         elif isinstance(msg, MembersAtReply):
             placing = self.placing.pop(msg.request, None)
             if placing is not None:  # (else cancelled while health answered: dropped)
@@ -455,10 +496,13 @@ class ControlActor(Actor):
                 self.count("progress-malformed", dropped)
             for p in progress:
                 self._relay(p, p.request)
+            self._changed()
         elif type(msg) in REPLIES:
             request: int = cast(Any, msg).request
             if isinstance(msg, SendResult | _mc.McSendResult) and request < OTHER_IDS:
                 self._ended(request, msg.code, msg.reason)
+            if isinstance(msg, Progress | McTargetProgress):
+                self._changed()  # (a send's: what `transfers` lists)
             if isinstance(msg, SendResult) and request in self.sending:
                 host, port = self.sending.pop(request)
                 # A send refused for a local reason (bad options) or cancelled

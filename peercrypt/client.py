@@ -16,12 +16,17 @@ from pathlib import Path
 from peercrypt import errors
 from peercrypt.control_file import CONTROL_FILE
 from peercrypt.wire import codec
-from peercrypt.wire.local_messages import ErrorReply, StatusReply, StatusRequest
+from peercrypt.wire.local_messages import ErrorReply, StatusReply, StatusRequest, StatusWait
 from peercrypt.zmtp import Dealer
 
 
 class NodeUnavailable(Exception):
     """No node answers on this data directory's control socket."""
+
+
+class NodeRefused(NodeUnavailable):
+    """The node answered a request with an error (e.g. one its release does
+    not know)."""
 
 
 class AnotherRelease(errors.CommandError):
@@ -100,9 +105,10 @@ class ControlClient:
     def send(self, msg: codec.Message) -> None:
         self.sock.send([self.token, codec.encode(msg, codec.LOCAL_VERSION)])
 
-    def receive(self, timeout: float) -> codec.Message:
-        """Next reply. Raises NodeUnavailable on timeout."""
-        data = self.sock.recv(timeout)
+    def receive(self, timeout: float, wake: int | None = None) -> codec.Message:
+        """Next reply. Raises NodeUnavailable on timeout, or at once when
+        descriptor ``wake`` turns readable (:meth:`Dealer.recv`)."""
+        data = self.sock.recv(timeout, wake)
         if data is None:
             raise NodeUnavailable("the node did not answer")
         try:
@@ -134,6 +140,22 @@ class ControlClient:
         if isinstance(reply, ErrorReply):
             raise NodeUnavailable(f"the node refused: {reply.reason}")
         if not isinstance(reply, StatusReply):
+            raise NodeUnavailable(f"unexpected reply {reply.TYPE}")
+        self.last_status = reply
+        return reply
+
+    def status_wait(self, after: int, wait: float, wake: int | None = None) -> StatusReply:
+        """The node's status once it has news since ``after`` (a reply's
+        ``changes``), or after ``wait`` seconds. Raises NodeUnavailable if
+        the node does not answer (a node of an older release refuses the
+        request: ErrorReply) or ``wake`` turns readable first; the client is
+        then to be closed (its reply may still come)."""
+        request = self.next_id()
+        self.send(StatusWait(request=request, after=after, wait=wait))
+        reply = self.receive(wait + 5.0, wake)
+        if isinstance(reply, ErrorReply):
+            raise NodeRefused(f"the node refused: {reply.reason}")
+        if not isinstance(reply, StatusReply) or reply.request != request:
             raise NodeUnavailable(f"unexpected reply {reply.TYPE}")
         self.last_status = reply
         return reply

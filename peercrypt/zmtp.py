@@ -101,8 +101,9 @@ class Dealer:
         except OSError:
             self._drop()
 
-    def recv(self, timeout: float) -> bytes | None:
-        """The next frame from the node, or None after ``timeout`` seconds."""
+    def recv(self, timeout: float, wake: int | None = None) -> bytes | None:
+        """The next frame from the node, or None after ``timeout`` seconds,
+        or at once when descriptor ``wake`` (a pipe's end) turns readable."""
         deadline = time.monotonic() + timeout
         while not self.frames:
             left = deadline - time.monotonic()
@@ -120,26 +121,31 @@ class Dealer:
                 self._connect(min(HANDSHAKE, left))
                 continue
             try:
-                if not self._read(left):
+                if not self._read(left, wake):
                     return None
             except (OSError, Closed):
                 self._drop()
         return self.frames.pop(0)
 
-    def _read(self, timeout: float) -> bool:
+    def _read(self, timeout: float, wake: int | None = None) -> bool:
         """Read what the node sent within ``timeout`` seconds into frames
-        (False: nothing came). Raises Closed or OSError."""
+        (False: nothing came, or ``wake`` turned readable). Raises Closed or
+        OSError."""
         assert self.sock is not None
         # poll, not select: select refuses a descriptor of 1024 or more (a
         # shell or a library user with many files open).
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
+        if wake is not None:
+            poller.register(wake, select.POLLIN)
         self.waiting = True
         try:
-            ready = timeout > 0 and bool(poller.poll(math.ceil(timeout * 1000)))
+            events = poller.poll(math.ceil(timeout * 1000)) if timeout > 0 else []
         finally:
             self.waiting = False
-        if not ready:
+        if wake is not None and any(fd == wake for fd, _ in events):
+            return False
+        if not events:
             if not self.ready:
                 raise Closed("the node did not greet")
             return False

@@ -19,6 +19,10 @@ node alone has none of them).
 
 ``--key``: the nodes share a network key (as a user's do: CURVE on every
 member connection, members proving their keys) instead of an open network.
+
+``--shell``: each measured node is ``peercrypt start`` (a node and its
+prompt in one process, on a pseudo-terminal, as a user leaves it open):
+what an idle shell costs, its prompt and the prompt's watcher included.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -62,6 +67,31 @@ def threads(pid: int) -> dict[str, tuple[int, int]]:
     return out
 
 
+def started_shell(
+    data_dir: Path, env: dict[str, str], extra: tuple[str, ...], stack: contextlib.ExitStack
+) -> int:
+    """``peercrypt start`` for ``data_dir`` on a pseudo-terminal, at its
+    prompt: its pid. The admission comes as the nodes' does: the network
+    key in the environment (never in argv), or ``--open``."""
+    import pexpect
+
+    key = ADMISSION.get("network_key")
+    child_env = {**os.environ, **env, **({"PEERCRYPT_NETWORK_KEY": key} if key else {})}
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "peercrypt", "--data-dir", str(data_dir), "start", "--host", "127.0.0.1",
+         "--port", "0", *([] if key else ["--open"]), *extra],
+        env=child_env, encoding="utf-8", timeout=30, dimensions=(40, 160),
+    )  # fmt: skip
+    stack.callback(lambda: child.terminate(force=True))
+    child.expect("listening on")
+    child.expect("peercrypt>")
+    return int(child.pid)
+
+
+ADMISSION: dict[str, Any] = {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -83,10 +113,16 @@ def main() -> None:
         action="store_true",
         help="a network key (CURVE, members' proofs) instead of an open network",
     )
+    parser.add_argument(
+        "--shell",
+        action="store_true",
+        help="measure `peercrypt start` (a node and its prompt) on a pseudo-terminal",
+    )
     args = parser.parse_args()
     admission: dict[str, Any] = (
         {"network_key": new_network_key()} if args.key else {"open_network": True}
     )
+    ADMISSION.update(admission)
     here = str(Path(__file__).resolve().parent.parent)
     trees: list[str] = [here, *args.tree]
     with tempfile.TemporaryDirectory(prefix="pc-idle-") as tmp, contextlib.ExitStack() as stack:
@@ -99,6 +135,9 @@ def main() -> None:
                 seed = NodeProcess(Path(tmp) / f"seed{i}", env=env, **admission).start()
                 stack.callback(seed.stop)
                 extra = ("--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(seed.port))
+            if args.shell:
+                nodes.append((tree, started_shell(Path(tmp) / f"node{i}", env, extra, stack)))
+                continue
             node = NodeProcess(
                 Path(tmp) / f"node{i}", env=env, extra_args=extra, **admission
             ).start()
@@ -129,6 +168,7 @@ def main() -> None:
         used = sum(ns for ns, _ in grown.values()) / 1e9
         wakes = sum(runs for _, runs in grown.values())
         kind = "idle node with a member" if args.member else "idle node"
+        kind = f"{kind}, `start` with its prompt" if args.shell else kind
         print(
             f"{kind} ({name}): {used:.2f} CPU s in {elapsed:.1f} s"
             f" = {100 * used / elapsed:.2f}% of a core (clock ticks: {ticks:.2f} s),"

@@ -31,8 +31,11 @@ from peercrypt.wire.local_messages import (
     Progresses,
     SendRequest,
     SendResult,
+    StatusReply,
+    StatusWait,
 )
 from peercrypt.wire.messages import (
+    Announce,
     CancelAnswer,
     CancelTransfer,
     SettingReply,
@@ -477,3 +480,82 @@ def test_the_node_starts_every_control_with_one_memory(tmp_path: Path) -> None:
         assert not second.memory.before_restart(3)
     finally:
         node.stop()
+
+
+def _status_replies(client: zmq.Socket[Any], wait: float = 0.1) -> list[StatusReply]:
+    got = []
+    while client.poll(int(wait * 1000)):
+        msg = codec.decode(client.recv(), version=codec.LOCAL_VERSION, lenient=True)
+        assert isinstance(msg, StatusReply), msg
+        got.append(msg)
+    return got
+
+
+def test_a_status_wait_is_answered_at_the_node_s_next_news_or_at_its_end(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shell's watcher asks for the node's status once it has news
+    (StatusWait): held while nothing changes, counters going up included;
+    answered at a fact reported anew, a send taken, or when its wait is
+    over; at once when its ``after`` is not the node's news count (news
+    came since the client's look) or its wait is no wait, and once the node
+    holds its bound of them."""
+
+    def ask(request: int, after: int, wait: float = 30.0) -> None:
+        msg = StatusWait(request=request, after=after, wait=wait)
+        rig.client.send_multipart([TOKEN.encode(), codec.encode(msg, codec.LOCAL_VERSION)])
+        assert rig.actor.api.poll(5000), "control got no request"
+        rig.actor._on_client(rig.actor.api)
+
+    facts = {"mode": "normal"}
+    rig.actor.on_mail(Announce(actor="scheduler", facts=facts, counters={}))
+    now = rig.actor.changes
+    ask(1, now)
+    rig.actor.on_mail(Announce(actor="scheduler", facts=facts, counters={"grants": 7}))
+    assert _status_replies(rig.client) == []  # counters are no news
+    rig.actor.on_mail(Announce(actor="scheduler", facts={"mode": "aimd"}, counters={}))
+    (reply,) = _status_replies(rig.client)
+    assert reply.request == 1 and reply.changes == now + 1 and reply.node["mode"] == "aimd"
+
+    ask(2, now)  # news since: at once
+    assert [r.request for r in _status_replies(rig.client)] == [2]
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        ask(3, reply.changes, bad)
+        assert [r.request for r in _status_replies(rig.client)] == [3], bad
+
+    ask(4, reply.changes, wait=2.0)
+    rig.clock.advance(1.9)
+    rig.actor._run_timers()
+    assert _status_replies(rig.client) == []
+    rig.clock.advance(0.2)
+    rig.actor._run_timers()
+    assert [(r.request, r.changes) for r in _status_replies(rig.client)] == [(4, reply.changes)]
+
+    ask(5, reply.changes)
+    ask(6, reply.changes)
+    rig.client.send_multipart([TOKEN.encode(), codec.encode(
+        SendRequest(request=60, path="/x", host="127.0.0.1", port=9, chunk_size=4096),
+        codec.LOCAL_VERSION)])  # fmt: skip
+    assert rig.actor.api.poll(5000)
+    rig.actor._on_client(rig.actor.api)  # a send taken: news
+    got = [m for m in _all(rig.client) if isinstance(m, StatusReply)]
+    assert sorted(r.request for r in got) == [5, 6]
+    assert rig.actor.status_waits == {}
+    rig.clock.advance(control.MAX_STATUS_WAIT + 1)
+    rig.actor._run_timers()  # their timers were cancelled: no second answer
+    assert [m for m in _all(rig.client) if isinstance(m, StatusReply)] == []
+
+    monkeypatch.setattr(control, "MAX_PENDING", 2)
+    for request in (7, 8):
+        ask(request, rig.actor.changes)
+    assert _status_replies(rig.client) == []
+    ask(9, rig.actor.changes)  # beyond the bound: answered at once
+    assert [r.request for r in _status_replies(rig.client)] == [9]
+    assert rig.actor.counters["status-waits-held"] == 6  # 1, 4, 5, 6, 7, 8
+
+
+def _all(client: zmq.Socket[Any], wait: float = 0.1) -> list[Any]:
+    got = []
+    while client.poll(int(wait * 1000)):
+        got.append(codec.decode(client.recv(), version=codec.LOCAL_VERSION, lenient=True))
+    return got

@@ -127,6 +127,20 @@ def _port(data_dir: Path) -> int:
     return int(out.json["port"])
 
 
+def _watching(
+    node_factory: Callable[..., NodeProcess], monkeypatch: pytest.MonkeyPatch, every: float
+) -> tuple[Shell, NodeProcess, NodeProcess, list[str], threading.Thread]:
+    """A shell's watcher (not started) on a receiving node, looking at
+    most every ``every`` s, what it says, and a node to send from."""
+    monkeypatch.setattr(shell_module, "WATCH_EVERY", every)
+    receiver = node_factory(name="receiver")
+    sender = node_factory(name="sender")
+    shell = Shell(cli, {"data_dir": receiver.data_dir}, owns_node=False)
+    said: list[str] = []
+    watcher = threading.Thread(target=shell.watch, args=(said.append,), daemon=True)
+    return shell, receiver, sender, said, watcher
+
+
 def test_the_watcher_tells_what_ends_after_a_receive_and_not_what_it_told(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],
@@ -137,12 +151,7 @@ def test_the_watcher_tells_what_ends_after_a_receive_and_not_what_it_told(
     what `receive` told, and tells a transfer that ends after it even
     before its next look (it used to take that look as told, whatever it
     held). Its looks here are only those it is woken for."""
-    monkeypatch.setattr(shell_module, "WATCH_EVERY", 3600.0)
-    receiver = node_factory(name="receiver")
-    sender = node_factory(name="sender")
-    shell = Shell(cli, {"data_dir": receiver.data_dir}, owns_node=False)
-    said: list[str] = []
-    watcher = threading.Thread(target=shell.watch, args=(said.append,), daemon=True)
+    shell, receiver, sender, said, watcher = _watching(node_factory, monkeypatch, 3600.0)
 
     def looked(n: int) -> None:
         wait_until(lambda: shell.looks >= n or None, 30, f"the watcher's look {n}")
@@ -193,6 +202,53 @@ def test_the_watcher_tells_what_ends_after_a_receive_and_not_what_it_told(
         shell.watch_wake.set()
         watcher.join(10)
     assert not watcher.is_alive()
+
+
+def test_an_idle_node_s_watcher_waits_for_its_news_and_looks_when_it_comes(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The watcher does not poll a node that has nothing new: after a look
+    it waits in the node's control (StatusWait) until a fact changes, a send
+    is taken or moves, and looks then; the shell's end wakes it from that
+    wait at once. (It looked every 0.5 s: 70 wake-ups a second of an idle
+    `peercrypt start`, 1.2-3.9% of a core.)"""
+    shell, receiver, sender, said, watcher = _watching(node_factory, monkeypatch, 0.05)
+
+    def settles() -> None:
+        """The watcher stops looking: a window of 20 of its spacings
+        without a look (polling, it would have looked ~20 times in each),
+        once what the node had to say came."""
+        for _ in range(10):
+            looks = shell.looks
+            time.sleep(20 * shell_module.WATCH_EVERY)
+            if shell.looks == looks:
+                return
+        pytest.fail("the watcher kept looking at an idle node")
+
+    watcher.start()
+    try:
+        wait_until(lambda: shell.looks or None, 30, "the watcher's first look")
+        settles()
+        looks = shell.looks
+        sent = make_file(64 * 1024)
+        assert sender.send_to(sent, receiver)[0] == 0
+        wait_until(
+            lambda: any(line.startswith(f"received {sent.name}") for line in said) or None,
+            30,
+            "the watcher to tell the file that came",
+        )
+        assert shell.looks > looks
+        settles()
+        shell.stop.set()
+        shell.watch_wake.set()
+        watcher.join(5)  # (its wait in the node: 30 s)
+        assert not watcher.is_alive(), "the shell's end did not wake the watcher"
+    finally:
+        shell.stop.set()
+        shell.watch_wake.set()
+        watcher.join(60)
 
 
 def test_a_ctrl_c_as_a_background_send_is_announced_leaves_it_a_job(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -44,7 +45,7 @@ from peercrypt.cli.node import node_options, node_settings, run_node
 from peercrypt.cli.receive import Inbound, inbound, inbound_multicast
 from peercrypt.cli.runner import execute, unknown_command
 from peercrypt.cli.status_view import describe_outcome
-from peercrypt.client import AnotherRelease, ControlClient, NodeUnavailable
+from peercrypt.client import AnotherRelease, ControlClient, NodeRefused, NodeUnavailable
 from peercrypt.core.address import join_host_port
 from peercrypt.core.modes import ALL_MODES, CONGESTION_KEYS
 from peercrypt.core.names import shortened
@@ -54,7 +55,10 @@ from peercrypt.wire.network_messages import PeersReply, PeersRequest
 
 HISTORY_FILE = "shell_history"  # in the data dir
 PROMPT = "peercrypt> "
-WATCH_EVERY = 0.5  # seconds between the watcher's looks at the node
+WATCH_EVERY = 0.5  # seconds between the watcher's looks at the node, at least
+# Seconds the watcher waits for the node's news (StatusWait) before it looks
+# anyway: an idle node and its prompt do not wake for nothing.
+NEWS_WAIT = 30.0
 # Seconds a background send's first line waits for the send's id in the node
 # (the first progress of the actor that took it names it, a few milliseconds
 # after the request; a send the node refuses ends first, in the foreground).
@@ -111,6 +115,54 @@ class Job:
         if not self.transfer:
             self.transfer = transfer
         self.settled.set()
+
+
+class Wake:
+    """A flag another thread sets to wake the watcher: as an Event, and as a
+    descriptor that turns readable (the watcher's wait for the node's news
+    is a read on its control connection). The pipe is made by the first
+    :meth:`fileno` and closed by :meth:`close` (the watcher's end)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._pipe: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def fileno(self) -> int:
+        with self._lock:
+            if self._pipe is None:
+                self._pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                if self.event.is_set():
+                    os.write(self._pipe[1], b"w")
+            return self._pipe[0]
+
+    def set(self) -> None:
+        with self._lock:
+            self.event.set()
+            if self._pipe is not None:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._pipe[1], b"w")
+
+    def clear(self) -> None:
+        with self._lock:
+            self.event.clear()
+            if self._pipe is not None:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._pipe[0], 64):
+                        pass
+
+    def wait(self, timeout: float) -> bool:
+        return self.event.wait(timeout)
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pipe is not None:
+                os.close(self._pipe[0])
+                os.close(self._pipe[1])
+                self._pipe = None
 
 
 @dataclass
@@ -189,7 +241,8 @@ class Shell:
         # watcher's next look is taken as told). Under _baseline_lock.
         self._watch_baseline: dict[str, Any] | None = None
         self._baseline_lock = threading.Lock()
-        self.watch_wake = threading.Event()  # look now (a `receive` ended, the shell stops)
+        self.watch_wake = Wake()  # look now (a `receive` ended, the shell stops)
+        self.prompt_app: Any = None  # the prompt's application, while it runs: redrawn on news
         self.looks = 0  # the watcher's looks at the node so far
         # Lines of other threads (the watcher's news, a background send's
         # end) while a full-screen command has the terminal (`top`): told
@@ -528,6 +581,9 @@ class Shell:
         resync = False  # a `receive` ended when the node did not answer: the next look is told
         client: ControlClient | None = None
         unreadable = False  # the node's last answer could not be read (another release)
+        changes: int | None = None  # the node's news at the last look (None: not known)
+        waits = True  # whether the node holds a StatusWait (an older release refuses it)
+        shown = ""  # the toolbar as last drawn
         while not self.stop.is_set():
             # Quiet first, then the baseline: a `receive` sets its baseline
             # before it clears quiet, so a look that is not quiet has it.
@@ -543,7 +599,8 @@ class Shell:
             try:
                 if client is None:
                     client = ControlClient.for_data_dir(self.data_dir)
-                facts = client.status().node
+                status = client.status()
+                changes, facts = status.changes, status.node
                 for line in told.news(facts, quiet=quiet or resync):
                     announce(line)
                 resync = False
@@ -571,9 +628,30 @@ class Shell:
             else:
                 unreadable = False
             self.looks += 1
-            self.watch_wake.wait(WATCH_EVERY)
+            shown = self._redraw(shown)
+            if self.watch_wake.wait(WATCH_EVERY) or client is None or not waits:
+                continue
+            try:  # until the node's next news (none while it idles), or a wake
+                client.status_wait(changes or 0, NEWS_WAIT, self.watch_wake.fileno())
+            except NodeRefused:
+                waits = False
+            except (NodeUnavailable, AnotherRelease):  # woken, or no answer: a new connection
+                client.close()
+                client = None
         if client is not None:
             client.close()
+        self.watch_wake.close()
+
+    def _redraw(self, shown: str) -> str:
+        """Redraw the prompt's toolbar if what it shows changed (it is not
+        redrawn on a clock); what it shows now."""
+        app = self.prompt_app
+        if app is None:
+            return shown
+        now = self.toolbar()
+        if now != shown:
+            app.invalidate()  # (thread-safe: the prompt's loop redraws)
+        return now
 
     def known_peers(self) -> list[str]:
         """Members' "host:port", asked now (Tab is rare), else what the watcher saw."""
@@ -650,8 +728,12 @@ class Shell:
             completer=ShellCompleter(self),
             complete_while_typing=False,
             bottom_toolbar=self.toolbar,
-            refresh_interval=WATCH_EVERY,
         )
+        self.prompt_app = session.app
+        if threading.current_thread() is threading.main_thread():
+            # SIGWINCH tells it of a resize: no polling of the terminal's
+            # size (two wake-ups a second).
+            session.app.terminal_size_polling_interval = None
         watcher = threading.Thread(target=self.watch, args=(self.say,), daemon=True)
         watcher.start()
         click.echo("type `help` for the commands, Ctrl-D to leave")

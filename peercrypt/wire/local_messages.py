@@ -193,10 +193,27 @@ class StatusRequest(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class StatusWait(Message):
+    """A status once the node has news (the shell's watcher): answered at
+    once if the node's ``changes`` (a StatusReply's) are no longer ``after``,
+    else when they change, or after ``wait`` seconds (the node bounds it)."""
+
+    TYPE = "status-wait"
+    request: int = counter()
+    after: int = counter()
+    wait: float = 30.0
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class StatusReply(Message):
-    """The node's status as a flat map of counters and facts (msgpack-able)."""
+    """The node's status as a flat map of counters and facts (msgpack-able).
+    ``changes`` counts the node's news (facts reported, sends taken, their
+    progress and ends): what a StatusWait waits on (0 from a release
+    without it)."""
 
     TYPE = "status-reply"
     request: int = counter()
+    changes: int = counter(0)
     node: dict[str, str] = field(metadata=bounded(64))
     counters: dict[str, int] = field(metadata=bounded(MAX_STATUS_COUNTERS))

@@ -34,6 +34,7 @@ from peercrypt.wire.local_messages import SendRequest as SendRequest
 from peercrypt.wire.local_messages import SendResult as SendResult
 from peercrypt.wire.local_messages import StatusReply as StatusReply
 from peercrypt.wire.local_messages import StatusRequest as StatusRequest
+from peercrypt.wire.local_messages import StatusWait as StatusWait
 
 TID_BYTES = 16
 KEY_BYTES = 32
