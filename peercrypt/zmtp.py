@@ -48,6 +48,17 @@ def frame(data: bytes, more: bool) -> bytes:
     return bytes([flags | LONG]) + struct.pack(">Q", len(data)) + data
 
 
+def _woken(wake: int | None, timeout: float) -> bool:
+    """Sleep ``timeout`` seconds, or until descriptor ``wake`` turns
+    readable (then True)."""
+    if wake is None:
+        time.sleep(timeout)
+        return False
+    poller = select.poll()
+    poller.register(wake, select.POLLIN)
+    return bool(poller.poll(math.ceil(timeout * 1000)))
+
+
 class Dealer:
     """A ``DEALER`` connected to ``host:port``."""
 
@@ -114,7 +125,8 @@ class Dealer:
                 if wait > 0:
                     self.waiting = True
                     try:
-                        time.sleep(min(wait, left))
+                        if _woken(wake, min(wait, left)):
+                            return None
                     finally:
                         self.waiting = False
                     continue

@@ -161,3 +161,32 @@ def test_a_descriptor_above_1024_works(router: tuple[zmq.Socket[Any], int]) -> N
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_wake_descriptor_ends_the_wait_at_once(router: tuple[zmq.Socket[Any], int]) -> None:
+    """The shell's watcher waits for a reply its node may hold for 30 s
+    (StatusWait); a byte on ``wake`` ends that wait at once, on a live
+    connection and while one is being made again (its pause between
+    attempts), with nothing returned."""
+    import os
+
+    sock, port = router
+    r, w = os.pipe()
+    dealer = zmtp.Dealer("127.0.0.1", port)
+    try:
+        timer = threading.Timer(0.2, os.write, (w, b"w"))
+        timer.start()
+        started = time.monotonic()
+        assert dealer.recv(WAIT, wake=r) is None
+        assert time.monotonic() - started < WAIT / 2
+        timer.join()
+        sock.close()  # the node goes: the dealer waits between attempts
+        assert dealer.recv(0.3) is None and dealer.sock is None
+        dealer.next_attempt = time.monotonic() + 3600.0
+        started = time.monotonic()
+        assert dealer.recv(WAIT, wake=r) is None  # (the byte is still there)
+        assert time.monotonic() - started < WAIT / 2
+    finally:
+        dealer.close()
+        os.close(r)
+        os.close(w)
