@@ -588,6 +588,9 @@ def test_ctrl_c_cancels_the_command_not_the_node(started: tuple[Pty, Path]) -> N
     assert shown["host"]["value"] == "127.0.0.1" and shown["host"]["source"] == "flag", shown
     assert shown["gossip_interval"]["value"] == 0.5, shown
     assert shown["network_key"]["value"] == "(set)", shown
+    # A hint names the shell's command as typed at it (`peers` wrote its
+    # note to stdout, which the shell leaves as it comes).
+    pty.run("peers", r"no peers known \(join one with `join HOST PORT`\)")
     assert pty.leave() == 0
 
 

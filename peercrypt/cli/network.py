@@ -89,7 +89,8 @@ def _peers(obj: dict[str, Any], as_json: bool) -> None:
         click.echo(json.dumps([peer_json(row) for row in reply.peers]))
         return
     if not reply.peers:
-        click.echo("no peers known (join one with `peercrypt join HOST PORT`)")
+        # (a note, on stderr: the shell names the command there as typed at it)
+        click.echo("no peers known (join one with `peercrypt join HOST PORT`)", err=True)
         return
     rows = []
     for row in reply.peers:
