@@ -103,6 +103,9 @@ class ControlMemory:
         self.next_other = OTHER_IDS
         self.ends: SendEnds[tuple[bytes, int]] = SendEnds()
         self.first_send = 1  # the running control's first send id
+        # The node's news so far (StatusReply.changes): a client's count
+        # from before a restart is never taken for "nothing new" after it.
+        self.changes = 0
 
     def started(self) -> None:
         """A control starts with this memory (the node's first, or one
@@ -211,10 +214,9 @@ class ControlActor(Actor):
         # How the last sends ended, and `cancel ID`s waiting for their send's
         # end: each answered with it (client route, its request id).
         self.ends = self.memory.ends
-        # The node's news so far (StatusReply.changes), and the StatusWaits
-        # held until the next: a key of ours -> (client route, its request id,
-        # the timer that answers it unchanged).
-        self.changes = 0
+        # The StatusWaits held until the node's next news (memory.changes):
+        # a key of ours -> (client route, its request id, the timer that
+        # answers it unchanged).
         self.status_waits: dict[int, tuple[bytes, int, Timer]] = {}
 
     def setup(self) -> None:
@@ -227,6 +229,10 @@ class ControlActor(Actor):
         write_control_file(self.control_file, self.endpoint, self.token.decode())
 
     def teardown(self) -> None:
+        if self.crashed:  # a send only placed here ends with this control
+            for ours in self.placing:  # (a cancel of one ends it at once: none waits)
+                self.ends.ended(ours, "internal", "the node's control actor failed")
+        self._changed()  # the held StatusWaits are answered (their clients look again)
         for ours, (route, theirs) in self.pending.items():
             code: str = ResultCode.CANCELLED
             reason = "the node is stopping"
@@ -324,7 +330,7 @@ class ControlActor(Actor):
         """Held until the node's next news (or its wait is over), unless
         there was news since the client's last look."""
         wait = min(msg.wait, MAX_STATUS_WAIT) if math.isfinite(msg.wait) else 0.0
-        if msg.after != self.changes or wait <= 0 or len(self.status_waits) >= MAX_PENDING:
+        if msg.after != self.memory.changes or wait <= 0 or len(self.status_waits) >= MAX_PENDING:
             self.api.send_multipart([route, _local(self._status(msg.request))])
             return
         key = self.memory.other_id()
@@ -341,7 +347,7 @@ class ControlActor(Actor):
     def _changed(self) -> None:
         """News: a fact reported, a send taken, its progress or its end.
         The held StatusWaits are answered."""
-        self.changes += 1
+        self.memory.changes += 1
         waits, self.status_waits = self.status_waits, {}
         for route, theirs, timer in waits.values():
             timer.cancel()
@@ -446,7 +452,7 @@ class ControlActor(Actor):
                 MAX_STATUS_COUNTERS,
             )
         kept = dict(sorted(counters.items())[:MAX_STATUS_COUNTERS])
-        return StatusReply(request=request, node=node, counters=kept, changes=self.changes)
+        return StatusReply(request=request, node=node, counters=kept, changes=self.memory.changes)
 
     def on_actor_restarted(self, name: str) -> None:
         if name == "health":

@@ -25,8 +25,12 @@ class NodeUnavailable(Exception):
 
 
 class NodeRefused(NodeUnavailable):
-    """The node answered a request with an error (e.g. one its release does
-    not know)."""
+    """The node answered a request with an error (``code``: e.g.
+    ``bad-request`` for one its release does not know)."""
+
+    def __init__(self, line: str, code: str) -> None:
+        super().__init__(line)
+        self.code = code
 
 
 class AnotherRelease(errors.CommandError):
@@ -105,10 +109,11 @@ class ControlClient:
     def send(self, msg: codec.Message) -> None:
         self.sock.send([self.token, codec.encode(msg, codec.LOCAL_VERSION)])
 
-    def receive(self, timeout: float, wake: int | None = None) -> codec.Message:
+    def receive(self, timeout: float, wake: int | None = None, once: bool = False) -> codec.Message:
         """Next reply. Raises NodeUnavailable on timeout, or at once when
-        descriptor ``wake`` turns readable (:meth:`Dealer.recv`)."""
-        data = self.sock.recv(timeout, wake)
+        descriptor ``wake`` turns readable, or (``once``) the connection
+        is lost (:meth:`Dealer.recv`)."""
+        data = self.sock.recv(timeout, wake, once)
         if data is None:
             raise NodeUnavailable("the node did not answer")
         try:
@@ -147,14 +152,16 @@ class ControlClient:
     def status_wait(self, after: int, wait: float, wake: int | None = None) -> StatusReply:
         """The node's status once it has news since ``after`` (a reply's
         ``changes``), or after ``wait`` seconds. Raises NodeUnavailable if
-        the node does not answer (a node of an older release refuses the
-        request: ErrorReply) or ``wake`` turns readable first; the client is
-        then to be closed (its reply may still come)."""
+        the node does not answer, its connection is lost (a control that
+        restarts binds another port: the control file names it) or ``wake``
+        turns readable first, NodeRefused if it refuses (``bad-request``: a
+        node of an older release); the client is then to be closed (its
+        reply may still come)."""
         request = self.next_id()
         self.send(StatusWait(request=request, after=after, wait=wait))
-        reply = self.receive(wait + 5.0, wake)
+        reply = self.receive(wait + 5.0, wake, once=True)
         if isinstance(reply, ErrorReply):
-            raise NodeRefused(f"the node refused: {reply.reason}")
+            raise NodeRefused(f"the node refused: {reply.reason}", reply.code)
         if not isinstance(reply, StatusReply) or reply.request != request:
             raise NodeUnavailable(f"unexpected reply {reply.TYPE}")
         self.last_status = reply

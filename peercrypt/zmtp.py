@@ -112,14 +112,17 @@ class Dealer:
         except OSError:
             self._drop()
 
-    def recv(self, timeout: float, wake: int | None = None) -> bytes | None:
+    def recv(self, timeout: float, wake: int | None = None, once: bool = False) -> bytes | None:
         """The next frame from the node, or None after ``timeout`` seconds,
-        or at once when descriptor ``wake`` (a pipe's end) turns readable."""
+        or at once when descriptor ``wake`` (a pipe's end) turns readable.
+        ``once``: what is awaited is the answer to a request sent on this
+        connection, which another cannot bring: None at once when there is
+        none, or it is lost (else it is made again, and waited on)."""
         deadline = time.monotonic() + timeout
         while not self.frames:
             left = deadline - time.monotonic()
             if self.sock is None:
-                if left <= 0:
+                if left <= 0 or once:
                     return None
                 wait = self.next_attempt - time.monotonic()
                 if wait > 0:

@@ -32,6 +32,7 @@ from peercrypt.wire.local_messages import (
     SendRequest,
     SendResult,
     StatusReply,
+    StatusRequest,
     StatusWait,
 )
 from peercrypt.wire.messages import (
@@ -423,39 +424,49 @@ def test_a_restarted_control_numbers_on_and_still_cancels_the_sends_numbered_bef
         return got
 
     first = rig.actor
-    for request in (41, 42):
+    for request in (41, 42, 45):
         ask(first, rig.client, SendRequest(request=request, path="/x", host="127.0.0.1", port=9,
                                            chunk_size=4096))  # fmt: skip
     placed = [m.request for m in told("health")]
-    assert placed == [1, 2]
-    for ours in placed:
+    assert placed == [1, 2, 3]
+    for ours in placed[:2]:  # (3 is still being placed when control fails)
         first.on_mail(MembersAtReply(request=ours, members={}))
     first.on_mail(_result(1, "ok"))  # 1 ended; 2 runs on at the sender
     earlier_other = rig.ask(7)
+    ask(first, rig.client, CancelTransfer(request=50, transfer=2))  # waits for 2's end
+    ask(first, rig.client, StatusWait(request=8, after=first.memory.changes))  # held
     answers(rig.client)
-    told("scheduler"), told("health")  # (the first's outcome)
+    told("scheduler"), told("health"), told("sender")  # (the first's outcome, 2's cancel)
     first.crashed = True  # as the actor's loop sets it, then tears it down
     first.teardown()
-    got = {}
+    got, statuses = {}, []
     while rig.client.poll(100):
-        msg = codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION)
+        msg = codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION, lenient=True)
         if isinstance(msg, SendResult):
             got[msg.request] = (msg.code, msg.reason)
-    # Not "cancelled": the sender runs on with it.
+        statuses += [msg.request] if isinstance(msg, StatusReply) else []
+    # Not "cancelled": the sender runs on with it; the one only placed here ends.
     assert got[42] == ("internal", "the node's control actor failed; transfer 2 goes on "
                                    "(see `peercrypt transfers`)")  # fmt: skip
+    assert got[45] == ("internal", "the node's control actor failed; try again")
+    assert statuses == [8]  # its client looks again (at a control to come)
+    before = first.memory.changes
 
     second = ControlActor(first.env, first.settings, TOKEN, first.memory)  # the node's restart
     second.setup()
+    assert second.memory.ends.waiting == {}  # (the cancel's client went with the socket)
     client = first.env.context.socket(zmq.DEALER)
     client.linger = 0
     client.connect(second.endpoint)
     ask(second, client, SendRequest(request=43, path="/y", host="127.0.0.1", port=9,
                                     chunk_size=4096))  # fmt: skip
     (placing,) = told("health")
-    assert placing.request == 3
+    assert placing.request == 4
     ask(second, client, TransfersRequest(request=44))
-    assert {m.request for m in told("sender")} == {earlier_other + 1}
+    assert {m.request for m in told("sender")} == {earlier_other + 2}  # (after the wait's)
+    ask(second, client, StatusRequest(request=46))
+    (status,) = [m for m in _all(client) if isinstance(m, StatusReply)]
+    assert status.changes > before  # counted on: a count from before is never "no news"
 
     ask(second, client, CancelTransfer(request=51, transfer=2))  # numbered before the restart
     assert CancelRequest(request=2) in told("sender")
@@ -463,8 +474,10 @@ def test_a_restarted_control_numbers_on_and_still_cancels_the_sends_numbered_bef
     second.on_mail(_result(2, "cancelled", CANCELLED_BY_USER))
     assert answers(client) == [("answer", 51, "cancelled")]  # its result: no client of 2's here
     ask(second, client, CancelTransfer(request=52, transfer=1))  # ended before the restart
-    ask(second, client, CancelTransfer(request=53, transfer=4))  # never numbered
-    assert answers(client) == [("answer", 52, "ended"), ("answer", 53, "unknown")]
+    ask(second, client, CancelTransfer(request=53, transfer=3))  # ended with the first control
+    ask(second, client, CancelTransfer(request=54, transfer=5))  # never numbered
+    assert answers(client) == [("answer", 52, "ended"), ("answer", 53, "ended"),
+                               ("answer", 54, "unknown")]  # fmt: skip
 
 
 def test_the_node_starts_every_control_with_one_memory(tmp_path: Path) -> None:
@@ -509,7 +522,7 @@ def test_a_status_wait_is_answered_at_the_node_s_next_news_or_at_its_end(
 
     facts = {"mode": "normal"}
     rig.actor.on_mail(Announce(actor="scheduler", facts=facts, counters={}))
-    now = rig.actor.changes
+    now = rig.actor.memory.changes
     ask(1, now)
     rig.actor.on_mail(Announce(actor="scheduler", facts=facts, counters={"grants": 7}))
     assert _status_replies(rig.client) == []  # counters are no news
@@ -533,6 +546,7 @@ def test_a_status_wait_is_answered_at_the_node_s_next_news_or_at_its_end(
 
     ask(5, reply.changes)
     ask(6, reply.changes)
+    timers = [timer for _, _, timer in rig.actor.status_waits.values()]
     rig.client.send_multipart([TOKEN.encode(), codec.encode(
         SendRequest(request=60, path="/x", host="127.0.0.1", port=9, chunk_size=4096),
         codec.LOCAL_VERSION)])  # fmt: skip
@@ -541,17 +555,34 @@ def test_a_status_wait_is_answered_at_the_node_s_next_news_or_at_its_end(
     got = [m for m in _all(rig.client) if isinstance(m, StatusReply)]
     assert sorted(r.request for r in got) == [5, 6]
     assert rig.actor.status_waits == {}
+    assert [t.cancelled for t in timers] == [True, True]  # (not left in the heap for 30 s)
     rig.clock.advance(control.MAX_STATUS_WAIT + 1)
-    rig.actor._run_timers()  # their timers were cancelled: no second answer
+    rig.actor._run_timers()
     assert [m for m in _all(rig.client) if isinstance(m, StatusReply)] == []
+
+    # A send's progress (unicast or a multicast target's) and its end are news.
+    ours = rig.actor.memory.next_send - 1
+    progress = Progress(request=ours, done_bytes=1, total_bytes=9, note="", done_files=0,
+                        total_files=0, phase="sending")  # fmt: skip
+    for news in (
+        next(columns.batches([progress], Progresses)),
+        McTargetProgress(
+            request=ours, target="127.0.0.1:9", state="multicast", done_bytes=1, total_bytes=9
+        ),
+        _result(ours, "ok"),
+    ):
+        ask(10, rig.actor.memory.changes)
+        assert _status_replies(rig.client) == [], news
+        rig.actor.on_mail(news)
+        assert [r.request for r in _all(rig.client) if isinstance(r, StatusReply)] == [10], news
 
     monkeypatch.setattr(control, "MAX_PENDING", 2)
     for request in (7, 8):
-        ask(request, rig.actor.changes)
+        ask(request, rig.actor.memory.changes)
     assert _status_replies(rig.client) == []
-    ask(9, rig.actor.changes)  # beyond the bound: answered at once
+    ask(9, rig.actor.memory.changes)  # beyond the bound: answered at once
     assert [r.request for r in _status_replies(rig.client)] == [9]
-    assert rig.actor.counters["status-waits-held"] == 6  # 1, 4, 5, 6, 7, 8
+    assert rig.actor.counters["status-waits-held"] == 9  # 1, 4, 5, 6, 10 thrice, 7, 8
 
 
 def _all(client: zmq.Socket[Any], wait: float = 0.1) -> list[Any]:

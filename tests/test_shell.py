@@ -215,6 +215,7 @@ def test_an_idle_node_s_watcher_waits_for_its_news_and_looks_when_it_comes(
     wait at once. (It looked every 0.5 s: 70 wake-ups a second of an idle
     `peercrypt start`, 1.2-3.9% of a core.)"""
     shell, receiver, sender, said, watcher = _watching(node_factory, monkeypatch, 0.05)
+    monkeypatch.setattr(shell_module, "NEWS_WAIT", 3600.0)  # only news ends a wait here
 
     def settles() -> None:
         """The watcher stops looking: a window of 20 of its spacings

@@ -190,3 +190,27 @@ def test_a_wake_descriptor_ends_the_wait_at_once(router: tuple[zmq.Socket[Any], 
         dealer.close()
         os.close(r)
         os.close(w)
+
+
+def test_the_answer_to_a_request_is_not_awaited_on_another_connection() -> None:
+    """``once``: the node's socket goes away while its answer is awaited (a
+    control that restarts binds another port): None at once, not a wait
+    for a connection made again, which cannot bring it."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.linger = 0
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    dealer = zmtp.Dealer("127.0.0.1", port)
+    try:
+        assert dealer.ready
+        timer = threading.Timer(0.2, sock.close)
+        timer.start()
+        started = time.monotonic()
+        assert dealer.recv(WAIT, once=True) is None
+        assert time.monotonic() - started < WAIT / 2
+        timer.join()
+        assert dealer.recv(WAIT, once=True) is None  # no connection: nothing to await
+        assert time.monotonic() - started < WAIT / 2
+    finally:
+        dealer.close()
+        ctx.term()

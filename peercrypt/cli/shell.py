@@ -577,6 +577,12 @@ class Shell:
     def watch(self, announce: Callable[[str], None]) -> None:
         """Until the shell stops: refresh :attr:`view` and announce incoming
         transfers and their outcomes."""
+        try:
+            self._watch(announce)
+        finally:
+            self.watch_wake.close()
+
+    def _watch(self, announce: Callable[[str], None]) -> None:
         told = Told()
         resync = False  # a `receive` ended when the node did not answer: the next look is told
         client: ControlClient | None = None
@@ -599,6 +605,7 @@ class Shell:
             try:
                 if client is None:
                     client = ControlClient.for_data_dir(self.data_dir)
+                    waits = True
                 status = client.status()
                 changes, facts = status.changes, status.node
                 for line in told.news(facts, quiet=quiet or resync):
@@ -633,14 +640,17 @@ class Shell:
                 continue
             try:  # until the node's next news (none while it idles), or a wake
                 client.status_wait(changes or 0, NEWS_WAIT, self.watch_wake.fileno())
-            except NodeRefused:
-                waits = False
+            except NodeRefused as exc:
+                if exc.code == "bad-request":  # a node of an older release: polled
+                    waits = False
+                else:  # (a node restarted on the port with another token)
+                    client.close()
+                    client = None
             except (NodeUnavailable, AnotherRelease):  # woken, or no answer: a new connection
                 client.close()
                 client = None
         if client is not None:
             client.close()
-        self.watch_wake.close()
 
     def _redraw(self, shown: str) -> str:
         """Redraw the prompt's toolbar if what it shows changed (it is not
