@@ -343,6 +343,7 @@ class ControlActor(Actor):
         if held is not None:
             route, theirs, _ = held
             self.api.send_multipart([route, _local(self._status(theirs))])
+            self.count("status-waits-answered")
 
     def _changed(self) -> None:
         """News: a fact reported, a send taken, its progress or its end.
@@ -352,6 +353,7 @@ class ControlActor(Actor):
         for route, theirs, timer in waits.values():
             timer.cancel()
             self.api.send_multipart([route, _local(self._status(theirs))])
+            self.count("status-waits-answered")
 
     def _cancel_transfer(self, route: bytes, msg: CancelTransfer) -> None:
         """``peercrypt cancel ID``: answered once the send's result came

@@ -41,6 +41,9 @@ pytestmark = pytest.mark.timeout(180)
 KiB = 1024
 RATE = "256K"  # a file of SMALL takes about a second: the sends overlap
 SMALL = 256 * KiB
+# A file that takes about a minute at RATE: a send of it is still running
+# after any number of slow steps of a test that stops its node first.
+LONG = 64 * SMALL
 
 
 def send_cli(
@@ -166,7 +169,7 @@ def test_a_send_waiting_for_a_busy_receiver_is_cancelled_at_once(
 ) -> None:
     receiver = node_factory("--max-transfers-per-peer", "1")
     sender = node_factory()
-    first, second = make_file(8 * SMALL), make_file(SMALL)
+    first, second = make_file(LONG), make_file(SMALL)
     with send_cli(sender, first, receiver, "-r", RATE) as running:
         wait_until(
             lambda: any(r["state"] == "sending" for r in rows(sender)) or None,
@@ -214,6 +217,8 @@ def test_a_send_waiting_for_a_busy_receiver_is_cancelled_at_once(
         )
         assert ended["session"] == waited["session"], (ended, waited)
         assert running.poll() is None  # the other send was not touched
+        lifted = sender.cli("rate", "0")  # the rest of the long file at once
+        assert lifted.returncode == 0, lifted.describe()
         done = json_success(running, sender)
     assert blake3_file(receiver.inbox / done["stored_as"]) == blake3_file(first)
     assert not (receiver.inbox / second.name).exists()
@@ -241,7 +246,7 @@ def test_a_node_stopped_while_a_send_waits_for_a_busy_receiver_ends_its_row(
     waits, the same file is not sent to that receiver a second time."""
     receiver = node_factory("--max-transfers-per-peer", "1")
     sender = node_factory()
-    first, second = make_file(8 * SMALL), make_file(SMALL)
+    first, second = make_file(LONG), make_file(SMALL)
     with send_cli(sender, first, receiver, "-r", RATE) as running:
         wait_until(
             lambda: any(r["state"] == "sending" for r in rows(sender)) or None,

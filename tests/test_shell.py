@@ -204,6 +204,14 @@ def test_the_watcher_tells_what_ends_after_a_receive_and_not_what_it_told(
     assert not watcher.is_alive()
 
 
+def _waiting_in_node(node: NodeProcess) -> bool | None:
+    """Whether control holds a StatusWait of a client now (the watcher's
+    is the only one these tests make)."""
+    counters = node.counters()
+    held = counters.get("control.status-waits-held", 0)
+    return held - counters.get("control.status-waits-answered", 0) == 1 or None
+
+
 def test_an_idle_node_s_watcher_waits_for_its_news_and_looks_when_it_comes(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],
@@ -211,27 +219,14 @@ def test_an_idle_node_s_watcher_waits_for_its_news_and_looks_when_it_comes(
 ) -> None:
     """The watcher does not poll a node that has nothing new: after a look
     it waits in the node's control (StatusWait) until a fact changes, a send
-    is taken or moves, and looks then; the shell's end wakes it from that
-    wait at once. (It looked every 0.5 s: 70 wake-ups a second of an idle
-    `peercrypt start`, 1.2-3.9% of a core.)"""
+    is taken or moves, and looks then. (It looked every 0.5 s: 70 wake-ups
+    a second of an idle `peercrypt start`, 1.2-3.9% of a core.)"""
     shell, receiver, sender, said, watcher = _watching(node_factory, monkeypatch, 0.05)
     monkeypatch.setattr(shell_module, "NEWS_WAIT", 3600.0)  # only news ends a wait here
-
-    def settles() -> None:
-        """The watcher stops looking: a window of 20 of its spacings
-        without a look (polling, it would have looked ~20 times in each),
-        once what the node had to say came."""
-        for _ in range(10):
-            looks = shell.looks
-            time.sleep(20 * shell_module.WATCH_EVERY)
-            if shell.looks == looks:
-                return
-        pytest.fail("the watcher kept looking at an idle node")
-
     watcher.start()
     try:
         wait_until(lambda: shell.looks or None, 30, "the watcher's first look")
-        settles()
+        wait_until(lambda: _waiting_in_node(receiver), 30, "the watcher's wait in the node")
         looks = shell.looks
         sent = make_file(64 * 1024)
         assert sender.send_to(sent, receiver)[0] == 0
@@ -241,15 +236,32 @@ def test_an_idle_node_s_watcher_waits_for_its_news_and_looks_when_it_comes(
             "the watcher to tell the file that came",
         )
         assert shell.looks > looks
-        settles()
-        shell.stop.set()
-        shell.watch_wake.set()
-        watcher.join(5)  # (its wait in the node: 30 s)
-        assert not watcher.is_alive(), "the shell's end did not wake the watcher"
+        wait_until(lambda: _waiting_in_node(receiver), 30, "the watcher's next wait in the node")
     finally:
         shell.stop.set()
         shell.watch_wake.set()
         watcher.join(60)
+    assert not watcher.is_alive()
+
+
+def test_the_shell_s_end_wakes_its_watcher_from_its_wait_in_the_node(
+    node_factory: Callable[..., NodeProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher's wait for news is a read on its control connection: the
+    shell's end wakes it at once, not when control's wait ends (30 s)."""
+    shell, receiver, _, _, watcher = _watching(node_factory, monkeypatch, 0.05)
+    monkeypatch.setattr(shell_module, "NEWS_WAIT", 3600.0)  # control holds it 60 s
+    watcher.start()
+    try:
+        wait_until(lambda: _waiting_in_node(receiver), 30, "the watcher's wait in the node")
+        shell.stop.set()
+        shell.watch_wake.set()
+        watcher.join(5)
+        assert not watcher.is_alive(), "the shell's end did not wake the watcher"
+    finally:
+        shell.stop.set()
+        shell.watch_wake.set()
+        watcher.join(70)
 
 
 def test_a_ctrl_c_as_a_background_send_is_announced_leaves_it_a_job(

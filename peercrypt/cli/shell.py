@@ -154,9 +154,6 @@ class Wake:
     def wait(self, timeout: float) -> bool:
         return self.event.wait(timeout)
 
-    def is_set(self) -> bool:
-        return self.event.is_set()
-
     def close(self) -> None:
         with self._lock:
             if self._pipe is not None:
