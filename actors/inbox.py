@@ -212,7 +212,7 @@ def fsync_dir(path: Path) -> None:
 
 PART_SUFFIX = ".part"
 MANIFEST_SUFFIX = ".part.manifest"
-# A multicast session's part (``.NAME.sid-ID.mc.part``): the mreceiver's
+# A multicast session's part (``.NAME.SID-RANDOM.mc.part``): the mreceiver's
 # alone, so the unicast receiver never plans, resumes or sweeps it.
 MC_PART_SUFFIX = ".mc.part"
 MAX_SCAN = 100_000  # inbox entries one sweep looks at

@@ -99,7 +99,6 @@ from actors.inbox import (
     Refusal,
     check_offer,
     create_part,
-    discard_part,
     manifest_name,
     open_part,
     publish,
@@ -182,6 +181,9 @@ from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.mreceiver")
 
+# Characters of a session's id in its part's name, as a unicast part's
+# (``.NAME.ID-RANDOM.mc.part.manifest.tmp``: 200 bytes of a name and 52).
+PART_ID_CHARS = 12
 QUEUE_CHUNKS = 128  # authenticated chunks waiting for the writer, per session
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
 # The SUB sockets and the repair port read without a cap (PEER_RCVHWM: with
@@ -545,6 +547,8 @@ class MulticastReceiverActor(Actor):
                     return refuse("protocol", f"fragment size {a.fragment} out of range")
             elif not a.pub_port:
                 return refuse("protocol", "neither a PUB port nor a multicast group")
+            if a.pub_host:  # (a member's word would have us dial any endpoint it names)
+                return refuse("protocol", "the chunks come from the sender's own address only")
             try:
                 verifier = proven_signer(a.signer, env.peer)
             except ValueError as exc:
@@ -706,15 +710,18 @@ class MulticastReceiverActor(Actor):
             if kept is not None:
                 part, fd = s.inbox / kept.part, open_part(s.inbox, kept.part, a.size)
             else:
-                # The full id plus a local random suffix: a co-receiver
-                # knowing the id cannot make us open or remove its file.
-                part, fd = create_part(s.inbox, name, a.sid.hex(), a.size, kind="mc", unique=True)
+                # The id's start plus a local random suffix: a co-receiver
+                # knowing the id cannot make us open or remove its file. (The
+                # whole id made the manifest's name of a 184-byte name longer
+                # than a filesystem's 255 bytes.)
+                ident = a.sid.hex()[:PART_ID_CHARS]
+                part, fd = create_part(s.inbox, name, ident, a.size, kind="mc", unique=True)
                 # (a folder's part keeps today's check: its feeder hashes it in order)
                 watched = None if j.tree else self.writer.watch(fd)
         except OSError as exc:
             raise Refusal("io", f"cannot write the inbox: {exc.strerror}") from None
         total = -(-a.size // a.chunk_size)
-        host = a.pub_host or env.peer_host or "127.0.0.1"
+        host = env.peer_host or "127.0.0.1"
         now = self.now()
         sess = Session(
             tid=j.tid,
@@ -1279,16 +1286,14 @@ class MulticastReceiverActor(Actor):
             self.unwatch(sess.udp.fileno())
             sess.udp.close()
             sess.udp = None
-        if not keep_part:
-            # Before the writer closes the fd: the name is removed only while
-            # it still refers to the file open as ``sess.fd``.
-            discard_part(sess.part, sess.fd)
-            for name in (manifest_name(sess.part.name), manifest_name(sess.part.name) + ".tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.settings.inbox / name)
         # The writer closes the fd after its queued work (``keep``: with a
-        # last checkpoint) and forgets the session.
-        self.writer.close(sess.tid, keep=keep_part)
+        # last checkpoint) and forgets the session. Without ``keep`` it
+        # removes the part and its manifests then, not before: a checkpoint
+        # of a chunk still queued wrote the manifest again for a part already
+        # gone (it stayed until --part-expiry), and a disk that hangs does
+        # not hold this thread.
+        discard = None if keep_part else (sess.part, _manifests(self.settings.inbox, sess.part))
+        self.writer.close(sess.tid, keep=keep_part, discard=discard)
         written = _written(sess)
         self.tell(
             "space",
@@ -1325,6 +1330,11 @@ class MulticastReceiverActor(Actor):
             self.listeners.pop(next(iter(self.listeners)))
         self.listeners[msg.request] = msg.count
         self.tell("control", McListening(request=msg.request, repair_port=self.repair_port))
+
+
+def _manifests(inbox: Path, part: Path) -> list[Path]:
+    """``part``'s manifest and the temporary file of its next one."""
+    return [inbox / manifest_name(part.name), inbox / (manifest_name(part.name) + ".tmp")]
 
 
 def writer_bounds(s: NodeSettings) -> tuple[int, int]:

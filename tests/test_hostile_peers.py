@@ -8,6 +8,7 @@ the same time still stored a file with the right hash.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -489,6 +490,41 @@ def test_a_multicast_announce_with_its_name_in_clear_is_refused(
     assert isinstance(joined, McJoin), answers
     assert receiver.wait_for_counter("mreceiver.refused-unsealed", 1) == 1
     assert not [p for p in receiver.inbox.iterdir() if "clear" in p.name]
+
+
+def test_a_multicast_announce_naming_another_host_for_its_chunks_is_refused(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """An announce's ``pub_host`` would have the receiver dial any TCP
+    endpoint a member names (``a b`` made its connect fail, and the session
+    sat joined until it expired): our senders leave it empty, and one that
+    names a host is refused before it costs a session; the same member's
+    announce without it is joined."""
+    receiver = node_factory()
+    hostile = CoReceiver(network_key)
+    to = load_or_create_identity(receiver.data_dir).public
+    try:
+        plain = hostile.sealed_announce(to, os.urandom(16), "plain.bin", 1 * MiB, 64 * 1024)
+        elsewhere = [
+            dataclasses.replace(
+                hostile.sealed_announce(to, os.urandom(16), f"{n}.bin", 1 * MiB, 64 * 1024),
+                pub_host=host,
+            )
+            for n, host in enumerate(["10.0.0.1;127.0.0.1", "a b", receiver.host])
+        ]
+        answers = hostile.announce(receiver.host, receiver.port, [*elsewhere, plain])
+    finally:
+        hostile.close()
+    by_sid = {a.sid: a for a in answers}
+    for announce in elsewhere:
+        refused = by_sid.get(announce.sid)
+        assert isinstance(refused, McRefuse) and refused.code == "protocol", answers
+        assert refused.reason == "the chunks come from the sender's own address only"
+    assert isinstance(by_sid.get(plain.sid), McJoin), answers
+    counters = receiver.counters_when("mreceiver.refused-protocol", len(elsewhere))
+    assert counters["mreceiver.refused-protocol"] == len(elsewhere), counters
+    assert counters.get("mreceiver.handler-errors", 0) == 0, counters
+    assert not [p for n in range(len(elsewhere)) for p in receiver.inbox.glob(f".{n}.bin.*")]
 
 
 def test_a_multicast_senders_end_reason_reaches_no_terminal_raw(

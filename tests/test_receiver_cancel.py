@@ -23,7 +23,7 @@ from actors.inbox import scan
 from peercrypt.control_file import CONTROL_FILE
 from peercrypt.testing.disk import StallingDisk
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
-from peercrypt.testing.nodes import NodeProcess, cli_running, wait_until
+from peercrypt.testing.nodes import NodeProcess, cli_running, held_open, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
     CancelIncoming,
@@ -234,20 +234,6 @@ def test_a_transfer_whose_final_check_is_stuck_in_the_disk_is_cancelled_at_once(
     assert receiver.counters().get("receiver.received", 0) == 0
 
 
-def _held_by(pid: int, inbox: Path) -> list[str]:
-    """What node ``pid`` holds open of the inbox's files, and its inotify
-    instances (the watches on new parts)."""
-    held = []
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            what = os.readlink(fd)
-        except FileNotFoundError:  # (closed meanwhile)
-            continue
-        if what.startswith(str(inbox)) or "inotify" in what:
-            held.append(what)
-    return held
-
-
 def _threads(pid: int, name: str) -> int:
     count = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -271,8 +257,8 @@ def test_a_transfer_cancelled_while_it_is_read_back_leaves_no_descriptor_or_thre
     with cli_running(*_send(one, receiver), data_dir=sender.data_dir) as proc:
         ident = wait_until(lambda: _listed(receiver, "one.bin"), WAIT, "one.bin listed")
         receiver.wait_for_counter("receiver.read-back-early-bytes", 4096, WAIT)
-        assert _held_by(receiver.pid, receiver.inbox), "the part is not held open"
-        held = _held_by(receiver.pid, receiver.inbox)
+        assert held_open(receiver.pid, receiver.inbox, inotify=True), "the part is not held open"
+        held = held_open(receiver.pid, receiver.inbox, inotify=True)
         assert sum("inotify" in what for what in held) == 1, f"the part is not watched: {held}"
         # (the part itself: its own descriptor, the direct one, and the hash's)
         assert sum(what.endswith(".part") for what in held) >= 2, held
@@ -281,6 +267,8 @@ def test_a_transfer_cancelled_while_it_is_read_back_leaves_no_descriptor_or_thre
         code, result = _ended(proc)
     assert code == 1 and result["code"] == "cancelled", result
     pid = receiver.pid
-    wait_until(lambda: not _held_by(pid, receiver.inbox) or None, WAIT, "the part let go")
+    wait_until(
+        lambda: not held_open(pid, receiver.inbox, inotify=True) or None, WAIT, "the part let go"
+    )
     wait_until(lambda: _threads(pid, "pc-check") == 0 or None, WAIT, "the read-back thread gone")
     assert _dot_files(receiver.inbox) == []

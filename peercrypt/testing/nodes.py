@@ -128,6 +128,20 @@ def nice_by_thread(pid: int) -> dict[str, list[int]]:
     return {name: sorted(values) for name, values in found.items()}
 
 
+def held_open(pid: int, folder: Path, inotify: bool = False) -> list[str]:
+    """What process ``pid`` holds open of ``folder``'s files (``inotify``:
+    and its inotify instances, the receiver's watches on new parts)."""
+    held = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            what = os.readlink(fd)
+        except FileNotFoundError:  # (closed meanwhile)
+            continue
+        if what.startswith(str(folder)) or (inotify and "inotify" in what):
+            held.append(what)
+    return held
+
+
 def wait_until(
     predicate: Callable[[], T | None],
     timeout: float,

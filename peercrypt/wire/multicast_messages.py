@@ -61,7 +61,9 @@ class McAnnounce(Message):
     details: bytes = field(default=b"", metadata=bounded(MAX_DETAILS))
     chunk_size: int = field(metadata=bounded(64 * 1024 * 1024, 4096))
     eph_pub: bytes = field(metadata=bounded(KEY_BYTES, KEY_BYTES))
-    pub_host: str = field(metadata=bounded(255))  # "": the host the receiver knows us by
+    # Always "": the PUB socket is at the host the receiver knows us by (a
+    # receiver refuses any other: it would dial whatever a member names).
+    pub_host: str = field(metadata=bounded(255))
     pub_port: int = field(metadata=bounded(65535))  # 0: no PUB socket (the group carries chunks)
     attempt: int = field(default=0, metadata=bounded(2**31))  # echoed by McJoin and McKey
     # UDP/IP multicast (core/fragments.py): chunks go as datagrams to

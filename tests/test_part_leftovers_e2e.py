@@ -1,0 +1,103 @@
+"""A transfer that ends while its writer still has chunks queued leaves
+nothing in the inbox, with real nodes and a disk that stops answering
+(docs/resume.md, "Part files"): the part and its manifest are removed by
+the writer after its queued work, so a checkpoint of a chunk still queued
+cannot write the manifest again for a part already gone (it stayed until
+``--part-expiry``, 24 h, charged to no quota)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from peercrypt.testing.disk import StallingDisk
+from peercrypt.testing.nodes import NodeProcess, cli_running, held_open, wait_until
+
+MiB = 1024 * 1024
+WAIT = 30.0
+# Chunks of 1 MiB: a checkpoint every 16 written (core/resume.py), so a
+# queue of 24 or more holds one.
+CHUNK = MiB
+QUEUED = 24
+
+
+def _count(node: NodeProcess, name: str) -> int:
+    return node.counters().get(name, 0)
+
+
+@pytest.mark.timeout(180)
+def test_a_multicast_session_ended_while_the_receivers_disk_hangs_leaves_nothing(
+    stalling_disk: Callable[..., StallingDisk],
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    """The disk stops answering mid-session, authenticated chunks pile up
+    in the writer's queue, and the sender's user ends the session. Once the
+    disk answers again and the writer has closed the part, the inbox holds
+    nothing: no part, no manifest."""
+    disk = stalling_disk(96 * MiB, journal=False)  # a stall hangs the writes, not the metadata
+    receiver = node_factory("--inbox", str(disk.path), name="receiver")
+    sender = node_factory("--max-rate", str(16 * MiB), name="sender")
+    path = make_file(64 * MiB, name="ended.bin")
+    try:
+        with cli_running(
+            "send", path, receiver.host, str(receiver.port), "-m", "--chunk-size", str(CHUNK),
+            "--json", data_dir=sender.data_dir,
+        ) as proc:  # fmt: skip
+            receiver.wait_for_counter("mreceiver.chunks-written", 2, timeout=WAIT)
+            disk.stall()
+            written = _count(receiver, "mreceiver.chunks-written")
+            wait_until(
+                lambda: _count(sender, "msender.seals-first") >= written + QUEUED or None,
+                WAIT,
+                f"{QUEUED} chunks published past what the receiver wrote",
+            )
+            proc.send_signal(signal.SIGINT)  # the sender's user ends the send
+            proc.communicate(timeout=WAIT)
+            receiver.wait_for_counter("mreceiver.dropped-by-sender", 1, timeout=WAIT)
+            disk.resume()
+            assert receiver.pid is not None
+            wait_until(
+                lambda: not held_open(receiver.pid, disk.path) or None,
+                WAIT,
+                "the writer to close the part",
+            )
+    finally:
+        disk.resume()  # before the nodes stop: a hung disk holds them
+    assert sorted(p.name for p in disk.path.iterdir() if p.name != "lost+found") == []
+
+
+# The longest names a receiver keeps (core/names.py, MAX_NAME_BYTES): 200
+# bytes of one-byte and of four-byte characters.
+LONGEST = ["n" * 196 + ".bin", "\U0001d11e" * 49 + ".bin"]
+
+
+@pytest.mark.parametrize("how", ["unicast", "multicast"])
+@pytest.mark.parametrize("name", LONGEST, ids=["ascii", "four-byte"])
+def test_a_file_of_the_longest_name_is_received_with_its_part_and_manifest(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    blake3_file: Callable[[Path], str],
+    how: str,
+    name: str,
+) -> None:
+    """Its part's and manifest's names (``.NAME.ID[-RANDOM][.mc].part``,
+    ``.manifest``, ``.tmp``) fit a filesystem's 255 bytes: a multicast
+    part's name took 59 bytes beside the file's, so names of 197-200 bytes
+    were refused ("File name too long") and of 184-196 failed their
+    session at the first checkpoint. 128 chunks: checkpoints are written."""
+    assert len(name.encode()) == 200
+    receiver, sender = node_factory(name="receiver"), node_factory(name="sender")
+    path = make_file(8 * MiB, name=name)
+    extra = ["-m"] if how == "multicast" else []
+    code, result = sender.send(
+        path, receiver.host, receiver.port, "--chunk-size", str(64 * 1024), *extra
+    )
+    assert code == 0 and result["ok"], result
+    stored = result["stored_as"] if how == "unicast" else result["receivers"][0]["stored_as"]
+    assert stored == name, result
+    assert blake3_file(receiver.inbox / name) == blake3_file(path)
+    assert [p.name for p in receiver.inbox.iterdir() if p.name.startswith(".")] == []
