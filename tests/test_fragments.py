@@ -903,3 +903,39 @@ def test_the_first_copy_of_each_fragment_wins_and_a_chunk_completes_only_when_al
                 assert bytes(p.buf[number * frag : number * frag + len(payload)]) == payload
     else:
         assert done == {0: completed}
+
+
+def test_chunks_started_over_or_given_up_cost_no_new_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A co-receiver (it can make authentic headers) sends one datagram for
+    each new seal of a chunk, and one for each of many chunks: the buffers
+    of the chunks started over or given up are assembled in again, so once
+    the pending ones and the spares exist no chunk's buffer is allocated
+    (each was, a chunk's zeroing per datagram); what completes is still
+    exactly the sender's chunk."""
+    total = 64
+    size = total * CHUNK
+    expected = _sealed_len(total, size)
+    asm = Reassembler(total, expected, 1000, max_pending=4)
+    made: list[int] = []
+
+    def counted(*args: object) -> bytearray:
+        out = bytearray(*args)  # type: ignore[call-overload]
+        if len(out) >= CHUNK:
+            made.append(len(out))
+        return out
+
+    monkeypatch.setattr(fragments, "bytearray", counted, raising=False)
+    junk = os.urandom(expected(0))
+    for n in range(200):  # new seals of chunk 62, and a fragment of each of chunks 0..59
+        nonce = n.to_bytes(12, "big")
+        assert _feed(asm, _datagrams(62, False, junk, 1000, nonce=nonce)[0]) is None
+        assert _feed(asm, _datagrams(n % 60, False, junk, 1000)[n % 10]) is None
+    assert asm.restarted == 199 and asm.given_up > 100
+    assert len(made) <= asm.max_pending + fragments.SPARE_BUFFERS, len(made)
+    real = os.urandom(expected(5))
+    out = None
+    for d in _datagrams(5, False, real, 1000, nonce=b"\xff" * 12):
+        out = _feed(asm, d) or out
+    assert out is not None and bytes(out[1]) == real

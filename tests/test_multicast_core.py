@@ -96,6 +96,47 @@ def test_a_rejoining_receiver_naks_and_writes_only_what_it_lacks() -> None:
     assert held.count == 5  # the caller's bitmap is not changed
 
 
+class _Looked(ChunkBitmap):
+    """A bitmap that counts the looks at it (a membership test or a scan)."""
+
+    looks = 0
+
+    def __contains__(self, index: object) -> bool:
+        self.looks += 1
+        return super().__contains__(index)
+
+    def next_missing(self, index: int) -> int:
+        self.looks += 1
+        return super().next_missing(index)
+
+
+@pytest.mark.parametrize("every", [0, 64, 2])
+def test_a_nak_costs_the_same_whatever_the_pattern_of_holes(every: int) -> None:
+    """A hostile sender holds back chunk 0 alone (``every`` 0), or every
+    64th, or every other chunk of a session of 8,193, and the receiver acks
+    at every chunk written: each look for what to NAK touches a bounded
+    number of chunks (it walked the 4,096 above the cumulative point one by
+    one, 3-6 ms a call), and still NAKs the lowest holes, each once per
+    holdoff."""
+    total, limit = 8193, 64
+    holes = [i for i in range(total) if i == 0 or (every and i % every == 0)]
+    t = GapTracker(total, nak_limit=limit, holdoff=0.3)
+    for i in sorted(set(range(total)) - set(holes)):
+        t.on_chunk(i, 0.0)
+    t.received = _Looked.from_bytes(total, t.received.to_bytes())
+    now, asked = 1.0, []
+    for _ in range(50):  # acks within one holdoff
+        before = t.received.looks
+        asked.append(t.naks(now))
+        assert t.received.looks - before <= 4 * limit + 1, every
+        now += 0.001
+    first = [i for start, end in asked[0] for i in range(start, end)]
+    assert first == holes[:limit]
+    assert all(ranges == [] for ranges in asked[1:])  # on their way: not again
+    again = [i for start, end in t.naks(now + 0.3) for i in range(start, end)]
+    assert again == holes[:limit]  # after the holdoff, the same lowest ones
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     total=st.integers(1, 300),

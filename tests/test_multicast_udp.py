@@ -666,21 +666,23 @@ def test_the_receiving_thread_applies_forget_and_recycle_before_its_next_read(
     """A chunk that came whole by repair is forgotten (its fragments held so
     far do not complete it later) - also when the thread, idle, had planned
     to read the next fragment straight into its buffer - and a buffer given
-    back is the one the next chunk of its length is assembled in (here
-    chunk 0 started over)."""
+    back, and the forgotten chunk's, are those the next chunks of their
+    length are assembled in (here chunk 0 started over, then chunk 2)."""
     box = group_inbox(chunk_len=3000)  # 3 whole fragments: the last may be read in place
     blobs = [os.urandom(3000) for _ in range(4)]
     first = box.datagrams(0, blobs[0])
     box.send(*box.datagrams(1, blobs[1]), *first[:2])
     box.take(1)
     wait_until(lambda: 0 in box.asm.pending and box.asm.next == (0, 2), 10, "chunk 0 begun")
+    forgotten, given = box.asm.pending[0].buf, box.chunks[1]
     box.rx.forget(0)
-    box.rx.recycle(box.chunks[1])
+    box.rx.recycle(given)
     box.send(first[2], *box.datagrams(2, blobs[2]))
     box.take(2)
     assert set(box.chunks) == {1, 2}  # chunk 0 started over: its last fragment alone
     assert box.asm.pending[0].missing == {0, 1}
-    assert box.asm.pending[0].buf is box.chunks[1]  # the buffer given back, reused
+    assert box.asm.pending[0].buf is forgotten  # (the planned read's bytes moved out of it)
+    assert box.chunks[2] is given
     assert bytes(box.chunks[2]) == blobs[2]
     box.send(*first[:2])
     box.take(3)
