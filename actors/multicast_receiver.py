@@ -99,6 +99,7 @@ from actors.inbox import (
     Refusal,
     check_offer,
     create_part,
+    discard_part,
     manifest_name,
     open_part,
     publish,
@@ -1286,13 +1287,21 @@ class MulticastReceiverActor(Actor):
             self.unwatch(sess.udp.fileno())
             sess.udp.close()
             sess.udp = None
+        manifests = _manifests(self.settings.inbox, sess.part)
+        if not keep_part and not sess.queued:
+            # Before the writer closes the fd: the name is removed only while
+            # it still refers to the file open as ``sess.fd``. (At once: the
+            # sender told of a verdict finds no part left.)
+            discard_part(sess.part, sess.fd)
+            for path in manifests:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         # The writer closes the fd after its queued work (``keep``: with a
-        # last checkpoint) and forgets the session. Without ``keep`` it
-        # removes the part and its manifests then, not before: a checkpoint
-        # of a chunk still queued wrote the manifest again for a part already
-        # gone (it stayed until --part-expiry), and a disk that hangs does
-        # not hold this thread.
-        discard = None if keep_part else (sess.part, _manifests(self.settings.inbox, sess.part))
+        # last checkpoint) and forgets the session. With chunks still queued
+        # it removes the part and its manifests then, not before: a
+        # checkpoint of one of them wrote the manifest again for a part
+        # already gone (it stayed until --part-expiry).
+        discard = (sess.part, manifests) if not keep_part and sess.queued else None
         self.writer.close(sess.tid, keep=keep_part, discard=discard)
         written = _written(sess)
         self.tell(

@@ -46,6 +46,7 @@ without a resume (at start and every ``RECLAIM_INTERVAL``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hmac
 import itertools
@@ -77,6 +78,7 @@ from actors.inbox import (
     Refusal,
     check_offer,
     create_part,
+    discard_part,
     manifest_name,
     offered_chunks,
     open_part,
@@ -1044,7 +1046,7 @@ class ReceiverActor(Actor):
                 how = "continues it" if usable else "starts it afresh"
                 ended = f"its sender offered the same file again; a newer offer {how}"
                 self.tell("stats", self._record(t, ResultCode.ABORTED, ended))
-                self._close(t, keep_part=usable)
+                self._close(t, keep_part=usable, by_writer=not usable)
                 # A sender that restarted does not hear it; one that did not
                 # (the file sent twice at once, from a sender that cannot tell)
                 # ends this send now instead of waiting out its acks.
@@ -1549,9 +1551,9 @@ class ReceiverActor(Actor):
             told = self.now() if t.route is not None else float("-inf")
             self.cancelled[t.tid] = Cancelled(t.keys, set(t.routes), failed, told)
         self.tell("stats", self._record(t, out.code, out.reason))
-        # (The writer removes the part after its queued work: a cancel does
-        # not wait for the disk, which may be what hangs.)
-        self._close(t, keep_part=out.keep_part)
+        # A cancel must not wait for the disk (it may be what hangs): the
+        # writer removes the part after its queued work.
+        self._close(t, keep_part=out.keep_part, by_writer=out.code == ResultCode.CANCELLED)
         if out.code != "expired":
             self._outcome(t, "", out.reason or out.code)
 
@@ -1697,9 +1699,10 @@ class ReceiverActor(Actor):
 
     # -- bookkeeping -------------------------------------------------------------
 
-    def _close(self, t: Incoming, keep_part: bool) -> None:
-        """End ``t``: its fd closed and, unless ``keep_part``, its part
-        removed by the writer after its queued work; its space released."""
+    def _close(self, t: Incoming, keep_part: bool, by_writer: bool = False) -> None:
+        """End ``t``: the part removed unless ``keep_part`` (here, or by the
+        writer after its queued work if ``by_writer``), its fd closed by the
+        writer, its space released."""
         self.transfers.pop(t.tid, None)
         if not self.transfers:
             self.trim_when_idle(lambda: not self.transfers)
@@ -1707,16 +1710,22 @@ class ReceiverActor(Actor):
             self.count("ring-chunks", t.ring.taken)
             self.count("ring-copies", t.ring.copied)
             t.ring.close()
-        # The writer closes the fd after its queued work. Without keep_part it
-        # removes the part (only while its name still refers to the file
-        # open) and its manifests then, not before: a checkpoint of a chunk
-        # still queued (a transfer its sender abandoned mid-way) wrote the
-        # manifest again for a part already gone, and a cancel must not wait
-        # for a disk that hangs.
         inbox = self.settings.inbox
         names = (manifest_name(t.part.name), manifest_name(t.part.name) + ".tmp")
-        discard = None if keep_part else (t.part, [inbox / n for n in names])
-        self.writer.close(t.tid, keep=keep_part, discard=discard)
+        if by_writer and not keep_part:
+            self.writer.close(t.tid, keep=False, discard=(t.part, [inbox / n for n in names]))
+        elif not keep_part:
+            # Before the writer may close the fd: the part's name is removed
+            # only while it still refers to the file open as ``t.fd``.
+            discard_part(t.part, t.fd)
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(inbox / name)
+        # The writer closes the fd after its queued work. Without keep_part no
+        # write (hence no checkpoint) is pending: the transfer was finished,
+        # or its file failed and the writer dropped it.
+        if not by_writer or keep_part:
+            self.writer.close(t.tid, keep=keep_part)
         written = self._written(t)
         self.tell(
             "space",
