@@ -478,6 +478,8 @@ def read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
         return {}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:  # (its bytes are not shown: a line may hold a secret)
+        raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     node = data.pop("node", {})

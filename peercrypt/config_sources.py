@@ -47,7 +47,9 @@ def parse_env_file(path: Path) -> tuple[dict[str, str], dict[str, int]]:
         key, sep, value = line.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw.strip()!r}")
+            # (not the line: it may be a secret, e.g. a network key written
+            # `PEERCRYPT_NETWORK_KEY: pcn1...`, as in a compose file)
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE (the line is not shown)")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]

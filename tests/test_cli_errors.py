@@ -208,6 +208,29 @@ def test_no_network_key_and_no_open(tmp_path: Path, source: Path, command: str) 
     assert_error(empty, errors.USAGE, "no network key")
 
 
+@pytest.mark.parametrize("command", ["node", "start"])
+@pytest.mark.parametrize("how", ["option", "env", "data-dir"])
+def test_an_inbox_that_is_a_file_is_one_error_line(tmp_path: Path, command: str, how: str) -> None:
+    """A file where the inbox should be (named by --inbox, PEERCRYPT_INBOX,
+    or DATA_DIR/inbox itself): one line naming it, exit 2, no node. (The
+    receiver's start failed: a log line, then "actor receiver failed to
+    start", exit 1.) A place that cannot be made is one line too."""
+    data = tmp_path / "dd"
+    data.mkdir()
+    inbox = tmp_path / "f.txt" if how != "data-dir" else data / "inbox"
+    inbox.write_text("not a folder\n")
+    args = [command, "--host", "127.0.0.1", "--port", "0", "--open"]
+    env = {"PEERCRYPT_INBOX": str(inbox)} if how == "env" else None
+    if how == "option":
+        args += ["--inbox", str(inbox)]
+    result = run_cli(*args, data_dir=data, env=env, timeout=NODE_CMD_TIMEOUT)
+    assert_error(result, errors.USAGE, f"inbox {inbox}: not a directory")
+    below = run_cli(
+        *args[:6], "--inbox", str(inbox / "sub"), data_dir=data, timeout=NODE_CMD_TIMEOUT
+    )
+    assert_error(below, errors.USAGE, f"cannot make the inbox {inbox / 'sub'}: Not a directory")
+
+
 @pytest.mark.parametrize("command", ["send", "node"])
 @pytest.mark.parametrize("key_from", ["option", "env"])
 def test_open_and_a_network_key_exclude_each_other(
@@ -632,12 +655,56 @@ def test_what_a_user_gets_wrong_in_a_send_line_is_named(
     joined = run_cli("send", tmp_path / "d1/same.txt", tmp_path / "d2", "127.0.0.1:7400",
                      data_dir=data)  # fmt: skip
     assert_error(joined, errors.USAGE, "expected FILE... HOST PORT", "two words")
-    (tmp_path / ".env").write_text('MULTI="line1\nline2"\n')
-    env = subprocess.run(
-        [sys.executable, "-m", "peercrypt", "--data-dir", str(data), "status"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert env.returncode == errors.USAGE, env.stderr
-    lines = env.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("peercrypt: error: "), lines
-    assert ".env:2: expected KEY=VALUE" in lines[0] and "working directory" in lines[0], lines
+    # A bad line of the working directory's .env; a network key written as
+    # in a compose file: the error names the line, never its words (it
+    # showed the key).
+    key = new_network_key()
+    for text in ('MULTI="line1\nline2"\n', f"# ours\nPEERCRYPT_NETWORK_KEY: {key}\n"):
+        (tmp_path / ".env").write_text(text)
+        env = run_cli("status", data_dir=data, cwd=tmp_path)
+        assert_error(env, errors.USAGE, ".env:2: expected KEY=VALUE (the line is not shown)")
+        assert "working directory" in env.stderr, env.describe()
+        assert key not in env.stderr and key.split(".")[1][:8] not in env.stderr, env.stderr
+
+
+def test_a_config_file_that_is_not_utf8_is_one_error_line_naming_it(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 (a file saved in another encoding) in the
+    --config file or DATA_DIR/config.toml: one line naming the file, exit 2,
+    none of its bytes shown. (It went to the unexpected-error path: exit 1,
+    "'utf-8' codec can't decode byte 0xff", no file named.)"""
+    data = tmp_path / "dd"
+    data.mkdir()
+    bad = tmp_path / "c.toml"
+    bad.write_bytes(b"network_key = 'secr\xe9t'\n")
+    shown = run_cli("--config", str(bad), "config", "show", data_dir=data)
+    assert_error(shown, errors.USAGE, f"config file {bad} is not valid TOML: not UTF-8 text")
+    assert "secr" not in shown.stderr
+    (data / "config.toml").write_bytes(b"\xff\xfe")
+    node = run_cli("node", "--port", "0", "--open", data_dir=data, timeout=NODE_CMD_TIMEOUT)
+    assert_error(node, errors.USAGE, f"config file {data / 'config.toml'} is not valid TOML")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+@pytest.mark.parametrize("command", [["status"], ["node", "--port", "0", "--open"]])
+def test_an_empty_data_dir_is_refused_not_the_working_directory(
+    tmp_path: Path, where: str, command: list[str]
+) -> None:
+    """``--data-dir "$UNSET"``: one error line, exit 2, and nothing made in
+    the working directory (it became the data dir: an identity, an inbox
+    and a history there)."""
+    args = ["--data-dir", "", *command] if where == "before" else [*command, "--data-dir", ""]
+    result = run_cli(*args, cwd=tmp_path, timeout=NODE_CMD_TIMEOUT)
+    assert_error(result, errors.USAGE, "--data-dir", "an empty path")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stats_limit_beyond_the_history_s_integers_is_a_range_error(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """2**63 passed to SQLite said "cannot read the statistics history:
+    datatype mismatch" (exit 1), as if the history were damaged."""
+    node = node_factory()
+    result = node.cli("stats", "list", "--limit", str(2**63))
+    assert_error(result, errors.USAGE, "--limit", "0<=x<=9223372036854775807")
+    largest = node.cli("stats", "list", "--limit", str(2**63 - 1))
+    assert largest.returncode == 0, largest.describe()

@@ -310,8 +310,14 @@ def test_status_counters_reflect_transfers(
     assert sent.get("sender.links-reused") == 1
 
 
+NOT_USED = (
+    "peercrypt: note: sending through the running node, on its network "
+    "(--network-key, --network-key-file and --open apply only when no node runs)"
+)
+
+
 def test_send_through_running_node_notes_that_the_key_flag_is_not_used(
-    sender: NodeProcess, receiver: NodeProcess, make_file: Callable[..., Path]
+    sender: NodeProcess, receiver: NodeProcess, make_file: Callable[..., Path], tmp_path: Path
 ) -> None:
     source = make_file(10 * KiB)
     result = sender.send_result(
@@ -321,9 +327,21 @@ def test_send_through_running_node_notes_that_the_key_flag_is_not_used(
     assert result.stderr_lines == [
         "peercrypt: warning: --network-key puts the key in the command line, visible to every "
         "local user (ps); use --network-key-file or PEERCRYPT_NETWORK_KEY",
-        "peercrypt: note: sending through the running node, on its network "
-        "(--network-key/--open apply only when no node runs)",
+        NOT_USED,
     ]
+    # A key file too (another network's key): it said nothing, and a
+    # health-check with it said "alive" as if that key were right.
+    other = tmp_path / "other.key"
+    other.write_text(new_network_key() + "\n")
+    other.chmod(0o600)
+    result = sender.send_result(
+        make_file(10 * KiB), receiver.host, receiver.port, "--network-key-file", str(other)
+    )
+    assert result.returncode == 0 and result.stderr_lines == [NOT_USED], result.describe()
+    check = sender.cli(
+        "health-check", receiver.host, str(receiver.port), "--network-key-file", other
+    )
+    assert check.returncode == 0 and check.stderr_lines == [NOT_USED], check.describe()
 
 
 def test_a_forced_send_through_a_temporary_node_says_one_error_line(

@@ -338,6 +338,9 @@ def test_options_of_two_modes_get_one_error(
         (["-b", "0"], ["-b"]),
         (["--mode", "warp"], ["--mode"]),
         (["-w", "x"], ["-w"]),
+        (["-w", "99999999999999999999999"], ["-w", "1048576"]),
+        (["-max-w", "1048577"], ["-max-w", "1048576"]),
+        (["-ack-threshold", "1025"], ["-ack-threshold", "1024"]),
     ],
 )
 def test_invalid_send_options_are_usage_errors(
@@ -418,6 +421,15 @@ def test_live_defaults_set_mode_and_congestion(pair: tuple[NodeProcess, NodeProc
         contra = sender.cli("congestion", "min-window", "100", "max-window", "50")
         assert contra.returncode == errors.USAGE and "-min-w" in contra.stderr
         assert "w=64 min=8 max=128" in sender.status()["aimd"]
+        # Beyond the bounds the settings' layers keep (AIMD_MAX_WINDOW: 1 GiB):
+        # one line, nothing changed (any number was taken, and shown as the
+        # line that "sets them back", which the config then refused).
+        huge = "99999999999999999999999"
+        for key, word in (("window", "at most 1048576 KB"), ("threshold", "1..1024")):
+            over = sender.cli("congestion", key, huge)
+            assert over.returncode == errors.USAGE and word in over.stderr, over.describe()
+            assert len(over.stderr_lines) == 1, over.describe()
+        assert "w=64 min=8 max=128 KB threshold=3" in sender.status()["aimd"]
     finally:
         sender.cli("set-mode", "normal")
         sender.cli("congestion", "window", "4096", "min-window", "256", "max-window", "16384")

@@ -934,6 +934,13 @@ def test_a_script_on_stdin_runs_every_line_and_its_exit_says_if_all_succeeded(
     assert amp.stderr.strip() == "peercrypt: error: no `&` in a script: each line runs to its end"
     quits = _script(node.data_dir, ["quit", "set-mode warp"], tmp_path)
     assert quits.returncode == 0 and not quits.stderr
+    # A hint names the command as a script line has it, as at the prompt.
+    hinted = _script(node.data_dir, ["cancel 999", "cancel in999"], tmp_path)
+    assert hinted.returncode == errors.USAGE, hinted.stderr
+    assert hinted.stderr.strip().splitlines() == [
+        "peercrypt: error: no running transfer 999 (see `transfers`)",
+        "peercrypt: error: no incoming transfer in999 (see `status`)",
+    ]
 
 
 def test_a_script_multicast_asks_nothing_and_sends_to_the_targets_it_reaches(

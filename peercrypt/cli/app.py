@@ -145,6 +145,17 @@ def load_command(name: str) -> click.Command:
     return with_global_options(command)
 
 
+class DataDirPath(click.Path):
+    """``--data-dir``'s type: an empty value is refused (``--data-dir
+    "$UNSET"`` made the working directory the data dir, and left an identity
+    there)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path: name a folder, or leave the option out", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 DATA_DIR_HELP = (
     "Node identity, control socket, default inbox, config.toml [env PEERCRYPT_DATA_DIR]."
 )
@@ -155,7 +166,7 @@ def _global_params() -> list[click.Option]:
     """``--data-dir`` and ``--config`` as options of one command: the same
     types as the group's, so the same values are refused with the same words."""
     kinds = {
-        "data_dir": (click.Path(file_okay=False, path_type=Path), DATA_DIR_HELP),
+        "data_dir": (DataDirPath(file_okay=False, path_type=Path), DATA_DIR_HELP),
         "config_file": (click.Path(dir_okay=False, path_type=Path), CONFIG_HELP),
     }
     return [
@@ -234,7 +245,7 @@ class LazyGroup(click.Group):
 @click.version_option(peercrypt.__version__, prog_name="peercrypt")
 @click.option(
     "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DataDirPath(file_okay=False, path_type=Path),
     default=None,
     show_default="~/.local/share/peercrypt",
     help=DATA_DIR_HELP,

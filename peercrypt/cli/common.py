@@ -346,10 +346,11 @@ def local_node(
     except NodeUnavailable:
         pass
     else:
-        if network_key is not None or open_flag is not None:
+        from_file = ctx.meta.get("network_key_file") if ctx is not None else None
+        if network_key is not None or from_file is not None or open_flag is not None:
             click.echo(
                 "peercrypt: note: sending through the running node, on its network "
-                "(--network-key/--open apply only when no node runs)",
+                "(--network-key, --network-key-file and --open apply only when no node runs)",
                 err=True,
             )
         with client:

@@ -32,7 +32,9 @@ from peercrypt.core.cancels import CANCEL_WAIT, CancelVerdict, said
 from peercrypt.core.modes import (
     ALL_MODES,
     CONGESTION_KEYS,
+    MAX_ACK_THRESHOLD,
     MAX_RATE,
+    MAX_WINDOW_KB,
     PolicyError,
     parse_priority,
 )
@@ -53,6 +55,7 @@ from peercrypt.wire.messages import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MODE = click.Choice(ALL_MODES, case_sensitive=False)
+_WINDOW_KB = click.IntRange(1, MAX_WINDOW_KB)
 
 
 def _priority(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -87,17 +90,13 @@ def send_policy_options(func: F) -> F:
             type=ByteSize(1, MAX_RATE, rate=True),
             help="token-bucket: rate in bytes per second. " + RATE_HELP,
         ),
-        click.option("-w", "window_kb", type=click.IntRange(1), help="aimd: initial window, KB."),
-        click.option(
-            "-min-w", "min_window_kb", type=click.IntRange(1), help="aimd: minimum window, KB."
-        ),
-        click.option(
-            "-max-w", "max_window_kb", type=click.IntRange(1), help="aimd: maximum window, KB."
-        ),
+        click.option("-w", "window_kb", type=_WINDOW_KB, help="aimd: initial window, KB."),
+        click.option("-min-w", "min_window_kb", type=_WINDOW_KB, help="aimd: minimum window, KB."),
+        click.option("-max-w", "max_window_kb", type=_WINDOW_KB, help="aimd: maximum window, KB."),
         click.option(
             "-ack-threshold",
             "ack_threshold",
-            type=click.IntRange(1),
+            type=click.IntRange(1, MAX_ACK_THRESHOLD),
             help="aimd: duplicate acks that signal a loss (default 3).",
         ),
         click.option(

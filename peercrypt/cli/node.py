@@ -237,6 +237,20 @@ def settings_from(
     )
 
 
+def _make_inbox(inbox: Path, mode: int) -> None:
+    """The inbox, made if need be (as the receiver would), or one error line
+    (a file there made the receiver's start fail with a log line and
+    "actor receiver failed to start")."""
+    try:
+        inbox.mkdir(parents=True, exist_ok=True, mode=mode)
+    except FileExistsError:
+        raise UserError(f"inbox {inbox}: not a directory") from None
+    except OSError as exc:
+        raise UserError(f"cannot make the inbox {inbox}: {exc.strerror}") from None
+    if not os.access(inbox, os.W_OK | os.X_OK):
+        raise UserError(f"inbox {inbox}: not writable by this user")
+
+
 def run_node(obj: dict[str, Any], settings: NodeSettings, quiet_logs: bool = False) -> Node:
     """Start a node for the data dir (refusing a second one) and print where it
     listens. Logs: debug with --debug, else info (warnings only if ``quiet_logs``)."""
@@ -246,6 +260,7 @@ def run_node(obj: dict[str, Any], settings: NodeSettings, quiet_logs: bool = Fal
     with contextlib.suppress(NodeUnavailable), ControlClient.for_data_dir(data_dir) as client:
         client.status(timeout=1.0)
         raise UserError(f"a node is already running for {data_dir}")
+    _make_inbox(settings.inbox, settings.inbox_mode)
     where = f"{settings.host}:{settings.port}"
     from peercrypt.node import Node  # the actors: only the node command needs them
 

@@ -714,14 +714,19 @@ class Shell:
             receive.COMMAND = named
 
     def _run_script(self, lines: Iterable[str]) -> int:
-        for line in lines:
-            code = self.run_line(line)
-            if code is None:
-                break
-            if code != errors.OK:
-                self.failures.append(code)
-            if code in ENDED:  # a SIGTERM or SIGHUP cancelled the line's send: the end
-                break
+        streams = sys.stderr
+        sys.stderr = _Held(self, sys.stderr, True)  # hints name the commands as a script has them
+        try:
+            for line in lines:
+                code = self.run_line(line)
+                if code is None:
+                    break
+                if code != errors.OK:
+                    self.failures.append(code)
+                if code in ENDED:  # a SIGTERM or SIGHUP cancelled the line's send: the end
+                    break
+        finally:
+            sys.stderr = streams
         return self.failures[0] if self.failures else errors.OK
 
     def _run_prompt(self) -> int:

@@ -197,7 +197,7 @@ def stats() -> None:
 
 @stats.command("list")
 @_filter_options
-@click.option("--limit", type=click.IntRange(0), default=0, help="The newest N only.")
+@click.option("--limit", type=click.IntRange(0, 2**63 - 1), default=0, help="The newest N only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the transfers as a JSON list.")
 @click.pass_obj
 def stats_list(

@@ -39,6 +39,7 @@ AIMD_WINDOW_KB = 4096
 AIMD_MIN_WINDOW_KB = 256
 AIMD_MAX_WINDOW_KB = 16384
 ACK_THRESHOLD = 3
+MAX_ACK_THRESHOLD = 1024  # duplicate acks: more is no loss signal at all
 PARALLEL_LANES = 4
 MAX_LANES = 64
 MAX_WINDOW_KB = 1024 * 1024  # 1 GiB: beyond any path's bandwidth-delay product
@@ -107,8 +108,13 @@ class Policy:
                 "AIMD windows must satisfy 0 < -min-w <= -w <= -max-w "
                 f"(got {self.min_window_kb} <= {self.window_kb} <= {self.max_window_kb} KB)"
             )
-        if self.ack_threshold < 1:
-            raise PolicyError("-ack-threshold must be >= 1")
+        if self.max_window_kb > MAX_WINDOW_KB:
+            raise PolicyError(
+                f"AIMD windows must be at most {MAX_WINDOW_KB} KB (1 GiB; "
+                f"got -max-w {self.max_window_kb})"
+            )
+        if not 1 <= self.ack_threshold <= MAX_ACK_THRESHOLD:
+            raise PolicyError(f"-ack-threshold must be 1..{MAX_ACK_THRESHOLD}")
         if self.priority not in (1, 2, 3):
             raise PolicyError("priority must be normal, high, highest or 1-3")
         if not 1 <= self.lanes <= MAX_LANES:
