@@ -443,6 +443,7 @@ class ReceiverActor(Actor):
         """The folder stored in the inbox under ``tops`` as it is now (its
         walk charged to the budget of walks)."""
         began = time.monotonic()
+        self.count("trees-walked")
         try:
             return stamp_tree(self.settings.inbox, tops)
         finally:
@@ -457,14 +458,18 @@ class ReceiverActor(Actor):
         if its file or folder is still the one stored; an entry whose file
         or folder is gone or changed is forgotten, in the journal too (a
         restart must not bring it back)."""
-        known = key in self.delivered
-        if tree and known and not self.tree_walks.allows(time.monotonic()):
+        entry = self.delivered.get(key)
+        if entry is None:
+            return None
+        if isinstance(entry.stamp, TreeStamp) != tree:
+            # A file's tag offered for a folder (or back): not that one, and
+            # not looked at (a folder's walk, outside the budget of walks,
+            # at every re-offer of its key as a file).
+            return None
+        if tree and not self.tree_walks.allows(time.monotonic()):
             self.count("trees-walks-over-budget")  # not looked up: a fresh transfer
             return None
-        prior = self.store.lookup(key, self._stamp, self._tree_stamp)
-        if prior is not None and isinstance(prior.stamp, TreeStamp) != tree:
-            return None  # a file's tag offered for a folder (or back): not that one
-        return prior
+        return self.store.lookup(key, self._stamp, self._tree_stamp)
 
     def _echo(
         self,

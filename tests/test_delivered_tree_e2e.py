@@ -389,10 +389,17 @@ def test_a_file_offered_under_a_stored_folders_key_is_a_file_of_its_own(
     album, tree, stream = _album_stream(tmp_path)
     with HostileSender(network_key, receiver.host, receiver.port) as h:
         _store(h, tree, stream)
+        # (a report that counts an event has what the actor counted before it)
+        before = receiver.counters_when("receiver.received", 1)
+        walked, accepted = before["receiver.trees-walked"], before["receiver.accepted"]
 
         plain = h.offer("album", tree.total_size, CHUNK, source=source_tag(tree.manifest))
         assert isinstance(plain, HostileTransfer) and plain.accept is not None, plain
         assert plain.accept.have == [], plain.accept
+        # Nor is the folder walked for it (outside the budget of walks, at
+        # every such re-offer: the budget's test above would not bind).
+        after = receiver.counters_when("receiver.accepted", accepted + 1)
+        assert after["receiver.trees-walked"] == walked, after
         verdict = plain.send_stream(stream)
         assert isinstance(verdict, Verified) and verdict.stored_as == "album.1", verdict
         plain.close()

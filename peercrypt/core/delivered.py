@@ -267,6 +267,10 @@ class DeliveredTable:
     def forget(self, key: ResumeKey) -> bool:
         return self._remove(_file_key(key))
 
+    def get(self, key: ResumeKey) -> Delivery | None:
+        """The entry of ``key``, unchecked (what :meth:`lookup` would check)."""
+        return self._entries.get(_file_key(key))
+
     def lookup(
         self,
         key: ResumeKey,
