@@ -480,6 +480,29 @@ def test_a_deeply_nested_manifest_is_refused_in_bounded_memory() -> None:
     assert peak < 4 * 1024 * 1024, peak
 
 
+def test_a_valid_deep_manifest_is_held_in_a_few_times_its_bytes() -> None:
+    """Every entry 63 folders deep (two-letter names: each row near the
+    256-byte budget) is a valid manifest a member may send: the entries
+    kept hold their parents' components, not a string per component of
+    every path (17 times the manifest's bytes; 389 MiB for 100,000 entries,
+    while the rest of the stream trickles in)."""
+    depth, files = 63, 20_000
+    dirs = tuple(f"a{i % 10}" for i in range(depth))
+    empty = blake3.blake3(b"").digest()
+    entries = [TreeEntry(Kind.DIR, dirs[:d]) for d in range(1, depth + 1)]
+    entries += [TreeEntry(Kind.FILE, (*dirs, f"{i:05x}"), 0, 0o644, empty) for i in range(files)]
+    data = encode_manifest(entries)
+    del entries
+    tracemalloc.start()
+    try:
+        decoded = decode_manifest(data, files + depth, len(data))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(decoded) == files + depth and decoded[-1].path == (*dirs, f"{files - 1:05x}")
+    assert held < 4 * len(data), (held, len(data))
+
+
 def test_bytes_after_the_entries_are_refused() -> None:
     data = encode_manifest(GOOD) + b"\x00"
     with pytest.raises(TreeError, match="after"):

@@ -156,34 +156,51 @@ def check_entries(entries: Sequence[TreeEntry], max_files: int) -> None:
 
 
 class _Checker:
-    """The per-entry rules, one entry at a time in stream order."""
+    """The per-entry rules, one entry at a time in stream order.
+
+    A path below the top is its listed parent's plus one name: only that
+    name is checked (the parent's were, as the parent), and the entry
+    :meth:`add` returns holds the parent's very components, so a deep tree
+    costs a tuple per entry, not a string per component (a manifest of
+    100,000 entries 63 folders deep held 389 MiB of paths for its 23 MB,
+    and took 5.5 s of the interpreter to check)."""
 
     def __init__(self) -> None:
-        self.dirs: set[tuple[str, ...]] = set()
+        # Each directory listed: its path as held, and its UTF-8 bytes with
+        # separators.
+        self.dirs: dict[tuple[str, ...], tuple[tuple[str, ...], int]] = {}
         self.previous: tuple[str, ...] | None = None
 
-    def add(self, e: TreeEntry) -> None:
+    def add(self, e: TreeEntry) -> TreeEntry:
         if not 1 <= len(e.path) <= MAX_DEPTH:
             raise TreeError(f"a path of {len(e.path)} components (1..{MAX_DEPTH})")
-        for c in e.path:
-            check_component(c)
-        if len(e.path) == 1 and reserved(e.path[0]):
-            raise TreeError(f"{e.text[:200]!r} has the shape of the receiver's own files")
-        if sum(len(c.encode("utf-8")) + 1 for c in e.path) > MAX_PATH_BYTES:
+        name = check_component(e.path[-1])
+        path: tuple[str, ...]
+        if len(e.path) == 1:
+            if reserved(name):
+                raise TreeError(f"{e.text[:200]!r} has the shape of the receiver's own files")
+            path, size = (name,), len(name.encode("utf-8")) + 1
+        else:
+            parent = self.dirs.get(e.path[:-1])
+            if parent is None:
+                if self.previous is not None and e.path <= self.previous:
+                    raise TreeError(f"{e.text[:200]!r} is a duplicate or out of order")
+                raise TreeError(f"{e.text[:200]!r} is not under a listed directory")
+            path, size = (*parent[0], name), parent[1] + len(name.encode("utf-8")) + 1
+        if size > MAX_PATH_BYTES:
             raise TreeError(f"a path longer than {MAX_PATH_BYTES} bytes")
-        if self.previous is not None and e.path <= self.previous:
+        if self.previous is not None and path <= self.previous:
             raise TreeError(f"{e.text[:200]!r} is a duplicate or out of order")
-        self.previous = e.path
-        if len(e.path) > 1 and e.path[:-1] not in self.dirs:
-            raise TreeError(f"{e.text[:200]!r} is not under a listed directory")
+        self.previous = path
         if e.kind is Kind.DIR:
             if e.size or e.digest:
                 raise TreeError(f"directory {e.text[:200]!r} has a size or hash")
-            self.dirs.add(e.path)
+            self.dirs[path] = (path, size)
         elif len(e.digest) != HASH_BYTES:
             raise TreeError(f"file {e.text[:200]!r} has no {HASH_BYTES}-byte hash")
         if e.size < 0 or not 0 <= e.mode <= 0o7777:
             raise TreeError(f"{e.text[:200]!r} has a bad size or mode")
+        return e if path is e.path else TreeEntry(e.kind, path, e.size, e.mode, e.digest)
 
 
 def sort_entries(entries: Iterable[TreeEntry]) -> list[TreeEntry]:
@@ -232,9 +249,7 @@ def decode_manifest(data: bytes, max_files: int, stream_size: int) -> list[TreeE
         if count > max_files:
             raise TreeError(f"more than {max_files} entries")
         for _ in range(count):
-            entry = _entry(unpacker.unpack())
-            checker.add(entry)
-            entries.append(entry)
+            entries.append(checker.add(_entry(unpacker.unpack())))
         if unpacker.tell() != len(data):
             raise TreeError("bytes after the manifest's entries")
     except TreeError:
