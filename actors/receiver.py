@@ -1556,9 +1556,18 @@ class ReceiverActor(Actor):
             told = self.now() if t.route is not None else float("-inf")
             self.cancelled[t.tid] = Cancelled(t.keys, set(t.routes), failed, told)
         self.tell("stats", self._record(t, out.code, out.reason))
+        # A part that holds no chunk resumes nothing: not kept (unless this
+        # node's user said --keep). A member's offers left idle or abandoned
+        # at once each left a part and its manifest (a bitmap of up to 4 MiB)
+        # until --part-expiry, charged to no one's space.
+        keep = out.keep_part and (t.flow.written.count > 0 or out.code == ResultCode.CANCELLED)
+        if out.keep_part and not keep:
+            self.count("parts-empty-not-kept")
         # A cancel must not wait for the disk (it may be what hangs): the
-        # writer removes the part after its queued work.
-        self._close(t, keep_part=out.keep_part, by_writer=out.code == ResultCode.CANCELLED)
+        # writer removes the part after its queued work (as one not kept,
+        # whose chunks may still be queued).
+        emptied = out.keep_part and not keep
+        self._close(t, keep_part=keep, by_writer=out.code == ResultCode.CANCELLED or emptied)
         if out.code != "expired":
             self._outcome(t, "", out.reason or out.code)
 

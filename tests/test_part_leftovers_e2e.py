@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from peercrypt.testing.disk import StallingDisk
+from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
 from peercrypt.testing.nodes import NodeProcess, cli_running, held_open, wait_until
+from peercrypt.wire.messages import Ack
 
 MiB = 1024 * 1024
 WAIT = 30.0
@@ -101,3 +103,39 @@ def test_a_file_of_the_longest_name_is_received_with_its_part_and_manifest(
     assert stored == name, result
     assert blake3_file(receiver.inbox / name) == blake3_file(path)
     assert [p.name for p in receiver.inbox.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("chunks", [0, 1])
+def test_a_part_is_kept_for_a_resume_only_when_it_holds_a_chunk(
+    node_factory: Callable[..., NodeProcess], network_key: str, chunks: int
+) -> None:
+    """A member offers a file (a huge sparse size in the smallest chunks:
+    a manifest bitmap of 1 MiB), is accepted, sends ``chunks`` chunks and
+    abandons it. With a chunk written its part and manifest stay for a
+    resume; with none there is nothing to resume, and nothing stays (each
+    such offer left a part and its manifest until --part-expiry, 24 h,
+    charged to no one's space)."""
+    receiver = node_factory(name="receiver")
+    chunk = 4096
+    with HostileSender(network_key, receiver.host, receiver.port) as member:
+        t = member.offer("empty.bin", (1 << 23) * chunk, chunk)
+        assert isinstance(t, HostileTransfer), t
+        for index in range(chunks):
+            t.send_chunk(index, bytes(chunk))
+        if chunks:
+            wait_until(
+                lambda: any(isinstance(m, Ack) and m.cumulative for m in t.replies(0.2)) or None,
+                WAIT,
+                "the chunk written",
+            )
+        t.abandon()
+        counters = receiver.counters_when("receiver.aborted-by-sender", 1, timeout=WAIT)
+    assert counters.get("receiver.parts-empty-not-kept", 0) == (0 if chunks else 1), counters
+    assert receiver.pid is not None
+    wait_until(lambda: not held_open(receiver.pid, receiver.inbox) or None, WAIT, "the part closed")
+    left = sorted(p.name for p in receiver.inbox.iterdir())
+    if chunks:
+        assert len(left) == 2 and left[0].endswith(".part"), left
+        assert left[1] == left[0] + ".manifest", left
+    else:
+        assert left == [], left
