@@ -3,8 +3,8 @@
 A CURVE server ROUTER socket, admission by the ``admission`` actor (ZAP, with
 the domain enforced so a missing handler means *no* admission). It answers
 ``hello`` (proving the node's identity over the asker's challenge) and
-``ping`` itself, within an answer budget per asking identity, per address
-and for the node (``peercrypt/core/answer_budget.py``: a question beyond it
+``ping`` itself, and hands on offers, within an answer budget per asking
+identity, per address and for the node (``peercrypt/core/answer_budget.py``: a question beyond it
 is dropped unanswered and counted, ``unanswered-over-peer``,
 ``unanswered-over-address``, ``unanswered-over-node``),
 and hands every other control message, with
@@ -138,7 +138,11 @@ class GatewayActor(Actor):
                 self._reject(route, peer_z85, address, exc.kind, exc.detail)
                 continue
             self.count(f"in-{msg.TYPE}")
-            if isinstance(msg, Hello | Ping) and not self._may_answer(peer_z85, address):
+            # An offer is a question too (the receiver opens its sealed
+            # details, one X25519 and AES-GCM, and answers it): within the
+            # same budget (it had none: one identity at its limit of
+            # transfers had ~1,500 a second opened and refused).
+            if isinstance(msg, Hello | Ping | Offer) and not self._may_answer(peer_z85, address):
                 continue
             if isinstance(msg, Hello):
                 identity, version = self.settings.identity, peercrypt.__version__

@@ -6,6 +6,7 @@ meanwhile."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,12 +19,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from peercrypt.core.answer_budget import MAX_TRACKED, AnswerBudget, BudgetLimits, Verdict
-from peercrypt.crypto.handshake import HelloChallenge
+from peercrypt.crypto.handshake import HelloChallenge, Initiator
 from peercrypt.crypto.identity import KeyPair, fingerprint, network_server_keys
+from peercrypt.testing.hostile_sender import HostileSender
 from peercrypt.testing.member_port import proven_hello
 from peercrypt.testing.nodes import NodeProcess, assert_sent, wait_until
 from peercrypt.wire import codec
-from peercrypt.wire.messages import Hello, HelloReply, Ping, Pong
+from peercrypt.wire.messages import (
+    Accept,
+    Hello,
+    HelloReply,
+    Offer,
+    OfferDetails,
+    Ping,
+    Pong,
+    Refuse,
+)
+
+MiB = 1024 * 1024
 
 MiB = 1 << 20
 SMALL = BudgetLimits(
@@ -242,3 +255,42 @@ def test_fresh_identities_flooding_hellos_cannot_starve_other_addresses(
     answered = counters["gateway.in-hello"] - refused
     assert answered <= limits.node_burst + limits.node_rate * elapsed, (answered, elapsed)
     assert receiver.running and counters.get("gateway.handler-errors", 0) == 0
+
+
+def test_a_member_flooding_offers_gets_no_more_answers_than_its_budget(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """Each offer costs the receiver its sealed details opened (an X25519,
+    AES-GCM) and an answer, also beyond its identity's limit of transfers
+    (to see whether it takes one of them over): offers from one identity
+    are questions within the same budget as its hellos (they had none:
+    about 1,500 a second were opened and refused). Another member is
+    answered meanwhile."""
+    node = node_factory()
+    limits = BudgetLimits()
+    rounds = limits.peer_burst * 3 // 2
+    with HostileSender(network_key, node.host, node.port) as member:
+        key = member.hello()
+        started = time.monotonic()
+        for _ in range(rounds):
+            tid, eph = os.urandom(16), Initiator(member.identity)
+            details = OfferDetails(
+                name="flood.bin", size=MiB, chunk_size=64 * 1024, min_chunk=0,
+                hash_alg="blake3", source=os.urandom(32), tree=0, files=0,
+            )  # fmt: skip
+            sealed = eph.seal_details(tid, key, codec.encode(details))
+            member.control.send(codec.encode(Offer(tid=tid, eph_pub=eph.public, details=sealed)))
+        other = proven_hello(node.host, node.port, network_key)
+        assert fingerprint(other.node_id) == node.fingerprint
+        node.wait_for_counter("gateway.in-offer", rounds, timeout=60)
+        elapsed = time.monotonic() - started
+        refused = node.counters().get("gateway.unanswered-over-peer", 0)
+        answered = rounds + 1 - refused  # (and its hello)
+        assert refused > 0, "every offer was answered"
+        assert answered <= limits.peer_burst + limits.peer_rate * elapsed + 1, (answered, elapsed)
+        got = 0
+        while member.control.poll(2000):
+            reply = codec.decode(member.control.recv())
+            assert isinstance(reply, Accept | Refuse), reply
+            got += 1
+        assert got <= answered, (got, answered)
