@@ -116,4 +116,9 @@ fi
 rm -rf "$check_dir"
 mv "$tmp" "$output"
 trap - EXIT
-echo "wrote $output (mode 600) with a new network key; \`peercrypt config show\` there shows every setting"
+if ((key_from_env)); then
+    what="the network key of \$PEERCRYPT_NETWORK_KEY"
+else
+    what="a new network key"
+fi
+echo "wrote $output (mode 600) with $what; \`peercrypt config show\` there shows every setting"

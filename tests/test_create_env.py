@@ -12,6 +12,7 @@ from pathlib import Path
 import pexpect
 
 from peercrypt import config_sources
+from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.nodes import cli_env
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "create_env.sh"
@@ -81,3 +82,27 @@ def test_help_is_the_header_comment_and_nothing_else(tmp_path: Path) -> None:
     assert lines[-1].startswith("checked with `peercrypt config show`"), lines[-3:]
     assert not any(line.startswith(("set ", "#!")) for line in lines), lines
     assert not (tmp_path / ".env").exists()
+
+
+def test_a_key_from_the_environment_is_checked_as_a_node_would(tmp_path: Path) -> None:
+    """``--key-from-env`` with a passphrase a node refuses: nothing written,
+    one line saying why, never the key (it was written, and the script said
+    "with a new network key"); a good one is written and said to be that."""
+    short = subprocess.run(
+        ["bash", str(SCRIPT), "--yes", "--key-from-env"], cwd=tmp_path,
+        env={**ENV, "PEERCRYPT_NETWORK_KEY": "hunter2"}, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=120, check=False,
+    )  # fmt: skip
+    assert short.returncode == 2, short.stderr
+    assert "a passphrase of 7 characters; use at least 20" in short.stderr
+    assert "hunter2" not in short.stderr + short.stdout
+    assert not (tmp_path / ".env").exists()
+    key = new_network_key()
+    good = subprocess.run(
+        ["bash", str(SCRIPT), "--yes", "--key-from-env"], cwd=tmp_path,
+        env={**ENV, "PEERCRYPT_NETWORK_KEY": key}, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=120, check=False,
+    )  # fmt: skip
+    assert good.returncode == 0, good.stderr
+    assert "with the network key of $PEERCRYPT_NETWORK_KEY" in good.stdout, good.stdout
+    assert _values(tmp_path / ".env")["PEERCRYPT_NETWORK_KEY"] == key

@@ -51,6 +51,13 @@ def show(ctx: click.Context, /, as_json: bool, **_: Any) -> None:
     """
     obj: dict[str, Any] = ctx.obj
     eff = effective(obj, {**STARTED_WITH, **node_flags(ctx)})
+    if eff["network_key"]:  # one a node would refuse (a short passphrase, a damaged key)
+        from peercrypt.crypto.identity import network_salt_and_secret
+
+        try:
+            network_salt_and_secret(eff["network_key"])
+        except ValueError as exc:  # (its words never hold the key)
+            raise UserError(f"network_key ({eff.sources['network_key']}): {exc}") from None
     if as_json:
         rows: dict[str, Any] = {
             s.name: {
