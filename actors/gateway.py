@@ -3,8 +3,8 @@
 A CURVE server ROUTER socket, admission by the ``admission`` actor (ZAP, with
 the domain enforced so a missing handler means *no* admission). It answers
 ``hello`` (proving the node's identity over the asker's challenge) and
-``ping`` itself, and hands on offers, within an answer budget per asking
-identity, per address and for the node (``peercrypt/core/answer_budget.py``: a question beyond it
+``ping`` itself, within an answer budget per asking identity, per address
+and for the node (``peercrypt/core/answer_budget.py``: a question beyond it
 is dropped unanswered and counted, ``unanswered-over-peer``,
 ``unanswered-over-address``, ``unanswered-over-node``),
 and hands every other control message, with
@@ -56,6 +56,7 @@ from peercrypt.wire.messages import (
     Outbound,
     Ping,
     Pong,
+    Refuse,
 )
 from peercrypt.wire.network_messages import Gossip, LocalPort
 
@@ -82,6 +83,7 @@ class GatewayActor(Actor):
         self.settings = settings
         self.offer_key = b""  # an attached receiver's key (actors/attach.py)
         self.answers = AnswerBudget(self.now())
+        self.offers = AnswerBudget(self.now())  # offers handed to the receiver
         self.gossip = AnswerBudget(self.now(), GOSSIP_LIMITS)  # bytes of gossip taken
         self.mail = MailCredit()  # bytes handed to each actor, not yet taken
         # Peers of another protocol version already logged (peer, address, version).
@@ -138,11 +140,9 @@ class GatewayActor(Actor):
                 self._reject(route, peer_z85, address, exc.kind, exc.detail)
                 continue
             self.count(f"in-{msg.TYPE}")
-            # An offer is a question too (the receiver opens its sealed
-            # details, one X25519 and AES-GCM, and answers it): within the
-            # same budget (it had none: one identity at its limit of
-            # transfers had ~1,500 a second opened and refused).
-            if isinstance(msg, Hello | Ping | Offer) and not self._may_answer(peer_z85, address):
+            if isinstance(msg, Hello | Ping) and not self._may_answer(peer_z85, address):
+                continue
+            if isinstance(msg, Offer) and not self._may_open(msg, route, peer_z85, address):
                 continue
             if isinstance(msg, Hello):
                 identity, version = self.settings.identity, peercrypt.__version__
@@ -186,6 +186,24 @@ class GatewayActor(Actor):
         if verdict is Verdict.ANSWER:
             return True
         self.count(f"unanswered-{verdict.value}")
+        return False
+
+    def _may_open(self, offer: Offer, route: bytes, peer: str, address: str) -> bool:
+        """Whether ``offer`` goes on to the receiver, which opens its sealed
+        details (an X25519 and AES-GCM, about 0.65 ms) and answers it: within
+        a budget of offers per identity, address and node of the same size
+        as the answers' (offers had none: one identity at its limit of
+        transfers had ~1,500 a second opened and refused). Beyond it the
+        offer is refused ``busy`` here, unopened (a sender then offers again
+        after its busy wait; dropped, it waited out its --timeout and
+        failed), within the answer budget: a flood earns no more."""
+        verdict = self.offers.ask(peer.encode(), address, self.now())
+        if verdict is Verdict.ANSWER:
+            return True
+        self.count(f"offers-{verdict.value}")
+        if self._may_answer(peer, address):
+            busy = Refuse(tid=offer.tid, code="busy", reason="too many offers from you at once")
+            self.router.send_multipart([route, codec.encode(busy)])
         return False
 
     def _may_hand_on(

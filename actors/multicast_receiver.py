@@ -1288,7 +1288,7 @@ class MulticastReceiverActor(Actor):
             sess.udp.close()
             sess.udp = None
         manifests = _manifests(self.settings.inbox, sess.part)
-        if not keep_part and not sess.queued:
+        if not keep_part:
             # Before the writer closes the fd: the name is removed only while
             # it still refers to the file open as ``sess.fd``. (At once: the
             # sender told of a verdict finds no part left.)
@@ -1297,11 +1297,12 @@ class MulticastReceiverActor(Actor):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
         # The writer closes the fd after its queued work (``keep``: with a
-        # last checkpoint) and forgets the session. With chunks still queued
-        # it removes the part and its manifests then, not before: a
-        # checkpoint of one of them wrote the manifest again for a part
-        # already gone (it stayed until --part-expiry).
-        discard = (sess.part, manifests) if not keep_part and sess.queued else None
+        # last checkpoint) and forgets the session; without ``keep`` it
+        # removes the part and its manifests then too (only a name that
+        # still is this file): its queued work (a chunk's checkpoint, the
+        # open's first one) wrote the manifest again beside no part, left
+        # until --part-expiry.
+        discard = None if keep_part else (sess.part, manifests)
         self.writer.close(sess.tid, keep=keep_part, discard=discard)
         written = _written(sess)
         self.tell(

@@ -1526,21 +1526,27 @@ class ReceiverActor(Actor):
         return TreeSpec(s.inbox, t.part.name, t.tree, s.tree_max_files, s.file_mode, s.inbox_mode)
 
     def _abandon(self, t: Incoming, out: Abandon) -> None:
+        # A part that holds no chunk resumes nothing: not kept (unless this
+        # node's user said --keep). A member's offers left idle or abandoned
+        # at once each left a part and its manifest (a bitmap of up to 4 MiB)
+        # until --part-expiry, charged to no one's space.
+        keep = out.keep_part and (t.flow.written.count > 0 or out.code == ResultCode.CANCELLED)
+        kept = "kept for resume" if keep else "no chunk to resume: removed"
         if out.code == ResultCode.ABORTED:
             log.info("sender abandoned %s: %s", t.name, out.reason)
             self.count("aborted-by-sender")
         elif out.code == "expired":
-            log.info("%s: %s for %.0f s; kept for resume", t.name, out.reason, t.flow.idle_timeout)
+            log.info("%s: %s for %.0f s; %s", t.name, out.reason, t.flow.idle_timeout, kept)
             self.count("expired")
         elif out.code == "hash-mismatch":
             self.count("hash-mismatch")
             log.warning("%s: whole-file hash mismatch; discarded", t.name)
         elif out.code == ResultCode.NO_SPACE:
             self.count("no-space")
-            log.error("%s: the inbox's disk is full; kept for resume", t.name)
+            log.error("%s: the inbox's disk is full; %s", t.name, kept)
         elif out.code == ResultCode.TIMEOUT:
             self.count("check-timeout")
-            log.error("%s: %s; kept for resume", t.name, out.reason)
+            log.error("%s: %s; %s", t.name, out.reason, kept)
         elif out.code == ResultCode.CANCELLED:
             self.count("cancelled")
             kept = "kept for resume" if out.keep_part else "its part deleted"
@@ -1556,11 +1562,6 @@ class ReceiverActor(Actor):
             told = self.now() if t.route is not None else float("-inf")
             self.cancelled[t.tid] = Cancelled(t.keys, set(t.routes), failed, told)
         self.tell("stats", self._record(t, out.code, out.reason))
-        # A part that holds no chunk resumes nothing: not kept (unless this
-        # node's user said --keep). A member's offers left idle or abandoned
-        # at once each left a part and its manifest (a bitmap of up to 4 MiB)
-        # until --part-expiry, charged to no one's space.
-        keep = out.keep_part and (t.flow.written.count > 0 or out.code == ResultCode.CANCELLED)
         if out.keep_part and not keep:
             self.count("parts-empty-not-kept")
         # A cancel must not wait for the disk (it may be what hangs): the

@@ -31,32 +31,41 @@ def _count(node: NodeProcess, name: str) -> int:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("when", ["mid-session", "at-its-start"])
 def test_a_multicast_session_ended_while_the_receivers_disk_hangs_leaves_nothing(
     stalling_disk: Callable[..., StallingDisk],
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],
+    when: str,
 ) -> None:
-    """The disk stops answering mid-session, authenticated chunks pile up
-    in the writer's queue, and the sender's user ends the session. Once the
-    disk answers again and the writer has closed the part, the inbox holds
-    nothing: no part, no manifest."""
+    """The disk stops answering mid-session (authenticated chunks pile up
+    in the writer's queue), or before the session starts (the writer's
+    open, with its first checkpoint, waits), and the sender's user ends the
+    session. Once the disk answers again and the writer has closed the
+    part, the inbox holds nothing: no part, no manifest."""
     disk = stalling_disk(96 * MiB, journal=False)  # a stall hangs the writes, not the metadata
     receiver = node_factory("--inbox", str(disk.path), name="receiver")
-    sender = node_factory("--max-rate", str(16 * MiB), name="sender")
+    rate = 16 * MiB if when == "mid-session" else MiB  # (a chunk a second at the start)
+    sender = node_factory("--max-rate", str(rate), name="sender")
     path = make_file(64 * MiB, name="ended.bin")
+    if when == "at-its-start":
+        disk.stall()
     try:
         with cli_running(
             "send", path, receiver.host, str(receiver.port), "-m", "--chunk-size", str(CHUNK),
             "--json", data_dir=sender.data_dir,
         ) as proc:  # fmt: skip
-            receiver.wait_for_counter("mreceiver.chunks-written", 2, timeout=WAIT)
-            disk.stall()
-            written = _count(receiver, "mreceiver.chunks-written")
-            wait_until(
-                lambda: _count(sender, "msender.seals-first") >= written + QUEUED or None,
-                WAIT,
-                f"{QUEUED} chunks published past what the receiver wrote",
-            )
+            if when == "mid-session":
+                receiver.wait_for_counter("mreceiver.chunks-written", 2, timeout=WAIT)
+                disk.stall()
+                written = _count(receiver, "mreceiver.chunks-written")
+                wait_until(
+                    lambda: _count(sender, "msender.seals-first") >= written + QUEUED or None,
+                    WAIT,
+                    f"{QUEUED} chunks published past what the receiver wrote",
+                )
+            else:
+                receiver.wait_for_counter("mreceiver.joined", 1, timeout=WAIT)
             proc.send_signal(signal.SIGINT)  # the sender's user ends the send
             proc.communicate(timeout=WAIT)
             receiver.wait_for_counter("mreceiver.dropped-by-sender", 1, timeout=WAIT)
@@ -109,8 +118,8 @@ def test_a_file_of_the_longest_name_is_received_with_its_part_and_manifest(
 def test_a_part_is_kept_for_a_resume_only_when_it_holds_a_chunk(
     node_factory: Callable[..., NodeProcess], network_key: str, chunks: int
 ) -> None:
-    """A member offers a file (a huge sparse size in the smallest chunks:
-    a manifest bitmap of 1 MiB), is accepted, sends ``chunks`` chunks and
+    """A member offers a file (256 MiB in the smallest chunks), is
+    accepted, sends ``chunks`` chunks and
     abandons it. With a chunk written its part and manifest stay for a
     resume; with none there is nothing to resume, and nothing stays (each
     such offer left a part and its manifest until --part-expiry, 24 h,
@@ -118,7 +127,7 @@ def test_a_part_is_kept_for_a_resume_only_when_it_holds_a_chunk(
     receiver = node_factory(name="receiver")
     chunk = 4096
     with HostileSender(network_key, receiver.host, receiver.port) as member:
-        t = member.offer("empty.bin", (1 << 23) * chunk, chunk)
+        t = member.offer("empty.bin", (1 << 16) * chunk, chunk)
         assert isinstance(t, HostileTransfer), t
         for index in range(chunks):
             t.send_chunk(index, bytes(chunk))

@@ -247,8 +247,6 @@ def _make_inbox(inbox: Path, mode: int) -> None:
         raise UserError(f"inbox {inbox}: not a directory") from None
     except OSError as exc:
         raise UserError(f"cannot make the inbox {inbox}: {exc.strerror}") from None
-    if not os.access(inbox, os.W_OK | os.X_OK):
-        raise UserError(f"inbox {inbox}: not writable by this user")
 
 
 def run_node(obj: dict[str, Any], settings: NodeSettings, quiet_logs: bool = False) -> Node:

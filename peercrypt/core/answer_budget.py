@@ -31,6 +31,9 @@ again with a full bucket, which the node's budget still bounds. The defaults lea
 what honest nodes ask: a pre-send ``hello`` per send (64 sends to one
 receiver at once), a probe per member and health interval, a user's checks
 one after another (several hundred a second over a kept connection).
+The gateway keeps a second budget of the same limits for the offers it
+hands to the receiver (each opened costs about 0.65 ms; beyond it an offer
+is refused ``busy`` unopened and its sender offers again later).
 """
 
 from __future__ import annotations
