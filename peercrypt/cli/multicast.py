@@ -57,8 +57,10 @@ def parse_target(text: str) -> str:
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
-    low, _, high = text.partition("-")
+    low, dash, high = text.partition("-")
     try:
+        if dash and not high:  # "7600-" (a range whose end was left out)
+            raise ValueError(text)
         lo, hi = int(low), int(high or low)
     except ValueError:
         raise UserError(f"invalid port range {text!r}: expected PORT or LOW-HIGH") from None
