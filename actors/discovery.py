@@ -619,6 +619,14 @@ class DiscoveryActor(Actor):
         if join.request not in self.joins:
             return
         link = join.link
+        if (
+            isinstance(msg, GossipReply)
+            and self.table is not None
+            and msg.origin == self.table.self_id
+        ):  # (it said "joined" of a join through this very node)
+            where = f"{join.host}:{join.port}"
+            self._end_join(join, ResultCode.LOCAL, f"{where} is this node itself")
+            return
         self._on_reply(msg)
         if isinstance(msg, GossipReply) and self.table is not None:
             # Push what the member lacks over this (already connected) link.

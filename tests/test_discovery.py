@@ -434,6 +434,24 @@ def test_no_gossip_env_and_option_errors(
     assert "--bootstrap-port" in error_line(half)
 
 
+def test_a_join_through_the_node_itself_is_one_error_line(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """`join` naming the node's own address, in any spelling (it said
+    "joined through ...; 0 live peers"): one line saying so, exit 1, and
+    the node joins nothing."""
+    node = node_factory(*FAST)
+    for host in ("127.0.0.1", "localhost"):
+        result = node.cli("join", host, str(node.port), timeout=60)
+        assert result.returncode == errors.FAILED, result.describe()
+        assert result.stderr_lines == [
+            f"peercrypt: error: cannot join through {host}:{node.port}: "
+            f"{host}:{node.port} is this node itself"
+        ], result.describe()
+    assert node.counters_when("discovery.joins-failed", 2)["discovery.joins-failed"] == 2
+    assert node.counters().get("discovery.joins-ok", 0) == 0
+
+
 def test_join_unreachable(node_factory: Callable[..., NodeProcess], free_port: int) -> None:
     node = node_factory(*FAST, "--max-retries", "2")
     result = node.cli("join", "127.0.0.1", str(free_port), timeout=60)
