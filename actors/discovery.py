@@ -623,9 +623,16 @@ class DiscoveryActor(Actor):
             isinstance(msg, GossipReply)
             and self.table is not None
             and msg.origin == self.table.self_id
-        ):  # (it said "joined" of a join through this very node)
+            and join.requester is not None
+        ):  # (`join` said "joined" of this very node; a seed list naming
+            # the node itself, as one list for a whole cluster does, still
+            # joins as before)
             where = f"{join.host}:{join.port}"
-            self._end_join(join, ResultCode.LOCAL, f"{where} is this node itself")
+            reason = (
+                f"{where} answered with this node's own identity (this node, "
+                "or a node using a copy of its data dir)"
+            )
+            self._end_join(join, ResultCode.LOCAL, reason)
             return
         self._on_reply(msg)
         if isinstance(msg, GossipReply) and self.table is not None:

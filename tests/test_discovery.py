@@ -445,8 +445,9 @@ def test_a_join_through_the_node_itself_is_one_error_line(
         result = node.cli("join", host, str(node.port), timeout=60)
         assert result.returncode == errors.FAILED, result.describe()
         assert result.stderr_lines == [
-            f"peercrypt: error: cannot join through {host}:{node.port}: "
-            f"{host}:{node.port} is this node itself"
+            f"peercrypt: error: cannot join through {host}:{node.port}: {host}:{node.port} "
+            "answered with this node's own identity (this node, or a node using a copy of "
+            "its data dir)"
         ], result.describe()
     assert node.counters_when("discovery.joins-failed", 2)["discovery.joins-failed"] == 2
     assert node.counters().get("discovery.joins-ok", 0) == 0

@@ -144,7 +144,7 @@ def test_multicast_receive_errors(
     result = cli("mreceive", "70000", data_dir=tmp_path / "none")
     assert result.returncode == 2
     _one_error_line(result.stderr, "invalid port range '70000'")
-    for text in ("7600-", "7600-7500", "7600-x"):  # ("7600-" was taken as 7600)
+    for text in ("7600-", "7600-7500", "7600-x", "7_600", "7600-+7700"):  # ("7600-" was 7600)
         result = cli("mreceive", text, data_dir=tmp_path / "none")
         assert result.returncode == 2, result
         _one_error_line(result.stderr, f"invalid port range {text!r}")

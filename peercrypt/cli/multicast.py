@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -57,13 +58,11 @@ def parse_target(text: str) -> str:
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
-    low, dash, high = text.partition("-")
-    try:
-        if dash and not high:  # "7600-" (a range whose end was left out)
-            raise ValueError(text)
-        lo, hi = int(low), int(high or low)
-    except ValueError:
-        raise UserError(f"invalid port range {text!r}: expected PORT or LOW-HIGH") from None
+    found = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?", text)  # ("7600-" was 7600)
+    if found is None:
+        raise UserError(f"invalid port range {text!r}: expected PORT or LOW-HIGH")
+    lo = int(found[1])
+    hi = int(found[2]) if found[2] is not None else lo
     if not 1 <= lo <= hi <= 65535:
         raise UserError(f"invalid port range {text!r}: need 1 <= LOW <= HIGH <= 65535")
     return lo, hi
