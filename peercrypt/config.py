@@ -387,6 +387,10 @@ def unknown_variable(name: str, *, bare_too: bool) -> str | None:
     program's); without, never."""
     if name in VARIABLES or name in OTHER_VARIABLES:
         return None
+    dashed = name.replace("-", "_").upper()
+    if "-" in name and (dashed in VARIABLES or dashed in OTHER_VARIABLES):
+        # (a .env's PEERCRYPT-NETWORK-KEY=... was ignored without a word)
+        return f"unknown variable {name} (ignored: names take _, not -); did you mean {dashed}?"
     if name.startswith(PREFIX):
         # The old tool's names have no prefix: PEERCRYPT_GOSSIP_INTERVAL means
         # GOSSIP_INTERVAL; a setting's key names it too (PEERCRYPT_MODE: DEFAULT_MODE).

@@ -565,6 +565,25 @@ def test_known_and_other_programs_variables_are_no_mistake(name: str, bare_too: 
     assert config.unknown_variable(name, bare_too=bare_too) is None
 
 
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("PEERCRYPT-NETWORK-KEY", "PEERCRYPT_NETWORK_KEY"),
+        ("gossip-interval", "GOSSIP_INTERVAL"),
+        ("DEFAULT-MODE", "DEFAULT_MODE"),
+    ],
+)
+def test_a_variable_spelled_with_dashes_is_named_with_ours(name: str, meant: str) -> None:
+    """A .env's ``PEERCRYPT-NETWORK-KEY=...`` was ignored without a word
+    (the node then had no key, or another); a name that is ours once its
+    dashes are underscores is warned of, in the environment too."""
+    for bare_too in (True, False):
+        assert config.unknown_variable(name, bare_too=bare_too) == (
+            f"unknown variable {name} (ignored: names take _, not -); did you mean {meant}?"
+        )
+    assert config.unknown_variable("SOME-OTHER-TOOL", bare_too=True) is None
+
+
 def _env_warnings(result: CliResult) -> list[str]:
     return [line for line in result.stderr_lines if line.startswith("peercrypt: warning: ")]
 

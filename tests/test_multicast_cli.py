@@ -27,7 +27,10 @@ def _one_error_line(stderr: str, text: str) -> None:
     ("extra", "text"),
     [
         (["-dual"], "-dual needs exactly two different targets (got 1: give the second with --to"),
-        (["-dual", "--to", "h:1", "--to", "h:2"], "-dual needs exactly two"),
+        (
+            ["-dual", "--to", "h:1", "--to", "h:2"],
+            "exactly two different targets (got 3: one --to only)",
+        ),
         (["--to", "nonsense"], "invalid target 'nonsense'"),
         (["-m", "--to", "h:99999"], "invalid target"),
         (["-m", "-r", "1000"], "options of more than one mode: -r (token-bucket), -m (multicast)"),

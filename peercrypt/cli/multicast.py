@@ -111,10 +111,8 @@ def targets(host: str, port: int, to: tuple[str, ...], multi: bool, dual: bool) 
     if (multi or dual) and not to and sys.stdin.isatty():
         targets = ask_targets(targets, dual, _prompt, functools.partial(click.echo, err=True))
     if dual and len(targets) != 2:
-        raise UserError(
-            f"-dual needs exactly two different targets (got {len(targets)}: "
-            "give the second with --to HOST:PORT)"
-        )
+        how = "give the second with --to HOST:PORT" if len(targets) < 2 else "one --to only"
+        raise UserError(f"-dual needs exactly two different targets (got {len(targets)}: {how})")
     if len(targets) > MAX_TARGETS:
         raise UserError(f"at most {MAX_TARGETS} multicast targets")
     for target in targets:
