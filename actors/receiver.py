@@ -1530,7 +1530,8 @@ class ReceiverActor(Actor):
         # node's user said --keep). A member's offers left idle or abandoned
         # at once each left a part and its manifest (a bitmap of up to 4 MiB)
         # until --part-expiry, charged to no one's space.
-        keep = out.keep_part and (t.flow.written.count > 0 or out.code == ResultCode.CANCELLED)
+        emptied = out.keep_part and t.flow.written.count == 0 and out.code != ResultCode.CANCELLED
+        keep = out.keep_part and not emptied
         kept = "kept for resume" if keep else "no chunk to resume: removed"
         if out.code == ResultCode.ABORTED:
             log.info("sender abandoned %s: %s", t.name, out.reason)
@@ -1549,8 +1550,8 @@ class ReceiverActor(Actor):
             log.error("%s: %s; %s", t.name, out.reason, kept)
         elif out.code == ResultCode.CANCELLED:
             self.count("cancelled")
-            kept = "kept for resume" if out.keep_part else "its part deleted"
-            log.info("%s (%s): cancelled by this node's user; %s", t.name, t.ident, kept)
+            deleted = "kept for resume" if keep else "its part deleted"
+            log.info("%s (%s): cancelled by this node's user; %s", t.name, t.ident, deleted)
         else:
             log.error("writing %s failed: %s", t.name, out.reason)
         if out.notify:
@@ -1562,12 +1563,11 @@ class ReceiverActor(Actor):
             told = self.now() if t.route is not None else float("-inf")
             self.cancelled[t.tid] = Cancelled(t.keys, set(t.routes), failed, told)
         self.tell("stats", self._record(t, out.code, out.reason))
-        if out.keep_part and not keep:
+        if emptied:
             self.count("parts-empty-not-kept")
         # A cancel must not wait for the disk (it may be what hangs): the
         # writer removes the part after its queued work (as one not kept,
         # whose chunks may still be queued).
-        emptied = out.keep_part and not keep
         self._close(t, keep_part=keep, by_writer=out.code == ResultCode.CANCELLED or emptied)
         if out.code != "expired":
             self._outcome(t, "", out.reason or out.code)
