@@ -452,6 +452,31 @@ def test_config_init_writes_a_file_that_config_show_reads(tmp_path: Path) -> Non
     assert _show(tmp_path)["max_retries"]["value"] == 4
 
 
+def test_config_init_writes_no_file_through_a_link_nor_makes_a_path_it_was_given(
+    tmp_path: Path,
+) -> None:
+    """A dangling link is a file there (writing would have made its target),
+    and a path given whose folder is missing is an error, not a tree made
+    (a typo made folders); the data dir's own file still makes its dir."""
+    link, away = tmp_path / "config.toml", tmp_path / "elsewhere" / "target.toml"
+    (tmp_path / "elsewhere").mkdir()
+    link.symlink_to(away)
+    result = run_cli("config", "init", str(link), data_dir=tmp_path / "dd", cwd=tmp_path)
+    _assert_one_error(result, errors.USAGE, f"{link} exists", "--force")
+    assert not away.exists() and link.is_symlink()
+    forced = run_cli("config", "init", "--force", str(link), data_dir=tmp_path / "dd", cwd=tmp_path)
+    assert forced.returncode == 0, forced.describe()  # as asked: through the link
+    assert "# max_retries = 3" in away.read_text()
+    typo = tmp_path / "no-such-dir" / "deeper" / "config.toml"
+    missing = run_cli("config", "init", str(typo), data_dir=tmp_path / "dd", cwd=tmp_path)
+    _assert_one_error(missing, errors.USAGE, f"cannot write {typo}", "No such file or directory")
+    assert not (tmp_path / "no-such-dir").exists()
+    fresh = tmp_path / "new-data-dir"
+    made = run_cli("config", "init", data_dir=fresh, cwd=tmp_path)
+    assert made.returncode == 0, made.describe()
+    assert made.stdout == f"wrote {fresh / 'config.toml'}\n"
+
+
 def test_the_help_names_the_variables_of_the_table() -> None:
     from peercrypt.cli.app import main
 

@@ -87,13 +87,23 @@ def show(ctx: click.Context, /, as_json: bool, **_: Any) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.pass_obj
 def init(obj: dict[str, Any], path: Path | None, force: bool) -> None:
-    """Write a commented config file (default: --config, else DATA_DIR/config.toml)."""
+    """Write a commented config file (default: --config, else DATA_DIR/config.toml).
+
+    Never over a file or link already there without --force; only the data
+    dir's own file makes its missing folder."""
     target: Path = path or obj["config_path"]
-    if target.exists() and not force:
+    # A link counts as there, dangling too (writing would create its target).
+    if (target.is_symlink() or target.exists()) and not force:
         raise UserError(f"{target} exists (use --force to overwrite)")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(config.commented_config(), encoding="utf-8")
+        if target.parent == Path(obj["data_dir"]):  # a data dir not made yet: made here
+            target.parent.mkdir(parents=True, exist_ok=True)
+        # Without --force, created only: never written over one made meanwhile.
+        mode = "w" if force else "x"
+        with target.open(mode, encoding="utf-8") as out:
+            out.write(config.commented_config())
+    except FileExistsError:
+        raise UserError(f"{target} exists (use --force to overwrite)") from None
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror}") from None
     click.echo(f"wrote {target}")
