@@ -105,7 +105,7 @@ def test_a_mistyped_command_suggests_the_nearest(
             "no such option '--chunk' (did you mean --chunk-size?);"
             " `peercrypt send --help` lists them",
         ),
-        (["send", "--zzzzzz"], "no such option '--zzzzzz'; peercrypt send takes --bucket, "),
+        (["send", "--zzzzzz"], "no such option '--zzzzzz'; `peercrypt send` takes --bucket, "),
     ],
 )
 def test_a_mistyped_option_suggests_the_nearest_not_all(

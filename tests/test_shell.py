@@ -619,6 +619,11 @@ def test_the_pre_send_check_asks_proceed_or_abort(
     pty.child.sendline("a")
     pty.expect("send aborted")
     pty.expect(PROMPT_RE)
+    pty.child.sendline(f"send {source} 127.0.0.1 {nobody}")
+    pty.expect("proceed or abort")
+    pty.child.sendintr()  # Ctrl-C answers it: abort, said (it said nothing)
+    pty.expect("send aborted")
+    pty.expect(PROMPT_RE)
     pty.child.sendline(f"send {source} 127.0.0.1 {nobody} --timeout 1")
     pty.expect("proceed or abort")
     pty.child.sendline("p")
@@ -862,12 +867,72 @@ def test_completion_of_commands_options_paths_and_peers(
     assert pty.leave() == 0
 
 
+def test_a_completed_file_name_with_spaces_is_quoted_and_sent(
+    started: tuple[Pty, Path],
+    node_factory: Callable[..., NodeProcess],
+    tmp_path: Path,
+) -> None:
+    """Tab put a name with spaces in bare (`send my file é.bin`: "Path 'my'
+    does not exist"); it goes in quoted, and the send takes that file."""
+    pty, _ = started
+    peer = node_factory()
+    source = tmp_path / "my file é.bin"
+    source.write_bytes(os.urandom(64 * 1024))
+    pty.child.send("send my\t")
+    pty.expect(re.escape("'my file é.bin'"))
+    pty.run_until(f" {peer.host} {peer.port}", re.escape("[1] done, exit 0"))
+    assert blake3_file(peer.inbox / source.name) == blake3_file(source)
+    assert pty.leave() == 0
+
+
+def test_a_path_from_the_home_directory_is_expanded_as_completion_offers_it(
+    node_factory: Callable[..., NodeProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Completion offers `~/...` paths; `send ~/x` said "Path '~/x' does not
+    exist". A word's leading `~` is the home directory, as in a shell."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    source = home / "from-home.bin"
+    source.write_bytes(os.urandom(32 * 1024))
+    sender, receiver = node_factory(), node_factory()
+    shell = Shell(cli, {"data_dir": sender.data_dir}, owns_node=False)
+    code = shell.run_line(f"send ~/from-home.bin {receiver.host} {receiver.port} --no-progress")
+    assert code == errors.OK, capsys.readouterr()
+    assert blake3_file(receiver.inbox / source.name) == blake3_file(source)
+
+
 def test_history_is_kept_across_sessions(started: tuple[Pty, Path], tmp_path: Path) -> None:
     pty, data_dir = started
     pty.run("transfers", "no transfers running")
     assert pty.leave() == 0
     history = (data_dir / "shell_history").read_text()
     assert "+transfers" in history
+
+
+def test_a_line_giving_the_network_key_is_not_written_to_the_history(
+    started: tuple[Pty, Path], network_key: str
+) -> None:
+    """The history file is the owner's only, and a line with the key itself
+    (either spelling) is never in it (it was, in a file of mode 0644)."""
+    pty, data_dir = started
+    port = _port(data_dir)
+    pty.run(
+        f"health-check 127.0.0.1 {port} --network-key {network_key}",
+        re.escape("(a line giving --network-key is not kept in the shell's history)"),
+        "alive",
+    )
+    pty.run(f"health-check 127.0.0.1 {port} --network-key={network_key}", "alive")
+    pty.run("transfers", "no transfers running")
+    assert pty.leave() == 0
+    path = data_dir / "shell_history"
+    history = path.read_text()
+    assert "+transfers" in history and "+health-check" not in history
+    assert network_key not in history
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_shell_attaches_to_the_running_node(
@@ -884,6 +949,32 @@ def test_shell_attaches_to_the_running_node(
         if pty.child.isalive():
             pty.child.terminate(force=True)
     assert node.status()["mode"] == "qos"  # the node outlives its shell
+
+
+def test_a_shell_tells_when_its_node_stops_and_when_one_runs_again(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path
+) -> None:
+    """`peercrypt shell` on a node that stops: said at once (its toolbar
+    kept "mode normal" and nothing was said until a command failed), and
+    said again once a node runs for the data dir."""
+    node = node_factory()
+    pty = Pty(["--data-dir", str(node.data_dir), "shell"], tmp_path)
+    try:
+        pty.expect(PROMPT_RE)
+        pty.run("status", "node: running")
+        assert node.stop() == 0
+        pty.expect(re.escape(f"no node is running for {node.data_dir}: commands need one"))
+        node.start()
+        pty.expect(re.escape(f"a node runs for {node.data_dir} again"))
+        pty.run("status", "node: running")
+        assert pty.leave() == 0
+    finally:
+        if pty.child.isalive():
+            pty.child.terminate(force=True)
+    # (The terminal gets only the toolbar's changed characters: read here.)
+    shell = Shell(cli, {"data_dir": node.data_dir}, owns_node=False)
+    shell.view = shell_module.NodeView(stopped=True)
+    assert shell.toolbar(80) == "no node running for the data dir; `help` lists the commands"
 
 
 def test_shell_without_a_node_says_so(tmp_path: Path) -> None:
@@ -935,11 +1026,12 @@ def test_a_script_on_stdin_runs_every_line_and_its_exit_says_if_all_succeeded(
     quits = _script(node.data_dir, ["quit", "set-mode warp"], tmp_path)
     assert quits.returncode == 0 and not quits.stderr
     # A hint names the command as a script line has it, as at the prompt.
-    hinted = _script(node.data_dir, ["cancel 999", "cancel in999"], tmp_path)
+    hinted = _script(node.data_dir, ["cancel 999", "cancel in999", "peers --bogus"], tmp_path)
     assert hinted.returncode == errors.USAGE, hinted.stderr
     assert hinted.stderr.strip().splitlines() == [
         "peercrypt: error: no running transfer 999 (see `transfers`)",
         "peercrypt: error: no incoming transfer in999 (see `status`)",
+        "peercrypt: error: no such option '--bogus'; `peers` takes --config, --data-dir, --json",
     ]
 
 
@@ -984,6 +1076,9 @@ def test_help_fits_80_columns_and_an_unknown_command_lists_the_shells(
     listed = [line.split()[0] for line in lines[1:] if line.startswith("  ")]
     assert {"jobs", "quit", "gossip", "health-check", "send"} <= set(listed), listed
     assert "node" not in listed and "start" not in listed
+    # The old tool's names are listed too (they worked, `help` did not name them).
+    assert "  list-peers         The same as `peers`." in lines, lines
+    assert "  mreceive           The same as `multicast-receive`." in lines, lines
     error = result.stderr.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("peercrypt: error: no such command 'cls'; "), (
         error

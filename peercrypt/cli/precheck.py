@@ -95,13 +95,18 @@ def check_targets(
 
 def proceed_or_abort(err: bool = False) -> bool:
     """Ask whether to send despite a failed check (on stderr if ``err``):
-    True to proceed; abort is the default. Raises click.Abort on Ctrl-C or
-    Ctrl-D."""
-    answer = click.prompt(
-        "proceed or abort?",
-        type=click.Choice(["proceed", "abort", "p", "a"]),
-        default="abort",
-        show_choices=True,
-        err=err,
-    )
+    True to proceed; abort is the default, and Ctrl-C or Ctrl-D answer it
+    (the caller says "send aborted": Ctrl-C returned to the prompt without a
+    word)."""
+    try:
+        answer = click.prompt(
+            "proceed or abort?",
+            type=click.Choice(["proceed", "abort", "p", "a"]),
+            default="abort",
+            show_choices=True,
+            err=err,
+        )
+    except click.Abort:
+        click.echo("", err=err)  # (the line the question was on)
+        return False
     return answer in ("proceed", "p")

@@ -74,7 +74,7 @@ def usage_line(exc: click.ClickException, args: Sequence[str] = ()) -> str:
             valid = sorted(
                 opt for p in ctx.command.params if isinstance(p, click.Option) for opt in p.opts
             )
-            message = f"{message}; {ctx.command_path} takes {', '.join(valid)}"
+            message = f"{message}; `{ctx.command_path}` takes {', '.join(valid)}"
     elif message.startswith("No such command") and isinstance(ctx and ctx.command, click.Group):
         assert ctx is not None and isinstance(ctx.command, click.Group)
         wrong = re.match(r"No such command '(.*?)'", message)

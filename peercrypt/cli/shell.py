@@ -65,6 +65,8 @@ NEWS_WAIT = 30.0
 ID_WAIT = 2.0
 # Writes of other threads kept while `top` has the screen (beyond: counted).
 MAX_HELD = 1000
+# The old tool's names of commands, still taken (hidden in `peercrypt --help`).
+ALIASES = {"list-peers": "peers", "mreceive": "multicast-receive"}
 # Shell-only commands (everything else is a command of the CLI).
 SHELL_COMMANDS = {
     "help": "The commands, and the node's status; `help COMMAND` for one command.",
@@ -171,6 +173,7 @@ class NodeView:
     incoming_count: int = 0  # all of them (``incoming`` lists the first few)
     peers: list[str] = field(default_factory=list)  # "host:port" of known members
     mode: str = ""
+    stopped: bool = False  # the node's process is gone
 
 
 TOOLBAR_NAME = 24  # characters of a file name on the toolbar
@@ -272,7 +275,7 @@ class Shell:
 
     def _run_line(self, line: str) -> int | None:
         try:
-            words = shlex.split(line, comments=True)
+            words = [expand_home(w) for w in shlex.split(line, comments=True)]
         except ValueError as exc:
             return self._error(f"cannot read that line: {exc}")
         if not words:
@@ -382,6 +385,8 @@ class Shell:
             and name not in NOT_IN_SHELL
         ]
         commands += [click.Command(name, help=text) for name, text in SHELL_COMMANDS.items()]
+        # The old tool's names (`peercrypt --help` leaves them out: one name a command there).
+        commands += [click.Command(old, help=f"The same as `{to}`.") for old, to in ALIASES.items()]
         click.echo("commands (`help COMMAND` or `COMMAND --help` for its options):")
         for cmd in sorted(commands, key=lambda c: c.name or ""):
             click.echo(f"  {cmd.name:18} {cmd.get_short_help_str(limit)}")
@@ -587,6 +592,10 @@ class Shell:
         changes: int | None = None  # the node's news at the last look (None: not known)
         waits = True  # whether the node holds a StatusWait (an older release refuses it)
         shown = ""  # the toolbar as last drawn
+        # Whether the node answered, and whether its end was told: a node
+        # that stopped under an open prompt left its toolbar as it was, and
+        # said nothing until the next command failed.
+        answered = gone = False
         while not self.stop.is_set():
             # Quiet first, then the baseline: a `receive` sets its baseline
             # before it clears quiet, so a look that is not quiet has it.
@@ -601,9 +610,20 @@ class Shell:
                 resync = True
             try:
                 if client is None:
-                    client = ControlClient.for_data_dir(self.data_dir)
+                    try:
+                        client = ControlClient.for_data_dir(self.data_dir)
+                    except NodeUnavailable as exc:  # its process is gone (not one slow to answer)
+                        if answered and not gone:
+                            announce(f"{exc}: commands need one; `status` tells when it runs")
+                            self.view = NodeView(stopped=True)  # (the toolbar: nothing of it)
+                        gone = True
+                        raise
                     waits = True
                 status = client.status()
+                if gone:  # (another process: what it tells of its transfers is new)
+                    announce(f"a node runs for {self.data_dir} again")
+                    self.view, resync = NodeView(), True
+                answered, gone = True, False
                 changes, facts = status.changes, status.node
                 for line in told.news(facts, quiet=quiet or resync):
                     announce(line)
@@ -697,6 +717,8 @@ class Shell:
             shown.append(part)
         if hidden:  # `transfers` lists the sends, `top` both
             shown.append(f"+{hidden} more (`top`)")
+        if self.view.stopped:
+            return "no node running for the data dir; `help` lists the commands"
         return "  |  ".join(shown) or f"mode {self.view.mode or '?'}; `help` lists the commands"
 
     # -- the loops ----------------------------------------------------------------------
@@ -736,7 +758,7 @@ class Shell:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         session: PromptSession[str] = PromptSession(
-            history=FileHistory(str(self.data_dir / HISTORY_FILE)),
+            history=private_history(FileHistory, self.data_dir / HISTORY_FILE, self.say),
             completer=ShellCompleter(self),
             complete_while_typing=False,
             bottom_toolbar=self.toolbar,
@@ -895,6 +917,39 @@ def _on_terminal(stream: Any) -> bool:
         return False
 
 
+def holds_secret(line: str) -> bool:
+    """Whether a line typed at the prompt gives the network key itself
+    (``--network-key KEY`` or ``--network-key=KEY``; a key file's name is
+    no secret)."""
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError:
+        words = line.split()
+    return any(w == "--network-key" or w.startswith("--network-key=") for w in words)
+
+
+def private_history(base: Any, path: Path, say: Callable[[str], None]) -> Any:
+    """The prompt's history file (prompt_toolkit's ``FileHistory`` as
+    ``base``), readable by its owner only, keeping no line that gives the
+    network key: such a line is recalled in this session, never written."""
+
+    class _Private(base):  # type: ignore[misc]
+        told = False
+
+        def store_string(self, string: str) -> None:
+            if holds_secret(string):
+                if not self.told:
+                    say("(a line giving --network-key is not kept in the shell's history)")
+                    self.told = True
+                return
+            super().store_string(string)
+
+    with contextlib.suppress(OSError):  # (unreadable or elsewhere: prompt_toolkit's error)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        os.chmod(path, 0o600)  # one from an earlier release, made with the umask's mode
+    return _Private(str(path))
+
+
 class ShellCompleter:
     """Completion of commands, options, file paths and known peers."""
 
@@ -906,21 +961,60 @@ class ShellCompleter:
 
         class _Completer(Completer):
             def get_completions(self, document: Document, complete_event: Any) -> Any:
-                text = document.text_before_cursor
-                try:
-                    words = shlex.split(text)
-                except ValueError:
+                text = closed = document.text_before_cursor
+                for closing in ("", "'", '"'):  # a quote opened and not closed yet
+                    try:
+                        closed = text + closing
+                        words = shlex.split(closed)
+                        break
+                    except ValueError:
+                        continue
+                else:
                     return
-                if text.endswith((" ", "\t")) or not words:
+                if closed.endswith((" ", "\t")) or not words:
                     words.append("")
                 current = words[-1]
+                typed = 0 if closed.endswith((" ", "\t")) else typed_length(closed, current)
+                typed -= len(closed) - len(text)
                 for candidate in candidates(shell, words):
                     if candidate.startswith(current):
-                        yield Completion(candidate, start_position=-len(current))
+                        yield Completion(candidate, start_position=-typed)
                 if len(words) > 1 and argument_kind(shell, words) == "path":
-                    yield from paths.get_completions(Document(current), complete_event)
+                    # The whole word again, quoted as the line needs it (a
+                    # name with a space went in bare: two words).
+                    for c in paths.get_completions(Document(current), complete_event):
+                        whole = current[: len(current) + c.start_position] + c.text
+                        yield Completion(quoted(whole), start_position=-typed, display=c.display)
 
         return _Completer()
+
+
+def typed_length(text: str, word: str) -> int:
+    """How many characters the line's last word ``word`` (as shlex read it)
+    takes as typed, its quotes and backslashes included."""
+    for start in range(len(text) - 1, -1, -1):
+        if start and text[start - 1] not in " \t":
+            continue
+        try:
+            if shlex.split(text[start:]) == [word]:
+                return len(text) - start
+        except ValueError:
+            continue
+    return len(word)
+
+
+def quoted(word: str) -> str:
+    """``word`` as typed at the prompt: quoted if the line would split or
+    change it, a leading ``~/`` left outside the quotes (expanded)."""
+    if word.startswith("~/"):
+        return "~/" + (shlex.quote(word[2:]) if word[2:] else "")
+    return shlex.quote(word) if word else word
+
+
+def expand_home(word: str) -> str:
+    """``~`` and ``~/...`` (and ``~user/...``) at a word's start, as a
+    shell expands them: completion offers those paths."""
+    return os.path.expanduser(word) if word.startswith("~") else word
 
 
 def command_names(shell: Shell) -> list[str]:
