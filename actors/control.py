@@ -72,6 +72,11 @@ from peercrypt.wire.network_messages import (  # discovery and health monitoring
 log = logging.getLogger("peercrypt.control")
 
 MAX_PENDING = 1024
+# Beyond MAX_PENDING requests held (sends waiting in line hold theirs until
+# they end), room kept for the short ones, which are answered at once or
+# within a few seconds: `transfers`, `peers`, a setting, a check. A user's
+# `top` and `transfers` still answer with a thousand sends queued.
+MAX_SHORT = 64
 QUIET_BEAT = 5.0  # seconds between the Progress a quiet send's client still gets
 OTHER_IDS = 1 << 40  # ids of requests that are not sends start here (sends: from 1)
 MAX_TRANSFER_ROWS = 1024  # TransfersReply.transfers' bound
@@ -300,7 +305,8 @@ class ControlActor(Actor):
         elif isinstance(msg, CancelTransfer):
             self._cancel_transfer(route, msg)
         elif type(msg) in ROUTES:
-            if len(self.pending) >= MAX_PENDING:
+            held = isinstance(msg, SendRequest | _mc.McSendRequest | _mc.McListen)
+            if len(self.pending) >= MAX_PENDING + (0 if held else MAX_SHORT):
                 reply = ErrorReply(code="busy", reason="too many requests in progress")
                 self.api.send_multipart([route, _local(reply)])
                 return
@@ -554,6 +560,7 @@ class ControlActor(Actor):
         # In the order of their ids: the sender's and the msender's answers
         # come in either order, and `top` and the shell list rows as given.
         rows = sorted([*listing.rows, *self._placing_rows()], key=_by_id)[:MAX_TRANSFER_ROWS]
+        rows = codec.rows_within(rows)  # (the first by id, as many as one message holds)
         missing = sorted(LISTERS - listing.answered)
         if missing:
             self.count("transfers-unanswered")

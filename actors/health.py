@@ -639,7 +639,7 @@ class HealthActor(Actor):
             }
             rows.append((-m.score.value, m.fingerprint, row))
         rows.sort(key=lambda r: (r[0], r[1]))
-        return [r[2] for r in rows[:512]]
+        return codec.rows_within([r[2] for r in rows[:512]])
 
     # -- one-shot checks -----------------------------------------------------------
 

@@ -357,7 +357,11 @@ class MulticastSenderActor(Actor):
         elif isinstance(msg, TransfersRequest):  # control merges it with the sender's
             self.tell(
                 "control",
-                TransfersReply(request=msg.request, transfers=self._listing(), actor=self.name),
+                TransfersReply(
+                    request=msg.request,
+                    transfers=codec.rows_within(self._listing()),
+                    actor=self.name,
+                ),
             )
         elif isinstance(msg, CancelRequest):
             walking = self.walking.pop(msg.request, None)

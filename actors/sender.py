@@ -478,7 +478,11 @@ class SenderActor(Actor):
         elif isinstance(msg, TransfersRequest):
             self.tell(
                 "control",
-                TransfersReply(request=msg.request, transfers=self._listing(), actor=self.name),
+                TransfersReply(
+                    request=msg.request,
+                    transfers=codec.rows_within(self._listing()),
+                    actor=self.name,
+                ),
             )
         elif isinstance(msg, SendRequest):
             if self._sends() < self.settings.max_outgoing:

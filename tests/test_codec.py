@@ -13,7 +13,7 @@ from typing import Any, Union
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import peercrypt.wire.messages as messages
@@ -723,3 +723,22 @@ def test_only_a_lenient_decode_takes_a_field_less_or_more_and_it_checks_what_is_
     wrong = {**fields, "done_bytes": "five"}
     with pytest.raises(DecodeError, match="field-type"):
         decode(msgpack.packb([local, "progress", wrong]), version=local, lenient=True)
+
+
+_ROW_TEXT = st.text(max_size=300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from("abcdefgh"), _ROW_TEXT, max_size=8), max_size=1024))
+@example([{"file": "q" * 200, "peer": "127.0.0.1:7400", "id": str(k)} for k in range(1000)])
+@example([{"id": "é" * 150} for _ in range(500)])
+def test_a_listing_s_rows_are_cut_to_what_one_message_holds(rows: list[dict[str, str]]) -> None:
+    """`transfers` and `peers` rows: the longest first part that encodes
+    within one message (a thousand rows of a few hundred bytes made the
+    reply fail to encode, and the listing went unanswered)."""
+    kept = codec.rows_within(rows)
+    assert kept == rows[: len(kept)] and len(msgpack.packb(kept)) <= codec.ROWS_BUDGET
+    reply = messages.TransfersReply(request=1, transfers=kept, actor="sender")
+    assert len(encode(reply)) <= codec.MAX_MESSAGE_BYTES
+    if len(kept) < len(rows):  # cut only where one more would not fit
+        assert len(msgpack.packb(rows[: len(kept) + 1])) > codec.ROWS_BUDGET

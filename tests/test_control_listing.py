@@ -26,6 +26,7 @@ from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec, columns
 from peercrypt.wire.local_messages import (
     CancelRequest,
+    ErrorReply,
     McTargetProgress,
     Progress,
     Progresses,
@@ -208,6 +209,36 @@ def test_a_sender_restart_fails_the_sends_handed_to_it_and_nothing_else(rig: Rig
     assert got == [("SendResult", 12), ("SettingReply", 11)], got
     assert sorted(rig.actor.pending) == [rig.actor.memory.next_send - 1]  # 13's, still placed
     assert isinstance(rig.actor.placing[rig.actor.memory.next_send - 1], SendRequest)
+
+
+def test_a_full_line_of_sends_still_lets_transfers_be_listed(rig: Rig) -> None:
+    """With MAX_PENDING sends held (waiting in line, a script's thousand
+    `send`s), a send more is refused `busy`, but `transfers` (what `top`
+    polls: it stopped on that refusal) is still asked and answered."""
+    request = 100
+    for _ in range(control.MAX_PENDING):
+        request += 1
+        msg = SendRequest(request=request, path="/x", host="127.0.0.1", port=9, chunk_size=4096)
+        rig.client.send_multipart([TOKEN.encode(), codec.encode(msg, codec.LOCAL_VERSION)])
+        assert rig.actor.api.poll(5000), "control got no request"
+        rig.actor._on_client(rig.actor.api)
+    assert len(rig.actor.pending) == control.MAX_PENDING
+    while rig.client.poll(100):  # (each send's first Progress)
+        assert isinstance(codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION), Progress)
+    more = SendRequest(request=9999, path="/x", host="127.0.0.1", port=9, chunk_size=4096)
+    rig.client.send_multipart([TOKEN.encode(), codec.encode(more, codec.LOCAL_VERSION)])
+    assert rig.actor.api.poll(5000), "control got no request"
+    rig.actor._on_client(rig.actor.api)
+    assert rig.client.poll(5000), "no answer to the send over the bound"
+    refused = codec.decode(rig.client.recv(), version=codec.LOCAL_VERSION)
+    assert isinstance(refused, ErrorReply) and refused.code == "busy", refused
+    ours = rig.ask(7)  # asked of the sender and the msender, not refused
+    rig.actor.on_mail(TransfersReply(request=ours, transfers=_rows("s", 2), actor="sender"))
+    rig.actor.on_mail(TransfersReply(request=ours, transfers=_rows("m", 1), actor="msender"))
+    (answer,) = rig.answers()  # the first by id, as many as one message holds
+    ids = [r["id"] for r in answer.transfers]
+    assert answer.request == 7 and ids == [str(k) for k in range(1, len(ids) + 1)], ids[:5]
+    assert 500 < len(ids) < control.MAX_PENDING  # (1,024 rows failed to encode: no answer)
 
 
 def test_sends_are_numbered_from_one_whatever_else_was_asked(rig: Rig) -> None:

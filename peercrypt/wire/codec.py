@@ -59,6 +59,9 @@ MAX_MESSAGE_BYTES = 64 * 1024
 DEFAULT_MAX_STR = 4096
 DEFAULT_MAX_BYTES = 4096
 DEFAULT_MAX_LIST = 1024
+# What a listing's rows (`transfers`, `peers`) may take of one message: the
+# rest of it (its request, names) fits in what is left.
+ROWS_BUDGET = MAX_MESSAGE_BYTES - 4096
 
 
 class DecodeError(ValueError):
@@ -402,6 +405,19 @@ def _defaults(cls: type[Message], missing: typing.Iterable[str]) -> dict[str, An
         elif f.default_factory is not dataclasses.MISSING:
             out[f.name] = f.default_factory()
     return out
+
+
+def rows_within(rows: list[dict[str, str]], budget: int = ROWS_BUDGET) -> list[dict[str, str]]:
+    """The longest first part of ``rows`` whose encoding fits ``budget``
+    bytes. A count of rows does not bound their bytes: a thousand sends
+    waiting, or some 210 members, made a listing that failed to encode, and
+    `transfers` said none ran, `peers` that the node did not answer."""
+    total = 5  # (the list's own header, at most)
+    for k, row in enumerate(rows):
+        total += len(msgpack.packb(row, use_bin_type=True))
+        if total > budget:
+            return rows[:k]
+    return rows
 
 
 def decode_as(data: bytes | memoryview, cls: type[M], max_bytes: int = MAX_MESSAGE_BYTES) -> M:
