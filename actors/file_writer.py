@@ -158,7 +158,7 @@ import blake3
 import zmq
 
 from actors.file_chunks import read_chunk
-from actors.inbox import discard_part, save_manifest
+from actors.inbox import discard_part, remove_quietly, save_manifest
 from actors.read_back import (
     HASH_HOLD,
     AsWritten,
@@ -1179,16 +1179,19 @@ class FileWriter:
             # A file in its final check has every chunk written; its check
             # may be stuck in the disk, which a checkpoint's sync would join.
             keep = keep and not checking
-            if discard is not None:
-                part, manifests = discard
-                discard_part(part, closing.fd)
-                for path in manifests:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-            unsaved = self._checkpoint(closing) if keep else ""
-            os.close(closing.fd)
-            if closing.direct is not None:
-                os.close(closing.direct)
+            try:
+                if discard is not None:
+                    part, manifests = discard
+                    why = discard_part(part, closing.fd)
+                    if why:
+                        log.warning("cannot remove %s: %s", part, why)
+                    for path in manifests:
+                        remove_quietly(path)
+                unsaved = self._checkpoint(closing) if keep else ""
+            finally:  # (whatever failed above: the fds go, or they stayed to the node's end)
+                os.close(closing.fd)
+                if closing.direct is not None:
+                    os.close(closing.direct)
             if not files:
                 self.buffers.clear()  # nothing is written now: no buffer is kept
             return Unsaved(tid, unsaved) if unsaved else None

@@ -128,19 +128,34 @@ def open_part(inbox: Path, part: str, size: int) -> int:
     return fd
 
 
-def discard_part(part: Path | None, fd: int) -> None:
+def discard_part(part: Path | None, fd: int) -> str:
     """Remove this session's named part file - only if the name still refers
-    to the file open as ``fd`` (nothing else is ever removed)."""
+    to the file open as ``fd`` (nothing else is ever removed). Why it could
+    not be removed ("" if it is gone): an inbox made read-only meanwhile
+    raised here, and the transfer's close stopped halfway (its fd and its
+    space kept until the node restarted)."""
     if part is None:
-        return
+        return ""
     try:
         mine = os.fstat(fd)
         there = os.lstat(part)
     except OSError:
-        return
+        return ""
     if (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             part.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return exc.strerror or type(exc).__name__
+    return ""
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove ``path`` if it is there and may be removed (a manifest beside
+    a part being discarded: what cannot go stays, as its part does)."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def publish(part: Path | None, fd: int, inbox: Path, name: str, mode: int = 0o644) -> str | None:

@@ -104,6 +104,7 @@ from actors.inbox import (
     open_part,
     publish,
     remove_part,
+    remove_quietly,
     scan,
     stamp,
     sweep,
@@ -1292,10 +1293,11 @@ class MulticastReceiverActor(Actor):
             # Before the writer closes the fd: the name is removed only while
             # it still refers to the file open as ``sess.fd``. (At once: the
             # sender told of a verdict finds no part left.)
-            discard_part(sess.part, sess.fd)
+            why = discard_part(sess.part, sess.fd)
+            if why:  # (an inbox made read-only: the part stays, the rest of the close goes on)
+                self.log_limited("mreceiver: cannot remove %s: %s", sess.part.name, why)
             for path in manifests:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+                remove_quietly(path)
         # The writer closes the fd after its queued work (``keep``: with a
         # last checkpoint) and forgets the session; without ``keep`` it
         # removes the part and its manifests then too (only a name that

@@ -46,7 +46,6 @@ without a resume (at start and every ``RECLAIM_INTERVAL``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hmac
 import itertools
@@ -84,6 +83,7 @@ from actors.inbox import (
     open_part,
     publish,
     remove_part,
+    remove_quietly,
     scan,
     stamp,
     sweep,
@@ -1732,10 +1732,11 @@ class ReceiverActor(Actor):
         elif not keep_part:
             # Before the writer may close the fd: the part's name is removed
             # only while it still refers to the file open as ``t.fd``.
-            discard_part(t.part, t.fd)
+            why = discard_part(t.part, t.fd)
+            if why:  # (an inbox made read-only: the part stays, the rest of the close goes on)
+                self.log_limited("receiver: cannot remove %s: %s", t.part.name, why)
             for name in names:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(inbox / name)
+                remove_quietly(inbox / name)
         # The writer closes the fd after its queued work. Without keep_part no
         # write (hence no checkpoint) is pending: the transfer was finished,
         # or its file failed and the writer dropped it.

@@ -7,6 +7,8 @@ cannot write the manifest again for a part already gone (it stayed until
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +17,13 @@ import pytest
 
 from peercrypt.testing.disk import StallingDisk
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer
-from peercrypt.testing.nodes import NodeProcess, cli_running, held_open, wait_until
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    blake3_file,
+    cli_running,
+    held_open,
+    wait_until,
+)
 from peercrypt.wire.messages import Ack
 
 MiB = 1024 * 1024
@@ -148,3 +156,62 @@ def test_a_part_is_kept_for_a_resume_only_when_it_holds_a_chunk(
         assert left[1] == left[0] + ".manifest", left
     else:
         assert left == [], left
+
+
+def _inbox_fds(node: NodeProcess) -> list[str]:
+    """What the node's process holds open in its inbox (parts, deleted or not)."""
+    fds = Path(f"/proc/{node.pid}/fd")
+    held = []
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith(str(node.inbox)):
+            held.append(target)
+    return held
+
+
+@pytest.mark.timeout(180)
+def test_an_inbox_made_read_only_mid_transfer_costs_no_descriptor_no_space_no_error(
+    tmp_path: Path, network_key: str, make_file: Callable[..., Path]
+) -> None:
+    """The user takes write permission off the inbox while a file comes in
+    (the node runs as a user would: root's override of file permissions
+    dropped). The send fails with the link's error, and then: no handler
+    error in the receiver, no descriptor left on the part (the close raised
+    at its removal and never closed it: 64 MiB held until a restart), no
+    space left promised; the inbox made writable, a resend stores the file."""
+    receiver = NodeProcess(
+        data_dir=tmp_path / "receiver",
+        network_key=network_key,
+        prefix=("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"),
+    ).start()
+    sender = NodeProcess(data_dir=tmp_path / "sender", network_key=network_key).start()
+    try:
+        path = make_file(16 * MiB, name="read-only.bin")
+        args = ("send", path, receiver.host, str(receiver.port), "--json", "-r", "4M")
+        with cli_running(*args, data_dir=sender.data_dir) as proc:
+
+            def moved() -> bool:  # (a few MiB acknowledged: written in the part)
+                rows = json.loads(sender.cli("transfers", "--json").stdout)
+                return bool(rows) and int(rows[0]["bytes"]) >= 2 * MiB
+
+            wait_until(moved, WAIT, "a few MiB written")
+            receiver.inbox.chmod(0o555)
+            out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 1, out
+        assert "Permission denied" in out, out
+        wait_until(lambda: not _inbox_fds(receiver), WAIT, "the part's descriptors closed")
+        wait_until(
+            lambda: receiver.status().get("promised") == "0", WAIT, "the transfer's space released"
+        )
+        assert receiver.counters().get("receiver.handler-errors", 0) == 0
+        receiver.inbox.chmod(0o755)
+        again = sender.cli("send", path, receiver.host, str(receiver.port), timeout=120)
+        assert again.returncode == 0, again.describe()
+        assert blake3_file(receiver.inbox / path.name) == blake3_file(path)
+    finally:
+        receiver.inbox.chmod(0o755)
+        sender.stop()
+        receiver.stop()

@@ -493,6 +493,9 @@ class NodeProcess:
     start_timeout: float = START_TIMEOUT
     host: str = LOCALHOST
     netns: str | None = None
+    # A command the node runs under (e.g. ``setpriv`` without the capability
+    # to override file permissions: root's node then meets them as a user's).
+    prefix: Sequence[str] = ()
     # Status facts that say the node is ready (a node whose receiver is
     # attached from elsewhere has no data port until it attaches).
     ready_facts: Sequence[str] = ("port", "data_port")
@@ -537,6 +540,7 @@ class NodeProcess:
             argv += ["--network-key-file", str(self.key_file)]
         if self.open_network:
             argv.append("--open")
+        argv = [*self.prefix, *argv]
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return argv + list(self.extra_args)
