@@ -1605,7 +1605,12 @@ class SenderActor(Actor):
                 t.flow.fail(ResultCode.LOCAL, f"{t.request.path} changed while it was being sent")
                 self.count("source-changed")
                 self._drive(t)
+        now = self.now()
         for t in self.transfers.values():
+            paused = t.flow.paused
+            t.flow.on_tick(now, PROGRESS_INTERVAL)
+            if t.flow.paused > paused:  # (this node did not run: not the receiver's silence)
+                self.count("paused-here")
             phase, done = self._phase(t)
             progress.setdefault(t.requester, []).append(
                 Progress(
@@ -1698,6 +1703,7 @@ class SenderActor(Actor):
         # holds this one; an offer again would then store a second copy (DIR.1).
         unanswered = code == ResultCode.TIMEOUT and flow.unanswered
         network = t.broken or flow.window is None or (unanswered and t.tree is None)
+        network = network or flow.expired_there  # (this node paused: the receiver kept the part)
         retried = False
         if code in RETRY_CODES and network and t.retry is not None:
             final = self._retry(t, code, reason)
@@ -1821,7 +1827,12 @@ class SenderActor(Actor):
             if backoff_delay is None:
                 return code, reason
             delay = backoff_delay
-            note = f"{t.peer}: {reason}; retrying"
+            # (a reason that names the peer already: not twice, "A: A stopped ...")
+            note = (
+                f"{reason}; retrying"
+                if reason.startswith(t.peer)
+                else f"{t.peer}: {reason}; retrying"
+            )
         self.count("retries")
         retry.attempt += 1
         done = 0 if at_once else t.flow.acked_bytes  # (what the receiver held is gone)

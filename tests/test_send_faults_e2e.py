@@ -508,3 +508,63 @@ def test_a_source_changed_while_a_resume_hashes_what_was_held_fails_the_send(
     assert set(phases) <= {"hashing"}, phases  # failed in that phase, within three checks
     assert resumed.stats["resumed_chunks"] >= held > 0, resumed.stats
     assert not (receiver.inbox / path.name).exists()
+
+
+def test_a_sender_paused_past_its_timeout_goes_on_as_it_wakes(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """The sending node stops running for longer than the send's
+    --timeout (a laptop's suspend; SIGSTOP here) while the receiver waits:
+    as it wakes, its own pause is not the receiver's silence, and the send
+    goes on to the end (it failed at once, "stopped acknowledging")."""
+    receiver, sender = node_factory(name="receiver"), node_factory(name="sender")
+    path = make_file(SIZE, name="paused-sender.bin")
+    send = Send(sender, path, receiver.port, timeout=3.0, rate=RATE // 2)
+    try:
+        wait_until(lambda: _progress_seen(receiver.inbox, send), 30, "the transfer to move")
+        sender.send_signal(signal.SIGSTOP)
+        time.sleep(5.0)  # the pause itself is the fault (longer than --timeout)
+        sender.send_signal(signal.SIGCONT)
+        assert_sent(receiver, send.result(), path)
+        assert sender.counters().get("sender.paused-here", 0) >= 1
+    finally:
+        sender.send_signal(signal.SIGCONT)
+        send.kill()
+
+
+def test_a_send_its_receiver_gave_up_on_while_the_sender_slept_is_offered_again(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    """The receiver hears nothing of the send for its own idle limit (2 s
+    here, 30 by default) while the sending node is stopped, and keeps the
+    part: it tells the sender, which, awake, offers the file again and
+    resumes it (it sent on into a transfer the receiver had forgotten, and
+    failed "stopped acknowledging" a --timeout later, not offered again)."""
+    receiver = Node(loopback_settings(tmp_path / "receiver", network_key, idle_timeout=2.0))
+    receiver.start()
+    try:
+        with ControlClient.for_data_dir(tmp_path / "receiver") as client:
+            port = int(client.status().node["port"])
+        sender = node_factory(name="sender")
+        path = make_file(SIZE, name="expired-there.bin")
+        send = Send(sender, path, port, timeout=30.0, rate=RATE // 2)
+        inbox = tmp_path / "receiver" / "inbox"
+        try:
+            wait_until(lambda: _progress_seen(inbox, send), 30, "the transfer to move")
+            sender.send_signal(signal.SIGSTOP)
+            time.sleep(4.0)  # the pause itself is the fault (longer than the receiver's limit)
+            sender.send_signal(signal.SIGCONT)
+            code, result = send.result(timeout=25)  # (well within the send's own 30 s)
+            assert code == 0, (result, send.lines)
+            assert blake3_file(inbox / str(result["stored_as"])) == blake3_file(path)
+            assert int(result["stats"]["resumed_chunks"]) > 0, result  # type: ignore[index]
+            told = f"127.0.0.1:{port} heard nothing of the send for a while; retrying"
+            assert f"peercrypt: {told}" in send.lines, send.lines  # (its peer named once)
+        finally:
+            sender.send_signal(signal.SIGCONT)
+            send.kill()
+    finally:
+        receiver.stop()

@@ -496,6 +496,49 @@ def test_no_progress_for_the_timeout_fails_at_the_timeout_whatever_the_backoff(
     assert now == pytest.approx(last_ack + 5.0)
 
 
+@given(st.floats(0.0, 4.9), st.floats(1.2, 3600.0))
+def test_a_pause_of_this_node_is_not_the_receivers_silence(last_ack: float, pause: float) -> None:
+    """The node stopped running for ``pause`` s (a suspend, SIGSTOP): its
+    first tick after it says so, and the timeout runs from the receiver's
+    last word plus the pause (the send failed "stopped acknowledging" as it
+    woke, not offered again); without the tick, it fails as before."""
+    for ticked in (True, False):
+        t = outgoing()
+        t.on_accept([], 4, 0.0)
+        assert len(t.poll(0.0)) == 4
+        t.on_ack(1, [], 4, last_ack)
+        for k in range(1, int(last_ack * 10) + 1):  # the ticks while it ran
+            t.on_tick(k / 10, 0.1)
+        woke = last_ack + pause
+        if ticked:
+            t.on_tick(woke, 0.1)
+            assert t.paused == pytest.approx(woke - int(last_ack * 10) / 10 - 0.1)
+        failed, now = _failed_by(t, woke + 10.0, woke)
+        assert failed is not None and "stopped acknowledging" in failed.reason
+        if ticked:  # the timeout's 5 s from waking: its silence counted after it
+            assert now == pytest.approx(last_ack + t.paused + 5.0)
+        else:
+            assert now == pytest.approx(max(woke, last_ack + 5.0))
+
+
+def test_a_receiver_that_heard_nothing_for_its_timeout_makes_a_timeout_offered_again() -> None:
+    """Its Failed "expired" (it kept the part): a timeout, marked for the
+    sender to offer again (it resumes); any other code stays the peer's."""
+    t = outgoing()
+    t.on_accept([], 4, 0.0)
+    t.poll(0.0)
+    t.on_failed("expired", "no traffic from the sender")
+    (failed,) = [o for o in t.poll(1.0) if isinstance(o, Failed)]
+    assert failed.code == "timeout" and t.expired_there
+    assert failed.reason == "the receiver heard nothing of the send for a while"
+    other = outgoing()
+    other.on_accept([], 4, 0.0)
+    other.poll(0.0)
+    other.on_failed("io", "receiver cannot write")
+    (failed,) = [o for o in other.poll(1.0) if isinstance(o, Failed)]
+    assert failed.code == "io" and not other.expired_there
+
+
 def _failed_by(t: OutgoingTransfer, until: float, now: float) -> tuple[Failed | None, float]:
     """Run the transfer's timers from ``now`` up to ``until``: its failure
     (None: none) and the time."""
@@ -893,7 +936,8 @@ def test_incoming_expires_idle_keeping_the_part_and_sender_failure_keeps_it() ->
     assert r.poll() == []
     r.on_timer(40.5)
     (out,) = r.poll()
-    assert isinstance(out, Abandon) and out.keep_part and not out.notify
+    # (the sender told: one that was paused wakes to it and offers again)
+    assert out == Abandon("expired", "no traffic from the sender", True, True)
     s = IncomingTransfer(total=3, credit=1, idle_timeout=30.0, now=0.0)
     s.on_sender_failed("cancelled by the user", 1.0)
     assert s.poll() == [Abandon("aborted", "cancelled by the user", True, False)]

@@ -291,7 +291,9 @@ class IncomingTransfer:
             )
             self._end(Abandon(ResultCode.TIMEOUT, reason, True, True))
         else:
-            self._end(Abandon("expired", "no traffic from the sender", True, False))
+            # Told: a sender that was paused (a laptop's suspend) and wakes
+            # offers again, which resumes the part (it failed as it woke).
+            self._end(Abandon("expired", "no traffic from the sender", True, True))
 
     # -- outputs ----------------------------------------------------------------
 

@@ -69,6 +69,13 @@ WAITING_SILENCE = 3.0
 # given and taken back at once, or one whose chunk is never acked, would),
 # nor an ack of chunks never sent.
 WAITING_LIMIT = 10.0
+# A tick this much later than due: this node did not run meanwhile (its
+# process stopped: a suspend, SIGSTOP; or starved), and the receiver's
+# silence over that time is not the receiver's (:meth:`Outgoing.on_tick`).
+PAUSE_GAP = 1.0
+# The receiver's Failed code for a send it heard nothing of for its
+# --timeout (it keeps the part): offered again, which resumes it.
+EXPIRED = "expired"
 HISTORY_SAMPLES = 512  # congestion window samples kept for the result
 HISTORY_INTERVAL = 0.05  # seconds between growth samples (decreases always)
 REPORT_INTERVAL = 0.01  # seconds between congestion reports (losses: at once)
@@ -215,7 +222,12 @@ class OutgoingTransfer(GrantedFlow):
     # Ended by its own timeout with a Done gone unanswered: the receiver may
     # have stored the file (and forgotten the transfer), not said it failed.
     unanswered: bool = field(default=False, init=False)
+    # Ended because the receiver heard nothing of it for its --timeout (this
+    # node was paused): not a receiver that stalls; offered again.
+    expired_there: bool = field(default=False, init=False)
+    paused: float = field(default=0.0, init=False)  # seconds this node did not run, in all
     last_progress: float = field(init=False)
+    _last_tick: float = field(init=False)
     waiting_since: float | None = field(default=None, init=False)  # told 0, none acked since
     resumed: int = field(default=0, init=False)  # chunks the receiver already held
     accept_seconds: float = field(default=0.0, init=False)  # offer to accept (the resume check)
@@ -228,7 +240,7 @@ class OutgoingTransfer(GrantedFlow):
 
     def __post_init__(self) -> None:
         self.total = -(-self.size // self.chunk_size)
-        self.started = self.last_progress = self.now
+        self.started = self.last_progress = self._last_tick = self.now
         self.deadline = self.now + self.timeout
 
     # -- what the mode means here ------------------------------------------------
@@ -374,8 +386,37 @@ class OutgoingTransfer(GrantedFlow):
         """The receiver gave up (its Failed). Its code is its claim: one of
         a failure's words (lower case, digits, dashes), never "ok" (a Failed
         that says ok would end the send as verified, no hash checked);
-        anything else is the protocol broken."""
+        anything else is the protocol broken. ``expired``: it heard nothing
+        of the send for its --timeout (this node paused) and kept the part:
+        a timeout, offered again (:attr:`expired_there`)."""
+        if code == EXPIRED and self.phase is not Phase.ENDED:
+            self.expired_there = True
+            self.fail(ResultCode.TIMEOUT, f"{self.peer} heard nothing of the send for a while")
+            return
         self.fail(peer_failure(code), f"{self.peer} failed the transfer: {reason}")
+
+    def on_tick(self, now: float, interval: float) -> None:
+        """The sender's progress tick, due every ``interval`` s while the
+        send runs. One later than that by more than :data:`PAUSE_GAP`: this
+        node did not run (a suspended laptop, a stopped process), so the
+        receiver's silence meanwhile is not its own: the stall clock, an
+        offer's deadline and a Done's resend move on by that time. (The
+        send failed as it woke, "stopped acknowledging", and was not offered
+        again.)"""
+        gap = now - self._last_tick - interval
+        self._last_tick = now
+        if gap <= PAUSE_GAP:
+            return
+        self.paused += gap
+        self.last_progress += gap
+        if self.deadline is not None:
+            self.deadline += gap
+        if self._done_due is not None:
+            self._done_due += gap
+        if self._answer_due is not None:
+            self._answer_due += gap
+        if self.waiting_since is not None:
+            self.waiting_since += gap
 
     def on_reconnect(self, now: float) -> None:
         """The data connection came back after a break (an outage, a
