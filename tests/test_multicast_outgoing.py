@@ -96,6 +96,29 @@ def test_acks_below_the_high_water_mark_are_no_progress(every: float, high: int,
     assert published == list(range(len(published)))  # each chunk first-published once
 
 
+def test_a_rejoined_target_catching_up_by_repairs_below_its_mark_is_progress() -> None:
+    """A receiver restarted mid-session rejoins holding less than it had
+    acked (its kept part's last checkpoint): each chunk it writes after that
+    first ack is progress, below its high-water mark too (a capped session
+    made it fail at --timeout while it caught up); acking only what it held
+    is not (the property above)."""
+    sess, out = _session(timeout=5.0)
+    sess.on_ack("b", 100, [], 0.0)
+    sess.on_unknown("b")  # it restarted
+    assert sess.on_join("b", 1.0)
+    sess.on_ack("b", 60, [(60, 100)], 1.0)  # what its part held
+    now = 1.0
+    while now < 40.0:  # acks every 0.5 s, a repaired chunk in them every 2 s: far past 5 s
+        now = round(now + 0.05, 2)
+        if round(now * 100) % 50 == 0:
+            held = 60 + int((now - 1.0) // 2)
+            sess.on_ack("b", held, [(held, 100)], now)
+        sess.on_timer(now)
+        out += sess.poll(now)
+    assert not [o for o in out if isinstance(o, TargetEnded)], out[-3:]
+    assert sess.member("b").state != "failed"  # type: ignore[union-attr]
+
+
 def test_a_target_that_rejoins_too_often_is_dropped_with_a_clear_result() -> None:
     """Progress past the high-water mark each time keeps it from timing out,
     but each rejoin may cost a unicast repair of what it lacks: after

@@ -35,8 +35,10 @@ repairs.
   to ``unicast``: it no longer sets the pace and is finished by repairs.
   A member that acks nothing for ``lost_after`` seconds is ``lost`` (the
   actor re-announces the session to it; a restarted receiver rejoins). A
-  member whose cumulative ack does not move for ``stall_timeout`` seconds,
-  or that stays lost that long, fails: one peer never stalls the others.
+  member whose cumulative ack does not move for ``stall_timeout`` seconds
+  (after a rejoin: beyond the first ack it sent, what it held, or beyond
+  its high-water mark), or that stays lost that long, fails: one peer
+  never stalls the others.
   A member that acks every chunk is verifying (the final hash, storing a
   folder): each such ack counts as progress, so a long check is not a stall
   - for ``verify_limit`` seconds after its first such ack at most, then its
@@ -214,8 +216,11 @@ class Member:
     joined_at: float = 0.0
     last_heard: float = 0.0
     cumulative: int = 0
-    progress_at: float = 0.0  # when the high-water mark last moved (or the member first joined)
+    # When it last wrote something new: its high-water mark moved, or, since
+    # its (re)join, its cumulative ack beyond its first one (or it first joined).
+    progress_at: float = 0.0
     high_water: int = 0  # the highest cumulative it ever acked, across rejoins
+    acked_since_join: bool = False  # its first ack since it (re)joined says what it held
     rejoins: int = 0  # joins after its first one (it restarted or forgot the session)
     published_at_join: int = 0
     naked: int = 0  # chunks NAKed since (re)joining
@@ -279,19 +284,21 @@ class SessionPlan:
 
     def join(self, name: str, now: float) -> None:
         """``name`` joined (or rejoined after a restart: its state is reset,
-        but not its stall clock - a member that keeps rejoining without
-        writing beyond its ``high_water`` mark still times out).
+        but not its stall clock - a member that keeps rejoining and acks
+        what it held, no more, still times out; one that writes new chunks
+        after it rejoined, repairs below its ``high_water`` mark too, moves).
         A member joining after publishing began starts in ``unicast`` state
         (it catches up by repairs without holding the others back) and moves
         to ``multicast`` once it is within a window of the publishing point."""
         m = self.add(name, now)
         if m.state == JOINING:
             m.progress_at = now
-        else:  # a rejoin is not progress: only acks beyond its high-water mark are
+        else:  # a rejoin is not progress: only chunks it writes after it are
             m.rejoins += 1
         m.state = MULTICAST if self.published == 0 else UNICAST
         m.joined_at = m.last_heard = now
         m.cumulative = 0
+        m.acked_since_join = False
         m.published_at_join = self.published
         m.naked = 0
         m.wanted.clear()
@@ -329,6 +336,12 @@ class SessionPlan:
             if cumulative > m.high_water:
                 m.high_water = cumulative
                 m.progress_at = now
+            elif m.acked_since_join:
+                # Below its mark, but written since it rejoined: repairs
+                # catching up a restarted receiver (a capped session's
+                # publishing took the rate, and one restart made it fail;
+                # rejoins are bounded: MAX_REJOINS).
+                m.progress_at = now
             if m.state == MULTICAST:
                 self.congestion.on_acked(self._floor(), now)
         wanted: set[int] = set()
@@ -344,6 +357,7 @@ class SessionPlan:
         ):  # a first publication was dropped on the way to it: back off (once per round trip)
             self.congestion.on_loss(now)
         m.wanted = wanted
+        m.acked_since_join = True
         caught_up = self.published - m.cumulative < self.window // 2 and not wanted
         if m.state == UNICAST and caught_up and not m.demoted:
             m.state = MULTICAST
