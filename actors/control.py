@@ -227,7 +227,7 @@ class ControlActor(Actor):
     def setup(self) -> None:
         sock = self.api = self.socket(zmq.ROUTER)
         sock.maxmsgsize = 64 * 1024
-        self.bind(sock, "127.0.0.1", self.settings.control_port)
+        self.bind(sock, "127.0.0.1", self.settings.control_port, "the control port")
         self.endpoint = bound_endpoint(sock)
         self.watch(sock, self._on_client)
         self.control_file = self.settings.control_file or self.settings.data_dir / CONTROL_FILE

@@ -147,7 +147,7 @@ from peercrypt.crypto.handshake import (
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, unwrap
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError
-from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, SetupError, bound_port
+from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, SetupError, bound_port, dial
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import MAX_NAME, Inbound, Outbound
@@ -420,7 +420,7 @@ class MulticastReceiverActor(Actor):
         ports = [0] if low == 0 else list(range(low, max(low, high) + 1))
         for port in ports:
             try:
-                self.bind(sock, self.settings.host, port)
+                self.bind(sock, self.settings.host, port, "a repair port")
             except SetupError as exc:
                 if port == ports[-1]:
                     self._close_repair(sock, monitor, bound=False)
@@ -876,7 +876,7 @@ class MulticastReceiverActor(Actor):
             # carry a joined receiver's) and the id (our own filter).
             sub.setsockopt(zmq.SUBSCRIBE, k.sid + subscription_token(sess.receiver_key))
             sub.setsockopt(zmq.SUBSCRIBE, k.sid)
-            sub.connect(sess.pub_endpoint)
+            dial(sub, sess.pub_endpoint)
             self.watch(sub, functools.partial(self._on_data, owner=sess))
         sess.flow.on_key(self.now())
         self._drive(sess)
@@ -911,7 +911,7 @@ class MulticastReceiverActor(Actor):
         sess.sub_paused = False
         sess.redial.connected(self.now())
         with contextlib.suppress(zmq.ZMQError):
-            sess.sub.connect(sess.pub_endpoint)
+            dial(sess.sub, sess.pub_endpoint)
 
     def _intake(self, sess: Session, key: bytes) -> fragments.Intake:
         """The reassembly of the session's datagrams (for its receiving thread)."""

@@ -118,7 +118,15 @@ from peercrypt.crypto.keywrap import ContentSealer, new_content_key
 from peercrypt.crypto.keywrap import wrap as wrap_key
 from peercrypt.crypto.known_peers import KnownPeersFile, explain, pin_of
 from peercrypt.errors import ResultCode
-from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, SetupError, Timer, bound_port
+from peercrypt.runtime.actor import (
+    PEER_RCVHWM,
+    Actor,
+    ActorEnv,
+    SetupError,
+    Timer,
+    bound_port,
+    dial,
+)
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import (
@@ -306,7 +314,7 @@ class MulticastSenderActor(Actor):
         # do for a joined receiver's token alone - any other connection gets
         # nothing queued (docs/multicast.md, "Keys").
         pub.setsockopt(zmq.XPUB_MANUAL, 1)
-        self.bind(pub, self.settings.host, self.settings.multicast_pub_port)
+        self.bind(pub, self.settings.host, self.settings.multicast_pub_port, "the multicast port")
         self.pub = pub
         self.pub_port = bound_port(pub)
         self.facts["multicast_pub_port"] = str(self.pub_port)
@@ -778,7 +786,7 @@ class MulticastSenderActor(Actor):
                 self.close_socket(t.repair)
             repair = t.repair = self.socket(zmq.PUSH)
             repair.sndhwm = REPAIR_HWM
-            repair.connect(f"tcp://{join_host_port(t.host, j.repair_port)}")
+            dial(repair, f"tcp://{join_host_port(t.host, j.repair_port)}")
             t.repair_port = j.repair_port
         self._send_ctl(t, McKey(sid=sess.sid, wrapped=wrapped, attempt=j.attempt))
         if sess.flow.on_join(t.name, now):

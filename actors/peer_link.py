@@ -47,7 +47,7 @@ from peercrypt.core.address import split_host_port
 from peercrypt.core.port_guard import CURVE_HANDSHAKE, GuardLimits, curve_framed_size
 from peercrypt.core.redial import Redial
 from peercrypt.errors import ResultCode
-from peercrypt.runtime.actor import PEER_RCVHWM, Actor
+from peercrypt.runtime.actor import PEER_RCVHWM, Actor, dial
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 
@@ -255,7 +255,7 @@ class Link:
         actor.watch(self.monitor, self._on_monitor)
         actor.watch(sock, self._on_readable)
         try:
-            sock.connect(url)
+            dial(sock, url)
         except zmq.ZMQError as exc:
             self.failure = ResultCode.LOCAL
             self.detail = f"invalid address {address_of(url)}: {exc.strerror}"
@@ -394,7 +394,7 @@ class Link:
         self.paused = False
         self.redial.connected(self.actor.now())
         with contextlib.suppress(zmq.ZMQError):
-            self.sock.connect(self.url)
+            dial(self.sock, self.url)
 
     def _diagnose(self) -> None:
         """Find out why connecting fails: one non-blocking TCP connect."""

@@ -379,7 +379,7 @@ class ReceiverActor(Actor):
         )
         self.port_watch = PortWatch(limits, self.count, prefix="data-", allowance=DATA_HANDSHAKE)
         self.port_watch.start(self, data, "receiver-data")
-        self.bind(data, s.host, s.data_port)
+        self.bind(data, s.host, s.data_port, "the data port")
         self.data_port = bound_port(data)
         self.facts["data_port"] = str(self.data_port)
         self._bind_ipc(data)

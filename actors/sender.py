@@ -137,7 +137,7 @@ from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.known_peers import KnownPeersFile, explain
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
-from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, Timer
+from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, Timer, dial
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec, columns
 from peercrypt.wire.messages import (
@@ -1171,7 +1171,7 @@ class SenderActor(Actor):
         url = ipc or tcp_url
         pipe = DataPipe(key, data, monitor, route, url, tcp_url, address)
         self.watch(monitor, functools.partial(self._on_data_monitor, pipe))
-        data.connect(url)
+        dial(data, url)
         self.watch(data, functools.partial(self._on_data, pipe))
         self.pipes[key] = pipe
         self.count("data-connections")
@@ -1308,7 +1308,7 @@ class SenderActor(Actor):
         and what its transfers had in flight is sent again once it connects."""
         with contextlib.suppress(zmq.ZMQError):
             pipe.sock.disconnect(pipe.url)
-        pipe.sock.connect(pipe.tcp_url)
+        dial(pipe.sock, pipe.tcp_url)
         pipe.url = pipe.tcp_url
         self._broken(pipe)
         self.count("data-ipc-fallbacks")

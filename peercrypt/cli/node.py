@@ -30,6 +30,7 @@ from peercrypt.cli.common import (
 )
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.config_sources import absolute
+from peercrypt.core.address import is_ipv6
 from peercrypt.core.fragments import (
     HEADER_BYTES,
     parse_group,
@@ -259,7 +260,8 @@ def run_node(obj: dict[str, Any], settings: NodeSettings, quiet_logs: bool = Fal
         client.status(timeout=1.0)
         raise UserError(f"a node is already running for {data_dir}")
     _make_inbox(settings.inbox, settings.inbox_mode)
-    where = f"{settings.host}:{settings.port}"
+    host = f"[{settings.host}]" if is_ipv6(settings.host) else settings.host
+    where = f"{host}:{settings.port}"
     from peercrypt.node import Node  # the actors: only the node command needs them
 
     running = start_node(Node(settings), where)
@@ -271,7 +273,7 @@ def run_node(obj: dict[str, Any], settings: NodeSettings, quiet_logs: bool = Fal
         raise
     click.echo(
         f"peercrypt node {fingerprint(settings.identity.public)} listening on "
-        f"{settings.host}:{facts.get('port')} (data port {facts.get('data_port')}), "
+        f"{host}:{facts.get('port')} (data port {facts.get('data_port')}), "
         f"inbox {settings.inbox}",
         err=True,
     )

@@ -50,6 +50,20 @@ def join_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def is_ipv6(host: str) -> bool:
+    """Is ``host`` (brackets or not) an IPv6 address? A libzmq socket binds
+    or dials one only with its ``IPV6`` option set; that option is not set
+    for every socket, since it makes libzmq resolve a name to its IPv6
+    address first (``localhost`` would dial ``::1``, where a node on
+    ``127.0.0.1`` does not listen)."""
+    return ":" in host
+
+
+def url_is_ipv6(url: str) -> bool:
+    """Does ``tcp://HOST:PORT`` name an IPv6 host (``tcp://[::1]:7400``)?"""
+    return url.startswith("tcp://[")
+
+
 def same_host_port(text: str, host: str, port: int) -> bool:
     """Does ``text`` (``HOST:PORT`` or ``tcp://HOST:PORT``) name HOST:PORT?
     Loopback names (``localhost``, ``::1``) equal ``127.0.0.1``; text that

@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 import zmq
 
-from peercrypt.core.address import join_host_port
+from peercrypt.core.address import is_ipv6, join_host_port, url_is_ipv6
 from peercrypt.core.mail_credit import inbound_cost
 from peercrypt.core.token_bucket import TokenBucket
 from peercrypt.runtime import memory
@@ -303,6 +303,14 @@ def readable(sock: zmq.Socket[Any]) -> bool:
     return bool(int(sock.getsockopt(_EVENTS)) & _POLLIN)
 
 
+def dial(sock: zmq.Socket[Any], url: str) -> None:
+    """``sock.connect(url)``, with the socket's ``IPV6`` option set first when
+    the url names an IPv6 host (libzmq dials one only then)."""
+    if url_is_ipv6(url):
+        sock.ipv6 = True
+    sock.connect(url)
+
+
 def bound_endpoint(sock: zmq.Socket[Any]) -> str:
     """The endpoint a socket actually bound (port 0 resolved)."""
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -390,12 +398,22 @@ class Actor:
         passed to the core come from here."""
         return self.env.clock()
 
-    def bind(self, sock: zmq.Socket[Any], host: str, port: int) -> None:
-        """Bind ``tcp://host:port``; a failure is a :class:`SetupError`."""
+    def bind(self, sock: zmq.Socket[Any], host: str, port: int, what: str = "") -> None:
+        """Bind ``tcp://host:port`` (``IPV6`` set for an IPv6 host); a failure
+        is a :class:`SetupError` naming the address as the user gives it
+        and ``what`` port it is ("the data port"; port 0: any free port)."""
+        if is_ipv6(host):
+            sock.ipv6 = True
         try:
             sock.bind(f"tcp://{join_host_port(host, port)}")
         except zmq.ZMQError as exc:
-            raise SetupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            where = join_host_port(host, port) if port else host
+            notes = [what] if what else []
+            notes += [] if port else ["any free port"]
+            which = f" ({', '.join(notes)})" if notes else ""
+            # zmq.strerror: pyzmq's own text adds the libzmq url (port 0)
+            reason = zmq.strerror(exc.errno or 0)
+            raise SetupError(f"cannot listen on {where}{which}: {reason}") from None
 
     def socket(self, kind: int, data_plane: bool = False) -> zmq.Socket[Any]:
         """A socket owned by this actor (closed with LINGER 0 when it stops);
