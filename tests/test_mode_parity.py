@@ -72,7 +72,13 @@ def test_congestion_keys_in_any_order_give_the_same_policy() -> None:
         ([("window", "0")], "whole number > 0"),
         ([("window", "x")], "whole number > 0"),
         ([("timeout", "maybe")], "expected on or off"),
-        ([("min-window", "100"), ("max-window", "50")], "-min-w"),
+        (
+            [("min-window", "100"), ("max-window", "50")],
+            r"^AIMD windows must satisfy 0 < min-window <= window <= max-window "
+            r"\(got 100 <= 50 <= 50 KB\)$",
+        ),
+        ([("window", "2000000")], r"\(1 GiB; got window 2000000\)$"),
+        ([("min-window", "2000000")], r"\(1 GiB; got min-window 2000000\)$"),
         ([("window",)], "expected KEY VALUE"),
     ],
 )

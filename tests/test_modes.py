@@ -361,7 +361,10 @@ def test_invalid_send_options_are_usage_errors(
     ("args", "words"),
     [
         (["--mode", "token-bucket"], ["-r"]),
-        (["-w", "100", "-min-w", "200"], ["-min-w"]),
+        (
+            ["-w", "100", "-min-w", "200"],
+            ["AIMD windows must satisfy 0 < -min-w <= -w <= -max-w (got 200 <= 100 <= 16384 KB)"],
+        ),
     ],
 )
 def test_inconsistent_policies_get_one_clear_line(
@@ -418,9 +421,34 @@ def test_live_defaults_set_mode_and_congestion(pair: tuple[NodeProcess, NodeProc
         unknown = sender.cli("congestion", "speed", "9")
         assert unknown.returncode == errors.USAGE and "'speed'" in unknown.stderr
         # A contradiction among the keys given changes nothing.
+        # Its errors name its own keys, not send's flags (-w, -min-w, -max-w).
         contra = sender.cli("congestion", "min-window", "100", "max-window", "50")
-        assert contra.returncode == errors.USAGE and "-min-w" in contra.stderr
+        assert (contra.returncode, contra.stderr_lines) == (
+            errors.USAGE,
+            [
+                "peercrypt: error: AIMD windows must satisfy 0 < min-window <= window <= "
+                "max-window (got 100 <= 50 <= 50 KB)"
+            ],
+        ), contra.describe()
+        order = sender.cli("congestion", "max-window", "100", "min-window", "200")
+        assert (order.returncode, order.stderr_lines) == (
+            errors.USAGE,
+            [
+                "peercrypt: error: AIMD windows must satisfy 0 < min-window <= window <= "
+                "max-window (got 200 <= 100 <= 100 KB)"
+            ],
+        ), order.describe()
         assert "w=64 min=8 max=128" in sender.status()["aimd"]
+        # The key given is named, not the maximum that followed it.
+        for key in ("window", "min-window", "max-window"):
+            large = sender.cli("congestion", key, "2000000")
+            assert (large.returncode, large.stderr_lines) == (
+                errors.USAGE,
+                [
+                    "peercrypt: error: AIMD windows must be at most 1048576 KB "
+                    f"(1 GiB; got {key} 2000000)"
+                ],
+            ), large.describe()
         # Beyond the bounds the settings' layers keep (AIMD_MAX_WINDOW: 1 GiB):
         # one line, nothing changed (any number was taken, and shown as the
         # line that "sets them back", which the config then refused).

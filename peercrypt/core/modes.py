@@ -78,6 +78,40 @@ class PolicyError(ValueError):
     """A mode parameter the user must fix; the message names it."""
 
 
+# The AIMD windows (initial, minimum, maximum) as a command calls them: its
+# errors name what the user typed. ``send``'s flags, ``congestion``'s keys.
+WindowNames = tuple[str, str, str]
+SEND_WINDOWS: WindowNames = ("-w", "-min-w", "-max-w")
+CONGESTION_WINDOWS: WindowNames = ("window", "min-window", "max-window")
+
+
+def check_window_order(window: int, low: int, high: int, names: WindowNames) -> None:
+    """PolicyError unless 0 < low <= window <= high (KB)."""
+    if not 0 < low <= window <= high:
+        w, lo, hi = names
+        raise PolicyError(
+            f"AIMD windows must satisfy 0 < {lo} <= {w} <= {hi} "
+            f"(got {low} <= {window} <= {high} KB)"
+        )
+
+
+def check_window_limit(
+    given: tuple[int | None, int | None, int | None],
+    derived: tuple[int, int, int],
+    names: WindowNames,
+) -> None:
+    """PolicyError if the largest window (``derived``'s maximum) is above
+    MAX_WINDOW_KB, naming the largest of the ``given`` windows (None: not
+    given), which the maximum followed."""
+    if derived[2] <= MAX_WINDOW_KB:
+        return
+    shown = [(v, n) for v, n in zip(given, names, strict=True) if v is not None]
+    value, name = max(shown, key=lambda pair: pair[0]) if shown else (derived[2], names[2])
+    raise PolicyError(
+        f"AIMD windows must be at most {MAX_WINDOW_KB} KB (1 GiB; got {name} {value})"
+    )
+
+
 @dataclass(frozen=True)
 class Policy:
     mode: str = "normal"
@@ -92,10 +126,11 @@ class Policy:
     priority: int = 1
     lanes: int = PARALLEL_LANES
 
-    def validated(self, defaults: bool = False) -> Policy:
+    def validated(self, defaults: bool = False, names: WindowNames = SEND_WINDOWS) -> Policy:
         """Return self, or raise PolicyError naming the bad parameter.
         ``defaults``: a node's default policy, whose token-bucket mode may
-        have no rate (each send in it gives its own: ``-r``)."""
+        have no rate (each send in it gives its own: ``-r``). ``names``: the
+        windows as the command that set them calls them."""
         if self.mode not in ALL_MODES:
             raise PolicyError(f"unknown mode {self.mode!r}; choose one of {', '.join(ALL_MODES)}")
         if self.mode == "token-bucket" and self.rate <= 0 and not defaults:
@@ -103,16 +138,9 @@ class Policy:
         if self.rate < 0 or self.burst < 0:
             raise PolicyError("rate and bucket size must be >= 0 bytes")
         check_rate_range(self.rate, "-r")
-        if not 0 < self.min_window_kb <= self.window_kb <= self.max_window_kb:
-            raise PolicyError(
-                "AIMD windows must satisfy 0 < -min-w <= -w <= -max-w "
-                f"(got {self.min_window_kb} <= {self.window_kb} <= {self.max_window_kb} KB)"
-            )
-        if self.max_window_kb > MAX_WINDOW_KB:
-            raise PolicyError(
-                f"AIMD windows must be at most {MAX_WINDOW_KB} KB (1 GiB; "
-                f"got -max-w {self.max_window_kb})"
-            )
+        window = (self.window_kb, self.min_window_kb, self.max_window_kb)
+        check_window_order(*window, names)
+        check_window_limit(window, window, names)
         if not 1 <= self.ack_threshold <= MAX_ACK_THRESHOLD:
             raise PolicyError(f"-ack-threshold must be 1..{MAX_ACK_THRESHOLD}")
         if self.priority not in (1, 2, 3):
@@ -319,10 +347,17 @@ def parse_priority(text: str) -> int:
     raise PolicyError(f"invalid priority {text!r}: use normal, high, highest or 1-3")
 
 
-def with_overrides(defaults: Policy, *, as_defaults: bool = False, **overrides: object) -> Policy:
+def with_overrides(
+    defaults: Policy,
+    *,
+    as_defaults: bool = False,
+    names: WindowNames = SEND_WINDOWS,
+    **overrides: object,
+) -> Policy:
     """``defaults`` with the given non-None fields replaced, validated (as a
     node's defaults with ``as_defaults``: :meth:`Policy.validated`). AIMD
-    window bounds not given follow the ones given (:func:`derive_windows`)."""
+    window bounds not given follow the ones given (:func:`derive_windows`);
+    an error names a window as ``names`` does."""
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(given) - {f.name for f in dataclasses.fields(Policy)}
     if unknown:
@@ -330,13 +365,17 @@ def with_overrides(defaults: Policy, *, as_defaults: bool = False, **overrides: 
     windows = ("window_kb", "min_window_kb", "max_window_kb")
     if any(name in given for name in windows):
         w, lo, hi = (given.get(name) for name in windows)
-        given["window_kb"], given["min_window_kb"], given["max_window_kb"] = derive_windows(
+        typed = (
             w if isinstance(w, int) else None,
             lo if isinstance(lo, int) else None,
             hi if isinstance(hi, int) else None,
-            (defaults.window_kb, defaults.min_window_kb, defaults.max_window_kb),
         )
-    return dataclasses.replace(defaults, **given).validated(as_defaults)  # type: ignore[arg-type]
+        current = (defaults.window_kb, defaults.min_window_kb, defaults.max_window_kb)
+        derived = derive_windows(*typed, current, names=names)
+        check_window_limit(typed, derived, names)
+        given["window_kb"], given["min_window_kb"], given["max_window_kb"] = derived
+    replaced = dataclasses.replace(defaults, **given)  # type: ignore[arg-type]
+    return replaced.validated(as_defaults, names)
 
 
 def derive_windows(
@@ -344,6 +383,7 @@ def derive_windows(
     low: int | None,
     high: int | None,
     defaults: tuple[int, int, int],
+    names: WindowNames = SEND_WINDOWS,
 ) -> tuple[int, int, int]:
     """AIMD (window, min, max) in KB from the ones given (None: not given).
 
@@ -367,10 +407,7 @@ def derive_windows(
         lo = min(lo, w)
     if high is None:
         hi = max(hi, w)
-    if not 0 < lo <= w <= hi:
-        raise PolicyError(
-            f"AIMD windows must satisfy 0 < -min-w <= -w <= -max-w (got {lo} <= {w} <= {hi} KB)"
-        )
+    check_window_order(w, lo, hi, names)
     return w, lo, hi
 
 
@@ -414,20 +451,8 @@ def apply_congestion(policy: Policy, pairs: list[tuple[str, ...]]) -> Policy:
             if not value.isdigit() or int(value) <= 0:
                 raise PolicyError(f"congestion {key} must be a whole number > 0, got {value!r}")
             changes[field_name] = int(value)
-    window, low, high = derive_windows(
-        changes.pop("window_kb", None),  # type: ignore[arg-type]
-        changes.pop("min_window_kb", None),  # type: ignore[arg-type]
-        changes.pop("max_window_kb", None),  # type: ignore[arg-type]
-        (policy.window_kb, policy.min_window_kb, policy.max_window_kb),
-    )
-    return with_overrides(
-        policy,
-        as_defaults=True,
-        window_kb=window,
-        min_window_kb=low,
-        max_window_kb=high,
-        **changes,
-    )
+    # Window bounds not given follow the given ones (with_overrides).
+    return with_overrides(policy, as_defaults=True, names=CONGESTION_WINDOWS, **changes)
 
 
 def describe_congestion(policy: Policy) -> str:
