@@ -436,17 +436,33 @@ def layer_warnings(
         if why:
             out.append(f"environment: {why}")
     held = [v for s in SETTINGS if s.kind == "secret" for v in (s.env, *s.aliases) if dotenv.get(v)]
-    if held:
-        try:
-            mode = os.stat(dotenv_path).st_mode & 0o777
-        except OSError:
-            mode = 0
-        if mode & 0o077:
-            out.append(
-                f"{dotenv_path} holds {held[0]} and is accessible by other users "
-                f"(mode {mode:o}); run: chmod 600 {dotenv_path}"
-            )
-    return out
+    exposed = exposed_secret(dotenv_path, held[0]) if held else None
+    return [*out, exposed] if exposed else out
+
+
+def exposed_secret(path: Path, held: str) -> str | None:
+    """The warning for a file that holds the secret ``held`` (a variable or
+    a key, never its value) and that other users may read, without
+    ``peercrypt: warning: ``; None if only its owner can (or it is gone)."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (
+        f"{path} holds {held} and is accessible by other users "
+        f"(mode {mode:o}); run: chmod 600 {path}"
+    )
+
+
+def config_file_warnings(path: Path, data: Mapping[str, Any]) -> list[str]:
+    """What a command says of the config file it read (``data``: its
+    settings), as :func:`layer_warnings` of a .env: a file holding a
+    secret (``network_key``) that other users may read."""
+    held = [s.name for s in SETTINGS if s.kind == "secret" and data.get(s.name)]
+    exposed = exposed_secret(path, held[0]) if held else None
+    return [exposed] if exposed else []
 
 
 @dataclass(frozen=True)

@@ -698,6 +698,44 @@ def test_a_dotenv_holding_the_key_that_others_may_read_is_warned_of(
     assert empty.returncode == 0 and empty.stderr == "", empty.describe()
 
 
+def test_a_config_file_holding_the_key_that_others_may_read_is_warned_of(
+    tmp_path: Path, network_key: str
+) -> None:
+    """As a .env is: one warning line naming the file (never the key), from
+    each command that reads the file for a node's settings; and `config
+    init` writes the file 0600, its `# network_key = ""` ready to fill."""
+    data_dir = tmp_path / "dd"
+    init = run_cli("config", "init", data_dir=data_dir, cwd=tmp_path)
+    assert init.returncode == 0, init.describe()
+    path = data_dir / "config.toml"
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.write_text(f'mode = "qos"\n[node]\nnetwork_key = "{network_key}"\n')
+    warning = (
+        f"peercrypt: warning: {path} holds network_key and is accessible by other users "
+        f"(mode 644); run: chmod 600 {path}"
+    )
+    path.chmod(0o644)
+    show = run_cli("config", "show", "--json", data_dir=data_dir, cwd=tmp_path)
+    assert show.returncode == 0, show.describe()
+    assert json.loads(show.stdout)["network_key"]["value"] == "(set)"
+    assert show.stderr_lines == [warning]
+    assert network_key not in show.stderr
+    with NodeProcess(data_dir, host="127.0.0.1") as node:  # its key: the file's
+        assert node.log_text().splitlines()[0] == warning, node.log_tail()
+        node.send_signal()
+        assert node.stop() == 0, node.log_tail()
+    path.chmod(0o600)
+    private = run_cli("config", "show", data_dir=data_dir, cwd=tmp_path)
+    assert private.returncode == 0 and private.stderr == "", private.describe()
+    path.write_text('mode = "qos"\n# network_key = ""\n')  # no key in it
+    path.chmod(0o644)
+    empty = run_cli("config", "show", data_dir=data_dir, cwd=tmp_path)
+    assert empty.returncode == 0 and empty.stderr == "", empty.describe()
+    forced = run_cli("config", "init", "--force", data_dir=data_dir, cwd=tmp_path)
+    assert forced.returncode == 0, forced.describe()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
 # -- fingerprints, and flags that undo the layers below ---------------------------------
 
 FINGERPRINT = "abcd-efgh-ijkl-mnop-qrst-uvwx-yz23-4567"

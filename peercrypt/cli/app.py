@@ -320,9 +320,14 @@ def warn_of_layers(obj: dict[str, Any]) -> None:
 
     lines = config.layer_warnings(obj["dotenv"], obj["dotenv_lines"], obj["dotenv_path"], environ)
     for line in lines:
-        if line not in _WARNED:
-            _WARNED.add(line)
-            click.echo(f"peercrypt: warning: {line}", err=True)
+        warn_once(line)
+
+
+def warn_once(line: str) -> None:
+    """``peercrypt: warning: LINE`` on stderr, unless this process said it."""
+    if line not in _WARNED:
+        _WARNED.add(line)
+        click.echo(f"peercrypt: warning: {line}", err=True)
 
 
 def node_settings_of(

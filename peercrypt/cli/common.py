@@ -251,10 +251,15 @@ def given_flags(ctx: click.Context, names: dict[str, str]) -> dict[str, Any]:
 
 def effective(obj: dict[str, Any], flags: dict[str, Any]) -> config.Effective:
     """The settings of this invocation: defaults < config file < .env < environment < flags."""
+    from peercrypt.cli.app import warn_once
+
     try:
+        from_file = config.read_config_file(obj["config_path"], required=obj["config_required"])
+        for line in config.config_file_warnings(obj["config_path"], from_file):
+            warn_once(line)
         return config.resolve(
             flags,
-            config=config.read_config_file(obj["config_path"], required=obj["config_required"]),
+            config=from_file,
             config_path=obj["config_path"],
             dotenv=obj["dotenv"],
             dotenv_path=obj["dotenv_path"],

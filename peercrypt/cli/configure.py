@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,8 @@ def init(obj: dict[str, Any], path: Path | None, force: bool) -> None:
     """Write a commented config file (default: --config, else DATA_DIR/config.toml).
 
     Never over a file or link already there without --force; only the data
-    dir's own file makes its missing folder."""
+    dir's own file makes its missing folder. Written mode 0600 (it has a
+    line for the network key)."""
     target: Path = path or obj["config_path"]
     # A link counts as there, dangling too (writing would create its target).
     if (target.is_symlink() or target.exists()) and not force:
@@ -99,8 +101,11 @@ def init(obj: dict[str, Any], path: Path | None, force: bool) -> None:
         if target.parent == Path(obj["data_dir"]):  # a data dir not made yet: made here
             target.parent.mkdir(parents=True, exist_ok=True)
         # Without --force, created only: never written over one made meanwhile.
-        mode = "w" if force else "x"
-        with target.open(mode, encoding="utf-8") as out:
+        # Readable by its owner only: its `# network_key = ""` waits for the key.
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+        fd = os.open(target, flags, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            os.fchmod(fd, 0o600)  # (a file written over kept its mode)
             out.write(config.commented_config())
     except FileExistsError:
         raise UserError(f"{target} exists (use --force to overwrite)") from None
