@@ -374,6 +374,32 @@ VARIABLES: dict[str, Setting] = {
 OTHER_VARIABLES = (DATA_DIR_ENV, CONFIG_ENV, "PEERCRYPT_NETWORK_KEY_FILE", "PEERCRYPT_INBOX_ROOT")
 
 
+def closest_variable(name: str) -> str | None:
+    """The variable ``name`` most likely means (itself if it is one), or
+    None. The old tool's names have no prefix: PEERCRYPT_GOSSIP_INTERVAL
+    means GOSSIP_INTERVAL; a setting's key names it too (PEERCRYPT_MODE,
+    MODE: DEFAULT_MODE)."""
+    ours = {s.name.upper(): s.env for s in SETTINGS}
+    ours.update({v.removeprefix(PREFIX): v for v in (*VARIABLES, *OTHER_VARIABLES)})
+    close = difflib.get_close_matches(name.removeprefix(PREFIX), ours, n=1, cutoff=0.75)
+    return ours[close[0]] if close else None
+
+
+def closest_key(key: str) -> str | None:
+    """The config file key that ``key`` (not one) most likely means, or
+    None: a variable's name, as the .env reads it (``DEFAULT_MODE``:
+    ``mode``), one a slip away from a variable's (``DEFAUT_MODE``), or
+    from a key (``modee``, ``max-retries``)."""
+    words = key.strip().replace("-", "_")
+    if words.lower() in BY_NAME:
+        return words.lower()
+    variable = closest_variable(words.upper())
+    if variable in VARIABLES:
+        return VARIABLES[variable].name
+    close = difflib.get_close_matches(words.lower(), BY_NAME, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def unknown_variable(name: str, *, bare_too: bool) -> str | None:
     """Why variable ``name`` looks like a mistake, in words (``unknown variable
     PEERCRYPT_GOSIP_INTERVAL (ignored); did you mean GOSSIP_INTERVAL?``), or
@@ -392,12 +418,8 @@ def unknown_variable(name: str, *, bare_too: bool) -> str | None:
         # (a .env's PEERCRYPT-NETWORK-KEY=... was ignored without a word)
         return f"unknown variable {name} (ignored: names take _, not -); did you mean {dashed}?"
     if name.startswith(PREFIX):
-        # The old tool's names have no prefix: PEERCRYPT_GOSSIP_INTERVAL means
-        # GOSSIP_INTERVAL; a setting's key names it too (PEERCRYPT_MODE: DEFAULT_MODE).
-        ours = {s.name.upper(): s.env for s in SETTINGS}
-        ours.update({v.removeprefix(PREFIX): v for v in (*VARIABLES, *OTHER_VARIABLES)})
-        close = difflib.get_close_matches(name.removeprefix(PREFIX), ours, n=1, cutoff=0.75)
-        hint = f"; did you mean {ours[close[0]]}?" if close else ""
+        meant = closest_variable(name)
+        hint = f"; did you mean {meant}?" if meant else ""
         return f"unknown variable {name} (ignored){hint}"
     if not bare_too:
         return None
@@ -507,9 +529,11 @@ def read_config_file(path: Path, *, required: bool) -> dict[str, Any]:
         data = {**data, **node}
     for key in data:
         if key not in BY_NAME:
-            raise ConfigError(
-                f"config file {path}: unknown setting {key!r} (known: {', '.join(sorted(BY_NAME))})"
+            close = closest_key(key)
+            hint = (
+                f"; did you mean {close!r}?" if close else f" (known: {', '.join(sorted(BY_NAME))})"
             )
+            raise ConfigError(f"config file {path}: unknown setting {key!r}{hint}")
     return data
 
 

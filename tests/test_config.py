@@ -221,6 +221,9 @@ def test_config_file_errors(tmp_path: Path) -> None:
     path.write_text("gosip_interval = 2\n")
     with pytest.raises(config.ConfigError, match="unknown setting 'gosip_interval'"):
         config.read_config_file(path, required=False)
+    path.write_text("colour = 2\n")  # nothing close: the keys it takes
+    with pytest.raises(config.ConfigError, match=r"unknown setting 'colour' \(known: .*, mode, "):
+        config.read_config_file(path, required=False)
     path.write_text("gossip_interval = \n")
     with pytest.raises(config.ConfigError, match="not valid TOML"):
         config.read_config_file(path, required=False)
@@ -696,6 +699,33 @@ def test_a_dotenv_holding_the_key_that_others_may_read_is_warned_of(
     dotenv.chmod(0o644)
     empty = run_cli("config", "show", data_dir=tmp_path / "dd", cwd=tmp_path)
     assert empty.returncode == 0 and empty.stderr == "", empty.describe()
+
+
+@pytest.mark.parametrize(
+    ("line", "meant"),
+    [
+        ('DEFAULT_MODE = "aimd"', "mode"),  # the .env's name for it
+        ('modee = "aimd"', "mode"),
+        ('[node]\nDEFAUT_MODE = "aimd"', "mode"),
+        ("max-retries = 4", "max_retries"),
+        ("GOSIP_INTERVAL = 2.0", "gossip_interval"),
+        ("PEERCRYPT_MAX_OUTGONG = 4", "max_outgoing"),
+    ],
+)
+def test_a_config_file_key_with_a_slip_or_an_old_name_says_which_key_it_means(
+    tmp_path: Path, line: str, meant: str
+) -> None:
+    data_dir = tmp_path / "dd"
+    data_dir.mkdir()
+    path = data_dir / "config.toml"
+    path.write_text(line + "\n")
+    key = line.split("\n")[-1].split(" = ")[0]
+    result = run_cli("config", "show", data_dir=data_dir, cwd=tmp_path)
+    assert (result.returncode, result.stdout, result.stderr_lines) == (
+        errors.USAGE,
+        "",
+        [f"peercrypt: error: config file {path}: unknown setting {key!r}; did you mean {meant!r}?"],
+    ), result.describe()
 
 
 def test_a_config_file_holding_the_key_that_others_may_read_is_warned_of(
