@@ -478,3 +478,27 @@ def test_rate_for_an_unknown_transfer(pair: tuple[NodeProcess, NodeProcess]) -> 
     result = sender.cli("rate", "1000", "--transfer", "999999")
     assert result.returncode == errors.USAGE
     assert result.stderr_lines == ["peercrypt: error: no running transfer 999999"]
+
+
+def test_the_low_rate_examples_of_docs_modes_md_print_what_they_show(
+    pair: tuple[NodeProcess, NodeProcess], tmp_path: Path
+) -> None:
+    """Each ``$ peercrypt send big.iso 10.0.0.5 7400 ...`` of docs/modes.md,
+    run against a receiver here, prints the line the doc shows after it
+    (exit 2); the doc's example had -r's own 30 s timeout as 10 s."""
+    sender, receiver = pair
+    lines = (Path(__file__).parents[1] / "docs" / "modes.md").read_text().splitlines()
+    examples = [
+        (line.removeprefix("$ peercrypt ").split(), lines[n + 1])
+        for n, line in enumerate(lines)
+        if line.startswith("$ peercrypt send big.iso 10.0.0.5 7400 -r ")
+    ]
+    assert len(examples) == 2, examples
+    big = tmp_path / "big.iso"
+    big.write_bytes(b"\0" * 5 * MiB)
+    for argv, shown in examples:
+        argv[1:4] = [str(big), receiver.host, str(receiver.port)]
+        result = sender.cli(*argv)
+        assert (result.returncode, result.stderr_lines) == (errors.USAGE, [shown]), (
+            result.describe()
+        )
