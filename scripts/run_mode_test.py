@@ -182,9 +182,15 @@ def summary(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+USAGE = f"usage: run_mode_test.py <{'|'.join(MODES)}|all>"
+
+
 def main(argv: list[str]) -> int:
+    if argv in (["-h"], ["--help"]):  # asked for: on stdout, exit 0
+        print(USAGE, __doc__.split("\n\n", 2)[2].rstrip(), sep="\n\n")
+        return 0
     if len(argv) != 1 or argv[0] not in (*MODES, "all"):
-        print(f"usage: run_mode_test.py <{'|'.join(MODES)}|all>", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     _bootstrap()
     modes = list(MODES) if argv[0] == "all" else [argv[0]]
