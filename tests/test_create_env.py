@@ -46,12 +46,29 @@ def test_from_flags(tmp_path: Path) -> None:
     assert _values(env)["PEERCRYPT_NETWORK_KEY"] != key  # a fresh key each time
 
 
+MODES = "normal, token-bucket, aimd, qos, parallel, multicast"
+
+
 def test_an_invalid_value_writes_nothing(tmp_path: Path) -> None:
-    bad = _run(tmp_path, "--yes", "--parallel-threads", "99")
-    assert bad.returncode == 2
-    assert "PARALLEL_THREADS='99': expected an integer in 1..64" in bad.stderr
-    assert not (tmp_path / ".env").exists()
-    assert os.listdir(tmp_path) == []
+    """One line naming the option as given (not a variable of a temporary
+    file the user never saw), exit 2, nothing written."""
+    for args, line in [
+        (["--parallel-threads", "99"], "--parallel-threads 99: expected an integer in 1..64"),
+        (["--mode", "fast"], f"--mode fast: expected one of {MODES}"),
+        (["--timeout", "abc"], "--timeout abc: expected a number in 0.05..600 s"),
+        (
+            ["--aimd-window", "100", "--aimd-min-window", "200"],
+            "AIMD windows must satisfy --aimd-min-window <= --aimd-window <= --aimd-max-window "
+            "(got --aimd-min-window 200, --aimd-window 100, --aimd-max-window 16384 (the default))",
+        ),
+    ]:
+        bad = _run(tmp_path, "--yes", "--force", *args)
+        assert (bad.returncode, bad.stdout, bad.stderr) == (
+            2,
+            "",
+            f"create_env.sh: error: {line}; nothing written\n",
+        ), bad
+        assert os.listdir(tmp_path) == []
     unknown = _run(tmp_path, "--yes", "--colour", "blue")
     assert unknown.returncode == 2 and "unknown option --colour" in unknown.stderr
 
@@ -74,6 +91,26 @@ def test_interactive(tmp_path: Path) -> None:
     assert values == {"DEFAULT_MODE": "qos", "HEALTH_CHECK_INTERVAL": "20"}
 
 
+def test_an_invalid_answer_is_named_as_answered(tmp_path: Path) -> None:
+    child = pexpect.spawn(
+        "bash", [str(SCRIPT)], cwd=str(tmp_path), env=ENV, encoding="utf-8", timeout=60
+    )
+    child.expect(r"default transfer mode .*\[normal\]: ")
+    child.sendline("fast")
+    for _ in range(9):
+        child.expect(r"\]: ")
+        child.sendline("")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 2
+    said = str(child.before).splitlines()[-1]
+    assert said == (
+        f"create_env.sh: error: the answer 'fast' to \"default transfer mode ({MODES})\": "
+        f"expected one of {MODES}; nothing written"
+    )
+    assert os.listdir(tmp_path) == []
+
+
 def test_help_is_the_header_comment_and_nothing_else(tmp_path: Path) -> None:
     done = _run(tmp_path, "--help")
     assert done.returncode == 0, done.stderr
@@ -93,8 +130,12 @@ def test_a_key_from_the_environment_is_checked_as_a_node_would(tmp_path: Path) -
         env={**ENV, "PEERCRYPT_NETWORK_KEY": "hunter2"}, capture_output=True, text=True,
         stdin=subprocess.DEVNULL, timeout=120, check=False,
     )  # fmt: skip
-    assert short.returncode == 2, short.stderr
-    assert "a passphrase of 7 characters; use at least 20" in short.stderr
+    assert (short.returncode, short.stderr) == (
+        2,
+        "create_env.sh: error: --key-from-env: $PEERCRYPT_NETWORK_KEY: the network key is a "
+        "passphrase of 7 characters; use at least 20, or better a key from `peercrypt keygen`; "
+        "nothing written\n",
+    ), short.stderr
     assert "hunter2" not in short.stderr + short.stdout
     assert not (tmp_path / ".env").exists()
     key = new_network_key()
