@@ -43,7 +43,7 @@ from typing import Any
 import zmq
 
 from actors.port_watch import DIAL_EVENTS, PUBLIC_PORT_SAMPLING, PortWatch, recv_monitor_message
-from peercrypt.core.address import split_host_port
+from peercrypt.core.address import is_ipv6, split_host_port
 from peercrypt.core.port_guard import CURVE_HANDSHAKE, GuardLimits, curve_framed_size
 from peercrypt.core.redial import Redial
 from peercrypt.errors import ResultCode
@@ -90,9 +90,11 @@ def connect_cause(code: int) -> str:
 
 def address_towards(target: str) -> str | None:
     """This host's address on the route to ``target``, found with an
-    unconnected UDP socket (no packet is sent); None if there is no route."""
+    unconnected UDP socket (no packet is sent); None if there is no route.
+    An IPv6 ``target`` is probed over IPv6 (an IPv4 socket has no route to it)."""
+    family = socket.AF_INET6 if is_ipv6(target) else socket.AF_INET
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.connect((target, 9))
             host: str = probe.getsockname()[0]
             return host

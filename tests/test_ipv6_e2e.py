@@ -88,3 +88,13 @@ def test_a_port_taken_on_the_ipv6_loopback_is_named_as_given(tmp_path: Path) -> 
         errors.USAGE,
         [f"peercrypt: error: cannot listen on [::1]:{port} (the data port): {IN_USE}"],
     ), data.describe()
+
+
+def test_the_address_towards_an_ipv6_host_is_found_over_ipv6() -> None:
+    """What a node on a wildcard advertises to an IPv6 seed, and what an
+    attached receiver advertises towards an IPv6 node: found with an IPv6
+    probe (an IPv4 one found no route, and 127.0.0.1 was advertised)."""
+    from actors.peer_link import address_towards
+
+    assert address_towards("::1") == "::1"
+    assert address_towards("127.0.0.1") == "127.0.0.1"
