@@ -113,12 +113,20 @@ def create_part(
     return part, fd
 
 
+class PartGone(Refusal):
+    """The kept part chosen to continue is no longer there (a part that held
+    no chunk, which the writer removes after its queued work, was chosen by
+    the next offer before it went): the transfer starts afresh instead."""
+
+
 def open_part(inbox: Path, part: str, size: int) -> int:
     """Open a kept part to continue it (not through a symbolic link); its fd.
     Raises :class:`Refusal` ("io") unless it is a regular file of ``size``
-    bytes."""
+    bytes (:class:`PartGone` if it is not there)."""
     try:
         fd = os.open(inbox / part, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError as exc:
+        raise PartGone("io", f"cannot open the kept part: {exc.strerror}") from None
     except OSError as exc:
         raise Refusal("io", f"cannot open the kept part: {exc.strerror}") from None
     st = os.fstat(fd)

@@ -74,6 +74,7 @@ from actors.file_writer import (
     pool_bytes,
 )
 from actors.inbox import (
+    PartGone,
     Refusal,
     check_offer,
     create_part,
@@ -354,6 +355,10 @@ class ReceiverActor(Actor):
         self._requests = itertools.count(1)
         self._idents = itertools.count(1)  # of incoming transfers, for the user
         self.cancelled: dict[bytes, Cancelled] = {}  # tid -> (bounded: CANCELLED_MEMORY)
+        # Parts the writer removes after its queued work (a cancel's, one
+        # that held nothing): never chosen to continue meanwhile. Names are
+        # a transfer's own; the last CANCELLED_MEMORY are remembered.
+        self.discarding: dict[str, None] = {}
         self.ticks = 0  # progress reports so far (which transfers are sampled)
         self.ring_copy = bytearray()  # a shared-memory ring's slot, copied out
 
@@ -894,9 +899,13 @@ class ReceiverActor(Actor):
         watched: Fresh | None = None  # a new part, read back as it is written
         try:
             if reuse is not None:
-                fd = open_part(s.inbox, reuse.part, details.size)
-                part, held = s.inbox / reuse.part, reuse.held()
-            else:
+                try:
+                    fd = open_part(s.inbox, reuse.part, details.size)
+                    part, held = s.inbox / reuse.part, reuse.held()
+                except PartGone:  # (it said "cannot open the kept part", and refused)
+                    drop_gone_part(self, s.inbox, reuse.part, name)
+                    reuse = None
+            if reuse is None:
                 part, fd = create_part(s.inbox, name, offer.tid.hex()[:12], details.size)
                 # (a folder's part keeps today's check: its feeder hashes it in order)
                 watched = None if details.tree else self.writer.watch(fd)
@@ -1074,7 +1083,7 @@ class ReceiverActor(Actor):
         # A part taken over is what it holds now, not its last checkpoint;
         # one the writer discards is none of the plan's (nor an orphan).
         gone = taken[0].part if taken is not None else ""
-        kept = [m for m in found.manifests if m.part != gone]
+        kept = [m for m in found.manifests if m.part != gone and m.part not in self.discarding]
         if taken is not None and taken[1]:
             kept.append(taken[0])
         # Parts in use: running transfers' and those chosen by offers waiting
@@ -1082,6 +1091,17 @@ class ReceiverActor(Actor):
         self.completed.expire(self.now())
         in_use = [t.part.name for t in self.transfers.values()]
         in_use += [a.reuse.part for a in self.asking.values() if a.reuse is not None]
+        # A part that holds no chunk resumes nothing, and is most likely one
+        # the writer is about to remove (an offer abandoned before its first
+        # chunk): continued, it was removed under the new transfer (refused
+        # "cannot open the kept part", or its file never published). It goes
+        # now; the offer starts afresh.
+        spare = {*in_use, taken[0].part if taken is not None else ""}  # (taken: what it holds now)
+        for empty in [m for m in kept if m.part not in spare and not m.held().count]:
+            kept.remove(empty)
+            remove_part(inbox, empty.part)
+            self.tell("space", SpaceForget(part=empty.part))
+            self.count("parts-empty-dropped")
         plan = plan_resume(key, kept, in_use, low, chosen)
         for old in plan.obsolete:
             remove_part(inbox, old.part)
@@ -1094,7 +1114,7 @@ class ReceiverActor(Actor):
                 log.info("%s: the sender's file changed; the kept part restarts", key.name)
         # A part without a manifest (a node killed between creating it and its
         # first checkpoint) can never be resumed: it goes now, not at expiry.
-        spared = {*in_use, *(k.part for k in kept), gone}
+        spared = {*in_use, *(k.part for k in kept), gone, *self.discarding}
         for orphan in found.kept:
             if orphan.manifest is None and orphan.has_part and orphan.part not in spared:
                 remove_part(inbox, orphan.part)
@@ -1729,6 +1749,9 @@ class ReceiverActor(Actor):
         names = (manifest_name(t.part.name), manifest_name(t.part.name) + ".tmp")
         if by_writer and not keep_part:
             self.writer.close(t.tid, keep=False, discard=(t.part, [inbox / n for n in names]))
+            if len(self.discarding) >= CANCELLED_MEMORY:
+                self.discarding.pop(next(iter(self.discarding)))
+            self.discarding[t.part.name] = None
         elif not keep_part:
             # Before the writer may close the fd: the part's name is removed
             # only while it still refers to the file open as ``t.fd``.

@@ -111,13 +111,14 @@ def report_holdings(
 def drop_gone_part(actor: Actor, inbox: Path, part: str, name: str) -> None:
     """The kept ``part`` that ``actor`` (a receiver) chose to continue gave
     way to another transfer before its ask was heard (the verdict says
-    ``fresh``): whatever is left of it goes; a new part replaces it."""
+    ``fresh``), or was removed before it was opened: whatever is left of it
+    goes; a new part replaces it."""
     try:
         remove_part(inbox, part)
     except OSError as exc:
         actor.log_limited("cannot delete %s: %s", part, exc)
     actor.count("resume-part-gone")
-    log.info("%s: its kept part gave way to another transfer; starting afresh", name)
+    log.info("%s: its kept part is gone; starting afresh", name)
 
 
 def _entry(owner: str, tid: bytes) -> bytes:

@@ -13,6 +13,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import blake3
 import pytest
 
 from peercrypt.testing.disk import StallingDisk
@@ -24,7 +25,7 @@ from peercrypt.testing.nodes import (
     held_open,
     wait_until,
 )
-from peercrypt.wire.messages import Ack
+from peercrypt.wire.messages import Ack, Failed, Verified
 
 MiB = 1024 * 1024
 WAIT = 30.0
@@ -158,20 +159,6 @@ def test_a_part_is_kept_for_a_resume_only_when_it_holds_a_chunk(
         assert left == [], left
 
 
-def _inbox_fds(node: NodeProcess) -> list[str]:
-    """What the node's process holds open in its inbox (parts, deleted or not)."""
-    fds = Path(f"/proc/{node.pid}/fd")
-    held = []
-    for fd in fds.iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:  # closed meanwhile
-            continue
-        if target.startswith(str(node.inbox)):
-            held.append(target)
-    return held
-
-
 @pytest.mark.timeout(180)
 def test_an_inbox_made_read_only_mid_transfer_costs_no_descriptor_no_space_no_error(
     tmp_path: Path, network_key: str, make_file: Callable[..., Path]
@@ -202,7 +189,11 @@ def test_an_inbox_made_read_only_mid_transfer_costs_no_descriptor_no_space_no_er
             out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 1, out
         assert "Permission denied" in out, out
-        wait_until(lambda: not _inbox_fds(receiver), WAIT, "the part's descriptors closed")
+        wait_until(
+            lambda: not held_open(receiver.pid, receiver.inbox),
+            WAIT,
+            "the part's descriptors closed",
+        )
         wait_until(
             lambda: receiver.status().get("promised") == "0", WAIT, "the transfer's space released"
         )
@@ -215,3 +206,54 @@ def test_an_inbox_made_read_only_mid_transfer_costs_no_descriptor_no_space_no_er
         receiver.inbox.chmod(0o755)
         sender.stop()
         receiver.stop()
+
+
+@pytest.mark.timeout(180)
+def test_an_offer_again_after_one_abandoned_before_its_first_chunk_is_stored(
+    stalling_disk: Callable[..., StallingDisk],
+    node_factory: Callable[..., NodeProcess],
+    network_key: str,
+) -> None:
+    """A member abandons an offer before its first chunk and offers the same
+    file again. The first part held nothing, and the writer removes it after
+    its queued work (here another file's writes, on a disk that stops
+    answering): the second offer took that part to continue, and the
+    writer's removal took it from under it (refused "cannot open the kept
+    part", or, as here, its verified file never published). The second
+    starts afresh and its file is stored."""
+    disk = stalling_disk(96 * MiB, journal=False)  # a stall hangs the writes, not the metadata
+    receiver = node_factory("--inbox", str(disk.path), name="receiver")
+    chunk, data, tag = 4096, os.urandom(16 * 4096), os.urandom(32)  # (one file: one tag)
+    with HostileSender(network_key, receiver.host, receiver.port) as member:
+        first = member.offer("again.bin", len(data), chunk, source=tag)
+        assert isinstance(first, HostileTransfer), first
+        wait_until(
+            lambda: [p for p in disk.path.iterdir() if p.name.endswith(".part.manifest")] or None,
+            WAIT,
+            "the first part's manifest",
+        )
+        blocker = member.offer("blocker.bin", 64 * MiB, MiB)
+        assert isinstance(blocker, HostileTransfer), blocker
+        disk.stall()
+        try:
+            for index in range(4):  # the writer hangs in the first, the rest wait behind it
+                blocker.send_chunk(index, bytes(MiB))
+            wait_until(
+                lambda: int(receiver.status().get("writer_queue_peak", 0)) >= 2 * MiB or None,
+                WAIT,
+                "chunks queued behind a hung write",
+            )
+            first.abandon()  # its part's removal waits behind them
+            receiver.wait_for_counter("receiver.aborted-by-sender", 1, timeout=WAIT)
+            second = member.offer("again.bin", len(data), chunk, source=tag)
+            assert isinstance(second, HostileTransfer), second
+            assert second.accept is not None and second.accept.have == [], second.accept
+        finally:
+            disk.resume()
+        blocker.abandon()
+        for index in range(second.total):  # one at a time: its credit was given as the disk hung
+            second.send_chunk(index, data[index * chunk : (index + 1) * chunk])
+            second.acked(index + 1)
+        answer = second.done_until(blake3.blake3(data).digest(), (Verified, Failed))
+        assert isinstance(answer, Verified) and answer.stored_as == "again.bin", answer
+    assert blake3_file(receiver.inbox / "again.bin") == blake3.blake3(data).hexdigest()
