@@ -510,6 +510,85 @@ def test_start_stop_many_times_leaves_no_threads() -> None:
     assert {t.ident for t in threading.enumerate() if t.is_alive()} <= before
 
 
+class WatchedListener(Actor):
+    """Listens on a port whose socket monitor it reads (as the gateway's
+    public port and the multicast receiver's repair port are watched), and
+    leaves both sockets to the end of its loop to close."""
+
+    name = "listener"
+    REPORT_TO = None
+
+    def setup(self) -> None:
+        sock = self.socket(zmq.PULL)
+        address = f"inproc://{self.env.node_uid}-listener-monitor"
+        sock.monitor(address, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
+        reader = self.socket(zmq.PAIR)
+        reader.rcvhwm = 0
+        reader.connect(address)
+        self.watch(reader, lambda s: s.recv_multipart())
+        sock.bind("tcp://127.0.0.1:0")
+
+
+class LastWords(Actor):
+    """Stopped after the listener; its teardown dials ``url`` and sends one
+    message as soon as it is connected (as discovery sends "left"), and
+    records how long that took (None: not within LAST_WORDS_WAIT)."""
+
+    name = "last"
+    REPORT_TO = None
+
+    def __init__(self, env: ActorEnv, url: str, took: list[float | None]) -> None:
+        super().__init__(env)
+        self.url, self.took = url, took
+
+    def teardown(self) -> None:
+        sock = self.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # (as a member's link: no queue till connected)
+        sock.connect(self.url)
+        start = time.monotonic()
+        while time.monotonic() - start < LAST_WORDS_WAIT:
+            try:
+                sock.send(b"left", zmq.NOBLOCK)
+            except zmq.Again:
+                time.sleep(0.005)
+                continue
+            self.took.append(time.monotonic() - start)
+            return
+        self.took.append(None)
+
+
+LAST_WORDS_WAIT = 1.0
+
+
+def test_an_actor_stopped_after_one_with_a_watched_port_can_still_connect() -> None:
+    """An actor's sockets are closed at its end with their monitors stopped
+    first. A monitored listener and its monitor's reader closed in one go
+    left libzmq's I/O thread blocked on the listener's last event, sent to
+    a monitor no one read any more: until the context ended, no connection
+    of the node moved, and the actors stopped after it (discovery, whose
+    "left" then reached no member) could not connect (7 stops in 10)."""
+    peer: zmq.Context[Any] = zmq.Context()
+    router = peer.socket(zmq.ROUTER)
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    took: list[float | None] = []
+    try:
+        for _ in range(10):
+            sup = Supervisor(
+                make_env(),
+                [  # (stopped in reverse order: the listener first)
+                    ("last", lambda e: LastWords(e, f"tcp://127.0.0.1:{port}", took)),
+                    ("listener", WatchedListener),
+                ],
+            )
+            sup.start()
+            stop(sup)
+    finally:
+        router.close()
+        peer.term()
+    assert len(took) == 10 and None not in took, took
+
+
 def test_malloc_arena_cap_applies_on_linux() -> None:
     import sys
 
