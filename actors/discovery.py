@@ -27,10 +27,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 from nacl.signing import SigningKey
@@ -86,6 +88,7 @@ MAX_ASKED = 4
 # answer (the exchanges that tell it the claim go on it: _expire).
 REVIVE_KEEP = 30.0
 LEAVE_WAIT = 0.5  # seconds the shutdown waits for members to take our "left"
+LEAVE_RESEND = 0.01  # seconds between sends of the "left" to a link still connecting
 MIN_INTERVAL = 0.01
 MAX_INTERVAL = 3600.0
 
@@ -196,21 +199,34 @@ class DiscoveryActor(Actor):
             return
         left = self.table.mark_left(self.now())
         targets = [self._link_for(n) for n in self.table.peers()]
-        live = [link for link in targets if link is not None]
+        links = [link for link in targets if link is not None]
         msg = Gossip(origin=self.table.self_id, records=[left.to_wire()], digest=[], reply=True)
-        for link in live:
-            link.send(msg)
-        # Wait (bounded) for the answers, so the "left" is on the wire before
-        # the sockets close with LINGER 0.
+        # A member link takes a message only once it is connected (ZMQ_IMMEDIATE):
+        # one not connected yet (made just now, for a member no round has
+        # gossiped with, or still connecting) dropped the "left", and a node
+        # stopped soon after it joined told no one: the others held it dead,
+        # and listed it, until it expired. Such a link is sent to again until
+        # it takes it. The wait (bounded) is for the answers too, so the
+        # "left" is on the wire before the sockets close with LINGER 0.
         poller = zmq.Poller()
-        for link in live:
+        for link in links:
             poller.register(link.sock, zmq.POLLIN)
-        waiting = {link.sock for link in live}
+        unsent = list(links)
+        waiting: set[zmq.Socket[Any]] = set()
         deadline = self.now() + LEAVE_WAIT
-        while waiting and self.now() < deadline:
-            for sock, _ in poller.poll(max(1, int((deadline - self.now()) * 1000))):
+        while True:
+            for link in [link for link in unsent if link.send(msg)]:
+                unsent.remove(link)
+                waiting.add(link.sock)
+            remaining = deadline - self.now()
+            if not (unsent or waiting) or remaining <= 0:
+                break
+            wait = min(remaining, LEAVE_RESEND) if unsent else remaining
+            for sock, _ in poller.poll(max(1, int(wait * 1000))):
                 waiting.discard(sock)
-                poller.unregister(sock)
+                _drain(sock)
+        if unsent:
+            log.debug("discovery: %d member(s) not told that this node leaves", len(unsent))
 
     def _internal_id(self) -> int:
         self.next_join -= 1
@@ -718,6 +734,13 @@ class DiscoveryActor(Actor):
             self.join_failing.clear()
         self.join_failing[where] = reason
         self.log_limited("discovery: cannot join through %s:%s: %s", join.host, join.port, reason)
+
+
+def _drain(sock: zmq.Socket[Any]) -> None:
+    """Drop what ``sock`` holds (read: it is polled again only for what comes next)."""
+    with contextlib.suppress(zmq.ZMQError):
+        while True:
+            sock.recv(zmq.NOBLOCK)
 
 
 def _parse_digest(entries: list[bytes]) -> dict[bytes, DigestEntry] | None:

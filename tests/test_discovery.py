@@ -394,6 +394,34 @@ def test_gossip_and_join_count_live_peers_and_the_gone_apart(
     )
 
 
+def test_a_node_stopped_before_its_first_round_still_tells_its_members_it_left(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """A node stopped before a gossip round of its own connected its links to
+    the members (here its rounds are a minute apart: it has none) still
+    tells them it leaves, so they hold it left and list it no more. (The
+    "left" was sent only where a link was connected already: a node stopped
+    soon after it joined, or on a loaded host, told no one, and the members
+    held it dead, listed by `peers`, until it expired.)"""
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+    d = node_factory(
+        "--gossip-interval", "60", "--health-check-interval", "0.3", "--timeout", "0.5",
+        "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port),
+    )  # fmt: skip
+    wait_until(lambda: knows_all([a, b, d]), 30, "all three to know each other")
+    assert d.stop() == 0
+
+    def gone_from(node: NodeProcess) -> bool:
+        return d.fingerprint not in peer_table(node)  # (`peers` lists a dead member)
+
+    wait_until(lambda: gone_from(a) and gone_from(b), 15, "A and B to hold D left")
+    for node in (a, b):
+        shown = node.cli("gossip", "--json", timeout=30)
+        assert shown.returncode == 0, shown.describe()
+        assert (shown.json["live_peers"], shown.json["gone_peers"]) == (1, 1), shown.json
+
+
 def test_no_gossip_env_and_option_errors(
     node_factory: Callable[..., NodeProcess], tmp_path: Path, network_key: str
 ) -> None:
