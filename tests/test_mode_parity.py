@@ -39,6 +39,12 @@ def test_given_values_are_kept_and_the_result_is_ordered(
     for value, got in ((window, w), (low, lo), (high, hi)):
         if value is not None:
             assert got == value
+    if high is not None and window is None and low is None and high < w0:
+        # The maximum alone, below the default window: the others keep the
+        # built-in defaults' shares of it (a window of a quarter, a minimum of
+        # a sixteenth of that), the minimum no higher than it was.
+        assert (w, lo) == (max(1, high // 4), max(1, min(lo0, w // 16)))
+        return
     # A bound not given moves only as far as it must.
     if low is None:
         assert lo == min(lo0, w)
@@ -50,6 +56,10 @@ def test_the_seed_examples() -> None:
     defaults = (4096, 256, 16384)
     assert derive_windows(32, None, None, defaults) == (32, 32, 16384)  # AIMD_WINDOW=32
     assert derive_windows(32, 8, 128, defaults) == (32, 8, 128)  # -w 32 -min-w 8 -max-w 128
+    # AIMD_MAX_WINDOW=128 alone (the reference's example): not a fixed window of 128
+    assert derive_windows(None, None, 128, defaults) == (32, 2, 128)
+    assert derive_windows(None, None, 1024, defaults) == (256, 16, 1024)
+    assert derive_windows(None, None, 8192, defaults) == (4096, 256, 8192)  # (nothing moves)
     with pytest.raises(PolicyError, match="-min-w"):
         derive_windows(32, 64, None, defaults)
 

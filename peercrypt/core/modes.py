@@ -388,10 +388,18 @@ def derive_windows(
     """AIMD (window, min, max) in KB from the ones given (None: not given).
 
     A bound not given moves just enough to admit the given values, so
-    ``-w 32`` alone is valid: the minimum drops to 32 if it was above.
+    ``-w 32`` alone is valid: the minimum drops to 32 if it was above. The
+    maximum alone, below the default window, is the one exception: the
+    window and the minimum keep their default shares of it (``-max-w 128``:
+    32 and 2), not both pushed up against it (a fixed window of 128, no
+    room to decrease: the old tool's ``AIMD_MAX_WINDOW=128``).
     Raises PolicyError only when the given values contradict each other.
     """
     w, lo, hi = defaults
+    if high is not None and window is None and low is None and high < w:
+        # (the shares of the built-in defaults: ``defaults`` may hold the given maximum)
+        w = max(1, high * AIMD_WINDOW_KB // AIMD_MAX_WINDOW_KB)
+        return w, max(1, min(lo, w * AIMD_MIN_WINDOW_KB // AIMD_WINDOW_KB)), high
     if window is not None:
         w = window
     if low is not None:
