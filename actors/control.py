@@ -180,11 +180,6 @@ def _with_request(msg: codec.Message, request: int) -> codec.Message:
     return replaced
 
 
-def _by_id(row: dict[str, str]) -> tuple[int, str]:
-    ident = str(row.get("id", ""))
-    return (int(ident), "") if ident.isascii() and ident.isdigit() else (1 << 62, ident)
-
-
 class ControlActor(Actor):
     name = "control"
 
@@ -559,7 +554,7 @@ class ControlActor(Actor):
             return
         # In the order of their ids: the sender's and the msender's answers
         # come in either order, and `top` and the shell list rows as given.
-        rows = sorted([*listing.rows, *self._placing_rows()], key=_by_id)[:MAX_TRANSFER_ROWS]
+        rows = sorted([*listing.rows, *self._placing_rows()], key=codec.by_id)[:MAX_TRANSFER_ROWS]
         rows = codec.rows_within(rows)  # (the first by id, as many as one message holds)
         missing = sorted(LISTERS - listing.answered)
         if missing:

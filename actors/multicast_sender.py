@@ -367,7 +367,7 @@ class MulticastSenderActor(Actor):
                 "control",
                 TransfersReply(
                     request=msg.request,
-                    transfers=codec.rows_within(self._listing()),
+                    transfers=codec.rows_within(sorted(self._listing(), key=codec.by_id)),
                     actor=self.name,
                 ),
             )

@@ -902,10 +902,12 @@ class ReceiverActor(Actor):
                 try:
                     fd = open_part(s.inbox, reuse.part, details.size)
                     part, held = s.inbox / reuse.part, reuse.held()
-                except PartGone:  # (it said "cannot open the kept part", and refused)
+                except PartGone:  # (removed by hand meanwhile: its space was booked as a resume)
                     drop_gone_part(self, s.inbox, reuse.part, name)
-                    reuse = None
-            if reuse is None:
+                    self.tell("space", SpaceRelease(owner=self.name, tid=offer.tid, keep=False))
+                    reason = "the kept part it was to continue is gone; offer again"
+                    return self._refuse(offer.tid, peer, "busy", reason)
+            else:
                 part, fd = create_part(s.inbox, name, offer.tid.hex()[:12], details.size)
                 # (a folder's part keeps today's check: its feeder hashes it in order)
                 watched = None if details.tree else self.writer.watch(fd)
@@ -1091,17 +1093,6 @@ class ReceiverActor(Actor):
         self.completed.expire(self.now())
         in_use = [t.part.name for t in self.transfers.values()]
         in_use += [a.reuse.part for a in self.asking.values() if a.reuse is not None]
-        # A part that holds no chunk resumes nothing, and is most likely one
-        # the writer is about to remove (an offer abandoned before its first
-        # chunk): continued, it was removed under the new transfer (refused
-        # "cannot open the kept part", or its file never published). It goes
-        # now; the offer starts afresh.
-        spare = {*in_use, taken[0].part if taken is not None else ""}  # (taken: what it holds now)
-        for empty in [m for m in kept if m.part not in spare and not m.held().count]:
-            kept.remove(empty)
-            remove_part(inbox, empty.part)
-            self.tell("space", SpaceForget(part=empty.part))
-            self.count("parts-empty-dropped")
         plan = plan_resume(key, kept, in_use, low, chosen)
         for old in plan.obsolete:
             remove_part(inbox, old.part)

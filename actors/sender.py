@@ -418,6 +418,7 @@ class SenderActor(Actor):
             on_closed=self._on_data_flood,
         )
         self.ticks = 0  # progress reports so far (which transfers are sampled)
+        self._tick_cpu = time.process_time()  # the process's CPU at the last tick
 
     def setup(self) -> None:
         self.host_id = local_ipc.host_id() if self.settings.local_ipc else ""
@@ -480,7 +481,7 @@ class SenderActor(Actor):
                 "control",
                 TransfersReply(
                     request=msg.request,
-                    transfers=codec.rows_within(self._listing()),
+                    transfers=codec.rows_within(sorted(self._listing(), key=codec.by_id)),
                     actor=self.name,
                 ),
             )
@@ -1605,10 +1606,11 @@ class SenderActor(Actor):
                 t.flow.fail(ResultCode.LOCAL, f"{t.request.path} changed while it was being sent")
                 self.count("source-changed")
                 self._drive(t)
-        now = self.now()
+        now, cpu = self.now(), time.process_time()
+        ran, self._tick_cpu = cpu - self._tick_cpu, cpu
         for t in self.transfers.values():
             paused = t.flow.paused
-            t.flow.on_tick(now, PROGRESS_INTERVAL)
+            t.flow.on_tick(now, PROGRESS_INTERVAL, ran)
             if t.flow.paused > paused:  # (this node did not run: not the receiver's silence)
                 self.count("paused-here")
             phase, done = self._phase(t)

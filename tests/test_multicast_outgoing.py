@@ -119,6 +119,40 @@ def test_a_rejoined_target_catching_up_by_repairs_below_its_mark_is_progress() -
     assert sess.member("b").state != "failed"  # type: ignore[union-attr]
 
 
+def test_a_member_rejoining_to_climb_back_again_and_again_gains_one_climb_only() -> None:
+    """A hostile member acks one chunk more every timeout - 0.5 s; near its
+    end it forgets the session, rejoins and acks 0, to climb again. Below
+    its high-water mark only its first rejoin's climb is progress: the
+    session is held about twice a climb (it was 9 times: every rejoin up to
+    MAX_REJOINS climbed again)."""
+    total, timeout, step = 40, 5.0, 4.5
+    sess = MulticastOutgoing(
+        size=total * CHUNK, chunk_size=CHUNK, targets=["b"], timeout=timeout, now=0.0
+    )
+    sess.on_connection("b", connected=True, handshaken=True)
+    sess.on_join("b", 0.0)
+    sess.on_subscribed("b", 0.0)
+    out = sess.poll(0.0)
+    now, held, due = 0.0, 0, step
+    while now < 5000 and not [o for o in out if isinstance(o, TargetEnded)]:
+        now = round(now + 0.25, 2)
+        if now >= due:
+            due, held = now + step, held + 1
+            if held >= total - 2:  # at the top: forget, rejoin, from 0 again
+                sess.on_ack("b", held, [], now)
+                sess.on_unknown("b")
+                sess.on_join("b", now)
+                sess.on_subscribed("b", now)
+                held = 0
+                sess.on_ack("b", 0, [], now)
+        sess.on_ack("b", held, [], now)
+        sess.on_timer(now)
+        out += sess.poll(now)
+    (ended,) = [o for o in out if isinstance(o, TargetEnded)]
+    climb = (total - 2) * step  # 171 s
+    assert ended.code == "timeout" and climb < now < 2 * climb + 2 * timeout, (now, ended)
+
+
 def test_a_target_that_rejoins_too_often_is_dropped_with_a_clear_result() -> None:
     """Progress past the high-water mark each time keeps it from timing out,
     but each rejoin may cost a unicast repair of what it lacks: after

@@ -498,21 +498,25 @@ def test_no_progress_for_the_timeout_fails_at_the_timeout_whatever_the_backoff(
 
 @given(st.floats(0.0, 4.9), st.floats(1.2, 3600.0))
 def test_a_pause_of_this_node_is_not_the_receivers_silence(last_ack: float, pause: float) -> None:
-    """The node stopped running for ``pause`` s (a suspend, SIGSTOP): its
-    first tick after it says so, and the timeout runs from the receiver's
-    last word plus the pause (the send failed "stopped acknowledging" as it
-    woke, not offered again); without the tick, it fails as before."""
-    for ticked in (True, False):
+    """The node stopped running for ``pause`` s (SIGSTOP, a host starved of
+    CPU): its first tick after it says so, and the timeout runs from the
+    receiver's last word plus the pause (the send failed "stopped
+    acknowledging" as it woke, not offered again). A tick as late from a
+    process busy all along (a receiver flooding it with acks), or no tick,
+    moves nothing: it fails as before."""
+    for ticked, ran in ((True, 0.0), (True, pause), (False, 0.0)):
         t = outgoing()
         t.on_accept([], 4, 0.0)
         assert len(t.poll(0.0)) == 4
         t.on_ack(1, [], 4, last_ack)
         for k in range(1, int(last_ack * 10) + 1):  # the ticks while it ran
-            t.on_tick(k / 10, 0.1)
+            t.on_tick(k / 10, 0.1, 0.1)
         woke = last_ack + pause
         if ticked:
-            t.on_tick(woke, 0.1)
-            assert t.paused == pytest.approx(woke - int(last_ack * 10) / 10 - 0.1)
+            t.on_tick(woke, 0.1, ran)
+            expected = woke - int(last_ack * 10) / 10 - 0.1 if not ran else 0.0
+            assert t.paused == pytest.approx(expected)
+        ticked = ticked and not ran
         failed, now = _failed_by(t, woke + 10.0, woke)
         assert failed is not None and "stopped acknowledging" in failed.reason
         if ticked:  # the timeout's 5 s from waking: its silence counted after it

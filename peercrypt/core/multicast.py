@@ -36,8 +36,8 @@ repairs.
   A member that acks nothing for ``lost_after`` seconds is ``lost`` (the
   actor re-announces the session to it; a restarted receiver rejoins). A
   member whose cumulative ack does not move for ``stall_timeout`` seconds
-  (after a rejoin: beyond the first ack it sent, what it held, or beyond
-  its high-water mark), or that stays lost that long, fails: one peer
+  (after its first rejoin: beyond the first ack it sent, what it held;
+  otherwise beyond its high-water mark), or that stays lost that long, fails: one peer
   never stalls the others.
   A member that acks every chunk is verifying (the final hash, storing a
   folder): each such ack counts as progress, so a long check is not a stall
@@ -58,6 +58,9 @@ from peercrypt.core.bitmap import MAX_RANGES, ChunkBitmap
 from peercrypt.core.congestion import for_multicast
 from peercrypt.core.resume import ResumeKey
 
+# Rejoins after which chunks written below the member's high-water mark
+# still count as progress (a receiver restarted once catching up).
+CATCH_UP_REJOINS = 1
 JOINING = "joining"
 MULTICAST = "multicast"
 UNICAST = "unicast"
@@ -286,7 +289,8 @@ class SessionPlan:
         """``name`` joined (or rejoined after a restart: its state is reset,
         but not its stall clock - a member that keeps rejoining and acks
         what it held, no more, still times out; one that writes new chunks
-        after it rejoined, repairs below its ``high_water`` mark too, moves).
+        after its first rejoin, repairs below its ``high_water`` mark too,
+        moves).
         A member joining after publishing began starts in ``unicast`` state
         (it catches up by repairs without holding the others back) and moves
         to ``multicast`` once it is within a window of the publishing point."""
@@ -336,11 +340,12 @@ class SessionPlan:
             if cumulative > m.high_water:
                 m.high_water = cumulative
                 m.progress_at = now
-            elif m.acked_since_join:
+            elif m.acked_since_join and m.rejoins <= CATCH_UP_REJOINS:
                 # Below its mark, but written since it rejoined: repairs
                 # catching up a restarted receiver (a capped session's
-                # publishing took the rate, and one restart made it fail;
-                # rejoins are bounded: MAX_REJOINS).
+                # publishing took the rate, and one restart made it fail).
+                # Its first rejoin only: a member rejoining again and again
+                # to climb back each time held a session 9 times as long.
                 m.progress_at = now
             if m.state == MULTICAST:
                 self.congestion.on_acked(self._floor(), now)

@@ -395,17 +395,20 @@ class OutgoingTransfer(GrantedFlow):
             return
         self.fail(peer_failure(code), f"{self.peer} failed the transfer: {reason}")
 
-    def on_tick(self, now: float, interval: float) -> None:
+    def on_tick(self, now: float, interval: float, ran: float = 0.0) -> None:
         """The sender's progress tick, due every ``interval`` s while the
-        send runs. One later than that by more than :data:`PAUSE_GAP`: this
-        node did not run (a suspended laptop, a stopped process), so the
+        send runs; ``ran``: the CPU seconds this node's process used since
+        the tick before. One later than due by more than :data:`PAUSE_GAP`
+        while the process hardly ran (a quarter of the time at most): this
+        node did not run (a stopped process, a host starved of CPU), so the
         receiver's silence meanwhile is not its own: the stall clock, an
-        offer's deadline and a Done's resend move on by that time. (The
-        send failed as it woke, "stopped acknowledging", and was not offered
-        again.)"""
+        offer's deadline and a Done's resend move on by that time. (The send
+        failed as it woke, "stopped acknowledging", and was not offered
+        again.) A late tick of a process busy all along is no pause: a
+        receiver flooding it with acks must not hold its clocks back."""
         gap = now - self._last_tick - interval
         self._last_tick = now
-        if gap <= PAUSE_GAP:
+        if gap <= PAUSE_GAP or ran > gap / 4:
             return
         self.paused += gap
         self.last_progress += gap

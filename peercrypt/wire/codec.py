@@ -407,6 +407,12 @@ def _defaults(cls: type[Message], missing: typing.Iterable[str]) -> dict[str, An
     return out
 
 
+def by_id(row: dict[str, str]) -> tuple[int, str]:
+    """A listing's row's place: by its numeric ``id`` (others last, by text)."""
+    ident = str(row.get("id", ""))
+    return (int(ident), "") if ident.isascii() and ident.isdigit() else (1 << 62, ident)
+
+
 def rows_within(rows: list[dict[str, str]], budget: int = ROWS_BUDGET) -> list[dict[str, str]]:
     """The longest first part of ``rows`` whose encoding fits ``budget``
     bytes. A count of rows does not bound their bytes: a thousand sends
