@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from peercrypt import errors
-from peercrypt.testing.nodes import NodeProcess, blake3_file, random_file, run_cli
+from peercrypt.testing.nodes import NodeProcess, blake3_file, random_file, run_cli, wait_until
 
 IN_USE = "Address already in use"
 
@@ -44,7 +44,9 @@ def ipv6_receiver(tmp_path: Path, network_key: str) -> Iterator[NodeProcess]:
 def test_a_node_on_the_ipv6_loopback_receives_and_answers(
     tmp_path: Path, network_key: str, ipv6_receiver: NodeProcess
 ) -> None:
-    assert f"listening on [::1]:{ipv6_receiver.port} " in ipv6_receiver.log_text()
+    said = f"listening on [::1]:{ipv6_receiver.port} "
+    # (its stdout is a file: the line may reach it after the node answers)
+    wait_until(lambda: said in ipv6_receiver.log_text(), 30, "the node's listening line")
     with NodeProcess(tmp_path / "sender", network_key=network_key) as sender:
         for n, host in enumerate(("::1", "[::1]")):
             source = random_file(tmp_path / f"over-ipv6-{n}.bin", 3 * 1024 * 1024 + n)

@@ -301,11 +301,6 @@ def invocation(
     }
 
 
-# The warnings already printed by this process: a shell runs each of its
-# lines through the group, and says each once, as a command does.
-_WARNED: set[str] = set()
-
-
 def warn_of_layers(obj: dict[str, Any]) -> None:
     """One line on stderr for each variable of the .env and the environment
     that looks like a mistake, and for a .env that others may read holding
@@ -317,17 +312,11 @@ def warn_of_layers(obj: dict[str, Any]) -> None:
     if not obj["dotenv"] and not any(k.startswith(sources.PREFIX) for k in environ):
         return  # nothing to look at: the settings table is not imported
     from peercrypt import config
+    from peercrypt.cli.echo import warn_once
 
     lines = config.layer_warnings(obj["dotenv"], obj["dotenv_lines"], obj["dotenv_path"], environ)
     for line in lines:
         warn_once(line)
-
-
-def warn_once(line: str) -> None:
-    """``peercrypt: warning: LINE`` on stderr, unless this process said it."""
-    if line not in _WARNED:
-        _WARNED.add(line)
-        click.echo(f"peercrypt: warning: {line}", err=True)
 
 
 def node_settings_of(

@@ -251,7 +251,7 @@ def given_flags(ctx: click.Context, names: dict[str, str]) -> dict[str, Any]:
 
 def effective(obj: dict[str, Any], flags: dict[str, Any]) -> config.Effective:
     """The settings of this invocation: defaults < config file < .env < environment < flags."""
-    from peercrypt.cli.app import warn_once
+    from peercrypt.cli.echo import warn_once
 
     try:
         from_file = config.read_config_file(obj["config_path"], required=obj["config_required"])

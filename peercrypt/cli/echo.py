@@ -20,3 +20,15 @@ def echo(text: str, err: bool = False) -> None:
     import click
 
     click.echo(text, err=err)
+
+
+# The warnings already printed by this process: a shell runs each of its
+# lines through the group, and says each once, as a command does.
+_WARNED: set[str] = set()
+
+
+def warn_once(line: str) -> None:
+    """``peercrypt: warning: LINE`` on stderr, unless this process said it."""
+    if line not in _WARNED:
+        _WARNED.add(line)
+        echo(f"peercrypt: warning: {line}", err=True)
