@@ -194,10 +194,14 @@ def test_stop_cannot_hang() -> None:
 
 
 def test_a_backend_that_refuses_closes_the_client() -> None:
-    closed = socket.create_server(("127.0.0.1", 0))
-    dead = closed.getsockname()
-    closed.close()  # nothing listens there any more
+    # Bound, never listening: a connect is refused, and the port stays ours
+    # (a port closed again was taken by another test's listener meanwhile,
+    # which then accepted the proxy's connect: this waited out its 30 s).
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    dead = holder.getsockname()
     with (
+        holder,
         DelayProxy(dead, WanLink(0.001)) as proxy,
         socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock,
     ):
