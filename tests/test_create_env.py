@@ -73,11 +73,17 @@ def test_an_invalid_value_writes_nothing(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "unknown option --colour" in unknown.stderr
 
 
-def test_interactive(tmp_path: Path) -> None:
+def _asked(tmp_path: Path) -> pexpect.spawn:
+    """The script run at a terminal, at its first question (the mode)."""
     child = pexpect.spawn(
         "bash", [str(SCRIPT)], cwd=str(tmp_path), env=ENV, encoding="utf-8", timeout=60
     )
     child.expect(r"default transfer mode .*\[normal\]: ")
+    return child
+
+
+def test_interactive(tmp_path: Path) -> None:
+    child = _asked(tmp_path)
     child.sendline("qos")
     for _ in range(8):
         child.expect(r"\]: ")
@@ -92,10 +98,7 @@ def test_interactive(tmp_path: Path) -> None:
 
 
 def test_an_invalid_answer_is_named_as_answered(tmp_path: Path) -> None:
-    child = pexpect.spawn(
-        "bash", [str(SCRIPT)], cwd=str(tmp_path), env=ENV, encoding="utf-8", timeout=60
-    )
-    child.expect(r"default transfer mode .*\[normal\]: ")
+    child = _asked(tmp_path)
     child.sendline("fast")
     for _ in range(9):
         child.expect(r"\]: ")

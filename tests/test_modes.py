@@ -422,22 +422,18 @@ def test_live_defaults_set_mode_and_congestion(pair: tuple[NodeProcess, NodeProc
         assert unknown.returncode == errors.USAGE and "'speed'" in unknown.stderr
         # A contradiction among the keys given changes nothing.
         # Its errors name its own keys, not send's flags (-w, -min-w, -max-w).
-        contra = sender.cli("congestion", "min-window", "100", "max-window", "50")
-        assert (contra.returncode, contra.stderr_lines) == (
-            errors.USAGE,
-            [
-                "peercrypt: error: AIMD windows must satisfy 0 < min-window <= window <= "
-                "max-window (got 100 <= 50 <= 50 KB)"
-            ],
-        ), contra.describe()
-        order = sender.cli("congestion", "max-window", "100", "min-window", "200")
-        assert (order.returncode, order.stderr_lines) == (
-            errors.USAGE,
-            [
-                "peercrypt: error: AIMD windows must satisfy 0 < min-window <= window <= "
-                "max-window (got 200 <= 100 <= 100 KB)"
-            ],
-        ), order.describe()
+        for keys, got in [
+            (("min-window", "100", "max-window", "50"), "100 <= 50 <= 50"),
+            (("max-window", "100", "min-window", "200"), "200 <= 100 <= 100"),
+        ]:
+            contra = sender.cli("congestion", *keys)
+            assert (contra.returncode, contra.stderr_lines) == (
+                errors.USAGE,
+                [
+                    "peercrypt: error: AIMD windows must satisfy 0 < min-window <= window <= "
+                    f"max-window (got {got} KB)"
+                ],
+            ), contra.describe()
         assert "w=64 min=8 max=128" in sender.status()["aimd"]
         # The key given is named, not the maximum that followed it.
         for key in ("window", "min-window", "max-window"):

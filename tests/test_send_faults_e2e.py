@@ -555,7 +555,12 @@ def test_a_send_its_receiver_gave_up_on_while_the_sender_slept_is_offered_again(
         try:
             wait_until(lambda: _progress_seen(inbox, send), 30, "the transfer to move")
             sender.send_signal(signal.SIGSTOP)
-            time.sleep(4.0)  # the pause itself is the fault (longer than the receiver's limit)
+            with ControlClient.for_data_dir(tmp_path / "receiver") as client:
+
+                def expired() -> bool:  # (the receiver gave up on it: the fault)
+                    return client.status().counters.get("receiver.expired", 0) >= 1
+
+                wait_until(expired, 30, "the receiver to give the send up")
             sender.send_signal(signal.SIGCONT)
             code, result = send.result(timeout=25)  # (well within the send's own 30 s)
             assert code == 0, (result, send.lines)
