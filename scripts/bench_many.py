@@ -13,7 +13,16 @@ Measured per run (every run is printed):
   last verified hash, against **one transfer's** goodput measured alone
   just before and just after (their mean: the machine's load drifts;
   ``--single-size``, 256 MiB, between two of the same nodes, the node's
-  own span). Goal: >= 0.90.
+  own span). Goal: >= 0.90. The one after runs once the load's files are
+  checked and removed, as the one before ran after the previous run's
+  were: on this host a write into pages the system freed a while ago (or
+  never used) costs several times one into pages just freed (the VM hands
+  free memory back to its host), and with the load's 2 GiB still held the
+  one after ran at half the rate of the one before, which the mean hid.
+  Printed beside it: the bytes written per 0.5 s into each node, the cores
+  the nodes kept busy per 0.5 s, and their CPU by thread in the load's
+  first 0.5 s, its middle and its last 1.5 s (where a ramp or tail goes:
+  waiting, or work), and in 2 s of quiet after the load.
 - **fairness**: Jain's index over the equal-priority flows' rates (size /
   the node's time of each). Goal: >= 0.95.
 - **retransmitted** fraction: chunks sent twice / chunks. Goal: <= 1%.
@@ -90,6 +99,7 @@ from peercrypt.wire.network_messages import CheckRequest, CheckResult
 
 MiB = 2**20
 SEND_TIMEOUT = 600.0
+QUIET = 2.0  # seconds the nodes are watched doing nothing after each load
 
 
 @dataclass
@@ -193,13 +203,22 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def sample_memory(pids: list[int], stop: threading.Event, peaks: list[dict[str, int]]) -> None:
+def sample_memory(
+    pids: list[int],
+    stop: threading.Event,
+    peaks: list[dict[str, int]],
+    cpu: list[tuple[float, float]],
+    threads: list[tuple[float, dict[str, float]]],
+) -> None:
     """Each process's peak RSS, PSS, USS and shared-memory PSS, read every
-    0.1 s until ``stop`` (the kernel keeps a peak of the RSS only)."""
+    0.1 s until ``stop`` (the kernel keeps a peak of the RSS only), and the
+    processes' CPU seconds together at each reading (``cpu``: when, how many)."""
     while True:
         for peak, pid in zip(peaks, pids, strict=True):
             for key, kib in memory_kib(pid).items():
                 peak[key] = max(peak.get(key, 0), kib)
+        cpu.append((time.perf_counter(), sum(cpu_seconds(pid) for pid in pids)))
+        threads.append((cpu[-1][0], thread_cpu(pids)))
         if stop.wait(0.1):
             return
 
@@ -266,6 +285,21 @@ def start_senders(nodes: list[NodeProcess], flows: list[Flow]) -> list[threading
     for thread in senders:
         thread.start()
     return senders
+
+
+def busy_cores(
+    samples: list[tuple[float, float]], started: float, elapsed: float, step: float = 0.5
+) -> list[float]:
+    """The cores the nodes kept busy in each ``step`` s from ``started``, from
+    (when, CPU seconds so far) samples: a ramp or a tail that writes little
+    while the cores idle is time lost to waiting, not to work."""
+    out = []
+    for k in range(int(elapsed / step) + 1):
+        lo, hi = started + step * k, started + step * (k + 1)
+        inside = [s for s in samples if lo <= s[0] <= hi]
+        if len(inside) >= 2:
+            out.append((inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0]))
+    return out
 
 
 def timeline(flows: list[Flow], started: float, elapsed: float, step: float = 0.5) -> list[float]:
@@ -445,8 +479,12 @@ def one_run(
     stop = threading.Event()
     prober = threading.Thread(target=probe, args=(nodes, stop, load, probe_gap), daemon=True)
     peaks: list[dict[str, int]] = [{} for _ in nodes]
+    cpu_samples: list[tuple[float, float]] = []
+    thread_samples: list[tuple[float, dict[str, float]]] = []
     sampler = threading.Thread(
-        target=sample_memory, args=([n.pid for n in nodes], stop, peaks), daemon=True
+        target=sample_memory,
+        args=([n.pid for n in nodes], stop, peaks, cpu_samples, thread_samples),
+        daemon=True,
     )
     sampler.start()
     started = time.perf_counter()
@@ -483,9 +521,6 @@ def one_run(
             if any(word in name for word in words):
                 counters[name] = counters.get(name, 0) + value
 
-    after = send_alone(nodes, single)
-    single_rate = (before.rate + after.rate) / 2
-    single_cores = sum(one.cpu_per_gib * one.wall_rate / 1024 for one in (before, after)) / 2
     failed = [f for f in flows if f.result is None or f.result.code != "ok"]
     if failed:
         first = failed[0].result
@@ -506,8 +541,25 @@ def one_run(
         timeouts += int(f.result.stats.get("timeouts", 0))
         sack += int(f.result.stats.get("fast_retransmits", 0))
         rates.append(f.result.size / MiB / f.result.seconds)
+    # What the nodes still do once the load is over (none was seen: the one
+    # alone after it has the cores to itself).
+    quiet_before = thread_cpu([node.pid for node in nodes])
+    time.sleep(QUIET)
+    quiet = per_gib(quiet_before, thread_cpu([node.pid for node in nodes]), QUIET)
+    # The one alone after the load runs once the load's files are checked
+    # and removed, as the one before ran after the previous run's were: its
+    # writes then draw pages this host hands out as cheaply as the one
+    # before's. With the load's 2 GiB still held, its writer took 3-7 times
+    # the CPU per GiB (the copy into fresh tmpfs pages), at half the rate.
+    after = send_alone(nodes, single)
+    single_rate = (before.rate + after.rate) / 2
+    single_cores = sum(one.cpu_per_gib * one.wall_rate / 1024 for one in (before, after)) / 2
     aggregate = total / MiB / elapsed
     rates_by_step = timeline(flows, started, elapsed)
+    by_receiver = [
+        timeline([f for f in flows if f.receiver == r], started, elapsed) for r in range(count)
+    ]
+    cores_by_step = busy_cores(cpu_samples, started, elapsed)
     many_split = per_gib(threads_before, threads_after, total / 2**30)
     many_switches = per_gib(switches_before, switches_after, total / 2**30 * 1000)
     # When the flows started (their result less their own span) and ended,
@@ -558,6 +610,8 @@ def one_run(
         # and CPU per GiB, 64 at once against one alone (see the summary).
         "cores_busy": [cpu / elapsed, single_cores],
         "timeline_mib_s": [round(v, 1) for v in rates_by_step],
+        "timeline_by_receiver_mib_s": [[round(v, 1) for v in steps] for steps in by_receiver],
+        "cores_busy_by_step": [round(v, 2) for v in cores_by_step],
     }
     print(
         f"{label}run {run}: {len(flows)} sends, {total / MiB:.0f} MiB in {elapsed:.2f} s: "
@@ -603,8 +657,28 @@ def one_run(
         f"the run's aggregate {aggregate / max(peak, 1e-9):.2f} of its best 0.5 s ({peak:.0f})",
         flush=True,
     )
+    for r, steps in enumerate(by_receiver):
+        print(
+            f"       written into node {r}, MiB/s per 0.5 s: {' '.join(f'{v:.0f}' for v in steps)}",
+            flush=True,
+        )
+    print(f"       cores busy per 0.5 s: {' '.join(f'{v:.2f}' for v in cores_by_step)}", flush=True)
     print(f"       CPU s per GiB by thread, one alone: {before.split}", flush=True)
+    for name, lo, hi in (
+        ("the first 0.5 s", started, started + 0.5),
+        ("the middle", started + 1.0, started + elapsed - 1.5),
+        ("the last 1.5 s", started + elapsed - 1.5, started + elapsed),
+    ):
+        inside = [t for t in thread_samples if lo <= t[0] <= hi]
+        if len(inside) >= 2:
+            span = inside[-1][0] - inside[0][0]
+            print(
+                f"       cores by thread in {name}: {per_gib(inside[0][1], inside[-1][1], span)}",
+                flush=True,
+            )
+    print(f"       CPU s per GiB by thread, one alone after: {after.split}", flush=True)
     print(f"       CPU s per GiB by thread, all at once: {many_split}", flush=True)
+    print(f"       CPU s per s by thread, {QUIET:g} s quiet after the load: {quiet}", flush=True)
     print(f"       k switches per GiB by thread, one alone: {before.switches}", flush=True)
     print(f"       k switches per GiB by thread, all at once: {many_switches}", flush=True)
 
