@@ -999,9 +999,15 @@ class SenderActor(Actor):
         tcp_url = f"tcp://{join_host_port(host, accept.data_port)}"
         ipc = None
         mine = local_ipc.host_tag(self.host_id, t.tid, secrets) if self.host_id else ""
-        if accept.data_ipc and mine:
-            ipc = local_ipc.usable_target(accept.data_ipc, accept.host_tag, mine)
-        flow.host_local = ipc is not None  # lanes add nothing on this host's socket
+        if (
+            accept.data_ipc
+            and mine
+            and local_ipc.well_formed(accept.data_ipc, accept.host_tag, mine)
+        ):
+            ipc = f"ipc://{accept.data_ipc}"  # a claim: checked when dialled (_pipe)
+        address = (host, accept.data_port)
+        first = self._pipe(tcp_url, ipc, 0, address, t.proven)
+        flow.host_local = first.url != tcp_url  # lanes add nothing on this host's socket
         flow.on_accept(have, accept.window, self.now(), accept.chunk_size)
         if flow.resumed:  # the history's series counts only the bytes that cross
             self.tell("stats", self._record(t, "running"))
@@ -1020,7 +1026,7 @@ class SenderActor(Actor):
             )
             self.count("data-ring" if t.ring is not None else "data-ring-refused")
         for lane in range(flow.lanes):
-            pipe = self._pipe(tcp_url, ipc, lane, (host, accept.data_port), t.proven)
+            pipe = first if lane == 0 else self._pipe(tcp_url, ipc, lane, address, t.proven)
             pipe.users[t.tid] = t
             t.pipes.append(pipe)
             t.broken = t.broken or pipe.broken
@@ -1123,8 +1129,12 @@ class SenderActor(Actor):
         self, tcp_url: str, ipc: str | None, lane: int, address: tuple[str, int], receiver: str
     ) -> DataPipe:
         """The data connection of ``lane`` to the receiver ``receiver`` (its
-        proven fingerprint) at ``tcp_url`` (or its Unix socket ``ipc``): the
-        one its other transfers use, or a new one."""
+        proven fingerprint) at ``tcp_url`` (or the Unix socket ``ipc`` it
+        named): the one its other transfers use, or a new one. A new one
+        dials ``ipc`` only if the path passes local_ipc's checks now; a
+        connection kept was checked when it was made (the file system's
+        walk and a probe connect for each transfer were a seventh of the
+        sending thread's CPU per send)."""
         key = (tcp_url, ipc or "", lane, receiver)
         pipe = self.pipes.get(key)
         if pipe is not None and pipe.idle is not None:
@@ -1169,7 +1179,9 @@ class SenderActor(Actor):
         )
         monitor = self.socket(zmq.PAIR)
         monitor.connect(address_url)
-        url = ipc or tcp_url
+        url = tcp_url
+        if ipc is not None and local_ipc.checked_target(ipc.removeprefix("ipc://")) is not None:
+            url = ipc
         pipe = DataPipe(key, data, monitor, route, url, tcp_url, address)
         self.watch(monitor, functools.partial(self._on_data_monitor, pipe))
         dial(data, url)

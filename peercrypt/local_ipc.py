@@ -145,6 +145,13 @@ def usable_target(path: str, claimed_host: str, own_host: str) -> str | None:
     socket of a node this user runs on this host."""
     if not well_formed(path, claimed_host, own_host):
         return None
+    return checked_target(path)
+
+
+def checked_target(path: str) -> str | None:
+    """:func:`usable_target` for a path already :func:`well_formed`: the
+    file system's checks and the probe (a sender runs them when it dials
+    the path, not for each transfer that reuses the connection)."""
     me = os.geteuid()
     try:
         # No symlink anywhere on the way (a receiver names its path resolved):

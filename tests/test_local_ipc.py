@@ -290,8 +290,9 @@ def test_stale_then_foreign_socket_fall_back_to_tcp(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
     """A stale socket left at the path is replaced at start; one that goes
-    stale while the node runs is not used (TCP); one where something else
-    listens is connected to, fails, and the lanes move to TCP mid-transfer."""
+    stale while the node runs is not dialled (TCP), though a connection kept
+    from before is taken; one where something else listens is connected to,
+    fails, and the lanes move to TCP mid-transfer."""
     sender = node_factory()
     receiver = node_factory(start=False)
     sock_path = receiver.data_dir / "ipc" / "data.sock"
@@ -302,15 +303,21 @@ def test_stale_then_foreign_socket_fall_back_to_tcp(
     assert_sent(receiver, sender.send_to(path, receiver), path)
     assert sends(sender, ("sender.data-ipc", 1)) == (1, 0, 0)
 
+    # A sender that dials afresh each time: it keeps its connections a while
+    # after a send (actors/sender.py, IDLE_KEEP), and the kept one to this
+    # receiver's socket, connected before the path was replaced, is taken
+    # again without the checks (they ran when it was dialled).
     sock_path.unlink()
     listening(sock_path).close()  # stale while the node runs
+    path = make_file(1024 * 1024 + 4, name="kept.bin")
+    assert_sent(receiver, sender.send_to(path, receiver), path)
+    assert sends(sender, ("sender.data-ipc", 2)) == (2, 0, 0)  # the kept connection
+    sender.stop()
+    sender.start()
     path = make_file(1024 * 1024 + 2, name="b.bin")
     assert_sent(receiver, sender.send_to(path, receiver), path)
-    assert sends(sender, ("sender.data-tcp", 1)) == (1, 1, 0)
+    assert sends(sender, ("sender.data-tcp", 1)) == (0, 1, 0)  # counted since the restart
 
-    # A sender that dials afresh: it keeps its connections a while after a
-    # send (actors/sender.py, IDLE_KEEP), and the kept one to this receiver's
-    # socket, connected before the path was replaced, would be taken again.
     sender.stop()
     sender.start()
     sock_path.unlink()
