@@ -133,3 +133,22 @@ def test_concurrent_writers_lose_no_entry(tmp_path: Path) -> None:
         t.join(30)
     assert KnownPeersFile(tmp_path).load() == keys
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_a_check_sees_the_file_as_changed_since_the_last(tmp_path: Path) -> None:
+    """The file is read again only when it changed: a change by another
+    writer (``peercrypt trust``: a new file replaces it) and an edit in
+    place of the same size are both seen by the next check."""
+    store = KnownPeersFile(tmp_path)
+    one, two, three = fp(), fp(), fp()
+    assert store.check("127.0.0.1", 9000, one).verdict is Verdict.NEW
+    assert store.check("127.0.0.1", 9000, two).verdict is Verdict.CHANGED
+    assert KnownPeersFile(tmp_path).set(A, two, replace=True)
+    assert store.check("127.0.0.1", 9000, two).verdict is Verdict.KNOWN
+    text = store.path.read_text()
+    with open(store.path, "r+", encoding="utf-8") as f:  # the same inode, the same size
+        f.write(text.replace(two, three))
+    assert store.load() == {A: three}
+    assert store.check("127.0.0.1", 9000, three).verdict is Verdict.KNOWN
+    store.path.unlink()
+    assert store.load() == {}

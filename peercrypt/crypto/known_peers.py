@@ -171,16 +171,28 @@ FILE_NAME = "known_peers"
 class KnownPeersFile:
     """The known-peers file in a node's data directory (mode 0600).
 
-    Read on every check (it is small, and ``peercrypt trust`` may change it
-    while the node runs); written under an exclusive ``flock`` with an atomic
+    Looked at on every check (``peercrypt trust`` may change it while the
+    node runs), read again only when its identity, size or modification
+    time changed; written under an exclusive ``flock`` with an atomic
     replace, so the sender and the multicast sender never lose each other's
     entries.
     """
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / FILE_NAME
+        self._seen: tuple[tuple[int, int, int, int], dict[str, str]] | None = None
 
     def load(self) -> dict[str, str]:
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return {}
+        version = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        if self._seen is None or self._seen[0] != version:
+            self._seen = (version, self._read())
+        return dict(self._seen[1])
+
+    def _read(self) -> dict[str, str]:
         try:
             with open(self.path, encoding="utf-8", errors="replace") as f:
                 return parse(f.read(MAX_ENTRIES * 128))
@@ -195,7 +207,7 @@ class KnownPeersFile:
         lock_fd = os.open(self.path.with_name(FILE_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            entries = self.load()
+            entries = self._read()  # (under the lock: what another writer left)
             if entries.get(address) == fp or (address in entries and not replace):
                 return False
             entries[address] = fp
