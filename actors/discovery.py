@@ -643,7 +643,7 @@ class DiscoveryActor(Actor):
         ):  # (`join` said "joined" of this very node; a seed list naming
             # the node itself, as one list for a whole cluster does, still
             # joins as before)
-            where = f"{join.host}:{join.port}"
+            where = join_host_port(join.host, join.port)
             reason = (
                 f"{where} answered with this node's own identity (this node, "
                 "or a node using a copy of its data dir)"
@@ -658,9 +658,8 @@ class DiscoveryActor(Actor):
                 missing = self.table.records_for(digest, max_bytes=RECORD_BUDGET)
                 if missing:
                     self._send(link, self._push(missing, reply=False))
-            self._end_join(
-                join, ResultCode.OK, f"joined through {join.host}:{join.port}", linger=True
-            )
+            where = join_host_port(join.host, join.port)
+            self._end_join(join, ResultCode.OK, f"joined through {where}", linger=True)
 
     def _join_timeout(self, join: Join) -> None:
         if join.request in self.joins and join.link is not None:

@@ -784,7 +784,7 @@ class HealthActor(Actor):
                 check.reused_challenge.verify(msg.node_id, msg.version, msg.proof, msg.offer_key)
             except ProofError:
                 continue
-            peer = f"{check.request.host}:{check.request.port}"
+            peer = join_host_port(check.request.host, check.request.port)
             rtt = self.now() - check.reused_at
             self._finish(
                 check,
@@ -828,7 +828,7 @@ class HealthActor(Actor):
             return
         rtt = self.now() - check.sent_at
         fp = fingerprint(msg.node_id)
-        peer = f"{check.request.host}:{check.request.port}"
+        peer = join_host_port(check.request.host, check.request.port)
         assert check.challenge is not None
         try:
             check.challenge.verify(msg.node_id, msg.version, msg.proof, msg.offer_key)

@@ -93,7 +93,7 @@ class LinkActor(Actor):
             index = len(self.nodes)
             url = f"tcp://{join_host_port(host, port)}"
             link = Link(self, self.settings, url, functools.partial(self._from_node, index))
-            self.nodes.append(_Node(where=f"{host}:{port}", link=link))
+            self.nodes.append(_Node(where=join_host_port(host, port), link=link))
         for name in NODE_ACTORS:
             if name == self.actor or name in self.local:
                 continue

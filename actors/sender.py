@@ -366,7 +366,7 @@ class Outgoing:
 
     @property
     def peer(self) -> str:
-        return f"{self.request.host}:{self.request.port}"
+        return join_host_port(self.request.host, self.request.port)
 
     @property
     def size(self) -> int:
@@ -537,7 +537,7 @@ class SenderActor(Actor):
             w.job.row(
                 ident,
                 w.request.path,
-                f"{w.request.host}:{w.request.port}",
+                join_host_port(w.request.host, w.request.port),
                 w.request.mode or "",
                 now,
             )
@@ -548,7 +548,7 @@ class SenderActor(Actor):
             {
                 "id": str(request),
                 "file": w.request.path[-200:],
-                "peer": f"{w.request.host}:{w.request.port}",
+                "peer": join_host_port(w.request.host, w.request.port),
                 "mode": w.mode,
                 # (a busy receiver's slot: ``error`` says why, ``next_in`` when it offers)
                 "state": "retrying" if w.busy is None else "waiting",
@@ -569,7 +569,7 @@ class SenderActor(Actor):
         row = {
             "id": str(r.request),
             "file": r.path[-200:],
-            "peer": f"{r.host}:{r.port}",
+            "peer": join_host_port(r.host, r.port),
             "mode": r.mode or "",
             "state": "waiting",
             "bytes": "0",
@@ -715,7 +715,7 @@ class SenderActor(Actor):
             min_chunk=min(req.min_chunk, chunk_size) if flexible else 0,
             timeout=req.timeout,
             now=self.now(),
-            peer=f"{req.host}:{req.port}",
+            peer=join_host_port(req.host, req.port),
             node_capped=capped,
         )
         t = Outgoing(

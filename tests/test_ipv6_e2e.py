@@ -54,11 +54,12 @@ def test_a_node_on_the_ipv6_loopback_receives_and_answers(
             assert code == 0, (result, ipv6_receiver.log_tail())
             assert result["blake3"] == blake3_file(source)
             assert blake3_file(ipv6_receiver.inbox / result["stored_as"]) == blake3_file(source)
+            # Named in brackets, as given or not (`::1:PORT` reads as one address).
+            where = f"[::1]:{ipv6_receiver.port}"
+            assert result["peer"] == where
             alive = sender.cli("health-check", host, str(ipv6_receiver.port), timeout=30)
             assert alive.returncode == 0, alive.describe()
-            assert alive.stdout.startswith(f"alive {host}:{ipv6_receiver.port}: node "), (
-                alive.stdout
-            )
+            assert alive.stdout.startswith(f"alive {where}: node "), alive.stdout
         sender.send_signal()
         assert sender.stop() == 0, sender.log_tail()
 

@@ -31,6 +31,7 @@ from peercrypt.cli.common import (
 )
 from peercrypt.cli.follow import refusal
 from peercrypt.client import ControlClient, NodeUnavailable
+from peercrypt.core.address import join_host_port
 from peercrypt.crypto.identity import normalise_fingerprint
 from peercrypt.crypto.known_peers import KnownPeersFile, changed_here, normalise_address
 from peercrypt.errors import ResultCode
@@ -143,11 +144,10 @@ def join(obj: dict[str, Any], host: str, port: int) -> None:
     result: JoinResult = _ask(
         obj, JoinRequest(request=1, host=host, port=port), JoinResult, REPLY_TIMEOUT
     )
+    where = join_host_port(host, port)
     if result.code != ResultCode.OK:
-        raise UserError(
-            f"cannot join through {host}:{port}: {result.reason}", _peer_exit(result.code)
-        )
-    click.echo(f"joined through {host}:{port}; {_peer_count(result.live, result.gone)} so far")
+        raise UserError(f"cannot join through {where}: {result.reason}", _peer_exit(result.code))
+    click.echo(f"joined through {where}; {_peer_count(result.live, result.gone)} so far")
 
 
 def _peer_count(live: int, gone: int) -> str:
@@ -179,6 +179,7 @@ def _report_check(
     said so, but a send there would be refused until `peercrypt trust`:
     exit 4 with that send's warning (it said only "alive")."""
     changed = ""
+    where = join_host_port(host, port)
     if result.code == ResultCode.OK:
         # (A check sends nothing: it says what a send there would meet.)
         changed = changed_here(
@@ -191,8 +192,8 @@ def _report_check(
                 {
                     "ok": ok,
                     "code": result.code,
-                    "error": None if ok else result.reason or f"{host}:{port} is not reachable",
-                    "peer": f"{host}:{port}",
+                    "error": None if ok else result.reason or f"{where} is not reachable",
+                    "peer": where,
                     "fingerprint": result.fingerprint or None,
                     "version": result.version or None,
                     "rtt_ms": round(result.rtt * 1000, 3) if ok else None,
@@ -207,13 +208,12 @@ def _report_check(
             sys.exit(errors.NOT_ADMITTED)
         return
     if result.code != ResultCode.OK:
-        raise UserError(result.reason or f"{host}:{port} is not reachable", _peer_exit(result.code))
+        raise UserError(result.reason or f"{where} is not reachable", _peer_exit(result.code))
     tries = f" (after {result.attempts} attempts)" if result.attempts > 1 else ""
     # The version its proof signs (a peer's text: escaped).
     version = f" (peercrypt {printable(result.version)})" if result.version else ""
     click.echo(
-        f"{verb} {host}:{port}: node {result.fingerprint}{version}, "
-        f"rtt {result.rtt * 1000:.2f} ms{tries}"
+        f"{verb} {where}: node {result.fingerprint}{version}, rtt {result.rtt * 1000:.2f} ms{tries}"
     )
     if changed:
         raise UserError(changed, errors.NOT_ADMITTED)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from peercrypt import errors
 from peercrypt.cli.echo import echo
+from peercrypt.core.address import join_host_port
 from peercrypt.errors import ResultCode
 from peercrypt.sizes import readable
 from peercrypt.wire.local_messages import SendResult
@@ -179,7 +180,7 @@ def report(result: SendResult, paths: list[Path], host: str, port: int, as_json:
                     "code": result.code,
                     "error": result.reason or None,
                     "file": str(path),
-                    "peer": f"{host}:{port}",
+                    "peer": join_host_port(host, port),
                     "size": result.size,
                     "blake3": result.digest.hex() if ok else None,
                     "stored_as": result.stored_as or None,
@@ -206,7 +207,7 @@ def report(result: SendResult, paths: list[Path], host: str, port: int, as_json:
             else (f"{name} ({result.size} bytes)")
         )
         echo(
-            f"sent {what} to {host}:{port} as {result.stored_as} "
+            f"sent {what} to {join_host_port(host, port)} as {result.stored_as} "
             f"in {result.seconds:.2f} s ({how_fast(result, rate)}), "
             f"blake3 {result.digest.hex()} verified"
         )

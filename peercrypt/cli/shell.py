@@ -525,7 +525,7 @@ class Shell:
     def _check(self, host: str, port: int, expect: str = "") -> bool | None:
         """The pre-send health check: False (reachable), True (proceed anyway)
         or None (abort)."""
-        click.echo(f"checking {host}:{port} ...")
+        click.echo(f"checking {join_host_port(host, port)} ...")
         target = join_host_port(host, port)
         try:
             with ControlClient.for_data_dir(self.data_dir) as client:
