@@ -917,15 +917,18 @@ def test_a_line_giving_the_network_key_is_not_written_to_the_history(
     started: tuple[Pty, Path], network_key: str
 ) -> None:
     """The history file is the owner's only, and a line with the key itself
-    (either spelling) is never in it (it was, in a file of mode 0644)."""
+    (either spelling) is never in it (it was, in a file of mode 0644). Nor
+    is it warned of as one in a command line (typed at the prompt, it is in
+    no process's argv)."""
     pty, data_dir = started
     port = _port(data_dir)
-    pty.run(
+    said = pty.run(
         f"health-check 127.0.0.1 {port} --network-key {network_key}",
         re.escape("(a line giving --network-key is not kept in the shell's history)"),
         "alive",
     )
-    pty.run(f"health-check 127.0.0.1 {port} --network-key={network_key}", "alive")
+    said += pty.run(f"health-check 127.0.0.1 {port} --network-key={network_key}", "alive")
+    assert "alive" in said and "(ps)" not in said
     pty.run("transfers", "no transfers running")
     assert pty.leave() == 0
     path = data_dir / "shell_history"

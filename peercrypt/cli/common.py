@@ -10,6 +10,7 @@ non-zero exit code (see :mod:`peercrypt.errors`); tracebacks only with
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import shutil
 import socket
@@ -93,8 +94,16 @@ def server_keys_later(network_key: str | None, open_network: bool) -> Callable[[
         raise UserError(str(exc)) from None
 
 
+# True while the shell runs a line (shell.py, in its job threads too): a
+# --network-key typed at its prompt or read from its script is in no
+# process's command line.
+from_shell: contextvars.ContextVar[bool] = contextvars.ContextVar("from_shell", default=False)
+
+
 def warn_key_in_argv(ctx: click.Context | None = None) -> None:
     """One warning line when the network key was given on the command line."""
+    if from_shell.get():
+        return
     ctx = ctx or click.get_current_context(silent=True)
     if ctx is not None and given(ctx, "network_key") and ctx.params.get("network_key"):
         click.echo(

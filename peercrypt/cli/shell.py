@@ -40,7 +40,7 @@ import click
 
 from peercrypt import errors
 from peercrypt.cli import configure, follow, precheck
-from peercrypt.cli.common import UserError, count_in
+from peercrypt.cli.common import UserError, count_in, from_shell
 from peercrypt.cli.node import node_options, node_settings, run_node
 from peercrypt.cli.receive import Inbound, inbound, inbound_multicast
 from peercrypt.cli.runner import execute, unknown_command
@@ -268,10 +268,13 @@ class Shell:
         """Run one line; its exit code, or None to leave the shell. A line
         the shell's own code cannot end (the node runs another release: a
         reply it cannot read) is one error line too; the shell goes on."""
+        said = from_shell.set(True)
         try:
             return self._run_line(line)
         except errors.CommandError as exc:
             return self._error(str(exc), exc.exit_code)
+        finally:
+            from_shell.reset(said)
 
     def _run_line(self, line: str) -> int | None:
         try:
@@ -509,6 +512,7 @@ class Shell:
     def _run_job(self, job: Job, args: list[str]) -> None:
         follow.listener.on_transfer = job.learned
         _background.on = True  # its lines (its result) are held while `top` runs
+        from_shell.set(True)  # (this thread's own context)
         try:
             job.code = execute(self.group, [*self.global_args(), *args])
         except KeyboardInterrupt:  # cancelled before the send started following
