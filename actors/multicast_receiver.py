@@ -96,6 +96,7 @@ from actors.file_writer import (
     pool_bytes,
 )
 from actors.inbox import (
+    PartGone,
     Refusal,
     check_offer,
     create_part,
@@ -710,7 +711,12 @@ class MulticastReceiverActor(Actor):
         watched: Fresh | None = None  # a new part, read back as it is written
         try:
             if kept is not None:
-                part, fd = s.inbox / kept.part, open_part(s.inbox, kept.part, a.size)
+                try:
+                    part, fd = s.inbox / kept.part, open_part(s.inbox, kept.part, a.size)
+                except PartGone:  # (removed by hand: its space was booked as a rejoin's)
+                    drop_gone_part(self, s.inbox, kept.part, name)
+                    reason = "the kept part it was to continue is gone; try again"
+                    raise Refusal("try-again", reason) from None
             else:
                 # The id's start plus a local random suffix: a co-receiver
                 # knowing the id cannot make us open or remove its file. (The

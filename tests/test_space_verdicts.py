@@ -332,6 +332,62 @@ def test_a_kept_multicast_part_that_gave_way_after_it_was_chosen_starts_afresh(
             sock.close(linger=0)
 
 
+def test_a_kept_multicast_part_removed_before_it_is_opened_is_asked_for_again(
+    node: tuple[ActorEnv, NodeSettings, FakeClock],
+) -> None:
+    """The part kept of a session, chosen to rejoin it, is removed by hand
+    before the space verdict opens it: the announce is answered "try again"
+    (not an "io" failure of the whole send to this receiver), its space and
+    what is left of the part go, and the next announce joins from nothing."""
+    env, settings, _ = node
+    size, chunk, sid = 200_000, 65_536, os.urandom(16)
+    key = session_resume_key(SENDER.public, "late.bin", size, chunk, sid)
+    created = create_part(settings.inbox, key.name, sid.hex(), size, kind="mc", unique=True)
+    part = _kept_part(settings.inbox, key, sid, *created)
+    mreceiver = MulticastReceiverActor(env, settings)
+    space = SpaceActor(env, settings)
+    from_mreceiver, from_space = record(mreceiver), record(space)
+    mreceiver.setup()
+    try:
+        for msg in take(from_mreceiver, "space"):
+            space.on_mail(msg)
+        announce = _announce(sid, settings.identity.public, size, chunk)
+        mreceiver.on_mail(_inbound(announce))
+        [rejoin] = take(from_mreceiver, "space")
+        assert isinstance(rejoin, SpaceReserve) and rejoin.resume == part.name
+        part.unlink()  # by hand, meanwhile
+        space.on_mail(rejoin)
+        [verdict] = take(from_space, "mreceiver")
+        assert isinstance(verdict, SpaceVerdict) and (verdict.ok, verdict.fresh) == (True, False)
+        mreceiver.on_mail(verdict)
+        [answer] = take(from_mreceiver, "gateway")
+        assert isinstance(answer, Outbound)
+        refused = codec.decode(answer.payload)
+        assert isinstance(refused, McRefuse) and refused.code == "try-again", refused
+        assert "kept part" in refused.reason
+        assert mreceiver.counters.get("resume-part-gone") == 1
+        for msg in take(from_mreceiver, "space"):
+            space.on_mail(msg)
+        assert space.ledger.promised == 0 and space.ledger.kept == []
+        assert not list(settings.inbox.glob(".late.bin.*"))  # its manifest went too
+
+        mreceiver.on_mail(_inbound(announce))  # the sender announces again
+        [ask] = take(from_mreceiver, "space")
+        assert isinstance(ask, SpaceReserve) and not ask.resume
+        space.on_mail(ask)
+        mreceiver.on_mail(take(from_space, "mreceiver")[0])
+        [answer] = take(from_mreceiver, "gateway")
+        assert isinstance(answer, Outbound)
+        joined = codec.decode(answer.payload)
+        assert isinstance(joined, McJoin) and joined.sid == sid, joined
+        sess = mreceiver.sessions[session_tid(SENDER.public, sid)]
+        assert sess.tracker.written.count == 0 and sess.part.exists()
+    finally:
+        mreceiver.teardown()
+        for sock in mreceiver._sockets:
+            sock.close(linger=0)
+
+
 @pytest.mark.parametrize("kind", ["receiver", "mreceiver"])
 def test_a_verdict_for_another_id_under_the_same_number_leaves_the_ask_waiting(
     node: tuple[ActorEnv, NodeSettings, FakeClock], kind: str
