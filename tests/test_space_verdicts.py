@@ -148,6 +148,13 @@ def _kept_part(inbox: Path, key: ResumeKey, tid: bytes, part: Path, fd: int) -> 
     return part
 
 
+def _kept_session_part(inbox: Path, sid: bytes, size: int, chunk: int) -> Path:
+    """The part a receiver kept of SENDER's session ``sid`` of "late.bin"."""
+    key = session_resume_key(SENDER.public, "late.bin", size, chunk, sid)
+    created = create_part(inbox, key.name, sid.hex(), size, kind="mc", unique=True)
+    return _kept_part(inbox, key, sid, *created)
+
+
 def _inbound(payload: bytes) -> Inbound:
     return Inbound(route=b"route", peer=SENDER.public, peer_host="127.0.0.1", payload=payload)
 
@@ -289,9 +296,7 @@ def test_a_kept_multicast_part_that_gave_way_after_it_was_chosen_starts_afresh(
     env, settings, clock = node
     settings = dataclasses.replace(settings, part_quota=210_000)
     size, chunk, sid = 200_000, 65_536, os.urandom(16)
-    key = session_resume_key(SENDER.public, "late.bin", size, chunk, sid)
-    created = create_part(settings.inbox, key.name, sid.hex(), size, kind="mc", unique=True)
-    part = _kept_part(settings.inbox, key, sid, *created)
+    part = _kept_session_part(settings.inbox, sid, size, chunk)
     receiver = ReceiverActor(env, settings)
     mreceiver = MulticastReceiverActor(env, settings)
     space = SpaceActor(env, settings)
@@ -341,9 +346,7 @@ def test_a_kept_multicast_part_removed_before_it_is_opened_is_asked_for_again(
     what is left of the part go, and the next announce joins from nothing."""
     env, settings, _ = node
     size, chunk, sid = 200_000, 65_536, os.urandom(16)
-    key = session_resume_key(SENDER.public, "late.bin", size, chunk, sid)
-    created = create_part(settings.inbox, key.name, sid.hex(), size, kind="mc", unique=True)
-    part = _kept_part(settings.inbox, key, sid, *created)
+    part = _kept_session_part(settings.inbox, sid, size, chunk)
     mreceiver = MulticastReceiverActor(env, settings)
     space = SpaceActor(env, settings)
     from_mreceiver, from_space = record(mreceiver), record(space)
@@ -495,9 +498,7 @@ def test_a_kept_multicast_part_chosen_by_a_join_waiting_for_space_is_not_deleted
     deleted it as obsolete and the rejoin was refused "io")."""
     env, settings, _clock = node
     size, chunk, sid = 200_000, 65_536, os.urandom(16)
-    key = session_resume_key(SENDER.public, "late.bin", size, chunk, sid)
-    created = create_part(settings.inbox, key.name, sid.hex(), size, kind="mc", unique=True)
-    part = _kept_part(settings.inbox, key, sid, *created)
+    part = _kept_session_part(settings.inbox, sid, size, chunk)
     mreceiver = MulticastReceiverActor(env, settings)
     space = SpaceActor(env, settings)
     from_mreceiver, from_space = record(mreceiver), record(space)
