@@ -159,6 +159,23 @@ def discard_part(part: Path | None, fd: int) -> str:
     return ""
 
 
+def remake(inbox: Path, mode: int) -> str | None:
+    """The inbox removed while the node runs, made again as the node made it
+    at its start (its parent is not: a data dir or a folder the user named
+    that is gone is not the node's to make). None if it is there (or
+    something else is at its name: what uses it says so), "" if it was made
+    again, else why it could not be."""
+    if inbox.is_dir():
+        return None
+    try:
+        inbox.mkdir(mode=mode)
+    except FileExistsError:
+        return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return ""
+
+
 def remove_quietly(path: Path) -> None:
     """Remove ``path`` if it is there and may be removed (a manifest beside
     a part being discarded: what cannot go stays, as its part does)."""

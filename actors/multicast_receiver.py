@@ -112,7 +112,7 @@ from actors.inbox import (
 )
 from actors.port_watch import DIAL_EVENTS, PortWatch, recv_monitor_message
 from actors.read_back import HASH_HOLD
-from actors.space import drop_gone_part, report_holdings
+from actors.space import drop_gone_part, remake_inbox, report_holdings
 from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
 from peercrypt.core.bitmap import flatten
@@ -560,6 +560,7 @@ class MulticastReceiverActor(Actor):
             if shape is not None:
                 return refuse(*shape)
             tree_bytes = a.size if tree else 0  # built beside its part
+            remake_inbox(self, s.inbox, s.inbox_mode)
             try:
                 name = check_offer(s, a.name, a.chunk_size, a.size)
                 if source:  # this very version from this proven sender, stored before?

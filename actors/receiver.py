@@ -90,7 +90,7 @@ from actors.inbox import (
     sweep,
 )
 from actors.port_watch import PortWatch
-from actors.space import drop_gone_part, report_holdings
+from actors.space import drop_gone_part, remake_inbox, report_holdings
 from actors.tree_store import stamp_tree, sweep_trees
 from peercrypt import local_ipc, shm_ring
 from peercrypt.core.bitmap import ChunkBitmap, flatten
@@ -782,6 +782,7 @@ class ReceiverActor(Actor):
         if prior is not None:
             files = details.files if tree_bytes else 0
             return self._echo(offer, peer, host, prior, answer, details.mode, key, files)
+        remake_inbox(self, self.settings.inbox, self.settings.inbox_mode)
         try:
             reuse = self._resumable(dataclasses.replace(key, chunk_size=high), low, chunk)
         except OSError as exc:

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
-from actors.inbox import free_space, remove_part, scan
+from actors.inbox import free_space, remake, remove_part, scan
 from peercrypt.core.space import Quotas, SpaceLedger
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
@@ -106,6 +106,19 @@ def report_holdings(
                 actor.tell("space", kept)
     for r in entries:
         actor.tell("space", r)
+
+
+def remake_inbox(actor: Actor, inbox: Path, mode: int) -> None:
+    """Before an offer or announce is looked at: an inbox removed while the
+    node ran is made again (a line in the log, counted ``inbox-made-again``),
+    so sends go on being stored instead of refused "cannot read the inbox"
+    until the user makes it."""
+    why = remake(inbox, mode)
+    if why == "":
+        actor.count("inbox-made-again")
+        log.warning("the inbox %s was removed while the node ran: made again", inbox)
+    elif why:
+        actor.log_limited("cannot make the removed inbox %s again: %s", str(inbox), why)
 
 
 def drop_gone_part(actor: Actor, inbox: Path, part: str, name: str) -> None:

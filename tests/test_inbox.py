@@ -17,6 +17,7 @@ from actors.inbox import (
     load_manifest,
     manifest_name,
     publish,
+    remake,
     save_manifest,
     scan,
     sweep,
@@ -282,3 +283,23 @@ def test_unicast_and_multicast_scans_and_sweeps_keep_to_their_own_parts(tmp_path
     assert sweep(tmp_path, time.time(), expiry=3600, in_use=[mc.part], multicast=True) == []
     assert sweep(tmp_path, time.time(), expiry=3600, multicast=True) == [mc.part]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_inbox_removed_is_made_again_but_not_its_parent(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    assert remake(inbox, 0o750) == ""
+    assert inbox.is_dir() and inbox.stat().st_mode & 0o777 == 0o750 & ~_umask()
+    assert remake(inbox, 0o750) is None  # there: nothing to do
+    inbox.rmdir()
+    inbox.write_text("a file")  # not the node's to replace: what uses it says so
+    assert remake(inbox, 0o750) is None and inbox.read_text() == "a file"
+    assert remake(tmp_path / "gone" / "inbox", 0o750) == "No such file or directory"
+    assert not (tmp_path / "gone").exists()
+
+
+def _umask() -> int:
+    """This process's umask, read without setting it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    raise AssertionError("no Umask line")

@@ -257,3 +257,29 @@ def test_an_offer_again_after_one_abandoned_before_its_first_chunk_is_stored(
         answer = second.done_until(blake3.blake3(data).digest(), (Verified, Failed))
         assert isinstance(answer, Verified) and answer.stored_as == "again.bin", answer
     assert blake3_file(receiver.inbox / "again.bin") == blake3.blake3(data).hexdigest()
+
+
+@pytest.mark.parametrize("how", ["unicast", "multicast"])
+def test_an_inbox_removed_while_the_node_runs_is_made_again(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], how: str
+) -> None:
+    """The user removes the inbox folder (a clean-up) while the node runs:
+    the next send is stored in an inbox made again as at the node's start,
+    not refused "cannot read the inbox" until the user makes it."""
+    receiver, sender = node_factory(name="receiver"), node_factory(name="sender")
+    first = make_file(MiB + 3, name="first.bin")
+    extra = ["-m"] if how == "multicast" else []
+    code, result = sender.send(first, receiver.host, receiver.port, *extra)
+    assert code == 0, result
+    for entry in receiver.inbox.iterdir():
+        entry.unlink()
+    receiver.inbox.rmdir()
+    second = make_file(2 * MiB + 5, name="second.bin")
+    code, result = sender.send(second, receiver.host, receiver.port, *extra)
+    assert code == 0, result
+    assert blake3_file(receiver.inbox / "second.bin") == blake3_file(second)
+    assert sorted(p.name for p in receiver.inbox.iterdir()) == ["second.bin"]
+    made = ("receiver" if how == "unicast" else "mreceiver") + ".inbox-made-again"
+    receiver.wait_for_counter(made, 1)
+    assert _count(receiver, made) == 1
+    assert "was removed while the node ran: made again" in receiver.log_text()
