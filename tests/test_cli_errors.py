@@ -708,3 +708,16 @@ def test_a_stats_limit_beyond_the_history_s_integers_is_a_range_error(
     assert_error(result, errors.USAGE, "--limit", "0<=x<=9223372036854775807")
     largest = node.cli("stats", "list", "--limit", str(2**63 - 1))
     assert largest.returncode == 0, largest.describe()
+
+
+def test_help_as_a_command_is_the_help_option(tmp_path: Path) -> None:
+    """`peercrypt help [COMMAND...]` prints what `--help` does (the old
+    tool's users type `help`; it was "no such command 'help' (did you mean
+    'shell'?)"); a command that does not exist is one usage line."""
+    for words in ([], ["send"], ["stats", "list"]):
+        asked = run_cli("help", *words, data_dir=tmp_path)
+        assert asked.returncode == 0, asked.describe()
+        assert asked.stdout == run_cli(*words, "--help", data_dir=tmp_path).stdout
+        assert asked.stdout.startswith(f"Usage: peercrypt {' '.join([*words, ''])}")
+    assert_usage_error(run_cli("help", "sned", data_dir=tmp_path), "did you mean 'send'")
+    assert_usage_error(run_cli("help", "send", "more", data_dir=tmp_path), "has no commands")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 import peercrypt
-from peercrypt.cli.runner import GLOBAL_OPTIONS, execute
+from peercrypt.cli.runner import GLOBAL_OPTIONS, execute, unknown_command
 
 if TYPE_CHECKING:
     from peercrypt.config import Effective
@@ -221,6 +221,31 @@ def command_tree() -> dict[str, click.Command]:
     return dict(sorted(out.items()))
 
 
+def _help_command() -> click.Command:
+    """``peercrypt help [COMMAND...]``: ``peercrypt [COMMAND...] --help``, as
+    the shell's ``help`` and other tools' ``help`` read (it was "no such
+    command 'help' (did you mean 'shell'?)")."""
+
+    @click.command("help", add_help_option=False)
+    @click.argument("words", nargs=-1)
+    @click.pass_context
+    def help_(ctx: click.Context, words: tuple[str, ...]) -> None:
+        parent = ctx.parent
+        assert parent is not None
+        command, at = parent.command, parent
+        for word in words:
+            sub = command.get_command(at, word) if isinstance(command, click.Group) else None
+            if sub is None or word == "help":
+                names = command.list_commands(at) if isinstance(command, click.Group) else []
+                if not names:
+                    raise click.UsageError(f"`{at.command_path}` has no commands", ctx)
+                raise click.UsageError(unknown_command(word, names), ctx)
+            command, at = sub, click.Context(sub, info_name=word, parent=at)
+        click.echo(command.get_help(at))
+
+    return help_
+
+
 class LazyGroup(click.Group):
     """A group whose commands are imported when one is resolved, not before."""
 
@@ -228,6 +253,8 @@ class LazyGroup(click.Group):
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "help":  # (not listed: the shell's own `help` is the one documented)
+            return _help_command()
         if cmd_name not in COMMANDS:
             return None
         return load_command(cmd_name)
