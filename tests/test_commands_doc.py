@@ -71,9 +71,12 @@ def test_options_and_defaults_match(name: str) -> None:
     if command.hidden:
         return  # an alias: its section points to the command it stands for
     rows = table(sections()[name])
-    # The global options every command takes are in the "Global options" table.
+    # The global options every command takes (and names in its help: --debug)
+    # are in the "Global options" table.
     options = [
-        p for p in command.params if isinstance(p, click.Option) and p.name not in GLOBAL_OPTIONS
+        p
+        for p in command.params
+        if isinstance(p, click.Option) and p.name not in {*GLOBAL_OPTIONS, "debug"}
     ]
     if name in TAKES_NODE_OPTIONS:
         options = [p for p in options if p.name not in NODE_OPTIONS.values()]

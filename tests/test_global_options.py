@@ -23,6 +23,7 @@ def test_every_command_takes_the_global_options(name: str) -> None:
     flags = {p.name: p.opts for p in command.params if isinstance(p, click.Option)}
     for param, flag in GLOBAL_OPTIONS.items():
         assert flags.get(param) == [flag], (name, flags)
+    assert flags.get("debug") == ["--debug"], (name, flags)  # in its help: it works after it
 
 
 def test_data_dir_after_the_command(

@@ -156,6 +156,7 @@ class DataDirPath(click.Path):
         return super().convert(value, param, ctx)
 
 
+DEBUG_HELP = "Debug logs from every actor, and tracebacks."
 DATA_DIR_HELP = (
     "Node identity, control socket, default inbox, config.toml [env PEERCRYPT_DATA_DIR]."
 )
@@ -164,21 +165,27 @@ CONFIG_HELP = "TOML config file (default: DATA_DIR/config.toml) [env PEERCRYPT_C
 
 def _global_params() -> list[click.Option]:
     """``--data-dir`` and ``--config`` as options of one command: the same
-    types as the group's, so the same values are refused with the same words."""
+    types as the group's, so the same values are refused with the same words;
+    and ``--debug``, named in its help."""
     kinds = {
         "data_dir": (DataDirPath(file_okay=False, path_type=Path), DATA_DIR_HELP),
         "config_file": (click.Path(dir_okay=False, path_type=Path), CONFIG_HELP),
     }
     return [
-        click.Option(
-            [GLOBAL_OPTIONS[name], name],
-            type=kind,
-            help=help_text,
-            is_eager=True,
-            expose_value=False,
-            callback=_rebase_invocation,
-        )
-        for name, (kind, help_text) in kinds.items()
+        *(
+            click.Option(
+                [GLOBAL_OPTIONS[name], name],
+                type=kind,
+                help=help_text,
+                is_eager=True,
+                expose_value=False,
+                callback=_rebase_invocation,
+            )
+            for name, (kind, help_text) in kinds.items()
+        ),
+        # In the command's help only: the runner moves it in front of the
+        # command wherever it is given (runner.hoist_debug).
+        click.Option(["--debug"], is_flag=True, expose_value=False, help=DEBUG_HELP),
     ]
 
 
@@ -284,7 +291,7 @@ class LazyGroup(click.Group):
     default=None,
     help=CONFIG_HELP,
 )
-@click.option("--debug", is_flag=True, help="Debug logs from every actor, and tracebacks.")
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
 @click.pass_context
 def main(ctx: click.Context, data_dir: Path | None, config_file: Path | None, debug: bool) -> None:
     """PeerCrypt: encrypted peer-to-peer file transfer."""
