@@ -163,9 +163,15 @@ def remake(inbox: Path, mode: int) -> str | None:
     """The inbox removed while the node runs, made again as the node made it
     at its start (its parent is not: a data dir or a folder the user named
     that is gone is not the node's to make). None if it is there (or
-    something else is at its name: what uses it says so), "" if it was made
-    again, else why it could not be."""
-    if inbox.is_dir():
+    something else is at its name, or it cannot be looked at: what uses it
+    next refuses, saying why), "" if it was made again, else why it could
+    not be."""
+    try:
+        os.stat(inbox)
+        return None
+    except FileNotFoundError:
+        pass
+    except OSError:  # (a folder above not searchable, a dead mount...)
         return None
     try:
         inbox.mkdir(mode=mode)

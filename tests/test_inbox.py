@@ -295,6 +295,9 @@ def test_an_inbox_removed_is_made_again_but_not_its_parent(tmp_path: Path) -> No
     assert remake(inbox, 0o750) is None and inbox.read_text() == "a file"
     assert remake(tmp_path / "gone" / "inbox", 0o750) == "No such file or directory"
     assert not (tmp_path / "gone").exists()
+    # It cannot be looked at (here a file on the way): not made, no error
+    # raised; the offer's own scan refuses it, saying why.
+    assert remake(inbox / "inbox", 0o750) is None
 
 
 def _umask() -> int:
