@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from peercrypt.crypto.identity import KeyPair, fingerprint
 from peercrypt.crypto.known_peers import (
+    RACY_NS,
     KnownPeersFile,
     Verdict,
     decide,
@@ -152,3 +153,21 @@ def test_a_check_sees_the_file_as_changed_since_the_last(tmp_path: Path) -> None
     assert store.check("127.0.0.1", 9000, three).verdict is Verdict.KNOWN
     store.path.unlink()
     assert store.load() == {}
+
+
+def test_a_file_unchanged_since_long_ago_is_not_read_again(tmp_path: Path) -> None:
+    """Once its time is well in the past, a check takes what it read before
+    while the file's identity, size and time stay: an edit that puts all
+    three back (which nothing but this test does) is not seen."""
+    store = KnownPeersFile(tmp_path)
+    one, two = fp(), fp()
+    assert store.check("127.0.0.1", 9000, one).verdict is Verdict.NEW
+    old = store.path.stat().st_mtime_ns - 10 * RACY_NS
+    os.utime(store.path, ns=(old, old))
+    assert store.load() == {A: one}  # read, and now kept
+    text = store.path.read_text()
+    with open(store.path, "r+", encoding="utf-8") as f:  # the same inode and size
+        f.write(text.replace(one, two))
+    os.utime(store.path, ns=(old, old))
+    assert store.load() == {A: one}
+    assert KnownPeersFile(tmp_path).load() == {A: two}  # (what the file says)

@@ -21,6 +21,7 @@ import contextlib
 import enum
 import fcntl
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from peercrypt.core.address import canonical_host, join_host_port
 from peercrypt.crypto.identity import normalise_fingerprint
 
 MAX_ENTRIES = 100_000  # a file beyond this is read only up to here
+RACY_NS = 2_000_000_000  # a file changed this recently is read again at each check
 
 
 class Verdict(enum.Enum):
@@ -173,9 +175,9 @@ class KnownPeersFile:
 
     Looked at on every check (``peercrypt trust`` may change it while the
     node runs), read again only when its identity, size or modification
-    time changed; written under an exclusive ``flock`` with an atomic
-    replace, so the sender and the multicast sender never lose each other's
-    entries.
+    time changed, or that time is within RACY_NS of now; written under an
+    exclusive ``flock`` with an atomic replace, so the sender and the
+    multicast sender never lose each other's entries.
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -188,9 +190,15 @@ class KnownPeersFile:
         except FileNotFoundError:
             return {}
         version = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-        if self._seen is None or self._seen[0] != version:
-            self._seen = (version, self._read())
-        return dict(self._seen[1])
+        if self._seen is not None and self._seen[0] == version:
+            return dict(self._seen[1])
+        entries = self._read()
+        # Kept only once its time is well in the past (git's "racy" rule): a
+        # filesystem's clock ticks in milliseconds on many kernels, so an
+        # edit of the same size in the same tick would look unchanged.
+        if time.time_ns() - info.st_mtime_ns > RACY_NS:
+            self._seen = (version, entries)
+        return dict(entries)
 
     def _read(self) -> dict[str, str]:
         try:
