@@ -719,5 +719,12 @@ def test_help_as_a_command_is_the_help_option(tmp_path: Path) -> None:
         assert asked.returncode == 0, asked.describe()
         assert asked.stdout == run_cli(*words, "--help", data_dir=tmp_path).stdout
         assert asked.stdout.startswith(f"Usage: peercrypt {' '.join([*words, ''])}")
+    # Its own words: a help option among them, a global option after them.
+    for words in (["send", "-h"], ["-h", "send"], ["send", "--data-dir", str(tmp_path)]):
+        asked = run_cli("help", *words, data_dir=tmp_path)
+        assert asked.returncode == 0, asked.describe()
+        assert asked.stdout.startswith("Usage: peercrypt send [OPTIONS]"), asked.stdout
+    own = run_cli("help", "help", data_dir=tmp_path)
+    assert own.returncode == 0 and own.stdout.startswith("Usage: peercrypt help "), own.describe()
     assert_usage_error(run_cli("help", "sned", data_dir=tmp_path), "did you mean 'send'")
     assert_usage_error(run_cli("help", "send", "more", data_dir=tmp_path), "has no commands")

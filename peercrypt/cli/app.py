@@ -233,16 +233,24 @@ def _help_command() -> click.Command:
     the shell's ``help`` and other tools' ``help`` read (it was "no such
     command 'help' (did you mean 'shell'?)")."""
 
-    @click.command("help", add_help_option=False)
+    @click.command(
+        "help",
+        add_help_option=False,
+        context_settings={"ignore_unknown_options": True},  # `help send -h`: -h a word
+    )
     @click.argument("words", nargs=-1)
     @click.pass_context
     def help_(ctx: click.Context, words: tuple[str, ...]) -> None:
+        """The help of peercrypt, or of COMMAND (as `peercrypt COMMAND --help`)."""
         parent = ctx.parent
         assert parent is not None
         command, at = parent.command, parent
-        for word in words:
+        for word in (w for w in words if w not in ("-h", "--help")):
+            if word == "help" and command is parent.command:
+                command, at = ctx.command, ctx
+                continue
             sub = command.get_command(at, word) if isinstance(command, click.Group) else None
-            if sub is None or word == "help":
+            if sub is None or sub is ctx.command:
                 names = command.list_commands(at) if isinstance(command, click.Group) else []
                 if not names:
                     raise click.UsageError(f"`{at.command_path}` has no commands", ctx)
@@ -250,7 +258,7 @@ def _help_command() -> click.Command:
             command, at = sub, click.Context(sub, info_name=word, parent=at)
         click.echo(command.get_help(at))
 
-    return help_
+    return with_global_options(help_)
 
 
 class LazyGroup(click.Group):
