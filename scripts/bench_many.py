@@ -22,7 +22,7 @@ Measured per run (every run is printed):
   Printed beside it: the bytes written per 0.5 s into each node, the cores
   the nodes kept busy per 0.5 s, and their CPU by thread in the load's
   first 0.5 s, its middle and its last 1.5 s (where a ramp or tail goes:
-  waiting, or work), and in 2 s of quiet after the load.
+  waiting, or work), and in 2 s of quiet once the load's files are checked.
 - **fairness**: Jain's index over the equal-priority flows' rates (size /
   the node's time of each). Goal: >= 0.95.
 - **retransmitted** fraction: chunks sent twice / chunks. Goal: <= 1%.
@@ -541,8 +541,8 @@ def one_run(
         timeouts += int(f.result.stats.get("timeouts", 0))
         sack += int(f.result.stats.get("fast_retransmits", 0))
         rates.append(f.result.size / MiB / f.result.seconds)
-    # What the nodes still do once the load is over (none was seen: the one
-    # alone after it has the cores to itself).
+    # What the nodes still do once the load is over and its files checked
+    # (nothing was seen: the one alone after it has the cores to itself).
     quiet_before = thread_cpu([node.pid for node in nodes])
     time.sleep(QUIET)
     quiet = per_gib(quiet_before, thread_cpu([node.pid for node in nodes]), QUIET)
