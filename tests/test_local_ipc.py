@@ -317,6 +317,13 @@ def test_stale_then_foreign_socket_fall_back_to_tcp(
     path = make_file(1024 * 1024 + 2, name="b.bin")
     assert_sent(receiver, sender.send_to(path, receiver), path)
     assert sends(sender, ("sender.data-tcp", 1)) == (0, 1, 0)  # counted since the restart
+    # The connection kept from that send went over TCP though the receiver
+    # names its socket: the next send dials afresh, and checks the socket again.
+    path = make_file(1024 * 1024 + 6, name="again.bin")
+    assert_sent(receiver, sender.send_to(path, receiver), path)
+    assert sends(sender, ("sender.data-tcp", 2)) == (0, 2, 0)
+    c = sender.counters()
+    assert (c.get("sender.data-connections"), c.get("sender.data-connections-reused", 0)) == (2, 0)
 
     sender.stop()
     sender.start()
