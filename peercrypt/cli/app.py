@@ -250,7 +250,7 @@ def _help_command() -> click.Command:
                 command, at = ctx.command, ctx
                 continue
             sub = command.get_command(at, word) if isinstance(command, click.Group) else None
-            if sub is None or sub is ctx.command:
+            if sub is None:
                 names = command.list_commands(at) if isinstance(command, click.Group) else []
                 if not names:
                     raise click.UsageError(f"`{at.command_path}` has no commands", ctx)
