@@ -39,7 +39,7 @@ from nacl.signing import SigningKey
 
 from actors.peer_link import Link, address_towards
 from peercrypt import members_file
-from peercrypt.core.address import endpoint_key, join_host_port, split_host_port
+from peercrypt.core.address import endpoint_key, is_ipv6, join_host_port, split_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.member_state import MemberState
 from peercrypt.core.membership import (
@@ -98,14 +98,19 @@ def advertise_host(settings: NodeSettings) -> str:
 
     ``--advertise-host`` if given; else ``--host`` unless it is a wildcard;
     else the local address of the interface that routes to the first
-    bootstrap seed (or to a public address), found with an unconnected UDP
-    socket (no packet is sent); 127.0.0.1 if there is no route.
+    bootstrap seed (or to a public address; an IPv6 seed only for a node on
+    ``::``), found with an unconnected UDP socket (no packet is sent);
+    127.0.0.1 if there is no route.
     """
     if settings.advertise_host:
         return settings.advertise_host
     if settings.host not in ("0.0.0.0", "::", "*", ""):
         return settings.host
     target = settings.bootstrap[0][0] if settings.bootstrap else "192.0.2.1"
+    if is_ipv6(target) and settings.host != "::":
+        # A node on the IPv4 wildcard does not listen on its IPv6 address on
+        # the way to an IPv6 seed: its IPv4 address on the default route.
+        target = "192.0.2.1"
     return address_towards(target) or "127.0.0.1"
 
 

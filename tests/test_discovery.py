@@ -124,6 +124,13 @@ def test_advertised_host_rules(tmp_path: Path) -> None:
     assert advertise_host(replace(base, host="127.0.0.5")) == "127.0.0.5"
     # A wildcard bind advertises the interface that routes to the seed.
     assert advertise_host(replace(base, bootstrap=(("127.0.0.1", 7400),))) == "127.0.0.1"
+    # An IPv6 seed: a node on the IPv4 wildcard listens on no IPv6 address
+    # (it advertised ::1, where nothing of it listens); one on `::` does.
+    seed = (("::1", 7400),)
+    ipv4 = advertise_host(replace(base, bootstrap=seed))
+    assert ":" not in ipv4 and ipv4 == advertise_host(base)
+    if loopback_ipv6():
+        assert advertise_host(replace(base, host="::", bootstrap=seed)) == "::1"
 
 
 # -- membership with real processes -----------------------------------------------------
@@ -712,3 +719,13 @@ def test_a_seed_stopped_and_started_again_rejoins_through_the_members_it_last_sa
     seed.start()
     assert seed.port == port
     wait_until(lambda: knows_all(trio), 60, "the restarted seed alive everywhere, knowing them")
+
+
+def loopback_ipv6() -> bool:
+    """Whether this machine has the IPv6 loopback."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
