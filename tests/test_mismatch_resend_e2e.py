@@ -203,3 +203,26 @@ def test_a_receiver_failing_a_send_with_ok_or_escapes_fails_it_as_the_protocol_b
     listed = sender.cli("stats", "list")
     assert "\x1b" not in listed.stdout and " protocol" in listed.stdout, listed.stdout
     assert sender.wait_for_counter("sender.failed-protocol", 1) >= 1
+
+
+def test_a_receiver_answering_every_done_with_expired_is_offered_again_within_the_retries(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path, network_key: str
+) -> None:
+    """A member that claims to hold the file and answers every Done with
+    "expired" (as an honest receiver that gave up on a paused sender does):
+    each is a timeout, offered again, and the send ends after --max-retries
+    more offers, a timeout, not a loop."""
+    sender = node_factory("--max-retries", "2")
+    hostile = MismatchingReceiver(
+        network_key, load_or_create_identity(sender.data_dir).public, code="expired"
+    )
+    path = tmp_path / "a.bin"
+    path.write_bytes(os.urandom(SIZE))
+    try:
+        answer = sender.send_result(path, "127.0.0.1", hostile.port, "--timeout", "2", timeout=90)
+    finally:
+        hostile.close()
+    assert answer.returncode != 0 and answer.json["code"] == "timeout", answer.describe()
+    assert "heard nothing of the send" in answer.json["error"], answer.describe()
+    assert (hostile.offers, hostile.dones) == (3, 3)
+    assert answer.json["stats"]["attempts"] == 3, answer.json["stats"]
