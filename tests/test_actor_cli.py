@@ -71,7 +71,7 @@ def test_actor_help_lists_the_settings_its_kind_reads(
     code, out, _ = cli("actor", kind, "--help")
     assert code == 0
     tagged = {s.flag.split("/")[0] for s in config.SETTINGS if kind in s.actors}
-    own = {"--attach", "--network-key-file", "--data-dir", "--config"}
+    own = {"--attach", "--network-key-file", "--data-dir", "--config", "--debug"}
     own |= {"--advertise-data-host"} if kind == "receiver" else set()
     negated = {s.flag.split("/")[1] for s in config.SETTINGS if kind in s.actors and "/" in s.flag}
     assert _flags(out) == tagged | own | negated

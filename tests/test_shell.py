@@ -1034,7 +1034,8 @@ def test_a_script_on_stdin_runs_every_line_and_its_exit_says_if_all_succeeded(
     assert hinted.stderr.strip().splitlines() == [
         "peercrypt: error: no running transfer 999 (see `transfers`)",
         "peercrypt: error: no incoming transfer in999 (see `status`)",
-        "peercrypt: error: no such option '--bogus'; `peers` takes --config, --data-dir, --json",
+        "peercrypt: error: no such option '--bogus'; `peers` takes --config, --data-dir, --debug, "
+        "--json",
     ]
 
 
