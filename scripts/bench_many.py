@@ -549,7 +549,7 @@ def one_run(
     # The one alone after the load runs once the load's files are checked
     # and removed, as the one before ran after the previous run's were: its
     # writes then draw pages this host hands out as cheaply as the one
-    # before's. With the load's 2 GiB still held, its writer took 3-7 times
+    # before's. With the load's 2 GiB still held, its writer took 4.5-7 times
     # the CPU per GiB (the copy into fresh tmpfs pages), at half the rate.
     after = send_alone(nodes, single)
     single_rate = (before.rate + after.rate) / 2
