@@ -1142,11 +1142,8 @@ class SenderActor(Actor):
             # already saw closes it now, not after a transfer took it.
             self._on_data_monitor(pipe, pipe.monitor)
             pipe = self.pipes.get(key)
-        if pipe is not None and not pipe.users and (pipe.broken or pipe.url != (ipc or tcp_url)):
-            # It dropped while idle, or it is on TCP though the receiver names
-            # its Unix socket (which failed: _ipc_to_tcp; or did not pass the
-            # checks when dialled): connect afresh, to the socket if it passes.
-            self._drop_idle_pipe(pipe)
+        if pipe is not None and not pipe.users and pipe.broken:
+            self._drop_idle_pipe(pipe)  # it dropped while idle: connect afresh
             pipe = None
         if pipe is not None:
             if pipe.idle is not None:
