@@ -155,19 +155,34 @@ def test_a_check_sees_the_file_as_changed_since_the_last(tmp_path: Path) -> None
     assert store.load() == {}
 
 
-def test_a_file_unchanged_since_long_ago_is_not_read_again(tmp_path: Path) -> None:
-    """Once its time is well in the past, a check takes what it read before
-    while the file's identity, size and time stay: an edit that puts all
-    three back (which nothing but this test does) is not seen."""
-    store = KnownPeersFile(tmp_path)
+class CountingReads(KnownPeersFile):
+    """The file, counting its reads (what a check costs)."""
+
+    reads = 0
+
+    def _read(self) -> dict[str, str]:
+        self.reads += 1
+        return super()._read()
+
+
+def test_a_file_is_read_again_only_when_it_changed_or_changed_lately(tmp_path: Path) -> None:
+    """Unchanged, the file is read once (here with no "lately": a change
+    counts as old at once); an edit in place of the same size whose time is
+    set back (`touch -d`) is seen, by its change time; and with the default
+    rule a file changed in the last RACY_NS is read at every check."""
     one, two = fp(), fp()
-    assert store.check("127.0.0.1", 9000, one).verdict is Verdict.NEW
-    old = store.path.stat().st_mtime_ns - 10 * RACY_NS
-    os.utime(store.path, ns=(old, old))
-    assert store.load() == {A: one}  # read, and now kept
+    assert KnownPeersFile(tmp_path).check("127.0.0.1", 9000, one).verdict is Verdict.NEW
+    store = CountingReads(tmp_path, racy_ns=0)
+    for _ in range(3):
+        assert store.load() == {A: one}
+    assert store.reads == 1
+    before = store.path.stat()
     text = store.path.read_text()
     with open(store.path, "r+", encoding="utf-8") as f:  # the same inode and size
         f.write(text.replace(one, two))
-    os.utime(store.path, ns=(old, old))
-    assert store.load() == {A: one}
-    assert KnownPeersFile(tmp_path).load() == {A: two}  # (what the file says)
+    os.utime(store.path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert store.load() == {A: two} and store.reads == 2
+    lately = CountingReads(tmp_path)  # the change above was just now
+    assert lately.load() == lately.load() == {A: two}
+    assert lately.reads == 2
+    assert RACY_NS == 2_000_000_000

@@ -174,29 +174,33 @@ class KnownPeersFile:
     """The known-peers file in a node's data directory (mode 0600).
 
     Looked at on every check (``peercrypt trust`` may change it while the
-    node runs), read again only when its identity, size or modification
-    time changed, or that time is within RACY_NS of now; written under an
-    exclusive ``flock`` with an atomic replace, so the sender and the
-    multicast sender never lose each other's entries.
+    node runs), read again only when its identity, size, modification or
+    change time changed, or that change is within RACY_NS of now; written
+    under an exclusive ``flock`` with an atomic replace, so the sender and
+    the multicast sender never lose each other's entries.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, racy_ns: int = RACY_NS) -> None:
         self.path = data_dir / FILE_NAME
-        self._seen: tuple[tuple[int, int, int, int], dict[str, str]] | None = None
+        self.racy_ns = racy_ns
+        self._seen: tuple[tuple[int, ...], dict[str, str]] | None = None
 
     def load(self) -> dict[str, str]:
         try:
             info = os.stat(self.path)
         except FileNotFoundError:
             return {}
-        version = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        # The change time too: every write, and a modification time set back
+        # (`touch -d`, `cp -p` into the file), sets it, and nobody can set it.
+        version = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         if self._seen is not None and self._seen[0] == version:
             return dict(self._seen[1])
         entries = self._read()
-        # Kept only once its time is well in the past (git's "racy" rule): a
-        # filesystem's clock ticks in milliseconds on many kernels, so an
-        # edit of the same size in the same tick would look unchanged.
-        if time.time_ns() - info.st_mtime_ns > RACY_NS:
+        # Kept only once that change is well away from now (git's "racy"
+        # rule): a filesystem's clock ticks in milliseconds on many kernels,
+        # so an edit of the same size in the same tick would look unchanged;
+        # a change time ahead of the clock (set back since) is no older.
+        if abs(time.time_ns() - info.st_ctime_ns) > self.racy_ns:
             self._seen = (version, entries)
         return dict(entries)
 
