@@ -110,7 +110,14 @@ def advertise_host(settings: NodeSettings) -> str:
     if is_ipv6(target) and settings.host != "::":
         # A node on the IPv4 wildcard does not listen on its IPv6 address on
         # the way to an IPv6 seed: its IPv4 address on the default route.
-        target = "192.0.2.1"
+        found = address_towards("192.0.2.1")
+        if found is None:
+            log.warning(
+                "this node listens on IPv4 only and its seed %s is IPv6, with no IPv4 route: "
+                "members cannot reach it (use --host :: or --advertise-host)",
+                target,
+            )
+        return found or "127.0.0.1"
     return address_towards(target) or "127.0.0.1"
 
 
