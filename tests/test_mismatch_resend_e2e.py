@@ -219,7 +219,7 @@ def test_a_receiver_answering_every_done_with_expired_is_offered_again_within_th
     path = tmp_path / "a.bin"
     path.write_bytes(os.urandom(SIZE))
     try:
-        answer = sender.send_result(path, "127.0.0.1", hostile.port, "--timeout", "2", timeout=90)
+        answer = sender.send_result(path, "127.0.0.1", hostile.port, "--timeout", "10", timeout=120)
     finally:
         hostile.close()
     assert answer.returncode != 0 and answer.json["code"] == "timeout", answer.describe()
