@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import logging
 import random
 from dataclasses import dataclass, field
@@ -104,10 +105,10 @@ def advertise_host(settings: NodeSettings) -> str:
     """
     if settings.advertise_host:
         return settings.advertise_host
-    if settings.host not in ("0.0.0.0", "::", "*", ""):
+    if not _wildcard(settings.host):
         return settings.host
     target = settings.bootstrap[0][0] if settings.bootstrap else "192.0.2.1"
-    if is_ipv6(target) and settings.host != "::":
+    if is_ipv6(target) and not is_ipv6(settings.host):  # (`::`, `::0`: both families)
         # A node on the IPv4 wildcard does not listen on its IPv6 address on
         # the way to an IPv6 seed: its IPv4 address on the default route.
         found = address_towards("192.0.2.1")
@@ -119,6 +120,17 @@ def advertise_host(settings: NodeSettings) -> str:
             )
         return found or "127.0.0.1"
     return address_towards(target) or "127.0.0.1"
+
+
+def _wildcard(host: str) -> bool:
+    """Whether binding ``host`` listens on every address (``0.0.0.0``, ``*``,
+    ``::`` and its other spellings, ``[::]``)."""
+    if host in ("*", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False  # a name
 
 
 @dataclass

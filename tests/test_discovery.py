@@ -130,7 +130,10 @@ def test_advertised_host_rules(tmp_path: Path) -> None:
     ipv4 = advertise_host(replace(base, bootstrap=seed))
     assert ":" not in ipv4 and ipv4 == advertise_host(base)
     if loopback_ipv6():
-        assert advertise_host(replace(base, host="::", bootstrap=seed)) == "::1"
+        for wildcard in ("::", "::0", "[::]", "0:0:0:0:0:0:0:0"):
+            assert advertise_host(replace(base, host=wildcard, bootstrap=seed)) == "::1"
+    assert advertise_host(replace(base, host="0.0.0.0")) == advertise_host(base)
+    assert advertise_host(replace(base, host="::1")) == "::1"  # not a wildcard: itself
 
 
 # -- membership with real processes -----------------------------------------------------
