@@ -1277,3 +1277,28 @@ def test_config_show_at_starts_prompt_knows_a_key_typed_at_its_question(
     finally:
         if pty.child.isalive():
             pty.child.terminate(force=True)
+
+
+def test_a_background_send_giving_the_network_key_is_not_warned_of_as_in_argv(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    network_key: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A `send ... --network-key KEY` at the prompt runs in a job thread of
+    the shell: the key is in no process's argv there either."""
+    sender, receiver = node_factory(), node_factory()
+    path = make_file(64 * 1024, name="keyed.bin")
+    shell = Shell(cli, {"data_dir": sender.data_dir}, owns_node=False)
+    shell.interactive = True
+    capsys.readouterr()
+    line = f"send {path} {receiver.host} {receiver.port} --network-key {network_key}"
+    assert shell.run_line(line) == errors.OK
+    job = shell.jobs[0]
+    assert job.thread is not None
+    job.thread.join(WAIT)
+    assert job.code == errors.OK
+    out, err = capsys.readouterr()
+    assert re.search(r"^\[1\] sending in the background", out, re.M), out
+    assert "(ps)" not in err, err
+    assert blake3_file(receiver.inbox / path.name) == blake3_file(path)
