@@ -122,6 +122,21 @@ def started(tmp_path: Path, network_key: str) -> Iterator[tuple[Pty, Path]]:
             pty.child.terminate(force=True)
 
 
+def _background_send(
+    shell: Shell, line: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[str, str]:
+    """Run the `send` ``line`` at ``shell``'s prompt: a job, waited for until
+    it ended with exit 0; what it printed (stdout, stderr)."""
+    assert shell.run_line(line) == errors.OK
+    job = shell.jobs[0]
+    assert job.thread is not None
+    job.thread.join(WAIT)
+    assert job.code == errors.OK
+    out, err = capsys.readouterr()
+    assert re.search(r"^\[1\] sending in the background", out, re.M), out
+    return out, err
+
+
 def _port(data_dir: Path) -> int:
     out = run_cli("status", "--json", data_dir=data_dir)
     return int(out.json["port"])
@@ -295,13 +310,7 @@ def test_a_ctrl_c_as_a_background_send_is_announced_leaves_it_a_job(
     shell = Shell(cli, {"data_dir": sender.data_dir}, owns_node=False)
     shell.interactive = True
     capsys.readouterr()
-    assert shell.run_line(f"send {path} {receiver.host} {receiver.port}") == errors.OK
-    job = shell.jobs[0]
-    assert job.thread is not None
-    job.thread.join(WAIT)
-    assert job.code == errors.OK
-    out, err = capsys.readouterr()
-    assert re.search(r"^\[1\] sending in the background", out, re.M), out
+    out, err = _background_send(shell, f"send {path} {receiver.host} {receiver.port}", capsys)
     assert "Ctrl-C: the send goes on; `cancel %1` stops it" in err.splitlines(), err
     assert f"[1] done, exit 0: send {path} {receiver.host} {receiver.port}" in out, out
     assert blake3_file(receiver.inbox / path.name) == blake3_file(path)
@@ -1293,12 +1302,6 @@ def test_a_background_send_giving_the_network_key_is_not_warned_of_as_in_argv(
     shell.interactive = True
     capsys.readouterr()
     line = f"send {path} {receiver.host} {receiver.port} --network-key {network_key}"
-    assert shell.run_line(line) == errors.OK
-    job = shell.jobs[0]
-    assert job.thread is not None
-    job.thread.join(WAIT)
-    assert job.code == errors.OK
-    out, err = capsys.readouterr()
-    assert re.search(r"^\[1\] sending in the background", out, re.M), out
+    _, err = _background_send(shell, line, capsys)
     assert "(ps)" not in err, err
     assert blake3_file(receiver.inbox / path.name) == blake3_file(path)
