@@ -11,6 +11,7 @@ order the runtime delivers one actor's mail to another. Time is a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -337,6 +338,44 @@ def test_a_kept_multicast_part_that_gave_way_after_it_was_chosen_starts_afresh(
             sock.close(linger=0)
 
 
+@dataclasses.dataclass
+class Rejoin:
+    """A multicast receiver that kept a part of SENDER's session ``sid`` and
+    asked the space ledger to rejoin it (``ask``); the ledger, and what each
+    of them told."""
+
+    sid: bytes
+    part: Path
+    mreceiver: MulticastReceiverActor
+    space: SpaceActor
+    from_mreceiver: Mail
+    from_space: Mail
+    announce: bytes
+    ask: SpaceReserve
+
+
+@contextlib.contextmanager
+def _rejoin(env: ActorEnv, settings: NodeSettings, size: int, chunk: int) -> Iterator[Rejoin]:
+    sid = os.urandom(16)
+    part = _kept_session_part(settings.inbox, sid, size, chunk)
+    mreceiver = MulticastReceiverActor(env, settings)
+    space = SpaceActor(env, settings)
+    from_mreceiver, from_space = record(mreceiver), record(space)
+    mreceiver.setup()  # reports its kept part to the ledger; opens its writer
+    try:
+        for msg in take(from_mreceiver, "space"):
+            space.on_mail(msg)
+        announce = _announce(sid, settings.identity.public, size, chunk)
+        mreceiver.on_mail(_inbound(announce))
+        [ask] = take(from_mreceiver, "space")
+        assert isinstance(ask, SpaceReserve) and ask.resume == part.name
+        yield Rejoin(sid, part, mreceiver, space, from_mreceiver, from_space, announce, ask)
+    finally:
+        mreceiver.teardown()
+        for sock in mreceiver._sockets:
+            sock.close(linger=0)
+
+
 def test_a_kept_multicast_part_removed_before_it_is_opened_is_asked_for_again(
     node: tuple[ActorEnv, NodeSettings, FakeClock],
 ) -> None:
@@ -345,21 +384,15 @@ def test_a_kept_multicast_part_removed_before_it_is_opened_is_asked_for_again(
     (not an "io" failure of the whole send to this receiver), its space and
     what is left of the part go, and the next announce joins from nothing."""
     env, settings, _ = node
-    size, chunk, sid = 200_000, 65_536, os.urandom(16)
-    part = _kept_session_part(settings.inbox, sid, size, chunk)
-    mreceiver = MulticastReceiverActor(env, settings)
-    space = SpaceActor(env, settings)
-    from_mreceiver, from_space = record(mreceiver), record(space)
-    mreceiver.setup()
-    try:
-        for msg in take(from_mreceiver, "space"):
-            space.on_mail(msg)
-        announce = _announce(sid, settings.identity.public, size, chunk)
-        mreceiver.on_mail(_inbound(announce))
-        [rejoin] = take(from_mreceiver, "space")
-        assert isinstance(rejoin, SpaceReserve) and rejoin.resume == part.name
-        part.unlink()  # by hand, meanwhile
-        space.on_mail(rejoin)
+    with _rejoin(env, settings, 200_000, 65_536) as r:
+        mreceiver, space, from_mreceiver, from_space = (
+            r.mreceiver,
+            r.space,
+            r.from_mreceiver,
+            r.from_space,
+        )
+        r.part.unlink()  # by hand, meanwhile
+        space.on_mail(r.ask)
         [verdict] = take(from_space, "mreceiver")
         assert isinstance(verdict, SpaceVerdict) and (verdict.ok, verdict.fresh) == (True, False)
         mreceiver.on_mail(verdict)
@@ -374,7 +407,7 @@ def test_a_kept_multicast_part_removed_before_it_is_opened_is_asked_for_again(
         assert space.ledger.promised == 0 and space.ledger.kept == []
         assert not list(settings.inbox.glob(".late.bin.*"))  # its manifest went too
 
-        mreceiver.on_mail(_inbound(announce))  # the sender announces again
+        mreceiver.on_mail(_inbound(r.announce))  # the sender announces again
         [ask] = take(from_mreceiver, "space")
         assert isinstance(ask, SpaceReserve) and not ask.resume
         space.on_mail(ask)
@@ -382,13 +415,9 @@ def test_a_kept_multicast_part_removed_before_it_is_opened_is_asked_for_again(
         [answer] = take(from_mreceiver, "gateway")
         assert isinstance(answer, Outbound)
         joined = codec.decode(answer.payload)
-        assert isinstance(joined, McJoin) and joined.sid == sid, joined
-        sess = mreceiver.sessions[session_tid(SENDER.public, sid)]
+        assert isinstance(joined, McJoin) and joined.sid == r.sid, joined
+        sess = mreceiver.sessions[session_tid(SENDER.public, r.sid)]
         assert sess.tracker.written.count == 0 and sess.part.exists()
-    finally:
-        mreceiver.teardown()
-        for sock in mreceiver._sockets:
-            sock.close(linger=0)
 
 
 @pytest.mark.parametrize("kind", ["receiver", "mreceiver"])
@@ -497,18 +526,15 @@ def test_a_kept_multicast_part_chosen_by_a_join_waiting_for_space_is_not_deleted
     the session rejoined continues it (before, the other session's announce
     deleted it as obsolete and the rejoin was refused "io")."""
     env, settings, _clock = node
-    size, chunk, sid = 200_000, 65_536, os.urandom(16)
-    part = _kept_session_part(settings.inbox, sid, size, chunk)
-    mreceiver = MulticastReceiverActor(env, settings)
-    space = SpaceActor(env, settings)
-    from_mreceiver, from_space = record(mreceiver), record(space)
-    mreceiver.setup()
-    try:
-        for msg in take(from_mreceiver, "space"):
-            space.on_mail(msg)
-        mreceiver.on_mail(_inbound(_announce(sid, settings.identity.public, size, chunk)))
-        [rejoin] = take(from_mreceiver, "space")
-        assert isinstance(rejoin, SpaceReserve) and rejoin.resume == part.name
+    size, chunk = 200_000, 65_536
+    with _rejoin(env, settings, size, chunk) as r:
+        mreceiver, space, from_mreceiver, from_space = (
+            r.mreceiver,
+            r.space,
+            r.from_mreceiver,
+            r.from_space,
+        )
+        sid, part, rejoin = r.sid, r.part, r.ask
         other = os.urandom(16)
         mreceiver.on_mail(_inbound(_announce(other, settings.identity.public, size, chunk)))
         assert part.exists()
@@ -519,10 +545,6 @@ def test_a_kept_multicast_part_chosen_by_a_join_waiting_for_space_is_not_deleted
         sess = mreceiver.sessions[session_tid(SENDER.public, sid)]
         assert sess.part == part and sess.tracker.written.count == 1  # continued
         assert mreceiver.sessions[session_tid(SENDER.public, other)].part != part
-    finally:
-        mreceiver.teardown()
-        for sock in mreceiver._sockets:
-            sock.close(linger=0)
 
 
 def _holding(env: ActorEnv, settings: NodeSettings, key: ResumeKey) -> tuple[ReceiverActor, Mail]:
