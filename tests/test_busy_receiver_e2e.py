@@ -254,7 +254,8 @@ def test_a_node_stopped_while_a_send_waits_for_a_busy_receiver_ends_its_row(
             "the first send to run",
         )
         with send_cli(sender, second, receiver, "-r", RATE) as waiting:
-            wait_until(
+            # (its row, whose state goes back to offering at each offer again)
+            row = wait_until(
                 lambda: waiting_for_busy(sender, "too many transfers from you"),
                 30,
                 "a send waiting for the receiver's slot",
@@ -269,8 +270,6 @@ def test_a_node_stopped_while_a_send_waits_for_a_busy_receiver_ends_its_row(
             )
             # The same file again to that receiver: refused, naming the
             # waiting send (the receiver would take it for that one).
-            row = waiting_for_busy(sender, "too many transfers from you")
-            assert row is not None, rows(sender)
             again = sender.cli("send", str(second), receiver.host, str(receiver.port))
             assert again.returncode == errors.USAGE, again.describe()
             assert again.stderr_lines == [
