@@ -728,3 +728,10 @@ def test_help_as_a_command_is_the_help_option(tmp_path: Path) -> None:
     assert own.returncode == 0 and own.stdout.startswith("Usage: peercrypt help "), own.describe()
     assert_usage_error(run_cli("help", "sned", data_dir=tmp_path), "did you mean 'send'")
     assert_usage_error(run_cli("help", "send", "more", data_dir=tmp_path), "has no commands")
+    # The version option, as after `peercrypt`; any other option is one usage line.
+    version = run_cli("help", "--version", data_dir=tmp_path)
+    assert version.returncode == 0, version.describe()
+    assert version.stdout == run_cli("--version", data_dir=tmp_path).stdout
+    assert version.stdout.startswith("peercrypt, version ")
+    bogus = run_cli("help", "send", "--bogus", data_dir=tmp_path)
+    assert_usage_error(bogus, "no such option: --bogus")

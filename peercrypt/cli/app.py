@@ -246,6 +246,11 @@ def _help_command() -> click.Command:
         assert parent is not None
         command, at = parent.command, parent
         for word in (w for w in words if w not in ("-h", "--help")):
+            if word == "--version":  # as `peercrypt --version`
+                click.echo(f"peercrypt, version {peercrypt.__version__}")
+                return
+            if word.startswith("-"):
+                raise click.UsageError(f"no such option: {word}", ctx)
             if word == "help" and command is parent.command:
                 command, at = ctx.command, ctx
                 continue
