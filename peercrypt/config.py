@@ -229,8 +229,9 @@ SETTINGS: tuple[Setting, ...] = (
        "Data port to advertise instead of the bound one (NAT, proxies; 0: the bound one).",
        flag="--advertise-data-port", low=0, high=65535, actors=_RECV),
     _s("advertise_host", "PEERCRYPT_ADVERTISE_HOST", "host", "",
-       "Address members should use for this node (empty: --host, or for 0.0.0.0 the "
-       "address of the interface that routes to the bootstrap member).",
+       "Address members should use for this node (empty: --host, or for a wildcard "
+       "--host the address of the interface that routes to the bootstrap member, or to "
+       "the default route of --host's family if the member's is another).",
        flag="--advertise-host"),
     _s("inbox", "PEERCRYPT_INBOX", "str", "",
        "Where received files go (empty: DATA_DIR/inbox, files as the umask allows; a folder "

@@ -37,6 +37,7 @@ from peercrypt.crypto.identity import (
     new_network_key,
 )
 from peercrypt.settings import NodeSettings
+from peercrypt.testing import netns
 from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.network_messages import (
@@ -134,6 +135,38 @@ def test_advertised_host_rules(tmp_path: Path) -> None:
             assert advertise_host(replace(base, host=wildcard, bootstrap=seed)) == "::1"
     assert advertise_host(replace(base, host="0.0.0.0")) == advertise_host(base)
     assert advertise_host(replace(base, host="::1")) == "::1"  # not a wildcard: itself
+
+
+@pytest.mark.skipif(
+    not netns.available(), reason=f"network namespaces unavailable: {netns.unavailable_reason()}"
+)
+@pytest.mark.timeout(120)
+def test_an_ipv4_only_node_without_an_ipv4_route_towards_an_ipv6_seed_says_so(
+    tmp_path: Path, network_key: str
+) -> None:
+    """A node on the IPv4 wildcard whose seed is IPv6 advertises its IPv4
+    address on the default route; in a namespace that has none (its one
+    interface is on a /16, no gateway) it advertises 127.0.0.1, which members
+    cannot use, and its log says so and what to do."""
+    with netns.TestNetwork(groups=1, prefix="pcadv") as net:
+        host = net.add_host("alone")
+        node = NodeProcess(
+            tmp_path / "n", network_key, host="0.0.0.0", netns=host.ns,
+            extra_args=("--bootstrap-host", "::1", "--bootstrap-port", "7400"),
+        )  # fmt: skip
+        with node:
+            assert node.status()["advertise"] == f"tcp://127.0.0.1:{node.port}"
+            log = node.log_text()
+            assert "listens on IPv4 only and its seed ::1 is IPv6, with no IPv4 route" in log
+            assert "use --host :: or --advertise-host" in log
+        # Its seed on IPv4: the interface that routes to it, no warning.
+        other = NodeProcess(
+            tmp_path / "m", network_key, host="0.0.0.0", netns=host.ns,
+            extra_args=("--bootstrap-host", host.ip, "--bootstrap-port", "7400"),
+        )  # fmt: skip
+        with other:
+            assert other.status()["advertise"] == f"tcp://{host.ip}:{other.port}"
+            assert "no IPv4 route" not in other.log_text()
 
 
 # -- membership with real processes -----------------------------------------------------
