@@ -52,6 +52,16 @@ Measured per run (every run is printed):
   once: each is a wake-up (a message handed between actors, an ack, a lock)
   or a preemption.
 
+``--one-source-per-node``: each node's sends read one file under as many
+names (hard links), so the sources hold 4 files' pages, not 64. On this
+project's VM, memory beyond the ~2.5 GiB the guest used last costs about
+8 times as much to write the first time (the host backs it again;
+``scripts/host_memory.py`` shows it): with 64 sources of 32 MiB in tmpfs
+and the load's 2 GiB written beside them, the load's last second writes
+into such memory while the one alone (256 MiB, written where the files
+removed just before were) does not. With one source per node, a tmpfs
+load stays within what the host keeps backed.
+
 ``--tree DIR`` also starts four nodes run from that source tree (an export
 of an older commit: ``git archive main | tar -x -C DIR``) and alternates
 the runs between the two sets (this code's first in odd runs, the tree's in
@@ -68,6 +78,7 @@ only).
 
     .venv/bin/python scripts/bench_many.py [--runs 3] [--warmup 1] [--size 16M] [--per-node 16]
         [--dir DIR] [--strangers] [--checks N] [--tree DIR] [--probe-gap S] [--json FILE]
+        [--one-source-per-node]
         [--node-args=ARGS] [--tree-node-args=ARGS]
 """
 
@@ -723,6 +734,17 @@ def one_run(
     return row
 
 
+def source_files(root: Path, node: int, count: int, size: int, one: bool) -> list[Path]:
+    """``count`` files of random bytes for ``node`` to send; ``one``: one
+    such file and ``count - 1`` hard links to it (each send its own name)."""
+    if not one:
+        return [random_file(root / f"src{node}-{k}.bin", size) for k in range(count)]
+    first = random_file(root / f"src{node}-0.bin", size)
+    for k in range(1, count):
+        os.link(first, root / f"src{node}-{k}.bin")
+    return [root / f"src{node}-{k}.bin" for k in range(count)]
+
+
 def start_cluster(
     root: Path,
     key: str,
@@ -823,6 +845,12 @@ def main() -> int:
         help="also run nodes from this source tree, runs alternating",
     )
     parser.add_argument(
+        "--one-source-per-node",
+        action="store_true",
+        help="a node's sends read one file under as many names (hard links): the sources "
+        "hold one file's pages per node, not every send's (see the docstring)",
+    )
+    parser.add_argument(
         "--probe-gap",
         type=float,
         default=PROBE_GAP,
@@ -838,7 +866,7 @@ def main() -> int:
         root = Path(tmp)
         extra = tuple(args.node_args.split())
         files = [
-            [random_file(root / f"src{i}-{k}.bin", size) for k in range(args.per_node)]
+            source_files(root, i, args.per_node, size, args.one_source_per_node)
             for i in range(args.nodes)
         ]
         single = random_file(root / "single.bin", parse_size(args.single_size))
