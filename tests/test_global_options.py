@@ -110,6 +110,39 @@ def test_errors_read_the_same_in_both_places(
     assert before.stderr_lines == after.stderr_lines
 
 
+def test_a_config_file_named_and_missing_stops_every_command(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`status` and `send` through a running node take no setting, and ran
+    as if a `--config`/`PEERCRYPT_CONFIG` that names no file were there (a
+    slip in its path went unseen); `config init` is the one that writes it."""
+    receiver, sender = node_factory(), node_factory()
+    missing = tmp_path / "no.toml"
+    path = make_file(1000)
+    said = f"config file {missing} does not exist"
+    send = ["send", path, receiver.host, str(receiver.port)]
+    by_env = {**(sender.env or {}), "PEERCRYPT_CONFIG": str(missing)}
+    for args, env in (
+        (["--config", missing, "status"], sender.env),
+        (["status", "--config", missing], sender.env),
+        (["status"], by_env),  # the line `status` takes without click
+        ([*send, "--config", missing], sender.env),
+        (send, by_env),
+        (["--config", missing, "keygen"], sender.env),
+    ):
+        result = run_cli(*args, data_dir=sender.data_dir, env=env)
+        assert result.returncode == errors.USAGE, (args, result.describe())
+        line = result.stderr_lines[-1]
+        assert line.startswith("peercrypt: error: ") and line.endswith(said), result.describe()
+        assert result.stdout == "", result.describe()
+    assert list(receiver.inbox.iterdir()) == []  # nothing was sent
+    assert run_cli("status", data_dir=sender.data_dir, env=sender.env).returncode == 0
+    for args in (["--config", missing, "config", "init"], ["config", "init", "--config", missing]):
+        made = run_cli(*args, data_dir=sender.data_dir)
+        assert made.returncode == 0 and missing.is_file(), made.describe()
+        missing.unlink()
+
+
 def test_a_relative_data_dir_and_inbox_are_told_whole(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], tmp_path: Path
 ) -> None:

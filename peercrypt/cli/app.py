@@ -201,6 +201,23 @@ def _rebase_invocation(ctx: click.Context, param: click.Parameter, value: Path |
     given = {**obj["given"], param.name: value}
     cwd = obj["dotenv_path"].parent
     ctx.obj = invocation(given["data_dir"], given["config_file"], obj["debug"], obj["environ"], cwd)
+    if param.name == "config_file":
+        top = ctx  # the command right under `peercrypt` (`config` for `config init`)
+        while top.parent is not None and top.parent.parent is not None:
+            top = top.parent
+        _config_named_exists(ctx.obj, [top.info_name or ""])
+
+
+def _config_named_exists(obj: dict[str, Any], command: list[str]) -> None:
+    """A config file named by ``--config`` or ``PEERCRYPT_CONFIG`` must
+    exist, for every command: one that takes no setting (``status``,
+    ``send`` through a running node) ran as if it did. Not for the
+    ``config`` commands: ``config init`` writes it, ``config show`` says
+    so itself."""
+    if command == ["config"] or not obj["config_required"]:
+        return
+    if not obj["config_path"].exists():
+        raise click.UsageError(f"config file {obj['config_path']} does not exist")
 
 
 def with_global_options(command: click.Command) -> click.Command:
@@ -309,6 +326,8 @@ class LazyGroup(click.Group):
 def main(ctx: click.Context, data_dir: Path | None, config_file: Path | None, debug: bool) -> None:
     """PeerCrypt: encrypted peer-to-peer file transfer."""
     ctx.obj = invocation(data_dir, config_file, debug, os.environ, Path.cwd())
+    if not ctx.resilient_parsing:
+        _config_named_exists(ctx.obj, [ctx.invoked_subcommand or ""])
     warn_of_layers(ctx.obj)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,

@@ -122,7 +122,8 @@ def parse(argv: list[str]) -> Line | None:
 
 def data_dir_of(line: Line) -> Path | None:
     """The data dir as ``peercrypt.cli.app.invocation`` resolves it (None:
-    a value click would refuse, or a ``.env`` it cannot read)."""
+    a value click would refuse, a ``.env`` it cannot read, or a config file
+    named by ``PEERCRYPT_CONFIG`` that does not exist)."""
     flag = line.data_dir
     if flag is not None and flag.exists() and not (flag.is_dir() and os.access(flag, os.R_OK)):
         return None  # click.Path(file_okay=False) refuses it
@@ -130,7 +131,11 @@ def data_dir_of(line: Line) -> Path | None:
         dotenv = sources.read_env_file(Path.cwd() / sources.ENV_FILE)
     except sources.ConfigError:
         return None
-    return sources.data_dir_from(flag, os.environ, dotenv, sources.default_data_dir())
+    data_dir = sources.data_dir_from(flag, os.environ, dotenv, sources.default_data_dir())
+    config, required = sources.config_path_from(None, os.environ, dotenv, data_dir)
+    if required and not config.exists():
+        return None  # the config file named does not exist: click says so
+    return data_dir
 
 
 def run(argv: list[str]) -> int | None:
