@@ -734,4 +734,6 @@ def test_help_as_a_command_is_the_help_option(tmp_path: Path) -> None:
     assert version.stdout == run_cli("--version", data_dir=tmp_path).stdout
     assert version.stdout.startswith("peercrypt, version ")
     bogus = run_cli("help", "send", "--bogus", data_dir=tmp_path)
-    assert_usage_error(bogus, "no such option: --bogus")
+    assert_usage_error(bogus, "no such option '--bogus'; `peercrypt send` takes ")
+    # After a command, --version is that command's option: it has none.
+    assert_usage_error(run_cli("help", "send", "--version", data_dir=tmp_path), "'--version'")

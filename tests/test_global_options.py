@@ -132,11 +132,25 @@ def test_a_config_file_named_and_missing_stops_every_command(
     ):
         result = run_cli(*args, data_dir=sender.data_dir, env=env)
         assert result.returncode == errors.USAGE, (args, result.describe())
-        line = result.stderr_lines[-1]
-        assert line.startswith("peercrypt: error: ") and line.endswith(said), result.describe()
+        # The same line wherever it was named (before or after the command).
+        assert result.stderr_lines == [f"peercrypt: error: {said}"], result.describe()
         assert result.stdout == "", result.describe()
     assert list(receiver.inbox.iterdir()) == []  # nothing was sent
     assert run_cli("status", data_dir=sender.data_dir, env=sender.env).returncode == 0
+    # A --config after the command wins over one before it or the variable's;
+    # help needs no config file.
+    there = tmp_path / "there.toml"
+    there.write_text("")
+    for args, env in (
+        (["--config", missing, "status", "--config", there], sender.env),
+        (["status", "--config", there], by_env),
+        (["send", "--help"], by_env),
+        (["--config", missing, "send", "--config", there, "--help"], sender.env),
+        (["help", "send"], by_env),
+    ):
+        result = run_cli(*args, data_dir=sender.data_dir, env=env)
+        assert result.returncode == 0, (args, result.describe())
+        assert result.stderr == "", result.describe()
     for args in (["--config", missing, "config", "init"], ["config", "init", "--config", missing]):
         made = run_cli(*args, data_dir=sender.data_dir)
         assert made.returncode == 0 and missing.is_file(), made.describe()

@@ -201,23 +201,42 @@ def _rebase_invocation(ctx: click.Context, param: click.Parameter, value: Path |
     given = {**obj["given"], param.name: value}
     cwd = obj["dotenv_path"].parent
     ctx.obj = invocation(given["data_dir"], given["config_file"], obj["debug"], obj["environ"], cwd)
-    if param.name == "config_file":
-        top = ctx  # the command right under `peercrypt` (`config` for `config init`)
-        while top.parent is not None and top.parent.parent is not None:
-            top = top.parent
-        _config_named_exists(ctx.obj, [top.info_name or ""])
 
 
-def _config_named_exists(obj: dict[str, Any], command: list[str]) -> None:
+# Commands that run with a config file named and missing: `config init`
+# writes it, `config show` says so itself, `help` is `--help`.
+_NO_CONFIG_NEEDED = frozenset({"config", "help"})
+
+
+def _config_named_exists(ctx: click.Context) -> None:
     """A config file named by ``--config`` or ``PEERCRYPT_CONFIG`` must
     exist, for every command: one that takes no setting (``status``,
-    ``send`` through a running node) ran as if it did. Not for the
-    ``config`` commands: ``config init`` writes it, ``config show`` says
-    so itself."""
-    if command == ["config"] or not obj["config_required"]:
+    ``send`` through a running node) ran as if it did. Checked when the
+    command runs: its ``--help`` and a ``--config`` after it come first."""
+    obj = ctx.obj
+    top = ctx  # the command right under `peercrypt` (`config` for `config init`)
+    while top.parent is not None and top.parent.parent is not None:
+        top = top.parent
+    if not isinstance(obj, dict) or not obj.get("config_required"):
         return
-    if not obj["config_path"].exists():
-        raise click.UsageError(f"config file {obj['config_path']} does not exist")
+    if top.info_name in _NO_CONFIG_NEEDED or obj["config_path"].exists():
+        return
+    # (no context: it reads the same whether it was named before the command or after)
+    raise click.UsageError(f"config file {obj['config_path']} does not exist")
+
+
+def _checking_config(command: click.Command) -> None:
+    """``command`` (not a group) checks :func:`_config_named_exists` before it runs."""
+    if getattr(command, "_checks_config", False):
+        return
+    run = command.invoke
+
+    def invoke(ctx: click.Context) -> Any:
+        _config_named_exists(ctx)
+        return run(ctx)
+
+    command.invoke = invoke  # type: ignore[method-assign]
+    command._checks_config = True  # type: ignore[attr-defined]
 
 
 def with_global_options(command: click.Command) -> click.Command:
@@ -230,6 +249,8 @@ def with_global_options(command: click.Command) -> click.Command:
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             with_global_options(sub)
+    else:
+        _checking_config(command)
     return command
 
 
@@ -263,11 +284,11 @@ def _help_command() -> click.Command:
         assert parent is not None
         command, at = parent.command, parent
         for word in (w for w in words if w not in ("-h", "--help")):
-            if word == "--version":  # as `peercrypt --version`
+            if word == "--version" and command is parent.command:  # `peercrypt --version`
                 click.echo(f"peercrypt, version {peercrypt.__version__}")
                 return
-            if word.startswith("-"):
-                raise click.UsageError(f"no such option: {word}", ctx)
+            if word.startswith("-"):  # as `peercrypt [COMMAND] WORD` says it
+                raise click.NoSuchOption(word, ctx=at)
             if word == "help" and command is parent.command:
                 command, at = ctx.command, ctx
                 continue
@@ -326,8 +347,6 @@ class LazyGroup(click.Group):
 def main(ctx: click.Context, data_dir: Path | None, config_file: Path | None, debug: bool) -> None:
     """PeerCrypt: encrypted peer-to-peer file transfer."""
     ctx.obj = invocation(data_dir, config_file, debug, os.environ, Path.cwd())
-    if not ctx.resilient_parsing:
-        _config_named_exists(ctx.obj, [ctx.invoked_subcommand or ""])
     warn_of_layers(ctx.obj)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
