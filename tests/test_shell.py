@@ -416,7 +416,8 @@ def test_start_runs_every_command_of_the_shell(
     pty.run("max-rate", r"node rate cap: 1\.5 MiB/s")
     # Multicast in the foreground (it may ask for more targets), with a line per receiver.
     few = make_file(1024 * 1024)
-    pty.child.sendline(f"send {few} {host} {port} -m")
+    pty.child.sendline(f"send {few} {host} {port} -m &")  # (its `&` is said to change nothing)
+    pty.expect(re.escape("a multicast send runs in the foreground"))
     pty.expect("another target")
     pty.child.sendline("nonsense")  # a typo is said and asked again
     pty.expect(re.escape("invalid target 'nonsense': expected HOST:PORT (port 1-65535); try"))

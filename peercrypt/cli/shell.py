@@ -283,7 +283,8 @@ class Shell:
             return self._error(f"cannot read that line: {exc}")
         if not words:
             return errors.OK
-        if words[-1] == "&":  # a habit of shells: `send` backgrounds anyway
+        ampersand = words[-1] == "&"
+        if ampersand:  # a habit of shells: `send` backgrounds anyway
             if not self.interactive:
                 return self._error("no `&` in a script: each line runs to its end")
             if words[0] != "send":
@@ -315,7 +316,7 @@ class Shell:
         if name not in command_names(self):  # the shell's commands, not the CLI's
             return self._error(unknown_command(name, command_names(self)))
         if name == "send" and self.interactive and not _wants_help(rest):
-            return self._send(words, line)
+            return self._send(words, line, ampersand)
         if name in ("receive", "multicast-receive", "mreceive") and self.interactive:
             # It tells the transfer and shows its progress itself (the prompt
             # and its toolbar are not shown meanwhile); the watcher stays quiet
@@ -453,7 +454,7 @@ class Shell:
 
     # -- sends in the background --------------------------------------------------------
 
-    def _send(self, words: list[str], line: str) -> int:
+    def _send(self, words: list[str], line: str, ampersand: bool = False) -> int:
         command = self.group.get_command(click.Context(self.group), "send")
         assert command is not None
         try:
@@ -464,6 +465,12 @@ class Shell:
         multicast = bool(params.get("multi") or params.get("dual") or params.get("to"))
         multicast = multicast or params.get("mode") == "multicast"
         if multicast:  # may ask for targets: in the foreground, with a line per receiver
+            if ampersand:  # (it went on in the foreground without a word)
+                click.echo(
+                    "a multicast send runs in the foreground: it may ask for its targets, "
+                    "and says how each receiver ended",
+                    err=True,
+                )
             with precheck.asking():  # and whether to go on without those it cannot reach
                 return execute(self.group, [*self.global_args(), *words])
         args = list(words)
