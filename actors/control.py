@@ -66,6 +66,8 @@ from peercrypt.wire.network_messages import (  # discovery and health monitoring
     MembersAtRequest,
     PeersReply,
     PeersRequest,
+    ProvenOutcome,
+    SendProven,
     TransferOutcome,
 )
 
@@ -206,7 +208,9 @@ class ControlActor(Actor):
         # its note). They get a Progress with a new note, or every QUIET_BEAT s
         # (the client's sign that the node is alive), not every tick.
         self.quiet: dict[int, tuple[float, str]] = {}
-        self.sending: dict[int, tuple[str, int]] = {}  # sends under way: destination
+        # Sends under way: their destination, and the identity that proved
+        # itself there (b"" until the sender's SendProven).
+        self.sending: dict[int, tuple[str, int, bytes]] = {}
         # sends and multicasts waiting for members' records at their addresses
         self.placing: dict[int, SendRequest | _mc.McSendRequest] = {}
         # `transfers` asked of the sender and the msender
@@ -493,6 +497,10 @@ class ControlActor(Actor):
             self.announced[msg.actor] = msg
             if before is None or before.facts != msg.facts:  # (counters: not news)
                 self._changed()
+        elif isinstance(msg, SendProven):
+            sending = self.sending.get(msg.request)
+            if sending is not None:  # (else ended, or never placed here: nothing to score)
+                self.sending[msg.request] = (sending[0], sending[1], msg.key)
         elif isinstance(msg, MembersAtReply):
             placing = self.placing.pop(msg.request, None)
             if placing is not None:  # (else cancelled while health answered: dropped)
@@ -513,7 +521,7 @@ class ControlActor(Actor):
             if isinstance(msg, Progress | McTargetProgress):
                 self._changed()  # (a send's: what `transfers` lists)
             if isinstance(msg, SendResult) and request in self.sending:
-                host, port = self.sending.pop(request)
+                host, port, proven = self.sending.pop(request)
                 # A send refused for a local reason (bad options) or cancelled
                 # says nothing about the peer; nor does a peer's refusal of
                 # the file (busy, a quota, its policy): it answered at once;
@@ -527,7 +535,16 @@ class ControlActor(Actor):
                     ResultCode.ABORTED,
                 )
                 if msg.code not in local:
-                    outcome = TransferOutcome(host=host, port=port, ok=msg.code == ResultCode.OK)
+                    ok = msg.code == ResultCode.OK
+                    # The identity that proved itself there, if one did: the
+                    # address the user named it by may be one no member
+                    # record names (a host name, 127.0.0.1 for a member on
+                    # 0.0.0.0), or one a member left for an impostor.
+                    outcome: codec.Message = (
+                        ProvenOutcome(key=proven, ok=ok)
+                        if proven
+                        else TransferOutcome(host=host, port=port, ok=ok)
+                    )
                     self.tell("health", outcome)
             if isinstance(msg, TransfersReply):
                 listing = self.listing.get(request)
@@ -653,7 +670,7 @@ class ControlActor(Actor):
         if isinstance(req, _mc.McSendRequest):
             self.tell(ROUTES[_mc.McSendRequest], dataclasses.replace(req, members=members))
             return
-        self.sending[req.request] = (req.host, req.port)
+        self.sending[req.request] = (req.host, req.port, b"")
         here = members.get(join_host_port(req.host, req.port), [])
         self.tell(ROUTES[SendRequest], dataclasses.replace(req, members=here))
 

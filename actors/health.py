@@ -101,6 +101,7 @@ from peercrypt.wire.network_messages import (
     PeersReply,
     PeersRequest,
     Proven,
+    ProvenOutcome,
     Scores,
     TransferOutcome,
 )
@@ -250,6 +251,13 @@ class HealthActor(Actor):
             self.tell("control", MembersAtReply(request=msg.request, members=self._members_at(msg)))
         elif isinstance(msg, TransferOutcome):
             self._on_transfer(msg)
+        elif isinstance(msg, ProvenOutcome):
+            # (the member's X25519 key: what a hello's answer names)
+            m = next((m for m in self.members.values() if m.key == msg.key), None)
+            if m is not None:
+                self._score_transfer(m, msg.ok)
+            else:  # a receiver that is no member (not one at that address either)
+                self.count("transfers-not-members")
         else:
             super().on_mail(msg)
 
@@ -380,14 +388,19 @@ class HealthActor(Actor):
         probe.closed_at = self.now()
 
     def _on_transfer(self, msg: TransferOutcome) -> None:
+        """A send whose receiver proved no identity (it could not be
+        reached, or answered as none): the members recorded at its address."""
         for m in self.members.values():
             if same_host_port(m.url, msg.host, msg.port):
-                m.score.record_transfer(msg.ok)
-                if msg.ok:
-                    m.transfers_ok += 1
-                else:
-                    m.transfers_failed += 1
-                self.count("transfers-scored")
+                self._score_transfer(m, msg.ok)
+
+    def _score_transfer(self, m: Member, ok: bool) -> None:
+        m.score.record_transfer(ok)
+        if ok:
+            m.transfers_ok += 1
+        else:
+            m.transfers_failed += 1
+        self.count("transfers-scored")
 
     # -- periodic probes ----------------------------------------------------------
 

@@ -173,6 +173,7 @@ from peercrypt.wire.messages import (
     Verified,
     Verifying,
 )
+from peercrypt.wire.network_messages import SendProven
 from peercrypt.wire.stats_messages import StatsRecord, StatsSample, batches
 from peercrypt.wire.text import printable
 
@@ -951,6 +952,8 @@ class SenderActor(Actor):
                     )
                 return self._end(t, ResultCode.IMPOSTOR, reason)
             t.answered.append(msg.proof)
+            # (its outcome is this identity's, not the address's: health's score)
+            self.tell(t.requester, SendProven(request=t.request.request, key=msg.node_id))
             self._offer(t, msg.node_id, msg.offer_key)
         elif isinstance(msg, Accept) and msg.tid == t.tid and t.receiver_key:
             self._on_accept(t, msg)

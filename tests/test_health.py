@@ -16,7 +16,7 @@ from peercrypt.core.member_state import worst
 from peercrypt.crypto.handshake import prove_hello
 from peercrypt.crypto.identity import KeyPair, fingerprint, new_network_key
 from peercrypt.testing.member_port import MemberPort
-from peercrypt.testing.nodes import NodeProcess, run_cli, wait_until
+from peercrypt.testing.nodes import NodeProcess, blake3_file, run_cli, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Hello, HelloReply
 
@@ -230,6 +230,70 @@ def test_transfers_update_reliability(
     assert after["transfers_failed"] == 0, after
     # Pings keep succeeding and a transfer weighs 4 pings: the score is high.
     assert float(after["reliability"]) > 0.6
+
+
+def test_a_send_counts_for_the_member_that_proved_itself_whatever_its_address_s_spelling(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """B listens on every address and its record names 127.0.0.1; a send
+    to it at 127.0.0.2 reaches B, which proves its key: the outcome is B's
+    (it was scored by the address named, which no member record had, so
+    B's reliability never heard of it)."""
+    a = node_factory(*FAST)
+    b = node_factory(
+        *FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port), start=False
+    )
+    b.host = "0.0.0.0"
+    b.start()
+
+    def row() -> dict[str, str] | None:
+        rows = json.loads(a.cli("peers", "--json").stdout)
+        return next((r for r in rows if r["id"] == b.fingerprint and r["health"] == "alive"), None)
+
+    known = wait_until(row, 30, "A to know B alive")
+    assert known["address"] == f"127.0.0.1:{b.port}", known
+    source = make_file(200_000)
+    result = a.send_result(source, "127.0.0.2", b.port)
+    assert result.returncode == 0, result.describe()
+    assert blake3_file(b.inbox / result.json["stored_as"]) == blake3_file(source)
+    after = wait_until(lambda: (r := row()) and r["transfers_ok"] == 1 and r, 10, "scored")
+    assert after["transfers_failed"] == 0, after
+    counters = a.counters_when("health.transfers-scored", 1)
+    assert counters["health.transfers-scored"] == 1, counters
+    assert "health.transfers-not-members" not in counters, counters
+
+
+def test_a_send_an_impostor_answered_at_a_member_s_address_is_not_held_against_the_member(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """B dies; a member with the network key and a fresh identity takes
+    B's port. A's next send there proves that identity, not B's, and ends
+    refused as untrusted: that failure was scored against B, whose record
+    names the address (a member could lower another's score so)."""
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+
+    def row() -> dict[str, str] | None:
+        rows = json.loads(a.cli("peers", "--json").stdout)
+        return next((r for r in rows if r["id"] == b.fingerprint), None)
+
+    wait_until(row, 15, "A to know B")
+    code, result = a.send_to(make_file(100_000), b)  # (A's known peers: B's key there)
+    assert code == 0, result
+    wait_until(lambda: (r := row()) and r["transfers_ok"] == 1, 10, "scored")
+    port = b.port
+    b.kill()  # (gone without its "left": A keeps its record, and its address)
+    impostor = node_factory(*FAST, "--port", str(port))
+    assert impostor.port == port and impostor.fingerprint != b.fingerprint
+    # (--force: past the command's own check, which would refuse it first)
+    refused = a.send_result(make_file(100_000), "127.0.0.1", port, "--force")
+    assert refused.returncode == errors.NOT_ADMITTED, refused.describe()
+    assert refused.json["code"] == "untrusted"
+    assert list(impostor.inbox.iterdir()) == []
+    counters = a.counters_when("health.transfers-not-members", 1)
+    assert counters.get("health.transfers-scored") == 1, counters  # the first send only
+    after = row()
+    assert after is not None and (after["transfers_ok"], after["transfers_failed"]) == (1, 0)
 
 
 def test_a_check_shows_the_version_the_peer_proves_its_text_escaped(

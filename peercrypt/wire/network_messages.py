@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from peercrypt.core.member_state import ORDER, MemberState
 from peercrypt.wire.codec import Message, bounded, message
-from peercrypt.wire.fields import code, fixed, port, reason
+from peercrypt.wire.fields import code, counter, fixed, port, reason
 
 NODE_ID = 32
 MAX_GOSSIP_RECORDS = 512
@@ -155,6 +155,33 @@ class TransferOutcome(Message):
     TYPE = "transfer-outcome"
     host: str = field(metadata=bounded(255, 1))
     port: int = port()
+    ok: bool = False
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class SendProven(Message):
+    """Sender -> control: the receiver of send ``request`` proved it holds
+    the identity whose X25519 key is ``key`` (the hello's answer names it),
+    so the send's outcome is that identity's, whatever address the user
+    named it by. Messages of their own, not fields of SendResult and
+    TransferOutcome: an attached actor of the build before drops them as
+    unknown, and its sends are scored by address as before."""
+
+    TYPE = "send-proven"
+    request: int = counter()
+    key: bytes = fixed(NODE_ID)
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
+class ProvenOutcome(Message):
+    """Control -> health: how a send to the identity whose X25519 key is
+    ``key`` ended, that identity having proven itself to the sender
+    (:class:`SendProven`)."""
+
+    TYPE = "proven-outcome"
+    key: bytes = fixed(NODE_ID)
     ok: bool = False
 
 
