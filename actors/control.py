@@ -208,8 +208,8 @@ class ControlActor(Actor):
         # its note). They get a Progress with a new note, or every QUIET_BEAT s
         # (the client's sign that the node is alive), not every tick.
         self.quiet: dict[int, tuple[float, str]] = {}
-        # Sends under way: their destination, and the identity that proved
-        # itself there (b"" until the sender's SendProven).
+        # Sends under way: their destination, and the identity that verified
+        # it (b"" until the sender's SendProven, just before its result).
         self.sending: dict[int, tuple[str, int, bytes]] = {}
         # sends and multicasts waiting for members' records at their addresses
         self.placing: dict[int, SendRequest | _mc.McSendRequest] = {}
@@ -527,22 +527,29 @@ class ControlActor(Actor):
                 # the file (busy, a quota, its policy): it answered at once;
                 # nor its word that a newer offer of this node's own took the
                 # transfer over (aborted: a restart of ours, or a twin).
+                # Nor does a receiver that proved an identity other than the
+                # one expected there, or none it named (an impostor at a
+                # member's address, or a relay of another's hello): it is not
+                # the member's doing.
                 local = (
                     ResultCode.CANCELLED,
                     ResultCode.LOCAL,
                     ResultCode.MULTICAST_DEFAULT,
                     ResultCode.REFUSED,
                     ResultCode.ABORTED,
+                    ResultCode.UNTRUSTED,
+                    ResultCode.IMPOSTOR,
                 )
                 if msg.code not in local:
                     ok = msg.code == ResultCode.OK
-                    # The identity that proved itself there, if one did: the
-                    # address the user named it by may be one no member
-                    # record names (a host name, 127.0.0.1 for a member on
-                    # 0.0.0.0), or one a member left for an impostor.
+                    # A verified send is the identity's that verified it
+                    # (SendProven), whatever address the user named it by: a
+                    # host name, or 127.0.0.1 for a member whose record names
+                    # another. A failure stays the address's: the one named
+                    # may relay another member's handshake and then stall.
                     outcome: codec.Message = (
-                        ProvenOutcome(key=proven, ok=ok)
-                        if proven
+                        ProvenOutcome(key=proven, ok=True)
+                        if ok and proven
                         else TransferOutcome(host=host, port=port, ok=ok)
                     )
                     self.tell("health", outcome)

@@ -321,6 +321,9 @@ class Outgoing:
     # The receiver's identity key, proven by a hello before the offer is
     # sealed to it; the accept must prove the same key.
     receiver_key: bytes = b""
+    # The node's own key its hello proved (receiver_key is the key of the
+    # receiver it runs attached elsewhere, when it vouched for one).
+    node_key: bytes = b""
     challenge: HelloChallenge | None = None  # our hello, until its reply proves a key
     # The proofs of the hello replies taken on its link, by this send and the
     # sends it was kept for before: one of them again is a replay (stale).
@@ -910,7 +913,7 @@ class SenderActor(Actor):
             sealed = t.eph.seal_details(t.tid, offer_key or key, codec.encode(t.details))
         except ValueError:
             return self._end(t, ResultCode.PROTOCOL, f"{t.peer} proved an invalid key")
-        t.receiver_key = offer_key or key
+        t.receiver_key, t.node_key = offer_key or key, key
         assert t.link is not None
         t.link.send(Offer(tid=t.tid, eph_pub=t.eph.public, details=sealed))
         self.count("offers")
@@ -952,8 +955,6 @@ class SenderActor(Actor):
                     )
                 return self._end(t, ResultCode.IMPOSTOR, reason)
             t.answered.append(msg.proof)
-            # (its outcome is this identity's, not the address's: health's score)
-            self.tell(t.requester, SendProven(request=t.request.request, key=msg.node_id))
             self._offer(t, msg.node_id, msg.offer_key)
         elif isinstance(msg, Accept) and msg.tid == t.tid and t.receiver_key:
             self._on_accept(t, msg)
@@ -1787,6 +1788,12 @@ class SenderActor(Actor):
             self._start(self.waiting.popleft())
         if retried:
             return
+        if code == ResultCode.OK and t.node_key:
+            # Verified under the keys of the handshake that node finished (or
+            # its receiver the node's proof vouched for): the success is the
+            # node's, whatever address the user named it by (health's score;
+            # a failure stays the address's, docs/membership.md).
+            self.tell(t.requester, SendProven(request=t.request.request, key=t.node_key))
         self.tell(
             t.requester,
             SendResult(

@@ -673,9 +673,10 @@ def test_the_messages_between_nodes_change_only_with_the_protocol_version() -> N
 # StatusReply's new field ``changes`` goes only to commands, which read it
 # leniently (0 from a node without it).
 # SendProven (sender -> control) and ProvenOutcome (control -> health) are
-# new messages: a control or health of the build before drops them as
-# unknown (a bad-mail count), and a send is then scored by its address as
-# before; an attached sender of that build sends none.
+# new messages, each dropped as unknown by an actor of the build before (a
+# bad-mail count): a node of that build with a newer attached sender
+# scores verified sends by their address as before; a newer node with a
+# health of that build attached scores no verified send.
 ACTOR_MAIL_SCHEMA = "9c21d6430da4"
 
 

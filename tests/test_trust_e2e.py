@@ -183,6 +183,39 @@ def test_impostor_receiver_gets_nothing_and_a_good_transfer_still_verifies(
     assert imp.data_bytes == 0
 
 
+def test_a_member_relaying_another_s_hello_costs_that_member_nothing_of_its_score(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    impostor_of: Callable[..., Impostor],
+) -> None:
+    """A member at an address of its own passes a send's hello to member B
+    and B's real proof back; it cannot finish the handshake (the accept),
+    so the send ends "impostor". B did nothing: its score must not hear of
+    it (were a send's outcome the identity's its hello proved, a relay
+    could fail sends in B's name at will)."""
+    quick = ("--gossip-interval", "0.2", "--health-check-interval", "0.3")
+    a = node_factory(*quick)
+    b = node_factory(*quick, "--bootstrap-host", LOCALHOST, "--bootstrap-port", str(a.port))
+
+    def row() -> dict[str, str] | None:
+        rows = json.loads(a.cli("peers", "--json").stdout)
+        return next((r for r in rows if r["id"] == b.fingerprint), None)
+
+    wait_until(row, 15, "A to know B")
+    relay = impostor_of(b, relay=True)
+    for _ in range(2):
+        relayed = a.send_result(make_file(100_000), LOCALHOST, relay.port, "--force")
+        assert relayed.returncode == errors.NOT_ADMITTED, relayed.describe()
+        assert relayed.json["code"] == "impostor", relayed.describe()
+    # (control tells health a send's outcome before the command its result,
+    # and `peers` asks health after it: the row has them counted)
+    after = row()
+    assert after is not None and (after["transfers_ok"], after["transfers_failed"]) == (0, 0)
+    code, result = a.send_to(make_file(100_000), b)  # a real one counts
+    assert code == 0, result
+    wait_until(lambda: (r := row()) and r["transfers_ok"] == 1, 10, "B's score")
+
+
 def test_an_impostor_relaying_the_hello_sees_neither_name_nor_size(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],

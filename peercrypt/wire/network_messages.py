@@ -161,12 +161,13 @@ class TransferOutcome(Message):
 @message
 @dataclass(frozen=True, kw_only=True)
 class SendProven(Message):
-    """Sender -> control: the receiver of send ``request`` proved it holds
-    the identity whose X25519 key is ``key`` (the hello's answer names it),
-    so the send's outcome is that identity's, whatever address the user
-    named it by. Messages of their own, not fields of SendResult and
-    TransferOutcome: an attached actor of the build before drops them as
-    unknown, and its sends are scored by address as before."""
+    """Sender -> control, just before send ``request``'s result "ok": the
+    identity whose X25519 key is ``key`` verified it (under the keys of the
+    handshake it finished), so the success is that identity's, whatever
+    address the user named it by. Messages of their own, not fields of
+    SendResult and TransferOutcome: an actor of the build before drops them
+    as unknown (its sends are then scored by address, and a health actor of
+    that build attached to a newer node scores no verified send)."""
 
     TYPE = "send-proven"
     request: int = counter()
@@ -176,9 +177,9 @@ class SendProven(Message):
 @message
 @dataclass(frozen=True, kw_only=True)
 class ProvenOutcome(Message):
-    """Control -> health: how a send to the identity whose X25519 key is
-    ``key`` ended, that identity having proven itself to the sender
-    (:class:`SendProven`)."""
+    """Control -> health: a send that the identity whose X25519 key is
+    ``key`` verified (:class:`SendProven`); ``ok`` is always true (a
+    failure is scored by its address: :class:`TransferOutcome`)."""
 
     TYPE = "proven-outcome"
     key: bytes = fixed(NODE_ID)
