@@ -183,37 +183,63 @@ def test_impostor_receiver_gets_nothing_and_a_good_transfer_still_verifies(
     assert imp.data_bytes == 0
 
 
-def test_a_member_relaying_another_s_hello_costs_that_member_nothing_of_its_score(
+class SilentAfterHello(Impostor):
+    """An impostor that answers hellos (relayed, with ``relay``) and then
+    nothing: the offer waits until the send's ``--timeout``."""
+
+    def _answer(self, msg: codec.Message, peer: bytes) -> codec.Message | None:
+        return None if isinstance(msg, Offer) else super()._answer(msg, peer)
+
+
+def test_sends_other_members_make_fail_cost_a_member_nothing_of_its_score(
     node_factory: Callable[..., NodeProcess],
     make_file: Callable[..., Path],
     impostor_of: Callable[..., Impostor],
+    network_key: str,
 ) -> None:
-    """A member at an address of its own passes a send's hello to member B
-    and B's real proof back; it cannot finish the handshake (the accept),
-    so the send ends "impostor". B did nothing: its score must not hear of
-    it (were a send's outcome the identity's its hello proved, a relay
-    could fail sends in B's name at will)."""
+    """Member B's score (`peers`: transfers ok and failed) hears only of
+    sends B made succeed or fail. Not of a member at an address of its own
+    that relays B's hello and B's real proof, then cannot finish the
+    handshake ("impostor") or stays silent (a timeout: the address's, not
+    the key's that the hello proved); nor, once B is dead, of one at B's
+    port naming B's key, which it cannot prove ("impostor": the address is
+    B's, the doing is not)."""
     quick = ("--gossip-interval", "0.2", "--health-check-interval", "0.3")
     a = node_factory(*quick)
     b = node_factory(*quick, "--bootstrap-host", LOCALHOST, "--bootstrap-port", str(a.port))
 
-    def row() -> dict[str, str] | None:
+    def scores() -> tuple[int, int] | None:
         rows = json.loads(a.cli("peers", "--json").stdout)
-        return next((r for r in rows if r["id"] == b.fingerprint), None)
+        row = next((r for r in rows if r["id"] == b.fingerprint), None)
+        return None if row is None else (row["transfers_ok"], row["transfers_failed"])
 
-    wait_until(row, 15, "A to know B")
+    wait_until(scores, 15, "A to know B")
     relay = impostor_of(b, relay=True)
-    for _ in range(2):
-        relayed = a.send_result(make_file(100_000), LOCALHOST, relay.port, "--force")
-        assert relayed.returncode == errors.NOT_ADMITTED, relayed.describe()
-        assert relayed.json["code"] == "impostor", relayed.describe()
+    relayed = a.send_result(make_file(100_000), LOCALHOST, relay.port, "--force")
+    assert relayed.json["code"] == "impostor", relayed.describe()
+    silent = SilentAfterHello(network_key, b"", f"tcp://{b.host}:{b.port}")
+    try:
+        stalled = a.send_result(make_file(100_000), LOCALHOST, silent.port, "--force",
+                                "--timeout", "1")  # fmt: skip
+    finally:
+        silent.close()
+    assert stalled.json["code"] == "timeout", stalled.describe()
+    assert silent.seen == ["hello", "offer"], silent.seen
     # (control tells health a send's outcome before the command its result,
-    # and `peers` asks health after it: the row has them counted)
-    after = row()
-    assert after is not None and (after["transfers_ok"], after["transfers_failed"]) == (0, 0)
-    code, result = a.send_to(make_file(100_000), b)  # a real one counts
+    # and `peers` asks health after it: each score below has them counted)
+    assert scores() == (0, 0)
+    code, result = a.send_to(make_file(100_000), b)  # one of B's own counts
     assert code == 0, result
-    wait_until(lambda: (r := row()) and r["transfers_ok"] == 1, 10, "B's score")
+    wait_until(lambda: scores() == (1, 0), 10, "B's score")
+    port, key = b.port, proven_key(b, network_key)
+    b.kill()  # (gone without its "left": A keeps its record, and its address)
+    squatter = Impostor(network_key, key, port=port)
+    try:
+        named = a.send_result(make_file(100_000), LOCALHOST, port, "--force")
+    finally:
+        squatter.close()
+    assert named.json["code"] == "impostor", named.describe()
+    assert scores() == (1, 0)
 
 
 def test_an_impostor_relaying_the_hello_sees_neither_name_nor_size(
