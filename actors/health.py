@@ -256,7 +256,7 @@ class HealthActor(Actor):
             m = next((m for m in self.members.values() if m.key == msg.key), None)
             if m is not None:
                 self._score_transfer(m, msg.ok)
-            else:  # a receiver that is no member (not one at that address either)
+            else:  # a receiver that is no member: no score to keep
                 self.count("transfers-not-members")
         else:
             super().on_mail(msg)
@@ -388,8 +388,8 @@ class HealthActor(Actor):
         probe.closed_at = self.now()
 
     def _on_transfer(self, msg: TransferOutcome) -> None:
-        """A send whose receiver proved no identity (it could not be
-        reached, or answered as none): the members recorded at its address."""
+        """A send that failed (or that a sender of an older build verified,
+        naming no key): the members recorded at the address it went to."""
         for m in self.members.values():
             if same_host_port(m.url, msg.host, msg.port):
                 self._score_transfer(m, msg.ok)
