@@ -2100,8 +2100,9 @@ class SenderActor(Actor):
     @staticmethod
     def _params(t: Outgoing) -> dict[str, str]:
         params = t.flow.policy.parameters()
-        if t.tree is not None:
+        if t.tree is not None:  # (the size is the stream's: the files and their list)
             params["files"] = str(t.tree.files)
+            params["file_bytes"] = str(t.tree.file_bytes)
         return params
 
     @staticmethod

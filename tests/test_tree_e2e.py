@@ -47,6 +47,16 @@ def test_a_folder_arrives_whole_and_a_second_one_beside_it(
     assert result.returncode == 0, result.describe()
     out = result.json
     assert out["stored_as"] == "photos" and out["files"] == 3 and out["skipped"] == 2
+
+    # Its history says the files' own bytes beside the stream's size.
+    def size_line() -> str | None:
+        shown = sender.cli("stats", "show", "last")
+        lines = [line for line in shown.stdout.splitlines() if line.startswith("size ")]
+        return lines[0] if shown.returncode == 0 and "file(s)" in lines[0] else None
+
+    size = wait_until(size_line, WAIT, "the send's history row")
+    assert size.endswith(f"; 3 file(s) of {out['file_bytes']} bytes and their list)"), size
+    assert f"({out['size']} bytes, " in size and out["size"] > out["file_bytes"], (size, out)
     inbox = receiver.inbox
     assert contents(inbox / "photos") == expected
     assert os.stat(inbox / "photos" / "run.sh").st_mode & 0o111

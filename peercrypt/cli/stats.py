@@ -266,11 +266,7 @@ def stats_show(obj: dict[str, Any], given: str, as_json: bool) -> None:
         ("fingerprint", row["peer_fingerprint"] or "- (not proven to this side)"),
         ("mode", row["mode"] or "-"),
         ("file", row["file"]),
-        (
-            "size",
-            f"{readable(row['size'])} ({row['size']} bytes, "
-            f"{row['chunks']} chunks of {readable(row['chunk_size'])})",
-        ),
+        ("size", _size(row)),
         ("moved", _moved(row)),
         ("started", _when(row["started"])),
         ("result", row["result"] + (f": {row['reason']}" if row["reason"] else "")),
@@ -294,6 +290,18 @@ def stats_show(obj: dict[str, Any], given: str, as_json: bool) -> None:
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         click.echo(f"{key.ljust(width)}  {value}")
+
+
+def _size(row: dict[str, Any]) -> str:
+    """A transfer's size; a folder's (or several files') is its stream's,
+    the files and their list: what the send said of its files is told too
+    (it said "3 files, 3000003 bytes" where the size is 3000281)."""
+    text = f"{readable(row['size'])} ({row['size']} bytes, {row['chunks']} chunks of "
+    text += readable(row["chunk_size"])
+    files, data = row["params"].get("files"), row["params"].get("file_bytes")
+    if files is not None and data is not None:
+        text += f"; {files} file(s) of {data} bytes and their list"
+    return text + ")"
 
 
 @stats.command("export")
