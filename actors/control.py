@@ -548,7 +548,7 @@ class ControlActor(Actor):
                     # another. A failure stays the address's: the one named
                     # may relay another member's handshake and then stall.
                     outcome: codec.Message = (
-                        ProvenOutcome(key=proven, ok=True)
+                        ProvenOutcome(key=proven)
                         if ok and proven
                         else TransferOutcome(host=host, port=port, ok=ok)
                     )

@@ -255,7 +255,7 @@ class HealthActor(Actor):
             # (the member's X25519 key: what a hello's answer names)
             m = next((m for m in self.members.values() if m.key == msg.key), None)
             if m is not None:
-                self._score_transfer(m, msg.ok)
+                self._score_transfer(m, ok=True)
             else:  # a receiver that is no member: no score to keep
                 self.count("transfers-not-members")
         else:

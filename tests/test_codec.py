@@ -677,7 +677,7 @@ def test_the_messages_between_nodes_change_only_with_the_protocol_version() -> N
 # bad-mail count): a node of that build with a newer attached sender
 # scores verified sends by their address as before; a newer node with a
 # health of that build attached scores no verified send.
-ACTOR_MAIL_SCHEMA = "9c21d6430da4"
+ACTOR_MAIL_SCHEMA = "6d53c66417cb"
 
 
 def test_the_mail_between_actors_changes_only_on_purpose() -> None:

@@ -214,11 +214,11 @@ def _config_named_exists(ctx: click.Context) -> None:
     ``send`` through a running node) ran as if it did. Checked when the
     command runs: its ``--help`` and a ``--config`` after it come first."""
     obj = ctx.obj
+    if not isinstance(obj, dict) or not obj.get("config_required"):
+        return
     top = ctx  # the command right under `peercrypt` (`config` for `config init`)
     while top.parent is not None and top.parent.parent is not None:
         top = top.parent
-    if not isinstance(obj, dict) or not obj.get("config_required"):
-        return
     if top.info_name in _NO_CONFIG_NEEDED or obj["config_path"].exists():
         return
     # (no context: it reads the same whether it was named before the command or after)

@@ -178,12 +178,11 @@ class SendProven(Message):
 @dataclass(frozen=True, kw_only=True)
 class ProvenOutcome(Message):
     """Control -> health: a send that the identity whose X25519 key is
-    ``key`` verified (:class:`SendProven`); ``ok`` is always true (a
+    ``key`` verified (:class:`SendProven`): a success of that identity's (a
     failure is scored by its address: :class:`TransferOutcome`)."""
 
     TYPE = "proven-outcome"
     key: bytes = fixed(NODE_ID)
-    ok: bool = False
 
 
 # ---- local: CLI <-> node ----------------------------------------------------------
