@@ -9,6 +9,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import peercrypt
 from peercrypt import errors
@@ -21,6 +22,12 @@ from peercrypt.wire import codec
 from peercrypt.wire.messages import Hello, HelloReply
 
 FAST = ("--gossip-interval", "0.2", "--health-check-interval", "0.3", "--timeout", "0.5")
+
+
+def peer_row(node: NodeProcess, of: NodeProcess) -> dict[str, Any] | None:
+    """``of``'s row in ``node``'s `peers --json`, if listed."""
+    rows = json.loads(node.cli("peers", "--json").stdout)
+    return next((r for r in rows if r["id"] == of.fingerprint), None)
 
 
 def error_line(result: object) -> str:
@@ -213,9 +220,8 @@ def test_transfers_update_reliability(
         "--peer-quota", "1000000",
     )  # fmt: skip
 
-    def row() -> dict[str, str] | None:
-        rows = json.loads(a.cli("peers", "--json").stdout)
-        return next((r for r in rows if r["id"] == b.fingerprint), None)
+    def row() -> dict[str, Any] | None:
+        return peer_row(a, b)
 
     wait_until(row, 15, "A to know B")
     code, result = a.send_to(make_file(200_000), b)
@@ -246,9 +252,9 @@ def test_a_send_counts_for_the_member_that_proved_itself_whatever_its_address_s_
     b.host = "0.0.0.0"
     b.start()
 
-    def row() -> dict[str, str] | None:
-        rows = json.loads(a.cli("peers", "--json").stdout)
-        return next((r for r in rows if r["id"] == b.fingerprint and r["health"] == "alive"), None)
+    def row() -> dict[str, Any] | None:
+        found = peer_row(a, b)
+        return found if found is not None and found["health"] == "alive" else None
 
     known = wait_until(row, 30, "A to know B alive")
     assert known["address"] == f"127.0.0.1:{b.port}", known
@@ -274,9 +280,8 @@ def test_a_send_an_impostor_answered_at_a_member_s_address_is_not_held_against_t
     a = node_factory(*FAST)
     b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
 
-    def row() -> dict[str, str] | None:
-        rows = json.loads(a.cli("peers", "--json").stdout)
-        return next((r for r in rows if r["id"] == b.fingerprint), None)
+    def row() -> dict[str, Any] | None:
+        return peer_row(a, b)
 
     wait_until(row, 15, "A to know B")
     code, result = a.send_to(make_file(100_000), b)  # (A's known peers: B's key there)
