@@ -21,6 +21,7 @@ from actors.link import LinkActor
 from peercrypt.node import ATTACHABLE_ACTORS, COMPANIONS, attachable_factory
 from peercrypt.runtime.actor import ActorEnv, node_context
 from peercrypt.runtime.memory import limit_malloc_arenas
+from peercrypt.runtime.stop_flag import StopFlag
 from peercrypt.runtime.supervisor import Supervisor
 from peercrypt.settings import IN_NODE_ONLY, NodeSettings
 
@@ -28,7 +29,16 @@ __all__ = ["AttachedActor"]
 
 
 class AttachedActor:
-    def __init__(self, kind: str, settings: NodeSettings, nodes: list[tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        kind: str,
+        settings: NodeSettings,
+        nodes: list[tuple[str, int]],
+        companions: tuple[str, ...] | None = None,
+    ) -> None:
+        """``companions``: the actors KIND takes along (default ``COMPANIONS``'s);
+        ``()`` for the node's own data-plane process, whose inbox is the node's
+        (its receiver asks the node's one space ledger, peercrypt/data_plane.py)."""
         if kind not in ATTACHABLE_ACTORS:
             raise ValueError(f"not an attachable actor: {kind!r}")
         if kind in IN_NODE_ONLY:
@@ -43,7 +53,8 @@ class AttachedActor:
         self.env = ActorEnv(
             context=self.context, node_uid=uuid.uuid4().hex[:12], reports_inbound=False
         )
-        companions = COMPANIONS.get(kind, ())
+        if companions is None:
+            companions = COMPANIONS.get(kind, ())
         self.supervisor = Supervisor(
             self.env,
             [
@@ -72,7 +83,7 @@ class AttachedActor:
             self.context.term()
             raise
 
-    def run_until(self, stop: threading.Event) -> None:
+    def run_until(self, stop: StopFlag | threading.Event) -> None:
         self.supervisor.run_until(lambda: stop.is_set() or self.refused_event.is_set())
 
     def stop(self) -> None:

@@ -12,7 +12,7 @@ import importlib
 import logging
 import threading
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -24,8 +24,12 @@ from actors.sender import SenderActor
 from actors.stats import StatsActor
 from peercrypt.runtime.actor import ActorEnv, node_context
 from peercrypt.runtime.memory import limit_malloc_arenas
+from peercrypt.runtime.stop_flag import StopFlag
 from peercrypt.runtime.supervisor import ActorFactory, Supervisor
 from peercrypt.settings import ATTACHABLE_KINDS, IN_NODE_ONLY, NodeSettings
+
+if TYPE_CHECKING:
+    from peercrypt.data_plane import DataPlaneProcesses
 
 log = logging.getLogger("peercrypt.node")
 
@@ -96,6 +100,9 @@ class Node:
             for name, factory in factories
         ]
         self.supervisor = Supervisor(self.env, factories)
+        # The sender and receiver as child processes (--isolate-data-plane),
+        # started once the node listens (peercrypt/cli/node.py: run_node).
+        self.data_plane: DataPlaneProcesses | None = None
         self._stopped = False
 
     def start(self) -> None:
@@ -106,7 +113,7 @@ class Node:
             self._term()
             raise
 
-    def run_until(self, stop: threading.Event) -> None:
+    def run_until(self, stop: StopFlag | threading.Event) -> None:
         """Supervise until ``stop`` is set by a signal handler of the main
         thread (the signal wakes the wait), or by another thread that then
         calls ``supervisor.wake()``."""
@@ -116,6 +123,8 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
+        if self.data_plane is not None:  # first: their sends' last reports reach control
+            self.data_plane.stop()
         if self.supervisor.stop():
             self._term()
         else:

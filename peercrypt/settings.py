@@ -168,6 +168,9 @@ class NodeSettings:
     # --attach` process elsewhere) and the fingerprints allowed to attach.
     remote_actors: tuple[str, ...] = ()
     attach_allow: frozenset[str] = field(default_factory=frozenset)
+    # The sender and the receiver as processes of their own, attached to this
+    # node over loopback with its identity (peercrypt/data_plane.py).
+    isolate_data_plane: bool = False
     # Statistics history (DATA_DIR/stats.sqlite, `peercrypt stats`): kept for
     # this many days (0: no age limit), at most this many transfers (0: no limit).
     stats_enabled: bool = True

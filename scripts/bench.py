@@ -75,7 +75,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.sizes import parse_size
-from peercrypt.testing.nodes import NodeProcess, blake3_file, compile_tree, random_file
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    blake3_file,
+    child_pids,
+    compile_tree,
+    random_file,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ceiling  # the sibling script
@@ -87,8 +93,14 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    """CPU seconds of ``pid`` and of its children that run (a node's
+    ``--isolate-data-plane`` sender and receiver), counted as the node's."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # a child that ended meanwhile
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    return own + sum(cpu_seconds(child) for child in child_pids(pid))
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:

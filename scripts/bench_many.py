@@ -102,7 +102,13 @@ import msgpack
 from peercrypt.chunking import DEFAULT_CHUNK, DEFAULT_MAX_CHUNK, DEFAULT_MIN_CHUNK
 from peercrypt.client import ControlClient
 from peercrypt.crypto.identity import new_network_key
-from peercrypt.testing.nodes import NodeProcess, blake3_file, parse_size, random_file
+from peercrypt.testing.nodes import (
+    NodeProcess,
+    blake3_file,
+    child_pids,
+    parse_size,
+    random_file,
+)
 from peercrypt.wire import codec
 from peercrypt.wire.local_messages import Progress
 from peercrypt.wire.messages import SendRequest, SendResult
@@ -215,7 +221,7 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 def sample_memory(
-    pids: list[int],
+    groups: list[list[int]],
     stop: threading.Event,
     peaks: list[dict[str, int]],
     cpu: list[tuple[float, float]],
@@ -224,9 +230,14 @@ def sample_memory(
     """Each process's peak RSS, PSS, USS and shared-memory PSS, read every
     0.1 s until ``stop`` (the kernel keeps a peak of the RSS only), and the
     processes' CPU seconds together at each reading (``cpu``: when, how many)."""
+    pids = [pid for group in groups for pid in group]
     while True:
-        for peak, pid in zip(peaks, pids, strict=True):
-            for key, kib in memory_kib(pid).items():
+        for peak, group in zip(peaks, groups, strict=True):  # a node's processes together
+            now: dict[str, int] = {}
+            for pid in group:
+                for key, kib in memory_kib(pid).items():
+                    now[key] = now.get(key, 0) + kib
+            for key, kib in now.items():
                 peak[key] = max(peak.get(key, 0), kib)
         cpu.append((time.perf_counter(), sum(cpu_seconds(pid) for pid in pids)))
         threads.append((cpu[-1][0], thread_cpu(pids)))
@@ -362,7 +373,7 @@ def check_cost(nodes: list[NodeProcess], count: int) -> None:
     """``count`` health checks of node 1 by node 0, one after the other, no
     load of ours: wall time p50/p99 and the two nodes' CPU per check (a
     count of work the machine's load bends less than the wall time)."""
-    pids = [nodes[0].pid, nodes[1].pid]
+    pids = [*pids_of(nodes[0]), *pids_of(nodes[1])]
     cpu = sum(cpu_seconds(pid) for pid in pids)
     times: list[float] = []
     with ControlClient.for_data_dir(nodes[0].data_dir) as client:
@@ -428,9 +439,9 @@ class Single:
 
 
 def send_alone(nodes: list[NodeProcess], single: Path) -> Single:
-    cpu = sum(cpu_seconds(node.pid) for node in nodes)
-    threads = thread_cpu([node.pid for node in nodes])
-    switches = thread_switches([node.pid for node in nodes])
+    cpu = sum(cpu_seconds(p) for node in nodes for p in pids_of(node))
+    threads = thread_cpu([p for node in nodes for p in pids_of(node)])
+    switches = thread_switches([p for node in nodes for p in pids_of(node)])
     started = time.perf_counter()
     with ControlClient.for_data_dir(nodes[0].data_dir) as client:
         request = client.next_id()
@@ -448,7 +459,7 @@ def send_alone(nodes: list[NodeProcess], single: Path) -> Single:
             if isinstance(reply, SendResult) and reply.request == request:
                 break
     wall = time.perf_counter() - started
-    cpu = sum(cpu_seconds(node.pid) for node in nodes) - cpu
+    cpu = sum(cpu_seconds(p) for node in nodes for p in pids_of(node)) - cpu
     if reply.code != "ok":
         raise SystemExit(f"the single send failed: {reply.code} {reply.reason}")
     (nodes[1].inbox / reply.stored_as).unlink()
@@ -457,8 +468,8 @@ def send_alone(nodes: list[NodeProcess], single: Path) -> Single:
         reply.size / MiB / reply.seconds,
         reply.size / MiB / wall,
         cpu / gib,
-        per_gib(threads, thread_cpu([n.pid for n in nodes]), gib),
-        per_gib(switches, thread_switches([n.pid for n in nodes]), gib * 1000),
+        per_gib(threads, thread_cpu([p for n in nodes for p in pids_of(n)]), gib),
+        per_gib(switches, thread_switches([p for n in nodes for p in pids_of(n)]), gib * 1000),
     )
 
 
@@ -481,10 +492,11 @@ def one_run(
         for k, path in enumerate(paths):
             flows.append(Flow(s, (s + 1 + k % (count - 1)) % count, path))
     for node in nodes:
-        reset_peak_rss(node.pid)
-    cpu_before = sum(cpu_seconds(node.pid) for node in nodes)
-    threads_before = thread_cpu([node.pid for node in nodes])
-    switches_before = thread_switches([node.pid for node in nodes])
+        for pid in pids_of(node):
+            reset_peak_rss(pid)
+    cpu_before = sum(cpu_seconds(p) for node in nodes for p in pids_of(node))
+    threads_before = thread_cpu([p for node in nodes for p in pids_of(node)])
+    switches_before = thread_switches([p for node in nodes for p in pids_of(node)])
     load_average = os.getloadavg()[0]
     load = Latencies()
     stop = threading.Event()
@@ -494,7 +506,7 @@ def one_run(
     thread_samples: list[tuple[float, dict[str, float]]] = []
     sampler = threading.Thread(
         target=sample_memory,
-        args=([n.pid for n in nodes], stop, peaks, cpu_samples, thread_samples),
+        args=([pids_of(n) for n in nodes], stop, peaks, cpu_samples, thread_samples),
         daemon=True,
     )
     sampler.start()
@@ -507,11 +519,11 @@ def one_run(
     stop.set()
     prober.join(60)
     sampler.join(60)
-    rss = [peak_rss_mib(node.pid) for node in nodes]
+    rss = [sum(peak_rss_mib(p) for p in pids_of(node)) for node in nodes]
     sampled = {k: [p.get(k, 0) / 1024 for p in peaks] for k in ("rss", "pss", "uss", "shmem")}
-    cpu = sum(cpu_seconds(node.pid) for node in nodes) - cpu_before
-    threads_after = thread_cpu([node.pid for node in nodes])
-    switches_after = thread_switches([node.pid for node in nodes])
+    cpu = sum(cpu_seconds(p) for node in nodes for p in pids_of(node)) - cpu_before
+    threads_after = thread_cpu([p for node in nodes for p in pids_of(node)])
+    switches_after = thread_switches([p for node in nodes for p in pids_of(node)])
     load_average = max(load_average, os.getloadavg()[0])
     counters: dict[str, int] = {}
     # The most each node's incoming transfers held of its receive buffer
@@ -554,9 +566,9 @@ def one_run(
         rates.append(f.result.size / MiB / f.result.seconds)
     # What the nodes still do once the load is over and its files checked
     # (nothing was seen: the one alone after it has the cores to itself).
-    quiet_before = thread_cpu([node.pid for node in nodes])
+    quiet_before = thread_cpu([p for node in nodes for p in pids_of(node)])
     time.sleep(QUIET)
-    quiet = per_gib(quiet_before, thread_cpu([node.pid for node in nodes]), QUIET)
+    quiet = per_gib(quiet_before, thread_cpu([p for node in nodes for p in pids_of(node)]), QUIET)
     # The one alone after the load runs once the load's files are checked
     # and removed, as the one before ran after the previous run's were: its
     # writes then draw pages this host hands out as cheaply as the one
@@ -743,6 +755,12 @@ def source_files(root: Path, node: int, count: int, size: int, one: bool) -> lis
     for k in range(1, count):
         os.link(first, root / f"src{node}-{k}.bin")
     return [root / f"src{node}-{k}.bin" for k in range(count)]
+
+
+def pids_of(node: NodeProcess) -> list[int]:
+    """The node's process and its children (``--isolate-data-plane``: its
+    sender and receiver processes), counted as the node."""
+    return [node.pid, *child_pids(node.pid)]
 
 
 def start_cluster(

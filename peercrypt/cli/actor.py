@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +24,7 @@ from peercrypt.cli.common import UserError, effective, given_flags, start_node
 from peercrypt.cli.node import NODE_OPTIONS, setting_options, settings_from
 from peercrypt.core.address import split_host_port
 from peercrypt.crypto.identity import fingerprint
+from peercrypt.runtime.stop_flag import StopFlag
 from peercrypt.settings import ATTACHABLE_KINDS, IN_NODE_ONLY
 
 # What each kind is for, in its --help.
@@ -72,7 +72,7 @@ def _attached(kind: str) -> click.Command:
             fixed["advertise_data_host"] = towards
         settings = settings_from(obj, eff, options, **fixed)
         logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else logging.INFO)
-        stop = threading.Event()
+        stop = StopFlag()  # no lock in a signal handler (peercrypt/runtime/stop_flag.py)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         from peercrypt.attached import AttachedActor  # the actors: only a running one

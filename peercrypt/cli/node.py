@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import signal
-import threading
+import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ from peercrypt.core.fragments import (
     parse_group,
 )
 from peercrypt.crypto.identity import fingerprint, new_network_key
+from peercrypt.runtime.stop_flag import StopFlag
 from peercrypt.settings import (
     ATTACHABLE_KINDS,
     IN_NODE_ONLY,
@@ -83,6 +84,7 @@ NODE_OPTIONS: dict[str, str] = {
     "multicast_datagram": "multicast_datagram",
     "remote_actors": "remote_actors",
     "attach_allow": "attach_allow",
+    "isolate_data_plane": "isolate_data_plane",
     "part_expiry": "part_expiry",
     "peer_quota": "peer_quota",
     "part_quota": "part_quota",
@@ -250,9 +252,16 @@ def _make_inbox(inbox: Path, mode: int) -> None:
         raise UserError(f"cannot make the inbox {inbox}: {exc.strerror}") from None
 
 
-def run_node(obj: dict[str, Any], settings: NodeSettings, quiet_logs: bool = False) -> Node:
+def run_node(
+    obj: dict[str, Any],
+    settings: NodeSettings,
+    quiet_logs: bool = False,
+    stop: StopFlag | None = None,
+) -> Node:
     """Start a node for the data dir (refusing a second one) and print where it
-    listens. Logs: debug with --debug, else info (warnings only if ``quiet_logs``)."""
+    listens. Logs: debug with --debug, else info (warnings only if ``quiet_logs``).
+    ``stop``: a stop asked for meanwhile ends the wait for its data-plane
+    processes (the caller then stops the node)."""
     level = logging.WARNING if quiet_logs else logging.INFO
     logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else level)
     data_dir = settings.data_dir
@@ -262,12 +271,22 @@ def run_node(obj: dict[str, Any], settings: NodeSettings, quiet_logs: bool = Fal
     _make_inbox(settings.inbox, settings.inbox_mode)
     host = f"[{settings.host}]" if is_ipv6(settings.host) else settings.host
     where = f"{host}:{settings.port}"
+    from peercrypt.data_plane import isolated_kinds, with_isolation
     from peercrypt.node import Node  # the actors: only the node command needs them
 
-    running = start_node(Node(settings), where)
+    isolated = isolated_kinds(settings)
+    if settings.isolate_data_plane and not isolated:
+        raise UserError(
+            "--isolate-data-plane: the sender and the receiver both run attached "
+            "from elsewhere (--remote-actor): there is nothing to isolate"
+        )
+    running = start_node(Node(with_isolation(settings)), where)
     try:
         with ControlClient.for_data_dir(data_dir) as client:
-            facts = wait_for_facts(client, ("port", "data_port"))
+            if isolated:
+                facts = _start_data_plane(running, client, isolated, stop)
+            else:
+                facts = wait_for_facts(client, ("port", "data_port"))
     except BaseException:
         running.stop()
         raise
@@ -280,16 +299,49 @@ def run_node(obj: dict[str, Any], settings: NodeSettings, quiet_logs: bool = Fal
     return running
 
 
+def _start_data_plane(
+    running: Node, client: ControlClient, kinds: tuple[str, ...], stop: StopFlag | None
+) -> dict[str, str]:
+    """Start the node's isolated actors (peercrypt/data_plane.py) and wait
+    until each attached; the node's facts then. UserError if one does not."""
+    from peercrypt.data_plane import ATTACH_TIMEOUT, DataPlaneProcesses
+
+    facts = wait_for_facts(client, ("port",))
+    level = logging.getLogger("peercrypt").getEffectiveLevel()
+    running.data_plane = DataPlaneProcesses(
+        running.settings, kinds, int(facts["port"]), level
+    ).start()
+    deadline = time.monotonic() + ATTACH_TIMEOUT
+    while True:
+        facts = client.status().node
+        waiting = [k for k in kinds if not facts.get(f"remote_{k}", "").startswith("attached")]
+        if (not waiting and "data_port" in facts) or (stop is not None and stop.is_set()):
+            return facts
+        ended = running.data_plane.ended()
+        if ended:
+            raise UserError(
+                f"the node's {' and '.join(ended)} process ended at its start "
+                "(--isolate-data-plane; its log lines are above)"
+            )
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"the node's {' and '.join(waiting) or 'receiver'} process did not attach "
+                f"in {ATTACH_TIMEOUT:.0f} s (--isolate-data-plane; its log lines are above)"
+            )
+        # The node's supervisor starts the proxies' replacements as each attaches.
+        running.supervisor.poll(0.05)
+
+
 @click.command()
 @node_options
 @click.pass_context
 def node(ctx: click.Context, /, **_: Any) -> None:
     """Run a node in the foreground until SIGINT/SIGTERM."""
     settings, _eff = node_settings(ctx.obj, ctx)
-    stop = threading.Event()
+    stop = StopFlag()  # no lock in a signal handler (peercrypt/runtime/stop_flag.py)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    running = run_node(ctx.obj, settings)
+    running = run_node(ctx.obj, settings, stop=stop)
     try:
         running.run_until(stop)
     finally:

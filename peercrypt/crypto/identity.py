@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.utils.z85
@@ -116,6 +116,11 @@ class KeyPair:
 
     def __repr__(self) -> str:  # never print the secret
         return f"KeyPair(public={fingerprint(self.public)})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The node hands its settings to its own data-plane processes through
+        # a pipe (peercrypt/data_plane.py); the key object is made again there.
+        return (KeyPair, (self.secret, self.public, self.seed))
 
 
 def fingerprint(public: bytes) -> str:

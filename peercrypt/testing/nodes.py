@@ -181,6 +181,18 @@ EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 FREE_PORTS = 8192
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started that have not been reaped (a node's
+    ``--isolate-data-plane`` sender and receiver): ``/proc/PID/task/*/children``."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except (OSError, ValueError):  # the thread ended meanwhile
+            continue
+    return found
+
+
 def free_port(host: str = LOCALHOST) -> int:
     """A TCP port with nothing bound to it now, for a node the test starts
     next. Picked at random below the kernel's ephemeral range: a port bound

@@ -1,0 +1,285 @@
+"""`peercrypt node --isolate-data-plane`: the sender and the receiver as
+processes of their own (peercrypt/data_plane.py), real nodes on loopback.
+
+- Both ways a send verifies with the file's BLAKE3 and lands in the node's
+  own inbox; the node's status shows both actors attached under the node's
+  own identity, and they are the node's two child processes; a health check
+  and the statistics history go on as in one process.
+- A child killed is started again and attaches; the next send verifies.
+- The children end with the node: at its SIGTERM (exit 0) and at its SIGKILL
+  (the kernel's parent-death signal).
+- A member with the network key and an identity of its own cannot attach as
+  the node's sender: refused (exit 4), the node's own stays attached.
+- Errors: nothing left to isolate, a child that cannot start (its data port
+  taken): one line each, a non-zero exit, no traceback, no child left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from actors.inbox import scan
+from peercrypt import errors
+from peercrypt.history.db import db_path, list_transfers, open_reader
+from peercrypt.testing.nodes import (
+    ActorProcess,
+    NodeProcess,
+    assert_stored,
+    blake3_file,
+    child_pids,
+    cli_env,
+    cli_running,
+    json_success,
+    random_file,
+    wait_until,
+)
+
+MiB = 1 << 20
+ISOLATE = "--isolate-data-plane"
+
+
+def data_plane(pid: int) -> dict[str, int]:
+    """The data-plane child processes of node ``pid``: actor -> process id."""
+    found: dict[str, int] = {}
+    for child in child_pids(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"peercrypt.data_plane" in argv:
+            found[argv[argv.index(b"peercrypt.data_plane") + 1].decode()] = child
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not: it ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def attached_as(node: NodeProcess, fingerprint: str) -> dict[str, Any] | None:
+    status = node.status()
+    wanted = f"attached {fingerprint}"
+    if status.get("remote_sender") == wanted and status.get("remote_receiver") == wanted:
+        return status
+    return None
+
+
+def isolated_node(
+    node_factory: Callable[..., NodeProcess], *args: str, **kwargs: Any
+) -> NodeProcess:
+    """An isolated node once both its actors attached (its status has the
+    data port as soon as the receiver's first report crosses the link,
+    before the node has restarted its stand-in: ``attaching``)."""
+    node = node_factory(ISOLATE, "--no-gossip", *args, **kwargs)
+    wait_for_attached(node)
+    return node
+
+
+def wait_for_attached(node: NodeProcess) -> None:
+    wait_until(lambda: attached_as(node, node.fingerprint), 20.0, "both actors attached")
+
+
+def sent_and_stored(sender: NodeProcess, receiver: NodeProcess, path: Path) -> str:
+    code, result = sender.send_to(path, receiver)
+    assert code == 0, result
+    assert result["blake3"] == blake3_file(path)
+    assert blake3_file(receiver.inbox / result["stored_as"]) == blake3_file(path)
+    return str(result["stored_as"])
+
+
+def test_an_isolated_node_sends_and_receives(
+    tmp_path: Path, node_factory: Callable[..., NodeProcess]
+) -> None:
+    isolated = isolated_node(node_factory)
+    other = node_factory("--no-gossip")
+    children = data_plane(isolated.pid)
+    assert sorted(children) == ["receiver", "sender"], children
+    assert isolated.inbox == isolated.data_dir / "inbox"
+    out = random_file(tmp_path / "out.bin", 6 * MiB + 5)
+    back = random_file(tmp_path / "back.bin", 3 * MiB + 1)
+    sent_and_stored(isolated, other, out)
+    stored = sent_and_stored(other, isolated, back)
+    # The node's control plane, in its own process, checks a member.
+    check = isolated.cli("health-check", other.host, str(other.port))
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.startswith(f"alive {other.host}:{other.port}: node {other.fingerprint}")
+    # What the children did is in the node's statistics history.
+    history = db_path(isolated.data_dir)
+
+    def recorded() -> list[tuple[str, str]] | None:
+        if not history.exists():
+            return None
+        with open_reader(history) as conn:
+            rows = [(r["side"], r["file"]) for r in list_transfers(conn) if r["result"] == "ok"]
+        return rows if len(rows) == 2 else None
+
+    rows = wait_until(recorded, 10.0, "both records in the node's history")
+    assert sorted(rows) == [("receive", stored), ("send", str(out))]
+    assert data_plane(isolated.pid) == children  # nothing was restarted
+
+
+def test_a_killed_data_plane_process_is_started_again(
+    tmp_path: Path, node_factory: Callable[..., NodeProcess]
+) -> None:
+    isolated = isolated_node(node_factory)
+    other = node_factory("--no-gossip")
+    first = data_plane(isolated.pid)
+    os.kill(first["receiver"], signal.SIGKILL)
+
+    def again() -> dict[str, int] | None:
+        # (Until the node hears the new one, its status still says the old
+        # one is attached: the new attachment is the second in its log.)
+        now = data_plane(isolated.pid)
+        fresh = now.get("receiver") not in (None, first["receiver"])
+        attachments = isolated.log_text().count("attached as the node's receiver actor")
+        if fresh and attachments >= 2 and attached_as(isolated, isolated.fingerprint):
+            return now
+        return None
+
+    now = wait_until(again, 20.0, "a new receiver process attached")
+    assert now["sender"] == first["sender"]
+    assert not alive(first["receiver"])
+    assert "the node's receiver process ended (signal SIGKILL)" in isolated.log_text()
+    sent_and_stored(other, isolated, random_file(tmp_path / "f.bin", 2 * MiB + 7))
+
+
+def test_the_data_plane_ends_with_the_node(
+    tmp_path: Path, node_factory: Callable[..., NodeProcess]
+) -> None:
+    node = isolated_node(node_factory, name="n")
+    children = data_plane(node.pid)
+    assert len(children) == 2
+    node.kill()  # SIGKILL: the node cannot stop them itself
+    wait_until(
+        lambda: not any(alive(p) for p in children.values()) or None,
+        20.0,
+        "the children to end with their node",
+    )
+    node.start()  # the same data dir, again
+    wait_for_attached(node)
+    children = data_plane(node.pid)
+    assert len(children) == 2
+    assert node.stop() == 0
+    assert not any(alive(p) for p in children.values())
+
+
+def test_a_member_cannot_attach_as_the_isolated_nodes_sender(
+    tmp_path: Path, network_key: str, node_factory: Callable[..., NodeProcess]
+) -> None:
+    """The node lets its own identity attach its actors; a member holding the
+    network key with an identity of its own is not let in."""
+    isolated = isolated_node(node_factory)
+    other = node_factory("--no-gossip")
+    for kind in ("sender", "receiver"):
+        intruder = ActorProcess(
+            tmp_path / f"intruder-{kind}", kind, [f"127.0.0.1:{isolated.port}"], network_key
+        )
+        intruder.start()
+        try:
+            assert intruder.proc is not None
+            assert intruder.proc.wait(20) == errors.NOT_ADMITTED
+        finally:
+            intruder.stop()
+        assert f"{intruder.fingerprint()} is not on this node's --attach-allow list" in (
+            intruder.log_text()
+        )
+    assert attached_as(isolated, isolated.fingerprint) is not None
+    sent_and_stored(other, isolated, random_file(tmp_path / "f.bin", MiB + 3))
+
+
+def test_one_space_ledger_judges_the_nodes_and_its_receivers_parts(
+    tmp_path: Path, node_factory: Callable[..., NodeProcess]
+) -> None:
+    """The child receiver asks the node's own ledger, not one of its own: a
+    multicast session (received in the node) and a unicast send (received
+    in the child) from one sender, each within the pending-bytes quota but
+    not both: the unicast one is refused while the session runs, and the
+    session still verifies."""
+    sender = node_factory("--max-rate", str(128 * 1024), "--no-gossip")
+    target = isolated_node(node_factory, "--pending-quota", str(2 * MiB + 1))
+    first = random_file(tmp_path / "first.bin", 2 * MiB)
+    second = random_file(tmp_path / "second.bin", 2 * MiB)
+    with cli_running(
+        "send", first, target.host, str(target.port), "-m", "--chunk-size", str(64 * 1024),
+        "--timeout", "30", "--json",
+        data_dir=sender.data_dir,
+    ) as proc:  # fmt: skip
+        wait_until(lambda: scan(target.inbox, multicast=True).kept, 20, "the session's part")
+        code, refused = sender.send(second, target.host, target.port, "--timeout", "10")
+        lifted = sender.cli("max-rate", "0")
+        assert lifted.returncode == 0, lifted.describe()
+        result = json_success(proc, sender)
+    assert code != 0, refused
+    assert f"too many bytes still to come from you (max {2 * MiB + 1})" in refused["error"]
+    assert_stored(target, result, blake3_file(first))
+    assert not (target.inbox / "second.bin").exists()
+    sent_and_stored(sender, target, second)  # within the quota once the first is stored
+
+
+def node_command(tmp_path: Path, network_key: str, *args: str) -> tuple[int, int, str]:
+    """``peercrypt node --isolate-data-plane ARGS`` to its end: (its pid, its
+    exit code, its stderr)."""
+    argv = [sys.executable, "-m", "peercrypt", "--data-dir", str(tmp_path / "n"), "node"]
+    proc = subprocess.Popen(
+        [*argv, "--host", "127.0.0.1", "--port", "0", "--no-gossip", ISOLATE, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env({"PEERCRYPT_NETWORK_KEY": network_key}),
+    )
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return proc.pid, proc.returncode, stderr
+
+
+def test_nothing_to_isolate_is_refused(tmp_path: Path, network_key: str) -> None:
+    _, code, stderr = node_command(
+        tmp_path, network_key, "--remote-actor", "sender", "--remote-actor", "receiver"
+    )
+    assert code == errors.USAGE
+    assert stderr.splitlines() == [
+        "peercrypt: error: --isolate-data-plane: the sender and the receiver both run "
+        "attached from elsewhere (--remote-actor): there is nothing to isolate"
+    ]
+
+
+def test_a_child_that_cannot_start_stops_the_node(tmp_path: Path, network_key: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        pid, code, stderr = node_command(tmp_path, network_key, "--data-port", str(port))
+    assert code == errors.USAGE
+    lines = [ln for ln in stderr.splitlines() if "error" in ln]
+    assert lines[0] == (
+        f"peercrypt: error: cannot listen on 127.0.0.1:{port} (the data port): "
+        "Address already in use"
+    ), stderr
+    assert lines[-1] == (
+        "peercrypt: error: the node's receiver process ended at its start "
+        "(--isolate-data-plane; its log lines are above)"
+    ), stderr
+    assert "Traceback" not in stderr
+    # Its children (the node's pid is in their argv) all ended with it.
+    left = subprocess.run(
+        ["pgrep", "-f", f"peercrypt[.]data_plane [a-z]+ 127.0.0.1 [0-9]+ {pid} "],
+        capture_output=True,
+        timeout=10,
+    )
+    assert left.returncode == 1 and left.stdout == b"", left
