@@ -176,6 +176,12 @@ class AttachActor(Actor):
         s = self.settings
         if actor not in s.remote_actors:
             code, reason = "not-remote", f"this node runs its own {actor!r} actor"
+        elif actor in s.isolated_actors and peer != fingerprint(s.identity.public):
+            # (--isolate-data-plane: the node's own process, with its identity)
+            reason = f"this node runs its own {actor!r} actor (in a process of its own)"
+            code = "not-remote"
+        elif actor in s.isolated_actors:
+            code, reason = "ok", ""
         elif peer not in s.attach_allow:
             code, reason = "not-allowed", f"{peer} is not on this node's --attach-allow list"
         else:

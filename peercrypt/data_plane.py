@@ -36,9 +36,10 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import IO, Any
 
-from peercrypt.crypto.identity import fingerprint
+from peercrypt import errors
+from peercrypt.crypto.identity import KeyPair, fingerprint
 from peercrypt.runtime.stop_flag import StopFlag
 from peercrypt.settings import NodeSettings
 
@@ -50,7 +51,8 @@ KINDS = ("sender", "receiver")
 # ``STEADY`` s starts the row again.
 RESTART_DELAYS = (0.2, 1.0, 5.0, 30.0)
 STEADY = 60.0
-STOP_TIMEOUT = 10.0  # a child's own shutdown, then SIGKILL
+STOP_TIMEOUT = 5.0  # a child's own shutdown, then SIGKILL
+LINE_MAX = 4096  # a child's log line relayed, at most (a longer one: in pieces)
 ATTACH_TIMEOUT = 30.0  # the node's start waits this long for its children to attach
 SETTINGS_MAX = 1 << 20  # the pickled settings a child reads, at most
 PR_SET_PDEATHSIG = 1
@@ -64,8 +66,9 @@ def isolated_kinds(settings: NodeSettings) -> tuple[str, ...]:
 
 
 def with_isolation(settings: NodeSettings) -> NodeSettings:
-    """The node's settings with its isolated actors remote, and its own
-    identity allowed to attach them (only a holder of its secret key can)."""
+    """The node's settings with its isolated actors remote, attachable by the
+    node's own identity alone (actors/attach.py; only a holder of its secret
+    key can prove it), and that identity admitted if ``--allow`` is set."""
     kinds = isolated_kinds(settings)
     if not kinds:
         return settings
@@ -73,7 +76,7 @@ def with_isolation(settings: NodeSettings) -> NodeSettings:
     return dataclasses.replace(
         settings,
         remote_actors=(*settings.remote_actors, *kinds),
-        attach_allow=settings.attach_allow | {own},
+        isolated_actors=kinds,
         allow=settings.allow | {own} if settings.allow else settings.allow,
     )
 
@@ -96,22 +99,30 @@ class _Child:
 
 
 class DataPlaneProcesses:
-    """Starts, restarts and stops the node's isolated actors (see the module)."""
+    """Starts, restarts and stops the node's isolated actors (see the module).
+
+    Each child has a thread of its own that starts it, relays its log lines,
+    waits for it and starts it again: the kernel's parent-death signal is
+    tied to the thread that started the process, and these threads live
+    until :meth:`stop` has ended their children."""
 
     def __init__(
         self, settings: NodeSettings, kinds: tuple[str, ...], port: int, level: int
     ) -> None:
-        self.settings = settings
+        # The sender and receiver use the X25519 identity only; the Ed25519
+        # seed that signs the node's gossip and multicast chunks stays here.
+        identity = KeyPair(secret=settings.identity.secret, public=settings.identity.public)
+        self.payload = pickle.dumps(dataclasses.replace(settings, identity=identity))
         self.where = (attach_host(settings.host), port)
         self.level = level
         self.children = [_Child(kind) for kind in kinds]
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._watchers: list[threading.Thread] = []
+        self._relays: list[threading.Thread] = []  # (ended ones too: a few per restart)
 
     def start(self) -> DataPlaneProcesses:
         for child in self.children:
-            self._spawn(child)
             watcher = threading.Thread(
                 target=self._watch, args=(child,), name=f"pc-{child.kind}-process", daemon=True
             )
@@ -119,23 +130,18 @@ class DataPlaneProcesses:
             self._watchers.append(watcher)
         return self
 
-    def pids(self) -> dict[str, int]:
-        """The running children's process ids, by actor."""
-        with self._lock:
-            return {
-                c.kind: c.proc.pid
-                for c in self.children
-                if c.proc is not None and c.proc.poll() is None
-            }
-
     def ended(self) -> list[str]:
-        """The children that ended since their last steady run (being restarted)."""
+        """The children that ended (or could not be started) since their last
+        steady run: being started again."""
         return [c.kind for c in self.children if c.restarts]
 
-    def _spawn(self, child: _Child) -> None:
+    def _spawn(self, child: _Child) -> bool:
+        """Start ``child``'s process (in its watcher thread); False if it
+        could not be (the node is stopping, or the system refused)."""
         host, port = self.where
         argv = [
             sys.executable,
+            "-P",  # not the working directory first on sys.path: code there is no module of ours
             "-m",
             "peercrypt.data_plane",
             child.kind,
@@ -146,40 +152,60 @@ class DataPlaneProcesses:
         ]
         with self._lock:
             if self._stopping.is_set():
-                return
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, close_fds=True)
+                return False
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    close_fds=True,
+                    # Its own session: a Ctrl-C at the node's terminal (or at
+                    # `start`'s prompt, for a command) is the node's to handle.
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                log.error("cannot start the node's %s process: %s", child.kind, exc.strerror)
+                return False
             child.proc = proc
             child.started = time.monotonic()
-        assert proc.stdin is not None
+        assert proc.stdin is not None and proc.stderr is not None
+        relay = threading.Thread(
+            target=_relay, args=(proc.stderr,), name=f"pc-{child.kind}-log", daemon=True
+        )
+        relay.start()
+        self._relays.append(relay)
         try:
             with proc.stdin:
-                proc.stdin.write(pickle.dumps(self.settings))
-        except (BrokenPipeError, OSError):
+                proc.stdin.write(self.payload)
+        except OSError:
             pass  # it ended at once: its watcher says so and starts it again
+        return True
 
     def _watch(self, child: _Child) -> None:
-        while True:
-            proc = child.proc
-            if proc is None:
-                return
-            code = proc.wait()
+        while not self._stopping.is_set():
+            try:
+                started = self._spawn(child)
+                code = child.proc.wait() if started and child.proc is not None else None
+            except Exception:  # (never leave the child without its watcher)
+                log.exception("watching the node's %s process", child.kind)
+                code = None
             if self._stopping.is_set():
                 return
-            ran = time.monotonic() - child.started
+            ran = time.monotonic() - child.started if code is not None else 0.0
             if ran >= STEADY:
                 child.restarts = 0
             delay = RESTART_DELAYS[min(child.restarts, len(RESTART_DELAYS) - 1)]
             child.restarts += 1
-            log.warning(
-                "the node's %s process ended (%s) after %.1f s; starting it again in %.1f s",
-                child.kind,
-                _exit_text(code),
-                ran,
-                delay,
-            )
+            if code is not None:
+                log.warning(
+                    "the node's %s process ended (%s) after %.1f s; starting it again in %.1f s",
+                    child.kind,
+                    _exit_text(code),
+                    ran,
+                    delay,
+                )
             if self._stopping.wait(delay):
                 return
-            self._spawn(child)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM every child, wait for each (bounded), SIGKILL what is left."""
@@ -198,8 +224,33 @@ class DataPlaneProcesses:
                 log.error("the node's data-plane process %d ignored SIGTERM: killed", proc.pid)
                 proc.kill()
                 proc.wait()
-        for watcher in self._watchers:
-            watcher.join(timeout)
+        for thread in [*self._watchers, *self._relays]:  # their last lines before the node's
+            thread.join(max(0.1, deadline - time.monotonic()))
+
+
+def _relay(stream: IO[bytes]) -> None:
+    """A child's log lines, written where the node's go (the shell of
+    `peercrypt start` points its handlers above its prompt meanwhile)."""
+    with stream:
+        for raw in iter(lambda: stream.readline(LINE_MAX), b""):
+            line = raw.decode(errors="replace")
+            if not line.endswith("\n"):
+                line += "\n"
+            handler = next(
+                (h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)),
+                None,
+            )
+            if handler is None:
+                sys.stderr.write(line)
+                continue
+            handler.acquire()
+            try:
+                handler.stream.write(line)
+                handler.flush()
+            except (OSError, ValueError):
+                pass  # (the node's stderr is gone: nothing to tell)
+            finally:
+                handler.release()
 
 
 def _exit_text(code: int) -> str:
@@ -216,31 +267,37 @@ def _exit_text(code: int) -> str:
 def _die_with(parent: int) -> None:
     """SIGTERM this process when the thread that started it ends (the node's
     process dies). A node already gone before this was set: end now."""
+    done = -1
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        done = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if done != 0:
+        log.warning("this process will not end with its node if the node is killed")
     if os.getppid() != parent:
         sys.exit(0)
 
 
 def main(argv: list[str]) -> int:
     kind, host, port, parent, level = argv
-    _die_with(int(parent))
-    stop = StopFlag()  # no lock in a signal handler (peercrypt/runtime/stop_flag.py)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the node's terminal closing is the node's
     logging.basicConfig(
         level=int(level),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("peercrypt").setLevel(int(level))
+    _die_with(int(parent))
+    stop = StopFlag()  # no lock in a signal handler (peercrypt/runtime/stop_flag.py)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the node's terminal closing is the node's
     data = sys.stdin.buffer.read(SETTINGS_MAX + 1)
-    settings: Any = pickle.loads(data)  # from the node that started us, through a pipe
-    if len(data) > SETTINGS_MAX or not isinstance(settings, NodeSettings):
-        print("peercrypt: error: the node's settings did not arrive", file=sys.stderr)
-        return 1
+    settings: Any = None
+    if len(data) <= SETTINGS_MAX:
+        with contextlib.suppress(Exception):  # (a node that died while writing them)
+            settings = pickle.loads(data)  # from the node that started us, through a pipe
+    if not isinstance(settings, NodeSettings):
+        print(f"peercrypt: error: the node's {kind} process got no settings", file=sys.stderr)
+        return errors.FAILED
     from peercrypt.attached import AttachedActor
     from peercrypt.cli.common import UserError, start_node
 
@@ -257,7 +314,7 @@ def main(argv: list[str]) -> int:
         process.stop()
     if process.refused:
         print(f"peercrypt: error: the node's {kind} process: {process.refused}", file=sys.stderr)
-        return 4
+        return errors.NOT_ADMITTED
     return 0
 
 

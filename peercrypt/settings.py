@@ -169,8 +169,11 @@ class NodeSettings:
     remote_actors: tuple[str, ...] = ()
     attach_allow: frozenset[str] = field(default_factory=frozenset)
     # The sender and the receiver as processes of their own, attached to this
-    # node over loopback with its identity (peercrypt/data_plane.py).
+    # node over loopback with its identity (peercrypt/data_plane.py); the
+    # remote actors that are such processes: only this node's own identity
+    # may attach them, whatever --attach-allow lists.
     isolate_data_plane: bool = False
+    isolated_actors: tuple[str, ...] = ()
     # Statistics history (DATA_DIR/stats.sqlite, `peercrypt stats`): kept for
     # this many days (0: no age limit), at most this many transfers (0: no limit).
     stats_enabled: bool = True

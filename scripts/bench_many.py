@@ -157,8 +157,12 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU seconds of process ``pid`` so far (all its threads;
+    0 for one that ended meanwhile: a node's data-plane process restarted)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -168,7 +172,7 @@ def thread_cpu(pids: list[int]) -> dict[str, float]:
     out: dict[str, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
+        for task in Path(f"/proc/{pid}/task").glob("*"):  # (none: the process ended)
             try:
                 name = (task / "comm").read_text().strip().rstrip("0123456789")
                 fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
@@ -184,7 +188,7 @@ def thread_switches(pids: list[int]) -> dict[str, float]:
     message handed between actors, a lock waited for) or a preemption."""
     out: dict[str, float] = {}
     for pid in pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
+        for task in Path(f"/proc/{pid}/task").glob("*"):  # (none: the process ended)
             try:
                 name = (task / "comm").read_text().strip().rstrip("0123456789")
                 lines = (task / "status").read_text().splitlines()

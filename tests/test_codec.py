@@ -677,6 +677,9 @@ def test_the_messages_between_nodes_change_only_with_the_protocol_version() -> N
 # bad-mail count): a node of that build with a newer attached sender
 # scores verified sends by their address as before; a newer node with a
 # health of that build attached scores no verified send.
+# SpaceAsk (space -> the node's own receiver in a process of its own) is a
+# new message without fields (so the schema's hash is the same): only
+# --isolate-data-plane sends it, and a node starts its own build's children.
 ACTOR_MAIL_SCHEMA = "6d53c66417cb"
 
 

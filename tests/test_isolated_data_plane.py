@@ -177,25 +177,115 @@ def test_the_data_plane_ends_with_the_node(
 def test_a_member_cannot_attach_as_the_isolated_nodes_sender(
     tmp_path: Path, network_key: str, node_factory: Callable[..., NodeProcess]
 ) -> None:
-    """The node lets its own identity attach its actors; a member holding the
-    network key with an identity of its own is not let in."""
-    isolated = isolated_node(node_factory)
+    """Only the node's own identity attaches its isolated actors: a member
+    with the network key and an identity of its own is refused as sender
+    and as receiver even where --attach-allow lets it attach another actor
+    (here health), which it still may."""
+    intruder_dir = tmp_path / "intruder"
+    intruder = ActorProcess(intruder_dir, "sender", [], network_key).fingerprint()
+    isolated = isolated_node(node_factory, "--remote-actor", "health", "--attach-allow", intruder)
     other = node_factory("--no-gossip")
+    where = [f"127.0.0.1:{isolated.port}"]
     for kind in ("sender", "receiver"):
-        intruder = ActorProcess(
-            tmp_path / f"intruder-{kind}", kind, [f"127.0.0.1:{isolated.port}"], network_key
-        )
-        intruder.start()
+        attempt = ActorProcess(intruder_dir, kind, where, network_key).start()
         try:
-            assert intruder.proc is not None
-            assert intruder.proc.wait(20) == errors.NOT_ADMITTED
+            assert attempt.proc is not None
+            assert attempt.proc.wait(20) == errors.NOT_ADMITTED
         finally:
-            intruder.stop()
-        assert f"{intruder.fingerprint()} is not on this node's --attach-allow list" in (
-            intruder.log_text()
-        )
+            attempt.stop()
+        assert (
+            f"refused to attach {kind}: this node runs its own {kind!r} actor "
+            "(in a process of its own)"
+        ) in attempt.log_text()
     assert attached_as(isolated, isolated.fingerprint) is not None
+    health = ActorProcess(intruder_dir, "health", where, network_key).start()
+    try:
+        wait_until(
+            lambda: isolated.status().get("remote_health") == f"attached {intruder}" or None,
+            20.0,
+            "the allowed health actor attached",
+        )
+    finally:
+        health.stop()
     sent_and_stored(other, isolated, random_file(tmp_path / "f.bin", MiB + 3))
+
+
+def test_the_data_plane_runs_in_sessions_of_its_own(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """A Ctrl-C at the node's terminal (or at `start`'s prompt, meant for a
+    command) reaches the node's process group, not its children: each is
+    the leader of a session of its own."""
+    node = isolated_node(node_factory)
+    children = data_plane(node.pid)
+    assert len(children) == 2
+    for pid in children.values():
+        assert os.getsid(pid) == pid != os.getsid(node.pid)
+
+
+def test_the_child_imports_nothing_from_the_working_directory(
+    tmp_path: Path, network_key: str
+) -> None:
+    """`python -m` puts the working directory first on sys.path: a module
+    there (say, in an inbox) would run with the node's keys. The child
+    starts with -P."""
+    trap_dir = tmp_path / "cwd"
+    trap_dir.mkdir()
+    marker = tmp_path / "trap-ran"
+    (trap_dir / "pickle.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise SystemExit(3)\n"
+    )
+    script = Path(sys.executable).with_name("peercrypt")  # as a user runs it
+    proc = subprocess.Popen(
+        [str(script), "--data-dir", str(tmp_path / "n"), "node", "--host", "127.0.0.1",
+         "--port", "0", "--no-gossip", ISOLATE],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=trap_dir,
+        env=cli_env({"PEERCRYPT_NETWORK_KEY": network_key}),
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        announced = wait_until(
+            lambda: (line := proc.stderr.readline()) and ("listening on" in line or None),
+            30.0,
+            "the node to announce itself",
+        )
+        assert announced
+    finally:
+        proc.terminate()
+        _, rest = proc.communicate(timeout=30)
+    assert proc.returncode == 0, rest
+    assert not marker.exists()
+
+
+def test_a_restarted_receiver_leaves_no_stale_promise_in_the_ledger(
+    tmp_path: Path, node_factory: Callable[..., NodeProcess]
+) -> None:
+    """The bytes the ledger promised a transfer of a receiver process that
+    died go with it once the new process attached: its report at its start
+    crossed no link (it was not attached yet), so the ledger asks again."""
+    sender = node_factory("--max-rate", str(256 * 1024), "--no-gossip")
+    target = isolated_node(node_factory, "--pending-quota", str(20 * MiB))
+    path = random_file(tmp_path / "big.bin", 16 * MiB)
+    with cli_running(
+        "send", path, target.host, str(target.port), "--timeout", "60",
+        data_dir=sender.data_dir,
+    ):  # fmt: skip
+        wait_until(lambda: int(target.status().get("promised", "0")) or None, 30, "a promise")
+        sender.kill()  # nobody resumes it
+    first = data_plane(target.pid)
+    os.kill(first["receiver"], signal.SIGKILL)
+    wait_until(
+        lambda: target.log_text().count("attached as the node's receiver actor") >= 2 or None,
+        30.0,
+        "the new receiver attached",
+    )
+    wait_until(
+        lambda: target.status().get("promised") == "0" or None, 20.0, "the stale promise gone"
+    )
 
 
 def test_one_space_ledger_judges_the_nodes_and_its_receivers_parts(

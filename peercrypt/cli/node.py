@@ -290,6 +290,8 @@ def run_node(
     except BaseException:
         running.stop()
         raise
+    if stop is not None and stop.is_set():
+        return running  # (stopped while starting: nothing to announce)
     click.echo(
         f"peercrypt node {fingerprint(settings.identity.public)} listening on "
         f"{host}:{facts.get('port')} (data port {facts.get('data_port')}), "
@@ -307,10 +309,11 @@ def _start_data_plane(
     from peercrypt.data_plane import ATTACH_TIMEOUT, DataPlaneProcesses
 
     facts = wait_for_facts(client, ("port",))
+    if "port" not in facts:
+        raise UserError("the node did not say its port in 5 s", errors.FAILED)
     level = logging.getLogger("peercrypt").getEffectiveLevel()
-    running.data_plane = DataPlaneProcesses(
-        running.settings, kinds, int(facts["port"]), level
-    ).start()
+    running.data_plane = DataPlaneProcesses(running.settings, kinds, int(facts["port"]), level)
+    running.data_plane.start()
     deadline = time.monotonic() + ATTACH_TIMEOUT
     while True:
         facts = client.status().node
