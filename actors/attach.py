@@ -51,6 +51,7 @@ from peercrypt.wire import codec
 from peercrypt.wire.actor_messages import (
     MAX_MAIL,
     ActorMail,
+    ActorRestarted,
     AttachBeat,
     AttachHello,
     AttachReply,
@@ -85,6 +86,13 @@ NODE_ACTORS = (
     "space",
     "stats",
 )
+# The messages of the attachment itself: mail an attached process relays
+# to the node's actors never carries one (a LinkChanged to the sender's
+# proxy would restart it and fail every send in flight).
+LINK_CONTROL = frozenset(
+    {AttachHello, AttachReply, AttachBeat, ActorMail, LinkChanged, ProxyStopped, OfferKey,
+     ActorRestarted}
+)  # fmt: skip
 BEAT = 0.5  # seconds between beats on a link, both ways
 LOST_AFTER = 3.0  # a link silent this long is lost
 # A link still attaching this long asks for its proxy's restart again (the
@@ -235,6 +243,10 @@ class AttachActor(Actor):
         except codec.DecodeError as exc:
             self.count(f"link-mail-{exc.kind}")
             return
+        if type(inner) in LINK_CONTROL:  # attach's own words: not an attached actor's to say
+            self.count("link-mail-control")
+            self.log_limited("attach: %s mail from %s dropped", inner.TYPE, actor)
+            return
         link = self.links.get(actor)
         if (
             link is not None
@@ -347,6 +359,13 @@ class RemoteActorProxy(Actor):
     def teardown(self) -> None:
         # Last, after all it handed on (the same socket): see the module docs.
         self.tell("attach", ProxyStopped(actor=self.name, seq=self.stopped_for))
+
+    def on_actor_restarted(self, name: str) -> None:
+        # The attached actor hears it as a local one would (its link hands
+        # it on): a receiver tells a new space ledger what it holds, a sender
+        # announces its flows to a new scheduler.
+        payload = codec.encode(ActorRestarted(actor=name))
+        self.tell("attach", ActorMail(dest=self.name, payload=payload))
 
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, LinkChanged):

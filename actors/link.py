@@ -44,6 +44,7 @@ from peercrypt.wire import codec
 from peercrypt.wire.actor_messages import (
     MAX_MAIL,
     ActorMail,
+    ActorRestarted,
     AttachBeat,
     AttachHello,
     AttachReply,
@@ -87,6 +88,7 @@ class LinkActor(Actor):
         # The attached actor's last status report: actors report only what
         # changed, so a node that attaches (again) gets this one at once.
         self.last_report: Announce | None = None
+        self.attached_once = False  # to some node, since this process started
 
     def setup(self) -> None:
         for host, port in self.targets:
@@ -119,6 +121,15 @@ class LinkActor(Actor):
                     log.info("link: attached to %s as its %s actor", node.where, self.actor)
                     if self.last_report is not None:
                         self._send(node, "control", self.last_report)
+                    if (
+                        not self.attached_once
+                        and len(self.nodes) == 1
+                        and "space" not in self.local
+                    ):
+                        # What a receiver told the node's ledger at its start
+                        # went nowhere (not attached yet): the ledger is new to it.
+                        self.tell(self.actor, ActorRestarted(actor="space"))
+                    self.attached_once = True
             elif not node.refused:
                 reason = printable(msg.reason)  # the node's text, shown to a terminal
                 node.refused = f"{node.where} refused to attach {self.actor}: {reason}"
@@ -146,6 +157,11 @@ class LinkActor(Actor):
             inner = codec.decode(mail.payload)
         except codec.DecodeError as exc:
             self.count(f"link-mail-{exc.kind}")
+            return
+        if isinstance(inner, ActorRestarted) and len(self.nodes) > 1:
+            # (One node's sender that restarted is not the others': a shared
+            # scheduler would drop every node's flows of that name.)
+            self.count("restart-news-ignored")
             return
         request = getattr(inner, "request", None)
         if isinstance(request, int) and len(self.nodes) > 1:

@@ -159,7 +159,6 @@ from peercrypt.wire.messages import (
     Verifying,
 )
 from peercrypt.wire.space_messages import (
-    SpaceAsk,
     SpaceCancel,
     SpaceForget,
     SpaceRelease,
@@ -651,9 +650,6 @@ class ReceiverActor(Actor):
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, SpaceVerdict):
             self._on_verdict(msg)
-            return
-        if isinstance(msg, SpaceAsk):  # the node's ledger, which is not in this process
-            self._report_space()
             return
         if isinstance(msg, CancelIncoming):  # the local user's (control's token)
             self.tell("control", self._cancel(msg))

@@ -35,7 +35,6 @@ from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec, columns
 from peercrypt.wire.space_messages import (
-    SpaceAsk,
     SpaceCancel,
     SpaceForget,
     SpaceKept,
@@ -151,13 +150,6 @@ class SpaceActor(Actor):
         self.ledger = SpaceLedger(
             Quotas(total=settings.part_quota, per_peer=settings.peer_part_quota)
         )
-
-    def on_actor_restarted(self, name: str) -> None:
-        # An owner in this process reports at its start; the node's own
-        # receiver in a process of its own (which asks this ledger, not one
-        # of its own) is asked to: its proxy restarts at every attachment.
-        if name in OWNERS and name in self.settings.isolated_actors:
-            self.tell(name, SpaceAsk())
 
     def on_mail(self, msg: codec.Message) -> None:
         ledger = self.ledger

@@ -12,9 +12,12 @@ port over loopback, with the node's own identity and settings, so to its
 peers the node is the same node. Its control plane then has its process's
 lock to itself.
 
-- The child is ``python -m peercrypt.data_plane KIND HOST PORT PARENT LEVEL``;
-  the node's settings (with its identity and network key) come pickled on
-  its stdin, never in argv or the environment.
+- The child is ``python -P -m peercrypt.data_plane KIND HOST PORT PARENT
+  LEVEL`` (``-P``: no module of the working directory is imported), in a
+  session of its own; the node's settings (its X25519 identity and network
+  key, not the seed that signs) come pickled on its stdin, never in argv.
+- Only the node's own identity may attach it (``isolated_actors``,
+  actors/attach.py), whatever ``--attach-allow`` lists.
 - It ends with the node: SIGTERM from the node's stop, and the kernel's
   parent-death signal if the node dies without one.
 - A child that ends on its own is started again after ``RESTART_DELAYS``
@@ -51,7 +54,7 @@ KINDS = ("sender", "receiver")
 # ``STEADY`` s starts the row again.
 RESTART_DELAYS = (0.2, 1.0, 5.0, 30.0)
 STEADY = 60.0
-STOP_TIMEOUT = 5.0  # a child's own shutdown, then SIGKILL
+STOP_TIMEOUT = 8.0  # a child's own shutdown (its actors' is 5 s), then SIGKILL
 LINE_MAX = 4096  # a child's log line relayed, at most (a longer one: in pieces)
 ATTACH_TIMEOUT = 30.0  # the node's start waits this long for its children to attach
 SETTINGS_MAX = 1 << 20  # the pickled settings a child reads, at most
@@ -157,6 +160,7 @@ class DataPlaneProcesses:
                 proc = subprocess.Popen(
                     argv,
                     stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     close_fds=True,
                     # Its own session: a Ctrl-C at the node's terminal (or at
@@ -173,7 +177,8 @@ class DataPlaneProcesses:
             target=_relay, args=(proc.stderr,), name=f"pc-{child.kind}-log", daemon=True
         )
         relay.start()
-        self._relays.append(relay)
+        with self._lock:  # (stop() joins them: those of children that ended are done)
+            self._relays = [r for r in self._relays if r.is_alive()] + [relay]
         try:
             with proc.stdin:
                 proc.stdin.write(self.payload)
@@ -224,8 +229,12 @@ class DataPlaneProcesses:
                 log.error("the node's data-plane process %d ignored SIGTERM: killed", proc.pid)
                 proc.kill()
                 proc.wait()
-        for thread in [*self._watchers, *self._relays]:  # their last lines before the node's
-            thread.join(max(0.1, deadline - time.monotonic()))
+        for watcher in self._watchers:
+            watcher.join(max(0.1, deadline - time.monotonic()))
+        with self._lock:
+            relays = list(self._relays)
+        for relay in relays:  # the children's last lines, before the node's own
+            relay.join(max(0.1, deadline - time.monotonic()))
 
 
 def _relay(stream: IO[bytes]) -> None:
@@ -241,7 +250,8 @@ def _relay(stream: IO[bytes]) -> None:
                 None,
             )
             if handler is None:
-                sys.stderr.write(line)
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.write(line)
                 continue
             handler.acquire()
             try:

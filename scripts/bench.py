@@ -385,6 +385,8 @@ def node_pair(
 ) -> tuple[NodeProcess, NodeProcess]:
     sender = NodeProcess(root / "sender", network_key=key, env=env, extra_args=extra).start()
     receiver = NodeProcess(root / "receiver", network_key=key, env=env, extra_args=extra).start()
+    for node in (sender, receiver):  # (--isolate-data-plane: its own processes)
+        node.wait_for_attached()
     return sender, receiver
 
 

@@ -5,6 +5,7 @@ plain and with ``-t 4`` (a parallel send), and a 1 KiB send from a data dir
 where no node runs (the command starts a temporary node: a one-off send).
 
     .venv/bin/python scripts/bench_fixed.py [--runs 7] [--tree OTHER_CHECKOUT ...]
+        [--node-args=ARGS] [--tree-node-args=ARGS]
 
 With ``--tree DIR`` the same commands also run from that source tree (e.g. an
 export of an older commit: its own nodes, its own CLI), interleaved run by
@@ -49,6 +50,13 @@ def main() -> int:
     parser.add_argument(
         "--tree", type=os.path.abspath, action="append", default=[], help="another source tree"
     )
+    parser.add_argument("--node-args", default="", help="extra options of this tree's nodes")
+    parser.add_argument(
+        "--tree-node-args",
+        default=None,
+        help="extra options of the --tree nodes instead of --node-args (e.g. "
+        "--node-args=--isolate-data-plane --tree /this/checkout --tree-node-args=)",
+    )
     args = parser.parse_args()
     here = str(Path(__file__).resolve().parent.parent)
     trees = [here, *args.tree]
@@ -68,10 +76,19 @@ def main() -> int:
             for i, tree in enumerate(trees):
                 compile_tree(tree)  # bytecode as an installed package has it
                 env = {"PYTHONPATH": tree}
-                s = NodeProcess(root / f"s{i}", network_key=key, env=env).start()
-                nodes.append(s)
-                r = NodeProcess(root / f"r{i}", network_key=key, env=env).start()
+                extra = (
+                    args.node_args
+                    if i == 0 or args.tree_node_args is None
+                    else (args.tree_node_args)
+                )
+                options = tuple(extra.split())
+                s = NodeProcess(root / f"s{i}", network_key=key, env=env, extra_args=options)
+                nodes.append(s.start())
+                s.wait_for_attached()  # (--isolate-data-plane: its own processes)
+                r = NodeProcess(root / f"r{i}", network_key=key, env=env, extra_args=options)
+                r.start()
                 nodes.append(r)
+                r.wait_for_attached()
                 cli = [sys.executable, "-m", "peercrypt", "--data-dir", str(s.data_dir)]
                 full_env = {**os.environ, "PYTHONPATH": tree}
                 full_env.pop("PEERCRYPT_DATA_DIR", None)

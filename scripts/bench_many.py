@@ -545,6 +545,7 @@ def one_run(
             words += ("heap-tr",)  # (the heap's trims while loaded and idle)
             words += ("hash-deferred", "decrypt-buffers-mapped")  # (the decrypt pool's misses)
             words += ("offers-waited", "offers-accepted-without")  # (offers that waited for room)
+            words += ("in-actor-mail",)  # (--isolate-data-plane: the mail over its links)
             if any(word in name for word in words):
                 counters[name] = counters.get(name, 0) + value
 
@@ -779,11 +780,12 @@ def start_cluster(
     node 0 (and node 0 has probed node 1 before this returns). Every node
     started is appended to the list as it starts (stopped by the caller)."""
     nodes = [NodeProcess(root / "node0", key, extra_args=extra, env=env)]
-    nodes[0].start()
+    nodes[0].start().wait_for_attached()  # (--isolate-data-plane: its own processes)
     if not strangers:
         extra += ("--bootstrap-host", nodes[0].host, "--bootstrap-port", str(nodes[0].port))
     for i in range(1, count):
         nodes.append(NodeProcess(root / f"node{i}", key, extra_args=extra, env=env).start())
+        nodes[-1].wait_for_attached()
     if not strangers:
         wait_for_reuse(nodes)
     return nodes

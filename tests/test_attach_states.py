@@ -19,12 +19,14 @@ import zmq
 
 from actors.attach import ATTACHING_AGAIN_AFTER, AttachActor, proxy_for
 from peercrypt.crypto.identity import fingerprint, new_network_key
+from peercrypt.runtime.actor import Actor
 from peercrypt.testing.clock import FakeClock
 from peercrypt.testing.in_thread import actor_env
 from peercrypt.testing.nodes import loopback_settings
 from peercrypt.wire import codec
 from peercrypt.wire.actor_messages import (
     ActorMail,
+    ActorRestarted,
     AttachHello,
     AttachReply,
     LinkChanged,
@@ -237,3 +239,55 @@ def test_a_restarted_control_is_told_the_attached_actors_last_report_again(rig: 
     assert rig.told("control") == [report, link]
     rig.actor.on_actor_restarted("stats")  # (another actor's restart: nothing to tell)
     assert rig.told("control") == []
+
+
+def test_an_attached_process_cannot_speak_attachs_own_words(rig: Rig) -> None:
+    """Mail an attached process relays to the node's actors never carries the
+    attachment's own messages: a LinkChanged handed to the sender's proxy
+    would restart it and fail every send in flight."""
+    rig.hello()
+    rig.told("gateway")  # (the reply, and the proxy's restart: not what this is about)
+    rig.told("sender")
+    for word in (
+        LinkChanged(actor="sender", why="told so", seq=99),
+        ProxyStopped(actor="sender", seq=1),
+        ActorRestarted(actor="scheduler"),
+    ):
+        mail = codec.encode(ActorMail(dest="control", payload=codec.encode(word)))
+        rig.actor.on_mail(Inbound(route=ROUTE, peer=PEER, peer_host="10.0.0.2", payload=mail))
+    assert rig.told("control") == []
+    assert rig.actor.counters["link-mail-control"] == 3
+    report = Announce(actor="sender", facts={}, counters={})
+    mail = codec.encode(ActorMail(dest="control", payload=codec.encode(report)))
+    rig.actor.on_mail(Inbound(route=ROUTE, peer=PEER, peer_host="10.0.0.2", payload=mail))
+    assert rig.told("control") == [report]  # (its own reports still go)
+
+
+def test_a_proxy_tells_its_attached_actor_which_node_actor_restarted(tmp_path: Path) -> None:
+    """What the supervisor tells an actor of the node's process (a scheduler
+    or a space ledger restarted) reaches the attached one too: its proxy
+    hands it on, and the actor's own hook runs (peercrypt/runtime/actor.py)."""
+    with actor_env(("attach",)) as (env, _clock, mailboxes):
+        proxy = proxy_for("sender")(env)
+        proxy.on_actor_restarted("scheduler")
+        assert mailboxes["attach"].poll(2000), "the proxy handed nothing on"
+        got = codec.decode(mailboxes["attach"].recv())
+    assert isinstance(got, ActorMail) and got.dest == "sender"
+    assert codec.decode(got.payload) == ActorRestarted(actor="scheduler")
+
+    heard: list[str] = []
+
+    class Hearing(Actor):
+        name = "hearing"
+
+        def on_actor_restarted(self, name: str) -> None:
+            heard.append(name)
+
+        def on_mail(self, msg: codec.Message) -> None:
+            heard.append(f"mail {msg.TYPE}")
+
+    with actor_env(()) as (env, _clock, _mailboxes):
+        actor = Hearing(env)
+        actor._on_mailbox_mail(ActorRestarted(actor="space"))
+        actor._on_mailbox_mail(ProxyStopped(actor="x"))
+    assert heard == ["space", "mail proxy-stopped"]

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,16 @@ def test_a_member_cannot_attach_as_the_isolated_nodes_sender(
     sent_and_stored(other, isolated, random_file(tmp_path / "f.bin", MiB + 3))
 
 
+def test_an_allow_list_admits_the_nodes_own_processes(
+    tmp_path: Path, node_factory: Callable[..., NodeProcess]
+) -> None:
+    """With --allow set (only that member is admitted), the node still admits
+    its own identity, which its sender and receiver processes prove."""
+    other = node_factory("--no-gossip")
+    isolated = isolated_node(node_factory, "--allow", other.fingerprint)
+    sent_and_stored(other, isolated, random_file(tmp_path / "f.bin", MiB + 5))
+
+
 def test_the_data_plane_runs_in_sessions_of_its_own(
     node_factory: Callable[..., NodeProcess],
 ) -> None:
@@ -246,18 +257,26 @@ def test_the_child_imports_nothing_from_the_working_directory(
         cwd=trap_dir,
         env=cli_env({"PEERCRYPT_NETWORK_KEY": network_key}),
     )  # fmt: skip
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()  # (a wait on the pipe itself would not be bounded)
     try:
-        assert proc.stderr is not None
-        announced = wait_until(
-            lambda: (line := proc.stderr.readline()) and ("listening on" in line or None),
+        wait_until(
+            lambda: any("listening on" in line for line in lines) or proc.poll() is not None,
             30.0,
-            "the node to announce itself",
+            "the node to announce itself (or end)",
         )
-        assert announced
+        assert proc.poll() is None, lines
     finally:
         proc.terminate()
-        _, rest = proc.communicate(timeout=30)
-    assert proc.returncode == 0, rest
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # (its children end with it)
+            proc.wait(timeout=10)
+    reader.join(10)
+    assert proc.returncode == 0, lines
     assert not marker.exists()
 
 

@@ -329,7 +329,8 @@ def _start_data_plane(
         if time.monotonic() > deadline:
             raise UserError(
                 f"the node's {' and '.join(waiting) or 'receiver'} process did not attach "
-                f"in {ATTACH_TIMEOUT:.0f} s (--isolate-data-plane; its log lines are above)"
+                f"in {ATTACH_TIMEOUT:.0f} s (--isolate-data-plane; its log lines are above)",
+                errors.FAILED,
             )
         # The node's supervisor starts the proxies' replacements as each attaches.
         running.supervisor.poll(0.05)

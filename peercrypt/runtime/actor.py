@@ -50,6 +50,7 @@ from peercrypt.core.mail_credit import inbound_cost
 from peercrypt.core.token_bucket import TokenBucket
 from peercrypt.runtime import memory
 from peercrypt.wire import codec
+from peercrypt.wire.actor_messages import ActorRestarted
 from peercrypt.wire.messages import Announce, Inbound, InboundTaken
 from peercrypt.wire.text import printable
 
@@ -664,7 +665,15 @@ class Actor:
     # -- the loop (runs in the actor's thread) ----------------------------------
 
     def _on_mailbox(self, sock: zmq.Socket[Any]) -> None:
-        self.drain_mail(sock, self.on_mail)
+        self.drain_mail(sock, self._on_mailbox_mail)
+
+    def _on_mailbox_mail(self, msg: codec.Message) -> None:
+        # An actor of the node restarted, told across processes (an attached
+        # actor's link hands it on): the same hook as the supervisor's word.
+        if type(msg) is ActorRestarted:
+            self.on_actor_restarted(msg.actor)
+        else:
+            self.on_mail(msg)
 
     def drain_mail(self, sock: zmq.Socket[Any], handler: Callable[[codec.Message], None]) -> None:
         """Decode up to DRAIN_BATCH messages waiting on a mailbox-like PULL

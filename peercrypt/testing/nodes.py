@@ -780,6 +780,19 @@ class NodeProcess:
         counters: dict[str, int] = self.status(timeout)["counters"]
         return counters
 
+    def wait_for_attached(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until every actor this node runs elsewhere is attached (its
+        status has the data port as soon as an attached receiver's first
+        report arrives, before the node is done taking it on: ``attaching``);
+        its status then."""
+
+        def attached() -> dict[str, Any] | None:
+            status = self.status()
+            remote = [v for k, v in status.items() if k.startswith("remote_")]
+            return status if all(str(v).startswith("attached ") for v in remote) else None
+
+        return wait_until(attached, timeout, f"the remote actors of {self.data_dir} to attach")
+
     def wait_for_counter(self, name: str, at_least: int, timeout: float = 10.0) -> int:
         """Wait until counter ``name`` reaches ``at_least``; return its value."""
         return self.counters_when(name, at_least, timeout)[name]

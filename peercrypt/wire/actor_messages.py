@@ -89,6 +89,19 @@ class ProxyStopped(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class ActorRestarted(Message):
+    """To an actor in another process (through its proxy, attach and its
+    link): the node's actor ``actor`` restarted, as the supervisor tells an
+    actor of the node's own process. The link also tells its receiver that
+    the node's space ledger is new to it at its first attachment, when the
+    report the receiver made at its start went nowhere."""
+
+    TYPE = "actor-restarted"
+    actor: str = field(metadata=bounded(ACTOR_NAME, 1))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class OfferKey(Message):
     """attach -> gateway: the identity key of the receiver attached to this
     node (b"": none). Hello replies name it, bound into their proof, so

@@ -150,19 +150,6 @@ class SpaceRunning(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
-class SpaceAsk(Message):
-    """From the ledger to an owner attached from another process (the
-    isolated receiver, peercrypt/data_plane.py), which the ledger heard had
-    restarted: report what you hold from scratch (``SpaceReset`` and the
-    rest). Its own report at its start went nowhere while it was not yet
-    attached, and a process started anew leaves its predecessor's entries
-    in the ledger until it reports."""
-
-    TYPE = "space-ask"
-
-
-@message
-@dataclass(frozen=True, kw_only=True)
 class SpaceForget(Message):
     TYPE = "space-forget"
     part: str = field(metadata=bounded(PART, 1))
