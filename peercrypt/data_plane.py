@@ -14,7 +14,7 @@ lock to itself.
 
 - The child is ``python -P -m peercrypt.data_plane KIND HOST PORT PARENT
   LEVEL`` (``-P``: no module of the working directory is imported), in a
-  session of its own; the node's settings (its X25519 identity and network
+  process group of its own; the node's settings (its X25519 identity and network
   key, not the seed that signs) come pickled on its stdin, never in argv.
 - Only the node's own identity may attach it (``isolated_actors``,
   actors/attach.py), whatever ``--attach-allow`` lists.
@@ -163,9 +163,13 @@ class DataPlaneProcesses:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     close_fds=True,
-                    # Its own session: a Ctrl-C at the node's terminal (or at
-                    # `start`'s prompt, for a command) is the node's to handle.
-                    start_new_session=True,
+                    # A process group of its own: a Ctrl-C at the node's
+                    # terminal (or at `start`'s prompt, for a command) is the
+                    # node's to handle. Not a session of its own: the kernel
+                    # shares the cores by session (autogroup), so the node's
+                    # control plane would get no more than each child's share
+                    # instead of its threads' priority over the bulk workers.
+                    process_group=0,
                 )
             except OSError as exc:
                 log.error("cannot start the node's %s process: %s", child.kind, exc.strerror)

@@ -60,6 +60,12 @@ def main() -> int:
     args = parser.parse_args()
     here = str(Path(__file__).resolve().parent.parent)
     trees = [here, *args.tree]
+
+    def label(i: int, tree: str) -> str:
+        """The tree, and its options where they tell two runs of one tree apart."""
+        extra = args.node_args if i == 0 or args.tree_node_args is None else args.tree_node_args
+        return f"{tree} {extra}".strip() if trees.count(tree) > 1 else tree
+
     key = new_network_key()
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="pc-fixed-") as tmp:
@@ -119,8 +125,8 @@ def main() -> int:
                     ),
                 }
                 for name in commands:
-                    results[(tree, name)] = []
-                setups.append((tree, commands, full_env, r))
+                    results[(label(i, tree), name)] = []
+                setups.append((label(i, tree), commands, full_env, r))
             for run in range(args.runs):
                 order = range(len(trees)) if run % 2 == 0 else reversed(range(len(trees)))
                 for i in order:
@@ -145,7 +151,7 @@ def main() -> int:
     for (tree, name), values in results.items():
         wall = statistics.median(v[0] for v in values)
         cpu = statistics.median(v[1] for v in values)
-        print(f"  {tree:28} {name:13} {wall:.3f} s  {cpu:.3f} CPU s")
+        print(f"  {tree:48} {name:13} {wall:.3f} s  {cpu:.3f} CPU s")
     return 0
 
 

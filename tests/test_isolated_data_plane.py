@@ -221,17 +221,20 @@ def test_an_allow_list_admits_the_nodes_own_processes(
     sent_and_stored(other, isolated, random_file(tmp_path / "f.bin", MiB + 5))
 
 
-def test_the_data_plane_runs_in_sessions_of_its_own(
+def test_the_data_plane_runs_in_process_groups_of_its_own(
     node_factory: Callable[..., NodeProcess],
 ) -> None:
     """A Ctrl-C at the node's terminal (or at `start`'s prompt, meant for a
-    command) reaches the node's process group, not its children: each is
-    the leader of a session of its own."""
+    command) reaches the node's process group, not its children: each leads
+    a group of its own, in the node's session (the kernel shares the cores
+    by session: in sessions of their own, the bulk work would no longer
+    yield to the node's control plane)."""
     node = isolated_node(node_factory)
     children = data_plane(node.pid)
     assert len(children) == 2
     for pid in children.values():
-        assert os.getsid(pid) == pid != os.getsid(node.pid)
+        assert os.getpgid(pid) == pid != os.getpgid(node.pid)
+        assert os.getsid(pid) == os.getsid(node.pid)
 
 
 def test_the_child_imports_nothing_from_the_working_directory(
