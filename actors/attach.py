@@ -8,8 +8,10 @@ on another host (:mod:`actors.link` is its end of the link).
 - The attached process connects to the node's public port like any member:
   CURVE with the network key, admitted by the node's ZAP policy. Its
   ``AttachHello`` comes through the gateway to :class:`AttachActor`, which
-  also requires the CURVE-proven identity to be on ``--attach-allow`` and
-  NAME to be one of the node's remote actors; else ``AttachReply`` refuses.
+  also requires the CURVE-proven identity to be on ``--attach-allow`` (for
+  the node's own data-plane processes, ``--isolate-data-plane``: to be the
+  node's own identity) and NAME to be one of the node's remote actors; else
+  ``AttachReply`` refuses.
   A later hello for the same NAME (the process restarted, or moved) replaces
   the link; the old one is treated as lost.
 - Mail: the node's actors ``tell(NAME, msg)`` as always; the proxy wraps it

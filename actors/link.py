@@ -124,6 +124,7 @@ class LinkActor(Actor):
                     if (
                         not self.attached_once
                         and len(self.nodes) == 1
+                        and self.actor == "receiver"
                         and "space" not in self.local
                     ):
                         # What a receiver told the node's ledger at its start
@@ -158,9 +159,13 @@ class LinkActor(Actor):
         except codec.DecodeError as exc:
             self.count(f"link-mail-{exc.kind}")
             return
-        if isinstance(inner, ActorRestarted) and len(self.nodes) > 1:
+        if isinstance(inner, ActorRestarted) and (
+            len(self.nodes) > 1 or inner.actor in self.local or inner.actor == self.actor
+        ):
             # (One node's sender that restarted is not the others': a shared
-            # scheduler would drop every node's flows of that name.)
+            # scheduler would drop every node's flows of that name. And the
+            # node's actor of a name this process runs itself, such as an
+            # attached receiver's own space ledger, is not the one it uses.)
             self.count("restart-news-ignored")
             return
         request = getattr(inner, "request", None)

@@ -104,9 +104,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
-    """CPU seconds of each thread of ``pid``: tid -> (its name, seconds)."""
+    """CPU seconds of each thread of ``pid`` and of its children (a node's
+    ``--isolate-data-plane`` processes): tid -> (its name, seconds)."""
     out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    tasks = [t for p in (pid, *child_pids(pid)) for t in Path(f"/proc/{p}/task").glob("*")]
+    for task in tasks:
         try:
             stat = (task / "stat").read_text()
             comm = (task / "comm").read_text().strip()

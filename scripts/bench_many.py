@@ -150,7 +150,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # (a node's data-plane process that ended meanwhile)
+        return 0.0
+    for line in text.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")

@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 from actors.attach import ATTACHING_AGAIN_AFTER, AttachActor, proxy_for
+from actors.link import LinkActor
 from peercrypt.crypto.identity import fingerprint, new_network_key
 from peercrypt.runtime.actor import Actor
 from peercrypt.testing.clock import FakeClock
@@ -291,3 +292,27 @@ def test_a_proxy_tells_its_attached_actor_which_node_actor_restarted(tmp_path: P
         actor._on_mailbox_mail(ActorRestarted(actor="space"))
         actor._on_mailbox_mail(ProxyStopped(actor="x"))
     assert heard == ["space", "mail proxy-stopped"]
+
+
+@pytest.mark.parametrize(
+    ("local", "nodes", "news", "heard"),
+    [
+        ((), 1, "space", True),  # the isolated receiver: the node's ledger is its own
+        (("space",), 1, "space", False),  # a receiver on another host: its ledger is local
+        ((), 2, "sender", False),  # a scheduler shared by two nodes: not every node's
+        ((), 1, "receiver", False),  # its own name: the proxy that stands in for it
+    ],
+)
+def test_a_link_hands_on_only_the_restart_news_its_actor_is_concerned_by(
+    tmp_path: Path, local: tuple[str, ...], nodes: int, news: str, heard: bool
+) -> None:
+    settings = loopback_settings(tmp_path, new_network_key())
+    targets = [("127.0.0.1", 9), ("127.0.0.1", 10)][:nodes]  # (nothing listens there)
+    with actor_env(("receiver",)) as (env, _clock, mailboxes):
+        link = LinkActor(env, settings, "receiver", targets, local=local)
+        link.setup()
+        mail = ActorMail(dest="receiver", payload=codec.encode(ActorRestarted(actor=news)))
+        link._to_actor(0, mail)
+        got = mailboxes["receiver"].poll(300)
+    assert bool(got) is heard
+    assert link.counters.get("restart-news-ignored", 0) == (0 if heard else 1)
