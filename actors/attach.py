@@ -8,10 +8,15 @@ on another host (:mod:`actors.link` is its end of the link).
 - The attached process connects to the node's public port like any member:
   CURVE with the network key, admitted by the node's ZAP policy. Its
   ``AttachHello`` comes through the gateway to :class:`AttachActor`, which
-  also requires the CURVE-proven identity to be on ``--attach-allow`` (for
-  the node's own data-plane processes, ``--isolate-data-plane``: to be the
-  node's own identity) and NAME to be one of the node's remote actors; else
-  ``AttachReply`` refuses.
+  also requires the CURVE-proven identity to be on ``--attach-allow`` and
+  NAME to be one of the node's remote actors; else ``AttachReply`` refuses.
+- The node's own data-plane processes (``--isolate-data-plane``,
+  peercrypt/data_plane.py) attach on the node's private endpoint instead:
+  a ROUTER on an ``ipc://`` socket in a directory only the node's user may
+  enter, which this actor reads itself (no CURVE, no gateway: the cheap
+  path for their mail). There and only there: the public port refuses
+  their names to every identity, the node's own too, and the endpoint
+  refuses every other name.
   A later hello for the same NAME (the process restarted, or moved) replaces
   the link; the old one is treated as lost.
 - Mail: the node's actors ``tell(NAME, msg)`` as always; the proxy wraps it
@@ -45,6 +50,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+import zmq
 
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.runtime.actor import Actor, ActorEnv
@@ -100,14 +107,20 @@ LOST_AFTER = 3.0  # a link silent this long is lost
 # A link still attaching this long asks for its proxy's restart again (the
 # supervisor's restart delay grows to 10 s for a proxy restarted often).
 ATTACHING_AGAIN_AFTER = 15.0
+# The private endpoint's sockets (both ends): a message at most (a wrapped
+# mail and its envelope), and the messages queued each way.
+LOCAL_MAX_MESSAGE = MAX_MAIL + 4096
+LOCAL_HWM = 10_000
+LOCAL_BATCH = 256  # messages read from the endpoint per wake, at most
 
 
 @dataclass
 class _Link:
-    route: bytes  # the gateway's routing id of the attached process
-    peer: str  # its fingerprint (CURVE-proven)
+    route: bytes  # the gateway's routing id of the attached process (or the endpoint's)
+    peer: str  # its fingerprint (CURVE-proven; the node's own on the private endpoint)
     host: str  # its address, as the gateway saw it
     last_heard: float
+    local: bool = False  # on the private endpoint, not through the gateway
     seq: int = 0
     # Whether the proxy has restarted since it attached (see the module
     # docs): until then a send request for it is refused, not handed on.
@@ -133,15 +146,25 @@ class AttachActor(Actor):
         self.links: dict[str, _Link] = {}
         self.offer_key = b""  # the attached receiver's identity key
         self.restarts = 0  # LinkChanged told so far (their seq)
+        self.endpoint: zmq.Socket[Any] | None = None  # the private one (see the module docs)
 
     def setup(self) -> None:
         for actor in self.settings.remote_actors:
             self.facts[f"remote_{actor}"] = "waiting"
+        s = self.settings
+        if s.isolated_actors and s.isolated_endpoint:
+            sock = self.endpoint = self.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.MAXMSGSIZE, LOCAL_MAX_MESSAGE)
+            sock.setsockopt(zmq.SNDHWM, LOCAL_HWM)
+            sock.setsockopt(zmq.RCVHWM, LOCAL_HWM)
+            sock.bind(s.isolated_endpoint)
+            self.watch(sock, self._from_endpoint)
+            self.facts["private_endpoint"] = s.isolated_endpoint.removeprefix("ipc://")
         self.call_every_while(BEAT, self._beat, lambda: bool(self.links))  # idle: no beat
 
     def on_mail(self, msg: codec.Message) -> None:
         if isinstance(msg, Inbound):
-            self._from_link(msg)
+            self._from_gateway(msg)
         elif isinstance(msg, ActorMail):
             self._to_link(msg)
         elif isinstance(msg, ProxyStopped):
@@ -154,20 +177,45 @@ class AttachActor(Actor):
 
     # -- from the attached processes (through the gateway) ---------------------------
 
-    def _from_link(self, inbound: Inbound) -> None:
+    def _from_endpoint(self, sock: zmq.Socket[Any]) -> None:
+        """Mail on the private endpoint: the node's own data-plane processes."""
+        own = self.settings.identity.public
+        for _ in range(LOCAL_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                self.count("endpoint-frames")
+                continue
+            self._from_link(frames[0], own, "this host", frames[1], local=True)
+
+    def _from_gateway(self, inbound: Inbound) -> None:
+        self._from_link(inbound.route, inbound.peer, inbound.peer_host, inbound.payload)
+
+    def _from_link(
+        self, route: bytes, key: bytes, host: str, payload: bytes, local: bool = False
+    ) -> None:
         try:
-            msg = codec.decode(inbound.payload)
+            msg = codec.decode(payload)
         except codec.DecodeError as exc:
             self.count(f"link-decode-{exc.kind}")
             return
-        peer = fingerprint(inbound.peer) if len(inbound.peer) == 32 else ""
+        peer = fingerprint(key) if len(key) == 32 else ""
         if isinstance(msg, AttachHello):
-            self._hello(inbound.route, peer, inbound.peer_host, msg.actor)
+            self._hello(route, peer, host, msg.actor, local)
             link = self.links.get("receiver")
-            if msg.actor == "receiver" and link is not None and link.route == inbound.route:
-                self._offer_key(inbound.peer)
+            if (
+                msg.actor == "receiver"
+                and link is not None
+                and (link.route, link.local) == (route, local)
+            ):
+                self._offer_key(key)
             return
-        actor = next((a for a, link in self.links.items() if link.route == inbound.route), None)
+        actor = next(
+            (a for a, link in self.links.items() if link.route == route and link.local == local),
+            None,
+        )
         if actor is None:
             self.count("link-unknown")
             self.log_limited("attach: mail from %s, which is not attached", peer)
@@ -175,35 +223,52 @@ class AttachActor(Actor):
         link = self.links[actor]
         link.last_heard = self.now()
         if isinstance(msg, AttachBeat):
-            reply = AttachBeat(actor=actor, seq=msg.seq, echo=msg.echo)
-            self.tell("gateway", Outbound(route=link.route, payload=codec.encode(reply)))
+            self._send(link, AttachBeat(actor=actor, seq=msg.seq, echo=msg.echo))
         elif isinstance(msg, ActorMail):
             self._deliver(actor, msg)
         else:
             self.count("link-unexpected")
 
-    def _hello(self, route: bytes, peer: str, host: str, actor: str) -> None:
+    def _send(self, link: _Link, msg: codec.Message) -> None:
+        self._send_to(link.route, link.local, codec.encode(msg))
+
+    def _send_to(self, route: bytes, local: bool, payload: bytes) -> None:
+        if not local:
+            self.tell("gateway", Outbound(route=route, payload=payload))
+            return
+        if self.endpoint is None:
+            return
+        try:
+            self.endpoint.send_multipart([route, payload], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            self.count("endpoint-send-dropped")
+
+    def _hello(self, route: bytes, peer: str, host: str, actor: str, local: bool) -> None:
         s = self.settings
         if actor not in s.remote_actors:
             code, reason = "not-remote", f"this node runs its own {actor!r} actor"
-        elif actor in s.isolated_actors and peer != fingerprint(s.identity.public):
-            # (--isolate-data-plane: the node's own process, with its identity)
+        elif actor in s.isolated_actors and not local:
+            # The node's own data-plane processes attach on its private
+            # endpoint: through the public port nobody may, whatever
+            # identity it proves (the node's own too).
             reason = f"this node runs its own {actor!r} actor (in a process of its own)"
             code = "not-remote"
-        elif actor in s.isolated_actors:
+        elif local and actor not in s.isolated_actors:
+            code, reason = "not-remote", f"{actor!r} does not attach on the private endpoint"
+        elif local:
             code, reason = "ok", ""
         elif peer not in s.attach_allow:
             code, reason = "not-allowed", f"{peer} is not on this node's --attach-allow list"
         else:
             code, reason = "ok", ""
         reply = AttachReply(actor=actor, code=code, reason=reason[:200])
-        self.tell("gateway", Outbound(route=route, payload=codec.encode(reply)))
+        self._send_to(route, local, codec.encode(reply))
         if code != "ok":
             self.count(f"attach-refused-{code}")
             self.log_limited("attach: refused %s as %s: %s", peer, actor, code)
             return
         old = self.links.get(actor)
-        if old is not None and old.route == route:
+        if old is not None and old.route == route and old.local == local:
             old.last_heard = self.now()  # (the same process saying hello again)
             return
         # The proxy restarts so every actor hears "restarted" now that the
@@ -217,7 +282,7 @@ class AttachActor(Actor):
         self.count("attached")
         self.links[actor] = _Link(
             route=route, peer=peer, host=host, last_heard=self.now(), restart=restart,
-            asked=self.now(),
+            asked=self.now(), local=local,
         )  # fmt: skip
         self.facts[f"remote_{actor}"] = f"attaching {peer}"
 
@@ -270,7 +335,7 @@ class AttachActor(Actor):
         if not link.ready and _is_send(mail) and self._refuse_unattached(mail):
             self.count("request-while-attaching")
             return
-        self.tell("gateway", Outbound(route=link.route, payload=codec.encode(mail)))
+        self._send(link, mail)
 
     def _refuse_unattached(self, mail: ActorMail) -> bool:
         """Answer a request for an actor that is not attached (yet) with an

@@ -22,6 +22,10 @@ from a node is decoded (strictly) and handed to KIND.
 - Actors KIND takes along (``local``: a receiver's space ledger) run in this
   process; the link does not stand in for them, and keeps their status
   reports here (the node's actor of that name has its own).
+- The node's own data-plane processes (``--isolate-data-plane``) attach on
+  the node's private ``ipc://`` endpoint instead (``endpoint``;
+  :class:`LocalLink`): a plain DEALER, no CURVE, no gateway on the node's
+  side; the endpoint's directory is the node user's alone.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
-from actors.attach import BEAT, LOST_AFTER, NODE_ACTORS
-from actors.peer_link import Link
+from actors.attach import BEAT, LOCAL_HWM, LOCAL_MAX_MESSAGE, LOST_AFTER, NODE_ACTORS
+from actors.peer_link import Link, queue
 from peercrypt.core.address import join_host_port
 from peercrypt.core.request_map import RequestMap
 from peercrypt.runtime.actor import Actor, ActorEnv
@@ -54,11 +59,62 @@ from peercrypt.wire.text import printable
 
 log = logging.getLogger("peercrypt.link")
 
+LOCAL_LINGER = 2000  # ms: see LocalLink.close
+LAST_WORDS = 64  # mailbox batches handed on at the stop, at most
+
+
+class LocalLink:
+    """A link to the node's private endpoint (see the module docs): what
+    :class:`~actors.peer_link.Link` offers the link actor (``send``,
+    ``close``), over a DEALER to an ``ipc://`` socket. Mail is decoded as
+    strictly as any peer's."""
+
+    def __init__(self, actor: Actor, url: str, on_message: Callable[[codec.Message], None]) -> None:
+        self.actor = actor
+        self.on_message = on_message
+        sock = self.sock = actor.socket(zmq.DEALER)
+        sock.setsockopt(zmq.MAXMSGSIZE, LOCAL_MAX_MESSAGE)
+        sock.setsockopt(zmq.SNDHWM, LOCAL_HWM)
+        sock.setsockopt(zmq.RCVHWM, LOCAL_HWM)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # nothing queues for a node not there
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.connect(url)
+        actor.watch(sock, self._on_readable)
+        self.closed = False
+
+    def send(self, msg: codec.Message) -> int:
+        """Queue ``msg``; returns the bytes sent, 0 if it could not be queued."""
+        return 0 if self.closed else queue(self.sock, msg)
+
+    def _on_readable(self, _sock: object = None) -> None:
+        for _ in range(64):
+            if self.closed:
+                return
+            try:
+                data = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = codec.decode(data)
+            except codec.DecodeError as exc:
+                self.actor.count(f"link-{exc.kind}")
+                continue
+            self.on_message(msg)
+
+    def close(self) -> None:
+        """Close it; what it still queues (the attached actor's last words)
+        gets ``LOCAL_LINGER`` to reach the node, which outlives its
+        data-plane processes."""
+        if not self.closed:
+            self.closed = True
+            self.actor.close_socket(self.sock, linger=LOCAL_LINGER)
+
 
 @dataclass
 class _Node:
     where: str  # HOST:PORT as given
-    link: Link
+    link: Link | LocalLink
     attached: bool = False
     last_heard: float = 0.0
     seq: int = 0
@@ -76,8 +132,10 @@ class LinkActor(Actor):
         nodes: list[tuple[str, int]],
         on_refused: Callable[[str], None] | None = None,
         local: tuple[str, ...] = (),
+        endpoint: str = "",
     ) -> None:
         super().__init__(env)
+        self.endpoint = endpoint  # the node's private endpoint (then ``nodes`` is empty)
         self.settings = settings
         self.actor = actor
         self.local = local  # actors of this process besides ``actor`` (not stood in for)
@@ -89,8 +147,12 @@ class LinkActor(Actor):
         # changed, so a node that attaches (again) gets this one at once.
         self.last_report: Announce | None = None
         self.attached_once = False  # to some node, since this process started
+        self.boxes: list[tuple[zmq.Socket[Any], Callable[[zmq.Socket[Any]], None]]] = []
 
     def setup(self) -> None:
+        if self.endpoint:
+            local = LocalLink(self, self.endpoint, functools.partial(self._from_node, 0))
+            self.nodes.append(_Node(where="the node", link=local))
         for host, port in self.targets:
             index = len(self.nodes)
             url = f"tcp://{join_host_port(host, port)}"
@@ -102,10 +164,9 @@ class LinkActor(Actor):
             box = self.socket(zmq.PULL)
             box.rcvhwm = 100_000
             box.bind(self.env.address(name))
-            self.watch(
-                box,
-                functools.partial(self.drain_mail, handler=functools.partial(self._route, name)),
-            )
+            drain = functools.partial(self.drain_mail, handler=functools.partial(self._route, name))
+            self.watch(box, drain)
+            self.boxes.append((box, drain))
         self._beat()
         self.call_every(BEAT, self._beat)
 
@@ -221,6 +282,14 @@ class LinkActor(Actor):
         self.facts["attached"] = f"{attached}/{len(self.nodes)}"
 
     def teardown(self) -> None:
+        # The attached actor stopped first (it started after the link): what
+        # it said last, its sends' ends among it, is handed on before the
+        # links close (a mailbox is otherwise read only when it wakes us).
+        for box, drain in self.boxes:
+            for _ in range(LAST_WORDS):
+                if not box.poll(0):
+                    break
+                drain(box)
         for node in self.nodes:
             node.link.close()
 

@@ -102,6 +102,16 @@ def address_towards(target: str) -> str | None:
         return None
 
 
+def queue(sock: zmq.Socket[Any], msg: codec.Message) -> int:
+    """Queue ``msg`` on ``sock`` without waiting: the bytes, 0 if it could not be."""
+    data = codec.encode(msg)
+    try:
+        sock.send(data, zmq.NOBLOCK)
+    except zmq.ZMQError:
+        return 0
+    return len(data)
+
+
 def address_of(url: str) -> str:
     """``tcp://host:port`` -> ``host:port``."""
     return url.removeprefix("tcp://")
@@ -266,12 +276,7 @@ class Link:
         """Queue ``msg``; returns the bytes sent, 0 if it could not be queued."""
         if self.closed or self.failure:
             return 0
-        data = codec.encode(msg)
-        try:
-            self.sock.send(data, zmq.NOBLOCK)
-        except zmq.ZMQError:
-            return 0
-        return len(data)
+        return queue(self.sock, msg)
 
     def _on_readable(self, _sock: object = None) -> None:
         for _ in range(64):

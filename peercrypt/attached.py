@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 
 from actors.link import LinkActor
-from peercrypt.node import ATTACHABLE_ACTORS, COMPANIONS, attachable_factory
+from peercrypt.attachable import ATTACHABLE_ACTORS, COMPANIONS, attachable_factory
 from peercrypt.runtime.actor import ActorEnv, node_context
 from peercrypt.runtime.memory import limit_malloc_arenas
 from peercrypt.runtime.stop_flag import StopFlag
@@ -35,15 +35,17 @@ class AttachedActor:
         settings: NodeSettings,
         nodes: list[tuple[str, int]],
         companions: tuple[str, ...] | None = None,
+        endpoint: str = "",
     ) -> None:
         """``companions``: the actors KIND takes along (default ``COMPANIONS``'s);
         ``()`` for the node's own data-plane process, whose inbox is the node's
-        (its receiver asks the node's one space ledger, peercrypt/data_plane.py)."""
+        (its receiver asks the node's one space ledger, peercrypt/data_plane.py).
+        ``endpoint``: that process's node's private endpoint, instead of ``nodes``."""
         if kind not in ATTACHABLE_ACTORS:
             raise ValueError(f"not an attachable actor: {kind!r}")
         if kind in IN_NODE_ONLY:
             raise ValueError(IN_NODE_ONLY[kind])
-        if not nodes:
+        if not nodes and not endpoint:
             raise ValueError("attach to at least one node")
         limit_malloc_arenas()
         self.kind = kind
@@ -61,7 +63,13 @@ class AttachedActor:
                 (
                     "link",
                     lambda env: LinkActor(
-                        env, settings, kind, nodes, self._on_refused, local=companions
+                        env,
+                        settings,
+                        kind,
+                        nodes,
+                        self._on_refused,
+                        local=companions,
+                        endpoint=endpoint,
                     ),
                 ),
                 *((name, attachable_factory(name, settings)) for name in companions),

@@ -293,8 +293,9 @@ SETTINGS: tuple[Setting, ...] = (
        flag="--attach-allow"),
     _s("isolate_data_plane", "PEERCRYPT_ISOLATE_DATA_PLANE", "bool", False,
        "Run the sender and the receiver each in a process of their own beside the node "
-       "(attached over loopback), so status and health checks answer within milliseconds "
-       "while transfers keep every core busy; costs more memory and CPU per byte.",
+       "(attached through a private local socket), so status and health checks answer "
+       "within milliseconds while transfers keep every core busy; costs more memory and "
+       "CPU per byte.",
        flag="--isolate-data-plane/--no-isolate-data-plane"),
     # Resume (docs/resume.md): how long kept parts wait, byte quotas of parts.
     _s("part_expiry", "PEERCRYPT_PART_EXPIRY", "float", 86400.0,

@@ -7,19 +7,23 @@ gateway) that has a request to answer waits for it: a health check's p99
 under 64 transfers at once was 55-90 ms on 2 cores (docs/benchmarks.md,
 "The interpreter lock on a check's path"). With ``--isolate-data-plane`` the
 node runs the sender and the receiver each as a child process: an attached
-actor (docs/architecture.md, "Attached actors") on the node's own public
-port over loopback, with the node's own identity and settings, so to its
-peers the node is the same node. Its control plane then has its process's
-lock to itself.
+actor (docs/architecture.md, "Attached actors") with the node's own identity
+and settings, so to its peers the node is the same node. Its control plane
+then has its process's lock to itself.
 
-- The child is ``python -P -m peercrypt.data_plane KIND HOST PORT PARENT
-  LEVEL`` (``-P``: no module of the working directory is imported), in a
-  process group of its own; the node's settings (its X25519 identity and network
+- The child is ``python -P -m peercrypt.data_plane KIND PARENT LEVEL``
+  (``-P``: no module of the working directory is imported), in a process
+  group of its own; the node's settings (its X25519 identity and network
   key, not the seed that signs) come pickled on its stdin, never in argv.
-- Only the node's own identity may attach it (``isolated_actors``,
+- It attaches on the node's private endpoint (:func:`private_endpoint`: an
+  ``ipc://`` socket in a directory only the node's user may enter), not on
+  the node's public port: its mail to the node's actors crosses no CURVE,
+  no TCP and no gateway. The node's public port refuses these actors to
+  everyone, the node's own identity too (``isolated_actors``,
   actors/attach.py), whatever ``--attach-allow`` lists.
 - It ends with the node: SIGTERM from the node's stop, and the kernel's
-  parent-death signal if the node dies without one.
+  parent-death signal if the node dies without one (then the children
+  remove the node's private endpoint, which its stop would have).
 - A child that ends on its own is started again after ``RESTART_DELAYS``
   (the sends it had fail as with a crashed actor; the receiver's parts are
   kept and resumed as after any restart).
@@ -34,15 +38,17 @@ import dataclasses
 import logging
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import IO, Any
 
 from peercrypt import errors
-from peercrypt.crypto.identity import KeyPair, fingerprint
+from peercrypt.crypto.identity import KeyPair
 from peercrypt.runtime.stop_flag import StopFlag
 from peercrypt.settings import NodeSettings
 
@@ -59,6 +65,7 @@ LINE_MAX = 4096  # a child's log line relayed, at most (a longer one: in pieces)
 ATTACH_TIMEOUT = 30.0  # the node's start waits this long for its children to attach
 SETTINGS_MAX = 1 << 20  # the pickled settings a child reads, at most
 PR_SET_PDEATHSIG = 1
+ORPHANED = signal.SIGUSR1  # the parent-death signal (see _die_with)
 
 
 def isolated_kinds(settings: NodeSettings) -> tuple[str, ...]:
@@ -69,28 +76,26 @@ def isolated_kinds(settings: NodeSettings) -> tuple[str, ...]:
 
 
 def with_isolation(settings: NodeSettings) -> NodeSettings:
-    """The node's settings with its isolated actors remote, attachable by the
-    node's own identity alone (actors/attach.py; only a holder of its secret
-    key can prove it), and that identity admitted if ``--allow`` is set."""
+    """The node's settings with its isolated actors remote, attachable on
+    its private endpoint alone (actors/attach.py; the node makes the endpoint
+    when it starts: :func:`private_endpoint`)."""
     kinds = isolated_kinds(settings)
     if not kinds:
         return settings
-    own = fingerprint(settings.identity.public)
     return dataclasses.replace(
-        settings,
-        remote_actors=(*settings.remote_actors, *kinds),
-        isolated_actors=kinds,
-        allow=settings.allow | {own} if settings.allow else settings.allow,
+        settings, remote_actors=(*settings.remote_actors, *kinds), isolated_actors=kinds
     )
 
 
-def attach_host(host: str) -> str:
-    """Where a child reaches the node's public port bound on ``host``."""
-    if host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if host == "::":
-        return "::1"
-    return host
+def private_endpoint() -> tuple[str, str]:
+    """A new directory only this user may enter (``mkdtemp``: mode 0700) and
+    the ``ipc://`` endpoint in it where the node's isolated actors attach.
+    Whoever can connect there runs as the node's user (or root), and so
+    could read the node's keys anyway. The directory is short-named: a Unix
+    socket's path holds at most 107 bytes."""
+    base = tempfile.gettempdir()
+    directory = tempfile.mkdtemp(prefix="peercrypt-", dir=base if len(base) <= 64 else "/tmp")
+    return directory, f"ipc://{directory}/attach"
 
 
 @dataclasses.dataclass
@@ -109,14 +114,11 @@ class DataPlaneProcesses:
     tied to the thread that started the process, and these threads live
     until :meth:`stop` has ended their children."""
 
-    def __init__(
-        self, settings: NodeSettings, kinds: tuple[str, ...], port: int, level: int
-    ) -> None:
+    def __init__(self, settings: NodeSettings, kinds: tuple[str, ...], level: int) -> None:
         # The sender and receiver use the X25519 identity only; the Ed25519
         # seed that signs the node's gossip and multicast chunks stays here.
         identity = KeyPair(secret=settings.identity.secret, public=settings.identity.public)
         self.payload = pickle.dumps(dataclasses.replace(settings, identity=identity))
-        self.where = (attach_host(settings.host), port)
         self.level = level
         self.children = [_Child(kind) for kind in kinds]
         self._stopping = threading.Event()
@@ -141,15 +143,12 @@ class DataPlaneProcesses:
     def _spawn(self, child: _Child) -> bool:
         """Start ``child``'s process (in its watcher thread); False if it
         could not be (the node is stopping, or the system refused)."""
-        host, port = self.where
         argv = [
             sys.executable,
             "-P",  # not the working directory first on sys.path: code there is no module of ours
             "-m",
             "peercrypt.data_plane",
             child.kind,
-            host,
-            str(port),
             str(os.getpid()),
             str(self.level),
         ]
@@ -279,12 +278,13 @@ def _exit_text(code: int) -> str:
 
 
 def _die_with(parent: int) -> None:
-    """SIGTERM this process when the thread that started it ends (the node's
-    process dies). A node already gone before this was set: end now."""
+    """``ORPHANED`` to this process when the thread that started it ends:
+    the node's process died (its stop ends its children before those
+    threads). A node already gone before this was set: end now."""
     done = -1
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        done = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        done = libc.prctl(PR_SET_PDEATHSIG, ORPHANED, 0, 0, 0)
     if done != 0:
         log.warning("this process will not end with its node if the node is killed")
     if os.getppid() != parent:
@@ -292,31 +292,38 @@ def _die_with(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    kind, host, port, parent, level = argv
+    kind, parent, level = argv
     logging.basicConfig(
         level=int(level),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("peercrypt").setLevel(int(level))
-    _die_with(int(parent))
     stop = StopFlag()  # no lock in a signal handler (peercrypt/runtime/stop_flag.py)
+    orphaned = StopFlag()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+
+    def on_orphaned(*_: object) -> None:
+        orphaned.set()
+        stop.set()
+
+    signal.signal(ORPHANED, on_orphaned)
+    _die_with(int(parent))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the node's terminal closing is the node's
     data = sys.stdin.buffer.read(SETTINGS_MAX + 1)
     settings: Any = None
     if len(data) <= SETTINGS_MAX:
         with contextlib.suppress(Exception):  # (a node that died while writing them)
             settings = pickle.loads(data)  # from the node that started us, through a pipe
-    if not isinstance(settings, NodeSettings):
+    if not isinstance(settings, NodeSettings) or not settings.isolated_endpoint:
         print(f"peercrypt: error: the node's {kind} process got no settings", file=sys.stderr)
         return errors.FAILED
     from peercrypt.attached import AttachedActor
     from peercrypt.cli.common import UserError, start_node
 
     # No space ledger of its own: the inbox is the node's, and so is its ledger.
-    process = AttachedActor(kind, settings, [(host, int(port))], companions=())
+    process = AttachedActor(kind, settings, [], companions=(), endpoint=settings.isolated_endpoint)
     try:
         start_node(process, f"{settings.host} (the node's {kind} process)")
     except UserError as exc:
@@ -326,6 +333,8 @@ def main(argv: list[str]) -> int:
         process.run_until(stop)
     finally:
         process.stop()
+        if orphaned.is_set():  # the node died without its stop, which removes its endpoint
+            shutil.rmtree(os.path.dirname(settings.isolated_endpoint.removeprefix("ipc://")), True)
     if process.refused:
         print(f"peercrypt: error: the node's {kind} process: {process.refused}", file=sys.stderr)
         return errors.NOT_ADMITTED

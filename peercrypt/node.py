@@ -8,8 +8,9 @@ actors until a stop is requested (SIGINT/SIGTERM in the CLI).
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import logging
+import shutil
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -26,46 +27,12 @@ from peercrypt.runtime.actor import ActorEnv, node_context
 from peercrypt.runtime.memory import limit_malloc_arenas
 from peercrypt.runtime.stop_flag import StopFlag
 from peercrypt.runtime.supervisor import ActorFactory, Supervisor
-from peercrypt.settings import ATTACHABLE_KINDS, IN_NODE_ONLY, NodeSettings
+from peercrypt.settings import IN_NODE_ONLY, NodeSettings
 
 if TYPE_CHECKING:
     from peercrypt.data_plane import DataPlaneProcesses
 
 log = logging.getLogger("peercrypt.node")
-
-# The actors that may also run as their own process (`peercrypt actor NAME`):
-# module and class, imported when made (see `_actor_class`).
-ATTACHABLE_ACTORS: dict[str, str] = {
-    "sender": "actors.sender:SenderActor",
-    "receiver": "actors.receiver:ReceiverActor",
-    "scheduler": "actors.scheduler:SchedulerActor",
-    "discovery": "actors.discovery:DiscoveryActor",
-    "health": "actors.health:HealthActor",
-}
-assert tuple(ATTACHABLE_ACTORS) == ATTACHABLE_KINDS
-
-
-# Actors an attached actor takes along into its own process, in the order
-# they start before it: an attached receiver's space ledger checks the free
-# space and the quotas of its own inbox, on its host (not the node's).
-COMPANIONS: dict[str, tuple[str, ...]] = {"receiver": ("space",)}
-_COMPANION_ACTORS: dict[str, str] = {"space": "actors.space:SpaceActor"}
-
-
-def _actor_class(where: str) -> Any:
-    """The class at ``module:Class``. The receiving side's actors (receiver,
-    gateway, gossip, multicast receiver...) are imported only by a node that
-    receives: a temporary send-only node (`peercrypt send` with no node
-    running) skips their imports, about half of its start."""
-    module, name = where.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def attachable_factory(name: str, settings: NodeSettings) -> ActorFactory:
-    """Makes the node's actor ``name`` (one of :data:`ATTACHABLE_ACTORS`, or a
-    companion of one: :data:`COMPANIONS`)."""
-    cls = _actor_class(ATTACHABLE_ACTORS.get(name) or _COMPANION_ACTORS[name])
-    return lambda env: cls(env, settings)
 
 
 class Node:
@@ -74,6 +41,12 @@ class Node:
             if name in IN_NODE_ONLY:
                 raise ValueError(IN_NODE_ONLY[name])
         limit_malloc_arenas()
+        self.endpoint_dir = ""  # the isolated actors' private endpoint's (then removed)
+        if settings.isolated_actors and not settings.isolated_endpoint:
+            from peercrypt.data_plane import private_endpoint
+
+            self.endpoint_dir, endpoint = private_endpoint()
+            settings = dataclasses.replace(settings, isolated_endpoint=endpoint)
         self.settings = settings
         self.token = new_token()
         self.context: zmq.Context[Any] = node_context()
@@ -129,9 +102,15 @@ class Node:
             self._term()
         else:
             log.error("leaving the ZeroMQ context open: an actor is stuck")
+            self._remove_endpoint()
 
     def _term(self) -> None:
         self.context.term()
+        self._remove_endpoint()
+
+    def _remove_endpoint(self) -> None:
+        if self.endpoint_dir:
+            shutil.rmtree(self.endpoint_dir, ignore_errors=True)
 
     def __enter__(self) -> Node:
         self.start()
@@ -143,7 +122,7 @@ class Node:
 
 def _receiving_factories(s: NodeSettings) -> list[tuple[str, ActorFactory]]:
     """The actors of a node that listens (``s.port`` set), imported here: a
-    temporary send-only node never imports them (see `_actor_class`)."""
+    temporary send-only node never imports them (as peercrypt/attachable.py does not)."""
     from actors.admission import AdmissionActor
     from actors.attach import AttachActor
     from actors.discovery import DiscoveryActor

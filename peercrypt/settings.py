@@ -169,11 +169,13 @@ class NodeSettings:
     remote_actors: tuple[str, ...] = ()
     attach_allow: frozenset[str] = field(default_factory=frozenset)
     # The sender and the receiver as processes of their own, attached to this
-    # node over loopback with its identity (peercrypt/data_plane.py); the
-    # remote actors that are such processes: only this node's own identity
-    # may attach them, whatever --attach-allow lists.
+    # node (peercrypt/data_plane.py); the remote actors that are such
+    # processes: they attach on the node's private endpoint alone (an ipc://
+    # socket in a directory only the node's user can enter, set by the node),
+    # never through its public port, whatever --attach-allow lists.
     isolate_data_plane: bool = False
     isolated_actors: tuple[str, ...] = ()
+    isolated_endpoint: str = ""
     # Statistics history (DATA_DIR/stats.sqlite, `peercrypt stats`): kept for
     # this many days (0: no age limit), at most this many transfers (0: no limit).
     stats_enabled: bool = True

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from actors.inbox import scan
 from peercrypt import errors
 from peercrypt.history.db import db_path, list_transfers, open_reader
@@ -41,6 +43,8 @@ from peercrypt.testing.nodes import (
     random_file,
     wait_until,
 )
+from peercrypt.wire import codec
+from peercrypt.wire.actor_messages import AttachHello, AttachReply
 
 MiB = 1 << 20
 ISOLATE = "--isolate-data-plane"
@@ -161,18 +165,36 @@ def test_the_data_plane_ends_with_the_node(
     node = isolated_node(node_factory, name="n")
     children = data_plane(node.pid)
     assert len(children) == 2
+    endpoint = Path(node.status()["private_endpoint"]).parent
     node.kill()  # SIGKILL: the node cannot stop them itself
     wait_until(
         lambda: not any(alive(p) for p in children.values()) or None,
         20.0,
         "the children to end with their node",
     )
+    assert not endpoint.exists()  # they removed it, as the node's stop would have
     node.start()  # the same data dir, again
     wait_for_attached(node)
     children = data_plane(node.pid)
     assert len(children) == 2
     assert node.stop() == 0
     assert not any(alive(p) for p in children.values())
+
+
+def refused_as_data_plane(data_dir: Path, where: list[str], network_key: str) -> None:
+    """An actor process of ``data_dir``'s identity is refused as the
+    isolated node's sender and as its receiver (exit 4, the reason logged)."""
+    for kind in ("sender", "receiver"):
+        attempt = ActorProcess(data_dir, kind, where, network_key).start()
+        try:
+            assert attempt.proc is not None
+            assert attempt.proc.wait(20) == errors.NOT_ADMITTED
+        finally:
+            attempt.stop()
+        assert (
+            f"refused to attach {kind}: this node runs its own {kind!r} actor "
+            "(in a process of its own)"
+        ) in attempt.log_text()
 
 
 def test_a_member_cannot_attach_as_the_isolated_nodes_sender(
@@ -187,17 +209,7 @@ def test_a_member_cannot_attach_as_the_isolated_nodes_sender(
     isolated = isolated_node(node_factory, "--remote-actor", "health", "--attach-allow", intruder)
     other = node_factory("--no-gossip")
     where = [f"127.0.0.1:{isolated.port}"]
-    for kind in ("sender", "receiver"):
-        attempt = ActorProcess(intruder_dir, kind, where, network_key).start()
-        try:
-            assert attempt.proc is not None
-            assert attempt.proc.wait(20) == errors.NOT_ADMITTED
-        finally:
-            attempt.stop()
-        assert (
-            f"refused to attach {kind}: this node runs its own {kind!r} actor "
-            "(in a process of its own)"
-        ) in attempt.log_text()
+    refused_as_data_plane(intruder_dir, where, network_key)
     assert attached_as(isolated, isolated.fingerprint) is not None
     health = ActorProcess(intruder_dir, "health", where, network_key).start()
     try:
@@ -211,11 +223,60 @@ def test_a_member_cannot_attach_as_the_isolated_nodes_sender(
     sent_and_stored(other, isolated, random_file(tmp_path / "f.bin", MiB + 3))
 
 
-def test_an_allow_list_admits_the_nodes_own_processes(
+def test_not_even_the_nodes_own_identity_attaches_them_through_the_public_port(
+    tmp_path: Path, network_key: str, node_factory: Callable[..., NodeProcess]
+) -> None:
+    """The isolated actors attach on the node's private endpoint alone: a
+    process that proves the node's own identity (its key copied) through the
+    public port is refused as sender and as receiver, and the node's own
+    stay attached."""
+    isolated = isolated_node(node_factory)
+    twin_dir = tmp_path / "twin"
+    twin_dir.mkdir(mode=0o700)
+    (twin_dir / "identity.key").write_bytes((isolated.data_dir / "identity.key").read_bytes())
+    (twin_dir / "identity.key").chmod(0o600)
+    twin = ActorProcess(twin_dir, "sender", [], network_key)
+    assert twin.fingerprint() == isolated.fingerprint
+    refused_as_data_plane(twin_dir, [f"127.0.0.1:{isolated.port}"], network_key)
+    assert attached_as(isolated, isolated.fingerprint) is not None
+
+
+def test_the_private_endpoint(tmp_path: Path, node_factory: Callable[..., NodeProcess]) -> None:
+    """The endpoint is a socket in a directory only the node's user may
+    enter; it attaches the isolated actors' names alone, shrugs off frames
+    that are no message, and goes with the node."""
+    node = isolated_node(node_factory, "--remote-actor", "health", "--attach-allow", "")
+    path = Path(node.status()["private_endpoint"])
+    info = path.parent.stat()
+    assert (info.st_mode & 0o777, info.st_uid) == (0o700, os.getuid())
+    context = zmq.Context()
+    try:
+        sock = context.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(f"ipc://{path}")
+        sock.send_multipart([b"no", b"message"])
+        sock.send(b"\xc1 not msgpack")
+        sock.send(codec.encode(AttachHello(actor="health")))
+        assert sock.poll(10_000), "no answer on the private endpoint"
+        reply = codec.decode(sock.recv())
+        assert isinstance(reply, AttachReply)
+        assert (reply.actor, reply.code) == ("health", "not-remote")
+        assert "does not attach on the private endpoint" in reply.reason
+    finally:
+        context.destroy(linger=0)
+    assert node.status().get("remote_health") == "waiting"
+    assert attached_as(node, node.fingerprint) is not None
+    other = node_factory("--no-gossip")
+    sent_and_stored(other, node, random_file(tmp_path / "f.bin", MiB + 7))
+    assert node.stop() == 0
+    assert not path.parent.exists()
+
+
+def test_an_allow_list_does_not_concern_the_nodes_own_processes(
     tmp_path: Path, node_factory: Callable[..., NodeProcess]
 ) -> None:
-    """With --allow set (only that member is admitted), the node still admits
-    its own identity, which its sender and receiver processes prove."""
+    """With --allow set (only that member is admitted), the node's own
+    processes still attach: they do not come through the public port."""
     other = node_factory("--no-gossip")
     isolated = isolated_node(node_factory, "--allow", other.fingerprint)
     sent_and_stored(other, isolated, random_file(tmp_path / "f.bin", MiB + 5))

@@ -308,11 +308,8 @@ def _start_data_plane(
     until each attached; the node's facts then. UserError if one does not."""
     from peercrypt.data_plane import ATTACH_TIMEOUT, DataPlaneProcesses
 
-    facts = wait_for_facts(client, ("port",))
-    if "port" not in facts:
-        raise UserError("the node did not say its port in 5 s", errors.FAILED)
     level = logging.getLogger("peercrypt").getEffectiveLevel()
-    running.data_plane = DataPlaneProcesses(running.settings, kinds, int(facts["port"]), level)
+    running.data_plane = DataPlaneProcesses(running.settings, kinds, level)
     running.data_plane.start()
     deadline = time.monotonic() + ATTACH_TIMEOUT
     while True:

@@ -460,13 +460,15 @@ class Actor:
         is not one of its sockets, e.g. a descriptor it watches)."""
         self._on_exit.append(callback)
 
-    def close_socket(self, sock: zmq.Socket[Any]) -> None:
+    def close_socket(self, sock: zmq.Socket[Any], linger: int = 0) -> None:
+        """Close ``sock``; ``linger``: ms the context's end waits to deliver
+        what it still queues."""
         if sock in self._handlers:
             self._poller.unregister(sock)
             del self._handlers[sock]
         if sock in self._sockets:
             self._sockets.remove(sock)
-        sock.close(linger=0)
+        sock.close(linger=linger)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(self.now() + max(0.0, delay), next(self._seq), callback, owner=self)
