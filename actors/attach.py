@@ -10,15 +10,15 @@ on another host (:mod:`actors.link` is its end of the link).
   ``AttachHello`` comes through the gateway to :class:`AttachActor`, which
   also requires the CURVE-proven identity to be on ``--attach-allow`` and
   NAME to be one of the node's remote actors; else ``AttachReply`` refuses.
-- The node's own data-plane processes (``--isolate-data-plane``,
-  peercrypt/data_plane.py) attach on the node's private endpoint instead:
-  a ROUTER on an ``ipc://`` socket in a directory only the node's user may
-  enter, which this actor reads itself (no CURVE, no gateway: the cheap
-  path for their mail). There and only there: the public port refuses
-  their names to every identity, the node's own too, and the endpoint
-  refuses every other name.
   A later hello for the same NAME (the process restarted, or moved) replaces
   the link; the old one is treated as lost.
+- The node's own data-plane processes (``--isolate-data-plane``,
+  peercrypt/data_plane.py) attach on the node's private endpoint instead:
+  a ROUTER on ``DATA_DIR/ipc/attach.sock`` (a folder only the node's user
+  may enter; the socket 0600), which this actor reads itself (no CURVE, no
+  gateway: the cheap path for their mail) and removes at its stop. There
+  and only there: the public port refuses their names to every identity,
+  the node's own too, and the endpoint refuses every other name.
 - Mail: the node's actors ``tell(NAME, msg)`` as always; the proxy wraps it
   in ``ActorMail`` for the attach actor, which sends it through the gateway
   to the link. ``ActorMail`` from the link is decoded (strictly) and told to
@@ -48,11 +48,14 @@ on another host (:mod:`actors.link` is its end of the link).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
 
+from peercrypt import local_ipc
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
@@ -112,6 +115,7 @@ ATTACHING_AGAIN_AFTER = 15.0
 LOCAL_MAX_MESSAGE = MAX_MAIL + 4096
 LOCAL_HWM = 10_000
 LOCAL_BATCH = 256  # messages read from the endpoint per wake, at most
+LAST_BATCHES = 16  # of them, read at the stop (see AttachActor.teardown)
 
 
 @dataclass
@@ -147,6 +151,7 @@ class AttachActor(Actor):
         self.offer_key = b""  # the attached receiver's identity key
         self.restarts = 0  # LinkChanged told so far (their seq)
         self.endpoint: zmq.Socket[Any] | None = None  # the private one (see the module docs)
+        self.endpoint_bound = (0, 0)  # which file its socket is (local_ipc.remove)
 
     def setup(self) -> None:
         for actor in self.settings.remote_actors:
@@ -157,9 +162,12 @@ class AttachActor(Actor):
             sock.setsockopt(zmq.MAXMSGSIZE, LOCAL_MAX_MESSAGE)
             sock.setsockopt(zmq.SNDHWM, LOCAL_HWM)
             sock.setsockopt(zmq.RCVHWM, LOCAL_HWM)
+            path = s.isolated_endpoint.removeprefix("ipc://")
             sock.bind(s.isolated_endpoint)
+            os.chmod(path, 0o600)
+            self.endpoint_bound = local_ipc.bound_as(Path(path))
             self.watch(sock, self._from_endpoint)
-            self.facts["private_endpoint"] = s.isolated_endpoint.removeprefix("ipc://")
+            self.facts["private_endpoint"] = path
         self.call_every_while(BEAT, self._beat, lambda: bool(self.links))  # idle: no beat
 
     def on_mail(self, msg: codec.Message) -> None:
@@ -400,6 +408,20 @@ class AttachActor(Actor):
         if key != self.offer_key:
             self.offer_key = key
             self.tell("gateway", OfferKey(key=key))
+
+    def teardown(self) -> None:
+        if self.endpoint is None:
+            return
+        # What the node's own data-plane processes said last (they stop
+        # before the node's actors) goes on to control and stats, which stop
+        # after this actor.
+        for _ in range(LAST_BATCHES):
+            if not self.endpoint.poll(0):
+                break
+            self._from_endpoint(self.endpoint)
+        local_ipc.remove(
+            Path(self.settings.isolated_endpoint.removeprefix("ipc://")), self.endpoint_bound
+        )
 
     def on_actor_restarted(self, name: str) -> None:
         if name == "control":  # it lost what the attached actors reported

@@ -60,6 +60,7 @@ from peercrypt.wire.text import printable
 log = logging.getLogger("peercrypt.link")
 
 LOCAL_LINGER = 2000  # ms: see LocalLink.close
+LOCAL_HELLO = 0.05  # s between hellos to the node's private endpoint until attached
 LAST_WORDS = 64  # mailbox batches handed on at the stop, at most
 
 
@@ -169,6 +170,14 @@ class LinkActor(Actor):
             self.boxes.append((box, drain))
         self._beat()
         self.call_every(BEAT, self._beat)
+        if self.endpoint:  # (started with its node, it says hello as soon as the node binds)
+            node = self.nodes[0]
+            self.call_every_while(
+                LOCAL_HELLO, self._hello_local, lambda: not node.attached and not node.refused
+            )
+
+    def _hello_local(self) -> None:
+        self.nodes[0].link.send(AttachHello(actor=self.actor))
 
     # -- from the nodes -----------------------------------------------------------------
 

@@ -15,15 +15,14 @@ then has its process's lock to itself.
   (``-P``: no module of the working directory is imported), in a process
   group of its own; the node's settings (its X25519 identity and network
   key, not the seed that signs) come pickled on its stdin, never in argv.
-- It attaches on the node's private endpoint (:func:`private_endpoint`: an
-  ``ipc://`` socket in a directory only the node's user may enter), not on
-  the node's public port: its mail to the node's actors crosses no CURVE,
+- It attaches on the node's private endpoint (:func:`private_endpoint`:
+  ``DATA_DIR/ipc/attach.sock``, in the folder only the node's user may
+  enter), not on the node's public port: its mail to the node's actors crosses no CURVE,
   no TCP and no gateway. The node's public port refuses these actors to
   everyone, the node's own identity too (``isolated_actors``,
   actors/attach.py), whatever ``--attach-allow`` lists.
 - It ends with the node: SIGTERM from the node's stop, and the kernel's
-  parent-death signal if the node dies without one (then the children
-  remove the node's private endpoint, which its stop would have).
+  parent-death signal if the node dies without one.
 - A child that ends on its own is started again after ``RESTART_DELAYS``
   (the sends it had fail as with a crashed actor; the receiver's parts are
   kept and resumed as after any restart).
@@ -38,16 +37,15 @@ import dataclasses
 import logging
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import IO, Any
 
-from peercrypt import errors
+from peercrypt import errors, local_ipc
 from peercrypt.crypto.identity import KeyPair
 from peercrypt.runtime.stop_flag import StopFlag
 from peercrypt.settings import NodeSettings
@@ -60,12 +58,13 @@ KINDS = ("sender", "receiver")
 # ``STEADY`` s starts the row again.
 RESTART_DELAYS = (0.2, 1.0, 5.0, 30.0)
 STEADY = 60.0
-STOP_TIMEOUT = 8.0  # a child's own shutdown (its actors' is 5 s), then SIGKILL
+# A child's own shutdown, then SIGKILL: its actors' 5 s, its supervisor's
+# notice before them (2 s) and its link's linger (2 s: actors/link.py).
+STOP_TIMEOUT = 10.0
 LINE_MAX = 4096  # a child's log line relayed, at most (a longer one: in pieces)
 ATTACH_TIMEOUT = 30.0  # the node's start waits this long for its children to attach
 SETTINGS_MAX = 1 << 20  # the pickled settings a child reads, at most
 PR_SET_PDEATHSIG = 1
-ORPHANED = signal.SIGUSR1  # the parent-death signal (see _die_with)
 
 
 def isolated_kinds(settings: NodeSettings) -> tuple[str, ...]:
@@ -87,15 +86,26 @@ def with_isolation(settings: NodeSettings) -> NodeSettings:
     )
 
 
-def private_endpoint() -> tuple[str, str]:
-    """A new directory only this user may enter (``mkdtemp``: mode 0700) and
-    the ``ipc://`` endpoint in it where the node's isolated actors attach.
-    Whoever can connect there runs as the node's user (or root), and so
-    could read the node's keys anyway. The directory is short-named: a Unix
-    socket's path holds at most 107 bytes."""
-    base = tempfile.gettempdir()
-    directory = tempfile.mkdtemp(prefix="peercrypt-", dir=base if len(base) <= 64 else "/tmp")
-    return directory, f"ipc://{directory}/attach"
+def private_endpoint(data_dir: Path) -> str:
+    """The ``ipc://`` endpoint where the node of ``data_dir`` attaches its
+    isolated actors: ``DATA_DIR/ipc/attach.sock``, its folder made this
+    user's alone (0700; a socket left there by a node that was killed is
+    replaced). Whoever can put a socket there or connect to it runs as the
+    node's user (or root), and so could read the node's keys anyway.
+    ValueError (the user's words) when it cannot be."""
+    path = local_ipc.socket_path(data_dir, local_ipc.ATTACH_NAME)
+    if path is None:
+        raise ValueError(
+            f"--isolate-data-plane: the data dir's path is too long for the node's private "
+            f"socket (ipc/{local_ipc.ATTACH_NAME} in it, {local_ipc.MAX_PATH} bytes at most); "
+            "choose a shorter --data-dir"
+        )
+    if not local_ipc.prepare(path) or not local_ipc.private_folder(str(path)):
+        raise ValueError(
+            f"--isolate-data-plane: {path.parent} is not a folder of this user's alone "
+            "(the node's private socket goes there)"
+        )
+    return f"ipc://{path}"
 
 
 @dataclasses.dataclass
@@ -278,13 +288,12 @@ def _exit_text(code: int) -> str:
 
 
 def _die_with(parent: int) -> None:
-    """``ORPHANED`` to this process when the thread that started it ends:
-    the node's process died (its stop ends its children before those
-    threads). A node already gone before this was set: end now."""
+    """SIGTERM this process when the thread that started it ends (the node's
+    process dies). A node already gone before this was set: end now."""
     done = -1
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        done = libc.prctl(PR_SET_PDEATHSIG, ORPHANED, 0, 0, 0)
+        done = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if done != 0:
         log.warning("this process will not end with its node if the node is killed")
     if os.getppid() != parent:
@@ -299,17 +308,10 @@ def main(argv: list[str]) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("peercrypt").setLevel(int(level))
+    _die_with(int(parent))
     stop = StopFlag()  # no lock in a signal handler (peercrypt/runtime/stop_flag.py)
-    orphaned = StopFlag()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-
-    def on_orphaned(*_: object) -> None:
-        orphaned.set()
-        stop.set()
-
-    signal.signal(ORPHANED, on_orphaned)
-    _die_with(int(parent))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the node's terminal closing is the node's
     data = sys.stdin.buffer.read(SETTINGS_MAX + 1)
     settings: Any = None
@@ -318,6 +320,14 @@ def main(argv: list[str]) -> int:
             settings = pickle.loads(data)  # from the node that started us, through a pipe
     if not isinstance(settings, NodeSettings) or not settings.isolated_endpoint:
         print(f"peercrypt: error: the node's {kind} process got no settings", file=sys.stderr)
+        return errors.FAILED
+    if not local_ipc.private_folder(settings.isolated_endpoint.removeprefix("ipc://")):
+        # (the node made it so before it started us: changed since, by whom?)
+        print(
+            f"peercrypt: error: the node's {kind} process: the folder of "
+            f"{settings.isolated_endpoint} is not this user's alone",
+            file=sys.stderr,
+        )
         return errors.FAILED
     from peercrypt.attached import AttachedActor
     from peercrypt.cli.common import UserError, start_node
@@ -333,8 +343,6 @@ def main(argv: list[str]) -> int:
         process.run_until(stop)
     finally:
         process.stop()
-        if orphaned.is_set():  # the node died without its stop, which removes its endpoint
-            shutil.rmtree(os.path.dirname(settings.isolated_endpoint.removeprefix("ipc://")), True)
     if process.refused:
         print(f"peercrypt: error: the node's {kind} process: {process.refused}", file=sys.stderr)
         return errors.NOT_ADMITTED

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 SOCKET_DIR = "ipc"
 SOCKET_NAME = "data.sock"
+# In the same folder: the node's private endpoint, where its own data-plane
+# processes attach (``--isolate-data-plane``, peercrypt/data_plane.py).
+ATTACH_NAME = "attach.sock"
 # sun_path holds 108 bytes on Linux (104 elsewhere), with the final NUL.
 MAX_PATH = 100
 MAX_HOST_ID = 128
@@ -78,10 +81,11 @@ def host_tag(host: str, tid: bytes, secrets: SessionSecrets) -> str:
     return hmac.new(secrets.to_initiator, msg, hashlib.sha256).hexdigest()
 
 
-def socket_path(data_dir: Path) -> Path | None:
-    """Where a node of ``data_dir`` binds its Unix data socket; None when the
-    path is too long for a socket address."""
-    path = data_dir.resolve() / SOCKET_DIR / SOCKET_NAME
+def socket_path(data_dir: Path, name: str = SOCKET_NAME) -> Path | None:
+    """Where a node of ``data_dir`` binds its Unix socket ``name`` (its data
+    socket unless named); None when the path is too long for a socket
+    address."""
+    path = data_dir.resolve() / SOCKET_DIR / name
     return path if len(os.fsencode(path)) <= MAX_PATH else None
 
 
@@ -153,30 +157,11 @@ def checked_target(path: str) -> str | None:
     file system's checks and the probe (a sender runs them when it dials
     the path, not for each transfer that reuses the connection)."""
     me = os.geteuid()
+    if not private_folder(path):
+        return None
     try:
-        # No symlink anywhere on the way (a receiver names its path resolved):
-        # a folder above that another user may swap after these checks would
-        # send the connect to any socket this user can reach.
-        if os.path.realpath(path) != path:
-            return None
-        # Nor a folder on the way that another user owns or may write in
-        # (rename what it holds) unless it is sticky (/tmp: only a name's
-        # owner moves it): the same swap.
-        above = posixpath.dirname(posixpath.dirname(path))
-        while True:
-            info = os.lstat(above)
-            if info.st_uid not in (0, me):
-                return None
-            if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
-                return None
-            if above == "/":
-                break
-            above = posixpath.dirname(above)
-        folder = os.lstat(posixpath.dirname(path))
         sock = os.lstat(path)
     except OSError:
-        return None
-    if not stat.S_ISDIR(folder.st_mode) or folder.st_uid != me or folder.st_mode & 0o077:
         return None
     if not stat.S_ISSOCK(sock.st_mode) or sock.st_uid != me:
         return None
@@ -189,3 +174,33 @@ def checked_target(path: str) -> str | None:
     finally:
         probe.close()
     return f"ipc://{path}"
+
+
+def private_folder(path: str) -> bool:
+    """Whether the folder of ``path`` (absolute, resolved) is this user's
+    alone, reached through no symlink nor a folder another user may change:
+    then only this user (or root) can have put a socket at ``path``."""
+    me = os.geteuid()
+    try:
+        # No symlink anywhere on the way (a receiver names its path resolved):
+        # a folder above that another user may swap after these checks would
+        # send the connect to any socket this user can reach.
+        if os.path.realpath(path) != path:
+            return False
+        # Nor a folder on the way that another user owns or may write in
+        # (rename what it holds) unless it is sticky (/tmp: only a name's
+        # owner moves it): the same swap.
+        above = posixpath.dirname(posixpath.dirname(path))
+        while True:
+            info = os.lstat(above)
+            if info.st_uid not in (0, me):
+                return False
+            if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+                return False
+            if above == "/":
+                break
+            above = posixpath.dirname(above)
+        folder = os.lstat(posixpath.dirname(path))
+    except OSError:
+        return False
+    return stat.S_ISDIR(folder.st_mode) and folder.st_uid == me and not folder.st_mode & 0o077

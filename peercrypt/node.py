@@ -8,9 +8,7 @@ actors until a stop is requested (SIGINT/SIGTERM in the CLI).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import shutil
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -41,12 +39,6 @@ class Node:
             if name in IN_NODE_ONLY:
                 raise ValueError(IN_NODE_ONLY[name])
         limit_malloc_arenas()
-        self.endpoint_dir = ""  # the isolated actors' private endpoint's (then removed)
-        if settings.isolated_actors and not settings.isolated_endpoint:
-            from peercrypt.data_plane import private_endpoint
-
-            self.endpoint_dir, endpoint = private_endpoint()
-            settings = dataclasses.replace(settings, isolated_endpoint=endpoint)
         self.settings = settings
         self.token = new_token()
         self.context: zmq.Context[Any] = node_context()
@@ -102,15 +94,9 @@ class Node:
             self._term()
         else:
             log.error("leaving the ZeroMQ context open: an actor is stuck")
-            self._remove_endpoint()
 
     def _term(self) -> None:
         self.context.term()
-        self._remove_endpoint()
-
-    def _remove_endpoint(self) -> None:
-        if self.endpoint_dir:
-            shutil.rmtree(self.endpoint_dir, ignore_errors=True)
 
     def __enter__(self) -> Node:
         self.start()

@@ -17,6 +17,7 @@ processes of their own (peercrypt/data_plane.py), real nodes on loopback.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -30,7 +31,9 @@ import zmq
 
 from actors.inbox import scan
 from peercrypt import errors
+from peercrypt.crypto.identity import KeyPair, network_server_keys
 from peercrypt.history.db import db_path, list_transfers, open_reader
+from peercrypt.settings import NodeSettings
 from peercrypt.testing.nodes import (
     ActorProcess,
     NodeProcess,
@@ -165,14 +168,13 @@ def test_the_data_plane_ends_with_the_node(
     node = isolated_node(node_factory, name="n")
     children = data_plane(node.pid)
     assert len(children) == 2
-    endpoint = Path(node.status()["private_endpoint"]).parent
     node.kill()  # SIGKILL: the node cannot stop them itself
     wait_until(
         lambda: not any(alive(p) for p in children.values()) or None,
         20.0,
         "the children to end with their node",
     )
-    assert not endpoint.exists()  # they removed it, as the node's stop would have
+    assert (node.data_dir / "ipc" / "attach.sock").exists()  # left: the next start replaces it
     node.start()  # the same data dir, again
     wait_for_attached(node)
     children = data_plane(node.pid)
@@ -200,10 +202,10 @@ def refused_as_data_plane(data_dir: Path, where: list[str], network_key: str) ->
 def test_a_member_cannot_attach_as_the_isolated_nodes_sender(
     tmp_path: Path, network_key: str, node_factory: Callable[..., NodeProcess]
 ) -> None:
-    """Only the node's own identity attaches its isolated actors: a member
-    with the network key and an identity of its own is refused as sender
-    and as receiver even where --attach-allow lets it attach another actor
-    (here health), which it still may."""
+    """No identity attaches the isolated actors through the public port: a
+    member with the network key and an identity of its own is refused as
+    sender and as receiver even where --attach-allow lets it attach another
+    actor (here health), which it still may."""
     intruder_dir = tmp_path / "intruder"
     intruder = ActorProcess(intruder_dir, "sender", [], network_key).fingerprint()
     isolated = isolated_node(node_factory, "--remote-actor", "health", "--attach-allow", intruder)
@@ -242,13 +244,15 @@ def test_not_even_the_nodes_own_identity_attaches_them_through_the_public_port(
 
 
 def test_the_private_endpoint(tmp_path: Path, node_factory: Callable[..., NodeProcess]) -> None:
-    """The endpoint is a socket in a directory only the node's user may
-    enter; it attaches the isolated actors' names alone, shrugs off frames
-    that are no message, and goes with the node."""
+    """The endpoint is DATA_DIR/ipc/attach.sock, in a folder only the node's
+    user may enter; it attaches the isolated actors' names alone, counts
+    frames that are no message and goes on, and goes with the node."""
     node = isolated_node(node_factory, "--remote-actor", "health", "--attach-allow", "")
-    path = Path(node.status()["private_endpoint"])
-    info = path.parent.stat()
-    assert (info.st_mode & 0o777, info.st_uid) == (0o700, os.getuid())
+    path = node.data_dir / "ipc" / "attach.sock"
+    assert node.status()["private_endpoint"] == str(path)
+    folder, sock_info = path.parent.stat(), path.lstat()
+    assert (folder.st_mode & 0o777, folder.st_uid) == (0o700, os.getuid())
+    assert (sock_info.st_mode & 0o777, sock_info.st_uid) == (0o600, os.getuid())
     context = zmq.Context()
     try:
         sock = context.socket(zmq.DEALER)
@@ -264,12 +268,16 @@ def test_the_private_endpoint(tmp_path: Path, node_factory: Callable[..., NodePr
         assert "does not attach on the private endpoint" in reply.reason
     finally:
         context.destroy(linger=0)
+    counters = node.counters_when("attach.attach-refused-not-remote", 1)
+    assert counters.get("attach.endpoint-frames") == 1
+    assert sum(v for k, v in counters.items() if k.startswith("attach.link-decode-")) == 1
+    assert not any("handler" in k and v for k, v in counters.items() if k.startswith("attach."))
     assert node.status().get("remote_health") == "waiting"
     assert attached_as(node, node.fingerprint) is not None
     other = node_factory("--no-gossip")
     sent_and_stored(other, node, random_file(tmp_path / "f.bin", MiB + 7))
     assert node.stop() == 0
-    assert not path.parent.exists()
+    assert not path.exists() and path.parent.is_dir()
 
 
 def test_an_allow_list_does_not_concern_the_nodes_own_processes(
@@ -400,10 +408,13 @@ def test_one_space_ledger_judges_the_nodes_and_its_receivers_parts(
     sent_and_stored(sender, target, second)  # within the quota once the first is stored
 
 
-def node_command(tmp_path: Path, network_key: str, *args: str) -> tuple[int, int, str]:
+def node_command(
+    tmp_path: Path, network_key: str, *args: str, data_dir: Path | None = None
+) -> tuple[int, int, str]:
     """``peercrypt node --isolate-data-plane ARGS`` to its end: (its pid, its
     exit code, its stderr)."""
-    argv = [sys.executable, "-m", "peercrypt", "--data-dir", str(tmp_path / "n"), "node"]
+    data_dir = data_dir or tmp_path / "n"
+    argv = [sys.executable, "-m", "peercrypt", "--data-dir", str(data_dir), "node"]
     proc = subprocess.Popen(
         [*argv, "--host", "127.0.0.1", "--port", "0", "--no-gossip", ISOLATE, *args],
         stdin=subprocess.DEVNULL,
@@ -430,6 +441,63 @@ def test_nothing_to_isolate_is_refused(tmp_path: Path, network_key: str) -> None
         "peercrypt: error: --isolate-data-plane: the sender and the receiver both run "
         "attached from elsewhere (--remote-actor): there is nothing to isolate"
     ]
+
+
+def test_a_data_dir_without_room_for_the_private_endpoint_is_refused(
+    tmp_path: Path, network_key: str
+) -> None:
+    """A socket's path holds about 100 bytes: a data dir too deep for
+    ipc/attach.sock in it, or an ipc folder that is not one, is one line
+    and exit 2, and no node and no child is left."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    _, code, stderr = node_command(tmp_path, network_key, data_dir=deep)
+    assert code == errors.USAGE
+    assert stderr.splitlines() == [
+        "peercrypt: error: --isolate-data-plane: the data dir's path is too long for the "
+        "node's private socket (ipc/attach.sock in it, 100 bytes at most); choose a shorter "
+        "--data-dir"
+    ]
+    blocked = tmp_path / "b"
+    blocked.mkdir(mode=0o700)
+    (blocked / "ipc").write_text("not a folder")
+    pid, code, stderr = node_command(tmp_path, network_key, data_dir=blocked)
+    assert code == errors.USAGE
+    assert stderr.splitlines() == [
+        f"peercrypt: error: --isolate-data-plane: {blocked}/ipc is not a folder of this "
+        "user's alone (the node's private socket goes there)"
+    ]
+    assert not child_pids(pid)
+
+
+def test_a_child_refuses_an_endpoint_in_a_folder_others_may_enter(tmp_path: Path) -> None:
+    """The node made DATA_DIR/ipc its user's alone before it started its
+    children; a child that finds it otherwise (changed since) does not
+    connect there, whoever put a socket there could pose as the node: one
+    line, exit 1. (With the folder as the node leaves it, every test above
+    runs such children.)"""
+    folder = tmp_path / "n" / "ipc"
+    folder.mkdir(parents=True)
+    folder.chmod(0o755)
+    settings = NodeSettings(
+        data_dir=tmp_path / "n",
+        inbox=tmp_path / "n" / "inbox",
+        identity=KeyPair.from_seed(bytes(32)),
+        server_keys=network_server_keys(None),
+        isolated_endpoint=f"ipc://{folder}/attach.sock",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-P", "-m", "peercrypt.data_plane", "sender", str(os.getpid()), "20"],
+        input=pickle.dumps(settings),
+        capture_output=True,
+        env=cli_env({}),
+        timeout=60,
+    )
+    assert proc.returncode == errors.FAILED
+    assert proc.stderr.decode().splitlines() == [
+        f"peercrypt: error: the node's sender process: the folder of ipc://{folder}/attach.sock "
+        "is not this user's alone"
+    ]
+    assert not (folder / "attach.sock").exists()
 
 
 def test_a_child_that_cannot_start_stops_the_node(tmp_path: Path, network_key: str) -> None:

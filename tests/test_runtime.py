@@ -247,6 +247,60 @@ def test_a_restart_on_purpose_is_news_and_a_crash_a_warning(
     assert TORN_DOWN[:1] == [seq == 666], TORN_DOWN
 
 
+class Second(Recorder):
+    name = "second"
+
+
+def test_a_restart_told_to_an_actor_that_ended_meanwhile_does_not_block() -> None:
+    """Two actors restart one just after the other (both of a node's
+    data-plane processes attach at once): when the first is started again,
+    the second has ended but its status is not read yet. Telling it that
+    the first restarted must not wait for it (a PAIR without its peer would
+    block the supervisor, and with it every restart, for good)."""
+    env = make_env()
+    seen: list[int] = []
+    sup = Supervisor(
+        env,
+        [
+            ("recorder", lambda e: Recorder(e, "nobody", seen)),
+            ("second", lambda e: Second(e, "nobody", seen)),
+        ],
+    )
+    sup.start()
+    first, second = sup._slots
+    push = env.context.socket(zmq.PUSH)
+    push.linger = 0
+    push.connect(env.address("recorder"))
+    push.send(codec.encode(Ping(seq=665)))  # restart on purpose
+    deadline = time.monotonic() + DEADLINE
+    while first.restart_at is None:
+        assert time.monotonic() < deadline, "the first restart was not asked for"
+        sup.poll(0.01)
+    push.close()
+    push = env.context.socket(zmq.PUSH)
+    push.linger = 0
+    push.connect(env.address("second"))
+    push.send(codec.encode(Ping(seq=665)))
+    assert second.thread is not None
+    second.thread.join(DEADLINE)  # ended; the supervisor has not read its status
+    assert not second.thread.is_alive()
+    push.close()
+    due = first.restart_at
+    wait_for(lambda: time.monotonic() >= due)
+    polled = threading.Thread(target=sup.poll, args=(0,), daemon=True)
+    polled.start()
+    polled.join(DEADLINE)
+    if polled.is_alive():  # (its sockets are not ours to close: left as they are)
+        pytest.fail("the supervisor blocked telling an ended actor of a restart")
+    try:
+        assert sup.restarts["recorder"] == 1
+        while sup.restarts["second"] == 0:
+            assert time.monotonic() < deadline + DEADLINE, "the second was not restarted"
+            sup.poll(0.05)
+    finally:
+        stop(sup)
+
+
 def test_run_until_sleeps_until_news_restarts_when_due_and_ends_on_wake() -> None:
     """The main loop has no poll interval: it must wake for the crash, again
     when the restart falls due (nothing else would wake it), and on wake()."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -271,7 +272,7 @@ def run_node(
     _make_inbox(settings.inbox, settings.inbox_mode)
     host = f"[{settings.host}]" if is_ipv6(settings.host) else settings.host
     where = f"{host}:{settings.port}"
-    from peercrypt.data_plane import isolated_kinds, with_isolation
+    from peercrypt.data_plane import isolated_kinds, private_endpoint, with_isolation
     from peercrypt.node import Node  # the actors: only the node command needs them
 
     isolated = isolated_kinds(settings)
@@ -280,11 +281,30 @@ def run_node(
             "--isolate-data-plane: the sender and the receiver both run attached "
             "from elsewhere (--remote-actor): there is nothing to isolate"
         )
-    running = start_node(Node(with_isolation(settings)), where)
+    if isolated:
+        try:
+            endpoint = private_endpoint(settings.data_dir)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        settings = dataclasses.replace(with_isolation(settings), isolated_endpoint=endpoint)
+    new = Node(settings)
+    if isolated:
+        # Started before the node: their interpreters' start overlaps its
+        # own; they attach on its private endpoint once it is bound.
+        from peercrypt.data_plane import DataPlaneProcesses
+
+        level = logging.getLogger("peercrypt").getEffectiveLevel()
+        new.data_plane = DataPlaneProcesses(new.settings, isolated, level).start()
+    try:
+        running = start_node(new, where)
+    except BaseException:
+        if new.data_plane is not None:
+            new.data_plane.stop()
+        raise
     try:
         with ControlClient.for_data_dir(data_dir) as client:
             if isolated:
-                facts = _start_data_plane(running, client, isolated, stop)
+                facts = _await_data_plane(running, client, isolated, stop)
             else:
                 facts = wait_for_facts(client, ("port", "data_port"))
     except BaseException:
@@ -301,16 +321,14 @@ def run_node(
     return running
 
 
-def _start_data_plane(
+def _await_data_plane(
     running: Node, client: ControlClient, kinds: tuple[str, ...], stop: StopFlag | None
 ) -> dict[str, str]:
-    """Start the node's isolated actors (peercrypt/data_plane.py) and wait
-    until each attached; the node's facts then. UserError if one does not."""
-    from peercrypt.data_plane import ATTACH_TIMEOUT, DataPlaneProcesses
+    """Wait until each of the node's isolated actors (peercrypt/data_plane.py)
+    attached; the node's facts then. UserError if one does not."""
+    from peercrypt.data_plane import ATTACH_TIMEOUT
 
-    level = logging.getLogger("peercrypt").getEffectiveLevel()
-    running.data_plane = DataPlaneProcesses(running.settings, kinds, level)
-    running.data_plane.start()
+    assert running.data_plane is not None
     deadline = time.monotonic() + ATTACH_TIMEOUT
     while True:
         facts = client.status().node

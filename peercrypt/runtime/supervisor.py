@@ -274,7 +274,11 @@ class Supervisor:
                     continue
                 for other in self._slots:
                     if other is not slot and other.pipe is not None:
-                        other.pipe.send(RESTARTED + slot.name.encode())
+                        # Not waiting: one that ended meanwhile (its status not
+                        # read yet: a later slot of this loop) takes nothing,
+                        # and its next start knows nothing to forget.
+                        with contextlib.suppress(zmq.Again):
+                            other.pipe.send(RESTARTED + slot.name.encode(), zmq.NOBLOCK)
 
     def stop(self) -> bool:
         """Stop every actor, one at a time in reverse start order (so the
