@@ -150,6 +150,8 @@ class AttachActor(Actor):
         self.links: dict[str, _Link] = {}
         self.offer_key = b""  # the attached receiver's identity key
         self.restarts = 0  # LinkChanged told so far (their seq)
+        self.restarting: dict[str, int] = {}  # by proxy: the restart under way (its seq)
+        self.proxy_stopped: dict[str, int] = {}  # by proxy: the seq of its last ProxyStopped
         self.endpoint: zmq.Socket[Any] | None = None  # the private one (see the module docs)
         self.endpoint_bound = (0, 0)  # which file its socket is (local_ipc.remove)
 
@@ -176,6 +178,7 @@ class AttachActor(Actor):
         elif isinstance(msg, ActorMail):
             self._to_link(msg)
         elif isinstance(msg, ProxyStopped):
+            self.proxy_stopped[msg.actor] = msg.seq
             link = self.links.get(msg.actor)
             if link is not None and not link.ready and msg.seq == link.restart:
                 link.stopped = True
@@ -290,14 +293,22 @@ class AttachActor(Actor):
         self.count("attached")
         self.links[actor] = _Link(
             route=route, peer=peer, host=host, last_heard=self.now(), restart=restart,
-            asked=self.now(), local=local,
+            asked=self.now(), local=local, stopped=self.proxy_stopped.get(actor) == restart,
         )  # fmt: skip
         self.facts[f"remote_{actor}"] = f"attaching {peer}"
 
-    def _restart_proxy(self, actor: str, why: str) -> int:
-        """Tell ``actor``'s proxy to restart; the LinkChanged's seq."""
+    def _restart_proxy(self, actor: str, why: str, again: bool = False) -> int:
+        """Tell ``actor``'s proxy to restart; the LinkChanged's seq. One
+        already under way (asked for, and not every actor heard of it yet)
+        serves, unless asked ``again``: every actor hears of it after this,
+        and a proxy that stopped for it and is not started yet would lose
+        the word (a link lost and found at once: the node was stopped)."""
+        pending = self.restarting.get(actor)
+        if pending is not None and not again:
+            return pending
         self.restarts += 1
         self.tell(actor, LinkChanged(actor=actor, why=why, seq=self.restarts))
+        self.restarting[actor] = self.restarts
         return self.restarts
 
     def _ready(self, actor: str, link: _Link) -> None:
@@ -385,7 +396,7 @@ class AttachActor(Actor):
                 # lost): ask again, and wait for that one.
                 self.count("attach-restart-again")
                 why = f"now runs attached from {link.host} ({link.peer})"
-                link.restart, link.asked = self._restart_proxy(actor, why), now
+                link.restart, link.asked = self._restart_proxy(actor, why, again=True), now
                 link.stopped = link.restarted = False
 
     def _lose(self, actor: str, why: str) -> int:
@@ -415,15 +426,17 @@ class AttachActor(Actor):
         # What the node's own data-plane processes said last (they stop
         # before the node's actors) goes on to control and stats, which stop
         # after this actor.
-        for _ in range(LAST_BATCHES):
-            if not self.endpoint.poll(0):
-                break
-            self._from_endpoint(self.endpoint)
-        local_ipc.remove(
-            Path(self.settings.isolated_endpoint.removeprefix("ipc://")), self.endpoint_bound
-        )
+        try:
+            for _ in range(LAST_BATCHES):
+                if not self.endpoint.poll(0):
+                    break
+                self._from_endpoint(self.endpoint)
+        finally:
+            path = Path(self.settings.isolated_endpoint.removeprefix("ipc://"))
+            local_ipc.remove(path, self.endpoint_bound)
 
     def on_actor_restarted(self, name: str) -> None:
+        self.restarting.pop(name, None)  # (every actor heard of it)
         if name == "control":  # it lost what the attached actors reported
             for attached in self.links.values():
                 for report in attached.reports.values():

@@ -173,7 +173,9 @@ class LinkActor(Actor):
         if self.endpoint:  # (started with its node, it says hello as soon as the node binds)
             node = self.nodes[0]
             self.call_every_while(
-                LOCAL_HELLO, self._hello_local, lambda: not node.attached and not node.refused
+                LOCAL_HELLO,
+                self._hello_local,
+                lambda: not node.attached and not node.refused and not self._node_stopping,
             )
 
     def _hello_local(self) -> None:
@@ -286,7 +288,7 @@ class LinkActor(Actor):
                 attached += 1
                 node.seq += 1
                 node.link.send(AttachBeat(actor=self.actor, seq=node.seq, echo=now))
-            else:
+            elif not self._node_stopping:  # (a process that stops attaches to nothing new)
                 node.link.send(AttachHello(actor=self.actor))
         self.facts["attached"] = f"{attached}/{len(self.nodes)}"
 

@@ -100,10 +100,13 @@ def private_endpoint(data_dir: Path) -> str:
             f"socket (ipc/{local_ipc.ATTACH_NAME} in it, {local_ipc.MAX_PATH} bytes at most); "
             "choose a shorter --data-dir"
         )
+    if local_ipc.answers(str(path)):  # (binding there would take it from a live node)
+        raise ValueError(f"a node is already running for {data_dir} (its {path} answers)")
     if not local_ipc.prepare(path) or not local_ipc.private_folder(str(path)):
         raise ValueError(
-            f"--isolate-data-plane: {path.parent} is not a folder of this user's alone "
-            "(the node's private socket goes there)"
+            f"--isolate-data-plane: {path.parent} is not a folder of this user's alone, "
+            "reached through folders no other user may change (the node's private socket "
+            "goes there)"
         )
     return f"ipc://{path}"
 

@@ -165,15 +165,21 @@ def checked_target(path: str) -> str | None:
         return None
     if not stat.S_ISSOCK(sock.st_mode) or sock.st_uid != me:
         return None
+    return f"ipc://{path}" if answers(path) else None  # else a stale socket
+
+
+def answers(path: str) -> bool:
+    """Whether something listens on the Unix socket at ``path`` (a connect
+    that is accepted, or queued: a stopped process's listener too)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(0.5)
         probe.connect(path)
     except OSError:
-        return None  # nothing listens: a stale socket
+        return False
     finally:
         probe.close()
-    return f"ipc://{path}"
+    return True
 
 
 def private_folder(path: str) -> bool:

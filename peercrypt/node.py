@@ -66,7 +66,7 @@ class Node:
         ]
         self.supervisor = Supervisor(self.env, factories)
         # The sender and receiver as child processes (--isolate-data-plane),
-        # started once the node listens (peercrypt/cli/node.py: run_node).
+        # started just before the node's actors (peercrypt/cli/node.py: run_node).
         self.data_plane: DataPlaneProcesses | None = None
         self._stopped = False
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import zmq
 
-from actors.attach import ATTACHING_AGAIN_AFTER, AttachActor, proxy_for
+from actors.attach import ATTACHING_AGAIN_AFTER, LOST_AFTER, AttachActor, proxy_for
 from actors.link import LinkActor
 from peercrypt.crypto.identity import fingerprint, new_network_key
 from peercrypt.runtime.actor import Actor
@@ -160,6 +160,38 @@ def test_a_restart_that_never_came_is_asked_for_again(rig: Rig) -> None:
     assert rig.status() == f"attaching {fingerprint(PEER)}"
     rig.actor.on_mail(ProxyStopped(actor="sender", seq=again.seq))
     assert rig.status() == f"attached {fingerprint(PEER)}"
+
+
+@pytest.mark.parametrize("stopped_first", [False, True])
+def test_a_link_lost_and_found_at_once_takes_the_restart_under_way(
+    rig: Rig, stopped_first: bool
+) -> None:
+    """The node stopped for a while (Ctrl-Z): its attach finds the link
+    silent, loses it and restarts the proxy, and the process's hello comes
+    at once. Another LinkChanged now would reach a proxy that stopped and
+    is not started yet, and be lost (attaching for 15 s): the restart under
+    way serves, in either order with the stopped proxy's last word."""
+    rig.hello()
+    (first,) = rig.told("sender")
+    rig.actor.on_mail(ProxyStopped(actor="sender", seq=first.seq))
+    rig.actor.on_actor_restarted("sender")
+    assert rig.status() == f"attached {fingerprint(PEER)}"
+    rig.clock.advance(LOST_AFTER + 1)
+    rig.actor._beat()
+    (lost,) = rig.told("sender")
+    assert isinstance(lost, LinkChanged) and lost.seq > first.seq
+    if stopped_first:
+        rig.actor.on_mail(ProxyStopped(actor="sender", seq=lost.seq))
+    rig.told("gateway")
+    rig.hello()
+    assert _outbound(rig.told("gateway")) == [AttachReply(actor="sender", code="ok", reason="")]
+    assert rig.told("sender") == []  # no second restart
+    assert rig.status() == f"attaching {fingerprint(PEER)}"
+    if not stopped_first:
+        rig.actor.on_mail(ProxyStopped(actor="sender", seq=lost.seq))
+    rig.actor.on_actor_restarted("sender")
+    assert rig.status() == f"attached {fingerprint(PEER)}"
+    assert rig.actor.counters.get("attach-restart-again", 0) == 0
 
 
 def test_the_proxy_says_which_restart_stopped_it_last(rig: Rig) -> None:

@@ -464,9 +464,10 @@ def test_a_data_dir_without_room_for_the_private_endpoint_is_refused(
     assert code == errors.USAGE
     assert stderr.splitlines() == [
         f"peercrypt: error: --isolate-data-plane: {blocked}/ipc is not a folder of this "
-        "user's alone (the node's private socket goes there)"
+        "user's alone, reached through folders no other user may change (the node's "
+        "private socket goes there)"
     ]
-    assert not child_pids(pid)
+    assert_no_child_left(pid)
 
 
 def test_a_child_refuses_an_endpoint_in_a_folder_others_may_enter(tmp_path: Path) -> None:
@@ -517,10 +518,57 @@ def test_a_child_that_cannot_start_stops_the_node(tmp_path: Path, network_key: s
         "(--isolate-data-plane; its log lines are above)"
     ), stderr
     assert "Traceback" not in stderr
-    # Its children (the node's pid is in their argv) all ended with it.
+    assert_no_child_left(pid)
+
+
+def assert_no_child_left(pid: int) -> None:
+    """No data-plane process of the (ended) node ``pid`` runs: its pid is
+    in their argv."""
     left = subprocess.run(
-        ["pgrep", "-f", f"peercrypt[.]data_plane [a-z]+ 127.0.0.1 [0-9]+ {pid} "],
+        ["pgrep", "-f", f"peercrypt[.]data_plane [a-z]+ {pid} "],
         capture_output=True,
         timeout=10,
     )
     assert left.returncode == 1 and left.stdout == b"", left
+
+
+def test_a_node_that_cannot_listen_ends_its_children(tmp_path: Path, network_key: str) -> None:
+    """The children start before the node's own actors: a node whose public
+    port is taken says so in one line, exit 2, and no child is left."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        pid, code, stderr = node_command(tmp_path, network_key, "--port", str(port))
+    assert code == errors.USAGE
+    assert stderr.splitlines() == [
+        f"peercrypt: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert_no_child_left(pid)
+
+
+def test_a_second_node_on_a_live_data_dir_leaves_its_endpoint_alone(
+    tmp_path: Path, network_key: str, node_factory: Callable[..., NodeProcess]
+) -> None:
+    """A node that does not answer its status in time (stopped) still holds
+    its private endpoint: a second node for its data dir is refused before
+    it takes that socket's name, and the first goes on as it was."""
+    node = isolated_node(node_factory)
+    path = node.data_dir / "ipc" / "attach.sock"
+    before = path.lstat().st_ino
+    os.kill(node.pid, signal.SIGSTOP)
+    try:
+        pid, code, stderr = node_command(tmp_path, network_key, data_dir=node.data_dir)
+    finally:
+        os.kill(node.pid, signal.SIGCONT)
+    assert code == errors.USAGE
+    assert stderr.splitlines() == [
+        f"peercrypt: error: a node is already running for {node.data_dir} (its {path} answers)"
+    ]
+    assert_no_child_left(pid)
+    assert path.lstat().st_ino == before
+    wait_for_attached(node)  # (stopped for a while: its links may have been lost, then found)
+    # (found again with the restart the loss asked for, not one asked again later)
+    assert node.counters().get("attach.attach-restart-again", 0) == 0
+    other = node_factory("--no-gossip")
+    sent_and_stored(other, node, random_file(tmp_path / "f.bin", MiB + 9))
