@@ -67,6 +67,7 @@ from peercrypt.wire.actor_messages import (
     AttachBeat,
     AttachHello,
     AttachReply,
+    DataPlaneEnded,
     LinkChanged,
     OfferKey,
     ProxyStopped,
@@ -103,7 +104,7 @@ NODE_ACTORS = (
 # proxy would restart it and fail every send in flight).
 LINK_CONTROL = frozenset(
     {AttachHello, AttachReply, AttachBeat, ActorMail, LinkChanged, ProxyStopped, OfferKey,
-     ActorRestarted}
+     ActorRestarted, DataPlaneEnded}
 )  # fmt: skip
 BEAT = 0.5  # seconds between beats on a link, both ways
 LOST_AFTER = 3.0  # a link silent this long is lost
@@ -177,6 +178,10 @@ class AttachActor(Actor):
             self._from_gateway(msg)
         elif isinstance(msg, ActorMail):
             self._to_link(msg)
+        elif isinstance(msg, DataPlaneEnded):
+            link = self.links.get(msg.actor)
+            if link is not None and link.local:
+                self._lose(msg.actor, "its process ended")
         elif isinstance(msg, ProxyStopped):
             self.proxy_stopped[msg.actor] = msg.seq
             link = self.links.get(msg.actor)
@@ -229,7 +234,8 @@ class AttachActor(Actor):
         )
         if actor is None:
             self.count("link-unknown")
-            self.log_limited("attach: mail from %s, which is not attached", peer)
+            if not local:  # (on the endpoint: the node's own process, lost a moment ago)
+                self.log_limited("attach: mail from %s, which is not attached", peer)
             return
         link = self.links[actor]
         link.last_heard = self.now()

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -127,13 +128,22 @@ class DataPlaneProcesses:
     tied to the thread that started the process, and these threads live
     until :meth:`stop` has ended their children."""
 
-    def __init__(self, settings: NodeSettings, kinds: tuple[str, ...], level: int) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        kinds: tuple[str, ...],
+        level: int,
+        on_ended: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_ended(kind)``: called in its watcher thread when a child
+        ended on its own (not at the stop)."""
         # The sender and receiver use the X25519 identity only; the Ed25519
         # seed that signs the node's gossip and multicast chunks stays here.
         identity = KeyPair(secret=settings.identity.secret, public=settings.identity.public)
         self.payload = pickle.dumps(dataclasses.replace(settings, identity=identity))
         self.level = level
         self.children = [_Child(kind) for kind in kinds]
+        self.on_ended = on_ended
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._watchers: list[threading.Thread] = []
@@ -212,6 +222,11 @@ class DataPlaneProcesses:
                 code = None
             if self._stopping.is_set():
                 return
+            if code is not None and self.on_ended is not None:
+                try:
+                    self.on_ended(child.kind)
+                except Exception:  # (the restart below matters more)
+                    log.exception("telling the node that its %s process ended", child.kind)
             ran = time.monotonic() - child.started if code is not None else 0.0
             if ran >= STEADY:
                 child.restarts = 0

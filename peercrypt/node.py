@@ -98,6 +98,27 @@ class Node:
     def _term(self) -> None:
         self.context.term()
 
+    def tell_attach_ended(self, kind: str) -> None:
+        """Tell the attach actor that the data-plane process of ``kind`` ended
+        (peercrypt/data_plane.py: from its watcher thread, with a socket of
+        its own for the one message)."""
+        from peercrypt.wire import codec
+        from peercrypt.wire.actor_messages import DataPlaneEnded
+
+        if self._stopped:
+            return
+        try:
+            sock = self.context.socket(zmq.PUSH)
+        except zmq.ZMQError:
+            return  # (the node has just stopped)
+        try:
+            sock.connect(self.env.address("attach"))
+            sock.send(codec.encode(DataPlaneEnded(actor=kind)), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # (attach restarting: the silence loses the link, as before)
+        finally:
+            sock.close(linger=1000)
+
     def __enter__(self) -> Node:
         self.start()
         return self

@@ -30,6 +30,7 @@ from peercrypt.wire.actor_messages import (
     ActorRestarted,
     AttachHello,
     AttachReply,
+    DataPlaneEnded,
     LinkChanged,
     ProxyStopped,
 )
@@ -192,6 +193,25 @@ def test_a_link_lost_and_found_at_once_takes_the_restart_under_way(
     rig.actor.on_actor_restarted("sender")
     assert rig.status() == f"attached {fingerprint(PEER)}"
     assert rig.actor.counters.get("attach-restart-again", 0) == 0
+
+
+def test_a_data_plane_process_that_ended_is_lost_at_once(rig: Rig) -> None:
+    """The node's watcher saw the process end (DataPlaneEnded): its link
+    is lost now. Only a link on the private endpoint is such a process: one
+    through the gateway (an actor on another host) waits for its silence."""
+    rig.hello()
+    (first,) = rig.told("sender")
+    rig.actor.on_mail(ProxyStopped(actor="sender", seq=first.seq))
+    rig.actor.on_actor_restarted("sender")
+    assert rig.status() == f"attached {fingerprint(PEER)}"
+    rig.actor.on_mail(DataPlaneEnded(actor="sender"))
+    assert rig.told("sender") == []
+    assert rig.status() == f"attached {fingerprint(PEER)}"
+    rig.actor.links["sender"].local = True  # (as if it had said hello on the endpoint)
+    rig.actor.on_mail(DataPlaneEnded(actor="sender"))
+    (lost,) = rig.told("sender")
+    assert isinstance(lost, LinkChanged) and "its process ended" in lost.why
+    assert rig.status() == "lost"
 
 
 def test_the_proxy_says_which_restart_stopped_it_last(rig: Rig) -> None:

@@ -158,7 +158,12 @@ def test_a_killed_data_plane_process_is_started_again(
     now = wait_until(again, 20.0, "a new receiver process attached")
     assert now["sender"] == first["sender"]
     assert not alive(first["receiver"])
-    assert "the node's receiver process ended (signal SIGKILL)" in isolated.log_text()
+    log = isolated.log_text()
+    assert "the node's receiver process ended (signal SIGKILL)" in log
+    # Lost at once, as its watcher saw it end, not after 3 s of silence (an
+    # offer meanwhile would have gone to a process that is not there).
+    assert "lost the receiver actor attached from" in log
+    assert "(its process ended)" in log and "(silent for 3 s)" not in log
     sent_and_stored(other, isolated, random_file(tmp_path / "f.bin", 2 * MiB + 7))
 
 

@@ -294,7 +294,8 @@ def run_node(
         from peercrypt.data_plane import DataPlaneProcesses
 
         level = logging.getLogger("peercrypt").getEffectiveLevel()
-        new.data_plane = DataPlaneProcesses(new.settings, isolated, level).start()
+        ended = new.tell_attach_ended
+        new.data_plane = DataPlaneProcesses(new.settings, isolated, level, ended).start()
     try:
         running = start_node(new, where)
     except BaseException:

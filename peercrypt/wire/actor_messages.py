@@ -89,6 +89,17 @@ class ProxyStopped(Message):
 
 @message
 @dataclass(frozen=True, kw_only=True)
+class DataPlaneEnded(Message):
+    """The node's watcher of a data-plane process -> attach
+    (``--isolate-data-plane``): the process of ``actor`` ended, so its link
+    is lost now, not once it has been silent for ``LOST_AFTER`` s."""
+
+    TYPE = "data-plane-ended"
+    actor: str = field(metadata=bounded(ACTOR_NAME, 1))
+
+
+@message
+@dataclass(frozen=True, kw_only=True)
 class ActorRestarted(Message):
     """To an actor in another process (through its proxy, attach and its
     link): the node's actor ``actor`` restarted, as the supervisor tells an
