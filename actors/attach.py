@@ -47,6 +47,7 @@ on another host (:mod:`actors.link` is its end of the link).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -117,6 +118,9 @@ LOCAL_MAX_MESSAGE = MAX_MAIL + 4096
 LOCAL_HWM = 10_000
 LOCAL_BATCH = 256  # messages read from the endpoint per wake, at most
 LAST_BATCHES = 16  # of them, read at the stop (see AttachActor.teardown)
+# Seconds between a data-plane process's end (DataPlaneEnded) and its link's
+# loss: what it said last reaches the endpoint meanwhile.
+ENDED_GRACE = 0.1
 
 
 @dataclass
@@ -181,7 +185,10 @@ class AttachActor(Actor):
         elif isinstance(msg, DataPlaneEnded):
             link = self.links.get(msg.actor)
             if link is not None and link.local:
-                self._lose(msg.actor, "its process ended")
+                # What the process said last may still be on its way through
+                # the endpoint: it is read (the link still known) before the
+                # link is lost; a link that replaced this one meanwhile stays.
+                self.call_later(ENDED_GRACE, functools.partial(self._lose_ended, msg.actor, link))
         elif isinstance(msg, ProxyStopped):
             self.proxy_stopped[msg.actor] = msg.seq
             link = self.links.get(msg.actor)
@@ -404,6 +411,13 @@ class AttachActor(Actor):
                 why = f"now runs attached from {link.host} ({link.peer})"
                 link.restart, link.asked = self._restart_proxy(actor, why, again=True), now
                 link.stopped = link.restarted = False
+
+    def _lose_ended(self, actor: str, link: _Link) -> None:
+        if self.links.get(actor) is link:
+            if self.endpoint is not None:
+                self._from_endpoint(self.endpoint)
+            if self.links.get(actor) is link:
+                self._lose(actor, "its process ended")
 
     def _lose(self, actor: str, why: str) -> int:
         """``actor``'s link is lost (if it has one); the seq of the proxy's

@@ -179,7 +179,8 @@ class LinkActor(Actor):
             )
 
     def _hello_local(self) -> None:
-        self.nodes[0].link.send(AttachHello(actor=self.actor))
+        if not self._node_stopping:  # (a repetition fires once more after its condition)
+            self.nodes[0].link.send(AttachHello(actor=self.actor))
 
     # -- from the nodes -----------------------------------------------------------------
 

@@ -170,13 +170,16 @@ def checked_target(path: str) -> str | None:
 
 def answers(path: str) -> bool:
     """Whether something listens on the Unix socket at ``path`` (a connect
-    that is accepted, or queued: a stopped process's listener too)."""
+    that is accepted, or queued: a stopped process's listener too; one whose
+    queue is full does not refuse either, it makes the connect wait)."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(0.5)
         probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError):
+        return False  # nothing listens there (a stale socket, or none)
     except OSError:
-        return False
+        return True  # (timed out: a listener that does not accept now)
     finally:
         probe.close()
     return True

@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 import zmq
 
-from actors.attach import ATTACHING_AGAIN_AFTER, LOST_AFTER, AttachActor, proxy_for
+from actors.attach import (
+    ATTACHING_AGAIN_AFTER,
+    ENDED_GRACE,
+    LOST_AFTER,
+    AttachActor,
+    proxy_for,
+)
 from actors.link import LinkActor
 from peercrypt.crypto.identity import fingerprint, new_network_key
 from peercrypt.runtime.actor import Actor
@@ -196,19 +202,31 @@ def test_a_link_lost_and_found_at_once_takes_the_restart_under_way(
 
 
 def test_a_data_plane_process_that_ended_is_lost_at_once(rig: Rig) -> None:
-    """The node's watcher saw the process end (DataPlaneEnded): its link
-    is lost now. Only a link on the private endpoint is such a process: one
-    through the gateway (an actor on another host) waits for its silence."""
+    """The node's watcher saw the process end (DataPlaneEnded): its link is
+    lost once what it said last had ENDED_GRACE to come in, not after
+    LOST_AFTER of silence. Only a link on the private endpoint is such a
+    process: one through the gateway (an actor on another host) waits for
+    its silence."""
     rig.hello()
     (first,) = rig.told("sender")
     rig.actor.on_mail(ProxyStopped(actor="sender", seq=first.seq))
     rig.actor.on_actor_restarted("sender")
     assert rig.status() == f"attached {fingerprint(PEER)}"
     rig.actor.on_mail(DataPlaneEnded(actor="sender"))
+    rig.clock.advance(ENDED_GRACE + 0.01)
+    rig.actor._run_timers()
     assert rig.told("sender") == []
     assert rig.status() == f"attached {fingerprint(PEER)}"
     rig.actor.links["sender"].local = True  # (as if it had said hello on the endpoint)
     rig.actor.on_mail(DataPlaneEnded(actor="sender"))
+    assert rig.told("sender") == []
+    # Its last words, still on their way, go where they were meant to.
+    last = SendResult(request=9, code="ok", reason="", size=1, digest=b"d" * 32, stored_as="x")
+    words = codec.encode(ActorMail(dest="control", payload=codec.encode(last)))
+    rig.actor._from_link(ROUTE, PEER, "this host", words, local=True)
+    assert rig.told("control") == [last]
+    rig.clock.advance(ENDED_GRACE + 0.01)
+    rig.actor._run_timers()
     (lost,) = rig.told("sender")
     assert isinstance(lost, LinkChanged) and "its process ended" in lost.why
     assert rig.status() == "lost"
