@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -68,6 +69,8 @@ class Node:
         # The sender and receiver as child processes (--isolate-data-plane),
         # started just before the node's actors (peercrypt/cli/node.py: run_node).
         self.data_plane: DataPlaneProcesses | None = None
+        # The data dir's lock, held while it runs (peercrypt/cli/node.py).
+        self.release_lock: Callable[[], None] = lambda: None
         self._stopped = False
 
     def start(self) -> None:
@@ -94,6 +97,7 @@ class Node:
             self._term()
         else:
             log.error("leaving the ZeroMQ context open: an actor is stuck")
+        self.release_lock()  # last: a node started now finds everything of ours gone
 
     def _term(self) -> None:
         self.context.term()
@@ -129,7 +133,7 @@ class Node:
 
 def _receiving_factories(s: NodeSettings) -> list[tuple[str, ActorFactory]]:
     """The actors of a node that listens (``s.port`` set), imported here: a
-    temporary send-only node never imports them (as peercrypt/attachable.py does not)."""
+    temporary send-only node never imports them."""
     from actors.admission import AdmissionActor
     from actors.attach import AttachActor
     from actors.discovery import DiscoveryActor

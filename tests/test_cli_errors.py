@@ -317,22 +317,34 @@ def test_status_when_no_node_runs(tmp_path: Path) -> None:
 # -- nodes that cannot start ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("stopped", [False, True])
 def test_second_node_on_the_same_data_dir(
-    node_factory: Callable[..., NodeProcess], network_key: str
+    node_factory: Callable[..., NodeProcess], network_key: str, stopped: bool
 ) -> None:
+    """Refused, one line; the first node is untouched: the same pid behind
+    the same control file. Also while the first does not answer its status
+    in time (stopped, Ctrl-Z): the data dir's lock refuses the second, which
+    would otherwise start beside it and take over the control file."""
     first = node_factory()
-    result = run_cli(
-        "node",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        data_dir=first.data_dir,
-        env={"PEERCRYPT_NETWORK_KEY": network_key},
-        timeout=NODE_CMD_TIMEOUT,
-    )
+    control = (first.data_dir / "control.json").read_bytes()
+    if stopped:
+        os.kill(first.pid, signal.SIGSTOP)
+    try:
+        result = run_cli(
+            "node",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            data_dir=first.data_dir,
+            env={"PEERCRYPT_NETWORK_KEY": network_key},
+            timeout=NODE_CMD_TIMEOUT,
+        )
+    finally:
+        if stopped:
+            os.kill(first.pid, signal.SIGCONT)
     assert_error(result, errors.USAGE, "already running", str(first.data_dir))
-    # The first node is untouched: same pid behind the same control file.
+    assert (first.data_dir / "control.json").read_bytes() == control
     status = first.status()
     assert status["pid"] == str(first.pid)
     assert status["port"] == str(first.port)

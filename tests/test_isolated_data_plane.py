@@ -27,11 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zmq
 
 from actors.inbox import scan
 from peercrypt import errors
 from peercrypt.crypto.identity import KeyPair, network_server_keys
+from peercrypt.data_plane import private_endpoint
 from peercrypt.history.db import db_path, list_transfers, open_reader
 from peercrypt.settings import NodeSettings
 from peercrypt.testing.nodes import (
@@ -556,8 +558,9 @@ def test_a_second_node_on_a_live_data_dir_leaves_its_endpoint_alone(
     tmp_path: Path, network_key: str, node_factory: Callable[..., NodeProcess]
 ) -> None:
     """A node that does not answer its status in time (stopped) still holds
-    its private endpoint: a second node for its data dir is refused before
-    it takes that socket's name, and the first goes on as it was."""
+    its data dir and its private endpoint: a second node for its data dir is
+    refused (by the data dir's lock) before it takes that socket's name, and
+    the first goes on as it was."""
     node = isolated_node(node_factory)
     path = node.data_dir / "ipc" / "attach.sock"
     before = path.lstat().st_ino
@@ -568,7 +571,7 @@ def test_a_second_node_on_a_live_data_dir_leaves_its_endpoint_alone(
         os.kill(node.pid, signal.SIGCONT)
     assert code == errors.USAGE
     assert stderr.splitlines() == [
-        f"peercrypt: error: a node is already running for {node.data_dir} (its {path} answers)"
+        f"peercrypt: error: a node is already running for {node.data_dir}"
     ]
     assert_no_child_left(pid)
     assert path.lstat().st_ino == before
@@ -577,3 +580,24 @@ def test_a_second_node_on_a_live_data_dir_leaves_its_endpoint_alone(
     assert node.counters().get("attach.attach-restart-again", 0) == 0
     other = node_factory("--no-gossip")
     sent_and_stored(other, node, random_file(tmp_path / "f.bin", MiB + 9))
+
+
+def test_an_endpoint_that_answers_is_a_live_nodes(tmp_path: Path) -> None:
+    """Where the data dir's lock does not hold (a file system without
+    locks), the endpoint itself tells a live node: a socket there that
+    answers is not replaced; a stale one is."""
+    folder = tmp_path / "n" / "ipc"
+    folder.mkdir(parents=True, mode=0o700)
+    path = folder / "attach.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(path))
+        live.listen()
+        with pytest.raises(ValueError) as refused:
+            private_endpoint(tmp_path / "n")
+        assert str(refused.value) == (
+            f"a node is already running for {tmp_path / 'n'} (its {path} answers)"
+        )
+        assert path.exists()
+    inode = path.lstat().st_ino  # (closed: a stale socket now)
+    assert private_endpoint(tmp_path / "n") == f"ipc://{path}"
+    assert not path.exists() or path.lstat().st_ino != inode

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import signal
@@ -266,6 +267,51 @@ def run_node(
     level = logging.WARNING if quiet_logs else logging.INFO
     logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else level)
     data_dir = settings.data_dir
+    lock = DataDirLock.take(data_dir)
+    try:
+        return _run_node(settings, lock, stop)
+    except BaseException:
+        lock.release()  # (if the node did not already)
+        raise
+
+
+LOCK_FILE = "node.lock"  # in the data dir: see DataDirLock
+
+
+class DataDirLock:
+    """An exclusive lock on ``DATA_DIR/node.lock``, held by an open file
+    while the node runs (released at its stop; by the kernel, if the process
+    dies): a second node for the data dir is refused also when the first
+    does not answer its status in time (stopped), and of two started at
+    once one is."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def take(cls, data_dir: Path) -> DataDirLock:
+        path = data_dir / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise UserError(f"cannot open {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"a node is already running for {data_dir}") from None
+        except OSError:
+            pass  # (a file system without locks: the status check decides, as before)
+        return cls(fd)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _run_node(settings: NodeSettings, lock: DataDirLock, stop: StopFlag | None) -> Node:
+    data_dir = settings.data_dir
     with contextlib.suppress(NodeUnavailable), ControlClient.for_data_dir(data_dir) as client:
         client.status(timeout=1.0)
         raise UserError(f"a node is already running for {data_dir}")
@@ -288,6 +334,7 @@ def run_node(
             raise UserError(str(exc)) from None
         settings = dataclasses.replace(with_isolation(settings), isolated_endpoint=endpoint)
     new = Node(settings)
+    new.release_lock = lock.release
     if isolated:
         # Started before the node: their interpreters' start overlaps its
         # own; they attach on its private endpoint once it is bound.
