@@ -69,8 +69,10 @@ class Node:
         # The sender and receiver as child processes (--isolate-data-plane),
         # started just before the node's actors (peercrypt/cli/node.py: run_node).
         self.data_plane: DataPlaneProcesses | None = None
-        # The data dir's lock, held while it runs (peercrypt/cli/node.py).
+        # The data dir's lock, held while it runs (peercrypt/cli/node.py): let
+        # go at a clean stop, kept until the process ends after a stuck one.
         self.release_lock: Callable[[], None] = lambda: None
+        self.keep_lock: Callable[[], None] = lambda: None
         self._stopped = False
 
     def start(self) -> None:
@@ -95,9 +97,10 @@ class Node:
             self.data_plane.stop()
         if self.supervisor.stop():
             self._term()
+            self.release_lock()  # last: a node started now finds everything of ours gone
         else:
             log.error("leaving the ZeroMQ context open: an actor is stuck")
-        self.release_lock()  # last: a node started now finds everything of ours gone
+            self.keep_lock()  # (it may still work in the data dir)
 
     def _term(self) -> None:
         self.context.term()

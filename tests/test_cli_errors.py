@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from peercrypt import errors
+from peercrypt.cli.common import UserError
+from peercrypt.cli.node import DataDirLock
 from peercrypt.crypto.identity import load_or_create_identity, new_network_key
 from peercrypt.testing.nodes import (
     CliResult,
@@ -315,6 +317,31 @@ def test_status_when_no_node_runs(tmp_path: Path) -> None:
 
 
 # -- nodes that cannot start ---------------------------------------------------------
+
+
+def test_the_data_dir_lock_is_let_go_once_and_kept_after_a_stuck_stop(tmp_path: Path) -> None:
+    """Held, a second taker is refused; let go (twice: the second time does
+    nothing), it can be taken again; kept (a stop that found an actor
+    stuck), a release lets nothing go until the process ends. A symlink in
+    its place is not followed."""
+    first = DataDirLock.take(tmp_path)
+    with pytest.raises(UserError, match="a node is already running for"):
+        DataDirLock.take(tmp_path)
+    first.release()
+    first.release()
+    second = DataDirLock.take(tmp_path)
+    second.keep()
+    second.release()
+    with pytest.raises(UserError, match="a node is already running for"):
+        DataDirLock.take(tmp_path)
+    os.close(second.fd)  # (as the process's end would)
+    elsewhere = tmp_path / "elsewhere"
+    link_dir = tmp_path / "linked"
+    link_dir.mkdir()
+    (link_dir / "node.lock").symlink_to(elsewhere)
+    with pytest.raises(UserError, match=r"cannot open .*node\.lock"):
+        DataDirLock.take(link_dir)
+    assert not elsewhere.exists()
 
 
 @pytest.mark.parametrize("stopped", [False, True])

@@ -287,12 +287,13 @@ class DataDirLock:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.kept = False  # held until the process ends (a node whose actor is stuck)
 
     @classmethod
     def take(cls, data_dir: Path) -> DataDirLock:
         path = data_dir / LOCK_FILE
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise UserError(f"cannot open {path}: {exc.strerror}") from None
         try:
@@ -305,9 +306,16 @@ class DataDirLock:
         return cls(fd)
 
     def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self.kept:
+            return
+        fd, self.fd = self.fd, -1  # (first: a second call never closes a number reused since)
+        if fd >= 0:
+            os.close(fd)
+
+    def keep(self) -> None:
+        """Hold it until the process ends: a stuck actor of the node may still
+        work in the data dir."""
+        self.kept = True
 
 
 def _run_node(settings: NodeSettings, lock: DataDirLock, stop: StopFlag | None) -> Node:
@@ -334,7 +342,7 @@ def _run_node(settings: NodeSettings, lock: DataDirLock, stop: StopFlag | None) 
             raise UserError(str(exc)) from None
         settings = dataclasses.replace(with_isolation(settings), isolated_endpoint=endpoint)
     new = Node(settings)
-    new.release_lock = lock.release
+    new.release_lock, new.keep_lock = lock.release, lock.keep
     if isolated:
         # Started before the node: their interpreters' start overlaps its
         # own; they attach on its private endpoint once it is bound.
