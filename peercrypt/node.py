@@ -122,7 +122,9 @@ class Node:
             sock.connect(self.env.address("attach"))
             sock.send(codec.encode(DataPlaneEnded(actor=kind)), zmq.NOBLOCK)
         except zmq.ZMQError:
-            pass  # (attach restarting: the silence loses the link, as before)
+            pass  # (the context ends: the node stops. While attach restarts, the
+            # message waits for the next one, which has no link to lose: the
+            # silence loses it then, as before.)
         finally:
             sock.close(linger=1000)
 
