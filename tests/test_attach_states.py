@@ -323,11 +323,12 @@ def test_an_attached_process_cannot_speak_attachs_own_words(rig: Rig) -> None:
         LinkChanged(actor="sender", why="told so", seq=99),
         ProxyStopped(actor="sender", seq=1),
         ActorRestarted(actor="scheduler"),
+        DataPlaneEnded(actor="sender"),
     ):
         mail = codec.encode(ActorMail(dest="control", payload=codec.encode(word)))
         rig.actor.on_mail(Inbound(route=ROUTE, peer=PEER, peer_host="10.0.0.2", payload=mail))
     assert rig.told("control") == []
-    assert rig.actor.counters["link-mail-control"] == 3
+    assert rig.actor.counters["link-mail-control"] == 4
     report = Announce(actor="sender", facts={}, counters={})
     mail = codec.encode(ActorMail(dest="control", payload=codec.encode(report)))
     rig.actor.on_mail(Inbound(route=ROUTE, peer=PEER, peer_host="10.0.0.2", payload=mail))

@@ -508,12 +508,20 @@ def test_a_child_refuses_an_endpoint_in_a_folder_others_may_enter(tmp_path: Path
     assert not (folder / "attach.sock").exists()
 
 
-def test_a_child_that_cannot_start_stops_the_node(tmp_path: Path, network_key: str) -> None:
+def with_port_taken(
+    tmp_path: Path, network_key: str, option: str
+) -> tuple[int, tuple[int, int, str]]:
+    """An isolated ``node`` run to its end with ``option`` naming a port
+    another socket listens on: that port, and :func:`node_command`'s result."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        pid, code, stderr = node_command(tmp_path, network_key, "--data-port", str(port))
+        return port, node_command(tmp_path, network_key, option, str(port))
+
+
+def test_a_child_that_cannot_start_stops_the_node(tmp_path: Path, network_key: str) -> None:
+    port, (pid, code, stderr) = with_port_taken(tmp_path, network_key, "--data-port")
     assert code == errors.USAGE
     lines = [ln for ln in stderr.splitlines() if "error" in ln]
     assert lines[0] == (
@@ -542,11 +550,7 @@ def assert_no_child_left(pid: int) -> None:
 def test_a_node_that_cannot_listen_ends_its_children(tmp_path: Path, network_key: str) -> None:
     """The children start before the node's own actors: a node whose public
     port is taken says so in one line, exit 2, and no child is left."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        pid, code, stderr = node_command(tmp_path, network_key, "--port", str(port))
+    port, (pid, code, stderr) = with_port_taken(tmp_path, network_key, "--port")
     assert code == errors.USAGE
     assert stderr.splitlines() == [
         f"peercrypt: error: cannot listen on 127.0.0.1:{port}: Address already in use"
