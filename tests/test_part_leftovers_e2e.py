@@ -58,6 +58,7 @@ def test_a_multicast_session_ended_while_the_receivers_disk_hangs_leaves_nothing
     sender = node_factory("--max-rate", str(rate), name="sender")
     path = make_file(64 * MiB, name="ended.bin")
     if when == "at-its-start":
+        disk.settle()  # (its part is created while the disk hangs: see StallingDisk)
         disk.stall()
     try:
         with cli_running(
@@ -234,6 +235,18 @@ def test_an_offer_again_after_one_abandoned_before_its_first_chunk_is_stored(
         )
         blocker = member.offer("blocker.bin", 64 * MiB, MiB)
         assert isinstance(blocker, HostileTransfer), blocker
+        # The second offer creates its part while the disk hangs: the inbox's
+        # folder must not be in a writeback the stall holds (settled once the
+        # blocker's first manifest, written at its open, is in it too).
+        wait_until(
+            lambda: (
+                len([p for p in disk.path.iterdir() if p.name.endswith(".part.manifest")]) == 2
+                or None
+            ),
+            WAIT,
+            "the blocker's manifest",
+        )
+        disk.settle()
         disk.stall()
         try:
             for index in range(4):  # the writer hangs in the first, the rest wait behind it

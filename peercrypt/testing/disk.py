@@ -18,8 +18,15 @@ to its page cache still go through.
 
     with stalling_ext4(tmp_path / "disk", 24 * 2**20) as disk:
         ...                      # disk.path: the inner ext4's directory
+        disk.settle()            # (optional) what was written so far lands
         disk.stall()             # fsync there blocks from now on
         disk.resume()            # (always done when the block ends)
+
+A stall also hangs what the kernel was writing back when it began, and
+whatever waits for it: a folder's block being written back (a ``sync``
+anywhere on the machine starts that) holds every lookup in that folder, the
+creation of a file included. A test whose node must still create files
+while the disk hangs settles it first.
 
 Raises :class:`DiskUnavailable` (with the reason) where it cannot mount; the
 unmount is lazy and bounded, so a busy mount never hangs a test.
@@ -92,6 +99,11 @@ class StallingDisk:
         self.path = path
         self._outer = outer
         self.stalled = False
+
+    def settle(self) -> None:
+        """What was written to the disk so far reaches it (``sync -f``): no
+        writeback of it can be under way when the disk then stalls."""
+        _run("sync", "-f", str(self.path))
 
     def stall(self) -> None:
         """From now on the disk's writes (and so fsync) do not return."""
