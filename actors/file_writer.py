@@ -33,6 +33,10 @@ waits across another kind of work or a checkpoint's sync:
   (:mod:`actors.tree_store`; here so that the actor keeps receiving)
 - :class:`Detached` ``(tid)``: a final check whose file was closed while it
   ran (its transfer cancelled or timed out) ended; its verdict is dropped
+- :class:`Published` ``(tid, stored, stamp, text)``: a verified file was
+  given its final name (:func:`actors.inbox.publish`: a link and the
+  folder's fsync), or was not (``text``); here, not on the actor's thread,
+  so that a disk that hangs there holds no offer's or cancel's answer
 
 Final checks (:meth:`FileWriter.finish`: fsync, then the read-back hash; a
 folder's build catching up) run on threads of their own (``pc-check``), at
@@ -158,7 +162,7 @@ import blake3
 import zmq
 
 from actors.file_chunks import read_chunk
-from actors.inbox import discard_part, remove_quietly, save_manifest
+from actors.inbox import Refusal, discard_part, publish, remove_quietly, save_manifest, stamp
 from actors.read_back import (
     HASH_HOLD,
     AsWritten,
@@ -177,6 +181,7 @@ from actors.read_back import (
 from actors.read_back import libc as _libc
 from actors.tree_store import TreeBuilder, unpack
 from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.delivered import FileStamp
 from peercrypt.core.incoming import ACK_EVERY
 from peercrypt.core.resume import CHECKPOINT_SPACING, Manifest, checkpoint_every
 from peercrypt.core.tree import TreeError
@@ -254,13 +259,29 @@ class TreeFailed:
 
 
 @dataclass(frozen=True)
+class Published:
+    """The verified file of ``tid`` is in the inbox as ``stored`` (its
+    ``stamp`` as just stored, None if it could not be read), or it is not
+    (``stored`` empty): ``text`` says why, ``taken`` if every candidate
+    name was taken (the part is kept)."""
+
+    tid: bytes
+    stored: str
+    stamp: FileStamp | None
+    text: str = ""
+    taken: bool = False
+
+
+@dataclass(frozen=True)
 class Detached:
     """A final check of ``tid`` ended after its file was closed: no verdict."""
 
     tid: bytes
 
 
-WriterResult = Written | Finished | WriteFailed | Unsaved | Unpacked | TreeFailed | Detached
+WriterResult = (
+    Written | Finished | WriteFailed | Unsaved | Unpacked | TreeFailed | Published | Detached
+)
 # Written results posted at most before a frame announces them (while more
 # work is queued; with none queued, at once): the receivers' ack cadence.
 ANNOUNCE_EVERY = ACK_EVERY
@@ -995,6 +1016,12 @@ class FileWriter:
         """Store the finished (verified) file of ``tid`` as the tree it holds."""
         self._queue.put(("unpack", tid, spec))
 
+    def publish(self, tid: bytes, part: Path, inbox: Path, name: str, mode: int) -> None:
+        """Give the finished (verified) file of ``tid`` its final name in
+        ``inbox`` (:func:`actors.inbox.publish`; its part ``part`` stays):
+        :class:`Published`."""
+        self._queue.put(("publish", tid, part, inbox, name, mode))
+
     def forget(self, tid: bytes) -> None:
         self._queue.put(("forget", tid))
 
@@ -1278,6 +1305,17 @@ class FileWriter:
             except OSError as exc:
                 return TreeFailed(tid, exc.strerror or str(exc), bad=False)
             return Unpacked(tid, tuple(stored))
+        if kind == "publish":
+            _, _, part, inbox, name, mode = op
+            try:
+                named = publish(part, f.fd, inbox, name, mode)
+            except Refusal as exc:
+                return Published(tid, "", None, exc.reason)
+            except OSError as exc:  # (its mode, or the folder's fsync)
+                return Published(tid, "", None, f"cannot store the verified file: {exc.strerror}")
+            if named is None:
+                return Published(tid, "", None, "no free name in the inbox", taken=True)
+            return Published(tid, named, stamp(inbox, named))
         if kind == "forget":
             self._drop_early(f)
             files.pop(tid, None)

@@ -89,6 +89,7 @@ from actors.file_writer import (
     FileWriter,
     Finished,
     Fresh,
+    Published,
     TreeFailed,
     TreeSpec,
     Unpacked,
@@ -103,7 +104,6 @@ from actors.inbox import (
     discard_part,
     manifest_name,
     open_part,
-    publish,
     remove_part,
     remove_quietly,
     scan,
@@ -189,6 +189,7 @@ log = logging.getLogger("peercrypt.mreceiver")
 PART_ID_CHARS = 12
 QUEUE_CHUNKS = 128  # authenticated chunks waiting for the writer, per session
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
+STORES_AT_STOP = 2.0  # as the receiver's (actors/receiver.py)
 # The SUB sockets and the repair port read without a cap (PEER_RCVHWM: with
 # one, a publisher or a repair sender could abort the node, docs/security.md);
 # what they hold unread is bounded from outside libzmq (core/port_guard.py).
@@ -449,12 +450,27 @@ class MulticastReceiverActor(Actor):
         return self.settings.max_chunk + TAG_BYTES + 1024
 
     def teardown(self) -> None:
+        if hasattr(self, "writer"):
+            self._await_stores(STORES_AT_STOP)
         # Kept (with a last checkpoint): a restarted node rejoins its sessions.
         for sess in list(self.sessions.values()):
             self.tell("stats", _record(sess, self.now(), "interrupted", "the node stopped"))
             self._close(sess, keep_part=True)
         if hasattr(self, "writer"):
             self.writer.stop()
+
+    def _await_stores(self, within: float) -> None:
+        """Files verified and being given their names by the writer (at the
+        node's stop) get them first, within ``within`` seconds."""
+        deadline = time.monotonic() + within
+        storing = sum(1 for sess in self.sessions.values() if sess.flow.hashed)
+        if storing:
+            log.info("stopping: up to %g s for %d verified file(s) to be stored", within, storing)
+        while any(sess.flow.hashed for sess in self.sessions.values()):
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.writer_results.poll(int(left * 1000) + 1):
+                return
+            self._on_writer(self.writer_results)
 
     # -- control plane ------------------------------------------------------------
 
@@ -945,6 +961,11 @@ class MulticastReceiverActor(Actor):
         if sess is None:
             return McRefuse(sid=st.sid, code="unknown-session", reason="no such session here")
         sess.route = env.route
+        if st.end and sess.flow.hashed:
+            # Verified, and being stored: its verdict follows (as a cancel
+            # from the receiving node's user is too late then).
+            self.count("ended-while-storing")
+            return None
         if st.end:
             why = printable(st.end)  # the sender's words: no escape reaches a terminal
             log.info("multicast session %s ended by the sender: %s", sess.name, why)
@@ -1112,6 +1133,12 @@ class MulticastReceiverActor(Actor):
             elif isinstance(result, Finished):
                 sess.flow.on_hashed()
                 self._finish(sess, result.digest)
+            elif isinstance(result, Published):
+                if result.stored:
+                    self._stored(sess, sess.flow.digest, result.stored)
+                else:
+                    digest = sess.flow.digest
+                    self._done(sess, ok=False, digest=digest, stored="", reason=result.text)
             elif isinstance(result, Unpacked):
                 self._stored(sess, sess.flow.digest, ", ".join(result.stored))
             elif isinstance(result, TreeFailed):
@@ -1175,15 +1202,8 @@ class MulticastReceiverActor(Actor):
         if sess.tree:  # a folder: the writer publishes the tree it built
             self.writer.unpack(sess.tid, self._tree_spec(sess))
             return
-        try:
-            stored = publish(sess.part, sess.fd, s.inbox, sess.name, s.file_mode) or ""
-        except Refusal as exc:
-            self._done(sess, ok=False, digest=digest, stored="", reason=exc.reason)
-            return
-        if not stored:
-            self._done(sess, ok=False, digest=digest, stored="", reason="no free name in the inbox")
-            return
-        self._stored(sess, digest, stored)
+        # By the writer too: a disk that hangs there holds this session alone.
+        self.writer.publish(sess.tid, sess.part, s.inbox, sess.name, s.file_mode)
 
     def _tree_spec(self, sess: Session) -> TreeSpec:
         """How the writer builds the session's folder (actors/tree_store.py)."""

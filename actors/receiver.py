@@ -65,6 +65,7 @@ from actors.file_writer import (
     FileWriter,
     Finished,
     Fresh,
+    Published,
     TreeFailed,
     TreeSpec,
     Unpacked,
@@ -82,7 +83,6 @@ from actors.inbox import (
     manifest_name,
     offered_chunks,
     open_part,
-    publish,
     remove_part,
     remove_quietly,
     scan,
@@ -186,6 +186,11 @@ CANCELLED_MEMORY = 256  # cancelled transfers remembered to answer their frames
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
 INCOMING_SHOWN = 8  # incoming transfers listed in the status facts
 CANCEL_ANSWER_EVERY = 0.5  # seconds between answers to a cancelled transfer's frames
+# Seconds a stopping node waits for its writer to give verified files their
+# names (file_writer.Published, Unpacked): stored, they are recorded as
+# delivered and their senders told; one still waiting (a disk that hangs)
+# is kept as its part, for a resume.
+STORES_AT_STOP = 2.0
 # An offer waits this long for the space ledger's verdict (actors/space.py),
 # then is refused "busy" (the sender retries).
 SPACE_VERDICT_TIMEOUT = 5.0
@@ -239,7 +244,7 @@ class Incoming:
     wall: float = field(default_factory=time.time)
     tree: int = 0  # a folder transfer: its manifest's bytes (peercrypt/core/tree.py)
     files: int = 0
-    digest: bytes = b""  # verified, while its tree is being stored
+    digest: bytes = b""  # verified, while it is being stored
     reported: int = 0  # bytes written, as the space ledger last heard
     ring: shm_ring.ReceiverRing | None = None  # lent to a sender of this host
     ident: str = ""  # what the user names it by (``status``, ``top``, ``cancel``): in1, in2...
@@ -616,6 +621,8 @@ class ReceiverActor(Actor):
         ipc_path: Path | None = getattr(self, "ipc_path", None)
         if ipc_path is not None:
             local_ipc.remove(ipc_path, self.ipc_bound)
+        if hasattr(self, "writer"):
+            self._await_stores(STORES_AT_STOP)
         for t in list(self.transfers.values()):
             self.tell("stats", self._record(t, "interrupted", "the node stopped"))
             if t.ring is not None:
@@ -625,6 +632,19 @@ class ReceiverActor(Actor):
         self.transfers.clear()
         if hasattr(self, "writer"):
             self.writer.stop()
+
+    def _await_stores(self, within: float) -> None:
+        """Files verified and being given their names by the writer (at the
+        node's stop) get them first, within ``within`` seconds."""
+        deadline = time.monotonic() + within
+        storing = sum(1 for t in self.transfers.values() if t.digest)
+        if storing:
+            log.info("stopping: up to %g s for %d verified file(s) to be stored", within, storing)
+        while any(t.digest for t in self.transfers.values()):
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.writer_results.poll(int(left * 1000) + 1):
+                return
+            self._on_writer(self.writer_results)
 
     def _reclaim(self) -> None:
         """Delete leftovers whose resume did not come within ``part_expiry``."""
@@ -1527,8 +1547,11 @@ class ReceiverActor(Actor):
                 t.digest = out.digest
                 self.count("trees-verified")
                 self.writer.unpack(t.tid, self._tree_spec(t))
-            elif isinstance(out, Store):
-                self._store(t, out.digest)
+            elif isinstance(out, Store):  # stored by the writer: a disk that hangs holds it alone
+                t.digest = out.digest
+                self.count("files-verified")
+                s = self.settings
+                self.writer.publish(t.tid, t.part, s.inbox, t.name, s.file_mode)
             else:
                 self._abandon(t, out)
 
@@ -1654,6 +1677,9 @@ class ReceiverActor(Actor):
             elif isinstance(result, Unsaved):
                 self.log_limited("cannot record %s for resume: %s", t.name, result.text)
                 continue
+            elif isinstance(result, Published):
+                self._published(t, result)
+                continue
             elif isinstance(result, Unpacked):
                 self._stored_tree(t, result.stored)
                 continue
@@ -1667,25 +1693,18 @@ class ReceiverActor(Actor):
             self._drive(t)
         self._flush_acks()
 
-    def _store(self, t: Incoming, digest: bytes) -> None:
-        try:
-            s = self.settings
-            stored = publish(t.part, t.fd, s.inbox, t.name, s.file_mode)
-            stamp = self._stamp(stored) if stored is not None else None
-        except Refusal as exc:
-            self._send_sealed(t, Failed(code=ResultCode.IO, reason=exc.reason))
-            self.tell("stats", self._record(t, ResultCode.IO, exc.reason))
-            self._close(t, keep_part=False)
+    def _published(self, t: Incoming, result: Published) -> None:
+        """The writer gave ``t``'s verified file its final name, or could not
+        (every name taken: its part is kept)."""
+        if not result.stored:
+            self._send_sealed(t, Failed(code=ResultCode.IO, reason=result.text))
+            self.tell("stats", self._record(t, ResultCode.IO, result.text))
+            self._close(t, keep_part=result.taken)
             return
-        if stored is None:
-            self._send_sealed(t, Failed(code=ResultCode.IO, reason="no free name in the inbox"))
-            self.tell("stats", self._record(t, ResultCode.IO, "no free name in the inbox"))
-            self._close(t, keep_part=True)
-            return
-        if stamp is not None:  # a re-offer of it is answered with this verdict
-            delivery = Delivery(t.key, stored, digest, stamp, time.time())
+        if result.stamp is not None:  # a re-offer of it is answered with this verdict
+            delivery = Delivery(t.key, result.stored, t.digest, result.stamp, time.time())
             self.store.record(delivery)
-        self._stored(t, digest, stored)
+        self._stored(t, t.digest, result.stored)
 
     def _stored_tree(self, t: Incoming, tops: tuple[str, ...]) -> None:
         """``t``'s folder is in the inbox under ``tops``: remembered (if not

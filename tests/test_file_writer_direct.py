@@ -15,6 +15,7 @@ import os
 import queue
 import random
 import resource
+import shutil
 import tempfile
 import threading
 import time
@@ -31,13 +32,16 @@ from actors.file_writer import (
     DIRECT_ALIGN,
     FileWriter,
     Finished,
+    Published,
     WriteFailed,
     WriterResult,
     Written,
     hash_direct,
 )
+from actors.inbox import stamp as inbox_stamp
 from actors.read_back import cut_unit
 from peercrypt.core.bitmap import ChunkBitmap
+from peercrypt.core.names import candidate_names
 from peercrypt.testing.nodes import NodeProcess, blake3_file, free_port
 
 CHUNK = 64 * 1024
@@ -1143,3 +1147,48 @@ def test_chunks_hashed_on_the_hashing_thread_give_their_buffers_back(
     h.writer._hashing.put(None, lambda window: ran.append(threading.current_thread().name))
     assert ran == [threading.current_thread().name]
     assert "pc-hash" not in [t.name for t in threading.enumerate()]
+
+
+def test_the_writer_gives_a_verified_file_its_name_or_says_why_not(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """:meth:`FileWriter.publish` (the receivers' final step, off their
+    threads): the file under its name with the mode asked for and its stamp;
+    the next free name beside one taken; every candidate taken (the part is
+    kept: ``taken``); a link refused (an inbox on another filesystem)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    data = os.urandom(3 * CHUNK + 5)
+    part = inbox / ".f.bin.1.part"
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        write_file(harness, fd, data, list(range(4)), ChunkBitmap(4))
+        finish(harness, fd, data)
+        harness.writer.publish(b"t", part, inbox, "f.bin", 0o640)
+        first = harness.next()
+        assert isinstance(first, Published) and first.stored == "f.bin", first
+        st = os.lstat(inbox / "f.bin")
+        assert first.stamp is not None and (first.stamp.ino, first.stamp.size) == (
+            st.st_ino,
+            len(data),
+        )
+        assert st.st_mode & 0o777 == 0o640 and (inbox / "f.bin").read_bytes() == data
+        harness.writer.publish(b"t", part, inbox, "f.bin", 0o600)
+        assert harness.next() == Published(b"t", "f.1.bin", inbox_stamp(inbox, "f.1.bin"))
+        taken = tmp_path / "taken"
+        taken.mkdir()
+        for candidate in candidate_names("g.bin"):
+            (taken / candidate).touch()
+        harness.writer.publish(b"t", part, taken, "g.bin", 0o600)
+        assert harness.next() == Published(b"t", "", None, "no free name in the inbox", taken=True)
+        elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        try:
+            harness.writer.publish(b"t", part, elsewhere, "f.bin", 0o600)
+            refused = harness.next()
+            assert isinstance(refused, Published) and not refused.stored and not refused.taken
+            assert refused.text.startswith("cannot link the verified file: "), refused
+            assert list(elsewhere.iterdir()) == []
+        finally:
+            shutil.rmtree(elsewhere)
+    finally:
+        harness.writer.close(b"t", keep=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -272,3 +273,85 @@ def test_a_transfer_cancelled_while_it_is_read_back_leaves_no_descriptor_or_thre
     )
     wait_until(lambda: _threads(pid, "pc-check") == 0 or None, WAIT, "the read-back thread gone")
     assert _dot_files(receiver.inbox) == []
+
+
+def _verified_and_naming(
+    disk: StallingDisk, receiver: NodeProcess, member: HostileSender
+) -> tuple[HostileTransfer, bytes, str]:
+    """``member`` sends a file, every chunk is written and on the disk, then
+    the disk stalls and the sender's Done starts the final check: it passes
+    (nothing is left to sync), and giving the file its name (a link, then
+    the inbox folder's fsync) hangs. The transfer, its data and its id."""
+    data = os.urandom(4 * CHUNK)
+    t = member.offer("named.bin", len(data), CHUNK)
+    assert isinstance(t, HostileTransfer), t
+    for index in range(t.total):
+        t.send_chunk(index, data[index * CHUNK : (index + 1) * CHUNK])
+    ident = wait_until(
+        lambda: next((str(r[3]) for r in _incoming(receiver) if r[2] == r[1]), None),
+        WAIT,
+        "every chunk written",
+    )
+    disk.settle()  # (the check's fsync finds nothing to do)
+    disk.stall()
+    t.send_done(blake3.blake3(data).digest())
+    receiver.wait_for_counter("receiver.files-verified", 1, WAIT)
+    return t, data, ident
+
+
+def test_a_verified_file_whose_naming_hangs_in_the_disk_holds_up_no_answer(
+    stalling_disk: Callable[..., StallingDisk],
+    node_factory: Callable[..., NodeProcess],
+    network_key: str,
+) -> None:
+    """The disk stops answering as a verified file is given its name: the
+    receiving node still answers its user at once (its cancel is too late:
+    the file is verified and being stored), and once the disk answers the
+    file is stored whole and its sender hears Verified."""
+    disk = stalling_disk(24 * MiB)
+    receiver = node_factory("--inbox", str(disk.path), name="receiver")
+    try:
+        with HostileSender(network_key, receiver.host, receiver.port) as member:
+            t, data, ident = _verified_and_naming(disk, receiver, member)
+            cancel = receiver.cli("cancel", ident)  # the receiver's own actor answers
+            assert cancel.returncode == 2, cancel.describe()
+            assert "is verified and being stored: too late to cancel" in cancel.stderr, cancel
+            assert [r[0] for r in _incoming(receiver)] == ["named.bin"]
+            disk.resume()
+            verified = t.wait_for(Verified)
+    finally:
+        disk.resume()  # before the node stops: a hung disk holds it
+    assert verified.digest == blake3.blake3(data).digest()
+    assert (disk.path / verified.stored_as).read_bytes() == data
+    wait_until(lambda: not _incoming(receiver) or None, WAIT, "the transfer unlisted")
+    assert sorted(p.name for p in disk.path.iterdir()) == ["named.bin"]  # no part, no manifest
+
+
+def test_a_node_stopped_while_a_verified_file_is_named_stores_it_first(
+    stalling_disk: Callable[..., StallingDisk],
+    node_factory: Callable[..., NodeProcess],
+    network_key: str,
+) -> None:
+    """The node is stopped while a verified file waits for its name in a
+    disk that hangs, and the disk answers again within the stop's wait: the
+    file is stored, its sender hears Verified, and nothing of its part stays
+    (not kept to be resumed, and so stored twice)."""
+    disk = stalling_disk(24 * MiB)
+    receiver = node_factory("--inbox", str(disk.path), name="receiver")
+    try:
+        with HostileSender(network_key, receiver.host, receiver.port) as member:
+            t, data, _ = _verified_and_naming(disk, receiver, member)
+            receiver.send_signal(signal.SIGTERM)
+            wait_until(
+                lambda: "verified file(s) to be stored" in receiver.log_text() or None,
+                WAIT,
+                "the stop waiting for the file's name",
+            )
+            disk.resume()
+            verified = t.wait_for(Verified)
+            assert receiver.stop() == 0
+    finally:
+        disk.resume()
+    assert verified.digest == blake3.blake3(data).digest()
+    assert sorted(p.name for p in disk.path.iterdir()) == ["named.bin"]
+    assert (disk.path / "named.bin").read_bytes() == data
