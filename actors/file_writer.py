@@ -34,9 +34,14 @@ waits across another kind of work or a checkpoint's sync:
 - :class:`Detached` ``(tid)``: a final check whose file was closed while it
   ran (its transfer cancelled or timed out) ended; its verdict is dropped
 - :class:`Published` ``(tid, stored, stamp, text)``: a verified file was
-  given its final name (:func:`actors.inbox.publish`: a link and the
-  folder's fsync), or was not (``text``); here, not on the actor's thread,
-  so that a disk that hangs there holds no offer's or cancel's answer
+  given its final name (:meth:`FileWriter.publish`), or was not
+  (``text``); here, not on the actor's thread, so that a disk that hangs
+  there holds up no offer's or cancel's answer. The link is made on this
+  thread; the inbox folder's fsync that makes it durable on a thread of its
+  own (``pc-sync``: one fsync for every name linked meanwhile), so that a
+  disk that hangs there holds up no other transfer's chunks either. A file
+  whose name was linked has its part removed at its close, even with
+  ``keep``: it lives under its name (:attr:`FileWriter.linked`)
 
 Final checks (:meth:`FileWriter.finish`: fsync, then the read-back hash; a
 folder's build catching up) run on threads of their own (``pc-check``), at
@@ -162,7 +167,16 @@ import blake3
 import zmq
 
 from actors.file_chunks import read_chunk
-from actors.inbox import Refusal, discard_part, publish, remove_quietly, save_manifest, stamp
+from actors.inbox import (
+    Refusal,
+    discard_part,
+    fsync_dir,
+    link_verified,
+    manifest_name,
+    remove_quietly,
+    save_manifest,
+    stamp,
+)
 from actors.read_back import (
     HASH_HOLD,
     AsWritten,
@@ -701,6 +715,50 @@ class _File:
     # A fresh part written directly, hashed from its chunks as they are
     # written but for what a cut by name could change (actors/read_back.py).
     as_written: AsWritten | None = None
+    linked: Path | None = None  # its part, once the file was linked under its name
+
+
+class _FolderSync:
+    """The fsync of an inbox folder after verified files were linked in it,
+    on a thread of its own (``pc-sync``, started at the first): one fsync
+    covers every name linked before it; each name comes back to the
+    writer's ``queue`` as a ``synced`` op (with the fsync's error, if any)."""
+
+    def __init__(self, queue_: queue.SimpleQueue[tuple[Any, ...] | None]) -> None:
+        self._writer = queue_
+        self._queue: queue.SimpleQueue[tuple[bytes, Path, str] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def add(self, tid: bytes, inbox: Path, name: str) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pc-sync", daemon=True)
+            self._thread.start()
+        self._queue.put((tid, inbox, name))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        name_native_thread()
+        while (first := self._queue.get()) is not None:
+            linked, last = [first], False
+            while not self._queue.empty():
+                more = self._queue.get()
+                if more is None:
+                    last = True
+                    break
+                linked.append(more)
+            errors: dict[Path, str] = {}
+            for inbox in {inbox for _, inbox, _ in linked}:
+                try:
+                    fsync_dir(inbox)
+                    errors[inbox] = ""
+                except OSError as exc:
+                    errors[inbox] = exc.strerror or str(exc)
+            for tid, inbox, name in linked:
+                self._writer.put(("synced", tid, inbox, name, errors[inbox]))
+            if last:
+                return
 
 
 @dataclass(frozen=True)
@@ -876,6 +934,11 @@ class FileWriter:
         self._unannounced = 0  # results posted since the last frame (writer thread)
         self._unannounced_bytes = 0  # of the chunks those Written results wrote
         self._failed: dict[bytes, _File] = {}  # failed files awaiting close() (writer thread)
+        # Verified files linked under their names whose folder's fsync has
+        # not returned yet (set by the writer's thread; a stopping receiver
+        # reads it once the writer stopped): tid -> name.
+        self.linked: dict[bytes, str] = {}
+        self._folder_sync = _FolderSync(self._queue)
         self._stopping = threading.Event()  # ends a folder being unpacked, between blocks
         # Chunk buffers: one queued with write() comes back here once written.
         self.buffers = BufferPool(min(max_queued, pool_bytes))
@@ -946,6 +1009,7 @@ class FileWriter:
             halt.set()
         self._queue.put(None)
         self._thread.join(5.0)
+        self._folder_sync.stop()  # (not waited for: one inside a hung fsync is left to it)
         self._hashing.stop()  # (after the writer: the jobs it queued run first)
 
     def open(
@@ -1018,9 +1082,21 @@ class FileWriter:
 
     def publish(self, tid: bytes, part: Path, inbox: Path, name: str, mode: int) -> None:
         """Give the finished (verified) file of ``tid`` its final name in
-        ``inbox`` (:func:`actors.inbox.publish`; its part ``part`` stays):
-        :class:`Published`."""
+        ``inbox`` (:func:`actors.inbox.link_verified`, then the folder's
+        fsync; its part ``part`` stays until its close): :class:`Published`
+        once the name is durable."""
         self._queue.put(("publish", tid, part, inbox, name, mode))
+
+    def named_at_stop(self) -> dict[bytes, str]:
+        """At a receiver's stop: the verified files linked under a name by
+        now (their folder's fsync returned or not), by tid. The results
+        waiting are taken (the others dropped: the receiver is stopping)."""
+        named = dict(self.linked)  # (a copy: this thread may run on)
+        while not self.results.empty():
+            result = self.results.get_nowait()
+            if isinstance(result, Published) and result.stored:
+                named[result.tid] = result.stored
+        return named
 
     def forget(self, tid: bytes) -> None:
         self._queue.put(("forget", tid))
@@ -1192,6 +1268,12 @@ class FileWriter:
         if kind == "checked":
             _, _, check, verdict = op
             return self._checked_verdict(files, check, verdict)
+        if kind == "synced":  # (its file may be closed by now: a node stopping)
+            _, _, inbox, name, error = op
+            if error:  # (its data was synced by its check: the name may not be)
+                log.warning("cannot sync the inbox after storing %s: %s", name, error)
+            self.linked.pop(tid, None)
+            return Published(tid, name, stamp(inbox, name))
         if kind == "close":
             _, _, keep, discard = op
             closing = files.pop(tid, None) or self._failed.pop(tid, None)
@@ -1206,6 +1288,12 @@ class FileWriter:
             # A file in its final check has every chunk written; its check
             # may be stuck in the disk, which a checkpoint's sync would join.
             keep = keep and not checking
+            if closing.linked is not None and discard is None:
+                # Under its final name already: its part is kept for no
+                # resume (which would store it twice).
+                part, keep = closing.linked, False
+                manifest = part.parent / manifest_name(part.name)
+                discard = (part, [manifest, manifest.with_name(manifest.name + ".tmp")])
             try:
                 if discard is not None:
                     part, manifests = discard
@@ -1308,14 +1396,18 @@ class FileWriter:
         if kind == "publish":
             _, _, part, inbox, name, mode = op
             try:
-                named = publish(part, f.fd, inbox, name, mode)
+                named = link_verified(part, f.fd, inbox, name, mode)
             except Refusal as exc:
                 return Published(tid, "", None, exc.reason)
-            except OSError as exc:  # (its mode, or the folder's fsync)
-                return Published(tid, "", None, f"cannot store the verified file: {exc.strerror}")
+            except OSError as exc:  # (its mode)
+                why = exc.strerror or str(exc)
+                return Published(tid, "", None, f"cannot store the verified file: {why}")
             if named is None:
                 return Published(tid, "", None, "no free name in the inbox", taken=True)
-            return Published(tid, named, stamp(inbox, named))
+            f.linked = part
+            self.linked[tid] = named
+            self._folder_sync.add(tid, inbox, named)
+            return None
         if kind == "forget":
             self._drop_early(f)
             files.pop(tid, None)

@@ -189,12 +189,15 @@ def remove_quietly(path: Path) -> None:
         os.unlink(path)
 
 
-def publish(part: Path | None, fd: int, inbox: Path, name: str, mode: int = 0o644) -> str | None:
+def link_verified(
+    part: Path | None, fd: int, inbox: Path, name: str, mode: int = 0o644
+) -> str | None:
     """Give the verified file open as ``fd`` its final name (never
     overwriting); the name used, or None if every candidate is taken. The
     link is made to the open file itself, so what appears is what was
     verified even if ``part``'s name was replaced meanwhile. A named part
-    stays; the caller removes it (:func:`discard_part`). ``mode``: the file's
+    stays; the caller removes it (:func:`discard_part`), and makes the name
+    durable (:func:`fsync_dir` of ``inbox``). ``mode``: the file's
     permissions once published."""
     os.fchmod(fd, mode)
     for candidate in candidate_names(name):
@@ -202,7 +205,6 @@ def publish(part: Path | None, fd: int, inbox: Path, name: str, mode: int = 0o64
             _link_fd(fd, part, inbox / candidate)
         except FileExistsError:
             continue
-        fsync_dir(inbox)
         return candidate
     return None
 

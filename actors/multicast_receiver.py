@@ -451,13 +451,40 @@ class MulticastReceiverActor(Actor):
 
     def teardown(self) -> None:
         if hasattr(self, "writer"):
-            self._await_stores(STORES_AT_STOP)
+            try:
+                self._await_stores(STORES_AT_STOP)
+            except Exception as exc:  # (a fault of ours: the rest of the stop goes on)
+                log.error("mreceiver: storing at the stop failed (%s)", type(exc).__name__)
         # Kept (with a last checkpoint): a restarted node rejoins its sessions.
+        # Files still being named: recorded as delivered once linked (now,
+        # and after the writer's last work), the others interrupted.
+        storing = {s.tid: s for s in self.sessions.values() if s.flow.hashed and not s.tree}
+        recorded: set[bytes] = set()
+        self._record_named(storing, recorded)
         for sess in list(self.sessions.values()):
-            self.tell("stats", _record(sess, self.now(), "interrupted", "the node stopped"))
+            if sess.tid not in storing:
+                self.tell("stats", _record(sess, self.now(), "interrupted", "the node stopped"))
             self._close(sess, keep_part=True)
         if hasattr(self, "writer"):
             self.writer.stop()
+            self._record_named(storing, recorded)
+        for tid, sess in storing.items():
+            if tid not in recorded:
+                self.tell("stats", _record(sess, self.now(), "interrupted", "the node stopped"))
+
+    def _record_named(self, storing: dict[bytes, Session], recorded: set[bytes]) -> None:
+        """At the stop: which of ``storing`` the writer linked under a name,
+        recorded as delivered and in ``recorded``."""
+        if not hasattr(self, "writer"):
+            return
+        for tid, stored in self.writer.named_at_stop().items():
+            sess = storing.get(tid)
+            if sess is None or tid in recorded:
+                continue
+            recorded.add(tid)
+            self._record_delivery(sess, sess.flow.digest, stored)
+            self.tell("stats", _record(sess, self.now(), "ok", "", stored))
+            log.info("%s was stored as the node stopped", stored)
 
     def _await_stores(self, within: float) -> None:
         """Files verified and being given their names by the writer (at the
@@ -1217,11 +1244,15 @@ class MulticastReceiverActor(Actor):
         self.count("received")
         self.count("received-bytes", sess.size)
         log.info("received %s (%d bytes) by multicast from %s", stored, sess.size, _who(sess.peer))
+        self._record_delivery(sess, digest, stored)
+        self._done(sess, ok=True, digest=digest, stored=stored, reason="")
+
+    def _record_delivery(self, sess: Session, digest: bytes, stored: str) -> None:
+        """``sess``'s file, stored as ``stored``: its McHeld answer next time."""
         now = stamp(self.settings.inbox, stored)
-        if sess.source and not sess.tree and now is not None:  # answered McHeld next time
+        if sess.source and not sess.tree and now is not None:
             key = ResumeKey(sess.peer, sess.name, sess.size, sess.chunk_size, sess.source)
             self.delivered.record(Delivery(key, stored, digest, now, time.time()))
-        self._done(sess, ok=True, digest=digest, stored=stored, reason="")
 
     def _done(self, sess: Session, *, ok: bool, digest: bytes, stored: str, reason: str) -> None:
         msg = McDone(sid=sess.sid, ok=ok, digest=digest, stored_as=stored, reason=reason)

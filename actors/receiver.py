@@ -622,9 +622,20 @@ class ReceiverActor(Actor):
         if ipc_path is not None:
             local_ipc.remove(ipc_path, self.ipc_bound)
         if hasattr(self, "writer"):
-            self._await_stores(STORES_AT_STOP)
+            try:
+                self._await_stores(STORES_AT_STOP)
+            except Exception as exc:  # (a fault of ours: the rest of the stop goes on)
+                log.error("receiver: storing at the stop failed (%s)", type(exc).__name__)
+        # Verified files still being named: recorded as delivered once
+        # linked (now, and after the writer's last work: the closes' removal
+        # of their parts may wait for a disk that hangs), the others
+        # interrupted.
+        storing = {t.tid: t for t in self.transfers.values() if t.digest and not t.tree}
+        recorded: set[bytes] = set()
+        self._record_named(storing, recorded)
         for t in list(self.transfers.values()):
-            self.tell("stats", self._record(t, "interrupted", "the node stopped"))
+            if t.tid not in storing:
+                self.tell("stats", self._record(t, "interrupted", "the node stopped"))
             if t.ring is not None:
                 t.ring.close()
             if hasattr(self, "writer"):
@@ -632,6 +643,10 @@ class ReceiverActor(Actor):
         self.transfers.clear()
         if hasattr(self, "writer"):
             self.writer.stop()
+            self._record_named(storing, recorded)
+        for tid, t in storing.items():
+            if tid not in recorded:
+                self.tell("stats", self._record(t, "interrupted", "the node stopped"))
 
     def _await_stores(self, within: float) -> None:
         """Files verified and being given their names by the writer (at the
@@ -645,6 +660,23 @@ class ReceiverActor(Actor):
             if left <= 0 or not self.writer_results.poll(int(left * 1000) + 1):
                 return
             self._on_writer(self.writer_results)
+
+    def _record_named(self, storing: dict[bytes, Incoming], recorded: set[bytes]) -> None:
+        """At the stop: which of ``storing`` the writer linked under a name
+        (its folder's fsync done or not), recorded as delivered (a re-offer
+        is answered from that record, not stored twice) and in ``recorded``."""
+        if not hasattr(self, "writer"):
+            return
+        for tid, stored in self.writer.named_at_stop().items():
+            t = storing.get(tid)
+            if t is None or tid in recorded:
+                continue
+            recorded.add(tid)
+            now = stamp(self.settings.inbox, stored)
+            if now is not None:
+                self.store.record(Delivery(t.key, stored, t.digest, now, time.time()))
+            self.tell("stats", self._record(t, ResultCode.OK, stored=stored))
+            log.info("%s was stored as the node stopped", stored)
 
     def _reclaim(self) -> None:
         """Delete leftovers whose resume did not come within ``part_expiry``."""
@@ -1682,6 +1714,12 @@ class ReceiverActor(Actor):
                 continue
             elif isinstance(result, Unpacked):
                 self._stored_tree(t, result.stored)
+                continue
+            elif isinstance(result, WriteFailed) and t.digest:
+                # (a fault while it was stored: its flow has ended, so it is
+                # ended here, not left waiting for a name that never comes)
+                text = f"cannot store the verified file: {result.text}"
+                self._published(t, Published(t.tid, "", None, text))
                 continue
             elif isinstance(result, TreeFailed):
                 self._tree_failed(t, result)

@@ -1192,3 +1192,6 @@ def test_the_writer_gives_a_verified_file_its_name_or_says_why_not(
             shutil.rmtree(elsewhere)
     finally:
         harness.writer.close(b"t", keep=True)
+        harness.writer.stop()  # (its close is done)
+    # Linked under its name: its part is not kept for a resume.
+    assert sorted(p.name for p in inbox.iterdir()) == ["f.1.bin", "f.bin"]

@@ -276,14 +276,14 @@ def test_a_transfer_cancelled_while_it_is_read_back_leaves_no_descriptor_or_thre
 
 
 def _verified_and_naming(
-    disk: StallingDisk, receiver: NodeProcess, member: HostileSender
+    disk: StallingDisk, receiver: NodeProcess, member: HostileSender, source: bytes | None = None
 ) -> tuple[HostileTransfer, bytes, str]:
     """``member`` sends a file, every chunk is written and on the disk, then
     the disk stalls and the sender's Done starts the final check: it passes
     (nothing is left to sync), and giving the file its name (a link, then
     the inbox folder's fsync) hangs. The transfer, its data and its id."""
     data = os.urandom(4 * CHUNK)
-    t = member.offer("named.bin", len(data), CHUNK)
+    t = member.offer("named.bin", len(data), CHUNK, source=source)
     assert isinstance(t, HostileTransfer), t
     for index in range(t.total):
         t.send_chunk(index, data[index * CHUNK : (index + 1) * CHUNK])
@@ -355,3 +355,39 @@ def test_a_node_stopped_while_a_verified_file_is_named_stores_it_first(
     assert verified.digest == blake3.blake3(data).digest()
     assert sorted(p.name for p in disk.path.iterdir()) == ["named.bin"]
     assert (disk.path / "named.bin").read_bytes() == data
+
+
+def test_a_node_whose_stop_outwaits_a_hung_name_keeps_no_part_and_knows_the_file(
+    stalling_disk: Callable[..., StallingDisk],
+    node_factory: Callable[..., NodeProcess],
+    network_key: str,
+) -> None:
+    """As above, but the disk answers only after the stop's wait: the file
+    was linked under its name (its folder's fsync hung), so its part goes
+    rather than being kept for a resume, and it is recorded as delivered:
+    its sender's re-offer to the node started again is answered from that
+    record (every chunk held), not stored a second time."""
+    disk = stalling_disk(24 * MiB)
+    receiver = node_factory("--inbox", str(disk.path), name="receiver")
+    tag = os.urandom(32)
+    try:
+        with HostileSender(network_key, receiver.host, receiver.port) as member:
+            t, data, _ = _verified_and_naming(disk, receiver, member, source=tag)
+            receiver.send_signal(signal.SIGTERM)
+            wait_until(
+                lambda: "named.bin was stored as the node stopped" in receiver.log_text() or None,
+                WAIT,
+                "the stop to record the file",
+            )
+            disk.resume()
+            assert receiver.stop() == 0
+    finally:
+        disk.resume()
+    assert sorted(p.name for p in disk.path.iterdir()) == ["named.bin"]
+    assert (disk.path / "named.bin").read_bytes() == data
+    receiver.start()
+    with HostileSender(network_key, receiver.host, receiver.port, identity=member.identity) as same:
+        again = same.offer("named.bin", len(data), CHUNK, source=tag)
+        assert isinstance(again, HostileTransfer), again
+        assert again.accept is not None and again.accept.have == [0, t.total], again.accept
+    assert receiver.counters().get("receiver.delivered-before", 0) == 1

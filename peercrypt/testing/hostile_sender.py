@@ -187,10 +187,18 @@ class HostileTransfer:
 class HostileSender:
     """An admitted member with a fresh identity, offering to one node."""
 
-    def __init__(self, network_key: str | None, host: str, port: int, source: str = "") -> None:
+    def __init__(
+        self,
+        network_key: str | None,
+        host: str,
+        port: int,
+        source: str = "",
+        identity: KeyPair | None = None,
+    ) -> None:
         """``source``: the local address to connect from (e.g. 127.0.0.2, to
-        be another host on loopback)."""
-        self.identity = KeyPair.from_seed(os.urandom(32))
+        be another host on loopback); ``identity``: the member's (a fresh one
+        by default; an earlier member's to be that member again)."""
+        self.identity = identity or KeyPair.from_seed(os.urandom(32))
         self.host, self.port, self.source = host, port, source
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.control = self.ctx.socket(zmq.DEALER)
