@@ -39,9 +39,11 @@ waits across another kind of work or a checkpoint's sync:
   there holds up no offer's or cancel's answer. The link is made on this
   thread; the inbox folder's fsync that makes it durable on a thread of its
   own (``pc-sync``: one fsync for every name linked meanwhile), so that a
-  disk that hangs there holds up no other transfer's chunks either. A file
-  whose name was linked has its part removed at its close, even with
-  ``keep``: it lives under its name (:attr:`FileWriter.linked`)
+  disk that hangs in it holds up no other transfer's work on this thread.
+  Once linked, the file's part and manifests are removed at once, here (in
+  the link's journal transaction, as a rule: a crash keeps both names or
+  neither), so what is left for the receiver's close is only lookups; a
+  close with ``keep`` writes no checkpoint of it (:attr:`FileWriter.linked`)
 
 Final checks (:meth:`FileWriter.finish`: fsync, then the read-back hash; a
 folder's build catching up) run on threads of their own (``pc-check``), at
@@ -175,7 +177,6 @@ from actors.inbox import (
     manifest_name,
     remove_quietly,
     save_manifest,
-    stamp,
 )
 from actors.read_back import (
     HASH_HOLD,
@@ -731,8 +732,13 @@ class _FolderSync:
 
     def add(self, tid: bytes, inbox: Path, name: str) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="pc-sync", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="pc-sync", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # (no thread to be had: synced here, this once)
+                self._writer.put(("synced", tid, inbox, name, _synced(inbox)))
+                return
+            self._thread = thread
         self._queue.put((tid, inbox, name))
 
     def stop(self) -> None:
@@ -748,17 +754,20 @@ class _FolderSync:
                     last = True
                     break
                 linked.append(more)
-            errors: dict[Path, str] = {}
-            for inbox in {inbox for _, inbox, _ in linked}:
-                try:
-                    fsync_dir(inbox)
-                    errors[inbox] = ""
-                except OSError as exc:
-                    errors[inbox] = exc.strerror or str(exc)
+            errors = {inbox: _synced(inbox) for inbox in {inbox for _, inbox, _ in linked}}
             for tid, inbox, name in linked:
                 self._writer.put(("synced", tid, inbox, name, errors[inbox]))
             if last:
                 return
+
+
+def _synced(inbox: Path) -> str:
+    """fsync ``inbox`` (a folder); why it failed, "" if it did not."""
+    try:
+        fsync_dir(inbox)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
 
 
 @dataclass(frozen=True)
@@ -937,7 +946,7 @@ class FileWriter:
         # Verified files linked under their names whose folder's fsync has
         # not returned yet (set by the writer's thread; a stopping receiver
         # reads it once the writer stopped): tid -> name.
-        self.linked: dict[bytes, str] = {}
+        self.linked: dict[bytes, tuple[str, FileStamp]] = {}
         self._folder_sync = _FolderSync(self._queue)
         self._stopping = threading.Event()  # ends a folder being unpacked, between blocks
         # Chunk buffers: one queued with write() comes back here once written.
@@ -1087,15 +1096,16 @@ class FileWriter:
         once the name is durable."""
         self._queue.put(("publish", tid, part, inbox, name, mode))
 
-    def named_at_stop(self) -> dict[bytes, str]:
+    def named_at_stop(self) -> dict[bytes, tuple[str, FileStamp]]:
         """At a receiver's stop: the verified files linked under a name by
-        now (their folder's fsync returned or not), by tid. The results
-        waiting are taken (the others dropped: the receiver is stopping)."""
+        now (their folder's fsync returned or not), by tid, with the file's
+        stamp as linked. The results waiting are taken (the others dropped:
+        the receiver is stopping)."""
         named = dict(self.linked)  # (a copy: this thread may run on)
         while not self.results.empty():
             result = self.results.get_nowait()
-            if isinstance(result, Published) and result.stored:
-                named[result.tid] = result.stored
+            if isinstance(result, Published) and result.stored and result.stamp is not None:
+                named[result.tid] = (result.stored, result.stamp)
         return named
 
     def forget(self, tid: bytes) -> None:
@@ -1269,11 +1279,11 @@ class FileWriter:
             _, _, check, verdict = op
             return self._checked_verdict(files, check, verdict)
         if kind == "synced":  # (its file may be closed by now: a node stopping)
-            _, _, inbox, name, error = op
+            _, _, _, name, error = op
             if error:  # (its data was synced by its check: the name may not be)
                 log.warning("cannot sync the inbox after storing %s: %s", name, error)
-            self.linked.pop(tid, None)
-            return Published(tid, name, stamp(inbox, name))
+            linked = self.linked.pop(tid, None)
+            return Published(tid, name, linked[1] if linked is not None else None)
         if kind == "close":
             _, _, keep, discard = op
             closing = files.pop(tid, None) or self._failed.pop(tid, None)
@@ -1288,12 +1298,8 @@ class FileWriter:
             # A file in its final check has every chunk written; its check
             # may be stuck in the disk, which a checkpoint's sync would join.
             keep = keep and not checking
-            if closing.linked is not None and discard is None:
-                # Under its final name already: its part is kept for no
-                # resume (which would store it twice).
-                part, keep = closing.linked, False
-                manifest = part.parent / manifest_name(part.name)
-                discard = (part, [manifest, manifest.with_name(manifest.name + ".tmp")])
+            if closing.linked is not None:
+                keep = False  # under its final name: no manifest for a resume (its part is gone)
             try:
                 if discard is not None:
                     part, manifests = discard
@@ -1404,8 +1410,16 @@ class FileWriter:
                 return Published(tid, "", None, f"cannot store the verified file: {why}")
             if named is None:
                 return Published(tid, "", None, "no free name in the inbox", taken=True)
+            # As the file was linked (not its name now: it may be moved meanwhile).
+            st = os.fstat(f.fd)
+            self.linked[tid] = (named, FileStamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
             f.linked = part
-            self.linked[tid] = named
+            why = discard_part(part, f.fd)  # (only while that name still is this file)
+            if why:
+                log.warning("cannot remove %s: %s", part, why)
+            manifest = inbox / manifest_name(part.name)
+            for path in (manifest, manifest.with_name(manifest.name + ".tmp")):
+                remove_quietly(path)
             self._folder_sync.add(tid, inbox, named)
             return None
         if kind == "forget":

@@ -117,7 +117,7 @@ from peercrypt.core import fragments
 from peercrypt.core.address import join_host_port
 from peercrypt.core.bitmap import flatten
 from peercrypt.core.completed import CompletedMemory
-from peercrypt.core.delivered import Delivery
+from peercrypt.core.delivered import Delivery, FileStamp
 from peercrypt.core.multicast import GapTracker, session_resume_key, session_tid
 from peercrypt.core.multicast_incoming import (
     ACK_INTERVAL,
@@ -189,7 +189,7 @@ log = logging.getLogger("peercrypt.mreceiver")
 PART_ID_CHARS = 12
 QUEUE_CHUNKS = 128  # authenticated chunks waiting for the writer, per session
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
-STORES_AT_STOP = 2.0  # as the receiver's (actors/receiver.py)
+STORES_AT_STOP = 3.0  # as the receiver's (actors/receiver.py)
 # The SUB sockets and the repair port read without a cap (PEER_RCVHWM: with
 # one, a publisher or a repair sender could abort the node, docs/security.md);
 # what they hold unread is bounded from outside libzmq (core/port_guard.py).
@@ -477,12 +477,12 @@ class MulticastReceiverActor(Actor):
         recorded as delivered and in ``recorded``."""
         if not hasattr(self, "writer"):
             return
-        for tid, stored in self.writer.named_at_stop().items():
+        for tid, (stored, linked) in self.writer.named_at_stop().items():
             sess = storing.get(tid)
             if sess is None or tid in recorded:
                 continue
             recorded.add(tid)
-            self._record_delivery(sess, sess.flow.digest, stored)
+            self._record_delivery(sess, sess.flow.digest, stored, linked)
             self.tell("stats", _record(sess, self.now(), "ok", "", stored))
             log.info("%s was stored as the node stopped", stored)
 
@@ -1162,7 +1162,7 @@ class MulticastReceiverActor(Actor):
                 self._finish(sess, result.digest)
             elif isinstance(result, Published):
                 if result.stored:
-                    self._stored(sess, sess.flow.digest, result.stored)
+                    self._stored(sess, sess.flow.digest, result.stored, result.stamp)
                 else:
                     digest = sess.flow.digest
                     self._done(sess, ok=False, digest=digest, stored="", reason=result.text)
@@ -1239,17 +1239,22 @@ class MulticastReceiverActor(Actor):
             s.inbox, sess.part.name, sess.tree, s.tree_max_files, s.file_mode, s.inbox_mode
         )
 
-    def _stored(self, sess: Session, digest: bytes, stored: str) -> None:
+    def _stored(
+        self, sess: Session, digest: bytes, stored: str, now: FileStamp | None = None
+    ) -> None:
         stored = stored[:MAX_NAME]
         self.count("received")
         self.count("received-bytes", sess.size)
         log.info("received %s (%d bytes) by multicast from %s", stored, sess.size, _who(sess.peer))
-        self._record_delivery(sess, digest, stored)
+        self._record_delivery(sess, digest, stored, now)
         self._done(sess, ok=True, digest=digest, stored=stored, reason="")
 
-    def _record_delivery(self, sess: Session, digest: bytes, stored: str) -> None:
-        """``sess``'s file, stored as ``stored``: its McHeld answer next time."""
-        now = stamp(self.settings.inbox, stored)
+    def _record_delivery(
+        self, sess: Session, digest: bytes, stored: str, now: FileStamp | None = None
+    ) -> None:
+        """``sess``'s file, stored as ``stored`` (``now``: its stamp as
+        stored, else read by name): its McHeld answer next time."""
+        now = now or stamp(self.settings.inbox, stored)
         if sess.source and not sess.tree and now is not None:
             key = ResumeKey(sess.peer, sess.name, sess.size, sess.chunk_size, sess.source)
             self.delivered.record(Delivery(key, stored, digest, now, time.time()))

@@ -190,7 +190,7 @@ CANCEL_ANSWER_EVERY = 0.5  # seconds between answers to a cancelled transfer's f
 # names (file_writer.Published, Unpacked): stored, they are recorded as
 # delivered and their senders told; one still waiting (a disk that hangs)
 # is kept as its part, for a resume.
-STORES_AT_STOP = 2.0
+STORES_AT_STOP = 3.0
 # An offer waits this long for the space ledger's verdict (actors/space.py),
 # then is refused "busy" (the sender retries).
 SPACE_VERDICT_TIMEOUT = 5.0
@@ -667,14 +667,12 @@ class ReceiverActor(Actor):
         is answered from that record, not stored twice) and in ``recorded``."""
         if not hasattr(self, "writer"):
             return
-        for tid, stored in self.writer.named_at_stop().items():
+        for tid, (stored, linked) in self.writer.named_at_stop().items():
             t = storing.get(tid)
             if t is None or tid in recorded:
                 continue
             recorded.add(tid)
-            now = stamp(self.settings.inbox, stored)
-            if now is not None:
-                self.store.record(Delivery(t.key, stored, t.digest, now, time.time()))
+            self.store.record(Delivery(t.key, stored, t.digest, linked, time.time()))
             self.tell("stats", self._record(t, ResultCode.OK, stored=stored))
             log.info("%s was stored as the node stopped", stored)
 
@@ -1715,7 +1713,7 @@ class ReceiverActor(Actor):
             elif isinstance(result, Unpacked):
                 self._stored_tree(t, result.stored)
                 continue
-            elif isinstance(result, WriteFailed) and t.digest:
+            elif isinstance(result, WriteFailed) and t.digest and not t.tree:
                 # (a fault while it was stored: its flow has ended, so it is
                 # ended here, not left waiting for a name that never comes)
                 text = f"cannot store the verified file: {result.text}"

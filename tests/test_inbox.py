@@ -14,9 +14,9 @@ from actors.inbox import (
     check_offer,
     create_part,
     discard_part,
+    link_verified,
     load_manifest,
     manifest_name,
-    publish,
     remake,
     save_manifest,
     scan,
@@ -45,7 +45,7 @@ def test_part_then_publish_never_overwrites(tmp_path: Path) -> None:
         assert stat.S_IMODE(part.stat().st_mode) == 0o600
         assert part.stat().st_size == 5
         os.pwrite(fd, b"hello", 0)
-        assert publish(part, fd, tmp_path, "report.pdf") == "report.1.pdf"
+        assert link_verified(part, fd, tmp_path, "report.pdf") == "report.1.pdf"
     finally:
         os.close(fd)
     assert (tmp_path / "report.pdf").read_bytes() == b"already here"
@@ -77,14 +77,14 @@ def test_unique_parts_get_unpredictable_names(tmp_path: Path) -> None:
 
 def test_publish_links_the_verified_file_not_whatever_has_its_name(tmp_path: Path) -> None:
     """The part's name is given to another file between the write and the
-    publish: the verified file is what appears under the final name."""
+    link_verified: the verified file is what appears under the final name."""
     part, fd = create_part(tmp_path, "x", "sid", 8)
     assert part is not None
     try:
         os.pwrite(fd, b"verified", 0)
         part.rename(tmp_path / ".moved")
         part.write_bytes(b"impostor")
-        assert publish(part, fd, tmp_path, "x") == "x"
+        assert link_verified(part, fd, tmp_path, "x") == "x"
         assert (tmp_path / "x").read_bytes() == b"verified"
         discard_part(part, fd)
         assert part.read_bytes() == b"impostor"  # not this session's file: left alone
@@ -100,7 +100,7 @@ def test_a_removed_part_is_never_published(tmp_path: Path) -> None:
         part.unlink()
         part.write_bytes(b"impostor")
         with pytest.raises(Refusal, match="cannot link"):
-            publish(part, fd, tmp_path, "x")
+            link_verified(part, fd, tmp_path, "x")
         assert not (tmp_path / "x").exists()  # nothing under a final name
     finally:
         os.close(fd)

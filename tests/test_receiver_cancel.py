@@ -350,6 +350,7 @@ def test_a_node_stopped_while_a_verified_file_is_named_stores_it_first(
             disk.resume()
             verified = t.wait_for(Verified)
             assert receiver.stop() == 0
+            assert "did not stop within" not in receiver.log_text()  # (a clean stop)
     finally:
         disk.resume()
     assert verified.digest == blake3.blake3(data).digest()
@@ -381,6 +382,7 @@ def test_a_node_whose_stop_outwaits_a_hung_name_keeps_no_part_and_knows_the_file
             )
             disk.resume()
             assert receiver.stop() == 0
+            assert "did not stop within" not in receiver.log_text()  # (a clean stop)
     finally:
         disk.resume()
     assert sorted(p.name for p in disk.path.iterdir()) == ["named.bin"]
