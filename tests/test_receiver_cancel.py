@@ -392,4 +392,4 @@ def test_a_node_whose_stop_outwaits_a_hung_name_keeps_no_part_and_knows_the_file
         again = same.offer("named.bin", len(data), CHUNK, source=tag)
         assert isinstance(again, HostileTransfer), again
         assert again.accept is not None and again.accept.have == [0, t.total], again.accept
-    assert receiver.counters().get("receiver.delivered-before", 0) == 1
+    assert receiver.wait_for_counter("receiver.delivered-before", 1, WAIT) == 1
