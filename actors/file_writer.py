@@ -276,9 +276,9 @@ class TreeFailed:
 @dataclass(frozen=True)
 class Published:
     """The verified file of ``tid`` is in the inbox as ``stored`` (its
-    ``stamp`` as just stored, None if it could not be read), or it is not
-    (``stored`` empty): ``text`` says why, ``taken`` if every candidate
-    name was taken (the part is kept)."""
+    ``stamp`` as it was linked), or it is not (``stored`` empty, no stamp):
+    ``text`` says why, ``taken`` if every candidate name was taken (the
+    part is kept)."""
 
     tid: bytes
     stored: str
@@ -945,7 +945,7 @@ class FileWriter:
         self._failed: dict[bytes, _File] = {}  # failed files awaiting close() (writer thread)
         # Verified files linked under their names whose folder's fsync has
         # not returned yet (set by the writer's thread; a stopping receiver
-        # reads it once the writer stopped): tid -> name.
+        # reads it): tid -> (name, the file's stamp as linked).
         self.linked: dict[bytes, tuple[str, FileStamp]] = {}
         self._folder_sync = _FolderSync(self._queue)
         self._stopping = threading.Event()  # ends a folder being unpacked, between blocks
@@ -1091,9 +1091,9 @@ class FileWriter:
 
     def publish(self, tid: bytes, part: Path, inbox: Path, name: str, mode: int) -> None:
         """Give the finished (verified) file of ``tid`` its final name in
-        ``inbox`` (:func:`actors.inbox.link_verified`, then the folder's
-        fsync; its part ``part`` stays until its close): :class:`Published`
-        once the name is durable."""
+        ``inbox`` (:func:`actors.inbox.link_verified`; its part ``part`` and
+        manifests are removed once it is linked; then the folder's fsync):
+        :class:`Published` once the name is durable."""
         self._queue.put(("publish", tid, part, inbox, name, mode))
 
     def named_at_stop(self) -> dict[bytes, tuple[str, FileStamp]]:

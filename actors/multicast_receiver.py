@@ -1229,7 +1229,7 @@ class MulticastReceiverActor(Actor):
         if sess.tree:  # a folder: the writer publishes the tree it built
             self.writer.unpack(sess.tid, self._tree_spec(sess))
             return
-        # By the writer too: a disk that hangs there holds this session alone.
+        # Named by the writer too: this thread waits for no disk there.
         self.writer.publish(sess.tid, sess.part, s.inbox, sess.name, s.file_mode)
 
     def _tree_spec(self, sess: Session) -> TreeSpec:

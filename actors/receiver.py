@@ -188,8 +188,9 @@ INCOMING_SHOWN = 8  # incoming transfers listed in the status facts
 CANCEL_ANSWER_EVERY = 0.5  # seconds between answers to a cancelled transfer's frames
 # Seconds a stopping node waits for its writer to give verified files their
 # names (file_writer.Published, Unpacked): stored, they are recorded as
-# delivered and their senders told; one still waiting (a disk that hangs)
-# is kept as its part, for a resume.
+# delivered and their senders told. One linked by then whose folder's fsync
+# still waits (a disk that hangs) is recorded as delivered all the same; one
+# not linked yet keeps its part, for a resume.
 STORES_AT_STOP = 3.0
 # An offer waits this long for the space ledger's verdict (actors/space.py),
 # then is refused "busy" (the sender retries).
@@ -1577,7 +1578,7 @@ class ReceiverActor(Actor):
                 t.digest = out.digest
                 self.count("trees-verified")
                 self.writer.unpack(t.tid, self._tree_spec(t))
-            elif isinstance(out, Store):  # stored by the writer: a disk that hangs holds it alone
+            elif isinstance(out, Store):  # named by the writer: this thread waits for no disk there
                 t.digest = out.digest
                 self.count("files-verified")
                 s = self.settings
