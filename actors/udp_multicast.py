@@ -636,7 +636,7 @@ class GroupReceiver:
         self.stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # close() wakes the thread
         self.closing = False
         self._released = False  # the socket and eventfds are closed
-        self._lock = threading.Lock()  # guards dropped, signalled and released
+        self._lock = threading.Lock()  # guards dropped, signalled, released and closing set
         self.dropped: dict[str, int] = {}  # counter name -> datagrams, since the last take()
         self._signalled = False  # the wake eventfd was written since the last take()
         self._forget: collections.deque[int] = collections.deque()
@@ -662,11 +662,18 @@ class GroupReceiver:
     def close(self) -> None:
         """Stop the receiving thread (what it holds is dropped: the session
         is over or goes on without the group) and close the socket. Once."""
-        if self.closing:
-            return
-        self.closing = True
+        with self._lock:
+            if self.closing:
+                return
+            self.closing = True
+            if self.thread is not None:
+                # Under the lock: a thread that sees ``closing`` on its own
+                # (its idle poll timed out) closes the eventfds in _release,
+                # which takes the lock, so only after this write. Written
+                # after they were closed, it would fail, or land in whatever
+                # descriptor took the number meanwhile.
+                os.eventfd_write(self.stop, 1)
         if self.thread is not None:
-            os.eventfd_write(self.stop, 1)
             self.thread.join(CLOSE_WAIT)
             if self.thread.is_alive():
                 return  # it releases them itself as it ends (no descriptor closed under it)

@@ -735,6 +735,35 @@ def test_a_receiving_thread_whose_chunks_are_not_taken_holds_a_bounded_number_an
     assert not thread.is_alive()  # it was waiting to hand a chunk over
 
 
+def test_a_receiving_thread_that_sees_the_close_on_its_own_keeps_the_stop_descriptor_open_for_it(
+    group_inbox: Callable[..., _GroupInbox], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() marks the session closing, then wakes the idle thread through
+    its stop eventfd. A thread whose idle wait ends in between sees the mark
+    on its own and closes its descriptors as it ends: that must wait for the
+    wake-up's write, which would otherwise go to a closed descriptor (EBADF),
+    or to whatever socket took its number meanwhile. Here the write is held
+    until the thread has had ample time to end on its own."""
+    monkeypatch.setattr(udp_multicast, "IDLE_WAIT_MS", 10)  # the thread wakes often by itself
+    box = group_inbox()
+    thread = box.rx.thread
+    assert thread is not None and thread.is_alive()
+    real_write = os.eventfd_write
+    held: list[bool] = []
+
+    def late_write(fd: int, value: int) -> None:
+        if fd == box.rx.stop and not held:
+            thread.join(0.5)  # 50 idle waits: an unguarded thread ends and closes fd
+            held.append(thread.is_alive())
+        real_write(fd, value)
+
+    monkeypatch.setattr(os, "eventfd_write", late_write)
+    box.rx.close()  # raised OSError(EBADF) when the thread closed the eventfd first
+    assert held == [True]  # the thread waited for the write before it closed anything
+    assert not thread.is_alive()
+    assert box.rx.sock.fileno() == -1  # released once the thread ended
+
+
 def test_the_group_socket_reports_datagrams_waiting_to_be_read(
     group_inbox: Callable[..., _GroupInbox],
 ) -> None:
