@@ -768,8 +768,13 @@ class Shell:
         from prompt_toolkit.patch_stdout import patch_stdout
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # What the history says of a line it keeps out is told once the
+        # prompt has returned the line: said on the prompt's own loop as it
+        # accepts the line, it went to patch_stdout's writer, whose hand-off
+        # to a loop that was just ending could be lost.
+        notes: list[str] = []
         session: PromptSession[str] = PromptSession(
-            history=private_history(FileHistory, self.data_dir / HISTORY_FILE, self.say),
+            history=private_history(FileHistory, self.data_dir / HISTORY_FILE, notes.append),
             completer=ShellCompleter(self),
             complete_while_typing=False,
             bottom_toolbar=self.toolbar,
@@ -794,6 +799,8 @@ class Shell:
                         # (the hints of a line written above the prompt too)
                         sys.stderr = _Held(self, sys.stderr, True)
                         line = session.prompt(PROMPT)
+                    while notes:
+                        click.echo(notes.pop(0))
                 except KeyboardInterrupt:
                     continue  # Ctrl-C at the prompt clears the line
                 except EOFError:
