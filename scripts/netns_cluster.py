@@ -20,7 +20,7 @@ import argparse
 import signal
 import sys
 import tempfile
-import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     if reason is not None:
         print(f"peercrypt: error: {reason}", file=sys.stderr)
         return 2
-    stop = threading.Event()
+    # The handler only marks: it runs in the main thread between two of its
+    # steps, maybe one holding an Event's lock (setting that Event there
+    # would wait for itself).
+    signalled: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: signalled.append(signum))
     with tempfile.TemporaryDirectory(prefix="peercrypt-cluster-") as tmp:
         workdir = args.workdir or Path(tmp)
         try:
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                 code = result.returncode
             else:
                 print("running; Ctrl-C stops the cluster", file=sys.stderr)
-                while not stop.wait(0.5):
+                while not signalled:
+                    time.sleep(0.5)  # (a signal is seen within 0.5 s)
                     gone = [n.name for n in cluster.nodes if not n.running]
                     if gone:
                         print(f"peercrypt: error: exited: {', '.join(gone)}", file=sys.stderr)

@@ -226,3 +226,55 @@ def test_the_script_without_a_network_key_is_one_error(tmp_path: Path) -> None:
         "peercrypt: error: secret network_key: PEERCRYPT_NETWORK_KEY is not set "
         "(in the environment or .env; `peercrypt keygen` makes a network key)"
     ]
+
+
+def test_the_script_runs_the_cluster_until_sigterm_then_stops_every_node(tmp_path: Path) -> None:
+    """Without a command the script runs the cluster until a signal, then
+    stops every node (each exit 0, said) and deletes its namespaces."""
+    import queue
+    import signal
+
+    from peercrypt.crypto.identity import new_network_key
+
+    env = {**os.environ, "PEERCRYPT_NETWORK_KEY": new_network_key()}
+    script = ROOT / "scripts" / "netns_cluster.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--scale", "peer=1", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read(stream: Any) -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    for stream in (proc.stdout, proc.stderr):
+        threading.Thread(target=read, args=(stream,), daemon=True).start()
+    said: list[str] = []
+    try:
+        while "running; Ctrl-C stops the cluster\n" not in said:
+            line = lines.get(timeout=120)
+            assert line is not None, said
+            said.append(line)
+        namespaces = [line.split(" ns ")[1].split()[0] for line in said if " ns " in line]
+        assert len(namespaces) == 2 and set(namespaces) <= set(list_namespaces()), said
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, said
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    ended = 0
+    while ended < 2:  # both streams read to their end
+        line = lines.get(timeout=10)
+        ended += line is None
+        said += [line] if line else []
+    stopped = [line for line in said if line.startswith("stopped: ")]
+    assert len(stopped) == 1 and stopped[0].count("exit 0") == 2, said
+    assert not set(namespaces) & set(list_namespaces())
+    assert not any("Traceback" in line for line in said)
