@@ -20,6 +20,7 @@ from peercrypt.testing.nodes import (
     blake3_file,
     free_port,
     node_pair,
+    run_cli,
     start_cli,
     wait_until,
 )
@@ -177,7 +178,7 @@ def test_rate_of_a_running_transfer_changes_live(
                     "its chunks ("
                 ), line
                 assert "use 274 or more" not in line, line
-            changed = sender.cli("rate", str(64 * MiB))
+            changed = sender.cli("rate", str(rows[0]["id"]), str(64 * MiB))  # as --transfer
             assert changed.returncode == 0, changed.describe()
             assert changed.stdout == "rate of 1 transfer(s) is now 64.0 MiB/s\n", changed.stdout
             out, _ = cli.communicate(timeout=30)
@@ -319,8 +320,6 @@ def test_a_modes_own_options_select_it(
 def test_options_of_two_modes_get_one_error(
     tmp_path: Path, make_file: Callable[..., Path], args: list[str], line: str
 ) -> None:
-    from peercrypt.testing.nodes import run_cli
-
     result = run_cli("send", make_file(10), "127.0.0.1", "7400", "--open", *args,
                      data_dir=tmp_path / "d")  # fmt: skip
     assert result.returncode == errors.USAGE, result.describe()
@@ -461,7 +460,6 @@ def test_live_defaults_set_mode_and_congestion(pair: tuple[NodeProcess, NodeProc
 
 
 def test_live_commands_without_a_node(tmp_path: Path) -> None:
-    from peercrypt.testing.nodes import run_cli
 
     result = run_cli("set-mode", "aimd", data_dir=tmp_path / "nothing")
     assert result.returncode == errors.FAILED
@@ -471,9 +469,29 @@ def test_live_commands_without_a_node(tmp_path: Path) -> None:
 
 def test_rate_for_an_unknown_transfer(pair: tuple[NodeProcess, NodeProcess]) -> None:
     sender, _ = pair
-    result = sender.cli("rate", "1000", "--transfer", "999999")
-    assert result.returncode == errors.USAGE
-    assert result.stderr_lines == ["peercrypt: error: no running transfer 999999"]
+    for args in (["1000", "--transfer", "999999"], ["999999", "1000"]):
+        result = sender.cli("rate", *args)
+        assert result.returncode == errors.USAGE
+        assert result.stderr_lines == ["peercrypt: error: no running transfer 999999"]
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["1", "2", "3M"], "name one transfer: `rate ID BYTES_PER_SEC` or `--transfer ID`"),
+        (["1", "3M", "--transfer", "1"],
+         "name one transfer: `rate ID BYTES_PER_SEC` or `--transfer ID`"),
+        (["x", "3M"], "Invalid value for '[ID]': 'x' is not a valid integer"),
+        (["0", "3M"], "Invalid value for '[ID]': 0 is not in the range x>=1"),
+    ],
+    ids=["two-ids", "id-twice", "junk-id", "zero-id"],
+)  # fmt: skip
+def test_rate_names_at_most_one_transfer(tmp_path: Path, args: list[str], line: str) -> None:
+    """`rate ID BYTES_PER_SEC` is `rate BYTES_PER_SEC --transfer ID`; naming
+    more than one, or a wrong id, is one usage line before any node is asked."""
+    result = run_cli("rate", *args, data_dir=tmp_path / "nothing")
+    assert result.returncode == errors.USAGE, result.describe()
+    assert result.stderr_lines == [f"peercrypt: error: rate: {line}"], result.describe()
 
 
 def test_the_low_rate_examples_of_docs_modes_md_print_what_they_show(

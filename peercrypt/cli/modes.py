@@ -267,6 +267,7 @@ def set_mode(obj: dict[str, Any], mode: str) -> None:
 
 
 @click.command("rate")
+@click.argument("ident", nargs=-1, metavar="[ID]", type=click.IntRange(1))
 @click.argument("bytes_per_sec", metavar="BYTES_PER_SEC", type=ByteSize(0, MAX_RATE, rate=True))
 @click.option(
     "--transfer",
@@ -275,12 +276,17 @@ def set_mode(obj: dict[str, Any], mode: str) -> None:
     help="Only this transfer (see `peercrypt transfers`); default: all running.",
 )
 @click.pass_obj
-def rate(obj: dict[str, Any], bytes_per_sec: int, transfer: int | None) -> None:
+def rate(
+    obj: dict[str, Any], ident: tuple[int, ...], bytes_per_sec: int, transfer: int | None
+) -> None:
     """Change the rate of running transfers live (0: unlimited).
 
-    BYTES_PER_SEC takes suffixes: 512, 64K, 1.5M, 2GiB (1024); 10MB (1000); /s optional.
+    ID names one transfer, as --transfer does (`rate 3 10M`). BYTES_PER_SEC
+    takes suffixes: 512, 64K, 1.5M, 2GiB (1024); 10MB (1000); /s optional.
     """
-    _setting(obj, "rate", str(bytes_per_sec), transfer or 0)
+    if len(ident) > 1 or (ident and transfer is not None):
+        raise click.UsageError("name one transfer: `rate ID BYTES_PER_SEC` or `--transfer ID`")
+    _setting(obj, "rate", str(bytes_per_sec), (ident[0] if ident else transfer) or 0)
 
 
 INCOMING_ID = re.compile(r"in[1-9][0-9]{0,15}")
