@@ -73,9 +73,15 @@ class _OrderedHash:
     back") and goes on."""
 
     def __init__(
-        self, read: Callable[[int], bytes], total: int, skip: ChunkBitmap, max_held: int
+        self,
+        read: Callable[[int], bytes],
+        total: int,
+        skip: ChunkBitmap,
+        max_held: int,
+        stopped: Callable[[], bool] = lambda: False,
     ) -> None:
         self._read = read
+        self._stopped = stopped  # the send ended: hash no further
         self._total = total
         self._skip = skip  # never handed over (the receiver had them): read them
         self._unheld = ChunkBitmap(total)  # handed over while ``_held`` was full: read them
@@ -116,6 +122,9 @@ class _OrderedHash:
         try:
             while True:
                 with self._lock:
+                    if self._stopped():  # (a resumed prefix may take long to read back)
+                        self._busy = False
+                        return None
                     position = self._position
                     if position >= self._total:
                         self._busy = False
@@ -157,19 +166,29 @@ class LaneCrew:
         skip: ChunkBitmap | None = None,
     ) -> None:
         """``skip``: chunks that will never be submitted (the receiver holds
-        them); the crew still hashes them, reading them itself."""
+        them); the crew still hashes them, reading them itself. The crew
+        reads a file ``fd`` through a descriptor of its own (a dup): the
+        caller may close ``fd`` once :meth:`stop` returned, while a worker
+        still ends its read."""
         self.results: queue.SimpleQueue[LaneResult] = queue.SimpleQueue()
         self._jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._fd: int | Stream = os.dup(fd) if isinstance(fd, int) else fd
         self._read_fd, self._wake_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
-        self._fd, self._size, self._chunk = fd, size, chunk_size
+        self._size, self._chunk = size, chunk_size
         self._total = -(-size // chunk_size)
         self._stopping = threading.Event()
+        # The pipe and the dup are closed by whoever is last: stop(), or the
+        # last worker to end after it (never under a worker still reading).
+        self._life = threading.Lock()
+        self._alive = 0  # workers started and not ended
+        self._stop_called = False
         self._hash = _OrderedHash(
             self._read_chunk,
             self._total,
             skip if skip is not None else ChunkBitmap(self._total),
             2 * lanes,
+            self._stopping.is_set,
         )
         self._threads = [
             threading.Thread(
@@ -177,8 +196,19 @@ class LaneCrew:
             )
             for i in range(lanes)
         ]
-        for thread in self._threads:
-            thread.start()
+        try:
+            for thread in self._threads:
+                with self._life:
+                    self._alive += 1
+                try:
+                    thread.start()
+                except BaseException:
+                    with self._life:
+                        self._alive -= 1
+                    raise
+        except BaseException:
+            self.stop()
+            raise
         self._jobs.put(-1)  # hash leading chunks the receiver already held
 
     @property
@@ -216,6 +246,16 @@ class LaneCrew:
         return read_chunk(self._fd, index, self._chunk, self._size)
 
     def _work(self, keys: TransferKeys) -> None:
+        try:
+            self._serve(keys)
+        finally:
+            with self._life:
+                self._alive -= 1
+                last = self._alive == 0 and self._stop_called
+            if last:
+                self._release()
+
+    def _serve(self, keys: TransferKeys) -> None:
         name_native_thread()
         yield_to_control_plane(bulk=True)
         while True:
@@ -238,12 +278,28 @@ class LaneCrew:
                 self._post(FileHashed(digest))
 
     def stop(self) -> None:
-        """Stop the threads (bounded wait) and close the pipe."""
+        """Stop the workers: each ends after the chunk it is reading (a
+        resumed prefix being hashed, after its current chunk). Nothing waits
+        for them here (a read stuck in a disk that hangs must not hold the
+        sender); the pipe and the crew's descriptor of the file are closed
+        now if they all ended, else by the last of them as it ends. The
+        caller stops watching :attr:`wake_fd` first."""
         self._stopping.set()
         for _ in self._threads:
             self._jobs.put(None)
-        for thread in self._threads:
-            thread.join(5.0)
-        os.set_blocking(self._wake_fd, False)
+        with self._life:
+            if self._stop_called:
+                return
+            # (open until this is marked) A late result's wake-up never
+            # blocks a worker on a pipe nobody drains any more.
+            os.set_blocking(self._wake_fd, False)
+            self._stop_called = True
+            last = self._alive == 0
+        if last:
+            self._release()
+
+    def _release(self) -> None:
         os.close(self._wake_fd)
         os.close(self._read_fd)
+        if isinstance(self._fd, int):
+            os.close(self._fd)

@@ -46,7 +46,7 @@ from actors.file_writer import (
     hash_file,
 )
 from actors.inbox import create_part, load_manifest, manifest_name
-from actors.lanes import ChunkSealed, FileHashed, LaneCrew, _OrderedHash, crew_size
+from actors.lanes import ChunkSealed, FileHashed, LaneCrew, ReadFailed, _OrderedHash, crew_size
 from actors.multicast_receiver import writer_bounds as multicast_writer_bounds
 from actors.receiver import writer_bounds
 from actors.tree_source import build_tree
@@ -175,6 +175,108 @@ def test_ordered_hash_needs_no_read_in_order() -> None:
     results = [h.offer(i, blocks[i]) for i in order]
     assert results[:-1] == [None] * 8
     assert results[-1] == blake3.blake3(b"".join(blocks)).digest()
+
+
+def test_ordered_hash_reads_back_no_further_once_stopped() -> None:
+    """A resumed send's held prefix is read back and hashed chunk by chunk;
+    once its send ended, the next chunk is not read (a prefix of many GiB
+    would keep a worker, and the file, busy long after the send)."""
+    total = 50
+    skip = ChunkBitmap(total)
+    skip.add_ranges([(0, total)])  # the receiver held all of it
+    reads: list[int] = []
+    stopped = threading.Event()
+
+    def read(index: int) -> bytes:
+        reads.append(index)
+        if len(reads) == 3:
+            stopped.set()  # the send ends while the third chunk is read
+        return bytes(10)
+
+    h = _OrderedHash(read, total, skip, 2, stopped.is_set)
+    assert h.start() is None  # no digest: it stopped
+    assert reads == [0, 1, 2]
+
+
+def test_crew_reads_the_file_through_a_descriptor_of_its_own(tmp_path: Path) -> None:
+    """The sender closes its descriptor of the file as a send ends, while a
+    worker may still be reading: the crew reads through its own, so a
+    descriptor number the process reuses meanwhile is never read in its
+    place. Here the caller's is closed before a chunk is read at all."""
+    path, data = _file(tmp_path, 3 * CHUNK)
+    fd = os.open(path, os.O_RDONLY)
+    crew = LaneCrew(TransferKeys(TID, KEY, KEY), fd, len(data), CHUNK, 2)
+    os.close(fd)
+    other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT)  # (likely the number closed)
+    os.write(other, os.urandom(3 * CHUNK))
+    try:
+        for index in range(3):
+            crew.submit(index)
+        sealed: dict[int, ChunkSealed] = {}
+        digest = b""
+
+        def done() -> bool:
+            nonlocal digest
+            for result in crew.drain():
+                assert not isinstance(result, ReadFailed), result
+                if isinstance(result, ChunkSealed):
+                    sealed[result.index] = result
+                elif isinstance(result, FileHashed):
+                    digest = result.digest
+            return len(sealed) == 3 and bool(digest)
+
+        wait_until(done, WAIT, "three chunks sealed and the digest")
+        keys = TransferKeys(TID, KEY, KEY)
+        plain = [keys.open_chunk(i, c.last, c.nonce, c.sealed) for i, c in sorted(sealed.items())]
+        assert b"".join(plain) == data
+        assert digest == blake3.blake3(data).digest()
+    finally:
+        crew.stop()
+        os.close(other)
+
+
+class _GatedSource:
+    """A source read like a file (a folder's stream is one) whose reads wait
+    for ``gate``: a worker inside one is a read stuck in a disk."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.gate, self.inside = data, threading.Event(), threading.Event()
+
+    def pread(self, length: int, offset: int) -> bytes:
+        self.inside.set()
+        assert self.gate.wait(WAIT), "the gate was never opened"
+        return self.data[offset : offset + length]
+
+
+def _pipe_at(fd: int) -> str:
+    """What descriptor ``fd`` of this process is now ("" once closed)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:
+        return ""
+
+
+def test_a_crew_stopped_while_a_worker_reads_neither_waits_nor_closes_under_it() -> None:
+    """stop() returns at once while a worker is stuck in a read (it held the
+    sender, and every send of the node, 5 s per worker), and it closes
+    nothing that worker still uses: its wake-up pipe stays open until the
+    worker ends after that read (closed under it, the worker's wake-up
+    byte went to whatever took the number), then is closed."""
+    source = _GatedSource(os.urandom(2 * CHUNK))
+    crew = LaneCrew(TransferKeys(TID, KEY, KEY), source, 2 * CHUNK, CHUNK, 1)
+    pipe = (crew._read_fd, _pipe_at(crew._read_fd)), (crew._wake_fd, _pipe_at(crew._wake_fd))
+    try:
+        crew.submit(0)
+        assert source.inside.wait(WAIT), "the worker never read"
+        crew.stop()
+        [worker] = crew._threads
+        assert worker.is_alive()  # still inside its read: stop() did not wait for it
+        assert all(_pipe_at(fd) == what for fd, what in pipe)
+    finally:
+        source.gate.set()
+    crew._threads[0].join(WAIT)
+    assert not crew._threads[0].is_alive()
+    assert all(_pipe_at(fd) != what for fd, what in pipe)  # closed by the worker as it ended
 
 
 # -- the receiver's writer thread -------------------------------------------------
