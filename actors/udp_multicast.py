@@ -169,6 +169,8 @@ class GroupSender:
         self.jobs: queue.Queue[Send | None] = queue.Queue(SEND_QUEUE)
         self.thread: threading.Thread | None = None
         self.closing = False
+        self._lock = threading.Lock()  # guards released
+        self._released = False  # the socket is closed
         self.sent = 0  # datagrams sent (written by the sending thread only)
         self.unsent = 0  # datagrams not sent: their chunks are NAKed and repaired
         self.failed: tuple[int, bytes] | None = None  # (index, nonce) of the last failed seal
@@ -178,12 +180,23 @@ class GroupSender:
 
     def close(self) -> None:
         """Stop the sending thread (what it still holds is dropped: the
-        session is over) and close the socket."""
+        session is over) and close the socket: here, or by the thread as it
+        ends if it is still inside a send (never closed under it: a number
+        reused meanwhile would get its datagrams)."""
         if self.thread is not None:
             self.closing = True
             with contextlib.suppress(queue.Full):
                 self.jobs.put(None, timeout=CLOSE_WAIT)
             self.thread.join(CLOSE_WAIT)
+            if self.thread.is_alive():
+                return
+        self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
         self.sock.close()
 
     def submit(self, job: Send) -> int:
@@ -204,6 +217,13 @@ class GroupSender:
         return min(size, start + -(-(stop - start) // self.fragment) * self.fragment)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self.closing:  # (close() may have given up waiting for this send)
+                self._release()
+
+    def _loop(self) -> None:
         name_native_thread()
         while True:
             job = self.jobs.get()
@@ -285,7 +305,9 @@ class GroupSender:
             )
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)
-            return all(self._send(iov[k : k + 4]) for k in range(0, len(iov), 4))
+            return all(
+                not self.closing and self._send(iov[k : k + 4]) for k in range(0, len(iov), 4)
+            )
         return True
 
     def _send(self, iov: list[bytes | memoryview]) -> bool:

@@ -538,6 +538,39 @@ def test_after_the_kernel_refuses_gso_the_rest_of_the_chunk_goes_one_datagram_a_
     assert len(got["lengths"]) == got["count"] and got["whole"], got
 
 
+def test_a_sending_thread_still_in_a_send_at_the_close_closes_the_socket_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """close() waits CLOSE_WAIT for the sending thread; one still inside a
+    send then (a full send buffer: each datagram may wait SEND_TIMEOUT) is
+    not left holding a closed socket (its next datagram would go to
+    whatever descriptor took the number): it closes it as it ends."""
+    monkeypatch.setattr(udp_multicast, "CLOSE_WAIT", 0.1)
+    sender = udp_multicast.GroupSender("127.0.0.1", fragments.parse_group(_group()), 0, MiB, 65000)
+    inside, gate = threading.Event(), threading.Event()
+    real = sender._send_batch
+
+    def stuck(iov: list[bytes | memoryview]) -> bool:
+        inside.set()
+        assert gate.wait(10), "never let go"
+        return real(iov)
+
+    monkeypatch.setattr(sender, "_send_batch", stuck)
+    try:
+        blob = (os.urandom(500),)
+        sender.submit(udp_multicast.Send(SID_UDP, 0, True, b"n" * 12, blob, bytes(32)))
+        assert inside.wait(10), "the send never started"
+        sender.close()  # gives up waiting after CLOSE_WAIT
+        assert sender.thread is not None and sender.thread.is_alive()
+        assert sender.sock.fileno() != -1  # not closed under the send
+    finally:
+        gate.set()
+    sender.thread.join(10)
+    assert not sender.thread.is_alive()
+    assert sender.sock.fileno() == -1  # closed by the thread as it ended
+    assert sender.sent == 1  # its send went out on its own socket
+
+
 def test_an_error_in_the_sending_thread_does_not_stop_it(
     listener_factory: Callable[..., GroupListener],
 ) -> None:
