@@ -1502,7 +1502,13 @@ class FileWriter:
             self._in_fsync.add(check)
             runner = threading.Thread(target=self._check, args=(check,), daemon=True)
             runner.name = "pc-check"
-            runner.start()
+            try:
+                runner.start()
+            except RuntimeError as exc:  # out of threads: this file fails, its place is freed
+                self._in_fsync.discard(check)
+                os.close(check.fd)
+                verdict = WriteFailed(check.tid, f"cannot start the final check ({exc})")
+                self._queue.put(("checked", check.tid, check, verdict))
 
     def _check(self, check: _Check) -> None:
         """A check's thread: its verdict goes back through the writer's queue."""

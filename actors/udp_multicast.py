@@ -654,8 +654,16 @@ class GroupReceiver:
         self.intake: fragments.Intake | None = None
         self.have: fragments.Held = frozenset()
         self.ready: queue.Queue[fragments.Assembled] = queue.Queue(READY_CHUNKS)
-        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the actor watches it
-        self.stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # close() wakes the thread
+        try:
+            self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the actor watches it
+            try:
+                self.stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # close() wakes it
+            except OSError:
+                os.close(self.wake)
+                raise
+        except OSError:  # (out of descriptors) the socket is not left open either
+            sock.close()
+            raise
         self.closing = False
         self._released = False  # the socket and eventfds are closed
         self._lock = threading.Lock()  # guards dropped, signalled, released and closing set

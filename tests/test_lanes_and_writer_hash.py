@@ -1353,6 +1353,38 @@ def _closed(fd: int, opened: os.stat_result) -> bool:
     return (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino)
 
 
+def test_a_final_check_that_cannot_start_fails_its_file_and_frees_its_place(
+    tmp_path: Path, writer: tuple[FileWriter, Results], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process out of threads: a final check whose thread cannot start
+    fails its file with that reason, its descriptor is closed and its place
+    given back (it held one of MAX_CHECKS, and barred direct writes, for
+    good); more of them than places, then a sound one still gets its
+    verdict once threads start again."""
+    w, results = writer
+    real_start = threading.Thread.start
+
+    def no_threads(thread: threading.Thread) -> None:
+        if thread.name == "pc-check":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", no_threads)
+    tids = [bytes([n]) * 16 for n in range(file_writer.MAX_CHECKS + 2)]
+    for n, tid in enumerate(tids):
+        _open_written(w, results, tmp_path / f"f{n}", tid)
+        w.finish(tid)
+        result = _next(results)
+        assert result == WriteFailed(tid, "cannot start the final check (can't start new thread)")
+        w.close(tid, keep=False)
+    wait_until(lambda: not (w._checks_running or w._in_fsync) or None, WAIT, "places given back")
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    _, data = _open_written(w, results, tmp_path / "sound", TID)
+    w.finish(TID)
+    assert _next(results) == Finished(TID, blake3.blake3(data).digest())
+    w.close(TID, keep=False)
+
+
 def test_a_final_check_that_breaks_unexpectedly_fails_its_file_and_frees_its_place(
     tmp_path: Path, writer: tuple[FileWriter, Results], caplog: pytest.LogCaptureFixture
 ) -> None:

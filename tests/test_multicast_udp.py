@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import itertools
 import json
 import os
@@ -766,6 +767,29 @@ def test_a_receiving_thread_whose_chunks_are_not_taken_holds_a_bounded_number_an
     assert thread is not None and thread.is_alive()
     box.rx.close()
     assert not thread.is_alive()  # it was waiting to hand a chunk over
+
+
+def test_a_group_socket_that_runs_out_of_descriptors_leaves_none_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process out of descriptors (EMFILE) as a session's group socket is
+    opened: the error reaches the actor, and neither the socket nor the
+    eventfd made before it stays open (a node retrying sessions would leak
+    one of each per try)."""
+    group = fragments.parse_group(_group())
+    real, made = os.eventfd, []
+
+    def second_fails(initval: int, flags: int = 0) -> int:
+        if made:
+            raise OSError(errno.EMFILE, "Too many open files")
+        made.append(real(initval, flags))
+        return made[-1]
+
+    monkeypatch.setattr(os, "eventfd", second_fails)
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="Too many open files"):
+        udp_multicast.GroupReceiver(group[0], group[1], "127.0.0.1", MiB, 1000)
+    assert made and sorted(os.listdir("/proc/self/fd")) == before
 
 
 def test_a_receiving_thread_that_sees_the_close_on_its_own_keeps_the_stop_descriptor_open_for_it(
