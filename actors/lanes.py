@@ -172,9 +172,16 @@ class LaneCrew:
         still ends its read."""
         self.results: queue.SimpleQueue[LaneResult] = queue.SimpleQueue()
         self._jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        self._fd: int | Stream = os.dup(fd) if isinstance(fd, int) else fd
-        self._read_fd, self._wake_fd = os.pipe()
-        os.set_blocking(self._read_fd, False)
+        # Both ends non-blocking: a worker's wake-up never waits on a full
+        # pipe (full, it is readable: the byte is not needed), not even once
+        # nobody drains it any more (stopped).
+        self._read_fd, self._wake_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self._fd: int | Stream = os.dup(fd) if isinstance(fd, int) else fd
+        except OSError:
+            os.close(self._read_fd)
+            os.close(self._wake_fd)
+            raise
         self._size, self._chunk = size, chunk_size
         self._total = -(-size // chunk_size)
         self._stopping = threading.Event()
@@ -239,8 +246,8 @@ class LaneCrew:
             os.write(self._wake_fd, b"!")
         except BlockingIOError:
             pass  # the pipe is full of wake-ups already
-        except OSError:
-            pass  # closed: the crew is stopping
+        except OSError:  # (not expected: the pipe is closed only after the last worker)
+            pass
 
     def _read_chunk(self, index: int) -> bytes:
         return read_chunk(self._fd, index, self._chunk, self._size)
@@ -290,9 +297,6 @@ class LaneCrew:
         with self._life:
             if self._stop_called:
                 return
-            # (open until this is marked) A late result's wake-up never
-            # blocks a worker on a pipe nobody drains any more.
-            os.set_blocking(self._wake_fd, False)
             self._stop_called = True
             last = self._alive == 0
         if last:

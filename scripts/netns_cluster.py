@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster.start()
             cluster.wait_all_healthy()
             for node in cluster.nodes:
-                print(f"{node.name:28} {node.ip:14} ns {node.host.ns}  log {node.log_path}")
+                line = f"{node.name:28} {node.ip:14} ns {node.host.ns}  log {node.log_path}"
+                print(line, flush=True)  # (before the cluster runs on: a pipe reads it now)
             if args.command:
                 name, *rest = args.command
                 result = cluster.node(name).cli(*rest)
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("running; Ctrl-C stops the cluster", file=sys.stderr)
                 while not signalled:
                     time.sleep(0.5)  # (a signal is seen within 0.5 s)
+                    if signalled:  # a Ctrl-C at the terminal reached the nodes too
+                        break
                     gone = [n.name for n in cluster.nodes if not n.running]
                     if gone:
                         print(f"peercrypt: error: exited: {', '.join(gone)}", file=sys.stderr)

@@ -786,10 +786,10 @@ def test_a_group_socket_that_runs_out_of_descriptors_leaves_none_open(
         return made[-1]
 
     monkeypatch.setattr(os, "eventfd", second_fails)
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = set(os.listdir("/proc/self/fd"))
     with pytest.raises(OSError, match="Too many open files"):
         udp_multicast.GroupReceiver(group[0], group[1], "127.0.0.1", MiB, 1000)
-    assert made and sorted(os.listdir("/proc/self/fd")) == before
+    assert made and set(os.listdir("/proc/self/fd")) <= before  # (others may close theirs)
 
 
 def test_a_receiving_thread_that_sees_the_close_on_its_own_keeps_the_stop_descriptor_open_for_it(

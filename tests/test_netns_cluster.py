@@ -236,7 +236,8 @@ def test_the_script_runs_the_cluster_until_sigterm_then_stops_every_node(tmp_pat
 
     from peercrypt.crypto.identity import new_network_key
 
-    env = {**os.environ, "PEERCRYPT_NETWORK_KEY": new_network_key()}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # (as a user's)
+    env["PEERCRYPT_NETWORK_KEY"] = new_network_key()
     script = ROOT / "scripts" / "netns_cluster.py"
     proc = subprocess.Popen(
         [sys.executable, str(script), "--scale", "peer=1", "--workdir", str(tmp_path)],
@@ -257,7 +258,10 @@ def test_the_script_runs_the_cluster_until_sigterm_then_stops_every_node(tmp_pat
         threading.Thread(target=read, args=(stream,), daemon=True).start()
     said: list[str] = []
     try:
-        while "running; Ctrl-C stops the cluster\n" not in said:
+        # (stdout's lines and stderr's come through two pipes: in any order)
+        while (
+            "running; Ctrl-C stops the cluster\n" not in said or sum(" ns " in x for x in said) < 2
+        ):
             line = lines.get(timeout=120)
             assert line is not None, said
             said.append(line)
