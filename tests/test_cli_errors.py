@@ -706,6 +706,77 @@ def test_what_a_user_gets_wrong_in_a_send_line_is_named(
         assert key not in env.stderr and key.split(".")[1][:8] not in env.stderr, env.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["send", "SRC", "127.0.0.1", "7400", "--network-key-file", "MISSING"],
+         "cannot read network key file MISSING: No such file or directory"),
+        (["send", "SRC", "127.0.0.1", "7400", "--network-key-file", "EMPTY"],
+         "network key file EMPTY is empty"),
+        (["send", "SRC", "127.0.0.1", "7400", "--open", "--expect", "a" * 32, "--expect", "b" * 32],
+         "--expect names one receiver; repeat it only with multicast (-m)"),
+        (["send", "-m", "SRC", "127.0.0.1", "7400", "--open",
+          *[w for p in range(1, 65) for w in ("--to", f"127.0.0.1:{p}")]],
+         "at most 64 multicast targets"),
+        (["node", "--port", "0", "--open", "--bootstrap-host", "127.0.0.1"],
+         "--bootstrap-host and --bootstrap-port go together (PEERCRYPT_BOOTSTRAP_HOST, "
+         "PEERCRYPT_BOOTSTRAP_PORT)"),
+        (["node", "--port", "0", "--open", "--remote-actor", "recevier"],
+         "--remote-actor recevier: not an attachable actor "
+         "(choose from health, receiver, scheduler, sender)"),
+        (["actor", "receiver", "--attach", "127.0.0.1", "--open"],
+         "--attach: expected HOST:PORT, got '127.0.0.1'"),
+        (["congestion", "window"],
+         "congestion takes KEY VALUE pairs; 'window' has no value "
+         "(keys: window, min-window, max-window, threshold, timeout, dupack)"),
+    ],
+    ids=["key-file-missing", "key-file-empty", "expect-twice", "65-targets", "bootstrap-half",
+         "remote-actor-typo", "attach-no-port", "congestion-no-value"],
+)  # fmt: skip
+def test_what_a_user_gets_wrong_in_an_option_is_one_line(
+    tmp_path: Path, source: Path, args: list[str], line: str
+) -> None:
+    """Each before anything starts or goes out: one line, exit 2, and no
+    node (for `node` and `actor`) left running."""
+    (tmp_path / "empty.key").write_text("")
+    (tmp_path / "empty.key").chmod(0o600)
+    names = {"SRC": str(source), "MISSING": str(tmp_path / "typo.key"),
+             "EMPTY": str(tmp_path / "empty.key")}  # fmt: skip
+    result = run_cli(*[names.get(a, a) for a in args], data_dir=tmp_path / "dd",
+                     timeout=NODE_CMD_TIMEOUT)  # fmt: skip
+    assert_usage_error(result)
+    for name, path in names.items():
+        line = line.replace(name, path)
+    assert result.stderr_lines == [f"peercrypt: error: {line}"], result.describe()
+
+
+def test_a_setting_for_a_node_that_does_not_answer_or_died_says_which(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """A node that runs but does not answer (stopped, Ctrl-Z): "did not
+    answer", not a hint to start one; it answers the same request once it
+    runs on. One killed (its control file left behind): "not running
+    (stale)", with the hint."""
+    node = node_factory()
+    os.kill(node.pid, signal.SIGSTOP)
+    try:
+        stuck = node.cli("max-rate", "1M")
+    finally:
+        os.kill(node.pid, signal.SIGCONT)
+    assert_error(stuck, errors.FAILED)
+    assert stuck.stderr_lines == ["peercrypt: error: the node did not answer"], stuck.describe()
+    answered = node.cli("max-rate", "1M")
+    assert answered.returncode == 0 and "node rate cap is now 1.0 MiB/s" in answered.stdout
+    node.kill()
+    assert (node.data_dir / "control.json").exists()
+    stale = node.cli("max-rate", "1M")
+    assert stale.stderr_lines == [
+        f"peercrypt: error: the node for {node.data_dir} is not running (stale) "
+        "(start one with `peercrypt node`)"
+    ], stale.describe()
+    assert stale.returncode == errors.FAILED
+
+
 def test_a_config_file_that_is_not_utf8_is_one_error_line_naming_it(tmp_path: Path) -> None:
     """Bytes that are not UTF-8 (a file saved in another encoding) in the
     --config file or DATA_DIR/config.toml: one line naming the file, exit 2,

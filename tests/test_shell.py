@@ -1039,13 +1039,20 @@ def test_a_script_on_stdin_runs_every_line_and_its_exit_says_if_all_succeeded(
     quits = _script(node.data_dir, ["quit", "set-mode warp"], tmp_path)
     assert quits.returncode == 0 and not quits.stderr
     # A hint names the command as a script line has it, as at the prompt.
-    hinted = _script(node.data_dir, ["cancel 999", "cancel in999", "peers --bogus"], tmp_path)
+    hinted = _script(
+        node.data_dir,
+        ["cancel 999", "cancel in999", "peers --bogus", 'send "my file.bin 127.0.0.1 7400',
+         "jobs 1"],
+        tmp_path,
+    )  # fmt: skip
     assert hinted.returncode == errors.USAGE, hinted.stderr
     assert hinted.stderr.strip().splitlines() == [
         "peercrypt: error: no running transfer 999 (see `transfers`)",
         "peercrypt: error: no incoming transfer in999 (see `status`)",
         "peercrypt: error: no such option '--bogus'; `peers` takes --config, --data-dir, --debug, "
         "--json",
+        "peercrypt: error: cannot read that line: No closing quotation",
+        "peercrypt: error: `jobs` takes no argument but --json",
     ]
 
 
@@ -1216,6 +1223,8 @@ def test_a_background_send_is_cancelled_by_its_transfer_id_or_by_its_job(
     assert re.search(r"\[2\] running +transfer 3 +send ", out), out
     listed = pty.run("jobs --json", r"\]")
     assert '"transfer": 2' in listed and '"transfer": 3' in listed, listed
+    pty.run("rate %2 128K", r"rate of 1 transfer\(s\) is now 128\.0 KiB/s")  # transfer 3's
+    pty.run("rate %9 128K", r"peercrypt: error: no job %9 \(`jobs` lists this shell's sends\)")
     pty.run("cancel %9", r"peercrypt: error: no job %9 \(`jobs` lists this shell's sends\)")
     pty.run("cancel %\u00b2", r"peercrypt: error: no job %\u00b2 ")  # a digit, not ASCII
     # Hints name commands as typed here (the node's words too: no `peercrypt `).

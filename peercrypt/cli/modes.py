@@ -203,11 +203,15 @@ def send_overrides(kwargs: dict[str, Any], mode: str | None) -> dict[str, Any]:
 def _ask(obj: dict[str, Any], msg: codec.Message, wait: float = 5.0) -> codec.Message:
     data_dir: Path = obj["data_dir"]
     try:
-        with ControlClient.for_data_dir(data_dir) as client:
+        client = ControlClient.for_data_dir(data_dir)
+    except NodeUnavailable as exc:  # none runs for it (or it died): the hint helps
+        raise UserError(f"{exc} (start one with `peercrypt node`)", errors.FAILED) from None
+    try:
+        with client:
             client.send(msg)
             reply = client.receive(wait)
-    except NodeUnavailable as exc:
-        raise UserError(f"{exc} (start one with `peercrypt node`)", errors.FAILED) from None
+    except NodeUnavailable as exc:  # it runs, and did not answer: no node to start
+        raise UserError(str(exc), errors.FAILED) from None
     if isinstance(reply, ErrorReply):
         raise UserError(refusal(reply), errors.FAILED)
     return reply

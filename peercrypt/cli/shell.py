@@ -88,6 +88,8 @@ ARGUMENTS: dict[str, tuple[str, ...]] = {
     "set-mode": ("mode",),
     "gossip": ("gossip",),
     "congestion": ("congestion", "any") * 6,
+    "rate": ("any", "any"),  # [ID] BYTES_PER_SEC: no file names
+    "cancel": ("any",),
     "help": ("command",),
 }
 
@@ -306,7 +308,7 @@ class Shell:
             if rest not in ([], ["--json"]):
                 return self._error("`jobs` takes no argument but --json")
             return self._jobs(as_json=bool(rest))
-        if name == "cancel" and any(w.startswith("%") for w in rest):
+        if name in ("cancel", "rate") and any(w.startswith("%") for w in rest):
             mapped = [self._job_transfer(w) if w.startswith("%") else w for w in rest]
             if None in mapped:
                 return errors.USAGE
@@ -431,7 +433,7 @@ class Shell:
         return errors.OK
 
     def _job_transfer(self, spec: str) -> int | None:
-        """The transfer ID of the running job ``%N`` (for ``cancel``), or
+        """The transfer ID of the running job ``%N`` (for ``cancel``, ``rate``), or
         None after saying why not."""
         number = spec[1:]
         job = None
