@@ -29,7 +29,7 @@ from peercrypt.control_file import CONTROL_FILE
 from peercrypt.core.address import join_host_port
 from peercrypt.core.cancels import CANCEL_WAIT, CANCELLED_BY_USER, CancelVerdict, SendEnds
 from peercrypt.crypto.identity import fingerprint
-from peercrypt.errors import ResultCode
+from peercrypt.errors import NOT_THE_PEERS, ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv, Timer, bound_endpoint
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec, columns
@@ -522,25 +522,12 @@ class ControlActor(Actor):
                 self._changed()  # (a send's: what `transfers` lists)
             if isinstance(msg, SendResult) and request in self.sending:
                 host, port, proven = self.sending.pop(request)
-                # A send refused for a local reason (bad options) or cancelled
-                # says nothing about the peer; nor does a peer's refusal of
-                # the file (busy, a quota, its policy): it answered at once;
-                # nor its word that a newer offer of this node's own took the
-                # transfer over (aborted: a restart of ours, or a twin).
-                # Nor does a receiver that proved an identity other than the
-                # one expected there, or none it named (an impostor at a
-                # member's address, or a relay of another's hello): it is not
-                # the member's doing.
-                local = (
-                    ResultCode.CANCELLED,
-                    ResultCode.LOCAL,
-                    ResultCode.MULTICAST_DEFAULT,
-                    ResultCode.REFUSED,
-                    ResultCode.ABORTED,
-                    ResultCode.UNTRUSTED,
-                    ResultCode.IMPOSTOR,
-                )
-                if msg.code not in local:
+                # Scored unless it says nothing about the peer (NOT_THE_PEERS:
+                # bad options, a cancel, a refusal of the file, a newer offer
+                # of ours taking over (aborted: a restart of ours, or a twin),
+                # an impostor at a member's address or a relay of another's
+                # hello: not the member's doing).
+                if msg.code not in NOT_THE_PEERS:
                     ok = msg.code == ResultCode.OK
                     # A verified send is the identity's that verified it
                     # (SendProven), whatever address the user named it by: a

@@ -48,6 +48,7 @@ NAK later); the plan's per-member state is bounded by the NAK limit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import logging
@@ -117,7 +118,7 @@ from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, new_content_key
 from peercrypt.crypto.keywrap import wrap as wrap_key
 from peercrypt.crypto.known_peers import KnownPeersFile, explain, pin_of
-from peercrypt.errors import ResultCode
+from peercrypt.errors import NOT_THE_PEERS, ResultCode
 from peercrypt.runtime.actor import (
     PEER_RCVHWM,
     Actor,
@@ -162,6 +163,7 @@ from peercrypt.wire.multicast_messages import (
     McStatus,
     McTargetResult,
 )
+from peercrypt.wire.network_messages import ProvenOutcome, TransferOutcome
 from peercrypt.wire.stats_messages import StatsRecord, StatsSample, batches
 from peercrypt.wire.text import printable
 
@@ -196,6 +198,7 @@ class Target:
     repair_key: bytes = b""
     token: bytes = b""
     proven: str = ""  # its fingerprint, once it proved its key and is trusted
+    proven_key: bytes = b""  # that key (X25519): whose score its verified end raises
     # The hello before the announce: its challenges (an answer to an earlier
     # one, e.g. from before a reconnect, is stale, not a failed proof), then
     # the key it proved and this node trusts at its address (name and size
@@ -777,7 +780,7 @@ class MulticastSenderActor(Actor):
         if len(j.repair_key) != RECEIVER_KEY_BYTES:
             reason = f"{t.name} sent no receiver key"
             return sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, now)
-        t.proven = fingerprint(j.static_pub)
+        t.proven, t.proven_key = fingerprint(j.static_pub), j.static_pub
         wrapped = wrap_key(secrets, sess.sid, sess.content_key)
         if j.repair_key != t.repair_key:
             t.repair_key, t.token = j.repair_key, subscription_token(j.repair_key)
@@ -829,12 +832,21 @@ class MulticastSenderActor(Actor):
         if not sess.version or t.legacy:  # its announce named no file version
             reason = f"{t.name} claimed to hold a file it was not told the version of"
             return sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, self.now())
-        t.proven = fingerprint(h.static_pub)
+        t.proven, t.proven_key = fingerprint(h.static_pub), h.static_pub
         self.count("held")
         sess.flow.on_held(t.name, self.now())
 
     def _report_target(self, sess: Session, t: Target, end: TargetEnded) -> None:
         self.tell("stats", _record(sess, t, self.now()))
+        # Health's score of the member, as for a unicast send (actors/control.py):
+        # verified, that of the identity that proved itself in the session
+        # (whatever its address's spelling); failed, that of the address.
+        if end.code == ResultCode.OK and t.proven_key:
+            self.tell("health", ProvenOutcome(key=t.proven_key))
+        elif end.code != ResultCode.OK and end.code not in NOT_THE_PEERS:
+            with contextlib.suppress(ValueError):  # (its name was parsed at the request)
+                host, port = split_host_port(t.name)
+                self.tell("health", TransferOutcome(host=host, port=port, ok=False))
         self.tell(
             "control",
             McTargetResult(

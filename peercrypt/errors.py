@@ -50,6 +50,24 @@ class ResultCode(enum.StrEnum):
     MULTICAST_DEFAULT = "multicast-default"
 
 
+# Outcomes that say nothing of the peer's reliability (health's score): a
+# send refused for a local reason or cancelled; a refusal of the file (busy,
+# a quota, its policy: it answered at once); its word that a newer offer of
+# this node's own took the transfer over; an identity other than the one
+# expected at that address, or none it could prove (not the member's doing).
+NOT_THE_PEERS: frozenset[str] = frozenset(
+    {
+        ResultCode.CANCELLED,
+        ResultCode.LOCAL,
+        ResultCode.MULTICAST_DEFAULT,
+        ResultCode.REFUSED,
+        ResultCode.ABORTED,
+        ResultCode.UNTRUSTED,
+        ResultCode.IMPOSTOR,
+    }
+)
+
+
 EXIT_CODES: dict[ResultCode, int] = {
     ResultCode.OK: OK,
     ResultCode.LOCAL: USAGE,

@@ -238,6 +238,40 @@ def test_transfers_update_reliability(
     assert float(after["reliability"]) > 0.6
 
 
+def test_a_multicast_send_scores_each_receiver_as_a_send_would(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """Each receiver's end of a multicast session counts for its member's
+    reliability as a unicast send's does (it counted for none): B verified
+    the file, a success of B's; C was gone (killed, its record kept) and
+    never answered, a failure at C's address."""
+    a = node_factory(*FAST)
+    b, c = (
+        node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+        for _ in range(2)
+    )
+    wait_until(lambda: peer_row(a, b) and peer_row(a, c), 15, "A to know B and C")
+    c.kill()
+    source = make_file(300_000)
+    sent = a.cli(
+        "send", str(source), b.host, str(b.port), "-m", "--to", f"{c.host}:{c.port}",
+        "--timeout", "3", "--json", timeout=60,
+    )  # fmt: skip
+    assert sent.returncode == errors.UNREACHABLE, sent.describe()
+    ends = {r["target"]: r["code"] for r in json.loads(sent.stdout)["receivers"]}
+    assert ends == {f"{b.host}:{b.port}": "ok", f"{c.host}:{c.port}": "unreachable"}, ends
+    assert blake3_file(b.inbox / source.name) == blake3_file(source)
+
+    def scored(of: NodeProcess, field: str) -> dict[str, Any] | None:
+        row = peer_row(a, of)
+        return row if row is not None and row[field] == 1 else None
+
+    b_row = wait_until(lambda: scored(b, "transfers_ok"), 10, "B's success scored")
+    c_row = wait_until(lambda: scored(c, "transfers_failed"), 10, "C's failure scored")
+    assert (b_row["transfers_ok"], b_row["transfers_failed"]) == (1, 0), b_row
+    assert (c_row["transfers_ok"], c_row["transfers_failed"]) == (0, 1), c_row
+
+
 def test_a_send_counts_for_the_member_that_proved_itself_whatever_its_address_s_spelling(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:
