@@ -832,7 +832,9 @@ class MulticastSenderActor(Actor):
         if not sess.version or t.legacy:  # its announce named no file version
             reason = f"{t.name} claimed to hold a file it was not told the version of"
             return sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, self.now())
-        t.proven, t.proven_key = fingerprint(h.static_pub), h.static_pub
+        r = sess.flow.receivers.get(t.name)
+        if r is not None and not (r.joined or r.held):  # (else on_held changes nothing)
+            t.proven, t.proven_key = fingerprint(h.static_pub), h.static_pub
         self.count("held")
         sess.flow.on_held(t.name, self.now())
 
@@ -840,10 +842,12 @@ class MulticastSenderActor(Actor):
         self.tell("stats", _record(sess, t, self.now()))
         # Health's score of the member, as for a unicast send (actors/control.py):
         # verified, that of the identity that proved itself in the session
-        # (whatever its address's spelling); failed, that of the address.
+        # (whatever its address's spelling); failed, that of the address. Not
+        # a timeout: a session waits for this node's own pace too (a rate too
+        # low for its size, grants that do not come, this node stopped).
         if end.code == ResultCode.OK and t.proven_key:
             self.tell("health", ProvenOutcome(key=t.proven_key))
-        elif end.code != ResultCode.OK and end.code not in NOT_THE_PEERS:
+        elif end.code not in (ResultCode.OK, ResultCode.TIMEOUT, *NOT_THE_PEERS):
             with contextlib.suppress(ValueError):  # (its name was parsed at the request)
                 host, port = split_host_port(t.name)
                 self.tell("health", TransferOutcome(host=host, port=port, ok=False))

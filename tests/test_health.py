@@ -270,6 +270,18 @@ def test_a_multicast_send_scores_each_receiver_as_a_send_would(
     c_row = wait_until(lambda: scored(c, "transfers_failed"), 10, "C's failure scored")
     assert (b_row["transfers_ok"], b_row["transfers_failed"]) == (1, 0), b_row
     assert (c_row["transfers_ok"], c_row["transfers_failed"]) == (0, 1), c_row
+    # A session that times out at this node's own pace (a rate cap too low
+    # for the file within its timeout) is no failure of B's; the next one,
+    # uncapped, is B's second success (told after: B's row has both).
+    assert a.cli("max-rate", "100K").returncode == 0
+    slow = a.cli("send", str(make_file(3 * 2**20)), b.host, str(b.port), "-m", "--timeout", "3",
+                 "--json", timeout=60)  # fmt: skip
+    assert json.loads(slow.stdout)["code"] == "timeout", slow.describe()
+    assert a.cli("max-rate", "0").returncode == 0
+    again = a.cli("send", str(make_file(100_000)), b.host, str(b.port), "-m", "--json", timeout=60)
+    assert again.returncode == 0, again.describe()
+    b_row = wait_until(lambda: (r := peer_row(a, b)) and r["transfers_ok"] == 2 and r, 10, "B 2")
+    assert b_row["transfers_failed"] == 0, b_row
 
 
 def test_a_send_counts_for_the_member_that_proved_itself_whatever_its_address_s_spelling(
