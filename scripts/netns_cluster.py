@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                     if signalled:  # a Ctrl-C at the terminal reached the nodes too
                         break
                     gone = [n.name for n in cluster.nodes if not n.running]
-                    if gone:
+                    if gone and not signalled:
                         print(f"peercrypt: error: exited: {', '.join(gone)}", file=sys.stderr)
                         code = 1
                         break

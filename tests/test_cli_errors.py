@@ -7,6 +7,7 @@ Usage errors found by click (bad arguments) too, with exit 2.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -27,8 +28,10 @@ from peercrypt.testing.nodes import (
     NodeProcess,
     blake3_file,
     cli_env,
+    cli_running,
     run_cli,
     start_cli,
+    wait_until,
 )
 
 NODE_CMD_TIMEOUT = 20.0  # a `node` command that should fail but runs is killed after this
@@ -750,14 +753,37 @@ def test_what_a_user_gets_wrong_in_an_option_is_one_line(
     assert result.stderr_lines == [f"peercrypt: error: {line}"], result.describe()
 
 
+def _connected_to(port: int) -> bool:
+    """Whether a TCP connection to 127.0.0.1:``port`` is established."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote, state = fields[2], fields[3]
+        if remote == f"0100007F:{port:04X}" and state == "01":
+            return True
+    return False
+
+
 def test_a_setting_for_a_node_that_does_not_answer_or_died_says_which(
     node_factory: Callable[..., NodeProcess],
 ) -> None:
     """A node that runs but does not answer (stopped, Ctrl-Z): "did not
     answer", not a hint to start one; it answers the same request once it
-    runs on. One killed (its control file left behind): "not running
-    (stale)", with the hint."""
-    node = node_factory()
+    runs on. One killed while the command waits, or before (its control
+    file left behind): "stopped", "not running (stale)", with the hint."""
+    node, dying = node_factory(), node_factory()
+    control = json.loads((dying.data_dir / "control.json").read_text())["endpoint"]
+    port = int(control.rsplit(":", 1)[1])
+    os.kill(dying.pid, signal.SIGSTOP)
+    with cli_running("max-rate", "1M", data_dir=dying.data_dir) as waiting:
+        # Connected (the kernel accepts for a stopped process), the command
+        # waits for the answer (5 s): the node dies meanwhile.
+        wait_until(lambda: _connected_to(port), 30, "the command's connection")
+        dying.kill()
+        _, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == errors.FAILED, err
+    assert err.splitlines() == [
+        "peercrypt: error: the node stopped (start one with `peercrypt node`)"
+    ], err
     os.kill(node.pid, signal.SIGSTOP)
     try:
         stuck = node.cli("max-rate", "1M")

@@ -1225,6 +1225,8 @@ def test_a_background_send_is_cancelled_by_its_transfer_id_or_by_its_job(
     assert '"transfer": 2' in listed and '"transfer": 3' in listed, listed
     pty.run("rate %2 128K", r"rate of 1 transfer\(s\) is now 128\.0 KiB/s")  # transfer 3's
     pty.run("rate %9 128K", r"peercrypt: error: no job %9 \(`jobs` lists this shell's sends\)")
+    # (mapped to its ID alone, the ID would be taken for the rate of every send)
+    pty.run("rate %2", r"peercrypt: error: `rate %2` needs BYTES_PER_SEC too \(`rate %1 10M`\)")
     pty.run("cancel %9", r"peercrypt: error: no job %9 \(`jobs` lists this shell's sends\)")
     pty.run("cancel %\u00b2", r"peercrypt: error: no job %\u00b2 ")  # a digit, not ASCII
     # Hints name commands as typed here (the node's words too: no `peercrypt `).
@@ -1236,6 +1238,7 @@ def test_a_background_send_is_cancelled_by_its_transfer_id_or_by_its_job(
     ids = re.findall(r'"id": "?(\d+)', out)
     assert ids == ["3"], out  # the second send runs on
     pty.run("cancel %1", r"peercrypt: error: job %1 has ended \(exit 1\): nothing to cancel")
+    pty.run("rate %1 1M", r"peercrypt: error: job %1 has ended \(exit 1\): nothing to change")
     pty.run_until("cancel 3", r"\[2\] done, exit 1")
     assert not (peer.inbox / first.name).exists() and not (peer.inbox / second.name).exists()
     assert blake3_file(peer.inbox / small.name) == blake3_file(small)

@@ -210,7 +210,11 @@ def _ask(obj: dict[str, Any], msg: codec.Message, wait: float = 5.0) -> codec.Me
         with client:
             client.send(msg)
             reply = client.receive(wait)
-    except NodeUnavailable as exc:  # it runs, and did not answer: no node to start
+    except NodeUnavailable as exc:  # it ran: no hint to start one, unless it ended
+        if not client.node_alive():
+            raise UserError(
+                "the node stopped (start one with `peercrypt node`)", errors.FAILED
+            ) from None
         raise UserError(str(exc), errors.FAILED) from None
     if isinstance(reply, ErrorReply):
         raise UserError(refusal(reply), errors.FAILED)

@@ -309,7 +309,14 @@ class Shell:
                 return self._error("`jobs` takes no argument but --json")
             return self._jobs(as_json=bool(rest))
         if name in ("cancel", "rate") and any(w.startswith("%") for w in rest):
-            mapped = [self._job_transfer(w) if w.startswith("%") else w for w in rest]
+            given = [w for i, w in enumerate(rest) if not w.startswith("-")
+                     and (i == 0 or rest[i - 1] != "--transfer")]  # fmt: skip
+            if name == "rate" and given and given[-1].startswith("%"):  # (else its ID, as a rate)
+                return self._error(
+                    f"`rate {given[-1][:20]}` needs BYTES_PER_SEC too (`rate %1 10M`)"
+                )
+            verb = "cancel" if name == "cancel" else "change"
+            mapped = [self._job_transfer(w, verb) if w.startswith("%") else w for w in rest]
             if None in mapped:
                 return errors.USAGE
             words = [name, *(str(w) for w in mapped)]
@@ -432,9 +439,9 @@ class Shell:
             click.echo(f"{f'[{job.number}]':{width}} {state:8} {transfer:12} {job.line}")
         return errors.OK
 
-    def _job_transfer(self, spec: str) -> int | None:
+    def _job_transfer(self, spec: str, verb: str = "cancel") -> int | None:
         """The transfer ID of the running job ``%N`` (for ``cancel``, ``rate``), or
-        None after saying why not."""
+        None after saying why not (an ended job: nothing to ``verb``)."""
         number = spec[1:]
         job = None
         if (
@@ -447,7 +454,7 @@ class Shell:
         if job is None:
             self._error(f"no job {spec[:20]} (`jobs` lists this shell's sends)")
         elif not job.running:
-            self._error(f"job {spec} has ended (exit {job.code}): nothing to cancel")
+            self._error(f"job {spec} has ended (exit {job.code}): nothing to {verb}")
         elif not job.transfer:
             self._error(f"job {spec} has no transfer ID yet; try again in a moment")
         else:
