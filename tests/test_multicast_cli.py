@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from peercrypt import errors
 from peercrypt.crypto.identity import new_network_key
 from peercrypt.testing.nodes import NodeProcess, assert_stored, dead_port, free_port, start_cli
 
@@ -248,11 +249,13 @@ def test_dual_asks_for_the_second_target_only_and_takes_host_port_as_typed() -> 
     ]
     assert asked == ["the second target HOST:PORT"], asked  # once: two is all -dual takes
     # The first one again, or a typo: said, and asked again.
-    ask, asked, said = scripted(["127.0.0.1:7400", "nonsense", "::1 7401"])
+    # (also spelt otherwise: localhost is the loopback address)
+    ask, asked, said = scripted(["127.0.0.1:7400", "nonsense", "localhost:7400", "::1 7401"])
     assert ask_targets(["127.0.0.1:7400"], True, ask, said.append)[1] == "[::1]:7401"
     assert said == [
         "127.0.0.1:7400 is a target already; try again",
         "invalid target 'nonsense': expected HOST:PORT (port 1-65535); try again",
+        "localhost:7400 (as 127.0.0.1:7400) is a target already; try again",
     ], said
     # -m: more until an empty answer.
     ask, asked, said = scripted(["h1:1", "h2 2", ""])
@@ -269,3 +272,15 @@ def test_m_without_a_terminal_sends_to_its_one_target_and_says_one(
     assert result.returncode == 0, result.describe()
     assert "another target" not in result.stderr, result.describe()  # nothing asked
     assert "to 1 receiver by multicast" in result.stdout, result.stdout  # (not "1 receivers")
+    # The same receiver under two spellings is one target (it was sent the
+    # file twice in one session, and its end told twice).
+    code, out = sender.send(source, "localhost", receiver.port, "-m", "--to",
+                            f"127.0.0.1:{receiver.port}")  # fmt: skip
+    assert code == 0, out
+    assert [(r["target"], r["code"]) for r in out["receivers"]] == [
+        (f"localhost:{receiver.port}", "ok")
+    ], out
+    dual = sender.cli("send", source, "127.0.0.1", str(receiver.port), "-dual", "--to",
+                      f"localhost:{receiver.port}")  # fmt: skip
+    assert dual.returncode == errors.USAGE, dual.describe()
+    assert "-dual needs exactly two different targets (got 1" in dual.stderr, dual.describe()

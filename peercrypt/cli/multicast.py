@@ -31,7 +31,7 @@ from peercrypt.cli.follow import follow, refusal
 from peercrypt.cli.progress import echo, progress_view
 from peercrypt.cli.send_report import file_bytes, sent_names, tree_counts
 from peercrypt.client import ControlClient, NodeUnavailable
-from peercrypt.core.address import join_host_port, split_host_port
+from peercrypt.core.address import dialled, join_host_port, split_host_port
 from peercrypt.errors import ResultCode
 from peercrypt.sizes import readable
 from peercrypt.wire.codec import Message
@@ -95,21 +95,39 @@ def ask_targets(
         except UserError as exc:  # a typo at the prompt: ask again, the send goes on
             say(f"{exc.message}; try again")
             continue
-        if target in out:
-            say(f"{target} is a target already; try again")
+        same = next((t for t in out if _receiver(t) == _receiver(target)), None)
+        if same is not None:
+            said = target if same == target else f"{target} (as {same})"
+            say(f"{said} is a target already; try again")
             continue
         out.append(target)
     return out
+
+
+def _receiver(target: str) -> str:
+    """The one key of a target's every spelling."""
+    return dialled(*split_host_port(target))
 
 
 def _prompt(question: str) -> str:
     return str(click.prompt(question, default="", show_default=False, err=True))
 
 
+def _one_each(targets: list[str]) -> list[str]:
+    """One target per receiver, however spelt (``localhost:P`` is
+    ``127.0.0.1:P``), under the first spelling given: the same node twice in
+    one session was sent the file twice, and its end told twice."""
+    named: dict[str, str] = {}
+    for target in targets:
+        named.setdefault(_receiver(target), target)
+    return list(named.values())
+
+
 def targets(host: str, port: int, to: tuple[str, ...], multi: bool, dual: bool) -> list[str]:
-    targets = list(dict.fromkeys([parse_target(f"{host}:{port}")] + [parse_target(t) for t in to]))
+    targets = _one_each([parse_target(f"{host}:{port}")] + [parse_target(t) for t in to])
     if (multi or dual) and not to and sys.stdin.isatty():
-        targets = ask_targets(targets, dual, _prompt, functools.partial(click.echo, err=True))
+        asked = ask_targets(targets, dual, _prompt, functools.partial(click.echo, err=True))
+        targets = _one_each(asked)
     if dual and len(targets) != 2:
         how = "give the second with --to HOST:PORT" if len(targets) < 2 else "one --to only"
         raise UserError(f"-dual needs exactly two different targets (got {len(targets)}: {how})")
