@@ -37,8 +37,10 @@ def parse_env_file(path: Path) -> tuple[dict[str, str], dict[str, int]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return out, lines
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except UnicodeDecodeError:  # (none of its bytes shown: a line may hold a secret)
+        raise ConfigError(f"cannot read {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):

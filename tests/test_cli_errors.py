@@ -820,6 +820,41 @@ def test_a_config_file_that_is_not_utf8_is_one_error_line_naming_it(tmp_path: Pa
     assert_error(node, errors.USAGE, f"config file {data / 'config.toml'} is not valid TOML")
 
 
+def test_a_settings_file_that_cannot_be_read_or_holds_a_wrong_type_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """The working directory's .env not UTF-8 (none of its bytes shown: a
+    line may hold the network key; it showed the decoder's words) or not a
+    file; a config file whose value has the wrong type; --config naming a
+    folder: one line naming the file, exit 2, before any node starts."""
+    data = tmp_path / "dd"
+    data.mkdir()
+    env = tmp_path / ".env"
+    env.write_bytes(b"PEERCRYPT_NETWORK_KEY=s\xe9cret\n")
+    for command in (["status"], ["node", "--port", "0", "--open"]):
+        result = run_cli(*command, data_dir=data, cwd=tmp_path, timeout=NODE_CMD_TIMEOUT)
+        assert result.stderr_lines == [
+            f"peercrypt: error: cannot read {env}: not UTF-8 text (the .env of the working "
+            "directory)"
+        ], result.describe()
+        assert result.returncode == errors.USAGE and "cret" not in result.stderr
+    env.unlink()
+    env.mkdir()
+    folder = run_cli("status", data_dir=data, cwd=tmp_path)
+    assert_usage_error(folder, f"cannot read {env}: Is a directory")
+    env.rmdir()
+    (data / "config.toml").write_text("inbox = 5\n")
+    for command in (["config", "show"], ["node", "--port", "0", "--open"]):
+        typed = run_cli(*command, data_dir=data, cwd=tmp_path, timeout=NODE_CMD_TIMEOUT)
+        assert typed.stderr_lines == [
+            f"peercrypt: error: {data / 'config.toml'}: inbox=5: expected text"
+        ], typed.describe()
+        assert typed.returncode == errors.USAGE
+    (data / "config.toml").unlink()
+    named = run_cli("--config", str(tmp_path), "status", data_dir=data, cwd=tmp_path)
+    assert_usage_error(named, "--config", f"File '{tmp_path}' is a directory")
+
+
 @pytest.mark.parametrize("where", ["before", "after"])
 @pytest.mark.parametrize("command", [["status"], ["node", "--port", "0", "--open"]])
 def test_an_empty_data_dir_is_refused_not_the_working_directory(
