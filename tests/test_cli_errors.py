@@ -820,6 +820,37 @@ def test_a_config_file_that_is_not_utf8_is_one_error_line_naming_it(tmp_path: Pa
     assert_error(node, errors.USAGE, f"config file {data / 'config.toml'} is not valid TOML")
 
 
+def test_a_file_the_node_may_not_read_is_one_line_naming_it(
+    tmp_path: Path, network_key: str, node_factory: Callable[..., NodeProcess]
+) -> None:
+    """The node runs as another user than the command (here root without its
+    override of file permissions, as a service account would): a file it
+    may not read, alone or inside a folder, is named with the system's
+    reason, exit 2, and nothing reaches the receiver."""
+    sender = NodeProcess(
+        data_dir=tmp_path / "sender",
+        network_key=network_key,
+        prefix=("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"),
+    ).start()
+    receiver = node_factory()
+    try:
+        private = tmp_path / "private.bin"
+        private.write_bytes(os.urandom(4096))
+        private.chmod(0o000)
+        alone = sender.cli("send", private, receiver.host, str(receiver.port))
+        assert_usage_error(alone, f"cannot read {private}: Permission denied")
+        folder = tmp_path / "album"
+        folder.mkdir()
+        (folder / "ok.txt").write_text("ok")
+        (folder / "secret.txt").write_text("no")
+        (folder / "secret.txt").chmod(0o000)
+        tree = sender.cli("send", folder, receiver.host, str(receiver.port))
+        assert_usage_error(tree, f"cannot read {folder / 'secret.txt'}: Permission denied")
+        assert list(receiver.inbox.iterdir()) == []
+    finally:
+        sender.stop()
+
+
 def test_a_settings_file_that_cannot_be_read_or_holds_a_wrong_type_is_one_line(
     tmp_path: Path,
 ) -> None:
