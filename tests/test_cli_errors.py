@@ -31,6 +31,7 @@ from peercrypt.testing.nodes import (
     cli_running,
     run_cli,
     start_cli,
+    tcp_connected_to,
     wait_until,
 )
 
@@ -753,16 +754,6 @@ def test_what_a_user_gets_wrong_in_an_option_is_one_line(
     assert result.stderr_lines == [f"peercrypt: error: {line}"], result.describe()
 
 
-def _connected_to(port: int) -> bool:
-    """Whether a TCP connection to 127.0.0.1:``port`` is established."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        remote, state = fields[2], fields[3]
-        if remote == f"0100007F:{port:04X}" and state == "01":
-            return True
-    return False
-
-
 def test_a_setting_for_a_node_that_does_not_answer_or_died_says_which(
     node_factory: Callable[..., NodeProcess],
 ) -> None:
@@ -777,7 +768,7 @@ def test_a_setting_for_a_node_that_does_not_answer_or_died_says_which(
     with cli_running("max-rate", "1M", data_dir=dying.data_dir) as waiting:
         # Connected (the kernel accepts for a stopped process), the command
         # waits for the answer (5 s): the node dies meanwhile.
-        wait_until(lambda: _connected_to(port), 30, "the command's connection")
+        wait_until(lambda: tcp_connected_to(port), 30, "the command's connection")
         dying.kill()
         _, err = waiting.communicate(timeout=30)
     assert waiting.returncode == errors.FAILED, err

@@ -22,9 +22,11 @@ from peercrypt.testing.nodes import (
     WaitTimeout,
     blake3_file,
     cli_env,
+    cli_running,
     dead_port,
     run_cli,
     start_cli,
+    tcp_connected_to,
     wait_until,
 )
 from peercrypt.wire.local_messages import Progress, SendRequest, SendResult
@@ -173,6 +175,22 @@ def test_top_into_a_pipe_prints_one_view_and_exits(
     assert "\x1b" not in result.stdout, result.stdout  # no terminal's escape sequences
     assert "q quit" not in result.stdout, result.stdout  # no keys to tell
     assert result.stderr == "", result.describe()
+
+
+def test_top_whose_node_stops_says_so_in_one_line(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """The node stops while top waits for its next refresh: one line, exit 1,
+    naming what happened (it said "the node did not answer" after a wait of
+    its own)."""
+    node = node_factory()
+    port = int(json.loads((node.data_dir / "control.json").read_text())["endpoint"].rsplit(":")[-1])
+    with cli_running("top", "--interval", "3", data_dir=node.data_dir) as top:
+        wait_until(lambda: tcp_connected_to(port), 30, "top's connection")
+        assert node.stop() == 0
+        out, err = top.communicate(timeout=30)
+    assert top.returncode == 1, (out, err)
+    assert err.splitlines() == ["peercrypt: error: the node stopped; top stopped"], err
 
 
 def test_cancel_of_a_send_that_had_ended_says_how_it_ended(

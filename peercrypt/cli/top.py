@@ -545,10 +545,17 @@ class NodeLink:
         self.answers: list[str] = []
 
     def ask(self, msg: codec.Message) -> codec.Message:
+        if not self.client.node_alive():  # (it stopped since the last refresh)
+            raise NodeUnavailable("the node stopped")
         self.client.send(msg)
         deadline = time.monotonic() + self.timeout
         while True:
-            reply = self.client.receive(max(0.0, deadline - time.monotonic()))
+            try:
+                reply = self.client.receive(max(0.0, deadline - time.monotonic()))
+            except NodeUnavailable:
+                if not self.client.node_alive():
+                    raise NodeUnavailable("the node stopped") from None
+                raise
             if not self._answered(reply):
                 break
         if isinstance(reply, ErrorReply):

@@ -458,6 +458,17 @@ def start_cli(
     )
 
 
+def tcp_connected_to(port: int) -> bool:
+    """Whether a TCP connection to 127.0.0.1:``port`` is established (from
+    this host's connection table: e.g. a command that connected to a node
+    whose process is stopped, which the kernel accepts for it)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == f"0100007F:{port:04X}" and fields[3] == "01":  # (01: established)
+            return True
+    return False
+
+
 @contextlib.contextmanager
 def cli_running(
     *args: str | os.PathLike[str],
