@@ -270,9 +270,15 @@ def test_the_script_runs_the_cluster_until_sigterm_then_stops_every_node(tmp_pat
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, said
     finally:
+        # After a failed assertion: SIGTERM first, so that the script stops
+        # its nodes (killed at once, it left them running in their namespaces).
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
     ended = 0
     while ended < 2:  # both streams read to their end
         line = lines.get(timeout=10)
