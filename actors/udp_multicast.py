@@ -169,8 +169,6 @@ class GroupSender:
         self.jobs: queue.Queue[Send | None] = queue.Queue(SEND_QUEUE)
         self.thread: threading.Thread | None = None
         self.closing = False
-        self._lock = threading.Lock()  # guards released
-        self._released = False  # the socket is closed
         self.sent = 0  # datagrams sent (written by the sending thread only)
         self.unsent = 0  # datagrams not sent: their chunks are NAKed and repaired
         self.failed: tuple[int, bytes] | None = None  # (index, nonce) of the last failed seal
@@ -190,14 +188,7 @@ class GroupSender:
             self.thread.join(CLOSE_WAIT)
             if self.thread.is_alive():
                 return
-        self._release()
-
-    def _release(self) -> None:
-        with self._lock:
-            if self._released:
-                return
-            self._released = True
-        self.sock.close()
+        self.sock.close()  # (twice is harmless: a socket object closes its descriptor once)
 
     def submit(self, job: Send) -> int:
         """Have the sending thread send what :meth:`send_range` would; returns
@@ -221,7 +212,7 @@ class GroupSender:
             self._loop()
         finally:
             if self.closing:  # (close() may have given up waiting for this send)
-                self._release()
+                self.sock.close()
 
     def _loop(self) -> None:
         name_native_thread()
