@@ -76,7 +76,7 @@ from actors.port_watch import PortWatch
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk
 from peercrypt.core import fragments
-from peercrypt.core.address import dialled, join_host_port, split_host_port
+from peercrypt.core.address import dialled_target, join_host_port, split_host_port
 from peercrypt.core.bitmap import pairs
 from peercrypt.core.cancels import CANCELLED_BY_USER
 from peercrypt.core.fragments import parse_group
@@ -418,9 +418,9 @@ class MulticastSenderActor(Actor):
             if sess.same_as != same_as:
                 continue
             theirs = {  # those it still sends to (one that ended may be sent again)
-                _target_key(name) for name, r in sess.flow.receivers.items() if r.result is None
+                dialled_target(name) for name, r in sess.flow.receivers.items() if r.result is None
             }
-            both = [t for t in req.targets if _target_key(t) in theirs]
+            both = [t for t in req.targets if dialled_target(t) in theirs]
             if both:
                 first, twin = sess.request.path, sess.request.request
                 same = "" if first == req.path else f" (the same file as {req.path})"
@@ -1321,11 +1321,6 @@ def _source_changed(sess: Session) -> bool:
     """A session's one file whose size or mtime is not the one it began
     with (a folder's files are checked once all are read)."""
     return sess.fd >= 0 and not sess.flow.ended and changed_since(sess.fd, sess.size, sess.mtime_ns)
-
-
-def _target_key(text: str) -> str:
-    """One key for every spelling of a target that dials the same endpoint."""
-    return dialled(*split_host_port(text))
 
 
 def _valid_target(text: str) -> bool:

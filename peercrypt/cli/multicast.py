@@ -31,7 +31,7 @@ from peercrypt.cli.follow import follow, refusal
 from peercrypt.cli.progress import echo, progress_view
 from peercrypt.cli.send_report import file_bytes, sent_names, tree_counts
 from peercrypt.client import ControlClient, NodeUnavailable
-from peercrypt.core.address import dialled, join_host_port, split_host_port
+from peercrypt.core.address import dialled_target, join_host_port, split_host_port
 from peercrypt.errors import ResultCode
 from peercrypt.sizes import readable
 from peercrypt.wire.codec import Message
@@ -95,18 +95,13 @@ def ask_targets(
         except UserError as exc:  # a typo at the prompt: ask again, the send goes on
             say(f"{exc.message}; try again")
             continue
-        same = next((t for t in out if _receiver(t) == _receiver(target)), None)
+        same = next((t for t in out if dialled_target(t) == dialled_target(target)), None)
         if same is not None:
             said = target if same == target else f"{target} (as {same})"
             say(f"{said} is a target already; try again")
             continue
         out.append(target)
     return out
-
-
-def _receiver(target: str) -> str:
-    """The one key of a target's every spelling."""
-    return dialled(*split_host_port(target))
 
 
 def _prompt(question: str) -> str:
@@ -119,7 +114,7 @@ def _one_each(targets: list[str]) -> list[str]:
     one session was sent the file twice, and its end told twice."""
     named: dict[str, str] = {}
     for target in targets:
-        named.setdefault(_receiver(target), target)
+        named.setdefault(dialled_target(target), target)
     return list(named.values())
 
 

@@ -95,6 +95,12 @@ def dialled(host: str, port: int) -> str:
     return join_host_port(canonical_host(h), key_port)
 
 
+def dialled_target(text: str) -> str:
+    """:func:`dialled` of ``HOST:PORT`` text (``[v6]:PORT`` too): one key for
+    every spelling of a target. Raises ValueError for other text."""
+    return dialled(*split_host_port(text))
+
+
 def endpoint_key(url: str) -> str:
     """``HOST:PORT`` of ``tcp://HOST:PORT`` in one spelling that dials the
     same endpoint (the port without leading zeros, an IP address in its one

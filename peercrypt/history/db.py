@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peercrypt.core.address import dialled, split_host_port
+from peercrypt.core.address import dialled_target
 from peercrypt.core.sampling import Point
 
 DB_FILE = "stats.sqlite"
@@ -334,10 +334,10 @@ def list_transfers(
 
 
 def _receiver_key(text: str) -> str:
-    """``HOST:PORT`` as one key per endpoint (core/address.py ``dialled``);
+    """``HOST:PORT`` as one key per endpoint (core/address.py ``dialled_target``);
     other text as it is."""
     try:
-        return dialled(*split_host_port(text))
+        return dialled_target(text)
     except ValueError:
         return text
 
