@@ -348,6 +348,37 @@ def test_a_send_an_impostor_answered_at_a_member_s_address_is_not_held_against_t
     assert after is not None and (after["transfers_ok"], after["transfers_failed"]) == (1, 0)
 
 
+def test_a_multicast_an_impostor_answered_at_a_member_s_address_is_not_held_against_it(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
+) -> None:
+    """As above, by multicast: B dies, and a member with the network key and
+    a fresh identity takes B's port. A's next session there ends untrusted
+    (A's known peers hold B's key at that address): no failure of B's, whose
+    row keeps its one success; the impostor stores nothing."""
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--bootstrap-host", "127.0.0.1", "--bootstrap-port", str(a.port))
+
+    def row() -> dict[str, Any] | None:
+        return peer_row(a, b)
+
+    wait_until(row, 15, "A to know B")
+    first = a.cli("send", str(make_file(100_000)), b.host, str(b.port), "-m", "--json")
+    assert first.returncode == 0, first.describe()
+    wait_until(lambda: (r := row()) and r["transfers_ok"] == 1, 10, "scored")
+    port = b.port
+    b.kill()
+    impostor = node_factory(*FAST, "--port", str(port))
+    assert impostor.port == port and impostor.fingerprint != b.fingerprint
+    refused = a.cli("send", str(make_file(100_000)), "127.0.0.1", str(port), "-m", "--json",
+                    timeout=60)  # fmt: skip
+    assert refused.returncode == errors.NOT_ADMITTED, refused.describe()
+    [end] = json.loads(refused.stdout)["receivers"]
+    assert end["code"] == "untrusted", end
+    assert list(impostor.inbox.iterdir()) == []
+    after = row()  # (told to health before the command's result)
+    assert after is not None and (after["transfers_ok"], after["transfers_failed"]) == (1, 0)
+
+
 def test_a_check_shows_the_version_the_peer_proves_its_text_escaped(
     node_factory: Callable[..., NodeProcess], network_key: str
 ) -> None:
