@@ -1227,6 +1227,7 @@ def test_a_background_send_is_cancelled_by_its_transfer_id_or_by_its_job(
     pty.run("rate %9 128K", r"peercrypt: error: no job %9 \(`jobs` lists this shell's sends\)")
     # (mapped to its ID alone, the ID would be taken for the rate of every send)
     pty.run("rate %2", r"peercrypt: error: `rate %2` needs BYTES_PER_SEC too \(`rate %1 10M`\)")
+    pty.run("rate 128K %2", r"peercrypt: error: the job comes first: `rate %2 128K`")
     pty.run("cancel %9", r"peercrypt: error: no job %9 \(`jobs` lists this shell's sends\)")
     pty.run("cancel %\u00b2", r"peercrypt: error: no job %\u00b2 ")  # a digit, not ASCII
     # Hints name commands as typed here (the node's words too: no `peercrypt `).

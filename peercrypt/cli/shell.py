@@ -312,9 +312,11 @@ class Shell:
             given = [w for i, w in enumerate(rest) if not w.startswith("-")
                      and (i == 0 or rest[i - 1] != "--transfer")]  # fmt: skip
             if name == "rate" and given and given[-1].startswith("%"):  # (else its ID, as a rate)
-                return self._error(
-                    f"`rate {given[-1][:20]}` needs BYTES_PER_SEC too (`rate %1 10M`)"
-                )
+                if len(given) == 1:
+                    return self._error(
+                        f"`rate {given[-1][:20]}` needs BYTES_PER_SEC too (`rate %1 10M`)"
+                    )
+                return self._error(f"the job comes first: `rate {given[-1][:20]} {given[0][:20]}`")
             verb = "cancel" if name == "cancel" else "change"
             mapped = [self._job_transfer(w, verb) if w.startswith("%") else w for w in rest]
             if None in mapped:
