@@ -183,9 +183,10 @@ DATA_SNDHWM = 4096
 ATTACH_MAX_BYTES = 256
 MAX_ATTACHED = MAX_LANES
 CANCELLED_MEMORY = 256  # cancelled transfers remembered to answer their frames
+EXPIRED_MEMORY = 256  # expired ones, apart (a member's silent offers evict no cancel)
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
 INCOMING_SHOWN = 8  # incoming transfers listed in the status facts
-CANCEL_ANSWER_EVERY = 0.5  # seconds between answers to a cancelled transfer's frames
+CANCEL_ANSWER_EVERY = 0.5  # seconds between answers to an ended transfer's frames
 # Seconds a stopping node waits for its writer to give verified files their
 # names (file_writer.Published, Unpacked): stored, they are recorded as
 # delivered and their senders told. One linked by then whose folder's fsync
@@ -272,10 +273,15 @@ class Remembered:
 
 @dataclass
 class Cancelled:
-    """A transfer the receiving node's user cancelled: its frames that still
-    come (the sender had not heard, or our Failed was lost) are answered
+    """A transfer this node ended whose sender may not know: its user
+    cancelled it, or it expired (nothing from the sender for the idle
+    limit; its Failed went to a connection that was down, and the sender
+    comes back after its outage). Its frames that still come are answered
     with the Failed again, at most every ``CANCEL_ANSWER_EVERY``, and its id
-    is not taken by another offer."""
+    is not taken by another offer. (An expired one's sender, told, offers
+    the file again and resumes the part; else it sent on into a transfer
+    this node had forgotten, and failed "stopped acknowledging" at its own
+    --timeout, not offered again.)"""
 
     keys: TransferKeys
     routes: set[bytes]  # the shared connections it had attached
@@ -361,6 +367,7 @@ class ReceiverActor(Actor):
         self._requests = itertools.count(1)
         self._idents = itertools.count(1)  # of incoming transfers, for the user
         self.cancelled: dict[bytes, Cancelled] = {}  # tid -> (bounded: CANCELLED_MEMORY)
+        self.expired: dict[bytes, Cancelled] = {}  # tid -> (bounded: EXPIRED_MEMORY)
         # Parts the writer removes after its queued work (a cancel's, one
         # that held nothing): never chosen to continue meanwhile. Names are
         # a transfer's own; the last CANCELLED_MEMORY are remembered.
@@ -740,6 +747,7 @@ class ReceiverActor(Actor):
             offer.tid in self.transfers
             or offer.tid in self.completed
             or offer.tid in self.cancelled
+            or offer.tid in self.expired
             or offer.tid in self.echoes
             or any(a.offer.tid == offer.tid for a in waiting)
         ):
@@ -1251,8 +1259,8 @@ class ReceiverActor(Actor):
         bytes must have; None (dropped) for any other header."""
         t = self.transfers.get(h.tid)
         if t is None:
-            if h.tid in self.cancelled:
-                self._answer_cancelled(route, h.tid)
+            if h.tid in self.cancelled or h.tid in self.expired:
+                self._answer_ended(route, h.tid)
             elif h.tid not in self.completed:
                 self._drop(route, "unknown-transfer")
             return None
@@ -1363,8 +1371,8 @@ class ReceiverActor(Actor):
                 self._answer_finished(route, done)
             elif echo is not None:
                 self._on_echo(echo, route, h, payload)
-            elif h.tid in self.cancelled:
-                self._answer_cancelled(route, h.tid)
+            elif h.tid in self.cancelled or h.tid in self.expired:
+                self._answer_ended(route, h.tid)
             else:
                 self._drop(route, "unknown-transfer")
             return
@@ -1622,12 +1630,17 @@ class ReceiverActor(Actor):
             log.error("writing %s failed: %s", t.name, out.reason)
         if out.notify:
             self._send_sealed(t, Failed(code=out.code, reason=out.reason))
-        if out.code == ResultCode.CANCELLED:
-            if len(self.cancelled) >= CANCELLED_MEMORY:
-                self.cancelled.pop(next(iter(self.cancelled)))
+        if out.code in (ResultCode.CANCELLED, "expired"):
+            ended, memory = (
+                (self.cancelled, CANCELLED_MEMORY)
+                if out.code == ResultCode.CANCELLED
+                else (self.expired, EXPIRED_MEMORY)
+            )
+            if len(ended) >= memory:
+                ended.pop(next(iter(ended)))
             failed = Failed(code=out.code, reason=out.reason)
             told = self.now() if t.route is not None else float("-inf")
-            self.cancelled[t.tid] = Cancelled(t.keys, set(t.routes), failed, told)
+            ended[t.tid] = Cancelled(t.keys, set(t.routes), failed, told)
         self.tell("stats", self._record(t, out.code, out.reason))
         if emptied:
             self.count("parts-empty-not-kept")
@@ -1673,21 +1686,24 @@ class ReceiverActor(Actor):
         done.answered = now
         self.data.send_multipart([route, done.header, done.payload])
 
-    def _answer_cancelled(self, route: bytes, tid: bytes) -> None:
-        """A frame of a transfer this node's user cancelled: the Failed
-        again, on the transfer's own connections only, at most every
-        ``CANCEL_ANSWER_EVERY`` (the frames are not opened: a sender that
-        goes on costs one reply per interval)."""
-        c = self.cancelled[tid]
+    def _answer_ended(self, route: bytes, tid: bytes) -> None:
+        """A frame of a transfer this node's user cancelled, or that
+        expired: the Failed again, on the transfer's own connections only,
+        at most every ``CANCEL_ANSWER_EVERY`` (the frames are not opened: a
+        sender that goes on costs one reply per interval)."""
+        kind = "cancelled" if tid in self.cancelled else "expired"
+        c = self.cancelled.get(tid) or self.expired[tid]
         now = self.now()
         own = route in c.routes or c.keys.owns_route(route)
         if not own:
-            self._drop(route, "cancelled")  # another connection naming it
+            self._drop(route, kind)  # another connection naming it
             return
         if now - c.answered < CANCEL_ANSWER_EVERY:
-            self._drop(route, "cancelled", warn=False)
+            self._drop(route, kind, warn=False)
             return
         c.answered = now
+        if kind == "expired":
+            self.count("expired-answered")
         nonce, sealed = c.keys.seal_message(codec.encode(c.failed))
         self.data.send_multipart([route, codec.encode(SealedHeader(tid=tid, nonce=nonce)), sealed])
 

@@ -34,6 +34,7 @@ from actors.inbox import load_manifest, manifest_name, scan
 from peercrypt import errors
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.node import Node
+from peercrypt.testing.faults import FaultProxy
 from peercrypt.testing.nodes import (
     NodeProcess,
     assert_sent,
@@ -530,6 +531,64 @@ def test_a_sender_paused_past_its_timeout_goes_on_as_it_wakes(
     finally:
         sender.send_signal(signal.SIGCONT)
         send.kill()
+
+
+def test_a_send_its_receiver_gave_up_on_during_an_outage_is_offered_again_when_it_ends(
+    tmp_path: Path,
+    network_key: str,
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+) -> None:
+    """The link between the nodes carries nothing (a proxy in front of the
+    receiver's data port drops every message both ways) for longer than
+    the receiver's idle limit (2 s here, 30 by default) and shorter than
+    the send's --timeout. The receiver gives the send up and keeps the
+    part; its Failed is lost in the outage. When the link carries again,
+    the receiver answers the send's frames with that Failed again, and
+    the sender offers the file again and resumes the part (it sent on into
+    a transfer the receiver had forgotten, unanswered, and failed "stopped
+    acknowledging" at its --timeout, not offered again)."""
+    outage = threading.Event()
+    data_port = free_port()
+    proxy = FaultProxy(f"tcp://127.0.0.1:{data_port}", drop_if=lambda *_: outage.is_set()).start()
+    receiver = Node(
+        loopback_settings(
+            tmp_path / "receiver", network_key, idle_timeout=2.0,
+            data_port=data_port, advertise_data_port=proxy.port,
+        )
+    )  # fmt: skip
+    receiver.start()
+    try:
+        with ControlClient.for_data_dir(tmp_path / "receiver") as client:
+            port = int(client.status().node["port"])
+        sender = node_factory(name="sender")
+        path = make_file(SIZE, name="expired-in-outage.bin")
+        send = Send(sender, path, port, timeout=40.0, rate=RATE // 2)
+        inbox = tmp_path / "receiver" / "inbox"
+        try:
+            wait_until(lambda: _progress_seen(inbox, send), 30, "the transfer to move")
+            outage.set()
+            with ControlClient.for_data_dir(tmp_path / "receiver") as client:
+
+                def expired() -> bool:
+                    return client.status().counters.get("receiver.expired", 0) >= 1
+
+                wait_until(expired, 30, "the receiver to give the send up")
+                outage.clear()
+                code, result = send.result(timeout=25)  # (well within the send's own 40 s)
+                answered = client.status().counters.get("receiver.expired-answered", 0)
+            assert code == 0, (result, send.lines)
+            assert blake3_file(inbox / str(result["stored_as"])) == blake3_file(path)
+            assert int(result["stats"]["resumed_chunks"]) > 0, result  # type: ignore[index]
+            told = f"127.0.0.1:{port} heard nothing of the send for a while; retrying"
+            assert f"peercrypt: {told}" in send.lines, send.lines
+            assert answered >= 1
+        finally:
+            send.kill()
+    finally:
+        receiver.stop()
+        assert proxy.stop(), "the fault proxy thread did not stop"
+        assert proxy.error is None, proxy.error
 
 
 def test_a_send_its_receiver_gave_up_on_while_the_sender_slept_is_offered_again(
