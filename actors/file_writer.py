@@ -1287,7 +1287,8 @@ class FileWriter:
         if kind == "close":
             _, _, keep, discard = op
             closing = files.pop(tid, None) or self._failed.pop(tid, None)
-            checking = closing is not None and closing.check is not None
+            # (its check's thread leaves _in_fsync as its fsync returns)
+            syncing = closing is not None and closing.check in self._in_fsync
             if closing is not None:
                 self._detach(closing)
                 self._drop_feeder(closing)  # a tree not published: nothing of it stays
@@ -1295,9 +1296,13 @@ class FileWriter:
             self._checked.pop(tid, None)  # (after its feeder stopped noting it)
             if closing is None:
                 return None
-            # A file in its final check has every chunk written; its check
-            # may be stuck in the disk, which a checkpoint's sync would join.
-            keep = keep and not checking
+            # A file in its final check has every chunk written. A check
+            # inside its fsync may be stuck in the disk, which a checkpoint's
+            # sync would join: its part is kept with the last checkpoint's
+            # manifest. Past it (reading the part back; a cancel, a node's
+            # stop), every chunk is durable, and the checkpoint lists them
+            # all: a resume sends none of them again.
+            keep = keep and not syncing
             if closing.linked is not None:
                 keep = False  # under its final name: no manifest for a resume (its part is gone)
             try:

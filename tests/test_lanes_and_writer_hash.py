@@ -1294,6 +1294,55 @@ def test_a_long_final_check_holds_up_no_other_files_writes(
     w.close(slow, keep=False)
 
 
+@pytest.mark.parametrize("where", ["in its fsync", "reading the part back"])
+def test_a_part_closed_in_its_final_check_is_kept_with_what_is_durable(
+    tmp_path: Path, writer: tuple[FileWriter, Results], where: str
+) -> None:
+    """A file closed with keep while its final check runs (a cancel with
+    --keep, the node's stop): inside the check's fsync the close syncs
+    nothing (the disk may hang there), so the manifest keeps the last
+    checkpoint's chunks (none here: fewer than CHECKPOINT_CHUNKS); past it,
+    every chunk is durable and the manifest lists them all (it listed none:
+    a resume sent the whole file again)."""
+    w, results = writer
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    data = os.urandom(2 * CHUNK + 5)
+    _, m = _open(w, inbox, len(data))
+    for index in range(3):
+        w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
+        assert _next(results) == Written(b"t", index)
+    entered, release, synced = threading.Event(), threading.Event(), threading.Event()
+    step = w.check_steps.step
+
+    def held_fsync(fd: int) -> None:
+        if where == "in its fsync":
+            entered.set()
+            assert release.wait(WAIT), "the test never released the fsync"
+        os.fsync(fd)
+        synced.set()
+
+    def held_step() -> None:
+        step()
+        if where != "in its fsync" and synced.is_set() and not entered.is_set():
+            entered.set()
+            assert release.wait(WAIT), "the test never released the read-back"
+
+    w._fsync = held_fsync
+    w.check_steps.step = held_step  # type: ignore[method-assign]
+    try:
+        w.finish(b"t")
+        assert entered.wait(WAIT), f"the check never got {where}"
+        w.close(b"t", keep=True)
+        # (the writer's ops run in order: this file's Written follows the close)
+        _open_written(w, results, tmp_path / "other", TID)
+        assert _held(inbox, m) == (0 if where == "in its fsync" else 3)
+    finally:
+        release.set()
+    assert _next(results) == Detached(b"t")
+    w.close(TID, keep=False)
+
+
 def test_a_check_of_a_closed_file_is_detached_and_checks_are_bounded(
     tmp_path: Path, writer: tuple[FileWriter, Results]
 ) -> None:
