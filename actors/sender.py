@@ -963,7 +963,14 @@ class SenderActor(Actor):
             reason = f"{t.peer} cannot read an offer sealed to {who}; nothing was sent"
             self._end(t, ResultCode.IMPOSTOR, reason)
         elif isinstance(msg, Refuse) and msg.tid == t.tid:
-            if not_now(msg.code):  # busy: the send waits for a slot there (_end)
+            # Busy: the send waits for a slot there (_end). So does a retry
+            # refused "verifying": an earlier attempt of this very send is
+            # in the receiver's final check (its verdict was lost: the retry
+            # is what finds it out), and that check's end lets the offer in,
+            # answered from the receiver's table of delivered files. (A
+            # first attempt so refused is another send of the file: final.)
+            retry = t.retry is not None and t.retry.attempt > 1
+            if not_now(msg.code) or (retry and msg.code == "verifying"):
                 t.not_now = printable(msg.reason) or msg.code
             self._end(t, ResultCode.REFUSED, f"{t.peer} refused: {printable(msg.reason)}")
         elif isinstance(msg, ErrorReply):

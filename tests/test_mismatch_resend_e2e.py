@@ -26,7 +26,7 @@ import blake3
 import pytest
 
 from peercrypt.crypto.identity import load_or_create_identity
-from peercrypt.testing.hostile import MismatchingReceiver
+from peercrypt.testing.hostile import CheckingReceiver, MismatchingReceiver
 from peercrypt.testing.nodes import CliResult, NodeProcess, blake3_file, cli_running, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -226,3 +226,27 @@ def test_a_receiver_answering_every_done_with_expired_is_offered_again_within_th
     assert "heard nothing of the send" in answer.json["error"], answer.describe()
     assert (hostile.offers, hostile.dones) == (3, 3)
     assert answer.json["stats"]["attempts"] == 3, answer.json["stats"]
+
+
+def test_a_retry_refused_while_its_earlier_attempt_is_checked_waits_for_the_verdict(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path, network_key: str
+) -> None:
+    """A send's Done goes unanswered for --timeout (the receiver's answers
+    lost with the link), so it is offered again; the receiver is still in
+    that file's final check and refuses the retry "verifying". The send
+    waits and offers again, as for a busy receiver, and the receiver's
+    verdict of the file ends it verified (it failed "refused", although
+    the file was about to be stored)."""
+    sender = node_factory("--max-retries", "3")
+    receiver = CheckingReceiver(network_key, load_or_create_identity(sender.data_dir).public)
+    path = tmp_path / "a.bin"
+    path.write_bytes(os.urandom(SIZE))
+    try:
+        answer = sender.send_result(path, "127.0.0.1", receiver.port, "--timeout", "2", timeout=120)
+    finally:
+        receiver.close()
+    assert answer.returncode == 0, answer.describe()
+    assert answer.json["blake3"] == blake3.blake3(path.read_bytes()).hexdigest(), answer.describe()
+    assert answer.json["stored_as"] == "checked.bin", answer.describe()
+    assert (receiver.offers, receiver.refused, receiver.dones) == (2, 2, 2)
+    assert sender.wait_for_counter("sender.busy-waits", 2) == 2

@@ -79,7 +79,9 @@ from peercrypt.wire.messages import (
     HelloReply,
     Offer,
     OfferDetails,
+    Refuse,
     SealedHeader,
+    Verified,
 )
 from peercrypt.wire.multicast_messages import (
     LEGACY_REFUSAL,
@@ -633,6 +635,74 @@ class MismatchingReceiver(_DataRouter):
                 self.dones += 1
                 failed = Failed(code=self.code, reason="the copy held changed")
                 self._answer(route, header.tid, keys, failed)
+
+
+class CheckingReceiver(_DataRouter):
+    """A unicast receiver (:class:`_Receiver`) whose verdict of a send is
+    lost and which is still checking the file when the send is retried, as
+    an honest one after an outage: it claims to hold every file; the first
+    offer's Done goes unanswered (its answers lost with the link); the next
+    ``refusals`` offers are refused ``verifying`` (its final check runs on);
+    then the one after is accepted and its Done answered ``Verified``, as
+    its table of delivered files answers. :attr:`dones` counts the Dones
+    that came."""
+
+    def __init__(self, network_key: str, sender: bytes, refusals: int = 2) -> None:
+        super().__init__(network_key, sender)
+        self.refusals = refusals
+        self.refused = 0
+        self.dones = 0
+        self._silent: set[bytes] = set()  # the first offer's transfer
+        self._start()
+
+    def _gateway(self) -> None:
+        while not self.stop.is_set():
+            if not self.router.poll(50):
+                continue
+            request = next_request(self.router, self.identity)
+            if request is None or not isinstance(request[1], Offer):
+                continue
+            route, offer = request
+            reply: codec.Message
+            if self.offers and self.refused < self.refusals:
+                self.refused += 1
+                reason = (
+                    "an earlier send of this file from you is in its final hash check; "
+                    "its result decides"
+                )
+                reply = Refuse(tid=offer.tid, code="verifying", reason=reason)
+            else:
+                if not self.offers:
+                    self._silent.add(offer.tid)
+                answer = respond(offer.tid, self.identity, self.sender, offer.eph_pub)
+                reply = self._accept(offer, answer)
+                self.offers += 1
+            self.router.send_multipart([route, codec.encode(reply)])
+
+    def _terms(self, offer: Offer, answer: Response) -> tuple[int, list[int], int]:
+        plain = open_details(offer.tid, self.identity, self.sender, offer.eph_pub, offer.details)
+        details = codec.decode(plain)
+        assert isinstance(details, OfferDetails)
+        self._keep_keys(offer, answer)
+        return 1, [0, -(-details.size // details.chunk_size)], 0
+
+    def _data(self) -> None:
+        while not self.stop.is_set():
+            came = self._next()
+            if came is None:
+                continue
+            route, header, payload, keys = came
+            if not isinstance(header, SealedHeader):
+                continue
+            try:
+                msg = codec.decode(keys.open_message(header.nonce, payload))
+            except (OpenError, codec.DecodeError):
+                continue
+            if isinstance(msg, Done):
+                self.dones += 1
+                if header.tid not in self._silent:
+                    verdict = Verified(digest=msg.digest, stored_as="checked.bin")
+                    self._answer(route, header.tid, keys, verdict)
 
 
 class WaitingReceiver(_DataRouter):
