@@ -170,6 +170,7 @@ import zmq
 
 from actors.file_chunks import read_chunk
 from actors.inbox import (
+    LinkFailed,
     Refusal,
     discard_part,
     fsync_dir,
@@ -200,6 +201,7 @@ from peercrypt.core.delivered import FileStamp
 from peercrypt.core.incoming import ACK_EVERY
 from peercrypt.core.resume import CHECKPOINT_SPACING, Manifest, checkpoint_every
 from peercrypt.core.tree import TreeError
+from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import name_native_thread, readable, yield_to_control_plane
 
 log = logging.getLogger("peercrypt.writer")
@@ -277,14 +279,16 @@ class TreeFailed:
 class Published:
     """The verified file of ``tid`` is in the inbox as ``stored`` (its
     ``stamp`` as it was linked), or it is not (``stored`` empty, no stamp):
-    ``text`` says why, ``taken`` if every candidate name was taken (the
-    part is kept)."""
+    ``text`` says why, ``code`` the failure's, ``kept`` if the part is kept
+    (every candidate name was taken, or the link failed: a send of it again
+    finds every chunk held)."""
 
     tid: bytes
     stored: str
     stamp: FileStamp | None
     text: str = ""
-    taken: bool = False
+    kept: bool = False
+    code: str = ResultCode.IO
 
 
 @dataclass(frozen=True)
@@ -1408,13 +1412,15 @@ class FileWriter:
             _, _, part, inbox, name, mode = op
             try:
                 named = link_verified(part, f.fd, inbox, name, mode)
+            except LinkFailed as exc:
+                return Published(tid, "", None, exc.reason, kept=True, code=exc.code)
             except Refusal as exc:
                 return Published(tid, "", None, exc.reason)
             except OSError as exc:  # (its mode)
                 why = exc.strerror or str(exc)
                 return Published(tid, "", None, f"cannot store the verified file: {why}")
             if named is None:
-                return Published(tid, "", None, "no free name in the inbox", taken=True)
+                return Published(tid, "", None, "no free name in the inbox", kept=True)
             # As the file was linked (not its name now: it may be moved meanwhile).
             st = os.fstat(f.fd)
             self.linked[tid] = (named, FileStamp(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))

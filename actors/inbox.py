@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -54,6 +55,17 @@ class Refusal(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+class LinkFailed(Refusal):
+    """The verified file could not be linked under its name (a full disk, a
+    quota, an inbox made read-only): its part stays, and a send of it again
+    finds every chunk held (``no-space`` for a full disk or a quota)."""
+
+    def __init__(self, exc: OSError) -> None:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        code = ResultCode.NO_SPACE if full else ResultCode.IO
+        super().__init__(code, f"cannot link the verified file: {exc.strerror or exc}")
 
 
 def offered_chunks(settings: NodeSettings, chunk_size: int, min_chunk: int) -> tuple[int, int]:
@@ -225,7 +237,7 @@ def _link_fd(fd: int, part: Path | None, target: Path) -> None:
         except FileExistsError:
             raise
         except OSError as exc:
-            raise Refusal(ResultCode.IO, f"cannot link the verified file: {exc.strerror}") from None
+            raise LinkFailed(exc) from None
         finally:
             os.close(procfd)
     if part is None:

@@ -1748,11 +1748,11 @@ class ReceiverActor(Actor):
 
     def _published(self, t: Incoming, result: Published) -> None:
         """The writer gave ``t``'s verified file its final name, or could not
-        (every name taken: its part is kept)."""
+        (every name taken, or the link failed: its part is kept)."""
         if not result.stored:
-            self._send_sealed(t, Failed(code=ResultCode.IO, reason=result.text))
-            self.tell("stats", self._record(t, ResultCode.IO, result.text))
-            self._close(t, keep_part=result.taken)
+            self._send_sealed(t, Failed(code=result.code, reason=result.text))
+            self.tell("stats", self._record(t, result.code, result.text))
+            self._close(t, keep_part=result.kept)
             return
         if result.stamp is not None:  # a re-offer of it is answered with this verdict
             delivery = Delivery(t.key, result.stored, t.digest, result.stamp, time.time())

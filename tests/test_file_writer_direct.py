@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import queue
 import random
@@ -42,6 +43,7 @@ from actors.inbox import stamp as inbox_stamp
 from actors.read_back import cut_unit
 from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.names import candidate_names
+from peercrypt.testing.disk import DiskUnavailable, small_tmpfs
 from peercrypt.testing.nodes import NodeProcess, blake3_file, free_port
 
 CHUNK = 64 * 1024
@@ -1149,13 +1151,53 @@ def test_chunks_hashed_on_the_hashing_thread_give_their_buffers_back(
     assert "pc-hash" not in [t.name for t in threading.enumerate()]
 
 
+def test_a_verified_file_whose_link_finds_the_disk_full_keeps_its_part(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The inbox's disk fills between the file's check and its name: here a
+    tmpfs whose every name is taken (the new name finds no room, as in a
+    folder whose disk has no block left for it). The link fails as a full
+    disk (``no-space``) and the verified part is kept (it was removed: a
+    send again sent the whole file); once there is room, it is linked."""
+    with contextlib.ExitStack() as mounted:
+        try:
+            inbox = mounted.enter_context(small_tmpfs(tmp_path / "disk", "4m", inodes=8))
+        except DiskUnavailable as exc:
+            pytest.skip(f"cannot mount a tmpfs: {exc}")
+        data = os.urandom(3 * CHUNK + 5)
+        part = inbox / ".f.bin.1.part"
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            write_file(harness, fd, data, list(range(4)), ChunkBitmap(4))
+            finish(harness, fd, data)
+            with pytest.raises(OSError) as no_room:
+                for name in itertools.count():
+                    (inbox / f"taken-{name}").touch()
+            assert no_room.value.errno == errno.ENOSPC, no_room.value
+            harness.writer.publish(b"t", part, inbox, "f.bin", 0o600)
+            full = harness.next()
+            assert isinstance(full, Published) and not full.stored and full.kept, full
+            assert (full.code, full.text) == (
+                "no-space",
+                "cannot link the verified file: No space left on device",
+            )
+            assert part.read_bytes() == data  # (its name and content stay)
+            (inbox / "taken-0").unlink()
+            harness.writer.publish(b"t", part, inbox, "f.bin", 0o600)
+            assert harness.next() == Published(b"t", "f.bin", inbox_stamp(inbox, "f.bin"))
+            assert (inbox / "f.bin").read_bytes() == data
+        finally:
+            harness.writer.close(b"t", keep=False)
+
+
 def test_the_writer_gives_a_verified_file_its_name_or_says_why_not(
     harness: Harness, tmp_path: Path
 ) -> None:
     """:meth:`FileWriter.publish` (the receivers' final step, off their
     threads): the file under its name with the mode asked for and its stamp;
     the next free name beside one taken; every candidate taken (the part is
-    kept: ``taken``); a link refused (an inbox on another filesystem)."""
+    kept: ``kept``); a link refused (an inbox on another filesystem: the
+    part is kept too, as after any failed link)."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     data = os.urandom(3 * CHUNK + 5)
@@ -1180,12 +1222,13 @@ def test_the_writer_gives_a_verified_file_its_name_or_says_why_not(
         for candidate in candidate_names("g.bin"):
             (taken / candidate).touch()
         harness.writer.publish(b"t", part, taken, "g.bin", 0o600)
-        assert harness.next() == Published(b"t", "", None, "no free name in the inbox", taken=True)
+        assert harness.next() == Published(b"t", "", None, "no free name in the inbox", kept=True)
         elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
         try:
             harness.writer.publish(b"t", part, elsewhere, "f.bin", 0o600)
             refused = harness.next()
-            assert isinstance(refused, Published) and not refused.stored and not refused.taken
+            assert isinstance(refused, Published) and not refused.stored and refused.kept
+            assert refused.code == "io", refused
             assert refused.text.startswith("cannot link the verified file: "), refused
             assert list(elsewhere.iterdir()) == []
         finally:

@@ -52,11 +52,14 @@ class DiskUnavailable(RuntimeError):
 
 
 @contextlib.contextmanager
-def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
+def small_tmpfs(mount: Path, size: str, inodes: int = 0) -> Iterator[Path]:
     """Mount a tmpfs of ``size`` (``mount -o size=``, e.g. "512k", "24m") on
-    ``mount`` (created, mode 0700) and unmount it afterwards."""
+    ``mount`` (created, mode 0700) and unmount it afterwards. ``inodes``: at
+    most that many names (files, folders, and each hard link: a full
+    folder, where a new name finds no room), else the default."""
     mount.mkdir(parents=True, exist_ok=True)
-    _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount))
+    limit = f",nr_inodes={inodes}" if inodes else ""
+    _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700{limit}", "tmpfs", str(mount))
     try:
         yield mount
     finally:
