@@ -646,7 +646,16 @@ class ReceiverActor(Actor):
                 self.tell("stats", self._record(t, "interrupted", "the node stopped"))
             if t.ring is not None:
                 t.ring.close()
-            if hasattr(self, "writer"):
+            if not hasattr(self, "writer"):
+                continue
+            if t.flow.written.count == 0 and t.tid not in storing:
+                # It holds no chunk: it resumes nothing, and a part kept
+                # would count at its whole size against its sender's quota
+                # after the restart (until --part-expiry). The writer removes
+                # it after its queued work, as a cancel's.
+                self.writer.close(t.tid, keep=False, discard=(t.part, self._manifests(t)))
+                self.count("parts-empty-not-kept")
+            else:
                 self.writer.close(t.tid, keep=True)
         self.transfers.clear()
         if hasattr(self, "writer"):
@@ -1798,6 +1807,11 @@ class ReceiverActor(Actor):
 
     # -- bookkeeping -------------------------------------------------------------
 
+    def _manifests(self, t: Incoming) -> list[Path]:
+        """The files of ``t``'s manifest (and its temporary) in the inbox."""
+        name = manifest_name(t.part.name)
+        return [self.settings.inbox / name, self.settings.inbox / (name + ".tmp")]
+
     def _close(self, t: Incoming, keep_part: bool, by_writer: bool = False) -> None:
         """End ``t``: the part removed unless ``keep_part`` (here, or by the
         writer after its queued work if ``by_writer``), its fd closed by the
@@ -1809,10 +1823,8 @@ class ReceiverActor(Actor):
             self.count("ring-chunks", t.ring.taken)
             self.count("ring-copies", t.ring.copied)
             t.ring.close()
-        inbox = self.settings.inbox
-        names = (manifest_name(t.part.name), manifest_name(t.part.name) + ".tmp")
         if by_writer and not keep_part:
-            self.writer.close(t.tid, keep=False, discard=(t.part, [inbox / n for n in names]))
+            self.writer.close(t.tid, keep=False, discard=(t.part, self._manifests(t)))
             if len(self.discarding) >= CANCELLED_MEMORY:
                 self.discarding.pop(next(iter(self.discarding)))
             self.discarding[t.part.name] = None
@@ -1822,8 +1834,8 @@ class ReceiverActor(Actor):
             why = discard_part(t.part, t.fd)
             if why:  # (an inbox made read-only: the part stays, the rest of the close goes on)
                 self.log_limited("receiver: cannot remove %s: %s", t.part.name, why)
-            for name in names:
-                remove_quietly(inbox / name)
+            for path in self._manifests(t):
+                remove_quietly(path)
         # The writer closes the fd after its queued work. Without keep_part no
         # write (hence no checkpoint) is pending: the transfer was finished,
         # or its file failed and the writer dropped it.

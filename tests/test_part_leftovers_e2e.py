@@ -124,16 +124,17 @@ def test_a_file_of_the_longest_name_is_received_with_its_part_and_manifest(
     assert [p.name for p in receiver.inbox.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize("end", ["abandoned", "the node stops"])
 @pytest.mark.parametrize("chunks", [0, 1])
 def test_a_part_is_kept_for_a_resume_only_when_it_holds_a_chunk(
-    node_factory: Callable[..., NodeProcess], network_key: str, chunks: int
+    node_factory: Callable[..., NodeProcess], network_key: str, chunks: int, end: str
 ) -> None:
     """A member offers a file (256 MiB in the smallest chunks), is
-    accepted, sends ``chunks`` chunks and
-    abandons it. With a chunk written its part and manifest stay for a
+    accepted, sends ``chunks`` chunks and abandons it, or the receiving
+    node stops. With a chunk written its part and manifest stay for a
     resume; with none there is nothing to resume, and nothing stays (each
     such offer left a part and its manifest until --part-expiry, 24 h,
-    charged to no one's space)."""
+    charged to no one's space: after a restart, at its whole size)."""
     receiver = node_factory(name="receiver")
     chunk = 4096
     with HostileSender(network_key, receiver.host, receiver.port) as member:
@@ -147,11 +148,16 @@ def test_a_part_is_kept_for_a_resume_only_when_it_holds_a_chunk(
                 WAIT,
                 "the chunk written",
             )
-        t.abandon()
-        counters = receiver.counters_when("receiver.aborted-by-sender", 1, timeout=WAIT)
-    assert counters.get("receiver.parts-empty-not-kept", 0) == (0 if chunks else 1), counters
-    assert receiver.pid is not None
-    wait_until(lambda: not held_open(receiver.pid, receiver.inbox) or None, WAIT, "the part closed")
+        if end == "the node stops":
+            receiver.stop()
+        else:
+            t.abandon()
+            counters = receiver.counters_when("receiver.aborted-by-sender", 1, timeout=WAIT)
+            assert counters.get("receiver.parts-empty-not-kept", 0) == (0 if chunks else 1)
+            assert receiver.pid is not None
+            wait_until(
+                lambda: not held_open(receiver.pid, receiver.inbox) or None, WAIT, "the part closed"
+            )
     left = sorted(p.name for p in receiver.inbox.iterdir())
     if chunks:
         assert len(left) == 2 and left[0].endswith(".part"), left
