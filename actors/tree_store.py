@@ -41,6 +41,7 @@ import ctypes
 import ctypes.util
 import errno
 import itertools
+import logging
 import os
 import shutil
 import stat
@@ -71,6 +72,8 @@ from peercrypt.core.tree import (
     received_mode,
     tops,
 )
+
+log = logging.getLogger("peercrypt.writer")
 
 COPY_BLOCK = 1 << 20  # bytes copied (and hashed) at a time
 RENAME_NOREPLACE = 1
@@ -276,9 +279,24 @@ class TreeBuilder:
                 if e.kind is Kind.DIR:
                     mode = received_mode(e, self.file_mode, self.dir_mode)
                     os.chmod(e.text, mode, dir_fd=self._root)
-            stored = [_publish(self._root, self._inbox_fd, top) for top in tops(layout.entries)]
-            os.fsync(self._inbox_fd)
-            return stored
+            moved: list[tuple[str, str]] = []  # (top, its name in the inbox)
+            try:
+                for top in tops(layout.entries):
+                    moved.append((top, _publish(self._root, self._inbox_fd, top)))
+            except (OSError, TreeError):
+                # All or nothing: the tops moved already go back (and are
+                # removed with the hidden directory); the part stays, and
+                # a send again stores the whole tree, not a second copy of
+                # what was left in the inbox.
+                for top, name in reversed(moved):
+                    with contextlib.suppress(OSError):
+                        _rename_noreplace(self._inbox_fd, name, self._root, top)
+                raise
+            try:
+                os.fsync(self._inbox_fd)
+            except OSError as exc:  # (stored: the names are there; as a file's)
+                log.warning("cannot sync the inbox after storing a folder: %s", exc.strerror)
+            return [name for _, name in moved]
         finally:
             self.discard()  # the hidden directory: empty once published
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from actors.tree_source import build_tree
 from actors.tree_store import TreeBuilder, hidden_name, stamp_tree, sweep_trees, unpack
 from peercrypt.core.delivered import MAX_TREE_ENTRIES
+from peercrypt.core.names import candidate_names
 from peercrypt.core.tree import (
     MAX_DEPTH,
     Kind,
@@ -287,6 +288,32 @@ def test_a_folder_goes_through_the_stream_whole(tmp_path: Path) -> None:
     (inbox / "src.2").mkdir()
     assert store(inbox, data, manifest) == ["src.3"]
     assert sorted(os.listdir(inbox)) == ["src", "src.1", "src.2", "src.3"]
+
+
+def test_a_tree_whose_second_top_finds_no_name_leaves_nothing_under_a_final_name(
+    tmp_path: Path,
+) -> None:
+    """A file and a folder sent together (in the stream's order): the file
+    is moved into the inbox, then every name the folder could take is
+    taken. The file goes back (all or nothing: it stayed in the inbox, and
+    a send again stored it a second time), and the error says why."""
+    src = tmp_path / "src"
+    make_tree(src)
+    note = tmp_path / "a-note.txt"
+    note.write_bytes(b"a note")
+    data, manifest, _ = stream_of([note, src])
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for candidate in candidate_names("src"):
+        (inbox / candidate).touch()
+    before = sorted(os.listdir(inbox))
+    with pytest.raises(TreeError, match="no free name in the inbox for 'src'"):
+        store(inbox, data, manifest)
+    assert sorted(os.listdir(inbox)) == before
+    (inbox / "src.1").unlink()  # room for one
+    assert store(inbox, data, manifest) == ["a-note.txt", "src.1"]
+    assert listing(inbox / "src.1") == listing(src)
+    assert (inbox / "a-note.txt").read_bytes() == b"a note"
 
 
 @settings(max_examples=15, deadline=None)
