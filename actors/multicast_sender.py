@@ -744,7 +744,8 @@ class MulticastSenderActor(Actor):
             self._on_held(sess, t, msg)
         elif isinstance(msg, McDone) and msg.sid == sess.sid:
             stored, reason = printable(msg.stored_as), printable(msg.reason)
-            flow.on_done(t.name, msg.ok, msg.digest, stored, reason, now)
+            if not flow.on_done(t.name, msg.ok, msg.digest, stored, reason, now):
+                self.count("done-unproven")  # no join or held answer proved it here
         elif isinstance(msg, McRefuse) and msg.sid == sess.sid:
             if msg.code == "unknown-session":  # it restarted: announce again
                 flow.on_unknown(t.name)

@@ -226,3 +226,76 @@ def test_a_member_acking_for_ever_still_fails_within_the_bound(files: int) -> No
     assert target.code == session.code == "timeout", target
     assert limit <= ended_at <= limit + 5.0 + 0.6, (ended_at, limit)
     assert ended_at <= 5.0 + TOTAL * CHUNK / VERIFY_FLOOR + 1000.0 + 5.6
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    verdicts=st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=9.9),
+            st.booleans(),  # ok
+            st.booleans(),  # with the session's own hash (as a co-receiver learns it)
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_a_verdict_from_a_target_that_never_proved_itself_counts_for_nothing(
+    verdicts: list[tuple[float, bool, bool]],
+) -> None:
+    """``t``'s node is down and a member with the network key and a fresh
+    identity answers at its address: it skips the hello and the join (so
+    proves nothing) and sends verdicts - "verified" with the whole-file
+    hash, which a co-receiver reads in its statuses, or "failed". None
+    counts: ``t`` stays open and fails at the timeout for not answering, while
+    ``a``, which joined, is verified by its own verdict."""
+    digest = b"d" * 32
+    sess = MulticastOutgoing(
+        size=TOTAL * CHUNK, chunk_size=CHUNK, targets=["a", "t"], timeout=10.0, now=0.0
+    )
+    for name in ("a", "t"):
+        sess.on_connection(name, connected=True, handshaken=True)
+    assert sess.on_join("a", 0.0)
+    sess.on_subscribed("a", 0.0)
+    sess.on_digest(digest, 0.0)
+    out = sess.poll(0.0)
+    due = sorted(verdicts)
+    now = 0.0
+    while now < 20.0 and not sess.ended:
+        now = round(now + 0.05, 2)
+        while due and due[0][0] <= now:
+            _, ok, right = due.pop(0)
+            assert not sess.on_done("t", ok, digest if right else b"x" * 32, "t.bin", "", now)
+        if now == 1.0:
+            assert sess.on_done("a", True, digest, "a.bin", "", now)
+        sess.on_timer(now)
+        out += sess.poll(now)
+    ends = {o.target: o for o in out if isinstance(o, TargetEnded)}
+    assert ends["a"].code == "ok" and ends["a"].stored_as == "a.bin"
+    assert ends["t"].code == "timeout" and ends["t"].seconds >= 10.0, ends["t"]
+    assert ends["t"].reason == "did not answer for 10 s" and not ends["t"].stored_as
+
+
+def test_a_verdict_counts_once_the_target_proved_itself_and_stays_so_when_lost() -> None:
+    """Proven by its join, a target's verdict counts, also after it went
+    silent (lost: a receiver answers a re-announce of a session it finished
+    with its remembered verdict, not a new join)."""
+    digest = b"d" * 32
+    sess = MulticastOutgoing(
+        size=TOTAL * CHUNK, chunk_size=CHUNK, targets=["t"], timeout=10.0, now=0.0
+    )
+    sess.on_connection("t", connected=True, handshaken=True)
+    assert not sess.on_done("t", True, digest, "t.bin", "", 0.0)  # before its join: nothing
+    assert sess.on_join("t", 0.0)
+    sess.on_subscribed("t", 0.0)
+    sess.on_digest(digest, 0.0)
+    out, now = sess.poll(0.0), 0.0
+    while now < 3.0:  # it acks nothing: lost after 2 s
+        now = round(now + 0.05, 2)
+        sess.on_timer(now)
+        out += sess.poll(now)
+    assert sess.member("t").state == "lost" and not sess.joined("t")  # type: ignore[union-attr]
+    assert sess.on_done("t", True, digest, "t.bin", "", now)
+    out += sess.poll(now)
+    (end,) = [o for o in out if isinstance(o, TargetEnded)]
+    assert (end.code, end.stored_as) == ("ok", "t.bin")

@@ -20,7 +20,7 @@ import pytest
 
 from peercrypt.crypto.identity import load_or_create_identity
 from peercrypt.testing.faults import GateProxy
-from peercrypt.testing.hostile import CoReceiver, Joined
+from peercrypt.testing.hostile import CoReceiver, Joined, Squatter
 from peercrypt.testing.nodes import (
     NodeProcess,
     blake3_file,
@@ -28,7 +28,8 @@ from peercrypt.testing.nodes import (
     start_cli,
     wait_until,
 )
-from peercrypt.wire.multicast_messages import McJoin, McRefuse
+from peercrypt.wire.messages import Hello
+from peercrypt.wire.multicast_messages import McDone, McJoin, McRefuse
 
 MiB = 1024 * 1024
 CHUNK = 256 * 1024
@@ -295,6 +296,46 @@ def test_a_member_that_acks_everything_and_never_answers_cannot_hold_the_send(
     assert _final_files(honest) == {mine["stored_as"]: blake3_file(path)}
     (theirs,) = [r for r in result["receivers"] if r["target"] == f"127.0.0.1:{hostile.port}"]
     assert theirs["code"] != "ok" and "no progress" in theirs["error"], theirs
+
+
+def test_a_member_squatting_a_targets_address_cannot_make_it_verified(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """One member with the network key and fresh identities: a co-receiver
+    of the session (it joins, learns the whole-file hash from the sender's
+    statuses, then acks for ever) and a squatter at a third target's
+    address (that node is down) that skips the hello and the join and says
+    "verified" with that hash - and, before the hash is known, "failed".
+    Neither verdict counts: the third target fails for not answering, the
+    honest receiver's copy verifies."""
+    sender, honest = node_factory(), node_factory()
+    path = make_file(256 * 1024 + 7)
+    co, squatter = CoReceiver(network_key, verify_forever=True), Squatter(network_key)
+    try:
+        proc = start_cli(
+            "send", path, honest.host, str(honest.port), "-m",
+            "--to", f"127.0.0.1:{co.port}", "--to", f"127.0.0.1:{squatter.port}",
+            "--chunk-size", str(CHUNK), "--timeout", "10", "--json",
+            data_dir=sender.data_dir,
+        )  # fmt: skip
+        sid = co.session(timeout=30).announce.sid
+        squatter.say(McDone(sid=sid, ok=False, digest=b"", stored_as="", reason="gone"))
+        assert sender.wait_for_counter("msender.done-unproven", 1, timeout=15) == 1
+        learnt_sid, digest = co.digest(timeout=30)
+        assert learnt_sid == sid
+        squatter.say(McDone(sid=sid, ok=True, digest=digest, stored_as="mc.bin", reason=""))
+        assert sender.wait_for_counter("msender.done-unproven", 2, timeout=15) == 2
+        result = _finish(proc, sender)
+    finally:
+        co.close()
+        squatter.close()
+    assert any(isinstance(m, Hello) for m in squatter.heard)  # it was asked to prove itself
+    (theirs,) = [r for r in result["receivers"] if r["target"] == f"127.0.0.1:{squatter.port}"]
+    assert theirs["code"] == "timeout" and "did not answer" in theirs["error"], theirs
+    assert not theirs.get("stored_as"), theirs
+    mine = _honest_result(result, honest)
+    assert mine["code"] == "ok", (result, honest.log_tail())
+    assert _final_files(honest) == {mine["stored_as"]: blake3_file(path)}
 
 
 def test_a_key_holder_answering_an_earlier_hello_late_is_not_an_impostor(

@@ -36,6 +36,11 @@ and their :meth:`on_done` is checked against it as any receiver's; one that
 does not answer within ``timeout`` of the hash fails. Their result says
 ``held``.
 
+Verdicts: :meth:`on_done` counts only for a target that proved its identity
+in this session (a join or a held answer, whose proof and trust the actor
+checked); a verdict from any other (whoever answers at a target's address
+without proving anything there) is ignored and changes nothing.
+
 Phases: *joining* (publishing starts once every target joined, held or failed
 and every joined one is ready - subscribed to the PUB socket, or acked its
 key over a UDP group - or after ``join_wait`` seconds with one joined, or at
@@ -217,6 +222,11 @@ class Receiver:
     # It said it held the file and has not joined since (a restart announces
     # again and clears ``held``): a verdict from it stored nothing new.
     had: bool = False
+    # It proved its identity in this session (a join or a held answer whose
+    # proof and trust the actor checked), and stays so: only its verdict
+    # counts. Whoever answers at its address without that proof (a member
+    # squatting a dead target's port) cannot make it verified, or failed.
+    proven: bool = False
 
 
 @dataclass
@@ -302,7 +312,7 @@ class MulticastOutgoing(GrantedFlow):
             return False
         if fresh:
             self.plan.join(target, now)
-        r.joined = True
+        r.joined = r.proven = True
         r.held = r.had = False
         self._maybe_start(now)
         return fresh
@@ -316,7 +326,7 @@ class MulticastOutgoing(GrantedFlow):
         r = self.receivers.get(target)
         if r is None or r.result is not None or r.joined or r.held:
             return
-        r.held = r.had = True
+        r.held = r.had = r.proven = True
         member = self.plan.members.get(target)
         if member is not None:
             member.state = HELD
@@ -370,17 +380,24 @@ class MulticastOutgoing(GrantedFlow):
 
     def on_done(
         self, target: str, ok: bool, digest: bytes, stored_as: str, reason: str, now: float
-    ) -> None:
-        """``target`` verified the file (``ok``: with ``digest``) or failed."""
-        if not ok:
-            return self.fail_target(target, ResultCode.FAILED, f"{target} failed: {reason}", now)
-        if not self.digest or not hmac.compare_digest(digest, self.digest):
-            return self.fail_target(
-                target, ResultCode.VERIFY, f"{target} stored a different hash", now
-            )
+    ) -> bool:
+        """``target`` verified the file (``ok``: with ``digest``) or failed.
+
+        Only the verdict of a target that proved itself in this session
+        (:meth:`on_join`, :meth:`on_held`) counts; any other is ignored and
+        the target goes on as before. False when ignored (unproven, unknown
+        or already ended)."""
         r = self.receivers.get(target)
-        held = r is not None and (r.held or r.had)
-        self._end_target(target, ResultCode.OK, "", stored_as, now, held=held)
+        if r is None or r.result is not None or not r.proven:
+            return False
+        if not ok:
+            self.fail_target(target, ResultCode.FAILED, f"{target} failed: {reason}", now)
+        elif not self.digest or not hmac.compare_digest(digest, self.digest):
+            reason = f"{target} stored a different hash"
+            self.fail_target(target, ResultCode.VERIFY, reason, now)
+        else:
+            self._end_target(target, ResultCode.OK, "", stored_as, now, held=r.held or r.had)
+        return True
 
     def fail_target(self, target: str, code: str, reason: str, now: float) -> None:
         """``target`` failed (a refusal, a failed proof, untrusted, ...)."""

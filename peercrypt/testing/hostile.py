@@ -27,7 +27,13 @@ receiver:
   announce without a source tag too (plain ``McDetails``);
 - ``CoReceiver(key, late_hello=True)``: not hostile, only slow - it holds
   its (genuine) answer to a hello until the sender asks again, then answers
-  both, in order: the first answer is to a challenge no longer current.
+  both, in order: the first answer is to a challenge no longer current;
+- :meth:`CoReceiver.digest`: the whole-file hash of a session it joined, as
+  the sender's statuses tell every receiver.
+
+:class:`Squatter` is the same member at another target's address (that
+node is down): it answers nothing - no hello, no join, so it proves
+nothing there - and says what the test tells it to whoever connected.
 
 Hostile unicast receivers live here too: :class:`FloodingReceiver` (floods
 the sender's data connection), :class:`MismatchingReceiver` (claims to
@@ -41,6 +47,7 @@ Everything they do goes to 127.0.0.1; every wait has a timeout.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import os
 import socket
@@ -95,6 +102,7 @@ from peercrypt.wire.multicast_messages import (
     McJoin,
     McKey,
     McRefuse,
+    McStatus,
 )
 
 LOCALHOST = "127.0.0.1"
@@ -157,6 +165,8 @@ class CoReceiver:
         self.repair_port = self.sink.bind_to_random_port(f"tcp://{LOCALHOST}")
         self.sessions: dict[bytes, Joined] = {}
         self.first = threading.Event()
+        self.digests: dict[bytes, bytes] = {}  # sid -> the whole-file hash a status told
+        self._digest = threading.Event()
         self._wraps: dict[tuple[bytes, int], SessionSecrets] = {}
         self._links: list[zmq.Socket[Any]] = []  # to nodes it publishes to
         self._stop = threading.Event()
@@ -243,6 +253,10 @@ class CoReceiver:
                     repair_key=os.urandom(32),
                 ),
             )
+        elif isinstance(msg, McStatus):
+            if msg.digest and msg.sid in self.sessions:
+                self.digests.setdefault(msg.sid, msg.digest)
+                self._digest.set()
         elif isinstance(msg, McKey):
             joined_or_none = self.sessions.get(msg.sid)
             wrap_or_none = self._wraps.pop((msg.sid, msg.attempt), None)
@@ -272,6 +286,13 @@ class CoReceiver:
         if not self.first.wait(timeout):
             raise TimeoutError("no multicast session was joined")
         return next(j for j in self.sessions.values() if j.key)
+
+    def digest(self, timeout: float = 15.0) -> tuple[bytes, bytes]:
+        """(session id, whole-file hash) of the first session whose hash a
+        status told it (a receiver verifies its copy against it)."""
+        if not self._digest.wait(timeout):
+            raise TimeoutError("no status carried a session's hash")
+        return next(iter(self.digests.items()))
 
     # -- against the others ---------------------------------------------------------
 
@@ -421,6 +442,52 @@ class CoReceiver:
             link.close(0)
         self.router.close(0)
         self.sink.close(0)
+        self.ctx.term()
+
+
+class Squatter:
+    """A member (the network key, no identity proven) listening at a target's
+    address: it answers nothing it is sent, and :meth:`say` sends a message
+    to every connection that reached it (a sender's link to that target)."""
+
+    def __init__(self, network_key: str) -> None:
+        self.ctx = zmq.Context()
+        self.router, self.port = member_gateway(self.ctx, network_key)
+        self.heard: list[Any] = []  # what it was sent (decoded), unanswered
+        self._routes: list[bytes] = []
+        self._reached = threading.Event()
+        self._lock = threading.Lock()  # (the socket belongs to its thread)
+        self._outbox: list[codec.Message] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.router.poll(20):
+                route, payload = self.router.recv_multipart()[:2]
+                with contextlib.suppress(codec.DecodeError):
+                    self.heard.append(codec.decode(payload))
+                if route not in self._routes:
+                    self._routes.append(route)
+                self._reached.set()
+            with self._lock:
+                outbox, self._outbox = self._outbox, []
+            for msg in outbox:
+                for route in self._routes:
+                    self.router.send_multipart([route, codec.encode(msg)])
+
+    def say(self, msg: codec.Message, timeout: float = 15.0) -> None:
+        """Send ``msg`` on every connection that reached it (waits for one)."""
+        if not self._reached.wait(timeout):
+            raise TimeoutError("no one connected to the squatted address")
+        with self._lock:
+            self._outbox.append(msg)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.router.close(0)
         self.ctx.term()
 
 
