@@ -14,14 +14,17 @@ from peercrypt.core.bitmap import ChunkBitmap
 from peercrypt.core.multicast import (
     FAILED,
     LOST,
+    MAX_WANTED,
     MULTICAST,
     SESSION_TID_BYTES,
     UNICAST,
     GapTracker,
     SessionPlan,
+    asked_ranges,
     session_tid,
     to_ranges,
 )
+from peercrypt.core.multicast_incoming import NAK_LIMIT
 from peercrypt.crypto.handshake import Initiator, SessionSecrets, respond
 from peercrypt.crypto.identity import KeyPair
 from peercrypt.crypto.keywrap import ContentSealer, new_content_key, unwrap, wrap
@@ -214,6 +217,73 @@ def test_repair_publish_when_many_ask_unicast_when_one() -> None:
     assert plan.plan(0.2) == []  # held off
     plan.on_ack("a", 2, [(2, 3)], 0.5)
     assert [(r.index, r.to) for r in plan.plan(0.5)] == [(2, ("a",))]
+
+
+_RANGES = st.lists(
+    st.tuples(st.integers(-5, 3000), st.integers(0, 400)).map(lambda r: (r[0], r[0] + r[1])),
+    max_size=64,
+)
+
+
+def _union(naks: list[tuple[int, int]], limit: int) -> list[int]:
+    """The chunks NAK ranges name below ``limit``, the naive way."""
+    return sorted({i for start, end in naks for i in range(max(0, start), min(end, limit))})
+
+
+@settings(max_examples=300, deadline=None)
+@given(naks=_RANGES, limit=st.integers(0, 3500), cap=st.integers(0, 2000))
+def test_what_an_ack_asks_for_is_the_lowest_of_its_union_and_bounded(
+    naks: list[tuple[int, int]], limit: int, cap: int
+) -> None:
+    """Any ranges (overlapping, repeated, past what was published, below 0):
+    the chunks asked for are the lowest ``cap`` of their union, given as
+    sorted disjoint ranges whose total - the work of building the set of
+    them - is at most ``cap``, one range per range given at most."""
+    asked = asked_ranges(naks, limit, cap)
+    chunks = [i for start, end in asked for i in range(start, end)]
+    assert chunks == _union(naks, limit)[:cap]
+    assert sum(end - start for start, end in asked) <= cap and len(asked) <= len(naks)
+    assert all(start < end for start, end in asked)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(asked))  # merged: not even touching
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    holes=st.sets(st.integers(0, 4095), max_size=400),
+    published=st.integers(0, 4096),
+    now=st.floats(0.0, 10.0),
+)
+def test_an_honest_receivers_naks_are_wanted_as_they_are(
+    holes: set[int], published: int, now: float
+) -> None:
+    """What a receiver NAKs (GapTracker, NAK_LIMIT chunks at most) is, at
+    the sender, exactly the naive union of its ranges below what was
+    published: the cap never bites an honest ack."""
+    assert NAK_LIMIT <= MAX_WANTED
+    total = 4096
+    t = GapTracker(total, nak_limit=NAK_LIMIT)
+    for i in range(total):
+        if i not in holes:
+            t.on_chunk(i, now)
+    t.on_horizon(total)
+    naks = t.naks(now + 1.0)
+    plan = _plan(total)
+    plan.on_published(published)
+    plan.on_ack("a", 0, naks, now)
+    assert sorted(plan.members["a"].wanted) == _union(naks, published)
+
+
+def test_an_ack_of_overlapping_ranges_asks_for_a_bounded_set() -> None:
+    """A hostile member's McAck of 317 bytes: one 4,096-chunk range 64
+    times. The sender takes the lowest MAX_WANTED chunks it names, no more
+    (it built a set over 64 x 4,096 chunks, 13 ms an ack, and kept up to
+    262,144 chunks wanted where the ranges differed)."""
+    plan = _plan(300_000)
+    plan.on_published(300_000)
+    plan.on_ack("a", 0, [(0, 4096)] * 64, 0.1)
+    assert plan.members["a"].wanted == set(range(MAX_WANTED))
+    plan.on_ack("a", 0, [(i * 4096, (i + 1) * 4096) for i in range(64)], 0.2)
+    assert plan.members["a"].wanted == set(range(MAX_WANTED))
 
 
 def test_nak_of_a_first_publication_halves_the_window_once() -> None:

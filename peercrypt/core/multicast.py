@@ -24,7 +24,9 @@ repairs.
   first-publication drop (at most once per round trip: not again until the
   floor passes what was published at the decrease), between
   ``min_window`` and ``window``.
-- Repairs: each member's latest NAK set (bounded) is what it wants. A chunk
+- Repairs: each member's latest NAK set is what it wants: the union of its
+  ranges within what was published, the lowest :data:`MAX_WANTED` chunks at
+  most (:func:`asked_ranges`: overlapping ranges cost nothing extra). A chunk
   wanted by ``publish_min`` (2) or more members is re-published once; one
   wanted by fewer is sent by unicast to each. A (member, chunk) is not
   repaired again within ``holdoff`` seconds.
@@ -109,6 +111,40 @@ def to_ranges(indices: Iterable[int]) -> list[tuple[int, int]]:
             out[-1] = (out[-1][0], i + 1)
         else:
             out.append((i, i + 1))
+    return out
+
+
+# Chunks one ack may ask for at most: an honest receiver NAKs at most
+# NAK_LIMIT (64, core/multicast_incoming.py) an ack; the rest is a hostile
+# member's, and each ack costs the sender the chunks it asks for.
+MAX_WANTED = 1024
+
+
+def asked_ranges(
+    naks: Iterable[tuple[int, int]], limit: int, cap: int = MAX_WANTED
+) -> list[tuple[int, int]]:
+    """What an ack's NAK ranges ask for, as sorted disjoint [start, end)
+    ranges: their union within [0, ``limit``) (what was published), its
+    lowest ``cap`` chunks at most. The ranges are merged before any chunk
+    is looked at, so an ack of r ranges costs O(r log r) plus the chunks it
+    gets, at most ``cap``, however its ranges overlap (64 copies of one
+    4,096-chunk range cost 262,144 steps, 13 ms an ack of 317 bytes)."""
+    out: list[tuple[int, int]] = []
+    left = max(0, cap)
+    covered = 0  # everything below was taken (or lies below 0)
+    for start, end in sorted(naks):
+        if not left:
+            break
+        start, end = max(start, covered), min(end, limit)
+        if start >= end:
+            continue
+        end = min(end, start + left)
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+        left -= end - start
+        covered = end
     return out
 
 
@@ -350,9 +386,8 @@ class SessionPlan:
             if m.state == MULTICAST:
                 self.congestion.on_acked(self._floor(), now)
         wanted: set[int] = set()
-        for start, end in naks[:MAX_RANGES]:
-            for i in range(max(0, start), min(end, self.published, start + 4096)):
-                wanted.add(i)
+        for start, end in asked_ranges(naks[:MAX_RANGES], self.published):
+            wanted.update(range(start, end))
         fresh = wanted - m.wanted
         m.naked += len(fresh)
         if (
