@@ -6,7 +6,11 @@ the domain enforced so a missing handler means *no* admission). It answers
 ``ping`` itself, within an answer budget per asking identity, per address
 and for the node (``peercrypt/core/answer_budget.py``: a question beyond it
 is dropped unanswered and counted, ``unanswered-over-peer``,
-``unanswered-over-address``, ``unanswered-over-node``),
+``unanswered-over-address``, ``unanswered-over-node``); offers and
+multicast announces, whose sealed details cost their actor public-key work,
+go on within budgets of the same size (beyond them refused ``busy``,
+respectively ``try-again``, unopened: ``offers-over-peer``,
+``announces-over-peer``, ...),
 and hands every other control message, with
 the peer's ZAP-verified key, to the actor that owns that message type
 (gossip within a budget of bytes per identity, address and node, and no
@@ -84,6 +88,7 @@ class GatewayActor(Actor):
         self.offer_key = b""  # an attached receiver's key (actors/attach.py)
         self.answers = AnswerBudget(self.now())
         self.offers = AnswerBudget(self.now())  # offers handed to the receiver
+        self.announces = AnswerBudget(self.now())  # multicast announces handed to the mreceiver
         self.gossip = AnswerBudget(self.now(), GOSSIP_LIMITS)  # bytes of gossip taken
         self.mail = MailCredit()  # bytes handed to each actor, not yet taken
         # Peers of another protocol version already logged (peer, address, version).
@@ -144,6 +149,10 @@ class GatewayActor(Actor):
                 continue
             if isinstance(msg, Offer) and not self._may_open(msg, route, peer_z85, address):
                 continue
+            if isinstance(msg, _mc.McAnnounce) and not self._may_announce(
+                msg, route, peer_z85, address
+            ):
+                continue
             if isinstance(msg, Hello):
                 identity, version = self.settings.identity, peercrypt.__version__
                 try:
@@ -197,13 +206,42 @@ class GatewayActor(Actor):
         offer is refused ``busy`` here, unopened (a sender then offers again
         after its busy wait; dropped, it waited out its --timeout and
         failed), within the answer budget: a flood earns no more."""
-        verdict = self.offers.ask(peer.encode(), address, self.now())
+        busy = Refuse(tid=offer.tid, code="busy", reason="too many offers from you at once")
+        return self._within(self.offers, "offers", busy, route, peer, address)
+
+    def _may_announce(
+        self, announce: _mc.McAnnounce, route: bytes, peer: str, address: str
+    ) -> bool:
+        """Whether a multicast ``announce`` goes on to the mreceiver, which
+        (for a session it has, or a new one within its session limits)
+        works out the key agreement and opens the sealed details (two
+        X25519s, about 0.2 ms) and answers it: within a budget of announces
+        per identity, address and node of the same size as the offers'
+        (announces had none). Beyond it the announce is answered
+        ``try-again`` here, unopened, within the answer budget (a sender
+        announces again until the target joins)."""
+        why = "too many announces from you at once"
+        later = _mc.McRefuse(sid=announce.sid, code="try-again", reason=why)
+        return self._within(self.announces, "announces", later, route, peer, address)
+
+    def _within(
+        self,
+        budget: AnswerBudget,
+        kind: str,
+        refusal: codec.Message,
+        route: bytes,
+        peer: str,
+        address: str,
+    ) -> bool:
+        """Whether ``budget`` lets a message of ``peer`` at ``address`` go
+        on; else it is counted (``KIND-over-peer``...) and answered with
+        ``refusal`` within the answer budget."""
+        verdict = budget.ask(peer.encode(), address, self.now())
         if verdict is Verdict.ANSWER:
             return True
-        self.count(f"offers-{verdict.value}")
+        self.count(f"{kind}-{verdict.value}")
         if self._may_answer(peer, address):
-            busy = Refuse(tid=offer.tid, code="busy", reason="too many offers from you at once")
-            self.router.send_multipart([route, codec.encode(busy)])
+            self.router.send_multipart([route, codec.encode(refusal)])
         return False
 
     def _may_hand_on(

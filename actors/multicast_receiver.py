@@ -2,9 +2,12 @@
 
 Announces arrive from the gateway (control plane, CURVE). Per session:
 
-1. ``McAnnounce`` -> its name and size opened with this node's identity key
+1. ``McAnnounce`` (within the gateway's budget of announces per identity,
+   address and node) -> for a new session, the session limits (all, per
+   identity, per address: ``busy``) before any public-key work; its name
+   and size opened with this node's identity key
    (sealed to it by the sender after a hello; ``wrong-receiver`` if sealed
-   to another key, ``unsealed`` if they came in clear), checks (limits,
+   to another key, ``unsealed`` if they came in clear), checks (
    name, chunk size, the signing key is the identity CURVE proved for the
    sender), space and quotas (asked of the node's one space ledger,
    ``actors/space.py``, shared with unicast offers; the announce waits for
@@ -538,52 +541,45 @@ class MulticastReceiverActor(Actor):
         done = self.completed.get(tid, self.now())
         if done is not None:
             return codec.decode(done)
-        # The sender's identity is its CURVE client key; we prove ours in the join.
-        try:
-            answer = respond(a.sid, self.settings.identity, env.peer, a.eph_pub)
-        except ValueError:
-            return refuse("protocol", "invalid ephemeral or identity key")
-        if a.details:  # name and size sealed to the key this node proved in a hello
-            try:
-                plain = open_details(a.sid, self.settings.identity, env.peer, a.eph_pub, a.details)
-                d = codec.decode(plain)
-            except ProofError:
-                return refuse("wrong-receiver", "the announce was not sealed to this node's key")
-            except (ValueError, codec.DecodeError):
-                return refuse("protocol", LEGACY_REFUSAL)
-            if isinstance(d, McDetails):
-                tree, files, source = d.tree, d.files, b""
-            elif isinstance(d, McFileDetails):  # one file, and its version's tag
-                tree, files, source = 0, 0, d.source
-            else:
-                return refuse("protocol", LEGACY_REFUSAL)
-            a = dataclasses.replace(a, name=d.name, size=d.size, details=b"")
-        else:  # our senders always seal: a name in clear is no one's to trust
+        if not a.details:  # our senders always seal: a name in clear is no one's to trust
             return refuse(
                 "unsealed", "the announce's name and size must be sealed to this node's key"
             )
         sess = self.sessions.get(tid)
         holding = self.holding.get(tid)
+        if sess is None and holding is None:
+            if any(j.tid == tid for j in self.joining.values()):
+                return None  # the space ledger's verdict answers it
+            # A new session: the limits before any public-key work, so that a
+            # member past its share costs no X25519 with each announce.
+            full = self._session_limit(env)
+            if full:
+                return refuse("busy", full)
+        # The sender's identity is its CURVE client key; we prove ours in the join.
+        self.count("announces-opened")
+        try:
+            answer = respond(a.sid, self.settings.identity, env.peer, a.eph_pub)
+        except ValueError:
+            return refuse("protocol", "invalid ephemeral or identity key")
+        try:  # name and size sealed to the key this node proved in a hello
+            plain = open_details(a.sid, self.settings.identity, env.peer, a.eph_pub, a.details)
+            d = codec.decode(plain)
+        except ProofError:
+            return refuse("wrong-receiver", "the announce was not sealed to this node's key")
+        except (ValueError, codec.DecodeError):
+            return refuse("protocol", LEGACY_REFUSAL)
+        if isinstance(d, McDetails):
+            tree, files, source = d.tree, d.files, b""
+        elif isinstance(d, McFileDetails):  # one file, and its version's tag
+            tree, files, source = 0, 0, d.source
+        else:
+            return refuse("protocol", LEGACY_REFUSAL)
+        a = dataclasses.replace(a, name=d.name, size=d.size, details=b"")
         if holding is not None:  # a re-announce: the same answer, for this attempt
             holding.route = env.route
             return _held(a, answer)
         if sess is None:
-            if any(j.tid == tid for j in self.joining.values()):
-                return None  # the space ledger's verdict answers it
             s = self.settings
-            joining = list(self.joining.values())
-            held = list(self.holding.values())
-            if len(self.sessions) + len(joining) + len(held) >= MAX_SESSIONS:
-                return refuse("busy", f"receiver busy ({MAX_SESSIONS} multicast sessions)")
-            peers = [x.peer for x in self.sessions.values()] + [j.env.peer for j in joining]
-            peers += [h.peer for h in held]
-            if peers.count(env.peer) >= MAX_SESSIONS_PER_PEER:
-                return refuse("busy", f"too many sessions from you (max {MAX_SESSIONS_PER_PEER})")
-            hosts = [x.host for x in self.sessions.values()] + [j.env.peer_host for j in joining]
-            hosts += [h.host for h in held]
-            if hosts.count(env.peer_host) >= MAX_SESSIONS_PER_HOST:
-                limit = MAX_SESSIONS_PER_HOST
-                return refuse("busy", f"too many sessions from {env.peer_host} (max {limit})")
             if a.group:
                 try:
                     fragments.parse_group(f"{a.group}:{a.group_port}")
@@ -639,6 +635,23 @@ class MulticastReceiverActor(Actor):
             )
             return None
         return self._joined(sess, a, env, answer)
+
+    def _session_limit(self, env: Inbound) -> str:
+        """Why a new session from ``env``'s sender cannot be taken now ("":
+        it can): every session, those of its identity, those of its address."""
+        joining = list(self.joining.values())
+        held = list(self.holding.values())
+        if len(self.sessions) + len(joining) + len(held) >= MAX_SESSIONS:
+            return f"receiver busy ({MAX_SESSIONS} multicast sessions)"
+        peers = [x.peer for x in self.sessions.values()] + [j.env.peer for j in joining]
+        peers += [h.peer for h in held]
+        if peers.count(env.peer) >= MAX_SESSIONS_PER_PEER:
+            return f"too many sessions from you (max {MAX_SESSIONS_PER_PEER})"
+        hosts = [x.host for x in self.sessions.values()] + [j.env.peer_host for j in joining]
+        hosts += [h.host for h in held]
+        if hosts.count(env.peer_host) >= MAX_SESSIONS_PER_HOST:
+            return f"too many sessions from {env.peer_host} (max {MAX_SESSIONS_PER_HOST})"
+        return ""
 
     def _hold(
         self, a: McAnnounce, env: Inbound, tid: bytes, answer: Response, prior: Delivery

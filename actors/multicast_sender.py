@@ -749,8 +749,10 @@ class MulticastSenderActor(Actor):
         elif isinstance(msg, McRefuse) and msg.sid == sess.sid:
             if msg.code == "unknown-session":  # it restarted: announce again
                 flow.on_unknown(t.name)
-            elif msg.code == "try-again":  # its space check came too late: the next
-                self.count("announce-try-again")  # announce (until it joins) asks anew
+            elif msg.code == "try-again":  # its space check came too late, or its
+                # budget of announces was spent: the next announce (until it
+                # joins) asks anew
+                self.count("announce-try-again")
             elif msg.code == "protocol" and msg.reason == LEGACY_REFUSAL and not t.legacy:
                 # A receiver of an older release does not know McFileDetails:
                 # it gets the details it knows (and no "had it" answer).

@@ -25,6 +25,7 @@ import zmq
 from actors.multicast_receiver import MAX_SESSIONS_PER_PEER
 from actors.receiver import CANCEL_ANSWER_EVERY
 from peercrypt.chunking import MAX_CHUNK
+from peercrypt.core.answer_budget import BudgetLimits
 from peercrypt.core.bitmap import MAX_RANGES, MAX_TRANSFER_CHUNKS, pairs
 from peercrypt.core.port_guard import GuardLimits
 from peercrypt.crypto.handshake import prove_hello
@@ -451,6 +452,56 @@ def test_one_identity_cannot_take_every_multicast_session(
         busy = [a for a in answers if isinstance(a, McRefuse) and a.code == "busy"]
         assert (len(joined), len(busy)) == (MAX_SESSIONS_PER_PEER, 2), answers
         # A real multicast from another identity still gets a session and verifies.
+        done = sender.cli("send", str(good), receiver.host, str(receiver.port), "-m", "--json")
+        assert done.returncode == 0, done.describe()
+        assert_stored(receiver, done.json, blake3_file(good))
+    finally:
+        hostile.close()
+
+
+def test_a_member_flooding_multicast_announces_has_no_more_opened_than_its_budget(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """Each announce cost the receiver two X25519s (its answer's and its
+    sealed details') before any limit. A member with a fresh identity sends
+    twice its budget of announces, each of a new session sealed to the
+    receiver's key: the gateway hands on at most its budget (the rest are
+    answered ``try-again`` unopened), and of those the receiver opens only
+    the ones its session limits let in (the others are ``busy`` unopened).
+    A real multicast from another member then still verifies."""
+    receiver, sender = node_factory(), node_factory()
+    good = make_file(256 * 1024)
+    limits = BudgetLimits()
+    rounds = 2 * limits.peer_burst
+    hostile = CoReceiver(network_key)
+    to = load_or_create_identity(receiver.data_dir).public  # what a hello to it tells
+    try:
+        announces = [
+            hostile.sealed_announce(to, os.urandom(16), f"flood{i}.bin", MiB, 64 * 1024)
+            for i in range(rounds)
+        ]
+        started = time.monotonic()
+        answers = hostile.announce(receiver.host, receiver.port, announces)
+        seen = receiver.counters_when("gateway.in-mc-announce", rounds, timeout=60)
+        elapsed = time.monotonic() - started
+        over = seen.get("gateway.announces-over-peer", 0)
+        handed = rounds - over
+        assert over > 0, "every announce was handed to the multicast receiver"
+        assert handed <= limits.peer_burst + limits.peer_rate * elapsed + 1, (handed, elapsed)
+        later = [
+            a for a in answers
+            if isinstance(a, McRefuse) and a.code == "try-again"
+            and a.reason == "too many announces from you at once"
+        ]  # fmt: skip
+        busy = [a for a in answers if isinstance(a, McRefuse) and a.code == "busy"]
+        joined = [a for a in answers if isinstance(a, McJoin)]
+        assert 0 < len(later) <= over, (len(later), over)
+        assert len(joined) == MAX_SESSIONS_PER_PEER and busy, answers[:8]
+        assert all(a.reason == f"too many sessions from you (max {MAX_SESSIONS_PER_PEER})"
+                   for a in busy)  # fmt: skip
+        # Every busy one refused before its key agreement: only the joined opened.
+        mine = receiver.counters_when("mreceiver.refused-busy", len(busy))
+        assert mine.get("mreceiver.announces-opened") == MAX_SESSIONS_PER_PEER, mine
         done = sender.cli("send", str(good), receiver.host, str(receiver.port), "-m", "--json")
         assert done.returncode == 0, done.describe()
         assert_stored(receiver, done.json, blake3_file(good))

@@ -349,6 +349,7 @@ class CoReceiver:
         """A link of its own identity to a node's public port."""
         dealer = self.ctx.socket(zmq.DEALER)
         dealer.linger = 0
+        dealer.sndtimeo = 10_000  # a send never waits for ever (zmq.Again)
         dealer.curve_serverkey = self.server_public
         dealer.curve_publickey = self.identity.z85_public
         dealer.curve_secretkey = self.identity.z85_secret
