@@ -110,7 +110,7 @@ from peercrypt.core.incoming import (
     IncomingTransfer,
     Store,
 )
-from peercrypt.core.modes import MAX_LANES
+from peercrypt.core.modes import ALL_MODES, MAX_LANES
 from peercrypt.core.names import INCOMING_NAME, shortened
 from peercrypt.core.outgoing import peer_failure
 from peercrypt.core.port_guard import DATA_HANDSHAKE, GuardLimits, held_limit
@@ -789,6 +789,9 @@ class ReceiverActor(Actor):
             return refuse("bad-offer", "invalid offer details")
         if details.hash_alg != "blake3":
             return refuse("unsupported", f"hash {details.hash_alg[:16]!r} not supported")
+        if details.mode and details.mode not in ALL_MODES:
+            # Kept for the statistics history, which `stats` prints to a terminal.
+            return refuse("unsupported", f"transfer mode {details.mode!r} not known here")
         try:
             low, high = offered_chunks(s, details.chunk_size, details.min_chunk)
             # Chosen by the load now (a kept part of another allowed size, below,

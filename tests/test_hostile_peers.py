@@ -607,6 +607,40 @@ def test_a_multicast_senders_end_reason_reaches_no_terminal_raw(
     assert "\x1b" not in shown and "\x07" not in shown
 
 
+def test_a_senders_transfer_mode_reaches_no_terminal_raw(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """A member offers a file claiming a transfer mode made of escape
+    sequences and a forged result line (the mode is kept for the statistics
+    history, which `stats list` and `stats show` print): the offer is
+    refused `unsupported` before anything is kept, and the same member's
+    offer naming a known mode is stored and shown with it."""
+    receiver = node_factory()
+    content = os.urandom(64 * 1024)
+    forged = "\x1b]0;PWNED\x07\nresult     ok\n"
+    with HostileSender(network_key, receiver.host, receiver.port) as h:
+        refused = h.offer("moded.bin", len(content), 16 * 1024, mode=forged)
+        assert isinstance(refused, Refused) and isinstance(refused.answer, Refuse), refused
+        assert refused.answer.code == "unsupported", refused.answer
+        assert "transfer mode '\\x1b]0;PWNED\\x07" in refused.answer.reason, refused.answer
+        t = accepted(h.offer("moded.bin", len(content), 16 * 1024, mode="aimd"))
+        assert isinstance(t.send_stream(content), Verified)
+    assert blake3_file(receiver.inbox / "moded.bin") == blake3.blake3(content).hexdigest()
+
+    def recorded() -> list[dict[str, Any]]:
+        rows = json.loads(receiver.cli("stats", "list", "--json").stdout)
+        return [r for r in rows if r["file"] == "moded.bin" and r["result"] == "ok"]
+
+    (row,) = wait_until(recorded, WAIT, "the stored file in the statistics history")
+    assert row["mode"] == "aimd", row
+    listed = receiver.cli("stats", "list").stdout
+    shown = receiver.cli("stats", "show", str(row["id"])).stdout
+    assert "aimd" in listed and "aimd" in shown, (listed, shown)
+    assert "PWNED" not in listed + shown
+    for text in (listed, shown, receiver.log_text()):
+        assert "\x1b" not in text and "\x07" not in text
+
+
 def test_tiny_frames_heartbeats_and_a_reset_cannot_abort_the_receiver(
     node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path]
 ) -> None:

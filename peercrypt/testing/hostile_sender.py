@@ -243,12 +243,14 @@ class HostileSender:
         tree: int = 0,
         files: int = 0,
         min_chunk: int = 0,
+        mode: str = "",
     ) -> HostileTransfer | Refused:
         """Offer a file (or a folder whose manifest is the first ``tree``
         bytes); the accepted transfer or the refusal. ``source``: the offer's
         source tag (random by default: a file never offered before);
         ``min_chunk``: the smallest chunk the receiver may choose (0:
-        ``chunk_size`` only; the transfer then cuts the accept's choice)."""
+        ``chunk_size`` only; the transfer then cuts the accept's choice);
+        ``mode``: the transfer mode it claims (the receiver's statistics)."""
         key = self.hello(timeout)
         eph = Initiator(self.identity)
         details = OfferDetails(
@@ -257,6 +259,7 @@ class HostileSender:
             chunk_size=chunk_size,
             min_chunk=min_chunk,
             hash_alg="blake3",
+            mode=mode,
             source=source or os.urandom(32),
             tree=tree,
             files=files,
