@@ -109,7 +109,7 @@ from actors.sealed_buffers import SealedPool
 from actors.tree_source import TreeSource
 from actors.tree_source import Walk as TreeWalk
 from peercrypt import local_ipc, shm_ring
-from peercrypt.core.address import dialled, join_host_port
+from peercrypt.core.address import dialable_host, dialled, join_host_port
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.bitmap import ChunkBitmap, pairs
 from peercrypt.core.busy_wait import BusyWait, not_now
@@ -1004,6 +1004,12 @@ class SenderActor(Actor):
                 f"outside the {offered} offered"
             )
             return self._end(t, ResultCode.PROTOCOL, reason)
+        if accept.data_host and not dialable_host(accept.data_host):
+            reason = (
+                f"{t.peer} sent an invalid accept: its data host "
+                f"'{printable(accept.data_host)}' is no host name or address"
+            )
+            return self._end(t, ResultCode.PROTOCOL, reason)
         t.proven = fingerprint(accept.static_pub)
         t.keys = TransferKeys.for_sender(t.tid, secrets)
         host = accept.data_host or t.request.host
@@ -1017,7 +1023,10 @@ class SenderActor(Actor):
         ):
             ipc = f"ipc://{accept.data_ipc}"  # a claim: checked when dialled (_pipe)
         address = (host, accept.data_port)
-        first = self._pipe(tcp_url, ipc, 0, address, t.proven)
+        try:
+            first = self._pipe(tcp_url, ipc, 0, address, t.proven)
+        except zmq.ZMQError as exc:
+            return self._undialled(t, tcp_url, exc)
         flow.host_local = first.url != tcp_url  # lanes add nothing on this host's socket
         flow.on_accept(have, accept.window, self.now(), accept.chunk_size)
         if flow.resumed:  # the history's series counts only the bytes that cross
@@ -1037,7 +1046,10 @@ class SenderActor(Actor):
             )
             self.count("data-ring" if t.ring is not None else "data-ring-refused")
         for lane in range(flow.lanes):
-            pipe = first if lane == 0 else self._pipe(tcp_url, ipc, lane, address, t.proven)
+            try:
+                pipe = first if lane == 0 else self._pipe(tcp_url, ipc, lane, address, t.proven)
+            except zmq.ZMQError as exc:
+                return self._undialled(t, tcp_url, exc)
             pipe.users[t.tid] = t
             t.pipes.append(pipe)
             t.broken = t.broken or pipe.broken
@@ -1136,6 +1148,16 @@ class SenderActor(Actor):
     def _on_idle_control(self, _msg: codec.Message) -> None:
         self.count("control-unexpected")  # a late reply to a send that went on
 
+    def _undialled(self, t: Outgoing, url: str, exc: zmq.ZMQError) -> None:
+        """End ``t``, whose data connection to ``url`` libzmq refused to
+        make (an address it cannot read: the receiver's; else this node's)."""
+        cause = zmq.strerror(exc.errno) if exc.errno is not None else str(exc)
+        where = f"{printable(url)}: {cause}"
+        if exc.errno == errno.EINVAL:
+            reason = f"{t.peer} sent an invalid accept: cannot connect to its data address {where}"
+            return self._end(t, ResultCode.PROTOCOL, reason)
+        self._end(t, ResultCode.LOCAL, f"cannot connect to {t.peer}'s data address {where}")
+
     def _pipe(
         self, tcp_url: str, ipc: str | None, lane: int, address: tuple[str, int], receiver: str
     ) -> DataPipe:
@@ -1145,7 +1167,8 @@ class SenderActor(Actor):
         dials ``ipc`` only if the path passes local_ipc's checks now; a
         connection kept was checked when it was made (the file system's
         walk and a probe connect for each transfer were a seventh of the
-        sending thread's CPU per send)."""
+        sending thread's CPU per send). Raises zmq.ZMQError if libzmq will
+        not connect to the address (nothing of the new connection is kept)."""
         key = (tcp_url, ipc or "", lane, receiver)
         pipe = self.pipes.get(key)
         if pipe is not None and pipe.idle is not None:
@@ -1195,7 +1218,11 @@ class SenderActor(Actor):
             url = ipc
         pipe = DataPipe(key, data, monitor, route, url, tcp_url, address)
         self.watch(monitor, functools.partial(self._on_data_monitor, pipe))
-        dial(data, url)
+        try:
+            dial(data, url)
+        except zmq.ZMQError:
+            self._close_pipe(pipe)  # the socket, its monitor and their watches
+            raise
         self.watch(data, functools.partial(self._on_data, pipe))
         self.pipes[key] = pipe
         self.count("data-connections")

@@ -8,6 +8,7 @@ the same time still stored a file with the right hash.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -34,6 +35,7 @@ from peercrypt.testing.hostile import (
     CoReceiver,
     FloodingGateway,
     FloodingReceiver,
+    HostNamingReceiver,
     member_gateway,
 )
 from peercrypt.testing.hostile_sender import HostileSender, HostileTransfer, Refused
@@ -66,6 +68,7 @@ from peercrypt.wire.messages import (
     Verified,
 )
 from peercrypt.wire.multicast_messages import McAnnounce, McJoin, McRefuse, McStatus
+from peercrypt.wire.text import printable
 
 WAIT = 30.0
 MiB = 1 << 20
@@ -976,6 +979,54 @@ def test_a_receiver_flooding_the_senders_data_connection_costs_bounded_memory(
     good = make_file(4 * MiB)
     assert_sent(receiver, sender.send_to(good, receiver), good)
     assert sender.counters_when("sender.sent", 1).get("sender.handler-errors", 0) == 0
+
+
+def zmq_sockets(pid: int) -> int:
+    """The ZeroMQ sockets a process holds: each has an eventfd (its mailbox)."""
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # (closed meanwhile)
+            held += "eventfd" in os.readlink(fd)
+    return held
+
+
+def test_a_receiver_naming_a_data_host_that_cannot_be_dialled_ends_the_send_at_once(
+    node_factory: Callable[..., NodeProcess], make_file: Callable[..., Path], network_key: str
+) -> None:
+    """A member answers offers with accepts naming, as the host of its data
+    port, text libzmq's connect raises on (a blank, punctuation, a letter
+    that is not ASCII) or reads more into (a source address before a `;`).
+    Each send ends at once with one line naming that host, not after its
+    timeout as unanswered (its data socket and that socket's monitor were
+    left open, the connect raising in the middle of the accept); the sender
+    holds no socket more for them, and a good file it sends next verifies."""
+    sender, receiver = node_factory(), node_factory()
+    identity = load_or_create_identity(sender.data_dir).public
+    hosts = ["a b", "x!y", "\u00e9", "127.0.0.2;127.0.0.1", "-", "a b", "x!y", "\u00e9"]
+    hostile = HostNamingReceiver(network_key, identity, hosts[0])
+    small = make_file(64 * 1024)
+    held: list[int] = []
+    try:
+        for host in hosts:
+            hostile.data_host = host
+            answer = sender.cli(
+                "send", "--timeout", "60", str(small), "127.0.0.1", str(hostile.port)
+            )
+            errors = [line for line in answer.stderr_lines if "error" in line]
+            assert answer.returncode != 0 and len(errors) == 1, answer.describe()
+            said = f"sent an invalid accept: its data host '{printable(host)}' is no host name"
+            assert said in errors[0], answer.describe()
+            assert answer.seconds < 30, answer.describe()
+            held.append(zmq_sockets(sender.pid))
+        assert hostile.offers == len(hosts)
+    finally:
+        hostile.close()
+    # (the first send made the sender's link to the member; each leaked two)
+    assert held[-1] <= held[0] + 2, held
+    counters = sender.counters_when("sender.failed-protocol", len(hosts))
+    assert counters.get("sender.handler-errors", 0) == 0, counters
+    good = make_file(4 * MiB)
+    assert_sent(receiver, sender.send_to(good, receiver), good)
 
 
 @pytest.mark.parametrize("held", [False, True], ids=["at-once", "after-a-quiet-while"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import re
 
 
 def visible_ascii(text: str) -> bool:
@@ -22,6 +23,34 @@ def visible_ascii(text: str) -> bool:
     a port's text or an endpoint may hold: it is shown to users, and a
     control character would reach their terminals.)"""
     return bool(text) and text.isascii() and text.isprintable() and " " not in text
+
+
+# A DNS label: letters, digits, hyphens and underscores, a letter or digit at
+# each end; an IPv6 address's scope (an interface's name or number).
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?")
+_SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def dialable_host(host: str) -> bool:
+    """Is ``host`` an IP address (IPv6 with or without brackets, with or
+    without a scope of letters, digits and ``_.-``) or a DNS name (labels of
+    :data:`_LABEL` joined by dots, a final dot allowed, at most 253
+    characters)? What a peer may name for this node to dial: libzmq's
+    connect raises on much else, and reads more into some (a source
+    address before a ``;``, a wildcard ``*``)."""
+    if not visible_ascii(host):
+        return False
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        if bracketed:
+            return False
+        name = host.removesuffix(".")
+        return len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
+    if isinstance(ip, ipaddress.IPv4Address):
+        return not bracketed
+    return ip.scope_id is None or bool(_SCOPE.fullmatch(ip.scope_id))
 
 
 def split_host_port(text: str, *, scheme: str = "") -> tuple[str, int]:

@@ -37,9 +37,10 @@ nothing there - and says what the test tells it to whoever connected.
 
 Hostile unicast receivers live here too: :class:`FloodingReceiver` (floods
 the sender's data connection), :class:`MismatchingReceiver` (claims to
-hold every file, answers every Done with a mismatch) and
+hold every file, answers every Done with a mismatch),
 :class:`WaitingReceiver` (takes one chunk, then tells the send to wait its
-turn for ever).
+turn for ever) and :class:`HostNamingReceiver` (names any text as the host
+of its data port).
 
 Everything they do goes to 127.0.0.1; every wait has a timeout.
 """
@@ -523,6 +524,7 @@ class _Receiver(abc.ABC):
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.router, self.port = member_gateway(self.ctx, network_key)
         self.data_port = 0  # set by the subclass before _start()
+        self.data_host = LOCALHOST  # what its accepts name as the data port's host
         self.stop = threading.Event()
         self._threads = [threading.Thread(target=self._gateway, daemon=True)]
 
@@ -551,7 +553,7 @@ class _Receiver(abc.ABC):
             eph_pub=answer.eph_pub,
             static_pub=answer.static_pub,
             proof=answer.proof,
-            data_host=LOCALHOST,
+            data_host=self.data_host,
             data_port=self.data_port,
             window=window,
             have=have,
@@ -813,6 +815,27 @@ class WaitingReceiver(_DataRouter):
             cumulative = max(header.index + 1, self._told.get(header.tid, (b"", 0))[1])
             self._told[header.tid] = (route, cumulative)
             self._wait_your_turn(header.tid, route, cumulative)
+
+
+class HostNamingReceiver(_Receiver):
+    """A hostile unicast receiver (:class:`_Receiver`) whose accepts name
+    :attr:`data_host` (any text the codec lets through; change it between
+    offers) as the host of its data port, which listens nowhere."""
+
+    def __init__(self, network_key: str, sender: bytes, data_host: str) -> None:
+        super().__init__(network_key, sender)
+        self.data_host = data_host
+        self.data_port = 9
+        self._start()
+
+    def _terms(self, offer: Offer, answer: Response) -> tuple[int, list[int], int]:
+        return 16, [], 0
+
+    def _data(self) -> None:
+        self.stop.wait()
+
+    def _close_data(self) -> None:
+        pass
 
 
 class FloodingGateway:
