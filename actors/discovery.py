@@ -41,6 +41,7 @@ from nacl.signing import SigningKey
 from actors.peer_link import Link, address_towards
 from peercrypt import members_file
 from peercrypt.core.address import endpoint_key, is_ipv6, join_host_port, split_host_port
+from peercrypt.core.answer_budget import GOSSIP_LIMITS, AnswerBudget, Verdict
 from peercrypt.core.backoff import Backoff
 from peercrypt.core.member_state import MemberState
 from peercrypt.core.membership import (
@@ -58,6 +59,7 @@ from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
 from peercrypt.wire.messages import Inbound, Outbound
 from peercrypt.wire.network_messages import (
+    DIGEST_ENTRY,
     Gossip,
     GossipControl,
     GossipReply,
@@ -167,6 +169,11 @@ class DiscoveryActor(Actor):
         self.table: MembershipTable | None = None
         self.links: dict[str, Link] = {}  # member endpoint (endpoint_key) -> persistent link
         self.asked: dict[str, int] = {}  # member endpoint -> exchanges not yet answered
+        # Bytes of replies to members' exchanges (_reply): a reply is charged
+        # the most it can be, before it is made.
+        self.replies = AnswerBudget(self.now(), GOSSIP_LIMITS)
+        self.reply_bound = (0, 0)  # (members, the most a reply can be then): _reply_bound
+        self.packed: dict[bytes, tuple[DigestEntry, bytes]] = {}  # node id -> digest entry
         # Members held suspect or dead here that health saw answer (a node come
         # back), and when: their links stay open for the exchanges that tell
         # them the claim to refute (at most one entry per member).
@@ -345,6 +352,7 @@ class DiscoveryActor(Actor):
     def _expire(self) -> None:
         if self.table is None:
             return
+        self.reply_bound = (0, 0)  # (its records may have grown meanwhile)
         for node_id in self.table.expire(self.now()):
             self.tell("health", MemberGone(node_id=node_id))
             self.count("expired")
@@ -456,11 +464,28 @@ class DiscoveryActor(Actor):
         )
 
     def _digest(self) -> list[bytes]:
+        """The table's digest, each member's entry packed again only once
+        its records changed (the table keeps each entry until then)."""
         assert self.table is not None
-        return [
-            pack_digest_entry(node_id, e.incarnation, e.state.value, e.tag)
-            for node_id, e in sorted(self.table.digest().items())
-        ]
+        packed: dict[bytes, tuple[DigestEntry, bytes]] = {}
+        for node_id, e in sorted(self.table.digest().items()):
+            known = self.packed.get(node_id)
+            if known is None or known[0] is not e:
+                known = (e, pack_digest_entry(node_id, e.incarnation, e.state.value, e.tag))
+            packed[node_id] = known
+        self.packed = packed
+        return [entry for _, entry in packed.values()]
+
+    def _reply_bound(self) -> int:
+        """The most a reply can be, in bytes: every record held (up to
+        RECORD_BUDGET) and a digest entry per member. Worked out again when
+        the number of members changed, and at each round."""
+        assert self.table is not None
+        members = len(self.table)
+        if self.reply_bound[0] != members:
+            records = min(RECORD_BUDGET, self.table.wire_bytes())
+            self.reply_bound = (members, records + DIGEST_ENTRY.size * members)
+        return self.reply_bound[1]
 
     def _exchange(self, node_id: bytes) -> None:
         assert self.table is not None
@@ -506,19 +531,35 @@ class DiscoveryActor(Actor):
             return
         self._merge(gossip.records)
         if gossip.reply:
-            digest = _parse_digest(gossip.digest)
-            if digest is None:
-                self.count("gossip-bad-digest")
-                return
-            records = self.table.records_for(digest, max_bytes=RECORD_BUDGET)
-            reply = GossipReply(
-                origin=self.table.self_id,
-                records=[r.to_wire() for r in records],
-                digest=self._digest(),
-            )
-            data = codec.encode(reply)
-            self.tell("gateway", Outbound(route=msg.route, payload=data))
-            self.count("gossip-bytes-out", len(data))
+            self._reply(gossip, msg)
+
+    def _reply(self, gossip: Gossip, msg: Inbound) -> None:
+        """Answer an exchange a member asked for: the records it lacks and
+        our digest. Within a budget of reply bytes per identity, address and
+        node, the same as the gossip the gateway takes (GOSSIP_LIMITS), each
+        reply charged the most it can be before it is made: a request of 75
+        bytes with an empty digest asks for up to 32 KiB of records and the
+        whole digest (46 KB with 255 members), so the gateway's budget of
+        requests bought 600 times its bytes in replies, each made afresh."""
+        assert self.table is not None
+        verdict = self.replies.ask(msg.peer, msg.peer_host, self.now(), self._reply_bound())
+        if verdict is not Verdict.ANSWER:
+            self.count(f"replies-{verdict.value}")
+            return
+        digest = _parse_digest(gossip.digest)
+        if digest is None:
+            self.count("gossip-bad-digest")
+            return
+        records = self.table.records_for(digest, max_bytes=RECORD_BUDGET)
+        reply = GossipReply(
+            origin=self.table.self_id,
+            records=[r.to_wire() for r in records],
+            digest=self._digest(),
+        )
+        data = codec.encode(reply)
+        self.tell("gateway", Outbound(route=msg.route, payload=data))
+        self.count("gossip-replies-sent")
+        self.count("gossip-bytes-out", len(data))
 
     def _on_member_reply(self, key: str, msg: codec.Message) -> None:
         """A reply on a member's link: taken only as the answer to an

@@ -6,7 +6,9 @@ change nothing cost no signature check, and it goes on serving sends."""
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +25,7 @@ from peercrypt.testing.member_port import MemberPort
 from peercrypt.testing.nodes import LOCALHOST, NodeProcess, assert_sent, random_file, wait_until
 from peercrypt.wire import codec
 from peercrypt.wire.messages import MAX_WRAPPED
-from peercrypt.wire.network_messages import Gossip, GossipReply
+from peercrypt.wire.network_messages import DIGEST_ENTRY, Gossip, GossipReply
 
 MESSAGES = 1500  # of ~63 KiB each: ~95 MB
 
@@ -164,3 +166,86 @@ def test_gossip_replies_nobody_asked_for_are_dropped_unread(
     asked = 3 * counters.get("discovery.rounds", 0) + 4
     checked = counters.get("discovery.rejected-bad_signature", 0)
     assert checked <= len(forged) * asked, (checked, asked)
+
+
+FAST = ("--gossip-interval", "0.2", "--health-check-interval", "0.3", "--timeout", "0.5")
+
+
+def _alive_peers(node: NodeProcess) -> set[str]:
+    rows = json.loads(node.cli("peers", "--json", timeout=30).stdout or "[]")
+    return {row["id"] for row in rows if row["state"] == "alive"}
+
+
+def test_a_member_asking_for_replies_in_a_loop_gets_its_budget_of_reply_bytes(
+    node_factory: Callable[..., NodeProcess], network_key: str
+) -> None:
+    """A member (the network key, a fresh identity, from 127.0.0.2) fills a
+    node's table with 200 members it signed, then asks for a reply in a
+    loop with the tiniest exchange (no records, an empty digest: 75 bytes
+    asking for every record, up to 32 KiB, and the whole digest). Its
+    replies, made from the node's table, come to at most its budget of
+    reply bytes (``GOSSIP_LIMITS`` per identity: each reply charged the most
+    it can be), where before nearly every request got its 42 KB reply; and
+    gossip goes on meanwhile: a node joining then is known alive by all."""
+    a = node_factory(*FAST)
+    boot = ("--bootstrap-host", LOCALHOST, "--bootstrap-port", str(a.port))
+    b = node_factory(*FAST, *boot)
+    c = node_factory(*FAST, *boot, start=False)
+    me = KeyPair.from_seed(os.urandom(32))  # an identity: gossip names it as origin
+    fakes = [
+        MemberRecord.create(
+            key, bytes(key.verify_key), 0, MemberState.ALIVE, {"control": "tcp://127.0.0.1:9"}
+        ).to_wire()
+        for key in (SigningKey(os.urandom(32)) for _ in range(200))
+    ]
+    ask = codec.encode(Gossip(origin=me.node_id, records=[], digest=[], reply=True))
+    replies: list[GossipReply] = []
+    timing: list[float] = []
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.curve_serverkey = network_server_keys(network_key).z85_public
+    sock.curve_publickey, sock.curve_secretkey = me.z85_public, me.z85_secret
+    sock.connect(f"tcp://127.0.0.2:0;{a.host}:{a.port}")
+
+    def flood(seconds: float) -> None:
+        start = time.monotonic()
+        timing.append(start)
+        while time.monotonic() - start < seconds:
+            if sock.poll(0, zmq.POLLOUT):
+                sock.send(ask, zmq.NOBLOCK)
+            while sock.poll(0):
+                reply = codec.decode(sock.recv())
+                assert isinstance(reply, GossipReply), reply
+                replies.append(reply)
+        while sock.poll(500) and time.monotonic() - start < seconds + 30:  # (what it asked last)
+            replies.append(codec.decode_as(sock.recv(), GossipReply))
+        timing.append(time.monotonic())
+
+    try:
+        sock.send(codec.encode(Gossip(origin=me.node_id, records=fakes, digest=[])))
+        a.wait_for_counter("discovery.records-merged", len(fakes), 30)
+        flooding = threading.Thread(target=flood, args=(6.0,), daemon=True)
+        flooding.start()
+        c.start()
+        everyone = {a.fingerprint, b.fingerprint, c.fingerprint}
+        for node in (a, b, c):
+            wait_until(
+                lambda n=node: everyone - {n.fingerprint} <= _alive_peers(n),
+                60,
+                "every node to know the others alive",
+            )
+        flooding.join(60)
+        assert not flooding.is_alive(), "the flood did not end"
+    finally:
+        sock.close()
+        ctx.term()
+    elapsed = timing[1] - timing[0]
+    # Each reply holds what it was charged: all the records held (32 KiB at
+    # most) and a digest entry per member, as many as when it was charged
+    # (a reply made just after a member joined may hold one more of each).
+    sizes = [sum(map(len, r.records)) + DIGEST_ENTRY.size * len(r.digest) for r in replies]
+    assert replies and min(sizes) > 30_000, sizes
+    budget = GOSSIP_LIMITS.peer_burst + GOSSIP_LIMITS.peer_rate * elapsed
+    assert sum(sizes) <= budget + max(sizes), (len(replies), sum(sizes), budget)
+    assert a.wait_for_counter("discovery.replies-over-peer", 1) > 0

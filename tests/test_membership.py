@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
+from collections import defaultdict
 from functools import cache
 
 import msgpack
@@ -463,6 +465,40 @@ def test_merge_idempotent(batch: list[MemberRecord]) -> None:
     assert state_of(t) == before
     t.merge(t.records(), now=2.0)
     assert state_of(t) == before
+
+
+def summarised(t: MembershipTable) -> tuple[dict[bytes, DigestEntry], int]:
+    """The digest and the wire bytes of ``t`` worked out afresh from the
+    records it holds (each encoded anew), not from anything it keeps."""
+    held: defaultdict[bytes, list[bytes]] = defaultdict(list)
+    for rec in t.records():
+        held[rec.node_id].append(MemberRecord.from_wire(rec.to_wire()).to_wire())
+    digest = {}
+    for node_id, wires in held.items():
+        member = t.member(node_id)
+        assert member is not None
+        tag = hashlib.blake2b(b"".join(sorted(wires)), digest_size=8).digest()
+        digest[node_id] = DigestEntry(member.incarnation, member.state, tag)
+    return digest, sum(len(w) for wires in held.values() for w in wires)
+
+
+@PROPS
+@given(st.lists(st.one_of(batch_st, st.sampled_from(["refute", "suspect", "dead"])), max_size=8))
+def test_the_digest_and_wire_bytes_follow_every_change(steps: list[object]) -> None:
+    """A member's digest entry and a record's encoding are kept between
+    requests (every reply to a member needs them): whatever changed the
+    table since, they are what working them out afresh gives."""
+    t = table()
+    for now, step in enumerate(steps):
+        if step == "refute":
+            t.refute(float(now))
+        elif step in ("suspect", "dead"):
+            for node_id in t.peers():
+                (t.mark_suspect if step == "suspect" else t.mark_dead)(node_id, float(now))
+        else:
+            assert isinstance(step, list)
+            t.merge(step, float(now))
+        assert (t.digest(), t.wire_bytes()) == summarised(t)
 
 
 @PROPS

@@ -251,6 +251,12 @@ class MemberRecord:
 
     def to_wire(self) -> bytes:
         """Encode as a msgpack array (see module doc)."""
+        return self._wire
+
+    @cached_property
+    def _wire(self) -> bytes:
+        # Once per record: gossip, digests and every answer to a member ask
+        # for it again (a reply re-encoded the whole table each time).
         pairs = [[name, url] for name, url in self.endpoints.items()]
         packed: bytes = msgpack.packb(
             [
@@ -372,6 +378,9 @@ class _Entry:
     own: MemberRecord | None
     claim: MemberRecord | None
     updated_at: float
+    # Its digest entry for the records it held when last asked (compared by
+    # identity: merge replaces a record, never changes one).
+    _summary: tuple[MemberRecord | None, MemberRecord | None, DigestEntry] | None = None
 
     @property
     def current(self) -> MemberRecord:
@@ -391,8 +400,19 @@ class _Entry:
         return [r for r in (self.own, self.claim) if r is not None]
 
     def tag(self) -> bytes:
+        return self.summary().tag
+
+    def summary(self) -> DigestEntry:
+        """Its digest entry: made again only once its records changed."""
+        known = self._summary
+        if known is not None and known[0] is self.own and known[1] is self.claim:
+            return known[2]
         blob = b"".join(sorted(r.to_wire() for r in self.held()))
-        return hashlib.blake2b(blob, digest_size=_TAG_BYTES).digest()
+        tag = hashlib.blake2b(blob, digest_size=_TAG_BYTES).digest()
+        cur = self.current
+        summary = DigestEntry(cur.incarnation, cur.state, tag)
+        self._summary = (self.own, self.claim, summary)
+        return summary
 
 
 class MembershipTable:
@@ -428,6 +448,7 @@ class MembershipTable:
         self.forget_after = forget_after
         self.tombstone_ttl = tombstone_ttl
         self._local = self._sign_self(incarnation, MemberState.ALIVE)
+        self._local_entry = _Entry(self._local, None, float("inf"))  # (its tag, for digests)
         self._threat: MemberRecord | None = None
         self._entries: dict[bytes, _Entry] = {}
         self._tombstones: dict[bytes, tuple[tuple[int, int], float]] = {}
@@ -681,6 +702,17 @@ class MembershipTable:
 
     # ---------------------------------------------------------------- gossip
 
+    def _local_as_entry(self) -> _Entry:
+        if self._local_entry.own is not self._local:
+            self._local_entry = _Entry(self._local, None, float("inf"))
+        return self._local_entry
+
+    def wire_bytes(self) -> int:
+        """Wire bytes of every record held, ours included: the most that
+        :meth:`records_for` can give, however little the asker holds."""
+        held = sum(len(r.to_wire()) for e in self._entries.values() for r in e.held())
+        return held + len(self._local.to_wire())
+
     def _ordered_entries(self) -> list[tuple[bytes, _Entry]]:
         return sorted(self._entries.items(), key=lambda kv: (-kv[1].updated_at, kv[0]))
 
@@ -716,12 +748,9 @@ class MembershipTable:
 
     def digest(self) -> dict[bytes, DigestEntry]:
         """Compact summary of every member held (ourselves included)."""
-        local = self._local
-        tag = _Entry(local, None, 0.0).tag()
-        out = {self._self_id: DigestEntry(local.incarnation, local.state, tag)}
+        out = {self._self_id: self._local_as_entry().summary()}
         for node_id, entry in self._entries.items():
-            cur = entry.current
-            out[node_id] = DigestEntry(cur.incarnation, cur.state, entry.tag())
+            out[node_id] = entry.summary()
         return out
 
     def records_for(
@@ -738,7 +767,7 @@ class MembershipTable:
         like :meth:`records`.
         """
         candidates: list[MemberRecord] = []
-        ordered = [(self._self_id, _Entry(self._local, None, float("inf")))]
+        ordered = [(self._self_id, self._local_as_entry())]
         ordered.extend(self._ordered_entries())
         for node_id, entry in ordered:
             theirs = digest.get(node_id)
