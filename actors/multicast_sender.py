@@ -117,7 +117,7 @@ from peercrypt.crypto.handshake import (
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.crypto.keywrap import ContentSealer, new_content_key
 from peercrypt.crypto.keywrap import wrap as wrap_key
-from peercrypt.crypto.known_peers import KnownPeersFile, explain, pin_of
+from peercrypt.crypto.known_peers import KnownPeersFile, UnreadablePins, explain, pin_of
 from peercrypt.errors import NOT_THE_PEERS, ResultCode
 from peercrypt.runtime.actor import (
     PEER_RCVHWM,
@@ -609,14 +609,20 @@ class MulticastSenderActor(Actor):
             t.hellos.unsent()
             self.count("control-not-sent")
 
-    def _trust(self, sess: Session, t: Target, key: bytes) -> str:
-        """Why ``key`` is not the one trusted at ``t``'s address ("": it is):
-        a pin, the known-peers file, members' records."""
+    def _trust(self, sess: Session, t: Target, key: bytes) -> tuple[str, str]:
+        """The code and why ``key`` is not the one trusted at ``t``'s address
+        (("", ""): it is): a pin, the known-peers file, members' records; a
+        known-peers file that cannot be read trusts no one (a local problem)."""
         req, proven = sess.request, fingerprint(key)
-        decision = self.known_peers.check(
-            t.host, t.port, proven, pin_of(req.expect, proven), req.members.get(t.name, ())
-        )
-        return "" if decision.trusted else explain(decision, t.host, t.port)
+        try:
+            decision = self.known_peers.check(
+                t.host, t.port, proven, pin_of(req.expect, proven), req.members.get(t.name, ())
+            )
+        except UnreadablePins as exc:
+            return ResultCode.LOCAL, f"{exc}; nothing sent"
+        if decision.trusted:
+            return "", ""
+        return ResultCode.UNTRUSTED, explain(decision, t.host, t.port)
 
     def _on_hello(self, sess: Session, t: Target, msg: HelloReply) -> None:
         now = self.now()
@@ -628,9 +634,9 @@ class MulticastSenderActor(Actor):
         if verdict != PROVEN:  # an answer to an earlier challenge: only late
             self.count("hello-stale")
             return
-        why = self._trust(sess, t, msg.node_id)
-        if why:
-            return sess.flow.fail_target(t.name, ResultCode.UNTRUSTED, why, now)
+        code, why = self._trust(sess, t, msg.node_id)
+        if code:
+            return sess.flow.fail_target(t.name, code, why, now)
         t.hello_key = msg.node_id  # the node's own key: its mreceiver proves it in the join
         self._announce(sess, t)
 
@@ -821,9 +827,9 @@ class MulticastSenderActor(Actor):
             sess.flow.fail_target(t.name, ResultCode.PROTOCOL, reason, now)
             return None
         # Trusted like a unicast receiver: a pin, the known-peers file, members' records.
-        why = self._trust(sess, t, answer.static_pub)
-        if why:
-            sess.flow.fail_target(t.name, ResultCode.UNTRUSTED, why, now)
+        code, why = self._trust(sess, t, answer.static_pub)
+        if code:
+            sess.flow.fail_target(t.name, code, why, now)
             return None
         return secrets
 

@@ -134,7 +134,7 @@ from peercrypt.core.tree import TreeError
 from peercrypt.core.tree import source_tag as tree_source_tag
 from peercrypt.crypto.handshake import HELLO_MEMORY, HelloChallenge, Initiator, ProofError
 from peercrypt.crypto.identity import fingerprint
-from peercrypt.crypto.known_peers import KnownPeersFile, explain
+from peercrypt.crypto.known_peers import KnownPeersFile, UnreadablePins, explain
 from peercrypt.crypto.transfer import TAG_BYTES, OpenError, TransferKeys
 from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import PEER_RCVHWM, Actor, ActorEnv, Timer, dial
@@ -904,9 +904,12 @@ class SenderActor(Actor):
         (or to the ``offer_key`` its proof vouched for: a receiver it runs
         attached elsewhere), and only that key's holder can accept."""
         req = t.request
-        decision = self.known_peers.check(
-            req.host, req.port, fingerprint(key), req.expect, req.members
-        )
+        try:
+            decision = self.known_peers.check(
+                req.host, req.port, fingerprint(key), req.expect, req.members
+            )
+        except UnreadablePins as exc:  # (whom to trust is unknown: nothing is offered)
+            return self._end(t, ResultCode.LOCAL, f"{exc}; nothing was sent")
         if not decision.trusted:
             return self._end(t, ResultCode.UNTRUSTED, explain(decision, req.host, req.port))
         try:

@@ -6,6 +6,7 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from peercrypt.crypto.identity import KeyPair, fingerprint
 from peercrypt.crypto.known_peers import (
     RACY_NS,
     KnownPeersFile,
+    UnreadablePins,
     Verdict,
     decide,
     dumps,
@@ -186,3 +188,24 @@ def test_a_file_is_read_again_only_when_it_changed_or_changed_lately(tmp_path: P
     assert lately.load() == lately.load() == {A: two}
     assert lately.reads == 2
     assert RACY_NS == 2_000_000_000
+
+
+@pytest.mark.timeout(10)  # (a FIFO opened to read waits for a writer: no hang)
+def test_a_file_that_cannot_be_read_is_an_error_naming_it_not_a_wait(tmp_path: Path) -> None:
+    """A directory, a FIFO (whose open would wait for a writer: the actor
+    would hang), a file without read permission: each one a clear error,
+    at a check and at a write (``trust``), never "nothing known"."""
+    one = fp()
+    store = KnownPeersFile(tmp_path)
+    store.path.mkdir()
+    with pytest.raises(UnreadablePins, match="known_peers: it is a directory, not a readable"):
+        store.check("127.0.0.1", 1, one)
+    store.path.rmdir()
+    os.mkfifo(store.path)
+    for call in (store.load, lambda: store.set(A, one, replace=True)):
+        with pytest.raises(UnreadablePins, match="known_peers: it is a FIFO, not a readable file"):
+            call()
+    store.path.unlink()
+    store.path.symlink_to(store.path.name)  # (a loop: its stat fails)
+    with pytest.raises(UnreadablePins, match=r"not a readable file \(Too many levels"):
+        store.load()

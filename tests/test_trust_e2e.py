@@ -631,6 +631,46 @@ def test_members_signed_records_refuse_another_key_at_their_address(
         squatter.close()
 
 
+def test_a_known_peers_file_that_is_no_file_fails_each_request_that_reads_it(
+    node_factory: Callable[..., NodeProcess],
+    make_file: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A directory (or FIFO...) where the known-peers file goes: every send,
+    check and `trust` that must read it ends with one line naming it (the
+    send answered, not left hanging), and the node goes on; removed, sends
+    go again."""
+    sender, receiver = node_factory(), node_factory()
+    known = sender.data_dir / "known_peers"
+    known.mkdir()
+    path = make_file(100 * KiB, name="pins.bin")
+    why = f"cannot read the known-peers file {known}: it is a directory, not a readable file"
+    sent = sender.cli("send", path, receiver.host, str(receiver.port), "--timeout", "5", timeout=30)
+    assert sent.returncode == errors.USAGE, sent.describe()
+    assert sent.stderr_lines == [f"peercrypt: error: {why}; nothing was sent"], sent.describe()
+    code, result = sender.send(
+        path, receiver.host, receiver.port, "-m", "--timeout", "5", timeout=30
+    )
+    assert code == errors.USAGE, result
+    (row,) = result["receivers"]
+    assert row["code"] == "local" and row["error"] == f"{why}; nothing sent", row
+    checked = sender.cli("health-check", receiver.host, str(receiver.port))
+    assert checked.returncode == errors.USAGE, checked.describe()
+    assert checked.stderr_lines == [f"peercrypt: error: {why}"], checked.describe()
+    trusted = sender.cli("trust", receiver.host, str(receiver.port), receiver.fingerprint)
+    assert trusted.returncode == errors.USAGE, trusted.describe()
+    assert trusted.stderr_lines == [f"peercrypt: error: {why}"], trusted.describe()
+    shell = Shell(cli, {"data_dir": sender.data_dir}, owns_node=False)
+    shell.interactive = True  # (a terminal's: the pre-send check runs)
+    capsys.readouterr()
+    assert shell.run_line(f"send {path} {receiver.host} {receiver.port}") == errors.USAGE
+    assert capsys.readouterr().err == f"peercrypt: error: {why}\n"
+    assert shell.jobs == []
+    assert not [p for p in receiver.inbox.iterdir() if not p.name.startswith(".")]
+    known.rmdir()
+    assert_sent(receiver, sender.send(path, receiver.host, receiver.port), path)
+
+
 # -- the network key ------------------------------------------------------------------------
 
 

@@ -33,7 +33,12 @@ from peercrypt.cli.follow import refusal
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.address import join_host_port
 from peercrypt.crypto.identity import normalise_fingerprint
-from peercrypt.crypto.known_peers import KnownPeersFile, changed_here, normalise_address
+from peercrypt.crypto.known_peers import (
+    KnownPeersFile,
+    UnreadablePins,
+    changed_here,
+    normalise_address,
+)
 from peercrypt.errors import ResultCode
 from peercrypt.wire import codec
 from peercrypt.wire.messages import ErrorReply
@@ -182,9 +187,12 @@ def _report_check(
     where = join_host_port(host, port)
     if result.code == ResultCode.OK:
         # (A check sends nothing: it says what a send there would meet.)
-        changed = changed_here(
-            data_dir, host, port, result.fingerprint, outcome="a send there is refused"
-        )
+        try:
+            changed = changed_here(
+                data_dir, host, port, result.fingerprint, outcome="a send there is refused"
+            )
+        except UnreadablePins as exc:  # (a send there would fail on it too)
+            raise UserError(str(exc), errors.USAGE) from None
     if as_json:
         ok = result.code == ResultCode.OK
         click.echo(
@@ -337,9 +345,11 @@ def trust(obj: dict[str, Any], host: str, port: int, key: str) -> None:
         raise UserError(str(exc)) from None
     store = KnownPeersFile(obj["data_dir"])
     address = normalise_address(host, port)
-    before = store.load().get(address)
     try:
+        before = store.load().get(address)
         store.set(address, fp, replace=True)
+    except UnreadablePins as exc:
+        raise UserError(str(exc)) from None
     except OSError as exc:
         raise UserError(f"cannot write {store.path}: {exc.strerror}") from None
     was = f" (was {before})" if before and before != fp else ""

@@ -49,7 +49,7 @@ from peercrypt.client import AnotherRelease, ControlClient, NodeRefused, NodeUna
 from peercrypt.core.address import join_host_port
 from peercrypt.core.modes import ALL_MODES, CONGESTION_KEYS
 from peercrypt.core.names import shortened
-from peercrypt.crypto.known_peers import changed_here
+from peercrypt.crypto.known_peers import UnreadablePins, changed_here
 from peercrypt.wire.messages import TransfersReply, TransfersRequest
 from peercrypt.wire.network_messages import PeersReply, PeersRequest
 
@@ -558,7 +558,10 @@ class Shell:
         if reply is not None and reply.code == "ok":
             # Reachable, but not with the key this node knows there: the
             # send would end on it (exit 4); said now, nothing asked.
-            changed = changed_here(self.data_dir, host, port, reply.fingerprint, expect)
+            try:
+                changed = changed_here(self.data_dir, host, port, reply.fingerprint, expect)
+            except UnreadablePins as exc:  # (the send would end on it)
+                raise errors.CommandError(str(exc), errors.USAGE) from None
             if changed:
                 raise errors.CommandError(changed, errors.NOT_ADMITTED)
         if reply is None or reply.code == "ok":

@@ -21,6 +21,7 @@ import contextlib
 import enum
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -170,6 +171,29 @@ def explain(decision: Decision, host: str, port: int, outcome: str = "nothing wa
 FILE_NAME = "known_peers"
 
 
+class UnreadablePins(Exception):
+    """The known-peers file is there but cannot be read as a file (a
+    directory, a FIFO, no permission, a disk error): a send cannot tell whom
+    it trusts, so the request that needed it fails with this line; the
+    node goes on."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"cannot read the known-peers file {path}: {why}")
+
+
+def _not_a_file(mode: int) -> str:
+    """Why a file of this ``mode`` is no known-peers file ("": it is one)."""
+    if stat.S_ISREG(mode):
+        return ""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "a device")
+    return f"it is {kind}, not a readable file"
+
+
+def _no_read(exc: OSError) -> str:
+    return f"not a readable file ({exc.strerror or exc})"
+
+
 class KnownPeersFile:
     """The known-peers file in a node's data directory (mode 0600).
 
@@ -186,10 +210,14 @@ class KnownPeersFile:
         self._seen: tuple[tuple[int, ...], dict[str, str]] | None = None
 
     def load(self) -> dict[str, str]:
+        """``address -> fingerprint`` as the file has them ({}: no file).
+        Raises :class:`UnreadablePins`."""
         try:
             info = os.stat(self.path)
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            raise UnreadablePins(self.path, _no_read(exc)) from None
         # The change time too: every write, and a modification time set back
         # (`touch -d`, `cp -p` into the file), sets it, and nobody can set it.
         version = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
@@ -206,15 +234,27 @@ class KnownPeersFile:
 
     def _read(self) -> dict[str, str]:
         try:
-            with open(self.path, encoding="utf-8", errors="replace") as f:
-                return parse(f.read(MAX_ENTRIES * 128))
+            # Not blocking on a FIFO (its open waits for a writer): refused below.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            raise UnreadablePins(self.path, _no_read(exc)) from None
+        try:
+            if why := _not_a_file(os.fstat(fd).st_mode):
+                raise UnreadablePins(self.path, why)
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read(MAX_ENTRIES * 128)
+        except OSError as exc:
+            raise UnreadablePins(self.path, _no_read(exc)) from None
+        finally:
+            os.close(fd)
+        return parse(data.decode("utf-8", errors="replace"))
 
     def set(self, address: str, fp: str, *, replace: bool) -> bool:
         """Record ``fp`` at ``address``. Without ``replace`` an existing entry
         wins (first contact only). Returns whether the file changed. Raises
-        OSError."""
+        OSError, or :class:`UnreadablePins` for a file there it cannot read."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock_fd = os.open(self.path.with_name(FILE_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -236,7 +276,8 @@ class KnownPeersFile:
         self, host: str, port: int, proven: str, expect: str = "", members_here: Iterable[str] = ()
     ) -> Decision:
         """:func:`decide` against the file; a first contact is recorded.
-        An unwritable file does not stop a transfer (the check still holds)."""
+        An unwritable file does not stop a transfer (the check still holds);
+        one that cannot be read does: raises :class:`UnreadablePins`."""
         address = normalise_address(host, port)
         known = self.load()
         decision = decide(known, address, proven, expect, members_here)
