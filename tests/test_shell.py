@@ -1033,9 +1033,21 @@ def test_a_script_on_stdin_runs_every_line_and_its_exit_says_if_all_succeeded(
         "'normal', 'token-bucket', 'aimd', 'qos', 'parallel', 'multicast'"
     ]
     assert "default mode is now normal" in bad.stdout  # the lines after still ran
-    amp = _script(node.data_dir, [f"send {source} {peer.host} {peer.port} &"], tmp_path)
+    # A script's lines run to their end: an `&` is refused, on a send as on
+    # any other line (docs/commands.md), and nothing of that line runs.
+    other = make_file(1000)
+    amp = _script(
+        node.data_dir,
+        [f"send {other} {peer.host} {peer.port} &", "status &", "set-mode normal"],
+        tmp_path,
+    )
     assert amp.returncode == errors.USAGE, amp.stderr
-    assert amp.stderr.strip() == "peercrypt: error: no `&` in a script: each line runs to its end"
+    assert (
+        amp.stderr.strip().splitlines()
+        == ["peercrypt: error: no `&` in a script: each line runs to its end"] * 2
+    )
+    assert amp.stdout.strip() == "default mode is now normal", amp.stdout
+    assert not (peer.inbox / other.name).exists()
     quits = _script(node.data_dir, ["quit", "set-mode warp"], tmp_path)
     assert quits.returncode == 0 and not quits.stderr
     # A hint names the command as a script line has it, as at the prompt.
