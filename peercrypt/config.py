@@ -34,7 +34,13 @@ from peercrypt import sizes
 from peercrypt.config_sources import CONFIG_ENV, DATA_DIR_ENV, PREFIX
 from peercrypt.config_sources import ConfigError as ConfigError  # raised by resolve()
 from peercrypt.core.address import visible_ascii
-from peercrypt.core.fragments import DEFAULT_FRAGMENT, HEADER_BYTES, MAX_DATAGRAM, MIN_FRAGMENT
+from peercrypt.core.fragments import (
+    DEFAULT_FRAGMENT,
+    HEADER_BYTES,
+    MAX_DATAGRAM,
+    MIN_FRAGMENT,
+    parse_group,
+)
 from peercrypt.core.modes import (
     AIMD_MAX_WINDOW_KB,
     AIMD_MIN_WINDOW_KB,
@@ -83,8 +89,8 @@ class Setting:
     name: str
     env: str
     # "int", "float", "bool", "str", "host", "choice", "list", "fingerprints" (a list of
-    # node fingerprints), "secret"; "size" (bytes) and "rate" (bytes/s) take suffixes
-    # (peercrypt/sizes.py)
+    # node fingerprints), "group" (an IPv4 multicast GROUP:PORT, or empty), "secret";
+    # "size" (bytes) and "rate" (bytes/s) take suffixes (peercrypt/sizes.py)
     kind: str
     default: Any
     help: str
@@ -118,6 +124,11 @@ class Setting:
             return "a comma-separated list of node fingerprints (`peercrypt status` shows one)"
         if self.kind == "host":
             return "a host name or address (visible ASCII, no blank)"
+        if self.kind == "group":
+            return (
+                "GROUP:PORT, an IPv4 multicast address (224.0.0.0/4) and a port in 1..65535; "
+                "or empty"
+            )
         return "text"
 
     def parse(self, value: Any) -> Any:
@@ -173,6 +184,14 @@ class Setting:
                 raise ConfigError(str(exc)) from None
         if not isinstance(value, str):
             raise ConfigError("expected text")
+        if self.kind == "group":  # (what the node takes: core/fragments.py)
+            if not value.strip():
+                return ""
+            try:
+                group, port = parse_group(value)
+            except ValueError:
+                raise ConfigError(f"expected {self.accepted()}") from None
+            return f"{group}:{port}"
         if self.kind == "host" and value and not visible_ascii(value):
             raise ConfigError(f"expected {self.accepted()}")
         return value
@@ -273,7 +292,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("max_rate", "PEERCRYPT_MAX_RATE", "rate", 0,
        "Cap of all outgoing transfers together, bytes/s (0: none).", flag="--max-rate",
        low=0, high=MAX_RATE, actors=_RATE),
-    _s("multicast_group", "PEERCRYPT_MULTICAST_GROUP", "str", "",
+    _s("multicast_group", "PEERCRYPT_MULTICAST_GROUP", "group", "",
        "Send multicast sessions as UDP datagrams to this IPv4 group GROUP:PORT "
        "(e.g. 239.255.80.67:7480; empty: over PUB/SUB).",
        flag="--multicast-group", aliases=("MULTICAST_GROUP",)),

@@ -152,6 +152,24 @@ def test_a_host_setting_refuses_blanks_and_control_characters(setting: config.Se
     assert {s.name for s in HOSTS} == {"host", "advertise_host", "bootstrap_host"}
 
 
+def test_a_multicast_group_is_checked_where_it_is_set() -> None:
+    """What the node takes as a group (core/fragments.py, parse_group) and
+    nothing else, from a variable (or its older name), a .env or TOML: the
+    line names where it was set, not the flag nobody gave."""
+    s = config.BY_NAME["multicast_group"]
+    for text in ("239.1.1.1", "239.1.1.1:0", "239.1.1.1:70000", "10.0.0.1:7480", "group:1"):
+        for var in ("PEERCRYPT_MULTICAST_GROUP", "MULTICAST_GROUP"):
+            with pytest.raises(config.ConfigError) as err:
+                _resolve(environ={var: text})
+            assert str(err.value) == f"{var}={text!r}: expected {s.accepted()}"
+        with pytest.raises(config.ConfigError, match=rf"\.env: MULTICAST_GROUP='{text}'"):
+            _resolve(dotenv={"MULTICAST_GROUP": text})
+        with pytest.raises(config.ConfigError, match=rf"pc\.toml: multicast_group='{text}'"):
+            _resolve(file={"multicast_group": text})
+    assert _resolve(environ={s.env: " 239.1.1.1:7000 "})["multicast_group"] == "239.1.1.1:7000"
+    assert _resolve(environ={s.env: " "}, file={"multicast_group": "239.1.1.1:1"})[s.name] == ""
+
+
 @pytest.mark.parametrize(
     ("env", "words"),
     [
@@ -363,6 +381,8 @@ def _assert_one_error(result: CliResult, code: int, *words: str) -> str:
         ("HEALTH_CHECK_INTERVAL", "never"),
         ("PEERCRYPT_PORT", "70000"),
         ("PEERCRYPT_MULTICAST_TTL", "256"),
+        ("PEERCRYPT_MULTICAST_GROUP", "239.1.1.1"),
+        ("MULTICAST_GROUP", "239.1.1.1"),
     ],
 )
 def test_node_refuses_to_start_on_an_invalid_variable(
@@ -381,8 +401,12 @@ def test_node_refuses_to_start_on_an_invalid_variable(
         timeout=30,
     )
     setting = config.VARIABLES[variable]
-    _assert_one_error(result, errors.USAGE, f"{variable}={value!r}", setting.accepted())
+    line = _assert_one_error(result, errors.USAGE, f"{variable}={value!r}", setting.accepted())
+    assert setting.flag not in line  # (not given)
     assert not (data_dir / "control.json").exists()
+    # `config show` refuses what the node refuses, in the same line.
+    shown = run_cli("config", "show", data_dir=data_dir, env={variable: value}, cwd=tmp_path)
+    assert _assert_one_error(shown, errors.USAGE) == line
 
 
 def test_node_refuses_an_invalid_dotenv_and_config_file(tmp_path: Path, network_key: str) -> None:
