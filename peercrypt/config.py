@@ -100,6 +100,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     unit: str = ""
     aliases: tuple[str, ...] = ()  # other variables read for it (older names)
+    empty_ok: bool = False  # a host that may be empty (the help says what empty means)
     # The attachable actors that read it: `peercrypt actor KIND` takes it
     # (flag, variable, config key) as the node does; () : node-wide only.
     actors: tuple[str, ...] = ()
@@ -123,7 +124,8 @@ class Setting:
         if self.kind == "fingerprints":
             return "a comma-separated list of node fingerprints (`peercrypt status` shows one)"
         if self.kind == "host":
-            return "a host name or address (visible ASCII, no blank)"
+            host = "a host name or address (visible ASCII, no blank)"
+            return f"{host}; or empty" if self.empty_ok else host
         if self.kind == "group":
             return (
                 "GROUP:PORT, an IPv4 multicast address (224.0.0.0/4) and a port in 1..65535; "
@@ -192,7 +194,7 @@ class Setting:
             except ValueError:
                 raise ConfigError(f"expected {self.accepted()}") from None
             return f"{group}:{port}"
-        if self.kind == "host" and value and not visible_ascii(value):
+        if self.kind == "host" and (value or not self.empty_ok) and not visible_ascii(value):
             raise ConfigError(f"expected {self.accepted()}")
         return value
 
@@ -251,7 +253,7 @@ SETTINGS: tuple[Setting, ...] = (
        "Address members should use for this node (empty: --host, or for a wildcard "
        "--host the address of the interface that routes to the bootstrap member, or to "
        "the default route of --host's family if the member's is another).",
-       flag="--advertise-host"),
+       flag="--advertise-host", empty_ok=True),
     _s("inbox", "PEERCRYPT_INBOX", "str", "",
        "Where received files go (empty: DATA_DIR/inbox, files as the umask allows; a folder "
        "named here gets files readable by the owner only).", flag="--inbox", actors=_RECV),
@@ -263,7 +265,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("allow", "PEERCRYPT_ALLOW", "fingerprints", (),
        "Admit only these node fingerprints (empty: every member).", flag="--allow"),
     _s("bootstrap_host", "PEERCRYPT_BOOTSTRAP_HOST", "host", "",
-       "Join the network through this member.", flag="--bootstrap-host"),
+       "Join the network through this member.", flag="--bootstrap-host", empty_ok=True),
     _s("bootstrap_port", "PEERCRYPT_BOOTSTRAP_PORT", "int", 0,
        "Port of the bootstrap member (0: none).", flag="--bootstrap-port", low=0, high=65535),
     _s("window", "PEERCRYPT_WINDOW", "int", 16, "Chunks in flight per incoming transfer.",

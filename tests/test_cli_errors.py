@@ -409,6 +409,45 @@ def test_port_in_use_message(tmp_path: Path, network_key: str, busy_port: int, w
     assert_error(result, errors.USAGE, "cannot listen", str(busy_port), "address already in use")
 
 
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("no-such-host.invalid", "the name does not resolve"),
+        ("999.1.1.1", "the name does not resolve"),
+        ("192.0.2.1", "not an address of this host"),  # (TEST-NET-1: no host has it)
+    ],
+)
+def test_a_host_to_listen_on_that_is_not_here_says_why(
+    tmp_path: Path, network_key: str, host: str, why: str
+) -> None:
+    """ZeroMQ said "No such device" (or "Cannot assign requested address")
+    and named the data port: the host is what is wrong, whatever the port."""
+    args = ["node", "--host", host, "--port", "0"]
+    env = {"PEERCRYPT_NETWORK_KEY": network_key}
+    result = run_cli(*args, data_dir=tmp_path / "dd", env=env, timeout=NODE_CMD_TIMEOUT)
+    line = assert_error(result, errors.USAGE)
+    assert line.startswith(f"peercrypt: error: cannot listen on {host}: {why}"), line
+
+
+def test_an_empty_host_to_listen_on_is_refused_naming_where_it_was_set(
+    tmp_path: Path, network_key: str
+) -> None:
+    """The documented rule (a host name or address, no blank) holds for
+    an empty one too: no `cannot listen on  (...)`, before anything starts."""
+    key, dd = {"PEERCRYPT_NETWORK_KEY": network_key}, tmp_path / "dd"
+    flag = run_cli("node", "--port", "0", "--host", "", data_dir=dd, env=key, timeout=30)
+    assert_usage_error(flag, "'--host'", "an empty host")
+    for command in (["node", "--port", "0"], ["config", "show"]):
+        env = {**key, "PEERCRYPT_HOST": ""}
+        result = run_cli(*command, data_dir=dd, env=env, timeout=NODE_CMD_TIMEOUT)
+        line = assert_error(result, errors.USAGE)
+        assert line == (
+            "peercrypt: error: PEERCRYPT_HOST='': expected a host name or address "
+            "(visible ASCII, no blank)"
+        ), line
+    assert not (dd / "control.json").exists()
+
+
 # -- sends that fail -----------------------------------------------------------------
 
 

@@ -147,9 +147,18 @@ def test_a_host_setting_refuses_blanks_and_control_characters(setting: config.Se
             _resolve(file={setting.name: text})
         with pytest.raises(config.ConfigError, match=rf"\.env: {setting.env}="):
             _resolve(dotenv={setting.env: text})
-    for text in ("", "example.org", "::1", "10.0.0.1", "node-1.lan"):
+    for text in ("example.org", "::1", "10.0.0.1", "node-1.lan"):
         assert _resolve(environ={setting.env: text}).values[setting.name] == text
+    # Empty where its help says what empty means; the address to bind, never.
     assert {s.name for s in HOSTS} == {"host", "advertise_host", "bootstrap_host"}
+    if setting.empty_ok:
+        assert _resolve(environ={setting.env: ""}).values[setting.name] == ""
+        assert setting.accepted().endswith("; or empty")
+    else:
+        assert setting.name == "host"
+        with pytest.raises(config.ConfigError) as err:
+            _resolve(file={setting.name: ""})
+        assert str(err.value) == f"/etc/pc.toml: host='': expected {setting.accepted()}"
 
 
 def test_a_multicast_group_is_checked_where_it_is_set() -> None:

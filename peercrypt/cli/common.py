@@ -235,7 +235,7 @@ def setting_option(name: str, param: str | None = None) -> Callable[[F], F]:
     elif s.kind == "fingerprints":
         kw.update(multiple=True, show_default=False, type=Fingerprints(), callback=_joined)
     elif s.kind == "host":
-        kw["type"] = HostText()
+        kw["type"] = HostText(empty_ok=s.empty_ok)
     if s.kind in ("size", "rate"):
         kw["help"] = f"{s.help} {RATE_HELP if s.kind == 'rate' else SIZE_HELP} [env {s.env}]"
     elif s.unit:
@@ -421,8 +421,13 @@ class HostText(click.ParamType):  # type: ignore[type-arg]  # (generic from clic
 
     name = "host"
 
+    def __init__(self, empty_ok: bool = False) -> None:
+        self.empty_ok = empty_ok  # (its setting says what an empty one means)
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         text = str(value)
+        if not text and not self.empty_ok:
+            self.fail("an empty host: expected a host name or address", param, ctx)
         if text and not visible_ascii(text):
             self.fail(f"'{printable(text)}' is not a host name or address", param, ctx)
         return text

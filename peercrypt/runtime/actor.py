@@ -29,13 +29,16 @@ peer text in those lines is escaped (:func:`peercrypt.wire.text.printable`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import heapq
+import ipaddress
 import itertools
 import logging
 import math
 import os
 import resource
+import socket
 import sys
 import threading
 import time
@@ -338,6 +341,25 @@ def bound_port(sock: zmq.Socket[Any]) -> int:
     return int(bound_endpoint(sock).rsplit(":", 1)[1])
 
 
+def _not_here(host: str, code: int) -> str:
+    """Why nothing can listen on ``host`` when it is the host that ZeroMQ's
+    bind refused with error ``code`` ("": not the host; its "No such
+    device" said nothing of a name that does not resolve)."""
+    if code not in (errno.ENODEV, errno.EADDRNOTAVAIL):
+        return ""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return "not an address of this host"
+    try:  # (ENODEV: no address, no interface, and no name that resolves)
+        socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return "the name does not resolve (nor is it an address or a network interface here)"
+    return "the name resolves to no address of this host"
+
+
 class SetupError(Exception):
     """An actor cannot start for a reason to tell the user in one line
     (e.g. "cannot listen on 0.0.0.0:7400: Address already in use")."""
@@ -425,6 +447,8 @@ class Actor:
         try:
             sock.bind(f"tcp://{join_host_port(host, port)}")
         except zmq.ZMQError as exc:
+            if why := _not_here(host, exc.errno or 0):  # (whatever the port)
+                raise SetupError(f"cannot listen on {host}: {why}") from None
             where = join_host_port(host, port) if port else host
             notes = [what] if what else []
             notes += [] if port else ["any free port"]
