@@ -656,12 +656,27 @@ def node_policy(eff: Effective) -> Policy:
         raise ConfigError(str(exc)) from None
 
 
+def check_ports(eff: Effective) -> None:
+    """ConfigError if a node would bind its public port and its data port on
+    one port (the second bind failed: "Address already in use"); 0 is any
+    free port. Only where one process binds both: an attached receiver
+    binds its data port on a host of its own."""
+    port, data_port = eff["port"], eff["data_port"]
+    if port and port == data_port:
+        raise ConfigError(
+            f"{_named('port', eff)} {port} and {_named('data_port', eff)} {data_port}: "
+            "the node's public port and its data port must differ"
+        )
+
+
 def _named(name: str, eff: Effective) -> str:
     """Setting ``name`` as the user gave it: its flag, its variable, or its
     key and the file it is in."""
     s, source = BY_NAME[name], eff.sources.get(name, "flag")
     if source == "flag" and s.flag:
         return s.flag
+    if source == "default" and s.flag:
+        return f"{s.flag} (default)"
     if source == "environment":
         return s.env
     if source.startswith(".env"):

@@ -409,6 +409,27 @@ def test_port_in_use_message(tmp_path: Path, network_key: str, busy_port: int, w
     assert_error(result, errors.USAGE, "cannot listen", str(busy_port), "address already in use")
 
 
+def test_one_port_for_both_the_public_and_the_data_port_is_a_usage_error(
+    tmp_path: Path, network_key: str, free_port: int
+) -> None:
+    """The second bind failed, "Address already in use", as if another
+    program held the port: the two settings are what is wrong, named as
+    they were set (flag, variable, config key), in `config show` too."""
+    dd, key, port = tmp_path / "dd", {"PEERCRYPT_NETWORK_KEY": network_key}, str(free_port)
+    node = ["node", "--host", "127.0.0.1"]
+    result = run_cli(*node, "--port", port, "--data-port", port, data_dir=dd, env=key,
+                     timeout=NODE_CMD_TIMEOUT)  # fmt: skip
+    line = assert_error(result, errors.USAGE, f"--port {port} and --data-port {port}: the node")
+    assert line.endswith("public port and its data port must differ"), line
+    assert not (dd / "control.json").exists()
+    env = {**key, "PEERCRYPT_DATA_PORT": port}
+    shown = run_cli("config", "show", "--port", port, data_dir=dd, env=env)
+    assert_usage_error(shown, f"--port {port} and PEERCRYPT_DATA_PORT {port}: ")
+    default = run_cli(*node, "--data-port", "7400", data_dir=dd, env=key, timeout=NODE_CMD_TIMEOUT)
+    assert_usage_error(default, "--port (default) 7400 and --data-port 7400: ")
+    assert run_cli("config", "show", "--port", port, data_dir=dd).returncode == 0
+
+
 @pytest.mark.parametrize(
     ("host", "why"),
     [

@@ -52,6 +52,10 @@ def show(ctx: click.Context, /, as_json: bool, **_: Any) -> None:
     """
     obj: dict[str, Any] = ctx.obj
     eff = effective(obj, {**STARTED_WITH, **node_flags(ctx)})
+    try:
+        config.check_ports(eff)  # (the node's words)
+    except config.ConfigError as exc:
+        raise UserError(str(exc)) from None
     if eff["network_key"]:  # one a node would refuse (a short passphrase, a damaged key)
         from peercrypt.crypto.identity import network_salt_and_secret
 

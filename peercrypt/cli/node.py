@@ -179,6 +179,11 @@ def settings_from(
     what is invalid."""
     taken = set(names)
     fields: dict[str, Any] = {}
+    if {"port", "data_port"} <= taken:
+        try:
+            config.check_ports(eff)
+        except config.ConfigError as exc:
+            raise UserError(str(exc)) from None
     if taken & {"bootstrap_host", "bootstrap_port"}:
         if bool(eff["bootstrap_host"]) != bool(eff["bootstrap_port"]):
             raise UserError(
