@@ -145,6 +145,11 @@ def test_a_mistyped_option_suggests_the_nearest_not_all(
         (["set-mode"], ["set-mode: missing argument 'MODE'; choose from normal, token-bucket,"]),
         (["max-rate", "-5"], ["max-rate: -5: a negative number; no value here may be negative"]),
         (["gossip", "interval", "-1.5"], ["gossip: -1.5: a negative number; no value"]),
+        (
+            ["gossip", "interval", "10s"],
+            ["gossip interval '10s': not a number of seconds; expected a number in 0.01..3600"],
+        ),
+        (["gossip", "interval", "abc"], ["gossip interval 'abc': not a number of seconds"]),
         (["send", "{file}", "h", "-7"], ["send: -7: a negative number; no value here may be"]),
     ],
     ids=[
@@ -162,6 +167,8 @@ def test_a_mistyped_option_suggests_the_nearest_not_all(
         "choice-missing",
         "negative-rate",
         "negative-interval",
+        "interval-with-a-unit",
+        "interval-not-a-number",
         "negative-port",
     ],
 )

@@ -1054,7 +1054,7 @@ def test_a_script_on_stdin_runs_every_line_and_its_exit_says_if_all_succeeded(
     hinted = _script(
         node.data_dir,
         ["cancel 999", "cancel in999", "peers --bogus", 'send "my file.bin 127.0.0.1 7400',
-         "jobs 1"],
+         "jobs 1", "gossip interval 10s"],
         tmp_path,
     )  # fmt: skip
     assert hinted.returncode == errors.USAGE, hinted.stderr
@@ -1065,6 +1065,8 @@ def test_a_script_on_stdin_runs_every_line_and_its_exit_says_if_all_succeeded(
         "--json",
         "peercrypt: error: cannot read that line: No closing quotation",
         "peercrypt: error: `jobs` takes no argument but --json",
+        "peercrypt: error: gossip interval '10s': not a number of seconds; expected a number "
+        "in 0.01..3600, e.g. `gossip interval 2`",
     ]
 
 

@@ -321,6 +321,12 @@ def _gossip_args(action: str | None, value: str | None) -> tuple[str, float]:
     try:
         seconds = float(text or "")
     except ValueError:
+        if word == "interval":  # (the action is known: its value is what is wrong)
+            raise UserError(
+                f"gossip interval '{printable(text or '', 40)}': not a number of seconds; "
+                "expected a number in 0.01..3600, e.g. `gossip interval 2`",
+                errors.USAGE,
+            ) from None
         raise UserError(
             f"unknown gossip action {action!r}: use on, off, N or interval N (seconds)",
             errors.USAGE,
