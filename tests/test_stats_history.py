@@ -315,6 +315,9 @@ def test_list_and_show_print_what_was_recorded(recorded: Recorded) -> None:
     # A receiver's list finds the sender by its proven fingerprint.
     mine = recorded.r1.cli("stats", "list", "--peer", recorded.sender.fingerprint[:9], "--json")
     assert len(json.loads(mine.stdout)) == 6
+    # A prefix as fingerprints are accepted elsewhere: any case, dashes or none.
+    bare = recorded.sender.fingerprint[:9].replace("-", "").upper()
+    assert recorded.r1.cli("stats", "list", "--peer", bare, "--json").stdout == mine.stdout
 
     ident = aimd[0]["id"]
     shown = sender.cli("stats", "show", str(ident))
@@ -511,6 +514,18 @@ def test_plot_without_matplotlib_says_how_to_install_it(recorded: Recorded, tmp_
         (["stats", "plot", "1", "-o", "x.jpg"], "must end in .png or .svg"),
         (["stats", "export", "--samples"], "--samples applies to --format csv"),
         (["stats", "export", "-o", "/nonexistent/dir/x.json"], "cannot write /nonexistent"),
+        # A --peer that is neither HOST:PORT nor a fingerprint prefix matched
+        # nothing, silently (exit 0), as if no transfer went there.
+        (
+            ["stats", "list", "--peer", "127.0.0.1"],
+            "--peer '127.0.0.1': neither HOST:PORT nor a fingerprint (prefix); a host needs "
+            "its port (127.0.0.1:PORT)",
+        ),
+        (
+            ["stats", "export", "--peer", "127.0.0.1:99999"],
+            "--peer '127.0.0.1:99999': port 99999 is out of range; expected 1..65535",
+        ),
+        (["stats", "list", "--peer", "host:"], "--peer 'host:': neither HOST:PORT nor"),
     ],
 )
 def test_bad_input_is_one_line(recorded: Recorded, args: list[str], message: str) -> None:

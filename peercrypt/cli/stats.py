@@ -22,6 +22,7 @@ import click
 
 from peercrypt import errors
 from peercrypt.cli.common import UserError, table, terminal_width
+from peercrypt.core.address import split_host_port, visible_ascii
 from peercrypt.core.modes import ALL_MODES, BURST_SECONDS, MIN_BURST
 from peercrypt.core.names import shortened
 from peercrypt.history import export as history_export
@@ -37,6 +38,7 @@ from peercrypt.history.db import (
     open_reader,
 )
 from peercrypt.sizes import readable
+from peercrypt.wire.text import printable
 
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -143,6 +145,37 @@ def _history(obj: dict[str, Any]) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
+_BASE32 = frozenset("abcdefghijklmnopqrstuvwxyz234567")  # a fingerprint's letters
+
+
+def peer_filter(text: str) -> str:
+    """What ``--peer`` matches: ``HOST:PORT`` as given (the history folds
+    its spellings), or a fingerprint prefix as fingerprints are recorded
+    (lower case, a dash every four letters: ``4XI2TX`` is ``4xi2-tx``).
+    Other text matched nothing, silently (``127.0.0.1`` without its port,
+    a port past 65535): UserError."""
+    if not text:
+        return ""
+    shown = printable(text, 60)
+    if ":" in text:
+        try:
+            split_host_port(text)
+        except ValueError:
+            port = text.rpartition(":")[2].strip()
+            why = (
+                f"port {port} is out of range; expected 1..65535"
+                if port.isascii() and port.isdigit()
+                else "neither HOST:PORT nor a fingerprint (prefix)"
+            )
+            raise _error(f"--peer '{shown}': {why}") from None
+        return text
+    raw = text.strip().lower().replace("-", "")
+    if raw and len(raw) <= 32 and set(raw) <= _BASE32:
+        return "-".join(raw[i : i + 4] for i in range(0, len(raw), 4))
+    hint = f"; a host needs its port ({shown}:PORT)" if visible_ascii(text) else ""
+    raise _error(f"--peer '{shown}': neither HOST:PORT nor a fingerprint (prefix){hint}")
+
+
 def _filters(peer: str, mode: str, since: str | None, failed: bool) -> dict[str, Any]:
     try:
         start = since_from(since, time.time()) if since else 0.0
@@ -150,7 +183,7 @@ def _filters(peer: str, mode: str, since: str | None, failed: bool) -> dict[str,
         raise _error(str(exc)) from None
     if mode and mode.lower() not in ALL_MODES:  # (a typo listed nothing, as if none matched)
         raise _error(f"unknown mode {mode!r}: one of {', '.join(ALL_MODES)}")
-    return {"peer": peer, "mode": mode.lower(), "since": start, "failed": failed}
+    return {"peer": peer_filter(peer), "mode": mode.lower(), "since": start, "failed": failed}
 
 
 def _when(started: float) -> str:
@@ -176,7 +209,12 @@ def _moved(row: dict[str, Any]) -> str:
 def _filter_options(func: Any) -> Any:
     for option in reversed(
         [
-            click.option("--peer", default="", help="HOST:PORT or a fingerprint (prefix)."),
+            click.option(
+                "--peer",
+                default="",
+                help="HOST:PORT or a fingerprint (prefix; any case, dashes or none; "
+                "other text is an error).",
+            ),
             click.option(
                 "--mode",
                 default="",
