@@ -8,6 +8,7 @@ running node never imports."""
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -96,3 +97,21 @@ def config_path_from(
     if text:
         return Path(text).expanduser(), True
     return data_dir / CONFIG_FILE, False
+
+
+def not_a_directory(path: Path) -> str:
+    """Why ``path`` cannot be a data directory, "is not a directory (a
+    device)", or "": it is one, or it is not there yet (it is made when
+    needed). ``/dev/null`` passed click's check, which refuses only a file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return ""
+    except NotADirectoryError:
+        return "is not a directory (a file is on its path)"
+    except OSError:
+        return ""  # (no permission...: the command that uses it says so)
+    kinds = ((stat.S_ISREG, "a file"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    if stat.S_ISDIR(mode):
+        return ""
+    return f"is not a directory ({next((k for t, k in kinds if t(mode)), 'a device')})"

@@ -784,6 +784,18 @@ def test_what_a_user_gets_wrong_in_a_send_line_is_named(
          "cannot read network key file MISSING: No such file or directory"),
         (["send", "SRC", "127.0.0.1", "7400", "--network-key-file", "EMPTY"],
          "network key file EMPTY is empty"),
+        # (It advised `chmod 600 /dev/null`: as root, harm to every program.)
+        (["health-check", "127.0.0.1", "7400", "--network-key-file", "/dev/null"],
+         "network key file /dev/null is not a regular file (a device)"),
+        (["send", "SRC", "127.0.0.1", "7400", "--network-key-file", ""],
+         "send: Invalid value for '--network-key-file': an empty path: name a file, or leave "
+         "the option out"),
+        (["keygen", "-o", ""],
+         "keygen: Invalid value for '-o' / '--output': an empty path: name a file, or leave "
+         "the option out"),
+        (["stats", "export", "-o", ""],
+         "stats export: Invalid value for '-o' / '--output': an empty path: name a file, or "
+         "leave the option out"),
         (["send", "SRC", "127.0.0.1", "7400", "--open", "--expect", "a" * 32, "--expect", "b" * 32],
          "--expect names one receiver; repeat it only with multicast (-m)"),
         (["send", "-m", "SRC", "127.0.0.1", "7400", "--open",
@@ -801,7 +813,8 @@ def test_what_a_user_gets_wrong_in_a_send_line_is_named(
          "congestion takes KEY VALUE pairs; 'window' has no value "
          "(keys: window, min-window, max-window, threshold, timeout, dupack)"),
     ],
-    ids=["key-file-missing", "key-file-empty", "expect-twice", "65-targets", "bootstrap-half",
+    ids=["key-file-missing", "key-file-empty", "key-file-a-device", "key-file-empty-path",
+         "keygen-empty-path", "export-empty-path", "expect-twice", "65-targets", "bootstrap-half",
          "remote-actor-typo", "attach-no-port", "congestion-no-value"],
 )  # fmt: skip
 def test_what_a_user_gets_wrong_in_an_option_is_one_line(

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
+import threading
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -538,6 +540,29 @@ def test_config_show_takes_the_network_key_file_as_the_node_does(tmp_path: Path)
     assert [line.split()[:3] for line in shown.stdout.splitlines() if "network_key" in line] == [
         ["network_key", "(set)", "flag"]
     ], shown.stdout
+
+
+def test_a_network_key_file_may_be_a_pipe(tmp_path: Path) -> None:
+    """`--network-key-file <(pass show key)` names a pipe: taken, as a
+    file is (a device is refused: it is no regular file, and its mode says
+    nothing of the key)."""
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo, 0o600)
+
+    def write() -> None:
+        fd = os.open(fifo, os.O_WRONLY)  # (waits for the command to open it)
+        with os.fdopen(fd, "w") as f:
+            f.write("s3cr3t-network-key-for-the-test\n")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        rows = _show(tmp_path, "--network-key-file", str(fifo))
+    finally:
+        if writer.is_alive():  # (the command never opened it: let the writer go)
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(10)
+    assert (rows["network_key"]["value"], rows["network_key"]["source"]) == ("(set)", "flag")
 
 
 def test_keygen_writes_an_owner_only_key_that_nodes_take_and_never_replaces_one(

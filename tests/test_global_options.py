@@ -87,8 +87,12 @@ def test_config_after_the_command(tmp_path: Path) -> None:
     ("flag", "value", "words"),
     [
         ("--data-dir", "{file}", "is a file"),
+        ("--data-dir", "/dev/null", "'/dev/null' is not a directory (a device)"),
+        ("--data-dir", "{under-file}", "is not a directory (a file is on its path)"),
+        ("--data-dir", "", "an empty path: name a folder, or leave the option out"),
         ("--config", "{dir}", "is a directory"),
         ("--config", "{missing}", "does not exist"),
+        ("--config", "", "an empty path: name a file, or leave the option out"),
     ],
 )
 def test_errors_read_the_same_in_both_places(
@@ -96,8 +100,9 @@ def test_errors_read_the_same_in_both_places(
 ) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    places = {"{file}": str(a_file), "{dir}": str(tmp_path), "{missing}": str(tmp_path / "no")}
-    option = [flag, places[value]]
+    places = {"{file}": str(a_file), "{dir}": str(tmp_path), "{missing}": str(tmp_path / "no"),
+              "{under-file}": str(a_file / "dd")}  # fmt: skip
+    option = [flag, places.get(value, value)]
     # `config show` reads the config file (a missing one given by name is an error).
     before = run_cli(*option, "config", "show", cwd=tmp_path)
     after = run_cli("config", "show", *option, cwd=tmp_path)
@@ -108,6 +113,29 @@ def test_errors_read_the_same_in_both_places(
         assert result.stderr_lines[0].startswith("peercrypt: error: "), result.describe()
         assert words in result.stderr_lines[0], result.describe()
     assert before.stderr_lines == after.stderr_lines
+
+
+@pytest.mark.parametrize("where", ["environment", ".env", "default"])
+def test_a_data_dir_that_is_no_directory_is_refused_wherever_it_was_named(
+    tmp_path: Path, where: str
+) -> None:
+    """PEERCRYPT_DATA_DIR=/dev/null (or the default's place taken by a
+    file) said "cannot use data directory /dev/null: File exists"."""
+    env = {"HOME": str(tmp_path / "home"), "XDG_DATA_HOME": ""}
+    if where == "environment":
+        env["PEERCRYPT_DATA_DIR"] = "/dev/null"
+    elif where == ".env":
+        (tmp_path / ".env").write_text("PEERCRYPT_DATA_DIR=/dev/null\n")
+    else:
+        (tmp_path / "home" / ".local" / "share").mkdir(parents=True)
+        (tmp_path / "home" / ".local" / "share" / "peercrypt").write_text("x")
+    result = run_cli("status", env=env, cwd=tmp_path)
+    assert result.returncode == errors.USAGE, result.describe()
+    if where == "default":
+        line = f"{tmp_path}/home/.local/share/peercrypt is not a directory (a file)"
+    else:
+        line = "/dev/null (PEERCRYPT_DATA_DIR) is not a directory (a device)"
+    assert result.stderr_lines == [f"peercrypt: error: the data dir {line}"], result.describe()
 
 
 def test_a_config_file_named_and_missing_stops_every_command(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 import peercrypt
-from peercrypt.cli.runner import GLOBAL_OPTIONS, execute, unknown_command
+from peercrypt.cli.runner import GLOBAL_OPTIONS, NamedPath, execute, unknown_command
 
 if TYPE_CHECKING:
     from peercrypt.config import Effective
@@ -145,15 +145,18 @@ def load_command(name: str) -> click.Command:
     return with_global_options(command)
 
 
-class DataDirPath(click.Path):
+class DataDirPath(NamedPath):
     """``--data-dir``'s type: an empty value is refused (``--data-dir
     "$UNSET"`` made the working directory the data dir, and left an identity
-    there)."""
+    there), and so is what is there and no directory."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not value.strip():
-            self.fail("an empty path: name a folder, or leave the option out", param, ctx)
-        return super().convert(value, param, ctx)
+        path = super().convert(value, param, ctx)
+        from peercrypt.config_sources import not_a_directory
+
+        if why := not_a_directory(Path(path)):
+            self.fail(f"'{path}' {why}", param, ctx)
+        return path
 
 
 DEBUG_HELP = "Debug logs from every actor, and tracebacks."
@@ -169,7 +172,7 @@ def _global_params() -> list[click.Option]:
     and ``--debug``, named in its help."""
     kinds = {
         "data_dir": (DataDirPath(file_okay=False, path_type=Path), DATA_DIR_HELP),
-        "config_file": (click.Path(dir_okay=False, path_type=Path), CONFIG_HELP),
+        "config_file": (NamedPath(dir_okay=False, path_type=Path), CONFIG_HELP),
     }
     return [
         *(
@@ -338,7 +341,7 @@ class LazyGroup(click.Group):
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NamedPath(dir_okay=False, path_type=Path),
     default=None,
     help=CONFIG_HELP,
 )
@@ -372,6 +375,10 @@ def invocation(
     except sources.ConfigError as exc:  # a usage error, as a bad value in any layer (exit 2)
         raise click.UsageError(f"{exc} (the .env of the working directory)") from None
     resolved_dir = sources.data_dir_from(data_dir, environ, dotenv, sources.default_data_dir())
+    # (The flag's own type refuses a data dir that is no directory.)
+    if data_dir is None and (why := sources.not_a_directory(resolved_dir)):
+        named = "" if resolved_dir == sources.default_data_dir() else f" ({sources.DATA_DIR_ENV})"
+        raise click.UsageError(f"the data dir {resolved_dir}{named} {why}")
     config_path, required = sources.config_path_from(config_file, environ, dotenv, resolved_dir)
     return {
         "given": {"data_dir": data_dir, "config_file": config_file},

@@ -14,6 +14,7 @@ import contextvars
 import math
 import shutil
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +25,7 @@ import click
 import zmq
 
 from peercrypt import config, errors, sizes
+from peercrypt.cli.runner import NamedPath
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.core.address import visible_ascii
 from peercrypt.crypto.identity import (
@@ -118,7 +120,13 @@ def _read_key_file(ctx: click.Context, param: click.Parameter, value: Path | Non
     if value is None:
         return
     try:
-        mode = value.stat().st_mode & 0o777
+        info = value.stat()
+        # A file, or a pipe (`--network-key-file <(pass show key)`); not a
+        # device, whose mode says nothing of the key (`chmod 600 /dev/null`).
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISFIFO(info.st_mode)):
+            kind = "a socket" if stat.S_ISSOCK(info.st_mode) else "a device"
+            raise UserError(f"network key file {value} is not a regular file ({kind})")
+        mode = info.st_mode & 0o777
         with open(value, encoding="utf-8") as f:
             key = f.readline(4096).strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -280,7 +288,7 @@ def effective(obj: dict[str, Any], flags: dict[str, Any]) -> config.Effective:
 
 key_file_option = click.option(
     "--network-key-file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NamedPath(dir_okay=False, path_type=Path),
     expose_value=False,
     callback=_read_key_file,
     help="Read the network key from this file (mode 0600).",

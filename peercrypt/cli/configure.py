@@ -13,6 +13,7 @@ import click
 from peercrypt import config
 from peercrypt.cli.common import UserError, effective, given_flags, table, terminal_width
 from peercrypt.cli.node import NODE_OPTIONS, node_options
+from peercrypt.cli.runner import NamedPath
 
 # The flags this process's node started with, where it runs one with a
 # prompt on it (`start`): that prompt's `config show` shows that node, whose
@@ -88,7 +89,7 @@ def show(ctx: click.Context, /, as_json: bool, **_: Any) -> None:
 
 
 @config_group.command("init")
-@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("path", required=False, type=NamedPath(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @click.pass_obj
 def init(obj: dict[str, Any], path: Path | None, force: bool) -> None:

@@ -30,6 +30,7 @@ from peercrypt.cli.common import (
     wait_for_facts,
     warn_key_in_argv,
 )
+from peercrypt.cli.runner import NamedPath
 from peercrypt.client import ControlClient, NodeUnavailable
 from peercrypt.config_sources import absolute
 from peercrypt.core.address import is_ipv6
@@ -432,7 +433,7 @@ def node(ctx: click.Context, /, **_: Any) -> None:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NamedPath(dir_okay=False, path_type=Path),
     default=None,
     help="Write it to this new file, readable by you alone (as --network-key-file "
     "wants it), instead of printing it; an existing file is not replaced.",

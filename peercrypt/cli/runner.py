@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -19,6 +20,18 @@ from peercrypt import errors
 
 # The group's options that every command takes too (after its name): param -> flag.
 GLOBAL_OPTIONS = {"data_dir": "--data-dir", "config_file": "--config"}
+
+
+class NamedPath(click.Path):
+    """A path option that refuses an empty value: click took ``""`` as the
+    working directory (`keygen -o ""`: ". exists: not replaced";
+    `--data-dir "$UNSET"` left an identity there)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            what = "a file" if self.file_okay else "a folder"
+            self.fail(f"an empty path: name {what}, or leave the option out", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def hoist_debug(args: list[str]) -> tuple[list[str], bool]:

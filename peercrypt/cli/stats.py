@@ -22,6 +22,7 @@ import click
 
 from peercrypt import errors
 from peercrypt.cli.common import UserError, table, terminal_width
+from peercrypt.cli.runner import NamedPath
 from peercrypt.core.address import split_host_port, visible_ascii
 from peercrypt.core.modes import ALL_MODES, BURST_SECONDS, MIN_BURST
 from peercrypt.core.names import shortened
@@ -354,7 +355,7 @@ def _size(row: dict[str, Any]) -> str:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NamedPath(dir_okay=False, path_type=Path),
     default=None,
     help="Write to FILE instead of stdout.",
 )
@@ -405,7 +406,7 @@ def stats_export(
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NamedPath(dir_okay=False, path_type=Path),
     default=None,
     help="FILE.png or FILE.svg (default: transfer-ID.png).",
 )
