@@ -157,7 +157,18 @@ class LinkActor(Actor):
         for host, port in self.targets:
             index = len(self.nodes)
             url = f"tcp://{join_host_port(host, port)}"
-            link = Link(self, self.settings, url, functools.partial(self._from_node, index))
+            # Monitored to tell a handshake that fails (a wrong network key:
+            # the node drops it, and the hellos went unanswered in silence)
+            # from a node not up yet, which ZeroMQ keeps dialling.
+            link = Link(
+                self,
+                self.settings,
+                url,
+                functools.partial(self._from_node, index),
+                monitored=True,
+                keep_trying=True,
+                on_failure=functools.partial(self._link_failed, index),
+            )
             self.nodes.append(_Node(where=join_host_port(host, port), link=link))
         for name in NODE_ACTORS:
             if name == self.actor or name in self.local:
@@ -206,10 +217,7 @@ class LinkActor(Actor):
                     self.attached_once = True
             elif not node.refused:
                 reason = printable(msg.reason)  # the node's text, shown to a terminal
-                node.refused = f"{node.where} refused to attach {self.actor}: {reason}"
-                log.error("%s", node.refused)
-                if self.on_refused is not None:
-                    self.on_refused(node.refused)
+                self._refused(node, f"{node.where} refused to attach {self.actor}: {reason}")
             return
         if not node.attached:
             self.count("mail-before-attach")
@@ -222,6 +230,24 @@ class LinkActor(Actor):
             self._to_actor(index, msg)
         else:
             self.count("link-unexpected")
+
+    def _link_failed(self, index: int) -> None:
+        """The link to a node failed before its first handshake (a wrong
+        network key, not on its allow-list, not a PeerCrypt node there):
+        final, as a refusal is."""
+        node = self.nodes[index]
+        if not node.refused and isinstance(node.link, Link):
+            self._refused(node, node.link.detail)
+
+    def _refused(self, node: _Node, why: str) -> None:
+        """A node will not have this actor: said once, by whoever stops
+        the process (``on_refused``: its one error line), else logged."""
+        node.refused = why
+        if self.on_refused is not None:
+            log.debug("%s", why)
+            self.on_refused(why)
+        else:
+            log.error("%s", why)
 
     def _to_actor(self, index: int, mail: ActorMail) -> None:
         if mail.dest != self.actor:

@@ -40,7 +40,11 @@ import pytest
 import zmq
 
 from peercrypt import errors
-from peercrypt.crypto.identity import load_or_create_identity, network_server_keys
+from peercrypt.crypto.identity import (
+    load_or_create_identity,
+    network_server_keys,
+    new_network_key,
+)
 from peercrypt.history.db import db_path, list_transfers, open_reader
 from peercrypt.testing import netns
 from peercrypt.testing.nodes import (
@@ -190,7 +194,20 @@ def test_an_identity_not_allowed_is_refused(
         f"peercrypt: error: 127.0.0.1:{node.port} refused to attach sender: "
         f"{stranger.fingerprint()} is not on this node's --attach-allow list"
     ]
+    # One line for the refusal: not also the link's timestamped log line.
+    assert "peercrypt.link" not in stranger.log_text(), stranger.log_text()
     assert node.wait_for_counter("attach.attach-refused-not-allowed", 1) >= 1
+    # A wrong network key: the node drops the handshake, and the hellos went
+    # unanswered for ever in silence; it ends as health-check does (exit 4).
+    wrong = ActorProcess(
+        tmp_path / "allowed", "sender", [f"127.0.0.1:{node.port}"], new_network_key()
+    ).start()
+    processes.append(wrong)
+    assert wrong.proc is not None and wrong.proc.wait(20) == errors.NOT_ADMITTED
+    assert [ln for ln in wrong.log_text().splitlines() if "error" in ln.lower()] == [
+        f"peercrypt: error: handshake with 127.0.0.1:{node.port} failed: wrong network key, "
+        "or not a PeerCrypt node"
+    ], wrong.log_text()
     # an actor the node runs itself cannot be attached either
     own = ActorProcess(
         tmp_path / "allowed", "scheduler", [f"127.0.0.1:{node.port}"], network_key
