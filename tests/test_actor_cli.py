@@ -105,6 +105,22 @@ def test_a_bad_value_is_the_nodes_one_line(
     assert lines == [line.replace("node: ", "actor receiver: ") for line in node_lines]
 
 
+@pytest.mark.parametrize("host", ["a b", "x!y", "h;127.0.0.1", "*"])
+def test_an_advertised_data_host_no_sender_could_dial_is_refused(
+    cli: Callable[..., tuple[int, str, list[str]]], host: str
+) -> None:
+    """An attached receiver's --advertise-data-host goes in every accept,
+    and a sender refuses an accept naming a host it cannot dial: every send
+    would fail. One line, exit 2, before anything starts."""
+    code, _, lines = cli(
+        "actor", "receiver", "--attach", "127.0.0.1:1", "--advertise-data-host", host
+    )
+    assert code == errors.USAGE, lines
+    assert lines == [
+        f"peercrypt: error: --advertise-data-host {host!r}: not a host name or address"
+    ], lines
+
+
 def test_a_setting_of_another_kind_is_refused(
     cli: Callable[..., tuple[int, str, list[str]]],
 ) -> None:

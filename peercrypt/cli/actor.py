@@ -22,7 +22,7 @@ from actors.peer_link import address_towards
 from peercrypt import config, errors
 from peercrypt.cli.common import UserError, effective, given_flags, start_node
 from peercrypt.cli.node import NODE_OPTIONS, setting_options, settings_from
-from peercrypt.core.address import split_host_port
+from peercrypt.core.address import dialable_host, split_host_port
 from peercrypt.crypto.identity import fingerprint
 from peercrypt.runtime.stop_flag import StopFlag
 from peercrypt.settings import ATTACHABLE_KINDS, IN_NODE_ONLY
@@ -68,7 +68,11 @@ def _attached(kind: str) -> click.Command:
         eff = effective(obj, given_flags(ctx, options))
         fixed = {}
         if kind == "receiver":
-            towards = params["advertise_data_host"] or address_towards(nodes[0][0]) or ""
+            given = params["advertise_data_host"]
+            if given and not dialable_host(given):
+                # (a sender refuses an accept naming it: every send would fail)
+                raise UserError(f"--advertise-data-host {given[:64]!r}: not a host name or address")
+            towards = given or address_towards(nodes[0][0]) or ""
             fixed["advertise_data_host"] = towards
         settings = settings_from(obj, eff, options, **fixed)
         logging.getLogger("peercrypt").setLevel(logging.DEBUG if obj["debug"] else logging.INFO)
