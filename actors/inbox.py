@@ -246,7 +246,12 @@ def _link_fd(fd: int, part: Path | None, target: Path) -> None:
     mine, there = os.fstat(fd), os.lstat(part)
     if (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
         raise Refusal(ResultCode.IO, "the part file was replaced")
-    os.link(part, target, follow_symlinks=False)
+    try:
+        os.link(part, target, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise LinkFailed(exc) from None
 
 
 def stamp(inbox: Path, name: str) -> FileStamp | None:

@@ -289,8 +289,11 @@ class TreeBuilder:
                 # a send again stores the whole tree, not a second copy of
                 # what was left in the inbox.
                 for top, name in reversed(moved):
-                    with contextlib.suppress(OSError):
-                        _rename_noreplace(self._inbox_fd, name, self._root, top)
+                    try:  # (a plain rename: the hidden root is this tree's alone,
+                        # and ``top`` left it; it needs no new inode on a full disk)
+                        os.rename(name, top, src_dir_fd=self._inbox_fd, dst_dir_fd=self._root)
+                    except OSError as exc:
+                        log.warning("cannot take %s back out of the inbox: %s", name, exc.strerror)
                 raise
             try:
                 os.fsync(self._inbox_fd)
@@ -335,7 +338,8 @@ def _publish(root: int, inbox_fd: int, top: str) -> str:
         except FileExistsError:
             continue
         return candidate
-    raise TreeError(f"no free name in the inbox for {top!r}")
+    # (the inbox's state, not the sender's tree: an OSError, so its part is kept)
+    raise FileExistsError(errno.EEXIST, f"no free name in the inbox for {top!r}")
 
 
 def _rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:

@@ -29,6 +29,7 @@ import pytest
 import zmq
 
 import actors.file_writer as file_writer
+import actors.inbox as inbox_module
 from actors.file_writer import (
     DIRECT_ALIGN,
     FileWriter,
@@ -1151,14 +1152,25 @@ def test_chunks_hashed_on_the_hashing_thread_give_their_buffers_back(
     assert "pc-hash" not in [t.name for t in threading.enumerate()]
 
 
+@pytest.mark.parametrize("proc", ["/proc", "no /proc"])
 def test_a_verified_file_whose_link_finds_the_disk_full_keeps_its_part(
-    harness: Harness, tmp_path: Path
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc: str
 ) -> None:
     """The inbox's disk fills between the file's check and its name: here a
     tmpfs whose every name is taken (the new name finds no room, as in a
     folder whose disk has no block left for it). The link fails as a full
     disk (``no-space``) and the verified part is kept (it was removed: a
-    send again sent the whole file); once there is room, it is linked."""
+    send again sent the whole file); once there is room, it is linked.
+    Without /proc the part's name is linked, with the same outcome."""
+    if proc == "no /proc":
+        real_open = os.open
+
+        def no_proc(path: Any, *args: Any, **kwargs: Any) -> int:
+            if str(path) == "/proc/self/fd":
+                raise FileNotFoundError(errno.ENOENT, "no /proc here", path)
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(inbox_module.os, "open", no_proc)
     with contextlib.ExitStack() as mounted:
         try:
             inbox = mounted.enter_context(small_tmpfs(tmp_path / "disk", "4m", inodes=8))
