@@ -359,6 +359,7 @@ class Outgoing:
     slotted: list[bytes] = field(default_factory=list)  # descriptors not sent yet
     busy: Busy | None = None  # the receiver said "not now" before (carried)
     not_now: str = ""  # the receiver's reason, when it refused this offer "not now"
+    in_check: bool = False  # that refusal said an earlier attempt is in its final check
 
     @property
     def source(self) -> int | Stream:
@@ -975,6 +976,7 @@ class SenderActor(Actor):
             retry = t.retry is not None and t.retry.attempt > 1
             if not_now(msg.code) or (retry and msg.code == "verifying"):
                 t.not_now = printable(msg.reason) or msg.code
+                t.in_check = msg.code == "verifying"
             self._end(t, ResultCode.REFUSED, f"{t.peer} refused: {printable(msg.reason)}")
         elif isinstance(msg, ErrorReply):
             self._end(
@@ -1997,7 +1999,11 @@ class SenderActor(Actor):
         wait = t.busy.wait
         t.busy.tree = t.tree  # (a folder: its next offer takes it, unchanged)
         here = _address(request)
-        ours = any(
+        # A check of this very send there is one of ours running: it holds
+        # the receiver for it and ends (stored, failed, or idle for the
+        # receiver's 30 s) without this send's --timeout, which had already
+        # passed when it was offered again.
+        ours = t.in_check or any(
             o.keys is not None and _address(o.request) == here for o in self.transfers.values()
         )
         pause = wait.refused(now, ours)

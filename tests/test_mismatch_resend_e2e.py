@@ -234,11 +234,15 @@ def test_a_retry_refused_while_its_earlier_attempt_is_checked_waits_for_the_verd
     """A send's Done goes unanswered for --timeout (the receiver's answers
     lost with the link), so it is offered again; the receiver is still in
     that file's final check and refuses the retry "verifying". The send
-    waits and offers again, as for a busy receiver, and the receiver's
-    verdict of the file ends it verified (it failed "refused", although
-    the file was about to be stored)."""
+    waits and offers again, as for a busy receiver whose slot a send of
+    this node holds (no deadline: that check ends by the receiver's own
+    bound; here it refuses for longer than the send's --timeout), and the
+    receiver's verdict of the file ends it verified (it failed "refused",
+    although the file was about to be stored)."""
     sender = node_factory("--max-retries", "3")
-    receiver = CheckingReceiver(network_key, load_or_create_identity(sender.data_dir).public)
+    receiver = CheckingReceiver(
+        network_key, load_or_create_identity(sender.data_dir).public, refusals=4
+    )
     path = tmp_path / "a.bin"
     path.write_bytes(os.urandom(SIZE))
     try:
@@ -248,5 +252,5 @@ def test_a_retry_refused_while_its_earlier_attempt_is_checked_waits_for_the_verd
     assert answer.returncode == 0, answer.describe()
     assert answer.json["blake3"] == blake3.blake3(path.read_bytes()).hexdigest(), answer.describe()
     assert answer.json["stored_as"] == "checked.bin", answer.describe()
-    assert (receiver.offers, receiver.refused, receiver.dones) == (2, 2, 2)
-    assert sender.wait_for_counter("sender.busy-waits", 2) == 2
+    assert (receiver.offers, receiver.refused, receiver.dones) == (2, 4, 2)
+    assert sender.wait_for_counter("sender.busy-waits", 4) == 4
