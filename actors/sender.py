@@ -1191,42 +1191,50 @@ class SenderActor(Actor):
                 self.count("data-connections-reused")
             return pipe
         data = self.socket(zmq.DEALER, data_plane=True)
-        # Random, not one transfer's: each transfer names it in its own sealed
-        # Attach, and the receiver takes that transfer's frames from it only.
-        # A reconnect keeps the id (and takes over the connection it lost).
-        route = data.routing_id = new_route_id(lane)
-        # Credit (at most 4096 chunks, SEND_BUFFER bytes, per transfer) bounds
-        # what is queued, so the send queue never fills; replies (at most one
-        # per chunk sent) are read as they come (PEER_RCVHWM).
-        data.sndhwm = DATA_SNDHWM * max(1, self.settings.max_outgoing)
-        data.rcvhwm = PEER_RCVHWM
-        data.maxmsgsize = DATA_MAXMSGSIZE
-        data.setsockopt(zmq.TCP_MAXRT, DATA_MAXRT_MS)
-        data.heartbeat_ivl = DATA_HEARTBEAT_MS
-        data.heartbeat_timeout = 4 * DATA_HEARTBEAT_MS
-        data.reconnect_ivl = DATA_RECONNECT_MS
-        data.reconnect_ivl_max = 0
-        data.connect_timeout = DATA_CONNECT_MS
-        address_url = f"inproc://pc-{self.env.node_uid}/sender-data/{next(_monitor_ids)}"
-        data.monitor(
-            address_url,
-            zmq.EVENT_HANDSHAKE_SUCCEEDED
-            | DIAL_EVENTS
-            | zmq.EVENT_CONNECT_RETRIED
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-        )
-        monitor = self.socket(zmq.PAIR)
-        monitor.connect(address_url)
-        url = tcp_url
-        if ipc is not None and local_ipc.checked_target(ipc.removeprefix("ipc://")) is not None:
-            url = ipc
-        pipe = DataPipe(key, data, monitor, route, url, tcp_url, address)
-        self.watch(monitor, functools.partial(self._on_data_monitor, pipe))
+        monitor: zmq.Socket[Any] | None = None  # (pipe is None here)
         try:
+            # Random, not one transfer's: each transfer names it in its own sealed
+            # Attach, and the receiver takes that transfer's frames from it only.
+            # A reconnect keeps the id (and takes over the connection it lost).
+            route = data.routing_id = new_route_id(lane)
+            # Credit (at most 4096 chunks, SEND_BUFFER bytes, per transfer) bounds
+            # what is queued, so the send queue never fills; replies (at most one
+            # per chunk sent) are read as they come (PEER_RCVHWM).
+            data.sndhwm = DATA_SNDHWM * max(1, self.settings.max_outgoing)
+            data.rcvhwm = PEER_RCVHWM
+            data.maxmsgsize = DATA_MAXMSGSIZE
+            data.setsockopt(zmq.TCP_MAXRT, DATA_MAXRT_MS)
+            data.heartbeat_ivl = DATA_HEARTBEAT_MS
+            data.heartbeat_timeout = 4 * DATA_HEARTBEAT_MS
+            data.reconnect_ivl = DATA_RECONNECT_MS
+            data.reconnect_ivl_max = 0
+            data.connect_timeout = DATA_CONNECT_MS
+            address_url = f"inproc://pc-{self.env.node_uid}/sender-data/{next(_monitor_ids)}"
+            data.monitor(
+                address_url,
+                zmq.EVENT_HANDSHAKE_SUCCEEDED
+                | DIAL_EVENTS
+                | zmq.EVENT_CONNECT_RETRIED
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+            )
+            monitor = self.socket(zmq.PAIR)
+            monitor.connect(address_url)
+            url = tcp_url
+            if ipc is not None and local_ipc.checked_target(ipc.removeprefix("ipc://")) is not None:
+                url = ipc
+            pipe = DataPipe(key, data, monitor, route, url, tcp_url, address)
+            self.watch(monitor, functools.partial(self._on_data_monitor, pipe))
             dial(data, url)
-        except zmq.ZMQError:
-            self._close_pipe(pipe)  # the socket, its monitor and their watches
+        except zmq.ZMQError:  # (out of sockets, an address libzmq refuses): nothing stays
+            if pipe is not None:
+                self._close_pipe(pipe)  # the socket, its monitor and their watches
+            else:
+                with contextlib.suppress(zmq.ZMQError):
+                    data.disable_monitor()
+                if monitor is not None:
+                    self.close_socket(monitor)
+                self.close_socket(data)
             raise
         self.watch(data, functools.partial(self._on_data, pipe))
         self.pipes[key] = pipe
