@@ -1291,8 +1291,12 @@ class FileWriter:
         if kind == "close":
             _, _, keep, discard = op
             closing = files.pop(tid, None) or self._failed.pop(tid, None)
-            # (its check's thread leaves _in_fsync as its fsync returns)
-            syncing = closing is not None and closing.check in self._in_fsync
+            # (its check's thread leaves _in_fsync as its fsync returns; one
+            # still waiting for a place waits behind checks that may be stuck
+            # in the same disk: nothing of it is durable yet)
+            syncing = closing is not None and (
+                closing.check in self._in_fsync or closing.check in self._checks_waiting
+            )
             if closing is not None:
                 self._detach(closing)
                 self._drop_feeder(closing)  # a tree not published: nothing of it stays
@@ -1301,11 +1305,11 @@ class FileWriter:
             if closing is None:
                 return None
             # A file in its final check has every chunk written. A check
-            # inside its fsync may be stuck in the disk, which a checkpoint's
-            # sync would join: its part is kept with the last checkpoint's
-            # manifest. Past it (reading the part back; a cancel, a node's
-            # stop), every chunk is durable, and the checkpoint lists them
-            # all: a resume sends none of them again.
+            # inside its fsync (or waiting for a place) may be stuck in the
+            # disk, which a checkpoint's sync would join: its part is kept
+            # with the last checkpoint's manifest. Past it (reading the part
+            # back; a cancel, a node's stop), every chunk is durable, and the
+            # checkpoint lists them all: a resume sends none of them again.
             keep = keep and not syncing
             if closing.linked is not None:
                 keep = False  # under its final name: no manifest for a resume (its part is gone)

@@ -1343,6 +1343,41 @@ def test_a_part_closed_in_its_final_check_is_kept_with_what_is_durable(
     w.close(TID, keep=False)
 
 
+def test_a_part_closed_while_its_check_waits_for_a_place_is_not_synced(
+    tmp_path: Path, writer: tuple[FileWriter, Results]
+) -> None:
+    """MAX_CHECKS other files' checks sit in their fsync (a disk that
+    hangs), so this file's check waits for a place; closed with keep then,
+    its part is kept with the last checkpoint's manifest and no sync of its
+    own (it would join the others in the disk and hold every write)."""
+    w, results = writer
+    entered, release = _held_fsync(w)
+    others = [bytes([n]) * 16 for n in range(1, file_writer.MAX_CHECKS + 1)]
+    try:
+        held = {tid: _open_written(w, results, tmp_path / f"o{n}", tid)[1]
+                for n, tid in enumerate(others)}  # fmt: skip
+        for tid in others:
+            w.finish(tid)
+        assert entered.wait(WAIT)
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        data = os.urandom(2 * CHUNK + 5)
+        _, m = _open(w, inbox, len(data))
+        for index in range(3):
+            w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
+            assert _next(results) == Written(b"t", index)
+        w.finish(b"t")
+        w.close(b"t", keep=True)
+        _open_written(w, results, tmp_path / "after", TID)  # (the close ran before it)
+        assert _held(inbox, m) == 0
+    finally:
+        release.set()
+    verdicts = {_next(results) for _ in others}
+    assert verdicts == {Finished(tid, blake3.blake3(held[tid]).digest()) for tid in others}
+    for tid in [*others, TID]:
+        w.close(tid, keep=False)
+
+
 def test_a_check_of_a_closed_file_is_detached_and_checks_are_bounded(
     tmp_path: Path, writer: tuple[FileWriter, Results]
 ) -> None:
