@@ -182,6 +182,7 @@ DATA_SNDHWM = 4096
 # (a sender uses one per lane: parallel mode's at most 64).
 ATTACH_MAX_BYTES = 256
 MAX_ATTACHED = MAX_LANES
+OTHER_MODE = "other"  # an offer's mode this node does not know, as recorded
 CANCELLED_MEMORY = 256  # cancelled transfers remembered to answer their frames
 EXPIRED_MEMORY = 256  # expired ones, apart (a member's silent offers evict no cancel)
 STATS_INTERVAL = 0.1  # seconds between samples for the statistics history
@@ -790,8 +791,11 @@ class ReceiverActor(Actor):
         if details.hash_alg != "blake3":
             return refuse("unsupported", f"hash {details.hash_alg[:16]!r} not supported")
         if details.mode and details.mode not in ALL_MODES:
-            # Kept for the statistics history, which `stats` prints to a terminal.
-            return refuse("unsupported", f"transfer mode {details.mode!r} not known here")
+            # The sender's mode is its claim, kept for the statistics history
+            # (which `stats` prints to a terminal): one this node does not
+            # know (a later release's, or escape sequences) is "other", and
+            # the file is received as in any mode but parallel.
+            details = dataclasses.replace(details, mode=OTHER_MODE)
         try:
             low, high = offered_chunks(s, details.chunk_size, details.min_chunk)
             # Chosen by the load now (a kept part of another allowed size, below,

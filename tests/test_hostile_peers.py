@@ -615,30 +615,31 @@ def test_a_senders_transfer_mode_reaches_no_terminal_raw(
 ) -> None:
     """A member offers a file claiming a transfer mode made of escape
     sequences and a forged result line (the mode is kept for the statistics
-    history, which `stats list` and `stats show` print): the offer is
-    refused `unsupported` before anything is kept, and the same member's
-    offer naming a known mode is stored and shown with it."""
+    history, which `stats list` and `stats show` print): the file is
+    received, its mode recorded as "other", and nothing of the claim
+    reaches the terminal or the log; the same member's offer naming a known
+    mode is recorded with it."""
     receiver = node_factory()
     content = os.urandom(64 * 1024)
     forged = "\x1b]0;PWNED\x07\nresult     ok\n"
     with HostileSender(network_key, receiver.host, receiver.port) as h:
-        refused = h.offer("moded.bin", len(content), 16 * 1024, mode=forged)
-        assert isinstance(refused, Refused) and isinstance(refused.answer, Refuse), refused
-        assert refused.answer.code == "unsupported", refused.answer
-        assert "transfer mode '\\x1b]0;PWNED\\x07" in refused.answer.reason, refused.answer
-        t = accepted(h.offer("moded.bin", len(content), 16 * 1024, mode="aimd"))
+        t = accepted(h.offer("moded.bin", len(content), 16 * 1024, mode=forged))
         assert isinstance(t.send_stream(content), Verified)
-    assert blake3_file(receiver.inbox / "moded.bin") == blake3.blake3(content).hexdigest()
+        t = accepted(h.offer("aimd.bin", len(content), 16 * 1024, mode="aimd"))
+        assert isinstance(t.send_stream(content), Verified)
+    for name in ("moded.bin", "aimd.bin"):
+        assert blake3_file(receiver.inbox / name) == blake3.blake3(content).hexdigest()
 
-    def recorded() -> list[dict[str, Any]]:
+    def recorded() -> list[dict[str, Any]] | None:
         rows = json.loads(receiver.cli("stats", "list", "--json").stdout)
-        return [r for r in rows if r["file"] == "moded.bin" and r["result"] == "ok"]
+        ok = {r["file"]: r for r in rows if r["result"] == "ok"}
+        return [ok["moded.bin"], ok["aimd.bin"]] if len(ok) == 2 else None
 
-    (row,) = wait_until(recorded, WAIT, "the stored file in the statistics history")
-    assert row["mode"] == "aimd", row
+    moded, aimd = wait_until(recorded, WAIT, "both files in the statistics history")
+    assert (moded["mode"], aimd["mode"]) == ("other", "aimd"), (moded, aimd)
     listed = receiver.cli("stats", "list").stdout
-    shown = receiver.cli("stats", "show", str(row["id"])).stdout
-    assert "aimd" in listed and "aimd" in shown, (listed, shown)
+    shown = receiver.cli("stats", "show", str(moded["id"])).stdout
+    assert "other" in listed and "other" in shown, (listed, shown)
     assert "PWNED" not in listed + shown
     for text in (listed, shown, receiver.log_text()):
         assert "\x1b" not in text and "\x07" not in text
