@@ -190,7 +190,13 @@ def main(argv: list[str]) -> int:
         print(USAGE, __doc__.split("\n\n", 2)[2].rstrip(), sep="\n\n")
         return 0
     if len(argv) != 1 or argv[0] not in (*MODES, "all"):
-        print(USAGE, file=sys.stderr)
+        if not argv:
+            why = "name a mode, or all"
+        elif len(argv) > 1:
+            why = f"one mode or all, not {len(argv)} arguments"
+        else:
+            why = f"unknown mode {argv[0][:40]!r}"
+        print(USAGE, f"run_mode_test.py: error: {why}", sep="\n", file=sys.stderr)
         return 2
     _bootstrap()
     modes = list(MODES) if argv[0] == "all" else [argv[0]]
