@@ -344,9 +344,9 @@ def _receive(
                     )
                 left = deadline - now if deadline is not None else 1.0
                 if left <= 0:
+                    got = f"{received} of {count}" if count else f"{received}"
                     raise UserError(
-                        f"timed out after {timeout:g} s ({received} of {count or '?'} sessions)",
-                        errors.FAILED,
+                        f"timed out after {timeout:g} s ({got} sessions received)", errors.FAILED
                     )
                 try:
                     msg = client.receive(min(1.0, left))
