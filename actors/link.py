@@ -43,6 +43,7 @@ from actors.attach import BEAT, LOCAL_HWM, LOCAL_MAX_MESSAGE, LOST_AFTER, NODE_A
 from actors.peer_link import Link, queue
 from peercrypt.core.address import join_host_port
 from peercrypt.core.request_map import RequestMap
+from peercrypt.errors import ResultCode
 from peercrypt.runtime.actor import Actor, ActorEnv
 from peercrypt.settings import NodeSettings
 from peercrypt.wire import codec
@@ -120,6 +121,7 @@ class _Node:
     last_heard: float = 0.0
     seq: int = 0
     refused: str = ""
+    warned: bool = False  # its failed handshake was told (once)
 
 
 class LinkActor(Actor):
@@ -159,7 +161,7 @@ class LinkActor(Actor):
             url = f"tcp://{join_host_port(host, port)}"
             # Monitored to tell a handshake that fails (a wrong network key:
             # the node drops it, and the hellos went unanswered in silence)
-            # from a node not up yet, which ZeroMQ keeps dialling.
+            # from a node not up yet; ZeroMQ keeps dialling both.
             link = Link(
                 self,
                 self.settings,
@@ -232,12 +234,23 @@ class LinkActor(Actor):
             self.count("link-unexpected")
 
     def _link_failed(self, index: int) -> None:
-        """The link to a node failed before its first handshake (a wrong
-        network key, not on its allow-list, not a PeerCrypt node there):
-        final, as a refusal is."""
+        """The link to a node failed before its first handshake. Not on the
+        node's allow-list: final, as a refusal is. A handshake dropped (a
+        wrong network key; or no PeerCrypt node there: a proxy in front of
+        a node that is down, or restarting, drops it the same way, and
+        ZeroMQ tells them apart no better): said once, and dialled on."""
         node = self.nodes[index]
-        if not node.refused and isinstance(node.link, Link):
-            self._refused(node, node.link.detail)
+        link = node.link
+        if node.refused or not isinstance(link, Link):
+            return
+        if link.failure == ResultCode.NOT_ADMITTED:
+            self._refused(node, link.detail)
+            return
+        if not node.warned:
+            node.warned = True
+            log.warning("%s (still trying)", link.detail)
+        self.count("handshakes-failed")
+        link.dial_on()
 
     def _refused(self, node: _Node, why: str) -> None:
         """A node will not have this actor: said once, by whoever stops

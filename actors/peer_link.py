@@ -446,6 +446,12 @@ class Link:
             return  # ZeroMQ reconnects; the owner decides when it is too late
         self._fail(ResultCode.UNREACHABLE, f"cannot connect to {address_of(self.url)}: {cause}")
 
+    def dial_on(self) -> None:
+        """Take a failure as passing: ZeroMQ dials on, and the link sends
+        again (an attached actor's, whose node may be behind a proxy that
+        drops each handshake while it is down)."""
+        self.failure = ""
+
     def _fail(self, code: str, detail: str) -> None:
         if self.failure:
             return
