@@ -657,6 +657,13 @@ def test_a_known_peers_file_that_is_no_file_fails_each_request_that_reads_it(
     checked = sender.cli("health-check", receiver.host, str(receiver.port))
     assert checked.returncode == errors.USAGE, checked.describe()
     assert checked.stderr_lines == [f"peercrypt: error: {why}"], checked.describe()
+    alive = f"alive {receiver.host}:{receiver.port}: node "
+    assert checked.stdout.startswith(alive), checked.stdout
+    # A reconnect did its work: the file's state is a warning there.
+    again = sender.cli("reconnect", receiver.host, str(receiver.port), "--json")
+    assert again.returncode == 0, again.describe()
+    told = json.loads(again.stdout)
+    assert told["ok"] and told["known_peers_error"] == why, told
     trusted = sender.cli("trust", receiver.host, str(receiver.port), receiver.fingerprint)
     assert trusted.returncode == errors.USAGE, trusted.describe()
     assert trusted.stderr_lines == [f"peercrypt: error: {why}"], trusted.describe()

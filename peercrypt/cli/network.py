@@ -183,7 +183,7 @@ def _report_check(
     this node's known-peers file holds for the address is reachable, and
     said so, but a send there would be refused until `peercrypt trust`:
     exit 4 with that send's warning (it said only "alive")."""
-    changed = ""
+    changed = unreadable = ""
     where = join_host_port(host, port)
     if result.code == ResultCode.OK:
         # (A check sends nothing: it says what a send there would meet.)
@@ -192,7 +192,7 @@ def _report_check(
                 data_dir, host, port, result.fingerprint, outcome="a send there is refused"
             )
         except UnreadablePins as exc:  # (a send there would fail on it too)
-            raise UserError(str(exc), errors.USAGE) from None
+            unreadable = str(exc)
     if as_json:
         ok = result.code == ResultCode.OK
         click.echo(
@@ -207,6 +207,7 @@ def _report_check(
                     "rtt_ms": round(result.rtt * 1000, 3) if ok else None,
                     "attempts": result.attempts,
                     "key_changed": changed or None,
+                    "known_peers_error": unreadable or None,
                 }
             )
         )
@@ -214,6 +215,8 @@ def _report_check(
             sys.exit(_peer_exit(result.code))
         if changed:
             sys.exit(errors.NOT_ADMITTED)
+        if unreadable and verb == "alive":
+            sys.exit(errors.USAGE)
         return
     if result.code != ResultCode.OK:
         raise UserError(result.reason or f"{where} is not reachable", _peer_exit(result.code))
@@ -225,6 +228,10 @@ def _report_check(
     )
     if changed:
         raise UserError(changed, errors.NOT_ADMITTED)
+    if unreadable:  # a check says what a send there would meet; a reconnect did its work
+        if verb == "alive":
+            raise UserError(unreadable, errors.USAGE)
+        click.echo(f"peercrypt: warning: {unreadable}", err=True)
 
 
 _JSON_CHECK = click.option(
