@@ -115,6 +115,7 @@ from peercrypt.core.bitmap import ChunkBitmap, pairs
 from peercrypt.core.busy_wait import BusyWait, not_now
 from peercrypt.core.cancels import CANCELLED_BY_USER
 from peercrypt.core.modes import Policy, PolicyError, with_overrides
+from peercrypt.core.multicast_outgoing import verify_limit
 from peercrypt.core.names import shortened
 from peercrypt.core.outgoing import (
     Finished,
@@ -259,6 +260,10 @@ class Busy:
     wall: float  # its start, Unix seconds
     started: float  # the same on the actor clock: the send's time counts from it
     record: StatsRecord | None = None  # the row as last told
+    # Since when the receiver has said an earlier attempt of this send is in
+    # its final check (refused "verifying"): a wait bounded as a multicast
+    # target's verifying is (core/multicast_outgoing.verify_limit).
+    check_since: float | None = None
     # A folder's walked tree: the next offer takes it while no file of it
     # changed (size, mtime), instead of reading and hashing it all again.
     tree: TreeSource | None = None
@@ -2009,11 +2014,23 @@ class SenderActor(Actor):
         here = _address(request)
         # A check of this very send there is one of ours running: it holds
         # the receiver for it and ends (stored, failed, or idle for the
-        # receiver's 30 s) without this send's --timeout, which had already
-        # passed when it was offered again.
+        # receiver's 30 s) by what the file's check takes, not by this
+        # send's --timeout, which had already passed when it was offered
+        # again: bounded below by verify_limit.
         ours = t.in_check or any(
             o.keys is not None and _address(o.request) == here for o in self.transfers.values()
         )
+        if t.in_check:  # (a receiver that says so for ever holds the send no longer)
+            if t.busy.check_since is None:
+                t.busy.check_since = now
+            since = t.busy.check_since
+            limit = verify_limit(request.timeout, t.size)
+            if now - since > limit:
+                self.count("busy-gave-up")
+                return (
+                    f"{t.peer} refused: {t.not_now}; its final check of the file "
+                    f"still ran after {limit:.0f} s"
+                )
         pause = wait.refused(now, ours)
         if pause is None:
             self.count("busy-gave-up")

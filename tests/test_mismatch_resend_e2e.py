@@ -234,17 +234,17 @@ def test_a_retry_refused_while_its_earlier_attempt_is_checked_waits_for_the_verd
     """A send's Done goes unanswered for --timeout (the receiver's answers
     lost with the link), so it is offered again; the receiver is still in
     that file's final check and refuses the retry "verifying". The send
-    waits and offers again, as for a busy receiver whose slot a send of
-    this node holds (no deadline: that check ends by the receiver's own
-    bound; here it refuses for longer than the send's --timeout), and the
-    receiver's verdict of the file ends it verified (it failed "refused",
-    although the file was about to be stored)."""
+    waits and offers again, for as long as a check of the file could take
+    (--timeout plus its size at 8 MiB/s, not --timeout alone: here it
+    refuses for longer than that), and the receiver's verdict of the file
+    ends it verified (it failed "refused", although the file was about to
+    be stored)."""
     sender = node_factory("--max-retries", "3")
     receiver = CheckingReceiver(
         network_key, load_or_create_identity(sender.data_dir).public, refusals=4
     )
     path = tmp_path / "a.bin"
-    path.write_bytes(os.urandom(SIZE))
+    path.write_bytes(os.urandom(64 * 1024 * 1024))  # (a check's bound: 2 s + 8 s)
     try:
         answer = sender.send_result(path, "127.0.0.1", receiver.port, "--timeout", "2", timeout=120)
     finally:
@@ -254,3 +254,28 @@ def test_a_retry_refused_while_its_earlier_attempt_is_checked_waits_for_the_verd
     assert answer.json["stored_as"] == "checked.bin", answer.describe()
     assert (receiver.offers, receiver.refused, receiver.dones) == (2, 4, 2)
     assert sender.wait_for_counter("sender.busy-waits", 4) == 4
+
+
+def test_a_retry_refused_verifying_for_ever_ends_within_a_check_s_bound(
+    node_factory: Callable[..., NodeProcess], tmp_path: Path, network_key: str
+) -> None:
+    """A receiver that says "verifying" to every retry (a check that never
+    ends, or a member's lie) holds the send no longer than a check of the
+    file could take: --timeout plus its size at 8 MiB/s, as a multicast
+    target's verifying (the wait had no deadline of its own)."""
+    sender = node_factory("--max-retries", "3")
+    receiver = CheckingReceiver(
+        network_key, load_or_create_identity(sender.data_dir).public, refusals=10**6
+    )
+    path = tmp_path / "a.bin"
+    path.write_bytes(os.urandom(SIZE))
+    try:
+        answer = sender.send_result(path, "127.0.0.1", receiver.port, "--timeout", "2", timeout=120)
+    finally:
+        receiver.close()
+    assert answer.returncode == 5, answer.describe()
+    assert answer.json["code"] == "refused", answer.describe()
+    assert answer.json["error"].endswith("its final check of the file still ran after 2 s"), (
+        answer.describe()
+    )
+    assert receiver.offers == 1 and receiver.refused >= 2, (receiver.offers, receiver.refused)
