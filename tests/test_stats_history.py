@@ -318,6 +318,13 @@ def test_list_and_show_print_what_was_recorded(recorded: Recorded) -> None:
     # A prefix as fingerprints are accepted elsewhere: any case, dashes or none.
     bare = recorded.sender.fingerprint[:9].replace("-", "").upper()
     assert recorded.r1.cli("stats", "list", "--peer", bare, "--json").stdout == mine.stdout
+    # A host's name without its port reads as a prefix too: if nothing
+    # matches, the list says how it was read.
+    none = recorded.r1.cli("stats", "list", "--peer", "localhost")
+    assert none.returncode == 0 and none.stdout.splitlines() == [
+        "no transfers recorded that match",
+        "(--peer localhost was read as a fingerprint prefix; a host takes its port: HOST:PORT)",
+    ], none.stdout
 
     ident = aimd[0]["id"]
     shown = sender.cli("stats", "show", str(ident))
@@ -526,6 +533,8 @@ def test_plot_without_matplotlib_says_how_to_install_it(recorded: Recorded, tmp_
             "--peer '127.0.0.1:99999': port 99999 is out of range; expected 1..65535",
         ),
         (["stats", "list", "--peer", "host:"], "--peer 'host:': neither HOST:PORT nor"),
+        # (read as host ":" and port 1)
+        (["stats", "list", "--peer", "::1"], "--peer '::1': an IPv6 address takes brackets"),
     ],
 )
 def test_bad_input_is_one_line(recorded: Recorded, args: list[str], message: str) -> None:

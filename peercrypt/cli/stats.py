@@ -159,6 +159,11 @@ def peer_filter(text: str) -> str:
         return ""
     shown = printable(text, 60)
     if ":" in text:
+        host = text.rpartition(":")[0]
+        if ":" in host and not (host.startswith("[") and host.endswith("]")):
+            # (split_host_port reads `::1` as host ":" and port 1)
+            why = "an IPv6 address takes brackets and its port ([ADDRESS]:PORT)"
+            raise _error(f"--peer '{shown}': {why}")
         try:
             split_host_port(text)
         except ValueError:
@@ -259,6 +264,9 @@ def stats_list(
         click.echo(
             "no transfers recorded" + (" that match" if peer or mode or since or failed else "")
         )
+        if peer and ":" not in peer:  # (`localhost` reads as a fingerprint prefix too)
+            click.echo(f"(--peer {printable(peer, 60)} was read as a fingerprint prefix; "
+                       "a host takes its port: HOST:PORT)")  # fmt: skip
         return
     headers = ["id", "started", "side", "mode", "peer", "file", "size", "time", "rate", "result"]
     click.echo(
