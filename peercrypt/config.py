@@ -660,8 +660,11 @@ def check_ports(eff: Effective) -> None:
     """ConfigError if a node would bind its public port and its data port on
     one port (the second bind failed: "Address already in use"); 0 is any
     free port. Only where one process binds both: an attached receiver
-    binds its data port on a host of its own."""
+    binds its data port on a host of its own, and a node whose receiver is
+    attached (``--remote-actor receiver``) binds none."""
     port, data_port = eff["port"], eff["data_port"]
+    if "receiver" in eff["remote_actors"]:
+        return
     if port and port == data_port:
         raise ConfigError(
             f"{_named('port', eff)} {port} and {_named('data_port', eff)} {data_port}: "

@@ -435,6 +435,11 @@ def test_one_port_for_both_the_public_and_the_data_port_is_a_usage_error(
     default = run_cli(*node, "--data-port", "7400", data_dir=dd, env=key, timeout=NODE_CMD_TIMEOUT)
     assert_usage_error(default, "--port (default) 7400 and --data-port 7400: ")
     assert run_cli("config", "show", "--port", port, data_dir=dd).returncode == 0
+    # A node whose receiver is attached binds no data port: one config for
+    # both (the attached receiver's data port on its own host) is valid.
+    shared = run_cli("config", "show", "--remote-actor", "receiver", "--port", port,
+                     "--data-port", port, data_dir=dd)  # fmt: skip
+    assert shared.returncode == 0, shared.stderr
 
 
 @pytest.mark.parametrize(
