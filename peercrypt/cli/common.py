@@ -244,6 +244,8 @@ def setting_option(name: str, param: str | None = None) -> Callable[[F], F]:
         kw.update(multiple=True, show_default=False, type=Fingerprints(), callback=_joined)
     elif s.kind == "host":
         kw["type"] = HostText(empty_ok=s.empty_ok)
+    elif s.kind == "group":
+        kw["type"] = SettingText(s)
     if s.kind in ("size", "rate"):
         kw["help"] = f"{s.help} {RATE_HELP if s.kind == 'rate' else SIZE_HELP} [env {s.env}]"
     elif s.unit:
@@ -439,6 +441,23 @@ class HostText(click.ParamType):  # type: ignore[type-arg]  # (generic from clic
         if text and not visible_ascii(text):
             self.fail(f"'{printable(text)}' is not a host name or address", param, ctx)
         return text
+
+
+class SettingText(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
+    """Text a setting checks itself (:meth:`peercrypt.config.Setting.parse`):
+    refused as the flag, in the setting's words, wherever it is given."""
+
+    name = "text"
+
+    def __init__(self, setting: config.Setting) -> None:
+        self.setting = setting
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            self.setting.parse(value)
+        except config.ConfigError as exc:
+            self.fail(f"'{printable(str(value), 60)}': {exc}", param, ctx)
+        return value
 
 
 def typed_row(
