@@ -136,6 +136,10 @@ def test_a_data_dir_that_is_no_directory_is_refused_wherever_it_was_named(
     else:
         line = "/dev/null (PEERCRYPT_DATA_DIR) is not a directory (a device)"
     assert result.stderr_lines == [f"peercrypt: error: the data dir {line}"], result.describe()
+    # Help and keygen never use it: not refused for it.
+    for args in (["help"], ["stats", "--help"], ["send", "-h"], ["keygen"]):
+        result = run_cli(*args, env=env, cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout, result.describe()
 
 
 def test_a_config_file_named_and_missing_stops_every_command(

@@ -310,6 +310,11 @@ def _help_command() -> click.Command:
 class LazyGroup(click.Group):
     """A group whose commands are imported when one is resolved, not before."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        ctx.meta["peercrypt.rest"] = list(rest)  # (the callback runs once they are taken)
+        return rest
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
@@ -349,7 +354,11 @@ class LazyGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context, data_dir: Path | None, config_file: Path | None, debug: bool) -> None:
     """PeerCrypt: encrypted peer-to-peer file transfer."""
-    ctx.obj = invocation(data_dir, config_file, debug, os.environ, Path.cwd())
+    rest = ctx.meta.get("peercrypt.rest", [])
+    # Help and keygen never touch the data dir: a bad one is no reason to
+    # refuse them (`PEERCRYPT_DATA_DIR=/dev/null peercrypt help`).
+    needs_dir = ctx.invoked_subcommand not in NO_DATA_DIR and not {"-h", "--help"} & set(rest)
+    ctx.obj = invocation(data_dir, config_file, debug, os.environ, Path.cwd(), needs_dir)
     warn_of_layers(ctx.obj)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
@@ -358,15 +367,22 @@ def main(ctx: click.Context, data_dir: Path | None, config_file: Path | None, de
     )
 
 
+# Commands that never use the data dir (a bad one does not refuse them).
+NO_DATA_DIR = frozenset({"help", "keygen"})
+
+
 def invocation(
     data_dir: Path | None,
     config_file: Path | None,
     debug: bool,
     environ: Mapping[str, str],
     cwd: Path,
+    needs_dir: bool = True,
 ) -> dict[str, Any]:
     """What every command gets as ``ctx.obj``: the data dir, the config file,
-    the working directory's ``.env`` and the environment to layer."""
+    the working directory's ``.env`` and the environment to layer.
+    ``needs_dir``: refuse a data dir (from the environment or .env) that is
+    no directory."""
     from peercrypt import config_sources as sources  # not the settings table
 
     dotenv_path = cwd / sources.ENV_FILE
@@ -376,7 +392,7 @@ def invocation(
         raise click.UsageError(f"{exc} (the .env of the working directory)") from None
     resolved_dir = sources.data_dir_from(data_dir, environ, dotenv, sources.default_data_dir())
     # (The flag's own type refuses a data dir that is no directory.)
-    if data_dir is None and (why := sources.not_a_directory(resolved_dir)):
+    if needs_dir and data_dir is None and (why := sources.not_a_directory(resolved_dir)):
         named = "" if resolved_dir == sources.default_data_dir() else f" ({sources.DATA_DIR_ENV})"
         raise click.UsageError(f"the data dir {resolved_dir}{named} {why}")
     config_path, required = sources.config_path_from(config_file, environ, dotenv, resolved_dir)
