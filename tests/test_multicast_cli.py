@@ -174,9 +174,9 @@ def test_multicast_receive_errors(
 @pytest.mark.parametrize(
     ("group", "text"),
     [
-        ("239.1.2.3:0", "--multicast-group: multicast group must be GROUP:PORT"),
-        ("192.168.1.1:7480", "--multicast-group: 192.168.1.1 is not a multicast address"),
-        ("nonsense", "--multicast-group: multicast group must be GROUP:PORT"),
+        ("239.1.2.3:0", "'--multicast-group': multicast group must be GROUP:PORT"),
+        ("192.168.1.1:7480", "'--multicast-group': 192.168.1.1 is not a multicast address"),
+        ("nonsense", "'--multicast-group': multicast group must be GROUP:PORT"),
     ],
 )
 def test_node_multicast_group_errors(cli: Any, tmp_path: Path, group: str, text: str) -> None:

@@ -245,7 +245,7 @@ def setting_option(name: str, param: str | None = None) -> Callable[[F], F]:
     elif s.kind == "host":
         kw["type"] = HostText(empty_ok=s.empty_ok)
     elif s.kind == "group":
-        kw["type"] = SettingText(s)
+        kw["type"] = GroupText()
     if s.kind in ("size", "rate"):
         kw["help"] = f"{s.help} {RATE_HELP if s.kind == 'rate' else SIZE_HELP} [env {s.env}]"
     elif s.unit:
@@ -443,21 +443,23 @@ class HostText(click.ParamType):  # type: ignore[type-arg]  # (generic from clic
         return text
 
 
-class SettingText(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
-    """Text a setting checks itself (:meth:`peercrypt.config.Setting.parse`):
-    refused as the flag, in the setting's words, wherever it is given."""
+class GroupText(click.ParamType):  # type: ignore[type-arg]  # (generic from click 8.2 on)
+    """A multicast GROUP:PORT as the node takes it (core/fragments.py,
+    parse_group), or empty: refused as the flag wherever it is given
+    (`config show` showed what only the node refused)."""
 
-    name = "text"
-
-    def __init__(self, setting: config.Setting) -> None:
-        self.setting = setting
+    name = "group"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        try:
-            self.setting.parse(value)
-        except config.ConfigError as exc:
-            self.fail(f"'{printable(str(value), 60)}': {exc}", param, ctx)
-        return value
+        text = str(value).strip()
+        if text:
+            from peercrypt.core.fragments import parse_group  # (only when one is given)
+
+            try:
+                parse_group(text)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        return text
 
 
 def typed_row(
