@@ -7,6 +7,7 @@ next send's answer."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -38,17 +39,25 @@ def closed_port() -> Iterator[int]:
         yield port
 
 
-def peer_closed(port: int) -> bool:
-    """Whether the dialling ends of the connections to local ``port`` all saw
-    them closed: each is in CLOSE_WAIT (a FIN came) or gone (a reset came,
-    as when the closing end had bytes left unread; the kernel then drops
-    the socket from its tables)."""
+def peer_closed(port: int, pid: int) -> bool:
+    """Whether process ``pid``'s dialling ends of its connections to local
+    ``port`` all saw them closed: each is in CLOSE_WAIT (a FIN came) or gone
+    (a reset came, as when the closing end had bytes left unread; the kernel
+    then drops the socket from its tables). Only ``pid``'s sockets: once
+    closed, the port may be another test's (tests run side by side), and
+    its connections stay open."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
     states = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             for line in f.readlines()[1:]:
                 fields = line.split()
-                if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                if int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
                     states.append(fields[3])
     return all(state == CLOSE_WAIT for state in states)
 
@@ -77,7 +86,9 @@ def test_a_link_that_dropped_before_the_accept_is_not_kept(
         try:
             peer.go.set()
             assert peer.dropped.wait(10)
-            wait_until(lambda: peer_closed(peer.port), 30, "the sender's end to see the close")
+            wait_until(
+                lambda: peer_closed(peer.port, sender.pid), 30, "the sender's end to see the close"
+            )
         finally:
             os.kill(sender.pid, signal.SIGCONT)
         sending.join(60)
