@@ -1152,6 +1152,17 @@ def test_chunks_hashed_on_the_hashing_thread_give_their_buffers_back(
     assert "pc-hash" not in [t.name for t in threading.enumerate()]
 
 
+def _verified_part(harness: Harness, inbox: Path) -> tuple[Path, bytes]:
+    """A part of four chunks in ``inbox``, open in the writer as ``b"t"``,
+    written and checked: its path and content."""
+    data = os.urandom(3 * CHUNK + 5)
+    part = inbox / ".f.bin.1.part"
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    write_file(harness, fd, data, list(range(4)), ChunkBitmap(4))
+    finish(harness, fd, data)
+    return part, data
+
+
 @pytest.mark.parametrize("proc", ["/proc", "no /proc"])
 def test_a_verified_file_whose_link_finds_the_disk_full_keeps_its_part(
     harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc: str
@@ -1176,12 +1187,8 @@ def test_a_verified_file_whose_link_finds_the_disk_full_keeps_its_part(
             inbox = mounted.enter_context(small_tmpfs(tmp_path / "disk", "4m", inodes=8))
         except DiskUnavailable as exc:
             pytest.skip(f"cannot mount a tmpfs: {exc}")
-        data = os.urandom(3 * CHUNK + 5)
-        part = inbox / ".f.bin.1.part"
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            write_file(harness, fd, data, list(range(4)), ChunkBitmap(4))
-            finish(harness, fd, data)
+            part, data = _verified_part(harness, inbox)
             with pytest.raises(OSError) as no_room:
                 for name in itertools.count():
                     (inbox / f"taken-{name}").touch()
@@ -1212,12 +1219,8 @@ def test_the_writer_gives_a_verified_file_its_name_or_says_why_not(
     part is kept too, as after any failed link)."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    data = os.urandom(3 * CHUNK + 5)
-    part = inbox / ".f.bin.1.part"
-    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        write_file(harness, fd, data, list(range(4)), ChunkBitmap(4))
-        finish(harness, fd, data)
+        part, data = _verified_part(harness, inbox)
         harness.writer.publish(b"t", part, inbox, "f.bin", 0o640)
         first = harness.next()
         assert isinstance(first, Published) and first.stored == "f.bin", first

@@ -1294,6 +1294,22 @@ def test_a_long_final_check_holds_up_no_other_files_writes(
     w.close(slow, keep=False)
 
 
+def _written_with_a_manifest(
+    w: FileWriter, results: Results, tmp_path: Path
+) -> tuple[Path, Manifest]:
+    """A file of three chunks (fewer than CHECKPOINT_CHUNKS: its manifest
+    lists none yet) opened as ``b"t"`` with a manifest in ``tmp_path/inbox``
+    and written: (the inbox, the manifest's template)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    data = os.urandom(2 * CHUNK + 5)
+    _, m = _open(w, inbox, len(data))
+    for index in range(3):
+        w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
+        assert _next(results) == Written(b"t", index)
+    return inbox, m
+
+
 @pytest.mark.parametrize("where", ["in its fsync", "reading the part back"])
 def test_a_part_closed_in_its_final_check_is_kept_with_what_is_durable(
     tmp_path: Path, writer: tuple[FileWriter, Results], where: str
@@ -1305,13 +1321,7 @@ def test_a_part_closed_in_its_final_check_is_kept_with_what_is_durable(
     every chunk is durable and the manifest lists them all (it listed none:
     a resume sent the whole file again)."""
     w, results = writer
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    data = os.urandom(2 * CHUNK + 5)
-    _, m = _open(w, inbox, len(data))
-    for index in range(3):
-        w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
-        assert _next(results) == Written(b"t", index)
+    inbox, m = _written_with_a_manifest(w, results, tmp_path)
     entered, release, synced = threading.Event(), threading.Event(), threading.Event()
     step = w.check_steps.step
 
@@ -1359,13 +1369,7 @@ def test_a_part_closed_while_its_check_waits_for_a_place_is_not_synced(
         for tid in others:
             w.finish(tid)
         assert entered.wait(WAIT)
-        inbox = tmp_path / "inbox"
-        inbox.mkdir()
-        data = os.urandom(2 * CHUNK + 5)
-        _, m = _open(w, inbox, len(data))
-        for index in range(3):
-            w.write(b"t", index, data[index * CHUNK : (index + 1) * CHUNK])
-            assert _next(results) == Written(b"t", index)
+        inbox, m = _written_with_a_manifest(w, results, tmp_path)
         w.finish(b"t")
         w.close(b"t", keep=True)
         _open_written(w, results, tmp_path / "after", TID)  # (the close ran before it)

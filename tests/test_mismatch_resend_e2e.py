@@ -228,6 +228,22 @@ def test_a_receiver_answering_every_done_with_expired_is_offered_again_within_th
     assert answer.json["stats"]["attempts"] == 3, answer.json["stats"]
 
 
+def _against_a_checking_receiver(
+    sender: NodeProcess, network_key: str, path: Path, refusals: int
+) -> tuple[CliResult, CheckingReceiver]:
+    """``sender`` sends ``path`` (--timeout 2) to a receiver whose first
+    verdict is lost and which refuses the next ``refusals`` offers
+    "verifying": the send's outcome, and the receiver (closed)."""
+    receiver = CheckingReceiver(
+        network_key, load_or_create_identity(sender.data_dir).public, refusals=refusals
+    )
+    try:
+        answer = sender.send_result(path, "127.0.0.1", receiver.port, "--timeout", "2", timeout=120)
+    finally:
+        receiver.close()
+    return answer, receiver
+
+
 def test_a_retry_refused_while_its_earlier_attempt_is_checked_waits_for_the_verdict(
     node_factory: Callable[..., NodeProcess], tmp_path: Path, network_key: str
 ) -> None:
@@ -240,15 +256,9 @@ def test_a_retry_refused_while_its_earlier_attempt_is_checked_waits_for_the_verd
     ends it verified (it failed "refused", although the file was about to
     be stored)."""
     sender = node_factory("--max-retries", "3")
-    receiver = CheckingReceiver(
-        network_key, load_or_create_identity(sender.data_dir).public, refusals=4
-    )
     path = tmp_path / "a.bin"
     path.write_bytes(os.urandom(64 * 1024 * 1024))  # (a check's bound: 2 s + 8 s)
-    try:
-        answer = sender.send_result(path, "127.0.0.1", receiver.port, "--timeout", "2", timeout=120)
-    finally:
-        receiver.close()
+    answer, receiver = _against_a_checking_receiver(sender, network_key, path, refusals=4)
     assert answer.returncode == 0, answer.describe()
     assert answer.json["blake3"] == blake3.blake3(path.read_bytes()).hexdigest(), answer.describe()
     assert answer.json["stored_as"] == "checked.bin", answer.describe()
@@ -264,15 +274,9 @@ def test_a_retry_refused_verifying_for_ever_ends_within_a_check_s_bound(
     file could take: --timeout plus its size at 8 MiB/s, as a multicast
     target's verifying (the wait had no deadline of its own)."""
     sender = node_factory("--max-retries", "3")
-    receiver = CheckingReceiver(
-        network_key, load_or_create_identity(sender.data_dir).public, refusals=10**6
-    )
     path = tmp_path / "a.bin"
     path.write_bytes(os.urandom(SIZE))
-    try:
-        answer = sender.send_result(path, "127.0.0.1", receiver.port, "--timeout", "2", timeout=120)
-    finally:
-        receiver.close()
+    answer, receiver = _against_a_checking_receiver(sender, network_key, path, refusals=10**6)
     assert answer.returncode == 5, answer.describe()
     assert answer.json["code"] == "refused", answer.describe()
     assert answer.json["error"].endswith("its final check of the file still ran after 2 s"), (

@@ -533,6 +533,28 @@ def test_a_sender_paused_past_its_timeout_goes_on_as_it_wakes(
         send.kill()
 
 
+def _wait_given_up(client: ControlClient) -> None:
+    """Until the receiver gave a send up for its silence (the fault)."""
+    wait_until(
+        lambda: client.status().counters.get("receiver.expired", 0) >= 1,
+        30,
+        "the receiver to give the send up",
+    )
+
+
+def _assert_resumed(
+    done: tuple[int, dict[str, object]], send: Send, inbox: Path, path: Path, port: int
+) -> None:
+    """The send, offered again after the receiver gave it up, stored the
+    file with its hash, resuming the part, and said so once (its peer named)."""
+    code, result = done
+    assert code == 0, (result, send.lines)
+    assert blake3_file(inbox / str(result["stored_as"])) == blake3_file(path)
+    assert int(result["stats"]["resumed_chunks"]) > 0, result  # type: ignore[index]
+    told = f"127.0.0.1:{port} heard nothing of the send for a while; retrying"
+    assert f"peercrypt: {told}" in send.lines, send.lines
+
+
 def test_a_send_its_receiver_gave_up_on_during_an_outage_is_offered_again_when_it_ends(
     tmp_path: Path,
     network_key: str,
@@ -569,19 +591,11 @@ def test_a_send_its_receiver_gave_up_on_during_an_outage_is_offered_again_when_i
             wait_until(lambda: _progress_seen(inbox, send), 30, "the transfer to move")
             outage.set()
             with ControlClient.for_data_dir(tmp_path / "receiver") as client:
-
-                def expired() -> bool:
-                    return client.status().counters.get("receiver.expired", 0) >= 1
-
-                wait_until(expired, 30, "the receiver to give the send up")
+                _wait_given_up(client)
                 outage.clear()
-                code, result = send.result(timeout=25)  # (well within the send's own 40 s)
+                done = send.result(timeout=25)  # (well within the send's own 40 s)
                 answered = client.status().counters.get("receiver.expired-answered", 0)
-            assert code == 0, (result, send.lines)
-            assert blake3_file(inbox / str(result["stored_as"])) == blake3_file(path)
-            assert int(result["stats"]["resumed_chunks"]) > 0, result  # type: ignore[index]
-            told = f"127.0.0.1:{port} heard nothing of the send for a while; retrying"
-            assert f"peercrypt: {told}" in send.lines, send.lines
+            _assert_resumed(done, send, inbox, path, port)
             assert answered >= 1
         finally:
             send.kill()
@@ -615,18 +629,9 @@ def test_a_send_its_receiver_gave_up_on_while_the_sender_slept_is_offered_again(
             wait_until(lambda: _progress_seen(inbox, send), 30, "the transfer to move")
             sender.send_signal(signal.SIGSTOP)
             with ControlClient.for_data_dir(tmp_path / "receiver") as client:
-
-                def expired() -> bool:  # (the receiver gave up on it: the fault)
-                    return client.status().counters.get("receiver.expired", 0) >= 1
-
-                wait_until(expired, 30, "the receiver to give the send up")
+                _wait_given_up(client)
             sender.send_signal(signal.SIGCONT)
-            code, result = send.result(timeout=25)  # (well within the send's own 30 s)
-            assert code == 0, (result, send.lines)
-            assert blake3_file(inbox / str(result["stored_as"])) == blake3_file(path)
-            assert int(result["stats"]["resumed_chunks"]) > 0, result  # type: ignore[index]
-            told = f"127.0.0.1:{port} heard nothing of the send for a while; retrying"
-            assert f"peercrypt: {told}" in send.lines, send.lines  # (its peer named once)
+            _assert_resumed(send.result(timeout=25), send, inbox, path, port)  # (within 30 s)
         finally:
             sender.send_signal(signal.SIGCONT)
             send.kill()

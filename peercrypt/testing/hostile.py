@@ -703,12 +703,16 @@ class MismatchingReceiver(_DataRouter):
                 continue
             if isinstance(msg, Done):
                 self.dones += 1
-                failed = Failed(code=self.code, reason="the copy held changed")
-                self._answer(route, header.tid, keys, failed)
+                self._on_done(route, header.tid, keys, msg)
+
+    def _on_done(self, route: bytes, tid: bytes, keys: TransferKeys, done: Done) -> None:
+        failed = Failed(code=self.code, reason="the copy held changed")
+        self._answer(route, tid, keys, failed)
 
 
-class CheckingReceiver(_DataRouter):
-    """A unicast receiver (:class:`_Receiver`) whose verdict of a send is
+class CheckingReceiver(MismatchingReceiver):
+    """A unicast receiver (a :class:`MismatchingReceiver` that answers
+    otherwise) whose verdict of a send is
     lost and which is still checking the file when the send is retried, as
     an honest one after an outage: it claims to hold every file; the first
     offer's Done goes unanswered (its answers lost with the link); the next
@@ -718,12 +722,10 @@ class CheckingReceiver(_DataRouter):
     that came."""
 
     def __init__(self, network_key: str, sender: bytes, refusals: int = 2) -> None:
-        super().__init__(network_key, sender)
-        self.refusals = refusals
+        self.refusals = refusals  # (set before the threads start)
         self.refused = 0
-        self.dones = 0
         self._silent: set[bytes] = set()  # the first offer's transfer
-        self._start()
+        super().__init__(network_key, sender)
 
     def _gateway(self) -> None:
         while not self.stop.is_set():
@@ -749,30 +751,9 @@ class CheckingReceiver(_DataRouter):
                 self.offers += 1
             self.router.send_multipart([route, codec.encode(reply)])
 
-    def _terms(self, offer: Offer, answer: Response) -> tuple[int, list[int], int]:
-        plain = open_details(offer.tid, self.identity, self.sender, offer.eph_pub, offer.details)
-        details = codec.decode(plain)
-        assert isinstance(details, OfferDetails)
-        self._keep_keys(offer, answer)
-        return 1, [0, -(-details.size // details.chunk_size)], 0
-
-    def _data(self) -> None:
-        while not self.stop.is_set():
-            came = self._next()
-            if came is None:
-                continue
-            route, header, payload, keys = came
-            if not isinstance(header, SealedHeader):
-                continue
-            try:
-                msg = codec.decode(keys.open_message(header.nonce, payload))
-            except (OpenError, codec.DecodeError):
-                continue
-            if isinstance(msg, Done):
-                self.dones += 1
-                if header.tid not in self._silent:
-                    verdict = Verified(digest=msg.digest, stored_as="checked.bin")
-                    self._answer(route, header.tid, keys, verdict)
+    def _on_done(self, route: bytes, tid: bytes, keys: TransferKeys, done: Done) -> None:
+        if tid not in self._silent:
+            self._answer(route, tid, keys, Verified(digest=done.digest, stored_as="checked.bin"))
 
 
 class WaitingReceiver(_DataRouter):
